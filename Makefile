@@ -1,0 +1,42 @@
+# The two front-door commands are `make demo` and `make test`; each builds .venv by itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: test lint typecheck unit demo bench slow clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+test: lint typecheck unit  ## lint, type-check and run the test suite
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# mypy cannot follow setuptools' package-dir mapping, so it reads the sources through a
+# link tree that spells the installed names (herder/store -> store, ...).
+typecheck: $(STAMP)
+	@mkdir -p build/typecheck/herder
+	@for p in store actors runtime; do ln -sfn ../../../$$p build/typecheck/herder/$$p; done
+	cd build/typecheck && ../../$(PY) -m mypy --config-file ../../pyproject.toml \
+		-p herder.store -p herder.actors -p herder.runtime
+
+unit: $(STAMP)
+	$(PY) -m pytest
+
+slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+demo: $(STAMP)
+	$(PY) -m herder.runtime demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/store_commit.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""The error hierarchy shared by every layer of herder.
+
+::
+
+    HerderError                      root: ``except HerderError`` catches everything herder raises
+    ├── InvalidInput (ValueError)    bad input refused at the door, nothing written
+    │   └── EncodeError              a value msgpack cannot encode, or one over a size limit
+    └── StoreError                   operational errors of the durable store
+        ├── StoreCorrupt             a record failed to decode; names the database and key
+        ├── SchemaTooNew             the store was written by a newer herder
+        ├── StoreLocked              another process holds the store for writing
+        ├── StoreClosed              the store or its writer was closed
+        ├── ConditionFailed          a transition's compare-and-set condition did not hold
+        └── StoreIOError             the disk refused a commit (e.g. it is full)
+
+Errors of lower libraries (``lmdb.Error``, msgpack's exceptions) are translated at the
+store boundary with ``raise ... from exc`` so callers only ever see this tree.
+"""
+
+from __future__ import annotations
+
+
+class HerderError(Exception):
+    """Root of every error herder raises on purpose."""
+
+
+class InvalidInput(HerderError, ValueError):
+    """Input refused before anything was written: a bad name, id, graph or value."""
+
+
+class EncodeError(InvalidInput):
+    """A value could not be encoded as msgpack, or it exceeds a configured size limit."""
+
+
+class StoreError(HerderError):
+    """An operational problem with the durable store."""
+
+
+class StoreCorrupt(StoreError):
+    """A stored record could not be decoded.
+
+    ``db`` and ``key`` name the record so an operator can inspect or remove it; other
+    records stay readable.
+    """
+
+    def __init__(self, db: str, key: bytes, reason: str) -> None:
+        self.db = db
+        self.key = key
+        self.reason = reason
+        super().__init__(
+            f"corrupt record in database {db!r} at key {key!r}: {reason}; "
+            "inspect it with `herder check --store PATH` or restore the store from a backup"
+        )
+
+
+class SchemaTooNew(StoreError):
+    """The store was written by a newer schema version than this herder understands."""
+
+
+class StoreLocked(StoreError):
+    """Another process already holds this store directory for writing."""
+
+
+class StoreClosed(StoreError):
+    """The store or its writer has been closed; open a new one to continue."""
+
+
+class ConditionFailed(StoreError):
+    """A transition's compare-and-set condition did not hold; nothing of it was written."""
+
+
+class StoreIOError(StoreError):
+    """The operating system refused a commit (disk full, I/O error).
+
+    Data committed earlier is intact; the store is usable again once the cause is fixed.
+    """
