@@ -38,13 +38,11 @@ def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
 
 def decode(data: bytes, *, db: str, key: bytes) -> Any:
     """Decode one stored record; raise :class:`StoreCorrupt` naming ``db`` and ``key``."""
+    if len(data) > MAX_RECORD_BYTES:
+        raise StoreCorrupt(db, key, f"record is {len(data)} bytes, over {MAX_RECORD_BYTES}")
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_buffer_size=MAX_RECORD_BYTES,
-        )
-    except Exception as exc:  # msgpack raises many unrelated types for bad input
+        # unpackb bounds every string/array/map length by the input's own size.
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        # ValueError covers ExtraData, FormatError, StackError and bad UTF-8.
         raise StoreCorrupt(db, key, f"{type(exc).__name__}: {exc}") from exc
