@@ -1,5 +1,38 @@
-"""herder.store — the durable layer. Imports nothing else from herder."""
+"""herder.store — the durable layer: one LMDB directory, written by one thread.
 
+It imports nothing else from herder; ``actors`` and ``runtime`` build on it. The design
+fits in a few types:
+
+- :class:`Store` — one store directory (an LMDB environment with the named databases
+  ``workflows``, ``steps``, ``timers``, ``meta``, ``definitions``). Opening it for writing
+  takes an exclusive lock, checks the schema version and bumps the incarnation counter.
+  Its read methods (``get``, ``get_workflow``, ``steps_of``, ``workflows``,
+  ``due_timers``, ``scan``, ``count``) run short read transactions on any thread.
+- :class:`Writer` — ``store.writer``, the single group-commit thread. Every write is a
+  :class:`Transition` (:class:`Put` / :class:`Delete` ops guarded by :class:`Expect`
+  compare-and-set conditions). The writer drains all pending transitions into one durable
+  LMDB transaction and acknowledges them only after the commit reached the disk.
+- Records — :class:`WorkflowRecord`, :class:`StepRecord`, :class:`Plan`,
+  :class:`StepSpec`, :class:`RetryPolicy`: frozen dataclasses stored as msgpack maps
+  (:func:`encode` / :func:`decode`, never pickle), with key helpers (:func:`workflow_key`,
+  :func:`step_key`, :func:`timer_key`, ...). The ``timers`` keys start with the big-endian
+  due time, so :meth:`Store.due_timers` is a range scan.
+- Errors — the :class:`HerderError` tree; ``lmdb`` and ``msgpack`` errors never escape.
+
+Caveats:
+
+- One :class:`Store` per directory per process (LMDB's rule); a second open in the same
+  process raises :class:`StoreLocked`. Never use a store across ``fork()``.
+- Only the writer thread writes. Transitions are applied in submission (FIFO) order; a
+  failed :class:`Expect` skips only its own transition.
+- Other processes (the CLI, a monitor) open the directory with ``readonly=True`` and see
+  consistent snapshots while the writer runs; a second writer process gets
+  :class:`StoreLocked`. Paged scans (``workflows``, ``scan``) take one snapshot per page.
+- Keep ``sync=True``: throughput comes from group commit, not from weaker durability.
+"""
+
+from herder.store._codec import decode, encode
+from herder.store._env import Store
 from herder.store._errors import (
     ConditionFailed,
     EncodeError,
@@ -12,16 +45,65 @@ from herder.store._errors import (
     StoreIOError,
     StoreLocked,
 )
+from herder.store._records import (
+    MAX_ID_BYTES,
+    SCHEMA_VERSION,
+    Plan,
+    RetryPolicy,
+    StepRecord,
+    StepSpec,
+    StepState,
+    WorkflowRecord,
+    WorkflowState,
+    definition_key,
+    exception_name,
+    split_step_key,
+    split_timer_key,
+    step_key,
+    timer_key,
+    timer_upper_bound,
+    validate_id,
+    validate_name,
+    workflow_key,
+)
+from herder.store._writer import Delete, Expect, Put, Transition, Writer
 
 __all__ = [
+    "MAX_ID_BYTES",
+    "SCHEMA_VERSION",
     "ConditionFailed",
+    "Delete",
     "EncodeError",
+    "Expect",
     "HerderError",
     "InvalidInput",
+    "Plan",
+    "Put",
+    "RetryPolicy",
     "SchemaTooNew",
+    "StepRecord",
+    "StepSpec",
+    "StepState",
+    "Store",
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
     "StoreIOError",
     "StoreLocked",
+    "Transition",
+    "WorkflowRecord",
+    "WorkflowState",
+    "Writer",
+    "decode",
+    "definition_key",
+    "encode",
+    "exception_name",
+    "split_step_key",
+    "split_timer_key",
+    "step_key",
+    "timer_key",
+    "timer_upper_bound",
+    "validate_id",
+    "validate_name",
+    "workflow_key",
 ]

@@ -1,0 +1,502 @@
+"""The LMDB environment: opening (locks, permissions, schema, incarnation), reads, scans.
+
+A :class:`Store` in writer mode owns the directory: an exclusive ``flock`` on
+``herder.lock`` keeps other processes out, a process-level registry keeps other
+``Store`` objects of this process out (LMDB allows one environment per path per
+process). Reads run in short read transactions on any thread; long scans are paged so no
+read transaction lives long. Writes go through :attr:`Store.writer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pathlib
+import stat
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import lmdb
+
+from herder.store._codec import decode, encode
+from herder.store._errors import (
+    InvalidInput,
+    SchemaTooNew,
+    StoreClosed,
+    StoreCorrupt,
+    StoreError,
+    StoreIOError,
+    StoreLocked,
+)
+from herder.store._records import (
+    SCHEMA_VERSION,
+    StepRecord,
+    WorkflowRecord,
+    WorkflowState,
+    split_timer_key,
+    step_key,
+    timer_upper_bound,
+    workflow_key,
+)
+from herder.store._writer import Writer
+
+DATABASES = ("workflows", "steps", "timers", "meta", "definitions")
+"""The named databases of a store."""
+
+PAGE = 1000
+"""Keys read per read transaction by the paged scans."""
+
+LOCK_FILE = "herder.lock"
+MAX_READERS = 126
+
+_T = TypeVar("_T")
+
+_registry_lock = threading.Lock()
+_registry: dict[str, Store] = {}
+"""Open stores of this process by real path: LMDB allows one environment per path."""
+
+
+class Store:
+    """One herder store directory: an LMDB environment with its named databases.
+
+    ``Store(path)`` opens (creating if needed) for writing and starts the writer thread;
+    ``Store(path, readonly=True)`` opens an existing store for reading, e.g. from the CLI
+    while a daemon runs; it sees consistent snapshots. Reads are thread-safe.
+    """
+
+    path: pathlib.Path
+    readonly: bool
+    incarnation: int
+    schema_version: int
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        map_size: int = 64 * 2**20,
+        max_value_bytes: int | None = None,
+    ) -> None:
+        self.path = pathlib.Path(path)
+        self.readonly = readonly
+        self._env: lmdb.Environment | None = None
+        self._writer: Writer | None = None
+        self._lock_fd: int | None = None
+        self._closed = False
+        # Readers enter this gate; a map resize waits until no read transaction is open.
+        self._gate = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._resizing = False
+        self._real = os.path.realpath(self.path)
+        with _registry_lock:
+            if self._real in _registry:
+                raise StoreLocked(
+                    f"store {self.path} is already open in this process; share that Store "
+                    "object (its reads are thread-safe) instead of opening it twice"
+                )
+            _registry[self._real] = self
+        try:
+            if readonly:
+                self._open_readonly()
+            else:
+                self._open_writer(map_size, max_value_bytes)
+        except BaseException:
+            self._release()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _open_writer(self, map_size: int, max_value_bytes: int | None) -> None:
+        path = self.path
+        if path.exists():
+            mode = path.stat().st_mode
+            if not stat.S_ISDIR(mode):
+                raise StoreError(f"store path {path} exists and is not a directory")
+            if mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise StoreError(
+                    f"store directory {path} is writable by group or others "
+                    f"(mode {stat.S_IMODE(mode):o}); run `chmod 700 {path}` and retry"
+                )
+        else:
+            try:
+                path.mkdir(mode=0o700, parents=True)
+                path.chmod(0o700)
+            except OSError as exc:
+                raise StoreError(f"cannot create store directory {path}: {exc}") from exc
+        try:
+            self._lock_fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StoreLocked(
+                f"store {path} is held by another process; open it read-only with "
+                "readonly=True, or stop the other process"
+            ) from exc
+        except OSError as exc:
+            raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
+        try:
+            env = lmdb.open(
+                str(path),
+                map_size=map_size,
+                max_dbs=8,
+                subdir=True,
+                readonly=False,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                lock=True,
+                readahead=False,
+                max_readers=MAX_READERS,
+                mode=0o600,
+            )
+        except lmdb.Error as exc:
+            raise _translate(exc, f"cannot open LMDB environment at {path}") from exc
+        self._env = env
+        try:
+            env.reader_check()
+            self._handles = {name: env.open_db(name.encode(), create=True) for name in DATABASES}
+            meta = self._handles["meta"]
+            with env.begin(write=True) as txn:
+                schema = self._meta_int(txn, b"schema")
+                if schema is not None and schema > SCHEMA_VERSION:
+                    raise _too_new(path, schema)
+                if schema is None:
+                    schema = SCHEMA_VERSION
+                    txn.put(b"schema", encode(schema), db=meta)
+                incarnation = (self._meta_int(txn, b"incarnation") or 0) + 1
+                txn.put(b"incarnation", encode(incarnation), db=meta)
+        except lmdb.Error as exc:
+            raise _translate(exc, f"cannot initialise store {path}") from exc
+        self.schema_version = schema
+        self.incarnation = incarnation
+        for name in ("data.mdb", "lock.mdb", LOCK_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).chmod(0o600)
+        self._writer = Writer(env, self._handles, grow=self._grow, max_value_bytes=max_value_bytes)
+
+    def _open_readonly(self) -> None:
+        path = self.path
+        if not (path / "data.mdb").is_file():
+            raise StoreError(
+                f"no store at {path}: it is created by the first writer open "
+                "(Store(path) without readonly=True)"
+            )
+        try:
+            env = lmdb.open(
+                str(path),
+                max_dbs=8,
+                subdir=True,
+                readonly=True,
+                lock=True,
+                readahead=False,
+                max_readers=MAX_READERS,
+            )
+        except lmdb.Error as exc:
+            raise _translate(exc, f"cannot open LMDB environment at {path} read-only") from exc
+        self._env = env
+        try:
+            env.reader_check()
+            self._handles = {name: env.open_db(name.encode(), create=False) for name in DATABASES}
+            with env.begin() as txn:
+                schema = self._meta_int(txn, b"schema")
+                incarnation = self._meta_int(txn, b"incarnation") or 0
+        except lmdb.NotFoundError as exc:
+            raise StoreError(
+                f"{path} is not a herder store (a named database is missing): {exc}"
+            ) from exc
+        except lmdb.Error as exc:
+            raise _translate(exc, f"cannot read store {path}") from exc
+        if schema is not None and schema > SCHEMA_VERSION:
+            raise _too_new(path, schema)
+        self.schema_version = schema or SCHEMA_VERSION
+        self.incarnation = incarnation
+
+    def _meta_int(self, txn: lmdb.Transaction, key: bytes) -> int | None:
+        raw = cast("bytes | None", txn.get(key, db=self._handles["meta"]))
+        if raw is None:
+            return None
+        value = decode(raw, db="meta", key=key)
+        if type(value) is not int:
+            raise StoreCorrupt("meta", key, f"expected an int, got {type(value).__name__}")
+        return value
+
+    # ------------------------------------------------------------------ read plumbing
+
+    def _read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
+        """Run ``fn`` in one short read transaction, outside any map resize."""
+        while True:
+            with self._gate:
+                while self._resizing:
+                    self._gate.wait()
+                env = self._env
+                if env is None:
+                    raise StoreClosed(f"store {self.path} is closed; open it again")
+                self._readers += 1
+            resized = False
+            try:
+                with env.begin() as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                resized = True  # another process grew the map: adopt its size and retry
+            except lmdb.Error as exc:
+                raise _translate(exc, f"read from store {self.path} failed") from exc
+            finally:
+                with self._gate:
+                    self._readers -= 1
+                    if self._readers == 0:
+                        self._gate.notify_all()
+            if resized:
+                self._grow(0)
+
+    def _grow(self, new_size: int) -> None:
+        """Set the map size (0: adopt the size on disk) with no read transaction open.
+
+        Called by the writer thread on ``MapFullError`` (no write transaction is open then)
+        and by readers on ``MapResizedError``.
+        """
+        with self._gate:
+            while self._resizing:
+                self._gate.wait()
+            self._resizing = True
+            try:
+                self._gate.wait_for(lambda: self._readers == 0)
+                env = self._env
+                if env is not None:
+                    env.set_mapsize(new_size)
+            finally:
+                self._resizing = False
+                self._gate.notify_all()
+
+    def _handle(self, db: str) -> Any:
+        try:
+            return self._handles[db]
+        except KeyError:
+            raise InvalidInput(
+                f"unknown database {db!r}; use one of {', '.join(DATABASES)}"
+            ) from None
+
+    def _paged(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Yield raw (key, value) pairs with ``prefix``, one short read txn per page."""
+        handle = self._handle(db)
+        start = prefix
+        skip_first = False
+        while True:
+
+            def page(
+                txn: lmdb.Transaction, start: bytes = start, skip: bool = skip_first
+            ) -> list[tuple[bytes, bytes]]:
+                out: list[tuple[bytes, bytes]] = []
+                cur = txn.cursor(db=handle)
+                if not cur.set_range(start):
+                    return out
+                for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
+                    if skip and key == start:
+                        continue
+                    if not key.startswith(prefix) or len(out) >= PAGE:
+                        break
+                    out.append((key, value))
+                return out
+
+            items = self._read(page)
+            yield from items
+            if len(items) < PAGE:
+                return
+            start, skip_first = items[-1][0], True
+
+    # ------------------------------------------------------------------ public reads
+
+    @property
+    def writer(self) -> Writer:
+        """The group-commit writer; :class:`StoreError` in read-only mode."""
+        if self._writer is None:
+            if self.readonly:
+                raise StoreError(f"store {self.path} is open read-only; it has no writer")
+            raise StoreClosed(f"store {self.path} is closed; open it again")
+        return self._writer
+
+    def get(self, db: str, key: bytes) -> Any | None:
+        """The decoded record under ``key`` in ``db``, or None if there is none."""
+        handle = self._handle(db)
+        raw = self._read(lambda txn: cast("bytes | None", txn.get(key, db=handle)))
+        return None if raw is None else decode(raw, db=db, key=key)
+
+    def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        """The workflow record of ``workflow_id``, or None."""
+        key = workflow_key(workflow_id)
+        data = self.get("workflows", key)
+        return None if data is None else _parse(WorkflowRecord.from_dict, data, "workflows", key)
+
+    def get_step(self, workflow_id: str, step: str) -> StepRecord | None:
+        """The record of one step, or None."""
+        key = step_key(workflow_id, step)
+        data = self.get("steps", key)
+        return None if data is None else _parse(StepRecord.from_dict, data, "steps", key)
+
+    def steps_of(self, workflow_id: str) -> list[StepRecord]:
+        """Every step record of one workflow, in step-name byte order."""
+        return [
+            _parse(StepRecord.from_dict, decode(raw, db="steps", key=key), "steps", key)
+            for key, raw in self._paged("steps", step_key(workflow_id, ""))
+        ]
+
+    def workflows(
+        self,
+        state: WorkflowState | str | None = None,
+        *,
+        corrupt: list[StoreCorrupt] | None = None,
+    ) -> Iterator[WorkflowRecord]:
+        """Every workflow record (only those in ``state`` if given), in id byte order.
+
+        A corrupt record raises :class:`StoreCorrupt`; pass a list as ``corrupt`` to have
+        such records collected there and skipped instead.
+        """
+        wanted = None if state is None else WorkflowState(state)
+        for key, raw in self._paged("workflows", b""):
+            try:
+                record = _parse(
+                    WorkflowRecord.from_dict, decode(raw, db="workflows", key=key), "workflows", key
+                )
+            except StoreCorrupt as exc:
+                if corrupt is None:
+                    raise
+                corrupt.append(exc)
+                continue
+            if wanted is None or record.state is wanted:
+                yield record
+
+    def due_timers(
+        self, until_ms: int, limit: int | None = None
+    ) -> list[tuple[int, str, str, Any]]:
+        """Timers due at or before ``until_ms``, earliest first: (due ms, id, step, value)."""
+        handle = self._handles["timers"]
+        upper = timer_upper_bound(until_ms)
+
+        def scan(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
+            out: list[tuple[bytes, bytes]] = []
+            cur = txn.cursor(db=handle)
+            if not cur.first():
+                return out
+            for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
+                if key >= upper or (limit is not None and len(out) >= limit):
+                    break
+                out.append((key, value))
+            return out
+
+        result = []
+        for key, raw in self._read(scan):
+            try:
+                due, wf, step = split_timer_key(key)
+            except (struct.error, UnicodeDecodeError) as exc:
+                raise StoreCorrupt("timers", key, f"malformed timer key: {exc}") from exc
+            result.append((due, wf, step, decode(raw, db="timers", key=key)))
+        return result
+
+    def scan(
+        self, db: str, prefix: bytes = b"", *, corrupt: list[StoreCorrupt] | None = None
+    ) -> Iterator[tuple[bytes, Any]]:
+        """(key, decoded value) for every key of ``db`` starting with ``prefix``, paged.
+
+        Each page is its own snapshot. ``corrupt`` works as in :meth:`workflows`.
+        """
+        for key, raw in self._paged(db, prefix):
+            try:
+                value = decode(raw, db=db, key=key)
+            except StoreCorrupt as exc:
+                if corrupt is None:
+                    raise
+                corrupt.append(exc)
+                continue
+            yield key, value
+
+    def raw_scan(self, db: str) -> Iterator[tuple[bytes, bytes]]:
+        """(key, raw bytes) for every key of ``db``, paged; for checks and the CLI."""
+        return self._paged(db, b"")
+
+    def count(self, db: str) -> int:
+        """Number of keys in ``db`` (one consistent snapshot)."""
+        handle = self._handle(db)
+        entries: int = self._read(lambda txn: txn.stat(handle)["entries"])
+        return entries
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Drain and close the writer, close the environment, release the lock.
+
+        Idempotent. Raises :class:`TimeoutError` (store left open) if the writer cannot
+        drain in time; call again to retry.
+        """
+        if self._closed:
+            return
+        if self._writer is not None:
+            self._writer.close()
+        with self._gate:
+            self._gate.wait_for(lambda: self._readers == 0 and not self._resizing)
+            env, self._env = self._env, None
+        self._writer = None
+        if env is not None:
+            env.close()
+        self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+        with _registry_lock:
+            if _registry.get(self._real) is self:
+                del _registry[self._real]
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "readonly" if self.readonly else "writer"
+        state = "closed" if self._closed else f"incarnation={self.incarnation}"
+        return f"<Store {str(self.path)!r} {mode} {state}>"
+
+
+def _parse(from_dict: Callable[[Any], _T], data: Any, db: str, key: bytes) -> _T:
+    """Build a record from a decoded map; a missing field or bad value is StoreCorrupt."""
+    if not isinstance(data, dict):
+        raise StoreCorrupt(db, key, f"expected a map, got {type(data).__name__}")
+    try:
+        return from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreCorrupt(db, key, f"bad record: {type(exc).__name__}: {exc}") from exc
+
+
+def _too_new(path: pathlib.Path, schema: int) -> SchemaTooNew:
+    return SchemaTooNew(
+        f"store {path} has schema version {schema}; this herder understands up to "
+        f"{SCHEMA_VERSION}: upgrade herder to open it"
+    )
+
+
+def _translate(exc: lmdb.Error, what: str) -> StoreError:
+    """Map an ``lmdb.Error`` onto the HerderError tree, with a hint."""
+    if isinstance(exc, lmdb.ReadersFullError):
+        return StoreError(
+            f"{what}: too many readers ({exc}); close idle read-only stores or other processes"
+        )
+    if isinstance(exc, lmdb.DiskError | lmdb.MapFullError):
+        return StoreIOError(f"{what}: {exc}; check free disk space and permissions")
+    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
+        return StoreError(f"{what}: {exc}; the files look damaged or foreign, restore a backup")
+    if isinstance(exc, lmdb.VersionMismatchError | lmdb.IncompatibleError):
+        return StoreError(f"{what}: {exc}; the store was written by an incompatible LMDB")
+    return StoreError(f"{what}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,387 @@
+"""The single group-commit writer thread.
+
+Every write to the store is a :class:`Transition`: a few :class:`Put`/:class:`Delete`
+operations guarded by optional :class:`Expect` conditions. Callers hand transitions to
+:meth:`Writer.submit` (one future each) or :meth:`Writer.submit_many` (one callback for a
+group). One daemon thread, ``herder-store-writer``, drains everything queued into one
+LMDB write transaction, commits it durably (the environment is opened with ``sync=True``)
+and only then resolves the futures and callbacks. A condition that does not hold skips
+only its own transition; an I/O failure fails the whole batch and the thread keeps going.
+
+Batches are replayable: on ``MapFullError`` the transaction is aborted, the map doubled
+(with no transaction open in this process, see ``Store._grow``) and the batch replayed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, cast
+
+import lmdb
+
+from herder.store._codec import decode
+from herder.store._errors import (
+    ConditionFailed,
+    EncodeError,
+    InvalidInput,
+    StoreClosed,
+    StoreCorrupt,
+    StoreIOError,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 10_000
+"""Most transitions drained into one write transaction (a submit_many group is never split)."""
+
+MAX_MAP_SIZE = 2**40
+"""The writer refuses to grow the map beyond 1 TiB; such a batch fails with StoreIOError."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Store ``value`` (already msgpack-encoded) under ``key`` in database ``db``."""
+
+    db: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Remove ``key`` from database ``db``; deleting a missing key is not an error."""
+
+    db: str
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """A compare-and-set condition checked inside the write transaction.
+
+    It sees the effects of earlier transitions of the same batch.
+
+    - ``exists=False``: the key must be absent.
+    - ``field=None`` (and ``exists=True``): the key must exist.
+    - otherwise the decoded record (a map) must hold ``value`` under ``field``.
+    """
+
+    db: str
+    key: bytes
+    field: str | None = None
+    value: Any = None
+    exists: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Operations applied atomically, all or nothing, if every ``expect`` holds."""
+
+    ops: tuple[Put | Delete, ...]
+    expect: tuple[Expect, ...] = ()
+
+
+Outcome = BaseException | None
+Callback = Callable[[list[Outcome]], None]
+# One queued entry: the transitions and where their outcomes go (a future or a callback).
+_Entry = tuple[Sequence[Transition], "Future[None] | Callback"]
+
+
+class Writer:
+    """The group-commit writer. Created and owned by :class:`~herder.store.Store`.
+
+    Thread-safe: any thread may submit. Only the writer thread touches LMDB for writing.
+    ``fault``, when set, is called inside the thread right before each commit; raising
+    ``lmdb.Error`` or ``OSError`` from it simulates a failed commit (for chaos tests).
+    """
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        handles: Mapping[str, Any],
+        *,
+        grow: Callable[[int], None],
+        max_value_bytes: int | None = None,
+    ) -> None:
+        self._env = env
+        self._handles = dict(handles)
+        self._grow = grow
+        self._max_key = env.max_key_size()
+        self._max_value = max_value_bytes
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._queued = 0  # transitions in the queue
+        self._closing = False
+        self._submitted = 0  # transitions accepted so far
+        self._done = 0  # transitions resolved so far
+        self._done_cond = threading.Condition(threading.Lock())
+        self._stats: dict[str, int | float] = dict.fromkeys(
+            (
+                "batches",
+                "transitions",
+                "max_batch",
+                "last_batch",
+                "conflicts",
+                "map_resizes",
+                "io_errors",
+            ),
+            0,
+        )
+        self.fault: Callable[[], None] | None = None
+        self._thread = threading.Thread(target=self._run, name="herder-store-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(self, transition: Transition) -> Future[None]:
+        """Queue one transition; the future resolves once it is durably committed.
+
+        The future fails with :class:`ConditionFailed` (only this transition was skipped),
+        :class:`StoreIOError` (the batch's commit failed) or :class:`StoreClosed`.
+        A malformed transition (unknown database, bad key) raises :class:`InvalidInput`
+        here and is not queued.
+        """
+        self._validate(transition)
+        fut: Future[None] = Future()
+        fut.set_running_or_notify_cancel()  # a commit cannot be cancelled
+        with self._cond:
+            if self._closing:
+                fut.set_exception(StoreClosed("the store writer is closed; reopen the store"))
+                return fut
+            self._queue.append(((transition,), fut))
+            self._queued += 1
+            self._submitted += 1
+            self._cond.notify()
+        return fut
+
+    def submit_many(self, transitions: Sequence[Transition], on_done: Callback) -> None:
+        """Queue a group of transitions that all go into the same batch.
+
+        ``on_done`` receives one entry per transition, in order: ``None`` when committed,
+        else the exception (as for :meth:`submit`). It runs on the writer thread after the
+        commit, or in the calling thread if the writer is already closed. It must be quick;
+        an exception it raises is logged and does not affect the writer.
+        """
+        for t in transitions:
+            self._validate(t)
+        n = len(transitions)
+        with self._cond:
+            if not self._closing:
+                self._queue.append((transitions, on_done))
+                self._queued += n
+                self._submitted += n
+                self._cond.notify()
+                return
+        closed = StoreClosed("the store writer is closed; reopen the store")
+        _call(on_done, [closed] * n)
+
+    def _validate(self, t: Transition) -> None:
+        handles = self._handles
+        for op in t.ops:
+            if op.db not in handles:
+                raise InvalidInput(f"unknown database {op.db!r}; use one of {sorted(handles)}")
+            key = op.key
+            if type(key) is not bytes or not 0 < len(key) <= self._max_key:
+                raise InvalidInput(
+                    f"key for database {op.db!r} must be 1..{self._max_key} bytes, got {key!r:.80}"
+                )
+            if type(op) is Put:
+                if type(op.value) is not bytes:
+                    raise InvalidInput(
+                        f"Put value must be msgpack-encoded bytes (use encode()), "
+                        f"got {type(op.value).__name__}"
+                    )
+                if self._max_value is not None and len(op.value) > self._max_value:
+                    raise EncodeError(
+                        f"value for {op.db!r} key {key!r:.80} is {len(op.value)} bytes; the "
+                        f"limit is {self._max_value}: store large payloads elsewhere"
+                    )
+            elif type(op) is not Delete:
+                raise InvalidInput(f"a transition's ops must be Put or Delete, got {op!r:.80}")
+        for e in t.expect:
+            if e.db not in handles:
+                raise InvalidInput(f"unknown database {e.db!r}; use one of {sorted(handles)}")
+
+    # ------------------------------------------------------------------ waiting
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything submitted so far is committed (or failed).
+
+        Raises :class:`TimeoutError` if that takes longer than ``timeout`` seconds.
+        """
+        with self._cond:
+            target = self._submitted
+        with self._done_cond:
+            if not self._done_cond.wait_for(lambda: self._done >= target, timeout):
+                raise TimeoutError(
+                    f"store writer did not commit {target - self._done} pending transitions "
+                    f"within {timeout} s; the disk may be slow or stalled"
+                )
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop accepting transitions (they fail with :class:`StoreClosed`), drain, join.
+
+        Raises :class:`TimeoutError` if the queue is not drained within ``timeout``; the
+        thread keeps draining and ``close`` may be called again.
+        """
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if threading.current_thread() is self._thread:
+            raise InvalidInput("Writer.close() called from a writer callback; close elsewhere")
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"store writer did not drain its queue within {timeout} s")
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closing
+
+    def stats(self) -> dict[str, int | float]:
+        """Counters: batches, transitions, max_batch, last_batch, conflicts, map_resizes,
+        io_errors and mean_batch (transitions per batch)."""
+        with self._cond:
+            out = dict(self._stats)
+        out["mean_batch"] = out["transitions"] / out["batches"] if out["batches"] else 0.0
+        return out
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._queue and not self._closing:
+                    cond.wait()
+                if not self._queue:
+                    return  # closing and drained
+                if self._queued <= MAX_BATCH:
+                    batch = list(self._queue)
+                    self._queue.clear()
+                    n = self._queued
+                    self._queued = 0
+                else:
+                    batch, n = [], 0
+                    while self._queue and n < MAX_BATCH:
+                        entry = self._queue.popleft()
+                        batch.append(entry)
+                        n += len(entry[0])
+                    self._queued -= n
+            try:
+                outcomes = self._commit(batch, n)
+            except BaseException as exc:  # a bug here must not hang callers forever
+                log.exception("store writer failed on a batch of %d transitions", n)
+                outcomes = [[exc] * len(ts) for ts, _ in batch]
+            self._resolve(batch, outcomes, n)
+
+    def _commit(self, batch: list[_Entry], n: int) -> list[list[Outcome]]:
+        env = self._env
+        handles = self._handles
+        while True:
+            txn = env.begin(write=True)
+            try:
+                put = txn.put
+                delete = txn.delete
+                outcomes: list[list[Outcome]] = []
+                for transitions, _ in batch:
+                    results: list[Outcome] = []
+                    for t in transitions:
+                        if t.expect:
+                            failed = self._check(txn, t.expect)
+                            if failed is not None:
+                                results.append(failed)
+                                continue
+                        for op in t.ops:
+                            if type(op) is Put:
+                                put(op.key, op.value, db=handles[op.db])
+                            else:
+                                delete(op.key, db=handles[op.db])
+                        results.append(None)
+                    outcomes.append(results)
+                if self.fault is not None:
+                    self.fault()
+                txn.commit()
+            except lmdb.MapFullError as exc:
+                txn.abort()
+                size = env.info()["map_size"]
+                if size * 2 > MAX_MAP_SIZE:
+                    return self._io_failed(batch, exc, f"the map is already {size} bytes")
+                self._grow(size * 2)
+                with self._cond:
+                    self._stats["map_resizes"] += 1
+                continue
+            except (lmdb.Error, OSError) as exc:
+                txn.abort()
+                return self._io_failed(batch, exc, "nothing of this batch was written")
+            conflicts = sum(1 for results in outcomes for r in results if r is not None)
+            with self._cond:
+                s = self._stats
+                s["batches"] += 1
+                s["transitions"] += n
+                s["last_batch"] = n
+                s["max_batch"] = max(s["max_batch"], n)
+                s["conflicts"] += conflicts
+            return outcomes
+
+    def _io_failed(self, batch: list[_Entry], exc: BaseException, note: str) -> list[list[Outcome]]:
+        with self._cond:
+            self._stats["io_errors"] += 1
+        log.error("store commit failed: %s (%s)", exc, note)
+        error = StoreIOError(
+            f"commit failed: {type(exc).__name__}: {exc}; {note}. Data committed earlier is "
+            "intact; check free disk space and permissions, then retry"
+        )
+        error.__cause__ = exc
+        return [[error] * len(ts) for ts, _ in batch]
+
+    def _check(self, txn: lmdb.Transaction, expects: tuple[Expect, ...]) -> Outcome:
+        handles = self._handles
+        for e in expects:
+            raw = cast("bytes | None", txn.get(e.key, db=handles[e.db]))
+            if not e.exists:
+                if raw is not None:
+                    return ConditionFailed(f"{e.db} key {e.key!r} exists but was expected absent")
+                continue
+            if raw is None:
+                return ConditionFailed(f"{e.db} key {e.key!r} is absent but was expected")
+            if e.field is None:
+                continue
+            try:
+                record = decode(raw, db=e.db, key=e.key)
+            except StoreCorrupt as exc:
+                return exc
+            if not isinstance(record, dict) or e.field not in record:
+                return ConditionFailed(f"{e.db} key {e.key!r} has no field {e.field!r}")
+            if record[e.field] != e.value:
+                return ConditionFailed(
+                    f"{e.db} key {e.key!r}: {e.field} is {record[e.field]!r:.80}, "
+                    f"expected {e.value!r:.80}"
+                )
+        return None
+
+    def _resolve(self, batch: list[_Entry], outcomes: list[list[Outcome]], n: int) -> None:
+        for (_, sink), results in zip(batch, outcomes, strict=True):
+            if isinstance(sink, Future):
+                error = results[0]
+                if error is None:
+                    sink.set_result(None)
+                else:
+                    sink.set_exception(error)
+            else:
+                _call(sink, results)
+        with self._done_cond:
+            self._done += n
+            self._done_cond.notify_all()
+
+
+def _call(on_done: Callback, results: list[Outcome]) -> None:
+    try:
+        on_done(results)
+    except Exception:
+        log.exception("a store writer callback raised; the writer carries on")
