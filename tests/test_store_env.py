@@ -1,0 +1,177 @@
+"""Opening a store: locks, permissions, schema, incarnation, corrupt records."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import stat
+import subprocess
+import sys
+
+import lmdb
+import msgpack
+import pytest
+
+from herder.store import (
+    SCHEMA_VERSION,
+    InvalidInput,
+    Put,
+    SchemaTooNew,
+    Store,
+    StoreCorrupt,
+    StoreError,
+    StoreLocked,
+    Transition,
+    WorkflowRecord,
+    encode,
+    step_key,
+)
+
+CHILD = pathlib.Path(__file__).with_name("store_child.py")
+
+
+def raw_put(path: pathlib.Path, db: bytes, key: bytes, value: bytes) -> None:
+    """Write bytes behind the store's back (the Store must be closed)."""
+    env = lmdb.open(str(path), max_dbs=8)
+    try:
+        with env.begin(write=True) as txn:
+            txn.put(key, value, db=env.open_db(db, txn=txn))
+    finally:
+        env.close()
+
+
+def test_store_dir_is_0700_and_its_files_0600(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "deep" / "s"
+    with Store(path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+        names = sorted(p.name for p in path.iterdir())
+        assert names == ["data.mdb", "herder.lock", "lock.mdb"]
+        for p in path.iterdir():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_a_group_writable_store_dir_is_refused(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s"
+    path.mkdir()
+    path.chmod(0o770)
+    with pytest.raises(StoreError, match="chmod 700"):
+        Store(path)
+
+
+def test_incarnation_increments_on_every_writer_open_but_not_readonly(
+    tmp_path: pathlib.Path,
+) -> None:
+    seen = []
+    for _ in range(3):
+        with Store(tmp_path / "s") as s:
+            seen.append(s.incarnation)
+            assert s.schema_version == SCHEMA_VERSION
+    with Store(tmp_path / "s", readonly=True) as ro:
+        seen.append(ro.incarnation)
+    assert seen == [1, 2, 3, 3]
+
+
+def test_a_newer_schema_is_refused_by_writer_and_reader(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s"
+    Store(path).close()
+    raw_put(path, b"meta", b"schema", msgpack.packb(SCHEMA_VERSION + 1))
+    with pytest.raises(SchemaTooNew, match="upgrade herder"):
+        Store(path)
+    with pytest.raises(SchemaTooNew):
+        Store(path, readonly=True)
+    raw_put(path, b"meta", b"schema", msgpack.packb(SCHEMA_VERSION))
+    with Store(path) as s:  # the refusal released lock and registry
+        assert s.incarnation == 2  # the refused open did not bump it
+
+
+def test_a_corrupt_record_raises_store_corrupt_naming_it_and_others_stay_readable(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "s"
+    good = WorkflowRecord(id="good", name="n", version=1, input=None)
+    with Store(path) as s:
+        s.writer.submit(Transition((Put("workflows", b"good", encode(good.to_dict())),))).result(10)
+    raw_put(path, b"workflows", b"bad", b"\xc1garbage")
+    raw_put(path, b"workflows", b"half", msgpack.packb({"v": 1, "id": "half"}))
+    raw_put(path, b"steps", step_key("good", "x"), msgpack.packb({"state": "NOPE"}))
+    with Store(path) as s:
+        with pytest.raises(StoreCorrupt) as info:
+            s.get_workflow("bad")
+        assert (info.value.db, info.value.key) == ("workflows", b"bad")
+        assert "b'bad'" in str(info.value)
+        with pytest.raises(StoreCorrupt, match="bad record") as info:
+            s.get_workflow("half")
+        assert info.value.key == b"half"
+        with pytest.raises(StoreCorrupt) as info:
+            s.steps_of("good")
+        assert info.value.db == "steps"
+        assert s.get_workflow("good") == good
+        with pytest.raises(StoreCorrupt):
+            list(s.workflows())
+        corrupt: list[StoreCorrupt] = []
+        assert [w.id for w in s.workflows(corrupt=corrupt)] == ["good"]
+        assert sorted(c.key for c in corrupt) == [b"bad", b"half"]
+
+
+def test_unknown_database_names_are_invalid_input(tmp_path: pathlib.Path) -> None:
+    with Store(tmp_path / "s") as s:
+        with pytest.raises(InvalidInput, match="unknown database"):
+            s.get("nope", b"k")
+        with pytest.raises(InvalidInput):
+            s.count("nope")
+
+
+def test_second_open_in_the_same_process_is_refused(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s"
+    with Store(path):
+        with pytest.raises(StoreLocked, match="already open in this process"):
+            Store(path)
+        with pytest.raises(StoreLocked):
+            Store(tmp_path / "." / "s", readonly=True)
+    Store(path).close()  # released on close
+
+
+def test_second_writer_process_is_refused_and_a_readonly_open_is_allowed(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "s"
+
+    def child_writer() -> str:
+        out = subprocess.run(
+            [sys.executable, str(CHILD), "try-writer", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    with Store(path) as s:
+        s.writer.submit(Transition((Put("meta", b"x", encode(1)),))).result(10)
+        assert child_writer() == "StoreLocked"
+        ro = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from herder.store import Store\n"
+                "with Store(sys.argv[1], readonly=True) as r: print(r.get('meta', b'x'))",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert ro.stdout.strip() == "1"
+    assert child_writer() == "opened"
+
+
+def test_readonly_open_of_a_missing_store_says_so(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(StoreError, match="no store at"):
+        Store(tmp_path / "nothing", readonly=True)
+    assert not (tmp_path / "nothing").exists()
+    with Store(tmp_path / "s") as s:
+        s.close()
+    with Store(tmp_path / "s", readonly=True) as ro, pytest.raises(StoreError, match="read-only"):
+        _ = ro.writer
+    assert os.listdir(tmp_path / "s")

@@ -1,0 +1,144 @@
+"""Every record type survives encode -> store -> decode; key helpers invert each other."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from herder.store import (
+    Plan,
+    Put,
+    RetryPolicy,
+    StepRecord,
+    StepSpec,
+    StepState,
+    Store,
+    Transition,
+    WorkflowRecord,
+    WorkflowState,
+    definition_key,
+    encode,
+    split_step_key,
+    split_timer_key,
+    step_key,
+    timer_key,
+    timer_upper_bound,
+    workflow_key,
+)
+
+POLICY = RetryPolicy(
+    max_attempts=5,
+    initial_interval=0.1,
+    backoff_coefficient=2.0,
+    max_interval=30.0,
+    jitter=0.1,
+    non_retryable=(ValueError, "pkg.Custom"),
+)
+SPEC = StepSpec(
+    name="flight",
+    agent="airline",
+    action="book",
+    after=("quote",),
+    compensate="cancel",
+    timeout=30.0,
+    heartbeat_timeout=5.0,
+    retry=POLICY,
+    compensate_retry=RetryPolicy(max_attempts=2),
+)
+PLAN = Plan(name="trip", version=3, steps=(StepSpec("quote", "airline", "quote"), SPEC))
+WORKFLOW = WorkflowRecord(
+    id="order-42",
+    name="trip",
+    version=3,
+    input={"who": "ada", "n": [1, 2.5, None, True, b"\x00raw"]},
+    state=WorkflowState.COMPENSATING,
+    created=1.5,
+    updated=2.5,
+    error="boom",
+    recoveries=2,
+)
+STEP = StepRecord(
+    workflow_id="order-42",
+    name="flight",
+    state=StepState.RETRY_WAIT,
+    attempt=2,
+    token=7,
+    deadline=10.0,
+    heartbeat_deadline=11.0,
+    retry_at=12.0,
+    timer_ms=12_000,
+    result={"pnr": "X1"},
+    error="timeout",
+    error_type="builtins.TimeoutError",
+    done_token=5,
+    comp_attempt=1,
+    heartbeat={"pct": 50},
+    updated=3.0,
+    extra={"note": "é"},
+)
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path) -> Store:
+    return Store(tmp_path / "s")
+
+
+def _put(store: Store, db: str, key: bytes, value: object) -> None:
+    store.writer.submit(Transition((Put(db, key, encode(value)),))).result(timeout=10)
+
+
+def test_workflow_and_step_records_round_trip_through_the_store(
+    tmp_path: pathlib.Path, store: Store
+) -> None:
+    _put(store, "workflows", workflow_key(WORKFLOW.id), WORKFLOW.to_dict())
+    _put(store, "steps", STEP.key, STEP.to_dict())
+    store.close()
+    with Store(tmp_path / "s", readonly=True) as ro:
+        assert ro.get_workflow("order-42") == WORKFLOW
+        assert ro.get_step("order-42", "flight") == STEP
+        assert ro.steps_of("order-42") == [STEP]
+        assert ro.get_workflow("missing") is None
+        assert ro.get_step("order-42", "missing") is None
+
+
+def test_plan_step_spec_and_retry_policy_round_trip_through_the_store(store: Store) -> None:
+    key = definition_key(PLAN.name, PLAN.version)
+    _put(store, "definitions", key, PLAN.to_dict())
+    _put(store, "meta", b"policy", POLICY.to_dict())
+    _put(store, "meta", b"spec", SPEC.to_dict())
+    plan = Plan.from_dict(store.get("definitions", key))
+    assert plan == PLAN
+    assert plan.fingerprint() == PLAN.fingerprint()
+    assert RetryPolicy.from_dict(store.get("meta", b"policy")) == POLICY
+    assert StepSpec.from_dict(store.get("meta", b"spec")) == SPEC
+    store.close()
+
+
+def test_key_helpers_invert_each_other() -> None:
+    assert split_step_key(step_key("wf-é", "step")) == ("wf-é", "step")
+    assert split_timer_key(timer_key(123_456, "wf", "s")) == (123_456, "wf", "s")
+    assert workflow_key("abc") == b"abc"
+    assert timer_key(5, "wf", "s") < timer_upper_bound(5) <= timer_key(6, "a", "a")
+    assert timer_key(2**40, "a", "a") > timer_key(255, "z", "z")  # big-endian orders by time
+    assert definition_key("trip", 1) < definition_key("trip", 256)
+
+
+def test_workflows_filters_by_state_and_due_timers_stop_at_the_bound(store: Store) -> None:
+    for i, state in enumerate([WorkflowState.RUNNING, WorkflowState.SUCCEEDED] * 3):
+        _put(
+            store,
+            "workflows",
+            workflow_key(f"w{i}"),
+            WORKFLOW.evolve(id=f"w{i}", state=state).to_dict(),
+        )
+    for due in (5, 10, 10, 11):
+        _put(store, "timers", timer_key(due, f"w{due}", f"s{store.count('timers')}"), {"due": due})
+    running = [w.id for w in store.workflows(state="RUNNING")]
+    assert running == ["w0", "w2", "w4"]
+    assert len(list(store.workflows())) == 6
+    due = store.due_timers(10)
+    assert [(d, v["due"]) for d, _, _, v in due] == [(5, 5), (10, 10), (10, 10)]
+    assert len(store.due_timers(10, limit=2)) == 2
+    assert store.due_timers(4) == []
+    store.close()

@@ -1,0 +1,199 @@
+"""The group-commit writer: batching, conditions, map growth, I/O failures, closing."""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+from concurrent.futures import Future
+
+import lmdb
+import pytest
+
+from herder.store import (
+    ConditionFailed,
+    Delete,
+    Expect,
+    InvalidInput,
+    Put,
+    Store,
+    StoreClosed,
+    StoreIOError,
+    Transition,
+    encode,
+)
+
+
+def put(key: bytes, value: object = 1, db: str = "workflows") -> Put:
+    return Put(db, key, encode(value))
+
+
+def t(*ops: Put | Delete, expect: tuple[Expect, ...] = ()) -> Transition:
+    return Transition(ops, expect)
+
+
+@pytest.fixture
+def path(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "s"
+
+
+@pytest.mark.timeout(30)
+def test_concurrent_submissions_are_grouped_into_fewer_batches_and_survive_reopen(
+    path: pathlib.Path,
+) -> None:
+    threads, per_thread = 16, 500
+    store = Store(path)
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def submitter(tid: int) -> None:
+        start.wait()
+        futures = [
+            store.writer.submit(t(put(f"{tid:02d}-{i:04d}".encode(), {"i": i})))
+            for i in range(per_thread)
+        ]
+        errors.extend(e for f in futures if (e := f.exception(timeout=20)) is not None)
+
+    workers = [threading.Thread(target=submitter, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stats = store.writer.stats()
+    store.close()
+    total = threads * per_thread
+    assert errors == []
+    assert stats["transitions"] == total
+    assert stats["batches"] < total
+    assert stats["max_batch"] > 1
+    with Store(path, readonly=True) as ro:
+        assert ro.count("workflows") == total
+        assert ro.get("workflows", b"15-0499") == {"i": 499}
+
+
+def test_a_failing_expect_skips_only_its_transition_and_the_rest_of_the_batch_commits(
+    path: pathlib.Path,
+) -> None:
+    store = Store(path)
+    store.writer.submit(t(put(b"a", {"state": "RUNNING"}))).result(timeout=10)
+    done: Future[list[BaseException | None]] = Future()
+    batch = [
+        t(put(b"b", {"n": 1})),
+        # sees b written by the transition before it in the same batch
+        t(put(b"c"), expect=(Expect("workflows", b"b", exists=False),)),
+        t(put(b"d"), expect=(Expect("workflows", b"a", "state", "RUNNING"),)),
+        t(put(b"e"), expect=(Expect("workflows", b"a", "state", "DONE"),)),
+        t(put(b"f"), expect=(Expect("workflows", b"zz"),)),
+        t(put(b"g"), Delete("workflows", b"missing"), expect=(Expect("workflows", b"b"),)),
+    ]
+    store.writer.submit_many(batch, done.set_result)
+    outcomes = done.result(timeout=10)
+    assert [type(o).__name__ if o else None for o in outcomes] == [
+        None,
+        "ConditionFailed",
+        None,
+        "ConditionFailed",
+        "ConditionFailed",
+        None,
+    ]
+    assert "state is 'RUNNING', expected 'DONE'" in str(outcomes[3])
+    assert store.writer.stats()["conflicts"] == 3
+    present = {k for k, _ in store.raw_scan("workflows")}
+    assert present == {b"a", b"b", b"d", b"g"}
+    with pytest.raises(ConditionFailed, match="absent but was expected"):
+        store.writer.submit(t(put(b"x"), expect=(Expect("workflows", b"nope"),))).result(10)
+    store.close()
+
+
+def test_transitions_commit_in_submission_order(path: pathlib.Path) -> None:
+    store = Store(path)
+    futures = [store.writer.submit(t(put(b"k", i))) for i in range(2000)]
+    futures.append(store.writer.submit(t(Delete("workflows", b"gone"), put(b"last", "x"))))
+    for f in futures:
+        f.result(timeout=10)
+    assert store.get("workflows", b"k") == 1999
+    store.writer.flush(timeout=10)
+    store.close()
+
+
+@pytest.mark.timeout(30)
+def test_map_growth_from_a_tiny_map_is_transparent(path: pathlib.Path) -> None:
+    store = Store(path, map_size=64 * 1024)
+    blob = b"x" * 4000
+    futures = [store.writer.submit(t(put(b"%05d" % i, blob))) for i in range(1000)]
+    for f in futures:
+        f.result(timeout=20)
+    assert store.writer.stats()["map_resizes"] >= 3
+    assert store.count("workflows") == 1000
+    assert store.get("workflows", b"00999") == blob
+    store.close()
+    with Store(path, readonly=True) as ro:
+        assert ro.count("workflows") == 1000
+
+
+def test_an_injected_commit_failure_fails_that_batch_only(path: pathlib.Path) -> None:
+    store = Store(path)
+    store.writer.submit(t(put(b"before", 1))).result(timeout=10)
+
+    def fail() -> None:
+        raise lmdb.DiskError("injected: No space left on device")
+
+    store.writer.fault = fail
+    done: Future[list[BaseException | None]] = Future()
+    store.writer.submit_many([t(put(b"lost1")), t(put(b"lost2"))], done.set_result)
+    outcomes = done.result(timeout=10)
+    assert all(isinstance(o, StoreIOError) for o in outcomes)
+    assert "No space left on device" in str(outcomes[0])
+    with pytest.raises(StoreIOError):
+        store.writer.submit(t(put(b"lost3"))).result(timeout=10)
+    store.writer.fault = None
+    store.writer.submit(t(put(b"after", 2))).result(timeout=10)
+    assert store.writer.stats()["io_errors"] == 2
+    store.close()
+    with Store(path, readonly=True) as ro:
+        assert dict(ro.scan("workflows")) == {b"after": 2, b"before": 1}
+
+
+def test_a_raising_callback_does_not_kill_the_writer(
+    path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(path)
+
+    def boom(_: list[BaseException | None]) -> None:
+        raise RuntimeError("callback bug")
+
+    store.writer.submit_many([t(put(b"a"))], boom)
+    store.writer.submit(t(put(b"b"))).result(timeout=10)
+    assert "callback raised" in caplog.text
+    assert store.count("workflows") == 2
+    store.close()
+
+
+def test_submissions_after_close_fail_with_store_closed(path: pathlib.Path) -> None:
+    store = Store(path)
+    writer = store.writer
+    pending = [writer.submit(t(put(b"%d" % i))) for i in range(100)]
+    store.close()
+    assert all(f.done() and f.exception() is None for f in pending)  # drained on close
+    with pytest.raises(StoreClosed):
+        writer.submit(t(put(b"late"))).result(timeout=1)
+    got: list[list[BaseException | None]] = []
+    writer.submit_many([t(put(b"late"))], got.append)
+    assert isinstance(got[0][0], StoreClosed)
+    with pytest.raises(StoreClosed):
+        _ = store.writer
+    with pytest.raises(StoreClosed):
+        store.get("workflows", b"1")
+    store.close()  # idempotent
+
+
+def test_malformed_transitions_are_refused_at_submit(path: pathlib.Path) -> None:
+    with Store(path, max_value_bytes=100) as store:
+        with pytest.raises(InvalidInput, match="unknown database"):
+            store.writer.submit(t(put(b"k", db="nope")))
+        with pytest.raises(InvalidInput, match="key"):
+            store.writer.submit(t(put(b"")))
+        with pytest.raises(InvalidInput, match="key"):
+            store.writer.submit(t(put(b"k" * 600)))
+        with pytest.raises(InvalidInput, match="limit is 100"):
+            store.writer.submit(t(put(b"k", "x" * 200)))
+        assert store.writer.stats()["transitions"] == 0
