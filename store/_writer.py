@@ -312,7 +312,10 @@ class Writer:
                 size = env.info()["map_size"]
                 if size * 2 > MAX_MAP_SIZE:
                     return self._io_failed(batch, exc, f"the map is already {size} bytes")
-                self._grow(size * 2)
+                try:
+                    self._grow(size * 2)
+                except (lmdb.Error, OSError) as grow_exc:
+                    return self._io_failed(batch, grow_exc, f"could not grow the map to {size * 2}")
                 with self._cond:
                     self._stats["map_resizes"] += 1
                 continue
