@@ -1,0 +1,463 @@
+"""Erlang/OTP-style supervisors on pykka.
+
+A supervisor is a :class:`SupervisedActor` that owns an ordered list of children (start
+order) and restarts them by a decision table: restart type x exit reason says *whether*
+(``_RESTART``), the strategy says *which* children. Children report their own death with
+a message (see ``_supervised``); the supervisor never polls and never asks upward.
+
+Restart intensity is a sliding window of restart times on ``clock.monotonic()``: more than
+``max_restarts`` within ``period`` seconds and the supervisor stops its children (reverse
+start order), calls ``on_fatal`` if given, and exits abnormally with
+:class:`RestartIntensityExceeded` — which its own supervisor sees as a crash (escalation).
+
+A failed restart never blocks the loop: it counts against the intensity and the
+supervisor sends itself a "try again" message (after the backoff delay, if configured).
+The only blocking waits are a child's ``on_start`` (up to ``start_timeout``) and a child's
+graceful stop (up to its ``ChildSpec.shutdown``; then it is abandoned).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from herder.actors._clock import Clock, SystemClock
+from herder.actors._errors import RestartIntensityExceeded, SupervisorStartError
+from herder.actors._supervised import (
+    SupervisedActor,
+    _await_birth,
+    _ChildExit,
+    _current_context,
+    _start_confirmed,
+)
+from herder.actors._supervision_specs import (
+    Backoff,
+    ChildEvent,
+    ChildInfo,
+    ChildSpec,
+    Restart,
+    Strategy,
+    _coerce,
+    _finite,
+)
+from herder.store._errors import InvalidInput
+
+_log = logging.getLogger("herder.supervision")
+
+# Whether a child is restarted: (restart type, crashed?) -> restart?
+_RESTART: dict[tuple[Restart, bool], bool] = {
+    (Restart.PERMANENT, True): True,
+    (Restart.PERMANENT, False): True,
+    (Restart.TRANSIENT, True): True,
+    (Restart.TRANSIENT, False): False,
+    (Restart.TEMPORARY, True): False,
+    (Restart.TEMPORARY, False): False,
+}
+
+Listener = Callable[[ChildEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """Self-message: start the children still waiting for restart ``token``."""
+
+    token: int
+
+
+@dataclass(eq=False, slots=True)
+class _Child:
+    spec: ChildSpec
+    ref: pykka.ActorRef[Any] | None = None
+    restarts: int = 0
+    pending: int | None = None  # token of the scheduled restart, None if not waiting
+
+
+class _Supervisor(SupervisedActor):
+    """The supervisor actor; use :func:`start_supervisor` and call it through its ref."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        strategy: Strategy,
+        children: Sequence[ChildSpec],
+        max_restarts: int,
+        period: float,
+        backoff: Backoff | None,
+        clock: Clock,
+        listener: Listener | None,
+        on_fatal: Callable[[BaseException], None] | None,
+        start_timeout: float,
+    ) -> None:
+        super().__init__()
+        self._name = name
+        self._strategy = strategy
+        self._children: dict[str, _Child] = {spec.id: _Child(spec) for spec in children}
+        self._max_restarts = max_restarts
+        self._period = period
+        self._backoff = backoff
+        self._clock = clock
+        self._listener = listener
+        self._on_fatal = on_fatal
+        self._start_timeout = start_timeout
+        self._window: deque[float] = deque()
+        self._tokens = itertools.count(1)
+
+    def __str__(self) -> str:
+        return f"supervisor {self._name!r} ({self.actor_urn})"
+
+    # -- pykka hooks ------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Start the initial children in order; on a failure stop them and raise."""
+        for child in self._children.values():
+            try:
+                child.ref = self._start(child.spec)
+            except SupervisorStartError as exc:
+                self._stop_children(reversed(self._children.values()))
+                raise SupervisorStartError(
+                    f"supervisor {self._name!r} could not start child {child.spec.id!r}: {exc}"
+                ) from exc
+            self._emit(child.spec.id, "started", child.ref, None)
+
+    def on_stop(self) -> None:
+        """Stop every child in reverse start order before this supervisor ends."""
+        self._stop_children(reversed(self._children.values()))
+
+    def on_failure(self, *_exc_info: object) -> None:
+        """A bug in the supervisor itself: do not leave its children orphaned."""
+        self._stop_children(reversed(self._children.values()))
+
+    def on_receive(self, message: Any) -> Any:
+        """Handle a child's exit report and the supervisor's own retry timers."""
+        if isinstance(message, _ChildExit):
+            self._on_child_exit(message)
+            return None
+        if isinstance(message, _Retry):
+            self._restart_pending(message.token)
+            return None
+        return super().on_receive(message)
+
+    # -- the API called through the ref ----------------------------------------------
+
+    def which_children(self) -> list[ChildInfo]:
+        """Every child in start order."""
+        return [
+            ChildInfo(
+                id=c.spec.id,
+                ref=c.ref,
+                restart=c.spec.restart,
+                restarts=c.restarts,
+                alive=c.ref is not None and c.ref.is_alive(),
+            )
+            for c in self._children.values()
+        ]
+
+    def count_children(self) -> int:
+        """How many child specs this supervisor holds (running or not)."""
+        return len(self._children)
+
+    def start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any]:
+        """Start a new child after the existing ones and return its ref."""
+        if not isinstance(spec, ChildSpec):
+            raise InvalidInput(f"start_child takes a ChildSpec, got {spec!r}")
+        if spec.id in self._children:
+            raise InvalidInput(
+                f"supervisor {self._name!r} already has a child with id {spec.id!r}; "
+                "pick a unique id or delete_child it first"
+            )
+        ref = self._start(spec)
+        self._children[spec.id] = _Child(spec, ref)
+        self._emit(spec.id, "started", ref, None)
+        return ref
+
+    def terminate_child(self, child_id: str) -> None:
+        """Stop a child without restarting it; the spec stays for ``restart_child``
+        (except in a simple_one_for_one pool and for temporary children)."""
+        child = self._get(child_id)
+        self._stop_children([child])
+        if self._strategy is Strategy.SIMPLE_ONE_FOR_ONE or child.spec.restart is Restart.TEMPORARY:
+            del self._children[child_id]
+
+    def restart_child(self, child_id: str) -> pykka.ActorRef[Any]:
+        """Replace a child now: stop it (abandoning it after its shutdown timeout, even if
+        its thread is blocked forever) and start a fresh instance. Not counted against
+        the restart intensity unless the start fails (then it is retried like any
+        failed restart and the error is raised)."""
+        child = self._get(child_id)
+        self._stop_children([child])
+        try:
+            ref = self._start(child.spec)
+        except SupervisorStartError as exc:
+            self._emit(child_id, "crashed", None, exc)
+            if not self._count_restart(child_id):
+                self._retry_later([child])
+            raise
+        child.ref = ref
+        child.restarts += 1
+        self._emit(child_id, "restarted", ref, None)
+        return ref
+
+    def delete_child(self, child_id: str) -> None:
+        """Stop the child if it runs and forget its spec."""
+        child = self._get(child_id)
+        self._stop_children([child])
+        del self._children[child_id]
+
+    # -- restarts ---------------------------------------------------------------------
+
+    def _on_child_exit(self, message: _ChildExit) -> None:
+        child = self._children.get(message.child_id)
+        if child is None or child.ref is None or child.ref.actor_urn != message.urn:
+            _log.debug("%s: ignoring exit of a replaced instance of %r", self, message.child_id)
+            return
+        ref, child.ref = child.ref, None
+        crashed = message.reason is not None
+        self._emit(child.spec.id, "crashed" if crashed else "exited", ref, message.reason)
+        if not _RESTART[(child.spec.restart, crashed)]:
+            if (
+                child.spec.restart is Restart.TEMPORARY
+                or self._strategy is Strategy.SIMPLE_ONE_FOR_ONE
+            ):
+                del self._children[child.spec.id]
+            return
+        if self._count_restart(child.spec.id):
+            return
+        group = self._restart_group(child)
+        siblings = [c for c in reversed(group) if c is not child]
+        self._stop_children(siblings)
+        for sibling in siblings:
+            if sibling.spec.restart is Restart.TEMPORARY:
+                del self._children[sibling.spec.id]
+                group.remove(sibling)
+        token = next(self._tokens)
+        for c in group:
+            c.pending = token
+        delay = self._delay()
+        if delay <= 0:
+            self._restart_pending(token)
+        else:
+            self._schedule(token, delay)
+
+    def _restart_group(self, child: _Child) -> list[_Child]:
+        """The children to restart (in start order) when ``child`` died."""
+        if self._strategy in (Strategy.ONE_FOR_ONE, Strategy.SIMPLE_ONE_FOR_ONE):
+            return [child]
+        order = list(self._children.values())
+        if self._strategy is Strategy.REST_FOR_ONE:
+            order = order[order.index(child) :]
+        return [c for c in order if c is child or c.ref is not None or c.pending is not None]
+
+    def _restart_pending(self, token: int) -> None:
+        waiting = [c for c in self._children.values() if c.pending == token]
+        for i, child in enumerate(waiting):
+            try:
+                ref = self._start(child.spec)
+            except SupervisorStartError as exc:
+                _log.warning("%s: restart of child %r failed: %s", self, child.spec.id, exc)
+                self._emit(child.spec.id, "crashed", None, exc)
+                if not self._count_restart(child.spec.id):
+                    self._retry_later(waiting[i:])
+                return
+            child.pending = None
+            child.ref = ref
+            child.restarts += 1
+            self._emit(child.spec.id, "restarted", ref, None)
+
+    def _retry_later(self, children: list[_Child]) -> None:
+        """Try the start again from a fresh message, so the loop keeps serving others."""
+        token = next(self._tokens)
+        for child in children:
+            child.pending = token
+        self._schedule(token, self._delay())
+
+    def _schedule(self, token: int, delay: float) -> None:
+        if delay <= 0:
+            self._tell_self(_Retry(token))
+        else:
+            self._clock.call_later(delay, lambda: self._tell_self(_Retry(token)))
+
+    def _tell_self(self, message: object) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            _log.debug("%s: stopped before its retry timer fired", self)
+
+    def _delay(self) -> float:
+        return 0.0 if self._backoff is None else self._backoff.delay(len(self._window))
+
+    def _count_restart(self, child_id: str) -> bool:
+        """Record one restart; give up (and return True) if the intensity is exceeded."""
+        now = self._clock.monotonic()
+        window = self._window
+        window.append(now)
+        while window and window[0] < now - self._period:
+            window.popleft()
+        if len(window) <= self._max_restarts:
+            return False
+        self._give_up(RestartIntensityExceeded(self._name, child_id, len(window), self._period))
+        return True
+
+    def _give_up(self, exc: RestartIntensityExceeded) -> None:
+        _log.error("%s", exc)
+        self._stop_children(reversed(self._children.values()))
+        # Stop this actor as pykka does for an unhandled exception: the loop ends after
+        # the current message, later asks fail with ActorDeadError, and the exit report
+        # tells our own supervisor that we crashed with ``exc``. Done before on_fatal so
+        # that whoever on_fatal wakes up already finds this supervisor dead.
+        self._handle_failure(type(exc), exc, None)
+        if self._on_fatal is not None:
+            try:
+                self._on_fatal(exc)
+            except Exception:
+                _log.exception("%s: on_fatal callback failed", self)
+
+    # -- starting and stopping children -------------------------------------------------
+
+    def _start(self, spec: ChildSpec) -> pykka.ActorRef[Any]:
+        return _start_confirmed(
+            spec.start, parent=self.actor_ref, child_id=spec.id, timeout=self._start_timeout
+        )
+
+    def _stop_children(self, children: Iterable[_Child]) -> None:
+        """Stop children in the given order, each within its shutdown timeout.
+
+        A simple_one_for_one pool is stopped in parallel (all stop messages first), as
+        OTP does; other strategies stop one child at a time.
+        """
+        parallel = self._strategy is Strategy.SIMPLE_ONE_FOR_ONE
+        stopping: list[tuple[_Child, pykka.ActorRef[Any], pykka.Future[bool], float]] = []
+        for child in children:
+            child.pending = None
+            ref, child.ref = child.ref, None
+            if ref is None:
+                continue
+            deadline = self._clock_now() + child.spec.shutdown
+            stopping.append((child, ref, ref.stop(block=False), deadline))
+            if not parallel:
+                self._await_stop(*stopping.pop())
+        for entry in stopping:
+            self._await_stop(*entry)
+
+    def _await_stop(
+        self, child: _Child, ref: pykka.ActorRef[Any], future: pykka.Future[bool], deadline: float
+    ) -> None:
+        try:
+            future.get(timeout=max(0.0, deadline - self._clock_now()))
+        except pykka.Timeout:
+            _log.warning(
+                "%s: child %r did not stop within %s s; abandoning its thread",
+                self,
+                child.spec.id,
+                child.spec.shutdown,
+            )
+            self._emit(child.spec.id, "abandoned", ref, None)
+            return
+        self._emit(child.spec.id, "terminated", ref, None)
+
+    @staticmethod
+    def _clock_now() -> float:
+        # Shutdown timeouts are real waits on threads, so they use real time even under a
+        # FakeClock (which only drives the intensity window and backoff timers).
+        return _REAL_CLOCK.monotonic()
+
+    def _get(self, child_id: str) -> _Child:
+        try:
+            return self._children[child_id]
+        except KeyError:
+            raise InvalidInput(
+                f"supervisor {self._name!r} has no child with id {child_id!r}"
+            ) from None
+
+    def _emit(
+        self,
+        child_id: str,
+        kind: str,
+        ref: pykka.ActorRef[Any] | None,
+        reason: BaseException | None,
+    ) -> None:
+        if self._listener is None:
+            return
+        try:
+            self._listener(ChildEvent(self._name, child_id, kind, ref, reason))
+        except Exception:
+            _log.exception("%s: listener failed on %s event of %r", self, kind, child_id)
+
+
+_REAL_CLOCK = SystemClock()
+
+
+def start_supervisor(
+    name: str,
+    strategy: Strategy = Strategy.ONE_FOR_ONE,
+    children: Sequence[ChildSpec] = (),
+    *,
+    max_restarts: int = 3,
+    period: float = 5.0,
+    backoff: Backoff | None = None,
+    clock: Clock | None = None,
+    listener: Listener | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
+    start_timeout: float = 10.0,
+) -> pykka.ActorRef[Any]:
+    """Start a supervisor and its children (in order) and return its ref.
+
+    Returns only after every child finished ``on_start``; if one fails, the ones already
+    started are stopped and :class:`SupervisorStartError` is raised. Called inside another
+    supervisor's ``ChildSpec.start``, the new supervisor is that supervisor's child and
+    its failures escalate to it. ``listener`` runs on the supervisor thread for every
+    :class:`ChildEvent` and must be quick; its exceptions are logged. ``on_fatal`` is
+    called once with the :class:`RestartIntensityExceeded` when this supervisor gives up
+    (give it to the root). The supervisor's methods (``which_children``,
+    ``count_children``, ``start_child``, ``terminate_child``, ``restart_child``,
+    ``delete_child``) are called through ``ref.proxy()`` or ``ref.ask``; ``ref.stop()``
+    stops the children in reverse start order, then the supervisor.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"start_supervisor: name must be a non-empty string, got {name!r}")
+    owner = f"supervisor {name!r}"
+    strategy = _coerce(Strategy, "strategy", strategy, owner)
+    specs = list(children)
+    seen: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec, ChildSpec):
+            raise InvalidInput(f"{owner}: children must be ChildSpec values, got {spec!r}")
+        if spec.id in seen:
+            raise InvalidInput(f"{owner}: duplicate child id {spec.id!r}")
+        seen.add(spec.id)
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise InvalidInput(f"{owner}.max_restarts must be an int >= 0, got {max_restarts!r}")
+    for field, value in (("period", period), ("start_timeout", start_timeout)):
+        _finite(field, value, owner=owner)
+        if value <= 0:
+            raise InvalidInput(f"{owner}.{field} must be > 0, got {value!r}")
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise InvalidInput(f"{owner}.backoff must be a Backoff or None, got {backoff!r}")
+    for field, fn in (("listener", listener), ("on_fatal", on_fatal)):
+        if fn is not None and not callable(fn):
+            raise InvalidInput(f"{owner}.{field} must be callable or None, got {fn!r}")
+
+    def make() -> pykka.ActorRef[Any]:
+        return _Supervisor.start(
+            name=name,
+            strategy=strategy,
+            children=specs,
+            max_restarts=max_restarts,
+            period=period,
+            backoff=backoff,
+            clock=SystemClock() if clock is None else clock,
+            listener=listener,
+            on_fatal=on_fatal,
+            start_timeout=start_timeout,
+        )
+
+    ctx = _current_context()
+    if ctx is None:
+        return _start_confirmed(make, parent=None, child_id=name, timeout=start_timeout)
+    return _await_birth(ctx, make(), name, start_timeout)
