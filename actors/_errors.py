@@ -1,18 +1,25 @@
-"""Errors raised by the actors layer.
+"""Errors raised by the actors layer (the engine and the supervision tree).
 
 ::
 
     HerderError (herder.store)
+    ├── InvalidInput
+    │   ├── InvalidDefinition       a workflow definition that cannot run (cycle, dangling dep)
+    │   └── UnknownName             a workflow, agent or action name nobody registered
+    ├── WorkflowConflict            same workflow id started again with different input
+    ├── UnknownWorkflow (KeyError)  no workflow with that id in the store
+    ├── InvalidState                the operation does not apply in the workflow's state
+    ├── RuntimeClosed               the runtime is stopped or stopping
     ├── SupervisorStartError        a supervisor or one of its children failed to start
     └── RestartIntensityExceeded    a supervisor restarted too often and gave up
 
-Both are operational errors: something a child did at run time, not a programmer error
-in the arguments (those are refused with :class:`herder.store.InvalidInput`).
+:class:`Permanent` is not an error of herder's: user actions raise it to say "this will
+never succeed", so it derives from :class:`Exception`, not :class:`HerderError`.
 """
 
 from __future__ import annotations
 
-from herder.store._errors import HerderError
+from herder.store._errors import HerderError, InvalidInput
 
 
 class SupervisorStartError(HerderError):
@@ -41,3 +48,34 @@ class RestartIntensityExceeded(HerderError):
             f"(last caused by child {child_id!r}); fix the crashing child or raise "
             "max_restarts/period"
         )
+
+
+class Permanent(Exception):
+    """Raised by an action to fail its step without retrying."""
+
+
+class InvalidDefinition(InvalidInput):
+    """A workflow definition is malformed: duplicate steps, a cycle, an unknown dependency."""
+
+
+class UnknownName(InvalidInput):
+    """A workflow, agent or action name that nothing registered."""
+
+
+class WorkflowConflict(HerderError):
+    """A workflow id was started again with different input (or a different workflow)."""
+
+
+class UnknownWorkflow(HerderError, KeyError):
+    """No workflow with the given id exists in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown workflow"
+
+
+class InvalidState(HerderError):
+    """The operation does not apply to the workflow in its current state."""
+
+
+class RuntimeClosed(HerderError):
+    """The runtime is stopped or stopping; it accepts no new work."""

@@ -1,5 +1,64 @@
-"""herder.runtime — the public API. Users import from here only."""
+"""herder.runtime — the public API of herder. Users import from here only.
 
-from herder.store import HerderError
+``herder`` has three layers; imports point down only:
 
-__all__ = ["HerderError"]
+- ``herder.store``: the LMDB store, msgpack codec, record types and group-commit writer.
+- ``herder.actors``: every actor: the supervision tree, Scheduler, agent hosts and the
+  pattern's Supervisor (the watchdog). Uses the store.
+- ``herder.runtime`` (this package): the :class:`Runtime` facade, the :class:`Workflow`
+  builder, status types and the testing kit (``herder.runtime.testing``).
+
+Everything not listed in ``__all__`` here is internal and may change.
+"""
+
+from herder.actors._agent import Agent, StepContext
+from herder.actors._errors import (
+    InvalidDefinition,
+    InvalidState,
+    Permanent,
+    RuntimeClosed,
+    UnknownName,
+    UnknownWorkflow,
+    WorkflowConflict,
+)
+from herder.runtime._runtime import Runtime, WorkflowHandle
+from herder.runtime._status import State, StepStatus, WorkflowFailed, WorkflowStatus
+from herder.runtime._workflow import Workflow
+from herder.store._errors import (
+    EncodeError,
+    HerderError,
+    InvalidInput,
+    SchemaTooNew,
+    StoreCorrupt,
+    StoreError,
+    StoreLocked,
+)
+from herder.store._records import RetryPolicy, StepState
+
+__all__ = [
+    "Agent",
+    "EncodeError",
+    "HerderError",
+    "InvalidDefinition",
+    "InvalidInput",
+    "InvalidState",
+    "Permanent",
+    "RetryPolicy",
+    "Runtime",
+    "RuntimeClosed",
+    "SchemaTooNew",
+    "State",
+    "StepContext",
+    "StepState",
+    "StepStatus",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreLocked",
+    "UnknownName",
+    "UnknownWorkflow",
+    "Workflow",
+    "WorkflowConflict",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowStatus",
+]

@@ -31,7 +31,7 @@ Caveats:
 - Keep ``sync=True``: throughput comes from group commit, not from weaker durability.
 """
 
-from herder.store._codec import decode, encode
+from herder.store._codec import decode, encode, normalize
 from herder.store._env import Store
 from herder.store._errors import (
     ConditionFailed,
@@ -98,6 +98,7 @@ __all__ = [
     "definition_key",
     "encode",
     "exception_name",
+    "normalize",
     "split_step_key",
     "split_timer_key",
     "step_key",

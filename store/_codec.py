@@ -2,6 +2,7 @@
 
 :func:`encode` turns plain data (None, bool, int, float, str, bytes, lists, tuples and maps
 with str keys) into bytes and refuses anything else with :class:`EncodeError`.
+:func:`normalize` checks a value at the door and returns it as it will read back.
 :func:`decode` reads bytes back with bounded sizes and string-only map keys; any failure
 becomes :class:`StoreCorrupt` naming the database and key it came from.
 """
@@ -46,3 +47,16 @@ def decode(data: bytes, *, db: str, key: bytes) -> Any:
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         # ValueError covers ExtraData, FormatError, StackError and bad UTF-8.
         raise StoreCorrupt(db, key, f"{type(exc).__name__}: {exc}") from exc
+
+
+def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any:
+    """``obj`` as it will read back from the store (tuples become lists, and so on).
+
+    Raises :class:`EncodeError` for anything the store would refuse to keep or could not
+    read back: unencodable values, values over ``limit`` bytes, and non-str map keys.
+    """
+    data = encode(obj, limit=limit, what=what)
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except ValueError as exc:
+        raise EncodeError(f"{what} cannot be stored: {exc}; map keys must be str") from exc

@@ -262,6 +262,8 @@ class WorkflowRecord:
     created: float = 0.0
     updated: float = 0.0
     error: str | None = None
+    # True once cancel was requested: compensation then ends in CANCELLED, not COMPENSATED.
+    cancelled: bool = False
     # Bumped on every recovery that found this workflow unfinished (poison-work detection).
     recoveries: int = 0
 

@@ -1,0 +1,93 @@
+"""What user code sees of an agent: the :class:`Agent` base class and :class:`StepContext`.
+
+An agent wraps one remote resource; its public methods are actions. An action receives a
+:class:`StepContext` and returns a msgpack-serialisable result. Raising
+:class:`~herder.actors._errors.Permanent` fails the step for good; any other exception is
+transient and retried under the step's policy.
+
+``StepContext`` is plain data plus a small port back to the runtime (``heartbeat`` and the
+``cancelled``/``superseded`` flags), so an action could later run somewhere other than a
+thread of this process.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Agent:
+    """Base class for agents. Subclass it; each public method taking a ctx is an action.
+
+    One instance serves one step at a time, so an instance may keep a connection to its
+    remote resource. The runtime creates instances through the factory given to
+    ``Runtime.add_agent`` and may create several (``concurrency``) or discard idle ones.
+    """
+
+
+def action_names(agent_type: type) -> frozenset[str]:
+    """The public callable attributes of an agent class: the actions it offers."""
+    return frozenset(
+        name
+        for name, value in inspect.getmembers(agent_type)
+        if not name.startswith("_") and callable(value) and not isinstance(value, type)
+    )
+
+
+def agent_class_of(factory: Callable[[], object]) -> type | None:
+    """The Agent subclass a factory builds, when it can be told without calling it."""
+    target: Any = factory
+    while hasattr(target, "func"):  # functools.partial, possibly nested
+        target = target.func
+    if isinstance(target, type):
+        return target
+    return None
+
+
+class AttemptPort(Protocol):
+    """How a running action talks back to the runtime."""
+
+    cancelled: bool
+    superseded: bool
+
+    def heartbeat(self, details: Any) -> None:
+        """Report liveness (and optional progress details) for the running attempt."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """Everything an action knows about the step it runs.
+
+    ``results`` holds the results of every step of this workflow that has succeeded so
+    far. ``idempotency_key`` is stable across retries and crashes: pass it to the remote
+    side so a repeated request is recognised. ``compensating`` is true when the action is
+    a compensation undoing this step.
+    """
+
+    workflow_id: str
+    step: str
+    action: str
+    attempt: int
+    input: Any
+    results: Mapping[str, Any]
+    idempotency_key: str
+    token: int
+    compensating: bool
+    _port: AttemptPort
+
+    def heartbeat(self, details: Any = None) -> None:
+        """Tell the runtime this attempt is alive; resets its heartbeat timeout."""
+        self._port.heartbeat(details)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the workflow was cancelled; a long action should stop early."""
+        return self._port.cancelled
+
+    @property
+    def superseded(self) -> bool:
+        """True once this attempt was replaced (timed out); its answer will be ignored."""
+        return self._port.superseded

@@ -1,0 +1,376 @@
+"""Where actions run: agent instance actors and the per-agent pools that own them.
+
+Each registered agent name has a pool. Instances start lazily when a step arrives (up to
+the pool's ``concurrency``), under a per-agent supervisor (simple_one_for_one) that the
+agents supervisor starts on first use; idle instances are passivated, and a pool with no
+instances left stops its supervisor, so ten thousand mostly idle agents hold no threads.
+Work waiting for a busy agent waits in the pool's queue, in the Scheduler's memory, never
+in an unbounded actor inbox.
+
+The Scheduler talks to :class:`AgentHost` only (dispatch an attempt, release or replace
+an instance); nothing else here knows about threads, so another host (Ray, asyncio) can
+take its place later.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from herder.actors._agent import Agent, StepContext
+from herder.actors._ask import call, call_later
+from herder.actors._errors import Permanent
+from herder.actors._messages import InstanceEvent, Outcome, Run
+from herder.actors._supervised import SupervisedActor
+from herder.actors._supervision import start_supervisor
+from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
+from herder.store._codec import normalize
+from herder.store._errors import EncodeError
+from herder.store._records import exception_name
+
+_log = logging.getLogger("herder.agents")
+
+
+class InstanceCrash(Exception):
+    """Raised by an action to crash its agent instance (not just fail the step).
+
+    Used by the testing kit to simulate a host-level crash; the supervision tree restarts
+    the instance and the step is retried at once.
+    """
+
+
+def error_types(exc: BaseException) -> tuple[str, ...]:
+    """The stored names of an exception's type and all its base types."""
+    return tuple(exception_name(t) for t in type(exc).__mro__ if issubclass(t, BaseException))
+
+
+class AgentInstance(SupervisedActor):
+    """One pykka actor running one agent object; serves one attempt at a time."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        agent: str,
+        instance: str,
+        factory: Callable[[], Agent],
+        reply: Callable[[Outcome], None],
+        max_result_bytes: int,
+    ) -> None:
+        super().__init__()
+        self._agent_name = agent
+        self._instance = instance
+        self._factory = factory
+        self._reply = reply
+        self._max_result_bytes = max_result_bytes
+        self._agent: Any = None
+
+    def on_start(self) -> None:
+        """Build the agent object; a failing factory is a crash at start-up."""
+        super().on_start()
+        self._agent = self._factory()
+
+    def on_receive(self, message: Any) -> Any:
+        """Run one attempt and report its outcome."""
+        if isinstance(message, Run):
+            self._reply(self._run(message))
+            return None
+        return super().on_receive(message)
+
+    def _run(self, run: Run) -> Outcome:
+        ctx: StepContext = run.context
+        try:
+            method = getattr(self._agent, run.action, None)
+            if run.action.startswith("_") or not callable(method):
+                raise Permanent(f"agent {self._agent_name!r} has no action {run.action!r}")
+            result = normalize(
+                method(ctx), limit=self._max_result_bytes, what=f"result of action {run.action!r}"
+            )
+        except InstanceCrash:
+            raise
+        except (Permanent, EncodeError) as exc:
+            return self._failed(run, exc, permanent=True)
+        except BaseException as exc:
+            return self._failed(run, exc, permanent=False)
+        return Outcome(self._agent_name, self._instance, run.token, ok=True, result=result)
+
+    def _failed(self, run: Run, exc: BaseException, *, permanent: bool) -> Outcome:
+        return Outcome(
+            self._agent_name,
+            self._instance,
+            run.token,
+            ok=False,
+            error=f"{type(exc).__name__}: {exc}",
+            error_types=error_types(exc),
+            permanent=permanent,
+        )
+
+
+@dataclass(slots=True)
+class _Instance:
+    ref: pykka.ActorRef | None
+    busy_token: int | None = None
+    idle_since: float = 0.0
+    lost: bool = False  # replaced or crashed: waiting for the supervisor to bring it back
+
+
+@dataclass(slots=True)
+class _Pool:
+    name: str
+    factory: Callable[[], Agent]
+    concurrency: int
+    supervisor: pykka.ActorRef | None = None
+    instances: dict[str, _Instance] = field(default_factory=dict)
+    idle: list[str] = field(default_factory=list)
+    queue: collections.deque[Any] = field(default_factory=collections.deque)
+    ids: itertools.count[int] = field(default_factory=itertools.count)
+
+
+class AgentHost:
+    """The agent pools of one runtime, driven from the Scheduler's thread.
+
+    ``events`` receives every supervision event that concerns an instance (crashes,
+    restarts) as an :class:`InstanceEvent`; the Scheduler passes its own ``tell``.
+    """
+
+    def __init__(
+        self,
+        agents_supervisor: pykka.ActorRef,
+        reply: Callable[[Outcome], None],
+        events: Callable[[InstanceEvent], None],
+        *,
+        max_result_bytes: int,
+        shutdown: float,
+        ask_timeout: float = 10.0,
+    ) -> None:
+        self._agents_sup = agents_supervisor
+        self._reply = reply
+        self._events = events
+        self._max_result_bytes = max_result_bytes
+        self._shutdown = shutdown
+        self._ask_timeout = ask_timeout
+        self._pools: dict[str, _Pool] = {}
+
+    # -- registration ------------------------------------------------------------------
+
+    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None:
+        """Register (or re-register with a new factory/concurrency) an agent name."""
+        pool = self._pools.get(name)
+        if pool is None:
+            self._pools[name] = _Pool(name, factory, concurrency)
+        else:
+            pool.factory, pool.concurrency = factory, concurrency
+
+    def remove(self, name: str) -> None:
+        """Stop serving ``name``: its instances stop, its queue waits for a new add()."""
+        pool = self._pools.get(name)
+        if pool is None:
+            return
+        pool.concurrency = 0
+        if pool.supervisor is not None:
+            self._stop_pool_supervisor(pool)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._pools
+
+    def queue(self, name: str) -> collections.deque[Any] | None:
+        """The queue of work waiting for agent ``name``, or None if it is not registered."""
+        pool = self._pools.get(name)
+        return None if pool is None else pool.queue
+
+    def names(self) -> list[str]:
+        """Registered agent names."""
+        return list(self._pools)
+
+    # -- capacity ----------------------------------------------------------------------
+
+    def acquire(self, name: str, token: int) -> str | None:
+        """An idle instance of ``name`` reserved for attempt ``token``, started if allowed."""
+        pool = self._pools[name]
+        instance_id: str | None = None
+        while pool.idle and instance_id is None:
+            candidate = pool.idle.pop()
+            inst = pool.instances.get(candidate)
+            if inst is not None and not inst.lost and inst.busy_token is None:
+                instance_id = candidate
+        if instance_id is None:
+            if len(pool.instances) >= pool.concurrency:
+                return None
+            instance_id = self._start_instance(pool)
+            if instance_id is None:
+                return None
+        pool.instances[instance_id].busy_token = token
+        return instance_id
+
+    def send(self, name: str, instance_id: str, run: Run) -> bool:
+        """Hand an attempt to the instance reserved for it; False if that instance is gone."""
+        pool = self._pools.get(name)
+        inst = None if pool is None else pool.instances.get(instance_id)
+        if inst is None or inst.lost or inst.ref is None or inst.busy_token != run.token:
+            return False
+        inst.ref.tell(run)
+        return True
+
+    def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
+        """Mark an instance idle after an attempt; True if capacity was freed."""
+        pool = self._pools.get(name)
+        inst = None if pool is None else pool.instances.get(instance_id)
+        if pool is None or inst is None or inst.lost:
+            return False
+        if token is not None and inst.busy_token not in (None, token):
+            return False  # a stale answer from an attempt this instance no longer runs
+        inst.busy_token = None
+        inst.idle_since = now
+        pool.idle.append(instance_id)
+        return True
+
+    def busy_token(self, name: str, instance_id: str) -> int | None:
+        """The token of the attempt an instance is running, if any."""
+        pool = self._pools.get(name)
+        inst = None if pool is None else pool.instances.get(instance_id)
+        return None if inst is None else inst.busy_token
+
+    def busy_tokens(self, name: str) -> list[int]:
+        """Tokens of every attempt running on the instances of ``name``."""
+        pool = self._pools.get(name)
+        if pool is None:
+            return []
+        return [i.busy_token for i in pool.instances.values() if i.busy_token is not None]
+
+    def replace(self, name: str, instance_id: str) -> None:
+        """Have the tree replace an instance that hangs; its late answer is fenced out."""
+        pool = self._pools.get(name)
+        inst = None if pool is None else pool.instances.get(instance_id)
+        if pool is None or inst is None or pool.supervisor is None:
+            return
+        inst.lost = True
+        inst.busy_token = None
+        # Not waited for: restart_child abandons a blocked thread and the tree reports the
+        # replacement through on_event("restarted").
+        call_later(pool.supervisor, "restart_child", instance_id)
+
+    def on_event(self, event: InstanceEvent, now: float) -> list[int]:
+        """Apply a supervision event; return tokens of attempts lost with a crashed instance."""
+        pool = self._pools.get(event.agent)
+        if pool is None:
+            return []
+        if event.instance is None:  # news of the per-agent supervisor itself
+            current = pool.supervisor
+            if current is None or event.ref is None or event.ref.actor_urn != current.actor_urn:
+                return []  # about a supervisor this pool already let go of
+            lost = [i.busy_token for i in pool.instances.values() if i.busy_token is not None]
+            pool.supervisor = None
+            pool.instances.clear()
+            pool.idle.clear()
+            return lost
+        inst = pool.instances.get(event.instance)
+        if inst is None:
+            return []
+        if event.kind == "crashed":
+            lost = [] if inst.busy_token is None else [inst.busy_token]
+            inst.busy_token = None
+            inst.lost = True
+            inst.ref = None
+            return lost
+        if not inst.lost:
+            # "started" of an instance we started ourselves, or the end of one we stopped:
+            # the pool already knows.
+            return []
+        if event.kind in ("restarted", "started") and event.ref is not None:
+            inst.ref = event.ref
+            inst.lost = False
+            inst.busy_token = None
+            inst.idle_since = now
+            pool.idle.append(event.instance)
+        return []
+
+    # -- passivation and shutdown -----------------------------------------------------
+
+    def passivate(self, idle_before: float) -> int:
+        """Stop instances idle since before ``idle_before``; return how many were stopped."""
+        stopped = 0
+        for pool in self._pools.values():
+            if pool.supervisor is None:
+                continue
+            for instance_id in [i for i in pool.idle if i in pool.instances]:
+                inst = pool.instances[instance_id]
+                if inst.busy_token is None and not inst.lost and inst.idle_since < idle_before:
+                    del pool.instances[instance_id]
+                    call_later(pool.supervisor, "delete_child", instance_id)
+                    stopped += 1
+            pool.idle = [i for i in pool.idle if i in pool.instances]
+            if not pool.instances:
+                self._stop_pool_supervisor(pool)
+        return stopped
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per agent: instances, busy instances, queued work."""
+        return {
+            name: {
+                "instances": len(pool.instances),
+                "busy": sum(1 for i in pool.instances.values() if i.busy_token is not None),
+                "queued": len(pool.queue),
+            }
+            for name, pool in self._pools.items()
+        }
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _start_instance(self, pool: _Pool) -> str | None:
+        if pool.supervisor is None:
+            pool.supervisor = self._start_pool_supervisor(pool)
+        instance_id = f"{pool.name}#{next(pool.ids)}"
+        name, factory = pool.name, pool.factory
+        spec = ChildSpec(
+            id=instance_id,
+            start=lambda: AgentInstance.start(
+                name, instance_id, factory, self._reply, self._max_result_bytes
+            ),
+            restart=Restart.PERMANENT,
+            shutdown=self._shutdown,
+        )
+        try:
+            ref = call(pool.supervisor, "start_child", spec, timeout=self._ask_timeout)
+        except Exception:
+            _log.exception("could not start an instance of agent %r", pool.name)
+            return None
+        pool.instances[instance_id] = _Instance(ref=ref)
+        return instance_id
+
+    def _start_pool_supervisor(self, pool: _Pool) -> pykka.ActorRef:
+        name = pool.name
+        events = self._events
+
+        def listener(event: ChildEvent) -> None:
+            events(
+                InstanceEvent(
+                    agent=name,
+                    instance=event.child_id,
+                    kind=event.kind,
+                    ref=event.ref,
+                    reason=None if event.reason is None else repr(event.reason),
+                )
+            )
+
+        spec = ChildSpec(
+            id=f"agent:{name}",
+            start=lambda: start_supervisor(
+                f"agent:{name}", Strategy.SIMPLE_ONE_FOR_ONE, listener=listener
+            ),
+            restart=Restart.TEMPORARY,
+            shutdown=self._shutdown,
+        )
+        ref: pykka.ActorRef = call(self._agents_sup, "start_child", spec, timeout=self._ask_timeout)
+        return ref
+
+    def _stop_pool_supervisor(self, pool: _Pool) -> None:
+        pool.supervisor = None
+        pool.instances.clear()
+        pool.idle.clear()
+        call_later(self._agents_sup, "delete_child", f"agent:{pool.name}")

@@ -1,0 +1,97 @@
+"""Messages between the engine's actors. Plain slotted dataclasses; tells unless noted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from herder.store._records import Plan, StepRecord, WorkflowRecord
+
+
+@dataclass(slots=True)
+class Admit:
+    """A workflow was durably created; the Scheduler should start running it."""
+
+    workflow: WorkflowRecord
+    steps: list[StepRecord]
+
+
+@dataclass(slots=True)
+class Define:
+    """A workflow definition was registered; workflows waiting for it may resume."""
+
+    plan: Plan
+
+
+@dataclass(slots=True)
+class Run:
+    """Scheduler -> agent instance: run one attempt of an action."""
+
+    agent: str
+    instance: str
+    action: str
+    token: int
+    context: Any  # a StepContext; typed loosely to keep this module free of the agent layer
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Agent instance -> Scheduler: how one attempt ended."""
+
+    agent: str
+    instance: str
+    token: int
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    error_types: tuple[str, ...] = ()
+    permanent: bool = False
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    """A running attempt reported liveness."""
+
+    token: int
+    details: Any = None
+
+
+@dataclass(slots=True)
+class Due:
+    """Supervisor -> Scheduler: timer index entries whose time has come."""
+
+    timers: list[tuple[int, str, str, Any]]
+
+
+@dataclass(slots=True)
+class Tick:
+    """Supervisor -> Scheduler: periodic housekeeping (passivate idle agent instances)."""
+
+
+@dataclass(slots=True)
+class InstanceEvent:
+    """Supervision tree -> Scheduler: an agent instance or agent supervisor changed."""
+
+    agent: str
+    instance: str | None
+    kind: str
+    ref: Any = None
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class Committed:
+    """Store writer -> Scheduler: a batch of the Scheduler's transitions is durable."""
+
+    effects: list[tuple[str, list[Any]]]  # (workflow id, what to do once it is durable)
+    errors: list[BaseException | None]
+
+
+@dataclass(slots=True)
+class Flush:
+    """Scheduler -> itself: submit the transitions gathered since the last flush."""
+
+
+@dataclass(slots=True)
+class Recover:
+    """Scheduler -> itself: load every unfinished workflow from the store."""

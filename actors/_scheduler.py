@@ -1,0 +1,883 @@
+"""The Scheduler: runs workflows, one actor per runtime, the only writer of transitions.
+
+It keeps every unfinished workflow in memory and decides what runs next. Every decision
+becomes a transition in the store *before* it takes effect:
+
+- a step is recorded DISPATCHED (attempt, fencing token, deadline) before its agent is told;
+- a result is recorded SUCCEEDED before any step that depends on it is dispatched;
+- a workflow's final state is recorded before anyone waiting on it hears of it.
+
+Transitions gathered while handling the messages already in the inbox are submitted
+together (one group commit); what they cause (tell an agent, resolve a handle) happens
+when the writer reports the batch durable. Memory runs ahead of the disk only until then;
+if a commit fails, the affected workflow is reloaded from the store, which stays the truth.
+
+Answers carry the fencing token of their attempt; one whose token is no longer current
+(the attempt timed out and was retried, or the process restarted) is counted as stale and
+ignored. That makes recording an outcome exactly-once while execution is at-least-once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from herder.actors._agent import Agent, StepContext
+from herder.actors._agent_host import AgentHost
+from herder.actors._clock import Clock
+from herder.actors._errors import InvalidState, UnknownWorkflow
+from herder.actors._messages import (
+    Admit,
+    Committed,
+    Define,
+    Due,
+    Flush,
+    Heartbeat,
+    InstanceEvent,
+    Outcome,
+    Recover,
+    Run,
+    Tick,
+)
+from herder.actors._supervised import SupervisedActor
+from herder.store import Delete, Put, Store, Transition
+from herder.store._codec import encode
+from herder.store._records import (
+    Plan,
+    RetryPolicy,
+    StepRecord,
+    StepState,
+    WorkflowRecord,
+    WorkflowState,
+    step_key,
+    timer_key,
+    workflow_key,
+)
+
+_log = logging.getLogger("herder.scheduler")
+
+TIMEOUT_ERROR = "herder.Timeout"
+CRASH_ERROR = "herder.InstanceCrashed"
+
+
+@dataclass
+class EngineConfig:
+    """Engine settings the Runtime passes down (see ``Runtime`` for their meaning)."""
+
+    default_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    default_timeout: float = 300.0
+    max_result_bytes: int = 1 << 20
+    instance_shutdown: float = 1.0
+    idle_timeout: float = 60.0
+    heartbeat_interval_fraction: float = 0.25
+    seed: int | None = None
+
+
+class EngineContext:
+    """What outlives one Scheduler actor: registrations, the token counter, the ports.
+
+    The supervision tree may restart the Scheduler; the new one reads registrations from
+    here and recovers workflows from the store, and tokens keep increasing.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: EngineConfig,
+        on_final: Callable[[WorkflowRecord], None],
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.config = config
+        self.on_final = on_final
+        self.plans: dict[tuple[str, int], Plan] = {}
+        self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
+        self.scheduler: pykka.ActorRef | None = None
+        self.agents_supervisor: pykka.ActorRef | None = None
+        self._tokens = itertools.count((store.incarnation << 32) + 1)
+        self._lock = threading.Lock()
+
+    def next_token(self) -> int:
+        """A fencing token greater than every token issued before, in any incarnation."""
+        with self._lock:
+            return next(self._tokens)
+
+    def tell_scheduler(self, message: Any) -> None:
+        """Deliver a hint to the current Scheduler; dropped if none runs (the store is truth)."""
+        ref = self.scheduler
+        if ref is None:
+            return
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            _log.debug("scheduler gone; dropped %s", type(message).__name__)
+
+
+class _Port:
+    """The running attempt's line back to the Scheduler (heartbeats, cancel flags)."""
+
+    __slots__ = ("_clock", "_ctx", "_last", "_min_gap", "cancelled", "superseded", "token")
+
+    def __init__(self, ctx: EngineContext, token: int, min_gap: float) -> None:
+        self._ctx = ctx
+        self._clock = ctx.clock
+        self.token = token
+        self._min_gap = min_gap
+        self._last: float | None = None
+        self.cancelled = False
+        self.superseded = False
+
+    def heartbeat(self, details: Any) -> None:
+        now = self._clock.monotonic()
+        if self._last is not None and now - self._last < self._min_gap:
+            return
+        self._last = now
+        self._ctx.tell_scheduler(Heartbeat(self.token, details))
+
+
+@dataclass(slots=True)
+class _Run:
+    """One unfinished workflow in memory."""
+
+    record: WorkflowRecord
+    plan: Plan
+    steps: dict[str, StepRecord]
+    queued: set[str] = field(default_factory=set)  # steps waiting in an agent queue
+
+
+@dataclass(slots=True)
+class _Attempt:
+    workflow_id: str
+    step: str
+    agent: str
+    instance: str
+    port: _Port
+
+
+@dataclass(slots=True)
+class _Job:
+    workflow_id: str
+    step: str
+    compensating: bool
+
+
+class _Txn:
+    """The writes and after-commit effects of one workflow within one flush."""
+
+    __slots__ = ("effects", "ops")
+
+    def __init__(self) -> None:
+        self.ops: dict[tuple[str, bytes], Put | Delete] = {}
+        self.effects: list[Any] = []
+
+    def put_step(self, old: StepRecord | None, new: StepRecord) -> None:
+        key = step_key(new.workflow_id, new.name)
+        if old is not None and old.timer_ms is not None and old.timer_ms != new.timer_ms:
+            tkey = timer_key(old.timer_ms, old.workflow_id, old.name)
+            self.ops[("timers", tkey)] = Delete("timers", tkey)
+        if new.timer_ms is not None:
+            tkey = timer_key(new.timer_ms, new.workflow_id, new.name)
+            self.ops[("timers", tkey)] = Put("timers", tkey, encode({"token": new.token}))
+        self.ops[("steps", key)] = Put("steps", key, encode(new.to_dict()))
+
+    def put_workflow(self, record: WorkflowRecord) -> None:
+        key = workflow_key(record.id)
+        self.ops[("workflows", key)] = Put("workflows", key, encode(record.to_dict()))
+
+    def delete_timer(self, key: bytes) -> None:
+        self.ops[("timers", key)] = Delete("timers", key)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+class Scheduler(SupervisedActor):
+    """Runs workflows: decides, records, then dispatches. See the module docstring."""
+
+    use_daemon_thread = True
+
+    def __init__(self, ctx: EngineContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._store = ctx.store
+        self._writer = ctx.store.writer
+        self._clock = ctx.clock
+        self._config = ctx.config
+        self._rand = random.Random(ctx.config.seed)
+        self._runs: dict[str, _Run] = {}
+        self._awaiting: dict[tuple[str, int], list[str]] = {}
+        self._inflight: dict[int, _Attempt] = {}
+        self._open: dict[str, _Txn] = {}
+        self._dirty_agents: set[str] = set()
+        self._flush_queued = False
+        self._counters = dict.fromkeys(
+            (
+                "dispatched",
+                "succeeded",
+                "retried",
+                "timed_out",
+                "failed",
+                "compensated",
+                "stale",
+                "crashes",
+                "passivated",
+            ),
+            0,
+        )
+        self._host: AgentHost | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Attach to the agents subtree and recover unfinished workflows from the store."""
+        super().on_start()
+        assert self._ctx.agents_supervisor is not None, "agents supervisor starts first"
+        self._host = AgentHost(
+            self._ctx.agents_supervisor,
+            reply=self._ctx.tell_scheduler,
+            events=self._ctx.tell_scheduler,
+            max_result_bytes=self._config.max_result_bytes,
+            shutdown=self._config.instance_shutdown,
+        )
+        for name, (factory, concurrency) in self._ctx.agents.items():
+            self._host.add(name, factory, concurrency)
+        self._ctx.scheduler = self.actor_ref
+        self.actor_ref.tell(Recover())
+
+    def on_receive(self, message: Any) -> Any:
+        """Handle one engine message, then dispatch what became runnable and flush."""
+        if isinstance(message, Outcome):
+            self._on_outcome(message)
+        elif isinstance(message, Committed):
+            self._on_committed(message)
+        elif isinstance(message, Heartbeat):
+            self._on_heartbeat(message)
+        elif isinstance(message, Due):
+            self._on_due(message)
+        elif isinstance(message, Admit):
+            self._admit(message.workflow, message.steps)
+        elif isinstance(message, InstanceEvent):
+            self._on_instance_event(message)
+        elif isinstance(message, Define):
+            self._on_define(message.plan)
+        elif isinstance(message, Tick):
+            self._on_tick()
+        elif isinstance(message, Flush):
+            self._flush_queued = False
+        elif isinstance(message, Recover):
+            self._recover_all()
+        else:
+            return super().on_receive(message)
+        self._after_message()
+        return None
+
+    # -- control plane (called through proxies/asks) ----------------------------------
+
+    def add_agent(self, name: str) -> None:
+        """Start serving agent ``name`` as registered in the engine context."""
+        factory, concurrency = self._ctx.agents[name]
+        self._hosted.add(name, factory, concurrency)
+        self._dirty_agents.add(name)
+        self._after_message()
+
+    def remove_agent(self, name: str) -> None:
+        """Stop serving agent ``name``; its queued work waits until it is added again."""
+        self._hosted.remove(name)
+        self._after_message()
+
+    def cancel(self, workflow_id: str) -> Future[None]:
+        """Stop dispatching and compensate; the future resolves once that is durable."""
+        run = self._runs.get(workflow_id)
+        if run is None:
+            record = self._store.get_workflow(workflow_id)
+            if record is None:
+                raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+            raise InvalidState(
+                f"workflow {workflow_id!r} is {record.state}; only an unfinished workflow "
+                "can be cancelled"
+            )
+        done: Future[None] = Future()
+        if run.record.state is WorkflowState.COMPENSATING:
+            self._txn(run).put_workflow(self._set_record(run, cancelled=True))
+        else:
+            self._begin_compensation(run, "cancelled by request", cancelled=True)
+        for attempt in self._inflight.values():
+            if attempt.workflow_id == workflow_id:
+                attempt.port.cancelled = True
+        self._txn(run).effects.append(("future", done))
+        self._advance(run)
+        self._after_message()
+        return done
+
+    def retry(self, workflow_id: str) -> Future[None]:
+        """Resume a NEEDS_ATTENTION workflow where it stopped."""
+        record = self._store.get_workflow(workflow_id)
+        if record is None:
+            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+        if record.state is not WorkflowState.NEEDS_ATTENTION or workflow_id in self._runs:
+            raise InvalidState(
+                f"workflow {workflow_id!r} is {record.state}; only a workflow in "
+                "NEEDS_ATTENTION can be retried"
+            )
+        plan = self._ctx.plans.get((record.name, record.version))
+        if plan is None:
+            raise InvalidState(
+                f"workflow {workflow_id!r} needs definition {record.name!r} version "
+                f"{record.version}; register it with add_workflow before retrying"
+            )
+        steps = {s.name: s for s in self._store.steps_of(workflow_id)}
+        run = _Run(record, plan, steps)
+        self._runs[workflow_id] = run
+        txn = self._txn(run)
+        stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING]
+        if stuck:
+            self._set_record(run, state=WorkflowState.COMPENSATING, error=None)
+            for st in stuck:
+                self._put_step(run, st, st.evolve(comp_attempt=0, error=None))
+                self._enqueue(run, st.name, compensating=True)
+        else:
+            self._set_record(run, state=WorkflowState.RUNNING, error=None)
+            for st in steps.values():
+                if st.state is StepState.FAILED:
+                    self._put_step(
+                        run, st, st.evolve(state=StepState.PENDING, attempt=0, error=None)
+                    )
+        txn.put_workflow(run.record)
+        done: Future[None] = Future()
+        txn.effects.append(("future", done))
+        self._advance(run)
+        self._after_message()
+        return done
+
+    def sync(self) -> None:
+        """Return once every message sent before this call was handled (tests, drain)."""
+        self._flush()
+
+    def in_flight(self) -> int:
+        """Attempts currently running on agent instances."""
+        return len(self._inflight)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges of the engine."""
+        return {
+            **self._counters,
+            "active_workflows": len(self._runs),
+            "in_flight_attempts": len(self._inflight),
+            "awaiting_definition": {
+                f"{name}@{version}": len(ids) for (name, version), ids in self._awaiting.items()
+            },
+            "agents": self._hosted.stats(),
+        }
+
+    # -- message handlers --------------------------------------------------------------
+
+    @property
+    def _hosted(self) -> AgentHost:
+        assert self._host is not None
+        return self._host
+
+    def _after_message(self) -> None:
+        for agent in list(self._dirty_agents):
+            self._pump(agent)
+        self._dirty_agents.clear()
+        if not self._open:
+            return
+        if self.actor_inbox.empty():
+            self._flush()
+        elif not self._flush_queued:
+            self._flush_queued = True
+            self.actor_ref.tell(Flush())
+
+    def _flush(self) -> None:
+        if not self._open:
+            return
+        items = list(self._open.items())
+        self._open = {}
+        transitions = [Transition(ops=tuple(txn.ops.values())) for _, txn in items]
+        effects = [(wf, txn.effects) for wf, txn in items]
+        ref = self.actor_ref
+
+        def committed(errors: list[BaseException | None]) -> None:
+            try:
+                ref.tell(Committed(effects, errors))
+            except pykka.ActorDeadError:
+                _log.warning("scheduler stopped before hearing of a commit; recovery resumes")
+
+        self._writer.submit_many(transitions, committed)
+
+    def _on_committed(self, msg: Committed) -> None:
+        for (workflow_id, effects), error in zip(msg.effects, msg.errors, strict=True):
+            if error is None:
+                for effect in effects:
+                    self._apply(effect)
+                continue
+            _log.error("transition of workflow %s failed: %s; reloading it", workflow_id, error)
+            for effect in effects:
+                if effect[0] == "future":
+                    effect[1].set_exception(error)
+            self._reload(workflow_id)
+
+    def _apply(self, effect: tuple[Any, ...]) -> None:
+        kind = effect[0]
+        if kind == "run":
+            _, agent, instance, run = effect
+            if run.token not in self._inflight:
+                return  # superseded before it was durable (crash, timeout)
+            if not self._hosted.send(agent, instance, run):
+                self._fail_attempt(run.token, "agent instance went away", (CRASH_ERROR,), now=True)
+        elif kind == "final":
+            try:
+                self._ctx.on_final(effect[1])
+            except Exception:
+                _log.exception("on_final callback failed for %s", effect[1].id)
+        elif kind == "future":
+            effect[1].set_result(None)
+
+    def _on_outcome(self, msg: Outcome) -> None:
+        if self._hosted.release(msg.agent, msg.instance, msg.token, self._clock.time()):
+            self._dirty_agents.add(msg.agent)
+        attempt = self._inflight.pop(msg.token, None)
+        if attempt is None:
+            self._counters["stale"] += 1
+            return
+        run = self._runs.get(attempt.workflow_id)
+        st = None if run is None else run.steps.get(attempt.step)
+        if run is None or st is None or st.token != msg.token:
+            self._counters["stale"] += 1
+            return
+        if msg.ok:
+            self._step_succeeded(run, st, msg.result)
+        else:
+            self._step_failed(
+                run, st, msg.error or "failed", msg.error_types, permanent=msg.permanent
+            )
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        attempt = self._inflight.get(msg.token)
+        run = None if attempt is None else self._runs.get(attempt.workflow_id)
+        if attempt is None or run is None:
+            return
+        st = run.steps[attempt.step]
+        spec = run.plan.step(st.name)
+        if st.token != msg.token or spec.heartbeat_timeout is None:
+            return
+        hb_deadline = self._clock.time() + spec.heartbeat_timeout
+        self._put_step(
+            run,
+            st,
+            self._with_timer(st.evolve(heartbeat_deadline=hb_deadline, heartbeat=msg.details)),
+        )
+
+    def _on_due(self, msg: Due) -> None:
+        now = self._clock.time()
+        for due_ms, workflow_id, step, value in msg.timers:
+            run = self._runs.get(workflow_id)
+            st = None if run is None else run.steps.get(step)
+            token = value.get("token") if isinstance(value, dict) else None
+            if run is None or st is None or st.timer_ms != due_ms or st.token != token:
+                if workflow_id not in self._runs and not self._is_awaiting(workflow_id):
+                    self._delete_stray_timer(workflow_id, due_ms, step)
+                continue
+            if st.retry_at is not None:
+                if st.name not in run.queued:
+                    self._enqueue(run, st.name, compensating=st.state is StepState.COMPENSATING)
+                continue
+            attempt = self._inflight.get(st.token)
+            lapsed = self._lapsed(run, st, now)
+            if lapsed is None:
+                continue
+            self._counters["timed_out"] += 1
+            if attempt is not None:
+                attempt.port.superseded = True
+                self._hosted.replace(attempt.agent, attempt.instance)
+            self._fail_attempt(st.token, lapsed, (TIMEOUT_ERROR,), now=False)
+
+    def _on_instance_event(self, msg: InstanceEvent) -> None:
+        lost = self._hosted.on_event(msg, self._clock.time())
+        if msg.kind in ("restarted", "started"):
+            self._dirty_agents.add(msg.agent)
+        for token in lost:
+            self._counters["crashes"] += 1
+            self._fail_attempt(
+                token, f"agent instance crashed: {msg.reason}", (CRASH_ERROR,), now=True
+            )
+        if lost:
+            self._dirty_agents.add(msg.agent)
+
+    def _on_define(self, plan: Plan) -> None:
+        waiting = self._awaiting.pop((plan.name, plan.version), [])
+        for workflow_id in waiting:
+            record = self._store.get_workflow(workflow_id)
+            if record is not None and not record.state.is_final:
+                self._admit(record, self._store.steps_of(workflow_id), recovered=True)
+
+    def _on_tick(self) -> None:
+        idle_before = self._clock.time() - self._config.idle_timeout
+        self._counters["passivated"] += self._hosted.passivate(idle_before)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def _recover_all(self) -> None:
+        recovered = 0
+        for record in self._store.workflows():
+            if record.state.is_final or record.id in self._runs:
+                continue
+            self._admit(record, self._store.steps_of(record.id), recovered=True)
+            recovered += 1
+        if recovered:
+            _log.info("recovered %d unfinished workflows", recovered)
+
+    def _reload(self, workflow_id: str) -> None:
+        run = self._runs.pop(workflow_id, None)
+        self._open.pop(workflow_id, None)
+        for token, attempt in list(self._inflight.items()):
+            if attempt.workflow_id == workflow_id:
+                del self._inflight[token]
+                if self._hosted.release(attempt.agent, attempt.instance, token, self._clock.time()):
+                    self._dirty_agents.add(attempt.agent)
+        if run is None:
+            return
+        record = self._store.get_workflow(workflow_id)
+        if record is not None and not record.state.is_final:
+            self._admit(record, self._store.steps_of(workflow_id), recovered=True)
+
+    def _is_awaiting(self, workflow_id: str) -> bool:
+        return any(workflow_id in ids for ids in self._awaiting.values())
+
+    def _admit(
+        self, record: WorkflowRecord, steps: list[StepRecord], *, recovered: bool = False
+    ) -> None:
+        if record.id in self._runs:
+            return
+        plan = self._ctx.plans.get((record.name, record.version))
+        if plan is None:
+            self._awaiting.setdefault((record.name, record.version), []).append(record.id)
+            _log.warning(
+                "workflow %s awaits definition %s version %d; register it to resume",
+                record.id,
+                record.name,
+                record.version,
+            )
+            return
+        run = _Run(record, plan, {s.name: s for s in steps})
+        self._runs[record.id] = run
+        if recovered:
+            for st in run.steps.values():
+                running = st.deadline is not None and st.token not in self._inflight
+                if st.state is StepState.DISPATCHED and running:
+                    self._enqueue(run, st.name, compensating=False)
+                elif st.state is StepState.COMPENSATING and running:
+                    self._enqueue(run, st.name, compensating=True)
+        self._advance(run)
+
+    # -- the state machine -------------------------------------------------------------
+
+    def _advance(self, run: _Run) -> None:
+        """Queue what can run next, or finish the workflow."""
+        state = run.record.state
+        steps = run.steps
+        if state is WorkflowState.RUNNING:
+            all_done = True
+            for spec in run.plan.steps:
+                st = steps[spec.name]
+                if st.state is not StepState.SUCCEEDED:
+                    all_done = False
+                if (
+                    st.state is StepState.PENDING
+                    and spec.name not in run.queued
+                    and all(steps[d].state is StepState.SUCCEEDED for d in spec.after)
+                ):
+                    self._enqueue(run, spec.name, compensating=False)
+            if all_done:
+                self._finish(run, WorkflowState.SUCCEEDED)
+        elif state is WorkflowState.COMPENSATING:
+            busy = any(
+                s.state in (StepState.DISPATCHED, StepState.COMPENSATING) for s in steps.values()
+            )
+            if busy:
+                return
+            undo = [
+                s
+                for s in steps.values()
+                if s.state is StepState.SUCCEEDED and run.plan.step(s.name).compensate
+            ]
+            if undo:
+                last = max(undo, key=lambda s: s.done_token or 0)
+                self._enqueue(run, last.name, compensating=True)
+            else:
+                cancelled = run.record.cancelled
+                self._finish(
+                    run, WorkflowState.CANCELLED if cancelled else WorkflowState.COMPENSATED
+                )
+
+    def _enqueue(self, run: _Run, step: str, *, compensating: bool) -> None:
+        if step in run.queued:
+            return
+        agent = run.plan.step(step).agent
+        queue = self._hosted.queue(agent)
+        run.queued.add(step)
+        if queue is None:
+            # The agent is not registered (yet): the job waits in a queue created for it.
+            self._hosted.add(agent, _unregistered(agent), 0)
+            queue = self._hosted.queue(agent)
+            assert queue is not None
+        queue.append(_Job(run.record.id, step, compensating))
+        self._dirty_agents.add(agent)
+
+    def _pump(self, agent: str) -> None:
+        queue = self._hosted.queue(agent)
+        while queue:
+            job = queue[0]
+            run = self._runs.get(job.workflow_id)
+            if run is None or not self._job_valid(run, job):
+                queue.popleft()
+                if run is not None:
+                    run.queued.discard(job.step)
+                continue
+            token = self._ctx.next_token()
+            instance = self._hosted.acquire(agent, token)
+            if instance is None:
+                return
+            queue.popleft()
+            run.queued.discard(job.step)
+            self._dispatch(run, job, agent, instance, token)
+
+    def _job_valid(self, run: _Run, job: _Job) -> bool:
+        if job.step not in run.queued:
+            return False
+        st = run.steps[job.step]
+        if job.compensating:
+            return run.record.state is WorkflowState.COMPENSATING and st.state in (
+                StepState.SUCCEEDED,
+                StepState.COMPENSATING,
+            )
+        return run.record.state is WorkflowState.RUNNING and st.state in (
+            StepState.PENDING,
+            StepState.RETRY_WAIT,
+            StepState.DISPATCHED,  # orphaned by a crash: re-dispatched with attempt + 1
+        )
+
+    def _dispatch(self, run: _Run, job: _Job, agent: str, instance: str, token: int) -> None:
+        st = run.steps[job.step]
+        spec = run.plan.step(job.step)
+        now = self._clock.time()
+        timeout = spec.timeout or self._config.default_timeout
+        hb = spec.heartbeat_timeout
+        if job.compensating:
+            assert spec.compensate is not None
+            action, attempt = spec.compensate, st.comp_attempt + 1
+            new = st.evolve(state=StepState.COMPENSATING, comp_attempt=attempt)
+        else:
+            action, attempt = spec.action, st.attempt + 1
+            new = st.evolve(state=StepState.DISPATCHED, attempt=attempt)
+        new = self._with_timer(
+            new.evolve(
+                token=token,
+                deadline=now + timeout,
+                heartbeat_deadline=None if hb is None else now + hb,
+                retry_at=None,
+                updated=now,
+            )
+        )
+        self._put_step(run, st, new)
+        port = _Port(self._ctx, token, (hb or timeout) * self._config.heartbeat_interval_fraction)
+        key = f"{run.record.id}/{job.step}" + ("/compensate" if job.compensating else "")
+        ctx = StepContext(
+            workflow_id=run.record.id,
+            step=job.step,
+            action=action,
+            attempt=attempt,
+            input=run.record.input,
+            results={n: s.result for n, s in run.steps.items() if s.done_token is not None},
+            idempotency_key=key,
+            token=token,
+            compensating=job.compensating,
+            _port=port,
+        )
+        self._inflight[token] = _Attempt(run.record.id, job.step, agent, instance, port)
+        self._txn(run).effects.append(
+            ("run", agent, instance, Run(agent, instance, action, token, ctx))
+        )
+        self._counters["dispatched"] += 1
+
+    def _step_succeeded(self, run: _Run, st: StepRecord, result: Any) -> None:
+        token = self._ctx.next_token()
+        cleared = {
+            "token": token,
+            "deadline": None,
+            "heartbeat_deadline": None,
+            "retry_at": None,
+            "timer_ms": None,
+            "error": None,
+            "error_type": None,
+            "updated": self._clock.time(),
+        }
+        if st.state is StepState.COMPENSATING:
+            self._put_step(run, st, st.evolve(state=StepState.COMPENSATED, **cleared))
+            self._counters["compensated"] += 1
+        else:
+            new = st.evolve(state=StepState.SUCCEEDED, result=result, done_token=token, **cleared)
+            self._put_step(run, st, new)
+            self._counters["succeeded"] += 1
+        self._advance(run)
+
+    def _fail_attempt(self, token: int, error: str, types: tuple[str, ...], *, now: bool) -> None:
+        attempt = self._inflight.pop(token, None)
+        if attempt is None:
+            return
+        run = self._runs.get(attempt.workflow_id)
+        st = None if run is None else run.steps.get(attempt.step)
+        if run is None or st is None or st.token != token:
+            return
+        self._step_failed(run, st, error, types, permanent=False, retry_now=now)
+
+    def _step_failed(
+        self,
+        run: _Run,
+        st: StepRecord,
+        error: str,
+        types: tuple[str, ...],
+        *,
+        permanent: bool,
+        retry_now: bool = False,
+    ) -> None:
+        spec = run.plan.step(st.name)
+        default = self._config.default_retry
+        forward = st.state is not StepState.COMPENSATING
+        if forward:
+            policy, attempt = spec.retry or default, st.attempt
+            retryable = run.record.state is WorkflowState.RUNNING
+        else:
+            policy, attempt = spec.compensate_retry or spec.retry or default, st.comp_attempt
+            retryable = True
+        retryable = (
+            retryable
+            and not permanent
+            and attempt < policy.max_attempts
+            and policy.is_retryable(types)
+        )
+        now = self._clock.time()
+        token = self._ctx.next_token()
+        base = st.evolve(
+            token=token,
+            error=error,
+            error_type=types[0] if types else None,
+            deadline=None,
+            heartbeat_deadline=None,
+            timer_ms=None,
+            retry_at=None,
+            updated=now,
+        )
+        if retryable:
+            self._counters["retried"] += 1
+            delay = 0.0 if retry_now else policy.delay(attempt, self._rand.random())
+            state = StepState.RETRY_WAIT if forward else StepState.COMPENSATING
+            new = self._with_timer(base.evolve(state=state, retry_at=now + delay))
+            if delay <= 0:
+                new = new.evolve(timer_ms=None)
+            self._put_step(run, st, new)
+            if delay <= 0:
+                self._enqueue(run, st.name, compensating=not forward)
+            return
+        self._counters["failed"] += 1
+        if forward:
+            self._put_step(run, st, base.evolve(state=StepState.FAILED))
+            if run.record.state is WorkflowState.RUNNING:
+                self._begin_compensation(run, f"step {st.name!r} failed: {error}")
+            self._advance(run)
+        else:
+            self._put_step(run, st, base)
+            self._finish(
+                run,
+                WorkflowState.NEEDS_ATTENTION,
+                error=f"compensation of step {st.name!r} failed: {error}",
+            )
+
+    def _begin_compensation(self, run: _Run, reason: str, *, cancelled: bool = False) -> None:
+        now = self._clock.time()
+        self._txn(run).put_workflow(
+            self._set_record(
+                run,
+                state=WorkflowState.COMPENSATING,
+                error=reason,
+                cancelled=cancelled or run.record.cancelled,
+            )
+        )
+        for st in list(run.steps.values()):
+            if st.state is StepState.RETRY_WAIT:
+                self._put_step(
+                    run,
+                    st,
+                    st.evolve(
+                        state=StepState.FAILED,
+                        error=f"{st.error}; not retried: workflow is compensating",
+                        retry_at=None,
+                        timer_ms=None,
+                        token=self._ctx.next_token(),
+                        updated=now,
+                    ),
+                )
+        run.queued = {s for s in run.queued if run.steps[s].state is not StepState.PENDING}
+
+    def _finish(self, run: _Run, state: WorkflowState, error: str | None = None) -> None:
+        record = self._set_record(run, state=state, error=error or run.record.error)
+        txn = self._txn(run)
+        txn.put_workflow(record)
+        txn.effects.append(("final", record))
+        del self._runs[record.id]
+        for token, attempt in list(self._inflight.items()):
+            if attempt.workflow_id == record.id:
+                attempt.port.superseded = True
+                del self._inflight[token]
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _txn(self, run: _Run) -> _Txn:
+        txn = self._open.get(run.record.id)
+        if txn is None:
+            txn = self._open[run.record.id] = _Txn()
+        return txn
+
+    def _put_step(self, run: _Run, old: StepRecord, new: StepRecord) -> None:
+        run.steps[new.name] = new
+        self._txn(run).put_step(old, new)
+
+    def _set_record(self, run: _Run, **changes: Any) -> WorkflowRecord:
+        run.record = run.record.evolve(updated=self._clock.time(), **changes)
+        self._txn(run).put_workflow(run.record)
+        return run.record
+
+    def _with_timer(self, st: StepRecord) -> StepRecord:
+        if st.retry_at is not None:
+            return st.evolve(timer_ms=_ms(st.retry_at))
+        times = [t for t in (st.deadline, st.heartbeat_deadline) if t is not None]
+        return st.evolve(timer_ms=_ms(min(times)) if times else None)
+
+    def _lapsed(self, run: _Run, st: StepRecord, now: float) -> str | None:
+        spec = run.plan.step(st.name)
+        if st.heartbeat_deadline is not None and now >= st.heartbeat_deadline:
+            return f"no heartbeat for {spec.heartbeat_timeout}s"
+        if st.deadline is not None and now >= st.deadline:
+            return f"timed out after {spec.timeout or self._config.default_timeout}s"
+        return None
+
+    def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
+        txn = self._open.setdefault(workflow_id, _Txn())
+        txn.delete_timer(timer_key(due_ms, workflow_id, step))
+
+
+def _unregistered(agent: str) -> Callable[[], Agent]:
+    def factory() -> Agent:
+        raise RuntimeError(f"agent {agent!r} is not registered")
+
+    return factory

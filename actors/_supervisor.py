@@ -1,0 +1,111 @@
+"""The pattern's Supervisor: a watchdog that trusts the store, not messages.
+
+Distinct from the supervision tree (which restarts crashed actors), this actor sweeps the
+store's timer index on a timer: every entry whose time has come is an attempt whose
+deadline or heartbeat lapsed, or a retry whose backoff is over. It hands them to the
+Scheduler, which retries with a new fencing token (so a late answer from the old attempt
+is ignored), has the tree replace a hung agent instance, or compensates when attempts are
+exhausted. It also drives periodic housekeeping (passivating idle agent instances).
+
+Because the sweep reads committed state, it finds work left behind by anything: a lost
+message, a restarted Scheduler, or a previous process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from herder.actors._clock import TimerHandle
+from herder.actors._messages import Due, Tick
+from herder.actors._scheduler import EngineContext
+from herder.actors._supervised import SupervisedActor
+
+_log = logging.getLogger("herder.supervisor")
+
+
+class _Sweep:
+    """Supervisor -> itself: time to look at the timer index."""
+
+
+class WorkflowSupervisor(SupervisedActor):
+    """Sweeps the timer index every ``interval`` seconds and reports what is due."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        interval: float,
+        *,
+        batch: int = 5000,
+        resend_after: float = 5.0,
+        tick_every: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._interval = interval
+        self._batch = batch
+        self._resend_after = resend_after
+        self._tick_every = tick_every
+        self._sent: dict[tuple[int, str, str], float] = {}
+        self._last_tick = ctx.clock.monotonic()
+        self._timer: TimerHandle | None = None
+        self.sweeps = 0
+
+    def on_start(self) -> None:
+        """Schedule the first sweep."""
+        super().on_start()
+        self._schedule()
+
+    def on_stop(self) -> None:
+        """Cancel the pending sweep."""
+        if self._timer is not None:
+            self._timer.cancel()
+        super().on_stop()
+
+    def on_receive(self, message: Any) -> Any:
+        """Run one sweep, then schedule the next."""
+        if isinstance(message, _Sweep):
+            try:
+                self.sweep()
+            finally:
+                self._schedule()
+            return None
+        return super().on_receive(message)
+
+    def sweep(self) -> int:
+        """Report due timers to the Scheduler; return how many were reported."""
+        self.sweeps += 1
+        clock = self._ctx.clock
+        now = clock.monotonic()
+        due = self._ctx.store.due_timers(int(clock.time() * 1000), limit=self._batch)
+        fresh = []
+        seen: dict[tuple[int, str, str], float] = {}
+        for due_ms, workflow_id, step, value in due:
+            key = (due_ms, workflow_id, step)
+            sent_at = self._sent.get(key)
+            if sent_at is None or now - sent_at >= self._resend_after:
+                fresh.append((due_ms, workflow_id, step, value))
+                sent_at = now
+            seen[key] = sent_at
+        self._sent = seen
+        if fresh:
+            self._ctx.tell_scheduler(Due(fresh))
+        if now - self._last_tick >= self._tick_every:
+            self._last_tick = now
+            self._ctx.tell_scheduler(Tick())
+        return len(fresh)
+
+    def sweeps_done(self) -> int:
+        """How many sweeps ran; asking it waits for the sweeps queued before the ask."""
+        return self.sweeps
+
+    def _schedule(self) -> None:
+        ref = self.actor_ref
+
+        def wake() -> None:
+            if ref.is_alive():
+                ref.tell(_Sweep())
+
+        self._timer = self._ctx.clock.call_later(self._interval, wake)

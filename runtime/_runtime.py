@@ -1,0 +1,504 @@
+"""The Runtime facade: open a store, register agents and workflows, start and watch work."""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import pykka
+
+from herder.actors._agent import Agent, action_names, agent_class_of
+from herder.actors._ask import call
+from herder.actors._clock import Clock, SystemClock
+from herder.actors._errors import (
+    InvalidDefinition,
+    RuntimeClosed,
+    UnknownName,
+    UnknownWorkflow,
+    WorkflowConflict,
+)
+from herder.actors._messages import Admit, Define, InstanceEvent
+from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
+from herder.actors._supervision import start_supervisor
+from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
+from herder.actors._supervisor import WorkflowSupervisor
+from herder.runtime._status import WorkflowFailed, WorkflowStatus
+from herder.runtime._workflow import Workflow
+from herder.store import ConditionFailed, Expect, Put, Store, Transition
+from herder.store._codec import encode, normalize
+from herder.store._errors import InvalidInput
+from herder.store._records import (
+    Plan,
+    RetryPolicy,
+    StepRecord,
+    WorkflowRecord,
+    WorkflowState,
+    definition_key,
+    step_key,
+    validate_id,
+    validate_name,
+    workflow_key,
+)
+
+_log = logging.getLogger("herder.runtime")
+
+
+class WorkflowHandle:
+    """A started workflow: wait for its result or look at its status."""
+
+    def __init__(self, runtime: Runtime, workflow_id: str) -> None:
+        self._runtime = runtime
+        self.id = workflow_id
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """Step results by name once the workflow SUCCEEDED.
+
+        Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
+        NEEDS_ATTENTION, and :class:`TimeoutError` if ``timeout`` seconds pass first.
+        """
+        self._runtime._wait_final(self.id, timeout)
+        status = self._runtime.status(self.id)
+        if status.state is WorkflowState.SUCCEEDED:
+            return status.results
+        raise WorkflowFailed(status)
+
+    def status(self) -> WorkflowStatus:
+        """The workflow's current durable status."""
+        return self._runtime.status(self.id)
+
+    def done(self) -> bool:
+        """True once the workflow reached a final state."""
+        return self._runtime.status(self.id).state.is_final
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.id!r})"
+
+
+class Runtime:
+    """One herder runtime over one store directory.
+
+    ``Runtime(path)`` opens (or creates) the store, starts the supervision tree and
+    recovers every unfinished workflow; a recovered workflow resumes as soon as its
+    definition and agents are registered, so register them right after opening::
+
+        with Runtime("var/herder") as rt:
+            rt.add_agent("airline", Airline, concurrency=4)
+            rt.add_workflow(trip)
+            rt.start("trip", {"who": "ada"}, workflow_id="order-42").result(timeout=10)
+
+    Settings: ``clock`` (inject a FakeClock in tests), ``sweep_interval`` (seconds between
+    the Supervisor's sweeps of the timer index), ``default_retry`` and ``default_timeout``
+    (for steps that give none), ``map_size`` (initial store size; it grows on demand),
+    ``max_input_bytes``/``max_result_bytes`` (encoded size limits),
+    ``max_active_workflows`` (``start`` blocks while that many are unfinished),
+    ``instance_idle_timeout`` (idle agent instances are stopped after it),
+    ``instance_shutdown`` (how long a stopping agent instance may take), ``seed`` (for
+    retry jitter, to make runs repeatable).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        sweep_interval: float = 0.25,
+        default_retry: RetryPolicy | None = None,
+        default_timeout: float = 300.0,
+        map_size: int = 64 << 20,
+        max_input_bytes: int = 1 << 20,
+        max_result_bytes: int = 1 << 20,
+        max_active_workflows: int = 100_000,
+        instance_idle_timeout: float = 60.0,
+        instance_shutdown: float = 1.0,
+        seed: int | None = None,
+        ask_timeout: float = 30.0,
+    ) -> None:
+        if sweep_interval <= 0:
+            raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
+        if max_active_workflows < 1:
+            raise InvalidInput(f"max_active_workflows must be >= 1, got {max_active_workflows!r}")
+        self._clock = clock or SystemClock()
+        self._max_input_bytes = max_input_bytes
+        self._max_active = max_active_workflows
+        self._ask_timeout = ask_timeout
+        self._sweep_interval = sweep_interval
+        self._store = Store(path, map_size=map_size)
+        self._config = EngineConfig(
+            default_retry=default_retry or RetryPolicy(),
+            default_timeout=default_timeout,
+            max_result_bytes=max_result_bytes,
+            instance_shutdown=instance_shutdown,
+            idle_timeout=instance_idle_timeout,
+            seed=seed,
+        )
+        self._ctx = EngineContext(self._store, self._clock, self._config, self._on_final)
+        self._latest: dict[str, Plan] = {}
+        self._actions: dict[str, frozenset[str] | None] = {}
+        self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
+        self._lock = threading.Condition()
+        self._active = sum(1 for r in self._store.workflows() if not r.state.is_final)
+        self._closed = False
+        self._fatal: BaseException | None = None
+        try:
+            self._root = self._start_tree()
+        except BaseException:
+            self._store.close()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the actors and close the store. Unfinished work resumes at the next open."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if self._root.is_alive():
+                self._root.stop(timeout=timeout)
+        except pykka.ActorDeadError:
+            pass
+        except pykka.Timeout:
+            _log.warning("supervision tree did not stop within %ss", timeout)
+        finally:
+            self._store.close()
+        with self._lock:
+            waiters, self._waiters = self._waiters, {}
+            self._lock.notify_all()
+        for futures in waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(RuntimeClosed("the runtime was stopped"))
+
+    @property
+    def path(self) -> str:
+        """The store directory."""
+        return str(self._store.path)
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this runtime runs on."""
+        return self._clock
+
+    # -- registration ------------------------------------------------------------------
+
+    def add_agent(self, name: str, factory: Callable[[], Agent], *, concurrency: int = 1) -> None:
+        """Serve agent ``name`` with instances built by ``factory`` (a zero-argument callable).
+
+        ``factory`` is an Agent subclass or e.g. ``functools.partial(HostAgent, host=h)``
+        for one agent per remote resource. Up to ``concurrency`` instances run at once;
+        they start when work arrives and stop after being idle. Adding a name again
+        replaces its factory and concurrency.
+        """
+        self._check_open()
+        validate_name("agent", name)
+        if not callable(factory):
+            raise InvalidInput(f"agent {name!r}: factory must be callable, got {factory!r}")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidInput(
+                f"agent {name!r}: concurrency must be an int >= 1, got {concurrency!r}"
+            )
+        cls = agent_class_of(factory)
+        self._actions[name] = None if cls is None else action_names(cls)
+        self._ctx.agents[name] = (factory, concurrency)
+        call(self._scheduler, "add_agent", name, timeout=self._ask_timeout)
+
+    def remove_agent(self, name: str) -> None:
+        """Stop serving agent ``name``; steps waiting for it resume when it is added again."""
+        self._check_open()
+        if name not in self._ctx.agents:
+            raise UnknownName(f"no agent named {name!r} is registered")
+        del self._ctx.agents[name]
+        self._actions.pop(name, None)
+        call(self._scheduler, "remove_agent", name, timeout=self._ask_timeout)
+
+    def add_workflow(self, workflow: Workflow) -> None:
+        """Register a workflow definition (validated and compiled here).
+
+        The compiled plan is stored; registering a different plan under a stored name and
+        version is refused, because workflows already running under it would change.
+        """
+        self._check_open()
+        plan = workflow.compile()
+        key = definition_key(plan.name, plan.version)
+        stored = self._store.get("definitions", key)
+        if stored is not None and Plan.from_dict(stored) != plan:
+            raise InvalidDefinition(
+                f"workflow {plan.name!r} version {plan.version} is stored with different "
+                "steps; give the changed definition a new version"
+            )
+        if stored is None:
+            self._store.writer.submit(
+                Transition(ops=(Put("definitions", key, encode(plan.to_dict())),))
+            ).result(timeout=self._ask_timeout)
+        self._ctx.plans[(plan.name, plan.version)] = plan
+        current = self._latest.get(plan.name)
+        if current is None or plan.version >= current.version:
+            self._latest[plan.name] = plan
+        self._ctx.tell_scheduler(Define(plan))
+
+    # -- starting and watching work ----------------------------------------------------
+
+    def start(
+        self,
+        workflow: str | Workflow,
+        input: Any = None,
+        *,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+    ) -> WorkflowHandle:
+        """Start a workflow; it is durable when this returns.
+
+        Idempotent on ``workflow_id``: the same id with the same input returns a handle to
+        the existing workflow; with different input it raises :class:`WorkflowConflict`.
+        Blocks while ``max_active_workflows`` are unfinished (up to ``timeout`` seconds,
+        then :class:`TimeoutError`).
+        """
+        self._check_open()
+        name = workflow.name if isinstance(workflow, Workflow) else workflow
+        plan = self._latest.get(name) if isinstance(name, str) else None
+        if plan is None:
+            known = ", ".join(sorted(self._latest)) or "none"
+            raise UnknownName(
+                f"no workflow named {name!r} is registered (registered: {known}); "
+                "call add_workflow first"
+            )
+        self._check_agents(plan)
+        wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
+        normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
+        existing = self._store.get_workflow(wid)
+        if existing is not None:
+            return self._same_start(existing, plan, normalized)
+        self._wait_capacity(timeout)
+        now = self._clock.time()
+        record = WorkflowRecord(
+            wid, plan.name, plan.version, normalized, WorkflowState.RUNNING, now, now
+        )
+        steps = [StepRecord(wid, s.name, updated=now) for s in plan.steps]
+        key = workflow_key(wid)
+        ops = [Put("workflows", key, encode(record.to_dict()))]
+        ops += [Put("steps", step_key(wid, s.name), encode(s.to_dict())) for s in steps]
+        transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
+        try:
+            self._store.writer.submit(transition).result(timeout=self._ask_timeout)
+        except ConditionFailed:
+            self._release_capacity()
+            raced = self._store.get_workflow(wid)
+            assert raced is not None
+            return self._same_start(raced, plan, normalized)
+        except BaseException:
+            self._release_capacity()
+            raise
+        self._ctx.tell_scheduler(Admit(record, steps))
+        return WorkflowHandle(self, wid)
+
+    def handle(self, workflow_id: str) -> WorkflowHandle:
+        """A handle to an existing workflow (e.g. one recovered after a restart)."""
+        if self._store.get_workflow(workflow_id) is None:
+            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+        return WorkflowHandle(self, workflow_id)
+
+    def status(self, workflow_id: str) -> WorkflowStatus:
+        """The durable status of a workflow; :class:`UnknownWorkflow` if there is none."""
+        record = self._store.get_workflow(workflow_id)
+        if record is None:
+            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+        return WorkflowStatus.from_records(record, self._ordered_steps(record))
+
+    def list(self, state: WorkflowState | str | None = None) -> list[WorkflowStatus]:
+        """Every workflow (in a given state, if asked), as statuses."""
+        if state is not None:
+            state = WorkflowState(state)
+        return [
+            WorkflowStatus.from_records(r, self._ordered_steps(r))
+            for r in self._store.workflows(state)
+        ]
+
+    def cancel(self, workflow_id: str) -> None:
+        """Stop dispatching and compensate completed steps; the workflow ends CANCELLED."""
+        self._check_open()
+        done: Future[None] = call(self._scheduler, "cancel", workflow_id, timeout=self._ask_timeout)
+        done.result(timeout=self._ask_timeout)
+
+    def retry(self, workflow_id: str) -> None:
+        """Resume a NEEDS_ATTENTION workflow: the failed compensation, else the failed step."""
+        self._check_open()
+        done: Future[None] = call(self._scheduler, "retry", workflow_id, timeout=self._ask_timeout)
+        with self._lock:
+            self._active += 1
+        done.result(timeout=self._ask_timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges: workflows by state, step counters, agents, store commits."""
+        by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
+        for record in self._store.workflows():
+            by_state[record.state] += 1
+        engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
+        return {
+            "workflows": by_state,
+            "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
+            "agents": engine["agents"],
+            "awaiting_definition": engine["awaiting_definition"],
+            "store": self._store.writer.stats(),
+            "restarts": self._restart_counts(),
+        }
+
+    # -- internals ---------------------------------------------------------------------
+
+    @property
+    def _scheduler(self) -> pykka.ActorRef:
+        ref = self._ctx.scheduler
+        if ref is None:
+            raise RuntimeClosed("the scheduler is not running")
+        return ref
+
+    def _start_tree(self) -> pykka.ActorRef:
+        ctx = self._ctx
+
+        def agents_listener(event: ChildEvent) -> None:
+            if event.kind in ("crashed", "exited", "terminated", "abandoned"):
+                agent = event.child_id.removeprefix("agent:")
+                ctx.tell_scheduler(InstanceEvent(agent, None, event.kind, event.ref))
+
+        def start_agents() -> pykka.ActorRef:
+            ref = start_supervisor(
+                "agents", Strategy.ONE_FOR_ONE, listener=agents_listener, clock=self._clock
+            )
+            ctx.agents_supervisor = ref
+            return ref
+
+        children = [
+            ChildSpec(id="agents", start=start_agents, restart=Restart.PERMANENT),
+            ChildSpec(id="scheduler", start=lambda: Scheduler.start(ctx)),
+            ChildSpec(
+                id="supervisor",
+                start=lambda: WorkflowSupervisor.start(ctx, self._sweep_interval),
+            ),
+        ]
+        return start_supervisor(
+            "herder",
+            Strategy.ONE_FOR_ALL,
+            children,
+            clock=self._clock,
+            on_fatal=self._on_fatal,
+        )
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        _log.critical("herder runtime gave up restarting its actors: %s", exc)
+        self._fatal = exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosed("the runtime is stopped; open a new Runtime to continue")
+        if self._fatal is not None:
+            raise RuntimeClosed(f"the runtime failed and stopped its actors: {self._fatal}")
+
+    def _check_agents(self, plan: Plan) -> None:
+        for spec in plan.steps:
+            if spec.agent not in self._ctx.agents:
+                raise UnknownName(
+                    f"workflow {plan.name!r} step {spec.name!r} needs agent {spec.agent!r}, "
+                    "which is not registered; call add_agent first"
+                )
+            actions = self._actions.get(spec.agent)
+            if actions is None:
+                continue
+            for action in (spec.action, spec.compensate):
+                if action is not None and action not in actions:
+                    raise UnknownName(
+                        f"workflow {plan.name!r} step {spec.name!r}: agent {spec.agent!r} "
+                        f"has no action {action!r} (it has: {', '.join(sorted(actions))})"
+                    )
+
+    def _same_start(self, existing: WorkflowRecord, plan: Plan, normalized: Any) -> WorkflowHandle:
+        if existing.name != plan.name or existing.input != normalized:
+            raise WorkflowConflict(
+                f"workflow id {existing.id!r} was already started as {existing.name!r} with "
+                "different input; use a new id, or the same input to get the existing handle"
+            )
+        return WorkflowHandle(self, existing.id)
+
+    def _wait_capacity(self, timeout: float | None) -> None:
+        with self._lock:
+            if not self._lock.wait_for(
+                lambda: self._active < self._max_active or self._closed, timeout
+            ):
+                raise TimeoutError(
+                    f"{self._active} workflows are unfinished (max_active_workflows="
+                    f"{self._max_active}); start() waited {timeout}s for one to finish"
+                )
+            self._check_open()
+            self._active += 1
+
+    def _release_capacity(self) -> None:
+        with self._lock:
+            self._active -= 1
+            self._lock.notify()
+
+    def _on_final(self, record: WorkflowRecord) -> None:
+        with self._lock:
+            futures = self._waiters.pop(record.id, [])
+            self._active = max(0, self._active - 1)
+            self._lock.notify()
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(record)
+
+    def _wait_final(self, workflow_id: str, timeout: float | None) -> WorkflowRecord:
+        fut: Future[WorkflowRecord] = Future()
+        with self._lock:
+            self._waiters.setdefault(workflow_id, []).append(fut)
+        try:
+            record = self._store.get_workflow(workflow_id)
+            if record is None:
+                raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+            if record.state.is_final:
+                return record
+            return fut.result(timeout)
+        finally:
+            with self._lock:
+                futures = self._waiters.get(workflow_id)
+                if futures is not None and fut in futures:
+                    futures.remove(fut)
+                    if not futures:
+                        del self._waiters[workflow_id]
+
+    def _ordered_steps(self, record: WorkflowRecord) -> builtins.list[StepRecord]:
+        steps = self._store.steps_of(record.id)
+        plan = self._ctx.plans.get((record.name, record.version))
+        if plan is None:
+            return steps
+        order = {s.name: i for i, s in enumerate(plan.steps)}
+        return sorted(steps, key=lambda s: order.get(s.name, len(order)))
+
+    def _restart_counts(self) -> dict[str, int]:
+        try:
+            children = call(self._root, "which_children", timeout=self._ask_timeout)
+        except pykka.ActorDeadError:
+            return {}
+        return {c.id: c.restarts for c in children}
+
+    def _sync_supervisor(self) -> None:
+        """Wait until the watchdog handled the sweeps already asked of it (testing aid)."""
+        children = call(self._root, "which_children", timeout=self._ask_timeout)
+        for child in children:
+            if child.id == "supervisor" and child.ref is not None:
+                call(child.ref, "sweeps_done", timeout=self._ask_timeout)
+
+    def _settle(self, rounds: int = 3) -> None:
+        """Wait until messages and commits in flight have been handled (testing aid)."""
+        for _ in range(rounds):
+            call(self._scheduler, "sync", timeout=self._ask_timeout)
+            self._store.writer.flush(timeout=self._ask_timeout)

@@ -1,0 +1,91 @@
+"""Read-only views of a workflow, built from the store: what ``status()`` and ``list()`` return."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from herder.store._errors import HerderError
+from herder.store._records import StepRecord, StepState, WorkflowRecord, WorkflowState
+
+State = WorkflowState
+"""A workflow's state: a str enum whose values are the upper-case names."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepStatus:
+    """One step as stored: state, attempts, result or last error."""
+
+    name: str
+    state: StepState
+    attempt: int
+    result: Any
+    error: str | None
+    compensation_attempts: int
+    updated: float
+
+    @classmethod
+    def from_record(cls, record: StepRecord) -> StepStatus:
+        """The status of a stored step record."""
+        return cls(
+            name=record.name,
+            state=record.state,
+            attempt=record.attempt,
+            result=record.result,
+            error=record.error,
+            compensation_attempts=record.comp_attempt,
+            updated=record.updated,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStatus:
+    """A workflow as stored, with its steps in definition order."""
+
+    id: str
+    name: str
+    version: int
+    state: WorkflowState
+    steps: Mapping[str, StepStatus]
+    error: str | None
+    input: Any
+    created: float
+    updated: float
+
+    @classmethod
+    def from_records(cls, record: WorkflowRecord, steps: list[StepRecord]) -> WorkflowStatus:
+        """The status of a stored workflow and its step records."""
+        return cls(
+            id=record.id,
+            name=record.name,
+            version=record.version,
+            state=record.state,
+            steps=MappingProxyType({s.name: StepStatus.from_record(s) for s in steps}),
+            error=record.error,
+            input=record.input,
+            created=record.created,
+            updated=record.updated,
+        )
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """Results of the steps that succeeded, by step name."""
+        return {n: s.result for n, s in self.steps.items() if s.state is StepState.SUCCEEDED}
+
+
+class WorkflowFailed(HerderError):
+    """The workflow ended without succeeding: compensated, cancelled or needing attention.
+
+    ``status`` is the workflow's :class:`WorkflowStatus` at that moment.
+    """
+
+    def __init__(self, status: WorkflowStatus) -> None:
+        self.status = status
+        hint = (
+            "an operator can inspect it and call retry()"
+            if status.state is WorkflowState.NEEDS_ATTENTION
+            else "its completed steps were compensated"
+        )
+        super().__init__(f"workflow {status.id!r} ended {status.state}: {status.error}; {hint}")

@@ -1,0 +1,128 @@
+"""The workflow builder: a readable chain of ``.step(...)`` calls compiled to a stored Plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from herder.actors._errors import InvalidDefinition
+from herder.store._errors import InvalidInput
+from herder.store._records import Plan, RetryPolicy, StepSpec, validate_name
+
+
+class Workflow:
+    """A named, versioned workflow definition: a DAG of steps run by agents.
+
+    >>> trip = (Workflow("trip", version=1)
+    ...         .step("flight", agent="airline", action="book", compensate="cancel")
+    ...         .step("hotel", agent="hotels", action="book", after=["flight"]))
+
+    Steps without ``after`` run as soon as the workflow starts; independent steps run in
+    parallel. Change ``version`` whenever the steps change: workflows already stored keep
+    running under the version they started with.
+    """
+
+    def __init__(self, name: str, version: int = 1) -> None:
+        self.name = validate_name("workflow", name)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidInput(f"workflow version must be an int >= 1, got {version!r}")
+        self.version = version
+        self._steps: dict[str, StepSpec] = {}
+
+    def step(
+        self,
+        name: str,
+        *,
+        agent: str,
+        action: str,
+        compensate: str | None = None,
+        after: Iterable[str] = (),
+        timeout: float | None = None,
+        heartbeat_timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        compensate_retry: RetryPolicy | None = None,
+    ) -> Workflow:
+        """Add a step and return the builder.
+
+        ``timeout`` bounds each attempt from dispatch to answer; ``heartbeat_timeout``
+        bounds the gap between ``ctx.heartbeat()`` calls. ``retry`` defaults to the
+        runtime's policy; ``compensate_retry`` defaults to ``retry``.
+        """
+        validate_name("step", name)
+        if name in self._steps:
+            raise InvalidDefinition(f"workflow {self.name!r} already has a step named {name!r}")
+        deps = (after,) if isinstance(after, str) else tuple(after)
+        for dep in deps:
+            validate_name("dependency", dep)
+        if len(set(deps)) != len(deps):
+            raise InvalidDefinition(f"step {name!r} lists a dependency twice: {list(deps)}")
+        for field, value in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
+            if value is not None and not value > 0:
+                raise InvalidDefinition(
+                    f"step {name!r}: {field} must be > 0 or None, got {value!r}"
+                )
+        for field, policy in (("retry", retry), ("compensate_retry", compensate_retry)):
+            if policy is not None and not isinstance(policy, RetryPolicy):
+                raise InvalidDefinition(
+                    f"step {name!r}: {field} must be a RetryPolicy, got {type(policy).__name__}"
+                )
+        self._steps[name] = StepSpec(
+            name=name,
+            agent=validate_name("agent", agent),
+            action=validate_name("action", action),
+            after=deps,
+            compensate=None if compensate is None else validate_name("compensate", compensate),
+            timeout=None if timeout is None else float(timeout),
+            heartbeat_timeout=None if heartbeat_timeout is None else float(heartbeat_timeout),
+            retry=retry,
+            compensate_retry=compensate_retry,
+        )
+        return self
+
+    def compile(self) -> Plan:
+        """Validate the step graph and return it as a :class:`Plan`.
+
+        Raises :class:`InvalidDefinition` for an empty workflow, a dependency on a step
+        that does not exist, or a cycle (the message spells the cycle out).
+        """
+        if not self._steps:
+            raise InvalidDefinition(f"workflow {self.name!r} has no steps")
+        for spec in self._steps.values():
+            for dep in spec.after:
+                if dep not in self._steps:
+                    raise InvalidDefinition(
+                        f"step {spec.name!r} depends on {dep!r}, which workflow "
+                        f"{self.name!r} does not define"
+                    )
+        cycle = _find_cycle({s.name: s.after for s in self._steps.values()})
+        if cycle:
+            raise InvalidDefinition(
+                f"workflow {self.name!r} has a dependency cycle: {' -> '.join(cycle)}"
+            )
+        return Plan(name=self.name, version=self.version, steps=tuple(self._steps.values()))
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r}, version={self.version}, steps={list(self._steps)})"
+
+
+def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A cycle in ``graph`` (node -> dependencies) as a closed path, or None."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(graph, white)
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = grey
+        path.append(node)
+        for dep in graph[node]:
+            if colour[dep] == grey:
+                return [*path[path.index(dep) :], dep]
+            if colour[dep] == white and (found := visit(dep)):
+                return found
+        path.pop()
+        colour[node] = black
+        return None
+
+    for node in graph:
+        if colour[node] == white and (found := visit(node)):
+            return found
+    return None

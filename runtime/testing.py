@@ -1,0 +1,106 @@
+"""The testing kit: what herder's own tests use, shipped so users can test their workflows.
+
+- :class:`FakeClock` — time that moves only when told; pass it as ``Runtime(clock=...)``
+  and call :func:`advance` to fire timeouts, retries and sweeps instantly.
+- :class:`EffectLedger` — an idempotent fake remote service that counts every request and
+  every effect by idempotency key, so a test can assert "applied once".
+- Fault helpers for agent actions: :func:`fail_first`, :func:`hang_until`,
+  :func:`crash_instance`, :func:`fail_permanently`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any, NoReturn
+
+from herder.actors._agent import StepContext
+from herder.actors._agent_host import InstanceCrash
+from herder.actors._clock import FakeClock
+from herder.actors._errors import Permanent
+from herder.runtime._runtime import Runtime
+
+__all__ = [
+    "EffectLedger",
+    "FakeClock",
+    "InstanceCrash",
+    "advance",
+    "crash_instance",
+    "fail_first",
+    "fail_permanently",
+    "hang_until",
+    "settle",
+]
+
+
+class EffectLedger:
+    """A fake remote service that deduplicates requests by idempotency key.
+
+    ``apply(key, value)`` records the effect the first time a key is seen and returns the
+    stored value every time (as a real idempotent API would); ``requests`` counts every
+    call per key, ``effects`` holds what was applied, ``undone`` what was compensated.
+    Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.effects: dict[str, Any] = {}
+        self.undone: list[str] = []
+        self.requests: Counter[str] = Counter()
+        self.order: list[str] = []
+
+    def apply(self, key: str, value: Any = True) -> Any:
+        """Apply an effect once per key; later calls with the key return the first value."""
+        with self._lock:
+            self.requests[key] += 1
+            if key not in self.effects:
+                self.effects[key] = value
+                self.order.append(key)
+            return self.effects[key]
+
+    def undo(self, key: str) -> None:
+        """Compensate the effect recorded under ``key`` (idempotent too)."""
+        with self._lock:
+            self.requests[f"undo:{key}"] += 1
+            if key in self.effects and key not in self.undone:
+                self.undone.append(key)
+
+    @property
+    def absorbed(self) -> int:
+        """Requests the service deduplicated (retries that reached it more than once)."""
+        with self._lock:
+            return sum(n - 1 for k, n in self.requests.items() if not k.startswith("undo:"))
+
+
+def fail_first(ctx: StepContext, attempts: int, error: str = "injected transient failure") -> None:
+    """Raise a transient error while ``ctx.attempt <= attempts``."""
+    if ctx.attempt <= attempts:
+        raise RuntimeError(f"{error} (attempt {ctx.attempt})")
+
+
+def hang_until(event: threading.Event, timeout: float = 60.0) -> None:
+    """Block the action until ``event`` is set (simulates a remote call that hangs)."""
+    event.wait(timeout)
+
+
+def crash_instance(reason: str = "injected instance crash") -> NoReturn:
+    """Crash the agent instance running this action (not just fail the step)."""
+    raise InstanceCrash(reason)
+
+
+def fail_permanently(reason: str = "injected permanent failure") -> NoReturn:
+    """Fail the step without retries."""
+    raise Permanent(reason)
+
+
+def settle(runtime: Runtime) -> None:
+    """Wait until the runtime handled the messages and commits already in flight."""
+    runtime._settle()
+
+
+def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
+    """Move ``clock`` forward and let the runtime react to the timers that fell due."""
+    settle(runtime)
+    clock.advance(seconds)
+    runtime._sync_supervisor()
+    settle(runtime)
