@@ -25,16 +25,21 @@ import pykka
 
 from herder.actors._agent import Agent, StepContext
 from herder.actors._ask import call, call_later
+from herder.actors._clock import SystemClock
 from herder.actors._errors import Permanent
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
-from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
+from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
 from herder.store._codec import normalize
 from herder.store._errors import EncodeError
 from herder.store._records import exception_name
 
 _log = logging.getLogger("herder.agents")
+
+
+class AgentUnavailable(Exception):
+    """No instance of an agent could be started (its factory or start-up failed)."""
 
 
 class InstanceCrash(Exception):
@@ -148,7 +153,14 @@ class AgentHost:
         max_result_bytes: int,
         shutdown: float,
         ask_timeout: float = 10.0,
+        max_restarts: int = 20,
+        restart_period: float = 10.0,
     ) -> None:
+        # Restart pacing protects real CPU from a crash loop, so it runs on real time
+        # even when the engine runs on a FakeClock.
+        self._restart_clock = SystemClock()
+        self._max_restarts = max_restarts
+        self._restart_period = restart_period
         self._agents_sup = agents_supervisor
         self._reply = reply
         self._events = events
@@ -203,8 +215,6 @@ class AgentHost:
             if len(pool.instances) >= pool.concurrency:
                 return None
             instance_id = self._start_instance(pool)
-            if instance_id is None:
-                return None
         pool.instances[instance_id].busy_token = token
         return instance_id
 
@@ -214,16 +224,21 @@ class AgentHost:
         inst = None if pool is None else pool.instances.get(instance_id)
         if inst is None or inst.lost or inst.ref is None or inst.busy_token != run.token:
             return False
-        inst.ref.tell(run)
+        try:
+            inst.ref.tell(run)
+        except pykka.ActorDeadError:
+            inst.lost = True  # its supervisor's news of the exit is on the way
+            inst.busy_token = None
+            return False
         return True
 
     def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
         """Mark an instance idle after an attempt; True if capacity was freed."""
         pool = self._pools.get(name)
         inst = None if pool is None else pool.instances.get(instance_id)
-        if pool is None or inst is None or inst.lost:
+        if pool is None or inst is None or inst.lost or inst.busy_token is None:
             return False
-        if token is not None and inst.busy_token not in (None, token):
+        if token is not None and inst.busy_token != token:
             return False  # a stale answer from an attempt this instance no longer runs
         inst.busy_token = None
         inst.idle_since = now
@@ -272,7 +287,8 @@ class AgentHost:
         inst = pool.instances.get(event.instance)
         if inst is None:
             return []
-        if event.kind == "crashed":
+        unexpected_exit = not inst.lost and event.kind in ("exited", "terminated", "abandoned")
+        if event.kind == "crashed" or unexpected_exit:
             lost = [] if inst.busy_token is None else [inst.busy_token]
             inst.busy_token = None
             inst.lost = True
@@ -322,9 +338,13 @@ class AgentHost:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _start_instance(self, pool: _Pool) -> str | None:
+    def _start_instance(self, pool: _Pool) -> str:
+        """Start one more instance of ``pool``; raise :class:`AgentUnavailable` if it fails."""
         if pool.supervisor is None:
-            pool.supervisor = self._start_pool_supervisor(pool)
+            try:
+                pool.supervisor = self._start_pool_supervisor(pool)
+            except Exception as exc:
+                raise AgentUnavailable(f"agent {pool.name!r} could not be started: {exc}") from exc
         instance_id = f"{pool.name}#{next(pool.ids)}"
         name, factory = pool.name, pool.factory
         spec = ChildSpec(
@@ -337,9 +357,18 @@ class AgentHost:
         )
         try:
             ref = call(pool.supervisor, "start_child", spec, timeout=self._ask_timeout)
-        except Exception:
-            _log.exception("could not start an instance of agent %r", pool.name)
-            return None
+        except pykka.Timeout as exc:
+            # The ask still runs later: make sure that late instance does not linger.
+            call_later(pool.supervisor, "delete_child", instance_id)
+            raise AgentUnavailable(
+                f"an instance of agent {name!r} did not start within {self._ask_timeout}s"
+            ) from exc
+        except pykka.ActorDeadError as exc:
+            pool.supervisor = None
+            raise AgentUnavailable(f"agent {name!r}'s supervisor is gone") from exc
+        except Exception as exc:
+            _log.warning("could not start an instance of agent %r: %s", name, exc)
+            raise AgentUnavailable(f"agent {name!r} failed to start: {exc}") from exc
         pool.instances[instance_id] = _Instance(ref=ref)
         return instance_id
 
@@ -361,7 +390,16 @@ class AgentHost:
         spec = ChildSpec(
             id=f"agent:{name}",
             start=lambda: start_supervisor(
-                f"agent:{name}", Strategy.SIMPLE_ONE_FOR_ONE, listener=listener
+                f"agent:{name}",
+                Strategy.SIMPLE_ONE_FOR_ONE,
+                listener=listener,
+                clock=self._restart_clock,
+                # Crashing instances are an agent's business as usual (a flaky remote
+                # resource); back off instead of giving up early. If it still gives up,
+                # the Scheduler starts a fresh supervisor for the next step.
+                max_restarts=self._max_restarts,
+                period=self._restart_period,
+                backoff=Backoff(initial=0.001, factor=2.0, max=1.0),
             ),
             restart=Restart.TEMPORARY,
             shutdown=self._shutdown,

@@ -144,8 +144,8 @@ class FakeClock:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Schedule ``callback`` to run when the clock is advanced past ``now + delay``."""
-        handle = TimerHandle(self._now + max(0.0, delay), callback)
         with self._lock:
+            handle = TimerHandle(self._now + max(0.0, delay), callback)
             self._queue.push(handle)
         return handle
 
@@ -162,7 +162,8 @@ class FakeClock:
                 handle = self._queue.pop()
                 self._now = max(self._now, handle.when)
             handle._run()
-        self._now = target
+        with self._lock:
+            self._now = max(self._now, target)
 
     def pending(self) -> int:
         """How many timers are scheduled and not cancelled."""

@@ -31,7 +31,7 @@ from typing import Any
 import pykka
 
 from herder.actors._agent import Agent, StepContext
-from herder.actors._agent_host import AgentHost
+from herder.actors._agent_host import AgentHost, AgentUnavailable
 from herder.actors._clock import Clock
 from herder.actors._errors import InvalidState, UnknownWorkflow
 from herder.actors._messages import (
@@ -161,6 +161,7 @@ class _Attempt:
     agent: str
     instance: str
     port: _Port
+    sent: bool = False  # the agent was told (its DISPATCHED is durable)
 
 
 @dataclass(slots=True)
@@ -220,6 +221,7 @@ class Scheduler(SupervisedActor):
         self._open: dict[str, _Txn] = {}
         self._dirty_agents: set[str] = set()
         self._flush_queued = False
+        self._committing: set[str] = set()
         self._counters = dict.fromkeys(
             (
                 "dispatched",
@@ -265,7 +267,7 @@ class Scheduler(SupervisedActor):
         elif isinstance(message, Due):
             self._on_due(message)
         elif isinstance(message, Admit):
-            self._admit(message.workflow, message.steps)
+            self._on_admit(message)
         elif isinstance(message, InstanceEvent):
             self._on_instance_event(message)
         elif isinstance(message, Define):
@@ -342,8 +344,10 @@ class Scheduler(SupervisedActor):
         stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING]
         if stuck:
             self._set_record(run, state=WorkflowState.COMPENSATING, error=None)
+            now = self._clock.time()
             for st in stuck:
-                self._put_step(run, st, st.evolve(comp_attempt=0, error=None))
+                resumed = self._with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
+                self._put_step(run, st, resumed)
                 self._enqueue(run, st.name, compensating=True)
         else:
             self._set_record(run, state=WorkflowState.RUNNING, error=None)
@@ -399,24 +403,31 @@ class Scheduler(SupervisedActor):
             self.actor_ref.tell(Flush())
 
     def _flush(self) -> None:
-        if not self._open:
+        # One commit in flight per workflow: a workflow's next transition is held back
+        # until the previous one is known durable, so a failed commit can never be
+        # followed by a later one that builds on it (e.g. a dependent's DISPATCHED).
+        items = [(wf, txn) for wf, txn in self._open.items() if wf not in self._committing]
+        if not items:
             return
-        items = list(self._open.items())
-        self._open = {}
+        for wf, _ in items:
+            del self._open[wf]
+            self._committing.add(wf)
         transitions = [Transition(ops=tuple(txn.ops.values())) for _, txn in items]
         effects = [(wf, txn.effects) for wf, txn in items]
         ref = self.actor_ref
+        ctx = self._ctx
 
         def committed(errors: list[BaseException | None]) -> None:
             try:
                 ref.tell(Committed(effects, errors))
             except pykka.ActorDeadError:
-                _log.warning("scheduler stopped before hearing of a commit; recovery resumes")
+                _orphaned_commit(ctx, effects, errors)
 
         self._writer.submit_many(transitions, committed)
 
     def _on_committed(self, msg: Committed) -> None:
         for (workflow_id, effects), error in zip(msg.effects, msg.errors, strict=True):
+            self._committing.discard(workflow_id)
             if error is None:
                 for effect in effects:
                     self._apply(effect)
@@ -431,8 +442,10 @@ class Scheduler(SupervisedActor):
         kind = effect[0]
         if kind == "run":
             _, agent, instance, run = effect
-            if run.token not in self._inflight:
+            attempt = self._inflight.get(run.token)
+            if attempt is None:
                 return  # superseded before it was durable (crash, timeout)
+            attempt.sent = True
             if not self._hosted.send(agent, instance, run):
                 self._fail_attempt(run.token, "agent instance went away", (CRASH_ERROR,), now=True)
         elif kind == "final":
@@ -492,27 +505,40 @@ class Scheduler(SupervisedActor):
                 if st.name not in run.queued:
                     self._enqueue(run, st.name, compensating=st.state is StepState.COMPENSATING)
                 continue
-            attempt = self._inflight.get(st.token)
             lapsed = self._lapsed(run, st, now)
             if lapsed is None:
                 continue
             self._counters["timed_out"] += 1
+            attempt = self._inflight.pop(st.token, None)
             if attempt is not None:
                 attempt.port.superseded = True
                 self._hosted.replace(attempt.agent, attempt.instance)
-            self._fail_attempt(st.token, lapsed, (TIMEOUT_ERROR,), now=False)
+            # Also reached for an attempt no Scheduler of this process runs (orphaned by
+            # a restart): its deadline passed, so it counts as failed all the same.
+            run.queued.discard(st.name)
+            self._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
 
     def _on_instance_event(self, msg: InstanceEvent) -> None:
         lost = self._hosted.on_event(msg, self._clock.time())
-        if msg.kind in ("restarted", "started"):
-            self._dirty_agents.add(msg.agent)
+        self._dirty_agents.add(msg.agent)
         for token in lost:
             self._counters["crashes"] += 1
             self._fail_attempt(
                 token, f"agent instance crashed: {msg.reason}", (CRASH_ERROR,), now=True
             )
-        if lost:
-            self._dirty_agents.add(msg.agent)
+
+    def _on_admit(self, msg: Admit) -> None:
+        if msg.workflow.id in self._runs:
+            return
+        # After a Scheduler restart, recovery may have run (even finished) this workflow
+        # before this Admit arrived: the store, not the message, says where it is.
+        record = self._store.get_workflow(msg.workflow.id)
+        if record is None or record.state.is_final:
+            return
+        if record == msg.workflow:
+            self._admit(record, msg.steps)
+        else:
+            self._admit(record, self._store.steps_of(record.id), recovered=True)
 
     def _on_define(self, plan: Plan) -> None:
         waiting = self._awaiting.pop((plan.name, plan.version), [])
@@ -528,6 +554,9 @@ class Scheduler(SupervisedActor):
     # -- recovery ----------------------------------------------------------------------
 
     def _recover_all(self) -> None:
+        # A previous Scheduler's last batch may still be in the writer: let it land so
+        # recovery reads the newest durable state, never a state about to be overwritten.
+        self._writer.flush()
         recovered = 0
         for record in self._store.workflows():
             if record.state.is_final or record.id in self._runs:
@@ -538,15 +567,18 @@ class Scheduler(SupervisedActor):
             _log.info("recovered %d unfinished workflows", recovered)
 
     def _reload(self, workflow_id: str) -> None:
-        run = self._runs.pop(workflow_id, None)
+        """Forget what memory believes about a workflow and read it back from the store."""
+        self._runs.pop(workflow_id, None)
         self._open.pop(workflow_id, None)
         for token, attempt in list(self._inflight.items()):
             if attempt.workflow_id == workflow_id:
                 del self._inflight[token]
-                if self._hosted.release(attempt.agent, attempt.instance, token, self._clock.time()):
+                # An attempt already sent keeps its instance busy until its (now stale)
+                # answer arrives; one never sent frees its reservation now.
+                if not attempt.sent and self._hosted.release(
+                    attempt.agent, attempt.instance, token, self._clock.time()
+                ):
                     self._dirty_agents.add(attempt.agent)
-        if run is None:
-            return
         record = self._store.get_workflow(workflow_id)
         if record is not None and not record.state.is_final:
             self._admit(record, self._store.steps_of(workflow_id), recovered=True)
@@ -569,16 +601,32 @@ class Scheduler(SupervisedActor):
                 record.version,
             )
             return
-        run = _Run(record, plan, {s.name: s for s in steps})
+        by_name = {s.name: s for s in steps}
+        for spec in plan.steps:  # a missing step record is recreated, not a crash
+            if spec.name not in by_name:
+                _log.error(
+                    "workflow %s has no record for step %r; recreating it", record.id, spec.name
+                )
+                by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
+        run = _Run(record, plan, by_name)
         self._runs[record.id] = run
         if recovered:
-            for st in run.steps.values():
-                running = st.deadline is not None and st.token not in self._inflight
-                if st.state is StepState.DISPATCHED and running:
-                    self._enqueue(run, st.name, compensating=False)
-                elif st.state is StepState.COMPENSATING and running:
-                    self._enqueue(run, st.name, compensating=True)
+            self._resume_steps(run)
         self._advance(run)
+
+    def _resume_steps(self, run: _Run) -> None:
+        """Queue the steps a previous Scheduler left running or about to run."""
+        now = self._clock.time()
+        compensating = run.record.state is WorkflowState.COMPENSATING
+        for st in run.steps.values():
+            if st.token in self._inflight:
+                continue
+            if st.state is StepState.DISPATCHED:
+                self._enqueue(run, st.name, compensating=False)  # outcome unknown: re-run
+            elif st.state is StepState.RETRY_WAIT and (st.retry_at or 0) <= now:
+                self._enqueue(run, st.name, compensating=False)
+            elif st.state is StepState.COMPENSATING and compensating and (st.retry_at or 0) <= now:
+                self._enqueue(run, st.name, compensating=True)
 
     # -- the state machine -------------------------------------------------------------
 
@@ -645,12 +693,28 @@ class Scheduler(SupervisedActor):
                     run.queued.discard(job.step)
                 continue
             token = self._ctx.next_token()
-            instance = self._hosted.acquire(agent, token)
+            try:
+                instance = self._hosted.acquire(agent, token)
+            except AgentUnavailable as exc:
+                queue.popleft()
+                run.queued.discard(job.step)
+                self._start_failed(run, job, str(exc))
+                continue
             if instance is None:
                 return
             queue.popleft()
             run.queued.discard(job.step)
             self._dispatch(run, job, agent, instance, token)
+
+    def _start_failed(self, run: _Run, job: _Job, error: str) -> None:
+        """No instance could be started for a job: that counts as a failed attempt."""
+        st = run.steps[job.step]
+        if job.compensating:
+            tried = st.evolve(state=StepState.COMPENSATING, comp_attempt=st.comp_attempt + 1)
+        else:
+            tried = st.evolve(state=StepState.DISPATCHED, attempt=st.attempt + 1)
+        run.steps[job.step] = tried
+        self._step_failed(run, tried, error, (CRASH_ERROR,), permanent=False)
 
     def _job_valid(self, run: _Run, job: _Job) -> bool:
         if job.step not in run.queued:
@@ -661,10 +725,13 @@ class Scheduler(SupervisedActor):
                 StepState.SUCCEEDED,
                 StepState.COMPENSATING,
             )
+        if st.state is StepState.DISPATCHED:
+            # Orphaned by a crash: re-dispatched with attempt + 1, even while compensating,
+            # because its effect may have happened and must then be undone.
+            return st.token not in self._inflight
         return run.record.state is WorkflowState.RUNNING and st.state in (
             StepState.PENDING,
             StepState.RETRY_WAIT,
-            StepState.DISPATCHED,  # orphaned by a crash: re-dispatched with attempt + 1
         )
 
     def _dispatch(self, run: _Run, job: _Job, agent: str, instance: str, token: int) -> None:
@@ -782,9 +849,9 @@ class Scheduler(SupervisedActor):
             self._counters["retried"] += 1
             delay = 0.0 if retry_now else policy.delay(attempt, self._rand.random())
             state = StepState.RETRY_WAIT if forward else StepState.COMPENSATING
+            # The timer is kept even for an immediate retry: if this process dies before
+            # the retry is dispatched, the sweep finds it.
             new = self._with_timer(base.evolve(state=state, retry_at=now + delay))
-            if delay <= 0:
-                new = new.evolve(timer_ms=None)
             self._put_step(run, st, new)
             if delay <= 0:
                 self._enqueue(run, st.name, compensating=not forward)
@@ -865,15 +932,38 @@ class Scheduler(SupervisedActor):
 
     def _lapsed(self, run: _Run, st: StepRecord, now: float) -> str | None:
         spec = run.plan.step(st.name)
-        if st.heartbeat_deadline is not None and now >= st.heartbeat_deadline:
+        now_ms = _ms(now)  # timers are kept in whole ms; compare at the same precision
+        if st.heartbeat_deadline is not None and now_ms >= _ms(st.heartbeat_deadline):
             return f"no heartbeat for {spec.heartbeat_timeout}s"
-        if st.deadline is not None and now >= st.deadline:
+        if st.deadline is not None and now_ms >= _ms(st.deadline):
             return f"timed out after {spec.timeout or self._config.default_timeout}s"
         return None
 
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
         txn = self._open.setdefault(workflow_id, _Txn())
         txn.delete_timer(timer_key(due_ms, workflow_id, step))
+
+
+def _orphaned_commit(
+    ctx: EngineContext, effects: list[tuple[str, list[Any]]], errors: list[BaseException | None]
+) -> None:
+    """A batch committed after its Scheduler died: keep the promises that need no actor.
+
+    Waiters must still hear that a workflow finished, and callers of cancel/retry that
+    their request is durable; dispatches are left to the next Scheduler's recovery.
+    """
+    for (_, items), error in zip(effects, errors, strict=True):
+        for effect in items:
+            if effect[0] == "future" and not effect[1].done():
+                if error is None:
+                    effect[1].set_result(None)
+                else:
+                    effect[1].set_exception(error)
+            elif effect[0] == "final" and error is None:
+                try:
+                    ctx.on_final(effect[1])
+                except Exception:
+                    _log.exception("on_final callback failed for %s", effect[1].id)
 
 
 def _unregistered(agent: str) -> Callable[[], Agent]:

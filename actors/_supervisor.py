@@ -20,6 +20,8 @@ from herder.actors._clock import TimerHandle
 from herder.actors._messages import Due, Tick
 from herder.actors._scheduler import EngineContext
 from herder.actors._supervised import SupervisedActor
+from herder.store._errors import StoreCorrupt
+from herder.store._records import timer_key
 
 _log = logging.getLogger("herder.supervisor")
 
@@ -75,20 +77,38 @@ class WorkflowSupervisor(SupervisedActor):
         return super().on_receive(message)
 
     def sweep(self) -> int:
-        """Report due timers to the Scheduler; return how many were reported."""
+        """Report due timers to the Scheduler; return how many were reported.
+
+        Pages through every due entry (entries that stay due, such as those of workflows
+        awaiting their definition, must not hide later ones). An entry is reported once,
+        then again only if it is still due ``resend_after`` seconds later. A corrupt entry
+        is logged and skipped: one bad record must not stop the watchdog.
+        """
         self.sweeps += 1
         clock = self._ctx.clock
         now = clock.monotonic()
-        due = self._ctx.store.due_timers(int(clock.time() * 1000), limit=self._batch)
+        until_ms = int(clock.time() * 1000)
         fresh = []
         seen: dict[tuple[int, str, str], float] = {}
-        for due_ms, workflow_id, step, value in due:
-            key = (due_ms, workflow_id, step)
-            sent_at = self._sent.get(key)
-            if sent_at is None or now - sent_at >= self._resend_after:
-                fresh.append((due_ms, workflow_id, step, value))
-                sent_at = now
-            seen[key] = sent_at
+        after: bytes | None = None
+        while True:
+            corrupt: list[StoreCorrupt] = []
+            page = self._ctx.store.due_timers(
+                until_ms, limit=self._batch, after=after, corrupt=corrupt
+            )
+            for error in corrupt:
+                _log.error("skipping a corrupt timer entry: %s", error)
+            for due_ms, workflow_id, step, value in page:
+                key = (due_ms, workflow_id, step)
+                sent_at = self._sent.get(key)
+                if sent_at is None or now - sent_at >= self._resend_after:
+                    fresh.append((due_ms, workflow_id, step, value))
+                    sent_at = now
+                seen[key] = sent_at
+            if len(page) + len(corrupt) < self._batch or not page:
+                break
+            last = page[-1]
+            after = timer_key(last[0], last[1], last[2])
         self._sent = seen
         if fresh:
             self._ctx.tell_scheduler(Due(fresh))
@@ -96,10 +116,6 @@ class WorkflowSupervisor(SupervisedActor):
             self._last_tick = now
             self._ctx.tell_scheduler(Tick())
         return len(fresh)
-
-    def sweeps_done(self) -> int:
-        """How many sweeps ran; asking it waits for the sweeps queued before the ask."""
-        return self.sweeps
 
     def _schedule(self) -> None:
         ref = self.actor_ref

@@ -291,17 +291,24 @@ class Runtime:
         ops = [Put("workflows", key, encode(record.to_dict()))]
         ops += [Put("steps", step_key(wid, s.name), encode(s.to_dict())) for s in steps]
         transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
+        committed = self._store.writer.submit(transition)
+        # Admitted from the commit callback, so a start() that stops waiting (timeout)
+        # still gets its workflow running once it is durable.
+        committed.add_done_callback(
+            lambda f: None if f.exception() else self._ctx.tell_scheduler(Admit(record, steps))
+        )
         try:
-            self._store.writer.submit(transition).result(timeout=self._ask_timeout)
+            committed.result(timeout=self._ask_timeout)
         except ConditionFailed:
             self._release_capacity()
             raced = self._store.get_workflow(wid)
             assert raced is not None
             return self._same_start(raced, plan, normalized)
+        except TimeoutError:
+            raise
         except BaseException:
             self._release_capacity()
             raise
-        self._ctx.tell_scheduler(Admit(record, steps))
         return WorkflowHandle(self, wid)
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
@@ -335,10 +342,16 @@ class Runtime:
     def retry(self, workflow_id: str) -> None:
         """Resume a NEEDS_ATTENTION workflow: the failed compensation, else the failed step."""
         self._check_open()
-        done: Future[None] = call(self._scheduler, "retry", workflow_id, timeout=self._ask_timeout)
         with self._lock:
-            self._active += 1
-        done.result(timeout=self._ask_timeout)
+            self._active += 1  # before the call: the workflow may finish before it returns
+        try:
+            done: Future[None] = call(
+                self._scheduler, "retry", workflow_id, timeout=self._ask_timeout
+            )
+            done.result(timeout=self._ask_timeout)
+        except BaseException:
+            self._release_capacity()
+            raise
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges: workflows by state, step counters, agents, store commits."""
@@ -490,12 +503,12 @@ class Runtime:
             return {}
         return {c.id: c.restarts for c in children}
 
-    def _sync_supervisor(self) -> None:
-        """Wait until the watchdog handled the sweeps already asked of it (testing aid)."""
+    def _sweep_now(self) -> None:
+        """Have the watchdog sweep the timer index now and wait for it (testing aid)."""
         children = call(self._root, "which_children", timeout=self._ask_timeout)
         for child in children:
             if child.id == "supervisor" and child.ref is not None:
-                call(child.ref, "sweeps_done", timeout=self._ask_timeout)
+                call(child.ref, "sweep", timeout=self._ask_timeout)
 
     def _settle(self, rounds: int = 3) -> None:
         """Wait until messages and commits in flight have been handled (testing aid)."""

@@ -368,16 +368,29 @@ class Store:
                 yield record
 
     def due_timers(
-        self, until_ms: int, limit: int | None = None
+        self,
+        until_ms: int,
+        limit: int | None = None,
+        *,
+        after: bytes | None = None,
+        corrupt: list[StoreCorrupt] | None = None,
     ) -> list[tuple[int, str, str, Any]]:
-        """Timers due at or before ``until_ms``, earliest first: (due ms, id, step, value)."""
+        """Timers due at or before ``until_ms``, earliest first: (due ms, id, step, value).
+
+        ``after`` starts the scan strictly after that timer key (to page through a long
+        backlog with ``limit``). A malformed entry raises :class:`StoreCorrupt`, or, when a
+        ``corrupt`` list is given, is appended to it and skipped.
+        """
         handle = self._handles["timers"]
         upper = timer_upper_bound(until_ms)
 
         def scan(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
             out: list[tuple[bytes, bytes]] = []
             cur = txn.cursor(db=handle)
-            if not cur.first():
+            if after is None:
+                if not cur.first():
+                    return out
+            elif not cur.set_range(after) or (cur.key() == after and not cur.next()):
                 return out
             for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
                 if key >= upper or (limit is not None and len(out) >= limit):
@@ -388,10 +401,15 @@ class Store:
         result = []
         for key, raw in self._read(scan):
             try:
-                due, wf, step = split_timer_key(key)
-            except (struct.error, UnicodeDecodeError) as exc:
-                raise StoreCorrupt("timers", key, f"malformed timer key: {exc}") from exc
-            result.append((due, wf, step, decode(raw, db="timers", key=key)))
+                try:
+                    due, wf, step = split_timer_key(key)
+                except (struct.error, UnicodeDecodeError) as exc:
+                    raise StoreCorrupt("timers", key, f"malformed timer key: {exc}") from exc
+                result.append((due, wf, step, decode(raw, db="timers", key=key)))
+            except StoreCorrupt as exc:
+                if corrupt is None:
+                    raise
+                corrupt.append(exc)
         return result
 
     def scan(

@@ -1,0 +1,7 @@
+"""``python -m herder.runtime`` runs the ``herder`` command line."""
+
+import sys
+
+from herder.runtime._cli import main
+
+sys.exit(main())
