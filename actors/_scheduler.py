@@ -78,6 +78,8 @@ class EngineConfig:
     instance_shutdown: float = 1.0
     idle_timeout: float = 60.0
     heartbeat_interval_fraction: float = 0.25
+    agent_max_restarts: int = 20
+    agent_restart_period: float = 10.0
     seed: int | None = None
 
 
@@ -250,6 +252,8 @@ class Scheduler(SupervisedActor):
             events=self._ctx.tell_scheduler,
             max_result_bytes=self._config.max_result_bytes,
             shutdown=self._config.instance_shutdown,
+            max_restarts=self._config.agent_max_restarts,
+            restart_period=self._config.agent_restart_period,
         )
         for name, (factory, concurrency) in self._ctx.agents.items():
             self._host.add(name, factory, concurrency)

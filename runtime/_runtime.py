@@ -98,7 +98,10 @@ class Runtime:
     ``max_input_bytes``/``max_result_bytes`` (encoded size limits),
     ``max_active_workflows`` (``start`` blocks while that many are unfinished),
     ``instance_idle_timeout`` (idle agent instances are stopped after it),
-    ``instance_shutdown`` (how long a stopping agent instance may take), ``seed`` (for
+    ``instance_shutdown`` (how long a stopping agent instance may take),
+    ``agent_restarts`` (``(max_restarts, period)``: a per-agent supervisor that restarts
+    crashing instances more often than this gives up, and a fresh one is started for the
+    next step), ``seed`` (for
     retry jitter, to make runs repeatable).
     """
 
@@ -116,6 +119,7 @@ class Runtime:
         max_active_workflows: int = 100_000,
         instance_idle_timeout: float = 60.0,
         instance_shutdown: float = 1.0,
+        agent_restarts: tuple[int, float] = (20, 10.0),
         seed: int | None = None,
         ask_timeout: float = 30.0,
     ) -> None:
@@ -135,6 +139,8 @@ class Runtime:
             max_result_bytes=max_result_bytes,
             instance_shutdown=instance_shutdown,
             idle_timeout=instance_idle_timeout,
+            agent_max_restarts=agent_restarts[0],
+            agent_restart_period=agent_restarts[1],
             seed=seed,
         )
         self._ctx = EngineContext(self._store, self._clock, self._config, self._on_final)
