@@ -388,7 +388,7 @@ def _evolver(cls: type[_R]) -> Callable[[_R, dict[str, Any]], _R]:
         lines.append(f"    set{i}(out, changes[{name!r}] if {name!r} in changes else self.{name})")
     lines.append("    return out")
     exec("\n".join(lines), env)  # names are the class's own field names
-    return env["evolve"]  # type: ignore[no-any-return]
+    return env["evolve"]
 
 
 _evolve_workflow = _evolver(WorkflowRecord)
