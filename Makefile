@@ -35,8 +35,10 @@ slow: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m herder.runtime demo
 
-bench: $(STAMP)
+bench: $(STAMP)  ## store commits, supervision and end-to-end throughput, each vs its baseline
 	$(PY) benchmarks/store_commit.py
+	$(PY) benchmarks/supervision.py
+	$(PY) benchmarks/throughput.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -744,22 +744,24 @@ class Scheduler(SupervisedActor):
         now = self._clock.time()
         timeout = spec.timeout or self._config.default_timeout
         hb = spec.heartbeat_timeout
+        deadline = now + timeout
+        hb_deadline = None if hb is None else now + hb
+        # One evolve per transition (what _with_timer gives for retry_at=None, inlined).
+        timing = {
+            "token": token,
+            "deadline": deadline,
+            "heartbeat_deadline": hb_deadline,
+            "retry_at": None,
+            "timer_ms": _ms(deadline if hb_deadline is None else min(deadline, hb_deadline)),
+            "updated": now,
+        }
         if job.compensating:
             assert spec.compensate is not None
             action, attempt = spec.compensate, st.comp_attempt + 1
-            new = st.evolve(state=StepState.COMPENSATING, comp_attempt=attempt)
+            new = st.evolve(state=StepState.COMPENSATING, comp_attempt=attempt, **timing)
         else:
             action, attempt = spec.action, st.attempt + 1
-            new = st.evolve(state=StepState.DISPATCHED, attempt=attempt)
-        new = self._with_timer(
-            new.evolve(
-                token=token,
-                deadline=now + timeout,
-                heartbeat_deadline=None if hb is None else now + hb,
-                retry_at=None,
-                updated=now,
-            )
-        )
+            new = st.evolve(state=StepState.DISPATCHED, attempt=attempt, **timing)
         self._put_step(run, st, new)
         port = _Port(self._ctx, token, (hb or timeout) * self._config.heartbeat_interval_fraction)
         key = f"{run.record.id}/{job.step}" + ("/compensate" if job.compensating else "")

@@ -16,17 +16,17 @@ Usage: python benchmarks/store_commit.py [--seconds S] [--out PATH]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 
 import lmdb
+from _harness import progress as _progress
+from _harness import write_report
 
 from herder.store import Put, Store, Transition, encode
 
@@ -34,7 +34,7 @@ VALUE = encode({"state": "DISPATCHED", "pad": "x" * 170})
 
 
 def progress(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
+    _progress("store_commit", msg)
 
 
 def bench_writer_threads(root: pathlib.Path, threads: int, seconds: float) -> dict[str, float]:
@@ -235,9 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     report = run(args.seconds)
     print(table(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

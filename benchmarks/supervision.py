@@ -14,19 +14,15 @@ Usage: python benchmarks/supervision.py [--crashes N] [--pools 1000,10000] [--ou
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import logging
-import os
-import platform
 import queue
-import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pykka
+from _harness import machine, summary, write_report
+from _harness import progress as _progress
 
 from herder.actors import ChildEvent, ChildSpec, Strategy, SupervisedActor, start_supervisor
 
@@ -35,7 +31,7 @@ WAIT = 30.0
 
 def progress(message: str) -> None:
     """A progress line on stderr, so stdout stays the table."""
-    print(f"[supervision bench] {message}", file=sys.stderr, flush=True)
+    _progress("supervision bench", message)
 
 
 class Child(SupervisedActor):
@@ -64,22 +60,6 @@ class Bare(pykka.ThreadingActor):
     def on_failure(self, *_exc_info: object) -> None:
         if self.successors is not None:
             self.successors.put(Bare.start(self.successors))
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The q-quantile (0..1) of samples, nearest rank."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    """p50/p99/mean in microseconds."""
-    return {
-        "p50_us": percentile(samples, 0.50) * 1e6,
-        "p99_us": percentile(samples, 0.99) * 1e6,
-        "mean_us": statistics.fmean(samples) * 1e6,
-        "n": len(samples),
-    }
 
 
 def restart_supervised(crashes: int) -> list[float]:
@@ -182,11 +162,7 @@ def main() -> None:
         )
 
     result = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "pykka": importlib.metadata.version("pykka"),
-        },
+        "machine": machine(),
         "restart_latency": {
             "bare": summary(bare_restart),
             "supervised": summary(sup_restart),
@@ -195,8 +171,6 @@ def main() -> None:
         "targets": {"restart_p50_us": 1000, "start_ratio_max": 1.5},
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
 
     rl = result["restart_latency"]
     print(f"\nrestart latency, crash -> replacement answers an ask ({args.crashes} crashes)")
@@ -211,7 +185,8 @@ def main() -> None:
             f"{row['children']:>10}{row['bare_us_per_child']:>12.1f}"
             f"{row['supervised_us_per_child']:>16.1f}{row['ratio']:>8.2f}"
         )
-    print(f"\nwrote {out}")
+    print()
+    write_report(out, result)
 
 
 if __name__ == "__main__":

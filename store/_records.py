@@ -19,9 +19,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from herder.store._errors import InvalidInput
 
@@ -33,6 +33,8 @@ MAX_NAME_BYTES = 100
 """Longest step, workflow, agent or action name accepted (UTF-8 bytes)."""
 
 KEY_SEP = b"\x00"
+
+_R = TypeVar("_R")
 
 
 class WorkflowState(enum.StrEnum):
@@ -268,12 +270,24 @@ class WorkflowRecord:
     recoveries: int = 0
 
     def evolve(self, **changes: Any) -> WorkflowRecord:
-        """A copy with ``changes`` applied."""
-        return replace(self, **changes)
+        """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
+        return _evolve_workflow(self, changes)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a msgpack-ready map."""
-        return {"v": SCHEMA_VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        return {
+            "v": SCHEMA_VERSION,
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "input": self.input,
+            "state": self.state,
+            "created": self.created,
+            "updated": self.updated,
+            "error": self.error,
+            "cancelled": self.cancelled,
+            "recoveries": self.recoveries,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkflowRecord:
@@ -318,12 +332,31 @@ class StepRecord:
         return step_key(self.workflow_id, self.name)
 
     def evolve(self, **changes: Any) -> StepRecord:
-        """A copy with ``changes`` applied."""
-        return replace(self, **changes)
+        """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
+        return _evolve_step(self, changes)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a msgpack-ready map."""
-        return {"v": SCHEMA_VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        return {
+            "v": SCHEMA_VERSION,
+            "workflow_id": self.workflow_id,
+            "name": self.name,
+            "state": self.state,
+            "attempt": self.attempt,
+            "token": self.token,
+            "deadline": self.deadline,
+            "heartbeat_deadline": self.heartbeat_deadline,
+            "retry_at": self.retry_at,
+            "timer_ms": self.timer_ms,
+            "result": self.result,
+            "error": self.error,
+            "error_type": self.error_type,
+            "done_token": self.done_token,
+            "comp_attempt": self.comp_attempt,
+            "heartbeat": self.heartbeat,
+            "updated": self.updated,
+            "extra": self.extra,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepRecord:
@@ -332,6 +365,34 @@ class StepRecord:
         values = {k: v for k, v in data.items() if k in known}
         values["state"] = StepState(values["state"])
         return cls(**values)
+
+
+def _evolver(cls: type[_R]) -> Callable[[_R, dict[str, Any]], _R]:
+    """A fast ``dataclasses.replace`` for a frozen, slotted record class without validation
+    in ``__init__``: the Scheduler evolves a record several times per step.
+
+    The function is generated (as dataclasses generates ``__init__``) so that each field is
+    one slot store with no loop, no ``fields()`` walk and no keyword-argument ``__init__``.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    known = frozenset(names)
+    env: dict[str, Any] = {"known": known, "new": object.__new__, "cls": cls}
+    lines = [
+        "def evolve(self, changes):",
+        "    if not known.issuperset(changes):",
+        "        raise TypeError(f'{cls.__name__} has no field(s) {sorted(set(changes) - known)}')",
+        "    out = new(cls)",
+    ]
+    for i, name in enumerate(names):
+        env[f"set{i}"] = cls.__dict__[name].__set__  # the slot's own setter: frozen-safe
+        lines.append(f"    set{i}(out, changes[{name!r}] if {name!r} in changes else self.{name})")
+    lines.append("    return out")
+    exec("\n".join(lines), env)  # names are the class's own field names
+    return env["evolve"]
+
+
+_evolve_workflow = _evolver(WorkflowRecord)
+_evolve_step = _evolver(StepRecord)
 
 
 def workflow_key(workflow_id: str) -> bytes:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
+from typing import Any
 
 import pytest
 
 from herder.store import (
+    SCHEMA_VERSION,
     Plan,
     Put,
     RetryPolicy,
@@ -100,6 +103,17 @@ def test_workflow_and_step_records_round_trip_through_the_store(
         assert ro.steps_of("order-42") == [STEP]
         assert ro.get_workflow("missing") is None
         assert ro.get_step("order-42", "missing") is None
+
+
+@pytest.mark.parametrize("record", [WORKFLOW, STEP], ids=["workflow", "step"])
+def test_hand_written_to_dict_and_evolve_cover_every_field(record: Any) -> None:
+    names = [f.name for f in dataclasses.fields(record)]
+    assert record.to_dict() == {"v": SCHEMA_VERSION, **{n: getattr(record, n) for n in names}}
+    changes = {"updated": 99.0, "error": "changed"}
+    assert record.evolve(**changes) == dataclasses.replace(record, **changes)
+    assert record.evolve() == record
+    with pytest.raises(TypeError, match="no field"):
+        record.evolve(nonsense=1)
 
 
 def test_plan_step_spec_and_retry_policy_round_trip_through_the_store(store: Store) -> None:

@@ -1,0 +1,402 @@
+"""End-to-end throughput: durable workflows/s and steps/s against bare pykka and raw LMDB.
+
+The travel workflow (flight -> hotel -> car, each a trivial action on its own agent,
+returning a small dict) runs on a fresh store per case while ``--in-flight`` workflows
+are kept unfinished: ``--starters`` threads call ``Runtime.start`` (which returns once the
+workflow is durable) and the runtime's ``max_active_workflows = in_flight`` makes ``start``
+block while that many are unfinished. Every transition is synced to disk before anything
+depends on it.
+
+In the same run, for the same instance counts and workflow counts:
+
+- ``bare``: the ceiling. A pykka scheduler actor and the same agent actors run the same
+  3-step chain with tells, keeping the same number of workflows in flight, no durability.
+- ``raw/1-per-txn`` and ``raw/batch=100``: raw LMDB synced commits (store_commit's cases).
+
+``instances`` is the concurrency of each of the three agents (the bare case starts the
+same number of actors per agent). Latencies come from the records: a step's latency is
+the time from the previous step's completion (or the workflow's creation) to its own
+completion as recorded in its ``updated`` field; a workflow's from ``created`` to the
+final record's ``updated``. The bare case measures the same spans with ``perf_counter``.
+Whether ``start()`` limits throughput shows as the mean number of workflows actually in
+flight (Little's law: summed workflow latency / wall time) against ``--in-flight``.
+
+Usage: python benchmarks/throughput.py [--workflows 1000,10000] [--instances 1,4,16]
+       [--in-flight 256] [--starters 32] [--raw-seconds 2] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import pathlib
+import tempfile
+import threading
+import time
+from typing import Any
+
+import pykka
+from _harness import machine, progress, render_table, summary, write_report
+from store_commit import bench_raw
+
+from herder.runtime import Agent, Runtime, StepContext, Workflow
+
+TAG = "throughput"
+STEPS = ("flight", "hotel", "car")
+AGENTS = {"flight": "airline", "hotel": "hotels", "car": "cars"}
+WAIT = 120.0
+STEPS_TARGET = 15_000
+RATIO_TARGET = 0.30
+
+
+class Booking(Agent):
+    """A trivial action: returns a small dict at once."""
+
+    def book(self, ctx: StepContext) -> dict[str, Any]:
+        return {"ok": True, "step": ctx.step, "ref": ctx.token & 0xFFFF}
+
+
+def travel() -> Workflow:
+    """flight -> hotel -> car, one agent each."""
+    wf = Workflow("travel", version=1)
+    previous: list[str] = []
+    for step in STEPS:
+        wf = wf.step(step, agent=AGENTS[step], action="book", after=previous)
+        previous = [step]
+    return wf
+
+
+def latencies(spans: list[tuple[float, list[float]]]) -> tuple[list[float], list[float]]:
+    """Step and workflow latencies from (created, [completion of each step]) pairs."""
+    steps, flows = [], []
+    for created, done in spans:
+        previous = created
+        for t in done:
+            steps.append(t - previous)
+            previous = t
+        flows.append(done[-1] - created)
+    return steps, flows
+
+
+def result_row(
+    workflows: int, elapsed: float, spans: list[tuple[float, list[float]]]
+) -> dict[str, Any]:
+    step_lat, flow_lat = latencies(spans)
+    return {
+        "workflows": workflows,
+        "seconds": elapsed,
+        "workflows_per_s": workflows / elapsed,
+        "steps_per_s": len(STEPS) * workflows / elapsed,
+        "step_latency": summary(step_lat, 1e3, "ms"),
+        "workflow_latency": summary(flow_lat, 1e3, "ms"),
+        # Little's law: how many workflows were unfinished on average.
+        "mean_in_flight": sum(flow_lat) / elapsed,
+    }
+
+
+# -- herder --------------------------------------------------------------------------------
+
+
+def bench_herder(
+    root: pathlib.Path, workflows: int, instances: int, in_flight: int, starters: int
+) -> dict[str, Any]:
+    """The real engine, durable, ``in_flight`` workflows kept unfinished."""
+    with Runtime(
+        root / "store",
+        map_size=1 << 31,
+        max_active_workflows=in_flight,
+        sweep_interval=1.0,
+    ) as rt:
+        for agent in AGENTS.values():
+            rt.add_agent(agent, Booking, concurrency=instances)
+        rt.add_workflow(travel())
+        rt.start("travel", {"warm": True}, workflow_id="warm-up").result(timeout=WAIT)
+
+        counter = iter(range(workflows))
+        lock = threading.Lock()
+        start_latency: list[float] = []
+        report_every = max(1, workflows // 4)
+
+        def starter() -> None:
+            mine = []
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    break
+                began = time.perf_counter()
+                rt.start("travel", {"n": i}, workflow_id=f"wf-{i:08d}", timeout=WAIT)
+                mine.append(time.perf_counter() - began)
+                if i % report_every == report_every - 1:
+                    progress(TAG, f"  started {i + 1:,}/{workflows:,}")
+            with lock:
+                start_latency.extend(mine)
+
+        threads = [threading.Thread(target=starter, daemon=True) for _ in range(starters)]
+        t0 = time.time()  # records carry the runtime clock, SystemClock = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        starting = time.time() - t0
+        # The last few hundred started are (nearly) the only ones left unfinished.
+        for i in range(max(0, workflows - 2 * in_flight), workflows):
+            rt.handle(f"wf-{i:08d}").result(timeout=WAIT)
+        statuses = [s for s in rt.list() if s.id != "warm-up"]
+        while unfinished := [s.id for s in statuses if not s.state.is_final]:
+            for wid in unfinished:
+                rt.handle(wid).result(timeout=WAIT)
+            statuses = [s for s in rt.list() if s.id != "warm-up"]
+        failed = [s.id for s in statuses if s.state != "SUCCEEDED"]
+        if failed or len(statuses) != workflows:
+            raise RuntimeError(f"{len(failed)} workflows failed, {len(statuses)} found")
+        spans = [(s.created, [s.steps[n].updated for n in STEPS]) for s in statuses]
+        elapsed = max(done[-1] for _, done in spans) - t0
+        store = rt.stats()["store"]
+    row = result_row(workflows, elapsed, spans)
+    row["start_latency"] = summary(start_latency, 1e3, "ms")
+    row["starting_seconds"] = starting
+    row["store"] = {
+        "commits": store["batches"],
+        "commits_per_s": store["batches"] / elapsed,
+        "mean_batch": store["mean_batch"],
+    }
+    return row
+
+
+# -- bare pykka ----------------------------------------------------------------------------
+
+
+class BareAgent(pykka.ThreadingActor):
+    """Runs a step and tells the scheduler; no durability, no supervision."""
+
+    use_daemon_thread = True
+
+    def __init__(self, scheduler: pykka.ActorRef[Any], agent: str, index: int) -> None:
+        super().__init__()
+        self.scheduler = scheduler
+        self.agent = agent
+        self.index = index
+
+    def on_receive(self, message: Any) -> None:
+        workflow, step = message
+        result = {"ok": True, "step": STEPS[step], "ref": workflow & 0xFFFF}
+        self.scheduler.tell((self.agent, self.index, workflow, step, result))
+
+
+class BareRun:
+    """What the bare scheduler hands back: timings and results."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.t0 = 0.0
+        self.t_end = 0.0
+        self.spans: dict[int, tuple[float, list[float]]] = {}
+        self.results: dict[int, dict[str, Any]] = {}
+
+
+class BareScheduler(pykka.ThreadingActor):
+    """Keeps ``in_flight`` chains going over per-agent pools of idle instances and queues."""
+
+    use_daemon_thread = True
+
+    def __init__(self, instances: int, total: int, in_flight: int, out: BareRun) -> None:
+        super().__init__()
+        self.instances = instances
+        self.total = total
+        self.in_flight = in_flight
+        self.started = 0
+        self.finished = 0
+        self.out = out
+        self.spans = out.spans
+        self.results = out.results
+        self.refs: dict[str, list[pykka.ActorRef[Any]]] = {}
+        self.idle: dict[str, list[int]] = {}
+        self.queues: dict[str, collections.deque[tuple[int, int]]] = {}
+
+    def on_start(self) -> None:
+        for agent in AGENTS.values():
+            self.refs[agent] = [
+                BareAgent.start(self.actor_ref, agent, i) for i in range(self.instances)
+            ]
+            self.idle[agent] = list(range(self.instances))
+            self.queues[agent] = collections.deque()
+
+    def on_stop(self) -> None:
+        for refs in self.refs.values():
+            for ref in refs:
+                ref.stop(block=False)
+
+    def on_receive(self, message: Any) -> None:
+        if message == "go":
+            self.out.t0 = time.perf_counter()
+            for _ in range(min(self.in_flight, self.total)):
+                self._begin()
+        else:
+            agent, index, workflow, step, result = message
+            self.idle[agent].append(index)
+            self.results.setdefault(workflow, {})[STEPS[step]] = result
+            self.spans[workflow][1].append(time.perf_counter())
+            if step + 1 < len(STEPS):
+                self._enqueue(workflow, step + 1)
+            else:
+                self.finished += 1
+                if self.started < self.total:
+                    self._begin()
+                elif self.finished == self.total:
+                    self.out.t_end = time.perf_counter()
+                    self.out.done.set()
+            self._pump(agent)
+
+    def _begin(self) -> None:
+        workflow = self.started
+        self.started += 1
+        self.spans[workflow] = (time.perf_counter(), [])
+        self._enqueue(workflow, 0)
+
+    def _enqueue(self, workflow: int, step: int) -> None:
+        agent = AGENTS[STEPS[step]]
+        self.queues[agent].append((workflow, step))
+        self._pump(agent)
+
+    def _pump(self, agent: str) -> None:
+        queue, idle = self.queues[agent], self.idle[agent]
+        while queue and idle:
+            self.refs[agent][idle.pop()].tell(queue.popleft())
+
+
+def bench_bare(workflows: int, instances: int, in_flight: int) -> dict[str, Any]:
+    """The same chain on bare pykka actors: the ceiling."""
+    out = BareRun()
+    ref = BareScheduler.start(instances, workflows, in_flight, out)
+    ref.tell("go")
+    if not out.done.wait(WAIT * 5):
+        raise TimeoutError("bare pykka run did not finish")
+    ref.stop(timeout=WAIT)
+    assert len(out.results) == workflows
+    return result_row(workflows, out.t_end - out.t0, list(out.spans.values()))
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    cases: list[dict[str, Any]] = []
+    base = os.environ.get("BENCH_DIR")
+    for instances in args.instances:
+        for workflows in args.workflows:
+            label = f"{instances} inst, {workflows:,} workflows"
+            progress(TAG, f"bare pykka, {label}")
+            bare = bench_bare(workflows, instances, args.in_flight)
+            progress(TAG, f"bare pykka, {label}: {bare['steps_per_s']:,.0f} steps/s")
+            progress(TAG, f"herder, {label}, {args.starters} starter threads")
+            with tempfile.TemporaryDirectory(prefix="herder-bench-", dir=base) as d:
+                herder = bench_herder(
+                    pathlib.Path(d), workflows, instances, args.in_flight, args.starters
+                )
+            herder["vs_bare"] = herder["steps_per_s"] / bare["steps_per_s"]
+            progress(
+                TAG,
+                f"herder, {label}: {herder['steps_per_s']:,.0f} steps/s "
+                f"({herder['vs_bare']:.0%} of bare), "
+                f"mean in flight {herder['mean_in_flight']:.0f}",
+            )
+            cases.append({"instances": instances, "bare": bare, "herder": herder})
+    raw: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="herder-bench-", dir=base) as d:
+        for per_txn in (1, 100):
+            name = "raw/1-per-txn" if per_txn == 1 else f"raw/batch={per_txn}"
+            progress(TAG, f"{name} for {args.raw_seconds:g} s")
+            raw[name] = bench_raw(pathlib.Path(d), per_txn, args.raw_seconds)
+            progress(TAG, f"{name}: {raw[name]['per_s']:,.0f} puts/s")
+    return {
+        "benchmark": "throughput",
+        "machine": machine(),
+        "in_flight": args.in_flight,
+        "starters": args.starters,
+        "cases": cases,
+        "raw_lmdb": raw,
+        "targets": {"herder_steps_per_s": STEPS_TARGET, "vs_bare": RATIO_TARGET},
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    header = (
+        "case",
+        "inst",
+        "workflows",
+        "wf/s",
+        "steps/s",
+        "step p50 ms",
+        "step p99 ms",
+        "wf p50 ms",
+        "wf p99 ms",
+        "in flight",
+        "vs bare",
+    )
+    rows: list[list[Any]] = []
+    for case in report["cases"]:
+        for kind in ("bare", "herder"):
+            r = case[kind]
+            rows.append(
+                [
+                    kind,
+                    case["instances"],
+                    r["workflows"],
+                    r["workflows_per_s"],
+                    r["steps_per_s"],
+                    r["step_latency"]["p50_ms"],
+                    r["step_latency"]["p99_ms"],
+                    r["workflow_latency"]["p50_ms"],
+                    r["workflow_latency"]["p99_ms"],
+                    r["mean_in_flight"],
+                    f"{r['vs_bare']:.0%}" if "vs_bare" in r else "",
+                ]
+            )
+    lines = [render_table(header, rows), ""]
+    raw = report["raw_lmdb"]
+    lines.append(
+        "raw LMDB synced commits: "
+        + ", ".join(f"{name} {r['per_s']:,.0f} puts/s" for name, r in raw.items())
+    )
+    for case in report["cases"]:
+        h = case["herder"]
+        lines.append(
+            f"herder {case['instances']} inst, {h['workflows']:,} wf: start() p50 "
+            f"{h['start_latency']['p50_ms']:.1f} ms p99 {h['start_latency']['p99_ms']:.1f} ms, "
+            f"{h['store']['commits_per_s']:,.0f} commits/s of {h['store']['mean_batch']:.1f} "
+            f"transitions, mean in flight {h['mean_in_flight']:.0f}/{report['in_flight']}"
+        )
+    best = max(report["cases"], key=lambda c: c["herder"]["steps_per_s"])["herder"]
+    lines.append(
+        f"best herder: {best['steps_per_s']:,.0f} durable steps/s (target >= {STEPS_TARGET:,}), "
+        f"{best['vs_bare']:.0%} of bare pykka (target >= {RATIO_TARGET:.0%})"
+    )
+    return "\n".join(lines)
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every case, print the table, write the JSON report."""
+    here = pathlib.Path(__file__).parent
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--workflows", type=ints, default=[1000, 10000])
+    parser.add_argument("--instances", type=ints, default=[1, 4, 16])
+    parser.add_argument("--in-flight", type=int, default=256)
+    parser.add_argument("--starters", type=int, default=32, help="threads calling start()")
+    parser.add_argument("--raw-seconds", type=float, default=2.0)
+    parser.add_argument("--out", type=pathlib.Path, default=here / "out" / "throughput.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    report = run(args)
+    print(table(report))
+    write_report(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
