@@ -224,6 +224,7 @@ class Scheduler(SupervisedActor):
         self._dirty_agents: set[str] = set()
         self._flush_queued = False
         self._committing: set[str] = set()
+        self._recovered: set[str] = set()  # unfinished ids that recovery took over
         self._counters = dict.fromkeys(
             (
                 "dispatched",
@@ -532,17 +533,13 @@ class Scheduler(SupervisedActor):
             )
 
     def _on_admit(self, msg: Admit) -> None:
-        if msg.workflow.id in self._runs:
+        # start() sends Admit once the workflow is durable. If this Scheduler's recovery
+        # already read it from the store (a restart raced the start), recovery owns it and
+        # the message's records may be stale: running them could repeat finished steps.
+        workflow_id = msg.workflow.id
+        if workflow_id in self._runs or workflow_id in self._recovered:
             return
-        # After a Scheduler restart, recovery may have run (even finished) this workflow
-        # before this Admit arrived: the store, not the message, says where it is.
-        record = self._store.get_workflow(msg.workflow.id)
-        if record is None or record.state.is_final:
-            return
-        if record == msg.workflow:
-            self._admit(record, msg.steps)
-        else:
-            self._admit(record, self._store.steps_of(record.id), recovered=True)
+        self._admit(msg.workflow, msg.steps)
 
     def _on_define(self, plan: Plan) -> None:
         waiting = self._awaiting.pop((plan.name, plan.version), [])
@@ -565,6 +562,7 @@ class Scheduler(SupervisedActor):
         for record in self._store.workflows():
             if record.state.is_final or record.id in self._runs:
                 continue
+            self._recovered.add(record.id)
             self._admit(record, self._store.steps_of(record.id), recovered=True)
             recovered += 1
         if recovered:
