@@ -65,9 +65,14 @@ def bench_writer_threads(root: pathlib.Path, threads: int, seconds: float) -> di
         for w in workers:
             w.join()
         elapsed = time.perf_counter() - t0
-        stats = writer.stats()
         total = sum(counts)
-        assert store.count("steps") == total
+        return _writer_result(store, total, elapsed)
+
+
+def _writer_result(store: Store, total: int, elapsed: float) -> dict[str, float]:
+    """The figures of one writer run, after checking every transition is in the store."""
+    assert store.count("steps") == total
+    stats = store.writer.stats()
     return {
         "transitions": total,
         "seconds": elapsed,
@@ -116,16 +121,8 @@ def bench_writer_submit_many(root: pathlib.Path, inflight: int, seconds: float) 
         done.acquire()  # the one still in flight
         groups_done += 1
         elapsed = time.perf_counter() - t0
-        stats = writer.stats()
         total = groups_done * inflight
-        assert store.count("steps") == total
-    return {
-        "transitions": total,
-        "seconds": elapsed,
-        "per_s": total / elapsed,
-        "batches": stats["batches"],
-        "mean_batch": stats["mean_batch"],
-    }
+        return _writer_result(store, total, elapsed)
 
 
 def bench_raw(root: pathlib.Path, per_txn: int, seconds: float) -> dict[str, float]:

@@ -292,10 +292,7 @@ class WorkflowRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkflowRecord:
         """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored)."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["state"] = WorkflowState(values["state"])
-        return cls(**values)
+        return _from_map(cls, data, WorkflowState)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,10 +358,7 @@ class StepRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepRecord:
         """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored)."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["state"] = StepState(values["state"])
-        return cls(**values)
+        return _from_map(cls, data, StepState)
 
 
 def _evolver(cls: type[_R]) -> Callable[[_R, dict[str, Any]], _R]:
@@ -393,6 +387,28 @@ def _evolver(cls: type[_R]) -> Callable[[_R, dict[str, Any]], _R]:
 
 _evolve_workflow = _evolver(WorkflowRecord)
 _evolve_step = _evolver(StepRecord)
+
+
+_Rec = TypeVar("_Rec", WorkflowRecord, StepRecord)
+
+
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in fields(cls))
+    return names
+
+
+def _from_map(cls: type[_Rec], data: Mapping[str, Any], state: type[enum.StrEnum]) -> _Rec:
+    """Build a record from a stored map: unknown keys (a newer minor schema) are ignored,
+    missing ones take their defaults, and ``state`` is parsed into its enum."""
+    known = _field_names(cls)
+    values = {k: v for k, v in data.items() if k in known}
+    values["state"] = state(values["state"])
+    return cls(**values)
 
 
 def workflow_key(workflow_id: str) -> bytes:
