@@ -574,9 +574,11 @@ class Scheduler(SupervisedActor):
         if recovered:
             for st in run.steps.values():
                 running = st.deadline is not None and st.token not in self._inflight
-                if st.state is StepState.DISPATCHED and running:
+                # An immediate retry has no timer: it only waited in an agent queue in memory.
+                queued = st.retry_at is not None and st.timer_ms is None
+                if st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT) and (running or queued):
                     self._enqueue(run, st.name, compensating=False)
-                elif st.state is StepState.COMPENSATING and running:
+                elif st.state is StepState.COMPENSATING and (running or queued):
                     self._enqueue(run, st.name, compensating=True)
         self._advance(run)
 
