@@ -500,7 +500,11 @@ class Scheduler(SupervisedActor):
             if attempt is not None:
                 attempt.port.superseded = True
                 self._hosted.replace(attempt.agent, attempt.instance)
-            self._fail_attempt(st.token, lapsed, (TIMEOUT_ERROR,), now=False)
+                self._fail_attempt(st.token, lapsed, (TIMEOUT_ERROR,), now=False)
+            elif st.name not in run.queued:
+                # Its attempt died with an earlier process and no job will re-dispatch it
+                # (e.g. the workflow is compensating): nobody will answer, so fail it here.
+                self._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
 
     def _on_instance_event(self, msg: InstanceEvent) -> None:
         lost = self._hosted.on_event(msg, self._clock.time())

@@ -7,13 +7,18 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from herder.runtime import (
     Agent,
+    Permanent,
     RetryPolicy,
     Runtime,
+    State,
     StepContext,
     StepState,
     Workflow,
+    WorkflowFailed,
 )
 from herder.runtime.testing import FakeClock, advance, settle
 
@@ -65,3 +70,58 @@ def test_an_immediate_retry_still_queued_at_a_crash_resumes_after_reopening(
         advance(rt, clock, 1.0)
         assert rt.handle("a").result(timeout=WAIT) == {"s": "a"}
         assert rt.handle("b").result(timeout=WAIT) == {"s": "b"}
+
+
+def test_a_step_in_flight_when_a_compensating_workflow_crashed_does_not_block_it(
+    tmp_path: Path,
+) -> None:
+    # left fails for good while right runs; the process dies before right answers. After
+    # reopening nobody will ever answer right's attempt: its deadline must fail it so
+    # that compensation can finish.
+    clock, path = FakeClock(), tmp_path / "s"
+    right_entered, hold = threading.Event(), threading.Event()
+    undone: list[str] = []
+
+    class Branches(Agent):
+        def work(self, ctx: StepContext) -> str:
+            if ctx.step == "left":
+                right_entered.wait(WAIT)
+                raise Permanent("left is impossible")
+            if ctx.step == "right":
+                right_entered.set()
+                hold.wait(WAIT)
+            return ctx.step
+
+        def undo(self, ctx: StepContext) -> None:
+            undone.append(ctx.step)
+
+    pair = (
+        Workflow("pair")
+        .step("first", agent="a", action="work", compensate="undo")
+        .step("left", agent="a", action="work", after=["first"])
+        .step("right", agent="b", action="work", after=["first"], timeout=5.0)
+    )
+    with _runtime(path, clock) as rt:
+        rt.add_agent("a", Branches)
+        rt.add_agent("b", Branches)
+        rt.add_workflow(pair)
+        rt.start("pair", workflow_id="w")
+        assert right_entered.wait(WAIT)
+        settle(rt)
+        status = rt.status("w")
+        assert status.state is State.COMPENSATING
+        assert status.steps["right"].state is StepState.DISPATCHED
+    hold.set()
+
+    with _runtime(path, clock) as rt:
+        rt.add_agent("a", Branches)
+        rt.add_agent("b", Branches)
+        rt.add_workflow(pair)
+        advance(rt, clock, 6.0)
+        with pytest.raises(WorkflowFailed) as failed:
+            rt.handle("w").result(timeout=WAIT)
+        status = failed.value.status
+        assert status.state is State.COMPENSATED
+        assert status.steps["right"].state is StepState.FAILED
+        assert status.steps["first"].state is StepState.COMPENSATED
+        assert undone == ["first"]
