@@ -9,7 +9,8 @@ idempotent fake services that keep their state in append-only logs under ``EFFEC
 Starting is idempotent, so a restarted child simply starts its whole range again.
 
 stdout, one line each, flushed: ``start w-N`` once ``start()`` returned (acknowledged),
-``done w-N STATE`` once the workflow's outcome is known, ``finished`` at the end.
+``done w-N STATE`` once the workflow's outcome is known, ``stuck w-N STATE STEPS...`` for
+one still unfinished after ``WAIT`` seconds, ``finished`` at the end.
 
 Faults: ~5% of requests fail before reaching the service, ~5% after the service applied
 them (the answer is lost, so the retry must be absorbed), ~0.5% hang past the step
@@ -34,6 +35,7 @@ from typing import Any
 SERVICES = {"flight": "airline", "hotel": "hotels", "car": "cars"}
 STEP_TIMEOUT = 2.0
 HANG = 2.5  # seconds a hung request blocks: longer than STEP_TIMEOUT
+WAIT = 30.0  # seconds a run waits for all its workflows before reporting the stuck ones
 
 
 def permanent_failure(n: int) -> bool:
@@ -154,7 +156,7 @@ def main(store: str, effects: str, lo: int, hi: int, seed: int) -> None:
                 raise TimeoutError(f"{self.service.name} answer lost")
             return value
 
-    retry = RetryPolicy(max_attempts=100, initial_interval=0.01, max_interval=0.1, jitter=0.5)
+    retry = RetryPolicy(max_attempts=100, initial_interval=0.0, max_interval=0.1, jitter=0.5)
     trip = Workflow("travel", version=1)
     after: list[str] = []
     for step, agent in SERVICES.items():
@@ -180,10 +182,16 @@ def main(store: str, effects: str, lo: int, hi: int, seed: int) -> None:
         for n in range(lo, hi):
             handles.append(rt.start("travel", {"n": n}, workflow_id=f"w-{n}"))
             say(f"start w-{n}")
+        deadline = time.monotonic() + WAIT
         for handle in handles:
-            with contextlib.suppress(WorkflowFailed):
-                handle.result(timeout=120)
-            say(f"done {handle.id} {handle.status().state}")
+            with contextlib.suppress(WorkflowFailed, TimeoutError):
+                handle.result(timeout=max(0.0, deadline - time.monotonic()))
+            status = handle.status()
+            if status.state.is_final:
+                say(f"done {handle.id} {status.state}")
+            else:
+                steps = " ".join(f"{n}={s.state}/{s.attempt}" for n, s in status.steps.items())
+                say(f"stuck {handle.id} {status.state} {steps}")
     say("finished")
 
 
