@@ -285,5 +285,5 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: pathli
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigkill_fifty_times_over_many_workflows(tmp_path: pathlib.Path) -> None:
-    summary = _crash_many_times(tmp_path, kills=50, n_workflows=400)
+    summary = _crash_many_times(tmp_path, kills=50, n_workflows=1000)
     assert "kills=50 " in summary
