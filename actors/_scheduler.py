@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from herder.store._records import (
     Plan,
     RetryPolicy,
     StepRecord,
+    StepSpec,
     StepState,
     WorkflowRecord,
     WorkflowState,
@@ -106,12 +106,10 @@ class EngineContext:
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
         self._tokens = itertools.count((store.incarnation << 32) + 1)
-        self._lock = threading.Lock()
 
     def next_token(self) -> int:
         """A fencing token greater than every token issued before, in any incarnation."""
-        with self._lock:
-            return next(self._tokens)
+        return next(self._tokens)
 
     def tell_scheduler(self, message: Any) -> None:
         """Deliver a hint to the current Scheduler; dropped if none runs (the store is truth)."""
@@ -153,7 +151,9 @@ class _Run:
     record: WorkflowRecord
     plan: Plan
     steps: dict[str, StepRecord]
+    specs: dict[str, StepSpec]  # the plan's steps by name (shared by runs of one plan)
     queued: set[str] = field(default_factory=set)  # steps waiting in an agent queue
+    attempts: set[int] = field(default_factory=set)  # tokens of its attempts in flight
 
 
 @dataclass(slots=True)
@@ -225,6 +225,7 @@ class Scheduler(SupervisedActor):
         self._flush_queued = False
         self._committing: set[str] = set()
         self._recovered: set[str] = set()  # unfinished ids that recovery took over
+        self._plan_specs: dict[tuple[str, int], dict[str, StepSpec]] = {}
         self._counters = dict.fromkeys(
             (
                 "dispatched",
@@ -318,9 +319,8 @@ class Scheduler(SupervisedActor):
             self._txn(run).put_workflow(self._set_record(run, cancelled=True))
         else:
             self._begin_compensation(run, "cancelled by request", cancelled=True)
-        for attempt in self._inflight.values():
-            if attempt.workflow_id == workflow_id:
-                attempt.port.cancelled = True
+        for token in run.attempts:
+            self._inflight[token].port.cancelled = True
         self._txn(run).effects.append(("future", done))
         self._advance(run)
         self._after_message()
@@ -343,7 +343,7 @@ class Scheduler(SupervisedActor):
                 f"{record.version}; register it with add_workflow before retrying"
             )
         steps = {s.name: s for s in self._store.steps_of(workflow_id)}
-        run = _Run(record, plan, steps)
+        run = _Run(record, plan, steps, self._specs_of(plan))
         self._runs[workflow_id] = run
         txn = self._txn(run)
         stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING]
@@ -469,6 +469,8 @@ class Scheduler(SupervisedActor):
             self._counters["stale"] += 1
             return
         run = self._runs.get(attempt.workflow_id)
+        if run is not None:
+            run.attempts.discard(msg.token)
         st = None if run is None else run.steps.get(attempt.step)
         if run is None or st is None or st.token != msg.token:
             self._counters["stale"] += 1
@@ -486,7 +488,7 @@ class Scheduler(SupervisedActor):
         if attempt is None or run is None:
             return
         st = run.steps[attempt.step]
-        spec = run.plan.step(st.name)
+        spec = run.specs[st.name]
         if st.token != msg.token or spec.heartbeat_timeout is None:
             return
         hb_deadline = self._clock.time() + spec.heartbeat_timeout
@@ -515,6 +517,7 @@ class Scheduler(SupervisedActor):
                 continue
             self._counters["timed_out"] += 1
             attempt = self._inflight.pop(st.token, None)
+            run.attempts.discard(st.token)
             if attempt is not None:
                 attempt.port.superseded = True
                 self._hosted.replace(attempt.agent, attempt.instance)
@@ -570,17 +573,16 @@ class Scheduler(SupervisedActor):
 
     def _reload(self, workflow_id: str) -> None:
         """Forget what memory believes about a workflow and read it back from the store."""
-        self._runs.pop(workflow_id, None)
+        run = self._runs.pop(workflow_id, None)
         self._open.pop(workflow_id, None)
-        for token, attempt in list(self._inflight.items()):
-            if attempt.workflow_id == workflow_id:
-                del self._inflight[token]
-                # An attempt already sent keeps its instance busy until its (now stale)
-                # answer arrives; one never sent frees its reservation now.
-                if not attempt.sent and self._hosted.release(
-                    attempt.agent, attempt.instance, token, self._clock.time()
-                ):
-                    self._dirty_agents.add(attempt.agent)
+        for token in () if run is None else run.attempts:
+            attempt = self._inflight.pop(token, None)
+            # An attempt already sent keeps its instance busy until its (now stale) answer
+            # arrives; one never sent frees its reservation now.
+            if attempt is None or attempt.sent:
+                continue
+            if self._hosted.release(attempt.agent, attempt.instance, token, self._clock.time()):
+                self._dirty_agents.add(attempt.agent)
         record = self._store.get_workflow(workflow_id)
         if record is not None and not record.state.is_final:
             self._admit(record, self._store.steps_of(workflow_id), recovered=True)
@@ -610,7 +612,7 @@ class Scheduler(SupervisedActor):
                     "workflow %s has no record for step %r; recreating it", record.id, spec.name
                 )
                 by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
-        run = _Run(record, plan, by_name)
+        run = _Run(record, plan, by_name, self._specs_of(plan))
         self._runs[record.id] = run
         if recovered:
             self._resume_steps(run)
@@ -637,17 +639,19 @@ class Scheduler(SupervisedActor):
         state = run.record.state
         steps = run.steps
         if state is WorkflowState.RUNNING:
+            succeeded, pending = StepState.SUCCEEDED, StepState.PENDING
             all_done = True
             for spec in run.plan.steps:
-                st = steps[spec.name]
-                if st.state is not StepState.SUCCEEDED:
-                    all_done = False
-                if (
-                    st.state is StepState.PENDING
-                    and spec.name not in run.queued
-                    and all(steps[d].state is StepState.SUCCEEDED for d in spec.after)
-                ):
-                    self._enqueue(run, spec.name, compensating=False)
+                step_state = steps[spec.name].state
+                if step_state is succeeded:
+                    continue
+                all_done = False
+                if step_state is pending and spec.name not in run.queued:
+                    for dep in spec.after:
+                        if steps[dep].state is not succeeded:
+                            break
+                    else:
+                        self._enqueue(run, spec.name, compensating=False)
             if all_done:
                 self._finish(run, WorkflowState.SUCCEEDED)
         elif state is WorkflowState.COMPENSATING:
@@ -659,7 +663,7 @@ class Scheduler(SupervisedActor):
             undo = [
                 s
                 for s in steps.values()
-                if s.state is StepState.SUCCEEDED and run.plan.step(s.name).compensate
+                if s.state is StepState.SUCCEEDED and run.specs[s.name].compensate
             ]
             if undo:
                 last = max(undo, key=lambda s: s.done_token or 0)
@@ -673,7 +677,7 @@ class Scheduler(SupervisedActor):
     def _enqueue(self, run: _Run, step: str, *, compensating: bool) -> None:
         if step in run.queued:
             return
-        agent = run.plan.step(step).agent
+        agent = run.specs[step].agent
         queue = self._hosted.queue(agent)
         run.queued.add(step)
         if queue is None:
@@ -738,7 +742,7 @@ class Scheduler(SupervisedActor):
 
     def _dispatch(self, run: _Run, job: _Job, agent: str, instance: str, token: int) -> None:
         st = run.steps[job.step]
-        spec = run.plan.step(job.step)
+        spec = run.specs[job.step]
         now = self._clock.time()
         timeout = spec.timeout or self._config.default_timeout
         hb = spec.heartbeat_timeout
@@ -776,6 +780,7 @@ class Scheduler(SupervisedActor):
             _port=port,
         )
         self._inflight[token] = _Attempt(run.record.id, job.step, agent, instance, port)
+        run.attempts.add(token)
         self._txn(run).effects.append(
             ("run", agent, instance, Run(agent, instance, action, token, ctx))
         )
@@ -807,6 +812,8 @@ class Scheduler(SupervisedActor):
         if attempt is None:
             return
         run = self._runs.get(attempt.workflow_id)
+        if run is not None:
+            run.attempts.discard(token)
         st = None if run is None else run.steps.get(attempt.step)
         if run is None or st is None or st.token != token:
             return
@@ -822,7 +829,7 @@ class Scheduler(SupervisedActor):
         permanent: bool,
         retry_now: bool = False,
     ) -> None:
-        spec = run.plan.step(st.name)
+        spec = run.specs[st.name]
         default = self._config.default_retry
         forward = st.state is not StepState.COMPENSATING
         if forward:
@@ -906,12 +913,20 @@ class Scheduler(SupervisedActor):
         txn.put_workflow(record)
         txn.effects.append(("final", record))
         del self._runs[record.id]
-        for token, attempt in list(self._inflight.items()):
-            if attempt.workflow_id == record.id:
+        for token in run.attempts:
+            attempt = self._inflight.pop(token, None)
+            if attempt is not None:
                 attempt.port.superseded = True
-                del self._inflight[token]
+        run.attempts.clear()
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _specs_of(self, plan: Plan) -> dict[str, StepSpec]:
+        key = (plan.name, plan.version)
+        specs = self._plan_specs.get(key)
+        if specs is None or self._ctx.plans.get(key) is not plan:
+            specs = self._plan_specs[key] = {spec.name: spec for spec in plan.steps}
+        return specs
 
     def _txn(self, run: _Run) -> _Txn:
         txn = self._open.get(run.record.id)
@@ -935,7 +950,7 @@ class Scheduler(SupervisedActor):
         return st.evolve(timer_ms=_ms(min(times)) if times else None)
 
     def _lapsed(self, run: _Run, st: StepRecord, now: float) -> str | None:
-        spec = run.plan.step(st.name)
+        spec = run.specs[st.name]
         now_ms = _ms(now)  # timers are kept in whole ms; compare at the same precision
         if st.heartbeat_deadline is not None and now_ms >= _ms(st.heartbeat_deadline):
             return f"no heartbeat for {spec.heartbeat_timeout}s"
