@@ -1,0 +1,135 @@
+"""Agent pools: added and removed at run time, lazy, passivated, bounded."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pykka
+import pytest
+
+from herder.actors._agent_host import AgentInstance
+from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime.testing import FakeClock, advance, settle
+
+WAIT = 10.0
+
+
+class Host(Agent):
+    """One agent per remote host, as a daemon would register them."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def ping(self, ctx: StepContext) -> str:
+        return f"{self.host}:{ctx.input}"
+
+
+def instances_alive() -> int:
+    return len(pykka.ActorRegistry.get_by_class(AgentInstance))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def rt(tmp_path: Path, clock: FakeClock) -> Iterator[Runtime]:
+    with Runtime(tmp_path / "s", clock=clock, instance_idle_timeout=60.0) as runtime:
+        yield runtime
+
+
+def test_instances_start_only_when_work_arrives(rt: Runtime) -> None:
+    rt.add_agent("h1", functools.partial(Host, "h1"), concurrency=4)
+    rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
+    assert rt.stats()["agents"]["h1"]["instances"] == 0
+    assert instances_alive() == 0
+    assert rt.start("ping", "x").result(timeout=WAIT) == {"p": "h1:x"}
+    assert rt.stats()["agents"]["h1"]["instances"] == 1  # one step needed one instance
+
+
+def test_idle_instances_are_passivated_and_come_back_on_demand(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    rt.add_agent("h1", functools.partial(Host, "h1"))
+    rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
+    rt.start("ping", 1).result(timeout=WAIT)
+    assert instances_alive() == 1
+    advance(rt, clock, 30.0)
+    assert instances_alive() == 1  # not idle long enough
+    advance(rt, clock, 40.0)
+    settle(rt)
+    assert rt.stats()["agents"]["h1"]["instances"] == 0
+    assert rt.stats()["steps"]["passivated"] == 1
+    assert rt.start("ping", 2).result(timeout=WAIT) == {"p": "h1:2"}
+
+
+def test_a_thousand_agent_names_hold_no_threads_once_idle(rt: Runtime, clock: FakeClock) -> None:
+    baseline = set(threading.enumerate())
+    names = [f"host-{n}" for n in range(1000)]
+    for name in names:
+        rt.add_agent(name, functools.partial(Host, name))
+        rt.add_workflow(Workflow(f"ping-{name}").step("p", agent=name, action="ping"))
+    assert set(threading.enumerate()) == baseline  # registering starts nothing
+    handles = [rt.start(f"ping-{name}", 0) for name in names]
+    for name, handle in zip(names, handles, strict=True):
+        assert handle.result(timeout=WAIT) == {"p": f"{name}:0"}
+    started = set(threading.enumerate()) - baseline
+    assert len(started) >= 1000  # an instance (and a supervisor) per agent name
+    advance(rt, clock, 61.0)
+    for thread in started:  # passivation stops them: every one of those threads ends
+        thread.join(WAIT)
+        assert not thread.is_alive(), f"{thread.name} still runs after passivation"
+    assert instances_alive() == 0
+    assert set(threading.enumerate()) <= baseline
+
+
+def test_a_removed_agent_holds_its_steps_until_it_is_added_again(rt: Runtime) -> None:
+    entered, go = threading.Event(), threading.Event()
+
+    class Gate(Agent):
+        def ping(self, ctx: StepContext) -> str:
+            entered.set()
+            go.wait(WAIT)
+            return "gate"
+
+    rt.add_agent("gate", Gate)
+    rt.add_agent("h1", functools.partial(Host, "old"))
+    rt.add_workflow(
+        Workflow("two")
+        .step("a", agent="gate", action="ping")
+        .step("b", agent="h1", action="ping", after=["a"])
+    )
+    handle = rt.start("two", 7, workflow_id="w")
+    assert entered.wait(WAIT)
+    rt.remove_agent("h1")  # while the workflow runs
+    go.set()
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.3)  # b waits: nobody serves h1
+    assert rt.status("w").steps["b"].state == "PENDING"
+    rt.add_agent("h1", functools.partial(Host, "new"))
+    assert handle.result(timeout=WAIT) == {"a": "gate", "b": "new:7"}
+
+
+def test_start_blocks_while_the_active_limit_is_reached(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    class Slow(Agent):
+        def work(self, ctx: StepContext) -> int:
+            release.wait(WAIT)
+            return 1
+
+    with Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=2) as rt:
+        rt.add_agent("slow", Slow, concurrency=4)
+        rt.add_workflow(Workflow("w").step("s", agent="slow", action="work"))
+        first = rt.start("w", workflow_id="1")
+        rt.start("w", workflow_id="2")
+        with pytest.raises(TimeoutError, match="max_active_workflows=2"):
+            rt.start("w", workflow_id="3", timeout=0.2)
+        assert rt.start("w", workflow_id="1").id == "1"  # an existing id never waits
+        release.set()
+        first.result(timeout=WAIT)
+        assert rt.start("w", workflow_id="3", timeout=WAIT).result(timeout=WAIT) == {"s": 1}
