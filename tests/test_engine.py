@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -497,3 +498,42 @@ def test_the_public_api_exports_exactly_the_contract() -> None:
     assert api.__all__ == sorted(api.__all__)
     for name in api.__all__:
         assert getattr(api, name).__doc__, f"{name} needs a docstring"
+
+
+@pytest.mark.parametrize("signal", [SystemExit(3), KeyboardInterrupt()])
+def test_an_action_raising_a_base_exception_fails_only_its_step(
+    rt: Runtime, signal: BaseException
+) -> None:
+    class Exits(Agent):
+        def work(self, ctx: StepContext) -> str:
+            if ctx.workflow_id == "bad" and ctx.attempt == 1:
+                raise signal
+            return ctx.workflow_id
+
+    rt.add_agent("svc", Exits)
+    rt.add_workflow(Workflow("x").step("s", agent="svc", action="work"))
+    assert rt.start("x", workflow_id="bad").result(timeout=WAIT) == {"s": "bad"}
+    assert rt.status("bad").steps["s"].attempt == 2
+    assert rt.start("x", workflow_id="good").result(timeout=WAIT) == {"s": "good"}
+
+
+@pytest.mark.parametrize(
+    ("result", "match"),
+    [(object(), "cannot be stored"), ({1: "int key"}, "str"), ("x" * 5000, "limit")],
+)
+def test_a_result_that_cannot_be_stored_fails_the_step_for_good(
+    tmp_path: Path, result: Any, match: str
+) -> None:
+    class Returns(Agent):
+        def work(self, ctx: StepContext) -> Any:
+            return result
+
+    with Runtime(tmp_path / "s", clock=FakeClock(), max_result_bytes=4096) as rt:
+        rt.add_agent("svc", Returns)
+        rt.add_workflow(Workflow("x").step("s", agent="svc", action="work"))
+        with pytest.raises(WorkflowFailed) as failed:
+            rt.start("x", workflow_id="w").result(timeout=WAIT)
+    step = failed.value.status.steps["s"]
+    assert step.attempt == 1  # not retried: it would fail the same way
+    assert step.error is not None
+    assert re.search(match, step.error)
