@@ -195,6 +195,7 @@ def _parent(args: argparse.Namespace, root: pathlib.Path, out: TextIO) -> int:
     began = time.monotonic()
     total = args.workflows
     store_path = root / "store"
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     out.write(f"herder demo: booking {total} trips (flight, hotel, car) in {root}\n")
     progress = ProgressLine(out, total)
     kills = 0
