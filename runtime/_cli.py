@@ -8,6 +8,7 @@ Exit codes: 0 done, 1 the command failed (message on stderr), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -57,6 +58,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args, out)
+    except BrokenPipeError:  # `herder ls | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except HerderError as exc:
         sys.stderr.write(f"herder {args.command}: {exc}\n")
         return 1
