@@ -32,7 +32,12 @@ unit: $(STAMP)
 slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
-demo: $(STAMP)
+# rich is optional (plain text without it), so a failed install does not stop the demo.
+$(VENV)/.demo-extra: $(STAMP)
+	$(PY) -m pip install -q -e '.[demo]' || echo "rich not installed: plain output"
+	touch $@
+
+demo: $(VENV)/.demo-extra
 	$(PY) -m herder.runtime demo
 
 bench: $(STAMP)  ## store commits, supervision and end-to-end throughput, each vs its baseline

@@ -105,6 +105,7 @@ class EngineContext:
         self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
+        self.paused = False  # a draining runtime: dispatch nothing new
         self._tokens = itertools.count((store.incarnation << 32) + 1)
 
     def next_token(self) -> int:
@@ -516,6 +517,7 @@ class Scheduler(SupervisedActor):
             if lapsed is None:
                 continue
             self._counters["timed_out"] += 1
+            _log_step("timed out", run.record.id, st.name, st.attempt)
             attempt = self._inflight.pop(st.token, None)
             run.attempts.discard(st.token)
             if attempt is not None:
@@ -690,7 +692,7 @@ class Scheduler(SupervisedActor):
 
     def _pump(self, agent: str) -> None:
         queue = self._hosted.queue(agent)
-        while queue:
+        while queue and not self._ctx.paused:
             job = queue[0]
             run = self._runs.get(job.workflow_id)
             if run is None or not self._job_valid(run, job):
@@ -858,6 +860,7 @@ class Scheduler(SupervisedActor):
         )
         if retryable:
             self._counters["retried"] += 1
+            _log_step(f"failed, will retry: {error}", run.record.id, st.name, attempt)
             delay = 0.0 if retry_now else policy.delay(attempt, self._rand.random())
             state = StepState.RETRY_WAIT if forward else StepState.COMPENSATING
             # The timer is kept even for an immediate retry: if this process dies before
@@ -882,6 +885,9 @@ class Scheduler(SupervisedActor):
             )
 
     def _begin_compensation(self, run: _Run, reason: str, *, cancelled: bool = False) -> None:
+        _log.info(
+            "%s compensating: %s", run.record.id, reason, extra={"workflow_id": run.record.id}
+        )
         now = self._clock.time()
         self._txn(run).put_workflow(
             self._set_record(
@@ -961,6 +967,11 @@ class Scheduler(SupervisedActor):
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
         txn = self._open.setdefault(workflow_id, _Txn())
         txn.delete_timer(timer_key(due_ms, workflow_id, step))
+
+
+def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
+    extra = {"workflow_id": workflow_id, "step": step, "attempt": attempt}
+    _log.info("%s/%s attempt %d %s", workflow_id, step, attempt, what, extra=extra)
 
 
 def _orphaned_commit(

@@ -1,27 +1,101 @@
-"""The ``herder`` command line (also ``python -m herder.runtime``)."""
+"""The ``herder`` command line (also ``python -m herder.runtime``).
+
+One argparse subcommand per job; each lives in the module that does it: ``_demo`` (the
+demo), ``_inspect`` (ls, show, stats: read-only), ``_admin`` (retry, cancel, bench).
+Exit codes: 0 done, 1 the command failed (message on stderr), 2 bad usage.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
-USAGE = """usage: herder COMMAND [options]
-
-commands:
-  demo      book trips through the travel-booking workflow under injected faults
-"""
+from herder.store import Store
+from herder.store._errors import HerderError
+from herder.store._records import WorkflowState
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herder", description="Inspect and operate herder stores; run the demo."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="book trips under faults, SIGKILL the worker, resume")
+    demo.add_argument("args", nargs="*", help="see `herder demo --help`")
+
+    def with_store(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--store", required=True, help="the store directory")
+        cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        return cmd
+
+    ls = with_store("ls", "list workflows (read-only; fine while a runtime runs)")
+    states = [str(s) for s in WorkflowState]
+    ls.add_argument("--state", type=str.upper, choices=states, help="only workflows in this state")
+    ls.add_argument("--limit", type=int, help="at most this many")
+    show = with_store("show", "one workflow and its steps (read-only)")
+    show.add_argument("id", help="the workflow id")
+    with_store("stats", "counts of workflows, steps, retries, timers (read-only)")
+    for name, verb in (("retry", "resume a NEEDS_ATTENTION workflow"), ("cancel", "cancel")):
+        cmd = with_store(name, f"{verb} (needs the runtime that holds the store)")
+        cmd.add_argument("id", help="the workflow id")
+
+    bench = sub.add_parser("bench", help="run benchmarks/throughput.py from a source checkout")
+    bench.add_argument("args", nargs="*", help="passed to throughput.py")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of the ``herder`` console script; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        sys.stdout.write(USAGE)
-        return 0 if args else 2
-    command, rest = args[0], args[1:]
-    if command == "demo":
-        from herder.runtime._demo import run_demo
+    out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASS_THROUGH:  # their own parsers take the rest, options too
+        return _PASS_THROUGH[argv[0]](argv[1:], out)
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args, out)
+    except BrokenPipeError:  # `herder ls | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except HerderError as exc:
+        sys.stderr.write(f"herder {args.command}: {exc}\n")
+        return 1
 
-        return run_demo(rest)
-    sys.stderr.write(f"herder: unknown command {command!r}\n{USAGE}")
-    return 2
+
+def _demo(argv: Sequence[str], out: TextIO) -> int:
+    from herder.runtime._demo import run_demo
+
+    return run_demo(argv, out)
+
+
+def _bench(argv: Sequence[str], out: TextIO) -> int:
+    from herder.runtime._admin import bench
+
+    return bench(argv, out)
+
+
+_PASS_THROUGH = {"demo": _demo, "bench": _bench}
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    command = args.command
+    if command in ("retry", "cancel"):
+        from herder.runtime._admin import refuse_operation
+
+        return refuse_operation(command, args.store, args.id)
+    from herder.runtime import _inspect
+
+    with Store(args.store, readonly=True) as store:
+        if command == "ls":
+            _inspect.list_workflows(
+                out, store, state=args.state, limit=args.limit, as_json=args.json
+            )
+        elif command == "show":
+            _inspect.show_workflow(out, store, args.id, as_json=args.json)
+        else:
+            _inspect.show_stats(out, store, as_json=args.json)
+    return 0

@@ -1,260 +1,280 @@
-"""``herder demo``: the travel-booking example (seed 004) under injected faults.
+"""``herder demo``: book trips under injected faults, SIGKILL the worker midway, resume.
 
-Three agents (airline, hotels, cars) wrap fake remote services that deduplicate requests
-by idempotency key. Faults are drawn from a seeded RNG per (workflow, step, attempt), so a
-run is repeatable: slow answers, transient errors, one hotel request that hangs until its
-timeout (the instance is replaced), agent instances that crash, and cars that are sold
-out for good, which makes the workflow compensate its flight and hotel in reverse order.
+The demo is two processes. The *worker* (``herder demo --worker``) opens a Runtime on the
+store, registers three agents (airline, hotels, cars) over durable idempotent fake
+services (``_demo_services``: every request is fsync'd to a log before it is answered)
+and starts the trips. Faults are drawn from a seeded RNG per attempt, so a run is
+repeatable: slow answers, transient errors, answers lost after the service applied them,
+agent instances that crash, one hotel request that hangs past its timeout, and cars that
+are sold out for good, which makes those trips compensate hotel and flight.
 
-The demo checks the invariants at the end and exits 0 only if they held: every workflow
-finished; a succeeded trip holds all three bookings; a compensated trip holds none; no
-booking was applied twice.
+The *parent* shows progress by reading the store read-only, kills the worker with SIGKILL
+once about half the trips are done, starts it again on the same store (starting is
+idempotent, so it simply starts every trip again) and, when the worker is done, audits
+the store against the services' logs. It exits 0 only if the guarantees held: every trip
+finished whole or was undone whole, nothing applied twice.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import json
 import logging
+import os
+import pathlib
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TextIO
 
-from herder.actors._agent import Agent, StepContext
-from herder.actors._agent_host import InstanceCrash
-from herder.actors._errors import Permanent
+from herder.actors._agent import StepContext
+from herder.runtime._console import ProgressLine, print_table
+from herder.runtime._demo_services import Booking, audit, open_services, travel_workflow
 from herder.runtime._runtime import Runtime
 from herder.runtime._status import WorkflowFailed
-from herder.runtime._workflow import Workflow
+from herder.store import Store, StoreError
 from herder.store._records import RetryPolicy, WorkflowState
 
-
-class BookingService:
-    """A fake remote booking API that is idempotent by key (thread-safe)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self.booked: dict[str, int] = {}
-        self.cancelled: set[str] = set()
-        self.requests = 0
-        self.applied_twice = 0
-
-    def book(self, key: str) -> str:
-        """Book once per key; a repeated request returns the same confirmation."""
-        with self._lock:
-            self.requests += 1
-            if key in self.booked and key not in self.cancelled:
-                return f"{self.name}-{self.booked[key]}"
-            if key in self.cancelled:
-                self.applied_twice += 1  # booking again after a cancel would be a bug
-            self.booked[key] = len(self.booked) + 1
-            return f"{self.name}-{self.booked[key]}"
-
-    def cancel(self, key: str) -> None:
-        """Cancel a booking (idempotent; cancelling nothing is fine)."""
-        with self._lock:
-            self.requests += 1
-            if key in self.booked:
-                self.cancelled.add(key)
-
-    def holds(self, key: str) -> bool:
-        """True if ``key`` is booked and not cancelled."""
-        with self._lock:
-            return key in self.booked and key not in self.cancelled
+STEP_TIMEOUT = 1.0
+HANG = 1.5  # seconds the hung hotel request blocks: past STEP_TIMEOUT
+HUNG_TRIP = "trip-13"  # this trip's first hotel attempt hangs
+SOLD_OUT = 0.05  # chance per trip that cars are sold out for good
+POLL = 0.1  # seconds between the parent's progress reads
+GUARD = 120.0  # seconds the parent waits for a worker before giving up on it
 
 
-@dataclass(frozen=True)
-class FaultPlan:
-    """How often each fault happens; decisions are seeded per (workflow, step, attempt)."""
-
-    seed: int = 7
-    slow: float = 0.05  # chance of a slow answer (a few ms)
-    transient: float = 0.08  # chance of a transient error
-    crash: float = 0.01  # chance the agent instance crashes
-    sold_out: float = 0.05  # chance (per workflow) that cars are sold out for good
-    hang_workflow: str = "trip-13"  # this workflow's first hotel request hangs
-
-    def rng(self, ctx: StepContext) -> random.Random:
-        """The RNG deciding this attempt's fate."""
-        return random.Random(f"{self.seed}/{ctx.workflow_id}/{ctx.step}/{ctx.attempt}")
+def sold_out(seed: int, workflow_id: str) -> bool:
+    """True for the trips whose car booking can never succeed (they compensate)."""
+    return random.Random(f"{seed}/{workflow_id}/sold-out").random() < SOLD_OUT
 
 
-class TravelAgent(Agent):
-    """One agent per remote service: books and cancels through it, under the fault plan."""
-
-    def __init__(self, service: BookingService, faults: FaultPlan, release: threading.Event):
-        self.service = service
-        self.faults = faults
-        self.release = release
-
-    def book(self, ctx: StepContext) -> dict[str, Any]:
-        """Book this step's part of the trip."""
-        rng = self.faults.rng(ctx)
-        first_hotel_try = ctx.step == "hotel" and ctx.attempt == 1
-        if ctx.workflow_id == self.faults.hang_workflow and first_hotel_try:
-            self.release.wait(30)  # hangs until the Supervisor replaces this attempt
-        if ctx.step == "car" and _sold_out(self.faults, ctx.workflow_id):
-            raise Permanent("no cars left at the destination")
-        if rng.random() < self.faults.crash:
-            raise InstanceCrash("the agent's connection pool blew up")
-        if rng.random() < self.faults.slow:
-            time.sleep(rng.uniform(0.001, 0.005))  # simulated network latency
-        if rng.random() < self.faults.transient:
-            raise ConnectionError(f"{self.service.name} timed out (simulated)")
-        confirmation = self.service.book(ctx.idempotency_key)
-        return {"confirmation": confirmation, "who": ctx.input["who"]}
-
-    def cancel(self, ctx: StepContext) -> None:
-        """Undo this step's booking."""
-        self.service.cancel(ctx.idempotency_key.removesuffix("/compensate"))
+def pick_fault(seed: int, ctx: StepContext) -> str | None:
+    """The fault this attempt meets, decided by a seeded RNG per attempt."""
+    if ctx.workflow_id == HUNG_TRIP and ctx.step == "hotel" and ctx.attempt == 1:
+        return "hang"
+    r = random.Random(f"{seed}/{ctx.idempotency_key}/{ctx.attempt}").random()
+    for kind, chance in (("crash", 0.01), ("before", 0.05), ("after", 0.03), ("slow", 0.05)):
+        if r < chance:
+            return kind
+        r -= chance
+    return None
 
 
-def _sold_out(faults: FaultPlan, workflow_id: str) -> bool:
-    return random.Random(f"{faults.seed}/{workflow_id}/sold-out").random() < faults.sold_out
-
-
-def travel_workflow() -> Workflow:
-    """The demo's workflow: flight, then hotel, then car, each undone by ``cancel``."""
-    retry = RetryPolicy(max_attempts=6, initial_interval=0.01, max_interval=0.2, jitter=0.2)
-    return (
-        Workflow("trip", version=1)
-        .step(
-            "flight", agent="airline", action="book", compensate="cancel", retry=retry, timeout=2.0
-        )
-        .step(
-            "hotel",
-            agent="hotels",
-            action="book",
-            compensate="cancel",
-            after=["flight"],
-            retry=retry,
-            timeout=1.0,
-        )
-        .step(
-            "car",
-            agent="cars",
-            action="book",
-            compensate="cancel",
-            after=["hotel"],
-            retry=retry,
-            timeout=2.0,
-        )
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herder demo", description=(__doc__ or "").split("\n", 1)[0]
     )
-
-
-def run_demo(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="herder demo", description=__doc__.split("\n")[0])
     parser.add_argument("--workflows", type=int, default=2000, help="trips to book")
-    parser.add_argument("--store", type=Path, help="store directory (default: a temp dir)")
+    parser.add_argument("--dir", type=pathlib.Path, help="where the store and service logs go")
     parser.add_argument("--seed", type=int, default=7, help="fault RNG seed")
     parser.add_argument("--concurrency", type=int, default=8, help="instances per agent")
-    args = parser.parse_args(argv)
-    # The demo crashes agent instances on purpose and reports them in its summary; the
-    # tree's per-crash tracebacks would only bury that summary.
+    parser.add_argument(
+        "--kill-at", type=float, default=0.5, help="fraction of trips done when to SIGKILL"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the demo (or, with ``--worker``, its worker); returns the exit code."""
+    args = _parser().parse_args(argv)
+    out = out or sys.stdout
+    if args.worker:
+        return _worker(args.dir, args.workflows, args.seed, args.concurrency)
+    if args.dir is not None:
+        return _parent(args, args.dir, out)
+    with tempfile.TemporaryDirectory(prefix="herder-demo-") as tmp:
+        return _parent(args, pathlib.Path(tmp), out)
+
+
+# -- the worker ------------------------------------------------------------------------
+
+
+def _worker(root: pathlib.Path, count: int, seed: int, concurrency: int) -> int:
+    # The demo crashes agent instances on purpose and counts them in its summary; the
+    # tree's per-crash tracebacks would only bury it.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("pykka", "herder.supervision"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    with tempfile.TemporaryDirectory(prefix="herder-demo-") as tmp:
-        store = args.store or Path(tmp) / "store"
-        return _run(store, args.workflows, FaultPlan(seed=args.seed), args.concurrency)
+    retry = RetryPolicy(max_attempts=8, initial_interval=0.01, max_interval=0.2, jitter=0.2)
+    services = open_services(root / "effects")
+    fault = functools.partial(pick_fault, seed)
 
+    def no_cars(ctx: StepContext) -> bool:
+        return sold_out(seed, ctx.workflow_id)
 
-def _run(store: Path, count: int, faults: FaultPlan, concurrency: int) -> int:
-    out = sys.stdout
-    services = {name: BookingService(name) for name in ("airline", "hotels", "cars")}
-    release = threading.Event()
-    began = time.monotonic()
-    out.write(f"herder demo: booking {count} trips in {store}\n")
-    with Runtime(store, sweep_interval=0.05, seed=faults.seed) as rt:
-        for name, service in services.items():
-            factory = functools.partial(TravelAgent, service, faults, release)
-            rt.add_agent(name, factory, concurrency=concurrency)
-        rt.add_workflow(travel_workflow())
+    with Runtime(root / "store", sweep_interval=0.05, seed=seed) as rt:
+        for agent, service in services.items():
+            factory = functools.partial(Booking, service, fault, no_cars, HANG)
+            rt.add_agent(agent, factory, concurrency=concurrency)
+        rt.add_workflow(travel_workflow(retry, STEP_TIMEOUT))
+        _say("ready")
+        stop = threading.Event()
+        reporter = threading.Thread(target=_report, args=(rt, stop), daemon=True)
+        reporter.start()
         handles = [
-            rt.start("trip", {"who": f"traveller {n}"}, workflow_id=f"trip-{n}")
+            rt.start("travel", {"who": f"traveller {n}"}, workflow_id=f"trip-{n}")
             for n in range(count)
         ]
-        _show_progress(rt, handles, out)
-        release.set()
-        stats = rt.stats()
-        statuses = {h.id: rt.status(h.id) for h in handles}
-    elapsed = time.monotonic() - began
-    return _summarise(statuses, services, stats, elapsed, out)
+        _say("started")
+        for handle in handles:
+            with contextlib.suppress(WorkflowFailed):
+                handle.result(timeout=GUARD)
+        stop.set()
+        reporter.join()
+        _say("steps " + json.dumps(rt.stats()["steps"]))
+    _say("finished")
+    return 0
 
 
-def _show_progress(rt: Runtime, handles: list[Any], out: Any) -> None:
-    pending = list(handles)
-    total = len(handles)
-    while pending:
-        pending = [h for h in pending if not _wait_briefly(h)]
-        done = total - len(pending)
-        width = 30
-        bar = "#" * (done * width // total) + "." * (width - done * width // total)
-        out.write(f"\r  [{bar}] {done}/{total} finished")
-        out.flush()
-    out.write("\n")
+def _report(rt: Runtime, stop: threading.Event) -> None:
+    """Print the engine's step counters now and then: the parent keeps the last ones a
+    killed worker reported."""
+    while not stop.wait(0.2):
+        _say("steps " + json.dumps(rt.stats()["steps"]))
 
 
-def _wait_briefly(handle: Any) -> bool:
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# -- the parent ------------------------------------------------------------------------
+
+
+class _Worker:
+    """One worker subprocess; its stdout lines arrive through a pump thread."""
+
+    def __init__(self, args: argparse.Namespace, root: pathlib.Path) -> None:
+        cmd = [sys.executable, "-m", "herder.runtime", "demo", "--worker", "--dir", str(root)]
+        cmd += ["--workflows", str(args.workflows), "--seed", str(args.seed)]
+        cmd += ["--concurrency", str(args.concurrency)]
+        self.stderr = open(root / "worker.log", "ab")  # noqa: SIM115 (closed in wait)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.lines: list[str] = []
+        self.steps: dict[str, int] = {}  # the last step counters it reported
+        self.ended = threading.Event()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("steps "):
+                self.steps = json.loads(line.removeprefix("steps "))
+            else:
+                self.lines.append(line.strip())
+        self.ended.set()
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+
+    def wait(self) -> int:
+        code = self.proc.wait(timeout=GUARD)
+        self.ended.wait(GUARD)
+        self.stderr.close()
+        return code
+
+
+def _count_final(store_path: pathlib.Path) -> int:
     try:
-        handle.result(timeout=0.2)
-    except TimeoutError:
-        return False
-    except WorkflowFailed:
-        return True  # compensated or parked: an expected ending in this demo
-    return True
+        with Store(store_path, readonly=True) as store:
+            return sum(1 for r in store.workflows() if r.state.is_final)
+    except StoreError:
+        return 0  # not created yet
+
+
+def _parent(args: argparse.Namespace, root: pathlib.Path, out: TextIO) -> int:
+    began = time.monotonic()
+    total = args.workflows
+    store_path = root / "store"
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out.write(f"herder demo: booking {total} trips (flight, hotel, car) in {root}\n")
+    progress = ProgressLine(out, total)
+    kills = 0
+    worker = _Worker(args, root)
+    workers = [worker]
+    kill_at = int(total * args.kill_at) if 0 < args.kill_at < 1 else None
+    deadline = time.monotonic() + GUARD
+    while True:
+        ended = worker.ended.wait(POLL)
+        done = _count_final(store_path)
+        progress.update(done, "finished")
+        if ended:
+            code = worker.wait()
+            if "finished" not in worker.lines or code != 0:
+                progress.note(f"the worker exited {code}; see {root / 'worker.log'}")
+                return 1
+            break
+        if kill_at is not None and kills == 0 and done >= kill_at:
+            worker.kill()
+            worker.wait()
+            kills += 1
+            progress.note(
+                f"SIGKILLed the worker (pid {worker.proc.pid}) with {done}/{total} trips "
+                "finished; restarting it on the same store"
+            )
+            worker = _Worker(args, root)
+            workers.append(worker)
+        if time.monotonic() > deadline:
+            worker.kill()
+            worker.wait()
+            progress.note(f"the worker did not finish in {GUARD}s; killed it")
+            return 1
+    progress.close()
+    steps: Counter[str] = Counter()
+    for w in workers:
+        steps.update(w.steps)
+    return _summarise(args, root, kills, steps, elapsed=time.monotonic() - began, out=out)
 
 
 def _summarise(
-    statuses: dict[str, Any],
-    services: dict[str, BookingService],
-    stats: dict[str, Any],
+    args: argparse.Namespace,
+    root: pathlib.Path,
+    kills: int,
+    steps: Counter[str],
+    *,
     elapsed: float,
-    out: Any,
+    out: TextIO,
 ) -> int:
-    by_state = dict.fromkeys(WorkflowState, 0)
-    problems: list[str] = []
-    step_agent = {"flight": "airline", "hotel": "hotels", "car": "cars"}
-    for wid, status in statuses.items():
-        by_state[status.state] += 1
-        held = {s for s, a in step_agent.items() if services[a].holds(f"{wid}/{s}")}
-        if status.state is WorkflowState.SUCCEEDED and held != set(step_agent):
-            problems.append(f"{wid} succeeded but holds only {sorted(held)}")
-        if status.state is WorkflowState.COMPENSATED and held:
-            problems.append(f"{wid} was compensated but still holds {sorted(held)}")
-        if not status.state.is_final:
-            problems.append(f"{wid} did not finish: {status.state}")
-    duplicates = sum(s.applied_twice for s in services.values())
-    if duplicates:
-        problems.append(f"{duplicates} bookings were applied twice")
-    steps = stats["steps"]
+    def expected(wid: str) -> WorkflowState:
+        failing = sold_out(args.seed, wid)
+        return WorkflowState.COMPENSATED if failing else WorkflowState.SUCCEEDED
+
+    found = audit(root / "store", root / "effects", expected)
+    problems = list(found.problems)
+    if len(found.workflows) != args.workflows:
+        problems.append(f"{len(found.workflows)} of {args.workflows} trips are in the store")
+    if 0 < args.kill_at < 1 and kills != 1:
+        problems.append(f"the worker was killed {kills} times, not once")
     rows = [
-        ("workflows", len(statuses)),
-        ("succeeded", by_state[WorkflowState.SUCCEEDED]),
-        ("compensated", by_state[WorkflowState.COMPENSATED]),
-        ("needing attention", by_state[WorkflowState.NEEDS_ATTENTION]),
-        ("steps dispatched", steps["dispatched"]),
-        ("retries", steps["retried"]),
+        ("trips", len(found.workflows)),
+        ("succeeded", found.outcome[WorkflowState.SUCCEEDED]),
+        ("compensated", found.outcome[WorkflowState.COMPENSATED]),
+        ("needing attention", found.outcome[WorkflowState.NEEDS_ATTENTION]),
+        ("retries", found.retries),
+        ("worker SIGKILLs / restarts", kills),
+        ("agent instance crashes", steps["crashes"]),
         ("timeouts", steps["timed_out"]),
-        ("instance crashes", steps["crashes"]),
-        ("stale answers ignored", steps["stale"]),
-        ("compensations", steps["compensated"]),
-        ("duplicate effects", duplicates),
-        ("seconds", f"{elapsed:.1f}"),
+        ("service requests", found.requests),
+        ("repeats absorbed", found.requests - found.effects),
+        ("duplicate effects", found.duplicated),
+        ("seconds", round(elapsed, 1)),
     ]
-    out.write("\n  summary\n")
-    for label, value in rows:
-        out.write(f"  {label:<24}{value:>10}\n")
+    out.write("\n")
+    print_table(out, "summary", ("", "count"), rows)
     if problems:
         out.write("\ninvariants violated:\n" + "".join(f"  - {p}\n" for p in problems[:20]))
         return 1
-    out.write("\ninvariants held: every trip finished whole or was undone whole.\n")
+    out.write(
+        "\ninvariants held: every trip finished whole or was undone whole, "
+        "no booking applied twice.\n"
+    )
     return 0

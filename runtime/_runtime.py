@@ -5,7 +5,9 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -28,7 +30,7 @@ from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
 from herder.actors._supervisor import WorkflowSupervisor
-from herder.runtime._status import WorkflowFailed, WorkflowStatus
+from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._workflow import Workflow
 from herder.store import ConditionFailed, Expect, Put, Store, Transition
 from herder.store._codec import encode, normalize
@@ -150,6 +152,7 @@ class Runtime:
         self._lock = threading.Condition()
         self._active = sum(1 for r in self._store.workflows() if not r.state.is_final)
         self._closed = False
+        self._draining = False
         self._fatal: BaseException | None = None
         try:
             self._root = self._start_tree()
@@ -165,8 +168,21 @@ class Runtime:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the actors and close the store. Unfinished work resumes at the next open."""
+    def stop(self, timeout: float = 10.0, *, drain: bool = False) -> None:
+        """Stop the actors and close the store. Unfinished work resumes at the next open.
+
+        From the moment it is called, :meth:`start` raises :class:`RuntimeClosed`. With
+        ``drain=True`` nothing new is dispatched and attempts already running on agents
+        may finish (their outcome recorded) for up to ``timeout`` seconds first; whatever
+        still runs then is run again, with the same idempotency key, at the next open.
+        ``timeout`` also bounds how long the actors may take to stop. Idempotent.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._draining = True
+        if drain:
+            self._drain(timeout)
         with self._lock:
             if self._closed:
                 return
@@ -187,6 +203,39 @@ class Runtime:
             for fut in futures:
                 if not fut.done():
                     fut.set_exception(RuntimeClosed("the runtime was stopped"))
+
+    def run_forever(self, *, drain_timeout: float = 30.0) -> None:
+        """Serve until SIGTERM or SIGINT, then drain and stop (see :meth:`stop`).
+
+        Must be called from the main thread, which is where Python runs signal handlers:
+        the handlers only set an event, and this thread performs the ordered shutdown.
+        Returns early if the runtime is stopped from elsewhere or fails for good.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "run_forever() must run in the main thread (Python delivers signals only "
+                "there); from another thread, wait on your own event and call stop(drain=True)"
+            )
+        wake = threading.Event()
+        received: list[str] = []
+
+        def on_signal(signum: int, frame: object) -> None:
+            received.append(signal.Signals(signum).name)
+            wake.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            _log.info("runtime on %s serving until SIGTERM or SIGINT", self.path)
+            while not wake.wait(1.0):  # wakes to notice a stop() or failure elsewhere
+                if self._closed or self._fatal is not None:
+                    break
+            if received:
+                _log.info("%s received: draining for up to %ss", received[0], drain_timeout)
+            self.stop(drain_timeout, drain=True)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        _log.info("runtime on %s stopped", self.path)
 
     @property
     def path(self) -> str:
@@ -315,6 +364,13 @@ class Runtime:
         except BaseException:
             self._release_capacity()
             raise
+        _log.info(
+            "workflow %s started (%s@%d)",
+            wid,
+            plan.name,
+            plan.version,
+            extra={"workflow_id": wid, "workflow": plan.name},
+        )
         return WorkflowHandle(self, wid)
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
@@ -418,9 +474,34 @@ class Runtime:
         _log.critical("herder runtime gave up restarting its actors: %s", exc)
         self._fatal = exc
 
+    def _drain(self, timeout: float) -> None:
+        self._ctx.paused = True
+        _log.info(
+            "draining: dispatching nothing new, waiting up to %ss for running attempts", timeout
+        )
+        deadline = time.monotonic() + timeout
+        idle = threading.Event()  # never set: a pause between polls of the Scheduler
+        running = 0
+        while time.monotonic() < deadline:
+            try:
+                running = call(self._scheduler, "in_flight", timeout=self._ask_timeout)
+            except (RuntimeClosed, pykka.ActorDeadError):
+                return
+            if running == 0:
+                self._settle(rounds=1)  # the last outcomes' commits
+                return
+            idle.wait(0.01)
+        _log.warning(
+            "%d attempts still running after draining %ss; they run again at the next open",
+            running,
+            timeout,
+        )
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeClosed("the runtime is stopped; open a new Runtime to continue")
+        if self._draining:
+            raise RuntimeClosed("the runtime is stopping (stop() was called)")
         if self._fatal is not None:
             raise RuntimeClosed(f"the runtime failed and stopped its actors: {self._fatal}")
 
@@ -467,6 +548,9 @@ class Runtime:
             self._lock.notify()
 
     def _on_final(self, record: WorkflowRecord) -> None:
+        level = logging.WARNING if record.state is WorkflowState.NEEDS_ATTENTION else logging.INFO
+        extra = {"workflow_id": record.id, "workflow": record.name, "state": str(record.state)}
+        _log.log(level, "workflow %s ended %s", record.id, record.state, extra=extra)
         with self._lock:
             futures = self._waiters.pop(record.id, [])
             self._active = max(0, self._active - 1)
@@ -495,12 +579,8 @@ class Runtime:
                         del self._waiters[workflow_id]
 
     def _ordered_steps(self, record: WorkflowRecord) -> builtins.list[StepRecord]:
-        steps = self._store.steps_of(record.id)
         plan = self._ctx.plans.get((record.name, record.version))
-        if plan is None:
-            return steps
-        order = {s.name: i for i, s in enumerate(plan.steps)}
-        return sorted(steps, key=lambda s: order.get(s.name, len(order)))
+        return in_plan_order(self._store.steps_of(record.id), plan)
 
     def _restart_counts(self) -> dict[str, int]:
         try:

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from herder.store._errors import HerderError
-from herder.store._records import StepRecord, StepState, WorkflowRecord, WorkflowState
+from herder.store._records import Plan, StepRecord, StepState, WorkflowRecord, WorkflowState
 
 State = WorkflowState
 """A workflow's state: a str enum whose values are the upper-case names."""
@@ -38,6 +38,18 @@ class StepStatus:
             compensation_attempts=record.comp_attempt,
             updated=record.updated,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as plain data (states as strings), e.g. for JSON."""
+        return {
+            "name": self.name,
+            "state": str(self.state),
+            "attempt": self.attempt,
+            "result": self.result,
+            "error": self.error,
+            "compensation_attempts": self.compensation_attempts,
+            "updated": self.updated,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +81,32 @@ class WorkflowStatus:
             updated=record.updated,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The status as plain data (states as strings, steps as a list), e.g. for JSON."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "state": str(self.state),
+            "error": self.error,
+            "input": self.input,
+            "created": self.created,
+            "updated": self.updated,
+            "steps": [s.to_dict() for s in self.steps.values()],
+        }
+
     @property
     def results(self) -> dict[str, Any]:
         """Results of the steps that succeeded, by step name."""
         return {n: s.result for n, s in self.steps.items() if s.state is StepState.SUCCEEDED}
+
+
+def in_plan_order(steps: list[StepRecord], plan: Plan | None) -> list[StepRecord]:
+    """``steps`` in the order their plan defines them (stored order without a plan)."""
+    if plan is None:
+        return steps
+    order = {s.name: i for i, s in enumerate(plan.steps)}
+    return sorted(steps, key=lambda s: order.get(s.name, len(order)))
 
 
 class WorkflowFailed(HerderError):

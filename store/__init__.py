@@ -32,7 +32,7 @@ Caveats:
 """
 
 from herder.store._codec import decode, encode, normalize
-from herder.store._env import Store
+from herder.store._env import Store, is_held
 from herder.store._errors import (
     ConditionFailed,
     EncodeError,
@@ -98,6 +98,7 @@ __all__ = [
     "definition_key",
     "encode",
     "exception_name",
+    "is_held",
     "normalize",
     "split_step_key",
     "split_timer_key",

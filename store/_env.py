@@ -132,8 +132,10 @@ class Store:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise StoreLocked(
-                f"store {path} is held by another process; open it read-only with "
-                "readonly=True, or stop the other process"
+                f"store {path} is held by another process (a running herder runtime); "
+                f"only one process may write it. To look inside while it runs, open it "
+                f"read-only: Store(path, readonly=True) or `herder ls --store {path}`; "
+                "to write, stop the other process first"
             ) from exc
         except OSError as exc:
             raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
@@ -486,6 +488,27 @@ class Store:
         mode = "readonly" if self.readonly else "writer"
         state = "closed" if self._closed else f"incarnation={self.incarnation}"
         return f"<Store {str(self.path)!r} {mode} {state}>"
+
+
+def is_held(path: str | os.PathLike[str]) -> bool:
+    """True if a process (this one included) holds the writer lock of the store at ``path``.
+
+    A probe for tools that must not open the store for writing while a runtime runs on
+    it; the answer can change right after it is given.
+    """
+    try:
+        fd = os.open(pathlib.Path(path) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot read the lock of store {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock this probe took
+    return False
 
 
 def _parse(from_dict: Callable[[Any], _T], data: Any, db: str, key: bytes) -> _T:

@@ -20,15 +20,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from engine_child import SERVICES, permanent_failure, read_log
+from engine_child import permanent_failure
 
+from herder.runtime._demo_services import audit
 from herder.store import Store, StoreError
-from herder.store._records import StepState, WorkflowState
+from herder.store._records import WorkflowState
 
 CHILD = pathlib.Path(__file__).with_name("engine_child.py")
 ROUND_GUARD = 3.0  # seconds a round waits for the next line before killing anyway
@@ -149,95 +148,23 @@ def _run_to_the_end(c: Crashes, lo: int, hi: int, seed: int) -> None:
     assert finished, f"final run ended early:\n{c.stderr[-1]}"
 
 
-@dataclass
-class _Key:
-    """One idempotency key as the service saw it."""
-
-    requests: Counter[str] = field(default_factory=Counter)  # op -> requests
-    effects: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # op -> t
-    value: Any = None
-
-
-def _service_keys(effects: pathlib.Path) -> dict[str, _Key]:
-    keys: dict[str, _Key] = defaultdict(_Key)
-    for agent in SERVICES.values():
-        for line in read_log(effects / f"{agent}.log"):
-            key = keys[line["key"]]
-            key.requests[line["op"]] += 1
-            if line["effect"]:
-                key.effects[line["op"]].append(line["t"])
-                if line["op"] == "apply":
-                    key.value = line["value"]
-    return keys
-
-
 def _verify(c: Crashes, n_workflows: int) -> str:
-    keys = _service_keys(c.effects)
-    problems: list[str] = []
-    with Store(c.store, readonly=True) as store:
-        records = {r.id: r for r in store.workflows()}
-        steps = {wid: {s.name: s for s in store.steps_of(wid)} for wid in records}
-    expected = {f"w-{n}" for n in range(n_workflows)}
-    lost = sorted(c.acked - set(records))
+    def expected(wid: str) -> WorkflowState:
+        failing = permanent_failure(int(wid.removeprefix("w-")))
+        return WorkflowState.COMPENSATED if failing else WorkflowState.SUCCEEDED
+
+    found = audit(c.store, c.effects, expected)
+    problems = list(found.problems)
+    lost = sorted(c.acked - found.workflows)
     problems += [f"{w}: acknowledged but not in the store" for w in lost]
-    problems += [f"{w}: in the store but never acknowledged" for w in set(records) - c.acked]
-    if c.acked != expected:
-        problems.append(f"acknowledged {len(c.acked)} of {len(expected)} workflows")
-
-    unfinished = duplicated = 0
-    outcome: Counter[str] = Counter()
-    for wid, record in sorted(records.items()):
-        n = int(wid.removeprefix("w-"))
-        state = record.state
-        outcome[state] += 1
-        want = WorkflowState.COMPENSATED if permanent_failure(n) else WorkflowState.SUCCEEDED
-        if state is not want:
-            unfinished += not state.is_final
-            problems.append(f"{wid}: {state} ({record.error}), expected {want}")
-            continue
-        if c.done.get(wid, state) != state:
-            problems.append(f"{wid}: the child reported {c.done[wid]}, the store says {state}")
-        st = steps[wid]
-        for step in SERVICES:
-            key = keys.get(f"{wid}/{step}", _Key())
-            applied, undone = key.effects["apply"], key.effects["undo"]
-            if len(applied) > 1 or len(undone) > 1:
-                duplicated += 1
-                problems.append(f"{wid}/{step}: applied {len(applied)}x, undone {len(undone)}x")
-            if st[step].state is StepState.SUCCEEDED:
-                if len(applied) != 1 or undone:
-                    problems.append(f"{wid}/{step}: SUCCEEDED but service has {key.effects}")
-                elif st[step].result != key.value:
-                    problems.append(
-                        f"{wid}/{step}: recorded {st[step].result!r}, service {key.value!r}"
-                    )
-            elif st[step].state is StepState.COMPENSATED:
-                if len(applied) != 1 or len(undone) != 1 or undone[0] < applied[0]:
-                    problems.append(f"{wid}/{step}: COMPENSATED but service has {key.effects}")
-            elif applied and not undone:
-                problems.append(f"{wid}/{step}: {st[step].state} yet its effect stands")
-        if state is WorkflowState.SUCCEEDED:
-            if any(st[s].state is not StepState.SUCCEEDED for s in SERVICES):
-                problems.append(f"{wid}: SUCCEEDED with steps {[st[s].state for s in SERVICES]}")
-        else:
-            if [st[s].state for s in SERVICES] != [
-                StepState.COMPENSATED,
-                StepState.COMPENSATED,
-                StepState.FAILED,
-            ]:
-                problems.append(f"{wid}: COMPENSATED with steps {[st[s].state for s in SERVICES]}")
-            hotel = keys[f"{wid}/hotel"].effects["undo"]
-            flight = keys[f"{wid}/flight"].effects["undo"]
-            if hotel and flight and not hotel[0] < flight[0]:
-                problems.append(f"{wid}: flight undone before hotel")
-
-    strays = sorted(k for k in keys if k.split("/", 1)[0] not in records)
-    problems += [f"{k}: a service saw a key of no stored workflow" for k in strays]
-    problems += [
-        f"{k}: undo requested of a key never applied"
-        for k, key in keys.items()
-        if key.requests["undo"] and not key.effects["apply"]
-    ]
+    problems += [f"{w}: in the store but never acknowledged" for w in found.workflows - c.acked]
+    if c.acked != {f"w-{n}" for n in range(n_workflows)}:
+        problems.append(f"acknowledged {len(c.acked)} of {n_workflows} workflows")
+    with Store(c.store, readonly=True) as store:
+        for wid, reported in sorted(c.done.items()):
+            record = store.get_workflow(wid)
+            if record is not None and record.state != reported:
+                problems.append(f"{wid}: the child reported {reported}, the store {record.state}")
     problems += [f"stuck after the final run: {line}" for line in c.stuck]
     problems += [
         f"child log: {line}"
@@ -245,15 +172,13 @@ def _verify(c: Crashes, n_workflows: int) -> str:
         for line in err.splitlines()
         if line.startswith(("ERROR", "CRITICAL", "Traceback"))
     ]
-
-    requests = sum(sum(k.requests.values()) for k in keys.values())
-    effects = sum(len(ts) for k in keys.values() for ts in k.effects.values())
+    outcome = found.outcome
     summary = (
-        f"engine crash test: kills={c.kills} workflows={len(records)} "
+        f"engine crash test: kills={c.kills} workflows={len(found.workflows)} "
         f"succeeded={outcome[WorkflowState.SUCCEEDED]} "
-        f"compensated={outcome[WorkflowState.COMPENSATED]} requests={requests} "
-        f"effects={effects} absorbed={requests - effects} lost={len(lost)} "
-        f"unfinished={unfinished} duplicated={duplicated} seed={c.seed}"
+        f"compensated={outcome[WorkflowState.COMPENSATED]} requests={found.requests} "
+        f"effects={found.effects} absorbed={found.requests - found.effects} lost={len(lost)} "
+        f"unfinished={found.unfinished} duplicated={found.duplicated} seed={c.seed}"
     )
     print("\n" + summary)
     assert problems == [], summary + "\n" + "\n".join(problems[:50])

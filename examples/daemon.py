@@ -1,0 +1,86 @@
+"""A minimal herder daemon: one agent per remote host, hosts added and removed at run time.
+
+    python examples/daemon.py STORE_DIR HOSTS_FILE
+
+``HOSTS_FILE`` lists one host per line. Each host gets its own agent (``host:NAME``),
+built by ``functools.partial(HostAgent, host=NAME)``; send SIGHUP after editing the file
+and the daemon registers new hosts and unregisters removed ones (their queued steps wait
+until the host is added again). SIGTERM or Ctrl-C drains running attempts and stops.
+Inspect it meanwhile with ``herder ls --store STORE_DIR``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pathlib
+import signal
+import sys
+import threading
+
+from herder.runtime import Agent, Runtime, StepContext, Workflow
+
+
+class HostAgent(Agent):
+    """Runs commands on one remote host (here: pretends to)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def deploy(self, ctx: StepContext) -> dict[str, str]:
+        # A real agent would call the host with ctx.idempotency_key so that a retried
+        # deploy is recognised as the same request.
+        return {"host": self.host, "version": ctx.input["version"]}
+
+    def rollback(self, ctx: StepContext) -> None:
+        pass
+
+
+def deploy_workflow(hosts: list[str]) -> Workflow:
+    """Deploy to each host in turn; a failure rolls back the hosts already done."""
+    wf = Workflow(f"deploy-{len(hosts)}", version=1)
+    previous: list[str] = []
+    for host in hosts:
+        wf = wf.step(host, agent=f"host:{host}", action="deploy", compensate="rollback",
+                     after=previous)  # fmt: skip
+        previous = [host]
+    return wf
+
+
+def reconcile(rt: Runtime, served: set[str], hosts: set[str]) -> None:
+    """Make the registered host agents match ``hosts`` (``served`` is updated in place)."""
+    for host in sorted(hosts - served):
+        rt.add_agent(f"host:{host}", functools.partial(HostAgent, host=host))
+    for host in sorted(served - hosts):
+        rt.remove_agent(f"host:{host}")
+    served.clear()
+    served.update(hosts)
+
+
+def read_hosts(path: pathlib.Path) -> set[str]:
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def main(store: str, hosts_file: str) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    path = pathlib.Path(hosts_file)
+    with Runtime(store) as rt:
+        served: set[str] = set()
+        reconcile(rt, served, read_hosts(path))  # register right after opening: recovery
+        rt.add_workflow(deploy_workflow(sorted(served)))
+
+        reload = threading.Event()
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
+
+        def reloader() -> None:  # a signal handler should only set an event
+            while True:
+                reload.wait()
+                reload.clear()
+                reconcile(rt, served, read_hosts(path))
+
+        threading.Thread(target=reloader, daemon=True).start()
+        rt.run_forever(drain_timeout=30.0)  # returns after SIGTERM/SIGINT and a drain
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

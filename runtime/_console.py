@@ -1,0 +1,95 @@
+"""Terminal output for the CLI and the demo: tables and a progress line.
+
+Uses ``rich`` when it is installed (``pip install 'herder[demo]'``), plain text otherwise;
+nothing else in herder depends on it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+
+def _rich_console(out: TextIO) -> Any | None:
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console(file=out, highlight=False)
+
+
+def print_table(
+    out: TextIO, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Print ``rows`` under ``columns``; numbers right-aligned."""
+    console = _rich_console(out)
+    if console is not None:
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left")
+        for i, col in enumerate(columns):
+            numeric = bool(rows) and all(isinstance(r[i], int | float) for r in rows)
+            table.add_column(col, justify="right" if numeric else "left")
+        for row in rows:
+            table.add_row(*(str(v) for v in row))
+        console.print(table)
+        return
+    cells = [list(columns)] + [[str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    if title:
+        out.write(f"{title}\n")
+    for n, row in enumerate(cells):
+        parts = [
+            c.rjust(w) if n and isinstance(rows[n - 1][i], int | float) else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.write("  " + "  ".join(parts).rstrip() + "\n")
+
+
+class ProgressLine:
+    """A ``[####....] done/total label`` line, redrawn in place on a terminal.
+
+    Off a terminal (a pipe, a test) it writes a new line only every tenth of the way, so
+    logs stay short.
+    """
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out = out
+        self.total = max(1, total)
+        self.tty = out.isatty()
+        self._last_tenth = -1
+
+    def update(self, done: int, label: str = "") -> None:
+        """Show ``done`` of ``total``, with ``label`` after the counter."""
+        filled = min(self.WIDTH, done * self.WIDTH // self.total)
+        line = f"  [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total} {label}"
+        if self.tty:
+            self.out.write(f"\r{line:<79}")
+            self.out.flush()
+            return
+        tenth = done * 10 // self.total
+        if tenth != self._last_tenth:
+            self._last_tenth = tenth
+            self.out.write(line.rstrip() + "\n")
+            self.out.flush()
+
+    def note(self, message: str) -> None:
+        """Print ``message`` on its own line without breaking the progress line."""
+        if self.tty:
+            self.out.write("\n")
+        self.out.write(f"  {message}\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        """End the progress line."""
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def stdout() -> TextIO:
+    """The stream the CLI writes to (a function so tests can swap ``sys.stdout``)."""
+    return sys.stdout

@@ -1,0 +1,152 @@
+"""``herder ls``, ``herder show``, ``herder stats``: read a store without disturbing it.
+
+Each command opens the store read-only (``Store(path, readonly=True)``), which works
+while a runtime in another process writes it: every read is one consistent snapshot.
+Plain tables by default, ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from herder.actors._errors import UnknownWorkflow
+from herder.runtime._console import print_table
+from herder.runtime._status import WorkflowStatus, in_plan_order
+from herder.store import Store
+from herder.store._records import (
+    Plan,
+    StepState,
+    WorkflowRecord,
+    WorkflowState,
+    definition_key,
+)
+
+
+class _Reader:
+    """Statuses out of a read-only store, steps ordered by their stored definitions."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._plans: dict[tuple[str, int], Plan | None] = {}
+
+    def status(self, record: WorkflowRecord) -> WorkflowStatus:
+        key = (record.name, record.version)
+        if key not in self._plans:
+            raw = self.store.get("definitions", definition_key(*key))
+            self._plans[key] = None if raw is None else Plan.from_dict(raw)
+        steps = in_plan_order(self.store.steps_of(record.id), self._plans[key])
+        return WorkflowStatus.from_records(record, steps)
+
+    def statuses(self, state: str | None) -> Iterator[WorkflowStatus]:
+        for record in self.store.workflows(state):
+            yield self.status(record)
+
+
+def _when(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+
+
+def _dump(out: TextIO, data: Any) -> None:
+    json.dump(data, out, indent=2, default=repr)
+    out.write("\n")
+
+
+def list_workflows(
+    out: TextIO, store: Store, *, state: str | None, limit: int | None, as_json: bool
+) -> None:
+    """``herder ls``: one row per workflow (in ``state`` if given), oldest id first."""
+    reader = _Reader(store)
+    found: list[WorkflowStatus] = []
+    for status in reader.statuses(state):
+        if limit is not None and len(found) >= limit:
+            break
+        found.append(status)
+    if as_json:
+        _dump(out, [s.to_dict() for s in found])
+        return
+    rows = []
+    for s in found:
+        done = sum(1 for st in s.steps.values() if st.state is StepState.SUCCEEDED)
+        error = (s.error or "")[:60]
+        rows.append(
+            (
+                s.id,
+                f"{s.name}@{s.version}",
+                str(s.state),
+                f"{done}/{len(s.steps)}",
+                _when(s.updated),
+                error,
+            )
+        )
+    print_table(out, "", ("id", "workflow", "state", "steps done", "updated", "error"), rows)
+
+
+def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool) -> None:
+    """``herder show ID``: a workflow's state, input, error and every step."""
+    record = store.get_workflow(workflow_id)
+    if record is None:
+        raise UnknownWorkflow(f"no workflow with id {workflow_id!r} in {store.path}")
+    status = _Reader(store).status(record)
+    if as_json:
+        _dump(out, status.to_dict())
+        return
+    out.write(
+        f"workflow {status.id}: {status.name}@{status.version} {status.state}\n"
+        f"  created {_when(status.created)}, updated {_when(status.updated)}\n"
+        f"  input   {status.input!r}\n"
+    )
+    if status.error:
+        out.write(f"  error   {status.error}\n")
+    rows = [
+        (
+            st.name,
+            str(st.state),
+            st.attempt,
+            st.compensation_attempts,
+            repr(st.result) if st.result is not None else "",
+            st.error or "",
+        )
+        for st in status.steps.values()
+    ]
+    print_table(out, "", ("step", "state", "attempts", "undo attempts", "result", "error"), rows)
+
+
+def store_stats(store: Store) -> dict[str, Any]:
+    """Counts from the store alone: workflows and steps by state, retries, timers."""
+    workflows: Counter[str] = Counter(dict.fromkeys(map(str, WorkflowState), 0))
+    steps: Counter[str] = Counter(dict.fromkeys(map(str, StepState), 0))
+    retries = compensation_retries = 0
+    for record in store.workflows():
+        workflows[str(record.state)] += 1
+        for st in store.steps_of(record.id):
+            steps[str(st.state)] += 1
+            retries += max(0, st.attempt - 1)
+            compensation_retries += max(0, st.comp_attempt - 1)
+    return {
+        "store": str(store.path),
+        "schema_version": store.schema_version,
+        "incarnation": store.incarnation,
+        "workflows": dict(workflows),
+        "steps": dict(steps),
+        "retries": retries,
+        "compensation_retries": compensation_retries,
+        "timers": store.count("timers"),
+        "definitions": store.count("definitions"),
+    }
+
+
+def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
+    """``herder stats``: :func:`store_stats` as a table or JSON."""
+    stats = store_stats(store)
+    if as_json:
+        _dump(out, stats)
+        return
+    rows: list[tuple[str, Any]] = [(f"workflows {k}", v) for k, v in stats["workflows"].items()]
+    rows += [(f"steps {k}", v) for k, v in stats["steps"].items()]
+    rows += [(k, stats[k]) for k in ("retries", "compensation_retries", "timers")]
+    rows += [(k, stats[k]) for k in ("definitions", "incarnation", "schema_version")]
+    print_table(out, f"store {stats['store']}", ("", "count"), rows)

@@ -1,0 +1,132 @@
+"""The herder command line against stores a real runtime wrote."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime._cli import main
+
+FAST = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+
+
+class Shop(Agent):
+    def buy(self, ctx: StepContext) -> dict[str, str]:
+        if ctx.input.get("sold_out") and ctx.step == "ship":
+            raise Permanent("out of stock")
+        return {"item": ctx.step}
+
+    def refund(self, ctx: StepContext) -> None:
+        if ctx.input.get("refunds_down"):
+            raise Permanent("refunds are down")
+
+
+ORDER = (
+    Workflow("order", version=2)
+    .step("pay", agent="shop", action="buy", compensate="refund")
+    .step("pack", agent="shop", action="buy", compensate="refund", after=["pay"])
+    .step("ship", agent="shop", action="buy", after=["pack"])
+)
+INPUTS = {"o-ok": {}, "o-undone": {"sold_out": 1}, "o-stuck": {"sold_out": 1, "refunds_down": 1}}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """o-ok succeeded, o-undone compensated, o-stuck needs attention (its refund failed).
+
+    The runtime is opened twice (the second start of each id finds the first).
+    """
+    path = tmp_path_factory.mktemp("cli") / "store"
+    for _ in range(2):
+        with Runtime(path, default_retry=FAST) as rt:
+            rt.add_agent("shop", Shop)
+            rt.add_workflow(ORDER)
+            for wid, data in INPUTS.items():
+                rt._wait_final(rt.start("order", data, workflow_id=wid).id, 10)
+    return path
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out)
+    return code, out.getvalue()
+
+
+def test_ls_json_lists_every_workflow_with_its_state(store: Path) -> None:
+    code, out = run("ls", "--store", str(store), "--json")
+    assert code == 0
+    states = {w["id"]: w["state"] for w in json.loads(out)}
+    assert states == {"o-ok": "SUCCEEDED", "o-undone": "COMPENSATED", "o-stuck": "NEEDS_ATTENTION"}
+
+
+def test_ls_filters_by_state_case_insensitively(store: Path) -> None:
+    code, out = run("ls", "--store", str(store), "--state", "succeeded", "--json")
+    assert code == 0
+    assert [w["id"] for w in json.loads(out)] == ["o-ok"]
+
+
+def test_ls_prints_a_table_with_ids_and_states(store: Path) -> None:
+    code, out = run("ls", "--store", str(store))
+    assert code == 0
+    assert "o-undone" in out
+    assert "COMPENSATED" in out
+    assert "order@2" in out
+
+
+def test_show_json_gives_steps_in_definition_order_with_attempts(store: Path) -> None:
+    code, out = run("show", "o-undone", "--store", str(store), "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["state"] == "COMPENSATED"
+    assert [(s["name"], s["state"]) for s in shown["steps"]] == [
+        ("pay", "COMPENSATED"),
+        ("pack", "COMPENSATED"),
+        ("ship", "FAILED"),
+    ]
+    assert "out of stock" in shown["error"]
+
+
+def test_show_of_an_unknown_id_fails_with_a_message(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = run("show", "nope", "--store", str(store))
+    assert code == 1
+    assert "no workflow with id 'nope'" in capsys.readouterr().err
+
+
+def test_stats_json_counts_workflows_and_steps_by_state(store: Path) -> None:
+    code, out = run("stats", "--store", str(store), "--json")
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["workflows"]["SUCCEEDED"] == 1
+    assert stats["workflows"]["COMPENSATED"] == 1
+    assert stats["workflows"]["NEEDS_ATTENTION"] == 1
+    assert stats["steps"]["COMPENSATED"] == 2
+    assert stats["steps"]["SUCCEEDED"] == 3 + 1  # o-ok's three, o-stuck's unrefunded pay
+    assert stats["incarnation"] == 2  # opened twice by a runtime
+    assert stats["definitions"] == 1
+
+
+def test_retry_without_a_runtime_explains_what_to_do_and_changes_nothing(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = run("retry", "o-undone", "--store", str(store))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no runtime holds the store" in err
+    assert "rt.retry('o-undone')" in err
+    assert json.loads(run("show", "o-undone", "--store", str(store), "--json")[1])["state"] == (
+        "COMPENSATED"
+    )
+
+
+def test_inspecting_a_directory_without_a_store_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = run("stats", "--store", str(tmp_path / "none"))
+    assert code == 1
+    assert "no store at" in capsys.readouterr().err

@@ -1,0 +1,48 @@
+"""The examples in examples/ run and do what their docstrings say."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Runtime, UnknownName
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def _load(name: str) -> dict[str, Any]:
+    return runpy.run_path(str(EXAMPLES / name), run_name="example")
+
+
+def test_travel_booking_example_books_some_trips_and_undoes_the_sold_out_ones(
+    tmp_path: Path,
+) -> None:
+    outcome = _load("travel_booking.py")["main"](str(tmp_path / "store"))
+    assert outcome == {
+        "ada": "SUCCEEDED",
+        "alan": "COMPENSATED",
+        "grace": "SUCCEEDED",
+        "linus": "COMPENSATED",
+    }
+
+
+def test_daemon_example_serves_one_agent_per_host_and_follows_host_changes(
+    tmp_path: Path,
+) -> None:
+    daemon = _load("daemon.py")
+    with Runtime(tmp_path / "store") as rt:
+        served: set[str] = set()
+        daemon["reconcile"](rt, served, {"a", "b"})
+        rt.add_workflow(daemon["deploy_workflow"](["a", "b"]))
+        result = rt.start("deploy-2", {"version": "1.2"}).result(timeout=10)
+        assert result == {
+            "a": {"host": "a", "version": "1.2"},
+            "b": {"host": "b", "version": "1.2"},
+        }
+        daemon["reconcile"](rt, served, {"a"})
+        assert served == {"a"}
+        with pytest.raises(UnknownName, match="host:b"):
+            rt.start("deploy-2", {"version": "1.3"})
