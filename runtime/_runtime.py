@@ -333,9 +333,13 @@ class Runtime:
         self._check_agents(plan)
         wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
         normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
-        existing = self._store.get_workflow(wid)
-        if existing is not None:
-            return self._same_start(existing, plan, normalized)
+        # An existing id is found by the compare-and-set below, without a read. Only when
+        # start() would have to wait for capacity is it worth looking first: a repeated
+        # start of an existing workflow never waits.
+        if self._active >= self._max_active:
+            existing = self._store.get_workflow(wid)
+            if existing is not None:
+                return self._same_start(existing, plan, normalized)
         self._wait_capacity(timeout)
         now = self._clock.time()
         record = WorkflowRecord(
