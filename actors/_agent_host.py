@@ -24,7 +24,7 @@ from typing import Any
 import pykka
 
 from herder.actors._agent import Agent, StepContext
-from herder.actors._ask import call, call_later
+from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
 from herder.actors._errors import Permanent
 from herder.actors._messages import InstanceEvent, Outcome, Run
@@ -123,6 +123,7 @@ class _Instance:
     busy_token: int | None = None
     idle_since: float = 0.0
     lost: bool = False  # replaced or crashed: waiting for the supervisor to bring it back
+    starting: bool = False  # asked for, not yet reported started
 
 
 @dataclass(slots=True)
@@ -131,6 +132,7 @@ class _Pool:
     factory: Callable[[], Agent]
     concurrency: int
     supervisor: pykka.ActorRef | None = None
+    supervisor_pending: bool = False  # asked the agents supervisor for it, no answer yet
     instances: dict[str, _Instance] = field(default_factory=dict)
     idle: list[str] = field(default_factory=list)
     queue: collections.deque[Any] = field(default_factory=collections.deque)
@@ -152,7 +154,6 @@ class AgentHost:
         *,
         max_result_bytes: int,
         shutdown: float,
-        ask_timeout: float = 10.0,
         max_restarts: int = 20,
         restart_period: float = 10.0,
     ) -> None:
@@ -166,7 +167,6 @@ class AgentHost:
         self._events = events
         self._max_result_bytes = max_result_bytes
         self._shutdown = shutdown
-        self._ask_timeout = ask_timeout
         self._pools: dict[str, _Pool] = {}
 
     # -- registration ------------------------------------------------------------------
@@ -202,21 +202,29 @@ class AgentHost:
 
     # -- capacity ----------------------------------------------------------------------
 
-    def acquire(self, name: str, token: int) -> str | None:
-        """An idle instance of ``name`` reserved for attempt ``token``, started if allowed."""
+    def acquire(self, name: str, token: int, backlog: int = 1) -> str | None:
+        """An idle instance of ``name`` reserved for attempt ``token``, or None.
+
+        Never waits for a start: when no instance is idle it asks the tree for up to
+        ``backlog`` more (within ``concurrency``) and returns None; each new instance is
+        announced by an ``InstanceEvent("started")`` and then handed out here.
+        """
         pool = self._pools[name]
-        instance_id: str | None = None
-        while pool.idle and instance_id is None:
+        while pool.idle:
             candidate = pool.idle.pop()
             inst = pool.instances.get(candidate)
-            if inst is not None and not inst.lost and inst.busy_token is None:
-                instance_id = candidate
-        if instance_id is None:
-            if len(pool.instances) >= pool.concurrency:
-                return None
-            instance_id = self._start_instance(pool)
-        pool.instances[instance_id].busy_token = token
-        return instance_id
+            if inst is not None and not inst.lost and not inst.starting and inst.busy_token is None:
+                inst.busy_token = token
+                return candidate
+        if pool.supervisor is None:
+            if not pool.supervisor_pending and pool.concurrency > 0:
+                self._request_pool_supervisor(pool)
+            return None
+        starting = sum(1 for i in pool.instances.values() if i.starting)
+        wanted = min(pool.concurrency - len(pool.instances), max(1, backlog) - starting)
+        for _ in range(wanted):
+            self._request_instance(pool)
+        return None
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
         """Hand an attempt to the instance reserved for it; False if that instance is gone."""
@@ -271,9 +279,22 @@ class AgentHost:
         call_later(pool.supervisor, "restart_child", instance_id)
 
     def on_event(self, event: InstanceEvent, now: float) -> list[int]:
-        """Apply a supervision event; return tokens of attempts lost with a crashed instance."""
+        """Apply a supervision event; return tokens of attempts lost with a crashed instance.
+
+        Raises :class:`AgentUnavailable` when the event says a requested start failed.
+        """
         pool = self._pools.get(event.agent)
         if pool is None:
+            return []
+        if event.instance is None and event.kind == "started":
+            if pool.supervisor_pending and event.ref is not None:
+                pool.supervisor_pending = False
+                pool.supervisor = event.ref
+            return []
+        if event.instance is None and event.ref is None and event.kind == "crashed":
+            if pool.supervisor_pending:  # the per-agent supervisor could not start
+                pool.supervisor_pending = False
+                raise AgentUnavailable(f"agent {pool.name!r} could not start: {event.reason}")
             return []
         if event.instance is None:  # news of the per-agent supervisor itself
             current = pool.supervisor
@@ -286,6 +307,19 @@ class AgentHost:
             return lost
         inst = pool.instances.get(event.instance)
         if inst is None:
+            return []
+        if inst.starting:
+            if event.kind == "started" and event.ref is not None:
+                inst.starting = False
+                inst.ref = event.ref
+                inst.idle_since = now
+                pool.idle.append(event.instance)
+                return []
+            if event.kind == "crashed":  # its factory or on_start failed
+                del pool.instances[event.instance]
+                raise AgentUnavailable(
+                    f"an instance of agent {pool.name!r} failed to start: {event.reason}"
+                )
             return []
         unexpected_exit = not inst.lost and event.kind in ("exited", "terminated", "abandoned")
         if event.kind == "crashed" or unexpected_exit:
@@ -308,15 +342,22 @@ class AgentHost:
 
     # -- passivation and shutdown -----------------------------------------------------
 
-    def passivate(self, idle_before: float) -> int:
-        """Stop instances idle since before ``idle_before``; return how many were stopped."""
+    def passivate(self, idle_before: float, limit: int = 256) -> int:
+        """Stop up to ``limit`` instances idle since before ``idle_before``; return how many.
+
+        Bounded per call so that thousands of agents going idle together are stopped over
+        a few ticks instead of in one storm of thread exits.
+        """
         stopped = 0
         for pool in self._pools.values():
+            if stopped >= limit:
+                break
             if pool.supervisor is None:
                 continue
             for instance_id in [i for i in pool.idle if i in pool.instances]:
                 inst = pool.instances[instance_id]
-                if inst.busy_token is None and not inst.lost and inst.idle_since < idle_before:
+                idle = inst.busy_token is None and not inst.lost and not inst.starting
+                if idle and inst.idle_since < idle_before and stopped < limit:
                     del pool.instances[instance_id]
                     call_later(pool.supervisor, "delete_child", instance_id)
                     stopped += 1
@@ -338,13 +379,9 @@ class AgentHost:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _start_instance(self, pool: _Pool) -> str:
-        """Start one more instance of ``pool``; raise :class:`AgentUnavailable` if it fails."""
-        if pool.supervisor is None:
-            try:
-                pool.supervisor = self._start_pool_supervisor(pool)
-            except Exception as exc:
-                raise AgentUnavailable(f"agent {pool.name!r} could not be started: {exc}") from exc
+    def _request_instance(self, pool: _Pool) -> None:
+        """Ask the agent's supervisor for one more instance, without waiting."""
+        assert pool.supervisor is not None
         instance_id = f"{pool.name}#{next(pool.ids)}"
         name, factory = pool.name, pool.factory
         spec = ChildSpec(
@@ -355,24 +392,11 @@ class AgentHost:
             restart=Restart.PERMANENT,
             shutdown=self._shutdown,
         )
-        try:
-            ref = call(pool.supervisor, "start_child", spec, timeout=self._ask_timeout)
-        except pykka.Timeout as exc:
-            # The ask still runs later: make sure that late instance does not linger.
-            call_later(pool.supervisor, "delete_child", instance_id)
-            raise AgentUnavailable(
-                f"an instance of agent {name!r} did not start within {self._ask_timeout}s"
-            ) from exc
-        except pykka.ActorDeadError as exc:
-            pool.supervisor = None
-            raise AgentUnavailable(f"agent {name!r}'s supervisor is gone") from exc
-        except Exception as exc:
-            _log.warning("could not start an instance of agent %r: %s", name, exc)
-            raise AgentUnavailable(f"agent {name!r} failed to start: {exc}") from exc
-        pool.instances[instance_id] = _Instance(ref=ref)
-        return instance_id
+        pool.instances[instance_id] = _Instance(ref=None, starting=True)
+        call_later(pool.supervisor, "start_child", spec)
 
-    def _start_pool_supervisor(self, pool: _Pool) -> pykka.ActorRef:
+    def _request_pool_supervisor(self, pool: _Pool) -> None:
+        """Ask the agents supervisor for this agent's supervisor, without waiting."""
         name = pool.name
         events = self._events
 
@@ -404,11 +428,12 @@ class AgentHost:
             restart=Restart.TEMPORARY,
             shutdown=self._shutdown,
         )
-        ref: pykka.ActorRef = call(self._agents_sup, "start_child", spec, timeout=self._ask_timeout)
-        return ref
+        pool.supervisor_pending = True
+        call_later(self._agents_sup, "start_child", spec)
 
     def _stop_pool_supervisor(self, pool: _Pool) -> None:
         pool.supervisor = None
+        pool.supervisor_pending = False
         pool.instances.clear()
         pool.idle.clear()
         call_later(self._agents_sup, "delete_child", f"agent:{pool.name}")

@@ -105,6 +105,9 @@ class EngineContext:
         self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
+        # Called (on the Scheduler's thread) after each batch of transitions is durable;
+        # the testing kit waits on it instead of polling.
+        self.commit_listeners: list[Callable[[], None]] = []
         self.paused = False  # a draining runtime: dispatch nothing new
         self._tokens = itertools.count((store.incarnation << 32) + 1)
 
@@ -443,6 +446,8 @@ class Scheduler(SupervisedActor):
                 if effect[0] == "future":
                     effect[1].set_exception(error)
             self._reload(workflow_id)
+        for listener in self._ctx.commit_listeners:
+            listener()
 
     def _apply(self, effect: tuple[Any, ...]) -> None:
         kind = effect[0]
@@ -516,6 +521,8 @@ class Scheduler(SupervisedActor):
             lapsed = self._lapsed(run, st, now)
             if lapsed is None:
                 continue
+            if st.token not in self._inflight and st.name in run.queued:
+                continue  # orphaned by a restart and already queued to run again
             self._counters["timed_out"] += 1
             _log_step("timed out", run.record.id, st.name, st.attempt)
             attempt = self._inflight.pop(st.token, None)
@@ -524,13 +531,16 @@ class Scheduler(SupervisedActor):
                 attempt.port.superseded = True
                 self._hosted.replace(attempt.agent, attempt.instance)
             # Also reached for an attempt no Scheduler of this process runs (orphaned by
-            # a restart): its deadline passed, so it counts as failed all the same.
-            run.queued.discard(st.name)
+            # a restart) and nothing will run again: it counts as failed all the same.
             self._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
 
     def _on_instance_event(self, msg: InstanceEvent) -> None:
-        lost = self._hosted.on_event(msg, self._clock.time())
         self._dirty_agents.add(msg.agent)
+        try:
+            lost = self._hosted.on_event(msg, self._clock.time())
+        except AgentUnavailable as exc:
+            self._fail_next_job(msg.agent, str(exc))
+            return
         for token in lost:
             self._counters["crashes"] += 1
             self._fail_attempt(
@@ -701,18 +711,26 @@ class Scheduler(SupervisedActor):
                     run.queued.discard(job.step)
                 continue
             token = self._ctx.next_token()
-            try:
-                instance = self._hosted.acquire(agent, token)
-            except AgentUnavailable as exc:
-                queue.popleft()
-                run.queued.discard(job.step)
-                self._start_failed(run, job, str(exc))
-                continue
+            instance = self._hosted.acquire(agent, token, backlog=len(queue))
             if instance is None:
-                return
+                return  # busy, or instances are starting: their "started" pumps again
             queue.popleft()
             run.queued.discard(job.step)
             self._dispatch(run, job, agent, instance, token)
+
+    def _fail_next_job(self, agent: str, error: str) -> None:
+        """An instance of ``agent`` failed to start: the first job waiting for it pays an
+        attempt, so an agent that can never start cannot hold its queue forever."""
+        queue = self._hosted.queue(agent)
+        while queue:
+            job = queue.popleft()
+            run = self._runs.get(job.workflow_id)
+            if run is not None and self._job_valid(run, job):
+                run.queued.discard(job.step)
+                self._start_failed(run, job, error)
+                return
+            if run is not None:
+                run.queued.discard(job.step)
 
     def _start_failed(self, run: _Run, job: _Job, error: str) -> None:
         """No instance could be started for a job: that counts as a failed attempt."""

@@ -172,7 +172,13 @@ class _Supervisor(SupervisedActor):
                 f"supervisor {self._name!r} already has a child with id {spec.id!r}; "
                 "pick a unique id or delete_child it first"
             )
-        ref = self._start(spec)
+        try:
+            ref = self._start(spec)
+        except BaseException as exc:
+            # Reported to the listener as well, so a caller that does not wait for the
+            # answer (an asynchronous start) still learns of the failure.
+            self._emit(spec.id, "crashed", None, exc)
+            raise
         self._children[spec.id] = _Child(spec, ref)
         self._emit(spec.id, "started", ref, None)
         return ref

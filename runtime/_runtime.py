@@ -447,9 +447,10 @@ class Runtime:
         ctx = self._ctx
 
         def agents_listener(event: ChildEvent) -> None:
-            if event.kind in ("crashed", "exited", "terminated", "abandoned"):
+            if event.kind in ("started", "crashed", "exited", "terminated", "abandoned"):
                 agent = event.child_id.removeprefix("agent:")
-                ctx.tell_scheduler(InstanceEvent(agent, None, event.kind, event.ref))
+                reason = None if event.reason is None else repr(event.reason)
+                ctx.tell_scheduler(InstanceEvent(agent, None, event.kind, event.ref, reason))
 
         def start_agents() -> pykka.ActorRef:
             ref = start_supervisor(

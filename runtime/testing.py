@@ -4,6 +4,7 @@
   and call :func:`advance` to fire timeouts, retries and sweeps instantly.
 - :class:`EffectLedger` — an idempotent fake remote service that counts every request and
   every effect by idempotency key, so a test can assert "applied once".
+- :func:`wait_until` — block until a condition on the runtime holds, woken by each commit.
 - Fault helpers for agent actions: :func:`fail_first`, :func:`hang_until`,
   :func:`crash_instance`, :func:`fail_permanently`.
 """
@@ -11,7 +12,9 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from herder.actors._agent import StepContext
@@ -30,6 +33,7 @@ __all__ = [
     "fail_permanently",
     "hang_until",
     "settle",
+    "wait_until",
 ]
 
 
@@ -91,6 +95,31 @@ def crash_instance(reason: str = "injected instance crash") -> NoReturn:
 def fail_permanently(reason: str = "injected permanent failure") -> NoReturn:
     """Fail the step without retries."""
     raise Permanent(reason)
+
+
+def wait_until(runtime: Runtime, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Block until ``predicate()`` is true, re-checking after every durable commit.
+
+    Event-driven, not polling: the runtime signals each committed batch. Raises
+    :class:`TimeoutError` if ``timeout`` real seconds pass first.
+    """
+    changed = threading.Condition()
+
+    def committed() -> None:
+        with changed:
+            changed.notify_all()
+
+    runtime._ctx.commit_listeners.append(committed)
+    deadline = time.monotonic() + timeout
+    try:
+        with changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"condition not reached within {timeout}s")
+                changed.wait(remaining)
+    finally:
+        runtime._ctx.commit_listeners.remove(committed)
 
 
 def settle(runtime: Runtime) -> None:

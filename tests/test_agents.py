@@ -80,6 +80,10 @@ def test_a_thousand_agent_names_hold_no_threads_once_idle(rt: Runtime, clock: Fa
     started = set(threading.enumerate()) - baseline
     assert len(started) >= 1000  # an instance (and a supervisor) per agent name
     advance(rt, clock, 61.0)
+    assert rt.stats()["steps"]["passivated"] == 256  # bounded per tick: no stop storm
+    for _ in range(3):  # one tick per 5 s of the watchdog's clock
+        advance(rt, clock, 5.0)
+    assert rt.stats()["steps"]["passivated"] == 1000
     for thread in started:  # passivation stops them: every one of those threads ends
         thread.join(WAIT)
         assert not thread.is_alive(), f"{thread.name} still runs after passivation"

@@ -35,6 +35,7 @@ from herder.runtime.testing import (
     fail_first,
     fail_permanently,
     settle,
+    wait_until,
 )
 
 FAST = RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=0.0)
@@ -150,8 +151,7 @@ def test_retry_backoff_waits_for_the_clock(rt: Runtime, clock: FakeClock) -> Non
     slow = RetryPolicy(max_attempts=2, initial_interval=30.0, jitter=0.0)
     rt.add_workflow(trip(retry=slow))
     handle = rt.start("trip", workflow_id="w")
-    settle(rt)
-    assert rt.status("w").steps["flight"].state is StepState.RETRY_WAIT
+    wait_until(rt, lambda: rt.status("w").steps["flight"].state is StepState.RETRY_WAIT)
     advance(rt, clock, 29.0)
     assert rt.status("w").steps["flight"].state is StepState.RETRY_WAIT
     advance(rt, clock, 2.0)
