@@ -188,7 +188,7 @@ class _Supervisor(SupervisedActor):
                 refs.append(self._add_child(spec))
             except SupervisorStartError:
                 started = [self._children[s.id] for s in specs[: len(refs)]]
-                self._stop_children(reversed(started))
+                self._stop_children(reversed(started), in_order=True)  # undo: reverse order
                 for child in started:
                     self._children.pop(child.spec.id, None)
                 raise
@@ -369,13 +369,13 @@ class _Supervisor(SupervisedActor):
             spec.start, parent=self.actor_ref, child_id=spec.id, timeout=self._start_timeout
         )
 
-    def _stop_children(self, children: Iterable[_Child]) -> None:
+    def _stop_children(self, children: Iterable[_Child], *, in_order: bool = False) -> None:
         """Stop children in the given order, each within its shutdown timeout.
 
         A simple_one_for_one pool is stopped in parallel (all stop messages first), as
-        OTP does; other strategies stop one child at a time.
+        OTP does, unless ``in_order``; other strategies stop one child at a time.
         """
-        parallel = self._strategy is Strategy.SIMPLE_ONE_FOR_ONE
+        parallel = self._strategy is Strategy.SIMPLE_ONE_FOR_ONE and not in_order
         stopping: list[tuple[_Child, pykka.ActorRef[Any], pykka.Future[bool], float]] = []
         for child in children:
             child.pending = None
