@@ -30,6 +30,7 @@ from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
 from herder.actors._supervisor import WorkflowSupervisor
+from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._workflow import Workflow
 from herder.store import ConditionFailed, Expect, Put, Store, Transition
@@ -103,7 +104,8 @@ class Runtime:
     ``instance_shutdown`` (how long a stopping agent instance may take),
     ``agent_restarts`` (``(max_restarts, period)``: a per-agent supervisor that restarts
     crashing instances more often than this gives up, and a fresh one is started for the
-    next step), ``seed`` (for
+    next step), ``log_level`` (level of the ``herder`` loggers; handlers are left to
+    the embedding program), ``seed`` (for
     retry jitter, to make runs repeatable).
     """
 
@@ -124,7 +126,11 @@ class Runtime:
         agent_restarts: tuple[int, float] = (20, 10.0),
         seed: int | None = None,
         ask_timeout: float = 30.0,
+        log_level: int | str | None = None,
     ) -> None:
+        if log_level is not None:
+            # Only the level: handlers and formatting belong to the embedding program.
+            logging.getLogger("herder").setLevel(log_level)
         if sweep_interval <= 0:
             raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
         if max_active_workflows < 1:
@@ -433,6 +439,14 @@ class Runtime:
             "store": self._store.writer.stats(),
             "restarts": self._restart_counts(),
         }
+
+    def prometheus_collector(self) -> Any:
+        """A prometheus-client collector exposing :meth:`stats` as ``herder_*`` metrics.
+
+        Register it with ``prometheus_client.REGISTRY.register(rt.prometheus_collector())``;
+        needs the ``prometheus`` extra (``pip install 'herder[prometheus]'``).
+        """
+        return stats_collector(self.stats)
 
     # -- internals ---------------------------------------------------------------------
 

@@ -1,0 +1,43 @@
+"""Observability: the Prometheus collector and the log level setting."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime.testing import FakeClock
+
+
+class Echo(Agent):
+    def echo(self, ctx: StepContext) -> object:
+        return ctx.input
+
+
+def test_the_prometheus_collector_exposes_runtime_stats(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent("echo", Echo)
+        rt.add_workflow(Workflow("w").step("s", agent="echo", action="echo"))
+        rt.start("w", 1).result(timeout=10)
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        text = generate_latest(registry).decode()
+    assert 'herder_workflows{state="SUCCEEDED"} 1.0' in text
+    assert "herder_steps_succeeded_total 1.0" in text
+    assert 'herder_agent_instances{agent="echo"} 1.0' in text
+    assert "herder_store_commits_total" in text
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, "WARNING"])
+def test_log_level_sets_the_herder_loggers_level_only(tmp_path: Path, level: int | str) -> None:
+    logger = logging.getLogger("herder")
+    before_level, before_handlers = logger.level, list(logger.handlers)
+    try:
+        with Runtime(tmp_path / "s", clock=FakeClock(), log_level=level):
+            assert logger.level == logging.getLevelName(level) or logger.level == level
+            assert logger.handlers == before_handlers  # no handler forced on the embedder
+    finally:
+        logger.setLevel(before_level)
