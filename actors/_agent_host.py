@@ -266,6 +266,14 @@ class AgentHost:
             return []
         return [i.busy_token for i in pool.instances.values() if i.busy_token is not None]
 
+    def replace_token(self, name: str, token: int) -> None:
+        """Replace the instance (if any) still running the attempt with ``token``."""
+        pool = self._pools.get(name)
+        for instance_id, inst in ({} if pool is None else pool.instances).items():
+            if inst.busy_token == token:
+                self.replace(name, instance_id)
+                return
+
     def replace(self, name: str, instance_id: str) -> None:
         """Have the tree replace an instance that hangs; its late answer is fenced out."""
         pool = self._pools.get(name)
@@ -290,11 +298,14 @@ class AgentHost:
             if pool.supervisor_pending and event.ref is not None:
                 pool.supervisor_pending = False
                 pool.supervisor = event.ref
+                if pool.concurrency == 0:  # removed while it was starting
+                    self._stop_pool_supervisor(pool)
             return []
         if event.instance is None and event.ref is None and event.kind == "crashed":
             if pool.supervisor_pending:  # the per-agent supervisor could not start
                 pool.supervisor_pending = False
-                raise AgentUnavailable(f"agent {pool.name!r} could not start: {event.reason}")
+                if pool.concurrency > 0:
+                    raise AgentUnavailable(f"agent {pool.name!r} could not start: {event.reason}")
             return []
         if event.instance is None:  # news of the per-agent supervisor itself
             current = pool.supervisor
@@ -317,6 +328,8 @@ class AgentHost:
                 return []
             if event.kind == "crashed":  # its factory or on_start failed
                 del pool.instances[event.instance]
+                if pool.concurrency == 0:
+                    return []  # removed meanwhile: its queue waits for a new add()
                 raise AgentUnavailable(
                     f"an instance of agent {pool.name!r} failed to start: {event.reason}"
                 )
@@ -354,8 +367,10 @@ class AgentHost:
                 break
             if pool.supervisor is None:
                 continue
-            for instance_id in [i for i in pool.idle if i in pool.instances]:
-                inst = pool.instances[instance_id]
+            for instance_id in dict.fromkeys(i for i in pool.idle if i in pool.instances):
+                inst = pool.instances.get(instance_id)
+                if inst is None:
+                    continue
                 idle = inst.busy_token is None and not inst.lost and not inst.starting
                 if idle and inst.idle_since < idle_before and stopped < limit:
                     del pool.instances[instance_id]

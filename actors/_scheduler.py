@@ -47,7 +47,7 @@ from herder.actors._messages import (
     Tick,
 )
 from herder.actors._supervised import SupervisedActor
-from herder.store import Delete, Put, Store, Transition
+from herder.store import Delete, Put, Store, StoreIOError, Transition
 from herder.store._codec import encode
 from herder.store._records import (
     Plan,
@@ -266,6 +266,29 @@ class Scheduler(SupervisedActor):
         self._ctx.scheduler = self.actor_ref
         self.actor_ref.tell(Recover())
 
+    def on_failure(self, *_exc_info: object) -> None:
+        """Keep the promises of commits that reached the inbox but were never handled."""
+        self._drain_commits()
+
+    def on_stop(self) -> None:
+        """As on_failure: commits still in the inbox resolve their waiters."""
+        self._drain_commits()
+
+    def _drain_commits(self) -> None:
+        # Only this (dying) actor's thread takes from its inbox, so empty() then get()
+        # cannot block. Everything but commits goes back for pykka's teardown, which
+        # answers pending asks with ActorDeadError.
+        others = []
+        while not self.actor_inbox.empty():
+            envelope = self.actor_inbox.get()
+            message = getattr(envelope, "message", None)
+            if isinstance(message, Committed):
+                _orphaned_commit(self._ctx, message.effects, message.errors)
+            else:
+                others.append(envelope)
+        for envelope in others:
+            self.actor_inbox.put(envelope)
+
     def on_receive(self, message: Any) -> Any:
         """Handle one engine message, then dispatch what became runnable and flush."""
         if isinstance(message, Outcome):
@@ -446,7 +469,7 @@ class Scheduler(SupervisedActor):
                 if effect[0] == "future":
                     effect[1].set_exception(error)
             self._reload(workflow_id)
-        for listener in self._ctx.commit_listeners:
+        for listener in list(self._ctx.commit_listeners):
             listener()
 
     def _apply(self, effect: tuple[Any, ...]) -> None:
@@ -521,8 +544,13 @@ class Scheduler(SupervisedActor):
             lapsed = self._lapsed(run, st, now)
             if lapsed is None:
                 continue
+            agent = run.specs[st.name].agent
             if st.token not in self._inflight and st.name in run.queued:
-                continue  # orphaned by a restart and already queued to run again
+                if st.token not in self._hosted.busy_tokens(agent):
+                    continue  # orphaned by a restart and already queued to run again
+                # A reload left it queued while an instance still runs (hangs in) the old
+                # attempt: time it out, which frees that instance.
+                self._hosted.replace_token(agent, st.token)
             self._counters["timed_out"] += 1
             _log_step("timed out", run.record.id, st.name, st.attempt)
             attempt = self._inflight.pop(st.token, None)
@@ -586,7 +614,12 @@ class Scheduler(SupervisedActor):
     def _reload(self, workflow_id: str) -> None:
         """Forget what memory believes about a workflow and read it back from the store."""
         run = self._runs.pop(workflow_id, None)
-        self._open.pop(workflow_id, None)
+        held = self._open.pop(workflow_id, None)
+        for effect in () if held is None else held.effects:
+            if effect[0] == "future" and not effect[1].done():
+                effect[1].set_exception(
+                    StoreIOError(f"workflow {workflow_id!r} was reloaded after a failed commit")
+                )
         for token in () if run is None else run.attempts:
             attempt = self._inflight.pop(token, None)
             # An attempt already sent keeps its instance busy until its (now stale) answer

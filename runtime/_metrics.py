@@ -29,7 +29,13 @@ def stats_collector(stats: Callable[[], dict[str, Any]]) -> Any:
         """Maps one stats() snapshot to herder_* metric families."""
 
         def collect(self) -> Iterator[Any]:
-            snap = stats()
+            try:
+                snap = stats()
+            except Exception:
+                # A stopped runtime must not fail the whole scrape of a shared registry.
+                yield GaugeMetricFamily("herder_up", "1 if the runtime answered", value=0)
+                return
+            yield GaugeMetricFamily("herder_up", "1 if the runtime answered", value=1)
             workflows = GaugeMetricFamily(
                 "herder_workflows", "Workflows in the store by state", labels=["state"]
             )

@@ -188,7 +188,11 @@ class Runtime:
                 return
             self._draining = True
         if drain:
-            self._drain(timeout)
+            try:
+                self._drain(timeout)
+            except Exception:
+                # A drain that cannot finish must not leave the runtime half-stopped.
+                _log.exception("draining failed; stopping without it")
         with self._lock:
             if self._closed:
                 return
@@ -357,11 +361,22 @@ class Runtime:
         ops += [Put("steps", step_key(wid, s.name), encode(s.to_dict())) for s in steps]
         transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
         committed = self._store.writer.submit(transition)
-        # Admitted from the commit callback, so a start() that stops waiting (timeout)
-        # still gets its workflow running once it is durable.
-        committed.add_done_callback(
-            lambda f: None if f.exception() else self._ctx.tell_scheduler(Admit(record, steps))
-        )
+        gave_up = threading.Event()
+        slot = threading.Lock()  # whoever acquires it first gives the capacity back
+
+        def release_once() -> None:
+            if slot.acquire(blocking=False):
+                self._release_capacity()
+
+        def on_commit(done: Future[None]) -> None:
+            # Admitted from here, so a start() that stopped waiting (timeout) still gets
+            # its workflow running once it is durable, or its capacity back if it failed.
+            if done.exception() is None:
+                self._ctx.tell_scheduler(Admit(record, steps))
+            elif gave_up.is_set():
+                release_once()
+
+        committed.add_done_callback(on_commit)
         try:
             committed.result(timeout=self._ask_timeout)
         except ConditionFailed:
@@ -370,6 +385,9 @@ class Runtime:
             assert raced is not None
             return self._same_start(raced, plan, normalized)
         except TimeoutError:
+            gave_up.set()
+            if committed.done() and committed.exception() is not None:
+                release_once()  # it failed between the timeout and gave_up
             raise
         except BaseException:
             self._release_capacity()
@@ -501,9 +519,9 @@ class Runtime:
         deadline = time.monotonic() + timeout
         idle = threading.Event()  # never set: a pause between polls of the Scheduler
         running = 0
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
             try:
-                running = call(self._scheduler, "in_flight", timeout=self._ask_timeout)
+                running = call(self._scheduler, "in_flight", timeout=min(left, self._ask_timeout))
             except (RuntimeClosed, pykka.ActorDeadError):
                 return
             if running == 0:

@@ -104,20 +104,29 @@ def wait_until(runtime: Runtime, predicate: Callable[[], bool], timeout: float =
     :class:`TimeoutError` if ``timeout`` real seconds pass first.
     """
     changed = threading.Condition()
+    commits = [0]  # bumped by every commit; compared to spot one between checks
 
     def committed() -> None:
         with changed:
+            commits[0] += 1
             changed.notify_all()
 
     runtime._ctx.commit_listeners.append(committed)
     deadline = time.monotonic() + timeout
     try:
-        with changed:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"condition not reached within {timeout}s")
-                changed.wait(remaining)
+        while True:
+            with changed:
+                seen = commits[0]
+            # Outside the lock: the predicate may ask the runtime, whose Scheduler
+            # calls committed() and must never wait for this thread.
+            if predicate():
+                return
+            with changed:
+                while commits[0] == seen:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(f"condition not reached within {timeout}s")
+                    changed.wait(remaining)
     finally:
         runtime._ctx.commit_listeners.remove(committed)
 

@@ -137,3 +137,22 @@ def test_start_blocks_while_the_active_limit_is_reached(tmp_path: Path) -> None:
         release.set()
         first.result(timeout=WAIT)
         assert rt.start("w", workflow_id="3", timeout=WAIT).result(timeout=WAIT) == {"s": 1}
+
+
+def test_an_agent_removed_while_it_starts_charges_no_attempt(rt: Runtime) -> None:
+    class NeverStarts(Agent):
+        def __init__(self) -> None:
+            raise RuntimeError("cannot connect")
+
+        def ping(self, ctx: StepContext) -> str:
+            return "unreachable"
+
+    rt.add_agent("flaky", NeverStarts)
+    rt.add_workflow(Workflow("p").step("s", agent="flaky", action="ping"))
+    rt.remove_agent("flaky")  # before any start could finish... or fail
+    rt.add_agent("flaky", NeverStarts)
+    handle = rt.start("p", workflow_id="w")
+    rt.remove_agent("flaky")
+    settle(rt)
+    rt.add_agent("flaky", functools.partial(Host, "fixed"))
+    assert handle.result(timeout=WAIT) == {"s": "fixed:None"}

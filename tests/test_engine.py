@@ -537,3 +537,12 @@ def test_a_result_that_cannot_be_stored_fails_the_step_for_good(
     assert step.attempt == 1  # not retried: it would fail the same way
     assert step.error is not None
     assert re.search(match, step.error)
+
+
+def test_wait_until_may_ask_the_runtime_in_its_predicate(rt: Runtime) -> None:
+    serve(rt, EffectLedger())
+    rt.add_workflow(trip())
+    rt.start("trip", workflow_id="w")
+    # stats() asks the Scheduler, which also wakes the waiter: this must not deadlock.
+    wait_until(rt, lambda: bool(rt.stats()) and rt.status("w").state is State.SUCCEEDED)
+    assert rt.stats()["steps"]["succeeded"] == 3

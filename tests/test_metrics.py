@@ -41,3 +41,12 @@ def test_log_level_sets_the_herder_loggers_level_only(tmp_path: Path, level: int
             assert logger.handlers == before_handlers  # no handler forced on the embedder
     finally:
         logger.setLevel(before_level)
+
+
+def test_a_stopped_runtime_does_not_break_the_scrape(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path / "s", clock=FakeClock())
+    registry = CollectorRegistry()
+    registry.register(rt.prometheus_collector())
+    assert "herder_up 1.0" in generate_latest(registry).decode()
+    rt.stop()
+    assert "herder_up 0.0" in generate_latest(registry).decode()
