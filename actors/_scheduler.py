@@ -343,7 +343,7 @@ class Scheduler(SupervisedActor):
             )
         done: Future[None] = Future()
         if run.record.state is WorkflowState.COMPENSATING:
-            self._txn(run).put_workflow(self._set_record(run, cancelled=True))
+            self._set_record(run, cancelled=True)
         else:
             self._begin_compensation(run, "cancelled by request", cancelled=True)
         for token in run.attempts:
@@ -388,7 +388,6 @@ class Scheduler(SupervisedActor):
                     self._put_step(
                         run, st, st.evolve(state=StepState.PENDING, attempt=0, error=None)
                     )
-        txn.put_workflow(run.record)
         done: Future[None] = Future()
         txn.effects.append(("future", done))
         self._advance(run)
@@ -483,10 +482,7 @@ class Scheduler(SupervisedActor):
             if not self._hosted.send(agent, instance, run):
                 self._fail_attempt(run.token, "agent instance went away", (CRASH_ERROR,), now=True)
         elif kind == "final":
-            try:
-                self._ctx.on_final(effect[1])
-            except Exception:
-                _log.exception("on_final callback failed for %s", effect[1].id)
+            _announce_final(self._ctx, effect[1])
         elif kind == "future":
             effect[1].set_result(None)
 
@@ -940,13 +936,11 @@ class Scheduler(SupervisedActor):
             "%s compensating: %s", run.record.id, reason, extra={"workflow_id": run.record.id}
         )
         now = self._clock.time()
-        self._txn(run).put_workflow(
-            self._set_record(
-                run,
-                state=WorkflowState.COMPENSATING,
-                error=reason,
-                cancelled=cancelled or run.record.cancelled,
-            )
+        self._set_record(
+            run,
+            state=WorkflowState.COMPENSATING,
+            error=reason,
+            cancelled=cancelled or run.record.cancelled,
         )
         for st in list(run.steps.values()):
             if st.state is StepState.RETRY_WAIT:
@@ -966,9 +960,7 @@ class Scheduler(SupervisedActor):
 
     def _finish(self, run: _Run, state: WorkflowState, error: str | None = None) -> None:
         record = self._set_record(run, state=state, error=error or run.record.error)
-        txn = self._txn(run)
-        txn.put_workflow(record)
-        txn.effects.append(("final", record))
+        self._txn(run).effects.append(("final", record))
         del self._runs[record.id]
         for token in run.attempts:
             attempt = self._inflight.pop(token, None)
@@ -996,6 +988,7 @@ class Scheduler(SupervisedActor):
         self._txn(run).put_step(old, new)
 
     def _set_record(self, run: _Run, **changes: Any) -> WorkflowRecord:
+        """Change the run's workflow record and write it into the run's transaction."""
         run.record = run.record.evolve(updated=self._clock.time(), **changes)
         self._txn(run).put_workflow(run.record)
         return run.record
@@ -1025,6 +1018,14 @@ def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
     _log.info("%s/%s attempt %d %s", workflow_id, step, attempt, what, extra=extra)
 
 
+def _announce_final(ctx: EngineContext, record: WorkflowRecord) -> None:
+    """Tell the runtime a workflow's final state is durable; a failing callback is logged."""
+    try:
+        ctx.on_final(record)
+    except Exception:
+        _log.exception("on_final callback failed for %s", record.id)
+
+
 def _orphaned_commit(
     ctx: EngineContext, effects: list[tuple[str, list[Any]]], errors: list[BaseException | None]
 ) -> None:
@@ -1041,10 +1042,7 @@ def _orphaned_commit(
                 else:
                     effect[1].set_exception(error)
             elif effect[0] == "final" and error is None:
-                try:
-                    ctx.on_final(effect[1])
-                except Exception:
-                    _log.exception("on_final callback failed for %s", effect[1].id)
+                _announce_final(ctx, effect[1])
 
 
 def _unregistered(agent: str) -> Callable[[], Agent]:
