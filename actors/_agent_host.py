@@ -188,17 +188,10 @@ class AgentHost:
         if pool.supervisor is not None:
             self._stop_pool_supervisor(pool)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._pools
-
     def queue(self, name: str) -> collections.deque[Any] | None:
         """The queue of work waiting for agent ``name``, or None if it is not registered."""
         pool = self._pools.get(name)
         return None if pool is None else pool.queue
-
-    def names(self) -> list[str]:
-        """Registered agent names."""
-        return list(self._pools)
 
     # -- capacity ----------------------------------------------------------------------
 
@@ -252,12 +245,6 @@ class AgentHost:
         inst.idle_since = now
         pool.idle.append(instance_id)
         return True
-
-    def busy_token(self, name: str, instance_id: str) -> int | None:
-        """The token of the attempt an instance is running, if any."""
-        pool = self._pools.get(name)
-        inst = None if pool is None else pool.instances.get(instance_id)
-        return None if inst is None else inst.busy_token
 
     def busy_tokens(self, name: str) -> list[int]:
         """Tokens of every attempt running on the instances of ``name``."""
