@@ -65,8 +65,8 @@ class WorkflowHandle:
         Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
         NEEDS_ATTENTION, and :class:`TimeoutError` if ``timeout`` seconds pass first.
         """
-        self._runtime._wait_final(self.id, timeout)
-        status = self._runtime.status(self.id)
+        record = self._runtime._wait_final(self.id, timeout)
+        status = WorkflowStatus.from_records(record, self._runtime._ordered_steps(record))
         if status.state is WorkflowState.SUCCEEDED:
             return status.results
         raise WorkflowFailed(status)
