@@ -49,6 +49,7 @@ from herder.actors._messages import (
 from herder.actors._supervised import SupervisedActor
 from herder.store import Delete, Put, Store, StoreIOError, Transition
 from herder.store._codec import encode
+from herder.store._crashpoints import crash_point
 from herder.store._records import (
     Plan,
     RetryPolicy,
@@ -487,6 +488,7 @@ class Scheduler(SupervisedActor):
             effect[1].set_result(None)
 
     def _on_outcome(self, msg: Outcome) -> None:
+        crash_point("scheduler.outcome")
         if self._hosted.release(msg.agent, msg.instance, msg.token, self._clock.time()):
             self._dirty_agents.add(msg.agent)
         attempt = self._inflight.pop(msg.token, None)
@@ -848,6 +850,7 @@ class Scheduler(SupervisedActor):
             "updated": self._clock.time(),
         }
         if st.state is StepState.COMPENSATING:
+            crash_point("scheduler.compensated")
             self._put_step(run, st, st.evolve(state=StepState.COMPENSATED, **cleared))
             self._counters["compensated"] += 1
         else:
