@@ -54,6 +54,7 @@ from herder.actors._supervised import SupervisedActor
 from herder.store import Delete, Put, Store, StoreIOError, Transition
 from herder.store._codec import encode, normalize
 from herder.store._commands import finished_put
+from herder.store._crashpoints import crash_point
 from herder.store._errors import HerderError, InvalidInput
 from herder.store._history import history_put, step_event, workflow_event
 from herder.store._records import (
@@ -515,6 +516,7 @@ class Scheduler(SupervisedActor):
             effect[1].set_result(None)
 
     def _on_outcome(self, msg: Outcome) -> None:
+        crash_point("scheduler.outcome")
         if self._hosted.release(msg.agent, msg.instance, msg.token, self._clock.time()):
             self._dirty_agents.add(msg.agent)
         attempt = self._inflight.pop(msg.token, None)
@@ -887,6 +889,7 @@ class Scheduler(SupervisedActor):
             "updated": self._clock.time(),
         }
         if st.state is StepState.COMPENSATING:
+            crash_point("scheduler.compensated")
             self._put_step(run, st, st.evolve(state=StepState.COMPENSATED, **cleared))
             self._counters["compensated"] += 1
         else:
@@ -1356,6 +1359,9 @@ class Scheduler(SupervisedActor):
         error = f"abandoned by {op.who or 'an operator'}" + (f": {op.why}" if op.why else "")
         if run is not None:
             self._note_operator(op)
+            for st in list(run.steps.values()):
+                if st.timer_ms is not None:  # nothing should wake it any more
+                    self._put_step(run, st, st.evolve(timer_ms=None, retry_at=None))
             self._finish(run, WorkflowState.ABANDONED, error=error)
             return None
         record = self._store.get_workflow(op.workflow_id)

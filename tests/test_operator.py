@@ -21,6 +21,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
+from herder.runtime._check import check_store
 from herder.runtime.testing import EffectLedger, FakeClock, settle, wait_until
 
 WAIT = 10.0
@@ -31,6 +32,9 @@ ONCE = RetryPolicy(max_attempts=1)
 def rt(tmp_path: Path) -> Iterator[Runtime]:
     with Runtime(tmp_path / "store", clock=FakeClock(), default_retry=ONCE) as runtime:
         yield runtime
+        settle(runtime)
+        report = check_store(runtime._store)  # the store's invariants hold afterwards
+        assert report.ok, report.problems
 
 
 class Travel(Agent):

@@ -25,6 +25,7 @@ from herder.runtime import (
     StepState,
     Workflow,
 )
+from herder.runtime._check import check_store
 from herder.runtime.testing import EffectLedger, FakeClock, advance, settle, wait_until
 
 CHILD = pathlib.Path(__file__).with_name("outcomes_child.py")
@@ -50,6 +51,9 @@ def rt(tmp_path: Path, clock: FakeClock) -> Iterator[Runtime]:
         probe_timeout=3.0,
     ) as runtime:
         yield runtime
+        settle(runtime)
+        report = check_store(runtime._store)  # the store's invariants hold afterwards
+        assert report.ok, report.problems
 
 
 def one_step(retry: RetryPolicy = FAST, name: str = "one") -> Workflow:
