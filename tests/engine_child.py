@@ -20,6 +20,10 @@ so those workflows compensate (hotel, then flight).
 
 MODE ``scripted`` (the crash-point test) makes every run meet the same faults, a pure
 function of (n, step, attempt), with short timeouts: see :func:`scripted_fault`.
+
+MODE ``poison`` (the poison-work test): no faults, except that the car step of workflow
+``w-POISON_N`` SIGKILLs the whole process every time it runs; the runtime parks a
+workflow after two crashes in a row (``max_recoveries=2``).
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import pathlib
 import random
+import signal
 import sys
 import threading
 import time
@@ -38,6 +44,7 @@ HANG = 2.5  # seconds a hung request blocks: longer than STEP_TIMEOUT
 WAIT = 30.0  # seconds a run waits for all its workflows before reporting the stuck ones
 
 
+POISON_N = 3
 SCRIPTED_TIMEOUT = 0.4
 SCRIPTED_HANG = 0.8
 
@@ -87,6 +94,10 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
             sys.stdout.flush()
 
     def fault(ctx: StepContext) -> str | None:
+        if mode == "poison":
+            if ctx.input["n"] == POISON_N and ctx.step == "car":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return None
         if mode == "scripted":
             attempt = ctx.attempt  # the compensation's own attempt when compensating
             return scripted_fault(ctx.input["n"], ctx.step, attempt, ctx.compensating)
@@ -108,7 +119,10 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
     trip = travel_workflow(retry, SCRIPTED_TIMEOUT if scripted else STEP_TIMEOUT)
     hang = SCRIPTED_HANG if scripted else HANG
     services = open_services(pathlib.Path(effects))
-    with Runtime(store, sweep_interval=0.05, default_retry=retry, seed=seed) as rt:
+    recoveries = 2 if mode == "poison" else 3
+    with Runtime(
+        store, sweep_interval=0.05, default_retry=retry, seed=seed, max_recoveries=recoveries
+    ) as rt:
         for agent, service in services.items():
             factory = functools.partial(Booking, service, fault, sold_out, hang)
             rt.add_agent(agent, factory, concurrency=4)
