@@ -47,8 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     with_store("check", "verify cross-database invariants (read-only); exit 1 on problems")
     _operator_cli.add_parsers(sub)
 
-    bench = sub.add_parser("bench", help="run benchmarks/throughput.py from a source checkout")
-    bench.add_argument("args", nargs="*", help="passed to throughput.py")
+    bench = sub.add_parser(
+        "bench", help="run benchmarks/throughput.py (--peers: peers.py) from a source checkout"
+    )
+    bench.add_argument("args", nargs="*", help="passed to the script")
     return parser
 
 
