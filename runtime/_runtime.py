@@ -33,8 +33,8 @@ from herder.actors._supervisor import WorkflowSupervisor
 from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._workflow import Workflow
-from herder.store import ConditionFailed, Expect, Put, Store, Transition
-from herder.store._codec import encode, normalize
+from herder.store import ConditionFailed, Expect, Put, Store, StoreCorrupt, Transition
+from herder.store._codec import MAX_VALUE_BYTES, encode, normalize
 from herder.store._errors import InvalidInput
 from herder.store._records import (
     Plan,
@@ -133,6 +133,12 @@ class Runtime:
             logging.getLogger("herder").setLevel(log_level)
         if sweep_interval <= 0:
             raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
+        for name, limit in (
+            ("max_input_bytes", max_input_bytes),
+            ("max_result_bytes", max_result_bytes),
+        ):
+            if not 0 < limit <= MAX_VALUE_BYTES:
+                raise InvalidInput(f"{name} must be 1..{MAX_VALUE_BYTES}, got {limit!r}")
         if max_active_workflows < 1:
             raise InvalidInput(f"max_active_workflows must be >= 1, got {max_active_workflows!r}")
         self._clock = clock or SystemClock()
@@ -156,7 +162,8 @@ class Runtime:
         self._actions: dict[str, frozenset[str] | None] = {}
         self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
         self._lock = threading.Condition()
-        self._active = sum(1 for r in self._store.workflows() if not r.state.is_final)
+        # Corrupt records are skipped here; the Scheduler's recovery logs and counts them.
+        self._active = sum(1 for r in self._store.workflows(corrupt=[]) if not r.state.is_final)
         self._closed = False
         self._draining = False
         self._fatal: BaseException | None = None
@@ -298,8 +305,8 @@ class Runtime:
         self._check_open()
         plan = workflow.compile()
         key = definition_key(plan.name, plan.version)
-        stored = self._store.get("definitions", key)
-        if stored is not None and Plan.from_dict(stored) != plan:
+        stored = self._store.get_plan(plan.name, plan.version)
+        if stored is not None and stored != plan:
             raise InvalidDefinition(
                 f"workflow {plan.name!r} version {plan.version} is stored with different "
                 "steps; give the changed definition a new version"
@@ -415,13 +422,23 @@ class Runtime:
         return WorkflowStatus.from_records(record, self._ordered_steps(record))
 
     def list(self, state: WorkflowState | str | None = None) -> list[WorkflowStatus]:
-        """Every workflow (in a given state, if asked), as statuses."""
+        """Every workflow (in a given state, if asked), as statuses.
+
+        A workflow whose records are corrupt is left out (and logged); :meth:`status`
+        of its id raises :class:`StoreCorrupt` naming the bad key.
+        """
         if state is not None:
             state = WorkflowState(state)
-        return [
-            WorkflowStatus.from_records(r, self._ordered_steps(r))
-            for r in self._store.workflows(state)
-        ]
+        corrupt: builtins.list[StoreCorrupt] = []
+        out = []
+        for record in self._store.workflows(state, corrupt=corrupt):
+            try:
+                out.append(WorkflowStatus.from_records(record, self._ordered_steps(record)))
+            except StoreCorrupt as exc:
+                corrupt.append(exc)
+        for bad in corrupt:
+            _log.error("list() left out a workflow: %s", bad)
+        return out
 
     def cancel(self, workflow_id: str) -> None:
         """Stop dispatching and compensate completed steps; the workflow ends CANCELLED."""
@@ -444,11 +461,14 @@ class Runtime:
             raise
 
     def stats(self) -> dict[str, Any]:
-        """Counters and gauges: workflows by state, step counters, agents, store commits."""
+        """Counters and gauges: workflows by state, step counters, agents, store commits, and
+        ``corrupt`` ("db:key" -> reason) for records that could not be read."""
         by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
-        for record in self._store.workflows():
+        corrupt: builtins.list[StoreCorrupt] = []
+        for record in self._store.workflows(corrupt=corrupt):
             by_state[record.state] += 1
         engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
+        bad = {f"{e.db}:{e.key!r}": e.reason for e in corrupt} | engine["corrupt"]
         return {
             "workflows": by_state,
             "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
@@ -456,6 +476,7 @@ class Runtime:
             "awaiting_definition": engine["awaiting_definition"],
             "store": self._store.writer.stats(),
             "restarts": self._restart_counts(),
+            "corrupt": bad,
         }
 
     def prometheus_collector(self) -> Any:
@@ -560,7 +581,8 @@ class Runtime:
                     )
 
     def _same_start(self, existing: WorkflowRecord, plan: Plan, normalized: Any) -> WorkflowHandle:
-        if existing.name != plan.name or existing.input != normalized:
+        same = existing.input == normalized or encode(existing.input) == encode(normalized)
+        if existing.name != plan.name or not same:  # (the bytes also match when NaN is in it)
             raise WorkflowConflict(
                 f"workflow id {existing.id!r} was already started as {existing.name!r} with "
                 "different input; use a new id, or the same input to get the existing handle"
