@@ -470,6 +470,16 @@ class Store:
         """(key, raw bytes) for every key of ``db``, paged; for checks and the CLI."""
         return self._paged(db, b"")
 
+    def reclaim_readers(self) -> int:
+        """Free reader slots left by dead processes; return how many were freed.
+
+        A reader killed inside a read transaction keeps its slot, which pins old pages
+        (the file then grows instead of reusing them). Every open reclaims such slots;
+        a long-running runtime also calls this periodically from its Supervisor.
+        """
+        freed: int = self._read(lambda _txn: self._env.reader_check() if self._env else 0)
+        return freed
+
     def count(self, db: str) -> int:
         """Number of keys in ``db`` (one consistent snapshot)."""
         handle = self._handle(db)

@@ -135,15 +135,24 @@ def test_a_corrupt_record_is_reported_by_key_and_every_other_workflow_finishes(
         assert set(stats["restarts"].values()) == {0}
         start_waiting(rt, "new")
         finish(rt, clock, "new")
-    # The CLI shows the rest and names the bad record on stderr.
+
+
+def test_the_cli_lists_the_rest_and_names_each_corrupt_record(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    seeded(path)
+    put_raw(path, "workflows", workflow_key("w1"), b"\x85\xa1v")
+    put_raw(path, "steps", step_key("w2", "a"), b"\xc1")
     ls = _cli("ls", "--json", "--store", str(path))
     assert ls.returncode == 0
-    assert sorted(w["id"] for w in json.loads(ls.stdout)) == ["new", "w0", "w2", "w3"]
-    assert "skipped: corrupt record" in ls.stderr
-    assert repr(key) in ls.stderr
-    show = _cli("show", "w1", "--store", str(path))
+    assert sorted(w["id"] for w in json.loads(ls.stdout)) == ["w0", "w3"]
+    assert "skipped: corrupt record in database 'workflows' at key b'w1'" in ls.stderr
+    assert "skipped: corrupt record in database 'steps' at key b'w2\\x00a'" in ls.stderr
+    stats = _cli("stats", "--json", "--store", str(path))
+    assert stats.returncode == 0
+    assert json.loads(stats.stdout)["corrupt"] == 2
+    show = _cli("show", "w2", "--store", str(path))
     assert show.returncode == 1
-    assert "corrupt record" in show.stderr
+    assert "corrupt record in database 'steps'" in show.stderr
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
