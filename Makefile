@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test lint typecheck unit demo bench slow clean
+.PHONY: test lint typecheck unit demo bench slow chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ unit: $(STAMP)
 slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+chaos: $(STAMP)  ## SIGKILL a daemon 50 times under a mixed workload, then audit the store
+	$(PY) -m pytest -m chaos -s
+
 # rich is optional (plain text without it), so a failed install does not stop the demo.
 $(VENV)/.demo-extra: $(STAMP)
 	$(PY) -m pip install -q -e '.[demo]' || echo "rich not installed: plain output"
@@ -40,10 +43,16 @@ $(VENV)/.demo-extra: $(STAMP)
 demo: $(VENV)/.demo-extra
 	$(PY) -m herder.runtime demo
 
-bench: $(STAMP)  ## store commits, supervision and end-to-end throughput, each vs its baseline
+# The peers (DBOS, Huey) are optional: without them their rows say "skipped".
+$(VENV)/.bench-extra: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]' || echo "peers not installed: reported as skipped"
+	touch $@
+
+# BENCH_ARGS=--quick for a run of a few minutes; the full run writes benchmarks/RESULTS.md.
+bench: $(VENV)/.bench-extra  ## store commits, supervision, then herder vs its peers
 	$(PY) benchmarks/store_commit.py
 	$(PY) benchmarks/supervision.py
-	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/peers.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -59,7 +59,7 @@ def test_nothing_ever_unpickles_or_evals_data() -> None:
     assert offenders == []
 
 
-def test_every_msgpack_decode_is_bounded_and_str_keyed() -> None:
+def test_every_msgpack_decode_is_raw_false_and_store_data_is_str_keyed() -> None:
     calls = [
         (p, line)
         for p in SOURCES
@@ -68,9 +68,10 @@ def test_every_msgpack_decode_is_bounded_and_str_keyed() -> None:
     ]
     assert calls, "the codec decodes somewhere"
     for path, line in calls:
-        assert path.name == "_codec.py", f"decode only through store/_codec.py: {path}"
-        assert "raw=False" in line
-        assert "strict_map_key=True" in line
+        assert "raw=False" in line, f"{path}: {line.strip()}"
+        if path.parent.name == "store":  # everything read back from the store
+            assert path.name == "_codec.py", f"decode stored data through the codec: {path}"
+            assert "strict_map_key=True" in line
 
 
 # Patches lmdb.open to record how the store is opened, then runs one CLI command.
