@@ -54,5 +54,8 @@ bench: $(VENV)/.bench-extra  ## store commits, supervision, then herder vs its p
 	$(PY) benchmarks/supervision.py
 	$(PY) benchmarks/peers.py $(BENCH_ARGS)
 
+soak: $(STAMP)  ## 100k workflows under faults: throughput, RSS and store size over time
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
