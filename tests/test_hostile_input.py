@@ -155,6 +155,16 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      "limit is 100"),
     ("add_agent: name of 200 bytes", lambda rt: rt.add_agent("a" * 200, Echo), InvalidInput,
      "limit is 100"),
+    ("operator: who not valid UTF-8", lambda rt: rt.retry("taken", who="\udcff"), InvalidInput,
+     "who is not valid UTF-8"),
+    ("operator: who not a str", lambda rt: rt.abandon("taken", who=5), InvalidInput,  # type: ignore[arg-type]
+     "who must be a str"),
+    ("operator: why of 10,000 characters", lambda rt: rt.abandon("taken", why="x" * 10_000),
+     InvalidInput, "limit is 8192"),
+    ("complete_step: a forged task token", lambda rt: rt.complete_step("ht1.gZEBAQ", 1),
+     InvalidInput, "not a herder task token"),
+    ("fail_step: not a str token", lambda rt: rt.fail_step(b"x" * 5000, "e"),  # type: ignore[arg-type]
+     InvalidInput, "not a herder task token"),
     ("Runtime: max_input_bytes over the record ceiling",
      lambda rt: Runtime(rt.path + "-other", max_input_bytes=1 << 30), InvalidInput,
      "max_input_bytes must be"),
