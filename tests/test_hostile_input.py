@@ -288,3 +288,28 @@ def test_a_misbehaving_action_fails_its_step_with_the_error_recorded(
         assert set(rt.stats()["restarts"].values()) == {0}
         rt.add_workflow(Workflow("echo").step("s", agent="svc", action="echo"))
         assert rt.start("echo", "ok").result(timeout=WAIT) == {"s": "ok"}
+
+
+def test_the_longest_id_and_names_fit_every_key_they_are_built_into(tmp_path: Path) -> None:
+    wid = "😀" * 100  # 400 bytes of UTF-8: the longest id
+    step, agent, action = "s" * 100, "é" * 50, "a" * 100  # the longest names (100 bytes)
+
+    def act(self: Agent, ctx: StepContext) -> int:
+        if ctx.attempt == 1:
+            raise RuntimeError("once more")  # a retry timer keyed by id and step
+        ctx.heartbeat({"at": ctx.attempt})
+        return ctx.attempt
+
+    long = type("Long", (Agent,), {action: act})
+
+    retry = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent(agent, long)
+        rt.add_workflow(
+            Workflow("n" * 100).step(step, agent=agent, action=action, heartbeat_timeout=60,
+                                     retry=retry)
+        )  # fmt: skip
+        assert rt.start("n" * 100, workflow_id=wid).result(timeout=WAIT) == {step: 2}
+        keys = [k for db in DATABASES for k, _ in rt._store.raw_scan(db)]
+        assert max(len(k) for k in keys) <= 511
+        assert any(k.startswith(wid.encode()) for k, _ in rt._store.raw_scan("steps"))
