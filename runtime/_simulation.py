@@ -47,7 +47,9 @@ TIMEOUT = 5.0  # each step's timeout, in fake seconds
 ROUND = 6.0  # fake seconds per round: past a timeout and a retry's backoff
 MAX_ROUNDS = 40
 QUIET_WAIT = 10.0
-CONCURRENCY = 2  # instances per agent  # real seconds a round may take to settle before the seed fails
+CONCURRENCY = (
+    2  # instances per agent  # real seconds a round may take to settle before the seed fails
+)
 
 RETRY = RetryPolicy(max_attempts=8, initial_interval=1.0, backoff_coefficient=1.0, jitter=0.0)
 """Transient faults hit attempts 1-2 and store faults cost at most 2 more: 8 always suffice."""

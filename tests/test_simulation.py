@@ -16,6 +16,8 @@ import tempfile
 import time
 from collections import Counter
 
+import pytest
+
 from herder.runtime._simulation import FaultSchedule, simulate
 
 
@@ -27,6 +29,7 @@ def _scratch(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path
 
 
+@pytest.mark.timeout(180)
 def test_the_simulation_holds_every_expectation_over_many_seeds(
     tmp_path: pathlib.Path, sim_seeds: list[int]
 ) -> None:
