@@ -224,6 +224,11 @@ class SimReport:
     faults: Counter[str] = field(default_factory=Counter)
     store_faults: int = 0
     rounds: int = 0
+    # FAILED steps whose effect stands: a transient failure (e.g. a lost answer) while the
+    # workflow compensated ends the step FAILED, and only SUCCEEDED steps are undone.
+    # Not counted as a problem: DESIGN.md compensates completed steps only (issue 9's
+    # UNKNOWN outcome is the remedy).
+    leaked: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -367,6 +372,8 @@ def _verify(
                 problems.append(f"{key}: COMPENSATED but applied={applied} undone={undone}")
             if st.state is StepState.PENDING and applied:
                 problems.append(f"{key}: never dispatched, yet applied")
+            if st.state is StepState.FAILED and applied and not undone:
+                report.leaked += 1
         by_completion = sorted(
             (st for st in records.values() if st.state is StepState.COMPENSATED),
             key=lambda st: st.done_token or 0,

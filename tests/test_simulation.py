@@ -36,7 +36,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
     root = _scratch(tmp_path)
     faults: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
-    store_faults = 0
+    store_faults = leaked = 0
     started = time.monotonic()
     try:
         for seed in sim_seeds:
@@ -48,6 +48,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
             faults += report.faults
             outcomes.update(report.workflows.values())
             store_faults += report.store_faults
+            leaked += report.leaked
     finally:
         if root != tmp_path:
             import shutil
@@ -55,7 +56,8 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
             shutil.rmtree(root, ignore_errors=True)
     print(
         f"\nsimulation: {len(sim_seeds)} seeds in {time.monotonic() - started:.1f}s, "
-        f"outcomes {dict(outcomes)}, faults {dict(faults)}, store faults {store_faults}"
+        f"outcomes {dict(outcomes)}, faults {dict(faults)}, store faults {store_faults}, "
+        f"effects left by FAILED steps {leaked}"
     )
     if len(sim_seeds) >= 50:  # the schedule really exercises every kind of fault
         assert set(faults) == {"raise", "lost", "hang", "crash", "permanent"}

@@ -26,7 +26,7 @@ import threading
 from collections import defaultdict, deque
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -200,6 +200,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             assert not parked
             return
         assert parked
+        event("retried a parked workflow")
         self.retried.add(wid)
 
     @rule()
@@ -221,6 +222,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             if before is not None and not retried:
                 assert record.state in WORKFLOW_NEXT[before], f"{wid}: {before} -> {record.state}"
             self.seen[wid] = record.state
+            event(f"workflow seen {record.state}")
             for step in store.steps_of(wid):
                 key = (wid, step.name)
                 old = self.steps_seen.get(key)
