@@ -17,6 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from herder.actors._outcomes import COMPLETE_LATER, task_token
+from herder.store._codec import normalize
+
+MAX_HEARTBEAT_BYTES = 64 * 1024
+"""Largest heartbeat details (encoded): they are rewritten into the step on every beat."""
+
 
 class Agent:
     """Base class for agents. Subclass it; each public method taking a ctx is an action.
@@ -63,8 +69,10 @@ class StepContext:
 
     ``results`` holds the results of every step of this workflow that has succeeded so
     far. ``idempotency_key`` is stable across retries and crashes: pass it to the remote
-    side so a repeated request is recognised. ``compensating`` is true when the action is
-    a compensation undoing this step.
+    side so a repeated request is recognised. ``token`` is the attempt's fencing token:
+    it grows with every new attempt, so a remote service that supports conditional
+    writes can refuse a write carrying a lower token than one it already saw.
+    ``compensating`` is true when the action is a compensation undoing this step.
     """
 
     workflow_id: str
@@ -79,7 +87,14 @@ class StepContext:
     _port: AttemptPort
 
     def heartbeat(self, details: Any = None) -> None:
-        """Tell the runtime this attempt is alive; resets its heartbeat timeout."""
+        """Tell the runtime this attempt is alive; resets its heartbeat timeout.
+
+        ``details`` (progress, kept in the step record) must be plain data of at most
+        :data:`MAX_HEARTBEAT_BYTES` encoded; otherwise :class:`EncodeError` is raised here,
+        in the action, which fails the step for good unless the action handles it.
+        """
+        if details is not None:
+            details = normalize(details, limit=MAX_HEARTBEAT_BYTES, what="heartbeat details")
         self._port.heartbeat(details)
 
     @property
@@ -89,5 +104,22 @@ class StepContext:
 
     @property
     def superseded(self) -> bool:
-        """True once this attempt was replaced (timed out); its answer will be ignored."""
+        """True once this attempt was replaced (timed out, retried) or its workflow ended.
+
+        Its answer will be ignored, so a long action should stop early. To fence the
+        remote side too, pass :attr:`token` along with a conditional write.
+        """
         return self._port.superseded
+
+    @property
+    def task_token(self) -> str:
+        """An opaque string naming this attempt, for ``Runtime.complete_step``/``fail_step``."""
+        return task_token(self.workflow_id, self.step, self.token)
+
+    def complete_later(self) -> Any:
+        """Return this from an action to complete the step later, from anywhere in the process.
+
+        The step then waits (under its timeout and heartbeat timeout) until
+        ``rt.complete_step(ctx.task_token, result)`` or ``rt.fail_step(...)`` is called.
+        """
+        return COMPLETE_LATER

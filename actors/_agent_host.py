@@ -28,10 +28,11 @@ from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
 from herder.actors._errors import Permanent
 from herder.actors._messages import InstanceEvent, Outcome, Run
+from herder.actors._outcomes import COMPLETE_LATER, ProbeResult
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
-from herder.store._codec import normalize
+from herder.store._codec import bounded_text, normalize
 from herder.store._crashpoints import crash_point
 from herder.store._errors import EncodeError
 from herder.store._records import exception_name
@@ -49,6 +50,16 @@ class InstanceCrash(Exception):
     Used by the testing kit to simulate a host-level crash; the supervision tree restarts
     the instance and the step is retried at once.
     """
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"`` for any exception, storable: even one whose ``__str__`` raises,
+    returns megabytes or lone surrogates."""
+    try:
+        message = str(exc)
+    except Exception as str_failed:  # a broken __str__ must not crash the instance
+        message = f"<unprintable: str() raised {type(str_failed).__name__}>"
+    return bounded_text(f"{type(exc).__name__}: {message}")
 
 
 def error_types(exc: BaseException) -> tuple[str, ...]:
@@ -95,8 +106,14 @@ class AgentInstance(SupervisedActor):
             method = getattr(self._agent, run.action, None)
             if run.action.startswith("_") or not callable(method):
                 raise Permanent(f"agent {self._agent_name!r} has no action {run.action!r}")
+            value = method(ctx)
+            kind = ""
+            if value is COMPLETE_LATER:
+                value, kind = None, "later"
+            elif isinstance(value, ProbeResult):
+                value, kind = value.result, value.status
             result = normalize(
-                method(ctx), limit=self._max_result_bytes, what=f"result of action {run.action!r}"
+                value, limit=self._max_result_bytes, what=f"result of action {run.action!r}"
             )
         except InstanceCrash:
             raise
@@ -104,7 +121,9 @@ class AgentInstance(SupervisedActor):
             return self._failed(run, exc, permanent=True)
         except BaseException as exc:
             return self._failed(run, exc, permanent=False)
-        return Outcome(self._agent_name, self._instance, run.token, ok=True, result=result)
+        return Outcome(
+            self._agent_name, self._instance, run.token, ok=True, result=result, kind=kind
+        )
 
     def _failed(self, run: Run, exc: BaseException, *, permanent: bool) -> Outcome:
         return Outcome(
@@ -112,7 +131,7 @@ class AgentInstance(SupervisedActor):
             self._instance,
             run.token,
             ok=False,
-            error=f"{type(exc).__name__}: {exc}",
+            error=describe(exc),
             error_types=error_types(exc),
             permanent=permanent,
         )

@@ -16,26 +16,31 @@ from typing import Any
 import pykka
 
 from herder.actors._agent import Agent, action_names, agent_class_of
+from herder.actors._agent_host import error_types
 from herder.actors._ask import call
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import (
     InvalidDefinition,
+    Permanent,
     RuntimeClosed,
     UnknownName,
     UnknownWorkflow,
     WorkflowConflict,
 )
-from herder.actors._messages import Admit, Define, InstanceEvent
+from herder.actors._messages import Admit, Complete, Define, InstanceEvent, Operate
+from herder.actors._outcomes import parse_task_token
 from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
 from herder.actors._supervisor import WorkflowSupervisor
+from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._workflow import Workflow
-from herder.store import ConditionFailed, Expect, Put, Store, Transition
-from herder.store._codec import encode, normalize
+from herder.store import ConditionFailed, Expect, Put, Store, StoreCorrupt, Transition
+from herder.store._codec import MAX_VALUE_BYTES, encode, normalize
 from herder.store._errors import InvalidInput
+from herder.store._history import history_put, read_history, workflow_event
 from herder.store._records import (
     Plan,
     RetryPolicy,
@@ -108,7 +113,8 @@ class Runtime:
     of the process in a row than this is parked in NEEDS_ATTENTION as poison work),
     ``log_level`` (level of the ``herder`` loggers; handlers are left to
     the embedding program), ``seed`` (for
-    retry jitter, to make runs repeatable).
+    retry jitter, to make runs repeatable), ``probe_timeout`` (how long a
+    ``probe_<action>`` may take to tell whether a lapsed attempt was applied).
     """
 
     def __init__(
@@ -130,12 +136,19 @@ class Runtime:
         seed: int | None = None,
         ask_timeout: float = 30.0,
         log_level: int | str | None = None,
+        probe_timeout: float = 30.0,
     ) -> None:
         if log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
             logging.getLogger("herder").setLevel(log_level)
         if sweep_interval <= 0:
             raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
+        for name, limit in (
+            ("max_input_bytes", max_input_bytes),
+            ("max_result_bytes", max_result_bytes),
+        ):
+            if not 0 < limit <= MAX_VALUE_BYTES:
+                raise InvalidInput(f"{name} must be 1..{MAX_VALUE_BYTES}, got {limit!r}")
         if max_active_workflows < 1:
             raise InvalidInput(f"max_active_workflows must be >= 1, got {max_active_workflows!r}")
         self._clock = clock or SystemClock()
@@ -154,13 +167,16 @@ class Runtime:
             agent_restart_period=agent_restarts[1],
             max_recoveries=max_recoveries,
             seed=seed,
+            probe_timeout=probe_timeout,
         )
         self._ctx = EngineContext(self._store, self._clock, self._config, self._on_final)
+        self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}
         self._actions: dict[str, frozenset[str] | None] = {}
         self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
         self._lock = threading.Condition()
-        self._active = sum(1 for r in self._store.workflows() if not r.state.is_final)
+        # Corrupt records are skipped here; the Scheduler's recovery logs and counts them.
+        self._active = sum(1 for r in self._store.workflows(corrupt=[]) if not r.state.is_final)
         self._closed = False
         self._draining = False
         self._fatal: BaseException | None = None
@@ -302,8 +318,8 @@ class Runtime:
         self._check_open()
         plan = workflow.compile()
         key = definition_key(plan.name, plan.version)
-        stored = self._store.get("definitions", key)
-        if stored is not None and Plan.from_dict(stored) != plan:
+        stored = self._store.get_plan(plan.name, plan.version)
+        if stored is not None and stored != plan:
             raise InvalidDefinition(
                 f"workflow {plan.name!r} version {plan.version} is stored with different "
                 "steps; give the changed definition a new version"
@@ -363,6 +379,7 @@ class Runtime:
         key = workflow_key(wid)
         ops = [Put("workflows", key, encode(record.to_dict()))]
         ops += [Put("steps", step_key(wid, s.name), encode(s.to_dict())) for s in steps]
+        ops.append(history_put(wid, self._ctx.next_token(), workflow_event(None, record)))
         transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
         committed = self._store.writer.submit(transition)
         gave_up = threading.Event()
@@ -419,40 +436,111 @@ class Runtime:
         return WorkflowStatus.from_records(record, self._ordered_steps(record))
 
     def list(self, state: WorkflowState | str | None = None) -> list[WorkflowStatus]:
-        """Every workflow (in a given state, if asked), as statuses."""
+        """Every workflow (in a given state, if asked), as statuses.
+
+        A workflow whose records are corrupt is left out (and logged); :meth:`status`
+        of its id raises :class:`StoreCorrupt` naming the bad key.
+        """
         if state is not None:
             state = WorkflowState(state)
-        return [
-            WorkflowStatus.from_records(r, self._ordered_steps(r))
-            for r in self._store.workflows(state)
-        ]
+        corrupt: builtins.list[StoreCorrupt] = []
+        out = []
+        for record in self._store.workflows(state, corrupt=corrupt):
+            try:
+                out.append(WorkflowStatus.from_records(record, self._ordered_steps(record)))
+            except StoreCorrupt as exc:
+                corrupt.append(exc)
+        for bad in corrupt:
+            _log.error("list() left out a workflow: %s", bad)
+        return out
 
-    def cancel(self, workflow_id: str) -> None:
+    def cancel(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
         """Stop dispatching and compensate completed steps; the workflow ends CANCELLED."""
-        self._check_open()
-        done: Future[None] = call(self._scheduler, "cancel", workflow_id, timeout=self._ask_timeout)
-        done.result(timeout=self._ask_timeout)
+        self._operate(Operate("cancel", workflow_id, who=who, why=why))
 
-    def retry(self, workflow_id: str) -> None:
+    def retry(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
         """Resume a NEEDS_ATTENTION workflow: the failed compensation, else the failed step."""
-        self._check_open()
-        with self._lock:
-            self._active += 1  # before the call: the workflow may finish before it returns
-        try:
-            done: Future[None] = call(
-                self._scheduler, "retry", workflow_id, timeout=self._ask_timeout
-            )
-            done.result(timeout=self._ask_timeout)
-        except BaseException:
-            self._release_capacity()
-            raise
+        self._operate(Operate("retry", workflow_id, who=who, why=why))
+
+    def skip(
+        self,
+        workflow_id: str,
+        step: str | None = None,
+        result: Any = None,
+        *,
+        who: str | None = None,
+        why: str | None = None,
+    ) -> None:
+        """Mark a step done by hand and let the workflow go on.
+
+        ``step`` defaults to the step that needs attention. A step whose compensation
+        failed becomes COMPENSATED and the remaining compensations run; any other
+        unfinished step (in a running or parked workflow) becomes SUCCEEDED with
+        ``result`` (its running attempt, if any, is fenced out) and its dependents run.
+        """
+        self._operate(Operate("skip", workflow_id, step, result, who=who, why=why))
+
+    def compensate(
+        self, workflow_id: str, *, who: str | None = None, why: str | None = None
+    ) -> None:
+        """Undo the completed steps of a running or parked workflow; it ends COMPENSATED.
+
+        Steps whose outcome is unknown or awaited are given up (not undone): skip them
+        first if they did take effect.
+        """
+        self._operate(Operate("compensate", workflow_id, who=who, why=why))
+
+    def abandon(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
+        """Give up on a workflow: it ends ABANDONED, nothing more runs and nothing is undone."""
+        self._operate(Operate("abandon", workflow_id, who=who, why=why))
+
+    def complete_step(self, task_token: str, result: Any = None) -> None:
+        """Complete a step whose action returned ``ctx.complete_later()``; durable on return.
+
+        Callable from any thread. Raises :class:`CompletionRefused` if the attempt the
+        token names is no longer current (timed out and retried, or the step finished).
+        """
+        wf, step, token = parse_task_token(task_token)
+        result = normalize(result, limit=self._config.max_result_bytes, what="step result")
+        self._complete(Complete(wf, step, token, ok=True, result=result))
+
+    def fail_step(
+        self, task_token: str, error: str | BaseException, *, permanent: bool = False
+    ) -> None:
+        """Fail a step whose action returned ``ctx.complete_later()``; durable on return.
+
+        The step is retried under its policy unless ``permanent`` (or ``error``'s type is
+        non-retryable). Refusals as for :meth:`complete_step`.
+        """
+        wf, step, token = parse_task_token(task_token)
+        if isinstance(error, BaseException):
+            text, types = f"{type(error).__name__}: {error}", error_types(error)
+            permanent = permanent or isinstance(error, Permanent)
+        else:
+            text, types = str(error), ()
+        self._complete(
+            Complete(wf, step, token, ok=False, error=text, error_types=types, permanent=permanent)
+        )
+
+    def inbox(self) -> builtins.list[InboxItem]:
+        """The workflows waiting for an operator (NEEDS_ATTENTION), oldest change first."""
+        return inbox_items(self._store, self._ctx.plans)
+
+    def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        """Every recorded transition and operator action of a workflow, oldest first."""
+        if self._store.get_workflow(workflow_id) is None:
+            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+        return read_history(self._store, workflow_id)
 
     def stats(self) -> dict[str, Any]:
-        """Counters and gauges: workflows by state, step counters, agents, store commits."""
+        """Counters and gauges: workflows by state, step counters, agents, store commits, and
+        ``corrupt`` ("db:key" -> reason) for records that could not be read."""
         by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
-        for record in self._store.workflows():
+        corrupt: builtins.list[StoreCorrupt] = []
+        for record in self._store.workflows(corrupt=corrupt):
             by_state[record.state] += 1
         engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
+        bad = {f"{e.db}:{e.key!r}": e.reason for e in corrupt} | engine["corrupt"]
         return {
             "workflows": by_state,
             "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
@@ -460,6 +548,7 @@ class Runtime:
             "awaiting_definition": engine["awaiting_definition"],
             "store": self._store.writer.stats(),
             "restarts": self._restart_counts(),
+            "corrupt": bad,
         }
 
     def prometheus_collector(self) -> Any:
@@ -564,7 +653,8 @@ class Runtime:
                     )
 
     def _same_start(self, existing: WorkflowRecord, plan: Plan, normalized: Any) -> WorkflowHandle:
-        if existing.name != plan.name or existing.input != normalized:
+        same = existing.input == normalized or encode(existing.input) == encode(normalized)
+        if existing.name != plan.name or not same:  # (the bytes also match when NaN is in it)
             raise WorkflowConflict(
                 f"workflow id {existing.id!r} was already started as {existing.name!r} with "
                 "different input; use a new id, or the same input to get the existing handle"
@@ -587,6 +677,20 @@ class Runtime:
         with self._lock:
             self._active -= 1
             self._lock.notify()
+
+    def _operate(self, op: Operate) -> None:
+        self._check_open()
+        done: Future[None] = call(self._scheduler, "operate", op, timeout=self._ask_timeout)
+        done.result(timeout=self._ask_timeout)
+
+    def _complete(self, msg: Complete) -> None:
+        self._check_open()
+        done: Future[None] = call(self._scheduler, "complete", msg, timeout=self._ask_timeout)
+        done.result(timeout=self._ask_timeout)
+
+    def _on_resumed(self) -> None:
+        with self._lock:
+            self._active += 1
 
     def _on_final(self, record: WorkflowRecord) -> None:
         level = logging.WARNING if record.state is WorkflowState.NEEDS_ATTENTION else logging.INFO
