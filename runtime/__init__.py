@@ -21,6 +21,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.runtime._runtime import Runtime, WorkflowHandle
 from herder.runtime._status import State, StepStatus, WorkflowFailed, WorkflowStatus
 from herder.runtime._workflow import Workflow
@@ -37,12 +38,14 @@ from herder.store._records import RetryPolicy, StepState
 
 __all__ = [
     "Agent",
+    "CircuitBreaker",
     "EncodeError",
     "HerderError",
     "InvalidDefinition",
     "InvalidInput",
     "InvalidState",
     "Permanent",
+    "RateLimit",
     "RetryPolicy",
     "Runtime",
     "RuntimeClosed",

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, help="at most this many")
     show = with_store("show", "one workflow and its steps (read-only)")
     show.add_argument("id", help="the workflow id")
-    with_store("stats", "counts of workflows, steps, retries, timers (read-only)")
+    with_store("stats", "counts of workflows, steps, retries, timers, breakers (read-only)")
     for name, verb in (("retry", "resume a NEEDS_ATTENTION workflow"), ("cancel", "cancel")):
         cmd = with_store(name, f"{verb} (needs the runtime that holds the store)")
         cmd.add_argument("id", help="the workflow id")

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from herder.actors._admission import resource_stats
 from herder.actors._errors import UnknownWorkflow
 from herder.runtime._console import print_table
 from herder.runtime._status import WorkflowStatus, in_plan_order
@@ -24,6 +25,7 @@ from herder.store._records import (
     WorkflowState,
     definition_key,
 )
+from herder.store._resources import ResourceRecord
 
 
 class _Reader:
@@ -136,6 +138,10 @@ def store_stats(store: Store) -> dict[str, Any]:
         "compensation_retries": compensation_retries,
         "timers": store.count("timers"),
         "definitions": store.count("definitions"),
+        "resources": {
+            key.decode("utf-8", "replace"): resource_stats(ResourceRecord.from_dict(value))
+            for key, value in store.scan("resources")
+        },
     }
 
 
@@ -150,3 +156,10 @@ def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
     rows += [(k, stats[k]) for k in ("retries", "compensation_retries", "timers")]
     rows += [(k, stats[k]) for k in ("definitions", "incarnation", "schema_version")]
     print_table(out, f"store {stats['store']}", ("", "count"), rows)
+    if stats["resources"]:
+        columns = ("breaker", "failures", "opens", "crashes", "lost")
+        resources = [
+            (agent, *(values[c] for c in columns)) for agent, values in stats["resources"].items()
+        ]
+        out.write("\n")
+        print_table(out, "agents (resource protection)", ("agent", *columns), resources)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import datetime
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Admit, Define, InstanceEvent
 from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
 from herder.actors._supervision import start_supervisor
@@ -32,6 +34,7 @@ from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Str
 from herder.actors._supervisor import WorkflowSupervisor
 from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
+from herder.runtime._timing import begin_at, check_priority, new_workflow
 from herder.runtime._workflow import Workflow
 from herder.store import ConditionFailed, Expect, Put, Store, Transition
 from herder.store._codec import encode, normalize
@@ -43,7 +46,6 @@ from herder.store._records import (
     WorkflowRecord,
     WorkflowState,
     definition_key,
-    step_key,
     validate_id,
     validate_name,
     workflow_key,
@@ -104,8 +106,9 @@ class Runtime:
     ``instance_shutdown`` (how long a stopping agent instance may take),
     ``agent_restarts`` (``(max_restarts, period)``: a per-agent supervisor that restarts
     crashing instances more often than this gives up, and a fresh one is started for the
-    next step), ``log_level`` (level of the ``herder`` loggers; handlers are left to
-    the embedding program), ``seed`` (for
+    next step), ``priority_aging`` (seconds of waiting in an agent's queue worth one
+    priority level, so low-priority work is never starved), ``log_level`` (level of the
+    ``herder`` loggers; handlers are left to the embedding program), ``seed`` (for
     retry jitter, to make runs repeatable).
     """
 
@@ -124,6 +127,7 @@ class Runtime:
         instance_idle_timeout: float = 60.0,
         instance_shutdown: float = 1.0,
         agent_restarts: tuple[int, float] = (20, 10.0),
+        priority_aging: float = 10.0,
         seed: int | None = None,
         ask_timeout: float = 30.0,
         log_level: int | str | None = None,
@@ -133,6 +137,8 @@ class Runtime:
             logging.getLogger("herder").setLevel(log_level)
         if sweep_interval <= 0:
             raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
+        if not priority_aging > 0:
+            raise InvalidInput(f"priority_aging must be > 0 seconds, got {priority_aging!r}")
         if max_active_workflows < 1:
             raise InvalidInput(f"max_active_workflows must be >= 1, got {max_active_workflows!r}")
         self._clock = clock or SystemClock()
@@ -149,6 +155,7 @@ class Runtime:
             idle_timeout=instance_idle_timeout,
             agent_max_restarts=agent_restarts[0],
             agent_restart_period=agent_restarts[1],
+            priority_aging=float(priority_aging),
             seed=seed,
         )
         self._ctx = EngineContext(self._store, self._clock, self._config, self._on_final)
@@ -259,13 +266,25 @@ class Runtime:
 
     # -- registration ------------------------------------------------------------------
 
-    def add_agent(self, name: str, factory: Callable[[], Agent], *, concurrency: int = 1) -> None:
+    def add_agent(
+        self,
+        name: str,
+        factory: Callable[[], Agent],
+        *,
+        concurrency: int = 1,
+        breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
         """Serve agent ``name`` with instances built by ``factory`` (a zero-argument callable).
 
         ``factory`` is an Agent subclass or e.g. ``functools.partial(HostAgent, host=h)``
-        for one agent per remote resource. Up to ``concurrency`` instances run at once;
-        they start when work arrives and stop after being idle. Adding a name again
-        replaces its factory and concurrency.
+        for one agent per remote resource. Up to ``concurrency`` instances run at once
+        (the agent's concurrency limit); they start when work arrives and stop after
+        being idle. ``breaker`` (a :class:`CircuitBreaker`) stops dispatching to a
+        resource that keeps failing and probes it after a cool-down; ``rate_limit`` (a
+        :class:`RateLimit`) caps attempts per second. Steps held back by either wait in
+        the agent's queue, highest priority first, spending no attempt. Adding a name
+        again replaces its factory, concurrency and limits.
         """
         self._check_open()
         validate_name("agent", name)
@@ -275,9 +294,21 @@ class Runtime:
             raise InvalidInput(
                 f"agent {name!r}: concurrency must be an int >= 1, got {concurrency!r}"
             )
+        for kind, value, want in (
+            ("breaker", breaker, CircuitBreaker),
+            ("rate_limit", rate_limit, RateLimit),
+        ):
+            if value is not None and not isinstance(value, want):
+                raise InvalidInput(
+                    f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
+                )
         cls = agent_class_of(factory)
         self._actions[name] = None if cls is None else action_names(cls)
         self._ctx.agents[name] = (factory, concurrency)
+        if breaker is None and rate_limit is None:
+            self._ctx.limits.pop(name, None)
+        else:
+            self._ctx.limits[name] = (breaker, rate_limit)
         call(self._scheduler, "add_agent", name, timeout=self._ask_timeout)
 
     def remove_agent(self, name: str) -> None:
@@ -286,6 +317,7 @@ class Runtime:
         if name not in self._ctx.agents:
             raise UnknownName(f"no agent named {name!r} is registered")
         del self._ctx.agents[name]
+        self._ctx.limits.pop(name, None)
         self._actions.pop(name, None)
         call(self._scheduler, "remove_agent", name, timeout=self._ask_timeout)
 
@@ -323,6 +355,9 @@ class Runtime:
         *,
         workflow_id: str | None = None,
         timeout: float | None = None,
+        priority: int = 0,
+        start_at: datetime.datetime | None = None,
+        delay: float | None = None,
     ) -> WorkflowHandle:
         """Start a workflow; it is durable when this returns.
 
@@ -330,6 +365,11 @@ class Runtime:
         the existing workflow; with different input it raises :class:`WorkflowConflict`.
         Blocks while ``max_active_workflows`` are unfinished (up to ``timeout`` seconds,
         then :class:`TimeoutError`).
+
+        ``priority`` (default 0; higher first) orders its steps against other work
+        waiting for the same agent; waiting raises it (see ``priority_aging``).
+        ``start_at`` (a datetime) or ``delay`` (seconds) holds its first steps until then;
+        the wait is a timer in the store and survives restarts.
         """
         self._check_open()
         name = workflow.name if isinstance(workflow, Workflow) else workflow
@@ -342,6 +382,8 @@ class Runtime:
             )
         self._check_agents(plan)
         wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
+        priority = check_priority(priority)
+        begin = begin_at(self._clock.time(), start_at, delay)
         normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
         # An existing id is found by the compare-and-set below, without a read. Only when
         # start() would have to wait for capacity is it worth looking first: a repeated
@@ -352,13 +394,10 @@ class Runtime:
                 return self._same_start(existing, plan, normalized)
         self._wait_capacity(timeout)
         now = self._clock.time()
-        record = WorkflowRecord(
-            wid, plan.name, plan.version, normalized, WorkflowState.RUNNING, now, now
+        record, steps, ops = new_workflow(
+            plan, wid, normalized, now, priority=priority, begin=begin
         )
-        steps = [StepRecord(wid, s.name, updated=now) for s in plan.steps]
         key = workflow_key(wid)
-        ops = [Put("workflows", key, encode(record.to_dict()))]
-        ops += [Put("steps", step_key(wid, s.name), encode(s.to_dict())) for s in steps]
         transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
         committed = self._store.writer.submit(transition)
         gave_up = threading.Event()
@@ -454,6 +493,7 @@ class Runtime:
             "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
             "agents": engine["agents"],
             "awaiting_definition": engine["awaiting_definition"],
+            "resources": engine["resources"],
             "store": self._store.writer.stats(),
             "restarts": self._restart_counts(),
         }
