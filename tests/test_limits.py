@@ -295,6 +295,7 @@ def test_the_concurrency_limit_is_never_exceeded_and_higher_priority_goes_first(
     lock = threading.Lock()
     running = [0, 0]  # now, most ever
     tokens: dict[str, int] = {}
+    both = threading.Barrier(3)  # the two first calls and the test
 
     class Busy(Agent):
         def call(self, ctx: StepContext) -> None:
@@ -302,6 +303,8 @@ def test_the_concurrency_limit_is_never_exceeded_and_higher_priority_goes_first(
                 running[0] += 1
                 running[1] = max(running[1], running[0])
                 tokens[ctx.workflow_id] = ctx.token  # dispatch order: tokens only grow
+            if ctx.workflow_id.startswith("first"):
+                both.wait(WAIT)
             gate.wait(WAIT)
             with lock:
                 running[0] -= 1
@@ -310,7 +313,7 @@ def test_the_concurrency_limit_is_never_exceeded_and_higher_priority_goes_first(
         rt.add_agent("svc", Busy, concurrency=2)
         rt.add_workflow(ONE)
         handles = [rt.start("one", workflow_id=f"first{n}") for n in range(2)]
-        wait_until(rt, lambda: len(tokens) == 2)
+        both.wait(WAIT)
         for n in range(4):
             handles.append(rt.start("one", workflow_id=f"low{n}"))
         for n in range(4):
