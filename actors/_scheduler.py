@@ -694,7 +694,10 @@ class Scheduler(SupervisedActor):
             if st.token in self._inflight:
                 continue
             if st.state is StepState.DISPATCHED:
-                self._admission.lost(run.specs[st.name].agent)
+                if st.token >> 32 == self._store.incarnation - 1:
+                    # Lost by the previous run (counted once: a later run that finds the
+                    # same record again did not lose it).
+                    self._admission.lost(run.specs[st.name].agent)
                 self._enqueue(run, st.name, compensating=False)  # outcome unknown: re-run
             elif st.state is StepState.RETRY_WAIT and (st.retry_at or 0) <= now:
                 self._enqueue(run, st.name, compensating=False)
