@@ -17,21 +17,25 @@ from typing import Any
 import pykka
 
 from herder.actors._agent import Agent, action_names, agent_class_of
+from herder.actors._agent_host import error_types
 from herder.actors._ask import call
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import (
     InvalidDefinition,
+    Permanent,
     RuntimeClosed,
     UnknownName,
     UnknownWorkflow,
     WorkflowConflict,
 )
 from herder.actors._limits import CircuitBreaker, RateLimit
-from herder.actors._messages import Admit, Define, InstanceEvent
+from herder.actors._messages import Admit, Complete, Define, InstanceEvent, Operate
+from herder.actors._outcomes import parse_task_token
 from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
 from herder.actors._supervisor import WorkflowSupervisor
+from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._timing import begin_at, check_priority, new_workflow
@@ -39,6 +43,7 @@ from herder.runtime._workflow import Workflow
 from herder.store import ConditionFailed, Expect, Put, Store, Transition
 from herder.store._codec import encode, normalize
 from herder.store._errors import InvalidInput
+from herder.store._history import history_put, read_history, workflow_event
 from herder.store._records import (
     Plan,
     RetryPolicy,
@@ -106,10 +111,13 @@ class Runtime:
     ``instance_shutdown`` (how long a stopping agent instance may take),
     ``agent_restarts`` (``(max_restarts, period)``: a per-agent supervisor that restarts
     crashing instances more often than this gives up, and a fresh one is started for the
-    next step), ``priority_aging`` (seconds of waiting in an agent's queue worth one
-    priority level, so low-priority work is never starved), ``log_level`` (level of the
-    ``herder`` loggers; handlers are left to the embedding program), ``seed`` (for
-    retry jitter, to make runs repeatable).
+    next step), ``max_recoveries`` (a workflow whose attempt was running at more crashes
+    of the process in a row than this is parked in NEEDS_ATTENTION as poison work),
+    ``priority_aging`` (seconds of waiting in an agent's queue worth one priority level,
+    so low-priority work is never starved), ``log_level`` (level of the ``herder``
+    loggers; handlers are left to the embedding program), ``seed`` (for retry jitter, to
+    make runs repeatable), ``probe_timeout`` (how long a ``probe_<action>`` may take to
+    tell whether a lapsed attempt was applied).
     """
 
     def __init__(
@@ -127,10 +135,12 @@ class Runtime:
         instance_idle_timeout: float = 60.0,
         instance_shutdown: float = 1.0,
         agent_restarts: tuple[int, float] = (20, 10.0),
+        max_recoveries: int = 3,
         priority_aging: float = 10.0,
         seed: int | None = None,
         ask_timeout: float = 30.0,
         log_level: int | str | None = None,
+        probe_timeout: float = 30.0,
     ) -> None:
         if log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
@@ -155,10 +165,13 @@ class Runtime:
             idle_timeout=instance_idle_timeout,
             agent_max_restarts=agent_restarts[0],
             agent_restart_period=agent_restarts[1],
+            max_recoveries=max_recoveries,
             priority_aging=float(priority_aging),
             seed=seed,
+            probe_timeout=probe_timeout,
         )
         self._ctx = EngineContext(self._store, self._clock, self._config, self._on_final)
+        self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}
         self._actions: dict[str, frozenset[str] | None] = {}
         self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
@@ -398,6 +411,7 @@ class Runtime:
             plan, wid, normalized, now, priority=priority, begin=begin
         )
         key = workflow_key(wid)
+        ops.append(history_put(wid, self._ctx.next_token(), workflow_event(None, record)))
         transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
         committed = self._store.writer.submit(transition)
         gave_up = threading.Event()
@@ -462,25 +476,83 @@ class Runtime:
             for r in self._store.workflows(state)
         ]
 
-    def cancel(self, workflow_id: str) -> None:
+    def cancel(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
         """Stop dispatching and compensate completed steps; the workflow ends CANCELLED."""
-        self._check_open()
-        done: Future[None] = call(self._scheduler, "cancel", workflow_id, timeout=self._ask_timeout)
-        done.result(timeout=self._ask_timeout)
+        self._operate(Operate("cancel", workflow_id, who=who, why=why))
 
-    def retry(self, workflow_id: str) -> None:
+    def retry(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
         """Resume a NEEDS_ATTENTION workflow: the failed compensation, else the failed step."""
-        self._check_open()
-        with self._lock:
-            self._active += 1  # before the call: the workflow may finish before it returns
-        try:
-            done: Future[None] = call(
-                self._scheduler, "retry", workflow_id, timeout=self._ask_timeout
-            )
-            done.result(timeout=self._ask_timeout)
-        except BaseException:
-            self._release_capacity()
-            raise
+        self._operate(Operate("retry", workflow_id, who=who, why=why))
+
+    def skip(
+        self,
+        workflow_id: str,
+        step: str | None = None,
+        result: Any = None,
+        *,
+        who: str | None = None,
+        why: str | None = None,
+    ) -> None:
+        """Mark a step done by hand and let the workflow go on.
+
+        ``step`` defaults to the step that needs attention. A step whose compensation
+        failed becomes COMPENSATED and the remaining compensations run; any other
+        unfinished step (in a running or parked workflow) becomes SUCCEEDED with
+        ``result`` (its running attempt, if any, is fenced out) and its dependents run.
+        """
+        self._operate(Operate("skip", workflow_id, step, result, who=who, why=why))
+
+    def compensate(
+        self, workflow_id: str, *, who: str | None = None, why: str | None = None
+    ) -> None:
+        """Undo the completed steps of a running or parked workflow; it ends COMPENSATED.
+
+        Steps whose outcome is unknown or awaited are given up (not undone): skip them
+        first if they did take effect.
+        """
+        self._operate(Operate("compensate", workflow_id, who=who, why=why))
+
+    def abandon(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
+        """Give up on a workflow: it ends ABANDONED, nothing more runs and nothing is undone."""
+        self._operate(Operate("abandon", workflow_id, who=who, why=why))
+
+    def complete_step(self, task_token: str, result: Any = None) -> None:
+        """Complete a step whose action returned ``ctx.complete_later()``; durable on return.
+
+        Callable from any thread. Raises :class:`CompletionRefused` if the attempt the
+        token names is no longer current (timed out and retried, or the step finished).
+        """
+        wf, step, token = parse_task_token(task_token)
+        result = normalize(result, limit=self._config.max_result_bytes, what="step result")
+        self._complete(Complete(wf, step, token, ok=True, result=result))
+
+    def fail_step(
+        self, task_token: str, error: str | BaseException, *, permanent: bool = False
+    ) -> None:
+        """Fail a step whose action returned ``ctx.complete_later()``; durable on return.
+
+        The step is retried under its policy unless ``permanent`` (or ``error``'s type is
+        non-retryable). Refusals as for :meth:`complete_step`.
+        """
+        wf, step, token = parse_task_token(task_token)
+        if isinstance(error, BaseException):
+            text, types = f"{type(error).__name__}: {error}", error_types(error)
+            permanent = permanent or isinstance(error, Permanent)
+        else:
+            text, types = str(error), ()
+        self._complete(
+            Complete(wf, step, token, ok=False, error=text, error_types=types, permanent=permanent)
+        )
+
+    def inbox(self) -> builtins.list[InboxItem]:
+        """The workflows waiting for an operator (NEEDS_ATTENTION), oldest change first."""
+        return inbox_items(self._store, self._ctx.plans)
+
+    def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        """Every recorded transition and operator action of a workflow, oldest first."""
+        if self._store.get_workflow(workflow_id) is None:
+            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+        return read_history(self._store, workflow_id)
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges: workflows by state, step counters, agents, store commits."""
@@ -623,6 +695,20 @@ class Runtime:
         with self._lock:
             self._active -= 1
             self._lock.notify()
+
+    def _operate(self, op: Operate) -> None:
+        self._check_open()
+        done: Future[None] = call(self._scheduler, "operate", op, timeout=self._ask_timeout)
+        done.result(timeout=self._ask_timeout)
+
+    def _complete(self, msg: Complete) -> None:
+        self._check_open()
+        done: Future[None] = call(self._scheduler, "complete", msg, timeout=self._ask_timeout)
+        done.result(timeout=self._ask_timeout)
+
+    def _on_resumed(self) -> None:
+        with self._lock:
+            self._active += 1
 
     def _on_final(self, record: WorkflowRecord) -> None:
         level = logging.WARNING if record.state is WorkflowState.NEEDS_ATTENTION else logging.INFO

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from herder.runtime import Agent, Runtime, StepContext, StepState, Workflow
+from herder.runtime._check import check_store
 from herder.runtime._inspect import store_stats
 from herder.runtime.testing import FakeClock, advance, settle
 from herder.store import Store
@@ -73,6 +74,8 @@ class Recorder(Agent):
 def test_a_delayed_start_and_a_wait_between_steps_survive_sigkill(tmp_path: Path) -> None:
     store = tmp_path / "store"
     run_child(store, "timers", "ready")
+    with Store(store, readonly=True) as s:
+        assert check_store(s).problems == [], "waiting steps and their timers agree"
     log: list[tuple[str, str]] = []
     clock = FakeClock(start=time.time())  # the present, moved only by the test
     with Runtime(store, clock=clock, sweep_interval=0.05) as rt:

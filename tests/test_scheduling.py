@@ -21,6 +21,7 @@ from herder.runtime import (
     StepState,
     Workflow,
 )
+from herder.runtime._check import check_store
 from herder.runtime.testing import FakeClock, advance, settle, wait_until
 from herder.store import Store
 
@@ -158,6 +159,7 @@ def test_a_step_delay_waits_after_its_dependencies_and_survives_a_restart(
         assert [step for _, step, _ in log] == ["first"]
     with Store(path, readonly=True) as store:
         assert store.count("timers") == 1, "the wait is a timer in the store"
+        assert check_store(store).problems == []
     clock.advance(15.0)  # time passes while no runtime runs
     later: list[tuple[str, str, float]] = []
     with open_runtime(path, clock, later, PAIR) as rt:
@@ -192,6 +194,9 @@ def test_a_cancelled_waiting_workflow_never_runs(tmp_path: Path, clock: FakeCloc
         caught_up(rt, log)
         assert rt.status("later").state == "CANCELLED"
     assert log == []
+    with Store(tmp_path / "s", readonly=True) as store:
+        assert store.count("timers") == 0, "a cancelled wait leaves no timer behind"
+        assert check_store(store).problems == []
 
 
 def test_timing_arguments_are_validated(tmp_path: Path, clock: FakeClock) -> None:
