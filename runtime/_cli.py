@@ -46,8 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd = with_store(name, f"{verb} (needs the runtime that holds the store)")
         cmd.add_argument("id", help="the workflow id")
 
-    bench = sub.add_parser("bench", help="run benchmarks/throughput.py from a source checkout")
-    bench.add_argument("args", nargs="*", help="passed to throughput.py")
+    bench = sub.add_parser(
+        "bench", help="run benchmarks/throughput.py (--peers: peers.py) from a source checkout"
+    )
+    bench.add_argument("args", nargs="*", help="passed to the script")
     return parser
 
 
