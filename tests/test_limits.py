@@ -7,6 +7,8 @@ test advances time, so the assertions are exact, not statistical.
 from __future__ import annotations
 
 import functools
+import io
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -345,3 +347,32 @@ def test_limits_are_validated_with_clear_errors(tmp_path: Path, clock: FakeClock
         pytest.raises(InvalidInput, match="rate_limit must be a RateLimit"),
     ):
         rt.add_agent("svc", Agent, rate_limit=5)  # type: ignore[arg-type]
+
+
+def test_protection_shows_in_prometheus_and_herder_stats(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from herder.runtime._cli import main as cli
+
+    service.healthy = False
+    path = tmp_path / "s"
+    cb = CircuitBreaker(failures=1, cooldown=60.0)
+    with runtime(path, clock, service, breaker=cb, rate_limit=RateLimit(per_second=1)) as rt:
+        rt.start("one", workflow_id="w")
+        calls(rt, service, 1)
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        text = generate_latest(registry).decode()
+        assert 'herder_breaker_state{agent="svc"} 2.0' in text
+        assert 'herder_agent_breaker_opens_total{agent="svc"} 1.0' in text
+        assert 'herder_agent_lost_total{agent="svc"} 0.0' in text
+    table, as_json = io.StringIO(), io.StringIO()
+    assert cli(["stats", "--store", str(path)], table) == 0
+    assert cli(["stats", "--store", str(path), "--json"], as_json) == 0
+    row = next(line for line in table.getvalue().splitlines() if "svc" in line)
+    assert "OPEN" in row
+    stored = json.loads(as_json.getvalue())["resources"]["svc"]
+    assert stored["breaker"] == "OPEN"
+    assert stored["opens"] == 1
