@@ -1577,8 +1577,12 @@ class Scheduler(SupervisedActor):
             if command_id in self._commands_seen:
                 continue
             workflow_id = command.get("workflow_id")
-            args = command.get("args") or {}
-            record = self._store.get_workflow(workflow_id) if isinstance(workflow_id, str) else None
+            args = command.get("args")
+            args = args if isinstance(args, dict) else {}
+            try:
+                record = self._store.get_workflow(str(workflow_id))
+            except HerderError:
+                record = None  # operate() below refuses it, and the refusal is recorded
             if (
                 record is not None
                 and command.get("action") not in ("abandon", "cancel")

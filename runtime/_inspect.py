@@ -1,4 +1,5 @@
-"""``herder ls``, ``herder show``, ``herder stats``: read a store without disturbing it.
+"""``herder ls``, ``herder show`` (with the workflow's history), ``herder stats``: read a
+store without disturbing it.
 
 Each command opens the store read-only (``Store(path, readonly=True)``), which works
 while a runtime in another process writes it: every read is one consistent snapshot.
@@ -19,6 +20,7 @@ from herder.actors._errors import UnknownWorkflow
 from herder.runtime._console import print_table
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import Store, StoreCorrupt
+from herder.store._history import read_history
 from herder.store._records import (
     Plan,
     StepState,
@@ -107,8 +109,9 @@ def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool)
     if record is None:
         raise UnknownWorkflow(f"no workflow with id {workflow_id!r} in {store.path}")
     status = _Reader(store).status(record)
+    history = read_history(store, workflow_id)
     if as_json:
-        _dump(out, status.to_dict())
+        _dump(out, {**status.to_dict(), "history": history})
         return
     out.write(
         f"workflow {status.id}: {status.name}@{status.version} {status.state}\n"
@@ -129,6 +132,31 @@ def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool)
         for st in status.steps.values()
     ]
     print_table(out, "", ("step", "state", "attempts", "undo attempts", "result", "error"), rows)
+    print_table(out, "history", ("when", "what", "change", "attempt", "details"), _story(history))
+
+
+def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """One row per history event: transitions, probes and operator actions."""
+    rows: list[tuple[Any, ...]] = []
+    for e in history:
+        kind = e.get("kind")
+        when = _when(e["t"]) if isinstance(e.get("t"), int | float) else ""
+        if kind == "operator":
+            target = f" step {e['step']}" if e.get("step") else ""
+            result = f" result={e['result']!r}" if e.get("result") is not None else ""
+            details = f"by {e.get('who') or '?'}: {e.get('why') or ''}{result}"
+            rows.append((when, f"operator {e.get('action')}{target}", "", "", details))
+        elif kind == "step":
+            change = f"{e.get('from')} -> {e.get('to')}"
+            rows.append(
+                (when, f"step {e.get('step')}", change, e.get("attempt"), e.get("error") or "")
+            )
+        elif kind == "probe":
+            rows.append((when, f"probe {e.get('step')}", "UNKNOWN", "", e.get("error") or ""))
+        else:
+            change = f"{e.get('from') or 'new'} -> {e.get('to')}"
+            rows.append((when, "workflow", change, "", e.get("error") or ""))
+    return rows
 
 
 def store_stats(store: Store) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._timing import begin_at, check_priority, new_workflow
 from herder.runtime._workflow import Workflow
 from herder.store import ConditionFailed, Expect, Put, Store, StoreCorrupt, Transition
-from herder.store._codec import MAX_VALUE_BYTES, encode, normalize
+from herder.store._codec import MAX_VALUE_BYTES, check_text, encode, normalize
 from herder.store._errors import InvalidInput
 from herder.store._history import history_put, read_history, workflow_event
 from herder.store._records import (
@@ -720,6 +720,8 @@ class Runtime:
 
     def _operate(self, op: Operate) -> None:
         self._check_open()
+        check_text("who", op.who, 200)
+        check_text("why", op.why)
         done: Future[None] = call(self._scheduler, "operate", op, timeout=self._ask_timeout)
         done.result(timeout=self._ask_timeout)
 

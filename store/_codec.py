@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from herder.store._errors import EncodeError, StoreCorrupt
+from herder.store._errors import EncodeError, InvalidInput, StoreCorrupt
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 """Hard ceiling on one encoded record; configured input limits are far smaller."""
@@ -120,6 +120,21 @@ def _check_plain(value: Any, what: str) -> None:
         for item in items:
             if type(item) in _NESTED:
                 stack.append((item, depth + 1))
+
+
+def check_text(what: str, value: object, limit: int = MAX_TEXT_CHARS) -> None:
+    """Refuse (:class:`InvalidInput`) a note that is not None or a storable str of at
+    most ``limit`` characters (an operator's ``who``/``why``)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a str or None, got {type(value).__name__}")
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is {len(value)} characters; the limit is {limit}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} is not valid UTF-8: {value!r:.80}") from exc
 
 
 def bounded_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:

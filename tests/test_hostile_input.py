@@ -155,6 +155,16 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      "limit is 100"),
     ("add_agent: name of 200 bytes", lambda rt: rt.add_agent("a" * 200, Echo), InvalidInput,
      "limit is 100"),
+    ("operator: who not valid UTF-8", lambda rt: rt.retry("taken", who="\udcff"), InvalidInput,
+     "who is not valid UTF-8"),
+    ("operator: who not a str", lambda rt: rt.abandon("taken", who=5), InvalidInput,  # type: ignore[arg-type]
+     "who must be a str"),
+    ("operator: why of 10,000 characters", lambda rt: rt.abandon("taken", why="x" * 10_000),
+     InvalidInput, "limit is 8192"),
+    ("complete_step: a forged task token", lambda rt: rt.complete_step("ht1.gZEBAQ", 1),
+     InvalidInput, "not a herder task token"),
+    ("fail_step: not a str token", lambda rt: rt.fail_step(b"x" * 5000, "e"),  # type: ignore[arg-type]
+     InvalidInput, "not a herder task token"),
     ("Runtime: max_input_bytes over the record ceiling",
      lambda rt: Runtime(rt.path + "-other", max_input_bytes=1 << 30), InvalidInput,
      "max_input_bytes must be"),
@@ -278,3 +288,28 @@ def test_a_misbehaving_action_fails_its_step_with_the_error_recorded(
         assert set(rt.stats()["restarts"].values()) == {0}
         rt.add_workflow(Workflow("echo").step("s", agent="svc", action="echo"))
         assert rt.start("echo", "ok").result(timeout=WAIT) == {"s": "ok"}
+
+
+def test_the_longest_id_and_names_fit_every_key_they_are_built_into(tmp_path: Path) -> None:
+    wid = "😀" * 100  # 400 bytes of UTF-8: the longest id
+    step, agent, action = "s" * 100, "é" * 50, "a" * 100  # the longest names (100 bytes)
+
+    def act(self: Agent, ctx: StepContext) -> int:
+        if ctx.attempt == 1:
+            raise RuntimeError("once more")  # a retry timer keyed by id and step
+        ctx.heartbeat({"at": ctx.attempt})
+        return ctx.attempt
+
+    long = type("Long", (Agent,), {action: act})
+
+    retry = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent(agent, long)
+        rt.add_workflow(
+            Workflow("n" * 100).step(step, agent=agent, action=action, heartbeat_timeout=60,
+                                     retry=retry)
+        )  # fmt: skip
+        assert rt.start("n" * 100, workflow_id=wid).result(timeout=WAIT) == {step: 2}
+        keys = [k for db in DATABASES for k, _ in rt._store.raw_scan(db)]
+        assert max(len(k) for k in keys) <= 511
+        assert any(k.startswith(wid.encode()) for k, _ in rt._store.raw_scan("steps"))
