@@ -13,7 +13,8 @@ runtime. After every rule, on one consistent snapshot of the store:
   step never changes, a succeeded one can only be compensated, attempts never go down
   unless an operator retried).
 
-Examples are bounded for the default run; HERDER_STATEFUL_EXAMPLES=N runs N of them.
+Examples are bounded for the default run (12 of 15 rules); HERDER_STATEFUL_EXAMPLES and
+HERDER_STATEFUL_STEPS raise both.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ class RuntimeMachine(RuleBasedStateMachine):
 
 RuntimeMachine.TestCase.settings = settings(
     max_examples=int(os.environ.get("HERDER_STATEFUL_EXAMPLES", "12")),
-    stateful_step_count=15,
+    stateful_step_count=int(os.environ.get("HERDER_STATEFUL_STEPS", "15")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
