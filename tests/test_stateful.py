@@ -234,14 +234,16 @@ class RuntimeMachine(RuleBasedStateMachine):
             self.retried.discard(wid)
 
 
+EXAMPLES = int(os.environ.get("HERDER_STATEFUL_EXAMPLES", "12"))
+STEPS_PER_EXAMPLE = int(os.environ.get("HERDER_STATEFUL_STEPS", "15"))
 RuntimeMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("HERDER_STATEFUL_EXAMPLES", "12")),
-    stateful_step_count=int(os.environ.get("HERDER_STATEFUL_STEPS", "15")),
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS_PER_EXAMPLE,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * max(1, EXAMPLES * STEPS_PER_EXAMPLE // 180))
 class TestRuntimeMachine(RuntimeMachine.TestCase):  # type: ignore[misc, valid-type]
     """pytest entry point of the state machine."""
