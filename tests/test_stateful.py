@@ -63,10 +63,16 @@ WORKFLOW_NEXT = {
 WORKFLOW_NEXT[W.RUNNING] |= {W.NEEDS_ATTENTION}  # via COMPENSATING, or parked as poison
 # Parked until an operator's retry, after which the invariant starts afresh.
 WORKFLOW_NEXT[W.NEEDS_ATTENTION] = {W.NEEDS_ATTENTION}
+# An operator may abandon any unfinished or parked workflow (not one of these rules).
+for _state in (W.RUNNING, W.COMPENSATING, W.NEEDS_ATTENTION):
+    WORKFLOW_NEXT[_state].add(W.ABANDONED)
+WORKFLOW_NEXT[W.ABANDONED] = {W.ABANDONED}
 STEP_NEXT = {
     S.PENDING: set(S),
     S.DISPATCHED: set(S) - {S.PENDING},
     S.RETRY_WAIT: set(S) - {S.PENDING},
+    S.WAITING: set(S) - {S.PENDING},  # complete_later and probes: not used by this machine
+    S.UNKNOWN: set(S) - {S.PENDING},
     S.FAILED: {S.FAILED},
     S.SUCCEEDED: {S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED},
     S.COMPENSATING: {S.COMPENSATING, S.COMPENSATED},
