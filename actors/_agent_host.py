@@ -32,7 +32,7 @@ from herder.actors._outcomes import COMPLETE_LATER, ProbeResult
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
-from herder.store._codec import normalize
+from herder.store._codec import bounded_text, normalize
 from herder.store._crashpoints import crash_point
 from herder.store._errors import EncodeError
 from herder.store._records import exception_name
@@ -50,6 +50,16 @@ class InstanceCrash(Exception):
     Used by the testing kit to simulate a host-level crash; the supervision tree restarts
     the instance and the step is retried at once.
     """
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"`` for any exception, storable: even one whose ``__str__`` raises,
+    returns megabytes or lone surrogates."""
+    try:
+        message = str(exc)
+    except Exception as str_failed:  # a broken __str__ must not crash the instance
+        message = f"<unprintable: str() raised {type(str_failed).__name__}>"
+    return bounded_text(f"{type(exc).__name__}: {message}")
 
 
 def error_types(exc: BaseException) -> tuple[str, ...]:
@@ -121,7 +131,7 @@ class AgentInstance(SupervisedActor):
             self._instance,
             run.token,
             ok=False,
-            error=f"{type(exc).__name__}: {exc}",
+            error=describe(exc),
             error_types=error_types(exc),
             permanent=permanent,
         )

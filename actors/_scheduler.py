@@ -32,6 +32,7 @@ import pykka
 from herder.actors._agent import Agent, StepContext
 from herder.actors._agent_host import AgentHost, AgentUnavailable
 from herder.actors._clock import Clock
+from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
 from herder.actors._messages import (
     Admit,
@@ -52,8 +53,8 @@ from herder.actors._messages import (
 from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._supervised import SupervisedActor
-from herder.store import Delete, Put, Store, StoreIOError, Transition
-from herder.store._codec import encode, normalize
+from herder.store import Delete, Put, Store, StoreCorrupt, StoreIOError, Transition
+from herder.store._codec import bounded_text, encode, normalize
 from herder.store._commands import finished_put
 from herder.store._crashpoints import crash_point
 from herder.store._errors import HerderError, InvalidInput
@@ -248,6 +249,9 @@ class Scheduler(SupervisedActor):
         self._flush_queued = False
         self._committing: set[str] = set()
         self._recovered: set[str] = set()  # unfinished ids that recovery took over
+        self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
+        self._backoff = CommitBackoff()
+        self._parked: set[str] = set()  # forgotten after a failed commit, reloaded later
         self._plan_specs: dict[tuple[str, int], dict[str, StepSpec]] = {}
         self._counters = dict.fromkeys(
             (
@@ -332,6 +336,8 @@ class Scheduler(SupervisedActor):
             self._flush_queued = False
         elif isinstance(message, Recover):
             self._recover_all()
+        elif isinstance(message, Reload):
+            self._on_reload(message)
         elif isinstance(message, Commands):
             self._on_commands(message)
         else:
@@ -446,6 +452,7 @@ class Scheduler(SupervisedActor):
                 f"{name}@{version}": len(ids) for (name, version), ids in self._awaiting.items()
             },
             "agents": self._hosted.stats(),
+            "corrupt": dict(self._corrupt),
         }
 
     # -- message handlers --------------------------------------------------------------
@@ -491,17 +498,21 @@ class Scheduler(SupervisedActor):
         self._writer.submit_many(transitions, committed)
 
     def _on_committed(self, msg: Committed) -> None:
+        failed: list[str] = []
         for (workflow_id, effects), error in zip(msg.effects, msg.errors, strict=True):
             self._committing.discard(workflow_id)
             if error is None:
                 for effect in effects:
                     self._apply(effect)
                 continue
-            _log.error("transition of workflow %s failed: %s; reloading it", workflow_id, error)
             for effect in effects:
                 if effect[0] == "future":
                     effect[1].set_exception(error)
-            self._reload(workflow_id)
+            failed.append(workflow_id)
+        if len(failed) < len(msg.errors):
+            self._backoff.succeeded()
+        if failed:
+            self._reload_later(failed, msg.errors)
         for listener in list(self._ctx.commit_listeners):
             listener()
 
@@ -567,7 +578,13 @@ class Scheduler(SupervisedActor):
             st = None if run is None else run.steps.get(step)
             token = value.get("token") if isinstance(value, dict) else None
             if run is None or st is None or st.timer_ms != due_ms or st.token != token:
-                if workflow_id not in self._runs and not self._is_awaiting(workflow_id):
+                if (
+                    workflow_id not in self._runs
+                    and not self._is_awaiting(workflow_id)
+                    and (
+                        workflow_id not in self._parked  # its timers are still wanted
+                    )
+                ):
                     self._delete_stray_timer(workflow_id, due_ms, step)
                 continue
             if st.retry_at is not None:
@@ -625,9 +642,7 @@ class Scheduler(SupervisedActor):
         if len(waiting) > RESUME_CHUNK:
             waiting, self._awaiting[key] = waiting[:RESUME_CHUNK], waiting[RESUME_CHUNK:]
         for workflow_id in waiting:
-            record = self._store.get_workflow(workflow_id)
-            if record is not None and not record.state.is_final:
-                self._admit(record, self._store.steps_of(workflow_id), crashed=True)
+            self._readmit(workflow_id, crashed=True)
         if key in self._awaiting:
             # Dispatch and commit this chunk's first steps now: the inbox will not drain
             # (which is when a commit normally goes out) until every chunk is in.
@@ -645,20 +660,54 @@ class Scheduler(SupervisedActor):
         # recovery reads the newest durable state, never a state about to be overwritten.
         self._writer.flush()
         recovered = 0
-        for record in self._store.workflows():
+        corrupt: list[StoreCorrupt] = []
+        for record in self._store.workflows(corrupt=corrupt):
             if record.state.is_final or record.id in self._runs:
                 continue
             self._recovered.add(record.id)
             if (record.name, record.version) in self._ctx.plans:
-                self._admit(record, self._store.steps_of(record.id), crashed=True)
+                recovered += self._readmit(record.id, record, crashed=True)
             else:  # its steps are read when the definition comes (_on_define)
                 self._await_definition(record)
-            recovered += 1
+                recovered += 1
+        for exc in corrupt:
+            self._note_corrupt(exc)
         if recovered:
             _log.info("recovered %d unfinished workflows", recovered)
 
+    def _reload_later(self, failed: list[str], errors: list[BaseException | None]) -> None:
+        """Workflows whose commit failed: read them back, at once or after a backoff."""
+        delay = self._backoff.failed()
+        error = next(e for e in errors if e is not None)
+        _log.error(
+            "transitions of %d workflows failed: %s; reloading them in %.2fs",
+            len(failed),
+            error,
+            delay,
+        )
+        if delay <= 0:
+            for workflow_id in failed:
+                self._reload(workflow_id)
+            return
+        for workflow_id in failed:
+            self._forget(workflow_id)
+            self._parked.add(workflow_id)
+        ids = tuple(failed)
+        self._clock.call_later(delay, lambda: self._ctx.tell_scheduler(Reload(ids)))
+
+    def _on_reload(self, msg: Reload) -> None:
+        for workflow_id in msg.workflow_ids:
+            if workflow_id in self._parked:
+                self._parked.discard(workflow_id)
+                self._readmit(workflow_id)
+
     def _reload(self, workflow_id: str) -> None:
         """Forget what memory believes about a workflow and read it back from the store."""
+        self._forget(workflow_id)
+        self._readmit(workflow_id)
+
+    def _forget(self, workflow_id: str) -> None:
+        """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
         run = self._runs.pop(workflow_id, None)
         held = self._open.pop(workflow_id, None)
         for effect in () if held is None else held.effects:
@@ -674,9 +723,32 @@ class Scheduler(SupervisedActor):
                 continue
             if self._hosted.release(attempt.agent, attempt.instance, token, self._clock.time()):
                 self._dirty_agents.add(attempt.agent)
-        record = self._store.get_workflow(workflow_id)
-        if record is not None and not record.state.is_final:
-            self._admit(record, self._store.steps_of(workflow_id), recovered=True)
+
+    def _readmit(
+        self, workflow_id: str, record: WorkflowRecord | None = None, *, crashed: bool = False
+    ) -> bool:
+        """Read an unfinished workflow back from the store and run it; True if it runs.
+
+        ``crashed``: a previous Scheduler or process left it unfinished (see ``_admit``).
+
+        A corrupt record leaves that one workflow where it is (logged, counted in stats);
+        every other workflow keeps running.
+        """
+        try:
+            if record is None:
+                record = self._store.get_workflow(workflow_id)
+            if record is None or record.state.is_final:
+                return False
+            steps = self._store.steps_of(workflow_id)
+        except StoreCorrupt as exc:
+            self._note_corrupt(exc)
+            return False
+        self._admit(record, steps, recovered=not crashed, crashed=crashed)
+        return True
+
+    def _note_corrupt(self, exc: StoreCorrupt) -> None:
+        _log.error("%s; the workflow it belongs to stays where it is", exc)
+        self._corrupt[f"{exc.db}:{exc.key!r}"] = exc.reason
 
     def _await_definition(self, record: WorkflowRecord) -> None:
         """Park a workflow until its definition is registered; warn once per definition
@@ -997,6 +1069,8 @@ class Scheduler(SupervisedActor):
         spec = run.specs[st.name]
         default = self._config.default_retry
         forward = st.state is not StepState.COMPENSATING
+        # Whatever an agent or crash said must fit in a record, or the commit would fail.
+        error = bounded_text(error)
         if forward:
             policy, attempt = spec.retry or default, st.attempt
             retryable = run.record.state is WorkflowState.RUNNING
@@ -1014,7 +1088,7 @@ class Scheduler(SupervisedActor):
         base = st.evolve(
             token=token,
             error=error,
-            error_type=types[0] if types else None,
+            error_type=bounded_text(types[0], 512) if types else None,
             deadline=None,
             heartbeat_deadline=None,
             timer_ms=None,
@@ -1461,8 +1535,12 @@ class Scheduler(SupervisedActor):
             if command_id in self._commands_seen:
                 continue
             workflow_id = command.get("workflow_id")
-            args = command.get("args") or {}
-            record = self._store.get_workflow(workflow_id) if isinstance(workflow_id, str) else None
+            args = command.get("args")
+            args = args if isinstance(args, dict) else {}
+            try:
+                record = self._store.get_workflow(str(workflow_id))
+            except HerderError:
+                record = None  # operate() below refuses it, and the refusal is recorded
             if (
                 record is not None
                 and command.get("action") not in ("abandon", "cancel")

@@ -2,8 +2,10 @@
 
 One argparse subcommand per job; each lives in the module that does it: ``_demo`` (the
 demo), ``_inspect`` (ls, show, stats: read-only), ``_check`` (check: read-only),
-``_admin`` (retry, cancel, bench).
-Exit codes: 0 done, 1 the command failed (message on stderr), 2 bad usage.
+``_operator_cli`` (inbox; retry, skip, compensate, abandon, cancel through the running
+runtime), ``_admin`` (bench).
+Exit codes: 0 done, 1 the command failed (message on stderr), 2 bad usage, 3 an operator
+command is queued but not applied yet.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from herder.runtime import _operator_cli
 from herder.store import Store
 from herder.store._errors import HerderError
 from herder.store._records import WorkflowState
@@ -42,9 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("id", help="the workflow id")
     with_store("stats", "counts of workflows, steps, retries, timers (read-only)")
     with_store("check", "verify cross-database invariants (read-only); exit 1 on problems")
-    for name, verb in (("retry", "resume a NEEDS_ATTENTION workflow"), ("cancel", "cancel")):
-        cmd = with_store(name, f"{verb} (needs the runtime that holds the store)")
-        cmd.add_argument("id", help="the workflow id")
+    _operator_cli.add_parsers(sub)
 
     bench = sub.add_parser(
         "bench", help="run benchmarks/throughput.py (--peers: peers.py) from a source checkout"
@@ -87,10 +88,10 @@ _PASS_THROUGH = {"demo": _demo, "bench": _bench}
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     command = args.command
-    if command in ("retry", "cancel"):
-        from herder.runtime._admin import refuse_operation
-
-        return refuse_operation(command, args.store, args.id)
+    if command in _operator_cli.ACTIONS:
+        return _operator_cli.send(out, args)
+    if command == "inbox":
+        return _operator_cli.show_inbox(out, args.store, as_json=args.json)
     from herder.runtime import _inspect
 
     with Store(args.store, readonly=True) as store:

@@ -37,8 +37,8 @@ from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._workflow import Workflow
-from herder.store import ConditionFailed, Expect, Put, Store, Transition
-from herder.store._codec import encode, normalize
+from herder.store import ConditionFailed, Expect, Put, Store, StoreCorrupt, Transition
+from herder.store._codec import MAX_VALUE_BYTES, check_text, encode, normalize
 from herder.store._errors import InvalidInput
 from herder.store._history import history_put, read_history, workflow_event
 from herder.store._records import (
@@ -143,6 +143,12 @@ class Runtime:
             logging.getLogger("herder").setLevel(log_level)
         if sweep_interval <= 0:
             raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
+        for name, limit in (
+            ("max_input_bytes", max_input_bytes),
+            ("max_result_bytes", max_result_bytes),
+        ):
+            if not 0 < limit <= MAX_VALUE_BYTES:
+                raise InvalidInput(f"{name} must be 1..{MAX_VALUE_BYTES}, got {limit!r}")
         if max_active_workflows < 1:
             raise InvalidInput(f"max_active_workflows must be >= 1, got {max_active_workflows!r}")
         self._clock = clock or SystemClock()
@@ -169,7 +175,8 @@ class Runtime:
         self._actions: dict[str, frozenset[str] | None] = {}
         self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
         self._lock = threading.Condition()
-        self._active = sum(1 for r in self._store.workflows() if not r.state.is_final)
+        # Corrupt records are skipped here; the Scheduler's recovery logs and counts them.
+        self._active = sum(1 for r in self._store.workflows(corrupt=[]) if not r.state.is_final)
         self._closed = False
         self._draining = False
         self._fatal: BaseException | None = None
@@ -311,8 +318,8 @@ class Runtime:
         self._check_open()
         plan = workflow.compile()
         key = definition_key(plan.name, plan.version)
-        stored = self._store.get("definitions", key)
-        if stored is not None and Plan.from_dict(stored) != plan:
+        stored = self._store.get_plan(plan.name, plan.version)
+        if stored is not None and stored != plan:
             raise InvalidDefinition(
                 f"workflow {plan.name!r} version {plan.version} is stored with different "
                 "steps; give the changed definition a new version"
@@ -429,13 +436,23 @@ class Runtime:
         return WorkflowStatus.from_records(record, self._ordered_steps(record))
 
     def list(self, state: WorkflowState | str | None = None) -> list[WorkflowStatus]:
-        """Every workflow (in a given state, if asked), as statuses."""
+        """Every workflow (in a given state, if asked), as statuses.
+
+        A workflow whose records are corrupt is left out (and logged); :meth:`status`
+        of its id raises :class:`StoreCorrupt` naming the bad key.
+        """
         if state is not None:
             state = WorkflowState(state)
-        return [
-            WorkflowStatus.from_records(r, self._ordered_steps(r))
-            for r in self._store.workflows(state)
-        ]
+        corrupt: builtins.list[StoreCorrupt] = []
+        out = []
+        for record in self._store.workflows(state, corrupt=corrupt):
+            try:
+                out.append(WorkflowStatus.from_records(record, self._ordered_steps(record)))
+            except StoreCorrupt as exc:
+                corrupt.append(exc)
+        for bad in corrupt:
+            _log.error("list() left out a workflow: %s", bad)
+        return out
 
     def cancel(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
         """Stop dispatching and compensate completed steps; the workflow ends CANCELLED."""
@@ -516,11 +533,14 @@ class Runtime:
         return read_history(self._store, workflow_id)
 
     def stats(self) -> dict[str, Any]:
-        """Counters and gauges: workflows by state, step counters, agents, store commits."""
+        """Counters and gauges: workflows by state, step counters, agents, store commits, and
+        ``corrupt`` ("db:key" -> reason) for records that could not be read."""
         by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
-        for record in self._store.workflows():
+        corrupt: builtins.list[StoreCorrupt] = []
+        for record in self._store.workflows(corrupt=corrupt):
             by_state[record.state] += 1
         engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
+        bad = {f"{e.db}:{e.key!r}": e.reason for e in corrupt} | engine["corrupt"]
         return {
             "workflows": by_state,
             "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
@@ -528,6 +548,7 @@ class Runtime:
             "awaiting_definition": engine["awaiting_definition"],
             "store": self._store.writer.stats(),
             "restarts": self._restart_counts(),
+            "corrupt": bad,
         }
 
     def prometheus_collector(self) -> Any:
@@ -632,7 +653,8 @@ class Runtime:
                     )
 
     def _same_start(self, existing: WorkflowRecord, plan: Plan, normalized: Any) -> WorkflowHandle:
-        if existing.name != plan.name or existing.input != normalized:
+        same = existing.input == normalized or encode(existing.input) == encode(normalized)
+        if existing.name != plan.name or not same:  # (the bytes also match when NaN is in it)
             raise WorkflowConflict(
                 f"workflow id {existing.id!r} was already started as {existing.name!r} with "
                 "different input; use a new id, or the same input to get the existing handle"
@@ -658,6 +680,8 @@ class Runtime:
 
     def _operate(self, op: Operate) -> None:
         self._check_open()
+        check_text("who", op.who, 200)
+        check_text("why", op.why)
         done: Future[None] = call(self._scheduler, "operate", op, timeout=self._ask_timeout)
         done.result(timeout=self._ask_timeout)
 

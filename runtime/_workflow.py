@@ -105,24 +105,28 @@ class Workflow:
 
 
 def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
-    """A cycle in ``graph`` (node -> dependencies) as a closed path, or None."""
+    """A cycle in ``graph`` (node -> dependencies) as a closed path, or None.
+
+    An iterative depth-first search: a chain of thousands of steps must not exhaust
+    Python's recursion limit.
+    """
     white, grey, black = 0, 1, 2
     colour = dict.fromkeys(graph, white)
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        colour[node] = grey
-        path.append(node)
-        for dep in graph[node]:
-            if colour[dep] == grey:
+    for root, deps in graph.items():
+        if colour[root] != white:
+            continue
+        colour[root] = grey
+        path = [root]
+        pending = [iter(deps)]  # the unvisited dependencies of each node on the path
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                colour[path.pop()] = black
+                pending.pop()
+            elif colour[dep] == grey:
                 return [*path[path.index(dep) :], dep]
-            if colour[dep] == white and (found := visit(dep)):
-                return found
-        path.pop()
-        colour[node] = black
-        return None
-
-    for node in graph:
-        if colour[node] == white and (found := visit(node)):
-            return found
+            elif colour[dep] == white:
+                colour[dep] = grey
+                path.append(dep)
+                pending.append(iter(graph[dep]))
     return None

@@ -2,9 +2,11 @@
 
 :func:`encode` turns plain data (None, bool, int, float, str, bytes, lists, tuples and maps
 with str keys) into bytes and refuses anything else with :class:`EncodeError`.
-:func:`normalize` checks a value at the door and returns it as it will read back.
+:func:`normalize` checks a user value at the door (str map keys, at most
+:data:`MAX_DEPTH` levels, a size limit) and returns it as it will read back.
 :func:`decode` reads bytes back with bounded sizes and string-only map keys; any failure
 becomes :class:`StoreCorrupt` naming the database and key it came from.
+:func:`bounded_text` makes any text (an error message) safe to store: valid UTF-8, bounded.
 """
 
 from __future__ import annotations
@@ -13,10 +15,24 @@ from typing import Any
 
 import msgpack
 
-from herder.store._errors import EncodeError, StoreCorrupt
+from herder.store._errors import EncodeError, InvalidInput, StoreCorrupt
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 """Hard ceiling on one encoded record; configured input limits are far smaller."""
+
+MAX_VALUE_BYTES = MAX_RECORD_BYTES // 4
+"""Ceiling of the configurable input/result limits, so a record holding one always fits."""
+
+MAX_DEPTH = 100
+"""Most nesting levels of a user value (input, result, heartbeat details).
+
+A record wraps the value in a few levels of its own, and msgpack refuses more than 1024
+levels in either direction, so a value must be refused at the door well before that: a
+value accepted there but refused inside the Scheduler would fail a commit, not a call.
+"""
+
+MAX_TEXT_CHARS = 8192
+"""Longest error text kept in a record; the rest is cut (an exception can say megabytes)."""
 
 
 def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
@@ -24,6 +40,11 @@ def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
     try:
         data: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
     except (TypeError, ValueError, OverflowError) as exc:
+        if "recursion limit" in str(exc):
+            raise EncodeError(
+                f"{what} cannot be stored: it is nested too deeply or contains itself; "
+                f"at most {MAX_DEPTH} levels of plain data can be stored"
+            ) from exc
         raise EncodeError(
             f"{what} cannot be stored: {exc}; use plain data (None, bool, int, float, str, "
             "bytes, lists and dicts with str keys)"
@@ -57,6 +78,72 @@ def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any
     """
     data = encode(obj, limit=limit, what=what)
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except ValueError as exc:
         raise EncodeError(f"{what} cannot be stored: {exc}; map keys must be str") from exc
+    if type(value) in _NESTED:
+        _check_plain(value, what)
+    return value
+
+
+_NESTED = (dict, list, msgpack.ExtType, msgpack.Timestamp)
+"""Types whose values :func:`_check_plain` must look into (or refuse)."""
+
+
+def _check_plain(value: Any, what: str) -> None:
+    """Refuse maps with non-str keys (bytes get past ``strict_map_key``), msgpack extension
+    types, and values nested deeper than :data:`MAX_DEPTH`. Iterative, so a deep value
+    cannot exhaust the Python stack here either."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EncodeError(
+                f"{what} is nested more than {MAX_DEPTH} levels deep; flatten it or store "
+                "it elsewhere and pass a reference"
+            )
+        if type(node) is dict:
+            for key in node:
+                if type(key) is not str:
+                    raise EncodeError(
+                        f"{what} cannot be stored: map key {key!r:.80} is a "
+                        f"{type(key).__name__}; map keys must be str"
+                    )
+            items: Any = node.values()
+        elif type(node) is list:
+            items = node
+        else:
+            raise EncodeError(
+                f"{what} cannot be stored: {type(node).__name__} is a msgpack extension; "
+                "use plain data (None, bool, int, float, str, bytes, lists and dicts with str keys)"
+            )
+        for item in items:
+            if type(item) in _NESTED:
+                stack.append((item, depth + 1))
+
+
+def check_text(what: str, value: object, limit: int = MAX_TEXT_CHARS) -> None:
+    """Refuse (:class:`InvalidInput`) a note that is not None or a storable str of at
+    most ``limit`` characters (an operator's ``who``/``why``)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a str or None, got {type(value).__name__}")
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is {len(value)} characters; the limit is {limit}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} is not valid UTF-8: {value!r:.80}") from exc
+
+
+def bounded_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` as it can always be stored: lone surrogates escaped, at most ``limit``
+    characters (the cut is marked)."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... [{len(text) - limit} more characters cut]"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -34,14 +34,18 @@ from herder.store._errors import (
 )
 from herder.store._records import (
     SCHEMA_VERSION,
+    Plan,
     StepRecord,
     WorkflowRecord,
     WorkflowState,
+    definition_key,
     split_timer_key,
     step_key,
     timer_upper_bound,
+    validate_id,
     workflow_key,
 )
+from herder.store._validate import check_plan, check_record
 from herder.store._writer import Writer
 
 DATABASES = (
@@ -337,10 +341,34 @@ class Store:
         return None if raw is None else decode(raw, db=db, key=key)
 
     def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
-        """The workflow record of ``workflow_id``, or None."""
-        key = workflow_key(workflow_id)
+        """The workflow record of ``workflow_id``, or None.
+
+        An id no workflow could have (not a str, empty, NUL, not UTF-8, too long) raises
+        :class:`InvalidInput` rather than reaching LMDB.
+        """
+        key = workflow_key(validate_id(workflow_id))
         data = self.get("workflows", key)
-        return None if data is None else _parse(WorkflowRecord.from_dict, data, "workflows", key)
+        if data is None:
+            return None
+        record = _parse(WorkflowRecord.from_dict, data, "workflows", key)
+        if record.id != workflow_id:
+            raise StoreCorrupt("workflows", key, f"record holds id {record.id!r:.80}")
+        return record
+
+    def get_plan(self, name: str, version: int) -> Plan | None:
+        """The stored definition ``name`` at ``version``, or None."""
+        key = definition_key(name, version)
+        data = self.get("definitions", key)
+        if data is None:
+            return None
+        plan = _parse(Plan.from_dict, data, "definitions", key)
+        try:
+            check_plan(plan)
+        except TypeError as exc:
+            raise StoreCorrupt("definitions", key, f"bad definition: {exc}") from exc
+        if (plan.name, plan.version) != (name, version):
+            raise StoreCorrupt("definitions", key, f"holds {plan.name!r:.80}@{plan.version}")
+        return plan
 
     def get_step(self, workflow_id: str, step: str) -> StepRecord | None:
         """The record of one step, or None."""
@@ -350,10 +378,15 @@ class Store:
 
     def steps_of(self, workflow_id: str) -> list[StepRecord]:
         """Every step record of one workflow, in step-name byte order."""
-        return [
-            _parse(StepRecord.from_dict, decode(raw, db="steps", key=key), "steps", key)
-            for key, raw in self._paged("steps", step_key(workflow_id, ""))
-        ]
+        steps = []
+        for key, raw in self._paged("steps", step_key(workflow_id, "")):
+            st = _parse(StepRecord.from_dict, decode(raw, db="steps", key=key), "steps", key)
+            if st.workflow_id != workflow_id or step_key(st.workflow_id, st.name) != key:
+                raise StoreCorrupt(
+                    "steps", key, f"record holds {st.workflow_id!r:.80}/{st.name!r:.80}"
+                )
+            steps.append(st)
+        return steps
 
     def workflows(
         self,
@@ -372,6 +405,8 @@ class Store:
                 record = _parse(
                     WorkflowRecord.from_dict, decode(raw, db="workflows", key=key), "workflows", key
                 )
+                if workflow_key(record.id) != key:
+                    raise StoreCorrupt("workflows", key, f"record holds id {record.id!r:.80}")
             except StoreCorrupt as exc:
                 if corrupt is None:
                     raise
@@ -445,6 +480,16 @@ class Store:
     def raw_scan(self, db: str) -> Iterator[tuple[bytes, bytes]]:
         """(key, raw bytes) for every key of ``db``, paged; for checks and the CLI."""
         return self._paged(db, b"")
+
+    def reclaim_readers(self) -> int:
+        """Free reader slots left by dead processes; return how many were freed.
+
+        A reader killed inside a read transaction keeps its slot, which pins old pages
+        (the file then grows instead of reusing them). Every open reclaims such slots;
+        a long-running runtime also calls this periodically from its Supervisor.
+        """
+        freed: int = self._read(lambda _txn: self._env.reader_check() if self._env else 0)
+        return freed
 
     def view(self, fn: Callable[[Snapshot], _T]) -> _T:
         """Run ``fn`` on one consistent snapshot of every database (one read transaction).
@@ -555,13 +600,16 @@ def is_held(path: str | os.PathLike[str]) -> bool:
 
 
 def _parse(from_dict: Callable[[Any], _T], data: Any, db: str, key: bytes) -> _T:
-    """Build a record from a decoded map; a missing field or bad value is StoreCorrupt."""
+    """Build a record from a decoded map; a missing field, a value of the wrong type or
+    a bad value is StoreCorrupt."""
     if not isinstance(data, dict):
         raise StoreCorrupt(db, key, f"expected a map, got {type(data).__name__}")
     try:
-        return from_dict(data)
+        record = from_dict(data)
+        check_record(record)
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreCorrupt(db, key, f"bad record: {type(exc).__name__}: {exc}") from exc
+    return record
 
 
 def _too_new(path: pathlib.Path, schema: int) -> SchemaTooNew:
