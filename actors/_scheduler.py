@@ -55,7 +55,7 @@ from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._supervised import SupervisedActor
 from herder.store import Delete, Put, Store, StoreCorrupt, StoreIOError, Transition
 from herder.store._codec import bounded_text, encode, normalize
-from herder.store._commands import finished_put
+from herder.store._commands import finished_ops
 from herder.store._crashpoints import crash_point
 from herder.store._errors import HerderError, InvalidInput
 from herder.store._history import history_put, step_event, workflow_event
@@ -220,8 +220,9 @@ class _Txn:
     def delete_timer(self, key: bytes) -> None:
         self.ops[("timers", key)] = Delete("timers", key)
 
-    def put(self, op: Put) -> None:
-        self.ops[(op.db, op.key)] = op
+    def put(self, *ops: Put | Delete) -> None:
+        for op in ops:
+            self.ops[(op.db, op.key)] = op
 
 
 def _ms(seconds: float) -> int:
@@ -1347,7 +1348,7 @@ class Scheduler(SupervisedActor):
         }
         txn.put(history_put(op.workflow_id, self._ctx.next_token(), event))
         if op.command is not None:
-            txn.put(finished_put(op.command, None, now))
+            txn.put(*finished_ops(op.command, None, now))
 
     def _fence(self, run: _Run, st: StepRecord, *, replace: bool) -> None:
         """Supersede the attempt (if any) running this step; its answer is then ignored."""
@@ -1567,7 +1568,7 @@ class Scheduler(SupervisedActor):
             else:
                 continue
             txn = self._open.setdefault(f"command:{command_id}", _Txn())
-            txn.put(finished_put(command, error, self._clock.time()))
+            txn.put(*finished_ops(command, error, self._clock.time()))
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:

@@ -135,3 +135,29 @@ def test_skip_takes_a_json_result_and_refuses_bad_json(
     code, _ = run("skip", "nope", "--store", str(path), "--result", "{}", "--why", "x")
     assert code == 1
     assert "no workflow with id 'nope'" in capsys.readouterr().err
+
+
+def test_command_ids_keep_growing_and_the_sweep_reads_only_pending_ones(tmp_path: Path) -> None:
+    from herder.store import Store, Transition
+    from herder.store._commands import (
+        append_command,
+        finished_ops,
+        new_command,
+        pending_commands,
+        wait_outcome,
+    )
+
+    path = tmp_path / "store"
+    Store(path).close()
+    ids = [append_command(path, new_command("retry", f"w{n}", who="t", why="x")) for n in "123"]
+    assert ids == [1, 2, 3]
+    with Store(path) as store:
+        [third] = [c for c in pending_commands(store) if c["id"] == 3]
+        store.writer.submit(Transition(ops=finished_ops(third, "refused", 0.0))).result(WAIT)
+    assert append_command(path, new_command("skip", "w4", who="t", why="x")) == 4
+    with Store(path, readonly=True) as store:
+        assert [c["id"] for c in pending_commands(store)] == [1, 2, 4]
+    done = wait_outcome(path, 3, timeout=0.0)
+    assert done is not None
+    assert (done["state"], done["error"]) == ("FAILED", "refused")
+    assert wait_outcome(path, 1, timeout=0.0) is None  # still pending
