@@ -1,7 +1,10 @@
 """msgpack encoding with safe limits. Never pickle.
 
 :func:`encode` turns plain data (None, bool, int, float, str, bytes, lists, tuples and maps
-with str keys) into bytes and refuses anything else with :class:`EncodeError`.
+with str keys) into bytes and refuses anything else with :class:`EncodeError`. A stored
+value is the msgpack body followed by the body's CRC-32 (4 bytes, big-endian), so a record
+damaged on disk (a flipped bit anywhere, a torn write) is noticed when it is read, not
+taken for another valid value.
 :func:`normalize` checks a user value at the door (str map keys, at most
 :data:`MAX_DEPTH` levels, a size limit) and returns it as it will read back.
 :func:`decode` reads bytes back with bounded sizes and string-only map keys; any failure
@@ -11,6 +14,8 @@ becomes :class:`StoreCorrupt` naming the database and key it came from.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import Any
 
 import msgpack
@@ -35,8 +40,17 @@ MAX_TEXT_CHARS = 8192
 """Longest error text kept in a record; the rest is cut (an exception can say megabytes)."""
 
 
+_CRC = struct.Struct(">I")
+
+
 def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
-    """Encode ``obj`` as msgpack; raise :class:`EncodeError` if it cannot be or is too big."""
+    """Encode ``obj`` as msgpack plus checksum; :class:`EncodeError` if it cannot be or is
+    too big (``limit`` counts the msgpack body)."""
+    body = _pack(obj, limit, what)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _pack(obj: Any, limit: int | None, what: str) -> bytes:
     try:
         data: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -60,11 +74,19 @@ def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
 
 def decode(data: bytes, *, db: str, key: bytes) -> Any:
     """Decode one stored record; raise :class:`StoreCorrupt` naming ``db`` and ``key``."""
-    if len(data) > MAX_RECORD_BYTES:
+    if len(data) > MAX_RECORD_BYTES + _CRC.size:
         raise StoreCorrupt(db, key, f"record is {len(data)} bytes, over {MAX_RECORD_BYTES}")
+    if len(data) <= _CRC.size:
+        raise StoreCorrupt(db, key, f"record of {len(data)} bytes has no room for a body")
+    body = memoryview(data)[: -_CRC.size]
+    (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if zlib.crc32(body) != stored:
+        raise StoreCorrupt(
+            db, key, "checksum mismatch: the record was damaged on disk (or not written by herder)"
+        )
     try:
         # unpackb bounds every string/array/map length by the input's own size.
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        return msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         # ValueError covers ExtraData, FormatError, StackError and bad UTF-8.
         raise StoreCorrupt(db, key, f"{type(exc).__name__}: {exc}") from exc
@@ -76,7 +98,7 @@ def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any
     Raises :class:`EncodeError` for anything the store would refuse to keep or could not
     read back: unencodable values, values over ``limit`` bytes, and non-str map keys.
     """
-    data = encode(obj, limit=limit, what=what)
+    data = _pack(obj, limit, what)
     try:
         value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except ValueError as exc:
@@ -120,6 +142,16 @@ def _check_plain(value: Any, what: str) -> None:
         for item in items:
             if type(item) in _NESTED:
                 stack.append((item, depth + 1))
+
+
+def legacy_int(data: bytes) -> int | None:
+    """The int a value written before checksums (schema 1: bare msgpack) holds, if it is
+    one; so an old store is told apart from a damaged one."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    return value if type(value) is int else None
 
 
 def check_text(what: str, value: object, limit: int = MAX_TEXT_CHARS) -> None:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 
 import lmdb
 
-from herder.store._codec import decode, encode
+from herder.store._codec import decode, encode, legacy_int
 from herder.store._errors import (
     InvalidInput,
     SchemaTooNew,
@@ -235,7 +235,17 @@ class Store:
         raw = cast("bytes | None", txn.get(key, db=self._handles["meta"]))
         if raw is None:
             return None
-        value = decode(raw, db="meta", key=key)
+        try:
+            value = decode(raw, db="meta", key=key)
+        except StoreCorrupt:
+            old = legacy_int(raw) if key == b"schema" else None
+            if old is None or old >= SCHEMA_VERSION:
+                raise
+            raise StoreError(
+                f"store {self.path} has schema version {old}, written before records carried "
+                f"checksums; this herder reads schema {SCHEMA_VERSION}: start a new store "
+                "(there is no migration yet)"
+            ) from None
         if type(value) is not int:
             raise StoreCorrupt("meta", key, f"expected an int, got {type(value).__name__}")
         return value

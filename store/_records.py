@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 from herder.store._errors import InvalidInput
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: every stored value ends with a CRC-32 of its msgpack body (see ``_codec``)."""
 
 MAX_ID_BYTES = 400
 """Longest workflow id accepted (UTF-8 bytes); leaves room in LMDB's 511-byte keys."""

@@ -137,10 +137,10 @@ def test_a_crash_point_exits_at_its_nth_hit_and_a_commit_before_it_is_durable(
     tmp_path: pathlib.Path,
 ) -> None:
     code = f"""
-from herder.store import Put, Store, Transition
+from herder.store import Put, Store, Transition, encode
 with Store({str(tmp_path / "s")!r}) as s:
     for i in range(3):
-        s.writer.submit(Transition(ops=(Put("meta", b"k%d" % i, b"\\x01"),))).result()
+        s.writer.submit(Transition(ops=(Put("meta", b"k%d" % i, encode(1)),))).result()
         print("acked", i, flush=True)
 """
     done = _arm("writer.after_commit:2", code)

@@ -30,7 +30,7 @@ from herder.runtime import (
     Workflow,
 )
 from herder.runtime.testing import FakeClock, advance, wait_until
-from herder.store import Put, Store, Transition
+from herder.store import Put, Store, Transition, encode
 from herder.store._records import definition_key, step_key, timer_key, workflow_key
 
 WAIT = 10.0
@@ -84,17 +84,26 @@ def put_raw(path: Path, db: str, key: bytes, value: bytes) -> None:
         store.writer.submit(Transition(ops=(Put(db, key, value),))).result(timeout=WAIT)
 
 
+def flip(raw: bytes, inside: bytes) -> bytes:
+    """``raw`` with the lowest bit of the first byte of ``inside`` flipped."""
+    at = raw.index(inside)
+    return raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :]
+
+
 def edited(path: Path, db: str, key: bytes, **changes: Any) -> bytes:
     with Store(path, readonly=True) as store:
         record = store.get(db, key)
     record.update(changes)
-    return msgpack.packb(record)  # type: ignore[no-any-return]
+    return encode(record)  # a valid checksum: the reading code must notice the content
 
 
 # (what is damaged, the database and key, how to make the bad bytes, the reason reported)
 DAMAGE: list[tuple[str, str, bytes, Callable[[Path], bytes], str]] = [
     ("workflow record truncated", "workflows", workflow_key("w1"),
-     lambda p: edited(p, "workflows", workflow_key("w1"))[:20], "Error"),
+     lambda p: edited(p, "workflows", workflow_key("w1"))[:20], "checksum mismatch"),
+    ("workflow record with one bit flipped in a string", "workflows", workflow_key("w1"),
+     lambda p: flip(edited(p, "workflows", workflow_key("w1"), error="an error"), b"an error"),
+     "checksum mismatch"),
     ("workflow record with a wrong field type", "workflows", workflow_key("w1"),
      lambda p: edited(p, "workflows", workflow_key("w1"), version="one"), "'version' is str"),
     ("workflow record under another id", "workflows", workflow_key("w1"),
@@ -102,13 +111,15 @@ DAMAGE: list[tuple[str, str, bytes, Callable[[Path], bytes], str]] = [
     ("workflow record with an unknown state", "workflows", workflow_key("w1"),
      lambda p: edited(p, "workflows", workflow_key("w1"), state="DANCING"), "DANCING"),
     ("step record bit-flipped to an invalid byte", "steps", step_key("w1", "a"),
-     lambda p: b"\xc1" + edited(p, "steps", step_key("w1", "a"))[1:], "FormatError"),
+     lambda p: b"\xc1" + edited(p, "steps", step_key("w1", "a"))[1:], "checksum mismatch"),
     ("step record with trailing garbage", "steps", step_key("w1", "a"),
-     lambda p: edited(p, "steps", step_key("w1", "a")) + b"\x00junk", "ExtraData"),
+     lambda p: edited(p, "steps", step_key("w1", "a")) + b"\x00junk", "checksum mismatch"),
+    ("step record without a checksum", "steps", step_key("w1", "a"),
+     lambda p: msgpack.packb({"v": 2, "state": "PENDING"}), "checksum mismatch"),
     ("step record with a wrong field type", "steps", step_key("w1", "a"),
      lambda p: edited(p, "steps", step_key("w1", "a"), attempt="many"), "'attempt' is str"),
     ("step record that is not a map", "steps", step_key("w1", "a"),
-     lambda p: msgpack.packb([1, 2, 3]), "expected a map"),
+     lambda p: encode([1, 2, 3]), "expected a map"),
 ]  # fmt: skip
 
 
@@ -180,7 +191,7 @@ def test_a_corrupt_timer_entry_is_skipped_and_the_retries_still_run(tmp_path: Pa
 def test_a_corrupt_stored_definition_is_named_when_it_is_registered(tmp_path: Path) -> None:
     path = tmp_path / "s"
     seeded(path)
-    put_raw(path, "definitions", definition_key("flow", 1), msgpack.packb({"v": 1}))
+    put_raw(path, "definitions", definition_key("flow", 1), encode({"v": 2}))
     with Runtime(path, clock=FakeClock()) as rt:
         rt.add_agent("svc", Service)
         with pytest.raises(StoreCorrupt, match="'definitions'") as raised:
@@ -210,7 +221,7 @@ def test_a_workflow_whose_definition_version_vanished_waits_and_is_reported(
 def test_a_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s"
     seeded(path)
-    put_raw(path, "meta", b"schema", msgpack.packb(99))
+    put_raw(path, "meta", b"schema", encode(99))
     with pytest.raises(SchemaTooNew, match=r"schema version 99.*upgrade herder"):
         Runtime(path)
     assert _cli("ls", "--store", str(path)).returncode == 1

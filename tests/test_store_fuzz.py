@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +74,11 @@ def read(db: str, raw: bytes) -> Any:
     return READERS[db](decode(raw, db=db, key=KEY))
 
 
+def with_checksum(body: bytes) -> bytes:
+    """Stored bytes for a msgpack body, as ``encode`` writes them."""
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
 def assert_reads_or_is_corrupt(db: str, raw: bytes) -> None:
     try:
         read(db, raw)
@@ -88,33 +94,48 @@ def assert_reads_or_is_corrupt(db: str, raw: bytes) -> None:
 def test_every_truncation_of_a_record_is_store_corrupt(db: str) -> None:
     raw = encode(RECORDS[db])
     assert read(db, raw) is not None
+    body = msgpack.packb(RECORDS[db], use_bin_type=True)
     for cut in range(len(raw)):
         with pytest.raises(StoreCorrupt) as raised:
             read(db, raw[:cut])
         assert raised.value.key == KEY
+        if cut < len(body):  # the body cut short behind a valid checksum
+            with pytest.raises(StoreCorrupt):
+                read(db, with_checksum(body[:cut]))
 
 
 @pytest.mark.parametrize("db", sorted(RECORDS))
 @pytest.mark.parametrize("tail", [b"\x00", b"\xc1", b"\x91\xc0", b"garbage" * 100])
 def test_trailing_garbage_after_a_record_is_store_corrupt(db: str, tail: bytes) -> None:
-    with pytest.raises(StoreCorrupt, match="ExtraData"):
+    with pytest.raises(StoreCorrupt, match="checksum mismatch"):
         read(db, encode(RECORDS[db]) + tail)
+    # Behind a valid checksum (a bug writing records), msgpack itself notices.
+    with pytest.raises(StoreCorrupt, match="ExtraData"):
+        read(db, with_checksum(msgpack.packb(RECORDS[db]) + tail))
 
 
 @pytest.mark.parametrize("db", sorted(RECORDS))
-def test_every_single_bit_flip_gives_a_well_typed_record_or_store_corrupt(db: str) -> None:
+def test_every_single_bit_flip_is_store_corrupt(db: str) -> None:
     raw = encode(RECORDS[db])
-    corrupt = 0
     for bit in range(len(raw) * 8):
         flipped = bytearray(raw)
         flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(StoreCorrupt, match="checksum mismatch"):
+            read(db, bytes(flipped))
+
+
+@pytest.mark.parametrize("db", sorted(RECORDS))
+def test_a_flipped_body_behind_a_valid_checksum_reads_well_typed_or_is_corrupt(db: str) -> None:
+    body = msgpack.packb(RECORDS[db], use_bin_type=True)
+    corrupt = 0
+    for bit in range(len(body) * 8):  # what a bug writing records could produce
+        flipped = bytearray(body)
+        flipped[bit // 8] ^= 1 << (bit % 8)
         try:
-            read(db, bytes(flipped))  # _parse has checked every field's type
+            read(db, with_checksum(bytes(flipped)))  # _parse checks every field's type
         except StoreCorrupt:
             corrupt += 1
-    # Flips in type bytes and lengths are caught; a flip inside a string or number just
-    # makes another well-typed value, which only a per-record checksum could notice.
-    assert corrupt > len(raw)
+    assert corrupt > len(body)  # type bytes, lengths and field names are all caught
 
 
 HUGE_HEADERS = {
@@ -134,7 +155,7 @@ def test_huge_length_headers_over_a_tiny_body_fail_fast(raw: bytes) -> None:
     started = time.perf_counter()
     for db in RECORDS:
         with pytest.raises(StoreCorrupt):
-            read(db, raw)
+            read(db, with_checksum(raw))  # a valid checksum: msgpack's limits must hold
     assert time.perf_counter() - started < 1.0  # nothing was allocated for the claim
 
 
@@ -150,14 +171,14 @@ NESTED = {
 def test_deeply_nested_data_is_store_corrupt_not_a_recursion_error(raw: bytes) -> None:
     for db in RECORDS:
         with pytest.raises(StoreCorrupt):
-            read(db, raw)
+            read(db, with_checksum(raw))
 
 
 def test_a_record_at_the_size_ceiling_is_refused_before_decoding() -> None:
     from herder.store._codec import MAX_RECORD_BYTES
 
     with pytest.raises(StoreCorrupt, match="over"):
-        decode(b"\xc0" * (MAX_RECORD_BYTES + 1), db="steps", key=KEY)
+        decode(b"\xc0" * (MAX_RECORD_BYTES + 5), db="steps", key=KEY)
 
 
 def _plain(depth: int = 3) -> st.SearchStrategy[Any]:
@@ -174,6 +195,7 @@ def _plain(depth: int = 3) -> st.SearchStrategy[Any]:
 @given(db=st.sampled_from(sorted(RECORDS)), raw=st.binary(max_size=400))
 def test_arbitrary_bytes_read_as_a_record_or_store_corrupt(db: str, raw: bytes) -> None:
     assert_reads_or_is_corrupt(db, raw)
+    assert_reads_or_is_corrupt(db, with_checksum(raw))  # past the checksum, into msgpack
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -192,8 +214,7 @@ def test_a_record_with_any_field_changed_or_missing_reads_or_is_store_corrupt(
         record.pop(target, None)
     else:
         record[target] = value
-    raw = msgpack.packb(record, use_bin_type=True)
-    assert_reads_or_is_corrupt(db, raw)
+    assert_reads_or_is_corrupt(db, with_checksum(msgpack.packb(record, use_bin_type=True)))
 
 
 @settings(max_examples=100, deadline=None)
