@@ -14,7 +14,6 @@ take its place later.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from herder.actors._clock import SystemClock
 from herder.actors._errors import Permanent
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._outcomes import COMPLETE_LATER, ProbeResult
+from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
@@ -155,7 +155,7 @@ class _Pool:
     supervisor_pending: bool = False  # asked the agents supervisor for it, no answer yet
     instances: dict[str, _Instance] = field(default_factory=dict)
     idle: list[str] = field(default_factory=list)
-    queue: collections.deque[Any] = field(default_factory=collections.deque)
+    queue: JobQueue[Any] = field(default_factory=JobQueue)
     ids: itertools.count[int] = field(default_factory=itertools.count)
 
 
@@ -176,6 +176,7 @@ class AgentHost:
         shutdown: float,
         max_restarts: int = 20,
         restart_period: float = 10.0,
+        queue_aging: float = DEFAULT_AGING,
     ) -> None:
         # Restart pacing protects real CPU from a crash loop, so it runs on real time
         # even when the engine runs on a FakeClock.
@@ -188,6 +189,7 @@ class AgentHost:
         self._max_result_bytes = max_result_bytes
         self._shutdown = shutdown
         self._pools: dict[str, _Pool] = {}
+        self._queue_aging = queue_aging
 
     # -- registration ------------------------------------------------------------------
 
@@ -195,7 +197,7 @@ class AgentHost:
         """Register (or re-register with a new factory/concurrency) an agent name."""
         pool = self._pools.get(name)
         if pool is None:
-            self._pools[name] = _Pool(name, factory, concurrency)
+            self._pools[name] = _Pool(name, factory, concurrency, queue=JobQueue(self._queue_aging))
         else:
             pool.factory, pool.concurrency = factory, concurrency
 
@@ -208,7 +210,7 @@ class AgentHost:
         if pool.supervisor is not None:
             self._stop_pool_supervisor(pool)
 
-    def queue(self, name: str) -> collections.deque[Any] | None:
+    def queue(self, name: str) -> JobQueue[Any] | None:
         """The queue of work waiting for agent ``name``, or None if it is not registered."""
         pool = self._pools.get(name)
         return None if pool is None else pool.queue

@@ -29,11 +29,13 @@ from typing import Any
 
 import pykka
 
+from herder.actors._admission import Admission
 from herder.actors._agent import Agent, StepContext
 from herder.actors._agent_host import AgentHost, AgentUnavailable
 from herder.actors._clock import Clock
 from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
+from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import (
     Admit,
     Commands,
@@ -49,6 +51,7 @@ from herder.actors._messages import (
     Recover,
     Run,
     Tick,
+    Wake,
 )
 from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
@@ -91,6 +94,7 @@ class EngineConfig:
     heartbeat_interval_fraction: float = 0.25
     agent_max_restarts: int = 20
     agent_restart_period: float = 10.0
+    priority_aging: float = 10.0
     seed: int | None = None
     probe_timeout: float = 30.0
     max_recoveries: int = 3  # crashes in a row an attempt may be running at (_poison)
@@ -117,6 +121,8 @@ class EngineContext:
         self.on_final = on_final
         self.plans: dict[tuple[str, int], Plan] = {}
         self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
+        # Per agent name: (circuit breaker, rate limit), for agents registered with either.
+        self.limits: dict[str, tuple[CircuitBreaker | None, RateLimit | None]] = {}
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
         # Called (on the Scheduler's thread) after each batch of transitions is durable;
@@ -271,6 +277,7 @@ class Scheduler(SupervisedActor):
         self._host: AgentHost | None = None
         self._commands_seen: set[int] = set()
         self._suspect_slots = itertools.count(1)  # see _poison
+        self._admission = Admission(ctx.store, ctx.clock, self._wake_later)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -286,9 +293,11 @@ class Scheduler(SupervisedActor):
             shutdown=self._config.instance_shutdown,
             max_restarts=self._config.agent_max_restarts,
             restart_period=self._config.agent_restart_period,
+            queue_aging=self._config.priority_aging,
         )
         for name, (factory, concurrency) in self._ctx.agents.items():
             self._host.add(name, factory, concurrency)
+            self._admission.configure(name, *self._ctx.limits.get(name, (None, None)))
         self._ctx.scheduler = self.actor_ref
         self.actor_ref.tell(Recover())
 
@@ -333,6 +342,9 @@ class Scheduler(SupervisedActor):
             self._on_define(message.plan)
         elif isinstance(message, Tick):
             self._on_tick()
+        elif isinstance(message, Wake):
+            self._admission.woke(message.agent)
+            self._dirty_agents.add(message.agent)
         elif isinstance(message, Flush):
             self._flush_queued = False
         elif isinstance(message, Recover):
@@ -352,12 +364,14 @@ class Scheduler(SupervisedActor):
         """Start serving agent ``name`` as registered in the engine context."""
         factory, concurrency = self._ctx.agents[name]
         self._hosted.add(name, factory, concurrency)
+        self._admission.configure(name, *self._ctx.limits.get(name, (None, None)))
         self._dirty_agents.add(name)
         self._after_message()
 
     def remove_agent(self, name: str) -> None:
         """Stop serving agent ``name``; its queued work waits until it is added again."""
         self._hosted.remove(name)
+        self._admission.remove(name)
         self._after_message()
 
     def cancel(self, workflow_id: str) -> Future[None]:
@@ -454,6 +468,7 @@ class Scheduler(SupervisedActor):
             },
             "agents": self._hosted.stats(),
             "corrupt": dict(self._corrupt),
+            "resources": self._admission.stats(),
         }
 
     # -- message handlers --------------------------------------------------------------
@@ -467,7 +482,7 @@ class Scheduler(SupervisedActor):
         for agent in list(self._dirty_agents):
             self._pump(agent)
         self._dirty_agents.clear()
-        if not self._open:
+        if not self._open and not self._admission.dirty:
             return
         if flush or self.actor_inbox.empty():
             self._flush()
@@ -476,6 +491,12 @@ class Scheduler(SupervisedActor):
             self.actor_ref.tell(Flush())
 
     def _flush(self) -> None:
+        if self._admission.dirty:
+            # Submitted first, so they land in the same or an earlier commit than the
+            # step transitions that follow (the writer keeps submission order).
+            self._writer.submit_many(
+                [Transition(ops=tuple(self._admission.writes()))], _log_resource_errors
+            )
         # One commit in flight per workflow: a workflow's next transition is held back
         # until the previous one is known durable, so a failed commit can never be
         # followed by a later one that builds on it (e.g. a dependent's DISPATCHED).
@@ -534,6 +555,8 @@ class Scheduler(SupervisedActor):
 
     def _on_outcome(self, msg: Outcome) -> None:
         crash_point("scheduler.outcome")
+        # Even a stale answer is news of the resource's health.
+        self._admission.answered(msg.agent, msg.token, msg.ok or msg.permanent)
         if self._hosted.release(msg.agent, msg.instance, msg.token, self._clock.time()):
             self._dirty_agents.add(msg.agent)
         attempt = self._inflight.pop(msg.token, None)
@@ -603,6 +626,7 @@ class Scheduler(SupervisedActor):
                 # attempt: time it out, which frees that instance.
                 self._hosted.replace_token(agent, st.token)
             self._counters["timed_out"] += 1
+            self._admission.answered(agent, st.token, ok=False)
             _log_step("timed out", run.record.id, st.name, st.attempt)
             attempt = self._inflight.pop(st.token, None)
             run.attempts.discard(st.token)
@@ -618,8 +642,11 @@ class Scheduler(SupervisedActor):
         try:
             lost = self._hosted.on_event(msg, self._clock.time())
         except AgentUnavailable as exc:
+            self._admission.crashed(msg.agent, 0)
             self._fail_next_job(msg.agent, str(exc))
             return
+        if msg.kind == "crashed" and msg.instance is not None:
+            self._admission.crashed(msg.agent, len(lost))
         for token in lost:
             self._counters["crashes"] += 1
             self._fail_attempt(
@@ -841,6 +868,10 @@ class Scheduler(SupervisedActor):
         for st in run.steps.values():
             if st.token in self._inflight:
                 continue
+            if st.state is StepState.DISPATCHED and st.token >> 32 == self._store.incarnation - 1:
+                # Lost by the previous run (counted once: a later run that finds the same
+                # record again did not lose it).
+                self._admission.lost(run.specs[st.name].agent)
             if st.state is StepState.DISPATCHED and (st.retry_at or 0) <= now:
                 self._enqueue(run, st.name, compensating=False)  # outcome unknown: re-run
             elif st.state is StepState.RETRY_WAIT and (st.retry_at or 0) <= now:
@@ -870,7 +901,11 @@ class Scheduler(SupervisedActor):
                         if steps[dep].state is not succeeded:
                             break
                     else:
-                        self._enqueue(run, spec.name, compensating=False)
+                        st = steps[spec.name]
+                        if (st.retry_at is None and spec.delay is None) or not self._waiting(
+                            run, st, spec.delay
+                        ):
+                            self._enqueue(run, spec.name, compensating=False)
             if all_done:
                 self._finish(run, WorkflowState.SUCCEEDED)
         elif state is WorkflowState.COMPENSATING:
@@ -891,6 +926,19 @@ class Scheduler(SupervisedActor):
                     run, WorkflowState.CANCELLED if cancelled else WorkflowState.COMPENSATED
                 )
 
+    def _waiting(self, run: _Run, st: StepRecord, delay: float | None) -> bool:
+        """True while a runnable PENDING step waits for its time: a delayed start, or its
+        ``delay`` after its dependencies. The wait is recorded (``retry_at`` and a timer
+        in the store) the first time, so it survives restarts; the timer's sweep queues
+        the step when the time comes."""
+        now = self._clock.time()
+        if st.retry_at is None:
+            assert delay is not None
+            waiting = st.evolve(retry_at=now + delay, token=self._ctx.next_token(), updated=now)
+            self._put_step(run, st, self._with_timer(waiting))
+            return True
+        return _ms(st.retry_at) > _ms(now)
+
     def _enqueue(self, run: _Run, step: str, *, compensating: bool) -> None:
         if step in run.queued:
             return
@@ -902,33 +950,44 @@ class Scheduler(SupervisedActor):
             self._hosted.add(agent, _unregistered(agent), 0)
             queue = self._hosted.queue(agent)
             assert queue is not None
-        queue.append(_Job(run.record.id, step, compensating))
+        job = _Job(run.record.id, step, compensating)
+        queue.push(job, run.record.priority, self._clock.monotonic())
         self._dirty_agents.add(agent)
 
     def _pump(self, agent: str) -> None:
         queue = self._hosted.queue(agent)
+        gated = self._admission.gated(agent)
         while queue and not self._ctx.paused:
-            job = queue[0]
+            job = queue.peek()
             run = self._runs.get(job.workflow_id)
             if run is None or not self._job_valid(run, job):
-                queue.popleft()
+                queue.pop()
                 if run is not None:
                     run.queued.discard(job.step)
                 continue
+            if gated and not self._admission.ready(agent):
+                return  # breaker open or rate limit reached: a wake-up pumps again
             token = self._ctx.next_token()
             instance = self._hosted.acquire(agent, token, backlog=len(queue))
             if instance is None:
                 return  # busy, or instances are starting: their "started" pumps again
-            queue.popleft()
+            queue.pop()
             run.queued.discard(job.step)
+            if gated:
+                self._admission.admitted(agent, token)
             self._dispatch(run, job, agent, instance, token)
+
+    def _wake_later(self, agent: str, delay: float) -> None:
+        """Pump ``agent`` again after ``delay`` seconds (on the injectable clock)."""
+        ctx = self._ctx
+        self._clock.call_later(delay, lambda: ctx.tell_scheduler(Wake(agent)))
 
     def _fail_next_job(self, agent: str, error: str) -> None:
         """An instance of ``agent`` failed to start: the first job waiting for it pays an
         attempt, so an agent that can never start cannot hold its queue forever."""
         queue = self._hosted.queue(agent)
         while queue:
-            job = queue.popleft()
+            job = queue.pop()
             run = self._runs.get(job.workflow_id)
             if run is not None and self._job_valid(run, job):
                 run.queued.discard(job.step)
@@ -1147,6 +1206,10 @@ class Scheduler(SupervisedActor):
                         updated=now,
                     ),
                 )
+            elif st.state is StepState.PENDING and st.timer_ms is not None:
+                # A delayed step that will now never run: its wait ends with the workflow.
+                cleared = st.evolve(retry_at=None, timer_ms=None, token=self._ctx.next_token())
+                self._put_step(run, st, cleared.evolve(updated=now))
         run.queued = {s for s in run.queued if run.steps[s].state is not StepState.PENDING}
 
     def _finish(self, run: _Run, state: WorkflowState, error: str | None = None) -> None:
@@ -1157,6 +1220,8 @@ class Scheduler(SupervisedActor):
             attempt = self._inflight.pop(token, None)
             if attempt is not None:
                 attempt.port.superseded = True
+                if self._admission.abandoned(attempt.agent, token):
+                    self._dirty_agents.add(attempt.agent)
         run.attempts.clear()
 
     # -- helpers -----------------------------------------------------------------------
@@ -1569,6 +1634,12 @@ class Scheduler(SupervisedActor):
                 continue
             txn = self._open.setdefault(f"command:{command_id}", _Txn())
             txn.put(*finished_ops(command, error, self._clock.time()))
+
+
+def _log_resource_errors(errors: list[BaseException | None]) -> None:
+    for error in errors:
+        if error is not None:
+            _log.error("resource records (breaker state, crash counters) not written: %s", error)
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:

@@ -22,6 +22,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._outcomes import ProbeResult
 from herder.runtime._inbox import InboxItem
 from herder.runtime._runtime import Runtime, WorkflowHandle
@@ -40,6 +41,7 @@ from herder.store._records import RetryPolicy, StepState
 
 __all__ = [
     "Agent",
+    "CircuitBreaker",
     "CompletionRefused",
     "EncodeError",
     "HerderError",
@@ -49,6 +51,7 @@ __all__ = [
     "InvalidState",
     "Permanent",
     "ProbeResult",
+    "RateLimit",
     "RetryPolicy",
     "Runtime",
     "RuntimeClosed",

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, help="at most this many")
     show = with_store("show", "one workflow and its steps (read-only)")
     show.add_argument("id", help="the workflow id")
-    with_store("stats", "counts of workflows, steps, retries, timers (read-only)")
+    with_store("stats", "counts of workflows, steps, retries, timers, breakers (read-only)")
     with_store("check", "verify cross-database invariants (read-only); exit 1 on problems")
     _operator_cli.add_parsers(sub)
 

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from herder.actors._admission import resource_stats
 from herder.actors._errors import UnknownWorkflow
 from herder.runtime._console import print_table
 from herder.runtime._status import WorkflowStatus, in_plan_order
@@ -26,6 +27,7 @@ from herder.store._records import (
     WorkflowRecord,
     WorkflowState,
 )
+from herder.store._resources import ResourceRecord
 
 
 class _Reader:
@@ -174,6 +176,7 @@ def store_stats(store: Store) -> dict[str, Any]:
             steps[str(st.state)] += 1
             retries += max(0, st.attempt - 1)
             compensation_retries += max(0, st.comp_attempt - 1)
+    resources = _resources(store, corrupt)
     report_corrupt(corrupt)
     return {
         "store": str(store.path),
@@ -186,7 +189,21 @@ def store_stats(store: Store) -> dict[str, Any]:
         "timers": store.count("timers"),
         "definitions": store.count("definitions"),
         "corrupt": len(corrupt),
+        "resources": resources,
     }
+
+
+def _resources(store: Store, corrupt: list[StoreCorrupt]) -> dict[str, dict[str, Any]]:
+    """Per agent name, its stored protection state (breaker, crash counters)."""
+    out = {}
+    for key, value in store.scan("resources", corrupt=corrupt):
+        try:
+            record = ResourceRecord.from_dict(value)
+        except (KeyError, TypeError, ValueError) as exc:
+            corrupt.append(StoreCorrupt("resources", key, str(exc)))
+            continue
+        out[key.decode("utf-8", "replace")] = resource_stats(record)
+    return out
 
 
 def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
@@ -200,3 +217,10 @@ def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
     rows += [(k, stats[k]) for k in ("retries", "compensation_retries", "timers")]
     rows += [(k, stats[k]) for k in ("definitions", "corrupt", "incarnation", "schema_version")]
     print_table(out, f"store {stats['store']}", ("", "count"), rows)
+    if stats["resources"]:
+        columns = ("breaker", "failures", "opens", "crashes", "lost")
+        resources = [
+            (agent, *(values[c] for c in columns)) for agent, values in stats["resources"].items()
+        ]
+        out.write("\n")
+        print_table(out, "agents (resource protection)", ("agent", *columns), resources)

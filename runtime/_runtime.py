@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import datetime
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Admit, Complete, Define, InstanceEvent, Operate
 from herder.actors._outcomes import parse_task_token
 from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
@@ -36,6 +38,7 @@ from herder.actors._supervisor import WorkflowSupervisor
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
+from herder.runtime._timing import begin_at, check_priority, new_workflow
 from herder.runtime._workflow import Workflow
 from herder.store import ConditionFailed, Expect, Put, Store, StoreCorrupt, Transition
 from herder.store._codec import MAX_VALUE_BYTES, check_text, encode, normalize
@@ -48,7 +51,6 @@ from herder.store._records import (
     WorkflowRecord,
     WorkflowState,
     definition_key,
-    step_key,
     validate_id,
     validate_name,
     workflow_key,
@@ -111,10 +113,11 @@ class Runtime:
     crashing instances more often than this gives up, and a fresh one is started for the
     next step), ``max_recoveries`` (a workflow whose attempt was running at more crashes
     of the process in a row than this is parked in NEEDS_ATTENTION as poison work),
-    ``log_level`` (level of the ``herder`` loggers; handlers are left to
-    the embedding program), ``seed`` (for
-    retry jitter, to make runs repeatable), ``probe_timeout`` (how long a
-    ``probe_<action>`` may take to tell whether a lapsed attempt was applied).
+    ``priority_aging`` (seconds of waiting in an agent's queue worth one priority level,
+    so low-priority work is never starved), ``log_level`` (level of the ``herder``
+    loggers; handlers are left to the embedding program), ``seed`` (for retry jitter, to
+    make runs repeatable), ``probe_timeout`` (how long a ``probe_<action>`` may take to
+    tell whether a lapsed attempt was applied).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class Runtime:
         instance_shutdown: float = 1.0,
         agent_restarts: tuple[int, float] = (20, 10.0),
         max_recoveries: int = 3,
+        priority_aging: float = 10.0,
         seed: int | None = None,
         ask_timeout: float = 30.0,
         log_level: int | str | None = None,
@@ -143,6 +147,8 @@ class Runtime:
             logging.getLogger("herder").setLevel(log_level)
         if sweep_interval <= 0:
             raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
+        if not priority_aging > 0:
+            raise InvalidInput(f"priority_aging must be > 0 seconds, got {priority_aging!r}")
         for name, limit in (
             ("max_input_bytes", max_input_bytes),
             ("max_result_bytes", max_result_bytes),
@@ -166,6 +172,7 @@ class Runtime:
             agent_max_restarts=agent_restarts[0],
             agent_restart_period=agent_restarts[1],
             max_recoveries=max_recoveries,
+            priority_aging=float(priority_aging),
             seed=seed,
             probe_timeout=probe_timeout,
         )
@@ -279,13 +286,25 @@ class Runtime:
 
     # -- registration ------------------------------------------------------------------
 
-    def add_agent(self, name: str, factory: Callable[[], Agent], *, concurrency: int = 1) -> None:
+    def add_agent(
+        self,
+        name: str,
+        factory: Callable[[], Agent],
+        *,
+        concurrency: int = 1,
+        breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
         """Serve agent ``name`` with instances built by ``factory`` (a zero-argument callable).
 
         ``factory`` is an Agent subclass or e.g. ``functools.partial(HostAgent, host=h)``
-        for one agent per remote resource. Up to ``concurrency`` instances run at once;
-        they start when work arrives and stop after being idle. Adding a name again
-        replaces its factory and concurrency.
+        for one agent per remote resource. Up to ``concurrency`` instances run at once
+        (the agent's concurrency limit); they start when work arrives and stop after
+        being idle. ``breaker`` (a :class:`CircuitBreaker`) stops dispatching to a
+        resource that keeps failing and probes it after a cool-down; ``rate_limit`` (a
+        :class:`RateLimit`) caps attempts per second. Steps held back by either wait in
+        the agent's queue, highest priority first, spending no attempt. Adding a name
+        again replaces its factory, concurrency and limits.
         """
         self._check_open()
         validate_name("agent", name)
@@ -295,9 +314,21 @@ class Runtime:
             raise InvalidInput(
                 f"agent {name!r}: concurrency must be an int >= 1, got {concurrency!r}"
             )
+        for kind, value, want in (
+            ("breaker", breaker, CircuitBreaker),
+            ("rate_limit", rate_limit, RateLimit),
+        ):
+            if value is not None and not isinstance(value, want):
+                raise InvalidInput(
+                    f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
+                )
         cls = agent_class_of(factory)
         self._actions[name] = None if cls is None else action_names(cls)
         self._ctx.agents[name] = (factory, concurrency)
+        if breaker is None and rate_limit is None:
+            self._ctx.limits.pop(name, None)
+        else:
+            self._ctx.limits[name] = (breaker, rate_limit)
         call(self._scheduler, "add_agent", name, timeout=self._ask_timeout)
 
     def remove_agent(self, name: str) -> None:
@@ -306,6 +337,7 @@ class Runtime:
         if name not in self._ctx.agents:
             raise UnknownName(f"no agent named {name!r} is registered")
         del self._ctx.agents[name]
+        self._ctx.limits.pop(name, None)
         self._actions.pop(name, None)
         call(self._scheduler, "remove_agent", name, timeout=self._ask_timeout)
 
@@ -343,6 +375,9 @@ class Runtime:
         *,
         workflow_id: str | None = None,
         timeout: float | None = None,
+        priority: int = 0,
+        start_at: datetime.datetime | None = None,
+        delay: float | None = None,
     ) -> WorkflowHandle:
         """Start a workflow; it is durable when this returns.
 
@@ -350,6 +385,11 @@ class Runtime:
         the existing workflow; with different input it raises :class:`WorkflowConflict`.
         Blocks while ``max_active_workflows`` are unfinished (up to ``timeout`` seconds,
         then :class:`TimeoutError`).
+
+        ``priority`` (default 0; higher first) orders its steps against other work
+        waiting for the same agent; waiting raises it (see ``priority_aging``).
+        ``start_at`` (a datetime) or ``delay`` (seconds) holds its first steps until then;
+        the wait is a timer in the store and survives restarts.
         """
         self._check_open()
         name = workflow.name if isinstance(workflow, Workflow) else workflow
@@ -362,6 +402,8 @@ class Runtime:
             )
         self._check_agents(plan)
         wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
+        priority = check_priority(priority)
+        begin = begin_at(self._clock.time(), start_at, delay)
         normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
         # An existing id is found by the compare-and-set below, without a read. Only when
         # start() would have to wait for capacity is it worth looking first: a repeated
@@ -372,13 +414,10 @@ class Runtime:
                 return self._same_start(existing, plan, normalized)
         self._wait_capacity(timeout)
         now = self._clock.time()
-        record = WorkflowRecord(
-            wid, plan.name, plan.version, normalized, WorkflowState.RUNNING, now, now
+        record, steps, ops = new_workflow(
+            plan, wid, normalized, now, priority=priority, begin=begin
         )
-        steps = [StepRecord(wid, s.name, updated=now) for s in plan.steps]
         key = workflow_key(wid)
-        ops = [Put("workflows", key, encode(record.to_dict()))]
-        ops += [Put("steps", step_key(wid, s.name), encode(s.to_dict())) for s in steps]
         ops.append(history_put(wid, self._ctx.next_token(), workflow_event(None, record)))
         transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
         committed = self._store.writer.submit(transition)
@@ -546,6 +585,7 @@ class Runtime:
             "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
             "agents": engine["agents"],
             "awaiting_definition": engine["awaiting_definition"],
+            "resources": engine["resources"],
             "store": self._store.writer.stats(),
             "restarts": self._restart_counts(),
             "corrupt": bad,

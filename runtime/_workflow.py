@@ -8,6 +8,8 @@ from herder.actors._errors import InvalidDefinition
 from herder.store._errors import InvalidInput
 from herder.store._records import Plan, RetryPolicy, StepSpec, validate_name
 
+_FOREVER = 10 * 365 * 86400.0  # ten years: longer timeouts and delays are surely mistakes
+
 
 class Workflow:
     """A named, versioned workflow definition: a DAG of steps run by agents.
@@ -40,12 +42,16 @@ class Workflow:
         heartbeat_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         compensate_retry: RetryPolicy | None = None,
+        delay: float | None = None,
     ) -> Workflow:
         """Add a step and return the builder.
 
         ``timeout`` bounds each attempt from dispatch to answer; ``heartbeat_timeout``
         bounds the gap between ``ctx.heartbeat()`` calls. ``retry`` defaults to the
-        runtime's policy; ``compensate_retry`` defaults to ``retry``.
+        runtime's policy; ``compensate_retry`` defaults to ``retry``. ``delay`` makes the
+        step wait that many seconds after its dependencies succeeded (a step without
+        dependencies: after the workflow's start) before it is dispatched; the wait is a
+        timer in the store, so it survives restarts.
         """
         validate_name("step", name)
         if name in self._steps:
@@ -55,10 +61,15 @@ class Workflow:
             validate_name("dependency", dep)
         if len(set(deps)) != len(deps):
             raise InvalidDefinition(f"step {name!r} lists a dependency twice: {list(deps)}")
-        for field, value in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
-            if value is not None and not value > 0:
+        for field, value in (
+            ("timeout", timeout),
+            ("heartbeat_timeout", heartbeat_timeout),
+            ("delay", delay),
+        ):
+            if value is not None and not 0 < value < _FOREVER:
                 raise InvalidDefinition(
-                    f"step {name!r}: {field} must be > 0 or None, got {value!r}"
+                    f"step {name!r}: {field} must be > 0 seconds (and under ten years) or "
+                    f"None, got {value!r}"
                 )
         for field, policy in (("retry", retry), ("compensate_retry", compensate_retry)):
             if policy is not None and not isinstance(policy, RetryPolicy):
@@ -75,6 +86,7 @@ class Workflow:
             heartbeat_timeout=None if heartbeat_timeout is None else float(heartbeat_timeout),
             retry=retry,
             compensate_retry=compensate_retry,
+            delay=None if delay is None else float(delay),
         )
         return self
 

@@ -56,8 +56,12 @@ DATABASES = (
     "definitions",
     "history",
     "commands",
+    "resources",
 )
 """The named databases of a store."""
+
+ADDED_LATER = frozenset({"resources"})
+"""Databases a store written by an older version may lack; read-only opens see them empty."""
 
 MAX_DBS = 16
 """Named databases an environment may hold (room for more than DATABASES uses)."""
@@ -66,6 +70,8 @@ PAGE = 1000
 """Keys read per read transaction by the paged scans."""
 
 LOCK_FILE = "herder.lock"
+MAX_DBS = 16
+"""Named databases an environment may hold: room for the ones later versions add."""
 MAX_READERS = 126
 
 _T = TypeVar("_T")
@@ -216,7 +222,14 @@ class Store:
         self._env = env
         try:
             env.reader_check()
-            self._handles = {name: env.open_db(name.encode(), create=False) for name in DATABASES}
+            self._handles = {}
+            for name in DATABASES:
+                try:
+                    self._handles[name] = env.open_db(name.encode(), create=False)
+                except lmdb.NotFoundError:
+                    # Written by an older version that never created it: read as empty.
+                    if name not in ADDED_LATER:
+                        raise
             with env.begin() as txn:
                 schema = self._meta_int(txn, b"schema")
                 incarnation = self._meta_int(txn, b"incarnation") or 0
@@ -301,6 +314,8 @@ class Store:
         try:
             return self._handles[db]
         except KeyError:
+            if db in ADDED_LATER:
+                return None  # an older store opened read-only: the database reads empty
             raise InvalidInput(
                 f"unknown database {db!r}; use one of {', '.join(DATABASES)}"
             ) from None
@@ -308,6 +323,8 @@ class Store:
     def _paged(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Yield raw (key, value) pairs with ``prefix``, one short read txn per page."""
         handle = self._handle(db)
+        if handle is None:
+            return
         start = prefix
         skip_first = False
         while True:
@@ -347,6 +364,8 @@ class Store:
     def get(self, db: str, key: bytes) -> Any | None:
         """The decoded record under ``key`` in ``db``, or None if there is none."""
         handle = self._handle(db)
+        if handle is None:
+            return None
         raw = self._read(lambda txn: cast("bytes | None", txn.get(key, db=handle)))
         return None if raw is None else decode(raw, db=db, key=key)
 
@@ -514,6 +533,8 @@ class Store:
     def count(self, db: str) -> int:
         """Number of keys in ``db`` (one consistent snapshot)."""
         handle = self._handle(db)
+        if handle is None:
+            return 0
         entries: int = self._read(lambda txn: txn.stat(handle)["entries"])
         return entries
 

@@ -182,9 +182,12 @@ class StepSpec:
     heartbeat_timeout: float | None = None
     retry: RetryPolicy | None = None
     compensate_retry: RetryPolicy | None = None
+    delay: float | None = None  # seconds to wait after the dependencies (or the start)
 
     def to_dict(self) -> dict[str, Any]:
-        """The step as a msgpack-ready map."""
+        """The step as a msgpack-ready map (``delay`` only when set: older plans keep
+        their stored form and fingerprint)."""
+        extra = {} if self.delay is None else {"delay": self.delay}
         return {
             "name": self.name,
             "agent": self.agent,
@@ -195,6 +198,7 @@ class StepSpec:
             "heartbeat_timeout": self.heartbeat_timeout,
             "retry": self.retry.to_dict() if self.retry else None,
             "compensate_retry": self.compensate_retry.to_dict() if self.compensate_retry else None,
+            **extra,
         }
 
     @classmethod
@@ -214,6 +218,7 @@ class StepSpec:
                 if data["compensate_retry"]
                 else None
             ),
+            delay=data.get("delay"),
         )
 
 
@@ -273,6 +278,8 @@ class WorkflowRecord:
     cancelled: bool = False
     # Crashes in a row at which an attempt of it was running (poison work, actors/_poison).
     recoveries: int = 0
+    # Higher runs first when its agents are saturated; waiting raises it (actors/_queue.py).
+    priority: int = 0
 
     def evolve(self, **changes: Any) -> WorkflowRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
@@ -292,6 +299,7 @@ class WorkflowRecord:
             "error": self.error,
             "cancelled": self.cancelled,
             "recoveries": self.recoveries,
+            "priority": self.priority,
         }
 
     @classmethod

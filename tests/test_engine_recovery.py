@@ -56,8 +56,8 @@ def test_an_immediate_retry_still_queued_at_a_crash_resumes_after_reopening(
         rt.start("one", workflow_id="b")
         settle(rt)  # b waits in the agent's queue, ahead of a's retry
         go.set()
-        settle(rt)
-        assert rt.status("a").steps["s"].state is StepState.RETRY_WAIT
+        # settle() does not wait for a's agent thread to raise: wait for the commit.
+        wait_until(rt, lambda: rt.status("a").steps["s"].state is StepState.RETRY_WAIT)
     hold.set()
 
     class Fine(Agent):
