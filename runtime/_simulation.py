@@ -229,6 +229,7 @@ class SimReport:
     # Not counted as a problem: DESIGN.md compensates completed steps only (issue 9's
     # UNKNOWN outcome is the remedy).
     leaked: int = 0
+    stale: int = 0  # late answers of superseded attempts the Scheduler dropped
     problems: list[str] = field(default_factory=list)
 
 
@@ -286,6 +287,7 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
         _quiet(rt, world)
         report.faults = world.faults
         report.store_faults = faults.failed
+        report.stale = call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
         _verify(rt, world, ids, cancelled, report)
     finally:
         faults.armed = False

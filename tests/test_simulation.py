@@ -36,7 +36,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
     root = _scratch(tmp_path)
     faults: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
-    store_faults = leaked = 0
+    store_faults = leaked = stale = 0
     started = time.monotonic()
     try:
         for seed in sim_seeds:
@@ -49,6 +49,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
             outcomes.update(report.workflows.values())
             store_faults += report.store_faults
             leaked += report.leaked
+            stale += report.stale
     finally:
         if root != tmp_path:
             import shutil
@@ -57,11 +58,12 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
     print(
         f"\nsimulation: {len(sim_seeds)} seeds in {time.monotonic() - started:.1f}s, "
         f"outcomes {dict(outcomes)}, faults {dict(faults)}, store faults {store_faults}, "
-        f"effects left by FAILED steps {leaked}"
+        f"stale answers dropped {stale}, effects left by FAILED steps {leaked}"
     )
     if len(sim_seeds) >= 50:  # the schedule really exercises every kind of fault
         assert set(faults) == {"raise", "lost", "hang", "crash", "permanent"}
         assert store_faults > 0
+        assert stale > 0  # hung attempts answered after being superseded
         assert {"SUCCEEDED", "COMPENSATED", "CANCELLED"} <= set(outcomes)
 
 

@@ -13,7 +13,8 @@ runtime. After every rule, on one consistent snapshot of the store:
   step never changes, a succeeded one can only be compensated, attempts never go down
   unless an operator retried).
 
-Examples are bounded for the default run; HERDER_STATEFUL_EXAMPLES=N runs N of them.
+Examples are bounded for the default run (12 of 15 rules); HERDER_STATEFUL_EXAMPLES and
+HERDER_STATEFUL_STEPS raise both.
 """
 
 from __future__ import annotations
@@ -62,10 +63,16 @@ WORKFLOW_NEXT = {
 WORKFLOW_NEXT[W.RUNNING] |= {W.NEEDS_ATTENTION}  # via COMPENSATING, or parked as poison
 # Parked until an operator's retry, after which the invariant starts afresh.
 WORKFLOW_NEXT[W.NEEDS_ATTENTION] = {W.NEEDS_ATTENTION}
+# An operator may abandon any unfinished or parked workflow (not one of these rules).
+for _state in (W.RUNNING, W.COMPENSATING, W.NEEDS_ATTENTION):
+    WORKFLOW_NEXT[_state].add(W.ABANDONED)
+WORKFLOW_NEXT[W.ABANDONED] = {W.ABANDONED}
 STEP_NEXT = {
     S.PENDING: set(S),
     S.DISPATCHED: set(S) - {S.PENDING},
     S.RETRY_WAIT: set(S) - {S.PENDING},
+    S.WAITING: set(S) - {S.PENDING},  # complete_later and probes: not used by this machine
+    S.UNKNOWN: set(S) - {S.PENDING},
     S.FAILED: {S.FAILED},
     S.SUCCEEDED: {S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED},
     S.COMPENSATING: {S.COMPENSATING, S.COMPENSATED},
@@ -233,14 +240,16 @@ class RuntimeMachine(RuleBasedStateMachine):
             self.retried.discard(wid)
 
 
+EXAMPLES = int(os.environ.get("HERDER_STATEFUL_EXAMPLES", "12"))
+STEPS_PER_EXAMPLE = int(os.environ.get("HERDER_STATEFUL_STEPS", "15"))
 RuntimeMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("HERDER_STATEFUL_EXAMPLES", "12")),
-    stateful_step_count=15,
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS_PER_EXAMPLE,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * max(1, EXAMPLES * STEPS_PER_EXAMPLE // 180))
 class TestRuntimeMachine(RuntimeMachine.TestCase):  # type: ignore[misc, valid-type]
     """pytest entry point of the state machine."""
