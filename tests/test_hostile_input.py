@@ -7,6 +7,7 @@ data already in the store and ``test_store_fuzz.py`` the decoder.
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -165,6 +166,15 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      InvalidInput, "not a herder task token"),
     ("fail_step: not a str token", lambda rt: rt.fail_step(b"x" * 5000, "e"),  # type: ignore[arg-type]
      InvalidInput, "not a herder task token"),
+    ("start: delay=1e308 (overflowed the timer)", lambda rt: rt.start("echo", delay=1e308),
+     InvalidInput, "limit is 3155760000 s"),
+    ("start: start_at in year 9999",
+     lambda rt: rt.start("echo", start_at=datetime.datetime(9999, 1, 1, tzinfo=datetime.UTC)),
+     InvalidInput, "100 years"),
+    ("start: delay=nan", lambda rt: rt.start("echo", delay=math.nan), InvalidInput,
+     "finite number"),
+    ("start: priority 2**80", lambda rt: rt.start("echo", priority=2**80), InvalidInput,
+     "priority must be between"),
     ("Runtime: max_input_bytes over the record ceiling",
      lambda rt: Runtime(rt.path + "-other", max_input_bytes=1 << 30), InvalidInput,
      "max_input_bytes must be"),
