@@ -1430,6 +1430,8 @@ class Scheduler(SupervisedActor):
         run.queued.discard(st.name)
         if attempt is not None:
             attempt.port.superseded = True
+            if self._admission.abandoned(attempt.agent, st.token):
+                self._dirty_agents.add(attempt.agent)  # it was a breaker's half-open probe
             if replace:
                 self._hosted.replace(attempt.agent, attempt.instance)
 
