@@ -271,6 +271,10 @@ class Scheduler(SupervisedActor):
                 "stale",
                 "crashes",
                 "passivated",
+                "unknown",  # lapsed attempts handed to a probe
+                "probes",  # probe answers received
+                "handed_off",  # actions that returned ctx.complete_later()
+                "completed",  # complete_step/fail_step calls recorded
             ),
             0,
         )
@@ -437,6 +441,7 @@ class Scheduler(SupervisedActor):
         if attempt is not None:
             attempt.port.superseded = True
         done: Future[None] = Future()
+        self._counters["completed"] += 1
         if msg.ok:
             result = normalize(
                 msg.result, limit=self._config.max_result_bytes, what=f"result of {msg.step!r}"
@@ -1282,6 +1287,7 @@ class Scheduler(SupervisedActor):
     def _on_special_outcome(self, run: _Run, st: StepRecord, msg: Outcome) -> None:
         """An answer that is not a plain result: a probe's verdict or complete_later()."""
         if st.state is StepState.UNKNOWN:
+            self._counters["probes"] += 1
             if not msg.ok:
                 self._probe_later(run, st, f"probe failed: {msg.error}", failed=True)
             elif msg.kind == DONE:
@@ -1297,6 +1303,7 @@ class Scheduler(SupervisedActor):
         elif msg.kind == "later" and st.state is StepState.DISPATCHED:
             # The instance is free again; the step waits for complete_step/fail_step under
             # the deadline it already has (same token: the task token stays valid).
+            self._counters["handed_off"] += 1
             self._put_step(run, st, st.evolve(state=StepState.WAITING, updated=self._clock.time()))
         else:
             what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
@@ -1309,6 +1316,7 @@ class Scheduler(SupervisedActor):
             self._probe_later(run, st, f"probe {lapsed}", failed=True)
         elif st.state in (StepState.DISPATCHED, StepState.WAITING) and self._has_probe(run, st):
             # The request may have reached the remote side: ask before retrying.
+            self._counters["unknown"] += 1
             now = self._clock.time()
             unknown = st.evolve(
                 state=StepState.UNKNOWN,

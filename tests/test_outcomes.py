@@ -154,6 +154,8 @@ def test_a_lapsed_attempt_that_was_applied_is_recorded_from_the_probe_without_a_
     assert step.attempt == 1  # never run again
     assert bank.ledger.requests["w/pay"] == 1
     assert bank.probes == ["w/pay"]
+    steps = rt.stats()["steps"]
+    assert (steps["unknown"], steps["probes"], steps["timed_out"]) == (1, 1, 1)
     assert transitions(rt, "w", "pay") == [
         ("PENDING", "DISPATCHED"),
         ("DISPATCHED", "UNKNOWN"),
@@ -283,6 +285,8 @@ def test_a_step_completed_later_from_another_thread_frees_its_instance_meanwhile
     webhook.start()
     webhook.join(WAIT)
     assert h.result(timeout=WAIT) == {"pay": {"paid": "later"}}
+    steps = rt.stats()["steps"]
+    assert (steps["handed_off"], steps["completed"]) == (1, 1)
     assert transitions(rt, "w", "pay")[-2:] == [
         ("DISPATCHED", "WAITING"),
         ("WAITING", "SUCCEEDED"),
