@@ -70,6 +70,10 @@ class Admission:
 
     def configure(self, agent: str, breaker: CircuitBreaker | None, rate: RateLimit | None) -> None:
         """Set (or clear, with both None) the limits of ``agent``."""
+        stored = self._records.get(agent)
+        if breaker is None and stored is not None and stored.breaker is not BreakerState.CLOSED:
+            # Registered without a breaker now: a stored open one no longer holds anything.
+            self._set(agent, stored.evolve(breaker=BreakerState.CLOSED, opened_at=None))
         if breaker is None and rate is None:
             self._gates.pop(agent, None)
             return

@@ -79,6 +79,7 @@ _log = logging.getLogger("herder.scheduler")
 
 TIMEOUT_ERROR = "herder.Timeout"
 CRASH_ERROR = "herder.InstanceCrashed"
+RESUME_CHUNK = 200  # workflows resumed per message when a definition arrives
 
 
 @dataclass
@@ -270,6 +271,10 @@ class Scheduler(SupervisedActor):
                 "stale",
                 "crashes",
                 "passivated",
+                "unknown",  # lapsed attempts handed to a probe
+                "probes",  # probe answers received
+                "handed_off",  # actions that returned ctx.complete_later()
+                "completed",  # complete_step/fail_step calls recorded
             ),
             0,
         )
@@ -436,6 +441,7 @@ class Scheduler(SupervisedActor):
         if attempt is not None:
             attempt.port.superseded = True
         done: Future[None] = Future()
+        self._counters["completed"] += 1
         if msg.ok:
             result = normalize(
                 msg.result, limit=self._config.max_result_bytes, what=f"result of {msg.step!r}"
@@ -477,13 +483,13 @@ class Scheduler(SupervisedActor):
         assert self._host is not None
         return self._host
 
-    def _after_message(self) -> None:
+    def _after_message(self, *, flush: bool = False) -> None:
         for agent in list(self._dirty_agents):
             self._pump(agent)
         self._dirty_agents.clear()
         if not self._open and not self._admission.dirty:
             return
-        if self.actor_inbox.empty():
+        if flush or self.actor_inbox.empty():
             self._flush()
         elif not self._flush_queued:
             self._flush_queued = True
@@ -662,9 +668,19 @@ class Scheduler(SupervisedActor):
         self._admit(msg.workflow, msg.steps)
 
     def _on_define(self, plan: Plan) -> None:
-        waiting = self._awaiting.pop((plan.name, plan.version), [])
+        # In chunks, each followed by the usual dispatch and flush, so that the first of
+        # 100k recovered workflows runs at once instead of after all have been read.
+        key = (plan.name, plan.version)
+        waiting = self._awaiting.pop(key, [])
+        if len(waiting) > RESUME_CHUNK:
+            waiting, self._awaiting[key] = waiting[:RESUME_CHUNK], waiting[RESUME_CHUNK:]
         for workflow_id in waiting:
             self._readmit(workflow_id, crashed=True)
+        if key in self._awaiting:
+            # Dispatch and commit this chunk's first steps now: the inbox will not drain
+            # (which is when a commit normally goes out) until every chunk is in.
+            self._after_message(flush=True)
+            self.actor_ref.tell(Define(plan))  # the next chunk, after what arrived meanwhile
 
     def _on_tick(self) -> None:
         idle_before = self._clock.time() - self._config.idle_timeout
@@ -682,7 +698,11 @@ class Scheduler(SupervisedActor):
             if record.state.is_final or record.id in self._runs:
                 continue
             self._recovered.add(record.id)
-            recovered += self._readmit(record.id, record, crashed=True)
+            if (record.name, record.version) in self._ctx.plans:
+                recovered += self._readmit(record.id, record, crashed=True)
+            else:  # its steps are read when the definition comes (_on_define)
+                self._await_definition(record)
+                recovered += 1
         for exc in corrupt:
             self._note_corrupt(exc)
         if recovered:
@@ -763,6 +783,20 @@ class Scheduler(SupervisedActor):
         _log.error("%s; the workflow it belongs to stays where it is", exc)
         self._corrupt[f"{exc.db}:{exc.key!r}"] = exc.reason
 
+    def _await_definition(self, record: WorkflowRecord) -> None:
+        """Park a workflow until its definition is registered; warn once per definition
+        (a restart may park 100k workflows, and stats() shows the count)."""
+        waiting = self._awaiting.setdefault((record.name, record.version), [])
+        if not waiting:
+            _log.warning(
+                "workflow %s (and any others of it) awaits definition %s version %d; "
+                "register it to resume",
+                record.id,
+                record.name,
+                record.version,
+            )
+        waiting.append(record.id)
+
     def _is_awaiting(self, workflow_id: str) -> bool:
         return any(workflow_id in ids for ids in self._awaiting.values())
 
@@ -780,13 +814,7 @@ class Scheduler(SupervisedActor):
             return
         plan = self._ctx.plans.get((record.name, record.version))
         if plan is None:
-            self._awaiting.setdefault((record.name, record.version), []).append(record.id)
-            _log.warning(
-                "workflow %s awaits definition %s version %d; register it to resume",
-                record.id,
-                record.name,
-                record.version,
-            )
+            self._await_definition(record)
             return
         by_name = {s.name: s for s in steps}
         for spec in plan.steps:  # a missing step record is recreated, not a crash
@@ -1259,6 +1287,7 @@ class Scheduler(SupervisedActor):
     def _on_special_outcome(self, run: _Run, st: StepRecord, msg: Outcome) -> None:
         """An answer that is not a plain result: a probe's verdict or complete_later()."""
         if st.state is StepState.UNKNOWN:
+            self._counters["probes"] += 1
             if not msg.ok:
                 self._probe_later(run, st, f"probe failed: {msg.error}", failed=True)
             elif msg.kind == DONE:
@@ -1274,6 +1303,7 @@ class Scheduler(SupervisedActor):
         elif msg.kind == "later" and st.state is StepState.DISPATCHED:
             # The instance is free again; the step waits for complete_step/fail_step under
             # the deadline it already has (same token: the task token stays valid).
+            self._counters["handed_off"] += 1
             self._put_step(run, st, st.evolve(state=StepState.WAITING, updated=self._clock.time()))
         else:
             what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
@@ -1286,6 +1316,7 @@ class Scheduler(SupervisedActor):
             self._probe_later(run, st, f"probe {lapsed}", failed=True)
         elif st.state in (StepState.DISPATCHED, StepState.WAITING) and self._has_probe(run, st):
             # The request may have reached the remote side: ask before retrying.
+            self._counters["unknown"] += 1
             now = self._clock.time()
             unknown = st.evolve(
                 state=StepState.UNKNOWN,

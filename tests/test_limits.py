@@ -376,3 +376,19 @@ def test_protection_shows_in_prometheus_and_herder_stats(
     stored = json.loads(as_json.getvalue())["resources"]["svc"]
     assert stored["breaker"] == "OPEN"
     assert stored["opens"] == 1
+
+
+def test_registering_without_a_breaker_closes_a_stored_open_one(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    path = tmp_path / "s"
+    service.healthy = False
+    with runtime(path, clock, service, breaker=CircuitBreaker(failures=1, cooldown=600)) as rt:
+        rt.start("one", workflow_id="w")
+        calls(rt, service, 1)
+        assert breaker(rt)["breaker"] == "OPEN"
+    service.healthy = True
+    with runtime(path, clock, service) as rt:
+        assert breaker(rt)["breaker"] == "CLOSED"
+        advance(rt, clock, 1.0)
+        rt.handle("w").result(timeout=WAIT)
