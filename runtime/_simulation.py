@@ -12,8 +12,9 @@ every fault is decided by the seed:
 - :class:`SimService` — the agent the workload runs on: it applies effects to an
   :class:`~herder.runtime.testing.EffectLedger` by idempotency key, meeting the
   schedule's faults.
-- :func:`simulate` — starts a few workflows (one maybe cancelled), advances the fake
-  clock in rounds until every workflow is final, and returns a :class:`SimReport`
+- :func:`simulate` — starts a few workflows (one maybe cancelled, the runtime maybe
+  stopped and reopened on its store), advances the fake clock in rounds until every
+  workflow is final, and returns a :class:`SimReport`
   listing every broken expectation: a final state other than the schedule implies, an
   effect that contradicts the recorded step states, compensations out of reverse
   completion order, or a ``herder check`` problem.
@@ -102,6 +103,12 @@ class FaultSchedule:
     def workflows(self) -> int:
         """How many workflows the run starts (2-4)."""
         return 2 + int(self._draw("workflows") * 3)
+
+    def restart_at(self) -> int | None:
+        """The round at which the runtime is stopped and opened again, or None (2/3)."""
+        if self._draw("restart") < 2 / 3:
+            return None
+        return int(self._draw("restart-round") * 3)
 
     def cancel_at(self) -> tuple[int, int] | None:
         """(round, workflow index) of a cancel request, or None (half of the seeds)."""
@@ -230,6 +237,7 @@ class SimReport:
     # UNKNOWN outcome is the remedy).
     leaked: int = 0
     stale: int = 0  # late answers of superseded attempts the Scheduler dropped
+    restarts: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -257,14 +265,9 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
     world = _World(schedule)
     report = SimReport(seed)
     clock = FakeClock()
-    rt = Runtime(Path(directory), clock=clock, sweep_interval=ROUND, seed=seed)
+    rt = _open(Path(directory), clock, world)
     faults = _StoreFaults(schedule)
     try:
-        rt._ctx.commit_listeners.append(world.gate.changed)
-        factory = functools.partial(SimService, world)
-        rt.add_agent("alpha", factory, concurrency=CONCURRENCY)
-        rt.add_agent("beta", factory, concurrency=CONCURRENCY)
-        rt.add_workflow(_definition())
         ids = [f"s{seed}-{i}" for i in range(schedule.workflows())]
         for wid in ids:
             rt.start("sim", {"seed": seed}, workflow_id=wid)
@@ -277,6 +280,16 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
             _quiet(rt, world)
             if cancel is not None and cancel[0] == rnd:
                 cancelled |= _cancel(rt, faults, ids[cancel[1]])
+            if schedule.restart_at() == rnd:  # the process stops and starts again
+                faults.armed = False
+                world.gate.release()
+                report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
+                rt.stop(timeout=5)
+                rt = _open(Path(directory), clock, world)
+                rt._store.writer.fault = faults
+                faults.armed = True
+                report.restarts += 1
+                _quiet(rt, world)
             if all(rt.status(w).state.is_final for w in ids):
                 break
             rt._settle()
@@ -287,13 +300,23 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
         _quiet(rt, world)
         report.faults = world.faults
         report.store_faults = faults.failed
-        report.stale = call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
+        report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
         _verify(rt, world, ids, cancelled, report)
     finally:
         faults.armed = False
         world.gate.release()
         rt.stop(timeout=5)
     return report
+
+
+def _open(directory: Path, clock: FakeClock, world: _World) -> Runtime:
+    rt = Runtime(directory, clock=clock, sweep_interval=ROUND, seed=world.schedule.seed)
+    rt._ctx.commit_listeners.append(world.gate.changed)
+    factory = functools.partial(SimService, world)
+    rt.add_agent("alpha", factory, concurrency=CONCURRENCY)
+    rt.add_agent("beta", factory, concurrency=CONCURRENCY)
+    rt.add_workflow(_definition())
+    return rt
 
 
 def _cancel(rt: Runtime, faults: _StoreFaults, workflow_id: str) -> set[str]:
