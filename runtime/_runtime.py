@@ -147,8 +147,10 @@ class Runtime:
             logging.getLogger("herder").setLevel(log_level)
         if sweep_interval <= 0:
             raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
-        if not priority_aging > 0:
-            raise InvalidInput(f"priority_aging must be > 0 seconds, got {priority_aging!r}")
+        if not 0 < priority_aging < float("inf"):
+            raise InvalidInput(
+                f"priority_aging must be a finite number of seconds > 0, got {priority_aging!r}"
+            )
         for name, limit in (
             ("max_input_bytes", max_input_bytes),
             ("max_result_bytes", max_result_bytes),
