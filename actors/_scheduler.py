@@ -47,7 +47,7 @@ from herder.actors._messages import (
     Tick,
 )
 from herder.actors._supervised import SupervisedActor
-from herder.store import Delete, Put, Store, StoreIOError, Transition
+from herder.store import Delete, LeaseLost, Put, Store, StoreIOError, Transition
 from herder.store._codec import encode
 from herder.store._records import (
     Plan,
@@ -109,7 +109,26 @@ class EngineContext:
         # the testing kit waits on it instead of polling.
         self.commit_listeners: list[Callable[[], None]] = []
         self.paused = False  # a draining runtime: dispatch nothing new
-        self._tokens = itertools.count((store.incarnation << 32) + 1)
+        # Called on the Supervisor's thread after each sweep that read the store: the
+        # runtime's health signal (lease renewal, systemd watchdog).
+        self.sweep_listeners: list[Callable[[], None]] = []
+        self.on_lease_lost: Callable[[LeaseLost], None] | None = None
+        self.lost: LeaseLost | None = None
+        self.reset_tokens()
+
+    def reset_tokens(self) -> None:
+        """Issue tokens from the store's current incarnation (after taking the lease)."""
+        self._tokens = itertools.count((self.store.incarnation << 32) + 1)
+
+    def lease_lost(self, error: LeaseLost) -> None:
+        """Another runtime holds the lease: dispatch nothing more and tell the runtime."""
+        self.paused = True
+        if self.lost is not None:
+            return
+        _log.critical("lease lost: %s", error)
+        if self.on_lease_lost is not None:
+            self.on_lease_lost(error)
+        self.lost = error  # last: whoever sees it set sees the runtime told
 
     def next_token(self) -> int:
         """A fencing token greater than every token issued before, in any incarnation."""
@@ -463,10 +482,15 @@ class Scheduler(SupervisedActor):
                 for effect in effects:
                     self._apply(effect)
                 continue
-            _log.error("transition of workflow %s failed: %s; reloading it", workflow_id, error)
             for effect in effects:
                 if effect[0] == "future":
                     effect[1].set_exception(error)
+            if isinstance(error, LeaseLost):
+                # Deposed: the store belongs to another runtime now. Reloading would
+                # only retry writes that must not happen; stop dispatching instead.
+                self._ctx.lease_lost(error)
+                continue
+            _log.error("transition of workflow %s failed: %s; reloading it", workflow_id, error)
             self._reload(workflow_id)
         for listener in list(self._ctx.commit_listeners):
             listener()

@@ -7,6 +7,8 @@ group). One daemon thread, ``herder-store-writer``, drains everything queued int
 LMDB write transaction, commits it durably (the environment is opened with ``sync=True``)
 and only then resolves the futures and callbacks. A condition that does not hold skips
 only its own transition; an I/O failure fails the whole batch and the thread keeps going.
+A ``guard`` (the leader-lease check, see ``_lease.py``) runs first in every write
+transaction; when it refuses, the whole batch fails with its error and nothing is written.
 
 Batches are replayable: on ``MapFullError`` the transaction is aborted, the map doubled
 (with no transaction open in this process, see ``Store._grow``) and the batch replayed.
@@ -107,8 +109,10 @@ class Writer:
         *,
         grow: Callable[[int], None],
         max_value_bytes: int | None = None,
+        guard: Callable[[lmdb.Transaction], BaseException | None] | None = None,
     ) -> None:
         self._env = env
+        self._guard = guard
         self._handles = dict(handles)
         self._grow = grow
         self._max_key = env.max_key_size()
@@ -129,6 +133,7 @@ class Writer:
                 "conflicts",
                 "map_resizes",
                 "io_errors",
+                "refused",
             ),
             0,
         )
@@ -196,10 +201,12 @@ class Writer:
                         f"Put value must be msgpack-encoded bytes (use encode()), "
                         f"got {type(op.value).__name__}"
                     )
-                if self._max_value is not None and len(op.value) > self._max_value:
+                # The limit guards against user payloads; meta holds herder's own records.
+                limit = None if op.db == "meta" else self._max_value
+                if limit is not None and len(op.value) > limit:
                     raise EncodeError(
                         f"value for {op.db!r} key {key!r:.80} is {len(op.value)} bytes; the "
-                        f"limit is {self._max_value}: store large payloads elsewhere"
+                        f"limit is {limit}: store large payloads elsewhere"
                     )
             elif type(op) is not Delete:
                 raise InvalidInput(f"a transition's ops must be Put or Delete, got {op!r:.80}")
@@ -245,7 +252,8 @@ class Writer:
 
     def stats(self) -> dict[str, int | float]:
         """Counters: batches, transitions, max_batch, last_batch, conflicts, map_resizes,
-        io_errors and mean_batch (transitions per batch)."""
+        io_errors, refused (batches the guard refused) and mean_batch (transitions per
+        batch)."""
         with self._cond:
             out = dict(self._stats)
         out["mean_batch"] = out["transitions"] / out["batches"] if out["batches"] else 0.0
@@ -286,6 +294,13 @@ class Writer:
         while True:
             txn = env.begin(write=True)
             try:
+                if self._guard is not None:
+                    refused = self._guard(txn)
+                    if refused is not None:
+                        txn.abort()
+                        with self._cond:
+                            self._stats["refused"] += 1
+                        return [[refused] * len(ts) for ts, _ in batch]
                 put = txn.put
                 delete = txn.delete
                 outcomes: list[list[Outcome]] = []

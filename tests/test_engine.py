@@ -489,7 +489,8 @@ def test_the_public_api_exports_exactly_the_contract() -> None:
 
     expected = {
         "Agent", "EncodeError", "HerderError", "InvalidDefinition", "InvalidInput",
-        "InvalidState", "Permanent", "RetryPolicy", "Runtime", "RuntimeClosed",
+        "InvalidState", "LeaseLost", "NotActive", "Permanent", "RetryPolicy", "Runtime",
+        "RuntimeClosed",
         "SchemaTooNew", "State", "StepContext", "StepState", "StepStatus", "StoreCorrupt",
         "StoreError", "StoreLocked", "UnknownName", "UnknownWorkflow", "Workflow",
         "WorkflowConflict", "WorkflowFailed", "WorkflowHandle", "WorkflowStatus",
