@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test lint typecheck unit demo bench slow clean
+.PHONY: test lint typecheck unit demo bench slow chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ unit: $(STAMP)
 
 slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+chaos: $(STAMP)  ## SIGKILL a daemon 50 times under a mixed workload, then audit the store
+	$(PY) -m pytest -m chaos -s
 
 # rich is optional (plain text without it), so a failed install does not stop the demo.
 $(VENV)/.demo-extra: $(STAMP)

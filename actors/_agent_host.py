@@ -32,6 +32,7 @@ from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
 from herder.store._codec import normalize
+from herder.store._crashpoints import crash_point
 from herder.store._errors import EncodeError
 from herder.store._records import exception_name
 
@@ -333,6 +334,7 @@ class AgentHost:
             # the pool already knows.
             return []
         if event.kind in ("restarted", "started") and event.ref is not None:
+            crash_point("agents.restart")
             inst.ref = event.ref
             inst.lost = False
             inst.busy_token = None

@@ -46,9 +46,11 @@ from herder.actors._messages import (
     Run,
     Tick,
 )
+from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._supervised import SupervisedActor
 from herder.store import Delete, LeaseLost, Put, Store, StoreIOError, Transition
 from herder.store._codec import encode
+from herder.store._crashpoints import crash_point
 from herder.store._records import (
     Plan,
     RetryPolicy,
@@ -81,6 +83,8 @@ class EngineConfig:
     agent_max_restarts: int = 20
     agent_restart_period: float = 10.0
     seed: int | None = None
+    max_recoveries: int = 3  # crashes in a row an attempt may be running at (_poison)
+    recovery_stagger: float = 0.5  # seconds between suspects re-run after a crash
 
 
 class EngineContext:
@@ -264,6 +268,7 @@ class Scheduler(SupervisedActor):
             0,
         )
         self._host: AgentHost | None = None
+        self._suspect_slots = itertools.count(1)  # see _poison
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -394,14 +399,14 @@ class Scheduler(SupervisedActor):
         txn = self._txn(run)
         stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING]
         if stuck:
-            self._set_record(run, state=WorkflowState.COMPENSATING, error=None)
+            self._set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
             now = self._clock.time()
             for st in stuck:
                 resumed = self._with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
                 self._put_step(run, st, resumed)
                 self._enqueue(run, st.name, compensating=True)
         else:
-            self._set_record(run, state=WorkflowState.RUNNING, error=None)
+            self._set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
             for st in steps.values():
                 if st.state is StepState.FAILED:
                     self._put_step(
@@ -511,6 +516,7 @@ class Scheduler(SupervisedActor):
             effect[1].set_result(None)
 
     def _on_outcome(self, msg: Outcome) -> None:
+        crash_point("scheduler.outcome")
         if self._hosted.release(msg.agent, msg.instance, msg.token, self._clock.time()):
             self._dirty_agents.add(msg.agent)
         attempt = self._inflight.pop(msg.token, None)
@@ -609,7 +615,7 @@ class Scheduler(SupervisedActor):
         for workflow_id in waiting:
             record = self._store.get_workflow(workflow_id)
             if record is not None and not record.state.is_final:
-                self._admit(record, self._store.steps_of(workflow_id), recovered=True)
+                self._admit(record, self._store.steps_of(workflow_id), crashed=True)
 
     def _on_tick(self) -> None:
         idle_before = self._clock.time() - self._config.idle_timeout
@@ -626,7 +632,7 @@ class Scheduler(SupervisedActor):
             if record.state.is_final or record.id in self._runs:
                 continue
             self._recovered.add(record.id)
-            self._admit(record, self._store.steps_of(record.id), recovered=True)
+            self._admit(record, self._store.steps_of(record.id), crashed=True)
             recovered += 1
         if recovered:
             _log.info("recovered %d unfinished workflows", recovered)
@@ -656,8 +662,15 @@ class Scheduler(SupervisedActor):
         return any(workflow_id in ids for ids in self._awaiting.values())
 
     def _admit(
-        self, record: WorkflowRecord, steps: list[StepRecord], *, recovered: bool = False
+        self,
+        record: WorkflowRecord,
+        steps: list[StepRecord],
+        *,
+        recovered: bool = False,
+        crashed: bool = False,
     ) -> None:
+        """Run a workflow: a new one, one reloaded from the store (``recovered``), or one
+        a previous Scheduler or process left unfinished (``crashed``: counted, _poison)."""
         if record.id in self._runs:
             return
         plan = self._ctx.plans.get((record.name, record.version))
@@ -679,9 +692,46 @@ class Scheduler(SupervisedActor):
                 by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
         run = _Run(record, plan, by_name, self._specs_of(plan))
         self._runs[record.id] = run
-        if recovered:
+        if crashed and self._count_crash(run):
+            return
+        if recovered or crashed:
             self._resume_steps(run)
         self._advance(run)
+
+    def _count_crash(self, run: _Run) -> bool:
+        """Count a crash against a workflow that had attempts running at it; defer those
+        attempts from the second crash in a row, park it past the limit (True)."""
+        running = running_at_crash(run.steps.values())
+        if not running:
+            return False
+        crashes = run.record.recoveries + 1
+        self._set_record(run, recoveries=crashes)
+        now = self._clock.time()
+        if crashes > self._config.max_recoveries:
+            error = poison_message(running, crashes)
+            _log.error("%s: %s", run.record.id, error, extra={"workflow_id": run.record.id})
+            for st in list(run.steps.values()):
+                if st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
+                    state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else None
+                    parked = st.evolve(
+                        state=state or StepState.FAILED,
+                        error=error,
+                        error_type=POISON_ERROR,
+                        deadline=None,
+                        heartbeat_deadline=None,
+                        retry_at=None,
+                        timer_ms=None,
+                        token=self._ctx.next_token(),
+                        updated=now,
+                    )
+                    self._put_step(run, st, parked)
+            self._finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
+            return True
+        if crashes >= 2:
+            at = now + self._config.recovery_stagger * next(self._suspect_slots)
+            for st in running:
+                self._put_step(run, st, self._with_timer(st.evolve(retry_at=at)))
+        return False
 
     def _resume_steps(self, run: _Run) -> None:
         """Queue the steps a previous Scheduler left running or about to run."""
@@ -690,7 +740,7 @@ class Scheduler(SupervisedActor):
         for st in run.steps.values():
             if st.token in self._inflight:
                 continue
-            if st.state is StepState.DISPATCHED:
+            if st.state is StepState.DISPATCHED and (st.retry_at or 0) <= now:
                 self._enqueue(run, st.name, compensating=False)  # outcome unknown: re-run
             elif st.state is StepState.RETRY_WAIT and (st.retry_at or 0) <= now:
                 self._enqueue(run, st.name, compensating=False)
@@ -860,6 +910,8 @@ class Scheduler(SupervisedActor):
         self._counters["dispatched"] += 1
 
     def _step_succeeded(self, run: _Run, st: StepRecord, result: Any) -> None:
+        if run.record.recoveries:  # an attempt of it ended without killing the process
+            self._set_record(run, recoveries=0)
         token = self._ctx.next_token()
         cleared = {
             "token": token,
@@ -872,6 +924,7 @@ class Scheduler(SupervisedActor):
             "updated": self._clock.time(),
         }
         if st.state is StepState.COMPENSATING:
+            crash_point("scheduler.compensated")
             self._put_step(run, st, st.evolve(state=StepState.COMPENSATED, **cleared))
             self._counters["compensated"] += 1
         else:
@@ -902,6 +955,8 @@ class Scheduler(SupervisedActor):
         permanent: bool,
         retry_now: bool = False,
     ) -> None:
+        if run.record.recoveries:  # an attempt of it ended without killing the process
+            self._set_record(run, recoveries=0)
         spec = run.specs[st.name]
         default = self._config.default_retry
         forward = st.state is not StepState.COMPENSATING

@@ -22,6 +22,7 @@ from herder.actors._clock import TimerHandle
 from herder.actors._messages import Due, Tick
 from herder.actors._scheduler import EngineContext
 from herder.actors._supervised import SupervisedActor
+from herder.store._crashpoints import crash_point
 from herder.store._errors import StoreCorrupt
 from herder.store._records import timer_key
 
@@ -113,6 +114,7 @@ class WorkflowSupervisor(SupervisedActor):
             after = timer_key(last[0], last[1], last[2])
         self._sent = seen
         if fresh:
+            crash_point("supervisor.sweep")
             self._ctx.tell_scheduler(Due(fresh))
         if now - self._last_tick >= self._tick_every:
             self._last_tick = now

@@ -1,8 +1,8 @@
 """The ``herder`` command line (also ``python -m herder.runtime``).
 
 One argparse subcommand per job; each lives in the module that does it: ``_demo`` (the
-demo), ``_inspect`` (ls, show, stats: read-only), ``_admin`` (retry, cancel, bench),
-``_daemon`` (run, handoff).
+demo), ``_inspect`` (ls, show, stats: read-only), ``_check`` (check: read-only),
+``_admin`` (retry, cancel, bench), ``_daemon`` (run, handoff).
 Exit codes: 0 done, 1 the command failed (message on stderr), 2 bad usage.
 """
 
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     show = with_store("show", "one workflow and its steps (read-only)")
     show.add_argument("id", help="the workflow id")
     with_store("stats", "counts of workflows, steps, retries, timers (read-only)")
+    with_store("check", "verify cross-database invariants (read-only); exit 1 on problems")
     for name, verb in (("retry", "resume a NEEDS_ATTENTION workflow"), ("cancel", "cancel")):
         cmd = with_store(name, f"{verb} (needs the runtime that holds the store)")
         cmd.add_argument("id", help="the workflow id")
@@ -123,6 +124,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             )
         elif command == "show":
             _inspect.show_workflow(out, store, args.id, as_json=args.json)
+        elif command == "check":
+            from herder.runtime._check import run_check
+
+            return run_check(out, store, as_json=args.json)
         else:
             _inspect.show_stats(out, store, as_json=args.json)
     return 0

@@ -106,7 +106,9 @@ class Runtime:
     ``instance_shutdown`` (how long a stopping agent instance may take),
     ``agent_restarts`` (``(max_restarts, period)``: a per-agent supervisor that restarts
     crashing instances more often than this gives up, and a fresh one is started for the
-    next step), ``log_level`` (level of the ``herder`` loggers; handlers are left to
+    next step), ``max_recoveries`` (a workflow whose attempt was running at more crashes
+    of the process in a row than this is parked in NEEDS_ATTENTION as poison work),
+    ``log_level`` (level of the ``herder`` loggers; handlers are left to
     the embedding program), ``seed`` (for
     retry jitter, to make runs repeatable).
 
@@ -133,6 +135,7 @@ class Runtime:
         instance_idle_timeout: float = 60.0,
         instance_shutdown: float = 1.0,
         agent_restarts: tuple[int, float] = (20, 10.0),
+        max_recoveries: int = 3,
         seed: int | None = None,
         ask_timeout: float = 30.0,
         log_level: int | str | None = None,
@@ -161,6 +164,7 @@ class Runtime:
             idle_timeout=instance_idle_timeout,
             agent_max_restarts=agent_restarts[0],
             agent_restart_period=agent_restarts[1],
+            max_recoveries=max_recoveries,
             seed=seed,
         )
         self._ctx = EngineContext(self._store, self._clock, self._config, self._on_final)

@@ -5,6 +5,8 @@
 - :class:`EffectLedger` — an idempotent fake remote service that counts every request and
   every effect by idempotency key, so a test can assert "applied once".
 - :func:`wait_until` — block until a condition on the runtime holds, woken by each commit.
+- :func:`check_store` — ``herder check`` as a function: every broken cross-database
+  invariant of a store, by key (run it after a test, as bbolt's test helpers do).
 - Fault helpers for agent actions: :func:`fail_first`, :func:`hang_until`,
   :func:`crash_instance`, :func:`fail_permanently`.
 """
@@ -21,6 +23,7 @@ from herder.actors._agent import StepContext
 from herder.actors._agent_host import InstanceCrash
 from herder.actors._clock import FakeClock
 from herder.actors._errors import Permanent
+from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "FakeClock",
     "InstanceCrash",
     "advance",
+    "check_store",
     "crash_instance",
     "fail_first",
     "fail_permanently",

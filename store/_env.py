@@ -512,6 +512,16 @@ class Store:
         """(key, raw bytes) for every key of ``db``, paged; for checks and the CLI."""
         return self._paged(db, b"")
 
+    def view(self, fn: Callable[[Snapshot], _T]) -> _T:
+        """Run ``fn`` on one consistent snapshot of every database (one read transaction).
+
+        For whole-store checks that must not see a transition half-way between pages; keep
+        ``fn`` short on a store that a runtime is writing (a long read grows the file).
+        ``fn`` may run again if another process grows the map meanwhile.
+        """
+        handles = self._handles
+        return self._read(lambda txn: fn(Snapshot(txn, handles)))
+
     def count(self, db: str) -> int:
         """Number of keys in ``db`` (one consistent snapshot)."""
         handle = self._handle(db)
@@ -668,6 +678,28 @@ class Store:
         mode = "readonly" if self.readonly else "writer"
         state = "closed" if self._closed else f"incarnation={self.incarnation}"
         return f"<Store {str(self.path)!r} {mode} {state}>"
+
+
+class Snapshot:
+    """Reads inside one read transaction (see :meth:`Store.view`); valid only inside it."""
+
+    def __init__(self, txn: lmdb.Transaction, handles: dict[str, Any]) -> None:
+        self._txn = txn
+        self._handles = handles
+
+    def raw(self, db: str, key: bytes) -> bytes | None:
+        """The stored bytes under ``key`` in ``db``, or None."""
+        return cast("bytes | None", self._txn.get(key, db=self._handles[db]))
+
+    def items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, raw bytes) of every key of ``db`` starting with ``prefix``, in key order."""
+        cur = self._txn.cursor(db=self._handles[db])
+        if not cur.set_range(prefix):
+            return
+        for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
+            if not key.startswith(prefix):
+                return
+            yield key, value
 
 
 def is_held(path: str | os.PathLike[str]) -> bool:

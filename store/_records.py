@@ -266,7 +266,7 @@ class WorkflowRecord:
     error: str | None = None
     # True once cancel was requested: compensation then ends in CANCELLED, not COMPENSATED.
     cancelled: bool = False
-    # Bumped on every recovery that found this workflow unfinished (poison-work detection).
+    # Crashes in a row at which an attempt of it was running (poison work, actors/_poison).
     recoveries: int = 0
 
     def evolve(self, **changes: Any) -> WorkflowRecord:

@@ -27,6 +27,7 @@ from typing import Any, cast
 import lmdb
 
 from herder.store._codec import decode
+from herder.store._crashpoints import crash_point
 from herder.store._errors import (
     ConditionFailed,
     EncodeError,
@@ -321,7 +322,9 @@ class Writer:
                     outcomes.append(results)
                 if self.fault is not None:
                     self.fault()
+                crash_point("writer.before_commit")
                 txn.commit()
+                crash_point("writer.after_commit")
             except lmdb.MapFullError as exc:
                 txn.abort()
                 size = env.info()["map_size"]

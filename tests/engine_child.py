@@ -1,7 +1,7 @@
 """Subprocess side of the engine's crash tests (run as a script; the test imports only
 :func:`permanent_failure` from it).
 
-    engine_child.py STORE EFFECTS LO HI SEED
+    engine_child.py STORE EFFECTS LO HI SEED [MODE]
 
 opens ``Runtime(STORE)`` and runs travel-booking workflows ``w-LO`` .. ``w-(HI-1)`` (flight
 on ``airline``, hotel on ``hotels``, car on ``cars``; DESIGN.md seed 004) against
@@ -13,10 +13,17 @@ stdout, one line each, flushed: ``start w-N`` once ``start()`` returned (acknowl
 ``done w-N STATE`` once the workflow's outcome is known, ``stuck w-N STATE STEPS...`` for
 one still unfinished after ``WAIT`` seconds, ``finished`` at the end.
 
-Faults: ~5% of requests fail before reaching the service, ~5% after the service applied
-them (the answer is lost, so the retry must be absorbed), ~0.5% hang past the step
-timeout; the car step fails permanently for every ``n % 7 == 0``, so those workflows
-compensate (hotel, then flight).
+Faults (MODE ``random``, the default): ~5% of requests fail before reaching the service,
+~5% after the service applied them (the answer is lost, so the retry must be absorbed),
+~0.5% hang past the step timeout; the car step fails permanently for every ``n % 7 == 0``,
+so those workflows compensate (hotel, then flight).
+
+MODE ``scripted`` (the crash-point test) makes every run meet the same faults, a pure
+function of (n, step, attempt), with short timeouts: see :func:`scripted_fault`.
+
+MODE ``poison`` (the poison-work test): no faults, except that the car step of workflow
+``w-POISON_N`` SIGKILLs the whole process every time it runs; the runtime parks a
+workflow after two crashes in a row (``max_recoveries=2``).
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import pathlib
 import random
+import signal
 import sys
 import threading
 import time
@@ -35,13 +44,43 @@ HANG = 2.5  # seconds a hung request blocks: longer than STEP_TIMEOUT
 WAIT = 30.0  # seconds a run waits for all its workflows before reporting the stuck ones
 
 
-def permanent_failure(n: int) -> bool:
+POISON_N = 3
+SCRIPTED_TIMEOUT = 0.4
+SCRIPTED_HANG = 0.8
+
+
+def permanent_failure(n: int, mode: str = "random") -> bool:
     """The deterministic subset of workflows whose car booking can never succeed."""
-    return n % 7 == 0
+    return n % 5 == 3 if mode == "scripted" else n % 7 == 0
 
 
-def main(store: str, effects: str, lo: int, hi: int, seed: int) -> None:
+def scripted_fault(n: int, step: str, attempt: int, compensating: bool) -> str | None:
+    """The fault an attempt meets in ``scripted`` mode; each kind once per five workflows.
+
+    n % 5 == 1: the flight's first request fails before the service; == 2: the hotel's
+    first request is applied but its answer lost; == 3: the car is sold out and the
+    flight's first cancel fails (a retried compensation); == 4: the hotel's first attempt
+    crashes its agent instance; == 0: the flight's first attempt hangs past its timeout.
+    """
+    if attempt != 1:
+        return None
+    kind = n % 5
+    if compensating:
+        return "before" if kind == 3 and step == "flight" else None
+    return {
+        (1, "flight"): "before",
+        (2, "hotel"): "after",
+        (4, "hotel"): "crash",
+        (0, "flight"): "hang",
+    }.get((kind, step))
+
+
+def main(  # noqa: PLR0917 - the command line's arguments, in order
+    store: str, effects: str, lo: int, hi: int, seed: int, mode: str = "random"
+) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if mode == "scripted":  # its instance crashes are on purpose; pykka logs each one
+        logging.getLogger("pykka").setLevel(logging.CRITICAL)
     from herder.runtime import RetryPolicy, Runtime, StepContext, WorkflowFailed
     from herder.runtime._demo_services import Booking, open_services, travel_workflow
 
@@ -55,6 +94,13 @@ def main(store: str, effects: str, lo: int, hi: int, seed: int) -> None:
             sys.stdout.flush()
 
     def fault(ctx: StepContext) -> str | None:
+        if mode == "poison":
+            if ctx.input["n"] == POISON_N and ctx.step == "car":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return None
+        if mode == "scripted":
+            attempt = ctx.attempt  # the compensation's own attempt when compensating
+            return scripted_fault(ctx.input["n"], ctx.step, attempt, ctx.compensating)
         with rng_lock:
             r = rng.random()
         if r < 0.05:
@@ -66,14 +112,19 @@ def main(store: str, effects: str, lo: int, hi: int, seed: int) -> None:
         return None
 
     def sold_out(ctx: StepContext) -> bool:
-        return permanent_failure(ctx.input["n"])
+        return permanent_failure(ctx.input["n"], mode)
 
     retry = RetryPolicy(max_attempts=100, initial_interval=0.0, max_interval=0.1, jitter=0.5)
-    trip = travel_workflow(retry, STEP_TIMEOUT)
+    scripted = mode == "scripted"
+    trip = travel_workflow(retry, SCRIPTED_TIMEOUT if scripted else STEP_TIMEOUT)
+    hang = SCRIPTED_HANG if scripted else HANG
     services = open_services(pathlib.Path(effects))
-    with Runtime(store, sweep_interval=0.05, default_retry=retry, seed=seed) as rt:
+    recoveries = 2 if mode == "poison" else 3
+    with Runtime(
+        store, sweep_interval=0.05, default_retry=retry, seed=seed, max_recoveries=recoveries
+    ) as rt:
         for agent, service in services.items():
-            factory = functools.partial(Booking, service, fault, sold_out, HANG)
+            factory = functools.partial(Booking, service, fault, sold_out, hang)
             rt.add_agent(agent, factory, concurrency=4)
         rt.add_workflow(trip)
         handles = []
@@ -94,5 +145,5 @@ def main(store: str, effects: str, lo: int, hi: int, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    store_arg, effects_arg, lo_arg, hi_arg, seed_arg = sys.argv[1:]
-    main(store_arg, effects_arg, int(lo_arg), int(hi_arg), int(seed_arg))
+    store_arg, effects_arg, lo_arg, hi_arg, seed_arg, *mode_arg = sys.argv[1:]
+    main(store_arg, effects_arg, int(lo_arg), int(hi_arg), int(seed_arg), *mode_arg)

@@ -5,8 +5,11 @@ idempotent fake services that log every request durably. The parent kills it at 
 points, restarts it, and finally lets it finish. Then it checks DESIGN.md's "Delivery
 guarantees" against the store and the services' logs: every acknowledged workflow exists
 and is final, no effect is applied twice for one idempotency key, every succeeded step of
-a failed workflow is undone (in reverse order), and nothing the engine or the services
-acknowledged is lost.
+a failed workflow is undone (in reverse order), nothing the engine or the services
+acknowledged is lost, and the store passes ``herder check``.
+
+The default run kills 20 times; ``make chaos`` (``-m chaos``) kills 50 times over 1,000
+workflows.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import pytest
 from engine_child import permanent_failure
 
+from herder.runtime._check import check_store
 from herder.runtime._demo_services import audit
 from herder.store import Store, StoreError
 from herder.store._records import WorkflowState
@@ -161,6 +165,7 @@ def _verify(c: Crashes, n_workflows: int) -> str:
     if c.acked != {f"w-{n}" for n in range(n_workflows)}:
         problems.append(f"acknowledged {len(c.acked)} of {n_workflows} workflows")
     with Store(c.store, readonly=True) as store:
+        problems += [f"herder check: {p}" for p in check_store(store).problems]
         for wid, reported in sorted(c.done.items()):
             record = store.get_workflow(wid)
             if record is not None and record.state != reported:
@@ -208,6 +213,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: pathli
 
 
 @pytest.mark.slow
+@pytest.mark.chaos
 @pytest.mark.timeout(900)
 def test_sigkill_fifty_times_over_many_workflows(tmp_path: pathlib.Path) -> None:
     summary = _crash_many_times(tmp_path, kills=50, n_workflows=1000)

@@ -1,0 +1,345 @@
+"""``herder check``: verify a store's cross-database invariants, read-only.
+
+:func:`check_store` reads one consistent snapshot of every database and reports each
+broken invariant as a :class:`Problem` naming the database and key, so an operator (or a
+crash test) can see exactly what is wrong. What it checks:
+
+- every record decodes, and its states are legal (``StoreCorrupt`` otherwise);
+- a workflow's definition (name and version) is stored, and its step records are exactly
+  the plan's steps, keyed by their own workflow id and name;
+- step states agree with the workflow's state (DESIGN.md, "State machines"): a SUCCEEDED
+  workflow has only succeeded steps, a final one nothing dispatched or waiting, a step
+  ran only after its dependencies succeeded, compensations ran in reverse completion
+  order, a compensated or compensating step had succeeded first;
+- the timer index and the steps agree both ways: every step that waits for a deadline or
+  a retry has its timer entry (with its current fencing token), every entry belongs to
+  such a step, and final workflows have none;
+- fencing tokens: none from a future incarnation; a step's completion token is not newer
+  than its current token.
+
+The CLI prints the problems (or ``--json``) and exits 1 if there are any, 0 if none.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO, TypeVar
+
+from herder.store import Store
+from herder.store._codec import decode
+from herder.store._env import Snapshot
+from herder.store._errors import StoreCorrupt
+from herder.store._records import (
+    KEY_SEP,
+    Plan,
+    StepRecord,
+    StepState,
+    WorkflowRecord,
+    WorkflowState,
+    definition_key,
+    split_step_key,
+    split_timer_key,
+    step_key,
+    timer_key,
+    workflow_key,
+)
+
+_R = TypeVar("_R")
+
+# Step states each workflow state allows (a durable snapshot never shows anything else).
+_ALLOWED: dict[WorkflowState, frozenset[StepState]] = {
+    WorkflowState.PENDING: frozenset({StepState.PENDING}),
+    WorkflowState.RUNNING: frozenset(
+        {StepState.PENDING, StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.SUCCEEDED}
+    ),
+    WorkflowState.SUCCEEDED: frozenset({StepState.SUCCEEDED}),
+    WorkflowState.COMPENSATING: frozenset(StepState) - {StepState.RETRY_WAIT},
+    WorkflowState.COMPENSATED: frozenset(
+        {StepState.PENDING, StepState.FAILED, StepState.SUCCEEDED, StepState.COMPENSATED}
+    ),
+    WorkflowState.CANCELLED: frozenset(
+        {StepState.PENDING, StepState.FAILED, StepState.SUCCEEDED, StepState.COMPENSATED}
+    ),
+    WorkflowState.NEEDS_ATTENTION: frozenset(
+        {
+            StepState.PENDING,
+            StepState.FAILED,
+            StepState.SUCCEEDED,
+            StepState.COMPENSATING,
+            StepState.COMPENSATED,
+        }
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One broken invariant: where (database and key) and what."""
+
+    db: str
+    key: bytes
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The problem as JSON-ready data (the key decoded, undecodable bytes escaped)."""
+        return {
+            "db": self.db,
+            "key": self.key.decode("utf-8", "backslashreplace"),
+            "problem": self.message,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.db} {self.key!r}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_store` looked at and every problem it found."""
+
+    problems: list[Problem] = field(default_factory=list)
+    workflows: int = 0
+    steps: int = 0
+    timers: int = 0
+    definitions: int = 0
+    incarnation: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no invariant is broken."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {
+            "ok": self.ok,
+            "workflows": self.workflows,
+            "steps": self.steps,
+            "timers": self.timers,
+            "definitions": self.definitions,
+            "incarnation": self.incarnation,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def check_store(store: Store) -> CheckReport:
+    """Check every cross-database invariant of ``store`` on one snapshot; never writes."""
+    return store.view(lambda snap: _Checker(snap).run())
+
+
+class _Checker:
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.report = CheckReport()
+        self.plans: dict[tuple[str, int], Plan] = {}
+        # (due ms, token) of every step that must have a timer entry, by step key.
+        self.timers_wanted: dict[bytes, tuple[int, int]] = {}
+
+    def problem(self, db: str, key: bytes, message: str) -> None:
+        self.report.problems.append(Problem(db, key, message))
+
+    def load(
+        self, db: str, key: bytes, raw: bytes, parse: Callable[[Any], _R], *, is_map: bool = True
+    ) -> _R | None:
+        """Decode and parse one record; a failure is reported and gives None."""
+        try:
+            data = decode(raw, db=db, key=key)
+            if is_map and not isinstance(data, dict):
+                raise StoreCorrupt(db, key, f"expected a map, got {type(data).__name__}")
+            return parse(data)
+        except StoreCorrupt as exc:
+            self.problem(db, key, f"corrupt: {exc.reason}")
+        except (KeyError, TypeError, ValueError) as exc:
+            self.problem(db, key, f"bad record: {type(exc).__name__}: {exc}")
+        return None
+
+    def run(self) -> CheckReport:
+        self.check_meta()
+        self.load_definitions()
+        ids = set()
+        for key, raw in self.snap.items("workflows"):
+            self.report.workflows += 1
+            record = self.load("workflows", key, raw, WorkflowRecord.from_dict)
+            if record is None:
+                ids.add(key)  # its steps are not orphans, only their workflow is unreadable
+                continue
+            ids.add(workflow_key(record.id))
+            if workflow_key(record.id) != key:
+                self.problem("workflows", key, f"holds the record of workflow {record.id!r}")
+                continue
+            self.check_workflow(record)
+        for key, _ in self.snap.items("steps"):
+            self.report.steps += 1
+            if key.partition(KEY_SEP)[0] not in ids:
+                self.problem("steps", key, "step record of a workflow that does not exist")
+        self.check_timers()
+        return self.report
+
+    def check_meta(self) -> None:
+        for name in (b"schema", b"incarnation"):
+            raw = self.snap.raw("meta", name)
+            value = None if raw is None else self.load("meta", name, raw, int, is_map=False)
+            if raw is None:
+                self.problem("meta", name, "missing")
+            elif name == b"incarnation":
+                self.report.incarnation = value if isinstance(value, int) else 0
+
+    def load_definitions(self) -> None:
+        for key, raw in self.snap.items("definitions"):
+            self.report.definitions += 1
+            plan = self.load("definitions", key, raw, Plan.from_dict)
+            if plan is None:
+                continue
+            if definition_key(plan.name, plan.version) != key:
+                self.problem("definitions", key, f"holds plan {plan.name}@{plan.version}")
+                continue
+            self.plans[(plan.name, plan.version)] = plan
+
+    def steps_of(self, record: WorkflowRecord) -> dict[str, StepRecord]:
+        steps: dict[str, StepRecord] = {}
+        for key, raw in self.snap.items("steps", step_key(record.id, "")):
+            st = self.load("steps", key, raw, StepRecord.from_dict)
+            if st is None:
+                continue
+            if step_key(st.workflow_id, st.name) != key:
+                self.problem("steps", key, f"holds step {st.workflow_id!r}/{st.name!r}")
+                continue
+            steps[st.name] = st
+        return steps
+
+    def check_workflow(self, record: WorkflowRecord) -> None:
+        wkey = workflow_key(record.id)
+        steps = self.steps_of(record)
+        plan = self.plans.get((record.name, record.version))
+        if plan is None:
+            self.problem(
+                "workflows",
+                wkey,
+                f"its definition {record.name}@{record.version} is not stored",
+            )
+        else:
+            names = [spec.name for spec in plan.steps]
+            missing = [n for n in names if n not in steps]
+            extra = sorted(set(steps) - set(names))
+            if missing:
+                self.problem("workflows", wkey, f"no step record for {missing}")
+            for name in extra:
+                self.problem("steps", step_key(record.id, name), "step not in the definition")
+            self.check_order(record, plan, steps)
+            if record.state in (WorkflowState.COMPENSATED, WorkflowState.CANCELLED):
+                for spec in plan.steps:
+                    st = steps.get(spec.name)
+                    if st is not None and spec.compensate and st.state is StepState.SUCCEEDED:
+                        self.problem(
+                            "steps", step_key(record.id, spec.name), "succeeded and never undone"
+                        )
+        allowed = _ALLOWED[record.state]
+        for st in steps.values():
+            skey = step_key(record.id, st.name)
+            if st.state not in allowed:
+                self.problem("steps", skey, f"{st.state} in a {record.state} workflow")
+            self.check_step(record, st, skey)
+
+    def check_step(self, record: WorkflowRecord, st: StepRecord, skey: bytes) -> None:
+        incarnation = self.report.incarnation
+        if incarnation and st.token >> 32 > incarnation:
+            self.problem("steps", skey, f"token {st.token} is from a future incarnation")
+        if st.done_token is not None and st.done_token > st.token:
+            self.problem("steps", skey, f"done_token {st.done_token} > token {st.token}")
+        if st.state in (StepState.COMPENSATING, StepState.COMPENSATED) and st.done_token is None:
+            self.problem("steps", skey, f"{st.state} but it never succeeded")
+        if st.state is StepState.SUCCEEDED and st.done_token is None:
+            self.problem("steps", skey, "SUCCEEDED without a completion token")
+        waits = st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT) or (
+            st.state is StepState.COMPENSATING and record.state is WorkflowState.COMPENSATING
+        )
+        if waits:
+            if st.timer_ms is None:
+                self.problem("steps", skey, f"{st.state} with no timer: nothing would wake it")
+            elif st.state is StepState.RETRY_WAIT and st.retry_at is None:
+                self.problem("steps", skey, "RETRY_WAIT without a retry time")
+            elif st.state is StepState.DISPATCHED and st.deadline is None and st.retry_at is None:
+                self.problem("steps", skey, "DISPATCHED without a deadline")
+        elif st.timer_ms is not None:
+            self.problem("steps", skey, f"{st.state} in a {record.state} workflow has a timer")
+        if st.timer_ms is not None:
+            self.timers_wanted[skey] = (st.timer_ms, st.token)
+
+    def check_order(self, record: WorkflowRecord, plan: Plan, steps: dict[str, StepRecord]) -> None:
+        if record.state is WorkflowState.RUNNING:
+            for spec in plan.steps:
+                st = steps.get(spec.name)
+                if st is None or st.state is StepState.PENDING:
+                    continue
+                early = [
+                    d
+                    for d in spec.after
+                    if d in steps and steps[d].state is not StepState.SUCCEEDED
+                ]
+                if early:
+                    self.problem(
+                        "steps",
+                        step_key(record.id, spec.name),
+                        f"{st.state} while its dependencies {early} have not succeeded",
+                    )
+        undone = sorted(
+            (st for st in steps.values() if st.state is StepState.COMPENSATED and st.done_token),
+            key=lambda st: st.done_token or 0,
+        )
+        for earlier, later in itertools.pairwise(undone):
+            if earlier.token < later.token:
+                self.problem(
+                    "workflows",
+                    workflow_key(record.id),
+                    f"step {earlier.name!r} completed before {later.name!r} but was "
+                    "compensated first: compensation must run in reverse completion order",
+                )
+
+    def check_timers(self) -> None:
+        for key, raw in self.snap.items("timers"):
+            self.report.timers += 1
+            try:
+                due, wf, step = split_timer_key(key)
+            except (struct.error, UnicodeDecodeError) as exc:
+                self.problem("timers", key, f"malformed timer key: {exc}")
+                continue
+            value = self.load("timers", key, raw, lambda d: d)
+            skey = step_key(wf, step)
+            wanted = self.timers_wanted.pop(skey, None)
+            if wanted is None:
+                self.problem("timers", key, "timer entry of no step waiting on a timer")
+            elif wanted[0] != due:
+                self.problem("timers", key, f"the step's timer is at {wanted[0]} ms, not {due}")
+                self.timers_wanted[skey] = wanted  # still missing its own entry
+            elif value is not None and value.get("token") != wanted[1]:
+                self.problem(
+                    "timers", key, f"token {value.get('token')}, the step's is {wanted[1]}"
+                )
+        for skey, (due, _) in self.timers_wanted.items():
+            wf, step = split_step_key(skey)
+            self.problem(
+                "timers", timer_key(due, wf, step), f"missing: step {wf}/{step} waits on it"
+            )
+
+
+def run_check(out: TextIO, store: Store, *, as_json: bool) -> int:
+    """``herder check``: print the report; return 0 if the store is consistent, else 1."""
+    report = check_store(store)
+    if as_json:
+        json.dump(report.to_dict(), out, indent=2)
+        out.write("\n")
+        return 0 if report.ok else 1
+    counts = (
+        f"{report.workflows} workflows, {report.steps} steps, {report.timers} timers, "
+        f"{report.definitions} definitions"
+    )
+    if report.ok:
+        out.write(f"ok: {store.path}: {counts} checked, no problems\n")
+        return 0
+    out.write(f"{len(report.problems)} problems in {store.path} ({counts} checked):\n")
+    for problem in report.problems:
+        out.write(f"  {problem}\n")
+    return 1

@@ -1,0 +1,249 @@
+"""`herder check`: a consistent store passes; each kind of damage is reported by its key."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime._check import check_store
+from herder.runtime._cli import main
+from herder.runtime.testing import FakeClock, advance
+from herder.store import Delete, Put, Store, Transition, encode
+from herder.store._records import (
+    StepState,
+    definition_key,
+    step_key,
+    timer_key,
+    workflow_key,
+)
+
+FAST = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+RELEASE = threading.Event()
+
+
+class Shop(Agent):
+    def buy(self, ctx: StepContext) -> dict[str, str]:
+        if ctx.input.get("hang") and ctx.step == "ship":
+            RELEASE.wait(30)
+        if ctx.input.get("sold_out") and ctx.step == "ship":
+            raise Permanent("out of stock")
+        return {"item": ctx.step}
+
+    def refund(self, ctx: StepContext) -> None:
+        if ctx.input.get("refunds_down"):
+            raise Permanent("refunds are down")
+
+
+ORDER = (
+    Workflow("order", version=1)
+    .step("pay", agent="shop", action="buy", compensate="refund")
+    .step("pack", agent="shop", action="buy", compensate="refund", after=["pay"])
+    .step("ship", agent="shop", action="buy", after=["pack"], timeout=60.0)
+)
+INPUTS = {
+    "o-ok": {},
+    "o-undone": {"sold_out": 1},
+    "o-stuck": {"sold_out": 1, "refunds_down": 1},
+    "o-retrying": {"n": 1},
+    "o-running": {"hang": 1},
+}
+
+
+class Flaky(Agent):
+    def buy(self, ctx: StepContext) -> None:
+        raise ConnectionError("down")
+
+
+@pytest.fixture(scope="module")
+def good_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every workflow state the check must accept, left by a runtime that stopped:
+    succeeded, compensated, needs attention, waiting to retry, and running (dispatched)."""
+    path = tmp_path_factory.mktemp("check") / "store"
+    clock = FakeClock()
+    retry = RetryPolicy(max_attempts=3, initial_interval=30.0, jitter=0.0)
+    with Runtime(path, clock=clock, default_retry=FAST, instance_shutdown=0.05) as rt:
+        rt.add_agent("shop", Shop, concurrency=2)
+        rt.add_agent("flaky", Flaky)
+        rt.add_workflow(ORDER)
+        rt.add_workflow(
+            Workflow("flaky", version=1).step("x", agent="flaky", action="buy", retry=retry)
+        )
+        for wid, data in INPUTS.items():
+            if wid == "o-retrying":
+                rt.start("flaky", data, workflow_id=wid)
+            else:
+                rt.start("order", data, workflow_id=wid)
+        for wid in ("o-ok", "o-undone", "o-stuck"):
+            rt._wait_final(wid, 10)
+        advance(rt, clock, 0.0)
+        assert rt.status("o-retrying").steps["x"].state is StepState.RETRY_WAIT
+        assert rt.status("o-running").steps["ship"].state is StepState.DISPATCHED
+    RELEASE.set()
+    return path
+
+
+@pytest.fixture
+def damaged(good_store: Path, tmp_path: Path) -> Callable[[list[Put | Delete]], Path]:
+    """A copy of the good store with some writes applied behind the engine's back."""
+
+    copies = itertools.count()
+
+    def make(ops: list[Put | Delete]) -> Path:
+        path = tmp_path / f"store-{next(copies)}"
+        shutil.copytree(good_store, path)
+        with Store(path) as store:
+            store.writer.submit(Transition(ops=tuple(ops))).result(timeout=10)
+        return path
+
+    return make
+
+
+def _problems(path: Path) -> list[tuple[str, bytes, str]]:
+    with Store(path, readonly=True) as store:
+        return [(p.db, p.key, p.message) for p in check_store(store).problems]
+
+
+def _step(path: Path, wid: str, name: str) -> dict:
+    with Store(path, readonly=True) as store:
+        data = store.get("steps", step_key(wid, name))
+    assert data is not None
+    return data
+
+
+def test_a_store_left_by_the_runtime_passes_the_check(good_store: Path) -> None:
+    with Store(good_store, readonly=True) as store:
+        report = check_store(store)
+    assert report.problems == []
+    assert (report.workflows, report.steps, report.definitions) == (5, 13, 2)
+    assert report.timers == 2  # the retry wait and the dispatched step's deadline
+
+
+def test_the_cli_exits_zero_on_a_good_store_and_one_on_a_damaged_one(
+    good_store: Path, damaged: Callable[[list[Put | Delete]], Path]
+) -> None:
+    out = io.StringIO()
+    assert main(["check", "--store", str(good_store)], out) == 0
+    assert out.getvalue().startswith("ok: ")
+    bad = damaged([Delete("definitions", definition_key("order", 1))])
+    out = io.StringIO()
+    assert main(["check", "--store", str(bad), "--json"], out) == 1
+    report = json.loads(out.getvalue())
+    assert report["ok"] is False
+    assert {
+        "db": "workflows",
+        "key": "o-ok",
+        "problem": "its definition order@1 is not stored",
+    } in (report["problems"])
+
+
+def test_a_missing_timer_entry_is_reported_by_its_key(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    st = _step(damaged([]), "o-running", "ship")
+    key = timer_key(st["timer_ms"], "o-running", "ship")
+    path = damaged([Delete("timers", key)])
+    assert _problems(path) == [("timers", key, "missing: step o-running/ship waits on it")]
+
+
+def test_a_timer_of_no_waiting_step_and_a_stale_token_are_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    stray = timer_key(5, "o-ok", "pay")
+    st = _step(damaged([]), "o-running", "ship")
+    live = timer_key(st["timer_ms"], "o-running", "ship")
+    path = damaged(
+        [Put("timers", stray, encode({"token": 1})), Put("timers", live, encode({"token": 7}))]
+    )
+    problems = _problems(path)
+    assert ("timers", stray, "timer entry of no step waiting on a timer") in problems
+    assert ("timers", live, f"token 7, the step's is {st['token']}") in problems
+    assert len(problems) == 2
+
+
+def test_step_states_that_contradict_the_workflow_state_are_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    pay = _step(damaged([]), "o-undone", "pay")
+    pay.update(state=StepState.SUCCEEDED)
+    ok = _step(damaged([]), "o-ok", "ship")
+    ok.update(state=StepState.DISPATCHED, timer_ms=None)
+    path = damaged(
+        [
+            Put("steps", step_key("o-undone", "pay"), encode(pay)),
+            Put("steps", step_key("o-ok", "ship"), encode(ok)),
+        ]
+    )
+    problems = _problems(path)
+    assert ("steps", step_key("o-undone", "pay"), "succeeded and never undone") in problems
+    assert ("steps", step_key("o-ok", "ship"), "DISPATCHED in a SUCCEEDED workflow") in problems
+
+
+def test_a_step_dispatched_before_its_dependency_succeeded_is_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    pack = _step(damaged([]), "o-running", "pack")
+    pack.update(state=StepState.PENDING, done_token=None)
+    path = damaged([Put("steps", step_key("o-running", "pack"), encode(pack))])
+    assert (
+        "steps",
+        step_key("o-running", "ship"),
+        "DISPATCHED while its dependencies ['pack'] have not succeeded",
+    ) in _problems(path)
+
+
+def test_compensation_out_of_reverse_completion_order_is_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    pay = _step(damaged([]), "o-undone", "pay")
+    pack = _step(damaged([]), "o-undone", "pack")
+    assert pay["done_token"] < pack["done_token"]
+    assert pay["token"] > pack["token"]
+    pay["token"], pack["token"] = pack["token"], pay["token"]
+    path = damaged(
+        [
+            Put("steps", step_key("o-undone", "pay"), encode(pay)),
+            Put("steps", step_key("o-undone", "pack"), encode(pack)),
+        ]
+    )
+    assert (
+        "workflows",
+        workflow_key("o-undone"),
+        "step 'pay' completed before 'pack' but was compensated first: compensation must "
+        "run in reverse completion order",
+    ) in _problems(path)
+
+
+def test_orphans_missing_steps_corrupt_records_and_future_tokens_are_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    ship = _step(damaged([]), "o-ok", "ship")
+    ship["token"] = 99 << 32
+    path = damaged(
+        [
+            Put("steps", step_key("ghost", "pay"), encode({"v": 1})),
+            Delete("steps", step_key("o-undone", "ship")),
+            Put("workflows", workflow_key("o-stuck"), b"\xc1garbage"),
+            Put("steps", step_key("o-ok", "ship"), encode(ship)),
+        ]
+    )
+    problems = _problems(path)
+    assert ("steps", step_key("ghost", "pay"), "step record of a workflow that does not exist") in (
+        problems
+    )
+    assert ("workflows", workflow_key("o-undone"), "no step record for ['ship']") in problems
+    corrupt = [p for p in problems if p[:2] == ("workflows", workflow_key("o-stuck"))]
+    assert len(corrupt) == 1
+    assert corrupt[0][2].startswith("corrupt: ")
+    assert (
+        "steps",
+        step_key("o-ok", "ship"),
+        f"token {99 << 32} is from a future incarnation",
+    ) in problems

@@ -1,0 +1,161 @@
+"""Poison work: an action that kills the whole process each time it runs is parked.
+
+In process (a runtime stopped while an attempt runs is what a crash leaves in the store):
+the counter, the deferral of suspects from the second crash on, parking and retry. In a
+subprocess: an action that SIGKILLs the daemon, a restart loop, and every other workflow
+finishing anyway.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+from engine_child import POISON_N, permanent_failure
+
+from herder.actors._poison import POISON_ERROR
+from herder.runtime import Agent, Runtime, State, StepContext, StepState, Workflow
+from herder.runtime._demo_services import audit
+from herder.runtime.testing import FakeClock, advance, check_store, wait_until
+from herder.store import Store
+from herder.store._records import WorkflowState
+
+CHILD = pathlib.Path(__file__).with_name("engine_child.py")
+WAIT = 10.0
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()  # let the threads of abandoned attempts end
+
+
+def _open(path: pathlib.Path, clock: FakeClock, release: threading.Event) -> Runtime:
+    class Svc(Agent):
+        def work(self, ctx: StepContext) -> str:
+            if ctx.workflow_id == "poison":
+                release.wait(WAIT)  # "kills the process": it never answers before the stop
+            return ctx.workflow_id
+
+    rt = Runtime(path, clock=clock, max_recoveries=2, instance_shutdown=0.01)
+    rt.add_agent("svc", Svc, concurrency=2)
+    rt.add_workflow(Workflow("x").step("s", agent="svc", action="work"))
+    return rt
+
+
+def _step(rt: Runtime, wid: str) -> tuple[StepState, int, int]:
+    with_record = rt._store.get_workflow(wid)
+    st = rt.status(wid).steps["s"]
+    assert with_record is not None
+    return st.state, st.attempt, with_record.recoveries
+
+
+def test_a_workflow_running_at_each_of_several_crashes_is_parked_and_can_be_retried(
+    tmp_path: pathlib.Path, release: threading.Event
+) -> None:
+    clock = FakeClock()
+    path = tmp_path / "s"
+    rt = _open(path, clock, release)
+    rt.start("x", workflow_id="poison")
+    wait_until(rt, lambda: rt.status("poison").steps["s"].state is StepState.DISPATCHED)
+    rt.stop(timeout=1)  # "crash" 1: the attempt is recorded DISPATCHED, no outcome
+
+    rt = _open(path, clock, release)  # recovery: counted, re-run at once
+    wait_until(rt, lambda: _step(rt, "poison") == (StepState.DISPATCHED, 2, 1))
+    rt.stop(timeout=1)  # crash 2
+
+    rt = _open(path, clock, release)  # counted again; deferred instead of run at once
+    rt._settle()
+    assert _step(rt, "poison") == (StepState.DISPATCHED, 2, 2)
+    assert rt.start("x", workflow_id="innocent").result(timeout=WAIT) == {"s": "innocent"}
+    rt.stop(timeout=1)  # crash 3, while the suspect waits: it was not running, not counted
+
+    rt = _open(path, clock, release)
+    rt._settle()
+    assert _step(rt, "poison") == (StepState.DISPATCHED, 2, 2)
+    advance(rt, clock, 1.0)  # its turn comes: it runs again
+    wait_until(rt, lambda: _step(rt, "poison")[1] == 3)
+    rt.stop(timeout=1)  # crash 4: the third in a row it was running at
+
+    rt = _open(path, clock, release)
+    try:
+        handle = rt.handle("poison")
+        wait_until(rt, lambda: rt.status("poison").state is State.NEEDS_ATTENTION)
+        status = rt.status("poison")
+        assert "running each of the last 3 times the process died" in (status.error or "")
+        assert status.steps["s"].state is StepState.FAILED
+        assert rt._store.get_step("poison", "s").error_type == POISON_ERROR  # type: ignore[union-attr]
+        assert check_store(rt._store).problems == []
+        release.set()  # the action is fixed
+        rt.retry("poison")
+        assert handle.result(timeout=WAIT) == {"s": "poison"}
+        assert _step(rt, "poison")[2] == 0
+    finally:
+        rt.stop(timeout=1)
+
+
+def test_an_outcome_after_a_crash_resets_the_count(
+    tmp_path: pathlib.Path, release: threading.Event
+) -> None:
+    clock = FakeClock()
+    path = tmp_path / "s"
+    rt = _open(path, clock, release)
+    rt.start("x", workflow_id="poison")
+    wait_until(rt, lambda: rt.status("poison").steps["s"].state is StepState.DISPATCHED)
+    rt.stop(timeout=1)
+    rt = _open(path, clock, release)
+    try:
+        wait_until(rt, lambda: _step(rt, "poison") == (StepState.DISPATCHED, 2, 1))
+        release.set()
+        wait_until(rt, lambda: rt.status("poison").state is State.SUCCEEDED)
+        assert _step(rt, "poison") == (StepState.SUCCEEDED, 2, 0)
+    finally:
+        rt.stop(timeout=1)
+
+
+def test_an_action_that_sigkills_the_daemon_is_parked_and_the_rest_finish(
+    tmp_path: pathlib.Path,
+) -> None:
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    n_workflows = 20
+    kills = 0
+    for _ in range(8):
+        args = [str(store), str(effects), "0", str(n_workflows), "1", "poison"]
+        done = subprocess.run(
+            [sys.executable, str(CHILD), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode == 0:
+            break
+        assert done.returncode == -9, done.stderr
+        kills += 1
+    assert done.returncode == 0, "still crash-looping after 8 runs"
+    assert "stuck" not in done.stdout
+    # max_recoveries=2: the run that dies a third time with it running parks it.
+    assert kills == 3
+
+    def expected(wid: str) -> WorkflowState:
+        n = int(wid.removeprefix("w-"))
+        if n == POISON_N:
+            return WorkflowState.NEEDS_ATTENTION
+        return WorkflowState.COMPENSATED if permanent_failure(n) else WorkflowState.SUCCEEDED
+
+    found = audit(store, effects, expected)
+    # audit knows the travel outcomes; the parked one is checked below
+    assert [p for p in found.problems if not p.startswith(f"w-{POISON_N}:")] == []
+    assert found.duplicated == 0
+    assert len(found.workflows) == n_workflows
+    with Store(store, readonly=True) as s:
+        assert check_store(s).problems == []
+        car = s.get_step(f"w-{POISON_N}", "car")
+        assert car is not None
+        assert (car.state, car.error_type, car.attempt) == (StepState.FAILED, POISON_ERROR, 3)
+    assert f"done w-{POISON_N} NEEDS_ATTENTION" in done.stdout
