@@ -291,35 +291,16 @@ class Writer:
 
     def _commit(self, batch: list[_Entry], n: int) -> list[list[Outcome]]:
         env = self._env
-        handles = self._handles
         while True:
             txn = env.begin(write=True)
             try:
-                if self._guard is not None:
-                    refused = self._guard(txn)
-                    if refused is not None:
-                        txn.abort()
-                        with self._cond:
-                            self._stats["refused"] += 1
-                        return [[refused] * len(ts) for ts, _ in batch]
-                put = txn.put
-                delete = txn.delete
-                outcomes: list[list[Outcome]] = []
-                for transitions, _ in batch:
-                    results: list[Outcome] = []
-                    for t in transitions:
-                        if t.expect:
-                            failed = self._check(txn, t.expect)
-                            if failed is not None:
-                                results.append(failed)
-                                continue
-                        for op in t.ops:
-                            if type(op) is Put:
-                                put(op.key, op.value, db=handles[op.db])
-                            else:
-                                delete(op.key, db=handles[op.db])
-                        results.append(None)
-                    outcomes.append(results)
+                refused = None if self._guard is None else self._guard(txn)
+                if refused is not None:
+                    txn.abort()
+                    with self._cond:
+                        self._stats["refused"] += 1
+                    return [[refused] * len(ts) for ts, _ in batch]
+                outcomes = self._apply(txn, batch)
                 if self.fault is not None:
                     self.fault()
                 crash_point("writer.before_commit")
@@ -349,6 +330,28 @@ class Writer:
                 s["max_batch"] = max(s["max_batch"], n)
                 s["conflicts"] += conflicts
             return outcomes
+
+    def _apply(self, txn: lmdb.Transaction, batch: list[_Entry]) -> list[list[Outcome]]:
+        handles = self._handles
+        put = txn.put
+        delete = txn.delete
+        outcomes: list[list[Outcome]] = []
+        for transitions, _ in batch:
+            results: list[Outcome] = []
+            for t in transitions:
+                if t.expect:
+                    failed = self._check(txn, t.expect)
+                    if failed is not None:
+                        results.append(failed)
+                        continue
+                for op in t.ops:
+                    if type(op) is Put:
+                        put(op.key, op.value, db=handles[op.db])
+                    else:
+                        delete(op.key, db=handles[op.db])
+                results.append(None)
+            outcomes.append(results)
+        return outcomes
 
     def _io_failed(self, batch: list[_Entry], exc: BaseException, note: str) -> list[list[Outcome]]:
         with self._cond:
