@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from herder.actors._outcomes import COMPLETE_LATER, task_token
+
 
 class Agent:
     """Base class for agents. Subclass it; each public method taking a ctx is an action.
@@ -63,8 +65,10 @@ class StepContext:
 
     ``results`` holds the results of every step of this workflow that has succeeded so
     far. ``idempotency_key`` is stable across retries and crashes: pass it to the remote
-    side so a repeated request is recognised. ``compensating`` is true when the action is
-    a compensation undoing this step.
+    side so a repeated request is recognised. ``token`` is the attempt's fencing token:
+    it grows with every new attempt, so a remote service that supports conditional
+    writes can refuse a write carrying a lower token than one it already saw.
+    ``compensating`` is true when the action is a compensation undoing this step.
     """
 
     workflow_id: str
@@ -89,5 +93,22 @@ class StepContext:
 
     @property
     def superseded(self) -> bool:
-        """True once this attempt was replaced (timed out); its answer will be ignored."""
+        """True once this attempt was replaced (timed out, retried) or its workflow ended.
+
+        Its answer will be ignored, so a long action should stop early. To fence the
+        remote side too, pass :attr:`token` along with a conditional write.
+        """
         return self._port.superseded
+
+    @property
+    def task_token(self) -> str:
+        """An opaque string naming this attempt, for ``Runtime.complete_step``/``fail_step``."""
+        return task_token(self.workflow_id, self.step, self.token)
+
+    def complete_later(self) -> Any:
+        """Return this from an action to complete the step later, from anywhere in the process.
+
+        The step then waits (under its timeout and heartbeat timeout) until
+        ``rt.complete_step(ctx.task_token, result)`` or ``rt.fail_step(...)`` is called.
+        """
+        return COMPLETE_LATER

@@ -28,6 +28,7 @@ from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
 from herder.actors._errors import Permanent
 from herder.actors._messages import InstanceEvent, Outcome, Run
+from herder.actors._outcomes import COMPLETE_LATER, ProbeResult
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
@@ -95,8 +96,14 @@ class AgentInstance(SupervisedActor):
             method = getattr(self._agent, run.action, None)
             if run.action.startswith("_") or not callable(method):
                 raise Permanent(f"agent {self._agent_name!r} has no action {run.action!r}")
+            value = method(ctx)
+            kind = ""
+            if value is COMPLETE_LATER:
+                value, kind = None, "later"
+            elif isinstance(value, ProbeResult):
+                value, kind = value.result, value.status
             result = normalize(
-                method(ctx), limit=self._max_result_bytes, what=f"result of action {run.action!r}"
+                value, limit=self._max_result_bytes, what=f"result of action {run.action!r}"
             )
         except InstanceCrash:
             raise
@@ -104,7 +111,9 @@ class AgentInstance(SupervisedActor):
             return self._failed(run, exc, permanent=True)
         except BaseException as exc:
             return self._failed(run, exc, permanent=False)
-        return Outcome(self._agent_name, self._instance, run.token, ok=True, result=result)
+        return Outcome(
+            self._agent_name, self._instance, run.token, ok=True, result=result, kind=kind
+        )
 
     def _failed(self, run: Run, exc: BaseException, *, permanent: bool) -> Outcome:
         return Outcome(

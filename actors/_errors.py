@@ -9,6 +9,7 @@
     ├── WorkflowConflict            same workflow id started again with different input
     ├── UnknownWorkflow (KeyError)  no workflow with that id in the store
     ├── InvalidState                the operation does not apply in the workflow's state
+    │   └── CompletionRefused       complete_step/fail_step for an attempt no longer current
     ├── RuntimeClosed               the runtime is stopped or stopping
     ├── NotActive                   a standby runtime was asked to do what only the active one does
     ├── SupervisorStartError        a supervisor or one of its children failed to start
@@ -76,6 +77,12 @@ class UnknownWorkflow(HerderError, KeyError):
 
 class InvalidState(HerderError):
     """The operation does not apply to the workflow in its current state."""
+
+
+class CompletionRefused(InvalidState):
+    """A ``complete_step``/``fail_step`` named an attempt that is no longer the step's
+    current one (it timed out and was retried, or the step or workflow already finished).
+    Nothing was recorded."""
 
 
 class RuntimeClosed(HerderError):

@@ -46,6 +46,47 @@ class Outcome:
     error: str | None = None
     error_types: tuple[str, ...] = ()
     permanent: bool = False
+    # "" for a plain answer; "later" (the action returned ctx.complete_later()) or a probe's
+    # verdict ("done", "not_done", "running").
+    kind: str = ""
+
+
+@dataclass(slots=True)
+class Complete:
+    """Runtime -> Scheduler (ask): complete or fail a step handed off with complete_later."""
+
+    workflow_id: str
+    step: str
+    token: int
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    error_types: tuple[str, ...] = ()
+    permanent: bool = False
+
+
+@dataclass(slots=True)
+class Operate:
+    """An operator action on one workflow (retry, skip, compensate, abandon, cancel).
+
+    ``command`` is the ``commands`` record it came from, if it came through the channel;
+    its outcome is then recorded with the change.
+    """
+
+    action: str
+    workflow_id: str
+    step: str | None = None
+    result: Any = None
+    who: str | None = None
+    why: str | None = None
+    command: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Commands:
+    """Supervisor -> Scheduler: pending commands found in the ``commands`` database."""
+
+    commands: list[dict[str, Any]]
 
 
 @dataclass(slots=True)

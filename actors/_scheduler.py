@@ -32,25 +32,32 @@ import pykka
 from herder.actors._agent import Agent, StepContext
 from herder.actors._agent_host import AgentHost, AgentUnavailable
 from herder.actors._clock import Clock
-from herder.actors._errors import InvalidState, UnknownWorkflow
+from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
 from herder.actors._messages import (
     Admit,
+    Commands,
     Committed,
+    Complete,
     Define,
     Due,
     Flush,
     Heartbeat,
     InstanceEvent,
+    Operate,
     Outcome,
     Recover,
     Run,
     Tick,
 )
+from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._supervised import SupervisedActor
 from herder.store import Delete, LeaseLost, Put, Store, StoreIOError, Transition
-from herder.store._codec import encode
+from herder.store._codec import encode, normalize
+from herder.store._commands import finished_put
 from herder.store._crashpoints import crash_point
+from herder.store._errors import HerderError, InvalidInput
+from herder.store._history import history_put, step_event, workflow_event
 from herder.store._records import (
     Plan,
     RetryPolicy,
@@ -83,6 +90,7 @@ class EngineConfig:
     agent_max_restarts: int = 20
     agent_restart_period: float = 10.0
     seed: int | None = None
+    probe_timeout: float = 30.0
     max_recoveries: int = 3  # crashes in a row an attempt may be running at (_poison)
     recovery_stagger: float = 0.5  # seconds between suspects re-run after a crash
 
@@ -113,6 +121,9 @@ class EngineContext:
         # the testing kit waits on it instead of polling.
         self.commit_listeners: list[Callable[[], None]] = []
         self.paused = False  # a draining runtime: dispatch nothing new
+        # Called (on the Scheduler's thread) when an operator action takes a workflow out
+        # of NEEDS_ATTENTION, so the runtime counts it as unfinished again.
+        self.on_resumed: Callable[[], None] | None = None
         # Called on the Supervisor's thread after each sweep that read the store: the
         # runtime's health signal (lease renewal, systemd watchdog).
         self.sweep_listeners: list[Callable[[], None]] = []
@@ -226,6 +237,9 @@ class _Txn:
     def delete_timer(self, key: bytes) -> None:
         self.ops[("timers", key)] = Delete("timers", key)
 
+    def put(self, op: Put) -> None:
+        self.ops[(op.db, op.key)] = op
+
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
@@ -268,6 +282,7 @@ class Scheduler(SupervisedActor):
             0,
         )
         self._host: AgentHost | None = None
+        self._commands_seen: set[int] = set()
         self._suspect_slots = itertools.count(1)  # see _poison
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -335,6 +350,8 @@ class Scheduler(SupervisedActor):
             self._flush_queued = False
         elif isinstance(message, Recover):
             self._recover_all()
+        elif isinstance(message, Commands):
+            self._on_commands(message)
         else:
             return super().on_receive(message)
         self._after_message()
@@ -356,65 +373,76 @@ class Scheduler(SupervisedActor):
 
     def cancel(self, workflow_id: str) -> Future[None]:
         """Stop dispatching and compensate; the future resolves once that is durable."""
-        run = self._runs.get(workflow_id)
-        if run is None:
-            record = self._store.get_workflow(workflow_id)
-            if record is None:
-                raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
-            raise InvalidState(
-                f"workflow {workflow_id!r} is {record.state}; only an unfinished workflow "
-                "can be cancelled"
-            )
-        done: Future[None] = Future()
-        if run.record.state is WorkflowState.COMPENSATING:
-            self._set_record(run, cancelled=True)
-        else:
-            self._begin_compensation(run, "cancelled by request", cancelled=True)
-        for token in run.attempts:
-            self._inflight[token].port.cancelled = True
-        self._txn(run).effects.append(("future", done))
-        self._advance(run)
-        self._after_message()
-        return done
+        return self.operate(Operate("cancel", workflow_id))
 
     def retry(self, workflow_id: str) -> Future[None]:
         """Resume a NEEDS_ATTENTION workflow where it stopped."""
-        record = self._store.get_workflow(workflow_id)
-        if record is None:
-            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
-        if record.state is not WorkflowState.NEEDS_ATTENTION or workflow_id in self._runs:
-            raise InvalidState(
-                f"workflow {workflow_id!r} is {record.state}; only a workflow in "
-                "NEEDS_ATTENTION can be retried"
+        return self.operate(Operate("retry", workflow_id))
+
+    def operate(self, op: Operate) -> Future[None]:
+        """Apply an operator action; the future resolves once it (and its history) is durable.
+
+        Raises (nothing written) when the action does not apply: :class:`UnknownWorkflow`,
+        :class:`InvalidState`, :class:`InvalidInput`.
+        """
+        handler = _OPERATIONS.get(op.action)
+        if handler is None:
+            raise InvalidInput(
+                f"unknown operator action {op.action!r}; use one of {', '.join(_OPERATIONS)}"
             )
-        plan = self._ctx.plans.get((record.name, record.version))
-        if plan is None:
-            raise InvalidState(
-                f"workflow {workflow_id!r} needs definition {record.name!r} version "
-                f"{record.version}; register it with add_workflow before retrying"
-            )
-        steps = {s.name: s for s in self._store.steps_of(workflow_id)}
-        run = _Run(record, plan, steps, self._specs_of(plan))
-        self._runs[workflow_id] = run
-        txn = self._txn(run)
-        stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING]
-        if stuck:
-            self._set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
-            now = self._clock.time()
-            for st in stuck:
-                resumed = self._with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
-                self._put_step(run, st, resumed)
-                self._enqueue(run, st.name, compensating=True)
-        else:
-            self._set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
-            for st in steps.values():
-                if st.state is StepState.FAILED:
-                    self._put_step(
-                        run, st, st.evolve(state=StepState.PENDING, attempt=0, error=None)
-                    )
         done: Future[None] = Future()
-        txn.effects.append(("future", done))
-        self._advance(run)
+        run = handler(self, op)
+        self._open.setdefault(op.workflow_id, _Txn()).effects.append(("future", done))
+        if run is not None and run.record.id in self._runs:
+            self._advance(run)
+        self._after_message()
+        return done
+
+    def complete(self, msg: Complete) -> Future[None]:
+        """Record the outcome of a step handed off with ``ctx.complete_later()``.
+
+        Refused with :class:`CompletionRefused` when the task token's attempt is no longer
+        the step's current one (it timed out and was retried, or the step finished).
+        """
+        run = self._runs.get(msg.workflow_id)
+        st = None if run is None else run.steps.get(msg.step)
+        if run is None or st is None:
+            record = self._store.get_workflow(msg.workflow_id)
+            if record is None:
+                raise UnknownWorkflow(f"no workflow with id {msg.workflow_id!r}")
+            if not record.state.is_final:
+                raise InvalidState(
+                    f"workflow {msg.workflow_id!r} awaits its definition "
+                    f"{record.name!r} version {record.version}; register it, then complete"
+                )
+            raise CompletionRefused(
+                f"workflow {msg.workflow_id!r} is {record.state}: step {msg.step!r} can no "
+                "longer be completed; the completion was not recorded"
+            )
+        waiting = st.state is StepState.WAITING or (
+            st.state is StepState.DISPATCHED and st.name not in run.queued
+        )
+        if st.token != msg.token or not waiting:
+            raise CompletionRefused(
+                f"step {msg.step!r} of workflow {msg.workflow_id!r} is {st.state} at attempt "
+                f"{st.attempt}; the attempt this task token names is no longer current (it "
+                "timed out and was retried, or the step already finished), so the "
+                "completion was not recorded"
+            )
+        attempt = self._inflight.pop(st.token, None)  # completed before its action returned
+        run.attempts.discard(st.token)
+        if attempt is not None:
+            attempt.port.superseded = True
+        done: Future[None] = Future()
+        if msg.ok:
+            result = normalize(
+                msg.result, limit=self._config.max_result_bytes, what=f"result of {msg.step!r}"
+            )
+            self._step_succeeded(run, st, result)
+        else:
+            error = msg.error or "failed"
+            self._step_failed(run, st, error, msg.error_types, permanent=msg.permanent)
+        self._txn(run).effects.append(("future", done))
         self._after_message()
         return done
 
@@ -530,7 +558,9 @@ class Scheduler(SupervisedActor):
         if run is None or st is None or st.token != msg.token:
             self._counters["stale"] += 1
             return
-        if msg.ok:
+        if msg.kind or st.state is StepState.UNKNOWN:
+            self._on_special_outcome(run, st, msg)
+        elif msg.ok:
             self._step_succeeded(run, st, msg.result)
         else:
             self._step_failed(
@@ -586,7 +616,7 @@ class Scheduler(SupervisedActor):
                 self._hosted.replace(attempt.agent, attempt.instance)
             # Also reached for an attempt no Scheduler of this process runs (orphaned by
             # a restart) and nothing will run again: it counts as failed all the same.
-            self._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
+            self._on_lapsed(run, st, lapsed)
 
     def _on_instance_event(self, msg: InstanceEvent) -> None:
         self._dirty_agents.add(msg.agent)
@@ -746,6 +776,9 @@ class Scheduler(SupervisedActor):
                 self._enqueue(run, st.name, compensating=False)
             elif st.state is StepState.COMPENSATING and compensating and (st.retry_at or 0) <= now:
                 self._enqueue(run, st.name, compensating=True)
+            elif st.state is StepState.UNKNOWN and (st.retry_at or 0) <= now:
+                self._enqueue(run, st.name, compensating=False)  # probe (again)
+            # WAITING stays waiting: its completion or its deadline's timer moves it on.
 
     # -- the state machine -------------------------------------------------------------
 
@@ -770,9 +803,7 @@ class Scheduler(SupervisedActor):
             if all_done:
                 self._finish(run, WorkflowState.SUCCEEDED)
         elif state is WorkflowState.COMPENSATING:
-            busy = any(
-                s.state in (StepState.DISPATCHED, StepState.COMPENSATING) for s in steps.values()
-            )
+            busy = any(s.state in _BUSY for s in steps.values())
             if busy:
                 return
             undo = [
@@ -858,6 +889,8 @@ class Scheduler(SupervisedActor):
             # Orphaned by a crash: re-dispatched with attempt + 1, even while compensating,
             # because its effect may have happened and must then be undone.
             return st.token not in self._inflight
+        if st.state is StepState.UNKNOWN:
+            return st.token not in self._inflight  # a probe, even while compensating
         return run.record.state is WorkflowState.RUNNING and st.state in (
             StepState.PENDING,
             StepState.RETRY_WAIT,
@@ -867,8 +900,11 @@ class Scheduler(SupervisedActor):
         st = run.steps[job.step]
         spec = run.specs[job.step]
         now = self._clock.time()
-        timeout = spec.timeout or self._config.default_timeout
-        hb = spec.heartbeat_timeout
+        probing = not job.compensating and st.state is StepState.UNKNOWN
+        if probing:
+            timeout, hb = self._config.probe_timeout, None
+        else:
+            timeout, hb = spec.timeout or self._config.default_timeout, spec.heartbeat_timeout
         deadline = now + timeout
         hb_deadline = None if hb is None else now + hb
         # One evolve per transition (what _with_timer gives for retry_at=None, inlined).
@@ -884,6 +920,9 @@ class Scheduler(SupervisedActor):
             assert spec.compensate is not None
             action, attempt = spec.compensate, st.comp_attempt + 1
             new = st.evolve(state=StepState.COMPENSATING, comp_attempt=attempt, **timing)
+        elif probing:
+            action, attempt = probe_name(spec.action), st.attempt
+            new = st.evolve(**timing)
         else:
             action, attempt = spec.action, st.attempt + 1
             new = st.evolve(state=StepState.DISPATCHED, attempt=attempt, **timing)
@@ -1064,12 +1103,21 @@ class Scheduler(SupervisedActor):
 
     def _put_step(self, run: _Run, old: StepRecord, new: StepRecord) -> None:
         run.steps[new.name] = new
-        self._txn(run).put_step(old, new)
+        txn = self._txn(run)
+        txn.put_step(old, new)
+        event = step_event(old, new, self._clock.time())
+        if event is not None:  # a transition, not a heartbeat: one history put, same commit
+            txn.put(history_put(run.record.id, self._ctx.next_token(), event))
 
     def _set_record(self, run: _Run, **changes: Any) -> WorkflowRecord:
         """Change the run's workflow record and write it into the run's transaction."""
-        run.record = run.record.evolve(updated=self._clock.time(), **changes)
-        self._txn(run).put_workflow(run.record)
+        old = run.record
+        run.record = old.evolve(updated=self._clock.time(), **changes)
+        txn = self._txn(run)
+        txn.put_workflow(run.record)
+        if run.record.state is not old.state:
+            event = workflow_event(old.state, run.record)
+            txn.put(history_put(old.id, self._ctx.next_token(), event))
         return run.record
 
     def _with_timer(self, st: StepRecord) -> StepRecord:
@@ -1090,6 +1138,360 @@ class Scheduler(SupervisedActor):
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
         txn = self._open.setdefault(workflow_id, _Txn())
         txn.delete_timer(timer_key(due_ms, workflow_id, step))
+
+    # -- unknown outcomes, later completion -------------------------------------------
+
+    def _on_special_outcome(self, run: _Run, st: StepRecord, msg: Outcome) -> None:
+        """An answer that is not a plain result: a probe's verdict or complete_later()."""
+        if st.state is StepState.UNKNOWN:
+            if not msg.ok:
+                self._probe_later(run, st, f"probe failed: {msg.error}", failed=True)
+            elif msg.kind == DONE:
+                self._step_succeeded(run, st, msg.result)
+            elif msg.kind == NOT_DONE:
+                error = f"{st.error}; the probe found it was not applied"
+                self._step_failed(run, st, error, (TIMEOUT_ERROR,), permanent=False)
+            elif msg.kind == RUNNING:
+                self._probe_later(run, st, st.error or "outcome unknown", failed=False)
+            else:
+                error = f"{probe_name(run.specs[st.name].action)} must return a ProbeResult"
+                self._probe_later(run, st, error, failed=True)
+        elif msg.kind == "later" and st.state is StepState.DISPATCHED:
+            # The instance is free again; the step waits for complete_step/fail_step under
+            # the deadline it already has (same token: the task token stays valid).
+            self._put_step(run, st, st.evolve(state=StepState.WAITING, updated=self._clock.time()))
+        else:
+            what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
+            error = f"{what} returned {msg.kind or 'an unexpected marker'!r}; it cannot here"
+            self._step_failed(run, st, error, (), permanent=True)
+
+    def _on_lapsed(self, run: _Run, st: StepRecord, lapsed: str) -> None:
+        """An attempt's (or a probe's) deadline or heartbeat lapsed."""
+        if st.state is StepState.UNKNOWN:
+            self._probe_later(run, st, f"probe {lapsed}", failed=True)
+        elif st.state in (StepState.DISPATCHED, StepState.WAITING) and self._has_probe(run, st):
+            # The request may have reached the remote side: ask before retrying.
+            now = self._clock.time()
+            unknown = st.evolve(
+                state=StepState.UNKNOWN,
+                token=self._ctx.next_token(),
+                error=f"outcome unknown: {lapsed}",
+                error_type=TIMEOUT_ERROR,
+                deadline=None,
+                heartbeat_deadline=None,
+                retry_at=now,
+                extra={**st.extra, "probes": 0, "probe_failures": 0},
+                updated=now,
+            )
+            self._put_step(run, st, self._with_timer(unknown))
+            self._enqueue(run, st.name, compensating=False)
+        else:
+            self._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
+
+    def _probe_later(self, run: _Run, st: StepRecord, note: str, *, failed: bool) -> None:
+        """Keep the step UNKNOWN and probe again after a backoff; a probe that fails
+        (raises, times out) more often than the step's max_attempts parks the workflow."""
+        spec = run.specs[st.name]
+        policy = spec.retry or self._config.default_retry
+        probes = int(st.extra.get("probes", 0)) + 1
+        failures = int(st.extra.get("probe_failures", 0)) + (1 if failed else 0)
+        now = self._clock.time()
+        new = st.evolve(
+            token=self._ctx.next_token(),
+            error=note if failed else st.error,
+            deadline=None,
+            heartbeat_deadline=None,
+            retry_at=None,
+            timer_ms=None,
+            extra={**st.extra, "probes": probes, "probe_failures": failures},
+            updated=now,
+        )
+        probe = {"kind": "probe", "t": now, "step": st.name, "token": new.token, "error": note}
+        self._txn(run).put(history_put(run.record.id, self._ctx.next_token(), probe))
+        if failures >= policy.max_attempts:
+            self._put_step(run, st, new)
+            self._finish(
+                run,
+                WorkflowState.NEEDS_ATTENTION,
+                error=f"step {st.name!r}: outcome unknown and {failures} probes failed: {note}",
+            )
+            return
+        delay = policy.delay(probes, self._rand.random())
+        self._put_step(run, st, self._with_timer(new.evolve(retry_at=now + delay)))
+
+    def _has_probe(self, run: _Run, st: StepRecord) -> bool:
+        spec = run.specs[st.name]
+        registered = self._ctx.agents.get(spec.agent)
+        return registered is not None and has_probe(registered[0], spec.action)
+
+    # -- operator actions (rt.retry/skip/compensate/abandon/cancel, the commands channel) --
+
+    def _operable(self, op: Operate, allowed: tuple[WorkflowState, ...]) -> tuple[_Run, bool]:
+        """The run an operator action applies to, loaded if it is parked; (run, was_parked)."""
+        run = self._runs.get(op.workflow_id)
+        if run is not None:
+            if run.record.state not in allowed:
+                raise InvalidState(_not_in(op, run.record.state, allowed))
+            return run, False
+        record = self._store.get_workflow(op.workflow_id)
+        if record is None:
+            raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
+        if record.state not in allowed or record.state is not WorkflowState.NEEDS_ATTENTION:
+            if not record.state.is_final and record.state in allowed:
+                raise InvalidState(
+                    f"workflow {op.workflow_id!r} awaits definition {record.name!r} version "
+                    f"{record.version}; register it with add_workflow, then {op.action}"
+                )
+            raise InvalidState(_not_in(op, record.state, allowed))
+        plan = self._ctx.plans.get((record.name, record.version))
+        if plan is None:
+            raise InvalidState(
+                f"workflow {op.workflow_id!r} needs definition {record.name!r} version "
+                f"{record.version}; register it with add_workflow before {op.action}"
+            )
+        steps = {s.name: s for s in self._store.steps_of(op.workflow_id)}
+        run = _Run(record, plan, steps, self._specs_of(plan))
+        return run, True
+
+    def _adopt(self, run: _Run, parked: bool) -> None:
+        """Make a parked run active again (after the action was validated)."""
+        if parked:
+            self._runs[run.record.id] = run
+            if self._ctx.on_resumed is not None:
+                self._ctx.on_resumed()
+
+    def _note_operator(self, op: Operate) -> None:
+        """The history event of an operator action, and its command's outcome, if any."""
+        now = self._clock.time()
+        txn = self._open.setdefault(op.workflow_id, _Txn())
+        event = {
+            "kind": "operator",
+            "t": now,
+            "action": op.action,
+            "who": op.who,
+            "why": op.why,
+            "step": op.step,
+            "result": op.result,
+        }
+        txn.put(history_put(op.workflow_id, self._ctx.next_token(), event))
+        if op.command is not None:
+            txn.put(finished_put(op.command, None, now))
+
+    def _fence(self, run: _Run, st: StepRecord, *, replace: bool) -> None:
+        """Supersede the attempt (if any) running this step; its answer is then ignored."""
+        attempt = self._inflight.pop(st.token, None)
+        run.attempts.discard(st.token)
+        run.queued.discard(st.name)
+        if attempt is not None:
+            attempt.port.superseded = True
+            if replace:
+                self._hosted.replace(attempt.agent, attempt.instance)
+
+    def _op_cancel(self, op: Operate) -> _Run:
+        run = self._runs.get(op.workflow_id)
+        if run is None:
+            record = self._store.get_workflow(op.workflow_id)
+            if record is None:
+                raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
+            raise InvalidState(
+                f"workflow {op.workflow_id!r} is {record.state}; only an unfinished workflow "
+                "can be cancelled"
+            )
+        self._note_operator(op)
+        if run.record.state is WorkflowState.COMPENSATING:
+            self._set_record(run, cancelled=True)
+        else:
+            self._begin_compensation(run, "cancelled by request", cancelled=True)
+        for token in run.attempts:
+            self._inflight[token].port.cancelled = True
+        return run
+
+    def _op_retry(self, op: Operate) -> _Run:
+        run, parked = self._operable(op, (WorkflowState.NEEDS_ATTENTION,))
+        if not parked:
+            raise InvalidState(_not_in(op, run.record.state, (WorkflowState.NEEDS_ATTENTION,)))
+        self._adopt(run, parked)
+        self._note_operator(op)
+        stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
+        if stuck:
+            self._set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
+            now = self._clock.time()
+            for st in stuck:
+                resumed = self._with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
+                self._put_step(run, st, resumed)
+                self._enqueue(run, st.name, compensating=True)
+        else:
+            self._set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
+            for st in list(run.steps.values()):
+                if st.state in _RESTARTABLE:
+                    self._put_step(run, st, _restarted(st, self._ctx.next_token()))
+        return run
+
+    def _op_skip(self, op: Operate) -> _Run:
+        allowed = (
+            WorkflowState.NEEDS_ATTENTION,
+            WorkflowState.RUNNING,
+            WorkflowState.COMPENSATING,
+        )
+        run, parked = self._operable(op, allowed)
+        steps = run.steps
+        if op.step is None:
+            stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING] or [
+                steps[spec.name] for spec in run.plan.steps if steps[spec.name].state in _SKIPPABLE
+            ]
+            if not stuck:
+                raise InvalidState(f"workflow {op.workflow_id!r} has no step to skip")
+            st = stuck[0]
+        elif op.step not in steps:
+            raise InvalidInput(
+                f"workflow {op.workflow_id!r} has no step {op.step!r} (it has: {', '.join(steps)})"
+            )
+        else:
+            st = steps[op.step]
+        undoing = run.record.state is WorkflowState.COMPENSATING or any(
+            s.state in (StepState.COMPENSATING, StepState.COMPENSATED) for s in steps.values()
+        )
+        result = normalize(
+            op.result, limit=self._config.max_result_bytes, what=f"result given for {st.name!r}"
+        )
+        now = self._clock.time()
+        cleared = {
+            "token": self._ctx.next_token(),
+            "deadline": None,
+            "heartbeat_deadline": None,
+            "retry_at": None,
+            "timer_ms": None,
+            "error": None,
+            "error_type": None,
+            "updated": now,
+        }
+        if st.state is StepState.COMPENSATING:
+            self._adopt(run, parked)
+            self._note_operator(op)
+            self._fence(run, st, replace=True)
+            self._put_step(run, st, st.evolve(state=StepState.COMPENSATED, **cleared))
+            if run.record.state is not WorkflowState.COMPENSATING:
+                self._set_record(run, state=WorkflowState.COMPENSATING)
+            return run
+        if st.state not in _SKIPPABLE or undoing:
+            raise InvalidState(
+                f"step {st.name!r} of workflow {op.workflow_id!r} is {st.state}"
+                + (" while the workflow undoes its steps" if undoing else "")
+                + ": skip applies to a step that has not succeeded in a running or parked "
+                "workflow, or to a step whose compensation failed"
+            )
+        self._adopt(run, parked)
+        self._note_operator(op)
+        self._fence(run, st, replace=True)
+        token = cleared["token"]
+        self._put_step(
+            run,
+            st,
+            st.evolve(state=StepState.SUCCEEDED, result=result, done_token=token, **cleared),
+        )
+        if run.record.state is not WorkflowState.RUNNING:
+            self._set_record(run, state=WorkflowState.RUNNING, error=None)
+        return run
+
+    def _op_compensate(self, op: Operate) -> _Run:
+        allowed = (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING)
+        run, parked = self._operable(op, allowed)
+        self._adopt(run, parked)
+        self._note_operator(op)
+        now = self._clock.time()
+        reason = f"compensation requested by {op.who or 'an operator'}: {op.why or ''}".rstrip(": ")
+        for st in list(run.steps.values()):
+            if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
+                resumed = self._with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
+                self._put_step(run, st, resumed)
+                self._enqueue(run, st.name, compensating=True)
+            elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
+                parked and st.state is StepState.DISPATCHED
+            ):
+                # Nothing will settle these any more; what runs of them is fenced out.
+                self._fence(run, st, replace=False)
+                failed = st.evolve(
+                    state=StepState.FAILED,
+                    token=self._ctx.next_token(),
+                    error=f"{st.error}; given up: compensation requested",
+                    deadline=None,
+                    heartbeat_deadline=None,
+                    retry_at=None,
+                    timer_ms=None,
+                    updated=now,
+                )
+                self._put_step(run, st, failed)
+        if run.record.state is WorkflowState.COMPENSATING:
+            self._set_record(run, error=reason)
+        else:
+            self._begin_compensation(run, reason)
+        for token in run.attempts:
+            self._inflight[token].port.cancelled = True
+        return run
+
+    def _op_abandon(self, op: Operate) -> _Run | None:
+        run = self._runs.get(op.workflow_id)
+        error = f"abandoned by {op.who or 'an operator'}" + (f": {op.why}" if op.why else "")
+        if run is not None:
+            self._note_operator(op)
+            for st in list(run.steps.values()):
+                if st.timer_ms is not None:  # nothing should wake it any more
+                    self._put_step(run, st, st.evolve(timer_ms=None, retry_at=None))
+            self._finish(run, WorkflowState.ABANDONED, error=error)
+            return None
+        record = self._store.get_workflow(op.workflow_id)
+        if record is None:
+            raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
+        if record.state is not WorkflowState.NEEDS_ATTENTION:
+            raise InvalidState(
+                _not_in(op, record.state, (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING))
+            )
+        # Parked: nothing runs, so this is one record update (it needs no definition).
+        self._note_operator(op)
+        now = self._clock.time()
+        txn = self._open.setdefault(op.workflow_id, _Txn())
+        abandoned = record.evolve(state=WorkflowState.ABANDONED, error=error, updated=now)
+        txn.put_workflow(abandoned)
+        event = workflow_event(record.state, abandoned)
+        txn.put(history_put(record.id, self._ctx.next_token(), event))
+        return None
+
+    def _on_commands(self, msg: Commands) -> None:
+        """Apply commands from other processes, each as the Runtime method of its name."""
+        for command in msg.commands:
+            command_id = command["id"]
+            if command_id in self._commands_seen:
+                continue
+            workflow_id = command.get("workflow_id")
+            args = command.get("args") or {}
+            record = self._store.get_workflow(workflow_id) if isinstance(workflow_id, str) else None
+            if (
+                record is not None
+                and command.get("action") not in ("abandon", "cancel")
+                and (record.name, record.version) not in self._ctx.plans
+            ):
+                continue  # wait (pending) until the daemon registers the definition
+            self._commands_seen.add(command_id)
+            op = Operate(
+                action=str(command.get("action")),
+                workflow_id=str(workflow_id),
+                step=args.get("step"),
+                result=args.get("result"),
+                who=command.get("who"),
+                why=command.get("why"),
+                command=command,
+            )
+            try:
+                self.operate(op)
+            except HerderError as exc:
+                error = str(exc)
+            except Exception as exc:  # a bug must not leave the CLI waiting forever
+                _log.exception("command %s failed", command_id)
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                continue
+            txn = self._open.setdefault(f"command:{command_id}", _Txn())
+            txn.put(finished_put(command, error, self._clock.time()))
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
@@ -1129,3 +1531,48 @@ def _unregistered(agent: str) -> Callable[[], Agent]:
         raise RuntimeError(f"agent {agent!r} is not registered")
 
     return factory
+
+
+_BUSY = frozenset(
+    {StepState.DISPATCHED, StepState.COMPENSATING, StepState.WAITING, StepState.UNKNOWN}
+)
+"""Step states that keep a compensating workflow from undoing the next step."""
+
+_RESTARTABLE = frozenset(
+    {
+        StepState.FAILED,
+        StepState.UNKNOWN,
+        StepState.WAITING,
+        StepState.DISPATCHED,
+        StepState.RETRY_WAIT,
+    }
+)
+"""Forward steps a retry of a parked workflow runs again from attempt 1."""
+
+_SKIPPABLE = _RESTARTABLE | {StepState.PENDING}
+
+_OPERATIONS: dict[str, Callable[[Scheduler, Operate], _Run | None]] = {
+    "retry": Scheduler._op_retry,
+    "skip": Scheduler._op_skip,
+    "compensate": Scheduler._op_compensate,
+    "abandon": Scheduler._op_abandon,
+    "cancel": Scheduler._op_cancel,
+}
+
+
+def _restarted(st: StepRecord, token: int) -> StepRecord:
+    return st.evolve(
+        state=StepState.PENDING,
+        attempt=0,
+        token=token,
+        error=None,
+        deadline=None,
+        heartbeat_deadline=None,
+        retry_at=None,
+        timer_ms=None,
+    )
+
+
+def _not_in(op: Operate, state: WorkflowState, allowed: tuple[WorkflowState, ...]) -> str:
+    names = " or ".join(str(a) for a in allowed)
+    return f"workflow {op.workflow_id!r} is {state}; {op.action} applies to a workflow in {names}"

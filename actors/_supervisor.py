@@ -19,9 +19,10 @@ import logging
 from typing import Any
 
 from herder.actors._clock import TimerHandle
-from herder.actors._messages import Due, Tick
+from herder.actors._messages import Commands, Due, Tick
 from herder.actors._scheduler import EngineContext
 from herder.actors._supervised import SupervisedActor
+from herder.store._commands import pending_commands
 from herder.store._crashpoints import crash_point
 from herder.store._errors import StoreCorrupt
 from herder.store._records import timer_key
@@ -54,6 +55,7 @@ class WorkflowSupervisor(SupervisedActor):
         self._resend_after = resend_after
         self._tick_every = tick_every
         self._sent: dict[tuple[int, str, str], float] = {}
+        self._sent_commands: dict[int, float] = {}
         self._last_tick = ctx.clock.monotonic()
         self._timer: TimerHandle | None = None
         self.sweeps = 0
@@ -116,6 +118,7 @@ class WorkflowSupervisor(SupervisedActor):
         if fresh:
             crash_point("supervisor.sweep")
             self._ctx.tell_scheduler(Due(fresh))
+        self._sweep_commands(now)
         if now - self._last_tick >= self._tick_every:
             self._last_tick = now
             self._ctx.tell_scheduler(Tick())
@@ -125,6 +128,28 @@ class WorkflowSupervisor(SupervisedActor):
             except Exception:
                 _log.exception("a sweep listener failed; the sweep carries on")
         return len(fresh)
+
+    def _sweep_commands(self, now: float) -> None:
+        """Hand pending operator commands (from other processes) to the Scheduler.
+
+        Like timers, a command is sent once, then again only if it is still pending
+        ``resend_after`` seconds later (the Scheduler applies each id once).
+        """
+        try:
+            pending = pending_commands(self._ctx.store)
+        except StoreCorrupt as exc:
+            _log.error("cannot read the commands database: %s", exc)
+            return
+        fresh, seen = [], {}
+        for command in pending:
+            sent_at = self._sent_commands.get(command["id"])
+            if sent_at is None or now - sent_at >= self._resend_after:
+                fresh.append(command)
+                sent_at = now
+            seen[command["id"]] = sent_at
+        self._sent_commands = seen
+        if fresh:
+            self._ctx.tell_scheduler(Commands(fresh))
 
     def _schedule(self) -> None:
         ref = self.actor_ref

@@ -13,6 +13,7 @@ Everything not listed in ``__all__`` here is internal and may change.
 
 from herder.actors._agent import Agent, StepContext
 from herder.actors._errors import (
+    CompletionRefused,
     InvalidDefinition,
     InvalidState,
     NotActive,
@@ -22,6 +23,8 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._outcomes import ProbeResult
+from herder.runtime._inbox import InboxItem
 from herder.runtime._runtime import Runtime, WorkflowHandle
 from herder.runtime._status import State, StepStatus, WorkflowFailed, WorkflowStatus
 from herder.runtime._workflow import Workflow
@@ -39,14 +42,17 @@ from herder.store._records import RetryPolicy, StepState
 
 __all__ = [
     "Agent",
+    "CompletionRefused",
     "EncodeError",
     "HerderError",
+    "InboxItem",
     "InvalidDefinition",
     "InvalidInput",
     "InvalidState",
     "LeaseLost",
     "NotActive",
     "Permanent",
+    "ProbeResult",
     "RetryPolicy",
     "Runtime",
     "RuntimeClosed",

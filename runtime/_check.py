@@ -54,7 +54,14 @@ _R = TypeVar("_R")
 _ALLOWED: dict[WorkflowState, frozenset[StepState]] = {
     WorkflowState.PENDING: frozenset({StepState.PENDING}),
     WorkflowState.RUNNING: frozenset(
-        {StepState.PENDING, StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.SUCCEEDED}
+        {
+            StepState.PENDING,
+            StepState.DISPATCHED,
+            StepState.WAITING,
+            StepState.UNKNOWN,
+            StepState.RETRY_WAIT,
+            StepState.SUCCEEDED,
+        }
     ),
     WorkflowState.SUCCEEDED: frozenset({StepState.SUCCEEDED}),
     WorkflowState.COMPENSATING: frozenset(StepState) - {StepState.RETRY_WAIT},
@@ -71,8 +78,10 @@ _ALLOWED: dict[WorkflowState, frozenset[StepState]] = {
             StepState.SUCCEEDED,
             StepState.COMPENSATING,
             StepState.COMPENSATED,
+            StepState.UNKNOWN,  # its probes kept failing
         }
     ),
+    WorkflowState.ABANDONED: frozenset(StepState),  # an operator stopped it where it was
 }
 
 
@@ -253,8 +262,10 @@ class _Checker:
             self.problem("steps", skey, f"{st.state} but it never succeeded")
         if st.state is StepState.SUCCEEDED and st.done_token is None:
             self.problem("steps", skey, "SUCCEEDED without a completion token")
-        waits = st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT) or (
-            st.state is StepState.COMPENSATING and record.state is WorkflowState.COMPENSATING
+        waits = (
+            st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.WAITING)
+            or (st.state is StepState.UNKNOWN and not record.state.is_final)
+            or (st.state is StepState.COMPENSATING and record.state is WorkflowState.COMPENSATING)
         )
         if waits:
             if st.timer_ms is None:

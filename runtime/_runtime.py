@@ -16,28 +16,33 @@ from typing import Any
 import pykka
 
 from herder.actors._agent import Agent, action_names, agent_class_of
+from herder.actors._agent_host import error_types
 from herder.actors._ask import call
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import (
     InvalidDefinition,
     NotActive,
+    Permanent,
     RuntimeClosed,
     UnknownName,
     UnknownWorkflow,
     WorkflowConflict,
 )
-from herder.actors._messages import Admit, Define, InstanceEvent
+from herder.actors._messages import Admit, Complete, Define, InstanceEvent, Operate
+from herder.actors._outcomes import parse_task_token
 from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
 from herder.actors._supervisor import WorkflowSupervisor
 from herder.runtime._ha import LeaseKeeper, StandbyWatcher
+from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._workflow import Workflow
 from herder.store import DEFAULT_LEASE, ConditionFailed, Expect, LeaseLost, Put, Store, Transition
 from herder.store._codec import encode, normalize
 from herder.store._errors import InvalidInput
+from herder.store._history import history_put, read_history, workflow_event
 from herder.store._records import (
     Plan,
     RetryPolicy,
@@ -110,7 +115,8 @@ class Runtime:
     of the process in a row than this is parked in NEEDS_ATTENTION as poison work),
     ``log_level`` (level of the ``herder`` loggers; handlers are left to
     the embedding program), ``seed`` (for
-    retry jitter, to make runs repeatable).
+    retry jitter, to make runs repeatable), ``probe_timeout`` (how long a
+    ``probe_<action>`` may take to tell whether a lapsed attempt was applied).
 
     High availability (see docs/high_availability.md): ``lease`` is the leader lease in
     seconds (renewed every third of it). ``standby=True`` opens the store of a runtime
@@ -142,6 +148,7 @@ class Runtime:
         standby: bool = False,
         lease: float = DEFAULT_LEASE,
         standby_poll: float = 0.05,
+        probe_timeout: float = 30.0,
     ) -> None:
         if log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
@@ -166,9 +173,11 @@ class Runtime:
             agent_restart_period=agent_restarts[1],
             max_recoveries=max_recoveries,
             seed=seed,
+            probe_timeout=probe_timeout,
         )
         self._ctx = EngineContext(self._store, self._clock, self._config, self._on_final)
         self._ctx.on_lease_lost = self._on_lease_lost
+        self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}
         self._actions: dict[str, frozenset[str] | None] = {}
         self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
@@ -451,7 +460,6 @@ class Runtime:
         Blocks while ``max_active_workflows`` are unfinished (up to ``timeout`` seconds,
         then :class:`TimeoutError`).
         """
-        self._check_open()
         self._check_active()
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         plan = self._latest.get(name) if isinstance(name, str) else None
@@ -480,6 +488,7 @@ class Runtime:
         key = workflow_key(wid)
         ops = [Put("workflows", key, encode(record.to_dict()))]
         ops += [Put("steps", step_key(wid, s.name), encode(s.to_dict())) for s in steps]
+        ops.append(history_put(wid, self._ctx.next_token(), workflow_event(None, record)))
         transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
         committed = self._store.writer.submit(transition)
         gave_up = threading.Event()
@@ -544,31 +553,88 @@ class Runtime:
             for r in self._store.workflows(state)
         ]
 
-    def cancel(self, workflow_id: str) -> None:
+    def cancel(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
         """Stop dispatching and compensate completed steps; the workflow ends CANCELLED."""
-        self._check_open()
-        self._check_active()
-        done: Future[None] = call(self._scheduler, "cancel", workflow_id, timeout=self._ask_timeout)
-        done.result(timeout=self._ask_timeout)
+        self._operate(Operate("cancel", workflow_id, who=who, why=why))
 
-    def retry(self, workflow_id: str) -> None:
+    def retry(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
         """Resume a NEEDS_ATTENTION workflow: the failed compensation, else the failed step."""
-        self._check_open()
-        self._check_active()
-        with self._lock:
-            self._active += 1  # before the call: the workflow may finish before it returns
-        try:
-            done: Future[None] = call(
-                self._scheduler, "retry", workflow_id, timeout=self._ask_timeout
-            )
-            done.result(timeout=self._ask_timeout)
-        except BaseException:
-            self._release_capacity()
-            raise
+        self._operate(Operate("retry", workflow_id, who=who, why=why))
+
+    def skip(
+        self,
+        workflow_id: str,
+        step: str | None = None,
+        result: Any = None,
+        *,
+        who: str | None = None,
+        why: str | None = None,
+    ) -> None:
+        """Mark a step done by hand and let the workflow go on.
+
+        ``step`` defaults to the step that needs attention. A step whose compensation
+        failed becomes COMPENSATED and the remaining compensations run; any other
+        unfinished step (in a running or parked workflow) becomes SUCCEEDED with
+        ``result`` (its running attempt, if any, is fenced out) and its dependents run.
+        """
+        self._operate(Operate("skip", workflow_id, step, result, who=who, why=why))
+
+    def compensate(
+        self, workflow_id: str, *, who: str | None = None, why: str | None = None
+    ) -> None:
+        """Undo the completed steps of a running or parked workflow; it ends COMPENSATED.
+
+        Steps whose outcome is unknown or awaited are given up (not undone): skip them
+        first if they did take effect.
+        """
+        self._operate(Operate("compensate", workflow_id, who=who, why=why))
+
+    def abandon(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
+        """Give up on a workflow: it ends ABANDONED, nothing more runs and nothing is undone."""
+        self._operate(Operate("abandon", workflow_id, who=who, why=why))
+
+    def complete_step(self, task_token: str, result: Any = None) -> None:
+        """Complete a step whose action returned ``ctx.complete_later()``; durable on return.
+
+        Callable from any thread. Raises :class:`CompletionRefused` if the attempt the
+        token names is no longer current (timed out and retried, or the step finished).
+        """
+        wf, step, token = parse_task_token(task_token)
+        result = normalize(result, limit=self._config.max_result_bytes, what="step result")
+        self._complete(Complete(wf, step, token, ok=True, result=result))
+
+    def fail_step(
+        self, task_token: str, error: str | BaseException, *, permanent: bool = False
+    ) -> None:
+        """Fail a step whose action returned ``ctx.complete_later()``; durable on return.
+
+        The step is retried under its policy unless ``permanent`` (or ``error``'s type is
+        non-retryable). Refusals as for :meth:`complete_step`.
+        """
+        wf, step, token = parse_task_token(task_token)
+        if isinstance(error, BaseException):
+            text, types = f"{type(error).__name__}: {error}", error_types(error)
+            permanent = permanent or isinstance(error, Permanent)
+        else:
+            text, types = str(error), ()
+        self._complete(
+            Complete(wf, step, token, ok=False, error=text, error_types=types, permanent=permanent)
+        )
+
+    def inbox(self) -> builtins.list[InboxItem]:
+        """The workflows waiting for an operator (NEEDS_ATTENTION), oldest change first."""
+        return inbox_items(self._store, self._ctx.plans)
+
+    def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        """Every recorded transition and operator action of a workflow, oldest first."""
+        if self._store.get_workflow(workflow_id) is None:
+            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+        return read_history(self._store, workflow_id)
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges: workflows by state, step counters, agents, store commits."""
-        self._check_active()
+        if self._root is None and not self._closed:
+            self._check_active()  # a standby has no engine to count
         by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
         for record in self._store.workflows():
             by_state[record.state] += 1
@@ -672,7 +738,8 @@ class Runtime:
             raise RuntimeClosed(f"the runtime failed and stopped its actors: {self._fatal}")
 
     def _check_active(self) -> None:
-        if self._root is None and not self._closed:
+        self._check_open()
+        if self._root is None:
             raise NotActive(
                 f"this runtime is a standby on {self.path}: it serves status() and list() "
                 "until it takes the lease; call start/cancel/retry on the active runtime, "
@@ -720,6 +787,20 @@ class Runtime:
         with self._lock:
             self._active -= 1
             self._lock.notify()
+
+    def _operate(self, op: Operate) -> None:
+        self._check_active()
+        done: Future[None] = call(self._scheduler, "operate", op, timeout=self._ask_timeout)
+        done.result(timeout=self._ask_timeout)
+
+    def _complete(self, msg: Complete) -> None:
+        self._check_active()
+        done: Future[None] = call(self._scheduler, "complete", msg, timeout=self._ask_timeout)
+        done.result(timeout=self._ask_timeout)
+
+    def _on_resumed(self) -> None:
+        with self._lock:
+            self._active += 1
 
     def _on_final(self, record: WorkflowRecord) -> None:
         level = logging.WARNING if record.state is WorkflowState.NEEDS_ATTENTION else logging.INFO

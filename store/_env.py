@@ -61,8 +61,19 @@ from herder.store._records import (
 )
 from herder.store._writer import Put, Transition, Writer
 
-DATABASES = ("workflows", "steps", "timers", "meta", "definitions")
+DATABASES = (
+    "workflows",
+    "steps",
+    "timers",
+    "meta",
+    "definitions",
+    "history",
+    "commands",
+)
 """The named databases of a store."""
+
+MAX_DBS = 16
+"""Named databases an environment may hold (room for more than DATABASES uses)."""
 
 PAGE = 1000
 """Keys read per read transaction by the paged scans."""
@@ -177,7 +188,7 @@ class Store:
             env = lmdb.open(
                 str(path),
                 map_size=map_size,
-                max_dbs=8,
+                max_dbs=MAX_DBS,
                 subdir=True,
                 readonly=False,
                 sync=True,
@@ -261,7 +272,7 @@ class Store:
         try:
             env = lmdb.open(
                 str(path),
-                max_dbs=8,
+                max_dbs=MAX_DBS,
                 subdir=True,
                 readonly=True,
                 lock=True,

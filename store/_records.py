@@ -47,6 +47,7 @@ class WorkflowState(enum.StrEnum):
     COMPENSATED = "COMPENSATED"
     NEEDS_ATTENTION = "NEEDS_ATTENTION"
     CANCELLED = "CANCELLED"
+    ABANDONED = "ABANDONED"  # an operator gave up on it: nothing more runs or is undone
 
     @property
     def is_final(self) -> bool:
@@ -60,6 +61,7 @@ _FINAL_WORKFLOW_STATES = frozenset(
         WorkflowState.COMPENSATED,
         WorkflowState.CANCELLED,
         WorkflowState.NEEDS_ATTENTION,
+        WorkflowState.ABANDONED,
     }
 )
 
@@ -69,6 +71,8 @@ class StepState(enum.StrEnum):
 
     PENDING = "PENDING"
     DISPATCHED = "DISPATCHED"
+    WAITING = "WAITING"  # the action returned ctx.complete_later(): awaiting complete_step
+    UNKNOWN = "UNKNOWN"  # the attempt lapsed after it may have reached the remote side
     RETRY_WAIT = "RETRY_WAIT"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"

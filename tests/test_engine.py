@@ -494,6 +494,8 @@ def test_the_public_api_exports_exactly_the_contract() -> None:
         "SchemaTooNew", "State", "StepContext", "StepState", "StepStatus", "StoreCorrupt",
         "StoreError", "StoreLocked", "UnknownName", "UnknownWorkflow", "Workflow",
         "WorkflowConflict", "WorkflowFailed", "WorkflowHandle", "WorkflowStatus",
+        # outcomes: unknown outcomes, async completion, the operator's inbox
+        "CompletionRefused", "InboxItem", "ProbeResult",
     }  # fmt: skip
     assert set(api.__all__) == expected
     assert api.__all__ == sorted(api.__all__)

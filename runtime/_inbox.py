@@ -1,0 +1,96 @@
+"""The operator's inbox: workflows parked in NEEDS_ATTENTION, with what needs a decision.
+
+Read from the store alone (``rt.inbox()`` and ``herder inbox`` share it), so it works
+read-only while a runtime runs. Each item names the step that needs attention, its
+state, attempts, last error and last heartbeat details; the operator then retries,
+skips, compensates or abandons it (``Runtime`` methods or the CLI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from herder.runtime._status import in_plan_order
+from herder.store import Store
+from herder.store._records import Plan, StepRecord, StepState, WorkflowState, definition_key
+
+_STUCK_FORWARD = (
+    StepState.UNKNOWN,
+    StepState.FAILED,
+    StepState.WAITING,
+    StepState.DISPATCHED,
+    StepState.RETRY_WAIT,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """One workflow waiting for an operator, and the step that needs a decision."""
+
+    id: str
+    name: str
+    version: int
+    error: str | None
+    since: float
+    step: str | None
+    step_state: StepState | None
+    attempts: int
+    step_error: str | None
+    heartbeat: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        """The item as plain data, e.g. for JSON."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "error": self.error,
+            "since": self.since,
+            "step": self.step,
+            "step_state": None if self.step_state is None else str(self.step_state),
+            "attempts": self.attempts,
+            "step_error": self.step_error,
+            "heartbeat": self.heartbeat,
+        }
+
+
+def stuck_step(steps: list[StepRecord]) -> StepRecord | None:
+    """The step a parked workflow waits on: a failed compensation, else a failed or
+    unresolved forward step (``steps`` in plan order)."""
+    for st in steps:
+        if st.state is StepState.COMPENSATING:
+            return st
+    for st in steps:
+        if st.state in _STUCK_FORWARD:
+            return st
+    return None
+
+
+def inbox_items(store: Store, plans: dict[tuple[str, int], Plan] | None = None) -> list[InboxItem]:
+    """Every NEEDS_ATTENTION workflow of ``store`` as an :class:`InboxItem`, oldest first."""
+    known: dict[tuple[str, int], Plan | None] = dict(plans or {})
+    items = []
+    for record in store.workflows(WorkflowState.NEEDS_ATTENTION):
+        key = (record.name, record.version)
+        if key not in known:
+            raw = store.get("definitions", definition_key(*key))
+            known[key] = None if raw is None else Plan.from_dict(raw)
+        st = stuck_step(in_plan_order(store.steps_of(record.id), known[key]))
+        compensating = st is not None and st.state is StepState.COMPENSATING
+        items.append(
+            InboxItem(
+                id=record.id,
+                name=record.name,
+                version=record.version,
+                error=record.error,
+                since=record.updated,
+                step=None if st is None else st.name,
+                step_state=None if st is None else st.state,
+                attempts=0 if st is None else (st.comp_attempt if compensating else st.attempt),
+                step_error=None if st is None else st.error,
+                heartbeat=None if st is None else st.heartbeat,
+            )
+        )
+    items.sort(key=lambda item: item.since)
+    return items

@@ -1,0 +1,208 @@
+"""The ``commands`` database: a durable channel from other processes to the active runtime.
+
+Only one process runs a store (it holds ``herder.lock``), but an operator's CLI runs in
+another. The CLI appends a *command* here and waits; the active runtime's Supervisor
+finds pending commands in its sweep, the Scheduler applies each through the same code as
+the ``Runtime`` method of that name, and records the outcome on the command, in the same
+write transaction as the change it made.
+
+Appending does not take herder's ``flock`` and does not touch the incarnation: the CLI
+opens the LMDB environment writable by itself, and LMDB serializes writers across
+processes. One command is one write transaction. Keys are 8-byte big-endian ids, given
+out inside that transaction (last id + 1), so ids are unique and ordered.
+
+A command is a map: ``id``, ``action``, ``workflow_id``, ``args`` (e.g. ``step``,
+``result``), ``who``, ``why``, ``created``, ``state`` (``PENDING`` → ``DONE`` or
+``FAILED``), ``error`` and ``finished``. The channel is generic: ``action`` is any name
+the applying runtime knows; an unknown one ends FAILED with a message.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import struct
+import threading
+import time
+from typing import Any
+
+import lmdb
+
+from herder.store._codec import decode, encode
+from herder.store._errors import ConditionFailed, StoreError
+from herder.store._writer import Expect, Put, Transition
+
+COMMANDS_DB = "commands"
+PENDING, DONE, FAILED = "PENDING", "DONE", "FAILED"
+
+_ID = struct.Struct(">Q")
+
+
+def command_key(command_id: int) -> bytes:
+    """The ``commands`` key of a command id."""
+    return _ID.pack(command_id)
+
+
+def new_command(
+    action: str,
+    workflow_id: str,
+    *,
+    args: dict[str, Any] | None = None,
+    who: str,
+    why: str,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """A pending command record (without its id, given out when it is appended)."""
+    return {
+        "v": 1,
+        "action": action,
+        "workflow_id": workflow_id,
+        "args": args or {},
+        "who": who,
+        "why": why,
+        "created": time.time() if now is None else now,
+        "state": PENDING,
+        "error": None,
+        "finished": None,
+    }
+
+
+def finished_put(command: dict[str, Any], error: str | None, now: float) -> Put:
+    """The put that records a command's outcome (``error`` None: it was applied)."""
+    done = {**command, "state": FAILED if error else DONE, "error": error, "finished": now}
+    return Put(COMMANDS_DB, command_key(command["id"]), encode(done))
+
+
+def pending_commands(store: Any, after: int = 0) -> list[dict[str, Any]]:
+    """Pending commands with an id greater than ``after``, oldest first (for the sweep)."""
+    out = []
+    for key, value in store.scan(COMMANDS_DB, b""):
+        if len(key) != _ID.size:
+            continue
+        (command_id,) = _ID.unpack(key)
+        if command_id > after and isinstance(value, dict) and value.get("state") == PENDING:
+            out.append({**value, "id": command_id})
+    return out
+
+
+def append_command(path: str | os.PathLike[str], command: dict[str, Any]) -> int:
+    """Append ``command`` to the store at ``path``; return its id. Durable when it returns.
+
+    Works while another process runs the store: the environment is opened writable
+    without herder's lock (LMDB serializes writers). If this very process has the store
+    open, its writer is used instead (LMDB allows one environment per path per process).
+    """
+    store = _open_here(path)
+    if store is not None:
+        return _append_through(store, command)
+    env = _open_env(path)
+    try:
+        db = _commands_db(env, path)
+        with env.begin(write=True, db=db) as txn:
+            cur = txn.cursor()
+            last = _ID.unpack(cur.key())[0] if cur.last() else 0
+            command_id = last + 1
+            txn.put(command_key(command_id), encode({**command, "id": command_id}))
+        return command_id
+    except lmdb.Error as exc:
+        raise StoreError(f"cannot append a command to store {path}: {exc}") from exc
+    finally:
+        env.close()
+
+
+def wait_outcome(
+    path: str | os.PathLike[str], command_id: int, timeout: float, poll: float = 0.05
+) -> dict[str, Any] | None:
+    """The command once it is DONE or FAILED, or None if it is still pending at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()  # never set: the pause between two looks at the record
+    store = _open_here(path)
+    env = None if store is not None else _open_env(path, readonly=True)
+    try:
+        while True:
+            record = _read_command(store, env, path, command_id)
+            if record is not None and record.get("state") != PENDING:
+                return record
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            pause.wait(min(poll, left))
+    finally:
+        if env is not None:
+            env.close()
+
+
+def _read_command(
+    store: Any, env: lmdb.Environment | None, path: Any, command_id: int
+) -> dict[str, Any] | None:
+    key = command_key(command_id)
+    if store is not None:
+        value = store.get(COMMANDS_DB, key)
+    else:
+        assert env is not None
+        db = _commands_db(env, path)
+        try:
+            with env.begin(db=db) as txn:
+                raw = txn.get(key)
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # the runtime grew the map: adopt its size, look again
+            return None
+        value = None if raw is None else decode(raw, db=COMMANDS_DB, key=key)
+    return value if isinstance(value, dict) else None
+
+
+def _open_here(path: str | os.PathLike[str]) -> Any:
+    from herder.store._env import _registry, _registry_lock
+
+    with _registry_lock:
+        store = _registry.get(os.path.realpath(path))
+    return None if store is None or store.readonly else store
+
+
+def _append_through(store: Any, command: dict[str, Any]) -> int:
+    while True:
+        ids = [_ID.unpack(k)[0] for k, _ in store.raw_scan(COMMANDS_DB) if len(k) == _ID.size]
+        command_id = max(ids, default=0) + 1
+        key = command_key(command_id)
+        put = Put(COMMANDS_DB, key, encode({**command, "id": command_id}))
+        try:
+            store.writer.submit(
+                Transition(ops=(put,), expect=(Expect(COMMANDS_DB, key, exists=False),))
+            ).result(timeout=30.0)
+        except ConditionFailed:
+            continue  # another command took that id first
+        return command_id
+
+
+def _open_env(path: str | os.PathLike[str], *, readonly: bool = False) -> lmdb.Environment:
+    from herder.store._env import MAX_DBS, MAX_READERS
+
+    if not (pathlib.Path(path) / "data.mdb").is_file():
+        raise StoreError(f"no store at {path}: a runtime creates it when it first opens it")
+    try:
+        return lmdb.open(
+            str(path),
+            map_size=0,  # the size the store already has
+            max_dbs=MAX_DBS,
+            subdir=True,
+            readonly=readonly,
+            create=False,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            lock=True,
+            readahead=False,
+            max_readers=MAX_READERS,
+        )
+    except lmdb.Error as exc:
+        raise StoreError(f"cannot open store {path} to send a command: {exc}") from exc
+
+
+def _commands_db(env: lmdb.Environment, path: Any) -> Any:
+    try:
+        return env.open_db(COMMANDS_DB.encode(), create=False)
+    except lmdb.NotFoundError:
+        raise StoreError(
+            f"store {path} has no commands database (written by an older herder): open it "
+            "once with a current Runtime"
+        ) from None

@@ -1,0 +1,204 @@
+"""The operator's inbox and actions (retry, skip, compensate, abandon), each in history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    CompletionRefused,
+    InvalidState,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    StepState,
+    UnknownWorkflow,
+    Workflow,
+    WorkflowFailed,
+)
+from herder.runtime._check import check_store
+from herder.runtime.testing import EffectLedger, FakeClock, settle, wait_until
+
+WAIT = 10.0
+ONCE = RetryPolicy(max_attempts=1)
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Iterator[Runtime]:
+    with Runtime(tmp_path / "store", clock=FakeClock(), default_retry=ONCE) as runtime:
+        yield runtime
+        settle(runtime)
+        report = check_store(runtime._store)  # the store's invariants hold afterwards
+        assert report.ok, report.problems
+
+
+class Travel(Agent):
+    """Books and cancels against a ledger; ``broken`` lists what fails for good."""
+
+    ledger = EffectLedger()
+    broken: set[str] = set()
+    handed: list[str] = []
+
+    def book(self, ctx: StepContext) -> Any:
+        if ctx.step in self.broken:
+            raise RuntimeError(f"{ctx.step} is sold out")
+        if ctx.step == "later":
+            self.handed.append(ctx.task_token)
+            return ctx.complete_later()
+        return self.ledger.apply(ctx.idempotency_key, {"booked": ctx.step})
+
+    def cancel(self, ctx: StepContext) -> None:
+        if f"undo:{ctx.step}" in self.broken:
+            raise RuntimeError(f"cannot cancel {ctx.step}")
+        self.ledger.undo(ctx.idempotency_key.removesuffix("/compensate"))
+
+
+def agent(broken: set[str]) -> type[Travel]:
+    return type("T", (Travel,), {"ledger": EffectLedger(), "broken": broken, "handed": []})
+
+
+def trip(*steps: str) -> Workflow:
+    wf = Workflow("trip")
+    for i, name in enumerate(steps):
+        after = [steps[i - 1]] if i else []
+        wf = wf.step(name, agent="t", action="book", compensate="cancel", after=after)
+    return wf
+
+
+def parked(rt: Runtime, broken: set[str], *steps: str) -> type[Travel]:
+    """A workflow ``w`` parked in NEEDS_ATTENTION because a compensation failed."""
+    cls = agent(broken)
+    rt.add_agent("t", cls)
+    rt.add_workflow(trip(*steps))
+    with pytest.raises(WorkflowFailed):
+        rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    assert rt.status("w").state is State.NEEDS_ATTENTION
+    return cls
+
+
+def operator_events(rt: Runtime, workflow_id: str) -> list[tuple[str, str | None, str | None]]:
+    return [
+        (e["action"], e["who"], e["why"])
+        for e in rt.history(workflow_id)
+        if e["kind"] == "operator"
+    ]
+
+
+def test_the_inbox_lists_a_parked_workflow_with_the_step_that_needs_a_decision(
+    rt: Runtime,
+) -> None:
+    parked(rt, {"car", "undo:hotel"}, "flight", "hotel", "car")
+    [item] = rt.inbox()
+    assert (item.id, item.step, item.step_state) == ("w", "hotel", StepState.COMPENSATING)
+    assert item.attempts == 1
+    assert "cannot cancel hotel" in (item.step_error or "")
+    assert "compensation of step 'hotel' failed" in (item.error or "")
+    assert item.to_dict()["step_state"] == "COMPENSATING"
+
+
+def test_skip_marks_a_failed_compensation_done_and_the_rest_is_undone(rt: Runtime) -> None:
+    cls = parked(rt, {"car", "undo:hotel"}, "flight", "hotel", "car")
+    rt.skip("w", who="ada", why="refunded the hotel by phone")
+    wait_until(rt, lambda: rt.status("w").state.is_final)
+    status = rt.status("w")
+    assert status.state is State.COMPENSATED
+    assert status.steps["hotel"].state is StepState.COMPENSATED
+    assert cls.ledger.undone == ["w/flight"]  # the hotel was handled by hand
+    assert operator_events(rt, "w") == [("skip", "ada", "refunded the hotel by phone")]
+    assert rt.inbox() == []
+    # The whole story, in order: the hotel's failed undo, the skip, the flight's undo.
+    story = [(e["kind"], e.get("step"), e.get("to") or e.get("action")) for e in rt.history("w")]
+    assert story.index(("step", "hotel", "COMPENSATING")) < story.index(("operator", None, "skip"))
+    assert story.index(("operator", None, "skip")) < story.index(("step", "flight", "COMPENSATED"))
+    assert story[-1] == ("workflow", None, "COMPENSATED")
+
+
+def test_retry_runs_the_failed_compensation_again_and_records_who_and_why(
+    rt: Runtime,
+) -> None:
+    broken = {"car", "undo:hotel"}
+    cls = parked(rt, broken, "flight", "hotel", "car")
+    broken.discard("undo:hotel")  # the hotel's API is back
+    rt.retry("w", who="bob", why="hotel API fixed")
+    with pytest.raises(WorkflowFailed):
+        rt.handle("w").result(timeout=WAIT)
+    assert rt.status("w").state is State.COMPENSATED
+    assert cls.ledger.undone == ["w/hotel", "w/flight"]
+    assert operator_events(rt, "w") == [("retry", "bob", "hotel API fixed")]
+
+
+def test_abandon_ends_a_parked_workflow_without_running_or_undoing_anything(
+    rt: Runtime,
+) -> None:
+    cls = parked(rt, {"car", "undo:hotel"}, "flight", "hotel", "car")
+    undone = list(cls.ledger.undone)
+    rt.abandon("w", who="ada", why="customer refunded in full")
+    settle(rt)
+    status = rt.status("w")
+    assert status.state is State.ABANDONED
+    assert status.error == "abandoned by ada: customer refunded in full"
+    assert cls.ledger.undone == undone
+    assert operator_events(rt, "w") == [("abandon", "ada", "customer refunded in full")]
+    assert rt.history("w")[-1]["to"] == "ABANDONED"
+    with pytest.raises(InvalidState, match="ABANDONED"):
+        rt.retry("w")
+
+
+def test_skip_completes_a_waiting_step_of_a_running_workflow_by_hand(rt: Runtime) -> None:
+    cls = agent(set())
+    rt.add_agent("t", cls)
+    rt.add_workflow(trip("flight", "later", "car"))
+    h = rt.start("trip", workflow_id="w")
+    wait_until(rt, lambda: rt.status("w").steps["later"].state is StepState.WAITING)
+    rt.skip("w", "later", {"booked": "by hand"}, who="ada", why="the partner emailed")
+    assert h.result(timeout=WAIT)["later"] == {"booked": "by hand"}
+    with pytest.raises(CompletionRefused):
+        rt.complete_step(cls.handed[0], {"booked": "webhook"})
+
+
+def test_compensate_undoes_a_running_workflow_and_gives_up_its_waiting_step(
+    rt: Runtime,
+) -> None:
+    cls = agent(set())
+    rt.add_agent("t", cls)
+    rt.add_workflow(trip("flight", "later", "car"))
+    h = rt.start("trip", workflow_id="w")
+    wait_until(rt, lambda: rt.status("w").steps["later"].state is StepState.WAITING)
+    rt.compensate("w", who="ada", why="customer changed plans")
+    with pytest.raises(WorkflowFailed):
+        h.result(timeout=WAIT)
+    status = rt.status("w")
+    assert status.state is State.COMPENSATED
+    assert [status.steps[s].state for s in ("flight", "later", "car")] == [
+        StepState.COMPENSATED,
+        StepState.FAILED,
+        StepState.PENDING,
+    ]
+    assert cls.ledger.undone == ["w/flight"]
+    assert "customer changed plans" in (status.error or "")
+    with pytest.raises(CompletionRefused):
+        rt.complete_step(cls.handed[0], "too late")
+
+
+def test_operator_actions_that_do_not_apply_are_refused_and_change_nothing(
+    rt: Runtime,
+) -> None:
+    cls = agent(set())
+    rt.add_agent("t", cls)
+    rt.add_workflow(trip("flight"))
+    rt.start("trip", workflow_id="done").result(timeout=WAIT)
+    before = rt.history("done")
+    with pytest.raises(InvalidState, match="SUCCEEDED"):
+        rt.skip("done")
+    with pytest.raises(InvalidState, match="NEEDS_ATTENTION"):
+        rt.retry("done")
+    with pytest.raises(InvalidState):
+        rt.abandon("done")
+    with pytest.raises(UnknownWorkflow):
+        rt.compensate("nope")
+    assert rt.history("done") == before

@@ -1,0 +1,397 @@
+"""Unknown outcomes and probes, asynchronous completion, and fencing seen by the agent."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    CompletionRefused,
+    InvalidInput,
+    ProbeResult,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    StepState,
+    Workflow,
+)
+from herder.runtime._check import check_store
+from herder.runtime.testing import EffectLedger, FakeClock, advance, settle, wait_until
+
+CHILD = pathlib.Path(__file__).with_name("outcomes_child.py")
+WAIT = 10.0
+TIMEOUT = 5.0
+FAST = RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=0.0)
+PACED = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff_coefficient=1.0, jitter=0.0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def rt(tmp_path: Path, clock: FakeClock) -> Iterator[Runtime]:
+    with Runtime(
+        tmp_path / "store",
+        clock=clock,
+        sweep_interval=1.0,
+        default_retry=FAST,
+        instance_shutdown=0.1,
+        probe_timeout=3.0,
+    ) as runtime:
+        yield runtime
+        settle(runtime)
+        report = check_store(runtime._store)  # the store's invariants hold afterwards
+        assert report.ok, report.problems
+
+
+def one_step(retry: RetryPolicy = FAST, name: str = "one") -> Workflow:
+    return Workflow(name).step("pay", agent="bank", action="pay", timeout=TIMEOUT, retry=retry)
+
+
+def transitions(rt: Runtime, workflow_id: str, step: str) -> list[tuple[str, str]]:
+    return [
+        (e["from"], e["to"])
+        for e in rt.history(workflow_id)
+        if e["kind"] == "step" and e["step"] == step
+    ]
+
+
+def probe_events(rt: Runtime, workflow_id: str) -> int:
+    """Probes that did not settle the outcome (running, or the probe failed)."""
+    return sum(1 for e in rt.history(workflow_id) if e["kind"] == "probe")
+
+
+class Bank:
+    """A fake remote service that may apply a request and then drop its reply.
+
+    ``plan[attempt]`` says what happens to that attempt: ``"ok"`` (applied, answered),
+    ``"apply-drop"`` (applied, the reply never comes back before the deadline) or
+    ``"drop"`` (lost before reaching the service). Hung attempts wait on ``release``.
+    """
+
+    def __init__(self, plan: dict[int, str]) -> None:
+        self.plan = plan
+        self.ledger = EffectLedger()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.probes: list[str] = []
+        self.verdicts: list[ProbeResult | None] = []  # scripted answers, None: look it up
+
+    def pay(self, ctx: StepContext) -> Any:
+        mode = self.plan.get(ctx.attempt, "ok")
+        if mode == "ok":
+            return self.ledger.apply(ctx.idempotency_key, {"paid": ctx.attempt})
+        if mode == "apply-drop":
+            self.ledger.apply(ctx.idempotency_key, {"paid": ctx.attempt})
+        self.entered.set()
+        self.release.wait(WAIT)
+        raise RuntimeError("the reply was lost")
+
+    def probe(self, ctx: StepContext) -> ProbeResult:
+        self.probes.append(ctx.idempotency_key)
+        scripted = self.verdicts.pop(0) if self.verdicts else None
+        if scripted is not None:
+            return scripted
+        if ctx.idempotency_key in self.ledger.effects:
+            return ProbeResult.done(self.ledger.effects[ctx.idempotency_key])
+        return ProbeResult.not_done()
+
+
+def with_probe(bank: Bank) -> type[Agent]:
+    class Probed(Agent):
+        def pay(self, ctx: StepContext) -> Any:
+            return bank.pay(ctx)
+
+        def probe_pay(self, ctx: StepContext) -> ProbeResult:
+            return bank.probe(ctx)
+
+    return Probed
+
+
+def without_probe(bank: Bank) -> type[Agent]:
+    class Plain(Agent):
+        def pay(self, ctx: StepContext) -> Any:
+            return bank.pay(ctx)
+
+    return Plain
+
+
+def lapse(rt: Runtime, clock: FakeClock, bank: Bank) -> None:
+    """Let attempt 1 hang, then move time past its deadline."""
+    assert bank.entered.wait(WAIT)
+    advance(rt, clock, TIMEOUT + 0.5)
+
+
+# -- unknown outcome, then reconcile -----------------------------------------------------
+
+
+def test_a_lapsed_attempt_that_was_applied_is_recorded_from_the_probe_without_a_retry(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    bank = Bank({1: "apply-drop"})
+    rt.add_agent("bank", with_probe(bank))
+    rt.add_workflow(one_step())
+    h = rt.start("one", workflow_id="w")
+    try:
+        lapse(rt, clock, bank)
+        assert h.result(timeout=WAIT) == {"pay": {"paid": 1}}
+    finally:
+        bank.release.set()
+    step = rt.status("w").steps["pay"]
+    assert step.attempt == 1  # never run again
+    assert bank.ledger.requests["w/pay"] == 1
+    assert bank.probes == ["w/pay"]
+    assert transitions(rt, "w", "pay") == [
+        ("PENDING", "DISPATCHED"),
+        ("DISPATCHED", "UNKNOWN"),
+        ("UNKNOWN", "SUCCEEDED"),
+    ]
+
+
+def test_a_lapsed_attempt_that_never_arrived_is_retried_after_the_probe_says_so(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    bank = Bank({1: "drop"})
+    rt.add_agent("bank", with_probe(bank))
+    rt.add_workflow(one_step())
+    h = rt.start("one", workflow_id="w")
+    try:
+        lapse(rt, clock, bank)
+        assert h.result(timeout=WAIT) == {"pay": {"paid": 2}}
+    finally:
+        bank.release.set()
+    assert rt.status("w").steps["pay"].attempt == 2
+    assert bank.ledger.requests["w/pay"] == 1  # only attempt 2 reached the service
+    assert transitions(rt, "w", "pay") == [
+        ("PENDING", "DISPATCHED"),
+        ("DISPATCHED", "UNKNOWN"),
+        ("UNKNOWN", "RETRY_WAIT"),
+        ("RETRY_WAIT", "DISPATCHED"),
+        ("DISPATCHED", "SUCCEEDED"),
+    ]
+
+
+def test_a_probe_saying_still_running_keeps_the_step_waiting_and_probes_again(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    bank = Bank({1: "apply-drop"})
+    bank.verdicts = [ProbeResult.running()]
+    rt.add_agent("bank", with_probe(bank))
+    rt.add_workflow(one_step(PACED))
+    rt.start("one", workflow_id="w")
+    try:
+        lapse(rt, clock, bank)
+        wait_until(rt, lambda: probe_events(rt, "w") == 1)
+        assert rt.status("w").steps["pay"].state is StepState.UNKNOWN
+        advance(rt, clock, 1.5)  # PACED: the next probe 1 s later
+        wait_until(rt, lambda: rt.status("w").state is State.SUCCEEDED)
+    finally:
+        bank.release.set()
+    assert bank.probes == ["w/pay", "w/pay"]
+    assert rt.status("w").steps["pay"].attempt == 1
+
+
+def test_without_a_probe_a_lapsed_attempt_is_retried_and_the_key_absorbs_the_repeat(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    bank = Bank({1: "apply-drop"})
+    rt.add_agent("bank", without_probe(bank))
+    rt.add_workflow(one_step())
+    h = rt.start("one", workflow_id="w")
+    try:
+        lapse(rt, clock, bank)
+        assert h.result(timeout=WAIT) == {"pay": {"paid": 1}}  # the first effect's value
+    finally:
+        bank.release.set()
+    assert rt.status("w").steps["pay"].attempt == 2
+    assert bank.ledger.requests["w/pay"] == 2
+    assert len(bank.ledger.effects) == 1
+    assert "UNKNOWN" not in {to for _, to in transitions(rt, "w", "pay")}
+
+
+def test_a_probe_that_keeps_failing_parks_the_workflow_for_an_operator(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    bank = Bank({1: "apply-drop"})
+    bank.verdicts = [ProbeResult("nonsense")] * 5  # not a verdict the runtime knows
+    rt.add_agent("bank", with_probe(bank))
+    rt.add_workflow(one_step(PACED))
+    rt.start("one", workflow_id="w")
+    try:
+        lapse(rt, clock, bank)
+        for n in (1, 2):
+            wait_until(rt, lambda n=n: probe_events(rt, "w") == n)
+            advance(rt, clock, 1.5)
+        wait_until(rt, lambda: rt.status("w").state is State.NEEDS_ATTENTION)
+    finally:
+        bank.release.set()
+    assert len(bank.probes) == 3  # PACED.max_attempts probes failed
+    [item] = rt.inbox()
+    assert (item.id, item.step, item.step_state) == ("w", "pay", StepState.UNKNOWN)
+    assert "must return a ProbeResult" in (item.step_error or "")
+    assert "outcome unknown" in (item.error or "")
+
+
+# -- asynchronous completion -----------------------------------------------------------------
+
+
+class Handoff(Agent):
+    """Hands every request to a webhook-style queue and completes later."""
+
+    tokens: list[str]
+    handed: threading.Semaphore
+
+    def pay(self, ctx: StepContext) -> Any:
+        if ctx.input and ctx.input.get("sync"):
+            return {"sync": ctx.workflow_id}
+        type(self).tokens.append(ctx.task_token)
+        type(self).handed.release()
+        return ctx.complete_later()
+
+
+def handoff_agent() -> type[Handoff]:
+    return type("Hook", (Handoff,), {"tokens": [], "handed": threading.Semaphore(0)})
+
+
+def test_a_step_completed_later_from_another_thread_frees_its_instance_meanwhile(
+    rt: Runtime,
+) -> None:
+    agent = handoff_agent()
+    rt.add_agent("bank", agent, concurrency=1)
+    rt.add_workflow(one_step())
+    h = rt.start("one", workflow_id="w")
+    assert agent.handed.acquire(timeout=WAIT)
+    settle(rt)
+    assert rt.status("w").steps["pay"].state is StepState.WAITING
+    # The only instance is free again: another workflow runs while w waits.
+    assert rt.start("one", {"sync": True}, workflow_id="v").result(timeout=WAIT)
+    token = agent.tokens[0]
+    webhook = threading.Thread(target=rt.complete_step, args=(token, {"paid": "later"}))
+    webhook.start()
+    webhook.join(WAIT)
+    assert h.result(timeout=WAIT) == {"pay": {"paid": "later"}}
+    assert transitions(rt, "w", "pay")[-2:] == [
+        ("DISPATCHED", "WAITING"),
+        ("WAITING", "SUCCEEDED"),
+    ]
+    with pytest.raises(CompletionRefused, match="SUCCEEDED"):
+        rt.complete_step(token, {"paid": "twice"})  # after the workflow finished
+    assert rt.status("w").steps["pay"].result == {"paid": "later"}
+
+
+def test_fail_step_retries_and_a_completion_of_the_superseded_attempt_is_refused(
+    rt: Runtime,
+) -> None:
+    agent = handoff_agent()
+    rt.add_agent("bank", agent)
+    rt.add_workflow(one_step())
+    rt.start("one", workflow_id="w")
+    assert agent.handed.acquire(timeout=WAIT)
+    first = agent.tokens[0]
+    rt.fail_step(first, RuntimeError("the bank said no"))
+    assert agent.handed.acquire(timeout=WAIT)  # attempt 2 handed off in turn
+    settle(rt)
+    step = rt.status("w").steps["pay"]
+    assert (step.state, step.attempt) == (StepState.WAITING, 2)
+    with pytest.raises(CompletionRefused, match="no longer current"):
+        rt.complete_step(first, {"paid": "late"})
+    rt.complete_step(agent.tokens[1], {"paid": 2})
+    assert rt.handle("w").result(timeout=WAIT) == {"pay": {"paid": 2}}
+
+
+def test_a_waiting_step_times_out_and_then_its_late_completion_is_refused(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    agent = handoff_agent()
+    rt.add_agent("bank", agent)
+    rt.add_workflow(one_step(RetryPolicy(max_attempts=1)))
+    h = rt.start("one", workflow_id="w")
+    assert agent.handed.acquire(timeout=WAIT)
+    settle(rt)
+    advance(rt, clock, TIMEOUT + 0.5)
+    wait_until(rt, lambda: rt.status("w").state.is_final)
+    assert h.status().steps["pay"].state is StepState.FAILED
+    with pytest.raises(CompletionRefused):
+        rt.complete_step(agent.tokens[0], {"paid": "too late"})
+
+
+def test_a_malformed_task_token_is_refused_clearly(rt: Runtime) -> None:
+    for bad in ("", "nope", "ht1.!!!", "ht1.kQ", 42):
+        with pytest.raises(InvalidInput, match="task token"):
+            rt.complete_step(bad, None)  # type: ignore[arg-type]
+
+
+# -- fencing reaches the agent -----------------------------------------------------------------
+
+
+def test_superseded_turns_true_when_the_supervisor_replaces_the_attempt(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    seen: list[StepContext] = []
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(Agent):
+        def pay(self, ctx: StepContext) -> str:
+            seen.append(ctx)
+            if ctx.attempt == 1:
+                entered.set()
+                release.wait(WAIT)
+            return f"attempt {ctx.attempt}"
+
+    rt.add_agent("bank", Slow)
+    rt.add_workflow(one_step())
+    h = rt.start("one", workflow_id="w")
+    try:
+        assert entered.wait(WAIT)
+        assert not seen[0].superseded
+        advance(rt, clock, TIMEOUT + 0.5)
+        assert h.result(timeout=WAIT) == {"pay": "attempt 2"}
+        assert seen[0].superseded  # the hung attempt can see it should stop
+        assert not seen[1].superseded
+        assert seen[1].token > seen[0].token  # what a remote conditional write compares
+    finally:
+        release.set()
+
+
+# -- durable waiting ---------------------------------------------------------------------------
+
+
+def test_a_waiting_step_survives_sigkill_and_completes_after_the_restart(tmp_path: Path) -> None:
+    from outcomes_child import HANDOFF, Hook
+
+    store = tmp_path / "store"
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()  # blocks until the child printed (or died)
+        assert line.startswith("waiting "), (line, child.stderr and child.stderr.read())
+        token = line.split()[1]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(WAIT)
+    with Runtime(store, sweep_interval=0.05) as rt:
+        rt.add_agent("hook", Hook)
+        rt.add_workflow(HANDOFF)
+        settle(rt)
+        assert rt.status("w-1").steps["pay"].state is StepState.WAITING  # still waiting
+        rt.complete_step(token, {"paid": 5})
+        assert rt.handle("w-1").result(timeout=WAIT) == {"pay": {"paid": 5}}
+        assert Hook.calls == 0  # nothing ran the action again after the restart
+        assert rt.status("w-1").steps["pay"].attempt == 1
