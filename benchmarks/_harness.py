@@ -52,6 +52,44 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), **versions}
 
 
+def machine_facts() -> dict[str, Any]:
+    """:func:`machine` plus what RESULTS.md states: CPU model, memory, OS, peer versions."""
+    import sqlite3
+
+    facts = machine()
+    for dist in ("dbos", "huey"):
+        try:
+            facts[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            facts[dist] = None
+    facts["sqlite"] = sqlite3.sqlite_version
+    facts["platform"] = platform.platform()
+    facts["cpu_model"] = _proc_field("/proc/cpuinfo", "model name")
+    facts["mem_total"] = _proc_field("/proc/meminfo", "MemTotal")
+    return facts
+
+
+def _proc_field(path: str, name: str) -> str | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MiB (Linux /proc; 0.0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
 def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain-text table: first column left-aligned, the rest right-aligned.
 

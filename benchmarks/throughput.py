@@ -35,84 +35,64 @@ import pathlib
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pykka
 from _harness import machine, progress, render_table, summary, write_report
+from _workload import AGENTS, STEPS, Meter, Workload, book, booking_agent, result_row, travel
 from store_commit import bench_raw
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime import Runtime, Workflow
 
 TAG = "throughput"
-STEPS = ("flight", "hotel", "car")
-AGENTS = {"flight": "airline", "hotel": "hotels", "car": "cars"}
 WAIT = 120.0
 STEPS_TARGET = 15_000
 RATIO_TARGET = 0.30
-
-
-class Booking(Agent):
-    """A trivial action: returns a small dict at once."""
-
-    def book(self, ctx: StepContext) -> dict[str, Any]:
-        return {"ok": True, "step": ctx.step, "ref": ctx.token & 0xFFFF}
-
-
-def travel() -> Workflow:
-    """flight -> hotel -> car, one agent each."""
-    wf = Workflow("travel", version=1)
-    previous: list[str] = []
-    for step in STEPS:
-        wf = wf.step(step, agent=AGENTS[step], action="book", after=previous)
-        previous = [step]
-    return wf
-
-
-def latencies(spans: list[tuple[float, list[float]]]) -> tuple[list[float], list[float]]:
-    """Step and workflow latencies from (created, [completion of each step]) pairs."""
-    steps, flows = [], []
-    for created, done in spans:
-        previous = created
-        for t in done:
-            steps.append(t - previous)
-            previous = t
-        flows.append(done[-1] - created)
-    return steps, flows
-
-
-def result_row(
-    workflows: int, elapsed: float, spans: list[tuple[float, list[float]]]
-) -> dict[str, Any]:
-    step_lat, flow_lat = latencies(spans)
-    return {
-        "workflows": workflows,
-        "seconds": elapsed,
-        "workflows_per_s": workflows / elapsed,
-        "steps_per_s": len(STEPS) * workflows / elapsed,
-        "step_latency": summary(step_lat, 1e3, "ms"),
-        "workflow_latency": summary(flow_lat, 1e3, "ms"),
-        # Little's law: how many workflows were unfinished on average.
-        "mean_in_flight": sum(flow_lat) / elapsed,
-    }
+NO_FAULTS = Workload()
 
 
 # -- herder --------------------------------------------------------------------------------
 
 
 def bench_herder(
-    root: pathlib.Path, workflows: int, instances: int, in_flight: int, starters: int
+    root: pathlib.Path,
+    workflows: int,
+    instances: int,
+    in_flight: int,
+    starters: int,
+    *,
+    workload: Workload = NO_FAULTS,
+    warmup: int = 1,
+    meter: Meter | None = None,
+    agents: Sequence[str] = tuple(AGENTS.values()),
+    flows: Sequence[Workflow] = (),
 ) -> dict[str, Any]:
-    """The real engine, durable, ``in_flight`` workflows kept unfinished."""
+    """The real engine, durable, ``in_flight`` workflows kept unfinished.
+
+    ``flows`` (default: the travel workflow) are started in turn, workflow ``i`` from
+    ``flows[i % len(flows)]``; ``agents`` are the agent names they use.
+    """
+    meter = meter or Meter()
+    flows = flows or (travel(),)
+    names = [f.name for f in flows]
     with Runtime(
         root / "store",
         map_size=1 << 31,
         max_active_workflows=in_flight,
         sweep_interval=1.0,
     ) as rt:
-        for agent in AGENTS.values():
-            rt.add_agent(agent, Booking, concurrency=instances)
-        rt.add_workflow(travel())
-        rt.start("travel", {"warm": True}, workflow_id="warm-up").result(timeout=WAIT)
+        factory = booking_agent(workload)
+        for agent in agents:
+            rt.add_agent(agent, factory, concurrency=instances)
+        for flow in flows:
+            rt.add_workflow(flow)
+        warm = [
+            rt.start(names[i % len(names)], {"n": -1 - i}, workflow_id=f"warm-{i}")
+            for i in range(warmup)
+        ]
+        for handle in warm:
+            handle.result(timeout=WAIT)
 
         counter = iter(range(workflows))
         lock = threading.Lock()
@@ -127,7 +107,8 @@ def bench_herder(
                 if i is None:
                     break
                 began = time.perf_counter()
-                rt.start("travel", {"n": i}, workflow_id=f"wf-{i:08d}", timeout=WAIT)
+                name = names[i % len(names)]
+                rt.start(name, {"n": i}, workflow_id=f"wf-{i:08d}", timeout=WAIT)
                 mine.append(time.perf_counter() - began)
                 if i % report_every == report_every - 1:
                     progress(TAG, f"  started {i + 1:,}/{workflows:,}")
@@ -135,6 +116,7 @@ def bench_herder(
                 start_latency.extend(mine)
 
         threads = [threading.Thread(target=starter, daemon=True) for _ in range(starters)]
+        meter.begin()
         t0 = time.time()  # records carry the runtime clock, SystemClock = time.time()
         for t in threads:
             t.start()
@@ -144,11 +126,12 @@ def bench_herder(
         # The last few hundred started are (nearly) the only ones left unfinished.
         for i in range(max(0, workflows - 2 * in_flight), workflows):
             rt.handle(f"wf-{i:08d}").result(timeout=WAIT)
-        statuses = [s for s in rt.list() if s.id != "warm-up"]
+        meter.end()
+        statuses = [s for s in rt.list() if not s.id.startswith("warm-")]
         while unfinished := [s.id for s in statuses if not s.state.is_final]:
             for wid in unfinished:
                 rt.handle(wid).result(timeout=WAIT)
-            statuses = [s for s in rt.list() if s.id != "warm-up"]
+            statuses = [s for s in rt.list() if not s.id.startswith("warm-")]
         failed = [s.id for s in statuses if s.state != "SUCCEEDED"]
         if failed or len(statuses) != workflows:
             raise RuntimeError(f"{len(failed)} workflows failed, {len(statuses)} found")
@@ -174,15 +157,21 @@ class BareAgent(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, scheduler: pykka.ActorRef[Any], agent: str, index: int) -> None:
+    def __init__(
+        self, scheduler: pykka.ActorRef[Any], agent: str, index: int, workload: Workload
+    ) -> None:
         super().__init__()
         self.scheduler = scheduler
         self.agent = agent
         self.index = index
+        self.workload = workload
 
     def on_receive(self, message: Any) -> None:
         workflow, step = message
-        result = {"ok": True, "step": STEPS[step], "ref": workflow & 0xFFFF}
+        try:
+            result = book(self.workload, workflow, STEPS[step], 1)
+        except Exception:  # the injected failure: retry at once, in place
+            result = book(self.workload, workflow, STEPS[step], 2)
         self.scheduler.tell((self.agent, self.index, workflow, step, result))
 
 
@@ -202,8 +191,11 @@ class BareScheduler(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, instances: int, total: int, in_flight: int, out: BareRun) -> None:
+    def __init__(
+        self, instances: int, total: int, in_flight: int, out: BareRun, workload: Workload
+    ) -> None:
         super().__init__()
+        self.workload = workload
         self.instances = instances
         self.total = total
         self.in_flight = in_flight
@@ -219,7 +211,8 @@ class BareScheduler(pykka.ThreadingActor):
     def on_start(self) -> None:
         for agent in AGENTS.values():
             self.refs[agent] = [
-                BareAgent.start(self.actor_ref, agent, i) for i in range(self.instances)
+                BareAgent.start(self.actor_ref, agent, i, self.workload)
+                for i in range(self.instances)
             ]
             self.idle[agent] = list(range(self.instances))
             self.queues[agent] = collections.deque()
@@ -267,13 +260,22 @@ class BareScheduler(pykka.ThreadingActor):
             self.refs[agent][idle.pop()].tell(queue.popleft())
 
 
-def bench_bare(workflows: int, instances: int, in_flight: int) -> dict[str, Any]:
+def bench_bare(
+    workflows: int,
+    instances: int,
+    in_flight: int,
+    workload: Workload = NO_FAULTS,
+    meter: Meter | None = None,
+) -> dict[str, Any]:
     """The same chain on bare pykka actors: the ceiling."""
+    meter = meter or Meter()
     out = BareRun()
-    ref = BareScheduler.start(instances, workflows, in_flight, out)
+    ref = BareScheduler.start(instances, workflows, in_flight, out, workload)
+    meter.begin()
     ref.tell("go")
     if not out.done.wait(WAIT * 5):
         raise TimeoutError("bare pykka run did not finish")
+    meter.end()
     ref.stop(timeout=WAIT)
     assert len(out.results) == workflows
     return result_row(workflows, out.t_end - out.t0, list(out.spans.values()))

@@ -23,6 +23,7 @@ from typing import TextIO
 from herder.store import Store, is_held
 
 THROUGHPUT = pathlib.Path("benchmarks") / "throughput.py"
+PEERS = pathlib.Path("benchmarks") / "peers.py"
 
 
 def refuse_operation(command: str, store_path: str, workflow_id: str) -> int:
@@ -47,20 +48,27 @@ def refuse_operation(command: str, store_path: str, workflow_id: str) -> int:
     return 1
 
 
-def _find_throughput() -> pathlib.Path | None:
+def _find_script(relative: pathlib.Path) -> pathlib.Path | None:
     here = pathlib.Path(__file__).resolve().parent.parent  # the checkout, if installed -e
     for root in (pathlib.Path.cwd(), here):
-        if (root / THROUGHPUT).is_file():
-            return root / THROUGHPUT
+        if (root / relative).is_file():
+            return root / relative
     return None
 
 
 def bench(argv: Sequence[str], out: TextIO) -> int:
-    """Run ``benchmarks/throughput.py`` (its defaults unless ``argv`` says otherwise)."""
-    script = _find_throughput()
+    """Run ``benchmarks/throughput.py``, or with ``--peers`` first ``benchmarks/peers.py``.
+
+    The rest of ``argv`` goes to the script (its defaults unless it says otherwise).
+    """
+    argv = list(argv)
+    relative = THROUGHPUT
+    if argv[:1] == ["--peers"]:
+        relative, argv = PEERS, argv[1:]
+    script = _find_script(relative)
     if script is None:
         out.write(
-            "herder bench runs benchmarks/throughput.py, which ships with the source, not the "
+            f"herder bench runs {relative}, which ships with the source, not the "
             "package: clone the repository and run `make bench` (or `herder bench` there)\n"
         )
         return 1

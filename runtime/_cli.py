@@ -59,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     handoff.add_argument("--wait", type=float, default=60.0, help="seconds to wait for it")
 
-    bench = sub.add_parser("bench", help="run benchmarks/throughput.py from a source checkout")
-    bench.add_argument("args", nargs="*", help="passed to throughput.py")
+    bench = sub.add_parser(
+        "bench", help="run benchmarks/throughput.py (--peers: peers.py) from a source checkout"
+    )
+    bench.add_argument("args", nargs="*", help="passed to the script")
     return parser
 
 

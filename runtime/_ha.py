@@ -57,7 +57,7 @@ class LeaseKeeper:
             self._renewing = True
             self._next = now + self._every
             try:
-                self._store.writer.submit(self._store.renewal()).add_done_callback(self._renewed)
+                self._store.renew_lease().add_done_callback(self._renewed)
             except StoreError:
                 self._renewing = False  # closing: nothing left to renew
                 return
@@ -80,9 +80,11 @@ class LeaseKeeper:
     def _renewed(self, done: Future[None]) -> None:
         self._renewing = False
         error = done.exception()
+        if error is None or self._store.releasing:
+            return  # renewed, or refused because we gave the lease up ourselves
         if isinstance(error, LeaseLost):
             self._ctx.lease_lost(error)
-        elif error is not None:
+        else:
             _log.warning("could not renew the lease: %s", error)
 
 

@@ -703,6 +703,8 @@ class Runtime:
         self._wake.set()
 
     def _on_lease_lost(self, exc: LeaseLost) -> None:
+        if self._store.releasing:
+            return  # commits after our own release (a handoff): not a deposition
         self._fatal = exc
         self._wake.set()
 

@@ -23,6 +23,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -59,7 +60,7 @@ from herder.store._records import (
     timer_upper_bound,
     workflow_key,
 )
-from herder.store._writer import Put, Transition, Writer
+from herder.store._writer import Expect, Put, Transition, Writer
 
 DATABASES = (
     "workflows",
@@ -97,7 +98,7 @@ class Store:
     while a daemon runs; it sees consistent snapshots. ``Store(path, standby=True)`` opens
     for reading and waits: :meth:`try_take_lease` takes the lease once its holder is gone
     or let it lapse, and only then is there a writer. ``lease`` is the lease duration in
-    seconds; the holder renews it with :meth:`renewal` well before it expires. Reads are
+    seconds; the holder renews it with :meth:`renew_lease` well before it expires. Reads are
     thread-safe.
     """
 
@@ -125,6 +126,7 @@ class Store:
         self.standby = standby
         self.lease_duration = lease
         self._lease: Lease | None = None
+        self.releasing = False
         self._max_value = max_value_bytes
         self._env: lmdb.Environment | None = None
         self._writer: Writer | None = None
@@ -579,31 +581,40 @@ class Store:
         self._start_writer(lease)
         return reason
 
-    def renewal(self) -> Transition:
-        """The transition that renews our lease for another ``lease_duration`` seconds.
+    def renew_lease(self) -> Future[None]:
+        """Renew our lease for another ``lease_duration`` seconds through :attr:`writer`.
 
-        Submit it through :attr:`writer`; the writer's lease check fails it with
-        :class:`LeaseLost` if the lease is no longer ours. A holder that took the lease
-        without the flock (its old holder was paused, not dead) picks the flock up here
-        once that holder is gone.
+        The future fails with :class:`LeaseLost` if the lease is no longer ours (the
+        writer's check), or with :class:`ConditionFailed` if it changed since we last
+        wrote it (we released it meanwhile): a renewal never revives a released lease.
+        A holder that took the lease without the flock (its old holder was paused, not
+        dead) picks the flock up here once that holder is gone.
         """
         lease = self._lease
-        if lease is None:
+        if lease is None or self.releasing:
             raise StoreError(f"store {self.path} holds no lease to renew")
-        if not lease.flock and self._lock_fd is not None:
-            lease = dataclasses.replace(lease, flock=self._try_flock())
-        lease = dataclasses.replace(lease, expires=time.time() + self.lease_duration)
-        self._lease = lease
-        return Transition(ops=(Put("meta", LEASE_KEY, encode(lease.to_dict())),))
+        flock = lease.flock or (self._lock_fd is not None and self._try_flock())
+        renewed = dataclasses.replace(lease, expires=time.time() + self.lease_duration, flock=flock)
+        done = self.writer.submit(_renewal(lease, renewed))
+
+        def adopt(result: Future[None]) -> None:
+            if result.exception() is None and self._lease is lease:
+                self._lease = renewed
+
+        done.add_done_callback(adopt)
+        return done
 
     def release_lease(self, timeout: float = 10.0) -> bool:
         """Give the lease up now (a standby takes over at once); True if it was ours.
 
-        After this every write of this store fails with :class:`LeaseLost`.
+        After this every write of this store fails with :class:`LeaseLost`, and
+        :attr:`releasing` is True from the start, so callers can tell that from a lease
+        taken by another runtime.
         """
         lease = self._lease
         if lease is None or self._writer is None or self._writer.closed:
             return False
+        self.releasing = True
         released = dataclasses.replace(lease, expires=0.0)
         done = self._writer.submit(
             Transition(ops=(Put("meta", LEASE_KEY, encode(released.to_dict())),))
@@ -711,6 +722,14 @@ class Snapshot:
             if not key.startswith(prefix):
                 return
             yield key, value
+
+
+def _renewal(lease: Lease, renewed: Lease) -> Transition:
+    """Write ``renewed`` only if the stored lease is still exactly ``lease``."""
+    return Transition(
+        ops=(Put("meta", LEASE_KEY, encode(renewed.to_dict())),),
+        expect=(Expect("meta", LEASE_KEY, field="expires", value=lease.expires),),
+    )
 
 
 def is_held(path: str | os.PathLike[str]) -> bool:

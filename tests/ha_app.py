@@ -74,10 +74,15 @@ def _watch(rt: Runtime) -> None:
     if not rt.wait_active():
         return
     statuses = rt.list()
+    give_up = time.monotonic() + 25.0
     for status in statuses:
         if not status.state.is_final:
-            with contextlib.suppress(WorkflowFailed):
-                rt.handle(status.id).result(timeout=60)
+            with contextlib.suppress(WorkflowFailed, TimeoutError):
+                rt.handle(status.id).result(timeout=max(0.0, give_up - time.monotonic()))
+    for status in rt.list():
+        if not status.state.is_final:
+            steps = " ".join(f"{n}={s.state}/{s.attempt}" for n, s in status.steps.items())
+            _say(f"stuck {status.id} {status.state} {steps}")
     _say(f"idle {len(statuses)}")
 
 

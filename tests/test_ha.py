@@ -83,6 +83,12 @@ class Daemon:
             if line.startswith(prefix):
                 return line
 
+    def wait_idle(self) -> None:
+        """Wait for ``idle``; fail naming any workflow the app reported stuck."""
+        self.wait_for("idle")
+        stuck = [line for line in self.seen if line.startswith("stuck ")]
+        assert not stuck, "\n".join(stuck + self.errors[-30:])
+
     def acked(self) -> set[str]:
         return {line.split()[1] for line in self.seen if line.startswith("start ")}
 
@@ -134,7 +140,7 @@ def test_a_standby_takes_over_from_a_killed_runtime_and_finishes_every_workflow(
     active.proc.kill()
     active.proc.wait(timeout=WAIT)
     took_over = _active_at(standby.wait_for("active")) - killed_at
-    standby.wait_for("idle")
+    standby.wait_idle()
     assert took_over < LEASE + 1.0  # its flock died with it: no need to wait for expiry
     acked = active.acked()
     assert len(acked) >= 16
@@ -159,7 +165,7 @@ def test_a_paused_runtime_that_lost_its_lease_commits_nothing_when_it_wakes(
     stopped_at = time.time()
     active.proc.send_signal(signal.SIGSTOP)
     took_over = _active_at(standby.wait_for("active")) - stopped_at
-    standby.wait_for("idle")
+    standby.wait_idle()
     assert took_over < LEASE + 1.0  # the lease had at most LEASE seconds left
     before = _dump(store)
     active.proc.send_signal(signal.SIGCONT)
@@ -202,7 +208,7 @@ def test_handoff_under_load_loses_and_repeats_no_step(
     assert "handed over in" in handoff.stdout
     assert active.proc.wait(timeout=WAIT) == 0
     pause = _active_at(standby.wait_for("active")) - asked_at
-    standby.wait_for("idle")
+    standby.wait_idle()
     assert pause < 5.0
     acked = active.acked()
     assert len(acked) >= 11

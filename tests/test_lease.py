@@ -5,6 +5,7 @@ Cross-process behaviour (standby takeover, SIGSTOP, races, handoff) is in test_h
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import threading
@@ -21,7 +22,8 @@ from herder.runtime import (
     StepContext,
     Workflow,
 )
-from herder.store import Lease, Put, Store, Transition, encode
+from herder.store import ConditionFailed, Lease, Put, Store, StoreError, Transition, encode
+from herder.store._env import _renewal
 from herder.store._lease import LEASE_KEY, why_takeable
 
 
@@ -59,11 +61,48 @@ def test_a_renewal_pushes_the_expiry_forward(tmp_path: pathlib.Path) -> None:
     with Store(tmp_path / "s", lease=2.0) as store:
         before = store.read_lease()
         assert before is not None
-        store.writer.submit(store.renewal()).result(timeout=10)
+        store.renew_lease().result(timeout=10)
         after = store.read_lease()
         assert after is not None
         assert after.owner == before.owner
         assert after.expires > before.expires
+
+
+def test_a_renewal_never_revives_a_released_lease(tmp_path: pathlib.Path) -> None:
+    with Store(tmp_path / "s") as store:
+        lease = store.lease
+        assert lease is not None
+        holding, go = threading.Event(), threading.Event()
+
+        def hold() -> None:  # keep the writer in one batch while the next one queues
+            store.writer.fault = None
+            holding.set()
+            go.wait(10)
+
+        store.writer.fault = hold
+        first = store.writer.submit(Transition(ops=(Put("meta", b"x", encode(1)),)))
+        assert holding.wait(10)
+        # The release and a renewal built before it land in the same batch, so the lease
+        # check at the batch's start passes for both; the renewal must still not apply.
+        release = Transition(
+            ops=(Put("meta", LEASE_KEY, encode(dataclasses.replace(lease, expires=0.0).to_dict())),)
+        )
+        released = store.writer.submit(release)
+        late = store.writer.submit(
+            _renewal(lease, dataclasses.replace(lease, expires=time.time() + 60))
+        )
+        go.set()
+        first.result(timeout=10)
+        released.result(timeout=10)
+        with pytest.raises(ConditionFailed):
+            late.result(timeout=10)
+        after = store.read_lease()
+        assert after is not None
+        assert after.released
+        store._lease = after
+        store.releasing = True
+        with pytest.raises(StoreError, match="no lease to renew"):
+            store.renew_lease()
 
 
 def test_every_batch_after_the_lease_changed_hands_fails_with_lease_lost(

@@ -1,0 +1,228 @@
+"""``benchmarks/RESULTS.md``, written from a peers.py report (never edited by hand).
+
+The analysis section (which cost dominates, what would reach the targets) comes from
+``ANALYSIS.md`` next to this file, written from profiles; it is copied in as it is, so
+the figures in the tables and the reasoning stay in one generated page.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def _engines(report: dict[str, Any]) -> list[str]:
+    header = (
+        "engine",
+        "workflows",
+        "wf/s (median)",
+        "spread (min..max)",
+        "steps/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU s / 1k wf",
+        "peak RSS MB",
+    )
+    rows: list[list[Any]] = []
+    for r in report["rows"]:
+        if r["status"] != "measured":
+            rows.append([r["engine"], r["workflows"], f"skipped: {r['reason']}", *[""] * 6])
+            continue
+        lo, hi = r["spread_workflows_per_s"]
+        rows.append(
+            [
+                r["engine"],
+                r["workflows"],
+                r["workflows_per_s"],
+                f"{_fmt(lo)}..{_fmt(hi)} ({r['reps']} runs)" if r["reps"] > 1 else "1 run",
+                r["steps_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["cpu_s_per_1k_workflows"],
+                r["peak_rss_mb"],
+            ]
+        )
+    return _markdown(header, rows)
+
+
+def _markdown(header: tuple[str, ...], rows: list[list[Any]]) -> list[str]:
+    """A markdown table: first column left-aligned, the rest right-aligned."""
+    out = ["| " + " | ".join(header) + " |"]
+    out.append("|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|")
+    out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return _fmt(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _durability(report: dict[str, Any]) -> list[str]:
+    seen: dict[str, dict[str, Any]] = {}
+    for r in report["rows"]:
+        if r["status"] == "measured":
+            seen.setdefault(r["engine"], r)
+    lines = ["| engine | what is durable when a workflow is acknowledged | fsync | driver |"]
+    lines.append("|---|---|---|---|")
+    for name, title in report["engines"].items():
+        r = seen.get(name)
+        if r is None:
+            lines.append(f"| {name} ({title}) | not measured in this run | | |")
+        else:
+            lines.append(f"| {name} ({title}) | {r['durable']} | {r['fsync']} | {r['driver']} |")
+    return lines
+
+
+def _ratios(report: dict[str, Any]) -> list[str]:
+    lines = ["| ratio | " + " | ".join(["measured (by workflows)", "target"]) + " |"]
+    lines.append("|---|---|---:|")
+    for key, target in report["targets"].items():
+        by_size = report["ratios"].get(key, {})
+        values = ", ".join(f"{v:.2f}x at {int(s):,}" for s, v in by_size.items()) or "n/a"
+        met = by_size and all(v >= target for v in by_size.values())
+        lines.append(f"| {key} | {values} | >= {target}x {'(met)' if met else '(missed)'} |")
+    return lines
+
+
+def _scale(scale: dict[str, Any] | None) -> list[str]:
+    if not scale:
+        return ["Not run."]
+    if "failed" in scale:
+        return [f"Failed: {scale['failed']}."]
+    header = (
+        "agent names",
+        "wf/s",
+        "vs smallest",
+        "p50 ms",
+        "p99 ms",
+        "CPU s / 1k wf",
+        "RSS MB",
+        "KiB per agent",
+        "marginal KiB per agent",
+        "threads",
+    )
+    rows = [
+        [
+            r["agents"],
+            r["workflows_per_s"],
+            f"{r['vs_smallest']:.2f}x",
+            r["workflow_latency"]["p50_ms"],
+            r["workflow_latency"]["p99_ms"],
+            r["cpu_s_per_1k_workflows"],
+            r["rss_end_mb"],
+            r["rss_per_agent_kb"],
+            "" if r["marginal_rss_per_agent_kb"] is None else r["marginal_rss_per_agent_kb"],
+            r["threads"],
+        ]
+        for r in scale["results"]
+    ]
+    return [
+        f"{scale['workflows']:,} workflows per row, one instance per agent name; RSS when "
+        "the last workflow finished (every instance alive), from /proc/self/statm.",
+        "",
+        *_markdown(header, rows),
+    ]
+
+
+def _recovery(recovery: dict[str, Any] | None) -> list[str]:
+    if not recovery:
+        return ["Not run."]
+    if "failed" in recovery:
+        return [f"Failed: {recovery['failed']}."]
+    header = (
+        "in flight",
+        "store MB",
+        "fill s",
+        "Runtime() returned s",
+        "registered s",
+        "first re-dispatch s",
+        "all re-dispatched s",
+        "all finished s",
+        "peak RSS MB",
+    )
+    rows = [
+        [
+            r["in_flight"],
+            r["store_mb"],
+            r["fill_s"],
+            r["opened_s"],
+            r["registered_s"],
+            r["first_dispatch_s"],
+            r["all_redispatched_s"],
+            r["all_finished_s"],
+            r["peak_rss_mb"],
+        ]
+        for r in recovery["results"]
+    ]
+    return [
+        "Times from just before `Runtime(path)` in a fresh process, after the process that "
+        "filled the store was SIGKILLed. Target: first re-dispatch within 2 s at 100k.",
+        "",
+        *_markdown(header, rows),
+    ]
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole page."""
+    m = report["machine"]
+    load = report["load_average"]
+    settings = report["settings"]
+    analysis = HERE / "ANALYSIS.md"
+    lines = [
+        "# herder benchmark results",
+        "",
+        "Written by `benchmarks/peers.py` (`make bench`, `herder bench --peers`); do not edit "
+        "by hand. Ratios measured in one run are what count: absolute numbers move with the "
+        "machine's load.",
+        "",
+        f"- Date: {report['date']} (UTC); suite took {report['suite_seconds']:,.0f} s.",
+        f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('mem_total')} RAM, "
+        f"{m.get('platform')}.",
+        "- **The machine was shared**: other engineers' test suites ran at the same time. "
+        f"Load average before {load['before'][0]:.1f}, after {load['after'][0]:.1f} "
+        "(1-minute).",
+        f"- Python {m.get('python')}; pykka {m.get('pykka')}, lmdb {m.get('lmdb')}, msgpack "
+        f"{m.get('msgpack')}; DBOS {m.get('dbos')}, Huey {m.get('huey')}, SQLite "
+        f"{m.get('sqlite')}.",
+        f"- Workload: travel booking, 3 steps, trivial actions; {report['workload']}. "
+        f"Settings: {settings}.",
+        "",
+        "## Engines side by side",
+        "",
+        *_engines(report),
+        "",
+        "## Ratios against the targets (issue 7)",
+        "",
+        *_ratios(report),
+        "",
+        "## What durable means per engine",
+        "",
+        *_durability(report),
+        "",
+        "## herder with many agent names",
+        "",
+        *_scale(report.get("scale")),
+        "",
+        "## Recovery after SIGKILL",
+        "",
+        *_recovery(report.get("recovery")),
+        "",
+    ]
+    if analysis.exists():
+        lines += [analysis.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+def write_results(path: pathlib.Path, report: dict[str, Any]) -> None:
+    """Write RESULTS.md for ``report``."""
+    path.write_text(render(report))

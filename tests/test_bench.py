@@ -1,0 +1,111 @@
+"""The peer benchmark suite runs end to end on a tiny size and reports every engine.
+
+No numbers are asserted (they depend on the machine); the report's shape is: every
+engine and size appears once, either measured with every metric or skipped with a
+reason (a peer missing from this environment is skipped, not a failure), and the scale
+and recovery sections and RESULTS.md are written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+ENGINES = ["herder", "bare-pykka", "raw-lmdb/serial", "huey-sqlite"]
+METRICS = (
+    "workflows_per_s",
+    "steps_per_s",
+    "p50_ms",
+    "p99_ms",
+    "cpu_s_per_1k_workflows",
+    "peak_rss_mb",
+)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench")
+    cmd = [
+        sys.executable,
+        str(BENCH / "peers.py"),
+        "--workflows",
+        "12",
+        "--engines",
+        ",".join(ENGINES),
+        "--reps",
+        "1",
+        "--warmup",
+        "2",
+        "--scale-agents",
+        "3,6",
+        "--scale-wf",
+        "12",
+        "--recovery-sizes",
+        "10",
+        "--bench-dir",
+        str(out),
+        "--out",
+        str(out / "peers.json"),
+        "--results",
+        str(out / "RESULTS.md"),
+    ]
+    subprocess.run(cmd, check=True, timeout=50, stdout=subprocess.DEVNULL)
+    return json.loads((out / "peers.json").read_text()), (out / "RESULTS.md").read_text()
+
+
+def test_every_engine_row_is_measured_or_skipped_with_a_reason(suite: tuple[dict, str]) -> None:
+    report, _ = suite
+    assert [(r["engine"], r["workflows"]) for r in report["rows"]] == [(e, 12) for e in ENGINES]
+    for row in report["rows"]:
+        if row["status"] == "skipped":
+            assert row["reason"], row
+            continue
+        assert row["status"] == "measured", row
+        for metric in METRICS:
+            assert math.isfinite(row[metric]), (row["engine"], metric)
+            assert row[metric] >= 0, (row["engine"], metric)
+        assert row["durable"], row["engine"]
+        assert row["fsync"], row["engine"]
+        assert row["reps"] == len(row["runs"]) == 1
+
+
+def test_herder_and_its_baselines_are_always_measured(suite: tuple[dict, str]) -> None:
+    report, _ = suite
+    status = {r["engine"]: r["status"] for r in report["rows"]}
+    assert status["herder"] == status["bare-pykka"] == status["raw-lmdb/serial"] == "measured"
+    assert "12" in report["ratios"]["herder_vs_bare_steps"]
+    assert set(report["targets"]) >= set(report["ratios"])
+
+
+def test_scale_and_recovery_sections_report_each_size(suite: tuple[dict, str]) -> None:
+    report, _ = suite
+    assert [r["agents"] for r in report["scale"]["results"]] == [3, 6]
+    assert all(r["rss_per_agent_kb"] is not None for r in report["scale"]["results"])
+    (recovered,) = report["recovery"]["results"]
+    assert recovered["in_flight"] == 10
+    assert recovered["final_states"] == ["SUCCEEDED"]
+    marks = ["opened_s", "first_dispatch_s", "all_redispatched_s"]
+    times = [recovered[m] for m in [*marks, "all_finished_s"]]
+    assert times == sorted(times)
+
+
+def test_results_page_names_every_engine_and_the_machine(suite: tuple[dict, str]) -> None:
+    report, page = suite
+    assert page.startswith("# herder benchmark results")
+    assert "machine was shared" in page
+    for engine in ENGINES:
+        assert f"| {engine} |" in page
+    assert report["machine"]["cpus"] is not None
+
+
+def test_herder_bench_peers_runs_the_peer_suite(capfd: pytest.CaptureFixture[str]) -> None:
+    from herder.runtime._cli import main
+
+    assert main(["bench", "--peers", "--help"]) == 0
+    assert "--quick" in capfd.readouterr().out
