@@ -46,6 +46,8 @@ def run_app(
     store: str, app: str, *, standby: bool, lease: float, drain_timeout: float, out: TextIO
 ) -> int:
     """Open the runtime, let the app register, notify systemd, serve until stopped."""
+    if not logging.getLogger().handlers:  # under systemd, stderr goes to the journal
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     factory = load_app(app)
     rt = Runtime(store, standby=standby, lease=lease)
     try:

@@ -173,6 +173,30 @@ class Store:
                 path.chmod(0o700)
             except OSError as exc:
                 raise StoreError(f"cannot create store directory {path}: {exc}") from exc
+        self._lock()
+        env = self._env = self._open_env(map_size)
+        try:
+            with env.begin(write=not self.standby) as txn:
+                schema = self._meta_int(txn, b"schema")
+                if schema is not None and schema > SCHEMA_VERSION:
+                    raise _too_new(path, schema)
+                schema = schema or SCHEMA_VERSION  # _open_env wrote it if it was missing
+                incarnation = self._meta_int(txn, b"incarnation") or 0
+                if not self.standby:
+                    incarnation = self._take_at_open(txn)
+        except lmdb.Error as exc:
+            raise _translate(exc, f"cannot initialise store {path}") from exc
+        self.schema_version = schema
+        self.incarnation = incarnation
+        for name in ("data.mdb", "lock.mdb", LOCK_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).chmod(0o600)
+        if self._lease is not None:
+            self._start_writer(self._lease)
+
+    def _lock(self) -> None:
+        """Open ``herder.lock`` and take its flock; a standby goes on without it."""
+        path = self.path
         try:
             self._lock_fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             if not self._try_flock() and not self.standby:
@@ -186,9 +210,12 @@ class Store:
             ) from exc
         except OSError as exc:
             raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
+
+    def _open_env(self, map_size: int) -> lmdb.Environment:
+        """Open the environment for writing and its databases (created if missing)."""
         try:
             env = lmdb.open(
-                str(path),
+                str(self.path),
                 map_size=map_size,
                 max_dbs=MAX_DBS,
                 subdir=True,
@@ -202,31 +229,21 @@ class Store:
                 mode=0o600,
             )
         except lmdb.Error as exc:
-            raise _translate(exc, f"cannot open LMDB environment at {path}") from exc
-        self._env = env
+            raise _translate(exc, f"cannot open LMDB environment at {self.path}") from exc
         try:
             env.reader_check()
-            self._handles = {name: env.open_db(name.encode(), create=True) for name in DATABASES}
-            meta = self._handles["meta"]
+            # An explicit write transaction: open_db's own would wait for LMDB's writer
+            # mutex while holding the GIL, freezing every thread of this process.
             with env.begin(write=True) as txn:
-                schema = self._meta_int(txn, b"schema")
-                if schema is not None and schema > SCHEMA_VERSION:
-                    raise _too_new(path, schema)
-                if schema is None:
-                    schema = SCHEMA_VERSION
-                    txn.put(b"schema", encode(schema), db=meta)
-                incarnation = self._meta_int(txn, b"incarnation") or 0
-                if not self.standby:
-                    incarnation = self._take_at_open(txn)
+                self._handles = {
+                    n: env.open_db(n.encode(), txn=txn, create=True) for n in DATABASES
+                }
+                if txn.get(b"schema", db=self._handles["meta"]) is None:
+                    txn.put(b"schema", encode(SCHEMA_VERSION), db=self._handles["meta"])
         except lmdb.Error as exc:
-            raise _translate(exc, f"cannot initialise store {path}") from exc
-        self.schema_version = schema
-        self.incarnation = incarnation
-        for name in ("data.mdb", "lock.mdb", LOCK_FILE):
-            with contextlib.suppress(FileNotFoundError):
-                (path / name).chmod(0o600)
-        if self._lease is not None:
-            self._start_writer(self._lease)
+            env.close()
+            raise _translate(exc, f"cannot initialise store {self.path}") from exc
+        return env
 
     def _take_at_open(self, txn: lmdb.Transaction) -> int:
         lease, reason = take(
@@ -566,6 +583,7 @@ class Store:
             raise StoreError(f"store {self.path} is not an open standby store")
         self._try_flock()
         try:
+            assert self._env is not None
             with self._env.begin(write=True) as txn:
                 lease, reason = take(
                     txn,

@@ -169,6 +169,24 @@ def holder_gone(lease: Lease, *, have_flock: bool) -> bool:
     return False
 
 
+def holder_stopped(lease: Lease) -> bool:
+    """True if the holder is a process on this host that is stopped (SIGSTOP, a debugger).
+
+    A process stopped inside a write transaction keeps LMDB's writer mutex: nobody can
+    write the store, not even to take the expired lease, until it resumes or dies.
+    """
+    if lease.host != _HOST or lease.pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{lease.pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": the state follows the last ')' (comm may contain one).
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state in (b"T", b"t")
+
+
 def why_takeable(lease: Lease | None, now: float, *, have_flock: bool) -> str | None:
     """Why the lease may be taken now ("free", "released", "expired", "holder gone"),
     or None while its holder may still be alive and within its lease."""

@@ -2,7 +2,7 @@
 
 Configured by environment variables (each process of a test gets its own):
 
-- ``HA_EFFECTS``: a file every executed action appends ``workflow step token pid`` to
+- ``HA_EFFECTS``: a file every executed action appends ``workflow step token pid time`` to
   (one ``write`` of one line with O_APPEND, so lines of concurrent processes never mix).
 - ``HA_STEP``: seconds each action takes (default 0.02).
 - ``HA_START``: once active, start workflows ``w-0`` .. ``w-(N-1)`` (three chained steps
@@ -40,10 +40,11 @@ class Service(Agent):
 
     def work(self, ctx: StepContext) -> dict[str, int]:
         threading.Event().wait(self.step_seconds)  # the remote call
-        line = f"{ctx.workflow_id} {ctx.step} {ctx.token} {os.getpid()}\n".encode()
+        line = f"{ctx.workflow_id} {ctx.step} {ctx.token} {os.getpid()} {time.time():.4f}\n"
+        data = line.encode()
         fd = os.open(self.effects, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, line)
+            os.write(fd, data)
         finally:
             os.close(fd)
         return {"pid": os.getpid(), "token": ctx.token}

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from herder.runtime import Runtime
 from herder.store import Store
 from herder.store._records import StepState, WorkflowState
 
@@ -166,11 +167,18 @@ def test_a_paused_runtime_that_lost_its_lease_commits_nothing_when_it_wakes(
     active.proc.send_signal(signal.SIGSTOP)
     took_over = _active_at(standby.wait_for("active")) - stopped_at
     standby.wait_idle()
-    assert took_over < LEASE + 1.0  # the lease had at most LEASE seconds left
     before = _dump(store)
     active.proc.send_signal(signal.SIGCONT)
-    assert active.proc.wait(timeout=WAIT) == 1  # deposed: it stops instead of writing
-    assert any("no longer holds the store's lease" in line for line in active.errors)
+    code = active.proc.wait(timeout=WAIT)
+    if code == -signal.SIGKILL:
+        # Stopped inside a commit, it held LMDB's writer mutex: the standby fenced it
+        # (test_a_holder_stopped_inside_a_commit_is_fenced covers that path for sure).
+        assert any("fencing pid" in line for line in standby.errors)
+        assert took_over < LEASE + 2.0
+    else:
+        assert code == 1  # deposed: it stops instead of writing
+        assert any("no longer holds the store's lease" in line for line in active.errors)
+        assert took_over < LEASE + 1.0  # the lease had at most LEASE seconds left
     assert _dump(store) == before  # not one transition of the woken runtime landed
     final = _final_states(store)
     assert set(final) == {f"w-{i}" for i in range(16)}
@@ -182,6 +190,49 @@ def test_a_paused_runtime_that_lost_its_lease_commits_nothing_when_it_wakes(
             assert st.state is StepState.SUCCEEDED
             assert st.done_token is not None
             assert st.result["token"] >> 32 == st.done_token >> 32
+
+
+HOLDER = """
+import os, signal, sys
+from herder.runtime import Runtime
+from herder.store import Store
+store = Store(sys.argv[1], lease=float(sys.argv[2]))
+print("open", flush=True)
+sys.stdin.readline()
+txn = store._env.begin(write=True)  # what a commit holds while it fsyncs
+print("holding", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def test_a_holder_stopped_inside_a_commit_is_fenced_by_the_standby(
+    tmp_path: pathlib.Path,
+) -> None:
+    store = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(store), str(LEASE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        with Runtime(store, standby=True, lease=LEASE, standby_poll=0.02) as standby:
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "holding"
+            # Its writer mutex blocks even the attempt to take the lease until it is gone.
+            assert standby.wait_active(LEASE + 5.0)
+            assert holder.wait(timeout=WAIT) == -signal.SIGKILL
+            lease = standby._store.read_lease()
+            assert lease is not None
+            assert lease.pid == os.getpid()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(timeout=WAIT)
 
 
 def test_handoff_under_load_loses_and_repeats_no_step(
@@ -223,6 +274,7 @@ def test_handoff_under_load_loses_and_repeats_no_step(
 
 RACER = """
 import sys, threading, time
+from herder.runtime import Runtime
 from herder.store import Store
 store = Store(sys.argv[1], standby=True)
 threading.Event().wait(max(0.0, float(sys.argv[2]) - time.time()))
