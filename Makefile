@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test lint typecheck unit demo bench slow chaos clean
+.PHONY: test lint typecheck unit demo bench soak slow chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench: $(VENV)/.bench-extra  ## store commits, supervision, then herder vs its p
 	$(PY) benchmarks/store_commit.py
 	$(PY) benchmarks/supervision.py
 	$(PY) benchmarks/peers.py $(BENCH_ARGS)
+
+soak: $(STAMP)  ## 100k workflows under faults: throughput, RSS and store size over time
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from herder.actors._outcomes import COMPLETE_LATER, task_token
+from herder.store._codec import normalize
+
+MAX_HEARTBEAT_BYTES = 64 * 1024
+"""Largest heartbeat details (encoded): they are rewritten into the step on every beat."""
 
 
 class Agent:
@@ -83,7 +87,14 @@ class StepContext:
     _port: AttemptPort
 
     def heartbeat(self, details: Any = None) -> None:
-        """Tell the runtime this attempt is alive; resets its heartbeat timeout."""
+        """Tell the runtime this attempt is alive; resets its heartbeat timeout.
+
+        ``details`` (progress, kept in the step record) must be plain data of at most
+        :data:`MAX_HEARTBEAT_BYTES` encoded; otherwise :class:`EncodeError` is raised here,
+        in the action, which fails the step for good unless the action handles it.
+        """
+        if details is not None:
+            details = normalize(details, limit=MAX_HEARTBEAT_BYTES, what="heartbeat details")
         self._port.heartbeat(details)
 
     @property

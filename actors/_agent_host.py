@@ -14,7 +14,6 @@ take its place later.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 from collections.abc import Callable
@@ -29,10 +28,11 @@ from herder.actors._clock import SystemClock
 from herder.actors._errors import Permanent
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._outcomes import COMPLETE_LATER, ProbeResult
+from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
-from herder.store._codec import normalize
+from herder.store._codec import bounded_text, normalize
 from herder.store._crashpoints import crash_point
 from herder.store._errors import EncodeError
 from herder.store._records import exception_name
@@ -50,6 +50,16 @@ class InstanceCrash(Exception):
     Used by the testing kit to simulate a host-level crash; the supervision tree restarts
     the instance and the step is retried at once.
     """
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"`` for any exception, storable: even one whose ``__str__`` raises,
+    returns megabytes or lone surrogates."""
+    try:
+        message = str(exc)
+    except Exception as str_failed:  # a broken __str__ must not crash the instance
+        message = f"<unprintable: str() raised {type(str_failed).__name__}>"
+    return bounded_text(f"{type(exc).__name__}: {message}")
 
 
 def error_types(exc: BaseException) -> tuple[str, ...]:
@@ -121,7 +131,7 @@ class AgentInstance(SupervisedActor):
             self._instance,
             run.token,
             ok=False,
-            error=f"{type(exc).__name__}: {exc}",
+            error=describe(exc),
             error_types=error_types(exc),
             permanent=permanent,
         )
@@ -145,7 +155,7 @@ class _Pool:
     supervisor_pending: bool = False  # asked the agents supervisor for it, no answer yet
     instances: dict[str, _Instance] = field(default_factory=dict)
     idle: list[str] = field(default_factory=list)
-    queue: collections.deque[Any] = field(default_factory=collections.deque)
+    queue: JobQueue[Any] = field(default_factory=JobQueue)
     ids: itertools.count[int] = field(default_factory=itertools.count)
 
 
@@ -166,6 +176,7 @@ class AgentHost:
         shutdown: float,
         max_restarts: int = 20,
         restart_period: float = 10.0,
+        queue_aging: float = DEFAULT_AGING,
     ) -> None:
         # Restart pacing protects real CPU from a crash loop, so it runs on real time
         # even when the engine runs on a FakeClock.
@@ -178,6 +189,7 @@ class AgentHost:
         self._max_result_bytes = max_result_bytes
         self._shutdown = shutdown
         self._pools: dict[str, _Pool] = {}
+        self._queue_aging = queue_aging
 
     # -- registration ------------------------------------------------------------------
 
@@ -185,7 +197,7 @@ class AgentHost:
         """Register (or re-register with a new factory/concurrency) an agent name."""
         pool = self._pools.get(name)
         if pool is None:
-            self._pools[name] = _Pool(name, factory, concurrency)
+            self._pools[name] = _Pool(name, factory, concurrency, queue=JobQueue(self._queue_aging))
         else:
             pool.factory, pool.concurrency = factory, concurrency
 
@@ -198,7 +210,7 @@ class AgentHost:
         if pool.supervisor is not None:
             self._stop_pool_supervisor(pool)
 
-    def queue(self, name: str) -> collections.deque[Any] | None:
+    def queue(self, name: str) -> JobQueue[Any] | None:
         """The queue of work waiting for agent ``name``, or None if it is not registered."""
         pool = self._pools.get(name)
         return None if pool is None else pool.queue

@@ -83,12 +83,15 @@ class _TimerQueue:
 
 
 class SystemClock:
-    """The real clock. Timers run on one lazily started daemon thread."""
+    """The real clock. Timers run on one lazily started daemon thread, which ends after
+    ``idle_exit`` seconds with nothing scheduled (so clocks of stopped runtimes leave no
+    thread behind) and is started again by the next :meth:`call_later`."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_exit: float = 1.0) -> None:
         self._queue = _TimerQueue()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._idle_exit = idle_exit
 
     def monotonic(self) -> float:
         """Seconds from :func:`time.monotonic`."""
@@ -114,8 +117,13 @@ class SystemClock:
             with self._cond:
                 due = self._queue.next_due()
                 now = time.monotonic()
-                if due is None or due > now:
-                    self._cond.wait(None if due is None else due - now)
+                if due is None:
+                    if not self._cond.wait(self._idle_exit) and self._queue.next_due() is None:
+                        self._thread = None  # under the lock: call_later starts a new one
+                        return
+                    continue
+                if due > now:
+                    self._cond.wait(due - now)
                     continue
                 handle = self._queue.pop()
             handle._run()

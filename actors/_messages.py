@@ -110,6 +110,13 @@ class Tick:
 
 
 @dataclass(slots=True)
+class Wake:
+    """Clock timer -> Scheduler: an agent's gate (breaker cool-down, rate limit) may open."""
+
+    agent: str
+
+
+@dataclass(slots=True)
 class InstanceEvent:
     """Supervision tree -> Scheduler: an agent instance or agent supervisor changed."""
 

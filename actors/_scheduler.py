@@ -29,10 +29,13 @@ from typing import Any
 
 import pykka
 
+from herder.actors._admission import Admission
 from herder.actors._agent import Agent, StepContext
 from herder.actors._agent_host import AgentHost, AgentUnavailable
 from herder.actors._clock import Clock
+from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
+from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import (
     Admit,
     Commands,
@@ -48,13 +51,14 @@ from herder.actors._messages import (
     Recover,
     Run,
     Tick,
+    Wake,
 )
 from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._supervised import SupervisedActor
-from herder.store import Delete, LeaseLost, Put, Store, StoreIOError, Transition
-from herder.store._codec import encode, normalize
-from herder.store._commands import finished_put
+from herder.store import Delete, LeaseLost, Put, Store, StoreCorrupt, StoreIOError, Transition
+from herder.store._codec import bounded_text, encode, normalize
+from herder.store._commands import finished_ops
 from herder.store._crashpoints import crash_point
 from herder.store._errors import HerderError, InvalidInput
 from herder.store._history import history_put, step_event, workflow_event
@@ -75,6 +79,7 @@ _log = logging.getLogger("herder.scheduler")
 
 TIMEOUT_ERROR = "herder.Timeout"
 CRASH_ERROR = "herder.InstanceCrashed"
+RESUME_CHUNK = 200  # workflows resumed per message when a definition arrives
 
 
 @dataclass
@@ -89,6 +94,7 @@ class EngineConfig:
     heartbeat_interval_fraction: float = 0.25
     agent_max_restarts: int = 20
     agent_restart_period: float = 10.0
+    priority_aging: float = 10.0
     seed: int | None = None
     probe_timeout: float = 30.0
     max_recoveries: int = 3  # crashes in a row an attempt may be running at (_poison)
@@ -115,6 +121,8 @@ class EngineContext:
         self.on_final = on_final
         self.plans: dict[tuple[str, int], Plan] = {}
         self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
+        # Per agent name: (circuit breaker, rate limit), for agents registered with either.
+        self.limits: dict[str, tuple[CircuitBreaker | None, RateLimit | None]] = {}
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
         # Called (on the Scheduler's thread) after each batch of transitions is durable;
@@ -237,8 +245,9 @@ class _Txn:
     def delete_timer(self, key: bytes) -> None:
         self.ops[("timers", key)] = Delete("timers", key)
 
-    def put(self, op: Put) -> None:
-        self.ops[(op.db, op.key)] = op
+    def put(self, *ops: Put | Delete) -> None:
+        for op in ops:
+            self.ops[(op.db, op.key)] = op
 
 
 def _ms(seconds: float) -> int:
@@ -266,6 +275,9 @@ class Scheduler(SupervisedActor):
         self._flush_queued = False
         self._committing: set[str] = set()
         self._recovered: set[str] = set()  # unfinished ids that recovery took over
+        self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
+        self._backoff = CommitBackoff()
+        self._parked: set[str] = set()  # forgotten after a failed commit, reloaded later
         self._plan_specs: dict[tuple[str, int], dict[str, StepSpec]] = {}
         self._counters = dict.fromkeys(
             (
@@ -278,12 +290,17 @@ class Scheduler(SupervisedActor):
                 "stale",
                 "crashes",
                 "passivated",
+                "unknown",  # lapsed attempts handed to a probe
+                "probes",  # probe answers received
+                "handed_off",  # actions that returned ctx.complete_later()
+                "completed",  # complete_step/fail_step calls recorded
             ),
             0,
         )
         self._host: AgentHost | None = None
         self._commands_seen: set[int] = set()
         self._suspect_slots = itertools.count(1)  # see _poison
+        self._admission = Admission(ctx.store, ctx.clock, self._wake_later)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -299,9 +316,11 @@ class Scheduler(SupervisedActor):
             shutdown=self._config.instance_shutdown,
             max_restarts=self._config.agent_max_restarts,
             restart_period=self._config.agent_restart_period,
+            queue_aging=self._config.priority_aging,
         )
         for name, (factory, concurrency) in self._ctx.agents.items():
             self._host.add(name, factory, concurrency)
+            self._admission.configure(name, *self._ctx.limits.get(name, (None, None)))
         self._ctx.scheduler = self.actor_ref
         self.actor_ref.tell(Recover())
 
@@ -346,10 +365,15 @@ class Scheduler(SupervisedActor):
             self._on_define(message.plan)
         elif isinstance(message, Tick):
             self._on_tick()
+        elif isinstance(message, Wake):
+            self._admission.woke(message.agent)
+            self._dirty_agents.add(message.agent)
         elif isinstance(message, Flush):
             self._flush_queued = False
         elif isinstance(message, Recover):
             self._recover_all()
+        elif isinstance(message, Reload):
+            self._on_reload(message)
         elif isinstance(message, Commands):
             self._on_commands(message)
         else:
@@ -363,12 +387,14 @@ class Scheduler(SupervisedActor):
         """Start serving agent ``name`` as registered in the engine context."""
         factory, concurrency = self._ctx.agents[name]
         self._hosted.add(name, factory, concurrency)
+        self._admission.configure(name, *self._ctx.limits.get(name, (None, None)))
         self._dirty_agents.add(name)
         self._after_message()
 
     def remove_agent(self, name: str) -> None:
         """Stop serving agent ``name``; its queued work waits until it is added again."""
         self._hosted.remove(name)
+        self._admission.remove(name)
         self._after_message()
 
     def cancel(self, workflow_id: str) -> Future[None]:
@@ -434,6 +460,7 @@ class Scheduler(SupervisedActor):
         if attempt is not None:
             attempt.port.superseded = True
         done: Future[None] = Future()
+        self._counters["completed"] += 1
         if msg.ok:
             result = normalize(
                 msg.result, limit=self._config.max_result_bytes, what=f"result of {msg.step!r}"
@@ -464,6 +491,8 @@ class Scheduler(SupervisedActor):
                 f"{name}@{version}": len(ids) for (name, version), ids in self._awaiting.items()
             },
             "agents": self._hosted.stats(),
+            "corrupt": dict(self._corrupt),
+            "resources": self._admission.stats(),
         }
 
     # -- message handlers --------------------------------------------------------------
@@ -473,19 +502,25 @@ class Scheduler(SupervisedActor):
         assert self._host is not None
         return self._host
 
-    def _after_message(self) -> None:
+    def _after_message(self, *, flush: bool = False) -> None:
         for agent in list(self._dirty_agents):
             self._pump(agent)
         self._dirty_agents.clear()
-        if not self._open:
+        if not self._open and not self._admission.dirty:
             return
-        if self.actor_inbox.empty():
+        if flush or self.actor_inbox.empty():
             self._flush()
         elif not self._flush_queued:
             self._flush_queued = True
             self.actor_ref.tell(Flush())
 
     def _flush(self) -> None:
+        if self._admission.dirty:
+            # Submitted first, so they land in the same or an earlier commit than the
+            # step transitions that follow (the writer keeps submission order).
+            self._writer.submit_many(
+                [Transition(ops=tuple(self._admission.writes()))], _log_resource_errors
+            )
         # One commit in flight per workflow: a workflow's next transition is held back
         # until the previous one is known durable, so a failed commit can never be
         # followed by a later one that builds on it (e.g. a dependent's DISPATCHED).
@@ -509,6 +544,7 @@ class Scheduler(SupervisedActor):
         self._writer.submit_many(transitions, committed)
 
     def _on_committed(self, msg: Committed) -> None:
+        failed: list[str] = []
         for (workflow_id, effects), error in zip(msg.effects, msg.errors, strict=True):
             self._committing.discard(workflow_id)
             if error is None:
@@ -523,8 +559,11 @@ class Scheduler(SupervisedActor):
                 # only retry writes that must not happen; stop dispatching instead.
                 self._ctx.lease_lost(error)
                 continue
-            _log.error("transition of workflow %s failed: %s; reloading it", workflow_id, error)
-            self._reload(workflow_id)
+            failed.append(workflow_id)
+        if len(failed) < len(msg.errors):
+            self._backoff.succeeded()
+        if failed:
+            self._reload_later(failed, msg.errors)
         for listener in list(self._ctx.commit_listeners):
             listener()
 
@@ -545,6 +584,8 @@ class Scheduler(SupervisedActor):
 
     def _on_outcome(self, msg: Outcome) -> None:
         crash_point("scheduler.outcome")
+        # Even a stale answer is news of the resource's health.
+        self._admission.answered(msg.agent, msg.token, msg.ok or msg.permanent)
         if self._hosted.release(msg.agent, msg.instance, msg.token, self._clock.time()):
             self._dirty_agents.add(msg.agent)
         attempt = self._inflight.pop(msg.token, None)
@@ -590,7 +631,13 @@ class Scheduler(SupervisedActor):
             st = None if run is None else run.steps.get(step)
             token = value.get("token") if isinstance(value, dict) else None
             if run is None or st is None or st.timer_ms != due_ms or st.token != token:
-                if workflow_id not in self._runs and not self._is_awaiting(workflow_id):
+                if (
+                    workflow_id not in self._runs
+                    and not self._is_awaiting(workflow_id)
+                    and (
+                        workflow_id not in self._parked  # its timers are still wanted
+                    )
+                ):
                     self._delete_stray_timer(workflow_id, due_ms, step)
                 continue
             if st.retry_at is not None:
@@ -608,6 +655,7 @@ class Scheduler(SupervisedActor):
                 # attempt: time it out, which frees that instance.
                 self._hosted.replace_token(agent, st.token)
             self._counters["timed_out"] += 1
+            self._admission.answered(agent, st.token, ok=False)
             _log_step("timed out", run.record.id, st.name, st.attempt)
             attempt = self._inflight.pop(st.token, None)
             run.attempts.discard(st.token)
@@ -623,8 +671,11 @@ class Scheduler(SupervisedActor):
         try:
             lost = self._hosted.on_event(msg, self._clock.time())
         except AgentUnavailable as exc:
+            self._admission.crashed(msg.agent, 0)
             self._fail_next_job(msg.agent, str(exc))
             return
+        if msg.kind == "crashed" and msg.instance is not None:
+            self._admission.crashed(msg.agent, len(lost))
         for token in lost:
             self._counters["crashes"] += 1
             self._fail_attempt(
@@ -641,11 +692,19 @@ class Scheduler(SupervisedActor):
         self._admit(msg.workflow, msg.steps)
 
     def _on_define(self, plan: Plan) -> None:
-        waiting = self._awaiting.pop((plan.name, plan.version), [])
+        # In chunks, each followed by the usual dispatch and flush, so that the first of
+        # 100k recovered workflows runs at once instead of after all have been read.
+        key = (plan.name, plan.version)
+        waiting = self._awaiting.pop(key, [])
+        if len(waiting) > RESUME_CHUNK:
+            waiting, self._awaiting[key] = waiting[:RESUME_CHUNK], waiting[RESUME_CHUNK:]
         for workflow_id in waiting:
-            record = self._store.get_workflow(workflow_id)
-            if record is not None and not record.state.is_final:
-                self._admit(record, self._store.steps_of(workflow_id), crashed=True)
+            self._readmit(workflow_id, crashed=True)
+        if key in self._awaiting:
+            # Dispatch and commit this chunk's first steps now: the inbox will not drain
+            # (which is when a commit normally goes out) until every chunk is in.
+            self._after_message(flush=True)
+            self.actor_ref.tell(Define(plan))  # the next chunk, after what arrived meanwhile
 
     def _on_tick(self) -> None:
         idle_before = self._clock.time() - self._config.idle_timeout
@@ -658,17 +717,54 @@ class Scheduler(SupervisedActor):
         # recovery reads the newest durable state, never a state about to be overwritten.
         self._writer.flush()
         recovered = 0
-        for record in self._store.workflows():
+        corrupt: list[StoreCorrupt] = []
+        for record in self._store.workflows(corrupt=corrupt):
             if record.state.is_final or record.id in self._runs:
                 continue
             self._recovered.add(record.id)
-            self._admit(record, self._store.steps_of(record.id), crashed=True)
-            recovered += 1
+            if (record.name, record.version) in self._ctx.plans:
+                recovered += self._readmit(record.id, record, crashed=True)
+            else:  # its steps are read when the definition comes (_on_define)
+                self._await_definition(record)
+                recovered += 1
+        for exc in corrupt:
+            self._note_corrupt(exc)
         if recovered:
             _log.info("recovered %d unfinished workflows", recovered)
 
+    def _reload_later(self, failed: list[str], errors: list[BaseException | None]) -> None:
+        """Workflows whose commit failed: read them back, at once or after a backoff."""
+        delay = self._backoff.failed()
+        error = next(e for e in errors if e is not None)
+        _log.error(
+            "transitions of %d workflows failed: %s; reloading them in %.2fs",
+            len(failed),
+            error,
+            delay,
+        )
+        if delay <= 0:
+            for workflow_id in failed:
+                self._reload(workflow_id)
+            return
+        for workflow_id in failed:
+            self._forget(workflow_id)
+            self._parked.add(workflow_id)
+        ids = tuple(failed)
+        self._clock.call_later(delay, lambda: self._ctx.tell_scheduler(Reload(ids)))
+
+    def _on_reload(self, msg: Reload) -> None:
+        for workflow_id in msg.workflow_ids:
+            if workflow_id in self._parked:
+                self._parked.discard(workflow_id)
+                self._readmit(workflow_id)
+
     def _reload(self, workflow_id: str) -> None:
         """Forget what memory believes about a workflow and read it back from the store."""
+        self._forget(workflow_id)
+        self._readmit(workflow_id)
+
+    def _forget(self, workflow_id: str) -> None:
+        """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
         run = self._runs.pop(workflow_id, None)
         held = self._open.pop(workflow_id, None)
         for effect in () if held is None else held.effects:
@@ -684,9 +780,46 @@ class Scheduler(SupervisedActor):
                 continue
             if self._hosted.release(attempt.agent, attempt.instance, token, self._clock.time()):
                 self._dirty_agents.add(attempt.agent)
-        record = self._store.get_workflow(workflow_id)
-        if record is not None and not record.state.is_final:
-            self._admit(record, self._store.steps_of(workflow_id), recovered=True)
+
+    def _readmit(
+        self, workflow_id: str, record: WorkflowRecord | None = None, *, crashed: bool = False
+    ) -> bool:
+        """Read an unfinished workflow back from the store and run it; True if it runs.
+
+        ``crashed``: a previous Scheduler or process left it unfinished (see ``_admit``).
+
+        A corrupt record leaves that one workflow where it is (logged, counted in stats);
+        every other workflow keeps running.
+        """
+        try:
+            if record is None:
+                record = self._store.get_workflow(workflow_id)
+            if record is None or record.state.is_final:
+                return False
+            steps = self._store.steps_of(workflow_id)
+        except StoreCorrupt as exc:
+            self._note_corrupt(exc)
+            return False
+        self._admit(record, steps, recovered=not crashed, crashed=crashed)
+        return True
+
+    def _note_corrupt(self, exc: StoreCorrupt) -> None:
+        _log.error("%s; the workflow it belongs to stays where it is", exc)
+        self._corrupt[f"{exc.db}:{exc.key!r}"] = exc.reason
+
+    def _await_definition(self, record: WorkflowRecord) -> None:
+        """Park a workflow until its definition is registered; warn once per definition
+        (a restart may park 100k workflows, and stats() shows the count)."""
+        waiting = self._awaiting.setdefault((record.name, record.version), [])
+        if not waiting:
+            _log.warning(
+                "workflow %s (and any others of it) awaits definition %s version %d; "
+                "register it to resume",
+                record.id,
+                record.name,
+                record.version,
+            )
+        waiting.append(record.id)
 
     def _is_awaiting(self, workflow_id: str) -> bool:
         return any(workflow_id in ids for ids in self._awaiting.values())
@@ -705,13 +838,7 @@ class Scheduler(SupervisedActor):
             return
         plan = self._ctx.plans.get((record.name, record.version))
         if plan is None:
-            self._awaiting.setdefault((record.name, record.version), []).append(record.id)
-            _log.warning(
-                "workflow %s awaits definition %s version %d; register it to resume",
-                record.id,
-                record.name,
-                record.version,
-            )
+            self._await_definition(record)
             return
         by_name = {s.name: s for s in steps}
         for spec in plan.steps:  # a missing step record is recreated, not a crash
@@ -770,6 +897,10 @@ class Scheduler(SupervisedActor):
         for st in run.steps.values():
             if st.token in self._inflight:
                 continue
+            if st.state is StepState.DISPATCHED and st.token >> 32 == self._store.incarnation - 1:
+                # Lost by the previous run (counted once: a later run that finds the same
+                # record again did not lose it).
+                self._admission.lost(run.specs[st.name].agent)
             if st.state is StepState.DISPATCHED and (st.retry_at or 0) <= now:
                 self._enqueue(run, st.name, compensating=False)  # outcome unknown: re-run
             elif st.state is StepState.RETRY_WAIT and (st.retry_at or 0) <= now:
@@ -799,7 +930,11 @@ class Scheduler(SupervisedActor):
                         if steps[dep].state is not succeeded:
                             break
                     else:
-                        self._enqueue(run, spec.name, compensating=False)
+                        st = steps[spec.name]
+                        if (st.retry_at is None and spec.delay is None) or not self._waiting(
+                            run, st, spec.delay
+                        ):
+                            self._enqueue(run, spec.name, compensating=False)
             if all_done:
                 self._finish(run, WorkflowState.SUCCEEDED)
         elif state is WorkflowState.COMPENSATING:
@@ -820,6 +955,19 @@ class Scheduler(SupervisedActor):
                     run, WorkflowState.CANCELLED if cancelled else WorkflowState.COMPENSATED
                 )
 
+    def _waiting(self, run: _Run, st: StepRecord, delay: float | None) -> bool:
+        """True while a runnable PENDING step waits for its time: a delayed start, or its
+        ``delay`` after its dependencies. The wait is recorded (``retry_at`` and a timer
+        in the store) the first time, so it survives restarts; the timer's sweep queues
+        the step when the time comes."""
+        now = self._clock.time()
+        if st.retry_at is None:
+            assert delay is not None
+            waiting = st.evolve(retry_at=now + delay, token=self._ctx.next_token(), updated=now)
+            self._put_step(run, st, self._with_timer(waiting))
+            return True
+        return _ms(st.retry_at) > _ms(now)
+
     def _enqueue(self, run: _Run, step: str, *, compensating: bool) -> None:
         if step in run.queued:
             return
@@ -831,33 +979,44 @@ class Scheduler(SupervisedActor):
             self._hosted.add(agent, _unregistered(agent), 0)
             queue = self._hosted.queue(agent)
             assert queue is not None
-        queue.append(_Job(run.record.id, step, compensating))
+        job = _Job(run.record.id, step, compensating)
+        queue.push(job, run.record.priority, self._clock.monotonic())
         self._dirty_agents.add(agent)
 
     def _pump(self, agent: str) -> None:
         queue = self._hosted.queue(agent)
+        gated = self._admission.gated(agent)
         while queue and not self._ctx.paused:
-            job = queue[0]
+            job = queue.peek()
             run = self._runs.get(job.workflow_id)
             if run is None or not self._job_valid(run, job):
-                queue.popleft()
+                queue.pop()
                 if run is not None:
                     run.queued.discard(job.step)
                 continue
+            if gated and not self._admission.ready(agent):
+                return  # breaker open or rate limit reached: a wake-up pumps again
             token = self._ctx.next_token()
             instance = self._hosted.acquire(agent, token, backlog=len(queue))
             if instance is None:
                 return  # busy, or instances are starting: their "started" pumps again
-            queue.popleft()
+            queue.pop()
             run.queued.discard(job.step)
+            if gated:
+                self._admission.admitted(agent, token)
             self._dispatch(run, job, agent, instance, token)
+
+    def _wake_later(self, agent: str, delay: float) -> None:
+        """Pump ``agent`` again after ``delay`` seconds (on the injectable clock)."""
+        ctx = self._ctx
+        self._clock.call_later(delay, lambda: ctx.tell_scheduler(Wake(agent)))
 
     def _fail_next_job(self, agent: str, error: str) -> None:
         """An instance of ``agent`` failed to start: the first job waiting for it pays an
         attempt, so an agent that can never start cannot hold its queue forever."""
         queue = self._hosted.queue(agent)
         while queue:
-            job = queue.popleft()
+            job = queue.pop()
             run = self._runs.get(job.workflow_id)
             if run is not None and self._job_valid(run, job):
                 run.queued.discard(job.step)
@@ -999,6 +1158,8 @@ class Scheduler(SupervisedActor):
         spec = run.specs[st.name]
         default = self._config.default_retry
         forward = st.state is not StepState.COMPENSATING
+        # Whatever an agent or crash said must fit in a record, or the commit would fail.
+        error = bounded_text(error)
         if forward:
             policy, attempt = spec.retry or default, st.attempt
             retryable = run.record.state is WorkflowState.RUNNING
@@ -1016,7 +1177,7 @@ class Scheduler(SupervisedActor):
         base = st.evolve(
             token=token,
             error=error,
-            error_type=types[0] if types else None,
+            error_type=bounded_text(types[0], 512) if types else None,
             deadline=None,
             heartbeat_deadline=None,
             timer_ms=None,
@@ -1074,6 +1235,10 @@ class Scheduler(SupervisedActor):
                         updated=now,
                     ),
                 )
+            elif st.state is StepState.PENDING and st.timer_ms is not None:
+                # A delayed step that will now never run: its wait ends with the workflow.
+                cleared = st.evolve(retry_at=None, timer_ms=None, token=self._ctx.next_token())
+                self._put_step(run, st, cleared.evolve(updated=now))
         run.queued = {s for s in run.queued if run.steps[s].state is not StepState.PENDING}
 
     def _finish(self, run: _Run, state: WorkflowState, error: str | None = None) -> None:
@@ -1084,6 +1249,8 @@ class Scheduler(SupervisedActor):
             attempt = self._inflight.pop(token, None)
             if attempt is not None:
                 attempt.port.superseded = True
+                if self._admission.abandoned(attempt.agent, token):
+                    self._dirty_agents.add(attempt.agent)
         run.attempts.clear()
 
     # -- helpers -----------------------------------------------------------------------
@@ -1144,6 +1311,7 @@ class Scheduler(SupervisedActor):
     def _on_special_outcome(self, run: _Run, st: StepRecord, msg: Outcome) -> None:
         """An answer that is not a plain result: a probe's verdict or complete_later()."""
         if st.state is StepState.UNKNOWN:
+            self._counters["probes"] += 1
             if not msg.ok:
                 self._probe_later(run, st, f"probe failed: {msg.error}", failed=True)
             elif msg.kind == DONE:
@@ -1159,6 +1327,7 @@ class Scheduler(SupervisedActor):
         elif msg.kind == "later" and st.state is StepState.DISPATCHED:
             # The instance is free again; the step waits for complete_step/fail_step under
             # the deadline it already has (same token: the task token stays valid).
+            self._counters["handed_off"] += 1
             self._put_step(run, st, st.evolve(state=StepState.WAITING, updated=self._clock.time()))
         else:
             what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
@@ -1171,6 +1340,7 @@ class Scheduler(SupervisedActor):
             self._probe_later(run, st, f"probe {lapsed}", failed=True)
         elif st.state in (StepState.DISPATCHED, StepState.WAITING) and self._has_probe(run, st):
             # The request may have reached the remote side: ask before retrying.
+            self._counters["unknown"] += 1
             now = self._clock.time()
             unknown = st.evolve(
                 state=StepState.UNKNOWN,
@@ -1275,7 +1445,7 @@ class Scheduler(SupervisedActor):
         }
         txn.put(history_put(op.workflow_id, self._ctx.next_token(), event))
         if op.command is not None:
-            txn.put(finished_put(op.command, None, now))
+            txn.put(*finished_ops(op.command, None, now))
 
     def _fence(self, run: _Run, st: StepRecord, *, replace: bool) -> None:
         """Supersede the attempt (if any) running this step; its answer is then ignored."""
@@ -1284,6 +1454,8 @@ class Scheduler(SupervisedActor):
         run.queued.discard(st.name)
         if attempt is not None:
             attempt.port.superseded = True
+            if self._admission.abandoned(attempt.agent, st.token):
+                self._dirty_agents.add(attempt.agent)  # it was a breaker's half-open probe
             if replace:
                 self._hosted.replace(attempt.agent, attempt.instance)
 
@@ -1463,8 +1635,12 @@ class Scheduler(SupervisedActor):
             if command_id in self._commands_seen:
                 continue
             workflow_id = command.get("workflow_id")
-            args = command.get("args") or {}
-            record = self._store.get_workflow(workflow_id) if isinstance(workflow_id, str) else None
+            args = command.get("args")
+            args = args if isinstance(args, dict) else {}
+            try:
+                record = self._store.get_workflow(str(workflow_id))
+            except HerderError:
+                record = None  # operate() below refuses it, and the refusal is recorded
             if (
                 record is not None
                 and command.get("action") not in ("abandon", "cancel")
@@ -1491,7 +1667,13 @@ class Scheduler(SupervisedActor):
             else:
                 continue
             txn = self._open.setdefault(f"command:{command_id}", _Txn())
-            txn.put(finished_put(command, error, self._clock.time()))
+            txn.put(*finished_ops(command, error, self._clock.time()))
+
+
+def _log_resource_errors(errors: list[BaseException | None]) -> None:
+    for error in errors:
+        if error is not None:
+            _log.error("resource records (breaker state, crash counters) not written: %s", error)
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:

@@ -122,6 +122,9 @@ class WorkflowSupervisor(SupervisedActor):
         if now - self._last_tick >= self._tick_every:
             self._last_tick = now
             self._ctx.tell_scheduler(Tick())
+            freed = self._ctx.store.reclaim_readers()
+            if freed:
+                _log.warning("freed %d reader slots left by killed processes", freed)
         for listener in list(self._ctx.sweep_listeners):
             try:
                 listener()

@@ -23,6 +23,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._outcomes import ProbeResult
 from herder.runtime._inbox import InboxItem
 from herder.runtime._runtime import Runtime, WorkflowHandle
@@ -42,6 +43,7 @@ from herder.store._records import RetryPolicy, StepState
 
 __all__ = [
     "Agent",
+    "CircuitBreaker",
     "CompletionRefused",
     "EncodeError",
     "HerderError",
@@ -53,6 +55,7 @@ __all__ = [
     "NotActive",
     "Permanent",
     "ProbeResult",
+    "RateLimit",
     "RetryPolicy",
     "Runtime",
     "RuntimeClosed",

@@ -1,16 +1,4 @@
-"""``herder retry``/``herder cancel`` and ``herder bench``.
-
-Retry and cancel change a workflow, so they need the runtime that runs it: only that
-process holds the store's writer lock, knows the workflow definitions and has the agents
-registered. There is no channel to a running daemon yet, so the CLI says what to do
-instead of acting:
-
-- a runtime holds the store: call ``rt.retry(id)`` / ``rt.cancel(id)`` inside it (e.g.
-  from an admin hook of the daemon);
-- no runtime holds it: open ``Runtime(path)`` in the program that registers the
-  workflow's agents and definition, then call the method; a bare CLI cannot, because a
-  workflow resumes only once its definition and agents are registered.
-"""
+"""``herder bench``: run the benchmarks (throughput, or the peer suite) from a source checkout."""
 
 from __future__ import annotations
 
@@ -20,32 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from herder.store import Store, is_held
-
 THROUGHPUT = pathlib.Path("benchmarks") / "throughput.py"
 PEERS = pathlib.Path("benchmarks") / "peers.py"
-
-
-def refuse_operation(command: str, store_path: str, workflow_id: str) -> int:
-    """Explain why ``herder retry|cancel`` cannot act here and what to do; returns 1."""
-    if is_held(store_path):
-        why = (
-            f"a runtime holds the store {store_path}; call rt.{command}({workflow_id!r}) in "
-            "that process (the CLI has no channel to a running runtime yet)"
-        )
-    else:
-        with Store(store_path, readonly=True) as store:
-            known = store.get_workflow(workflow_id) is not None
-        why = (
-            f"no runtime holds the store {store_path}, and the CLI cannot run one: "
-            f"{command} needs the workflow's definition and agents registered. Open "
-            f"Runtime({store_path!r}) in the program that registers them and call "
-            f"rt.{command}({workflow_id!r})"
-        )
-        if not known:
-            why = f"no workflow with id {workflow_id!r} in {store_path}"
-    sys.stderr.write(f"herder {command}: {why}\n")
-    return 1
 
 
 def _find_script(relative: pathlib.Path) -> pathlib.Path | None:

@@ -11,9 +11,9 @@ crash test) can see exactly what is wrong. What it checks:
   workflow has only succeeded steps, a final one nothing dispatched or waiting, a step
   ran only after its dependencies succeeded, compensations ran in reverse completion
   order, a compensated or compensating step had succeeded first;
-- the timer index and the steps agree both ways: every step that waits for a deadline or
-  a retry has its timer entry (with its current fencing token), every entry belongs to
-  such a step, and final workflows have none;
+- the timer index and the steps agree both ways: every step that waits for a deadline, a
+  retry or its start time has its timer entry (with its current fencing token), every
+  entry belongs to such a step, and final workflows have none;
 - fencing tokens: none from a future incarnation; a step's completion token is not newer
   than its current token.
 
@@ -266,6 +266,12 @@ class _Checker:
             st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.WAITING)
             or (st.state is StepState.UNKNOWN and not record.state.is_final)
             or (st.state is StepState.COMPENSATING and record.state is WorkflowState.COMPENSATING)
+            # a delayed start or a step's delay: PENDING until its time, woken by a timer
+            or (
+                st.state is StepState.PENDING
+                and st.retry_at is not None
+                and not record.state.is_final
+            )
         )
         if waits:
             if st.timer_ms is None:

@@ -2,8 +2,10 @@
 
 One argparse subcommand per job; each lives in the module that does it: ``_demo`` (the
 demo), ``_inspect`` (ls, show, stats: read-only), ``_check`` (check: read-only),
-``_admin`` (retry, cancel, bench), ``_daemon`` (run, handoff).
-Exit codes: 0 done, 1 the command failed (message on stderr), 2 bad usage.
+``_operator_cli`` (inbox; retry, skip, compensate, abandon, cancel through the running
+runtime), ``_admin`` (bench), ``_daemon`` (run, handoff).
+Exit codes: 0 done, 1 the command failed (message on stderr), 2 bad usage, 3 an operator
+command is queued but not applied yet.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from herder.runtime import _operator_cli
 from herder.store import DEFAULT_LEASE, Store
 from herder.store._errors import HerderError
 from herder.store._records import WorkflowState
@@ -40,11 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, help="at most this many")
     show = with_store("show", "one workflow and its steps (read-only)")
     show.add_argument("id", help="the workflow id")
-    with_store("stats", "counts of workflows, steps, retries, timers (read-only)")
+    with_store("stats", "counts of workflows, steps, retries, timers, breakers (read-only)")
     with_store("check", "verify cross-database invariants (read-only); exit 1 on problems")
-    for name, verb in (("retry", "resume a NEEDS_ATTENTION workflow"), ("cancel", "cancel")):
-        cmd = with_store(name, f"{verb} (needs the runtime that holds the store)")
-        cmd.add_argument("id", help="the workflow id")
+    _operator_cli.add_parsers(sub)
 
     run = sub.add_parser("run", help="run a daemon from an app factory (systemd-friendly)")
     run.add_argument("--store", required=True, help="the store directory")
@@ -113,10 +114,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             drain_timeout=args.drain_timeout,
             out=out,
         )
-    if command in ("retry", "cancel"):
-        from herder.runtime._admin import refuse_operation
-
-        return refuse_operation(command, args.store, args.id)
+    if command in _operator_cli.ACTIONS:
+        return _operator_cli.send(out, args)
+    if command == "inbox":
+        return _operator_cli.show_inbox(out, args.store, as_json=args.json)
     from herder.runtime import _inspect
 
     with Store(args.store, readonly=True) as store:

@@ -1,4 +1,5 @@
-"""``herder ls``, ``herder show``, ``herder stats``: read a store without disturbing it.
+"""``herder ls``, ``herder show`` (with the workflow's history), ``herder stats``: read a
+store without disturbing it.
 
 Each command opens the store read-only (``Store(path, readonly=True)``), which works
 while a runtime in another process writes it: every read is one consistent snapshot.
@@ -9,21 +10,24 @@ from __future__ import annotations
 
 import datetime
 import json
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from herder.actors._admission import resource_stats
 from herder.actors._errors import UnknownWorkflow
 from herder.runtime._console import print_table
 from herder.runtime._status import WorkflowStatus, in_plan_order
-from herder.store import Store
+from herder.store import Store, StoreCorrupt
+from herder.store._history import read_history
 from herder.store._records import (
     Plan,
     StepState,
     WorkflowRecord,
     WorkflowState,
-    definition_key,
 )
+from herder.store._resources import ResourceRecord
 
 
 class _Reader:
@@ -32,18 +36,31 @@ class _Reader:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._plans: dict[tuple[str, int], Plan | None] = {}
+        self.corrupt: list[StoreCorrupt] = []  # records skipped, reported at the end
 
     def status(self, record: WorkflowRecord) -> WorkflowStatus:
         key = (record.name, record.version)
         if key not in self._plans:
-            raw = self.store.get("definitions", definition_key(*key))
-            self._plans[key] = None if raw is None else Plan.from_dict(raw)
+            try:
+                self._plans[key] = self.store.get_plan(*key)
+            except StoreCorrupt as exc:  # steps are then shown in stored order
+                self.corrupt.append(exc)
+                self._plans[key] = None
         steps = in_plan_order(self.store.steps_of(record.id), self._plans[key])
         return WorkflowStatus.from_records(record, steps)
 
     def statuses(self, state: str | None) -> Iterator[WorkflowStatus]:
-        for record in self.store.workflows(state):
-            yield self.status(record)
+        for record in self.store.workflows(state, corrupt=self.corrupt):
+            try:
+                yield self.status(record)
+            except StoreCorrupt as exc:
+                self.corrupt.append(exc)
+
+
+def report_corrupt(corrupt: list[StoreCorrupt]) -> None:
+    """Name each record a command had to skip on stderr (the output shows the rest)."""
+    for exc in corrupt:
+        sys.stderr.write(f"herder: skipped: {exc}\n")
 
 
 def _when(t: float) -> str:
@@ -65,6 +82,7 @@ def list_workflows(
         if limit is not None and len(found) >= limit:
             break
         found.append(status)
+    report_corrupt(reader.corrupt)
     if as_json:
         _dump(out, [s.to_dict() for s in found])
         return
@@ -91,8 +109,9 @@ def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool)
     if record is None:
         raise UnknownWorkflow(f"no workflow with id {workflow_id!r} in {store.path}")
     status = _Reader(store).status(record)
+    history = read_history(store, workflow_id)
     if as_json:
-        _dump(out, status.to_dict())
+        _dump(out, {**status.to_dict(), "history": history})
         return
     out.write(
         f"workflow {status.id}: {status.name}@{status.version} {status.state}\n"
@@ -113,6 +132,31 @@ def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool)
         for st in status.steps.values()
     ]
     print_table(out, "", ("step", "state", "attempts", "undo attempts", "result", "error"), rows)
+    print_table(out, "history", ("when", "what", "change", "attempt", "details"), _story(history))
+
+
+def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """One row per history event: transitions, probes and operator actions."""
+    rows: list[tuple[Any, ...]] = []
+    for e in history:
+        kind = e.get("kind")
+        when = _when(e["t"]) if isinstance(e.get("t"), int | float) else ""
+        if kind == "operator":
+            target = f" step {e['step']}" if e.get("step") else ""
+            result = f" result={e['result']!r}" if e.get("result") is not None else ""
+            details = f"by {e.get('who') or '?'}: {e.get('why') or ''}{result}"
+            rows.append((when, f"operator {e.get('action')}{target}", "", "", details))
+        elif kind == "step":
+            change = f"{e.get('from')} -> {e.get('to')}"
+            rows.append(
+                (when, f"step {e.get('step')}", change, e.get("attempt"), e.get("error") or "")
+            )
+        elif kind == "probe":
+            rows.append((when, f"probe {e.get('step')}", "UNKNOWN", "", e.get("error") or ""))
+        else:
+            change = f"{e.get('from') or 'new'} -> {e.get('to')}"
+            rows.append((when, "workflow", change, "", e.get("error") or ""))
+    return rows
 
 
 def store_stats(store: Store) -> dict[str, Any]:
@@ -120,12 +164,20 @@ def store_stats(store: Store) -> dict[str, Any]:
     workflows: Counter[str] = Counter(dict.fromkeys(map(str, WorkflowState), 0))
     steps: Counter[str] = Counter(dict.fromkeys(map(str, StepState), 0))
     retries = compensation_retries = 0
-    for record in store.workflows():
+    corrupt: list[StoreCorrupt] = []
+    for record in store.workflows(corrupt=corrupt):
         workflows[str(record.state)] += 1
-        for st in store.steps_of(record.id):
+        try:
+            records = store.steps_of(record.id)
+        except StoreCorrupt as exc:
+            corrupt.append(exc)
+            continue
+        for st in records:
             steps[str(st.state)] += 1
             retries += max(0, st.attempt - 1)
             compensation_retries += max(0, st.comp_attempt - 1)
+    resources = _resources(store, corrupt)
+    report_corrupt(corrupt)
     return {
         "store": str(store.path),
         "schema_version": store.schema_version,
@@ -136,7 +188,22 @@ def store_stats(store: Store) -> dict[str, Any]:
         "compensation_retries": compensation_retries,
         "timers": store.count("timers"),
         "definitions": store.count("definitions"),
+        "corrupt": len(corrupt),
+        "resources": resources,
     }
+
+
+def _resources(store: Store, corrupt: list[StoreCorrupt]) -> dict[str, dict[str, Any]]:
+    """Per agent name, its stored protection state (breaker, crash counters)."""
+    out = {}
+    for key, value in store.scan("resources", corrupt=corrupt):
+        try:
+            record = ResourceRecord.from_dict(value)
+        except (KeyError, TypeError, ValueError) as exc:
+            corrupt.append(StoreCorrupt("resources", key, str(exc)))
+            continue
+        out[key.decode("utf-8", "replace")] = resource_stats(record)
+    return out
 
 
 def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
@@ -148,5 +215,12 @@ def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
     rows: list[tuple[str, Any]] = [(f"workflows {k}", v) for k, v in stats["workflows"].items()]
     rows += [(f"steps {k}", v) for k, v in stats["steps"].items()]
     rows += [(k, stats[k]) for k in ("retries", "compensation_retries", "timers")]
-    rows += [(k, stats[k]) for k in ("definitions", "incarnation", "schema_version")]
+    rows += [(k, stats[k]) for k in ("definitions", "corrupt", "incarnation", "schema_version")]
     print_table(out, f"store {stats['store']}", ("", "count"), rows)
+    if stats["resources"]:
+        columns = ("breaker", "failures", "opens", "crashes", "lost")
+        resources = [
+            (agent, *(values[c] for c in columns)) for agent, values in stats["resources"].items()
+        ]
+        out.write("\n")
+        print_table(out, "agents (resource protection)", ("agent", *columns), resources)

@@ -56,6 +56,9 @@ def stats_collector(stats: Callable[[], dict[str, Any]]) -> Any:
                 for agent, values in snap["agents"].items():
                     family.add_metric([agent], values[gauge])
                 yield family
+            yield from _resource_families(
+                snap.get("resources", {}), GaugeMetricFamily, CounterMetricFamily
+            )
             store = snap["store"]
             yield CounterMetricFamily(
                 "herder_store_commits", "Durable commits (batches)", value=store["batches"]
@@ -74,3 +77,32 @@ def stats_collector(stats: Callable[[], dict[str, Any]]) -> Any:
             yield restarts
 
     return _StatsCollector()
+
+
+_BREAKER_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
+
+
+def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter: Any) -> Any:
+    """Per-agent protection: breaker state (0 closed, 1 half-open, 2 open) and counters."""
+    state = gauge(
+        "herder_breaker_state",
+        "Circuit breaker per agent: 0 closed, 1 half-open, 2 open",
+        labels=["agent"],
+    )
+    counters = {
+        name: counter(f"herder_agent_{name}", help_text, labels=["agent"])
+        for name, help_text in (
+            ("breaker_opens", "Times the agent's circuit breaker opened"),
+            ("crashes", "Agent instance crashes (kept in the store across restarts)"),
+            ("lost", "Attempts lost to a process restart (kept in the store)"),
+            ("throttled", "Dispatches held back by the breaker or the rate limit"),
+        )
+    }
+    for agent, values in resources.items():
+        state.add_metric([agent], _BREAKER_VALUES.get(values["breaker"], 0))
+        counters["breaker_opens"].add_metric([agent], values["opens"])
+        counters["crashes"].add_metric([agent], values["crashes"])
+        counters["lost"].add_metric([agent], values["lost"])
+        counters["throttled"].add_metric([agent], values.get("throttled", 0))
+    yield state
+    yield from counters.values()

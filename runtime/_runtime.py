@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import datetime
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Admit, Complete, Define, InstanceEvent, Operate
 from herder.actors._outcomes import parse_task_token
 from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
@@ -38,9 +40,19 @@ from herder.runtime._ha import LeaseKeeper, StandbyWatcher
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
+from herder.runtime._timing import begin_at, check_priority, new_workflow
 from herder.runtime._workflow import Workflow
-from herder.store import DEFAULT_LEASE, ConditionFailed, Expect, LeaseLost, Put, Store, Transition
-from herder.store._codec import encode, normalize
+from herder.store import (
+    DEFAULT_LEASE,
+    ConditionFailed,
+    Expect,
+    LeaseLost,
+    Put,
+    Store,
+    StoreCorrupt,
+    Transition,
+)
+from herder.store._codec import MAX_VALUE_BYTES, check_text, encode, normalize
 from herder.store._errors import InvalidInput
 from herder.store._history import history_put, read_history, workflow_event
 from herder.store._records import (
@@ -50,7 +62,6 @@ from herder.store._records import (
     WorkflowRecord,
     WorkflowState,
     definition_key,
-    step_key,
     validate_id,
     validate_name,
     workflow_key,
@@ -113,10 +124,11 @@ class Runtime:
     crashing instances more often than this gives up, and a fresh one is started for the
     next step), ``max_recoveries`` (a workflow whose attempt was running at more crashes
     of the process in a row than this is parked in NEEDS_ATTENTION as poison work),
-    ``log_level`` (level of the ``herder`` loggers; handlers are left to
-    the embedding program), ``seed`` (for
-    retry jitter, to make runs repeatable), ``probe_timeout`` (how long a
-    ``probe_<action>`` may take to tell whether a lapsed attempt was applied).
+    ``priority_aging`` (seconds of waiting in an agent's queue worth one priority level,
+    so low-priority work is never starved), ``log_level`` (level of the ``herder``
+    loggers; handlers are left to the embedding program), ``seed`` (for retry jitter, to
+    make runs repeatable), ``probe_timeout`` (how long a ``probe_<action>`` may take to
+    tell whether a lapsed attempt was applied).
 
     High availability (see docs/high_availability.md): ``lease`` is the leader lease in
     seconds (renewed every third of it). ``standby=True`` opens the store of a runtime
@@ -142,6 +154,7 @@ class Runtime:
         instance_shutdown: float = 1.0,
         agent_restarts: tuple[int, float] = (20, 10.0),
         max_recoveries: int = 3,
+        priority_aging: float = 10.0,
         seed: int | None = None,
         ask_timeout: float = 30.0,
         log_level: int | str | None = None,
@@ -155,6 +168,16 @@ class Runtime:
             logging.getLogger("herder").setLevel(log_level)
         if sweep_interval <= 0:
             raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
+        if not 0 < priority_aging < float("inf"):
+            raise InvalidInput(
+                f"priority_aging must be a finite number of seconds > 0, got {priority_aging!r}"
+            )
+        for name, limit in (
+            ("max_input_bytes", max_input_bytes),
+            ("max_result_bytes", max_result_bytes),
+        ):
+            if not 0 < limit <= MAX_VALUE_BYTES:
+                raise InvalidInput(f"{name} must be 1..{MAX_VALUE_BYTES}, got {limit!r}")
         if max_active_workflows < 1:
             raise InvalidInput(f"max_active_workflows must be >= 1, got {max_active_workflows!r}")
         self._clock = clock or SystemClock()
@@ -172,6 +195,7 @@ class Runtime:
             agent_max_restarts=agent_restarts[0],
             agent_restart_period=agent_restarts[1],
             max_recoveries=max_recoveries,
+            priority_aging=float(priority_aging),
             seed=seed,
             probe_timeout=probe_timeout,
         )
@@ -356,9 +380,10 @@ class Runtime:
                 return
             self._ctx.reset_tokens()
             for plan in builtins.list(self._ctx.plans.values()):
-                if self._store.get("definitions", definition_key(plan.name, plan.version)) is None:
+                if self._store.get_plan(plan.name, plan.version) is None:
                     self._store_definition(plan)
-            self._active = sum(1 for r in self._store.workflows() if not r.state.is_final)
+            # Corrupt records are skipped here; the Scheduler's recovery logs and counts them.
+            self._active = sum(1 for r in self._store.workflows(corrupt=[]) if not r.state.is_final)
             keeper = LeaseKeeper(self._store, self._ctx, self._hand_over)
             self._ctx.sweep_listeners[:] = [keeper.on_sweep, self._healthy]
             self._root = self._start_tree()
@@ -380,13 +405,25 @@ class Runtime:
 
     # -- registration ------------------------------------------------------------------
 
-    def add_agent(self, name: str, factory: Callable[[], Agent], *, concurrency: int = 1) -> None:
+    def add_agent(
+        self,
+        name: str,
+        factory: Callable[[], Agent],
+        *,
+        concurrency: int = 1,
+        breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
         """Serve agent ``name`` with instances built by ``factory`` (a zero-argument callable).
 
         ``factory`` is an Agent subclass or e.g. ``functools.partial(HostAgent, host=h)``
-        for one agent per remote resource. Up to ``concurrency`` instances run at once;
-        they start when work arrives and stop after being idle. Adding a name again
-        replaces its factory and concurrency.
+        for one agent per remote resource. Up to ``concurrency`` instances run at once
+        (the agent's concurrency limit); they start when work arrives and stop after
+        being idle. ``breaker`` (a :class:`CircuitBreaker`) stops dispatching to a
+        resource that keeps failing and probes it after a cool-down; ``rate_limit`` (a
+        :class:`RateLimit`) caps attempts per second. Steps held back by either wait in
+        the agent's queue, highest priority first, spending no attempt. Adding a name
+        again replaces its factory, concurrency and limits.
         """
         self._check_open()
         validate_name("agent", name)
@@ -396,10 +433,22 @@ class Runtime:
             raise InvalidInput(
                 f"agent {name!r}: concurrency must be an int >= 1, got {concurrency!r}"
             )
+        for kind, value, want in (
+            ("breaker", breaker, CircuitBreaker),
+            ("rate_limit", rate_limit, RateLimit),
+        ):
+            if value is not None and not isinstance(value, want):
+                raise InvalidInput(
+                    f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
+                )
         cls = agent_class_of(factory)
         with self._promotion:
             self._actions[name] = None if cls is None else action_names(cls)
             self._ctx.agents[name] = (factory, concurrency)
+            if breaker is None and rate_limit is None:
+                self._ctx.limits.pop(name, None)
+            else:
+                self._ctx.limits[name] = (breaker, rate_limit)
             if self._root is not None:  # a standby's Scheduler reads ctx.agents at start
                 call(self._scheduler, "add_agent", name, timeout=self._ask_timeout)
 
@@ -410,6 +459,7 @@ class Runtime:
             if name not in self._ctx.agents:
                 raise UnknownName(f"no agent named {name!r} is registered")
             del self._ctx.agents[name]
+            self._ctx.limits.pop(name, None)
             self._actions.pop(name, None)
             if self._root is not None:
                 call(self._scheduler, "remove_agent", name, timeout=self._ask_timeout)
@@ -422,9 +472,8 @@ class Runtime:
         """
         self._check_open()
         plan = workflow.compile()
-        key = definition_key(plan.name, plan.version)
-        stored = self._store.get("definitions", key)
-        if stored is not None and Plan.from_dict(stored) != plan:
+        stored = self._store.get_plan(plan.name, plan.version)
+        if stored is not None and stored != plan:
             raise InvalidDefinition(
                 f"workflow {plan.name!r} version {plan.version} is stored with different "
                 "steps; give the changed definition a new version"
@@ -452,6 +501,9 @@ class Runtime:
         *,
         workflow_id: str | None = None,
         timeout: float | None = None,
+        priority: int = 0,
+        start_at: datetime.datetime | None = None,
+        delay: float | None = None,
     ) -> WorkflowHandle:
         """Start a workflow; it is durable when this returns.
 
@@ -459,6 +511,11 @@ class Runtime:
         the existing workflow; with different input it raises :class:`WorkflowConflict`.
         Blocks while ``max_active_workflows`` are unfinished (up to ``timeout`` seconds,
         then :class:`TimeoutError`).
+
+        ``priority`` (default 0; higher first) orders its steps against other work
+        waiting for the same agent; waiting raises it (see ``priority_aging``).
+        ``start_at`` (a datetime) or ``delay`` (seconds) holds its first steps until then;
+        the wait is a timer in the store and survives restarts.
         """
         self._check_active()
         name = workflow.name if isinstance(workflow, Workflow) else workflow
@@ -471,6 +528,8 @@ class Runtime:
             )
         self._check_agents(plan)
         wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
+        priority = check_priority(priority)
+        begin = begin_at(self._clock.time(), start_at, delay)
         normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
         # An existing id is found by the compare-and-set below, without a read. Only when
         # start() would have to wait for capacity is it worth looking first: a repeated
@@ -481,13 +540,10 @@ class Runtime:
                 return self._same_start(existing, plan, normalized)
         self._wait_capacity(timeout)
         now = self._clock.time()
-        record = WorkflowRecord(
-            wid, plan.name, plan.version, normalized, WorkflowState.RUNNING, now, now
+        record, steps, ops = new_workflow(
+            plan, wid, normalized, now, priority=priority, begin=begin
         )
-        steps = [StepRecord(wid, s.name, updated=now) for s in plan.steps]
         key = workflow_key(wid)
-        ops = [Put("workflows", key, encode(record.to_dict()))]
-        ops += [Put("steps", step_key(wid, s.name), encode(s.to_dict())) for s in steps]
         ops.append(history_put(wid, self._ctx.next_token(), workflow_event(None, record)))
         transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
         committed = self._store.writer.submit(transition)
@@ -545,13 +601,23 @@ class Runtime:
         return WorkflowStatus.from_records(record, self._ordered_steps(record))
 
     def list(self, state: WorkflowState | str | None = None) -> list[WorkflowStatus]:
-        """Every workflow (in a given state, if asked), as statuses."""
+        """Every workflow (in a given state, if asked), as statuses.
+
+        A workflow whose records are corrupt is left out (and logged); :meth:`status`
+        of its id raises :class:`StoreCorrupt` naming the bad key.
+        """
         if state is not None:
             state = WorkflowState(state)
-        return [
-            WorkflowStatus.from_records(r, self._ordered_steps(r))
-            for r in self._store.workflows(state)
-        ]
+        corrupt: builtins.list[StoreCorrupt] = []
+        out = []
+        for record in self._store.workflows(state, corrupt=corrupt):
+            try:
+                out.append(WorkflowStatus.from_records(record, self._ordered_steps(record)))
+            except StoreCorrupt as exc:
+                corrupt.append(exc)
+        for bad in corrupt:
+            _log.error("list() left out a workflow: %s", bad)
+        return out
 
     def cancel(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
         """Stop dispatching and compensate completed steps; the workflow ends CANCELLED."""
@@ -632,20 +698,25 @@ class Runtime:
         return read_history(self._store, workflow_id)
 
     def stats(self) -> dict[str, Any]:
-        """Counters and gauges: workflows by state, step counters, agents, store commits."""
+        """Counters and gauges: workflows by state, step counters, agents, store commits, and
+        ``corrupt`` ("db:key" -> reason) for records that could not be read."""
         if self._root is None and not self._closed:
             self._check_active()  # a standby has no engine to count
         by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
-        for record in self._store.workflows():
+        corrupt: builtins.list[StoreCorrupt] = []
+        for record in self._store.workflows(corrupt=corrupt):
             by_state[record.state] += 1
         engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
+        bad = {f"{e.db}:{e.key!r}": e.reason for e in corrupt} | engine["corrupt"]
         return {
             "workflows": by_state,
             "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
             "agents": engine["agents"],
             "awaiting_definition": engine["awaiting_definition"],
+            "resources": engine["resources"],
             "store": self._store.writer.stats(),
             "restarts": self._restart_counts(),
+            "corrupt": bad,
         }
 
     def prometheus_collector(self) -> Any:
@@ -766,7 +837,8 @@ class Runtime:
                     )
 
     def _same_start(self, existing: WorkflowRecord, plan: Plan, normalized: Any) -> WorkflowHandle:
-        if existing.name != plan.name or existing.input != normalized:
+        same = existing.input == normalized or encode(existing.input) == encode(normalized)
+        if existing.name != plan.name or not same:  # (the bytes also match when NaN is in it)
             raise WorkflowConflict(
                 f"workflow id {existing.id!r} was already started as {existing.name!r} with "
                 "different input; use a new id, or the same input to get the existing handle"
@@ -792,6 +864,8 @@ class Runtime:
 
     def _operate(self, op: Operate) -> None:
         self._check_active()
+        check_text("who", op.who, 200)
+        check_text("why", op.why)
         done: Future[None] = call(self._scheduler, "operate", op, timeout=self._ask_timeout)
         done.result(timeout=self._ask_timeout)
 

@@ -8,6 +8,8 @@ from herder.actors._errors import InvalidDefinition
 from herder.store._errors import InvalidInput
 from herder.store._records import Plan, RetryPolicy, StepSpec, validate_name
 
+_FOREVER = 10 * 365 * 86400.0  # ten years: longer timeouts and delays are surely mistakes
+
 
 class Workflow:
     """A named, versioned workflow definition: a DAG of steps run by agents.
@@ -40,12 +42,16 @@ class Workflow:
         heartbeat_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         compensate_retry: RetryPolicy | None = None,
+        delay: float | None = None,
     ) -> Workflow:
         """Add a step and return the builder.
 
         ``timeout`` bounds each attempt from dispatch to answer; ``heartbeat_timeout``
         bounds the gap between ``ctx.heartbeat()`` calls. ``retry`` defaults to the
-        runtime's policy; ``compensate_retry`` defaults to ``retry``.
+        runtime's policy; ``compensate_retry`` defaults to ``retry``. ``delay`` makes the
+        step wait that many seconds after its dependencies succeeded (a step without
+        dependencies: after the workflow's start) before it is dispatched; the wait is a
+        timer in the store, so it survives restarts.
         """
         validate_name("step", name)
         if name in self._steps:
@@ -55,10 +61,15 @@ class Workflow:
             validate_name("dependency", dep)
         if len(set(deps)) != len(deps):
             raise InvalidDefinition(f"step {name!r} lists a dependency twice: {list(deps)}")
-        for field, value in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
-            if value is not None and not value > 0:
+        for field, value in (
+            ("timeout", timeout),
+            ("heartbeat_timeout", heartbeat_timeout),
+            ("delay", delay),
+        ):
+            if value is not None and not 0 < value < _FOREVER:
                 raise InvalidDefinition(
-                    f"step {name!r}: {field} must be > 0 or None, got {value!r}"
+                    f"step {name!r}: {field} must be > 0 seconds (and under ten years) or "
+                    f"None, got {value!r}"
                 )
         for field, policy in (("retry", retry), ("compensate_retry", compensate_retry)):
             if policy is not None and not isinstance(policy, RetryPolicy):
@@ -75,6 +86,7 @@ class Workflow:
             heartbeat_timeout=None if heartbeat_timeout is None else float(heartbeat_timeout),
             retry=retry,
             compensate_retry=compensate_retry,
+            delay=None if delay is None else float(delay),
         )
         return self
 
@@ -105,24 +117,28 @@ class Workflow:
 
 
 def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
-    """A cycle in ``graph`` (node -> dependencies) as a closed path, or None."""
+    """A cycle in ``graph`` (node -> dependencies) as a closed path, or None.
+
+    An iterative depth-first search: a chain of thousands of steps must not exhaust
+    Python's recursion limit.
+    """
     white, grey, black = 0, 1, 2
     colour = dict.fromkeys(graph, white)
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        colour[node] = grey
-        path.append(node)
-        for dep in graph[node]:
-            if colour[dep] == grey:
+    for root, deps in graph.items():
+        if colour[root] != white:
+            continue
+        colour[root] = grey
+        path = [root]
+        pending = [iter(deps)]  # the unvisited dependencies of each node on the path
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                colour[path.pop()] = black
+                pending.pop()
+            elif colour[dep] == grey:
                 return [*path[path.index(dep) :], dep]
-            if colour[dep] == white and (found := visit(dep)):
-                return found
-        path.pop()
-        colour[node] = black
-        return None
-
-    for node in graph:
-        if colour[node] == white and (found := visit(node)):
-            return found
+            elif colour[dep] == white:
+                colour[dep] = grey
+                path.append(dep)
+                pending.append(iter(graph[dep]))
     return None

@@ -7,6 +7,9 @@
 - :func:`wait_until` — block until a condition on the runtime holds, woken by each commit.
 - :func:`check_store` — ``herder check`` as a function: every broken cross-database
   invariant of a store, by key (run it after a test, as bbolt's test helpers do).
+- :func:`simulate` with :class:`FaultSchedule` — deterministic simulation: one seed
+  decides every fault of a small workload under a fake clock; a :class:`SimReport`
+  lists every broken expectation (``tests/test_simulation.py`` runs 200 seeds).
 - Fault helpers for agent actions: :func:`fail_first`, :func:`hang_until`,
   :func:`crash_instance`, :func:`fail_permanently`.
 """
@@ -25,11 +28,14 @@ from herder.actors._clock import FakeClock
 from herder.actors._errors import Permanent
 from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
+from herder.runtime._simulation import FaultSchedule, SimReport, simulate
 
 __all__ = [
     "EffectLedger",
     "FakeClock",
+    "FaultSchedule",
     "InstanceCrash",
+    "SimReport",
     "advance",
     "check_store",
     "crash_instance",
@@ -37,6 +43,7 @@ __all__ = [
     "fail_permanently",
     "hang_until",
     "settle",
+    "simulate",
     "wait_until",
 ]
 

@@ -1,29 +1,64 @@
 """msgpack encoding with safe limits. Never pickle.
 
 :func:`encode` turns plain data (None, bool, int, float, str, bytes, lists, tuples and maps
-with str keys) into bytes and refuses anything else with :class:`EncodeError`.
-:func:`normalize` checks a value at the door and returns it as it will read back.
+with str keys) into bytes and refuses anything else with :class:`EncodeError`. A stored
+value is the msgpack body followed by the body's CRC-32 (4 bytes, big-endian), so a record
+damaged on disk (a flipped bit anywhere, a torn write) is noticed when it is read, not
+taken for another valid value.
+:func:`normalize` checks a user value at the door (str map keys, at most
+:data:`MAX_DEPTH` levels, a size limit) and returns it as it will read back.
 :func:`decode` reads bytes back with bounded sizes and string-only map keys; any failure
 becomes :class:`StoreCorrupt` naming the database and key it came from.
+:func:`bounded_text` makes any text (an error message) safe to store: valid UTF-8, bounded.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import Any
 
 import msgpack
 
-from herder.store._errors import EncodeError, StoreCorrupt
+from herder.store._errors import EncodeError, InvalidInput, StoreCorrupt
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 """Hard ceiling on one encoded record; configured input limits are far smaller."""
 
+MAX_VALUE_BYTES = MAX_RECORD_BYTES // 4
+"""Ceiling of the configurable input/result limits, so a record holding one always fits."""
+
+MAX_DEPTH = 100
+"""Most nesting levels of a user value (input, result, heartbeat details).
+
+A record wraps the value in a few levels of its own, and msgpack refuses more than 1024
+levels in either direction, so a value must be refused at the door well before that: a
+value accepted there but refused inside the Scheduler would fail a commit, not a call.
+"""
+
+MAX_TEXT_CHARS = 8192
+"""Longest error text kept in a record; the rest is cut (an exception can say megabytes)."""
+
+
+_CRC = struct.Struct(">I")
+
 
 def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
-    """Encode ``obj`` as msgpack; raise :class:`EncodeError` if it cannot be or is too big."""
+    """Encode ``obj`` as msgpack plus checksum; :class:`EncodeError` if it cannot be or is
+    too big (``limit`` counts the msgpack body)."""
+    body = _pack(obj, limit, what)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _pack(obj: Any, limit: int | None, what: str) -> bytes:
     try:
         data: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
     except (TypeError, ValueError, OverflowError) as exc:
+        if "recursion limit" in str(exc):
+            raise EncodeError(
+                f"{what} cannot be stored: it is nested too deeply or contains itself; "
+                f"at most {MAX_DEPTH} levels of plain data can be stored"
+            ) from exc
         raise EncodeError(
             f"{what} cannot be stored: {exc}; use plain data (None, bool, int, float, str, "
             "bytes, lists and dicts with str keys)"
@@ -39,11 +74,19 @@ def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
 
 def decode(data: bytes, *, db: str, key: bytes) -> Any:
     """Decode one stored record; raise :class:`StoreCorrupt` naming ``db`` and ``key``."""
-    if len(data) > MAX_RECORD_BYTES:
+    if len(data) > MAX_RECORD_BYTES + _CRC.size:
         raise StoreCorrupt(db, key, f"record is {len(data)} bytes, over {MAX_RECORD_BYTES}")
+    if len(data) <= _CRC.size:
+        raise StoreCorrupt(db, key, f"record of {len(data)} bytes has no room for a body")
+    body = memoryview(data)[: -_CRC.size]
+    (stored,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if zlib.crc32(body) != stored:
+        raise StoreCorrupt(
+            db, key, "checksum mismatch: the record was damaged on disk (or not written by herder)"
+        )
     try:
         # unpackb bounds every string/array/map length by the input's own size.
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        return msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         # ValueError covers ExtraData, FormatError, StackError and bad UTF-8.
         raise StoreCorrupt(db, key, f"{type(exc).__name__}: {exc}") from exc
@@ -55,8 +98,84 @@ def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any
     Raises :class:`EncodeError` for anything the store would refuse to keep or could not
     read back: unencodable values, values over ``limit`` bytes, and non-str map keys.
     """
-    data = encode(obj, limit=limit, what=what)
+    data = _pack(obj, limit, what)
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except ValueError as exc:
         raise EncodeError(f"{what} cannot be stored: {exc}; map keys must be str") from exc
+    if type(value) in _NESTED:
+        _check_plain(value, what)
+    return value
+
+
+_NESTED = (dict, list, msgpack.ExtType, msgpack.Timestamp)
+"""Types whose values :func:`_check_plain` must look into (or refuse)."""
+
+
+def _check_plain(value: Any, what: str) -> None:
+    """Refuse maps with non-str keys (bytes get past ``strict_map_key``), msgpack extension
+    types, and values nested deeper than :data:`MAX_DEPTH`. Iterative, so a deep value
+    cannot exhaust the Python stack here either."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EncodeError(
+                f"{what} is nested more than {MAX_DEPTH} levels deep; flatten it or store "
+                "it elsewhere and pass a reference"
+            )
+        if type(node) is dict:
+            for key in node:
+                if type(key) is not str:
+                    raise EncodeError(
+                        f"{what} cannot be stored: map key {key!r:.80} is a "
+                        f"{type(key).__name__}; map keys must be str"
+                    )
+            items: Any = node.values()
+        elif type(node) is list:
+            items = node
+        else:
+            raise EncodeError(
+                f"{what} cannot be stored: {type(node).__name__} is a msgpack extension; "
+                "use plain data (None, bool, int, float, str, bytes, lists and dicts with str keys)"
+            )
+        for item in items:
+            if type(item) in _NESTED:
+                stack.append((item, depth + 1))
+
+
+def legacy_int(data: bytes) -> int | None:
+    """The int a value written before checksums (schema 1: bare msgpack) holds, if it is
+    one; so an old store is told apart from a damaged one."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    return value if type(value) is int else None
+
+
+def check_text(what: str, value: object, limit: int = MAX_TEXT_CHARS) -> None:
+    """Refuse (:class:`InvalidInput`) a note that is not None or a storable str of at
+    most ``limit`` characters (an operator's ``who``/``why``)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a str or None, got {type(value).__name__}")
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is {len(value)} characters; the limit is {limit}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} is not valid UTF-8: {value!r:.80}") from exc
+
+
+def bounded_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` as it can always be stored: lone surrogates escaped, at most ``limit``
+    characters (the cut is marked)."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... [{len(text) - limit} more characters cut]"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

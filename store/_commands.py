@@ -8,8 +8,10 @@ write transaction as the change it made.
 
 Appending does not take herder's ``flock`` and does not touch the incarnation: the CLI
 opens the LMDB environment writable by itself, and LMDB serializes writers across
-processes. One command is one write transaction. Keys are 8-byte big-endian ids, given
-out inside that transaction (last id + 1), so ids are unique and ordered.
+processes. One command is one write transaction. Its id is given out inside that
+transaction (the highest id so far + 1), so ids are unique and ordered. A pending command
+lives under ``b"P" + 8-byte big-endian id``; applying it moves it to ``b"D" + id`` in the
+same commit, so the sweep reads only what is pending, never the whole log.
 
 A command is a map: ``id``, ``action``, ``workflow_id``, ``args`` (e.g. ``step``,
 ``result``), ``who``, ``why``, ``created``, ``state`` (``PENDING`` → ``DONE`` or
@@ -30,17 +32,23 @@ import lmdb
 
 from herder.store._codec import decode, encode
 from herder.store._errors import ConditionFailed, StoreError
-from herder.store._writer import Expect, Put, Transition
+from herder.store._writer import Delete, Expect, Put, Transition
 
 COMMANDS_DB = "commands"
 PENDING, DONE, FAILED = "PENDING", "DONE", "FAILED"
 
 _ID = struct.Struct(">Q")
+_PENDING, _DONE = b"P", b"D"
 
 
-def command_key(command_id: int) -> bytes:
-    """The ``commands`` key of a command id."""
-    return _ID.pack(command_id)
+def pending_key(command_id: int) -> bytes:
+    """The ``commands`` key of a pending command."""
+    return _PENDING + _ID.pack(command_id)
+
+
+def done_key(command_id: int) -> bytes:
+    """The ``commands`` key of a command once it was applied or refused."""
+    return _DONE + _ID.pack(command_id)
 
 
 def new_command(
@@ -67,21 +75,22 @@ def new_command(
     }
 
 
-def finished_put(command: dict[str, Any], error: str | None, now: float) -> Put:
-    """The put that records a command's outcome (``error`` None: it was applied)."""
+def finished_ops(command: dict[str, Any], error: str | None, now: float) -> tuple[Put, Delete]:
+    """The ops that record a command's outcome (``error`` None: it was applied)."""
     done = {**command, "state": FAILED if error else DONE, "error": error, "finished": now}
-    return Put(COMMANDS_DB, command_key(command["id"]), encode(done))
+    command_id = command["id"]
+    return (
+        Put(COMMANDS_DB, done_key(command_id), encode(done)),
+        Delete(COMMANDS_DB, pending_key(command_id)),
+    )
 
 
-def pending_commands(store: Any, after: int = 0) -> list[dict[str, Any]]:
-    """Pending commands with an id greater than ``after``, oldest first (for the sweep)."""
+def pending_commands(store: Any) -> list[dict[str, Any]]:
+    """Every pending command, oldest first (a prefix scan of the pending ones only)."""
     out = []
-    for key, value in store.scan(COMMANDS_DB, b""):
-        if len(key) != _ID.size:
-            continue
-        (command_id,) = _ID.unpack(key)
-        if command_id > after and isinstance(value, dict) and value.get("state") == PENDING:
-            out.append({**value, "id": command_id})
+    for key, value in store.scan(COMMANDS_DB, _PENDING):
+        if len(key) == 1 + _ID.size and isinstance(value, dict):
+            out.append({**value, "id": _ID.unpack_from(key, 1)[0]})
     return out
 
 
@@ -98,12 +107,16 @@ def append_command(path: str | os.PathLike[str], command: dict[str, Any]) -> int
     env = _open_env(path)
     try:
         db = _commands_db(env, path)
-        with env.begin(write=True, db=db) as txn:
-            cur = txn.cursor()
-            last = _ID.unpack(cur.key())[0] if cur.last() else 0
-            command_id = last + 1
-            txn.put(command_key(command_id), encode({**command, "id": command_id}))
-        return command_id
+        for _ in range(3):
+            try:
+                with env.begin(write=True, db=db) as txn:
+                    command_id = _highest_id(txn.cursor()) + 1
+                    txn.put(pending_key(command_id), encode({**command, "id": command_id}))
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)  # the runtime grew the map meanwhile: adopt it, again
+                continue
+            return command_id
+        raise StoreError(f"cannot append a command to store {path}: its map keeps growing")
     except lmdb.Error as exc:
         raise StoreError(f"cannot append a command to store {path}: {exc}") from exc
     finally:
@@ -132,10 +145,23 @@ def wait_outcome(
             env.close()
 
 
+def _highest_id(cur: Any) -> int:
+    """The highest command id in the database (0 if none), pending or done."""
+    highest = 0
+    if cur.set_range(_PENDING):  # the first pending key: the done ones are just before it
+        if cur.prev() and cur.key()[:1] == _DONE:
+            highest = _ID.unpack_from(cur.key(), 1)[0]
+    elif cur.last() and cur.key()[:1] == _DONE:
+        highest = _ID.unpack_from(cur.key(), 1)[0]
+    if cur.last() and cur.key()[:1] == _PENDING:
+        highest = max(highest, _ID.unpack_from(cur.key(), 1)[0])
+    return highest
+
+
 def _read_command(
     store: Any, env: lmdb.Environment | None, path: Any, command_id: int
 ) -> dict[str, Any] | None:
-    key = command_key(command_id)
+    key = done_key(command_id)  # only there once it was applied or refused
     if store is not None:
         value = store.get(COMMANDS_DB, key)
     else:
@@ -161,14 +187,16 @@ def _open_here(path: str | os.PathLike[str]) -> Any:
 
 def _append_through(store: Any, command: dict[str, Any]) -> int:
     while True:
-        ids = [_ID.unpack(k)[0] for k, _ in store.raw_scan(COMMANDS_DB) if len(k) == _ID.size]
-        command_id = max(ids, default=0) + 1
-        key = command_key(command_id)
+        keys = [k for k, _ in store.raw_scan(COMMANDS_DB) if len(k) == 1 + _ID.size]
+        command_id = max((_ID.unpack_from(k, 1)[0] for k in keys), default=0) + 1
+        key = pending_key(command_id)
         put = Put(COMMANDS_DB, key, encode({**command, "id": command_id}))
+        absent = (
+            Expect(COMMANDS_DB, key, exists=False),
+            Expect(COMMANDS_DB, done_key(command_id), exists=False),
+        )
         try:
-            store.writer.submit(
-                Transition(ops=(put,), expect=(Expect(COMMANDS_DB, key, exists=False),))
-            ).result(timeout=30.0)
+            store.writer.submit(Transition(ops=(put,), expect=absent)).result(timeout=30.0)
         except ConditionFailed:
             continue  # another command took that id first
         return command_id

@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 
 import lmdb
 
-from herder.store._codec import decode, encode
+from herder.store._codec import decode, encode, legacy_int
 from herder.store._errors import (
     InvalidInput,
     SchemaTooNew,
@@ -52,14 +52,18 @@ from herder.store._lease import (
 )
 from herder.store._records import (
     SCHEMA_VERSION,
+    Plan,
     StepRecord,
     WorkflowRecord,
     WorkflowState,
+    definition_key,
     split_timer_key,
     step_key,
     timer_upper_bound,
+    validate_id,
     workflow_key,
 )
+from herder.store._validate import check_plan, check_record
 from herder.store._writer import Expect, Put, Transition, Writer
 
 DATABASES = (
@@ -70,8 +74,12 @@ DATABASES = (
     "definitions",
     "history",
     "commands",
+    "resources",
 )
 """The named databases of a store."""
+
+ADDED_LATER = frozenset({"resources"})
+"""Databases a store written by an older version may lack; read-only opens see them empty."""
 
 MAX_DBS = 16
 """Named databases an environment may hold (room for more than DATABASES uses)."""
@@ -80,6 +88,8 @@ PAGE = 1000
 """Keys read per read transaction by the paged scans."""
 
 LOCK_FILE = "herder.lock"
+MAX_DBS = 16
+"""Named databases an environment may hold: room for the ones later versions add."""
 MAX_READERS = 126
 
 _T = TypeVar("_T")
@@ -303,7 +313,14 @@ class Store:
         self._env = env
         try:
             env.reader_check()
-            self._handles = {name: env.open_db(name.encode(), create=False) for name in DATABASES}
+            self._handles = {}
+            for name in DATABASES:
+                try:
+                    self._handles[name] = env.open_db(name.encode(), create=False)
+                except lmdb.NotFoundError:
+                    # Written by an older version that never created it: read as empty.
+                    if name not in ADDED_LATER:
+                        raise
             with env.begin() as txn:
                 schema = self._meta_int(txn, b"schema")
                 incarnation = self._meta_int(txn, b"incarnation") or 0
@@ -322,7 +339,17 @@ class Store:
         raw = cast("bytes | None", txn.get(key, db=self._handles["meta"]))
         if raw is None:
             return None
-        value = decode(raw, db="meta", key=key)
+        try:
+            value = decode(raw, db="meta", key=key)
+        except StoreCorrupt:
+            old = legacy_int(raw) if key == b"schema" else None
+            if old is None or old >= SCHEMA_VERSION:
+                raise
+            raise StoreError(
+                f"store {self.path} has schema version {old}, written before records carried "
+                f"checksums; this herder reads schema {SCHEMA_VERSION}: start a new store "
+                "(there is no migration yet)"
+            ) from None
         if type(value) is not int:
             raise StoreCorrupt("meta", key, f"expected an int, got {type(value).__name__}")
         return value
@@ -378,6 +405,8 @@ class Store:
         try:
             return self._handles[db]
         except KeyError:
+            if db in ADDED_LATER:
+                return None  # an older store opened read-only: the database reads empty
             raise InvalidInput(
                 f"unknown database {db!r}; use one of {', '.join(DATABASES)}"
             ) from None
@@ -385,6 +414,8 @@ class Store:
     def _paged(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Yield raw (key, value) pairs with ``prefix``, one short read txn per page."""
         handle = self._handle(db)
+        if handle is None:
+            return
         start = prefix
         skip_first = False
         while True:
@@ -429,14 +460,40 @@ class Store:
     def get(self, db: str, key: bytes) -> Any | None:
         """The decoded record under ``key`` in ``db``, or None if there is none."""
         handle = self._handle(db)
+        if handle is None:
+            return None
         raw = self._read(lambda txn: cast("bytes | None", txn.get(key, db=handle)))
         return None if raw is None else decode(raw, db=db, key=key)
 
     def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
-        """The workflow record of ``workflow_id``, or None."""
-        key = workflow_key(workflow_id)
+        """The workflow record of ``workflow_id``, or None.
+
+        An id no workflow could have (not a str, empty, NUL, not UTF-8, too long) raises
+        :class:`InvalidInput` rather than reaching LMDB.
+        """
+        key = workflow_key(validate_id(workflow_id))
         data = self.get("workflows", key)
-        return None if data is None else _parse(WorkflowRecord.from_dict, data, "workflows", key)
+        if data is None:
+            return None
+        record = _parse(WorkflowRecord.from_dict, data, "workflows", key)
+        if record.id != workflow_id:
+            raise StoreCorrupt("workflows", key, f"record holds id {record.id!r:.80}")
+        return record
+
+    def get_plan(self, name: str, version: int) -> Plan | None:
+        """The stored definition ``name`` at ``version``, or None."""
+        key = definition_key(name, version)
+        data = self.get("definitions", key)
+        if data is None:
+            return None
+        plan = _parse(Plan.from_dict, data, "definitions", key)
+        try:
+            check_plan(plan)
+        except TypeError as exc:
+            raise StoreCorrupt("definitions", key, f"bad definition: {exc}") from exc
+        if (plan.name, plan.version) != (name, version):
+            raise StoreCorrupt("definitions", key, f"holds {plan.name!r:.80}@{plan.version}")
+        return plan
 
     def get_step(self, workflow_id: str, step: str) -> StepRecord | None:
         """The record of one step, or None."""
@@ -446,10 +503,15 @@ class Store:
 
     def steps_of(self, workflow_id: str) -> list[StepRecord]:
         """Every step record of one workflow, in step-name byte order."""
-        return [
-            _parse(StepRecord.from_dict, decode(raw, db="steps", key=key), "steps", key)
-            for key, raw in self._paged("steps", step_key(workflow_id, ""))
-        ]
+        steps = []
+        for key, raw in self._paged("steps", step_key(workflow_id, "")):
+            st = _parse(StepRecord.from_dict, decode(raw, db="steps", key=key), "steps", key)
+            if st.workflow_id != workflow_id or step_key(st.workflow_id, st.name) != key:
+                raise StoreCorrupt(
+                    "steps", key, f"record holds {st.workflow_id!r:.80}/{st.name!r:.80}"
+                )
+            steps.append(st)
+        return steps
 
     def workflows(
         self,
@@ -468,6 +530,8 @@ class Store:
                 record = _parse(
                     WorkflowRecord.from_dict, decode(raw, db="workflows", key=key), "workflows", key
                 )
+                if workflow_key(record.id) != key:
+                    raise StoreCorrupt("workflows", key, f"record holds id {record.id!r:.80}")
             except StoreCorrupt as exc:
                 if corrupt is None:
                     raise
@@ -542,6 +606,16 @@ class Store:
         """(key, raw bytes) for every key of ``db``, paged; for checks and the CLI."""
         return self._paged(db, b"")
 
+    def reclaim_readers(self) -> int:
+        """Free reader slots left by dead processes; return how many were freed.
+
+        A reader killed inside a read transaction keeps its slot, which pins old pages
+        (the file then grows instead of reusing them). Every open reclaims such slots;
+        a long-running runtime also calls this periodically from its Supervisor.
+        """
+        freed: int = self._read(lambda _txn: self._env.reader_check() if self._env else 0)
+        return freed
+
     def view(self, fn: Callable[[Snapshot], _T]) -> _T:
         """Run ``fn`` on one consistent snapshot of every database (one read transaction).
 
@@ -555,6 +629,8 @@ class Store:
     def count(self, db: str) -> int:
         """Number of keys in ``db`` (one consistent snapshot)."""
         handle = self._handle(db)
+        if handle is None:
+            return 0
         entries: int = self._read(lambda txn: txn.stat(handle)["entries"])
         return entries
 
@@ -772,13 +848,16 @@ def is_held(path: str | os.PathLike[str]) -> bool:
 
 
 def _parse(from_dict: Callable[[Any], _T], data: Any, db: str, key: bytes) -> _T:
-    """Build a record from a decoded map; a missing field or bad value is StoreCorrupt."""
+    """Build a record from a decoded map; a missing field, a value of the wrong type or
+    a bad value is StoreCorrupt."""
     if not isinstance(data, dict):
         raise StoreCorrupt(db, key, f"expected a map, got {type(data).__name__}")
     try:
-        return from_dict(data)
+        record = from_dict(data)
+        check_record(record)
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreCorrupt(db, key, f"bad record: {type(exc).__name__}: {exc}") from exc
+    return record
 
 
 def _too_new(path: pathlib.Path, schema: int) -> SchemaTooNew:

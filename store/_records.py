@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 from herder.store._errors import InvalidInput
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: every stored value ends with a CRC-32 of its msgpack body (see ``_codec``)."""
 
 MAX_ID_BYTES = 400
 """Longest workflow id accepted (UTF-8 bytes); leaves room in LMDB's 511-byte keys."""
@@ -181,9 +182,12 @@ class StepSpec:
     heartbeat_timeout: float | None = None
     retry: RetryPolicy | None = None
     compensate_retry: RetryPolicy | None = None
+    delay: float | None = None  # seconds to wait after the dependencies (or the start)
 
     def to_dict(self) -> dict[str, Any]:
-        """The step as a msgpack-ready map."""
+        """The step as a msgpack-ready map (``delay`` only when set: older plans keep
+        their stored form and fingerprint)."""
+        extra = {} if self.delay is None else {"delay": self.delay}
         return {
             "name": self.name,
             "agent": self.agent,
@@ -194,6 +198,7 @@ class StepSpec:
             "heartbeat_timeout": self.heartbeat_timeout,
             "retry": self.retry.to_dict() if self.retry else None,
             "compensate_retry": self.compensate_retry.to_dict() if self.compensate_retry else None,
+            **extra,
         }
 
     @classmethod
@@ -213,6 +218,7 @@ class StepSpec:
                 if data["compensate_retry"]
                 else None
             ),
+            delay=data.get("delay"),
         )
 
 
@@ -272,6 +278,8 @@ class WorkflowRecord:
     cancelled: bool = False
     # Crashes in a row at which an attempt of it was running (poison work, actors/_poison).
     recoveries: int = 0
+    # Higher runs first when its agents are saturated; waiting raises it (actors/_queue.py).
+    priority: int = 0
 
     def evolve(self, **changes: Any) -> WorkflowRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
@@ -291,6 +299,7 @@ class WorkflowRecord:
             "error": self.error,
             "cancelled": self.cancelled,
             "recoveries": self.recoveries,
+            "priority": self.priority,
         }
 
     @classmethod

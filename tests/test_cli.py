@@ -111,17 +111,39 @@ def test_stats_json_counts_workflows_and_steps_by_state(store: Path) -> None:
     assert stats["definitions"] == 1
 
 
-def test_retry_without_a_runtime_explains_what_to_do_and_changes_nothing(
+def test_retry_without_a_runtime_is_queued_and_changes_nothing_now(
     store: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _ = run("retry", "o-undone", "--store", str(store))
-    assert code == 1
+    code, _ = run("retry", "o-undone", "--store", str(store), "--why", "test")
+    assert code == 3
     err = capsys.readouterr().err
     assert "no runtime holds the store" in err
-    assert "rt.retry('o-undone')" in err
+    assert "queued" in err
     assert json.loads(run("show", "o-undone", "--store", str(store), "--json")[1])["state"] == (
         "COMPENSATED"
     )
+
+
+def test_show_prints_the_workflow_history(store: Path) -> None:
+    code, out = run("show", "o-stuck", "--store", str(store), "--json")
+    assert code == 0
+    story = [(e["kind"], e.get("step"), e["to"]) for e in json.loads(out)["history"]]
+    assert story[0] == ("workflow", None, "RUNNING")
+    assert ("step", "ship", "FAILED") in story
+    assert story[-1] == ("workflow", None, "NEEDS_ATTENTION")
+    code, out = run("show", "o-stuck", "--store", str(store))
+    assert "history" in out
+    assert "COMPENSATING -> NEEDS_ATTENTION" in out
+
+
+def test_inbox_lists_the_workflow_that_needs_attention(store: Path) -> None:
+    code, out = run("inbox", "--store", str(store), "--json")
+    assert code == 0
+    [item] = json.loads(out)
+    assert (item["id"], item["step"], item["step_state"]) == ("o-stuck", "pack", "COMPENSATING")
+    assert "refunds are down" in item["step_error"]
+    code, out = run("inbox", "--store", str(store))
+    assert "o-stuck" in out
 
 
 def test_inspecting_a_directory_without_a_store_fails_clearly(

@@ -1,8 +1,11 @@
 """The fake clock runs timers in due order and only when advanced."""
 
+import threading
+
 import pytest
 
 from herder.actors import FakeClock
+from herder.actors._clock import SystemClock
 
 
 def test_fake_clock_runs_due_timers_in_order_when_advanced() -> None:
@@ -24,3 +27,22 @@ def test_fake_clock_runs_due_timers_in_order_when_advanced() -> None:
 def test_fake_clock_refuses_to_go_backwards() -> None:
     with pytest.raises(ValueError, match="backwards"):
         FakeClock().advance(-1)
+
+
+def test_the_system_clock_thread_ends_when_idle_and_comes_back_for_new_timers() -> None:
+    # Regression: each stopped runtime used to leave its restart clock's thread behind
+    # (found by the simulation: one more "herder-timers" thread per seed).
+    clock = SystemClock(idle_exit=0.01)
+    threads: list[threading.Thread] = []
+    for _ in range(2):
+        fired = threading.Event()
+
+        def fire(fired: threading.Event = fired) -> None:
+            threads.append(threading.current_thread())
+            fired.set()
+
+        clock.call_later(0.0, fire)
+        assert fired.wait(5)
+        threads[-1].join(timeout=5)
+        assert not threads[-1].is_alive()
+    assert threads[0] is not threads[1]

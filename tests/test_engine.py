@@ -488,10 +488,10 @@ def test_the_public_api_exports_exactly_the_contract() -> None:
     import herder.runtime as api
 
     expected = {
-        "Agent", "EncodeError", "HerderError", "InvalidDefinition", "InvalidInput",
-        "InvalidState", "LeaseLost", "NotActive", "Permanent", "RetryPolicy", "Runtime",
-        "RuntimeClosed",
-        "SchemaTooNew", "State", "StepContext", "StepState", "StepStatus", "StoreCorrupt",
+        "Agent", "CircuitBreaker", "EncodeError", "HerderError", "InvalidDefinition",
+        "InvalidInput", "InvalidState", "LeaseLost", "NotActive", "Permanent", "RateLimit",
+        "RetryPolicy", "Runtime", "RuntimeClosed", "SchemaTooNew", "State", "StepContext",
+        "StepState", "StepStatus", "StoreCorrupt",
         "StoreError", "StoreLocked", "UnknownName", "UnknownWorkflow", "Workflow",
         "WorkflowConflict", "WorkflowFailed", "WorkflowHandle", "WorkflowStatus",
         # outcomes: unknown outcomes, async completion, the operator's inbox

@@ -20,7 +20,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
-from herder.runtime.testing import FakeClock, advance, settle
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
 
 FAST = RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=0.0)
 WAIT = 10.0
@@ -56,8 +56,8 @@ def test_an_immediate_retry_still_queued_at_a_crash_resumes_after_reopening(
         rt.start("one", workflow_id="b")
         settle(rt)  # b waits in the agent's queue, ahead of a's retry
         go.set()
-        settle(rt)
-        assert rt.status("a").steps["s"].state is StepState.RETRY_WAIT
+        # settle() does not wait for a's agent thread to raise: wait for the commit.
+        wait_until(rt, lambda: rt.status("a").steps["s"].state is StepState.RETRY_WAIT)
     hold.set()
 
     class Fine(Agent):
@@ -108,9 +108,9 @@ def test_a_step_in_flight_when_a_compensating_workflow_crashed_does_not_block_it
         rt.add_workflow(pair)
         rt.start("pair", workflow_id="w")
         assert right_entered.wait(WAIT)
-        settle(rt)
+        # left's answer races with this thread: wait for its commit, not for a settle
+        wait_until(rt, lambda: rt.status("w").state is State.COMPENSATING)
         status = rt.status("w")
-        assert status.state is State.COMPENSATING
         assert status.steps["right"].state is StepState.DISPATCHED
     hold.set()
 

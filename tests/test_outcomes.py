@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import random
 import signal
 import subprocess
 import sys
@@ -153,6 +154,8 @@ def test_a_lapsed_attempt_that_was_applied_is_recorded_from_the_probe_without_a_
     assert step.attempt == 1  # never run again
     assert bank.ledger.requests["w/pay"] == 1
     assert bank.probes == ["w/pay"]
+    steps = rt.stats()["steps"]
+    assert (steps["unknown"], steps["probes"], steps["timed_out"]) == (1, 1, 1)
     assert transitions(rt, "w", "pay") == [
         ("PENDING", "DISPATCHED"),
         ("DISPATCHED", "UNKNOWN"),
@@ -282,6 +285,8 @@ def test_a_step_completed_later_from_another_thread_frees_its_instance_meanwhile
     webhook.start()
     webhook.join(WAIT)
     assert h.result(timeout=WAIT) == {"pay": {"paid": "later"}}
+    steps = rt.stats()["steps"]
+    assert (steps["handed_off"], steps["completed"]) == (1, 1)
     assert transitions(rt, "w", "pay")[-2:] == [
         ("DISPATCHED", "WAITING"),
         ("WAITING", "SUCCEEDED"),
@@ -395,3 +400,49 @@ def test_a_waiting_step_survives_sigkill_and_completes_after_the_restart(tmp_pat
         assert rt.handle("w-1").result(timeout=WAIT) == {"pay": {"paid": 5}}
         assert Hook.calls == 0  # nothing ran the action again after the restart
         assert rt.status("w-1").steps["pay"].attempt == 1
+
+
+def test_a_service_that_drops_replies_at_random_applies_each_request_exactly_once(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    rng = random.Random(9)
+    fates = {f"w{n}": rng.choice(["ok", "apply-drop", "drop"]) for n in range(12)}
+    ledger = EffectLedger()
+    hung = threading.Semaphore(0)
+    release = threading.Event()
+
+    class Flaky(Agent):
+        """Attempt 1 meets its workflow's fate; later attempts are answered."""
+
+        def pay(self, ctx: StepContext) -> Any:
+            fate = fates[ctx.workflow_id] if ctx.attempt == 1 else "ok"
+            if fate != "drop":
+                value = ledger.apply(ctx.idempotency_key, {"paid": ctx.attempt})
+            if fate == "ok":
+                return value
+            hung.release()
+            release.wait(WAIT)
+            raise RuntimeError("the reply was lost")
+
+        def probe_pay(self, ctx: StepContext) -> ProbeResult:
+            if ctx.idempotency_key in ledger.effects:
+                return ProbeResult.done(ledger.effects[ctx.idempotency_key])
+            return ProbeResult.not_done()
+
+    rt.add_agent("bank", Flaky, concurrency=len(fates))  # every hung attempt at once
+    rt.add_workflow(one_step())
+    handles = [rt.start("one", workflow_id=wid) for wid in fates]
+    try:
+        for _ in range(sum(1 for f in fates.values() if f != "ok")):
+            assert hung.acquire(timeout=WAIT)
+        advance(rt, clock, TIMEOUT + 0.5)
+        results = {h.id: h.result(timeout=WAIT)["pay"] for h in handles}
+    finally:
+        release.set()
+    assert len(ledger.effects) == len(fates)  # every payment happened, none twice
+    for wid, fate in fates.items():
+        attempts = rt.status(wid).steps["pay"].attempt
+        assert attempts == (2 if fate == "drop" else 1), (wid, rt.history(wid))
+        assert results[wid] == {"paid": attempts}
+        assert ledger.requests[f"{wid}/pay"] == 1
+    assert set(fates.values()) == {"ok", "apply-drop", "drop"}

@@ -74,12 +74,12 @@ def test_incarnation_increments_on_every_writer_open_but_not_readonly(
 def test_a_newer_schema_is_refused_by_writer_and_reader(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "s"
     Store(path).close()
-    raw_put(path, b"meta", b"schema", msgpack.packb(SCHEMA_VERSION + 1))
+    raw_put(path, b"meta", b"schema", encode(SCHEMA_VERSION + 1))
     with pytest.raises(SchemaTooNew, match="upgrade herder"):
         Store(path)
     with pytest.raises(SchemaTooNew):
         Store(path, readonly=True)
-    raw_put(path, b"meta", b"schema", msgpack.packb(SCHEMA_VERSION))
+    raw_put(path, b"meta", b"schema", encode(SCHEMA_VERSION))
     with Store(path) as s:  # the refusal released lock and registry
         assert s.incarnation == 2  # the refused open did not bump it
 
@@ -92,8 +92,8 @@ def test_a_corrupt_record_raises_store_corrupt_naming_it_and_others_stay_readabl
     with Store(path) as s:
         s.writer.submit(Transition((Put("workflows", b"good", encode(good.to_dict())),))).result(10)
     raw_put(path, b"workflows", b"bad", b"\xc1garbage")
-    raw_put(path, b"workflows", b"half", msgpack.packb({"v": 1, "id": "half"}))
-    raw_put(path, b"steps", step_key("good", "x"), msgpack.packb({"state": "NOPE"}))
+    raw_put(path, b"workflows", b"half", encode({"v": 1, "id": "half"}))
+    raw_put(path, b"steps", step_key("good", "x"), encode({"state": "NOPE"}))
     with Store(path) as s:
         with pytest.raises(StoreCorrupt) as info:
             s.get_workflow("bad")
@@ -175,3 +175,11 @@ def test_readonly_open_of_a_missing_store_says_so(tmp_path: pathlib.Path) -> Non
     with Store(tmp_path / "s", readonly=True) as ro, pytest.raises(StoreError, match="read-only"):
         _ = ro.writer
     assert os.listdir(tmp_path / "s")
+
+
+def test_a_store_written_before_checksums_is_refused_clearly(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s"
+    Store(path).close()
+    raw_put(path, b"meta", b"schema", msgpack.packb(1))  # schema 1: bare msgpack values
+    with pytest.raises(StoreError, match="written before records carried checksums"):
+        Store(path)

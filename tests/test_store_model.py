@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from herder.store import Delete, Expect, Put, Store, Transition, encode
+from herder.store import Delete, Expect, Put, Store, Transition, decode, encode
 
 KEYS = [b"a", b"b", b"c", b"d"]
 key = st.sampled_from(KEYS)
@@ -41,7 +41,7 @@ def model_apply(model: dict[bytes, Any], t: Transition) -> bool:
             return False
     for o in t.ops:
         if isinstance(o, Put):
-            model[o.key] = {"n": o.value[-1]}  # encode({"n": v}) ends with the fixint v
+            model[o.key] = decode(o.value, db="steps", key=o.key)
         else:
             model.pop(o.key, None)
     return True

@@ -1,0 +1,335 @@
+"""Admission control per agent name: the circuit breaker, the rate limit, crash counters.
+
+The Scheduler asks :meth:`Admission.ready` before it dispatches the next job of an agent
+that has limits, tells :meth:`Admission.admitted` when it did, and reports how attempts
+ended (answered, failed, crashed, lost to a restart, abandoned). An agent without limits
+costs one dict lookup per dispatch and nothing per successful answer.
+
+When a gate refuses, the job stays in the agent's queue (its step is not dispatched, so
+it spends no attempt and runs no timeout) and a wake-up is scheduled on the injectable
+clock for when the gate will open again (end of the breaker's cool-down, next rate-limit
+token); the wake-up arrives as a message and the Scheduler pumps the agent again.
+
+State that must survive a restart (:class:`ResourceRecord`: breaker state, consecutive
+failures, crash and lost-attempt counters) is written to the ``resources`` database
+whenever it changes; :meth:`writes` hands the pending records to the Scheduler's flush.
+Everything here runs on the Scheduler's thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from herder.actors._clock import Clock
+from herder.actors._limits import CircuitBreaker, RateLimit
+from herder.store import Put, Store
+from herder.store._codec import encode
+from herder.store._errors import StoreCorrupt
+from herder.store._resources import BreakerState, ResourceRecord, resource_key
+
+_log = logging.getLogger("herder.admission")
+
+_EPSILON = 1e-9  # float slack: a token refilled "exactly" on time counts as there
+
+
+@dataclass(slots=True)
+class _Gate:
+    """The in-memory side of one agent's limits."""
+
+    breaker: CircuitBreaker | None
+    rate: RateLimit | None
+    tokens: float = 0.0
+    refilled: float = 0.0  # monotonic time of the last refill
+    probe: int | None = None  # token of the half-open probe in flight
+    samples: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
+    throttled: int = 0  # times a job found the gate shut
+
+
+class Admission:
+    """Per-agent gates and durable resource records, driven from the Scheduler's thread.
+
+    ``wake(agent, delay)`` must arrange for the Scheduler to pump ``agent`` again after
+    ``delay`` seconds (the Scheduler passes a clock timer that sends itself a message).
+    """
+
+    def __init__(self, store: Store, clock: Clock, wake: Callable[[str, float], None]) -> None:
+        self._store = store
+        self._clock = clock
+        self._wake = wake
+        self._gates: dict[str, _Gate] = {}
+        self._records: dict[str, ResourceRecord] = {}
+        self._dirty: dict[str, ResourceRecord] = {}
+        self._wake_at: dict[str, float] = {}
+        self._load()
+
+    # -- configuration -----------------------------------------------------------------
+
+    def configure(self, agent: str, breaker: CircuitBreaker | None, rate: RateLimit | None) -> None:
+        """Set (or clear, with both None) the limits of ``agent``."""
+        stored = self._records.get(agent)
+        if breaker is None and stored is not None and stored.breaker is not BreakerState.CLOSED:
+            # Registered without a breaker now: a stored open one no longer holds anything.
+            self._set(agent, stored.evolve(breaker=BreakerState.CLOSED, opened_at=None))
+        if breaker is None and rate is None:
+            self._gates.pop(agent, None)
+            return
+        old = self._gates.get(agent)
+        gate = _Gate(breaker, rate)
+        if rate is not None:
+            gate.tokens = float(rate.capacity)
+            gate.refilled = self._clock.monotonic()
+        if old is not None:
+            gate.probe = old.probe
+        self._gates[agent] = gate
+        rec = self._record(agent)
+        # Failures recorded before the breaker was configured (attempts lost to a crash
+        # loop, found at recovery before the daemon registered its agents) count now.
+        if breaker is not None and rec.breaker is BreakerState.CLOSED and self._trips(gate, rec):
+            self._open(agent, rec)
+
+    def remove(self, agent: str) -> None:
+        """Forget the limits of ``agent`` (its durable record stays)."""
+        self._gates.pop(agent, None)
+
+    def gated(self, agent: str) -> bool:
+        """True when ``agent`` has limits (the Scheduler asks :meth:`ready` then)."""
+        return agent in self._gates
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def ready(self, agent: str) -> bool:
+        """True if one more attempt of ``agent`` may be dispatched now.
+
+        When not, a wake-up is scheduled for when it may (none while a half-open probe is
+        out: its answer decides).
+        """
+        gate = self._gates[agent]
+        wait = 0.0
+        if gate.breaker is not None:
+            rec = self._record(agent)
+            if rec.breaker is BreakerState.OPEN:
+                left = (rec.opened_at or 0.0) + gate.breaker.cooldown - self._clock.time()
+                if left > 0:
+                    wait = left
+                else:
+                    _log.info("circuit breaker of agent %s half-open: probing", agent)
+                    rec = self._set(agent, rec.evolve(breaker=BreakerState.HALF_OPEN))
+            if rec.breaker is BreakerState.HALF_OPEN and gate.probe is not None:
+                gate.throttled += 1
+                return False
+        if wait <= 0 and gate.rate is not None:
+            self._refill(gate, gate.rate)
+            if gate.tokens < 1.0 - _EPSILON:
+                wait = (1.0 - gate.tokens) / gate.rate.per_second
+        if wait > 0:
+            gate.throttled += 1
+            self._schedule(agent, wait)
+            return False
+        return True
+
+    def admitted(self, agent: str, token: int) -> None:
+        """An attempt of ``agent`` with fencing ``token`` was dispatched past the gate."""
+        gate = self._gates[agent]
+        if gate.rate is not None:
+            gate.tokens = max(0.0, gate.tokens - 1.0)
+        if gate.breaker is not None and self._record(agent).breaker is BreakerState.HALF_OPEN:
+            gate.probe = token
+
+    def woke(self, agent: str) -> None:
+        """A scheduled wake-up for ``agent`` arrived."""
+        self._wake_at.pop(agent, None)
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def answered(self, agent: str, token: int, ok: bool) -> None:
+        """An attempt of ``agent`` ended: ``ok`` when the resource answered (a result or a
+        ``Permanent`` refusal), else a transient failure or a timeout."""
+        gate = self._gates.get(agent)
+        if ok and gate is None:
+            rec = self._records.get(agent)
+            if rec is None or rec.failures == 0:
+                return  # the hot path: a healthy agent without limits records nothing
+        if gate is not None and gate.probe == token:
+            gate.probe = None
+        if ok:
+            self._succeeded(agent, gate)
+        else:
+            self._failed(agent, gate)
+
+    def crashed(self, agent: str, lost: int) -> None:
+        """An instance of ``agent`` crashed (or could not start); ``lost`` attempts died
+        with it."""
+        rec = self._record(agent)
+        self._set(agent, rec.evolve(crashes=rec.crashes + 1))
+        gate = self._gates.get(agent)
+        for _ in range(max(1, lost)):
+            self._failed(agent, gate)
+
+    def lost(self, agent: str) -> None:
+        """Recovery found an attempt of ``agent`` in flight: the process died under it."""
+        rec = self._record(agent)
+        self._set(agent, rec.evolve(lost=rec.lost + 1))
+        self._failed(agent, self._gates.get(agent))
+
+    def abandoned(self, agent: str, token: int) -> bool:
+        """An attempt's answer will not be awaited (its workflow ended). True if it was the
+        half-open probe, so another probe may go."""
+        gate = self._gates.get(agent)
+        if gate is not None and gate.probe == token:
+            gate.probe = None
+            return True
+        return False
+
+    # -- persistence and stats ---------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        """True when resource records wait to be written."""
+        return bool(self._dirty)
+
+    def writes(self) -> list[Put]:
+        """The pending resource records as store operations (and forget them)."""
+        ops = [
+            Put("resources", resource_key(agent), encode(rec.to_dict()))
+            for agent, rec in self._dirty.items()
+        ]
+        self._dirty.clear()
+        return ops
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per agent seen: breaker state, failures, opens, crashes, lost, limits."""
+        out: dict[str, dict[str, Any]] = {}
+        for agent in sorted(self._records.keys() | self._gates.keys()):
+            rec = self._record(agent)
+            gate = self._gates.get(agent)
+            out[agent] = resource_stats(rec)
+            if gate is not None:
+                out[agent]["throttled"] = gate.throttled
+                if gate.rate is not None:
+                    self._refill(gate, gate.rate)
+                    out[agent]["rate_tokens"] = round(gate.tokens, 3)
+        return out
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Read every stored resource record (one per agent name that ever needed one)."""
+        corrupt: list[StoreCorrupt] = []
+        for key, raw in self._store.scan("resources", corrupt=corrupt):
+            agent = key.decode("utf-8", "replace")
+            try:
+                self._records[agent] = ResourceRecord.from_dict(raw)
+            except (KeyError, TypeError, ValueError) as exc:
+                _log.error("resource record of agent %s unreadable, reset: %s", agent, exc)
+        for error in corrupt:
+            _log.error("skipping a corrupt resource record: %s", error)
+
+    def _record(self, agent: str) -> ResourceRecord:
+        rec = self._records.get(agent)
+        if rec is None:
+            rec = self._records[agent] = ResourceRecord(agent)
+        return rec
+
+    def _set(self, agent: str, rec: ResourceRecord) -> ResourceRecord:
+        rec = rec.evolve(updated=self._clock.time())
+        self._records[agent] = self._dirty[agent] = rec
+        return rec
+
+    def _succeeded(self, agent: str, gate: _Gate | None) -> None:
+        rec = self._record(agent)
+        if gate is not None:
+            self._sample(gate, ok=True)
+        if rec.breaker is BreakerState.HALF_OPEN:
+            _log.info("circuit breaker of agent %s closed: the probe succeeded", agent)
+            if gate is not None:
+                gate.probe = None
+            self._set(agent, rec.evolve(breaker=BreakerState.CLOSED, failures=0))
+        elif rec.failures:
+            self._set(agent, rec.evolve(failures=0))
+
+    def _failed(self, agent: str, gate: _Gate | None) -> None:
+        rec = self._record(agent)
+        rec = rec.evolve(failures=rec.failures + 1)
+        if gate is None or gate.breaker is None:
+            # Only counted: persisted with the next change (crash/lost counters do that).
+            self._records[agent] = rec
+            return
+        self._sample(gate, ok=False)
+        if rec.breaker is BreakerState.HALF_OPEN or (
+            rec.breaker is BreakerState.CLOSED and self._trips(gate, rec)
+        ):
+            self._open(agent, rec)
+        else:
+            self._set(agent, rec)
+
+    def _trips(self, gate: _Gate, rec: ResourceRecord) -> bool:
+        breaker = gate.breaker
+        assert breaker is not None
+        if breaker.failures is not None and rec.failures >= breaker.failures:
+            return True
+        if breaker.failure_rate is None:
+            return False
+        calls = len(gate.samples)
+        failed = sum(1 for _, ok in gate.samples if not ok)
+        return calls >= breaker.min_calls and failed >= breaker.failure_rate * calls
+
+    def _open(self, agent: str, rec: ResourceRecord) -> None:
+        gate = self._gates[agent]
+        assert gate.breaker is not None
+        gate.probe = None
+        gate.samples.clear()
+        _log.warning(
+            "circuit breaker of agent %s open after %d consecutive failures; next probe in %ss",
+            agent,
+            rec.failures,
+            gate.breaker.cooldown,
+        )
+        self._set(
+            agent,
+            rec.evolve(
+                breaker=BreakerState.OPEN, opened_at=self._clock.time(), opens=rec.opens + 1
+            ),
+        )
+        self._schedule(agent, gate.breaker.cooldown)
+
+    def _sample(self, gate: _Gate, *, ok: bool) -> None:
+        breaker = gate.breaker
+        if breaker is None or breaker.failure_rate is None:
+            return
+        now = self._clock.monotonic()
+        samples = gate.samples
+        samples.append((now, ok))
+        while samples and samples[0][0] < now - breaker.window:
+            samples.popleft()
+
+    def _refill(self, gate: _Gate, rate: RateLimit) -> None:
+        now = self._clock.monotonic()
+        gained = (now - gate.refilled) * rate.per_second
+        if gained > 0:
+            gate.tokens = min(float(rate.capacity), gate.tokens + gained)
+        gate.refilled = now
+
+    def _schedule(self, agent: str, delay: float) -> None:
+        now = self._clock.monotonic()
+        due = now + delay
+        pending = self._wake_at.get(agent)
+        if pending is not None and now < pending <= due + _EPSILON:
+            return  # an earlier (or the same) wake-up is already on its way
+        self._wake_at[agent] = due
+        self._wake(agent, delay)
+
+
+def resource_stats(rec: ResourceRecord) -> dict[str, Any]:
+    """The user-facing view of a resource record (``rt.stats()``, ``herder stats``)."""
+    return {
+        "breaker": str(rec.breaker),
+        "failures": rec.failures,
+        "opens": rec.opens,
+        "opened_at": rec.opened_at,
+        "crashes": rec.crashes,
+        "lost": rec.lost,
+    }

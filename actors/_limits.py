@@ -1,0 +1,126 @@
+"""What a user configures to protect a remote resource: a circuit breaker and a rate limit.
+
+Both are plain, validated data given to ``Runtime.add_agent(..., breaker=, rate_limit=)``;
+:mod:`herder.actors._admission` enforces them. The agent's ``concurrency`` is its
+concurrency limit (at most that many attempts run at once).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from herder.store._errors import InvalidInput
+
+
+def _require(ok: bool, owner: str, name: str, expected: str, actual: object) -> None:
+    if not ok:
+        raise InvalidInput(f"{owner}: {name} must be {expected}, got {actual!r}")
+
+
+def _number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    """Stop sending work to a resource that keeps failing, then probe it.
+
+    The breaker opens after ``failures`` consecutive failed attempts, or (if
+    ``failure_rate`` is given) when at least ``min_calls`` attempts ended within the last
+    ``window`` seconds and that fraction of them failed. A failed attempt is one that
+    raised a transient error, timed out, crashed its agent instance, or was lost because
+    the process died under it; a success or a ``Permanent`` answer (the resource
+    answered) resets the count. While open, the agent's steps wait in its queue without
+    spending attempts and without timing out. After ``cooldown`` seconds it is half-open:
+    one probe attempt is let through; its success closes the breaker, its failure opens
+    it for another cool-down. The state is kept in the store and survives restarts.
+    """
+
+    failures: int | None = 5
+    failure_rate: float | None = None
+    window: float = 60.0
+    min_calls: int = 10
+    cooldown: float = 30.0
+
+    def __post_init__(self) -> None:
+        owner = "CircuitBreaker"
+        if self.failures is not None:
+            _require(
+                isinstance(self.failures, int)
+                and not isinstance(self.failures, bool)
+                and self.failures >= 1,
+                owner,
+                "failures",
+                "an int >= 1 or None",
+                self.failures,
+            )
+        if self.failure_rate is not None:
+            _require(
+                _number(self.failure_rate) and 0 < self.failure_rate <= 1,
+                owner,
+                "failure_rate",
+                "in (0, 1] or None",
+                self.failure_rate,
+            )
+        _require(
+            self.failures is not None or self.failure_rate is not None,
+            owner,
+            "failures or failure_rate",
+            "given (one of them opens the breaker)",
+            None,
+        )
+        _require(_number(self.window) and self.window > 0, owner, "window", "> 0", self.window)
+        _require(
+            isinstance(self.min_calls, int) and self.min_calls >= 1,
+            owner,
+            "min_calls",
+            "an int >= 1",
+            self.min_calls,
+        )
+        _require(
+            _number(self.cooldown) and self.cooldown > 0, owner, "cooldown", "> 0", self.cooldown
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``per_second`` attempts per second on average, in bursts of up to ``burst``.
+
+    A token bucket: it holds up to ``burst`` tokens (default: ``per_second`` rounded up,
+    at least 1), refills at ``per_second``, and each dispatched attempt (including
+    compensations and retries) takes one. Work that finds it empty waits in the agent's
+    queue, highest priority first.
+    """
+
+    per_second: float
+    burst: int | None = None
+
+    def __post_init__(self) -> None:
+        owner = "RateLimit"
+        _require(
+            _number(self.per_second) and self.per_second > 0,
+            owner,
+            "per_second",
+            "> 0",
+            self.per_second,
+        )
+        if self.burst is not None:
+            _require(
+                isinstance(self.burst, int)
+                and not isinstance(self.burst, bool)
+                and self.burst >= 1,
+                owner,
+                "burst",
+                "an int >= 1 or None",
+                self.burst,
+            )
+
+    @property
+    def capacity(self) -> int:
+        """The bucket's size: ``burst``, or ``per_second`` rounded up (at least 1)."""
+        return self.burst if self.burst is not None else max(1, math.ceil(self.per_second))

@@ -1,0 +1,122 @@
+"""``herder inbox`` and the operator commands ``retry``, ``skip``, ``compensate``,
+``abandon`` and ``cancel``.
+
+The inbox is read from the store read-only. An operator command changes a workflow, which
+only the runtime that runs the store may do (it knows the definitions and has the
+agents), and that runtime is usually another process: the command goes through the
+store's ``commands`` database (``store/_commands.py``). The CLI appends it, then waits
+for the runtime's Supervisor to pick it up and the Scheduler to apply it, exactly as
+``rt.retry(...)`` and friends would, and prints the outcome.
+
+Exit codes: 0 applied; 1 refused (the message says why); 3 not applied yet (no runtime
+holds the store, or it did not answer within ``--timeout``): the command stays queued
+and the next runtime to open the store applies it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from herder.actors._errors import UnknownWorkflow
+from herder.runtime._console import print_table
+from herder.runtime._inbox import inbox_items
+from herder.store import Store, is_held
+from herder.store._commands import DONE, append_command, new_command, wait_outcome
+
+ACTIONS = {
+    "retry": "resume a NEEDS_ATTENTION workflow where it stopped",
+    "skip": "mark a step done by hand (a failed compensation: undone) and go on",
+    "compensate": "undo the completed steps of a running or parked workflow",
+    "abandon": "give up on a workflow: nothing more runs, nothing is undone",
+    "cancel": "stop an unfinished workflow and undo its completed steps",
+}
+
+QUEUED = 3
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``inbox`` and one subcommand per operator action to the CLI's subparsers."""
+    inbox = sub.add_parser("inbox", help="workflows waiting for an operator (read-only)")
+    inbox.add_argument("--store", required=True, help="the store directory")
+    inbox.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for action, text in ACTIONS.items():
+        cmd = sub.add_parser(action, help=f"{text} (through the running runtime)")
+        cmd.add_argument("id", help="the workflow id")
+        cmd.add_argument("--store", required=True, help="the store directory")
+        cmd.add_argument("--why", required=True, help="the reason, kept in the history")
+        cmd.add_argument("--who", help="who acts (default: $USER)")
+        cmd.add_argument(
+            "--timeout", type=float, default=30.0, help="seconds to wait for the runtime"
+        )
+        if action == "skip":
+            cmd.add_argument("--step", help="the step (default: the one needing attention)")
+            cmd.add_argument("--result", help="the step's result, as JSON (default: null)")
+
+
+def show_inbox(out: TextIO, store_path: str, *, as_json: bool) -> int:
+    """``herder inbox``: every NEEDS_ATTENTION workflow and the step needing a decision."""
+    with Store(store_path, readonly=True) as store:
+        items = inbox_items(store)
+    if as_json:
+        json.dump([i.to_dict() for i in items], out, indent=2, default=repr)
+        out.write("\n")
+        return 0
+    rows = [
+        (
+            i.id,
+            f"{i.name}@{i.version}",
+            i.step or "",
+            "" if i.step_state is None else str(i.step_state),
+            i.attempts,
+            (i.step_error or i.error or "")[:70],
+            "" if i.heartbeat is None else repr(i.heartbeat)[:30],
+        )
+        for i in items
+    ]
+    header = ("id", "workflow", "step", "state", "attempts", "error", "last heartbeat")
+    print_table(out, f"{len(items)} waiting for an operator", header, rows)
+    return 0
+
+
+def send(out: TextIO, args: argparse.Namespace) -> int:
+    """Send one operator command to the runtime holding the store and report its outcome."""
+    action, path = args.command, args.store
+    command_args: dict[str, Any] = {}
+    if action == "skip":
+        command_args["step"] = args.step
+        try:
+            command_args["result"] = None if args.result is None else json.loads(args.result)
+        except json.JSONDecodeError as exc:
+            sys.stderr.write(f"herder skip: --result is not valid JSON: {exc}\n")
+            return 2
+    with Store(path, readonly=True) as store:
+        if store.get_workflow(args.id) is None:
+            raise UnknownWorkflow(f"no workflow with id {args.id!r} in {path}")
+    who = args.who or os.environ.get("USER") or getpass.getuser()
+    running = is_held(path)
+    command = new_command(action, args.id, args=command_args, who=who, why=args.why)
+    command_id = append_command(path, command)
+    if not running:
+        sys.stderr.write(
+            f"herder {action}: no runtime holds the store {path}; command #{command_id} is "
+            "queued and the next runtime to open the store applies it (once the workflow's "
+            "definition is registered)\n"
+        )
+        return QUEUED
+    outcome = wait_outcome(path, command_id, args.timeout)
+    if outcome is None:
+        sys.stderr.write(
+            f"herder {action}: the runtime did not apply command #{command_id} within "
+            f"{args.timeout} s; it stays queued and is applied when the runtime gets to it\n"
+        )
+        return QUEUED
+    if outcome["state"] != DONE:
+        sys.stderr.write(f"herder {action}: refused: {outcome['error']}\n")
+        return 1
+    out.write(f"{action} {args.id}: done (command #{command_id}, by {who})\n")
+    return 0

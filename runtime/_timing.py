@@ -1,0 +1,121 @@
+"""When a new workflow may run and how urgent it is: ``start(priority=, start_at=, delay=)``.
+
+A delayed start is recorded with the workflow, not kept in memory: the steps without
+dependencies are stored PENDING with their start time (``retry_at``) and an entry in the
+store's ``timers`` index, in the same transaction that creates the workflow. The
+Supervisor's sweep of that index queues them when the time comes, in this process or,
+after a crash, in the next one. All times come from the runtime's injectable clock.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any
+
+from herder.store import Put
+from herder.store._codec import encode
+from herder.store._errors import InvalidInput
+from herder.store._records import (
+    Plan,
+    StepRecord,
+    WorkflowRecord,
+    WorkflowState,
+    step_key,
+    timer_key,
+    workflow_key,
+)
+
+MAX_PRIORITY = 1_000_000
+"""Largest ``abs(priority)`` accepted."""
+
+
+def check_priority(priority: object) -> int:
+    """Return ``priority`` if it is an int within ``±MAX_PRIORITY``, else raise."""
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidInput(f"priority must be an int, got {priority!r}")
+    if abs(priority) > MAX_PRIORITY:
+        raise InvalidInput(
+            f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}, got {priority}"
+        )
+    return priority
+
+
+MAX_WAIT = 100 * 365.25 * 86400.0
+"""Longest delay a start may be given, in seconds (a hostile one would overflow timers)."""
+
+
+def begin_at(now: float, start_at: object, delay: object) -> float | None:
+    """The clock time a workflow's first steps may run, or None for "now".
+
+    ``start_at`` is a :class:`datetime.datetime` (naive means local time) and ``delay``
+    seconds from ``now``; at most one of them. A time already past means now.
+    """
+    if start_at is not None and delay is not None:
+        raise InvalidInput("give start_at or delay, not both")
+    if start_at is not None:
+        if not isinstance(start_at, datetime.datetime):
+            raise InvalidInput(
+                f"start_at must be a datetime.datetime, got {type(start_at).__name__}; "
+                "for seconds from now, pass delay="
+            )
+        try:
+            when = start_at.timestamp()
+        except (OverflowError, ValueError, OSError) as exc:
+            raise InvalidInput(f"start_at {start_at!r} is not a usable time: {exc}") from None
+    elif delay is not None:
+        if (
+            not isinstance(delay, int | float)
+            or isinstance(delay, bool)
+            or not math.isfinite(delay)
+            or delay < 0
+        ):
+            raise InvalidInput(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+        when = now + float(delay)
+    else:
+        return None
+    if when - now > MAX_WAIT:  # its timer key (ms) must fit; nobody waits this long
+        raise InvalidInput(
+            f"the start is {when - now:.3g} s away; the limit is {MAX_WAIT:.0f} s (100 years)"
+        )
+    return when if when > now else None
+
+
+def new_workflow(
+    plan: Plan,
+    workflow_id: str,
+    input: Any,
+    now: float,
+    *,
+    priority: int,
+    begin: float | None,
+) -> tuple[WorkflowRecord, list[StepRecord], list[Put]]:
+    """A new RUNNING workflow's records and the store operations that create them.
+
+    With a delayed start, each step without dependencies waits until ``begin`` plus its
+    own ``delay`` (a timer entry is written with it); otherwise the Scheduler applies
+    step delays when it gets there.
+    """
+    record = WorkflowRecord(
+        workflow_id, plan.name, plan.version, input, WorkflowState.RUNNING, now, now
+    )
+    if priority:
+        record = record.evolve(priority=priority)
+    ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_dict()))]
+    steps: list[StepRecord] = []
+    timers: list[Put] = []
+    for spec in plan.steps:
+        st = StepRecord(workflow_id, spec.name, updated=now)
+        if begin is not None and not spec.after:
+            at = begin + (spec.delay or 0.0)
+            due_ms = int(at * 1000)
+            st = st.evolve(retry_at=at, timer_ms=due_ms)
+            key = timer_key(due_ms, workflow_id, spec.name)
+            timers.append(Put("timers", key, encode(_timer_value(st))))
+        steps.append(st)
+    ops += [Put("steps", step_key(workflow_id, s.name), encode(s.to_dict())) for s in steps]
+    return record, steps, ops + timers
+
+
+def _timer_value(st: StepRecord) -> dict[str, Any]:
+    return {"token": st.token}  # what the Scheduler's timer entries hold

@@ -1,0 +1,84 @@
+"""Type checks for records read back from the store.
+
+A record that decodes as msgpack can still be wrong: a flipped bit turns an attempt
+counter into a string, a foreign tool writes a map of its own. Built unchecked, such a
+record fails far away (``st.attempt + 1`` inside the Scheduler). :func:`check_record`
+compares every field of a freshly built record with its dataclass annotation and raises
+``TypeError``, which the reading code turns into :class:`StoreCorrupt` naming the key.
+
+The tables are derived from the annotations, so a field added to a record is checked
+without touching this module.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import fields
+from typing import Any
+
+from herder.store._records import Plan, StepRecord, StepSpec, WorkflowRecord
+
+_Check = tuple[str, tuple[type, ...]]
+
+
+def _runtime_types(hint: Any) -> tuple[type, ...] | None:
+    """The classes a value annotated ``hint`` may be; None when anything goes."""
+    if hint is Any:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        out: list[type] = []
+        for arg in typing.get_args(hint):
+            allowed = _runtime_types(arg)
+            if allowed is None:
+                return None
+            out.extend(allowed)
+        return tuple(out)
+    if hint is float:
+        return (float, int)  # msgpack keeps 3.0 a float, but hand-written data may not
+    if origin is not None:
+        return (origin,)  # dict[str, Any] -> dict, tuple[str, ...] -> tuple
+    if isinstance(hint, type):
+        return (hint,)
+    return None
+
+
+def _table(cls: type) -> list[_Check]:
+    hints = typing.get_type_hints(cls)
+    table = []
+    for f in fields(cls):
+        allowed = _runtime_types(hints[f.name])
+        if allowed is not None:
+            table.append((f.name, allowed))
+    return table
+
+
+_TABLES: dict[type, list[_Check]] = {
+    cls: _table(cls) for cls in (WorkflowRecord, StepRecord, StepSpec, Plan)
+}
+
+
+def check_record(record: object) -> None:
+    """Raise ``TypeError`` naming the first field of ``record`` whose type is wrong."""
+    for name, allowed in _TABLES[type(record)]:
+        value = getattr(record, name)
+        if not isinstance(value, allowed):
+            raise TypeError(
+                f"field {name!r} is {type(value).__name__} {value!r:.60}, expected "
+                + " or ".join(t.__name__ for t in allowed)
+            )
+
+
+def check_plan(plan: Plan) -> None:
+    """Raise ``TypeError`` if a stored plan is not one the Workflow builder could make."""
+    check_record(plan)
+    for spec in plan.steps:
+        if not isinstance(spec, StepSpec):
+            raise TypeError(f"a step is {type(spec).__name__}, expected a map")
+        check_record(spec)
+    names = {spec.name for spec in plan.steps}
+    for spec in plan.steps:
+        for dep in spec.after:
+            if not isinstance(dep, str) or dep not in names:
+                raise TypeError(f"step {spec.name!r} depends on unknown step {dep!r:.60}")

@@ -1,0 +1,118 @@
+"""A disk that refuses writes: acknowledged work survives, the runtime waits without
+spinning, and it resumes by itself once space returns.
+
+Two ways to fill the disk: the writer's ``fault`` hook raising ENOSPC (deterministic,
+on the fake clock), and a real one in a subprocess whose file size limit
+(``RLIMIT_FSIZE``, which needs no root) stops LMDB's writes with EFBIG mid-run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, Runtime, State, StepContext, StoreError, Workflow
+from herder.runtime.testing import FakeClock, settle, wait_until
+from herder.store import Store
+
+WAIT = 10.0
+CHILD = Path(__file__).with_name("disk_full_child.py")
+
+
+class Steps(Agent):
+    """Each step returns its name; ``gate`` holds every action until it is set."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+
+    def run(self, ctx: StepContext) -> str:
+        self.gate.wait(WAIT)
+        return ctx.step
+
+
+def chain() -> Workflow:
+    return (
+        Workflow("chain")
+        .step("a", agent="svc", action="run")
+        .step("b", agent="svc", action="run", after=["a"])
+        .step("c", agent="svc", action="run", after=["b"])
+    )
+
+
+class Disk:
+    """The writer's fault hook: while ``full`` is set every commit fails with ENOSPC."""
+
+    def __init__(self) -> None:
+        self.full = threading.Event()
+
+    def __call__(self) -> None:
+        if self.full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+
+def test_a_full_disk_fails_new_starts_keeps_acknowledged_work_and_resumes(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    gate = threading.Event()
+    disk = Disk()
+    path = tmp_path / "s"
+    with Runtime(path, clock=clock) as rt:
+        rt.add_agent("svc", lambda: Steps(gate), concurrency=4)
+        rt.add_workflow(chain())
+        rt._store.writer.fault = disk
+        acked = [rt.start("chain", i, workflow_id=f"w{i}") for i in range(8)]
+        wait_until(rt, lambda: rt.stats()["steps"]["in_flight_attempts"] == 4, WAIT)
+        disk.full.set()
+        before = rt._store.writer.stats()["io_errors"]
+        with pytest.raises(StoreError, match="No space left on device"):
+            rt.start("chain", "late", workflow_id="late")  # not acknowledged
+        gate.set()  # the running attempts finish; recording their results fails
+        # Every workflow is set aside until the next try (forgotten in memory, kept in
+        # the store); with the clock standing still nothing more is tried.
+        wait_until(rt, lambda: rt.stats()["steps"]["active_workflows"] == 0, WAIT)
+        failed = rt._store.writer.stats()["io_errors"]
+        settle(rt)
+        assert rt._store.writer.stats()["io_errors"] == failed
+        assert failed - before <= 10  # without the back-off: hundreds per second
+        disk.full.clear()
+        clock.advance(5.0)  # the longest back-off
+        for handle in acked:
+            assert handle.result(timeout=WAIT) == {"a": "a", "b": "b", "c": "c"}
+        assert rt.stats()["corrupt"] == {}
+    with Store(path, readonly=True) as store:
+        states = {r.id: r.state for r in store.workflows()}
+    assert states == {f"w{i}": State.SUCCEEDED for i in range(8)}  # and no "late"
+
+
+def test_a_real_write_failure_mid_run_is_survived_and_the_runtime_resumes(
+    tmp_path: Path,
+) -> None:
+    # The child runs workflows with large results, lowers its file size limit below
+    # what they need, lets the commits fail for a while, raises the limit again, and
+    # reports what happened as JSON.
+    proc = subprocess.run(
+        [sys.executable, str(CHILD), str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["refused_starts"] > 0  # new work was refused, not silently dropped
+    assert report["io_errors"] > 0
+    # A page write wholly past the cap fails with EFBIG; one that straddles it is short,
+    # which LMDB reports as EIO. Which one comes first depends on the page layout.
+    assert "File too large" in report["error"] or "Input/output error" in report["error"]
+    assert report["finished"] == report["acknowledged"] > 0
+    assert report["resumed_after_s"] < 10.0
+    with Store(tmp_path / "s", readonly=True) as store:
+        done = [r for r in store.workflows() if r.state is State.SUCCEEDED]
+    assert len(done) == report["acknowledged"]

@@ -1,0 +1,394 @@
+"""Per-resource protection: circuit breaker, rate limit and concurrency limit per agent.
+
+Everything runs on a FakeClock: cool-downs, token refills and retries happen when the
+test advances time, so the assertions are exact, not statistical.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.actors._ask import call
+from herder.runtime import (
+    Agent,
+    CircuitBreaker,
+    InvalidInput,
+    Permanent,
+    RateLimit,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    StepState,
+    Workflow,
+)
+from herder.runtime.testing import FakeClock, advance, crash_instance, settle, wait_until
+from herder.store import Store
+
+WAIT = 10.0
+ONE = Workflow("one").step("call", agent="svc", action="call", timeout=5.0)
+
+
+class Service:
+    """A fake remote service: healthy or not, counting calls; thread-safe."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.healthy = True
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, float, int]] = []  # (workflow id, clock time, token)
+
+    def call(self, ctx: StepContext) -> str:
+        with self.lock:
+            self.calls.append((ctx.workflow_id, self.clock.time(), ctx.token))
+            healthy = self.healthy
+        if not healthy:
+            raise ConnectionError("service unavailable")
+        return "ok"
+
+
+class Caller(Agent):
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def call(self, ctx: StepContext) -> str:
+        return self.service.call(ctx)
+
+
+def runtime(
+    path: Path,
+    clock: FakeClock,
+    service: Service,
+    *,
+    retry: RetryPolicy | None = None,
+    concurrency: int = 1,
+    **limits: Any,
+) -> Runtime:
+    rt = Runtime(
+        path,
+        clock=clock,
+        sweep_interval=0.05,
+        default_retry=retry
+        or RetryPolicy(max_attempts=20, initial_interval=1.0, backoff_coefficient=1.0, jitter=0.0),
+    )
+    rt.add_agent("svc", functools.partial(Caller, service), concurrency=concurrency, **limits)
+    rt.add_workflow(ONE)
+    return rt
+
+
+def engine(rt: Runtime) -> dict[str, Any]:
+    """The Scheduler's own counters (no store scan, unlike ``rt.stats()``)."""
+    return call(rt._ctx.scheduler, "stats", timeout=WAIT)  # type: ignore[no-any-return]
+
+
+def caught_up(rt: Runtime, service: Service) -> None:
+    """Wait until every attempt dispatched so far has run and its outcome is recorded."""
+
+    def done() -> bool:
+        counters = engine(rt)
+        return counters["in_flight_attempts"] == 0 and counters["dispatched"] == len(service.calls)
+
+    settle(rt)
+    wait_until(rt, done)
+    settle(rt)
+
+
+def calls(rt: Runtime, service: Service, n: int) -> None:
+    """Wait until the service saw ``n`` calls and their outcomes are recorded."""
+    wait_until(rt, lambda: len(service.calls) >= n)
+    caught_up(rt, service)
+    assert len(service.calls) == n
+
+
+def step(rt: Runtime, workflow_id: str) -> Any:
+    return rt.status(workflow_id).steps["call"]
+
+
+def breaker(rt: Runtime) -> dict[str, Any]:
+    return rt.stats()["resources"]["svc"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def service(clock: FakeClock) -> Service:
+    return Service(clock)
+
+
+def test_the_breaker_opens_holds_steps_without_spending_attempts_then_closes(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    service.healthy = False
+    cb = CircuitBreaker(failures=3, cooldown=30.0)
+    with runtime(tmp_path / "s", clock, service, breaker=cb) as rt:
+        rt.start("one", workflow_id="w1")
+        calls(rt, service, 1)
+        for n in (2, 3):  # one second of backoff apart
+            advance(rt, clock, 1.0)
+            calls(rt, service, n)
+        assert breaker(rt)["breaker"] == "OPEN"
+        assert breaker(rt)["opens"] == 1
+        rt.start("one", workflow_id="w2")
+        caught_up(rt, service)
+        for _ in range(25):  # well past w1's backoff and the step timeouts, within cool-down
+            advance(rt, clock, 1.0)
+        assert len(service.calls) == 3, "nothing may reach the resource while open"
+        assert step(rt, "w1").attempt == 3
+        assert step(rt, "w2").attempt == 0
+        assert step(rt, "w2").state is StepState.PENDING
+        assert rt.stats()["steps"]["timed_out"] == 0
+        service.healthy = True
+        advance(rt, clock, 5.0)  # the cool-down ends: one probe; it succeeds, all flows
+        rt.handle("w1").result(timeout=WAIT)
+        rt.handle("w2").result(timeout=WAIT)
+        assert breaker(rt)["breaker"] == "CLOSED"
+        assert breaker(rt)["failures"] == 0
+        assert len(service.calls) == 5
+        assert step(rt, "w1").attempt == 4
+        assert step(rt, "w2").attempt == 1
+
+
+def test_a_failed_half_open_probe_reopens_and_only_the_probe_went_through(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    service.healthy = False
+    cb = CircuitBreaker(failures=1, cooldown=10.0)
+    with runtime(tmp_path / "s", clock, service, breaker=cb, concurrency=4) as rt:
+        rt.start("one", workflow_id="w0")
+        calls(rt, service, 1)
+        assert breaker(rt)["breaker"] == "OPEN"
+        for n in range(1, 4):
+            rt.start("one", workflow_id=f"w{n}")
+        caught_up(rt, service)
+        assert len(service.calls) == 1
+        advance(rt, clock, 10.0)  # half-open: exactly one probe, which fails
+        calls(rt, service, 2)
+        assert breaker(rt)["breaker"] == "OPEN"
+        assert breaker(rt)["opens"] == 2
+        advance(rt, clock, 5.0)
+        caught_up(rt, service)
+        assert len(service.calls) == 2
+        service.healthy = True
+        advance(rt, clock, 5.0)
+        for n in range(4):
+            rt.handle(f"w{n}").result(timeout=WAIT)
+        assert breaker(rt)["breaker"] == "CLOSED"
+
+
+def test_a_permanent_answer_counts_as_the_resource_answering(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    class Refuser(Agent):
+        def call(self, ctx: StepContext) -> None:
+            raise Permanent("sold out")
+
+    cb = CircuitBreaker(failures=1, cooldown=10.0)
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("svc", Refuser, breaker=cb)
+        rt.add_workflow(ONE)
+        for n in range(3):
+            rt.start("one", workflow_id=f"w{n}")
+        wait_until(rt, lambda: all(rt.status(f"w{n}").state.is_final for n in range(3)))
+        assert breaker(rt)["breaker"] == "CLOSED"
+
+
+def test_the_failure_rate_over_a_window_opens_the_breaker(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    cb = CircuitBreaker(failures=None, failure_rate=0.5, window=60.0, min_calls=4, cooldown=30)
+    once = RetryPolicy(max_attempts=1)
+    with runtime(tmp_path / "s", clock, service, breaker=cb, retry=once) as rt:
+        for n, healthy in enumerate((True, False, True)):
+            service.healthy = healthy
+            rt.start("one", workflow_id=f"w{n}")
+            wait_until(rt, lambda n=n: rt.status(f"w{n}").state.is_final)
+            advance(rt, clock, 1.0)
+        assert breaker(rt)["breaker"] == "CLOSED", "3 calls are fewer than min_calls"
+        service.healthy = False
+        rt.start("one", workflow_id="w3")
+        wait_until(rt, lambda: rt.status("w3").state.is_final)
+        assert breaker(rt)["breaker"] == "OPEN", "2 failures of 4 calls reach the 50% rate"
+
+
+def test_breaker_state_and_crash_counters_survive_a_restart(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    class Crashy(Agent):
+        def call(self, ctx: StepContext) -> str:
+            if ctx.attempt <= 2:
+                crash_instance()
+            return "ok"
+
+    path = tmp_path / "s"
+    cb = CircuitBreaker(failures=5, cooldown=600.0)
+    with Runtime(path, clock=clock) as rt:
+        rt.add_agent("crashy", Crashy)
+        rt.add_agent("svc", functools.partial(Caller, service), breaker=cb)
+        wf = Workflow("c").step("s", agent="crashy", action="call")
+        rt.add_workflow(wf)
+        rt.add_workflow(ONE)
+        rt.start("c", workflow_id="c1").result(timeout=WAIT)
+        assert rt.stats()["resources"]["crashy"]["crashes"] == 2
+        service.healthy = False
+        retry = RetryPolicy(max_attempts=1)
+        rt.add_workflow(
+            Workflow("one", version=2).step("call", agent="svc", action="call", retry=retry)
+        )
+        for n in range(5):
+            rt.start("one", workflow_id=f"w{n}")
+            wait_until(rt, lambda n=n: rt.status(f"w{n}").state.is_final)
+        assert breaker(rt)["breaker"] == "OPEN"
+    with Store(path, readonly=True) as store:
+        from herder.runtime._inspect import store_stats
+
+        stored = store_stats(store)["resources"]
+    assert stored["crashy"]["crashes"] == 2
+    assert stored["svc"]["breaker"] == "OPEN"
+    clock.advance(60.0)
+    service.healthy = True
+    with runtime(path, clock, service, breaker=cb) as rt:
+        rt.add_agent("crashy", Crashy)
+        assert rt.stats()["resources"]["crashy"]["crashes"] == 2
+        assert breaker(rt)["breaker"] == "OPEN", "the cool-down runs across the restart"
+        rt.start("one", workflow_id="after")
+        settle(rt)
+        assert step(rt, "after").attempt == 0
+        advance(rt, clock, 600.0)
+        rt.handle("after").result(timeout=WAIT)
+        assert breaker(rt)["breaker"] == "CLOSED"
+
+
+def test_the_rate_limit_holds_within_ten_percent_over_a_simulated_minute(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    rate = RateLimit(per_second=5.0, burst=5)
+    with runtime(tmp_path / "s", clock, service, rate_limit=rate, concurrency=4) as rt:
+        begin = clock.time()
+        for n in range(360):  # more than a minute's worth: the queue never runs dry
+            rt.start("one", workflow_id=f"w{n}")
+        settle(rt)
+        caught_up(rt, service)
+        for _ in range(300):
+            advance(rt, clock, 0.2)
+            caught_up(rt, service)
+        times = [t - begin for _, t, _ in service.calls]
+    in_minute = [t for t in times if t < 60.0]
+    expected = 5.0 * 60.0
+    assert abs(len(in_minute) - expected) <= 0.1 * expected, len(in_minute)
+    # Never more than the bucket allows in any one second: burst + rate.
+    for start in range(60):
+        window = [t for t in times if start <= t < start + 1.0]
+        assert len(window) <= 5 + 5, (start, len(window))
+
+
+def test_the_concurrency_limit_is_never_exceeded_and_higher_priority_goes_first(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    gate = threading.Event()
+    lock = threading.Lock()
+    running = [0, 0]  # now, most ever
+    tokens: dict[str, int] = {}
+    both = threading.Barrier(3)  # the two first calls and the test
+
+    class Busy(Agent):
+        def call(self, ctx: StepContext) -> None:
+            with lock:
+                running[0] += 1
+                running[1] = max(running[1], running[0])
+                tokens[ctx.workflow_id] = ctx.token  # dispatch order: tokens only grow
+            if ctx.workflow_id.startswith("first"):
+                both.wait(WAIT)
+            gate.wait(WAIT)
+            with lock:
+                running[0] -= 1
+
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("svc", Busy, concurrency=2)
+        rt.add_workflow(ONE)
+        handles = [rt.start("one", workflow_id=f"first{n}") for n in range(2)]
+        both.wait(WAIT)
+        for n in range(4):
+            handles.append(rt.start("one", workflow_id=f"low{n}"))
+        for n in range(4):
+            handles.append(rt.start("one", workflow_id=f"high{n}", priority=5))
+        settle(rt)
+        assert rt.stats()["agents"]["svc"]["queued"] == 8
+        gate.set()
+        for handle in handles:
+            handle.result(timeout=WAIT)
+    order = sorted(tokens, key=tokens.__getitem__)
+    assert running[1] == 2
+    assert order[2:6] == [f"high{n}" for n in range(4)]
+    assert order[6:] == [f"low{n}" for n in range(4)]
+
+
+def test_limits_are_validated_with_clear_errors(tmp_path: Path, clock: FakeClock) -> None:
+    with pytest.raises(InvalidInput, match="per_second"):
+        RateLimit(per_second=0)
+    with pytest.raises(InvalidInput, match="burst"):
+        RateLimit(per_second=1, burst=0)
+    with pytest.raises(InvalidInput, match="failure_rate"):
+        CircuitBreaker(failure_rate=1.5)
+    with pytest.raises(InvalidInput, match="cooldown"):
+        CircuitBreaker(cooldown=-1)
+    with pytest.raises(InvalidInput, match="failures or failure_rate"):
+        CircuitBreaker(failures=None)
+    with (
+        Runtime(tmp_path / "s", clock=clock) as rt,
+        pytest.raises(InvalidInput, match="rate_limit must be a RateLimit"),
+    ):
+        rt.add_agent("svc", Agent, rate_limit=5)  # type: ignore[arg-type]
+
+
+def test_protection_shows_in_prometheus_and_herder_stats(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from herder.runtime._cli import main as cli
+
+    service.healthy = False
+    path = tmp_path / "s"
+    cb = CircuitBreaker(failures=1, cooldown=60.0)
+    with runtime(path, clock, service, breaker=cb, rate_limit=RateLimit(per_second=1)) as rt:
+        rt.start("one", workflow_id="w")
+        calls(rt, service, 1)
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        text = generate_latest(registry).decode()
+        assert 'herder_breaker_state{agent="svc"} 2.0' in text
+        assert 'herder_agent_breaker_opens_total{agent="svc"} 1.0' in text
+        assert 'herder_agent_lost_total{agent="svc"} 0.0' in text
+    table, as_json = io.StringIO(), io.StringIO()
+    assert cli(["stats", "--store", str(path)], table) == 0
+    assert cli(["stats", "--store", str(path), "--json"], as_json) == 0
+    row = next(line for line in table.getvalue().splitlines() if "svc" in line)
+    assert "OPEN" in row
+    stored = json.loads(as_json.getvalue())["resources"]["svc"]
+    assert stored["breaker"] == "OPEN"
+    assert stored["opens"] == 1
+
+
+def test_registering_without_a_breaker_closes_a_stored_open_one(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    path = tmp_path / "s"
+    service.healthy = False
+    with runtime(path, clock, service, breaker=CircuitBreaker(failures=1, cooldown=600)) as rt:
+        rt.start("one", workflow_id="w")
+        calls(rt, service, 1)
+        assert breaker(rt)["breaker"] == "OPEN"
+    service.healthy = True
+    with runtime(path, clock, service) as rt:
+        assert breaker(rt)["breaker"] == "CLOSED"
+        advance(rt, clock, 1.0)
+        rt.handle("w").result(timeout=WAIT)

@@ -1,0 +1,116 @@
+"""Timers and crash-loop protection survive a real SIGKILL of the process.
+
+A child (``limits_child.py``) runs on the real clock; the parent kills it with SIGKILL at
+a known point and then reopens the store, either in another child or itself on a
+FakeClock set to the present, so hour-long waits are checked without waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from herder.runtime import Agent, Runtime, StepContext, StepState, Workflow
+from herder.runtime._check import check_store
+from herder.runtime._inspect import store_stats
+from herder.runtime.testing import FakeClock, advance, settle
+from herder.store import Store
+
+CHILD = pathlib.Path(__file__).with_name("limits_child.py")
+WAIT = 30.0
+HOUR = 3600.0
+
+
+def run_child(store: Path, mode: str, until: str) -> list[str]:
+    """Start the child, collect its lines until one starts with ``until``, SIGKILL it."""
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(store), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            lines.put(line.strip())
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    try:
+        while True:
+            line = lines.get(timeout=WAIT)
+            if line is None:
+                assert child.stderr is not None
+                raise AssertionError(f"child ended early: {seen}\n{child.stderr.read()}")
+            seen.append(line)
+            if line.startswith(until):
+                return seen
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=WAIT)
+        assert child.returncode == -signal.SIGKILL
+
+
+class Recorder(Agent):
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        self.log = log
+
+    def call(self, ctx: StepContext) -> str:
+        self.log.append((ctx.workflow_id, ctx.step))
+        return ctx.step
+
+
+def test_a_delayed_start_and_a_wait_between_steps_survive_sigkill(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run_child(store, "timers", "ready")
+    with Store(store, readonly=True) as s:
+        assert check_store(s).problems == [], "waiting steps and their timers agree"
+    log: list[tuple[str, str]] = []
+    clock = FakeClock(start=time.time())  # the present, moved only by the test
+    with Runtime(store, clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", lambda: Recorder(log))
+        rt.add_workflow(Workflow("one").step("call", agent="svc", action="call"))
+        rt.add_workflow(
+            Workflow("pair")
+            .step("first", agent="svc", action="call")
+            .step("second", agent="svc", action="call", after=["first"], delay=HOUR)
+        )
+        settle(rt)
+        advance(rt, clock, HOUR - 120.0)  # the child started both less than 120 s ago
+        settle(rt)
+        assert log == []
+        assert rt.status("later").steps["call"].state is StepState.PENDING
+        assert rt.status("pair").steps["second"].state is StepState.PENDING
+        advance(rt, clock, 240.0)
+        rt.handle("later").result(timeout=WAIT)
+        rt.handle("pair").result(timeout=WAIT)
+    assert sorted(log) == [("later", "call"), ("pair", "second")]
+
+
+def test_a_crash_loop_opens_the_breaker_across_restarts(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    for _ in range(2):  # each run dispatches the step and dies with it in flight
+        run_child(store, "crashloop", "running")
+    for expected_lost in (2, 2):  # the loop is seen: nothing is dispatched any more
+        lines = run_child(store, "crashloop", "attempt")
+        assert "running" not in lines
+        stats = json.loads(next(x for x in lines if x.startswith("stats "))[6:])
+        assert stats["svc"]["breaker"] == "OPEN"
+        assert stats["svc"]["lost"] == expected_lost
+        assert lines[-1] == "attempt 2"
+    with Store(store, readonly=True) as s:
+        stored = store_stats(s)["resources"]["svc"]
+    assert stored["breaker"] == "OPEN"
+    assert stored["opens"] == 1
+    assert stored["lost"] == 2

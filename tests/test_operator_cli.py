@@ -1,0 +1,163 @@
+"""Operator commands from another process: the CLI against a live daemon, and queued."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Runtime, State, StepState
+from herder.runtime._check import check_store
+from herder.runtime._cli import main as cli
+from herder.runtime.testing import settle, wait_until
+
+CHILD = pathlib.Path(__file__).with_name("operator_child.py")
+WAIT = 20.0
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return cli(list(argv), out), out.getvalue()
+
+
+def show(store: Path, workflow_id: str) -> dict[str, Any]:
+    code, out = run("show", workflow_id, "--store", str(store), "--json")
+    assert code == 0
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), str(tmp_path / "store")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the child is ready (or died)
+        assert line.strip() == "ready", proc.stderr and proc.stderr.read()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(WAIT)
+
+
+def test_operator_commands_reach_a_live_daemon_and_land_in_the_history(
+    tmp_path: Path, daemon: subprocess.Popen[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "store")
+    code, out = run("inbox", "--store", store, "--json")
+    assert code == 0
+    assert [(i["id"], i["step"], i["step_state"]) for i in json.loads(out)] == [
+        ("w-1", "hotel", "COMPENSATING"),
+        ("w-2", "hotel", "COMPENSATING"),
+    ]
+
+    code, out = run("skip", "w-1", "--store", store, "--who", "ada", "--why", "refunded by phone")
+    assert code == 0, capsys.readouterr().err
+    assert "skip w-1: done" in out
+    assert daemon.stdout is not None
+    assert daemon.stdout.readline().strip() == "compensated w-1"  # the flight's undo ran
+
+    code, out = run("abandon", "w-2", "--store", store, "--why", "refunded in full")
+    assert code == 0, capsys.readouterr().err
+    w2 = show(tmp_path / "store", "w-2")
+    assert w2["state"] == "ABANDONED"  # durable when the command said done
+    assert w2["error"].startswith("abandoned by ")
+
+    # A command that does not apply is refused with the runtime's reason.
+    code, _ = run("retry", "w-2", "--store", store, "--why", "try again")
+    assert code == 1
+    assert "refused" in capsys.readouterr().err
+
+    history = show(tmp_path / "store", "w-1")["history"]
+    [skip] = [e for e in history if e["kind"] == "operator"]
+    assert (skip["action"], skip["who"], skip["why"]) == ("skip", "ada", "refunded by phone")
+    assert history[-1]["to"] == "COMPENSATED"
+    code, out = run("show", "w-1", "--store", store)
+    assert "operator skip" in out
+    assert "by ada: refunded by phone" in out
+    assert json.loads(run("inbox", "--store", store, "--json")[1]) == []
+
+
+def test_a_command_sent_while_no_runtime_runs_is_applied_by_the_next_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from operator_child import TRIP, Travel
+
+    from herder.runtime import RetryPolicy, WorkflowFailed
+
+    path = tmp_path / "store"
+    with Runtime(path, default_retry=RetryPolicy(max_attempts=1)) as rt:
+        rt.add_agent("t", Travel)
+        rt.add_workflow(TRIP)
+        with pytest.raises(WorkflowFailed):
+            rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    code, _ = run("skip", "w", "--store", str(path), "--step", "hotel", "--why", "by hand")
+    assert code == 3
+    assert "queued" in capsys.readouterr().err
+    assert show(path, "w")["state"] == "NEEDS_ATTENTION"
+
+    with Runtime(path, default_retry=RetryPolicy(max_attempts=1), sweep_interval=0.05) as rt:
+        rt.add_agent("t", Travel)
+        rt.add_workflow(TRIP)  # commands for w wait until its definition is registered
+        wait_until(rt, lambda: rt.status("w").state is State.COMPENSATED, WAIT)
+        settle(rt)
+        assert rt.status("w").steps["hotel"].state is StepState.COMPENSATED
+        assert [e["why"] for e in rt.history("w") if e["kind"] == "operator"] == ["by hand"]
+        assert check_store(rt._store).ok
+
+
+def test_skip_takes_a_json_result_and_refuses_bad_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "store"
+    with Runtime(path):
+        pass
+    code, _ = run("skip", "nope", "--store", str(path), "--result", "{bad", "--why", "x")
+    assert code == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    code, _ = run("skip", "nope", "--store", str(path), "--result", "{}", "--why", "x")
+    assert code == 1
+    assert "no workflow with id 'nope'" in capsys.readouterr().err
+
+
+def test_command_ids_keep_growing_and_the_sweep_reads_only_pending_ones(tmp_path: Path) -> None:
+    from herder.store import Store, Transition
+    from herder.store._commands import (
+        append_command,
+        finished_ops,
+        new_command,
+        pending_commands,
+        wait_outcome,
+    )
+
+    path = tmp_path / "store"
+    Store(path).close()
+    ids = [append_command(path, new_command("retry", f"w{n}", who="t", why="x")) for n in "123"]
+    assert ids == [1, 2, 3]
+    with Store(path) as store:
+        [third] = [c for c in pending_commands(store) if c["id"] == 3]
+        store.writer.submit(Transition(ops=finished_ops(third, "refused", 0.0))).result(WAIT)
+    assert append_command(path, new_command("skip", "w4", who="t", why="x")) == 4
+    with Store(path, readonly=True) as store:
+        assert [c["id"] for c in pending_commands(store)] == [1, 2, 4]
+    done = wait_outcome(path, 3, timeout=0.0)
+    assert done is not None
+    assert (done["state"], done["error"]) == ("FAILED", "refused")
+    assert wait_outcome(path, 1, timeout=0.0) is None  # still pending
