@@ -417,7 +417,16 @@ class Scheduler(SupervisedActor):
                 f"unknown operator action {op.action!r}; use one of {', '.join(_OPERATIONS)}"
             )
         done: Future[None] = Future()
-        run = handler(self, op)
+        try:
+            run = handler(self, op)
+        except InvalidState as exc:
+            if op.workflow_id not in self._committing and op.workflow_id not in self._open:
+                raise
+            # Its last transition (e.g. its end) is not durable yet: refuse once it is,
+            # so the caller finds the store in the state the refusal speaks of.
+            self._open.setdefault(op.workflow_id, _Txn()).effects.append(("future", done, exc))
+            self._after_message()
+            return done
         self._open.setdefault(op.workflow_id, _Txn()).effects.append(("future", done))
         if run is not None and run.record.id in self._runs:
             self._advance(run)
@@ -580,7 +589,7 @@ class Scheduler(SupervisedActor):
         elif kind == "final":
             _announce_final(self._ctx, effect[1])
         elif kind == "future":
-            effect[1].set_result(None)
+            _settle_future(effect)
 
     def _on_outcome(self, msg: Outcome) -> None:
         crash_point("scheduler.outcome")
@@ -1676,6 +1685,14 @@ def _log_resource_errors(errors: list[BaseException | None]) -> None:
             _log.error("resource records (breaker state, crash counters) not written: %s", error)
 
 
+def _settle_future(effect: tuple[Any, ...]) -> None:
+    """Resolve a caller's future once its batch is durable: done, or the refusal it carries."""
+    if len(effect) > 2:
+        effect[1].set_exception(effect[2])
+    else:
+        effect[1].set_result(None)
+
+
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
     extra = {"workflow_id": workflow_id, "step": step, "attempt": attempt}
     _log.info("%s/%s attempt %d %s", workflow_id, step, attempt, what, extra=extra)
@@ -1701,7 +1718,7 @@ def _orphaned_commit(
         for effect in items:
             if effect[0] == "future" and not effect[1].done():
                 if error is None:
-                    effect[1].set_result(None)
+                    _settle_future(effect)
                 else:
                     effect[1].set_exception(error)
             elif effect[0] == "final" and error is None:
