@@ -291,6 +291,7 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
             if cancel is not None and cancel[0] == rnd:
                 cancelled |= _cancel(rt, faults, ids[cancel[1]])
             if schedule.scheduler_crash_at() == rnd:
+                world.gate.release()  # else the tree's restart waits out their shutdown
                 report.stale += _crash_scheduler(rt)
                 report.scheduler_crashes += 1
                 _quiet(rt, world)
@@ -384,7 +385,7 @@ def _quiet(rt: Runtime, world: _World) -> None:
             if quiet():
                 return
             with gate.cond:
-                gate.cond.wait_for(functools.partial(gate.changed_since, seen), timeout=0.01)
+                gate.cond.wait_for(functools.partial(gate.changed_since, seen), timeout=0.005)
         running = call(rt._scheduler, "in_flight", timeout=QUIET_WAIT)
         raise TimeoutError(
             f"seed {world.schedule.seed}: the engine did not settle within {QUIET_WAIT}s: "
