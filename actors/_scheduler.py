@@ -56,7 +56,7 @@ from herder.actors._messages import (
 from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._supervised import SupervisedActor
-from herder.store import Delete, Put, Store, StoreCorrupt, StoreIOError, Transition
+from herder.store import Delete, LeaseLost, Put, Store, StoreCorrupt, StoreIOError, Transition
 from herder.store._codec import bounded_text, encode, normalize
 from herder.store._commands import finished_ops
 from herder.store._crashpoints import crash_point
@@ -132,7 +132,26 @@ class EngineContext:
         # Called (on the Scheduler's thread) when an operator action takes a workflow out
         # of NEEDS_ATTENTION, so the runtime counts it as unfinished again.
         self.on_resumed: Callable[[], None] | None = None
-        self._tokens = itertools.count((store.incarnation << 32) + 1)
+        # Called on the Supervisor's thread after each sweep that read the store: the
+        # runtime's health signal (lease renewal, systemd watchdog).
+        self.sweep_listeners: list[Callable[[], None]] = []
+        self.on_lease_lost: Callable[[LeaseLost], None] | None = None
+        self.lost: LeaseLost | None = None
+        self.reset_tokens()
+
+    def reset_tokens(self) -> None:
+        """Issue tokens from the store's current incarnation (after taking the lease)."""
+        self._tokens = itertools.count((self.store.incarnation << 32) + 1)
+
+    def lease_lost(self, error: LeaseLost) -> None:
+        """Another runtime holds the lease: dispatch nothing more and tell the runtime."""
+        self.paused = True
+        if self.lost is not None:
+            return
+        _log.critical("lease lost: %s", error)
+        if self.on_lease_lost is not None:
+            self.on_lease_lost(error)
+        self.lost = error  # last: whoever sees it set sees the runtime told
 
     def next_token(self) -> int:
         """A fencing token greater than every token issued before, in any incarnation."""
@@ -535,6 +554,11 @@ class Scheduler(SupervisedActor):
             for effect in effects:
                 if effect[0] == "future":
                     effect[1].set_exception(error)
+            if isinstance(error, LeaseLost):
+                # Deposed: the store belongs to another runtime now. Reloading would
+                # only retry writes that must not happen; stop dispatching instead.
+                self._ctx.lease_lost(error)
+                continue
             failed.append(workflow_id)
         if len(failed) < len(msg.errors):
             self._backoff.succeeded()
@@ -1430,6 +1454,8 @@ class Scheduler(SupervisedActor):
         run.queued.discard(st.name)
         if attempt is not None:
             attempt.port.superseded = True
+            if self._admission.abandoned(attempt.agent, st.token):
+                self._dirty_agents.add(attempt.agent)  # it was a breaker's half-open probe
             if replace:
                 self._hosted.replace(attempt.agent, attempt.instance)
 

@@ -218,6 +218,9 @@ def test_timing_arguments_are_validated(tmp_path: Path, clock: FakeClock) -> Non
         with pytest.raises(InvalidInput, match="priority"):
             rt.start("one", priority=1.5)  # type: ignore[arg-type]
         assert rt.list() == []
+    for aging in (0, float("inf"), float("nan")):
+        with pytest.raises(InvalidInput, match="priority_aging"):
+            Runtime(tmp_path / "other", clock=clock, priority_aging=aging)
 
 
 def test_equal_priorities_run_first_come_first_served(tmp_path: Path, clock: FakeClock) -> None:
