@@ -82,9 +82,9 @@ def one_round(scenario: str, lease: float, workdir: pathlib.Path) -> dict[str, f
     store, effects = workdir / "store", workdir / "effects"
     load = {"HA_START": "400", "HA_PACE": "0.01", "HA_STEP": "0.02"}
     active = Daemon(store, effects, lease, **load)
+    active.wait_for("active")  # first, or the standby would take the fresh store's lease
     standby = Daemon(store, effects, lease, standby="1", HA_WATCH="1")
     try:
-        active.wait_for("active")
         standby.wait_for("standby")
         active.wait_for("start w-100")  # steady load by now
         out: dict[str, float] = {}

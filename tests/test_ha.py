@@ -279,6 +279,7 @@ from herder.store import Store
 store = Store(sys.argv[1], standby=True)
 threading.Event().wait(max(0.0, float(sys.argv[2]) - time.time()))
 print("won" if store.try_take_lease() else "lost", store.incarnation, flush=True)
+sys.stdin.read()  # stay alive (a dead holder's lease is free) until every racer tried
 import os; os._exit(0)  # keep the lease: no release at close
 """
 
@@ -290,11 +291,19 @@ def test_of_processes_racing_for_a_free_lease_exactly_one_wins(tmp_path: pathlib
     go = time.time() + 2.0  # past every racer's imports
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, str(store), str(go)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", RACER, str(store), str(go)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(4)
     ]
-    results = [r.communicate(timeout=WAIT)[0].split() for r in racers]
+    results = []
+    for racer in racers:
+        assert racer.stdout is not None
+        results.append(racer.stdout.readline().split())
+    for racer in racers:
+        racer.communicate(timeout=WAIT)
     assert sorted(r[0] for r in results) == ["lost", "lost", "lost", "won"]
     winner = next(r for r in results if r[0] == "won")
     assert int(winner[1]) == incarnation + 1
