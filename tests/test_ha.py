@@ -343,3 +343,41 @@ def test_herder_run_speaks_the_systemd_notify_protocol(
         daemon.proc.send_signal(signal.SIGTERM)
         receive_until("STOPPING=1")
     assert daemon.proc.wait(timeout=WAIT) == 0
+
+
+def test_a_standby_asks_for_the_handoff_itself_and_takes_over(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects, HA_START="5", HA_STEP="0.01")
+    daemons.append(active)
+    active.wait_for("started all")
+    with Runtime(store, standby=True, lease=LEASE, standby_poll=0.02) as standby:
+        assert not standby.is_active
+        assert standby.handoff(deadline=5.0, timeout=WAIT)
+        assert standby.is_active
+        assert active.proc.wait(timeout=WAIT) == 0  # it handed over and exited cleanly
+        lease = standby._store.read_lease()
+        assert lease is not None
+        assert lease.pid == os.getpid()
+
+
+def test_a_standby_under_systemd_is_ready_as_standby_then_reports_active(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects)
+    daemons.append(active)
+    active.wait_for("active")
+    name = f"herder-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(WAIT)
+        standby = Daemon(store, effects, standby=True, NOTIFY_SOCKET="@" + name)
+        daemons.append(standby)
+        ready = sock.recv(4096).decode()
+        assert "READY=1" in ready
+        assert "STATUS=standby" in ready
+        active.proc.kill()
+        while "STATUS=active" not in (message := sock.recv(4096).decode()):
+            assert "STOPPING" not in message
