@@ -199,6 +199,9 @@ class _Run:
     steps: dict[str, StepRecord]
     specs: dict[str, StepSpec]  # the plan's steps by name (shared by runs of one plan)
     queued: set[str] = field(default_factory=set)  # steps waiting in an agent queue
+    # The job each queued step waits as: a stale job of the step (left in an agent queue
+    # by a reload, or a forward job behind a compensation) must not count as it.
+    jobs: dict[str, _Job] = field(default_factory=dict)
     attempts: set[int] = field(default_factory=set)  # tokens of its attempts in flight
 
 
@@ -988,7 +991,7 @@ class Scheduler(SupervisedActor):
             self._hosted.add(agent, _unregistered(agent), 0)
             queue = self._hosted.queue(agent)
             assert queue is not None
-        job = _Job(run.record.id, step, compensating)
+        job = run.jobs[step] = _Job(run.record.id, step, compensating)
         queue.push(job, run.record.priority, self._clock.monotonic())
         self._dirty_agents.add(agent)
 
@@ -1001,7 +1004,7 @@ class Scheduler(SupervisedActor):
             if run is None or not self._job_valid(run, job):
                 queue.pop()
                 if run is not None:
-                    run.queued.discard(job.step)
+                    _unqueue(run, job)
                 continue
             if gated and not self._admission.ready(agent):
                 return  # breaker open or rate limit reached: a wake-up pumps again
@@ -1010,7 +1013,7 @@ class Scheduler(SupervisedActor):
             if instance is None:
                 return  # busy, or instances are starting: their "started" pumps again
             queue.pop()
-            run.queued.discard(job.step)
+            _unqueue(run, job)
             if gated:
                 self._admission.admitted(agent, token)
             self._dispatch(run, job, agent, instance, token)
@@ -1028,11 +1031,11 @@ class Scheduler(SupervisedActor):
             job = queue.pop()
             run = self._runs.get(job.workflow_id)
             if run is not None and self._job_valid(run, job):
-                run.queued.discard(job.step)
+                _unqueue(run, job)
                 self._start_failed(run, job, error)
                 return
             if run is not None:
-                run.queued.discard(job.step)
+                _unqueue(run, job)
 
     def _start_failed(self, run: _Run, job: _Job, error: str) -> None:
         """No instance could be started for a job: that counts as a failed attempt."""
@@ -1045,7 +1048,7 @@ class Scheduler(SupervisedActor):
         self._step_failed(run, tried, error, (CRASH_ERROR,), permanent=False)
 
     def _job_valid(self, run: _Run, job: _Job) -> bool:
-        if job.step not in run.queued:
+        if job.step not in run.queued or run.jobs.get(job.step) is not job:
             return False
         st = run.steps[job.step]
         if job.compensating:
@@ -1691,6 +1694,14 @@ def _settle_future(effect: tuple[Any, ...]) -> None:
         effect[1].set_exception(effect[2])
     else:
         effect[1].set_result(None)
+
+
+def _unqueue(run: _Run, job: _Job) -> None:
+    """``job`` left its agent queue: its step is no longer queued, unless a newer job of
+    the step holds that place (then this one was stale and changes nothing)."""
+    if run.jobs.get(job.step) is job:
+        del run.jobs[job.step]
+        run.queued.discard(job.step)
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
