@@ -19,8 +19,8 @@ import logging
 from typing import Any
 
 from herder.actors._clock import TimerHandle
+from herder.actors._engine import EngineContext
 from herder.actors._messages import Commands, Due, Tick
-from herder.actors._scheduler import EngineContext
 from herder.actors._supervised import SupervisedActor
 from herder.store._commands import pending_commands
 from herder.store._crashpoints import crash_point

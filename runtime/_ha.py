@@ -28,7 +28,7 @@ from herder.store._errors import StoreError
 from herder.store._lease import holder_stopped
 
 if TYPE_CHECKING:
-    from herder.actors._scheduler import EngineContext
+    from herder.actors._engine import EngineContext
 
 _log = logging.getLogger("herder.ha")
 

@@ -20,6 +20,7 @@ from herder.actors._agent import Agent, action_names, agent_class_of
 from herder.actors._agent_host import error_types
 from herder.actors._ask import call
 from herder.actors._clock import Clock, SystemClock
+from herder.actors._engine import EngineConfig, EngineContext
 from herder.actors._errors import (
     InvalidDefinition,
     NotActive,
@@ -32,7 +33,7 @@ from herder.actors._errors import (
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Admit, Complete, Define, InstanceEvent, Operate
 from herder.actors._outcomes import parse_task_token
-from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
+from herder.actors._scheduler import Scheduler
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
 from herder.actors._supervisor import WorkflowSupervisor
