@@ -187,8 +187,7 @@ def _open_here(path: str | os.PathLike[str]) -> Any:
 
 def _append_through(store: Any, command: dict[str, Any]) -> int:
     while True:
-        keys = [k for k, _ in store.raw_scan(COMMANDS_DB) if len(k) == 1 + _ID.size]
-        command_id = max((_ID.unpack_from(k, 1)[0] for k in keys), default=0) + 1
+        command_id = store.view(lambda snap: _highest_id(snap.cursor(COMMANDS_DB))) + 1
         key = pending_key(command_id)
         put = Put(COMMANDS_DB, key, encode({**command, "id": command_id}))
         absent = (

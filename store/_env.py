@@ -807,6 +807,10 @@ class Snapshot:
         """The stored bytes under ``key`` in ``db``, or None."""
         return cast("bytes | None", self._txn.get(key, db=self._handles[db]))
 
+    def cursor(self, db: str) -> lmdb.Cursor:
+        """An LMDB cursor on ``db`` in this snapshot, for seeks that ``items`` cannot do."""
+        return self._txn.cursor(db=self._handles[db])
+
     def items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """(key, raw bytes) of every key of ``db`` starting with ``prefix``, in key order."""
         cur = self._txn.cursor(db=self._handles[db])

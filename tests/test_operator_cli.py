@@ -161,6 +161,8 @@ def test_command_ids_keep_growing_and_the_sweep_reads_only_pending_ones(tmp_path
     assert done is not None
     assert (done["state"], done["error"]) == ("FAILED", "refused")
     assert wait_outcome(path, 1, timeout=0.0) is None  # still pending
+    with Store(path):  # this process holds the store: the append goes through its writer
+        assert append_command(path, new_command("skip", "w5", who="t", why="x")) == 5
 
 
 def test_malformed_commands_are_refused_on_the_record_and_the_runtime_carries_on(
