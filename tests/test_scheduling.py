@@ -180,11 +180,14 @@ def test_a_delayed_start_runs_after_a_restart_that_comes_too_late(
 ) -> None:
     log: list[tuple[str, str, float]] = []
     path = tmp_path / "s"
+    begin = clock.time()
     with open_runtime(path, clock, log, ONE) as rt:
         rt.start("one", workflow_id="later", delay=60.0)
     clock.advance(120.0)
     with open_runtime(path, clock, log, ONE) as rt:
-        rt.handle("later").result(timeout=WAIT)
+        assert rt.handle("later").result(timeout=WAIT) == {"call": "call"}
+    assert [(wid, step) for wid, step, _ in log] == [("later", "call")]  # once, after
+    assert log[0][2] >= begin + 120.0
 
 
 def test_a_cancelled_waiting_workflow_never_runs(tmp_path: Path, clock: FakeClock) -> None:
