@@ -202,24 +202,19 @@ def _append_through(store: Any, command: dict[str, Any]) -> int:
 
 
 def _open_env(path: str | os.PathLike[str], *, readonly: bool = False) -> lmdb.Environment:
-    from herder.store._env import MAX_DBS, MAX_READERS
+    from herder.store._env import open_lmdb
 
     if not (pathlib.Path(path) / "data.mdb").is_file():
         raise StoreError(f"no store at {path}: a runtime creates it when it first opens it")
     try:
-        return lmdb.open(
-            str(path),
+        return open_lmdb(
+            path,
             map_size=0,  # the size the store already has
-            max_dbs=MAX_DBS,
-            subdir=True,
             readonly=readonly,
             create=False,
             sync=True,
             metasync=True,
             writemap=False,
-            lock=True,
-            readahead=False,
-            max_readers=MAX_READERS,
         )
     except lmdb.Error as exc:
         raise StoreError(f"cannot open store {path} to send a command: {exc}") from exc

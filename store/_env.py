@@ -81,9 +81,6 @@ DATABASES = (
 ADDED_LATER = frozenset({"resources"})
 """Databases a store written by an older version may lack; read-only opens see them empty."""
 
-MAX_DBS = 16
-"""Named databases an environment may hold (room for more than DATABASES uses)."""
-
 PAGE = 1000
 """Keys read per read transaction by the paged scans."""
 
@@ -91,6 +88,22 @@ LOCK_FILE = "herder.lock"
 MAX_DBS = 16
 """Named databases an environment may hold: room for the ones later versions add."""
 MAX_READERS = 126
+
+
+def open_lmdb(path: str | os.PathLike[str], **options: Any) -> lmdb.Environment:
+    """``lmdb.open`` of a store directory with the settings every opener shares (room
+    for the named databases, LMDB's lock table, no readahead, the reader slots) plus
+    ``options``."""
+    return lmdb.open(
+        str(path),
+        max_dbs=MAX_DBS,
+        subdir=True,
+        lock=True,
+        readahead=False,
+        max_readers=MAX_READERS,
+        **options,
+    )
+
 
 _T = TypeVar("_T")
 
@@ -224,18 +237,13 @@ class Store:
     def _open_env(self, map_size: int) -> lmdb.Environment:
         """Open the environment for writing and its databases (created if missing)."""
         try:
-            env = lmdb.open(
-                str(self.path),
+            env = open_lmdb(
+                self.path,
                 map_size=map_size,
-                max_dbs=MAX_DBS,
-                subdir=True,
                 readonly=False,
                 sync=True,
                 metasync=True,
                 writemap=False,
-                lock=True,
-                readahead=False,
-                max_readers=MAX_READERS,
                 mode=0o600,
             )
         except lmdb.Error as exc:
@@ -299,15 +307,7 @@ class Store:
                 "(Store(path) without readonly=True)"
             )
         try:
-            env = lmdb.open(
-                str(path),
-                max_dbs=MAX_DBS,
-                subdir=True,
-                readonly=True,
-                lock=True,
-                readahead=False,
-                max_readers=MAX_READERS,
-            )
+            env = open_lmdb(path, readonly=True)
         except lmdb.Error as exc:
             raise _translate(exc, f"cannot open LMDB environment at {path} read-only") from exc
         self._env = env
