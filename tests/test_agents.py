@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import threading
 from collections.abc import Iterator
@@ -74,7 +75,10 @@ def test_a_thousand_agent_names_hold_no_threads_once_idle(rt: Runtime, clock: Fa
         rt.add_agent(name, functools.partial(Host, name))
         rt.add_workflow(Workflow(f"ping-{name}").step("p", agent=name, action="ping"))
     assert set(threading.enumerate()) == baseline  # registering starts nothing
-    handles = [rt.start(f"ping-{name}", 0) for name in names]
+    # Started from a few threads so their durable commits share fsyncs (one at a time,
+    # the starts alone took ~10 s); the pool's threads have ended before `started`.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        handles = list(pool.map(lambda name: rt.start(f"ping-{name}", 0), names))
     for name, handle in zip(names, handles, strict=True):
         assert handle.result(timeout=WAIT) == {"p": f"{name}:0"}
     started = set(threading.enumerate()) - baseline
