@@ -58,16 +58,15 @@ from herder.actors._messages import (
     Tick,
     Wake,
 )
+from herder.actors._operator import apply_commands, operate
 from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
-from herder.actors._step_records import ms, restarted, settled, stopped, with_timer
+from herder.actors._step_records import ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
 from herder.store import LeaseLost, StoreCorrupt, StoreIOError, Transition
 from herder.store._codec import bounded_text, normalize
-from herder.store._commands import finished_ops
 from herder.store._crashpoints import crash_point
-from herder.store._errors import HerderError, InvalidInput
 from herder.store._history import history_put, step_event, workflow_event
 from herder.store._records import (
     Plan,
@@ -207,7 +206,7 @@ class Scheduler(SupervisedActor):
         elif isinstance(message, Reload):
             self._on_reload(message)
         elif isinstance(message, Commands):
-            self._on_commands(message)
+            apply_commands(self, message)
         else:
             return super().on_receive(message)
         self._after_message()
@@ -243,27 +242,7 @@ class Scheduler(SupervisedActor):
         Raises (nothing written) when the action does not apply: :class:`UnknownWorkflow`,
         :class:`InvalidState`, :class:`InvalidInput`.
         """
-        handler = _OPERATIONS.get(op.action)
-        if handler is None:
-            raise InvalidInput(
-                f"unknown operator action {op.action!r}; use one of {', '.join(_OPERATIONS)}"
-            )
-        done: Future[None] = Future()
-        try:
-            run = handler(self, op)
-        except InvalidState as exc:
-            if op.workflow_id not in self._committing and op.workflow_id not in self._open:
-                raise
-            # Its last transition (e.g. its end) is not durable yet: refuse once it is,
-            # so the caller finds the store in the state the refusal speaks of.
-            self._open.setdefault(op.workflow_id, Txn()).effects.append(("future", done, exc))
-            self._after_message()
-            return done
-        self._open.setdefault(op.workflow_id, Txn()).effects.append(("future", done))
-        if run is not None and run.record.id in self._runs:
-            self._advance(run)
-        self._after_message()
-        return done
+        return operate(self, op)
 
     def complete(self, msg: Complete) -> Future[None]:
         """Record the outcome of a step handed off with ``ctx.complete_later()``.
@@ -1215,267 +1194,6 @@ class Scheduler(SupervisedActor):
         registered = self._ctx.agents.get(spec.agent)
         return registered is not None and has_probe(registered[0], spec.action)
 
-    # -- operator actions (rt.retry/skip/compensate/abandon/cancel, the commands channel) --
-
-    def _operable(
-        self, op: Operate, allowed: tuple[WorkflowState, ...]
-    ) -> tuple[WorkflowRun, bool]:
-        """The run an operator action applies to, loaded if it is parked; (run, was_parked)."""
-        run = self._runs.get(op.workflow_id)
-        if run is not None:
-            if run.record.state not in allowed:
-                raise InvalidState(_not_in(op, run.record.state, allowed))
-            return run, False
-        record = self._store.get_workflow(op.workflow_id)
-        if record is None:
-            raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
-        if record.state not in allowed or record.state is not WorkflowState.NEEDS_ATTENTION:
-            if not record.state.is_final and record.state in allowed:
-                raise InvalidState(
-                    f"workflow {op.workflow_id!r} awaits definition {record.name!r} version "
-                    f"{record.version}; register it with add_workflow, then {op.action}"
-                )
-            raise InvalidState(_not_in(op, record.state, allowed))
-        plan = self._ctx.plans.get((record.name, record.version))
-        if plan is None:
-            raise InvalidState(
-                f"workflow {op.workflow_id!r} needs definition {record.name!r} version "
-                f"{record.version}; register it with add_workflow before {op.action}"
-            )
-        steps = {s.name: s for s in self._store.steps_of(op.workflow_id)}
-        run = WorkflowRun(record, plan, steps, self._specs_of(plan))
-        return run, True
-
-    def _adopt(self, run: WorkflowRun, parked: bool) -> None:
-        """Make a parked run active again (after the action was validated)."""
-        if parked:
-            self._runs[run.record.id] = run
-            if self._ctx.on_resumed is not None:
-                self._ctx.on_resumed()
-
-    def _note_operator(self, op: Operate) -> None:
-        """The history event of an operator action, and its command's outcome, if any."""
-        now = self._clock.time()
-        txn = self._open.setdefault(op.workflow_id, Txn())
-        event = {
-            "kind": "operator",
-            "t": now,
-            "action": op.action,
-            "who": op.who,
-            "why": op.why,
-            "step": op.step,
-            "result": op.result,
-        }
-        txn.put(history_put(op.workflow_id, self._ctx.next_token(), event))
-        if op.command is not None:
-            txn.put(*finished_ops(op.command, None, now))
-
-    def _fence(self, run: WorkflowRun, st: StepRecord, *, replace: bool) -> None:
-        """Supersede the attempt (if any) running this step; its answer is then ignored."""
-        attempt = self._inflight.pop(st.token, None)
-        run.attempts.discard(st.token)
-        run.queued.discard(st.name)
-        if attempt is not None:
-            attempt.port.superseded = True
-            if self._admission.abandoned(attempt.agent, st.token):
-                self._dirty_agents.add(attempt.agent)  # it was a breaker's half-open probe
-            if replace:
-                self._hosted.replace(attempt.agent, attempt.instance)
-
-    def _op_cancel(self, op: Operate) -> WorkflowRun:
-        run = self._runs.get(op.workflow_id)
-        if run is None:
-            record = self._store.get_workflow(op.workflow_id)
-            if record is None:
-                raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
-            raise InvalidState(
-                f"workflow {op.workflow_id!r} is {record.state}; only an unfinished workflow "
-                "can be cancelled"
-            )
-        self._note_operator(op)
-        if run.record.state is WorkflowState.COMPENSATING:
-            self._set_record(run, cancelled=True)
-        else:
-            self._begin_compensation(run, "cancelled by request", cancelled=True)
-        for token in run.attempts:
-            self._inflight[token].port.cancelled = True
-        return run
-
-    def _op_retry(self, op: Operate) -> WorkflowRun:
-        run, parked = self._operable(op, (WorkflowState.NEEDS_ATTENTION,))
-        if not parked:
-            raise InvalidState(_not_in(op, run.record.state, (WorkflowState.NEEDS_ATTENTION,)))
-        self._adopt(run, parked)
-        self._note_operator(op)
-        stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
-        if stuck:
-            self._set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
-            now = self._clock.time()
-            for st in stuck:
-                resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
-                self._put_step(run, st, resumed)
-                self._enqueue(run, st.name, compensating=True)
-        else:
-            self._set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
-            for st in list(run.steps.values()):
-                if st.state in _RESTARTABLE:
-                    self._put_step(run, st, restarted(st, self._ctx.next_token()))
-        return run
-
-    def _op_skip(self, op: Operate) -> WorkflowRun:
-        allowed = (
-            WorkflowState.NEEDS_ATTENTION,
-            WorkflowState.RUNNING,
-            WorkflowState.COMPENSATING,
-        )
-        run, parked = self._operable(op, allowed)
-        steps = run.steps
-        if op.step is None:
-            stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING] or [
-                steps[spec.name] for spec in run.plan.steps if steps[spec.name].state in _SKIPPABLE
-            ]
-            if not stuck:
-                raise InvalidState(f"workflow {op.workflow_id!r} has no step to skip")
-            st = stuck[0]
-        elif op.step not in steps:
-            raise InvalidInput(
-                f"workflow {op.workflow_id!r} has no step {op.step!r} (it has: {', '.join(steps)})"
-            )
-        else:
-            st = steps[op.step]
-        undoing = run.record.state is WorkflowState.COMPENSATING or any(
-            s.state in (StepState.COMPENSATING, StepState.COMPENSATED) for s in steps.values()
-        )
-        result = normalize(
-            op.result, limit=self._config.max_result_bytes, what=f"result given for {st.name!r}"
-        )
-        now = self._clock.time()
-        token = self._ctx.next_token()
-        if st.state is StepState.COMPENSATING:
-            self._adopt(run, parked)
-            self._note_operator(op)
-            self._fence(run, st, replace=True)
-            self._put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
-            if run.record.state is not WorkflowState.COMPENSATING:
-                self._set_record(run, state=WorkflowState.COMPENSATING)
-            return run
-        if st.state not in _SKIPPABLE or undoing:
-            raise InvalidState(
-                f"step {st.name!r} of workflow {op.workflow_id!r} is {st.state}"
-                + (" while the workflow undoes its steps" if undoing else "")
-                + ": skip applies to a step that has not succeeded in a running or parked "
-                "workflow, or to a step whose compensation failed"
-            )
-        self._adopt(run, parked)
-        self._note_operator(op)
-        self._fence(run, st, replace=True)
-        skipped = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
-        self._put_step(run, st, skipped)
-        if run.record.state is not WorkflowState.RUNNING:
-            self._set_record(run, state=WorkflowState.RUNNING, error=None)
-        return run
-
-    def _op_compensate(self, op: Operate) -> WorkflowRun:
-        allowed = (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING)
-        run, parked = self._operable(op, allowed)
-        self._adopt(run, parked)
-        self._note_operator(op)
-        now = self._clock.time()
-        reason = f"compensation requested by {op.who or 'an operator'}: {op.why or ''}".rstrip(": ")
-        for st in list(run.steps.values()):
-            if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
-                resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
-                self._put_step(run, st, resumed)
-                self._enqueue(run, st.name, compensating=True)
-            elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
-                parked and st.state is StepState.DISPATCHED
-            ):
-                # Nothing will settle these any more; what runs of them is fenced out.
-                self._fence(run, st, replace=False)
-                failed = stopped(
-                    st,
-                    state=StepState.FAILED,
-                    token=self._ctx.next_token(),
-                    error=f"{st.error}; given up: compensation requested",
-                    updated=now,
-                )
-                self._put_step(run, st, failed)
-        if run.record.state is WorkflowState.COMPENSATING:
-            self._set_record(run, error=reason)
-        else:
-            self._begin_compensation(run, reason)
-        for token in run.attempts:
-            self._inflight[token].port.cancelled = True
-        return run
-
-    def _op_abandon(self, op: Operate) -> WorkflowRun | None:
-        run = self._runs.get(op.workflow_id)
-        error = f"abandoned by {op.who or 'an operator'}" + (f": {op.why}" if op.why else "")
-        if run is not None:
-            self._note_operator(op)
-            for st in list(run.steps.values()):
-                if st.timer_ms is not None:  # nothing should wake it any more
-                    self._put_step(run, st, st.evolve(timer_ms=None, retry_at=None))
-            self._finish(run, WorkflowState.ABANDONED, error=error)
-            return None
-        record = self._store.get_workflow(op.workflow_id)
-        if record is None:
-            raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
-        if record.state is not WorkflowState.NEEDS_ATTENTION:
-            raise InvalidState(
-                _not_in(op, record.state, (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING))
-            )
-        # Parked: nothing runs, so this is one record update (it needs no definition).
-        self._note_operator(op)
-        now = self._clock.time()
-        txn = self._open.setdefault(op.workflow_id, Txn())
-        abandoned = record.evolve(state=WorkflowState.ABANDONED, error=error, updated=now)
-        txn.put_workflow(abandoned)
-        event = workflow_event(record.state, abandoned)
-        txn.put(history_put(record.id, self._ctx.next_token(), event))
-        return None
-
-    def _on_commands(self, msg: Commands) -> None:
-        """Apply commands from other processes, each as the Runtime method of its name."""
-        for command in msg.commands:
-            command_id = command["id"]
-            if command_id in self._commands_seen:
-                continue
-            workflow_id = command.get("workflow_id")
-            args = command.get("args")
-            args = args if isinstance(args, dict) else {}
-            try:
-                record = self._store.get_workflow(str(workflow_id))
-            except HerderError:
-                record = None  # operate() below refuses it, and the refusal is recorded
-            if (
-                record is not None
-                and command.get("action") not in ("abandon", "cancel")
-                and (record.name, record.version) not in self._ctx.plans
-            ):
-                continue  # wait (pending) until the daemon registers the definition
-            self._commands_seen.add(command_id)
-            op = Operate(
-                action=str(command.get("action")),
-                workflow_id=str(workflow_id),
-                step=args.get("step"),
-                result=args.get("result"),
-                who=command.get("who"),
-                why=command.get("why"),
-                command=command,
-            )
-            try:
-                self.operate(op)
-            except HerderError as exc:
-                error = str(exc)
-            except Exception as exc:  # a bug must not leave the CLI waiting forever
-                _log.exception("command %s failed", command_id)
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                continue
-            txn = self._open.setdefault(f"command:{command_id}", Txn())
-            txn.put(*finished_ops(command, error, self._clock.time()))
-
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
     extra = {"workflow_id": workflow_id, "step": step, "attempt": attempt}
@@ -1493,29 +1211,3 @@ _BUSY = frozenset(
     {StepState.DISPATCHED, StepState.COMPENSATING, StepState.WAITING, StepState.UNKNOWN}
 )
 """Step states that keep a compensating workflow from undoing the next step."""
-
-_RESTARTABLE = frozenset(
-    {
-        StepState.FAILED,
-        StepState.UNKNOWN,
-        StepState.WAITING,
-        StepState.DISPATCHED,
-        StepState.RETRY_WAIT,
-    }
-)
-"""Forward steps a retry of a parked workflow runs again from attempt 1."""
-
-_SKIPPABLE = _RESTARTABLE | {StepState.PENDING}
-
-_OPERATIONS: dict[str, Callable[[Scheduler, Operate], WorkflowRun | None]] = {
-    "retry": Scheduler._op_retry,
-    "skip": Scheduler._op_skip,
-    "compensate": Scheduler._op_compensate,
-    "abandon": Scheduler._op_abandon,
-    "cancel": Scheduler._op_cancel,
-}
-
-
-def _not_in(op: Operate, state: WorkflowState, allowed: tuple[WorkflowState, ...]) -> str:
-    names = " or ".join(str(a) for a in allowed)
-    return f"workflow {op.workflow_id!r} is {state}; {op.action} applies to a workflow in {names}"
