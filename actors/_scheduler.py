@@ -59,8 +59,9 @@ from herder.actors._messages import (
     Wake,
 )
 from herder.actors._operator import apply_commands, operate
-from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
+from herder.actors._outcomes import probe_name
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
+from herder.actors._probing import on_lapsed, on_special_outcome
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
 from herder.actors._step_records import ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
@@ -80,7 +81,6 @@ from herder.store._records import (
 
 _log = logging.getLogger("herder.scheduler")
 
-TIMEOUT_ERROR = "herder.Timeout"
 CRASH_ERROR = "herder.InstanceCrashed"
 RESUME_CHUNK = 200  # workflows resumed per message when a definition arrives
 
@@ -420,7 +420,7 @@ class Scheduler(SupervisedActor):
             self._counters["stale"] += 1
             return
         if msg.kind or st.state is StepState.UNKNOWN:
-            self._on_special_outcome(run, st, msg)
+            on_special_outcome(self, run, st, msg)
         elif msg.ok:
             self._step_succeeded(run, st, msg.result)
         else:
@@ -484,7 +484,7 @@ class Scheduler(SupervisedActor):
                 self._hosted.replace(attempt.agent, attempt.instance)
             # Also reached for an attempt no Scheduler of this process runs (orphaned by
             # a restart) and nothing will run again: it counts as failed all the same.
-            self._on_lapsed(run, st, lapsed)
+            on_lapsed(self, run, st, lapsed)
 
     def _on_instance_event(self, msg: InstanceEvent) -> None:
         self._dirty_agents.add(msg.agent)
@@ -1108,91 +1108,6 @@ class Scheduler(SupervisedActor):
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
         txn = self._open.setdefault(workflow_id, Txn())
         txn.delete_timer(timer_key(due_ms, workflow_id, step))
-
-    # -- unknown outcomes, later completion -------------------------------------------
-
-    def _on_special_outcome(self, run: WorkflowRun, st: StepRecord, msg: Outcome) -> None:
-        """An answer that is not a plain result: a probe's verdict or complete_later()."""
-        if st.state is StepState.UNKNOWN:
-            self._counters["probes"] += 1
-            if not msg.ok:
-                self._probe_later(run, st, f"probe failed: {msg.error}", failed=True)
-            elif msg.kind == DONE:
-                self._step_succeeded(run, st, msg.result)
-            elif msg.kind == NOT_DONE:
-                error = f"{st.error}; the probe found it was not applied"
-                self._step_failed(run, st, error, (TIMEOUT_ERROR,), permanent=False)
-            elif msg.kind == RUNNING:
-                self._probe_later(run, st, st.error or "outcome unknown", failed=False)
-            else:
-                error = f"{probe_name(run.specs[st.name].action)} must return a ProbeResult"
-                self._probe_later(run, st, error, failed=True)
-        elif msg.kind == "later" and st.state is StepState.DISPATCHED:
-            # The instance is free again; the step waits for complete_step/fail_step under
-            # the deadline it already has (same token: the task token stays valid).
-            self._counters["handed_off"] += 1
-            self._put_step(run, st, st.evolve(state=StepState.WAITING, updated=self._clock.time()))
-        else:
-            what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
-            error = f"{what} returned {msg.kind or 'an unexpected marker'!r}; it cannot here"
-            self._step_failed(run, st, error, (), permanent=True)
-
-    def _on_lapsed(self, run: WorkflowRun, st: StepRecord, lapsed: str) -> None:
-        """An attempt's (or a probe's) deadline or heartbeat lapsed."""
-        if st.state is StepState.UNKNOWN:
-            self._probe_later(run, st, f"probe {lapsed}", failed=True)
-        elif st.state in (StepState.DISPATCHED, StepState.WAITING) and self._has_probe(run, st):
-            # The request may have reached the remote side: ask before retrying.
-            self._counters["unknown"] += 1
-            now = self._clock.time()
-            unknown = st.evolve(
-                state=StepState.UNKNOWN,
-                token=self._ctx.next_token(),
-                error=f"outcome unknown: {lapsed}",
-                error_type=TIMEOUT_ERROR,
-                deadline=None,
-                heartbeat_deadline=None,
-                retry_at=now,
-                extra={**st.extra, "probes": 0, "probe_failures": 0},
-                updated=now,
-            )
-            self._put_step(run, st, with_timer(unknown))
-            self._enqueue(run, st.name, compensating=False)
-        else:
-            self._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
-
-    def _probe_later(self, run: WorkflowRun, st: StepRecord, note: str, *, failed: bool) -> None:
-        """Keep the step UNKNOWN and probe again after a backoff; a probe that fails
-        (raises, times out) more often than the step's max_attempts parks the workflow."""
-        spec = run.specs[st.name]
-        policy = spec.retry or self._config.default_retry
-        probes = int(st.extra.get("probes", 0)) + 1
-        failures = int(st.extra.get("probe_failures", 0)) + (1 if failed else 0)
-        now = self._clock.time()
-        new = stopped(
-            st,
-            token=self._ctx.next_token(),
-            error=note if failed else st.error,
-            extra={**st.extra, "probes": probes, "probe_failures": failures},
-            updated=now,
-        )
-        probe = {"kind": "probe", "t": now, "step": st.name, "token": new.token, "error": note}
-        self._txn(run).put(history_put(run.record.id, self._ctx.next_token(), probe))
-        if failures >= policy.max_attempts:
-            self._put_step(run, st, new)
-            self._finish(
-                run,
-                WorkflowState.NEEDS_ATTENTION,
-                error=f"step {st.name!r}: outcome unknown and {failures} probes failed: {note}",
-            )
-            return
-        delay = policy.delay(probes, self._rand.random())
-        self._put_step(run, st, with_timer(new.evolve(retry_at=now + delay)))
-
-    def _has_probe(self, run: WorkflowRun, st: StepRecord) -> bool:
-        spec = run.specs[st.name]
-        registered = self._ctx.agents.get(spec.agent)
-        return registered is not None and has_probe(registered[0], spec.action)
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
