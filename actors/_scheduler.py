@@ -60,12 +60,21 @@ from herder.actors._messages import (
 )
 from herder.actors._operator import apply_commands, operate
 from herder.actors._outcomes import probe_name
-from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._probing import on_lapsed, on_special_outcome
+from herder.actors._recovery import (
+    await_definition,
+    count_crash,
+    is_awaiting,
+    on_define,
+    on_reload,
+    recover_all,
+    reload_later,
+    resume_steps,
+)
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
 from herder.actors._step_records import ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
-from herder.store import LeaseLost, StoreCorrupt, StoreIOError, Transition
+from herder.store import LeaseLost, Transition
 from herder.store._codec import bounded_text, normalize
 from herder.store._crashpoints import crash_point
 from herder.store._history import history_put, step_event, workflow_event
@@ -82,7 +91,6 @@ from herder.store._records import (
 _log = logging.getLogger("herder.scheduler")
 
 CRASH_ERROR = "herder.InstanceCrashed"
-RESUME_CHUNK = 200  # workflows resumed per message when a definition arrives
 
 
 class Scheduler(SupervisedActor):
@@ -193,7 +201,7 @@ class Scheduler(SupervisedActor):
         elif isinstance(message, InstanceEvent):
             self._on_instance_event(message)
         elif isinstance(message, Define):
-            self._on_define(message.plan)
+            on_define(self, message.plan)
         elif isinstance(message, Tick):
             self._on_tick()
         elif isinstance(message, Wake):
@@ -202,9 +210,9 @@ class Scheduler(SupervisedActor):
         elif isinstance(message, Flush):
             self._flush_queued = False
         elif isinstance(message, Recover):
-            self._recover_all()
+            recover_all(self)
         elif isinstance(message, Reload):
-            self._on_reload(message)
+            on_reload(self, message)
         elif isinstance(message, Commands):
             apply_commands(self, message)
         else:
@@ -383,7 +391,7 @@ class Scheduler(SupervisedActor):
         if len(failed) < len(msg.errors):
             self._backoff.succeeded()
         if failed:
-            self._reload_later(failed, msg.errors)
+            reload_later(self, failed, msg.errors)
         for listener in list(self._ctx.commit_listeners):
             listener()
 
@@ -453,7 +461,7 @@ class Scheduler(SupervisedActor):
             if run is None or st is None or st.timer_ms != due_ms or st.token != token:
                 if (
                     workflow_id not in self._runs
-                    and not self._is_awaiting(workflow_id)
+                    and not is_awaiting(self, workflow_id)
                     and (
                         workflow_id not in self._parked  # its timers are still wanted
                     )
@@ -511,138 +519,9 @@ class Scheduler(SupervisedActor):
             return
         self._admit(msg.workflow, msg.steps)
 
-    def _on_define(self, plan: Plan) -> None:
-        # In chunks, each followed by the usual dispatch and flush, so that the first of
-        # 100k recovered workflows runs at once instead of after all have been read.
-        key = (plan.name, plan.version)
-        waiting = self._awaiting.pop(key, [])
-        if len(waiting) > RESUME_CHUNK:
-            waiting, self._awaiting[key] = waiting[:RESUME_CHUNK], waiting[RESUME_CHUNK:]
-        for workflow_id in waiting:
-            self._readmit(workflow_id, crashed=True)
-        if key in self._awaiting:
-            # Dispatch and commit this chunk's first steps now: the inbox will not drain
-            # (which is when a commit normally goes out) until every chunk is in.
-            self._after_message(flush=True)
-            self.actor_ref.tell(Define(plan))  # the next chunk, after what arrived meanwhile
-
     def _on_tick(self) -> None:
         idle_before = self._clock.time() - self._config.idle_timeout
         self._counters["passivated"] += self._hosted.passivate(idle_before)
-
-    # -- recovery ----------------------------------------------------------------------
-
-    def _recover_all(self) -> None:
-        # A previous Scheduler's last batch may still be in the writer: let it land so
-        # recovery reads the newest durable state, never a state about to be overwritten.
-        self._writer.flush()
-        recovered = 0
-        corrupt: list[StoreCorrupt] = []
-        for record in self._store.workflows(corrupt=corrupt):
-            if record.state.is_final or record.id in self._runs:
-                continue
-            self._recovered.add(record.id)
-            if (record.name, record.version) in self._ctx.plans:
-                recovered += self._readmit(record.id, record, crashed=True)
-            else:  # its steps are read when the definition comes (_on_define)
-                self._await_definition(record)
-                recovered += 1
-        for exc in corrupt:
-            self._note_corrupt(exc)
-        if recovered:
-            _log.info("recovered %d unfinished workflows", recovered)
-
-    def _reload_later(self, failed: list[str], errors: list[BaseException | None]) -> None:
-        """Workflows whose commit failed: read them back, at once or after a backoff."""
-        delay = self._backoff.failed()
-        error = next(e for e in errors if e is not None)
-        _log.error(
-            "transitions of %d workflows failed: %s; reloading them in %.2fs",
-            len(failed),
-            error,
-            delay,
-        )
-        if delay <= 0:
-            for workflow_id in failed:
-                self._reload(workflow_id)
-            return
-        for workflow_id in failed:
-            self._forget(workflow_id)
-            self._parked.add(workflow_id)
-        ids = tuple(failed)
-        self._clock.call_later(delay, lambda: self._ctx.tell_scheduler(Reload(ids)))
-
-    def _on_reload(self, msg: Reload) -> None:
-        for workflow_id in msg.workflow_ids:
-            if workflow_id in self._parked:
-                self._parked.discard(workflow_id)
-                self._readmit(workflow_id)
-
-    def _reload(self, workflow_id: str) -> None:
-        """Forget what memory believes about a workflow and read it back from the store."""
-        self._forget(workflow_id)
-        self._readmit(workflow_id)
-
-    def _forget(self, workflow_id: str) -> None:
-        """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
-        run = self._runs.pop(workflow_id, None)
-        held = self._open.pop(workflow_id, None)
-        for effect in () if held is None else held.effects:
-            if effect[0] == "future" and not effect[1].done():
-                effect[1].set_exception(
-                    StoreIOError(f"workflow {workflow_id!r} was reloaded after a failed commit")
-                )
-        for token in () if run is None else run.attempts:
-            attempt = self._inflight.pop(token, None)
-            # An attempt already sent keeps its instance busy until its (now stale) answer
-            # arrives; one never sent frees its reservation now.
-            if attempt is None or attempt.sent:
-                continue
-            if self._hosted.release(attempt.agent, attempt.instance, token, self._clock.time()):
-                self._dirty_agents.add(attempt.agent)
-
-    def _readmit(
-        self, workflow_id: str, record: WorkflowRecord | None = None, *, crashed: bool = False
-    ) -> bool:
-        """Read an unfinished workflow back from the store and run it; True if it runs.
-
-        ``crashed``: a previous Scheduler or process left it unfinished (see ``_admit``).
-
-        A corrupt record leaves that one workflow where it is (logged, counted in stats);
-        every other workflow keeps running.
-        """
-        try:
-            if record is None:
-                record = self._store.get_workflow(workflow_id)
-            if record is None or record.state.is_final:
-                return False
-            steps = self._store.steps_of(workflow_id)
-        except StoreCorrupt as exc:
-            self._note_corrupt(exc)
-            return False
-        self._admit(record, steps, recovered=not crashed, crashed=crashed)
-        return True
-
-    def _note_corrupt(self, exc: StoreCorrupt) -> None:
-        _log.error("%s; the workflow it belongs to stays where it is", exc)
-        self._corrupt[f"{exc.db}:{exc.key!r}"] = exc.reason
-
-    def _await_definition(self, record: WorkflowRecord) -> None:
-        """Park a workflow until its definition is registered; warn once per definition
-        (a restart may park 100k workflows, and stats() shows the count)."""
-        waiting = self._awaiting.setdefault((record.name, record.version), [])
-        if not waiting:
-            _log.warning(
-                "workflow %s (and any others of it) awaits definition %s version %d; "
-                "register it to resume",
-                record.id,
-                record.name,
-                record.version,
-            )
-        waiting.append(record.id)
-
-    def _is_awaiting(self, workflow_id: str) -> bool:
-        return any(workflow_id in ids for ids in self._awaiting.values())
 
     def _admit(
         self,
@@ -658,7 +537,7 @@ class Scheduler(SupervisedActor):
             return
         plan = self._ctx.plans.get((record.name, record.version))
         if plan is None:
-            self._await_definition(record)
+            await_definition(self, record)
             return
         by_name = {s.name: s for s in steps}
         for spec in plan.steps:  # a missing step record is recreated, not a crash
@@ -669,64 +548,11 @@ class Scheduler(SupervisedActor):
                 by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
         run = WorkflowRun(record, plan, by_name, self._specs_of(plan))
         self._runs[record.id] = run
-        if crashed and self._count_crash(run):
+        if crashed and count_crash(self, run):
             return
         if recovered or crashed:
-            self._resume_steps(run)
+            resume_steps(self, run)
         self._advance(run)
-
-    def _count_crash(self, run: WorkflowRun) -> bool:
-        """Count a crash against a workflow that had attempts running at it; defer those
-        attempts from the second crash in a row, park it past the limit (True)."""
-        running = running_at_crash(run.steps.values())
-        if not running:
-            return False
-        crashes = run.record.recoveries + 1
-        self._set_record(run, recoveries=crashes)
-        now = self._clock.time()
-        if crashes > self._config.max_recoveries:
-            error = poison_message(running, crashes)
-            _log.error("%s: %s", run.record.id, error, extra={"workflow_id": run.record.id})
-            for st in list(run.steps.values()):
-                if st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
-                    state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else None
-                    parked = stopped(
-                        st,
-                        state=state or StepState.FAILED,
-                        error=error,
-                        error_type=POISON_ERROR,
-                        token=self._ctx.next_token(),
-                        updated=now,
-                    )
-                    self._put_step(run, st, parked)
-            self._finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
-            return True
-        if crashes >= 2:
-            at = now + self._config.recovery_stagger * next(self._suspect_slots)
-            for st in running:
-                self._put_step(run, st, with_timer(st.evolve(retry_at=at)))
-        return False
-
-    def _resume_steps(self, run: WorkflowRun) -> None:
-        """Queue the steps a previous Scheduler left running or about to run."""
-        now = self._clock.time()
-        compensating = run.record.state is WorkflowState.COMPENSATING
-        for st in run.steps.values():
-            if st.token in self._inflight:
-                continue
-            if st.state is StepState.DISPATCHED and st.token >> 32 == self._store.incarnation - 1:
-                # Lost by the previous run (counted once: a later run that finds the same
-                # record again did not lose it).
-                self._admission.lost(run.specs[st.name].agent)
-            if st.state is StepState.DISPATCHED and (st.retry_at or 0) <= now:
-                self._enqueue(run, st.name, compensating=False)  # outcome unknown: re-run
-            elif st.state is StepState.RETRY_WAIT and (st.retry_at or 0) <= now:
-                self._enqueue(run, st.name, compensating=False)
-            elif st.state is StepState.COMPENSATING and compensating and (st.retry_at or 0) <= now:
-                self._enqueue(run, st.name, compensating=True)
-            elif st.state is StepState.UNKNOWN and (st.retry_at or 0) <= now:
-                self._enqueue(run, st.name, compensating=False)  # probe (again)
-            # WAITING stays waiting: its completion or its deadline's timer moves it on.
 
     # -- the state machine -------------------------------------------------------------
 
