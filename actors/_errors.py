@@ -11,6 +11,7 @@
     ├── InvalidState                the operation does not apply in the workflow's state
     │   └── CompletionRefused       complete_step/fail_step for an attempt no longer current
     ├── RuntimeClosed               the runtime is stopped or stopping
+    ├── NotActive                   a standby runtime was asked to do what only the active one does
     ├── SupervisorStartError        a supervisor or one of its children failed to start
     └── RestartIntensityExceeded    a supervisor restarted too often and gave up
 
@@ -86,3 +87,11 @@ class CompletionRefused(InvalidState):
 
 class RuntimeClosed(HerderError):
     """The runtime is stopped or stopping; it accepts no new work."""
+
+
+class NotActive(HerderError):
+    """This runtime is a standby: it serves ``status``/``list`` until it takes the lease.
+
+    Start, cancel and retry workflows on the active runtime, or wait for this one to take
+    over (``rt.wait_active()``).
+    """

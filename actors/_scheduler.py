@@ -24,7 +24,6 @@ import logging
 import random
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -32,10 +31,16 @@ import pykka
 from herder.actors._admission import Admission
 from herder.actors._agent import Agent, StepContext
 from herder.actors._agent_host import AgentHost, AgentUnavailable
-from herder.actors._clock import Clock
 from herder.actors._commit_backoff import CommitBackoff, Reload
+from herder.actors._commits import (
+    Txn,
+    announce_final,
+    log_resource_errors,
+    orphaned_commit,
+    settle_future,
+)
+from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
-from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import (
     Admit,
     Commands,
@@ -55,24 +60,23 @@ from herder.actors._messages import (
 )
 from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
+from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
+from herder.actors._step_records import ms, restarted, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
-from herder.store import Delete, Put, Store, StoreCorrupt, StoreIOError, Transition
-from herder.store._codec import bounded_text, encode, normalize
+from herder.store import LeaseLost, StoreCorrupt, StoreIOError, Transition
+from herder.store._codec import bounded_text, normalize
 from herder.store._commands import finished_ops
 from herder.store._crashpoints import crash_point
 from herder.store._errors import HerderError, InvalidInput
 from herder.store._history import history_put, step_event, workflow_event
 from herder.store._records import (
     Plan,
-    RetryPolicy,
     StepRecord,
     StepSpec,
     StepState,
     WorkflowRecord,
     WorkflowState,
-    step_key,
     timer_key,
-    workflow_key,
 )
 
 _log = logging.getLogger("herder.scheduler")
@@ -80,159 +84,6 @@ _log = logging.getLogger("herder.scheduler")
 TIMEOUT_ERROR = "herder.Timeout"
 CRASH_ERROR = "herder.InstanceCrashed"
 RESUME_CHUNK = 200  # workflows resumed per message when a definition arrives
-
-
-@dataclass
-class EngineConfig:
-    """Engine settings the Runtime passes down (see ``Runtime`` for their meaning)."""
-
-    default_retry: RetryPolicy = field(default_factory=RetryPolicy)
-    default_timeout: float = 300.0
-    max_result_bytes: int = 1 << 20
-    instance_shutdown: float = 1.0
-    idle_timeout: float = 60.0
-    heartbeat_interval_fraction: float = 0.25
-    agent_max_restarts: int = 20
-    agent_restart_period: float = 10.0
-    priority_aging: float = 10.0
-    seed: int | None = None
-    probe_timeout: float = 30.0
-    max_recoveries: int = 3  # crashes in a row an attempt may be running at (_poison)
-    recovery_stagger: float = 0.5  # seconds between suspects re-run after a crash
-
-
-class EngineContext:
-    """What outlives one Scheduler actor: registrations, the token counter, the ports.
-
-    The supervision tree may restart the Scheduler; the new one reads registrations from
-    here and recovers workflows from the store, and tokens keep increasing.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        clock: Clock,
-        config: EngineConfig,
-        on_final: Callable[[WorkflowRecord], None],
-    ) -> None:
-        self.store = store
-        self.clock = clock
-        self.config = config
-        self.on_final = on_final
-        self.plans: dict[tuple[str, int], Plan] = {}
-        self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
-        # Per agent name: (circuit breaker, rate limit), for agents registered with either.
-        self.limits: dict[str, tuple[CircuitBreaker | None, RateLimit | None]] = {}
-        self.scheduler: pykka.ActorRef | None = None
-        self.agents_supervisor: pykka.ActorRef | None = None
-        # Called (on the Scheduler's thread) after each batch of transitions is durable;
-        # the testing kit waits on it instead of polling.
-        self.commit_listeners: list[Callable[[], None]] = []
-        self.paused = False  # a draining runtime: dispatch nothing new
-        # Called (on the Scheduler's thread) when an operator action takes a workflow out
-        # of NEEDS_ATTENTION, so the runtime counts it as unfinished again.
-        self.on_resumed: Callable[[], None] | None = None
-        self._tokens = itertools.count((store.incarnation << 32) + 1)
-
-    def next_token(self) -> int:
-        """A fencing token greater than every token issued before, in any incarnation."""
-        return next(self._tokens)
-
-    def tell_scheduler(self, message: Any) -> None:
-        """Deliver a hint to the current Scheduler; dropped if none runs (the store is truth)."""
-        ref = self.scheduler
-        if ref is None:
-            return
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            _log.debug("scheduler gone; dropped %s", type(message).__name__)
-
-
-class _Port:
-    """The running attempt's line back to the Scheduler (heartbeats, cancel flags)."""
-
-    __slots__ = ("_clock", "_ctx", "_last", "_min_gap", "cancelled", "superseded", "token")
-
-    def __init__(self, ctx: EngineContext, token: int, min_gap: float) -> None:
-        self._ctx = ctx
-        self._clock = ctx.clock
-        self.token = token
-        self._min_gap = min_gap
-        self._last: float | None = None
-        self.cancelled = False
-        self.superseded = False
-
-    def heartbeat(self, details: Any) -> None:
-        now = self._clock.monotonic()
-        if self._last is not None and now - self._last < self._min_gap:
-            return
-        self._last = now
-        self._ctx.tell_scheduler(Heartbeat(self.token, details))
-
-
-@dataclass(slots=True)
-class _Run:
-    """One unfinished workflow in memory."""
-
-    record: WorkflowRecord
-    plan: Plan
-    steps: dict[str, StepRecord]
-    specs: dict[str, StepSpec]  # the plan's steps by name (shared by runs of one plan)
-    queued: set[str] = field(default_factory=set)  # steps waiting in an agent queue
-    attempts: set[int] = field(default_factory=set)  # tokens of its attempts in flight
-
-
-@dataclass(slots=True)
-class _Attempt:
-    workflow_id: str
-    step: str
-    agent: str
-    instance: str
-    port: _Port
-    sent: bool = False  # the agent was told (its DISPATCHED is durable)
-
-
-@dataclass(slots=True)
-class _Job:
-    workflow_id: str
-    step: str
-    compensating: bool
-
-
-class _Txn:
-    """The writes and after-commit effects of one workflow within one flush."""
-
-    __slots__ = ("effects", "ops")
-
-    def __init__(self) -> None:
-        self.ops: dict[tuple[str, bytes], Put | Delete] = {}
-        self.effects: list[Any] = []
-
-    def put_step(self, old: StepRecord | None, new: StepRecord) -> None:
-        key = step_key(new.workflow_id, new.name)
-        if old is not None and old.timer_ms is not None and old.timer_ms != new.timer_ms:
-            tkey = timer_key(old.timer_ms, old.workflow_id, old.name)
-            self.ops[("timers", tkey)] = Delete("timers", tkey)
-        if new.timer_ms is not None:
-            tkey = timer_key(new.timer_ms, new.workflow_id, new.name)
-            self.ops[("timers", tkey)] = Put("timers", tkey, encode({"token": new.token}))
-        self.ops[("steps", key)] = Put("steps", key, encode(new.to_dict()))
-
-    def put_workflow(self, record: WorkflowRecord) -> None:
-        key = workflow_key(record.id)
-        self.ops[("workflows", key)] = Put("workflows", key, encode(record.to_dict()))
-
-    def delete_timer(self, key: bytes) -> None:
-        self.ops[("timers", key)] = Delete("timers", key)
-
-    def put(self, *ops: Put | Delete) -> None:
-        for op in ops:
-            self.ops[(op.db, op.key)] = op
-
-
-def _ms(seconds: float) -> int:
-    return int(seconds * 1000)
 
 
 class Scheduler(SupervisedActor):
@@ -248,10 +99,10 @@ class Scheduler(SupervisedActor):
         self._clock = ctx.clock
         self._config = ctx.config
         self._rand = random.Random(ctx.config.seed)
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, WorkflowRun] = {}
         self._awaiting: dict[tuple[str, int], list[str]] = {}
-        self._inflight: dict[int, _Attempt] = {}
-        self._open: dict[str, _Txn] = {}
+        self._inflight: dict[int, Attempt] = {}
+        self._open: dict[str, Txn] = {}
         self._dirty_agents: set[str] = set()
         self._flush_queued = False
         self._committing: set[str] = set()
@@ -271,6 +122,10 @@ class Scheduler(SupervisedActor):
                 "stale",
                 "crashes",
                 "passivated",
+                "unknown",  # lapsed attempts handed to a probe
+                "probes",  # probe answers received
+                "handed_off",  # actions that returned ctx.complete_later()
+                "completed",  # complete_step/fail_step calls recorded
             ),
             0,
         )
@@ -318,7 +173,7 @@ class Scheduler(SupervisedActor):
             envelope = self.actor_inbox.get()
             message = getattr(envelope, "message", None)
             if isinstance(message, Committed):
-                _orphaned_commit(self._ctx, message.effects, message.errors)
+                orphaned_commit(self._ctx, message.effects, message.errors)
             else:
                 others.append(envelope)
         for envelope in others:
@@ -394,8 +249,17 @@ class Scheduler(SupervisedActor):
                 f"unknown operator action {op.action!r}; use one of {', '.join(_OPERATIONS)}"
             )
         done: Future[None] = Future()
-        run = handler(self, op)
-        self._open.setdefault(op.workflow_id, _Txn()).effects.append(("future", done))
+        try:
+            run = handler(self, op)
+        except InvalidState as exc:
+            if op.workflow_id not in self._committing and op.workflow_id not in self._open:
+                raise
+            # Its last transition (e.g. its end) is not durable yet: refuse once it is,
+            # so the caller finds the store in the state the refusal speaks of.
+            self._open.setdefault(op.workflow_id, Txn()).effects.append(("future", done, exc))
+            self._after_message()
+            return done
+        self._open.setdefault(op.workflow_id, Txn()).effects.append(("future", done))
         if run is not None and run.record.id in self._runs:
             self._advance(run)
         self._after_message()
@@ -437,6 +301,7 @@ class Scheduler(SupervisedActor):
         if attempt is not None:
             attempt.port.superseded = True
         done: Future[None] = Future()
+        self._counters["completed"] += 1
         if msg.ok:
             result = normalize(
                 msg.result, limit=self._config.max_result_bytes, what=f"result of {msg.step!r}"
@@ -495,7 +360,7 @@ class Scheduler(SupervisedActor):
             # Submitted first, so they land in the same or an earlier commit than the
             # step transitions that follow (the writer keeps submission order).
             self._writer.submit_many(
-                [Transition(ops=tuple(self._admission.writes()))], _log_resource_errors
+                [Transition(ops=tuple(self._admission.writes()))], log_resource_errors
             )
         # One commit in flight per workflow: a workflow's next transition is held back
         # until the previous one is known durable, so a failed commit can never be
@@ -515,7 +380,7 @@ class Scheduler(SupervisedActor):
             try:
                 ref.tell(Committed(effects, errors))
             except pykka.ActorDeadError:
-                _orphaned_commit(ctx, effects, errors)
+                orphaned_commit(ctx, effects, errors)
 
         self._writer.submit_many(transitions, committed)
 
@@ -530,6 +395,11 @@ class Scheduler(SupervisedActor):
             for effect in effects:
                 if effect[0] == "future":
                     effect[1].set_exception(error)
+            if isinstance(error, LeaseLost):
+                # Deposed: the store belongs to another runtime now. Reloading would
+                # only retry writes that must not happen; stop dispatching instead.
+                self._ctx.lease_lost(error)
+                continue
             failed.append(workflow_id)
         if len(failed) < len(msg.errors):
             self._backoff.succeeded()
@@ -549,9 +419,9 @@ class Scheduler(SupervisedActor):
             if not self._hosted.send(agent, instance, run):
                 self._fail_attempt(run.token, "agent instance went away", (CRASH_ERROR,), now=True)
         elif kind == "final":
-            _announce_final(self._ctx, effect[1])
+            announce_final(self._ctx, effect[1])
         elif kind == "future":
-            effect[1].set_result(None)
+            settle_future(effect)
 
     def _on_outcome(self, msg: Outcome) -> None:
         crash_point("scheduler.outcome")
@@ -592,7 +462,7 @@ class Scheduler(SupervisedActor):
         self._put_step(
             run,
             st,
-            self._with_timer(st.evolve(heartbeat_deadline=hb_deadline, heartbeat=msg.details)),
+            with_timer(st.evolve(heartbeat_deadline=hb_deadline, heartbeat=msg.details)),
         )
 
     def _on_due(self, msg: Due) -> None:
@@ -818,7 +688,7 @@ class Scheduler(SupervisedActor):
                     "workflow %s has no record for step %r; recreating it", record.id, spec.name
                 )
                 by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
-        run = _Run(record, plan, by_name, self._specs_of(plan))
+        run = WorkflowRun(record, plan, by_name, self._specs_of(plan))
         self._runs[record.id] = run
         if crashed and self._count_crash(run):
             return
@@ -826,7 +696,7 @@ class Scheduler(SupervisedActor):
             self._resume_steps(run)
         self._advance(run)
 
-    def _count_crash(self, run: _Run) -> bool:
+    def _count_crash(self, run: WorkflowRun) -> bool:
         """Count a crash against a workflow that had attempts running at it; defer those
         attempts from the second crash in a row, park it past the limit (True)."""
         running = running_at_crash(run.steps.values())
@@ -841,14 +711,11 @@ class Scheduler(SupervisedActor):
             for st in list(run.steps.values()):
                 if st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
                     state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else None
-                    parked = st.evolve(
+                    parked = stopped(
+                        st,
                         state=state or StepState.FAILED,
                         error=error,
                         error_type=POISON_ERROR,
-                        deadline=None,
-                        heartbeat_deadline=None,
-                        retry_at=None,
-                        timer_ms=None,
                         token=self._ctx.next_token(),
                         updated=now,
                     )
@@ -858,10 +725,10 @@ class Scheduler(SupervisedActor):
         if crashes >= 2:
             at = now + self._config.recovery_stagger * next(self._suspect_slots)
             for st in running:
-                self._put_step(run, st, self._with_timer(st.evolve(retry_at=at)))
+                self._put_step(run, st, with_timer(st.evolve(retry_at=at)))
         return False
 
-    def _resume_steps(self, run: _Run) -> None:
+    def _resume_steps(self, run: WorkflowRun) -> None:
         """Queue the steps a previous Scheduler left running or about to run."""
         now = self._clock.time()
         compensating = run.record.state is WorkflowState.COMPENSATING
@@ -884,7 +751,7 @@ class Scheduler(SupervisedActor):
 
     # -- the state machine -------------------------------------------------------------
 
-    def _advance(self, run: _Run) -> None:
+    def _advance(self, run: WorkflowRun) -> None:
         """Queue what can run next, or finish the workflow."""
         state = run.record.state
         steps = run.steps
@@ -926,7 +793,7 @@ class Scheduler(SupervisedActor):
                     run, WorkflowState.CANCELLED if cancelled else WorkflowState.COMPENSATED
                 )
 
-    def _waiting(self, run: _Run, st: StepRecord, delay: float | None) -> bool:
+    def _waiting(self, run: WorkflowRun, st: StepRecord, delay: float | None) -> bool:
         """True while a runnable PENDING step waits for its time: a delayed start, or its
         ``delay`` after its dependencies. The wait is recorded (``retry_at`` and a timer
         in the store) the first time, so it survives restarts; the timer's sweep queues
@@ -935,11 +802,11 @@ class Scheduler(SupervisedActor):
         if st.retry_at is None:
             assert delay is not None
             waiting = st.evolve(retry_at=now + delay, token=self._ctx.next_token(), updated=now)
-            self._put_step(run, st, self._with_timer(waiting))
+            self._put_step(run, st, with_timer(waiting))
             return True
-        return _ms(st.retry_at) > _ms(now)
+        return ms(st.retry_at) > ms(now)
 
-    def _enqueue(self, run: _Run, step: str, *, compensating: bool) -> None:
+    def _enqueue(self, run: WorkflowRun, step: str, *, compensating: bool) -> None:
         if step in run.queued:
             return
         agent = run.specs[step].agent
@@ -950,7 +817,7 @@ class Scheduler(SupervisedActor):
             self._hosted.add(agent, _unregistered(agent), 0)
             queue = self._hosted.queue(agent)
             assert queue is not None
-        job = _Job(run.record.id, step, compensating)
+        job = run.jobs[step] = Job(run.record.id, step, compensating)
         queue.push(job, run.record.priority, self._clock.monotonic())
         self._dirty_agents.add(agent)
 
@@ -963,7 +830,7 @@ class Scheduler(SupervisedActor):
             if run is None or not self._job_valid(run, job):
                 queue.pop()
                 if run is not None:
-                    run.queued.discard(job.step)
+                    unqueue(run, job)
                 continue
             if gated and not self._admission.ready(agent):
                 return  # breaker open or rate limit reached: a wake-up pumps again
@@ -972,7 +839,7 @@ class Scheduler(SupervisedActor):
             if instance is None:
                 return  # busy, or instances are starting: their "started" pumps again
             queue.pop()
-            run.queued.discard(job.step)
+            unqueue(run, job)
             if gated:
                 self._admission.admitted(agent, token)
             self._dispatch(run, job, agent, instance, token)
@@ -990,13 +857,13 @@ class Scheduler(SupervisedActor):
             job = queue.pop()
             run = self._runs.get(job.workflow_id)
             if run is not None and self._job_valid(run, job):
-                run.queued.discard(job.step)
+                unqueue(run, job)
                 self._start_failed(run, job, error)
                 return
             if run is not None:
-                run.queued.discard(job.step)
+                unqueue(run, job)
 
-    def _start_failed(self, run: _Run, job: _Job, error: str) -> None:
+    def _start_failed(self, run: WorkflowRun, job: Job, error: str) -> None:
         """No instance could be started for a job: that counts as a failed attempt."""
         st = run.steps[job.step]
         if job.compensating:
@@ -1006,8 +873,8 @@ class Scheduler(SupervisedActor):
         run.steps[job.step] = tried
         self._step_failed(run, tried, error, (CRASH_ERROR,), permanent=False)
 
-    def _job_valid(self, run: _Run, job: _Job) -> bool:
-        if job.step not in run.queued:
+    def _job_valid(self, run: WorkflowRun, job: Job) -> bool:
+        if job.step not in run.queued or run.jobs.get(job.step) is not job:
             return False
         st = run.steps[job.step]
         if job.compensating:
@@ -1026,7 +893,7 @@ class Scheduler(SupervisedActor):
             StepState.RETRY_WAIT,
         )
 
-    def _dispatch(self, run: _Run, job: _Job, agent: str, instance: str, token: int) -> None:
+    def _dispatch(self, run: WorkflowRun, job: Job, agent: str, instance: str, token: int) -> None:
         st = run.steps[job.step]
         spec = run.specs[job.step]
         now = self._clock.time()
@@ -1037,13 +904,13 @@ class Scheduler(SupervisedActor):
             timeout, hb = spec.timeout or self._config.default_timeout, spec.heartbeat_timeout
         deadline = now + timeout
         hb_deadline = None if hb is None else now + hb
-        # One evolve per transition (what _with_timer gives for retry_at=None, inlined).
+        # One evolve per transition (what with_timer gives for retry_at=None, inlined).
         timing = {
             "token": token,
             "deadline": deadline,
             "heartbeat_deadline": hb_deadline,
             "retry_at": None,
-            "timer_ms": _ms(deadline if hb_deadline is None else min(deadline, hb_deadline)),
+            "timer_ms": ms(deadline if hb_deadline is None else min(deadline, hb_deadline)),
             "updated": now,
         }
         if job.compensating:
@@ -1057,7 +924,9 @@ class Scheduler(SupervisedActor):
             action, attempt = spec.action, st.attempt + 1
             new = st.evolve(state=StepState.DISPATCHED, attempt=attempt, **timing)
         self._put_step(run, st, new)
-        port = _Port(self._ctx, token, (hb or timeout) * self._config.heartbeat_interval_fraction)
+        port = AttemptPort(
+            self._ctx, token, (hb or timeout) * self._config.heartbeat_interval_fraction
+        )
         key = f"{run.record.id}/{job.step}" + ("/compensate" if job.compensating else "")
         ctx = StepContext(
             workflow_id=run.record.id,
@@ -1071,33 +940,24 @@ class Scheduler(SupervisedActor):
             compensating=job.compensating,
             _port=port,
         )
-        self._inflight[token] = _Attempt(run.record.id, job.step, agent, instance, port)
+        self._inflight[token] = Attempt(run.record.id, job.step, agent, instance, port)
         run.attempts.add(token)
         self._txn(run).effects.append(
             ("run", agent, instance, Run(agent, instance, action, token, ctx))
         )
         self._counters["dispatched"] += 1
 
-    def _step_succeeded(self, run: _Run, st: StepRecord, result: Any) -> None:
+    def _step_succeeded(self, run: WorkflowRun, st: StepRecord, result: Any) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
             self._set_record(run, recoveries=0)
         token = self._ctx.next_token()
-        cleared = {
-            "token": token,
-            "deadline": None,
-            "heartbeat_deadline": None,
-            "retry_at": None,
-            "timer_ms": None,
-            "error": None,
-            "error_type": None,
-            "updated": self._clock.time(),
-        }
+        now = self._clock.time()
         if st.state is StepState.COMPENSATING:
             crash_point("scheduler.compensated")
-            self._put_step(run, st, st.evolve(state=StepState.COMPENSATED, **cleared))
+            self._put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
             self._counters["compensated"] += 1
         else:
-            new = st.evolve(state=StepState.SUCCEEDED, result=result, done_token=token, **cleared)
+            new = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
             self._put_step(run, st, new)
             self._counters["succeeded"] += 1
         self._advance(run)
@@ -1116,7 +976,7 @@ class Scheduler(SupervisedActor):
 
     def _step_failed(
         self,
-        run: _Run,
+        run: WorkflowRun,
         st: StepRecord,
         error: str,
         types: tuple[str, ...],
@@ -1145,14 +1005,11 @@ class Scheduler(SupervisedActor):
         )
         now = self._clock.time()
         token = self._ctx.next_token()
-        base = st.evolve(
+        base = stopped(
+            st,
             token=token,
             error=error,
             error_type=bounded_text(types[0], 512) if types else None,
-            deadline=None,
-            heartbeat_deadline=None,
-            timer_ms=None,
-            retry_at=None,
             updated=now,
         )
         if retryable:
@@ -1162,7 +1019,7 @@ class Scheduler(SupervisedActor):
             state = StepState.RETRY_WAIT if forward else StepState.COMPENSATING
             # The timer is kept even for an immediate retry: if this process dies before
             # the retry is dispatched, the sweep finds it.
-            new = self._with_timer(base.evolve(state=state, retry_at=now + delay))
+            new = with_timer(base.evolve(state=state, retry_at=now + delay))
             self._put_step(run, st, new)
             if delay <= 0:
                 self._enqueue(run, st.name, compensating=not forward)
@@ -1181,7 +1038,9 @@ class Scheduler(SupervisedActor):
                 error=f"compensation of step {st.name!r} failed: {error}",
             )
 
-    def _begin_compensation(self, run: _Run, reason: str, *, cancelled: bool = False) -> None:
+    def _begin_compensation(
+        self, run: WorkflowRun, reason: str, *, cancelled: bool = False
+    ) -> None:
         _log.info(
             "%s compensating: %s", run.record.id, reason, extra={"workflow_id": run.record.id}
         )
@@ -1212,7 +1071,7 @@ class Scheduler(SupervisedActor):
                 self._put_step(run, st, cleared.evolve(updated=now))
         run.queued = {s for s in run.queued if run.steps[s].state is not StepState.PENDING}
 
-    def _finish(self, run: _Run, state: WorkflowState, error: str | None = None) -> None:
+    def _finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
         record = self._set_record(run, state=state, error=error or run.record.error)
         self._txn(run).effects.append(("final", record))
         del self._runs[record.id]
@@ -1233,13 +1092,13 @@ class Scheduler(SupervisedActor):
             specs = self._plan_specs[key] = {spec.name: spec for spec in plan.steps}
         return specs
 
-    def _txn(self, run: _Run) -> _Txn:
+    def _txn(self, run: WorkflowRun) -> Txn:
         txn = self._open.get(run.record.id)
         if txn is None:
-            txn = self._open[run.record.id] = _Txn()
+            txn = self._open[run.record.id] = Txn()
         return txn
 
-    def _put_step(self, run: _Run, old: StepRecord, new: StepRecord) -> None:
+    def _put_step(self, run: WorkflowRun, old: StepRecord, new: StepRecord) -> None:
         run.steps[new.name] = new
         txn = self._txn(run)
         txn.put_step(old, new)
@@ -1247,7 +1106,7 @@ class Scheduler(SupervisedActor):
         if event is not None:  # a transition, not a heartbeat: one history put, same commit
             txn.put(history_put(run.record.id, self._ctx.next_token(), event))
 
-    def _set_record(self, run: _Run, **changes: Any) -> WorkflowRecord:
+    def _set_record(self, run: WorkflowRun, **changes: Any) -> WorkflowRecord:
         """Change the run's workflow record and write it into the run's transaction."""
         old = run.record
         run.record = old.evolve(updated=self._clock.time(), **changes)
@@ -1258,30 +1117,25 @@ class Scheduler(SupervisedActor):
             txn.put(history_put(old.id, self._ctx.next_token(), event))
         return run.record
 
-    def _with_timer(self, st: StepRecord) -> StepRecord:
-        if st.retry_at is not None:
-            return st.evolve(timer_ms=_ms(st.retry_at))
-        times = [t for t in (st.deadline, st.heartbeat_deadline) if t is not None]
-        return st.evolve(timer_ms=_ms(min(times)) if times else None)
-
-    def _lapsed(self, run: _Run, st: StepRecord, now: float) -> str | None:
+    def _lapsed(self, run: WorkflowRun, st: StepRecord, now: float) -> str | None:
         spec = run.specs[st.name]
-        now_ms = _ms(now)  # timers are kept in whole ms; compare at the same precision
-        if st.heartbeat_deadline is not None and now_ms >= _ms(st.heartbeat_deadline):
+        now_ms = ms(now)  # timers are kept in whole ms; compare at the same precision
+        if st.heartbeat_deadline is not None and now_ms >= ms(st.heartbeat_deadline):
             return f"no heartbeat for {spec.heartbeat_timeout}s"
-        if st.deadline is not None and now_ms >= _ms(st.deadline):
+        if st.deadline is not None and now_ms >= ms(st.deadline):
             return f"timed out after {spec.timeout or self._config.default_timeout}s"
         return None
 
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
-        txn = self._open.setdefault(workflow_id, _Txn())
+        txn = self._open.setdefault(workflow_id, Txn())
         txn.delete_timer(timer_key(due_ms, workflow_id, step))
 
     # -- unknown outcomes, later completion -------------------------------------------
 
-    def _on_special_outcome(self, run: _Run, st: StepRecord, msg: Outcome) -> None:
+    def _on_special_outcome(self, run: WorkflowRun, st: StepRecord, msg: Outcome) -> None:
         """An answer that is not a plain result: a probe's verdict or complete_later()."""
         if st.state is StepState.UNKNOWN:
+            self._counters["probes"] += 1
             if not msg.ok:
                 self._probe_later(run, st, f"probe failed: {msg.error}", failed=True)
             elif msg.kind == DONE:
@@ -1297,18 +1151,20 @@ class Scheduler(SupervisedActor):
         elif msg.kind == "later" and st.state is StepState.DISPATCHED:
             # The instance is free again; the step waits for complete_step/fail_step under
             # the deadline it already has (same token: the task token stays valid).
+            self._counters["handed_off"] += 1
             self._put_step(run, st, st.evolve(state=StepState.WAITING, updated=self._clock.time()))
         else:
             what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
             error = f"{what} returned {msg.kind or 'an unexpected marker'!r}; it cannot here"
             self._step_failed(run, st, error, (), permanent=True)
 
-    def _on_lapsed(self, run: _Run, st: StepRecord, lapsed: str) -> None:
+    def _on_lapsed(self, run: WorkflowRun, st: StepRecord, lapsed: str) -> None:
         """An attempt's (or a probe's) deadline or heartbeat lapsed."""
         if st.state is StepState.UNKNOWN:
             self._probe_later(run, st, f"probe {lapsed}", failed=True)
         elif st.state in (StepState.DISPATCHED, StepState.WAITING) and self._has_probe(run, st):
             # The request may have reached the remote side: ask before retrying.
+            self._counters["unknown"] += 1
             now = self._clock.time()
             unknown = st.evolve(
                 state=StepState.UNKNOWN,
@@ -1321,12 +1177,12 @@ class Scheduler(SupervisedActor):
                 extra={**st.extra, "probes": 0, "probe_failures": 0},
                 updated=now,
             )
-            self._put_step(run, st, self._with_timer(unknown))
+            self._put_step(run, st, with_timer(unknown))
             self._enqueue(run, st.name, compensating=False)
         else:
             self._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
 
-    def _probe_later(self, run: _Run, st: StepRecord, note: str, *, failed: bool) -> None:
+    def _probe_later(self, run: WorkflowRun, st: StepRecord, note: str, *, failed: bool) -> None:
         """Keep the step UNKNOWN and probe again after a backoff; a probe that fails
         (raises, times out) more often than the step's max_attempts parks the workflow."""
         spec = run.specs[st.name]
@@ -1334,13 +1190,10 @@ class Scheduler(SupervisedActor):
         probes = int(st.extra.get("probes", 0)) + 1
         failures = int(st.extra.get("probe_failures", 0)) + (1 if failed else 0)
         now = self._clock.time()
-        new = st.evolve(
+        new = stopped(
+            st,
             token=self._ctx.next_token(),
             error=note if failed else st.error,
-            deadline=None,
-            heartbeat_deadline=None,
-            retry_at=None,
-            timer_ms=None,
             extra={**st.extra, "probes": probes, "probe_failures": failures},
             updated=now,
         )
@@ -1355,16 +1208,18 @@ class Scheduler(SupervisedActor):
             )
             return
         delay = policy.delay(probes, self._rand.random())
-        self._put_step(run, st, self._with_timer(new.evolve(retry_at=now + delay)))
+        self._put_step(run, st, with_timer(new.evolve(retry_at=now + delay)))
 
-    def _has_probe(self, run: _Run, st: StepRecord) -> bool:
+    def _has_probe(self, run: WorkflowRun, st: StepRecord) -> bool:
         spec = run.specs[st.name]
         registered = self._ctx.agents.get(spec.agent)
         return registered is not None and has_probe(registered[0], spec.action)
 
     # -- operator actions (rt.retry/skip/compensate/abandon/cancel, the commands channel) --
 
-    def _operable(self, op: Operate, allowed: tuple[WorkflowState, ...]) -> tuple[_Run, bool]:
+    def _operable(
+        self, op: Operate, allowed: tuple[WorkflowState, ...]
+    ) -> tuple[WorkflowRun, bool]:
         """The run an operator action applies to, loaded if it is parked; (run, was_parked)."""
         run = self._runs.get(op.workflow_id)
         if run is not None:
@@ -1388,10 +1243,10 @@ class Scheduler(SupervisedActor):
                 f"{record.version}; register it with add_workflow before {op.action}"
             )
         steps = {s.name: s for s in self._store.steps_of(op.workflow_id)}
-        run = _Run(record, plan, steps, self._specs_of(plan))
+        run = WorkflowRun(record, plan, steps, self._specs_of(plan))
         return run, True
 
-    def _adopt(self, run: _Run, parked: bool) -> None:
+    def _adopt(self, run: WorkflowRun, parked: bool) -> None:
         """Make a parked run active again (after the action was validated)."""
         if parked:
             self._runs[run.record.id] = run
@@ -1401,7 +1256,7 @@ class Scheduler(SupervisedActor):
     def _note_operator(self, op: Operate) -> None:
         """The history event of an operator action, and its command's outcome, if any."""
         now = self._clock.time()
-        txn = self._open.setdefault(op.workflow_id, _Txn())
+        txn = self._open.setdefault(op.workflow_id, Txn())
         event = {
             "kind": "operator",
             "t": now,
@@ -1415,17 +1270,19 @@ class Scheduler(SupervisedActor):
         if op.command is not None:
             txn.put(*finished_ops(op.command, None, now))
 
-    def _fence(self, run: _Run, st: StepRecord, *, replace: bool) -> None:
+    def _fence(self, run: WorkflowRun, st: StepRecord, *, replace: bool) -> None:
         """Supersede the attempt (if any) running this step; its answer is then ignored."""
         attempt = self._inflight.pop(st.token, None)
         run.attempts.discard(st.token)
         run.queued.discard(st.name)
         if attempt is not None:
             attempt.port.superseded = True
+            if self._admission.abandoned(attempt.agent, st.token):
+                self._dirty_agents.add(attempt.agent)  # it was a breaker's half-open probe
             if replace:
                 self._hosted.replace(attempt.agent, attempt.instance)
 
-    def _op_cancel(self, op: Operate) -> _Run:
+    def _op_cancel(self, op: Operate) -> WorkflowRun:
         run = self._runs.get(op.workflow_id)
         if run is None:
             record = self._store.get_workflow(op.workflow_id)
@@ -1444,7 +1301,7 @@ class Scheduler(SupervisedActor):
             self._inflight[token].port.cancelled = True
         return run
 
-    def _op_retry(self, op: Operate) -> _Run:
+    def _op_retry(self, op: Operate) -> WorkflowRun:
         run, parked = self._operable(op, (WorkflowState.NEEDS_ATTENTION,))
         if not parked:
             raise InvalidState(_not_in(op, run.record.state, (WorkflowState.NEEDS_ATTENTION,)))
@@ -1455,17 +1312,17 @@ class Scheduler(SupervisedActor):
             self._set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
             now = self._clock.time()
             for st in stuck:
-                resumed = self._with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
+                resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
                 self._put_step(run, st, resumed)
                 self._enqueue(run, st.name, compensating=True)
         else:
             self._set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
             for st in list(run.steps.values()):
                 if st.state in _RESTARTABLE:
-                    self._put_step(run, st, _restarted(st, self._ctx.next_token()))
+                    self._put_step(run, st, restarted(st, self._ctx.next_token()))
         return run
 
-    def _op_skip(self, op: Operate) -> _Run:
+    def _op_skip(self, op: Operate) -> WorkflowRun:
         allowed = (
             WorkflowState.NEEDS_ATTENTION,
             WorkflowState.RUNNING,
@@ -1493,21 +1350,12 @@ class Scheduler(SupervisedActor):
             op.result, limit=self._config.max_result_bytes, what=f"result given for {st.name!r}"
         )
         now = self._clock.time()
-        cleared = {
-            "token": self._ctx.next_token(),
-            "deadline": None,
-            "heartbeat_deadline": None,
-            "retry_at": None,
-            "timer_ms": None,
-            "error": None,
-            "error_type": None,
-            "updated": now,
-        }
+        token = self._ctx.next_token()
         if st.state is StepState.COMPENSATING:
             self._adopt(run, parked)
             self._note_operator(op)
             self._fence(run, st, replace=True)
-            self._put_step(run, st, st.evolve(state=StepState.COMPENSATED, **cleared))
+            self._put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
             if run.record.state is not WorkflowState.COMPENSATING:
                 self._set_record(run, state=WorkflowState.COMPENSATING)
             return run
@@ -1521,17 +1369,13 @@ class Scheduler(SupervisedActor):
         self._adopt(run, parked)
         self._note_operator(op)
         self._fence(run, st, replace=True)
-        token = cleared["token"]
-        self._put_step(
-            run,
-            st,
-            st.evolve(state=StepState.SUCCEEDED, result=result, done_token=token, **cleared),
-        )
+        skipped = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
+        self._put_step(run, st, skipped)
         if run.record.state is not WorkflowState.RUNNING:
             self._set_record(run, state=WorkflowState.RUNNING, error=None)
         return run
 
-    def _op_compensate(self, op: Operate) -> _Run:
+    def _op_compensate(self, op: Operate) -> WorkflowRun:
         allowed = (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING)
         run, parked = self._operable(op, allowed)
         self._adopt(run, parked)
@@ -1540,7 +1384,7 @@ class Scheduler(SupervisedActor):
         reason = f"compensation requested by {op.who or 'an operator'}: {op.why or ''}".rstrip(": ")
         for st in list(run.steps.values()):
             if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
-                resumed = self._with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
+                resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
                 self._put_step(run, st, resumed)
                 self._enqueue(run, st.name, compensating=True)
             elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
@@ -1548,14 +1392,11 @@ class Scheduler(SupervisedActor):
             ):
                 # Nothing will settle these any more; what runs of them is fenced out.
                 self._fence(run, st, replace=False)
-                failed = st.evolve(
+                failed = stopped(
+                    st,
                     state=StepState.FAILED,
                     token=self._ctx.next_token(),
                     error=f"{st.error}; given up: compensation requested",
-                    deadline=None,
-                    heartbeat_deadline=None,
-                    retry_at=None,
-                    timer_ms=None,
                     updated=now,
                 )
                 self._put_step(run, st, failed)
@@ -1567,7 +1408,7 @@ class Scheduler(SupervisedActor):
             self._inflight[token].port.cancelled = True
         return run
 
-    def _op_abandon(self, op: Operate) -> _Run | None:
+    def _op_abandon(self, op: Operate) -> WorkflowRun | None:
         run = self._runs.get(op.workflow_id)
         error = f"abandoned by {op.who or 'an operator'}" + (f": {op.why}" if op.why else "")
         if run is not None:
@@ -1587,7 +1428,7 @@ class Scheduler(SupervisedActor):
         # Parked: nothing runs, so this is one record update (it needs no definition).
         self._note_operator(op)
         now = self._clock.time()
-        txn = self._open.setdefault(op.workflow_id, _Txn())
+        txn = self._open.setdefault(op.workflow_id, Txn())
         abandoned = record.evolve(state=WorkflowState.ABANDONED, error=error, updated=now)
         txn.put_workflow(abandoned)
         event = workflow_event(record.state, abandoned)
@@ -1632,46 +1473,13 @@ class Scheduler(SupervisedActor):
                 error = f"{type(exc).__name__}: {exc}"
             else:
                 continue
-            txn = self._open.setdefault(f"command:{command_id}", _Txn())
+            txn = self._open.setdefault(f"command:{command_id}", Txn())
             txn.put(*finished_ops(command, error, self._clock.time()))
-
-
-def _log_resource_errors(errors: list[BaseException | None]) -> None:
-    for error in errors:
-        if error is not None:
-            _log.error("resource records (breaker state, crash counters) not written: %s", error)
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
     extra = {"workflow_id": workflow_id, "step": step, "attempt": attempt}
     _log.info("%s/%s attempt %d %s", workflow_id, step, attempt, what, extra=extra)
-
-
-def _announce_final(ctx: EngineContext, record: WorkflowRecord) -> None:
-    """Tell the runtime a workflow's final state is durable; a failing callback is logged."""
-    try:
-        ctx.on_final(record)
-    except Exception:
-        _log.exception("on_final callback failed for %s", record.id)
-
-
-def _orphaned_commit(
-    ctx: EngineContext, effects: list[tuple[str, list[Any]]], errors: list[BaseException | None]
-) -> None:
-    """A batch committed after its Scheduler died: keep the promises that need no actor.
-
-    Waiters must still hear that a workflow finished, and callers of cancel/retry that
-    their request is durable; dispatches are left to the next Scheduler's recovery.
-    """
-    for (_, items), error in zip(effects, errors, strict=True):
-        for effect in items:
-            if effect[0] == "future" and not effect[1].done():
-                if error is None:
-                    effect[1].set_result(None)
-                else:
-                    effect[1].set_exception(error)
-            elif effect[0] == "final" and error is None:
-                _announce_final(ctx, effect[1])
 
 
 def _unregistered(agent: str) -> Callable[[], Agent]:
@@ -1699,26 +1507,13 @@ _RESTARTABLE = frozenset(
 
 _SKIPPABLE = _RESTARTABLE | {StepState.PENDING}
 
-_OPERATIONS: dict[str, Callable[[Scheduler, Operate], _Run | None]] = {
+_OPERATIONS: dict[str, Callable[[Scheduler, Operate], WorkflowRun | None]] = {
     "retry": Scheduler._op_retry,
     "skip": Scheduler._op_skip,
     "compensate": Scheduler._op_compensate,
     "abandon": Scheduler._op_abandon,
     "cancel": Scheduler._op_cancel,
 }
-
-
-def _restarted(st: StepRecord, token: int) -> StepRecord:
-    return st.evolve(
-        state=StepState.PENDING,
-        attempt=0,
-        token=token,
-        error=None,
-        deadline=None,
-        heartbeat_deadline=None,
-        retry_at=None,
-        timer_ms=None,
-    )
 
 
 def _not_in(op: Operate, state: WorkflowState, allowed: tuple[WorkflowState, ...]) -> str:

@@ -5,7 +5,9 @@ store's timer index on a timer: every entry whose time has come is an attempt wh
 deadline or heartbeat lapsed, or a retry whose backoff is over. It hands them to the
 Scheduler, which retries with a new fencing token (so a late answer from the old attempt
 is ignored), has the tree replace a hung agent instance, or compensates when attempts are
-exhausted. It also drives periodic housekeeping (passivating idle agent instances).
+exhausted. It also drives periodic housekeeping (passivating idle agent instances), and each sweep
+that read the store calls the context's sweep listeners: the runtime's health signal,
+which renews the leader lease and feeds the systemd watchdog.
 
 Because the sweep reads committed state, it finds work left behind by anything: a lost
 message, a restarted Scheduler, or a previous process.
@@ -17,8 +19,8 @@ import logging
 from typing import Any
 
 from herder.actors._clock import TimerHandle
+from herder.actors._engine import EngineContext
 from herder.actors._messages import Commands, Due, Tick
-from herder.actors._scheduler import EngineContext
 from herder.actors._supervised import SupervisedActor
 from herder.store._commands import pending_commands
 from herder.store._crashpoints import crash_point
@@ -123,6 +125,11 @@ class WorkflowSupervisor(SupervisedActor):
             freed = self._ctx.store.reclaim_readers()
             if freed:
                 _log.warning("freed %d reader slots left by killed processes", freed)
+        for listener in list(self._ctx.sweep_listeners):
+            try:
+                listener()
+            except Exception:
+                _log.exception("a sweep listener failed; the sweep carries on")
         return len(fresh)
 
     def _sweep_commands(self, now: float) -> None:

@@ -3,7 +3,7 @@
 One argparse subcommand per job; each lives in the module that does it: ``_demo`` (the
 demo), ``_inspect`` (ls, show, stats: read-only), ``_check`` (check: read-only),
 ``_operator_cli`` (inbox; retry, skip, compensate, abandon, cancel through the running
-runtime), ``_admin`` (bench).
+runtime), ``_admin`` (bench), ``_daemon`` (run, handoff).
 Exit codes: 0 done, 1 the command failed (message on stderr), 2 bad usage, 3 an operator
 command is queued but not applied yet.
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from herder.runtime import _operator_cli
-from herder.store import Store
+from herder.store import DEFAULT_LEASE, Store
 from herder.store._errors import HerderError
 from herder.store._records import WorkflowState
 
@@ -46,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     with_store("stats", "counts of workflows, steps, retries, timers, breakers (read-only)")
     with_store("check", "verify cross-database invariants (read-only); exit 1 on problems")
     _operator_cli.add_parsers(sub)
+
+    run = sub.add_parser("run", help="run a daemon from an app factory (systemd-friendly)")
+    run.add_argument("--store", required=True, help="the store directory")
+    run.add_argument("--app", required=True, help="module:factory; factory(rt) registers")
+    run.add_argument("--standby", action="store_true", help="wait for the lease, then take over")
+    run.add_argument("--lease", type=float, default=DEFAULT_LEASE, help="lease seconds")
+    run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds at shutdown")
+    handoff = sub.add_parser("handoff", help="ask the runtime holding a store to hand over")
+    handoff.add_argument("--store", required=True, help="the store directory")
+    handoff.add_argument(
+        "--deadline", type=float, default=30.0, help="seconds running attempts may finish in"
+    )
+    handoff.add_argument("--wait", type=float, default=60.0, help="seconds to wait for it")
 
     bench = sub.add_parser(
         "bench", help="run benchmarks/throughput.py (--peers: peers.py) from a source checkout"
@@ -88,6 +101,19 @@ _PASS_THROUGH = {"demo": _demo, "bench": _bench}
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     command = args.command
+    if command in ("run", "handoff"):
+        from herder.runtime import _daemon
+
+        if command == "handoff":
+            return _daemon.request_handoff(args.store, args.deadline, args.wait, out)
+        return _daemon.run_app(
+            args.store,
+            args.app,
+            standby=args.standby,
+            lease=args.lease,
+            drain_timeout=args.drain_timeout,
+            out=out,
+        )
     if command in _operator_cli.ACTIONS:
         return _operator_cli.send(out, args)
     if command == "inbox":

@@ -20,8 +20,10 @@ from herder.actors._agent import Agent, action_names, agent_class_of
 from herder.actors._agent_host import error_types
 from herder.actors._ask import call
 from herder.actors._clock import Clock, SystemClock
+from herder.actors._engine import EngineConfig, EngineContext
 from herder.actors._errors import (
     InvalidDefinition,
+    NotActive,
     Permanent,
     RuntimeClosed,
     UnknownName,
@@ -31,16 +33,26 @@ from herder.actors._errors import (
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Admit, Complete, Define, InstanceEvent, Operate
 from herder.actors._outcomes import parse_task_token
-from herder.actors._scheduler import EngineConfig, EngineContext, Scheduler
+from herder.actors._scheduler import Scheduler
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
 from herder.actors._supervisor import WorkflowSupervisor
+from herder.runtime._ha import LeaseKeeper, StandbyWatcher
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._timing import begin_at, check_priority, new_workflow
 from herder.runtime._workflow import Workflow
-from herder.store import ConditionFailed, Expect, Put, Store, StoreCorrupt, Transition
+from herder.store import (
+    DEFAULT_LEASE,
+    ConditionFailed,
+    Expect,
+    LeaseLost,
+    Put,
+    Store,
+    StoreCorrupt,
+    Transition,
+)
 from herder.store._codec import MAX_VALUE_BYTES, check_text, encode, normalize
 from herder.store._errors import InvalidInput
 from herder.store._history import history_put, read_history, workflow_event
@@ -118,6 +130,13 @@ class Runtime:
     loggers; handlers are left to the embedding program), ``seed`` (for retry jitter, to
     make runs repeatable), ``probe_timeout`` (how long a ``probe_<action>`` may take to
     tell whether a lapsed attempt was applied).
+
+    High availability (see docs/high_availability.md): ``lease`` is the leader lease in
+    seconds (renewed every third of it). ``standby=True`` opens the store of a runtime
+    running in another process and waits: it serves ``status``/``list`` and takes over
+    (recovering every unfinished workflow) once that runtime dies, lets its lease lapse or
+    hands over; ``standby_poll`` is how often it looks. Register agents and workflows on a
+    standby as on an active runtime.
     """
 
     def __init__(
@@ -140,6 +159,9 @@ class Runtime:
         seed: int | None = None,
         ask_timeout: float = 30.0,
         log_level: int | str | None = None,
+        standby: bool = False,
+        lease: float = DEFAULT_LEASE,
+        standby_poll: float = 0.05,
         probe_timeout: float = 30.0,
     ) -> None:
         if log_level is not None:
@@ -147,8 +169,10 @@ class Runtime:
             logging.getLogger("herder").setLevel(log_level)
         if sweep_interval <= 0:
             raise InvalidInput(f"sweep_interval must be > 0, got {sweep_interval!r}")
-        if not priority_aging > 0:
-            raise InvalidInput(f"priority_aging must be > 0 seconds, got {priority_aging!r}")
+        if not 0 < priority_aging < float("inf"):
+            raise InvalidInput(
+                f"priority_aging must be a finite number of seconds > 0, got {priority_aging!r}"
+            )
         for name, limit in (
             ("max_input_bytes", max_input_bytes),
             ("max_result_bytes", max_result_bytes),
@@ -162,7 +186,7 @@ class Runtime:
         self._max_active = max_active_workflows
         self._ask_timeout = ask_timeout
         self._sweep_interval = sweep_interval
-        self._store = Store(path, map_size=map_size)
+        self._store = Store(path, map_size=map_size, standby=standby, lease=lease)
         self._config = EngineConfig(
             default_retry=default_retry or RetryPolicy(),
             default_timeout=default_timeout,
@@ -177,18 +201,31 @@ class Runtime:
             probe_timeout=probe_timeout,
         )
         self._ctx = EngineContext(self._store, self._clock, self._config, self._on_final)
+        self._ctx.on_lease_lost = self._on_lease_lost
         self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}
         self._actions: dict[str, frozenset[str] | None] = {}
         self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
         self._lock = threading.Condition()
-        # Corrupt records are skipped here; the Scheduler's recovery logs and counts them.
-        self._active = sum(1 for r in self._store.workflows(corrupt=[]) if not r.state.is_final)
+        self._active = 0
         self._closed = False
         self._draining = False
         self._fatal: BaseException | None = None
+        self._wake = threading.Event()  # run_forever's: a signal, a stop, a failure
+        # Held while a standby becomes active, so registration and stop() never see it half
+        # done; the tree (self._root) exists only on the active runtime.
+        self._promotion = threading.RLock()
+        self._root: pykka.ActorRef | None = None
+        self._is_active = threading.Event()
+        self._health_listeners: builtins.list[Callable[[], None]] = []
+        self._watcher: StandbyWatcher | None = None
         try:
-            self._root = self._start_tree()
+            if standby:
+                self._watcher = StandbyWatcher(
+                    self._store, standby_poll, self._promote, self._healthy
+                )
+            else:
+                self._become_active()
         except BaseException:
             self._store.close()
             raise
@@ -224,9 +261,13 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
+        if self._watcher is not None:
+            self._watcher.stop()
+        with self._promotion:
+            root = self._root
         try:
-            if self._root.is_alive():
-                self._root.stop(timeout=timeout)
+            if root is not None and root.is_alive():
+                root.stop(timeout=timeout)
         except pykka.ActorDeadError:
             pass
         except pykka.Timeout:
@@ -240,6 +281,7 @@ class Runtime:
             for fut in futures:
                 if not fut.done():
                     fut.set_exception(RuntimeClosed("the runtime was stopped"))
+        self._wake.set()
 
     def run_forever(self, *, drain_timeout: float = 30.0) -> None:
         """Serve until SIGTERM or SIGINT, then drain and stop (see :meth:`stop`).
@@ -253,7 +295,7 @@ class Runtime:
                 "run_forever() must run in the main thread (Python delivers signals only "
                 "there); from another thread, wait on your own event and call stop(drain=True)"
             )
-        wake = threading.Event()
+        wake = self._wake
         received: list[str] = []
 
         def on_signal(signum: int, frame: object) -> None:
@@ -268,7 +310,8 @@ class Runtime:
                     break
             if received:
                 _log.info("%s received: draining for up to %ss", received[0], drain_timeout)
-            self.stop(drain_timeout, drain=True)
+            # A deposed runtime cannot record outcomes: nothing to wait for.
+            self.stop(drain_timeout, drain=self._ctx.lost is None)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -283,6 +326,83 @@ class Runtime:
     def clock(self) -> Clock:
         """The clock this runtime runs on."""
         return self._clock
+
+    # -- high availability -------------------------------------------------------------
+
+    @property
+    def is_active(self) -> bool:
+        """True while this runtime holds the lease and runs its actors (not a standby)."""
+        return self._is_active.is_set() and self._ctx.lost is None and not self._closed
+
+    def wait_active(self, timeout: float | None = None) -> bool:
+        """Block until this (standby) runtime took the lease and recovered; False on timeout."""
+        return self._is_active.wait(timeout)
+
+    def handoff(self, deadline: float = 30.0, *, timeout: float | None = None) -> bool:
+        """Hand the store over without downtime.
+
+        On the active runtime: dispatch nothing new, let running attempts finish for up
+        to ``deadline`` seconds (their outcomes are recorded), release the lease so a
+        standby takes over at once, and stop. Workflows started meanwhile wait in the
+        store for the new leader. Returns True.
+
+        On a standby: ask the active runtime (another process) to do the above, then wait
+        up to ``timeout`` seconds (default: ``deadline`` plus two leases) until this
+        runtime took the lease; returns whether it did (another standby may win).
+        """
+        if self._root is not None:
+            self._hand_over(deadline)
+            return True
+        self._check_open()
+        self._store.request_handoff(deadline)
+        if timeout is None:
+            timeout = deadline + 2 * self._store.lease_duration
+        return self.wait_active(timeout)
+
+    def _hand_over(self, deadline: float) -> None:
+        _log.warning("handing over %s: draining for up to %ss", self.path, deadline)
+        started = time.monotonic()
+        self._drain(deadline)
+        with self._lock:
+            self._draining = True  # start() refuses from here: the lease is going
+        released = self._store.release_lease(timeout=self._ask_timeout)
+        _log.warning(
+            "lease of %s %s after %.2fs of handoff; stopping",
+            self.path,
+            "released" if released else "was already lost",
+            time.monotonic() - started,
+        )
+        self.stop()
+
+    def _become_active(self) -> None:
+        """Start the actors and recover, once the store's lease is ours."""
+        with self._promotion:
+            if self._closed:
+                return
+            self._ctx.reset_tokens()
+            for plan in builtins.list(self._ctx.plans.values()):
+                if self._store.get_plan(plan.name, plan.version) is None:
+                    self._store_definition(plan)
+            # Corrupt records are skipped here; the Scheduler's recovery logs and counts them.
+            self._active = sum(1 for r in self._store.workflows(corrupt=[]) if not r.state.is_final)
+            keeper = LeaseKeeper(self._store, self._ctx, self._hand_over)
+            self._ctx.sweep_listeners[:] = [keeper.on_sweep, self._healthy]
+            self._root = self._start_tree()
+            call(self._scheduler, "sync", timeout=self._ask_timeout)  # recovery has run
+            self._is_active.set()
+
+    def _promote(self, reason: str) -> None:
+        """The standby watcher took the lease: become the active runtime."""
+        try:
+            self._become_active()
+        except BaseException as exc:
+            _log.critical("standby took the lease but could not start: %s", exc)
+            self._fatal = exc
+            self._wake.set()
+
+    def _healthy(self) -> None:
+        for listener in builtins.list(self._health_listeners):
+            listener()
 
     # -- registration ------------------------------------------------------------------
 
@@ -323,23 +443,27 @@ class Runtime:
                     f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
                 )
         cls = agent_class_of(factory)
-        self._actions[name] = None if cls is None else action_names(cls)
-        self._ctx.agents[name] = (factory, concurrency)
-        if breaker is None and rate_limit is None:
-            self._ctx.limits.pop(name, None)
-        else:
-            self._ctx.limits[name] = (breaker, rate_limit)
-        call(self._scheduler, "add_agent", name, timeout=self._ask_timeout)
+        with self._promotion:
+            self._actions[name] = None if cls is None else action_names(cls)
+            self._ctx.agents[name] = (factory, concurrency)
+            if breaker is None and rate_limit is None:
+                self._ctx.limits.pop(name, None)
+            else:
+                self._ctx.limits[name] = (breaker, rate_limit)
+            if self._root is not None:  # a standby's Scheduler reads ctx.agents at start
+                call(self._scheduler, "add_agent", name, timeout=self._ask_timeout)
 
     def remove_agent(self, name: str) -> None:
         """Stop serving agent ``name``; steps waiting for it resume when it is added again."""
         self._check_open()
-        if name not in self._ctx.agents:
-            raise UnknownName(f"no agent named {name!r} is registered")
-        del self._ctx.agents[name]
-        self._ctx.limits.pop(name, None)
-        self._actions.pop(name, None)
-        call(self._scheduler, "remove_agent", name, timeout=self._ask_timeout)
+        with self._promotion:
+            if name not in self._ctx.agents:
+                raise UnknownName(f"no agent named {name!r} is registered")
+            del self._ctx.agents[name]
+            self._ctx.limits.pop(name, None)
+            self._actions.pop(name, None)
+            if self._root is not None:
+                call(self._scheduler, "remove_agent", name, timeout=self._ask_timeout)
 
     def add_workflow(self, workflow: Workflow) -> None:
         """Register a workflow definition (validated and compiled here).
@@ -349,22 +473,25 @@ class Runtime:
         """
         self._check_open()
         plan = workflow.compile()
-        key = definition_key(plan.name, plan.version)
         stored = self._store.get_plan(plan.name, plan.version)
         if stored is not None and stored != plan:
             raise InvalidDefinition(
                 f"workflow {plan.name!r} version {plan.version} is stored with different "
                 "steps; give the changed definition a new version"
             )
-        if stored is None:
-            self._store.writer.submit(
-                Transition(ops=(Put("definitions", key, encode(plan.to_dict())),))
-            ).result(timeout=self._ask_timeout)
-        self._ctx.plans[(plan.name, plan.version)] = plan
-        current = self._latest.get(plan.name)
-        if current is None or plan.version >= current.version:
-            self._latest[plan.name] = plan
-        self._ctx.tell_scheduler(Define(plan))
+        with self._promotion:
+            if stored is None and self._root is not None:  # a standby stores it at promotion
+                self._store_definition(plan)
+            self._ctx.plans[(plan.name, plan.version)] = plan
+            current = self._latest.get(plan.name)
+            if current is None or plan.version >= current.version:
+                self._latest[plan.name] = plan
+            self._ctx.tell_scheduler(Define(plan))
+
+    def _store_definition(self, plan: Plan) -> None:
+        key = definition_key(plan.name, plan.version)
+        put = Put("definitions", key, encode(plan.to_dict()))
+        self._store.writer.submit(Transition(ops=(put,))).result(timeout=self._ask_timeout)
 
     # -- starting and watching work ----------------------------------------------------
 
@@ -391,7 +518,7 @@ class Runtime:
         ``start_at`` (a datetime) or ``delay`` (seconds) holds its first steps until then;
         the wait is a timer in the store and survives restarts.
         """
-        self._check_open()
+        self._check_active()
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         plan = self._latest.get(name) if isinstance(name, str) else None
         if plan is None:
@@ -574,6 +701,8 @@ class Runtime:
     def stats(self) -> dict[str, Any]:
         """Counters and gauges: workflows by state, step counters, agents, store commits, and
         ``corrupt`` ("db:key" -> reason) for records that could not be read."""
+        if self._root is None and not self._closed:
+            self._check_active()  # a standby has no engine to count
         by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
         corrupt: builtins.list[StoreCorrupt] = []
         for record in self._store.workflows(corrupt=corrupt):
@@ -643,6 +772,13 @@ class Runtime:
     def _on_fatal(self, exc: BaseException) -> None:
         _log.critical("herder runtime gave up restarting its actors: %s", exc)
         self._fatal = exc
+        self._wake.set()
+
+    def _on_lease_lost(self, exc: LeaseLost) -> None:
+        if self._store.releasing:
+            return  # commits after our own release (a handoff): not a deposition
+        self._fatal = exc
+        self._wake.set()
 
     def _drain(self, timeout: float) -> None:
         self._ctx.paused = True
@@ -674,6 +810,15 @@ class Runtime:
             raise RuntimeClosed("the runtime is stopping (stop() was called)")
         if self._fatal is not None:
             raise RuntimeClosed(f"the runtime failed and stopped its actors: {self._fatal}")
+
+    def _check_active(self) -> None:
+        self._check_open()
+        if self._root is None:
+            raise NotActive(
+                f"this runtime is a standby on {self.path}: it serves status() and list() "
+                "until it takes the lease; call start/cancel/retry on the active runtime, "
+                "or wait_active() first"
+            )
 
     def _check_agents(self, plan: Plan) -> None:
         for spec in plan.steps:
@@ -719,14 +864,14 @@ class Runtime:
             self._lock.notify()
 
     def _operate(self, op: Operate) -> None:
-        self._check_open()
+        self._check_active()
         check_text("who", op.who, 200)
         check_text("why", op.why)
         done: Future[None] = call(self._scheduler, "operate", op, timeout=self._ask_timeout)
         done.result(timeout=self._ask_timeout)
 
     def _complete(self, msg: Complete) -> None:
-        self._check_open()
+        self._check_active()
         done: Future[None] = call(self._scheduler, "complete", msg, timeout=self._ask_timeout)
         done.result(timeout=self._ask_timeout)
 
@@ -770,6 +915,8 @@ class Runtime:
         return in_plan_order(self._store.steps_of(record.id), plan)
 
     def _restart_counts(self) -> dict[str, int]:
+        if self._root is None:
+            return {}
         try:
             children = call(self._root, "which_children", timeout=self._ask_timeout)
         except pykka.ActorDeadError:
@@ -778,6 +925,8 @@ class Runtime:
 
     def _sweep_now(self) -> None:
         """Have the watchdog sweep the timer index now and wait for it (testing aid)."""
+        self._check_active()
+        assert self._root is not None
         children = call(self._root, "which_children", timeout=self._ask_timeout)
         for child in children:
             if child.id == "supervisor" and child.ref is not None:

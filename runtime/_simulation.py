@@ -8,12 +8,14 @@ every fault is decided by the seed:
   ``(seed, workflow id, step, attempt, compensating)``: an error before the effect, an
   effect whose answer is lost, a hang past the step timeout (released later, so its late
   answer is stale), a crash of the agent instance, or (per step) a permanent failure.
-  Store commits fail by the same seed through the writer's ``fault`` hook.
+  Store commits fail by the same seed through the writer's ``fault`` hook; the Scheduler
+  actor crashes, and the runtime is stopped and reopened, at seeded rounds.
 - :class:`SimService` — the agent the workload runs on: it applies effects to an
   :class:`~herder.runtime.testing.EffectLedger` by idempotency key, meeting the
   schedule's faults.
-- :func:`simulate` — starts a few workflows (one maybe cancelled), advances the fake
-  clock in rounds until every workflow is final, and returns a :class:`SimReport`
+- :func:`simulate` — starts a few workflows (one maybe cancelled, the runtime maybe
+  stopped and reopened on its store), advances the fake clock in rounds until every
+  workflow is final, and returns a :class:`SimReport`
   listing every broken expectation: a final state other than the schedule implies, an
   effect that contradicts the recorded step states, compensations out of reverse
   completion order, or a ``herder check`` problem.
@@ -38,6 +40,7 @@ from herder.actors._agent_host import InstanceCrash
 from herder.actors._ask import call
 from herder.actors._clock import FakeClock
 from herder.actors._errors import InvalidState, Permanent
+from herder.actors._messages import Committed
 from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
 from herder.runtime._workflow import Workflow
@@ -102,6 +105,19 @@ class FaultSchedule:
     def workflows(self) -> int:
         """How many workflows the run starts (2-4)."""
         return 2 + int(self._draw("workflows") * 3)
+
+    def scheduler_crash_at(self) -> int | None:
+        """The round at which the Scheduler actor crashes (the tree restarts it), or None
+        (three seeds in four)."""
+        if self._draw("scheduler") < 3 / 4:
+            return None
+        return int(self._draw("scheduler-round") * 3)
+
+    def restart_at(self) -> int | None:
+        """The round at which the runtime is stopped and opened again, or None (2/3)."""
+        if self._draw("restart") < 2 / 3:
+            return None
+        return int(self._draw("restart-round") * 3)
 
     def cancel_at(self) -> tuple[int, int] | None:
         """(round, workflow index) of a cancel request, or None (half of the seeds)."""
@@ -230,6 +246,8 @@ class SimReport:
     # UNKNOWN outcome is the remedy).
     leaked: int = 0
     stale: int = 0  # late answers of superseded attempts the Scheduler dropped
+    restarts: int = 0
+    scheduler_crashes: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -257,14 +275,9 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
     world = _World(schedule)
     report = SimReport(seed)
     clock = FakeClock()
-    rt = Runtime(Path(directory), clock=clock, sweep_interval=ROUND, seed=seed)
+    rt = _open(Path(directory), clock, world)
     faults = _StoreFaults(schedule)
     try:
-        rt._ctx.commit_listeners.append(world.gate.changed)
-        factory = functools.partial(SimService, world)
-        rt.add_agent("alpha", factory, concurrency=CONCURRENCY)
-        rt.add_agent("beta", factory, concurrency=CONCURRENCY)
-        rt.add_workflow(_definition())
         ids = [f"s{seed}-{i}" for i in range(schedule.workflows())]
         for wid in ids:
             rt.start("sim", {"seed": seed}, workflow_id=wid)
@@ -277,6 +290,21 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
             _quiet(rt, world)
             if cancel is not None and cancel[0] == rnd:
                 cancelled |= _cancel(rt, faults, ids[cancel[1]])
+            if schedule.scheduler_crash_at() == rnd:
+                world.gate.release()  # else the tree's restart waits out their shutdown
+                report.stale += _crash_scheduler(rt)
+                report.scheduler_crashes += 1
+                _quiet(rt, world)
+            if schedule.restart_at() == rnd:  # the process stops and starts again
+                faults.armed = False
+                world.gate.release()
+                report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
+                rt.stop(timeout=5)
+                rt = _open(Path(directory), clock, world)
+                rt._store.writer.fault = faults
+                faults.armed = True
+                report.restarts += 1
+                _quiet(rt, world)
             if all(rt.status(w).state.is_final for w in ids):
                 break
             rt._settle()
@@ -287,13 +315,40 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
         _quiet(rt, world)
         report.faults = world.faults
         report.store_faults = faults.failed
-        report.stale = call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
+        report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
         _verify(rt, world, ids, cancelled, report)
     finally:
         faults.armed = False
         world.gate.release()
         rt.stop(timeout=5)
     return report
+
+
+def _crash_scheduler(rt: Runtime) -> int:
+    """Crash the Scheduler actor (an exception escapes its handler) and wait until the
+    supervision tree has started a new one; return the old one's stale-answer count."""
+    old = rt._ctx.scheduler
+    assert old is not None
+    stale: int = call(old, "stats", timeout=QUIET_WAIT)["stale"]
+    old.tell(Committed(effects=[("crash", [])], errors=[]))  # zip(strict=True) raises
+    if not old.actor_stopped.wait(QUIET_WAIT):
+        raise TimeoutError("the Scheduler did not crash")
+    replaced = threading.Event()
+    while not replaced.wait(0.001):
+        new = rt._ctx.scheduler
+        if new is not None and new is not old and new.is_alive():
+            replaced.set()
+    return stale
+
+
+def _open(directory: Path, clock: FakeClock, world: _World) -> Runtime:
+    rt = Runtime(directory, clock=clock, sweep_interval=ROUND, seed=world.schedule.seed)
+    rt._ctx.commit_listeners.append(world.gate.changed)
+    factory = functools.partial(SimService, world)
+    rt.add_agent("alpha", factory, concurrency=CONCURRENCY)
+    rt.add_agent("beta", factory, concurrency=CONCURRENCY)
+    rt.add_workflow(_definition())
+    return rt
 
 
 def _cancel(rt: Runtime, faults: _StoreFaults, workflow_id: str) -> set[str]:
@@ -330,7 +385,7 @@ def _quiet(rt: Runtime, world: _World) -> None:
             if quiet():
                 return
             with gate.cond:
-                gate.cond.wait_for(functools.partial(gate.changed_since, seen), timeout=0.01)
+                gate.cond.wait_for(functools.partial(gate.changed_since, seen), timeout=0.005)
         running = call(rt._scheduler, "in_flight", timeout=QUIET_WAIT)
         raise TimeoutError(
             f"seed {world.schedule.seed}: the engine did not settle within {QUIET_WAIT}s: "

@@ -13,10 +13,16 @@ from herder.store._records import Plan, StepRecord, StepState, WorkflowRecord, W
 State = WorkflowState
 """A workflow's state: a str enum whose values are the upper-case names."""
 
+_WAITING = frozenset({StepState.PENDING, StepState.RETRY_WAIT})
+
 
 @dataclass(frozen=True, slots=True)
 class StepStatus:
-    """One step as stored: state, attempts, result or last error."""
+    """One step as stored: state, attempts, result or last error.
+
+    ``waits_until`` is the clock time a PENDING or RETRY_WAIT step waits for (a delayed
+    start, a step delay, a retry's backoff), else None.
+    """
 
     name: str
     state: StepState
@@ -25,6 +31,7 @@ class StepStatus:
     error: str | None
     compensation_attempts: int
     updated: float
+    waits_until: float | None = None
 
     @classmethod
     def from_record(cls, record: StepRecord) -> StepStatus:
@@ -37,6 +44,7 @@ class StepStatus:
             error=record.error,
             compensation_attempts=record.comp_attempt,
             updated=record.updated,
+            waits_until=record.retry_at if record.state in _WAITING else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,6 +57,7 @@ class StepStatus:
             "error": self.error,
             "compensation_attempts": self.compensation_attempts,
             "updated": self.updated,
+            "waits_until": self.waits_until,
         }
 
 
@@ -65,6 +74,7 @@ class WorkflowStatus:
     input: Any
     created: float
     updated: float
+    priority: int = 0
 
     @classmethod
     def from_records(cls, record: WorkflowRecord, steps: list[StepRecord]) -> WorkflowStatus:
@@ -79,6 +89,7 @@ class WorkflowStatus:
             input=record.input,
             created=record.created,
             updated=record.updated,
+            priority=record.priority,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +103,7 @@ class WorkflowStatus:
             "input": self.input,
             "created": self.created,
             "updated": self.updated,
+            "priority": self.priority,
             "steps": [s.to_dict() for s in self.steps.values()],
         }
 

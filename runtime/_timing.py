@@ -41,6 +41,10 @@ def check_priority(priority: object) -> int:
     return priority
 
 
+MAX_WAIT = 100 * 365.25 * 86400.0
+"""Longest delay a start may be given, in seconds (a hostile one would overflow timers)."""
+
+
 def begin_at(now: float, start_at: object, delay: object) -> float | None:
     """The clock time a workflow's first steps may run, or None for "now".
 
@@ -55,7 +59,10 @@ def begin_at(now: float, start_at: object, delay: object) -> float | None:
                 f"start_at must be a datetime.datetime, got {type(start_at).__name__}; "
                 "for seconds from now, pass delay="
             )
-        when = start_at.timestamp()
+        try:
+            when = start_at.timestamp()
+        except (OverflowError, ValueError, OSError) as exc:
+            raise InvalidInput(f"start_at {start_at!r} is not a usable time: {exc}") from None
     elif delay is not None:
         if (
             not isinstance(delay, int | float)
@@ -67,6 +74,10 @@ def begin_at(now: float, start_at: object, delay: object) -> float | None:
         when = now + float(delay)
     else:
         return None
+    if when - now > MAX_WAIT:  # its timer key (ms) must fit; nobody waits this long
+        raise InvalidInput(
+            f"the start is {when - now:.3g} s away; the limit is {MAX_WAIT:.0f} s (100 years)"
+        )
     return when if when > now else None
 
 

@@ -17,6 +17,9 @@ fits in a few types:
   (:func:`encode` / :func:`decode`, never pickle), with key helpers (:func:`workflow_key`,
   :func:`step_key`, :func:`timer_key`, ...). The ``timers`` keys start with the big-endian
   due time, so :meth:`Store.due_timers` is a range scan.
+- :class:`Lease` — the leader lease in ``meta``: only its holder writes, and every write
+  batch re-checks it (a deposed holder gets :class:`LeaseLost`); a standby store takes
+  it over when its holder is gone (see ``_lease.py``).
 - Errors — the :class:`HerderError` tree; ``lmdb`` and ``msgpack`` errors never escape.
 
 Caveats:
@@ -38,6 +41,7 @@ from herder.store._errors import (
     EncodeError,
     HerderError,
     InvalidInput,
+    LeaseLost,
     SchemaTooNew,
     StoreClosed,
     StoreCorrupt,
@@ -45,6 +49,7 @@ from herder.store._errors import (
     StoreIOError,
     StoreLocked,
 )
+from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease
 from herder.store._records import (
     MAX_ID_BYTES,
     SCHEMA_VERSION,
@@ -69,14 +74,18 @@ from herder.store._records import (
 from herder.store._writer import Delete, Expect, Put, Transition, Writer
 
 __all__ = [
+    "DEFAULT_LEASE",
     "MAX_ID_BYTES",
     "SCHEMA_VERSION",
     "ConditionFailed",
     "Delete",
     "EncodeError",
     "Expect",
+    "HandoffRequest",
     "HerderError",
     "InvalidInput",
+    "Lease",
+    "LeaseLost",
     "Plan",
     "Put",
     "RetryPolicy",

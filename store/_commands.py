@@ -107,10 +107,16 @@ def append_command(path: str | os.PathLike[str], command: dict[str, Any]) -> int
     env = _open_env(path)
     try:
         db = _commands_db(env, path)
-        with env.begin(write=True, db=db) as txn:
-            command_id = _highest_id(txn.cursor()) + 1
-            txn.put(pending_key(command_id), encode({**command, "id": command_id}))
-        return command_id
+        for _ in range(3):
+            try:
+                with env.begin(write=True, db=db) as txn:
+                    command_id = _highest_id(txn.cursor()) + 1
+                    txn.put(pending_key(command_id), encode({**command, "id": command_id}))
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)  # the runtime grew the map meanwhile: adopt it, again
+                continue
+            return command_id
+        raise StoreError(f"cannot append a command to store {path}: its map keeps growing")
     except lmdb.Error as exc:
         raise StoreError(f"cannot append a command to store {path}: {exc}") from exc
     finally:

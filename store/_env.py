@@ -1,22 +1,29 @@
-"""The LMDB environment: opening (locks, permissions, schema, incarnation), reads, scans.
+"""The LMDB environment: opening (locks, lease, permissions, schema), reads, scans.
 
-A :class:`Store` in writer mode owns the directory: an exclusive ``flock`` on
-``herder.lock`` keeps other processes out, a process-level registry keeps other
-``Store`` objects of this process out (LMDB allows one environment per path per
-process). Reads run in short read transactions on any thread; long scans are paged so no
-read transaction lives long. Writes go through :attr:`Store.writer`.
+A :class:`Store` in writer mode owns the directory: it holds the leader lease (see
+``_lease.py``; taking it bumps the incarnation) and an exclusive ``flock`` on
+``herder.lock``, and every write batch re-checks the lease. A standby store opens the
+environment for writing but writes nothing until :meth:`Store.try_take_lease` succeeds.
+A process-level registry keeps other ``Store`` objects of this process out (LMDB allows
+one environment per path per process). Reads run in short read transactions on any
+thread; long scans are paged so no read transaction lives long. Writes go through
+:attr:`Store.writer`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import fcntl
 import os
 import pathlib
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -32,6 +39,17 @@ from herder.store._errors import (
     StoreIOError,
     StoreLocked,
 )
+from herder.store._lease import (
+    DEFAULT_LEASE,
+    HANDOFF_KEY,
+    LEASE_KEY,
+    HandoffRequest,
+    Lease,
+    guard,
+    read_handoff,
+    read_lease,
+    take,
+)
 from herder.store._records import (
     SCHEMA_VERSION,
     Plan,
@@ -46,7 +64,7 @@ from herder.store._records import (
     workflow_key,
 )
 from herder.store._validate import check_plan, check_record
-from herder.store._writer import Writer
+from herder.store._writer import Expect, Put, Transition, Writer
 
 DATABASES = (
     "workflows",
@@ -84,9 +102,14 @@ _registry: dict[str, Store] = {}
 class Store:
     """One herder store directory: an LMDB environment with its named databases.
 
-    ``Store(path)`` opens (creating if needed) for writing and starts the writer thread;
+    ``Store(path)`` opens (creating if needed) for writing, takes the leader lease and
+    starts the writer thread; :class:`StoreLocked` if another runtime holds the lease.
     ``Store(path, readonly=True)`` opens an existing store for reading, e.g. from the CLI
-    while a daemon runs; it sees consistent snapshots. Reads are thread-safe.
+    while a daemon runs; it sees consistent snapshots. ``Store(path, standby=True)`` opens
+    for reading and waits: :meth:`try_take_lease` takes the lease once its holder is gone
+    or let it lapse, and only then is there a writer. ``lease`` is the lease duration in
+    seconds; the holder renews it with :meth:`renew_lease` well before it expires. Reads are
+    thread-safe.
     """
 
     path: pathlib.Path
@@ -99,14 +122,26 @@ class Store:
         path: str | os.PathLike[str],
         *,
         readonly: bool = False,
+        standby: bool = False,
+        lease: float = DEFAULT_LEASE,
         map_size: int = 64 * 2**20,
         max_value_bytes: int | None = None,
     ) -> None:
+        if not lease > 0:
+            raise InvalidInput(f"lease must be > 0 seconds, got {lease!r}")
+        if readonly and standby:
+            raise InvalidInput("a store is opened readonly or standby, not both")
         self.path = pathlib.Path(path)
         self.readonly = readonly
+        self.standby = standby
+        self.lease_duration = lease
+        self._lease: Lease | None = None
+        self.releasing = False
+        self._max_value = max_value_bytes
         self._env: lmdb.Environment | None = None
         self._writer: Writer | None = None
         self._lock_fd: int | None = None
+        self._have_flock = False
         self._closed = False
         # Readers enter this gate; a map resize waits until no read transaction is open.
         self._gate = threading.Condition(threading.Lock())
@@ -124,14 +159,14 @@ class Store:
             if readonly:
                 self._open_readonly()
             else:
-                self._open_writer(map_size, max_value_bytes)
+                self._open_writer(map_size)
         except BaseException:
             self._release()
             raise
 
     # ------------------------------------------------------------------ opening
 
-    def _open_writer(self, map_size: int, max_value_bytes: int | None) -> None:
+    def _open_writer(self, map_size: int) -> None:
         path = self.path
         if path.exists():
             mode = path.stat().st_mode
@@ -148,9 +183,34 @@ class Store:
                 path.chmod(0o700)
             except OSError as exc:
                 raise StoreError(f"cannot create store directory {path}: {exc}") from exc
+        self._lock()
+        env = self._env = self._open_env(map_size)
+        try:
+            with env.begin(write=not self.standby) as txn:
+                schema = self._meta_int(txn, b"schema")
+                if schema is not None and schema > SCHEMA_VERSION:
+                    raise _too_new(path, schema)
+                schema = schema or SCHEMA_VERSION  # _open_env wrote it if it was missing
+                incarnation = self._meta_int(txn, b"incarnation") or 0
+                if not self.standby:
+                    incarnation = self._take_at_open(txn)
+        except lmdb.Error as exc:
+            raise _translate(exc, f"cannot initialise store {path}") from exc
+        self.schema_version = schema
+        self.incarnation = incarnation
+        for name in ("data.mdb", "lock.mdb", LOCK_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).chmod(0o600)
+        if self._lease is not None:
+            self._start_writer(self._lease)
+
+    def _lock(self) -> None:
+        """Open ``herder.lock`` and take its flock; a standby goes on without it."""
+        path = self.path
         try:
             self._lock_fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not self._try_flock() and not self.standby:
+                raise BlockingIOError(errno.EWOULDBLOCK, "flock held")
         except BlockingIOError as exc:
             raise StoreLocked(
                 f"store {path} is held by another process (a running herder runtime); "
@@ -160,9 +220,12 @@ class Store:
             ) from exc
         except OSError as exc:
             raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
+
+    def _open_env(self, map_size: int) -> lmdb.Environment:
+        """Open the environment for writing and its databases (created if missing)."""
         try:
             env = lmdb.open(
-                str(path),
+                str(self.path),
                 map_size=map_size,
                 max_dbs=MAX_DBS,
                 subdir=True,
@@ -176,29 +239,57 @@ class Store:
                 mode=0o600,
             )
         except lmdb.Error as exc:
-            raise _translate(exc, f"cannot open LMDB environment at {path}") from exc
-        self._env = env
+            raise _translate(exc, f"cannot open LMDB environment at {self.path}") from exc
         try:
             env.reader_check()
-            self._handles = {name: env.open_db(name.encode(), create=True) for name in DATABASES}
-            meta = self._handles["meta"]
+            # An explicit write transaction: open_db's own would wait for LMDB's writer
+            # mutex while holding the GIL, freezing every thread of this process.
             with env.begin(write=True) as txn:
-                schema = self._meta_int(txn, b"schema")
-                if schema is not None and schema > SCHEMA_VERSION:
-                    raise _too_new(path, schema)
-                if schema is None:
-                    schema = SCHEMA_VERSION
-                    txn.put(b"schema", encode(schema), db=meta)
-                incarnation = (self._meta_int(txn, b"incarnation") or 0) + 1
-                txn.put(b"incarnation", encode(incarnation), db=meta)
+                self._handles = {
+                    n: env.open_db(n.encode(), txn=txn, create=True) for n in DATABASES
+                }
+                if txn.get(b"schema", db=self._handles["meta"]) is None:
+                    txn.put(b"schema", encode(SCHEMA_VERSION), db=self._handles["meta"])
         except lmdb.Error as exc:
-            raise _translate(exc, f"cannot initialise store {path}") from exc
-        self.schema_version = schema
-        self.incarnation = incarnation
-        for name in ("data.mdb", "lock.mdb", LOCK_FILE):
-            with contextlib.suppress(FileNotFoundError):
-                (path / name).chmod(0o600)
-        self._writer = Writer(env, self._handles, grow=self._grow, max_value_bytes=max_value_bytes)
+            env.close()
+            raise _translate(exc, f"cannot initialise store {self.path}") from exc
+        return env
+
+    def _take_at_open(self, txn: lmdb.Transaction) -> int:
+        lease, reason = take(
+            txn, self._handles["meta"], duration=self.lease_duration, have_flock=self._have_flock
+        )
+        if reason is None:
+            raise StoreLocked(
+                f"store {self.path} is leased to another runtime ({lease.describe()}); only "
+                "the lease holder may write it. Open it read-only to look inside, with "
+                "standby=True to take over when that runtime goes, or ask it to hand over "
+                f"with `herder handoff --store {self.path}`"
+            )
+        self._lease = lease
+        return lease.incarnation
+
+    def _start_writer(self, lease: Lease) -> None:
+        assert self._env is not None
+        self._writer = Writer(
+            self._env,
+            self._handles,
+            grow=self._grow,
+            max_value_bytes=self._max_value,
+            guard=guard(self._handles["meta"], lease.owner),
+        )
+
+    def _try_flock(self) -> bool:
+        """Take the directory's flock if it is free (never blocks); True if we hold it."""
+        if self._have_flock:
+            return True
+        assert self._lock_fd is not None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self._have_flock = True
+        return True
 
     def _open_readonly(self) -> None:
         path = self.path
@@ -358,6 +449,11 @@ class Store:
         if self._writer is None:
             if self.readonly:
                 raise StoreError(f"store {self.path} is open read-only; it has no writer")
+            if self.standby and self._lease is None and not self._closed:
+                raise StoreError(
+                    f"store {self.path} is open as a standby; it has no writer until it "
+                    "takes the lease (try_take_lease)"
+                )
             raise StoreClosed(f"store {self.path} is closed; open it again")
         return self._writer
 
@@ -538,6 +634,116 @@ class Store:
         entries: int = self._read(lambda txn: txn.stat(handle)["entries"])
         return entries
 
+    # ------------------------------------------------------------------ the lease
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease this store holds (as last written by it), or None."""
+        return self._lease
+
+    def read_lease(self) -> Lease | None:
+        """The lease record as stored now (whoever holds it), or None."""
+        return self._read(lambda txn: read_lease(txn, self._handles["meta"]))
+
+    def try_take_lease(self) -> str | None:
+        """Standby: take the lease if its holder released it, let it lapse or is gone.
+
+        Returns why it was taken ("free", "released", "expired", "holder gone"), or None
+        while another runtime holds it. Taking bumps the incarnation (in the same write
+        transaction as the lease, so of racing standbys exactly one wins) and starts the
+        writer. Call it from one thread at a time.
+        """
+        if self._lease is not None:
+            return "held"
+        if not self.standby or self._env is None:
+            raise StoreError(f"store {self.path} is not an open standby store")
+        self._try_flock()
+        try:
+            assert self._env is not None
+            with self._env.begin(write=True) as txn:
+                lease, reason = take(
+                    txn,
+                    self._handles["meta"],
+                    duration=self.lease_duration,
+                    have_flock=self._have_flock,
+                )
+        except lmdb.Error as exc:
+            raise _translate(exc, f"cannot take the lease of store {self.path}") from exc
+        if reason is None:
+            return None
+        self._lease, self.incarnation = lease, lease.incarnation
+        self._start_writer(lease)
+        return reason
+
+    def renew_lease(self) -> Future[None]:
+        """Renew our lease for another ``lease_duration`` seconds through :attr:`writer`.
+
+        The future fails with :class:`LeaseLost` if the lease is no longer ours (the
+        writer's check), or with :class:`ConditionFailed` if it changed since we last
+        wrote it (we released it meanwhile): a renewal never revives a released lease.
+        A holder that took the lease without the flock (its old holder was paused, not
+        dead) picks the flock up here once that holder is gone.
+        """
+        lease = self._lease
+        if lease is None or self.releasing:
+            raise StoreError(f"store {self.path} holds no lease to renew")
+        flock = lease.flock or (self._lock_fd is not None and self._try_flock())
+        renewed = dataclasses.replace(lease, expires=time.time() + self.lease_duration, flock=flock)
+        done = self.writer.submit(_renewal(lease, renewed))
+
+        def adopt(result: Future[None]) -> None:
+            if result.exception() is None and self._lease is lease:
+                self._lease = renewed
+
+        done.add_done_callback(adopt)
+        return done
+
+    def release_lease(self, timeout: float = 10.0) -> bool:
+        """Give the lease up now (a standby takes over at once); True if it was ours.
+
+        After this every write of this store fails with :class:`LeaseLost`, and
+        :attr:`releasing` is True from the start, so callers can tell that from a lease
+        taken by another runtime.
+        """
+        lease = self._lease
+        if lease is None or self._writer is None or self._writer.closed:
+            return False
+        self.releasing = True
+        released = dataclasses.replace(lease, expires=0.0)
+        done = self._writer.submit(
+            Transition(ops=(Put("meta", LEASE_KEY, encode(released.to_dict())),))
+        )
+        try:
+            done.result(timeout=timeout)
+        except StoreError:
+            return False
+        self._lease = released
+        return True
+
+    def handoff_request(self) -> HandoffRequest | None:
+        """A pending handoff request made since our lease was taken, or None."""
+        request = self._read(lambda txn: read_handoff(txn, self._handles["meta"]))
+        if request is None or self._lease is None or request.requested < self._lease.taken:
+            return None
+        return request
+
+    def request_handoff(self, deadline: float, by: str = "") -> HandoffRequest:
+        """Ask the lease holder (another process) to hand over: it lets running attempts
+        finish for up to ``deadline`` seconds, releases the lease and exits.
+
+        Written directly (this store has no writer, or a writer that may not write this
+        key on another holder's behalf); the holder reads it at its next renewal.
+        """
+        if self.readonly or self._env is None:
+            raise StoreError(f"store {self.path} must be open with standby=True to ask a handoff")
+        request = HandoffRequest(time.time(), float(deadline), by or f"pid {os.getpid()}")
+        try:
+            with self._env.begin(write=True) as txn:
+                txn.put(HANDOFF_KEY, encode(request.to_dict()), db=self._handles["meta"])
+        except lmdb.Error as exc:
+            raise _translate(exc, f"cannot write a handoff request to {self.path}") from exc
+        return request
+
     # ------------------------------------------------------------------ closing
 
     def close(self) -> None:
@@ -549,6 +755,8 @@ class Store:
         if self._closed:
             return
         if self._writer is not None:
+            if not self._writer.closed:
+                self.release_lease()
             self._writer.close()
         with self._gate:
             self._gate.wait_for(lambda: self._readers == 0 and not self._resizing)
@@ -566,6 +774,7 @@ class Store:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
+            self._have_flock = False
         with _registry_lock:
             if _registry.get(self._real) is self:
                 del _registry[self._real]
@@ -607,6 +816,14 @@ class Snapshot:
             if not key.startswith(prefix):
                 return
             yield key, value
+
+
+def _renewal(lease: Lease, renewed: Lease) -> Transition:
+    """Write ``renewed`` only if the stored lease is still exactly ``lease``."""
+    return Transition(
+        ops=(Put("meta", LEASE_KEY, encode(renewed.to_dict())),),
+        expect=(Expect("meta", LEASE_KEY, field="expires", value=lease.expires),),
+    )
 
 
 def is_held(path: str | os.PathLike[str]) -> bool:

@@ -9,6 +9,7 @@
         ├── StoreCorrupt             a record failed to decode; names the database and key
         ├── SchemaTooNew             the store was written by a newer herder
         ├── StoreLocked              another process holds the store for writing
+        ├── LeaseLost                another runtime took the leader lease; this one may not write
         ├── StoreClosed              the store or its writer was closed
         ├── ConditionFailed          a transition's compare-and-set condition did not hold
         └── StoreIOError             the disk refused a commit (e.g. it is full)
@@ -59,6 +60,16 @@ class SchemaTooNew(StoreError):
 
 class StoreLocked(StoreError):
     """Another process already holds this store directory for writing."""
+
+
+class LeaseLost(StoreError):
+    """Another runtime holds the store's leader lease now; this one may no longer write.
+
+    Every write batch checks the lease inside its own transaction, so a runtime that was
+    paused (SIGSTOP) or slow past its lease fails its next commit with this error instead
+    of writing over the new leader. Such a runtime stops dispatching; restart it as a
+    standby (``Runtime(path, standby=True)``) to have it wait for the lease again.
+    """
 
 
 class StoreClosed(StoreError):

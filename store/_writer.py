@@ -7,6 +7,8 @@ group). One daemon thread, ``herder-store-writer``, drains everything queued int
 LMDB write transaction, commits it durably (the environment is opened with ``sync=True``)
 and only then resolves the futures and callbacks. A condition that does not hold skips
 only its own transition; an I/O failure fails the whole batch and the thread keeps going.
+A ``guard`` (the leader-lease check, see ``_lease.py``) runs first in every write
+transaction; when it refuses, the whole batch fails with its error and nothing is written.
 
 Batches are replayable: on ``MapFullError`` the transaction is aborted, the map doubled
 (with no transaction open in this process, see ``Store._grow``) and the batch replayed.
@@ -108,8 +110,10 @@ class Writer:
         *,
         grow: Callable[[int], None],
         max_value_bytes: int | None = None,
+        guard: Callable[[lmdb.Transaction], BaseException | None] | None = None,
     ) -> None:
         self._env = env
+        self._guard = guard
         self._handles = dict(handles)
         self._grow = grow
         self._max_key = env.max_key_size()
@@ -130,6 +134,7 @@ class Writer:
                 "conflicts",
                 "map_resizes",
                 "io_errors",
+                "refused",
             ),
             0,
         )
@@ -197,10 +202,12 @@ class Writer:
                         f"Put value must be msgpack-encoded bytes (use encode()), "
                         f"got {type(op.value).__name__}"
                     )
-                if self._max_value is not None and len(op.value) > self._max_value:
+                # The limit guards against user payloads; meta holds herder's own records.
+                limit = None if op.db == "meta" else self._max_value
+                if limit is not None and len(op.value) > limit:
                     raise EncodeError(
                         f"value for {op.db!r} key {key!r:.80} is {len(op.value)} bytes; the "
-                        f"limit is {self._max_value}: store large payloads elsewhere"
+                        f"limit is {limit}: store large payloads elsewhere"
                     )
             elif type(op) is not Delete:
                 raise InvalidInput(f"a transition's ops must be Put or Delete, got {op!r:.80}")
@@ -246,7 +253,8 @@ class Writer:
 
     def stats(self) -> dict[str, int | float]:
         """Counters: batches, transitions, max_batch, last_batch, conflicts, map_resizes,
-        io_errors and mean_batch (transitions per batch)."""
+        io_errors, refused (batches the guard refused) and mean_batch (transitions per
+        batch)."""
         with self._cond:
             out = dict(self._stats)
         out["mean_batch"] = out["transitions"] / out["batches"] if out["batches"] else 0.0
@@ -283,28 +291,16 @@ class Writer:
 
     def _commit(self, batch: list[_Entry], n: int) -> list[list[Outcome]]:
         env = self._env
-        handles = self._handles
         while True:
             txn = env.begin(write=True)
             try:
-                put = txn.put
-                delete = txn.delete
-                outcomes: list[list[Outcome]] = []
-                for transitions, _ in batch:
-                    results: list[Outcome] = []
-                    for t in transitions:
-                        if t.expect:
-                            failed = self._check(txn, t.expect)
-                            if failed is not None:
-                                results.append(failed)
-                                continue
-                        for op in t.ops:
-                            if type(op) is Put:
-                                put(op.key, op.value, db=handles[op.db])
-                            else:
-                                delete(op.key, db=handles[op.db])
-                        results.append(None)
-                    outcomes.append(results)
+                refused = None if self._guard is None else self._guard(txn)
+                if refused is not None:
+                    txn.abort()
+                    with self._cond:
+                        self._stats["refused"] += 1
+                    return [[refused] * len(ts) for ts, _ in batch]
+                outcomes = self._apply(txn, batch)
                 if self.fault is not None:
                     self.fault()
                 crash_point("writer.before_commit")
@@ -334,6 +330,28 @@ class Writer:
                 s["max_batch"] = max(s["max_batch"], n)
                 s["conflicts"] += conflicts
             return outcomes
+
+    def _apply(self, txn: lmdb.Transaction, batch: list[_Entry]) -> list[list[Outcome]]:
+        handles = self._handles
+        put = txn.put
+        delete = txn.delete
+        outcomes: list[list[Outcome]] = []
+        for transitions, _ in batch:
+            results: list[Outcome] = []
+            for t in transitions:
+                if t.expect:
+                    failed = self._check(txn, t.expect)
+                    if failed is not None:
+                        results.append(failed)
+                        continue
+                for op in t.ops:
+                    if type(op) is Put:
+                        put(op.key, op.value, db=handles[op.db])
+                    else:
+                        delete(op.key, db=handles[op.db])
+                results.append(None)
+            outcomes.append(results)
+        return outcomes
 
     def _io_failed(self, batch: list[_Entry], exc: BaseException, note: str) -> list[list[Outcome]]:
         with self._cond:

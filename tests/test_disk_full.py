@@ -108,7 +108,9 @@ def test_a_real_write_failure_mid_run_is_survived_and_the_runtime_resumes(
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["refused_starts"] > 0  # new work was refused, not silently dropped
     assert report["io_errors"] > 0
-    assert "File too large" in report["error"]
+    # A page write wholly past the cap fails with EFBIG; one that straddles it is short,
+    # which LMDB reports as EIO. Which one comes first depends on the page layout.
+    assert "File too large" in report["error"] or "Input/output error" in report["error"]
     assert report["finished"] == report["acknowledged"] > 0
     assert report["resumed_after_s"] < 10.0
     with Store(tmp_path / "s", readonly=True) as store:

@@ -489,9 +489,9 @@ def test_the_public_api_exports_exactly_the_contract() -> None:
 
     expected = {
         "Agent", "CircuitBreaker", "EncodeError", "HerderError", "InvalidDefinition",
-        "InvalidInput", "InvalidState", "Permanent", "RateLimit", "RetryPolicy", "Runtime",
-        "RuntimeClosed", "SchemaTooNew", "State", "StepContext", "StepState", "StepStatus",
-        "StoreCorrupt",
+        "InvalidInput", "InvalidState", "LeaseLost", "NotActive", "Permanent", "RateLimit",
+        "RetryPolicy", "Runtime", "RuntimeClosed", "SchemaTooNew", "State", "StepContext",
+        "StepState", "StepStatus", "StoreCorrupt",
         "StoreError", "StoreLocked", "UnknownName", "UnknownWorkflow", "Workflow",
         "WorkflowConflict", "WorkflowFailed", "WorkflowHandle", "WorkflowStatus",
         # outcomes: unknown outcomes, async completion, the operator's inbox

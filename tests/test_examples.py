@@ -46,3 +46,11 @@ def test_daemon_example_serves_one_agent_per_host_and_follows_host_changes(
         assert served == {"a"}
         with pytest.raises(UnknownName, match="host:b"):
             rt.start("deploy-2", {"version": "1.3"})
+
+
+def test_ha_app_example_registers_what_its_daemon_serves(tmp_path: Path) -> None:
+    app = _load("ha_app.py")
+    with Runtime(tmp_path / "store") as rt:
+        app["build"](rt)
+        result = rt.start("welcome", {"to": "ada"}, workflow_id="u-1").result(timeout=10)
+    assert result == {"mail": {"message_id": "u-1/mail", "to": "ada"}}

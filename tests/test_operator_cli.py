@@ -161,3 +161,25 @@ def test_command_ids_keep_growing_and_the_sweep_reads_only_pending_ones(tmp_path
     assert done is not None
     assert (done["state"], done["error"]) == ("FAILED", "refused")
     assert wait_outcome(path, 1, timeout=0.0) is None  # still pending
+
+
+def test_malformed_commands_are_refused_on_the_record_and_the_runtime_carries_on(
+    tmp_path: Path,
+) -> None:
+    from herder.store._commands import append_command, new_command, wait_outcome
+
+    path = tmp_path / "store"
+    with Runtime(path, sweep_interval=0.05) as rt:
+        odd = [
+            new_command("explode", "w", who="t", why="x"),  # no such action
+            new_command("skip", "", who="t", why="x"),  # no such workflow can exist
+            {**new_command("skip", "w", who="t", why="x"), "args": ["not", "a", "map"]},
+        ]
+        ids = [append_command(path, c) for c in odd]  # this process: through its writer
+        outcomes = [wait_outcome(path, i, timeout=WAIT) for i in ids]
+        assert [o and o["state"] for o in outcomes] == ["FAILED"] * 3
+        errors = [str(o and o["error"]) for o in outcomes]
+        assert "unknown operator action 'explode'" in errors[0]
+        assert "workflow id" in errors[1]
+        assert "no workflow with id 'w'" in errors[2]
+        assert rt.stats()["steps"]["dispatched"] == 0  # and the Scheduler still answers

@@ -154,6 +154,8 @@ def test_a_lapsed_attempt_that_was_applied_is_recorded_from_the_probe_without_a_
     assert step.attempt == 1  # never run again
     assert bank.ledger.requests["w/pay"] == 1
     assert bank.probes == ["w/pay"]
+    steps = rt.stats()["steps"]
+    assert (steps["unknown"], steps["probes"], steps["timed_out"]) == (1, 1, 1)
     assert transitions(rt, "w", "pay") == [
         ("PENDING", "DISPATCHED"),
         ("DISPATCHED", "UNKNOWN"),
@@ -283,6 +285,8 @@ def test_a_step_completed_later_from_another_thread_frees_its_instance_meanwhile
     webhook.start()
     webhook.join(WAIT)
     assert h.result(timeout=WAIT) == {"pay": {"paid": "later"}}
+    steps = rt.stats()["steps"]
+    assert (steps["handed_off"], steps["completed"]) == (1, 1)
     assert transitions(rt, "w", "pay")[-2:] == [
         ("DISPATCHED", "WAITING"),
         ("WAITING", "SUCCEEDED"),
@@ -442,3 +446,49 @@ def test_a_service_that_drops_replies_at_random_applies_each_request_exactly_onc
         assert results[wid] == {"paid": attempts}
         assert ledger.requests[f"{wid}/pay"] == 1
     assert set(fates.values()) == {"ok", "apply-drop", "drop"}
+
+
+def test_a_parked_unknown_step_is_run_again_from_attempt_one_by_an_operator_retry(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    bank = Bank({1: "drop"})
+    bank.verdicts = [ProbeResult("nonsense")]  # one failed probe parks it (max_attempts=1)
+    rt.add_agent("bank", with_probe(bank))
+    rt.add_workflow(one_step(RetryPolicy(max_attempts=1)))
+    h = rt.start("one", workflow_id="w")
+    try:
+        lapse(rt, clock, bank)
+        wait_until(rt, lambda: rt.status("w").state is State.NEEDS_ATTENTION)
+    finally:
+        bank.release.set()
+    assert rt.status("w").steps["pay"].state is StepState.UNKNOWN
+    bank.plan = {}  # the bank is healthy again
+    rt.retry("w", who="ops", why="bank fixed")
+    assert h.result(timeout=WAIT) == {"pay": {"paid": 1}}  # attempt 1 again, same key
+    assert bank.ledger.requests["w/pay"] == 1
+
+
+def test_a_handed_off_step_that_lapses_is_probed_like_any_attempt(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    ledger = EffectLedger()
+
+    class Hooked(Agent):
+        def pay(self, ctx: StepContext) -> Any:
+            ledger.apply(ctx.idempotency_key, {"paid": "by partner"})  # webhook never comes
+            return ctx.complete_later()
+
+        def probe_pay(self, ctx: StepContext) -> ProbeResult:
+            return ProbeResult.done(ledger.effects.get(ctx.idempotency_key))
+
+    rt.add_agent("bank", Hooked)
+    rt.add_workflow(one_step())
+    h = rt.start("one", workflow_id="w")
+    wait_until(rt, lambda: rt.status("w").steps["pay"].state is StepState.WAITING)
+    advance(rt, clock, TIMEOUT + 0.5)
+    assert h.result(timeout=WAIT) == {"pay": {"paid": "by partner"}}
+    assert transitions(rt, "w", "pay")[1:] == [
+        ("DISPATCHED", "WAITING"),
+        ("WAITING", "UNKNOWN"),
+        ("UNKNOWN", "SUCCEEDED"),
+    ]

@@ -131,7 +131,9 @@ def test_a_delayed_start_runs_when_its_time_comes_and_not_before(
         advance(rt, clock, 59.0)
         caught_up(rt, log)
         assert [wid for wid, _, _ in log] == ["now"]
-        assert rt.status("later").steps["call"].state is StepState.PENDING
+        waiting = rt.status("later").steps["call"]
+        assert waiting.state is StepState.PENDING
+        assert waiting.waits_until == begin + 60.0
         advance(rt, clock, 1.0)
         rt.handle("later").result(timeout=WAIT)
         advance(rt, clock, 29.0)
@@ -216,6 +218,9 @@ def test_timing_arguments_are_validated(tmp_path: Path, clock: FakeClock) -> Non
         with pytest.raises(InvalidInput, match="priority"):
             rt.start("one", priority=1.5)  # type: ignore[arg-type]
         assert rt.list() == []
+    for aging in (0, float("inf"), float("nan")):
+        with pytest.raises(InvalidInput, match="priority_aging"):
+            Runtime(tmp_path / "other", clock=clock, priority_aging=aging)
 
 
 def test_equal_priorities_run_first_come_first_served(tmp_path: Path, clock: FakeClock) -> None:
@@ -235,6 +240,7 @@ def test_equal_priorities_run_first_come_first_served(tmp_path: Path, clock: Fak
         handles = [rt.start("one", workflow_id="blocker")]
         assert blocked.wait(WAIT)
         handles += [rt.start("one", workflow_id=f"w{n}", priority=2) for n in range(5)]
+        assert rt.status("w0").priority == 2
         gate.set()
         for handle in handles:
             handle.result(timeout=WAIT)

@@ -2,10 +2,10 @@
 
 Each seed runs a small workload on a real runtime under a fake clock and a seeded fault
 schedule (errors, lost answers, hangs with late stale answers, instance crashes,
-permanent failures, store write errors, a cancel) and checks the outcome the schedule
-implies, the effects against the recorded states, compensation order and ``herder
-check``. ``--sim-seeds N`` runs seeds 0..N-1 (default 200); ``HERDER_SIM_SEED=S`` runs
-only seed S, to reproduce a failure.
+permanent failures, store write errors, a cancel, a restart, a Scheduler crash) and
+checks the outcome the schedule implies, the effects against the recorded states,
+compensation order and ``herder check``. ``--sim-seeds N`` runs seeds 0..N-1 (default
+200); ``HERDER_SIM_SEED=S`` runs only seed S, to reproduce a failure.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
     root = _scratch(tmp_path)
     faults: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
-    store_faults = leaked = stale = 0
+    store_faults = leaked = stale = restarts = scheduler_crashes = 0
     started = time.monotonic()
     try:
         for seed in sim_seeds:
@@ -50,6 +50,8 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
             store_faults += report.store_faults
             leaked += report.leaked
             stale += report.stale
+            restarts += report.restarts
+            scheduler_crashes += report.scheduler_crashes
     finally:
         if root != tmp_path:
             import shutil
@@ -58,12 +60,16 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
     print(
         f"\nsimulation: {len(sim_seeds)} seeds in {time.monotonic() - started:.1f}s, "
         f"outcomes {dict(outcomes)}, faults {dict(faults)}, store faults {store_faults}, "
-        f"stale answers dropped {stale}, effects left by FAILED steps {leaked}"
+        f"stale answers dropped {stale}, restarts {restarts}, "
+        f"scheduler crashes {scheduler_crashes}, "
+        f"effects left by FAILED steps {leaked}"
     )
     if len(sim_seeds) >= 50:  # the schedule really exercises every kind of fault
         assert set(faults) == {"raise", "lost", "hang", "crash", "permanent"}
         assert store_faults > 0
         assert stale > 0  # hung attempts answered after being superseded
+        assert restarts > 0
+        assert scheduler_crashes > 0
         assert {"SUCCEEDED", "COMPENSATED", "CANCELLED"} <= set(outcomes)
 
 

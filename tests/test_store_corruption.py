@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -71,12 +72,23 @@ def finish(rt: Runtime, clock: FakeClock, *ids: str) -> None:
         assert rt.handle(wid).result(timeout=WAIT) == {"a": f"{wid}/a", "b": f"{wid}/b"}
 
 
-def seeded(path: Path) -> None:
-    """A store with four workflows, each waiting to retry step a."""
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with four workflows, each waiting to retry step a (built once, copied)."""
+    path = tmp_path_factory.mktemp("template") / "s"
     with Runtime(path, clock=FakeClock()) as rt:
         rt.add_agent("svc", Service)
         rt.add_workflow(flow())
         start_waiting(rt, *IDS)
+    return path
+
+
+@pytest.fixture
+def seeded(template: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the template store (a closed LMDB store copies as files)."""
+    path = tmp_path / "s"
+    shutil.copytree(template, path)
+    return path
 
 
 def put_raw(path: Path, db: str, key: bytes, value: bytes) -> None:
@@ -126,10 +138,9 @@ DAMAGE: list[tuple[str, str, bytes, Callable[[Path], bytes], str]] = [
 @pytest.mark.parametrize(("db", "key", "bad", "reason"), [d[1:] for d in DAMAGE],
                          ids=[d[0] for d in DAMAGE])  # fmt: skip
 def test_a_corrupt_record_is_reported_by_key_and_every_other_workflow_finishes(
-    tmp_path: Path, db: str, key: bytes, bad: Callable[[Path], bytes], reason: str
+    seeded: Path, db: str, key: bytes, bad: Callable[[Path], bytes], reason: str
 ) -> None:
-    path = tmp_path / "s"
-    seeded(path)
+    path = seeded
     put_raw(path, db, key, bad(path))
     clock = FakeClock()
     with Runtime(path, clock=clock) as rt:
@@ -148,9 +159,10 @@ def test_a_corrupt_record_is_reported_by_key_and_every_other_workflow_finishes(
         finish(rt, clock, "new")
 
 
-def test_the_cli_lists_the_rest_and_names_each_corrupt_record(tmp_path: Path) -> None:
-    path = tmp_path / "s"
-    seeded(path)
+def test_the_cli_lists_the_rest_and_names_each_corrupt_record(
+    seeded: Path,
+) -> None:
+    path = seeded
     put_raw(path, "workflows", workflow_key("w1"), b"\x85\xa1v")
     put_raw(path, "steps", step_key("w2", "a"), b"\xc1")
     ls = _cli("ls", "--json", "--store", str(path))
@@ -176,9 +188,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_corrupt_timer_entry_is_skipped_and_the_retries_still_run(tmp_path: Path) -> None:
-    path = tmp_path / "s"
-    seeded(path)
+def test_a_corrupt_timer_entry_is_skipped_and_the_retries_still_run(
+    seeded: Path,
+) -> None:
+    path = seeded
     put_raw(path, "timers", b"\x00\x01", b"\xc1")  # a key too short and a bad value
     put_raw(path, "timers", timer_key(5, "w0", "a"), b"\xc1")
     clock = FakeClock()
@@ -188,9 +201,10 @@ def test_a_corrupt_timer_entry_is_skipped_and_the_retries_still_run(tmp_path: Pa
         finish(rt, clock, *IDS)
 
 
-def test_a_corrupt_stored_definition_is_named_when_it_is_registered(tmp_path: Path) -> None:
-    path = tmp_path / "s"
-    seeded(path)
+def test_a_corrupt_stored_definition_is_named_when_it_is_registered(
+    seeded: Path,
+) -> None:
+    path = seeded
     put_raw(path, "definitions", definition_key("flow", 1), encode({"v": 2}))
     with Runtime(path, clock=FakeClock()) as rt:
         rt.add_agent("svc", Service)
@@ -201,10 +215,9 @@ def test_a_corrupt_stored_definition_is_named_when_it_is_registered(tmp_path: Pa
 
 
 def test_a_workflow_whose_definition_version_vanished_waits_and_is_reported(
-    tmp_path: Path,
+    seeded: Path,
 ) -> None:
-    path = tmp_path / "s"
-    seeded(path)
+    path = seeded
     clock = FakeClock()
     with Runtime(path, clock=clock) as rt:
         rt.add_agent("svc", Service)
@@ -218,18 +231,18 @@ def test_a_workflow_whose_definition_version_vanished_waits_and_is_reported(
         assert rt.stats()["awaiting_definition"] == {}
 
 
-def test_a_store_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "s"
-    seeded(path)
+def test_a_store_from_a_newer_schema_is_refused(
+    seeded: Path,
+) -> None:
+    path = seeded
     put_raw(path, "meta", b"schema", encode(99))
     with pytest.raises(SchemaTooNew, match=r"schema version 99.*upgrade herder"):
         Runtime(path)
     assert _cli("ls", "--store", str(path)).returncode == 1
 
 
-def test_a_store_directory_others_may_write_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "s"
-    seeded(path)
+def test_a_store_directory_others_may_write_is_refused(seeded: Path, tmp_path: Path) -> None:
+    path = seeded
     os.chmod(path, 0o770)
     with pytest.raises(StoreError, match=r"writable by group or others.*chmod 700"):
         Runtime(path)

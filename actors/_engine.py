@@ -1,0 +1,129 @@
+"""What the Scheduler runs on: its settings, what outlives one Scheduler, an attempt's port."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from herder.actors._agent import Agent
+from herder.actors._clock import Clock
+from herder.actors._limits import CircuitBreaker, RateLimit
+from herder.actors._messages import Heartbeat
+from herder.store import LeaseLost, Store
+from herder.store._records import Plan, RetryPolicy, WorkflowRecord
+
+_log = logging.getLogger("herder.scheduler")
+
+
+@dataclass
+class EngineConfig:
+    """Engine settings the Runtime passes down (see ``Runtime`` for their meaning)."""
+
+    default_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    default_timeout: float = 300.0
+    max_result_bytes: int = 1 << 20
+    instance_shutdown: float = 1.0
+    idle_timeout: float = 60.0
+    heartbeat_interval_fraction: float = 0.25
+    agent_max_restarts: int = 20
+    agent_restart_period: float = 10.0
+    priority_aging: float = 10.0
+    seed: int | None = None
+    probe_timeout: float = 30.0
+    max_recoveries: int = 3  # crashes in a row an attempt may be running at (_poison)
+    recovery_stagger: float = 0.5  # seconds between suspects re-run after a crash
+
+
+class EngineContext:
+    """What outlives one Scheduler actor: registrations, the token counter, the ports.
+
+    The supervision tree may restart the Scheduler; the new one reads registrations from
+    here and recovers workflows from the store, and tokens keep increasing.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        config: EngineConfig,
+        on_final: Callable[[WorkflowRecord], None],
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.config = config
+        self.on_final = on_final
+        self.plans: dict[tuple[str, int], Plan] = {}
+        self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
+        # Per agent name: (circuit breaker, rate limit), for agents registered with either.
+        self.limits: dict[str, tuple[CircuitBreaker | None, RateLimit | None]] = {}
+        self.scheduler: pykka.ActorRef | None = None
+        self.agents_supervisor: pykka.ActorRef | None = None
+        # Called (on the Scheduler's thread) after each batch of transitions is durable;
+        # the testing kit waits on it instead of polling.
+        self.commit_listeners: list[Callable[[], None]] = []
+        self.paused = False  # a draining runtime: dispatch nothing new
+        # Called (on the Scheduler's thread) when an operator action takes a workflow out
+        # of NEEDS_ATTENTION, so the runtime counts it as unfinished again.
+        self.on_resumed: Callable[[], None] | None = None
+        # Called on the Supervisor's thread after each sweep that read the store: the
+        # runtime's health signal (lease renewal, systemd watchdog).
+        self.sweep_listeners: list[Callable[[], None]] = []
+        self.on_lease_lost: Callable[[LeaseLost], None] | None = None
+        self.lost: LeaseLost | None = None
+        self.reset_tokens()
+
+    def reset_tokens(self) -> None:
+        """Issue tokens from the store's current incarnation (after taking the lease)."""
+        self._tokens = itertools.count((self.store.incarnation << 32) + 1)
+
+    def lease_lost(self, error: LeaseLost) -> None:
+        """Another runtime holds the lease: dispatch nothing more and tell the runtime."""
+        self.paused = True
+        if self.lost is not None:
+            return
+        _log.critical("lease lost: %s", error)
+        if self.on_lease_lost is not None:
+            self.on_lease_lost(error)
+        self.lost = error  # last: whoever sees it set sees the runtime told
+
+    def next_token(self) -> int:
+        """A fencing token greater than every token issued before, in any incarnation."""
+        return next(self._tokens)
+
+    def tell_scheduler(self, message: Any) -> None:
+        """Deliver a hint to the current Scheduler; dropped if none runs (the store is truth)."""
+        ref = self.scheduler
+        if ref is None:
+            return
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            _log.debug("scheduler gone; dropped %s", type(message).__name__)
+
+
+class AttemptPort:
+    """The running attempt's line back to the Scheduler (heartbeats, cancel flags)."""
+
+    __slots__ = ("_clock", "_ctx", "_last", "_min_gap", "cancelled", "superseded", "token")
+
+    def __init__(self, ctx: EngineContext, token: int, min_gap: float) -> None:
+        self._ctx = ctx
+        self._clock = ctx.clock
+        self.token = token
+        self._min_gap = min_gap
+        self._last: float | None = None
+        self.cancelled = False
+        self.superseded = False
+
+    def heartbeat(self, details: Any) -> None:
+        """Tell the Scheduler the attempt is alive, at most once per ``min_gap`` seconds."""
+        now = self._clock.monotonic()
+        if self._last is not None and now - self._last < self._min_gap:
+            return
+        self._last = now
+        self._ctx.tell_scheduler(Heartbeat(self.token, details))

@@ -1,0 +1,52 @@
+"""What the Scheduler holds in memory of an unfinished workflow, its attempts and queued jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from herder.actors._engine import AttemptPort
+from herder.store._records import Plan, StepRecord, StepSpec, WorkflowRecord
+
+
+@dataclass(slots=True)
+class WorkflowRun:
+    """One unfinished workflow in memory."""
+
+    record: WorkflowRecord
+    plan: Plan
+    steps: dict[str, StepRecord]
+    specs: dict[str, StepSpec]  # the plan's steps by name (shared by runs of one plan)
+    queued: set[str] = field(default_factory=set)  # steps waiting in an agent queue
+    # The job each queued step waits as: a stale job of the step (left in an agent queue
+    # by a reload, or a forward job behind a compensation) must not count as it.
+    jobs: dict[str, Job] = field(default_factory=dict)
+    attempts: set[int] = field(default_factory=set)  # tokens of its attempts in flight
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One attempt running (or about to run) on an agent instance."""
+
+    workflow_id: str
+    step: str
+    agent: str
+    instance: str
+    port: AttemptPort
+    sent: bool = False  # the agent was told (its DISPATCHED is durable)
+
+
+@dataclass(slots=True)
+class Job:
+    """A step waiting in its agent's queue: to run forward, or to compensate."""
+
+    workflow_id: str
+    step: str
+    compensating: bool
+
+
+def unqueue(run: WorkflowRun, job: Job) -> None:
+    """``job`` left its agent queue: its step is no longer queued, unless a newer job of
+    the step holds that place (then this one was stale and changes nothing)."""
+    if run.jobs.get(job.step) is job:
+        del run.jobs[job.step]
+        run.queued.discard(job.step)

@@ -1,0 +1,117 @@
+"""``herder run`` (a daemon from a user's app factory) and ``herder handoff``.
+
+An app is ``module:factory``: ``factory(rt)`` receives the opened :class:`Runtime` and
+registers agents and workflows on it (it may start workflows too, once ``rt`` is active).
+Exit codes: 0 after a clean stop or handoff, 1 when the runtime failed or lost its lease.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pathlib
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from herder.runtime._runtime import Runtime
+from herder.runtime._systemd import Watchdog, notify
+from herder.store import Store
+from herder.store._errors import InvalidInput, StoreError
+
+_log = logging.getLogger("herder.daemon")
+
+
+def load_app(spec: str) -> Callable[[Runtime], Any]:
+    """Import ``module:factory`` (the current directory is importable, as for ``python -m``)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidInput(f"--app must look like module:factory, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidInput(f"cannot import app module {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InvalidInput(f"app module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def run_app(
+    store: str, app: str, *, standby: bool, lease: float, drain_timeout: float, out: TextIO
+) -> int:
+    """Open the runtime, let the app register, notify systemd, serve until stopped."""
+    if not logging.getLogger().handlers:  # under systemd, stderr goes to the journal
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    factory = load_app(app)
+    rt = Runtime(store, standby=standby, lease=lease)
+    try:
+        factory(rt)
+    except BaseException:
+        rt.stop()
+        raise
+    watchdog = Watchdog()
+    rt._health_listeners.append(watchdog.ping)
+
+    def announce_active() -> None:
+        if rt.wait_active() and rt.is_active:
+            notify(f"READY=1\nSTATUS=active on {store}\nMAINPID={os.getpid()}")
+            out.write(f"active {time.time():.3f} incarnation {rt._store.incarnation}\n")
+            out.flush()
+
+    def announce_stopping() -> None:
+        rt._wake.wait()
+        notify("STOPPING=1")
+
+    if standby and not rt.is_active:
+        notify(f"READY=1\nSTATUS=standby on {store}: waiting for the lease")
+        out.write(f"standby on {store}\n")
+        out.flush()
+        threading.Thread(target=announce_active, name="herder-ready", daemon=True).start()
+    else:
+        announce_active()
+    threading.Thread(target=announce_stopping, name="herder-stopping", daemon=True).start()
+    rt.run_forever(drain_timeout=drain_timeout)
+    notify("STOPPING=1")
+    if rt._fatal is not None:
+        sys.stderr.write(f"herder run: stopped: {rt._fatal}\n")
+        return 1
+    out.write("stopped\n")
+    return 0
+
+
+def request_handoff(store: str, deadline: float, wait: float, out: TextIO) -> int:
+    """Ask the runtime holding ``store`` to hand over; wait until the lease moved."""
+    path = pathlib.Path(store)
+    if not (path / "data.mdb").is_file():
+        raise StoreError(f"no store at {path}")
+    with Store(path, standby=True) as st:
+        held = st.read_lease()
+        if held is None or held.released or held.expires <= time.time():
+            state = "no runtime ever held it" if held is None else held.describe()
+            sys.stderr.write(f"herder handoff: no runtime holds the lease of {path} ({state})\n")
+            return 1
+        asked = time.monotonic()
+        st.request_handoff(deadline, by=f"herder handoff (pid {os.getpid()})")
+        out.write(f"asked pid {held.pid} to hand over (deadline {deadline} s)\n")
+        out.flush()
+        give_up = asked + wait
+        pause = threading.Event()  # never set: the pause between polls
+        while time.monotonic() < give_up:
+            now = st.read_lease()
+            if now is not None and now.owner != held.owner:
+                took = time.monotonic() - asked
+                out.write(f"handed over in {took:.2f} s: pid {now.pid} holds the lease now\n")
+                return 0
+            pause.wait(0.02)
+        now = st.read_lease()
+        if now is not None and now.released:
+            out.write("the lease was released; no standby has taken it yet\n")
+            return 0
+        sys.stderr.write(f"herder handoff: the lease did not move within {wait} s\n")
+        return 1

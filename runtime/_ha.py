@@ -1,0 +1,180 @@
+"""High availability on one host: keeping the lease, waiting as a standby, handing over.
+
+- :class:`LeaseKeeper` runs on the active runtime as a listener of the Supervisor's sweep
+  (the sweep only completes when the store is readable and the actors run, which makes it
+  the runtime's health check). It renews the lease every third of its duration and looks
+  for a handoff request; a renewal refused because another runtime took the lease deposes
+  this one (the writer's lease check is the single "am I the active runtime" test).
+- :class:`StandbyWatcher` is the thread of a standby runtime: it tries to take the lease
+  every ``poll`` seconds; once it has it, the runtime starts its actors and recovers every
+  unfinished workflow exactly as a restart does.
+
+The lease itself (record, take, the writer's check) lives in ``herder.store._lease``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from herder.store import Lease, LeaseLost, Store
+from herder.store._errors import StoreError
+from herder.store._lease import holder_stopped
+
+if TYPE_CHECKING:
+    from herder.actors._engine import EngineContext
+
+_log = logging.getLogger("herder.ha")
+
+
+class LeaseKeeper:
+    """Renews the active runtime's lease from the sweep and notices handoff requests.
+
+    ``on_handoff(deadline)`` is called once, on a new thread, when an operator asked this
+    runtime to hand over.
+    """
+
+    def __init__(
+        self, store: Store, ctx: EngineContext, on_handoff: Callable[[float], None]
+    ) -> None:
+        self._store = store
+        self._ctx = ctx
+        self._on_handoff = on_handoff
+        self._every = store.lease_duration / 3
+        self._next = time.monotonic() + self._every
+        self._renewing = False
+        self._handing_off = False
+
+    def on_sweep(self) -> None:
+        """Renew the lease when due; start a handoff if one was requested."""
+        if self._ctx.lost is not None:
+            return
+        now = time.monotonic()
+        if now >= self._next and not self._renewing:
+            self._renewing = True
+            self._next = now + self._every
+            try:
+                self._store.renew_lease().add_done_callback(self._renewed)
+            except StoreError:
+                self._renewing = False  # closing: nothing left to renew
+                return
+        if not self._handing_off:
+            request = self._store.handoff_request()
+            if request is not None:
+                self._handing_off = True
+                _log.warning(
+                    "handoff requested by %s: finishing running attempts (up to %ss)",
+                    request.by,
+                    request.deadline,
+                )
+                threading.Thread(
+                    target=self._on_handoff,
+                    args=(request.deadline,),
+                    name="herder-handoff",
+                    daemon=True,
+                ).start()
+
+    def _renewed(self, done: Future[None]) -> None:
+        self._renewing = False
+        error = done.exception()
+        if error is None or self._store.releasing:
+            return  # renewed, or refused because we gave the lease up ourselves
+        if isinstance(error, LeaseLost):
+            self._ctx.lease_lost(error)
+        else:
+            _log.warning("could not renew the lease: %s", error)
+
+
+class StandbyWatcher:
+    """A standby runtime's thread: take the lease when it is free, then ``promote()``.
+
+    Each poll that read the lease calls ``on_poll`` (the standby's health signal).
+
+    Fencing: a holder stopped (SIGSTOP) in the middle of a commit keeps LMDB's writer
+    mutex, so the attempt to take its expired lease blocks until it resumes (and so do
+    this store's reads). A second thread watches for that: when an attempt has been
+    blocked for ``fence_after`` seconds, the lease (as read right before the attempt) has
+    expired and its holder is a stopped process on this host, it SIGKILLs the holder
+    (the kernel then frees the mutex and the flock). A holder that is merely
+    slow, or stopped outside a commit, is never killed: the lease check in every write
+    batch deposes it when it wakes.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        poll: float,
+        promote: Callable[[str], None],
+        on_poll: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._poll = poll
+        self._promote = promote
+        self._on_poll = on_poll
+        self._stop = threading.Event()
+        self._attempt_since: float | None = None  # monotonic start of a running attempt
+        self._last_seen: Lease | None = None  # the lease as read before that attempt
+        self.fence_after = max(0.25, 5 * poll)
+        self._thread = threading.Thread(target=self._run, name="herder-standby", daemon=True)
+        self._thread.start()
+        self._fencer = threading.Thread(target=self._fence, name="herder-fence", daemon=True)
+        self._fencer.start()
+
+    def stop(self) -> None:
+        """Stop polling (the thread ends at its next wake-up)."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        waited_since = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                # Read before the attempt: while a stopped holder blocks the attempt, the
+                # store's reads wait too, and this is what the fencer judges by.
+                self._last_seen = self._store.read_lease()
+                self._attempt_since = time.monotonic()
+                reason = self._store.try_take_lease()
+            except StoreError as exc:
+                _log.error("standby could not check the lease: %s", exc)
+                reason = None
+            else:
+                self._on_poll()
+            finally:
+                self._attempt_since = None
+            if reason is not None:
+                _log.warning(
+                    "took the lease of %s (%s) after %.2fs as standby; incarnation %d",
+                    self._store.path,
+                    reason,
+                    time.monotonic() - waited_since,
+                    self._store.incarnation,
+                )
+                self._stop.set()  # ends the fencer too
+                self._promote(reason)
+                return
+            self._stop.wait(self._poll)
+
+    def _fence(self) -> None:
+        while not self._stop.wait(self._poll):
+            since = self._attempt_since
+            if since is None or time.monotonic() - since < self.fence_after:
+                continue
+            lease = self._last_seen
+            if lease is None or lease.expires > time.time() or not holder_stopped(lease):
+                continue
+            _log.warning(
+                "fencing pid %d: it was stopped while holding the write lock of %s, and its "
+                "lease expired %.2fs ago; killing it so this standby can take over",
+                lease.pid,
+                self._store.path,
+                time.time() - lease.expires,
+            )
+            try:
+                os.kill(lease.pid, signal.SIGKILL)
+            except OSError as exc:
+                _log.error("could not fence pid %d: %s", lease.pid, exc)

@@ -1,0 +1,99 @@
+"""The app the high-availability tests run under ``herder run --app ha_app:build``.
+
+Configured by environment variables (each process of a test gets its own):
+
+- ``HA_EFFECTS``: a file every executed action appends ``workflow step token pid time`` to
+  (one ``write`` of one line with O_APPEND, so lines of concurrent processes never mix).
+- ``HA_STEP``: seconds each action takes (default 0.02).
+- ``HA_START``: once active, start workflows ``w-0`` .. ``w-(N-1)`` (three chained steps
+  each), printing ``start w-i`` when ``start()`` returned; ``HA_PACE`` seconds apart.
+  A start refused because the runtime is stopping or handing over ends the loop and
+  prints ``refused w-i``.
+- ``HA_WATCH``: once active, wait until every workflow in the store is final, then print
+  ``idle N`` (N workflows). The tests wait on that line instead of polling the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+
+from herder.runtime import Agent, HerderError, Runtime, StepContext, Workflow, WorkflowFailed
+
+JOB = (
+    Workflow("job", version=1)
+    .step("a", agent="svc", action="work", timeout=30.0)
+    .step("b", agent="svc", action="work", after=["a"], timeout=30.0)
+    .step("c", agent="svc", action="work", after=["b"], timeout=30.0)
+)
+
+
+class Service(Agent):
+    """Takes ``HA_STEP`` seconds, logs the execution, answers with who ran it."""
+
+    def __init__(self) -> None:
+        self.effects = os.environ["HA_EFFECTS"]
+        self.step_seconds = float(os.environ.get("HA_STEP", "0.02"))
+
+    def work(self, ctx: StepContext) -> dict[str, int]:
+        threading.Event().wait(self.step_seconds)  # the remote call
+        line = f"{ctx.workflow_id} {ctx.step} {ctx.token} {os.getpid()} {time.time():.4f}\n"
+        data = line.encode()
+        fd = os.open(self.effects, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return {"pid": os.getpid(), "token": ctx.token}
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _start_all(rt: Runtime, count: int, pace: float) -> None:
+    if not rt.wait_active():
+        return
+    pause = threading.Event()  # never set: paces the starts
+    for i in range(count):
+        try:
+            rt.start("job", {"i": i}, workflow_id=f"w-{i}")
+        except HerderError:
+            _say(f"refused w-{i}")
+            return
+        _say(f"start w-{i}")
+        if pace:
+            pause.wait(pace)
+    _say(f"started all {time.time():.3f}")
+
+
+def _watch(rt: Runtime) -> None:
+    if not rt.wait_active():
+        return
+    statuses = rt.list()
+    give_up = time.monotonic() + 25.0
+    for status in statuses:
+        if not status.state.is_final:
+            with contextlib.suppress(WorkflowFailed, TimeoutError):
+                rt.handle(status.id).result(timeout=max(0.0, give_up - time.monotonic()))
+    for status in rt.list():
+        if not status.state.is_final:
+            steps = " ".join(f"{n}={s.state}/{s.attempt}" for n, s in status.steps.items())
+            _say(f"stuck {status.id} {status.state} {steps}")
+    _say(f"idle {len(statuses)}")
+
+
+def build(rt: Runtime) -> None:
+    """Register the agent and workflow; start the workload if ``HA_START`` asks."""
+    rt.add_agent("svc", Service, concurrency=8)
+    rt.add_workflow(JOB)
+    count = int(os.environ.get("HA_START", "0"))
+    if count:
+        pace = float(os.environ.get("HA_PACE", "0"))
+        threading.Thread(target=_start_all, args=(rt, count, pace), daemon=True).start()
+    if os.environ.get("HA_WATCH"):
+        threading.Thread(target=_watch, args=(rt,), daemon=True).start()

@@ -1,0 +1,383 @@
+"""High availability with real processes: SIGKILL and SIGSTOP the active runtime, hand
+over under load, race standbys for the lease, and talk to a fake systemd.
+
+Every runtime here is a ``herder run --app ha_app:build`` subprocess (see ``ha_app.py``)
+with a short lease. The tests wait on the lines the processes print (``active <time>``,
+``start w-i``, ``idle N``) and check the store, read-only, at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from herder.runtime import Runtime
+from herder.store import Store
+from herder.store._records import StepState, WorkflowState
+
+TESTS = pathlib.Path(__file__).parent
+LEASE = 1.0
+WAIT = 30.0  # seconds any single expected line may take on a loaded machine
+
+
+class Daemon:
+    """One ``herder run`` subprocess and the lines it prints."""
+
+    def __init__(
+        self, store: pathlib.Path, effects: pathlib.Path, *, standby: bool = False, **env: str
+    ) -> None:
+        cmd = [sys.executable, "-m", "herder.runtime", "run", "--store", str(store)]
+        cmd += ["--app", "ha_app:build", "--lease", str(LEASE), "--drain-timeout", "5"]
+        if standby:
+            cmd.append("--standby")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=TESTS,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "HA_EFFECTS": str(effects), **env},
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.errors: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.seen.append(line.strip())
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.errors.append(line.rstrip())
+
+    def wait_for(self, prefix: str, timeout: float = WAIT) -> str:
+        """The first (next) line starting with ``prefix``."""
+        give_up = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, give_up - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise AssertionError(
+                    f"no line {prefix!r} from pid {self.proc.pid}; stderr:\n"
+                    + "\n".join(self.errors[-30:])
+                )
+            if line.startswith(prefix):
+                return line
+
+    def wait_idle(self) -> None:
+        """Wait for ``idle``; fail naming any workflow the app reported stuck."""
+        self.wait_for("idle")
+        stuck = [line for line in self.seen if line.startswith("stuck ")]
+        assert not stuck, "\n".join(stuck + self.errors[-30:])
+
+    def acked(self) -> set[str]:
+        return {line.split()[1] for line in self.seen if line.startswith("start ")}
+
+    def finish(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=WAIT)
+
+
+@pytest.fixture
+def daemons() -> Any:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.finish()
+
+
+def _active_at(line: str) -> float:
+    return float(line.split()[1])
+
+
+def _dump(store: pathlib.Path) -> dict[str, list[tuple[bytes, bytes]]]:
+    with Store(store, readonly=True) as st:
+        return {db: list(st.raw_scan(db)) for db in ("workflows", "steps", "timers")}
+
+
+def _final_states(store: pathlib.Path) -> dict[str, Any]:
+    with Store(store, readonly=True) as st:
+        return {r.id: (r.state, {s.name: s for s in st.steps_of(r.id)}) for r in st.workflows()}
+
+
+def _effects(path: pathlib.Path) -> Counter[tuple[str, str]]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return Counter((line.split()[0], line.split()[1]) for line in lines)
+
+
+def test_a_standby_takes_over_from_a_killed_runtime_and_finishes_every_workflow(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects, HA_START="40", HA_STEP="0.05", HA_PACE="0.01")
+    daemons.append(active)
+    active.wait_for("active")
+    standby = Daemon(store, effects, standby=True, HA_WATCH="1")
+    daemons.append(standby)
+    standby.wait_for("standby")
+    active.wait_for("start w-15")
+    killed_at = time.time()
+    active.proc.kill()
+    active.proc.wait(timeout=WAIT)
+    took_over = _active_at(standby.wait_for("active")) - killed_at
+    standby.wait_idle()
+    assert took_over < LEASE + 1.0  # its flock died with it: no need to wait for expiry
+    acked = active.acked()
+    assert len(acked) >= 16
+    final = _final_states(store)
+    for wid in acked:
+        state, steps = final[wid]
+        assert state is WorkflowState.SUCCEEDED, wid
+        assert all(s.state is StepState.SUCCEEDED for s in steps.values())
+
+
+def test_a_paused_runtime_that_lost_its_lease_commits_nothing_when_it_wakes(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects, HA_START="16", HA_STEP="0.3")
+    daemons.append(active)
+    active.wait_for("active")
+    standby = Daemon(store, effects, standby=True, HA_WATCH="1")
+    daemons.append(standby)
+    standby.wait_for("standby")
+    active.wait_for("started all")  # 16 workflows, 8 attempts running at a time
+    stopped_at = time.time()
+    active.proc.send_signal(signal.SIGSTOP)
+    took_over = _active_at(standby.wait_for("active")) - stopped_at
+    standby.wait_idle()
+    before = _dump(store)
+    active.proc.send_signal(signal.SIGCONT)
+    code = active.proc.wait(timeout=WAIT)
+    if code == -signal.SIGKILL:
+        # Stopped inside a commit, it held LMDB's writer mutex: the standby fenced it
+        # (test_a_holder_stopped_inside_a_commit_is_fenced covers that path for sure).
+        assert any("fencing pid" in line for line in standby.errors)
+        assert took_over < LEASE + 2.0
+    else:
+        assert code == 1  # deposed: it stops instead of writing
+        assert any("no longer holds the store's lease" in line for line in active.errors)
+        assert took_over < LEASE + 1.0  # the lease had at most LEASE seconds left
+    assert _dump(store) == before  # not one transition of the woken runtime landed
+    final = _final_states(store)
+    assert set(final) == {f"w-{i}" for i in range(16)}
+    for state, steps in final.values():
+        assert state is WorkflowState.SUCCEEDED
+        for st in steps.values():
+            # The recorded result is the answer of the attempt the record says succeeded;
+            # an answer of the deposed runtime's (re-run) attempt would carry an old token.
+            assert st.state is StepState.SUCCEEDED
+            assert st.done_token is not None
+            assert st.result["token"] >> 32 == st.done_token >> 32
+
+
+HOLDER = """
+import os, signal, sys
+from herder.runtime import Runtime
+from herder.store import Store
+store = Store(sys.argv[1], lease=float(sys.argv[2]))
+print("open", flush=True)
+sys.stdin.readline()
+txn = store._env.begin(write=True)  # what a commit holds while it fsyncs
+print("holding", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def test_a_holder_stopped_inside_a_commit_is_fenced_by_the_standby(
+    tmp_path: pathlib.Path,
+) -> None:
+    store = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(store), str(LEASE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        with Runtime(store, standby=True, lease=LEASE, standby_poll=0.02) as standby:
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "holding"
+            # Its writer mutex blocks even the attempt to take the lease until it is gone.
+            assert standby.wait_active(LEASE + 5.0)
+            assert holder.wait(timeout=WAIT) == -signal.SIGKILL
+            lease = standby._store.read_lease()
+            assert lease is not None
+            assert lease.pid == os.getpid()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(timeout=WAIT)
+
+
+def test_handoff_under_load_loses_and_repeats_no_step(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects, HA_START="60", HA_STEP="0.05", HA_PACE="0.02")
+    daemons.append(active)
+    active.wait_for("active")
+    standby = Daemon(store, effects, standby=True, HA_WATCH="1")
+    daemons.append(standby)
+    standby.wait_for("standby")
+    active.wait_for("start w-10")
+    asked_at = time.time()
+    cli = [sys.executable, "-m", "herder.runtime", "handoff", "--store", str(store)]
+    handoff = subprocess.run(
+        [*cli, "--deadline", "10"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert handoff.returncode == 0, handoff.stderr
+    assert "handed over in" in handoff.stdout
+    assert active.proc.wait(timeout=WAIT) == 0
+    pause = _active_at(standby.wait_for("active")) - asked_at
+    standby.wait_idle()
+    assert pause < 5.0
+    acked = active.acked()
+    assert len(acked) >= 11
+    final = _final_states(store)
+    assert acked <= set(final)  # nothing acknowledged was lost
+    for state, steps in final.values():  # also those started during the drain
+        assert state is WorkflowState.SUCCEEDED
+        assert all(s.state is StepState.SUCCEEDED and s.attempt == 1 for s in steps.values())
+    ran = _effects(effects)
+    assert ran == Counter({(wid, step): 1 for wid in final for step in "abc"})
+
+
+RACER = """
+import sys, threading, time
+from herder.runtime import Runtime
+from herder.store import Store
+store = Store(sys.argv[1], standby=True)
+threading.Event().wait(max(0.0, float(sys.argv[2]) - time.time()))
+print("won" if store.try_take_lease() else "lost", store.incarnation, flush=True)
+sys.stdin.read()  # stay alive (a dead holder's lease is free) until every racer tried
+import os; os._exit(0)  # keep the lease: no release at close
+"""
+
+
+def test_of_processes_racing_for_a_free_lease_exactly_one_wins(tmp_path: pathlib.Path) -> None:
+    store = tmp_path / "store"
+    with Store(store) as st:
+        incarnation = st.incarnation
+    go = time.time() + 2.0  # past every racer's imports
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(store), str(go)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = []
+    for racer in racers:
+        assert racer.stdout is not None
+        results.append(racer.stdout.readline().split())
+    for racer in racers:
+        racer.communicate(timeout=WAIT)
+    assert sorted(r[0] for r in results) == ["lost", "lost", "lost", "won"]
+    winner = next(r for r in results if r[0] == "won")
+    assert int(winner[1]) == incarnation + 1
+    with Store(store, readonly=True) as st:
+        lease = st.read_lease()
+        assert st.incarnation == incarnation + 1
+    assert lease is not None
+    assert lease.incarnation == incarnation + 1
+
+
+def test_herder_run_speaks_the_systemd_notify_protocol(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    name = f"herder-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(WAIT)
+        daemon = Daemon(
+            tmp_path / "store",
+            tmp_path / "effects",
+            NOTIFY_SOCKET="@" + name,
+            WATCHDOG_USEC="100000",
+        )
+        daemons.append(daemon)
+        got: list[str] = []
+
+        def receive_until(word: str) -> None:
+            while not any(word in m for m in got):
+                got.append(sock.recv(4096).decode())
+
+        receive_until("READY=1")
+        assert "STATUS=active" in got[-1]
+        got.clear()
+        receive_until("WATCHDOG=1")
+        receive_until("WATCHDOG=1")  # the sweep keeps pinging: not a one-off
+        assert got.count("WATCHDOG=1") >= 1
+        daemon.proc.send_signal(signal.SIGTERM)
+        receive_until("STOPPING=1")
+    assert daemon.proc.wait(timeout=WAIT) == 0
+
+
+def test_a_standby_asks_for_the_handoff_itself_and_takes_over(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects, HA_START="5", HA_STEP="0.01")
+    daemons.append(active)
+    active.wait_for("started all")
+    with Runtime(store, standby=True, lease=LEASE, standby_poll=0.02) as standby:
+        assert not standby.is_active
+        assert standby.handoff(deadline=5.0, timeout=WAIT)
+        assert standby.is_active
+        assert active.proc.wait(timeout=WAIT) == 0  # it handed over and exited cleanly
+        lease = standby._store.read_lease()
+        assert lease is not None
+        assert lease.pid == os.getpid()
+
+
+def test_a_standby_under_systemd_is_ready_as_standby_then_reports_active(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects)
+    daemons.append(active)
+    active.wait_for("active")
+    name = f"herder-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(WAIT)
+        standby = Daemon(store, effects, standby=True, NOTIFY_SOCKET="@" + name)
+        daemons.append(standby)
+        ready = sock.recv(4096).decode()
+        assert "READY=1" in ready
+        assert "STATUS=standby" in ready
+        active.proc.kill()
+        while "STATUS=active" not in (message := sock.recv(4096).decode()):
+            assert "STOPPING" not in message

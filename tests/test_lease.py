@@ -1,0 +1,229 @@
+"""The leader lease inside one process: taking, checking every write batch, releasing.
+
+Cross-process behaviour (standby takeover, SIGSTOP, races, handoff) is in test_ha.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import threading
+import time
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    LeaseLost,
+    NotActive,
+    Runtime,
+    RuntimeClosed,
+    StepContext,
+    Workflow,
+)
+from herder.store import ConditionFailed, Lease, Put, Store, StoreError, Transition, encode
+from herder.store._env import _renewal
+from herder.store._lease import LEASE_KEY, why_takeable
+
+
+def _foreign(lease: Lease) -> Transition:
+    """A transition that hands our lease to a made-up owner (what a standby's take does)."""
+    other = Lease("someone-else", lease.incarnation + 1, time.time() + 60, 1, "elsewhere", False, 0)
+    return Transition(ops=(Put("meta", LEASE_KEY, encode(other.to_dict())),))
+
+
+def test_a_writer_open_takes_the_lease_and_bumps_the_incarnation(tmp_path: pathlib.Path) -> None:
+    with Store(tmp_path / "s") as store:
+        first = store.lease
+        assert first is not None
+        assert first.pid == os.getpid()
+        assert first.flock
+        assert first.incarnation == store.incarnation
+        assert store.read_lease() == first
+    with Store(tmp_path / "s") as store:
+        assert store.lease is not None
+        assert store.lease.incarnation == first.incarnation + 1
+        assert store.lease.owner != first.owner
+
+
+def test_closing_releases_the_lease(tmp_path: pathlib.Path) -> None:
+    with Store(tmp_path / "s"):
+        pass
+    with Store(tmp_path / "s", readonly=True) as reader:
+        lease = reader.read_lease()
+    assert lease is not None
+    assert lease.released
+    assert why_takeable(lease, time.time(), have_flock=False) == "released"
+
+
+def test_a_renewal_pushes_the_expiry_forward(tmp_path: pathlib.Path) -> None:
+    with Store(tmp_path / "s", lease=2.0) as store:
+        before = store.read_lease()
+        assert before is not None
+        store.renew_lease().result(timeout=10)
+        after = store.read_lease()
+        assert after is not None
+        assert after.owner == before.owner
+        assert after.expires > before.expires
+
+
+def test_a_renewal_never_revives_a_released_lease(tmp_path: pathlib.Path) -> None:
+    with Store(tmp_path / "s") as store:
+        lease = store.lease
+        assert lease is not None
+        holding, go = threading.Event(), threading.Event()
+
+        def hold() -> None:  # keep the writer in one batch while the next one queues
+            store.writer.fault = None
+            holding.set()
+            go.wait(10)
+
+        store.writer.fault = hold
+        first = store.writer.submit(Transition(ops=(Put("meta", b"x", encode(1)),)))
+        assert holding.wait(10)
+        # The release and a renewal built before it land in the same batch, so the lease
+        # check at the batch's start passes for both; the renewal must still not apply.
+        release = Transition(
+            ops=(Put("meta", LEASE_KEY, encode(dataclasses.replace(lease, expires=0.0).to_dict())),)
+        )
+        released = store.writer.submit(release)
+        late = store.writer.submit(
+            _renewal(lease, dataclasses.replace(lease, expires=time.time() + 60))
+        )
+        go.set()
+        first.result(timeout=10)
+        released.result(timeout=10)
+        with pytest.raises(ConditionFailed):
+            late.result(timeout=10)
+        after = store.read_lease()
+        assert after is not None
+        assert after.released
+        store._lease = after
+        store.releasing = True
+        with pytest.raises(StoreError, match="no lease to renew"):
+            store.renew_lease()
+
+
+def test_every_batch_after_the_lease_changed_hands_fails_with_lease_lost(
+    tmp_path: pathlib.Path,
+) -> None:
+    with Store(tmp_path / "s") as store:
+        assert store.lease is not None
+        store.writer.submit(_foreign(store.lease)).result(timeout=10)
+        late = store.writer.submit(Transition(ops=(Put("meta", b"late", encode(1)),)))
+        with pytest.raises(LeaseLost, match="no longer holds"):
+            late.result(timeout=10)
+        assert store.get("meta", b"late") is None
+        assert store.writer.stats()["refused"] == 1
+        assert not store.release_lease()  # not ours to release any more
+        lease = store.read_lease()
+        assert lease is not None
+        assert lease.owner == "someone-else"
+
+
+def test_a_live_lease_of_a_live_holder_keeps_a_plain_open_out(tmp_path: pathlib.Path) -> None:
+    now = time.time()
+    alive = Lease("x", 3, now + 60, os.getpid() + 0, "elsewhere", False, now)
+    assert why_takeable(alive, now, have_flock=True) is None  # another host: cannot tell
+    dead_flock_holder = Lease("x", 3, now + 60, 1, "elsewhere", True, now)
+    assert why_takeable(dead_flock_holder, now, have_flock=True) == "holder gone"
+    assert why_takeable(dead_flock_holder, now, have_flock=False) is None
+    assert why_takeable(alive, now + 61, have_flock=False) == "expired"
+    assert why_takeable(None, now, have_flock=False) == "free"
+
+
+class Slow(Agent):
+    def __init__(self, gate: threading.Event, started: threading.Event | None = None) -> None:
+        self.gate = gate
+        self.started = started
+
+    def work(self, ctx: StepContext) -> int:
+        if self.started is not None:
+            self.started.set()
+        self.gate.wait(30)
+        return ctx.attempt
+
+
+FLOW = Workflow("flow", version=1).step("a", agent="slow", action="work", timeout=60.0)
+
+
+def test_a_deposed_runtime_stops_dispatching_and_refuses_new_work(tmp_path: pathlib.Path) -> None:
+    gate, started = threading.Event(), threading.Event()
+    rt = Runtime(tmp_path / "s", sweep_interval=0.05)
+    try:
+        rt.add_agent("slow", lambda: Slow(gate, started))
+        rt.add_workflow(FLOW)
+        handle = rt.start("flow", {"n": 1}, workflow_id="w-1")
+        assert started.wait(10)  # DISPATCHED is durable before the agent runs
+        lease = rt._store.lease
+        assert lease is not None
+        rt._store.writer.submit(_foreign(lease)).result(timeout=10)
+        gate.set()  # the running attempt answers; recording it must fail
+        deadline = time.monotonic() + 10
+        while rt.is_active and time.monotonic() < deadline:
+            rt._wake.wait(0.05)
+        assert not rt.is_active
+        with pytest.raises(RuntimeClosed, match="no longer holds"):
+            rt.start("flow", {"n": 2}, workflow_id="w-2")
+        step = rt.status("w-1").steps["a"]
+        assert step.state == "DISPATCHED"  # the answer after deposition was not recorded
+        assert handle.status().state == "RUNNING"
+    finally:
+        rt.stop()
+
+
+def test_handoff_on_the_active_runtime_releases_the_lease_and_stops(
+    tmp_path: pathlib.Path,
+) -> None:
+    gate = threading.Event()
+    gate.set()
+    rt = Runtime(tmp_path / "s", sweep_interval=0.05)
+    rt.add_agent("slow", lambda: Slow(gate))
+    rt.add_workflow(FLOW)
+    rt.start("flow", {"n": 1}, workflow_id="w-1").result(timeout=10)
+    assert rt.handoff(deadline=5.0)
+    with pytest.raises(RuntimeClosed):
+        rt.start("flow", {"n": 2}, workflow_id="w-2")
+    with Store(tmp_path / "s", readonly=True) as reader:
+        lease = reader.read_lease()
+    assert lease is not None
+    assert lease.released
+    with Runtime(tmp_path / "s") as again:  # no StoreLocked: the lease was given back
+        assert again.status("w-1").state == "SUCCEEDED"
+
+
+def test_a_standby_serves_reads_and_refuses_writes_until_it_is_active(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "s"
+    with Runtime(path) as rt:
+        rt.add_agent("slow", lambda: Slow(threading.Event()))
+        rt.add_workflow(FLOW)
+    # Nobody holds the lease now, so a standby takes it at its first poll.
+    with Runtime(path, standby=True) as standby:
+        gate = threading.Event()
+        gate.set()
+        standby.add_agent("slow", lambda: Slow(gate))
+        standby.add_workflow(FLOW)
+        assert standby.wait_active(10)
+        assert standby.start("flow", {"n": 1}, workflow_id="w-1").result(timeout=10) == {"a": 1}
+
+
+def test_a_standby_that_cannot_get_the_lease_refuses_to_start_work(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "s"
+    Store(path).close()
+    # A live foreign lease (another host: its liveness cannot be probed) keeps it waiting.
+    with Store(path, standby=True) as store:
+        foreign = Lease("other", 9, time.time() + 60, 1, "elsewhere", False, time.time())
+        assert store._env is not None
+        with store._env.begin(write=True) as txn:
+            txn.put(LEASE_KEY, encode(foreign.to_dict()), db=store._handles["meta"])
+    with Runtime(path, standby=True, standby_poll=0.01) as standby:
+        standby.add_workflow(FLOW)
+        assert not standby.wait_active(0.2)
+        with pytest.raises(NotActive, match="standby"):
+            standby.start("flow", {"n": 1})
+        assert standby.list() == []
