@@ -26,6 +26,11 @@ def _number(value: object) -> bool:
     )
 
 
+def _count(value: object) -> bool:
+    """An int >= 1 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclass(frozen=True, slots=True)
 class CircuitBreaker:
     """Stop sending work to a resource that keeps failing, then probe it.
@@ -50,15 +55,7 @@ class CircuitBreaker:
     def __post_init__(self) -> None:
         owner = "CircuitBreaker"
         if self.failures is not None:
-            _require(
-                isinstance(self.failures, int)
-                and not isinstance(self.failures, bool)
-                and self.failures >= 1,
-                owner,
-                "failures",
-                "an int >= 1 or None",
-                self.failures,
-            )
+            _require(_count(self.failures), owner, "failures", "an int >= 1 or None", self.failures)
         if self.failure_rate is not None:
             _require(
                 _number(self.failure_rate) and 0 < self.failure_rate <= 1,
@@ -75,13 +72,7 @@ class CircuitBreaker:
             None,
         )
         _require(_number(self.window) and self.window > 0, owner, "window", "> 0", self.window)
-        _require(
-            isinstance(self.min_calls, int) and self.min_calls >= 1,
-            owner,
-            "min_calls",
-            "an int >= 1",
-            self.min_calls,
-        )
+        _require(_count(self.min_calls), owner, "min_calls", "an int >= 1", self.min_calls)
         _require(
             _number(self.cooldown) and self.cooldown > 0, owner, "cooldown", "> 0", self.cooldown
         )
@@ -110,15 +101,7 @@ class RateLimit:
             self.per_second,
         )
         if self.burst is not None:
-            _require(
-                isinstance(self.burst, int)
-                and not isinstance(self.burst, bool)
-                and self.burst >= 1,
-                owner,
-                "burst",
-                "an int >= 1 or None",
-                self.burst,
-            )
+            _require(_count(self.burst), owner, "burst", "an int >= 1 or None", self.burst)
 
     @property
     def capacity(self) -> int:

@@ -90,19 +90,19 @@ def rss_mb() -> float:
         return 0.0
 
 
+def cell(value: Any) -> str:
+    """One table cell: floats with thousands separators and no decimals when >= 100, with
+    two decimals otherwise; ints with thousands separators; anything else with ``str``."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
 def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table: first column left-aligned, the rest right-aligned.
-
-    Floats are shown with thousands separators and no decimals when >= 100, with two
-    decimals otherwise; other values with ``str``.
-    """
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
-        if isinstance(value, int) and not isinstance(value, bool):
-            return f"{value:,}"
-        return str(value)
+    """A plain-text table of ``cell`` values: first column left-aligned, the rest
+    right-aligned."""
 
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]

@@ -10,11 +10,10 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from _harness import cell
+from scale import rows as scale_rows
+
 HERE = pathlib.Path(__file__).resolve().parent
-
-
-def _fmt(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
 def _engines(report: dict[str, Any]) -> list[str]:
@@ -40,7 +39,7 @@ def _engines(report: dict[str, Any]) -> list[str]:
                 r["engine"],
                 r["workflows"],
                 r["workflows_per_s"],
-                f"{_fmt(lo)}..{_fmt(hi)} ({r['reps']} runs)" if r["reps"] > 1 else "1 run",
+                f"{cell(lo)}..{cell(hi)} ({r['reps']} runs)" if r["reps"] > 1 else "1 run",
                 r["steps_per_s"],
                 r["p50_ms"],
                 r["p99_ms"],
@@ -55,16 +54,8 @@ def _markdown(header: tuple[str, ...], rows: list[list[Any]]) -> list[str]:
     """A markdown table: first column left-aligned, the rest right-aligned."""
     out = ["| " + " | ".join(header) + " |"]
     out.append("|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|")
-    out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return out
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return _fmt(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
 
 
 def _durability(report: dict[str, Any]) -> list[str]:
@@ -111,26 +102,11 @@ def _scale(scale: dict[str, Any] | None) -> list[str]:
         "marginal KiB per agent",
         "threads",
     )
-    rows = [
-        [
-            r["agents"],
-            r["workflows_per_s"],
-            f"{r['vs_smallest']:.2f}x",
-            r["workflow_latency"]["p50_ms"],
-            r["workflow_latency"]["p99_ms"],
-            r["cpu_s_per_1k_workflows"],
-            r["rss_end_mb"],
-            r["rss_per_agent_kb"],
-            "" if r["marginal_rss_per_agent_kb"] is None else r["marginal_rss_per_agent_kb"],
-            r["threads"],
-        ]
-        for r in scale["results"]
-    ]
     return [
         f"{scale['workflows']:,} workflows per row, one instance per agent name; RSS when "
         "the last workflow finished (every instance alive), from /proc/self/statm.",
         "",
-        *_markdown(header, rows),
+        *_markdown(header, scale_rows(scale["results"])),
     ]
 
 

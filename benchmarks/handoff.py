@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import queue
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -34,48 +32,32 @@ from _harness import machine, progress, render_table, write_report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "tests"
+sys.path.insert(0, str(APP_DIR))
+from _child_kit import Child  # noqa: E402  (the daemons' app and helper live in tests/)
+
 WAIT = 60.0
 
 
-class Daemon:
+class Daemon(Child):
     """A ``herder run`` child and its stdout lines."""
 
     def __init__(self, store: pathlib.Path, effects: pathlib.Path, lease: float, **env: str):
         standby = env.pop("standby", "")
-        cmd = [sys.executable, "-m", "herder.runtime", "run", "--store", str(store)]
+        cmd = ["-m", "herder.runtime", "run", "--store", str(store)]
         cmd += ["--app", "ha_app:build", "--lease", str(lease), "--drain-timeout", "10"]
         if standby:
             cmd.append("--standby")
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=APP_DIR,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, "HA_EFFECTS": str(effects), **env},
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+        super().__init__(cmd, cwd=APP_DIR, env={"HA_EFFECTS": str(effects), **env})
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put(None)
-
-    def wait_for(self, prefix: str) -> str:
-        while True:
-            line = self.lines.get(timeout=WAIT)
-            if line is None:
-                raise RuntimeError(f"pid {self.proc.pid} ended before printing {prefix!r}")
-            if line.startswith(prefix):
-                return line
+    def wait_for(self, prefix: str, timeout: float = WAIT) -> str:
+        """The next line starting with ``prefix``."""
+        return super().wait_for(prefix, timeout)
 
     def end(self) -> None:
+        """Kill it (resumed first if it was stopped) and reap it."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait(timeout=WAIT)
+        self.kill(WAIT)
 
 
 def one_round(scenario: str, lease: float, workdir: pathlib.Path) -> dict[str, float]:

@@ -103,6 +103,25 @@ def run(agent_counts: list[int], workflows: int) -> dict[str, Any]:
     }
 
 
+def rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    """The cells of one table row per number of agent names (also in RESULTS.md)."""
+    return [
+        [
+            r["agents"],
+            r["workflows_per_s"],
+            f"{r['vs_smallest']:.2f}x",
+            r["workflow_latency"]["p50_ms"],
+            r["workflow_latency"]["p99_ms"],
+            r["cpu_s_per_1k_workflows"],
+            r["rss_end_mb"],
+            r["rss_per_agent_kb"],
+            "" if r["marginal_rss_per_agent_kb"] is None else r["marginal_rss_per_agent_kb"],
+            r["threads"],
+        ]
+        for r in results
+    ]
+
+
 def table(report: dict[str, Any]) -> str:
     """One line per number of agent names."""
     header = (
@@ -117,22 +136,7 @@ def table(report: dict[str, Any]) -> str:
         "marginal KiB/agent",
         "threads",
     )
-    rows = [
-        [
-            r["agents"],
-            r["workflows_per_s"],
-            f"{r['vs_smallest']:.2f}x",
-            r["workflow_latency"]["p50_ms"],
-            r["workflow_latency"]["p99_ms"],
-            r["cpu_s_per_1k_workflows"],
-            r["rss_end_mb"],
-            r["rss_per_agent_kb"],
-            "" if r["marginal_rss_per_agent_kb"] is None else r["marginal_rss_per_agent_kb"],
-            r["threads"],
-        ]
-        for r in report["results"]
-    ]
-    return render_table(header, rows) + (
+    return render_table(header, rows(report["results"])) + (
         f"\ntarget: the largest N keeps >= {RATIO_TARGET:.0%} of the smallest N's wf/s"
     )
 

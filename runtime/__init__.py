@@ -26,6 +26,7 @@ from herder.actors._errors import (
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._outcomes import ProbeResult
 from herder.runtime._inbox import InboxItem
+from herder.runtime._metrics import MissingExtra
 from herder.runtime._runtime import Runtime, WorkflowHandle
 from herder.runtime._status import State, StepStatus, WorkflowFailed, WorkflowStatus
 from herder.runtime._workflow import Workflow
@@ -37,6 +38,7 @@ from herder.store._errors import (
     SchemaTooNew,
     StoreCorrupt,
     StoreError,
+    StoreIOError,
     StoreLocked,
 )
 from herder.store._records import RetryPolicy, StepState
@@ -52,6 +54,7 @@ __all__ = [
     "InvalidInput",
     "InvalidState",
     "LeaseLost",
+    "MissingExtra",
     "NotActive",
     "Permanent",
     "ProbeResult",
@@ -66,6 +69,7 @@ __all__ = [
     "StepStatus",
     "StoreCorrupt",
     "StoreError",
+    "StoreIOError",
     "StoreLocked",
     "UnknownName",
     "UnknownWorkflow",

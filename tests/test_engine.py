@@ -496,6 +496,8 @@ def test_the_public_api_exports_exactly_the_contract() -> None:
         "WorkflowConflict", "WorkflowFailed", "WorkflowHandle", "WorkflowStatus",
         # outcomes: unknown outcomes, async completion, the operator's inbox
         "CompletionRefused", "InboxItem", "ProbeResult",
+        # raised by public calls: start() on a refused commit, prometheus_collector()
+        "MissingExtra", "StoreIOError",
     }  # fmt: skip
     assert set(api.__all__) == expected
     assert api.__all__ == sorted(api.__all__)

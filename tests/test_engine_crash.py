@@ -19,13 +19,11 @@ import pathlib
 import queue
 import random
 import signal
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
+from _child_kit import Child
 from engine_child import permanent_failure
 
 from herder.runtime._check import check_store
@@ -52,23 +50,8 @@ class Crashes:
     stderr: list[str] = field(default_factory=list)
 
 
-def _spawn(c: Crashes, lo: int, hi: int, seed: int) -> tuple[subprocess.Popen[str], queue.Queue]:
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(c.store), str(c.effects), str(lo), str(hi), str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert child.stdout is not None
-        for line in child.stdout:
-            lines.put(line.strip())
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return child, lines
+def _spawn(c: Crashes, lo: int, hi: int, seed: int) -> Child:
+    return Child([str(CHILD), str(c.store), str(c.effects), str(lo), str(hi), str(seed)])
 
 
 def _take(c: Crashes, line: str) -> None:
@@ -81,38 +64,36 @@ def _take(c: Crashes, line: str) -> None:
         c.stuck.append(" ".join(rest))
 
 
-def _collect_stderr(c: Crashes, child: subprocess.Popen[str]) -> None:
-    assert child.stderr is not None
-    c.stderr.append(child.stderr.read())
-    child.stderr.close()
+def _collect_stderr(c: Crashes, child: Child) -> None:
+    c.stderr.append(child.stderr())
 
 
 def _run_and_kill(c: Crashes, lo: int, hi: int, rng: random.Random) -> None:
     """One round: run the child until a random number of lines, then SIGKILL it."""
-    child, lines = _spawn(c, lo, hi, rng.randrange(2**31))
+    child = _spawn(c, lo, hi, rng.randrange(2**31))
     # Up to one 'start' and one 'done' line per workflow; 0 kills it while it starts up.
     target = rng.randint(0, 2 * (hi - lo))
     seen = 0
     deadline = time.monotonic() + ROUND_GUARD
     while seen < target:
         try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            line = child.next_line(deadline)
         except queue.Empty:
             break  # the guard: kill it wherever it is
         if line is None or line == "finished":
             break
         _take(c, line)
         seen += 1
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait(timeout=10)
+    os.kill(child.proc.pid, signal.SIGKILL)
+    child.proc.wait(timeout=10)
     _collect_stderr(c, child)
-    while (line := lines.get(timeout=10)) is not None:
+    while (line := child.lines.get(timeout=10)) is not None:
         if line != "finished":
             _take(c, line)  # written before the kill, still in the pipe
-    if child.returncode == -signal.SIGKILL:
+    if child.proc.returncode == -signal.SIGKILL:
         c.kills += 1
-    elif child.returncode != 0:  # 0: it finished its range before the kill landed
-        pytest.fail(f"child failed ({child.returncode}):\n{c.stderr[-1]}")
+    elif child.proc.returncode != 0:  # 0: it finished its range before the kill landed
+        pytest.fail(f"child failed ({child.proc.returncode}):\n{c.stderr[-1]}")
     _check_acked_durable(c)
 
 
@@ -129,15 +110,14 @@ def _check_acked_durable(c: Crashes) -> None:
 
 
 def _run_to_the_end(c: Crashes, lo: int, hi: int, seed: int) -> None:
-    child, lines = _spawn(c, lo, hi, seed)
+    child = _spawn(c, lo, hi, seed)
     deadline = time.monotonic() + FINAL_GUARD
     finished = False
     while True:
         try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            line = child.next_line(deadline)
         except queue.Empty:
-            child.kill()
-            child.wait(timeout=10)
+            child.kill(timeout=10)
             _collect_stderr(c, child)
             pytest.fail(f"the final run did not finish in {FINAL_GUARD}s:\n{c.stderr[-1]}")
         if line is None:
@@ -146,9 +126,9 @@ def _run_to_the_end(c: Crashes, lo: int, hi: int, seed: int) -> None:
             finished = True
         else:
             _take(c, line)
-    child.wait(timeout=30)
+    child.proc.wait(timeout=30)
     _collect_stderr(c, child)
-    assert child.returncode == 0, f"final run failed:\n{c.stderr[-1]}"
+    assert child.proc.returncode == 0, f"final run failed:\n{c.stderr[-1]}"
     assert finished, f"final run ended early:\n{c.stderr[-1]}"
 
 

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import os
 import pathlib
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
 from typing import Any
 
 import pytest
+from _child_kit import Child
 
 from herder.runtime import Runtime
 from herder.store import Store
@@ -32,57 +31,21 @@ LEASE = 1.0
 WAIT = 30.0  # seconds any single expected line may take on a loaded machine
 
 
-class Daemon:
+class Daemon(Child):
     """One ``herder run`` subprocess and the lines it prints."""
 
     def __init__(
         self, store: pathlib.Path, effects: pathlib.Path, *, standby: bool = False, **env: str
     ) -> None:
-        cmd = [sys.executable, "-m", "herder.runtime", "run", "--store", str(store)]
+        cmd = ["-m", "herder.runtime", "run", "--store", str(store)]
         cmd += ["--app", "ha_app:build", "--lease", str(LEASE), "--drain-timeout", "5"]
         if standby:
             cmd.append("--standby")
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=TESTS,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "HA_EFFECTS": str(effects), **env},
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        self.errors: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.seen.append(line.strip())
-            self.lines.put(line.strip())
-        self.lines.put(None)
-
-    def _pump_err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.errors.append(line.rstrip())
+        super().__init__(cmd, cwd=TESTS, env={"HA_EFFECTS": str(effects), **env})
 
     def wait_for(self, prefix: str, timeout: float = WAIT) -> str:
         """The first (next) line starting with ``prefix``."""
-        give_up = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, give_up - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is None:
-                raise AssertionError(
-                    f"no line {prefix!r} from pid {self.proc.pid}; stderr:\n"
-                    + "\n".join(self.errors[-30:])
-                )
-            if line.startswith(prefix):
-                return line
+        return super().wait_for(prefix, timeout)
 
     def wait_idle(self) -> None:
         """Wait for ``idle``; fail naming any workflow the app reported stuck."""
@@ -94,9 +57,7 @@ class Daemon:
         return {line.split()[1] for line in self.seen if line.startswith("start ")}
 
     def finish(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=WAIT)
+        self.kill(WAIT)
 
 
 @pytest.fixture

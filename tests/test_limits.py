@@ -342,6 +342,8 @@ def test_limits_are_validated_with_clear_errors(tmp_path: Path, clock: FakeClock
         CircuitBreaker(cooldown=-1)
     with pytest.raises(InvalidInput, match="failures or failure_rate"):
         CircuitBreaker(failures=None)
+    with pytest.raises(InvalidInput, match="min_calls"):
+        CircuitBreaker(min_calls=True)  # a bool is no count, as for failures and burst
     with (
         Runtime(tmp_path / "s", clock=clock) as rt,
         pytest.raises(InvalidInput, match="rate_limit must be a RateLimit"),

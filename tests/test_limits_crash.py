@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
+
+from _child_kit import Child
 
 from herder.runtime import Agent, Runtime, StepContext, StepState, Workflow
 from herder.runtime._check import check_store
@@ -31,35 +29,19 @@ HOUR = 3600.0
 
 def run_child(store: Path, mode: str, until: str) -> list[str]:
     """Start the child, collect its lines until one starts with ``until``, SIGKILL it."""
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(store), mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert child.stdout is not None
-        for line in child.stdout:
-            lines.put(line.strip())
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
+    child = Child([str(CHILD), str(store), mode])
     seen: list[str] = []
     try:
         while True:
-            line = lines.get(timeout=WAIT)
+            line = child.next_line(time.monotonic() + WAIT)
             if line is None:
-                assert child.stderr is not None
-                raise AssertionError(f"child ended early: {seen}\n{child.stderr.read()}")
+                raise AssertionError(f"child ended early: {seen}\n{child.stderr()}")
             seen.append(line)
             if line.startswith(until):
                 return seen
     finally:
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=WAIT)
-        assert child.returncode == -signal.SIGKILL
+        os.kill(child.proc.pid, signal.SIGKILL)
+        assert child.kill(WAIT) == -signal.SIGKILL
 
 
 class Recorder(Agent):
