@@ -33,7 +33,7 @@ from herder.actors._agent import Agent, StepContext
 from herder.actors._agent_host import AgentHost, AgentUnavailable
 from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._commits import (
-    Txn,
+    CommitPipeline,
     announce_final,
     log_resource_errors,
     orphaned_commit,
@@ -58,17 +58,25 @@ from herder.actors._messages import (
     Tick,
     Wake,
 )
-from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
-from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
+from herder.actors._operator import apply_commands, operate
+from herder.actors._outcomes import probe_name
+from herder.actors._probing import on_lapsed, on_special_outcome
+from herder.actors._recovery import (
+    await_definition,
+    count_crash,
+    is_awaiting,
+    on_define,
+    on_reload,
+    recover_all,
+    reload_later,
+    resume_steps,
+)
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
-from herder.actors._step_records import ms, restarted, settled, stopped, with_timer
+from herder.actors._step_records import ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
-from herder.store import LeaseLost, StoreCorrupt, StoreIOError, Transition
+from herder.store import LeaseLost, Transition
 from herder.store._codec import bounded_text, normalize
-from herder.store._commands import finished_ops
 from herder.store._crashpoints import crash_point
-from herder.store._errors import HerderError, InvalidInput
-from herder.store._history import history_put, step_event, workflow_event
 from herder.store._records import (
     Plan,
     StepRecord,
@@ -81,9 +89,7 @@ from herder.store._records import (
 
 _log = logging.getLogger("herder.scheduler")
 
-TIMEOUT_ERROR = "herder.Timeout"
 CRASH_ERROR = "herder.InstanceCrashed"
-RESUME_CHUNK = 200  # workflows resumed per message when a definition arrives
 
 
 class Scheduler(SupervisedActor):
@@ -102,10 +108,9 @@ class Scheduler(SupervisedActor):
         self._runs: dict[str, WorkflowRun] = {}
         self._awaiting: dict[tuple[str, int], list[str]] = {}
         self._inflight: dict[int, Attempt] = {}
-        self._open: dict[str, Txn] = {}
+        self._commits = CommitPipeline(ctx.clock, ctx.next_token)
         self._dirty_agents: set[str] = set()
         self._flush_queued = False
-        self._committing: set[str] = set()
         self._recovered: set[str] = set()  # unfinished ids that recovery took over
         self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
         self._backoff = CommitBackoff()
@@ -194,7 +199,7 @@ class Scheduler(SupervisedActor):
         elif isinstance(message, InstanceEvent):
             self._on_instance_event(message)
         elif isinstance(message, Define):
-            self._on_define(message.plan)
+            on_define(self, message.plan)
         elif isinstance(message, Tick):
             self._on_tick()
         elif isinstance(message, Wake):
@@ -203,11 +208,11 @@ class Scheduler(SupervisedActor):
         elif isinstance(message, Flush):
             self._flush_queued = False
         elif isinstance(message, Recover):
-            self._recover_all()
+            recover_all(self)
         elif isinstance(message, Reload):
-            self._on_reload(message)
+            on_reload(self, message)
         elif isinstance(message, Commands):
-            self._on_commands(message)
+            apply_commands(self, message)
         else:
             return super().on_receive(message)
         self._after_message()
@@ -243,27 +248,7 @@ class Scheduler(SupervisedActor):
         Raises (nothing written) when the action does not apply: :class:`UnknownWorkflow`,
         :class:`InvalidState`, :class:`InvalidInput`.
         """
-        handler = _OPERATIONS.get(op.action)
-        if handler is None:
-            raise InvalidInput(
-                f"unknown operator action {op.action!r}; use one of {', '.join(_OPERATIONS)}"
-            )
-        done: Future[None] = Future()
-        try:
-            run = handler(self, op)
-        except InvalidState as exc:
-            if op.workflow_id not in self._committing and op.workflow_id not in self._open:
-                raise
-            # Its last transition (e.g. its end) is not durable yet: refuse once it is,
-            # so the caller finds the store in the state the refusal speaks of.
-            self._open.setdefault(op.workflow_id, Txn()).effects.append(("future", done, exc))
-            self._after_message()
-            return done
-        self._open.setdefault(op.workflow_id, Txn()).effects.append(("future", done))
-        if run is not None and run.record.id in self._runs:
-            self._advance(run)
-        self._after_message()
-        return done
+        return operate(self, op)
 
     def complete(self, msg: Complete) -> Future[None]:
         """Record the outcome of a step handed off with ``ctx.complete_later()``.
@@ -310,7 +295,7 @@ class Scheduler(SupervisedActor):
         else:
             error = msg.error or "failed"
             self._step_failed(run, st, error, msg.error_types, permanent=msg.permanent)
-        self._txn(run).effects.append(("future", done))
+        self._commits.txn(run.record.id).effects.append(("future", done))
         self._after_message()
         return done
 
@@ -347,7 +332,7 @@ class Scheduler(SupervisedActor):
         for agent in list(self._dirty_agents):
             self._pump(agent)
         self._dirty_agents.clear()
-        if not self._open and not self._admission.dirty:
+        if not self._commits.open and not self._admission.dirty:
             return
         if flush or self.actor_inbox.empty():
             self._flush()
@@ -362,17 +347,9 @@ class Scheduler(SupervisedActor):
             self._writer.submit_many(
                 [Transition(ops=tuple(self._admission.writes()))], log_resource_errors
             )
-        # One commit in flight per workflow: a workflow's next transition is held back
-        # until the previous one is known durable, so a failed commit can never be
-        # followed by a later one that builds on it (e.g. a dependent's DISPATCHED).
-        items = [(wf, txn) for wf, txn in self._open.items() if wf not in self._committing]
-        if not items:
+        transitions, effects = self._commits.take()
+        if not transitions:
             return
-        for wf, _ in items:
-            del self._open[wf]
-            self._committing.add(wf)
-        transitions = [Transition(ops=tuple(txn.ops.values())) for _, txn in items]
-        effects = [(wf, txn.effects) for wf, txn in items]
         ref = self.actor_ref
         ctx = self._ctx
 
@@ -387,7 +364,7 @@ class Scheduler(SupervisedActor):
     def _on_committed(self, msg: Committed) -> None:
         failed: list[str] = []
         for (workflow_id, effects), error in zip(msg.effects, msg.errors, strict=True):
-            self._committing.discard(workflow_id)
+            self._commits.landed(workflow_id)
             if error is None:
                 for effect in effects:
                     self._apply(effect)
@@ -404,7 +381,7 @@ class Scheduler(SupervisedActor):
         if len(failed) < len(msg.errors):
             self._backoff.succeeded()
         if failed:
-            self._reload_later(failed, msg.errors)
+            reload_later(self, failed, msg.errors)
         for listener in list(self._ctx.commit_listeners):
             listener()
 
@@ -441,7 +418,7 @@ class Scheduler(SupervisedActor):
             self._counters["stale"] += 1
             return
         if msg.kind or st.state is StepState.UNKNOWN:
-            self._on_special_outcome(run, st, msg)
+            on_special_outcome(self, run, st, msg)
         elif msg.ok:
             self._step_succeeded(run, st, msg.result)
         else:
@@ -459,7 +436,7 @@ class Scheduler(SupervisedActor):
         if st.token != msg.token or spec.heartbeat_timeout is None:
             return
         hb_deadline = self._clock.time() + spec.heartbeat_timeout
-        self._put_step(
+        self._commits.put_step(
             run,
             st,
             with_timer(st.evolve(heartbeat_deadline=hb_deadline, heartbeat=msg.details)),
@@ -474,7 +451,7 @@ class Scheduler(SupervisedActor):
             if run is None or st is None or st.timer_ms != due_ms or st.token != token:
                 if (
                     workflow_id not in self._runs
-                    and not self._is_awaiting(workflow_id)
+                    and not is_awaiting(self, workflow_id)
                     and (
                         workflow_id not in self._parked  # its timers are still wanted
                     )
@@ -505,7 +482,7 @@ class Scheduler(SupervisedActor):
                 self._hosted.replace(attempt.agent, attempt.instance)
             # Also reached for an attempt no Scheduler of this process runs (orphaned by
             # a restart) and nothing will run again: it counts as failed all the same.
-            self._on_lapsed(run, st, lapsed)
+            on_lapsed(self, run, st, lapsed)
 
     def _on_instance_event(self, msg: InstanceEvent) -> None:
         self._dirty_agents.add(msg.agent)
@@ -532,138 +509,9 @@ class Scheduler(SupervisedActor):
             return
         self._admit(msg.workflow, msg.steps)
 
-    def _on_define(self, plan: Plan) -> None:
-        # In chunks, each followed by the usual dispatch and flush, so that the first of
-        # 100k recovered workflows runs at once instead of after all have been read.
-        key = (plan.name, plan.version)
-        waiting = self._awaiting.pop(key, [])
-        if len(waiting) > RESUME_CHUNK:
-            waiting, self._awaiting[key] = waiting[:RESUME_CHUNK], waiting[RESUME_CHUNK:]
-        for workflow_id in waiting:
-            self._readmit(workflow_id, crashed=True)
-        if key in self._awaiting:
-            # Dispatch and commit this chunk's first steps now: the inbox will not drain
-            # (which is when a commit normally goes out) until every chunk is in.
-            self._after_message(flush=True)
-            self.actor_ref.tell(Define(plan))  # the next chunk, after what arrived meanwhile
-
     def _on_tick(self) -> None:
         idle_before = self._clock.time() - self._config.idle_timeout
         self._counters["passivated"] += self._hosted.passivate(idle_before)
-
-    # -- recovery ----------------------------------------------------------------------
-
-    def _recover_all(self) -> None:
-        # A previous Scheduler's last batch may still be in the writer: let it land so
-        # recovery reads the newest durable state, never a state about to be overwritten.
-        self._writer.flush()
-        recovered = 0
-        corrupt: list[StoreCorrupt] = []
-        for record in self._store.workflows(corrupt=corrupt):
-            if record.state.is_final or record.id in self._runs:
-                continue
-            self._recovered.add(record.id)
-            if (record.name, record.version) in self._ctx.plans:
-                recovered += self._readmit(record.id, record, crashed=True)
-            else:  # its steps are read when the definition comes (_on_define)
-                self._await_definition(record)
-                recovered += 1
-        for exc in corrupt:
-            self._note_corrupt(exc)
-        if recovered:
-            _log.info("recovered %d unfinished workflows", recovered)
-
-    def _reload_later(self, failed: list[str], errors: list[BaseException | None]) -> None:
-        """Workflows whose commit failed: read them back, at once or after a backoff."""
-        delay = self._backoff.failed()
-        error = next(e for e in errors if e is not None)
-        _log.error(
-            "transitions of %d workflows failed: %s; reloading them in %.2fs",
-            len(failed),
-            error,
-            delay,
-        )
-        if delay <= 0:
-            for workflow_id in failed:
-                self._reload(workflow_id)
-            return
-        for workflow_id in failed:
-            self._forget(workflow_id)
-            self._parked.add(workflow_id)
-        ids = tuple(failed)
-        self._clock.call_later(delay, lambda: self._ctx.tell_scheduler(Reload(ids)))
-
-    def _on_reload(self, msg: Reload) -> None:
-        for workflow_id in msg.workflow_ids:
-            if workflow_id in self._parked:
-                self._parked.discard(workflow_id)
-                self._readmit(workflow_id)
-
-    def _reload(self, workflow_id: str) -> None:
-        """Forget what memory believes about a workflow and read it back from the store."""
-        self._forget(workflow_id)
-        self._readmit(workflow_id)
-
-    def _forget(self, workflow_id: str) -> None:
-        """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
-        run = self._runs.pop(workflow_id, None)
-        held = self._open.pop(workflow_id, None)
-        for effect in () if held is None else held.effects:
-            if effect[0] == "future" and not effect[1].done():
-                effect[1].set_exception(
-                    StoreIOError(f"workflow {workflow_id!r} was reloaded after a failed commit")
-                )
-        for token in () if run is None else run.attempts:
-            attempt = self._inflight.pop(token, None)
-            # An attempt already sent keeps its instance busy until its (now stale) answer
-            # arrives; one never sent frees its reservation now.
-            if attempt is None or attempt.sent:
-                continue
-            if self._hosted.release(attempt.agent, attempt.instance, token, self._clock.time()):
-                self._dirty_agents.add(attempt.agent)
-
-    def _readmit(
-        self, workflow_id: str, record: WorkflowRecord | None = None, *, crashed: bool = False
-    ) -> bool:
-        """Read an unfinished workflow back from the store and run it; True if it runs.
-
-        ``crashed``: a previous Scheduler or process left it unfinished (see ``_admit``).
-
-        A corrupt record leaves that one workflow where it is (logged, counted in stats);
-        every other workflow keeps running.
-        """
-        try:
-            if record is None:
-                record = self._store.get_workflow(workflow_id)
-            if record is None or record.state.is_final:
-                return False
-            steps = self._store.steps_of(workflow_id)
-        except StoreCorrupt as exc:
-            self._note_corrupt(exc)
-            return False
-        self._admit(record, steps, recovered=not crashed, crashed=crashed)
-        return True
-
-    def _note_corrupt(self, exc: StoreCorrupt) -> None:
-        _log.error("%s; the workflow it belongs to stays where it is", exc)
-        self._corrupt[f"{exc.db}:{exc.key!r}"] = exc.reason
-
-    def _await_definition(self, record: WorkflowRecord) -> None:
-        """Park a workflow until its definition is registered; warn once per definition
-        (a restart may park 100k workflows, and stats() shows the count)."""
-        waiting = self._awaiting.setdefault((record.name, record.version), [])
-        if not waiting:
-            _log.warning(
-                "workflow %s (and any others of it) awaits definition %s version %d; "
-                "register it to resume",
-                record.id,
-                record.name,
-                record.version,
-            )
-        waiting.append(record.id)
-
-    def _is_awaiting(self, workflow_id: str) -> bool:
-        return any(workflow_id in ids for ids in self._awaiting.values())
 
     def _admit(
         self,
@@ -679,7 +527,7 @@ class Scheduler(SupervisedActor):
             return
         plan = self._ctx.plans.get((record.name, record.version))
         if plan is None:
-            self._await_definition(record)
+            await_definition(self, record)
             return
         by_name = {s.name: s for s in steps}
         for spec in plan.steps:  # a missing step record is recreated, not a crash
@@ -690,64 +538,11 @@ class Scheduler(SupervisedActor):
                 by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
         run = WorkflowRun(record, plan, by_name, self._specs_of(plan))
         self._runs[record.id] = run
-        if crashed and self._count_crash(run):
+        if crashed and count_crash(self, run):
             return
         if recovered or crashed:
-            self._resume_steps(run)
+            resume_steps(self, run)
         self._advance(run)
-
-    def _count_crash(self, run: WorkflowRun) -> bool:
-        """Count a crash against a workflow that had attempts running at it; defer those
-        attempts from the second crash in a row, park it past the limit (True)."""
-        running = running_at_crash(run.steps.values())
-        if not running:
-            return False
-        crashes = run.record.recoveries + 1
-        self._set_record(run, recoveries=crashes)
-        now = self._clock.time()
-        if crashes > self._config.max_recoveries:
-            error = poison_message(running, crashes)
-            _log.error("%s: %s", run.record.id, error, extra={"workflow_id": run.record.id})
-            for st in list(run.steps.values()):
-                if st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
-                    state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else None
-                    parked = stopped(
-                        st,
-                        state=state or StepState.FAILED,
-                        error=error,
-                        error_type=POISON_ERROR,
-                        token=self._ctx.next_token(),
-                        updated=now,
-                    )
-                    self._put_step(run, st, parked)
-            self._finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
-            return True
-        if crashes >= 2:
-            at = now + self._config.recovery_stagger * next(self._suspect_slots)
-            for st in running:
-                self._put_step(run, st, with_timer(st.evolve(retry_at=at)))
-        return False
-
-    def _resume_steps(self, run: WorkflowRun) -> None:
-        """Queue the steps a previous Scheduler left running or about to run."""
-        now = self._clock.time()
-        compensating = run.record.state is WorkflowState.COMPENSATING
-        for st in run.steps.values():
-            if st.token in self._inflight:
-                continue
-            if st.state is StepState.DISPATCHED and st.token >> 32 == self._store.incarnation - 1:
-                # Lost by the previous run (counted once: a later run that finds the same
-                # record again did not lose it).
-                self._admission.lost(run.specs[st.name].agent)
-            if st.state is StepState.DISPATCHED and (st.retry_at or 0) <= now:
-                self._enqueue(run, st.name, compensating=False)  # outcome unknown: re-run
-            elif st.state is StepState.RETRY_WAIT and (st.retry_at or 0) <= now:
-                self._enqueue(run, st.name, compensating=False)
-            elif st.state is StepState.COMPENSATING and compensating and (st.retry_at or 0) <= now:
-                self._enqueue(run, st.name, compensating=True)
-            elif st.state is StepState.UNKNOWN and (st.retry_at or 0) <= now:
-                self._enqueue(run, st.name, compensating=False)  # probe (again)
-            # WAITING stays waiting: its completion or its deadline's timer moves it on.
 
     # -- the state machine -------------------------------------------------------------
 
@@ -802,7 +597,7 @@ class Scheduler(SupervisedActor):
         if st.retry_at is None:
             assert delay is not None
             waiting = st.evolve(retry_at=now + delay, token=self._ctx.next_token(), updated=now)
-            self._put_step(run, st, with_timer(waiting))
+            self._commits.put_step(run, st, with_timer(waiting))
             return True
         return ms(st.retry_at) > ms(now)
 
@@ -923,7 +718,7 @@ class Scheduler(SupervisedActor):
         else:
             action, attempt = spec.action, st.attempt + 1
             new = st.evolve(state=StepState.DISPATCHED, attempt=attempt, **timing)
-        self._put_step(run, st, new)
+        self._commits.put_step(run, st, new)
         port = AttemptPort(
             self._ctx, token, (hb or timeout) * self._config.heartbeat_interval_fraction
         )
@@ -942,23 +737,23 @@ class Scheduler(SupervisedActor):
         )
         self._inflight[token] = Attempt(run.record.id, job.step, agent, instance, port)
         run.attempts.add(token)
-        self._txn(run).effects.append(
+        self._commits.txn(run.record.id).effects.append(
             ("run", agent, instance, Run(agent, instance, action, token, ctx))
         )
         self._counters["dispatched"] += 1
 
     def _step_succeeded(self, run: WorkflowRun, st: StepRecord, result: Any) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
-            self._set_record(run, recoveries=0)
+            self._commits.set_record(run, recoveries=0)
         token = self._ctx.next_token()
         now = self._clock.time()
         if st.state is StepState.COMPENSATING:
             crash_point("scheduler.compensated")
-            self._put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
+            self._commits.put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
             self._counters["compensated"] += 1
         else:
             new = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
-            self._put_step(run, st, new)
+            self._commits.put_step(run, st, new)
             self._counters["succeeded"] += 1
         self._advance(run)
 
@@ -985,7 +780,7 @@ class Scheduler(SupervisedActor):
         retry_now: bool = False,
     ) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
-            self._set_record(run, recoveries=0)
+            self._commits.set_record(run, recoveries=0)
         spec = run.specs[st.name]
         default = self._config.default_retry
         forward = st.state is not StepState.COMPENSATING
@@ -1020,18 +815,18 @@ class Scheduler(SupervisedActor):
             # The timer is kept even for an immediate retry: if this process dies before
             # the retry is dispatched, the sweep finds it.
             new = with_timer(base.evolve(state=state, retry_at=now + delay))
-            self._put_step(run, st, new)
+            self._commits.put_step(run, st, new)
             if delay <= 0:
                 self._enqueue(run, st.name, compensating=not forward)
             return
         self._counters["failed"] += 1
         if forward:
-            self._put_step(run, st, base.evolve(state=StepState.FAILED))
+            self._commits.put_step(run, st, base.evolve(state=StepState.FAILED))
             if run.record.state is WorkflowState.RUNNING:
                 self._begin_compensation(run, f"step {st.name!r} failed: {error}")
             self._advance(run)
         else:
-            self._put_step(run, st, base)
+            self._commits.put_step(run, st, base)
             self._finish(
                 run,
                 WorkflowState.NEEDS_ATTENTION,
@@ -1045,7 +840,7 @@ class Scheduler(SupervisedActor):
             "%s compensating: %s", run.record.id, reason, extra={"workflow_id": run.record.id}
         )
         now = self._clock.time()
-        self._set_record(
+        self._commits.set_record(
             run,
             state=WorkflowState.COMPENSATING,
             error=reason,
@@ -1053,7 +848,7 @@ class Scheduler(SupervisedActor):
         )
         for st in list(run.steps.values()):
             if st.state is StepState.RETRY_WAIT:
-                self._put_step(
+                self._commits.put_step(
                     run,
                     st,
                     st.evolve(
@@ -1068,12 +863,12 @@ class Scheduler(SupervisedActor):
             elif st.state is StepState.PENDING and st.timer_ms is not None:
                 # A delayed step that will now never run: its wait ends with the workflow.
                 cleared = st.evolve(retry_at=None, timer_ms=None, token=self._ctx.next_token())
-                self._put_step(run, st, cleared.evolve(updated=now))
+                self._commits.put_step(run, st, cleared.evolve(updated=now))
         run.queued = {s for s in run.queued if run.steps[s].state is not StepState.PENDING}
 
     def _finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
-        record = self._set_record(run, state=state, error=error or run.record.error)
-        self._txn(run).effects.append(("final", record))
+        record = self._commits.set_record(run, state=state, error=error or run.record.error)
+        self._commits.txn(run.record.id).effects.append(("final", record))
         del self._runs[record.id]
         for token in run.attempts:
             attempt = self._inflight.pop(token, None)
@@ -1092,31 +887,6 @@ class Scheduler(SupervisedActor):
             specs = self._plan_specs[key] = {spec.name: spec for spec in plan.steps}
         return specs
 
-    def _txn(self, run: WorkflowRun) -> Txn:
-        txn = self._open.get(run.record.id)
-        if txn is None:
-            txn = self._open[run.record.id] = Txn()
-        return txn
-
-    def _put_step(self, run: WorkflowRun, old: StepRecord, new: StepRecord) -> None:
-        run.steps[new.name] = new
-        txn = self._txn(run)
-        txn.put_step(old, new)
-        event = step_event(old, new, self._clock.time())
-        if event is not None:  # a transition, not a heartbeat: one history put, same commit
-            txn.put(history_put(run.record.id, self._ctx.next_token(), event))
-
-    def _set_record(self, run: WorkflowRun, **changes: Any) -> WorkflowRecord:
-        """Change the run's workflow record and write it into the run's transaction."""
-        old = run.record
-        run.record = old.evolve(updated=self._clock.time(), **changes)
-        txn = self._txn(run)
-        txn.put_workflow(run.record)
-        if run.record.state is not old.state:
-            event = workflow_event(old.state, run.record)
-            txn.put(history_put(old.id, self._ctx.next_token(), event))
-        return run.record
-
     def _lapsed(self, run: WorkflowRun, st: StepRecord, now: float) -> str | None:
         spec = run.specs[st.name]
         now_ms = ms(now)  # timers are kept in whole ms; compare at the same precision
@@ -1127,354 +897,8 @@ class Scheduler(SupervisedActor):
         return None
 
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
-        txn = self._open.setdefault(workflow_id, Txn())
+        txn = self._commits.txn(workflow_id)
         txn.delete_timer(timer_key(due_ms, workflow_id, step))
-
-    # -- unknown outcomes, later completion -------------------------------------------
-
-    def _on_special_outcome(self, run: WorkflowRun, st: StepRecord, msg: Outcome) -> None:
-        """An answer that is not a plain result: a probe's verdict or complete_later()."""
-        if st.state is StepState.UNKNOWN:
-            self._counters["probes"] += 1
-            if not msg.ok:
-                self._probe_later(run, st, f"probe failed: {msg.error}", failed=True)
-            elif msg.kind == DONE:
-                self._step_succeeded(run, st, msg.result)
-            elif msg.kind == NOT_DONE:
-                error = f"{st.error}; the probe found it was not applied"
-                self._step_failed(run, st, error, (TIMEOUT_ERROR,), permanent=False)
-            elif msg.kind == RUNNING:
-                self._probe_later(run, st, st.error or "outcome unknown", failed=False)
-            else:
-                error = f"{probe_name(run.specs[st.name].action)} must return a ProbeResult"
-                self._probe_later(run, st, error, failed=True)
-        elif msg.kind == "later" and st.state is StepState.DISPATCHED:
-            # The instance is free again; the step waits for complete_step/fail_step under
-            # the deadline it already has (same token: the task token stays valid).
-            self._counters["handed_off"] += 1
-            self._put_step(run, st, st.evolve(state=StepState.WAITING, updated=self._clock.time()))
-        else:
-            what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
-            error = f"{what} returned {msg.kind or 'an unexpected marker'!r}; it cannot here"
-            self._step_failed(run, st, error, (), permanent=True)
-
-    def _on_lapsed(self, run: WorkflowRun, st: StepRecord, lapsed: str) -> None:
-        """An attempt's (or a probe's) deadline or heartbeat lapsed."""
-        if st.state is StepState.UNKNOWN:
-            self._probe_later(run, st, f"probe {lapsed}", failed=True)
-        elif st.state in (StepState.DISPATCHED, StepState.WAITING) and self._has_probe(run, st):
-            # The request may have reached the remote side: ask before retrying.
-            self._counters["unknown"] += 1
-            now = self._clock.time()
-            unknown = st.evolve(
-                state=StepState.UNKNOWN,
-                token=self._ctx.next_token(),
-                error=f"outcome unknown: {lapsed}",
-                error_type=TIMEOUT_ERROR,
-                deadline=None,
-                heartbeat_deadline=None,
-                retry_at=now,
-                extra={**st.extra, "probes": 0, "probe_failures": 0},
-                updated=now,
-            )
-            self._put_step(run, st, with_timer(unknown))
-            self._enqueue(run, st.name, compensating=False)
-        else:
-            self._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
-
-    def _probe_later(self, run: WorkflowRun, st: StepRecord, note: str, *, failed: bool) -> None:
-        """Keep the step UNKNOWN and probe again after a backoff; a probe that fails
-        (raises, times out) more often than the step's max_attempts parks the workflow."""
-        spec = run.specs[st.name]
-        policy = spec.retry or self._config.default_retry
-        probes = int(st.extra.get("probes", 0)) + 1
-        failures = int(st.extra.get("probe_failures", 0)) + (1 if failed else 0)
-        now = self._clock.time()
-        new = stopped(
-            st,
-            token=self._ctx.next_token(),
-            error=note if failed else st.error,
-            extra={**st.extra, "probes": probes, "probe_failures": failures},
-            updated=now,
-        )
-        probe = {"kind": "probe", "t": now, "step": st.name, "token": new.token, "error": note}
-        self._txn(run).put(history_put(run.record.id, self._ctx.next_token(), probe))
-        if failures >= policy.max_attempts:
-            self._put_step(run, st, new)
-            self._finish(
-                run,
-                WorkflowState.NEEDS_ATTENTION,
-                error=f"step {st.name!r}: outcome unknown and {failures} probes failed: {note}",
-            )
-            return
-        delay = policy.delay(probes, self._rand.random())
-        self._put_step(run, st, with_timer(new.evolve(retry_at=now + delay)))
-
-    def _has_probe(self, run: WorkflowRun, st: StepRecord) -> bool:
-        spec = run.specs[st.name]
-        registered = self._ctx.agents.get(spec.agent)
-        return registered is not None and has_probe(registered[0], spec.action)
-
-    # -- operator actions (rt.retry/skip/compensate/abandon/cancel, the commands channel) --
-
-    def _operable(
-        self, op: Operate, allowed: tuple[WorkflowState, ...]
-    ) -> tuple[WorkflowRun, bool]:
-        """The run an operator action applies to, loaded if it is parked; (run, was_parked)."""
-        run = self._runs.get(op.workflow_id)
-        if run is not None:
-            if run.record.state not in allowed:
-                raise InvalidState(_not_in(op, run.record.state, allowed))
-            return run, False
-        record = self._store.get_workflow(op.workflow_id)
-        if record is None:
-            raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
-        if record.state not in allowed or record.state is not WorkflowState.NEEDS_ATTENTION:
-            if not record.state.is_final and record.state in allowed:
-                raise InvalidState(
-                    f"workflow {op.workflow_id!r} awaits definition {record.name!r} version "
-                    f"{record.version}; register it with add_workflow, then {op.action}"
-                )
-            raise InvalidState(_not_in(op, record.state, allowed))
-        plan = self._ctx.plans.get((record.name, record.version))
-        if plan is None:
-            raise InvalidState(
-                f"workflow {op.workflow_id!r} needs definition {record.name!r} version "
-                f"{record.version}; register it with add_workflow before {op.action}"
-            )
-        steps = {s.name: s for s in self._store.steps_of(op.workflow_id)}
-        run = WorkflowRun(record, plan, steps, self._specs_of(plan))
-        return run, True
-
-    def _adopt(self, run: WorkflowRun, parked: bool) -> None:
-        """Make a parked run active again (after the action was validated)."""
-        if parked:
-            self._runs[run.record.id] = run
-            if self._ctx.on_resumed is not None:
-                self._ctx.on_resumed()
-
-    def _note_operator(self, op: Operate) -> None:
-        """The history event of an operator action, and its command's outcome, if any."""
-        now = self._clock.time()
-        txn = self._open.setdefault(op.workflow_id, Txn())
-        event = {
-            "kind": "operator",
-            "t": now,
-            "action": op.action,
-            "who": op.who,
-            "why": op.why,
-            "step": op.step,
-            "result": op.result,
-        }
-        txn.put(history_put(op.workflow_id, self._ctx.next_token(), event))
-        if op.command is not None:
-            txn.put(*finished_ops(op.command, None, now))
-
-    def _fence(self, run: WorkflowRun, st: StepRecord, *, replace: bool) -> None:
-        """Supersede the attempt (if any) running this step; its answer is then ignored."""
-        attempt = self._inflight.pop(st.token, None)
-        run.attempts.discard(st.token)
-        run.queued.discard(st.name)
-        if attempt is not None:
-            attempt.port.superseded = True
-            if self._admission.abandoned(attempt.agent, st.token):
-                self._dirty_agents.add(attempt.agent)  # it was a breaker's half-open probe
-            if replace:
-                self._hosted.replace(attempt.agent, attempt.instance)
-
-    def _op_cancel(self, op: Operate) -> WorkflowRun:
-        run = self._runs.get(op.workflow_id)
-        if run is None:
-            record = self._store.get_workflow(op.workflow_id)
-            if record is None:
-                raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
-            raise InvalidState(
-                f"workflow {op.workflow_id!r} is {record.state}; only an unfinished workflow "
-                "can be cancelled"
-            )
-        self._note_operator(op)
-        if run.record.state is WorkflowState.COMPENSATING:
-            self._set_record(run, cancelled=True)
-        else:
-            self._begin_compensation(run, "cancelled by request", cancelled=True)
-        for token in run.attempts:
-            self._inflight[token].port.cancelled = True
-        return run
-
-    def _op_retry(self, op: Operate) -> WorkflowRun:
-        run, parked = self._operable(op, (WorkflowState.NEEDS_ATTENTION,))
-        if not parked:
-            raise InvalidState(_not_in(op, run.record.state, (WorkflowState.NEEDS_ATTENTION,)))
-        self._adopt(run, parked)
-        self._note_operator(op)
-        stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
-        if stuck:
-            self._set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
-            now = self._clock.time()
-            for st in stuck:
-                resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
-                self._put_step(run, st, resumed)
-                self._enqueue(run, st.name, compensating=True)
-        else:
-            self._set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
-            for st in list(run.steps.values()):
-                if st.state in _RESTARTABLE:
-                    self._put_step(run, st, restarted(st, self._ctx.next_token()))
-        return run
-
-    def _op_skip(self, op: Operate) -> WorkflowRun:
-        allowed = (
-            WorkflowState.NEEDS_ATTENTION,
-            WorkflowState.RUNNING,
-            WorkflowState.COMPENSATING,
-        )
-        run, parked = self._operable(op, allowed)
-        steps = run.steps
-        if op.step is None:
-            stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING] or [
-                steps[spec.name] for spec in run.plan.steps if steps[spec.name].state in _SKIPPABLE
-            ]
-            if not stuck:
-                raise InvalidState(f"workflow {op.workflow_id!r} has no step to skip")
-            st = stuck[0]
-        elif op.step not in steps:
-            raise InvalidInput(
-                f"workflow {op.workflow_id!r} has no step {op.step!r} (it has: {', '.join(steps)})"
-            )
-        else:
-            st = steps[op.step]
-        undoing = run.record.state is WorkflowState.COMPENSATING or any(
-            s.state in (StepState.COMPENSATING, StepState.COMPENSATED) for s in steps.values()
-        )
-        result = normalize(
-            op.result, limit=self._config.max_result_bytes, what=f"result given for {st.name!r}"
-        )
-        now = self._clock.time()
-        token = self._ctx.next_token()
-        if st.state is StepState.COMPENSATING:
-            self._adopt(run, parked)
-            self._note_operator(op)
-            self._fence(run, st, replace=True)
-            self._put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
-            if run.record.state is not WorkflowState.COMPENSATING:
-                self._set_record(run, state=WorkflowState.COMPENSATING)
-            return run
-        if st.state not in _SKIPPABLE or undoing:
-            raise InvalidState(
-                f"step {st.name!r} of workflow {op.workflow_id!r} is {st.state}"
-                + (" while the workflow undoes its steps" if undoing else "")
-                + ": skip applies to a step that has not succeeded in a running or parked "
-                "workflow, or to a step whose compensation failed"
-            )
-        self._adopt(run, parked)
-        self._note_operator(op)
-        self._fence(run, st, replace=True)
-        skipped = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
-        self._put_step(run, st, skipped)
-        if run.record.state is not WorkflowState.RUNNING:
-            self._set_record(run, state=WorkflowState.RUNNING, error=None)
-        return run
-
-    def _op_compensate(self, op: Operate) -> WorkflowRun:
-        allowed = (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING)
-        run, parked = self._operable(op, allowed)
-        self._adopt(run, parked)
-        self._note_operator(op)
-        now = self._clock.time()
-        reason = f"compensation requested by {op.who or 'an operator'}: {op.why or ''}".rstrip(": ")
-        for st in list(run.steps.values()):
-            if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
-                resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
-                self._put_step(run, st, resumed)
-                self._enqueue(run, st.name, compensating=True)
-            elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
-                parked and st.state is StepState.DISPATCHED
-            ):
-                # Nothing will settle these any more; what runs of them is fenced out.
-                self._fence(run, st, replace=False)
-                failed = stopped(
-                    st,
-                    state=StepState.FAILED,
-                    token=self._ctx.next_token(),
-                    error=f"{st.error}; given up: compensation requested",
-                    updated=now,
-                )
-                self._put_step(run, st, failed)
-        if run.record.state is WorkflowState.COMPENSATING:
-            self._set_record(run, error=reason)
-        else:
-            self._begin_compensation(run, reason)
-        for token in run.attempts:
-            self._inflight[token].port.cancelled = True
-        return run
-
-    def _op_abandon(self, op: Operate) -> WorkflowRun | None:
-        run = self._runs.get(op.workflow_id)
-        error = f"abandoned by {op.who or 'an operator'}" + (f": {op.why}" if op.why else "")
-        if run is not None:
-            self._note_operator(op)
-            for st in list(run.steps.values()):
-                if st.timer_ms is not None:  # nothing should wake it any more
-                    self._put_step(run, st, st.evolve(timer_ms=None, retry_at=None))
-            self._finish(run, WorkflowState.ABANDONED, error=error)
-            return None
-        record = self._store.get_workflow(op.workflow_id)
-        if record is None:
-            raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
-        if record.state is not WorkflowState.NEEDS_ATTENTION:
-            raise InvalidState(
-                _not_in(op, record.state, (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING))
-            )
-        # Parked: nothing runs, so this is one record update (it needs no definition).
-        self._note_operator(op)
-        now = self._clock.time()
-        txn = self._open.setdefault(op.workflow_id, Txn())
-        abandoned = record.evolve(state=WorkflowState.ABANDONED, error=error, updated=now)
-        txn.put_workflow(abandoned)
-        event = workflow_event(record.state, abandoned)
-        txn.put(history_put(record.id, self._ctx.next_token(), event))
-        return None
-
-    def _on_commands(self, msg: Commands) -> None:
-        """Apply commands from other processes, each as the Runtime method of its name."""
-        for command in msg.commands:
-            command_id = command["id"]
-            if command_id in self._commands_seen:
-                continue
-            workflow_id = command.get("workflow_id")
-            args = command.get("args")
-            args = args if isinstance(args, dict) else {}
-            try:
-                record = self._store.get_workflow(str(workflow_id))
-            except HerderError:
-                record = None  # operate() below refuses it, and the refusal is recorded
-            if (
-                record is not None
-                and command.get("action") not in ("abandon", "cancel")
-                and (record.name, record.version) not in self._ctx.plans
-            ):
-                continue  # wait (pending) until the daemon registers the definition
-            self._commands_seen.add(command_id)
-            op = Operate(
-                action=str(command.get("action")),
-                workflow_id=str(workflow_id),
-                step=args.get("step"),
-                result=args.get("result"),
-                who=command.get("who"),
-                why=command.get("why"),
-                command=command,
-            )
-            try:
-                self.operate(op)
-            except HerderError as exc:
-                error = str(exc)
-            except Exception as exc:  # a bug must not leave the CLI waiting forever
-                _log.exception("command %s failed", command_id)
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                continue
-            txn = self._open.setdefault(f"command:{command_id}", Txn())
-            txn.put(*finished_ops(command, error, self._clock.time()))
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
@@ -1493,29 +917,3 @@ _BUSY = frozenset(
     {StepState.DISPATCHED, StepState.COMPENSATING, StepState.WAITING, StepState.UNKNOWN}
 )
 """Step states that keep a compensating workflow from undoing the next step."""
-
-_RESTARTABLE = frozenset(
-    {
-        StepState.FAILED,
-        StepState.UNKNOWN,
-        StepState.WAITING,
-        StepState.DISPATCHED,
-        StepState.RETRY_WAIT,
-    }
-)
-"""Forward steps a retry of a parked workflow runs again from attempt 1."""
-
-_SKIPPABLE = _RESTARTABLE | {StepState.PENDING}
-
-_OPERATIONS: dict[str, Callable[[Scheduler, Operate], WorkflowRun | None]] = {
-    "retry": Scheduler._op_retry,
-    "skip": Scheduler._op_skip,
-    "compensate": Scheduler._op_compensate,
-    "abandon": Scheduler._op_abandon,
-    "cancel": Scheduler._op_cancel,
-}
-
-
-def _not_in(op: Operate, state: WorkflowState, allowed: tuple[WorkflowState, ...]) -> str:
-    names = " or ".join(str(a) for a in allowed)
-    return f"workflow {op.workflow_id!r} is {state}; {op.action} applies to a workflow in {names}"

@@ -63,14 +63,14 @@ def _durability(report: dict[str, Any]) -> list[str]:
     for r in report["rows"]:
         if r["status"] == "measured":
             seen.setdefault(r["engine"], r)
-    lines = ["| engine | what is durable when a workflow is acknowledged | fsync | driver |"]
-    lines.append("|---|---|---|---|")
+    lines = ["| engine | what it is | durable when a workflow is acknowledged | fsync | driver |"]
+    lines.append("|---|---|---|---|---|")
     for name, title in report["engines"].items():
         r = seen.get(name)
         if r is None:
-            lines.append(f"| {name} ({title}) | not measured in this run | | |")
+            lines.append(f"| {name} | {title} | not measured in this run | | |")
         else:
-            lines.append(f"| {name} ({title}) | {r['durable']} | {r['fsync']} | {r['driver']} |")
+            lines.append(f"| {name} | {title} | {r['durable']} | {r['fsync']} | {r['driver']} |")
     return lines
 
 
@@ -148,6 +148,13 @@ def _recovery(recovery: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _memory(machine: dict[str, Any]) -> str:
+    total = machine.get("mem_total") or ""
+    if total.endswith(" kB"):
+        return f"{int(total[:-3]) / 2**20:.0f} GiB"
+    return total or "unknown"
+
+
 def render(report: dict[str, Any]) -> str:
     """The whole page."""
     m = report["machine"]
@@ -162,7 +169,7 @@ def render(report: dict[str, Any]) -> str:
         "machine's load.",
         "",
         f"- Date: {report['date']} (UTC); suite took {report['suite_seconds']:,.0f} s.",
-        f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {m.get('mem_total')} RAM, "
+        f"- Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), {_memory(m)} RAM, "
         f"{m.get('platform')}.",
         "- **The machine was shared**: other engineers' test suites ran at the same time. "
         f"Load average before {load['before'][0]:.1f}, after {load['after'][0]:.1f} "
@@ -170,8 +177,10 @@ def render(report: dict[str, Any]) -> str:
         f"- Python {m.get('python')}; pykka {m.get('pykka')}, lmdb {m.get('lmdb')}, msgpack "
         f"{m.get('msgpack')}; DBOS {m.get('dbos')}, Huey {m.get('huey')}, SQLite "
         f"{m.get('sqlite')}.",
-        f"- Workload: travel booking, 3 steps, trivial actions; {report['workload']}. "
-        f"Settings: {settings}.",
+        f"- Workload: travel booking (flight -> hotel -> car), trivial actions; injected "
+        f"first-attempt failure rate {report['workload']['fail_rate']:.0%}, action latency "
+        f"{report['workload']['latency']:g} s.",
+        "- Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".",
         "",
         "## Engines side by side",
         "",

@@ -109,3 +109,15 @@ def test_herder_bench_peers_runs_the_peer_suite(capfd: pytest.CaptureFixture[str
 
     assert main(["bench", "--peers", "--help"]) == 0
     assert "--quick" in capfd.readouterr().out
+
+
+def test_results_page_can_be_rendered_again_from_the_json_report(
+    suite: tuple[dict, str], tmp_path: pathlib.Path
+) -> None:
+    report, page = suite
+    saved = tmp_path / "peers.json"
+    saved.write_text(json.dumps(report))
+    again = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(BENCH / "peers.py"), "--render", str(saved), "--results", str(again)]
+    subprocess.run(cmd, check=True, timeout=30, stdout=subprocess.DEVNULL)
+    assert again.read_text() == page

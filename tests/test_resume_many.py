@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from herder.actors._scheduler import RESUME_CHUNK
+from herder.actors._recovery import RESUME_CHUNK
 from herder.runtime import Agent, RetryPolicy, Runtime, State, StepContext, Workflow
 from herder.runtime.testing import FakeClock, advance, wait_until
 

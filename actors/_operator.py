@@ -1,0 +1,354 @@
+"""Operator actions on one workflow: retry, skip, compensate, abandon, cancel, commands.
+
+Each action validates against memory (or the store, for a parked workflow), writes its
+transitions and history event into the workflow's transaction, and answers through a
+future that settles once they are durable. They drive the Scheduler's state machine, so
+they take the Scheduler as their first argument.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from herder.actors._errors import InvalidState, UnknownWorkflow
+from herder.actors._messages import Commands, Operate
+from herder.actors._run import WorkflowRun
+from herder.actors._step_records import restarted, settled, stopped, with_timer
+from herder.store._codec import normalize
+from herder.store._commands import finished_ops
+from herder.store._errors import HerderError, InvalidInput
+from herder.store._history import history_put, workflow_event
+from herder.store._records import StepRecord, StepState, WorkflowState
+
+if TYPE_CHECKING:
+    from herder.actors._scheduler import Scheduler
+
+_log = logging.getLogger("herder.scheduler")
+
+
+def operate(s: Scheduler, op: Operate) -> Future[None]:
+    """Apply an operator action through ``s``; it resolves once it and its history are durable.
+
+    Raises (nothing written) when the action does not apply: :class:`UnknownWorkflow`,
+    :class:`InvalidState`, :class:`InvalidInput`.
+    """
+    handler = _OPERATIONS.get(op.action)
+    if handler is None:
+        raise InvalidInput(
+            f"unknown operator action {op.action!r}; use one of {', '.join(_OPERATIONS)}"
+        )
+    done: Future[None] = Future()
+    try:
+        run = handler(s, op)
+    except InvalidState as exc:
+        if not s._commits.pending(op.workflow_id):
+            raise
+        # Its last transition (e.g. its end) is not durable yet: refuse once it is,
+        # so the caller finds the store in the state the refusal speaks of.
+        s._commits.txn(op.workflow_id).effects.append(("future", done, exc))
+        s._after_message()
+        return done
+    s._commits.txn(op.workflow_id).effects.append(("future", done))
+    if run is not None and run.record.id in s._runs:
+        s._advance(run)
+    s._after_message()
+    return done
+
+
+def _operable(
+    s: Scheduler, op: Operate, allowed: tuple[WorkflowState, ...]
+) -> tuple[WorkflowRun, bool]:
+    """The run an operator action applies to, loaded if it is parked; (run, was_parked)."""
+    run = s._runs.get(op.workflow_id)
+    if run is not None:
+        if run.record.state not in allowed:
+            raise InvalidState(_not_in(op, run.record.state, allowed))
+        return run, False
+    record = s._store.get_workflow(op.workflow_id)
+    if record is None:
+        raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
+    if record.state not in allowed or record.state is not WorkflowState.NEEDS_ATTENTION:
+        if not record.state.is_final and record.state in allowed:
+            raise InvalidState(
+                f"workflow {op.workflow_id!r} awaits definition {record.name!r} version "
+                f"{record.version}; register it with add_workflow, then {op.action}"
+            )
+        raise InvalidState(_not_in(op, record.state, allowed))
+    plan = s._ctx.plans.get((record.name, record.version))
+    if plan is None:
+        raise InvalidState(
+            f"workflow {op.workflow_id!r} needs definition {record.name!r} version "
+            f"{record.version}; register it with add_workflow before {op.action}"
+        )
+    steps = {s.name: s for s in s._store.steps_of(op.workflow_id)}
+    run = WorkflowRun(record, plan, steps, s._specs_of(plan))
+    return run, True
+
+
+def _adopt(s: Scheduler, run: WorkflowRun, parked: bool) -> None:
+    """Make a parked run active again (after the action was validated)."""
+    if parked:
+        s._runs[run.record.id] = run
+        if s._ctx.on_resumed is not None:
+            s._ctx.on_resumed()
+
+
+def _note_operator(s: Scheduler, op: Operate) -> None:
+    """The history event of an operator action, and its command's outcome, if any."""
+    now = s._clock.time()
+    txn = s._commits.txn(op.workflow_id)
+    event = {
+        "kind": "operator",
+        "t": now,
+        "action": op.action,
+        "who": op.who,
+        "why": op.why,
+        "step": op.step,
+        "result": op.result,
+    }
+    txn.put(history_put(op.workflow_id, s._ctx.next_token(), event))
+    if op.command is not None:
+        txn.put(*finished_ops(op.command, None, now))
+
+
+def _fence(s: Scheduler, run: WorkflowRun, st: StepRecord, *, replace: bool) -> None:
+    """Supersede the attempt (if any) running this step; its answer is then ignored."""
+    attempt = s._inflight.pop(st.token, None)
+    run.attempts.discard(st.token)
+    run.queued.discard(st.name)
+    if attempt is not None:
+        attempt.port.superseded = True
+        if s._admission.abandoned(attempt.agent, st.token):
+            s._dirty_agents.add(attempt.agent)  # it was a breaker's half-open probe
+        if replace:
+            s._hosted.replace(attempt.agent, attempt.instance)
+
+
+def _op_cancel(s: Scheduler, op: Operate) -> WorkflowRun:
+    run = s._runs.get(op.workflow_id)
+    if run is None:
+        record = s._store.get_workflow(op.workflow_id)
+        if record is None:
+            raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
+        raise InvalidState(
+            f"workflow {op.workflow_id!r} is {record.state}; only an unfinished workflow "
+            "can be cancelled"
+        )
+    _note_operator(s, op)
+    if run.record.state is WorkflowState.COMPENSATING:
+        s._commits.set_record(run, cancelled=True)
+    else:
+        s._begin_compensation(run, "cancelled by request", cancelled=True)
+    for token in run.attempts:
+        s._inflight[token].port.cancelled = True
+    return run
+
+
+def _op_retry(s: Scheduler, op: Operate) -> WorkflowRun:
+    run, parked = _operable(s, op, (WorkflowState.NEEDS_ATTENTION,))
+    if not parked:
+        raise InvalidState(_not_in(op, run.record.state, (WorkflowState.NEEDS_ATTENTION,)))
+    _adopt(s, run, parked)
+    _note_operator(s, op)
+    stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
+    if stuck:
+        s._commits.set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
+        now = s._clock.time()
+        for st in stuck:
+            resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
+            s._commits.put_step(run, st, resumed)
+            s._enqueue(run, st.name, compensating=True)
+    else:
+        s._commits.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
+        for st in list(run.steps.values()):
+            if st.state in _RESTARTABLE:
+                s._commits.put_step(run, st, restarted(st, s._ctx.next_token()))
+    return run
+
+
+def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
+    allowed = (
+        WorkflowState.NEEDS_ATTENTION,
+        WorkflowState.RUNNING,
+        WorkflowState.COMPENSATING,
+    )
+    run, parked = _operable(s, op, allowed)
+    steps = run.steps
+    if op.step is None:
+        stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING] or [
+            steps[spec.name] for spec in run.plan.steps if steps[spec.name].state in _SKIPPABLE
+        ]
+        if not stuck:
+            raise InvalidState(f"workflow {op.workflow_id!r} has no step to skip")
+        st = stuck[0]
+    elif op.step not in steps:
+        raise InvalidInput(
+            f"workflow {op.workflow_id!r} has no step {op.step!r} (it has: {', '.join(steps)})"
+        )
+    else:
+        st = steps[op.step]
+    undoing = run.record.state is WorkflowState.COMPENSATING or any(
+        s.state in (StepState.COMPENSATING, StepState.COMPENSATED) for s in steps.values()
+    )
+    result = normalize(
+        op.result, limit=s._config.max_result_bytes, what=f"result given for {st.name!r}"
+    )
+    now = s._clock.time()
+    token = s._ctx.next_token()
+    if st.state is StepState.COMPENSATING:
+        _adopt(s, run, parked)
+        _note_operator(s, op)
+        _fence(s, run, st, replace=True)
+        s._commits.put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
+        if run.record.state is not WorkflowState.COMPENSATING:
+            s._commits.set_record(run, state=WorkflowState.COMPENSATING)
+        return run
+    if st.state not in _SKIPPABLE or undoing:
+        raise InvalidState(
+            f"step {st.name!r} of workflow {op.workflow_id!r} is {st.state}"
+            + (" while the workflow undoes its steps" if undoing else "")
+            + ": skip applies to a step that has not succeeded in a running or parked "
+            "workflow, or to a step whose compensation failed"
+        )
+    _adopt(s, run, parked)
+    _note_operator(s, op)
+    _fence(s, run, st, replace=True)
+    skipped = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
+    s._commits.put_step(run, st, skipped)
+    if run.record.state is not WorkflowState.RUNNING:
+        s._commits.set_record(run, state=WorkflowState.RUNNING, error=None)
+    return run
+
+
+def _op_compensate(s: Scheduler, op: Operate) -> WorkflowRun:
+    allowed = (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING)
+    run, parked = _operable(s, op, allowed)
+    _adopt(s, run, parked)
+    _note_operator(s, op)
+    now = s._clock.time()
+    reason = f"compensation requested by {op.who or 'an operator'}: {op.why or ''}".rstrip(": ")
+    for st in list(run.steps.values()):
+        if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
+            resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
+            s._commits.put_step(run, st, resumed)
+            s._enqueue(run, st.name, compensating=True)
+        elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
+            parked and st.state is StepState.DISPATCHED
+        ):
+            # Nothing will settle these any more; what runs of them is fenced out.
+            _fence(s, run, st, replace=False)
+            failed = stopped(
+                st,
+                state=StepState.FAILED,
+                token=s._ctx.next_token(),
+                error=f"{st.error}; given up: compensation requested",
+                updated=now,
+            )
+            s._commits.put_step(run, st, failed)
+    if run.record.state is WorkflowState.COMPENSATING:
+        s._commits.set_record(run, error=reason)
+    else:
+        s._begin_compensation(run, reason)
+    for token in run.attempts:
+        s._inflight[token].port.cancelled = True
+    return run
+
+
+def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
+    run = s._runs.get(op.workflow_id)
+    error = f"abandoned by {op.who or 'an operator'}" + (f": {op.why}" if op.why else "")
+    if run is not None:
+        _note_operator(s, op)
+        for st in list(run.steps.values()):
+            if st.timer_ms is not None:  # nothing should wake it any more
+                s._commits.put_step(run, st, st.evolve(timer_ms=None, retry_at=None))
+        s._finish(run, WorkflowState.ABANDONED, error=error)
+        return None
+    record = s._store.get_workflow(op.workflow_id)
+    if record is None:
+        raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
+    if record.state is not WorkflowState.NEEDS_ATTENTION:
+        raise InvalidState(
+            _not_in(op, record.state, (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING))
+        )
+    # Parked: nothing runs, so this is one record update (it needs no definition).
+    _note_operator(s, op)
+    now = s._clock.time()
+    txn = s._commits.txn(op.workflow_id)
+    abandoned = record.evolve(state=WorkflowState.ABANDONED, error=error, updated=now)
+    txn.put_workflow(abandoned)
+    event = workflow_event(record.state, abandoned)
+    txn.put(history_put(record.id, s._ctx.next_token(), event))
+    return None
+
+
+def apply_commands(s: Scheduler, msg: Commands) -> None:
+    """Apply commands from other processes, each as the Runtime method of its name."""
+    for command in msg.commands:
+        command_id = command["id"]
+        if command_id in s._commands_seen:
+            continue
+        workflow_id = command.get("workflow_id")
+        args = command.get("args")
+        args = args if isinstance(args, dict) else {}
+        try:
+            record = s._store.get_workflow(str(workflow_id))
+        except HerderError:
+            record = None  # operate() below refuses it, and the refusal is recorded
+        if (
+            record is not None
+            and command.get("action") not in ("abandon", "cancel")
+            and (record.name, record.version) not in s._ctx.plans
+        ):
+            continue  # wait (pending) until the daemon registers the definition
+        s._commands_seen.add(command_id)
+        op = Operate(
+            action=str(command.get("action")),
+            workflow_id=str(workflow_id),
+            step=args.get("step"),
+            result=args.get("result"),
+            who=command.get("who"),
+            why=command.get("why"),
+            command=command,
+        )
+        try:
+            operate(s, op)
+        except HerderError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug must not leave the CLI waiting forever
+            _log.exception("command %s failed", command_id)
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            continue
+        txn = s._commits.txn(f"command:{command_id}")
+        txn.put(*finished_ops(command, error, s._clock.time()))
+
+
+_RESTARTABLE = frozenset(
+    {
+        StepState.FAILED,
+        StepState.UNKNOWN,
+        StepState.WAITING,
+        StepState.DISPATCHED,
+        StepState.RETRY_WAIT,
+    }
+)
+"""Forward steps a retry of a parked workflow runs again from attempt 1."""
+
+_SKIPPABLE = _RESTARTABLE | {StepState.PENDING}
+
+_OPERATIONS: dict[str, Callable[[Scheduler, Operate], WorkflowRun | None]] = {
+    "retry": _op_retry,
+    "skip": _op_skip,
+    "compensate": _op_compensate,
+    "abandon": _op_abandon,
+    "cancel": _op_cancel,
+}
+
+
+def _not_in(op: Operate, state: WorkflowState, allowed: tuple[WorkflowState, ...]) -> str:
+    names = " or ".join(str(a) for a in allowed)
+    return f"workflow {op.workflow_id!r} is {state}; {op.action} applies to a workflow in {names}"

@@ -1,0 +1,110 @@
+"""Outcomes that are not a plain answer: a lapsed attempt turned UNKNOWN and probed,
+a probe's verdict, and an action that handed its step off with ``ctx.complete_later()``.
+
+They drive the Scheduler's state machine, so they take the Scheduler as first argument.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from herder.actors._messages import Outcome
+from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
+from herder.actors._run import WorkflowRun
+from herder.actors._step_records import stopped, with_timer
+from herder.store._history import history_put
+from herder.store._records import StepRecord, StepState, WorkflowState
+
+if TYPE_CHECKING:
+    from herder.actors._scheduler import Scheduler
+
+TIMEOUT_ERROR = "herder.Timeout"
+
+
+def on_special_outcome(s: Scheduler, run: WorkflowRun, st: StepRecord, msg: Outcome) -> None:
+    """An answer that is not a plain result: a probe's verdict or complete_later()."""
+    if st.state is StepState.UNKNOWN:
+        s._counters["probes"] += 1
+        if not msg.ok:
+            _probe_later(s, run, st, f"probe failed: {msg.error}", failed=True)
+        elif msg.kind == DONE:
+            s._step_succeeded(run, st, msg.result)
+        elif msg.kind == NOT_DONE:
+            error = f"{st.error}; the probe found it was not applied"
+            s._step_failed(run, st, error, (TIMEOUT_ERROR,), permanent=False)
+        elif msg.kind == RUNNING:
+            _probe_later(s, run, st, st.error or "outcome unknown", failed=False)
+        else:
+            error = f"{probe_name(run.specs[st.name].action)} must return a ProbeResult"
+            _probe_later(s, run, st, error, failed=True)
+    elif msg.kind == "later" and st.state is StepState.DISPATCHED:
+        # The instance is free again; the step waits for complete_step/fail_step under
+        # the deadline it already has (same token: the task token stays valid).
+        s._counters["handed_off"] += 1
+        s._commits.put_step(run, st, st.evolve(state=StepState.WAITING, updated=s._clock.time()))
+    else:
+        what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
+        error = f"{what} returned {msg.kind or 'an unexpected marker'!r}; it cannot here"
+        s._step_failed(run, st, error, (), permanent=True)
+
+
+def on_lapsed(s: Scheduler, run: WorkflowRun, st: StepRecord, lapsed: str) -> None:
+    """An attempt's (or a probe's) deadline or heartbeat lapsed."""
+    if st.state is StepState.UNKNOWN:
+        _probe_later(s, run, st, f"probe {lapsed}", failed=True)
+    elif st.state in (StepState.DISPATCHED, StepState.WAITING) and _has_probe(s, run, st):
+        # The request may have reached the remote side: ask before retrying.
+        s._counters["unknown"] += 1
+        now = s._clock.time()
+        unknown = st.evolve(
+            state=StepState.UNKNOWN,
+            token=s._ctx.next_token(),
+            error=f"outcome unknown: {lapsed}",
+            error_type=TIMEOUT_ERROR,
+            deadline=None,
+            heartbeat_deadline=None,
+            retry_at=now,
+            extra={**st.extra, "probes": 0, "probe_failures": 0},
+            updated=now,
+        )
+        s._commits.put_step(run, st, with_timer(unknown))
+        s._enqueue(run, st.name, compensating=False)
+    else:
+        s._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
+
+
+def _probe_later(
+    s: Scheduler, run: WorkflowRun, st: StepRecord, note: str, *, failed: bool
+) -> None:
+    """Keep the step UNKNOWN and probe again after a backoff; a probe that fails
+    (raises, times out) more often than the step's max_attempts parks the workflow."""
+    spec = run.specs[st.name]
+    policy = spec.retry or s._config.default_retry
+    probes = int(st.extra.get("probes", 0)) + 1
+    failures = int(st.extra.get("probe_failures", 0)) + (1 if failed else 0)
+    now = s._clock.time()
+    new = stopped(
+        st,
+        token=s._ctx.next_token(),
+        error=note if failed else st.error,
+        extra={**st.extra, "probes": probes, "probe_failures": failures},
+        updated=now,
+    )
+    probe = {"kind": "probe", "t": now, "step": st.name, "token": new.token, "error": note}
+    s._commits.txn(run.record.id).put(history_put(run.record.id, s._ctx.next_token(), probe))
+    if failures >= policy.max_attempts:
+        s._commits.put_step(run, st, new)
+        s._finish(
+            run,
+            WorkflowState.NEEDS_ATTENTION,
+            error=f"step {st.name!r}: outcome unknown and {failures} probes failed: {note}",
+        )
+        return
+    delay = policy.delay(probes, s._rand.random())
+    s._commits.put_step(run, st, with_timer(new.evolve(retry_at=now + delay)))
+
+
+def _has_probe(s: Scheduler, run: WorkflowRun, st: StepRecord) -> bool:
+    spec = run.specs[st.name]
+    registered = s._ctx.agents.get(spec.agent)
+    return registered is not None and has_probe(registered[0], spec.action)

@@ -1,0 +1,222 @@
+"""Bringing workflows back into memory: after a restart, once their definition comes,
+after a failed commit (reload, with a backoff), and counting crashes against suspects.
+
+The store is the truth; these read it and hand each unfinished workflow to the
+Scheduler's state machine, so they take the Scheduler as first argument.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from herder.actors._commit_backoff import Reload
+from herder.actors._messages import Define
+from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
+from herder.actors._run import WorkflowRun
+from herder.actors._step_records import stopped, with_timer
+from herder.store import StoreCorrupt, StoreIOError
+from herder.store._records import Plan, StepState, WorkflowRecord, WorkflowState
+
+if TYPE_CHECKING:
+    from herder.actors._scheduler import Scheduler
+
+_log = logging.getLogger("herder.scheduler")
+
+RESUME_CHUNK = 200  # workflows resumed per message when a definition arrives
+
+
+def on_define(s: Scheduler, plan: Plan) -> None:
+    """A definition arrived: resume the workflows that awaited it, a chunk at a time."""
+    # In chunks, each followed by the usual dispatch and flush, so that the first of
+    # 100k recovered workflows runs at once instead of after all have been read.
+    key = (plan.name, plan.version)
+    waiting = s._awaiting.pop(key, [])
+    if len(waiting) > RESUME_CHUNK:
+        waiting, s._awaiting[key] = waiting[:RESUME_CHUNK], waiting[RESUME_CHUNK:]
+    for workflow_id in waiting:
+        _readmit(s, workflow_id, crashed=True)
+    if key in s._awaiting:
+        # Dispatch and commit this chunk's first steps now: the inbox will not drain
+        # (which is when a commit normally goes out) until every chunk is in.
+        s._after_message(flush=True)
+        s.actor_ref.tell(Define(plan))  # the next chunk, after what arrived meanwhile
+
+
+def recover_all(s: Scheduler) -> None:
+    """Take over every unfinished workflow in the store (a Scheduler's first message)."""
+    # A previous Scheduler's last batch may still be in the writer: let it land so
+    # recovery reads the newest durable state, never a state about to be overwritten.
+    s._writer.flush()
+    recovered = 0
+    corrupt: list[StoreCorrupt] = []
+    for record in s._store.workflows(corrupt=corrupt):
+        if record.state.is_final or record.id in s._runs:
+            continue
+        s._recovered.add(record.id)
+        if (record.name, record.version) in s._ctx.plans:
+            recovered += _readmit(s, record.id, record, crashed=True)
+        else:  # its steps are read when the definition comes (on_define)
+            await_definition(s, record)
+            recovered += 1
+    for exc in corrupt:
+        _note_corrupt(s, exc)
+    if recovered:
+        _log.info("recovered %d unfinished workflows", recovered)
+
+
+def reload_later(s: Scheduler, failed: list[str], errors: list[BaseException | None]) -> None:
+    """Workflows whose commit failed: read them back, at once or after a backoff."""
+    delay = s._backoff.failed()
+    error = next(e for e in errors if e is not None)
+    _log.error(
+        "transitions of %d workflows failed: %s; reloading them in %.2fs",
+        len(failed),
+        error,
+        delay,
+    )
+    if delay <= 0:
+        for workflow_id in failed:
+            _reload(s, workflow_id)
+        return
+    for workflow_id in failed:
+        _forget(s, workflow_id)
+        s._parked.add(workflow_id)
+    ids = tuple(failed)
+    s._clock.call_later(delay, lambda: s._ctx.tell_scheduler(Reload(ids)))
+
+
+def on_reload(s: Scheduler, msg: Reload) -> None:
+    """A backoff after a failed commit ended: read the parked workflows back."""
+    for workflow_id in msg.workflow_ids:
+        if workflow_id in s._parked:
+            s._parked.discard(workflow_id)
+            _readmit(s, workflow_id)
+
+
+def _reload(s: Scheduler, workflow_id: str) -> None:
+    """Forget what memory believes about a workflow and read it back from the store."""
+    _forget(s, workflow_id)
+    _readmit(s, workflow_id)
+
+
+def _forget(s: Scheduler, workflow_id: str) -> None:
+    """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
+    run = s._runs.pop(workflow_id, None)
+    held = s._commits.drop(workflow_id)
+    for effect in () if held is None else held.effects:
+        if effect[0] == "future" and not effect[1].done():
+            effect[1].set_exception(
+                StoreIOError(f"workflow {workflow_id!r} was reloaded after a failed commit")
+            )
+    for token in () if run is None else run.attempts:
+        attempt = s._inflight.pop(token, None)
+        # An attempt already sent keeps its instance busy until its (now stale) answer
+        # arrives; one never sent frees its reservation now.
+        if attempt is None or attempt.sent:
+            continue
+        if s._hosted.release(attempt.agent, attempt.instance, token, s._clock.time()):
+            s._dirty_agents.add(attempt.agent)
+
+
+def _readmit(
+    s: Scheduler, workflow_id: str, record: WorkflowRecord | None = None, *, crashed: bool = False
+) -> bool:
+    """Read an unfinished workflow back from the store and run it; True if it runs.
+
+    ``crashed``: a previous Scheduler or process left it unfinished (see ``_admit``).
+
+    A corrupt record leaves that one workflow where it is (logged, counted in stats);
+    every other workflow keeps running.
+    """
+    try:
+        if record is None:
+            record = s._store.get_workflow(workflow_id)
+        if record is None or record.state.is_final:
+            return False
+        steps = s._store.steps_of(workflow_id)
+    except StoreCorrupt as exc:
+        _note_corrupt(s, exc)
+        return False
+    s._admit(record, steps, recovered=not crashed, crashed=crashed)
+    return True
+
+
+def _note_corrupt(s: Scheduler, exc: StoreCorrupt) -> None:
+    _log.error("%s; the workflow it belongs to stays where it is", exc)
+    s._corrupt[f"{exc.db}:{exc.key!r}"] = exc.reason
+
+
+def await_definition(s: Scheduler, record: WorkflowRecord) -> None:
+    """Park a workflow until its definition is registered; warn once per definition
+    (a restart may park 100k workflows, and stats() shows the count)."""
+    waiting = s._awaiting.setdefault((record.name, record.version), [])
+    if not waiting:
+        _log.warning(
+            "workflow %s (and any others of it) awaits definition %s version %d; "
+            "register it to resume",
+            record.id,
+            record.name,
+            record.version,
+        )
+    waiting.append(record.id)
+
+
+def is_awaiting(s: Scheduler, workflow_id: str) -> bool:
+    """True if the workflow is parked until its definition is registered."""
+    return any(workflow_id in ids for ids in s._awaiting.values())
+
+
+def count_crash(s: Scheduler, run: WorkflowRun) -> bool:
+    """Count a crash against a workflow that had attempts running at it; defer those
+    attempts from the second crash in a row, park it past the limit (True)."""
+    running = running_at_crash(run.steps.values())
+    if not running:
+        return False
+    crashes = run.record.recoveries + 1
+    s._commits.set_record(run, recoveries=crashes)
+    now = s._clock.time()
+    if crashes > s._config.max_recoveries:
+        error = poison_message(running, crashes)
+        _log.error("%s: %s", run.record.id, error, extra={"workflow_id": run.record.id})
+        for st in list(run.steps.values()):
+            if st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
+                state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else None
+                parked = stopped(
+                    st,
+                    state=state or StepState.FAILED,
+                    error=error,
+                    error_type=POISON_ERROR,
+                    token=s._ctx.next_token(),
+                    updated=now,
+                )
+                s._commits.put_step(run, st, parked)
+        s._finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
+        return True
+    if crashes >= 2:
+        at = now + s._config.recovery_stagger * next(s._suspect_slots)
+        for st in running:
+            s._commits.put_step(run, st, with_timer(st.evolve(retry_at=at)))
+    return False
+
+
+def resume_steps(s: Scheduler, run: WorkflowRun) -> None:
+    """Queue the steps a previous Scheduler left running or about to run."""
+    now = s._clock.time()
+    compensating = run.record.state is WorkflowState.COMPENSATING
+    for st in run.steps.values():
+        if st.token in s._inflight:
+            continue
+        if st.state is StepState.DISPATCHED and st.token >> 32 == s._store.incarnation - 1:
+            # Lost by the previous run (counted once: a later run that finds the same
+            # record again did not lose it).
+            s._admission.lost(run.specs[st.name].agent)
+        if st.state is StepState.DISPATCHED and (st.retry_at or 0) <= now:
+            s._enqueue(run, st.name, compensating=False)  # outcome unknown: re-run
+        elif st.state is StepState.RETRY_WAIT and (st.retry_at or 0) <= now:
+            s._enqueue(run, st.name, compensating=False)
+        elif st.state is StepState.COMPENSATING and compensating and (st.retry_at or 0) <= now:
+            s._enqueue(run, st.name, compensating=True)
+        elif st.state is StepState.UNKNOWN and (st.retry_at or 0) <= now:
+            s._enqueue(run, st.name, compensating=False)  # probe (again)
+        # WAITING stays waiting: its completion or its deadline's timer moves it on.
