@@ -89,7 +89,10 @@ def request_handoff(store: str, deadline: float, wait: float, out: TextIO) -> in
     """Ask the runtime holding ``store`` to hand over; wait until the lease moved."""
     path = pathlib.Path(store)
     if not (path / "data.mdb").is_file():
-        raise StoreError(f"no store at {path}")
+        raise StoreError(
+            f"no store at {path}: check --store; handoff asks the runtime running that store "
+            "(`herder run --store PATH`) to hand over"
+        )
     with Store(path, standby=True) as st:
         held = st.read_lease()
         if held is None or held.released or held.expires <= time.time():
