@@ -43,6 +43,7 @@ from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
 from herder.actors._messages import (
     Admit,
+    Answer,
     Commands,
     Committed,
     Complete,
@@ -287,14 +288,12 @@ class Scheduler(SupervisedActor):
             attempt.port.superseded = True
         done: Future[None] = Future()
         self._counters["completed"] += 1
+        result = None
         if msg.ok:
             result = normalize(
                 msg.result, limit=self._config.max_result_bytes, what=f"result of {msg.step!r}"
             )
-            self._step_succeeded(run, st, result)
-        else:
-            error = msg.error or "failed"
-            self._step_failed(run, st, error, msg.error_types, permanent=msg.permanent)
+        self._answered(run, st, msg, result)
         self._commits.txn(run.record.id).effects.append(("future", done))
         self._after_message()
         return done
@@ -419,12 +418,8 @@ class Scheduler(SupervisedActor):
             return
         if msg.kind or st.state is StepState.UNKNOWN:
             on_special_outcome(self, run, st, msg)
-        elif msg.ok:
-            self._step_succeeded(run, st, msg.result)
         else:
-            self._step_failed(
-                run, st, msg.error or "failed", msg.error_types, permanent=msg.permanent
-            )
+            self._answered(run, st, msg, msg.result)
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
         attempt = self._inflight.get(msg.token)
@@ -741,6 +736,14 @@ class Scheduler(SupervisedActor):
             ("run", agent, instance, Run(agent, instance, action, token, ctx))
         )
         self._counters["dispatched"] += 1
+
+    def _answered(self, run: WorkflowRun, st: StepRecord, answer: Answer, result: Any) -> None:
+        """The step's current attempt answered (or was completed): record how it ended."""
+        if answer.ok:
+            self._step_succeeded(run, st, result)
+        else:
+            error = answer.error or "failed"
+            self._step_failed(run, st, error, answer.error_types, permanent=answer.permanent)
 
     def _step_succeeded(self, run: WorkflowRun, st: StepRecord, result: Any) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
