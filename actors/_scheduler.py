@@ -73,7 +73,7 @@ from herder.actors._recovery import (
     resume_steps,
 )
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
-from herder.actors._step_records import ms, settled, stopped, with_timer
+from herder.actors._step_records import lapse, ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
 from herder.store import LeaseLost, Transition
 from herder.store._codec import bounded_text, normalize
@@ -457,7 +457,7 @@ class Scheduler(SupervisedActor):
                 if st.name not in run.queued:
                     self._enqueue(run, st.name, compensating=st.state is StepState.COMPENSATING)
                 continue
-            lapsed = self._lapsed(run, st, now)
+            lapsed = lapse(st, run.specs[st.name], now, self._config.default_timeout)
             if lapsed is None:
                 continue
             agent = run.specs[st.name].agent
@@ -889,15 +889,6 @@ class Scheduler(SupervisedActor):
         if specs is None or self._ctx.plans.get(key) is not plan:
             specs = self._plan_specs[key] = {spec.name: spec for spec in plan.steps}
         return specs
-
-    def _lapsed(self, run: WorkflowRun, st: StepRecord, now: float) -> str | None:
-        spec = run.specs[st.name]
-        now_ms = ms(now)  # timers are kept in whole ms; compare at the same precision
-        if st.heartbeat_deadline is not None and now_ms >= ms(st.heartbeat_deadline):
-            return f"no heartbeat for {spec.heartbeat_timeout}s"
-        if st.deadline is not None and now_ms >= ms(st.deadline):
-            return f"timed out after {spec.timeout or self._config.default_timeout}s"
-        return None
 
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
         txn = self._commits.txn(workflow_id)
