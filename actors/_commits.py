@@ -1,13 +1,18 @@
-"""One flush's writes per workflow, and keeping the promises a durable batch makes."""
+"""The commit pipeline: each flush's writes per workflow, one commit in flight per
+workflow, and keeping the promises a durable batch makes."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from herder.actors._clock import Clock
 from herder.actors._engine import EngineContext
-from herder.store import Delete, Put
+from herder.actors._run import WorkflowRun
+from herder.store import Delete, Put, Transition
 from herder.store._codec import encode
+from herder.store._history import history_put, step_event, workflow_event
 from herder.store._records import StepRecord, WorkflowRecord, step_key, timer_key, workflow_key
 
 _log = logging.getLogger("herder.scheduler")
@@ -46,6 +51,73 @@ class Txn:
         """Add raw writes (history, commands); a later write of the same key wins."""
         for op in ops:
             self.ops[(op.db, op.key)] = op
+
+
+class CommitPipeline:
+    """The Scheduler's writes on their way to disk: one open Txn per workflow, gathered
+    while a flush's messages are handled, and at most one commit in flight per workflow.
+
+    A workflow's next transition is held back until the previous one is known durable,
+    so a failed commit can never be followed by a later one that builds on it (e.g. a
+    dependent's DISPATCHED).
+    """
+
+    __slots__ = ("_clock", "_next_token", "committing", "open")
+
+    def __init__(self, clock: Clock, next_token: Callable[[], int]) -> None:
+        self._clock = clock
+        self._next_token = next_token
+        self.open: dict[str, Txn] = {}
+        self.committing: set[str] = set()
+
+    def txn(self, workflow_id: str) -> Txn:
+        """The workflow's transaction in this flush, opened on first use."""
+        txn = self.open.get(workflow_id)
+        if txn is None:
+            txn = self.open[workflow_id] = Txn()
+        return txn
+
+    def pending(self, workflow_id: str) -> bool:
+        """True while a transition of the workflow is not yet known durable."""
+        return workflow_id in self.committing or workflow_id in self.open
+
+    def put_step(self, run: WorkflowRun, old: StepRecord, new: StepRecord) -> None:
+        """Record a step's new state in memory and in its workflow's transaction."""
+        run.steps[new.name] = new
+        txn = self.txn(run.record.id)
+        txn.put_step(old, new)
+        event = step_event(old, new, self._clock.time())
+        if event is not None:  # a transition, not a heartbeat: one history put, same commit
+            txn.put(history_put(run.record.id, self._next_token(), event))
+
+    def set_record(self, run: WorkflowRun, **changes: Any) -> WorkflowRecord:
+        """Change the run's workflow record and write it into the run's transaction."""
+        old = run.record
+        run.record = old.evolve(updated=self._clock.time(), **changes)
+        txn = self.txn(old.id)
+        txn.put_workflow(run.record)
+        if run.record.state is not old.state:
+            event = workflow_event(old.state, run.record)
+            txn.put(history_put(old.id, self._next_token(), event))
+        return run.record
+
+    def take(self) -> tuple[list[Transition], list[tuple[str, list[Any]]]]:
+        """The transactions that may be committed now (their workflow has none in
+        flight), as transitions and their after-commit effects; they count as in flight."""
+        items = [(wf, txn) for wf, txn in self.open.items() if wf not in self.committing]
+        for wf, _ in items:
+            del self.open[wf]
+            self.committing.add(wf)
+        transitions = [Transition(ops=tuple(txn.ops.values())) for _, txn in items]
+        return transitions, [(wf, txn.effects) for wf, txn in items]
+
+    def drop(self, workflow_id: str) -> Txn | None:
+        """Discard the workflow's uncommitted transaction (it is read back from the store)."""
+        return self.open.pop(workflow_id, None)
+
+    def landed(self, workflow_id: str) -> None:
+        """The workflow's commit in flight is decided (durable or failed)."""
+        self.committing.discard(workflow_id)
 
 
 def log_resource_errors(errors: list[BaseException | None]) -> None:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from herder.actors._commits import Txn
 from herder.actors._errors import InvalidState, UnknownWorkflow
 from herder.actors._messages import Commands, Operate
 from herder.actors._run import WorkflowRun
@@ -45,14 +44,14 @@ def operate(s: Scheduler, op: Operate) -> Future[None]:
     try:
         run = handler(s, op)
     except InvalidState as exc:
-        if op.workflow_id not in s._committing and op.workflow_id not in s._open:
+        if not s._commits.pending(op.workflow_id):
             raise
         # Its last transition (e.g. its end) is not durable yet: refuse once it is,
         # so the caller finds the store in the state the refusal speaks of.
-        s._open.setdefault(op.workflow_id, Txn()).effects.append(("future", done, exc))
+        s._commits.txn(op.workflow_id).effects.append(("future", done, exc))
         s._after_message()
         return done
-    s._open.setdefault(op.workflow_id, Txn()).effects.append(("future", done))
+    s._commits.txn(op.workflow_id).effects.append(("future", done))
     if run is not None and run.record.id in s._runs:
         s._advance(run)
     s._after_message()
@@ -100,7 +99,7 @@ def _adopt(s: Scheduler, run: WorkflowRun, parked: bool) -> None:
 def _note_operator(s: Scheduler, op: Operate) -> None:
     """The history event of an operator action, and its command's outcome, if any."""
     now = s._clock.time()
-    txn = s._open.setdefault(op.workflow_id, Txn())
+    txn = s._commits.txn(op.workflow_id)
     event = {
         "kind": "operator",
         "t": now,
@@ -140,7 +139,7 @@ def _op_cancel(s: Scheduler, op: Operate) -> WorkflowRun:
         )
     _note_operator(s, op)
     if run.record.state is WorkflowState.COMPENSATING:
-        s._set_record(run, cancelled=True)
+        s._commits.set_record(run, cancelled=True)
     else:
         s._begin_compensation(run, "cancelled by request", cancelled=True)
     for token in run.attempts:
@@ -156,17 +155,17 @@ def _op_retry(s: Scheduler, op: Operate) -> WorkflowRun:
     _note_operator(s, op)
     stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
     if stuck:
-        s._set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
+        s._commits.set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
         now = s._clock.time()
         for st in stuck:
             resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
-            s._put_step(run, st, resumed)
+            s._commits.put_step(run, st, resumed)
             s._enqueue(run, st.name, compensating=True)
     else:
-        s._set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
+        s._commits.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
         for st in list(run.steps.values()):
             if st.state in _RESTARTABLE:
-                s._put_step(run, st, restarted(st, s._ctx.next_token()))
+                s._commits.put_step(run, st, restarted(st, s._ctx.next_token()))
     return run
 
 
@@ -203,9 +202,9 @@ def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
         _adopt(s, run, parked)
         _note_operator(s, op)
         _fence(s, run, st, replace=True)
-        s._put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
+        s._commits.put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
         if run.record.state is not WorkflowState.COMPENSATING:
-            s._set_record(run, state=WorkflowState.COMPENSATING)
+            s._commits.set_record(run, state=WorkflowState.COMPENSATING)
         return run
     if st.state not in _SKIPPABLE or undoing:
         raise InvalidState(
@@ -218,9 +217,9 @@ def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
     _note_operator(s, op)
     _fence(s, run, st, replace=True)
     skipped = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
-    s._put_step(run, st, skipped)
+    s._commits.put_step(run, st, skipped)
     if run.record.state is not WorkflowState.RUNNING:
-        s._set_record(run, state=WorkflowState.RUNNING, error=None)
+        s._commits.set_record(run, state=WorkflowState.RUNNING, error=None)
     return run
 
 
@@ -234,7 +233,7 @@ def _op_compensate(s: Scheduler, op: Operate) -> WorkflowRun:
     for st in list(run.steps.values()):
         if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
             resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
-            s._put_step(run, st, resumed)
+            s._commits.put_step(run, st, resumed)
             s._enqueue(run, st.name, compensating=True)
         elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
             parked and st.state is StepState.DISPATCHED
@@ -248,9 +247,9 @@ def _op_compensate(s: Scheduler, op: Operate) -> WorkflowRun:
                 error=f"{st.error}; given up: compensation requested",
                 updated=now,
             )
-            s._put_step(run, st, failed)
+            s._commits.put_step(run, st, failed)
     if run.record.state is WorkflowState.COMPENSATING:
-        s._set_record(run, error=reason)
+        s._commits.set_record(run, error=reason)
     else:
         s._begin_compensation(run, reason)
     for token in run.attempts:
@@ -265,7 +264,7 @@ def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
         _note_operator(s, op)
         for st in list(run.steps.values()):
             if st.timer_ms is not None:  # nothing should wake it any more
-                s._put_step(run, st, st.evolve(timer_ms=None, retry_at=None))
+                s._commits.put_step(run, st, st.evolve(timer_ms=None, retry_at=None))
         s._finish(run, WorkflowState.ABANDONED, error=error)
         return None
     record = s._store.get_workflow(op.workflow_id)
@@ -278,7 +277,7 @@ def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
     # Parked: nothing runs, so this is one record update (it needs no definition).
     _note_operator(s, op)
     now = s._clock.time()
-    txn = s._open.setdefault(op.workflow_id, Txn())
+    txn = s._commits.txn(op.workflow_id)
     abandoned = record.evolve(state=WorkflowState.ABANDONED, error=error, updated=now)
     txn.put_workflow(abandoned)
     event = workflow_event(record.state, abandoned)
@@ -324,7 +323,7 @@ def apply_commands(s: Scheduler, msg: Commands) -> None:
             error = f"{type(exc).__name__}: {exc}"
         else:
             continue
-        txn = s._open.setdefault(f"command:{command_id}", Txn())
+        txn = s._commits.txn(f"command:{command_id}")
         txn.put(*finished_ops(command, error, s._clock.time()))
 
 

@@ -41,7 +41,7 @@ def on_special_outcome(s: Scheduler, run: WorkflowRun, st: StepRecord, msg: Outc
         # The instance is free again; the step waits for complete_step/fail_step under
         # the deadline it already has (same token: the task token stays valid).
         s._counters["handed_off"] += 1
-        s._put_step(run, st, st.evolve(state=StepState.WAITING, updated=s._clock.time()))
+        s._commits.put_step(run, st, st.evolve(state=StepState.WAITING, updated=s._clock.time()))
     else:
         what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
         error = f"{what} returned {msg.kind or 'an unexpected marker'!r}; it cannot here"
@@ -67,7 +67,7 @@ def on_lapsed(s: Scheduler, run: WorkflowRun, st: StepRecord, lapsed: str) -> No
             extra={**st.extra, "probes": 0, "probe_failures": 0},
             updated=now,
         )
-        s._put_step(run, st, with_timer(unknown))
+        s._commits.put_step(run, st, with_timer(unknown))
         s._enqueue(run, st.name, compensating=False)
     else:
         s._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
@@ -91,9 +91,9 @@ def _probe_later(
         updated=now,
     )
     probe = {"kind": "probe", "t": now, "step": st.name, "token": new.token, "error": note}
-    s._txn(run).put(history_put(run.record.id, s._ctx.next_token(), probe))
+    s._commits.txn(run.record.id).put(history_put(run.record.id, s._ctx.next_token(), probe))
     if failures >= policy.max_attempts:
-        s._put_step(run, st, new)
+        s._commits.put_step(run, st, new)
         s._finish(
             run,
             WorkflowState.NEEDS_ATTENTION,
@@ -101,7 +101,7 @@ def _probe_later(
         )
         return
     delay = policy.delay(probes, s._rand.random())
-    s._put_step(run, st, with_timer(new.evolve(retry_at=now + delay)))
+    s._commits.put_step(run, st, with_timer(new.evolve(retry_at=now + delay)))
 
 
 def _has_probe(s: Scheduler, run: WorkflowRun, st: StepRecord) -> bool:

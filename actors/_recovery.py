@@ -103,7 +103,7 @@ def _reload(s: Scheduler, workflow_id: str) -> None:
 def _forget(s: Scheduler, workflow_id: str) -> None:
     """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
     run = s._runs.pop(workflow_id, None)
-    held = s._open.pop(workflow_id, None)
+    held = s._commits.drop(workflow_id)
     for effect in () if held is None else held.effects:
         if effect[0] == "future" and not effect[1].done():
             effect[1].set_exception(
@@ -174,7 +174,7 @@ def count_crash(s: Scheduler, run: WorkflowRun) -> bool:
     if not running:
         return False
     crashes = run.record.recoveries + 1
-    s._set_record(run, recoveries=crashes)
+    s._commits.set_record(run, recoveries=crashes)
     now = s._clock.time()
     if crashes > s._config.max_recoveries:
         error = poison_message(running, crashes)
@@ -190,13 +190,13 @@ def count_crash(s: Scheduler, run: WorkflowRun) -> bool:
                     token=s._ctx.next_token(),
                     updated=now,
                 )
-                s._put_step(run, st, parked)
+                s._commits.put_step(run, st, parked)
         s._finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
         return True
     if crashes >= 2:
         at = now + s._config.recovery_stagger * next(s._suspect_slots)
         for st in running:
-            s._put_step(run, st, with_timer(st.evolve(retry_at=at)))
+            s._commits.put_step(run, st, with_timer(st.evolve(retry_at=at)))
     return False
 
 

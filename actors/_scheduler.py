@@ -33,7 +33,7 @@ from herder.actors._agent import Agent, StepContext
 from herder.actors._agent_host import AgentHost, AgentUnavailable
 from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._commits import (
-    Txn,
+    CommitPipeline,
     announce_final,
     log_resource_errors,
     orphaned_commit,
@@ -77,7 +77,6 @@ from herder.actors._supervised import SupervisedActor
 from herder.store import LeaseLost, Transition
 from herder.store._codec import bounded_text, normalize
 from herder.store._crashpoints import crash_point
-from herder.store._history import history_put, step_event, workflow_event
 from herder.store._records import (
     Plan,
     StepRecord,
@@ -109,10 +108,9 @@ class Scheduler(SupervisedActor):
         self._runs: dict[str, WorkflowRun] = {}
         self._awaiting: dict[tuple[str, int], list[str]] = {}
         self._inflight: dict[int, Attempt] = {}
-        self._open: dict[str, Txn] = {}
+        self._commits = CommitPipeline(ctx.clock, ctx.next_token)
         self._dirty_agents: set[str] = set()
         self._flush_queued = False
-        self._committing: set[str] = set()
         self._recovered: set[str] = set()  # unfinished ids that recovery took over
         self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
         self._backoff = CommitBackoff()
@@ -297,7 +295,7 @@ class Scheduler(SupervisedActor):
         else:
             error = msg.error or "failed"
             self._step_failed(run, st, error, msg.error_types, permanent=msg.permanent)
-        self._txn(run).effects.append(("future", done))
+        self._commits.txn(run.record.id).effects.append(("future", done))
         self._after_message()
         return done
 
@@ -334,7 +332,7 @@ class Scheduler(SupervisedActor):
         for agent in list(self._dirty_agents):
             self._pump(agent)
         self._dirty_agents.clear()
-        if not self._open and not self._admission.dirty:
+        if not self._commits.open and not self._admission.dirty:
             return
         if flush or self.actor_inbox.empty():
             self._flush()
@@ -349,17 +347,9 @@ class Scheduler(SupervisedActor):
             self._writer.submit_many(
                 [Transition(ops=tuple(self._admission.writes()))], log_resource_errors
             )
-        # One commit in flight per workflow: a workflow's next transition is held back
-        # until the previous one is known durable, so a failed commit can never be
-        # followed by a later one that builds on it (e.g. a dependent's DISPATCHED).
-        items = [(wf, txn) for wf, txn in self._open.items() if wf not in self._committing]
-        if not items:
+        transitions, effects = self._commits.take()
+        if not transitions:
             return
-        for wf, _ in items:
-            del self._open[wf]
-            self._committing.add(wf)
-        transitions = [Transition(ops=tuple(txn.ops.values())) for _, txn in items]
-        effects = [(wf, txn.effects) for wf, txn in items]
         ref = self.actor_ref
         ctx = self._ctx
 
@@ -374,7 +364,7 @@ class Scheduler(SupervisedActor):
     def _on_committed(self, msg: Committed) -> None:
         failed: list[str] = []
         for (workflow_id, effects), error in zip(msg.effects, msg.errors, strict=True):
-            self._committing.discard(workflow_id)
+            self._commits.landed(workflow_id)
             if error is None:
                 for effect in effects:
                     self._apply(effect)
@@ -446,7 +436,7 @@ class Scheduler(SupervisedActor):
         if st.token != msg.token or spec.heartbeat_timeout is None:
             return
         hb_deadline = self._clock.time() + spec.heartbeat_timeout
-        self._put_step(
+        self._commits.put_step(
             run,
             st,
             with_timer(st.evolve(heartbeat_deadline=hb_deadline, heartbeat=msg.details)),
@@ -603,7 +593,7 @@ class Scheduler(SupervisedActor):
         if st.retry_at is None:
             assert delay is not None
             waiting = st.evolve(retry_at=now + delay, token=self._ctx.next_token(), updated=now)
-            self._put_step(run, st, with_timer(waiting))
+            self._commits.put_step(run, st, with_timer(waiting))
             return True
         return ms(st.retry_at) > ms(now)
 
@@ -723,7 +713,7 @@ class Scheduler(SupervisedActor):
         else:
             action, attempt = spec.action, st.attempt + 1
             new = st.evolve(state=StepState.DISPATCHED, attempt=attempt, **timing)
-        self._put_step(run, st, new)
+        self._commits.put_step(run, st, new)
         port = AttemptPort(
             self._ctx, token, (hb or timeout) * self._config.heartbeat_interval_fraction
         )
@@ -742,23 +732,23 @@ class Scheduler(SupervisedActor):
         )
         self._inflight[token] = Attempt(run.record.id, job.step, agent, instance, port)
         run.attempts.add(token)
-        self._txn(run).effects.append(
+        self._commits.txn(run.record.id).effects.append(
             ("run", agent, instance, Run(agent, instance, action, token, ctx))
         )
         self._counters["dispatched"] += 1
 
     def _step_succeeded(self, run: WorkflowRun, st: StepRecord, result: Any) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
-            self._set_record(run, recoveries=0)
+            self._commits.set_record(run, recoveries=0)
         token = self._ctx.next_token()
         now = self._clock.time()
         if st.state is StepState.COMPENSATING:
             crash_point("scheduler.compensated")
-            self._put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
+            self._commits.put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
             self._counters["compensated"] += 1
         else:
             new = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
-            self._put_step(run, st, new)
+            self._commits.put_step(run, st, new)
             self._counters["succeeded"] += 1
         self._advance(run)
 
@@ -785,7 +775,7 @@ class Scheduler(SupervisedActor):
         retry_now: bool = False,
     ) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
-            self._set_record(run, recoveries=0)
+            self._commits.set_record(run, recoveries=0)
         spec = run.specs[st.name]
         default = self._config.default_retry
         forward = st.state is not StepState.COMPENSATING
@@ -820,7 +810,7 @@ class Scheduler(SupervisedActor):
             # The timer is kept even for an immediate retry: if this process dies before
             # the retry is dispatched, the sweep finds it.
             new = with_timer(base.evolve(state=state, retry_at=now + delay))
-            self._put_step(run, st, new)
+            self._commits.put_step(run, st, new)
             if delay <= 0:
                 self._enqueue(run, st.name, compensating=not forward)
             return
@@ -830,12 +820,12 @@ class Scheduler(SupervisedActor):
             # answer, a timeout, a crash) it may have, so the step is undone like a
             # completed one, ordered by this token.
             failed = base.evolve(state=StepState.FAILED, done_token=None if permanent else token)
-            self._put_step(run, st, failed)
+            self._commits.put_step(run, st, failed)
             if run.record.state is WorkflowState.RUNNING:
                 self._begin_compensation(run, f"step {st.name!r} failed: {error}")
             self._advance(run)
         else:
-            self._put_step(run, st, base)
+            self._commits.put_step(run, st, base)
             self._finish(
                 run,
                 WorkflowState.NEEDS_ATTENTION,
@@ -849,7 +839,7 @@ class Scheduler(SupervisedActor):
             "%s compensating: %s", run.record.id, reason, extra={"workflow_id": run.record.id}
         )
         now = self._clock.time()
-        self._set_record(
+        self._commits.set_record(
             run,
             state=WorkflowState.COMPENSATING,
             error=reason,
@@ -857,7 +847,7 @@ class Scheduler(SupervisedActor):
         )
         for st in list(run.steps.values()):
             if st.state is StepState.RETRY_WAIT:
-                self._put_step(
+                self._commits.put_step(
                     run,
                     st,
                     st.evolve(
@@ -873,12 +863,12 @@ class Scheduler(SupervisedActor):
             elif st.state is StepState.PENDING and st.timer_ms is not None:
                 # A delayed step that will now never run: its wait ends with the workflow.
                 cleared = st.evolve(retry_at=None, timer_ms=None, token=self._ctx.next_token())
-                self._put_step(run, st, cleared.evolve(updated=now))
+                self._commits.put_step(run, st, cleared.evolve(updated=now))
         run.queued = {s for s in run.queued if run.steps[s].state is not StepState.PENDING}
 
     def _finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
-        record = self._set_record(run, state=state, error=error or run.record.error)
-        self._txn(run).effects.append(("final", record))
+        record = self._commits.set_record(run, state=state, error=error or run.record.error)
+        self._commits.txn(run.record.id).effects.append(("final", record))
         del self._runs[record.id]
         for token in run.attempts:
             attempt = self._inflight.pop(token, None)
@@ -897,31 +887,6 @@ class Scheduler(SupervisedActor):
             specs = self._plan_specs[key] = {spec.name: spec for spec in plan.steps}
         return specs
 
-    def _txn(self, run: WorkflowRun) -> Txn:
-        txn = self._open.get(run.record.id)
-        if txn is None:
-            txn = self._open[run.record.id] = Txn()
-        return txn
-
-    def _put_step(self, run: WorkflowRun, old: StepRecord, new: StepRecord) -> None:
-        run.steps[new.name] = new
-        txn = self._txn(run)
-        txn.put_step(old, new)
-        event = step_event(old, new, self._clock.time())
-        if event is not None:  # a transition, not a heartbeat: one history put, same commit
-            txn.put(history_put(run.record.id, self._ctx.next_token(), event))
-
-    def _set_record(self, run: WorkflowRun, **changes: Any) -> WorkflowRecord:
-        """Change the run's workflow record and write it into the run's transaction."""
-        old = run.record
-        run.record = old.evolve(updated=self._clock.time(), **changes)
-        txn = self._txn(run)
-        txn.put_workflow(run.record)
-        if run.record.state is not old.state:
-            event = workflow_event(old.state, run.record)
-            txn.put(history_put(old.id, self._ctx.next_token(), event))
-        return run.record
-
     def _lapsed(self, run: WorkflowRun, st: StepRecord, now: float) -> str | None:
         spec = run.specs[st.name]
         now_ms = ms(now)  # timers are kept in whole ms; compare at the same precision
@@ -932,7 +897,7 @@ class Scheduler(SupervisedActor):
         return None
 
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
-        txn = self._open.setdefault(workflow_id, Txn())
+        txn = self._commits.txn(workflow_id)
         txn.delete_timer(timer_key(due_ms, workflow_id, step))
 
 
