@@ -34,35 +34,37 @@ class Run:
     context: Any  # a StepContext; typed loosely to keep this module free of the agent layer
 
 
-@dataclass(slots=True)
-class Outcome:
-    """Agent instance -> Scheduler: how one attempt ended."""
+@dataclass(slots=True, kw_only=True)
+class Answer:
+    """How an attempt ended: its result, or its error (the fields after the ids of
+    :class:`Outcome` and :class:`Complete`, which both carry one; keyword-only)."""
 
-    agent: str
-    instance: str
-    token: int
     ok: bool
     result: Any = None
     error: str | None = None
     error_types: tuple[str, ...] = ()
     permanent: bool = False
+
+
+@dataclass(slots=True)
+class Outcome(Answer):
+    """Agent instance -> Scheduler: how one attempt ended."""
+
+    agent: str
+    instance: str
+    token: int
     # "" for a plain answer; "later" (the action returned ctx.complete_later()) or a probe's
     # verdict ("done", "not_done", "running").
     kind: str = ""
 
 
 @dataclass(slots=True)
-class Complete:
+class Complete(Answer):
     """Runtime -> Scheduler (ask): complete or fail a step handed off with complete_later."""
 
     workflow_id: str
     step: str
     token: int
-    ok: bool
-    result: Any = None
-    error: str | None = None
-    error_types: tuple[str, ...] = ()
-    permanent: bool = False
 
 
 @dataclass(slots=True)

@@ -43,6 +43,7 @@ from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
 from herder.actors._messages import (
     Admit,
+    Answer,
     Commands,
     Committed,
     Complete,
@@ -72,7 +73,7 @@ from herder.actors._recovery import (
     resume_steps,
 )
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
-from herder.actors._step_records import ms, settled, stopped, with_timer
+from herder.actors._step_records import lapse, ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
 from herder.store import LeaseLost, Transition
 from herder.store._codec import bounded_text, normalize
@@ -287,14 +288,12 @@ class Scheduler(SupervisedActor):
             attempt.port.superseded = True
         done: Future[None] = Future()
         self._counters["completed"] += 1
+        result = None
         if msg.ok:
             result = normalize(
                 msg.result, limit=self._config.max_result_bytes, what=f"result of {msg.step!r}"
             )
-            self._step_succeeded(run, st, result)
-        else:
-            error = msg.error or "failed"
-            self._step_failed(run, st, error, msg.error_types, permanent=msg.permanent)
+        self._answered(run, st, msg, result)
         self._commits.txn(run.record.id).effects.append(("future", done))
         self._after_message()
         return done
@@ -419,12 +418,8 @@ class Scheduler(SupervisedActor):
             return
         if msg.kind or st.state is StepState.UNKNOWN:
             on_special_outcome(self, run, st, msg)
-        elif msg.ok:
-            self._step_succeeded(run, st, msg.result)
         else:
-            self._step_failed(
-                run, st, msg.error or "failed", msg.error_types, permanent=msg.permanent
-            )
+            self._answered(run, st, msg, msg.result)
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
         attempt = self._inflight.get(msg.token)
@@ -462,7 +457,7 @@ class Scheduler(SupervisedActor):
                 if st.name not in run.queued:
                     self._enqueue(run, st.name, compensating=st.state is StepState.COMPENSATING)
                 continue
-            lapsed = self._lapsed(run, st, now)
+            lapsed = lapse(st, run.specs[st.name], now, self._config.default_timeout)
             if lapsed is None:
                 continue
             agent = run.specs[st.name].agent
@@ -737,6 +732,14 @@ class Scheduler(SupervisedActor):
         )
         self._counters["dispatched"] += 1
 
+    def _answered(self, run: WorkflowRun, st: StepRecord, answer: Answer, result: Any) -> None:
+        """The step's current attempt answered (or was completed): record how it ended."""
+        if answer.ok:
+            self._step_succeeded(run, st, result)
+        else:
+            error = answer.error or "failed"
+            self._step_failed(run, st, error, answer.error_types, permanent=answer.permanent)
+
     def _step_succeeded(self, run: WorkflowRun, st: StepRecord, result: Any) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
             self._commits.set_record(run, recoveries=0)
@@ -886,15 +889,6 @@ class Scheduler(SupervisedActor):
         if specs is None or self._ctx.plans.get(key) is not plan:
             specs = self._plan_specs[key] = {spec.name: spec for spec in plan.steps}
         return specs
-
-    def _lapsed(self, run: WorkflowRun, st: StepRecord, now: float) -> str | None:
-        spec = run.specs[st.name]
-        now_ms = ms(now)  # timers are kept in whole ms; compare at the same precision
-        if st.heartbeat_deadline is not None and now_ms >= ms(st.heartbeat_deadline):
-            return f"no heartbeat for {spec.heartbeat_timeout}s"
-        if st.deadline is not None and now_ms >= ms(st.deadline):
-            return f"timed out after {spec.timeout or self._config.default_timeout}s"
-        return None
 
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
         txn = self._commits.txn(workflow_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from herder.store._records import StepRecord, StepState
+from herder.store._records import StepRecord, StepSpec, StepState
 
 
 def ms(seconds: float) -> int:
@@ -37,3 +37,13 @@ def settled(st: StepRecord, state: StepState, token: int, now: float, **changes:
 def restarted(st: StepRecord, token: int) -> StepRecord:
     """The step back to PENDING at attempt 0, as a retry of a parked workflow wants it."""
     return stopped(st, state=StepState.PENDING, attempt=0, token=token, error=None)
+
+
+def lapse(st: StepRecord, spec: StepSpec, now: float, default_timeout: float) -> str | None:
+    """Why the step's attempt lapsed by ``now`` (heartbeat, then deadline), else None."""
+    now_ms = ms(now)  # timers are kept in whole ms; compare at the same precision
+    if st.heartbeat_deadline is not None and now_ms >= ms(st.heartbeat_deadline):
+        return f"no heartbeat for {spec.heartbeat_timeout}s"
+    if st.deadline is not None and now_ms >= ms(st.deadline):
+        return f"timed out after {spec.timeout or default_timeout}s"
+    return None
