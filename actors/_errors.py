@@ -53,7 +53,11 @@ class RestartIntensityExceeded(HerderError):
 
 
 class Permanent(Exception):
-    """Raised by an action to fail its step without retrying."""
+    """Raised by an action to fail its step without retrying.
+
+    It also tells herder the action took no effect, so the step is not compensated; a step
+    that failed any other way (a lost answer, a timeout) may have, and is undone.
+    """
 
 
 class InvalidDefinition(InvalidInput):

@@ -582,11 +582,7 @@ class Scheduler(SupervisedActor):
             busy = any(s.state in _BUSY for s in steps.values())
             if busy:
                 return
-            undo = [
-                s
-                for s in steps.values()
-                if s.state is StepState.SUCCEEDED and run.specs[s.name].compensate
-            ]
+            undo = [s for s in steps.values() if _to_undo(s) and run.specs[s.name].compensate]
             if undo:
                 last = max(undo, key=lambda s: s.done_token or 0)
                 self._enqueue(run, last.name, compensating=True)
@@ -681,9 +677,8 @@ class Scheduler(SupervisedActor):
             return False
         st = run.steps[job.step]
         if job.compensating:
-            return run.record.state is WorkflowState.COMPENSATING and st.state in (
-                StepState.SUCCEEDED,
-                StepState.COMPENSATING,
+            return run.record.state is WorkflowState.COMPENSATING and (
+                st.state is StepState.COMPENSATING or _to_undo(st)
             )
         if st.state is StepState.DISPATCHED:
             # Orphaned by a crash: re-dispatched with attempt + 1, even while compensating,
@@ -837,7 +832,11 @@ class Scheduler(SupervisedActor):
             return
         self._counters["failed"] += 1
         if forward:
-            self._commits.put_step(run, st, base.evolve(state=StepState.FAILED))
+            # Only Permanent says the action took no effect; after anything else (a lost
+            # answer, a timeout, a crash) it may have, so the step is undone like a
+            # completed one, ordered by this token.
+            failed = base.evolve(state=StepState.FAILED, done_token=None if permanent else token)
+            self._commits.put_step(run, st, failed)
             if run.record.state is WorkflowState.RUNNING:
                 self._begin_compensation(run, f"step {st.name!r} failed: {error}")
             self._advance(run)
@@ -872,7 +871,8 @@ class Scheduler(SupervisedActor):
                         error=f"{st.error}; not retried: workflow is compensating",
                         retry_at=None,
                         timer_ms=None,
-                        token=self._ctx.next_token(),
+                        token=(token := self._ctx.next_token()),
+                        done_token=token,  # its failed attempt may have taken effect
                         updated=now,
                     ),
                 )
@@ -924,3 +924,11 @@ _BUSY = frozenset(
     {StepState.DISPATCHED, StepState.COMPENSATING, StepState.WAITING, StepState.UNKNOWN}
 )
 """Step states that keep a compensating workflow from undoing the next step."""
+
+
+def _to_undo(st: StepRecord) -> bool:
+    """Whether compensation must undo this step: it succeeded, or it failed in a way that
+    may have taken effect (``done_token`` is set on every failure but a Permanent one)."""
+    return st.state is StepState.SUCCEEDED or (
+        st.state is StepState.FAILED and st.done_token is not None
+    )

@@ -259,7 +259,7 @@ class _Checker:
         if st.done_token is not None and st.done_token > st.token:
             self.problem("steps", skey, f"done_token {st.done_token} > token {st.token}")
         if st.state in (StepState.COMPENSATING, StepState.COMPENSATED) and st.done_token is None:
-            self.problem("steps", skey, f"{st.state} but it never succeeded")
+            self.problem("steps", skey, f"{st.state} but nothing marks it done (no done_token)")
         if st.state is StepState.SUCCEEDED and st.done_token is None:
             self.problem("steps", skey, "SUCCEEDED without a completion token")
         waits = (

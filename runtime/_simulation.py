@@ -240,11 +240,6 @@ class SimReport:
     faults: Counter[str] = field(default_factory=Counter)
     store_faults: int = 0
     rounds: int = 0
-    # FAILED steps whose effect stands: a transient failure (e.g. a lost answer) while the
-    # workflow compensated ends the step FAILED, and only SUCCEEDED steps are undone.
-    # Not counted as a problem: DESIGN.md compensates completed steps only (issue 9's
-    # UNKNOWN outcome is the remedy).
-    leaked: int = 0
     stale: int = 0  # late answers of superseded attempts the Scheduler dropped
     restarts: int = 0
     scheduler_crashes: int = 0
@@ -425,14 +420,19 @@ def _verify(
                 and want is not (WorkflowState.SUCCEEDED)
             ):
                 problems.append(f"{key}: left SUCCEEDED in a {want} workflow")
-            if st.state is StepState.COMPENSATED and not (applied and undone):
-                problems.append(f"{key}: COMPENSATED but applied={applied} undone={undone}")
+            # A step undone after a failure may never have applied: then undo is a no-op.
+            if st.state is StepState.COMPENSATED and applied and not undone:
+                problems.append(f"{key}: COMPENSATED but its effect was never undone")
             if st.state is StepState.PENDING and applied:
                 problems.append(f"{key}: never dispatched, yet applied")
-            if st.state is StepState.FAILED and applied and not undone:
-                report.leaked += 1
+            if st.state is StepState.FAILED and name in compensated and applied and not undone:
+                problems.append(f"{key}: FAILED but its effect stands, never undone")
         by_completion = sorted(
-            (st for st in records.values() if st.state is StepState.COMPENSATED),
+            (
+                st
+                for st in records.values()
+                if st.state is StepState.COMPENSATED and f"{wid}/{st.name}" in world.applied
+            ),
             key=lambda st: st.done_token or 0,
         )
         expected_undo = [f"{wid}/{st.name}" for st in reversed(by_completion)]

@@ -314,7 +314,8 @@ class StepRecord:
 
     ``token`` is the fencing token of the step's latest transition: an agent's answer is
     accepted only if it carries the current one. ``done_token`` is the token of the
-    transition to SUCCEEDED and orders completions (compensation runs in reverse).
+    transition to SUCCEEDED, or of a failure that may have taken effect (anything but
+    Permanent), and orders completions (compensation runs in reverse).
     ``timer_ms`` is the key time of this step's entry in the timer index, if any.
     """
 

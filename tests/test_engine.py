@@ -195,7 +195,38 @@ def test_exhausted_attempts_compensate_the_workflow(rt: Runtime) -> None:
         rt.start("trip", workflow_id="w").result(timeout=WAIT)
     status = rt.status("w")
     assert status.steps["hotel"].attempt == FAST.max_attempts
+    # Its failures may have taken effect, so its compensation is asked too (a no-op here).
+    assert status.steps["hotel"].state is StepState.COMPENSATED
+    assert ledger.requests["undo:w/hotel"] == 1
     assert ledger.undone == ["w/flight"]
+
+
+def test_a_step_whose_last_answer_was_lost_is_undone_with_the_rest(rt: Runtime) -> None:
+    ledger = EffectLedger()
+
+    def applied_then_lost(ctx: StepContext) -> None:
+        ledger.apply(ctx.idempotency_key, {"step": ctx.step})
+        raise TimeoutError("hotel answer lost")
+
+    serve(rt, ledger, {"hotel": applied_then_lost})
+    rt.add_workflow(trip())
+    with pytest.raises(WorkflowFailed):
+        rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    status = rt.status("w")
+    # The hotel was booked although no attempt said so: undoing only the flight would
+    # leave the trip half-done.
+    assert status.steps["hotel"].state is StepState.COMPENSATED
+    assert ledger.undone == ["w/hotel", "w/flight"]
+
+
+def test_a_permanent_failure_is_not_compensated(rt: Runtime) -> None:
+    ledger = EffectLedger()
+    serve(rt, ledger, {"car": lambda ctx: fail_permanently("no cars left")})
+    rt.add_workflow(trip())
+    with pytest.raises(WorkflowFailed):
+        rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    assert rt.status("w").steps["car"].state is StepState.FAILED
+    assert ledger.requests["undo:w/car"] == 0
 
 
 def test_a_failing_compensation_parks_the_workflow_until_an_operator_retries_it(

@@ -54,7 +54,7 @@ def _simulate_all(tmp_path: pathlib.Path, sim_seeds: list[int]) -> None:
     root = _scratch(tmp_path)
     faults: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
-    store_faults = leaked = stale = restarts = scheduler_crashes = 0
+    store_faults = stale = restarts = scheduler_crashes = 0
     started = time.monotonic()
     try:
         for seed in sim_seeds:
@@ -66,7 +66,6 @@ def _simulate_all(tmp_path: pathlib.Path, sim_seeds: list[int]) -> None:
             faults += report.faults
             outcomes.update(report.workflows.values())
             store_faults += report.store_faults
-            leaked += report.leaked
             stale += report.stale
             restarts += report.restarts
             scheduler_crashes += report.scheduler_crashes
@@ -79,8 +78,7 @@ def _simulate_all(tmp_path: pathlib.Path, sim_seeds: list[int]) -> None:
         f"\nsimulation: {len(sim_seeds)} seeds in {time.monotonic() - started:.1f}s, "
         f"outcomes {dict(outcomes)}, faults {dict(faults)}, store faults {store_faults}, "
         f"stale answers dropped {stale}, restarts {restarts}, "
-        f"scheduler crashes {scheduler_crashes}, "
-        f"effects left by FAILED steps {leaked}"
+        f"scheduler crashes {scheduler_crashes}"
     )
     if len(sim_seeds) >= 50:  # the schedule really exercises every kind of fault
         assert set(faults) == {"raise", "lost", "hang", "crash", "permanent"}

@@ -73,7 +73,7 @@ STEP_NEXT = {
     S.RETRY_WAIT: set(S) - {S.PENDING},
     S.WAITING: set(S) - {S.PENDING},  # complete_later and probes: not used by this machine
     S.UNKNOWN: set(S) - {S.PENDING},
-    S.FAILED: {S.FAILED},
+    S.FAILED: {S.FAILED, S.COMPENSATING, S.COMPENSATED},  # undone: it may have applied
     S.SUCCEEDED: {S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED},
     S.COMPENSATING: {S.COMPENSATING, S.COMPENSATED},
     S.COMPENSATED: {S.COMPENSATED},
