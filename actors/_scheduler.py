@@ -15,6 +15,19 @@ if a commit fails, the affected workflow is reloaded from the store, which stays
 Answers carry the fencing token of their attempt; one whose token is no longer current
 (the attempt timed out and was retried, or the process restarted) is counted as stale and
 ignored. That makes recording an outcome exactly-once while execution is at-least-once.
+
+This module keeps the actor (message handling, dispatch, the step state machine); the
+parts it coordinates live beside it:
+
+- ``_engine``: EngineConfig, EngineContext (what outlives one Scheduler), AttemptPort;
+- ``_run``: what memory holds of an unfinished workflow, its attempts and queued jobs;
+- ``_commits``: CommitPipeline (per-flush transactions, one commit in flight per
+  workflow) and the promises a durable batch keeps;
+- ``_step_records``: pure step-record transitions (timers, settled, stopped, lapse);
+- ``_recovery``: recovery after a restart, resume on definition, reload after a failed
+  commit, crash counting;
+- ``_probing``: unknown outcomes and probes, the complete_later hand-off;
+- ``_operator``: operator actions and the commands channel.
 """
 
 from __future__ import annotations
