@@ -4,9 +4,8 @@ Each seed runs a small workload on a real runtime under a fake clock and a seede
 schedule (errors, lost answers, hangs with late stale answers, instance crashes,
 permanent failures, store write errors, a cancel, a restart, a Scheduler crash) and
 checks the outcome the schedule implies, the effects against the recorded states,
-compensation order and ``herder check``. Seeds 0..49 run by default and 50..199 under
-``make slow`` (200 in all); ``--sim-seeds N`` runs seeds 0..N-1 instead, and
-``HERDER_SIM_SEED=S`` only seed S, to reproduce a failure.
+compensation order and ``herder check``. ``--sim-seeds N`` runs seeds 0..N-1 (default
+200); ``HERDER_SIM_SEED=S`` runs only seed S, to reproduce a failure.
 """
 
 from __future__ import annotations
@@ -30,27 +29,10 @@ def _scratch(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path
 
 
-DEFAULT_SEEDS = 50  # in the default run; the slow run takes the rest up to ALL_SEEDS
-ALL_SEEDS = 200
-
-
 @pytest.mark.timeout(180)
 def test_the_simulation_holds_every_expectation_over_many_seeds(
     tmp_path: pathlib.Path, sim_seeds: list[int]
 ) -> None:
-    _simulate_all(tmp_path, sim_seeds or list(range(DEFAULT_SEEDS)))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_the_simulation_holds_every_expectation_over_the_other_seeds(
-    tmp_path: pathlib.Path, sim_seeds: list[int]
-) -> None:
-    _simulate_all(tmp_path, sim_seeds or list(range(DEFAULT_SEEDS, ALL_SEEDS)))
-
-
-def _simulate_all(tmp_path: pathlib.Path, sim_seeds: list[int]) -> None:
-    """Run every seed; fail naming the first that breaks an expectation."""
     root = _scratch(tmp_path)
     faults: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
