@@ -70,6 +70,10 @@ class EngineContext:
         # Called (on the Scheduler's thread) when an operator action takes a workflow out
         # of NEEDS_ATTENTION, so the runtime counts it as unfinished again.
         self.on_resumed: Callable[[], None] | None = None
+        # Called once, on the Scheduler's thread, by the first recovery after the runtime
+        # took the lease, with the number of unfinished workflows it found, before any of
+        # them can finish (so the runtime's capacity count needs no scan of its own).
+        self.on_recovered: Callable[[int], None] | None = None
         # Called on the Supervisor's thread after each sweep that read the store: the
         # runtime's health signal (lease renewal, systemd watchdog).
         self.sweep_listeners: list[Callable[[], None]] = []

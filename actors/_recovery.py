@@ -48,10 +48,13 @@ def recover_all(s: Scheduler) -> None:
     # A previous Scheduler's last batch may still be in the writer: let it land so
     # recovery reads the newest durable state, never a state about to be overwritten.
     s._writer.flush()
-    recovered = 0
+    recovered = unfinished = 0
     corrupt: list[StoreCorrupt] = []
     for record in s._store.workflows(corrupt=corrupt):
-        if record.state.is_final or record.id in s._runs:
+        if record.state.is_final:
+            continue
+        unfinished += 1
+        if record.id in s._runs:
             continue
         s._recovered.add(record.id)
         if (record.name, record.version) in s._ctx.plans:
@@ -61,6 +64,11 @@ def recover_all(s: Scheduler) -> None:
             recovered += 1
     for exc in corrupt:
         _note_corrupt(s, exc)
+    # Nothing recovered here has finished yet: finals are announced once their commit
+    # is durable, and this message's transitions are submitted after it returns.
+    report, s._ctx.on_recovered = s._ctx.on_recovered, None
+    if report is not None:
+        report(unfinished)
     if recovered:
         _log.info("recovered %d unfinished workflows", recovered)
 

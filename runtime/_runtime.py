@@ -383,8 +383,10 @@ class Runtime:
             for plan in builtins.list(self._ctx.plans.values()):
                 if self._store.get_plan(plan.name, plan.version) is None:
                     self._store_definition(plan)
-            # Corrupt records are skipped here; the Scheduler's recovery logs and counts them.
-            self._active = sum(1 for r in self._store.workflows(corrupt=[]) if not r.state.is_final)
+            # The Scheduler's first recovery counts the unfinished workflows (one scan).
+            with self._lock:
+                self._active = 0
+            self._ctx.on_recovered = self._on_recovered
             keeper = LeaseKeeper(self._store, self._ctx, self._hand_over)
             self._ctx.sweep_listeners[:] = [keeper.on_sweep, self._healthy]
             self._root = self._start_tree()
@@ -874,6 +876,10 @@ class Runtime:
         self._check_active()
         done: Future[None] = call(self._scheduler, "complete", msg, timeout=self._ask_timeout)
         done.result(timeout=self._ask_timeout)
+
+    def _on_recovered(self, unfinished: int) -> None:
+        with self._lock:
+            self._active += unfinished
 
     def _on_resumed(self) -> None:
         with self._lock:

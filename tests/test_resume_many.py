@@ -55,3 +55,27 @@ def test_every_parked_workflow_resumes_in_chunks_with_one_warning(
             assert rt.handle(f"w{i:04d}").result(timeout=WAIT) == {"s": 2}
         assert {s.state for s in rt.list()} == {State.SUCCEEDED}
         assert rt.stats()["awaiting_definition"] == {}
+
+
+def test_recovered_workflows_count_against_the_active_limit(tmp_path: Path) -> None:
+    # The Scheduler's first recovery reports how many it found: start() waits for those,
+    # and for no more once they finish.
+    one = Workflow("one").step("s", agent="svc", action="work", retry=HOUR)
+    path = tmp_path / "s"
+    with Runtime(path, clock=FakeClock(), max_active_workflows=2) as rt:
+        rt.add_agent("svc", FailsFirst, concurrency=4)
+        rt.add_workflow(one)
+        for i in range(2):
+            rt.start("one", workflow_id=f"w{i}")
+        wait_until(rt, lambda: rt.stats()["steps"]["retried"] == 2, timeout=WAIT)
+    clock = FakeClock()
+    with Runtime(path, clock=clock, max_active_workflows=2) as rt:
+        rt.add_agent("svc", FailsFirst, concurrency=4)
+        rt.add_workflow(one)
+        with pytest.raises(TimeoutError, match="2 workflows are unfinished"):
+            rt.start("one", workflow_id="new", timeout=0.2)
+        advance(rt, clock, 3600.0)
+        for i in range(2):
+            assert rt.handle(f"w{i}").result(timeout=WAIT) == {"s": 2}
+        rt.start("one", workflow_id="new", timeout=5.0)
+        rt.start("one", workflow_id="newer", timeout=5.0)
