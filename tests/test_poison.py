@@ -55,15 +55,19 @@ def _step(rt: Runtime, wid: str) -> tuple[StepState, int, int]:
     return st.state, st.attempt, with_record.recoveries
 
 
-def test_a_workflow_running_at_each_of_several_crashes_is_parked_and_can_be_retried(
-    tmp_path: pathlib.Path, release: threading.Event
-) -> None:
-    clock = FakeClock()
-    path = tmp_path / "s"
+def _crash_while_dispatched(path: pathlib.Path, clock: FakeClock, release: threading.Event) -> None:
+    """Start the poison workflow and stop the runtime while its attempt is DISPATCHED."""
     rt = _open(path, clock, release)
     rt.start("x", workflow_id="poison")
     wait_until(rt, lambda: rt.status("poison").steps["s"].state is StepState.DISPATCHED)
-    rt.stop(timeout=1)  # "crash" 1: the attempt is recorded DISPATCHED, no outcome
+    rt.stop(timeout=1)
+
+
+def test_a_workflow_running_at_each_of_several_crashes_is_parked_and_can_be_retried(
+    tmp_path: pathlib.Path, release: threading.Event
+) -> None:
+    clock, path = FakeClock(), tmp_path / "s"
+    _crash_while_dispatched(path, clock, release)  # "crash" 1: DISPATCHED, no outcome
 
     rt = _open(path, clock, release)  # recovery: counted, re-run at once
     wait_until(rt, lambda: _step(rt, "poison") == (StepState.DISPATCHED, 2, 1))
@@ -102,12 +106,8 @@ def test_a_workflow_running_at_each_of_several_crashes_is_parked_and_can_be_retr
 def test_an_outcome_after_a_crash_resets_the_count(
     tmp_path: pathlib.Path, release: threading.Event
 ) -> None:
-    clock = FakeClock()
-    path = tmp_path / "s"
-    rt = _open(path, clock, release)
-    rt.start("x", workflow_id="poison")
-    wait_until(rt, lambda: rt.status("poison").steps["s"].state is StepState.DISPATCHED)
-    rt.stop(timeout=1)
+    clock, path = FakeClock(), tmp_path / "s"
+    _crash_while_dispatched(path, clock, release)
     rt = _open(path, clock, release)
     try:
         wait_until(rt, lambda: _step(rt, "poison") == (StepState.DISPATCHED, 2, 1))
