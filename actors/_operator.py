@@ -17,6 +17,7 @@ from herder.actors._errors import InvalidState, UnknownWorkflow
 from herder.actors._messages import Commands, Operate
 from herder.actors._run import WorkflowRun
 from herder.actors._step_records import restarted, settled, stopped, with_timer
+from herder.actors.engine import RESTARTABLE, SKIPPABLE
 from herder.store._codec import normalize
 from herder.store._commands import finished_ops
 from herder.store._errors import HerderError, InvalidInput
@@ -164,7 +165,7 @@ def _op_retry(s: Scheduler, op: Operate) -> WorkflowRun:
     else:
         s._commits.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
         for st in list(run.steps.values()):
-            if st.state in _RESTARTABLE:
+            if st.state in RESTARTABLE:
                 s._commits.put_step(run, st, restarted(st, s._ctx.next_token()))
     return run
 
@@ -179,7 +180,7 @@ def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
     steps = run.steps
     if op.step is None:
         stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING] or [
-            steps[spec.name] for spec in run.plan.steps if steps[spec.name].state in _SKIPPABLE
+            steps[spec.name] for spec in run.plan.steps if steps[spec.name].state in SKIPPABLE
         ]
         if not stuck:
             raise InvalidState(f"workflow {op.workflow_id!r} has no step to skip")
@@ -206,7 +207,7 @@ def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
         if run.record.state is not WorkflowState.COMPENSATING:
             s._commits.set_record(run, state=WorkflowState.COMPENSATING)
         return run
-    if st.state not in _SKIPPABLE or undoing:
+    if st.state not in SKIPPABLE or undoing:
         raise InvalidState(
             f"step {st.name!r} of workflow {op.workflow_id!r} is {st.state}"
             + (" while the workflow undoes its steps" if undoing else "")
@@ -326,19 +327,6 @@ def apply_commands(s: Scheduler, msg: Commands) -> None:
         txn = s._commits.txn(f"command:{command_id}")
         txn.put(*finished_ops(command, error, s._clock.time()))
 
-
-_RESTARTABLE = frozenset(
-    {
-        StepState.FAILED,
-        StepState.UNKNOWN,
-        StepState.WAITING,
-        StepState.DISPATCHED,
-        StepState.RETRY_WAIT,
-    }
-)
-"""Forward steps a retry of a parked workflow runs again from attempt 1."""
-
-_SKIPPABLE = _RESTARTABLE | {StepState.PENDING}
 
 _OPERATIONS: dict[str, Callable[[Scheduler, Operate], WorkflowRun | None]] = {
     "retry": _op_retry,

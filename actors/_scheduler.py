@@ -88,6 +88,7 @@ from herder.actors._recovery import (
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
 from herder.actors._step_records import lapse, ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
+from herder.actors.engine import BUSY, WAITS_TO_RUN, to_undo
 from herder.store import LeaseLost, Transition
 from herder.store._codec import bounded_text, normalize
 from herder.store._crashpoints import crash_point
@@ -579,10 +580,10 @@ class Scheduler(SupervisedActor):
             if all_done:
                 self._finish(run, WorkflowState.SUCCEEDED)
         elif state is WorkflowState.COMPENSATING:
-            busy = any(s.state in _BUSY for s in steps.values())
+            busy = any(s.state in BUSY for s in steps.values())
             if busy:
                 return
-            undo = [s for s in steps.values() if _to_undo(s) and run.specs[s.name].compensate]
+            undo = [s for s in steps.values() if to_undo(s) and run.specs[s.name].compensate]
             if undo:
                 last = max(undo, key=lambda s: s.done_token or 0)
                 self._enqueue(run, last.name, compensating=True)
@@ -678,7 +679,7 @@ class Scheduler(SupervisedActor):
         st = run.steps[job.step]
         if job.compensating:
             return run.record.state is WorkflowState.COMPENSATING and (
-                st.state is StepState.COMPENSATING or _to_undo(st)
+                st.state is StepState.COMPENSATING or to_undo(st)
             )
         if st.state is StepState.DISPATCHED:
             # Orphaned by a crash: re-dispatched with attempt + 1, even while compensating,
@@ -686,10 +687,7 @@ class Scheduler(SupervisedActor):
             return st.token not in self._inflight
         if st.state is StepState.UNKNOWN:
             return st.token not in self._inflight  # a probe, even while compensating
-        return run.record.state is WorkflowState.RUNNING and st.state in (
-            StepState.PENDING,
-            StepState.RETRY_WAIT,
-        )
+        return run.record.state is WorkflowState.RUNNING and st.state in WAITS_TO_RUN
 
     def _dispatch(self, run: WorkflowRun, job: Job, agent: str, instance: str, token: int) -> None:
         st = run.steps[job.step]
@@ -918,17 +916,3 @@ def _unregistered(agent: str) -> Callable[[], Agent]:
         raise RuntimeError(f"agent {agent!r} is not registered")
 
     return factory
-
-
-_BUSY = frozenset(
-    {StepState.DISPATCHED, StepState.COMPENSATING, StepState.WAITING, StepState.UNKNOWN}
-)
-"""Step states that keep a compensating workflow from undoing the next step."""
-
-
-def _to_undo(st: StepRecord) -> bool:
-    """Whether compensation must undo this step: it succeeded, or it failed in a way that
-    may have taken effect (``done_token`` is set on every failure but a Permanent one)."""
-    return st.state is StepState.SUCCEEDED or (
-        st.state is StepState.FAILED and st.done_token is not None
-    )

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
+from herder.actors.engine import ALLOWED_STEPS, holds_timer
 from herder.store import Store
 from herder.store._codec import decode
 from herder.store._env import Snapshot
@@ -49,40 +50,6 @@ from herder.store._records import (
 )
 
 _R = TypeVar("_R")
-
-# Step states each workflow state allows (a durable snapshot never shows anything else).
-_ALLOWED: dict[WorkflowState, frozenset[StepState]] = {
-    WorkflowState.PENDING: frozenset({StepState.PENDING}),
-    WorkflowState.RUNNING: frozenset(
-        {
-            StepState.PENDING,
-            StepState.DISPATCHED,
-            StepState.WAITING,
-            StepState.UNKNOWN,
-            StepState.RETRY_WAIT,
-            StepState.SUCCEEDED,
-        }
-    ),
-    WorkflowState.SUCCEEDED: frozenset({StepState.SUCCEEDED}),
-    WorkflowState.COMPENSATING: frozenset(StepState) - {StepState.RETRY_WAIT},
-    WorkflowState.COMPENSATED: frozenset(
-        {StepState.PENDING, StepState.FAILED, StepState.SUCCEEDED, StepState.COMPENSATED}
-    ),
-    WorkflowState.CANCELLED: frozenset(
-        {StepState.PENDING, StepState.FAILED, StepState.SUCCEEDED, StepState.COMPENSATED}
-    ),
-    WorkflowState.NEEDS_ATTENTION: frozenset(
-        {
-            StepState.PENDING,
-            StepState.FAILED,
-            StepState.SUCCEEDED,
-            StepState.COMPENSATING,
-            StepState.COMPENSATED,
-            StepState.UNKNOWN,  # its probes kept failing
-        }
-    ),
-    WorkflowState.ABANDONED: frozenset(StepState),  # an operator stopped it where it was
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +212,7 @@ class _Checker:
                         self.problem(
                             "steps", step_key(record.id, spec.name), "succeeded and never undone"
                         )
-        allowed = _ALLOWED[record.state]
+        allowed = ALLOWED_STEPS[record.state]
         for st in steps.values():
             skey = step_key(record.id, st.name)
             if st.state not in allowed:
@@ -262,18 +229,7 @@ class _Checker:
             self.problem("steps", skey, f"{st.state} but nothing marks it done (no done_token)")
         if st.state is StepState.SUCCEEDED and st.done_token is None:
             self.problem("steps", skey, "SUCCEEDED without a completion token")
-        waits = (
-            st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.WAITING)
-            or (st.state is StepState.UNKNOWN and not record.state.is_final)
-            or (st.state is StepState.COMPENSATING and record.state is WorkflowState.COMPENSATING)
-            # a delayed start or a step's delay: PENDING until its time, woken by a timer
-            or (
-                st.state is StepState.PENDING
-                and st.retry_at is not None
-                and not record.state.is_final
-            )
-        )
-        if waits:
+        if holds_timer(record.state, st):
             if st.timer_ms is None:
                 self.problem("steps", skey, f"{st.state} with no timer: nothing would wake it")
             elif st.state is StepState.RETRY_WAIT and st.retry_at is None:

@@ -11,17 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from herder.actors.engine import STUCK
 from herder.runtime._status import in_plan_order
 from herder.store import Store
 from herder.store._records import Plan, StepRecord, StepState, WorkflowState, definition_key
-
-_STUCK_FORWARD = (
-    StepState.UNKNOWN,
-    StepState.FAILED,
-    StepState.WAITING,
-    StepState.DISPATCHED,
-    StepState.RETRY_WAIT,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +55,7 @@ def stuck_step(steps: list[StepRecord]) -> StepRecord | None:
         if st.state is StepState.COMPENSATING:
             return st
     for st in steps:
-        if st.state in _STUCK_FORWARD:
+        if st.state in STUCK:
             return st
     return None
 

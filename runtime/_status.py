@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from herder.actors.engine import WAITS_TO_RUN
 from herder.store._errors import HerderError
 from herder.store._records import Plan, StepRecord, StepState, WorkflowRecord, WorkflowState
 
 State = WorkflowState
 """A workflow's state: a str enum whose values are the upper-case names."""
-
-_WAITING = frozenset({StepState.PENDING, StepState.RETRY_WAIT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +43,7 @@ class StepStatus:
             error=record.error,
             compensation_attempts=record.comp_attempt,
             updated=record.updated,
-            waits_until=record.retry_at if record.state in _WAITING else None,
+            waits_until=record.retry_at if record.state in WAITS_TO_RUN else None,
         )
 
     def to_dict(self) -> dict[str, Any]:

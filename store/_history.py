@@ -59,7 +59,7 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
         and old.comp_attempt == new.comp_attempt
     ):
         return None
-    compensating = new.state.value.startswith("COMPENSAT")
+    compensating = new.state.is_compensation
     return {
         "kind": "step",
         "t": now,

@@ -80,6 +80,11 @@ class StepState(enum.StrEnum):
     COMPENSATING = "COMPENSATING"
     COMPENSATED = "COMPENSATED"
 
+    @property
+    def is_compensation(self) -> bool:
+        """True for the states of undoing a step (its attempts count in ``comp_attempt``)."""
+        return self in (StepState.COMPENSATING, StepState.COMPENSATED)
+
 
 def exception_name(exc_type: type[BaseException]) -> str:
     """The qualified name under which an exception type is stored, e.g. ``builtins.ValueError``."""

@@ -9,9 +9,10 @@ runtime. After every rule, on one consistent snapshot of the store:
   agree with the workflow state, nothing of a final workflow dispatched or on a timer,
   compensation in reverse completion order, timer index and steps agree both ways);
 - transitions only follow the state machines: a workflow or step moves only to a state
-  reachable from the one last seen (a final workflow never changes again, a compensated
-  step never changes, a succeeded one can only be compensated, attempts never go down
-  unless an operator retried).
+  reachable from the one last seen through the engine's tables (``STEP_NEXT``,
+  ``WORKFLOW_NEXT`` in ``herder.actors.engine``): a final workflow never changes again,
+  a compensated step never changes, a succeeded one can only be compensated, attempts
+  never go down unless an operator retried.
 
 Examples are bounded for the default run (12 of 15 rules); HERDER_STATEFUL_EXAMPLES and
 HERDER_STATEFUL_STEPS raise both.
@@ -31,6 +32,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from herder.actors.engine import STEP_NEXT, WORKFLOW_NEXT, reachable
 from herder.runtime import (
     Agent,
     InvalidState,
@@ -38,46 +40,17 @@ from herder.runtime import (
     RetryPolicy,
     Runtime,
     StepContext,
-    StepState,
     Workflow,
     WorkflowConflict,
 )
 from herder.runtime.testing import FakeClock, advance, check_store, crash_instance
-from herder.store._records import WorkflowState
+from herder.store._records import StepState, WorkflowState
 
 W = WorkflowState
-S = StepState
 IDS = ["w0", "w1", "w2", "w3"]
 STEPS = ["a", "b", "c"]
 FAULTS = ["raise", "permanent", "hang", "crash"]
 TIMEOUT = 30.0
-
-# Everything each state may be followed by, directly or through states not observed.
-WORKFLOW_NEXT = {
-    W.RUNNING: {W.RUNNING, W.SUCCEEDED, W.COMPENSATING, W.COMPENSATED, W.CANCELLED},
-    W.COMPENSATING: {W.COMPENSATING, W.COMPENSATED, W.CANCELLED, W.NEEDS_ATTENTION},
-    W.SUCCEEDED: {W.SUCCEEDED},
-    W.COMPENSATED: {W.COMPENSATED},
-    W.CANCELLED: {W.CANCELLED},
-}
-WORKFLOW_NEXT[W.RUNNING] |= {W.NEEDS_ATTENTION}  # via COMPENSATING, or parked as poison
-# Parked until an operator's retry, after which the invariant starts afresh.
-WORKFLOW_NEXT[W.NEEDS_ATTENTION] = {W.NEEDS_ATTENTION}
-# An operator may abandon any unfinished or parked workflow (not one of these rules).
-for _state in (W.RUNNING, W.COMPENSATING, W.NEEDS_ATTENTION):
-    WORKFLOW_NEXT[_state].add(W.ABANDONED)
-WORKFLOW_NEXT[W.ABANDONED] = {W.ABANDONED}
-STEP_NEXT = {
-    S.PENDING: set(S),
-    S.DISPATCHED: set(S) - {S.PENDING},
-    S.RETRY_WAIT: set(S) - {S.PENDING},
-    S.WAITING: set(S) - {S.PENDING},  # complete_later and probes: not used by this machine
-    S.UNKNOWN: set(S) - {S.PENDING},
-    S.FAILED: {S.FAILED, S.COMPENSATING, S.COMPENSATED},  # undone: it may have applied
-    S.SUCCEEDED: {S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED},
-    S.COMPENSATING: {S.COMPENSATING, S.COMPENSATED},
-    S.COMPENSATED: {S.COMPENSATED},
-}
 
 FLOW = (
     Workflow("flow", version=1)
@@ -143,7 +116,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.faults = _Faults()
         self.inputs: dict[str, int] = {}
         self.seen: dict[str, W] = {}
-        self.steps_seen: dict[tuple[str, str], tuple[S, int]] = {}
+        self.steps_seen: dict[tuple[str, str], tuple[StepState, int]] = {}
         self.retried: set[str] = set()
         self.rt = self._open()
 
@@ -227,14 +200,16 @@ class RuntimeMachine(RuleBasedStateMachine):
             before = self.seen.get(wid)
             retried = wid in self.retried
             if before is not None and not retried:
-                assert record.state in WORKFLOW_NEXT[before], f"{wid}: {before} -> {record.state}"
+                later = reachable(WORKFLOW_NEXT, before)
+                assert record.state in later, f"{wid}: {before} -> {record.state}"
             self.seen[wid] = record.state
             event(f"workflow seen {record.state}")
             for step in store.steps_of(wid):
                 key = (wid, step.name)
                 old = self.steps_seen.get(key)
                 if old is not None and not retried:
-                    assert step.state in STEP_NEXT[old[0]], f"{key}: {old[0]} -> {step.state}"
+                    later = reachable(STEP_NEXT, old[0])
+                    assert step.state in later, f"{key}: {old[0]} -> {step.state}"
                     assert step.attempt >= old[1], f"{key}: attempt {old[1]} -> {step.attempt}"
                 self.steps_seen[key] = (step.state, step.attempt)
             self.retried.discard(wid)

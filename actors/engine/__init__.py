@@ -1,0 +1,47 @@
+"""herder.actors.engine — the pattern's rules as data and pure functions.
+
+What lives here: the step and workflow state machines as tables (``_states``): which
+moves are legal, which states hold a timer, which keep a compensation waiting, which
+are undone, restarted, skipped or stuck. Everything else that must know these rules
+(the Scheduler, operator actions, ``herder check``, the inbox and status views, the
+hypothesis state machine) consults these tables; no copy of them lives elsewhere.
+The engine grows toward ``design/structure.md``: events in, decisions out.
+
+Imports: herder.store only. No threads, no pykka, no LMDB, no clock reads: time,
+randomness and fencing tokens are arguments. herder.actors drives it; herder.runtime
+reads its tables.
+"""
+
+from herder.actors.engine._states import (
+    ALLOWED_STEPS,
+    BUSY,
+    OPERATOR_STEP_NEXT,
+    OPERATOR_WORKFLOW_NEXT,
+    RESTARTABLE,
+    SKIPPABLE,
+    STEP_NEXT,
+    STUCK,
+    UNDOING,
+    WAITS_TO_RUN,
+    WORKFLOW_NEXT,
+    holds_timer,
+    reachable,
+    to_undo,
+)
+
+__all__ = [
+    "ALLOWED_STEPS",
+    "BUSY",
+    "OPERATOR_STEP_NEXT",
+    "OPERATOR_WORKFLOW_NEXT",
+    "RESTARTABLE",
+    "SKIPPABLE",
+    "STEP_NEXT",
+    "STUCK",
+    "UNDOING",
+    "WAITS_TO_RUN",
+    "WORKFLOW_NEXT",
+    "holds_timer",
+    "reachable",
+    "to_undo",
+]

@@ -1,0 +1,181 @@
+"""The step and workflow state machines, as tables: the one place they are written down.
+
+DESIGN.md ("State machines") draws the two machines; these tables are what the code
+consults. A step moves forward ``PENDING -> DISPATCHED -> {SUCCEEDED | RETRY_WAIT |
+FAILED}`` (with ``WAITING`` for a hand-off and ``UNKNOWN`` for a probe), and a step
+that may have taken effect is later undone ``COMPENSATING -> COMPENSATED``. A workflow
+runs, then either succeeds or undoes what it did and ends COMPENSATED, CANCELLED or
+parked in NEEDS_ATTENTION for an operator.
+
+- :data:`STEP_NEXT` / :data:`WORKFLOW_NEXT`: the moves the engine makes on its own, one
+  transition at a time. A durable snapshot may skip states in between (a step dispatched
+  and answered in one batch), so observers compare against :func:`reachable`.
+- :data:`OPERATOR_STEP_NEXT` / :data:`OPERATOR_WORKFLOW_NEXT`: the moves only an
+  operator's action makes (retry, skip, compensate, abandon), derived from the sets below.
+- :data:`ALLOWED_STEPS`: which step states each workflow state admits in the store.
+- Sets with one meaning each: :data:`BUSY`, :data:`WAITS_TO_RUN`, :data:`UNDOING`,
+  :data:`RESTARTABLE`, :data:`SKIPPABLE`, :data:`STUCK`; predicates :func:`to_undo`
+  and :func:`holds_timer`.
+
+Imports: herder.store records only; pure data, no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TypeVar
+
+from herder.store import StepRecord, StepState, WorkflowState
+
+S = StepState
+W = WorkflowState
+_T = TypeVar("_T")
+
+
+# -- the step machine ------------------------------------------------------------------
+
+STEP_NEXT: Mapping[StepState, frozenset[StepState]] = MappingProxyType(
+    {
+        # dispatched; or its delay (or a cleared one) recorded while it stays PENDING
+        S.PENDING: frozenset({S.PENDING, S.DISPATCHED}),
+        # re-dispatched as an orphan or deferred as a poison suspect (attempt + 1 or a
+        # retry_at), handed off, lapsed into a probe, answered, or parked as poison
+        S.DISPATCHED: frozenset(
+            {S.DISPATCHED, S.WAITING, S.UNKNOWN, S.SUCCEEDED, S.RETRY_WAIT, S.FAILED}
+        ),
+        # completed by complete_step/fail_step, or its deadline lapsed
+        S.WAITING: frozenset({S.WAITING, S.UNKNOWN, S.SUCCEEDED, S.RETRY_WAIT, S.FAILED}),
+        # probed (again), or the probe found it applied, not applied, or kept failing
+        S.UNKNOWN: frozenset({S.UNKNOWN, S.SUCCEEDED, S.RETRY_WAIT, S.FAILED}),
+        # its backoff ended; or not retried because the workflow began compensating
+        S.RETRY_WAIT: frozenset({S.DISPATCHED, S.FAILED}),
+        # undone (a failure that was not Permanent may have taken effect)
+        S.SUCCEEDED: frozenset({S.COMPENSATING}),
+        S.FAILED: frozenset({S.COMPENSATING}),
+        # retried, failed for good (the workflow is parked), or undone
+        S.COMPENSATING: frozenset({S.COMPENSATING, S.COMPENSATED}),
+        S.COMPENSATED: frozenset(),
+    }
+)
+"""Each step state -> the states the engine may move it to directly."""
+
+BUSY = frozenset({S.DISPATCHED, S.COMPENSATING, S.WAITING, S.UNKNOWN})
+"""An attempt, hand-off or probe is under way: a compensating workflow waits for it
+before it undoes the next step."""
+
+WAITS_TO_RUN = frozenset({S.PENDING, S.RETRY_WAIT})
+"""Forward states before an attempt: ``retry_at`` is the time the step waits for (a
+delayed start, its delay, a retry's backoff)."""
+
+UNDOING = frozenset(s for s in StepState if s.is_compensation)
+"""The states of undoing a step; their attempts are counted in ``comp_attempt``."""
+
+RESTARTABLE = frozenset({S.FAILED, S.UNKNOWN, S.WAITING, S.DISPATCHED, S.RETRY_WAIT})
+"""Forward states an operator's retry of a parked workflow runs again from attempt 1."""
+
+SKIPPABLE = RESTARTABLE | {S.PENDING}
+"""Forward states an operator may skip (record as succeeded with a given result)."""
+
+STUCK = RESTARTABLE
+"""Forward states a parked workflow can be stuck on (what its retry restarts); a step
+whose compensation failed (COMPENSATING) is stuck before any of them."""
+
+_GIVEN_UP = frozenset({S.UNKNOWN, S.WAITING, S.DISPATCHED})
+"""Forward states an operator's ``compensate`` marks FAILED: nothing will settle them."""
+
+
+def to_undo(st: StepRecord) -> bool:
+    """Whether compensation must undo this step: it succeeded, or it failed in a way that
+    may have taken effect (``done_token`` is set on every failure but a Permanent one)."""
+    return st.state is S.SUCCEEDED or (st.state is S.FAILED and st.done_token is not None)
+
+
+def _operator_steps() -> dict[StepState, frozenset[StepState]]:
+    rows: dict[StepState, set[StepState]] = {s: set() for s in StepState}
+    for s in RESTARTABLE:
+        rows[s].add(S.PENDING)  # retry
+    for s in SKIPPABLE:
+        rows[s].add(S.SUCCEEDED)  # skip
+    for s in _GIVEN_UP:
+        rows[s].add(S.FAILED)  # compensate
+    rows[S.COMPENSATING] |= {S.COMPENSATING, S.COMPENSATED}  # retry / skip the undo
+    for s in StepState:
+        rows[s].add(s)  # abandon: stays where it is, its timer cleared
+    return {s: frozenset(next_states) for s, next_states in rows.items()}
+
+
+OPERATOR_STEP_NEXT: Mapping[StepState, frozenset[StepState]] = MappingProxyType(_operator_steps())
+"""Each step state -> the states an operator's action may move it to directly."""
+
+
+# -- the workflow machine --------------------------------------------------------------
+
+WORKFLOW_NEXT: Mapping[WorkflowState, frozenset[WorkflowState]] = MappingProxyType(
+    {
+        W.PENDING: frozenset({W.RUNNING}),  # a record's default; stored RUNNING
+        # every step succeeded; a step failed or it was cancelled; its probes kept
+        # failing or it crashed the process too often (parked)
+        W.RUNNING: frozenset({W.RUNNING, W.SUCCEEDED, W.COMPENSATING, W.NEEDS_ATTENTION}),
+        # everything undone (cancelled or not), or a compensation failed for good
+        W.COMPENSATING: frozenset({W.COMPENSATING, W.COMPENSATED, W.CANCELLED, W.NEEDS_ATTENTION}),
+        W.SUCCEEDED: frozenset(),
+        W.COMPENSATED: frozenset(),
+        W.CANCELLED: frozenset(),
+        W.NEEDS_ATTENTION: frozenset(),  # until an operator acts
+        W.ABANDONED: frozenset(),
+    }
+)
+"""Each workflow state -> the states the engine may move it to directly."""
+
+OPERATOR_WORKFLOW_NEXT: Mapping[WorkflowState, frozenset[WorkflowState]] = MappingProxyType(
+    {
+        # retry (resumes forward, or the failed compensation), skip, compensate, abandon
+        W.NEEDS_ATTENTION: frozenset({W.RUNNING, W.COMPENSATING, W.ABANDONED}),
+        W.RUNNING: frozenset({W.RUNNING, W.COMPENSATING, W.ABANDONED}),  # skip, cancel
+        W.COMPENSATING: frozenset({W.COMPENSATING, W.ABANDONED}),  # cancel marks it
+    }
+)
+"""Workflow states an operator's action may move a workflow out of, and where to."""
+
+ALLOWED_STEPS: Mapping[WorkflowState, frozenset[StepState]] = MappingProxyType(
+    {
+        W.PENDING: frozenset({S.PENDING}),
+        W.RUNNING: frozenset(StepState) - UNDOING - {S.FAILED},
+        W.SUCCEEDED: frozenset({S.SUCCEEDED}),
+        W.COMPENSATING: frozenset(StepState) - {S.RETRY_WAIT},
+        W.COMPENSATED: frozenset({S.PENDING, S.FAILED, S.SUCCEEDED, S.COMPENSATED}),
+        W.CANCELLED: frozenset({S.PENDING, S.FAILED, S.SUCCEEDED, S.COMPENSATED}),
+        W.NEEDS_ATTENTION: frozenset(
+            # UNKNOWN: its probes kept failing
+            {S.PENDING, S.FAILED, S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED, S.UNKNOWN}
+        ),
+        W.ABANDONED: frozenset(StepState),  # an operator stopped it where it was
+    }
+)
+"""Each workflow state -> the step states a durable snapshot may show in it."""
+
+
+def holds_timer(workflow: WorkflowState, st: StepRecord) -> bool:
+    """Whether the step waits on an entry in the timer index: a deadline, a retry, a
+    probe's backoff, a compensation's retry, or a delayed start (PENDING with a time)."""
+    state = st.state
+    if state in (S.DISPATCHED, S.RETRY_WAIT, S.WAITING):
+        return True
+    if state is S.UNKNOWN:
+        return not workflow.is_final
+    if state is S.COMPENSATING:
+        return workflow is W.COMPENSATING
+    return state is S.PENDING and st.retry_at is not None and not workflow.is_final
+
+
+def reachable(table: Mapping[_T, frozenset[_T]], state: _T) -> frozenset[_T]:
+    """``state`` and every state reachable from it through ``table``'s moves."""
+    seen = {state}
+    todo = [state]
+    while todo:
+        for nxt in table.get(todo.pop(), frozenset()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return frozenset(seen)
