@@ -21,8 +21,16 @@ final record's ``updated``. The bare case measures the same spans with ``perf_co
 Whether ``start()`` limits throughput shows as the mean number of workflows actually in
 flight (Little's law: summed workflow latency / wall time) against ``--in-flight``.
 
+Each row also gives the process CPU per step (every thread's CPU time in the timed
+window / steps) and the load average when the row was measured: on a shared machine only
+ratios taken in one run mean much. ``--in-flight`` takes several values (one row pair
+each); ``--raw-seconds 0`` leaves the raw LMDB rows out.
+
+To compare two checkouts, run this script with each checkout's interpreter in turn (it
+uses only the public API); each run carries its own bare-pykka ceiling.
+
 Usage: python benchmarks/throughput.py [--workflows 1000,10000] [--instances 1,4,16]
-       [--in-flight 256] [--starters 32] [--raw-seconds 2] [--out PATH]
+       [--in-flight 256,16,1] [--starters 32] [--raw-seconds 2] [--out PATH]
 """
 
 from __future__ import annotations
@@ -139,6 +147,7 @@ def bench_herder(
         elapsed = max(done[-1] for _, done in spans) - t0
         store = rt.stats()["store"]
     row = result_row(workflows, elapsed, spans)
+    row.update(cpu_row(meter, workflows))
     row["start_latency"] = summary(start_latency, 1e3, "ms")
     row["starting_seconds"] = starting
     row["store"] = {
@@ -278,7 +287,17 @@ def bench_bare(
     meter.end()
     ref.stop(timeout=WAIT)
     assert len(out.results) == workflows
-    return result_row(workflows, out.t_end - out.t0, list(out.spans.values()))
+    row = result_row(workflows, out.t_end - out.t0, list(out.spans.values()))
+    row.update(cpu_row(meter, workflows))
+    return row
+
+
+def cpu_row(meter: Meter, workflows: int) -> dict[str, float]:
+    """Process CPU per step in the timed window, and the 1-minute load average now."""
+    return {
+        "cpu_us_per_step": meter.cpu / (len(STEPS) * workflows) * 1e6,
+        "load_avg": os.getloadavg()[0],
+    }
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -287,28 +306,33 @@ def bench_bare(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cases: list[dict[str, Any]] = []
     base = os.environ.get("BENCH_DIR")
-    for instances in args.instances:
-        for workflows in args.workflows:
-            label = f"{instances} inst, {workflows:,} workflows"
-            progress(TAG, f"bare pykka, {label}")
-            bare = bench_bare(workflows, instances, args.in_flight)
-            progress(TAG, f"bare pykka, {label}: {bare['steps_per_s']:,.0f} steps/s")
-            progress(TAG, f"herder, {label}, {args.starters} starter threads")
-            with tempfile.TemporaryDirectory(prefix="herder-bench-", dir=base) as d:
-                herder = bench_herder(
-                    pathlib.Path(d), workflows, instances, args.in_flight, args.starters
+    for in_flight in args.in_flight:
+        for instances in args.instances:
+            for workflows in args.workflows:
+                label = f"{instances} inst, {workflows:,} workflows, {in_flight} in flight"
+                progress(TAG, f"bare pykka, {label}")
+                bare = bench_bare(workflows, instances, in_flight)
+                progress(TAG, f"bare pykka, {label}: {bare['steps_per_s']:,.0f} steps/s")
+                progress(TAG, f"herder, {label}, {args.starters} starter threads")
+                with tempfile.TemporaryDirectory(prefix="herder-bench-", dir=base) as d:
+                    herder = bench_herder(
+                        pathlib.Path(d), workflows, instances, in_flight, args.starters
+                    )
+                herder["vs_bare"] = herder["steps_per_s"] / bare["steps_per_s"]
+                progress(
+                    TAG,
+                    f"herder, {label}: {herder['steps_per_s']:,.0f} steps/s "
+                    f"({herder['vs_bare']:.0%} of bare), "
+                    f"{herder['cpu_us_per_step']:.0f} us CPU/step, "
+                    f"mean in flight {herder['mean_in_flight']:.0f}, "
+                    f"load {herder['load_avg']:.1f}",
                 )
-            herder["vs_bare"] = herder["steps_per_s"] / bare["steps_per_s"]
-            progress(
-                TAG,
-                f"herder, {label}: {herder['steps_per_s']:,.0f} steps/s "
-                f"({herder['vs_bare']:.0%} of bare), "
-                f"mean in flight {herder['mean_in_flight']:.0f}",
-            )
-            cases.append({"instances": instances, "bare": bare, "herder": herder})
+                cases.append(
+                    {"in_flight": in_flight, "instances": instances, "bare": bare, "herder": herder}
+                )
     raw: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="herder-bench-", dir=base) as d:
-        for per_txn in (1, 100):
+        for per_txn in (1, 100) if args.raw_seconds > 0 else ():
             name = "raw/1-per-txn" if per_txn == 1 else f"raw/batch={per_txn}"
             progress(TAG, f"{name} for {args.raw_seconds:g} s")
             raw[name] = bench_raw(pathlib.Path(d), per_txn, args.raw_seconds)
@@ -316,7 +340,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "throughput",
         "machine": machine(),
-        "in_flight": args.in_flight,
         "starters": args.starters,
         "cases": cases,
         "raw_lmdb": raw,
@@ -327,6 +350,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     header = (
         "case",
+        "in flight",
         "inst",
         "workflows",
         "wf/s",
@@ -335,7 +359,9 @@ def table(report: dict[str, Any]) -> str:
         "step p99 ms",
         "wf p50 ms",
         "wf p99 ms",
-        "in flight",
+        "mean in flight",
+        "CPU us/step",
+        "load",
         "vs bare",
     )
     rows: list[list[Any]] = []
@@ -345,6 +371,7 @@ def table(report: dict[str, Any]) -> str:
             rows.append(
                 [
                     kind,
+                    case["in_flight"],
                     case["instances"],
                     r["workflows"],
                     r["workflows_per_s"],
@@ -354,22 +381,25 @@ def table(report: dict[str, Any]) -> str:
                     r["workflow_latency"]["p50_ms"],
                     r["workflow_latency"]["p99_ms"],
                     r["mean_in_flight"],
+                    r["cpu_us_per_step"],
+                    r["load_avg"],
                     f"{r['vs_bare']:.0%}" if "vs_bare" in r else "",
                 ]
             )
     lines = [render_table(header, rows), ""]
     raw = report["raw_lmdb"]
-    lines.append(
-        "raw LMDB synced commits: "
-        + ", ".join(f"{name} {r['per_s']:,.0f} puts/s" for name, r in raw.items())
-    )
+    if raw:
+        lines.append(
+            "raw LMDB synced commits: "
+            + ", ".join(f"{name} {r['per_s']:,.0f} puts/s" for name, r in raw.items())
+        )
     for case in report["cases"]:
         h = case["herder"]
         lines.append(
             f"herder {case['instances']} inst, {h['workflows']:,} wf: start() p50 "
             f"{h['start_latency']['p50_ms']:.1f} ms p99 {h['start_latency']['p99_ms']:.1f} ms, "
             f"{h['store']['commits_per_s']:,.0f} commits/s of {h['store']['mean_batch']:.1f} "
-            f"transitions, mean in flight {h['mean_in_flight']:.0f}/{report['in_flight']}"
+            f"transitions, mean in flight {h['mean_in_flight']:.0f}/{case['in_flight']}"
         )
     best = max(report["cases"], key=lambda c: c["herder"]["steps_per_s"])["herder"]
     lines.append(
@@ -389,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--workflows", type=ints, default=[1000, 10000])
     parser.add_argument("--instances", type=ints, default=[1, 4, 16])
-    parser.add_argument("--in-flight", type=int, default=256)
+    parser.add_argument("--in-flight", type=ints, default=[256])
     parser.add_argument("--starters", type=int, default=32, help="threads calling start()")
     parser.add_argument("--raw-seconds", type=float, default=2.0)
     parser.add_argument("--out", type=pathlib.Path, default=here / "out" / "throughput.json")
