@@ -2,15 +2,40 @@
 
 What lives here: the injectable :class:`Clock` (``_clock``), the generic Erlang/OTP-style
 supervision tree (``_supervision_specs`` for specs and reports, ``_supervised`` for the
-child side, ``_supervision`` for the supervisor) and, later, the Scheduler, the agent host
-and the watchdog Supervisor. The supervision tree knows nothing about workflows.
+child side, ``_supervision`` for the supervisor), the :class:`Scheduler` that drives the
+workflows, the agent host and the watchdog (``WorkflowSupervisor``). The supervision
+tree knows nothing about workflows. The pattern's rules live below, in the subpackage
+``herder.actors.engine`` (pure: no threads, no pykka).
 
-Imports: herder.store only (the ``HerderError`` root, records), never herder.runtime.
-Everything public here is re-exported upward by herder.runtime where users need it.
+Imports: herder.store and herder.actors.engine, each through its ``__init__`` (never a
+private ``_module`` of another package), never herder.runtime; ``tests/test_layers.py``
+enforces it. ``__all__`` is the contract herder.runtime builds on; what users need is
+re-exported by herder.runtime.
 """
 
+from herder.actors._admission import resource_stats
+from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
+from herder.actors._agent_host import InstanceCrash, error_types
+from herder.actors._ask import call
 from herder.actors._clock import Clock, FakeClock, SystemClock, TimerHandle
-from herder.actors._errors import RestartIntensityExceeded, SupervisorStartError
+from herder.actors._engine import EngineConfig, EngineContext
+from herder.actors._errors import (
+    CompletionRefused,
+    InvalidDefinition,
+    InvalidState,
+    NotActive,
+    Permanent,
+    RestartIntensityExceeded,
+    RuntimeClosed,
+    SupervisorStartError,
+    UnknownName,
+    UnknownWorkflow,
+    WorkflowConflict,
+)
+from herder.actors._limits import CircuitBreaker, RateLimit
+from herder.actors._messages import Admit, Committed, Complete, Define, InstanceEvent, Operate
+from herder.actors._outcomes import ProbeResult, parse_task_token
+from herder.actors._scheduler import Scheduler
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import (
@@ -21,20 +46,52 @@ from herder.actors._supervision_specs import (
     Restart,
     Strategy,
 )
+from herder.actors._supervisor import WorkflowSupervisor
 
 __all__ = [
+    "Admit",
+    "Agent",
     "Backoff",
     "ChildEvent",
     "ChildInfo",
     "ChildSpec",
+    "CircuitBreaker",
     "Clock",
+    "Committed",
+    "Complete",
+    "CompletionRefused",
+    "Define",
+    "EngineConfig",
+    "EngineContext",
     "FakeClock",
+    "InstanceCrash",
+    "InstanceEvent",
+    "InvalidDefinition",
+    "InvalidState",
+    "NotActive",
+    "Operate",
+    "Permanent",
+    "ProbeResult",
+    "RateLimit",
     "Restart",
     "RestartIntensityExceeded",
+    "RuntimeClosed",
+    "Scheduler",
+    "StepContext",
     "Strategy",
     "SupervisedActor",
     "SupervisorStartError",
     "SystemClock",
     "TimerHandle",
+    "UnknownName",
+    "UnknownWorkflow",
+    "WorkflowConflict",
+    "WorkflowSupervisor",
+    "action_names",
+    "agent_class_of",
+    "call",
+    "error_types",
+    "parse_task_token",
+    "resource_stats",
     "start_supervisor",
 ]

@@ -26,10 +26,15 @@ from typing import Any
 
 from herder.actors._clock import Clock
 from herder.actors._limits import CircuitBreaker, RateLimit
-from herder.store import Put, Store
-from herder.store._codec import encode
-from herder.store._errors import StoreCorrupt
-from herder.store._resources import BreakerState, ResourceRecord, resource_key
+from herder.store import (
+    BreakerState,
+    Put,
+    ResourceRecord,
+    Store,
+    StoreCorrupt,
+    encode,
+    resource_key,
+)
 
 _log = logging.getLogger("herder.admission")
 

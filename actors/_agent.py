@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from herder.actors._outcomes import COMPLETE_LATER, task_token
-from herder.store._codec import normalize
+from herder.store import normalize
 
 MAX_HEARTBEAT_BYTES = 64 * 1024
 """Largest heartbeat details (encoded): they are rewritten into the step on every beat."""

@@ -32,10 +32,7 @@ from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
-from herder.store._codec import bounded_text, normalize
-from herder.store._crashpoints import crash_point
-from herder.store._errors import EncodeError
-from herder.store._records import exception_name
+from herder.store import EncodeError, bounded_text, crash_point, exception_name, normalize
 
 _log = logging.getLogger("herder.agents")
 

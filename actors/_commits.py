@@ -10,10 +10,20 @@ from typing import Any
 from herder.actors._clock import Clock
 from herder.actors._engine import EngineContext
 from herder.actors._run import WorkflowRun
-from herder.store import Delete, Put, Transition
-from herder.store._codec import encode
-from herder.store._history import history_put, step_event, workflow_event
-from herder.store._records import StepRecord, WorkflowRecord, step_key, timer_key, workflow_key
+from herder.store import (
+    Delete,
+    Put,
+    StepRecord,
+    Transition,
+    WorkflowRecord,
+    encode,
+    history_put,
+    step_event,
+    step_key,
+    timer_key,
+    workflow_event,
+    workflow_key,
+)
 
 _log = logging.getLogger("herder.scheduler")
 

@@ -14,8 +14,7 @@ from herder.actors._agent import Agent
 from herder.actors._clock import Clock
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat
-from herder.store import LeaseLost, Store
-from herder.store._records import Plan, RetryPolicy, WorkflowRecord
+from herder.store import LeaseLost, Plan, RetryPolicy, Store, WorkflowRecord
 
 _log = logging.getLogger("herder.scheduler")
 

@@ -21,7 +21,7 @@ never succeed", so it derives from :class:`Exception`, not :class:`HerderError`.
 
 from __future__ import annotations
 
-from herder.store._errors import HerderError, InvalidInput
+from herder.store import HerderError, InvalidInput
 
 
 class SupervisorStartError(HerderError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from herder.store._errors import InvalidInput
+from herder.store import InvalidInput
 
 
 def _require(ok: bool, owner: str, name: str, expected: str, actual: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from herder.store._records import Plan, StepRecord, WorkflowRecord
+from herder.store import Plan, StepRecord, WorkflowRecord
 
 
 @dataclass(slots=True)

@@ -18,11 +18,17 @@ from herder.actors._messages import Commands, Operate
 from herder.actors._run import WorkflowRun
 from herder.actors._step_records import restarted, settled, stopped, with_timer
 from herder.actors.engine import RESTARTABLE, SKIPPABLE
-from herder.store._codec import normalize
-from herder.store._commands import finished_ops
-from herder.store._errors import HerderError, InvalidInput
-from herder.store._history import history_put, workflow_event
-from herder.store._records import StepRecord, StepState, WorkflowState
+from herder.store import (
+    HerderError,
+    InvalidInput,
+    StepRecord,
+    StepState,
+    WorkflowState,
+    finished_ops,
+    history_put,
+    normalize,
+    workflow_event,
+)
 
 if TYPE_CHECKING:
     from herder.actors._scheduler import Scheduler

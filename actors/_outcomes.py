@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from herder.store._errors import InvalidInput
+from herder.store import InvalidInput
 
 PROBE_PREFIX = "probe_"
 

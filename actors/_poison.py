@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from herder.store._records import StepRecord, StepState
+from herder.store import StepRecord, StepState
 
 POISON_ERROR = "herder.PoisonWork"
 """The error type recorded on a step parked as poison work."""

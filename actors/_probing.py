@@ -12,8 +12,7 @@ from herder.actors._messages import Outcome
 from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
 from herder.actors._run import WorkflowRun
 from herder.actors._step_records import stopped, with_timer
-from herder.store._history import history_put
-from herder.store._records import StepRecord, StepState, WorkflowState
+from herder.store import StepRecord, StepState, WorkflowState, history_put
 
 if TYPE_CHECKING:
     from herder.actors._scheduler import Scheduler

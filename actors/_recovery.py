@@ -15,8 +15,7 @@ from herder.actors._messages import Define
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._run import WorkflowRun
 from herder.actors._step_records import stopped, with_timer
-from herder.store import StoreCorrupt, StoreIOError
-from herder.store._records import Plan, StepState, WorkflowRecord, WorkflowState
+from herder.store import Plan, StepState, StoreCorrupt, StoreIOError, WorkflowRecord, WorkflowState
 
 if TYPE_CHECKING:
     from herder.actors._scheduler import Scheduler

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from herder.actors._engine import AttemptPort
-from herder.store._records import Plan, StepRecord, StepSpec, WorkflowRecord
+from herder.store import Plan, StepRecord, StepSpec, WorkflowRecord
 
 
 @dataclass(slots=True)

@@ -89,16 +89,18 @@ from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
 from herder.actors._step_records import lapse, ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
 from herder.actors.engine import BUSY, WAITS_TO_RUN, to_undo
-from herder.store import LeaseLost, Transition
-from herder.store._codec import bounded_text, normalize
-from herder.store._crashpoints import crash_point
-from herder.store._records import (
+from herder.store import (
+    LeaseLost,
     Plan,
     StepRecord,
     StepSpec,
     StepState,
+    Transition,
     WorkflowRecord,
     WorkflowState,
+    bounded_text,
+    crash_point,
+    normalize,
     timer_key,
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from herder.store._records import StepRecord, StepSpec, StepState
+from herder.store import StepRecord, StepSpec, StepState
 
 
 def ms(seconds: float) -> int:

@@ -46,7 +46,7 @@ from herder.actors._supervision_specs import (
     _coerce,
     _finite,
 )
-from herder.store._errors import InvalidInput
+from herder.store import InvalidInput
 
 _log = logging.getLogger("herder.supervision")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pykka
 
-from herder.store._errors import InvalidInput
+from herder.store import InvalidInput
 
 
 class Restart(enum.StrEnum):

@@ -22,10 +22,7 @@ from herder.actors._clock import TimerHandle
 from herder.actors._engine import EngineContext
 from herder.actors._messages import Commands, Due, Tick
 from herder.actors._supervised import SupervisedActor
-from herder.store._commands import pending_commands
-from herder.store._crashpoints import crash_point
-from herder.store._errors import StoreCorrupt
-from herder.store._records import timer_key
+from herder.store import StoreCorrupt, crash_point, pending_commands, timer_key
 
 _log = logging.getLogger("herder.supervisor")
 

@@ -30,17 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from herder.actors.engine import ALLOWED_STEPS, holds_timer
-from herder.store import Store
-from herder.store._codec import decode
-from herder.store._env import Snapshot
-from herder.store._errors import StoreCorrupt
-from herder.store._records import (
+from herder.store import (
     KEY_SEP,
     Plan,
+    Snapshot,
     StepRecord,
     StepState,
+    Store,
+    StoreCorrupt,
     WorkflowRecord,
     WorkflowState,
+    decode,
     definition_key,
     split_step_key,
     split_timer_key,

@@ -17,9 +17,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from herder.runtime import _operator_cli
-from herder.store import DEFAULT_LEASE, Store
-from herder.store._errors import HerderError
-from herder.store._records import WorkflowState
+from herder.store import DEFAULT_LEASE, HerderError, Store, WorkflowState
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -19,8 +19,7 @@ from typing import Any, TextIO
 
 from herder.runtime._runtime import Runtime
 from herder.runtime._systemd import Watchdog, notify
-from herder.store import Store
-from herder.store._errors import InvalidInput, StoreError
+from herder.store import InvalidInput, Store, StoreError
 
 _log = logging.getLogger("herder.daemon")
 

@@ -35,13 +35,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TextIO
 
-from herder.actors._agent import StepContext
+from herder.actors import StepContext
 from herder.runtime._console import ProgressLine, print_table
 from herder.runtime._demo_services import Booking, audit, open_services, travel_workflow
 from herder.runtime._runtime import Runtime
 from herder.runtime._status import WorkflowFailed
-from herder.store import Store, StoreError
-from herder.store._records import RetryPolicy, WorkflowState
+from herder.store import RetryPolicy, Store, StoreError, WorkflowState
 
 STEP_TIMEOUT = 1.0
 HANG = 1.5  # seconds the hung hotel request blocks: past STEP_TIMEOUT

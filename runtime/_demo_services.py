@@ -22,12 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from herder.actors._agent import Agent, StepContext
-from herder.actors._agent_host import InstanceCrash
-from herder.actors._errors import Permanent
+from herder.actors import Agent, InstanceCrash, Permanent, StepContext
 from herder.runtime._workflow import Workflow
-from herder.store import Store
-from herder.store._records import RetryPolicy, StepState, WorkflowState
+from herder.store import RetryPolicy, StepState, Store, WorkflowState
 
 SERVICES = {"flight": "airline", "hotel": "hotels", "car": "cars"}
 """Step name -> the agent (and service) that books it, in workflow order."""

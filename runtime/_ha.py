@@ -23,12 +23,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from herder.store import Lease, LeaseLost, Store
-from herder.store._errors import StoreError
-from herder.store._lease import holder_stopped
+from herder.store import Lease, LeaseLost, Store, StoreError, holder_stopped
 
 if TYPE_CHECKING:
-    from herder.actors._engine import EngineContext
+    from herder.actors import EngineContext
 
 _log = logging.getLogger("herder.ha")
 

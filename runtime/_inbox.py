@@ -13,8 +13,7 @@ from typing import Any
 
 from herder.actors.engine import STUCK
 from herder.runtime._status import in_plan_order
-from herder.store import Store
-from herder.store._records import Plan, StepRecord, StepState, WorkflowState, definition_key
+from herder.store import Plan, StepRecord, StepState, Store, WorkflowState, definition_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,19 +15,19 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from herder.actors._admission import resource_stats
-from herder.actors._errors import UnknownWorkflow
+from herder.actors import UnknownWorkflow, resource_stats
 from herder.runtime._console import print_table
 from herder.runtime._status import WorkflowStatus, in_plan_order
-from herder.store import Store, StoreCorrupt
-from herder.store._history import read_history
-from herder.store._records import (
+from herder.store import (
     Plan,
+    ResourceRecord,
     StepState,
+    Store,
+    StoreCorrupt,
     WorkflowRecord,
     WorkflowState,
+    read_history,
 )
-from herder.store._resources import ResourceRecord
 
 
 class _Reader:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from herder.store._errors import HerderError
+from herder.store import HerderError
 
 
 class MissingExtra(HerderError, ImportError):

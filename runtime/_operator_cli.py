@@ -22,11 +22,10 @@ import os
 import sys
 from typing import Any, TextIO
 
-from herder.actors._errors import UnknownWorkflow
+from herder.actors import UnknownWorkflow
 from herder.runtime._console import print_table
 from herder.runtime._inbox import inbox_items
-from herder.store import Store, is_held
-from herder.store._commands import DONE, append_command, new_command, wait_outcome
+from herder.store import COMMAND_DONE, Store, append_command, is_held, new_command, wait_outcome
 
 ACTIONS = {
     "retry": "resume a NEEDS_ATTENTION workflow where it stopped",
@@ -115,7 +114,7 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
             f"{args.timeout} s; it stays queued and is applied when the runtime gets to it\n"
         )
         return QUEUED
-    if outcome["state"] != DONE:
+    if outcome["state"] != COMMAND_DONE:
         sys.stderr.write(f"herder {action}: refused: {outcome['error']}\n")
         return 1
     out.write(f"{action} {args.id}: done (command #{command_id}, by {who})\n")

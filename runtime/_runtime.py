@@ -16,27 +16,39 @@ from typing import Any
 
 import pykka
 
-from herder.actors._agent import Agent, action_names, agent_class_of
-from herder.actors._agent_host import error_types
-from herder.actors._ask import call
-from herder.actors._clock import Clock, SystemClock
-from herder.actors._engine import EngineConfig, EngineContext
-from herder.actors._errors import (
+from herder.actors import (
+    Admit,
+    Agent,
+    ChildEvent,
+    ChildSpec,
+    CircuitBreaker,
+    Clock,
+    Complete,
+    Define,
+    EngineConfig,
+    EngineContext,
+    InstanceEvent,
     InvalidDefinition,
     NotActive,
+    Operate,
     Permanent,
+    RateLimit,
+    Restart,
     RuntimeClosed,
+    Scheduler,
+    Strategy,
+    SystemClock,
     UnknownName,
     UnknownWorkflow,
     WorkflowConflict,
+    WorkflowSupervisor,
+    action_names,
+    agent_class_of,
+    call,
+    error_types,
+    parse_task_token,
+    start_supervisor,
 )
-from herder.actors._limits import CircuitBreaker, RateLimit
-from herder.actors._messages import Admit, Complete, Define, InstanceEvent, Operate
-from herder.actors._outcomes import parse_task_token
-from herder.actors._scheduler import Scheduler
-from herder.actors._supervision import start_supervisor
-from herder.actors._supervision_specs import ChildEvent, ChildSpec, Restart, Strategy
-from herder.actors._supervisor import WorkflowSupervisor
 from herder.runtime._ha import LeaseKeeper, StandbyWatcher
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
@@ -45,26 +57,29 @@ from herder.runtime._timing import begin_at, check_priority, new_workflow
 from herder.runtime._workflow import Workflow
 from herder.store import (
     DEFAULT_LEASE,
+    MAX_VALUE_BYTES,
     ConditionFailed,
     Expect,
+    InvalidInput,
     LeaseLost,
+    Plan,
     Put,
+    RetryPolicy,
+    StepRecord,
     Store,
     StoreCorrupt,
     Transition,
-)
-from herder.store._codec import MAX_VALUE_BYTES, check_text, encode, normalize
-from herder.store._errors import InvalidInput
-from herder.store._history import history_put, read_history, workflow_event
-from herder.store._records import (
-    Plan,
-    RetryPolicy,
-    StepRecord,
     WorkflowRecord,
     WorkflowState,
+    check_text,
     definition_key,
+    encode,
+    history_put,
+    normalize,
+    read_history,
     validate_id,
     validate_name,
+    workflow_event,
     workflow_key,
 )
 

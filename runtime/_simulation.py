@@ -35,16 +35,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herder.actors._agent import Agent, StepContext
-from herder.actors._agent_host import InstanceCrash
-from herder.actors._ask import call
-from herder.actors._clock import FakeClock
-from herder.actors._errors import InvalidState, Permanent
-from herder.actors._messages import Committed
+from herder.actors import (
+    Agent,
+    Committed,
+    FakeClock,
+    InstanceCrash,
+    InvalidState,
+    Permanent,
+    StepContext,
+    call,
+)
 from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
 from herder.runtime._workflow import Workflow
-from herder.store._records import RetryPolicy, StepState, WorkflowState
+from herder.store import RetryPolicy, StepState, WorkflowState
 
 TIMEOUT = 5.0  # each step's timeout, in fake seconds
 ROUND = 6.0  # fake seconds per round: past a timeout and a retry's backoff

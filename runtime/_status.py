@@ -8,8 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from herder.actors.engine import WAITS_TO_RUN
-from herder.store._errors import HerderError
-from herder.store._records import Plan, StepRecord, StepState, WorkflowRecord, WorkflowState
+from herder.store import HerderError, Plan, StepRecord, StepState, WorkflowRecord, WorkflowState
 
 State = WorkflowState
 """A workflow's state: a str enum whose values are the upper-case names."""

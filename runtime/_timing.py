@@ -13,14 +13,14 @@ import datetime
 import math
 from typing import Any
 
-from herder.store import Put
-from herder.store._codec import encode
-from herder.store._errors import InvalidInput
-from herder.store._records import (
+from herder.store import (
+    InvalidInput,
     Plan,
+    Put,
     StepRecord,
     WorkflowRecord,
     WorkflowState,
+    encode,
     step_key,
     timer_key,
     workflow_key,

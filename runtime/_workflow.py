@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from herder.actors._errors import InvalidDefinition
-from herder.store._errors import InvalidInput
-from herder.store._records import Plan, RetryPolicy, StepSpec, validate_name
+from herder.actors import InvalidDefinition
+from herder.store import InvalidInput, Plan, RetryPolicy, StepSpec, validate_name
 
 _FOREVER = 10 * 365 * 86400.0  # ten years: longer timeouts and delays are surely mistakes
 

@@ -22,10 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from herder.actors._agent import StepContext
-from herder.actors._agent_host import InstanceCrash
-from herder.actors._clock import FakeClock
-from herder.actors._errors import Permanent
+from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext
 from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
 from herder.runtime._simulation import FaultSchedule, SimReport, simulate

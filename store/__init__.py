@@ -21,6 +21,14 @@ fits in a few types:
   batch re-checks it (a deposed holder gets :class:`LeaseLost`); a standby store takes
   it over when its holder is gone (see ``_lease.py``).
 - Errors — the :class:`HerderError` tree; ``lmdb`` and ``msgpack`` errors never escape.
+- Beside the records: the ``history`` database (one event per transition, written in the
+  same transaction: :func:`history_put`, :func:`step_event`), the ``commands`` channel
+  from the CLI to a live runtime (:func:`append_command`, :func:`pending_commands`), the
+  ``resources`` database (:class:`ResourceRecord`), and test crash points
+  (:func:`crash_point`).
+
+``__all__`` is the contract the upper layers import through (never a ``_module``;
+``tests/test_layers.py`` enforces it); users import from herder.runtime only.
 
 Caveats:
 
@@ -34,8 +42,17 @@ Caveats:
 - Keep ``sync=True``: throughput comes from group commit, not from weaker durability.
 """
 
-from herder.store._codec import decode, encode, normalize
-from herder.store._env import Store, is_held
+from herder.store._codec import MAX_VALUE_BYTES, bounded_text, check_text, decode, encode, normalize
+from herder.store._commands import DONE as COMMAND_DONE
+from herder.store._commands import (
+    append_command,
+    finished_ops,
+    new_command,
+    pending_commands,
+    wait_outcome,
+)
+from herder.store._crashpoints import crash_point
+from herder.store._env import Snapshot, Store, is_held
 from herder.store._errors import (
     ConditionFailed,
     EncodeError,
@@ -49,8 +66,10 @@ from herder.store._errors import (
     StoreIOError,
     StoreLocked,
 )
-from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease
+from herder.store._history import history_put, read_history, step_event, workflow_event
+from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease, holder_stopped
 from herder.store._records import (
+    KEY_SEP,
     MAX_ID_BYTES,
     SCHEMA_VERSION,
     Plan,
@@ -71,12 +90,17 @@ from herder.store._records import (
     validate_name,
     workflow_key,
 )
+from herder.store._resources import BreakerState, ResourceRecord, resource_key
 from herder.store._writer import Delete, Expect, Put, Transition, Writer
 
 __all__ = [
+    "COMMAND_DONE",
     "DEFAULT_LEASE",
+    "KEY_SEP",
     "MAX_ID_BYTES",
+    "MAX_VALUE_BYTES",
     "SCHEMA_VERSION",
+    "BreakerState",
     "ConditionFailed",
     "Delete",
     "EncodeError",
@@ -88,8 +112,10 @@ __all__ = [
     "LeaseLost",
     "Plan",
     "Put",
+    "ResourceRecord",
     "RetryPolicy",
     "SchemaTooNew",
+    "Snapshot",
     "StepRecord",
     "StepSpec",
     "StepState",
@@ -103,18 +129,32 @@ __all__ = [
     "WorkflowRecord",
     "WorkflowState",
     "Writer",
+    "append_command",
+    "bounded_text",
+    "check_text",
+    "crash_point",
     "decode",
     "definition_key",
     "encode",
     "exception_name",
+    "finished_ops",
+    "history_put",
+    "holder_stopped",
     "is_held",
+    "new_command",
     "normalize",
+    "pending_commands",
+    "read_history",
+    "resource_key",
     "split_step_key",
     "split_timer_key",
+    "step_event",
     "step_key",
     "timer_key",
     "timer_upper_bound",
     "validate_id",
     "validate_name",
+    "wait_outcome",
+    "workflow_event",
     "workflow_key",
 ]

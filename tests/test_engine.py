@@ -515,27 +515,6 @@ def test_an_unfinished_workflow_resumes_when_the_runtime_is_reopened(
         assert ledger.requests["w/flight"] == 1
 
 
-def test_the_public_api_exports_exactly_the_contract() -> None:
-    import herder.runtime as api
-
-    expected = {
-        "Agent", "CircuitBreaker", "EncodeError", "HerderError", "InvalidDefinition",
-        "InvalidInput", "InvalidState", "LeaseLost", "NotActive", "Permanent", "RateLimit",
-        "RetryPolicy", "Runtime", "RuntimeClosed", "SchemaTooNew", "State", "StepContext",
-        "StepState", "StepStatus", "StoreCorrupt",
-        "StoreError", "StoreLocked", "UnknownName", "UnknownWorkflow", "Workflow",
-        "WorkflowConflict", "WorkflowFailed", "WorkflowHandle", "WorkflowStatus",
-        # outcomes: unknown outcomes, async completion, the operator's inbox
-        "CompletionRefused", "InboxItem", "ProbeResult",
-        # raised by public calls: start() on a refused commit, prometheus_collector()
-        "MissingExtra", "StoreIOError",
-    }  # fmt: skip
-    assert set(api.__all__) == expected
-    assert api.__all__ == sorted(api.__all__)
-    for name in api.__all__:
-        assert getattr(api, name).__doc__, f"{name} needs a docstring"
-
-
 @pytest.mark.parametrize("signal", [SystemExit(3), KeyboardInterrupt()])
 def test_an_action_raising_a_base_exception_fails_only_its_step(
     rt: Runtime, signal: BaseException

@@ -1,0 +1,124 @@
+"""The layering holds: store <- actors.engine <- actors <- runtime (DESIGN.md, "Layers").
+
+Every import in herder's source is read with ``ast`` (nothing is executed), so a lazy
+import inside a function or under ``TYPE_CHECKING`` counts as much as one at the top:
+
+- nothing imports a layer above its own;
+- no package imports another package's private module (``herder.<pkg>._x``): it goes
+  through that package's ``__init__``, so each ``__all__`` is the real contract;
+- each package's ``__init__`` lists a sorted ``__all__`` of names it really has.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Each package, the folder it is read from, and its rank: a module may import only
+# packages of its own rank or lower.
+PACKAGES = {
+    "herder.store": ("store", 0),
+    "herder.actors.engine": ("actors/engine", 1),
+    "herder.actors": ("actors", 2),
+    "herder.runtime": ("runtime", 3),
+}
+
+
+def _package_of(module: str) -> str | None:
+    """The herder package a dotted module name belongs to (the longest match)."""
+    for package in sorted(PACKAGES, key=len, reverse=True):
+        if module == package or module.startswith(package + "."):
+            return package
+    return None
+
+
+def _source_files() -> Iterator[tuple[str, pathlib.Path]]:
+    """(package, file) for every source file, each under its innermost package."""
+    for package, (folder, _) in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            module = package + "." + ".".join(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if _package_of(module) == package:
+                yield package, path
+
+
+def _imports(path: pathlib.Path) -> Iterator[tuple[int, str]]:
+    """(line, imported module) for every import in a file; ``from m import x`` gives
+    ``m.x`` too, so importing a private module by name is seen."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                yield node.lineno, "." * node.level + (node.module or "")
+                continue
+            assert node.module is not None
+            yield node.lineno, node.module
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+def _violations() -> list[str]:
+    found = []
+    for package, path in _source_files():
+        rank = PACKAGES[package][1]
+        where = path.relative_to(ROOT)
+        for line, module in _imports(path):
+            if module.startswith("."):
+                found.append(f"{where}:{line}: relative import {module!r}; spell it out")
+                continue
+            target = _package_of(module)
+            if target is None:
+                continue
+            if PACKAGES[target][1] > rank:
+                found.append(f"{where}:{line}: {package} imports {module} from a layer above")
+            rest = module[len(target) + 1 :].split(".")
+            if target != package and rest[0].startswith("_"):
+                found.append(
+                    f"{where}:{line}: imports the private {module}; "
+                    f"import it from {target} (add it to its __all__)"
+                )
+    return found
+
+
+def test_no_module_imports_upward_or_another_packages_private_module() -> None:
+    assert _violations() == []
+
+
+def test_the_walk_sees_what_it_must_refuse(tmp_path: pathlib.Path) -> None:
+    # The walk itself: each kind of import yields the names the rules look at.
+    source = tmp_path / "m.py"
+    source.write_text(
+        "import herder.store._env\n"
+        "from herder.store import _codec\n"
+        "def f():\n"
+        "    from herder.runtime._runtime import Runtime\n"
+        "from . import sibling\n"
+    )
+    seen = {module for _, module in _imports(source)}
+    assert {"herder.store._env", "herder.store._codec", "herder.runtime._runtime"} <= seen
+    assert "." in seen
+    assert _package_of("herder.actors.engine._states") == "herder.actors.engine"
+    assert _package_of("herder.actors._scheduler") == "herder.actors"
+
+
+def _ruff_order(name: str) -> tuple[int, str]:
+    """The order ruff's RUF022 keeps ``__all__`` in: CONSTANTS, Classes, functions."""
+    kind = 0 if name.isupper() else 1 if name[:1].isupper() else 2
+    return kind, name
+
+
+@pytest.mark.parametrize("package", list(PACKAGES))
+def test_each_package_exports_a_sorted_all_of_names_it_has(package: str) -> None:
+    module = importlib.import_module(package)
+    exported = list(module.__all__)
+    assert exported == sorted(exported, key=_ruff_order)
+    assert len(set(exported)) == len(exported)
+    for name in exported:
+        assert hasattr(module, name), f"{package}.__all__ lists {name!r}, which it lacks"
