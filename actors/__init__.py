@@ -33,7 +33,15 @@ from herder.actors._errors import (
     WorkflowConflict,
 )
 from herder.actors._limits import CircuitBreaker, RateLimit
-from herder.actors._messages import Admit, Committed, Complete, Define, InstanceEvent, Operate
+from herder.actors._messages import (
+    Admit,
+    Committed,
+    Complete,
+    Crash,
+    Define,
+    InstanceEvent,
+    Operate,
+)
 from herder.actors._outcomes import ProbeResult, parse_task_token
 from herder.actors._scheduler import Scheduler
 from herder.actors._supervised import SupervisedActor
@@ -41,6 +49,7 @@ from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import (
     Backoff,
     ChildEvent,
+    ChildEventKind,
     ChildInfo,
     ChildSpec,
     Restart,
@@ -53,6 +62,7 @@ __all__ = [
     "Agent",
     "Backoff",
     "ChildEvent",
+    "ChildEventKind",
     "ChildInfo",
     "ChildSpec",
     "CircuitBreaker",
@@ -60,6 +70,7 @@ __all__ = [
     "Committed",
     "Complete",
     "CompletionRefused",
+    "Crash",
     "Define",
     "EngineConfig",
     "EngineContext",

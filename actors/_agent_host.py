@@ -31,7 +31,14 @@ from herder.actors._outcomes import COMPLETE_LATER, ProbeResult
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
-from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
+from herder.actors._supervision_specs import (
+    Backoff,
+    ChildEvent,
+    ChildEventKind,
+    ChildSpec,
+    Restart,
+    Strategy,
+)
 from herder.store import EncodeError, bounded_text, crash_point, exception_name, normalize
 
 _log = logging.getLogger("herder.agents")
@@ -300,14 +307,14 @@ class AgentHost:
         pool = self._pools.get(event.agent)
         if pool is None:
             return []
-        if event.instance is None and event.kind == "started":
+        if event.instance is None and event.kind is ChildEventKind.STARTED:
             if pool.supervisor_pending and event.ref is not None:
                 pool.supervisor_pending = False
                 pool.supervisor = event.ref
                 if pool.concurrency == 0:  # removed while it was starting
                     self._stop_pool_supervisor(pool)
             return []
-        if event.instance is None and event.ref is None and event.kind == "crashed":
+        if event.instance is None and event.ref is None and event.kind is ChildEventKind.CRASHED:
             if pool.supervisor_pending:  # the per-agent supervisor could not start
                 pool.supervisor_pending = False
                 if pool.concurrency > 0:
@@ -326,13 +333,13 @@ class AgentHost:
         if inst is None:
             return []
         if inst.starting:
-            if event.kind == "started" and event.ref is not None:
+            if event.kind is ChildEventKind.STARTED and event.ref is not None:
                 inst.starting = False
                 inst.ref = event.ref
                 inst.idle_since = now
                 pool.idle.append(event.instance)
                 return []
-            if event.kind == "crashed":  # its factory or on_start failed
+            if event.kind is ChildEventKind.CRASHED:  # its factory or on_start failed
                 del pool.instances[event.instance]
                 if pool.concurrency == 0:
                     return []  # removed meanwhile: its queue waits for a new add()
@@ -340,8 +347,12 @@ class AgentHost:
                     f"an instance of agent {pool.name!r} failed to start: {event.reason}"
                 )
             return []
-        unexpected_exit = not inst.lost and event.kind in ("exited", "terminated", "abandoned")
-        if event.kind == "crashed" or unexpected_exit:
+        unexpected_exit = not inst.lost and event.kind in (
+            ChildEventKind.EXITED,
+            ChildEventKind.TERMINATED,
+            ChildEventKind.ABANDONED,
+        )
+        if event.kind is ChildEventKind.CRASHED or unexpected_exit:
             lost = [] if inst.busy_token is None else [inst.busy_token]
             inst.busy_token = None
             inst.lost = True
@@ -351,7 +362,10 @@ class AgentHost:
             # "started" of an instance we started ourselves, or the end of one we stopped:
             # the pool already knows.
             return []
-        if event.kind in ("restarted", "started") and event.ref is not None:
+        if (
+            event.kind in (ChildEventKind.RESTARTED, ChildEventKind.STARTED)
+            and event.ref is not None
+        ):
             crash_point("agents.restart")
             inst.ref = event.ref
             inst.lost = False

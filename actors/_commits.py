@@ -10,6 +10,7 @@ from typing import Any
 from herder.actors._clock import Clock
 from herder.actors._engine import EngineContext
 from herder.actors._run import WorkflowRun
+from herder.actors.engine import Announce, Effect, Refuse, Reply, Resolve
 from herder.store import (
     Delete,
     Put,
@@ -35,7 +36,7 @@ class Txn:
 
     def __init__(self) -> None:
         self.ops: dict[tuple[str, bytes], Put | Delete] = {}
-        self.effects: list[Any] = []
+        self.effects: list[Effect] = []
 
     def put_step(self, old: StepRecord | None, new: StepRecord) -> None:
         """Write a step record, moving its timer along with it."""
@@ -111,7 +112,7 @@ class CommitPipeline:
             txn.put(history_put(old.id, self._next_token(), event))
         return run.record
 
-    def take(self) -> tuple[list[Transition], list[tuple[str, list[Any]]]]:
+    def take(self) -> tuple[list[Transition], list[tuple[str, list[Effect]]]]:
         """The transactions that may be committed now (their workflow has none in
         flight), as transitions and their after-commit effects; they count as in flight."""
         items = [(wf, txn) for wf, txn in self.open.items() if wf not in self.committing]
@@ -137,12 +138,12 @@ def log_resource_errors(errors: list[BaseException | None]) -> None:
             _log.error("resource records (breaker state, crash counters) not written: %s", error)
 
 
-def settle_future(effect: tuple[Any, ...]) -> None:
+def settle_future(effect: Reply) -> None:
     """Resolve a caller's future once its batch is durable: done, or the refusal it carries."""
-    if len(effect) > 2:
-        effect[1].set_exception(effect[2])
+    if isinstance(effect, Refuse):
+        effect.future.set_exception(effect.error)
     else:
-        effect[1].set_result(None)
+        effect.future.set_result(None)
 
 
 def announce_final(ctx: EngineContext, record: WorkflowRecord) -> None:
@@ -154,7 +155,9 @@ def announce_final(ctx: EngineContext, record: WorkflowRecord) -> None:
 
 
 def orphaned_commit(
-    ctx: EngineContext, effects: list[tuple[str, list[Any]]], errors: list[BaseException | None]
+    ctx: EngineContext,
+    effects: list[tuple[str, list[Effect]]],
+    errors: list[BaseException | None],
 ) -> None:
     """A batch committed after its Scheduler died: keep the promises that need no actor.
 
@@ -163,10 +166,10 @@ def orphaned_commit(
     """
     for (_, items), error in zip(effects, errors, strict=True):
         for effect in items:
-            if effect[0] == "future" and not effect[1].done():
+            if isinstance(effect, Resolve | Refuse) and not effect.future.done():
                 if error is None:
                     settle_future(effect)
                 else:
-                    effect[1].set_exception(error)
-            elif effect[0] == "final" and error is None:
-                announce_final(ctx, effect[1])
+                    effect.future.set_exception(error)
+            elif isinstance(effect, Announce) and error is None:
+                announce_final(ctx, effect.record)

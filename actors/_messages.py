@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from herder.actors._supervision_specs import ChildEventKind
+from herder.actors.engine import Effect
 from herder.store import Plan, StepRecord, WorkflowRecord
 
 
@@ -124,7 +126,7 @@ class InstanceEvent:
 
     agent: str
     instance: str | None
-    kind: str
+    kind: ChildEventKind
     ref: Any = None
     reason: str | None = None
 
@@ -133,8 +135,14 @@ class InstanceEvent:
 class Committed:
     """Store writer -> Scheduler: a batch of the Scheduler's transitions is durable."""
 
-    effects: list[tuple[str, list[Any]]]  # (workflow id, what to do once it is durable)
+    effects: list[tuple[str, list[Effect]]]  # (workflow id, what to do once it is durable)
     errors: list[BaseException | None]
+
+
+@dataclass(slots=True)
+class Crash:
+    """A test seam -> Scheduler: fail as a bug escaping a handler would, so the supervision
+    tree restarts it (sent by ``herder.runtime.testing.crash_scheduler``)."""
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from herder.actors._errors import InvalidState, UnknownWorkflow
 from herder.actors._messages import Commands, Operate
 from herder.actors._run import WorkflowRun
 from herder.actors._step_records import restarted, settled, stopped, with_timer
-from herder.actors.engine import RESTARTABLE, SKIPPABLE
+from herder.actors.engine import RESTARTABLE, SKIPPABLE, Refuse, Resolve
 from herder.store import (
     HerderError,
     InvalidInput,
@@ -55,10 +55,10 @@ def operate(s: Scheduler, op: Operate) -> Future[None]:
             raise
         # Its last transition (e.g. its end) is not durable yet: refuse once it is,
         # so the caller finds the store in the state the refusal speaks of.
-        s._commits.txn(op.workflow_id).effects.append(("future", done, exc))
+        s._commits.txn(op.workflow_id).effects.append(Refuse(done, exc))
         s._after_message()
         return done
-    s._commits.txn(op.workflow_id).effects.append(("future", done))
+    s._commits.txn(op.workflow_id).effects.append(Resolve(done))
     if run is not None and run.record.id in s._runs:
         s._advance(run)
     s._after_message()

@@ -15,6 +15,7 @@ from herder.actors._messages import Define
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._run import WorkflowRun
 from herder.actors._step_records import stopped, with_timer
+from herder.actors.engine import Refuse, Resolve
 from herder.store import Plan, StepState, StoreCorrupt, StoreIOError, WorkflowRecord, WorkflowState
 
 if TYPE_CHECKING:
@@ -112,8 +113,8 @@ def _forget(s: Scheduler, workflow_id: str) -> None:
     run = s._runs.pop(workflow_id, None)
     held = s._commits.drop(workflow_id)
     for effect in () if held is None else held.effects:
-        if effect[0] == "future" and not effect[1].done():
-            effect[1].set_exception(
+        if isinstance(effect, Resolve | Refuse) and not effect.future.done():
+            effect.future.set_exception(
                 StoreIOError(f"workflow {workflow_id!r} was reloaded after a failed commit")
             )
     for token in () if run is None else run.attempts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from herder.actors._engine import AttemptPort
+from herder.actors._messages import Run
 from herder.store import Plan, StepRecord, StepSpec, WorkflowRecord
 
 
@@ -32,7 +33,12 @@ class Attempt:
     agent: str
     instance: str
     port: AttemptPort
-    sent: bool = False  # the agent was told (its DISPATCHED is durable)
+    run: Run | None  # what the agent is told once its DISPATCHED is durable; None once sent
+
+    @property
+    def sent(self) -> bool:
+        """The agent was told (its DISPATCHED is durable)."""
+        return self.run is None
 
 
 @dataclass(slots=True)

@@ -60,6 +60,7 @@ from herder.actors._messages import (
     Commands,
     Committed,
     Complete,
+    Crash,
     Define,
     Due,
     Flush,
@@ -88,7 +89,17 @@ from herder.actors._recovery import (
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
 from herder.actors._step_records import lapse, ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
-from herder.actors.engine import BUSY, WAITS_TO_RUN, to_undo
+from herder.actors._supervision_specs import ChildEventKind
+from herder.actors.engine import (
+    BUSY,
+    WAITS_TO_RUN,
+    Announce,
+    Dispatch,
+    Effect,
+    Refuse,
+    Resolve,
+    to_undo,
+)
 from herder.store import (
     LeaseLost,
     Plan,
@@ -226,6 +237,8 @@ class Scheduler(SupervisedActor):
             self._flush_queued = False
         elif isinstance(message, Recover):
             recover_all(self)
+        elif isinstance(message, Crash):
+            raise RuntimeError("the Scheduler was crashed on purpose (testing.crash_scheduler)")
         elif isinstance(message, Reload):
             on_reload(self, message)
         elif isinstance(message, Commands):
@@ -310,7 +323,7 @@ class Scheduler(SupervisedActor):
                 msg.result, limit=self._config.max_result_bytes, what=f"result of {msg.step!r}"
             )
         self._answered(run, st, msg, result)
-        self._commits.txn(run.record.id).effects.append(("future", done))
+        self._commits.txn(run.record.id).effects.append(Resolve(done))
         self._after_message()
         return done
 
@@ -385,8 +398,8 @@ class Scheduler(SupervisedActor):
                     self._apply(effect)
                 continue
             for effect in effects:
-                if effect[0] == "future":
-                    effect[1].set_exception(error)
+                if isinstance(effect, Resolve | Refuse):
+                    effect.future.set_exception(error)
             if isinstance(error, LeaseLost):
                 # Deposed: the store belongs to another runtime now. Reloading would
                 # only retry writes that must not happen; stop dispatching instead.
@@ -400,19 +413,17 @@ class Scheduler(SupervisedActor):
         for listener in list(self._ctx.commit_listeners):
             listener()
 
-    def _apply(self, effect: tuple[Any, ...]) -> None:
-        kind = effect[0]
-        if kind == "run":
-            _, agent, instance, run = effect
-            attempt = self._inflight.get(run.token)
-            if attempt is None:
+    def _apply(self, effect: Effect) -> None:
+        if isinstance(effect, Dispatch):
+            attempt = self._inflight.get(effect.token)
+            if attempt is None or attempt.run is None:
                 return  # superseded before it was durable (crash, timeout)
-            attempt.sent = True
-            if not self._hosted.send(agent, instance, run):
+            run, attempt.run = attempt.run, None
+            if not self._hosted.send(attempt.agent, attempt.instance, run):
                 self._fail_attempt(run.token, "agent instance went away", (CRASH_ERROR,), now=True)
-        elif kind == "final":
-            announce_final(self._ctx, effect[1])
-        elif kind == "future":
+        elif isinstance(effect, Announce):
+            announce_final(self._ctx, effect.record)
+        else:
             settle_future(effect)
 
     def _on_outcome(self, msg: Outcome) -> None:
@@ -503,7 +514,7 @@ class Scheduler(SupervisedActor):
             self._admission.crashed(msg.agent, 0)
             self._fail_next_job(msg.agent, str(exc))
             return
-        if msg.kind == "crashed" and msg.instance is not None:
+        if msg.kind is ChildEventKind.CRASHED and msg.instance is not None:
             self._admission.crashed(msg.agent, len(lost))
         for token in lost:
             self._counters["crashes"] += 1
@@ -738,11 +749,10 @@ class Scheduler(SupervisedActor):
             compensating=job.compensating,
             _port=port,
         )
-        self._inflight[token] = Attempt(run.record.id, job.step, agent, instance, port)
+        message = Run(agent, instance, action, token, ctx)
+        self._inflight[token] = Attempt(run.record.id, job.step, agent, instance, port, message)
         run.attempts.add(token)
-        self._commits.txn(run.record.id).effects.append(
-            ("run", agent, instance, Run(agent, instance, action, token, ctx))
-        )
+        self._commits.txn(run.record.id).effects.append(Dispatch(run.record.id, job.step, token))
         self._counters["dispatched"] += 1
 
     def _answered(self, run: WorkflowRun, st: StepRecord, answer: Answer, result: Any) -> None:
@@ -884,7 +894,7 @@ class Scheduler(SupervisedActor):
 
     def _finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
         record = self._commits.set_record(run, state=state, error=error or run.record.error)
-        self._commits.txn(run.record.id).effects.append(("final", record))
+        self._commits.txn(run.record.id).effects.append(Announce(record))
         del self._runs[record.id]
         for token in run.attempts:
             attempt = self._inflight.pop(token, None)

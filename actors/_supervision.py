@@ -39,6 +39,7 @@ from herder.actors._supervised import (
 from herder.actors._supervision_specs import (
     Backoff,
     ChildEvent,
+    ChildEventKind,
     ChildInfo,
     ChildSpec,
     Restart,
@@ -124,7 +125,7 @@ class _Supervisor(SupervisedActor):
                 raise SupervisorStartError(
                     f"supervisor {self._name!r} could not start child {child.spec.id!r}: {exc}"
                 ) from exc
-            self._emit(child.spec.id, "started", child.ref, None)
+            self._emit(child.spec.id, ChildEventKind.STARTED, child.ref, None)
 
     def on_stop(self) -> None:
         """Stop every child in reverse start order before this supervisor ends."""
@@ -212,13 +213,13 @@ class _Supervisor(SupervisedActor):
         try:
             ref = self._start(child.spec)
         except SupervisorStartError as exc:
-            self._emit(child_id, "crashed", None, exc)
+            self._emit(child_id, ChildEventKind.CRASHED, None, exc)
             if not self._count_restart(child_id):
                 self._retry_later([child])
             raise
         child.ref = ref
         child.restarts += 1
-        self._emit(child_id, "restarted", ref, None)
+        self._emit(child_id, ChildEventKind.RESTARTED, ref, None)
         return ref
 
     def delete_child(self, child_id: str) -> None:
@@ -248,10 +249,10 @@ class _Supervisor(SupervisedActor):
         except BaseException as exc:
             # Reported to the listener as well, so a caller that does not wait for the
             # answer (an asynchronous start) still learns of the failure.
-            self._emit(spec.id, "crashed", None, exc)
+            self._emit(spec.id, ChildEventKind.CRASHED, None, exc)
             raise
         self._children[spec.id] = _Child(spec, ref)
-        self._emit(spec.id, "started", ref, None)
+        self._emit(spec.id, ChildEventKind.STARTED, ref, None)
         return ref
 
     # -- restarts ---------------------------------------------------------------------
@@ -263,7 +264,12 @@ class _Supervisor(SupervisedActor):
             return
         ref, child.ref = child.ref, None
         crashed = message.reason is not None
-        self._emit(child.spec.id, "crashed" if crashed else "exited", ref, message.reason)
+        self._emit(
+            child.spec.id,
+            ChildEventKind.CRASHED if crashed else ChildEventKind.EXITED,
+            ref,
+            message.reason,
+        )
         if not _RESTART[(child.spec.restart, crashed)]:
             if (
                 child.spec.restart is Restart.TEMPORARY
@@ -305,14 +311,14 @@ class _Supervisor(SupervisedActor):
                 ref = self._start(child.spec)
             except SupervisorStartError as exc:
                 _log.warning("%s: restart of child %r failed: %s", self, child.spec.id, exc)
-                self._emit(child.spec.id, "crashed", None, exc)
+                self._emit(child.spec.id, ChildEventKind.CRASHED, None, exc)
                 if not self._count_restart(child.spec.id):
                     self._retry_later(waiting[i:])
                 return
             child.pending = None
             child.ref = ref
             child.restarts += 1
-            self._emit(child.spec.id, "restarted", ref, None)
+            self._emit(child.spec.id, ChildEventKind.RESTARTED, ref, None)
 
     def _retry_later(self, children: list[_Child]) -> None:
         """Try the start again from a fresh message, so the loop keeps serving others."""
@@ -401,9 +407,9 @@ class _Supervisor(SupervisedActor):
                 child.spec.id,
                 child.spec.shutdown,
             )
-            self._emit(child.spec.id, "abandoned", ref, None)
+            self._emit(child.spec.id, ChildEventKind.ABANDONED, ref, None)
             return
-        self._emit(child.spec.id, "terminated", ref, None)
+        self._emit(child.spec.id, ChildEventKind.TERMINATED, ref, None)
 
     @staticmethod
     def _clock_now() -> float:
@@ -422,7 +428,7 @@ class _Supervisor(SupervisedActor):
     def _emit(
         self,
         child_id: str,
-        kind: str,
+        kind: ChildEventKind,
         ref: pykka.ActorRef[Any] | None,
         reason: BaseException | None,
     ) -> None:

@@ -94,19 +94,24 @@ class Backoff:
         return float(min(self.max, self.initial * self.factor ** max(0, k - 1)))
 
 
+class ChildEventKind(enum.StrEnum):
+    """What happened to a child; the values are the lower-case names."""
+
+    STARTED = "started"
+    RESTARTED = "restarted"
+    EXITED = "exited"  # a normal stop
+    CRASHED = "crashed"  # an exception; also a failed (re)start, then ``ref`` is None
+    ABANDONED = "abandoned"  # it did not stop within its shutdown timeout
+    TERMINATED = "terminated"  # the supervisor stopped it
+
+
 @dataclass(frozen=True)
 class ChildEvent:
-    """Something that happened to a child, as delivered to a supervisor's listener.
-
-    ``kind`` is one of ``"started"``, ``"restarted"``, ``"exited"`` (a normal stop),
-    ``"crashed"`` (an exception; also a failed (re)start, then ``ref`` is None),
-    ``"abandoned"`` (it did not stop within its shutdown timeout) or ``"terminated"``
-    (the supervisor stopped it).
-    """
+    """Something that happened to a child (``kind``), as delivered to a supervisor's listener."""
 
     supervisor: str
     child_id: str
-    kind: str
+    kind: ChildEventKind
     ref: pykka.ActorRef[Any] | None
     reason: BaseException | None
 

@@ -20,6 +20,7 @@ from herder.actors import (
     Admit,
     Agent,
     ChildEvent,
+    ChildEventKind,
     ChildSpec,
     CircuitBreaker,
     Clock,
@@ -758,7 +759,13 @@ class Runtime:
         ctx = self._ctx
 
         def agents_listener(event: ChildEvent) -> None:
-            if event.kind in ("started", "crashed", "exited", "terminated", "abandoned"):
+            if event.kind in (
+                ChildEventKind.STARTED,
+                ChildEventKind.CRASHED,
+                ChildEventKind.EXITED,
+                ChildEventKind.TERMINATED,
+                ChildEventKind.ABANDONED,
+            ):
                 agent = event.child_id.removeprefix("agent:")
                 reason = None if event.reason is None else repr(event.reason)
                 ctx.tell_scheduler(InstanceEvent(agent, None, event.kind, event.ref, reason))

@@ -37,7 +37,6 @@ from typing import Any
 
 from herder.actors import (
     Agent,
-    Committed,
     FakeClock,
     InstanceCrash,
     InvalidState,
@@ -47,6 +46,7 @@ from herder.actors import (
 )
 from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
+from herder.runtime._seams import crash_scheduler
 from herder.runtime._workflow import Workflow
 from herder.store import RetryPolicy, StepState, WorkflowState
 
@@ -329,14 +329,7 @@ def _crash_scheduler(rt: Runtime) -> int:
     old = rt._ctx.scheduler
     assert old is not None
     stale: int = call(old, "stats", timeout=QUIET_WAIT)["stale"]
-    old.tell(Committed(effects=[("crash", [])], errors=[]))  # zip(strict=True) raises
-    if not old.actor_stopped.wait(QUIET_WAIT):
-        raise TimeoutError("the Scheduler did not crash")
-    replaced = threading.Event()
-    while not replaced.wait(0.001):
-        new = rt._ctx.scheduler
-        if new is not None and new is not old and new.is_alive():
-            replaced.set()
+    crash_scheduler(rt, QUIET_WAIT)
     return stale
 
 

@@ -11,7 +11,8 @@
   decides every fault of a small workload under a fake clock; a :class:`SimReport`
   lists every broken expectation (``tests/test_simulation.py`` runs 200 seeds).
 - Fault helpers for agent actions: :func:`fail_first`, :func:`hang_until`,
-  :func:`crash_instance`, :func:`fail_permanently`.
+  :func:`crash_instance`, :func:`fail_permanently`; and for the engine itself,
+  :func:`crash_scheduler` (the Scheduler fails as a bug would and is restarted).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, NoReturn
 from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext
 from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
+from herder.runtime._seams import crash_scheduler
 from herder.runtime._simulation import FaultSchedule, SimReport, simulate
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "advance",
     "check_store",
     "crash_instance",
+    "crash_scheduler",
     "fail_first",
     "fail_permanently",
     "hang_until",

@@ -27,7 +27,7 @@ RUNTIME = {
 
 TESTING = {
     "EffectLedger", "FakeClock", "FaultSchedule", "InstanceCrash", "SimReport",
-    "advance", "check_store", "crash_instance", "fail_first", "fail_permanently",
+    "advance", "check_store", "crash_instance", "crash_scheduler", "fail_first", "fail_permanently",
     "hang_until", "settle", "simulate", "wait_until",
 }  # fmt: skip
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from herder.actors._messages import Committed
 from herder.runtime import (
     Agent,
     RetryPolicy,
@@ -26,7 +25,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
-from herder.runtime.testing import EffectLedger, FakeClock, crash_instance
+from herder.runtime.testing import EffectLedger, FakeClock, crash_instance, crash_scheduler
 from herder.store import Put, Store, Transition, encode, step_key, timer_key, workflow_key
 from herder.store._records import StepRecord, WorkflowRecord, WorkflowState
 
@@ -215,9 +214,7 @@ def test_a_crashed_scheduler_is_restarted_and_every_workflow_still_finishes(path
         rt.add_agent("svc", functools.partial(Gated, ledger), concurrency=4)
         handles = [rt.start("chain", workflow_id=f"w{n}") for n in range(8)]
         old = rt._ctx.scheduler
-        assert old is not None
-        old.tell(Committed(effects=[("bogus", [])], errors=[]))  # escapes the handler
-        old.actor_stopped.wait(WAIT)
+        crash_scheduler(rt, WAIT)
         gate.set()
         for handle in handles:
             assert handle.result(timeout=WAIT) == {"a": "a", "b": "b"}

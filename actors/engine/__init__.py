@@ -2,7 +2,8 @@
 
 What lives here: the step and workflow state machines as tables (``_states``): which
 moves are legal, which states hold a timer, which keep a compensation waiting, which
-are undone, restarted, skipped or stuck. Everything else that must know these rules
+are undone, restarted, skipped or stuck; and the typed effects a decision causes once
+its writes are durable (``_decision``). Everything else that must know these rules
 (the Scheduler, operator actions, ``herder check``, the inbox and status views, the
 hypothesis state machine) consults these tables; no copy of them lives elsewhere.
 The engine grows toward ``design/structure.md``: events in, decisions out.
@@ -12,6 +13,7 @@ randomness and fencing tokens are arguments. herder.actors drives it; herder.run
 reads its tables.
 """
 
+from herder.actors.engine._decision import Announce, Dispatch, Effect, Refuse, Reply, Resolve
 from herder.actors.engine._states import (
     ALLOWED_STEPS,
     BUSY,
@@ -41,6 +43,12 @@ __all__ = [
     "UNDOING",
     "WAITS_TO_RUN",
     "WORKFLOW_NEXT",
+    "Announce",
+    "Dispatch",
+    "Effect",
+    "Refuse",
+    "Reply",
+    "Resolve",
     "holds_timer",
     "reachable",
     "to_undo",

@@ -1,0 +1,39 @@
+"""Seams the testing kit opens into a live runtime, so tests need no private reaches.
+
+- :func:`crash_scheduler` — the Scheduler actor fails as a bug escaping one of its
+  handlers would; the supervision tree starts a new one, which recovers from the store.
+
+Imports: herder.actors (the ``Crash`` message) and the Runtime facade.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from herder.actors import Crash
+from herder.runtime._runtime import Runtime
+
+
+def crash_scheduler(rt: Runtime, timeout: float = 10.0) -> None:
+    """Crash ``rt``'s Scheduler and return once the supervision tree has started a new one.
+
+    What the old Scheduler held only in memory is lost, as after a real bug; the new one
+    recovers every unfinished workflow from the store. Raises ``TimeoutError`` if the
+    Scheduler does not stop, or no replacement runs, within ``timeout`` seconds.
+    """
+    old = rt._ctx.scheduler
+    if old is None:
+        raise RuntimeError("the runtime has no Scheduler running; open it first")
+    old.tell(Crash())
+    if not old.actor_stopped.wait(timeout):
+        raise TimeoutError(f"the Scheduler did not crash within {timeout}s")
+    deadline = time.monotonic() + timeout
+    polled = threading.Event()  # never set: a short, interruptible wait between looks
+    while True:
+        new = rt._ctx.scheduler
+        if new is not None and new is not old and new.is_alive():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no new Scheduler started within {timeout}s of the crash")
+        polled.wait(0.001)
