@@ -91,7 +91,7 @@ def _operable(
             f"{record.version}; register it with add_workflow before {op.action}"
         )
     steps = {s.name: s for s in s._store.steps_of(op.workflow_id)}
-    run = WorkflowRun(record, plan, steps, s._specs_of(plan))
+    run = WorkflowRun(record, plan, steps, s._specs_of(plan, record))
     return run, True
 
 

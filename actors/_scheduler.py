@@ -32,6 +32,7 @@ parts it coordinates live beside it:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -558,7 +559,7 @@ class Scheduler(SupervisedActor):
                     "workflow %s has no record for step %r; recreating it", record.id, spec.name
                 )
                 by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
-        run = WorkflowRun(record, plan, by_name, self._specs_of(plan))
+        run = WorkflowRun(record, plan, by_name, self._specs_of(plan, record))
         self._runs[record.id] = run
         if crashed and count_crash(self, run):
             return
@@ -906,11 +907,19 @@ class Scheduler(SupervisedActor):
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _specs_of(self, plan: Plan) -> dict[str, StepSpec]:
+    def _specs_of(self, plan: Plan, record: WorkflowRecord) -> dict[str, StepSpec]:
+        """The plan's steps by name (shared by its runs), with the agents the workflow
+        resolved at its start (``record.agents``, runtime/_routing.py) in place of their
+        templates: everything downstream dispatches to ``spec.agent``."""
         key = (plan.name, plan.version)
         specs = self._plan_specs.get(key)
         if specs is None or self._ctx.plans.get(key) is not plan:
             specs = self._plan_specs[key] = {spec.name: spec for spec in plan.steps}
+        if record.agents:
+            specs = dict(specs)
+            for step, agent in record.agents.items():
+                if step in specs:
+                    specs[step] = dataclasses.replace(specs[step], agent=agent)
         return specs
 
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:

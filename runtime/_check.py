@@ -15,7 +15,9 @@ crash test) can see exactly what is wrong. What it checks:
   retry or its start time has its timer entry (with its current fencing token), every
   entry belongs to such a step, and final workflows have none;
 - fencing tokens: none from a future incarnation; a step's completion token is not newer
-  than its current token.
+  than its current token;
+- agents chosen at run time: every step whose agent the plan templates from the input
+  has the agent it resolved stored with the workflow, and nothing else is stored there.
 
 The CLI prints the problems (or ``--json``) and exits 1 if there are any, 0 if none.
 """
@@ -30,8 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from herder.actors.engine import ALLOWED_STEPS, holds_timer
+from herder.runtime._routing import template_fields
 from herder.store import (
     KEY_SEP,
+    HerderError,
     Plan,
     Snapshot,
     StepRecord,
@@ -205,6 +209,7 @@ class _Checker:
             for name in extra:
                 self.problem("steps", step_key(record.id, name), "step not in the definition")
             self.check_order(record, plan, steps)
+            self.check_agents(record, plan)
             if record.state in (WorkflowState.COMPENSATED, WorkflowState.CANCELLED):
                 for spec in plan.steps:
                     st = steps.get(spec.name)
@@ -218,6 +223,21 @@ class _Checker:
             if st.state not in allowed:
                 self.problem("steps", skey, f"{st.state} in a {record.state} workflow")
             self.check_step(record, st, skey)
+
+    def check_agents(self, record: WorkflowRecord, plan: Plan) -> None:
+        wkey = workflow_key(record.id)
+        templated = set()
+        for spec in plan.steps:
+            try:
+                if template_fields(spec.agent):
+                    templated.add(spec.name)
+            except HerderError as exc:
+                key = definition_key(plan.name, plan.version)
+                self.problem("definitions", key, f"step {spec.name!r}: {exc}")
+        for step in sorted(templated - set(record.agents)):
+            self.problem("workflows", wkey, f"step {step!r} has no agent resolved from the input")
+        for step in sorted(set(record.agents) - templated):
+            self.problem("workflows", wkey, f"an agent is stored for {step!r}, not templated")
 
     def check_step(self, record: WorkflowRecord, st: StepRecord, skey: bytes) -> None:
         incarnation = self.report.incarnation

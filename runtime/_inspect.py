@@ -120,6 +120,8 @@ def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool)
     )
     if status.error:
         out.write(f"  error   {status.error}\n")
+    for step, agent in status.agents.items():
+        out.write(f"  agent   {step} -> {agent} (chosen from the input at the start)\n")
     rows = [
         (
             st.name,

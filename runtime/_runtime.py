@@ -53,6 +53,7 @@ from herder.actors import (
 from herder.runtime._ha import LeaseKeeper, StandbyWatcher
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
+from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._timing import begin_at, check_priority, new_workflow
 from herder.runtime._workflow import Workflow
@@ -545,11 +546,12 @@ class Runtime:
                 f"no workflow named {name!r} is registered (registered: {known}); "
                 "call add_workflow first"
             )
-        self._check_agents(plan)
         wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
         priority = check_priority(priority)
         begin = begin_at(self._clock.time(), start_at, delay)
         normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
+        agents = resolve_agents(plan, normalized)
+        check_registered(plan, agents, self._ctx.agents, self._actions)
         # An existing id is found by the compare-and-set below, without a read. Only when
         # start() would have to wait for capacity is it worth looking first: a repeated
         # start of an existing workflow never waits.
@@ -560,7 +562,7 @@ class Runtime:
         self._wait_capacity(timeout)
         now = self._clock.time()
         record, steps, ops = new_workflow(
-            plan, wid, normalized, now, priority=priority, begin=begin
+            plan, wid, normalized, now, priority=priority, begin=begin, agents=agents
         )
         key = workflow_key(wid)
         ops.append(history_put(wid, self._ctx.next_token(), workflow_event(None, record)))
@@ -843,23 +845,6 @@ class Runtime:
                 "until it takes the lease; call start/cancel/retry on the active runtime, "
                 "or wait_active() first"
             )
-
-    def _check_agents(self, plan: Plan) -> None:
-        for spec in plan.steps:
-            if spec.agent not in self._ctx.agents:
-                raise UnknownName(
-                    f"workflow {plan.name!r} step {spec.name!r} needs agent {spec.agent!r}, "
-                    "which is not registered; call add_agent first"
-                )
-            actions = self._actions.get(spec.agent)
-            if actions is None:
-                continue
-            for action in (spec.action, spec.compensate):
-                if action is not None and action not in actions:
-                    raise UnknownName(
-                        f"workflow {plan.name!r} step {spec.name!r}: agent {spec.agent!r} "
-                        f"has no action {action!r} (it has: {', '.join(sorted(actions))})"
-                    )
 
     def _same_start(self, existing: WorkflowRecord, plan: Plan, normalized: Any) -> WorkflowHandle:
         same = existing.input == normalized or encode(existing.input) == encode(normalized)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -61,7 +61,11 @@ class StepStatus:
 
 @dataclass(frozen=True, slots=True)
 class WorkflowStatus:
-    """A workflow as stored, with its steps in definition order."""
+    """A workflow as stored, with its steps in definition order.
+
+    ``agents`` maps each step whose agent the definition takes from the input (a
+    template such as ``"device:{device}"``) to the agent resolved when it started.
+    """
 
     id: str
     name: str
@@ -73,6 +77,7 @@ class WorkflowStatus:
     created: float
     updated: float
     priority: int = 0
+    agents: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_records(cls, record: WorkflowRecord, steps: list[StepRecord]) -> WorkflowStatus:
@@ -88,6 +93,7 @@ class WorkflowStatus:
             created=record.created,
             updated=record.updated,
             priority=record.priority,
+            agents=MappingProxyType(dict(record.agents)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +108,7 @@ class WorkflowStatus:
             "created": self.created,
             "updated": self.updated,
             "priority": self.priority,
+            "agents": dict(self.agents),
             "steps": [s.to_dict() for s in self.steps.values()],
         }
 

@@ -89,18 +89,20 @@ def new_workflow(
     *,
     priority: int,
     begin: float | None,
+    agents: dict[str, str] | None = None,
 ) -> tuple[WorkflowRecord, list[StepRecord], list[Put]]:
     """A new RUNNING workflow's records and the store operations that create them.
 
     With a delayed start, each step without dependencies waits until ``begin`` plus its
     own ``delay`` (a timer entry is written with it); otherwise the Scheduler applies
-    step delays when it gets there.
+    step delays when it gets there. ``agents`` (step -> agent resolved from the input,
+    see ``_routing``) is stored with the workflow.
     """
     record = WorkflowRecord(
         workflow_id, plan.name, plan.version, input, WorkflowState.RUNNING, now, now
     )
-    if priority:
-        record = record.evolve(priority=priority)
+    if priority or agents:
+        record = record.evolve(priority=priority, agents=agents or {})
     ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_dict()))]
     steps: list[StepRecord] = []
     timers: list[Put] = []

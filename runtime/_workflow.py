@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from herder.actors import InvalidDefinition
+from herder.runtime._routing import template_fields
 from herder.store import InvalidInput, Plan, RetryPolicy, StepSpec, validate_name
 
 _FOREVER = 10 * 365 * 86400.0  # ten years: longer timeouts and delays are surely mistakes
@@ -51,6 +52,11 @@ class Workflow:
         step wait that many seconds after its dependencies succeeded (a step without
         dependencies: after the workflow's start) before it is dispatched; the wait is a
         timer in the store, so it survives restarts.
+
+        ``agent`` is an agent name, or a template such as ``"device:{device}"`` whose
+        ``{key}`` fields are filled from the workflow's input when it starts; the resolved
+        agent is stored with the workflow and serves every attempt, probe and
+        compensation of the step (see ``_routing``).
         """
         validate_name("step", name)
         if name in self._steps:
@@ -77,7 +83,7 @@ class Workflow:
                 )
         self._steps[name] = StepSpec(
             name=name,
-            agent=validate_name("agent", agent),
+            agent=_agent_name(agent),
             action=validate_name("action", action),
             after=deps,
             compensate=None if compensate is None else validate_name("compensate", compensate),
@@ -113,6 +119,13 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, version={self.version}, steps={list(self._steps)})"
+
+
+def _agent_name(agent: object) -> str:
+    """A fixed agent name, or a template such as ``"device:{device}"`` (see ``_routing``)."""
+    name = validate_name("agent", agent)
+    template_fields(name)
+    return name
 
 
 def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:

@@ -285,13 +285,18 @@ class WorkflowRecord:
     recoveries: int = 0
     # Higher runs first when its agents are saturated; waiting raises it (actors/_queue.py).
     priority: int = 0
+    # Step name -> agent, for steps whose agent the definition templates from the input
+    # (runtime/_routing.py): resolved once at the start, the step's agent from then on.
+    agents: dict[str, str] = field(default_factory=dict)
 
     def evolve(self, **changes: Any) -> WorkflowRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
         return _evolve_workflow(self, changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as a msgpack-ready map."""
+        """The record as a msgpack-ready map (``agents`` only when set: records without
+        templated agents keep their stored form, and older ones read with ``{}``)."""
+        extra = {"agents": self.agents} if self.agents else {}
         return {
             "v": SCHEMA_VERSION,
             "id": self.id,
@@ -305,6 +310,7 @@ class WorkflowRecord:
             "cancelled": self.cancelled,
             "recoveries": self.recoveries,
             "priority": self.priority,
+            **extra,
         }
 
     @classmethod

@@ -68,6 +68,10 @@ def check_record(record: object) -> None:
                 f"field {name!r} is {type(value).__name__} {value!r:.60}, expected "
                 + " or ".join(t.__name__ for t in allowed)
             )
+    if isinstance(record, WorkflowRecord):
+        for step, agent in record.agents.items():
+            if not isinstance(step, str) or not isinstance(agent, str):
+                raise TypeError(f"field 'agents' maps {step!r:.60} to {agent!r:.60}, expected str")
 
 
 def check_plan(plan: Plan) -> None:

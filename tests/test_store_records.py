@@ -60,6 +60,7 @@ WORKFLOW = WorkflowRecord(
     updated=2.5,
     error="boom",
     recoveries=2,
+    agents={"flight": "airline:eu"},
 )
 STEP = StepRecord(
     workflow_id="order-42",

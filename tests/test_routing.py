@@ -1,0 +1,179 @@
+"""The resource chosen at run time: a step's agent templated from the workflow input."""
+
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    InvalidDefinition,
+    InvalidInput,
+    Permanent,
+    Runtime,
+    StepContext,
+    StepState,
+    UnknownName,
+    Workflow,
+    WorkflowFailed,
+)
+from herder.runtime._check import check_store
+from herder.runtime._cli import main
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
+from herder.store import Put, Transition, WorkflowRecord, WorkflowState, encode, workflow_key
+
+WAIT = 10.0
+Calls = list[tuple[str, str, str]]  # (agent, workflow id, action)
+
+
+class Device(Agent):
+    """One agent per device: records which device did what."""
+
+    def __init__(self, name: str, calls: Calls) -> None:
+        self.name = name
+        self.calls = calls
+
+    def configure(self, ctx: StepContext) -> str:
+        self.calls.append((self.name, ctx.workflow_id, "configure"))
+        return self.name
+
+    def unconfigure(self, ctx: StepContext) -> None:
+        self.calls.append((self.name, ctx.workflow_id, "unconfigure"))
+
+    def refuse(self, ctx: StepContext) -> None:
+        raise Permanent("the device refused")
+
+
+SETUP = (
+    Workflow("setup")
+    .step("configure", agent="device:{device}", action="configure", compensate="unconfigure")
+    .step("verify", agent="device:{device}", action="refuse", after=["configure"])
+)
+PAIR = (
+    Workflow("pair", version=1)
+    .step("first", agent="device:{device}", action="configure")
+    .step("second", agent="device:{device}", action="configure", after=["first"], delay=30.0)
+)
+
+
+def open_runtime(path: Path, calls: Calls, *workflows: Workflow, **options: object) -> Runtime:
+    rt = Runtime(path, sweep_interval=0.05, **options)  # type: ignore[arg-type]
+    for name in ("device:a", "device:b"):
+        rt.add_agent(name, functools.partial(Device, name, calls))
+    for wf in workflows:
+        rt.add_workflow(wf)
+    return rt
+
+
+def test_each_workflow_runs_on_the_agent_its_input_names(tmp_path: Path) -> None:
+    calls: Calls = []
+    one = Workflow("one").step("configure", agent="device:{device}", action="configure")
+    with open_runtime(tmp_path, calls, one) as rt:
+        a = rt.start("one", {"device": "a"}, workflow_id="wa")
+        b = rt.start("one", {"device": "b"}, workflow_id="wb")
+        assert a.result(timeout=WAIT) == {"configure": "device:a"}
+        assert b.result(timeout=WAIT) == {"configure": "device:b"}
+        assert dict(rt.status("wa").agents) == {"configure": "device:a"}
+        assert rt.status("wb").to_dict()["agents"] == {"configure": "device:b"}
+    assert sorted(calls) == [("device:a", "wa", "configure"), ("device:b", "wb", "configure")]
+
+
+def test_a_missing_input_key_fails_the_start_and_stores_nothing(tmp_path: Path) -> None:
+    with open_runtime(tmp_path, [], SETUP) as rt:
+        with pytest.raises(InvalidInput, match=r"needs input key 'device'.*it has: site"):
+            rt.start("setup", {"site": "x"}, workflow_id="w")
+        with pytest.raises(InvalidInput, match="input must be a map"):
+            rt.start("setup", ["a"], workflow_id="w")
+        with pytest.raises(InvalidInput, match="must be a str or an int, got dict"):
+            rt.start("setup", {"device": {"a": 1}}, workflow_id="w")
+        assert rt.list() == []
+
+
+def test_an_agent_that_is_not_registered_fails_the_start_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    with open_runtime(tmp_path, [], SETUP) as rt:
+        with pytest.raises(UnknownName, match=r"agent 'device:c' \(from 'device:\{device\}'\)"):
+            rt.start("setup", {"device": "c"}, workflow_id="w")
+        assert rt.list() == []
+
+
+def test_a_template_with_more_than_plain_keys_is_refused_at_definition() -> None:
+    for bad in ("device:{0}", "device:{d.x}", "device:{d[0]}", "device:{d!r}", "dev:{d:>4}", "{"):
+        with pytest.raises(InvalidDefinition):
+            Workflow("w").step("s", agent=bad, action="configure")
+
+
+def test_compensation_goes_to_the_agent_the_workflow_resolved(tmp_path: Path) -> None:
+    calls: Calls = []
+    with open_runtime(tmp_path, calls, SETUP) as rt:
+        handle = rt.start("setup", {"device": "b"}, workflow_id="w")
+        with pytest.raises(WorkflowFailed):
+            handle.result(timeout=WAIT)
+        assert rt.status("w").state is WorkflowState.COMPENSATED
+    assert calls == [("device:b", "w", "configure"), ("device:b", "w", "unconfigure")]
+
+
+def test_recovery_dispatches_to_the_stored_agent_not_a_fresh_resolution(tmp_path: Path) -> None:
+    clock = FakeClock()
+    calls: Calls = []
+    rt = open_runtime(tmp_path, calls, PAIR, clock=clock)
+    rt.start("pair", {"device": "a"}, workflow_id="w")
+    advance(rt, clock, 1.0)
+    wait_until(rt, lambda: rt.status("w").steps["first"].state is StepState.SUCCEEDED)
+    settle(rt)  # the second step's durable wait is recorded
+    assert calls == [("device:a", "w", "configure")]
+    rt.stop()
+    # The store is the truth: point the stored choice at device:b while nothing runs.
+    with Runtime(tmp_path, clock=clock) as raw:
+        record = raw._store.get_workflow("w")
+        assert record is not None
+        assert record.agents == {"first": "device:a", "second": "device:a"}
+        moved = record.evolve(agents={"first": "device:a", "second": "device:b"})
+        put = Put("workflows", workflow_key("w"), encode(moved.to_dict()))
+        raw._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+    with open_runtime(tmp_path, calls, PAIR, clock=clock) as rt:
+        advance(rt, clock, 31.0)
+        assert rt.handle("w").result(timeout=WAIT) == {"first": "device:a", "second": "device:b"}
+        assert check_store(rt._store).ok
+    assert calls[1:] == [("device:b", "w", "configure")]
+
+
+def test_records_without_chosen_agents_keep_their_stored_form() -> None:
+    old = {"v": 2, "id": "w", "name": "n", "version": 1, "input": None, "state": "RUNNING"}
+    assert WorkflowRecord.from_dict(old).agents == {}
+    assert "agents" not in WorkflowRecord("w", "n", 1, None).to_dict()
+    chosen = WorkflowRecord("w", "n", 1, None, agents={"s": "device:a"})
+    assert WorkflowRecord.from_dict(chosen.to_dict()).agents == {"s": "device:a"}
+
+
+def test_check_reports_a_templated_step_without_its_stored_agent(tmp_path: Path) -> None:
+    two = (
+        Workflow("two")
+        .step("first", agent="device:{device}", action="configure")
+        .step("second", agent="device:{device}", action="configure", after=["first"])
+    )
+    with open_runtime(tmp_path, [], two) as rt:
+        rt.start("two", {"device": "a"}, workflow_id="w").result(timeout=WAIT)
+        assert check_store(rt._store).ok
+        record = rt._store.get_workflow("w")
+        assert record is not None
+        lost = record.evolve(agents={"first": "device:a", "third": "device:a"})
+        put = Put("workflows", workflow_key("w"), encode(lost.to_dict()))
+        rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+        problems = sorted(p.message for p in check_store(rt._store).problems)
+    assert problems == [
+        "an agent is stored for 'third', not templated",
+        "step 'second' has no agent resolved from the input",
+    ]
+
+
+def test_herder_show_prints_the_chosen_agents(tmp_path: Path) -> None:
+    with open_runtime(tmp_path, [], SETUP) as rt, pytest.raises(WorkflowFailed):
+        rt.start("setup", {"device": "a"}, workflow_id="w").result(timeout=WAIT)
+    out = io.StringIO()
+    assert main(["show", "--store", str(tmp_path), "w"], out=out) == 0
+    assert "agent   configure -> device:a" in out.getvalue()
