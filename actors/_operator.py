@@ -27,6 +27,7 @@ from herder.store import (
     finished_ops,
     history_put,
     normalize,
+    step_event,
     workflow_event,
 )
 
@@ -267,11 +268,13 @@ def _op_compensate(s: Scheduler, op: Operate) -> WorkflowRun:
 def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
     run = s._runs.get(op.workflow_id)
     error = f"abandoned by {op.who or 'an operator'}" + (f": {op.why}" if op.why else "")
+    now = s._clock.time()
     if run is not None:
         _note_operator(s, op)
         for st in list(run.steps.values()):
-            if st.timer_ms is not None:  # nothing should wake it any more
-                s._commits.put_step(run, st, st.evolve(timer_ms=None, retry_at=None))
+            new = abandoned_step(st, s._ctx.next_token, now)
+            if new is not None:
+                s._commits.put_step(run, st, new)
         s._finish(run, WorkflowState.ABANDONED, error=error)
         return None
     record = s._store.get_workflow(op.workflow_id)
@@ -281,15 +284,45 @@ def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
         raise InvalidState(
             _not_in(op, record.state, (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING))
         )
-    # Parked: nothing runs, so this is one record update (it needs no definition).
+    # Parked: nothing runs, so this needs no definition: the records change in the store.
     _note_operator(s, op)
-    now = s._clock.time()
     txn = s._commits.txn(op.workflow_id)
+    for st in s._store.steps_of(op.workflow_id):
+        new = abandoned_step(st, s._ctx.next_token, now)
+        if new is not None:
+            txn.put_step(st, new)
+            event = step_event(st, new, now)
+            if event is not None:
+                txn.put(history_put(record.id, s._ctx.next_token(), event))
     abandoned = record.evolve(state=WorkflowState.ABANDONED, error=error, updated=now)
     txn.put_workflow(abandoned)
     event = workflow_event(record.state, abandoned)
     txn.put(history_put(record.id, s._ctx.next_token(), event))
     return None
+
+
+def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) -> StepRecord | None:
+    """What abandoning its workflow makes of a step, or None if the step stays as it is.
+
+    Nothing runs or wakes any more: a step that was running, waiting or about to retry
+    ends FAILED (its attempt may have taken effect, so it is marked done as a failure
+    that may need undoing by hand); any other step only loses its timer. What remains
+    is what ``herder check`` allows in an ABANDONED workflow.
+    """
+    if st.state in _STOPPED_BY_ABANDON:
+        token = next_token()
+        error = f"{st.error}; abandoned" if st.error else f"abandoned while {st.state}"
+        return stopped(
+            st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
+        )
+    if st.timer_ms is not None or st.retry_at is not None:
+        return stopped(st, token=next_token(), updated=now)
+    return None
+
+
+_STOPPED_BY_ABANDON = frozenset(
+    {StepState.DISPATCHED, StepState.WAITING, StepState.UNKNOWN, StepState.RETRY_WAIT}
+)
 
 
 def apply_commands(s: Scheduler, msg: Commands) -> None:

@@ -202,3 +202,40 @@ def test_operator_actions_that_do_not_apply_are_refused_and_change_nothing(
     with pytest.raises(UnknownWorkflow):
         rt.compensate("nope")
     assert rt.history("done") == before
+
+
+def test_abandon_of_a_running_workflow_stops_every_unfinished_step_and_check_stays_clean(
+    rt: Runtime,
+) -> None:
+    # "flight" waits to retry, "later" waits on a complete_later hand-off (DISPATCHED or
+    # WAITING), "car" is still PENDING: abandon must leave none of them waiting for a
+    # timer that is gone (issue 14, defect 4).
+    cls = agent({"flight"})
+    rt.add_agent("t", cls)
+    slow = RetryPolicy(max_attempts=5, initial_interval=60.0)
+    rt.add_workflow(
+        Workflow("pair")
+        .step("flight", agent="t", action="book", retry=slow)
+        .step("later", agent="t", action="book")
+        .step("car", agent="t", action="book", after=["flight"])
+    )
+    rt.start("pair", workflow_id="w")
+    wait_until(
+        rt,
+        lambda: [rt.status("w").steps[s].state for s in ("flight", "later")]
+        == [StepState.RETRY_WAIT, StepState.WAITING],
+    )
+    rt.abandon("w", who="ada", why="customer gave up")
+    settle(rt)
+    status = rt.status("w")
+    assert status.state is State.ABANDONED
+    assert {n: s.state for n, s in status.steps.items()} == {
+        "flight": StepState.FAILED,
+        "later": StepState.FAILED,
+        "car": StepState.PENDING,
+    }
+    assert "abandoned" in (status.steps["later"].error or "")
+    report = check_store(rt._store)
+    assert report.ok, report.problems
+    with pytest.raises(CompletionRefused):
+        rt.complete_step(cls.handed[0], "too late")

@@ -2,8 +2,8 @@
 
 Rules start workflows (new ids, repeats with the same input, conflicts with different
 input), inject faults into the next attempt of a step (transient error, permanent error,
-a hang, an instance crash), advance the fake clock, cancel, retry and reopen the
-runtime. After every rule, on one consistent snapshot of the store:
+a hang, an instance crash), advance the fake clock, cancel, retry, abandon and
+compensate (running workflows too) and reopen the runtime. After every rule, on one consistent snapshot of the store:
 
 - every started workflow exists and is in a legal state (``herder check``: step states
   agree with the workflow state, nothing of a final workflow dispatched or on a timer,
@@ -12,10 +12,10 @@ runtime. After every rule, on one consistent snapshot of the store:
   reachable from the one last seen through the engine's tables (``STEP_NEXT``,
   ``WORKFLOW_NEXT`` in ``herder.actors.engine``): a final workflow never changes again,
   a compensated step never changes, a succeeded one can only be compensated, attempts
-  never go down unless an operator retried.
+  never go down unless an operator acted.
 
-Examples are bounded for the default run (12 of 15 rules); HERDER_STATEFUL_EXAMPLES and
-HERDER_STATEFUL_STEPS raise both.
+Examples are bounded for the default run (12 examples of 15 steps);
+HERDER_STATEFUL_EXAMPLES and HERDER_STATEFUL_STEPS raise both.
 """
 
 from __future__ import annotations
@@ -181,6 +181,25 @@ class RuntimeMachine(RuleBasedStateMachine):
             return
         assert parked
         event("retried a parked workflow")
+        self.retried.add(wid)
+
+    @precondition(lambda self: bool(self.inputs))
+    @rule(data=st.data(), action=st.sampled_from(["abandon", "compensate"]))
+    def operate(self, data: st.DataObject, action: str) -> None:
+        """An operator gives up on, or undoes, a workflow wherever it is (often running)."""
+        wid = data.draw(st.sampled_from(sorted(self.inputs)))
+        before = self.rt.status(wid).state
+        try:
+            getattr(self.rt, action)(wid, who="machine", why=action)
+        except InvalidState:
+            operable = (W.RUNNING, W.NEEDS_ATTENTION) + ((W.COMPENSATING,) * (action == "abandon"))
+            assert self.rt.status(wid).state not in operable, f"{action} refused in {before}"
+            return
+        event(f"{action} of a {before} workflow")
+        if action == "abandon":
+            assert self.rt.status(wid).state is W.ABANDONED
+        # An operator's move, not the engine's: the invariant starts afresh (herder check
+        # still judges every step state the action left).
         self.retried.add(wid)
 
     @rule()
