@@ -3,7 +3,8 @@
 Rules start workflows (new ids, repeats with the same input, conflicts with different
 input), inject faults into the next attempt of a step (transient error, permanent error,
 a hang, an instance crash), advance the fake clock, cancel, retry, abandon and
-compensate (running workflows too) and reopen the runtime. After every rule, on one consistent snapshot of the store:
+compensate (running workflows too) and reopen the runtime. After every rule, on one
+consistent snapshot of the store:
 
 - every started workflow exists and is in a legal state (``herder check``: step states
   agree with the workflow state, nothing of a final workflow dispatched or on a timer,
