@@ -222,8 +222,10 @@ def test_abandon_of_a_running_workflow_stops_every_unfinished_step_and_check_sta
     rt.start("pair", workflow_id="w")
     wait_until(
         rt,
-        lambda: [rt.status("w").steps[s].state for s in ("flight", "later")]
-        == [StepState.RETRY_WAIT, StepState.WAITING],
+        lambda: (
+            [rt.status("w").steps[s].state for s in ("flight", "later")]
+            == [StepState.RETRY_WAIT, StepState.WAITING]
+        ),
     )
     rt.abandon("w", who="ada", why="customer gave up")
     settle(rt)
