@@ -17,7 +17,7 @@ from herder.actors._errors import InvalidState, UnknownWorkflow
 from herder.actors._messages import Commands, Operate
 from herder.actors._run import WorkflowRun
 from herder.actors._step_records import restarted, settled, stopped, with_timer
-from herder.actors.engine import RESTARTABLE, SKIPPABLE, Refuse, Resolve
+from herder.actors.engine import ENDED_BY_ABANDON, RESTARTABLE, SKIPPABLE, Refuse, Resolve
 from herder.store import (
     HerderError,
     InvalidInput,
@@ -309,7 +309,7 @@ def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) ->
     that may need undoing by hand); any other step only loses its timer. What remains
     is what ``herder check`` allows in an ABANDONED workflow.
     """
-    if st.state in _STOPPED_BY_ABANDON:
+    if st.state in ENDED_BY_ABANDON:
         token = next_token()
         error = f"{st.error}; abandoned" if st.error else f"abandoned while {st.state}"
         return stopped(
@@ -318,11 +318,6 @@ def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) ->
     if st.timer_ms is not None or st.retry_at is not None:
         return stopped(st, token=next_token(), updated=now)
     return None
-
-
-_STOPPED_BY_ABANDON = frozenset(
-    {StepState.DISPATCHED, StepState.WAITING, StepState.UNKNOWN, StepState.RETRY_WAIT}
-)
 
 
 def apply_commands(s: Scheduler, msg: Commands) -> None:

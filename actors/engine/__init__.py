@@ -17,6 +17,7 @@ from herder.actors.engine._decision import Announce, Dispatch, Effect, Refuse, R
 from herder.actors.engine._states import (
     ALLOWED_STEPS,
     BUSY,
+    ENDED_BY_ABANDON,
     OPERATOR_STEP_NEXT,
     OPERATOR_WORKFLOW_NEXT,
     RESTARTABLE,
@@ -34,6 +35,7 @@ from herder.actors.engine._states import (
 __all__ = [
     "ALLOWED_STEPS",
     "BUSY",
+    "ENDED_BY_ABANDON",
     "OPERATOR_STEP_NEXT",
     "OPERATOR_WORKFLOW_NEXT",
     "RESTARTABLE",

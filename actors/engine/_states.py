@@ -14,8 +14,8 @@ parked in NEEDS_ATTENTION for an operator.
   operator's action makes (retry, skip, compensate, abandon), derived from the sets below.
 - :data:`ALLOWED_STEPS`: which step states each workflow state admits in the store.
 - Sets with one meaning each: :data:`BUSY`, :data:`WAITS_TO_RUN`, :data:`UNDOING`,
-  :data:`RESTARTABLE`, :data:`SKIPPABLE`, :data:`STUCK`; predicates :func:`to_undo`
-  and :func:`holds_timer`.
+  :data:`RESTARTABLE`, :data:`SKIPPABLE`, :data:`STUCK`, :data:`ENDED_BY_ABANDON`;
+  predicates :func:`to_undo` and :func:`holds_timer`.
 
 Imports: herder.store records only; pure data, no clock, no I/O.
 """
@@ -81,6 +81,10 @@ STUCK = RESTARTABLE
 """Forward states a parked workflow can be stuck on (what its retry restarts); a step
 whose compensation failed (COMPENSATING) is stuck before any of them."""
 
+ENDED_BY_ABANDON = frozenset({S.DISPATCHED, S.WAITING, S.UNKNOWN, S.RETRY_WAIT})
+"""Forward states an operator's ``abandon`` marks FAILED: nothing runs or wakes them any
+more (every other step stays where it is, its timer cleared)."""
+
 _GIVEN_UP = frozenset({S.UNKNOWN, S.WAITING, S.DISPATCHED})
 """Forward states an operator's ``compensate`` marks FAILED: nothing will settle them."""
 
@@ -101,7 +105,7 @@ def _operator_steps() -> dict[StepState, frozenset[StepState]]:
         rows[s].add(S.FAILED)  # compensate
     rows[S.COMPENSATING] |= {S.COMPENSATING, S.COMPENSATED}  # retry / skip the undo
     for s in StepState:
-        rows[s].add(s)  # abandon: stays where it is, its timer cleared
+        rows[s].add(S.FAILED if s in ENDED_BY_ABANDON else s)  # abandon
     return {s: frozenset(next_states) for s, next_states in rows.items()}
 
 
@@ -150,7 +154,8 @@ ALLOWED_STEPS: Mapping[WorkflowState, frozenset[StepState]] = MappingProxyType(
             # UNKNOWN: its probes kept failing
             {S.PENDING, S.FAILED, S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED, S.UNKNOWN}
         ),
-        W.ABANDONED: frozenset(StepState),  # an operator stopped it where it was
+        # an operator stopped it: what ran or waited ended FAILED
+        W.ABANDONED: frozenset(StepState) - ENDED_BY_ABANDON,
     }
 )
 """Each workflow state -> the step states a durable snapshot may show in it."""
