@@ -164,4 +164,5 @@ def test_allowed_step_states_follow_the_workflow() -> None:
     assert not ALLOWED_STEPS[W.RUNNING] & (UNDOING | {S.FAILED})
     for final in (W.SUCCEEDED, W.COMPENSATED, W.CANCELLED):
         assert not ALLOWED_STEPS[final] & BUSY, final
-    assert ALLOWED_STEPS[W.ABANDONED] == set(S)
+    # Abandon ends what ran or waited (issue 14, defect 4): nothing is left to wake.
+    assert ALLOWED_STEPS[W.ABANDONED] == set(S) - {S.DISPATCHED, S.WAITING, S.UNKNOWN, S.RETRY_WAIT}
