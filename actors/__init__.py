@@ -15,7 +15,7 @@ re-exported by herder.runtime.
 
 from herder.actors._admission import resource_stats
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
-from herder.actors._agent_host import InstanceCrash, error_types
+from herder.actors._agent_host import InstanceCrash
 from herder.actors._ask import call
 from herder.actors._clock import Clock, FakeClock, SystemClock, TimerHandle
 from herder.actors._engine import EngineConfig, EngineContext
@@ -101,7 +101,6 @@ __all__ = [
     "action_names",
     "agent_class_of",
     "call",
-    "error_types",
     "parse_task_token",
     "resource_stats",
     "start_supervisor",

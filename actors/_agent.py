@@ -12,6 +12,7 @@ thread of this process.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,14 +43,19 @@ def action_names(agent_type: type) -> frozenset[str]:
     )
 
 
+_PARTIAL_FUNC = functools.partial.__dict__["func"]
+
+
 def agent_class_of(factory: Callable[[], object]) -> type | None:
-    """The Agent subclass a factory builds, when it can be told without calling it."""
+    """The Agent subclass a factory builds, when it can be told without calling it.
+
+    Told from types alone: no attribute of the user's factory is looked up (its
+    ``__getattr__`` might raise anything, and this runs on the Scheduler's thread too).
+    """
     target: Any = factory
-    while hasattr(target, "func"):  # functools.partial, possibly nested
-        target = target.func
-    if isinstance(target, type):
-        return target
-    return None
+    while issubclass(type(target), functools.partial):  # possibly nested
+        target = _PARTIAL_FUNC.__get__(target)
+    return target if issubclass(type(target), type) else None
 
 
 class AttemptPort(Protocol):

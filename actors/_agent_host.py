@@ -27,7 +27,7 @@ from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
 from herder.actors._errors import Permanent
 from herder.actors._messages import InstanceEvent, Outcome, Run
-from herder.actors._outcomes import COMPLETE_LATER, ProbeResult
+from herder.actors._outcomes import COMPLETE_LATER, DONE, NOT_DONE, RUNNING, ProbeResult
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
@@ -39,7 +39,15 @@ from herder.actors._supervision_specs import (
     Restart,
     Strategy,
 )
-from herder.store import EncodeError, bounded_text, crash_point, exception_name, normalize
+from herder.store import (
+    EncodeError,
+    contain,
+    crash_point,
+    describe,
+    error_types,
+    normalize,
+    safe_repr,
+)
 
 _log = logging.getLogger("herder.agents")
 
@@ -54,21 +62,6 @@ class InstanceCrash(Exception):
     Used by the testing kit to simulate a host-level crash; the supervision tree restarts
     the instance and the step is retried at once.
     """
-
-
-def describe(exc: BaseException) -> str:
-    """``"Type: message"`` for any exception, storable: even one whose ``__str__`` raises,
-    returns megabytes or lone surrogates."""
-    try:
-        message = str(exc)
-    except Exception as str_failed:  # a broken __str__ must not crash the instance
-        message = f"<unprintable: str() raised {type(str_failed).__name__}>"
-    return bounded_text(f"{type(exc).__name__}: {message}")
-
-
-def error_types(exc: BaseException) -> tuple[str, ...]:
-    """The stored names of an exception's type and all its base types."""
-    return tuple(exception_name(t) for t in type(exc).__mro__ if issubclass(t, BaseException))
 
 
 class AgentInstance(SupervisedActor):
@@ -93,9 +86,10 @@ class AgentInstance(SupervisedActor):
         self._agent: Any = None
 
     def on_start(self) -> None:
-        """Build the agent object; a failing factory is a crash at start-up."""
+        """Build the agent object; a failing factory is a crash at start-up (reported as
+        :class:`UserCodeFailed`, so the supervisor never touches the user's exception)."""
         super().on_start()
-        self._agent = self._factory()
+        self._agent = contain(self._factory)
 
     def on_receive(self, message: Any) -> Any:
         """Run one attempt and report its outcome."""
@@ -115,19 +109,21 @@ class AgentInstance(SupervisedActor):
             if value is COMPLETE_LATER:
                 value, kind = None, "later"
             elif isinstance(value, ProbeResult):
-                value, kind = value.result, value.status
+                value, kind = value.result, _verdict(value.status)
             result = normalize(
                 value, limit=self._max_result_bytes, what=f"result of action {run.action!r}"
             )
-        except InstanceCrash:
-            raise
+        except InstanceCrash as exc:
+            crash = InstanceCrash(describe(exc))  # raised below, without the user's object
         except (Permanent, EncodeError) as exc:
             return self._failed(run, exc, permanent=True)
-        except BaseException as exc:
+        except BaseException as exc:  # user code may raise anything at all
             return self._failed(run, exc, permanent=False)
-        return Outcome(
-            self._agent_name, self._instance, run.token, ok=True, result=result, kind=kind
-        )
+        else:
+            return Outcome(
+                self._agent_name, self._instance, run.token, ok=True, result=result, kind=kind
+            )
+        raise crash
 
     def _failed(self, run: Run, exc: BaseException, *, permanent: bool) -> Outcome:
         return Outcome(
@@ -139,6 +135,12 @@ class AgentInstance(SupervisedActor):
             error_types=error_types(exc),
             permanent=permanent,
         )
+
+
+def _verdict(status: object) -> str:
+    """A probe's verdict as plain text the Scheduler knows, or ``"?"``, which it refuses
+    (never the user's object: the Scheduler would compare it on its own thread)."""
+    return status if type(status) is str and status in (DONE, NOT_DONE, RUNNING) else "?"
 
 
 @dataclass(slots=True)
@@ -443,7 +445,7 @@ class AgentHost:
                     instance=event.child_id,
                     kind=event.kind,
                     ref=event.ref,
-                    reason=None if event.reason is None else repr(event.reason),
+                    reason=None if event.reason is None else safe_repr(event.reason),
                 )
             )
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from herder.store import InvalidInput
+from herder.store import InvalidInput, UserCodeFailed, contain
 
 PROBE_PREFIX = "probe_"
 
@@ -113,9 +113,13 @@ def has_probe(factory: Callable[[], object], action: str) -> bool:
     """True when the agent class a factory builds defines ``probe_<action>``.
 
     Told from the class (the factory is the class or a ``functools.partial`` of it); a
-    factory that hides its class (a lambda) has no probes.
+    factory that hides its class (a lambda) has no probes, nor has one whose attributes
+    raise when looked up (asked on the Scheduler's thread: nothing may escape).
     """
     from herder.actors._agent import agent_class_of  # _agent imports this module
 
-    cls = agent_class_of(factory)
-    return cls is not None and callable(getattr(cls, probe_name(action), None))
+    try:
+        cls = contain(agent_class_of, factory)
+        return cls is not None and callable(contain(getattr, cls, probe_name(action), None))
+    except UserCodeFailed:
+        return False

@@ -28,6 +28,7 @@ from typing import Any
 import pykka
 
 from herder.actors._errors import SupervisorStartError
+from herder.store import safe_repr
 
 _log = logging.getLogger("herder.supervision")
 _local = threading.local()
@@ -157,7 +158,7 @@ def _await_birth(
         )
     if birth.error is not None:
         raise SupervisorStartError(
-            f"child {child_id!r} failed to start: {birth.error!r}"
+            f"child {child_id!r} failed to start: {safe_repr(birth.error)}"
         ) from birth.error
     return ref
 
@@ -179,7 +180,7 @@ def _start_confirmed(
         raise
     except Exception as exc:
         raise SupervisorStartError(
-            f"the start function of child {child_id!r} raised {exc!r}"
+            f"the start function of child {child_id!r} raised {safe_repr(exc)}"
         ) from exc
     finally:
         _local.ctx = previous

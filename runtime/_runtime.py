@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any
 
 import pykka
@@ -46,7 +47,6 @@ from herder.actors import (
     action_names,
     agent_class_of,
     call,
-    error_types,
     parse_task_token,
     start_supervisor,
 )
@@ -73,12 +73,17 @@ from herder.store import (
     Transition,
     WorkflowRecord,
     WorkflowState,
+    bounded_text,
     check_text,
     definition_key,
+    describe,
     encode,
+    error_types,
     history_put,
     normalize,
     read_history,
+    safe_repr,
+    safe_str,
     validate_id,
     validate_name,
     workflow_event,
@@ -700,10 +705,10 @@ class Runtime:
         """
         wf, step, token = parse_task_token(task_token)
         if isinstance(error, BaseException):
-            text, types = f"{type(error).__name__}: {error}", error_types(error)
+            text, types = describe(error), error_types(error)
             permanent = permanent or isinstance(error, Permanent)
         else:
-            text, types = str(error), ()
+            text, types = bounded_text(safe_str(error)), ()
         self._complete(
             Complete(wf, step, token, ok=False, error=text, error_types=types, permanent=permanent)
         )
@@ -769,7 +774,7 @@ class Runtime:
                 ChildEventKind.ABANDONED,
             ):
                 agent = event.child_id.removeprefix("agent:")
-                reason = None if event.reason is None else repr(event.reason)
+                reason = None if event.reason is None else safe_repr(event.reason)
                 ctx.tell_scheduler(InstanceEvent(agent, None, event.kind, event.ref, reason))
 
         def start_agents() -> pykka.ActorRef:
@@ -876,6 +881,13 @@ class Runtime:
         self._check_active()
         check_text("who", op.who, 200)
         check_text("why", op.why)
+        # Plain data only reaches the Scheduler: a user object's methods must not run there.
+        op = replace(
+            op,
+            result=normalize(op.result, what="result"),  # its size is checked with the step
+            who=normalize(op.who),
+            why=normalize(op.why),
+        )
         done: Future[None] = call(self._scheduler, "operate", op, timeout=self._ask_timeout)
         done.result(timeout=self._ask_timeout)
 

@@ -26,6 +26,9 @@ fits in a few types:
   from the CLI to a live runtime (:func:`append_command`, :func:`pending_commands`), the
   ``resources`` database (:class:`ResourceRecord`), and test crash points
   (:func:`crash_point`).
+- Untrusted objects — ``_untrusted.py``: how any layer describes a user's exception
+  (:func:`describe`, :func:`error_types`, :func:`safe_str`) or calls user code
+  (:func:`contain`) so that nothing it raises, ``BaseException`` included, escapes.
 
 ``__all__`` is the contract the upper layers import through (never a ``_module``;
 ``tests/test_layers.py`` enforces it); users import from herder.runtime only.
@@ -42,7 +45,7 @@ Caveats:
 - Keep ``sync=True``: throughput comes from group commit, not from weaker durability.
 """
 
-from herder.store._codec import MAX_VALUE_BYTES, bounded_text, check_text, decode, encode, normalize
+from herder.store._codec import MAX_VALUE_BYTES, check_text, decode, encode, normalize
 from herder.store._commands import DONE as COMMAND_DONE
 from herder.store._commands import (
     append_command,
@@ -80,7 +83,6 @@ from herder.store._records import (
     WorkflowRecord,
     WorkflowState,
     definition_key,
-    exception_name,
     split_step_key,
     split_timer_key,
     step_key,
@@ -91,6 +93,16 @@ from herder.store._records import (
     workflow_key,
 )
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
+from herder.store._untrusted import (
+    UserCodeFailed,
+    bounded_text,
+    contain,
+    describe,
+    error_types,
+    exception_name,
+    safe_repr,
+    safe_str,
+)
 from herder.store._writer import Delete, Expect, Put, Transition, Writer
 
 __all__ = [
@@ -126,16 +138,20 @@ __all__ = [
     "StoreIOError",
     "StoreLocked",
     "Transition",
+    "UserCodeFailed",
     "WorkflowRecord",
     "WorkflowState",
     "Writer",
     "append_command",
     "bounded_text",
     "check_text",
+    "contain",
     "crash_point",
     "decode",
     "definition_key",
+    "describe",
     "encode",
+    "error_types",
     "exception_name",
     "finished_ops",
     "history_put",
@@ -146,6 +162,8 @@ __all__ = [
     "pending_commands",
     "read_history",
     "resource_key",
+    "safe_repr",
+    "safe_str",
     "split_step_key",
     "split_timer_key",
     "step_event",

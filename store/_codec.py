@@ -9,7 +9,6 @@ taken for another valid value.
 :data:`MAX_DEPTH` levels, a size limit) and returns it as it will read back.
 :func:`decode` reads bytes back with bounded sizes and string-only map keys; any failure
 becomes :class:`StoreCorrupt` naming the database and key it came from.
-:func:`bounded_text` makes any text (an error message) safe to store: valid UTF-8, bounded.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from typing import Any
 import msgpack
 
 from herder.store._errors import EncodeError, InvalidInput, StoreCorrupt
+from herder.store._untrusted import MAX_TEXT_CHARS, describe, safe_str
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 """Hard ceiling on one encoded record; configured input limits are far smaller."""
@@ -36,11 +36,9 @@ levels in either direction, so a value must be refused at the door well before t
 value accepted there but refused inside the Scheduler would fail a commit, not a call.
 """
 
-MAX_TEXT_CHARS = 8192
-"""Longest error text kept in a record; the rest is cut (an exception can say megabytes)."""
-
-
 _CRC = struct.Struct(">I")
+
+_PLAIN_DATA = "use plain data (None, bool, int, float, str, bytes, lists and dicts with str keys)"
 
 
 def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
@@ -51,18 +49,24 @@ def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
 
 
 def _pack(obj: Any, limit: int | None, what: str) -> bytes:
+    # The user's exception is described, not chained: it may raise when touched again.
     try:
         data: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
     except (TypeError, ValueError, OverflowError) as exc:
-        if "recursion limit" in str(exc):
-            raise EncodeError(
-                f"{what} cannot be stored: it is nested too deeply or contains itself; "
+        message = safe_str(exc)  # may come from a user object (a dict subclass's items())
+        if "recursion limit" in message:
+            message = (
+                "it is nested too deeply or contains itself; "
                 f"at most {MAX_DEPTH} levels of plain data can be stored"
-            ) from exc
-        raise EncodeError(
-            f"{what} cannot be stored: {exc}; use plain data (None, bool, int, float, str, "
-            "bytes, lists and dicts with str keys)"
-        ) from exc
+            )
+        else:
+            message = f"{message}; {_PLAIN_DATA}"
+    except BaseException as exc:  # a user object's method raised anything
+        message = f"reading it raised {describe(exc)}; {_PLAIN_DATA}"
+    else:
+        message = ""
+    if message:
+        raise EncodeError(f"{what} cannot be stored: {message}")
     ceiling = MAX_RECORD_BYTES if limit is None else limit
     if len(data) > ceiling:
         raise EncodeError(
@@ -137,7 +141,7 @@ def _check_plain(value: Any, what: str) -> None:
         else:
             raise EncodeError(
                 f"{what} cannot be stored: {type(node).__name__} is a msgpack extension; "
-                "use plain data (None, bool, int, float, str, bytes, lists and dicts with str keys)"
+                + _PLAIN_DATA
             )
         for item in items:
             if type(item) in _NESTED:
@@ -167,15 +171,3 @@ def check_text(what: str, value: object, limit: int = MAX_TEXT_CHARS) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInput(f"{what} is not valid UTF-8: {value!r:.80}") from exc
-
-
-def bounded_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
-    """``text`` as it can always be stored: lone surrogates escaped, at most ``limit``
-    characters (the cut is marked)."""
-    if len(text) > limit:
-        text = f"{text[:limit]}... [{len(text) - limit} more characters cut]"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text

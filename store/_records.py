@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from herder.store._errors import InvalidInput
+from herder.store._untrusted import exception_name
 
 SCHEMA_VERSION = 2
 """2: every stored value ends with a CRC-32 of its msgpack body (see ``_codec``)."""
@@ -84,11 +85,6 @@ class StepState(enum.StrEnum):
     def is_compensation(self) -> bool:
         """True for the states of undoing a step (its attempts count in ``comp_attempt``)."""
         return self in (StepState.COMPENSATING, StepState.COMPENSATED)
-
-
-def exception_name(exc_type: type[BaseException]) -> str:
-    """The qualified name under which an exception type is stored, e.g. ``builtins.ValueError``."""
-    return f"{exc_type.__module__}.{exc_type.__qualname__}"
 
 
 @dataclass(frozen=True, slots=True)
