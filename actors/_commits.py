@@ -13,9 +13,9 @@ from herder.actors._run import WorkflowRun
 from herder.actors.engine import Announce, Effect, Refuse, Reply, Resolve
 from herder.store import (
     Delete,
+    Ops,
     Put,
     StepRecord,
-    Transition,
     WorkflowRecord,
     encode,
     history_put,
@@ -30,38 +30,40 @@ _log = logging.getLogger("herder.scheduler")
 
 
 class Txn:
-    """The writes and after-commit effects of one workflow within one flush."""
+    """The writes and after-commit effects of one workflow within one flush.
+
+    ``ops`` maps ``(db, key)`` to the encoded value, or None for a delete; a later write
+    of the same key wins.
+    """
 
     __slots__ = ("effects", "ops")
 
     def __init__(self) -> None:
-        self.ops: dict[tuple[str, bytes], Put | Delete] = {}
+        self.ops: Ops = {}
         self.effects: list[Effect] = []
 
     def put_step(self, old: StepRecord | None, new: StepRecord) -> None:
         """Write a step record, moving its timer along with it."""
-        key = step_key(new.workflow_id, new.name)
+        ops = self.ops
         if old is not None and old.timer_ms is not None and old.timer_ms != new.timer_ms:
-            tkey = timer_key(old.timer_ms, old.workflow_id, old.name)
-            self.ops[("timers", tkey)] = Delete("timers", tkey)
+            ops[("timers", timer_key(old.timer_ms, old.workflow_id, old.name))] = None
         if new.timer_ms is not None:
             tkey = timer_key(new.timer_ms, new.workflow_id, new.name)
-            self.ops[("timers", tkey)] = Put("timers", tkey, encode({"token": new.token}))
-        self.ops[("steps", key)] = Put("steps", key, encode(new.to_dict()))
+            ops[("timers", tkey)] = encode({"token": new.token})
+        ops[("steps", step_key(new.workflow_id, new.name))] = encode(new.to_dict())
 
     def put_workflow(self, record: WorkflowRecord) -> None:
         """Write a workflow record."""
-        key = workflow_key(record.id)
-        self.ops[("workflows", key)] = Put("workflows", key, encode(record.to_dict()))
+        self.ops[("workflows", workflow_key(record.id))] = encode(record.to_dict())
 
     def delete_timer(self, key: bytes) -> None:
         """Delete a timer no step wants any more."""
-        self.ops[("timers", key)] = Delete("timers", key)
+        self.ops[("timers", key)] = None
 
     def put(self, *ops: Put | Delete) -> None:
         """Add raw writes (history, commands); a later write of the same key wins."""
         for op in ops:
-            self.ops[(op.db, op.key)] = op
+            self.ops[(op.db, op.key)] = op.value if type(op) is Put else None
 
 
 class CommitPipeline:
@@ -112,15 +114,19 @@ class CommitPipeline:
             txn.put(history_put(old.id, self._next_token(), event))
         return run.record
 
-    def take(self) -> tuple[list[Transition], list[tuple[str, list[Effect]]]]:
-        """The transactions that may be committed now (their workflow has none in
-        flight), as transitions and their after-commit effects; they count as in flight."""
-        items = [(wf, txn) for wf, txn in self.open.items() if wf not in self.committing]
-        for wf, _ in items:
-            del self.open[wf]
-            self.committing.add(wf)
-        transitions = [Transition(ops=tuple(txn.ops.values())) for _, txn in items]
-        return transitions, [(wf, txn.effects) for wf, txn in items]
+    def take(self) -> tuple[Ops, list[tuple[str, list[Effect]]]]:
+        """The writes that may be committed now (their workflow has none in flight),
+        merged into one set of ops, and their after-commit effects per workflow; those
+        workflows count as in flight. Workflows' keys never overlap, so merging is safe."""
+        ops: Ops = {}
+        effects: list[tuple[str, list[Effect]]] = []
+        committing = self.committing
+        for wf in [wf for wf in self.open if wf not in committing]:
+            txn = self.open.pop(wf)
+            committing.add(wf)
+            ops.update(txn.ops)
+            effects.append((wf, txn.effects))
+        return ops, effects
 
     def drop(self, workflow_id: str) -> Txn | None:
         """Discard the workflow's uncommitted transaction (it is read back from the store)."""

@@ -146,10 +146,5 @@ class Crash:
 
 
 @dataclass(slots=True)
-class Flush:
-    """Scheduler -> itself: submit the transitions gathered since the last flush."""
-
-
-@dataclass(slots=True)
 class Recover:
     """Scheduler -> itself: load every unfinished workflow from the store."""

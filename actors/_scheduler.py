@@ -64,7 +64,6 @@ from herder.actors._messages import (
     Crash,
     Define,
     Due,
-    Flush,
     Heartbeat,
     InstanceEvent,
     Operate,
@@ -115,10 +114,14 @@ from herder.store import (
     normalize,
     timer_key,
 )
+from herder.store._writer import BatchSink
 
 _log = logging.getLogger("herder.scheduler")
 
 CRASH_ERROR = "herder.InstanceCrashed"
+FLUSH_AT = 512
+"""Workflows with open writes at which the Scheduler flushes without waiting for its
+inbox to drain: bounds a batch (and its latency) under a steady stream of messages."""
 
 
 class Scheduler(SupervisedActor):
@@ -139,7 +142,6 @@ class Scheduler(SupervisedActor):
         self._inflight: dict[int, Attempt] = {}
         self._commits = CommitPipeline(ctx.clock, ctx.next_token)
         self._dirty_agents: set[str] = set()
-        self._flush_queued = False
         self._recovered: set[str] = set()  # unfinished ids that recovery took over
         self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
         self._backoff = CommitBackoff()
@@ -164,6 +166,7 @@ class Scheduler(SupervisedActor):
             0,
         )
         self._host: AgentHost | None = None
+        self._sink: BatchSink | None = None  # where the writer reports durable batches
         self._commands_seen: set[int] = set()
         self._suspect_slots = itertools.count(1)  # see _poison
         self._admission = Admission(ctx.store, ctx.clock, self._wake_later)
@@ -234,8 +237,6 @@ class Scheduler(SupervisedActor):
         elif isinstance(message, Wake):
             self._admission.woke(message.agent)
             self._dirty_agents.add(message.agent)
-        elif isinstance(message, Flush):
-            self._flush_queued = False
         elif isinstance(message, Recover):
             recover_all(self)
         elif isinstance(message, Crash):
@@ -363,11 +364,18 @@ class Scheduler(SupervisedActor):
         self._dirty_agents.clear()
         if not self._commits.open and not self._admission.dirty:
             return
-        if flush or self.actor_inbox.empty():
+        # Flush once the inbox is drained (one group commit for the whole backlog), or
+        # when the open writes grow large; _handle_receive covers asks that leave the
+        # inbox empty without coming through here.
+        if flush or len(self._commits.open) >= FLUSH_AT or self.actor_inbox.empty():
             self._flush()
-        elif not self._flush_queued:
-            self._flush_queued = True
-            self.actor_ref.tell(Flush())
+
+    def _handle_receive(self, message: Any) -> Any:
+        try:
+            return super()._handle_receive(message)
+        finally:
+            if self._commits.open and self.actor_inbox.empty():
+                self._flush()
 
     def _flush(self) -> None:
         if self._admission.dirty:
@@ -376,19 +384,12 @@ class Scheduler(SupervisedActor):
             self._writer.submit_many(
                 [Transition(ops=tuple(self._admission.writes()))], log_resource_errors
             )
-        transitions, effects = self._commits.take()
-        if not transitions:
+        ops, effects = self._commits.take()
+        if not effects:
             return
-        ref = self.actor_ref
-        ctx = self._ctx
-
-        def committed(errors: list[BaseException | None]) -> None:
-            try:
-                ref.tell(Committed(effects, errors))
-            except pykka.ActorDeadError:
-                orphaned_commit(ctx, effects, errors)
-
-        self._writer.submit_many(transitions, committed)
+        if self._sink is None:
+            self._sink = _commit_sink(self.actor_ref, self._ctx)
+        self._writer.submit_batch(ops, effects, len(effects), self._sink)
 
     def _on_committed(self, msg: Committed) -> None:
         failed: list[str] = []
@@ -925,6 +926,20 @@ class Scheduler(SupervisedActor):
     def _delete_stray_timer(self, workflow_id: str, due_ms: int, step: str) -> None:
         txn = self._commits.txn(workflow_id)
         txn.delete_timer(timer_key(due_ms, workflow_id, step))
+
+
+def _commit_sink(ref: pykka.ActorRef, ctx: EngineContext) -> BatchSink:
+    """The writer's callback for the Scheduler's batches: one Committed per transaction,
+    or, with the Scheduler gone, the promises that need no actor (orphaned_commit)."""
+
+    def committed(effects: list[Any], error: BaseException | None) -> None:
+        errors = [error] * len(effects)
+        try:
+            ref.tell(Committed(effects, errors))
+        except pykka.ActorDeadError:
+            orphaned_commit(ctx, effects, errors)
+
+    return committed
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:

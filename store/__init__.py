@@ -103,7 +103,7 @@ from herder.store._untrusted import (
     safe_repr,
     safe_str,
 )
-from herder.store._writer import Delete, Expect, Put, Transition, Writer
+from herder.store._writer import BatchSink, Delete, Expect, Ops, Put, Transition, Writer
 
 __all__ = [
     "COMMAND_DONE",
@@ -112,6 +112,7 @@ __all__ = [
     "MAX_ID_BYTES",
     "MAX_VALUE_BYTES",
     "SCHEMA_VERSION",
+    "BatchSink",
     "BreakerState",
     "ConditionFailed",
     "Delete",
@@ -122,6 +123,7 @@ __all__ = [
     "InvalidInput",
     "Lease",
     "LeaseLost",
+    "Ops",
     "Plan",
     "Put",
     "ResourceRecord",
