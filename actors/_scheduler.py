@@ -119,9 +119,12 @@ from herder.store._writer import BatchSink
 _log = logging.getLogger("herder.scheduler")
 
 CRASH_ERROR = "herder.InstanceCrashed"
-FLUSH_AT = 512
+FLUSH_AT = 8
 """Workflows with open writes at which the Scheduler flushes without waiting for its
-inbox to drain: bounds a batch (and its latency) under a steady stream of messages."""
+inbox to drain. The writer merges whatever is queued into one commit anyway, so an early
+flush costs one submit and lets the next commit start sooner: while an attempt is told
+only once its DISPATCHED is durable, the commit cycle bounds throughput (8 beat 32 and
+512 at 256 in flight, same runs)."""
 
 
 class Scheduler(SupervisedActor):
