@@ -101,6 +101,7 @@ from herder.actors.engine import (
     to_undo,
 )
 from herder.store import (
+    BatchSink,
     LeaseLost,
     Plan,
     StepRecord,
@@ -114,7 +115,6 @@ from herder.store import (
     normalize,
     timer_key,
 )
-from herder.store._writer import BatchSink
 
 _log = logging.getLogger("herder.scheduler")
 
