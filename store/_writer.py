@@ -389,7 +389,7 @@ class Writer:
         pending: Ops = {}
         outcomes: list[list[Outcome]] = []
         for entry in batch:
-            if type(entry) is _Batch:
+            if isinstance(entry, _Batch):
                 pending.update(entry.ops)
                 outcomes.append([None])
                 continue
@@ -467,7 +467,7 @@ class Writer:
     def _resolve(self, batch: list[_Entry], outcomes: list[list[Outcome]], n: int) -> None:
         sinks: dict[BatchSink, tuple[list[Any], Outcome]] = {}
         for entry, results in zip(batch, outcomes, strict=True):
-            if type(entry) is _Batch:
+            if isinstance(entry, _Batch):
                 # One call per sink and transaction: every batch of a transaction shares
                 # its outcome, so their effects travel together.
                 got = sinks.get(entry.sink)
@@ -485,8 +485,8 @@ class Writer:
                     sink.set_exception(error)
             else:
                 _call(sink, results)
-        for sink, (effects, error) in sinks.items():
-            _call_sink(sink, effects, error)
+        for batch_sink, (effects, error) in sinks.items():
+            _call_sink(batch_sink, effects, error)
         with self._done_cond:
             self._done += n
             self._done_cond.notify_all()
@@ -494,12 +494,12 @@ class Writer:
 
 def _size(entry: _Entry) -> int:
     """How many transitions a queued entry stands for."""
-    return entry.count if type(entry) is _Batch else len(entry[0])
+    return entry.count if isinstance(entry, _Batch) else len(entry[0])
 
 
 def _all(batch: list[_Entry], outcome: Outcome) -> list[list[Outcome]]:
     """The same outcome for every transition of the batch."""
-    return [[outcome] if type(e) is _Batch else [outcome] * len(e[0]) for e in batch]
+    return [[outcome] if isinstance(e, _Batch) else [outcome] * len(e[0]) for e in batch]
 
 
 def _call(on_done: Callback, results: list[Outcome]) -> None:
