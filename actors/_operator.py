@@ -11,18 +11,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from herder.actors._errors import InvalidState, UnknownWorkflow
 from herder.actors._messages import Commands, Operate
+from herder.actors._recovery import release, take_back
 from herder.actors._run import WorkflowRun
 from herder.actors._step_records import restarted, settled, stopped, with_timer
-from herder.actors.engine import ENDED_BY_ABANDON, RESTARTABLE, SKIPPABLE, Refuse, Resolve
+from herder.actors.engine import (
+    ENDED_BY_ABANDON,
+    RESTARTABLE,
+    SKIPPABLE,
+    Announce,
+    Refuse,
+    Resolve,
+)
 from herder.store import (
     HerderError,
     InvalidInput,
     StepRecord,
     StepState,
+    WorkflowRecord,
     WorkflowState,
     finished_ops,
     history_put,
@@ -49,21 +58,34 @@ def operate(s: Scheduler, op: Operate) -> Future[None]:
             f"unknown operator action {op.action!r}; use one of {', '.join(_OPERATIONS)}"
         )
     done: Future[None] = Future()
+    # Not taken back yet (a restart's backlog, a reload, a start on its way): the action
+    # applies now, and what it leaves to run resumes right after it.
+    fresh = take_back(s, op.workflow_id)
     try:
         run = handler(s, op)
-    except InvalidState as exc:
-        if not s._commits.pending(op.workflow_id):
+    except BaseException as exc:
+        ending = s._commits.pending(op.workflow_id) and fresh is None
+        _resume(s, fresh)
+        if not isinstance(exc, InvalidState) or not ending:
+            s._after_message()
             raise
         # Its last transition (e.g. its end) is not durable yet: refuse once it is,
         # so the caller finds the store in the state the refusal speaks of.
         s._commits.txn(op.workflow_id).effects.append(Refuse(done, exc))
         s._after_message()
         return done
+    _resume(s, fresh)
     s._commits.txn(op.workflow_id).effects.append(Resolve(done))
     if run is not None and run.record.id in s._runs:
         s._advance(run)
     s._after_message()
     return done
+
+
+def _resume(s: Scheduler, fresh: tuple[WorkflowRun, bool, bool] | None) -> None:
+    """Run what :func:`take_back` loaded, once the action it was loaded for is applied."""
+    if fresh is not None:
+        s._resume(fresh[0], recovered=fresh[1], crashed=fresh[2])
 
 
 def _operable(
@@ -80,10 +102,7 @@ def _operable(
         raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
     if record.state not in allowed or record.state is not WorkflowState.NEEDS_ATTENTION:
         if not record.state.is_final and record.state in allowed:
-            raise InvalidState(
-                f"workflow {op.workflow_id!r} awaits definition {record.name!r} version "
-                f"{record.version}; register it with add_workflow, then {op.action}"
-            )
+            raise _not_loaded(s, op, record)
         raise InvalidState(_not_in(op, record.state, allowed))
     plan = s._ctx.plans.get((record.name, record.version))
     if plan is None:
@@ -135,17 +154,50 @@ def _fence(s: Scheduler, run: WorkflowRun, st: StepRecord, *, replace: bool) -> 
             s._hosted.replace(attempt.agent, attempt.instance)
 
 
+def _not_loaded(s: Scheduler, op: Operate, record: WorkflowRecord | None = None) -> HerderError:
+    """The true reason an action cannot apply to a workflow that is not in memory (one
+    :func:`take_back` could not load)."""
+    record = record or s._store.get_workflow(op.workflow_id)
+    wid = op.workflow_id
+    if record is None:
+        return UnknownWorkflow(f"no workflow with id {wid!r}")
+    if record.state.is_final:
+        return InvalidState(
+            f"workflow {wid!r} is {record.state}; {op.action} applies to an unfinished workflow"
+        )
+    if (record.name, record.version) not in s._ctx.plans:
+        return InvalidState(
+            f"workflow {wid!r} awaits its definition {record.name!r} version "
+            f"{record.version} (it was recovered after a restart); register it with "
+            f"add_workflow, then {op.action}"
+        )
+    return InvalidState(
+        f"workflow {wid!r} has just finished (its end is being written); {op.action} "
+        "applies to an unfinished workflow"
+    )
+
+
+def _give_up_orphans(s: Scheduler, run: WorkflowRun, why: str) -> None:
+    """Steps left DISPATCHED by a crash that no attempt runs now end FAILED instead of
+    running again; marked done, since they may have taken effect, so they are undone."""
+    now = s._clock.time()
+    for st in list(run.steps.values()):
+        if st.state is StepState.DISPATCHED and st.token not in s._inflight:
+            _fence(s, run, st, replace=False)
+            token = s._ctx.next_token()
+            error = f"the attempt running at a crash was not run again: {why}"
+            failed = stopped(
+                st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
+            )
+            s._commits.put_step(run, st, failed)
+
+
 def _op_cancel(s: Scheduler, op: Operate) -> WorkflowRun:
     run = s._runs.get(op.workflow_id)
     if run is None:
-        record = s._store.get_workflow(op.workflow_id)
-        if record is None:
-            raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
-        raise InvalidState(
-            f"workflow {op.workflow_id!r} is {record.state}; only an unfinished workflow "
-            "can be cancelled"
-        )
+        raise _not_loaded(s, op)
     _note_operator(s, op)
+    _give_up_orphans(s, run, "cancelled")
     if run.record.state is WorkflowState.COMPENSATING:
         s._commits.set_record(run, cancelled=True)
     else:
@@ -280,11 +332,15 @@ def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
     record = s._store.get_workflow(op.workflow_id)
     if record is None:
         raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
-    if record.state is not WorkflowState.NEEDS_ATTENTION:
+    if record.state.is_final and record.state is not WorkflowState.NEEDS_ATTENTION:
         raise InvalidState(
             _not_in(op, record.state, (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING))
         )
-    # Parked: nothing runs, so this needs no definition: the records change in the store.
+    if not record.state.is_final and s._commits.pending(op.workflow_id):
+        raise _not_loaded(s, op, record)  # its end is being written
+    # Parked, or awaiting its definition: nothing of it runs, so this needs no
+    # definition: the records change in the store.
+    release(s, record)
     _note_operator(s, op)
     txn = s._commits.txn(op.workflow_id)
     for st in s._store.steps_of(op.workflow_id):
@@ -298,6 +354,8 @@ def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
     txn.put_workflow(abandoned)
     event = workflow_event(record.state, abandoned)
     txn.put(history_put(record.id, s._ctx.next_token(), event))
+    if not record.state.is_final:
+        txn.effects.append(Announce(abandoned))  # it ends here: waiters hear of it
     return None
 
 
@@ -321,45 +379,68 @@ def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) ->
 
 
 def apply_commands(s: Scheduler, msg: Commands) -> None:
-    """Apply commands from other processes, each as the Runtime method of its name."""
+    """Apply commands from other processes, each as the Runtime method of its name.
+
+    A command never depends on start-up order: one for a workflow recovered without its
+    definition is held and applied when the workflow is taken back, before anything of
+    it runs again (``Scheduler._admit``).
+    """
     for command in msg.commands:
-        command_id = command["id"]
-        if command_id in s._commands_seen:
+        if command["id"] in s._commands_seen:
             continue
-        workflow_id = command.get("workflow_id")
-        args = command.get("args")
-        args = args if isinstance(args, dict) else {}
+        workflow_id = str(command.get("workflow_id"))
         try:
-            record = s._store.get_workflow(str(workflow_id))
+            record = s._store.get_workflow(workflow_id)
         except HerderError:
             record = None  # operate() below refuses it, and the refusal is recorded
-        if (
-            record is not None
-            and command.get("action") not in ("abandon", "cancel")
-            and (record.name, record.version) not in s._ctx.plans
-        ):
-            continue  # wait (pending) until the daemon registers the definition
-        s._commands_seen.add(command_id)
-        op = Operate(
-            action=str(command.get("action")),
-            workflow_id=str(workflow_id),
-            step=args.get("step"),
-            result=args.get("result"),
-            who=command.get("who"),
-            why=command.get("why"),
-            command=command,
-        )
-        try:
-            operate(s, op)
-        except HerderError as exc:
-            error = str(exc)
-        except Exception as exc:  # a bug must not leave the CLI waiting forever
-            _log.exception("command %s failed", command_id)
-            error = f"{type(exc).__name__}: {exc}"
-        else:
-            continue
-        txn = s._commits.txn(f"command:{command_id}")
-        txn.put(*finished_ops(command, error, s._clock.time()))
+        if record is not None and (record.name, record.version) not in s._ctx.plans:
+            if not record.state.is_final:
+                s._held.setdefault(workflow_id, {})[command["id"]] = command
+                continue
+            if command.get("action") not in ("abandon", "cancel"):
+                continue  # parked: wait (pending) until the daemon registers the definition
+        _apply_command(s, command)
+
+
+def apply_held(s: Scheduler, commands: list[dict[str, Any]]) -> None:
+    """Apply the commands held for a workflow being taken back (it is in memory now)."""
+    for command in commands:
+        if command["id"] not in s._commands_seen:
+            _apply_command(s, command)
+
+
+def _apply_command(s: Scheduler, command: dict[str, Any]) -> None:
+    """Apply one command as the Runtime method of its name; record a refusal on it."""
+    command_id = command["id"]
+    workflow_id = command.get("workflow_id")
+    held = s._held.get(str(workflow_id))
+    if held is not None:
+        held.pop(command_id, None)
+        if not held:
+            del s._held[str(workflow_id)]
+    args = command.get("args")
+    args = args if isinstance(args, dict) else {}
+    s._commands_seen.add(command_id)
+    op = Operate(
+        action=str(command.get("action")),
+        workflow_id=str(workflow_id),
+        step=args.get("step"),
+        result=args.get("result"),
+        who=command.get("who"),
+        why=command.get("why"),
+        command=command,
+    )
+    try:
+        operate(s, op)
+    except HerderError as exc:
+        error = str(exc)
+    except Exception as exc:  # a bug must not leave the CLI waiting forever
+        _log.exception("command %s failed", command_id)
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        return
+    txn = s._commits.txn(f"command:{command_id}")
+    txn.put(*finished_ops(command, error, s._clock.time()))
 
 
 _OPERATIONS: dict[str, Callable[[Scheduler, Operate], WorkflowRun | None]] = {

@@ -7,6 +7,7 @@ Scheduler's state machine, so they take the Scheduler as first argument.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,15 @@ from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._run import WorkflowRun
 from herder.actors._step_records import stopped, with_timer
 from herder.actors.engine import Refuse, Resolve
-from herder.store import Plan, StepState, StoreCorrupt, StoreIOError, WorkflowRecord, WorkflowState
+from herder.store import (
+    Plan,
+    StepState,
+    StoreCorrupt,
+    StoreIOError,
+    WorkflowRecord,
+    WorkflowState,
+    pending_commands,
+)
 
 if TYPE_CHECKING:
     from herder.actors._scheduler import Scheduler
@@ -31,10 +40,13 @@ def on_define(s: Scheduler, plan: Plan) -> None:
     # In chunks, each followed by the usual dispatch and flush, so that the first of
     # 100k recovered workflows runs at once instead of after all have been read.
     key = (plan.name, plan.version)
-    waiting = s._awaiting.pop(key, [])
-    if len(waiting) > RESUME_CHUNK:
-        waiting, s._awaiting[key] = waiting[:RESUME_CHUNK], waiting[RESUME_CHUNK:]
-    for workflow_id in waiting:
+    waiting = s._awaiting.get(key, {})
+    chunk = list(itertools.islice(waiting, RESUME_CHUNK))
+    for workflow_id in chunk:
+        del waiting[workflow_id]
+    if not waiting:
+        s._awaiting.pop(key, None)
+    for workflow_id in chunk:
         _readmit(s, workflow_id, crashed=True)
     if key in s._awaiting:
         # Dispatch and commit this chunk's first steps now: the inbox will not drain
@@ -48,6 +60,7 @@ def recover_all(s: Scheduler) -> None:
     # A previous Scheduler's last batch may still be in the writer: let it land so
     # recovery reads the newest durable state, never a state about to be overwritten.
     s._writer.flush()
+    hold_pending_commands(s)
     recovered = unfinished = 0
     corrupt: list[StoreCorrupt] = []
     for record in s._store.workflows(corrupt=corrupt):
@@ -158,7 +171,7 @@ def _note_corrupt(s: Scheduler, exc: StoreCorrupt) -> None:
 def await_definition(s: Scheduler, record: WorkflowRecord) -> None:
     """Park a workflow until its definition is registered; warn once per definition
     (a restart may park 100k workflows, and stats() shows the count)."""
-    waiting = s._awaiting.setdefault((record.name, record.version), [])
+    waiting = s._awaiting.setdefault((record.name, record.version), {})
     if not waiting:
         _log.warning(
             "workflow %s (and any others of it) awaits definition %s version %d; "
@@ -167,7 +180,63 @@ def await_definition(s: Scheduler, record: WorkflowRecord) -> None:
             record.name,
             record.version,
         )
-    waiting.append(record.id)
+    waiting[record.id] = None
+
+
+def hold_pending_commands(s: Scheduler) -> None:
+    """Hold the operator commands queued while no runtime ran, by workflow: each is
+    applied when its workflow is taken back, before anything of it runs again (a command
+    for a workflow that is never taken back is answered when the sweep hands it over)."""
+    try:
+        pending = pending_commands(s._store)
+    except StoreCorrupt as exc:
+        _log.error("cannot read the commands database: %s", exc)
+        return
+    for command in pending:
+        s._held.setdefault(str(command.get("workflow_id")), {})[command["id"]] = command
+
+
+def take_back(s: Scheduler, workflow_id: str) -> tuple[WorkflowRun, bool, bool] | None:
+    """Load an unfinished workflow that is not in memory, so that an operator's action
+    applies to it now and before anything of it runs again: one recovery has not taken
+    back yet (its chunk is still to come), one reloading after a failed commit, or one
+    whose start is durable but not yet admitted.
+
+    Returns ``(run, recovered, crashed)`` for ``Scheduler._resume`` once the action is
+    applied, or None if there is nothing to take back: the workflow is in memory,
+    unknown, final, awaits its definition, or its last transition is being written.
+    """
+    if workflow_id in s._runs or s._commits.pending(workflow_id):
+        return None
+    record = s._store.get_workflow(workflow_id)
+    if record is None or record.state.is_final:
+        return None
+    if (record.name, record.version) not in s._ctx.plans:
+        return None
+    steps = s._store.steps_of(workflow_id)
+    was = release(s, record)
+    run = s._load(record, steps)
+    if run is None:
+        return None
+    return run, was == "parked", was == "awaiting"
+
+
+def release(s: Scheduler, record: WorkflowRecord) -> str:
+    """Take a workflow off the lists of those to be read back later, and keep a late
+    ``Admit`` of it from running stale records; returns which list it was on
+    ("awaiting" its definition, "parked" after a failed commit, or "")."""
+    s._recovered.add(record.id)
+    if record.id in s._parked:
+        s._parked.discard(record.id)
+        return "parked"
+    key = (record.name, record.version)
+    waiting = s._awaiting.get(key)
+    if waiting is None or record.id not in waiting:
+        return ""
+    del waiting[record.id]
+    if not waiting:
+        del s._awaiting[key]
+    return "awaiting"
 
 
 def is_awaiting(s: Scheduler, workflow_id: str) -> bool:

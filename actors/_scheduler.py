@@ -73,7 +73,7 @@ from herder.actors._messages import (
     Tick,
     Wake,
 )
-from herder.actors._operator import apply_commands, operate
+from herder.actors._operator import apply_commands, apply_held, operate
 from herder.actors._outcomes import probe_name
 from herder.actors._probing import on_lapsed, on_special_outcome
 from herder.actors._recovery import (
@@ -85,6 +85,7 @@ from herder.actors._recovery import (
     recover_all,
     reload_later,
     resume_steps,
+    take_back,
 )
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
 from herder.actors._step_records import lapse, ms, settled, stopped, with_timer
@@ -141,7 +142,10 @@ class Scheduler(SupervisedActor):
         self._config = ctx.config
         self._rand = random.Random(ctx.config.seed)
         self._runs: dict[str, WorkflowRun] = {}
-        self._awaiting: dict[tuple[str, int], list[str]] = {}
+        # Recovered workflows awaiting their definition, by definition (ordered sets).
+        self._awaiting: dict[tuple[str, int], dict[str, None]] = {}
+        # Operator commands held until their workflow is taken back: id -> command by id.
+        self._held: dict[str, dict[int, dict[str, Any]]] = {}
         self._inflight: dict[int, Attempt] = {}
         self._commits = CommitPipeline(ctx.clock, ctx.next_token)
         self._dirty_agents: set[str] = set()
@@ -291,6 +295,17 @@ class Scheduler(SupervisedActor):
         Refused with :class:`CompletionRefused` when the task token's attempt is no longer
         the step's current one (it timed out and was retried, or the step finished).
         """
+        # A workflow recovery has not taken back yet is taken back for it (as for an
+        # operator's action), and resumes after it.
+        fresh = take_back(self, msg.workflow_id)
+        try:
+            return self._complete(msg)
+        finally:
+            if fresh is not None:
+                self._resume(fresh[0], recovered=fresh[1], crashed=fresh[2])
+                self._after_message()  # what it resumed is dispatched now
+
+    def _complete(self, msg: Complete) -> Future[None]:
         run = self._runs.get(msg.workflow_id)
         st = None if run is None else run.steps.get(msg.step)
         if run is None or st is None:
@@ -549,13 +564,27 @@ class Scheduler(SupervisedActor):
         crashed: bool = False,
     ) -> None:
         """Run a workflow: a new one, one reloaded from the store (``recovered``), or one
-        a previous Scheduler or process left unfinished (``crashed``: counted, _poison)."""
-        if record.id in self._runs:
+        a previous Scheduler or process left unfinished (``crashed``: counted, _poison).
+
+        Operator commands held for it are applied first, before anything of it runs again.
+        """
+        run = self._load(record, steps)
+        if run is None:
             return
+        held = self._held.pop(record.id, None)
+        if held:
+            apply_held(self, list(held.values()))
+        self._resume(run, recovered=recovered, crashed=crashed)
+
+    def _load(self, record: WorkflowRecord, steps: list[StepRecord]) -> WorkflowRun | None:
+        """Put a workflow into memory without running anything of it; None if it is there
+        already or awaits its definition."""
+        if record.id in self._runs:
+            return None
         plan = self._ctx.plans.get((record.name, record.version))
         if plan is None:
             await_definition(self, record)
-            return
+            return None
         by_name = {s.name: s for s in steps}
         for spec in plan.steps:  # a missing step record is recreated, not a crash
             if spec.name not in by_name:
@@ -565,6 +594,13 @@ class Scheduler(SupervisedActor):
                 by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
         run = WorkflowRun(record, plan, by_name, self._specs_of(plan, record))
         self._runs[record.id] = run
+        return run
+
+    def _resume(self, run: WorkflowRun, *, recovered: bool, crashed: bool) -> None:
+        """Run a workflow just put into memory (see ``_admit``), unless an operator's
+        action has ended it meanwhile."""
+        if self._runs.get(run.record.id) is not run:
+            return
         if crashed and count_crash(self, run):
             return
         if recovered or crashed:
