@@ -24,7 +24,8 @@ fits in a few types:
 - Beside the records: the ``history`` database (one event per transition, written in the
   same transaction: :func:`history_put`, :func:`step_event`), the ``commands`` channel
   from the CLI to a live runtime (:func:`append_command`, :func:`pending_commands`), the
-  ``resources`` database (:class:`ResourceRecord`), and test crash points
+  ``resources`` database (:class:`ResourceRecord`), the ``schedules`` database
+  (:class:`ScheduleRecord`, periodic schedules and their cursors), and test crash points
   (:func:`crash_point`).
 - Untrusted objects — ``_untrusted.py``: how any layer describes a user's exception
   (:func:`describe`, :func:`error_types`, :func:`safe_str`) or calls user code
@@ -93,6 +94,7 @@ from herder.store._records import (
     workflow_key,
 )
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
+from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
 from herder.store._untrusted import (
     UserCodeFailed,
     bounded_text,
@@ -114,6 +116,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "BatchSink",
     "BreakerState",
+    "CatchUp",
     "ConditionFailed",
     "Delete",
     "EncodeError",
@@ -124,10 +127,12 @@ __all__ = [
     "Lease",
     "LeaseLost",
     "Ops",
+    "Overlap",
     "Plan",
     "Put",
     "ResourceRecord",
     "RetryPolicy",
+    "ScheduleRecord",
     "SchemaTooNew",
     "Snapshot",
     "StepRecord",
@@ -166,6 +171,7 @@ __all__ = [
     "resource_key",
     "safe_repr",
     "safe_str",
+    "schedule_key",
     "split_step_key",
     "split_timer_key",
     "step_event",

@@ -75,10 +75,11 @@ DATABASES = (
     "history",
     "commands",
     "resources",
+    "schedules",
 )
 """The named databases of a store."""
 
-ADDED_LATER = frozenset({"resources"})
+ADDED_LATER = frozenset({"resources", "schedules"})
 """Databases a store written by an older version may lack; read-only opens see them empty."""
 
 PAGE = 1000
@@ -812,8 +813,12 @@ class Snapshot:
         return self._txn.cursor(db=self._handles[db])
 
     def items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """(key, raw bytes) of every key of ``db`` starting with ``prefix``, in key order."""
-        cur = self._txn.cursor(db=self._handles[db])
+        """(key, raw bytes) of every key of ``db`` starting with ``prefix``, in key order
+        (none for a database an older store lacks, see ``ADDED_LATER``)."""
+        handle = self._handles.get(db)
+        if handle is None:
+            return
+        cur = self._txn.cursor(db=handle)
         if not cur.set_range(prefix):
             return
         for key, value in cast(Iterator[tuple[bytes, bytes]], cur):

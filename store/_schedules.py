@@ -1,0 +1,127 @@
+"""The ``schedules`` database: periodic schedules, one record per schedule name.
+
+Key: the schedule name (UTF-8). Value: a :class:`ScheduleRecord` map. The record holds
+what the schedule is (workflow, input, cadence, policies) and how far it has got:
+``cursor_ms`` is the time of the last slot it handled (fired or passed over), so the
+slots still to handle are those after it. The runtime writes the record that advances
+the cursor in the same transaction that creates the slot's workflow, so the cursor and
+the workflows it fired never disagree, whatever crashes in between.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from herder.store._records import SCHEMA_VERSION
+
+
+class Overlap(enum.StrEnum):
+    """What a slot does while the workflow of the schedule's previous firing still runs."""
+
+    SKIP = "skip"  # the slot is passed over (counted in ``skipped``)
+    QUEUE = "queue"  # the slot waits until the previous workflow ended, then fires
+    ALLOW = "allow"  # the slot fires anyway
+
+
+class CatchUp(enum.StrEnum):
+    """Which of several slots that fell due at once (after downtime, a pause, a queue) fire."""
+
+    LATEST = "latest"  # only the newest
+    ALL = "all"  # every one, oldest first
+    NONE = "none"  # only the newest, and only if it is on time (see runtime/_schedules)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """The durable state of one schedule.
+
+    Exactly one of ``cron`` (a cron expression read in ``timezone``) and ``every``
+    (seconds; slots are the multiples of it since the epoch) is set. ``jitter`` delays
+    each firing's first steps by a fixed pseudo-random share of it, derived from the name
+    and the slot. ``last_id`` is the workflow of the latest firing; ``fired`` and
+    ``skipped`` count slots fired and slots passed over (by ``overlap="skip"`` or as too
+    late under ``catch_up="none"``).
+    """
+
+    name: str
+    workflow: str
+    input: Any = None
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    overlap: Overlap = Overlap.SKIP
+    catch_up: CatchUp = CatchUp.LATEST
+    jitter: float = 0.0
+    paused: bool = False
+    cursor_ms: int = 0
+    last_id: str | None = None
+    fired: int = 0
+    skipped: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+
+    def evolve(self, **changes: Any) -> ScheduleRecord:
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+    def same_definition(self, other: ScheduleRecord) -> bool:
+        """True when ``other`` defines the same schedule (progress and times aside)."""
+        return all(getattr(self, name) == getattr(other, name) for name in DEFINITION)
+
+    def redefined(self, other: ScheduleRecord) -> ScheduleRecord:
+        """This schedule with ``other``'s definition (its progress kept)."""
+        return replace(self, updated=other.updated, **{n: getattr(other, n) for n in DEFINITION})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a msgpack-ready map."""
+        return {"v": SCHEMA_VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleRecord:
+        """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored).
+
+        Raises ``TypeError``/``ValueError`` for a map that is not a schedule record.
+        """
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        record = cls(**values)
+        record = record.evolve(overlap=Overlap(record.overlap), catch_up=CatchUp(record.catch_up))
+        _check_types(record)
+        return record
+
+
+DEFINITION = ("workflow", "input", "cron", "every", "timezone", "overlap", "catch_up", "jitter")
+"""The fields that say what a schedule is; the others say how far it got."""
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "workflow": (str,),
+    "cron": (str, type(None)),
+    "every": (float, int, type(None)),
+    "timezone": (str,),
+    "jitter": (float, int),
+    "paused": (bool,),
+    "cursor_ms": (int,),
+    "last_id": (str, type(None)),
+    "fired": (int,),
+    "skipped": (int,),
+    "created": (float, int),
+    "updated": (float, int),
+}
+
+
+def _check_types(record: ScheduleRecord) -> None:
+    for name, allowed in _TYPES.items():
+        value = getattr(record, name)
+        if not isinstance(value, allowed) or (bool in allowed) != isinstance(value, bool):
+            raise TypeError(f"field {name!r} is {type(value).__name__} {value!r:.60}")
+    if (record.cron is None) == (record.every is None):
+        raise ValueError("exactly one of 'cron' and 'every' must be set")
+
+
+def schedule_key(name: str) -> bytes:
+    """The ``schedules`` key of a schedule name."""
+    return name.encode("utf-8")
