@@ -31,6 +31,7 @@ from herder.actors import (
 from herder.runtime._inbox import InboxItem
 from herder.runtime._metrics import MissingExtra
 from herder.runtime._runtime import Runtime, WorkflowHandle
+from herder.runtime._schedules import ScheduleStatus
 from herder.runtime._status import State, StepStatus, WorkflowFailed, WorkflowStatus
 from herder.runtime._workflow import Workflow
 from herder.store import (
@@ -66,6 +67,7 @@ __all__ = [
     "RetryPolicy",
     "Runtime",
     "RuntimeClosed",
+    "ScheduleStatus",
     "SchemaTooNew",
     "State",
     "StepContext",

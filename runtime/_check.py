@@ -16,6 +16,8 @@ crash test) can see exactly what is wrong. What it checks:
   entry belongs to such a step, and final workflows have none;
 - fencing tokens: none from a future incarnation; a step's completion token is not newer
   than its current token;
+- schedules: each reads, sits under its name, names a stored workflow, and the
+  workflow of its latest firing exists;
 - agents chosen at run time: every step whose agent the plan templates from the input
   has the agent it resolved stored with the workflow, and nothing else is stored there.
 
@@ -37,6 +39,7 @@ from herder.store import (
     KEY_SEP,
     HerderError,
     Plan,
+    ScheduleRecord,
     Snapshot,
     StepRecord,
     StepState,
@@ -46,6 +49,7 @@ from herder.store import (
     WorkflowState,
     decode,
     definition_key,
+    schedule_key,
     split_step_key,
     split_timer_key,
     step_key,
@@ -156,7 +160,25 @@ class _Checker:
             if key.partition(KEY_SEP)[0] not in ids:
                 self.problem("steps", key, "step record of a workflow that does not exist")
         self.check_timers()
+        self.check_schedules(ids)
         return self.report
+
+    def check_schedules(self, ids: set[bytes]) -> None:
+        """Each schedule record reads, sits under its own name, names a stored workflow
+        definition, and its latest firing's workflow exists."""
+        names = {name for name, _ in self.plans}
+        for key, raw in self.snap.items("schedules"):
+            record = self.load("schedules", key, raw, ScheduleRecord.from_dict)
+            if record is None:
+                continue
+            if schedule_key(record.name) != key:
+                self.problem("schedules", key, f"holds schedule {record.name!r}")
+            if record.workflow not in names:
+                self.problem("schedules", key, f"workflow {record.workflow!r} is not stored")
+            if record.last_id is not None and workflow_key(record.last_id) not in ids:
+                self.problem("schedules", key, f"its last firing {record.last_id!r} is missing")
+            if record.fired < 0 or record.skipped < 0:
+                self.problem("schedules", key, "negative counters")
 
     def check_meta(self) -> None:
         for name in (b"schema", b"incarnation"):

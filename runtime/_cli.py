@@ -1,7 +1,7 @@
 """The ``herder`` command line (also ``python -m herder.runtime``).
 
 One argparse subcommand per job; each lives in the module that does it: ``_demo`` (the
-demo), ``_inspect`` (ls, show, stats: read-only), ``_check`` (check: read-only),
+demo), ``_inspect`` (ls, show, stats, schedules: read-only), ``_check`` (check: read-only),
 ``_operator_cli`` (inbox; retry, skip, compensate, abandon, cancel through the running
 runtime), ``_admin`` (bench), ``_daemon`` (run, handoff).
 Exit codes: 0 done, 1 the command failed (message on stderr), 2 bad usage, 3 an operator
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("id", help="the workflow id")
     with_store("stats", "counts of workflows, steps, retries, timers, breakers (read-only)")
     with_store("check", "verify cross-database invariants (read-only); exit 1 on problems")
+    with_store("schedules", "periodic schedules and their next firing (read-only)")
     _operator_cli.add_parsers(sub)
 
     run = sub.add_parser("run", help="run a daemon from an app factory (systemd-friendly)")
@@ -125,6 +126,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             )
         elif command == "show":
             _inspect.show_workflow(out, store, args.id, as_json=args.json)
+        elif command == "schedules":
+            _inspect.show_schedules(out, store, as_json=args.json)
         elif command == "check":
             from herder.runtime._check import run_check
 

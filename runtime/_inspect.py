@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from herder.actors import UnknownWorkflow, resource_stats
 from herder.runtime._console import print_table
+from herder.runtime._schedules import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
     Plan,
@@ -135,6 +136,29 @@ def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool)
     ]
     print_table(out, "", ("step", "state", "attempts", "undo attempts", "result", "error"), rows)
     print_table(out, "history", ("when", "what", "change", "attempt", "details"), _story(history))
+
+
+def show_schedules(out: TextIO, store: Store, *, as_json: bool) -> None:
+    """``herder schedules``: every schedule, its cadence, policies and next firing."""
+    statuses = schedule_statuses(store)
+    if as_json:
+        _dump(out, [s.to_dict() for s in statuses])
+        return
+    rows = [
+        (
+            s.name,
+            s.workflow,
+            s.cadence,
+            f"{s.overlap}/{s.catch_up}",
+            "paused" if s.paused else ("-" if s.next_at is None else _when(s.next_at)),
+            s.fired,
+            s.skipped,
+            s.last_id or "",
+        )
+        for s in statuses
+    ]
+    columns = ("schedule", "workflow", "when", "overlap/catch-up", "next", "fired", "skipped")
+    print_table(out, "", (*columns, "last workflow"), rows)
 
 
 def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

@@ -50,10 +50,12 @@ from herder.actors import (
     parse_task_token,
     start_supervisor,
 )
+from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper, StandbyWatcher
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._routing import check_registered, resolve_agents
+from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._timing import begin_at, check_priority, new_workflow
 from herder.runtime._workflow import Workflow
@@ -241,6 +243,7 @@ class Runtime:
         self._is_active = threading.Event()
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher: StandbyWatcher | None = None
+        self._firer: Firer | None = None  # fires schedules while this runtime is active
         try:
             if standby:
                 self._watcher = StandbyWatcher(
@@ -273,6 +276,8 @@ class Runtime:
             if self._closed:
                 return
             self._draining = True
+        if self._firer is not None:
+            self._firer.stop()
         if drain:
             try:
                 self._drain(timeout)
@@ -413,6 +418,8 @@ class Runtime:
             self._ctx.sweep_listeners[:] = [keeper.on_sweep, self._healthy]
             self._root = self._start_tree()
             call(self._scheduler, "sync", timeout=self._ask_timeout)  # recovery has run
+            self._firer = Firer(self, self._ask_timeout)
+            self._firer.start()
             self._is_active.set()
 
     def _promote(self, reason: str) -> None:
@@ -511,6 +518,8 @@ class Runtime:
             if current is None or plan.version >= current.version:
                 self._latest[plan.name] = plan
             self._ctx.tell_scheduler(Define(plan))
+        if self._firer is not None:
+            self._firer.wake()  # a schedule may have waited for this workflow
 
     def _store_definition(self, plan: Plan) -> None:
         key = definition_key(plan.name, plan.version)
@@ -542,6 +551,30 @@ class Runtime:
         ``start_at`` (a datetime) or ``delay`` (seconds) holds its first steps until then;
         the wait is a timer in the store and survives restarts.
         """
+        return self._start(
+            workflow,
+            input,
+            workflow_id=workflow_id,
+            timeout=timeout,
+            priority=priority,
+            start_at=start_at,
+            delay=delay,
+        )
+
+    def _start(
+        self,
+        workflow: str | Workflow,
+        input: Any,
+        *,
+        workflow_id: str | None,
+        timeout: float | None,
+        priority: int = 0,
+        start_at: datetime.datetime | None = None,
+        delay: float | None = None,
+        also: tuple[Put, ...] = (),
+    ) -> WorkflowHandle:
+        """:meth:`start`; ``also`` is written in the transaction that creates the
+        workflow, and only if it does (a schedule's cursor, see ``_firing``)."""
         self._check_active()
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         plan = self._latest.get(name) if isinstance(name, str) else None
@@ -570,7 +603,7 @@ class Runtime:
             plan, wid, normalized, now, priority=priority, begin=begin, agents=agents
         )
         key = workflow_key(wid)
-        ops.append(history_put(wid, self._ctx.next_token(), workflow_event(None, record)))
+        ops += (history_put(wid, self._ctx.next_token(), workflow_event(None, record)), *also)
         transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
         committed = self._store.writer.submit(transition)
         gave_up = threading.Event()
@@ -612,6 +645,83 @@ class Runtime:
             extra={"workflow_id": wid, "workflow": plan.name},
         )
         return WorkflowHandle(self, wid)
+
+    # -- periodic schedules (runtime/_schedules.py, _firing.py; docs/scheduling.md) -----
+
+    def schedule(
+        self,
+        name: str,
+        workflow: str,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        input: Any = None,
+        overlap: str = "skip",
+        catch_up: str = "latest",
+        jitter: float = 0.0,
+        timezone: str = "UTC",
+    ) -> ScheduleStatus:
+        """Start ``workflow`` with ``input`` periodically, durably; return its status.
+
+        ``cron`` (a cron expression read in ``timezone``; needs the ``cron`` extra) or
+        ``every`` (seconds; slots are multiples of it since the epoch). Each slot starts
+        workflow ``"<name>@<slot in UTC>"`` exactly once, across crashes and handoffs.
+        ``overlap``: while the previous firing's workflow runs, a slot is passed over
+        (``"skip"``), waits for it (``"queue"``) or fires anyway (``"allow"``).
+        ``catch_up``: of the slots that fell due while nothing ran, fire the newest
+        (``"latest"``), every one (``"all"``) or only an on-time one (``"none"``).
+        ``jitter``: delay each firing's first steps by up to that many seconds. The first
+        slot is the first one after this call; calling it again with the same settings
+        changes nothing, with new settings keeps the slots already handled.
+        """
+        self._check_active()
+        plan = self._latest.get(workflow)
+        if plan is None:
+            raise UnknownName(f"no workflow named {workflow!r} is registered; add_workflow it")
+        normalized = normalize(input, limit=self._max_input_bytes, what="schedule input")
+        check_registered(plan, resolve_agents(plan, normalized), self._ctx.agents, self._actions)
+        record = new_schedule(
+            name,
+            workflow,
+            self._clock.time(),
+            input=normalized,
+            cron=cron,
+            every=every,
+            overlap=overlap,
+            catch_up=catch_up,
+            jitter=jitter,
+            timezone=timezone,
+        )
+        assert self._firer is not None
+        return ScheduleStatus.of(self._firer.define(record))
+
+    def pause_schedule(self, name: str) -> None:
+        """Fire nothing for schedule ``name`` until :meth:`resume_schedule`."""
+        self._check_active()
+        assert self._firer is not None
+        self._firer.pause(name, True)
+
+    def resume_schedule(self, name: str) -> None:
+        """Fire schedule ``name`` again from its next slot (slots while paused are passed)."""
+        self._check_active()
+        assert self._firer is not None
+        self._firer.pause(name, False)
+
+    def delete_schedule(self, name: str) -> None:
+        """Delete schedule ``name``; the workflows it started are left alone."""
+        self._check_active()
+        assert self._firer is not None
+        self._firer.delete(name)
+
+    def schedules(self) -> builtins.list[ScheduleStatus]:
+        """Every stored schedule with its next firing, by name."""
+        return schedule_statuses(self._store)
+
+    def _fire_now(self) -> None:
+        """Fire the schedules' due slots now and wait for it (testing aid)."""
+        self._check_active()
+        assert self._firer is not None
+        self._firer.fire_due()
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing workflow (e.g. one recovered after a restart)."""
@@ -912,6 +1022,8 @@ class Runtime:
             futures = self._waiters.pop(record.id, [])
             self._active = max(0, self._active - 1)
             self._lock.notify()
+        if self._firer is not None:
+            self._firer.on_final(record.id)
         for fut in futures:
             if not fut.done():
                 fut.set_result(record)

@@ -154,4 +154,5 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     # The periodic sweep may or may not have re-armed its timer in time to fire inside
     # this advance; one explicit sweep at the new time makes the outcome deterministic.
     runtime._sweep_now()
+    runtime._fire_now()  # likewise for the schedules' slots that fell due
     settle(runtime)

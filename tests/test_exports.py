@@ -21,6 +21,8 @@ RUNTIME = {
     "WorkflowConflict", "WorkflowFailed", "WorkflowHandle", "WorkflowStatus",
     # outcomes: unknown outcomes, async completion, the operator's inbox
     "CompletionRefused", "InboxItem", "ProbeResult",
+    # periodic schedules: rt.schedule() and rt.schedules() return it
+    "ScheduleStatus",
     # raised by public calls: start() on a refused commit, prometheus_collector()
     "MissingExtra", "StoreIOError",
 }  # fmt: skip

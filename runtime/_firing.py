@@ -1,0 +1,247 @@
+"""Firing periodic schedules: one thread on the active runtime, driven by the clock.
+
+The thread sleeps until the next slot of any schedule (a ``clock.call_later``, so a
+FakeClock drives it in tests), then for each schedule fires the slots :func:`to_fire`
+picks. Firing slot S of schedule N starts workflow ``N@S`` through the runtime's own
+``start``, and the schedule record whose cursor moves to S is written **in the same
+transaction** that creates the workflow. So after any crash the store says either
+"S not fired, no workflow" or "S fired, its workflow exists": a restart, a standby that
+took over or a handoff fires S at most once, and fires every slot ``catch_up`` keeps.
+A workflow ``N@S`` that exists while the cursor is before S (an operator started that
+id by hand) counts as the firing.
+
+``overlap`` is applied with the store as the truth: the workflow of the previous firing
+(``last_id``) is read, and while it is unfinished the slot is passed over (``skip``),
+waits (``queue``: the runtime wakes this thread when that workflow ends) or fires anyway
+(``allow``). A schedule whose workflow is not registered yet waits until it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from herder.actors import TimerHandle, UnknownName, WorkflowConflict
+from herder.runtime._schedules import (
+    jitter_of,
+    next_slot,
+    read_schedules,
+    slot_id,
+    to_fire,
+)
+from herder.store import (
+    Delete,
+    HerderError,
+    Overlap,
+    Put,
+    ScheduleRecord,
+    StoreCorrupt,
+    Transition,
+    encode,
+    schedule_key,
+)
+
+if TYPE_CHECKING:
+    from herder.runtime._runtime import Runtime
+
+_log = logging.getLogger("herder.schedules")
+
+RETRY = 5.0
+"""Seconds before a schedule whose firing failed (capacity, a missing agent) tries again."""
+
+
+class Firer:
+    """Fires the schedules stored in a runtime's store (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime, ask_timeout: float) -> None:
+        self._rt = runtime
+        self._store = runtime._store
+        self._clock = runtime.clock
+        self._timeout = ask_timeout
+        self._lock = threading.RLock()  # one pass or one change of a schedule at a time
+        self._wake = threading.Event()
+        self._stopping = False
+        self._timer: TimerHandle | None = None
+        self._blocked: set[str] = set()  # workflow ids queued slots wait for
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread; its first pass fires whatever fell due while nobody ran."""
+        self._thread = threading.Thread(target=self._run, name="herder-schedules", daemon=True)
+        self._thread.start()
+        self.wake()
+
+    def stop(self) -> None:
+        """Stop the thread (a pass under way finishes its current firing first)."""
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._timeout)
+
+    def wake(self) -> None:
+        """Make the thread look at every schedule now."""
+        self._wake.set()
+
+    def on_final(self, workflow_id: str) -> None:
+        """A workflow ended: wake the thread if a queued slot waits for it."""
+        if workflow_id in self._blocked:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self.fire_due()
+            except Exception:
+                _log.exception("firing schedules failed; trying again in %ss", RETRY)
+                self._arm(RETRY)
+
+    # -- changes -----------------------------------------------------------------------
+
+    def define(self, record: ScheduleRecord) -> ScheduleRecord:
+        """Store a new schedule, or change one: a changed definition keeps its cursor
+        (slots already handled stay handled); the same definition changes nothing."""
+        with self._lock:
+            stored = self.get(record.name)
+            if stored is not None:
+                if stored.same_definition(record):
+                    return stored
+                record = stored.redefined(record)
+            self._write(record)
+        self.wake()
+        return record
+
+    def pause(self, name: str, paused: bool) -> None:
+        """Pause or resume a schedule; slots that fell due while paused are passed over."""
+        with self._lock:
+            stored = self._existing(name)
+            if stored.paused == paused:
+                return
+            now = self._clock.time()
+            changed = stored.evolve(paused=paused, updated=now)
+            if not paused:
+                changed = changed.evolve(cursor_ms=max(stored.cursor_ms, int(now * 1000)))
+            self._write(changed)
+        self.wake()
+
+    def delete(self, name: str) -> None:
+        """Delete a schedule; the workflows it started are left alone."""
+        with self._lock:
+            self._existing(name)
+            op = Delete("schedules", schedule_key(name))
+            self._store.writer.submit(Transition(ops=(op,))).result(timeout=self._timeout)
+
+    def get(self, name: str) -> ScheduleRecord | None:
+        """The stored schedule ``name``, or None; a corrupt one raises StoreCorrupt."""
+        key = schedule_key(name)
+        data = self._store.get("schedules", key)
+        if data is None:
+            return None
+        try:
+            return ScheduleRecord.from_dict(data)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise StoreCorrupt("schedules", key, f"bad schedule record: {exc}") from None
+
+    def all(self) -> list[ScheduleRecord]:
+        """Every readable stored schedule (a corrupt one is logged and left out)."""
+        return read_schedules(self._store)
+
+    def _existing(self, name: str) -> ScheduleRecord:
+        stored = self.get(name)
+        if stored is None:
+            raise UnknownName(f"no schedule named {name!r}; create it with rt.schedule()")
+        return stored
+
+    # -- firing ------------------------------------------------------------------------
+
+    def fire_due(self) -> None:
+        """Fire every slot that is due now, then arm the clock for the next one."""
+        with self._lock:
+            self._blocked.clear()  # refilled by this pass (a missed wake-up waits RETRY)
+            wake_at: float | None = None
+            for record in self.all():
+                try:
+                    at = self._fire_schedule(record)
+                except HerderError as exc:
+                    _log.warning("schedule %r could not fire: %s", record.name, exc)
+                    at = self._clock.time() + RETRY
+                if at is not None and (wake_at is None or at < wake_at):
+                    wake_at = at
+            if wake_at is not None and not self._stopping:
+                self._arm(max(0.0, wake_at - self._clock.time()))
+
+    def _fire_schedule(self, record: ScheduleRecord) -> float | None:
+        """Fire what is due of one schedule; the clock time to look at it again, if any."""
+        if record.paused or record.workflow not in self._rt._latest:
+            return None  # resume() and add_workflow() wake the thread
+        now = self._clock.time()
+        slots, pass_to = to_fire(record, int(now * 1000))
+        for slot in slots:
+            wid = slot_id(record.name, slot)
+            if self._store.get_workflow(wid) is not None:
+                record = self._write(record.evolve(cursor_ms=slot, last_id=wid, updated=now))
+                continue
+            if record.overlap is not Overlap.ALLOW and self._unfinished(record.last_id):
+                if record.overlap is Overlap.SKIP:
+                    record = self._write(
+                        record.evolve(cursor_ms=slot, skipped=record.skipped + 1, updated=now)
+                    )
+                    continue
+                return now + RETRY  # queued: on_final wakes us; RETRY is a safety net
+            record = self._fire(record, slot, wid, now)
+        if pass_to is not None and pass_to > record.cursor_ms:
+            late = 0 if slots else 1  # catch_up="none" passed over a late slot
+            record = self._write(
+                record.evolve(cursor_ms=pass_to, skipped=record.skipped + late, updated=now)
+            )
+        following = next_slot(record, record.cursor_ms)
+        return None if following is None else following / 1000
+
+    def _fire(self, record: ScheduleRecord, slot: int, wid: str, now: float) -> ScheduleRecord:
+        fired = record.evolve(cursor_ms=slot, last_id=wid, fired=record.fired + 1, updated=now)
+        put = Put("schedules", schedule_key(record.name), encode(fired.to_dict()))
+        delay = jitter_of(record, slot) or None
+        with contextlib.suppress(WorkflowConflict):  # an operator started this id by hand
+            self._rt._start(
+                record.workflow,
+                record.input,
+                workflow_id=wid,
+                timeout=1.0,
+                delay=delay,
+                also=(put,),
+            )
+        stored = self.get(record.name)
+        if stored is None or stored.cursor_ms < slot:  # the id existed: not our transaction
+            return self._write(record.evolve(cursor_ms=slot, last_id=wid, updated=now))
+        _log.info("schedule %s fired %s", record.name, wid, extra={"workflow_id": wid})
+        return stored
+
+    def _unfinished(self, workflow_id: str | None) -> bool:
+        if workflow_id is None:
+            return False
+        self._blocked.add(workflow_id)  # before the read: an end after it still wakes us
+        previous = self._store.get_workflow(workflow_id)
+        if previous is None or previous.state.is_final:
+            self._blocked.discard(workflow_id)
+            return False
+        return True
+
+    def _write(self, record: ScheduleRecord) -> ScheduleRecord:
+        put = Put("schedules", schedule_key(record.name), encode(record.to_dict()))
+        self._store.writer.submit(Transition(ops=(put,))).result(timeout=self._timeout)
+        return record
+
+    def _arm(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._clock.call_later(delay, self._wake.set)

@@ -1,0 +1,309 @@
+"""Periodic schedules as data: validating one, and the slots it falls due at (pure).
+
+A schedule's *slots* are instants: for ``every=N`` the multiples of N seconds since the
+epoch (so ``every=3600`` fires on the hour, UTC, and a restart cannot shift them); for
+``cron=`` the times a cron expression matches in the schedule's ``timezone``, as
+evaluated by `cronsim <https://pypi.org/project/cronsim/>`_ (the ``cron`` extra), which
+follows Debian cron at DST changes: a job in the skipped hour runs when the clock jumps,
+a job at a fixed time in the repeated hour runs once, and a job every hour runs at both
+of its instants. Slots are whole milliseconds. Each slot's workflow id is
+``"<schedule>@<slot in UTC>"``, e.g. ``nightly@2026-12-05T02:00:00Z``: the id, not
+memory, is what makes a firing happen once.
+
+Which of the slots due at one moment fire is :func:`to_fire`'s rule (``catch_up``); the
+firing itself (``overlap``, the store) is in ``_firing``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+import math
+import zoneinfo
+from dataclasses import dataclass
+from typing import Any
+
+from herder.runtime._metrics import MissingExtra
+from herder.store import (
+    CatchUp,
+    InvalidInput,
+    Overlap,
+    ScheduleRecord,
+    Store,
+    validate_name,
+)
+
+_log = logging.getLogger("herder.schedules")
+
+ON_TIME = 60.0
+"""Seconds after its time a slot still counts as on time under ``catch_up="none"``."""
+
+MAX_BATCH = 100
+"""Most slots one pass fires for one schedule under ``catch_up="all"``; the rest next pass."""
+
+_SCAN = 1000  # forward steps before the newest due cron slot is looked up backwards
+
+
+def new_schedule(
+    name: str,
+    workflow: str,
+    now: float,
+    *,
+    input: Any,
+    cron: str | None,
+    every: float | None,
+    overlap: str,
+    catch_up: str,
+    jitter: float,
+    timezone: str,
+) -> ScheduleRecord:
+    """A validated schedule whose first slot is the first one after ``now``.
+
+    Raises :class:`InvalidInput` naming the bad argument, or :class:`MissingExtra` for a
+    cron schedule without the ``cron`` extra installed.
+    """
+    validate_name("schedule", name)
+    if (cron is None) == (every is None):
+        raise InvalidInput(
+            f"schedule {name!r}: give exactly one of cron='0 2 * * *' and every=seconds"
+        )
+    if every is not None and (
+        isinstance(every, bool)
+        or not isinstance(every, int | float)
+        or not 1 <= every <= 366 * 86400
+    ):
+        raise InvalidInput(
+            f"schedule {name!r}: every must be a number of seconds from 1 to one year, "
+            f"got {every!r}"
+        )
+    try:
+        overlap_, catch_up_ = Overlap(overlap), CatchUp(catch_up)
+    except ValueError:
+        raise InvalidInput(
+            f"schedule {name!r}: overlap must be one of {[o.value for o in Overlap]} and "
+            f"catch_up one of {[c.value for c in CatchUp]}; got {overlap!r}, {catch_up!r}"
+        ) from None
+    if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not jitter >= 0:
+        raise InvalidInput(f"schedule {name!r}: jitter must be seconds >= 0, got {jitter!r}")
+    if every is not None and jitter >= every:
+        raise InvalidInput(f"schedule {name!r}: jitter {jitter} must be less than every {every}")
+    record = ScheduleRecord(
+        name=name,
+        workflow=workflow,
+        input=input,
+        cron=cron,
+        every=None if every is None else float(every),
+        timezone=_zone(name, timezone).key,
+        overlap=overlap_,
+        catch_up=catch_up_,
+        jitter=float(jitter),
+        cursor_ms=_ms(now),
+        created=now,
+        updated=now,
+    )
+    if cron is not None:
+        _cron(record, 0)  # the expression parses
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleStatus:
+    """A stored schedule as ``rt.schedules()`` and ``herder schedules`` show it.
+
+    ``next_at`` is the clock time of the next slot to handle (None while paused, or for
+    a cron schedule read where the ``cron`` extra is missing); it may be in the past
+    when a slot is due and waits (``overlap="queue"``, the workflow not registered yet).
+    ``last_id`` is the workflow of the latest firing; ``fired`` and ``skipped`` count
+    slots fired and slots passed over.
+    """
+
+    name: str
+    workflow: str
+    cron: str | None
+    every: float | None
+    timezone: str
+    overlap: str
+    catch_up: str
+    jitter: float
+    paused: bool
+    next_at: float | None
+    last_id: str | None
+    fired: int
+    skipped: int
+    input: Any = None
+
+    @classmethod
+    def of(cls, record: ScheduleRecord) -> ScheduleStatus:
+        """The status of a stored schedule record."""
+        next_at = None
+        if not record.paused:
+            try:
+                slot = next_slot(record, record.cursor_ms)
+            except MissingExtra:
+                slot = None
+            next_at = None if slot is None else slot / 1000
+        return cls(
+            name=record.name,
+            workflow=record.workflow,
+            cron=record.cron,
+            every=record.every,
+            timezone=record.timezone,
+            overlap=str(record.overlap),
+            catch_up=str(record.catch_up),
+            jitter=record.jitter,
+            paused=record.paused,
+            next_at=next_at,
+            last_id=record.last_id,
+            fired=record.fired,
+            skipped=record.skipped,
+            input=record.input,
+        )
+
+    @property
+    def cadence(self) -> str:
+        """``cron '0 2 * * *' (Europe/Riga)`` or ``every 60s``."""
+        if self.cron is not None:
+            return f"cron {self.cron!r} ({self.timezone})"
+        return f"every {self.every:g}s"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as plain data, e.g. for JSON."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def read_schedules(store: Store) -> list[ScheduleRecord]:
+    """Every readable schedule in ``store``, by name (a corrupt one is logged and left out;
+    ``herder check`` names it)."""
+    out = []
+    for key, data in store.scan("schedules"):
+        try:
+            out.append(ScheduleRecord.from_dict(data))
+        except (TypeError, ValueError, AttributeError) as exc:
+            _log.error("skipping schedule %r: bad record: %s", key, exc)
+    return out
+
+
+def schedule_statuses(store: Store) -> list[ScheduleStatus]:
+    """The status of every readable schedule in ``store``, by name."""
+    return [ScheduleStatus.of(record) for record in read_schedules(store)]
+
+
+def slot_id(name: str, slot_ms: int) -> str:
+    """The id of the workflow a schedule's slot starts: ``name@<UTC time>``."""
+    when = datetime.datetime.fromtimestamp(slot_ms // 1000, datetime.UTC)
+    fraction = f".{slot_ms % 1000:03d}" if slot_ms % 1000 else ""
+    return f"{name}@{when:%Y-%m-%dT%H:%M:%S}{fraction}Z"
+
+
+def slot_time(slot_ms: int) -> str:
+    """A slot as an ISO time in UTC (for listings)."""
+    return slot_id("", slot_ms)[1:]
+
+
+def jitter_of(record: ScheduleRecord, slot_ms: int) -> float:
+    """Seconds a slot's firing waits: a fixed share of ``jitter`` from name and slot, so
+    a firing repeated after a crash waits as long as the first would have."""
+    if not record.jitter:
+        return 0.0
+    digest = hashlib.blake2b(f"{record.name}@{slot_ms}".encode(), digest_size=8).digest()
+    return record.jitter * int.from_bytes(digest, "big") / 2**64
+
+
+def next_slot(record: ScheduleRecord, after_ms: int) -> int | None:
+    """The first slot strictly after ``after_ms``; None if a cron expression has no more."""
+    if record.every is not None:
+        step = _every_ms(record)
+        return (after_ms // step + 1) * step
+    try:
+        return _ms(next(_cron(record, after_ms)).timestamp())
+    except StopIteration:
+        return None
+
+
+def to_fire(record: ScheduleRecord, now_ms: int) -> tuple[list[int], int | None]:
+    """The slots due by ``now_ms`` that fire, oldest first, and the slot the cursor may
+    pass over to without firing (the newest due one, under ``latest`` and ``none``).
+
+    ``all``: every slot after the cursor up to now (at most :data:`MAX_BATCH` at once).
+    ``latest``: the newest due slot. ``none``: the newest due slot if it is at most
+    :data:`ON_TIME` seconds old; older ones are passed over.
+    """
+    if record.catch_up is CatchUp.ALL:
+        out: list[int] = []
+        cursor = record.cursor_ms
+        while len(out) < MAX_BATCH:
+            slot = next_slot(record, cursor)
+            if slot is None or slot > now_ms:
+                break
+            out.append(slot)
+            cursor = slot
+        return out, None
+    newest = _newest(record, now_ms)
+    if newest is None:
+        return [], None
+    if record.catch_up is CatchUp.NONE and now_ms - newest > ON_TIME * 1000:
+        return [], newest
+    return [newest], newest
+
+
+def _newest(record: ScheduleRecord, now_ms: int) -> int | None:
+    """The newest slot after the cursor and at or before ``now_ms``, or None."""
+    if record.every is not None:
+        step = _every_ms(record)
+        newest = now_ms // step * step
+        return newest if newest > record.cursor_ms else None
+    found, cursor = None, record.cursor_ms
+    for _ in range(_SCAN):
+        slot = next_slot(record, cursor)
+        if slot is None or slot > now_ms:
+            return found
+        found = cursor = slot
+    # Far behind (a long downtime of a frequent schedule): look back from now instead.
+    back = _cron(record, now_ms + 1000, reverse=True)
+    for when in back:
+        slot = _ms(when.timestamp())
+        if slot <= now_ms:
+            return slot if slot > record.cursor_ms else None
+    return None  # pragma: no cover - a reverse scan always finds the slots found forwards
+
+
+def _every_ms(record: ScheduleRecord) -> int:
+    assert record.every is not None
+    return max(1, round(record.every * 1000))
+
+
+def _ms(seconds: float) -> int:
+    return math.floor(seconds * 1000)
+
+
+def _zone(name: str, timezone: object) -> zoneinfo.ZoneInfo:
+    if not isinstance(timezone, str):
+        raise InvalidInput(f"schedule {name!r}: timezone must be a str such as 'Europe/Riga'")
+    try:
+        return zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"schedule {name!r}: unknown timezone {timezone!r}; use an IANA name such as "
+            "'UTC' or 'America/New_York'"
+        ) from None
+
+
+def _cron(record: ScheduleRecord, after_ms: int, *, reverse: bool = False) -> Any:
+    """A cronsim iterator over the schedule's slots after (or before) ``after_ms``."""
+    try:
+        from cronsim import CronSim, CronSimError
+    except ImportError:
+        raise MissingExtra(
+            f"schedule {record.name!r} uses cron={record.cron!r}, which needs the 'cron' "
+            "extra: pip install 'herder[cron]' (every= needs nothing)"
+        ) from None
+    assert record.cron is not None
+    zone = zoneinfo.ZoneInfo(record.timezone)
+    start = datetime.datetime.fromtimestamp(after_ms / 1000, zone)
+    try:
+        return CronSim(record.cron, start, reverse=reverse)
+    except CronSimError as exc:
+        raise InvalidInput(
+            f"schedule {record.name!r}: cron {record.cron!r} is not a cron expression: {exc}"
+        ) from None

@@ -1,0 +1,316 @@
+"""Periodic schedules on a FakeClock: slots, overlap, catch-up, DST, pause, check, CLI."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    MissingExtra,
+    Runtime,
+    StepContext,
+    UnknownName,
+    Workflow,
+)
+from herder.runtime._check import check_store
+from herder.runtime._cli import main
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
+from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
+
+WAIT = 10.0
+T0 = datetime.datetime(2027, 1, 15, 8, 0, 0, 500000, tzinfo=datetime.UTC).timestamp()
+GATES: dict[str, threading.Event] = {}  # workflow id -> what its step waits for
+
+
+class Job(Agent):
+    """Returns its workflow id; a workflow whose id has a gate waits for it."""
+
+    def run(self, ctx: StepContext) -> str:
+        gate = GATES.get(ctx.workflow_id)
+        if gate is not None:
+            gate.wait(WAIT)
+        return ctx.workflow_id
+
+
+JOB = Workflow("job").step("run", agent="job", action="run")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(start=T0)
+
+
+@pytest.fixture
+def rt(tmp_path: Path, clock: FakeClock) -> Iterator[Runtime]:
+    with open_runtime(tmp_path, clock) as runtime:
+        yield runtime
+    GATES.clear()
+
+
+def open_runtime(path: Path, clock: FakeClock) -> Runtime:
+    runtime = Runtime(path, clock=clock, sweep_interval=0.05)
+    runtime.add_agent("job", Job, concurrency=4)
+    runtime.add_workflow(JOB)
+    return runtime
+
+
+def fired(runtime: Runtime) -> list[str]:
+    return sorted(s.id for s in runtime.list())
+
+
+def finish_all(runtime: Runtime) -> None:
+    for gate in GATES.values():
+        gate.set()
+    wait_until(runtime, lambda: all(s.state.is_final for s in runtime.list()))
+    settle(runtime)
+
+
+def ids(name: str, *times: str) -> list[str]:
+    return [f"{name}@2027-01-15T{t}Z" for t in times]
+
+
+def test_every_slot_starts_one_workflow_named_after_the_slot(rt: Runtime, clock: FakeClock) -> None:
+    status = rt.schedule("tick", "job", every=60, input={"n": 1})
+    assert status.next_at == T0 - 0.5 + 60  # slots are multiples of every since the epoch
+    for _ in range(3):
+        advance(rt, clock, 60)
+        finish_all(rt)
+    assert fired(rt) == ids("tick", "08:01:00", "08:02:00", "08:03:00")
+    assert rt.status("tick@2027-01-15T08:01:00Z").input == {"n": 1}
+    [listed] = rt.schedules()
+    assert (listed.fired, listed.skipped, listed.last_id) == (3, 0, ids("tick", "08:03:00")[0])
+    assert listed.next_at == T0 - 0.5 + 240
+    assert check_store(rt._store).ok
+
+
+def test_schedule_again_with_the_same_settings_changes_nothing(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    rt.schedule("tick", "job", every=60)
+    advance(rt, clock, 60)
+    finish_all(rt)
+    again = rt.schedule("tick", "job", every=60)
+    assert (again.fired, again.last_id) == (1, ids("tick", "08:01:00")[0])
+    changed = rt.schedule("tick", "job", every=120, input="new")
+    assert (changed.fired, changed.every, changed.input) == (1, 120.0, "new")
+    advance(rt, clock, 60)
+    assert fired(rt) == ids("tick", "08:01:00", "08:02:00")
+
+
+@pytest.mark.parametrize(
+    ("overlap", "expected", "skipped"),
+    [
+        ("skip", ("08:01:00", "08:03:00"), 1),
+        ("queue", ("08:01:00", "08:02:00"), 0),
+        ("allow", ("08:01:00", "08:02:00"), 0),
+    ],
+)
+def test_overlap_decides_what_a_slot_does_while_the_last_firing_runs(
+    rt: Runtime, clock: FakeClock, overlap: str, expected: tuple[str, ...], skipped: int
+) -> None:
+    first = ids("tick", "08:01:00")[0]
+    GATES[first] = threading.Event()
+    rt.schedule("tick", "job", every=60, overlap=overlap)
+    advance(rt, clock, 60)  # 08:01 fires and its step waits on the gate
+    advance(rt, clock, 60)  # 08:02 is due while 08:01 runs
+    at_0802 = fired(rt)
+    finish_all(rt)  # 08:01 ends: a queued 08:02 fires now
+    advance(rt, clock, 0)
+    finish_all(rt)
+    if overlap == "queue":
+        assert at_0802 == [first]
+        assert fired(rt) == ids("tick", *expected)
+    elif overlap == "allow":
+        assert at_0802 == ids("tick", *expected)
+    else:
+        assert at_0802 == [first]
+        advance(rt, clock, 60)  # 08:03: the previous firing has ended
+        finish_all(rt)
+        assert fired(rt) == ids("tick", *expected)
+    assert rt.schedules()[0].skipped == skipped
+
+
+@pytest.mark.parametrize(
+    ("catch_up", "down", "expected"),
+    [
+        # Every 5 min, down from 08:00:00.5 to 08:25:30.5: 08:05 .. 08:25 fell due and
+        # the newest is 30.5 s old.
+        ("all", 1530, ("08:05:00", "08:10:00", "08:15:00", "08:20:00", "08:25:00")),
+        ("latest", 1530, ("08:25:00",)),
+        ("none", 1530, ("08:25:00",)),  # on time: within a minute of its slot
+        ("latest", 1590, ("08:25:00",)),  # the newest due slot, however late
+        ("none", 1590, ()),  # 08:25 is 90.5 s late: passed over
+    ],
+)
+def test_catch_up_decides_which_slots_missed_while_down_fire(
+    tmp_path: Path, clock: FakeClock, catch_up: str, down: float, expected: tuple[str, ...]
+) -> None:
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("tick", "job", every=300, catch_up=catch_up, overlap="allow")
+    clock.advance(down)
+    with open_runtime(tmp_path, clock) as rt:
+        rt._fire_now()
+        finish_all(rt)
+        assert fired(rt) == ids("tick", *expected)
+        [status] = rt.schedules()
+        assert status.fired == len(expected)
+        assert status.skipped == (1 if not expected else 0)
+        assert status.next_at == T0 - 0.5 + 1800  # 08:30, after the slots handled
+        assert check_store(rt._store).ok
+
+
+def test_a_paused_schedule_fires_nothing_and_resumes_from_its_next_slot(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    rt.schedule("tick", "job", every=60, catch_up="all")
+    rt.pause_schedule("tick")
+    assert rt.schedules()[0].next_at is None
+    advance(rt, clock, 180)
+    assert fired(rt) == []
+    rt.resume_schedule("tick")
+    advance(rt, clock, 60)
+    finish_all(rt)
+    assert fired(rt) == ids("tick", "08:04:00")  # 08:01-08:03 passed while paused
+    rt.delete_schedule("tick")
+    advance(rt, clock, 120)
+    assert fired(rt) == ids("tick", "08:04:00")
+    assert rt.schedules() == []
+    with pytest.raises(UnknownName, match="no schedule named 'tick'"):
+        rt.pause_schedule("tick")
+
+
+def test_jitter_delays_the_first_steps_by_the_same_share_every_time(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    rt.schedule("tick", "job", every=600, jitter=300)
+    advance(rt, clock, 600)
+    [wid] = fired(rt)
+    waits = rt.status(wid).steps["run"].waits_until
+    assert waits is not None
+    assert T0 - 0.5 + 600 < waits < T0 - 0.5 + 900
+    advance(rt, clock, 300)
+    assert rt.handle(wid).result(timeout=WAIT) == {"run": wid}
+
+
+def test_bad_schedules_are_refused_with_what_to_fix(rt: Runtime) -> None:
+    with pytest.raises(InvalidInput, match="exactly one of cron"):
+        rt.schedule("s", "job")
+    with pytest.raises(InvalidInput, match="exactly one of cron"):
+        rt.schedule("s", "job", cron="* * * * *", every=60)
+    with pytest.raises(InvalidInput, match="every must be"):
+        rt.schedule("s", "job", every=0.5)
+    with pytest.raises(InvalidInput, match="overlap must be one of"):
+        rt.schedule("s", "job", every=60, overlap="sometimes")
+    with pytest.raises(InvalidInput, match="unknown timezone 'Mars/Olympus'"):
+        rt.schedule("s", "job", cron="0 2 * * *", timezone="Mars/Olympus")
+    with pytest.raises(InvalidInput, match="not a cron expression"):
+        rt.schedule("s", "job", cron="61 * * * *")
+    with pytest.raises(UnknownName, match="no workflow named 'nope'"):
+        rt.schedule("s", "nope", every=60)
+    assert rt.schedules() == []
+
+
+def test_every_works_without_the_cron_extra(
+    rt: Runtime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "cronsim", None)  # import cronsim now fails
+    with pytest.raises(MissingExtra, match=r"herder\[cron\]"):
+        rt.schedule("nightly", "job", cron="0 2 * * *")
+    rt.schedule("tick", "job", every=60)
+    advance(rt, clock, 60)
+    assert fired(rt) == ids("tick", "08:01:00")
+
+
+@pytest.mark.parametrize(
+    ("cron", "start", "hours", "expected_local"),
+    [
+        # Spring forward in New York, 2027-03-14 02:00 -> 03:00: 02:30 does not exist and
+        # fires when the clock jumps (Debian cron), once.
+        ("30 2 * * *", "2027-03-13T12:00", 48, ["2027-03-14T03:00", "2027-03-15T02:30"]),
+        # Fall back, 2027-11-07 02:00 -> 01:00: 01:30 happens twice and fires once.
+        ("30 1 * * *", "2027-11-06T12:00", 48, ["2027-11-07T01:30-04:00", "2027-11-08T01:30"]),
+        # Hourly through the fall back: both 01:00s fire, as distinct instants.
+        (
+            "0 * * * *",
+            "2027-11-07T00:30",
+            3,
+            ["2027-11-07T01:00-04:00", "2027-11-07T01:00-05:00", "2027-11-07T02:00"],
+        ),
+    ],
+)
+def test_cron_slots_follow_dst_changes_in_their_timezone(
+    tmp_path: Path, cron: str, start: str, hours: int, expected_local: list[str]
+) -> None:
+    zone = "America/New_York"
+    begin = datetime.datetime.fromisoformat(start).replace(tzinfo=ZoneInfo(zone))
+    clock = FakeClock(start=begin.timestamp())
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("dst", "job", cron=cron, timezone=zone, catch_up="all", overlap="allow")
+        for _ in range(hours * 4):
+            advance(rt, clock, 900)
+        finish_all(rt)
+        got = fired(rt)
+        assert check_store(rt._store).ok
+    expected = []
+    for local in expected_local:
+        when = datetime.datetime.fromisoformat(local)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=ZoneInfo(zone))
+        expected.append(f"dst@{when.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%S}Z")
+    assert got == sorted(expected)
+
+
+def test_herder_schedules_lists_next_firing_and_check_knows_the_records(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("nightly", "job", cron="0 2 * * *", timezone="Europe/Riga")
+        rt.schedule("tick", "job", every=60, overlap="queue", catch_up="all")
+        advance(rt, clock, 60)
+        finish_all(rt)
+    out = io.StringIO()
+    assert main(["schedules", "--store", str(tmp_path), "--json"], out=out) == 0
+    listed = {s["name"]: s for s in json.loads(out.getvalue())}
+    nightly = datetime.datetime(2027, 1, 16, 2, 0, tzinfo=ZoneInfo("Europe/Riga"))
+    assert listed["nightly"]["next_at"] == nightly.timestamp()
+    assert listed["tick"]["last_id"] == ids("tick", "08:01:00")[0]
+    assert listed["tick"]["overlap"] == "queue"
+    table = io.StringIO()
+    assert main(["schedules", "--store", str(tmp_path)], out=table) == 0
+    assert "cron '0 2 * * *' (Europe/Riga)" in table.getvalue()
+    assert main(["check", "--store", str(tmp_path)], out=io.StringIO()) == 0
+
+
+def test_check_reports_a_schedule_record_that_disagrees_with_the_store(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    rt.schedule("tick", "job", every=60)
+    advance(rt, clock, 60)
+    finish_all(rt)
+    assert check_store(rt._store).ok
+    record = ScheduleRecord.from_dict(rt._store.get("schedules", schedule_key("tick")))
+    bad = record.evolve(last_id="tick@never", workflow="gone")
+    ops = (
+        Put("schedules", schedule_key("moved"), encode(record.to_dict())),
+        Put("schedules", schedule_key("tick"), encode(bad.to_dict())),
+        Put("schedules", schedule_key("junk"), encode({"name": "junk", "cron": 5})),
+    )
+    rt._store.writer.submit(Transition(ops=ops)).result(timeout=WAIT)
+    problems = sorted((p.key, p.message) for p in check_store(rt._store).problems)
+    assert problems[0][0] == b"junk"
+    assert problems[0][1].startswith("bad record: TypeError")
+    assert problems[1:] == [
+        (b"moved", "holds schedule 'tick'"),
+        (b"tick", "its last firing 'tick@never' is missing"),
+        (b"tick", "workflow 'gone' is not stored"),
+    ]

@@ -1,0 +1,63 @@
+"""A schedule firing every second, its process SIGKILLed again and again across slots.
+
+Each run of ``schedule_child.py`` is killed at a random moment (before, during or after
+firing a slot: slots are one second apart and the kill time is uniform over two).
+Afterwards the store must hold exactly one workflow per slot from the schedule's
+creation up to its cursor (``catch_up="all"``: none dropped), none beyond it, and the
+schedule's ``fired`` count must equal that number (no slot counted, or started, twice),
+and ``herder check`` must pass.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import queue
+import random
+import time
+
+import pytest
+from _child_kit import Child
+
+from herder.runtime._check import check_store
+from herder.runtime._schedules import slot_id
+from herder.store import ScheduleRecord, Store, schedule_key
+
+CHILD = pathlib.Path(__file__).with_name("schedule_child.py")
+KILLS = 8
+START_GUARD = 60.0  # seconds a child may take to print "ready" on a loaded machine
+
+
+@pytest.mark.timeout(300)
+def test_every_slot_fires_exactly_once_across_repeated_sigkills(tmp_path: pathlib.Path) -> None:
+    store = tmp_path / "store"
+    rng = random.Random()
+    ran_before_kill = 0
+    for _ in range(KILLS):
+        child = Child([str(CHILD), str(store)])
+        try:
+            child.wait_for("ready", START_GUARD)
+            deadline = time.monotonic() + rng.uniform(0.0, 2.0)
+            while True:  # read what it prints until the random moment comes
+                try:
+                    line = child.next_line(deadline)
+                except queue.Empty:
+                    break
+                assert line is not None, child.stderr()
+                ran_before_kill += line.startswith("ran ")
+        finally:
+            child.kill(timeout=10.0)
+    final = Child([str(CHILD), str(store), "final"])
+    final.wait_for("caught-up", START_GUARD)
+    assert final.proc.wait(timeout=30.0) == 0, final.stderr()
+
+    with Store(store, readonly=True) as ro:
+        record = ScheduleRecord.from_dict(ro.get("schedules", schedule_key("tick")))
+        fired = {s.id for s in ro.workflows() if s.id.startswith("tick@")}
+        report = check_store(ro)
+    first = (int(record.created * 1000) // 1000 + 1) * 1000
+    expected = {slot_id("tick", ms) for ms in range(first, record.cursor_ms + 1, 1000)}
+    assert fired == expected  # every slot up to the cursor, nothing beyond it
+    assert record.fired == len(fired)  # each firing counted once: none started twice
+    assert len(fired) >= KILLS  # the kills fell across many slots
+    assert ran_before_kill > 0
+    assert report.ok, report.problems
