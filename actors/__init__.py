@@ -17,7 +17,7 @@ from herder.actors._admission import resource_stats
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
 from herder.actors._agent_host import InstanceCrash
 from herder.actors._ask import call
-from herder.actors._clock import Clock, FakeClock, SystemClock, TimerHandle
+from herder.actors._clock import Clock, FakeClock, SteadyClock, SystemClock, TimerHandle
 from herder.actors._engine import EngineConfig, EngineContext
 from herder.actors._errors import (
     CompletionRefused,
@@ -88,6 +88,7 @@ __all__ = [
     "RestartIntensityExceeded",
     "RuntimeClosed",
     "Scheduler",
+    "SteadyClock",
     "StepContext",
     "Strategy",
     "SupervisedActor",

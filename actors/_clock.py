@@ -8,6 +8,14 @@ deterministically with :class:`FakeClock`.
 seconds for deadlines that are persisted and must survive a restart; ``call_later`` runs a
 callback once after a delay. Callbacks run on the clock's own thread (or, for the fake
 clock, on the thread that advances it), so they must be short: typically an actor ``tell``.
+
+The wall clock can step (an NTP correction, a VM resumed from a snapshot). So the engine
+does not read it directly: a runtime runs on a :class:`SteadyClock` over the clock it was
+given, whose ``time()`` is wall-clock seconds that advance with the monotonic clock and
+drift back towards the wall clock by at most :data:`SLEW` of the elapsed time. A step
+either way then neither stalls timeouts, backoffs and breakers nor fires every timer at
+once. Persisted deadlines are re-based when a store is opened: the steady clock starts no
+earlier than the last time the store's previous holder recorded (its lease's ``clock``).
 """
 
 from __future__ import annotations
@@ -129,16 +137,60 @@ class SystemClock:
             handle._run()
 
 
+SLEW = 0.05
+"""How much faster or slower than the monotonic clock a :class:`SteadyClock` may run while
+it converges on a wall clock that stepped (5%: a one-hour step is absorbed in 20 hours)."""
+
+
+class SteadyClock:
+    """Wall-clock seconds that follow ``clock``'s monotonic time (see the module doc).
+
+    ``time()`` starts at ``max(clock.time(), floor)`` and then advances with
+    ``clock.monotonic()``, at most ``slew`` faster or slower while the wall clock is
+    ahead or behind; it never goes backwards. ``monotonic()`` and ``call_later`` are
+    ``clock``'s own. Thread-safe.
+    """
+
+    def __init__(self, clock: Clock, *, floor: float = 0.0, slew: float = SLEW) -> None:
+        self.clock = clock
+        self._slew = slew
+        self._lock = threading.Lock()
+        self._mono = clock.monotonic()
+        self._now = max(clock.time(), floor)
+
+    def monotonic(self) -> float:
+        """``clock.monotonic()``."""
+        return self.clock.monotonic()
+
+    def time(self) -> float:
+        """Seconds since the epoch, advancing with the monotonic clock (see the class doc)."""
+        with self._lock:
+            mono = self.clock.monotonic()
+            elapsed = mono - self._mono
+            if elapsed > 0:
+                self._mono = mono
+                gap = self.clock.time() - (self._now + elapsed)  # > 0: the wall is ahead
+                bound = self._slew * elapsed
+                self._now += elapsed + max(-bound, min(bound, gap))
+            return self._now
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """``clock.call_later``: delays are intervals, on the monotonic clock."""
+        return self.clock.call_later(delay, callback)
+
+
 class FakeClock:
     """A clock that moves only when told to.
 
     ``advance(seconds)`` moves time forward and runs every timer that falls due, in due
     order, on the calling thread, with ``monotonic()`` and ``time()`` reading each timer's
-    due time while it runs.
+    due time while it runs. ``step_wall(seconds)`` moves only the wall clock, either way,
+    as an NTP correction or a VM resumed from a snapshot does.
     """
 
     def __init__(self, start: float = 1_000_000.0) -> None:
         self._now = start
+        self._wall_offset = 0.0
         self._queue = _TimerQueue()
         self._lock = threading.RLock()
 
@@ -147,8 +199,13 @@ class FakeClock:
         return self._now
 
     def time(self) -> float:
-        """The fake current time (the same scale as :meth:`monotonic`)."""
-        return self._now
+        """The fake wall-clock time: :meth:`monotonic` plus every :meth:`step_wall` so far."""
+        return self._now + self._wall_offset
+
+    def step_wall(self, seconds: float) -> None:
+        """Step the wall clock by ``seconds`` (negative: back); monotonic time stays."""
+        with self._lock:
+            self._wall_offset += seconds
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Schedule ``callback`` to run when the clock is advanced past ``now + delay``."""

@@ -53,6 +53,7 @@ class LeaseKeeper:
         """Renew the lease when due; start a handoff if one was requested."""
         if self._ctx.lost is not None:
             return
+        self._store.note_clock(self._ctx.clock.time())  # written with the next renewal
         now = time.monotonic()
         if now >= self._next and not self._renewing:
             self._renewing = True

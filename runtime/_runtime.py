@@ -38,6 +38,7 @@ from herder.actors import (
     Restart,
     RuntimeClosed,
     Scheduler,
+    SteadyClock,
     Strategy,
     SystemClock,
     UnknownName,
@@ -224,7 +225,9 @@ class Runtime:
             seed=seed,
             probe_timeout=probe_timeout,
         )
-        self._ctx = EngineContext(self._store, self._clock, self._config, self._on_final)
+        # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
+        steady = SteadyClock(self._clock)
+        self._ctx = EngineContext(self._store, steady, self._config, self._on_final)
         self._ctx.on_lease_lost = self._on_lease_lost
         self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}
@@ -300,6 +303,8 @@ class Runtime:
         except pykka.Timeout:
             _log.warning("supervision tree did not stop within %ss", timeout)
         finally:
+            if root is not None:
+                self._store.note_clock(self._ctx.clock.time())  # for the next holder
             self._store.close()
         with self._lock:
             waiters, self._waiters = self._waiters, {}
@@ -407,6 +412,11 @@ class Runtime:
             if self._closed:
                 return
             self._ctx.reset_tokens()
+            # Persisted deadlines are re-based: time starts no earlier than the last time
+            # the store's previous holder recorded, however the wall clock stepped since.
+            lease = self._store.lease
+            floor = 0.0 if lease is None or lease.clock is None else lease.clock
+            self._ctx.clock = SteadyClock(self._clock, floor=floor)
             for plan in builtins.list(self._ctx.plans.values()):
                 if self._store.get_plan(plan.name, plan.version) is None:
                     self._store_definition(plan)
@@ -586,7 +596,7 @@ class Runtime:
             )
         wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
         priority = check_priority(priority)
-        begin = begin_at(self._clock.time(), start_at, delay)
+        begin = begin_at(self._ctx.clock.time(), start_at, delay, wall=self._clock.time())
         normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
         agents = resolve_agents(plan, normalized)
         check_registered(plan, agents, self._ctx.agents, self._actions)
@@ -598,7 +608,7 @@ class Runtime:
             if existing is not None:
                 return self._same_start(existing, plan, normalized)
         self._wait_capacity(timeout)
-        now = self._clock.time()
+        now = self._ctx.clock.time()
         record, steps, ops = new_workflow(
             plan, wid, normalized, now, priority=priority, begin=begin, agents=agents
         )

@@ -45,11 +45,15 @@ MAX_WAIT = 100 * 365.25 * 86400.0
 """Longest delay a start may be given, in seconds (a hostile one would overflow timers)."""
 
 
-def begin_at(now: float, start_at: object, delay: object) -> float | None:
+def begin_at(
+    now: float, start_at: object, delay: object, *, wall: float | None = None
+) -> float | None:
     """The clock time a workflow's first steps may run, or None for "now".
 
     ``start_at`` is a :class:`datetime.datetime` (naive means local time) and ``delay``
-    seconds from ``now``; at most one of them. A time already past means now.
+    seconds from ``now``; at most one of them. A time already past means now. ``now`` is
+    the engine's (steady) clock and ``wall`` the wall clock at the same instant (default
+    ``now``): ``start_at`` is a wall-clock time, converted by their difference.
     """
     if start_at is not None and delay is not None:
         raise InvalidInput("give start_at or delay, not both")
@@ -60,7 +64,7 @@ def begin_at(now: float, start_at: object, delay: object) -> float | None:
                 "for seconds from now, pass delay="
             )
         try:
-            when = start_at.timestamp()
+            when = start_at.timestamp() - ((now if wall is None else wall) - now)
         except (OverflowError, ValueError, OSError) as exc:
             raise InvalidInput(f"start_at {start_at!r} is not a usable time: {exc}") from None
     elif delay is not None:

@@ -151,6 +151,7 @@ class Store:
         self.lease_duration = lease
         self._lease: Lease | None = None
         self.releasing = False
+        self._clock_note: float | None = None
         self._max_value = max_value_bytes
         self._env: lmdb.Environment | None = None
         self._writer: Writer | None = None
@@ -676,6 +677,11 @@ class Store:
         self._start_writer(lease)
         return reason
 
+    def note_clock(self, now: float) -> None:
+        """The engine's time now (see :class:`Lease`), written with the lease at its next
+        renewal or release so that the next holder's clock starts no earlier."""
+        self._clock_note = now
+
     def renew_lease(self) -> Future[None]:
         """Renew our lease for another ``lease_duration`` seconds through :attr:`writer`.
 
@@ -689,7 +695,9 @@ class Store:
         if lease is None or self.releasing:
             raise StoreError(f"store {self.path} holds no lease to renew")
         flock = lease.flock or (self._lock_fd is not None and self._try_flock())
-        renewed = dataclasses.replace(lease, expires=time.time() + self.lease_duration, flock=flock)
+        expires = time.time() + self.lease_duration
+        clock = self._clock_note if self._clock_note is not None else lease.clock
+        renewed = dataclasses.replace(lease, expires=expires, flock=flock, clock=clock)
         done = self.writer.submit(_renewal(lease, renewed))
 
         def adopt(result: Future[None]) -> None:
@@ -710,7 +718,8 @@ class Store:
         if lease is None or self._writer is None or self._writer.closed:
             return False
         self.releasing = True
-        released = dataclasses.replace(lease, expires=0.0)
+        clock = self._clock_note if self._clock_note is not None else lease.clock
+        released = dataclasses.replace(lease, expires=0.0, clock=clock)
         done = self._writer.submit(
             Transition(ops=(Put("meta", LEASE_KEY, encode(released.to_dict())),))
         )

@@ -58,7 +58,13 @@ _HOST = socket.gethostname()
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """The leader lease record. ``expires`` is wall-clock seconds; 0 means released."""
+    """The leader lease record. ``expires`` is wall-clock seconds; 0 means released.
+
+    ``clock`` is the holder's engine time at its last renewal (its steady clock, see
+    ``herder.actors._clock``), carried over when the lease changes hands: the next holder
+    starts its clock no earlier, so a wall clock stepped back between two holders does
+    not postpone every persisted deadline.
+    """
 
     owner: str
     incarnation: int
@@ -67,6 +73,7 @@ class Lease:
     host: str
     flock: bool
     taken: float
+    clock: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stored map."""
@@ -79,6 +86,7 @@ class Lease:
             "host": self.host,
             "flock": self.flock,
             "taken": self.taken,
+            "clock": self.clock,
         }
 
     @classmethod
@@ -92,6 +100,7 @@ class Lease:
             host=data["host"],
             flock=bool(data["flock"]),
             taken=float(data["taken"]),
+            clock=None if data.get("clock") is None else float(data["clock"]),
         )
         if type(lease.owner) is not str or type(lease.incarnation) is not int:
             raise TypeError("owner must be a str and incarnation an int")
@@ -229,6 +238,7 @@ def take(
         host=_HOST,
         flock=have_flock,
         taken=now,
+        clock=None if current is None else current.clock,
     )
     txn.put(INCARNATION_KEY, encode(lease.incarnation), db=meta)
     txn.put(LEASE_KEY, encode(lease.to_dict()), db=meta)
