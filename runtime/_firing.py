@@ -172,7 +172,7 @@ class Firer:
             for record in self.all():
                 try:
                     at = self._fire_schedule(record)
-                except HerderError as exc:
+                except (HerderError, TimeoutError) as exc:  # TimeoutError: no capacity
                     _log.warning("schedule %r could not fire: %s", record.name, exc)
                     at = self._clock.time() + RETRY
                 if at is not None and (wake_at is None or at < wake_at):

@@ -9,7 +9,8 @@ every fault is decided by the seed:
   effect whose answer is lost, a hang past the step timeout (released later, so its late
   answer is stale), a crash of the agent instance, or (per step) a permanent failure.
   Store commits fail by the same seed through the writer's ``fault`` hook; the Scheduler
-  actor crashes, and the runtime is stopped and reopened, at seeded rounds.
+  actor crashes, and the runtime is stopped and reopened, at seeded rounds. A quarter
+  of the seeds also run a periodic schedule (a slot per round) through all of that.
 - :class:`SimService` — the agent the workload runs on: it applies effects to an
   :class:`~herder.runtime.testing.EffectLedger` by idempotency key, meeting the
   schedule's faults.
@@ -18,7 +19,8 @@ every fault is decided by the seed:
   workflow is final, and returns a :class:`SimReport`
   listing every broken expectation: a final state other than the schedule implies, an
   effect that contradicts the recorded step states, compensations out of reverse
-  completion order, or a ``herder check`` problem.
+  completion order, a schedule slot fired twice or dropped, or a ``herder check``
+  problem.
 
 What is exact for a seed: every fault decision and every timestamp. What is not: the
 interleaving of actor threads, and so which commit batch a store fault lands in; a
@@ -46,9 +48,10 @@ from herder.actors import (
 )
 from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
+from herder.runtime._schedules import slot_id
 from herder.runtime._seams import crash_scheduler
 from herder.runtime._workflow import Workflow
-from herder.store import RetryPolicy, StepState, WorkflowState
+from herder.store import RetryPolicy, ScheduleRecord, StepState, WorkflowState, schedule_key
 
 TIMEOUT = 5.0  # each step's timeout, in fake seconds
 ROUND = 6.0  # fake seconds per round: past a timeout and a retry's backoff
@@ -122,6 +125,12 @@ class FaultSchedule:
         if self._draw("restart") < 2 / 3:
             return None
         return int(self._draw("restart-round") * 3)
+
+    def pause_schedule_at(self) -> int | None:
+        """The round at which the run's schedule is paused, or None: no schedule (3/4)."""
+        if self._draw("schedule") < 3 / 4:
+            return None
+        return 1 + int(self._draw("schedule-round") * 3)
 
     def cancel_at(self) -> tuple[int, int] | None:
         """(round, workflow index) of a cancel request, or None (half of the seeds)."""
@@ -247,6 +256,7 @@ class SimReport:
     stale: int = 0  # late answers of superseded attempts the Scheduler dropped
     restarts: int = 0
     scheduler_crashes: int = 0
+    fired: int = 0  # workflows the run's schedule started
     problems: list[str] = field(default_factory=list)
 
 
@@ -280,6 +290,9 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
         ids = [f"s{seed}-{i}" for i in range(schedule.workflows())]
         for wid in ids:
             rt.start("sim", {"seed": seed}, workflow_id=wid)
+        pause_at = schedule.pause_schedule_at()
+        if pause_at is not None:  # every slot fires a workflow like the others
+            rt.schedule("tick", "sim", every=ROUND, input={"seed": seed}, catch_up="all")
         rt._store.writer.fault = faults
         faults.armed = True
         cancel = schedule.cancel_at()
@@ -295,20 +308,16 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
                 report.scheduler_crashes += 1
                 _quiet(rt, world)
             if schedule.restart_at() == rnd:  # the process stops and starts again
-                faults.armed = False
-                world.gate.release()
-                report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
-                rt.stop(timeout=5)
-                rt = _open(Path(directory), clock, world)
-                rt._store.writer.fault = faults
-                faults.armed = True
-                report.restarts += 1
-                _quiet(rt, world)
-            if all(rt.status(w).state.is_final for w in ids):
+                rt = _restart(rt, Path(directory), clock, world, faults=faults, report=report)
+            if pause_at == rnd:
+                ids += _pause_schedule(rt, faults, report)
+                pause_at = None
+            if pause_at is None and all(rt.status(w).state.is_final for w in ids):
                 break
             rt._settle()
             clock.advance(ROUND)
             rt._sweep_now()
+            rt._fire_now()
             world.gate.release()  # hung attempts answer now, after their timeout
         faults.armed = False
         _quiet(rt, world)
@@ -321,6 +330,28 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
         world.gate.release()
         rt.stop(timeout=5)
     return report
+
+
+def _restart(
+    rt: Runtime,
+    directory: Path,
+    clock: FakeClock,
+    world: _World,
+    *,
+    faults: _StoreFaults,
+    report: SimReport,
+) -> Runtime:
+    """Stop the runtime and open a new one on its store, as a process restart does."""
+    faults.armed = False
+    world.gate.release()
+    report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
+    rt.stop(timeout=5)
+    rt = _open(directory, clock, world)
+    rt._store.writer.fault = faults
+    faults.armed = True
+    report.restarts += 1
+    _quiet(rt, world)
+    return rt
 
 
 def _crash_scheduler(rt: Runtime) -> int:
@@ -352,6 +383,35 @@ def _cancel(rt: Runtime, faults: _StoreFaults, workflow_id: str) -> set[str]:
     finally:
         faults.armed = True
     return {workflow_id}
+
+
+def _pause_schedule(rt: Runtime, faults: _StoreFaults, report: SimReport) -> list[str]:
+    """Pause the run's schedule and return the ids of the workflows it fired: with
+    ``catch_up="all"`` each slot from its creation to its cursor fired once (counted in
+    ``fired``) or was skipped while the previous firing ran (counted in ``skipped``)."""
+    faults.armed = False  # the request itself must not meet a store fault
+    try:
+        rt.pause_schedule("tick")
+    finally:
+        faults.armed = True
+    data = rt._store.get("schedules", schedule_key("tick"))
+    assert data is not None, "a schedule is never deleted in the simulation"
+    record = ScheduleRecord.from_dict(data)
+    fired = sorted(s.id for s in rt.list() if s.id.startswith("tick@"))
+    step = int(ROUND * 1000)
+    first = (int(record.created * 1000) // step + 1) * step
+    slots = [slot_id("tick", ms) for ms in range(first, record.cursor_ms + 1, step)]
+    # Each slot up to the cursor fired once or was skipped (overlap="skip"), none twice.
+    if not set(fired) <= set(slots) or (record.fired, record.skipped) != (
+        len(fired),
+        len(slots) - len(fired),
+    ):
+        report.problems.append(
+            f"schedule fired {fired} (counted {record.fired}, skipped {record.skipped}) "
+            f"of the slots {slots}"
+        )
+    report.fired = len(fired)
+    return fired
 
 
 def _quiet(rt: Runtime, world: _World) -> None:

@@ -36,7 +36,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
     root = _scratch(tmp_path)
     faults: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
-    store_faults = stale = restarts = scheduler_crashes = 0
+    store_faults = stale = restarts = scheduler_crashes = fired = 0
     started = time.monotonic()
     try:
         for seed in sim_seeds:
@@ -51,6 +51,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
             stale += report.stale
             restarts += report.restarts
             scheduler_crashes += report.scheduler_crashes
+            fired += report.fired
     finally:
         if root != tmp_path:
             import shutil
@@ -60,7 +61,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
         f"\nsimulation: {len(sim_seeds)} seeds in {time.monotonic() - started:.1f}s, "
         f"outcomes {dict(outcomes)}, faults {dict(faults)}, store faults {store_faults}, "
         f"stale answers dropped {stale}, restarts {restarts}, "
-        f"scheduler crashes {scheduler_crashes}"
+        f"scheduler crashes {scheduler_crashes}, schedule firings {fired}"
     )
     if len(sim_seeds) >= 50:  # the schedule really exercises every kind of fault
         assert set(faults) == {"raise", "lost", "hang", "crash", "permanent"}
@@ -68,6 +69,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
         assert stale > 0  # hung attempts answered after being superseded
         assert restarts > 0
         assert scheduler_crashes > 0
+        assert fired > 0  # a schedule fired through these faults, each slot once
         assert {"SUCCEEDED", "COMPENSATED", "CANCELLED"} <= set(outcomes)
 
 
