@@ -13,10 +13,11 @@ enforces it. ``__all__`` is the contract herder.runtime builds on; what users ne
 re-exported by herder.runtime.
 """
 
+from herder.actors._action import coroutine_actions
 from herder.actors._admission import resource_stats
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
 from herder.actors._agent_host import InstanceCrash
-from herder.actors._ask import call
+from herder.actors._ask import call, call_future
 from herder.actors._clock import Clock, FakeClock, SteadyClock, SystemClock, TimerHandle
 from herder.actors._engine import EngineConfig, EngineContext
 from herder.actors._errors import (
@@ -102,6 +103,8 @@ __all__ = [
     "action_names",
     "agent_class_of",
     "call",
+    "call_future",
+    "coroutine_actions",
     "parse_task_token",
     "resource_stats",
     "start_supervisor",

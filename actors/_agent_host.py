@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,12 @@ class AgentInstance(SupervisedActor):
             if run.action.startswith("_") or not callable(method):
                 raise Permanent(f"agent {self._agent_name!r} has no action {run.action!r}")
             value = method(ctx)
+            if type(value) is types.CoroutineType:  # an async def the class did not show
+                value.close()  # never started: no user code runs
+                raise Permanent(
+                    f"action {run.action!r} of agent {self._agent_name!r} returned a coroutine "
+                    "(async def); the thread host cannot run it: make it a plain def"
+                )
             kind = ""
             if value is COMPLETE_LATER:
                 value, kind = None, "later"

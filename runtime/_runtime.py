@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import datetime
 import logging
@@ -48,8 +49,19 @@ from herder.actors import (
     action_names,
     agent_class_of,
     call,
+    coroutine_actions,
     parse_task_token,
     start_supervisor,
+)
+from herder.runtime._async import (
+    AsyncHandle,
+    AsyncRuntime,
+    NotifyingEvent,
+    Pulse,
+    Steps,
+    Wait,
+    awaited,
+    run_blocking,
 )
 from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper, StandbyWatcher
@@ -96,8 +108,9 @@ from herder.store import (
 _log = logging.getLogger("herder.runtime")
 
 
-class WorkflowHandle:
-    """A started workflow: wait for its result or look at its status."""
+class WorkflowHandle(AsyncHandle):
+    """A started workflow: wait for its result (``result`` or ``await result_async``) or
+    look at its status."""
 
     def __init__(self, runtime: Runtime, workflow_id: str) -> None:
         self._runtime = runtime
@@ -109,7 +122,9 @@ class WorkflowHandle:
         Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
         NEEDS_ATTENTION, and :class:`TimeoutError` if ``timeout`` seconds pass first.
         """
-        record = self._runtime._wait_final(self.id, timeout)
+        return self._outcome(self._runtime._wait_final(self.id, timeout))
+
+    def _outcome(self, record: WorkflowRecord) -> dict[str, Any]:
         status = WorkflowStatus.from_records(record, self._runtime._ordered_steps(record))
         if status.state is WorkflowState.SUCCEEDED:
             return status.results
@@ -127,7 +142,7 @@ class WorkflowHandle:
         return f"WorkflowHandle({self.id!r})"
 
 
-class Runtime:
+class Runtime(AsyncRuntime):
     """One herder runtime over one store directory.
 
     ``Runtime(path)`` opens (or creates) the store, starts the supervision tree and
@@ -162,6 +177,10 @@ class Runtime:
     (recovering every unfinished workflow) once that runtime dies, lets its lease lapse or
     hands over; ``standby_poll`` is how often it looks. Register agents and workflows on a
     standby as on an active runtime.
+
+    asyncio (docs/asyncio.md): every call that waits has an ``_async`` form that never
+    blocks the event loop (``await rt.start_async(...)``, ``await h.result_async()``,
+    ``await rt.run_forever_async()``); ``async with Runtime(path) as rt`` stops it.
     """
 
     def __init__(
@@ -234,16 +253,17 @@ class Runtime:
         self._actions: dict[str, frozenset[str] | None] = {}
         self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
         self._lock = threading.Condition()
+        self._capacity_freed = Pulse()  # start_async's wake-up where start() waits on _lock
         self._active = 0
         self._closed = False
         self._draining = False
         self._fatal: BaseException | None = None
-        self._wake = threading.Event()  # run_forever's: a signal, a stop, a failure
+        self._wake = NotifyingEvent()  # run_forever's: a signal, a stop, a failure
         # Held while a standby becomes active, so registration and stop() never see it half
         # done; the tree (self._root) exists only on the active runtime.
         self._promotion = threading.RLock()
         self._root: pykka.ActorRef | None = None
-        self._is_active = threading.Event()
+        self._is_active = NotifyingEvent()
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher: StandbyWatcher | None = None
         self._firer: Firer | None = None  # fires schedules while this runtime is active
@@ -309,6 +329,7 @@ class Runtime:
         with self._lock:
             waiters, self._waiters = self._waiters, {}
             self._lock.notify_all()
+        self._capacity_freed.fire()
         for futures in waiters.values():
             for fut in futures:
                 if not fut.done():
@@ -484,6 +505,14 @@ class Runtime:
                     f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
                 )
         cls = agent_class_of(factory)
+        refused = () if cls is None else coroutine_actions(cls)
+        if refused:
+            raise InvalidInput(
+                f"agent {name!r}: {', '.join(map(repr, refused))} "
+                f"{'is an async def' if len(refused) == 1 else 'are async def'}, which this "
+                "runtime's agent host cannot run (it calls actions on threads); make them "
+                "plain def methods (asyncio.run() inside one runs a coroutine to its end)"
+            )
         with self._promotion:
             self._actions[name] = None if cls is None else action_names(cls)
             self._ctx.agents[name] = (factory, concurrency)
@@ -561,7 +590,7 @@ class Runtime:
         ``start_at`` (a datetime) or ``delay`` (seconds) holds its first steps until then;
         the wait is a timer in the store and survives restarts.
         """
-        return self._start(
+        steps = self._starting(
             workflow,
             input,
             workflow_id=workflow_id,
@@ -570,8 +599,13 @@ class Runtime:
             start_at=start_at,
             delay=delay,
         )
+        return run_blocking(steps)
 
-    def _start(
+    def _start(self, workflow: str | Workflow, input: Any, **options: Any) -> WorkflowHandle:
+        """:meth:`start`, with ``_starting``'s extra options (``also``)."""
+        return run_blocking(self._starting(workflow, input, **options))
+
+    def _starting(
         self,
         workflow: str | Workflow,
         input: Any,
@@ -582,9 +616,11 @@ class Runtime:
         start_at: datetime.datetime | None = None,
         delay: float | None = None,
         also: tuple[Put, ...] = (),
-    ) -> WorkflowHandle:
-        """:meth:`start`; ``also`` is written in the transaction that creates the
-        workflow, and only if it does (a schedule's cursor, see ``_firing``)."""
+    ) -> Steps[WorkflowHandle]:
+        """The body of :meth:`start` and ``start_async``; it yields their two waits.
+
+        ``also`` is written in the transaction that creates the workflow, and only if it
+        does (a schedule's cursor, see ``_firing``)."""
         self._check_active()
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         plan = self._latest.get(name) if isinstance(name, str) else None
@@ -607,7 +643,7 @@ class Runtime:
             existing = self._store.get_workflow(wid)
             if existing is not None:
                 return self._same_start(existing, plan, normalized)
-        self._wait_capacity(timeout)
+        yield Wait(lambda: self._wait_capacity(timeout), lambda: self._capacity_async(timeout))
         now = self._ctx.clock.time()
         record, steps, ops = new_workflow(
             plan, wid, normalized, now, priority=priority, begin=begin, agents=agents
@@ -633,13 +669,16 @@ class Runtime:
 
         committed.add_done_callback(on_commit)
         try:
-            committed.result(timeout=self._ask_timeout)
+            yield Wait(
+                lambda: committed.result(timeout=self._ask_timeout),
+                lambda: awaited(committed, self._ask_timeout),
+            )
         except ConditionFailed:
             self._release_capacity()
             raced = self._store.get_workflow(wid)
             assert raced is not None
             return self._same_start(raced, plan, normalized)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError):  # the commit may still land
             gave_up.set()
             if committed.done() and committed.exception() is not None:
                 release_once()  # it failed between the timeout and gave_up
@@ -811,9 +850,12 @@ class Runtime:
         Callable from any thread. Raises :class:`CompletionRefused` if the attempt the
         token names is no longer current (timed out and retried, or the step finished).
         """
+        self._ask_durable("complete", self._completion(task_token, result))
+
+    def _completion(self, task_token: str, result: Any) -> Complete:
         wf, step, token = parse_task_token(task_token)
         result = normalize(result, limit=self._config.max_result_bytes, what="step result")
-        self._complete(Complete(wf, step, token, ok=True, result=result))
+        return Complete(wf, step, token, ok=True, result=result)
 
     def fail_step(
         self, task_token: str, error: str | BaseException, *, permanent: bool = False
@@ -823,14 +865,17 @@ class Runtime:
         The step is retried under its policy unless ``permanent`` (or ``error``'s type is
         non-retryable). Refusals as for :meth:`complete_step`.
         """
+        self._ask_durable("complete", self._failure(task_token, error, permanent=permanent))
+
+    def _failure(self, task_token: str, error: str | BaseException, *, permanent: bool) -> Complete:
         wf, step, token = parse_task_token(task_token)
         if isinstance(error, BaseException):
             text, types = describe(error), error_types(error)
             permanent = permanent or isinstance(error, Permanent)
         else:
             text, types = bounded_text(safe_str(error)), ()
-        self._complete(
-            Complete(wf, step, token, ok=False, error=text, error_types=types, permanent=permanent)
+        return Complete(
+            wf, step, token, ok=False, error=text, error_types=types, permanent=permanent
         )
 
     def inbox(self) -> builtins.list[InboxItem]:
@@ -992,28 +1037,52 @@ class Runtime:
             self._check_open()
             self._active += 1
 
+    async def _capacity_async(self, timeout: float | None) -> None:
+        """As :meth:`_wait_capacity`, awaited: woken by :attr:`_capacity_freed`."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with self._lock:
+                if self._active < self._max_active or self._closed:
+                    self._check_open()
+                    self._active += 1
+                    return
+                freed = self._capacity_freed.arm()
+            left = None if deadline is None else deadline - loop.time()
+            try:
+                await asyncio.wait_for(freed, left)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{self._active} workflows are unfinished (max_active_workflows="
+                    f"{self._max_active}); start_async() waited {timeout}s for one to finish"
+                ) from None
+
     def _release_capacity(self) -> None:
         with self._lock:
             self._active -= 1
             self._lock.notify()
+        self._capacity_freed.fire()
 
     def _operate(self, op: Operate) -> None:
+        self._ask_durable("operate", self._operation(op))
+
+    def _operation(self, op: Operate) -> Operate:
+        """``op`` checked, as plain data (nothing is written)."""
         self._check_active()
         check_text("who", op.who, 200)
         check_text("why", op.why)
         # Plain data only reaches the Scheduler: a user object's methods must not run there.
-        op = replace(
+        return replace(
             op,
             result=normalize(op.result, what="result"),  # its size is checked with the step
             who=normalize(op.who),
             why=normalize(op.why),
         )
-        done: Future[None] = call(self._scheduler, "operate", op, timeout=self._ask_timeout)
-        done.result(timeout=self._ask_timeout)
 
-    def _complete(self, msg: Complete) -> None:
+    def _ask_durable(self, method: str, msg: Operate | Complete) -> None:
+        """Ask the Scheduler to record ``msg``; return once that is durable."""
         self._check_active()
-        done: Future[None] = call(self._scheduler, "complete", msg, timeout=self._ask_timeout)
+        done: Future[None] = call(self._scheduler, method, msg, timeout=self._ask_timeout)
         done.result(timeout=self._ask_timeout)
 
     def _on_recovered(self, unfinished: int) -> None:
@@ -1034,28 +1103,47 @@ class Runtime:
             self._lock.notify()
         if self._firer is not None:
             self._firer.on_final(record.id)
+        self._capacity_freed.fire()
         for fut in futures:
             if not fut.done():
                 fut.set_result(record)
 
     def _wait_final(self, workflow_id: str, timeout: float | None) -> WorkflowRecord:
+        waiter = self._watch(workflow_id)
+        try:
+            return waiter.result(timeout)
+        finally:
+            self._unwatch(workflow_id, waiter)
+
+    def _watch(self, workflow_id: str) -> Future[WorkflowRecord]:
+        """A future resolved with the workflow's final record (at once if it is final);
+        pass it to :meth:`_unwatch` when done with it. :class:`UnknownWorkflow` if none."""
         fut: Future[WorkflowRecord] = Future()
         with self._lock:
             self._waiters.setdefault(workflow_id, []).append(fut)
-        try:
-            record = self._store.get_workflow(workflow_id)
+        record = self._store.get_workflow(workflow_id)
+        if record is None or record.state.is_final:
+            with self._lock:
+                mine = self._unlisted(workflow_id, fut)  # else _on_final resolves it
             if record is None:
                 raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
-            if record.state.is_final:
-                return record
-            return fut.result(timeout)
-        finally:
-            with self._lock:
-                futures = self._waiters.get(workflow_id)
-                if futures is not None and fut in futures:
-                    futures.remove(fut)
-                    if not futures:
-                        del self._waiters[workflow_id]
+            if mine:
+                fut.set_result(record)
+        return fut
+
+    def _unwatch(self, workflow_id: str, fut: Future[WorkflowRecord]) -> None:
+        with self._lock:
+            self._unlisted(workflow_id, fut)
+
+    def _unlisted(self, workflow_id: str, fut: Future[WorkflowRecord]) -> bool:
+        """Take ``fut`` off the waiters (under ``_lock``); False if it was not on them."""
+        futures = self._waiters.get(workflow_id)
+        if futures is None or fut not in futures:
+            return False
+        futures.remove(fut)
+        if not futures:
+            del self._waiters[workflow_id]
+        return True
 
     def _ordered_steps(self, record: WorkflowRecord) -> builtins.list[StepRecord]:
         plan = self._ctx.plans.get((record.name, record.version))

@@ -1,0 +1,274 @@
+"""The asyncio forms of the Runtime's calls: awaited, and never blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+
+from herder.actors import call_future
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    RetryPolicy,
+    Runtime,
+    RuntimeClosed,
+    State,
+    StepContext,
+    Workflow,
+    WorkflowConflict,
+    WorkflowFailed,
+)
+
+WAIT = 10.0
+ONCE = RetryPolicy(max_attempts=1)
+
+
+class Gate(Agent):
+    """``pass_`` answers at once; ``hold`` waits until the test opens ``gate``."""
+
+    gate = threading.Event()
+    later: list[str] = []
+    handed_off = threading.Event()
+
+    def pass_(self, ctx: StepContext) -> dict[str, Any]:
+        return {"echo": ctx.input}
+
+    def hold(self, ctx: StepContext) -> str:
+        if not Gate.gate.wait(WAIT):
+            raise TimeoutError("the test never opened the gate")
+        return "held"
+
+    def fail(self, ctx: StepContext) -> None:
+        raise ValueError("no")
+
+    def later_(self, ctx: StepContext) -> Any:
+        Gate.later.append(ctx.task_token)
+        Gate.handed_off.set()
+        return ctx.complete_later()
+
+
+def one(name: str, action: str) -> Workflow:
+    return Workflow(name).step("s", agent="gate", action=action, timeout=30.0, retry=ONCE)
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Iterator[Runtime]:
+    Gate.gate = threading.Event()
+    Gate.later = []
+    Gate.handed_off = threading.Event()
+    with Runtime(tmp_path / "store", instance_shutdown=0.1) as runtime:
+        runtime.add_agent("gate", Gate, concurrency=4)
+        for name, action in (("quick", "pass_"), ("held", "hold"), ("bad", "fail")):
+            runtime.add_workflow(one(name, action))
+        runtime.add_workflow(one("later", "later_"))
+        yield runtime
+
+
+def test_start_async_is_durable_when_it_returns_and_result_async_gives_the_results(
+    rt: Runtime,
+) -> None:
+    async def main() -> dict[str, Any]:
+        h = await rt.start_async("quick", 7, workflow_id="w1")
+        assert rt.status("w1").name == "quick"  # in the store already
+        return await h.result_async(timeout=WAIT)
+
+    assert asyncio.run(main()) == {"s": {"echo": 7}}
+
+
+def test_start_async_is_idempotent_on_the_id_and_refuses_other_input(rt: Runtime) -> None:
+    async def main() -> None:
+        first = await rt.start_async("quick", 1, workflow_id="same")
+        again = await rt.start_async("quick", 1, workflow_id="same")
+        assert again.id == first.id
+        with pytest.raises(WorkflowConflict):
+            await rt.start_async("quick", 2, workflow_id="same")
+
+    asyncio.run(main())
+
+
+def test_result_async_raises_workflow_failed_and_times_out(rt: Runtime) -> None:
+    async def main() -> None:
+        bad = await rt.start_async("bad")
+        with pytest.raises(WorkflowFailed) as failed:
+            await bad.result_async(timeout=WAIT)
+        assert failed.value.status.state is State.COMPENSATED
+        held = await rt.start_async("held")
+        with pytest.raises(TimeoutError):
+            await held.result_async(timeout=0.05)
+        Gate.gate.set()
+        assert await held.result_async(timeout=WAIT) == {"s": "held"}
+
+    asyncio.run(main())
+
+
+def test_waiting_for_many_results_costs_no_thread(rt: Runtime) -> None:
+    async def main() -> None:
+        handles = [await rt.start_async("held") for _ in range(200)]
+        waits = [asyncio.ensure_future(h.result_async(timeout=WAIT)) for h in handles]
+        await asyncio.sleep(0)  # every wait has registered
+        while_waiting = threading.active_count()
+        Gate.gate.set()
+        results = await asyncio.gather(*waits)
+        assert results == [{"s": "held"}] * 200
+        # 200 waiters, yet only the runtime's own threads (4 instances, the tree, the
+        # writer, the sweeper): a thread per waiter would show hundreds.
+        assert while_waiting < 40, while_waiting
+
+    asyncio.run(main())
+
+
+def test_start_async_waits_for_capacity_without_blocking_the_loop(tmp_path: Path) -> None:
+    Gate.gate = threading.Event()
+    with Runtime(tmp_path / "s", max_active_workflows=1, instance_shutdown=0.1) as rt:
+        rt.add_agent("gate", Gate)
+        rt.add_workflow(one("held", "hold"))
+
+        async def main() -> None:
+            first = await rt.start_async("held")
+            second = asyncio.ensure_future(rt.start_async("held", timeout=WAIT))
+            await asyncio.sleep(0)  # the second start ran up to its first await
+            assert not second.done()  # waiting for capacity...
+            Gate.gate.set()  # ...and the loop is free: a blocking wait would never get here
+            assert await first.result_async(timeout=WAIT) == {"s": "held"}
+            h = await second
+            assert await h.result_async(timeout=WAIT) == {"s": "held"}
+
+        asyncio.run(main())
+
+
+def test_start_async_times_out_when_no_capacity_frees(tmp_path: Path) -> None:
+    Gate.gate = threading.Event()
+    with Runtime(tmp_path / "s", max_active_workflows=1, instance_shutdown=0.1) as rt:
+        rt.add_agent("gate", Gate)
+        rt.add_workflow(one("held", "hold"))
+
+        async def main() -> None:
+            await rt.start_async("held")
+            with pytest.raises(TimeoutError, match="max_active_workflows=1"):
+                await rt.start_async("held", timeout=0.05)
+            Gate.gate.set()
+
+        asyncio.run(main())
+
+
+def test_operator_actions_and_completions_have_awaitable_forms(rt: Runtime) -> None:
+    async def main() -> None:
+        held = await rt.start_async("held")
+        await rt.cancel_async(held.id, who="test")
+        Gate.gate.set()
+        with pytest.raises(WorkflowFailed) as failed:
+            await held.result_async(timeout=WAIT)
+        assert failed.value.status.state is State.CANCELLED
+
+        later = await rt.start_async("later")
+        assert await asyncio.to_thread(Gate.handed_off.wait, WAIT)
+        await rt.complete_step_async(Gate.later[0], {"done": True})
+        assert await later.result_async(timeout=WAIT) == {"s": {"done": True}}
+
+    asyncio.run(main())
+
+
+def test_async_with_stops_the_runtime(tmp_path: Path) -> None:
+    async def main() -> Runtime:
+        async with Runtime(tmp_path / "s") as rt:
+            assert rt.is_active
+        return rt
+
+    rt = asyncio.run(main())
+    with pytest.raises(RuntimeClosed):
+        rt.start("anything")
+
+
+def test_run_forever_async_serves_until_sigterm_and_restores_the_handlers(
+    tmp_path: Path,
+) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+
+    async def main(rt: Runtime) -> None:
+        serving = asyncio.ensure_future(rt.run_forever_async(drain_timeout=1.0))
+        await asyncio.sleep(0)  # the handlers are installed
+        assert not serving.done()
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(serving, WAIT)
+
+    rt = Runtime(tmp_path / "s")
+    asyncio.run(main(rt))
+    with pytest.raises(RuntimeClosed):
+        rt.start("anything")
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_run_forever_async_returns_when_the_runtime_is_stopped_elsewhere(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path / "s")
+
+    async def main() -> None:
+        serving = asyncio.ensure_future(rt.run_forever_async())
+        await asyncio.sleep(0)
+        threading.Thread(target=rt.stop).start()
+        await asyncio.wait_for(serving, WAIT)
+
+    asyncio.run(main())
+
+
+class AsyncAgent(Agent):
+    async def fetch(self, ctx: StepContext) -> str:
+        return "never"
+
+    def plain(self, ctx: StepContext) -> str:
+        return "ok"
+
+    async def probe_fetch(self, ctx: StepContext) -> None:
+        return None
+
+
+def test_an_agent_with_async_def_actions_is_refused_at_add_agent(rt: Runtime) -> None:
+    with pytest.raises(InvalidInput, match="'fetch', 'probe_fetch' are async def"):
+        rt.add_agent("web", AsyncAgent)
+    assert "web" not in rt.stats()["agents"]
+
+
+def test_an_async_def_action_behind_an_opaque_factory_fails_its_step_for_good(
+    rt: Runtime,
+) -> None:
+    rt.add_agent("web", lambda: AsyncAgent())
+    rt.add_workflow(Workflow("fetch").step("s", agent="web", action="fetch", retry=ONCE))
+    with pytest.raises(WorkflowFailed) as failed:
+        rt.start("fetch").result(timeout=WAIT)
+    error = failed.value.status.steps["s"].error or ""
+    assert "returned a coroutine (async def)" in error
+    assert "EncodeError" not in error
+
+
+def test_call_future_reports_a_dead_actor_in_the_future() -> None:
+    class Echo(pykka.ThreadingActor):
+        def hello(self) -> str:
+            return "hi"
+
+    ref = Echo.start()
+    assert call_future(ref, "hello").result(WAIT) == "hi"
+    ref.stop()
+    with pytest.raises(pykka.ActorDeadError):
+        call_future(ref, "hello").result(WAIT)
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "asyncio.md"
+
+
+def test_the_asyncio_doc_example_serves_requests_that_await_workflows(tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    namespace: dict[str, Any] = {"__name__": "asyncio_doc"}
+    exec(compile(blocks[0], str(DOC), "exec"), namespace)
+    bodies = asyncio.run(namespace["main"](str(tmp_path / "store")))
+    assert [json.loads(b) for b in bodies] == [
+        {"reserve": {"sku": f"sku-{i}", "held": True}} for i in range(20)
+    ]
