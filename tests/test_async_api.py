@@ -240,7 +240,7 @@ def test_an_agent_with_async_def_actions_is_refused_at_add_agent(rt: Runtime) ->
 def test_an_async_def_action_behind_an_opaque_factory_fails_its_step_for_good(
     rt: Runtime,
 ) -> None:
-    rt.add_agent("web", lambda: AsyncAgent())
+    rt.add_agent("web", lambda: AsyncAgent())  # noqa: PLW0108 (hides the class)
     rt.add_workflow(Workflow("fetch").step("s", agent="web", action="fetch", retry=ONCE))
     with pytest.raises(WorkflowFailed) as failed:
         rt.start("fetch").result(timeout=WAIT)
