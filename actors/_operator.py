@@ -17,7 +17,6 @@ from herder.actors._errors import InvalidState, UnknownWorkflow
 from herder.actors._messages import Commands, Operate
 from herder.actors._recovery import release, take_back
 from herder.actors._run import WorkflowRun
-from herder.actors._step_records import restarted, settled, stopped, with_timer
 from herder.actors.engine import (
     ENDED_BY_ABANDON,
     RESTARTABLE,
@@ -25,6 +24,10 @@ from herder.actors.engine import (
     Announce,
     Refuse,
     Resolve,
+    restarted,
+    settled,
+    stopped,
+    with_timer,
 )
 from herder.store import (
     HerderError,

@@ -11,13 +11,19 @@ from typing import TYPE_CHECKING
 from herder.actors._messages import Outcome
 from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
 from herder.actors._run import WorkflowRun
-from herder.actors._step_records import stopped, with_timer
+from herder.actors.engine import (
+    TIMEOUT_ERROR,
+    Escalate,
+    after_probe_failure,
+    handed_off,
+    probed,
+    unknown,
+    with_timer,
+)
 from herder.store import StepRecord, StepState, WorkflowState, history_put
 
 if TYPE_CHECKING:
     from herder.actors._scheduler import Scheduler
-
-TIMEOUT_ERROR = "herder.Timeout"
 
 
 def on_special_outcome(s: Scheduler, run: WorkflowRun, st: StepRecord, msg: Outcome) -> None:
@@ -40,7 +46,7 @@ def on_special_outcome(s: Scheduler, run: WorkflowRun, st: StepRecord, msg: Outc
         # The instance is free again; the step waits for complete_step/fail_step under
         # the deadline it already has (same token: the task token stays valid).
         s._counters["handed_off"] += 1
-        s._commits.put_step(run, st, st.evolve(state=StepState.WAITING, updated=s._clock.time()))
+        s._commits.put_step(run, st, handed_off(st, s._clock.time()))
     else:
         what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
         error = f"{what} returned {msg.kind or 'an unexpected marker'!r}; it cannot here"
@@ -54,19 +60,8 @@ def on_lapsed(s: Scheduler, run: WorkflowRun, st: StepRecord, lapsed: str) -> No
     elif st.state in (StepState.DISPATCHED, StepState.WAITING) and _has_probe(s, run, st):
         # The request may have reached the remote side: ask before retrying.
         s._counters["unknown"] += 1
-        now = s._clock.time()
-        unknown = st.evolve(
-            state=StepState.UNKNOWN,
-            token=s._ctx.next_token(),
-            error=f"outcome unknown: {lapsed}",
-            error_type=TIMEOUT_ERROR,
-            deadline=None,
-            heartbeat_deadline=None,
-            retry_at=now,
-            extra={**st.extra, "probes": 0, "probe_failures": 0},
-            updated=now,
-        )
-        s._commits.put_step(run, st, with_timer(unknown))
+        new = unknown(st, lapsed, token=s._ctx.next_token(), now=s._clock.time())
+        s._commits.put_step(run, st, new)
         s._enqueue(run, st.name, compensating=False)
     else:
         s._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
@@ -77,21 +72,19 @@ def _probe_later(
 ) -> None:
     """Keep the step UNKNOWN and probe again after a backoff; a probe that fails
     (raises, times out) more often than the step's max_attempts parks the workflow."""
-    spec = run.specs[st.name]
-    policy = spec.retry or s._config.default_retry
-    probes = int(st.extra.get("probes", 0)) + 1
-    failures = int(st.extra.get("probe_failures", 0)) + (1 if failed else 0)
     now = s._clock.time()
-    new = stopped(
-        st,
-        token=s._ctx.next_token(),
-        error=note if failed else st.error,
-        extra={**st.extra, "probes": probes, "probe_failures": failures},
-        updated=now,
-    )
+    new = probed(st, note, failed=failed, token=s._ctx.next_token(), now=now)
     probe = {"kind": "probe", "t": now, "step": st.name, "token": new.token, "error": note}
     s._commits.txn(run.record.id).put(history_put(run.record.id, s._ctx.next_token(), probe))
-    if failures >= policy.max_attempts:
+    failures = new.extra["probe_failures"]
+    verdict = after_probe_failure(
+        run.specs[st.name],
+        probes=new.extra["probes"],
+        failures=failures,
+        default=s._config.default_retry,
+        rand=s._rand.random,
+    )
+    if isinstance(verdict, Escalate):
         s._commits.put_step(run, st, new)
         s._finish(
             run,
@@ -99,8 +92,7 @@ def _probe_later(
             error=f"step {st.name!r}: outcome unknown and {failures} probes failed: {note}",
         )
         return
-    delay = policy.delay(probes, s._rand.random())
-    s._commits.put_step(run, st, with_timer(new.evolve(retry_at=now + delay)))
+    s._commits.put_step(run, st, with_timer(new.evolve(retry_at=now + verdict.delay)))
 
 
 def _has_probe(s: Scheduler, run: WorkflowRun, st: StepRecord) -> bool:

@@ -15,8 +15,7 @@ from herder.actors._commit_backoff import Reload
 from herder.actors._messages import Define
 from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._run import WorkflowRun
-from herder.actors._step_records import stopped, with_timer
-from herder.actors.engine import Refuse, Resolve
+from herder.actors.engine import Refuse, Resolve, stopped, with_timer
 from herder.store import (
     Plan,
     StepState,

@@ -88,7 +88,6 @@ from herder.actors._recovery import (
     take_back,
 )
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
-from herder.actors._step_records import lapse, ms, settled, stopped, with_timer
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors.engine import (
@@ -97,9 +96,19 @@ from herder.actors.engine import (
     Announce,
     Dispatch,
     Effect,
+    GiveUp,
     Refuse,
     Resolve,
+    RetryIn,
+    after_failure,
+    dispatch,
+    failed,
+    heartbeat,
+    lapse,
+    ms,
+    settled,
     to_undo,
+    with_timer,
 )
 from herder.store import (
     BatchSink,
@@ -477,12 +486,7 @@ class Scheduler(SupervisedActor):
         spec = run.specs[st.name]
         if st.token != msg.token or spec.heartbeat_timeout is None:
             return
-        hb_deadline = self._clock.time() + spec.heartbeat_timeout
-        self._commits.put_step(
-            run,
-            st,
-            with_timer(st.evolve(heartbeat_deadline=hb_deadline, heartbeat=msg.details)),
-        )
+        self._commits.put_step(run, st, heartbeat(st, spec, msg.details, self._clock.time()))
 
     def _on_due(self, msg: Due) -> None:
         now = self._clock.time()
@@ -746,37 +750,24 @@ class Scheduler(SupervisedActor):
     def _dispatch(self, run: WorkflowRun, job: Job, agent: str, instance: str, token: int) -> None:
         st = run.steps[job.step]
         spec = run.specs[job.step]
-        now = self._clock.time()
-        probing = not job.compensating and st.state is StepState.UNKNOWN
-        if probing:
-            timeout, hb = self._config.probe_timeout, None
-        else:
-            timeout, hb = spec.timeout or self._config.default_timeout, spec.heartbeat_timeout
-        deadline = now + timeout
-        hb_deadline = None if hb is None else now + hb
-        # One evolve per transition (what with_timer gives for retry_at=None, inlined).
-        timing = {
-            "token": token,
-            "deadline": deadline,
-            "heartbeat_deadline": hb_deadline,
-            "retry_at": None,
-            "timer_ms": ms(deadline if hb_deadline is None else min(deadline, hb_deadline)),
-            "updated": now,
-        }
+        new, window = dispatch(
+            st,
+            spec,
+            compensating=job.compensating,
+            token=token,
+            now=self._clock.time(),
+            default_timeout=self._config.default_timeout,
+            probe_timeout=self._config.probe_timeout,
+        )
         if job.compensating:
             assert spec.compensate is not None
-            action, attempt = spec.compensate, st.comp_attempt + 1
-            new = st.evolve(state=StepState.COMPENSATING, comp_attempt=attempt, **timing)
-        elif probing:
-            action, attempt = probe_name(spec.action), st.attempt
-            new = st.evolve(**timing)
+            action, attempt = spec.compensate, new.comp_attempt
+        elif st.state is StepState.UNKNOWN:
+            action, attempt = probe_name(spec.action), new.attempt
         else:
-            action, attempt = spec.action, st.attempt + 1
-            new = st.evolve(state=StepState.DISPATCHED, attempt=attempt, **timing)
+            action, attempt = spec.action, new.attempt
         self._commits.put_step(run, st, new)
-        port = AttemptPort(
-            self._ctx, token, (hb or timeout) * self._config.heartbeat_interval_fraction
-        )
+        port = AttemptPort(self._ctx, token, window * self._config.heartbeat_interval_fraction)
         key = f"{run.record.id}/{job.step}" + ("/compensate" if job.compensating else "")
         ctx = StepContext(
             workflow_id=run.record.id,
@@ -843,56 +834,34 @@ class Scheduler(SupervisedActor):
     ) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
             self._commits.set_record(run, recoveries=0)
-        spec = run.specs[st.name]
-        default = self._config.default_retry
-        forward = st.state is not StepState.COMPENSATING
+        verdict = after_failure(
+            st,
+            run.specs[st.name],
+            workflow=run.record.state,
+            types=types,
+            permanent=permanent,
+            default=self._config.default_retry,
+            at_once=retry_now,
+            rand=self._rand.random,
+        )
         # Whatever an agent or crash said must fit in a record, or the commit would fail.
         error = bounded_text(error)
-        if forward:
-            policy, attempt = spec.retry or default, st.attempt
-            retryable = run.record.state is WorkflowState.RUNNING
-        else:
-            policy, attempt = spec.compensate_retry or spec.retry or default, st.comp_attempt
-            retryable = True
-        retryable = (
-            retryable
-            and not permanent
-            and attempt < policy.max_attempts
-            and policy.is_retryable(types)
-        )
-        now = self._clock.time()
         token = self._ctx.next_token()
-        base = stopped(
-            st,
-            token=token,
-            error=error,
-            error_type=bounded_text(types[0], 512) if types else None,
-            updated=now,
-        )
-        if retryable:
+        new = failed(st, verdict, error=error, types=types, token=token, now=self._clock.time())
+        self._commits.put_step(run, st, new)
+        if isinstance(verdict, RetryIn):
             self._counters["retried"] += 1
+            attempt = st.comp_attempt if new.state is StepState.COMPENSATING else st.attempt
             _log_step(f"failed, will retry: {error}", run.record.id, st.name, attempt)
-            delay = 0.0 if retry_now else policy.delay(attempt, self._rand.random())
-            state = StepState.RETRY_WAIT if forward else StepState.COMPENSATING
-            # The timer is kept even for an immediate retry: if this process dies before
-            # the retry is dispatched, the sweep finds it.
-            new = with_timer(base.evolve(state=state, retry_at=now + delay))
-            self._commits.put_step(run, st, new)
-            if delay <= 0:
-                self._enqueue(run, st.name, compensating=not forward)
+            if verdict.delay <= 0:
+                self._enqueue(run, st.name, compensating=new.state is StepState.COMPENSATING)
             return
         self._counters["failed"] += 1
-        if forward:
-            # Only Permanent says the action took no effect; after anything else (a lost
-            # answer, a timeout, a crash) it may have, so the step is undone like a
-            # completed one, ordered by this token.
-            failed = base.evolve(state=StepState.FAILED, done_token=None if permanent else token)
-            self._commits.put_step(run, st, failed)
+        if isinstance(verdict, GiveUp):
             if run.record.state is WorkflowState.RUNNING:
                 self._begin_compensation(run, f"step {st.name!r} failed: {error}")
             self._advance(run)
         else:
-            self._commits.put_step(run, st, base)
             self._finish(
                 run,
                 WorkflowState.NEEDS_ATTENTION,

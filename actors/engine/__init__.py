@@ -2,8 +2,9 @@
 
 What lives here: the step and workflow state machines as tables (``_states``): which
 moves are legal, which states hold a timer, which keep a compensation waiting, which
-are undone, restarted, skipped or stuck; and the typed effects a decision causes once
-its writes are durable (``_decision``). Everything else that must know these rules
+are undone, restarted, skipped or stuck; the retry rule (``_retry``); one step's
+transitions as pure record functions (``_step``); and the typed effects a decision
+causes once its writes are durable (``_decision``). Everything else that must know these rules
 (the Scheduler, operator actions, ``herder check``, the inbox and status views, the
 hypothesis state machine) consults these tables; no copy of them lives elsewhere.
 The engine grows toward ``design/structure.md``: events in, decisions out.
@@ -14,6 +15,15 @@ reads its tables.
 """
 
 from herder.actors.engine._decision import Announce, Dispatch, Effect, Refuse, Reply, Resolve
+from herder.actors.engine._retry import (
+    Escalate,
+    GiveUp,
+    RetryIn,
+    Verdict,
+    after_failure,
+    after_probe_failure,
+    policy_for,
+)
 from herder.actors.engine._states import (
     ALLOWED_STEPS,
     BUSY,
@@ -31,6 +41,21 @@ from herder.actors.engine._states import (
     reachable,
     to_undo,
 )
+from herder.actors.engine._step import (
+    TIMEOUT_ERROR,
+    dispatch,
+    failed,
+    handed_off,
+    heartbeat,
+    lapse,
+    ms,
+    probed,
+    restarted,
+    settled,
+    stopped,
+    unknown,
+    with_timer,
+)
 
 __all__ = [
     "ALLOWED_STEPS",
@@ -42,16 +67,36 @@ __all__ = [
     "SKIPPABLE",
     "STEP_NEXT",
     "STUCK",
+    "TIMEOUT_ERROR",
     "UNDOING",
     "WAITS_TO_RUN",
     "WORKFLOW_NEXT",
     "Announce",
     "Dispatch",
     "Effect",
+    "Escalate",
+    "GiveUp",
     "Refuse",
     "Reply",
     "Resolve",
+    "RetryIn",
+    "Verdict",
+    "after_failure",
+    "after_probe_failure",
+    "dispatch",
+    "failed",
+    "handed_off",
+    "heartbeat",
     "holds_timer",
+    "lapse",
+    "ms",
+    "policy_for",
+    "probed",
     "reachable",
+    "restarted",
+    "settled",
+    "stopped",
     "to_undo",
+    "unknown",
+    "with_timer",
 ]

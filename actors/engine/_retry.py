@@ -1,0 +1,105 @@
+"""The retry rule, in one place: after a failed attempt or probe, retry when, or stop.
+
+A step's attempt failed (its action raised, its instance crashed, its deadline lapsed,
+a probe found it not applied). What happens next depends only on data:
+
+- the policy: a compensation runs under ``compensate_retry``, else under the retry
+  policy of the step it undoes, else the runtime's default; a forward step and its
+  probes under ``retry``, else the default (:func:`policy_for`);
+- ``Permanent`` ("this will never succeed") stops at once, and so does an error type the
+  policy lists as non-retryable, or the last of ``max_attempts``;
+- a forward step retries only while its workflow runs: once the workflow compensates, a
+  failed attempt is its last.
+
+:func:`after_failure` gives :class:`RetryIn` (backoff with jitter, or 0 for a failure
+the host already saw the end of), :class:`GiveUp` (a forward step stops; ``undo``
+when the attempt may have taken effect, which everything but ``Permanent`` may) or
+:class:`Escalate` (a compensation cannot finish: an operator must decide).
+:func:`after_probe_failure` applies the same policy to the probes of an unknown outcome.
+
+Imports: herder.store records only. Randomness is an argument (drawn only when a
+backoff is computed, so a seeded stream stays the same); there is no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from herder.store import RetryPolicy, StepRecord, StepSpec, StepState, WorkflowState
+
+
+@dataclass(frozen=True, slots=True)
+class RetryIn:
+    """Run the step (or its compensation, or its probe) again after ``delay`` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """No more attempts of a forward step; ``undo``: it may have taken effect."""
+
+    undo: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Escalate:
+    """A compensation (or a probe) cannot finish: the workflow needs an operator."""
+
+
+Verdict = RetryIn | GiveUp | Escalate
+
+
+def policy_for(spec: StepSpec, *, compensating: bool, default: RetryPolicy) -> RetryPolicy:
+    """The policy a step's attempts run under (a compensation's, if ``compensating``)."""
+    if compensating:
+        return spec.compensate_retry or spec.retry or default
+    return spec.retry or default
+
+
+def after_failure(
+    st: StepRecord,
+    spec: StepSpec,
+    *,
+    workflow: WorkflowState,
+    types: tuple[str, ...],
+    permanent: bool,
+    default: RetryPolicy,
+    at_once: bool,
+    rand: Callable[[], float],
+) -> Verdict:
+    """What follows the failure of ``st``'s current attempt (error ``types``, most
+    derived first). ``at_once``: retry without a backoff (the failure was a crash or a
+    lost instance, not the remote side's answer)."""
+    compensating = st.state is StepState.COMPENSATING
+    policy = policy_for(spec, compensating=compensating, default=default)
+    attempt = st.comp_attempt if compensating else st.attempt
+    retryable = (
+        (compensating or workflow is WorkflowState.RUNNING)
+        and not permanent
+        and attempt < policy.max_attempts
+        and policy.is_retryable(types)
+    )
+    if retryable:
+        return RetryIn(0.0 if at_once else policy.delay(attempt, rand()))
+    if compensating:
+        return Escalate()
+    return GiveUp(undo=not permanent)
+
+
+def after_probe_failure(
+    spec: StepSpec,
+    *,
+    probes: int,
+    failures: int,
+    default: RetryPolicy,
+    rand: Callable[[], float],
+) -> RetryIn | Escalate:
+    """After the ``probes``-th probe of an unknown outcome left it unknown: probe again
+    after a backoff, or escalate once ``failures`` (probes that raised or lapsed) reach
+    the step's ``max_attempts``."""
+    policy = policy_for(spec, compensating=False, default=default)
+    if failures >= policy.max_attempts:
+        return Escalate()
+    return RetryIn(policy.delay(probes, rand()))

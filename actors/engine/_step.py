@@ -1,0 +1,186 @@
+"""One step's transitions as pure record functions: old record (+ facts) -> new record.
+
+Each function builds the record a step moves to; none keeps memory, reads a clock or
+writes anything. Time (``now``) and fencing tokens (``token``) are arguments; the
+caller records the result (and its history event) in the workflow's transaction.
+
+- timers: :func:`ms` (whole milliseconds, as the timer index keeps them),
+  :func:`with_timer` (at the retry time, else the nearest deadline), :func:`lapse`
+  (why an attempt's heartbeat or deadline ran out);
+- forward and back: :func:`dispatch` (DISPATCHED, a compensation, or a probe of an
+  UNKNOWN step, each with its deadline), :func:`settled` (succeeded, compensated,
+  skipped), :func:`failed` (what :func:`~herder.actors.engine._retry.after_failure`
+  decided), :func:`unknown` (a lapsed attempt handed to a probe), :func:`probed` (a probe
+  left the outcome unknown), :func:`handed_off` (``complete_later``), :func:`heartbeat`;
+- :func:`stopped` (nothing will wake it) and :func:`restarted` (an operator's retry).
+
+Imports: herder.store records only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from herder.actors.engine._retry import Escalate, GiveUp, RetryIn, Verdict
+from herder.store import StepRecord, StepSpec, StepState, bounded_text
+
+TIMEOUT_ERROR = "herder.Timeout"
+"""The error type of an attempt whose deadline or heartbeat lapsed."""
+
+
+def ms(seconds: float) -> int:
+    """Seconds as the whole milliseconds timers are kept in."""
+    return int(seconds * 1000)
+
+
+def with_timer(st: StepRecord) -> StepRecord:
+    """The step with its timer at its retry time, else at its nearest deadline."""
+    if st.retry_at is not None:
+        return st.evolve(timer_ms=ms(st.retry_at))
+    times = [t for t in (st.deadline, st.heartbeat_deadline) if t is not None]
+    return st.evolve(timer_ms=ms(min(times)) if times else None)
+
+
+def stopped(st: StepRecord, **changes: Any) -> StepRecord:
+    """The step with no deadline, retry time or timer left: nothing will wake it."""
+    return st.evolve(
+        deadline=None, heartbeat_deadline=None, retry_at=None, timer_ms=None, **changes
+    )
+
+
+def settled(st: StepRecord, state: StepState, token: int, now: float, **changes: Any) -> StepRecord:
+    """The step ended in ``state`` (succeeded, compensated, skipped): no timer, no error."""
+    return stopped(
+        st, state=state, token=token, error=None, error_type=None, updated=now, **changes
+    )
+
+
+def restarted(st: StepRecord, token: int) -> StepRecord:
+    """The step back to PENDING at attempt 0, as a retry of a parked workflow wants it."""
+    return stopped(st, state=StepState.PENDING, attempt=0, token=token, error=None)
+
+
+def lapse(st: StepRecord, spec: StepSpec, now: float, default_timeout: float) -> str | None:
+    """Why the step's attempt lapsed by ``now`` (heartbeat, then deadline), else None."""
+    now_ms = ms(now)  # timers are kept in whole ms; compare at the same precision
+    if st.heartbeat_deadline is not None and now_ms >= ms(st.heartbeat_deadline):
+        return f"no heartbeat for {spec.heartbeat_timeout}s"
+    if st.deadline is not None and now_ms >= ms(st.deadline):
+        return f"timed out after {spec.timeout or default_timeout}s"
+    return None
+
+
+def dispatch(
+    st: StepRecord,
+    spec: StepSpec,
+    *,
+    compensating: bool,
+    token: int,
+    now: float,
+    default_timeout: float,
+    probe_timeout: float,
+) -> tuple[StepRecord, float]:
+    """The step's next attempt recorded before anyone runs it, and the seconds it has
+    before it lapses (its heartbeat timeout, else its timeout).
+
+    A compensation counts in ``comp_attempt``; a probe (forward, of an UNKNOWN step)
+    keeps the step UNKNOWN at its attempt, under ``probe_timeout``; anything else is
+    DISPATCHED at attempt + 1.
+    """
+    probing = not compensating and st.state is StepState.UNKNOWN
+    if probing:
+        timeout, hb = probe_timeout, None
+    else:
+        timeout, hb = spec.timeout or default_timeout, spec.heartbeat_timeout
+    deadline = now + timeout
+    hb_deadline = None if hb is None else now + hb
+    # One evolve per transition (what with_timer gives for retry_at=None, inlined).
+    timing = {
+        "token": token,
+        "deadline": deadline,
+        "heartbeat_deadline": hb_deadline,
+        "retry_at": None,
+        "timer_ms": ms(deadline if hb_deadline is None else min(deadline, hb_deadline)),
+        "updated": now,
+    }
+    if compensating:
+        new = st.evolve(state=StepState.COMPENSATING, comp_attempt=st.comp_attempt + 1, **timing)
+    elif probing:
+        new = st.evolve(**timing)
+    else:
+        new = st.evolve(state=StepState.DISPATCHED, attempt=st.attempt + 1, **timing)
+    return new, hb or timeout
+
+
+def failed(
+    st: StepRecord,
+    verdict: Verdict,
+    *,
+    error: str,
+    types: tuple[str, ...],
+    token: int,
+    now: float,
+) -> StepRecord:
+    """The step after its attempt failed with ``error`` and the retry rule's ``verdict``:
+    waiting for its retry (with a timer, kept even for an immediate retry so a crash
+    before it runs is swept up), FAILED (undone later if it may have taken effect,
+    ordered by this token), or a compensation stopped where it is."""
+    base = stopped(
+        st,
+        token=token,
+        error=error,
+        error_type=bounded_text(types[0], 512) if types else None,
+        updated=now,
+    )
+    if isinstance(verdict, RetryIn):
+        forward = st.state is not StepState.COMPENSATING
+        state = StepState.RETRY_WAIT if forward else StepState.COMPENSATING
+        return with_timer(base.evolve(state=state, retry_at=now + verdict.delay))
+    if isinstance(verdict, GiveUp):
+        return base.evolve(state=StepState.FAILED, done_token=token if verdict.undo else None)
+    assert isinstance(verdict, Escalate)
+    return base
+
+
+def unknown(st: StepRecord, lapsed: str, *, token: int, now: float) -> StepRecord:
+    """A lapsed attempt that may have reached the remote side: UNKNOWN, probed at once."""
+    return with_timer(
+        st.evolve(
+            state=StepState.UNKNOWN,
+            token=token,
+            error=f"outcome unknown: {lapsed}",
+            error_type=TIMEOUT_ERROR,
+            deadline=None,
+            heartbeat_deadline=None,
+            retry_at=now,
+            extra={**st.extra, "probes": 0, "probe_failures": 0},
+            updated=now,
+        )
+    )
+
+
+def probed(st: StepRecord, note: str, *, failed: bool, token: int, now: float) -> StepRecord:
+    """The UNKNOWN step after one more probe left it unknown (``failed``: the probe
+    itself raised or lapsed, with ``note`` as the error); no timer yet."""
+    probes = int(st.extra.get("probes", 0)) + 1
+    failures = int(st.extra.get("probe_failures", 0)) + (1 if failed else 0)
+    return stopped(
+        st,
+        token=token,
+        error=note if failed else st.error,
+        extra={**st.extra, "probes": probes, "probe_failures": failures},
+        updated=now,
+    )
+
+
+def handed_off(st: StepRecord, now: float) -> StepRecord:
+    """The action returned ``complete_later()``: WAITING under the deadline it has, same
+    token (the task token stays valid)."""
+    return st.evolve(state=StepState.WAITING, updated=now)
+
+
+def heartbeat(st: StepRecord, spec: StepSpec, details: Any, now: float) -> StepRecord:
+    """The attempt is alive: its heartbeat deadline moves on, with the details it gave."""
+    assert spec.heartbeat_timeout is not None
+    hb_deadline = now + spec.heartbeat_timeout
+    return with_timer(st.evolve(heartbeat_deadline=hb_deadline, heartbeat=details))

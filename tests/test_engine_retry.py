@@ -1,0 +1,221 @@
+"""The retry rule and one step's transitions (``herder.actors.engine``), as tables.
+
+No runtime, no store, no clock: time, tokens and randomness are arguments, so each row
+is a step record and the facts of its failure, and the verdict or record that follows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from herder.actors.engine import (
+    TIMEOUT_ERROR,
+    Escalate,
+    GiveUp,
+    RetryIn,
+    Verdict,
+    after_failure,
+    after_probe_failure,
+    dispatch,
+    failed,
+    ms,
+    policy_for,
+    probed,
+    unknown,
+)
+from herder.store import RetryPolicy, StepRecord, StepSpec, StepState, WorkflowState
+
+S = StepState
+W = WorkflowState
+DEFAULT = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff_coefficient=2.0, jitter=0.0)
+OWN = RetryPolicy(max_attempts=5, initial_interval=10.0, jitter=0.0, non_retryable=(KeyError,))
+UNDO = RetryPolicy(max_attempts=2, initial_interval=7.0, jitter=0.0)
+PLAIN = StepSpec("a", agent="svc", action="do", compensate="undo")
+WITH_OWN = StepSpec("a", agent="svc", action="do", compensate="undo", retry=OWN)
+WITH_UNDO = StepSpec(
+    "a", agent="svc", action="do", compensate="undo", retry=OWN, compensate_retry=UNDO
+)
+
+
+def _step(state: StepState, attempt: int = 1, comp_attempt: int = 0) -> StepRecord:
+    return StepRecord("w", "a", state=state, attempt=attempt, comp_attempt=comp_attempt)
+
+
+def _never() -> float:
+    raise AssertionError("no backoff was due, so no randomness may be drawn")
+
+
+@pytest.mark.parametrize(
+    ("spec", "compensating", "policy"),
+    [
+        (PLAIN, False, DEFAULT),
+        (PLAIN, True, DEFAULT),
+        (WITH_OWN, False, OWN),
+        (WITH_OWN, True, OWN),  # a compensation runs under its step's policy
+        (WITH_UNDO, True, UNDO),
+        (WITH_UNDO, False, OWN),
+    ],
+)
+def test_each_attempt_runs_under_the_policy_the_design_names(
+    spec: StepSpec, compensating: bool, policy: RetryPolicy
+) -> None:
+    assert policy_for(spec, compensating=compensating, default=DEFAULT) is policy
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # transient failures back off exponentially under the policy
+        (_step(S.DISPATCHED, 1), PLAIN, W.RUNNING, ("x.Err",), False, False, RetryIn(1.0)),
+        (_step(S.DISPATCHED, 2), PLAIN, W.RUNNING, (), False, False, RetryIn(2.0)),
+        (_step(S.DISPATCHED, 3), PLAIN, W.RUNNING, (), False, False, GiveUp(undo=True)),
+        (_step(S.DISPATCHED, 3), WITH_OWN, W.RUNNING, (), False, False, RetryIn(10.0 * 2**2)),
+        # a crash or a lost instance retries at once
+        (_step(S.DISPATCHED, 1), PLAIN, W.RUNNING, (), False, True, RetryIn(0.0)),
+        # Permanent: no retry, and nothing to undo
+        (_step(S.DISPATCHED, 1), PLAIN, W.RUNNING, (), True, False, GiveUp(undo=False)),
+        # a non-retryable type (or a base of it) stops at once, but may have taken effect
+        (_step(S.DISPATCHED, 1), WITH_OWN, W.RUNNING, ("builtins.KeyError",), False, False,
+         GiveUp(undo=True)),
+        # once the workflow compensates, a forward failure is final
+        (_step(S.DISPATCHED, 1), PLAIN, W.COMPENSATING, (), False, False, GiveUp(undo=True)),
+        (_step(S.UNKNOWN, 1), PLAIN, W.COMPENSATING, (), False, True, GiveUp(undo=True)),
+        # a compensation retries under its own count and policy, even while compensating
+        (_step(S.COMPENSATING, 3, 1), WITH_UNDO, W.COMPENSATING, (), False, False, RetryIn(7.0)),
+        (_step(S.COMPENSATING, 1, 2), WITH_UNDO, W.COMPENSATING, (), False, False, Escalate()),
+        (_step(S.COMPENSATING, 1, 1), PLAIN, W.COMPENSATING, (), True, False, Escalate()),
+    ],
+)  # fmt: skip
+def test_after_a_failure_the_rule_retries_gives_up_or_escalates(case: tuple[Any, ...]) -> None:
+    step, spec, workflow, types, permanent, at_once, verdict = case
+    backoff = isinstance(verdict, RetryIn) and not at_once
+    got = after_failure(
+        step,
+        spec,
+        workflow=workflow,
+        types=types,
+        permanent=permanent,
+        default=DEFAULT,
+        at_once=at_once,
+        rand=(lambda: 0.5) if backoff else _never,
+    )
+    assert got == verdict
+
+
+@pytest.mark.parametrize(
+    ("probes", "failures", "verdict"),
+    [(1, 0, RetryIn(1.0)), (2, 1, RetryIn(2.0)), (5, 2, RetryIn(16.0)), (3, 3, Escalate())],
+)
+def test_probes_back_off_and_escalate_after_max_attempts_failures(
+    probes: int, failures: int, verdict: Verdict
+) -> None:
+    rand = _never if isinstance(verdict, Escalate) else lambda: 0.5
+    got = after_probe_failure(PLAIN, probes=probes, failures=failures, default=DEFAULT, rand=rand)
+    assert got == verdict
+
+
+@pytest.mark.parametrize(
+    ("verdict", "state", "done_token", "timer"),
+    [
+        (RetryIn(2.0), S.RETRY_WAIT, None, ms(102.0)),
+        (RetryIn(0.0), S.RETRY_WAIT, None, ms(100.0)),  # a timer even for "at once"
+        (GiveUp(undo=True), S.FAILED, 9, None),
+        (GiveUp(undo=False), S.FAILED, None, None),
+    ],
+)
+def test_a_failed_forward_attempt_is_recorded_as_the_verdict_says(
+    verdict: Verdict, state: StepState, done_token: int | None, timer: int | None
+) -> None:
+    st = dispatch(
+        _step(S.PENDING, 0),
+        PLAIN,
+        compensating=False,
+        token=5,
+        now=90.0,
+        default_timeout=30.0,
+        probe_timeout=5.0,
+    )[0]
+    new = failed(st, verdict, error="boom", types=("builtins.OSError",), token=9, now=100.0)
+    assert (new.state, new.done_token, new.timer_ms) == (state, done_token, timer)
+    assert (new.token, new.error, new.error_type, new.deadline) == (
+        9,
+        "boom",
+        "builtins.OSError",
+        None,
+    )
+
+
+def test_a_compensation_that_cannot_finish_stays_compensating_with_its_error() -> None:
+    st = _step(S.COMPENSATING, 1, 2)
+    new = failed(st, Escalate(), error="no", types=(), token=4, now=1.0)
+    assert (new.state, new.error, new.timer_ms, new.comp_attempt) == (S.COMPENSATING, "no", None, 2)
+
+
+@pytest.mark.parametrize(
+    ("state", "compensating", "expected"),
+    [
+        (S.PENDING, False, (S.DISPATCHED, 2, 0, 30.0)),
+        (S.RETRY_WAIT, False, (S.DISPATCHED, 2, 0, 30.0)),
+        (S.UNKNOWN, False, (S.UNKNOWN, 1, 0, 5.0)),  # a probe: same attempt, probe timeout
+        (S.SUCCEEDED, True, (S.COMPENSATING, 1, 1, 30.0)),
+        (S.COMPENSATING, True, (S.COMPENSATING, 1, 1, 30.0)),
+    ],
+)
+def test_a_dispatch_records_the_attempt_and_its_deadline_before_it_runs(
+    state: StepState, compensating: bool, expected: tuple[StepState, int, int, float]
+) -> None:
+    st = _step(state, 1, 0)
+    new, window = dispatch(
+        st,
+        PLAIN,
+        compensating=compensating,
+        token=7,
+        now=100.0,
+        default_timeout=30.0,
+        probe_timeout=5.0,
+    )
+    assert (new.state, new.attempt, new.comp_attempt, window) == expected
+    assert new.token == 7
+    assert new.deadline == 100.0 + window
+    assert new.timer_ms == ms(100.0 + window)
+
+
+def test_a_heartbeat_deadline_comes_first_and_sets_the_window() -> None:
+    spec = StepSpec("a", agent="svc", action="do", timeout=60.0, heartbeat_timeout=4.0)
+    new, window = dispatch(
+        _step(S.PENDING, 0),
+        spec,
+        compensating=False,
+        token=1,
+        now=10.0,
+        default_timeout=30.0,
+        probe_timeout=5.0,
+    )
+    assert window == 4.0
+    assert (new.deadline, new.heartbeat_deadline, new.timer_ms) == (70.0, 14.0, ms(14.0))
+
+
+def test_a_lapsed_attempt_turns_unknown_and_counts_its_probes() -> None:
+    st = _step(S.DISPATCHED, 2)
+    new = unknown(st, "timed out after 30s", token=3, now=50.0)
+    assert (new.state, new.error_type, new.retry_at, new.timer_ms) == (
+        S.UNKNOWN,
+        TIMEOUT_ERROR,
+        50.0,
+        ms(50.0),
+    )
+    once = probed(new, "probe failed: x", failed=True, token=4, now=51.0)
+    twice = probed(once, "still running", failed=False, token=5, now=52.0)
+    assert (once.extra["probes"], once.extra["probe_failures"], once.error) == (
+        1,
+        1,
+        "probe failed: x",
+    )
+    assert (twice.extra["probes"], twice.extra["probe_failures"], twice.error) == (
+        2,
+        1,
+        "probe failed: x",
+    )
+    assert twice.timer_ms is None  # the caller sets the next probe's time
