@@ -43,6 +43,20 @@ def _step(state: StepState, attempt: int = 1, comp_attempt: int = 0) -> StepReco
     return StepRecord("w", "a", state=state, attempt=attempt, comp_attempt=comp_attempt)
 
 
+def _dispatch(
+    st: StepRecord, spec: StepSpec, *, compensating: bool, token: int, now: float
+) -> tuple[StepRecord, float]:
+    return dispatch(
+        st,
+        spec,
+        compensating=compensating,
+        token=token,
+        now=now,
+        default_timeout=30.0,
+        probe_timeout=5.0,
+    )
+
+
 def _never() -> float:
     raise AssertionError("no backoff was due, so no randomness may be drawn")
 
@@ -128,15 +142,7 @@ def test_probes_back_off_and_escalate_after_max_attempts_failures(
 def test_a_failed_forward_attempt_is_recorded_as_the_verdict_says(
     verdict: Verdict, state: StepState, done_token: int | None, timer: int | None
 ) -> None:
-    st = dispatch(
-        _step(S.PENDING, 0),
-        PLAIN,
-        compensating=False,
-        token=5,
-        now=90.0,
-        default_timeout=30.0,
-        probe_timeout=5.0,
-    )[0]
+    st = _dispatch(_step(S.PENDING, 0), PLAIN, compensating=False, token=5, now=90.0)[0]
     new = failed(st, verdict, error="boom", types=("builtins.OSError",), token=9, now=100.0)
     assert (new.state, new.done_token, new.timer_ms) == (state, done_token, timer)
     assert (new.token, new.error, new.error_type, new.deadline) == (
@@ -167,15 +173,7 @@ def test_a_dispatch_records_the_attempt_and_its_deadline_before_it_runs(
     state: StepState, compensating: bool, expected: tuple[StepState, int, int, float]
 ) -> None:
     st = _step(state, 1, 0)
-    new, window = dispatch(
-        st,
-        PLAIN,
-        compensating=compensating,
-        token=7,
-        now=100.0,
-        default_timeout=30.0,
-        probe_timeout=5.0,
-    )
+    new, window = _dispatch(st, PLAIN, compensating=compensating, token=7, now=100.0)
     assert (new.state, new.attempt, new.comp_attempt, window) == expected
     assert new.token == 7
     assert new.deadline == 100.0 + window
@@ -184,15 +182,7 @@ def test_a_dispatch_records_the_attempt_and_its_deadline_before_it_runs(
 
 def test_a_heartbeat_deadline_comes_first_and_sets_the_window() -> None:
     spec = StepSpec("a", agent="svc", action="do", timeout=60.0, heartbeat_timeout=4.0)
-    new, window = dispatch(
-        _step(S.PENDING, 0),
-        spec,
-        compensating=False,
-        token=1,
-        now=10.0,
-        default_timeout=30.0,
-        probe_timeout=5.0,
-    )
+    new, window = _dispatch(_step(S.PENDING, 0), spec, compensating=False, token=1, now=10.0)
     assert window == 4.0
     assert (new.deadline, new.heartbeat_deadline, new.timer_ms) == (70.0, 14.0, ms(14.0))
 
