@@ -23,7 +23,9 @@ parts it coordinates live beside it:
 - ``_run``: what memory holds of an unfinished workflow, its attempts and queued jobs;
 - ``_commits``: CommitPipeline (per-flush transactions, one commit in flight per
   workflow) and the promises a durable batch keeps;
-- ``_step_records``: pure step-record transitions (timers, settled, stopped, lapse);
+- ``herder.actors.engine``: the rules as data and pure functions: the state tables, the
+  retry rule (``after_failure``), one step's record transitions (``dispatch``,
+  ``failed``, ``settled``, ...) and the typed effects a durable batch performs;
 - ``_recovery``: recovery after a restart, resume on definition, reload after a failed
   commit, crash counting;
 - ``_probing``: unknown outcomes and probes, the complete_later hand-off;
