@@ -51,6 +51,10 @@ _log = logging.getLogger("herder.schedules")
 RETRY = 5.0
 """Seconds before a schedule whose firing failed (capacity, a missing agent) tries again."""
 
+MAX_SLEEP = 60.0
+"""Longest the thread sleeps: slots are wall-clock times, and its timer runs on the
+monotonic clock, so a step of the wall clock is noticed within this."""
+
 
 class Firer:
     """Fires the schedules stored in a runtime's store (see the module docstring)."""
@@ -177,8 +181,9 @@ class Firer:
                     at = self._clock.time() + RETRY
                 if at is not None and (wake_at is None or at < wake_at):
                     wake_at = at
-            if wake_at is not None and not self._stopping:
-                self._arm(max(0.0, wake_at - self._clock.time()))
+            if not self._stopping:  # at least every MAX_SLEEP: the wall clock may step
+                delay = MAX_SLEEP if wake_at is None else wake_at - self._clock.time()
+                self._arm(min(MAX_SLEEP, max(0.0, delay)))
 
     def _fire_schedule(self, record: ScheduleRecord) -> float | None:
         """Fire what is due of one schedule; the clock time to look at it again, if any."""

@@ -314,3 +314,19 @@ def test_check_reports_a_schedule_record_that_disagrees_with_the_store(
         (b"tick", "its last firing 'tick@never' is missing"),
         (b"tick", "workflow 'gone' is not stored"),
     ]
+
+
+def test_a_wall_clock_step_neither_repeats_nor_loses_slots_beyond_catch_up(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    rt.schedule("tick", "job", every=60, catch_up="all", overlap="allow")
+    advance(rt, clock, 60)
+    finish_all(rt)
+    clock.step_wall(-120)  # back to 07:59: 08:01 must not fire again
+    advance(rt, clock, 120)
+    finish_all(rt)
+    assert fired(rt) == ids("tick", "08:01:00")
+    clock.step_wall(180)  # forward to 08:04:00.5: 08:02-08:04 fall due at once
+    advance(rt, clock, 0)
+    finish_all(rt)
+    assert fired(rt) == ids("tick", "08:01:00", "08:02:00", "08:03:00", "08:04:00")
