@@ -25,6 +25,7 @@ from herder.store import (
     timer_key,
     workflow_key,
 )
+from herder.store._started import started_put
 
 MAX_PRIORITY = 1_000_000
 """Largest ``abs(priority)`` accepted."""
@@ -107,7 +108,10 @@ def new_workflow(
     )
     if priority or agents:
         record = record.evolve(priority=priority, agents=agents or {})
-    ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_dict()))]
+    ops = [
+        Put("workflows", workflow_key(workflow_id), encode(record.to_dict())),
+        started_put(now, workflow_id, plan.name),  # the console pages by it
+    ]
     steps: list[StepRecord] = []
     timers: list[Put] = []
     for spec in plan.steps:

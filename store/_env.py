@@ -81,10 +81,11 @@ DATABASES = (
     "schedules",
     RECENT_DB,
     RECENT_AT_DB,
+    "started",
 )
 """The named databases of a store."""
 
-ADDED_LATER = frozenset({"resources", "schedules", RECENT_DB, RECENT_AT_DB})
+ADDED_LATER = frozenset({"resources", "schedules", RECENT_DB, RECENT_AT_DB, "started"})
 """Databases a store written by an older version may lack; read-only opens see them empty."""
 
 PAGE = 1000

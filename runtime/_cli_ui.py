@@ -1,0 +1,24 @@
+"""``herder ui``: the web console (``runtime/ui``), imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TextIO
+
+from herder.runtime._cli_args import add_store
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``ui``."""
+    ui = sub.add_parser("ui", help="serve the web console of a store (see docs/console.md)")
+    add_store(ui)
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost)")
+    ui.add_argument("--port", type=int, default=8700, help="port (0: any free one)")
+    ui.add_argument("--token", help="token for actions (default: $HERDER_UI_TOKEN or random)")
+    ui.set_defaults(func=_ui)
+
+
+def _ui(args: argparse.Namespace, out: TextIO) -> int:
+    from herder.runtime.ui._main import run_console
+
+    return run_console(args.store, args.host, args.port, args.token, out)

@@ -1,0 +1,18 @@
+"""herder.runtime.ui — ``herder ui``, a local web console over a store.
+
+It reads the store read-only (so it runs beside a daemon, in another process) and sends
+operator actions through the same command channel as the CLI. Plain standard library:
+``http.server`` serves hand-written HTML, CSS and a little vanilla JavaScript shipped as
+package data, with no build step.
+
+- :mod:`._server` — HTTP, the token, CSRF and Host checks, and the gate that shares the
+  read-only store between request threads.
+- :mod:`._views` — what each address shows, read through the CLI's read-only views.
+- :mod:`._pages` — the HTML (every store value escaped); :mod:`._timeline` — the SVG
+  timeline of one workflow; :mod:`._query` — paging newest-first over the ``started``
+  index, bounded per request.
+"""
+
+from herder.runtime.ui._server import Console
+
+__all__ = ["Console"]

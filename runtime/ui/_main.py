@@ -1,0 +1,44 @@
+"""``herder ui``: start the console, print its URL, serve until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any, TextIO
+
+from herder.runtime.ui._server import Console
+
+
+def run_console(store: str, host: str, port: int, token: str | None, out: TextIO) -> int:
+    """Serve the console of ``store``; returns the exit code once stopped."""
+    token = token or os.environ.get("HERDER_UI_TOKEN") or None
+    try:
+        console = Console(store, host=host, port=port, token=token)
+    except OSError as exc:
+        sys.stderr.write(f"herder ui: cannot listen on {host}:{port}: {exc}; try another --port\n")
+        return 1
+    if console.host_allowed("anything.invalid"):
+        sys.stderr.write(
+            f"herder ui: listening on {host}, reachable from other machines; only the token "
+            "protects actions and anyone who can reach it can read the store\n"
+        )
+    out.write(f"herder ui: serving store {store}\n  open {console.url}\n")
+    out.flush()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    thread = console.start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        console.shutdown()
+        thread.join(timeout=5)
+    return 0

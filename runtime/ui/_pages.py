@@ -1,0 +1,256 @@
+"""The console's HTML: one function per view, every store value escaped.
+
+Views take plain data (statuses, history events, inbox items, stats) already read by the
+shared read-only views (``_inspect``, ``_inbox``) and return a page. Nothing here reads
+the store or knows about HTTP; :mod:`._server` does both.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable, Sequence
+from html import escape
+from typing import Any
+from urllib.parse import urlencode
+
+from herder.runtime._inbox import InboxItem
+from herder.runtime._inspect import _story
+from herder.runtime._operator_cli import ACTIONS
+from herder.runtime._status import WorkflowStatus
+from herder.runtime.ui import _timeline
+from herder.runtime.ui._query import Filters, Page
+from herder.store._records import StepState, WorkflowState
+
+_FINAL = frozenset(
+    {
+        WorkflowState.SUCCEEDED,
+        WorkflowState.COMPENSATED,
+        WorkflowState.CANCELLED,
+        WorkflowState.ABANDONED,
+    }
+)
+
+
+def e(value: Any) -> str:
+    """Escape anything for HTML text or a quoted attribute."""
+    return escape(value if isinstance(value, str) else str(value), quote=True)
+
+
+def when(t: float | None) -> str:
+    """A local date and time, to the second."""
+    if t is None:
+        return ""
+    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+
+
+def pretty(value: Any) -> str:
+    """Stored data as indented JSON (anything JSON cannot say, as its repr)."""
+    return json.dumps(value, indent=2, default=repr, ensure_ascii=False)
+
+
+def layout(title: str, body: str, *, store: str, active: str, csrf: str | None) -> str:
+    """A whole page: navigation, live counters, ``body``."""
+    nav = "".join(
+        f'<a href="{href}" class="{"on" if key == active else ""}">{label}</a>'
+        for key, href, label in (
+            ("workflows", "/", "Workflows"),
+            ("inbox", "/inbox", "Inbox"),
+            ("agents", "/agents", "Agents"),
+        )
+    )
+    mode = (
+        '<span class="mode rw">operator</span>'
+        if csrf
+        else '<span class="mode ro" title="open the URL printed at start (with its token) '
+        'to act">read-only</span>'
+    )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{e(title)} · herder</title>"
+        '<link rel=stylesheet href="/static/console.css"></head><body>'
+        f'<header><span class="brand">herder</span><nav>{nav}</nav>'
+        f'<span class="store" title="the store">{e(store)}</span>{mode}</header>'
+        '<section id="counters" aria-live="polite"><span class="muted">counting…</span></section>'
+        f"<main>{body}</main>"
+        '<script src="/static/console.js"></script></body></html>'
+    )
+
+
+def state_badge(state: Any) -> str:
+    """A workflow or step state as a coloured label."""
+    return f'<span class="badge s-{e(str(state).lower())}">{e(state)}</span>'
+
+
+def workflows_page(page: Page, filters: Filters, query: dict[str, str], note: str = "") -> str:
+    """The list of workflows with its filter form and the link to older ones."""
+    options = "".join(
+        f'<option value="{s}"{" selected" if filters.state is s else ""}>{s}</option>'
+        for s in WorkflowState
+    )
+    form = (
+        '<form class="filters" method=get action="/">'
+        f'<label>state <select name=state><option value="">any</option>{options}</select></label>'
+        f'<label>name <input name=name value="{e(filters.name or "")}" size=14></label>'
+        f'<label>since <input type=datetime-local name=since value="{e(query.get("since", ""))}">'
+        "</label>"
+        f'<label>until <input type=datetime-local name=until value="{e(query.get("until", ""))}">'
+        '</label><button type=submit>Filter</button> <a href="/">clear</a></form>'
+    )
+    rows = "".join(_workflow_row(s) for s in page.rows)
+    table = (
+        '<table class="list" id="workflows"><thead><tr><th>id</th><th>workflow</th>'
+        "<th>state</th><th>steps done</th><th>created</th><th>updated</th><th>error</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+        if page.rows
+        else '<p class="empty">No workflow matches.</p>'
+    )
+    more = ""
+    if page.next_cursor:
+        link = "/?" + urlencode({**query, "cursor": page.next_cursor})
+        looked = (
+            f"looked at {page.examined} workflows back to {when(page.oldest_examined)}; "
+            if page.budget_spent
+            else ""
+        )
+        more = f'<p class="more">{e(looked)}<a id="older" href="{e(link)}">older →</a></p>'
+    skipped = "".join(f'<p class="warn">skipped: {e(c)}</p>' for c in page.corrupt)
+    return f"<h1>Workflows</h1>{form}{note}{skipped}{table}{more}"
+
+
+def _workflow_row(s: WorkflowStatus) -> str:
+    done = sum(1 for st in s.steps.values() if st.state is StepState.SUCCEEDED)
+    link = f"/workflow?{urlencode({'id': s.id})}"
+    return (
+        f'<tr><td><a href="{e(link)}">{e(s.id)}</a></td><td>{e(s.name)}@{s.version}</td>'
+        f"<td>{state_badge(s.state)}</td><td>{done}/{len(s.steps)}</td>"
+        f"<td>{when(s.created)}</td><td>{when(s.updated)}</td>"
+        f'<td class="err">{e((s.error or "")[:90])}</td></tr>'
+    )
+
+
+def workflow_page(
+    status: WorkflowStatus, history: Sequence[dict[str, Any]], now: float, csrf: str | None
+) -> str:
+    """One workflow: summary, timeline, steps, errors, history, and the operator's actions."""
+    final = status.state in _FINAL
+    end = status.updated if final else now
+    svg = _timeline.render(list(status.steps), history, status.created, end)
+    legend = "".join(
+        f'<span class="key"><i class="seg {css}"></i>{label}</span>'
+        for css, label in _timeline.LEGEND
+    )
+    steps = "".join(
+        f"<tr><td>{e(st.name)}</td><td>{state_badge(st.state)}</td><td>{st.attempt}</td>"
+        f"<td>{st.compensation_attempts}</td>"
+        f"<td><pre>{e(pretty(st.result)) if st.result is not None else ''}</pre></td>"
+        f'<td class="err">{e(st.error or "")}</td></tr>'
+        for st in status.steps.values()
+    )
+    errors = [ev for ev in history if ev.get("error")]
+    failures = "".join(
+        f"<li><b>{e(when(ev.get('t')))}</b> {e(ev.get('step') or 'workflow')} "
+        f"attempt {e(ev.get('attempt') or '')}: <pre>{e(ev['error'])}</pre></li>"
+        for ev in errors
+    )
+    story = "".join(
+        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _story(history)
+    )
+    actions = "" if final else action_form(status.id, csrf, None)
+    return (
+        f'<h1>{e(status.id)} {state_badge(status.state)}</h1>'
+        f'<p class="meta">{e(status.name)}@{status.version} · created {when(status.created)}'
+        f" · updated {when(status.updated)} · priority {status.priority}</p>"
+        + (f'<p class="err">{e(status.error)}</p>' if status.error else "")
+        + actions
+        + f'<h2>Timeline</h2><div class="legend">{legend}</div>'
+        f'<div class="svgbox">{svg}</div>'
+        '<h2>Steps</h2><table class="list" id="steps"><thead><tr><th>step</th><th>state</th>'
+        "<th>attempts</th><th>undo attempts</th><th>result</th><th>error</th></tr></thead>"
+        f"<tbody>{steps}</tbody></table>"
+        f"<h2>Input</h2><pre>{e(pretty(status.input))}</pre>"
+        + (f'<h2>Errors</h2><ul class="errors">{failures}</ul>' if failures else "")
+        + '<h2>History</h2><table class="list" id="history"><thead><tr><th>when</th>'
+        "<th>what</th><th>change</th><th>attempt</th><th>details</th></tr></thead>"
+        f"<tbody>{story}</tbody></table>"
+    )
+
+
+def action_form(workflow_id: str, csrf: str | None, step: str | None) -> str:
+    """The operator's buttons for one workflow (only with the token: else a hint)."""
+    if csrf is None:
+        return '<p class="hint">Read-only: open the URL with the token to act.</p>'
+    buttons = "".join(
+        f'<button name=action value="{a}" title="{e(text)}">{a}</button>'
+        for a, text in ACTIONS.items()
+    )
+    hidden_step = f'<input type=hidden name=step value="{e(step)}">' if step else ""
+    return (
+        '<form class="act" method=post action="/act">'
+        f'<input type=hidden name=csrf value="{e(csrf)}">'
+        f'<input type=hidden name=id value="{e(workflow_id)}">{hidden_step}'
+        '<input name=who placeholder="who" size=8 required>'
+        '<input name=why placeholder="why (kept in the history)" size=28 required>'
+        f"{buttons}</form>"
+    )
+
+
+def inbox_page(items: Iterable[InboxItem], csrf: str | None) -> str:
+    """Every workflow waiting for an operator, each with the actions."""
+    rows = "".join(
+        f'<tr><td><a href="{e("/workflow?" + urlencode({"id": i.id}))}">{e(i.id)}</a></td>'
+        f"<td>{e(i.name)}@{i.version}</td><td>{e(i.step or '')}</td>"
+        f"<td>{state_badge(i.step_state) if i.step_state else ''}</td><td>{i.attempts}</td>"
+        f'<td class="err">{e((i.step_error or i.error or "")[:120])}</td>'
+        f"<td>{when(i.since)}</td><td>{action_form(i.id, csrf, i.step)}</td></tr>"
+        for i in items
+    )
+    if not rows:
+        return "<h1>Inbox</h1><p class=empty>Nothing waits for an operator.</p>"
+    return (
+        '<h1>Inbox</h1><table class="list" id="inbox"><thead><tr><th>id</th><th>workflow</th>'
+        "<th>step</th><th>state</th><th>attempts</th><th>error</th><th>since</th>"
+        f"<th>act</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def outcome_page(action: str, workflow_id: str, outcome: str, ok: bool | None) -> str:
+    """What became of an operator action sent from the console."""
+    css = {True: "ok", False: "bad", None: "queued"}[ok]
+    link = "/workflow?" + urlencode({"id": workflow_id})
+    return (
+        f'<h1>{e(action)} {e(workflow_id)}</h1><p class="outcome {css}" id="outcome">'
+        f'{e(outcome)}</p><p><a href="{e(link)}">back to the workflow</a> · '
+        '<a href="/inbox">inbox</a></p>'
+    )
+
+
+def agents_page(stats: dict[str, Any], agents: dict[str, list[str]]) -> str:
+    """Agents known to the store: who uses them, breaker and crash counters."""
+    names = sorted(set(agents) | set(stats.get("resources", {})))
+    cols = ("breaker", "failures", "opens", "crashes", "lost")
+    rows = "".join(
+        f"<tr><td>{e(n)}</td><td>{e(', '.join(agents.get(n, [])))}</td>"
+        + "".join(f"<td>{e(stats.get('resources', {}).get(n, {}).get(c, ''))}</td>" for c in cols)
+        + "</tr>"
+        for n in names
+    )
+    head = "".join(f"<th>{c}</th>" for c in ("agent", "used by", *cols))
+    return (
+        "<h1>Agents</h1><p class=hint>From the store: the workflows that use each agent and "
+        "its protection state (circuit breaker, crashes). Concurrency and queue lengths live "
+        "in the running runtime: see its <code>rt.stats()</code> or metrics.</p>"
+        f'<table class="list" id="agents"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+        "</table>"
+    )
+
+
+def error_page(title: str, message: str, hint: str) -> str:
+    """A page for what went wrong, and what to do about it (no traceback)."""
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f'<title>{e(title)} · herder</title><link rel=stylesheet href="/static/console.css">'
+        f'</head><body><main class="problem"><h1>{e(title)}</h1><p id="problem">{e(message)}'
+        f"</p><p>{e(hint)}</p></main></body></html>"
+    )

@@ -1,0 +1,298 @@
+"""The console's HTTP side: routing, the token, CSRF and Host checks, the store gate.
+
+Built on the standard library's ``ThreadingHTTPServer``: a local tool serving a handful
+of people needs no framework, and the core install stays three packages.
+
+Security, in one place:
+
+- It binds to 127.0.0.1 unless told otherwise, and refuses requests whose ``Host`` is
+  not the address it serves (a DNS-rebinding page cannot read it).
+- Reading needs nothing. Acting (an operator command) needs the token: opening
+  ``/?token=...`` (the URL printed at start) sets it as an ``HttpOnly``,
+  ``SameSite=Strict`` cookie; a POST must carry that cookie, a CSRF field derived from
+  the token (HMAC) that only the console's own pages contain, and, when the browser
+  sends one, an ``Origin`` equal to the console's.
+- Every page forbids framing and inline script (``Content-Security-Policy``).
+- Store values are escaped by ``_pages``; errors become pages, never tracebacks.
+
+The store is opened read-only once and shared by the request threads. An operator
+command must be appended through a writable LMDB environment, and a process may hold
+only one environment per store, so :class:`StoreGate` closes the read-only store for the
+instant of the append and reopens it afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from herder.runtime.ui import _views
+from herder.runtime.ui._pages import error_page
+from herder.store import Store
+from herder.store._errors import HerderError
+
+_log = logging.getLogger("herder.ui")
+
+COOKIE = "herder_ui"
+MAX_BODY = 64 * 1024
+_STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_LOCAL = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class StoreGate:
+    """The shared read-only store: many readers at once, or one writer alone."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._store: Store | None = None
+        self._readers = 0
+        self._writing = False
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def read(self) -> Iterator[Store]:
+        """The store, open read-only (opened on first use; HerderError if it cannot be)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing)
+            if self._store is None:
+                self._store = Store(self.path, readonly=True)
+            self._readers += 1
+            store = self._store
+        try:
+            yield store
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No reader and the store closed: this process may open the store itself."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and self._readers == 0)
+            self._writing = True
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Close the store (the next read opens it again)."""
+        with self.exclusive():
+            pass
+
+
+class Console:
+    """``herder ui``: the web console of one store."""
+
+    def __init__(
+        self,
+        store: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8700,
+        token: str | None = None,
+        wait: float = 15.0,
+    ) -> None:
+        self.gate = StoreGate(store)
+        self.token = token or secrets.token_urlsafe(24)
+        self.csrf = hmac.new(self.token.encode(), b"herder-ui-csrf", hashlib.sha256).hexdigest()
+        self.wait = wait  # seconds an operator command may take before "queued" is shown
+        self.views = _views.Views(self)
+        self.server = _Server((host, port), _Handler)
+        self.server.console = self
+        self.host = host
+        self.port = self.server.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
+        self.origin = f"http://{shown}:{self.port}"
+        self._hosts = {f"{shown}:{self.port}"}
+        if host in _LOCAL or host.startswith("127."):
+            self._hosts |= {f"{h}:{self.port}" for h in ("127.0.0.1", "localhost", "[::1]")}
+        self._any_host = host in ("0.0.0.0", "::", "")  # noqa: S104 - asked for explicitly
+
+    @property
+    def url(self) -> str:
+        """The URL to open, with the token that lets its holder act."""
+        return f"{self.origin}/?{urlencode({'token': self.token})}"
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown` is called from another thread (or Ctrl-C)."""
+        self.server.serve_forever(poll_interval=0.25)
+
+    def start(self) -> threading.Thread:
+        """Serve on a daemon thread (for tests and embedding)."""
+        thread = threading.Thread(target=self.serve_forever, name="herder-ui", daemon=True)
+        thread.start()
+        return thread
+
+    def shutdown(self) -> None:
+        """Stop serving and close the store."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.gate.close()
+
+    def host_allowed(self, host: str | None) -> bool:
+        """True for a ``Host`` header naming this console (any, when bound to all)."""
+        return self._any_host or (host or "").lower() in self._hosts
+
+    def authorized(self, cookies: dict[str, str]) -> bool:
+        """True if the request carries the token cookie."""
+        given = cookies.get(COOKIE, "")
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    console: Console
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "herder-ui"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        _log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        console = self.server.console
+        if not console.host_allowed(self.headers.get("Host")):
+            self._page(421, error_page("Wrong host", "This console does not serve that host name.",
+                                       f"Open {console.origin}/ instead."))
+            return
+        url = urlsplit(self.path)
+        query = dict(parse_qsl(url.query))
+        cookies = _cookies(self.headers.get("Cookie", ""))
+        try:
+            if method == "GET" and "token" in query:
+                self._login(console, url.path, query)
+            elif method == "GET" and url.path.startswith("/static/"):
+                self._static(url.path.removeprefix("/static/"))
+            elif method == "GET" and url.path == "/api/stats":
+                self._send(200, "application/json", json.dumps(console.views.stats()).encode())
+            elif method == "GET":
+                csrf = console.csrf if console.authorized(cookies) else None
+                status, html = console.views.page(url.path, query, csrf)
+                self._page(status, html)
+            elif url.path == "/act":
+                self._act(console, cookies)
+            else:
+                self._page(405, error_page("Not allowed", "Only /act takes a POST.", ""))
+        except HerderError as exc:
+            self._page(503, error_page(
+                "The store cannot be read",
+                f"{console.gate.path}: {exc}",
+                "Check the --store path: a runtime creates the store when it first opens it. "
+                "This page works again as soon as the store can be read.",
+            ))
+        except ValueError as exc:
+            self._page(400, error_page("Bad request", str(exc), "Fix the address and retry."))
+        except Exception as exc:
+            _log.exception("herder ui: %s %s failed", method, url.path)
+            self._page(500, error_page(
+                "The console failed", f"{type(exc).__name__}: {exc}",
+                "The error is logged; the store is untouched.",
+            ))
+
+    def _login(self, console: Console, path: str, query: dict[str, str]) -> None:
+        if not hmac.compare_digest(query["token"].encode(), console.token.encode()):
+            self._page(403, error_page(
+                "Wrong token", "That token is not this console's.",
+                "Use the URL `herder ui` printed when it started.",
+            ))
+            return
+        rest = {k: v for k, v in query.items() if k != "token"}
+        self.send_response(303)
+        self.send_header(
+            "Set-Cookie", f"{COOKIE}={console.token}; Path=/; HttpOnly; SameSite=Strict"
+        )
+        self.send_header("Location", path + ("?" + urlencode(rest) if rest else ""))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _act(self, console: Console, cookies: dict[str, str]) -> None:
+        origin = self.headers.get("Origin")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise ValueError(f"the request body is larger than {MAX_BODY} bytes")
+        form = dict(parse_qsl(self.rfile.read(length).decode("utf-8", "replace")))
+        refused = (
+            "not signed in: open the URL with the token `herder ui` printed"
+            if not console.authorized(cookies)
+            else "the form is not this console's (CSRF check failed); reload the page"
+            if not hmac.compare_digest(form.get("csrf", "").encode(), console.csrf.encode())
+            else f"cross-site request from {origin}"
+            if origin not in (None, "null", console.origin) and not console._any_host
+            else None
+        )
+        if refused:
+            self._page(403, error_page("Refused", refused, "Nothing was changed."))
+            return
+        status, html = console.views.act(form)
+        self._page(status, html)
+
+    def _static(self, name: str) -> None:
+        if name not in _STATIC:
+            self._page(404, error_page("Not found", f"no static file {name!r}", ""))
+            return
+        body = resources.files("herder.runtime.ui").joinpath("static", name).read_bytes()
+        self._send(200, _STATIC[name], body, cache=True)
+
+    def _page(self, status: int, html: str) -> None:
+        self._send(status, "text/html; charset=utf-8", html.encode("utf-8"))
+
+    def _send(self, status: int, ctype: str, body: bytes, *, cache: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in _HEADERS.items():
+            if not (cache and name == "Cache-Control"):
+                self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _cookies(header: str) -> dict[str, str]:
+    out = {}
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name:
+            out[name] = value
+    return out
+
+
+def now() -> float:
+    """Wall-clock time (the store's timestamps are wall-clock too)."""
+    return time.time()

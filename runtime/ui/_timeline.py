@@ -1,0 +1,199 @@
+"""A workflow's timeline as an SVG picture: its steps against time, from its history.
+
+One row per step (plan order). Each stretch of a step's life between two history events
+is a *segment*: an attempt (a bar coloured by how it ended: succeeded, retried, failed,
+handed to ``complete_later``, left unknown, still running), a wait (a retry's backoff, a
+delay, a ``complete_later`` wait, a step pending behind its dependencies: a thin grey
+bar), a probe's unknown stretch, or a compensation. Probes are diamonds on their row;
+operator actions are dashed lines across every row, labelled with the action and who.
+Every value comes from the store and is escaped; each mark has a ``<title>`` tooltip.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+_FINAL_STEP = frozenset({"SUCCEEDED", "FAILED", "COMPENSATED"})
+_WAITS = frozenset({"PENDING", "RETRY_WAIT", "WAITING"})
+_OUTCOME = {  # how an attempt ended (the state it went to) -> its CSS class
+    "SUCCEEDED": "ok",
+    "COMPENSATED": "undone",
+    "FAILED": "failed",
+    "RETRY_WAIT": "retried",
+    "DISPATCHED": "retried",  # lapsed and dispatched again at once
+    "COMPENSATING": "retried",
+    "WAITING": "handed",
+    "UNKNOWN": "unknown",
+}
+LEGEND = (
+    ("ok", "succeeded"),
+    ("retried", "failed, retried"),
+    ("failed", "failed"),
+    ("running", "running"),
+    ("handed", "complete_later"),
+    ("unknown", "unknown (probed)"),
+    ("undo", "compensating"),
+    ("undone", "compensated"),
+    ("wait", "backoff, delay, complete_later wait"),
+    ("pending", "pending (dependencies)"),
+)
+
+WIDTH, LABEL, ROW, TOP = 960, 150, 28, 34
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One stretch of a step's life: ``state`` from ``start`` to ``end``."""
+
+    step: str
+    state: str
+    start: float
+    end: float
+    attempt: int
+    ended_in: str | None  # the state it went to; None while it lasts
+    error: str | None
+
+    @property
+    def css(self) -> str:
+        """The CSS class the segment is drawn with."""
+        if self.state == "PENDING":
+            return "pending"
+        if self.state in _WAITS:
+            return "wait"
+        if self.state == "UNKNOWN":
+            return "unknown"
+        if self.ended_in is None:
+            return "undo" if self.state == "COMPENSATING" else "running"
+        if self.state == "COMPENSATING" and self.ended_in != "COMPENSATED":
+            return "undo" if self.ended_in in _WAITS else "failed"
+        return _OUTCOME.get(self.ended_in, "retried")
+
+
+def segments(
+    steps: Sequence[str], history: Iterable[dict[str, Any]], created: float, end: float
+) -> list[Segment]:
+    """Every segment of every step, from the history events (oldest first)."""
+    current: dict[str, tuple[str, float, int]] = {s: ("PENDING", created, 0) for s in steps}
+    out: list[Segment] = []
+    for e in history:
+        if e.get("kind") != "step" or not isinstance(e.get("t"), int | float):
+            continue
+        step = str(e.get("step"))
+        state, since, attempt = current.get(step, (str(e.get("from")), created, 0))
+        to = str(e.get("to"))
+        new_attempt = e.get("attempt") if isinstance(e.get("attempt"), int) else attempt
+        if state not in _FINAL_STEP:
+            out.append(Segment(step, state, since, e["t"], attempt, to, e.get("error")))
+        current[step] = (to, e["t"], new_attempt)
+    for step, (state, since, attempt) in current.items():
+        if state not in _FINAL_STEP and end > since:
+            out.append(Segment(step, state, since, end, attempt, None, None))
+    return out
+
+
+def render(
+    steps: Sequence[str],
+    history: Sequence[dict[str, Any]],
+    created: float,
+    end: float,
+) -> str:
+    """The SVG markup of a workflow's timeline (``end``: its last event, or now if it runs)."""
+    end = max(end, created + 0.001, *(e["t"] for e in history if _timed(e)))
+    rows = list(steps) + sorted({str(e.get("step")) for e in history if _stepwise(e)} - set(steps))
+    height = TOP + ROW * len(rows) + 16
+    scale = (WIDTH - LABEL - 12) / (end - created)
+
+    def x(t: float) -> float:
+        return LABEL + (t - created) * scale
+
+    parts = [
+        f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
+        f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
+        'aria-label="timeline of the workflow\'s steps">'
+    ]
+    parts += _axis(created, end, x, height)
+    index = {name: i for i, name in enumerate(rows)}
+    for name, i in index.items():
+        y = TOP + ROW * i
+        parts.append(f'<text class="step-label" x="8" y="{y + 17}">{escape(name[:22])}</text>')
+        parts.append(f'<line class="row" x1="{LABEL}" x2="{WIDTH - 12}" y1="{y + 24}" y2="{y + 24}"/>')
+    for seg in segments(rows, history, created, end):
+        parts.append(_bar(seg, x, TOP + ROW * index[seg.step]))
+    for e in history:
+        if e.get("kind") == "probe" and _timed(e) and str(e.get("step")) in index:
+            parts.append(_probe(e, x(e["t"]), TOP + ROW * index[str(e.get("step"))]))
+        elif e.get("kind") == "operator" and _timed(e):
+            parts.append(_operator(e, x(e["t"]), height))
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _timed(e: dict[str, Any]) -> bool:
+    return isinstance(e.get("t"), int | float)
+
+
+def _stepwise(e: dict[str, Any]) -> bool:
+    return e.get("kind") in ("step", "probe") and e.get("step") is not None
+
+
+def _bar(seg: Segment, x: Any, y: float) -> str:
+    x0, x1 = x(seg.start), x(seg.end)
+    width = max(2.0, x1 - x0)
+    thin = seg.css in ("wait", "pending")
+    top, h = (y + 10, 6) if seg.css == "wait" else (y + 11, 4) if thin else (y + 5, 16)
+    what = "waiting" if thin else f"attempt {seg.attempt}"
+    tip = f"{seg.step}: {seg.state} ({what}) {_span(seg.end - seg.start)}"
+    if seg.ended_in:
+        tip += f" -> {seg.ended_in}"
+    if seg.error:
+        tip += f"\n{seg.error}"
+    return (
+        f'<rect class="seg {seg.css}" data-step="{escape(seg.step)}" data-state="{seg.state}" '
+        f'x="{x0:.1f}" y="{top}" width="{width:.1f}" height="{h}" rx="2">'
+        f"<title>{escape(tip)}</title></rect>"
+    )
+
+
+def _probe(e: dict[str, Any], cx: float, y: float) -> str:
+    tip = f"probe of {e.get('step')}: {e.get('error') or 'still unknown'}"
+    points = f"{cx:.1f},{y + 5} {cx + 6:.1f},{y + 13} {cx:.1f},{y + 21} {cx - 6:.1f},{y + 13}"
+    return f'<polygon class="probe" points="{points}"><title>{escape(tip)}</title></polygon>'
+
+
+def _operator(e: dict[str, Any], cx: float, height: float) -> str:
+    label = f"{e.get('action')} by {e.get('who') or '?'}"
+    tip = f"{label}: {e.get('why') or ''}"
+    return (
+        f'<g class="operator"><line x1="{cx:.1f}" x2="{cx:.1f}" y1="{TOP - 6}" '
+        f'y2="{height - 14}"/><text x="{cx + 3:.1f}" y="{TOP - 8}">{escape(label[:40])}</text>'
+        f"<title>{escape(tip)}</title></g>"
+    )
+
+
+def _axis(created: float, end: float, x: Any, height: float) -> list[str]:
+    start = datetime.datetime.fromtimestamp(created).strftime("%H:%M:%S")
+    out = [f'<text class="axis" x="8" y="14">{start}</text>']
+    for i in range(6):
+        t = created + (end - created) * i / 5
+        px = x(t)
+        anchor = "end" if i == 5 else "middle" if i else "start"
+        out.append(
+            f'<line class="tick" x1="{px:.1f}" x2="{px:.1f}" y1="{TOP - 4}" y2="{height - 14}"/>'
+            f'<text class="axis" x="{px:.1f}" y="{height - 2}" text-anchor="{anchor}">'
+            f"+{_span(t - created)}</text>"
+        )
+    return out
+
+
+def _span(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,160 @@
+"""What each console address shows, read through the shared read-only views.
+
+Reads go through ``_inspect`` (statuses in plan order, ``store_stats``), ``_inbox``
+(``inbox_items``) and ``store._history`` like ``herder ls/show/stats/inbox`` do; an
+operator action is a command on the store's channel (``store/_commands.py``), exactly as
+``herder retry ...`` sends it, and the page shows its outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from herder.runtime._inbox import inbox_items
+from herder.runtime._inspect import _Reader, store_stats
+from herder.runtime._operator_cli import ACTIONS
+from herder.runtime.ui import _pages
+from herder.runtime.ui._query import Filters, has_index, workflow_page
+from herder.store import Plan, is_held
+from herder.store._commands import (
+    COMMANDS_DB,
+    DONE,
+    PENDING,
+    append_command,
+    done_key,
+    new_command,
+)
+from herder.store._history import read_history
+
+if TYPE_CHECKING:
+    from herder.runtime.ui._server import Console
+
+STATS_EVERY = 2.0
+"""Seconds between two counts of the store for the live counters (at least)."""
+
+
+class Views:
+    """The console's pages and actions, over its :class:`StoreGate`."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._gate = console.gate
+        self._stats: dict[str, Any] | None = None
+        self._stats_at = 0.0
+        self._stats_lock = threading.Lock()
+
+    def page(self, path: str, query: dict[str, str], csrf: str | None) -> tuple[int, str]:
+        """(HTTP status, HTML) of a GET."""
+        render = {
+            "/": self._workflows,
+            "/workflow": self._workflow,
+            "/inbox": self._inbox,
+            "/agents": self._agents,
+        }.get(path)
+        if render is None:
+            return 404, _pages.error_page("Not found", f"nothing at {path}", "Start at /.")
+        status, title, active, body = render(query, csrf)
+        html = _pages.layout(title, body, store=self._gate.path, active=active, csrf=csrf)
+        return status, html
+
+    def _workflows(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
+        filters = Filters.parse(query)
+        with self._gate.read() as store:
+            note = (
+                ""
+                if has_index(store)
+                else '<p class="warn">This store was written before the console\'s index: '
+                "only workflows started from now on are listed (<code>herder ls</code> "
+                "lists every one).</p>"
+            )
+            page = workflow_page(store, filters, query.get("cursor"))
+        shown = {k: v for k, v in query.items() if k != "cursor" and v}
+        return 200, "Workflows", "workflows", _pages.workflows_page(page, filters, shown, note)
+
+    def _workflow(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
+        workflow_id = query.get("id", "")
+        with self._gate.read() as store:
+            record = store.get_workflow(workflow_id)
+            if record is None:
+                body = f'<h1>Not found</h1><p id="problem">No workflow with id {_pages.e(repr(workflow_id))}.</p>'
+                return 404, "Not found", "workflows", body
+            status = _Reader(store).status(record)
+            history = read_history(store, workflow_id)
+        body = _pages.workflow_page(status, history, time.time(), csrf)
+        return 200, status.id, "workflows", body
+
+    def _inbox(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
+        with self._gate.read() as store:
+            items = inbox_items(store)
+        return 200, "Inbox", "inbox", _pages.inbox_page(items, csrf)
+
+    def _agents(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
+        used: dict[str, set[str]] = {}
+        with self._gate.read() as store:
+            for _key, value in store.scan("definitions", corrupt=[]):
+                try:
+                    plan = Plan.from_dict(value)
+                except (KeyError, TypeError, ValueError):
+                    continue
+                for spec in plan.steps:
+                    used.setdefault(spec.agent, set()).add(f"{plan.name}@{plan.version}")
+        agents = {a: sorted(w) for a, w in used.items()}
+        return 200, "Agents", "agents", _pages.agents_page(self.stats(), agents)
+
+    def stats(self) -> dict[str, Any]:
+        """``herder stats`` numbers, counted again at most every :data:`STATS_EVERY` s."""
+        with self._stats_lock:
+            if self._stats is None or time.monotonic() - self._stats_at >= STATS_EVERY:
+                with self._gate.read() as store:
+                    stats = store_stats(store)
+                stats["running"] = is_held(self._gate.path)
+                stats["at"] = time.time()
+                self._stats, self._stats_at = stats, time.monotonic()
+            return self._stats
+
+    def act(self, form: dict[str, str]) -> tuple[int, str]:
+        """Send one operator command from a console form; the page says what became of it."""
+        action, workflow_id = form.get("action", ""), form.get("id", "")
+        who, why = form.get("who", "").strip(), form.get("why", "").strip()
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+        if not who or not why:
+            raise ValueError("say who acts and why: both are kept in the history")
+        with self._gate.read() as store:
+            if store.get_workflow(workflow_id) is None:
+                raise ValueError(f"no workflow with id {workflow_id!r}")
+        args: dict[str, Any] = {}
+        if action == "skip":
+            args = {"step": form.get("step") or None, "result": None}
+        command = new_command(action, workflow_id, args=args, who=who, why=why)
+        with self._gate.exclusive():  # one LMDB environment per store per process
+            command_id = append_command(self._gate.path, command)
+        outcome, ok = self._outcome(command_id)
+        html = _pages.outcome_page(action, workflow_id, outcome, ok)
+        page = _pages.layout(action, html, store=self._gate.path, active="inbox", csrf=None)
+        return (200 if ok is not False else 409), page
+
+    def _outcome(self, command_id: int) -> tuple[str, bool | None]:
+        if not is_held(self._gate.path):
+            return (
+                f"command #{command_id} is queued: no runtime holds the store; the next one to "
+                "open it applies it",
+                None,
+            )
+        deadline = time.monotonic() + self._console.wait
+        pause = threading.Event()  # never set: the pause between two looks
+        while time.monotonic() < deadline:
+            with self._gate.read() as store:
+                record = store.get(COMMANDS_DB, done_key(command_id))
+            if isinstance(record, dict) and record.get("state") != PENDING:
+                if record.get("state") == DONE:
+                    return f"done (command #{command_id}, by {record.get('who')})", True
+                return f"refused: {record.get('error')}", False
+            pause.wait(0.05)
+        return (
+            f"command #{command_id} is queued: the runtime did not apply it within "
+            f"{self._console.wait:g} s; it is applied when the runtime gets to it",
+            None,
+        )

@@ -1,0 +1,45 @@
+// Live counters: the numbers `herder stats` shows, fetched every two seconds.
+"use strict";
+(function () {
+  const box = document.getElementById("counters");
+  if (!box) return;
+  const order = ["RUNNING", "NEEDS_ATTENTION", "COMPENSATING", "SUCCEEDED", "COMPENSATED",
+    "CANCELLED", "ABANDONED", "PENDING"];
+  function chip(label, value, id) {
+    const span = document.createElement("span");
+    span.className = "c";
+    span.id = id;
+    span.append(label);
+    const b = document.createElement("b");
+    b.textContent = String(value);
+    span.append(b);
+    return span;
+  }
+  async function refresh() {
+    try {
+      const r = await fetch("/api/stats", { credentials: "same-origin" });
+      if (!r.ok) throw new Error(r.status);
+      const s = await r.json();
+      const chips = [];
+      const live = document.createElement("span");
+      live.className = s.running ? "c live" : "c idle";
+      live.id = "runtime";
+      live.textContent = s.running ? "● runtime running" : "○ no runtime";
+      chips.push(live);
+      for (const k of order) {
+        if (k in s.workflows) chips.push(chip(k.toLowerCase().replace("_", " "), s.workflows[k], "count-" + k));
+      }
+      chips.push(chip("retries", s.retries, "count-retries"));
+      chips.push(chip("timers", s.timers, "count-timers"));
+      const at = document.createElement("span");
+      at.className = "c idle";
+      at.textContent = "as of " + new Date(s.at * 1000).toLocaleTimeString();
+      chips.push(at);
+      box.replaceChildren(...chips);
+    } catch (err) {
+      box.replaceChildren(chip("counters unavailable", "", "count-error"));
+    }
+  }
+  refresh();
+  setInterval(refresh, 2000);
+})();
