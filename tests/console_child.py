@@ -8,7 +8,8 @@ Starts, with agent ``t`` and workflows ``trip`` (flight, hotel, car) and ``appro
 - ``ok-1`` SUCCEEDED; ``ok-2`` SUCCEEDED after two failed flight attempts;
 - ``comp-1`` COMPENSATED (no car); ``stuck-1``, ``stuck-2`` NEEDS_ATTENTION (no car, and
   the hotel cannot refund); ``abandon-1`` ABANDONED (was stuck, then abandoned);
-- ``cancel-1`` CANCELLED (while its start was delayed); ``wait-1`` RUNNING (its ``approve`` step WAITING);
+- ``cancel-1`` CANCELLED (while its start was delayed); ``wait-1`` RUNNING (its
+  ``approve`` step WAITING);
 - ``<img src=x onerror=alert(1)>`` SUCCEEDED, with markup in its input and results.
 
 Prints ``ready`` once they are all there, then serves with ``run_forever()`` until
@@ -39,8 +40,14 @@ ONCE = RetryPolicy(max_attempts=1)
 TRIP = (
     Workflow("trip")
     .step("flight", agent="t", action="book", compensate="cancel", retry=FAST)
-    .step("hotel", agent="t", action="book", compensate="cancel", after=["flight"],
-          compensate_retry=ONCE)
+    .step(
+        "hotel",
+        agent="t",
+        action="book",
+        compensate="cancel",
+        after=["flight"],
+        compensate_retry=ONCE,
+    )
     .step("car", agent="t", action="book", compensate="cancel", after=["hotel"], retry=ONCE)
 )
 APPROVAL = (

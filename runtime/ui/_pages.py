@@ -155,11 +155,11 @@ def workflow_page(
         for ev in errors
     )
     story = "".join(
-        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _story(history)
+        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _story(list(history))
     )
     actions = "" if final else action_form(status.id, csrf, None)
     return (
-        f'<h1>{e(status.id)} {state_badge(status.state)}</h1>'
+        f"<h1>{e(status.id)} {state_badge(status.state)}</h1>"
         f'<p class="meta">{e(status.name)}@{status.version} · created {when(status.created)}'
         f" · updated {when(status.updated)} · priority {status.priority}</p>"
         + (f'<p class="err">{e(status.error)}</p>' if status.error else "")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import binascii
 import datetime
 from dataclasses import dataclass, field
-from typing import Any
 
 from herder.runtime._inspect import _Reader
 from herder.runtime._status import WorkflowStatus
 from herder.store import Store, StoreCorrupt
 from herder.store._codec import decode
+from herder.store._env import Snapshot
 from herder.store._records import WorkflowState
 from herder.store._started import STARTED_DB, split_started_key, time_key
 
@@ -93,23 +93,35 @@ def workflow_page(
             page.budget_spent = True
             break
         limit = min(_CHUNK, budget - page.examined)
-        chunk = store.view(lambda snap, u=upper: _entries(snap, u, lower, limit))
-        for key, raw in chunk:
+        # One entry more than it may examine, to know whether the oldest one is reached.
+        start = upper
+
+        def read(snap: Snapshot, start: bytes | None = start, n: int = limit + 1) -> _Entries:
+            return _entries(snap, start, lower, n)
+
+        chunk = store.view(read)
+        for i, (key, raw) in enumerate(chunk[:limit]):
             page.examined += 1
             upper = key
             page.oldest_examined = split_started_key(key)[0]
-            _add_if_matching(store, page, reader, filters, key, raw)
+            _add_if_matching(page, reader, filters, key, raw)
             if len(page.rows) >= size:
+                if i + 1 == len(chunk):
+                    upper = None  # full, and nothing older is left
                 break
-        if len(chunk) < limit and len(page.rows) < size:  # the oldest entry was reached
-            upper = None
-            break
+        else:
+            if len(chunk) <= limit:  # the oldest entry was examined
+                upper = None
+                break
     page.next_cursor = None if upper is None else binascii.hexlify(upper).decode()
     page.corrupt += reader.corrupt
     return page
 
 
-def _entries(snap: Any, upper: bytes | None, lower: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+_Entries = list[tuple[bytes, bytes]]
+
+
+def _entries(snap: Snapshot, upper: bytes | None, lower: bytes, limit: int) -> _Entries:
     """Up to ``limit`` index entries below ``upper`` (all when None), newest first."""
     cur = snap.cursor(STARTED_DB)
     if upper is None:
@@ -120,22 +132,20 @@ def _entries(snap: Any, upper: bytes | None, lower: bytes, limit: int) -> list[t
         found = cur.last()
     out: list[tuple[bytes, bytes]] = []
     while found and len(out) < limit:
-        key = cur.key()
+        key = bytes(cur.key())
         if key < lower:
             break
-        out.append((bytes(key), bytes(cur.value())))
+        out.append((key, bytes(cur.value())))
         found = cur.prev()
     return out
 
 
-def _add_if_matching(
-    store: Store, page: Page, reader: _Reader, filters: Filters, key: bytes, raw: bytes
-) -> None:
+def _add_if_matching(page: Page, reader: _Reader, filters: Filters, key: bytes, raw: bytes) -> None:
     """Add the workflow of one index entry to the page if it passes the filters."""
     try:
         if filters.name is not None and decode(raw, db=STARTED_DB, key=key) != filters.name:
             return
-        record = store.get_workflow(split_started_key(key)[1])
+        record = reader.store.get_workflow(split_started_key(key)[1])
         if record is None or (filters.state is not None and record.state is not filters.state):
             return
         page.rows.append(reader.status(record))

@@ -134,7 +134,7 @@ class Console:
         self._hosts = {f"{shown}:{self.port}"}
         if host in _LOCAL or host.startswith("127."):
             self._hosts |= {f"{h}:{self.port}" for h in ("127.0.0.1", "localhost", "[::1]")}
-        self._any_host = host in ("0.0.0.0", "::", "")  # noqa: S104 - asked for explicitly
+        self._any_host = host in ("0.0.0.0", "::", "")
 
     @property
     def url(self) -> str:
@@ -177,7 +177,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "herder-ui"
     sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s %s", self.address_string(), format % args)
 
     def do_GET(self) -> None:
@@ -189,8 +189,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         console = self.server.console
         if not console.host_allowed(self.headers.get("Host")):
-            self._page(421, error_page("Wrong host", "This console does not serve that host name.",
-                                       f"Open {console.origin}/ instead."))
+            self._page(
+                421,
+                error_page(
+                    "Wrong host",
+                    "This console does not serve that host name.",
+                    f"Open {console.origin}/ instead.",
+                ),
+            )
             return
         url = urlsplit(self.path)
         query = dict(parse_qsl(url.query))
@@ -211,27 +217,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 self._page(405, error_page("Not allowed", "Only /act takes a POST.", ""))
         except HerderError as exc:
-            self._page(503, error_page(
-                "The store cannot be read",
-                f"{console.gate.path}: {exc}",
-                "Check the --store path: a runtime creates the store when it first opens it. "
-                "This page works again as soon as the store can be read.",
-            ))
+            self._page(
+                503,
+                error_page(
+                    "The store cannot be read",
+                    f"{console.gate.path}: {exc}",
+                    "Check the --store path: a runtime creates the store when it first opens it. "
+                    "This page works again as soon as the store can be read.",
+                ),
+            )
         except ValueError as exc:
             self._page(400, error_page("Bad request", str(exc), "Fix the address and retry."))
         except Exception as exc:
             _log.exception("herder ui: %s %s failed", method, url.path)
-            self._page(500, error_page(
-                "The console failed", f"{type(exc).__name__}: {exc}",
-                "The error is logged; the store is untouched.",
-            ))
+            self._page(
+                500,
+                error_page(
+                    "The console failed",
+                    f"{type(exc).__name__}: {exc}",
+                    "The error is logged; the store is untouched.",
+                ),
+            )
 
     def _login(self, console: Console, path: str, query: dict[str, str]) -> None:
         if not hmac.compare_digest(query["token"].encode(), console.token.encode()):
-            self._page(403, error_page(
-                "Wrong token", "That token is not this console's.",
-                "Use the URL `herder ui` printed when it started.",
-            ))
+            self._page(
+                403,
+                error_page(
+                    "Wrong token",
+                    "That token is not this console's.",
+                    "Use the URL `herder ui` printed when it started.",
+                ),
+            )
             return
         rest = {k: v for k, v in query.items() if k != "token"}
         self.send_response(303)

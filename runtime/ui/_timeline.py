@@ -77,7 +77,7 @@ def segments(
     steps: Sequence[str], history: Iterable[dict[str, Any]], created: float, end: float
 ) -> list[Segment]:
     """Every segment of every step, from the history events (oldest first)."""
-    current: dict[str, tuple[str, float, int]] = {s: ("PENDING", created, 0) for s in steps}
+    current: dict[str, tuple[str, float, int]] = dict.fromkeys(steps, ("PENDING", created, 0))
     out: list[Segment] = []
     for e in history:
         if e.get("kind") != "step" or not isinstance(e.get("t"), int | float):
@@ -85,10 +85,10 @@ def segments(
         step = str(e.get("step"))
         state, since, attempt = current.get(step, (str(e.get("from")), created, 0))
         to = str(e.get("to"))
-        new_attempt = e.get("attempt") if isinstance(e.get("attempt"), int) else attempt
+        new_attempt = e["attempt"] if isinstance(e.get("attempt"), int) else attempt
         if state not in _FINAL_STEP:
-            out.append(Segment(step, state, since, e["t"], attempt, to, e.get("error")))
-        current[step] = (to, e["t"], new_attempt)
+            out.append(Segment(step, state, since, float(e["t"]), attempt, to, e.get("error")))
+        current[step] = (to, float(e["t"]), new_attempt)
     for step, (state, since, attempt) in current.items():
         if state not in _FINAL_STEP and end > since:
             out.append(Segment(step, state, since, end, attempt, None, None))
@@ -120,7 +120,9 @@ def render(
     for name, i in index.items():
         y = TOP + ROW * i
         parts.append(f'<text class="step-label" x="8" y="{y + 17}">{escape(name[:22])}</text>')
-        parts.append(f'<line class="row" x1="{LABEL}" x2="{WIDTH - 12}" y1="{y + 24}" y2="{y + 24}"/>')
+        parts.append(
+            f'<line class="row" x1="{LABEL}" x2="{WIDTH - 12}" y1="{y + 24}" y2="{y + 24}"/>'
+        )
     for seg in segments(rows, history, created, end):
         parts.append(_bar(seg, x, TOP + ROW * index[seg.step]))
     for e in history:

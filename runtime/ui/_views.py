@@ -78,7 +78,8 @@ class Views:
         with self._gate.read() as store:
             record = store.get_workflow(workflow_id)
             if record is None:
-                body = f'<h1>Not found</h1><p id="problem">No workflow with id {_pages.e(repr(workflow_id))}.</p>'
+                shown = _pages.e(repr(workflow_id))
+                body = f'<h1>Not found</h1><p id="problem">No workflow with id {shown}.</p>'
                 return 404, "Not found", "workflows", body
             status = _Reader(store).status(record)
             history = read_history(store, workflow_id)

@@ -1,0 +1,328 @@
+"""The web console over HTTP: pages, filters, paging, escaping, the token and CSRF."""
+
+from __future__ import annotations
+
+import http.client
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime.testing import FakeClock
+from herder.runtime.ui import Console
+from herder.runtime.ui._query import Filters, workflow_page
+from herder.store import Store
+from herder.store._commands import pending_commands
+from herder.store._records import WorkflowState
+
+HOSTILE = '<img src=x onerror="alert(1)">'
+FAST = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+
+
+class Shop(Agent):
+    def buy(self, ctx: StepContext) -> dict[str, Any]:
+        if ctx.input.get("sold_out") and ctx.step == "ship":
+            raise Permanent(f"out of stock: {HOSTILE}")
+        return {"item": ctx.step, "note": ctx.input.get("note")}
+
+    def refund(self, ctx: StepContext) -> None:
+        if ctx.input.get("refunds_down"):
+            raise Permanent("refunds are down")
+
+
+ORDER = (
+    Workflow("order")
+    .step("pay", agent="shop", action="buy", compensate="refund")
+    .step("ship", agent="shop", action="buy", after=["pay"])
+)
+GIFT = Workflow("gift").step("wrap", agent="shop", action="buy")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """o-0 .. o-9 one second apart (o-3 compensated, o-6 stuck), g-0 a gift, then the
+    hostile one: newest last."""
+    path = tmp_path_factory.mktemp("ui") / "store"
+    clock = FakeClock(start=1_700_000_000.0)
+    with Runtime(path, default_retry=FAST, clock=clock) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        rt.add_workflow(GIFT)
+        for i in range(10):
+            data = (
+                {"sold_out": 1} if i == 3 else {"sold_out": 1, "refunds_down": 1} if i == 6 else {}
+            )
+            rt._wait_final(rt.start("order", data, workflow_id=f"o-{i}").id, 10)
+            clock.advance(1.0)
+        rt._wait_final(rt.start("gift", {}, workflow_id="g-0").id, 10)
+        clock.advance(1.0)
+        rt._wait_final(rt.start("order", {"note": HOSTILE}, workflow_id=HOSTILE).id, 10)
+    return path
+
+
+@pytest.fixture
+def console(store: Path) -> Iterator[Console]:
+    console = Console(str(store), port=0, token="s3cret", wait=0.5)
+    console.start()
+    try:
+        yield console
+    finally:
+        console.shutdown()
+
+
+def request(
+    console: Console,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], str]:
+    conn = http.client.HTTPConnection("127.0.0.1", console.port, timeout=10)
+    data = None if body is None else urlencode(body)
+    sent = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+    try:
+        conn.request(method, path, body=data, headers=sent)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode()
+    finally:
+        conn.close()
+
+
+def signed_in(console: Console) -> dict[str, str]:
+    status, headers, _ = request(console, "GET", "/?token=s3cret")
+    assert status == 303
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    return {"Cookie": cookie.split(";")[0]}
+
+
+def ids_listed(html: str) -> list[str]:
+    return re.findall(r'<tr><td><a href="/workflow\?id=[^"]*">([^<]*)</a>', html)
+
+
+def test_the_list_shows_the_newest_workflow_first(console: Console) -> None:
+    status, headers, html = request(console, "GET", "/")
+    assert status == 200
+    listed = ids_listed(html)
+    assert listed[:3] == ["&lt;img src=x onerror=&quot;alert(1)&quot;&gt;", "g-0", "o-9"]
+    assert listed[-1] == "o-0"
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_filters_narrow_the_list_by_state_name_and_time(console: Console) -> None:
+    _, _, html = request(console, "GET", "/?state=NEEDS_ATTENTION")
+    assert ids_listed(html) == ["o-6"]
+    _, _, html = request(console, "GET", "/?name=gift")
+    assert ids_listed(html) == ["g-0"]
+    _, _, html = request(console, "GET", "/?state=COMPENSATED&name=order")
+    assert ids_listed(html) == ["o-3"]
+    # o-i was created at 1_700_000_000 + i (local time in the form, as a browser sends it)
+    import datetime
+
+    def local(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t).isoformat(timespec="seconds")
+
+    query = urlencode({"since": local(1_700_000_002), "until": local(1_700_000_005)})
+    _, _, html = request(console, "GET", "/?" + query)
+    assert ids_listed(html) == ["o-4", "o-3", "o-2"]
+
+
+def test_a_bad_filter_is_a_clear_page_not_a_traceback(console: Console) -> None:
+    status, _, html = request(console, "GET", "/?state=BOGUS")
+    assert status == 400
+    assert "unknown state" in html
+    status, _, html = request(console, "GET", "/?cursor=zz")
+    assert status == 400
+    assert "Traceback" not in html
+
+
+def test_paging_goes_back_in_time_without_repeating_or_skipping(store: Path) -> None:
+    with Store(store, readonly=True) as st:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = workflow_page(st, Filters(), cursor, size=4)
+            seen += [s.id for s in page.rows]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == [HOSTILE, "g-0", *(f"o-{i}" for i in range(9, -1, -1))]
+
+
+def test_a_page_examines_at_most_its_budget_and_offers_to_go_on(store: Path) -> None:
+    with Store(store, readonly=True) as st:
+        rare = Filters(state=WorkflowState.NEEDS_ATTENTION)
+        first = workflow_page(st, rare, None, size=10, budget=3)
+        assert (first.rows, first.examined, first.budget_spent) == ([], 3, True)
+        assert first.next_cursor is not None
+        found: list[str] = []
+        cursor: str | None = first.next_cursor
+        pages = 1
+        while cursor is not None:
+            page = workflow_page(st, rare, cursor, size=10, budget=3)
+            assert page.examined <= 3
+            found += [s.id for s in page.rows]
+            cursor, pages = page.next_cursor, pages + 1
+        assert found == ["o-6"]
+        assert pages == 4  # 12 entries, 3 at a time
+
+
+def test_the_older_link_carries_the_filters_and_the_cursor(store: Path) -> None:
+    console = Console(str(store), port=0, token="t")
+    console.start()
+    try:
+        import herder.runtime.ui._query as query
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(query.workflow_page, "__kwdefaults__", {"size": 2, "budget": 5000})
+            _, _, html = request(console, "GET", "/?name=order")
+            link = re.search(r'id="older" href="([^"]+)"', html)
+            assert link is not None
+            href = link.group(1).replace("&amp;", "&")
+            assert "name=order" in href
+            _, _, html = request(console, "GET", href)
+            assert ids_listed(html) == ["o-8", "o-7"]  # the hostile one and o-9 came first
+    finally:
+        console.shutdown()
+
+
+def test_a_workflow_page_shows_steps_timeline_errors_and_history(console: Console) -> None:
+    status, _, html = request(console, "GET", "/workflow?id=o-3")
+    assert status == 200
+    assert '<svg class="timeline"' in html
+    assert re.search(r'<rect class="seg ok" data-step="pay"', html)  # pay succeeded
+    assert re.search(r'<rect class="seg failed" data-step="ship"', html)  # ship failed
+    assert re.search(r'<rect class="seg undone" data-step="pay"', html)  # then undone
+    assert "out of stock: &lt;img src=x" in html  # the stored error, escaped
+    assert 'id="history"' in html
+    assert "COMPENSATING -&gt; COMPENSATED" in html
+
+
+def test_every_value_from_the_store_is_escaped(console: Console) -> None:
+    for path in ("/", "/workflow?" + urlencode({"id": HOSTILE}), "/workflow?id=o-3"):
+        _, _, html = request(console, "GET", path)
+        assert "<img" not in html, path
+        assert "onerror=&quot;alert(1)&quot;" in html or "alert(1)" not in html
+
+
+def test_an_unknown_workflow_is_a_404_page(console: Console) -> None:
+    status, _, html = request(console, "GET", "/workflow?id=nope")
+    assert status == 404
+    assert "No workflow with id" in html
+
+
+def test_a_missing_store_gives_a_clear_page(tmp_path: Path) -> None:
+    console = Console(str(tmp_path / "nothing-here"), port=0, token="t")
+    console.start()
+    try:
+        for path in ("/", "/inbox", "/api/stats"):
+            status, _, html = request(console, "GET", path)
+            assert status == 503, path
+            assert "The store cannot be read" in html
+            assert "Traceback" not in html
+    finally:
+        console.shutdown()
+
+
+def test_a_wrong_token_is_refused_and_the_right_one_signs_in(console: Console) -> None:
+    status, headers, _ = request(console, "GET", "/?token=guess")
+    assert status == 403
+    assert "Set-Cookie" not in headers
+    _, _, html = request(console, "GET", "/inbox", headers=signed_in(console))
+    assert 'name=csrf value="' + console.csrf + '"' in html
+    _, _, html = request(console, "GET", "/inbox")
+    assert console.csrf not in html
+    assert "Read-only" in html
+
+
+def form(console: Console, **fields: str) -> dict[str, str]:
+    return {"csrf": console.csrf, "id": "o-6", "action": "retry", "who": "ada", "why": "x"} | fields
+
+
+@pytest.mark.parametrize(
+    ("with_cookie", "fields", "extra", "status", "says"),
+    [
+        (False, {}, {}, 403, "not signed in"),
+        (True, {"csrf": "forged"}, {}, 403, "CSRF"),
+        (True, {}, {"Origin": "http://evil.example"}, 403, "cross-site"),
+        (True, {}, {"Host": "evil.example:80"}, 421, "does not serve"),
+    ],
+)
+def test_actions_need_the_token_cookie_the_csrf_field_and_a_same_origin(  # noqa: PLR0917
+    console: Console,
+    store: Path,
+    with_cookie: bool,
+    fields: dict[str, str],
+    extra: dict[str, str],
+    status: int,
+    says: str,
+) -> None:
+    headers = {**(signed_in(console) if with_cookie else {}), **extra}
+    got, _, html = request(console, "POST", "/act", body=form(console, **fields), headers=headers)
+    assert (got, says in html) == (status, True)
+    with Store(store, readonly=True) as st:
+        assert pending_commands(st) == []  # nothing was sent
+
+
+def test_a_signed_in_action_without_a_runtime_is_queued_on_the_channel(
+    tmp_path: Path, store: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    console = Console(str(copy), port=0, token="s3cret")
+    console.start()
+    try:
+        headers = {**signed_in(console), "Origin": console.origin}
+        status, _, html = request(
+            console, "POST", "/act", body=form(console, why="try again"), headers=headers
+        )
+        assert status == 200
+        assert "is queued: no runtime holds the store" in html
+        _, _, html = request(console, "GET", "/workflow?id=o-6")  # the store reads again
+        assert "o-6" in html
+    finally:
+        console.shutdown()
+    with Store(copy, readonly=True) as st:
+        (command,) = pending_commands(st)
+    assert (command["action"], command["workflow_id"]) == ("retry", "o-6")
+    assert (command["who"], command["why"]) == ("ada", "try again")
+
+
+def test_live_counters_are_the_stats_numbers(console: Console) -> None:
+    import json
+
+    status, headers, body = request(console, "GET", "/api/stats")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    stats = json.loads(body)
+    assert stats["workflows"]["SUCCEEDED"] == 10
+    assert stats["workflows"]["NEEDS_ATTENTION"] == 1
+    assert stats["running"] is False
+
+
+def test_agents_page_names_each_agent_and_its_users(console: Console) -> None:
+    _, _, html = request(console, "GET", "/agents")
+    assert re.search(r"<td>shop</td><td>gift@1, order@1</td>", html)
+
+
+def test_cli_ui_refuses_a_port_in_use(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from herder.runtime._cli import main
+
+    console = Console(str(store), port=0, token="t")
+    try:
+        code = main(["ui", "--store", str(store), "--port", str(console.port)], io.StringIO())
+    finally:
+        console.server.server_close()
+    assert code == 1
+    assert "cannot listen" in capsys.readouterr().err
