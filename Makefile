@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test lint typecheck unit demo bench soak slow chaos clean
+.PHONY: test lint typecheck unit demo bench soak slow chaos clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: $(VENV)/.bench-extra  ## store commits, supervision, then herder vs its p
 
 soak: $(STAMP)  ## 100k workflows under faults: throughput, RSS and store size over time
 	$(PY) benchmarks/soak.py $(SOAK_ARGS)
+
+# The console's screenshots in docs/ (needs chromium and chromium-driver, as the tests do).
+screenshots: $(STAMP)
+	HERDER_SCREENSHOTS=docs/img $(PY) -m pytest tests/test_ui_browser.py -q
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,9 @@ Starts, with agent ``t`` and workflows ``trip`` (flight, hotel, car) and ``appro
   the hotel cannot refund); ``abandon-1`` ABANDONED (was stuck, then abandoned);
 - ``cancel-1`` CANCELLED (while its start was delayed); ``wait-1`` RUNNING (its
   ``approve`` step WAITING);
-- ``<img src=x onerror=alert(1)>`` SUCCEEDED, with markup in its input and results.
+- ``<img src=x onerror=alert(1)>`` SUCCEEDED, with markup in its input and results;
+- ``tour-1`` NEEDS_ATTENTION like ``stuck-1``, but its actions take a few tenths of a
+  second and its flight fails once, so its timeline is worth a screenshot.
 
 Prints ``ready`` once they are all there, then serves with ``run_forever()`` until
 SIGTERM.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from typing import Any
 
 from herder.runtime import (
@@ -35,7 +38,7 @@ from herder.runtime import (
 from herder.runtime.testing import wait_until
 
 HOSTILE = "<img src=x onerror=alert(1)>"
-FAST = RetryPolicy(max_attempts=4, initial_interval=0.02, backoff_coefficient=2.0, jitter=0.0)
+FAST = RetryPolicy(max_attempts=4, initial_interval=0.3, backoff_coefficient=1.0, jitter=0.0)
 ONCE = RetryPolicy(max_attempts=1)
 TRIP = (
     Workflow("trip")
@@ -60,6 +63,8 @@ APPROVAL = (
 class Travel(Agent):
     def book(self, ctx: StepContext) -> dict[str, Any]:
         plan = ctx.input or {}
+        if plan.get("slow"):  # the remote side's latency, for a readable timeline
+            time.sleep(plan["slow"].get(ctx.step, 0.1))
         if ctx.step == "flight" and ctx.attempt <= plan.get("flaky", 0):
             raise ConnectionError(f"airline timed out (attempt {ctx.attempt})")
         if ctx.step == "car" and plan.get("no_car"):
@@ -67,6 +72,8 @@ class Travel(Agent):
         return {"booked": ctx.step, "note": plan.get("note")}
 
     def cancel(self, ctx: StepContext) -> None:
+        if (ctx.input or {}).get("slow"):
+            time.sleep(0.2)
         if ctx.step == "hotel" and (ctx.input or {}).get("stuck"):
             raise RuntimeError("the hotel cannot refund online: call them")
 
@@ -87,6 +94,12 @@ def main(store: str) -> None:
         "stuck-2": {"no_car": True, "stuck": True},
         "abandon-1": {"no_car": True, "stuck": True},
         HOSTILE: {"note": "</pre><script>alert(1)</script>"},
+        "tour-1": {
+            "no_car": True,
+            "stuck": True,
+            "flaky": 1,
+            "slow": {"flight": 0.3, "hotel": 0.5, "car": 0.25},
+        },
     }
     for wid, plan in trips.items():
         with contextlib.suppress(WorkflowFailed):

@@ -69,7 +69,8 @@ def layout(title: str, body: str, *, store: str, active: str, csrf: str | None) 
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{e(title)} · herder</title>"
-        '<link rel=stylesheet href="/static/console.css"></head><body>'
+        '<link rel=icon href="data:,"><link rel=stylesheet href="/static/console.css">'
+        "</head><body>"
         f'<header><span class="brand">herder</span><nav>{nav}</nav>'
         f'<span class="store" title="the store">{e(store)}</span>{mode}</header>'
         '<section id="counters" aria-live="polite"><span class="muted">counting…</span></section>'
@@ -125,7 +126,7 @@ def _workflow_row(s: WorkflowStatus) -> str:
     return (
         f'<tr><td><a href="{e(link)}">{e(s.id)}</a></td><td>{e(s.name)}@{s.version}</td>'
         f"<td>{state_badge(s.state)}</td><td>{done}/{len(s.steps)}</td>"
-        f"<td>{when(s.created)}</td><td>{when(s.updated)}</td>"
+        f'<td class="t">{when(s.created)}</td><td class="t">{when(s.updated)}</td>'
         f'<td class="err">{e((s.error or "")[:90])}</td></tr>'
     )
 
@@ -250,7 +251,8 @@ def error_page(title: str, message: str, hint: str) -> str:
     """A page for what went wrong, and what to do about it (no traceback)."""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f'<title>{e(title)} · herder</title><link rel=stylesheet href="/static/console.css">'
+        f'<title>{e(title)} · herder</title><link rel=icon href="data:,">'
+        '<link rel=stylesheet href="/static/console.css">'
         f'</head><body><main class="problem"><h1>{e(title)}</h1><p id="problem">{e(message)}'
         f"</p><p>{e(hint)}</p></main></body></html>"
     )

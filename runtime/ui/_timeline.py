@@ -18,7 +18,8 @@ from html import escape
 from typing import Any
 
 _FINAL_STEP = frozenset({"SUCCEEDED", "FAILED", "COMPENSATED"})
-_WAITS = frozenset({"PENDING", "RETRY_WAIT", "WAITING"})
+_WAITS = frozenset({"PENDING", "RETRY_WAIT", "WAITING", "PARKED"})
+_ACTIVE = frozenset({"DISPATCHED", "COMPENSATING", "UNKNOWN", "WAITING"})
 _OUTCOME = {  # how an attempt ended (the state it went to) -> its CSS class
     "SUCCEEDED": "ok",
     "COMPENSATED": "undone",
@@ -28,6 +29,7 @@ _OUTCOME = {  # how an attempt ended (the state it went to) -> its CSS class
     "COMPENSATING": "retried",
     "WAITING": "handed",
     "UNKNOWN": "unknown",
+    "NEEDS_ATTENTION": "failed",
 }
 LEGEND = (
     ("ok", "succeeded"),
@@ -38,8 +40,9 @@ LEGEND = (
     ("unknown", "unknown (probed)"),
     ("undo", "compensating"),
     ("undone", "compensated"),
-    ("wait", "backoff, delay, complete_later wait"),
-    ("pending", "pending (dependencies)"),
+    ("wait", "waiting (backoff, delay)"),
+    ("parked", "waiting for an operator"),
+    ("pending", "pending"),
 )
 
 WIDTH, LABEL, ROW, TOP = 960, 150, 28, 34
@@ -62,6 +65,8 @@ class Segment:
         """The CSS class the segment is drawn with."""
         if self.state == "PENDING":
             return "pending"
+        if self.state == "PARKED":
+            return "parked"
         if self.state in _WAITS:
             return "wait"
         if self.state == "UNKNOWN":
@@ -80,7 +85,11 @@ def segments(
     current: dict[str, tuple[str, float, int]] = dict.fromkeys(steps, ("PENDING", created, 0))
     out: list[Segment] = []
     for e in history:
-        if e.get("kind") != "step" or not isinstance(e.get("t"), int | float):
+        if not isinstance(e.get("t"), int | float):
+            continue
+        if e.get("kind") == "workflow" and e.get("to") == "NEEDS_ATTENTION":
+            out += _park(current, float(e["t"]), e.get("error"))
+        if e.get("kind") != "step":
             continue
         step = str(e.get("step"))
         state, since, attempt = current.get(step, (str(e.get("from")), created, 0))
@@ -92,6 +101,17 @@ def segments(
     for step, (state, since, attempt) in current.items():
         if state not in _FINAL_STEP and end > since:
             out.append(Segment(step, state, since, end, attempt, None, None))
+    return out
+
+
+def _park(current: dict[str, tuple[str, float, int]], t: float, error: str | None) -> list[Segment]:
+    """The workflow stopped for an operator at ``t``: what was running there failed, and
+    each such step waits for the operator from then on (no step event says so)."""
+    out = []
+    for step, (state, since, attempt) in current.items():
+        if state in _ACTIVE and since <= t:
+            out.append(Segment(step, state, since, t, attempt, "NEEDS_ATTENTION", error))
+            current[step] = ("PARKED", t, attempt)
     return out
 
 
@@ -145,9 +165,15 @@ def _stepwise(e: dict[str, Any]) -> bool:
 def _bar(seg: Segment, x: Any, y: float) -> str:
     x0, x1 = x(seg.start), x(seg.end)
     width = max(2.0, x1 - x0)
-    thin = seg.css in ("wait", "pending")
-    top, h = (y + 10, 6) if seg.css == "wait" else (y + 11, 4) if thin else (y + 5, 16)
-    what = "waiting" if thin else f"attempt {seg.attempt}"
+    thin = seg.css in ("wait", "pending", "parked")
+    top, h = (y + 11, 4) if seg.css == "pending" else (y + 10, 6) if thin else (y + 5, 16)
+    what = (
+        "waiting for an operator"
+        if seg.css == "parked"
+        else "waiting"
+        if thin
+        else (f"attempt {seg.attempt}")
+    )
     tip = f"{seg.step}: {seg.state} ({what}) {_span(seg.end - seg.start)}"
     if seg.ended_in:
         tip += f" -> {seg.ended_in}"
@@ -169,9 +195,11 @@ def _probe(e: dict[str, Any], cx: float, y: float) -> str:
 def _operator(e: dict[str, Any], cx: float, height: float) -> str:
     label = f"{e.get('action')} by {e.get('who') or '?'}"
     tip = f"{label}: {e.get('why') or ''}"
+    right = cx > WIDTH - 180  # near the right edge: the label goes to the line's left
     return (
         f'<g class="operator"><line x1="{cx:.1f}" x2="{cx:.1f}" y1="{TOP - 6}" '
-        f'y2="{height - 14}"/><text x="{cx + 3:.1f}" y="{TOP - 8}">{escape(label[:40])}</text>'
+        f'y2="{height - 14}"/><text x="{cx - 3 if right else cx + 3:.1f}" y="{TOP - 8}" '
+        f'text-anchor="{"end" if right else "start"}">{escape(label[:40])}</text>'
         f"<title>{escape(tip)}</title></g>"
     )
 

@@ -1,0 +1,83 @@
+"""The timeline picture: which stretch of a step's life becomes which bar."""
+
+from __future__ import annotations
+
+from herder.runtime.ui._timeline import render, segments
+
+
+def step(  # noqa: PLR0917
+    t: float, name: str, old: str, new: str, attempt: int, error: str | None = None
+) -> dict:
+    return {
+        "kind": "step",
+        "t": t,
+        "step": name,
+        "from": old,
+        "to": new,
+        "attempt": attempt,
+        "error": error,
+    }
+
+
+HISTORY = [
+    {"kind": "workflow", "t": 0.0, "from": None, "to": "RUNNING"},
+    step(1.0, "pay", "PENDING", "DISPATCHED", 1),
+    step(2.0, "pay", "DISPATCHED", "RETRY_WAIT", 1, "ConnectionError: down"),
+    step(4.0, "pay", "RETRY_WAIT", "DISPATCHED", 2),
+    step(5.0, "pay", "DISPATCHED", "SUCCEEDED", 2),
+    step(5.0, "ship", "PENDING", "DISPATCHED", 1),
+    step(6.0, "ship", "DISPATCHED", "WAITING", 1),
+    step(7.0, "ship", "WAITING", "UNKNOWN", 1),
+    {"kind": "probe", "t": 7.5, "step": "ship", "error": None},
+    step(8.0, "ship", "UNKNOWN", "FAILED", 1, "Permanent: lost"),
+    step(8.0, "pay", "SUCCEEDED", "COMPENSATING", 1),
+    {
+        "kind": "workflow",
+        "t": 9.0,
+        "from": "COMPENSATING",
+        "to": "NEEDS_ATTENTION",
+        "error": "compensation of step 'pay' failed",
+    },
+    {
+        "kind": "operator",
+        "t": 12.0,
+        "action": "skip",
+        "who": "ada",
+        "why": "<b>by hand</b>",
+        "step": "pay",
+    },
+    step(12.0, "pay", "COMPENSATING", "COMPENSATED", 1),
+]
+
+
+def test_each_stretch_of_a_step_becomes_a_segment_of_its_kind() -> None:
+    got = [
+        (s.step, s.state, s.start, s.end, s.css)
+        for s in segments(["pay", "ship"], HISTORY, 0.0, 12.0)
+    ]
+    assert got == [
+        ("pay", "PENDING", 0.0, 1.0, "pending"),
+        ("pay", "DISPATCHED", 1.0, 2.0, "retried"),  # failed, to be retried
+        ("pay", "RETRY_WAIT", 2.0, 4.0, "wait"),  # the backoff
+        ("pay", "DISPATCHED", 4.0, 5.0, "ok"),
+        ("ship", "PENDING", 0.0, 5.0, "pending"),
+        ("ship", "DISPATCHED", 5.0, 6.0, "handed"),  # returned complete_later()
+        ("ship", "WAITING", 6.0, 7.0, "wait"),
+        ("ship", "UNKNOWN", 7.0, 8.0, "unknown"),  # probed
+        ("pay", "COMPENSATING", 8.0, 9.0, "failed"),  # the undo failed: parked
+        ("pay", "PARKED", 9.0, 12.0, "parked"),  # until the operator skipped it
+    ]
+
+
+def test_a_running_step_reaches_to_now() -> None:
+    history = [step(1.0, "pay", "PENDING", "DISPATCHED", 1)]
+    (_, running) = segments(["pay"], history, 0.0, 30.0)
+    assert (running.state, running.end, running.css) == ("DISPATCHED", 30.0, "running")
+
+
+def test_the_picture_marks_probes_and_operator_actions_escaped() -> None:
+    svg = render(["pay", "ship"], HISTORY, 0.0, 12.0)
+    assert svg.count('class="probe"') == 1
+    assert "skip by ada" in svg
+    assert "&lt;b&gt;by hand&lt;/b&gt;" in svg
+    assert "<b>" not in svg
