@@ -21,11 +21,11 @@ from herder.store import (
     WorkflowRecord,
     WorkflowState,
     encode,
+    started_put,
     step_key,
     timer_key,
     workflow_key,
 )
-from herder.store._started import started_put
 
 MAX_PRIORITY = 1_000_000
 """Largest ``abs(priority)`` accepted."""

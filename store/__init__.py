@@ -50,6 +50,7 @@ from herder.store._codec import MAX_VALUE_BYTES, check_text, decode, encode, nor
 from herder.store._commands import DONE as COMMAND_DONE
 from herder.store._commands import (
     append_command,
+    command_outcome,
     finished_ops,
     new_command,
     pending_commands,
@@ -97,6 +98,7 @@ from herder.store._records import (
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
 from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
 from herder.store._standby import StandbyMark, standby_waiting
+from herder.store._started import STARTED_DB, split_started_key, started_put, time_key
 from herder.store._untrusted import (
     UserCodeFailed,
     bounded_text,
@@ -116,6 +118,7 @@ __all__ = [
     "MAX_ID_BYTES",
     "MAX_VALUE_BYTES",
     "SCHEMA_VERSION",
+    "STARTED_DB",
     "BatchSink",
     "BreakerState",
     "CatchUp",
@@ -155,6 +158,7 @@ __all__ = [
     "append_command",
     "bounded_text",
     "check_text",
+    "command_outcome",
     "contain",
     "crash_point",
     "decode",
@@ -175,12 +179,15 @@ __all__ = [
     "safe_repr",
     "safe_str",
     "schedule_key",
+    "split_started_key",
     "split_step_key",
     "split_timer_key",
     "standby_waiting",
     "started_key",
+    "started_put",
     "step_event",
     "step_key",
+    "time_key",
     "timer_key",
     "timer_upper_bound",
     "validate_id",

@@ -145,6 +145,12 @@ def wait_outcome(
             env.close()
 
 
+def command_outcome(store: Any, command_id: int) -> dict[str, Any] | None:
+    """The command once it was applied or refused (read through an open ``store``), else None."""
+    value = store.get(COMMANDS_DB, done_key(command_id))
+    return value if isinstance(value, dict) else None
+
+
 def _highest_id(cur: Any) -> int:
     """The highest command id in the database (0 if none), pending or done."""
     highest = 0

@@ -20,7 +20,7 @@ from herder.runtime._operator_cli import ACTIONS
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui import _timeline
 from herder.runtime.ui._query import Filters, Page
-from herder.store._records import StepState, WorkflowState
+from herder.store import StepState, WorkflowState
 
 _FINAL = frozenset(
     {

@@ -15,11 +15,16 @@ from dataclasses import dataclass, field
 
 from herder.runtime._inspect import _Reader
 from herder.runtime._status import WorkflowStatus
-from herder.store import Store, StoreCorrupt
-from herder.store._codec import decode
-from herder.store._env import Snapshot
-from herder.store._records import WorkflowState
-from herder.store._started import STARTED_DB, split_started_key, time_key
+from herder.store import (
+    STARTED_DB,
+    Snapshot,
+    Store,
+    StoreCorrupt,
+    WorkflowState,
+    decode,
+    split_started_key,
+    time_key,
+)
 
 PAGE_SIZE = 50
 BUDGET = 5000

@@ -39,8 +39,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from herder.runtime.ui import _views
 from herder.runtime.ui._pages import error_page
-from herder.store import Store
-from herder.store._errors import HerderError
+from herder.store import HerderError, Store
 
 _log = logging.getLogger("herder.ui")
 

@@ -17,16 +17,15 @@ from herder.runtime._inspect import _Reader, store_stats
 from herder.runtime._operator_cli import ACTIONS
 from herder.runtime.ui import _pages
 from herder.runtime.ui._query import Filters, has_index, workflow_page
-from herder.store import Plan, is_held
-from herder.store._commands import (
-    COMMANDS_DB,
-    DONE,
-    PENDING,
+from herder.store import (
+    COMMAND_DONE,
+    Plan,
     append_command,
-    done_key,
+    command_outcome,
+    is_held,
     new_command,
+    read_history,
 )
-from herder.store._history import read_history
 
 if TYPE_CHECKING:
     from herder.runtime.ui._server import Console
@@ -148,9 +147,9 @@ class Views:
         pause = threading.Event()  # never set: the pause between two looks
         while time.monotonic() < deadline:
             with self._gate.read() as store:
-                record = store.get(COMMANDS_DB, done_key(command_id))
-            if isinstance(record, dict) and record.get("state") != PENDING:
-                if record.get("state") == DONE:
+                record = command_outcome(store, command_id)
+            if record is not None:
+                if record.get("state") == COMMAND_DONE:
                     return f"done (command #{command_id}, by {record.get('who')})", True
                 return f"refused: {record.get('error')}", False
             pause.wait(0.05)
