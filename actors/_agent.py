@@ -79,6 +79,9 @@ class StepContext:
     it grows with every new attempt, so a remote service that supports conditional
     writes can refuse a write carrying a lower token than one it already saw.
     ``compensating`` is true when the action is a compensation undoing this step.
+    ``trace_context`` is the W3C ``traceparent`` of this attempt's span when the runtime
+    traces (``herder[otel]``, docs/tracing.md), for the action to pass to its remote
+    calls; None otherwise.
     """
 
     workflow_id: str
@@ -91,6 +94,7 @@ class StepContext:
     token: int
     compensating: bool
     _port: AttemptPort
+    trace_context: str | None = None
 
     def heartbeat(self, details: Any = None) -> None:
         """Tell the runtime this attempt is alive; resets its heartbeat timeout.

@@ -782,6 +782,7 @@ class Scheduler(SupervisedActor):
             token=token,
             compensating=job.compensating,
             _port=port,
+            trace_context=run.record.trace,  # the workflow's; runtime/_tracing.py refines it
         )
         message = Run(agent, instance, action, token, ctx)
         self._inflight[token] = Attempt(run.record.id, job.step, agent, instance, port, message)

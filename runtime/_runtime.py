@@ -72,6 +72,7 @@ from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_sta
 from herder.runtime._starts import NewStart, creation
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._timing import begin_at, check_priority
+from herder.runtime._tracing import tracing_for
 from herder.runtime._workflow import Workflow
 from herder.store import (
     DEFAULT_LEASE,
@@ -175,7 +176,9 @@ class Runtime(AsyncRuntime):
     so low-priority work is never starved), ``log_level`` (level of the ``herder``
     loggers; handlers are left to the embedding program), ``seed`` (for retry jitter, to
     make runs repeatable), ``probe_timeout`` (how long a ``probe_<action>`` may take to
-    tell whether a lapsed attempt was applied).
+    tell whether a lapsed attempt was applied), ``tracer_provider`` (an OpenTelemetry
+    tracer provider for spans per workflow and attempt; default: the global one if set,
+    else no tracing at all; see docs/tracing.md).
 
     High availability (see docs/high_availability.md): ``lease`` is the leader lease in
     seconds (renewed every third of it). ``standby=True`` opens the store of a runtime
@@ -214,6 +217,7 @@ class Runtime(AsyncRuntime):
         standby_poll: float = 0.05,
         probe_timeout: float = 30.0,
         setup: Callable[[Runtime], object] | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         if log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
@@ -238,6 +242,7 @@ class Runtime(AsyncRuntime):
         self._ask_timeout = ask_timeout
         self._sweep_interval = sweep_interval
         self._store = Store(path, map_size=map_size, standby=standby, lease=lease)
+        self._tracing = tracing_for(tracer_provider)  # None: no OpenTelemetry, no cost
         self._config = EngineConfig(
             default_retry=default_retry or RetryPolicy(),
             default_timeout=default_timeout,
@@ -535,6 +540,8 @@ class Runtime(AsyncRuntime):
             )
         with self._promotion:
             self._actions[name] = None if cls is None else action_names(cls)
+            if self._tracing is not None:
+                factory = self._tracing.wrap_factory(name, factory)
             self._ctx.agents[name] = (factory, concurrency)
             if breaker is None and rate_limit is None:
                 self._ctx.limits.pop(name, None)
@@ -690,7 +697,7 @@ class Runtime(AsyncRuntime):
             )
             self._started.add((plan.name, plan.version))
         except ConditionFailed:
-            self._release_capacity()
+            self._id_taken(record)
             raced = self._store.get_workflow(wid)
             assert raced is not None
             return self._same_start(raced, plan, normalized)
@@ -819,12 +826,16 @@ class Runtime(AsyncRuntime):
         self, new: NewStart, also: tuple[Put, ...] = ()
     ) -> tuple[WorkflowRecord, builtins.list[StepRecord], Any]:
         key = (new.plan.name, new.plan.version)
+        now = self._ctx.clock.time()
         return creation(
             new,
-            self._ctx.clock.time(),
+            now,
             self._ctx.next_token(),
             mark_started=key not in self._started,
             also=also,
+            trace=None
+            if self._tracing is None
+            else self._tracing.start_workflow(new.plan.name, new.workflow_id, now),
         )
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
@@ -1178,10 +1189,18 @@ class Runtime(AsyncRuntime):
         with self._lock:
             self._active += 1
 
+    def _id_taken(self, record: WorkflowRecord) -> None:
+        """A start found its id taken: give its capacity back and drop its span."""
+        self._release_capacity()
+        if self._tracing is not None and record.trace is not None:
+            self._tracing.discard(record.trace)
+
     def _on_final(self, record: WorkflowRecord) -> None:
         level = logging.WARNING if record.state is WorkflowState.NEEDS_ATTENTION else logging.INFO
         extra = {"workflow_id": record.id, "workflow": record.name, "state": str(record.state)}
         _log.log(level, "workflow %s ended %s", record.id, record.state, extra=extra)
+        if self._tracing is not None:
+            self._tracing.ended(record, self._ctx.clock.time())
         with self._lock:
             futures = self._waiters.pop(record.id, [])
             self._active = max(0, self._active - 1)

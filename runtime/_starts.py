@@ -36,13 +36,20 @@ class NewStart:
 
 
 def creation(
-    new: NewStart, now: float, token: int, *, mark_started: bool, also: tuple[Put, ...] = ()
+    new: NewStart,
+    now: float,
+    token: int,
+    *,
+    mark_started: bool,
+    also: tuple[Put, ...] = (),
+    trace: str | None = None,
 ) -> tuple[WorkflowRecord, list[StepRecord], Transition]:
     """The new workflow's records and the transition that creates them if its id is free.
 
     ``mark_started`` adds the definition's started mark (after which the definition may
     not change under its version); ``also`` is written in the same transaction, and only
-    if it applies (a schedule's cursor).
+    if it applies (a schedule's cursor); ``trace`` is the workflow span's traceparent
+    (runtime/_tracing.py), kept in the record.
     """
     record, steps, ops = new_workflow(
         new.plan,
@@ -52,6 +59,7 @@ def creation(
         priority=new.priority,
         begin=new.begin,
         agents=new.agents,
+        trace=trace,
     )
     ops.append(history_put(new.workflow_id, token, workflow_event(None, record)))
     ops += also

@@ -95,6 +95,7 @@ def new_workflow(
     priority: int,
     begin: float | None,
     agents: dict[str, str] | None = None,
+    trace: str | None = None,
 ) -> tuple[WorkflowRecord, list[StepRecord], list[Put]]:
     """A new RUNNING workflow's records and the store operations that create them.
 
@@ -106,8 +107,8 @@ def new_workflow(
     record = WorkflowRecord(
         workflow_id, plan.name, plan.version, input, WorkflowState.RUNNING, now, now
     )
-    if priority or agents:
-        record = record.evolve(priority=priority, agents=agents or {})
+    if priority or agents or trace:
+        record = record.evolve(priority=priority, agents=agents or {}, trace=trace)
     ops = [
         Put("workflows", workflow_key(workflow_id), encode(record.to_dict())),
         started_put(now, workflow_id, plan.name),  # the console pages by it

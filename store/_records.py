@@ -284,15 +284,20 @@ class WorkflowRecord:
     # Step name -> agent, for steps whose agent the definition templates from the input
     # (runtime/_routing.py): resolved once at the start, the step's agent from then on.
     agents: dict[str, str] = field(default_factory=dict)
+    # W3C traceparent of the workflow's span when tracing is on (runtime/_tracing.py): its
+    # attempts join that trace in whichever process runs them.
+    trace: str | None = None
 
     def evolve(self, **changes: Any) -> WorkflowRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
         return _evolve_workflow(self, changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as a msgpack-ready map (``agents`` only when set: records without
-        templated agents keep their stored form, and older ones read with ``{}``)."""
-        extra = {"agents": self.agents} if self.agents else {}
+        """The record as a msgpack-ready map (``agents`` and ``trace`` only when set:
+        records without them keep their stored form, and older ones read with defaults)."""
+        extra: dict[str, Any] = {"agents": self.agents} if self.agents else {}
+        if self.trace is not None:
+            extra["trace"] = self.trace
         return {
             "v": SCHEMA_VERSION,
             "id": self.id,

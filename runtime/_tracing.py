@@ -1,0 +1,189 @@
+"""OpenTelemetry spans for workflows and attempts (the optional ``herder[otel]`` extra).
+
+:func:`tracing_for` returns None unless ``opentelemetry`` is installed *and* a tracer
+provider is configured (passed as ``Runtime(tracer_provider=...)`` or set globally);
+then nothing below runs at all, and workflow records are written exactly as without it.
+
+When tracing is on:
+
+- ``rt.start`` opens a span ``workflow <name>`` and stores its W3C ``traceparent`` in
+  the workflow record (``WorkflowRecord.trace``). It ends when the workflow ends (or
+  parks in NEEDS_ATTENTION) in the same process. A workflow that ends in a later process
+  (after a crash or a restart) ends there as a span ``workflow <name>`` whose parent is
+  the stored context: every span of one workflow shares one trace, whichever process
+  made it.
+- Each attempt (forward, compensation or probe) is a span ``<agent>.<action>``, a child
+  of the workflow's stored context, with the workflow id, step, agent, action, attempt,
+  fencing token, outcome and error type. It wraps the action's call on the agent
+  instance (the runtime wraps each agent factory), and ``ctx.trace_context`` is then the
+  attempt span's ``traceparent``, for the agent to pass to its remote calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from herder.actors import Agent, Permanent, StepContext
+from herder.store import WorkflowRecord, WorkflowState
+
+_PREFIX = "herder."
+
+
+def tracing_for(provider: Any = None) -> Tracing | None:
+    """Tracing through ``provider`` (default: the global one), or None when there is no
+    OpenTelemetry or no provider configured (tracing then costs nothing)."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    if provider is None:
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+            return None
+    return Tracing(provider.get_tracer("herder"))
+
+
+class Tracing:
+    """The spans of one runtime."""
+
+    def __init__(self, tracer: Any) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self._trace = trace
+        self._tracer = tracer
+        self._propagator = TraceContextTextMapPropagator()
+        # traceparent -> the workflow's span, while it runs here (not by id: a start
+        # racing an existing id opens a span too, then discards it).
+        self._open: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def start_workflow(self, name: str, workflow_id: str, now: float) -> str:
+        """Open a new workflow's span; return its ``traceparent`` for the record."""
+        span = self._tracer.start_span(
+            f"workflow {name}",
+            start_time=_ns(now),
+            attributes={_PREFIX + "workflow.id": workflow_id, _PREFIX + "workflow.name": name},
+        )
+        traceparent = self._traceparent(self._trace.set_span_in_context(span))
+        assert traceparent is not None  # a recording span always has a context
+        with self._lock:
+            self._open[traceparent] = span
+        return traceparent
+
+    def discard(self, traceparent: str) -> None:
+        """The start was not written (the id existed): end its span, marked so."""
+        with self._lock:
+            span = self._open.pop(traceparent, None)
+        if span is not None:
+            span.set_attribute(_PREFIX + "workflow.existed", True)
+            span.end()
+
+    def ended(self, record: WorkflowRecord, now: float) -> None:
+        """The workflow ended (or parked for an operator): end its span."""
+        with self._lock:
+            span = None if record.trace is None else self._open.pop(record.trace, None)
+        if span is None:  # started by an earlier process: a span joining its trace
+            span = self._tracer.start_span(
+                f"workflow {record.name}",
+                context=self._context(record.trace),
+                start_time=_ns(record.created),
+                attributes={
+                    _PREFIX + "workflow.id": record.id,
+                    _PREFIX + "workflow.name": record.name,
+                    _PREFIX + "workflow.resumed": True,
+                },
+            )
+        span.set_attribute(_PREFIX + "workflow.version", record.version)
+        span.set_attribute(_PREFIX + "workflow.state", str(record.state))
+        if record.state is not WorkflowState.SUCCEEDED:
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, record.error))
+        span.end(end_time=_ns(now))
+
+    def wrap_factory(self, agent: str, factory: Callable[[], Agent]) -> Callable[[], Agent]:
+        """``factory``, building agents whose every action runs inside an attempt span."""
+        return _TracedFactory(self, agent, factory)
+
+    def run_attempt(self, agent: str, action: str, method: Callable[..., Any], ctx: Any) -> Any:
+        """Call ``method(ctx)`` inside the attempt's span; the result or exception passes."""
+        if not isinstance(ctx, StepContext):
+            return method(ctx)
+        attributes = {
+            _PREFIX + "workflow.id": ctx.workflow_id,
+            _PREFIX + "step": ctx.step,
+            _PREFIX + "agent": agent,
+            _PREFIX + "action": action,
+            _PREFIX + "attempt": ctx.attempt,
+            _PREFIX + "token": ctx.token,
+            _PREFIX + "compensating": ctx.compensating,
+        }
+        with self._tracer.start_as_current_span(
+            f"{agent}.{action}",
+            context=self._context(ctx.trace_context),
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            inner = dataclasses.replace(ctx, trace_context=self._traceparent(None))
+            try:
+                result = method(inner)
+            except BaseException as exc:
+                permanent = isinstance(exc, Permanent)
+                span.set_attribute(_PREFIX + "outcome", "permanent" if permanent else "failed")
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.record_exception(exc)
+                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, str(exc)[:200]))
+                raise
+            span.set_attribute(
+                _PREFIX + "outcome", "later" if result is inner.complete_later() else "succeeded"
+            )
+            return result
+
+    def _context(self, traceparent: str | None) -> Any:
+        if not traceparent:
+            return None
+        return self._propagator.extract({"traceparent": traceparent})
+
+    def _traceparent(self, context: Any) -> str | None:
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, context=context)
+        return carrier.get("traceparent")
+
+
+class _TracedFactory:
+    """An agent factory whose agents trace their actions. ``func`` is the wrapped factory,
+    so ``agent_class_of`` still sees the Agent class through it."""
+
+    def __init__(self, tracing: Tracing, agent: str, func: Callable[[], Agent]) -> None:
+        self._tracing = tracing
+        self._agent = agent
+        self.func = func
+
+    def __call__(self) -> Agent:
+        return _TracedAgent(self._tracing, self._agent, self.func())
+
+
+class _TracedAgent(Agent):
+    """Stands in for an agent object: its actions run inside attempt spans."""
+
+    def __init__(self, tracing: Tracing, agent: str, inner: Any) -> None:
+        self._tracing = tracing
+        self._agent = agent
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if name.startswith("_") or not callable(value):
+            return value
+
+        def traced(ctx: Any) -> Any:
+            return self._tracing.run_attempt(self._agent, name, value, ctx)
+
+        return traced
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)

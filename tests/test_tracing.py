@@ -1,0 +1,193 @@
+"""OpenTelemetry spans (herder[otel]): one per workflow and per attempt, one trace per
+workflow across a crash, ``ctx.trace_context``, and nothing at all without a provider."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime._tracing import tracing_for
+from herder.store import Store
+
+sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="opentelemetry-sdk not installed")
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+
+CHILD = pathlib.Path(__file__).with_name("trace_child.py")
+FAST = RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=0.0)
+seen_contexts: list[str | None] = []
+
+
+class Shop(Agent):
+    def buy(self, ctx: StepContext) -> str:
+        seen_contexts.append(ctx.trace_context)
+        if ctx.step == "pay" and ctx.attempt == 1:
+            raise ConnectionError("bank timed out")
+        if ctx.step == "ship" and ctx.input.get("no_ship"):
+            raise Permanent("nothing to ship")
+        return ctx.step
+
+    def refund(self, ctx: StepContext) -> None:
+        return None
+
+
+ORDER = (
+    Workflow("order")
+    .step("pay", agent="shop", action="buy", compensate="refund", retry=FAST)
+    .step("ship", agent="shop", action="buy", after=["pay"], retry=FAST)
+)
+FLOW = (
+    Workflow("flow")
+    .step("pay", agent="a", action="run")
+    .step("ship", agent="a", action="run", after=["pay"])
+)
+
+
+def provider() -> tuple[Any, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = sdk.TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return tracer_provider, exporter
+
+
+def ids(traceparent: str | None) -> tuple[int, int]:
+    """(trace id, parent span id) of a W3C traceparent."""
+    assert traceparent is not None
+    version, trace_id, span_id, _flags = traceparent.split("-")
+    assert version == "00"
+    return int(trace_id, 16), int(span_id, 16)
+
+
+def test_a_workflow_and_each_attempt_are_spans_of_one_trace(tmp_path: Path) -> None:
+    tracer_provider, exporter = provider()
+    seen_contexts.clear()
+    with Runtime(tmp_path / "s", tracer_provider=tracer_provider) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        rt.start("order", {}, workflow_id="o-1").result(timeout=10)
+        record = rt._store.get_workflow("o-1")
+    spans = exporter.get_finished_spans()
+    (workflow,) = [s for s in spans if s.name == "workflow order"]
+    attempts = [s for s in spans if s.name == "shop.buy"]
+    trace_id = workflow.context.trace_id
+    assert {s.context.trace_id for s in spans} == {trace_id}
+    assert all(s.parent.span_id == workflow.context.span_id for s in attempts)
+    assert record is not None
+    assert ids(record.trace) == (trace_id, workflow.context.span_id)
+    got = [
+        (
+            s.attributes["herder.step"],
+            s.attributes["herder.attempt"],
+            s.attributes["herder.outcome"],
+            s.attributes.get("error.type"),
+        )
+        for s in attempts
+    ]
+    assert got == [
+        ("pay", 1, "failed", "ConnectionError"),
+        ("pay", 2, "succeeded", None),
+        ("ship", 1, "succeeded", None),
+    ]
+    first = attempts[0].attributes
+    assert (first["herder.workflow.id"], first["herder.agent"], first["herder.action"]) == (
+        "o-1",
+        "shop",
+        "buy",
+    )
+    assert first["herder.token"] > 0
+    assert workflow.attributes["herder.workflow.state"] == "SUCCEEDED"
+    # ctx.trace_context is the attempt's own span, for the agent's remote calls
+    assert [ids(c) for c in seen_contexts] == [(trace_id, s.context.span_id) for s in attempts]
+
+
+def test_a_failed_workflow_marks_its_span_and_its_compensations(tmp_path: Path) -> None:
+    tracer_provider, exporter = provider()
+    with Runtime(tmp_path / "s", tracer_provider=tracer_provider) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        with pytest.raises(Exception, match="COMPENSATED"):
+            rt.start("order", {"no_ship": 1}, workflow_id="o-2").result(timeout=10)
+    spans = {
+        (s.name, s.attributes.get("herder.step"), s.attributes.get("herder.attempt")): s
+        for s in exporter.get_finished_spans()
+    }
+    ship = spans[("shop.buy", "ship", 1)]
+    assert ship.attributes["herder.outcome"] == "permanent"
+    assert ship.status.status_code.name == "ERROR"
+    refund = spans[("shop.refund", "pay", 1)]
+    assert refund.attributes["herder.compensating"] is True
+    workflow = spans[("workflow order", None, None)]
+    assert workflow.attributes["herder.workflow.state"] == "COMPENSATED"
+    assert workflow.status.status_code.name == "ERROR"
+
+
+def test_attempts_after_a_crash_join_the_trace_the_record_carries(tmp_path: Path) -> None:
+    store, lines = tmp_path / "s", tmp_path / "spans.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), str(store), str(lines)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", proc.stderr and proc.stderr.read()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    before = [json.loads(line) for line in lines.read_text().splitlines()]
+    (pay,) = [s for s in before if s["attributes"].get("herder.step") == "pay"]
+    with Store(store, readonly=True) as st:
+        record = st.get_workflow("w")
+    assert record is not None
+    trace_id, parent_id = ids(record.trace)
+    assert (pay["trace_id"], pay["parent"]) == (trace_id, parent_id)
+
+    class Worker(Agent):
+        def run(self, ctx: StepContext) -> str:
+            return ctx.step
+
+    tracer_provider, exporter = provider()
+    with Runtime(store, tracer_provider=tracer_provider) as rt:
+        rt.add_agent("a", Worker)
+        rt.add_workflow(FLOW)
+        assert rt.handle("w").result(timeout=10) == {"pay": "pay", "ship": "ship"}
+    after = exporter.get_finished_spans()
+    (ship,) = [s for s in after if s.attributes.get("herder.step") == "ship"]
+    (workflow,) = [s for s in after if s.name == "workflow flow"]
+    assert ship.attributes["herder.attempt"] == 2  # the killed one was attempt 1
+    assert (ship.context.trace_id, ship.parent.span_id) == (trace_id, parent_id)
+    assert (workflow.context.trace_id, workflow.parent.span_id) == (trace_id, parent_id)
+    assert workflow.attributes["herder.workflow.resumed"] is True
+
+
+def test_without_a_provider_nothing_is_traced_and_records_carry_no_context(
+    tmp_path: Path,
+) -> None:
+    assert tracing_for() is None  # no global provider was ever set in this process
+    seen_contexts.clear()
+    with Runtime(tmp_path / "s", default_retry=FAST) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        rt.start("order", {}, workflow_id="o-3").result(timeout=10)
+        assert rt._tracing is None
+        assert type(rt._ctx.agents["shop"][0]) is type  # the factory is not wrapped
+        raw = rt._store.get("workflows", b"o-3")
+    assert "trace" not in raw  # the record is byte for byte what it was before tracing
+    assert seen_contexts == [None, None, None]
+
+
+def test_without_opentelemetry_installed_tracing_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # import fails
+    tracer_provider, _ = provider()
+    assert tracing_for(tracer_provider) is None
