@@ -12,6 +12,7 @@ from __future__ import annotations
 import binascii
 import datetime
 from dataclasses import dataclass, field
+from typing import Any
 
 from herder.runtime._inspect import _Reader
 from herder.runtime._status import WorkflowStatus
@@ -31,6 +32,7 @@ BUDGET = 5000
 """Index entries one page request may examine at most."""
 
 _CHUNK = 500  # index entries read per read transaction
+_TIME_BYTES = len(time_key(0))  # a started key: created ms, then the workflow key
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +104,15 @@ def workflow_page(
         start = upper
 
         def read(snap: Snapshot, start: bytes | None = start, n: int = limit + 1) -> _Entries:
-            return _entries(snap, start, lower, n)
+            return _entries(snap, start, lower, n, with_state=filters.state is not None)
 
         chunk = store.view(read)
-        for i, (key, raw) in enumerate(chunk[:limit]):
+        for i, (key, raw, state) in enumerate(chunk[:limit]):
             page.examined += 1
             upper = key
             page.oldest_examined = split_started_key(key)[0]
-            _add_if_matching(page, reader, filters, key, raw)
+            if filters.state is None or state == filters.state.value:
+                _add_if_matching(page, reader, filters, key, raw)
             if len(page.rows) >= size:
                 if i + 1 == len(chunk):
                     upper = None  # full, and nothing older is left
@@ -123,11 +126,15 @@ def workflow_page(
     return page
 
 
-_Entries = list[tuple[bytes, bytes]]
+_Entries = list[tuple[bytes, bytes, Any]]
 
 
-def _entries(snap: Snapshot, upper: bytes | None, lower: bytes, limit: int) -> _Entries:
-    """Up to ``limit`` index entries below ``upper`` (all when None), newest first."""
+def _entries(
+    snap: Snapshot, upper: bytes | None, lower: bytes, limit: int, *, with_state: bool
+) -> _Entries:
+    """Up to ``limit`` index entries below ``upper`` (all when None), newest first, each
+    with its workflow's stored state when ``with_state`` (read in the same snapshot: a
+    state filter then costs no read transaction per entry)."""
     cur = snap.cursor(STARTED_DB)
     if upper is None:
         found = cur.last()
@@ -135,14 +142,28 @@ def _entries(snap: Snapshot, upper: bytes | None, lower: bytes, limit: int) -> _
         found = cur.prev()
     else:
         found = cur.last()
-    out: list[tuple[bytes, bytes]] = []
+    out: _Entries = []
     while found and len(out) < limit:
         key = bytes(cur.key())
         if key < lower:
             break
-        out.append((key, bytes(cur.value())))
+        state = None
+        if with_state:
+            raw = snap.raw("workflows", key[_TIME_BYTES:])
+            state = _state_of(raw, key) if raw is not None else None
+        out.append((key, bytes(cur.value()), state))
         found = cur.prev()
     return out
+
+
+def _state_of(raw: bytes, key: bytes) -> Any:
+    """The ``state`` field of a stored workflow record (None if it cannot be read: the
+    entry is then skipped, and the record's own read reports it)."""
+    try:
+        value = decode(raw, db="workflows", key=key)
+    except StoreCorrupt:
+        return None
+    return value.get("state") if isinstance(value, dict) else None
 
 
 def _add_if_matching(page: Page, reader: _Reader, filters: Filters, key: bytes, raw: bytes) -> None:
