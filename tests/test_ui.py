@@ -326,3 +326,24 @@ def test_cli_ui_refuses_a_port_in_use(store: Path, capsys: pytest.CaptureFixture
         console.server.server_close()
     assert code == 1
     assert "cannot listen" in capsys.readouterr().err
+
+
+def test_a_store_older_than_the_index_says_so(tmp_path: Path, store: Path) -> None:
+    import shutil
+
+    from herder.store import STARTED_DB, Delete, Transition
+
+    copy = tmp_path / "old"
+    shutil.copytree(store, copy)
+    with Store(copy) as st:  # as a store written before the started index
+        keys = [k for k, _ in st.raw_scan(STARTED_DB)]
+        st.writer.submit(Transition(ops=tuple(Delete(STARTED_DB, k) for k in keys))).result(10)
+    console = Console(str(copy), port=0, token="t")
+    console.start()
+    try:
+        status, _, html = request(console, "GET", "/")
+    finally:
+        console.shutdown()
+    assert status == 200
+    assert "written before the console" in html
+    assert "herder ls</code> lists every one" in html

@@ -89,6 +89,8 @@ def workflow_page(
 ) -> Page:
     """The newest ``size`` workflows matching ``filters``, older than ``cursor``."""
     page = Page()
+    if store.count(STARTED_DB) == 0:  # nothing started, or a store older than the index
+        return page
     reader = _Reader(store)
     upper = _cursor_key(cursor) if cursor else None
     if filters.until is not None:
