@@ -79,6 +79,14 @@ def layout(title: str, body: str, *, store: str, active: str, csrf: str | None) 
     )
 
 
+def error_cell(error: str | None, limit: int) -> str:
+    """A table cell with an error, cut to ``limit`` characters (all of it on hover)."""
+    text = error or ""
+    if len(text) <= limit:
+        return f'<td class="err">{e(text)}</td>'
+    return f'<td class="err" title="{e(text)}">{e(text[: limit - 1])}…</td>'
+
+
 def state_badge(state: Any) -> str:
     """A workflow or step state as a coloured label."""
     return f'<span class="badge s-{e(str(state).lower())}">{e(state)}</span>'
@@ -127,7 +135,7 @@ def _workflow_row(s: WorkflowStatus) -> str:
         f'<tr><td><a href="{e(link)}">{e(s.id)}</a></td><td>{e(s.name)}@{s.version}</td>'
         f"<td>{state_badge(s.state)}</td><td>{done}/{len(s.steps)}</td>"
         f'<td class="t">{when(s.created)}</td><td class="t">{when(s.updated)}</td>'
-        f'<td class="err">{e((s.error or "")[:90])}</td></tr>'
+        f"{error_cell(s.error, 90)}</tr>"
     )
 
 
@@ -203,7 +211,7 @@ def inbox_page(items: Iterable[InboxItem], csrf: str | None) -> str:
         f'<tr><td><a href="{e("/workflow?" + urlencode({"id": i.id}))}">{e(i.id)}</a></td>'
         f"<td>{e(i.name)}@{i.version}</td><td>{e(i.step or '')}</td>"
         f"<td>{state_badge(i.step_state) if i.step_state else ''}</td><td>{i.attempts}</td>"
-        f'<td class="err">{e((i.step_error or i.error or "")[:120])}</td>'
+        f"{error_cell(i.step_error or i.error, 120)}"
         f"<td>{when(i.since)}</td><td>{action_form(i.id, csrf, i.step)}</td></tr>"
         for i in items
     )
