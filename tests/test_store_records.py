@@ -61,6 +61,7 @@ WORKFLOW = WorkflowRecord(
     error="boom",
     recoveries=2,
     agents={"flight": "airline:eu"},
+    trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
 )
 STEP = StepRecord(
     workflow_id="order-42",
