@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from herder.actors import Agent, Permanent, StepContext
-from herder.store import WorkflowRecord, WorkflowState
+from herder.store import WorkflowRecord, WorkflowState, describe, exception_name
 
 _PREFIX = "herder."
 
@@ -130,17 +130,25 @@ class Tracing:
             inner = dataclasses.replace(ctx, trace_context=self._traceparent(None))
             try:
                 result = method(inner)
-            except BaseException as exc:
-                permanent = isinstance(exc, Permanent)
-                span.set_attribute(_PREFIX + "outcome", "permanent" if permanent else "failed")
-                span.set_attribute("error.type", type(exc).__qualname__)
-                span.record_exception(exc)
-                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, str(exc)[:200]))
+            except BaseException as exc:  # recorded, then passed on to the agent host as is
+                self._failed(span, exc)
                 raise
             span.set_attribute(
                 _PREFIX + "outcome", "later" if result is inner.complete_later() else "succeeded"
             )
             return result
+
+    def _failed(self, span: Any, exc: BaseException) -> None:
+        """Mark an attempt's span failed. The exception is user code's: only its type and
+        :func:`describe` (which survives any ``__str__``) are read, never its traceback."""
+        permanent = isinstance(exc, Permanent)
+        span.set_attribute(_PREFIX + "outcome", "permanent" if permanent else "failed")
+        span.set_attribute("error.type", exception_name(type(exc)))
+        message = describe(exc)
+        span.add_event(
+            "exception", {"exception.type": exception_name(type(exc)), "exception.message": message}
+        )
+        span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, message[:200]))
 
     def _context(self, traceparent: str | None) -> Any:
         if not traceparent:

@@ -94,7 +94,7 @@ def test_a_workflow_and_each_attempt_are_spans_of_one_trace(tmp_path: Path) -> N
         for s in attempts
     ]
     assert got == [
-        ("pay", 1, "failed", "ConnectionError"),
+        ("pay", 1, "failed", "builtins.ConnectionError"),
         ("pay", 2, "succeeded", None),
         ("ship", 1, "succeeded", None),
     ]
@@ -191,3 +191,34 @@ def test_without_opentelemetry_installed_tracing_is_off(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "opentelemetry", None)  # import fails
     tracer_provider, _ = provider()
     assert tracing_for(tracer_provider) is None
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception fails")
+
+
+class Hostile(Agent):
+    def run(self, ctx: StepContext) -> None:
+        raise Unprintable
+
+
+def test_a_hostile_exception_is_recorded_without_changing_the_step_error(tmp_path: Path) -> None:
+    flow = Workflow("bad").step("go", agent="h", action="run", retry=RetryPolicy(max_attempts=1))
+    errors = []
+    for traced in (False, True):
+        tracer_provider, exporter = provider()
+        with Runtime(
+            tmp_path / str(traced), tracer_provider=tracer_provider if traced else None
+        ) as rt:
+            rt.add_agent("h", Hostile)
+            rt.add_workflow(flow)
+            with pytest.raises(Exception, match="COMPENSATED"):
+                rt.start("bad", {}, workflow_id="b").result(timeout=10)
+            errors.append(rt.status("b").steps["go"].error)
+    assert errors[0] == errors[1]
+    assert "unprintable" in (errors[1] or "")
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "h.run"]
+    assert span.attributes["error.type"].endswith("Unprintable")
+    (event,) = span.events
+    assert "unprintable" in event.attributes["exception.message"]
