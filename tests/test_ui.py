@@ -347,3 +347,52 @@ def test_a_store_older_than_the_index_says_so(tmp_path: Path, store: Path) -> No
     assert status == 200
     assert "written before the console" in html
     assert "herder ls</code> lists every one" in html
+
+
+def test_counters_never_make_a_request_wait_and_back_off_on_a_slow_count(
+    monkeypatch: pytest.MonkeyPatch, store: Path
+) -> None:
+    import threading
+    import types
+
+    from herder.runtime.ui import _counters
+    from herder.runtime.ui._server import StoreGate
+
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(
+        _counters, "time", types.SimpleNamespace(monotonic=lambda: clock.now, time=lambda: 0.0)
+    )
+    release = threading.Event()
+    calls: list[int] = []
+
+    def fake_stats(st: Store) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 2:
+            release.wait(10)  # a count that takes a while
+        if len(calls) == 3:
+            clock.now += 5.0  # a count that takes 5 s
+        return {"n": len(calls)}
+
+    monkeypatch.setattr(_counters, "store_stats", fake_stats)
+    gate = StoreGate(str(store))
+    counters = _counters.Counters(gate)
+    try:
+        assert counters.get()["n"] == 1  # the first request waits for the first count
+        clock.now = 1.0
+        assert (counters.get()["n"], len(calls)) == (1, 1)  # not due: no new count
+        clock.now = 2.0
+        assert counters.get()["n"] == 1  # due: a count starts, the answer does not wait
+        release.set()
+        counters._counted.wait(10)
+        assert counters.get()["n"] == 2
+        clock.now = 4.0
+        counters.get()  # count 3 starts at 4 and ends at 9 (5 s)
+        counters._counted.wait(10)
+        clock.now = 58.0
+        assert (counters.get()["n"], len(calls)) == (3, 3)  # not before 9 + 10 x 5
+        clock.now = 59.0
+        counters.get()
+        counters._counted.wait(10)
+        assert len(calls) == 4
+    finally:
+        gate.close()

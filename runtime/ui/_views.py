@@ -1,7 +1,8 @@
 """What each console address shows, read through the shared read-only views.
 
-Reads go through ``_inspect`` (statuses in plan order, ``store_stats``), ``_inbox``
-(``inbox_items``) and ``store._history`` like ``herder ls/show/stats/inbox`` do; an
+Reads go through ``_inspect`` (statuses in plan order; ``store_stats`` in
+``_counters``), ``_inbox`` (``inbox_items``) and ``read_history`` like ``herder
+ls/show/stats/inbox`` do; an
 operator action is a command on the store's channel (``store/_commands.py``), exactly as
 ``herder retry ...`` sends it, and the page shows its outcome.
 """
@@ -13,9 +14,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.runtime._inbox import inbox_items
-from herder.runtime._inspect import _Reader, store_stats
+from herder.runtime._inspect import _Reader
 from herder.runtime._operator_cli import ACTIONS
 from herder.runtime.ui import _pages
+from herder.runtime.ui._counters import Counters
 from herder.runtime.ui._query import Filters, has_index, workflow_page
 from herder.store import (
     COMMAND_DONE,
@@ -30,9 +32,6 @@ from herder.store import (
 if TYPE_CHECKING:
     from herder.runtime.ui._server import Console
 
-STATS_EVERY = 2.0
-"""Seconds between two counts of the store for the live counters (at least)."""
-
 
 class Views:
     """The console's pages and actions, over its :class:`StoreGate`."""
@@ -40,9 +39,7 @@ class Views:
     def __init__(self, console: Console) -> None:
         self._console = console
         self._gate = console.gate
-        self._stats: dict[str, Any] | None = None
-        self._stats_at = 0.0
-        self._stats_lock = threading.Lock()
+        self._counters = Counters(console.gate)
 
     def page(self, path: str, query: dict[str, str], csrf: str | None) -> tuple[int, str]:
         """(HTTP status, HTML) of a GET."""
@@ -104,15 +101,8 @@ class Views:
         return 200, "Agents", "agents", _pages.agents_page(self.stats(), agents)
 
     def stats(self) -> dict[str, Any]:
-        """``herder stats`` numbers, counted again at most every :data:`STATS_EVERY` s."""
-        with self._stats_lock:
-            if self._stats is None or time.monotonic() - self._stats_at >= STATS_EVERY:
-                with self._gate.read() as store:
-                    stats = store_stats(store)
-                stats["running"] = is_held(self._gate.path)
-                stats["at"] = time.time()
-                self._stats, self._stats_at = stats, time.monotonic()
-            return self._stats
+        """``herder stats`` numbers, as last counted (see :mod:`._counters`)."""
+        return self._counters.get()
 
     def act(self, form: dict[str, str]) -> tuple[int, str]:
         """Send one operator command from a console form; the page says what became of it."""

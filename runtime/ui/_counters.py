@@ -1,0 +1,76 @@
+"""The console's live counters: the numbers of ``herder stats``, recounted in the background.
+
+Counting reads every workflow (``store_stats``), which takes a while on a big store. So a
+request never counts: it answers at once with the latest count (only the very first
+request waits for one), and a new count starts in a background thread when the last one
+is older than :data:`EVERY` seconds and, at the earliest, ten times its own duration
+after it ended: the console spends at most about a tenth of a core on counting, however
+large the store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from herder.runtime._inspect import store_stats
+from herder.store import HerderError, is_held
+
+if TYPE_CHECKING:
+    from herder.runtime.ui._server import StoreGate
+
+EVERY = 2.0
+"""Seconds between two counts, at least."""
+FIRST_WAIT = 60.0
+"""Seconds the first request waits for the first count."""
+
+
+class Counters:
+    """The latest count of one store, and the thread that refreshes it."""
+
+    def __init__(self, gate: StoreGate) -> None:
+        self._gate = gate
+        self._lock = threading.Lock()
+        self._latest: dict[str, Any] | None = None
+        self._error: HerderError | None = None
+        self._next = 0.0  # monotonic time from which a new count may start
+        self._counting = False
+        self._counted = threading.Event()  # set after each count (or failed count)
+
+    def get(self) -> dict[str, Any]:
+        """The latest count (starting a new one if due); raises what the first count raised."""
+        with self._lock:
+            if not self._counting and time.monotonic() >= self._next:
+                self._counting = True
+                self._counted.clear()
+                threading.Thread(target=self._count, name="herder-ui-count", daemon=True).start()
+            latest = self._latest
+        if latest is None:
+            self._counted.wait(FIRST_WAIT)
+            with self._lock:
+                latest, error = self._latest, self._error
+            if latest is None:
+                raise error or HerderError("the store is still being counted; try again")
+        return latest
+
+    def _count(self) -> None:
+        started = time.monotonic()
+        stats: dict[str, Any] | None = None
+        error: HerderError | None = None
+        try:
+            with self._gate.read() as store:
+                stats = store_stats(store)
+            stats["running"] = is_held(self._gate.path)
+            stats["at"] = time.time()
+        except HerderError as exc:  # a missing store: the page says so; count again soon
+            error = exc
+        ended = time.monotonic()
+        with self._lock:
+            if stats is not None:
+                self._latest, self._error = stats, None
+            else:
+                self._latest, self._error = None, error
+            self._next = ended + max(EVERY - (ended - started), 10 * (ended - started))
+            self._counting = False
+        self._counted.set()
