@@ -61,6 +61,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rt._wait_final(rt.start("gift", {}, workflow_id="g-0").id, 10)
         clock.advance(1.0)
         rt._wait_final(rt.start("order", {"note": HOSTILE}, workflow_id=HOSTILE).id, 10)
+        rt.schedule("weekly-gift", "gift", every=7 * 86400.0)  # its first slot is days away
     return path
 
 
@@ -309,9 +310,10 @@ def test_live_counters_are_the_stats_numbers(console: Console) -> None:
     assert stats["running"] is False
 
 
-def test_agents_page_names_each_agent_and_its_users(console: Console) -> None:
+def test_agents_page_names_each_agent_its_users_and_the_schedules(console: Console) -> None:
     _, _, html = request(console, "GET", "/agents")
     assert re.search(r"<td>shop</td><td>gift@1, order@1</td>", html)
+    assert re.search(r'id="schedules".*<td>weekly-gift</td><td>gift</td>', html)
 
 
 def test_cli_ui_refuses_a_port_in_use(store: Path, capsys: pytest.CaptureFixture[str]) -> None:

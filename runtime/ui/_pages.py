@@ -255,6 +255,42 @@ def agents_page(stats: dict[str, Any], agents: dict[str, list[str]]) -> str:
     )
 
 
+def schedules_section(schedules: Sequence[Any]) -> str:
+    """The periodic schedules (``herder schedules``' rows), if the store has any."""
+    if not schedules:
+        return ""
+    rows = "".join(
+        f"<tr><td>{e(s.name)}</td><td>{e(s.workflow)}</td><td>{e(s.cadence)}</td>"
+        f"<td>{e(s.overlap)}/{e(s.catch_up)}</td>"
+        f"<td>{'paused' if s.paused else when(s.next_at) or '-'}</td>"
+        f"<td>{s.fired}</td><td>{s.skipped}</td><td>"
+        + (
+            f'<a href="{e("/workflow?" + urlencode({"id": s.last_id}))}">{e(s.last_id)}</a>'
+            if s.last_id
+            else ""
+        )
+        + "</td></tr>"
+        for s in schedules
+    )
+    head = "".join(
+        f"<th>{c}</th>"
+        for c in (
+            "schedule",
+            "workflow",
+            "when",
+            "overlap/catch-up",
+            "next",
+            "fired",
+            "skipped",
+            "last workflow",
+        )
+    )
+    return (
+        f'<h2>Schedules</h2><table class="list" id="schedules"><thead><tr>{head}</tr>'
+        f"</thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def error_page(title: str, message: str, hint: str) -> str:
     """A page for what went wrong, and what to do about it (no traceback)."""
     return (

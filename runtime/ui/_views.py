@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import _Reader
 from herder.runtime._operator_cli import ACTIONS
+from herder.runtime._schedules import schedule_statuses
 from herder.runtime.ui import _pages
 from herder.runtime.ui._counters import Counters
 from herder.runtime.ui._query import Filters, has_index, workflow_page
@@ -97,8 +98,10 @@ class Views:
                     continue
                 for spec in plan.steps:
                     used.setdefault(spec.agent, set()).add(f"{plan.name}@{plan.version}")
+            schedules = schedule_statuses(store)
         agents = {a: sorted(w) for a, w in used.items()}
-        return 200, "Agents", "agents", _pages.agents_page(self.stats(), agents)
+        body = _pages.agents_page(self.stats(), agents) + _pages.schedules_section(schedules)
+        return 200, "Agents", "agents", body
 
     def stats(self) -> dict[str, Any]:
         """``herder stats`` numbers, as last counted (see :mod:`._counters`)."""
