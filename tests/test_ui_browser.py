@@ -166,6 +166,12 @@ def test_a_workflow_page_draws_its_timeline(browser: Any, console: Console) -> N
 def test_an_inbox_action_reaches_the_daemon_and_lands_in_the_history(
     browser: Any, console: Console
 ) -> None:
+    browser.get(console.origin + "/")  # this tab watches the counters, never reloaded
+    wait_for(browser, lambda d: d.find_elements(By.ID, "count-NEEDS_ATTENTION"))
+    assert text(browser, "#count-NEEDS_ATTENTION b") == "3"
+    browser.execute_script("window.notReloaded = true")
+    watcher = browser.current_window_handle
+    browser.switch_to.new_window("tab")
     browser.get(console.origin + "/inbox")
     shot(browser, "console-inbox.png")
     row = next(
@@ -185,6 +191,12 @@ def test_an_inbox_action_reaches_the_daemon_and_lands_in_the_history(
         return text(driver, "h1 .badge") == "COMPENSATED"
 
     wait_for(browser, compensated)
+    acting = browser.current_window_handle
+    browser.switch_to.window(watcher)  # the counters caught up by themselves
+    wait_for(browser, lambda d: text(d, "#count-NEEDS_ATTENTION b") == "2")
+    assert browser.execute_script("return window.notReloaded") is True
+    browser.close()
+    browser.switch_to.window(acting)
     history = text(browser, "#history")
     assert "operator skip step hotel" in history
     assert "by ada: refunded by phone" in history
