@@ -21,7 +21,6 @@ from herder.store import (
     WorkflowRecord,
     WorkflowState,
     encode,
-    started_put,
     step_key,
     timer_key,
     workflow_key,
@@ -109,10 +108,7 @@ def new_workflow(
     )
     if priority or agents or trace:
         record = record.evolve(priority=priority, agents=agents or {}, trace=trace)
-    ops = [
-        Put("workflows", workflow_key(workflow_id), encode(record.to_dict())),
-        started_put(now, workflow_id, plan.name),  # the console pages by it
-    ]
+    ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_dict()))]
     steps: list[StepRecord] = []
     timers: list[Put] = []
     for spec in plan.steps:

@@ -73,6 +73,7 @@ from herder.store._errors import (
 )
 from herder.store._history import history_put, read_history, step_event, workflow_event
 from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease, holder_stopped
+from herder.store._recent import RECENT_DB
 from herder.store._records import (
     KEY_SEP,
     MAX_ID_BYTES,
@@ -98,7 +99,6 @@ from herder.store._records import (
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
 from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
 from herder.store._standby import StandbyMark, standby_waiting
-from herder.store._started import STARTED_DB, split_started_key, started_put, time_key
 from herder.store._untrusted import (
     UserCodeFailed,
     bounded_text,
@@ -117,8 +117,8 @@ __all__ = [
     "KEY_SEP",
     "MAX_ID_BYTES",
     "MAX_VALUE_BYTES",
+    "RECENT_DB",
     "SCHEMA_VERSION",
-    "STARTED_DB",
     "BatchSink",
     "BreakerState",
     "CatchUp",
@@ -179,15 +179,12 @@ __all__ = [
     "safe_repr",
     "safe_str",
     "schedule_key",
-    "split_started_key",
     "split_step_key",
     "split_timer_key",
     "standby_waiting",
     "started_key",
-    "started_put",
     "step_event",
     "step_key",
-    "time_key",
     "timer_key",
     "timer_upper_bound",
     "validate_id",

@@ -81,11 +81,10 @@ DATABASES = (
     "schedules",
     RECENT_DB,
     RECENT_AT_DB,
-    "started",
 )
 """The named databases of a store."""
 
-ADDED_LATER = frozenset({"resources", "schedules", RECENT_DB, RECENT_AT_DB, "started"})
+ADDED_LATER = frozenset({"resources", "schedules", RECENT_DB, RECENT_AT_DB})
 """Databases a store written by an older version may lack; read-only opens see them empty."""
 
 PAGE = 1000

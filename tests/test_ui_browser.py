@@ -106,7 +106,13 @@ def wait_for(driver: Any, predicate: Any) -> Any:
 
 
 def text(driver: Any, css: str) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+    """The visible text of the first element matching ``css``, read in one script call: the
+    counters are replaced every 2 s, so an element found first may be gone when read."""
+    found = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css
+    )
+    assert found is not None, f"nothing matches {css}"
+    return str(found)
 
 
 def shot(driver: Any, name: str) -> None:

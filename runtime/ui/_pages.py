@@ -102,8 +102,8 @@ def workflows_page(page: Page, filters: Filters, query: dict[str, str], note: st
         '<form class="filters" method=get action="/">'
         f'<label>state <select name=state><option value="">any</option>{options}</select></label>'
         f'<label>name <input name=name value="{e(filters.name or "")}" size=14></label>'
-        f'<label>since <input type=datetime-local name=since value="{e(query.get("since", ""))}">'
-        "</label>"
+        "<label>updated since <input type=datetime-local name=since "
+        f'value="{e(query.get("since", ""))}"></label>'
         f'<label>until <input type=datetime-local name=until value="{e(query.get("until", ""))}">'
         '</label><button type=submit>Filter</button> <a href="/">clear</a></form>'
     )

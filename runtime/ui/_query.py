@@ -1,30 +1,32 @@
-"""The console's list of workflows: newest first, filtered, one bounded page at a time.
+"""The console's list of workflows: newest update first, filtered, one bounded page at a time.
 
-A page walks the ``started`` index (``store/_started.py``) backwards from a cursor and
-reads only the records it shows or must test against a filter. Each request examines at
-most ``budget`` index entries, so a page costs the same on a store of a hundred workflows
-or of a million; when a rare state is asked for and the budget runs out first, the page
-says how far back it looked and offers to go on from there.
+A page walks the store's ``recent`` index (``store/_recent.py``: every workflow by its
+last update, with its state) backwards from a cursor, in the same read transaction reads
+the records it must test against a name filter, and then only the records it shows. A
+state filter compares the index's values, reading nothing else. Each request examines at
+most ``budget`` index entries, so a page costs the same on a store of a hundred
+workflows or of a million; when a rare state or name is asked for and the budget runs
+out first, the page says how far back it looked and offers to go on from there.
 """
 
 from __future__ import annotations
 
 import binascii
 import datetime
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from herder.runtime._inspect import _Reader
 from herder.runtime._status import WorkflowStatus
 from herder.store import (
-    STARTED_DB,
+    RECENT_DB,
     Snapshot,
     Store,
     StoreCorrupt,
     WorkflowState,
     decode,
-    split_started_key,
-    time_key,
+    encode,
 )
 
 PAGE_SIZE = 50
@@ -32,7 +34,7 @@ BUDGET = 5000
 """Index entries one page request may examine at most."""
 
 _CHUNK = 500  # index entries read per read transaction
-_TIME_BYTES = len(time_key(0))  # a started key: created ms, then the workflow key
+_MS = struct.Struct(">Q")  # a recent key: updated ms, then the workflow key
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +43,8 @@ class Filters:
 
     state: WorkflowState | None = None
     name: str | None = None
-    since: float | None = None  # created at or after (seconds since the epoch)
-    until: float | None = None  # created before
+    since: float | None = None  # last updated at or after (seconds since the epoch)
+    until: float | None = None  # last updated before
 
     @classmethod
     def parse(cls, query: dict[str, str]) -> Filters:
@@ -87,16 +89,17 @@ def workflow_page(
     size: int = PAGE_SIZE,
     budget: int = BUDGET,
 ) -> Page:
-    """The newest ``size`` workflows matching ``filters``, older than ``cursor``."""
+    """The ``size`` most recently updated workflows matching ``filters``, below ``cursor``."""
     page = Page()
-    if store.count(STARTED_DB) == 0:  # nothing started, or a store older than the index
+    if not store.indexed:  # a store older than the index, not opened by a writer since
         return page
     reader = _Reader(store)
     upper = _cursor_key(cursor) if cursor else None
     if filters.until is not None:
-        bound = time_key(filters.until)
+        bound = _MS.pack(_ms(filters.until))
         upper = bound if upper is None else min(upper, bound)
-    lower = time_key(filters.since) if filters.since is not None else b""
+    lower = _MS.pack(_ms(filters.since)) if filters.since is not None else b""
+    state = None if filters.state is None else encode(str(filters.state))
     while len(page.rows) < size:
         if page.examined >= budget:
             page.budget_spent = True
@@ -106,15 +109,15 @@ def workflow_page(
         start = upper
 
         def read(snap: Snapshot, start: bytes | None = start, n: int = limit + 1) -> _Entries:
-            return _entries(snap, start, lower, n, with_state=filters.state is not None)
+            return _entries(snap, start, lower, n, state=state, name=filters.name)
 
         chunk = store.view(read)
-        for i, (key, raw, state) in enumerate(chunk[:limit]):
+        for i, (key, matches) in enumerate(chunk[:limit]):
             page.examined += 1
             upper = key
-            page.oldest_examined = split_started_key(key)[0]
-            if filters.state is None or state == filters.state.value:
-                _add_if_matching(page, reader, filters, key, raw)
+            page.oldest_examined = _MS.unpack_from(key)[0] / 1000
+            if matches:
+                _add(page, reader, key)
             if len(page.rows) >= size:
                 if i + 1 == len(chunk):
                     upper = None  # full, and nothing older is left
@@ -128,16 +131,22 @@ def workflow_page(
     return page
 
 
-_Entries = list[tuple[bytes, bytes, Any]]
+_Entries = list[tuple[bytes, bool]]
 
 
 def _entries(
-    snap: Snapshot, upper: bytes | None, lower: bytes, limit: int, *, with_state: bool
+    snap: Snapshot,
+    upper: bytes | None,
+    lower: bytes,
+    limit: int,
+    *,
+    state: bytes | None,
+    name: str | None,
 ) -> _Entries:
     """Up to ``limit`` index entries below ``upper`` (all when None), newest first, each
-    with its workflow's stored state when ``with_state`` (read in the same snapshot: a
-    state filter then costs no read transaction per entry)."""
-    cur = snap.cursor(STARTED_DB)
+    with whether it passes the filters: ``state`` (encoded) against the index's value, and
+    ``name`` against the record, read in this same snapshot."""
+    cur = snap.cursor(RECENT_DB)
     if upper is None:
         found = cur.last()
     elif cur.set_range(upper):
@@ -149,38 +158,39 @@ def _entries(
         key = bytes(cur.key())
         if key < lower:
             break
-        state = None
-        if with_state:
-            raw = snap.raw("workflows", key[_TIME_BYTES:])
-            state = _state_of(raw, key) if raw is not None else None
-        out.append((key, bytes(cur.value()), state))
+        matches = state is None or bytes(cur.value()) == state
+        if matches and name is not None:
+            raw = snap.raw("workflows", key[_MS.size :])
+            matches = raw is not None and _name_of(raw, key) == name
+        out.append((key, matches))
         found = cur.prev()
     return out
 
 
-def _state_of(raw: bytes, key: bytes) -> Any:
-    """The ``state`` field of a stored workflow record (None if it cannot be read: the
-    entry is then skipped, and the record's own read reports it)."""
+def _name_of(raw: bytes, key: bytes) -> Any:
+    """The ``name`` field of a stored workflow record (None if it cannot be read: the
+    entry is then left out, and ``herder check`` reports the record)."""
     try:
         value = decode(raw, db="workflows", key=key)
     except StoreCorrupt:
         return None
-    return value.get("state") if isinstance(value, dict) else None
+    return value.get("name") if isinstance(value, dict) else None
 
 
-def _add_if_matching(page: Page, reader: _Reader, filters: Filters, key: bytes, raw: bytes) -> None:
-    """Add the workflow of one index entry to the page if it passes the filters."""
+def _add(page: Page, reader: _Reader, key: bytes) -> None:
+    """Add the workflow of one index entry to the page."""
     try:
-        if filters.name is not None and decode(raw, db=STARTED_DB, key=key) != filters.name:
-            return
-        record = reader.store.get_workflow(split_started_key(key)[1])
-        if record is None or (filters.state is not None and record.state is not filters.state):
-            return
-        page.rows.append(reader.status(record))
+        record = reader.store.get_workflow(key[_MS.size :].decode("utf-8"))
+        if record is not None:
+            page.rows.append(reader.status(record))
     except StoreCorrupt as exc:
         page.corrupt.append(exc)
     except UnicodeDecodeError as exc:
-        page.corrupt.append(StoreCorrupt(STARTED_DB, key, str(exc)))
+        page.corrupt.append(StoreCorrupt(RECENT_DB, key, str(exc)))
+
+
+def _ms(t: float) -> int:
+    return max(0, int(t * 1000))
 
 
 def _cursor_key(cursor: str) -> bytes:
@@ -188,8 +198,3 @@ def _cursor_key(cursor: str) -> bytes:
         return binascii.unhexlify(cursor)
     except (binascii.Error, ValueError):
         raise ValueError(f"cursor {cursor!r} is not one this console gave out") from None
-
-
-def has_index(store: Store) -> bool:
-    """False for a store written before the ``started`` index (then nothing is listed)."""
-    return store.count(STARTED_DB) > 0 or store.count("workflows") == 0

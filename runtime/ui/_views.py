@@ -19,7 +19,7 @@ from herder.runtime._operator_cli import ACTIONS
 from herder.runtime._schedules import schedule_statuses
 from herder.runtime.ui import _pages
 from herder.runtime.ui._counters import Counters
-from herder.runtime.ui._query import Filters, has_index, workflow_page
+from herder.runtime.ui._query import Filters, workflow_page
 from herder.store import (
     COMMAND_DONE,
     Plan,
@@ -61,10 +61,10 @@ class Views:
         with self._gate.read() as store:
             note = (
                 ""
-                if has_index(store)
-                else '<p class="warn">This store was written before the console\'s index: '
-                "only workflows started from now on are listed (<code>herder ls</code> "
-                "lists every one).</p>"
+                if store.indexed
+                else '<p class="warn">This store was written before the index of recent '
+                "workflows, which its next runtime builds when it opens it: until then "
+                "<code>herder ls</code> lists them.</p>"
             )
             page = workflow_page(store, filters, query.get("cursor"))
         shown = {k: v for k, v in query.items() if k != "cursor" and v}
