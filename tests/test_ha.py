@@ -375,8 +375,10 @@ def test_a_wall_clock_step_larger_than_the_lease_deposes_no_healthy_runtime(
     active.wait_for("started all")
     assert not [line for line in standby.seen if line.startswith("active")], standby.errors
     assert not [line for line in active.seen if line.startswith("refused")], active.errors
-    assert active.proc.poll() is None and standby.proc.poll() is None
+    assert active.proc.poll() is None
+    assert standby.proc.poll() is None
     ran = _effects(effects)
-    assert ran and max(ran.values()) == 1  # nothing ran twice
+    assert ran
+    assert max(ran.values()) == 1  # nothing ran twice
     pids = {line.split()[3] for line in effects.read_text().splitlines()}
     assert pids == {str(active.proc.pid)}
