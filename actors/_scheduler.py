@@ -125,6 +125,7 @@ from herder.store import (
     bounded_text,
     crash_point,
     normalize,
+    plan_steps,
     timer_key,
 )
 
@@ -453,7 +454,7 @@ class Scheduler(SupervisedActor):
             if not self._hosted.send(attempt.agent, attempt.instance, run):
                 self._fail_attempt(run.token, "agent instance went away", (CRASH_ERROR,), now=True)
         elif isinstance(effect, Announce):
-            announce_final(self._ctx, effect.record)
+            announce_final(self._ctx, effect)
         else:
             settle_future(effect)
 
@@ -591,13 +592,7 @@ class Scheduler(SupervisedActor):
         if plan is None:
             await_definition(self, record)
             return None
-        by_name = {s.name: s for s in steps}
-        for spec in plan.steps:  # a missing step record is recreated, not a crash
-            if spec.name not in by_name:
-                _log.error(
-                    "workflow %s has no record for step %r; recreating it", record.id, spec.name
-                )
-                by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
+        by_name = {s.name: s for s in plan_steps(record, steps, plan)}  # missing: PENDING
         run = WorkflowRun(record, plan, by_name, self._specs_of(plan, record))
         self._runs[record.id] = run
         return run
@@ -906,7 +901,8 @@ class Scheduler(SupervisedActor):
 
     def _finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
         record = self._commits.set_record(run, state=state, error=error or run.record.error)
-        self._commits.txn(run.record.id).effects.append(Announce(record))
+        steps = [run.steps[spec.name] for spec in run.plan.steps]
+        self._commits.txn(run.record.id).effects.append(Announce(record, steps))
         del self._runs[record.id]
         for token in run.attempts:
             attempt = self._inflight.pop(token, None)

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import machine, percentile, progress, render_table, write_report
 
 from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
-from herder.store._records import WorkflowRecord
+from herder.store._records import StepRecord, WorkflowRecord
 
 TAG = "soak"
 LEAK_TOLERANCE = 0.20
@@ -133,8 +133,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with Runtime(store, max_active_workflows=args.in_flight * 2, seed=args.seed) as rt:
         announce = rt._ctx.on_final  # the soak listens to every final state, as waiters do
 
-        def on_final(record: WorkflowRecord) -> None:
-            announce(record)
+        def on_final(record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
+            announce(record, steps)
             tracker.finished(record)
 
         rt._ctx.on_final = on_final

@@ -1,9 +1,7 @@
 """Terminal output for the CLI and the demo: tables and a progress line.
 
-Uses ``rich`` on a terminal when it is installed (``pip install 'herder[demo]'``). Off a
-terminal (a pipe, a file, a test) the output is plain text whose cells are never wrapped
-or cut, so ``herder show ID | grep ...`` sees whole values; nothing else in herder depends
-on rich.
+Uses ``rich`` when it is installed (``pip install 'herder[demo]'``), plain text otherwise;
+nothing else in herder depends on it.
 """
 
 from __future__ import annotations
@@ -14,8 +12,6 @@ from typing import Any, TextIO
 
 
 def _rich_console(out: TextIO) -> Any | None:
-    if not _is_terminal(out):
-        return None
     try:
         from rich.console import Console
     except ImportError:
@@ -51,13 +47,6 @@ def print_table(
         out.write("  " + "  ".join(parts).rstrip() + "\n")
 
 
-def _is_terminal(out: TextIO) -> bool:
-    try:
-        return out.isatty()
-    except (AttributeError, ValueError):  # a closed or file-like stream without isatty
-        return False
-
-
 class ProgressLine:
     """A ``[####....] done/total label`` line, redrawn in place on a terminal.
 
@@ -70,7 +59,7 @@ class ProgressLine:
     def __init__(self, out: TextIO, total: int) -> None:
         self.out = out
         self.total = max(1, total)
-        self.tty = _is_terminal(out)
+        self.tty = out.isatty()
         self._last_tenth = -1
 
     def update(self, done: int, label: str = "") -> None:

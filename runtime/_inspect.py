@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -22,9 +20,9 @@ from herder.runtime._console import print_table
 from herder.runtime._schedules import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
-    InvalidInput,
     Plan,
     ResourceRecord,
+    StepRecord,
     StepState,
     Store,
     StoreCorrupt,
@@ -43,6 +41,10 @@ class _Reader:
         self.corrupt: list[StoreCorrupt] = []  # records skipped, reported at the end
 
     def status(self, record: WorkflowRecord) -> WorkflowStatus:
+        return WorkflowStatus.from_records(record, self.steps(record))
+
+    def steps(self, record: WorkflowRecord) -> list[StepRecord]:
+        """The workflow's steps in plan order, PENDING for those without a record."""
         key = (record.name, record.version)
         if key not in self._plans:
             try:
@@ -50,8 +52,7 @@ class _Reader:
             except StoreCorrupt as exc:  # steps are then shown in stored order
                 self.corrupt.append(exc)
                 self._plans[key] = None
-        steps = in_plan_order(self.store.steps_of(record.id), self._plans[key])
-        return WorkflowStatus.from_records(record, steps)
+        return in_plan_order(record, self.store.steps_of(record.id), self._plans[key])
 
     def statuses(self, state: str | None) -> Iterator[WorkflowStatus]:
         for record in self.store.workflows(state, corrupt=self.corrupt):
@@ -76,51 +77,16 @@ def _dump(out: TextIO, data: Any) -> None:
     out.write("\n")
 
 
-def parse_when(text: str, option: str, now: float | None = None) -> float:
-    """A point in time from the CLI: a duration back from now (``90s``, ``30m``, ``2h``,
-    ``7d``, ``2w``) or an ISO date/time (naive means local time)."""
-    now = time.time() if now is None else now
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    if match:
-        return now - float(match.group(1)) * _UNIT[match.group(2)]
-    try:
-        return datetime.datetime.fromisoformat(text.strip()).timestamp()
-    except ValueError:
-        raise InvalidInput(
-            f"{option} {text!r} is neither a duration (90s, 30m, 2h, 7d, 2w) nor an ISO "
-            "date/time (2026-12-01 or 2026-12-01T08:00)"
-        ) from None
-
-
-_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
-
-
 def list_workflows(
-    out: TextIO,
-    store: Store,
-    *,
-    state: str | None,
-    limit: int | None,
-    as_json: bool,
-    since: float | None = None,
+    out: TextIO, store: Store, *, state: str | None, limit: int | None, as_json: bool
 ) -> None:
-    """``herder ls``: one row per workflow (in ``state``, updated since ``since``), last
-    updated first; reads the store's ``recent`` index, so only the rows shown are loaded."""
+    """``herder ls``: one row per workflow (in ``state`` if given), oldest id first."""
     reader = _Reader(store)
     found: list[WorkflowStatus] = []
-    states = None if state is None else frozenset({str(WorkflowState(state))})
-    more = False
-    for _, wid, _ in store.recent(states=states, since=since):
+    for status in reader.statuses(state):
         if limit is not None and len(found) >= limit:
-            more = True
             break
-        try:
-            record = store.get_workflow(wid)
-            if record is None:  # purged since the index page was read
-                continue
-            found.append(reader.status(record))
-        except StoreCorrupt as exc:
-            reader.corrupt.append(exc)
+        found.append(status)
     report_corrupt(reader.corrupt)
     if as_json:
         _dump(out, [s.to_dict() for s in found])
@@ -140,15 +106,10 @@ def list_workflows(
             )
         )
     print_table(out, "", ("id", "workflow", "state", "steps done", "updated", "error"), rows)
-    if more:
-        out.write(f"(the {limit} last updated; --limit N for more, 0 for all)\n")
 
 
-def show_workflow(
-    out: TextIO, store: Store, workflow_id: str, *, as_json: bool, attempts: bool = False
-) -> None:
-    """``herder show ID``: a workflow's state, input, error, every step and its history;
-    with ``attempts``, each failed attempt with its error and traceback."""
+def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool) -> None:
+    """``herder show ID``: a workflow's state, input, error and every step."""
     record = store.get_workflow(workflow_id)
     if record is None:
         raise UnknownWorkflow(f"no workflow with id {workflow_id!r} in {store.path}")
@@ -179,21 +140,6 @@ def show_workflow(
     ]
     print_table(out, "", ("step", "state", "attempts", "undo attempts", "result", "error"), rows)
     print_table(out, "history", ("when", "what", "change", "attempt", "details"), _story(history))
-    if attempts:
-        _failed_attempts(out, history)
-
-
-def _failed_attempts(out: TextIO, history: list[dict[str, Any]]) -> None:
-    """Each failed attempt (a step event with an error): when, step, attempt, error and
-    the traceback kept with it, indented under it."""
-    failures = [e for e in history if e.get("kind") == "step" and e.get("error")]
-    out.write(f"\nfailed attempts: {len(failures)}\n")
-    for e in failures:
-        when = _when(e["t"]) if isinstance(e.get("t"), int | float) else "?"
-        out.write(f"  {when} step {e.get('step')} attempt {e.get('attempt')}: {e['error']}\n")
-        trace = e.get("traceback")
-        if isinstance(trace, str) and trace:
-            out.write("".join(f"    {line}\n" for line in trace.rstrip("\n").splitlines()))
 
 
 def show_schedules(out: TextIO, store: Store, *, as_json: bool) -> None:
@@ -249,10 +195,11 @@ def store_stats(store: Store) -> dict[str, Any]:
     steps: Counter[str] = Counter(dict.fromkeys(map(str, StepState), 0))
     retries = compensation_retries = 0
     corrupt: list[StoreCorrupt] = []
+    view = _Reader(store)  # its plans show steps without a record as PENDING
     for record in store.workflows(corrupt=corrupt):
         workflows[str(record.state)] += 1
         try:
-            records = store.steps_of(record.id)
+            records = view.steps(record)
         except StoreCorrupt as exc:
             corrupt.append(exc)
             continue
@@ -260,6 +207,7 @@ def store_stats(store: Store) -> dict[str, Any]:
             steps[str(st.state)] += 1
             retries += max(0, st.attempt - 1)
             compensation_retries += max(0, st.comp_attempt - 1)
+    corrupt += view.corrupt  # definitions that could not be read
     resources = _resources(store, corrupt)
     report_corrupt(corrupt)
     return {

@@ -69,14 +69,14 @@ from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
-from herder.runtime._starts import NewStart, creation
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
-from herder.runtime._timing import begin_at, check_priority
+from herder.runtime._timing import begin_at, check_priority, new_workflow
 from herder.runtime._workflow import Workflow
 from herder.store import (
     DEFAULT_LEASE,
     MAX_VALUE_BYTES,
     ConditionFailed,
+    Expect,
     InvalidInput,
     LeaseLost,
     Plan,
@@ -94,16 +94,22 @@ from herder.store import (
     describe,
     encode,
     error_types,
+    history_put,
     normalize,
     read_history,
     safe_repr,
     safe_str,
-    started_key,
     validate_id,
     validate_name,
+    workflow_event,
+    workflow_key,
 )
 
 _log = logging.getLogger("herder.runtime")
+
+Final = tuple[WorkflowRecord, "list[StepRecord] | None"]
+"""What a waiter on a workflow gets: its final record and, when the Scheduler announced
+it, its steps in plan order (None when it had ended before: read them from the store)."""
 
 
 class WorkflowHandle(AsyncHandle):
@@ -122,8 +128,11 @@ class WorkflowHandle(AsyncHandle):
         """
         return self._outcome(self._runtime._wait_final(self.id, timeout))
 
-    def _outcome(self, record: WorkflowRecord) -> dict[str, Any]:
-        status = WorkflowStatus.from_records(record, self._runtime._ordered_steps(record))
+    def _outcome(self, final: Final) -> dict[str, Any]:
+        record, steps = final
+        if steps is None:  # it had ended before anyone watched: read them from the store
+            steps = self._runtime._ordered_steps(record)
+        status = WorkflowStatus.from_records(record, steps)
         if status.state is WorkflowState.SUCCEEDED:
             return status.results
         raise WorkflowFailed(status)
@@ -143,22 +152,14 @@ class WorkflowHandle(AsyncHandle):
 class Runtime(AsyncRuntime):
     """One herder runtime over one store directory.
 
-    ``Runtime(path, setup=register)`` opens (or creates) the store, calls
-    ``register(rt)`` to add the application's agents and workflows, and only then starts
-    the supervision tree and recovers every unfinished workflow, so recovered work
-    resumes at once with nothing reported missing::
+    ``Runtime(path)`` opens (or creates) the store, starts the supervision tree and
+    recovers every unfinished workflow; a recovered workflow resumes as soon as its
+    definition and agents are registered, so register them right after opening::
 
-        def register(rt: Runtime) -> None:
+        with Runtime("var/herder") as rt:
             rt.add_agent("airline", Airline, concurrency=4)
             rt.add_workflow(trip)
-
-        with Runtime("var/herder", setup=register) as rt:
             rt.start("trip", {"who": "ada"}, workflow_id="order-42").result(timeout=10)
-
-    ``setup`` may only register (starting work inside it raises :class:`NotActive`); an
-    exception from it closes the store and propagates. Registering after ``Runtime()``
-    returned also works: recovered workflows wait (``stats()["awaiting_definition"]``)
-    until their definition and agents arrive.
 
     Settings: ``clock`` (inject a FakeClock in tests), ``sweep_interval`` (seconds between
     the Supervisor's sweeps of the timer index), ``default_retry`` and ``default_timeout``
@@ -213,7 +214,6 @@ class Runtime(AsyncRuntime):
         lease: float = DEFAULT_LEASE,
         standby_poll: float = 0.05,
         probe_timeout: float = 30.0,
-        setup: Callable[[Runtime], object] | None = None,
     ) -> None:
         if log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
@@ -257,9 +257,8 @@ class Runtime(AsyncRuntime):
         self._ctx.on_lease_lost = self._on_lease_lost
         self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}
-        self._started: set[tuple[str, int]] = set()  # definitions marked started in meta
         self._actions: dict[str, frozenset[str] | None] = {}
-        self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
+        self._waiters: dict[str, list[Future[Final]]] = {}
         self._lock = threading.Condition()
         self._capacity_freed = Pulse()  # start_async's wake-up where start() waits on _lock
         self._active = 0
@@ -275,10 +274,7 @@ class Runtime(AsyncRuntime):
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher: StandbyWatcher | None = None
         self._firer: Firer | None = None  # fires schedules while this runtime is active
-        self._in_setup = False
         try:
-            if setup is not None:
-                self._setup(setup)
             if standby:
                 self._watcher = StandbyWatcher(
                     self._store, standby_poll, self._promote, self._healthy
@@ -288,14 +284,6 @@ class Runtime(AsyncRuntime):
         except BaseException:
             self._store.close()
             raise
-
-    def _setup(self, setup: Callable[[Runtime], object]) -> None:
-        """Run the application's registration before anything is recovered."""
-        self._in_setup = True
-        try:
-            setup(self)
-        finally:
-            self._in_setup = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -458,8 +446,7 @@ class Runtime(AsyncRuntime):
             floor = 0.0 if lease is None or lease.clock is None else lease.clock
             self._ctx.clock = SteadyClock(self._clock, floor=floor)
             for plan in builtins.list(self._ctx.plans.values()):
-                stored = self._store.get_plan(plan.name, plan.version)
-                if stored is None or (stored != plan and not self._ever_started(plan)):
+                if self._store.get_plan(plan.name, plan.version) is None:
                     self._store_definition(plan)
             # The Scheduler's first recovery counts the unfinished workflows (one scan).
             with self._lock:
@@ -558,25 +545,19 @@ class Runtime(AsyncRuntime):
     def add_workflow(self, workflow: Workflow) -> None:
         """Register a workflow definition (validated and compiled here).
 
-        Each step's action and compensation are checked against its agent if that agent
-        is registered (else at :meth:`start`); :class:`UnknownName` lists the known names.
-        The compiled plan is stored. A different plan under a stored name and version
-        replaces it while no workflow of it has ever started (a typo needs no new
-        version); after that it is refused, because workflows under it would change.
+        The compiled plan is stored; registering a different plan under a stored name and
+        version is refused, because workflows already running under it would change.
         """
         self._check_open()
         plan = workflow.compile()
-        self._check_actions(plan)
         stored = self._store.get_plan(plan.name, plan.version)
-        changed = stored is not None and stored != plan
-        if changed and self._ever_started(plan):
+        if stored is not None and stored != plan:
             raise InvalidDefinition(
                 f"workflow {plan.name!r} version {plan.version} is stored with different "
-                "steps and workflows of it have started; give the changed definition a new "
-                "version"
+                "steps; give the changed definition a new version"
             )
         with self._promotion:
-            if (stored is None or changed) and self._root is not None:  # standby: at promotion
+            if stored is None and self._root is not None:  # a standby stores it at promotion
                 self._store_definition(plan)
             self._ctx.plans[(plan.name, plan.version)] = plan
             current = self._latest.get(plan.name)
@@ -648,15 +629,20 @@ class Runtime(AsyncRuntime):
         ``also`` is written in the transaction that creates the workflow, and only if it
         does (a schedule's cursor, see ``_firing``)."""
         self._check_active()
-        new = self._prepare(
-            workflow,
-            input,
-            workflow_id=workflow_id,
-            priority=priority,
-            start_at=start_at,
-            delay=delay,
-        )
-        plan, wid, normalized = new.plan, new.workflow_id, new.input
+        name = workflow.name if isinstance(workflow, Workflow) else workflow
+        plan = self._latest.get(name) if isinstance(name, str) else None
+        if plan is None:
+            known = ", ".join(sorted(self._latest)) or "none"
+            raise UnknownName(
+                f"no workflow named {name!r} is registered (registered: {known}); "
+                "call add_workflow first"
+            )
+        wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
+        priority = check_priority(priority)
+        begin = begin_at(self._ctx.clock.time(), start_at, delay, wall=self._clock.time())
+        normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
+        agents = resolve_agents(plan, normalized)
+        check_registered(plan, agents, self._ctx.agents, self._actions)
         # An existing id is found by the compare-and-set below, without a read. Only when
         # start() would have to wait for capacity is it worth looking first: a repeated
         # start of an existing workflow never waits.
@@ -665,7 +651,13 @@ class Runtime(AsyncRuntime):
             if existing is not None:
                 return self._same_start(existing, plan, normalized)
         yield Wait(lambda: self._wait_capacity(timeout), lambda: self._capacity_async(timeout))
-        record, steps, transition = self._creation(new, also)
+        now = self._ctx.clock.time()
+        record, steps, ops = new_workflow(
+            plan, wid, normalized, now, priority=priority, begin=begin, agents=agents
+        )
+        key = workflow_key(wid)
+        ops += (history_put(wid, self._ctx.next_token(), workflow_event(None, record)), *also)
+        transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
         committed = self._store.writer.submit(transition)
         gave_up = threading.Event()
         slot = threading.Lock()  # whoever acquires it first gives the capacity back
@@ -688,7 +680,6 @@ class Runtime(AsyncRuntime):
                 lambda: committed.result(timeout=self._ask_timeout),
                 lambda: awaited(committed, self._ask_timeout),
             )
-            self._started.add((plan.name, plan.version))
         except ConditionFailed:
             self._release_capacity()
             raced = self._store.get_workflow(wid)
@@ -787,45 +778,6 @@ class Runtime(AsyncRuntime):
         self._check_active()
         assert self._firer is not None
         self._firer.fire_due()
-
-    def _prepare(
-        self,
-        workflow: str | Workflow,
-        input: Any,
-        *,
-        workflow_id: str | None,
-        priority: int,
-        start_at: datetime.datetime | None,
-        delay: float | None,
-    ) -> NewStart:
-        """Check one start's arguments (nothing is written): see :meth:`start`."""
-        name = workflow.name if isinstance(workflow, Workflow) else workflow
-        plan = self._latest.get(name) if isinstance(name, str) else None
-        if plan is None:
-            known = ", ".join(sorted(self._latest)) or "none"
-            raise UnknownName(
-                f"no workflow named {name!r} is registered (registered: {known}); "
-                "call add_workflow first"
-            )
-        wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
-        priority = check_priority(priority)
-        begin = begin_at(self._ctx.clock.time(), start_at, delay, wall=self._clock.time())
-        normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
-        agents = resolve_agents(plan, normalized)
-        check_registered(plan, agents, self._ctx.agents, self._actions)
-        return NewStart(plan, wid, normalized, priority, begin, agents)
-
-    def _creation(
-        self, new: NewStart, also: tuple[Put, ...] = ()
-    ) -> tuple[WorkflowRecord, builtins.list[StepRecord], Any]:
-        key = (new.plan.name, new.plan.version)
-        return creation(
-            new,
-            self._ctx.clock.time(),
-            self._ctx.next_token(),
-            mark_started=key not in self._started,
-            also=also,
-        )
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing workflow (e.g. one recovered after a restart)."""
@@ -1064,42 +1016,12 @@ class Runtime(AsyncRuntime):
 
     def _check_active(self) -> None:
         self._check_open()
-        if self._in_setup:
-            raise NotActive(
-                "setup registers agents and workflows before recovery begins; start, "
-                "cancel or retry workflows once Runtime() has returned (or from a thread "
-                "that calls rt.wait_active() first)"
-            )
         if self._root is None:
             raise NotActive(
                 f"this runtime is a standby on {self.path}: it serves status() and list() "
                 "until it takes the lease; call start/cancel/retry on the active runtime, "
                 "or wait_active() first"
             )
-
-    def _check_actions(self, plan: Plan) -> None:
-        """Each step's action and compensation exist on its agent, if it is registered
-        (a templated agent is checked once resolved, at start)."""
-        for spec in plan.steps:
-            actions = self._actions.get(spec.agent)
-            if actions is None:
-                continue
-            for action in (spec.action, spec.compensate):
-                if action is not None and action not in actions:
-                    raise UnknownName(
-                        f"workflow {plan.name!r} step {spec.name!r}: agent {spec.agent!r} "
-                        f"has no action {action!r} (it has: {', '.join(sorted(actions))})"
-                    )
-
-    def _ever_started(self, plan: Plan) -> bool:
-        """True if a workflow of this definition was ever started (its mark in ``meta``,
-        or, for a store older than the mark, a workflow record of it)."""
-        if self._store.get("meta", started_key(plan.name, plan.version)) is not None:
-            return True
-        return any(
-            r.name == plan.name and r.version == plan.version
-            for r in self._store.workflows(corrupt=[])
-        )
 
     def _same_start(self, existing: WorkflowRecord, plan: Plan, normalized: Any) -> WorkflowHandle:
         same = existing.input == normalized or encode(existing.input) == encode(normalized)
@@ -1178,7 +1100,7 @@ class Runtime(AsyncRuntime):
         with self._lock:
             self._active += 1
 
-    def _on_final(self, record: WorkflowRecord) -> None:
+    def _on_final(self, record: WorkflowRecord, steps: builtins.list[StepRecord] | None) -> None:
         level = logging.WARNING if record.state is WorkflowState.NEEDS_ATTENTION else logging.INFO
         extra = {"workflow_id": record.id, "workflow": record.name, "state": str(record.state)}
         _log.log(level, "workflow %s ended %s", record.id, record.state, extra=extra)
@@ -1191,19 +1113,19 @@ class Runtime(AsyncRuntime):
         self._capacity_freed.fire()
         for fut in futures:
             if not fut.done():
-                fut.set_result(record)
+                fut.set_result((record, steps))
 
-    def _wait_final(self, workflow_id: str, timeout: float | None) -> WorkflowRecord:
+    def _wait_final(self, workflow_id: str, timeout: float | None) -> Final:
         waiter = self._watch(workflow_id)
         try:
             return waiter.result(timeout)
         finally:
             self._unwatch(workflow_id, waiter)
 
-    def _watch(self, workflow_id: str) -> Future[WorkflowRecord]:
-        """A future resolved with the workflow's final record (at once if it is final);
+    def _watch(self, workflow_id: str) -> Future[Final]:
+        """A future resolved with the workflow's :data:`Final` (at once if it is final);
         pass it to :meth:`_unwatch` when done with it. :class:`UnknownWorkflow` if none."""
-        fut: Future[WorkflowRecord] = Future()
+        fut: Future[Final] = Future()
         with self._lock:
             self._waiters.setdefault(workflow_id, []).append(fut)
         record = self._store.get_workflow(workflow_id)
@@ -1213,14 +1135,14 @@ class Runtime(AsyncRuntime):
             if record is None:
                 raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
             if mine:
-                fut.set_result(record)
+                fut.set_result((record, None))
         return fut
 
-    def _unwatch(self, workflow_id: str, fut: Future[WorkflowRecord]) -> None:
+    def _unwatch(self, workflow_id: str, fut: Future[Final]) -> None:
         with self._lock:
             self._unlisted(workflow_id, fut)
 
-    def _unlisted(self, workflow_id: str, fut: Future[WorkflowRecord]) -> bool:
+    def _unlisted(self, workflow_id: str, fut: Future[Final]) -> bool:
         """Take ``fut`` off the waiters (under ``_lock``); False if it was not on them."""
         futures = self._waiters.get(workflow_id)
         if futures is None or fut not in futures:
@@ -1232,7 +1154,7 @@ class Runtime(AsyncRuntime):
 
     def _ordered_steps(self, record: WorkflowRecord) -> builtins.list[StepRecord]:
         plan = self._ctx.plans.get((record.name, record.version))
-        return in_plan_order(self._store.steps_of(record.id), plan)
+        return in_plan_order(record, self._store.steps_of(record.id), plan)
 
     def _restart_counts(self) -> dict[str, int]:
         if self._root is None:

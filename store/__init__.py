@@ -84,9 +84,9 @@ from herder.store._records import (
     WorkflowRecord,
     WorkflowState,
     definition_key,
+    plan_steps,
     split_step_key,
     split_timer_key,
-    started_key,
     step_key,
     timer_key,
     timer_upper_bound,
@@ -96,7 +96,6 @@ from herder.store._records import (
 )
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
 from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
-from herder.store._standby import StandbyMark, standby_waiting
 from herder.store._untrusted import (
     UserCodeFailed,
     bounded_text,
@@ -137,7 +136,6 @@ __all__ = [
     "ScheduleRecord",
     "SchemaTooNew",
     "Snapshot",
-    "StandbyMark",
     "StepRecord",
     "StepSpec",
     "StepState",
@@ -170,6 +168,7 @@ __all__ = [
     "new_command",
     "normalize",
     "pending_commands",
+    "plan_steps",
     "read_history",
     "resource_key",
     "safe_repr",
@@ -177,8 +176,6 @@ __all__ = [
     "schedule_key",
     "split_step_key",
     "split_timer_key",
-    "standby_waiting",
-    "started_key",
     "step_event",
     "step_key",
     "timer_key",

@@ -382,6 +382,19 @@ class StepRecord:
         return _from_map(cls, data, StepState)
 
 
+def plan_steps(record: WorkflowRecord, stored: list[StepRecord], plan: Plan) -> list[StepRecord]:
+    """A workflow's steps in plan order, with a PENDING record for each step that has
+    none in the store: a step's record is first written when it leaves PENDING (or when
+    a delayed start gives it a timer), so a missing record means PENDING. Stored steps
+    the plan does not name come last."""
+    by_name: dict[str, StepRecord | None] = {st.name: st for st in stored}
+    steps = [
+        by_name.pop(spec.name, None) or StepRecord(record.id, spec.name, updated=record.created)
+        for spec in plan.steps
+    ]
+    return steps + [st for st in by_name.values() if st is not None]
+
+
 def _evolver(cls: type[_R]) -> Callable[[_R, dict[str, Any]], _R]:
     """A fast ``dataclasses.replace`` for a frozen, slotted record class without validation
     in ``__init__``: the Scheduler evolves a record several times per step.
@@ -471,12 +484,6 @@ def timer_upper_bound(until_ms: int) -> bytes:
 def definition_key(name: str, version: int) -> bytes:
     """The ``definitions`` key of a plan."""
     return name.encode("utf-8") + KEY_SEP + struct.pack(">I", version)
-
-
-def started_key(name: str, version: int) -> bytes:
-    """The ``meta`` key marking that a workflow of a definition was started (from then on
-    the definition may not change under its version)."""
-    return b"started\x00" + definition_key(name, version)
 
 
 def validate_id(workflow_id: object) -> str:
