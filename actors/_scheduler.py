@@ -46,7 +46,6 @@ import pykka
 
 from herder.actors._admission import Admission
 from herder.actors._agent import Agent, StepContext
-from herder.actors._agent_host import AgentHost, AgentUnavailable
 from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._commits import (
     CommitPipeline,
@@ -57,6 +56,7 @@ from herder.actors._commits import (
 )
 from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
+from herder.actors._host import AgentHost, AgentUnavailable
 from herder.actors._messages import (
     Admit,
     Answer,
@@ -92,6 +92,7 @@ from herder.actors._recovery import (
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildEventKind
+from herder.actors._thread_host import ThreadHost
 from herder.actors.engine import (
     BUSY,
     WAITS_TO_RUN,
@@ -196,7 +197,7 @@ class Scheduler(SupervisedActor):
         """Attach to the agents subtree and recover unfinished workflows from the store."""
         super().on_start()
         assert self._ctx.agents_supervisor is not None, "agents supervisor starts first"
-        self._host = AgentHost(
+        self._host = ThreadHost(
             self._ctx.agents_supervisor,
             reply=self._ctx.tell_scheduler,
             events=self._ctx.tell_scheduler,

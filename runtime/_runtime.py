@@ -21,8 +21,6 @@ import pykka
 from herder.actors import (
     Admit,
     Agent,
-    ChildEvent,
-    ChildEventKind,
     ChildSpec,
     CircuitBreaker,
     Clock,
@@ -30,7 +28,6 @@ from herder.actors import (
     Define,
     EngineConfig,
     EngineContext,
-    InstanceEvent,
     InvalidDefinition,
     NotActive,
     Operate,
@@ -48,6 +45,7 @@ from herder.actors import (
     WorkflowSupervisor,
     action_names,
     agent_class_of,
+    agents_listener,
     call,
     coroutine_actions,
     parse_task_token,
@@ -97,7 +95,6 @@ from herder.store import (
     history_put,
     normalize,
     read_history,
-    safe_repr,
     safe_str,
     validate_id,
     validate_name,
@@ -937,21 +934,10 @@ class Runtime(AsyncRuntime):
     def _start_tree(self) -> pykka.ActorRef:
         ctx = self._ctx
 
-        def agents_listener(event: ChildEvent) -> None:
-            if event.kind in (
-                ChildEventKind.STARTED,
-                ChildEventKind.CRASHED,
-                ChildEventKind.EXITED,
-                ChildEventKind.TERMINATED,
-                ChildEventKind.ABANDONED,
-            ):
-                agent = event.child_id.removeprefix("agent:")
-                reason = None if event.reason is None else safe_repr(event.reason)
-                ctx.tell_scheduler(InstanceEvent(agent, None, event.kind, event.ref, reason))
-
         def start_agents() -> pykka.ActorRef:
+            listener = agents_listener(ctx.tell_scheduler)
             ref = start_supervisor(
-                "agents", Strategy.ONE_FOR_ONE, listener=agents_listener, clock=self._clock
+                "agents", Strategy.ONE_FOR_ONE, listener=listener, clock=self._clock
             )
             ctx.agents_supervisor = ref
             return ref
