@@ -1,7 +1,9 @@
 """Terminal output for the CLI and the demo: tables and a progress line.
 
-Uses ``rich`` when it is installed (``pip install 'herder[demo]'``), plain text otherwise;
-nothing else in herder depends on it.
+Uses ``rich`` on a terminal when it is installed (``pip install 'herder[demo]'``). Off a
+terminal (a pipe, a file, a test) the output is plain text whose cells are never wrapped
+or cut, so ``herder show ID | grep ...`` sees whole values; nothing else in herder depends
+on rich.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any, TextIO
 
 
 def _rich_console(out: TextIO) -> Any | None:
+    if not _is_terminal(out):
+        return None
     try:
         from rich.console import Console
     except ImportError:
@@ -47,6 +51,13 @@ def print_table(
         out.write("  " + "  ".join(parts).rstrip() + "\n")
 
 
+def _is_terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # a closed or file-like stream without isatty
+        return False
+
+
 class ProgressLine:
     """A ``[####....] done/total label`` line, redrawn in place on a terminal.
 
@@ -59,7 +70,7 @@ class ProgressLine:
     def __init__(self, out: TextIO, total: int) -> None:
         self.out = out
         self.total = max(1, total)
-        self.tty = out.isatty()
+        self.tty = _is_terminal(out)
         self._last_tenth = -1
 
     def update(self, done: int, label: str = "") -> None:
