@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from herder.runtime._runtime import Runtime
 from herder.runtime._systemd import Watchdog, notify
-from herder.store import InvalidInput, Store, StoreError
+from herder.store import InvalidInput, Store, StoreError, standby_waiting
 
 _log = logging.getLogger("herder.daemon")
 
@@ -84,8 +84,14 @@ def run_app(
     return 0
 
 
-def request_handoff(store: str, deadline: float, wait: float, out: TextIO) -> int:
-    """Ask the runtime holding ``store`` to hand over; wait until the lease moved."""
+def request_handoff(
+    store: str, deadline: float, wait: float, out: TextIO, *, force: bool = False
+) -> int:
+    """Ask the runtime holding ``store`` to hand over; wait until the lease moved.
+
+    Refused (exit 1) when no standby waits to take over, unless ``force``: the runtime
+    would stop cleanly (exit 0), which systemd's ``Restart=on-failure`` does not restart.
+    """
     path = pathlib.Path(store)
     if not (path / "data.mdb").is_file():
         raise StoreError(
@@ -97,6 +103,14 @@ def request_handoff(store: str, deadline: float, wait: float, out: TextIO) -> in
         if held is None or held.released or held.expires <= time.time():
             state = "no runtime ever held it" if held is None else held.describe()
             sys.stderr.write(f"herder handoff: no runtime holds the lease of {path} ({state})\n")
+            return 1
+        if not force and not standby_waiting(path):
+            sys.stderr.write(
+                f"herder handoff: no standby waits on {path}, so handing over would stop the "
+                f"only runtime (pid {held.pid}) and leave the service down. Start one first "
+                "(`herder run --standby ...` or Runtime(path, standby=True)), or pass --force "
+                "to stop it anyway\n"
+            )
             return 1
         asked = time.monotonic()
         st.request_handoff(deadline, by=f"herder handoff (pid {os.getpid()})")
@@ -110,6 +124,8 @@ def request_handoff(store: str, deadline: float, wait: float, out: TextIO) -> in
                 took = time.monotonic() - asked
                 out.write(f"handed over in {took:.2f} s: pid {now.pid} holds the lease now\n")
                 return 0
+            if now is not None and now.released and not standby_waiting(path):
+                break  # forced, and nobody is there to take it
             pause.wait(0.02)
         now = st.read_lease()
         if now is not None and now.released:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from herder.store import Lease, LeaseLost, Store, StoreError, holder_stopped
+from herder.store import Lease, LeaseLost, StandbyMark, Store, StoreError, holder_stopped
 
 if TYPE_CHECKING:
     from herder.actors import EngineContext
@@ -127,6 +127,7 @@ class StandbyWatcher:
         self._record: tuple[str, int, float] | None = None  # the lease record last seen
         self._record_since = time.monotonic()  # since when it has not changed
         self.fence_after = max(0.25, 5 * poll)
+        self._mark = StandbyMark(store.path)  # `herder handoff` sees a standby waiting
         self._thread = threading.Thread(target=self._run, name="herder-standby", daemon=True)
         self._thread.start()
         self._fencer = threading.Thread(target=self._fence, name="herder-fence", daemon=True)
@@ -135,6 +136,7 @@ class StandbyWatcher:
     def stop(self) -> None:
         """Stop polling (the thread ends at its next wake-up)."""
         self._stop.set()
+        self._mark.release()
 
     def _run(self) -> None:
         waited_since = time.monotonic()
@@ -161,6 +163,7 @@ class StandbyWatcher:
                     self._store.incarnation,
                 )
                 self._stop.set()  # ends the fencer too
+                self._mark.release()
                 self._promote(reason)
                 return
             self._stop.wait(self._poll)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -20,6 +22,7 @@ from herder.runtime._console import print_table
 from herder.runtime._schedules import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
+    InvalidInput,
     Plan,
     ResourceRecord,
     StepRecord,
@@ -77,16 +80,51 @@ def _dump(out: TextIO, data: Any) -> None:
     out.write("\n")
 
 
+def parse_when(text: str, option: str, now: float | None = None) -> float:
+    """A point in time from the CLI: a duration back from now (``90s``, ``30m``, ``2h``,
+    ``7d``, ``2w``) or an ISO date/time (naive means local time)."""
+    now = time.time() if now is None else now
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match:
+        return now - float(match.group(1)) * _UNIT[match.group(2)]
+    try:
+        return datetime.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise InvalidInput(
+            f"{option} {text!r} is neither a duration (90s, 30m, 2h, 7d, 2w) nor an ISO "
+            "date/time (2026-12-01 or 2026-12-01T08:00)"
+        ) from None
+
+
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
 def list_workflows(
-    out: TextIO, store: Store, *, state: str | None, limit: int | None, as_json: bool
+    out: TextIO,
+    store: Store,
+    *,
+    state: str | None,
+    limit: int | None,
+    as_json: bool,
+    since: float | None = None,
 ) -> None:
-    """``herder ls``: one row per workflow (in ``state`` if given), oldest id first."""
+    """``herder ls``: one row per workflow (in ``state``, updated since ``since``), last
+    updated first; reads the store's ``recent`` index, so only the rows shown are loaded."""
     reader = _Reader(store)
     found: list[WorkflowStatus] = []
-    for status in reader.statuses(state):
+    states = None if state is None else frozenset({str(WorkflowState(state))})
+    more = False
+    for _, wid, _ in store.recent(states=states, since=since):
         if limit is not None and len(found) >= limit:
+            more = True
             break
-        found.append(status)
+        try:
+            record = store.get_workflow(wid)
+            if record is None:  # purged since the index page was read
+                continue
+            found.append(reader.status(record))
+        except StoreCorrupt as exc:
+            reader.corrupt.append(exc)
     report_corrupt(reader.corrupt)
     if as_json:
         _dump(out, [s.to_dict() for s in found])
@@ -106,10 +144,15 @@ def list_workflows(
             )
         )
     print_table(out, "", ("id", "workflow", "state", "steps done", "updated", "error"), rows)
+    if more:
+        out.write(f"(the {limit} last updated; --limit N for more, 0 for all)\n")
 
 
-def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool) -> None:
-    """``herder show ID``: a workflow's state, input, error and every step."""
+def show_workflow(
+    out: TextIO, store: Store, workflow_id: str, *, as_json: bool, attempts: bool = False
+) -> None:
+    """``herder show ID``: a workflow's state, input, error, every step and its history;
+    with ``attempts``, each failed attempt with its error and traceback."""
     record = store.get_workflow(workflow_id)
     if record is None:
         raise UnknownWorkflow(f"no workflow with id {workflow_id!r} in {store.path}")
@@ -140,6 +183,21 @@ def show_workflow(out: TextIO, store: Store, workflow_id: str, *, as_json: bool)
     ]
     print_table(out, "", ("step", "state", "attempts", "undo attempts", "result", "error"), rows)
     print_table(out, "history", ("when", "what", "change", "attempt", "details"), _story(history))
+    if attempts:
+        _failed_attempts(out, history)
+
+
+def _failed_attempts(out: TextIO, history: list[dict[str, Any]]) -> None:
+    """Each failed attempt (a step event with an error): when, step, attempt, error and
+    the traceback kept with it, indented under it."""
+    failures = [e for e in history if e.get("kind") == "step" and e.get("error")]
+    out.write(f"\nfailed attempts: {len(failures)}\n")
+    for e in failures:
+        when = _when(e["t"]) if isinstance(e.get("t"), int | float) else "?"
+        out.write(f"  {when} step {e.get('step')} attempt {e.get('attempt')}: {e['error']}\n")
+        trace = e.get("traceback")
+        if isinstance(trace, str) and trace:
+            out.write("".join(f"    {line}\n" for line in trace.rstrip("\n").splitlines()))
 
 
 def show_schedules(out: TextIO, store: Store, *, as_json: bool) -> None:

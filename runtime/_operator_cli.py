@@ -23,6 +23,7 @@ import sys
 from typing import Any, TextIO
 
 from herder.actors import UnknownWorkflow
+from herder.runtime._cli_args import add_json, add_store
 from herder.runtime._console import print_table
 from herder.runtime._inbox import inbox_items
 from herder.store import COMMAND_DONE, Store, append_command, is_held, new_command, wait_outcome
@@ -41,12 +42,14 @@ QUEUED = 3
 def add_parsers(sub: Any) -> None:
     """Add ``inbox`` and one subcommand per operator action to the CLI's subparsers."""
     inbox = sub.add_parser("inbox", help="workflows waiting for an operator (read-only)")
-    inbox.add_argument("--store", required=True, help="the store directory")
-    inbox.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_store(inbox)
+    add_json(inbox)
+    inbox.set_defaults(func=lambda args, out: show_inbox(out, args.store, as_json=args.json))
     for action, text in ACTIONS.items():
         cmd = sub.add_parser(action, help=f"{text} (through the running runtime)")
         cmd.add_argument("id", help="the workflow id")
-        cmd.add_argument("--store", required=True, help="the store directory")
+        add_store(cmd)
+        cmd.set_defaults(func=lambda args, out: send(out, args))
         cmd.add_argument("--why", required=True, help="the reason, kept in the history")
         cmd.add_argument("--who", help="who acts (default: $USER)")
         cmd.add_argument(

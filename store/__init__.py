@@ -96,6 +96,7 @@ from herder.store._records import (
 )
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
 from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
+from herder.store._standby import StandbyMark, standby_waiting
 from herder.store._untrusted import (
     UserCodeFailed,
     bounded_text,
@@ -136,6 +137,7 @@ __all__ = [
     "ScheduleRecord",
     "SchemaTooNew",
     "Snapshot",
+    "StandbyMark",
     "StepRecord",
     "StepSpec",
     "StepState",
@@ -176,6 +178,7 @@ __all__ = [
     "schedule_key",
     "split_step_key",
     "split_timer_key",
+    "standby_waiting",
     "step_event",
     "step_key",
     "timer_key",

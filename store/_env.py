@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import os
 import pathlib
 import stat
@@ -29,6 +30,7 @@ from typing import Any, TypeVar, cast
 
 import lmdb
 
+from herder.store import _recent as recent
 from herder.store._codec import decode, encode, legacy_int
 from herder.store._errors import (
     InvalidInput,
@@ -50,6 +52,7 @@ from herder.store._lease import (
     read_lease,
     take,
 )
+from herder.store._recent import RECENT_AT_DB, RECENT_DB
 from herder.store._records import (
     SCHEMA_VERSION,
     Plan,
@@ -76,10 +79,12 @@ DATABASES = (
     "commands",
     "resources",
     "schedules",
+    RECENT_DB,
+    RECENT_AT_DB,
 )
 """The named databases of a store."""
 
-ADDED_LATER = frozenset({"resources", "schedules"})
+ADDED_LATER = frozenset({"resources", "schedules", RECENT_DB, RECENT_AT_DB})
 """Databases a store written by an older version may lack; read-only opens see them empty."""
 
 PAGE = 1000
@@ -260,6 +265,7 @@ class Store:
                 }
                 if txn.get(b"schema", db=self._handles["meta"]) is None:
                     txn.put(b"schema", encode(SCHEMA_VERSION), db=self._handles["meta"])
+                recent.build(txn, self._handles)  # once, for a store older than the index
         except lmdb.Error as exc:
             env.close()
             raise _translate(exc, f"cannot initialise store {self.path}") from exc
@@ -287,6 +293,7 @@ class Store:
             grow=self._grow,
             max_value_bytes=self._max_value,
             guard=guard(self._handles["meta"], lease.owner),
+            derived={"workflows": functools.partial(recent.maintain, handles=self._handles)},
         )
 
     def _try_flock(self) -> bool:
@@ -541,6 +548,45 @@ class Store:
                 continue
             if wanted is None or record.state is wanted:
                 yield record
+
+    def recent(
+        self,
+        *,
+        newest_first: bool = True,
+        states: frozenset[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Iterator[tuple[float, str, str]]:
+        """(updated, workflow id, state) by last update: newest first down to ``since``,
+        or oldest first up to ``until``; only ``states`` if given. Paged and cheap on a
+        store of millions (it reads the ``recent`` index, see ``_recent.py``)."""
+        if not self.indexed:  # an older store never opened by a writer since
+            rows = sorted(
+                (r.updated, r.id, str(r.state))
+                for r in self.workflows(corrupt=[])
+                if (states is None or str(r.state) in states)
+                and (since is None or r.updated >= since)
+                and (until is None or r.updated < until)
+            )
+            yield from reversed(rows) if newest_first else rows
+            return
+        for ms, wid, state in recent.scan(
+            self._read,
+            self._handles[RECENT_DB],
+            newest_first=newest_first,
+            states=states,
+            since_ms=None if since is None else recent.to_ms(since),
+            until_ms=None if until is None else recent.to_ms(until),
+        ):
+            yield ms / 1000, wid, state
+
+    @property
+    def indexed(self) -> bool:
+        """True when the ``recent`` index covers every workflow (see :meth:`recent`)."""
+        if RECENT_DB not in self._handles:
+            return False
+        meta = self._handles["meta"]
+        return bool(self._read(lambda txn: txn.get(recent.BUILT_KEY, db=meta) is not None))
 
     def due_timers(
         self,

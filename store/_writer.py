@@ -13,6 +13,9 @@ hold skips only its own transition; an I/O failure fails the whole batch and the
 keeps going.
 A ``guard`` (the leader-lease check, see ``_lease.py``) runs first in every write
 transaction; when it refuses, the whole batch fails with its error and nothing is written.
+``derived`` maps a database to a function the thread calls, in the same transaction, with
+each key of it the batch writes and its final value (None: deleted): it keeps a secondary
+index in step (the ``recent`` index, ``_recent.py``).
 
 Batches are replayable: on ``MapFullError`` the transaction is aborted, the map doubled
 (with no transaction open in this process, see ``Store._grow``) and the batch replayed.
@@ -134,8 +137,11 @@ class Writer:
         grow: Callable[[int], None],
         max_value_bytes: int | None = None,
         guard: Callable[[lmdb.Transaction], BaseException | None] | None = None,
+        derived: Mapping[str, Callable[[lmdb.Transaction, bytes, bytes | None], None]]
+        | None = None,
     ) -> None:
         self._env = env
+        self._derived = dict(derived or {})
         self._guard = guard
         self._handles = dict(handles)
         self._grow = grow
@@ -424,6 +430,12 @@ class Writer:
                 cursor.putmulti(items)
         for db, key in deletes:
             txn.delete(key, db=handles[db])
+        derived = self._derived
+        if derived:  # secondary indexes follow the final value of each key, same txn
+            for (db, key), value in ops.items():
+                keep = derived.get(db)
+                if keep is not None:
+                    keep(txn, key, value)
 
     def _io_failed(self, batch: list[_Entry], exc: BaseException, note: str) -> list[list[Outcome]]:
         with self._cond:

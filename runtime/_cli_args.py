@@ -1,0 +1,27 @@
+"""Options several ``herder`` subcommands share: ``--store`` (default ``$HERDER_STORE``)
+and ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+STORE_ENV = "HERDER_STORE"
+"""The environment variable ``--store`` defaults to."""
+
+
+def add_store(cmd: argparse.ArgumentParser) -> None:
+    """``--store DIR``: required unless ``$HERDER_STORE`` names the store."""
+    default = os.environ.get(STORE_ENV) or None
+    cmd.add_argument(
+        "--store",
+        required=default is None,
+        default=default,
+        help=f"the store directory (default: ${STORE_ENV}"
+        + (f", now {default})" if default else ", unset)"),
+    )
+
+
+def add_json(cmd: argparse.ArgumentParser) -> None:
+    """``--json``: machine-readable output."""
+    cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")

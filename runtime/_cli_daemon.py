@@ -1,0 +1,52 @@
+"""``herder run`` (a daemon from an app factory) and ``herder handoff``; the work is in
+``_daemon``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TextIO
+
+from herder.runtime._cli_args import add_store
+from herder.store import DEFAULT_LEASE
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``run`` and ``handoff``."""
+    run = sub.add_parser("run", help="run a daemon from an app factory (systemd-friendly)")
+    add_store(run)
+    run.add_argument("--app", required=True, help="module:factory; factory(rt) registers")
+    run.add_argument("--standby", action="store_true", help="wait for the lease, then take over")
+    run.add_argument("--lease", type=float, default=DEFAULT_LEASE, help="lease seconds")
+    run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds at shutdown")
+    run.set_defaults(func=_run)
+    handoff = sub.add_parser("handoff", help="ask the runtime holding a store to hand over")
+    add_store(handoff)
+    handoff.add_argument(
+        "--deadline", type=float, default=30.0, help="seconds running attempts may finish in"
+    )
+    handoff.add_argument("--wait", type=float, default=60.0, help="seconds to wait for it")
+    handoff.add_argument(
+        "--force",
+        action="store_true",
+        help="hand over even when no standby waits (the runtime stops; nothing takes over)",
+    )
+    handoff.set_defaults(func=_handoff)
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    from herder.runtime._daemon import run_app
+
+    return run_app(
+        args.store,
+        args.app,
+        standby=args.standby,
+        lease=args.lease,
+        drain_timeout=args.drain_timeout,
+        out=out,
+    )
+
+
+def _handoff(args: argparse.Namespace, out: TextIO) -> int:
+    from herder.runtime._daemon import request_handoff
+
+    return request_handoff(args.store, args.deadline, args.wait, out, force=args.force)

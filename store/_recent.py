@@ -1,0 +1,159 @@
+"""The ``recent`` index: every workflow by its last update, so ``herder ls`` (newest
+first) and retention (oldest finished first) read a range instead of the whole store.
+
+Two databases, kept by the writer in the same transaction as every write of a
+``workflows`` record (see :func:`maintain`, which the :class:`Writer` calls for each
+such op), so they can never disagree with the records:
+
+- ``recent``: key ``updated ms (8 bytes, big-endian) + workflow key``, value the
+  workflow's state (encoded); a range scan in either direction, and the state filter
+  compares encoded bytes without decoding.
+- ``recent_at``: key ``workflow key``, value the 8-byte ``updated ms`` it is indexed
+  under, so the old entry is found without reading the old record.
+
+A store written before the index existed gets it built once, at its first writer open
+(:func:`build`); until then a read-only reader falls back to a scan (``indexed`` false).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import lmdb
+
+from herder.store._codec import decode, encode
+from herder.store._errors import StoreCorrupt
+
+RECENT_DB = "recent"
+RECENT_AT_DB = "recent_at"
+BUILT_KEY = b"recent_index"
+"""``meta`` key set once the index covers every workflow."""
+
+_MS = struct.Struct(">Q")
+PAGE = 1000
+
+
+def to_ms(t: float) -> int:
+    """Seconds (the records' ``updated``) to the index's non-negative milliseconds."""
+    return max(0, int(t * 1000))
+
+
+def entry(key: bytes, record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The ``recent`` key and value of a decoded workflow record stored under ``key``."""
+    return _MS.pack(to_ms(record["updated"])) + key, encode(str(record["state"]))
+
+
+UNREADABLE = ""
+"""The state indexed for a value that is not a readable record: listed (so readers
+report it as corrupt), never purged."""
+
+
+def _entry_or_unreadable(key: bytes, raw: bytes, old: bytes | None) -> tuple[bytes, bytes]:
+    try:
+        return entry(key, decode(raw, db="workflows", key=key))
+    except (StoreCorrupt, KeyError, TypeError, ValueError, AttributeError):
+        return (old or _MS.pack(0)) + key, encode(UNREADABLE)
+
+
+def split(index_key: bytes) -> tuple[int, str]:
+    """Inverse of the ``recent`` key: (updated ms, workflow id)."""
+    (ms,) = _MS.unpack_from(index_key)
+    return ms, index_key[_MS.size :].decode("utf-8")
+
+
+def maintain(
+    txn: lmdb.Transaction, key: bytes, value: bytes | None, handles: dict[str, Any]
+) -> None:
+    """Move the index entry of the workflow record written (``value``) or deleted (None)
+    under ``key`` (called by the writer thread, in the same transaction)."""
+    at_db, recent_db = handles[RECENT_AT_DB], handles[RECENT_DB]
+    old = cast("bytes | None", txn.get(key, db=at_db))
+    if value is None:
+        if old is not None:
+            txn.delete(old + key, db=recent_db)
+            txn.delete(key, db=at_db)
+        return
+    index_key, state = _entry_or_unreadable(key, value, old)
+    if old is not None and old != index_key[: _MS.size]:
+        txn.delete(old + key, db=recent_db)
+    txn.put(index_key, state, db=recent_db)
+    txn.put(key, index_key[: _MS.size], db=at_db)
+
+
+def build(txn: lmdb.Transaction, handles: dict[str, Any]) -> int:
+    """Index every workflow of a store written before the index existed; returns how many."""
+    meta = handles["meta"]
+    if txn.get(BUILT_KEY, db=meta) is not None:
+        return 0
+    n = 0
+    recent_db, at_db = handles[RECENT_DB], handles[RECENT_AT_DB]
+    for key, raw in cast(Iterator[tuple[bytes, bytes]], txn.cursor(db=handles["workflows"])):
+        index_key, state = _entry_or_unreadable(key, raw, None)
+        txn.put(index_key, state, db=recent_db)
+        txn.put(key, index_key[: _MS.size], db=at_db)
+        n += 1
+    txn.put(BUILT_KEY, encode(1), db=meta)
+    return n
+
+
+def scan(
+    read: Callable[[Callable[[lmdb.Transaction], Any]], Any],
+    handle: Any,
+    *,
+    newest_first: bool,
+    states: frozenset[str] | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> Iterator[tuple[int, str, str]]:
+    """(updated ms, workflow id, state) from the index, paged in short read transactions.
+
+    ``newest_first`` walks from the newest update down to ``since_ms``; otherwise from
+    the oldest up to (not including) ``until_ms``. ``states`` keeps only those states.
+    """
+    wanted = None if states is None else {encode(s): s for s in states}
+    low = b"" if since_ms is None else _MS.pack(since_ms)
+    high = None if until_ms is None else _MS.pack(until_ms)
+    position: bytes | None = None
+    while True:
+
+        def page(
+            txn: lmdb.Transaction, after: bytes | None = position
+        ) -> list[tuple[bytes, bytes]]:
+            cur = txn.cursor(db=handle)
+            out: list[tuple[bytes, bytes]] = []
+            if newest_first:
+                if after is None:
+                    ok = cur.last()
+                else:  # the page starts right below the last key yielded
+                    ok = cur.prev() if cur.set_range(after) else cur.last()
+                while ok and len(out) < PAGE:
+                    key = cast(bytes, cur.key())
+                    if key < low:
+                        break
+                    out.append((key, cast(bytes, cur.value())))
+                    ok = cur.prev()
+            else:
+                ok = cur.set_range(low) if after is None else cur.set_range(after)
+                if ok and after is not None and cur.key() == after:
+                    ok = cur.next()
+                while ok and len(out) < PAGE:
+                    key = cast(bytes, cur.key())
+                    if high is not None and key >= high:
+                        break
+                    out.append((key, cast(bytes, cur.value())))
+                    ok = cur.next()
+            return out
+
+        items = cast(list[tuple[bytes, bytes]], read(page))
+        for key, value in items:
+            if wanted is None:
+                ms, wid = split(key)
+                yield ms, wid, str(decode(value, db=RECENT_DB, key=key))
+            elif value in wanted:
+                ms, wid = split(key)
+                yield ms, wid, wanted[value]
+        if len(items) < PAGE:
+            return
+        position = items[-1][0]

@@ -1,0 +1,157 @@
+"""The CLI's edges, through the real ``herder`` executable in a subprocess: handoff
+without a standby, ``--version``, ``$HERDER_STORE``, ``ls`` order and filters; and the
+public surface exporting every error a caller can meet."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import herder.runtime as api
+from herder.runtime import Agent, HerderError, Runtime, StepContext, StoreClosed, Workflow
+from herder.runtime.testing import FakeClock
+from herder.store._standby import StandbyMark
+
+HERDER = str(Path(sys.executable).parent / "herder")
+WAIT = 30.0
+
+
+def herder(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [HERDER, *argv],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+class Echo(Agent):
+    def echo(self, ctx: StepContext) -> object:
+        return ctx.input
+
+
+ECHO = Workflow("echo").step("only", agent="echo", action="echo")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """Five finished workflows, w0 updated first and w4 last (one clock second apart)."""
+    path = tmp_path / "store"
+    clock = FakeClock(start=1_700_000_000.0)
+    with Runtime(path, clock=clock) as rt:
+        rt.add_agent("echo", Echo)
+        rt.add_workflow(ECHO)
+        for i in range(5):
+            rt.start("echo", i, workflow_id=f"w{i}").result(timeout=WAIT)
+            clock.advance(1.0)
+    return path
+
+
+def test_ls_lists_the_last_updated_first_and_limits(store: Path) -> None:
+    listed = herder("ls", "--store", str(store), "--json", "--limit", "3")
+    assert listed.returncode == 0, listed.stderr
+    assert [w["id"] for w in json.loads(listed.stdout)] == ["w4", "w3", "w2"]
+    table = herder("ls", "--store", str(store), "--limit", "2").stdout
+    assert table.index("w4") < table.index("w3")
+    assert "--limit N for more" in table
+
+
+def test_ls_since_keeps_only_workflows_updated_since_then(store: Path) -> None:
+    listed = herder("ls", "--store", str(store), "--json", "--since", "2023-11-14T22:13:22+00:00")
+    assert listed.returncode == 0, listed.stderr
+    # w0 finished at 1_700_000_000 (22:13:20 UTC), one per second after it.
+    assert [w["id"] for w in json.loads(listed.stdout)] == ["w4", "w3", "w2"]
+    bad = herder("ls", "--store", str(store), "--since", "yesterday-ish")
+    assert bad.returncode == 1
+    assert "neither a duration" in bad.stderr
+
+
+def test_ls_state_filters_through_the_index(store: Path) -> None:
+    done = herder("ls", "--store", str(store), "--json", "--state", "succeeded", "--limit", "0")
+    assert [w["id"] for w in json.loads(done.stdout)] == ["w4", "w3", "w2", "w1", "w0"]
+    none = herder("ls", "--store", str(store), "--json", "--state", "RUNNING")
+    assert json.loads(none.stdout) == []
+
+
+def test_herder_store_in_the_environment_is_the_default_store(store: Path) -> None:
+    listed = herder("ls", "--json", env={"HERDER_STORE": str(store)})
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 5
+    missing = herder("ls", env={"HERDER_STORE": ""})
+    assert missing.returncode == 2
+    assert "--store" in missing.stderr
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    shown = herder("--version")
+    assert shown.returncode == 0
+    assert shown.stdout.strip() == f"herder {version('herder')}"
+
+
+@pytest.mark.timeout(120)
+def test_handoff_without_a_standby_refuses_unless_forced(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    rt = Runtime(path, sweep_interval=0.05)
+    try:
+        refused = herder("handoff", "--store", str(path), "--deadline", "1")
+        assert refused.returncode == 1
+        assert "no standby waits" in refused.stderr
+        assert "--force" in refused.stderr
+        assert rt.is_active  # nothing was asked of it
+        forced = herder("handoff", "--store", str(path), "--deadline", "1", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert "released" in forced.stdout
+    finally:
+        rt.stop()
+
+
+@pytest.mark.timeout(120)
+def test_handoff_goes_ahead_when_a_standby_waits(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    rt = Runtime(path, sweep_interval=0.05)
+    mark = StandbyMark(path)  # what a waiting standby runtime holds
+    try:
+        asked = herder("handoff", "--store", str(path), "--deadline", "1", "--wait", "2")
+        assert asked.returncode == 0, asked.stderr
+        assert "asked pid" in asked.stdout
+    finally:
+        mark.release()
+        rt.stop()
+
+
+def _herder_errors() -> set[type[HerderError]]:
+    for pkg in ("herder.store", "herder.actors", "herder.runtime"):
+        path = importlib.import_module(pkg).__path__
+        for module in pkgutil.walk_packages(path, pkg + "."):
+            if not module.name.endswith("__main__"):
+                importlib.import_module(module.name)
+    found: set[type[HerderError]] = set()
+    todo: list[type[HerderError]] = [HerderError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls)
+        todo += cls.__subclasses__()
+    return {c for c in found if c.__module__.startswith("herder.")}
+
+
+def test_every_herder_error_is_exported_from_herder_runtime() -> None:
+    missing = {c.__name__ for c in _herder_errors() if getattr(api, c.__name__, None) is not c}
+    assert missing == set()
+
+
+def test_stats_after_the_runtime_stopped_raises_the_exported_store_closed(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path / "store")
+    rt.stop()
+    with pytest.raises(StoreClosed):
+        rt.stats()
