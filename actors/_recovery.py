@@ -72,7 +72,7 @@ def recover_all(s: Scheduler) -> None:
         if (record.name, record.version) in s._ctx.plans:
             recovered += _readmit(s, record.id, record, crashed=True)
         else:  # its steps are read when the definition comes (on_define)
-            await_definition(s, record)
+            await_definition(s, record, warn=False)
             recovered += 1
     for exc in corrupt:
         _note_corrupt(s, exc)
@@ -83,6 +83,15 @@ def recover_all(s: Scheduler) -> None:
         report(unfinished)
     if recovered:
         _log.info("recovered %d unfinished workflows", recovered)
+    for (name, version), ids in s._awaiting.items():  # one line per definition, not workflow
+        _log.warning(
+            "%d unfinished workflows (e.g. %s) await definition %s version %d; register it "
+            "(and its agents) to resume them, best in Runtime(path, setup=...)",
+            len(ids),
+            next(iter(ids)),
+            name,
+            version,
+        )
 
 
 def reload_later(s: Scheduler, failed: list[str], errors: list[BaseException | None]) -> None:
@@ -167,11 +176,12 @@ def _note_corrupt(s: Scheduler, exc: StoreCorrupt) -> None:
     s._corrupt[f"{exc.db}:{exc.key!r}"] = exc.reason
 
 
-def await_definition(s: Scheduler, record: WorkflowRecord) -> None:
+def await_definition(s: Scheduler, record: WorkflowRecord, *, warn: bool = True) -> None:
     """Park a workflow until its definition is registered; warn once per definition
-    (a restart may park 100k workflows, and stats() shows the count)."""
+    (a restart may park 100k workflows, and stats() shows the count). Recovery passes
+    ``warn=False`` and logs one summary line per definition when it is done."""
     waiting = s._awaiting.setdefault((record.name, record.version), {})
-    if not waiting:
+    if not waiting and warn:
         _log.warning(
             "workflow %s (and any others of it) awaits definition %s version %d; "
             "register it to resume",

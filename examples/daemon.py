@@ -64,11 +64,13 @@ def read_hosts(path: pathlib.Path) -> set[str]:
 def main(store: str, hosts_file: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     path = pathlib.Path(hosts_file)
-    with Runtime(store) as rt:
-        served: set[str] = set()
-        reconcile(rt, served, read_hosts(path))  # register right after opening: recovery
+    served: set[str] = set()
+
+    def register(rt: Runtime) -> None:  # before recovery, so recovered deploys resume
+        reconcile(rt, served, read_hosts(path))
         rt.add_workflow(deploy_workflow(sorted(served)))
 
+    with Runtime(store, setup=register) as rt:
         reload = threading.Event()
         signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
 

@@ -60,12 +60,15 @@ TRIP = (
 def main(store: str) -> dict[str, str]:
     """Book four trips (cars are sold out in Oslo); return each trip's final state."""
     ledgers = {name: EffectLedger() for name in ("airline", "hotels", "cars")}
-    with Runtime(store, default_retry=RETRY) as rt:
+
+    def register(rt: Runtime) -> None:  # before recovery begins
         rt.add_agent("airline", functools.partial(BookingAgent, ledgers["airline"]))
         rt.add_agent("hotels", functools.partial(BookingAgent, ledgers["hotels"]))
         cars = functools.partial(BookingAgent, ledgers["cars"], frozenset({"Oslo"}))
         rt.add_agent("cars", cars, concurrency=2)
         rt.add_workflow(TRIP)
+
+    with Runtime(store, default_retry=RETRY, setup=register) as rt:
         trips = {
             who: rt.start("trip", {"who": who, "to": to}, workflow_id=f"trip-{who}")
             for who, to in [

@@ -1,7 +1,8 @@
 """``herder run`` (a daemon from a user's app factory) and ``herder handoff``.
 
-An app is ``module:factory``: ``factory(rt)`` receives the opened :class:`Runtime` and
-registers agents and workflows on it (it may start workflows too, once ``rt`` is active).
+An app is ``module:factory``: the runtime calls ``factory(rt)`` as its ``setup``, before
+recovery, to register agents and workflows (work it starts must wait in a thread for
+``rt.wait_active()``).
 Exit codes: 0 after a clean stop or handoff, 1 when the runtime failed or lost its lease.
 """
 
@@ -48,12 +49,7 @@ def run_app(
     if not logging.getLogger().handlers:  # under systemd, stderr goes to the journal
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     factory = load_app(app)
-    rt = Runtime(store, standby=standby, lease=lease)
-    try:
-        factory(rt)
-    except BaseException:
-        rt.stop()
-        raise
+    rt = Runtime(store, standby=standby, lease=lease, setup=factory)  # before recovery
     watchdog = Watchdog()
     rt._health_listeners.append(watchdog.ping)
 

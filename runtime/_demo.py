@@ -110,11 +110,13 @@ def _worker(root: pathlib.Path, count: int, seed: int, concurrency: int) -> int:
     def no_cars(ctx: StepContext) -> bool:
         return sold_out(seed, ctx.workflow_id)
 
-    with Runtime(root / "store", sweep_interval=0.05, seed=seed) as rt:
+    def register(rt: Runtime) -> None:  # before recovery: the restarted worker resumes at once
         for agent, service in services.items():
             factory = functools.partial(Booking, service, fault, no_cars, HANG)
             rt.add_agent(agent, factory, concurrency=concurrency)
         rt.add_workflow(travel_workflow(retry, STEP_TIMEOUT))
+
+    with Runtime(root / "store", sweep_interval=0.05, seed=seed, setup=register) as rt:
         _say("ready")
         stop = threading.Event()
         reporter = threading.Thread(target=_report, args=(rt, stop), daemon=True)

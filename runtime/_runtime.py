@@ -149,14 +149,22 @@ class WorkflowHandle(AsyncHandle):
 class Runtime(AsyncRuntime):
     """One herder runtime over one store directory.
 
-    ``Runtime(path)`` opens (or creates) the store, starts the supervision tree and
-    recovers every unfinished workflow; a recovered workflow resumes as soon as its
-    definition and agents are registered, so register them right after opening::
+    ``Runtime(path, setup=register)`` opens (or creates) the store, calls
+    ``register(rt)`` to add the application's agents and workflows, and only then starts
+    the supervision tree and recovers every unfinished workflow, so recovered work
+    resumes at once with nothing reported missing::
 
-        with Runtime("var/herder") as rt:
+        def register(rt: Runtime) -> None:
             rt.add_agent("airline", Airline, concurrency=4)
             rt.add_workflow(trip)
+
+        with Runtime("var/herder", setup=register) as rt:
             rt.start("trip", {"who": "ada"}, workflow_id="order-42").result(timeout=10)
+
+    ``setup`` may only register (starting work inside it raises :class:`NotActive`); an
+    exception from it closes the store and propagates. Registering after ``Runtime()``
+    returned also works: recovered workflows wait (``stats()["awaiting_definition"]``)
+    until their definition and agents arrive.
 
     Settings: ``clock`` (inject a FakeClock in tests), ``sweep_interval`` (seconds between
     the Supervisor's sweeps of the timer index), ``default_retry`` and ``default_timeout``
@@ -211,6 +219,7 @@ class Runtime(AsyncRuntime):
         lease: float = DEFAULT_LEASE,
         standby_poll: float = 0.05,
         probe_timeout: float = 30.0,
+        setup: Callable[[Runtime], object] | None = None,
     ) -> None:
         if log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
@@ -271,7 +280,10 @@ class Runtime(AsyncRuntime):
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher: StandbyWatcher | None = None
         self._firer: Firer | None = None  # fires schedules while this runtime is active
+        self._in_setup = False
         try:
+            if setup is not None:
+                self._setup(setup)
             if standby:
                 self._watcher = StandbyWatcher(
                     self._store, standby_poll, self._promote, self._healthy
@@ -281,6 +293,14 @@ class Runtime(AsyncRuntime):
         except BaseException:
             self._store.close()
             raise
+
+    def _setup(self, setup: Callable[[Runtime], object]) -> None:
+        """Run the application's registration before anything is recovered."""
+        self._in_setup = True
+        try:
+            setup(self)
+        finally:
+            self._in_setup = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -1002,6 +1022,12 @@ class Runtime(AsyncRuntime):
 
     def _check_active(self) -> None:
         self._check_open()
+        if self._in_setup:
+            raise NotActive(
+                "setup registers agents and workflows before recovery begins; start, "
+                "cancel or retry workflows once Runtime() has returned (or from a thread "
+                "that calls rt.wait_active() first)"
+            )
         if self._root is None:
             raise NotActive(
                 f"this runtime is a standby on {self.path}: it serves status() and list() "
