@@ -1,5 +1,5 @@
-"""``herder ls``, ``show``, ``stats``, ``check`` and ``schedules``: read-only looks at a store (fine while
-a runtime runs); the work is in ``_inspect`` and ``_check``."""
+"""``herder ls``, ``show``, ``stats``, ``check`` and ``schedules``: read-only looks at a
+store (fine while a runtime runs); the work is in ``_inspect`` and ``_check``."""
 
 from __future__ import annotations
 

@@ -106,9 +106,10 @@ def check_registered(
         agent = agents.get(spec.name, spec.agent)
         via = f" (from {spec.agent!r})" if spec.name in agents else ""
         if agent not in registered:
+            known = ", ".join(sorted(registered)[:20]) or "none"
             raise UnknownName(
                 f"workflow {plan.name!r} step {spec.name!r} needs agent {agent!r}{via}, "
-                "which is not registered; call add_agent first"
+                f"which is not registered (registered: {known}); call add_agent first"
             )
         names = actions.get(agent)
         if names is None:

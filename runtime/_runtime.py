@@ -67,14 +67,14 @@ from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
+from herder.runtime._starts import NewStart, creation
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
-from herder.runtime._timing import begin_at, check_priority, new_workflow
+from herder.runtime._timing import begin_at, check_priority
 from herder.runtime._workflow import Workflow
 from herder.store import (
     DEFAULT_LEASE,
     MAX_VALUE_BYTES,
     ConditionFailed,
-    Expect,
     InvalidInput,
     LeaseLost,
     Plan,
@@ -92,14 +92,12 @@ from herder.store import (
     describe,
     encode,
     error_types,
-    history_put,
     normalize,
     read_history,
     safe_str,
+    started_key,
     validate_id,
     validate_name,
-    workflow_event,
-    workflow_key,
 )
 
 _log = logging.getLogger("herder.runtime")
@@ -263,6 +261,7 @@ class Runtime(AsyncRuntime):
         self._ctx.on_lease_lost = self._on_lease_lost
         self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}
+        self._started: set[tuple[str, int]] = set()  # definitions marked started in meta
         self._actions: dict[str, frozenset[str] | None] = {}
         self._waiters: dict[str, list[Future[Final]]] = {}
         self._lock = threading.Condition()
@@ -463,7 +462,8 @@ class Runtime(AsyncRuntime):
             floor = 0.0 if lease is None or lease.clock is None else lease.clock
             self._ctx.clock = SteadyClock(self._clock, floor=floor)
             for plan in builtins.list(self._ctx.plans.values()):
-                if self._store.get_plan(plan.name, plan.version) is None:
+                stored = self._store.get_plan(plan.name, plan.version)
+                if stored is None or (stored != plan and not self._ever_started(plan)):
                     self._store_definition(plan)
             # The Scheduler's first recovery counts the unfinished workflows (one scan).
             with self._lock:
@@ -562,19 +562,25 @@ class Runtime(AsyncRuntime):
     def add_workflow(self, workflow: Workflow) -> None:
         """Register a workflow definition (validated and compiled here).
 
-        The compiled plan is stored; registering a different plan under a stored name and
-        version is refused, because workflows already running under it would change.
+        Each step's action and compensation are checked against its agent if that agent
+        is registered (else at :meth:`start`); :class:`UnknownName` lists the known names.
+        The compiled plan is stored. A different plan under a stored name and version
+        replaces it while no workflow of it has ever started (a typo needs no new
+        version); after that it is refused, because workflows under it would change.
         """
         self._check_open()
         plan = workflow.compile()
+        self._check_actions(plan)
         stored = self._store.get_plan(plan.name, plan.version)
-        if stored is not None and stored != plan:
+        changed = stored is not None and stored != plan
+        if changed and self._ever_started(plan):
             raise InvalidDefinition(
                 f"workflow {plan.name!r} version {plan.version} is stored with different "
-                "steps; give the changed definition a new version"
+                "steps and workflows of it have started; give the changed definition a new "
+                "version"
             )
         with self._promotion:
-            if stored is None and self._root is not None:  # a standby stores it at promotion
+            if (stored is None or changed) and self._root is not None:  # standby: at promotion
                 self._store_definition(plan)
             self._ctx.plans[(plan.name, plan.version)] = plan
             current = self._latest.get(plan.name)
@@ -646,20 +652,15 @@ class Runtime(AsyncRuntime):
         ``also`` is written in the transaction that creates the workflow, and only if it
         does (a schedule's cursor, see ``_firing``)."""
         self._check_active()
-        name = workflow.name if isinstance(workflow, Workflow) else workflow
-        plan = self._latest.get(name) if isinstance(name, str) else None
-        if plan is None:
-            known = ", ".join(sorted(self._latest)) or "none"
-            raise UnknownName(
-                f"no workflow named {name!r} is registered (registered: {known}); "
-                "call add_workflow first"
-            )
-        wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
-        priority = check_priority(priority)
-        begin = begin_at(self._ctx.clock.time(), start_at, delay, wall=self._clock.time())
-        normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
-        agents = resolve_agents(plan, normalized)
-        check_registered(plan, agents, self._ctx.agents, self._actions)
+        new = self._prepare(
+            workflow,
+            input,
+            workflow_id=workflow_id,
+            priority=priority,
+            start_at=start_at,
+            delay=delay,
+        )
+        plan, wid, normalized = new.plan, new.workflow_id, new.input
         # An existing id is found by the compare-and-set below, without a read. Only when
         # start() would have to wait for capacity is it worth looking first: a repeated
         # start of an existing workflow never waits.
@@ -668,13 +669,7 @@ class Runtime(AsyncRuntime):
             if existing is not None:
                 return self._same_start(existing, plan, normalized)
         yield Wait(lambda: self._wait_capacity(timeout), lambda: self._capacity_async(timeout))
-        now = self._ctx.clock.time()
-        record, steps, ops = new_workflow(
-            plan, wid, normalized, now, priority=priority, begin=begin, agents=agents
-        )
-        key = workflow_key(wid)
-        ops += (history_put(wid, self._ctx.next_token(), workflow_event(None, record)), *also)
-        transition = Transition(ops=tuple(ops), expect=(Expect("workflows", key, exists=False),))
+        record, steps, transition = self._creation(new, also)
         committed = self._store.writer.submit(transition)
         gave_up = threading.Event()
         slot = threading.Lock()  # whoever acquires it first gives the capacity back
@@ -697,6 +692,7 @@ class Runtime(AsyncRuntime):
                 lambda: committed.result(timeout=self._ask_timeout),
                 lambda: awaited(committed, self._ask_timeout),
             )
+            self._started.add((plan.name, plan.version))
         except ConditionFailed:
             self._release_capacity()
             raced = self._store.get_workflow(wid)
@@ -795,6 +791,45 @@ class Runtime(AsyncRuntime):
         self._check_active()
         assert self._firer is not None
         self._firer.fire_due()
+
+    def _prepare(
+        self,
+        workflow: str | Workflow,
+        input: Any,
+        *,
+        workflow_id: str | None,
+        priority: int,
+        start_at: datetime.datetime | None,
+        delay: float | None,
+    ) -> NewStart:
+        """Check one start's arguments (nothing is written): see :meth:`start`."""
+        name = workflow.name if isinstance(workflow, Workflow) else workflow
+        plan = self._latest.get(name) if isinstance(name, str) else None
+        if plan is None:
+            known = ", ".join(sorted(self._latest)) or "none"
+            raise UnknownName(
+                f"no workflow named {name!r} is registered (registered: {known}); "
+                "call add_workflow first"
+            )
+        wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
+        priority = check_priority(priority)
+        begin = begin_at(self._ctx.clock.time(), start_at, delay, wall=self._clock.time())
+        normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
+        agents = resolve_agents(plan, normalized)
+        check_registered(plan, agents, self._ctx.agents, self._actions)
+        return NewStart(plan, wid, normalized, priority, begin, agents)
+
+    def _creation(
+        self, new: NewStart, also: tuple[Put, ...] = ()
+    ) -> tuple[WorkflowRecord, builtins.list[StepRecord], Any]:
+        key = (new.plan.name, new.plan.version)
+        return creation(
+            new,
+            self._ctx.clock.time(),
+            self._ctx.next_token(),
+            mark_started=key not in self._started,
+            also=also,
+        )
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing workflow (e.g. one recovered after a restart)."""
@@ -1034,6 +1069,30 @@ class Runtime(AsyncRuntime):
                 "until it takes the lease; call start/cancel/retry on the active runtime, "
                 "or wait_active() first"
             )
+
+    def _check_actions(self, plan: Plan) -> None:
+        """Each step's action and compensation exist on its agent, if it is registered
+        (a templated agent is checked once resolved, at start)."""
+        for spec in plan.steps:
+            actions = self._actions.get(spec.agent)
+            if actions is None:
+                continue
+            for action in (spec.action, spec.compensate):
+                if action is not None and action not in actions:
+                    raise UnknownName(
+                        f"workflow {plan.name!r} step {spec.name!r}: agent {spec.agent!r} "
+                        f"has no action {action!r} (it has: {', '.join(sorted(actions))})"
+                    )
+
+    def _ever_started(self, plan: Plan) -> bool:
+        """True if a workflow of this definition was ever started (its mark in ``meta``,
+        or, for a store older than the mark, a workflow record of it)."""
+        if self._store.get("meta", started_key(plan.name, plan.version)) is not None:
+            return True
+        return any(
+            r.name == plan.name and r.version == plan.version
+            for r in self._store.workflows(corrupt=[])
+        )
 
     def _same_start(self, existing: WorkflowRecord, plan: Plan, normalized: Any) -> WorkflowHandle:
         same = existing.input == normalized or encode(existing.input) == encode(normalized)

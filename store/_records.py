@@ -486,6 +486,12 @@ def definition_key(name: str, version: int) -> bytes:
     return name.encode("utf-8") + KEY_SEP + struct.pack(">I", version)
 
 
+def started_key(name: str, version: int) -> bytes:
+    """The ``meta`` key marking that a workflow of a definition was started (from then on
+    the definition may not change under its version)."""
+    return b"started\x00" + definition_key(name, version)
+
+
 def validate_id(workflow_id: object) -> str:
     """Return ``workflow_id`` if it can be stored as a key, else raise :class:`InvalidInput`."""
     if not isinstance(workflow_id, str):

@@ -25,6 +25,8 @@ RUNTIME = {
     "ScheduleStatus",
     # raised by public calls: start() on a refused commit, prometheus_collector()
     "MissingExtra", "StoreIOError",
+    # every other HerderError a caller can meet (stats() after stop: StoreClosed)
+    "ConditionFailed", "RestartIntensityExceeded", "StoreClosed", "SupervisorStartError",
 }  # fmt: skip
 
 TESTING = {

@@ -76,7 +76,6 @@ def rt(tmp_path: Path) -> Iterator[Runtime]:
         runtime.add_agent("svc", Echo)
         runtime.add_workflow(Workflow("echo").step("s", agent="svc", action="echo"))
         runtime.add_workflow(Workflow("ghost").step("s", agent="nobody", action="echo"))
-        runtime.add_workflow(Workflow("typo").step("s", agent="svc", action="ehco"))
         runtime.start("echo", {"a": 1}, workflow_id="taken").result(timeout=WAIT)
         yield runtime
 
@@ -117,7 +116,12 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
     ("unknown workflow name", lambda rt: rt.start("nope"), UnknownName, "no workflow named"),
     ("workflow name not a str", lambda rt: rt.start(["echo"]), UnknownName, "no workflow named"),
     ("unknown agent name", lambda rt: rt.start("ghost"), UnknownName, "needs agent 'nobody'"),
-    ("unknown action name", lambda rt: rt.start("typo"), UnknownName, "has no action 'ehco'"),
+    (
+        "unknown action name",
+        lambda rt: rt.add_workflow(Workflow("typo").step("s", agent="svc", action="ehco")),
+        UnknownName,
+        "has no action 'ehco'",
+    ),
     ("cyclic step graph", lambda rt: rt.add_workflow(graph(("a", ["b"]), ("b", ["a"]))),
      InvalidDefinition, "cycle: a -> b -> a"),
     ("dangling dependency", lambda rt: rt.add_workflow(graph(("a", ["zz"]))), InvalidDefinition,

@@ -1,0 +1,63 @@
+"""Early validation: names checked when a workflow is added or at the latest started,
+and a definition may be replaced under its version until a workflow of it started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, InvalidDefinition, Runtime, StepContext, UnknownName, Workflow
+
+WAIT = 30.0
+
+
+class Shop(Agent):
+    def buy(self, ctx: StepContext) -> str:
+        return "bought"
+
+    def refund(self, ctx: StepContext) -> None:
+        pass
+
+
+def order(action: str = "buy", compensate: str | None = "refund") -> Workflow:
+    return Workflow("order").step("pay", agent="shop", action=action, compensate=compensate)
+
+
+def test_a_misspelt_action_of_a_registered_agent_is_refused_when_added(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        with pytest.raises(UnknownName, match="has no action 'by' \\(it has: buy, refund\\)"):
+            rt.add_workflow(order(action="by"))
+        with pytest.raises(UnknownName, match="has no action 'refnud'"):
+            rt.add_workflow(order(compensate="refnud"))
+        assert rt._store.count("definitions") == 0  # nothing stored
+
+
+def test_a_step_naming_an_unregistered_agent_is_refused_at_start_with_the_known_names(
+    tmp_path: Path,
+) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(Workflow("w").step("pay", agent="shpo", action="buy"))  # may come later
+        with pytest.raises(UnknownName, match=r"needs agent 'shpo'.*registered: shop"):
+            rt.start("w")
+        assert rt.list() == []
+
+
+def test_a_definition_is_replaced_under_its_version_until_a_workflow_of_it_started(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s"
+    with Runtime(path) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(Workflow("order").step("pay", agent="shop", action="refund"))  # a slip
+        rt.add_workflow(order())  # fixed under the same version: nothing ran under the slip
+        assert rt.start("order", workflow_id="o1").result(timeout=WAIT) == {"pay": "bought"}
+        with pytest.raises(InvalidDefinition, match="workflows of it have started"):
+            rt.add_workflow(order(compensate=None))
+    with Runtime(path) as rt:  # the mark is durable
+        rt.add_agent("shop", Shop)
+        with pytest.raises(InvalidDefinition, match="new version"):
+            rt.add_workflow(order(compensate=None))
+        rt.add_workflow(order())  # the same definition again is fine
