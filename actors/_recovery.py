@@ -85,8 +85,8 @@ def recover_all(s: Scheduler) -> None:
         _log.info("recovered %d unfinished workflows", recovered)
     for (name, version), ids in s._awaiting.items():  # one line per definition, not workflow
         _log.warning(
-            "%d unfinished workflows (e.g. %s) await definition %s version %d; register it "
-            "(and its agents) to resume them, best in Runtime(path, setup=...)",
+            "%d unfinished workflows (e.g. %s): each awaits definition %s version %d; register "
+            "it (and its agents) to resume them, best in Runtime(path, setup=...)",
             len(ids),
             next(iter(ids)),
             name,
