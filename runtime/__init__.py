@@ -50,6 +50,7 @@ from herder.store import (
     StoreError,
     StoreIOError,
     StoreLocked,
+    UserCodeFailed,
 )
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "SupervisorStartError",
     "UnknownName",
     "UnknownWorkflow",
+    "UserCodeFailed",
     "Workflow",
     "WorkflowConflict",
     "WorkflowFailed",

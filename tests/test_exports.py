@@ -27,6 +27,7 @@ RUNTIME = {
     "MissingExtra", "StoreIOError",
     # every other HerderError a caller can meet (stats() after stop: StoreClosed)
     "ConditionFailed", "RestartIntensityExceeded", "StoreClosed", "SupervisorStartError",
+    "UserCodeFailed",
 }  # fmt: skip
 
 TESTING = {
