@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
@@ -65,9 +65,10 @@ from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper, StandbyWatcher
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
+from herder.runtime._retention import DEFAULT_RETENTION, Retention, retention_seconds
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
-from herder.runtime._starts import NewStart, creation
+from herder.runtime._starts import NewStart, creation, same_record, same_start, start_args
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._timing import begin_at, check_priority
 from herder.runtime._workflow import Workflow
@@ -179,7 +180,10 @@ class Runtime(AsyncRuntime):
     so low-priority work is never starved), ``log_level`` (level of the ``herder``
     loggers; handlers are left to the embedding program), ``seed`` (for retry jitter, to
     make runs repeatable), ``probe_timeout`` (how long a ``probe_<action>`` may take to
-    tell whether a lapsed attempt was applied).
+    tell whether a lapsed attempt was applied), ``retention`` (seconds or a
+    ``timedelta``, default 7 days: finished workflows (SUCCEEDED, COMPENSATED, CANCELLED,
+    ABANDONED) last updated longer ago are deleted with their steps and history, a
+    bounded batch per sweep; ``None`` keeps everything; see docs/operations.md).
 
     High availability (see docs/high_availability.md): ``lease`` is the leader lease in
     seconds (renewed every third of it). ``standby=True`` opens the store of a runtime
@@ -192,6 +196,8 @@ class Runtime(AsyncRuntime):
     blocks the event loop (``await rt.start_async(...)``, ``await h.result_async()``,
     ``await rt.run_forever_async()``); ``async with Runtime(path) as rt`` stops it.
     """
+
+    _in_setup = False  # True while the setup function registers (start() refuses then)
 
     def __init__(
         self,
@@ -218,6 +224,7 @@ class Runtime(AsyncRuntime):
         standby_poll: float = 0.05,
         probe_timeout: float = 30.0,
         setup: Callable[[Runtime], object] | None = None,
+        retention: float | datetime.timedelta | None = DEFAULT_RETENTION,
     ) -> None:
         if log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
@@ -241,6 +248,7 @@ class Runtime(AsyncRuntime):
         self._max_active = max_active_workflows
         self._ask_timeout = ask_timeout
         self._sweep_interval = sweep_interval
+        keep = retention_seconds(retention)  # checked before the store is opened
         self._store = Store(path, map_size=map_size, standby=standby, lease=lease)
         self._config = EngineConfig(
             default_retry=default_retry or RetryPolicy(),
@@ -257,6 +265,7 @@ class Runtime(AsyncRuntime):
         )
         # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
         steady = SteadyClock(self._clock)
+        self._retention = Retention(self._store, self._clock, keep)
         self._ctx = EngineContext(self._store, steady, self._config, self._on_final)
         self._ctx.on_lease_lost = self._on_lease_lost
         self._ctx.on_resumed = self._on_resumed
@@ -279,7 +288,6 @@ class Runtime(AsyncRuntime):
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher: StandbyWatcher | None = None
         self._firer: Firer | None = None  # fires schedules while this runtime is active
-        self._in_setup = False
         try:
             if setup is not None:
                 self._setup(setup)
@@ -470,7 +478,11 @@ class Runtime(AsyncRuntime):
                 self._active = 0
             self._ctx.on_recovered = self._on_recovered
             keeper = LeaseKeeper(self._store, self._ctx, self._hand_over)
-            self._ctx.sweep_listeners[:] = [keeper.on_sweep, self._healthy]
+            self._ctx.sweep_listeners[:] = [
+                keeper.on_sweep,
+                self._healthy,
+                self._retention.on_sweep,
+            ]
             self._root = self._start_tree()
             call(self._scheduler, "sync", timeout=self._ask_timeout)  # recovery has run
             self._firer = Firer(self, self._ask_timeout)
@@ -792,6 +804,83 @@ class Runtime(AsyncRuntime):
         assert self._firer is not None
         self._firer.fire_due()
 
+    def start_many(
+        self, starts: Iterable[Mapping[str, Any]], *, timeout: float | None = None
+    ) -> builtins.list[WorkflowHandle]:
+        """Start many workflows in one group commit (one fsync, not one each); all are
+        durable when this returns, with one handle per item, in order.
+
+        Each item is a mapping of :meth:`start`'s arguments: ``workflow`` (required),
+        ``input``, ``workflow_id``, ``priority``, ``start_at``, ``delay``. Every item is
+        checked before anything is written: a bad one raises and nothing starts.
+        Idempotent per id like :meth:`start`: an id that exists (or repeats in the list)
+        with the same input gives a handle to that workflow; when one has different
+        input, the others still start and :class:`WorkflowConflict` names it. Blocks while
+        ``max_active_workflows`` are unfinished (up to ``timeout`` seconds).
+        """
+        return run_blocking(self._starting_many(builtins.list(starts), timeout))
+
+    def _starting_many(
+        self, starts: builtins.list[Mapping[str, Any]], timeout: float | None
+    ) -> Steps[builtins.list[WorkflowHandle]]:
+        """The body of :meth:`start_many` and ``start_many_async``."""
+        self._check_active()
+        news = [self._prepare(**start_args(i, item)) for i, item in enumerate(starts)]
+        unique: dict[str, NewStart] = {}
+        for new in news:
+            first = unique.setdefault(new.workflow_id, new)
+            if first is not new and not same_start(first, new):
+                raise WorkflowConflict(
+                    f"workflow id {new.workflow_id!r} appears twice in start_many with "
+                    "different workflows or input; nothing was started"
+                )
+        taken = 0
+        try:
+            for _ in unique:
+                yield Wait(
+                    lambda: self._wait_capacity(timeout), lambda: self._capacity_async(timeout)
+                )
+                taken += 1
+        except BaseException:
+            for _ in range(taken):
+                self._release_capacity()
+            raise
+        created = [self._creation(new) for new in unique.values()]
+        committed: Future[builtins.list[BaseException | None]] = Future()
+
+        def on_done(results: builtins.list[BaseException | None]) -> None:
+            # Admitted here, on the writer thread, so workflows are running once durable
+            # even if the caller stopped waiting; a failed one gives its capacity back.
+            for (record, steps, _), result in zip(created, results, strict=True):
+                if result is None:
+                    self._ctx.tell_scheduler(Admit(record, steps))
+                else:
+                    self._release_capacity()
+            committed.set_result(results)
+
+        self._store.writer.submit_many([c[2] for c in created], on_done)
+        outcomes = yield Wait(
+            lambda: committed.result(timeout=self._ask_timeout),
+            lambda: awaited(committed, self._ask_timeout),
+        )
+        conflicts = []
+        for new, outcome in zip(unique.values(), outcomes, strict=True):
+            if outcome is None:
+                self._started.add((new.plan.name, new.plan.version))
+                continue
+            if not isinstance(outcome, ConditionFailed):
+                raise outcome
+            existing = self._store.get_workflow(new.workflow_id)
+            if existing is None or not same_record(existing, new):
+                conflicts.append(new.workflow_id)
+        if conflicts:
+            raise WorkflowConflict(
+                f"{len(conflicts)} workflow ids were already started with different input "
+                f"({', '.join(map(repr, conflicts[:5]))}); the other workflows started"
+            )
+        _log.info("%d workflows started in one commit", len(created))
+        return [WorkflowHandle(self, new.workflow_id) for new in news]
+
     def _prepare(
         self,
         workflow: str | Workflow,
@@ -1002,7 +1091,9 @@ class Runtime(AsyncRuntime):
             ChildSpec(id="scheduler", start=lambda: Scheduler.start(ctx)),
             ChildSpec(
                 id="supervisor",
-                start=lambda: WorkflowSupervisor.start(ctx, self._sweep_interval),
+                start=lambda: WorkflowSupervisor.start(
+                    ctx, self._sweep_interval, local_commands={"purge": self._retention.on_command}
+                ),
             ),
         ]
         return start_supervisor(
