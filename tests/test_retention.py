@@ -87,12 +87,9 @@ def test_finished_workflows_past_retention_are_deleted_whole_and_the_rest_kept(
         # Nothing of the deleted ones is left: steps, history, index entries.
         assert counts(store)["workflows"] == 3
         assert counts(store)["recent"] == counts(store)["recent_at"] == 3
-        assert counts(store)["steps"] == 6
-        assert {k.split(b"\x00")[0] for k, _ in store.raw_scan("history")} == {
-            b"old-stuck",
-            b"waiting",
-            b"young",
-        }
+        for db in ("steps", "history"):
+            owners = {k.split(b"\x00")[0] for k, _ in store.raw_scan(db)}
+            assert owners == {b"old-stuck", b"waiting", b"young"}
 
 
 def test_retention_none_keeps_everything(tmp_path: Path) -> None:
