@@ -3,9 +3,11 @@
 What lives here: the injectable :class:`Clock` (``_clock``), the generic Erlang/OTP-style
 supervision tree (``_supervision_specs`` for specs and reports, ``_supervised`` for the
 child side, ``_supervision`` for the supervisor), the :class:`Scheduler` that drives the
-workflows, the agent host and the watchdog (``WorkflowSupervisor``). The supervision
-tree knows nothing about workflows. The pattern's rules live below, in the subpackage
-``herder.actors.engine`` (pure: no threads, no pykka).
+workflows, the agent hosts (the ``AgentHost`` protocol in ``_host``, the attempt runner
+every host shares in ``_action``, the pykka ``ThreadHost`` in ``_thread_host``) and the
+watchdog (``WorkflowSupervisor``). The supervision tree knows nothing about workflows.
+The pattern's rules live below, in the subpackage ``herder.actors.engine`` (pure: no
+threads, no pykka).
 
 Imports: herder.store and herder.actors.engine, each through its ``__init__`` (never a
 private ``_module`` of another package), never herder.runtime; ``tests/test_layers.py``
@@ -16,7 +18,6 @@ re-exported by herder.runtime.
 from herder.actors._action import coroutine_actions
 from herder.actors._admission import resource_stats
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
-from herder.actors._agent_host import InstanceCrash
 from herder.actors._ask import call, call_future
 from herder.actors._clock import Clock, FakeClock, SteadyClock, SystemClock, TimerHandle
 from herder.actors._engine import EngineConfig, EngineContext
@@ -33,6 +34,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._host import AgentHost, AgentUnavailable, InstanceCrash
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import (
     Admit,
@@ -57,10 +59,13 @@ from herder.actors._supervision_specs import (
     Strategy,
 )
 from herder.actors._supervisor import WorkflowSupervisor
+from herder.actors._thread_host import ThreadHost, agents_listener
 
 __all__ = [
     "Admit",
     "Agent",
+    "AgentHost",
+    "AgentUnavailable",
     "Backoff",
     "ChildEvent",
     "ChildEventKind",
@@ -95,6 +100,7 @@ __all__ = [
     "SupervisedActor",
     "SupervisorStartError",
     "SystemClock",
+    "ThreadHost",
     "TimerHandle",
     "UnknownName",
     "UnknownWorkflow",
@@ -102,6 +108,7 @@ __all__ = [
     "WorkflowSupervisor",
     "action_names",
     "agent_class_of",
+    "agents_listener",
     "call",
     "call_future",
     "coroutine_actions",

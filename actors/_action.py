@@ -1,13 +1,82 @@
-"""Running one attempt of an action, the same way on every agent host.
+"""Running one attempt of an action: the part every agent host shares.
 
-(The host-independent part of running an attempt; the hosts call it.)
+:func:`run_attempt` looks the action up on the agent object, calls it with the attempt's
+:class:`StepContext`, and turns whatever happens into an :class:`Outcome` of plain data:
+
+- a result is normalised (msgpack-able, within ``max_result_bytes``); ``COMPLETE_LATER``
+  becomes a hand-off (``kind="later"``) and a :class:`ProbeResult` a verdict;
+- :class:`Permanent`, a result that cannot be encoded, a missing or private action and
+  a coroutine (an ``async def`` the thread host cannot run) fail the step for good;
+- anything else raised, ``BaseException`` included, fails it transiently, described
+  without running more of the user's code than ``store/_untrusted.py`` allows;
+- :class:`InstanceCrash` is re-raised (as a fresh one, without the user's object) so the
+  host can crash the instance that ran it.
 """
 
 from __future__ import annotations
 
 import inspect
+import types
+from typing import Any
 
 from herder.actors._agent import action_names
+from herder.actors._errors import Permanent
+from herder.actors._host import InstanceCrash
+from herder.actors._messages import Outcome, Run
+from herder.actors._outcomes import COMPLETE_LATER, DONE, NOT_DONE, RUNNING, ProbeResult
+from herder.store import EncodeError, describe, error_types, normalize
+
+
+def run_attempt(
+    agent: Any, agent_name: str, instance_id: str, run: Run, max_result_bytes: int
+) -> Outcome:
+    """Run ``run`` on the agent object ``agent``; see the module docstring."""
+    try:
+        method = getattr(agent, run.action, None)
+        if run.action.startswith("_") or not callable(method):
+            raise Permanent(f"agent {agent_name!r} has no action {run.action!r}")
+        value = method(run.context)
+        if type(value) is types.CoroutineType:  # an async def the class did not show
+            value.close()  # never started: no user code runs
+            raise Permanent(
+                f"action {run.action!r} of agent {agent_name!r} returned a coroutine "
+                "(async def); the thread host cannot run it: make it a plain def"
+            )
+        kind = ""
+        if value is COMPLETE_LATER:
+            value, kind = None, "later"
+        elif isinstance(value, ProbeResult):
+            value, kind = value.result, _verdict(value.status)
+        result = normalize(value, limit=max_result_bytes, what=f"result of action {run.action!r}")
+    except InstanceCrash as exc:
+        crash = InstanceCrash(describe(exc))  # raised below, without the user's object
+    except (Permanent, EncodeError) as exc:
+        return _failed(agent_name, instance_id, run, exc, permanent=True)
+    except BaseException as exc:  # user code may raise anything at all
+        return _failed(agent_name, instance_id, run, exc, permanent=False)
+    else:
+        return Outcome(agent_name, instance_id, run.token, ok=True, result=result, kind=kind)
+    raise crash
+
+
+def _failed(
+    agent_name: str, instance_id: str, run: Run, exc: BaseException, *, permanent: bool
+) -> Outcome:
+    return Outcome(
+        agent_name,
+        instance_id,
+        run.token,
+        ok=False,
+        error=describe(exc),
+        error_types=error_types(exc),
+        permanent=permanent,
+    )
+
+
+def _verdict(status: object) -> str:
+    """A probe's verdict as plain text the Scheduler knows, or ``"?"``, which it refuses
+    (never the user's object: the Scheduler would compare it on its own thread)."""
+    return status if type(status) is str and status in (DONE, NOT_DONE, RUNNING) else "?"
 
 
 def coroutine_actions(agent_type: type) -> tuple[str, ...]:

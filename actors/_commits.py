@@ -152,12 +152,12 @@ def settle_future(effect: Reply) -> None:
         effect.future.set_result(None)
 
 
-def announce_final(ctx: EngineContext, record: WorkflowRecord) -> None:
+def announce_final(ctx: EngineContext, final: Announce) -> None:
     """Tell the runtime a workflow's final state is durable; a failing callback is logged."""
     try:
-        ctx.on_final(record)
+        ctx.on_final(final.record, final.steps)
     except Exception:
-        _log.exception("on_final callback failed for %s", record.id)
+        _log.exception("on_final callback failed for %s", final.record.id)
 
 
 def orphaned_commit(
@@ -178,4 +178,4 @@ def orphaned_commit(
                 else:
                     effect.future.set_exception(error)
             elif isinstance(effect, Announce) and error is None:
-                announce_final(ctx, effect.record)
+                announce_final(ctx, effect)

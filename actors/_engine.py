@@ -14,7 +14,7 @@ from herder.actors._agent import Agent
 from herder.actors._clock import Clock
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat
-from herder.store import LeaseLost, Plan, RetryPolicy, Store, WorkflowRecord
+from herder.store import LeaseLost, Plan, RetryPolicy, StepRecord, Store, WorkflowRecord
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -50,7 +50,7 @@ class EngineContext:
         store: Store,
         clock: Clock,
         config: EngineConfig,
-        on_final: Callable[[WorkflowRecord], None],
+        on_final: Callable[[WorkflowRecord, list[StepRecord] | None], None],
     ) -> None:
         self.store = store
         self.clock = clock

@@ -39,6 +39,7 @@ from herder.store import (
     finished_ops,
     history_put,
     normalize,
+    plan_steps,
     step_event,
     workflow_event,
 )
@@ -113,7 +114,7 @@ def _operable(
             f"workflow {op.workflow_id!r} needs definition {record.name!r} version "
             f"{record.version}; register it with add_workflow before {op.action}"
         )
-    steps = {s.name: s for s in s._store.steps_of(op.workflow_id)}
+    steps = {s.name: s for s in plan_steps(record, s._store.steps_of(op.workflow_id), plan)}
     run = WorkflowRun(record, plan, steps, s._specs_of(plan, record))
     return run, True
 

@@ -46,7 +46,6 @@ import pykka
 
 from herder.actors._admission import Admission
 from herder.actors._agent import Agent, StepContext
-from herder.actors._agent_host import AgentHost, AgentUnavailable
 from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._commits import (
     CommitPipeline,
@@ -57,6 +56,7 @@ from herder.actors._commits import (
 )
 from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
+from herder.actors._host import AgentHost, AgentUnavailable
 from herder.actors._messages import (
     Admit,
     Answer,
@@ -92,8 +92,8 @@ from herder.actors._recovery import (
 from herder.actors._run import Attempt, Job, WorkflowRun, unqueue
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildEventKind
+from herder.actors._thread_host import ThreadHost
 from herder.actors.engine import (
-    BUSY,
     WAITS_TO_RUN,
     Announce,
     Dispatch,
@@ -102,14 +102,15 @@ from herder.actors.engine import (
     Refuse,
     Resolve,
     RetryIn,
+    advance,
     after_failure,
     dispatch,
     failed,
     heartbeat,
     lapse,
-    ms,
     settled,
     to_undo,
+    when_compensating,
     with_timer,
 )
 from herder.store import (
@@ -125,6 +126,7 @@ from herder.store import (
     bounded_text,
     crash_point,
     normalize,
+    plan_steps,
     timer_key,
 )
 
@@ -195,7 +197,7 @@ class Scheduler(SupervisedActor):
         """Attach to the agents subtree and recover unfinished workflows from the store."""
         super().on_start()
         assert self._ctx.agents_supervisor is not None, "agents supervisor starts first"
-        self._host = AgentHost(
+        self._host = ThreadHost(
             self._ctx.agents_supervisor,
             reply=self._ctx.tell_scheduler,
             events=self._ctx.tell_scheduler,
@@ -453,7 +455,7 @@ class Scheduler(SupervisedActor):
             if not self._hosted.send(attempt.agent, attempt.instance, run):
                 self._fail_attempt(run.token, "agent instance went away", (CRASH_ERROR,), now=True)
         elif isinstance(effect, Announce):
-            announce_final(self._ctx, effect.record)
+            announce_final(self._ctx, effect)
         else:
             settle_future(effect)
 
@@ -591,13 +593,7 @@ class Scheduler(SupervisedActor):
         if plan is None:
             await_definition(self, record)
             return None
-        by_name = {s.name: s for s in steps}
-        for spec in plan.steps:  # a missing step record is recreated, not a crash
-            if spec.name not in by_name:
-                _log.error(
-                    "workflow %s has no record for step %r; recreating it", record.id, spec.name
-                )
-                by_name[spec.name] = StepRecord(record.id, spec.name, updated=self._clock.time())
+        by_name = {s.name: s for s in plan_steps(record, steps, plan)}  # missing: PENDING
         run = WorkflowRun(record, plan, by_name, self._specs_of(plan, record))
         self._runs[record.id] = run
         return run
@@ -616,55 +612,31 @@ class Scheduler(SupervisedActor):
     # -- the state machine -------------------------------------------------------------
 
     def _advance(self, run: WorkflowRun) -> None:
-        """Queue what can run next, or finish the workflow."""
-        state = run.record.state
-        steps = run.steps
-        if state is WorkflowState.RUNNING:
-            succeeded, pending = StepState.SUCCEEDED, StepState.PENDING
-            all_done = True
-            for spec in run.plan.steps:
-                step_state = steps[spec.name].state
-                if step_state is succeeded:
-                    continue
-                all_done = False
-                if step_state is pending and spec.name not in run.queued:
-                    for dep in spec.after:
-                        if steps[dep].state is not succeeded:
-                            break
-                    else:
-                        st = steps[spec.name]
-                        if (st.retry_at is None and spec.delay is None) or not self._waiting(
-                            run, st, spec.delay
-                        ):
-                            self._enqueue(run, spec.name, compensating=False)
-            if all_done:
-                self._finish(run, WorkflowState.SUCCEEDED)
-        elif state is WorkflowState.COMPENSATING:
-            busy = any(s.state in BUSY for s in steps.values())
-            if busy:
-                return
-            undo = [s for s in steps.values() if to_undo(s) and run.specs[s.name].compensate]
-            if undo:
-                last = max(undo, key=lambda s: s.done_token or 0)
-                self._enqueue(run, last.name, compensating=True)
-            else:
-                cancelled = run.record.cancelled
-                self._finish(
-                    run, WorkflowState.CANCELLED if cancelled else WorkflowState.COMPENSATED
-                )
-
-    def _waiting(self, run: WorkflowRun, st: StepRecord, delay: float | None) -> bool:
-        """True while a runnable PENDING step waits for its time: a delayed start, or its
-        ``delay`` after its dependencies. The wait is recorded (``retry_at`` and a timer
-        in the store) the first time, so it survives restarts; the timer's sweep queues
-        the step when the time comes."""
+        """Queue what can run next, or finish the workflow (engine.advance decides)."""
         now = self._clock.time()
-        if st.retry_at is None:
+        then = advance(
+            run.record.state,
+            run.plan,
+            run.steps,
+            run.specs,
+            run.queued,
+            cancelled=run.record.cancelled,
+            now=now,
+        )
+        for name in then.wait:
+            # Recorded (retry_at and a timer in the store) so the wait survives restarts;
+            # the timer's sweep queues the step when the time comes.
+            st = run.steps[name]
+            delay = run.specs[name].delay
             assert delay is not None
             waiting = st.evolve(retry_at=now + delay, token=self._ctx.next_token(), updated=now)
             self._commits.put_step(run, st, with_timer(waiting))
-            return True
-        return ms(st.retry_at) > ms(now)
+        for name in then.run:
+            self._enqueue(run, name, compensating=False)
+        if then.undo is not None:
+            self._enqueue(run, then.undo, compensating=True)
+        if then.finish is not None:
+            self._finish(run, then.finish)
 
     def _enqueue(self, run: WorkflowRun, step: str, *, compensating: bool) -> None:
         if step in run.queued:
@@ -885,29 +857,15 @@ class Scheduler(SupervisedActor):
             cancelled=cancelled or run.record.cancelled,
         )
         for st in list(run.steps.values()):
-            if st.state is StepState.RETRY_WAIT:
-                self._commits.put_step(
-                    run,
-                    st,
-                    st.evolve(
-                        state=StepState.FAILED,
-                        error=f"{st.error}; not retried: workflow is compensating",
-                        retry_at=None,
-                        timer_ms=None,
-                        token=(token := self._ctx.next_token()),
-                        done_token=token,  # its failed attempt may have taken effect
-                        updated=now,
-                    ),
-                )
-            elif st.state is StepState.PENDING and st.timer_ms is not None:
-                # A delayed step that will now never run: its wait ends with the workflow.
-                cleared = st.evolve(retry_at=None, timer_ms=None, token=self._ctx.next_token())
-                self._commits.put_step(run, st, cleared.evolve(updated=now))
+            new = when_compensating(st, tokens=self._ctx.next_token, now=now)
+            if new is not None:
+                self._commits.put_step(run, st, new)
         run.queued = {s for s in run.queued if run.steps[s].state is not StepState.PENDING}
 
     def _finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
         record = self._commits.set_record(run, state=state, error=error or run.record.error)
-        self._commits.txn(run.record.id).effects.append(Announce(record))
+        steps = [run.steps[spec.name] for spec in run.plan.steps]
+        self._commits.txn(run.record.id).effects.append(Announce(record, steps))
         del self._runs[record.id]
         for token in run.attempts:
             attempt = self._inflight.pop(token, None)

@@ -16,6 +16,7 @@ message, a restarted Scheduler, or a previous process.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from herder.actors._clock import TimerHandle
@@ -44,6 +45,7 @@ class WorkflowSupervisor(SupervisedActor):
         batch: int = 5000,
         resend_after: float = 5.0,
         tick_every: float = 5.0,
+        local_commands: Mapping[str, Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
         super().__init__()
         self._ctx = ctx
@@ -51,6 +53,8 @@ class WorkflowSupervisor(SupervisedActor):
         self._batch = batch
         self._resend_after = resend_after
         self._tick_every = tick_every
+        # Commands handled here rather than by the Scheduler (a purge needs no workflow).
+        self._local = dict(local_commands or {})
         self._sent: dict[tuple[int, str, str], float] = {}
         self._sent_commands: dict[int, float] = {}
         self._last_tick = ctx.clock.monotonic()
@@ -142,6 +146,10 @@ class WorkflowSupervisor(SupervisedActor):
             return
         fresh, seen = [], {}
         for command in pending:
+            local = self._local.get(str(command.get("action")))
+            if local is not None:
+                local(command)  # idempotent per id: seen again until it is finished
+                continue
             sent_at = self._sent_commands.get(command["id"])
             if sent_at is None or now - sent_at >= self._resend_after:
                 fresh.append(command)

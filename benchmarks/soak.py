@@ -13,6 +13,10 @@ workflows are kept), so the check is made on anonymous memory (heap: records, ti
 futures, threads); the total is printed next to it.
 
     python benchmarks/soak.py [--workflows N] [--fault-rate F] [--out PATH]
+
+``--retention`` runs the retention soak instead (``_retention_soak.py``): the store's size
+under a steady stream with ``Runtime(retention=R)``, and step latency while ``--purge``
+finished workflows are deleted with ``--in-flight`` running (A/B phases).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import machine, percentile, progress, render_table, write_report
 
 from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
-from herder.store._records import WorkflowRecord
+from herder.store._records import StepRecord, WorkflowRecord
 
 TAG = "soak"
 LEAK_TOLERANCE = 0.20
@@ -133,8 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with Runtime(store, max_active_workflows=args.in_flight * 2, seed=args.seed) as rt:
         announce = rt._ctx.on_final  # the soak listens to every final state, as waiters do
 
-        def on_final(record: WorkflowRecord) -> None:
-            announce(record)
+        def on_final(record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
+            announce(record, steps)
             tracker.finished(record)
 
         rt._ctx.on_final = on_final
@@ -286,7 +290,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", help="where to put the store (default: a new temp dir)")
     parser.add_argument("--out", type=Path, default=here / "out" / "soak.json")
+    parser.add_argument("--retention", action="store_true", help="run the retention soak")
+    parser.add_argument("--retention-period", type=float, default=20.0, help="seconds (R)")
+    parser.add_argument("--retention-threads", type=int, default=32, help="closed loops")
+    parser.add_argument("--purge", type=int, default=1_000_000, help="finished to purge")
+    parser.add_argument("--phase", type=float, default=5.0, help="seconds per A/B phase")
     args = parser.parse_args(argv)
+    if args.retention:
+        import tempfile as _tempfile
+
+        from _retention_soak import run as run_retention
+
+        with _tempfile.TemporaryDirectory(prefix="herder-retention-", dir=args.dir) as tmp:
+            found = run_retention(Path(tmp), args)
+        write_report(args.out.with_name("soak_retention.json"), {"machine": machine(), **found})
+        return 0 if found["flat_store"]["pass"] and found["purge_under_load"]["pass"] else 1
     if args.workflows < args.window or args.workflows % args.window:
         parser.error("--workflows must be a multiple of --window")
     report = run(args)

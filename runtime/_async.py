@@ -29,7 +29,7 @@ import datetime
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -250,6 +250,13 @@ class AsyncRuntime:
             delay=delay,
         )
         return await run_async(steps)
+
+    async def start_many_async(
+        self, starts: Iterable[Mapping[str, Any]], *, timeout: float | None = None
+    ) -> list[WorkflowHandle]:
+        """As :meth:`Runtime.start_many`, awaited: one group commit, and no thread waits."""
+        rt = _runtime(self)
+        return await run_async(rt._starting_many(list(starts), timeout))
 
     async def cancel_async(
         self, workflow_id: str, *, who: str | None = None, why: str | None = None

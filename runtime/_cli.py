@@ -5,7 +5,8 @@ One argparse subcommand per job, registered by family: each family module has
 on each. The families are listed in :data:`FAMILIES`; a new one is a module and a line
 there. ``_cli_inspect`` (ls, show, stats, check, schedules: read-only), ``_operator_cli`` (inbox;
 retry, skip, compensate, abandon, cancel through the running runtime), ``_cli_daemon``
-(run, handoff), ``_cli_ui`` (ui, the web console). ``demo`` and ``bench`` pass the rest of the
+(run, handoff), ``_cli_admin`` (purge, compact),
+``_cli_ui`` (ui, the web console). ``demo`` and ``bench`` pass the rest of the
 command line to their own parsers.
 
 ``--store`` defaults to ``$HERDER_STORE``. Exit codes: 0 done, 1 the command failed
@@ -21,10 +22,10 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TextIO
 
-from herder.runtime import _cli_daemon, _cli_inspect, _cli_ui, _operator_cli
+from herder.runtime import _cli_admin, _cli_daemon, _cli_inspect, _cli_ui, _operator_cli
 from herder.store import HerderError
 
-FAMILIES = (_cli_inspect, _operator_cli, _cli_daemon, _cli_ui)
+FAMILIES = (_cli_inspect, _operator_cli, _cli_daemon, _cli_admin, _cli_ui)
 """Modules whose ``add_parsers(sub)`` add subcommands, in the order ``--help`` lists them."""
 
 

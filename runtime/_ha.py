@@ -9,6 +9,11 @@
   every ``poll`` seconds; once it has it, the runtime starts its actors and recovers every
   unfinished workflow exactly as a restart does.
 
+A standby never compares wall clocks across processes: it deems the lease expired once
+the record stayed unchanged (not renewed) for a whole lease duration on its own
+monotonic clock. A wall-clock step on either side (NTP, a VM resumed from a snapshot)
+therefore neither deposes a healthy holder nor keeps a dead one.
+
 The lease itself (record, take, the writer's check) lives in ``herder.store._lease``.
 """
 
@@ -119,6 +124,8 @@ class StandbyWatcher:
         self._stop = threading.Event()
         self._attempt_since: float | None = None  # monotonic start of a running attempt
         self._last_seen: Lease | None = None  # the lease as read before that attempt
+        self._record: tuple[str, int, float] | None = None  # the lease record last seen
+        self._record_since = time.monotonic()  # since when it has not changed
         self.fence_after = max(0.25, 5 * poll)
         self._mark = StandbyMark(store.path)  # `herder handoff` sees a standby waiting
         self._thread = threading.Thread(target=self._run, name="herder-standby", daemon=True)
@@ -139,7 +146,7 @@ class StandbyWatcher:
                 # store's reads wait too, and this is what the fencer judges by.
                 self._last_seen = self._store.read_lease()
                 self._attempt_since = time.monotonic()
-                reason = self._store.try_take_lease()
+                reason = self._store.try_take_lease(lapsed=self._lapsed)
             except StoreError as exc:
                 _log.error("standby could not check the lease: %s", exc)
                 reason = None
@@ -161,20 +168,32 @@ class StandbyWatcher:
                 return
             self._stop.wait(self._poll)
 
+    def _lapsed(self, lease: Lease, *, observe: bool = True) -> bool:
+        """True once ``lease`` has gone unrenewed for a whole lease duration, as this
+        process's monotonic clock measures it from when it first saw the record (only
+        the polling thread ``observe``s: the fencer judges by what it saw)."""
+        now = time.monotonic()
+        record = (lease.owner, lease.incarnation, lease.expires)
+        if record != self._record:
+            if observe:
+                self._record, self._record_since = record, now
+            return False
+        return now - self._record_since >= self._store.lease_duration
+
     def _fence(self) -> None:
         while not self._stop.wait(self._poll):
             since = self._attempt_since
             if since is None or time.monotonic() - since < self.fence_after:
                 continue
             lease = self._last_seen
-            if lease is None or lease.expires > time.time() or not holder_stopped(lease):
+            if lease is None or not self._lapsed(lease, observe=False) or not holder_stopped(lease):
                 continue
             _log.warning(
                 "fencing pid %d: it was stopped while holding the write lock of %s, and its "
-                "lease expired %.2fs ago; killing it so this standby can take over",
+                "lease was not renewed for %.2fs; killing it so this standby can take over",
                 lease.pid,
                 self._store.path,
-                time.time() - lease.expires,
+                time.monotonic() - self._record_since,
             )
             try:
                 os.kill(lease.pid, signal.SIGKILL)

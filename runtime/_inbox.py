@@ -68,7 +68,7 @@ def inbox_items(store: Store, plans: dict[tuple[str, int], Plan] | None = None) 
         if key not in known:
             raw = store.get("definitions", definition_key(*key))
             known[key] = None if raw is None else Plan.from_dict(raw)
-        st = stuck_step(in_plan_order(store.steps_of(record.id), known[key]))
+        st = stuck_step(in_plan_order(record, store.steps_of(record.id), known[key]))
         compensating = st is not None and st.state is StepState.COMPENSATING
         items.append(
             InboxItem(

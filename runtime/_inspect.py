@@ -25,6 +25,7 @@ from herder.store import (
     InvalidInput,
     Plan,
     ResourceRecord,
+    StepRecord,
     StepState,
     Store,
     StoreCorrupt,
@@ -43,6 +44,10 @@ class _Reader:
         self.corrupt: list[StoreCorrupt] = []  # records skipped, reported at the end
 
     def status(self, record: WorkflowRecord) -> WorkflowStatus:
+        return WorkflowStatus.from_records(record, self.steps(record))
+
+    def steps(self, record: WorkflowRecord) -> list[StepRecord]:
+        """The workflow's steps in plan order, PENDING for those without a record."""
         key = (record.name, record.version)
         if key not in self._plans:
             try:
@@ -50,8 +55,7 @@ class _Reader:
             except StoreCorrupt as exc:  # steps are then shown in stored order
                 self.corrupt.append(exc)
                 self._plans[key] = None
-        steps = in_plan_order(self.store.steps_of(record.id), self._plans[key])
-        return WorkflowStatus.from_records(record, steps)
+        return in_plan_order(record, self.store.steps_of(record.id), self._plans[key])
 
     def statuses(self, state: str | None) -> Iterator[WorkflowStatus]:
         for record in self.store.workflows(state, corrupt=self.corrupt):
@@ -249,10 +253,11 @@ def store_stats(store: Store) -> dict[str, Any]:
     steps: Counter[str] = Counter(dict.fromkeys(map(str, StepState), 0))
     retries = compensation_retries = 0
     corrupt: list[StoreCorrupt] = []
+    view = _Reader(store)  # its plans show steps without a record as PENDING
     for record in store.workflows(corrupt=corrupt):
         workflows[str(record.state)] += 1
         try:
-            records = store.steps_of(record.id)
+            records = view.steps(record)
         except StoreCorrupt as exc:
             corrupt.append(exc)
             continue
@@ -260,6 +265,7 @@ def store_stats(store: Store) -> dict[str, Any]:
             steps[str(st.state)] += 1
             retries += max(0, st.attempt - 1)
             compensation_retries += max(0, st.comp_attempt - 1)
+    corrupt += view.corrupt  # definitions that could not be read
     resources = _resources(store, corrupt)
     report_corrupt(corrupt)
     return {

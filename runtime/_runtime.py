@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
@@ -21,8 +21,6 @@ import pykka
 from herder.actors import (
     Admit,
     Agent,
-    ChildEvent,
-    ChildEventKind,
     ChildSpec,
     CircuitBreaker,
     Clock,
@@ -30,7 +28,6 @@ from herder.actors import (
     Define,
     EngineConfig,
     EngineContext,
-    InstanceEvent,
     InvalidDefinition,
     NotActive,
     Operate,
@@ -48,6 +45,7 @@ from herder.actors import (
     WorkflowSupervisor,
     action_names,
     agent_class_of,
+    agents_listener,
     call,
     coroutine_actions,
     parse_task_token,
@@ -67,9 +65,10 @@ from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper, StandbyWatcher
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
+from herder.runtime._retention import DEFAULT_RETENTION, Retention, retention_seconds
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
-from herder.runtime._starts import NewStart, creation
+from herder.runtime._starts import NewStart, creation, same_record, same_start, start_args
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._timing import begin_at, check_priority
 from herder.runtime._tracing import tracing_for
@@ -97,7 +96,6 @@ from herder.store import (
     error_types,
     normalize,
     read_history,
-    safe_repr,
     safe_str,
     started_key,
     validate_id,
@@ -105,6 +103,10 @@ from herder.store import (
 )
 
 _log = logging.getLogger("herder.runtime")
+
+Final = tuple[WorkflowRecord, "list[StepRecord] | None"]
+"""What a waiter on a workflow gets: its final record and, when the Scheduler announced
+it, its steps in plan order (None when it had ended before: read them from the store)."""
 
 
 class WorkflowHandle(AsyncHandle):
@@ -123,8 +125,11 @@ class WorkflowHandle(AsyncHandle):
         """
         return self._outcome(self._runtime._wait_final(self.id, timeout))
 
-    def _outcome(self, record: WorkflowRecord) -> dict[str, Any]:
-        status = WorkflowStatus.from_records(record, self._runtime._ordered_steps(record))
+    def _outcome(self, final: Final) -> dict[str, Any]:
+        record, steps = final
+        if steps is None:  # it had ended before anyone watched: read them from the store
+            steps = self._runtime._ordered_steps(record)
+        status = WorkflowStatus.from_records(record, steps)
         if status.state is WorkflowState.SUCCEEDED:
             return status.results
         raise WorkflowFailed(status)
@@ -176,9 +181,13 @@ class Runtime(AsyncRuntime):
     so low-priority work is never starved), ``log_level`` (level of the ``herder``
     loggers; handlers are left to the embedding program), ``seed`` (for retry jitter, to
     make runs repeatable), ``probe_timeout`` (how long a ``probe_<action>`` may take to
-    tell whether a lapsed attempt was applied), ``tracer_provider`` (an OpenTelemetry
-    tracer provider for spans per workflow and attempt; default: the global one if set,
-    else no tracing at all; see docs/tracing.md).
+    tell whether a lapsed attempt was applied), ``retention`` (seconds or a
+    ``timedelta``, default 7 days: finished workflows (SUCCEEDED, COMPENSATED, CANCELLED,
+    ABANDONED) last updated longer ago are deleted with their steps and history, a
+    bounded batch per sweep; ``None`` keeps everything; see docs/operations.md),
+    ``tracer_provider`` (an OpenTelemetry tracer provider for spans per workflow and
+    attempt; default: the global one if set, else no tracing at all; see
+    docs/tracing.md).
 
     High availability (see docs/high_availability.md): ``lease`` is the leader lease in
     seconds (renewed every third of it). ``standby=True`` opens the store of a runtime
@@ -191,6 +200,8 @@ class Runtime(AsyncRuntime):
     blocks the event loop (``await rt.start_async(...)``, ``await h.result_async()``,
     ``await rt.run_forever_async()``); ``async with Runtime(path) as rt`` stops it.
     """
+
+    _in_setup = False  # True while the setup function registers (start() refuses then)
 
     def __init__(
         self,
@@ -217,6 +228,7 @@ class Runtime(AsyncRuntime):
         standby_poll: float = 0.05,
         probe_timeout: float = 30.0,
         setup: Callable[[Runtime], object] | None = None,
+        retention: float | datetime.timedelta | None = DEFAULT_RETENTION,
         tracer_provider: Any = None,
     ) -> None:
         if log_level is not None:
@@ -241,8 +253,12 @@ class Runtime(AsyncRuntime):
         self._max_active = max_active_workflows
         self._ask_timeout = ask_timeout
         self._sweep_interval = sweep_interval
-        self._store = Store(path, map_size=map_size, standby=standby, lease=lease)
-        self._tracing = tracing_for(tracer_provider)  # None: no OpenTelemetry, no cost
+        keep = retention_seconds(retention)  # checked before the store is opened
+        # The store, and tracing (None without OpenTelemetry or a provider: no cost at all).
+        self._store, self._tracing = (
+            Store(path, map_size=map_size, standby=standby, lease=lease),
+            tracing_for(tracer_provider),
+        )
         self._config = EngineConfig(
             default_retry=default_retry or RetryPolicy(),
             default_timeout=default_timeout,
@@ -258,13 +274,14 @@ class Runtime(AsyncRuntime):
         )
         # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
         steady = SteadyClock(self._clock)
+        self._retention = Retention(self._store, self._clock, keep)
         self._ctx = EngineContext(self._store, steady, self._config, self._on_final)
         self._ctx.on_lease_lost = self._on_lease_lost
         self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}
         self._started: set[tuple[str, int]] = set()  # definitions marked started in meta
         self._actions: dict[str, frozenset[str] | None] = {}
-        self._waiters: dict[str, list[Future[WorkflowRecord]]] = {}
+        self._waiters: dict[str, list[Future[Final]]] = {}
         self._lock = threading.Condition()
         self._capacity_freed = Pulse()  # start_async's wake-up where start() waits on _lock
         self._active = 0
@@ -280,7 +297,6 @@ class Runtime(AsyncRuntime):
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher: StandbyWatcher | None = None
         self._firer: Firer | None = None  # fires schedules while this runtime is active
-        self._in_setup = False
         try:
             if setup is not None:
                 self._setup(setup)
@@ -471,7 +487,11 @@ class Runtime(AsyncRuntime):
                 self._active = 0
             self._ctx.on_recovered = self._on_recovered
             keeper = LeaseKeeper(self._store, self._ctx, self._hand_over)
-            self._ctx.sweep_listeners[:] = [keeper.on_sweep, self._healthy]
+            self._ctx.sweep_listeners[:] = [
+                keeper.on_sweep,
+                self._healthy,
+                self._retention.on_sweep,
+            ]
             self._root = self._start_tree()
             call(self._scheduler, "sync", timeout=self._ask_timeout)  # recovery has run
             self._firer = Firer(self, self._ask_timeout)
@@ -795,6 +815,83 @@ class Runtime(AsyncRuntime):
         assert self._firer is not None
         self._firer.fire_due()
 
+    def start_many(
+        self, starts: Iterable[Mapping[str, Any]], *, timeout: float | None = None
+    ) -> builtins.list[WorkflowHandle]:
+        """Start many workflows in one group commit (one fsync, not one each); all are
+        durable when this returns, with one handle per item, in order.
+
+        Each item is a mapping of :meth:`start`'s arguments: ``workflow`` (required),
+        ``input``, ``workflow_id``, ``priority``, ``start_at``, ``delay``. Every item is
+        checked before anything is written: a bad one raises and nothing starts.
+        Idempotent per id like :meth:`start`: an id that exists (or repeats in the list)
+        with the same input gives a handle to that workflow; when one has different
+        input, the others still start and :class:`WorkflowConflict` names it. Blocks while
+        ``max_active_workflows`` are unfinished (up to ``timeout`` seconds).
+        """
+        return run_blocking(self._starting_many(builtins.list(starts), timeout))
+
+    def _starting_many(
+        self, starts: builtins.list[Mapping[str, Any]], timeout: float | None
+    ) -> Steps[builtins.list[WorkflowHandle]]:
+        """The body of :meth:`start_many` and ``start_many_async``."""
+        self._check_active()
+        news = [self._prepare(**start_args(i, item)) for i, item in enumerate(starts)]
+        unique: dict[str, NewStart] = {}
+        for new in news:
+            first = unique.setdefault(new.workflow_id, new)
+            if first is not new and not same_start(first, new):
+                raise WorkflowConflict(
+                    f"workflow id {new.workflow_id!r} appears twice in start_many with "
+                    "different workflows or input; nothing was started"
+                )
+        taken = 0
+        try:
+            for _ in unique:
+                yield Wait(
+                    lambda: self._wait_capacity(timeout), lambda: self._capacity_async(timeout)
+                )
+                taken += 1
+        except BaseException:
+            for _ in range(taken):
+                self._release_capacity()
+            raise
+        created = [self._creation(new) for new in unique.values()]
+        committed: Future[builtins.list[BaseException | None]] = Future()
+
+        def on_done(results: builtins.list[BaseException | None]) -> None:
+            # Admitted here, on the writer thread, so workflows are running once durable
+            # even if the caller stopped waiting; a failed one gives its capacity back.
+            for (record, steps, _), result in zip(created, results, strict=True):
+                if result is None:
+                    self._ctx.tell_scheduler(Admit(record, steps))
+                else:
+                    self._id_taken(record)  # or not written at all: the same for both
+            committed.set_result(results)
+
+        self._store.writer.submit_many([c[2] for c in created], on_done)
+        outcomes = yield Wait(
+            lambda: committed.result(timeout=self._ask_timeout),
+            lambda: awaited(committed, self._ask_timeout),
+        )
+        conflicts = []
+        for new, outcome in zip(unique.values(), outcomes, strict=True):
+            if outcome is None:
+                self._started.add((new.plan.name, new.plan.version))
+                continue
+            if not isinstance(outcome, ConditionFailed):
+                raise outcome
+            existing = self._store.get_workflow(new.workflow_id)
+            if existing is None or not same_record(existing, new):
+                conflicts.append(new.workflow_id)
+        if conflicts:
+            raise WorkflowConflict(
+                f"{len(conflicts)} workflow ids were already started with different input "
+                f"({', '.join(map(repr, conflicts[:5]))}); the other workflows started"
+            )
+        _log.info("%d workflows started in one commit", len(created))
+        return [WorkflowHandle(self, new.workflow_id) for new in news]
+
     def _prepare(
         self,
         workflow: str | Workflow,
@@ -996,21 +1093,10 @@ class Runtime(AsyncRuntime):
     def _start_tree(self) -> pykka.ActorRef:
         ctx = self._ctx
 
-        def agents_listener(event: ChildEvent) -> None:
-            if event.kind in (
-                ChildEventKind.STARTED,
-                ChildEventKind.CRASHED,
-                ChildEventKind.EXITED,
-                ChildEventKind.TERMINATED,
-                ChildEventKind.ABANDONED,
-            ):
-                agent = event.child_id.removeprefix("agent:")
-                reason = None if event.reason is None else safe_repr(event.reason)
-                ctx.tell_scheduler(InstanceEvent(agent, None, event.kind, event.ref, reason))
-
         def start_agents() -> pykka.ActorRef:
+            listener = agents_listener(ctx.tell_scheduler)
             ref = start_supervisor(
-                "agents", Strategy.ONE_FOR_ONE, listener=agents_listener, clock=self._clock
+                "agents", Strategy.ONE_FOR_ONE, listener=listener, clock=self._clock
             )
             ctx.agents_supervisor = ref
             return ref
@@ -1020,7 +1106,9 @@ class Runtime(AsyncRuntime):
             ChildSpec(id="scheduler", start=lambda: Scheduler.start(ctx)),
             ChildSpec(
                 id="supervisor",
-                start=lambda: WorkflowSupervisor.start(ctx, self._sweep_interval),
+                start=lambda: WorkflowSupervisor.start(
+                    ctx, self._sweep_interval, local_commands={"purge": self._retention.on_command}
+                ),
             ),
         ]
         return start_supervisor(
@@ -1190,12 +1278,13 @@ class Runtime(AsyncRuntime):
             self._active += 1
 
     def _id_taken(self, record: WorkflowRecord) -> None:
-        """A start found its id taken: give its capacity back and drop its span."""
+        """A start was not written (its id was taken): give its capacity back and drop
+        its span."""
         self._release_capacity()
         if self._tracing is not None and record.trace is not None:
             self._tracing.discard(record.trace)
 
-    def _on_final(self, record: WorkflowRecord) -> None:
+    def _on_final(self, record: WorkflowRecord, steps: builtins.list[StepRecord] | None) -> None:
         level = logging.WARNING if record.state is WorkflowState.NEEDS_ATTENTION else logging.INFO
         extra = {"workflow_id": record.id, "workflow": record.name, "state": str(record.state)}
         _log.log(level, "workflow %s ended %s", record.id, record.state, extra=extra)
@@ -1210,19 +1299,19 @@ class Runtime(AsyncRuntime):
         self._capacity_freed.fire()
         for fut in futures:
             if not fut.done():
-                fut.set_result(record)
+                fut.set_result((record, steps))
 
-    def _wait_final(self, workflow_id: str, timeout: float | None) -> WorkflowRecord:
+    def _wait_final(self, workflow_id: str, timeout: float | None) -> Final:
         waiter = self._watch(workflow_id)
         try:
             return waiter.result(timeout)
         finally:
             self._unwatch(workflow_id, waiter)
 
-    def _watch(self, workflow_id: str) -> Future[WorkflowRecord]:
-        """A future resolved with the workflow's final record (at once if it is final);
+    def _watch(self, workflow_id: str) -> Future[Final]:
+        """A future resolved with the workflow's :data:`Final` (at once if it is final);
         pass it to :meth:`_unwatch` when done with it. :class:`UnknownWorkflow` if none."""
-        fut: Future[WorkflowRecord] = Future()
+        fut: Future[Final] = Future()
         with self._lock:
             self._waiters.setdefault(workflow_id, []).append(fut)
         record = self._store.get_workflow(workflow_id)
@@ -1232,14 +1321,14 @@ class Runtime(AsyncRuntime):
             if record is None:
                 raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
             if mine:
-                fut.set_result(record)
+                fut.set_result((record, None))
         return fut
 
-    def _unwatch(self, workflow_id: str, fut: Future[WorkflowRecord]) -> None:
+    def _unwatch(self, workflow_id: str, fut: Future[Final]) -> None:
         with self._lock:
             self._unlisted(workflow_id, fut)
 
-    def _unlisted(self, workflow_id: str, fut: Future[WorkflowRecord]) -> bool:
+    def _unlisted(self, workflow_id: str, fut: Future[Final]) -> bool:
         """Take ``fut`` off the waiters (under ``_lock``); False if it was not on them."""
         futures = self._waiters.get(workflow_id)
         if futures is None or fut not in futures:
@@ -1251,7 +1340,7 @@ class Runtime(AsyncRuntime):
 
     def _ordered_steps(self, record: WorkflowRecord) -> builtins.list[StepRecord]:
         plan = self._ctx.plans.get((record.name, record.version))
-        return in_plan_order(self._store.steps_of(record.id), plan)
+        return in_plan_order(record, self._store.steps_of(record.id), plan)
 
     def _restart_counts(self) -> dict[str, int]:
         if self._root is None:

@@ -14,9 +14,11 @@ every fault is decided by the seed:
 - :class:`SimService` — the agent the workload runs on: it applies effects to an
   :class:`~herder.runtime.testing.EffectLedger` by idempotency key, meeting the
   schedule's faults.
-- :func:`simulate` — starts a few workflows (one maybe cancelled, the runtime maybe
-  stopped and reopened on its store), advances the fake clock in rounds until every
-  workflow is final, and returns a :class:`SimReport`
+- :func:`simulate` — starts a few workflows (one maybe cancelled, one maybe abandoned,
+  a command maybe queued while the runtime is down, the wall clock maybe stepped an hour
+  either way (``_sim_operator``), the runtime maybe stopped and reopened on its store),
+  advances the fake clock in rounds until every workflow is final, and returns a
+  :class:`SimReport`
   listing every broken expectation: a final state other than the schedule implies, an
   effect that contradicts the recorded step states, compensations out of reverse
   completion order, a schedule slot fired twice or dropped, or a ``herder check``
@@ -41,7 +43,6 @@ from herder.actors import (
     Agent,
     FakeClock,
     InstanceCrash,
-    InvalidState,
     Permanent,
     StepContext,
     call,
@@ -50,6 +51,7 @@ from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
 from herder.runtime._schedules import slot_id
 from herder.runtime._seams import crash_scheduler
+from herder.runtime._sim_operator import SimOperator
 from herder.runtime._workflow import Workflow
 from herder.store import RetryPolicy, ScheduleRecord, StepState, WorkflowState, schedule_key
 
@@ -131,6 +133,27 @@ class FaultSchedule:
         if self._draw("schedule") < 3 / 4:
             return None
         return 1 + int(self._draw("schedule-round") * 3)
+
+    def abandon_at(self) -> tuple[int, int] | None:
+        """(round, workflow index) of an abandon request, or None (three seeds in four)."""
+        if self._draw("abandon") < 3 / 4:
+            return None
+        return int(self._draw("abandon-round") * 3), int(self._draw("abandon-which") * 2)
+
+    def queued_at_restart(self) -> tuple[str, int] | None:
+        """(action, workflow index) of a cancel or abandon queued through the CLI's channel
+        while the runtime is down for its restart, or None (half of the seeds)."""
+        if self._draw("queued") < 0.5:
+            return None
+        action = "cancel" if self._draw("queued-action") < 0.5 else "abandon"
+        return action, int(self._draw("queued-which") * 2)
+
+    def wall_step_at(self) -> tuple[int, float] | None:
+        """(round, seconds) of a wall-clock step of an hour either way, or None (2/3)."""
+        if self._draw("wall") < 2 / 3:
+            return None
+        sign = 1.0 if self._draw("wall-sign") < 0.5 else -1.0
+        return int(self._draw("wall-round") * 3), sign * 3600.0
 
     def cancel_at(self) -> tuple[int, int] | None:
         """(round, workflow index) of a cancel request, or None (half of the seeds)."""
@@ -257,6 +280,7 @@ class SimReport:
     restarts: int = 0
     scheduler_crashes: int = 0
     fired: int = 0  # workflows the run's schedule started
+    operator: list[str] = field(default_factory=list)  # "round action id" done, in order
     problems: list[str] = field(default_factory=list)
 
 
@@ -295,20 +319,27 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
             rt.schedule("tick", "sim", every=ROUND, input={"seed": seed}, catch_up="all")
         rt._store.writer.fault = faults
         faults.armed = True
-        cancel = schedule.cancel_at()
-        cancelled: set[str] = set()
+        operator = SimOperator(schedule, ids, faults)
         for rnd in range(MAX_ROUNDS):
             report.rounds = rnd + 1
             _quiet(rt, world)
-            if cancel is not None and cancel[0] == rnd:
-                cancelled |= _cancel(rt, faults, ids[cancel[1]])
+            operator.act(rt, clock, rnd)
             if schedule.scheduler_crash_at() == rnd:
                 world.gate.release()  # else the tree's restart waits out their shutdown
                 report.stale += _crash_scheduler(rt)
                 report.scheduler_crashes += 1
                 _quiet(rt, world)
             if schedule.restart_at() == rnd:  # the process stops and starts again
-                rt = _restart(rt, Path(directory), clock, world, faults=faults, report=report)
+                rt = _restart(
+                    rt,
+                    Path(directory),
+                    clock,
+                    world,
+                    faults=faults,
+                    report=report,
+                    operator=operator,
+                    rnd=rnd,
+                )
             if pause_at == rnd:
                 ids += _pause_schedule(rt, faults, report)
                 pause_at = None
@@ -324,7 +355,8 @@ def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = 
         report.faults = world.faults
         report.store_faults = faults.failed
         report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
-        _verify(rt, world, ids, cancelled, report)
+        report.operator = operator.done
+        _verify(rt, world, ids, operator.wants, report)
     finally:
         faults.armed = False
         world.gate.release()
@@ -340,14 +372,21 @@ def _restart(
     *,
     faults: _StoreFaults,
     report: SimReport,
+    operator: SimOperator,
+    rnd: int,
 ) -> Runtime:
-    """Stop the runtime and open a new one on its store, as a process restart does."""
+    """Stop the runtime and open a new one on its store, as a process restart does; an
+    operator command may be queued meanwhile (the new runtime applies it at start-up)."""
     faults.armed = False
     world.gate.release()
     report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
     rt.stop(timeout=5)
+    queued = operator.queue_while_down(directory)
     rt = _open(directory, clock, world)
     rt._store.writer.fault = faults
+    if queued is not None:
+        problem = operator.answered(rt, directory, queued, rnd)
+        report.problems += [] if problem is None else [problem]
     faults.armed = True
     report.restarts += 1
     _quiet(rt, world)
@@ -372,17 +411,6 @@ def _open(directory: Path, clock: FakeClock, world: _World) -> Runtime:
     rt.add_agent("beta", factory, concurrency=CONCURRENCY)
     rt.add_workflow(_definition())
     return rt
-
-
-def _cancel(rt: Runtime, faults: _StoreFaults, workflow_id: str) -> set[str]:
-    faults.armed = False  # the request itself must not meet a store fault
-    try:
-        rt.cancel(workflow_id)
-    except InvalidState:
-        return set()  # it had already finished
-    finally:
-        faults.armed = True
-    return {workflow_id}
 
 
 def _pause_schedule(rt: Runtime, faults: _StoreFaults, report: SimReport) -> list[str]:
@@ -448,7 +476,11 @@ def _quiet(rt: Runtime, world: _World) -> None:
 
 
 def _verify(
-    rt: Runtime, world: _World, ids: list[str], cancelled: set[str], report: SimReport
+    rt: Runtime,
+    world: _World,
+    ids: list[str],
+    wants: dict[str, WorkflowState],
+    report: SimReport,
 ) -> None:
     schedule = world.schedule
     steps = [spec.name for spec in _definition().compile().steps]
@@ -458,10 +490,8 @@ def _verify(
         status = rt.status(wid)
         report.workflows[wid] = str(status.state)
         doomed = any(schedule.permanent(wid, s) for s in steps)
-        if wid in cancelled:
-            want = WorkflowState.CANCELLED
-        else:
-            want = WorkflowState.COMPENSATED if doomed else WorkflowState.SUCCEEDED
+        want = wants.get(wid) or (WorkflowState.COMPENSATED if doomed else WorkflowState.SUCCEEDED)
+        kept = want in (WorkflowState.SUCCEEDED, WorkflowState.ABANDONED)  # nothing undone
         if status.state is not want:
             problems.append(f"{wid}: {status.state}, expected {want} ({status.error})")
             continue
@@ -471,18 +501,20 @@ def _verify(
             applied, undone = key in world.applied, key in world.undone
             if st.state is StepState.SUCCEEDED and (not applied or undone):
                 problems.append(f"{key}: SUCCEEDED but applied={applied} undone={undone}")
-            if (
-                st.state is StepState.SUCCEEDED
-                and name in compensated
-                and want is not (WorkflowState.SUCCEEDED)
-            ):
+            if st.state is StepState.SUCCEEDED and name in compensated and not kept:
                 problems.append(f"{key}: left SUCCEEDED in a {want} workflow")
             # A step undone after a failure may never have applied: then undo is a no-op.
             if st.state is StepState.COMPENSATED and applied and not undone:
                 problems.append(f"{key}: COMPENSATED but its effect was never undone")
             if st.state is StepState.PENDING and applied:
                 problems.append(f"{key}: never dispatched, yet applied")
-            if st.state is StepState.FAILED and name in compensated and applied and not undone:
+            if (
+                st.state is StepState.FAILED
+                and name in compensated
+                and applied
+                and not undone
+                and not kept
+            ):
                 problems.append(f"{key}: FAILED but its effect stands, never undone")
         by_completion = sorted(
             (

@@ -4,12 +4,14 @@ creates it (``Runtime.start``), or many of them in one group commit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from herder.runtime._timing import new_workflow
 from herder.store import (
     Expect,
+    InvalidInput,
     Plan,
     Put,
     StepRecord,
@@ -67,3 +69,44 @@ def creation(
         ops.append(Put("meta", started_key(new.plan.name, new.plan.version), encode(1)))
     free = Expect("workflows", workflow_key(new.workflow_id), exists=False)
     return record, steps, Transition(ops=tuple(ops), expect=(free,))
+
+
+START_ARGS = frozenset({"workflow", "input", "workflow_id", "priority", "start_at", "delay"})
+"""The keys an item of ``start_many`` may hold: ``start()``'s arguments."""
+
+
+def start_args(index: int, item: object) -> dict[str, Any]:
+    """One ``start_many`` item as keyword arguments for ``Runtime._prepare``."""
+    if not isinstance(item, Mapping) or "workflow" not in item:
+        raise InvalidInput(
+            f"start_many item {index} must be a mapping with a 'workflow' key and any of "
+            f"start()'s other arguments, got {item!r:.80}"
+        )
+    unknown = set(item) - START_ARGS
+    if unknown:
+        raise InvalidInput(
+            f"start_many item {index} has unknown keys {sorted(map(str, unknown))}; use "
+            f"{', '.join(sorted(START_ARGS))}"
+        )
+    return {
+        "workflow": item["workflow"],
+        "input": item.get("input"),
+        "workflow_id": item.get("workflow_id"),
+        "priority": item.get("priority", 0),
+        "start_at": item.get("start_at"),
+        "delay": item.get("delay"),
+    }
+
+
+def same_start(a: NewStart, b: NewStart) -> bool:
+    """Whether two starts of one id ask for the same workflow (so both get its handle)."""
+    return a.plan.name == b.plan.name and _same_input(a.input, b.input)
+
+
+def same_record(existing: WorkflowRecord, new: NewStart) -> bool:
+    """Whether an existing workflow is what ``new`` would have created."""
+    return existing.name == new.plan.name and _same_input(existing.input, new.input)
+
+
+def _same_input(a: Any, b: Any) -> bool:
+    return bool(a == b) or encode(a) == encode(b)  # (the bytes also match when NaN is in it)

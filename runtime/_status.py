@@ -8,7 +8,15 @@ from types import MappingProxyType
 from typing import Any
 
 from herder.actors.engine import WAITS_TO_RUN
-from herder.store import HerderError, Plan, StepRecord, StepState, WorkflowRecord, WorkflowState
+from herder.store import (
+    HerderError,
+    Plan,
+    StepRecord,
+    StepState,
+    WorkflowRecord,
+    WorkflowState,
+    plan_steps,
+)
 
 State = WorkflowState
 """A workflow's state: a str enum whose values are the upper-case names."""
@@ -118,12 +126,12 @@ class WorkflowStatus:
         return {n: s.result for n, s in self.steps.items() if s.state is StepState.SUCCEEDED}
 
 
-def in_plan_order(steps: list[StepRecord], plan: Plan | None) -> list[StepRecord]:
-    """``steps`` in the order their plan defines them (stored order without a plan)."""
-    if plan is None:
-        return steps
-    order = {s.name: i for i, s in enumerate(plan.steps)}
-    return sorted(steps, key=lambda s: order.get(s.name, len(order)))
+def in_plan_order(
+    record: WorkflowRecord, steps: list[StepRecord], plan: Plan | None
+) -> list[StepRecord]:
+    """``steps`` in the order their plan defines them, a step without a stored record
+    shown PENDING (stored steps in stored order without a plan)."""
+    return steps if plan is None else plan_steps(record, steps, plan)
 
 
 class WorkflowFailed(HerderError):

@@ -2,7 +2,8 @@
 
 A delayed start is recorded with the workflow, not kept in memory: the steps without
 dependencies are stored PENDING with their start time (``retry_at``) and an entry in the
-store's ``timers`` index, in the same transaction that creates the workflow. The
+store's ``timers`` index, in the same transaction that creates the workflow. (Other steps
+get no record until they leave PENDING: a missing step record means PENDING.) The
 Supervisor's sweep of that index queues them when the time comes, in this process or,
 after a crash, in the next one. All times come from the runtime's injectable clock.
 """
@@ -98,6 +99,7 @@ def new_workflow(
 ) -> tuple[WorkflowRecord, list[StepRecord], list[Put]]:
     """A new RUNNING workflow's records and the store operations that create them.
 
+    Every step's PENDING record is returned, but only those with a timer are written.
     With a delayed start, each step without dependencies waits until ``begin`` plus its
     own ``delay`` (a timer entry is written with it); otherwise the Scheduler applies
     step delays when it gets there. ``agents`` (step -> agent resolved from the input,
@@ -110,7 +112,6 @@ def new_workflow(
         record = record.evolve(priority=priority, agents=agents or {}, trace=trace)
     ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_dict()))]
     steps: list[StepRecord] = []
-    timers: list[Put] = []
     for spec in plan.steps:
         st = StepRecord(workflow_id, spec.name, updated=now)
         if begin is not None and not spec.after:
@@ -118,10 +119,10 @@ def new_workflow(
             due_ms = int(at * 1000)
             st = st.evolve(retry_at=at, timer_ms=due_ms)
             key = timer_key(due_ms, workflow_id, spec.name)
-            timers.append(Put("timers", key, encode(_timer_value(st))))
+            ops.append(Put("timers", key, encode(_timer_value(st))))
+            ops.append(Put("steps", step_key(workflow_id, st.name), encode(st.to_dict())))
         steps.append(st)
-    ops += [Put("steps", step_key(workflow_id, s.name), encode(s.to_dict())) for s in steps]
-    return record, steps, ops + timers
+    return record, steps, ops
 
 
 def _timer_value(st: StepRecord) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from herder.store._commands import (
     pending_commands,
     wait_outcome,
 )
+from herder.store._compact import compact
 from herder.store._crashpoints import crash_point
 from herder.store._env import Snapshot, Store, is_held
 from herder.store._errors import (
@@ -86,6 +87,7 @@ from herder.store._records import (
     WorkflowRecord,
     WorkflowState,
     definition_key,
+    plan_steps,
     split_step_key,
     split_timer_key,
     started_key,
@@ -97,6 +99,8 @@ from herder.store._records import (
     workflow_key,
 )
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
+from herder.store._retention import BATCH, FINISHED, PURGEABLE, candidates, deletions, purge
+from herder.store._retention import count as count_purgeable
 from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
 from herder.store._standby import StandbyMark, standby_waiting
 from herder.store._untrusted import (
@@ -112,11 +116,14 @@ from herder.store._untrusted import (
 from herder.store._writer import BatchSink, Delete, Expect, Ops, Put, Transition, Writer
 
 __all__ = [
+    "BATCH",
     "COMMAND_DONE",
     "DEFAULT_LEASE",
+    "FINISHED",
     "KEY_SEP",
     "MAX_ID_BYTES",
     "MAX_VALUE_BYTES",
+    "PURGEABLE",
     "RECENT_DB",
     "SCHEMA_VERSION",
     "BatchSink",
@@ -157,12 +164,16 @@ __all__ = [
     "Writer",
     "append_command",
     "bounded_text",
+    "candidates",
     "check_text",
     "command_outcome",
+    "compact",
     "contain",
+    "count_purgeable",
     "crash_point",
     "decode",
     "definition_key",
+    "deletions",
     "describe",
     "encode",
     "error_types",
@@ -174,6 +185,8 @@ __all__ = [
     "new_command",
     "normalize",
     "pending_commands",
+    "plan_steps",
+    "purge",
     "read_history",
     "resource_key",
     "safe_repr",

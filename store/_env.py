@@ -693,13 +693,14 @@ class Store:
         """The lease record as stored now (whoever holds it), or None."""
         return self._read(lambda txn: read_lease(txn, self._handles["meta"]))
 
-    def try_take_lease(self) -> str | None:
+    def try_take_lease(self, lapsed: Callable[[Lease], bool] | None = None) -> str | None:
         """Standby: take the lease if its holder released it, let it lapse or is gone.
 
         Returns why it was taken ("free", "released", "expired", "holder gone"), or None
         while another runtime holds it. Taking bumps the incarnation (in the same write
         transaction as the lease, so of racing standbys exactly one wins) and starts the
-        writer. Call it from one thread at a time.
+        writer. Call it from one thread at a time. ``lapsed`` judges expiry instead of
+        the wall clock (see :func:`why_takeable`).
         """
         if self._lease is not None:
             return "held"
@@ -714,6 +715,7 @@ class Store:
                     self._handles["meta"],
                     duration=self.lease_duration,
                     have_flock=self._have_flock,
+                    lapsed=lapsed,
                 )
         except lmdb.Error as exc:
             raise _translate(exc, f"cannot take the lease of store {self.path}") from exc

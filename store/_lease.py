@@ -196,14 +196,24 @@ def holder_stopped(lease: Lease) -> bool:
     return state in (b"T", b"t")
 
 
-def why_takeable(lease: Lease | None, now: float, *, have_flock: bool) -> str | None:
+def why_takeable(
+    lease: Lease | None,
+    now: float,
+    *,
+    have_flock: bool,
+    lapsed: Callable[[Lease], bool] | None = None,
+) -> str | None:
     """Why the lease may be taken now ("free", "released", "expired", "holder gone"),
-    or None while its holder may still be alive and within its lease."""
+    or None while its holder may still be alive and within its lease.
+
+    ``lapsed(lease)`` judges expiry when given (a standby's own observation, see
+    ``herder.runtime._ha``); otherwise ``expires`` is compared with the wall clock ``now``.
+    """
     if lease is None:
         return "free"
     if lease.released:
         return "released"
-    if lease.expires <= now:
+    if (lease.expires <= now) if lapsed is None else lapsed(lease):
         return "expired"
     if holder_gone(lease, have_flock=have_flock):
         return "holder gone"
@@ -211,7 +221,12 @@ def why_takeable(lease: Lease | None, now: float, *, have_flock: bool) -> str | 
 
 
 def take(
-    txn: lmdb.Transaction, meta: Any, *, duration: float, have_flock: bool
+    txn: lmdb.Transaction,
+    meta: Any,
+    *,
+    duration: float,
+    have_flock: bool,
+    lapsed: Callable[[Lease], bool] | None = None,
 ) -> tuple[Lease, str | None]:
     """Take the lease inside write transaction ``txn`` if it is free to take.
 
@@ -220,7 +235,7 @@ def take(
     """
     now = time.time()
     current = read_lease(txn, meta)
-    reason = why_takeable(current, now, have_flock=have_flock)
+    reason = why_takeable(current, now, have_flock=have_flock, lapsed=lapsed)
     if reason is None:
         assert current is not None
         return current, None

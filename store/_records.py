@@ -387,6 +387,19 @@ class StepRecord:
         return _from_map(cls, data, StepState)
 
 
+def plan_steps(record: WorkflowRecord, stored: list[StepRecord], plan: Plan) -> list[StepRecord]:
+    """A workflow's steps in plan order, with a PENDING record for each step that has
+    none in the store: a step's record is first written when it leaves PENDING (or when
+    a delayed start gives it a timer), so a missing record means PENDING. Stored steps
+    the plan does not name come last."""
+    by_name: dict[str, StepRecord | None] = {st.name: st for st in stored}
+    steps = [
+        by_name.pop(spec.name, None) or StepRecord(record.id, spec.name, updated=record.created)
+        for spec in plan.steps
+    ]
+    return steps + [st for st in by_name.values() if st is not None]
+
+
 def _evolver(cls: type[_R]) -> Callable[[_R, dict[str, Any]], _R]:
     """A fast ``dataclasses.replace`` for a frozen, slotted record class without validation
     in ``__init__``: the Scheduler evolves a record several times per step.

@@ -11,6 +11,10 @@ Configured by environment variables (each process of a test gets its own):
   prints ``refused w-i``.
 - ``HA_WATCH``: once active, wait until every workflow in the store is final, then print
   ``idle N`` (N workflows). The tests wait on that line instead of polling the store.
+- ``HA_WALL_STEP``: step this process's wall clock (``time.time``) by that many seconds
+  at registration, as an NTP correction or a VM resume would.
+- ``HA_POLLS``: print ``polled N`` once this runtime's health signal (a standby's lease
+  poll, an active runtime's sweep) fired N times after registration.
 """
 
 from __future__ import annotations
@@ -87,10 +91,31 @@ def _watch(rt: Runtime) -> None:
     _say(f"idle {len(statuses)}")
 
 
+def _step_wall_clock(seconds: float) -> None:
+    real = time.time
+    time.time = lambda: real() + seconds  # every caller of time.time() in this process
+    _say(f"wall stepped {seconds:+.1f}")
+
+
+def _count_polls(rt: Runtime, count: int) -> None:
+    seen = [0]
+
+    def polled() -> None:
+        seen[0] += 1
+        if seen[0] == count:
+            _say(f"polled {count}")
+
+    rt._health_listeners.append(polled)
+
+
 def build(rt: Runtime) -> None:
     """Register the agent and workflow; start the workload if ``HA_START`` asks."""
     rt.add_agent("svc", Service, concurrency=8)
     rt.add_workflow(JOB)
+    if os.environ.get("HA_WALL_STEP"):
+        _step_wall_clock(float(os.environ["HA_WALL_STEP"]))
+    if os.environ.get("HA_POLLS"):
+        _count_polls(rt, int(os.environ["HA_POLLS"]))
     count = int(os.environ.get("HA_START", "0"))
     if count:
         pace = float(os.environ.get("HA_PACE", "0"))

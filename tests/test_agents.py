@@ -11,7 +11,7 @@ from pathlib import Path
 import pykka
 import pytest
 
-from herder.actors._agent_host import AgentInstance
+from herder.actors._thread_host import AgentInstance
 from herder.runtime import Agent, Runtime, StepContext, Workflow
 from herder.runtime.testing import FakeClock, advance, settle
 

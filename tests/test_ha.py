@@ -342,3 +342,43 @@ def test_a_standby_under_systemd_is_ready_as_standby_then_reports_active(
         active.proc.kill()
         while "STATUS=active" not in (message := sock.recv(4096).decode()):
             assert "STOPPING" not in message
+
+
+@pytest.mark.parametrize("stepped", ["standby", "active"])
+def test_a_wall_clock_step_larger_than_the_lease_deposes_no_healthy_runtime(
+    tmp_path: pathlib.Path, daemons: list[Daemon], stepped: str
+) -> None:
+    # The standby's clock jumps ten leases ahead (its old expiry test then saw the lease
+    # as long expired), or the active's jumps ten leases back (it then renewed the lease
+    # with an expiry already past): either way nothing changes hands (issue 14, defect 5).
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    step = {"standby": 10 * LEASE, "active": -10 * LEASE}
+    active = Daemon(
+        store,
+        effects,
+        HA_START="30",
+        HA_PACE="0.1",
+        **({"HA_WALL_STEP": str(step["active"])} if stepped == "active" else {}),
+    )
+    daemons.append(active)
+    active.wait_for("active")
+    standby = Daemon(
+        store,
+        effects,
+        standby=True,
+        HA_POLLS="60",  # three leases of polls at 0.05 s
+        **({"HA_WALL_STEP": str(step["standby"])} if stepped == "standby" else {}),
+    )
+    daemons.append(standby)
+    standby.wait_for("standby")
+    standby.wait_for("polled 60")
+    active.wait_for("started all")
+    assert not [line for line in standby.seen if line.startswith("active")], standby.errors
+    assert not [line for line in active.seen if line.startswith("refused")], active.errors
+    assert active.proc.poll() is None
+    assert standby.proc.poll() is None
+    ran = _effects(effects)
+    assert ran
+    assert max(ran.values()) == 1  # nothing ran twice
+    pids = {line.split()[3] for line in effects.read_text().splitlines()}
+    assert pids == {str(active.proc.pid)}

@@ -2,7 +2,9 @@
 
 Each seed runs a small workload on a real runtime under a fake clock and a seeded fault
 schedule (errors, lost answers, hangs with late stale answers, instance crashes,
-permanent failures, store write errors, a cancel, a restart, a Scheduler crash) and
+permanent failures, store write errors, a cancel, an abandon, a command queued while
+the runtime is down for a restart, a wall-clock step of an hour either way, a Scheduler
+crash) and
 checks the outcome the schedule implies, the effects against the recorded states,
 compensation order and ``herder check``. ``--sim-seeds N`` runs seeds 0..N-1 (default
 200); ``HERDER_SIM_SEED=S`` runs only seed S, to reproduce a failure.
@@ -37,6 +39,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
     faults: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     store_faults = stale = restarts = scheduler_crashes = fired = 0
+    operator: Counter[str] = Counter()  # actions applied and clock steps, by kind
     started = time.monotonic()
     try:
         for seed in sim_seeds:
@@ -52,6 +55,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
             restarts += report.restarts
             scheduler_crashes += report.scheduler_crashes
             fired += report.fired
+            operator.update(done.split()[1] for done in report.operator)
     finally:
         if root != tmp_path:
             import shutil
@@ -61,7 +65,8 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
         f"\nsimulation: {len(sim_seeds)} seeds in {time.monotonic() - started:.1f}s, "
         f"outcomes {dict(outcomes)}, faults {dict(faults)}, store faults {store_faults}, "
         f"stale answers dropped {stale}, restarts {restarts}, "
-        f"scheduler crashes {scheduler_crashes}, schedule firings {fired}"
+        f"scheduler crashes {scheduler_crashes}, schedule firings {fired}, "
+        f"operator {dict(operator)}"
     )
     if len(sim_seeds) >= 50:  # the schedule really exercises every kind of fault
         assert set(faults) == {"raise", "lost", "hang", "crash", "permanent"}
@@ -70,7 +75,8 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
         assert restarts > 0
         assert scheduler_crashes > 0
         assert fired > 0  # a schedule fired through these faults, each slot once
-        assert {"SUCCEEDED", "COMPENSATED", "CANCELLED"} <= set(outcomes)
+        assert {"SUCCEEDED", "COMPENSATED", "CANCELLED", "ABANDONED"} <= set(outcomes)
+        assert {"cancel", "abandon", "step_wall"} <= set(operator)
 
 
 def test_a_seed_decides_the_same_faults_every_time() -> None:

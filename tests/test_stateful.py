@@ -2,9 +2,10 @@
 
 Rules start workflows (new ids, repeats with the same input, conflicts with different
 input), inject faults into the next attempt of a step (transient error, permanent error,
-a hang, an instance crash), advance the fake clock, cancel, retry, abandon and
-compensate (running workflows too) and reopen the runtime. After every rule, on one
-consistent snapshot of the store:
+a hang, an instance crash), advance the fake clock or step its wall clock either way,
+cancel, retry, abandon and compensate (running workflows too), reopen the runtime, and
+reopen it with a cancel or abandon queued as the CLI queues it while no runtime runs.
+After every rule, on one consistent snapshot of the store:
 
 - every started workflow exists and is in a legal state (``herder check``: step states
   agree with the workflow state, nothing of a final workflow dispatched or on a timer,
@@ -44,7 +45,8 @@ from herder.runtime import (
     Workflow,
     WorkflowConflict,
 )
-from herder.runtime.testing import FakeClock, advance, check_store, crash_instance
+from herder.runtime.testing import FakeClock, advance, check_store, crash_instance, settle
+from herder.store import Store, append_command, new_command, wait_outcome
 from herder.store._records import StepState, WorkflowState
 
 W = WorkflowState
@@ -202,6 +204,40 @@ class RuntimeMachine(RuleBasedStateMachine):
         # An operator's move, not the engine's: the invariant starts afresh (herder check
         # still judges every step state the action left).
         self.retried.add(wid)
+
+    @precondition(lambda self: bool(self.inputs))
+    @rule(data=st.data(), action=st.sampled_from(["cancel", "abandon"]))
+    def reopen_with_a_queued_command(self, data: st.DataObject, action: str) -> None:
+        """An operator's CLI command queued while no runtime ran: the next runtime applies
+        it before anything of the workflow runs again, whatever the start-up order."""
+        wid = data.draw(st.sampled_from(sorted(self.inputs)))
+        self.faults.release()
+        self.rt.stop(timeout=2)
+        path = self.dir / "store"
+        with Store(path, readonly=True) as store:
+            record = store.get_workflow(wid)
+            assert record is not None
+            before = record.state
+        command_id = append_command(path, new_command(action, wid, who="machine", why="queued"))
+        self.rt = self._open()
+        self.rt._sweep_now()  # a command for a finished workflow is answered by the sweep
+        settle(self.rt)
+        outcome = wait_outcome(path, command_id, TIMEOUT)
+        assert outcome is not None, "the queued command was not answered"
+        after = self.rt.status(wid).state
+        applies = not before.is_final or (action == "abandon" and before is W.NEEDS_ATTENTION)
+        assert (outcome["state"] == "DONE") is applies, (before, outcome)
+        if applies and action == "abandon":
+            assert after is W.ABANDONED
+        elif applies:
+            assert after in (W.COMPENSATING, W.CANCELLED, W.NEEDS_ATTENTION), after
+        event(f"queued {action} of a {before} workflow")
+        self.retried.add(wid)
+
+    @rule(seconds=st.sampled_from([-3600.0, 3600.0]))
+    def step_wall_clock(self, seconds: float) -> None:
+        """NTP or a VM resume steps the wall clock; the monotonic clock goes on."""
+        self.clock.step_wall(seconds)
 
     @rule()
     def reopen(self) -> None:

@@ -3,8 +3,9 @@
 What lives here: the step and workflow state machines as tables (``_states``): which
 moves are legal, which states hold a timer, which keep a compensation waiting, which
 are undone, restarted, skipped or stuck; the retry rule (``_retry``); one step's
-transitions as pure record functions (``_step``); and the typed effects a decision
-causes once its writes are durable (``_decision``). Everything else that must know these rules
+transitions as pure record functions (``_step``); a workflow's rules: what runs next,
+when it ends, what is undone (``_workflow``); and the typed effects a decision causes
+once its writes are durable (``_decision``). Everything else that must know these rules
 (the Scheduler, operator actions, ``herder check``, the inbox and status views, the
 hypothesis state machine) consults these tables; no copy of them lives elsewhere.
 The engine grows toward ``design/structure.md``: events in, decisions out.
@@ -56,6 +57,7 @@ from herder.actors.engine._step import (
     unknown,
     with_timer,
 )
+from herder.actors.engine._workflow import Advance, advance, when_compensating
 
 __all__ = [
     "ALLOWED_STEPS",
@@ -71,6 +73,7 @@ __all__ = [
     "UNDOING",
     "WAITS_TO_RUN",
     "WORKFLOW_NEXT",
+    "Advance",
     "Announce",
     "Dispatch",
     "Effect",
@@ -81,6 +84,7 @@ __all__ = [
     "Resolve",
     "RetryIn",
     "Verdict",
+    "advance",
     "after_failure",
     "after_probe_failure",
     "dispatch",
@@ -98,5 +102,6 @@ __all__ = [
     "stopped",
     "to_undo",
     "unknown",
+    "when_compensating",
     "with_timer",
 ]

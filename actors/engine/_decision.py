@@ -22,7 +22,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from herder.store import WorkflowRecord
+from herder.store import StepRecord, WorkflowRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +36,11 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Announce:
-    """The workflow reached this final ``record``: tell whoever waits on it."""
+    """The workflow reached this final ``record``: tell whoever waits on it (with its
+    ``steps`` in plan order when they are in memory, so nobody has to read them back)."""
 
     record: WorkflowRecord
+    steps: list[StepRecord] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Where actions run: agent instance actors and the per-agent pools that own them.
+"""The thread host: agent instance actors and the per-agent pools that own them.
 
 Each registered agent name has a pool. Instances start lazily when a step arrives (up to
 the pool's ``concurrency``), under a per-agent supervisor (simple_one_for_one) that the
@@ -7,28 +7,26 @@ instances left stops its supervisor, so ten thousand mostly idle agents hold no 
 Work waiting for a busy agent waits in the pool's queue, in the Scheduler's memory, never
 in an unbounded actor inbox.
 
-The Scheduler talks to :class:`AgentHost` only (dispatch an attempt, release or replace
-an instance); nothing else here knows about threads, so another host (Ray, asyncio) can
-take its place later.
+It implements the :class:`~herder.actors._host.AgentHost` protocol; attempts run through
+the shared :func:`~herder.actors._action.run_attempt`.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
 
-from herder.actors._agent import Agent, StepContext
+from herder.actors._action import run_attempt
+from herder.actors._agent import Agent
 from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
-from herder.actors._errors import Permanent
+from herder.actors._host import AgentUnavailable
 from herder.actors._messages import InstanceEvent, Outcome, Run
-from herder.actors._outcomes import COMPLETE_LATER, DONE, NOT_DONE, RUNNING, ProbeResult
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
@@ -41,28 +39,12 @@ from herder.actors._supervision_specs import (
     Strategy,
 )
 from herder.store import (
-    EncodeError,
     contain,
     crash_point,
-    describe,
-    error_types,
-    normalize,
     safe_repr,
 )
 
 _log = logging.getLogger("herder.agents")
-
-
-class AgentUnavailable(Exception):
-    """No instance of an agent could be started (its factory or start-up failed)."""
-
-
-class InstanceCrash(Exception):
-    """Raised by an action to crash its agent instance (not just fail the step).
-
-    Used by the testing kit to simulate a host-level crash; the supervision tree restarts
-    the instance and the step is retried at once.
-    """
 
 
 class AgentInstance(SupervisedActor):
@@ -93,61 +75,14 @@ class AgentInstance(SupervisedActor):
         self._agent = contain(self._factory)
 
     def on_receive(self, message: Any) -> Any:
-        """Run one attempt and report its outcome."""
+        """Run one attempt and report its outcome (an InstanceCrash crashes this actor)."""
         if isinstance(message, Run):
-            self._reply(self._run(message))
+            outcome = run_attempt(
+                self._agent, self._agent_name, self._instance, message, self._max_result_bytes
+            )
+            self._reply(outcome)
             return None
         return super().on_receive(message)
-
-    def _run(self, run: Run) -> Outcome:
-        ctx: StepContext = run.context
-        try:
-            method = getattr(self._agent, run.action, None)
-            if run.action.startswith("_") or not callable(method):
-                raise Permanent(f"agent {self._agent_name!r} has no action {run.action!r}")
-            value = method(ctx)
-            if type(value) is types.CoroutineType:  # an async def the class did not show
-                value.close()  # never started: no user code runs
-                raise Permanent(
-                    f"action {run.action!r} of agent {self._agent_name!r} returned a coroutine "
-                    "(async def); the thread host cannot run it: make it a plain def"
-                )
-            kind = ""
-            if value is COMPLETE_LATER:
-                value, kind = None, "later"
-            elif isinstance(value, ProbeResult):
-                value, kind = value.result, _verdict(value.status)
-            result = normalize(
-                value, limit=self._max_result_bytes, what=f"result of action {run.action!r}"
-            )
-        except InstanceCrash as exc:
-            crash = InstanceCrash(describe(exc))  # raised below, without the user's object
-        except (Permanent, EncodeError) as exc:
-            return self._failed(run, exc, permanent=True)
-        except BaseException as exc:  # user code may raise anything at all
-            return self._failed(run, exc, permanent=False)
-        else:
-            return Outcome(
-                self._agent_name, self._instance, run.token, ok=True, result=result, kind=kind
-            )
-        raise crash
-
-    def _failed(self, run: Run, exc: BaseException, *, permanent: bool) -> Outcome:
-        return Outcome(
-            self._agent_name,
-            self._instance,
-            run.token,
-            ok=False,
-            error=describe(exc),
-            error_types=error_types(exc),
-            permanent=permanent,
-        )
-
-
-def _verdict(status: object) -> str:
-    """A probe's verdict as plain text the Scheduler knows, or ``"?"``, which it refuses
-    (never the user's object: the Scheduler would compare it on its own thread)."""
-    return status if type(status) is str and status in (DONE, NOT_DONE, RUNNING) else "?"
 
 
 @dataclass(slots=True)
@@ -172,8 +107,9 @@ class _Pool:
     ids: itertools.count[int] = field(default_factory=itertools.count)
 
 
-class AgentHost:
-    """The agent pools of one runtime, driven from the Scheduler's thread.
+class ThreadHost:
+    """The :class:`AgentHost` that runs each agent instance as a pykka actor thread: the
+    agent pools of one runtime, driven from the Scheduler's thread.
 
     ``events`` receives every supervision event that concerns an instance (crashes,
     restarts) as an :class:`InstanceEvent`; the Scheduler passes its own ``tell``.
@@ -482,3 +418,22 @@ class AgentHost:
         pool.instances.clear()
         pool.idle.clear()
         call_later(self._agents_sup, "delete_child", f"agent:{pool.name}")
+
+
+def agents_listener(tell: Callable[[InstanceEvent], None]) -> Callable[[ChildEvent], None]:
+    """The listener of the ``agents`` supervisor: news of a per-agent supervisor (started,
+    crashed, gone) reaches the Scheduler as an :class:`InstanceEvent` without instance."""
+
+    def listener(event: ChildEvent) -> None:
+        if event.kind in (
+            ChildEventKind.STARTED,
+            ChildEventKind.CRASHED,
+            ChildEventKind.EXITED,
+            ChildEventKind.TERMINATED,
+            ChildEventKind.ABANDONED,
+        ):
+            agent = event.child_id.removeprefix("agent:")
+            reason = None if event.reason is None else safe_repr(event.reason)
+            tell(InstanceEvent(agent, None, event.kind, event.ref, reason))
+
+    return listener

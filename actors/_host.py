@@ -1,0 +1,79 @@
+"""The agent host seam: how the Scheduler has attempts run, whatever runs them.
+
+The Scheduler (one thread) drives an :class:`AgentHost`; a host runs each attempt with
+:func:`~herder.actors._action.run_attempt` wherever it likes (a pykka actor per instance,
+a shared pool, an event loop) and reports back by messages to the Scheduler:
+
+=====================  ===========================================================
+Scheduler -> host      meaning
+=====================  ===========================================================
+``add`` / ``remove``   register (or re-register) / unregister an agent name
+``queue``              the agent's queue of jobs waiting for capacity (Scheduler-owned)
+``acquire``            capacity: reserve an idle instance for a token, or ask for more
+``send``               submit an attempt (a :class:`Run`) to the reserved instance
+``release``            the instance's attempt ended: it is idle again
+``replace_token``      cancel/replace the attempt holding a fencing token (it hangs)
+``replace``            the same, by instance id
+``busy_tokens``        tokens of the attempts running for an agent
+``on_event``           apply a lifecycle event the host sent itself through the Scheduler
+``passivate``          let instances idle since before a time go (memory, threads)
+``stats``              per agent: instances, busy, queued
+=====================  ===========================================================
+
+Host -> Scheduler (told, never asked): :class:`Outcome` (an attempt ended: result, error,
+probe verdict or hand-off), :class:`Heartbeat` (through the attempt's port),
+:class:`InstanceEvent` (an instance started, crashed or was lost; the Scheduler hands it
+back to ``on_event``, which returns the tokens of attempts lost with it or raises
+:class:`AgentUnavailable` when no instance could be started). Closing is the
+supervision tree's business: a host's actors live under the ``agents`` supervisor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from herder.actors._agent import Agent
+from herder.actors._messages import InstanceEvent, Run
+from herder.actors._queue import JobQueue
+
+
+class AgentUnavailable(Exception):
+    """No instance of an agent could be started (its factory or start-up failed)."""
+
+
+class InstanceCrash(Exception):
+    """Raised by an action to crash its agent instance (not just fail the step).
+
+    Used by the testing kit to simulate a host-level crash; the supervision tree restarts
+    the instance and the step is retried at once.
+    """
+
+
+class AgentHost(Protocol):
+    """What the Scheduler needs of a host (see the module docstring); driven from the
+    Scheduler's thread only."""
+
+    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None: ...
+
+    def remove(self, name: str) -> None: ...
+
+    def queue(self, name: str) -> JobQueue[Any] | None: ...
+
+    def acquire(self, name: str, token: int, backlog: int = 1) -> str | None: ...
+
+    def send(self, name: str, instance_id: str, run: Run) -> bool: ...
+
+    def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool: ...
+
+    def busy_tokens(self, name: str) -> list[int]: ...
+
+    def replace_token(self, name: str, token: int) -> None: ...
+
+    def replace(self, name: str, instance_id: str) -> None: ...
+
+    def on_event(self, event: InstanceEvent, now: float) -> list[int]: ...
+
+    def passivate(self, idle_before: float, limit: int = 256) -> int: ...
+
+    def stats(self) -> dict[str, dict[str, int]]: ...

@@ -1,0 +1,246 @@
+"""The retention soak (``python benchmarks/soak.py --retention``), issue 17's two figures.
+
+1. **Flat store.** A runtime with ``retention=R`` seconds runs a steady stream of
+   two-step workflows (about 2.5 KB each in the store) for ``4 R``; the store file's size
+   is sampled every second. PASS when the largest size after the first retention period
+   (``1.5 R``, once the first deletions have run) is within 20% of the size then.
+2. **Purge under load.** ``--purge`` finished workflows 30 days old are written straight
+   into a store; a runtime then keeps ``--in-flight`` one-step workflows running and
+   measures each one's latency (start to result). Retention is switched on and off every
+   ``--phase`` seconds (A/B interleaved, so load drift hits both) until the backlog is
+   gone. PASS when p99 with the purge running is at most 2x p99 without it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import percentile, progress, render_table
+
+from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.store import (
+    Put,
+    StepRecord,
+    StepState,
+    Store,
+    Transition,
+    WorkflowRecord,
+    WorkflowState,
+    encode,
+    history_put,
+    step_event,
+    step_key,
+    workflow_event,
+    workflow_key,
+)
+
+TAG = "soak/retention"
+PAD = "x" * 1500  # with records and history: about 2.5 KB per workflow in the store
+
+
+class Device(Agent):
+    def sync(self, ctx: StepContext) -> dict[str, int]:
+        return {"n": len(ctx.input["pad"])}
+
+
+PAIR = (
+    Workflow("device")
+    .step("pull", agent="device", action="sync")
+    .step("push", agent="device", action="sync", after=["pull"])
+)
+ONE = Workflow("ping").step("only", agent="device", action="sync")
+
+
+def register(rt: Runtime) -> None:
+    rt.add_agent("device", Device, concurrency=16)
+    rt.add_workflow(PAIR)
+    rt.add_workflow(ONE)
+
+
+def _size(path: Path) -> int:
+    return (path / "data.mdb").stat().st_size
+
+
+def _pump(
+    rt: Runtime, name: str, threads: int, stop: threading.Event, latencies: list[Any]
+) -> list[threading.Thread]:
+    """``threads`` closed loops, each starting one workflow and waiting for its result."""
+
+    def loop(t: int) -> None:
+        n = 0
+        while not stop.is_set():
+            began = time.perf_counter()
+            try:
+                rt.start(name, {"pad": PAD}, workflow_id=f"{name}-{t}-{n}").result(timeout=60)
+            except Exception as exc:  # a stopping runtime ends the loop
+                progress(TAG, f"loop {t}: {type(exc).__name__}: {exc}")
+                return
+            latencies.append((time.monotonic(), time.perf_counter() - began))
+            n += 1
+
+    workers = [threading.Thread(target=loop, args=(t,), daemon=True) for t in range(threads)]
+    for w in workers:
+        w.start()
+    return workers
+
+
+def flat_store(root: Path, period: float, threads: int) -> dict[str, Any]:
+    path = root / "flat"
+    stop = threading.Event()
+    done: list[Any] = []
+    samples: list[tuple[float, int, int]] = []
+    with Runtime(path, setup=register, retention=period, map_size=1 << 30) as rt:
+        began = time.monotonic()
+        workers = _pump(rt, "device", threads, stop, done)
+        tick = threading.Event()
+        while (elapsed := time.monotonic() - began) < 4 * period:
+            tick.wait(1.0)
+            samples.append((elapsed, _size(path), rt._store.count("workflows")))
+        stop.set()
+        for w in workers:
+            w.join(60)
+    at = next(s for s in samples if s[0] >= 1.5 * period)
+    later = [s for s in samples if s[0] >= at[0]]
+    peak = max(s[1] for s in later)
+    growth = peak / at[1] - 1
+    progress(TAG, f"flat store: {len(done)} workflows in {4 * period:.0f}s")
+    return {
+        "retention_s": period,
+        "workflows": len(done),
+        "rate_per_s": len(done) / (4 * period),
+        "size_at_1_5R": at[1],
+        "peak_after": peak,
+        "final": later[-1][1],
+        "kept_at_end": later[-1][2],
+        "growth": growth,
+        "pass": growth <= 0.20,
+        "samples": samples,
+    }
+
+
+def _prefill(path: Path, count: int, age: float) -> None:
+    """``count`` SUCCEEDED two-step workflows last updated ``age`` seconds ago."""
+    t = time.time() - age
+    with Store(path, map_size=1 << 34) as store:
+        batch: list[Transition] = []
+        for i in range(count):
+            wid = f"old-{i:08d}"
+            wf = WorkflowRecord(wid, "device", 1, {"pad": PAD}, WorkflowState.SUCCEEDED, t, t)
+            ops = [Put("workflows", workflow_key(wid), encode(wf.to_dict()))]
+            seq = i * 8
+            ops.append(
+                history_put(wid, seq, workflow_event(None, wf.evolve(state=WorkflowState.RUNNING)))
+            )
+            for n, step in enumerate(("pull", "push")):
+                old = StepRecord(wid, step, updated=t)
+                new = old.evolve(state=StepState.SUCCEEDED, attempt=1, result={"n": 1500})
+                ops.append(Put("steps", step_key(wid, step), encode(new.to_dict())))
+                event = step_event(old, new, t)
+                if event is not None:
+                    ops.append(history_put(wid, seq + 1 + n, event))
+            ops.append(
+                history_put(
+                    wid, seq + 5, workflow_event(wf.evolve(state=WorkflowState.RUNNING), wf)
+                )
+            )
+            batch.append(Transition(ops=tuple(ops)))
+            if len(batch) == 2000:
+                store.writer.submit_many(batch, lambda _r: None)
+                store.writer.flush(timeout=600)
+                batch = []
+                if i % 50_000 < 2000:
+                    progress(TAG, f"prefilled {i + 1:,}/{count:,}")
+        if batch:
+            store.writer.submit_many(batch, lambda _r: None)
+            store.writer.flush(timeout=600)
+
+
+def purge_under_load(root: Path, count: int, in_flight: int, phase: float) -> dict[str, Any]:
+    path = root / "purge"
+    began_fill = time.monotonic()
+    _prefill(path, count, age=30 * 86400)
+    progress(TAG, f"prefilled {count:,} in {time.monotonic() - began_fill:.0f}s")
+    stop = threading.Event()
+    done: list[tuple[float, float]] = []
+    phases: list[tuple[float, float, str]] = []
+    with Runtime(path, setup=register, retention=None, map_size=1 << 34) as rt:
+        workers = _pump(rt, "ping", in_flight, stop, done)
+        warm = threading.Event()
+        warm.wait(phase)  # warm-up, not measured
+        purging = True
+        began = time.monotonic()
+        while True:
+            left = rt._retention.deleted < count
+            if not left:
+                break
+            mode = "purge" if purging else "idle"
+            rt._retention._keep = 7 * 86400.0 if purging else None
+            start = time.monotonic()
+            warm.wait(phase)
+            phases.append((start, time.monotonic(), mode))
+            purging = not purging
+            if time.monotonic() - began > 3600:
+                break
+        rt._retention._keep = None
+        # one more idle phase so both sides have the same number
+        start = time.monotonic()
+        warm.wait(phase)
+        phases.append((start, time.monotonic(), "idle"))
+        took = time.monotonic() - began
+        deleted = rt._retention.deleted
+        stop.set()
+        for w in workers:
+            w.join(60)
+    by: dict[str, list[float]] = {"idle": [], "purge": []}
+    for at, latency in done:
+        for start, end, mode in phases:
+            if start <= at < end:
+                by[mode].append(latency)
+                break
+    p99 = {m: percentile(v, 0.99) * 1000 for m, v in by.items()}
+    p50 = {m: percentile(v, 0.50) * 1000 for m, v in by.items()}
+    ratio = p99["purge"] / p99["idle"] if p99["idle"] else float("inf")
+    return {
+        "prefilled": count,
+        "deleted": deleted,
+        "purge_seconds": took,
+        "purged_per_s_while_on": deleted
+        / max(1e-9, sum(e - s for s, e, m in phases if m == "purge")),
+        "in_flight": in_flight,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "n": {m: len(v) for m, v in by.items()},
+        "p99_ratio": ratio,
+        "pass": ratio <= 2.0,
+    }
+
+
+def run(root: Path, args: Any) -> dict[str, Any]:
+    load_before = os.getloadavg()
+    flat = flat_store(root, args.retention_period, args.retention_threads)
+    print(
+        render_table(
+            ("flat store", "retention s", "workflows", "size @1.5R", "peak after", "growth",
+             "pass"),
+            [("", flat["retention_s"], flat["workflows"], flat["size_at_1_5R"],
+              flat["peak_after"], f"{flat['growth']:+.1%}", flat["pass"])],
+        )
+    )  # fmt: skip
+    purge = purge_under_load(root, args.purge, args.in_flight, args.phase)
+    print(
+        render_table(
+            ("purge under load", "prefilled", "deleted", "seconds", "p99 idle ms",
+             "p99 purge ms", "ratio", "pass"),
+            [("", purge["prefilled"], purge["deleted"], purge["purge_seconds"],
+              purge["p99_ms"]["idle"], purge["p99_ms"]["purge"], purge["p99_ratio"],
+              purge["pass"])],
+        )
+    )  # fmt: skip
+    load_after = os.getloadavg()
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    flat.pop("samples")
+    return {"flat_store": flat, "purge_under_load": purge, "load": [load_before, load_after]}

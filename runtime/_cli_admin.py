@@ -1,0 +1,114 @@
+"""``herder purge`` (delete finished workflows) and ``herder compact`` (shrink the file).
+
+``purge`` deletes workflows in the given states (default: the finished ones, SUCCEEDED,
+COMPENSATED, CANCELLED, ABANDONED) last updated before a cutoff, with their steps,
+history, timers and index entries. While a runtime runs the store it goes through the
+command channel and that runtime works it off a batch per sweep (exit 3 if it is not done
+within ``--timeout``; it carries on); with none it deletes directly. ``--dry-run`` only
+counts. ``compact`` is offline (see ``store/_compact.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from typing import Any, TextIO
+
+from herder.runtime._cli_args import add_store
+from herder.runtime._inspect import parse_when
+from herder.store import (
+    COMMAND_DONE,
+    FINISHED,
+    PURGEABLE,
+    InvalidInput,
+    Store,
+    append_command,
+    compact,
+    count_purgeable,
+    is_held,
+    new_command,
+    purge,
+    wait_outcome,
+)
+
+QUEUED = 3
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``purge`` and ``compact``."""
+    cmd = sub.add_parser("purge", help="delete finished workflows older than a cutoff")
+    add_store(cmd)
+    when = cmd.add_mutually_exclusive_group(required=True)
+    when.add_argument("--older-than", help="last updated longer ago than this (7d, 12h, 30m)")
+    when.add_argument("--before", help="last updated before this ISO date/time")
+    cmd.add_argument(
+        "--state",
+        action="append",
+        type=str.upper,
+        choices=sorted(PURGEABLE),
+        help="only this state (repeatable; default: every finished state)",
+    )
+    cmd.add_argument("--dry-run", action="store_true", help="only count what would go")
+    cmd.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for a running runtime"
+    )
+    cmd.set_defaults(func=_purge)
+    pack = sub.add_parser("compact", help="shrink the store file (offline: no runtime running)")
+    add_store(pack)
+    pack.set_defaults(func=_compact)
+
+
+def _purge(args: argparse.Namespace, out: TextIO) -> int:
+    if args.older_than is not None:
+        if args.older_than.strip()[-1:].isdigit():
+            raise InvalidInput(f"--older-than {args.older_than!r} needs a unit: 7d, 12h, 30m, 90s")
+        before = parse_when(args.older_than, "--older-than")
+    else:
+        before = parse_when(args.before, "--before")
+    states = frozenset(args.state) if args.state else FINISHED
+    path = args.store
+    what = f"{', '.join(sorted(states))} workflows last updated before {_when(before)}"
+    if args.dry_run:
+        with Store(path, readonly=True) as store:
+            out.write(f"would delete {count_purgeable(store, before, states)} {what}\n")
+        return 0
+    if not is_held(path):
+        with Store(path) as store:
+            deleted = purge(store, before, states)
+        out.write(f"deleted {deleted} {what}\n")
+        return 0
+    who = os.environ.get("USER") or getpass.getuser()
+    command = new_command(
+        "purge",
+        "",
+        args={"before": before, "states": sorted(states)},
+        who=who,
+        why="herder purge",
+    )
+    command_id = append_command(path, command)
+    outcome = wait_outcome(path, command_id, args.timeout)
+    if outcome is None:
+        sys.stderr.write(
+            f"herder purge: the runtime has not finished command #{command_id} within "
+            f"{args.timeout} s; it carries on, a batch per sweep (see `herder ls`)\n"
+        )
+        return QUEUED
+    if outcome["state"] != COMMAND_DONE:
+        sys.stderr.write(f"herder purge: failed: {outcome['error']}\n")
+        return 1
+    out.write(f"deleted {outcome.get('deleted', 0)} {what} (through the running runtime)\n")
+    return 0
+
+
+def _compact(args: argparse.Namespace, out: TextIO) -> int:
+    before, after = compact(args.store)
+    out.write(f"compacted {args.store}: {before:,} -> {after:,} bytes\n")
+    return 0
+
+
+def _when(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")

@@ -1,0 +1,145 @@
+"""Retention in a running runtime: ``Runtime(retention=...)`` and ``herder purge`` sent
+through the command channel.
+
+A :class:`Retention` runs on the Supervisor's thread, once per sweep (it is a sweep
+listener, and the Supervisor hands it the ``purge`` commands it finds). Each sweep it
+deletes at most one batch of finished workflows (``store/_retention.py``) and never
+waits for it: the batch goes to the writer as one group, and until that group is
+committed the next sweeps skip. So a backlog of a million is worked off a batch per
+sweep while dispatch goes on, each step commit waiting at most one batch's worth of
+deletes in the writer. A ``purge`` command is worked off the same way, before the
+retention's own cutoff, and its outcome (with the count) is recorded when nothing is left.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import threading
+from typing import Any
+
+from herder.actors import Clock
+from herder.store import (
+    BATCH,
+    FINISHED,
+    PURGEABLE,
+    Store,
+    StoreError,
+    Transition,
+    candidates,
+    deletions,
+    finished_ops,
+)
+
+_log = logging.getLogger("herder.retention")
+
+DEFAULT_RETENTION = 7 * 86400.0
+"""Seconds a finished workflow is kept by default (7 days)."""
+
+
+def retention_seconds(retention: float | datetime.timedelta | None) -> float | None:
+    """``Runtime(retention=)`` as seconds (None keeps everything); checked."""
+    if retention is None:
+        return None
+    if isinstance(retention, datetime.timedelta):
+        retention = retention.total_seconds()
+    if (
+        isinstance(retention, bool)
+        or not isinstance(retention, int | float)
+        or not math.isfinite(retention)
+        or retention < 0
+    ):
+        from herder.store import InvalidInput
+
+        raise InvalidInput(
+            f"retention must be seconds >= 0, a datetime.timedelta or None (keep "
+            f"everything), got {retention!r}"
+        )
+    return float(retention)
+
+
+class Retention:
+    """Deletes finished workflows older than ``keep`` seconds, and runs purge commands."""
+
+    def __init__(self, store: Store, clock: Clock, keep: float | None, batch: int = BATCH):
+        self._store = store
+        self._clock = clock
+        self._keep = keep
+        self._batch = batch
+        self._lock = threading.Lock()
+        self._busy = False
+        self._jobs: dict[int, dict[str, Any]] = {}  # purge commands by id, oldest first
+        self._deleted: dict[int, int] = {}
+        self.deleted = 0  # workflows deleted by this runtime so far (stats)
+
+    def on_command(self, command: dict[str, Any]) -> None:
+        """A pending ``purge`` command (seen again at later sweeps until it is done)."""
+        with self._lock:
+            if command["id"] not in self._jobs:
+                self._jobs[command["id"]] = command
+                self._deleted.setdefault(command["id"], 0)
+
+    def on_sweep(self) -> None:
+        """Submit one batch of deletions, unless the previous one is still committing."""
+        with self._lock:
+            if self._busy:
+                return
+            job = next(iter(self._jobs.values()), None)
+        try:
+            if job is not None:
+                before, states = _job_cutoff(job)
+            elif self._keep is None:
+                return
+            else:
+                before, states = self._clock.time() - self._keep, FINISHED
+            found = candidates(self._store, before, states, self._batch)
+            if not found:
+                if job is not None:
+                    self._finish(job, None)
+                return
+            transitions = deletions(self._store, found)
+        except (StoreError, ValueError, TypeError) as exc:
+            _log.error("retention could not read the store: %s", exc)
+            if job is not None:
+                self._finish(job, f"{type(exc).__name__}: {exc}")
+            return
+        with self._lock:
+            self._busy = True
+        job_id = None if job is None else job["id"]
+        self._store.writer.submit_many(
+            transitions, lambda outcomes: self._committed(job_id, outcomes)
+        )
+
+    def _committed(self, job_id: int | None, outcomes: list[BaseException | None]) -> None:
+        done = sum(1 for o in outcomes if o is None)
+        with self._lock:
+            self._busy = False
+            self.deleted += done
+            if job_id is not None and job_id in self._deleted:
+                self._deleted[job_id] += done
+        if done:
+            _log.info("retention deleted %d finished workflows", done)
+
+    def _finish(self, job: dict[str, Any], error: str | None) -> None:
+        with self._lock:
+            self._jobs.pop(job["id"], None)
+            deleted = self._deleted.pop(job["id"], 0)
+        record = {**job, "deleted": deleted}
+        ops = finished_ops(record, error, self._clock.time())
+        self._store.writer.submit(Transition(ops=ops))
+        _log.warning(
+            "purge command #%d by %s: %s",
+            job["id"],
+            job.get("who") or "?",
+            error or f"deleted {deleted} workflows",
+        )
+
+
+def _job_cutoff(job: dict[str, Any]) -> tuple[float, frozenset[str]]:
+    args = job.get("args") or {}
+    before = float(args["before"])
+    states = frozenset(args.get("states") or FINISHED)
+    if not states <= PURGEABLE:
+        raise ValueError(f"cannot purge states {sorted(states - PURGEABLE)}")
+    return before, states

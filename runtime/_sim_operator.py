@@ -1,0 +1,89 @@
+"""The simulation's operator and wall clock: what :func:`simulate` does besides faults.
+
+Each seed (see :class:`~herder.runtime._simulation.FaultSchedule`) may cancel or abandon
+a workflow at some round, queue a cancel or abandon through the CLI's channel while the
+runtime is down for its restart (the next runtime applies it at start-up, before anything
+of the workflow runs again), and step the wall clock an hour either way (nothing may
+stall or fire early). :class:`SimOperator` does these and says what state each workflow
+acted on must end in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from herder.actors import FakeClock, InvalidState
+from herder.store import WorkflowState, append_command, new_command, wait_outcome
+
+if TYPE_CHECKING:
+    from herder.runtime._runtime import Runtime
+    from herder.runtime._simulation import FaultSchedule
+
+QUIET_WAIT = 10.0
+
+
+class _Faults(Protocol):
+    armed: bool
+
+
+class SimOperator:
+    """Operator actions and clock steps at the rounds the seed picks."""
+
+    def __init__(self, schedule: FaultSchedule, ids: list[str], faults: _Faults) -> None:
+        self._schedule = schedule
+        self._ids = ids
+        self._faults = faults
+        self.wants: dict[str, WorkflowState] = {}  # what an applied action ends it in
+        self.done: list[str] = []  # "round action id", for the report
+
+    def act(self, rt: Runtime, clock: FakeClock, rnd: int) -> None:
+        """The cancel, abandon and wall-clock step of round ``rnd``, if any."""
+        schedule = self._schedule
+        for action, at in (("cancel", schedule.cancel_at()), ("abandon", schedule.abandon_at())):
+            if at is not None and at[0] == rnd:
+                self._apply(rt, action, self._ids[at[1]], rnd)
+        step = schedule.wall_step_at()
+        if step is not None and step[0] == rnd:
+            clock.step_wall(step[1])
+            self.done.append(f"{rnd} step_wall {step[1]:+.0f}")
+
+    def _apply(self, rt: Runtime, action: str, workflow_id: str, rnd: int) -> None:
+        self._faults.armed = False  # the request itself must not meet a store fault
+        try:
+            getattr(rt, action)(workflow_id, who="simulation", why=f"round {rnd}")
+        except InvalidState:
+            return  # it had already finished
+        finally:
+            self._faults.armed = True
+        self._applied(action, workflow_id, rnd)
+
+    def _applied(self, action: str, workflow_id: str, rnd: int) -> None:
+        self.done.append(f"{rnd} {action} {workflow_id}")
+        if action == "abandon":
+            self.wants[workflow_id] = WorkflowState.ABANDONED
+        elif workflow_id not in self.wants:
+            self.wants[workflow_id] = WorkflowState.CANCELLED
+
+    def queue_while_down(self, directory: Path) -> int | None:
+        """Queue the seed's command while no runtime runs (as the CLI does); its id."""
+        queued = self._schedule.queued_at_restart()
+        if queued is None:
+            return None
+        action, which = queued
+        command = new_command(action, self._ids[which], who="simulation", why="queued")
+        return append_command(directory, command)
+
+    def answered(self, rt: Runtime, directory: Path, command_id: int, rnd: int) -> str | None:
+        """After the restart: the queued command's outcome, recorded; a problem, or None."""
+        rt._sweep_now()  # one for a workflow already final is answered by the sweep
+        rt._settle()
+        outcome = wait_outcome(directory, command_id, QUIET_WAIT)
+        if outcome is None:
+            return f"command #{command_id} queued while the runtime was down was never answered"
+        workflow_id = str(outcome["workflow_id"])
+        if outcome["state"] == "DONE":
+            self._applied(str(outcome["action"]), workflow_id, rnd)
+        elif not rt.status(workflow_id).state.is_final:  # the only reason to refuse
+            return f"command #{command_id} refused for a wrong reason: {outcome['error']}"
+        return None

@@ -1,0 +1,141 @@
+"""Retention: deleting finished workflows (with their steps, history, timers and index
+entries) that were last updated before a cutoff, in bounded batches.
+
+A workflow is *finished* in SUCCEEDED, COMPENSATED, CANCELLED or ABANDONED (a
+NEEDS_ATTENTION one waits for an operator and is never purged unless asked by state).
+The candidates come from the ``recent`` index (oldest update first, see ``_recent.py``),
+so finding them reads a range, not the store. One batch is one consistent snapshot (the
+keys of each workflow's steps and history) and one group of transitions committed
+together; each transition deletes one workflow and holds only if the workflow is still
+in the state it was found in (an ``Expect``), so nothing that moved meanwhile is lost.
+The writer drops the index entries in the same transaction (``Writer`` ``derived``).
+
+Used by the runtime's retention (each Supervisor sweep purges at most one batch, in the
+background of the writer's other work) and by ``herder purge`` (on a store no runtime
+holds, or through the command channel while one runs).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from herder.store._codec import decode
+from herder.store._errors import ConditionFailed, StoreCorrupt
+from herder.store._history import HISTORY_DB
+from herder.store._records import (
+    KEY_SEP,
+    WorkflowState,
+    step_key,
+    timer_key,
+    workflow_key,
+)
+from herder.store._writer import Delete, Expect, Transition
+
+if TYPE_CHECKING:
+    from herder.store._env import Snapshot, Store
+
+FINISHED = frozenset(
+    str(s)
+    for s in (
+        WorkflowState.SUCCEEDED,
+        WorkflowState.COMPENSATED,
+        WorkflowState.CANCELLED,
+        WorkflowState.ABANDONED,
+    )
+)
+"""States retention deletes by default: final, and nothing left for anyone to do."""
+
+PURGEABLE = FINISHED | {str(WorkflowState.NEEDS_ATTENTION)}
+"""States ``herder purge --state`` accepts (a parked workflow only when asked by name)."""
+
+BATCH = 500
+"""Workflows deleted per transaction group by default."""
+
+
+def candidates(
+    store: Store, before: float, states: frozenset[str] = FINISHED, limit: int | None = None
+) -> list[tuple[str, str]]:
+    """(workflow id, state) of workflows in ``states`` last updated before ``before``,
+    oldest first, at most ``limit``."""
+    out: list[tuple[str, str]] = []
+    for _, wid, state in store.recent(newest_first=False, states=states, until=before):
+        out.append((wid, state))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def count(store: Store, before: float, states: frozenset[str] = FINISHED) -> int:
+    """How many workflows :func:`purge` would delete now (``herder purge --dry-run``)."""
+    return sum(1 for _ in store.recent(newest_first=False, states=states, until=before))
+
+
+def deletions(store: Store, found: Iterable[tuple[str, str]]) -> list[Transition]:
+    """One transition per workflow deleting it whole, read on one snapshot."""
+    found = list(found)
+
+    def read(snap: Snapshot) -> list[Transition]:
+        return [_deletion(snap, wid, state) for wid, state in found]
+
+    return store.view(read)
+
+
+def _deletion(snap: Snapshot, workflow_id: str, state: str) -> Transition:
+    key = workflow_key(workflow_id)
+    ops: list[Delete] = [Delete("workflows", key)]
+    for skey, raw in snap.items("steps", step_key(workflow_id, "")):
+        ops.append(Delete("steps", skey))
+        try:
+            timer_ms = decode(raw, db="steps", key=skey).get("timer_ms")
+        except (StoreCorrupt, AttributeError):
+            continue
+        if isinstance(timer_ms, int):  # a final workflow has none; a leftover goes too
+            name = skey[len(key) + len(KEY_SEP) :].decode("utf-8", "replace")
+            ops.append(Delete("timers", timer_key(timer_ms, workflow_id, name)))
+    ops += [Delete(HISTORY_DB, hkey) for hkey, _ in snap.items(HISTORY_DB, key + KEY_SEP)]
+    return Transition(ops=tuple(ops), expect=(Expect("workflows", key, "state", state),))
+
+
+def purge(
+    store: Store,
+    before: float,
+    states: frozenset[str] = FINISHED,
+    *,
+    batch: int = BATCH,
+    timeout: float | None = 60.0,
+) -> int:
+    """Delete every workflow in ``states`` last updated before ``before``, ``batch`` at
+    a time (each batch one group commit, waited for); returns how many were deleted."""
+    deleted = 0
+    while True:
+        found = candidates(store, before, states, batch)
+        if not found:
+            return deleted
+        outcomes = commit_group(store, deletions(store, found), timeout)
+        done = sum(1 for o in outcomes if o is None)
+        deleted += done
+        if done == 0:  # every one moved meanwhile: nothing more to do now
+            return deleted
+
+
+def commit_group(
+    store: Store, transitions: list[Transition], timeout: float | None
+) -> list[BaseException | None]:
+    """Submit ``transitions`` as one group, wait, and return their outcomes; a condition
+    that failed (the workflow moved meanwhile) is an outcome, any other failure raises."""
+    done = threading.Event()
+    results: list[BaseException | None] = []
+
+    def on_done(outcomes: list[BaseException | None]) -> None:
+        results.extend(outcomes)
+        done.set()
+
+    store.writer.submit_many(transitions, on_done)
+    if not done.wait(timeout):
+        raise TimeoutError(f"the store did not commit a purge batch within {timeout} s")
+    for r in results:
+        if r is not None and not isinstance(r, ConditionFailed | StoreCorrupt):
+            raise r
+    return results

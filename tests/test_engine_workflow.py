@@ -1,0 +1,115 @@
+"""A workflow's rules (``herder.actors.engine._workflow``), as tables with no runtime.
+
+A three-step plan, ``a`` then ``b`` and ``c`` after it (``c`` with a delay): each row
+gives the steps' states and says what runs, waits, is undone or how the workflow ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from herder.actors.engine._workflow import Advance, advance, when_compensating
+from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowState
+
+S = StepState
+W = WorkflowState
+SPECS = (
+    StepSpec("a", agent="svc", action="do", compensate="undo"),
+    StepSpec("b", agent="svc", action="do", compensate="undo", after=("a",)),
+    StepSpec("c", agent="svc", action="do", after=("a",), delay=5.0),
+)
+PLAN = Plan("flow", 1, SPECS)
+BY_NAME = {spec.name: spec for spec in SPECS}
+NOW = 100.0
+
+
+def _steps(**states: StepState | tuple[StepState, dict[str, object]]) -> dict[str, StepRecord]:
+    steps = {}
+    for name in "abc":
+        given = states.get(name, S.PENDING)
+        state, extra = given if isinstance(given, tuple) else (given, {})
+        steps[name] = StepRecord("w", name, state=state).evolve(**extra)
+    return steps
+
+
+def _advance(
+    state: WorkflowState,
+    steps: dict[str, StepRecord],
+    queued: tuple[str, ...] = (),
+    *,
+    cancelled: bool = False,
+) -> Advance:
+    return advance(state, PLAN, steps, BY_NAME, queued, cancelled=cancelled, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("steps", "queued", "expected"),
+    [
+        (_steps(), (), Advance(run=("a",))),
+        (_steps(), ("a",), Advance()),  # queued already: not again
+        (_steps(a=S.DISPATCHED), (), Advance()),  # dependents wait for it
+        (_steps(a=S.SUCCEEDED), (), Advance(run=("b",), wait=("c",))),  # c's delay begins
+        (_steps(a=S.SUCCEEDED, c=(S.PENDING, {"retry_at": NOW + 1})), (), Advance(run=("b",))),
+        (_steps(a=S.SUCCEEDED, c=(S.PENDING, {"retry_at": NOW})), ("b",), Advance(run=("c",))),
+        # a delayed start: the first step waits for its time too
+        (_steps(a=(S.PENDING, {"retry_at": NOW + 0.0005})), (), Advance(run=("a",))),  # same ms
+        (_steps(a=S.SUCCEEDED, b=S.SUCCEEDED, c=S.SUCCEEDED), (), Advance(finish=W.SUCCEEDED)),
+        (_steps(a=S.SUCCEEDED, b=S.RETRY_WAIT, c=S.SUCCEEDED), (), Advance()),
+    ],
+)
+def test_a_running_workflow_runs_each_step_once_its_dependencies_succeeded(
+    steps: dict[str, StepRecord], queued: tuple[str, ...], expected: Advance
+) -> None:
+    assert _advance(W.RUNNING, steps, queued) == expected
+
+
+def _done(state: StepState, done_token: int | None) -> tuple[StepState, dict[str, object]]:
+    return state, {"done_token": done_token}
+
+
+@pytest.mark.parametrize(
+    ("steps", "cancelled", "expected"),
+    [
+        # undone in reverse completion order: b completed last
+        (_steps(a=_done(S.SUCCEEDED, 1), b=_done(S.SUCCEEDED, 2)), False, Advance(undo="b")),
+        (_steps(a=_done(S.SUCCEEDED, 3), b=_done(S.SUCCEEDED, 2)), False, Advance(undo="a")),
+        # a failure that may have taken effect is undone; a Permanent one is not
+        (_steps(a=_done(S.SUCCEEDED, 1), b=_done(S.FAILED, 2)), False, Advance(undo="b")),
+        (_steps(a=_done(S.SUCCEEDED, 1), b=_done(S.FAILED, None)), False, Advance(undo="a")),
+        # c has no compensation: nothing to undo, whatever it did
+        (_steps(a=_done(S.COMPENSATED, 1), c=_done(S.SUCCEEDED, 2)), False,
+         Advance(finish=W.COMPENSATED)),
+        (_steps(a=_done(S.COMPENSATED, 1)), True, Advance(finish=W.CANCELLED)),
+        # anything busy holds the next undo back
+        (_steps(a=_done(S.SUCCEEDED, 1), b=S.DISPATCHED), False, Advance()),
+        (_steps(a=_done(S.SUCCEEDED, 1), b=S.UNKNOWN), False, Advance()),
+        (_steps(a=_done(S.COMPENSATING, 1)), False, Advance()),
+    ],
+)  # fmt: skip
+def test_a_compensating_workflow_undoes_what_took_effect_last_first(
+    steps: dict[str, StepRecord], cancelled: bool, expected: Advance
+) -> None:
+    assert _advance(W.COMPENSATING, steps, cancelled=cancelled) == expected
+
+
+@pytest.mark.parametrize("state", [W.SUCCEEDED, W.COMPENSATED, W.NEEDS_ATTENTION, W.ABANDONED])
+def test_a_finished_or_parked_workflow_does_nothing(state: WorkflowState) -> None:
+    assert _advance(state, _steps()) == Advance()
+
+
+def test_beginning_compensation_gives_up_pending_retries_and_delayed_starts() -> None:
+    tokens = itertools.count(10).__next__
+    retry = StepRecord("w", "a", state=S.RETRY_WAIT, error="boom", retry_at=5.0, timer_ms=5000)
+    given_up = when_compensating(retry, tokens=tokens, now=NOW)
+    assert given_up is not None
+    assert (given_up.state, given_up.token, given_up.done_token) == (S.FAILED, 10, 10)
+    assert (given_up.timer_ms, given_up.retry_at) == (None, None)
+    assert given_up.error == "boom; not retried: workflow is compensating"
+    delayed = StepRecord("w", "c", retry_at=5.0, timer_ms=5000)
+    cleared = when_compensating(delayed, tokens=tokens, now=NOW)
+    assert cleared is not None
+    assert (cleared.state, cleared.token, cleared.timer_ms) == (S.PENDING, 11, None)
+    for untouched in (StepRecord("w", "b"), StepRecord("w", "b", state=S.SUCCEEDED)):
+        assert when_compensating(untouched, tokens=tokens, now=NOW) is None

@@ -1,0 +1,207 @@
+"""The AgentHost contract, run against every host: the test thread plays the Scheduler.
+
+A host is driven from one thread (acquire, send, release, replace, on_event) and answers
+by messages (Outcome, InstanceEvent) that the Scheduler would receive; here they land in
+a queue the test reads.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from herder.actors import (
+    Agent,
+    AgentHost,
+    AgentUnavailable,
+    InstanceCrash,
+    InstanceEvent,
+    Permanent,
+    ProbeResult,
+    StepContext,
+    Strategy,
+    SystemClock,
+    ThreadHost,
+    agents_listener,
+    start_supervisor,
+)
+from herder.actors._messages import Outcome, Run
+
+WAIT = 10.0
+HostFactory = Callable[..., AgentHost]
+HOSTS: dict[str, HostFactory] = {"thread": ThreadHost}
+
+
+class Port:
+    cancelled = False
+    superseded = False
+
+    def heartbeat(self, details: Any) -> None:
+        pass
+
+
+class Worker(Agent):
+    release = threading.Event()
+
+    def ok(self, ctx: StepContext) -> Any:
+        return ctx.input
+
+    def boom(self, ctx: StepContext) -> None:
+        raise ValueError(f"no {ctx.input}")
+
+    def refuse(self, ctx: StepContext) -> None:
+        raise Permanent("never")
+
+    def exit(self, ctx: StepContext) -> None:
+        raise SystemExit(3)
+
+    def later(self, ctx: StepContext) -> Any:
+        return ctx.complete_later()
+
+    def probe_ok(self, ctx: StepContext) -> ProbeResult:
+        return ProbeResult.done({"found": True})
+
+    def crash(self, ctx: StepContext) -> None:
+        raise InstanceCrash("client broke")
+
+    def hang(self, ctx: StepContext) -> str:
+        Worker.release.wait(WAIT)
+        return "late"
+
+
+def broken_factory() -> Agent:
+    raise RuntimeError("cannot connect")
+
+
+@dataclass
+class Driver:
+    """The test's stand-in for the Scheduler."""
+
+    host: AgentHost
+    inbox: queue.Queue[Any]
+    lost: list[int] = field(default_factory=list)
+    tokens: Iterator[int] = field(default_factory=lambda: iter(range(1, 1_000_000)))
+
+    def _handle(self, msg: Any) -> Outcome | None:
+        if isinstance(msg, InstanceEvent):
+            self.lost += self.host.on_event(msg, 0.0)
+            return None
+        assert isinstance(msg, Outcome), msg
+        return msg
+
+    def acquire(self, agent: str, token: int) -> str:
+        while (instance := self.host.acquire(agent, token)) is None:
+            self._handle(self.inbox.get(timeout=WAIT))
+        return instance
+
+    def send(self, agent: str, action: str, value: Any = None) -> tuple[str, int]:
+        token = next(self.tokens)
+        instance = self.acquire(agent, token)
+        ctx = StepContext("w", "s", action, 1, value, {}, "w/s", token, False, Port())
+        assert self.host.send(agent, instance, Run(agent, instance, action, token, ctx))
+        return instance, token
+
+    def outcome(self) -> Outcome:
+        while (found := self._handle(self.inbox.get(timeout=WAIT))) is None:
+            pass
+        self.host.release(found.agent, found.instance, found.token, 0.0)
+        return found
+
+    def run(self, agent: str, action: str, value: Any = None) -> Outcome:
+        _, token = self.send(agent, action, value)
+        outcome = self.outcome()
+        assert outcome.token == token
+        return outcome
+
+
+@pytest.fixture(params=sorted(HOSTS))
+def driver(request: pytest.FixtureRequest) -> Driver:
+    Worker.release = threading.Event()
+    inbox: queue.Queue[Any] = queue.Queue()
+    agents = start_supervisor(
+        "agents", Strategy.ONE_FOR_ONE, listener=agents_listener(inbox.put), clock=SystemClock()
+    )
+    host = HOSTS[request.param](
+        agents, reply=inbox.put, events=inbox.put, max_result_bytes=1024, shutdown=0.1
+    )
+    host.add("worker", Worker, 2)
+    return Driver(host, inbox)
+
+
+def test_a_result_comes_back_as_plain_data(driver: Driver) -> None:
+    outcome = driver.run("worker", "ok", (1, "a"))
+    assert outcome.ok
+    assert outcome.result == [1, "a"]
+    assert outcome.kind == ""
+
+
+def test_errors_are_described_and_permanent_ones_marked(driver: Driver) -> None:
+    failed = driver.run("worker", "boom", 7)
+    assert not failed.ok
+    assert not failed.permanent
+    assert failed.error == "ValueError: no 7"
+    assert "builtins.ValueError" in failed.error_types
+    assert driver.run("worker", "refuse").permanent
+    assert driver.run("worker", "missing").permanent
+    too_big = driver.run("worker", "ok", "x" * 2000)
+    assert too_big.permanent
+    assert "EncodeError" in (too_big.error or "")
+
+
+def test_a_base_exception_from_an_action_is_contained(driver: Driver) -> None:
+    exited = driver.run("worker", "exit")
+    assert not exited.ok
+    assert exited.error == "SystemExit: 3"
+    assert driver.run("worker", "ok", 1).result == 1  # the host still runs attempts
+
+
+def test_hand_offs_and_probe_verdicts_are_reported_as_kinds(driver: Driver) -> None:
+    assert driver.run("worker", "later").kind == "later"
+    probed = driver.run("worker", "probe_ok")
+    assert probed.kind == "done"
+    assert probed.result == {"found": True}
+
+
+def test_a_crashed_instance_loses_its_attempt_and_is_replaced(driver: Driver) -> None:
+    _, token = driver.send("worker", "crash")
+    while token not in driver.lost:
+        driver._handle(driver.inbox.get(timeout=WAIT))
+    assert driver.run("worker", "ok", 2).result == 2
+
+
+def test_a_hung_attempt_is_replaced_by_its_token_and_its_late_answer_is_fenced(
+    driver: Driver,
+) -> None:
+    driver.host.add("solo", Worker, 1)
+    instance, hung = driver.send("solo", "hang")
+    assert driver.host.busy_tokens("solo") == [hung]
+    driver.host.replace_token("solo", hung)
+    assert driver.host.busy_tokens("solo") == []
+    fresh = driver.run("solo", "ok", 3)  # on a fresh instance: the hung one still blocks
+    assert fresh.result == 3
+    Worker.release.set()
+    late = driver.outcome()
+    assert late.token == hung
+    assert late.result == "late"
+    assert not driver.host.release("solo", instance, hung, 0.0)  # frees nothing
+
+
+def test_no_more_instances_than_the_concurrency_run_at_once(driver: Driver) -> None:
+    first = driver.send("worker", "hang")
+    second = driver.send("worker", "hang")
+    assert first[0] != second[0]
+    assert driver.host.acquire("worker", 99) is None
+    assert driver.host.stats()["worker"]["instances"] == 2
+    Worker.release.set()
+    assert {driver.outcome().token, driver.outcome().token} == {first[1], second[1]}
+
+
+def test_an_agent_whose_factory_fails_is_reported_unavailable(driver: Driver) -> None:
+    driver.host.add("broken", broken_factory, 1)
+    with pytest.raises(AgentUnavailable, match="cannot connect"):
+        driver.acquire("broken", 1)

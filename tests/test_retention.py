@@ -1,0 +1,187 @@
+"""Retention: finished workflows older than ``retention`` are deleted whole, in bounded
+batches from the Supervisor's sweep; ``herder purge`` and ``herder compact`` (the real
+executable in a subprocess), with and without a running runtime."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    Permanent,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    Workflow,
+)
+from herder.runtime.testing import FakeClock, advance
+from herder.store import Store
+
+HERDER = str(Path(sys.executable).parent / "herder")
+WAIT = 30.0
+DAY = 86400.0
+T0 = 1_700_000_000.0
+PER_WORKFLOW_DBS = ("workflows", "steps", "history", "recent", "recent_at")
+
+
+class Shop(Agent):
+    def buy(self, ctx: StepContext) -> str:
+        if ctx.input.get("fail") and ctx.step == "ship":
+            raise Permanent("sold out")
+        return "ok"
+
+    def refund(self, ctx: StepContext) -> None:
+        if ctx.input.get("stuck"):
+            raise Permanent("refunds are down")
+
+
+ORDER = (
+    Workflow("order")
+    .step("pay", agent="shop", action="buy", compensate="refund")
+    .step("ship", agent="shop", action="buy", after=["pay"])
+)
+
+
+def register(rt: Runtime) -> None:
+    rt.add_agent("shop", Shop)
+    rt.add_workflow(ORDER)
+
+
+def counts(store: Store) -> dict[str, int]:
+    return {db: store.count(db) for db in PER_WORKFLOW_DBS}
+
+
+def finish(rt: Runtime, wid: str, data: dict[str, object]) -> None:
+    rt._wait_final(rt.start("order", data, workflow_id=wid).id, WAIT)
+
+
+def test_finished_workflows_past_retention_are_deleted_whole_and_the_rest_kept(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(start=T0)
+    retry = RetryPolicy(max_attempts=1)
+    with Runtime(
+        tmp_path / "s", clock=clock, setup=register, retention=DAY, default_retry=retry
+    ) as rt:
+        finish(rt, "old-ok", {})
+        finish(rt, "old-undone", {"fail": 1})
+        finish(rt, "old-stuck", {"fail": 1, "stuck": 1})  # NEEDS_ATTENTION: kept
+        rt.start("order", {}, workflow_id="waiting", delay=3 * DAY)  # unfinished: kept
+        advance(rt, clock, DAY / 2)
+        finish(rt, "young", {})
+        advance(rt, clock, DAY / 2 + 1)
+        kept = {s.id: s.state for s in rt.list()}
+        assert kept == {
+            "old-stuck": State.NEEDS_ATTENTION,
+            "waiting": State.RUNNING,
+            "young": State.SUCCEEDED,
+        }
+        store = rt._store
+        # Nothing of the deleted ones is left: steps, history, index entries.
+        assert counts(store)["workflows"] == 3
+        assert counts(store)["recent"] == counts(store)["recent_at"] == 3
+        for db in ("steps", "history"):
+            owners = {k.split(b"\x00")[0] for k, _ in store.raw_scan(db)}
+            assert owners == {b"old-stuck", b"waiting", b"young"}
+
+
+def test_retention_none_keeps_everything(tmp_path: Path) -> None:
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
+        finish(rt, "a", {})
+        advance(rt, clock, 365 * DAY)
+        assert [s.id for s in rt.list()] == ["a"]
+
+
+def test_each_sweep_deletes_at_most_one_batch(tmp_path: Path) -> None:
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
+        for i in range(5):
+            finish(rt, f"w{i}", {})
+        rt._retention._keep, rt._retention._batch = 60.0, 2
+        clock.advance(120.0)
+        left = []
+        for _ in range(3):
+            rt._sweep_now()
+            rt._store.writer.flush(WAIT)
+            left.append(len(rt.list()))
+        assert left == [3, 1, 0]
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "7d", True])
+def test_a_bad_retention_is_refused(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(InvalidInput, match="retention"):
+        Runtime(tmp_path / "s", retention=bad)  # type: ignore[arg-type]
+
+
+def herder(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [HERDER, *argv], capture_output=True, text=True, timeout=WAIT * 2, check=False
+    )
+
+
+@pytest.fixture
+def old_store(tmp_path: Path) -> Path:
+    """Three finished workflows 30 days old and one stuck, on a store no runtime holds."""
+    path = tmp_path / "s"
+    clock = FakeClock(start=datetime.datetime.now().timestamp() - 30 * DAY)
+    retry = RetryPolicy(max_attempts=1)
+    with Runtime(path, clock=clock, setup=register, default_retry=retry) as rt:
+        for i in range(3):
+            finish(rt, f"w{i}", {"pad": "x" * 4000})
+        finish(rt, "stuck", {"fail": 1, "stuck": 1})
+    return path
+
+
+def test_purge_without_a_runtime_deletes_directly_and_dry_run_only_counts(
+    old_store: Path,
+) -> None:
+    dry = herder("purge", "--store", str(old_store), "--older-than", "7d", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("would delete 3 ")
+    none = herder("purge", "--store", str(old_store), "--older-than", "60d")
+    assert none.stdout.startswith("deleted 0 ")
+    done = herder("purge", "--store", str(old_store), "--older-than", "7d")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("deleted 3 ")
+    with Store(old_store, readonly=True) as store:
+        assert [r.id for r in store.workflows()] == ["stuck"]
+    stuck = herder(
+        "purge", "--store", str(old_store), "--older-than", "7d", "--state", "needs_attention"
+    )
+    assert stuck.stdout.startswith("deleted 1 ")
+
+
+@pytest.mark.timeout(120)
+def test_purge_goes_through_the_running_runtime(old_store: Path) -> None:
+    with Runtime(old_store, setup=register, retention=None, sweep_interval=0.05) as rt:
+        done = herder("purge", "--store", str(old_store), "--before", "2099-01-01")
+        assert done.returncode == 0, done.stderr
+        assert "deleted 3 " in done.stdout
+        assert "through the running runtime" in done.stdout
+        assert [s.id for s in rt.list()] == ["stuck"]
+
+
+@pytest.mark.timeout(120)
+def test_compact_shrinks_the_file_offline_and_refuses_while_a_runtime_runs(
+    old_store: Path,
+) -> None:
+    with Runtime(old_store, setup=register, retention=None):
+        busy = herder("compact", "--store", str(old_store))
+        assert busy.returncode == 1
+        assert "offline" in busy.stderr
+    assert herder("purge", "--store", str(old_store), "--older-than", "7d").returncode == 0
+    before = (old_store / "data.mdb").stat().st_size
+    done = herder("compact", "--store", str(old_store))
+    assert done.returncode == 0, done.stderr
+    assert (old_store / "data.mdb").stat().st_size < before
+    with Runtime(old_store, setup=register) as rt:  # the compacted store works
+        assert [s.id for s in rt.list()] == ["stuck"]
+        assert rt.start("order", {}, workflow_id="new").result(timeout=WAIT)

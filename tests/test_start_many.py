@@ -1,0 +1,85 @@
+"""``rt.start_many([...])``: many workflows in one group commit, idempotent per id."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    Runtime,
+    StepContext,
+    UnknownName,
+    Workflow,
+    WorkflowConflict,
+)
+
+WAIT = 30.0
+
+
+class Echo(Agent):
+    def echo(self, ctx: StepContext) -> object:
+        return ctx.input
+
+
+def register(rt: Runtime) -> None:
+    rt.add_agent("echo", Echo, concurrency=4)
+    rt.add_workflow(Workflow("echo").step("only", agent="echo", action="echo"))
+
+
+def items(ids: list[str], value: int = 1) -> list[dict[str, object]]:
+    return [{"workflow": "echo", "input": {"v": value}, "workflow_id": i} for i in ids]
+
+
+def test_start_many_creates_every_workflow_in_one_commit_and_runs_them(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s", setup=register) as rt:
+        batches = rt._store.writer.stats()["batches"]
+        handles = rt.start_many(items([f"w{i}" for i in range(50)]))
+        assert rt._store.writer.stats()["batches"] == batches + 1  # one group commit
+        assert [h.id for h in handles] == [f"w{i}" for i in range(50)]
+        for h in handles:
+            assert h.result(timeout=WAIT) == {"only": {"v": 1}}
+
+
+def test_start_many_is_idempotent_per_id_like_start(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s", setup=register) as rt:
+        rt.start("echo", {"v": 1}, workflow_id="a")
+        again = rt.start_many(items(["a", "b", "b"]))  # existing id, and a repeat in the list
+        assert [h.id for h in again] == ["a", "b", "b"]
+        assert sorted(s.id for s in rt.list()) == ["a", "b"]
+        with pytest.raises(WorkflowConflict, match="'a'"):
+            rt.start_many(items(["a", "c"], value=2))
+        assert rt.status("c").id == "c"  # the others still started
+        with pytest.raises(WorkflowConflict, match="twice"):
+            rt.start_many([*items(["d"]), *items(["d"], value=2)])
+        assert "d" not in {s.id for s in rt.list()}
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        ({"workflow": "nope"}, UnknownName, "no workflow named 'nope'"),
+        ({"input": 1}, InvalidInput, "'workflow' key"),
+        ({"workflow": "echo", "when": 3}, InvalidInput, "unknown keys \\['when'\\]"),
+        ({"workflow": "echo", "workflow_id": ""}, InvalidInput, "empty"),
+    ],
+)
+def test_one_bad_item_refuses_the_whole_batch_and_writes_nothing(
+    tmp_path: Path, bad: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with Runtime(tmp_path / "s", setup=register) as rt:
+        with pytest.raises(error, match=match):
+            rt.start_many([*items(["ok"]), bad])
+        assert rt.list() == []
+
+
+def test_start_many_async_awaits_the_group_commit(tmp_path: Path) -> None:
+    async def main() -> list[object]:
+        async with Runtime(tmp_path / "s", setup=register) as rt:
+            handles = await rt.start_many_async(items(["a", "b"]))
+            return [await h.result_async(timeout=WAIT) for h in handles]
+
+    assert asyncio.run(main()) == [{"only": {"v": 1}}] * 2
