@@ -24,6 +24,7 @@ from herder.actors._errors import Permanent
 from herder.actors._host import InstanceCrash
 from herder.actors._messages import Outcome, Run
 from herder.actors._outcomes import COMPLETE_LATER, DONE, NOT_DONE, RUNNING, ProbeResult
+from herder.actors.engine import OutcomeKind
 from herder.store import EncodeError, describe, error_types, normalize
 
 
@@ -42,9 +43,9 @@ def run_attempt(
                 f"action {run.action!r} of agent {agent_name!r} returned a coroutine "
                 "(async def); the thread host cannot run it: make it a plain def"
             )
-        kind = ""
+        kind = OutcomeKind.PLAIN.value
         if value is COMPLETE_LATER:
-            value, kind = None, "later"
+            value, kind = None, OutcomeKind.LATER.value
         elif isinstance(value, ProbeResult):
             value, kind = value.result, _verdict(value.status)
         result = normalize(value, limit=max_result_bytes, what=f"result of action {run.action!r}")

@@ -21,6 +21,7 @@ from herder.actors.engine import (
     ENDED_BY_ABANDON,
     RESTARTABLE,
     SKIPPABLE,
+    UNDOING,
     Announce,
     Refuse,
     Resolve,
@@ -255,7 +256,7 @@ def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
     else:
         st = steps[op.step]
     undoing = run.record.state is WorkflowState.COMPENSATING or any(
-        s.state in (StepState.COMPENSATING, StepState.COMPENSATED) for s in steps.values()
+        s.state in UNDOING for s in steps.values()
     )
     result = normalize(
         op.result, limit=s._config.max_result_bytes, what=f"result given for {st.name!r}"

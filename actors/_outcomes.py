@@ -20,11 +20,16 @@ from typing import Any
 
 import msgpack
 
+from herder.actors.engine import OutcomeKind
 from herder.store import InvalidInput, UserCodeFailed, contain
 
 PROBE_PREFIX = "probe_"
 
-DONE, NOT_DONE, RUNNING = "done", "not_done", "running"
+DONE, NOT_DONE, RUNNING = (
+    OutcomeKind.DONE.value,
+    OutcomeKind.NOT_DONE.value,
+    OutcomeKind.RUNNING.value,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """Outcomes that are not a plain answer: a lapsed attempt turned UNKNOWN and probed,
 a probe's verdict, and an action that handed its step off with ``ctx.complete_later()``.
 
-They drive the Scheduler's state machine, so they take the Scheduler as first argument.
+What such news means is the engine's (``read_answer``, ``after_lapse``; the probes'
+backoff is ``after_probe_failure``); this module carries it out on the Scheduler's
+state, so it takes the Scheduler as first argument.
 """
 
 from __future__ import annotations
@@ -9,14 +11,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from herder.actors._messages import Outcome
-from herder.actors._outcomes import DONE, NOT_DONE, RUNNING, has_probe, probe_name
+from herder.actors._outcomes import has_probe, probe_name
 from herder.actors._run import WorkflowRun
 from herder.actors.engine import (
-    TIMEOUT_ERROR,
     Escalate,
+    Fail,
+    HandOff,
+    ProbeAgain,
+    Reading,
+    Succeed,
+    after_lapse,
     after_probe_failure,
     handed_off,
     probed,
+    read_answer,
     unknown,
     with_timer,
 )
@@ -30,41 +38,37 @@ def on_special_outcome(s: Scheduler, run: WorkflowRun, st: StepRecord, msg: Outc
     """An answer that is not a plain result: a probe's verdict or complete_later()."""
     if st.state is StepState.UNKNOWN:
         s._counters["probes"] += 1
-        if not msg.ok:
-            _probe_later(s, run, st, f"probe failed: {msg.error}", failed=True)
-        elif msg.kind == DONE:
-            s._step_succeeded(run, st, msg.result)
-        elif msg.kind == NOT_DONE:
-            error = f"{st.error}; the probe found it was not applied"
-            s._step_failed(run, st, error, (TIMEOUT_ERROR,), permanent=False)
-        elif msg.kind == RUNNING:
-            _probe_later(s, run, st, st.error or "outcome unknown", failed=False)
-        else:
-            error = f"{probe_name(run.specs[st.name].action)} must return a ProbeResult"
-            _probe_later(s, run, st, error, failed=True)
-    elif msg.kind == "later" and st.state is StepState.DISPATCHED:
+    probe = probe_name(run.specs[st.name].action)
+    reading = read_answer(
+        st, ok=msg.ok, kind=msg.kind, result=msg.result, error=msg.error, probe=probe
+    )
+    _follow(s, run, st, reading)
+
+
+def on_lapsed(s: Scheduler, run: WorkflowRun, st: StepRecord, lapsed: str) -> None:
+    """An attempt's (or a probe's) deadline or heartbeat lapsed."""
+    _follow(s, run, st, after_lapse(st, lapsed, has_probe=_has_probe(s, run, st)))
+
+
+def _follow(s: Scheduler, run: WorkflowRun, st: StepRecord, reading: Reading) -> None:
+    """Do what the engine read from the answer or lapse."""
+    if isinstance(reading, Succeed):
+        s._step_succeeded(run, st, reading.result)
+    elif isinstance(reading, Fail):
+        s._step_failed(run, st, reading.error, reading.types, permanent=reading.permanent)
+    elif isinstance(reading, ProbeAgain):
+        _probe_later(s, run, st, reading.note, failed=reading.failed)
+    elif isinstance(reading, HandOff):
         # The instance is free again; the step waits for complete_step/fail_step under
         # the deadline it already has (same token: the task token stays valid).
         s._counters["handed_off"] += 1
         s._commits.put_step(run, st, handed_off(st, s._clock.time()))
     else:
-        what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
-        error = f"{what} returned {msg.kind or 'an unexpected marker'!r}; it cannot here"
-        s._step_failed(run, st, error, (), permanent=True)
-
-
-def on_lapsed(s: Scheduler, run: WorkflowRun, st: StepRecord, lapsed: str) -> None:
-    """An attempt's (or a probe's) deadline or heartbeat lapsed."""
-    if st.state is StepState.UNKNOWN:
-        _probe_later(s, run, st, f"probe {lapsed}", failed=True)
-    elif st.state in (StepState.DISPATCHED, StepState.WAITING) and _has_probe(s, run, st):
         # The request may have reached the remote side: ask before retrying.
         s._counters["unknown"] += 1
-        new = unknown(st, lapsed, token=s._ctx.next_token(), now=s._clock.time())
+        new = unknown(st, reading.lapsed, token=s._ctx.next_token(), now=s._clock.time())
         s._commits.put_step(run, st, new)
         s._enqueue(run, st.name, compensating=False)
-    else:
-        s._step_failed(run, st, lapsed, (TIMEOUT_ERROR,), permanent=False)
 
 
 def _probe_later(

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
-from herder.actors.engine import ALLOWED_STEPS, holds_timer
+from herder.actors.engine import ALLOWED_STEPS, UNDOING, holds_timer
 from herder.runtime._routing import template_fields
 from herder.store import (
     KEY_SEP,
@@ -268,7 +268,7 @@ class _Checker:
             self.problem("steps", skey, f"token {st.token} is from a future incarnation")
         if st.done_token is not None and st.done_token > st.token:
             self.problem("steps", skey, f"done_token {st.done_token} > token {st.token}")
-        if st.state in (StepState.COMPENSATING, StepState.COMPENSATED) and st.done_token is None:
+        if st.state in UNDOING and st.done_token is None:
             self.problem("steps", skey, f"{st.state} but nothing marks it done (no done_token)")
         if st.state is StepState.SUCCEEDED and st.done_token is None:
             self.problem("steps", skey, "SUCCEEDED without a completion token")

@@ -5,7 +5,8 @@ moves are legal, which states hold a timer, which keep a compensation waiting, w
 are undone, restarted, skipped or stuck; the retry rule (``_retry``); one step's
 transitions as pure record functions (``_step``); a workflow's rules: what runs next,
 when it ends, what is undone (``_workflow``); and the typed effects a decision causes
-once its writes are durable (``_decision``). Everything else that must know these rules
+once its writes are durable (``_decision``); what a marked answer or a lapse means
+(``_answer``). Everything else that must know these rules
 (the Scheduler, operator actions, ``herder check``, the inbox and status views, the
 hypothesis state machine) consults these tables; no copy of them lives elsewhere.
 The engine grows toward ``design/structure.md``: events in, decisions out.
@@ -15,6 +16,17 @@ randomness and fencing tokens are arguments. herder.actors drives it; herder.run
 reads its tables.
 """
 
+from herder.actors.engine._answer import (
+    AskProbe,
+    Fail,
+    HandOff,
+    OutcomeKind,
+    ProbeAgain,
+    Reading,
+    Succeed,
+    after_lapse,
+    read_answer,
+)
 from herder.actors.engine._decision import Announce, Dispatch, Effect, Refuse, Reply, Resolve
 from herder.actors.engine._retry import (
     Escalate,
@@ -75,17 +87,25 @@ __all__ = [
     "WORKFLOW_NEXT",
     "Advance",
     "Announce",
+    "AskProbe",
     "Dispatch",
     "Effect",
     "Escalate",
+    "Fail",
     "GiveUp",
+    "HandOff",
+    "OutcomeKind",
+    "ProbeAgain",
+    "Reading",
     "Refuse",
     "Reply",
     "Resolve",
     "RetryIn",
+    "Succeed",
     "Verdict",
     "advance",
     "after_failure",
+    "after_lapse",
     "after_probe_failure",
     "dispatch",
     "failed",
@@ -97,6 +117,7 @@ __all__ = [
     "policy_for",
     "probed",
     "reachable",
+    "read_answer",
     "restarted",
     "settled",
     "stopped",

@@ -1,0 +1,110 @@
+"""What an answer that is not a plain result, or a lapse, means for its step.
+
+An attempt usually ends with a plain answer: a result, or an error the retry rule
+(``_retry``) judges. Two kinds of news need reading first:
+
+- a marked answer (:class:`OutcomeKind`): a probe's verdict on an UNKNOWN step (applied,
+  not applied, still running), or ``complete_later()`` handing a DISPATCHED step off;
+  anything else marked (a probe verdict from a plain action, a hand-off from a
+  compensation or a probe) is a programming error in the agent, failed permanently;
+- a lapse (its deadline or heartbeat ran out): an UNKNOWN step's probe failed; an
+  attempt that may have reached the remote side is probed when its agent has a probe;
+  anything else failed with a timeout.
+
+:func:`read_answer` and :func:`after_lapse` give what follows as data: :class:`Succeed`,
+:class:`Fail`, :class:`ProbeAgain`, :class:`HandOff` or :class:`AskProbe`.
+
+Imports: herder.store records and this package; no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from herder.actors.engine._step import TIMEOUT_ERROR
+from herder.store import StepRecord, StepState
+
+
+class OutcomeKind(enum.StrEnum):
+    """How an attempt's answer is marked; the values travel in ``Outcome.kind``."""
+
+    PLAIN = ""  # a result or an error
+    LATER = "later"  # the action returned ctx.complete_later()
+    DONE = "done"  # a probe: the request was applied
+    NOT_DONE = "not_done"  # a probe: it was not
+    RUNNING = "running"  # a probe: the remote side is still at it
+
+
+@dataclass(frozen=True, slots=True)
+class Succeed:
+    """The step succeeded with ``result``."""
+
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """The attempt failed; the retry rule decides what follows."""
+
+    error: str
+    types: tuple[str, ...]
+    permanent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAgain:
+    """The outcome stays unknown: probe again later (``failed``: the probe itself
+    raised or lapsed, which counts against the step's attempts)."""
+
+    note: str
+    failed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """The step waits for ``complete_step``/``fail_step`` under its deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class AskProbe:
+    """The lapsed attempt may have reached the remote side: UNKNOWN, probe it."""
+
+    lapsed: str
+
+
+Reading = Succeed | Fail | ProbeAgain | HandOff | AskProbe
+
+
+def read_answer(
+    st: StepRecord, *, ok: bool, kind: str, result: Any, error: str | None, probe: str
+) -> Succeed | Fail | ProbeAgain | HandOff:
+    """What a marked answer (or any answer to a probe) of ``st``'s current attempt means;
+    ``probe`` names the probe method, for the error when it returned no verdict."""
+    if st.state is StepState.UNKNOWN:
+        if not ok:
+            return ProbeAgain(f"probe failed: {error}", failed=True)
+        if kind == OutcomeKind.DONE:
+            return Succeed(result)
+        if kind == OutcomeKind.NOT_DONE:
+            error = f"{st.error}; the probe found it was not applied"
+            return Fail(error, (TIMEOUT_ERROR,), permanent=False)
+        if kind == OutcomeKind.RUNNING:
+            return ProbeAgain(st.error or "outcome unknown", failed=False)
+        return ProbeAgain(f"{probe} must return a ProbeResult", failed=True)
+    if kind == OutcomeKind.LATER and st.state is StepState.DISPATCHED:
+        return HandOff()
+    what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
+    error = f"{what} returned {str(kind) or 'an unexpected marker'!r}; it cannot here"
+    return Fail(error, (), permanent=True)
+
+
+def after_lapse(st: StepRecord, lapsed: str, *, has_probe: bool) -> Fail | ProbeAgain | AskProbe:
+    """What follows when ``st``'s attempt (or probe) lapsed for the reason ``lapsed``;
+    ``has_probe``: its agent defines a probe for the step's action."""
+    if st.state is StepState.UNKNOWN:
+        return ProbeAgain(f"probe {lapsed}", failed=True)
+    if st.state in (StepState.DISPATCHED, StepState.WAITING) and has_probe:
+        return AskProbe(lapsed)
+    return Fail(lapsed, (TIMEOUT_ERROR,), permanent=False)

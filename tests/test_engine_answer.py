@@ -1,0 +1,81 @@
+"""What a marked answer or a lapse means for its step (``herder.actors.engine._answer``).
+
+Tables with no runtime: a step's state and the news, and what follows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from herder.actors.engine import (
+    TIMEOUT_ERROR,
+    AskProbe,
+    Fail,
+    HandOff,
+    OutcomeKind,
+    ProbeAgain,
+    Reading,
+    Succeed,
+    after_lapse,
+    read_answer,
+)
+from herder.store import StepRecord, StepState
+
+S = StepState
+K = OutcomeKind
+NOT_APPLIED = "outcome unknown: timed out; the probe found it was not applied"
+
+
+def _step(state: StepState) -> StepRecord:
+    return StepRecord("w", "a", state=state, error="outcome unknown: timed out")
+
+
+@pytest.mark.parametrize(
+    ("state", "ok", "kind", "expected"),
+    [
+        (S.UNKNOWN, True, K.DONE, Succeed({"id": 7})),
+        (S.UNKNOWN, True, K.NOT_DONE, Fail(NOT_APPLIED, (TIMEOUT_ERROR,), permanent=False)),
+        (S.UNKNOWN, True, K.RUNNING, ProbeAgain("outcome unknown: timed out", failed=False)),
+        (S.UNKNOWN, False, K.PLAIN, ProbeAgain("probe failed: boom", failed=True)),
+        (S.UNKNOWN, True, K.PLAIN, ProbeAgain("probe_pay must return a ProbeResult", failed=True)),
+        (S.DISPATCHED, True, K.LATER, HandOff()),
+        # marks where they cannot apply are the agent's bug: failed for good
+        (S.DISPATCHED, True, K.DONE, Fail("an action returned 'done'; it cannot here", (), True)),
+        (S.COMPENSATING, True, K.LATER,
+         Fail("a compensation returned 'later'; it cannot here", (), permanent=True)),
+    ],
+)  # fmt: skip
+def test_a_marked_answer_is_read_by_the_state_of_its_step(
+    state: StepState, ok: bool, kind: str, expected: Reading
+) -> None:
+    got = read_answer(
+        _step(state), ok=ok, kind=kind, result={"id": 7}, error="boom", probe="probe_pay"
+    )
+    assert got == expected
+
+
+def test_the_marks_travel_as_the_plain_strings_agents_send() -> None:
+    assert [str(k) for k in OutcomeKind] == ["", "later", "done", "not_done", "running"]
+    plain: Any = "done"  # what an Outcome carries over a host boundary
+    assert read_answer(_step(S.UNKNOWN), ok=True, kind=plain, result=1, error=None, probe="p") == (
+        Succeed(1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "has_probe", "expected"),
+    [
+        (S.UNKNOWN, True, ProbeAgain("probe timed out after 5s", failed=True)),
+        (S.DISPATCHED, True, AskProbe("timed out after 5s")),
+        (S.WAITING, True, AskProbe("timed out after 5s")),
+        (S.DISPATCHED, False, Fail("timed out after 5s", (TIMEOUT_ERROR,), permanent=False)),
+        # a compensation is never probed: it is retried under its policy
+        (S.COMPENSATING, True, Fail("timed out after 5s", (TIMEOUT_ERROR,), permanent=False)),
+    ],
+)
+def test_a_lapse_is_probed_only_where_the_request_may_have_reached_the_remote_side(
+    state: StepState, has_probe: bool, expected: Reading
+) -> None:
+    assert after_lapse(_step(state), "timed out after 5s", has_probe=has_probe) == expected
