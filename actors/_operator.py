@@ -18,17 +18,18 @@ from herder.actors._messages import Commands, Operate
 from herder.actors._recovery import release, take_back
 from herder.actors._run import WorkflowRun
 from herder.actors.engine import (
-    ENDED_BY_ABANDON,
     RESTARTABLE,
     SKIPPABLE,
     UNDOING,
     Announce,
     Refuse,
     Resolve,
+    abandoned_step,
+    given_up,
+    orphan_given_up,
     restarted,
     settled,
-    stopped,
-    with_timer,
+    undo_again,
 )
 from herder.store import (
     HerderError,
@@ -189,11 +190,7 @@ def _give_up_orphans(s: Scheduler, run: WorkflowRun, why: str) -> None:
     for st in list(run.steps.values()):
         if st.state is StepState.DISPATCHED and st.token not in s._inflight:
             _fence(s, run, st, replace=False)
-            token = s._ctx.next_token()
-            error = f"the attempt running at a crash was not run again: {why}"
-            failed = stopped(
-                st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
-            )
+            failed = orphan_given_up(st, why, token=s._ctx.next_token(), now=now)
             s._commits.put_step(run, st, failed)
 
 
@@ -223,8 +220,7 @@ def _op_retry(s: Scheduler, op: Operate) -> WorkflowRun:
         s._commits.set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
         now = s._clock.time()
         for st in stuck:
-            resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
-            s._commits.put_step(run, st, resumed)
+            s._commits.put_step(run, st, undo_again(st, now))
             s._enqueue(run, st.name, compensating=True)
     else:
         s._commits.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
@@ -297,22 +293,14 @@ def _op_compensate(s: Scheduler, op: Operate) -> WorkflowRun:
     reason = f"compensation requested by {op.who or 'an operator'}: {op.why or ''}".rstrip(": ")
     for st in list(run.steps.values()):
         if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
-            resumed = with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
-            s._commits.put_step(run, st, resumed)
+            s._commits.put_step(run, st, undo_again(st, now))
             s._enqueue(run, st.name, compensating=True)
         elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
             parked and st.state is StepState.DISPATCHED
         ):
             # Nothing will settle these any more; what runs of them is fenced out.
             _fence(s, run, st, replace=False)
-            failed = stopped(
-                st,
-                state=StepState.FAILED,
-                token=s._ctx.next_token(),
-                error=f"{st.error}; given up: compensation requested",
-                updated=now,
-            )
-            s._commits.put_step(run, st, failed)
+            s._commits.put_step(run, st, given_up(st, token=s._ctx.next_token(), now=now))
     if run.record.state is WorkflowState.COMPENSATING:
         s._commits.set_record(run, error=reason)
     else:
@@ -361,25 +349,6 @@ def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
     txn.put(history_put(record.id, s._ctx.next_token(), event))
     if not record.state.is_final:
         txn.effects.append(Announce(abandoned))  # it ends here: waiters hear of it
-    return None
-
-
-def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) -> StepRecord | None:
-    """What abandoning its workflow makes of a step, or None if the step stays as it is.
-
-    Nothing runs or wakes any more: a step that was running, waiting or about to retry
-    ends FAILED (its attempt may have taken effect, so it is marked done as a failure
-    that may need undoing by hand); any other step only loses its timer. What remains
-    is what ``herder check`` allows in an ABANDONED workflow.
-    """
-    if st.state in ENDED_BY_ABANDON:
-        token = next_token()
-        error = f"{st.error}; abandoned" if st.error else f"abandoned while {st.state}"
-        return stopped(
-            st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
-        )
-    if st.timer_ms is not None or st.retry_at is not None:
-        return stopped(st, token=next_token(), updated=now)
     return None
 
 

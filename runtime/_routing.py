@@ -8,26 +8,35 @@ step's agent: dispatch, retries, probes, compensation and recovery after a crash
 to it, even if the definition's template changes under a new version.
 
 A template holds ``{key}`` fields only (no indexing, attributes, conversions or format
-specs), so resolving one cannot run user code or reach into objects; each key must be
-a top-level key of the input whose value is a str or an int (not a bool).
+specs), so resolving one cannot reach into objects; each key must be a top-level key of
+the input whose value is a str or an int (not a bool). A field ``{@name}`` is filled by
+the router ``name`` registered with ``rt.add_router(name, fn)``: ``fn(input)`` returns
+the str (or int) to put there, e.g. ``agent="{@nearest}"`` or ``"airline:{@region}"``.
+A router is user code: whatever it raises fails the start with :class:`InvalidInput`,
+and it runs once per start, never again for that workflow.
 """
 
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from herder.actors import InvalidDefinition, UnknownName
-from herder.store import InvalidInput, Plan, validate_name
+from herder.store import InvalidInput, Plan, UserCodeFailed, contain, validate_name
+
+Router = Callable[[Any], str]
+"""A function of the workflow input that names (part of) a step's agent."""
 
 _FORMATTER = string.Formatter()
 
 
 def template_fields(agent: str) -> tuple[str, ...]:
-    """The input keys an agent template names; ``()`` for a fixed agent name.
+    """The input keys (and ``@router`` names) an agent template names; ``()`` for a
+    fixed agent name.
 
-    Raises :class:`InvalidDefinition` for a template that is not plain ``{key}`` fields.
+    Raises :class:`InvalidDefinition` for a template that is not plain ``{key}`` or
+    ``{@router}`` fields.
     """
     try:
         parts = list(_FORMATTER.parse(agent))
@@ -40,58 +49,86 @@ def template_fields(agent: str) -> tuple[str, ...]:
     for _literal, field, spec, conversion in parts:
         if field is None:
             continue
-        if not field.isidentifier() or spec or conversion:
+        if not field.removeprefix("@").isidentifier() or spec or conversion:
             raise InvalidDefinition(
                 f"agent template {agent!r}: field {{{field}{'!' + conversion if conversion else ''}"
                 f"{':' + spec if spec else ''}}} must be a plain input key such as {{device}} "
-                "(no index, attribute, conversion or format spec)"
+                "or a router such as {@nearest} (no index, attribute, conversion or format "
+                "spec)"
             )
         keys.append(field)
     return tuple(keys)
 
 
-def resolve_agents(plan: Plan, input: Any) -> dict[str, str]:
-    """Step name -> agent name for every templated step of ``plan``, from ``input``.
+def resolve_agents(
+    plan: Plan, input: Any, routers: Mapping[str, Router] | None = None
+) -> dict[str, str]:
+    """Step name -> agent name for every templated step of ``plan``, from ``input``
+    (and the ``routers`` its templates name).
 
-    Raises :class:`InvalidInput` when the input is not a map, lacks a key a template
-    names, or gives it a value that is not a str or a number, or when the resulting
-    name is not a usable agent name. Nothing is stored when this raises.
+    Raises :class:`InvalidInput` when the input is not a map but a template names input
+    keys, lacks a key, gives (or a router returns) a value that is not a str or an int,
+    a router fails, or the resulting name is not a usable agent name;
+    :class:`UnknownName` for a router that is not registered. Nothing is stored then.
     """
     out: dict[str, str] = {}
+    routed: dict[str, Any] = {}  # each router runs once per start
     for spec in plan.steps:
         keys = template_fields(spec.agent)
         if not keys:
             continue
-        if not isinstance(input, Mapping):
-            raise InvalidInput(
-                f"workflow {plan.name!r} step {spec.name!r} takes its agent from the input "
-                f"({spec.agent!r}), so the input must be a map with {list(keys)}; got "
-                f"{type(input).__name__}"
-            )
+        where = f"workflow {plan.name!r} step {spec.name!r}"
         values = {}
         for key in keys:
-            if key not in input:
-                raise InvalidInput(
-                    f"workflow {plan.name!r} step {spec.name!r}: its agent {spec.agent!r} "
-                    f"needs input key {key!r}, which the input lacks (it has: "
-                    f"{', '.join(sorted(map(str, input))) or 'no keys'})"
-                )
-            value = input[key]
+            if key.startswith("@"):
+                if key not in routed:
+                    routed[key] = _route(where, key[1:], routers or {}, input)
+                value = routed[key]
+            else:
+                value = _input_value(where, spec.agent, key, input)
             if isinstance(value, bool) or not isinstance(value, str | int):
                 raise InvalidInput(
-                    f"workflow {plan.name!r} step {spec.name!r}: input key {key!r} names its "
-                    f"agent, so it must be a str or an int, got {type(value).__name__}"
+                    f"{where}: {key!r} names its agent, so it must be a str or an int, got "
+                    f"{type(value).__name__}"
                 )
             values[key] = value
-        agent = spec.agent.format_map(values)
+        agent = _FORMATTER.vformat(spec.agent, (), values)
         try:
             out[spec.name] = validate_name("agent", agent)
         except InvalidInput as exc:
             raise InvalidInput(
-                f"workflow {plan.name!r} step {spec.name!r}: agent {spec.agent!r} resolved "
-                f"to {agent!r:.120}, which is not a usable agent name: {exc}"
+                f"{where}: agent {spec.agent!r} resolved to {agent!r:.120}, which is not a "
+                f"usable agent name: {exc}"
             ) from None
     return out
+
+
+def _input_value(where: str, template: str, key: str, input: Any) -> Any:
+    if not isinstance(input, Mapping):
+        raise InvalidInput(
+            f"{where} takes its agent from the input ({template!r}), so the input must be a "
+            f"map with {key!r}; got {type(input).__name__}"
+        )
+    if key not in input:
+        raise InvalidInput(
+            f"{where}: its agent {template!r} needs input key {key!r}, which the input "
+            f"lacks (it has: {', '.join(sorted(map(str, input))) or 'no keys'})"
+        )
+    return input[key]
+
+
+def _route(where: str, name: str, routers: Mapping[str, Router], input: Any) -> Any:
+    router = routers.get(name)
+    if router is None:
+        known = ", ".join(sorted(routers)) or "none"
+        raise UnknownName(
+            f"{where} routes its agent with {name!r}, which is not registered (registered: "
+            f"{known}); call rt.add_router({name!r}, fn) first"
+        )
+    try:
+        return contain(router, input)
+    except UserCodeFailed as exc:
+        raise InvalidInput(f"{where}: router {name!r} failed: {exc}") from None
 
 
 def check_registered(

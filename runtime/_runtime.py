@@ -66,7 +66,7 @@ from herder.runtime._ha import LeaseKeeper, StandbyWatcher
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._retention import DEFAULT_RETENTION, Retention, retention_seconds
-from herder.runtime._routing import check_registered, resolve_agents
+from herder.runtime._routing import Router, check_registered, resolve_agents
 from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
 from herder.runtime._starts import NewStart, creation, same_record, same_start, start_args
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
@@ -202,6 +202,8 @@ class Runtime(AsyncRuntime):
     """
 
     _in_setup = False  # True while the setup function registers (start() refuses then)
+    _firer: Firer | None  # fires schedules while this runtime is active
+    _routers: dict[str, Router]  # add_router: {@name} in agent templates
 
     def __init__(
         self,
@@ -296,7 +298,7 @@ class Runtime(AsyncRuntime):
         self._is_active = NotifyingEvent()
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher: StandbyWatcher | None = None
-        self._firer: Firer | None = None  # fires schedules while this runtime is active
+        self._firer, self._routers = None, {}
         try:
             if setup is not None:
                 self._setup(setup)
@@ -570,6 +572,20 @@ class Runtime(AsyncRuntime):
             if self._root is not None:  # a standby's Scheduler reads ctx.agents at start
                 call(self._scheduler, "add_agent", name, timeout=self._ask_timeout)
 
+    def add_router(self, name: str, router: Router) -> None:
+        """Register ``router(input) -> str`` for agent templates that name ``{@name}``.
+
+        It runs once when a workflow whose steps use it starts, and what it returns is
+        stored with the workflow (see ``Workflow.step``): later runs never call it for
+        that workflow again. Whatever it raises fails the start with
+        :class:`InvalidInput`. Adding a name again replaces the router.
+        """
+        self._check_open()
+        validate_name("router", name)
+        if not callable(router):
+            raise InvalidInput(f"router {name!r} must be callable, got {router!r}")
+        self._routers[name] = router
+
     def remove_agent(self, name: str) -> None:
         """Stop serving agent ``name``; steps waiting for it resume when it is added again."""
         self._check_open()
@@ -771,7 +787,8 @@ class Runtime(AsyncRuntime):
         if plan is None:
             raise UnknownName(f"no workflow named {workflow!r} is registered; add_workflow it")
         normalized = normalize(input, limit=self._max_input_bytes, what="schedule input")
-        check_registered(plan, resolve_agents(plan, normalized), self._ctx.agents, self._actions)
+        agents = resolve_agents(plan, normalized, self._routers)
+        check_registered(plan, agents, self._ctx.agents, self._actions)
         record = new_schedule(
             name,
             workflow,
@@ -915,7 +932,7 @@ class Runtime(AsyncRuntime):
         priority = check_priority(priority)
         begin = begin_at(self._ctx.clock.time(), start_at, delay, wall=self._clock.time())
         normalized = normalize(input, limit=self._max_input_bytes, what="workflow input")
-        agents = resolve_agents(plan, normalized)
+        agents = resolve_agents(plan, normalized, self._routers)
         check_registered(plan, agents, self._ctx.agents, self._actions)
         return NewStart(plan, wid, normalized, priority, begin, agents)
 

@@ -177,3 +177,42 @@ def test_herder_show_prints_the_chosen_agents(tmp_path: Path) -> None:
     out = io.StringIO()
     assert main(["show", "--store", str(tmp_path), "w"], out=out) == 0
     assert "agent   configure -> device:a" in out.getvalue()
+
+
+def test_a_router_chooses_the_agent_once_and_the_choice_is_stored(tmp_path: Path) -> None:
+    calls: Calls = []
+    routed: list[object] = []
+
+    def nearest(input: object) -> str:
+        routed.append(input)
+        return "b" if input == {"site": "riga"} else "a"
+
+    routed_wf = (
+        Workflow("routed")
+        .step("configure", agent="device:{@nearest}", action="configure")
+        .step("again", agent="device:{@nearest}", action="configure", after=["configure"])
+    )
+    with open_runtime(tmp_path, calls, routed_wf) as rt:
+        with pytest.raises(UnknownName, match=r"'nearest', which is not registered"):
+            rt.start("routed", {"site": "riga"}, workflow_id="w")
+        rt.add_router("nearest", nearest)
+        handle = rt.start("routed", {"site": "riga"}, workflow_id="w")
+        assert handle.result(timeout=WAIT) == {"configure": "device:b", "again": "device:b"}
+        assert dict(rt.status("w").agents) == {"configure": "device:b", "again": "device:b"}
+    assert routed == [{"site": "riga"}]  # once per start, for both steps
+    assert [c[0] for c in calls] == ["device:b", "device:b"]
+
+
+def test_a_router_that_raises_fails_the_start_and_stores_nothing(tmp_path: Path) -> None:
+    def broken(input: object) -> str:
+        raise SystemExit("a router must not take the runtime down")
+
+    wf = Workflow("routed").step("configure", agent="{@broken}", action="configure")
+    with open_runtime(tmp_path, [], wf) as rt:
+        rt.add_router("broken", broken)
+        with pytest.raises(InvalidInput, match="router 'broken' failed: SystemExit"):
+            rt.start("routed", {}, workflow_id="w")
+        rt.add_router("broken", lambda input: ["not", "a", "name"])
+        with pytest.raises(InvalidInput, match="must be a str or an int, got list"):
+            rt.start("routed", {}, workflow_id="w")
+        assert rt.list() == []

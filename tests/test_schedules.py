@@ -21,6 +21,7 @@ from herder.runtime import (
     StepContext,
     UnknownName,
     Workflow,
+    _console,
 )
 from herder.runtime._check import check_store
 from herder.runtime._cli import main
@@ -271,8 +272,9 @@ def test_cron_slots_follow_dst_changes_in_their_timezone(
 
 
 def test_herder_schedules_lists_next_firing_and_check_knows_the_records(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_console, "_rich_console", lambda out: None)  # plain table
     with open_runtime(tmp_path, clock) as rt:
         rt.schedule("nightly", "job", cron="0 2 * * *", timezone="Europe/Riga")
         rt.schedule("tick", "job", every=60, overlap="queue", catch_up="all")

@@ -1,15 +1,21 @@
 """herder.actors.engine — the pattern's rules as data and pure functions.
 
-What lives here: the step and workflow state machines as tables (``_states``): which
-moves are legal, which states hold a timer, which keep a compensation waiting, which
-are undone, restarted, skipped or stuck; the retry rule (``_retry``); one step's
-transitions as pure record functions (``_step``); a workflow's rules: what runs next,
-when it ends, what is undone (``_workflow``); and the typed effects a decision causes
-once its writes are durable (``_decision``); what a marked answer or a lapse means
-(``_answer``). Everything else that must know these rules
-(the Scheduler, operator actions, ``herder check``, the inbox and status views, the
-hypothesis state machine) consults these tables; no copy of them lives elsewhere.
-The engine grows toward ``design/structure.md``: events in, decisions out.
+What lives here, one concept per module:
+
+- ``_states``: the step and workflow state machines as tables: which moves are legal,
+  which states hold a timer, keep a compensation waiting, are undone, restarted,
+  skipped or stuck;
+- ``_retry``: the retry rule (``after_failure``, ``after_probe_failure``);
+- ``_step``: one step's transitions as record functions (dispatch, failed, settled, ...);
+- ``_answer``: what a probe's verdict, a hand-off or a lapse means for its step;
+- ``_workflow``: what a workflow runs next, when it ends, what compensation undoes;
+- ``_operator``: the records an operator's action writes;
+- ``_decision``: the typed effects a batch performs once it is durable.
+
+Everything else that must know these rules (the Scheduler, operator actions,
+``herder check``, the inbox and status views, the hypothesis state machine) consults
+them; no copy lives elsewhere. The engine grows toward ``design/structure.md``: events
+in, decisions out.
 
 Imports: herder.store only. No threads, no pykka, no LMDB, no clock reads: time,
 randomness and fencing tokens are arguments. herder.actors drives it; herder.runtime
@@ -28,6 +34,12 @@ from herder.actors.engine._answer import (
     read_answer,
 )
 from herder.actors.engine._decision import Announce, Dispatch, Effect, Refuse, Reply, Resolve
+from herder.actors.engine._operator import (
+    abandoned_step,
+    given_up,
+    orphan_given_up,
+    undo_again,
+)
 from herder.actors.engine._retry import (
     Escalate,
     GiveUp,
@@ -103,17 +115,20 @@ __all__ = [
     "RetryIn",
     "Succeed",
     "Verdict",
+    "abandoned_step",
     "advance",
     "after_failure",
     "after_lapse",
     "after_probe_failure",
     "dispatch",
     "failed",
+    "given_up",
     "handed_off",
     "heartbeat",
     "holds_timer",
     "lapse",
     "ms",
+    "orphan_given_up",
     "policy_for",
     "probed",
     "reachable",
@@ -122,6 +137,7 @@ __all__ = [
     "settled",
     "stopped",
     "to_undo",
+    "undo_again",
     "unknown",
     "when_compensating",
     "with_timer",

@@ -1,0 +1,69 @@
+"""What an operator's action does to one step, as pure record functions.
+
+The actions themselves (retry, skip, compensate, abandon, cancel) are validated and
+applied by the Scheduler's ``_operator`` module; the records they write are built here,
+so the tables (``_states``: RESTARTABLE, SKIPPABLE, ENDED_BY_ABANDON) and the records
+they lead to sit in one layer:
+
+- :func:`restarted` (in ``_step``) — retry runs a failed forward step again from attempt 1;
+- :func:`undo_again` — retry or compensate runs a failed compensation again, at once;
+- :func:`given_up` — compensate stops waiting on a step nothing will settle;
+- :func:`orphan_given_up` — cancel does not run again an attempt a crash left
+  DISPATCHED; it may have taken effect, so it is undone;
+- :func:`abandoned_step` — abandon ends what runs or waits, and clears every timer.
+
+Imports: herder.store records and this package; time and tokens are arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from herder.actors.engine._states import ENDED_BY_ABANDON
+from herder.actors.engine._step import stopped, with_timer
+from herder.store import StepRecord, StepState
+
+
+def undo_again(st: StepRecord, now: float) -> StepRecord:
+    """A failed compensation, due again now with a fresh attempt count."""
+    return with_timer(st.evolve(comp_attempt=0, error=None, retry_at=now))
+
+
+def given_up(st: StepRecord, *, token: int, now: float) -> StepRecord:
+    """A step nothing will settle any more (unknown, waiting, or orphaned while parked),
+    FAILED because compensation was requested; what still runs of it is fenced out."""
+    return stopped(
+        st,
+        state=StepState.FAILED,
+        token=token,
+        error=f"{st.error}; given up: compensation requested",
+        updated=now,
+    )
+
+
+def orphan_given_up(st: StepRecord, why: str, *, token: int, now: float) -> StepRecord:
+    """An attempt a crash left DISPATCHED, not run again (``why``): FAILED and marked
+    done, since it may have taken effect, so compensation undoes it."""
+    error = f"the attempt running at a crash was not run again: {why}"
+    return stopped(
+        st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
+    )
+
+
+def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) -> StepRecord | None:
+    """What abandoning its workflow makes of a step, or None if the step stays as it is.
+
+    Nothing runs or wakes any more: a step that was running, waiting or about to retry
+    ends FAILED (its attempt may have taken effect, so it is marked done as a failure
+    that may need undoing by hand); any other step only loses its timer. What remains
+    is what ``herder check`` allows in an ABANDONED workflow.
+    """
+    if st.state in ENDED_BY_ABANDON:
+        token = next_token()
+        error = f"{st.error}; abandoned" if st.error else f"abandoned while {st.state}"
+        return stopped(
+            st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
+        )
+    if st.timer_ms is not None or st.retry_at is not None:
+        return stopped(st, token=next_token(), updated=now)
+    return None
