@@ -77,6 +77,7 @@ from herder.actors._messages import (
 )
 from herder.actors._operator import apply_commands, apply_held, operate
 from herder.actors._outcomes import probe_name
+from herder.actors._pool_host import PoolHost
 from herder.actors._probing import on_lapsed, on_special_outcome
 from herder.actors._recovery import (
     await_definition,
@@ -197,7 +198,8 @@ class Scheduler(SupervisedActor):
         """Attach to the agents subtree and recover unfinished workflows from the store."""
         super().on_start()
         assert self._ctx.agents_supervisor is not None, "agents supervisor starts first"
-        self._host = ThreadHost(
+        host = PoolHost if self._config.agent_host == "pool" else ThreadHost
+        self._host = host(
             self._ctx.agents_supervisor,
             reply=self._ctx.tell_scheduler,
             events=self._ctx.tell_scheduler,
@@ -378,6 +380,7 @@ class Scheduler(SupervisedActor):
                 f"{name}@{version}": len(ids) for (name, version), ids in self._awaiting.items()
             },
             "agents": self._hosted.stats(),
+            "host": self._hosted.host_stats(),
             "corrupt": dict(self._corrupt),
             "resources": self._admission.stats(),
         }

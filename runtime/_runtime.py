@@ -48,6 +48,7 @@ from herder.actors import (
     agents_listener,
     call,
     coroutine_actions,
+    host_kind,
     parse_task_token,
     start_supervisor,
 )
@@ -183,7 +184,9 @@ class Runtime(AsyncRuntime):
     tell whether a lapsed attempt was applied), ``retention`` (seconds or a
     ``timedelta``, default 7 days: finished workflows (SUCCEEDED, COMPENSATED, CANCELLED,
     ABANDONED) last updated longer ago are deleted with their steps and history, a
-    bounded batch per sweep; ``None`` keeps everything; see docs/operations.md).
+    bounded batch per sweep; ``None`` keeps everything; see docs/operations.md),
+    ``agent_host`` (``"thread"``: a thread per busy agent instance; ``"pool"``: every
+    agent's attempts run on one elastic pool of worker threads and idle agents hold none).
 
     High availability (see docs/high_availability.md): ``lease`` is the leader lease in
     seconds (renewed every third of it). ``standby=True`` opens the store of a runtime
@@ -227,6 +230,7 @@ class Runtime(AsyncRuntime):
         probe_timeout: float = 30.0,
         setup: Callable[[Runtime], object] | None = None,
         retention: float | datetime.timedelta | None = DEFAULT_RETENTION,
+        agent_host: str = "thread",
     ) -> None:
         if log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
@@ -264,6 +268,7 @@ class Runtime(AsyncRuntime):
             priority_aging=float(priority_aging),
             seed=seed,
             probe_timeout=probe_timeout,
+            agent_host=host_kind(agent_host),
         )
         # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
         steady = SteadyClock(self._clock)
@@ -1068,6 +1073,7 @@ class Runtime(AsyncRuntime):
             "workflows": by_state,
             "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
             "agents": engine["agents"],
+            "host": engine["host"],
             "awaiting_definition": engine["awaiting_definition"],
             "resources": engine["resources"],
             "store": self._store.writer.stats(),
