@@ -770,7 +770,12 @@ class Scheduler(SupervisedActor):
             self._step_succeeded(run, st, result)
         else:
             error = answer.error or "failed"
-            self._step_failed(run, st, error, answer.error_types, permanent=answer.permanent)
+            _log_failure(run.record.id, st, error, answer.traceback)
+            self._commits.note = answer.traceback
+            try:
+                self._step_failed(run, st, error, answer.error_types, permanent=answer.permanent)
+            finally:
+                self._commits.note = None
 
     def _step_succeeded(self, run: WorkflowRun, st: StepRecord, result: Any) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
@@ -911,6 +916,16 @@ def _commit_sink(ref: pykka.ActorRef, ctx: EngineContext) -> BatchSink:
             orphaned_commit(ctx, effects, errors)
 
     return committed
+
+
+def _log_failure(workflow_id: str, st: StepRecord, error: str, trace: str | None) -> None:
+    """A failed attempt at WARNING, with its traceback when the agent sent one."""
+    attempt = st.comp_attempt if st.state.is_compensation else st.attempt
+    extra = {"workflow_id": workflow_id, "step": st.name, "attempt": attempt}
+    detail = f"\n{trace}" if trace else ""
+    _log.warning(
+        "%s/%s attempt %d failed: %s%s", workflow_id, st.name, attempt, error, detail, extra=extra
+    )
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:

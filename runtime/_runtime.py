@@ -856,9 +856,9 @@ class Runtime(AsyncRuntime):
                     f"workflow id {new.workflow_id!r} appears twice in start_many with "
                     "different workflows or input; nothing was started"
                 )
-        taken = 0
+        taken = self._take_capacity_now(len(unique))
         try:
-            for _ in unique:
+            while taken < len(unique):
                 yield Wait(
                     lambda: self._wait_capacity(timeout), lambda: self._capacity_async(timeout)
                 )
@@ -867,18 +867,23 @@ class Runtime(AsyncRuntime):
             for _ in range(taken):
                 self._release_capacity()
             raise
-        created = [self._creation(new) for new in unique.values()]
+        marked = set(self._started)  # one started mark per definition, not one per item
+        created = []
+        for new in unique.values():
+            key = (new.plan.name, new.plan.version)
+            created.append(self._creation(new, mark=key not in marked))
+            marked.add(key)
         committed: Future[builtins.list[BaseException | None]] = Future()
 
         def on_done(results: builtins.list[BaseException | None]) -> None:
             # Admitted here, on the writer thread, so workflows are running once durable
             # even if the caller stopped waiting; a failed one gives its capacity back.
+            committed.set_result(results)
             for (record, steps, _), result in zip(created, results, strict=True):
                 if result is None:
                     self._ctx.tell_scheduler(Admit(record, steps))
                 else:
                     self._release_capacity()
-            committed.set_result(results)
 
         self._store.writer.submit_many([c[2] for c in created], on_done)
         outcomes = yield Wait(
@@ -931,15 +936,14 @@ class Runtime(AsyncRuntime):
         return NewStart(plan, wid, normalized, priority, begin, agents)
 
     def _creation(
-        self, new: NewStart, also: tuple[Put, ...] = ()
+        self, new: NewStart, also: tuple[Put, ...] = (), *, mark: bool | None = None
     ) -> tuple[WorkflowRecord, builtins.list[StepRecord], Any]:
-        key = (new.plan.name, new.plan.version)
+        """The new workflow's records and transition; ``mark`` (default: unless this
+        runtime marked it already) adds its definition's started mark."""
+        if mark is None:
+            mark = (new.plan.name, new.plan.version) not in self._started
         return creation(
-            new,
-            self._ctx.clock.time(),
-            self._ctx.next_token(),
-            mark_started=key not in self._started,
-            also=also,
+            new, self._ctx.clock.time(), self._ctx.next_token(), mark_started=mark, also=also
         )
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
@@ -1216,6 +1220,15 @@ class Runtime(AsyncRuntime):
                 "different input; use a new id, or the same input to get the existing handle"
             )
         return WorkflowHandle(self, existing.id)
+
+    def _take_capacity_now(self, n: int) -> int:
+        """Take ``n`` slots at once if they are free (start_many's fast path); else none."""
+        with self._lock:
+            self._check_open()
+            if self._active + n > self._max_active:
+                return 0
+            self._active += n
+            return n
 
     def _wait_capacity(self, timeout: float | None) -> None:
         with self._lock:
