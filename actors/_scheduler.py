@@ -922,7 +922,9 @@ def _log_failure(workflow_id: str, st: StepRecord, error: str, trace: str | None
     """A failed attempt at WARNING, with its traceback when the agent sent one."""
     attempt = st.comp_attempt if st.state.is_compensation else st.attempt
     extra = {"workflow_id": workflow_id, "step": st.name, "attempt": attempt}
-    detail = f"\n{trace}" if trace else ""
+    # Indented: a log reader (or a test) looking for crashes at "Traceback" line starts
+    # must not mistake an attempt's expected failure for one.
+    detail = "".join(f"\n    {line}" for line in trace.splitlines()) if trace else ""
     _log.warning(
         "%s/%s attempt %d failed: %s%s", workflow_id, st.name, attempt, error, detail, extra=extra
     )
