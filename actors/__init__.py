@@ -34,7 +34,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
-from herder.actors._host import AgentHost, AgentUnavailable, InstanceCrash
+from herder.actors._host import AgentHost, AgentUnavailable, InstanceCrash, host_kind
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import (
     Admit,
@@ -46,6 +46,7 @@ from herder.actors._messages import (
     Operate,
 )
 from herder.actors._outcomes import ProbeResult, parse_task_token
+from herder.actors._pool_host import PoolHost
 from herder.actors._scheduler import Scheduler
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
@@ -88,6 +89,7 @@ __all__ = [
     "NotActive",
     "Operate",
     "Permanent",
+    "PoolHost",
     "ProbeResult",
     "RateLimit",
     "Restart",
@@ -112,6 +114,7 @@ __all__ = [
     "call",
     "call_future",
     "coroutine_actions",
+    "host_kind",
     "parse_task_token",
     "resource_stats",
     "start_supervisor",

@@ -25,7 +25,7 @@ from herder.actors._host import InstanceCrash
 from herder.actors._messages import Outcome, Run
 from herder.actors._outcomes import COMPLETE_LATER, DONE, NOT_DONE, RUNNING, ProbeResult
 from herder.actors.engine import OutcomeKind
-from herder.store import EncodeError, describe, error_types, normalize
+from herder.store import EncodeError, bounded_traceback, describe, error_types, normalize
 
 
 def run_attempt(
@@ -71,6 +71,7 @@ def _failed(
         error=describe(exc),
         error_types=error_types(exc),
         permanent=permanent,
+        traceback=bounded_traceback(exc),
     )
 
 

@@ -75,13 +75,16 @@ class CommitPipeline:
     dependent's DISPATCHED).
     """
 
-    __slots__ = ("_clock", "_next_token", "committing", "open")
+    __slots__ = ("_clock", "_next_token", "committing", "note", "open")
 
     def __init__(self, clock: Clock, next_token: Callable[[], int]) -> None:
         self._clock = clock
         self._next_token = next_token
         self.open: dict[str, Txn] = {}
         self.committing: set[str] = set()
+        # The traceback of the attempt whose failure is being recorded: it goes into the
+        # history event of the step change that records the error (see _answered).
+        self.note: str | None = None
 
     def txn(self, workflow_id: str) -> Txn:
         """The workflow's transaction in this flush, opened on first use."""
@@ -100,6 +103,8 @@ class CommitPipeline:
         txn = self.txn(run.record.id)
         txn.put_step(old, new)
         event = step_event(old, new, self._clock.time())
+        if event is not None and self.note is not None and event.get("error"):
+            event["traceback"] = self.note
         if event is not None:  # a transition, not a heartbeat: one history put, same commit
             txn.put(history_put(run.record.id, self._next_token(), event))
 

@@ -18,6 +18,7 @@ Scheduler -> host      meaning
 ``on_event``           apply a lifecycle event the host sent itself through the Scheduler
 ``passivate``          let instances idle since before a time go (memory, threads)
 ``stats``              per agent: instances, busy, queued
+``host_stats``         the host's own gauges (threads, abandoned threads)
 =====================  ===========================================================
 
 Host -> Scheduler (told, never asked): :class:`Outcome` (an attempt ended: result, error,
@@ -36,6 +37,17 @@ from typing import Any, Protocol
 from herder.actors._agent import Agent
 from herder.actors._messages import InstanceEvent, Run
 from herder.actors._queue import JobQueue
+from herder.store import InvalidInput
+
+HOST_KINDS = ("thread", "pool")
+"""The hosts a runtime can run its agents on (``Runtime(agent_host=...)``)."""
+
+
+def host_kind(name: object) -> str:
+    """``name`` if it names a host kind; :class:`InvalidInput` otherwise."""
+    if name not in HOST_KINDS:
+        raise InvalidInput(f"agent_host must be one of {HOST_KINDS}, got {name!r}")
+    return str(name)
 
 
 class AgentUnavailable(Exception):
@@ -77,3 +89,5 @@ class AgentHost(Protocol):
     def passivate(self, idle_before: float, limit: int = 256) -> int: ...
 
     def stats(self) -> dict[str, dict[str, int]]: ...
+
+    def host_stats(self) -> dict[str, int]: ...

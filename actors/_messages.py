@@ -46,6 +46,7 @@ class Answer:
     error: str | None = None
     error_types: tuple[str, ...] = ()
     permanent: bool = False
+    traceback: str | None = None  # bounded, innermost frames (store/_tracebacks.py)
 
 
 @dataclass(slots=True)

@@ -77,6 +77,7 @@ from herder.actors._messages import (
 )
 from herder.actors._operator import apply_commands, apply_held, operate
 from herder.actors._outcomes import probe_name
+from herder.actors._pool_host import PoolHost
 from herder.actors._probing import on_lapsed, on_special_outcome
 from herder.actors._recovery import (
     await_definition,
@@ -197,7 +198,8 @@ class Scheduler(SupervisedActor):
         """Attach to the agents subtree and recover unfinished workflows from the store."""
         super().on_start()
         assert self._ctx.agents_supervisor is not None, "agents supervisor starts first"
-        self._host = ThreadHost(
+        host = PoolHost if self._config.agent_host == "pool" else ThreadHost
+        self._host = host(
             self._ctx.agents_supervisor,
             reply=self._ctx.tell_scheduler,
             events=self._ctx.tell_scheduler,
@@ -378,6 +380,7 @@ class Scheduler(SupervisedActor):
                 f"{name}@{version}": len(ids) for (name, version), ids in self._awaiting.items()
             },
             "agents": self._hosted.stats(),
+            "host": self._hosted.host_stats(),
             "corrupt": dict(self._corrupt),
             "resources": self._admission.stats(),
         }
@@ -768,7 +771,12 @@ class Scheduler(SupervisedActor):
             self._step_succeeded(run, st, result)
         else:
             error = answer.error or "failed"
-            self._step_failed(run, st, error, answer.error_types, permanent=answer.permanent)
+            _log_failure(run.record.id, st, error, answer.traceback)
+            self._commits.note = answer.traceback
+            try:
+                self._step_failed(run, st, error, answer.error_types, permanent=answer.permanent)
+            finally:
+                self._commits.note = None
 
     def _step_succeeded(self, run: WorkflowRun, st: StepRecord, result: Any) -> None:
         if run.record.recoveries:  # an attempt of it ended without killing the process
@@ -909,6 +917,18 @@ def _commit_sink(ref: pykka.ActorRef, ctx: EngineContext) -> BatchSink:
             orphaned_commit(ctx, effects, errors)
 
     return committed
+
+
+def _log_failure(workflow_id: str, st: StepRecord, error: str, trace: str | None) -> None:
+    """A failed attempt at WARNING, with its traceback when the agent sent one."""
+    attempt = st.comp_attempt if st.state.is_compensation else st.attempt
+    extra = {"workflow_id": workflow_id, "step": st.name, "attempt": attempt}
+    # Indented: a log reader (or a test) looking for crashes at "Traceback" line starts
+    # must not mistake an attempt's expected failure for one.
+    detail = "".join(f"\n    {line}" for line in trace.splitlines()) if trace else ""
+    _log.warning(
+        "%s/%s attempt %d failed: %s%s", workflow_id, st.name, attempt, error, detail, extra=extra
+    )
 
 
 def _log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:

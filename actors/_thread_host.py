@@ -138,6 +138,7 @@ class ThreadHost:
         self._max_result_bytes = max_result_bytes
         self._shutdown = shutdown
         self._pools: dict[str, _Pool] = {}
+        self._abandoned = 0  # instances replaced while they ran an attempt
         self._queue_aging = queue_aging
 
     # -- registration ------------------------------------------------------------------
@@ -240,6 +241,7 @@ class ThreadHost:
             return
         inst.lost = True
         inst.busy_token = None
+        self._abandoned += 1
         # Not waited for: restart_child abandons a blocked thread and the tree reports the
         # replacement through on_event("restarted").
         call_later(pool.supervisor, "restart_child", instance_id)
@@ -357,6 +359,11 @@ class ThreadHost:
             }
             for name, pool in self._pools.items()
         }
+
+    def host_stats(self) -> dict[str, int]:
+        """Instance threads, and threads abandoned to hung actions."""
+        threads = sum(len(p.instances) for p in self._pools.values())
+        return {"workers": threads, "abandoned_threads": self._abandoned}
 
     # -- internals ---------------------------------------------------------------------
 

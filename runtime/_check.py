@@ -16,8 +16,8 @@ crash test) can see exactly what is wrong. What it checks:
   entry belongs to such a step, and final workflows have none;
 - fencing tokens: none from a future incarnation; a step's completion token is not newer
   than its current token;
-- schedules: each reads, sits under its name, names a stored workflow, and the
-  workflow of its latest firing exists;
+- schedules: each reads, sits under its name, names a stored workflow, and no workflow
+  it fired is for a slot after its cursor;
 - agents chosen at run time: every step whose agent the plan templates from the input
   has the agent it resolved stored with the workflow, and nothing else is stored there.
 
@@ -35,6 +35,7 @@ from typing import Any, TextIO, TypeVar
 
 from herder.actors.engine import ALLOWED_STEPS, UNDOING, holds_timer
 from herder.runtime._routing import template_fields
+from herder.runtime._schedules import slot_of
 from herder.store import (
     KEY_SEP,
     HerderError,
@@ -161,12 +162,13 @@ class _Checker:
             if key.partition(KEY_SEP)[0] not in ids:
                 self.problem("steps", key, "step record of a workflow that does not exist")
         self.check_timers()
-        self.check_schedules(ids)
+        self.check_schedules()
         return self.report
 
-    def check_schedules(self, ids: set[bytes]) -> None:
+    def check_schedules(self) -> None:
         """Each schedule record reads, sits under its own name, names a stored workflow
-        definition, and its latest firing's workflow exists."""
+        definition, and no workflow it fired is for a slot after its cursor (the cursor
+        moves in the transaction that creates the slot's workflow)."""
         names = {name for name, _ in self.plans}
         for key, raw in self.snap.items("schedules"):
             record = self.load("schedules", key, raw, ScheduleRecord.from_dict)
@@ -174,12 +176,15 @@ class _Checker:
                 continue
             if schedule_key(record.name) != key:
                 self.problem("schedules", key, f"holds schedule {record.name!r}")
+                continue
             if record.workflow not in names:
                 self.problem("schedules", key, f"workflow {record.workflow!r} is not stored")
-            if record.last_id is not None and workflow_key(record.last_id) not in ids:
-                self.problem("schedules", key, f"its last firing {record.last_id!r} is missing")
             if record.fired < 0 or record.skipped < 0:
                 self.problem("schedules", key, "negative counters")
+            for wkey, _ in self.snap.items("workflows", workflow_key(f"{record.name}@")):
+                slot = slot_of(record.name, wkey.decode("utf-8", "replace"))
+                if slot is not None and slot > record.cursor_ms:
+                    self.problem("workflows", wkey, f"fired after the cursor of {record.name!r}")
 
     def check_meta(self) -> None:
         for name in (b"schema", b"incarnation"):

@@ -48,6 +48,7 @@ from herder.actors import (
     agents_listener,
     call,
     coroutine_actions,
+    host_kind,
     parse_task_token,
     start_supervisor,
 )
@@ -185,6 +186,8 @@ class Runtime(AsyncRuntime):
     ``timedelta``, default 7 days: finished workflows (SUCCEEDED, COMPENSATED, CANCELLED,
     ABANDONED) last updated longer ago are deleted with their steps and history, a
     bounded batch per sweep; ``None`` keeps everything; see docs/operations.md),
+    ``agent_host`` (``"thread"``: a thread per busy agent instance; ``"pool"``: every
+    agent's attempts run on one elastic pool of worker threads and idle agents hold none),
     ``tracer_provider`` (an OpenTelemetry tracer provider for spans per workflow and
     attempt; default: the global one if set, else no tracing at all; see
     docs/tracing.md).
@@ -231,6 +234,7 @@ class Runtime(AsyncRuntime):
         probe_timeout: float = 30.0,
         setup: Callable[[Runtime], object] | None = None,
         retention: float | datetime.timedelta | None = DEFAULT_RETENTION,
+        agent_host: str = "thread",
         tracer_provider: Any = None,
     ) -> None:
         if log_level is not None:
@@ -273,6 +277,7 @@ class Runtime(AsyncRuntime):
             priority_aging=float(priority_aging),
             seed=seed,
             probe_timeout=probe_timeout,
+            agent_host=host_kind(agent_host),
         )
         # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
         steady = SteadyClock(self._clock)
@@ -862,9 +867,9 @@ class Runtime(AsyncRuntime):
                     f"workflow id {new.workflow_id!r} appears twice in start_many with "
                     "different workflows or input; nothing was started"
                 )
-        taken = 0
+        taken = self._take_capacity_now(len(unique))
         try:
-            for _ in unique:
+            while taken < len(unique):
                 yield Wait(
                     lambda: self._wait_capacity(timeout), lambda: self._capacity_async(timeout)
                 )
@@ -873,18 +878,23 @@ class Runtime(AsyncRuntime):
             for _ in range(taken):
                 self._release_capacity()
             raise
-        created = [self._creation(new) for new in unique.values()]
+        marked = set(self._started)  # one started mark per definition, not one per item
+        created = []
+        for new in unique.values():
+            key = (new.plan.name, new.plan.version)
+            created.append(self._creation(new, mark=key not in marked))
+            marked.add(key)
         committed: Future[builtins.list[BaseException | None]] = Future()
 
         def on_done(results: builtins.list[BaseException | None]) -> None:
             # Admitted here, on the writer thread, so workflows are running once durable
             # even if the caller stopped waiting; a failed one gives its capacity back.
+            committed.set_result(results)
             for (record, steps, _), result in zip(created, results, strict=True):
                 if result is None:
                     self._ctx.tell_scheduler(Admit(record, steps))
                 else:
                     self._id_taken(record)  # or not written at all: the same for both
-            committed.set_result(results)
 
         self._store.writer.submit_many([c[2] for c in created], on_done)
         outcomes = yield Wait(
@@ -937,15 +947,18 @@ class Runtime(AsyncRuntime):
         return NewStart(plan, wid, normalized, priority, begin, agents)
 
     def _creation(
-        self, new: NewStart, also: tuple[Put, ...] = ()
+        self, new: NewStart, also: tuple[Put, ...] = (), *, mark: bool | None = None
     ) -> tuple[WorkflowRecord, builtins.list[StepRecord], Any]:
-        key = (new.plan.name, new.plan.version)
+        """The new workflow's records and transition; ``mark`` (default: unless this
+        runtime marked it already) adds its definition's started mark."""
+        if mark is None:
+            mark = (new.plan.name, new.plan.version) not in self._started
         now = self._ctx.clock.time()
         return creation(
             new,
             now,
             self._ctx.next_token(),
-            mark_started=key not in self._started,
+            mark_started=mark,
             also=also,
             trace=None
             if self._tracing is None
@@ -1083,6 +1096,7 @@ class Runtime(AsyncRuntime):
             "workflows": by_state,
             "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
             "agents": engine["agents"],
+            "host": engine["host"],
             "awaiting_definition": engine["awaiting_definition"],
             "resources": engine["resources"],
             "store": self._store.writer.stats(),
@@ -1225,6 +1239,15 @@ class Runtime(AsyncRuntime):
                 "different input; use a new id, or the same input to get the existing handle"
             )
         return WorkflowHandle(self, existing.id)
+
+    def _take_capacity_now(self, n: int) -> int:
+        """Take ``n`` slots at once if they are free (start_many's fast path); else none."""
+        with self._lock:
+            self._check_open()
+            if self._active + n > self._max_active:
+                return 0
+            self._active += n
+            return n
 
     def _wait_capacity(self, timeout: float | None) -> None:
         with self._lock:

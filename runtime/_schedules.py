@@ -196,6 +196,22 @@ def slot_id(name: str, slot_ms: int) -> str:
     return f"{name}@{when:%Y-%m-%dT%H:%M:%S}{fraction}Z"
 
 
+def slot_of(name: str, workflow_id: str) -> int | None:
+    """The slot (ms) of a workflow id :func:`slot_id` made for schedule ``name``, or None."""
+    prefix = f"{name}@"
+    if not workflow_id.startswith(prefix) or not workflow_id.endswith("Z"):
+        return None
+    text, _, fraction = workflow_id[len(prefix) : -1].partition(".")
+    try:
+        when = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+    if fraction and not (len(fraction) == 3 and fraction.isdigit()):
+        return None
+    seconds = int(when.replace(tzinfo=datetime.UTC).timestamp())
+    return seconds * 1000 + (int(fraction) if fraction else 0)
+
+
 def slot_time(slot_ms: int) -> str:
     """A slot as an ISO time in UTC (for listings)."""
     return slot_id("", slot_ms)[1:]

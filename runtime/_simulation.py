@@ -198,6 +198,7 @@ class _Gate:
 @dataclass
 class _World:
     schedule: FaultSchedule
+    agent_host: str = "thread"
     gate: _Gate = field(default_factory=_Gate)
     lock: threading.Lock = field(default_factory=threading.Lock)
     applied: dict[str, int] = field(default_factory=dict)  # key -> application order
@@ -302,10 +303,17 @@ class _StoreFaults:
             raise OSError(28, f"simulated write error (commit {self.commits})")
 
 
-def simulate(seed: int, directory: str | Path, schedule: FaultSchedule | None = None) -> SimReport:
-    """Run one seed on a new store in ``directory``; return what broke (see module doc)."""
+def simulate(
+    seed: int,
+    directory: str | Path,
+    schedule: FaultSchedule | None = None,
+    *,
+    agent_host: str = "thread",
+) -> SimReport:
+    """Run one seed on a new store in ``directory``; return what broke (see module doc).
+    ``agent_host`` is the runtime's (``"thread"`` or ``"pool"``)."""
     schedule = schedule or FaultSchedule(seed)
-    world = _World(schedule)
+    world = _World(schedule, agent_host=agent_host)
     report = SimReport(seed)
     clock = FakeClock()
     rt = _open(Path(directory), clock, world)
@@ -404,7 +412,13 @@ def _crash_scheduler(rt: Runtime) -> int:
 
 
 def _open(directory: Path, clock: FakeClock, world: _World) -> Runtime:
-    rt = Runtime(directory, clock=clock, sweep_interval=ROUND, seed=world.schedule.seed)
+    rt = Runtime(
+        directory,
+        clock=clock,
+        sweep_interval=ROUND,
+        seed=world.schedule.seed,
+        agent_host=world.agent_host,
+    )
     rt._ctx.commit_listeners.append(world.gate.changed)
     factory = functools.partial(SimService, world)
     rt.add_agent("alpha", factory, concurrency=CONCURRENCY)

@@ -103,6 +103,8 @@ from herder.store._retention import BATCH, FINISHED, PURGEABLE, candidates, dele
 from herder.store._retention import count as count_purgeable
 from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
 from herder.store._standby import StandbyMark, standby_waiting
+from herder.store._tracebacks import MAX_CHARS as MAX_TRACEBACK_CHARS
+from herder.store._tracebacks import bounded_traceback
 from herder.store._untrusted import (
     UserCodeFailed,
     bounded_text,
@@ -122,6 +124,7 @@ __all__ = [
     "FINISHED",
     "KEY_SEP",
     "MAX_ID_BYTES",
+    "MAX_TRACEBACK_CHARS",
     "MAX_VALUE_BYTES",
     "PURGEABLE",
     "RECENT_DB",
@@ -164,6 +167,7 @@ __all__ = [
     "Writer",
     "append_command",
     "bounded_text",
+    "bounded_traceback",
     "candidates",
     "check_text",
     "command_outcome",

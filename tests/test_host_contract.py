@@ -11,6 +11,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from herder.actors import (
     InstanceCrash,
     InstanceEvent,
     Permanent,
+    PoolHost,
     ProbeResult,
     StepContext,
     Strategy,
@@ -31,10 +33,12 @@ from herder.actors import (
     start_supervisor,
 )
 from herder.actors._messages import Outcome, Run
+from herder.runtime import InvalidInput, Runtime, Workflow
+from herder.runtime.testing import simulate
 
 WAIT = 10.0
 HostFactory = Callable[..., AgentHost]
-HOSTS: dict[str, HostFactory] = {"thread": ThreadHost}
+HOSTS: dict[str, HostFactory] = {"thread": ThreadHost, "pool": PoolHost}
 
 
 class Port:
@@ -201,7 +205,37 @@ def test_no_more_instances_than_the_concurrency_run_at_once(driver: Driver) -> N
     assert {driver.outcome().token, driver.outcome().token} == {first[1], second[1]}
 
 
-def test_an_agent_whose_factory_fails_is_reported_unavailable(driver: Driver) -> None:
+def test_an_agent_whose_factory_fails_is_unavailable_or_loses_the_attempt(
+    driver: Driver,
+) -> None:
+    """A host builds agent objects before an attempt (AgentUnavailable, nothing charged)
+    or with it (the attempt is lost, as in a crash); either way the host serves on."""
     driver.host.add("broken", broken_factory, 1)
-    with pytest.raises(AgentUnavailable, match="cannot connect"):
-        driver.acquire("broken", 1)
+    refused = ""
+    try:
+        _, token = driver.send("broken", "ok")
+    except AgentUnavailable as exc:
+        refused = str(exc)
+    if refused:
+        assert "cannot connect" in refused
+    else:
+        while token not in driver.lost:
+            driver._handle(driver.inbox.get(timeout=WAIT))
+        assert driver.host.busy_tokens("broken") == []
+    assert driver.run("worker", "ok", 4).result == 4
+
+
+def test_the_fault_simulation_holds_on_the_pool_host(tmp_path: Path) -> None:
+    for seed in range(30):
+        report = simulate(seed, tmp_path / f"seed-{seed}", agent_host="pool")
+        assert report.problems == [], (seed, report.problems)
+
+
+def test_a_runtime_runs_its_agents_on_the_host_it_is_given(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s", agent_host="pool") as rt:
+        rt.add_agent("worker", Worker, concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="worker", action="ok"))
+        assert rt.start("w", 5).result(timeout=WAIT) == {"s": 5}
+        assert rt.stats()["host"]["workers"] >= 1
+    with pytest.raises(InvalidInput, match="agent_host"):
+        Runtime(tmp_path / "t", agent_host="ray")

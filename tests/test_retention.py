@@ -21,6 +21,7 @@ from herder.runtime import (
     StepContext,
     Workflow,
 )
+from herder.runtime._retention import Retention
 from herder.runtime.testing import FakeClock, advance
 from herder.store import Store
 
@@ -105,14 +106,16 @@ def test_each_sweep_deletes_at_most_one_batch(tmp_path: Path) -> None:
     with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
         for i in range(5):
             finish(rt, f"w{i}", {})
-        rt._retention._keep, rt._retention._batch = 60.0, 2
         clock.advance(120.0)
+        # What each of the runtime's sweeps runs (its own retention is off, so only ours).
+        retention = Retention(rt._store, clock, 60.0, batch=2)
         left = []
         for _ in range(3):
-            rt._sweep_now()
+            retention.on_sweep()
             rt._store.writer.flush(WAIT)
             left.append(len(rt.list()))
         assert left == [3, 1, 0]
+        assert retention.deleted == 5
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), "7d", True])

@@ -25,6 +25,7 @@ from herder.runtime import (
 )
 from herder.runtime._check import check_store
 from herder.runtime._cli import main
+from herder.runtime._schedules import slot_id, slot_of
 from herder.runtime.testing import FakeClock, advance, settle, wait_until
 from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
 
@@ -190,6 +191,13 @@ def test_a_paused_schedule_fires_nothing_and_resumes_from_its_next_slot(
         rt.pause_schedule("tick")
 
 
+def test_slot_ids_read_back_to_their_slot() -> None:
+    for ms in (0, 1_800_000_000_000, 1_800_000_000_250):
+        assert slot_of("a@b", slot_id("a@b", ms)) == ms
+    assert slot_of("tick", "tick@nonsense") is None
+    assert slot_of("tick", "tock@2027-01-15T08:01:00Z") is None
+
+
 def test_jitter_delays_the_first_steps_by_the_same_share_every_time(
     rt: Runtime, clock: FakeClock
 ) -> None:
@@ -301,7 +309,7 @@ def test_check_reports_a_schedule_record_that_disagrees_with_the_store(
     finish_all(rt)
     assert check_store(rt._store).ok
     record = ScheduleRecord.from_dict(rt._store.get("schedules", schedule_key("tick")))
-    bad = record.evolve(last_id="tick@never", workflow="gone")
+    bad = record.evolve(cursor_ms=record.cursor_ms - 60_000, workflow="gone")
     ops = (
         Put("schedules", schedule_key("moved"), encode(record.to_dict())),
         Put("schedules", schedule_key("tick"), encode(bad.to_dict())),
@@ -313,8 +321,8 @@ def test_check_reports_a_schedule_record_that_disagrees_with_the_store(
     assert problems[0][1].startswith("bad record: TypeError")
     assert problems[1:] == [
         (b"moved", "holds schedule 'tick'"),
-        (b"tick", "its last firing 'tick@never' is missing"),
         (b"tick", "workflow 'gone' is not stored"),
+        (b"tick@2027-01-15T08:01:00Z", "fired after the cursor of 'tick'"),
     ]
 
 

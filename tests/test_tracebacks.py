@@ -1,0 +1,98 @@
+"""A failed attempt keeps a bounded traceback: in the step's history event, shown by
+``herder show ID --attempts`` (the real executable), logged at WARNING with ids."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow, WorkflowFailed
+from herder.store import MAX_TRACEBACK_CHARS
+
+HERDER = str(Path(sys.executable).parent / "herder")
+WAIT = 30.0
+
+
+def innermost_helper(depth: int) -> NoReturn:
+    if depth:
+        innermost_helper(depth - 1)
+    raise ValueError("the remote said no")
+
+
+class Flaky(Agent):
+    def call(self, ctx: StepContext) -> str:
+        if ctx.attempt == 1:
+            innermost_helper(300)  # a deep stack: only its innermost frames are kept
+        raise KeyError("still failing")
+
+
+def register(rt: Runtime) -> None:
+    rt.add_agent("flaky", Flaky)
+    rt.add_workflow(
+        Workflow("w").step(
+            "call", agent="flaky", action="call", retry=RetryPolicy(max_attempts=2, jitter=0.0,
+                                                                    initial_interval=0.0)
+        )
+    )  # fmt: skip
+
+
+@pytest.fixture
+def failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> tuple[Path, list[dict[str, object]]]:
+    path = tmp_path / "s"
+    with caplog.at_level(logging.WARNING, logger="herder"), Runtime(path, setup=register) as rt:
+        with pytest.raises(WorkflowFailed):
+            rt.start("w", workflow_id="wf").result(timeout=WAIT)
+        history = rt.history("wf")
+    return path, history
+
+
+def test_each_failed_attempt_keeps_a_bounded_traceback_in_its_history_event(
+    failed: tuple[Path, list[dict[str, object]]],
+) -> None:
+    _, history = failed
+    traces = [e for e in history if e.get("traceback")]
+    assert [e["attempt"] for e in traces] == [1, 2]
+    first, second = (str(e["traceback"]) for e in traces)
+    assert "innermost_helper" in first
+    assert first.rstrip().endswith("ValueError: the remote said no")
+    assert re.search(r"; 8 of 3\d\d frames", first)  # 300 frames deep, 8 kept
+    assert len(first) <= MAX_TRACEBACK_CHARS
+    assert "in call" in second
+    assert "KeyError: 'still failing'" in second
+
+
+def test_show_attempts_prints_each_failed_attempt_with_its_traceback(
+    failed: tuple[Path, list[dict[str, object]]],
+) -> None:
+    path, _ = failed
+    shown = subprocess.run(
+        [HERDER, "show", "wf", "--attempts", "--store", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        check=True,
+    ).stdout
+    assert "failed attempts: 2" in shown
+    assert "step call attempt 1: ValueError: the remote said no" in shown
+    assert "    File " in shown
+    assert "innermost_helper" in shown
+
+
+def test_a_failed_attempt_is_logged_at_warning_with_workflow_step_and_attempt(
+    failed: tuple[Path, list[dict[str, object]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    setup = caplog.get_records("setup")  # the fixture ran the workflow
+    logged = [r for r in setup if getattr(r, "attempt", None) == 1]
+    assert logged, [r.getMessage() for r in setup]
+    record = logged[0]
+    assert record.levelno == logging.WARNING
+    assert (record.workflow_id, record.step) == ("wf", "call")  # type: ignore[attr-defined]
+    assert "innermost_helper" in record.getMessage()
