@@ -202,6 +202,10 @@ def test_a_workflow_page_shows_steps_timeline_errors_and_history(console: Consol
     assert re.search(r'<rect class="seg failed" data-step="ship"', html)  # ship failed
     assert re.search(r'<rect class="seg undone" data-step="pay"', html)  # then undone
     assert "out of stock: &lt;img src=x" in html  # the stored error, escaped
+    tracebacks = re.findall(
+        r'<details class="tb"><summary>traceback</summary><pre>(.*?)</pre>', html, re.S
+    )
+    assert any("in buy" in tb for tb in tracebacks)  # the failed attempt's stored traceback
     assert 'id="history"' in html
     assert "COMPENSATING -&gt; COMPENSATED" in html
 

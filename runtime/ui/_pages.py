@@ -160,7 +160,14 @@ def workflow_page(
     errors = [ev for ev in history if ev.get("error")]
     failures = "".join(
         f"<li><b>{e(when(ev.get('t')))}</b> {e(ev.get('step') or 'workflow')} "
-        f"attempt {e(ev.get('attempt') or '')}: <pre>{e(ev['error'])}</pre></li>"
+        f"attempt {e(ev.get('attempt') or '')}: <pre>{e(ev['error'])}</pre>"
+        + (
+            f'<details class="tb"><summary>traceback</summary><pre>{e(ev["traceback"])}</pre>'
+            "</details>"
+            if isinstance(ev.get("traceback"), str)
+            else ""
+        )
+        + "</li>"
         for ev in errors
     )
     story = "".join(
