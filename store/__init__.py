@@ -72,29 +72,35 @@ from herder.store._errors import (
     StoreLocked,
 )
 from herder.store._history import history_put, read_history, step_event, workflow_event
-from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease, holder_stopped
-from herder.store._records import (
+from herder.store._keys import (
     KEY_SEP,
     MAX_ID_BYTES,
+    definition_key,
+    history_key,
+    ms,
+    split_step_key,
+    split_timer_key,
+    started_key,
+    step_key,
+    timer_entry,
+    timer_key,
+    timer_token,
+    timer_upper_bound,
+    validate_id,
+    validate_name,
+    workflow_key,
+)
+from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease, holder_stopped
+from herder.store._policy import RetryPolicy
+from herder.store._records import (
     SCHEMA_VERSION,
     Plan,
-    RetryPolicy,
     StepRecord,
     StepSpec,
     StepState,
     WorkflowRecord,
     WorkflowState,
-    definition_key,
     plan_steps,
-    split_step_key,
-    split_timer_key,
-    started_key,
-    step_key,
-    timer_key,
-    timer_upper_bound,
-    validate_id,
-    validate_name,
-    workflow_key,
 )
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
 from herder.store._retention import BATCH, FINISHED, PURGEABLE, candidates, deletions, purge
@@ -179,9 +185,11 @@ __all__ = [
     "error_types",
     "exception_name",
     "finished_ops",
+    "history_key",
     "history_put",
     "holder_stopped",
     "is_held",
+    "ms",
     "new_command",
     "normalize",
     "pending_commands",
@@ -198,7 +206,9 @@ __all__ = [
     "started_key",
     "step_event",
     "step_key",
+    "timer_entry",
     "timer_key",
+    "timer_token",
     "timer_upper_bound",
     "validate_id",
     "validate_name",

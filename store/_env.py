@@ -41,6 +41,14 @@ from herder.store._errors import (
     StoreIOError,
     StoreLocked,
 )
+from herder.store._keys import (
+    definition_key,
+    split_timer_key,
+    step_key,
+    timer_upper_bound,
+    validate_id,
+    workflow_key,
+)
 from herder.store._lease import (
     DEFAULT_LEASE,
     HANDOFF_KEY,
@@ -53,19 +61,7 @@ from herder.store._lease import (
     take,
 )
 from herder.store._recent import RECENT_AT_DB, RECENT_DB
-from herder.store._records import (
-    SCHEMA_VERSION,
-    Plan,
-    StepRecord,
-    WorkflowRecord,
-    WorkflowState,
-    definition_key,
-    split_timer_key,
-    step_key,
-    timer_upper_bound,
-    validate_id,
-    workflow_key,
-)
+from herder.store._records import SCHEMA_VERSION, Plan, StepRecord, WorkflowRecord, WorkflowState
 from herder.store._validate import check_plan, check_record
 from herder.store._writer import Expect, Put, Transition, Writer
 
