@@ -29,7 +29,8 @@ from herder.store._records import WorkflowState
 from herder.store._writer import Delete, Expect, Transition
 
 if TYPE_CHECKING:
-    from herder.store._env import Snapshot, Store
+    from herder.store._env import Store
+    from herder.store._reads import Snapshot
 
 FINISHED = frozenset(
     str(s)

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from herder.store import StoreCorrupt
 from herder.store._codec import decode, encode
-from herder.store._env import _parse
 from herder.store._policy import RetryPolicy
+from herder.store._reads import _parse
 from herder.store._records import (
     Plan,
     StepRecord,
