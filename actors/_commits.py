@@ -21,6 +21,7 @@ from herder.store import (
     history_put,
     step_event,
     step_key,
+    timer_entry,
     timer_key,
     workflow_event,
     workflow_key,
@@ -49,7 +50,7 @@ class Txn:
             ops[("timers", timer_key(old.timer_ms, old.workflow_id, old.name))] = None
         if new.timer_ms is not None:
             tkey = timer_key(new.timer_ms, new.workflow_id, new.name)
-            ops[("timers", tkey)] = encode({"token": new.token})
+            ops[("timers", tkey)] = encode(timer_entry(new.token))
         ops[("steps", step_key(new.workflow_id, new.name))] = encode(new.to_dict())
 
     def put_workflow(self, record: WorkflowRecord) -> None:

@@ -129,6 +129,7 @@ from herder.store import (
     normalize,
     plan_steps,
     timer_key,
+    timer_token,
 )
 
 _log = logging.getLogger("herder.scheduler")
@@ -500,7 +501,7 @@ class Scheduler(SupervisedActor):
         for due_ms, workflow_id, step, value in msg.timers:
             run = self._runs.get(workflow_id)
             st = None if run is None else run.steps.get(step)
-            token = value.get("token") if isinstance(value, dict) else None
+            token = timer_token(value)
             if run is None or st is None or st.timer_ms != due_ms or st.token != token:
                 if (
                     workflow_id not in self._runs

@@ -23,7 +23,7 @@ from herder.actors._clock import TimerHandle
 from herder.actors._engine import EngineContext
 from herder.actors._messages import Commands, Due, Tick
 from herder.actors._supervised import SupervisedActor
-from herder.store import StoreCorrupt, crash_point, pending_commands, timer_key
+from herder.store import StoreCorrupt, crash_point, ms, pending_commands, timer_key
 
 _log = logging.getLogger("herder.supervisor")
 
@@ -93,7 +93,7 @@ class WorkflowSupervisor(SupervisedActor):
         self.sweeps += 1
         clock = self._ctx.clock
         now = clock.monotonic()
-        until_ms = int(clock.time() * 1000)
+        until_ms = ms(clock.time())
         fresh = []
         seen: dict[tuple[int, str, str], float] = {}
         after: bytes | None = None

@@ -56,6 +56,7 @@ from herder.store import (
     split_timer_key,
     step_key,
     timer_key,
+    timer_token,
     workflow_key,
 )
 
@@ -335,9 +336,9 @@ class _Checker:
             elif wanted[0] != due:
                 self.problem("timers", key, f"the step's timer is at {wanted[0]} ms, not {due}")
                 self.timers_wanted[skey] = wanted  # still missing its own entry
-            elif value is not None and value.get("token") != wanted[1]:
+            elif value is not None and timer_token(value) != wanted[1]:
                 self.problem(
-                    "timers", key, f"token {value.get('token')}, the step's is {wanted[1]}"
+                    "timers", key, f"token {timer_token(value)}, the step's is {wanted[1]}"
                 )
         for skey, (due, _) in self.timers_wanted.items():
             wf, step = split_step_key(skey)

@@ -144,7 +144,9 @@ class StandbyWatcher:
             try:
                 # Read before the attempt: while a stopped holder blocks the attempt, the
                 # store's reads wait too, and this is what the fencer judges by.
-                self._last_seen = self._store.read_lease()
+                self._last_seen = seen = self._store.read_lease()
+                if seen is not None:
+                    self._lapsed(seen)  # observed now: the fencer judges by this record
                 self._attempt_since = time.monotonic()
                 reason = self._store.try_take_lease(lapsed=self._lapsed)
             except StoreError as exc:

@@ -68,7 +68,7 @@ from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._metrics import stats_collector
 from herder.runtime._retention import DEFAULT_RETENTION, Retention, retention_seconds
 from herder.runtime._routing import Router, check_registered, resolve_agents
-from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
+from herder.runtime._schedule_api import ScheduleMethods
 from herder.runtime._starts import NewStart, creation, same_record, same_start, start_args
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._timing import begin_at, check_priority
@@ -147,7 +147,7 @@ class WorkflowHandle(AsyncHandle):
         return f"WorkflowHandle({self.id!r})"
 
 
-class Runtime(AsyncRuntime):
+class Runtime(AsyncRuntime, ScheduleMethods):
     """One herder runtime over one store directory.
 
     ``Runtime(path, setup=register)`` opens (or creates) the store, calls
@@ -758,84 +758,6 @@ class Runtime(AsyncRuntime):
             extra={"workflow_id": wid, "workflow": plan.name},
         )
         return WorkflowHandle(self, wid)
-
-    # -- periodic schedules (runtime/_schedules.py, _firing.py; docs/scheduling.md) -----
-
-    def schedule(
-        self,
-        name: str,
-        workflow: str,
-        *,
-        cron: str | None = None,
-        every: float | None = None,
-        input: Any = None,
-        overlap: str = "skip",
-        catch_up: str = "latest",
-        jitter: float = 0.0,
-        timezone: str = "UTC",
-    ) -> ScheduleStatus:
-        """Start ``workflow`` with ``input`` periodically, durably; return its status.
-
-        ``cron`` (a cron expression read in ``timezone``; needs the ``cron`` extra) or
-        ``every`` (seconds; slots are multiples of it since the epoch). Each slot starts
-        workflow ``"<name>@<slot in UTC>"`` exactly once, across crashes and handoffs.
-        ``overlap``: while the previous firing's workflow runs, a slot is passed over
-        (``"skip"``), waits for it (``"queue"``) or fires anyway (``"allow"``).
-        ``catch_up``: of the slots that fell due while nothing ran, fire the newest
-        (``"latest"``), every one (``"all"``) or only an on-time one (``"none"``).
-        ``jitter``: delay each firing's first steps by up to that many seconds. The first
-        slot is the first one after this call; calling it again with the same settings
-        changes nothing, with new settings keeps the slots already handled.
-        """
-        self._check_active()
-        plan = self._latest.get(workflow)
-        if plan is None:
-            raise UnknownName(f"no workflow named {workflow!r} is registered; add_workflow it")
-        normalized = normalize(input, limit=self._max_input_bytes, what="schedule input")
-        agents = resolve_agents(plan, normalized, self._routers)
-        check_registered(plan, agents, self._ctx.agents, self._actions)
-        record = new_schedule(
-            name,
-            workflow,
-            self._clock.time(),
-            input=normalized,
-            cron=cron,
-            every=every,
-            overlap=overlap,
-            catch_up=catch_up,
-            jitter=jitter,
-            timezone=timezone,
-        )
-        assert self._firer is not None
-        return ScheduleStatus.of(self._firer.define(record))
-
-    def pause_schedule(self, name: str) -> None:
-        """Fire nothing for schedule ``name`` until :meth:`resume_schedule`."""
-        self._check_active()
-        assert self._firer is not None
-        self._firer.pause(name, True)
-
-    def resume_schedule(self, name: str) -> None:
-        """Fire schedule ``name`` again from its next slot (slots while paused are passed)."""
-        self._check_active()
-        assert self._firer is not None
-        self._firer.pause(name, False)
-
-    def delete_schedule(self, name: str) -> None:
-        """Delete schedule ``name``; the workflows it started are left alone."""
-        self._check_active()
-        assert self._firer is not None
-        self._firer.delete(name)
-
-    def schedules(self) -> builtins.list[ScheduleStatus]:
-        """Every stored schedule with its next firing, by name."""
-        return schedule_statuses(self._store)
-
-    def _fire_now(self) -> None:
-        """Fire the schedules' due slots now and wait for it (testing aid)."""
-        self._check_active()
-        assert self._firer is not None
-        self._firer.fire_due()
 
     def start_many(
         self, starts: Iterable[Mapping[str, Any]], *, timeout: float | None = None

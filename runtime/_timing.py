@@ -22,7 +22,9 @@ from herder.store import (
     WorkflowRecord,
     WorkflowState,
     encode,
+    ms,
     step_key,
+    timer_entry,
     timer_key,
     workflow_key,
 )
@@ -116,14 +118,10 @@ def new_workflow(
         st = StepRecord(workflow_id, spec.name, updated=now)
         if begin is not None and not spec.after:
             at = begin + (spec.delay or 0.0)
-            due_ms = int(at * 1000)
+            due_ms = ms(at)
             st = st.evolve(retry_at=at, timer_ms=due_ms)
             key = timer_key(due_ms, workflow_id, spec.name)
-            ops.append(Put("timers", key, encode(_timer_value(st))))
+            ops.append(Put("timers", key, encode(timer_entry(st.token))))
             ops.append(Put("steps", step_key(workflow_id, st.name), encode(st.to_dict())))
         steps.append(st)
     return record, steps, ops
-
-
-def _timer_value(st: StepRecord) -> dict[str, Any]:
-    return {"token": st.token}  # what the Scheduler's timer entries hold

@@ -1,7 +1,8 @@
 """The testing kit: what herder's own tests use, shipped so users can test their workflows.
 
 - :class:`FakeClock` — time that moves only when told; pass it as ``Runtime(clock=...)``
-  and call :func:`advance` to fire timeouts, retries and sweeps instantly.
+  and call :func:`advance` to fire timeouts, retries and sweeps instantly;
+  ``step_wall(seconds)`` steps the wall clock alone (an NTP correction, a VM resume).
 - :class:`EffectLedger` — an idempotent fake remote service that counts every request and
   every effect by idempotency key, so a test can assert "applied once".
 - :func:`wait_until` — block until a condition on the runtime holds, woken by each commit.

@@ -7,16 +7,20 @@ fits in a few types:
   ``workflows``, ``steps``, ``timers``, ``meta``, ``definitions``). Opening it for writing
   takes an exclusive lock, checks the schema version and bumps the incarnation counter.
   Its read methods (``get``, ``get_workflow``, ``steps_of``, ``workflows``,
-  ``due_timers``, ``scan``, ``count``) run short read transactions on any thread.
+  ``due_timers``, ``scan``, ``count``; in ``_reads.py``) run short read transactions on
+  any thread (opening, the reader gate and map growth are in ``_env.py``).
 - :class:`Writer` — ``store.writer``, the single group-commit thread. Every write is a
   :class:`Transition` (:class:`Put` / :class:`Delete` ops guarded by :class:`Expect`
-  compare-and-set conditions). The writer drains all pending transitions into one durable
-  LMDB transaction and acknowledges them only after the commit reached the disk.
+  compare-and-set conditions), or for the Scheduler plain :data:`Ops` handed over with
+  ``submit_batch``. The writer drains all pending writes into one durable LMDB
+  transaction and acknowledges them only after the commit reached the disk.
 - Records — :class:`WorkflowRecord`, :class:`StepRecord`, :class:`Plan`,
-  :class:`StepSpec`, :class:`RetryPolicy`: frozen dataclasses stored as msgpack maps
-  (:func:`encode` / :func:`decode`, never pickle), with key helpers (:func:`workflow_key`,
-  :func:`step_key`, :func:`timer_key`, ...). The ``timers`` keys start with the big-endian
-  due time, so :meth:`Store.due_timers` is a range scan.
+  :class:`StepSpec` (``_records.py``), :class:`RetryPolicy` (``_policy.py``): frozen
+  dataclasses stored as msgpack maps (:func:`encode` / :func:`decode`, never pickle).
+  Every key layout and the timer entry's value are in ``_keys.py`` (:func:`workflow_key`,
+  :func:`step_key`, :func:`timer_key`, :func:`timer_entry`, :func:`ms`, ...). The
+  ``timers`` keys start with the big-endian due time, so :meth:`Store.due_timers` is a
+  range scan. A step has no record until it leaves PENDING (:func:`plan_steps`).
 - :class:`Lease` — the leader lease in ``meta``: only its holder writes, and every write
   batch re-checks it (a deposed holder gets :class:`LeaseLost`); a standby store takes
   it over when its holder is gone (see ``_lease.py``).
@@ -58,7 +62,7 @@ from herder.store._commands import (
 )
 from herder.store._compact import compact
 from herder.store._crashpoints import crash_point
-from herder.store._env import Snapshot, Store, is_held
+from herder.store._env import Store, is_held
 from herder.store._errors import (
     ConditionFailed,
     EncodeError,
@@ -73,30 +77,37 @@ from herder.store._errors import (
     StoreLocked,
 )
 from herder.store._history import history_put, read_history, step_event, workflow_event
-from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease, holder_stopped
-from herder.store._recent import RECENT_DB
-from herder.store._records import (
+from herder.store._keys import (
     KEY_SEP,
     MAX_ID_BYTES,
+    definition_key,
+    history_key,
+    ms,
+    split_step_key,
+    split_timer_key,
+    started_key,
+    step_key,
+    timer_entry,
+    timer_key,
+    timer_token,
+    timer_upper_bound,
+    validate_id,
+    validate_name,
+    workflow_key,
+)
+from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease, holder_stopped
+from herder.store._policy import RetryPolicy
+from herder.store._reads import Snapshot
+from herder.store._recent import RECENT_DB
+from herder.store._records import (
     SCHEMA_VERSION,
     Plan,
-    RetryPolicy,
     StepRecord,
     StepSpec,
     StepState,
     WorkflowRecord,
     WorkflowState,
-    definition_key,
     plan_steps,
-    split_step_key,
-    split_timer_key,
-    started_key,
-    step_key,
-    timer_key,
-    timer_upper_bound,
-    validate_id,
-    validate_name,
-    workflow_key,
 )
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
 from herder.store._retention import BATCH, FINISHED, PURGEABLE, candidates, deletions, purge
@@ -183,9 +194,11 @@ __all__ = [
     "error_types",
     "exception_name",
     "finished_ops",
+    "history_key",
     "history_put",
     "holder_stopped",
     "is_held",
+    "ms",
     "new_command",
     "normalize",
     "pending_commands",
@@ -202,7 +215,9 @@ __all__ = [
     "started_key",
     "step_event",
     "step_key",
+    "timer_entry",
     "timer_key",
+    "timer_token",
     "timer_upper_bound",
     "validate_id",
     "validate_name",

@@ -1,4 +1,5 @@
-"""The LMDB environment: opening (locks, lease, permissions, schema), reads, scans.
+"""The LMDB environment: opening (locks, lease, permissions, schema), the reader gate,
+map growth, paging, closing. The typed reads are in ``_reads`` (a base class of Store).
 
 A :class:`Store` in writer mode owns the directory: it holds the leader lease (see
 ``_lease.py``; taking it bumps the incarnation) and an exclusive ``flock`` on
@@ -20,7 +21,6 @@ import functools
 import os
 import pathlib
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,21 +52,9 @@ from herder.store._lease import (
     read_lease,
     take,
 )
+from herder.store._reads import Reads
 from herder.store._recent import RECENT_AT_DB, RECENT_DB
-from herder.store._records import (
-    SCHEMA_VERSION,
-    Plan,
-    StepRecord,
-    WorkflowRecord,
-    WorkflowState,
-    definition_key,
-    split_timer_key,
-    step_key,
-    timer_upper_bound,
-    validate_id,
-    workflow_key,
-)
-from herder.store._validate import check_plan, check_record
+from herder.store._records import SCHEMA_VERSION
 from herder.store._writer import Expect, Put, Transition, Writer
 
 DATABASES = (
@@ -118,7 +106,7 @@ _registry: dict[str, Store] = {}
 """Open stores of this process by real path: LMDB allows one environment per path."""
 
 
-class Store:
+class Store(Reads):
     """One herder store directory: an LMDB environment with its named databases.
 
     ``Store(path)`` opens (creating if needed) for writing, takes the leader lease and
@@ -466,194 +454,6 @@ class Store:
             raise StoreClosed(f"store {self.path} is closed; open it again")
         return self._writer
 
-    def get(self, db: str, key: bytes) -> Any | None:
-        """The decoded record under ``key`` in ``db``, or None if there is none."""
-        handle = self._handle(db)
-        if handle is None:
-            return None
-        raw = self._read(lambda txn: cast("bytes | None", txn.get(key, db=handle)))
-        return None if raw is None else decode(raw, db=db, key=key)
-
-    def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
-        """The workflow record of ``workflow_id``, or None.
-
-        An id no workflow could have (not a str, empty, NUL, not UTF-8, too long) raises
-        :class:`InvalidInput` rather than reaching LMDB.
-        """
-        key = workflow_key(validate_id(workflow_id))
-        data = self.get("workflows", key)
-        if data is None:
-            return None
-        record = _parse(WorkflowRecord.from_dict, data, "workflows", key)
-        if record.id != workflow_id:
-            raise StoreCorrupt("workflows", key, f"record holds id {record.id!r:.80}")
-        return record
-
-    def get_plan(self, name: str, version: int) -> Plan | None:
-        """The stored definition ``name`` at ``version``, or None."""
-        key = definition_key(name, version)
-        data = self.get("definitions", key)
-        if data is None:
-            return None
-        plan = _parse(Plan.from_dict, data, "definitions", key)
-        try:
-            check_plan(plan)
-        except TypeError as exc:
-            raise StoreCorrupt("definitions", key, f"bad definition: {exc}") from exc
-        if (plan.name, plan.version) != (name, version):
-            raise StoreCorrupt("definitions", key, f"holds {plan.name!r:.80}@{plan.version}")
-        return plan
-
-    def get_step(self, workflow_id: str, step: str) -> StepRecord | None:
-        """The record of one step, or None."""
-        key = step_key(workflow_id, step)
-        data = self.get("steps", key)
-        return None if data is None else _parse(StepRecord.from_dict, data, "steps", key)
-
-    def steps_of(self, workflow_id: str) -> list[StepRecord]:
-        """Every step record of one workflow, in step-name byte order."""
-        steps = []
-        for key, raw in self._paged("steps", step_key(workflow_id, "")):
-            st = _parse(StepRecord.from_dict, decode(raw, db="steps", key=key), "steps", key)
-            if st.workflow_id != workflow_id or step_key(st.workflow_id, st.name) != key:
-                raise StoreCorrupt(
-                    "steps", key, f"record holds {st.workflow_id!r:.80}/{st.name!r:.80}"
-                )
-            steps.append(st)
-        return steps
-
-    def workflows(
-        self,
-        state: WorkflowState | str | None = None,
-        *,
-        corrupt: list[StoreCorrupt] | None = None,
-    ) -> Iterator[WorkflowRecord]:
-        """Every workflow record (only those in ``state`` if given), in id byte order.
-
-        A corrupt record raises :class:`StoreCorrupt`; pass a list as ``corrupt`` to have
-        such records collected there and skipped instead.
-        """
-        wanted = None if state is None else WorkflowState(state)
-        for key, raw in self._paged("workflows", b""):
-            try:
-                record = _parse(
-                    WorkflowRecord.from_dict, decode(raw, db="workflows", key=key), "workflows", key
-                )
-                if workflow_key(record.id) != key:
-                    raise StoreCorrupt("workflows", key, f"record holds id {record.id!r:.80}")
-            except StoreCorrupt as exc:
-                if corrupt is None:
-                    raise
-                corrupt.append(exc)
-                continue
-            if wanted is None or record.state is wanted:
-                yield record
-
-    def recent(
-        self,
-        *,
-        newest_first: bool = True,
-        states: frozenset[str] | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> Iterator[tuple[float, str, str]]:
-        """(updated, workflow id, state) by last update: newest first down to ``since``,
-        or oldest first up to ``until``; only ``states`` if given. Paged and cheap on a
-        store of millions (it reads the ``recent`` index, see ``_recent.py``)."""
-        if not self.indexed:  # an older store never opened by a writer since
-            rows = sorted(
-                (r.updated, r.id, str(r.state))
-                for r in self.workflows(corrupt=[])
-                if (states is None or str(r.state) in states)
-                and (since is None or r.updated >= since)
-                and (until is None or r.updated < until)
-            )
-            yield from reversed(rows) if newest_first else rows
-            return
-        for ms, wid, state in recent.scan(
-            self._read,
-            self._handles[RECENT_DB],
-            newest_first=newest_first,
-            states=states,
-            since_ms=None if since is None else recent.to_ms(since),
-            until_ms=None if until is None else recent.to_ms(until),
-        ):
-            yield ms / 1000, wid, state
-
-    @property
-    def indexed(self) -> bool:
-        """True when the ``recent`` index covers every workflow (see :meth:`recent`)."""
-        if RECENT_DB not in self._handles:
-            return False
-        meta = self._handles["meta"]
-        return bool(self._read(lambda txn: txn.get(recent.BUILT_KEY, db=meta) is not None))
-
-    def due_timers(
-        self,
-        until_ms: int,
-        limit: int | None = None,
-        *,
-        after: bytes | None = None,
-        corrupt: list[StoreCorrupt] | None = None,
-    ) -> list[tuple[int, str, str, Any]]:
-        """Timers due at or before ``until_ms``, earliest first: (due ms, id, step, value).
-
-        ``after`` starts the scan strictly after that timer key (to page through a long
-        backlog with ``limit``). A malformed entry raises :class:`StoreCorrupt`, or, when a
-        ``corrupt`` list is given, is appended to it and skipped.
-        """
-        handle = self._handles["timers"]
-        upper = timer_upper_bound(until_ms)
-
-        def scan(txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
-            out: list[tuple[bytes, bytes]] = []
-            cur = txn.cursor(db=handle)
-            if after is None:
-                if not cur.first():
-                    return out
-            elif not cur.set_range(after) or (cur.key() == after and not cur.next()):
-                return out
-            for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
-                if key >= upper or (limit is not None and len(out) >= limit):
-                    break
-                out.append((key, value))
-            return out
-
-        result = []
-        for key, raw in self._read(scan):
-            try:
-                try:
-                    due, wf, step = split_timer_key(key)
-                except (struct.error, UnicodeDecodeError) as exc:
-                    raise StoreCorrupt("timers", key, f"malformed timer key: {exc}") from exc
-                result.append((due, wf, step, decode(raw, db="timers", key=key)))
-            except StoreCorrupt as exc:
-                if corrupt is None:
-                    raise
-                corrupt.append(exc)
-        return result
-
-    def scan(
-        self, db: str, prefix: bytes = b"", *, corrupt: list[StoreCorrupt] | None = None
-    ) -> Iterator[tuple[bytes, Any]]:
-        """(key, decoded value) for every key of ``db`` starting with ``prefix``, paged.
-
-        Each page is its own snapshot. ``corrupt`` works as in :meth:`workflows`.
-        """
-        for key, raw in self._paged(db, prefix):
-            try:
-                value = decode(raw, db=db, key=key)
-            except StoreCorrupt as exc:
-                if corrupt is None:
-                    raise
-                corrupt.append(exc)
-                continue
-            yield key, value
-
-    def raw_scan(self, db: str) -> Iterator[tuple[bytes, bytes]]:
-        """(key, raw bytes) for every key of ``db``, paged; for checks and the CLI."""
-        return self._paged(db, b"")
-
     def reclaim_readers(self) -> int:
         """Free reader slots left by dead processes; return how many were freed.
 
@@ -663,24 +463,6 @@ class Store:
         """
         freed: int = self._read(lambda _txn: self._env.reader_check() if self._env else 0)
         return freed
-
-    def view(self, fn: Callable[[Snapshot], _T]) -> _T:
-        """Run ``fn`` on one consistent snapshot of every database (one read transaction).
-
-        For whole-store checks that must not see a transition half-way between pages; keep
-        ``fn`` short on a store that a runtime is writing (a long read grows the file).
-        ``fn`` may run again if another process grows the map meanwhile.
-        """
-        handles = self._handles
-        return self._read(lambda txn: fn(Snapshot(txn, handles)))
-
-    def count(self, db: str) -> int:
-        """Number of keys in ``db`` (one consistent snapshot)."""
-        handle = self._handle(db)
-        if handle is None:
-            return 0
-        entries: int = self._read(lambda txn: txn.stat(handle)["entries"])
-        return entries
 
     # ------------------------------------------------------------------ the lease
 
@@ -854,36 +636,6 @@ class Store:
         return f"<Store {str(self.path)!r} {mode} {state}>"
 
 
-class Snapshot:
-    """Reads inside one read transaction (see :meth:`Store.view`); valid only inside it."""
-
-    def __init__(self, txn: lmdb.Transaction, handles: dict[str, Any]) -> None:
-        self._txn = txn
-        self._handles = handles
-
-    def raw(self, db: str, key: bytes) -> bytes | None:
-        """The stored bytes under ``key`` in ``db``, or None."""
-        return cast("bytes | None", self._txn.get(key, db=self._handles[db]))
-
-    def cursor(self, db: str) -> lmdb.Cursor:
-        """An LMDB cursor on ``db`` in this snapshot, for seeks that ``items`` cannot do."""
-        return self._txn.cursor(db=self._handles[db])
-
-    def items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """(key, raw bytes) of every key of ``db`` starting with ``prefix``, in key order
-        (none for a database an older store lacks, see ``ADDED_LATER``)."""
-        handle = self._handles.get(db)
-        if handle is None:
-            return
-        cur = self._txn.cursor(db=handle)
-        if not cur.set_range(prefix):
-            return
-        for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
-            if not key.startswith(prefix):
-                return
-            yield key, value
-
-
 def _renewal(lease: Lease, renewed: Lease) -> Transition:
     """Write ``renewed`` only if the stored lease is still exactly ``lease``."""
     return Transition(
@@ -911,19 +663,6 @@ def is_held(path: str | os.PathLike[str]) -> bool:
     finally:
         os.close(fd)  # closing releases a lock this probe took
     return False
-
-
-def _parse(from_dict: Callable[[Any], _T], data: Any, db: str, key: bytes) -> _T:
-    """Build a record from a decoded map; a missing field, a value of the wrong type or
-    a bad value is StoreCorrupt."""
-    if not isinstance(data, dict):
-        raise StoreCorrupt(db, key, f"expected a map, got {type(data).__name__}")
-    try:
-        record = from_dict(data)
-        check_record(record)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StoreCorrupt(db, key, f"bad record: {type(exc).__name__}: {exc}") from exc
-    return record
 
 
 def _too_new(path: pathlib.Path, schema: int) -> SchemaTooNew:

@@ -24,13 +24,8 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from herder.store._codec import encode
-from herder.store._records import (
-    KEY_SEP,
-    StepRecord,
-    WorkflowRecord,
-    WorkflowState,
-    workflow_key,
-)
+from herder.store._keys import KEY_SEP, history_key, workflow_key
+from herder.store._records import StepRecord, WorkflowRecord, WorkflowState
 from herder.store._writer import Put
 
 if TYPE_CHECKING:
@@ -38,12 +33,7 @@ if TYPE_CHECKING:
 
 HISTORY_DB = "history"
 
-_SEQ = struct.Struct(">Q")
-
-
-def history_key(workflow_id: str, seq: int) -> bytes:
-    """The ``history`` key of one event of a workflow."""
-    return workflow_key(workflow_id) + KEY_SEP + _SEQ.pack(seq)
+_SEQ = struct.Struct(">Q")  # the sequence at the end of a history_key
 
 
 def history_put(workflow_id: str, seq: int, event: dict[str, Any]) -> Put:

@@ -5,36 +5,24 @@ Every record converts to a plain msgpack map with :meth:`to_dict` and back with
 (exception classes are kept as qualified names), so a store can be read by another
 process, another herder version, or the CLI.
 
-Keys (all ``bytes``):
-
-- ``workflows``: the workflow id (UTF-8).
-- ``steps``: ``workflow id + b"\\x00" + step name``; a workflow's steps are a prefix scan.
-- ``timers``: ``8-byte big-endian due time in ms + step key``; the Supervisor's sweep is a
-  cursor range scan up to "now".
-- ``definitions``: ``name + b"\\x00" + 4-byte big-endian version``: the compiled plan.
+Keys and the timer entry's value are laid out in ``_keys``; :class:`RetryPolicy` is in
+``_policy``.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from herder.store._errors import InvalidInput
-from herder.store._untrusted import exception_name
+from herder.store._keys import step_key
+from herder.store._policy import RetryPolicy
 
 SCHEMA_VERSION = 2
 """2: every stored value ends with a CRC-32 of its msgpack body (see ``_codec``)."""
 
-MAX_ID_BYTES = 400
-"""Longest workflow id accepted (UTF-8 bytes); leaves room in LMDB's 511-byte keys."""
-MAX_NAME_BYTES = 100
-"""Longest step, workflow, agent or action name accepted (UTF-8 bytes)."""
-
-KEY_SEP = b"\x00"
 
 _R = TypeVar("_R")
 
@@ -85,89 +73,6 @@ class StepState(enum.StrEnum):
     def is_compensation(self) -> bool:
         """True for the states of undoing a step (its attempts count in ``comp_attempt``)."""
         return self in (StepState.COMPENSATING, StepState.COMPENSATED)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How a failed attempt is retried: exponential backoff with jitter, as data.
-
-    ``max_attempts`` counts every attempt including the first (1 means never retry).
-    ``non_retryable`` holds exception types (or their stored names); an error whose type
-    or any base type is listed fails the step at once.
-    """
-
-    max_attempts: int = 3
-    initial_interval: float = 1.0
-    backoff_coefficient: float = 2.0
-    max_interval: float = 60.0
-    jitter: float = 0.1
-    non_retryable: tuple[str, ...] = ()
-
-    def __init__(
-        self,
-        *,
-        max_attempts: int = 3,
-        initial_interval: float = 1.0,
-        backoff_coefficient: float = 2.0,
-        max_interval: float = 60.0,
-        jitter: float = 0.1,
-        non_retryable: Iterable[type[BaseException] | str] = (),
-    ) -> None:
-        _check(
-            isinstance(max_attempts, int) and max_attempts >= 1,
-            "max_attempts",
-            ">= 1",
-            max_attempts,
-        )
-        _check(initial_interval >= 0, "initial_interval", ">= 0", initial_interval)
-        _check(backoff_coefficient >= 1, "backoff_coefficient", ">= 1", backoff_coefficient)
-        _check(
-            max_interval >= initial_interval, "max_interval", ">= initial_interval", max_interval
-        )
-        _check(0 <= jitter <= 1, "jitter", "between 0 and 1", jitter)
-        names = tuple(t if isinstance(t, str) else exception_name(t) for t in non_retryable)
-        object.__setattr__(self, "max_attempts", max_attempts)
-        object.__setattr__(self, "initial_interval", float(initial_interval))
-        object.__setattr__(self, "backoff_coefficient", float(backoff_coefficient))
-        object.__setattr__(self, "max_interval", float(max_interval))
-        object.__setattr__(self, "jitter", float(jitter))
-        object.__setattr__(self, "non_retryable", names)
-
-    def delay(self, failed_attempt: int, rand: float = 0.5) -> float:
-        """Seconds to wait after attempt ``failed_attempt`` (1-based) failed.
-
-        ``rand`` in [0, 1) picks the jitter: 0.5 means none, 0 and 1 the extremes of
-        ``± jitter`` around the exponential delay. Pure, so tests pass a fixed value.
-        """
-        base = self.initial_interval * self.backoff_coefficient ** max(0, failed_attempt - 1)
-        base = min(base, self.max_interval)
-        return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
-
-    def is_retryable(self, error_types: Iterable[str]) -> bool:
-        """False when any of ``error_types`` (an error's MRO names) is non-retryable."""
-        blocked = set(self.non_retryable)
-        return not any(name in blocked for name in error_types)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The policy as a msgpack-ready map."""
-        return {
-            "max_attempts": self.max_attempts,
-            "initial_interval": self.initial_interval,
-            "backoff_coefficient": self.backoff_coefficient,
-            "max_interval": self.max_interval,
-            "jitter": self.jitter,
-            "non_retryable": list(self.non_retryable),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RetryPolicy:
-        """Rebuild a policy from :meth:`to_dict` output."""
-        return cls(**data)
-
-
-def _check(ok: bool, name: str, expected: str, actual: object) -> None:
-    if not ok:
-        raise InvalidInput(f"{name} must be {expected}, got {actual!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,85 +353,3 @@ def _from_map(cls: type[_Rec], data: Mapping[str, Any], state: type[enum.StrEnum
     values = {k: v for k, v in data.items() if k in known}
     values["state"] = state(values["state"])
     return cls(**values)
-
-
-def workflow_key(workflow_id: str) -> bytes:
-    """The ``workflows`` key of a workflow id."""
-    return workflow_id.encode("utf-8")
-
-
-def step_key(workflow_id: str, step: str) -> bytes:
-    """The ``steps`` key of one step: id, NUL, step name."""
-    return workflow_id.encode("utf-8") + KEY_SEP + step.encode("utf-8")
-
-
-def split_step_key(key: bytes) -> tuple[str, str]:
-    """Inverse of :func:`step_key`."""
-    wf, _, step = key.partition(KEY_SEP)
-    return wf.decode("utf-8"), step.decode("utf-8")
-
-
-_TIMER_PREFIX = struct.Struct(">Q")
-
-
-def timer_key(due_ms: int, workflow_id: str, step: str) -> bytes:
-    """The ``timers`` key: big-endian due time in ms, then the step key."""
-    return _TIMER_PREFIX.pack(due_ms) + step_key(workflow_id, step)
-
-
-def split_timer_key(key: bytes) -> tuple[int, str, str]:
-    """Inverse of :func:`timer_key`: (due ms, workflow id, step name)."""
-    (due_ms,) = _TIMER_PREFIX.unpack_from(key)
-    wf, step = split_step_key(key[_TIMER_PREFIX.size :])
-    return due_ms, wf, step
-
-
-def timer_upper_bound(until_ms: int) -> bytes:
-    """The first timer key strictly after every timer due at or before ``until_ms``."""
-    return _TIMER_PREFIX.pack(until_ms + 1)
-
-
-def definition_key(name: str, version: int) -> bytes:
-    """The ``definitions`` key of a plan."""
-    return name.encode("utf-8") + KEY_SEP + struct.pack(">I", version)
-
-
-def started_key(name: str, version: int) -> bytes:
-    """The ``meta`` key marking that a workflow of a definition was started (from then on
-    the definition may not change under its version)."""
-    return b"started\x00" + definition_key(name, version)
-
-
-def validate_id(workflow_id: object) -> str:
-    """Return ``workflow_id`` if it can be stored as a key, else raise :class:`InvalidInput`."""
-    if not isinstance(workflow_id, str):
-        raise InvalidInput(f"workflow id must be a str, got {type(workflow_id).__name__}")
-    if not workflow_id:
-        raise InvalidInput("workflow id must not be empty")
-    if "\x00" in workflow_id:
-        raise InvalidInput(f"workflow id must not contain NUL: {workflow_id!r}")
-    try:
-        size = len(workflow_id.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"workflow id is not valid UTF-8: {workflow_id!r}") from exc
-    if size > MAX_ID_BYTES:
-        raise InvalidInput(
-            f"workflow id is {size} bytes in UTF-8; the limit is {MAX_ID_BYTES}: "
-            "use a shorter id (e.g. a hash of the long one)"
-        )
-    return workflow_id
-
-
-def validate_name(kind: str, name: object) -> str:
-    """Return ``name`` if it is a usable step/agent/action/workflow name, else raise."""
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"{kind} name must be a non-empty str, got {name!r}")
-    if "\x00" in name:
-        raise InvalidInput(f"{kind} name must not contain NUL: {name!r}")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{kind} name is not valid UTF-8: {name!r}") from exc
-    if size > MAX_NAME_BYTES:
-        raise InvalidInput(f"{kind} name is {size} bytes; the limit is {MAX_NAME_BYTES}")
-    return name

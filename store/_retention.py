@@ -24,17 +24,13 @@ from typing import TYPE_CHECKING
 from herder.store._codec import decode
 from herder.store._errors import ConditionFailed, StoreCorrupt
 from herder.store._history import HISTORY_DB
-from herder.store._records import (
-    KEY_SEP,
-    WorkflowState,
-    step_key,
-    timer_key,
-    workflow_key,
-)
+from herder.store._keys import KEY_SEP, step_key, timer_key, workflow_key
+from herder.store._records import WorkflowState
 from herder.store._writer import Delete, Expect, Transition
 
 if TYPE_CHECKING:
-    from herder.store._env import Snapshot, Store
+    from herder.store._env import Store
+    from herder.store._reads import Snapshot
 
 FINISHED = frozenset(
     str(s)

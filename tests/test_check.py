@@ -17,13 +17,8 @@ from herder.runtime._check import check_store
 from herder.runtime._cli import main
 from herder.runtime.testing import FakeClock, advance
 from herder.store import Delete, Put, Store, Transition, encode
-from herder.store._records import (
-    StepState,
-    definition_key,
-    step_key,
-    timer_key,
-    workflow_key,
-)
+from herder.store._keys import definition_key, step_key, timer_key, workflow_key
+from herder.store._records import StepState
 
 FAST = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
 RELEASE = threading.Event()

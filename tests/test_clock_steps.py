@@ -7,6 +7,7 @@ FakeClock.step_wall moves the wall clock alone; FakeClock.advance moves both.
 
 from __future__ import annotations
 
+import datetime
 import threading
 from pathlib import Path
 
@@ -148,3 +149,22 @@ def test_the_steady_clock_follows_the_monotonic_clock_and_slews_towards_the_wall
     assert SteadyClock(fake, floor=5000.0).time() == max(fake.time(), 5000.0)
     later = FakeClock(start=1000.0)
     assert SteadyClock(later, floor=2000.0).time() == 2000.0  # re-based on the floor
+
+
+def test_start_at_is_a_wall_clock_time_even_after_a_step(tmp_path: Path) -> None:
+    clock = FakeClock()
+
+    class Idle(Agent):
+        def work(self, ctx: StepContext) -> None:
+            return None
+
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.1) as rt:
+        rt.add_agent("a", Idle)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        clock.step_wall(HOUR)  # the engine's clock converges on it slowly
+        at = datetime.datetime.fromtimestamp(clock.time() + 10.0, tz=datetime.UTC)
+        rt.start("w", workflow_id="x", start_at=at)
+        advance(rt, clock, 9.0)
+        assert rt.status("x").steps["s"].state is StepState.PENDING  # not an hour early
+        advance(rt, clock, 2.0)
+        rt.handle("x").result(timeout=WAIT)

@@ -8,6 +8,7 @@ import json
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from _child_kit import Child
@@ -23,7 +24,7 @@ from herder.runtime import (
     WorkflowFailed,
 )
 from herder.runtime._cli import main as cli
-from herder.runtime.testing import check_store, settle
+from herder.runtime.testing import check_store, settle, wait_until
 
 CHILD = pathlib.Path(__file__).with_name("startup_child.py")
 WAIT = 30.0
@@ -125,3 +126,31 @@ def test_operator_actions_apply_at_once_to_a_backlog_recovery_has_not_taken_back
         assert rt.stats()["awaiting_definition"] == {}
         report = check_store(rt._store)
         assert report.ok, report.problems
+
+
+class Partner(Agent):
+    """Hands the step off to a partner who completes it later."""
+
+    tokens: list[str] = []
+
+    def book(self, ctx: StepContext) -> Any:
+        self.tokens.append(ctx.task_token)
+        return ctx.complete_later()
+
+
+def test_a_completion_applies_at_once_to_a_workflow_recovery_has_not_taken_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "store"
+    ids = backlog(path, BACKLOG)
+    with Runtime(path) as rt:
+        rt.add_agent("t", Partner)
+        rt.add_workflow(LATER)
+        rt.start("later", workflow_id="w-9999")  # sorts last: in recovery's last chunk
+        wait_until(rt, lambda: rt.status("w-9999").steps["a"].state is StepState.WAITING)
+    with Runtime(path) as rt:
+        rt.add_agent("t", Partner)
+        rt.add_workflow(LATER)
+        rt.complete_step(Partner.tokens[-1], {"booked": "by the partner"})
+        assert rt.handle("w-9999").result(timeout=WAIT) == {"a": {"booked": "by the partner"}}
+        assert rt.status(ids[-1]).state is State.RUNNING

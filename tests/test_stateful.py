@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import threading
@@ -192,11 +193,18 @@ class RuntimeMachine(RuleBasedStateMachine):
         """An operator gives up on, or undoes, a workflow wherever it is (often running)."""
         wid = data.draw(st.sampled_from(sorted(self.inputs)))
         before = self.rt.status(wid).state
+        refusal = None
         try:
             getattr(self.rt, action)(wid, who="machine", why=action)
-        except InvalidState:
+        except InvalidState as exc:
+            refusal = str(exc)
+        if refusal is not None:
+            # The refusal states the workflow's state at that moment (it may have moved on
+            # since): one the action does not apply to.
             operable = (W.RUNNING, W.NEEDS_ATTENTION) + ((W.COMPENSATING,) * (action == "abandon"))
-            assert self.rt.status(wid).state not in operable, f"{action} refused in {before}"
+            said = re.search(r" is ([A-Z_]+)[;:]", refusal)
+            assert said is not None, f"{action} refused without a state: {refusal}"
+            assert W(said.group(1)) not in operable, f"{action} refused in {before}: {refusal}"
             return
         event(f"{action} of a {before} workflow")
         if action == "abandon":

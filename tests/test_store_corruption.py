@@ -32,7 +32,7 @@ from herder.runtime import (
 )
 from herder.runtime.testing import FakeClock, advance, wait_until
 from herder.store import Put, Store, Transition, encode
-from herder.store._records import definition_key, step_key, timer_key, workflow_key
+from herder.store._keys import definition_key, step_key, timer_key, workflow_key
 
 WAIT = 10.0
 RETRY = RetryPolicy(max_attempts=3, initial_interval=10.0, max_interval=10.0, jitter=0.0)

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from herder.store import StoreCorrupt
 from herder.store._codec import decode, encode
-from herder.store._env import _parse
+from herder.store._policy import RetryPolicy
+from herder.store._reads import _parse
 from herder.store._records import (
     Plan,
-    RetryPolicy,
     StepRecord,
     StepSpec,
     StepState,
@@ -220,7 +220,7 @@ def test_a_record_with_any_field_changed_or_missing_reads_or_is_store_corrupt(
 @settings(max_examples=100, deadline=None)
 @given(raw=st.binary(min_size=0, max_size=64))
 def test_malformed_timer_keys_are_store_corrupt(raw: bytes) -> None:
-    from herder.store._records import split_timer_key
+    from herder.store._keys import split_timer_key
 
     try:
         due, wf, step = split_timer_key(raw)

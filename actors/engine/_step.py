@@ -22,15 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 from herder.actors.engine._retry import Escalate, GiveUp, RetryIn, Verdict
-from herder.store import StepRecord, StepSpec, StepState, bounded_text
+from herder.store import StepRecord, StepSpec, StepState, bounded_text, ms
 
 TIMEOUT_ERROR = "herder.Timeout"
 """The error type of an attempt whose deadline or heartbeat lapsed."""
-
-
-def ms(seconds: float) -> int:
-    """Seconds as the whole milliseconds timers are kept in."""
-    return int(seconds * 1000)
 
 
 def with_timer(st: StepRecord) -> StepRecord:

@@ -1,0 +1,101 @@
+"""The schedule methods of :class:`Runtime` (a base class of it): ``rt.schedule()``,
+pause, resume, delete, ``rt.schedules()``. The schedules themselves are data
+(``_schedules``), fired by one thread (``_firing``); see docs/scheduling.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from herder.actors import UnknownName
+from herder.runtime._routing import check_registered, resolve_agents
+from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
+from herder.store import normalize
+
+if TYPE_CHECKING:
+    from herder.runtime._firing import Firer
+    from herder.runtime._runtime import Runtime
+
+
+def _runtime(mixin: object) -> Runtime:
+    return cast("Runtime", mixin)  # a base of Runtime only
+
+
+def _active_firer(mixin: object) -> Firer:
+    rt = _runtime(mixin)
+    rt._check_active()  # a standby fires nothing and changes no schedule
+    assert rt._firer is not None  # an active runtime has one
+    return rt._firer
+
+
+class ScheduleMethods:
+    """Periodic schedules on a :class:`Runtime`."""
+
+    def schedule(
+        self,
+        name: str,
+        workflow: str,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        input: Any = None,
+        overlap: str = "skip",
+        catch_up: str = "latest",
+        jitter: float = 0.0,
+        timezone: str = "UTC",
+    ) -> ScheduleStatus:
+        """Start ``workflow`` with ``input`` periodically, durably; return its status.
+
+        ``cron`` (a cron expression read in ``timezone``; needs the ``cron`` extra) or
+        ``every`` (seconds; slots are multiples of it since the epoch). Each slot starts
+        workflow ``"<name>@<slot in UTC>"`` exactly once, across crashes and handoffs.
+        ``overlap``: while the previous firing's workflow runs, a slot is passed over
+        (``"skip"``), waits for it (``"queue"``) or fires anyway (``"allow"``).
+        ``catch_up``: of the slots that fell due while nothing ran, fire the newest
+        (``"latest"``), every one (``"all"``) or only an on-time one (``"none"``).
+        ``jitter``: delay each firing's first steps by up to that many seconds. The first
+        slot is the first one after this call; calling it again with the same settings
+        changes nothing, with new settings keeps the slots already handled.
+        """
+        rt = _runtime(self)
+        rt._check_active()
+        plan = rt._latest.get(workflow)
+        if plan is None:
+            raise UnknownName(f"no workflow named {workflow!r} is registered; add_workflow it")
+        normalized = normalize(input, limit=rt._max_input_bytes, what="schedule input")
+        agents = resolve_agents(plan, normalized, rt._routers)
+        check_registered(plan, agents, rt._ctx.agents, rt._actions)
+        record = new_schedule(
+            name,
+            workflow,
+            rt._clock.time(),
+            input=normalized,
+            cron=cron,
+            every=every,
+            overlap=overlap,
+            catch_up=catch_up,
+            jitter=jitter,
+            timezone=timezone,
+        )
+        return ScheduleStatus.of(_active_firer(self).define(record))
+
+    def pause_schedule(self, name: str) -> None:
+        """Fire nothing for schedule ``name`` until :meth:`resume_schedule`."""
+        _active_firer(self).pause(name, True)
+
+    def resume_schedule(self, name: str) -> None:
+        """Fire schedule ``name`` again from its next slot (slots while paused are passed)."""
+        _active_firer(self).pause(name, False)
+
+    def delete_schedule(self, name: str) -> None:
+        """Delete schedule ``name``; the workflows it started are left alone."""
+        _active_firer(self).delete(name)
+
+    def schedules(self) -> list[ScheduleStatus]:
+        """Every stored schedule with its next firing, by name."""
+        rt = _runtime(self)
+        return schedule_statuses(rt._store)
+
+    def _fire_now(self) -> None:
+        """Fire the schedules' due slots now and wait for it (testing aid)."""
+        _active_firer(self).fire_due()

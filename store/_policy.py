@@ -1,0 +1,98 @@
+"""Retry policy as data: how often a failed attempt is retried, and how long after.
+
+:class:`RetryPolicy` is stored with each step of a plan and read back by the Scheduler;
+its backoff is a pure function of the failed attempt and an injected random number, so
+tests pass a fixed one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from herder.store._errors import InvalidInput
+from herder.store._untrusted import exception_name
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failed attempt is retried: exponential backoff with jitter, as data.
+
+    ``max_attempts`` counts every attempt including the first (1 means never retry).
+    ``non_retryable`` holds exception types (or their stored names); an error whose type
+    or any base type is listed fails the step at once.
+    """
+
+    max_attempts: int = 3
+    initial_interval: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_interval: float = 60.0
+    jitter: float = 0.1
+    non_retryable: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        max_attempts: int = 3,
+        initial_interval: float = 1.0,
+        backoff_coefficient: float = 2.0,
+        max_interval: float = 60.0,
+        jitter: float = 0.1,
+        non_retryable: Iterable[type[BaseException] | str] = (),
+    ) -> None:
+        _check(
+            isinstance(max_attempts, int) and max_attempts >= 1,
+            "max_attempts",
+            ">= 1",
+            max_attempts,
+        )
+        _check(initial_interval >= 0, "initial_interval", ">= 0", initial_interval)
+        _check(backoff_coefficient >= 1, "backoff_coefficient", ">= 1", backoff_coefficient)
+        _check(
+            max_interval >= initial_interval, "max_interval", ">= initial_interval", max_interval
+        )
+        _check(0 <= jitter <= 1, "jitter", "between 0 and 1", jitter)
+        names = tuple(t if isinstance(t, str) else exception_name(t) for t in non_retryable)
+        object.__setattr__(self, "max_attempts", max_attempts)
+        object.__setattr__(self, "initial_interval", float(initial_interval))
+        object.__setattr__(self, "backoff_coefficient", float(backoff_coefficient))
+        object.__setattr__(self, "max_interval", float(max_interval))
+        object.__setattr__(self, "jitter", float(jitter))
+        object.__setattr__(self, "non_retryable", names)
+
+    def delay(self, failed_attempt: int, rand: float = 0.5) -> float:
+        """Seconds to wait after attempt ``failed_attempt`` (1-based) failed.
+
+        ``rand`` in [0, 1) picks the jitter: 0.5 means none, 0 and 1 the extremes of
+        ``± jitter`` around the exponential delay. Pure, so tests pass a fixed value.
+        """
+        base = self.initial_interval * self.backoff_coefficient ** max(0, failed_attempt - 1)
+        base = min(base, self.max_interval)
+        return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
+
+    def is_retryable(self, error_types: Iterable[str]) -> bool:
+        """False when any of ``error_types`` (an error's MRO names) is non-retryable."""
+        blocked = set(self.non_retryable)
+        return not any(name in blocked for name in error_types)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as a msgpack-ready map."""
+        return {
+            "max_attempts": self.max_attempts,
+            "initial_interval": self.initial_interval,
+            "backoff_coefficient": self.backoff_coefficient,
+            "max_interval": self.max_interval,
+            "jitter": self.jitter,
+            "non_retryable": list(self.non_retryable),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RetryPolicy:
+        """Rebuild a policy from :meth:`to_dict` output."""
+        return cls(**data)
+
+
+def _check(ok: bool, name: str, expected: str, actual: object) -> None:
+    if not ok:
+        raise InvalidInput(f"{name} must be {expected}, got {actual!r}")
