@@ -190,7 +190,7 @@ class Scheduler(SupervisedActor):
         self._host: AgentHost | None = None
         self._sink: BatchSink | None = None  # where the writer reports durable batches
         self._commands_seen: set[int] = set()
-        self._suspect_slots = itertools.count(1)  # see _poison
+        self._suspect_slots = itertools.count(1)  # see engine._recovery (poison work)
         self._admission = Admission(ctx.store, ctx.clock, self._wake_later)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -576,7 +576,8 @@ class Scheduler(SupervisedActor):
         crashed: bool = False,
     ) -> None:
         """Run a workflow: a new one, one reloaded from the store (``recovered``), or one
-        a previous Scheduler or process left unfinished (``crashed``: counted, _poison).
+        a previous Scheduler or process left unfinished (``crashed``: its crash is counted,
+        see engine._recovery).
 
         Operator commands held for it are applied first, before anything of it runs again.
         """
