@@ -277,7 +277,9 @@ def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
     _adopt(s, run, parked)
     _note_operator(s, op)
     _fence(s, run, st, replace=True)
-    skipped = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
+    skipped = settled(
+        st, StepState.SUCCEEDED, token, now, result=result, done_token=token, succeeded=True
+    )
     s._commits.put_step(run, st, skipped)
     if run.record.state is not WorkflowState.RUNNING:
         s._commits.set_record(run, state=WorkflowState.RUNNING, error=None)

@@ -754,7 +754,7 @@ class Scheduler(SupervisedActor):
             action=action,
             attempt=attempt,
             input=run.record.input,
-            results={n: s.result for n, s in run.steps.items() if s.done_token is not None},
+            results={n: s.result for n, s in run.steps.items() if s.succeeded},
             idempotency_key=key,
             token=token,
             compensating=job.compensating,
@@ -789,7 +789,9 @@ class Scheduler(SupervisedActor):
             self._commits.put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
             self._counters["compensated"] += 1
         else:
-            new = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
+            new = settled(
+                st, StepState.SUCCEEDED, token, now, result=result, done_token=token, succeeded=True
+            )
             self._commits.put_step(run, st, new)
             self._counters["succeeded"] += 1
         self._advance(run)
