@@ -29,7 +29,8 @@ class SupervisorStartError(HerderError):
 
     Raised by ``start_supervisor`` (after stopping whatever it had started) and by a
     supervisor's ``start_child``/``restart_child``. The child's own exception, if any, is
-    the ``__cause__``.
+    the ``__cause__``, however deep in a tree of supervisors the child was (the message
+    names every level).
     """
 
 

@@ -277,7 +277,9 @@ def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
     _adopt(s, run, parked)
     _note_operator(s, op)
     _fence(s, run, st, replace=True)
-    skipped = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
+    skipped = settled(
+        st, StepState.SUCCEEDED, token, now, result=result, done_token=token, succeeded=True
+    )
     s._commits.put_step(run, st, skipped)
     if run.record.state is not WorkflowState.RUNNING:
         s._commits.set_record(run, state=WorkflowState.RUNNING, error=None)
@@ -412,9 +414,24 @@ def _apply_command(s: Scheduler, command: dict[str, Any]) -> None:
         _log.exception("command %s failed", command_id)
         error = f"{type(exc).__name__}: {exc}"
     else:
+        _seen_until_lost(s, op.workflow_id, command_id)  # recorded with its change
         return
-    txn = s._commits.txn(f"command:{command_id}")
-    txn.put(*finished_ops(command, error, s._clock.time()))
+    key = f"command:{command_id}"
+    s._commits.txn(key).put(*finished_ops(command, error, s._clock.time()))
+    _seen_until_lost(s, key, command_id)
+
+
+def _seen_until_lost(s: Scheduler, key: str, command_id: int) -> None:
+    """If the commit ``key`` that records the command fails (a full disk), forget that it
+    was seen: the store still has it pending, so the next sweep hands it over again."""
+
+    def landed(recorded: Future[None]) -> None:
+        if recorded.exception() is not None:
+            s._commands_seen.discard(command_id)
+
+    recorded: Future[None] = Future()
+    recorded.add_done_callback(landed)
+    s._commits.txn(key).effects.append(Resolve(recorded))
 
 
 _OPERATIONS: dict[str, Callable[[Scheduler, Operate], WorkflowRun | None]] = {

@@ -13,9 +13,16 @@ from typing import TYPE_CHECKING
 
 from herder.actors._commit_backoff import Reload
 from herder.actors._messages import Define
-from herder.actors._poison import POISON_ERROR, poison_message, running_at_crash
 from herder.actors._run import WorkflowRun
-from herder.actors.engine import Refuse, Resolve, stopped, with_timer
+from herder.actors.engine import (
+    Refuse,
+    Resolve,
+    poison_message,
+    poisoned,
+    resumes,
+    running_at_crash,
+    with_timer,
+)
 from herder.store import (
     Plan,
     StepState,
@@ -266,16 +273,8 @@ def count_crash(s: Scheduler, run: WorkflowRun) -> bool:
         error = poison_message(running, crashes)
         _log.error("%s: %s", run.record.id, error, extra={"workflow_id": run.record.id})
         for st in list(run.steps.values()):
-            if st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
-                state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else None
-                parked = stopped(
-                    st,
-                    state=state or StepState.FAILED,
-                    error=error,
-                    error_type=POISON_ERROR,
-                    token=s._ctx.next_token(),
-                    updated=now,
-                )
+            parked = poisoned(st, error, tokens=s._ctx.next_token, now=now)
+            if parked is not None:
                 s._commits.put_step(run, st, parked)
         s._finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
         return True
@@ -297,12 +296,6 @@ def resume_steps(s: Scheduler, run: WorkflowRun) -> None:
             # Lost by the previous run (counted once: a later run that finds the same
             # record again did not lose it).
             s._admission.lost(run.specs[st.name].agent)
-        if st.state is StepState.DISPATCHED and (st.retry_at or 0) <= now:
-            s._enqueue(run, st.name, compensating=False)  # outcome unknown: re-run
-        elif st.state is StepState.RETRY_WAIT and (st.retry_at or 0) <= now:
-            s._enqueue(run, st.name, compensating=False)
-        elif st.state is StepState.COMPENSATING and compensating and (st.retry_at or 0) <= now:
-            s._enqueue(run, st.name, compensating=True)
-        elif st.state is StepState.UNKNOWN and (st.retry_at or 0) <= now:
-            s._enqueue(run, st.name, compensating=False)  # probe (again)
-        # WAITING stays waiting: its completion or its deadline's timer moves it on.
+        undo = resumes(st, compensating=compensating, now=now)
+        if undo is not None:
+            s._enqueue(run, st.name, compensating=undo)

@@ -190,7 +190,7 @@ class Scheduler(SupervisedActor):
         self._host: AgentHost | None = None
         self._sink: BatchSink | None = None  # where the writer reports durable batches
         self._commands_seen: set[int] = set()
-        self._suspect_slots = itertools.count(1)  # see _poison
+        self._suspect_slots = itertools.count(1)  # see engine._recovery (poison work)
         self._admission = Admission(ctx.store, ctx.clock, self._wake_later)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -576,7 +576,8 @@ class Scheduler(SupervisedActor):
         crashed: bool = False,
     ) -> None:
         """Run a workflow: a new one, one reloaded from the store (``recovered``), or one
-        a previous Scheduler or process left unfinished (``crashed``: counted, _poison).
+        a previous Scheduler or process left unfinished (``crashed``: its crash is counted,
+        see engine._recovery).
 
         Operator commands held for it are applied first, before anything of it runs again.
         """
@@ -753,7 +754,7 @@ class Scheduler(SupervisedActor):
             action=action,
             attempt=attempt,
             input=run.record.input,
-            results={n: s.result for n, s in run.steps.items() if s.done_token is not None},
+            results={n: s.result for n, s in run.steps.items() if s.succeeded},
             idempotency_key=key,
             token=token,
             compensating=job.compensating,
@@ -789,7 +790,9 @@ class Scheduler(SupervisedActor):
             self._commits.put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
             self._counters["compensated"] += 1
         else:
-            new = settled(st, StepState.SUCCEEDED, token, now, result=result, done_token=token)
+            new = settled(
+                st, StepState.SUCCEEDED, token, now, result=result, done_token=token, succeeded=True
+            )
             self._commits.put_step(run, st, new)
             self._counters["succeeded"] += 1
         self._advance(run)

@@ -164,9 +164,13 @@ def _await_birth(
             f"child {child_id!r} did not finish on_start within {timeout} s; it was told to stop"
         )
     if birth.error is not None:
+        # The cause is the child's own exception, however deep the supervisor that failed.
+        cause = birth.error
+        if isinstance(cause, SupervisorStartError):
+            cause = cause.__cause__  # type: ignore[assignment]
         raise SupervisorStartError(
             f"child {child_id!r} failed to start: {safe_repr(birth.error)}"
-        ) from birth.error
+        ) from cause
     return ref
 
 

@@ -10,8 +10,15 @@ Restart intensity is a sliding window of restart times on ``clock.monotonic()``:
 start order), calls ``on_fatal`` if given, and exits abnormally with
 :class:`RestartIntensityExceeded` — which its own supervisor sees as a crash (escalation).
 
+A group restart (one_for_all: every child; rest_for_one: the dead child and those after
+it) stops the group's other children in reverse start order, forgets the temporary ones
+and starts every other child of the group in start order, whether it was running or not
+(one stopped by ``terminate_child``, a transient one that exited normally), as OTP does.
 A failed restart never blocks the loop: it counts against the intensity and the
-supervisor sends itself a "try again" message (after the backoff delay, if configured).
+supervisor sends itself a "try again" message (after the backoff delay, if configured)
+that restarts the failed child's group anew: under one_for_all the children that had
+restarted meanwhile are stopped again and all start in order, so none runs alone while
+a sibling is down.
 The only blocking waits are a child's ``on_start`` (up to ``start_timeout``) and a child's
 graceful stop (up to its ``ChildSpec.shutdown``; then it is abandoned).
 """
@@ -124,7 +131,7 @@ class _Supervisor(SupervisedActor):
                 self._stop_children(reversed(self._children.values()))
                 raise SupervisorStartError(
                     f"supervisor {self._name!r} could not start child {child.spec.id!r}: {exc}"
-                ) from exc
+                ) from exc.__cause__
             self._emit(child.spec.id, ChildEventKind.STARTED, child.ref, None)
 
     def on_stop(self) -> None:
@@ -277,8 +284,14 @@ class _Supervisor(SupervisedActor):
             ):
                 del self._children[child.spec.id]
             return
-        if self._count_restart(child.spec.id):
-            return
+        if not self._count_restart(child.spec.id):
+            self._restart(child, at_once=True)
+
+    def _restart(self, child: _Child, *, at_once: bool) -> None:
+        """Restart ``child``'s group, as OTP's ``restart/2``: stop the others (reverse
+        start order), forget the temporary ones, and start the rest in start order after
+        the backoff delay - at once if ``at_once`` and there is none, else from a fresh
+        message so that the loop serves others first."""
         group = self._restart_group(child)
         siblings = [c for c in reversed(group) if c is not child]
         self._stop_children(siblings)
@@ -290,30 +303,33 @@ class _Supervisor(SupervisedActor):
         for c in group:
             c.pending = token
         delay = self._delay()
-        if delay <= 0:
+        if at_once and delay <= 0:
             self._restart_pending(token)
         else:
             self._schedule(token, delay)
 
     def _restart_group(self, child: _Child) -> list[_Child]:
-        """The children to restart (in start order) when ``child`` died."""
+        """The children to restart (in start order) when ``child`` died or failed to
+        restart: every child of its group, running or not (OTP starts each non-temporary
+        child of the group; a temporary one in it is running, and is stopped)."""
         if self._strategy in (Strategy.ONE_FOR_ONE, Strategy.SIMPLE_ONE_FOR_ONE):
             return [child]
         order = list(self._children.values())
         if self._strategy is Strategy.REST_FOR_ONE:
             order = order[order.index(child) :]
-        return [c for c in order if c is child or c.ref is not None or c.pending is not None]
+        return order
 
     def _restart_pending(self, token: int) -> None:
-        waiting = [c for c in self._children.values() if c.pending == token]
-        for i, child in enumerate(waiting):
+        for child in [c for c in self._children.values() if c.pending == token]:
             try:
                 ref = self._start(child.spec)
             except SupervisorStartError as exc:
                 _log.warning("%s: restart of child %r failed: %s", self, child.spec.id, exc)
                 self._emit(child.spec.id, ChildEventKind.CRASHED, None, exc)
                 if not self._count_restart(child.spec.id):
-                    self._retry_later(waiting[i:])
+                    # The failed child's group again, as OTP retries it: under one_for_all
+                    # the children that did restart are stopped and all start in order.
+                    self._restart(child, at_once=False)
                 return
             child.pending = None
             child.ref = ref

@@ -142,11 +142,7 @@ def _prefill(path: Path, count: int, age: float) -> None:
                 event = step_event(old, new, t)
                 if event is not None:
                     ops.append(history_put(wid, seq + 1 + n, event))
-            ops.append(
-                history_put(
-                    wid, seq + 5, workflow_event(wf.evolve(state=WorkflowState.RUNNING), wf)
-                )
-            )
+            ops.append(history_put(wid, seq + 5, workflow_event(WorkflowState.RUNNING, wf)))
             batch.append(Transition(ops=tuple(ops)))
             if len(batch) == 2000:
                 store.writer.submit_many(batch, lambda _r: None)

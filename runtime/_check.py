@@ -278,6 +278,10 @@ class _Checker:
             self.problem("steps", skey, f"{st.state} but nothing marks it done (no done_token)")
         if st.state is StepState.SUCCEEDED and st.done_token is None:
             self.problem("steps", skey, "SUCCEEDED without a completion token")
+        if st.state is StepState.SUCCEEDED and not st.succeeded:
+            self.problem("steps", skey, "SUCCEEDED but not marked succeeded")
+        if st.state in (StepState.PENDING, StepState.FAILED) and st.succeeded:
+            self.problem("steps", skey, f"{st.state} but marked succeeded")
         if holds_timer(record.state, st):
             if st.timer_ms is None:
                 self.problem("steps", skey, f"{st.state} with no timer: nothing would wake it")

@@ -8,10 +8,12 @@ write transaction as the change it made.
 
 Appending does not take herder's ``flock`` and does not touch the incarnation: the CLI
 opens the LMDB environment writable by itself, and LMDB serializes writers across
-processes. One command is one write transaction. Its id is given out inside that
-transaction (the highest id so far + 1), so ids are unique and ordered. A pending command
-lives under ``b"P" + 8-byte big-endian id``; applying it moves it to ``b"D" + id`` in the
-same commit, so the sweep reads only what is pending, never the whole log.
+processes - as long as they share ``lock.mdb``: the CLI refuses to write when the
+running runtime uses another one (``_locktable.py``). One command is one write
+transaction. Its id is given out inside that transaction (the highest id so far + 1),
+so ids are unique and ordered. A pending command lives under ``b"P" + 8-byte big-endian
+id``; applying it moves it to ``b"D" + id`` in the same commit, so the sweep reads only
+what is pending, never the whole log.
 
 A command is a map: ``id``, ``action``, ``workflow_id``, ``args`` (e.g. ``step``,
 ``result``), ``who``, ``why``, ``created``, ``state`` (``PENDING`` → ``DONE`` or
@@ -32,6 +34,7 @@ import lmdb
 
 from herder.store._codec import decode, encode
 from herder.store._errors import ConditionFailed, StoreError
+from herder.store._locktable import check_lock_table
 from herder.store._writer import Delete, Expect, Put, Transition
 
 COMMANDS_DB = "commands"
@@ -106,6 +109,8 @@ def append_command(path: str | os.PathLike[str], command: dict[str, Any]) -> int
         return _append_through(store, command)
     env = _open_env(path)
     try:
+        if _held(path):
+            check_lock_table(path)  # one writer mutex with the running runtime
         db = _commands_db(env, path)
         for _ in range(3):
             try:
@@ -181,6 +186,12 @@ def _read_command(
             return None
         value = None if raw is None else decode(raw, db=COMMANDS_DB, key=key)
     return value if isinstance(value, dict) else None
+
+
+def _held(path: str | os.PathLike[str]) -> bool:
+    from herder.store._env import is_held
+
+    return is_held(path)
 
 
 def _open_here(path: str | os.PathLike[str]) -> Any:

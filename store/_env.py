@@ -52,6 +52,7 @@ from herder.store._lease import (
     read_lease,
     take,
 )
+from herder.store._locktable import LOCK_FILE, note_lock_table
 from herder.store._reads import Reads
 from herder.store._recent import RECENT_AT_DB, RECENT_DB
 from herder.store._records import SCHEMA_VERSION
@@ -78,7 +79,6 @@ ADDED_LATER = frozenset({"resources", "schedules", RECENT_DB, RECENT_AT_DB})
 PAGE = 1000
 """Keys read per read transaction by the paged scans."""
 
-LOCK_FILE = "herder.lock"
 MAX_DBS = 16
 """Named databases an environment may hold: room for the ones later versions add."""
 MAX_READERS = 126
@@ -193,6 +193,8 @@ class Store(Reads):
                 raise StoreError(f"cannot create store directory {path}: {exc}") from exc
         self._lock()
         env = self._env = self._open_env(map_size)
+        if self._have_flock:
+            self._note_lock_table()
         try:
             with env.begin(write=not self.standby) as txn:
                 schema = self._meta_int(txn, b"schema")
@@ -228,6 +230,13 @@ class Store(Reads):
             ) from exc
         except OSError as exc:
             raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
+
+    def _note_lock_table(self) -> None:
+        assert self._lock_fd is not None
+        try:
+            note_lock_table(self._lock_fd, self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot write the lock of store {self.path}: {exc}") from exc
 
     def _open_env(self, map_size: int) -> lmdb.Environment:
         """Open the environment for writing and its databases (created if missing)."""
@@ -294,6 +303,8 @@ class Store(Reads):
         except BlockingIOError:
             return False
         self._have_flock = True
+        if self._env is not None:  # a standby taking over: the store is ours to write now
+            self._note_lock_table()
         return True
 
     def _open_readonly(self) -> None:

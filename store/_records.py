@@ -225,14 +225,20 @@ class WorkflowRecord:
         return _from_map(cls, data, WorkflowState)
 
 
+_SUCCEEDED_ONCE = frozenset({StepState.SUCCEEDED, StepState.COMPENSATING, StepState.COMPENSATED})
+
+
 @dataclass(frozen=True, slots=True)
 class StepRecord:
     """The durable state of one step of one workflow.
 
     ``token`` is the fencing token of the step's latest transition: an agent's answer is
-    accepted only if it carries the current one. ``done_token`` is the token of the
-    transition to SUCCEEDED, or of a failure that may have taken effect (anything but
-    Permanent), and orders completions (compensation runs in reverse).
+    accepted only if it carries the current one. Two facts about a finished step, one
+    field each: ``succeeded`` says its action succeeded, so its ``result`` is what
+    ``ctx.results`` shows (kept while the step is compensated); ``done_token`` says it
+    is to be undone when its workflow compensates - it is the token of the transition
+    to SUCCEEDED, or of a failure that may have taken effect (anything but Permanent) -
+    and orders the undoing (reverse).
     ``timer_ms`` is the key time of this step's entry in the timer index, if any.
     """
 
@@ -249,6 +255,7 @@ class StepRecord:
     error: str | None = None
     error_type: str | None = None
     done_token: int | None = None
+    succeeded: bool = False
     comp_attempt: int = 0
     heartbeat: Any = None
     updated: float = 0.0
@@ -280,6 +287,7 @@ class StepRecord:
             "error": self.error,
             "error_type": self.error_type,
             "done_token": self.done_token,
+            "succeeded": self.succeeded,
             "comp_attempt": self.comp_attempt,
             "heartbeat": self.heartbeat,
             "updated": self.updated,
@@ -289,7 +297,13 @@ class StepRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepRecord:
         """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored)."""
-        return _from_map(cls, data, StepState)
+        record = _from_map(cls, data, StepState)
+        if "succeeded" not in data and record.done_token is not None:
+            # Written before ``succeeded`` existed, when ``done_token`` marked success too
+            # (and, since failures may be undone, failures too): a step being undone is
+            # taken as succeeded, as it was then; a FAILED one, or one restarted, did not.
+            return record.evolve(succeeded=record.state in _SUCCEEDED_ONCE)
+        return record
 
 
 def plan_steps(record: WorkflowRecord, stored: list[StepRecord], plan: Plan) -> list[StepRecord]:

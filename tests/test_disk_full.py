@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, Runtime, State, StepContext, StoreError, Workflow
-from herder.runtime.testing import FakeClock, settle, wait_until
-from herder.store import Store
+from herder.runtime import Agent, Runtime, State, StepContext, StepState, StoreError, Workflow
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
+from herder.store import Store, append_command, new_command, wait_outcome
 
 WAIT = 10.0
 CHILD = Path(__file__).with_name("disk_full_child.py")
@@ -89,6 +89,38 @@ def test_a_full_disk_fails_new_starts_keeps_acknowledged_work_and_resumes(
     with Store(path, readonly=True) as store:
         states = {r.id: r.state for r in store.workflows()}
     assert states == {f"w{i}": State.SUCCEEDED for i in range(8)}  # and no "late"
+
+
+class Later(Agent):
+    def run(self, ctx: StepContext) -> object:
+        return ctx.complete_later()
+
+
+def test_an_operator_command_whose_commit_failed_is_applied_once_the_disk_has_room(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    disk = Disk()
+    path = tmp_path / "s"
+    with Runtime(path, clock=clock, sweep_interval=1.0) as rt:
+        rt.add_agent("svc", Later)
+        rt.add_workflow(Workflow("one").step("a", agent="svc", action="run"))
+        rt.start("one", workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").steps["a"].state is StepState.WAITING, WAIT)
+        skip = new_command("skip", "w", args={"step": "a", "result": "by hand"}, who="t", why="x")
+        command_id = append_command(path, skip)  # as the CLI does, from another process
+        rt._store.writer.fault = disk
+        disk.full.set()
+        errors = rt._store.writer.stats()["io_errors"]
+        advance(rt, clock, 1.0)  # the sweep hands the command over; recording it fails
+        assert rt._store.writer.stats()["io_errors"] > errors
+        assert wait_outcome(path, command_id, timeout=0) is None  # still pending
+        disk.full.clear()
+        advance(rt, clock, 5.0)  # the next sweeps find it pending still: applied now
+        outcome = wait_outcome(path, command_id, timeout=WAIT)
+        assert outcome is not None
+        assert outcome["state"] == "DONE", outcome
+        assert rt.handle("w").result(timeout=WAIT) == {"a": "by hand"}
 
 
 def test_a_real_write_failure_mid_run_is_survived_and_the_runtime_resumes(

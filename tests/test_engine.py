@@ -219,6 +219,26 @@ def test_a_step_whose_last_answer_was_lost_is_undone_with_the_rest(rt: Runtime) 
     assert ledger.undone == ["w/hotel", "w/flight"]
 
 
+def test_a_compensation_sees_the_results_of_the_steps_that_succeeded_only(rt: Runtime) -> None:
+    ledger = EffectLedger()
+    seen: dict[str, dict[str, Any]] = {}
+
+    def record(ctx: StepContext) -> None:
+        seen[ctx.step] = dict(ctx.results)
+        ledger.undo(ctx.idempotency_key.removesuffix("/compensate"))
+
+    serve(rt, ledger, {"hotel": lambda ctx: fail_first(ctx, 99), "undo:hotel": record,
+                       "undo:flight": record})  # fmt: skip
+    rt.add_workflow(trip())
+    with pytest.raises(WorkflowFailed) as failed:
+        rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    # The hotel failed in a way that may have taken effect, so it is undone too; but it
+    # never succeeded, so no compensation finds it (or a None) among the results.
+    assert failed.value.status.steps["hotel"].state is StepState.COMPENSATED
+    flight = {"step": "flight", "seen": []}
+    assert seen == {"hotel": {"flight": flight}, "flight": {"flight": flight}}
+
+
 def test_a_permanent_failure_is_not_compensated(rt: Runtime) -> None:
     ledger = EffectLedger()
     serve(rt, ledger, {"car": lambda ctx: fail_permanently("no cars left")})

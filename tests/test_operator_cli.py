@@ -18,6 +18,7 @@ from herder.runtime import Runtime, State, StepState
 from herder.runtime._check import check_store
 from herder.runtime._cli import main as cli
 from herder.runtime.testing import settle, wait_until
+from herder.store import Store
 
 CHILD = pathlib.Path(__file__).with_name("operator_child.py")
 WAIT = 20.0
@@ -93,6 +94,40 @@ def test_operator_commands_reach_a_live_daemon_and_land_in_the_history(
     assert "operator skip" in out
     assert "by ada: refunded by phone" in out
     assert json.loads(run("inbox", "--store", store, "--json")[1]) == []
+
+
+def test_the_cli_refuses_to_write_when_lock_mdb_was_deleted_under_the_daemon(
+    tmp_path: Path, daemon: subprocess.Popen[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Deleting LMDB's lock file (a "stale lock" clean-up) would give the CLI a writer
+    # mutex of its own: two writers at once, and a store that can lose or mangle commits.
+    store = tmp_path / "store"
+    (store / "lock.mdb").unlink()
+    code, _ = run("abandon", "w-2", "--store", str(store), "--why", "cleaning up")
+    assert code == 1
+    assert "lock.mdb is not the one the running runtime uses" in capsys.readouterr().err
+    with Store(store, readonly=True) as ro:
+        assert list(ro.raw_scan("commands")) == []  # nothing was written
+        assert check_store(ro).ok
+    assert daemon.poll() is None
+
+
+def test_with_no_runtime_running_a_deleted_lock_mdb_is_no_reason_to_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from operator_child import TRIP, Travel
+
+    from herder.runtime import RetryPolicy, WorkflowFailed
+
+    path = tmp_path / "store"
+    with Runtime(path, default_retry=RetryPolicy(max_attempts=1)) as rt:
+        rt.add_agent("t", Travel)
+        rt.add_workflow(TRIP)
+        with pytest.raises(WorkflowFailed):
+            rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    (path / "lock.mdb").unlink()  # the runtime that recorded it is gone: harmless now
+    code, _ = run("abandon", "w", "--store", str(path), "--why", "later", "--timeout", "0")
+    assert code == 3, capsys.readouterr().err  # queued for the next runtime
 
 
 def test_a_command_sent_while_no_runtime_runs_is_applied_by_the_next_one(

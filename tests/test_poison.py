@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from engine_child import POISON_N, permanent_failure
 
-from herder.actors._poison import POISON_ERROR
+from herder.actors.engine import POISON_ERROR
 from herder.runtime import Agent, Runtime, State, StepContext, StepState, Workflow
 from herder.runtime._demo_services import audit
 from herder.runtime.testing import FakeClock, advance, check_store, wait_until

@@ -77,6 +77,7 @@ STEP = StepRecord(
     error="timeout",
     error_type="builtins.TimeoutError",
     done_token=5,
+    succeeded=True,
     comp_attempt=1,
     heartbeat={"pct": 50},
     updated=3.0,
@@ -116,6 +117,29 @@ def test_hand_written_to_dict_and_evolve_cover_every_field(record: Any) -> None:
     assert record.evolve() == record
     with pytest.raises(TypeError, match="no field"):
         record.evolve(nonsense=1)
+
+
+@pytest.mark.parametrize(
+    ("state", "done_token", "succeeded"),
+    [
+        (StepState.SUCCEEDED, 5, True),
+        (StepState.FAILED, 5, False),  # a failure that may have taken effect: undone
+        (StepState.FAILED, None, False),
+        (StepState.COMPENSATING, 5, True),
+        (StepState.COMPENSATED, 5, True),
+        (StepState.PENDING, 5, False),  # restarted by an operator after such a failure
+        (StepState.DISPATCHED, 5, False),
+    ],
+)
+def test_a_step_stored_before_succeeded_existed_reads_back_with_it(
+    store: Store, state: StepState, done_token: int | None, succeeded: bool
+) -> None:
+    old = STEP.evolve(state=state, done_token=done_token).to_dict()
+    del old["succeeded"]  # done_token alone said "succeeded" (and "to be undone") then
+    _put(store, "steps", STEP.key, old)
+    step = store.get_step("order-42", "flight")
+    assert step is not None
+    assert (step.succeeded, step.done_token) == (succeeded, done_token)
 
 
 def test_plan_step_spec_and_retry_policy_round_trip_through_the_store(store: Store) -> None:

@@ -10,6 +10,7 @@ What lives here, one concept per module:
 - ``_answer``: what a probe's verdict, a hand-off or a lapse means for its step;
 - ``_workflow``: what a workflow runs next, when it ends, what compensation undoes;
 - ``_operator``: the records an operator's action writes;
+- ``_recovery``: what a restart resumes, and poison work (crash counting, parking);
 - ``_decision``: the typed effects a batch performs once it is durable.
 
 Everything else that must know these rules (the Scheduler, operator actions,
@@ -39,6 +40,13 @@ from herder.actors.engine._operator import (
     given_up,
     orphan_given_up,
     undo_again,
+)
+from herder.actors.engine._recovery import (
+    POISON_ERROR,
+    poison_message,
+    poisoned,
+    resumes,
+    running_at_crash,
 )
 from herder.actors.engine._retry import (
     Escalate,
@@ -89,6 +97,7 @@ __all__ = [
     "ENDED_BY_ABANDON",
     "OPERATOR_STEP_NEXT",
     "OPERATOR_WORKFLOW_NEXT",
+    "POISON_ERROR",
     "RESTARTABLE",
     "SKIPPABLE",
     "STEP_NEXT",
@@ -129,11 +138,15 @@ __all__ = [
     "lapse",
     "ms",
     "orphan_given_up",
+    "poison_message",
+    "poisoned",
     "policy_for",
     "probed",
     "reachable",
     "read_answer",
     "restarted",
+    "resumes",
+    "running_at_crash",
     "settled",
     "stopped",
     "to_undo",

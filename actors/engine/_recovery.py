@@ -1,0 +1,87 @@
+"""Recovery's rules: what a restart resumes, and poison work, as pure functions.
+
+After a restart, every unfinished workflow resumes where its records stand
+(:func:`resumes`): an attempt left DISPATCHED is run again (its outcome is unknown, so
+with attempt + 1), a retry or a probe whose time has come runs, a compensation runs
+again if its workflow is compensating, and a WAITING step stays waiting (its
+completion or its deadline moves it on).
+
+Poison work is an attempt that kills the whole process every time it runs.
+An action that calls ``os._exit``, segfaults in a C extension or exhausts memory takes the
+daemon down with it; recovery then runs it again, and the daemon crash-loops. The store
+remembers: at each recovery after a crash, a workflow that had an attempt running (recorded
+DISPATCHED, or a compensation dispatched, with no outcome since) has its
+``WorkflowRecord.recoveries`` counter bumped; any recorded outcome of one of its attempts
+resets it to 0. From the second crash in a row its running attempts are not re-run at
+once but one suspect at a time, ``recovery_stagger`` seconds apart, so the other
+workflows caught in the same crashes finish first instead of dying with it again (an
+attempt deferred this way was not running at the next crash and is not counted). Past
+``max_recoveries`` the workflow is parked in NEEDS_ATTENTION for an operator, its running
+steps marked failed with :data:`POISON_ERROR` (:func:`poisoned`); ``retry`` runs them
+again.
+
+Imports: herder.store records and this package; time and tokens are arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from herder.actors.engine._step import stopped
+from herder.store import StepRecord, StepState
+
+POISON_ERROR = "herder.PoisonWork"
+"""The error type recorded on a step parked as poison work."""
+
+
+def running_at_crash(steps: Iterable[StepRecord]) -> list[StepRecord]:
+    """Steps whose attempt was running (dispatched, no outcome recorded) at the crash.
+
+    A step deferred by an earlier recovery keeps its ``retry_at``: it was waiting, not
+    running, so it is not a suspect of this crash.
+    """
+    return [
+        st
+        for st in steps
+        if st.retry_at is None
+        and (
+            st.state is StepState.DISPATCHED
+            or (st.state is StepState.COMPENSATING and st.deadline is not None)
+        )
+    ]
+
+
+def poison_message(steps: list[StepRecord], crashes: int) -> str:
+    """The error a parked workflow carries: what ran, how often it died, what to do."""
+    names = ", ".join(repr(st.name) for st in steps)
+    return (
+        f"step {names} was running each of the last {crashes} times the process died "
+        "(poison work: an action that kills the process?); parked: fix the action, then "
+        "retry the workflow"
+    )
+
+
+def poisoned(
+    st: StepRecord, error: str, *, tokens: Callable[[], int], now: float
+) -> StepRecord | None:
+    """The step once its workflow is parked as poison work, or None if it stays: an
+    attempt running or due to run again ends FAILED, a compensation stays COMPENSATING
+    (a retry runs it again); neither keeps a timer."""
+    if st.state not in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
+        return None
+    state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else StepState.FAILED
+    return stopped(
+        st, state=state, error=error, error_type=POISON_ERROR, token=tokens(), updated=now
+    )
+
+
+def resumes(st: StepRecord, *, compensating: bool, now: float) -> bool | None:
+    """Whether a restart queues the step again: None (it stays), else whether as its
+    compensation (``compensating``: its workflow is compensating)."""
+    if (st.retry_at or 0) > now:
+        return None  # deferred: its timer queues it when the time comes
+    if st.state in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.UNKNOWN):
+        return False  # re-run (outcome unknown), retry, or probe (again)
+    if st.state is StepState.COMPENSATING and compensating:
+        return True
+    return None
