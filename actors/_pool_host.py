@@ -143,7 +143,7 @@ class PoolHost:
         max_restarts: int = 20,
         restart_period: float = 10.0,
         queue_aging: float = DEFAULT_AGING,
-        max_workers: int = 64,
+        max_workers: int = 32,
         min_workers: int = 2,
     ) -> None:
         self._agents_sup = agents_supervisor

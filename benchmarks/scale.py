@@ -11,8 +11,11 @@ case. RSS is read from /proc/self/statm and includes the store's mapped pages.
 
 Target (issue 7): with 10,000 names, per-workflow throughput within 2x of 10 names.
 
+``--host pool`` runs the agents on the pooled host (``Runtime(agent_host="pool")``,
+issue 16: 10,000 names keep >= 0.75x of the 10-name rate, threads stay near the pool).
+
 Usage: python benchmarks/scale.py [--agents 10,100,1000,10000] [--workflows 5000]
-       [--out PATH]
+       [--host thread|pool] [--out PATH]
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 RATIO_TARGET = 0.5  # 10k names must keep at least half the 10-name rate
 
 
-def one(root: pathlib.Path, agents: int, workflows: int) -> dict[str, Any]:
+def one(root: pathlib.Path, agents: int, workflows: int, host: str) -> dict[str, Any]:
     """Run ``workflows`` over ``agents`` agent names in this process (module docstring)."""
     from throughput import bench_herder
 
@@ -50,12 +53,22 @@ def one(root: pathlib.Path, agents: int, workflows: int) -> dict[str, Any]:
     meter = Meter()
     began = time.perf_counter()
     row = bench_herder(
-        root, workflows, 1, 256, 32, warmup=0, meter=meter, agents=names, flows=flows
+        root,
+        workflows,
+        1,
+        256,
+        32,
+        warmup=0,
+        meter=meter,
+        agents=names,
+        flows=flows,
+        agent_host=host,
     )
     total = time.perf_counter() - began
     end = meter.rss_mb  # read when the last workflow finished, every instance still alive
     row.update(
         agents=agents,
+        host=host,
         definitions=len(flows),
         setup_and_run_s=total,
         cpu_s_per_1k_workflows=meter.cpu / workflows * 1000,
@@ -68,14 +81,14 @@ def one(root: pathlib.Path, agents: int, workflows: int) -> dict[str, Any]:
     return row
 
 
-def run(agent_counts: list[int], workflows: int) -> dict[str, Any]:
+def run(agent_counts: list[int], workflows: int, host: str) -> dict[str, Any]:
     """Each N in its own child process; ratios against the smallest N."""
     results = []
     me = str(pathlib.Path(__file__).resolve())
     for n in agent_counts:
         progress(TAG, f"{n:,} agent names, {workflows:,} workflows")
         done = subprocess.run(
-            [sys.executable, me, "--child", str(n), "--workflows", str(workflows)],
+            [sys.executable, me, "--child", str(n), "--workflows", str(workflows), "--host", host],
             stdout=subprocess.PIPE,
             text=True,
             check=True,
@@ -98,6 +111,7 @@ def run(agent_counts: list[int], workflows: int) -> dict[str, Any]:
         "benchmark": "scale",
         "machine": machine(),
         "workflows": workflows,
+        "host": host,
         "results": results,
         "targets": {"vs_smallest": RATIO_TARGET},
     }
@@ -148,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         "--agents", type=lambda s: [int(x) for x in s.split(",")], default=[10, 100, 1000, 10_000]
     )
     parser.add_argument("--workflows", type=int, default=5000)
+    parser.add_argument("--host", choices=("thread", "pool"), default="thread")
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "out" / "scale.json")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -156,10 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(
             prefix="herder-scale-", dir=os.environ.get("BENCH_DIR")
         ) as d:
-            row = one(pathlib.Path(d), args.child, args.workflows)
+            row = one(pathlib.Path(d), args.child, args.workflows, args.host)
         print(json.dumps(row), flush=True)
         os._exit(0)  # 10,000 agent threads need not be stopped one by one
-    report = run(args.agents, args.workflows)
+    report = run(args.agents, args.workflows, args.host)
     print(table(report))
     write_report(args.out, report)
 

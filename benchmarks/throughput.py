@@ -75,6 +75,7 @@ def bench_herder(
     meter: Meter | None = None,
     agents: Sequence[str] = tuple(AGENTS.values()),
     flows: Sequence[Workflow] = (),
+    agent_host: str = "thread",
 ) -> dict[str, Any]:
     """The real engine, durable, ``in_flight`` workflows kept unfinished.
 
@@ -89,6 +90,7 @@ def bench_herder(
         map_size=1 << 31,
         max_active_workflows=in_flight,
         sweep_interval=1.0,
+        agent_host=agent_host,
     ) as rt:
         factory = booking_agent(workload)
         for agent in agents:
