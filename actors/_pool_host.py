@@ -216,13 +216,18 @@ class PoolHost:
         if agent is None or inst is None or inst.busy_token != run.token or inst.worker is None:
             return False
         worker = self._workers.get(inst.worker)
-        if worker is None or worker.ref is None:
+        if worker is None or worker.ref is None:  # replaced or crashed since acquire
+            agent.instances.pop(instance_id, None)
             return False
         self._take_built(name, instance_id, inst)
         try:
             worker.ref.tell(_Work(run, inst.agent, agent.factory))
         except pykka.ActorDeadError:
-            return False  # its supervisor's news of the exit is on the way
+            # Its supervisor's news of the exit is on the way; the instance is free again
+            # (the Scheduler fails this attempt itself).
+            inst.busy_token, inst.worker = None, None
+            worker.job = None
+            return False
         return True
 
     def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
