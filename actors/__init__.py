@@ -16,6 +16,7 @@ re-exported by herder.runtime.
 """
 
 from herder.actors._action import coroutine_actions
+from herder.actors._adaptive import Adaptive
 from herder.actors._admission import resource_stats
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
 from herder.actors._ask import call, call_future
@@ -63,6 +64,7 @@ from herder.actors._supervisor import WorkflowSupervisor
 from herder.actors._thread_host import ThreadHost, agents_listener
 
 __all__ = [
+    "Adaptive",
     "Admit",
     "Agent",
     "AgentHost",

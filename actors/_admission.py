@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from herder.actors._adaptive import Adaptive, AdaptiveLimit
 from herder.actors._clock import Clock
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.store import (
@@ -47,6 +48,8 @@ class _Gate:
 
     breaker: CircuitBreaker | None
     rate: RateLimit | None
+    adaptive: AdaptiveLimit | None = None
+    started: dict[int, float] = field(default_factory=dict)  # token -> monotonic start
     tokens: float = 0.0
     refilled: float = 0.0  # monotonic time of the last refill
     probe: int | None = None  # token of the half-open probe in flight
@@ -58,13 +61,22 @@ class Admission:
     """Per-agent gates and durable resource records, driven from the Scheduler's thread.
 
     ``wake(agent, delay)`` must arrange for the Scheduler to pump ``agent`` again after
-    ``delay`` seconds (the Scheduler passes a clock timer that sends itself a message).
+    ``delay`` seconds (the Scheduler passes a clock timer that sends itself a message);
+    ``busy(agent)`` returns the tokens of the attempts running for ``agent`` (the host's
+    answer: an adaptive limit counts those against itself).
     """
 
-    def __init__(self, store: Store, clock: Clock, wake: Callable[[str, float], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        wake: Callable[[str, float], None],
+        busy: Callable[[str], list[int]] = lambda agent: [],
+    ) -> None:
         self._store = store
         self._clock = clock
         self._wake = wake
+        self._busy = busy
         self._gates: dict[str, _Gate] = {}
         self._records: dict[str, ResourceRecord] = {}
         self._dirty: dict[str, ResourceRecord] = {}
@@ -73,17 +85,27 @@ class Admission:
 
     # -- configuration -----------------------------------------------------------------
 
-    def configure(self, agent: str, breaker: CircuitBreaker | None, rate: RateLimit | None) -> None:
-        """Set (or clear, with both None) the limits of ``agent``."""
+    def configure(
+        self,
+        agent: str,
+        breaker: CircuitBreaker | None,
+        rate: RateLimit | None,
+        adaptive: Adaptive | None = None,
+    ) -> None:
+        """Set (or clear, with all None) the limits of ``agent``."""
         stored = self._records.get(agent)
         if breaker is None and stored is not None and stored.breaker is not BreakerState.CLOSED:
             # Registered without a breaker now: a stored open one no longer holds anything.
             self._set(agent, stored.evolve(breaker=BreakerState.CLOSED, opened_at=None))
-        if breaker is None and rate is None:
+        if breaker is None and rate is None and adaptive is None:
             self._gates.pop(agent, None)
             return
         old = self._gates.get(agent)
         gate = _Gate(breaker, rate)
+        if adaptive is not None:
+            kept = old is not None and old.adaptive is not None and old.adaptive.config == adaptive
+            gate.adaptive = old.adaptive if kept and old is not None else AdaptiveLimit(adaptive)
+            gate.started = {} if old is None else old.started
         if rate is not None:
             gate.tokens = float(rate.capacity)
             gate.refilled = self._clock.monotonic()
@@ -134,6 +156,9 @@ class Admission:
             gate.throttled += 1
             self._schedule(agent, wait)
             return False
+        if gate.adaptive is not None and self._inflight(agent, gate) >= gate.adaptive.limit:
+            gate.throttled += 1
+            return False  # an attempt's end releases its instance and pumps again
         return True
 
     def admitted(self, agent: str, token: int) -> None:
@@ -143,6 +168,8 @@ class Admission:
             gate.tokens = max(0.0, gate.tokens - 1.0)
         if gate.breaker is not None and self._record(agent).breaker is BreakerState.HALF_OPEN:
             gate.probe = token
+        if gate.adaptive is not None:
+            gate.started[token] = self._clock.monotonic()
 
     def woke(self, agent: str) -> None:
         """A scheduled wake-up for ``agent`` arrived."""
@@ -160,6 +187,11 @@ class Admission:
                 return  # the hot path: a healthy agent without limits records nothing
         if gate is not None and gate.probe == token:
             gate.probe = None
+        if gate is not None and gate.adaptive is not None:
+            started = gate.started.pop(token, None)
+            if started is not None:  # (a stale answer's attempt was already counted)
+                latency = self._clock.monotonic() - started
+                gate.adaptive.sample(latency, ok, len(gate.started) + 1)
         if ok:
             self._succeeded(agent, gate)
         else:
@@ -173,6 +205,8 @@ class Admission:
         gate = self._gates.get(agent)
         for _ in range(max(1, lost)):
             self._failed(agent, gate)
+            if gate is not None and gate.adaptive is not None:
+                gate.adaptive.drop()
 
     def lost(self, agent: str) -> None:
         """Recovery found an attempt of ``agent`` in flight: the process died under it."""
@@ -184,6 +218,8 @@ class Admission:
         """An attempt's answer will not be awaited (its workflow ended). True if it was the
         half-open probe, so another probe may go."""
         gate = self._gates.get(agent)
+        if gate is not None:
+            gate.started.pop(token, None)
         if gate is not None and gate.probe == token:
             gate.probe = None
             return True
@@ -217,6 +253,9 @@ class Admission:
                 if gate.rate is not None:
                     self._refill(gate, gate.rate)
                     out[agent]["rate_tokens"] = round(gate.tokens, 3)
+                if gate.adaptive is not None:
+                    out[agent]["limit"] = gate.adaptive.limit
+                    out[agent]["limit_drops"] = gate.adaptive.drops
         return out
 
     # -- internals ---------------------------------------------------------------------
@@ -310,6 +349,15 @@ class Admission:
         samples.append((now, ok))
         while samples and samples[0][0] < now - breaker.window:
             samples.popleft()
+
+    def _inflight(self, agent: str, gate: _Gate) -> int:
+        """Attempts of ``agent`` running now; forgets start times of attempts that ended
+        without an answer (their instance was replaced, or lost with its supervisor)."""
+        busy = self._busy(agent)
+        if len(gate.started) > len(busy):
+            running = set(busy)
+            gate.started = {t: at for t, at in gate.started.items() if t in running}
+        return len(busy)
 
     def _refill(self, gate: _Gate, rate: RateLimit) -> None:
         now = self._clock.monotonic()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pykka
 
+from herder.actors._adaptive import Adaptive
 from herder.actors._agent import Agent
 from herder.actors._clock import Clock
 from herder.actors._limits import CircuitBreaker, RateLimit
@@ -59,8 +60,9 @@ class EngineContext:
         self.on_final = on_final
         self.plans: dict[tuple[str, int], Plan] = {}
         self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
-        # Per agent name: (circuit breaker, rate limit), for agents registered with either.
-        self.limits: dict[str, tuple[CircuitBreaker | None, RateLimit | None]] = {}
+        # Per agent name: (circuit breaker, rate limit, adaptive concurrency), for agents
+        # registered with any of them.
+        self.limits: dict[str, tuple[CircuitBreaker | None, RateLimit | None, Adaptive | None]] = {}
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
         # Called (on the Scheduler's thread) after each batch of transitions is durable;

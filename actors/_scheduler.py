@@ -191,7 +191,9 @@ class Scheduler(SupervisedActor):
         self._sink: BatchSink | None = None  # where the writer reports durable batches
         self._commands_seen: set[int] = set()
         self._suspect_slots = itertools.count(1)  # see engine._recovery (poison work)
-        self._admission = Admission(ctx.store, ctx.clock, self._wake_later)
+        # (a lambda: the host is attached in on_start)
+        busy = lambda agent: self._hosted.busy_tokens(agent)  # noqa: E731, PLW0108
+        self._admission = Admission(ctx.store, ctx.clock, self._wake_later, busy)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -212,7 +214,7 @@ class Scheduler(SupervisedActor):
         )
         for name, (factory, concurrency) in self._ctx.agents.items():
             self._host.add(name, factory, concurrency)
-            self._admission.configure(name, *self._ctx.limits.get(name, (None, None)))
+            self._admission.configure(name, *self._ctx.limits.get(name, (None, None, None)))
         self._ctx.scheduler = self.actor_ref
         self.actor_ref.tell(Recover())
 
@@ -279,7 +281,7 @@ class Scheduler(SupervisedActor):
         """Start serving agent ``name`` as registered in the engine context."""
         factory, concurrency = self._ctx.agents[name]
         self._hosted.add(name, factory, concurrency)
-        self._admission.configure(name, *self._ctx.limits.get(name, (None, None)))
+        self._admission.configure(name, *self._ctx.limits.get(name, (None, None, None)))
         self._dirty_agents.add(name)
         self._after_message()
 

@@ -13,6 +13,7 @@ Everything not listed in ``__all__`` here is internal and may change.
 """
 
 from herder.actors import (
+    Adaptive,
     Agent,
     CircuitBreaker,
     CompletionRefused,
@@ -54,6 +55,7 @@ from herder.store import (
 )
 
 __all__ = [
+    "Adaptive",
     "Agent",
     "CircuitBreaker",
     "CompletionRefused",

@@ -83,7 +83,13 @@ _BREAKER_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
 
 
 def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter: Any) -> Any:
-    """Per-agent protection: breaker state (0 closed, 1 half-open, 2 open) and counters."""
+    """Per-agent protection: breaker state (0 closed, 1 half-open, 2 open), the adaptive
+    concurrency limit (agents with ``Adaptive`` concurrency) and counters."""
+    limit = gauge(
+        "herder_agent_concurrency_limit",
+        "Adaptive concurrency limit per agent: attempts admitted at once now",
+        labels=["agent"],
+    )
     state = gauge(
         "herder_breaker_state",
         "Circuit breaker per agent: 0 closed, 1 half-open, 2 open",
@@ -95,7 +101,8 @@ def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter
             ("breaker_opens", "Times the agent's circuit breaker opened"),
             ("crashes", "Agent instance crashes (kept in the store across restarts)"),
             ("lost", "Attempts lost to a process restart (kept in the store)"),
-            ("throttled", "Dispatches held back by the breaker or the rate limit"),
+            ("throttled", "Dispatches held back by the breaker, rate or concurrency limit"),
+            ("limit_drops", "Attempts that made the adaptive concurrency limit back off"),
         )
     }
     for agent, values in resources.items():
@@ -104,5 +111,9 @@ def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter
         counters["crashes"].add_metric([agent], values["crashes"])
         counters["lost"].add_metric([agent], values["lost"])
         counters["throttled"].add_metric([agent], values.get("throttled", 0))
+        if "limit" in values:
+            limit.add_metric([agent], values["limit"])
+            counters["limit_drops"].add_metric([agent], values["limit_drops"])
     yield state
+    yield limit
     yield from counters.values()

@@ -19,6 +19,7 @@ from typing import Any
 import pykka
 
 from herder.actors import (
+    Adaptive,
     Admit,
     Agent,
     ChildSpec,
@@ -525,7 +526,7 @@ class Runtime(AsyncRuntime, ScheduleMethods):
         name: str,
         factory: Callable[[], Agent],
         *,
-        concurrency: int = 1,
+        concurrency: int | Adaptive = 1,
         breaker: CircuitBreaker | None = None,
         rate_limit: RateLimit | None = None,
     ) -> None:
@@ -534,7 +535,10 @@ class Runtime(AsyncRuntime, ScheduleMethods):
         ``factory`` is an Agent subclass or e.g. ``functools.partial(HostAgent, host=h)``
         for one agent per remote resource. Up to ``concurrency`` instances run at once
         (the agent's concurrency limit); they start when work arrives and stop after
-        being idle. ``breaker`` (a :class:`CircuitBreaker`) stops dispatching to a
+        being idle. ``concurrency=Adaptive(min=1, max=64)`` lets the limit follow the
+        resource: it grows while latency holds and shrinks on failures, timeouts, crashes
+        and rising latency (``stats()["resources"][name]["limit"]``). ``breaker`` (a
+        :class:`CircuitBreaker`) stops dispatching to a
         resource that keeps failing and probes it after a cool-down; ``rate_limit`` (a
         :class:`RateLimit`) caps attempts per second. Steps held back by either wait in
         the agent's queue, highest priority first, spending no attempt. Adding a name
@@ -544,9 +548,13 @@ class Runtime(AsyncRuntime, ScheduleMethods):
         validate_name("agent", name)
         if not callable(factory):
             raise InvalidInput(f"agent {name!r}: factory must be callable, got {factory!r}")
+        adaptive = concurrency if isinstance(concurrency, Adaptive) else None
+        if adaptive is not None:
+            concurrency = adaptive.max  # instances to hold; the limit admits fewer
         if not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInput(
-                f"agent {name!r}: concurrency must be an int >= 1, got {concurrency!r}"
+                f"agent {name!r}: concurrency must be an int >= 1 or an Adaptive, "
+                f"got {concurrency!r}"
             )
         for kind, value, want in (
             ("breaker", breaker, CircuitBreaker),
@@ -570,10 +578,10 @@ class Runtime(AsyncRuntime, ScheduleMethods):
             if self._tracing is not None:
                 factory = self._tracing.wrap_factory(name, factory)
             self._ctx.agents[name] = (factory, concurrency)
-            if breaker is None and rate_limit is None:
+            if breaker is None and rate_limit is None and adaptive is None:
                 self._ctx.limits.pop(name, None)
             else:
-                self._ctx.limits[name] = (breaker, rate_limit)
+                self._ctx.limits[name] = (breaker, rate_limit, adaptive)
             if self._root is not None:  # a standby's Scheduler reads ctx.agents at start
                 call(self._scheduler, "add_agent", name, timeout=self._ask_timeout)
 

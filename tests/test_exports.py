@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 
 RUNTIME = {
-    "Agent", "CircuitBreaker", "EncodeError", "HerderError", "InvalidDefinition",
+    "Adaptive", "Agent", "CircuitBreaker", "EncodeError", "HerderError", "InvalidDefinition",
     "InvalidInput", "InvalidState", "LeaseLost", "NotActive", "Permanent", "RateLimit",
     "RetryPolicy", "Runtime", "RuntimeClosed", "SchemaTooNew", "State", "StepContext",
     "StepState", "StepStatus", "StoreCorrupt",

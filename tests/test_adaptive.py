@@ -1,0 +1,187 @@
+"""Adaptive concurrency: the limit follows a resource's capacity (issue 18, item 4).
+
+The load test is a deterministic discrete-event simulation (no clock, no sleeps): a
+resource answers in ``BASE`` seconds while at most ``C`` attempts run on it and ever
+more slowly past that, and an endless backlog of work is admitted up to the limit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from herder.actors._adaptive import AdaptiveLimit
+from herder.runtime import (
+    Adaptive,
+    Agent,
+    InvalidInput,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    Workflow,
+    WorkflowFailed,
+)
+from herder.runtime.testing import FakeClock, settle, wait_until
+
+WAIT = 10.0
+
+BASE = 0.010  # the resource's latency within its capacity
+C = 8  # its capacity
+
+
+def resource_latency(inflight: int) -> float:
+    """Latency of an attempt that starts with ``inflight`` attempts running (itself
+    included): flat up to C, then sharply worse (a thrashing resource)."""
+    return BASE * (1 + 4 * max(0, inflight - C))
+
+
+def run_load(limit_of: Callable[[], int], sample: Callable[[float, bool, int], object], n: int):
+    """Drive ``n`` attempts through the resource; return (latencies, limits) seen over the
+    second half (the settled part)."""
+    now = 0.0
+    running: list[tuple[float, int, float, int]] = []  # (ends, seq, latency, inflight)
+    seq = 0
+    latencies: list[float] = []
+    limits: list[int] = []
+    for done in range(n):
+        while len(running) < limit_of():
+            inflight = len(running) + 1
+            latency = resource_latency(inflight)
+            heapq.heappush(running, (now + latency, seq, latency, inflight))
+            seq += 1
+        ends, _, latency, _ = heapq.heappop(running)
+        now = ends
+        sample(latency, True, len(running) + 1)
+        if done >= n // 2:
+            latencies.append(latency)
+            limits.append(limit_of())
+    return latencies, limits
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.99 * (len(ordered) - 1))]
+
+
+def test_adaptive_limit_settles_near_capacity_where_a_fixed_4c_limit_overloads() -> None:
+    adaptive = AdaptiveLimit(Adaptive(min=1, max=64))
+    latencies, limits = run_load(lambda: adaptive.limit, adaptive.sample, 4000)
+    mean_limit = sum(limits) / len(limits)
+    assert C * 0.6 <= mean_limit <= C * 1.5, mean_limit
+    assert max(limits) <= 2 * C
+    assert p99(latencies) <= resource_latency(C + 1) + 1e-9  # at most one attempt past C
+
+    fixed_latencies, _ = run_load(lambda: 4 * C, lambda *_: None, 4000)
+    assert p99(fixed_latencies) >= 50 * BASE  # the fixed limit thrashes the resource
+    assert p99(fixed_latencies) > 10 * p99(latencies)
+
+
+def test_rising_latency_and_failures_back_off_and_the_baseline_follows_a_slower_resource() -> None:
+    limit = AdaptiveLimit(Adaptive(min=2, max=10, initial=8, slack=0.0, window=5))
+    assert limit.sample(0.010, True, 8) == 8
+    assert limit.sample(0.015, True, 8) == 8  # within tolerance: no signal
+    assert limit.sample(0.030, True, 8) == 7  # 3x the baseline: backs off (8 * 0.9)
+    assert limit.drops == 1
+    assert limit.sample(0.010, False, 8) == 6  # an error backs off whatever its latency
+    for _ in range(30):
+        limit.drop()
+    assert limit.limit == 2  # never below min
+    for _ in range(5):  # the resource is now uniformly 5x slower
+        limit.sample(0.050, True, 2)
+    assert limit.baseline == 0.050  # the old fast samples left the window
+    before = limit.drops
+    limit.sample(0.050, True, 2)
+    assert limit.drops == before  # the new normal is no longer "slow"
+
+
+def test_the_limit_grows_only_while_it_is_used_and_never_past_max() -> None:
+    limit = AdaptiveLimit(Adaptive(min=1, max=4))
+    for _ in range(50):
+        limit.sample(0.010, True, 1)  # one attempt at a time: a limit of 2 is not in use
+    assert limit.limit == 2
+    for _ in range(200):
+        limit.sample(0.010, True, limit.limit)
+    assert limit.limit == 4
+
+
+def test_adaptive_is_validated_with_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="min"):
+        Adaptive(min=0)
+    with pytest.raises(InvalidInput, match=r"min must be <= max \(2\)"):
+        Adaptive(min=4, max=2)
+    with pytest.raises(InvalidInput, match="initial"):
+        Adaptive(min=2, max=4, initial=8)
+    with pytest.raises(InvalidInput, match="backoff"):
+        Adaptive(backoff=1.0)
+    with pytest.raises(InvalidInput, match="tolerance"):
+        Adaptive(tolerance=1.0)
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        with pytest.raises(InvalidInput, match="an int >= 1 or an Adaptive"):
+            rt.add_agent("svc", Agent, concurrency=0)
+        rt.add_agent("svc", Agent, concurrency=Adaptive(min=1, max=3))
+        assert rt.stats()["resources"]["svc"]["limit"] == 1
+
+
+ONE = Workflow("one").step("call", agent="svc", action="call", timeout=5.0)
+
+
+def test_through_the_runtime_the_limit_caps_running_attempts_and_follows_outcomes(
+    tmp_path: Path,
+) -> None:
+    """The gate admits ``limit`` attempts at once, successes under load raise it, failures
+    lower it; rt.stats(), the Prometheus collector and the queue show it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    permits = threading.Semaphore(0)  # the test lets attempts end one at a time
+    lock = threading.Lock()
+    running = [0, 0, 0]  # now, most ever, ended
+    failing = threading.Event()
+
+    class Busy(Agent):
+        def call(self, ctx: StepContext) -> None:
+            with lock:
+                running[0] += 1
+                running[1] = max(running[1], running[0])
+            if not failing.is_set():
+                assert permits.acquire(timeout=WAIT)
+            with lock:
+                running[0] -= 1
+                running[2] += 1
+            if failing.is_set():
+                raise ConnectionError("overloaded")
+
+    retry = RetryPolicy(max_attempts=1)
+    with Runtime(tmp_path / "s", clock=FakeClock(), default_retry=retry) as rt:
+        rt.add_agent("svc", Busy, concurrency=Adaptive(min=1, max=16, initial=2))
+        rt.add_workflow(ONE)
+        handles = [rt.start("one", workflow_id=f"w{n}") for n in range(12)]
+        wait_until(rt, lambda: running[0] == 2)
+        settle(rt)
+        assert rt.stats()["agents"]["svc"]["queued"] == 10  # held by the limit, not 16
+        for n in range(12):
+            permits.release()
+            wait_until(rt, lambda n=n: running[2] == n + 1)
+            settle(rt)
+        for handle in handles:
+            handle.result(timeout=WAIT)
+        grown = rt.stats()["resources"]["svc"]["limit"]
+        assert grown >= 4  # every success under load raised it (2 -> 2.5 -> 2.9 -> 3.2 ...)
+        assert 3 <= running[1] <= grown  # the extra room was used, never more than the limit
+
+        failing.set()
+        failed = [rt.start("one", workflow_id=f"f{n}") for n in range(6)]
+        for handle in failed:
+            with pytest.raises(WorkflowFailed):
+                handle.result(timeout=WAIT)
+        stats = rt.stats()["resources"]["svc"]
+        assert stats["limit"] < grown
+        assert stats["limit_drops"] == 6
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        text = generate_latest(registry).decode()
+        assert f'herder_agent_concurrency_limit{{agent="svc"}} {float(stats["limit"])}' in text
+        assert 'herder_agent_limit_drops_total{agent="svc"} 6.0' in text
