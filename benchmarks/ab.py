@@ -1,4 +1,4 @@
-"""Interleaved A/B of throughput.py between two checkouts, in one session.
+"""Interleaved A/B (/C...) of throughput.py between checkouts, in one session.
 
 On a shared machine an absolute figure taken an hour ago says little; this runs the
 throughput benchmark with checkout A's interpreter, then B's, then A's again, ``--rounds``
@@ -6,7 +6,7 @@ times, so both see the same load. Each run is a separate process with its own ba
 ceiling. The benchmark script itself is taken from this directory (it uses only the
 public API), so an old checkout is measured with the same harness as a new one.
 
-Usage: python benchmarks/ab.py A_CHECKOUT B_CHECKOUT [--rounds 2] [-- throughput args]
+Usage: python benchmarks/ab.py A_CHECKOUT B_CHECKOUT [C ...] [--rounds 2] [-- throughput args]
 e.g.   python benchmarks/ab.py ../hot-base . -- --instances 4 --workflows 3000 \\
            --in-flight 256,16 --raw-seconds 0
 """
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("a", type=pathlib.Path)
     parser.add_argument("b", type=pathlib.Path)
+    parser.add_argument("more", type=pathlib.Path, nargs="*", help="checkouts C, D, ...")
     parser.add_argument("--rounds", type=int, default=2)
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     extra = argv[cut + 1 :]
     rows: list[list[Any]] = []
     for n in range(args.rounds):
-        for label, checkout in (("A", args.a), ("B", args.b)):
+        checkouts = [args.a, args.b, *args.more]
+        for label, checkout in zip("ABCDEFGH", checkouts, strict=False):
             progress(TAG, f"round {n + 1}: {label} ({checkout}), load {os.getloadavg()[0]:.1f}")
             report = run_once(checkout.resolve(), extra)
             for case in report["cases"]:
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         "CPU us/step",
         "load",
     )
-    print(f"A = {args.a}, B = {args.b}")
+    for label, checkout in zip("ABCDEFGH", [args.a, args.b, *args.more], strict=False):
+        print(f"{label} = {checkout}")
     print(render_table(header, rows))
     sys.stdout.flush()
 
