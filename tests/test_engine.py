@@ -510,33 +510,32 @@ def test_an_unfinished_workflow_resumes_when_the_runtime_is_reopened(
     tmp_path: Path,
 ) -> None:
     ledger = EffectLedger()
-    entered = threading.Event()
-    hold = threading.Event()
+    clock = FakeClock()
 
     def hotel(ctx: StepContext) -> None:
         if ctx.attempt == 1:
-            entered.set()
-            hold.wait(WAIT)
             raise RuntimeError("process went away")
 
     path = tmp_path / "s"
-    with Runtime(path, clock=FakeClock(), default_retry=FAST) as rt:
+    # The retry is due an hour later on a clock that stands still, so the first runtime
+    # closes with hotel in RETRY_WAIT: the workflow cannot finish before it is reopened.
+    later = RetryPolicy(max_attempts=3, initial_interval=3600.0, max_interval=3600.0, jitter=0.0)
+    with Runtime(path, clock=clock, default_retry=later) as rt:
         serve(rt, ledger, {"hotel": hotel})
         rt.add_workflow(trip())
         rt.start("trip", workflow_id="w")
-        assert entered.wait(WAIT)
-        hold.set()
-        rt._store.writer.flush()
-    # A new process would find hotel DISPATCHED or RETRY_WAIT; either way it must resume.
-    with Runtime(path, clock=FakeClock(), default_retry=FAST) as rt:
+        wait_until(rt, lambda: rt.status("w").steps["hotel"].state is StepState.RETRY_WAIT)
+    with Runtime(path, clock=clock, default_retry=FAST) as rt:
         status = rt.status("w")
         assert status.state is State.RUNNING
+        assert status.steps["hotel"].state is StepState.RETRY_WAIT
         assert rt.stats()["awaiting_definition"] == {"trip@1": 1}
         serve(rt, ledger)
         rt.add_workflow(trip())
+        advance(rt, clock, 3600.0)
         results = rt.handle("w").result(timeout=WAIT)
         assert set(results) == {"flight", "hotel", "car"}
-        assert rt.status("w").steps["hotel"].attempt >= 2
+        assert rt.status("w").steps["hotel"].attempt == 2
         assert ledger.requests["w/flight"] == 1
 
 
