@@ -154,13 +154,25 @@ def test_a_paused_runtime_that_lost_its_lease_commits_nothing_when_it_wakes(
 
 
 HOLDER = """
-import os, signal, sys
-from herder.runtime import Runtime
+import ctypes, os, signal, sys, threading
 from herder.store import Store
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test, even stopped
 store = Store(sys.argv[1], lease=float(sys.argv[2]))
 print("open", flush=True)
+# Renew the lease as a live runtime does until told to go: else the standby could find it
+# lapsed (and take it) before this process is inside its commit.
+lock, go = threading.Lock(), threading.Event()
+def renew():
+    while not go.wait(store.lease_duration / 4):
+        with lock:
+            if not go.is_set():
+                store.renew_lease().result()
+threading.Thread(target=renew, daemon=True).start()
 sys.stdin.readline()
-txn = store._env.begin(write=True)  # what a commit holds while it fsyncs
+with lock:
+    go.set()
+    store.renew_lease().result()  # the standby's lease clock restarts from this record
+    txn = store._env.begin(write=True)  # what a commit holds while it fsyncs
 print("holding", flush=True)
 os.kill(os.getpid(), signal.SIGSTOP)
 """
@@ -181,19 +193,27 @@ def test_a_holder_stopped_inside_a_commit_is_fenced_by_the_standby(
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "open"
         with Runtime(store, standby=True, lease=LEASE, standby_poll=0.02) as standby:
-            holder.stdin.write("go\n")
-            holder.stdin.flush()
-            assert holder.stdout.readline().strip() == "holding"
-            # Its writer mutex blocks even the attempt to take the lease until it is gone.
-            assert standby.wait_active(LEASE + 5.0)
-            assert holder.wait(timeout=WAIT) == -signal.SIGKILL
-            lease = standby._store.read_lease()
-            assert lease is not None
-            assert lease.pid == os.getpid()
+            try:
+                holder.stdin.write("go\n")
+                holder.stdin.flush()
+                assert holder.stdout.readline().strip() == "holding"
+                # Its writer mutex blocks even the attempt to take the lease until it is gone.
+                assert standby.wait_active(LEASE + 5.0)
+                assert holder.wait(timeout=WAIT) == -signal.SIGKILL
+                lease = standby._store.read_lease()
+                assert lease is not None
+                assert lease.pid == os.getpid()
+            finally:
+                # Before the standby closes: a holder stopped inside a commit blocks that.
+                _kill(holder)
     finally:
-        if holder.poll() is None:
-            holder.kill()
-        holder.wait(timeout=WAIT)
+        _kill(holder)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()  # SIGKILL ends a stopped process too
+    proc.wait(timeout=WAIT)
 
 
 def test_handoff_under_load_loses_and_repeats_no_step(
