@@ -79,9 +79,12 @@ class AdaptiveLimit:
 
     __slots__ = ("_limit", "_recent", "config", "drops")
 
-    def __init__(self, config: Adaptive) -> None:
+    def __init__(self, config: Adaptive, resume: int | None = None) -> None:
+        """Start at ``resume`` (a limit learned before, kept within bounds) or at the
+        configured ``initial``."""
         self.config = config
-        self._limit = float(config.initial if config.initial is not None else config.min)
+        start = resume if resume is not None else config.initial or config.min
+        self._limit = float(max(config.min, min(config.max, start)))
         self._recent: collections.deque[float] = collections.deque(maxlen=config.window)
         self.drops = 0
 

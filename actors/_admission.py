@@ -40,6 +40,7 @@ from herder.store import (
 _log = logging.getLogger("herder.admission")
 
 _EPSILON = 1e-9  # float slack: a token refilled "exactly" on time counts as there
+_KEEP_LIMIT_EVERY = 5.0  # seconds: how often at most an adaptive limit's move is stored
 
 
 @dataclass(slots=True)
@@ -97,6 +98,8 @@ class Admission:
         if breaker is None and stored is not None and stored.breaker is not BreakerState.CLOSED:
             # Registered without a breaker now: a stored open one no longer holds anything.
             self._set(agent, stored.evolve(breaker=BreakerState.CLOSED, opened_at=None))
+        if adaptive is None and stored is not None and stored.limit is not None:
+            self._set(agent, self._record(agent).evolve(limit=None))  # no longer adaptive
         if breaker is None and rate is None and adaptive is None:
             self._gates.pop(agent, None)
             return
@@ -104,7 +107,9 @@ class Admission:
         gate = _Gate(breaker, rate)
         if adaptive is not None:
             kept = old is not None and old.adaptive is not None and old.adaptive.config == adaptive
-            gate.adaptive = old.adaptive if kept and old is not None else AdaptiveLimit(adaptive)
+            resumed = None if stored is None else stored.limit  # learned before a restart
+            fresh = AdaptiveLimit(adaptive, resumed)
+            gate.adaptive = old.adaptive if kept and old is not None else fresh
             gate.started = {} if old is None else old.started
         if rate is not None:
             gate.tokens = float(rate.capacity)
@@ -192,6 +197,7 @@ class Admission:
             if started is not None:  # (a stale answer's attempt was already counted)
                 latency = self._clock.monotonic() - started
                 gate.adaptive.sample(latency, ok, len(gate.started) + 1)
+                self._keep_limit(agent, gate.adaptive)
         if ok:
             self._succeeded(agent, gate)
         else:
@@ -207,6 +213,7 @@ class Admission:
             self._failed(agent, gate)
             if gate is not None and gate.adaptive is not None:
                 gate.adaptive.drop()
+                self._keep_limit(agent, gate.adaptive)
 
     def lost(self, agent: str) -> None:
         """Recovery found an attempt of ``agent`` in flight: the process died under it."""
@@ -350,6 +357,15 @@ class Admission:
         while samples and samples[0][0] < now - breaker.window:
             samples.popleft()
 
+    def _keep_limit(self, agent: str, adaptive: AdaptiveLimit) -> None:
+        """Store an adaptive limit that moved (at most every few seconds, so a busy agent
+        adds no commits): ``herder stats`` shows it and a restart resumes from it."""
+        rec = self._record(agent)
+        if rec.limit == adaptive.limit:
+            return
+        if rec.limit is None or self._clock.time() - rec.updated >= _KEEP_LIMIT_EVERY:
+            self._set(agent, rec.evolve(limit=adaptive.limit))
+
     def _inflight(self, agent: str, gate: _Gate) -> int:
         """Attempts of ``agent`` running now; forgets start times of attempts that ended
         without an answer (their instance was replaced, or lost with its supervisor)."""
@@ -378,7 +394,7 @@ class Admission:
 
 def resource_stats(rec: ResourceRecord) -> dict[str, Any]:
     """The user-facing view of a resource record (``rt.stats()``, ``herder stats``)."""
-    return {
+    out: dict[str, Any] = {
         "breaker": str(rec.breaker),
         "failures": rec.failures,
         "opens": rec.opens,
@@ -386,3 +402,6 @@ def resource_stats(rec: ResourceRecord) -> dict[str, Any]:
         "crashes": rec.crashes,
         "lost": rec.lost,
     }
+    if rec.limit is not None:
+        out["limit"] = rec.limit  # an adaptive agent's (live in stats(), stored in the CLI)
+    return out

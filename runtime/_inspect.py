@@ -308,9 +308,10 @@ def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
     rows += [(k, stats[k]) for k in ("definitions", "corrupt", "incarnation", "schema_version")]
     print_table(out, f"store {stats['store']}", ("", "count"), rows)
     if stats["resources"]:
-        columns = ("breaker", "failures", "opens", "crashes", "lost")
+        columns = ("breaker", "failures", "opens", "crashes", "lost", "limit")
         resources = [
-            (agent, *(values[c] for c in columns)) for agent, values in stats["resources"].items()
+            (agent, *(values.get(c, "-") for c in columns))
+            for agent, values in stats["resources"].items()
         ]
         out.write("\n")
         print_table(out, "agents (resource protection)", ("agent", *columns), resources)

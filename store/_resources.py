@@ -38,7 +38,8 @@ class ResourceRecord:
     instances, attempts lost to a restart); a success resets it. ``opened_at`` is the
     wall-clock time the breaker last opened; ``opens`` how often it did. ``crashes``
     counts agent instance crashes, ``lost`` attempts found in flight when a runtime
-    recovered the store (the process died under them).
+    recovered the store (the process died under them). ``limit`` is an adaptive agent's
+    concurrency limit as last stored (None for other agents).
     """
 
     agent: str
@@ -48,6 +49,7 @@ class ResourceRecord:
     opens: int = 0
     crashes: int = 0
     lost: int = 0
+    limit: int | None = None
     updated: float = 0.0
 
     def evolve(self, **changes: Any) -> ResourceRecord:

@@ -8,6 +8,8 @@ more slowly past that, and an endless backlog of work is admitted up to the limi
 from __future__ import annotations
 
 import heapq
+import io
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +27,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
-from herder.runtime.testing import FakeClock, settle, wait_until
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
 
 WAIT = 10.0
 
@@ -185,3 +187,39 @@ def test_through_the_runtime_the_limit_caps_running_attempts_and_follows_outcome
         text = generate_latest(registry).decode()
         assert f'herder_agent_concurrency_limit{{agent="svc"}} {float(stats["limit"])}' in text
         assert 'herder_agent_limit_drops_total{agent="svc"} 6.0' in text
+
+
+def test_the_limit_is_stored_for_herder_stats_and_a_restart_resumes_from_it(
+    tmp_path: Path,
+) -> None:
+    from herder.runtime._cli import main as cli
+
+    class Down(Agent):
+        def call(self, ctx: StepContext) -> None:
+            raise ConnectionError("down")
+
+    clock = FakeClock()
+    path = tmp_path / "s"
+    adaptive = Adaptive(min=1, max=16, initial=10)
+    retry = RetryPolicy(max_attempts=1)
+    with Runtime(path, clock=clock, default_retry=retry) as rt:
+        rt.add_agent("svc", Down, concurrency=adaptive)
+        rt.add_workflow(ONE)
+        for n in range(3):  # 10 -> 9 (stored), then 8 and 7 within 5 s: not stored yet
+            with pytest.raises(WorkflowFailed):
+                rt.start("one", workflow_id=f"a{n}").result(timeout=WAIT)
+        assert rt.stats()["resources"]["svc"]["limit"] == 7
+        advance(rt, clock, 6.0)
+        with pytest.raises(WorkflowFailed):
+            rt.start("one", workflow_id="b").result(timeout=WAIT)  # 7 -> 6, stored
+    as_json, table = io.StringIO(), io.StringIO()
+    assert cli(["stats", "--store", str(path), "--json"], as_json) == 0
+    assert json.loads(as_json.getvalue())["resources"]["svc"]["limit"] == 6
+    assert cli(["stats", "--store", str(path)], table) == 0
+    row = next(line for line in table.getvalue().splitlines() if "svc" in line)
+    assert row.split()[-1] == "6"
+    with Runtime(path, clock=clock, default_retry=retry) as rt:
+        rt.add_agent("svc", Down, concurrency=adaptive)
+        assert rt.stats()["resources"]["svc"]["limit"] == 6  # resumed, not initial
+        rt.add_agent("svc", Down, concurrency=4)
+        assert "limit" not in rt.stats()["resources"]["svc"]  # no longer adaptive
