@@ -874,7 +874,9 @@ class Scheduler(SupervisedActor):
             new = when_compensating(st, tokens=self._ctx.next_token, now=now)
             if new is not None:
                 self._commits.put_step(run, st, new)
-        run.queued = {s for s in run.queued if run.steps[s].state is not StepState.PENDING}
+        # Forward jobs that may no longer run (a pending start, a retry that is now
+        # FAILED) give up their place, or the step's compensation could not be queued.
+        run.queued = {s for s in run.queued if self._job_valid(run, run.jobs[s])}
 
     def _finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
         record = self._commits.set_record(run, state=state, error=error or run.record.error)

@@ -225,7 +225,7 @@ def test_an_agent_whose_factory_fails_is_unavailable_or_loses_the_attempt(
     assert driver.run("worker", "ok", 4).result == 4
 
 
-@pytest.mark.slow  # about one run in ten leaves a workflow stuck: a lost wake-up to find
+@pytest.mark.slow
 def test_the_fault_simulation_holds_on_the_pool_host(tmp_path: Path) -> None:
     for seed in range(30):
         report = simulate(seed, tmp_path / f"seed-{seed}", agent_host="pool")
