@@ -1,5 +1,6 @@
-"""Regression (found by the simulation, seed 465 under load): a stale job must not unqueue
-a live one.
+"""Regressions found by the simulation under load: a job left stale in an agent's queue
+must neither unqueue a live one (seed 465) nor keep its step's compensation from being
+queued (seeds 129 and 28, the second test).
 
 A failed commit reloads a workflow while one of its steps waits in an agent's queue, so
 the queue holds two jobs for that step: the old run's and the reloaded run's. The old one
