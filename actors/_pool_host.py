@@ -336,17 +336,17 @@ class PoolHost:
     # -- passivation and stats ---------------------------------------------------------
 
     def passivate(self, idle_before: float, limit: int = 256) -> int:
-        """Drop instances idle since before ``idle_before`` and stop idle workers beyond
+        """Drop instances idle since ``idle_before`` or earlier and stop idle workers beyond
         ``min_workers``; return how many instances went (at most ``limit``)."""
         dropped = 0
         for agent in self._agents.values():
             for instance_id, inst in list(agent.instances.items()):
-                if dropped < limit and inst.busy_token is None and inst.idle_since < idle_before:
+                if dropped < limit and inst.busy_token is None and inst.idle_since <= idle_before:
                     del agent.instances[instance_id]
                     dropped += 1
         idle = [w for w, x in self._workers.items() if x.job is None and x.ref is not None]
         for worker_id in idle[self._min_workers :]:
-            if self._workers[worker_id].idle_since < idle_before and self._pool is not None:
+            if self._workers[worker_id].idle_since <= idle_before and self._pool is not None:
                 del self._workers[worker_id]
                 call_later(self._pool, "delete_child", worker_id)
         return dropped

@@ -324,7 +324,7 @@ class ThreadHost:
     # -- passivation and shutdown -----------------------------------------------------
 
     def passivate(self, idle_before: float, limit: int = 256) -> int:
-        """Stop up to ``limit`` instances idle since before ``idle_before``; return how many.
+        """Stop up to ``limit`` instances idle since ``idle_before`` or earlier; return how many.
 
         Bounded per call so that thousands of agents going idle together are stopped over
         a few ticks instead of in one storm of thread exits.
@@ -340,7 +340,7 @@ class ThreadHost:
                 if inst is None:
                     continue
                 idle = inst.busy_token is None and not inst.lost and not inst.starting
-                if idle and inst.idle_since < idle_before and stopped < limit:
+                if idle and inst.idle_since <= idle_before and stopped < limit:
                     del pool.instances[instance_id]
                     call_later(pool.supervisor, "delete_child", instance_id)
                     stopped += 1

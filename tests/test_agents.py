@@ -68,6 +68,17 @@ def test_idle_instances_are_passivated_and_come_back_on_demand(
     assert rt.start("ping", 2).result(timeout=WAIT) == {"p": "h1:2"}
 
 
+def test_an_instance_idle_for_the_timeout_goes_at_the_tick_that_ends_it(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    rt.add_agent("h1", functools.partial(Host, "h1"))
+    rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
+    rt.start("ping", 1).result(timeout=WAIT)
+    for _ in range(60):  # ticks every 5 s: the 12th falls when the instance is idle 60 s
+        advance(rt, clock, 1.0)
+    assert rt.stats()["steps"]["passivated"] == 1
+
+
 def threads() -> set[threading.Thread]:
     """Live threads, but for clock timer threads: those of runtimes stopped by earlier
     tests end on their own a second after their last timer, at any moment."""
