@@ -68,15 +68,27 @@ def test_idle_instances_are_passivated_and_come_back_on_demand(
     assert rt.start("ping", 2).result(timeout=WAIT) == {"p": "h1:2"}
 
 
-def test_an_instance_idle_for_the_timeout_goes_at_the_tick_that_ends_it(
-    rt: Runtime, clock: FakeClock
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        (55.0, 5.0),  # the tick at 60 s finds it idle exactly the timeout: it goes
+        (55.1, 4.95),  # a tick late at 55.1 s does not push the next one past 60.05 s
+    ],
+)
+def test_an_instance_goes_at_the_first_tick_once_idle_the_timeout(
+    tmp_path: Path, clock: FakeClock, first: float, then: float
 ) -> None:
-    rt.add_agent("h1", functools.partial(Host, "h1"))
-    rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
-    rt.start("ping", 1).result(timeout=WAIT)
-    for _ in range(60):  # ticks every 5 s: the 12th falls when the instance is idle 60 s
-        advance(rt, clock, 1.0)
-    assert rt.stats()["steps"]["passivated"] == 1
+    # No periodic sweeps inside the advances: only advance()'s own, at the times given.
+    with Runtime(
+        tmp_path / "s", clock=clock, instance_idle_timeout=60.0, sweep_interval=1000.0
+    ) as rt:
+        rt.add_agent("h1", functools.partial(Host, "h1"))
+        rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
+        rt.start("ping", 1).result(timeout=WAIT)
+        advance(rt, clock, first)  # ticks every 5 s of the watchdog's clock
+        assert rt.stats()["steps"]["passivated"] == 0
+        advance(rt, clock, then)  # 60 s or more idle, a 5 s grid point passed: a tick
+        assert rt.stats()["steps"]["passivated"] == 1
 
 
 def threads() -> set[threading.Thread]:
