@@ -48,8 +48,14 @@ class Daemon(Child):
         return super().wait_for(prefix, timeout)
 
     def wait_idle(self) -> None:
-        """Wait for ``idle``; fail naming any workflow the app reported stuck."""
-        self.wait_for("idle")
+        """Wait for ``idle``; fail naming any workflow the app reported stuck.
+
+        The app's watcher prints ``idle`` on its own thread, in no fixed order with the
+        daemon's ``active`` line: with nothing left to run it can come first, and a
+        ``wait_for("active")`` has then read past it.
+        """
+        if not any(line.startswith("idle") for line in self.seen):
+            self.wait_for("idle")
         stuck = [line for line in self.seen if line.startswith("stuck ")]
         assert not stuck, "\n".join(stuck + self.errors[-30:])
 
