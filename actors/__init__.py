@@ -35,6 +35,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._facts import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, parse_facts, read_facts
 from herder.actors._host import AgentHost, AgentUnavailable, InstanceCrash, host_kind
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import (
@@ -64,6 +65,9 @@ from herder.actors._supervisor import WorkflowSupervisor
 from herder.actors._thread_host import ThreadHost, agents_listener
 
 __all__ = [
+    "FACTS_KEY",
+    "FACTS_REFRESH",
+    "FACTS_STALE",
     "Adaptive",
     "Admit",
     "Agent",
@@ -117,7 +121,9 @@ __all__ = [
     "call_future",
     "coroutine_actions",
     "host_kind",
+    "parse_facts",
     "parse_task_token",
+    "read_facts",
     "resource_stats",
     "start_supervisor",
 ]

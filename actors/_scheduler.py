@@ -56,6 +56,7 @@ from herder.actors._commits import (
 )
 from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
+from herder.actors._facts import FactsPublisher, agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable
 from herder.actors._messages import (
     Admit,
@@ -153,6 +154,7 @@ class Scheduler(SupervisedActor):
         self._ctx = ctx
         self._store = ctx.store
         self._writer = ctx.store.writer
+        self._facts = FactsPublisher(ctx.store)
         self._clock = ctx.clock
         self._config = ctx.config
         self._rand = random.Random(ctx.config.seed)
@@ -568,6 +570,13 @@ class Scheduler(SupervisedActor):
     def _on_tick(self) -> None:
         idle_before = self._clock.time() - self._config.idle_timeout
         self._counters["passivated"] += self._hosted.passivate(idle_before)
+        limits = self._ctx.limits
+        configured = {
+            name: limit_facts(concurrency, *limits.get(name, (None, None)))
+            for name, (_, concurrency) in self._ctx.agents.items()
+        }
+        facts = agent_facts(self._hosted.stats(), self._admission.stats(), configured)
+        self._facts.publish(facts, self._clock.time())
 
     def _admit(
         self,

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
+from herder.actors import FACTS_KEY, parse_facts
 from herder.actors.engine import ALLOWED_STEPS, UNDOING, holds_timer
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
@@ -195,6 +196,9 @@ class _Checker:
                 self.problem("meta", name, "missing")
             elif name == b"incarnation":
                 self.report.incarnation = value if isinstance(value, int) else 0
+        raw = self.snap.raw("meta", FACTS_KEY)  # the runtime's published agent facts
+        if raw is not None:
+            self.load("meta", FACTS_KEY, raw, parse_facts)
 
     def load_definitions(self) -> None:
         for key, raw in self.snap.items("definitions"):

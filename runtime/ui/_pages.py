@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
+from herder.actors import FACTS_REFRESH, FACTS_STALE
 from herder.runtime._inbox import InboxItem
 from herder.runtime._inspect import _story
 from herder.runtime._operator_cli import ACTIONS
@@ -242,23 +243,72 @@ def outcome_page(action: str, workflow_id: str, outcome: str, ok: bool | None) -
     )
 
 
-def agents_page(stats: dict[str, Any], agents: dict[str, list[str]]) -> str:
-    """Agents known to the store: who uses them, breaker and crash counters."""
-    names = sorted(set(agents) | set(stats.get("resources", {})))
-    cols = ("breaker", "failures", "opens", "crashes", "lost")
+_FACT_COLUMNS = (
+    "concurrency",
+    "instances",
+    "busy",
+    "queued",
+    "rate_per_second",
+    "throttled",
+    "breaker",
+    "failures",
+    "opens",
+    "crashes",
+    "lost",
+)
+
+
+def agents_page(
+    stats: dict[str, Any],
+    agents: dict[str, list[str]],
+    facts: dict[str, Any] | None = None,
+    now: float = 0.0,
+) -> str:
+    """Agents: who uses them (definitions), their protection state (stored records) and the
+    live facts the running runtime last published (concurrency, instances, queue, limits)."""
+    live = (facts or {}).get("agents", {})
+    stored = stats.get("resources", {})
+    names = sorted(set(agents) | set(stored) | set(live))
     rows = "".join(
         f"<tr><td>{e(n)}</td><td>{e(', '.join(agents.get(n, [])))}</td>"
-        + "".join(f"<td>{e(stats.get('resources', {}).get(n, {}).get(c, ''))}</td>" for c in cols)
+        + "".join(
+            f"<td>{e({**stored.get(n, {}), **live.get(n, {})}.get(c, ''))}</td>"
+            for c in _FACT_COLUMNS
+        )
         + "</tr>"
         for n in names
     )
-    head = "".join(f"<th>{c}</th>" for c in ("agent", "used by", *cols))
+    head = "".join(f"<th>{c}</th>" for c in ("agent", "used by", *_FACT_COLUMNS))
     return (
-        "<h1>Agents</h1><p class=hint>From the store: the workflows that use each agent and "
-        "its protection state (circuit breaker, crashes). Concurrency and queue lengths live "
-        "in the running runtime: see its <code>rt.stats()</code> or metrics.</p>"
-        f'<table class="list" id="agents"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+        "<h1>Agents</h1>"
+        + _freshness(facts, now, stats.get("running"))
+        + f'<table class="list" id="agents"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
         "</table>"
+    )
+
+
+def _freshness(facts: dict[str, Any] | None, now: float, running: Any) -> str:
+    """How old the published facts are, and whether a runtime still publishes them."""
+    if facts is None:
+        return (
+            '<p class="hint" id="facts-age">No runtime has published live facts into this '
+            "store yet: concurrency, instances and queues show once one runs. Breaker and "
+            "crash counters below are from the store.</p>"
+        )
+    at = float(facts.get("at", 0.0))
+    age = max(0.0, now - at)
+    shown = f"published {when(at)} ({age:.0f} s ago)"
+    total, kept = facts.get("total", 0), len(facts.get("agents", {}))
+    more = f"; the {kept} busiest of {e(total)} agents" if total != kept else ""
+    if age > FACTS_STALE or running is False:
+        return (
+            f'<p class="warn stale" id="facts-age">Stale: live facts {shown}{more}. No runtime '
+            f"has published them for over {FACTS_STALE:.0f} s (a running one does at least "
+            f"every {FACTS_REFRESH:.0f} s): they are the last known, not the current ones.</p>"
+        )
+    return (
+        f'<p class="hint" id="facts-age">Live facts {shown}{more}, by the running runtime '
+        f"(written when they change, at least every {FACTS_REFRESH:.0f} s).</p>"
     )
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from herder.actors import read_facts
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import _Reader
 from herder.runtime._operator_cli import ACTIONS
@@ -23,6 +24,7 @@ from herder.runtime.ui._query import Filters, workflow_page
 from herder.store import (
     COMMAND_DONE,
     Plan,
+    StoreCorrupt,
     append_command,
     command_outcome,
     is_held,
@@ -99,8 +101,13 @@ class Views:
                 for spec in plan.steps:
                     used.setdefault(spec.agent, set()).add(f"{plan.name}@{plan.version}")
             schedules = schedule_statuses(store)
+            try:
+                facts = read_facts(store)
+            except StoreCorrupt:
+                facts = None  # as if none was published; `herder check` names the record
         agents = {a: sorted(w) for a, w in used.items()}
-        body = _pages.agents_page(self.stats(), agents) + _pages.schedules_section(schedules)
+        page = _pages.agents_page(self.stats(), agents, facts, time.time())
+        body = page + _pages.schedules_section(schedules)
         return 200, "Agents", "agents", body
 
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,110 @@
+"""The running runtime's agent facts: published into the store, shown by the console.
+
+Concurrency, instances, queues and limits live in the Scheduler's memory; on the sweep's
+Tick (on the runtime's Clock) it writes them to ``meta`` when they changed, and the
+console's agents page shows them with their age, marked stale once no runtime renews them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from herder.actors import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, read_facts
+from herder.runtime import Agent, RateLimit, Runtime, StepContext, Workflow
+from herder.runtime._check import check_store
+from herder.runtime.testing import FakeClock, advance, settle
+from herder.runtime.ui._pages import agents_page
+from herder.store import Put, Store, Transition, encode
+
+HOSTILE = '<img src=x onerror="alert(1)">'
+START = 1_700_000_000.0
+
+
+class Echo(Agent):
+    def run(self, ctx: StepContext) -> object:
+        return ctx.input
+
+
+def published_at(rt: Runtime) -> float | None:
+    facts = read_facts(rt._store)
+    return None if facts is None else facts["at"]
+
+
+def test_the_runtime_publishes_its_agent_facts_on_its_clock_and_only_when_they_change(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(start=START)
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("echo", Echo, concurrency=3, rate_limit=RateLimit(per_second=50.0))
+        rt.add_agent(HOSTILE, Echo)
+        rt.add_workflow(Workflow("w").step("a", agent="echo", action="run"))
+        rt.start("w", 1).result(timeout=10)
+        settle(rt)
+        assert read_facts(rt._store) is None  # nothing before the first tick
+        advance(rt, clock, 6.0)  # past the sweep's tick
+        facts = read_facts(rt._store)
+        assert facts is not None
+        assert facts["at"] == START + 6.0
+        echo = facts["agents"]["echo"]
+        assert echo["concurrency"] == 3
+        assert echo["rate_per_second"] == 50.0
+        assert echo["instances"] == 1
+        assert echo["queued"] == 0
+        assert echo["busy"] == 0
+        assert facts["agents"][HOSTILE]["concurrency"] == 1
+        assert facts["total"] == 2
+        advance(rt, clock, 6.0)  # unchanged: not written again (a write renews "at")
+        assert published_at(rt) == START + 6.0
+        advance(rt, clock, FACTS_REFRESH)  # unchanged, but old: renewed
+        at = published_at(rt)
+        assert at is not None
+        assert at > START + 6.0 + FACTS_REFRESH - 1
+        rt.add_agent("late", Echo, concurrency=2)  # a change: published at the next tick
+        advance(rt, clock, 6.0)
+        facts = read_facts(rt._store)
+        assert facts is not None
+        assert facts["agents"]["late"]["concurrency"] == 2
+        assert facts["at"] > at
+    with Store(tmp_path / "s", readonly=True) as store:
+        report = check_store(store)
+    assert report.ok, report.problems
+
+
+def test_the_agents_page_shows_the_facts_escaped_with_their_age_and_staleness(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(start=START)
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent(HOSTILE, Echo, concurrency=4)
+        rt.add_workflow(Workflow("w").step("a", agent=HOSTILE, action="run"))
+        rt.start("w", 1).result(timeout=10)
+        advance(rt, clock, 6.0)
+        facts = read_facts(rt._store)
+        at = clock.time()
+    assert facts is not None
+    used = {HOSTILE: ["w@1"]}
+    fresh = agents_page({"resources": {}, "running": True}, used, facts, at + 2.0)
+    assert HOSTILE not in fresh
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in fresh
+    assert "<td>4</td>" in fresh  # concurrency
+    assert "(2 s ago)" in fresh
+    assert "Stale" not in fresh
+    later = at + FACTS_STALE + 1.0  # the clock moved on and nobody published
+    stale = agents_page({"resources": {}, "running": True}, used, facts, later)
+    assert "Stale" in stale
+    assert f"({FACTS_STALE + 1.0:.0f} s ago)" in stale
+    stopped = agents_page({"resources": {}, "running": False}, used, facts, at + 2.0)
+    assert "Stale" in stopped  # no runtime holds the store: nobody renews them
+    never = agents_page({"resources": {}}, used, None, at)
+    assert "No runtime has published" in never
+
+
+def test_check_names_a_corrupt_facts_record(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s", clock=FakeClock(start=START)):
+        pass
+    with Store(tmp_path / "s") as store:
+        put = Put("meta", FACTS_KEY, encode({"at": "yesterday", "agents": []}))
+        store.writer.submit(Transition(ops=(put,))).result(timeout=10)
+    with Store(tmp_path / "s", readonly=True) as store:
+        problems = [(p.db, p.key) for p in check_store(store).problems]
+    assert problems == [("meta", FACTS_KEY)]
