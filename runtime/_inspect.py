@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from herder.actors import UnknownWorkflow, resource_stats
+from herder.actors import FACTS_STALE, UnknownWorkflow, read_facts, resource_stats
 from herder.runtime._console import print_table
 from herder.runtime._schedules import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
@@ -299,8 +299,13 @@ def _resources(store: Store, corrupt: list[StoreCorrupt]) -> dict[str, dict[str,
 def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
     """``herder stats``: :func:`store_stats` as a table or JSON."""
     stats = store_stats(store)
+    try:
+        live = read_facts(store)
+    except StoreCorrupt as exc:
+        report_corrupt([exc])
+        live = None
     if as_json:
-        _dump(out, stats)
+        _dump(out, {**stats, "live": live})
         return
     rows: list[tuple[str, Any]] = [(f"workflows {k}", v) for k, v in stats["workflows"].items()]
     rows += [(f"steps {k}", v) for k, v in stats["steps"].items()]
@@ -315,3 +320,16 @@ def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
         ]
         out.write("\n")
         print_table(out, "agents (resource protection)", ("agent", *columns), resources)
+    if live is not None and live["agents"]:
+        _show_live(out, live)
+
+
+def _show_live(out: TextIO, live: dict[str, Any]) -> None:
+    """The facts the running runtime last published (``herder.actors._facts``), and their age."""
+    age = max(0.0, time.time() - live["at"])
+    stale = "; STALE: no runtime renews them" if age > FACTS_STALE else ""
+    columns = ("concurrency", "instances", "busy", "queued", "breaker")
+    rows = [(agent, *(row.get(c, "") for c in columns)) for agent, row in live["agents"].items()]
+    out.write("\n")
+    title = f"agents (live, published {age:.0f} s ago{stale})"
+    print_table(out, title, ("agent", *columns), rows)

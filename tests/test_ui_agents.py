@@ -7,11 +7,14 @@ console's agents page shows them with their age, marked stale once no runtime re
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 from herder.actors import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, read_facts
 from herder.runtime import Agent, RateLimit, Runtime, StepContext, Workflow
 from herder.runtime._check import check_store
+from herder.runtime._inspect import show_stats
 from herder.runtime.testing import FakeClock, advance, settle
 from herder.runtime.ui._pages import agents_page
 from herder.store import Put, Store, Transition, encode
@@ -67,7 +70,14 @@ def test_the_runtime_publishes_its_agent_facts_on_its_clock_and_only_when_they_c
         assert facts["at"] > at
     with Store(tmp_path / "s", readonly=True) as store:
         report = check_store(store)
+        text, data = io.StringIO(), io.StringIO()
+        show_stats(text, store, as_json=False)
+        show_stats(data, store, as_json=True)
     assert report.ok, report.problems
+    # `herder stats` shows them too; published on a clock years behind the wall: stale.
+    assert "agents (live, published" in text.getvalue()
+    assert "STALE" in text.getvalue()
+    assert json.loads(data.getvalue())["live"]["agents"]["late"]["concurrency"] == 2
 
 
 def test_the_agents_page_shows_the_facts_escaped_with_their_age_and_staleness(
