@@ -169,6 +169,20 @@ def test_a_workflow_page_draws_its_timeline(browser: Any, console: Console) -> N
     no_script_errors(browser)
 
 
+def test_the_agents_page_shows_the_daemons_live_facts(browser: Any, console: Console) -> None:
+    def published(driver: Any) -> bool:
+        driver.get(console.origin + "/agents")  # the daemon publishes on its 5 s tick
+        return text(driver, "#facts-age").startswith("Live facts")
+
+    wait_for(browser, published)
+    head = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#agents thead th")]
+    row = browser.find_element(By.XPATH, "//table[@id='agents']//tr[td[1]='t']")
+    cells = dict(zip(head, [td.text for td in row.find_elements(By.TAG_NAME, "td")], strict=True))
+    assert cells["concurrency"] == "2"  # as the daemon registered it (console_child.py)
+    assert cells["instances"].isdigit()  # published by the daemon, not from the store
+    no_script_errors(browser)
+
+
 def test_an_inbox_action_reaches_the_daemon_and_lands_in_the_history(
     browser: Any, console: Console
 ) -> None:
