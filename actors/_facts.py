@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from herder.actors._adaptive import Adaptive
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.store import Put, Store, StoreCorrupt, Transition, encode
 
@@ -52,10 +53,16 @@ def agent_facts(
 
 
 def limit_facts(
-    concurrency: int, breaker: CircuitBreaker | None, rate: RateLimit | None
+    concurrency: int,
+    breaker: CircuitBreaker | None,
+    rate: RateLimit | None,
+    adaptive: Adaptive | None,
 ) -> dict[str, Any]:
-    """An agent's configured limits, as published."""
+    """An agent's configured limits, as published (an adaptive one's current ``limit``
+    comes with the admission's stats)."""
     out: dict[str, Any] = {"concurrency": concurrency}
+    if adaptive is not None:
+        out["adaptive"] = f"{adaptive.min}..{adaptive.max}"
     if rate is not None:
         out["rate_per_second"] = rate.per_second
     if breaker is not None:

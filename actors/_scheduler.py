@@ -572,7 +572,7 @@ class Scheduler(SupervisedActor):
         self._counters["passivated"] += self._hosted.passivate(idle_before)
         limits = self._ctx.limits
         configured = {
-            name: limit_facts(concurrency, *limits.get(name, (None, None)))
+            name: limit_facts(concurrency, *limits.get(name, (None, None, None)))
             for name, (_, concurrency) in self._ctx.agents.items()
         }
         facts = agent_facts(self._hosted.stats(), self._admission.stats(), configured)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from herder.actors import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, read_facts
-from herder.runtime import Agent, RateLimit, Runtime, StepContext, Workflow
+from herder.runtime import Adaptive, Agent, RateLimit, Runtime, StepContext, Workflow
 from herder.runtime._check import check_store
 from herder.runtime._inspect import show_stats
 from herder.runtime.testing import FakeClock, advance, settle
@@ -40,6 +40,7 @@ def test_the_runtime_publishes_its_agent_facts_on_its_clock_and_only_when_they_c
     with Runtime(tmp_path / "s", clock=clock) as rt:
         rt.add_agent("echo", Echo, concurrency=3, rate_limit=RateLimit(per_second=50.0))
         rt.add_agent(HOSTILE, Echo)
+        rt.add_agent("adapt", Echo, concurrency=Adaptive(min=1, max=8))
         rt.add_workflow(Workflow("w").step("a", agent="echo", action="run"))
         rt.start("w", 1).result(timeout=10)
         settle(rt)
@@ -55,7 +56,9 @@ def test_the_runtime_publishes_its_agent_facts_on_its_clock_and_only_when_they_c
         assert echo["queued"] == 0
         assert echo["busy"] == 0
         assert facts["agents"][HOSTILE]["concurrency"] == 1
-        assert facts["total"] == 2
+        assert facts["agents"]["adapt"]["adaptive"] == "1..8"
+        assert facts["agents"]["adapt"]["limit"] == 1  # its current limit, from the admission
+        assert facts["total"] == 3
         advance(rt, clock, 6.0)  # unchanged: not written again (a write renews "at")
         assert published_at(rt) == START + 6.0
         advance(rt, clock, FACTS_REFRESH)  # unchanged, but old: renewed

@@ -245,6 +245,8 @@ def outcome_page(action: str, workflow_id: str, outcome: str, ok: bool | None) -
 
 _FACT_COLUMNS = (
     "concurrency",
+    "adaptive",
+    "limit",
     "instances",
     "busy",
     "queued",
