@@ -72,7 +72,7 @@ class Travel(Agent):
         return {"booked": ctx.step, "note": plan.get("note")}
 
     def cancel(self, ctx: StepContext) -> None:
-        if (ctx.input or {}).get("slow"):
+        if (ctx.input or {}).get("slow"):  # the refund's latency: a visible timeline bar
             time.sleep(0.2)
         if ctx.step == "hotel" and (ctx.input or {}).get("stuck"):
             raise RuntimeError("the hotel cannot refund online: call them")
