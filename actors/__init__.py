@@ -63,6 +63,7 @@ from herder.actors._supervision_specs import (
 )
 from herder.actors._supervisor import WorkflowSupervisor
 from herder.actors._thread_host import ThreadHost, agents_listener
+from herder.actors._tree import start_tree
 
 __all__ = [
     "FACTS_KEY",
@@ -126,4 +127,5 @@ __all__ = [
     "read_facts",
     "resource_stats",
     "start_supervisor",
+    "start_tree",
 ]

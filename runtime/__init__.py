@@ -31,9 +31,11 @@ from herder.actors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.runtime._config import RuntimeConfig
+from herder.runtime._handle import WorkflowHandle
 from herder.runtime._inbox import InboxItem
 from herder.runtime._metrics import MissingExtra
-from herder.runtime._runtime import Runtime, WorkflowHandle
+from herder.runtime._runtime import Runtime
 from herder.runtime._schedules import ScheduleStatus
 from herder.runtime._status import State, StepStatus, WorkflowFailed, WorkflowStatus
 from herder.runtime._workflow import Workflow
@@ -76,6 +78,7 @@ __all__ = [
     "RetryPolicy",
     "Runtime",
     "RuntimeClosed",
+    "RuntimeConfig",
     "ScheduleStatus",
     "SchemaTooNew",
     "State",

@@ -15,7 +15,8 @@ import pytest
 RUNTIME = {
     "Adaptive", "Agent", "CircuitBreaker", "EncodeError", "HerderError", "InvalidDefinition",
     "InvalidInput", "InvalidState", "LeaseLost", "NotActive", "Permanent", "RateLimit",
-    "RetryPolicy", "Runtime", "RuntimeClosed", "SchemaTooNew", "State", "StepContext",
+    "RetryPolicy", "Runtime", "RuntimeClosed", "RuntimeConfig", "SchemaTooNew", "State",
+    "StepContext",
     "StepState", "StepStatus", "StoreCorrupt",
     "StoreError", "StoreLocked", "UnknownName", "UnknownWorkflow", "Workflow",
     "WorkflowConflict", "WorkflowFailed", "WorkflowHandle", "WorkflowStatus",

@@ -1,0 +1,177 @@
+"""A Runtime's settings: one frozen, validated :class:`RuntimeConfig`.
+
+``Runtime(path, config=None, **overrides)`` takes a config, keyword settings, or both
+(keywords override the config's fields); every value is checked here, before the store is
+opened, and a bad one raises :class:`InvalidInput` naming the field, what it expects and
+what it got.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from herder.actors import Clock, EngineConfig, host_kind
+from herder.runtime._retention import DEFAULT_RETENTION, retention_seconds
+from herder.store import DEFAULT_LEASE, MAX_VALUE_BYTES, InvalidInput, RetryPolicy
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Every setting of a :class:`Runtime`, checked when it is built.
+
+    ``clock`` (inject a FakeClock in tests; default the system clock), ``sweep_interval``
+    (seconds between the Supervisor's sweeps of the timer index), ``default_retry`` and
+    ``default_timeout`` (for steps that give none), ``map_size`` (initial store size; it
+    grows on demand), ``max_input_bytes``/``max_result_bytes`` (encoded size limits),
+    ``max_active_workflows`` (``start`` blocks while that many are unfinished),
+    ``instance_idle_timeout`` (idle agent instances are stopped after it),
+    ``instance_shutdown`` (how long a stopping agent instance may take),
+    ``agent_restarts`` (``(max_restarts, period)``: a per-agent supervisor that restarts
+    crashing instances more often than this gives up, and a fresh one is started for the
+    next step), ``max_recoveries`` (a workflow whose attempt was running at more crashes
+    of the process in a row than this is parked in NEEDS_ATTENTION as poison work),
+    ``priority_aging`` (seconds of waiting in an agent's queue worth one priority level),
+    ``seed`` (for retry jitter, to make runs repeatable), ``ask_timeout`` (how long a
+    call into the actors may take), ``log_level`` (level of the ``herder`` loggers;
+    handlers are left to the embedding program), ``standby``/``lease``/``standby_poll``
+    (high availability, docs/high_availability.md), ``probe_timeout`` (how long a
+    ``probe_<action>`` may take), ``retention`` (seconds or a ``timedelta``, default 7
+    days; ``None`` keeps everything; docs/operations.md), ``agent_host`` (``"thread"`` or
+    ``"pool"``), ``tracer_provider`` (OpenTelemetry; docs/tracing.md).
+
+    ``RuntimeConfig(...).replace(**changes)`` gives a checked copy with some fields changed.
+    """
+
+    clock: Clock | None = None
+    sweep_interval: float = 0.25
+    default_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    default_timeout: float = 300.0
+    map_size: int = 64 << 20
+    max_input_bytes: int = 1 << 20
+    max_result_bytes: int = 1 << 20
+    max_active_workflows: int = 100_000
+    instance_idle_timeout: float = 60.0
+    instance_shutdown: float = 1.0
+    agent_restarts: tuple[int, float] = (20, 10.0)
+    max_recoveries: int = 3
+    priority_aging: float = 10.0
+    seed: int | None = None
+    ask_timeout: float = 30.0
+    log_level: int | str | None = None
+    standby: bool = False
+    lease: float = DEFAULT_LEASE
+    standby_poll: float = 0.05
+    probe_timeout: float = 30.0
+    retention: float | datetime.timedelta | None = DEFAULT_RETENTION
+    agent_host: str = "thread"
+    tracer_provider: Any = None
+
+    def __post_init__(self) -> None:
+        if self.default_retry is None:  # Runtime(default_retry=None) always meant "the default"
+            object.__setattr__(self, "default_retry", RetryPolicy())
+        _positive("sweep_interval", self.sweep_interval)
+        _positive("priority_aging", self.priority_aging)
+        _positive("default_timeout", self.default_timeout)
+        _positive("ask_timeout", self.ask_timeout)
+        _positive("standby_poll", self.standby_poll)
+        _positive("probe_timeout", self.probe_timeout)
+        _positive("lease", self.lease)
+        for name in ("instance_shutdown", "instance_idle_timeout"):
+            _at_least(name, getattr(self, name), 0, "a finite number of seconds >= 0")
+        for name in ("max_input_bytes", "max_result_bytes"):
+            value = getattr(self, name)
+            if not _is_int(value) or not 0 < value <= MAX_VALUE_BYTES:
+                raise _wrong(name, f"an int in 1..{MAX_VALUE_BYTES}", value)
+        for name in ("max_active_workflows", "map_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise _wrong(name, "an int >= 1", value)
+        if not _is_int(self.max_recoveries) or self.max_recoveries < 0:
+            raise _wrong("max_recoveries", "an int >= 0", self.max_recoveries)
+        restarts = self.agent_restarts
+        if (
+            not isinstance(restarts, tuple)
+            or len(restarts) != 2
+            or not _is_int(restarts[0])
+            or restarts[0] < 0
+            or not _is_number(restarts[1])
+            or not restarts[1] > 0
+        ):
+            expected = "(max_restarts: int >= 0, period: seconds > 0)"
+            raise _wrong("agent_restarts", expected, restarts)
+        if not isinstance(self.default_retry, RetryPolicy):
+            raise _wrong("default_retry", "a RetryPolicy or None", self.default_retry)
+        if self.seed is not None and not _is_int(self.seed):
+            raise _wrong("seed", "an int or None", self.seed)
+        if not isinstance(self.standby, bool):
+            raise _wrong("standby", "True or False", self.standby)
+        host_kind(self.agent_host)
+        retention_seconds(self.retention)
+
+    @classmethod
+    def of(cls, config: RuntimeConfig | None, overrides: dict[str, Any]) -> RuntimeConfig:
+        """``config`` (default: all defaults) with ``overrides`` applied, checked."""
+        base = cls() if config is None else config
+        if not isinstance(base, RuntimeConfig):
+            raise _wrong("config", "a RuntimeConfig or None", base)
+        return base.replace(**overrides) if overrides else base
+
+    def replace(self, **changes: Any) -> RuntimeConfig:
+        """A checked copy with ``changes``; an unknown name raises :class:`InvalidInput`."""
+        unknown = sorted(set(changes) - _NAMES)
+        if unknown:
+            raise InvalidInput(
+                f"unknown Runtime setting {', '.join(map(repr, unknown))}; the settings are: "
+                f"{', '.join(sorted(_NAMES))}"
+            )
+        return replace(self, **changes)
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """``retention`` in seconds (None keeps everything)."""
+        return retention_seconds(self.retention)
+
+    def engine_config(self) -> EngineConfig:
+        """The settings the engine runs on."""
+        return EngineConfig(
+            default_retry=self.default_retry,
+            default_timeout=self.default_timeout,
+            max_result_bytes=self.max_result_bytes,
+            instance_shutdown=self.instance_shutdown,
+            idle_timeout=self.instance_idle_timeout,
+            agent_max_restarts=self.agent_restarts[0],
+            agent_restart_period=self.agent_restarts[1],
+            max_recoveries=self.max_recoveries,
+            priority_aging=float(self.priority_aging),
+            seed=self.seed,
+            probe_timeout=self.probe_timeout,
+            agent_host=host_kind(self.agent_host),
+        )
+
+
+_NAMES = frozenset(f.name for f in fields(RuntimeConfig))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _wrong(name: str, expected: str, actual: object) -> InvalidInput:
+    return InvalidInput(f"{name} must be {expected}, got {actual!r}")
+
+
+def _positive(name: str, value: Any) -> None:
+    if not _is_number(value) or not value > 0:
+        raise _wrong(name, "a finite number of seconds > 0", value)
+
+
+def _at_least(name: str, value: Any, low: float, expected: str) -> None:
+    if not _is_number(value) or value < low:
+        raise _wrong(name, expected, value)

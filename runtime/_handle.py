@@ -1,0 +1,142 @@
+"""Waiting for a workflow's end: :class:`WorkflowHandle`, and the waiters a
+:class:`Runtime` keeps (a base class of it), resolved by the Scheduler's final listener.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, cast
+
+from herder.actors import UnknownWorkflow
+from herder.runtime._async import AsyncHandle
+from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
+from herder.store import StepRecord, WorkflowRecord, WorkflowState
+
+if TYPE_CHECKING:
+    from herder.runtime._runtime import Runtime
+
+_log = logging.getLogger("herder.runtime")
+
+Final = tuple[WorkflowRecord, "list[StepRecord] | None"]
+"""What a waiter on a workflow gets: its final record and, when the Scheduler announced
+it, its steps in plan order (None when it had ended before: read them from the store)."""
+
+
+class WorkflowHandle(AsyncHandle):
+    """A started workflow: wait for its result (``result`` or ``await result_async``) or
+    look at its status."""
+
+    def __init__(self, runtime: Runtime, workflow_id: str) -> None:
+        self._runtime = runtime
+        self.id = workflow_id
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """Step results by name once the workflow SUCCEEDED.
+
+        Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
+        NEEDS_ATTENTION, and :class:`TimeoutError` if ``timeout`` seconds pass first.
+        """
+        return self._outcome(self._runtime._wait_final(self.id, timeout))
+
+    def _outcome(self, final: Final) -> dict[str, Any]:
+        record, steps = final
+        if steps is None:  # it had ended before anyone watched: read them from the store
+            steps = self._runtime._ordered_steps(record)
+        status = WorkflowStatus.from_records(record, steps)
+        if status.state is WorkflowState.SUCCEEDED:
+            return status.results
+        raise WorkflowFailed(status)
+
+    def status(self) -> WorkflowStatus:
+        """The workflow's current durable status."""
+        return self._runtime.status(self.id)
+
+    def done(self) -> bool:
+        """True once the workflow reached a final state."""
+        return self._runtime.status(self.id).state.is_final
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.id!r})"
+
+
+def _runtime(part: object) -> Runtime:
+    return cast("Runtime", part)  # a base of Runtime only
+
+
+class Waiting:
+    """The futures waiting for workflows to end, and the final listener that ends them."""
+
+    def _on_final(self, record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
+        rt = _runtime(self)
+        level = logging.WARNING if record.state is WorkflowState.NEEDS_ATTENTION else logging.INFO
+        extra = {"workflow_id": record.id, "workflow": record.name, "state": str(record.state)}
+        _log.log(level, "workflow %s ended %s", record.id, record.state, extra=extra)
+        if rt._tracing is not None:
+            rt._tracing.ended(record, rt._ctx.clock.time())
+        with rt._lock:
+            futures = rt._waiters.pop(record.id, [])
+            rt._active = max(0, rt._active - 1)
+            rt._lock.notify()
+        if rt._firer is not None:
+            rt._firer.on_final(record.id)
+        rt._capacity_freed.fire()
+        for fut in futures:
+            if not fut.done():
+                fut.set_result((record, steps))
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        """The runtime stopped: every waiter (and start() waiting for capacity) hears it."""
+        rt = _runtime(self)
+        with rt._lock:
+            waiters, rt._waiters = rt._waiters, {}
+            rt._lock.notify_all()
+        rt._capacity_freed.fire()
+        for futures in waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(error)
+
+    def _wait_final(self, workflow_id: str, timeout: float | None) -> Final:
+        waiter = self._watch(workflow_id)
+        try:
+            return waiter.result(timeout)
+        finally:
+            self._unwatch(workflow_id, waiter)
+
+    def _watch(self, workflow_id: str) -> Future[Final]:
+        """A future resolved with the workflow's :data:`Final` (at once if it is final);
+        pass it to :meth:`_unwatch` when done with it. :class:`UnknownWorkflow` if none."""
+        rt = _runtime(self)
+        fut: Future[Final] = Future()
+        with rt._lock:
+            rt._waiters.setdefault(workflow_id, []).append(fut)
+        record = rt._store.get_workflow(workflow_id)
+        if record is None or record.state.is_final:
+            with rt._lock:
+                mine = self._unlisted(workflow_id, fut)  # else _on_final resolves it
+            if record is None:
+                raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+            if mine:
+                fut.set_result((record, None))
+        return fut
+
+    def _unwatch(self, workflow_id: str, fut: Future[Final]) -> None:
+        with _runtime(self)._lock:
+            self._unlisted(workflow_id, fut)
+
+    def _unlisted(self, workflow_id: str, fut: Future[Final]) -> bool:
+        """Take ``fut`` off the waiters (under ``_lock``); False if it was not on them."""
+        waiters = _runtime(self)._waiters
+        futures = waiters.get(workflow_id)
+        if futures is None or fut not in futures:
+            return False
+        futures.remove(fut)
+        if not futures:
+            del waiters[workflow_id]
+        return True
+
+    def _ordered_steps(self, record: WorkflowRecord) -> list[StepRecord]:
+        rt = _runtime(self)
+        plan = rt._ctx.plans.get((record.name, record.version))
+        return in_plan_order(record, rt._store.steps_of(record.id), plan)

@@ -1,0 +1,288 @@
+"""A Runtime's life (a base class of :class:`Runtime`): becoming active (the tree,
+recovery), standby promotion, handoff, the drain, stop and ``run_forever``.
+
+The drain waits on the Scheduler's commit listener: every outcome that leaves an agent
+is a commit, so it asks how many attempts still run only after a commit (or, as a
+backstop for an attempt that ends without one, once a second), never in a poll loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, cast
+
+import pykka
+
+from herder.actors import NotActive, RuntimeClosed, SteadyClock, call, start_tree
+from herder.runtime._firing import Firer
+from herder.runtime._ha import LeaseKeeper
+from herder.store import LeaseLost
+
+if TYPE_CHECKING:
+    from herder.runtime._runtime import Runtime
+
+_log = logging.getLogger("herder.runtime")
+
+_BACKSTOP = 1.0
+"""Seconds the drain waits for a commit before it asks the Scheduler again anyway."""
+
+
+def _runtime(part: object) -> Runtime:
+    return cast("Runtime", part)  # a base of Runtime only
+
+
+class Lifecycle:
+    """Start, hand over and stop a :class:`Runtime`."""
+
+    def __enter__(self) -> Runtime:
+        return _runtime(self)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 10.0, *, drain: bool = False) -> None:
+        """Stop the actors and close the store. Unfinished work resumes at the next open.
+
+        From the moment it is called, :meth:`start` raises :class:`RuntimeClosed`. With
+        ``drain=True`` nothing new is dispatched and attempts already running on agents
+        may finish (their outcome recorded) for up to ``timeout`` seconds first; whatever
+        still runs then is run again, with the same idempotency key, at the next open.
+        ``timeout`` also bounds how long the actors may take to stop. Idempotent.
+        """
+        rt = _runtime(self)
+        with rt._lock:
+            if rt._closed:
+                return
+            rt._draining = True
+        if rt._firer is not None:
+            rt._firer.stop()
+        if drain:
+            try:
+                self._drain(timeout)
+            except Exception:
+                # A drain that cannot finish must not leave the runtime half-stopped.
+                _log.exception("draining failed; stopping without it")
+        with rt._lock:
+            if rt._closed:
+                return
+            rt._closed = True
+        if rt._watcher is not None:
+            rt._watcher.stop()
+        with rt._promotion:
+            root = rt._root
+        try:
+            if root is not None and root.is_alive():
+                root.stop(timeout=timeout)
+        except pykka.ActorDeadError:
+            pass
+        except pykka.Timeout:
+            _log.warning("supervision tree did not stop within %ss", timeout)
+        finally:
+            if root is not None:
+                rt._store.note_clock(rt._ctx.clock.time())  # for the next holder
+            rt._store.close()
+        rt._fail_waiters(RuntimeClosed("the runtime was stopped"))
+        rt._wake.set()
+
+    def run_forever(self, *, drain_timeout: float = 30.0) -> None:
+        """Serve until SIGTERM or SIGINT, then drain and stop (see :meth:`stop`).
+
+        Must be called from the main thread, which is where Python runs signal handlers:
+        the handlers only set an event, and this thread performs the ordered shutdown.
+        Returns early if the runtime is stopped from elsewhere or fails for good.
+        """
+        rt = _runtime(self)
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "run_forever() must run in the main thread (Python delivers signals only "
+                "there); from another thread, wait on your own event and call stop(drain=True)"
+            )
+        wake = rt._wake
+        received: list[str] = []
+
+        def on_signal(signum: int, frame: object) -> None:
+            received.append(signal.Signals(signum).name)
+            wake.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            _log.info("runtime on %s serving until SIGTERM or SIGINT", rt.path)
+            while not wake.wait(1.0):  # wakes to notice a stop() or failure elsewhere
+                if rt._closed or rt._fatal is not None:
+                    break
+            if received:
+                _log.info("%s received: draining for up to %ss", received[0], drain_timeout)
+            # A deposed runtime cannot record outcomes: nothing to wait for.
+            self.stop(drain_timeout, drain=rt._ctx.lost is None)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        _log.info("runtime on %s stopped", rt.path)
+
+    # -- high availability -------------------------------------------------------------
+
+    @property
+    def is_active(self) -> bool:
+        """True while this runtime holds the lease and runs its actors (not a standby)."""
+        rt = _runtime(self)
+        return rt._is_active.is_set() and rt._ctx.lost is None and not rt._closed
+
+    def wait_active(self, timeout: float | None = None) -> bool:
+        """Block until this (standby) runtime took the lease and recovered; False on timeout."""
+        return _runtime(self)._is_active.wait(timeout)
+
+    def handoff(self, deadline: float = 30.0, *, timeout: float | None = None) -> bool:
+        """Hand the store over without downtime.
+
+        On the active runtime: dispatch nothing new, let running attempts finish for up
+        to ``deadline`` seconds (their outcomes are recorded), release the lease so a
+        standby takes over at once, and stop. Workflows started meanwhile wait in the
+        store for the new leader. Returns True.
+
+        On a standby: ask the active runtime (another process) to do the above, then wait
+        up to ``timeout`` seconds (default: ``deadline`` plus two leases) until this
+        runtime took the lease; returns whether it did (another standby may win).
+        """
+        rt = _runtime(self)
+        if rt._root is not None:
+            self._hand_over(deadline)
+            return True
+        rt._check_open()
+        rt._store.request_handoff(deadline)
+        if timeout is None:
+            timeout = deadline + 2 * rt._store.lease_duration
+        return self.wait_active(timeout)
+
+    def _hand_over(self, deadline: float) -> None:
+        rt = _runtime(self)
+        _log.warning("handing over %s: draining for up to %ss", rt.path, deadline)
+        started = time.monotonic()
+        self._drain(deadline)
+        with rt._lock:
+            rt._draining = True  # start() refuses from here: the lease is going
+        released = rt._store.release_lease(timeout=rt._ask_timeout)
+        _log.warning(
+            "lease of %s %s after %.2fs of handoff; stopping",
+            rt.path,
+            "released" if released else "was already lost",
+            time.monotonic() - started,
+        )
+        self.stop()
+
+    def _become_active(self) -> None:
+        """Start the actors and recover, once the store's lease is ours."""
+        rt = _runtime(self)
+        with rt._promotion:
+            if rt._closed:
+                return
+            rt._ctx.reset_tokens()
+            # Persisted deadlines are re-based: time starts no earlier than the last time
+            # the store's previous holder recorded, however the wall clock stepped since.
+            lease = rt._store.lease
+            floor = 0.0 if lease is None or lease.clock is None else lease.clock
+            rt._ctx.clock = SteadyClock(rt._clock, floor=floor)
+            for plan in list(rt._ctx.plans.values()):
+                stored = rt._store.get_plan(plan.name, plan.version)
+                if stored is None or (stored != plan and not rt._ever_started(plan)):
+                    rt._store_definition(plan)
+            # The Scheduler's first recovery counts the unfinished workflows (one scan).
+            with rt._lock:
+                rt._active = 0
+            rt._ctx.on_recovered = rt._on_recovered
+            keeper = LeaseKeeper(rt._store, rt._ctx, self._hand_over)
+            rt._ctx.sweep_listeners[:] = [keeper.on_sweep, self._healthy, rt._retention.on_sweep]
+            rt._root = start_tree(
+                rt._ctx,
+                rt._clock,
+                rt._config.sweep_interval,
+                local_commands={"purge": rt._retention.on_command},
+                on_fatal=self._on_fatal,
+            )
+            call(rt._scheduler, "sync", timeout=rt._ask_timeout)  # recovery has run
+            rt._firer = Firer(rt, rt._ask_timeout)
+            rt._firer.start()
+            rt._is_active.set()
+
+    def _promote(self, reason: str) -> None:
+        """The standby watcher took the lease: become the active runtime."""
+        try:
+            self._become_active()
+        except BaseException as exc:
+            _log.critical("standby took the lease but could not start: %s", exc)
+            self._failed(exc)
+
+    def _healthy(self) -> None:
+        for listener in list(_runtime(self)._health_listeners):
+            listener()
+
+    def _failed(self, exc: BaseException) -> None:
+        rt = _runtime(self)
+        rt._fatal = exc
+        rt._wake.set()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        _log.critical("herder runtime gave up restarting its actors: %s", exc)
+        self._failed(exc)
+
+    def _on_lease_lost(self, exc: LeaseLost) -> None:
+        if _runtime(self)._store.releasing:
+            return  # commits after our own release (a handoff): not a deposition
+        self._failed(exc)
+
+    def _drain(self, timeout: float) -> None:
+        """Dispatch nothing new and wait (up to ``timeout`` s) until no attempt runs."""
+        rt = _runtime(self)
+        rt._ctx.paused = True
+        _log.info(
+            "draining: dispatching nothing new, waiting up to %ss for running attempts", timeout
+        )
+        deadline = time.monotonic() + timeout
+        committed = threading.Event()
+        rt._ctx.commit_listeners.append(committed.set)
+        running = 0
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                committed.clear()  # before asking: a commit after the answer wakes us
+                try:
+                    running = call(rt._scheduler, "in_flight", timeout=min(left, rt._ask_timeout))
+                except (RuntimeClosed, pykka.ActorDeadError):
+                    return
+                if running == 0:
+                    rt._settle(rounds=1)  # the last outcomes' commits
+                    return
+                committed.wait(min(_BACKSTOP, max(0.0, deadline - time.monotonic())))
+        finally:
+            rt._ctx.commit_listeners.remove(committed.set)
+        _log.warning(
+            "%d attempts still running after draining %ss; they run again at the next open",
+            running,
+            timeout,
+        )
+
+    def _check_open(self) -> None:
+        rt = _runtime(self)
+        if rt._closed:
+            raise RuntimeClosed("the runtime is stopped; open a new Runtime to continue")
+        if rt._draining:
+            raise RuntimeClosed("the runtime is stopping (stop() was called)")
+        if rt._fatal is not None:
+            raise RuntimeClosed(f"the runtime failed and stopped its actors: {rt._fatal}")
+
+    def _check_active(self) -> None:
+        self._check_open()
+        rt = _runtime(self)
+        if rt._in_setup:
+            raise NotActive(
+                "setup registers agents and workflows before recovery begins; start, "
+                "cancel or retry workflows once Runtime() has returned (or from a thread "
+                "that calls rt.wait_active() first)"
+            )
+        if rt._root is None:
+            raise NotActive(
+                f"this runtime is a standby on {rt.path}: it serves status() and list() "
+                "until it takes the lease; call start/cancel/retry on the active runtime, "
+                "or wait_active() first"
+            )

@@ -1,0 +1,131 @@
+"""Operator actions and asynchronous completion on a :class:`Runtime` (a base class of
+it): cancel, retry, skip, compensate, abandon, ``complete_step`` and ``fail_step``. Each
+is checked here, sent to the Scheduler as plain data, and durable when the call returns.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
+
+from herder.actors import Complete, Operate, Permanent, call, parse_task_token
+from herder.store import bounded_text, check_text, describe, error_types, normalize, safe_str
+
+if TYPE_CHECKING:
+    from herder.runtime._runtime import Runtime
+
+
+def _runtime(part: object) -> Runtime:
+    return cast("Runtime", part)  # a base of Runtime only
+
+
+class Operations:
+    """What an operator (or an action's out-of-band completion) does to a workflow."""
+
+    def cancel(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
+        """Stop dispatching and compensate completed steps; the workflow ends CANCELLED."""
+        rt = _runtime(self)
+        rt._operate(Operate("cancel", workflow_id, who=who, why=why))
+
+    def retry(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
+        """Resume a NEEDS_ATTENTION workflow: the failed compensation, else the failed step."""
+        rt = _runtime(self)
+        rt._operate(Operate("retry", workflow_id, who=who, why=why))
+
+    def skip(
+        self,
+        workflow_id: str,
+        step: str | None = None,
+        result: Any = None,
+        *,
+        who: str | None = None,
+        why: str | None = None,
+    ) -> None:
+        """Mark a step done by hand and let the workflow go on.
+
+        ``step`` defaults to the step that needs attention. A step whose compensation
+        failed becomes COMPENSATED and the remaining compensations run; any other
+        unfinished step (in a running or parked workflow) becomes SUCCEEDED with
+        ``result`` (its running attempt, if any, is fenced out) and its dependents run.
+        """
+        rt = _runtime(self)
+        rt._operate(Operate("skip", workflow_id, step, result, who=who, why=why))
+
+    def compensate(
+        self, workflow_id: str, *, who: str | None = None, why: str | None = None
+    ) -> None:
+        """Undo the completed steps of a running or parked workflow; it ends COMPENSATED.
+
+        Steps whose outcome is unknown or awaited are given up (not undone): skip them
+        first if they did take effect.
+        """
+        rt = _runtime(self)
+        rt._operate(Operate("compensate", workflow_id, who=who, why=why))
+
+    def abandon(self, workflow_id: str, *, who: str | None = None, why: str | None = None) -> None:
+        """Give up on a workflow: it ends ABANDONED, nothing more runs and nothing is undone."""
+        rt = _runtime(self)
+        rt._operate(Operate("abandon", workflow_id, who=who, why=why))
+
+    def complete_step(self, task_token: str, result: Any = None) -> None:
+        """Complete a step whose action returned ``ctx.complete_later()``; durable on return.
+
+        Callable from any thread. Raises :class:`CompletionRefused` if the attempt the
+        token names is no longer current (timed out and retried, or the step finished).
+        """
+        rt = _runtime(self)
+        rt._ask_durable("complete", rt._completion(task_token, result))
+
+    def _completion(self, task_token: str, result: Any) -> Complete:
+        rt = _runtime(self)
+        wf, step, token = parse_task_token(task_token)
+        result = normalize(result, limit=rt._config.max_result_bytes, what="step result")
+        return Complete(wf, step, token, ok=True, result=result)
+
+    def fail_step(
+        self, task_token: str, error: str | BaseException, *, permanent: bool = False
+    ) -> None:
+        """Fail a step whose action returned ``ctx.complete_later()``; durable on return.
+
+        The step is retried under its policy unless ``permanent`` (or ``error``'s type is
+        non-retryable). Refusals as for :meth:`complete_step`.
+        """
+        rt = _runtime(self)
+        rt._ask_durable("complete", rt._failure(task_token, error, permanent=permanent))
+
+    def _failure(self, task_token: str, error: str | BaseException, *, permanent: bool) -> Complete:
+        wf, step, token = parse_task_token(task_token)
+        if isinstance(error, BaseException):
+            text, types = describe(error), error_types(error)
+            permanent = permanent or isinstance(error, Permanent)
+        else:
+            text, types = bounded_text(safe_str(error)), ()
+        return Complete(
+            wf, step, token, ok=False, error=text, error_types=types, permanent=permanent
+        )
+
+    def _operate(self, op: Operate) -> None:
+        rt = _runtime(self)
+        rt._ask_durable("operate", rt._operation(op))
+
+    def _operation(self, op: Operate) -> Operate:
+        """``op`` checked, as plain data (nothing is written)."""
+        rt = _runtime(self)
+        rt._check_active()
+        check_text("who", op.who, 200)
+        check_text("why", op.why)
+        # Plain data only reaches the Scheduler: a user object's methods must not run there.
+        return replace(
+            op,
+            result=normalize(op.result, what="result"),  # its size is checked with the step
+            who=normalize(op.who),
+            why=normalize(op.why),
+        )
+
+    def _ask_durable(self, method: str, msg: Operate | Complete) -> None:
+        """Ask the Scheduler to record ``msg``; return once that is durable."""
+        rt = _runtime(self)
+        rt._check_active()
+        done: Future[None] = call(rt._scheduler, method, msg, timeout=rt._ask_timeout)
+        done.result(timeout=rt._ask_timeout)

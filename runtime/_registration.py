@@ -1,0 +1,201 @@
+"""Registering agents, routers and workflow definitions on a :class:`Runtime` (a base
+class of it). Definitions are checked against the registered agents' actions, stored,
+and handed to the Scheduler as ``Define`` messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from herder.actors import (
+    Adaptive,
+    Agent,
+    CircuitBreaker,
+    Define,
+    InvalidDefinition,
+    RateLimit,
+    UnknownName,
+    action_names,
+    agent_class_of,
+    call,
+    coroutine_actions,
+)
+from herder.runtime._routing import Router
+from herder.runtime._workflow import Workflow
+from herder.store import (
+    InvalidInput,
+    Plan,
+    Put,
+    Transition,
+    definition_key,
+    encode,
+    started_key,
+    validate_name,
+)
+
+if TYPE_CHECKING:
+    from herder.runtime._runtime import Runtime
+
+
+def _runtime(part: object) -> Runtime:
+    return cast("Runtime", part)  # a base of Runtime only
+
+
+class Registration:
+    """``add_agent``, ``add_router``, ``remove_agent``, ``add_workflow``."""
+
+    def add_agent(
+        self,
+        name: str,
+        factory: Callable[[], Agent],
+        *,
+        concurrency: int | Adaptive = 1,
+        breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
+        """Serve agent ``name`` with instances built by ``factory`` (a zero-argument callable).
+
+        ``factory`` is an Agent subclass or e.g. ``functools.partial(HostAgent, host=h)``
+        for one agent per remote resource. Up to ``concurrency`` instances run at once
+        (the agent's concurrency limit); they start when work arrives and stop after
+        being idle. ``concurrency=Adaptive(min=1, max=64)`` lets the limit follow the
+        resource: it grows while latency holds and shrinks on failures, timeouts, crashes
+        and rising latency (``stats()["resources"][name]["limit"]``). ``breaker`` (a
+        :class:`CircuitBreaker`) stops dispatching to a
+        resource that keeps failing and probes it after a cool-down; ``rate_limit`` (a
+        :class:`RateLimit`) caps attempts per second. Steps held back by either wait in
+        the agent's queue, highest priority first, spending no attempt. Adding a name
+        again replaces its factory, concurrency and limits.
+        """
+        rt = _runtime(self)
+        rt._check_open()
+        validate_name("agent", name)
+        if not callable(factory):
+            raise InvalidInput(f"agent {name!r}: factory must be callable, got {factory!r}")
+        adaptive = concurrency if isinstance(concurrency, Adaptive) else None
+        if adaptive is not None:
+            concurrency = adaptive.max  # instances to hold; the limit admits fewer
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidInput(
+                f"agent {name!r}: concurrency must be an int >= 1 or an Adaptive, "
+                f"got {concurrency!r}"
+            )
+        for kind, value, want in (
+            ("breaker", breaker, CircuitBreaker),
+            ("rate_limit", rate_limit, RateLimit),
+        ):
+            if value is not None and not isinstance(value, want):
+                raise InvalidInput(
+                    f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
+                )
+        cls = agent_class_of(factory)
+        refused = () if cls is None else coroutine_actions(cls)
+        if refused:
+            raise InvalidInput(
+                f"agent {name!r}: {', '.join(map(repr, refused))} "
+                f"{'is an async def' if len(refused) == 1 else 'are async def'}, which this "
+                "runtime's agent host cannot run (it calls actions on threads); make them "
+                "plain def methods (asyncio.run() inside one runs a coroutine to its end)"
+            )
+        with rt._promotion:
+            rt._actions[name] = None if cls is None else action_names(cls)
+            if rt._tracing is not None:
+                factory = rt._tracing.wrap_factory(name, factory)
+            rt._ctx.agents[name] = (factory, concurrency)
+            if breaker is None and rate_limit is None and adaptive is None:
+                rt._ctx.limits.pop(name, None)
+            else:
+                rt._ctx.limits[name] = (breaker, rate_limit, adaptive)
+            if rt._root is not None:  # a standby's Scheduler reads ctx.agents at start
+                call(rt._scheduler, "add_agent", name, timeout=rt._ask_timeout)
+
+    def add_router(self, name: str, router: Router) -> None:
+        """Register ``router(input) -> str`` for agent templates that name ``{@name}``.
+
+        It runs once when a workflow whose steps use it starts, and what it returns is
+        stored with the workflow (see ``Workflow.step``): later runs never call it for
+        that workflow again. Whatever it raises fails the start with
+        :class:`InvalidInput`. Adding a name again replaces the router.
+        """
+        rt = _runtime(self)
+        rt._check_open()
+        validate_name("router", name)
+        if not callable(router):
+            raise InvalidInput(f"router {name!r} must be callable, got {router!r}")
+        rt._routers[name] = router
+
+    def remove_agent(self, name: str) -> None:
+        """Stop serving agent ``name``; steps waiting for it resume when it is added again."""
+        rt = _runtime(self)
+        rt._check_open()
+        with rt._promotion:
+            if name not in rt._ctx.agents:
+                raise UnknownName(f"no agent named {name!r} is registered")
+            del rt._ctx.agents[name]
+            rt._ctx.limits.pop(name, None)
+            rt._actions.pop(name, None)
+            if rt._root is not None:
+                call(rt._scheduler, "remove_agent", name, timeout=rt._ask_timeout)
+
+    def add_workflow(self, workflow: Workflow) -> None:
+        """Register a workflow definition (validated and compiled here).
+
+        Each step's action and compensation are checked against its agent if that agent
+        is registered (else at :meth:`start`); :class:`UnknownName` lists the known names.
+        The compiled plan is stored. A different plan under a stored name and version
+        replaces it while no workflow of it has ever started (a typo needs no new
+        version); after that it is refused, because workflows under it would change.
+        """
+        rt = _runtime(self)
+        rt._check_open()
+        plan = workflow.compile()
+        self._check_actions(plan)
+        stored = rt._store.get_plan(plan.name, plan.version)
+        changed = stored is not None and stored != plan
+        if changed and self._ever_started(plan):
+            raise InvalidDefinition(
+                f"workflow {plan.name!r} version {plan.version} is stored with different "
+                "steps and workflows of it have started; give the changed definition a new "
+                "version"
+            )
+        with rt._promotion:
+            if (stored is None or changed) and rt._root is not None:  # standby: at promotion
+                self._store_definition(plan)
+            rt._ctx.plans[(plan.name, plan.version)] = plan
+            current = rt._latest.get(plan.name)
+            if current is None or plan.version >= current.version:
+                rt._latest[plan.name] = plan
+            rt._ctx.tell_scheduler(Define(plan))
+        if rt._firer is not None:
+            rt._firer.wake()  # a schedule may have waited for this workflow
+
+    def _store_definition(self, plan: Plan) -> None:
+        rt = _runtime(self)
+        key = definition_key(plan.name, plan.version)
+        put = Put("definitions", key, encode(plan.to_dict()))
+        rt._store.writer.submit(Transition(ops=(put,))).result(timeout=rt._ask_timeout)
+
+    def _check_actions(self, plan: Plan) -> None:
+        """Each step's action and compensation exist on its agent, if it is registered
+        (a templated agent is checked once resolved, at start)."""
+        actions_of = _runtime(self)._actions
+        for spec in plan.steps:
+            actions = actions_of.get(spec.agent)
+            if actions is None:
+                continue
+            for action in (spec.action, spec.compensate):
+                if action is not None and action not in actions:
+                    raise UnknownName(
+                        f"workflow {plan.name!r} step {spec.name!r}: agent {spec.agent!r} "
+                        f"has no action {action!r} (it has: {', '.join(sorted(actions))})"
+                    )
+
+    def _ever_started(self, plan: Plan) -> bool:
+        """True if a workflow of this definition was ever started (its mark in ``meta``,
+        or, for a store older than the mark, a workflow record of it)."""
+        store = _runtime(self)._store
+        if store.get("meta", started_key(plan.name, plan.version)) is not None:
+            return True
+        return any(
+            r.name == plan.name and r.version == plan.version for r in store.workflows(corrupt=[])
+        )
