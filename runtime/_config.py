@@ -33,16 +33,26 @@ class RuntimeConfig:
     crashing instances more often than this gives up, and a fresh one is started for the
     next step), ``max_recoveries`` (a workflow whose attempt was running at more crashes
     of the process in a row than this is parked in NEEDS_ATTENTION as poison work),
-    ``priority_aging`` (seconds of waiting in an agent's queue worth one priority level),
-    ``seed`` (for retry jitter, to make runs repeatable), ``ask_timeout`` (how long a
-    call into the actors may take), ``log_level`` (level of the ``herder`` loggers;
-    handlers are left to the embedding program), ``standby``/``lease``/``standby_poll``
-    (high availability, docs/high_availability.md), ``probe_timeout`` (how long a
-    ``probe_<action>`` may take), ``retention`` (seconds or a ``timedelta``, default 7
-    days; ``None`` keeps everything; docs/operations.md), ``agent_host`` (``"thread"`` or
-    ``"pool"``), ``tracer_provider`` (OpenTelemetry; docs/tracing.md).
+    ``priority_aging`` (seconds of waiting in an agent's queue worth one priority level,
+    so low-priority work is never starved), ``seed`` (for retry jitter, to make runs
+    repeatable), ``ask_timeout`` (how long a call into the actors may take),
+    ``log_level`` (level of the ``herder`` loggers; handlers are left to the embedding
+    program), ``probe_timeout`` (how long a ``probe_<action>`` may take to tell whether
+    a lapsed attempt was applied), ``retention`` (seconds or a ``timedelta``, default 7
+    days: finished workflows (SUCCEEDED, COMPENSATED, CANCELLED, ABANDONED) last updated
+    longer ago are deleted with their steps and history, a bounded batch per sweep;
+    ``None`` keeps everything; see docs/operations.md), ``agent_host`` (``"thread"``: a
+    thread per busy agent instance; ``"pool"``: every agent's attempts run on one elastic
+    pool of worker threads and idle agents hold none), ``tracer_provider`` (an
+    OpenTelemetry tracer provider for spans per workflow and attempt; default: the global
+    one if set, else no tracing at all; see docs/tracing.md).
 
-    ``RuntimeConfig(...).replace(**changes)`` gives a checked copy with some fields changed.
+    High availability (docs/high_availability.md): ``lease`` is the leader lease in
+    seconds (renewed every third of it); ``standby=True`` opens the store of a runtime
+    running in another process and waits to take over; ``standby_poll`` is how often it
+    looks.
+
+    ``config.replace(**changes)`` is a checked copy with some fields changed.
     """
 
     clock: Clock | None = None
