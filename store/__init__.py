@@ -8,11 +8,13 @@ fits in a few types:
   takes an exclusive lock, checks the schema version and bumps the incarnation counter.
   Its read methods (``get``, ``get_workflow``, ``steps_of``, ``workflows``,
   ``due_timers``, ``scan``, ``count``; in ``_reads.py``) run short read transactions on
-  any thread (opening, the reader gate and map growth are in ``_env.py``).
+  any thread (the Store object, its reader gate and map growth are in ``_env.py``; how
+  the environment is opened in ``_open.py``). ``Store(path, mode="client")`` opens a
+  store another process runs, to append operator commands (``_commands.py``).
 - :class:`Writer` — ``store.writer``, the single group-commit thread. Every write is a
   :class:`Transition` (:class:`Put` / :class:`Delete` ops guarded by :class:`Expect`
-  compare-and-set conditions), or for the Scheduler plain :data:`Ops` handed over with
-  ``submit_batch``. The writer drains all pending writes into one durable LMDB
+  compare-and-set conditions, ``_ops.py``), or for the Scheduler plain :data:`Ops` handed
+  over with ``submit_batch``. The writer drains all pending writes into one durable LMDB
   transaction and acknowledges them only after the commit reached the disk.
 - Records — :class:`WorkflowRecord`, :class:`StepRecord`, :class:`Plan`,
   :class:`StepSpec` (``_records.py``), :class:`RetryPolicy` (``_policy.py``): frozen
@@ -23,7 +25,9 @@ fits in a few types:
   range scan. A step has no record until it leaves PENDING (:func:`plan_steps`).
 - :class:`Lease` — the leader lease in ``meta``: only its holder writes, and every write
   batch re-checks it (a deposed holder gets :class:`LeaseLost`); a standby store takes
-  it over when its holder is gone (see ``_lease.py``).
+  it over when its holder is gone. ``_lease.py`` holds the record and the lifecycle
+  (take, renew, release, hand off; wall time passed in as ``now``), ``_locktable.py``
+  the flock and whether a holder lives.
 - Errors — the :class:`HerderError` tree; ``lmdb`` and ``msgpack`` errors never escape.
 - Beside the records: the ``history`` database (one event per transition, written in the
   same transaction: :func:`history_put`, :func:`step_event`), the ``commands`` channel
@@ -62,7 +66,7 @@ from herder.store._commands import (
 )
 from herder.store._compact import compact
 from herder.store._crashpoints import crash_point
-from herder.store._env import Store, is_held
+from herder.store._env import Store
 from herder.store._errors import (
     ConditionFailed,
     EncodeError,
@@ -95,7 +99,9 @@ from herder.store._keys import (
     validate_name,
     workflow_key,
 )
-from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease, holder_stopped
+from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease
+from herder.store._locktable import holder_stopped, is_held
+from herder.store._ops import BatchSink, Delete, Expect, Ops, Put, Transition
 from herder.store._policy import RetryPolicy
 from herder.store._reads import Snapshot
 from herder.store._recent import RECENT_DB
@@ -126,7 +132,7 @@ from herder.store._untrusted import (
     safe_repr,
     safe_str,
 )
-from herder.store._writer import BatchSink, Delete, Expect, Ops, Put, Transition, Writer
+from herder.store._writer import Writer
 
 __all__ = [
     "BATCH",

@@ -7,7 +7,8 @@ the ``Runtime`` method of that name, and records the outcome on the command, in 
 write transaction as the change it made.
 
 Appending does not take herder's ``flock`` and does not touch the incarnation: the CLI
-opens the LMDB environment writable by itself, and LMDB serializes writers across
+opens the store as a client (``Store(path, mode="client")``: the environment writable,
+no flock, no lease, no writer thread), and LMDB serializes writers across
 processes - as long as they share ``lock.mdb``: the CLI refuses to write when the
 running runtime uses another one (``_locktable.py``). One command is one write
 transaction. Its id is given out inside that transaction (the highest id so far + 1),
@@ -23,19 +24,20 @@ the applying runtime knows; an unknown one ends FAILED with a message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import struct
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import lmdb
 
-from herder.store._codec import decode, encode
+from herder.store._codec import encode
+from herder.store._env import Store, opened
 from herder.store._errors import ConditionFailed, StoreError
-from herder.store._locktable import check_lock_table
-from herder.store._writer import Delete, Expect, Put, Transition
+from herder.store._ops import Delete, Expect, Put, Transition
 
 COMMANDS_DB = "commands"
 PENDING, DONE, FAILED = "PENDING", "DONE", "FAILED"
@@ -100,32 +102,23 @@ def pending_commands(store: Any) -> list[dict[str, Any]]:
 def append_command(path: str | os.PathLike[str], command: dict[str, Any]) -> int:
     """Append ``command`` to the store at ``path``; return its id. Durable when it returns.
 
-    Works while another process runs the store: the environment is opened writable
-    without herder's lock (LMDB serializes writers). If this very process has the store
-    open, its writer is used instead (LMDB allows one environment per path per process).
+    Works while another process runs the store: it is opened as a client
+    (``Store(path, mode="client")``: writable, without herder's lock; LMDB serializes
+    writers). If this very process has the store open, its writer is used instead (LMDB
+    allows one environment per path per process).
     """
     store = _open_here(path)
     if store is not None:
         return _append_through(store, command)
-    env = _open_env(path)
-    try:
-        if _held(path):
-            check_lock_table(path)  # one writer mutex with the running runtime
-        db = _commands_db(env, path)
-        for _ in range(3):
-            try:
-                with env.begin(write=True, db=db) as txn:
-                    command_id = _highest_id(txn.cursor()) + 1
-                    txn.put(pending_key(command_id), encode({**command, "id": command_id}))
-            except lmdb.MapResizedError:
-                env.set_mapsize(0)  # the runtime grew the map meanwhile: adopt it, again
-                continue
+    with _client(path, "client") as client:
+        handle = client._handle(COMMANDS_DB)
+
+        def append(txn: lmdb.Transaction) -> int:
+            command_id = _highest_id(txn.cursor(db=handle)) + 1
+            txn.put(pending_key(command_id), encode({**command, "id": command_id}), db=handle)
             return command_id
-        raise StoreError(f"cannot append a command to store {path}: its map keeps growing")
-    except lmdb.Error as exc:
-        raise StoreError(f"cannot append a command to store {path}: {exc}") from exc
-    finally:
-        env.close()
+
+        return client._write_direct(append, "cannot append a command to store")
 
 
 def wait_outcome(
@@ -134,20 +127,16 @@ def wait_outcome(
     """The command once it is DONE or FAILED, or None if it is still pending at ``timeout``."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()  # never set: the pause between two looks at the record
-    store = _open_here(path)
-    env = None if store is not None else _open_env(path, readonly=True)
-    try:
+    here = opened(path)
+    with contextlib.nullcontext(here) if here is not None else _client(path, "readonly") as store:
         while True:
-            record = _read_command(store, env, path, command_id)
+            record = command_outcome(store, command_id)
             if record is not None and record.get("state") != PENDING:
                 return record
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             pause.wait(min(poll, left))
-    finally:
-        if env is not None:
-            env.close()
 
 
 def command_outcome(store: Any, command_id: int) -> dict[str, Any] | None:
@@ -169,40 +158,12 @@ def _highest_id(cur: Any) -> int:
     return highest
 
 
-def _read_command(
-    store: Any, env: lmdb.Environment | None, path: Any, command_id: int
-) -> dict[str, Any] | None:
-    key = done_key(command_id)  # only there once it was applied or refused
-    if store is not None:
-        value = store.get(COMMANDS_DB, key)
-    else:
-        assert env is not None
-        db = _commands_db(env, path)
-        try:
-            with env.begin(db=db) as txn:
-                raw = txn.get(key)
-        except lmdb.MapResizedError:
-            env.set_mapsize(0)  # the runtime grew the map: adopt its size, look again
-            return None
-        value = None if raw is None else decode(raw, db=COMMANDS_DB, key=key)
-    return value if isinstance(value, dict) else None
+def _open_here(path: str | os.PathLike[str]) -> Store | None:
+    store = opened(path)
+    return None if store is None or store.readonly or store.mode == "client" else store
 
 
-def _held(path: str | os.PathLike[str]) -> bool:
-    from herder.store._env import is_held
-
-    return is_held(path)
-
-
-def _open_here(path: str | os.PathLike[str]) -> Any:
-    from herder.store._env import _registry, _registry_lock
-
-    with _registry_lock:
-        store = _registry.get(os.path.realpath(path))
-    return None if store is None or store.readonly else store
-
-
-def _append_through(store: Any, command: dict[str, Any]) -> int:
+def _append_through(store: Store, command: dict[str, Any]) -> int:
     while True:
         command_id = store.view(lambda snap: _highest_id(snap.cursor(COMMANDS_DB))) + 1
         key = pending_key(command_id)
@@ -218,30 +179,14 @@ def _append_through(store: Any, command: dict[str, Any]) -> int:
         return command_id
 
 
-def _open_env(path: str | os.PathLike[str], *, readonly: bool = False) -> lmdb.Environment:
-    from herder.store._env import open_lmdb
-
+def _client(path: str | os.PathLike[str], mode: Literal["client", "readonly"]) -> Store:
     if not (pathlib.Path(path) / "data.mdb").is_file():
         raise StoreError(f"no store at {path}: a runtime creates it when it first opens it")
-    try:
-        return open_lmdb(
-            path,
-            map_size=0,  # the size the store already has
-            readonly=readonly,
-            create=False,
-            sync=True,
-            metasync=True,
-            writemap=False,
-        )
-    except lmdb.Error as exc:
-        raise StoreError(f"cannot open store {path} to send a command: {exc}") from exc
-
-
-def _commands_db(env: lmdb.Environment, path: Any) -> Any:
-    try:
-        return env.open_db(COMMANDS_DB.encode(), create=False)
-    except lmdb.NotFoundError:
+    store = Store(path, mode=mode)
+    if store._handle(COMMANDS_DB) is None:
+        store.close()
         raise StoreError(
             f"store {path} has no commands database (written by an older herder): open it "
             "once with a current Runtime"
-        ) from None
+        )
+    return store

@@ -16,8 +16,9 @@ import os
 import pathlib
 import shutil
 
-from herder.store._env import LOCK_FILE, open_lmdb
 from herder.store._errors import StoreError, StoreLocked
+from herder.store._locktable import LOCK_FILE
+from herder.store._open import open_lmdb
 from herder.store._standby import standby_waiting
 
 TMP = "compact.tmp"

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from herder.store._codec import encode
 from herder.store._keys import KEY_SEP, history_key, workflow_key
+from herder.store._ops import Put
 from herder.store._records import StepRecord, WorkflowRecord, WorkflowState
-from herder.store._writer import Put
 
 if TYPE_CHECKING:
     from herder.store._env import Store

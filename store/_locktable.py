@@ -1,4 +1,12 @@
-"""Which LMDB lock table the store's writer uses, so a second writer can tell it shares it.
+"""The locks of a store directory: herder's flock, LMDB's lock table, and whether the
+process holding them lives.
+
+The runtime that writes a store holds the flock of ``herder.lock``; the kernel drops it
+when that process dies (not when it is stopped). :func:`try_flock` takes it without
+blocking, :func:`is_held` probes it, and :func:`holder_gone` / :func:`holder_stopped`
+judge the holder a lease record names (see ``_lease.py``).
+
+Which LMDB lock table the store's writer uses, so a second writer can tell it shares it:
 
 LMDB keeps its writer mutex and reader table in ``lock.mdb``. Processes that open the
 environment while ``lock.mdb`` is the same file share them; a process that opens it after
@@ -16,10 +24,19 @@ opened itself and refuses to write on a mismatch.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import pathlib
+import socket
+from typing import TYPE_CHECKING
 
-from herder.store._errors import StoreError
+from herder.store._errors import StoreError, StoreLocked
+
+if TYPE_CHECKING:
+    from herder.store._lease import Lease
+
+HOST = socket.gethostname()
 
 LOCK_FILE = "herder.lock"
 """herder's own lock: the runtime that writes the store holds its flock."""
@@ -62,3 +79,86 @@ def check_lock_table(path: str | os.PathLike[str]) -> None:
             f"store. Nothing was written. Restart the runtime (it then uses the new "
             f"{LMDB_LOCK}), run `herder check --store {path}`, then send the command again"
         )
+
+
+def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:
+    """Open ``herder.lock`` of the store at ``path`` and take its flock if it is free;
+    return the descriptor and whether we hold the flock. Without ``wait`` (a standby
+    goes on without it) a held flock raises :class:`StoreLocked`."""
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
+    have = try_flock(fd)
+    if not have and not wait:
+        os.close(fd)
+        raise StoreLocked(
+            f"store {path} is held by another process (a running herder runtime); "
+            f"only one process may write it. To look inside while it runs, open it "
+            f"read-only: Store(path, readonly=True) or `herder ls --store {path}`; "
+            "to write, stop the other process first"
+        )
+    return fd, have
+
+
+def try_flock(fd: int) -> bool:
+    """Take the flock on ``fd`` if it is free (never blocks); True if we hold it now."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def is_held(path: str | os.PathLike[str]) -> bool:
+    """True if a process (this one included) holds the writer lock of the store at ``path``.
+
+    A probe for tools that must not open the store for writing while a runtime runs on
+    it; the answer can change right after it is given.
+    """
+    try:
+        fd = os.open(pathlib.Path(path) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot read the lock of store {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock this probe took
+    return False
+
+
+def holder_gone(lease: Lease, *, have_flock: bool) -> bool:
+    """True if the holder is known dead: we got the flock it held, or its pid is gone."""
+    if lease.flock and have_flock:
+        return True
+    if lease.host != HOST or lease.pid == os.getpid():
+        return False
+    try:
+        os.kill(lease.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError as exc:  # EPERM: the pid exists (another user's process)
+        return exc.errno != errno.EPERM
+    return False
+
+
+def holder_stopped(lease: Lease) -> bool:
+    """True if the holder is a process on this host that is stopped (SIGSTOP, a debugger).
+
+    A process stopped inside a write transaction keeps LMDB's writer mutex: nobody can
+    write the store, not even to take the expired lease, until it resumes or dies.
+    """
+    if lease.host != HOST or lease.pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{lease.pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": the state follows the last ')' (comm may contain one).
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state in (b"T", b"t")

@@ -25,8 +25,8 @@ from herder.store._codec import decode
 from herder.store._errors import ConditionFailed, StoreCorrupt
 from herder.store._history import HISTORY_DB
 from herder.store._keys import KEY_SEP, step_key, timer_key, workflow_key
+from herder.store._ops import Delete, Expect, Transition
 from herder.store._records import WorkflowState
-from herder.store._writer import Delete, Expect, Transition
 
 if TYPE_CHECKING:
     from herder.store._env import Store

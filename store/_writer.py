@@ -28,20 +28,22 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import lmdb
 
-from herder.store._codec import decode
 from herder.store._crashpoints import crash_point
-from herder.store._errors import (
-    ConditionFailed,
-    EncodeError,
-    InvalidInput,
-    StoreClosed,
-    StoreCorrupt,
-    StoreIOError,
+from herder.store._errors import InvalidInput, StoreClosed, StoreIOError
+from herder.store._ops import (
+    BatchSink,
+    Callback,
+    Delete,
+    Ops,
+    Outcome,
+    Put,
+    Transition,
+    check,
+    validate,
 )
 
 log = logging.getLogger(__name__)
@@ -51,57 +53,6 @@ MAX_BATCH = 10_000
 
 MAX_MAP_SIZE = 2**40
 """The writer refuses to grow the map beyond 1 TiB; such a batch fails with StoreIOError."""
-
-
-@dataclass(frozen=True, slots=True)
-class Put:
-    """Store ``value`` (already msgpack-encoded) under ``key`` in database ``db``."""
-
-    db: str
-    key: bytes
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    """Remove ``key`` from database ``db``; deleting a missing key is not an error."""
-
-    db: str
-    key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Expect:
-    """A compare-and-set condition checked inside the write transaction.
-
-    It sees the effects of earlier transitions of the same batch.
-
-    - ``exists=False``: the key must be absent.
-    - ``field=None`` (and ``exists=True``): the key must exist.
-    - otherwise the decoded record (a map) must hold ``value`` under ``field``.
-    """
-
-    db: str
-    key: bytes
-    field: str | None = None
-    value: Any = None
-    exists: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """Operations applied atomically, all or nothing, if every ``expect`` holds."""
-
-    ops: tuple[Put | Delete, ...]
-    expect: tuple[Expect, ...] = ()
-
-
-Outcome = BaseException | None
-Callback = Callable[[list[Outcome]], None]
-Ops = dict[tuple[str, bytes], "bytes | None"]
-"""Plain writes: ``(db, key) -> encoded value``, or None to delete the key."""
-BatchSink = Callable[[list[Any], Outcome], None]
-"""Called once per write transaction with the effects of every batch it held, in order."""
 
 
 class _Batch:
@@ -244,33 +195,7 @@ class Writer:
         _call_sink(sink, effects, StoreClosed("the store writer is closed; reopen the store"))
 
     def _validate(self, t: Transition) -> None:
-        handles = self._handles
-        for op in t.ops:
-            if op.db not in handles:
-                raise InvalidInput(f"unknown database {op.db!r}; use one of {sorted(handles)}")
-            key = op.key
-            if type(key) is not bytes or not 0 < len(key) <= self._max_key:
-                raise InvalidInput(
-                    f"key for database {op.db!r} must be 1..{self._max_key} bytes, got {key!r:.80}"
-                )
-            if type(op) is Put:
-                if type(op.value) is not bytes:
-                    raise InvalidInput(
-                        f"Put value must be msgpack-encoded bytes (use encode()), "
-                        f"got {type(op.value).__name__}"
-                    )
-                # The limit guards against user payloads; meta holds herder's own records.
-                limit = None if op.db == "meta" else self._max_value
-                if limit is not None and len(op.value) > limit:
-                    raise EncodeError(
-                        f"value for {op.db!r} key {key!r:.80} is {len(op.value)} bytes; the "
-                        f"limit is {limit}: store large payloads elsewhere"
-                    )
-            elif type(op) is not Delete:
-                raise InvalidInput(f"a transition's ops must be Put or Delete, got {op!r:.80}")
-        for e in t.expect:
-            if e.db not in handles:
-                raise InvalidInput(f"unknown database {e.db!r}; use one of {sorted(handles)}")
+        validate(t, self._handles, self._max_key, self._max_value)
 
     # ------------------------------------------------------------------ waiting
 
@@ -402,7 +327,7 @@ class Writer:
             results: list[Outcome] = []
             for t in entry[0]:
                 if t.expect:
-                    failed = self._check(txn, t.expect, pending)
+                    failed = check(txn, self._handles, t.expect, pending)
                     if failed is not None:
                         results.append(failed)
                         continue
@@ -447,34 +372,6 @@ class Writer:
         )
         error.__cause__ = exc
         return _all(batch, error)
-
-    def _check(self, txn: lmdb.Transaction, expects: tuple[Expect, ...], pending: Ops) -> Outcome:
-        handles = self._handles
-        for e in expects:
-            if (e.db, e.key) in pending:
-                raw = pending[(e.db, e.key)]
-            else:
-                raw = cast("bytes | None", txn.get(e.key, db=handles[e.db]))
-            if not e.exists:
-                if raw is not None:
-                    return ConditionFailed(f"{e.db} key {e.key!r} exists but was expected absent")
-                continue
-            if raw is None:
-                return ConditionFailed(f"{e.db} key {e.key!r} is absent but was expected")
-            if e.field is None:
-                continue
-            try:
-                record = decode(raw, db=e.db, key=e.key)
-            except StoreCorrupt as exc:
-                return exc
-            if not isinstance(record, dict) or e.field not in record:
-                return ConditionFailed(f"{e.db} key {e.key!r} has no field {e.field!r}")
-            if record[e.field] != e.value:
-                return ConditionFailed(
-                    f"{e.db} key {e.key!r}: {e.field} is {record[e.field]!r:.80}, "
-                    f"expected {e.value!r:.80}"
-                )
-        return None
 
     def _resolve(self, batch: list[_Entry], outcomes: list[list[Outcome]], n: int) -> None:
         sinks: dict[BatchSink, tuple[list[Any], Outcome]] = {}

@@ -23,8 +23,7 @@ from herder.runtime import (
     Workflow,
 )
 from herder.store import ConditionFailed, Lease, Put, Store, StoreError, Transition, encode
-from herder.store._env import _renewal
-from herder.store._lease import LEASE_KEY, why_takeable
+from herder.store._lease import LEASE_KEY, renewal, why_takeable
 
 
 def _foreign(lease: Lease) -> Transition:
@@ -89,7 +88,7 @@ def test_a_renewal_never_revives_a_released_lease(tmp_path: pathlib.Path) -> Non
         )
         released = store.writer.submit(release)
         late = store.writer.submit(
-            _renewal(lease, dataclasses.replace(lease, expires=time.time() + 60))
+            renewal(lease, dataclasses.replace(lease, expires=time.time() + 60))
         )
         go.set()
         first.result(timeout=10)

@@ -24,6 +24,7 @@ from herder.store import (
     Transition,
     WorkflowRecord,
     encode,
+    pending_commands,
     step_key,
 )
 
@@ -183,3 +184,42 @@ def test_a_store_written_before_checksums_is_refused_clearly(tmp_path: pathlib.P
     raw_put(path, b"meta", b"schema", msgpack.packb(1))  # schema 1: bare msgpack values
     with pytest.raises(StoreError, match="written before records carried checksums"):
         Store(path)
+
+
+def test_a_client_open_appends_while_the_writer_runs_and_has_no_writer_itself(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "s"
+    with Store(path) as s:
+        incarnation = s.incarnation
+        client = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys\n"
+                "from herder.store import Store, StoreError, append_command, new_command\n"
+                "with Store(sys.argv[1], mode='client') as c:\n"
+                "    try:\n"
+                "        c.writer\n"
+                "    except StoreError as exc:\n"
+                "        print('no writer:', 'as a client' in str(exc))\n"
+                "print(append_command(sys.argv[1], new_command('retry', 'w1', who='t', why='test')))\n",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert client.stdout.split("\n")[:2] == ["no writer: True", "1"]
+        assert [c["id"] for c in pending_commands(s)] == [1]
+        assert s.read_lease() == s.lease  # the client took no lease
+    with Store(path, readonly=True) as ro:
+        assert ro.incarnation == incarnation  # nor an incarnation
+
+
+def test_a_mode_that_does_not_exist_is_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(InvalidInput, match="mode must be"):
+        Store(tmp_path / "s", mode="sideways")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="mode must be"):
+        Store(tmp_path / "s", mode="client", readonly=True)

@@ -1,0 +1,207 @@
+"""Opening a store's LMDB environment: the directory, the named databases, the schema.
+
+Functions only; the :class:`~herder.store.Store` (``_env.py``) keeps what they open.
+:func:`open_lmdb` holds the settings every opener of a store directory shares.
+``lmdb.Error`` is translated into the :class:`HerderError` tree here (:func:`translate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import stat
+from typing import Any, cast
+
+import lmdb
+
+from herder.store import _recent as recent
+from herder.store._codec import decode, encode, legacy_int
+from herder.store._errors import SchemaTooNew, StoreCorrupt, StoreError, StoreIOError
+from herder.store._locktable import LOCK_FILE, check_lock_table, is_held
+from herder.store._recent import RECENT_AT_DB, RECENT_DB
+from herder.store._records import SCHEMA_VERSION
+
+DATABASES = (
+    "workflows",
+    "steps",
+    "timers",
+    "meta",
+    "definitions",
+    "history",
+    "commands",
+    "resources",
+    "schedules",
+    RECENT_DB,
+    RECENT_AT_DB,
+)
+"""The named databases of a store."""
+
+ADDED_LATER = frozenset({"resources", "schedules", RECENT_DB, RECENT_AT_DB})
+"""Databases a store written by an older version may lack; read-only opens see them empty."""
+
+MAX_DBS = 16
+"""Named databases an environment may hold: room for the ones later versions add."""
+MAX_READERS = 126
+
+Handles = dict[str, Any]
+
+
+def open_lmdb(path: str | os.PathLike[str], **options: Any) -> lmdb.Environment:
+    """``lmdb.open`` of a store directory with the settings every opener shares (room
+    for the named databases, LMDB's lock table, no readahead, the reader slots) plus
+    ``options``."""
+    return lmdb.open(
+        str(path),
+        max_dbs=MAX_DBS,
+        subdir=True,
+        lock=True,
+        readahead=False,
+        max_readers=MAX_READERS,
+        **options,
+    )
+
+
+def prepare_dir(path: pathlib.Path) -> None:
+    """Create the store directory (mode 700), or refuse one others may write."""
+    if path.exists():
+        mode = path.stat().st_mode
+        if not stat.S_ISDIR(mode):
+            raise StoreError(f"store path {path} exists and is not a directory")
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise StoreError(
+                f"store directory {path} is writable by group or others "
+                f"(mode {stat.S_IMODE(mode):o}); run `chmod 700 {path}` and retry"
+            )
+        return
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        path.chmod(0o700)
+    except OSError as exc:
+        raise StoreError(f"cannot create store directory {path}: {exc}") from exc
+
+
+def protect_files(path: pathlib.Path) -> None:
+    """Make the store's files readable by their owner only."""
+    for name in ("data.mdb", "lock.mdb", LOCK_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (path / name).chmod(0o600)
+
+
+def open_for_writing(path: pathlib.Path, map_size: int) -> tuple[lmdb.Environment, Handles]:
+    """Open the environment for writing and its databases (created if missing)."""
+    try:
+        env = open_lmdb(
+            path,
+            map_size=map_size,
+            readonly=False,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            mode=0o600,
+        )
+    except lmdb.Error as exc:
+        raise translate(exc, f"cannot open LMDB environment at {path}") from exc
+    try:
+        env.reader_check()
+        # An explicit write transaction: open_db's own would wait for LMDB's writer
+        # mutex while holding the GIL, freezing every thread of this process.
+        with env.begin(write=True) as txn:
+            handles = {n: env.open_db(n.encode(), txn=txn, create=True) for n in DATABASES}
+            if txn.get(b"schema", db=handles["meta"]) is None:
+                txn.put(b"schema", encode(SCHEMA_VERSION), db=handles["meta"])
+            recent.build(txn, handles)  # once, for a store older than the index
+    except lmdb.Error as exc:
+        env.close()
+        raise translate(exc, f"cannot initialise store {path}") from exc
+    return env, handles
+
+
+def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment, Handles]:
+    """Open a store some writer created, to read it or (``write``: a client that may
+    append while its runtime runs) to write to it directly."""
+    if not (path / "data.mdb").is_file():
+        raise StoreError(
+            f"no store at {path}: it is created by the first writer open "
+            "(Store(path) without readonly=True)"
+        )
+    options: dict[str, Any] = {"readonly": True}
+    if write:  # the size the store has; the settings every writer uses
+        options = {"map_size": 0, "create": False, "sync": True, "metasync": True}
+    try:
+        env = open_lmdb(path, writemap=False, **options)
+    except lmdb.Error as exc:
+        raise translate(exc, f"cannot open LMDB environment at {path}") from exc
+    try:
+        if write and is_held(path):
+            check_lock_table(path)  # one writer mutex with the running runtime
+        env.reader_check()
+        handles = {}
+        for name in DATABASES:
+            try:
+                handles[name] = env.open_db(name.encode(), create=False)
+            except lmdb.NotFoundError:
+                # Written by an older version that never created it: read as empty.
+                if name not in ADDED_LATER:
+                    raise
+    except lmdb.NotFoundError as exc:
+        env.close()
+        raise StoreError(
+            f"{path} is not a herder store (a named database is missing): {exc}; a "
+            "current Runtime opening it once adds it"
+        ) from exc
+    except lmdb.Error as exc:
+        env.close()
+        raise translate(exc, f"cannot read store {path}") from exc
+    except BaseException:
+        env.close()
+        raise
+    return env, handles
+
+
+def read_schema(txn: lmdb.Transaction, meta: Any, path: pathlib.Path) -> tuple[int, int]:
+    """The store's schema version and incarnation; :class:`SchemaTooNew` if this herder
+    cannot read it."""
+    schema = meta_int(txn, meta, b"schema", path)
+    if schema is not None and schema > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"store {path} has schema version {schema}; this herder understands up to "
+            f"{SCHEMA_VERSION}: upgrade herder to open it"
+        )
+    return schema or SCHEMA_VERSION, meta_int(txn, meta, b"incarnation", path) or 0
+
+
+def meta_int(txn: lmdb.Transaction, meta: Any, key: bytes, path: pathlib.Path) -> int | None:
+    """The int stored under ``key`` in ``meta``, or None."""
+    raw = cast("bytes | None", txn.get(key, db=meta))
+    if raw is None:
+        return None
+    try:
+        value = decode(raw, db="meta", key=key)
+    except StoreCorrupt:
+        old = legacy_int(raw) if key == b"schema" else None
+        if old is None or old >= SCHEMA_VERSION:
+            raise
+        raise StoreError(
+            f"store {path} has schema version {old}, written before records carried "
+            f"checksums; this herder reads schema {SCHEMA_VERSION}: start a new store "
+            "(there is no migration yet)"
+        ) from None
+    if type(value) is not int:
+        raise StoreCorrupt("meta", key, f"expected an int, got {type(value).__name__}")
+    return value
+
+
+def translate(exc: lmdb.Error, what: str) -> StoreError:
+    """Map an ``lmdb.Error`` onto the HerderError tree, with a hint."""
+    if isinstance(exc, lmdb.ReadersFullError):
+        return StoreError(
+            f"{what}: too many readers ({exc}); close idle read-only stores or other processes"
+        )
+    if isinstance(exc, lmdb.DiskError | lmdb.MapFullError):
+        return StoreIOError(f"{what}: {exc}; check free disk space and permissions")
+    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
+        return StoreError(f"{what}: {exc}; the files look damaged or foreign, restore a backup")
+    if isinstance(exc, lmdb.VersionMismatchError | lmdb.IncompatibleError):
+        return StoreError(f"{what}: {exc}; the store was written by an incompatible LMDB")
+    return StoreError(f"{what}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,136 @@
+"""What a write is: the operations the writer applies and the checks around them.
+
+A :class:`Transition` is a few :class:`Put`/:class:`Delete` operations applied all or
+nothing if every :class:`Expect` condition holds. :data:`Ops` is the Scheduler's plain
+form, ``(db, key) -> bytes | None`` with no conditions. :func:`validate` refuses a
+malformed transition before it is queued; :func:`check` evaluates conditions inside the
+write transaction, through the batch's pending writes. The thread that applies them is
+``_writer.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import lmdb
+
+from herder.store._codec import decode
+from herder.store._errors import ConditionFailed, EncodeError, InvalidInput, StoreCorrupt
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Store ``value`` (already msgpack-encoded) under ``key`` in database ``db``."""
+
+    db: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Remove ``key`` from database ``db``; deleting a missing key is not an error."""
+
+    db: str
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """A compare-and-set condition checked inside the write transaction.
+
+    It sees the effects of earlier transitions of the same batch.
+
+    - ``exists=False``: the key must be absent.
+    - ``field=None`` (and ``exists=True``): the key must exist.
+    - otherwise the decoded record (a map) must hold ``value`` under ``field``.
+    """
+
+    db: str
+    key: bytes
+    field: str | None = None
+    value: Any = None
+    exists: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Operations applied atomically, all or nothing, if every ``expect`` holds."""
+
+    ops: tuple[Put | Delete, ...]
+    expect: tuple[Expect, ...] = ()
+
+
+Outcome = BaseException | None
+Callback = Callable[[list[Outcome]], None]
+Ops = dict[tuple[str, bytes], "bytes | None"]
+"""Plain writes: ``(db, key) -> encoded value``, or None to delete the key."""
+BatchSink = Callable[[list[Any], Outcome], None]
+"""Called once per write transaction with the effects of every batch it held, in order."""
+
+
+def validate(
+    t: Transition, handles: Mapping[str, Any], max_key: int, max_value: int | None
+) -> None:
+    """Raise :class:`InvalidInput` (or :class:`EncodeError` for a value over ``max_value``)
+    if ``t`` names an unknown database, a bad key or a value that is not encoded bytes."""
+    for op in t.ops:
+        if op.db not in handles:
+            raise InvalidInput(f"unknown database {op.db!r}; use one of {sorted(handles)}")
+        key = op.key
+        if type(key) is not bytes or not 0 < len(key) <= max_key:
+            raise InvalidInput(
+                f"key for database {op.db!r} must be 1..{max_key} bytes, got {key!r:.80}"
+            )
+        if type(op) is Put:
+            if type(op.value) is not bytes:
+                raise InvalidInput(
+                    f"Put value must be msgpack-encoded bytes (use encode()), "
+                    f"got {type(op.value).__name__}"
+                )
+            # The limit guards against user payloads; meta holds herder's own records.
+            limit = None if op.db == "meta" else max_value
+            if limit is not None and len(op.value) > limit:
+                raise EncodeError(
+                    f"value for {op.db!r} key {key!r:.80} is {len(op.value)} bytes; the "
+                    f"limit is {limit}: store large payloads elsewhere"
+                )
+        elif type(op) is not Delete:
+            raise InvalidInput(f"a transition's ops must be Put or Delete, got {op!r:.80}")
+    for e in t.expect:
+        if e.db not in handles:
+            raise InvalidInput(f"unknown database {e.db!r}; use one of {sorted(handles)}")
+
+
+def check(
+    txn: lmdb.Transaction, handles: Mapping[str, Any], expects: tuple[Expect, ...], pending: Ops
+) -> Outcome:
+    """The first of ``expects`` that does not hold, as the error that skips its
+    transition, or None; ``pending`` (the batch's earlier writes) is read before ``txn``."""
+    for e in expects:
+        if (e.db, e.key) in pending:
+            raw = pending[(e.db, e.key)]
+        else:
+            raw = cast("bytes | None", txn.get(e.key, db=handles[e.db]))
+        if not e.exists:
+            if raw is not None:
+                return ConditionFailed(f"{e.db} key {e.key!r} exists but was expected absent")
+            continue
+        if raw is None:
+            return ConditionFailed(f"{e.db} key {e.key!r} is absent but was expected")
+        if e.field is None:
+            continue
+        try:
+            record = decode(raw, db=e.db, key=e.key)
+        except StoreCorrupt as exc:
+            return exc
+        if not isinstance(record, dict) or e.field not in record:
+            return ConditionFailed(f"{e.db} key {e.key!r} has no field {e.field!r}")
+        if record[e.field] != e.value:
+            return ConditionFailed(
+                f"{e.db} key {e.key!r}: {e.field} is {record[e.field]!r:.80}, "
+                f"expected {e.value!r:.80}"
+            )
+    return None
