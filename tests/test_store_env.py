@@ -203,7 +203,8 @@ def test_a_client_open_appends_while_the_writer_runs_and_has_no_writer_itself(
                 "        c.writer\n"
                 "    except StoreError as exc:\n"
                 "        print('no writer:', 'as a client' in str(exc))\n"
-                "print(append_command(sys.argv[1], new_command('retry', 'w1', who='t', why='test')))\n",
+                "command = new_command('retry', 'w1', who='t', why='test')\n"
+                "print(append_command(sys.argv[1], command))\n",
                 str(path),
             ],
             capture_output=True,
