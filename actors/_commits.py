@@ -1,16 +1,25 @@
-"""The commit pipeline: each flush's writes per workflow, one commit in flight per
-workflow, and keeping the promises a durable batch makes."""
+"""The commit pipeline: the engine's decisions as each flush's writes per workflow (keys,
+timers and history events derived here), one commit in flight per workflow, and keeping
+the promises a durable batch makes."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
-from herder.actors._clock import Clock
 from herder.actors._engine import EngineContext
-from herder.actors._run import WorkflowRun
-from herder.actors.engine import Announce, Effect, Refuse, Reply, Resolve
+from herder.actors.engine import (
+    Announce,
+    Decision,
+    Effect,
+    HistoryWrite,
+    Refuse,
+    Reply,
+    Resolve,
+    StepWrite,
+    TimerDelete,
+    WorkflowWrite,
+)
 from herder.store import (
     Delete,
     Ops,
@@ -76,16 +85,12 @@ class CommitPipeline:
     dependent's DISPATCHED).
     """
 
-    __slots__ = ("_clock", "_next_token", "committing", "note", "open")
+    __slots__ = ("_next_token", "committing", "open")
 
-    def __init__(self, clock: Clock, next_token: Callable[[], int]) -> None:
-        self._clock = clock
+    def __init__(self, next_token: Callable[[], int]) -> None:
         self._next_token = next_token
         self.open: dict[str, Txn] = {}
         self.committing: set[str] = set()
-        # The traceback of the attempt whose failure is being recorded: it goes into the
-        # history event of the step change that records the error (see _answered).
-        self.note: str | None = None
 
     def txn(self, workflow_id: str) -> Txn:
         """The workflow's transaction in this flush, opened on first use."""
@@ -98,27 +103,36 @@ class CommitPipeline:
         """True while a transition of the workflow is not yet known durable."""
         return workflow_id in self.committing or workflow_id in self.open
 
-    def put_step(self, run: WorkflowRun, old: StepRecord, new: StepRecord) -> None:
-        """Record a step's new state in memory and in its workflow's transaction."""
-        run.steps[new.name] = new
-        txn = self.txn(run.record.id)
-        txn.put_step(old, new)
-        event = step_event(old, new, self._clock.time())
-        if event is not None and self.note is not None and event.get("error"):
-            event["traceback"] = self.note
-        if event is not None:  # a transition, not a heartbeat: one history put, same commit
-            txn.put(history_put(run.record.id, self._next_token(), event))
-
-    def set_record(self, run: WorkflowRun, **changes: Any) -> WorkflowRecord:
-        """Change the run's workflow record and write it into the run's transaction."""
-        old = run.record
-        run.record = old.evolve(updated=self._clock.time(), **changes)
-        txn = self.txn(old.id)
-        txn.put_workflow(run.record)
-        if run.record.state is not old.state:
-            event = workflow_event(old.state, run.record)
-            txn.put(history_put(old.id, self._next_token(), event))
-        return run.record
+    def apply(self, decision: Decision) -> None:
+        """Add a decision's writes (each step and workflow change with its history event,
+        one per transition, in the order they were made) and its after-commit effects."""
+        for write in decision.writes:
+            if type(write) is StepWrite:
+                txn = self.txn(write.workflow_id)
+                txn.put_step(write.old, write.new)
+                if write.old is None:
+                    continue
+                event = step_event(write.old, write.new, write.now)
+                if event is None:
+                    continue  # not a transition (a heartbeat): no history event
+                if write.note is not None and event.get("error"):
+                    event["traceback"] = write.note
+                txn.put(history_put(write.workflow_id, self._next_token(), event))
+            elif type(write) is WorkflowWrite:
+                old, new = write.old, write.new
+                txn = self.txn(new.id)
+                txn.put_workflow(new)
+                if new.state is not old.state:
+                    txn.put(history_put(new.id, self._next_token(), workflow_event(old.state, new)))
+            elif type(write) is HistoryWrite:
+                history = history_put(write.workflow_id, self._next_token(), write.event)
+                self.txn(write.workflow_id).put(history)
+            else:
+                assert type(write) is TimerDelete
+                key = timer_key(write.due_ms, write.workflow_id, write.step)
+                self.txn(write.workflow_id).delete_timer(key)
+        for workflow_id, effect in decision.effects:
+            self.txn(workflow_id).effects.append(effect)
 
     def take(self) -> tuple[Ops, list[tuple[str, list[Effect]]]]:
         """The writes that may be committed now (their workflow has none in flight),

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from herder.actors._errors import InvalidState, UnknownWorkflow
 from herder.actors._messages import Commands, Operate
 from herder.actors._recovery import release, take_back
-from herder.actors._run import WorkflowRun
 from herder.actors.engine import (
     RESTARTABLE,
     SKIPPABLE,
@@ -24,6 +23,7 @@ from herder.actors.engine import (
     Announce,
     Refuse,
     Resolve,
+    WorkflowRun,
     abandoned_step,
     given_up,
     orphan_given_up,
@@ -34,7 +34,6 @@ from herder.actors.engine import (
 from herder.store import (
     HerderError,
     InvalidInput,
-    StepRecord,
     StepState,
     WorkflowRecord,
     WorkflowState,
@@ -64,12 +63,14 @@ def operate(s: Scheduler, op: Operate) -> Future[None]:
             f"unknown operator action {op.action!r}; use one of {', '.join(_OPERATIONS)}"
         )
     done: Future[None] = Future()
+    s._engine.at(s._clock.time(), s._rand.random)
     # Not taken back yet (a restart's backlog, a reload, a start on its way): the action
     # applies now, and what it leaves to run resumes right after it.
     fresh = take_back(s, op.workflow_id)
     try:
         run = handler(s, op)
     except BaseException as exc:
+        s._perform(s._engine.take())
         ending = s._commits.pending(op.workflow_id) and fresh is None
         _resume(s, fresh)
         if not isinstance(exc, InvalidState) or not ending:
@@ -80,10 +81,13 @@ def operate(s: Scheduler, op: Operate) -> Future[None]:
         s._commits.txn(op.workflow_id).effects.append(Refuse(done, exc))
         s._after_message()
         return done
+    s._perform(s._engine.take())
     _resume(s, fresh)
     s._commits.txn(op.workflow_id).effects.append(Resolve(done))
-    if run is not None and run.record.id in s._runs:
-        s._advance(run)
+    if run is not None and run.record.id in s._engine.runs:
+        s._engine.at(s._clock.time(), s._rand.random)
+        s._engine.advance(run)
+        s._perform(s._engine.take())
     s._after_message()
     return done
 
@@ -98,7 +102,7 @@ def _operable(
     s: Scheduler, op: Operate, allowed: tuple[WorkflowState, ...]
 ) -> tuple[WorkflowRun, bool]:
     """The run an operator action applies to, loaded if it is parked; (run, was_parked)."""
-    run = s._runs.get(op.workflow_id)
+    run = s._engine.runs.get(op.workflow_id)
     if run is not None:
         if run.record.state not in allowed:
             raise InvalidState(_not_in(op, run.record.state, allowed))
@@ -117,14 +121,14 @@ def _operable(
             f"{record.version}; register it with add_workflow before {op.action}"
         )
     steps = {s.name: s for s in plan_steps(record, s._store.steps_of(op.workflow_id), plan)}
-    run = WorkflowRun(record, plan, steps, s._specs_of(plan, record))
+    run = WorkflowRun(record, plan, steps, s._engine.specs_of(plan, record))
     return run, True
 
 
 def _adopt(s: Scheduler, run: WorkflowRun, parked: bool) -> None:
     """Make a parked run active again (after the action was validated)."""
     if parked:
-        s._runs[run.record.id] = run
+        s._engine.runs[run.record.id] = run
         if s._ctx.on_resumed is not None:
             s._ctx.on_resumed()
 
@@ -145,19 +149,6 @@ def _note_operator(s: Scheduler, op: Operate) -> None:
     txn.put(history_put(op.workflow_id, s._ctx.next_token(), event))
     if op.command is not None:
         txn.put(*finished_ops(op.command, None, now))
-
-
-def _fence(s: Scheduler, run: WorkflowRun, st: StepRecord, *, replace: bool) -> None:
-    """Supersede the attempt (if any) running this step; its answer is then ignored."""
-    attempt = s._inflight.pop(st.token, None)
-    run.attempts.discard(st.token)
-    run.queued.discard(st.name)
-    if attempt is not None:
-        attempt.port.superseded = True
-        if s._admission.abandoned(attempt.agent, st.token):
-            s._dirty_agents.add(attempt.agent)  # it was a breaker's half-open probe
-        if replace:
-            s._hosted.replace(attempt.agent, attempt.instance)
 
 
 def _not_loaded(s: Scheduler, op: Operate, record: WorkflowRecord | None = None) -> HerderError:
@@ -188,24 +179,23 @@ def _give_up_orphans(s: Scheduler, run: WorkflowRun, why: str) -> None:
     running again; marked done, since they may have taken effect, so they are undone."""
     now = s._clock.time()
     for st in list(run.steps.values()):
-        if st.state is StepState.DISPATCHED and st.token not in s._inflight:
-            _fence(s, run, st, replace=False)
+        if st.state is StepState.DISPATCHED and st.token not in s._engine.inflight:
+            s._engine.supersede(run, st, replace=False)
             failed = orphan_given_up(st, why, token=s._ctx.next_token(), now=now)
-            s._commits.put_step(run, st, failed)
+            s._engine.put_step(run, st, failed)
 
 
 def _op_cancel(s: Scheduler, op: Operate) -> WorkflowRun:
-    run = s._runs.get(op.workflow_id)
+    run = s._engine.runs.get(op.workflow_id)
     if run is None:
         raise _not_loaded(s, op)
     _note_operator(s, op)
     _give_up_orphans(s, run, "cancelled")
     if run.record.state is WorkflowState.COMPENSATING:
-        s._commits.set_record(run, cancelled=True)
+        s._engine.set_record(run, cancelled=True)
     else:
-        s._begin_compensation(run, "cancelled by request", cancelled=True)
-    for token in run.attempts:
-        s._inflight[token].port.cancelled = True
+        s._engine.begin_compensation(run, "cancelled by request", cancelled=True)
+    s._engine.cancel_attempts(run)
     return run
 
 
@@ -217,16 +207,16 @@ def _op_retry(s: Scheduler, op: Operate) -> WorkflowRun:
     _note_operator(s, op)
     stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
     if stuck:
-        s._commits.set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
+        s._engine.set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
         now = s._clock.time()
         for st in stuck:
-            s._commits.put_step(run, st, undo_again(st, now))
-            s._enqueue(run, st.name, compensating=True)
+            s._engine.put_step(run, st, undo_again(st, now))
+            s._engine.enqueue(run, st.name, compensating=True)
     else:
-        s._commits.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
+        s._engine.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
         for st in list(run.steps.values()):
             if st.state in RESTARTABLE:
-                s._commits.put_step(run, st, restarted(st, s._ctx.next_token()))
+                s._engine.put_step(run, st, restarted(st, s._ctx.next_token()))
     return run
 
 
@@ -262,10 +252,10 @@ def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
     if st.state is StepState.COMPENSATING:
         _adopt(s, run, parked)
         _note_operator(s, op)
-        _fence(s, run, st, replace=True)
-        s._commits.put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
+        s._engine.supersede(run, st, replace=True)
+        s._engine.put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
         if run.record.state is not WorkflowState.COMPENSATING:
-            s._commits.set_record(run, state=WorkflowState.COMPENSATING)
+            s._engine.set_record(run, state=WorkflowState.COMPENSATING)
         return run
     if st.state not in SKIPPABLE or undoing:
         raise InvalidState(
@@ -276,13 +266,13 @@ def _op_skip(s: Scheduler, op: Operate) -> WorkflowRun:
         )
     _adopt(s, run, parked)
     _note_operator(s, op)
-    _fence(s, run, st, replace=True)
+    s._engine.supersede(run, st, replace=True)
     skipped = settled(
         st, StepState.SUCCEEDED, token, now, result=result, done_token=token, succeeded=True
     )
-    s._commits.put_step(run, st, skipped)
+    s._engine.put_step(run, st, skipped)
     if run.record.state is not WorkflowState.RUNNING:
-        s._commits.set_record(run, state=WorkflowState.RUNNING, error=None)
+        s._engine.set_record(run, state=WorkflowState.RUNNING, error=None)
     return run
 
 
@@ -295,25 +285,24 @@ def _op_compensate(s: Scheduler, op: Operate) -> WorkflowRun:
     reason = f"compensation requested by {op.who or 'an operator'}: {op.why or ''}".rstrip(": ")
     for st in list(run.steps.values()):
         if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
-            s._commits.put_step(run, st, undo_again(st, now))
-            s._enqueue(run, st.name, compensating=True)
+            s._engine.put_step(run, st, undo_again(st, now))
+            s._engine.enqueue(run, st.name, compensating=True)
         elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
             parked and st.state is StepState.DISPATCHED
         ):
             # Nothing will settle these any more; what runs of them is fenced out.
-            _fence(s, run, st, replace=False)
-            s._commits.put_step(run, st, given_up(st, token=s._ctx.next_token(), now=now))
+            s._engine.supersede(run, st, replace=False)
+            s._engine.put_step(run, st, given_up(st, token=s._ctx.next_token(), now=now))
     if run.record.state is WorkflowState.COMPENSATING:
-        s._commits.set_record(run, error=reason)
+        s._engine.set_record(run, error=reason)
     else:
-        s._begin_compensation(run, reason)
-    for token in run.attempts:
-        s._inflight[token].port.cancelled = True
+        s._engine.begin_compensation(run, reason)
+    s._engine.cancel_attempts(run)
     return run
 
 
 def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
-    run = s._runs.get(op.workflow_id)
+    run = s._engine.runs.get(op.workflow_id)
     error = f"abandoned by {op.who or 'an operator'}" + (f": {op.why}" if op.why else "")
     now = s._clock.time()
     if run is not None:
@@ -321,8 +310,8 @@ def _op_abandon(s: Scheduler, op: Operate) -> WorkflowRun | None:
         for st in list(run.steps.values()):
             new = abandoned_step(st, s._ctx.next_token, now)
             if new is not None:
-                s._commits.put_step(run, st, new)
-        s._finish(run, WorkflowState.ABANDONED, error=error)
+                s._engine.put_step(run, st, new)
+        s._engine.finish(run, WorkflowState.ABANDONED, error=error)
         return None
     record = s._store.get_workflow(op.workflow_id)
     if record is None:

@@ -20,10 +20,8 @@ from typing import Any
 
 import msgpack
 
-from herder.actors.engine import OutcomeKind
+from herder.actors.engine import OutcomeKind, probe_name
 from herder.store import InvalidInput, UserCodeFailed, contain
-
-PROBE_PREFIX = "probe_"
 
 DONE, NOT_DONE, RUNNING = (
     OutcomeKind.DONE.value,
@@ -107,11 +105,6 @@ def parse_task_token(value: object) -> tuple[str, str, int]:
     ):
         raise bad
     return parts[0], parts[1], parts[2]
-
-
-def probe_name(action: str) -> str:
-    """The name of the probe method for ``action``."""
-    return PROBE_PREFIX + action
 
 
 def has_probe(factory: Callable[[], object], action: str) -> bool:

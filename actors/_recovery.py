@@ -1,5 +1,6 @@
 """Bringing workflows back into memory: after a restart, once their definition comes,
-after a failed commit (reload, with a backoff), and counting crashes against suspects.
+and after a failed commit (reload, with a backoff). What a workflow resumes (and the
+crash counted against it) is the engine's (``Resumed``).
 
 The store is the truth; these read it and hand each unfinished workflow to the
 Scheduler's state machine, so they take the Scheduler as first argument.
@@ -13,23 +14,12 @@ from typing import TYPE_CHECKING
 
 from herder.actors._commit_backoff import Reload
 from herder.actors._messages import Define
-from herder.actors._run import WorkflowRun
-from herder.actors.engine import (
-    Refuse,
-    Resolve,
-    poison_message,
-    poisoned,
-    resumes,
-    running_at_crash,
-    with_timer,
-)
+from herder.actors.engine import Refuse, Resolve, WorkflowRun
 from herder.store import (
     Plan,
-    StepState,
     StoreCorrupt,
     StoreIOError,
     WorkflowRecord,
-    WorkflowState,
     pending_commands,
 )
 
@@ -73,7 +63,7 @@ def recover_all(s: Scheduler) -> None:
         if record.state.is_final:
             continue
         unfinished += 1
-        if record.id in s._runs:
+        if record.id in s._engine.runs:
             continue
         s._recovered.add(record.id)
         if (record.name, record.version) in s._ctx.plans:
@@ -138,20 +128,22 @@ def _reload(s: Scheduler, workflow_id: str) -> None:
 
 def _forget(s: Scheduler, workflow_id: str) -> None:
     """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
-    run = s._runs.pop(workflow_id, None)
+    engine = s._engine
+    run = engine.runs.get(workflow_id)
+    attempts = [] if run is None else [engine.inflight.get(t) for t in run.attempts]
+    engine.forget(workflow_id)
     held = s._commits.drop(workflow_id)
     for effect in () if held is None else held.effects:
         if isinstance(effect, Resolve | Refuse) and not effect.future.done():
             effect.future.set_exception(
                 StoreIOError(f"workflow {workflow_id!r} was reloaded after a failed commit")
             )
-    for token in () if run is None else run.attempts:
-        attempt = s._inflight.pop(token, None)
+    for attempt in attempts:
         # An attempt already sent keeps its instance busy until its (now stale) answer
         # arrives; one never sent frees its reservation now.
         if attempt is None or attempt.sent:
             continue
-        if s._hosted.release(attempt.agent, attempt.instance, token, s._clock.time()):
+        if s._hosted.release(attempt.agent, attempt.instance, attempt.token, s._clock.time()):
             s._dirty_agents.add(attempt.agent)
 
 
@@ -222,7 +214,7 @@ def take_back(s: Scheduler, workflow_id: str) -> tuple[WorkflowRun, bool, bool] 
     applied, or None if there is nothing to take back: the workflow is in memory,
     unknown, final, awaits its definition, or its last transition is being written.
     """
-    if workflow_id in s._runs or s._commits.pending(workflow_id):
+    if workflow_id in s._engine.runs or s._commits.pending(workflow_id):
         return None
     record = s._store.get_workflow(workflow_id)
     if record is None or record.state.is_final:
@@ -258,44 +250,3 @@ def release(s: Scheduler, record: WorkflowRecord) -> str:
 def is_awaiting(s: Scheduler, workflow_id: str) -> bool:
     """True if the workflow is parked until its definition is registered."""
     return any(workflow_id in ids for ids in s._awaiting.values())
-
-
-def count_crash(s: Scheduler, run: WorkflowRun) -> bool:
-    """Count a crash against a workflow that had attempts running at it; defer those
-    attempts from the second crash in a row, park it past the limit (True)."""
-    running = running_at_crash(run.steps.values())
-    if not running:
-        return False
-    crashes = run.record.recoveries + 1
-    s._commits.set_record(run, recoveries=crashes)
-    now = s._clock.time()
-    if crashes > s._config.max_recoveries:
-        error = poison_message(running, crashes)
-        _log.error("%s: %s", run.record.id, error, extra={"workflow_id": run.record.id})
-        for st in list(run.steps.values()):
-            parked = poisoned(st, error, tokens=s._ctx.next_token, now=now)
-            if parked is not None:
-                s._commits.put_step(run, st, parked)
-        s._finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
-        return True
-    if crashes >= 2:
-        at = now + s._config.recovery_stagger * next(s._suspect_slots)
-        for st in running:
-            s._commits.put_step(run, st, with_timer(st.evolve(retry_at=at)))
-    return False
-
-
-def resume_steps(s: Scheduler, run: WorkflowRun) -> None:
-    """Queue the steps a previous Scheduler left running or about to run."""
-    now = s._clock.time()
-    compensating = run.record.state is WorkflowState.COMPENSATING
-    for st in run.steps.values():
-        if st.token in s._inflight:
-            continue
-        if st.state is StepState.DISPATCHED and st.token >> 32 == s._store.incarnation - 1:
-            # Lost by the previous run (counted once: a later run that finds the same
-            # record again did not lose it).
-            s._admission.lost(run.specs[st.name].agent)
-        undo = resumes(st, compensating=compensating, now=now)
-        if undo is not None:
-            s._enqueue(run, st.name, compensating=undo)

@@ -11,12 +11,17 @@ What lives here, one concept per module:
 - ``_workflow``: what a workflow runs next, when it ends, what compensation undoes;
 - ``_operator``: the records an operator's action writes;
 - ``_recovery``: what a restart resumes, and poison work (crash counting, parking);
-- ``_decision``: the typed effects a batch performs once it is durable.
+- ``_decision``: a :class:`Decision`: the writes of the events handled, the typed
+  effects a batch performs once it is durable, and what happens at once;
+- ``_events``: the engine's inputs, as frozen dataclasses;
+- ``_runs``: what memory holds of an unfinished workflow, its attempts and queued jobs;
+- ``_engine``: :class:`Engine`, the runs in memory and ``handle(event) -> Decision``.
 
 Everything else that must know these rules (the Scheduler, operator actions,
 ``herder check``, the inbox and status views, the hypothesis state machine) consults
-them; no copy lives elsewhere. The engine grows toward ``design/structure.md``: events
-in, decisions out.
+them; no copy lives elsewhere. Events in, decisions out: the actor shell
+(``actors/_scheduler.py``) turns messages into events, commits each decision and
+performs its effects.
 
 Imports: herder.store only. No threads, no pykka, no LMDB, no clock reads: time,
 randomness and fencing tokens are arguments. herder.actors drives it; herder.runtime
@@ -32,9 +37,41 @@ from herder.actors.engine._answer import (
     Reading,
     Succeed,
     after_lapse,
+    probe_name,
     read_answer,
 )
-from herder.actors.engine._decision import Announce, Dispatch, Effect, Refuse, Reply, Resolve
+from herder.actors.engine._decision import (
+    Announce,
+    Cancel,
+    Decision,
+    Dispatch,
+    Effect,
+    Enqueue,
+    Fence,
+    HistoryWrite,
+    Immediate,
+    Lost,
+    Refuse,
+    Reply,
+    Resolve,
+    StepWrite,
+    TimedOut,
+    TimerDelete,
+    WorkflowWrite,
+    Write,
+)
+from herder.actors.engine._engine import CRASH_ERROR, Defaults, Dispatched, Engine
+from herder.actors.engine._events import (
+    Answered,
+    AttemptLost,
+    Beat,
+    Completed,
+    Event,
+    Reserved,
+    Resumed,
+    StartFailed,
+    TimerDue,
+)
 from herder.actors.engine._operator import (
     abandoned_step,
     given_up,
@@ -57,6 +94,7 @@ from herder.actors.engine._retry import (
     after_probe_failure,
     policy_for,
 )
+from herder.actors.engine._runs import Attempt, Job, WorkflowRun, unqueue
 from herder.actors.engine._states import (
     ALLOWED_STEPS,
     BUSY,
@@ -94,6 +132,7 @@ from herder.actors.engine._workflow import Advance, advance, when_compensating
 __all__ = [
     "ALLOWED_STEPS",
     "BUSY",
+    "CRASH_ERROR",
     "ENDED_BY_ABANDON",
     "OPERATOR_STEP_NEXT",
     "OPERATOR_WORKFLOW_NEXT",
@@ -108,22 +147,49 @@ __all__ = [
     "WORKFLOW_NEXT",
     "Advance",
     "Announce",
+    "Answered",
     "AskProbe",
+    "Attempt",
+    "AttemptLost",
+    "Beat",
+    "Cancel",
+    "Completed",
+    "Decision",
+    "Defaults",
     "Dispatch",
+    "Dispatched",
     "Effect",
+    "Engine",
+    "Enqueue",
     "Escalate",
+    "Event",
     "Fail",
+    "Fence",
     "GiveUp",
     "HandOff",
+    "HistoryWrite",
+    "Immediate",
+    "Job",
+    "Lost",
     "OutcomeKind",
     "ProbeAgain",
     "Reading",
     "Refuse",
     "Reply",
+    "Reserved",
     "Resolve",
+    "Resumed",
     "RetryIn",
+    "StartFailed",
+    "StepWrite",
     "Succeed",
+    "TimedOut",
+    "TimerDelete",
+    "TimerDue",
     "Verdict",
+    "WorkflowRun",
+    "WorkflowWrite",
+    "Write",
     "abandoned_step",
     "advance",
     "after_failure",
@@ -141,6 +207,7 @@ __all__ = [
     "poison_message",
     "poisoned",
     "policy_for",
+    "probe_name",
     "probed",
     "reachable",
     "read_answer",
@@ -152,6 +219,7 @@ __all__ = [
     "to_undo",
     "undo_again",
     "unknown",
+    "unqueue",
     "when_compensating",
     "with_timer",
 ]

@@ -26,6 +26,14 @@ from typing import Any
 from herder.actors.engine._step import TIMEOUT_ERROR
 from herder.store import StepRecord, StepState
 
+PROBE_PREFIX = "probe_"
+"""An action's probe is the agent method of this prefix and the action's name."""
+
+
+def probe_name(action: str) -> str:
+    """The name of the probe method for ``action``."""
+    return PROBE_PREFIX + action
+
 
 class OutcomeKind(enum.StrEnum):
     """How an attempt's answer is marked; the values travel in ``Outcome.kind``."""

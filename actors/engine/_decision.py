@@ -13,6 +13,22 @@ and the rest is dropped with the reloaded workflow (the store stays the truth).
 - :class:`Resolve` / :class:`Refuse` — answer a caller waiting on a future: done, or
   refused with an error once the workflow's earlier writes are durable.
 
+Some of what the engine decides takes effect at once, before anything is durable,
+because it only moves work between in-memory queues or stops listening to an attempt:
+
+- :class:`Enqueue` — put a job on its agent's queue (it is dispatched, and recorded
+  DISPATCHED, later);
+- :class:`Fence` — an attempt no longer counts (its answer will be ignored): tell its
+  port, free its admission slot, and replace its instance when it may hang;
+- :class:`Cancel` — tell a running attempt that its workflow is being cancelled;
+- :class:`TimedOut` / :class:`Lost` — news of a resource's health for its admission
+  gate (an attempt lapsed; recovery found one the previous process died under).
+
+A :class:`Decision` carries both, with the writes (step and workflow records, history
+events) in the order they were made: the actor shell commits the writes
+(``actors/_commits.py`` derives timers, keys and history from them), performs the
+immediate effects now, and the durable ones once the commit has landed.
+
 Imports: herder.store records only; effects are plain data (a caller's future is the
 one live object, carried through untouched).
 """
@@ -20,8 +36,10 @@ one live object, carried through untouched).
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from herder.actors.engine._runs import Attempt, Job, WorkflowRun
 from herder.store import StepRecord, WorkflowRecord
 
 
@@ -32,6 +50,50 @@ class Dispatch:
     workflow_id: str
     step: str
     token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Queue ``job`` on its ``agent`` (at the workflow's ``priority``) now."""
+
+    agent: str
+    job: Job
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """``attempt`` no longer counts: its port learns it is superseded. ``abandon``: its
+    answer will not be awaited (free its admission slot); ``replace``: its instance may
+    hang, replace it."""
+
+    attempt: Attempt
+    replace: bool = False
+    abandon: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """Attempt ``token`` of ``agent`` lapsed (news of the resource's health); ``hung``:
+    no attempt of this engine runs it, but an instance still does: replace it."""
+
+    agent: str
+    token: int
+    hung: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """Recovery found an attempt of ``agent`` that the previous process died under."""
+
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Tell the running ``attempt`` that its workflow is being cancelled."""
+
+    attempt: Attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +125,80 @@ Reply = Resolve | Refuse
 
 Effect = Dispatch | Announce | Resolve | Refuse
 """Anything a decision causes once its writes are durable."""
+
+Immediate = Enqueue | Fence | Cancel | TimedOut | Lost
+"""What a decision does at once, before its writes are durable."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepWrite:
+    """A step moved from ``old`` to ``new`` at ``now`` (``note``: the traceback that goes
+    into its history event, for a failure)."""
+
+    workflow_id: str
+    old: StepRecord | None
+    new: StepRecord
+    now: float
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowWrite:
+    """A workflow record moved from ``old`` to ``new``."""
+
+    old: WorkflowRecord
+    new: WorkflowRecord
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryWrite:
+    """An event of the workflow's history that is not a record change (a probe)."""
+
+    workflow_id: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerDelete:
+    """A timer entry nothing wants any more."""
+
+    workflow_id: str
+    due_ms: int
+    step: str
+
+
+Write = StepWrite | WorkflowWrite | HistoryWrite | TimerDelete
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the engine decided while handling events: writes in order, effects after
+    they are durable (per workflow), and what happens at once."""
+
+    writes: list[Write] = field(default_factory=list)
+    effects: list[tuple[str, Effect]] = field(default_factory=list)
+    now: list[Immediate] = field(default_factory=list)
+    note: str | None = None  # the traceback of the failure being recorded
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self.effects or self.now)
+
+    def put_step(self, run: WorkflowRun, old: StepRecord, new: StepRecord, now: float) -> None:
+        """Record a step's new state in memory and write it."""
+        run.steps[new.name] = new
+        self.writes.append(StepWrite(run.record.id, old, new, now, self.note))
+
+    def set_record(self, run: WorkflowRun, now: float, **changes: Any) -> WorkflowRecord:
+        """Change the run's workflow record in memory and write it."""
+        old = run.record
+        run.record = old.evolve(updated=now, **changes)
+        self.writes.append(WorkflowWrite(old, run.record))
+        return run.record
+
+    def history(self, workflow_id: str, event: dict[str, Any]) -> None:
+        """Append ``event`` to the workflow's history."""
+        self.writes.append(HistoryWrite(workflow_id, event))
+
+    def after(self, workflow_id: str, effect: Effect) -> None:
+        """Do ``effect`` once the workflow's writes so far are durable."""
+        self.effects.append((workflow_id, effect))

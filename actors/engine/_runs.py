@@ -1,11 +1,15 @@
-"""What the Scheduler holds in memory of an unfinished workflow, its attempts and queued jobs."""
+"""What the engine holds in memory of an unfinished workflow, its attempts and queued jobs.
+
+The state is mutable on purpose: the engine changes a run in place as events arrive
+(one dict entry per step transition, no copies of the run), which is what the hot path
+needs. Only the engine's thread touches it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from herder.actors._engine import AttemptPort
-from herder.actors._messages import Run
 from herder.store import Plan, StepRecord, StepSpec, WorkflowRecord
 
 
@@ -26,19 +30,24 @@ class WorkflowRun:
 
 @dataclass(slots=True)
 class Attempt:
-    """One attempt running (or about to run) on an agent instance."""
+    """One attempt running (or about to run) on an agent instance.
+
+    ``port`` and ``message`` belong to the actor shell (the attempt's line back, and what
+    the agent is told once its DISPATCHED is durable); the engine carries them untouched.
+    """
 
     workflow_id: str
     step: str
     agent: str
     instance: str
-    port: AttemptPort
-    run: Run | None  # what the agent is told once its DISPATCHED is durable; None once sent
+    token: int
+    port: Any = None
+    message: Any = None  # None once sent
 
     @property
     def sent(self) -> bool:
         """The agent was told (its DISPATCHED is durable)."""
-        return self.run is None
+        return self.message is None
 
 
 @dataclass(slots=True)

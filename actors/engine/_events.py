@@ -1,0 +1,117 @@
+"""What the engine hears: every input as a frozen dataclass.
+
+The actor shell turns each message into one of these and hands it to
+:meth:`~herder.actors.engine._engine.Engine.handle` with the time and a random source;
+the engine answers with a :class:`~herder.actors.engine._decision.Decision`.
+
+- :class:`Answered` — an attempt ended (result, error, probe verdict, hand-off);
+- :class:`Completed` — ``complete_step``/``fail_step`` for a handed-off step (checked by
+  the shell against the task token first);
+- :class:`Beat` — a running attempt's heartbeat;
+- :class:`TimerDue` — a timer entry's time came (a retry, a delay or a deadline);
+- :class:`AttemptLost` — the instance running an attempt crashed or went away;
+- :class:`StartFailed` — no instance could be started for a queued job;
+- :class:`Resumed` — a workflow just put into memory runs (new, reloaded, or left
+  unfinished by a crash);
+- :class:`Reserved` — an instance was reserved for a queued job: record the attempt.
+
+Imports: herder.store records and this package; plain data only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from herder.actors.engine._runs import Job
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """Attempt ``token`` ended: ``ok`` with ``result``, else with ``error``; ``kind``
+    marks a probe's verdict or a hand-off (see ``OutcomeKind``)."""
+
+    token: int
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    types: tuple[str, ...] = ()
+    permanent: bool = False
+    traceback: str | None = None
+    kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The handed-off step ``step`` of ``workflow_id`` was completed (or failed) through
+    its task token; ``result`` is already normalised."""
+
+    workflow_id: str
+    step: str
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    types: tuple[str, ...] = ()
+    permanent: bool = False
+    traceback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """Attempt ``token`` is alive (``details``: what it reported)."""
+
+    token: int
+    details: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerDue:
+    """The timer at ``due_ms`` of ``workflow_id``/``step`` (holding ``token``) is due;
+    ``busy``: an instance still runs attempt ``token`` (it hangs in it)."""
+
+    workflow_id: str
+    step: str
+    due_ms: int
+    token: int | None
+    busy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLost:
+    """Attempt ``token`` will never answer (``error`` says why): retry it at once."""
+
+    token: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    """No instance could be started for ``job``: that counts as a failed attempt."""
+
+    job: Job
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Workflow ``workflow_id``, just put into memory, runs: ``recovered`` (read back
+    after a failed commit) or ``crashed`` (left unfinished by a previous Scheduler or
+    process, whose crash is counted)."""
+
+    workflow_id: str
+    recovered: bool = False
+    crashed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """An ``instance`` of ``agent`` was reserved for ``job`` under fencing ``token``."""
+
+    job: Job
+    agent: str
+    instance: str
+    token: int
+
+
+Event = Answered | Completed | Beat | TimerDue | AttemptLost | StartFailed | Resumed | Reserved
+"""Anything the engine handles."""
