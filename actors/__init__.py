@@ -4,7 +4,9 @@ What lives here: the injectable :class:`Clock` (``_clock``), the generic Erlang/
 supervision tree (``_supervision_specs`` for specs and reports, ``_supervised`` for the
 child side, ``_supervision`` for the supervisor), the :class:`Scheduler` that drives the
 workflows, the agent hosts (the ``AgentHost`` protocol in ``_host``, the attempt runner
-every host shares in ``_action``, the pykka ``ThreadHost`` in ``_thread_host``) and the
+every host shares in ``_action``, the pykka ``ThreadHost`` in ``_thread_host``, the
+``AsyncHost`` for ``async def`` agents in ``_async_host`` on the loop of ``_event_loop``,
+and ``MixedHost``, which routes each agent to one of them) and the
 watchdog (``WorkflowSupervisor``). The supervision tree knows nothing about workflows.
 The pattern's rules live below, in the subpackage ``herder.actors.engine`` (pure: no
 threads, no pykka).
@@ -20,6 +22,7 @@ from herder.actors._adaptive import Adaptive
 from herder.actors._admission import resource_stats
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
 from herder.actors._ask import call, call_future
+from herder.actors._async_host import AsyncHost, run_attempt_async
 from herder.actors._clock import Clock, FakeClock, SteadyClock, SystemClock, TimerHandle
 from herder.actors._engine import EngineConfig, EngineContext
 from herder.actors._errors import (
@@ -35,6 +38,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors._event_loop import EventLoop
 from herder.actors._facts import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, parse_facts, read_facts
 from herder.actors._host import AgentHost, AgentUnavailable, InstanceCrash, host_kind
 from herder.actors._limits import CircuitBreaker, RateLimit
@@ -47,6 +51,7 @@ from herder.actors._messages import (
     InstanceEvent,
     Operate,
 )
+from herder.actors._mixed_host import MixedHost
 from herder.actors._outcomes import ProbeResult, parse_task_token
 from herder.actors._pool_host import PoolHost
 from herder.actors._scheduler import Scheduler
@@ -74,6 +79,7 @@ __all__ = [
     "Agent",
     "AgentHost",
     "AgentUnavailable",
+    "AsyncHost",
     "Backoff",
     "ChildEvent",
     "ChildEventKind",
@@ -88,11 +94,13 @@ __all__ = [
     "Define",
     "EngineConfig",
     "EngineContext",
+    "EventLoop",
     "FakeClock",
     "InstanceCrash",
     "InstanceEvent",
     "InvalidDefinition",
     "InvalidState",
+    "MixedHost",
     "NotActive",
     "Operate",
     "Permanent",
@@ -126,6 +134,7 @@ __all__ = [
     "parse_task_token",
     "read_facts",
     "resource_stats",
+    "run_attempt_async",
     "start_supervisor",
     "start_tree",
 ]

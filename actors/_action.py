@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import types
+from collections.abc import Callable
 from typing import Any
 
 from herder.actors._agent import action_names
@@ -32,17 +33,37 @@ def run_attempt(
     agent: Any, agent_name: str, instance_id: str, run: Run, max_result_bytes: int
 ) -> Outcome:
     """Run ``run`` on the agent object ``agent``; see the module docstring."""
-    try:
-        method = getattr(agent, run.action, None)
-        if run.action.startswith("_") or not callable(method):
-            raise Permanent(f"agent {agent_name!r} has no action {run.action!r}")
-        value = method(run.context)
+
+    def call() -> Any:
+        value = call_action(agent, agent_name, run)
         if type(value) is types.CoroutineType:  # an async def the class did not show
             value.close()  # never started: no user code runs
             raise Permanent(
                 f"action {run.action!r} of agent {agent_name!r} returned a coroutine "
-                "(async def); the thread host cannot run it: make it a plain def"
+                "(async def); the thread host cannot run it: make it a plain def, or "
+                "register the agent with add_agent(..., asyncio=True)"
             )
+        return value
+
+    return settle(call, agent_name, instance_id, run, max_result_bytes)
+
+
+def call_action(agent: Any, agent_name: str, run: Run) -> Any:
+    """Look ``run``'s action up on ``agent`` and call it (:class:`Permanent` if there is
+    no such public action); what it returns is the caller's to settle."""
+    method = getattr(agent, run.action, None)
+    if run.action.startswith("_") or not callable(method):
+        raise Permanent(f"agent {agent_name!r} has no action {run.action!r}")
+    return method(run.context)
+
+
+def settle(
+    produce: Callable[[], Any], agent_name: str, instance_id: str, run: Run, max_result_bytes: int
+) -> Outcome:
+    """The :class:`Outcome` of what ``produce()`` returns or raises (see the module
+    docstring); an asyncio host passes a ``produce`` that replays an awaited result."""
+    try:
+        value = produce()
         kind = OutcomeKind.PLAIN.value
         if value is COMPLETE_LATER:
             value, kind = None, OutcomeKind.LATER.value

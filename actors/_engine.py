@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pykka
 from herder.actors._adaptive import Adaptive
 from herder.actors._agent import Agent
 from herder.actors._clock import Clock
+from herder.actors._event_loop import EventLoop
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat
 from herder.store import LeaseLost, Plan, RetryPolicy, StepRecord, Store, WorkflowRecord
@@ -53,6 +55,8 @@ class EngineContext:
         clock: Clock,
         config: EngineConfig,
         on_final: Callable[[WorkflowRecord, list[StepRecord] | None], None],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -60,6 +64,9 @@ class EngineContext:
         self.on_final = on_final
         self.plans: dict[tuple[str, int], Plan] = {}
         self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
+        # Agents whose attempts run on the asyncio host, and the loop it runs them on.
+        self.async_agents: set[str] = set()
+        self.event_loop = EventLoop(loop)  # the application's, or None: our own
         # Per agent name: (circuit breaker, rate limit, adaptive concurrency), for agents
         # registered with any of them.
         self.limits: dict[str, tuple[CircuitBreaker | None, RateLimit | None, Adaptive | None]] = {}

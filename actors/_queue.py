@@ -49,6 +49,13 @@ class JobQueue(Generic[_T]):
         """Remove and return the job that runs next (IndexError when empty)."""
         return heapq.heappop(self._heap)[2]
 
+    def take(self, other: JobQueue[_T]) -> None:
+        """Move every job of ``other`` here, keeping their order (keys are comparable:
+        both queues count time on the same clock)."""
+        for key, _, item in sorted(other._heap, key=lambda entry: entry[:2]):
+            heapq.heappush(self._heap, (key, next(self._seq), item))
+        other._heap.clear()
+
     def __len__(self) -> int:
         return len(self._heap)
 

@@ -42,6 +42,7 @@ import pykka
 
 from herder.actors._admission import Admission
 from herder.actors._agent import Agent, StepContext
+from herder.actors._async_host import AsyncHost
 from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._commits import (
     CommitPipeline,
@@ -71,6 +72,7 @@ from herder.actors._messages import (
     Tick,
     Wake,
 )
+from herder.actors._mixed_host import MixedHost
 from herder.actors._operator import apply_commands, apply_held, operate
 from herder.actors._outcomes import has_probe
 from herder.actors._pool_host import PoolHost
@@ -182,17 +184,29 @@ class Scheduler(SupervisedActor):
     def on_start(self) -> None:
         """Attach to the agents subtree and recover unfinished workflows from the store."""
         super().on_start()
-        assert self._ctx.agents_supervisor is not None, "agents supervisor starts first"
-        host = PoolHost if self._config.agent_host == "pool" else ThreadHost
-        self._host = host(
-            self._ctx.agents_supervisor,
-            reply=self._ctx.tell_scheduler,
-            events=self._ctx.tell_scheduler,
-            max_result_bytes=self._config.max_result_bytes,
-            shutdown=self._config.instance_shutdown,
-            max_restarts=self._config.agent_max_restarts,
-            restart_period=self._config.agent_restart_period,
-            queue_aging=self._config.priority_aging,
+        ctx, config = self._ctx, self._config
+        assert ctx.agents_supervisor is not None, "agents supervisor starts first"
+        host = PoolHost if config.agent_host == "pool" else ThreadHost
+        threads = host(
+            ctx.agents_supervisor,
+            reply=ctx.tell_scheduler,
+            events=ctx.tell_scheduler,
+            max_result_bytes=config.max_result_bytes,
+            shutdown=config.instance_shutdown,
+            max_restarts=config.agent_max_restarts,
+            restart_period=config.agent_restart_period,
+            queue_aging=config.priority_aging,
+        )
+        self._host = MixedHost(
+            threads,
+            lambda: AsyncHost(
+                ctx.event_loop,
+                ctx.tell_scheduler,
+                ctx.tell_scheduler,
+                max_result_bytes=config.max_result_bytes,
+                queue_aging=config.priority_aging,
+            ),
+            ctx.async_agents.__contains__,
         )
         for name, (factory, concurrency) in self._ctx.agents.items():
             self._host.add(name, factory, concurrency)

@@ -8,6 +8,7 @@ what it got.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import math
 from dataclasses import dataclass, field, fields, replace
@@ -45,7 +46,10 @@ class RuntimeConfig:
     thread per busy agent instance; ``"pool"``: every agent's attempts run on one elastic
     pool of worker threads and idle agents hold none), ``tracer_provider`` (an
     OpenTelemetry tracer provider for spans per workflow and attempt; default: the global
-    one if set, else no tracing at all; see docs/tracing.md).
+    one if set, else no tracing at all; see docs/tracing.md), ``loop`` (the event loop
+    ``async def`` actions run on, e.g. ``asyncio.get_running_loop()``; default: one the
+    runtime runs on a thread of its own, started with the first asyncio agent; see
+    docs/asyncio.md).
 
     High availability (docs/high_availability.md): ``lease`` is the leader lease in
     seconds (renewed every third of it); ``standby=True`` opens the store of a runtime
@@ -78,6 +82,7 @@ class RuntimeConfig:
     retention: float | datetime.timedelta | None = DEFAULT_RETENTION
     agent_host: str = "thread"
     tracer_provider: Any = None
+    loop: asyncio.AbstractEventLoop | None = None
 
     def __post_init__(self) -> None:
         if self.default_retry is None:  # Runtime(default_retry=None) always meant "the default"
@@ -119,6 +124,10 @@ class RuntimeConfig:
         if not isinstance(self.standby, bool):
             raise _wrong("standby", "True or False", self.standby)
         host_kind(self.agent_host)
+        if self.loop is not None and not isinstance(self.loop, asyncio.AbstractEventLoop):
+            raise _wrong(
+                "loop", "an asyncio event loop (asyncio.get_running_loop()) or None", self.loop
+            )
         retention_seconds(self.retention)
 
     @classmethod

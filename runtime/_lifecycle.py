@@ -84,6 +84,7 @@ class Lifecycle:
             if root is not None:
                 rt._store.note_clock(rt._ctx.clock.time())  # for the next holder
             rt._store.close()
+            rt._ctx.event_loop.close(timeout)
         rt._fail_waiters(RuntimeClosed("the runtime was stopped"))
         rt._wake.set()
 

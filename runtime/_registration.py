@@ -52,6 +52,7 @@ class Registration:
         concurrency: int | Adaptive = 1,
         breaker: CircuitBreaker | None = None,
         rate_limit: RateLimit | None = None,
+        asyncio: bool | None = None,
     ) -> None:
         """Serve agent ``name`` with instances built by ``factory`` (a zero-argument callable).
 
@@ -66,6 +67,12 @@ class Registration:
         :class:`RateLimit`) caps attempts per second. Steps held back by either wait in
         the agent's queue, highest priority first, spending no attempt. Adding a name
         again replaces its factory, concurrency and limits.
+
+        An agent with ``async def`` actions runs on the asyncio host (docs/asyncio.md):
+        one object serves up to ``concurrency`` attempts at once, each a task on the
+        runtime's event loop (``Runtime(loop=...)``). ``asyncio=True`` picks that host when
+        the class cannot be told from ``factory`` (a lambda, an ``async def`` factory);
+        ``asyncio=False`` refuses ``async def`` actions.
         """
         rt = _runtime(self)
         rt._check_open()
@@ -89,19 +96,21 @@ class Registration:
                     f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
                 )
         cls = agent_class_of(factory)
-        refused = () if cls is None else coroutine_actions(cls)
-        if refused:
+        coroutines = () if cls is None else coroutine_actions(cls)
+        if coroutines and asyncio is False:
             raise InvalidInput(
-                f"agent {name!r}: {', '.join(map(repr, refused))} "
-                f"{'is an async def' if len(refused) == 1 else 'are async def'}, which this "
-                "runtime's agent host cannot run (it calls actions on threads); make them "
-                "plain def methods (asyncio.run() inside one runs a coroutine to its end)"
+                f"agent {name!r}: {', '.join(map(repr, coroutines))} "
+                f"{'is an async def' if len(coroutines) == 1 else 'are async def'}, which "
+                "a thread cannot run: leave out asyncio=False to run the agent on the "
+                "asyncio host, or make them plain def methods"
             )
+        on_loop = bool(coroutines) if asyncio is None else asyncio
         with rt._promotion:
             rt._actions[name] = None if cls is None else action_names(cls)
             if rt._tracing is not None:
                 factory = rt._tracing.wrap_factory(name, factory)
             rt._ctx.agents[name] = (factory, concurrency)
+            (rt._ctx.async_agents.add if on_loop else rt._ctx.async_agents.discard)(name)
             if breaker is None and rate_limit is None and adaptive is None:
                 rt._ctx.limits.pop(name, None)
             else:
@@ -132,6 +141,7 @@ class Registration:
             if name not in rt._ctx.agents:
                 raise UnknownName(f"no agent named {name!r} is registered")
             del rt._ctx.agents[name]
+            rt._ctx.async_agents.discard(name)
             rt._ctx.limits.pop(name, None)
             rt._actions.pop(name, None)
             if rt._root is not None:

@@ -104,6 +104,7 @@ class Runtime(
     asyncio (docs/asyncio.md): every call that waits has an ``_async`` form that never
     blocks the event loop (``await rt.start_async(...)``, ``await h.result_async()``,
     ``await rt.run_forever_async()``); ``async with Runtime(path) as rt`` stops it.
+    Agents with ``async def`` actions run as tasks on an event loop (``loop``).
     """
 
     _in_setup = False  # True while the setup function registers (start() refuses then)
@@ -134,7 +135,9 @@ class Runtime(
         # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
         steady = SteadyClock(self._clock)
         self._retention = Retention(self._store, self._clock, config.retention_seconds)
-        self._ctx = EngineContext(self._store, steady, config.engine_config(), self._on_final)
+        self._ctx = EngineContext(
+            self._store, steady, config.engine_config(), self._on_final, loop=config.loop
+        )
         self._ctx.on_lease_lost = self._on_lease_lost
         self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}

@@ -231,9 +231,9 @@ class AsyncAgent(Agent):
         return None
 
 
-def test_an_agent_with_async_def_actions_is_refused_at_add_agent(rt: Runtime) -> None:
+def test_an_agent_with_async_def_actions_is_refused_off_the_asyncio_host(rt: Runtime) -> None:
     with pytest.raises(InvalidInput, match="'fetch', 'probe_fetch' are async def"):
-        rt.add_agent("web", AsyncAgent)
+        rt.add_agent("web", AsyncAgent, asyncio=False)
     assert "web" not in rt.stats()["agents"]
 
 

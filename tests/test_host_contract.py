@@ -7,6 +7,7 @@ a queue the test reads.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from herder.actors import (
     Agent,
     AgentHost,
     AgentUnavailable,
+    AsyncHost,
+    EventLoop,
     InstanceCrash,
     InstanceEvent,
     Permanent,
@@ -38,7 +41,7 @@ from herder.runtime.testing import simulate
 
 WAIT = 10.0
 HostFactory = Callable[..., AgentHost]
-HOSTS: dict[str, HostFactory] = {"thread": ThreadHost, "pool": PoolHost}
+HOSTS: dict[str, HostFactory] = {"thread": ThreadHost, "pool": PoolHost, "asyncio": AsyncHost}
 
 
 class Port:
@@ -78,6 +81,43 @@ class Worker(Agent):
         return "late"
 
 
+class AsyncWorker(Agent):
+    """:class:`Worker`'s actions as ``async def``, for the asyncio host (whose loop a
+    blocking action would stall)."""
+
+    cancelled = threading.Event()
+
+    async def ok(self, ctx: StepContext) -> Any:
+        await asyncio.sleep(0)
+        return ctx.input
+
+    async def boom(self, ctx: StepContext) -> None:
+        raise ValueError(f"no {ctx.input}")
+
+    async def refuse(self, ctx: StepContext) -> None:
+        raise Permanent("never")
+
+    async def exit(self, ctx: StepContext) -> None:
+        raise SystemExit(3)
+
+    async def later(self, ctx: StepContext) -> Any:
+        return ctx.complete_later()
+
+    async def probe_ok(self, ctx: StepContext) -> ProbeResult:
+        return ProbeResult.done({"found": True})
+
+    async def crash(self, ctx: StepContext) -> None:
+        raise InstanceCrash("client broke")
+
+    async def hang(self, ctx: StepContext) -> str:
+        try:
+            await asyncio.to_thread(Worker.release.wait, WAIT)
+        except asyncio.CancelledError:
+            AsyncWorker.cancelled.set()
+            raise
+        return "late"
+
+
 def broken_factory() -> Agent:
     raise RuntimeError("cannot connect")
 
@@ -88,6 +128,7 @@ class Driver:
 
     host: AgentHost
     inbox: queue.Queue[Any]
+    worker: type[Agent]
     lost: list[int] = field(default_factory=list)
     tokens: Iterator[int] = field(default_factory=lambda: iter(range(1, 1_000_000)))
 
@@ -124,9 +165,18 @@ class Driver:
 
 
 @pytest.fixture(params=sorted(HOSTS))
-def driver(request: pytest.FixtureRequest) -> Driver:
+def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
     Worker.release = threading.Event()
+    AsyncWorker.cancelled = threading.Event()
     inbox: queue.Queue[Any] = queue.Queue()
+    if request.param == "asyncio":
+        loop = EventLoop()
+        host: AgentHost = AsyncHost(loop, inbox.put, inbox.put, max_result_bytes=1024)
+        host.add("worker", AsyncWorker, 2)
+        yield Driver(host, inbox, AsyncWorker)
+        Worker.release.set()
+        loop.close()
+        return
     agents = start_supervisor(
         "agents", Strategy.ONE_FOR_ONE, listener=agents_listener(inbox.put), clock=SystemClock()
     )
@@ -134,7 +184,7 @@ def driver(request: pytest.FixtureRequest) -> Driver:
         agents, reply=inbox.put, events=inbox.put, max_result_bytes=1024, shutdown=0.1
     )
     host.add("worker", Worker, 2)
-    return Driver(host, inbox)
+    yield Driver(host, inbox, Worker)
 
 
 def test_a_result_comes_back_as_plain_data(driver: Driver) -> None:
@@ -181,17 +231,26 @@ def test_a_crashed_instance_loses_its_attempt_and_is_replaced(driver: Driver) ->
 def test_a_hung_attempt_is_replaced_by_its_token_and_its_late_answer_is_fenced(
     driver: Driver,
 ) -> None:
-    driver.host.add("solo", Worker, 1)
+    driver.host.add("solo", driver.worker, 1)
     instance, hung = driver.send("solo", "hang")
     assert driver.host.busy_tokens("solo") == [hung]
     driver.host.replace_token("solo", hung)
     assert driver.host.busy_tokens("solo") == []
-    fresh = driver.run("solo", "ok", 3)  # on a fresh instance: the hung one still blocks
-    assert fresh.result == 3
-    Worker.release.set()
-    late = driver.outcome()
-    assert late.token == hung
-    assert late.result == "late"
+    if driver.worker is AsyncWorker:  # a task is cancelled, where a thread is abandoned
+        _, fresh_token = driver.send("solo", "ok", 3)
+        outcomes = {o.token: o for o in (driver.outcome(), driver.outcome())}
+        assert outcomes[fresh_token].result == 3
+        late = outcomes[hung]
+        assert AsyncWorker.cancelled.is_set()  # the action saw CancelledError
+        assert late.error is not None
+        assert late.error.startswith("CancelledError")
+    else:
+        fresh = driver.run("solo", "ok", 3)  # on a fresh instance: the hung one still blocks
+        assert fresh.result == 3
+        Worker.release.set()
+        late = driver.outcome()
+        assert late.token == hung
+        assert late.result == "late"
     assert not driver.host.release("solo", instance, hung, 0.0)  # frees nothing
 
 

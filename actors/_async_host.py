@@ -1,0 +1,275 @@
+"""The asyncio host: ``async def`` actions run as tasks on an event loop, no thread each.
+
+An agent name is data here, as on the pooled host, with one difference: **one agent
+object serves all of the agent's attempts**, up to ``concurrency`` of them at once, each a
+task on the loop (:mod:`~herder.actors._event_loop`). Code on one loop never runs in
+parallel, so sharing the object is safe, and it is what an async client wants: one
+``httpx.AsyncClient`` (or aiohttp session) per agent, pooling its connections for every
+attempt. The object is built on the loop by the first attempt that needs it (the factory
+may be an ``async def``), kept between attempts, and dropped (built again later) when an
+attempt raises :class:`InstanceCrash`, when the agent is re-registered or after it idles
+past the passivation time.
+
+- **Attempts.** ``acquire`` gives each attempt a slot ``<agent>/aio<token>`` while fewer
+  than ``concurrency`` run; the attempt runs :func:`run_attempt_async`, which shares
+  :func:`~herder.actors._action.settle` with every host (normalisation, errors, probes,
+  ``complete_later``, ``BaseException`` containment).
+- **Timeouts and replacement.** ``replace``/``replace_token`` cancel the task: the action
+  sees ``CancelledError`` at its next ``await`` and the slot is free at once. The task
+  still reports how it ended, which the Scheduler fences out like an abandoned thread's
+  late answer. A coroutine that blocks the loop (``time.sleep``, a busy loop) cannot be
+  cancelled; it stalls every asyncio agent of the loop, which is why plain ``def`` actions
+  belong on a thread host.
+- **Containment.** Nothing the user's code raises, ``CancelledError`` and
+  ``BaseException`` included, escapes the task: it becomes the attempt's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from herder.actors._action import call_action, settle
+from herder.actors._agent import Agent
+from herder.actors._event_loop import EventLoop
+from herder.actors._host import InstanceCrash
+from herder.actors._messages import InstanceEvent, Outcome, Run
+from herder.actors._queue import DEFAULT_AGING, JobQueue
+from herder.actors._supervision_specs import ChildEventKind
+from herder.store import UserCodeFailed, describe, error_types
+
+
+async def run_attempt_async(
+    agent: Any, agent_name: str, instance_id: str, run: Run, max_result_bytes: int
+) -> Outcome:
+    """:func:`~herder.actors._action.run_attempt` for the loop: the action's coroutine (or
+    a coroutine a plain ``def`` returned) is awaited first; then the outcome is settled."""
+    try:
+        value = call_action(agent, agent_name, run)
+        if inspect.iscoroutine(value) or isinstance(value, asyncio.Future):
+            value = await value
+    except BaseException as exc:  # user code may raise anything at all
+        error: BaseException | None = exc
+    else:
+        error = None
+
+    def replay() -> Any:
+        if error is not None:
+            raise error
+        return value
+
+    return settle(replay, agent_name, instance_id, run, max_result_bytes)
+
+
+class _Holder:
+    """An agent's object, built on the loop by the first attempt that needs it."""
+
+    __slots__ = ("agent", "building", "factory")
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+        self.agent: Any = None
+        self.building: asyncio.Future[Any] | None = None  # attempts arriving meanwhile wait
+
+    async def get(self) -> Any:
+        """The object (building it once; raises :class:`UserCodeFailed` if it cannot be)."""
+        if self.agent is not None:
+            return self.agent
+        if self.building is None:
+            self.building = asyncio.get_running_loop().create_future()
+            try:
+                built = self.factory()
+                if inspect.iscoroutine(built):
+                    built = await built
+                self.agent = built
+                self.building.set_result(built)
+            except BaseException as exc:  # user code may raise anything at all
+                failed = UserCodeFailed(describe(exc), error_types(exc))
+                self.building.set_exception(failed)
+                self.building.exception()  # retrieved: later waiters re-raise it
+                self.building = None
+                raise failed from None
+        return await asyncio.shield(self.building)
+
+
+@dataclass(slots=True)
+class _Slot:
+    token: int
+    future: Any = None  # the concurrent Future of its task, once sent
+
+
+@dataclass(slots=True)
+class _Agent:
+    factory: Callable[[], Agent]
+    concurrency: int
+    queue: JobQueue[Any]
+    holder: _Holder
+    slots: dict[str, _Slot] = field(default_factory=dict)
+    idle_since: float = 0.0
+
+
+class AsyncHost:
+    """The :class:`AgentHost` of ``async def`` agents on an event loop."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        reply: Callable[[Outcome], None],
+        events: Callable[[InstanceEvent], None],
+        *,
+        max_result_bytes: int,
+        queue_aging: float = DEFAULT_AGING,
+    ) -> None:
+        self._loop = loop
+        self._reply = reply
+        self._events = events
+        self._max_result_bytes = max_result_bytes
+        self._queue_aging = queue_aging
+        self._agents: dict[str, _Agent] = {}
+        self._cancelled = 0
+
+    def owns(self, name: str, instance_id: str) -> bool:
+        """True if ``instance_id`` is a slot of this host's agent ``name``."""
+        agent = self._agents.get(name)
+        return agent is not None and instance_id in agent.slots
+
+    # -- registration ------------------------------------------------------------------
+
+    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None:
+        """Register ``name`` (again: a new factory builds a new object)."""
+        agent = self._agents.get(name)
+        if agent is None:
+            queue = JobQueue[Any](self._queue_aging)
+            self._agents[name] = _Agent(factory, concurrency, queue, _Holder(factory))
+        else:
+            agent.factory, agent.concurrency, agent.holder = factory, concurrency, _Holder(factory)
+
+    def remove(self, name: str) -> None:
+        agent = self._agents.get(name)
+        if agent is not None:
+            agent.concurrency, agent.holder = 0, _Holder(agent.factory)
+
+    def queue(self, name: str) -> JobQueue[Any] | None:
+        agent = self._agents.get(name)
+        return None if agent is None else agent.queue
+
+    # -- capacity ----------------------------------------------------------------------
+
+    def acquire(self, name: str, token: int, backlog: int = 1) -> str | None:
+        agent = self._agents[name]
+        if len(agent.slots) >= agent.concurrency:
+            return None  # a release pumps this agent again
+        instance_id = f"{name}/aio{token}"
+        agent.slots[instance_id] = _Slot(token)
+        return instance_id
+
+    def send(self, name: str, instance_id: str, run: Run) -> bool:
+        agent = self._agents.get(name)
+        slot = None if agent is None else agent.slots.get(instance_id)
+        if agent is None or slot is None or slot.token != run.token:
+            return False
+        slot.future = self._loop.submit(self._attempt(agent.holder, run))
+        if slot.future is None:  # the loop is closed: nothing can run here any more
+            del agent.slots[instance_id]
+            return False
+        return True
+
+    def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
+        agent = self._agents.get(name)
+        slot = None if agent is None else agent.slots.get(instance_id)
+        if agent is None or slot is None or (token is not None and slot.token != token):
+            return False
+        del agent.slots[instance_id]
+        agent.idle_since = now
+        return True
+
+    def busy_tokens(self, name: str) -> list[int]:
+        agent = self._agents.get(name)
+        return [] if agent is None else [slot.token for slot in agent.slots.values()]
+
+    def replace_token(self, name: str, token: int) -> None:
+        agent = self._agents.get(name)
+        for instance_id, slot in ({} if agent is None else agent.slots).items():
+            if slot.token == token:
+                self.replace(name, instance_id)
+                return
+
+    def replace(self, name: str, instance_id: str) -> None:
+        """Cancel the attempt's task and free its slot (its late answer is fenced out)."""
+        agent = self._agents.get(name)
+        slot = None if agent is None else agent.slots.pop(instance_id, None)
+        if slot is None:
+            return
+        if slot.future is not None:
+            slot.future.cancel()
+            self._cancelled += 1
+        self._events(InstanceEvent(name, None, ChildEventKind.STARTED))  # pump it again
+
+    # -- events ------------------------------------------------------------------------
+
+    def on_event(self, event: InstanceEvent, now: float) -> list[int]:
+        """An attempt crashed its object (or the object could not be built): it is lost."""
+        agent = self._agents.get(event.agent)
+        if agent is None or event.instance is None or event.kind is not ChildEventKind.CRASHED:
+            return []
+        slot = agent.slots.pop(event.instance, None)
+        return [] if slot is None else [slot.token]
+
+    # -- passivation and stats ---------------------------------------------------------
+
+    def passivate(self, idle_before: float, limit: int = 256) -> int:
+        """Drop the objects of agents idle since ``idle_before`` (at most ``limit``)."""
+        dropped = 0
+        for agent in self._agents.values():
+            if dropped >= limit:
+                break
+            idle = not agent.slots and agent.idle_since <= idle_before
+            if idle and agent.holder.agent is not None:
+                agent.holder = _Holder(agent.factory)
+                dropped += 1
+        return dropped
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {
+                "instances": len(agent.slots),  # attempts are the unit of concurrency here
+                "busy": len(agent.slots),
+                "queued": len(agent.queue),
+            }
+            for name, agent in self._agents.items()
+        }
+
+    def host_stats(self) -> dict[str, int]:
+        """Attempts running on the loop, and how many were cancelled (timed out, replaced)."""
+        return {
+            "asyncio_attempts": sum(len(agent.slots) for agent in self._agents.values()),
+            "asyncio_cancelled": self._cancelled,
+        }
+
+    # -- on the loop -------------------------------------------------------------------
+
+    async def _attempt(self, holder: _Holder, run: Run) -> None:
+        """One attempt as a task: build the object if needed, run, report."""
+        try:
+            agent = await holder.get()
+        except UserCodeFailed as failed:
+            reason = f"agent {run.agent!r} could not start: {failed.error}"
+            crashed = ChildEventKind.CRASHED
+            self._events(InstanceEvent(run.agent, run.instance, crashed, None, reason))
+            return
+        except asyncio.CancelledError:  # replaced while another attempt built the object
+            return
+        try:
+            outcome = await run_attempt_async(
+                agent, run.agent, run.instance, run, self._max_result_bytes
+            )
+        except InstanceCrash as crash:  # the object broke: the next attempt builds anew
+            if holder.agent is agent:
+                holder.agent = None
+            crashed = ChildEventKind.CRASHED
+            self._events(InstanceEvent(run.agent, run.instance, crashed, None, str(crash)))
+            return
+        self._reply(outcome)
