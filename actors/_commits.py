@@ -60,11 +60,11 @@ class Txn:
         if new.timer_ms is not None:
             tkey = timer_key(new.timer_ms, new.workflow_id, new.name)
             ops[("timers", tkey)] = encode(timer_entry(new.token))
-        ops[("steps", step_key(new.workflow_id, new.name))] = encode(new.to_dict())
+        ops[("steps", step_key(new.workflow_id, new.name))] = encode(new.to_stored())
 
     def put_workflow(self, record: WorkflowRecord) -> None:
         """Write a workflow record."""
-        self.ops[("workflows", workflow_key(record.id))] = encode(record.to_dict())
+        self.ops[("workflows", workflow_key(record.id))] = encode(record.to_stored())
 
     def delete_timer(self, key: bytes) -> None:
         """Delete a timer no step wants any more."""

@@ -135,8 +135,8 @@ class _Checker:
         """Decode and parse one record; a failure is reported and gives None."""
         try:
             data = decode(raw, db=db, key=key)
-            if is_map and not isinstance(data, dict):
-                raise StoreCorrupt(db, key, f"expected a map, got {type(data).__name__}")
+            if is_map and not isinstance(data, dict | list):  # a schema 2 map, 3 array
+                raise StoreCorrupt(db, key, f"expected a record, got {type(data).__name__}")
             return parse(data)
         except StoreCorrupt as exc:
             self.problem(db, key, f"corrupt: {exc.reason}")

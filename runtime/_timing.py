@@ -112,7 +112,7 @@ def new_workflow(
     )
     if priority or agents or trace:
         record = record.evolve(priority=priority, agents=agents or {}, trace=trace)
-    ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_dict()))]
+    ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_stored()))]
     steps: list[StepRecord] = []
     for spec in plan.steps:
         st = StepRecord(workflow_id, spec.name, updated=now)
@@ -122,6 +122,6 @@ def new_workflow(
             st = st.evolve(retry_at=at, timer_ms=due_ms)
             key = timer_key(due_ms, workflow_id, spec.name)
             ops.append(Put("timers", key, encode(timer_entry(st.token))))
-            ops.append(Put("steps", step_key(workflow_id, st.name), encode(st.to_dict())))
+            ops.append(Put("steps", step_key(workflow_id, st.name), encode(st.to_stored())))
         steps.append(st)
     return record, steps, ops

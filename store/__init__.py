@@ -80,7 +80,7 @@ from herder.store._errors import (
     StoreIOError,
     StoreLocked,
 )
-from herder.store._history import history_put, read_history, step_event, workflow_event
+from herder.store._history import as_event, history_put, read_history, step_event, workflow_event
 from herder.store._keys import (
     KEY_SEP,
     MAX_ID_BYTES,
@@ -102,18 +102,18 @@ from herder.store._keys import (
 from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease
 from herder.store._locktable import holder_stopped, is_held
 from herder.store._ops import BatchSink, Delete, Expect, Ops, Put, Transition
+from herder.store._plan import Plan, StepSpec
 from herder.store._policy import RetryPolicy
 from herder.store._reads import Snapshot
 from herder.store._recent import RECENT_DB
 from herder.store._records import (
     SCHEMA_VERSION,
-    Plan,
     StepRecord,
-    StepSpec,
     StepState,
     WorkflowRecord,
     WorkflowState,
     plan_steps,
+    stored_field,
 )
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
 from herder.store._retention import BATCH, FINISHED, PURGEABLE, candidates, deletions, purge
@@ -183,6 +183,7 @@ __all__ = [
     "WorkflowState",
     "Writer",
     "append_command",
+    "as_event",
     "bounded_text",
     "bounded_traceback",
     "candidates",
@@ -221,6 +222,7 @@ __all__ = [
     "started_key",
     "step_event",
     "step_key",
+    "stored_field",
     "timer_entry",
     "timer_key",
     "timer_token",

@@ -41,6 +41,7 @@ from herder.store._open import (
     protect_files,
     read_schema,
     translate,
+    upgrade_schema,
 )
 from herder.store._reads import Reads
 from herder.store._writer import Writer
@@ -158,6 +159,7 @@ class Store(Reads, LeaseHolder):
                 )
                 if not self.standby:
                     self.incarnation = self._take_at_open(txn)
+                    self._upgrade(txn)
         except lmdb.Error as exc:
             raise translate(exc, f"cannot initialise store {path}") from exc
         protect_files(path)
@@ -173,6 +175,9 @@ class Store(Reads, LeaseHolder):
                 )
         except lmdb.Error as exc:
             raise translate(exc, f"cannot read store {self.path}") from exc
+
+    def _upgrade(self, txn: lmdb.Transaction) -> None:
+        self.schema_version = upgrade_schema(txn, self._handles["meta"], self.schema_version)
 
     def _note_lock_table(self) -> None:
         assert self._lock_fd is not None

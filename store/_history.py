@@ -3,7 +3,7 @@
 Keys are ``workflow id + b"\\x00" + 8-byte big-endian sequence``, so one workflow's
 history is a prefix scan in the order it happened. The sequence comes from the
 Scheduler's fencing-token counter, which only grows, across restarts too. Each value is a
-small msgpack map (an *event*):
+small record (an *event*), read back by :func:`read_history` as a map:
 
 - ``kind``: ``"step"`` (a step changed state or attempt), ``"workflow"`` (the workflow
   changed state), ``"probe"`` (a probe left the outcome unknown: still running, or the
@@ -16,6 +16,11 @@ small msgpack map (an *event*):
 
 An event is written in the same write transaction as the transition it describes: one
 extra put, never a separate commit.
+
+Stored layout (schema 3): the two events written on every transition are compact arrays,
+``[0, t, step, from, to, attempt, token, error]`` (plus the ``traceback`` when one was
+noted) and ``[1, t, from, to, error]``; the rare kinds stay maps. Schema 2 stored every
+event as its map, and both read the same.
 """
 
 from __future__ import annotations
@@ -36,9 +41,49 @@ HISTORY_DB = "history"
 _SEQ = struct.Struct(">Q")  # the sequence at the end of a history_key
 
 
+_STEP, _WORKFLOW = 0, 1
+_STEP_FIELDS = ("t", "step", "from", "to", "attempt", "token", "error", "traceback")
+_WORKFLOW_FIELDS = ("t", "from", "to", "error")
+
+
 def history_put(workflow_id: str, seq: int, event: dict[str, Any]) -> Put:
-    """The put that appends ``event`` to a workflow's history."""
-    return Put(HISTORY_DB, history_key(workflow_id, seq), encode(event))
+    """The put that appends ``event`` to a workflow's history (a step or workflow event
+    of the usual fields as its compact array, any other as its map)."""
+    kind = event.get("kind")
+    stored: Any = event
+    if kind == "step" and event.keys() <= _STEP_KEYS:
+        g = event.get
+        stored = [_STEP, g("t"), g("step"), g("from"), g("to"), g("attempt"), g("token")]
+        stored.append(g("error"))
+        if g("traceback") is not None:
+            stored.append(event["traceback"])
+    elif kind == "workflow" and event.keys() <= _WORKFLOW_KEYS:
+        g = event.get
+        stored = [_WORKFLOW, g("t"), g("from"), g("to"), g("error")]
+    return Put(HISTORY_DB, history_key(workflow_id, seq), encode(stored))
+
+
+_STEP_KEYS = frozenset({"kind", *_STEP_FIELDS})
+_WORKFLOW_KEYS = frozenset({"kind", *_WORKFLOW_FIELDS})
+
+
+def as_event(value: Any) -> dict[str, Any] | None:
+    """A stored history value as its event map (either schema); None if it is neither."""
+    if isinstance(value, dict):
+        return value
+    if type(value) is not list or not value:
+        return None
+    layout = _LAYOUTS.get(value[0]) if type(value[0]) is int else None
+    if layout is None or len(value) - 1 not in layout[2]:
+        return None
+    kind, names, _ = layout
+    return {"kind": kind, **dict(zip(names, value[1:], strict=False))}
+
+
+_LAYOUTS: dict[int, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
+    _STEP: ("step", _STEP_FIELDS, (7, 8)),  # the traceback is there only when noted
+    _WORKFLOW: ("workflow", _WORKFLOW_FIELDS, (4,)),
+}
 
 
 def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] | None:
@@ -78,6 +123,7 @@ def read_history(store: Store, workflow_id: str) -> list[dict[str, Any]]:
     prefix = workflow_key(workflow_id) + KEY_SEP
     events = []
     for key, value in store.scan(HISTORY_DB, prefix):
-        if isinstance(value, dict) and len(key) == len(prefix) + _SEQ.size:
-            events.append({"seq": _SEQ.unpack_from(key, len(prefix))[0], **value})
+        event = as_event(value)
+        if event is not None and len(key) == len(prefix) + _SEQ.size:
+            events.append({"seq": _SEQ.unpack_from(key, len(prefix))[0], **event})
     return events

@@ -294,6 +294,9 @@ class LeaseHolder:
     def _start_writer(self, lease: Lease) -> None:
         raise NotImplementedError  # the Store starts its writer
 
+    def _upgrade(self, txn: lmdb.Transaction) -> None:
+        raise NotImplementedError  # the Store marks the schema it writes
+
     def _held_writer(self) -> Writer | None:
         raise NotImplementedError  # the Store's writer, None if it has none
 
@@ -325,17 +328,21 @@ class LeaseHolder:
         if not self.standby or self._env is None:
             raise StoreError(f"store {self.path} is not an open standby store")
         self._try_flock()
-        lease, reason = self._write_direct(
-            lambda txn: take(
+
+        def take_it(txn: lmdb.Transaction) -> tuple[Lease, str | None]:
+            lease, reason = take(
                 txn,
                 self._handles["meta"],
                 duration=self.lease_duration,
                 have_flock=self._have_flock,
                 lapsed=lapsed,
                 now=now,
-            ),
-            "cannot take the lease of store",
-        )
+            )
+            if reason is not None:
+                self._upgrade(txn)
+            return lease, reason
+
+        lease, reason = self._write_direct(take_it, "cannot take the lease of store")
         if reason is None:
             return None
         self._lease, self.incarnation = lease, lease.incarnation

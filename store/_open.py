@@ -171,6 +171,15 @@ def read_schema(txn: lmdb.Transaction, meta: Any, path: pathlib.Path) -> tuple[i
     return schema or SCHEMA_VERSION, meta_int(txn, meta, b"incarnation", path) or 0
 
 
+def upgrade_schema(txn: lmdb.Transaction, meta: Any, schema: int) -> int:
+    """Mark a store this herder is about to write as :data:`SCHEMA_VERSION` (its records
+    move to the new layout as they are next written, and both layouts read), so that an
+    older herder refuses it instead of misreading it. Returns the schema now stored."""
+    if schema < SCHEMA_VERSION:
+        txn.put(b"schema", encode(SCHEMA_VERSION), db=meta)
+    return SCHEMA_VERSION
+
+
 def meta_int(txn: lmdb.Transaction, meta: Any, key: bytes, path: pathlib.Path) -> int | None:
     """The int stored under ``key`` in ``meta``, or None."""
     raw = cast("bytes | None", txn.get(key, db=meta))

@@ -18,6 +18,23 @@ import lmdb
 
 from herder.store._codec import decode
 from herder.store._errors import ConditionFailed, EncodeError, InvalidInput, StoreCorrupt
+from herder.store._records import StepRecord, WorkflowRecord, stored_field
+
+_RECORDS: dict[str, type[WorkflowRecord | StepRecord]] = {
+    "workflows": WorkflowRecord,
+    "steps": StepRecord,
+}
+
+
+def field_of(db: str, record: Any, field: str) -> Any:
+    """Field ``field`` of a decoded value of ``db`` (a record in either layout, or any
+    map); KeyError if it has none."""
+    kind = _RECORDS.get(db)
+    if kind is not None:
+        return stored_field(record, kind, field)
+    if not isinstance(record, dict):
+        raise KeyError(field)
+    return record[field]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +143,12 @@ def check(
             record = decode(raw, db=e.db, key=e.key)
         except StoreCorrupt as exc:
             return exc
-        if not isinstance(record, dict) or e.field not in record:
+        try:
+            value = field_of(e.db, record, e.field)
+        except KeyError:
             return ConditionFailed(f"{e.db} key {e.key!r} has no field {e.field!r}")
-        if record[e.field] != e.value:
+        if value != e.value:
             return ConditionFailed(
-                f"{e.db} key {e.key!r}: {e.field} is {record[e.field]!r:.80}, "
-                f"expected {e.value!r:.80}"
+                f"{e.db} key {e.key!r}: {e.field} is {value!r:.80}, expected {e.value!r:.80}"
             )
     return None

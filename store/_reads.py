@@ -26,8 +26,9 @@ from herder.store._keys import (
     validate_id,
     workflow_key,
 )
+from herder.store._plan import Plan
 from herder.store._recent import RECENT_DB
-from herder.store._records import Plan, StepRecord, WorkflowRecord, WorkflowState
+from herder.store._records import StepRecord, WorkflowRecord, WorkflowState
 from herder.store._validate import check_plan, check_record
 
 _T = TypeVar("_T")
@@ -287,8 +288,8 @@ class Snapshot:
 def _parse(from_dict: Callable[[Any], _T], data: Any, db: str, key: bytes) -> _T:
     """Build a record from a decoded map; a missing field, a value of the wrong type or
     a bad value is StoreCorrupt."""
-    if not isinstance(data, dict):
-        raise StoreCorrupt(db, key, f"expected a map, got {type(data).__name__}")
+    if not isinstance(data, dict | list):
+        raise StoreCorrupt(db, key, f"expected a record, got {type(data).__name__}")
     try:
         record = from_dict(data)
         check_record(record)

@@ -25,6 +25,7 @@ import lmdb
 
 from herder.store._codec import decode, encode
 from herder.store._errors import StoreCorrupt
+from herder.store._records import WorkflowRecord, stored_field
 
 RECENT_DB = "recent"
 RECENT_AT_DB = "recent_at"
@@ -40,9 +41,12 @@ def to_ms(t: float) -> int:
     return max(0, int(t * 1000))
 
 
-def entry(key: bytes, record: dict[str, Any]) -> tuple[bytes, bytes]:
+def entry(key: bytes, record: Any) -> tuple[bytes, bytes]:
     """The ``recent`` key and value of a decoded workflow record stored under ``key``."""
-    return _MS.pack(to_ms(record["updated"])) + key, encode(str(record["state"]))
+    updated = stored_field(record, WorkflowRecord, "updated")
+    return _MS.pack(to_ms(updated)) + key, encode(
+        str(stored_field(record, WorkflowRecord, "state"))
+    )
 
 
 UNREADABLE = ""

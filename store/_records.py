@@ -12,16 +12,22 @@ Keys and the timer entry's value are laid out in ``_keys``; :class:`RetryPolicy`
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from herder.store._keys import step_key
-from herder.store._policy import RetryPolicy
 
-SCHEMA_VERSION = 2
-"""2: every stored value ends with a CRC-32 of its msgpack body (see ``_codec``)."""
+if TYPE_CHECKING:
+    from herder.store._plan import Plan
+
+SCHEMA_VERSION = 3
+"""2: every stored value ends with a CRC-32 of its msgpack body (see ``_codec``).
+3: step and workflow records are compact arrays (``to_stored``), history events too."""
+
+MAP_VERSION = 2
+"""The ``v`` of records still stored as maps (plans, resources, schedules): their map
+layout has not changed since schema 2, and a plan's fingerprint is a digest of it."""
 
 
 _R = TypeVar("_R")
@@ -76,99 +82,6 @@ class StepState(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class StepSpec:
-    """One step of a compiled plan."""
-
-    name: str
-    agent: str
-    action: str
-    after: tuple[str, ...] = ()
-    compensate: str | None = None
-    timeout: float | None = None
-    heartbeat_timeout: float | None = None
-    retry: RetryPolicy | None = None
-    compensate_retry: RetryPolicy | None = None
-    delay: float | None = None  # seconds to wait after the dependencies (or the start)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The step as a msgpack-ready map (``delay`` only when set: older plans keep
-        their stored form and fingerprint)."""
-        extra = {} if self.delay is None else {"delay": self.delay}
-        return {
-            "name": self.name,
-            "agent": self.agent,
-            "action": self.action,
-            "after": list(self.after),
-            "compensate": self.compensate,
-            "timeout": self.timeout,
-            "heartbeat_timeout": self.heartbeat_timeout,
-            "retry": self.retry.to_dict() if self.retry else None,
-            "compensate_retry": self.compensate_retry.to_dict() if self.compensate_retry else None,
-            **extra,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StepSpec:
-        """Rebuild a step from :meth:`to_dict` output."""
-        return cls(
-            name=data["name"],
-            agent=data["agent"],
-            action=data["action"],
-            after=tuple(data["after"]),
-            compensate=data["compensate"],
-            timeout=data["timeout"],
-            heartbeat_timeout=data["heartbeat_timeout"],
-            retry=RetryPolicy.from_dict(data["retry"]) if data["retry"] else None,
-            compensate_retry=(
-                RetryPolicy.from_dict(data["compensate_retry"])
-                if data["compensate_retry"]
-                else None
-            ),
-            delay=data.get("delay"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A workflow definition compiled to data: its name, version and steps in order."""
-
-    name: str
-    version: int
-    steps: tuple[StepSpec, ...]
-
-    def step(self, name: str) -> StepSpec:
-        """The step called ``name``; KeyError if there is none."""
-        for spec in self.steps:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
-    def fingerprint(self) -> str:
-        """A short digest of the plan, to notice a definition changed under the same version."""
-        from herder.store._codec import encode
-
-        return hashlib.blake2b(encode(self.to_dict()), digest_size=8).hexdigest()
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plan as a msgpack-ready map."""
-        return {
-            "v": SCHEMA_VERSION,
-            "name": self.name,
-            "version": self.version,
-            "steps": [s.to_dict() for s in self.steps],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        """Rebuild a plan from :meth:`to_dict` output."""
-        return cls(
-            name=data["name"],
-            version=data["version"],
-            steps=tuple(StepSpec.from_dict(s) for s in data["steps"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class WorkflowRecord:
     """The durable state of one workflow."""
 
@@ -197,14 +110,18 @@ class WorkflowRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
         return _evolve_workflow(self, changes)
 
+    def to_stored(self) -> list[Any]:
+        """The record as stored (schema 3): ``[3, id, name, ...]``, every field in order."""
+        return _stored_workflow(self)
+
     def to_dict(self) -> dict[str, Any]:
-        """The record as a msgpack-ready map (``agents`` and ``trace`` only when set:
+        """The record as a map, the schema 2 layout (``agents`` and ``trace`` only when set:
         records without them keep their stored form, and older ones read with defaults)."""
         extra: dict[str, Any] = {"agents": self.agents} if self.agents else {}
         if self.trace is not None:
             extra["trace"] = self.trace
         return {
-            "v": SCHEMA_VERSION,
+            "v": MAP_VERSION,
             "id": self.id,
             "name": self.name,
             "version": self.version,
@@ -220,8 +137,12 @@ class WorkflowRecord:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WorkflowRecord:
-        """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored)."""
+    def from_dict(cls, data: Mapping[str, Any] | list[Any]) -> WorkflowRecord:
+        """Rebuild a record from :meth:`to_stored` or :meth:`to_dict` output (a schema 2
+        map: unknown keys are ignored)."""
+        if type(data) is list:
+            return _workflow_from_array(data)
+        assert not isinstance(data, list)
         return _from_map(cls, data, WorkflowState)
 
 
@@ -270,10 +191,14 @@ class StepRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
         return _evolve_step(self, changes)
 
+    def to_stored(self) -> list[Any]:
+        """The record as stored (schema 3): ``[3, workflow_id, name, state, ...]``."""
+        return _stored_step(self)
+
     def to_dict(self) -> dict[str, Any]:
-        """The record as a msgpack-ready map."""
+        """The record as a map, the schema 2 layout."""
         return {
-            "v": SCHEMA_VERSION,
+            "v": MAP_VERSION,
             "workflow_id": self.workflow_id,
             "name": self.name,
             "state": self.state,
@@ -295,8 +220,12 @@ class StepRecord:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StepRecord:
-        """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored)."""
+    def from_dict(cls, data: Mapping[str, Any] | list[Any]) -> StepRecord:
+        """Rebuild a record from :meth:`to_stored` or :meth:`to_dict` output (a schema 2
+        map: unknown keys are ignored)."""
+        if type(data) is list:
+            return _step_from_array(data)
+        assert not isinstance(data, list)
         record = _from_map(cls, data, StepState)
         if "succeeded" not in data and record.done_token is not None:
             # Written before ``succeeded`` existed, when ``done_token`` marked success too
@@ -347,6 +276,54 @@ _evolve_workflow = _evolver(WorkflowRecord)
 _evolve_step = _evolver(StepRecord)
 
 
+def _array_codec(
+    cls: type[_R], states: type[enum.StrEnum]
+) -> tuple[Callable[[_R], list[Any]], Callable[[list[Any]], _R]]:
+    """The schema 3 layout of a record class: ``[SCHEMA_VERSION, field, field, ...]`` in
+    field order, and its reader. Generated like :func:`_evolver`: one slot read or store
+    per field. A longer array (fields a later minor version appended) reads; a shorter
+    one, another version or an unknown state is a ValueError (StoreCorrupt to readers).
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    n = len(names)
+    by_value = {s.value: s for s in states}
+    env: dict[str, Any] = {
+        "new": object.__new__,
+        "cls": cls,
+        "states": by_value,
+        "V": SCHEMA_VERSION,
+    }
+    out = ["def to_stored(self):", "    return [V, " + ", ".join(f"self.{f}" for f in names) + "]"]
+    read = [
+        "def from_array(data):",
+        f"    if len(data) <= {n} or data[0] != V:",
+        f"        raise ValueError(f'a schema 3 {cls.__name__} is [3, ...{n} fields], got "
+        "{len(data)} items starting {data[:1]!r:.20}')",
+        "    out = new(cls)",
+    ]
+    for i, name in enumerate(names):
+        env[f"set{i}"] = cls.__dict__[name].__set__
+        value = f"states[data[{i + 1}]]" if name == "state" else f"data[{i + 1}]"
+        read.append(f"    set{i}(out, {value})")
+    read.append("    return out")
+    exec("\n".join(out) + "\n" + "\n".join(read), env)  # the class's own field names
+    return env["to_stored"], _state_errors(env["from_array"], cls.__name__)
+
+
+def _state_errors(read: Callable[[list[Any]], _R], what: str) -> Callable[[list[Any]], _R]:
+    def from_array(data: list[Any]) -> _R:
+        try:
+            return read(data)
+        except (KeyError, TypeError) as exc:  # an unknown (or unhashable) state value
+            raise ValueError(f"{what} has no state {exc}") from None
+
+    return from_array
+
+
+_stored_workflow, _workflow_from_array = _array_codec(WorkflowRecord, WorkflowState)
+_stored_step, _step_from_array = _array_codec(StepRecord, StepState)
+
+
 _Rec = TypeVar("_Rec", WorkflowRecord, StepRecord)
 
 
@@ -367,3 +344,22 @@ def _from_map(cls: type[_Rec], data: Mapping[str, Any], state: type[enum.StrEnum
     values = {k: v for k, v in data.items() if k in known}
     values["state"] = state(values["state"])
     return cls(**values)
+
+
+_POSITIONS: dict[type, dict[str, int]] = {
+    cls: {f.name: i + 1 for i, f in enumerate(fields(cls))} for cls in (WorkflowRecord, StepRecord)
+}
+
+
+def stored_field(data: Any, kind: type[WorkflowRecord | StepRecord], name: str) -> Any:
+    """Field ``name`` of a decoded stored record of class ``kind``, either layout (a
+    schema 3 array or a schema 2 map), without building the record; KeyError if the
+    value holds no such field."""
+    if type(data) is list:
+        i = _POSITIONS[kind][name]
+        if i >= len(data):
+            raise KeyError(name)
+        return data[i]
+    if not isinstance(data, dict):
+        raise KeyError(name)
+    return data[name]

@@ -26,7 +26,7 @@ from herder.store._errors import ConditionFailed, StoreCorrupt
 from herder.store._history import HISTORY_DB
 from herder.store._keys import KEY_SEP, step_key, timer_key, workflow_key
 from herder.store._ops import Delete, Expect, Transition
-from herder.store._records import WorkflowState
+from herder.store._records import StepRecord, WorkflowState, stored_field
 
 if TYPE_CHECKING:
     from herder.store._env import Store
@@ -84,8 +84,8 @@ def _deletion(snap: Snapshot, workflow_id: str, state: str) -> Transition:
     for skey, raw in snap.items("steps", step_key(workflow_id, "")):
         ops.append(Delete("steps", skey))
         try:
-            timer_ms = decode(raw, db="steps", key=skey).get("timer_ms")
-        except (StoreCorrupt, AttributeError):
+            timer_ms = stored_field(decode(raw, db="steps", key=skey), StepRecord, "timer_ms")
+        except (StoreCorrupt, KeyError):
             continue
         if isinstance(timer_ms, int):  # a final workflow has none; a leftover goes too
             name = skey[len(key) + len(KEY_SEP) :].decode("utf-8", "replace")

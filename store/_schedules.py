@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from herder.store._records import SCHEMA_VERSION
+from herder.store._records import MAP_VERSION
 
 
 class Overlap(enum.StrEnum):
@@ -77,7 +77,7 @@ class ScheduleRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a msgpack-ready map."""
-        return {"v": SCHEMA_VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        return {"v": MAP_VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScheduleRecord:

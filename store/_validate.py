@@ -17,7 +17,8 @@ import typing
 from dataclasses import fields
 from typing import Any
 
-from herder.store._records import Plan, StepRecord, StepSpec, WorkflowRecord
+from herder.store._plan import Plan, StepSpec
+from herder.store._records import StepRecord, WorkflowRecord
 
 _Check = tuple[str, tuple[type, ...]]
 

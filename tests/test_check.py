@@ -18,7 +18,7 @@ from herder.runtime._cli import main
 from herder.runtime.testing import FakeClock, advance
 from herder.store import Delete, Put, Store, Transition, encode
 from herder.store._keys import definition_key, step_key, timer_key, workflow_key
-from herder.store._records import StepState
+from herder.store._records import StepRecord, StepState
 
 FAST = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
 RELEASE = threading.Event()
@@ -107,10 +107,11 @@ def _problems(path: Path) -> list[tuple[str, bytes, str]]:
 
 
 def _step(path: Path, wid: str, name: str) -> dict:
+    """A stored step as a (schema 2) map to edit: written back, it reads as well."""
     with Store(path, readonly=True) as store:
         data = store.get("steps", step_key(wid, name))
     assert data is not None
-    return data
+    return StepRecord.from_dict(data).to_dict()
 
 
 def test_a_store_left_by_the_runtime_passes_the_check(good_store: Path) -> None:

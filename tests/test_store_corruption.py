@@ -4,6 +4,7 @@ everything else keeps working."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from herder.runtime import (
     Workflow,
 )
 from herder.runtime.testing import FakeClock, advance, wait_until
-from herder.store import Put, Store, Transition, encode
+from herder.store import Put, StepRecord, Store, Transition, WorkflowRecord, encode
 from herder.store._keys import definition_key, step_key, timer_key, workflow_key
 
 WAIT = 10.0
@@ -102,11 +103,21 @@ def flip(raw: bytes, inside: bytes) -> bytes:
     return raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :]
 
 
-def edited(path: Path, db: str, key: bytes, **changes: Any) -> bytes:
+def edited(path: Path, db: str, key: bytes, *, as_map: bool = False, **changes: Any) -> bytes:
+    """The stored record with ``changes``, in its stored (schema 3) layout or as a schema
+    2 map, under a valid checksum: the reading code must notice the content."""
     with Store(path, readonly=True) as store:
         record = store.get(db, key)
-    record.update(changes)
-    return encode(record)  # a valid checksum: the reading code must notice the content
+    kind = WorkflowRecord if db == "workflows" else StepRecord
+    if as_map:
+        record = kind.from_dict(record).to_dict()
+    if isinstance(record, dict):
+        record.update(changes)
+        return encode(record)
+    names = [f.name for f in dataclasses.fields(kind)]
+    for name, value in changes.items():
+        record[1 + names.index(name)] = value
+    return encode(record)
 
 
 # (what is damaged, the database and key, how to make the bad bytes, the reason reported)
@@ -130,8 +141,19 @@ DAMAGE: list[tuple[str, str, bytes, Callable[[Path], bytes], str]] = [
      lambda p: msgpack.packb({"v": 2, "state": "PENDING"}), "checksum mismatch"),
     ("step record with a wrong field type", "steps", step_key("w1", "a"),
      lambda p: edited(p, "steps", step_key("w1", "a"), attempt="many"), "'attempt' is str"),
-    ("step record that is not a map", "steps", step_key("w1", "a"),
-     lambda p: encode([1, 2, 3]), "expected a map"),
+    ("step record that is not a record", "steps", step_key("w1", "a"),
+     lambda p: encode("a step"), "expected a record"),
+    ("step record array of another schema", "steps", step_key("w1", "a"),
+     lambda p: encode([2, *range(18)]), "schema 3"),
+    ("step record array cut short", "steps", step_key("w1", "a"),
+     lambda p: encode(msgpack.unpackb(edited(p, "steps", step_key("w1", "a"))[:-4])[:9]),
+     "schema 3"),
+    ("schema 2 step map with a wrong field type", "steps", step_key("w1", "a"),
+     lambda p: edited(p, "steps", step_key("w1", "a"), as_map=True, attempt="many"),
+     "'attempt' is str"),
+    ("schema 2 workflow map with an unknown state", "workflows", workflow_key("w1"),
+     lambda p: edited(p, "workflows", workflow_key("w1"), as_map=True, state="DANCING"),
+     "DANCING"),
 ]  # fmt: skip
 
 

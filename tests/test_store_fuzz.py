@@ -21,16 +21,10 @@ from hypothesis import strategies as st
 
 from herder.store import StoreCorrupt
 from herder.store._codec import decode, encode
+from herder.store._plan import Plan, StepSpec
 from herder.store._policy import RetryPolicy
 from herder.store._reads import _parse
-from herder.store._records import (
-    Plan,
-    StepRecord,
-    StepSpec,
-    StepState,
-    WorkflowRecord,
-    WorkflowState,
-)
+from herder.store._records import StepRecord, StepState, WorkflowRecord, WorkflowState
 from herder.store._validate import check_plan
 
 KEY = b"k\x00ey"
@@ -51,16 +45,20 @@ READERS: dict[str, Callable[[Any], Any]] = {
     "definitions": read_plan,
 }
 
-RECORDS = {
-    "workflows": WorkflowRecord(
-        "order-42", "trip", 3, {"who": "ada", "n": [1, 2.5, None]}, WorkflowState.RUNNING,
-        1.5, 2.5, "an error", recoveries=2,
-    ).to_dict(),
-    "steps": StepRecord(
-        "order-42", "hotel", StepState.RETRY_WAIT, attempt=2, token=(7 << 32) + 9,
-        deadline=10.5, retry_at=12.25, timer_ms=12250, result={"pnr": "X1"},
-        error="RuntimeError: down", error_type="builtins.RuntimeError", heartbeat=[1],
-    ).to_dict(),
+WORKFLOW = WorkflowRecord(
+    "order-42", "trip", 3, {"who": "ada", "n": [1, 2.5, None]}, WorkflowState.RUNNING,
+    1.5, 2.5, "an error", recoveries=2,
+)
+STEP = StepRecord(
+    "order-42", "hotel", StepState.RETRY_WAIT, attempt=2, token=(7 << 32) + 9,
+    deadline=10.5, retry_at=12.25, timer_ms=12250, result={"pnr": "X1"},
+    error="RuntimeError: down", error_type="builtins.RuntimeError", heartbeat=[1],
+)
+RECORDS: dict[str, Any] = {  # by "database" or "database/layout": each layout is fuzzed
+    "workflows": WORKFLOW.to_stored(),
+    "workflows/v2": WORKFLOW.to_dict(),
+    "steps": STEP.to_stored(),
+    "steps/v2": STEP.to_dict(),
     "definitions": Plan("trip", 3, (
         StepSpec("flight", "airline", "book", compensate="cancel", timeout=30.0,
                  retry=RetryPolicy(max_attempts=5)),
@@ -69,8 +67,10 @@ RECORDS = {
 }  # fmt: skip
 
 
-def read(db: str, raw: bytes) -> Any:
-    """Read raw bytes as ``db`` would: a record, or StoreCorrupt. Anything else fails."""
+def read(label: str, raw: bytes) -> Any:
+    """Read raw bytes as the database of ``label`` would: a record, or StoreCorrupt.
+    Anything else fails."""
+    db = label.split("/", maxsplit=1)[0]
     return READERS[db](decode(raw, db=db, key=KEY))
 
 
@@ -79,15 +79,15 @@ def with_checksum(body: bytes) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "big")
 
 
-def assert_reads_or_is_corrupt(db: str, raw: bytes) -> None:
+def assert_reads_or_is_corrupt(label: str, raw: bytes) -> None:
     try:
-        read(db, raw)
+        read(label, raw)
     except StoreCorrupt as exc:
         error = exc
     else:
         return
     assert error.key == KEY
-    assert error.db == db
+    assert error.db == label.split("/", maxsplit=1)[0]
 
 
 @pytest.mark.parametrize("db", sorted(RECORDS))
@@ -208,6 +208,15 @@ def test_arbitrary_bytes_read_as_a_record_or_store_corrupt(db: str, raw: bytes) 
 def test_a_record_with_any_field_changed_or_missing_reads_or_is_store_corrupt(
     db: str, field: str, value: Any, drop: bool
 ) -> None:
+    if isinstance(RECORDS[db], list):  # a schema 3 array: change or drop one position
+        items = list(RECORDS[db])
+        at = len(field) % len(items)
+        if drop:
+            del items[at:]
+        else:
+            items[at] = value
+        assert_reads_or_is_corrupt(db, with_checksum(msgpack.packb(items, use_bin_type=True)))
+        return
     record = dict(RECORDS[db])
     target = field if field in record or not record else sorted(record)[len(field) % len(record)]
     if drop:

@@ -29,6 +29,7 @@ from herder.store import (
     timer_upper_bound,
     workflow_key,
 )
+from herder.store._records import MAP_VERSION
 
 POLICY = RetryPolicy(
     max_attempts=5,
@@ -94,11 +95,12 @@ def _put(store: Store, db: str, key: bytes, value: object) -> None:
     store.writer.submit(Transition((Put(db, key, encode(value)),))).result(timeout=10)
 
 
+@pytest.mark.parametrize("layout", ["to_stored", "to_dict"], ids=["schema3", "schema2"])
 def test_workflow_and_step_records_round_trip_through_the_store(
-    tmp_path: pathlib.Path, store: Store
+    tmp_path: pathlib.Path, store: Store, layout: str
 ) -> None:
-    _put(store, "workflows", workflow_key(WORKFLOW.id), WORKFLOW.to_dict())
-    _put(store, "steps", STEP.key, STEP.to_dict())
+    _put(store, "workflows", workflow_key(WORKFLOW.id), getattr(WORKFLOW, layout)())
+    _put(store, "steps", STEP.key, getattr(STEP, layout)())
     store.close()
     with Store(tmp_path / "s", readonly=True) as ro:
         assert ro.get_workflow("order-42") == WORKFLOW
@@ -111,7 +113,8 @@ def test_workflow_and_step_records_round_trip_through_the_store(
 @pytest.mark.parametrize("record", [WORKFLOW, STEP], ids=["workflow", "step"])
 def test_hand_written_to_dict_and_evolve_cover_every_field(record: Any) -> None:
     names = [f.name for f in dataclasses.fields(record)]
-    assert record.to_dict() == {"v": SCHEMA_VERSION, **{n: getattr(record, n) for n in names}}
+    assert record.to_dict() == {"v": MAP_VERSION, **{n: getattr(record, n) for n in names}}
+    assert record.to_stored() == [SCHEMA_VERSION, *(getattr(record, n) for n in names)]
     changes = {"updated": 99.0, "error": "changed"}
     assert record.evolve(**changes) == dataclasses.replace(record, **changes)
     assert record.evolve() == record
@@ -182,3 +185,14 @@ def test_workflows_filters_by_state_and_due_timers_stop_at_the_bound(store: Stor
     assert len(store.due_timers(10, limit=2)) == 2
     assert store.due_timers(4) == []
     store.close()
+
+
+def test_a_stored_array_of_another_version_or_too_short_is_refused() -> None:
+    stored = STEP.to_stored()
+    assert StepRecord.from_dict([*stored, "a field a later minor version added"]) == STEP
+    with pytest.raises(ValueError, match="schema 3"):
+        StepRecord.from_dict(stored[:-1])
+    with pytest.raises(ValueError, match="schema 3"):
+        StepRecord.from_dict([4, *stored[1:]])
+    with pytest.raises(ValueError, match="no state"):
+        WorkflowRecord.from_dict([SCHEMA_VERSION, "w", "n", 1, None, "NOT_A_STATE", *[0] * 8])

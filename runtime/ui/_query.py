@@ -24,9 +24,11 @@ from herder.store import (
     Snapshot,
     Store,
     StoreCorrupt,
+    WorkflowRecord,
     WorkflowState,
     decode,
     encode,
+    stored_field,
 )
 
 PAGE_SIZE = 50
@@ -174,7 +176,10 @@ def _name_of(raw: bytes, key: bytes) -> Any:
         value = decode(raw, db="workflows", key=key)
     except StoreCorrupt:
         return None
-    return value.get("name") if isinstance(value, dict) else None
+    try:
+        return stored_field(value, WorkflowRecord, "name")
+    except KeyError:
+        return None
 
 
 def _add(page: Page, reader: _Reader, key: bytes) -> None:

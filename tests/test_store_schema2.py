@@ -1,0 +1,175 @@
+"""A store written in schema 2 (records and history events as msgpack maps) opens and runs.
+
+Two ways to get such a store, both without a checked-in ``.mdb``:
+
+- :func:`downgrade` rewrites a store the way the previous release laid it out (every
+  workflow and step record as its ``to_dict`` map, every history event as a map, the
+  ``schema`` marker 2); it always runs.
+- The previous release itself: ``HERDER_PREVIOUS_PYTHON`` (default: the worktree at
+  ``/work/wt/hot-base``) is a Python with that release installed; a child started with it
+  leaves workflows in flight and is SIGKILLed. Skipped where there is none.
+
+Either way a current Runtime must open it, recover what was in flight, finish it, move
+each record it writes to the schema 3 array layout, keep reading the history of both
+layouts, and leave a store ``herder check`` passes.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from herder.runtime import Agent, Runtime, State, StepContext, Workflow
+from herder.runtime._check import check_store
+from herder.store import (
+    SCHEMA_VERSION,
+    Put,
+    StepRecord,
+    Store,
+    Transition,
+    WorkflowRecord,
+    as_event,
+    encode,
+)
+
+WAIT = 30.0
+PREVIOUS = pathlib.Path(
+    os.environ.get("HERDER_PREVIOUS_PYTHON", "/work/wt/hot-base/.venv/bin/python")
+)
+
+
+class Svc(Agent):
+    def __init__(
+        self, entered: threading.Event | None = None, gate: threading.Event | None = None
+    ) -> None:
+        self.entered = entered
+        self.gate = gate or threading.Event()
+
+    def work(self, ctx: StepContext) -> str:
+        if self.entered is not None and ctx.workflow_id == "flying":
+            self.entered.set()  # its DISPATCHED is durable: it is in flight when we stop
+            self.gate.wait(WAIT)
+        return f"{ctx.workflow_id}/{ctx.step}"
+
+
+def flow() -> Workflow:
+    return (
+        Workflow("two")
+        .step("a", agent="svc", action="work", timeout=60.0)
+        .step("b", agent="svc", action="work", after=["a"], timeout=60.0)
+    )
+
+
+def downgrade(path: pathlib.Path) -> int:
+    """Rewrite the store at ``path`` (closed) as schema 2; returns how many values moved."""
+    with Store(path) as store:
+        ops: list[Put] = []
+        for db, kind in (("workflows", WorkflowRecord), ("steps", StepRecord)):
+            for key, value in store.scan(db, b""):
+                ops.append(Put(db, key, encode(kind.from_dict(value).to_dict())))
+        for key, value in store.scan("history", b""):
+            event = as_event(value)
+            assert event is not None
+            ops.append(Put("history", key, encode(event)))
+        ops.append(Put("meta", b"schema", encode(2)))
+        store.writer.submit(Transition(ops=tuple(ops))).result(WAIT)
+    return len(ops) - 1
+
+
+def assert_runs_and_migrates(path: pathlib.Path, ids: list[str], finished: list[str]) -> None:
+    """Open a schema 2 store with workflows ``ids``, of which ``finished`` had finished
+    (their records stay maps until something writes them again), and finish them."""
+    with Store(path, readonly=True) as ro:
+        assert ro.schema_version == 2
+        assert all(isinstance(v, dict) for _, v in ro.scan("workflows", b""))
+    with Runtime(path) as rt:
+        rt.add_agent("svc", Svc)
+        rt.add_workflow(flow())
+        for wid in ids:
+            assert rt.handle(wid).result(WAIT) == {"a": f"{wid}/a", "b": f"{wid}/b"}
+            kinds = [(e["kind"], e.get("to")) for e in rt.history(wid)]
+            assert ("workflow", "SUCCEEDED") in kinds
+            assert ("step", "DISPATCHED") in kinds
+    with Store(path, readonly=True) as ro:
+        assert ro.schema_version == SCHEMA_VERSION  # an old herder now refuses it
+        for wid in ids:
+            assert ro.get_workflow(wid).state is State.SUCCEEDED  # type: ignore[union-attr]
+            stored = ro.get("workflows", wid.encode())
+            assert isinstance(stored, dict if wid in finished else list)  # moved on write
+        assert check_store(ro).problems == []
+
+
+def test_a_store_laid_out_in_schema_2_opens_recovers_and_migrates(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "s"
+    entered, gate = threading.Event(), threading.Event()
+    try:
+        with Runtime(path) as rt:
+            rt.add_agent("svc", lambda: Svc(entered, gate))
+            rt.add_workflow(flow())
+            rt.start("two", {}, workflow_id="done").result(WAIT)
+            rt.start("two", {}, workflow_id="flying")
+            assert entered.wait(WAIT)
+            rt.stop(timeout=1.0)  # step a of "flying" stays DISPATCHED in the store
+    finally:
+        gate.set()
+    assert downgrade(path) > 0
+    with Store(path, readonly=True) as ro:
+        assert all(isinstance(v, dict) for _, v in ro.scan("history", b""))
+    assert_runs_and_migrates(path, ["done", "flying"], finished=["done"])
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, threading
+    from herder.runtime import Agent, Runtime, Workflow
+
+    class Svc(Agent):
+        def work(self, ctx):
+            if ctx.workflow_id.startswith("flying"):
+                threading.Event().wait()  # in flight when this process is killed
+            return ctx.workflow_id + "/" + ctx.step
+
+    rt = Runtime(sys.argv[1])
+    rt.add_agent("svc", Svc)
+    rt.add_workflow(
+        Workflow("two")
+        .step("a", agent="svc", action="work", timeout=60.0)
+        .step("b", agent="svc", action="work", after=["a"], timeout=60.0)
+    )
+    rt.start("two", {}, workflow_id="done").result(30)
+    for i in range(3):
+        rt.start("two", {}, workflow_id=f"flying-{i}")
+    print("ready", flush=True)
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.mark.skipif(not PREVIOUS.exists(), reason=f"no previous release at {PREVIOUS}")
+def test_a_store_written_by_the_previous_release_opens_recovers_and_migrates(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "s"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    child = subprocess.Popen(
+        [str(PREVIOUS), "-c", CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready", "the previous release did not start"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(WAIT)
+    assert sys.executable != str(PREVIOUS)
+    assert_runs_and_migrates(path, ["done", "flying-0", "flying-1", "flying-2"], ["done"])
