@@ -46,13 +46,29 @@ READERS: dict[str, Callable[[Any], Any]] = {
 }
 
 WORKFLOW = WorkflowRecord(
-    "order-42", "trip", 3, {"who": "ada", "n": [1, 2.5, None]}, WorkflowState.RUNNING,
-    1.5, 2.5, "an error", recoveries=2,
+    "order-42",
+    "trip",
+    3,
+    {"who": "ada", "n": [1, 2.5, None]},
+    WorkflowState.RUNNING,
+    1.5,
+    2.5,
+    "an error",
+    recoveries=2,
 )
 STEP = StepRecord(
-    "order-42", "hotel", StepState.RETRY_WAIT, attempt=2, token=(7 << 32) + 9,
-    deadline=10.5, retry_at=12.25, timer_ms=12250, result={"pnr": "X1"},
-    error="RuntimeError: down", error_type="builtins.RuntimeError", heartbeat=[1],
+    "order-42",
+    "hotel",
+    StepState.RETRY_WAIT,
+    attempt=2,
+    token=(7 << 32) + 9,
+    deadline=10.5,
+    retry_at=12.25,
+    timer_ms=12250,
+    result={"pnr": "X1"},
+    error="RuntimeError: down",
+    error_type="builtins.RuntimeError",
+    heartbeat=[1],
 )
 RECORDS: dict[str, Any] = {  # by "database" or "database/layout": each layout is fuzzed
     "workflows": WORKFLOW.to_stored(),
