@@ -146,12 +146,12 @@ def _prefill(path: Path, count: int, age: float, chunk: int = 5000) -> None:
 def _finished(wid: str, seq: int, t: float) -> list[Put]:
     """The records and history of one SUCCEEDED two-step workflow updated at ``t``."""
     wf = WorkflowRecord(wid, "device", 1, {"pad": PAD}, WorkflowState.SUCCEEDED, t, t)
-    ops = [Put("workflows", workflow_key(wid), encode(wf.to_dict()))]
+    ops = [Put("workflows", workflow_key(wid), encode(wf.to_stored()))]
     ops.append(history_put(wid, seq, workflow_event(None, wf.evolve(state=WorkflowState.RUNNING))))
     for n, step in enumerate(("pull", "push")):
         old = StepRecord(wid, step, updated=t)
         new = old.evolve(state=StepState.SUCCEEDED, attempt=1, result={"n": 1500})
-        ops.append(Put("steps", step_key(wid, step), encode(new.to_dict())))
+        ops.append(Put("steps", step_key(wid, step), encode(new.to_stored())))
         event = step_event(old, new, t)
         if event is not None:
             ops.append(history_put(wid, seq + 1 + n, event))

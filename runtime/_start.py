@@ -193,7 +193,14 @@ class Starting:
         """The body of :meth:`start_many` and ``start_many_async``."""
         rt = _runtime(self)
         rt._check_active()
-        news = [rt._prepare(**start_args(i, item)) for i, item in enumerate(starts)]
+        # One clock read for the batch, and each definition's agents checked once (per
+        # item only when its agents come from the input), not both per item.
+        times = (rt._ctx.clock.time(), rt._clock.time())
+        checked: set[int] = set()  # id() of plans, all held by ``news``
+        news = [
+            rt._prepare(**start_args(i, item), times=times, checked=checked)
+            for i, item in enumerate(starts)
+        ]
         unique: dict[str, NewStart] = {}
         for new in news:
             first = unique.setdefault(new.workflow_id, new)
@@ -215,7 +222,7 @@ class Starting:
         created = []
         for new in unique.values():
             key = (new.plan.name, new.plan.version)
-            created.append(rt._creation(new, mark=key not in marked))
+            created.append(rt._creation(new, mark=key not in marked, now=times[0]))
             marked.add(key)
         committed: Future[list[BaseException | None]] = Future()
 
@@ -261,8 +268,14 @@ class Starting:
         priority: int,
         start_at: datetime.datetime | None,
         delay: float | None,
+        times: tuple[float, float] | None = None,
+        checked: set[int] | None = None,
     ) -> NewStart:
-        """Check one start's arguments (nothing is written): see :meth:`start`."""
+        """Check one start's arguments (nothing is written): see :meth:`start`.
+
+        ``times`` is (engine time, wall time) if the caller read them already (a batch
+        reads them once); ``checked`` holds the definitions whose fixed agents a batch
+        found registered already, so they are checked once per batch, not per item."""
         rt = _runtime(self)
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         plan = rt._latest.get(name) if isinstance(name, str) else None
@@ -274,21 +287,33 @@ class Starting:
             )
         wid = uuid.uuid4().hex if workflow_id is None else validate_id(workflow_id)
         priority = check_priority(priority)
-        begin = begin_at(rt._ctx.clock.time(), start_at, delay, wall=rt._clock.time())
+        now, wall = times or (rt._ctx.clock.time(), rt._clock.time())
+        begin = begin_at(now, start_at, delay, wall=wall)
         normalized = normalize(input, limit=rt._max_input_bytes, what="workflow input")
+        if checked is not None and id(plan) in checked:
+            return NewStart(plan, wid, normalized, priority, begin, {})
         agents = resolve_agents(plan, normalized, rt._routers)
         check_registered(plan, agents, rt._ctx.agents, rt._actions)
+        if checked is not None and not agents:  # no templated step: the same for every item
+            checked.add(id(plan))
         return NewStart(plan, wid, normalized, priority, begin, agents)
 
     def _creation(
-        self, new: NewStart, also: tuple[Put, ...] = (), *, mark: bool | None = None
+        self,
+        new: NewStart,
+        also: tuple[Put, ...] = (),
+        *,
+        mark: bool | None = None,
+        now: float | None = None,
     ) -> tuple[WorkflowRecord, list[StepRecord], Any]:
         """The new workflow's records and transition; ``mark`` (default: unless this
-        runtime marked it already) adds its definition's started mark."""
+        runtime marked it already) adds its definition's started mark; ``now`` defaults
+        to the engine's clock."""
         rt = _runtime(self)
         if mark is None:
             mark = (new.plan.name, new.plan.version) not in rt._started
-        now = rt._ctx.clock.time()
+        if now is None:
+            now = rt._ctx.clock.time()
         return creation(
             new,
             now,

@@ -4,6 +4,7 @@ creates it (``Runtime.start``), or many of them in one group commit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,9 @@ from herder.store import (
     StepRecord,
     Transition,
     WorkflowRecord,
+    WorkflowState,
     encode,
+    history_key,
     history_put,
     started_key,
     workflow_event,
@@ -63,12 +66,21 @@ def creation(
         agents=new.agents,
         trace=trace,
     )
-    ops.append(history_put(new.workflow_id, token, workflow_event(None, record)))
+    ops.append(Put("history", history_key(new.workflow_id, token), _created_event(now)))
     ops += also
     if mark_started:
         ops.append(Put("meta", started_key(new.plan.name, new.plan.version), encode(1)))
     free = Expect("workflows", workflow_key(new.workflow_id), exists=False)
     return record, steps, Transition(ops=tuple(ops), expect=(free,))
+
+
+@functools.lru_cache(maxsize=1)
+def _created_event(now: float) -> bytes:
+    """The stored history event of a workflow created at ``now`` (``history_put``'s
+    value, which depends on neither id nor sequence): the same bytes for every workflow
+    of a ``start_many`` batch, so they are encoded once."""
+    created = WorkflowRecord("", "", 0, None, WorkflowState.RUNNING, now, now)
+    return history_put("", 0, workflow_event(None, created)).value
 
 
 START_ARGS = frozenset({"workflow", "input", "workflow_id", "priority", "start_at", "delay"})

@@ -88,6 +88,10 @@ def begin_at(
     return when if when > now else None
 
 
+_NEW_TIMER = encode(timer_entry(StepRecord("", "").token))
+"""The encoded timer entry of a step that has no transition yet (the same for all)."""
+
+
 def new_workflow(
     plan: Plan,
     workflow_id: str,
@@ -107,21 +111,30 @@ def new_workflow(
     step delays when it gets there. ``agents`` (step -> agent resolved from the input,
     see ``_routing``) is stored with the workflow.
     """
+    # Each record is built once, in its final form (start_many builds thousands).
     record = WorkflowRecord(
-        workflow_id, plan.name, plan.version, input, WorkflowState.RUNNING, now, now
+        workflow_id,
+        plan.name,
+        plan.version,
+        input,
+        WorkflowState.RUNNING,
+        now,
+        now,
+        priority=priority,
+        agents=agents or {},
+        trace=trace,
     )
-    if priority or agents or trace:
-        record = record.evolve(priority=priority, agents=agents or {}, trace=trace)
     ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_stored()))]
     steps: list[StepRecord] = []
     for spec in plan.steps:
-        st = StepRecord(workflow_id, spec.name, updated=now)
-        if begin is not None and not spec.after:
-            at = begin + (spec.delay or 0.0)
-            due_ms = ms(at)
-            st = st.evolve(retry_at=at, timer_ms=due_ms)
-            key = timer_key(due_ms, workflow_id, spec.name)
-            ops.append(Put("timers", key, encode(timer_entry(st.token))))
-            ops.append(Put("steps", step_key(workflow_id, st.name), encode(st.to_stored())))
+        if begin is None or spec.after:
+            steps.append(StepRecord(workflow_id, spec.name, updated=now))
+            continue
+        at = begin + (spec.delay or 0.0)
+        due_ms = ms(at)
+        st = StepRecord(workflow_id, spec.name, retry_at=at, timer_ms=due_ms, updated=now)
+        key = timer_key(due_ms, workflow_id, spec.name)
+        ops.append(Put("timers", key, _NEW_TIMER))  # a new step's token is 0
+        ops.append(Put("steps", step_key(workflow_id, st.name), encode(st.to_stored())))
         steps.append(st)
     return record, steps, ops

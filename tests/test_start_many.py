@@ -83,3 +83,32 @@ def test_start_many_async_awaits_the_group_commit(tmp_path: Path) -> None:
             return [await h.result_async(timeout=WAIT) for h in handles]
 
     assert asyncio.run(main()) == [{"only": {"v": 1}}] * 2
+
+
+class Device(Agent):
+    def configure(self, ctx: StepContext) -> object:
+        return ctx.input["device"]
+
+
+def test_a_templated_workflow_is_routed_and_checked_per_item(tmp_path: Path) -> None:
+    routed = Workflow("routed").step("only", agent="device:{device}", action="configure")
+    with Runtime(tmp_path / "s", setup=register) as rt:
+        rt.add_workflow(routed)
+        for name in ("device:a", "device:b"):
+            rt.add_agent(name, Device)
+        handles = rt.start_many(
+            [{"workflow": "routed", "input": {"device": d}, "workflow_id": d} for d in "ab"]
+        )
+        assert [h.result(timeout=WAIT) for h in handles] == [{"only": "a"}, {"only": "b"}]
+        with pytest.raises(UnknownName, match="'device:c'"):  # the third item, not the first
+            rt.start_many(
+                [{"workflow": "routed", "input": {"device": d}, "workflow_id": d} for d in "abc"]
+            )
+        assert "c" not in {s.id for s in rt.list()}
+
+
+def test_the_workflows_of_one_batch_are_created_at_one_instant(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s", setup=register) as rt:
+        rt.start_many(items([f"w{i}" for i in range(200)]))
+        created = {rt._store.get_workflow(f"w{i}").created for i in range(200)}  # type: ignore[union-attr]
+        assert len(created) == 1  # one clock read for the batch, not one per item
