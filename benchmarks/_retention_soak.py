@@ -167,7 +167,12 @@ def purge_under_load(root: Path, count: int, in_flight: int, phase: float) -> di
     stop = threading.Event()
     done: list[tuple[float, float]] = []
     phases: list[tuple[float, float, str]] = []
-    with Runtime(path, setup=register, retention=None, map_size=1 << 34) as rt:
+    # Opening reads every workflow record once (recovery finds the unfinished ones by
+    # decoding all of them): with a million finished ones that takes minutes on a loaded
+    # machine, longer than the default 30 s the Runtime waits for its Scheduler.
+    opened = time.monotonic()
+    with Runtime(path, setup=register, retention=None, map_size=1 << 35, ask_timeout=1800.0) as rt:
+        progress(TAG, f"opened over {count:,} finished in {time.monotonic() - opened:.0f}s")
         workers = _pump(rt, "ping", in_flight, stop, done)
         warm = threading.Event()
         warm.wait(phase)  # warm-up, not measured

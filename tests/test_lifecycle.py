@@ -1,0 +1,61 @@
+"""The drain of ``stop(drain=True)`` and ``handoff`` waits on commits, not on a poll."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Agent, Runtime, StepContext, Workflow, _lifecycle
+
+WAIT = 20.0
+
+
+class Blocking(Agent):
+    def __init__(self, entered: threading.Event, release: threading.Event) -> None:
+        self.entered, self.release = entered, release
+
+    def hold(self, ctx: StepContext) -> str:
+        self.entered.set()
+        self.release.wait(WAIT)
+        return "held"
+
+
+def test_the_drain_asks_again_when_an_outcome_commits_not_on_a_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_lifecycle, "_BACKSTOP", 600.0)  # only a commit can wake it in time
+    asked: list[int] = []
+    first_answer = threading.Event()
+    real_call = _lifecycle.call
+
+    def counting(ref: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        answer = real_call(ref, method, *args, **kwargs)
+        if method == "in_flight":
+            asked.append(answer)
+            first_answer.set()
+        return answer
+
+    monkeypatch.setattr(_lifecycle, "call", counting)
+    entered, release = threading.Event(), threading.Event()
+    rt = Runtime(tmp_path / "s")
+    try:
+        rt.add_agent("gate", lambda: Blocking(entered, release))
+        rt.add_workflow(Workflow("held").step("hold", agent="gate", action="hold"))
+        rt.start("held", workflow_id="w")
+        assert entered.wait(WAIT)
+        stopper = threading.Thread(target=rt.stop, kwargs={"timeout": WAIT, "drain": True})
+        stopper.start()
+        assert first_answer.wait(WAIT)
+        rt._settle()  # the engine and the writer go idle while the attempt runs
+        threading.Event().wait(0.3)  # a window to see nothing happen (a poll would ask ~30x)
+        assert asked == [1]  # no commit, so the drain has not asked again
+        release.set()  # its outcome commits, which wakes the drain at once
+        stopper.join(WAIT)
+        assert not stopper.is_alive(), "the drain did not wake on the outcome's commit"
+        assert asked == [1, 0]  # asked once more, not once per 10 ms
+    finally:
+        release.set()
+        rt.stop()
