@@ -59,9 +59,7 @@ def recover_all(s: Scheduler) -> None:
     hold_pending_commands(s)
     recovered = unfinished = 0
     corrupt: list[StoreCorrupt] = []
-    for record in s._store.workflows(corrupt=corrupt):
-        if record.state.is_final:
-            continue
+    for record in s._store.unfinished(corrupt=corrupt):  # finished ones are never decoded
         unfinished += 1
         if record.id in s._engine.runs:
             continue

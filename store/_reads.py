@@ -131,6 +131,27 @@ class Reads:
             if wanted is None or record.state is wanted:
                 yield record
 
+    def unfinished(self, *, corrupt: list[StoreCorrupt]) -> Iterator[WorkflowRecord]:
+        """Every workflow not in a final state; unreadable ones go to ``corrupt``.
+
+        Through the ``recent`` index when the store has it (its values are the states,
+        compared as bytes), so a store of a million finished workflows decodes only the
+        unfinished ones: what recovery reads when a runtime opens. Otherwise a full scan.
+        """
+        if not self.indexed:
+            yield from (r for r in self.workflows(corrupt=corrupt) if not r.state.is_final)
+            return
+        states = frozenset(str(s) for s in WorkflowState if not s.is_final) | {recent.UNREADABLE}
+        ids = [wid for _ms, wid, _state in self.recent(newest_first=False, states=states)]
+        for wid in sorted(ids):  # id order, as a full scan gives
+            try:
+                record = self.get_workflow(wid)
+            except StoreCorrupt as exc:
+                corrupt.append(exc)
+                continue
+            if record is not None and not record.state.is_final:  # (it may have ended since)
+                yield record
+
     def recent(
         self,
         *,

@@ -8,6 +8,7 @@ import datetime
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from herder.runtime import (
 )
 from herder.runtime._retention import Retention
 from herder.runtime.testing import FakeClock, advance
-from herder.store import Store
+from herder.store import Store, StoreCorrupt, WorkflowRecord
 
 HERDER = str(Path(sys.executable).parent / "herder")
 WAIT = 30.0
@@ -188,3 +189,32 @@ def test_compact_shrinks_the_file_offline_and_refuses_while_a_runtime_runs(
     with Runtime(old_store, setup=register) as rt:  # the compacted store works
         assert [s.id for s in rt.list()] == ["stuck"]
         assert rt.start("order", {}, workflow_id="new").result(timeout=WAIT)
+
+
+def test_opening_decodes_only_the_unfinished_workflows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A runtime kept for months holds many finished workflows (up to the retention
+    # period's worth); recovery finds the unfinished ones through the index, so opening
+    # does not decode a million records it has nothing to do with.
+    with Runtime(tmp_path / "s", setup=register, retention=None) as rt:
+        for i in range(30):
+            finish(rt, f"done-{i}", {})
+        rt.start("order", {}, workflow_id="later", delay=DAY)
+    decoded: list[str] = []
+    real = WorkflowRecord.from_dict
+
+    def counting(data: Any) -> WorkflowRecord:
+        record = real(data)
+        decoded.append(record.id)
+        return record
+
+    monkeypatch.setattr(WorkflowRecord, "from_dict", counting)
+    with Store(tmp_path / "s") as store:
+        corrupt: list[StoreCorrupt] = []
+        assert [r.id for r in store.unfinished(corrupt=corrupt)] == ["later"]
+        assert corrupt == []
+    assert decoded == ["later"]
+    monkeypatch.setattr(WorkflowRecord, "from_dict", real)
+    with Runtime(tmp_path / "s", setup=register) as rt:
+        assert rt.stats()["steps"]["active_workflows"] == 1  # recovered
