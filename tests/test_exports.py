@@ -46,6 +46,7 @@ def test_the_public_modules_export_exactly_the_contract(module: str, expected: s
     api = importlib.import_module(module)
     assert set(api.__all__) == expected
     assert len(api.__all__) == len(expected), "a name is listed twice"
+    assert api.__all__ == sorted(api.__all__), f"{module}.__all__ is kept sorted"
     for name in api.__all__:
         assert getattr(api, name).__doc__, f"{module}.{name} needs a docstring"
 

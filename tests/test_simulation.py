@@ -1,4 +1,4 @@
-"""Deterministic simulation over many seeds (``herder.runtime._simulation``).
+"""Deterministic simulation over many seeds (``herder.runtime.testing.simulate``).
 
 Each seed runs a small workload on a real runtime under a fake clock and a seeded fault
 schedule (errors, lost answers, hangs with late stale answers, instance crashes,
@@ -20,7 +20,7 @@ from collections import Counter
 
 import pytest
 
-from herder.runtime._simulation import FaultSchedule, simulate
+from herder.runtime.testing import FaultSchedule, simulate
 
 
 def _scratch(tmp_path: pathlib.Path) -> pathlib.Path:

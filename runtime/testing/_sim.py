@@ -32,7 +32,6 @@ failing seed therefore reproduces its faults exactly and its failure very likely
 from __future__ import annotations
 
 import functools
-import random
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,115 +50,17 @@ from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
 from herder.runtime._schedules import slot_id
 from herder.runtime._seams import crash_scheduler
-from herder.runtime._sim_operator import SimOperator
-from herder.runtime._workflow import Workflow
-from herder.store import RetryPolicy, ScheduleRecord, StepState, WorkflowState, schedule_key
-
-TIMEOUT = 5.0  # each step's timeout, in fake seconds
-ROUND = 6.0  # fake seconds per round: past a timeout and a retry's backoff
-MAX_ROUNDS = 40
-QUIET_WAIT = 10.0
-CONCURRENCY = (
-    2  # instances per agent  # real seconds a round may take to settle before the seed fails
+from herder.runtime.testing._faults import (
+    CONCURRENCY,
+    MAX_ROUNDS,
+    ROUND,
+    FaultSchedule,
+    definition,
 )
+from herder.runtime.testing._sim_operator import SimOperator
+from herder.store import ScheduleRecord, StepState, WorkflowState, schedule_key
 
-RETRY = RetryPolicy(max_attempts=8, initial_interval=1.0, backoff_coefficient=1.0, jitter=0.0)
-"""Transient faults hit attempts 1-2 and store faults cost at most 2 more: 8 always suffice."""
-
-KINDS = ("raise", "lost", "hang", "crash")
-
-
-@dataclass(frozen=True)
-class FaultSchedule:
-    """Which fault each attempt meets, decided by the seed alone.
-
-    ``rate`` is the chance an attempt numbered up to ``transient_attempts`` meets one of
-    :data:`KINDS`; ``permanent_rate`` the chance a (forward) step fails permanently at
-    every attempt; ``store_rate`` the chance a store commit fails, at most
-    ``max_store_faults`` times per run.
-    """
-
-    seed: int
-    rate: float = 0.3
-    transient_attempts: int = 2
-    permanent_rate: float = 0.08
-    store_rate: float = 0.04
-    max_store_faults: int = 2
-
-    def _draw(self, *parts: object) -> float:
-        # random.Random(str) hashes the string with SHA-512: stable across processes.
-        return random.Random("/".join(map(str, (self.seed, *parts)))).random()
-
-    def attempt_fault(
-        self, workflow_id: str, step: str, attempt: int, compensating: bool
-    ) -> str | None:
-        """The fault of one attempt: None, ``"permanent"`` or one of :data:`KINDS`."""
-        if not compensating and self.permanent(workflow_id, step):
-            return "permanent"
-        if attempt > self.transient_attempts:
-            return None
-        r = self._draw("attempt", workflow_id, step, attempt, compensating)
-        if r >= self.rate:
-            return None
-        return KINDS[int(r / self.rate * len(KINDS))]
-
-    def permanent(self, workflow_id: str, step: str) -> bool:
-        """True if every forward attempt of this step fails permanently."""
-        return self._draw("permanent", workflow_id, step) < self.permanent_rate
-
-    def store_fault(self, commit: int) -> bool:
-        """True if the ``commit``-th store commit (counted from 1) is to fail."""
-        return self._draw("store", commit) < self.store_rate
-
-    def workflows(self) -> int:
-        """How many workflows the run starts (2-4)."""
-        return 2 + int(self._draw("workflows") * 3)
-
-    def scheduler_crash_at(self) -> int | None:
-        """The round at which the Scheduler actor crashes (the tree restarts it), or None
-        (three seeds in four)."""
-        if self._draw("scheduler") < 3 / 4:
-            return None
-        return int(self._draw("scheduler-round") * 3)
-
-    def restart_at(self) -> int | None:
-        """The round at which the runtime is stopped and opened again, or None (2/3)."""
-        if self._draw("restart") < 2 / 3:
-            return None
-        return int(self._draw("restart-round") * 3)
-
-    def pause_schedule_at(self) -> int | None:
-        """The round at which the run's schedule is paused, or None: no schedule (3/4)."""
-        if self._draw("schedule") < 3 / 4:
-            return None
-        return 1 + int(self._draw("schedule-round") * 3)
-
-    def abandon_at(self) -> tuple[int, int] | None:
-        """(round, workflow index) of an abandon request, or None (three seeds in four)."""
-        if self._draw("abandon") < 3 / 4:
-            return None
-        return int(self._draw("abandon-round") * 3), int(self._draw("abandon-which") * 2)
-
-    def queued_at_restart(self) -> tuple[str, int] | None:
-        """(action, workflow index) of a cancel or abandon queued through the CLI's channel
-        while the runtime is down for its restart, or None (half of the seeds)."""
-        if self._draw("queued") < 0.5:
-            return None
-        action = "cancel" if self._draw("queued-action") < 0.5 else "abandon"
-        return action, int(self._draw("queued-which") * 2)
-
-    def wall_step_at(self) -> tuple[int, float] | None:
-        """(round, seconds) of a wall-clock step of an hour either way, or None (2/3)."""
-        if self._draw("wall") < 2 / 3:
-            return None
-        sign = 1.0 if self._draw("wall-sign") < 0.5 else -1.0
-        return int(self._draw("wall-round") * 3), sign * 3600.0
-
-    def cancel_at(self) -> tuple[int, int] | None:
-        """(round, workflow index) of a cancel request, or None (half of the seeds)."""
-        if self._draw("cancel") < 0.5:
-            return None
-        return int(self._draw("cancel-round") * 3), int(self._draw("cancel-which") * 2)
+QUIET_WAIT = 10.0  # real seconds a round may take to settle before the seed fails
 
 
 class _Gate:
@@ -256,16 +157,6 @@ class SimService(Agent):
         if ctx.superseded:  # as a well-behaved agent: a replaced attempt does nothing more
             raise TimeoutError(f"{ctx.step}: gave up after the hang")
         effect()
-
-
-def _definition() -> Workflow:
-    """a, then b and c in parallel, then d; c has no compensation."""
-    step = functools.partial(Workflow.step, action="do", timeout=TIMEOUT, retry=RETRY)
-    wf = Workflow("sim", version=1)
-    wf = step(wf, "a", agent="alpha", compensate="undo")
-    wf = step(wf, "b", agent="beta", compensate="undo", after=["a"])
-    wf = step(wf, "c", agent="alpha", after=["a"])
-    return step(wf, "d", agent="beta", compensate="undo", after=["b", "c"])
 
 
 @dataclass
@@ -423,7 +314,7 @@ def _open(directory: Path, clock: FakeClock, world: _World) -> Runtime:
     factory = functools.partial(SimService, world)
     rt.add_agent("alpha", factory, concurrency=CONCURRENCY)
     rt.add_agent("beta", factory, concurrency=CONCURRENCY)
-    rt.add_workflow(_definition())
+    rt.add_workflow(definition())
     return rt
 
 
@@ -497,7 +388,7 @@ def _verify(
     report: SimReport,
 ) -> None:
     schedule = world.schedule
-    steps = [spec.name for spec in _definition().compile().steps]
+    steps = [spec.name for spec in definition().compile().steps]
     compensated = {"a", "b", "d"}
     problems = report.problems
     for wid in ids:

@@ -1,20 +1,5 @@
-"""The testing kit: what herder's own tests use, shipped so users can test their workflows.
-
-- :class:`FakeClock` — time that moves only when told; pass it as ``Runtime(clock=...)``
-  and call :func:`advance` to fire timeouts, retries and sweeps instantly;
-  ``step_wall(seconds)`` steps the wall clock alone (an NTP correction, a VM resume).
-- :class:`EffectLedger` — an idempotent fake remote service that counts every request and
-  every effect by idempotency key, so a test can assert "applied once".
-- :func:`wait_until` — block until a condition on the runtime holds, woken by each commit.
-- :func:`check_store` — ``herder check`` as a function: every broken cross-database
-  invariant of a store, by key (run it after a test, as bbolt's test helpers do).
-- :func:`simulate` with :class:`FaultSchedule` — deterministic simulation: one seed
-  decides every fault of a small workload under a fake clock; a :class:`SimReport`
-  lists every broken expectation (``tests/test_simulation.py`` runs 200 seeds).
-- Fault helpers for agent actions: :func:`fail_first`, :func:`hang_until`,
-  :func:`crash_instance`, :func:`fail_permanently`; and for the engine itself,
-  :func:`crash_scheduler` (the Scheduler fails as a bug would and is restarted).
-"""
+"""The testing kit's helpers: an idempotent fake service, fault helpers for actions, and
+waits on a live runtime driven by the commits it makes (never by sleeping)."""
 
 from __future__ import annotations
 
@@ -25,28 +10,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext
-from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
-from herder.runtime._seams import crash_scheduler
-from herder.runtime._simulation import FaultSchedule, SimReport, simulate
-
-__all__ = [
-    "EffectLedger",
-    "FakeClock",
-    "FaultSchedule",
-    "InstanceCrash",
-    "SimReport",
-    "advance",
-    "check_store",
-    "crash_instance",
-    "crash_scheduler",
-    "fail_first",
-    "fail_permanently",
-    "hang_until",
-    "settle",
-    "simulate",
-    "wait_until",
-]
 
 
 class EffectLedger:

@@ -1,6 +1,6 @@
 """The simulation's operator and wall clock: what :func:`simulate` does besides faults.
 
-Each seed (see :class:`~herder.runtime._simulation.FaultSchedule`) may cancel or abandon
+Each seed (see :class:`~herder.runtime.testing._faults.FaultSchedule`) may cancel or abandon
 a workflow at some round, queue a cancel or abandon through the CLI's channel while the
 runtime is down for its restart (the next runtime applies it at start-up, before anything
 of the workflow runs again), and step the wall clock an hour either way (nothing may
@@ -18,7 +18,7 @@ from herder.store import WorkflowState, append_command, new_command, wait_outcom
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
-    from herder.runtime._simulation import FaultSchedule
+    from herder.runtime.testing._faults import FaultSchedule
 
 QUIET_WAIT = 10.0
 
