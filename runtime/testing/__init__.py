@@ -36,7 +36,8 @@ from herder.runtime.testing._kit import (
     settle,
     wait_until,
 )
-from herder.runtime.testing._sim import SimReport, simulate
+from herder.runtime.testing._sim import simulate
+from herder.runtime.testing._world import SimReport
 
 __all__ = [
     "EffectLedger",

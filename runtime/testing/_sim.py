@@ -33,20 +33,13 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from herder.actors import (
-    Agent,
     FakeClock,
-    InstanceCrash,
-    Permanent,
-    StepContext,
     call,
 )
-from herder.runtime._check import check_store
 from herder.runtime._runtime import Runtime
 from herder.runtime._schedules import slot_id
 from herder.runtime._seams import crash_scheduler
@@ -58,7 +51,8 @@ from herder.runtime.testing._faults import (
     definition,
 )
 from herder.runtime.testing._sim_operator import SimOperator
-from herder.store import ScheduleRecord, StepState, WorkflowState, schedule_key
+from herder.runtime.testing._world import SimReport, SimService, StoreFaults, World, verify
+from herder.store import ScheduleRecord, schedule_key
 
 QUIET_WAIT = 10.0  # real seconds a round may take to settle before the seed fails
 
@@ -97,101 +91,12 @@ class _Gate:
 
 
 @dataclass
-class _World:
-    schedule: FaultSchedule
+class _ThreadedWorld(World):
     agent_host: str = "thread"
     gate: _Gate = field(default_factory=_Gate)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    applied: dict[str, int] = field(default_factory=dict)  # key -> application order
-    undone: list[str] = field(default_factory=list)
-    faults: Counter[str] = field(default_factory=Counter)
 
-    def apply(self, key: str) -> str:
-        with self.lock:
-            self.applied.setdefault(key, len(self.applied))
-            return f"done:{key}"
-
-    def undo(self, key: str) -> None:
-        with self.lock:
-            if key in self.applied and key not in self.undone:
-                self.undone.append(key)
-
-
-class SimService(Agent):
-    """The simulated remote service: ``do`` applies an effect once per key, ``undo``
-    reverts it; each attempt first meets the fault the schedule gives it."""
-
-    def __init__(self, world: _World) -> None:
-        self._world = world
-
-    def do(self, ctx: StepContext) -> str:
-        """Apply this step's effect (idempotent on ``ctx.idempotency_key``)."""
-        self._fault(ctx, lambda: self._world.apply(ctx.idempotency_key))
-        return self._world.apply(ctx.idempotency_key)
-
-    def undo(self, ctx: StepContext) -> None:
-        """Revert this step's effect (idempotent)."""
-        key = ctx.idempotency_key.removesuffix("/compensate")
-        self._fault(ctx, lambda: self._world.undo(key))
-        self._world.undo(key)
-
-    def _fault(self, ctx: StepContext, effect: Any) -> None:
-        world = self._world
-        kind = world.schedule.attempt_fault(
-            ctx.workflow_id, ctx.step, ctx.attempt, ctx.compensating
-        )
-        if kind is None:
-            return
-        with world.lock:
-            world.faults[kind] += 1
-        if kind == "permanent":
-            raise Permanent(f"{ctx.step} can never succeed (seed {world.schedule.seed})")
-        if kind == "raise":
-            raise ConnectionError(f"{ctx.step}: service unreachable")
-        if kind == "crash":
-            raise InstanceCrash(f"{ctx.step}: client crashed")
-        if kind == "lost":
-            effect()
-            raise TimeoutError(f"{ctx.step}: answer lost")
-        world.gate.hang()  # "hang": until the harness has let the timeout fire
-        if ctx.superseded:  # as a well-behaved agent: a replaced attempt does nothing more
-            raise TimeoutError(f"{ctx.step}: gave up after the hang")
-        effect()
-
-
-@dataclass
-class SimReport:
-    """What one seed did and every expectation it broke (empty ``problems``: passed)."""
-
-    seed: int
-    workflows: dict[str, str] = field(default_factory=dict)  # id -> final state
-    faults: Counter[str] = field(default_factory=Counter)
-    store_faults: int = 0
-    rounds: int = 0
-    stale: int = 0  # late answers of superseded attempts the Scheduler dropped
-    restarts: int = 0
-    scheduler_crashes: int = 0
-    fired: int = 0  # workflows the run's schedule started
-    operator: list[str] = field(default_factory=list)  # "round action id" done, in order
-    problems: list[str] = field(default_factory=list)
-
-
-class _StoreFaults:
-    """The writer's fault hook: fail the commits the schedule picks while armed."""
-
-    def __init__(self, schedule: FaultSchedule) -> None:
-        self.schedule = schedule
-        self.armed = False
-        self.commits = 0
-        self.failed = 0
-
-    def __call__(self) -> None:
-        if not self.armed:
-            return
-        self.commits += 1
-        if self.failed < self.schedule.max_store_faults and self.schedule.store_fault(self.commits):
-            self.failed += 1
-            raise OSError(28, f"simulated write error (commit {self.commits})")
+    def hang(self) -> None:
+        self.gate.hang()  # until the harness has let the timeout fire
 
 
 def simulate(
@@ -204,11 +109,11 @@ def simulate(
     """Run one seed on a new store in ``directory``; return what broke (see module doc).
     ``agent_host`` is the runtime's (``"thread"`` or ``"pool"``)."""
     schedule = schedule or FaultSchedule(seed)
-    world = _World(schedule, agent_host=agent_host)
+    world = _ThreadedWorld(schedule, agent_host=agent_host)
     report = SimReport(seed)
     clock = FakeClock()
     rt = _open(Path(directory), clock, world)
-    faults = _StoreFaults(schedule)
+    faults = StoreFaults(schedule)
     try:
         ids = [f"s{seed}-{i}" for i in range(schedule.workflows())]
         for wid in ids:
@@ -255,7 +160,7 @@ def simulate(
         report.store_faults = faults.failed
         report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
         report.operator = operator.done
-        _verify(rt, world, ids, operator.wants, report)
+        verify(rt._store, world, ids, operator.wants, report)
     finally:
         faults.armed = False
         world.gate.release()
@@ -267,9 +172,9 @@ def _restart(
     rt: Runtime,
     directory: Path,
     clock: FakeClock,
-    world: _World,
+    world: _ThreadedWorld,
     *,
-    faults: _StoreFaults,
+    faults: StoreFaults,
     report: SimReport,
     operator: SimOperator,
     rnd: int,
@@ -302,7 +207,7 @@ def _crash_scheduler(rt: Runtime) -> int:
     return stale
 
 
-def _open(directory: Path, clock: FakeClock, world: _World) -> Runtime:
+def _open(directory: Path, clock: FakeClock, world: _ThreadedWorld) -> Runtime:
     rt = Runtime(
         directory,
         clock=clock,
@@ -318,7 +223,7 @@ def _open(directory: Path, clock: FakeClock, world: _World) -> Runtime:
     return rt
 
 
-def _pause_schedule(rt: Runtime, faults: _StoreFaults, report: SimReport) -> list[str]:
+def _pause_schedule(rt: Runtime, faults: StoreFaults, report: SimReport) -> list[str]:
     """Pause the run's schedule and return the ids of the workflows it fired: with
     ``catch_up="all"`` each slot from its creation to its cursor fired once (counted in
     ``fired``) or was skipped while the previous firing ran (counted in ``skipped``)."""
@@ -347,7 +252,7 @@ def _pause_schedule(rt: Runtime, faults: _StoreFaults, report: SimReport) -> lis
     return fired
 
 
-def _quiet(rt: Runtime, world: _World) -> None:
+def _quiet(rt: Runtime, world: _ThreadedWorld) -> None:
     """Wait until nothing runs but hung attempts and nothing waits for an instance."""
     gate = world.gate
 
@@ -378,61 +283,3 @@ def _quiet(rt: Runtime, world: _World) -> None:
         )
     finally:
         timer.cancel()
-
-
-def _verify(
-    rt: Runtime,
-    world: _World,
-    ids: list[str],
-    wants: dict[str, WorkflowState],
-    report: SimReport,
-) -> None:
-    schedule = world.schedule
-    steps = [spec.name for spec in definition().compile().steps]
-    compensated = {"a", "b", "d"}
-    problems = report.problems
-    for wid in ids:
-        status = rt.status(wid)
-        report.workflows[wid] = str(status.state)
-        doomed = any(schedule.permanent(wid, s) for s in steps)
-        want = wants.get(wid) or (WorkflowState.COMPENSATED if doomed else WorkflowState.SUCCEEDED)
-        kept = want in (WorkflowState.SUCCEEDED, WorkflowState.ABANDONED)  # nothing undone
-        if status.state is not want:
-            problems.append(f"{wid}: {status.state}, expected {want} ({status.error})")
-            continue
-        records = {st.name: st for st in rt._store.steps_of(wid)}
-        for name, st in records.items():
-            key = f"{wid}/{name}"
-            applied, undone = key in world.applied, key in world.undone
-            if st.state is StepState.SUCCEEDED and (not applied or undone):
-                problems.append(f"{key}: SUCCEEDED but applied={applied} undone={undone}")
-            if st.state is StepState.SUCCEEDED and name in compensated and not kept:
-                problems.append(f"{key}: left SUCCEEDED in a {want} workflow")
-            # A step undone after a failure may never have applied: then undo is a no-op.
-            if st.state is StepState.COMPENSATED and applied and not undone:
-                problems.append(f"{key}: COMPENSATED but its effect was never undone")
-            if st.state is StepState.PENDING and applied:
-                problems.append(f"{key}: never dispatched, yet applied")
-            if (
-                st.state is StepState.FAILED
-                and name in compensated
-                and applied
-                and not undone
-                and not kept
-            ):
-                problems.append(f"{key}: FAILED but its effect stands, never undone")
-        by_completion = sorted(
-            (
-                st
-                for st in records.values()
-                if st.state is StepState.COMPENSATED and f"{wid}/{st.name}" in world.applied
-            ),
-            key=lambda st: st.done_token or 0,
-        )
-        expected_undo = [f"{wid}/{st.name}" for st in reversed(by_completion)]
-        actual_undo = [k for k in world.undone if k.startswith(f"{wid}/")]
-        if actual_undo != expected_undo:
-            problems.append(f"{wid}: undone in order {actual_undo}, expected {expected_undo}")
-    problems += [f"herder check: {p}" for p in check_store(rt._store).problems]
-    stale_check = [w for w in ids if not rt.status(w).state.is_final]
-    problems += [f"{w}: not final after {report.rounds} rounds" for w in stale_check]

@@ -1,0 +1,177 @@
+"""What both simulations share: the simulated remote service (:class:`World`,
+:class:`SimService`), the store's fault hook, the report, and :func:`verify`, the
+expectations every seed's end state must meet."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from herder.actors import Agent, InstanceCrash, Permanent, StepContext
+from herder.runtime._check import check_store
+from herder.runtime.testing._faults import FaultSchedule, definition
+from herder.store import StepState, Store, WorkflowState
+
+
+@dataclass
+class World:
+    """The remote side of a simulation: which effects were applied (and in what order) and
+    undone, by idempotency key, and the faults attempts met."""
+
+    schedule: FaultSchedule
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    applied: dict[str, int] = field(default_factory=dict)  # key -> application order
+    undone: list[str] = field(default_factory=list)
+    faults: Counter[str] = field(default_factory=Counter)
+
+    def apply(self, key: str) -> str:
+        with self.lock:
+            self.applied.setdefault(key, len(self.applied))
+            return f"done:{key}"
+
+    def undo(self, key: str) -> None:
+        with self.lock:
+            if key in self.applied and key not in self.undone:
+                self.undone.append(key)
+
+    def hang(self) -> None:
+        """Where a hung attempt waits (the threaded simulation blocks here; the exact one
+        has held the attempt back already, so it returns at once)."""
+
+
+class SimService(Agent):
+    """The simulated remote service: ``do`` applies an effect once per key, ``undo``
+    reverts it; each attempt first meets the fault the schedule gives it."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    def do(self, ctx: StepContext) -> str:
+        """Apply this step's effect (idempotent on ``ctx.idempotency_key``)."""
+        self._fault(ctx, lambda: self._world.apply(ctx.idempotency_key))
+        return self._world.apply(ctx.idempotency_key)
+
+    def undo(self, ctx: StepContext) -> None:
+        """Revert this step's effect (idempotent)."""
+        key = ctx.idempotency_key.removesuffix("/compensate")
+        self._fault(ctx, lambda: self._world.undo(key))
+        self._world.undo(key)
+
+    def _fault(self, ctx: StepContext, effect: Any) -> None:
+        world = self._world
+        kind = world.schedule.attempt_fault(
+            ctx.workflow_id, ctx.step, ctx.attempt, ctx.compensating
+        )
+        if kind is None:
+            return
+        with world.lock:
+            world.faults[kind] += 1
+        if kind == "permanent":
+            raise Permanent(f"{ctx.step} can never succeed (seed {world.schedule.seed})")
+        if kind == "raise":
+            raise ConnectionError(f"{ctx.step}: service unreachable")
+        if kind == "crash":
+            raise InstanceCrash(f"{ctx.step}: client crashed")
+        if kind == "lost":
+            effect()
+            raise TimeoutError(f"{ctx.step}: answer lost")
+        world.hang()  # "hang": until the harness has let the timeout fire
+        if ctx.superseded:  # as a well-behaved agent: a replaced attempt does nothing more
+            raise TimeoutError(f"{ctx.step}: gave up after the hang")
+        effect()
+
+
+@dataclass
+class SimReport:
+    """What one seed did and every expectation it broke (empty ``problems``: passed)."""
+
+    seed: int
+    workflows: dict[str, str] = field(default_factory=dict)  # id -> final state
+    faults: Counter[str] = field(default_factory=Counter)
+    store_faults: int = 0
+    rounds: int = 0
+    stale: int = 0  # late answers of superseded attempts the Scheduler dropped
+    restarts: int = 0
+    scheduler_crashes: int = 0
+    fired: int = 0  # workflows the run's schedule started
+    operator: list[str] = field(default_factory=list)  # "round action id" done, in order
+    problems: list[str] = field(default_factory=list)
+
+
+class StoreFaults:
+    """The writer's fault hook: fail the commits the schedule picks while armed."""
+
+    def __init__(self, schedule: FaultSchedule) -> None:
+        self.schedule = schedule
+        self.armed = False
+        self.commits = 0
+        self.failed = 0
+
+    def __call__(self) -> None:
+        if not self.armed:
+            return
+        self.commits += 1
+        if self.failed < self.schedule.max_store_faults and self.schedule.store_fault(self.commits):
+            self.failed += 1
+            raise OSError(28, f"simulated write error (commit {self.commits})")
+
+
+def verify(
+    store: Store,
+    world: World,
+    ids: list[str],
+    wants: dict[str, WorkflowState],
+    report: SimReport,
+) -> None:
+    schedule = world.schedule
+    steps = [spec.name for spec in definition().compile().steps]
+    compensated = {"a", "b", "d"}
+    problems = report.problems
+    for wid in ids:
+        status = store.get_workflow(wid)
+        assert status is not None, f"{wid} was started, so it is stored"
+        report.workflows[wid] = str(status.state)
+        doomed = any(schedule.permanent(wid, s) for s in steps)
+        want = wants.get(wid) or (WorkflowState.COMPENSATED if doomed else WorkflowState.SUCCEEDED)
+        kept = want in (WorkflowState.SUCCEEDED, WorkflowState.ABANDONED)  # nothing undone
+        if status.state is not want:
+            problems.append(f"{wid}: {status.state}, expected {want} ({status.error})")
+            continue
+        records = {st.name: st for st in store.steps_of(wid)}
+        for name, st in records.items():
+            key = f"{wid}/{name}"
+            applied, undone = key in world.applied, key in world.undone
+            if st.state is StepState.SUCCEEDED and (not applied or undone):
+                problems.append(f"{key}: SUCCEEDED but applied={applied} undone={undone}")
+            if st.state is StepState.SUCCEEDED and name in compensated and not kept:
+                problems.append(f"{key}: left SUCCEEDED in a {want} workflow")
+            # A step undone after a failure may never have applied: then undo is a no-op.
+            if st.state is StepState.COMPENSATED and applied and not undone:
+                problems.append(f"{key}: COMPENSATED but its effect was never undone")
+            if st.state is StepState.PENDING and applied:
+                problems.append(f"{key}: never dispatched, yet applied")
+            if (
+                st.state is StepState.FAILED
+                and name in compensated
+                and applied
+                and not undone
+                and not kept
+            ):
+                problems.append(f"{key}: FAILED but its effect stands, never undone")
+        by_completion = sorted(
+            (
+                st
+                for st in records.values()
+                if st.state is StepState.COMPENSATED and f"{wid}/{st.name}" in world.applied
+            ),
+            key=lambda st: st.done_token or 0,
+        )
+        expected_undo = [f"{wid}/{st.name}" for st in reversed(by_completion)]
+        actual_undo = [k for k in world.undone if k.startswith(f"{wid}/")]
+        if actual_undo != expected_undo:
+            problems.append(f"{wid}: undone in order {actual_undo}, expected {expected_undo}")
+    problems += [f"herder check: {p}" for p in check_store(store).problems]
+    unfinished = [w for w, state in report.workflows.items() if not WorkflowState(state).is_final]
+    problems += [f"{w}: not final after {report.rounds} rounds" for w in unfinished]
