@@ -17,7 +17,7 @@ enforces it. ``__all__`` is the contract herder.runtime builds on; what users ne
 re-exported by herder.runtime.
 """
 
-from herder.actors._action import coroutine_actions
+from herder.actors._action import coroutine_actions, run_attempt
 from herder.actors._adaptive import Adaptive
 from herder.actors._admission import resource_stats
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
@@ -50,10 +50,13 @@ from herder.actors._messages import (
     Define,
     InstanceEvent,
     Operate,
+    Outcome,
+    Run,
 )
 from herder.actors._mixed_host import MixedHost
 from herder.actors._outcomes import ProbeResult, parse_task_token
 from herder.actors._pool_host import PoolHost
+from herder.actors._queue import JobQueue
 from herder.actors._scheduler import Scheduler
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
@@ -100,15 +103,18 @@ __all__ = [
     "InstanceEvent",
     "InvalidDefinition",
     "InvalidState",
+    "JobQueue",
     "MixedHost",
     "NotActive",
     "Operate",
+    "Outcome",
     "Permanent",
     "PoolHost",
     "ProbeResult",
     "RateLimit",
     "Restart",
     "RestartIntensityExceeded",
+    "Run",
     "RuntimeClosed",
     "Scheduler",
     "SteadyClock",
@@ -134,6 +140,7 @@ __all__ = [
     "parse_task_token",
     "read_facts",
     "resource_stats",
+    "run_attempt",
     "run_attempt_async",
     "start_supervisor",
     "start_tree",

@@ -15,6 +15,7 @@ from herder.actors._adaptive import Adaptive
 from herder.actors._agent import Agent
 from herder.actors._clock import Clock
 from herder.actors._event_loop import EventLoop
+from herder.actors._host import AgentHost
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat
 from herder.store import LeaseLost, Plan, RetryPolicy, StepRecord, Store, WorkflowRecord
@@ -87,6 +88,9 @@ class EngineContext:
         # runtime's health signal (lease renewal, systemd watchdog).
         self.sweep_listeners: list[Callable[[], None]] = []
         self.on_lease_lost: Callable[[LeaseLost], None] | None = None
+        # The agent host each Scheduler builds at start, when not the configured pykka
+        # one: the testing kit's InlineHost, which the single-threaded simulation drives.
+        self.make_host: Callable[[], AgentHost] | None = None
         self.lost: LeaseLost | None = None
         self.reset_tokens()
 

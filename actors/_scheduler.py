@@ -184,6 +184,14 @@ class Scheduler(SupervisedActor):
     def on_start(self) -> None:
         """Attach to the agents subtree and recover unfinished workflows from the store."""
         super().on_start()
+        self._host = self._ctx.make_host() if self._ctx.make_host else self._start_host()
+        for name, (factory, concurrency) in self._ctx.agents.items():
+            self._host.add(name, factory, concurrency)
+            self._admission.configure(name, *self._ctx.limits.get(name, (None, None, None)))
+        self._ctx.scheduler = self.actor_ref
+        self.actor_ref.tell(Recover())
+
+    def _start_host(self) -> AgentHost:
         ctx, config = self._ctx, self._config
         assert ctx.agents_supervisor is not None, "agents supervisor starts first"
         host = PoolHost if config.agent_host == "pool" else ThreadHost
@@ -197,7 +205,7 @@ class Scheduler(SupervisedActor):
             restart_period=config.agent_restart_period,
             queue_aging=config.priority_aging,
         )
-        self._host = MixedHost(
+        return MixedHost(
             threads,
             lambda: AsyncHost(
                 ctx.event_loop,
@@ -208,11 +216,6 @@ class Scheduler(SupervisedActor):
             ),
             ctx.async_agents.__contains__,
         )
-        for name, (factory, concurrency) in self._ctx.agents.items():
-            self._host.add(name, factory, concurrency)
-            self._admission.configure(name, *self._ctx.limits.get(name, (None, None, None)))
-        self._ctx.scheduler = self.actor_ref
-        self.actor_ref.tell(Recover())
 
     def on_failure(self, *_exc_info: object) -> None:
         """Keep the promises of commits that reached the inbox but were never handled."""

@@ -77,7 +77,9 @@ class Store(Reads, LeaseHolder):
     ``Store(path, mode="client")`` opens an existing store that another process may be
     running, to append to it directly (the operator commands, ``_commands.py``). ``mode``
     names any of the four; ``readonly=True`` and ``standby=True`` are the same as their
-    modes. Reads are thread-safe.
+    modes. Reads are thread-safe. ``inline_writes=True`` gives the writer no thread:
+    each submission commits on the submitting thread (for the single-threaded simulation
+    of ``herder.runtime.testing``).
     """
 
     path: pathlib.Path
@@ -95,6 +97,7 @@ class Store(Reads, LeaseHolder):
         lease: float = DEFAULT_LEASE,
         map_size: int = 64 * 2**20,
         max_value_bytes: int | None = None,
+        inline_writes: bool = False,
     ) -> None:
         if not lease > 0:
             raise InvalidInput(f"lease must be > 0 seconds, got {lease!r}")
@@ -116,6 +119,7 @@ class Store(Reads, LeaseHolder):
         self.releasing = False
         self._clock_note: float | None = None
         self._max_value = max_value_bytes
+        self._inline_writes = inline_writes
         self._env: lmdb.Environment | None = None
         self._writer: Writer | None = None
         self._lock_fd: int | None = None
@@ -209,6 +213,7 @@ class Store(Reads, LeaseHolder):
             max_value_bytes=self._max_value,
             guard=guard(self._handles["meta"], lease.owner),
             derived={"workflows": functools.partial(recent.maintain, handles=self._handles)},
+            thread=not self._inline_writes,
         )
 
     def _try_flock(self) -> bool:

@@ -78,6 +78,10 @@ class Writer:
     Thread-safe: any thread may submit. Only the writer thread touches LMDB for writing.
     ``fault``, when set, is called inside the thread right before each commit; raising
     ``lmdb.Error`` or ``OSError`` from it simulates a failed commit (for chaos tests).
+    With ``thread=False`` there is no thread: each submission is committed (and its
+    callbacks run) on the submitting thread before the submit returns, one transaction
+    per submission, which the single-threaded simulation (``herder.runtime.testing``)
+    needs to be exact.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class Writer:
         guard: Callable[[lmdb.Transaction], BaseException | None] | None = None,
         derived: Mapping[str, Callable[[lmdb.Transaction, bytes, bytes | None], None]]
         | None = None,
+        thread: bool = True,
     ) -> None:
         self._env = env
         self._derived = dict(derived or {})
@@ -119,8 +124,13 @@ class Writer:
             0,
         )
         self.fault: Callable[[], None] | None = None
-        self._thread = threading.Thread(target=self._run, name="herder-store-writer", daemon=True)
-        self._thread.start()
+        self._draining = False  # inline mode: a callback's submission joins the drain
+        self._thread: threading.Thread | None = None
+        if thread:
+            self._thread = threading.Thread(
+                target=self._run, name="herder-store-writer", daemon=True
+            )
+            self._thread.start()
 
     # ------------------------------------------------------------------ submitting
 
@@ -143,6 +153,7 @@ class Writer:
             self._queued += 1
             self._submitted += 1
             self._cond.notify()
+        self._inline()
         return fut
 
     def submit_many(self, transitions: Sequence[Transition], on_done: Callback) -> None:
@@ -162,7 +173,12 @@ class Writer:
                 self._queued += n
                 self._submitted += n
                 self._cond.notify()
-                return
+                queued = True
+            else:
+                queued = False
+        if queued:
+            self._inline()
+            return
         closed = StoreClosed("the store writer is closed; reopen the store")
         _call(on_done, [closed] * n)
 
@@ -191,7 +207,12 @@ class Writer:
                 self._queued += count
                 self._submitted += count
                 self._cond.notify()
-                return
+                queued = True
+            else:
+                queued = False
+        if queued:
+            self._inline()
+            return
         _call_sink(sink, effects, StoreClosed("the store writer is closed; reopen the store"))
 
     def _validate(self, t: Transition) -> None:
@@ -222,6 +243,8 @@ class Writer:
         with self._cond:
             self._closing = True
             self._cond.notify()
+        if self._thread is None:
+            return  # inline: every submission was committed before its submit returned
         if threading.current_thread() is self._thread:
             raise InvalidInput("Writer.close() called from a writer callback; close elsewhere")
         self._thread.join(timeout)
@@ -252,24 +275,47 @@ class Writer:
                     cond.wait()
                 if not self._queue:
                     return  # closing and drained
-                if self._queued <= MAX_BATCH:
-                    batch = list(self._queue)
-                    self._queue.clear()
-                    n = self._queued
-                    self._queued = 0
-                else:
-                    batch, n = [], 0
-                    while self._queue and n < MAX_BATCH:
-                        entry = self._queue.popleft()
-                        batch.append(entry)
-                        n += _size(entry)
-                    self._queued -= n
-            try:
-                outcomes = self._commit(batch, n)
-            except BaseException as exc:  # a bug here must not hang callers forever
-                log.exception("store writer failed on a batch of %d transitions", n)
-                outcomes = _all(batch, exc)
-            self._resolve(batch, outcomes, n)
+                batch, n = self._take()
+            self._process(batch, n)
+
+    def _inline(self) -> None:
+        """Without a thread: commit everything queued, here and now."""
+        if self._thread is not None or self._draining:
+            return  # the thread commits it; or a callback of the loop below submitted
+        self._draining = True
+        try:
+            while True:
+                with self._cond:
+                    if not self._queue:
+                        return
+                    batch, n = self._take()
+                self._process(batch, n)
+        finally:
+            self._draining = False
+
+    def _take(self) -> tuple[list[_Entry], int]:
+        """The next batch off the queue (called with ``_cond`` held)."""
+        if self._queued <= MAX_BATCH:
+            batch = list(self._queue)
+            self._queue.clear()
+            n = self._queued
+            self._queued = 0
+            return batch, n
+        batch, n = [], 0
+        while self._queue and n < MAX_BATCH:
+            entry = self._queue.popleft()
+            batch.append(entry)
+            n += _size(entry)
+        self._queued -= n
+        return batch, n
+
+    def _process(self, batch: list[_Entry], n: int) -> None:
+        try:
+            outcomes = self._commit(batch, n)
+        except BaseException as exc:  # a bug here must not hang callers forever
+            log.exception("store writer failed on a batch of %d transitions", n)
+            outcomes = _all(batch, exc)
+        self._resolve(batch, outcomes, n)
 
     def _commit(self, batch: list[_Entry], n: int) -> list[list[Outcome]]:
         env = self._env

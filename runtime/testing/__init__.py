@@ -36,6 +36,7 @@ from herder.runtime.testing._kit import (
     settle,
     wait_until,
 )
+from herder.runtime.testing._model_sim import simulate_exact
 from herder.runtime.testing._sim import simulate
 from herder.runtime.testing._world import SimReport
 
@@ -54,5 +55,6 @@ __all__ = [
     "hang_until",
     "settle",
     "simulate",
+    "simulate_exact",
     "wait_until",
 ]

@@ -86,6 +86,13 @@ class FaultSchedule:
             return None
         return int(self._draw("restart-round") * 3)
 
+    def process_crash_step(self) -> int | None:
+        """The delivery (counted from 1) at which the exact simulation's process dies
+        mid-round, or None (two seeds in three)."""
+        if self._draw("process") < 2 / 3:
+            return None
+        return 1 + int(self._draw("process-step") * 150)
+
     def pause_schedule_at(self) -> int | None:
         """The round at which the run's schedule is paused, or None: no schedule (3/4)."""
         if self._draw("schedule") < 3 / 4:
