@@ -445,7 +445,7 @@ class Scheduler(SupervisedActor):
     # -- message handlers --------------------------------------------------------------
 
     def _after_message(self, *, flush: bool = False) -> None:
-        for agent in list(self._dirty_agents):
+        for agent in sorted(self._dirty_agents):  # sorted: the same order in every process
             self._pump(agent)
         self._dirty_agents.clear()
         if not self._commits.open and not self._admission.dirty:
