@@ -27,6 +27,12 @@ RETRY = RetryPolicy(max_attempts=8, initial_interval=1.0, backoff_coefficient=1.
 KINDS = ("raise", "lost", "hang", "crash")
 
 
+@functools.lru_cache(maxsize=4096)
+def _draw(key: str) -> float:
+    # random.Random(str) hashes the string with SHA-512: stable across processes.
+    return random.Random(key).random()
+
+
 @dataclass(frozen=True)
 class FaultSchedule:
     """Which fault each attempt meets, decided by the seed alone.
@@ -45,8 +51,7 @@ class FaultSchedule:
     max_store_faults: int = 2
 
     def _draw(self, *parts: object) -> float:
-        # random.Random(str) hashes the string with SHA-512: stable across processes.
-        return random.Random("/".join(map(str, (self.seed, *parts)))).random()
+        return _draw("/".join(map(str, (self.seed, *parts))))
 
     def attempt_fault(
         self, workflow_id: str, step: str, attempt: int, compensating: bool

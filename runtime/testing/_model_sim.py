@@ -317,7 +317,9 @@ class _Simulation:
         queued = self.schedule.queued_at_restart()
         if queued is not None and self.queued is None:
             action, which = queued
-            command = new_command(action, self.ids[which], who="simulation", why="queued")
+            command = new_command(
+                action, self.ids[which], who="simulation", why="queued", now=self.clock.time()
+            )
             self.queued = (append_command(self.directory, command), rnd)
         self.faults.armed = armed
         self.proc = self._open()
