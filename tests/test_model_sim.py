@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import threading
@@ -123,6 +124,15 @@ def test_an_inline_store_commits_each_submission_before_submit_returns(
         assert not any(t.name == "herder-store-writer" for t in threading.enumerate())
     finally:
         store.close()
+
+
+def test_the_testing_guide_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
+    guide = pathlib.Path(__file__).resolve().parent.parent / "docs" / "testing.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.DOTALL)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "docs/testing.md", "exec"), {"__name__": "guide"})
+    assert "SUCCEEDED" in capsys.readouterr().out
 
 
 def _eventful_seed() -> int:
