@@ -145,15 +145,8 @@ class Writer:
         self._validate(transition)
         fut: Future[None] = Future()
         fut.set_running_or_notify_cancel()  # a commit cannot be cancelled
-        with self._cond:
-            if self._closing:
-                fut.set_exception(StoreClosed("the store writer is closed; reopen the store"))
-                return fut
-            self._queue.append(((transition,), fut))
-            self._queued += 1
-            self._submitted += 1
-            self._cond.notify()
-        self._inline()
+        if not self._enqueue(((transition,), fut), 1):
+            fut.set_exception(StoreClosed("the store writer is closed; reopen the store"))
         return fut
 
     def submit_many(self, transitions: Sequence[Transition], on_done: Callback) -> None:
@@ -167,20 +160,9 @@ class Writer:
         for t in transitions:
             self._validate(t)
         n = len(transitions)
-        with self._cond:
-            if not self._closing:
-                self._queue.append((transitions, on_done))
-                self._queued += n
-                self._submitted += n
-                self._cond.notify()
-                queued = True
-            else:
-                queued = False
-        if queued:
-            self._inline()
-            return
-        closed = StoreClosed("the store writer is closed; reopen the store")
-        _call(on_done, [closed] * n)
+        if not self._enqueue((transitions, on_done), n):
+            closed = StoreClosed("the store writer is closed; reopen the store")
+            _call(on_done, [closed] * n)
 
     def submit_batch(self, ops: Ops, effects: list[Any], count: int, sink: BatchSink) -> None:
         """Queue plain writes (no conditions), applied all or nothing with their batch.
@@ -201,19 +183,21 @@ class Writer:
             for (db, key), value in ops.items():
                 if value is not None and len(value) > limit and db != "meta":
                     self._validate(Transition(ops=(Put(db, key, value),)))
+        if not self._enqueue(_Batch(ops, effects, count, sink), count):
+            _call_sink(sink, effects, StoreClosed("the store writer is closed; reopen the store"))
+
+    def _enqueue(self, entry: _Entry, n: int) -> bool:
+        """Queue ``entry`` (``n`` transitions), and without a thread commit it now; False
+        (nothing queued) once the writer is closing."""
         with self._cond:
-            if not self._closing:
-                self._queue.append(_Batch(ops, effects, count, sink))
-                self._queued += count
-                self._submitted += count
-                self._cond.notify()
-                queued = True
-            else:
-                queued = False
-        if queued:
-            self._inline()
-            return
-        _call_sink(sink, effects, StoreClosed("the store writer is closed; reopen the store"))
+            if self._closing:
+                return False
+            self._queue.append(entry)
+            self._queued += n
+            self._submitted += n
+            self._cond.notify()
+        self._inline()
+        return True
 
     def _validate(self, t: Transition) -> None:
         validate(t, self._handles, self._max_key, self._max_value)

@@ -4,7 +4,9 @@ simulation's tests, which check that their seeds really exercise every kind of f
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from herder.runtime.testing import SimReport
 
@@ -49,3 +51,19 @@ class Tally:
         assert self.scheduler_crashes > 0
         assert {"SUCCEEDED", "COMPENSATED", "CANCELLED", "ABANDONED"} <= set(self.outcomes)
         assert {"cancel", "abandon", "step_wall"} <= set(self.operator)
+
+
+def run_seeds(
+    simulate: Callable[[int, Path], SimReport], seeds: Iterable[int], root: Path, test: str
+) -> Tally:
+    """Run every seed in its own store below ``root``; fail at the first seed that broke
+    an expectation, saying how to replay it (``test`` is the test file)."""
+    tally = Tally()
+    for seed in seeds:
+        report = simulate(seed, root / f"seed-{seed}")
+        assert report.problems == [], (
+            f"simulation seed {seed} failed; reproduce with HERDER_SIM_SEED={seed} "
+            f"pytest {test}\n" + "\n".join(report.problems)
+        )
+        tally.add(report)
+    return tally

@@ -19,7 +19,7 @@ import pathlib
 import time
 
 import pytest
-from _sim_tally import Tally
+from _sim_tally import run_seeds
 
 from herder.runtime.testing import FaultSchedule, simulate
 
@@ -28,15 +28,8 @@ from herder.runtime.testing import FaultSchedule, simulate
 def test_the_simulation_holds_every_expectation_over_many_seeds(
     scratch: pathlib.Path, sim_seeds: list[int]
 ) -> None:
-    tally = Tally()
     started = time.monotonic()
-    for seed in sim_seeds:
-        report = simulate(seed, scratch / f"seed-{seed}")
-        assert report.problems == [], (
-            f"simulation seed {seed} failed; reproduce with HERDER_SIM_SEED={seed} "
-            f"pytest tests/test_simulation.py\n" + "\n".join(report.problems)
-        )
-        tally.add(report)
+    tally = run_seeds(simulate, sim_seeds, scratch, "tests/test_simulation.py")
     print(f"\nsimulation: {tally} in {time.monotonic() - started:.1f}s")
     if len(sim_seeds) >= 50:  # the schedule really exercises every kind of fault
         tally.assert_every_fault_met()
