@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
+
+import pykka
 
 from herder.actors._engine import EngineContext
+from herder.actors._messages import Committed
 from herder.actors.engine import (
     Announce,
     Decision,
@@ -21,6 +25,7 @@ from herder.actors.engine import (
     WorkflowWrite,
 )
 from herder.store import (
+    BatchSink,
     Delete,
     Ops,
     Put,
@@ -199,3 +204,17 @@ def orphaned_commit(
                     effect.future.set_exception(error)
             elif isinstance(effect, Announce) and error is None:
                 announce_final(ctx, effect)
+
+
+def commit_sink(ref: pykka.ActorRef, ctx: EngineContext) -> BatchSink:
+    """The writer's callback for the Scheduler's batches: one Committed per transaction,
+    or, with the Scheduler gone, the promises that need no actor (orphaned_commit)."""
+
+    def committed(effects: list[Any], error: BaseException | None) -> None:
+        errors = [error] * len(effects)
+        try:
+            ref.tell(Committed(effects, errors))
+        except pykka.ActorDeadError:
+            orphaned_commit(ctx, effects, errors)
+
+    return committed

@@ -88,8 +88,8 @@ class EngineContext:
         # runtime's health signal (lease renewal, systemd watchdog).
         self.sweep_listeners: list[Callable[[], None]] = []
         self.on_lease_lost: Callable[[LeaseLost], None] | None = None
-        # The agent host each Scheduler builds at start, when not the configured pykka
-        # one: the testing kit's InlineHost, which the single-threaded simulation drives.
+        # The agent host each Scheduler builds at start, when not the configured ones
+        # (a test's host, which a single-threaded simulation drives).
         self.make_host: Callable[[], AgentHost] | None = None
         self.lost: LeaseLost | None = None
         self.reset_tokens()

@@ -15,7 +15,9 @@ What lives here, one concept per module:
   effects a batch performs once it is durable, and what happens at once;
 - ``_events``: the engine's inputs, as frozen dataclasses;
 - ``_runs``: what memory holds of an unfinished workflow, its attempts and queued jobs;
-- ``_engine``: :class:`Engine`, the runs in memory and ``handle(event) -> Decision``.
+- ``_machine``: :class:`Machine`, the runs in memory and their transitions;
+- ``_engine``: :class:`Engine`, what each event means: ``handle(event) -> Decision``;
+- ``_actions`` (exported as ``actions``): an operator's action applied to a run.
 
 Everything else that must know these rules (the Scheduler, operator actions,
 ``herder check``, the inbox and status views, the hypothesis state machine) consults
@@ -28,6 +30,7 @@ randomness and fencing tokens are arguments. herder.actors drives it; herder.run
 reads its tables.
 """
 
+from herder.actors.engine import _actions as actions
 from herder.actors.engine._answer import (
     AskProbe,
     Fail,
@@ -60,7 +63,7 @@ from herder.actors.engine._decision import (
     WorkflowWrite,
     Write,
 )
-from herder.actors.engine._engine import CRASH_ERROR, Defaults, Dispatched, Engine
+from herder.actors.engine._engine import CRASH_ERROR, Dispatched, Engine
 from herder.actors.engine._events import (
     Answered,
     AttemptLost,
@@ -72,6 +75,7 @@ from herder.actors.engine._events import (
     StartFailed,
     TimerDue,
 )
+from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._operator import (
     abandoned_step,
     given_up,
@@ -171,6 +175,7 @@ __all__ = [
     "Immediate",
     "Job",
     "Lost",
+    "Machine",
     "OutcomeKind",
     "ProbeAgain",
     "Reading",
@@ -191,6 +196,7 @@ __all__ = [
     "WorkflowWrite",
     "Write",
     "abandoned_step",
+    "actions",
     "advance",
     "after_failure",
     "after_lapse",

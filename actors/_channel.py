@@ -1,0 +1,120 @@
+"""The commands channel: operator actions another process (the CLI) queued in the store.
+
+The Watchdog's sweep hands pending commands over (:class:`Commands`); :class:`Channel`
+applies each once, as the operator action of its name, and records its outcome with the
+change it made (or its refusal). A command never depends on start-up order: one for a
+workflow recovery has not taken back yet is held (``Recovery.held``) and applied when
+the workflow is taken back, before anything of it runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import Any
+
+from herder.actors._commits import CommitPipeline
+from herder.actors._engine import EngineContext
+from herder.actors._messages import Commands, Operate
+from herder.actors._operator import Operator
+from herder.actors._recovery import Recovery
+from herder.actors.engine import Resolve
+from herder.store import HerderError, finished_ops
+
+_log = logging.getLogger("herder.scheduler")
+
+
+class Channel:
+    """Applies the commands of the commands channel; see the module docstring."""
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        commits: CommitPipeline,
+        recovery: Recovery,
+        operator: Operator,
+    ) -> None:
+        self._ctx = ctx
+        self._store = ctx.store
+        self._clock = ctx.clock
+        self._commits = commits
+        self._recovery = recovery
+        self._operator = operator
+        self._seen: set[int] = set()  # ids of the commands applied (or refused)
+        recovery.apply_held = self.apply_held
+
+    def apply_commands(self, msg: Commands) -> None:
+        """Apply commands from other processes, each as the Runtime method of its name.
+
+        A command never depends on start-up order: one for a workflow recovered without its
+        definition is held and applied when the workflow is taken back, before anything of
+        it runs again (``Scheduler._admit``).
+        """
+        for command in msg.commands:
+            if command["id"] in self._seen:
+                continue
+            workflow_id = str(command.get("workflow_id"))
+            try:
+                record = self._store.get_workflow(workflow_id)
+            except HerderError:
+                record = None  # operate() below refuses it, and the refusal is recorded
+            if record is not None and (record.name, record.version) not in self._ctx.plans:
+                if not record.state.is_final:
+                    self._recovery.held.setdefault(workflow_id, {})[command["id"]] = command
+                    continue
+                if command.get("action") not in ("abandon", "cancel"):
+                    continue  # parked: wait (pending) until the daemon registers the definition
+            self._apply_command(command)
+
+    def apply_held(self, commands: list[dict[str, Any]]) -> None:
+        """Apply the commands held for a workflow being taken back (it is in memory now)."""
+        for command in commands:
+            if command["id"] not in self._seen:
+                self._apply_command(command)
+
+    def _apply_command(self, command: dict[str, Any]) -> None:
+        """Apply one command as the Runtime method of its name; record a refusal on it."""
+        command_id = command["id"]
+        workflow_id = command.get("workflow_id")
+        held = self._recovery.held.get(str(workflow_id))
+        if held is not None:
+            held.pop(command_id, None)
+            if not held:
+                del self._recovery.held[str(workflow_id)]
+        args = command.get("args")
+        args = args if isinstance(args, dict) else {}
+        self._seen.add(command_id)
+        op = Operate(
+            action=str(command.get("action")),
+            workflow_id=str(workflow_id),
+            step=args.get("step"),
+            result=args.get("result"),
+            who=command.get("who"),
+            why=command.get("why"),
+            command=command,
+        )
+        try:
+            self._operator.operate(op)
+        except HerderError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug must not leave the CLI waiting forever
+            _log.exception("command %s failed", command_id)
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            self._seen_until_lost(op.workflow_id, command_id)  # recorded with its change
+            return
+        key = f"command:{command_id}"
+        self._commits.txn(key).put(*finished_ops(command, error, self._clock.time()))
+        self._seen_until_lost(key, command_id)
+
+    def _seen_until_lost(self, key: str, command_id: int) -> None:
+        """If the commit ``key`` that records the command fails (a full disk), forget that it
+        was seen: the store still has it pending, so the next sweep hands it over again."""
+
+        def landed(recorded: Future[None]) -> None:
+            if recorded.exception() is not None:
+                self._seen.discard(command_id)
+
+        recorded: Future[None] = Future()
+        recorded.add_done_callback(landed)
+        self._commits.txn(key).effects.append(Resolve(recorded))

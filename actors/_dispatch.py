@@ -1,0 +1,276 @@
+"""Dispatch: per-agent queues, admission gates and the pump, on the Scheduler's thread.
+
+The engine decides *that* a step runs (an :class:`Enqueue`); the :class:`Dispatcher`
+decides *when and where*: it keeps each agent's queue of jobs (in the host's
+:class:`~herder.actors._queue.JobQueue`), lets a job through when the agent's
+admission gate (breaker, rate limit, adaptive concurrency) and an idle instance allow,
+has the engine record the attempt (``Engine.reserve``: DISPATCHED with token and
+deadline), and builds what the agent will be told once that is durable (the attempt's
+:class:`StepContext` and port). It also carries out what the engine decides at once
+(fences, cancels, lapses, lost attempts) against the host and the gates.
+
+Everything here runs on the Scheduler's thread; the host reports back by messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from herder.actors._admission import Admission
+from herder.actors._agent import Agent, StepContext
+from herder.actors._engine import AttemptPort, EngineContext
+from herder.actors._facts import agent_facts, limit_facts
+from herder.actors._host import AgentHost, AgentUnavailable
+from herder.actors._messages import InstanceEvent, Outcome, Run, Wake
+from herder.actors._supervision_specs import ChildEventKind
+from herder.actors.engine import (
+    Attempt,
+    AttemptLost,
+    Cancel,
+    Engine,
+    Enqueue,
+    Event,
+    Fence,
+    Immediate,
+    Job,
+    Lost,
+    Reserved,
+    StartFailed,
+    TimedOut,
+    WorkflowRun,
+    unqueue,
+)
+from herder.store import Transition
+
+
+class Dispatcher:
+    """The agents' queues, gates and pump; see the module docstring."""
+
+    def __init__(self, ctx: EngineContext, engine: Engine) -> None:
+        self._ctx = ctx
+        self._engine = engine
+        self._clock = ctx.clock
+        self._config = ctx.config
+        self._host: AgentHost | None = None
+        self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
+        self.admission = Admission(ctx.store, ctx.clock, self._wake_later, self._busy_tokens)
+
+    @property
+    def host(self) -> AgentHost:
+        """The agent host (attached when the Scheduler starts)."""
+        assert self._host is not None, "attach a host first"
+        return self._host
+
+    def attach(self, host: AgentHost) -> None:
+        """Run attempts on ``host``, serving every agent registered so far."""
+        self._host = host
+        for name in self._ctx.agents:
+            self.add(name)
+
+    def add(self, name: str) -> None:
+        """Serve agent ``name`` as registered in the engine context."""
+        factory, concurrency = self._ctx.agents[name]
+        self.host.add(name, factory, concurrency)
+        self.admission.configure(name, *self._ctx.limits.get(name, (None, None, None)))
+        self.dirty.add(name)
+
+    def remove(self, name: str) -> None:
+        """Stop serving agent ``name``; its queued work waits until it is added again."""
+        self.host.remove(name)
+        self.admission.remove(name)
+
+    # -- what the engine does at once --------------------------------------------------
+
+    def perform(self, actions: list[Immediate]) -> None:
+        """Carry out a decision's immediate effects."""
+        for action in actions:
+            if isinstance(action, Enqueue):
+                self._enqueue(action)
+            elif isinstance(action, Fence):
+                attempt = action.attempt
+                attempt.port.superseded = True
+                if action.abandon and self.admission.abandoned(attempt.agent, attempt.token):
+                    self.dirty.add(attempt.agent)  # it was a breaker's half-open probe
+                if action.replace:
+                    self.host.replace(attempt.agent, attempt.instance)
+            elif isinstance(action, Cancel):
+                action.attempt.port.cancelled = True
+            elif isinstance(action, TimedOut):
+                self.admission.answered(action.agent, action.token, ok=False)
+                if action.hung:
+                    self.host.replace_token(action.agent, action.token)
+            else:
+                assert isinstance(action, Lost)
+                self.admission.lost(action.agent)
+
+    def _enqueue(self, action: Enqueue) -> None:
+        queue = self.host.queue(action.agent)
+        if queue is None:
+            # The agent is not registered (yet): the job waits in a queue created for it.
+            self.host.add(action.agent, _unregistered(action.agent), 0)
+            queue = self.host.queue(action.agent)
+            assert queue is not None
+        queue.push(action.job, action.priority, self._clock.monotonic())
+        self.dirty.add(action.agent)
+
+    # -- news from the host ------------------------------------------------------------
+
+    def answered(self, msg: Outcome) -> None:
+        """An attempt ended: news for its gate, and its instance is idle again."""
+        # Even a stale answer is news of the resource's health.
+        self.admission.answered(msg.agent, msg.token, msg.ok or msg.permanent)
+        if self.host.release(msg.agent, msg.instance, msg.token, self._clock.time()):
+            self.dirty.add(msg.agent)
+
+    def instance_event(self, msg: InstanceEvent) -> list[Event]:
+        """A lifecycle event of an agent's instances; what the engine must hear of it."""
+        self.dirty.add(msg.agent)
+        try:
+            lost = self.host.on_event(msg, self._clock.time())
+        except AgentUnavailable as exc:
+            self.admission.crashed(msg.agent, 0)
+            job = self._next_job(msg.agent)
+            return [] if job is None else [StartFailed(job, str(exc))]
+        if msg.kind is ChildEventKind.CRASHED and msg.instance is not None:
+            self.admission.crashed(msg.agent, len(lost))
+        self._engine.counters["crashes"] += len(lost)
+        return [AttemptLost(token, f"agent instance crashed: {msg.reason}") for token in lost]
+
+    def woke(self, agent: str) -> None:
+        """A scheduled wake-up for ``agent``'s gate arrived: pump it again."""
+        self.admission.woke(agent)
+        self.dirty.add(agent)
+
+    def _busy_tokens(self, agent: str) -> list[int]:
+        return self.host.busy_tokens(agent)  # (the host is attached after the gates)
+
+    def busy(self, agent: str, token: int | None) -> bool:
+        """Whether an instance of ``agent`` runs attempt ``token``."""
+        return token is not None and token in self.host.busy_tokens(agent)
+
+    def release(self, attempts: list[Attempt | None]) -> None:
+        """Free the instances reserved for attempts never sent (a reloaded workflow's); an
+        attempt already sent keeps its instance busy until its (stale) answer arrives."""
+        for attempt in attempts:
+            if attempt is None or attempt.sent:
+                continue
+            if self.host.release(
+                attempt.agent, attempt.instance, attempt.token, self._clock.time()
+            ):
+                self.dirty.add(attempt.agent)
+
+    def send(self, attempt: Attempt) -> bool:
+        """Tell the agent its attempt, now that its DISPATCHED is durable (False: the
+        instance went away)."""
+        message, attempt.message = attempt.message, None
+        return self.host.send(attempt.agent, attempt.instance, message)
+
+    # -- the pump ----------------------------------------------------------------------
+
+    def pump_dirty(self) -> None:
+        """Dispatch what the agents touched since the last pump can run now."""
+        for agent in sorted(self.dirty):  # sorted: the same order (and tokens) in every process
+            self._pump(agent)
+        self.dirty.clear()
+
+    def _pump(self, agent: str) -> None:
+        queue = self.host.queue(agent)
+        gated = self.admission.gated(agent)
+        engine = self._engine
+        while queue and not self._ctx.paused:
+            job = queue.peek()
+            run = engine.runs.get(job.workflow_id)
+            if run is None or not engine.job_valid(run, job):
+                queue.pop()
+                if run is not None:
+                    unqueue(run, job)
+                continue
+            if gated and not self.admission.ready(agent):
+                return  # breaker open or rate limit reached: a wake-up pumps again
+            token = self._ctx.next_token()
+            instance = self.host.acquire(agent, token, backlog=len(queue))
+            if instance is None:
+                return  # busy, or instances are starting: their "started" pumps again
+            queue.pop()
+            unqueue(run, job)
+            if gated:
+                self.admission.admitted(agent, token)
+            self._reserve(run, job, agent, instance, token)
+
+    def _reserve(self, run: WorkflowRun, job: Job, agent: str, instance: str, token: int) -> None:
+        """Have the engine record the attempt, and build what its agent will be told."""
+        done = self._engine.reserve(Reserved(job, agent, instance, token), now=self._clock.time())
+        fraction = self._config.heartbeat_interval_fraction
+        port = AttemptPort(self._ctx, token, done.window * fraction)
+        key = f"{run.record.id}/{job.step}" + ("/compensate" if job.compensating else "")
+        ctx = StepContext(
+            workflow_id=run.record.id,
+            step=job.step,
+            action=done.action,
+            attempt=done.number,
+            input=run.record.input,
+            results={n: s.result for n, s in run.steps.items() if s.succeeded},
+            idempotency_key=key,
+            token=token,
+            compensating=job.compensating,
+            _port=port,
+            trace_context=run.record.trace,  # the workflow's; runtime/_tracing.py refines it
+        )
+        done.attempt.port = port
+        done.attempt.message = Run(agent, instance, done.action, token, ctx)
+
+    def _wake_later(self, agent: str, delay: float) -> None:
+        """Pump ``agent`` again after ``delay`` seconds (on the injectable clock)."""
+        ctx = self._ctx
+        self._clock.call_later(delay, lambda: ctx.tell_scheduler(Wake(agent)))
+
+    def _next_job(self, agent: str) -> Job | None:
+        """An instance of ``agent`` failed to start: the first job waiting for it pays an
+        attempt, so an agent that can never start cannot hold its queue forever."""
+        queue = self.host.queue(agent)
+        while queue:
+            job = queue.pop()
+            run = self._engine.runs.get(job.workflow_id)
+            if run is not None:
+                valid = self._engine.job_valid(run, job)
+                unqueue(run, job)
+                if valid:
+                    return job
+        return None
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def resource_writes(self) -> Transition | None:
+        """The gates' records to write (breaker state, crash counters), if any changed."""
+        if not self.admission.dirty:
+            return None
+        return Transition(ops=tuple(self.admission.writes()))
+
+    def passivate(self) -> int:
+        """Let instances idle longer than the idle timeout go; how many went."""
+        return self.host.passivate(self._clock.time() - self._config.idle_timeout)
+
+    def facts(self) -> dict[str, Any]:
+        """Per agent: what the console's agents page shows."""
+        limits = self._ctx.limits
+        configured = {
+            name: limit_facts(concurrency, *limits.get(name, (None, None, None)))
+            for name, (_, concurrency) in self._ctx.agents.items()
+        }
+        return agent_facts(self.host.stats(), self.admission.stats(), configured)
+
+    def stats(self) -> dict[str, Any]:
+        """The agents', the host's and the gates' gauges."""
+        return {
+            "agents": self.host.stats(),
+            "host": self.host.host_stats(),
+            "resources": self.admission.stats(),
+        }
+
+
+def _unregistered(agent: str) -> Callable[[], Agent]:
+    def factory() -> Agent:
+        raise RuntimeError(f"agent {agent!r} is not registered")
+
+    return factory

@@ -1,0 +1,106 @@
+"""What an operator's action does to a workflow in memory, once it has been validated.
+
+Each function applies one action (cancel, retry, skip, compensate, abandon) to a run
+through the :class:`~._machine.Machine`'s transitions, so its writes, fences and queued
+jobs land in the open decision like any event's. The actor shell validates the action
+(it may need the store for a parked workflow), writes the operator's history event and
+answers the caller once the decision is durable. The records each step moves to are
+``_operator``'s.
+
+Imports: herder.store records and this package.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from herder.actors.engine._operator import abandoned_step, given_up, orphan_given_up, undo_again
+from herder.actors.engine._states import RESTARTABLE
+from herder.actors.engine._step import restarted, settled
+from herder.store import StepRecord, StepState, WorkflowState
+
+if TYPE_CHECKING:
+    from herder.actors.engine._machine import Machine
+    from herder.actors.engine._runs import WorkflowRun
+
+
+def cancel(m: Machine, run: WorkflowRun) -> None:
+    """Stop dispatching and compensate (or keep compensating, now as a cancel)."""
+    give_up_orphans(m, run, "cancelled")
+    if run.record.state is WorkflowState.COMPENSATING:
+        m.set_record(run, cancelled=True)
+    else:
+        m.begin_compensation(run, "cancelled by request", cancelled=True)
+    m.cancel_attempts(run)
+
+
+def retry(m: Machine, run: WorkflowRun) -> None:
+    """Resume a parked workflow where it stopped: its failed compensations again, else
+    its failed forward steps from attempt 1."""
+    stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
+    if stuck:
+        m.set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
+        for st in stuck:
+            m.put_step(run, st, undo_again(st, m.now))
+            m.enqueue(run, st.name, compensating=True)
+        return
+    m.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
+    for st in list(run.steps.values()):
+        if st.state in RESTARTABLE:
+            m.put_step(run, st, restarted(st, m.token()))
+
+
+def skip(m: Machine, run: WorkflowRun, st: StepRecord, result: Any) -> None:
+    """Mark ``st`` done without running it: a failed compensation COMPENSATED, anything
+    else SUCCEEDED with ``result``; what runs of it is fenced out."""
+    token = m.token()
+    m.supersede(run, st, replace=True)
+    if st.state is StepState.COMPENSATING:
+        m.put_step(run, st, settled(st, StepState.COMPENSATED, token, m.now))
+        if run.record.state is not WorkflowState.COMPENSATING:
+            m.set_record(run, state=WorkflowState.COMPENSATING)
+        return
+    skipped = settled(
+        st, StepState.SUCCEEDED, token, m.now, result=result, done_token=token, succeeded=True
+    )
+    m.put_step(run, st, skipped)
+    if run.record.state is not WorkflowState.RUNNING:
+        m.set_record(run, state=WorkflowState.RUNNING, error=None)
+
+
+def compensate(m: Machine, run: WorkflowRun, reason: str, *, parked: bool) -> None:
+    """Undo what the workflow did: failed compensations run again, steps nothing will
+    settle any more are given up, and the workflow compensates."""
+    for st in list(run.steps.values()):
+        if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
+            m.put_step(run, st, undo_again(st, m.now))
+            m.enqueue(run, st.name, compensating=True)
+        elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
+            parked and st.state is StepState.DISPATCHED
+        ):
+            # Nothing will settle these any more; what runs of them is fenced out.
+            m.supersede(run, st, replace=False)
+            m.put_step(run, st, given_up(st, token=m.token(), now=m.now))
+    if run.record.state is WorkflowState.COMPENSATING:
+        m.set_record(run, error=reason)
+    else:
+        m.begin_compensation(run, reason)
+    m.cancel_attempts(run)
+
+
+def abandon(m: Machine, run: WorkflowRun, error: str) -> None:
+    """End the workflow ABANDONED, where it stands: nothing more of it runs."""
+    for st in list(run.steps.values()):
+        new = abandoned_step(st, m.token, m.now)
+        if new is not None:
+            m.put_step(run, st, new)
+    m.finish(run, WorkflowState.ABANDONED, error=error)
+
+
+def give_up_orphans(m: Machine, run: WorkflowRun, why: str) -> None:
+    """Steps left DISPATCHED by a crash that no attempt runs now end FAILED instead of
+    running again; marked done, since they may have taken effect, so they are undone."""
+    for st in list(run.steps.values()):
+        if st.state is StepState.DISPATCHED and st.token not in m.inflight:
+            m.supersede(run, st, replace=False)
+            m.put_step(run, st, orphan_given_up(st, why, token=m.token(), now=m.now))
