@@ -40,6 +40,8 @@ from herder.actors._errors import (
 )
 from herder.actors._event_loop import EventLoop
 from herder.actors._facts import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, parse_facts, read_facts
+from herder.actors._health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
+from herder.actors._health import AgentHealth, HealthPolicy
 from herder.actors._host import AgentHost, AgentUnavailable, InstanceCrash, host_kind
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import (
@@ -74,12 +76,14 @@ from herder.actors._thread_host import ThreadHost, agents_listener
 from herder.actors._tree import start_tree
 
 __all__ = [
+    "DEFAULT_HEALTH_INTERVAL",
     "FACTS_KEY",
     "FACTS_REFRESH",
     "FACTS_STALE",
     "Adaptive",
     "Admit",
     "Agent",
+    "AgentHealth",
     "AgentHost",
     "AgentUnavailable",
     "AsyncHost",
@@ -99,6 +103,7 @@ __all__ = [
     "EngineContext",
     "EventLoop",
     "FakeClock",
+    "HealthPolicy",
     "InstanceCrash",
     "InstanceEvent",
     "InvalidDefinition",

@@ -26,6 +26,7 @@ from typing import Any
 
 from herder.actors._adaptive import Adaptive, AdaptiveLimit
 from herder.actors._clock import Clock
+from herder.actors._health import AgentHealth
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.store import (
     BreakerState,
@@ -64,7 +65,9 @@ class Admission:
     ``wake(agent, delay)`` must arrange for the Scheduler to pump ``agent`` again after
     ``delay`` seconds (the Scheduler passes a clock timer that sends itself a message);
     ``busy(agent)`` returns the tokens of the attempts running for ``agent`` (the host's
-    answer: an adaptive limit counts those against itself).
+    answer: an adaptive limit counts those against itself); ``health`` holds the verdicts
+    of the agents' health checks (an unhealthy agent is admitted nothing; the check that
+    passes wakes the Scheduler).
     """
 
     def __init__(
@@ -73,11 +76,14 @@ class Admission:
         clock: Clock,
         wake: Callable[[str, float], None],
         busy: Callable[[str], list[int]] = lambda agent: [],
+        health: AgentHealth | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._wake = wake
         self._busy = busy
+        self._health = health
+        self._sick_holds: dict[str, int] = {}  # dispatches held back for ill health
         self._gates: dict[str, _Gate] = {}
         self._records: dict[str, ResourceRecord] = {}
         self._dirty: dict[str, ResourceRecord] = {}
@@ -128,8 +134,9 @@ class Admission:
         self._gates.pop(agent, None)
 
     def gated(self, agent: str) -> bool:
-        """True when ``agent`` has limits (the Scheduler asks :meth:`ready` then)."""
-        return agent in self._gates
+        """True when ``agent`` has limits or health checks (the Scheduler asks
+        :meth:`ready` then)."""
+        return agent in self._gates or (self._health is not None and self._health.watched(agent))
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -137,9 +144,15 @@ class Admission:
         """True if one more attempt of ``agent`` may be dispatched now.
 
         When not, a wake-up is scheduled for when it may (none while a half-open probe is
-        out: its answer decides).
+        out: its answer decides). An unhealthy agent admits nothing and needs no wake-up:
+        the check that passes sends one.
         """
-        gate = self._gates[agent]
+        if self._health is not None and not self._health.healthy(agent):
+            self._sick_holds[agent] = self._sick_holds.get(agent, 0) + 1
+            return False
+        gate = self._gates.get(agent)
+        if gate is None:
+            return True  # only health-checked
         wait = 0.0
         if gate.breaker is not None:
             rec = self._record(agent)
@@ -168,7 +181,9 @@ class Admission:
 
     def admitted(self, agent: str, token: int) -> None:
         """An attempt of ``agent`` with fencing ``token`` was dispatched past the gate."""
-        gate = self._gates[agent]
+        gate = self._gates.get(agent)
+        if gate is None:
+            return  # only health-checked
         if gate.rate is not None:
             gate.tokens = max(0.0, gate.tokens - 1.0)
         if gate.breaker is not None and self._record(agent).breaker is BreakerState.HALF_OPEN:
@@ -249,12 +264,16 @@ class Admission:
         return ops
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per agent seen: breaker state, failures, opens, crashes, lost, limits."""
+        """Per agent seen: breaker state, failures, opens, crashes, lost, limits, health."""
         out: dict[str, dict[str, Any]] = {}
-        for agent in sorted(self._records.keys() | self._gates.keys()):
+        checked = [] if self._health is None else self._health.agents()
+        for agent in sorted(self._records.keys() | self._gates.keys() | set(checked)):
             rec = self._record(agent)
             gate = self._gates.get(agent)
             out[agent] = resource_stats(rec)
+            health = None if self._health is None else self._health.stats(agent)
+            if health is not None:
+                out[agent].update(health, sick_holds=self._sick_holds.get(agent, 0))
             if gate is not None:
                 out[agent]["throttled"] = gate.throttled
                 if gate.rate is not None:

@@ -54,7 +54,9 @@ class Dispatcher:
         self._config = ctx.config
         self._host: AgentHost | None = None
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
-        self.admission = Admission(ctx.store, ctx.clock, self._wake_later, self._busy_tokens)
+        self.admission = Admission(
+            ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
+        )
 
     @property
     def host(self) -> AgentHost:

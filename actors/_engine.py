@@ -15,6 +15,7 @@ from herder.actors._adaptive import Adaptive
 from herder.actors._agent import Agent
 from herder.actors._clock import Clock
 from herder.actors._event_loop import EventLoop
+from herder.actors._health import AgentHealth
 from herder.actors._host import AgentHost
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat
@@ -71,6 +72,9 @@ class EngineContext:
         # Per agent name: (circuit breaker, rate limit, adaptive concurrency), for agents
         # registered with any of them.
         self.limits: dict[str, tuple[CircuitBreaker | None, RateLimit | None, Adaptive | None]] = {}
+        # Agents with health checks, and their last verdicts (the Supervisor's sweep runs
+        # the checks; the Scheduler's admission holds the work of an unhealthy agent).
+        self.health = AgentHealth(lambda: self.clock, self.tell_scheduler)
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
         # Called (on the Scheduler's thread) after each batch of transitions is durable;

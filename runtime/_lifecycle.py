@@ -194,7 +194,12 @@ class Lifecycle:
                 rt._active = 0
             rt._ctx.on_recovered = rt._on_recovered
             keeper = LeaseKeeper(rt._store, rt._ctx, self._hand_over)
-            rt._ctx.sweep_listeners[:] = [keeper.on_sweep, self._healthy, rt._retention.on_sweep]
+            rt._ctx.sweep_listeners[:] = [
+                keeper.on_sweep,
+                self._healthy,
+                rt._retention.on_sweep,
+                rt._ctx.health.on_sweep,  # agents' health checks (actors/_health.py)
+            ]
             rt._root = start_tree(
                 rt._ctx,
                 rt._clock,

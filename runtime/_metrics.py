@@ -84,7 +84,8 @@ _BREAKER_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
 
 def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter: Any) -> Any:
     """Per-agent protection: breaker state (0 closed, 1 half-open, 2 open), the adaptive
-    concurrency limit (agents with ``Adaptive`` concurrency) and counters."""
+    concurrency limit (agents with ``Adaptive`` concurrency), health (agents with health
+    checks) and counters."""
     limit = gauge(
         "herder_agent_concurrency_limit",
         "Adaptive concurrency limit per agent: attempts admitted at once now",
@@ -95,6 +96,11 @@ def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter
         "Circuit breaker per agent: 0 closed, 1 half-open, 2 open",
         labels=["agent"],
     )
+    healthy = gauge(
+        "herder_agent_healthy",
+        "Health check per agent (agents that define health()): 1 passed, 0 failed",
+        labels=["agent"],
+    )
     counters = {
         name: counter(f"herder_agent_{name}", help_text, labels=["agent"])
         for name, help_text in (
@@ -103,6 +109,7 @@ def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter
             ("lost", "Attempts lost to a process restart (kept in the store)"),
             ("throttled", "Dispatches held back by the breaker, rate or concurrency limit"),
             ("limit_drops", "Attempts that made the adaptive concurrency limit back off"),
+            ("health_failures", "Failed health checks (an exception or a timeout)"),
         )
     }
     for agent, values in resources.items():
@@ -114,6 +121,10 @@ def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter
         if "limit" in values:
             limit.add_metric([agent], values["limit"])
             counters["limit_drops"].add_metric([agent], values["limit_drops"])
+        if "healthy" in values:
+            healthy.add_metric([agent], int(values["healthy"]))
+            counters["health_failures"].add_metric([agent], values["health_failures"])
     yield state
+    yield healthy
     yield limit
     yield from counters.values()

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from herder.actors import (
+    DEFAULT_HEALTH_INTERVAL,
     Adaptive,
     Agent,
     CircuitBreaker,
     Define,
+    HealthPolicy,
     InvalidDefinition,
     RateLimit,
     UnknownName,
@@ -53,6 +55,8 @@ class Registration:
         breaker: CircuitBreaker | None = None,
         rate_limit: RateLimit | None = None,
         asyncio: bool | None = None,
+        health_interval: float | None = DEFAULT_HEALTH_INTERVAL,
+        health_timeout: float | None = None,
     ) -> None:
         """Serve agent ``name`` with instances built by ``factory`` (a zero-argument callable).
 
@@ -65,8 +69,12 @@ class Registration:
         :class:`CircuitBreaker`) stops dispatching to a
         resource that keeps failing and probes it after a cool-down; ``rate_limit`` (a
         :class:`RateLimit`) caps attempts per second. Steps held back by either wait in
-        the agent's queue, highest priority first, spending no attempt. Adding a name
-        again replaces its factory, concurrency and limits.
+        the agent's queue, highest priority first, spending no attempt. If the agent's
+        class defines ``health(self)`` (returns, or raises when the resource is unwell),
+        the Supervisor runs it every ``health_interval`` seconds (None: never) under
+        ``health_timeout`` (default 5 s, at most the interval); while the last check failed
+        the agent's steps wait as behind an open breaker (docs/failover.md). Adding a name
+        again replaces its factory, concurrency, limits and health checks.
 
         An agent with ``async def`` actions runs on the asyncio host (docs/asyncio.md):
         one object serves up to ``concurrency`` attempts at once, each a task on the
@@ -95,6 +103,7 @@ class Registration:
                 raise InvalidInput(
                     f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
                 )
+        health = None if health_interval is None else HealthPolicy(health_interval, health_timeout)
         cls = agent_class_of(factory)
         coroutines = () if cls is None else coroutine_actions(cls)
         if coroutines and asyncio is False:
@@ -115,6 +124,11 @@ class Registration:
                 rt._ctx.limits.pop(name, None)
             else:
                 rt._ctx.limits[name] = (breaker, rate_limit, adaptive)
+            offered = rt._actions[name]  # (no getattr: the class's metaclass is user code)
+            if health is not None and (offered is None or "health" in offered):
+                rt._ctx.health.watch(name, factory, health)
+            else:
+                rt._ctx.health.unwatch(name)
             if rt._root is not None:  # a standby's Scheduler reads ctx.agents at start
                 call(rt._scheduler, "add_agent", name, timeout=rt._ask_timeout)
 
@@ -143,6 +157,7 @@ class Registration:
             del rt._ctx.agents[name]
             rt._ctx.async_agents.discard(name)
             rt._ctx.limits.pop(name, None)
+            rt._ctx.health.unwatch(name)
             rt._actions.pop(name, None)
             if rt._root is not None:
                 call(rt._scheduler, "remove_agent", name, timeout=rt._ask_timeout)

@@ -1,0 +1,256 @@
+"""Agent health checks: the Supervisor asks each agent that defines ``health(self)``.
+
+An agent class may define ``health(self)``: it returns (healthy) or raises (unhealthy);
+``Runtime.add_agent(..., health_interval=, health_timeout=)`` says how often it runs and
+how long it may take. The Supervisor's sweep calls :meth:`AgentHealth.on_sweep`, which
+starts each check that is due on its own daemon thread, on an instance built by the
+agent's factory for checks alone, so a check never waits behind the agent's work and
+never holds the Supervisor. A check that has not returned ``timeout`` seconds (on the
+runtime's clock) after it started counts as failed; its thread is left to finish (threads
+cannot be killed), its late answer is ignored, its instance is dropped, and no new check
+of that agent starts while it still runs.
+
+An unhealthy agent takes no new work: :class:`herder.actors._admission.Admission` holds
+its steps in their queue as behind an open breaker (no attempt spent, no timeout running)
+until a check passes; the passing check wakes the Scheduler to pump the agent again.
+Health is live state, not stored: after a restart an agent counts as healthy until its
+first check says otherwise.
+
+``health`` is user code: whatever it raises (``BaseException`` included) is contained and
+becomes the check's error. An ``async def health`` (an agent on the asyncio host) runs to
+its end on the check thread's own event loop, under the same timeout: the runtime's loop,
+which runs the agent's actions, never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from herder.actors._clock import Clock
+from herder.actors._messages import Wake
+from herder.store import InvalidInput, UserCodeFailed, contain
+
+_log = logging.getLogger("herder.health")
+
+DEFAULT_INTERVAL = 10.0
+"""Seconds between two health checks of an agent that defines ``health`` (by default)."""
+DEFAULT_TIMEOUT = 5.0
+"""Seconds a check may take by default (at most the interval)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """How often an agent's ``health`` runs and how long one check may take."""
+
+    interval: float = DEFAULT_INTERVAL
+    timeout: float | None = None  # None: DEFAULT_TIMEOUT, at most the interval
+
+    def __post_init__(self) -> None:
+        for name, value in (("health_interval", self.interval), ("health_timeout", self.timeout)):
+            if value is None and name == "health_timeout":
+                continue
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or not math.isfinite(float(value)) or value <= 0:  # type: ignore[arg-type]
+                raise InvalidInput(
+                    f"{name} must be a number of seconds > 0 (or None: "
+                    f"{'no health checks' if name == 'health_interval' else 'the default'}), "
+                    f"got {value!r}"
+                )
+
+    @property
+    def limit(self) -> float:
+        """The timeout of one check, in seconds."""
+        return self.timeout if self.timeout is not None else min(DEFAULT_TIMEOUT, self.interval)
+
+
+@dataclass(slots=True)
+class _Watch:
+    """One watched agent: its policy, the checker instance and the last verdict."""
+
+    factory: Callable[[], object]
+    policy: HealthPolicy
+    due: float  # monotonic time of the next check
+    healthy: bool = True
+    error: str | None = None
+    checks: int = 0
+    failures: int = 0  # failed checks, ever
+    checked_at: float | None = None  # wall time of the last verdict
+    instance: object | None = None
+    seq: int = 0  # the current check's number; a late answer of an older one is ignored
+    running: threading.Thread | None = None
+    started: float = 0.0  # monotonic start of the running check
+    timed_out: bool = False
+    waiters: list[threading.Event] = field(default_factory=list)
+
+
+class AgentHealth:
+    """The health of every watched agent; thread-safe (Supervisor, check threads and the
+    Scheduler's admission all use it).
+
+    ``clock()`` returns the runtime's current clock (it is replaced when a runtime takes
+    the lease); ``tell(message)`` delivers a hint to the Scheduler.
+    """
+
+    def __init__(self, clock: Callable[[], Clock], tell: Callable[[Any], None]) -> None:
+        self._clock = clock
+        self._tell = tell
+        self._lock = threading.Lock()
+        self._watches: dict[str, _Watch] = {}
+
+    def watch(self, agent: str, factory: Callable[[], object], policy: HealthPolicy) -> None:
+        """Check ``agent`` by ``policy`` (the first check runs at the next sweep)."""
+        with self._lock:
+            old = self._watches.get(agent)
+            watch = _Watch(factory, policy, due=self._clock().monotonic())
+            if old is not None:  # keep the verdict: re-registering heals nothing
+                watch.healthy, watch.error = old.healthy, old.error
+                watch.checks, watch.failures = old.checks, old.failures
+                watch.running, watch.started, watch.seq = old.running, old.started, old.seq
+                watch.waiters = old.waiters
+            self._watches[agent] = watch
+
+    def unwatch(self, agent: str) -> None:
+        """Stop checking ``agent``; its steps are no longer held for its health."""
+        with self._lock:
+            watch = self._watches.pop(agent, None)
+        if watch is not None and not watch.healthy:
+            self._tell(Wake(agent))
+
+    def watched(self, agent: str) -> bool:
+        """True when ``agent`` has health checks."""
+        return agent in self._watches
+
+    def healthy(self, agent: str) -> bool:
+        """False while ``agent``'s last check failed (unwatched agents are healthy)."""
+        watch = self._watches.get(agent)
+        return watch is None or watch.healthy
+
+    def stats(self, agent: str) -> dict[str, Any] | None:
+        """``healthy``, ``health_error``, ``health_checks``, ``health_failures`` and
+        ``health_checked_at`` of a watched agent, else None."""
+        with self._lock:
+            watch = self._watches.get(agent)
+            if watch is None:
+                return None
+            return {
+                "healthy": watch.healthy,
+                "health_error": watch.error,
+                "health_checks": watch.checks,
+                "health_failures": watch.failures,
+                "health_checked_at": watch.checked_at,
+            }
+
+    def agents(self) -> list[str]:
+        """The watched agents' names."""
+        with self._lock:
+            return sorted(self._watches)
+
+    def checked(self, agent: str, count: int, timeout: float) -> bool:
+        """Block until ``agent`` has had ``count`` verdicts (True) or ``timeout`` real
+        seconds pass (False). For tests: a verdict commits nothing to wait on."""
+        event = threading.Event()
+        with self._lock:
+            watch = self._watches.get(agent)
+            if watch is None:
+                return False
+            if watch.checks >= count:
+                return True
+            watch.waiters.append(event)
+        while event.wait(timeout):
+            with self._lock:
+                if watch.checks >= count:
+                    return True
+                event.clear()
+                watch.waiters.append(event)
+        return False
+
+    # -- the Supervisor's side ---------------------------------------------------------
+
+    def on_sweep(self) -> None:
+        """Start the checks that are due; fail those past their timeout. Runs on the
+        Supervisor's thread and never waits for a check."""
+        now = self._clock().monotonic()
+        starts = []
+        with self._lock:
+            for agent, watch in self._watches.items():
+                if watch.running is not None and watch.running.is_alive():
+                    if not watch.timed_out and now - watch.started >= watch.policy.limit:
+                        watch.timed_out = True
+                        watch.instance = None  # its thread may be stuck in it
+                        error = f"health check timed out after {watch.policy.limit:g}s"
+                        self._verdict(agent, watch, ok=False, error=error)
+                    continue
+                if now < watch.due:
+                    continue
+                watch.seq += 1
+                watch.due = now + watch.policy.interval
+                watch.started = now
+                watch.timed_out = False
+                thread = threading.Thread(
+                    target=self._check,
+                    args=(agent, watch, watch.seq),
+                    name=f"herder-health-{agent}",
+                    daemon=True,
+                )
+                watch.running = thread
+                starts.append(thread)
+        for thread in starts:
+            thread.start()
+
+    def _check(self, agent: str, watch: _Watch, seq: int) -> None:
+        """One check, on its own thread: build the checker if needed, call ``health``."""
+        error = None
+        try:
+            instance = watch.instance
+            if instance is None:
+                instance = _finish(contain(watch.factory))  # (an async def factory too)
+                watch.instance = instance
+            check = getattr(instance, "health", None)
+            if not callable(check):
+                raise UserCodeFailed(
+                    f"agent {agent!r} has no health() method; register it with "
+                    "health_interval=None or give its class a health(self) method",
+                    ("AttributeError",),
+                )
+            _finish(contain(check))
+        except UserCodeFailed as exc:
+            error = exc.error
+            watch.instance = None  # a failed resource may need a fresh client
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: the health check could not run"
+        with self._lock:
+            if self._watches.get(agent) is not watch or watch.seq != seq or watch.timed_out:
+                return  # superseded: re-registered, removed or timed out
+            self._verdict(agent, watch, ok=error is None, error=error)
+
+    def _verdict(self, agent: str, watch: _Watch, *, ok: bool, error: str | None) -> None:
+        """Record a check's outcome (lock held); wake the Scheduler when it heals."""
+        was = watch.healthy
+        watch.healthy, watch.error = ok, error
+        watch.checks += 1
+        watch.failures += 0 if ok else 1
+        watch.checked_at = self._clock().time()
+        if was and not ok:
+            _log.warning("agent %s is unhealthy, holding its work: %s", agent, error)
+        elif ok and not was:
+            _log.info("agent %s is healthy again", agent)
+            self._tell(Wake(agent))
+        for event in watch.waiters:
+            event.set()
+        watch.waiters.clear()
+
+
+def _finish(value: object) -> object:
+    """``value``, or what it returns when it is a coroutine (an ``async def health`` or
+    factory), run to its end on this check thread's own event loop; whatever it raises
+    comes out as :class:`UserCodeFailed`."""
+    if inspect.iscoroutine(value):
+        return contain(asyncio.run, value)
+    return value

@@ -1,0 +1,202 @@
+"""Agent health checks: the Supervisor runs ``health()``; an unhealthy agent takes no work.
+
+On a FakeClock: a check runs when the test advances time past its interval (the sweep
+starts it on its own thread) and the test waits for its verdict, never sleeps.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Agent, InvalidInput, Runtime, StepContext, StepState, Workflow
+from herder.runtime.testing import FakeClock, advance, settle
+
+WAIT = 10.0
+ONE = Workflow("one").step("call", agent="svc", action="call", timeout=5.0)
+
+
+class Resource:
+    """A fake remote resource whose health the test sets; counts calls and checks."""
+
+    def __init__(self) -> None:
+        self.well: BaseException | None = None  # what health() raises; None: healthy
+        self.calls = 0
+        self.release = threading.Event()
+        self.hang = False
+
+    def health(self) -> None:
+        if self.hang:
+            self.release.wait(WAIT)
+        if self.well is not None:
+            raise self.well
+
+
+class Checked(Agent):
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
+
+    def call(self, ctx: StepContext) -> str:
+        self.resource.calls += 1
+        return "ok"
+
+    def health(self) -> None:
+        self.resource.health()
+
+
+def runtime(path: Path, clock: FakeClock, resource: Resource, **options: Any) -> Runtime:
+    rt = Runtime(path, clock=clock, sweep_interval=0.05)
+    options.setdefault("health_interval", 10.0)
+    rt.add_agent("svc", functools.partial(Checked, resource), **options)
+    rt.add_workflow(ONE)
+    return rt
+
+
+def health(rt: Runtime) -> dict[str, Any]:
+    return rt.stats()["resources"]["svc"]  # type: ignore[no-any-return]
+
+
+def check(rt: Runtime, clock: FakeClock, count: int, seconds: float = 10.0) -> None:
+    """Advance past one interval and wait for the agent's ``count``-th verdict."""
+    advance(rt, clock, seconds)
+    assert rt._ctx.health.checked("svc", count, WAIT), f"no verdict #{count}"
+    settle(rt)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_an_unhealthy_agent_takes_no_work_until_a_check_passes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    resource = Resource()
+    with runtime(tmp_path / "s", clock, resource) as rt:
+        check(rt, clock, 1, 0.0)  # the first check runs at the first sweep
+        assert health(rt)["healthy"] is True
+        resource.well = ConnectionError("db down")
+        check(rt, clock, 2)
+        stats = health(rt)
+        assert stats["healthy"] is False
+        assert "db down" in stats["health_error"]
+        assert stats["health_failures"] == 1
+        rt.start("one", workflow_id="w1")
+        for _ in range(3):  # well past the step's timeout: it never ran, so never lapsed
+            advance(rt, clock, 3.0)
+        assert resource.calls == 0
+        step = rt.status("w1").steps["call"]
+        assert (step.state, step.attempt) == (StepState.PENDING, 0)
+        assert health(rt)["sick_holds"] >= 1
+        resource.well = None
+        check(rt, clock, 3)
+        assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
+        assert rt.status("w1").steps["call"].attempt == 1
+        assert health(rt)["healthy"] is True
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt(), SystemExit(3), GeneratorExit()])
+def test_whatever_health_raises_is_contained_and_means_unhealthy(
+    tmp_path: Path, clock: FakeClock, raised: BaseException
+) -> None:
+    resource = Resource()
+    resource.well = raised
+    with runtime(tmp_path / "s", clock, resource) as rt:
+        check(rt, clock, 1, 0.0)
+        assert health(rt)["healthy"] is False
+        assert type(raised).__name__ in health(rt)["health_error"]
+        resource.well = None
+        check(rt, clock, 2)
+        rt.start("one", workflow_id="w1")
+        assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
+
+
+def test_a_check_past_its_timeout_fails_and_its_late_answer_is_ignored(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    resource = Resource()
+    resource.hang = True
+    with runtime(tmp_path / "s", clock, resource, health_timeout=2.0) as rt:
+        advance(rt, clock, 0.0)  # the check starts and hangs
+        check(rt, clock, 1, 2.0)  # the sweep after its timeout fails it
+        assert health(rt)["healthy"] is False
+        assert "timed out after 2s" in health(rt)["health_error"]
+        check(rt, clock, 1, 10.0)  # no second check while the hung one still runs
+        assert health(rt)["health_checks"] == 1
+        resource.hang = False
+        resource.release.set()  # the hung check returns: too late to count
+        settle(rt)
+        check(rt, clock, 2, 10.0)
+        assert health(rt)["healthy"] is True
+        assert health(rt)["health_checks"] == 2
+
+
+def test_health_interval_none_turns_checks_off(tmp_path: Path, clock: FakeClock) -> None:
+    resource = Resource()
+    resource.well = ConnectionError("never asked")
+    with runtime(tmp_path / "s", clock, resource, health_interval=None) as rt:
+        advance(rt, clock, 30.0)
+        rt.start("one", workflow_id="w1")
+        assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
+        assert "healthy" not in rt.stats()["resources"].get("svc", {})
+
+
+def test_health_shows_in_the_metrics_and_herder_stats(tmp_path: Path, clock: FakeClock) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from herder.runtime._inspect import show_stats
+
+    resource = Resource()
+    resource.well = ConnectionError("down")
+    with runtime(tmp_path / "s", clock, resource) as rt:
+        check(rt, clock, 1, 0.0)
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        text = generate_latest(registry).decode()
+        assert 'herder_agent_healthy{agent="svc"} 0.0' in text
+        assert 'herder_agent_health_failures_total{agent="svc"} 1.0' in text
+        advance(rt, clock, 5.0)  # a Tick: the facts are published for herder stats
+        out = io.StringIO()
+        show_stats(out, rt._store, as_json=False)
+        assert "healthy" in out.getvalue()
+        assert "False" in out.getvalue()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "10", True])
+def test_a_bad_health_interval_or_timeout_is_refused(tmp_path: Path, bad: Any) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        with pytest.raises(InvalidInput, match="health_interval must be"):
+            rt.add_agent("svc", functools.partial(Checked, Resource()), health_interval=bad)
+        with pytest.raises(InvalidInput, match="health_timeout must be"):
+            rt.add_agent("svc", functools.partial(Checked, Resource()), health_timeout=bad)
+
+
+def test_an_async_health_check_runs_like_the_asyncio_hosts_actions(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    resource = Resource()
+    resource.well = ConnectionError("async down")
+
+    class Async(Agent):
+        async def call(self, ctx: StepContext) -> str:
+            return "ok"
+
+        async def health(self) -> None:
+            resource.health()
+
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", Async, health_interval=10.0)
+        rt.add_workflow(ONE)
+        check(rt, clock, 1, 0.0)
+        assert health(rt)["healthy"] is False
+        assert "async down" in health(rt)["health_error"]
+        resource.well = None
+        check(rt, clock, 2)
+        assert health(rt)["healthy"] is True
+        rt.start("one", workflow_id="w1")
+        assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
