@@ -56,8 +56,8 @@ class HealthPolicy:
         for name, value in (("health_interval", self.interval), ("health_timeout", self.timeout)):
             if value is None and name == "health_timeout":
                 continue
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not ok or not math.isfinite(float(value)) or value <= 0:  # type: ignore[arg-type]
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(float(value)) or float(value) <= 0:  # type: ignore[arg-type]
                 raise InvalidInput(
                     f"{name} must be a number of seconds > 0 (or None: "
                     f"{'no health checks' if name == 'health_interval' else 'the default'}), "
