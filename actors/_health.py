@@ -167,6 +167,8 @@ class AgentHealth:
             with self._lock:
                 if watch.checks >= count:
                     return True
+                if self._watches.get(agent) is not watch:
+                    return False  # no longer watched
                 event.clear()
                 watch.waiters.append(event)
         return False
@@ -205,20 +207,23 @@ class AgentHealth:
             thread.start()
 
     def _check(self, agent: str, watch: _Watch, seq: int) -> None:
-        """One check, on its own thread: build the checker if needed, call ``health``."""
+        """One check, on its own thread: build the checker if needed, call ``health``
+        (an instance without one is not watched any more: it has nothing to check)."""
         error = None
         try:
             instance = watch.instance
             if instance is None:
                 instance = _finish(contain(watch.factory))  # (an async def factory too)
                 watch.instance = instance
-            check = getattr(instance, "health", None)
+            check = contain(getattr, instance, "health", None)
             if not callable(check):
-                raise UserCodeFailed(
-                    f"agent {agent!r} has no health() method; register it with "
-                    "health_interval=None or give its class a health(self) method",
-                    ("AttributeError",),
-                )
+                # Its factory hid the class (a lambda): known only now that it has none.
+                with self._lock:
+                    if self._watches.get(agent) is watch:
+                        del self._watches[agent]
+                    for event in watch.waiters:
+                        event.set()
+                return
             _finish(contain(check))
         except UserCodeFailed as exc:
             error = exc.error

@@ -167,6 +167,24 @@ def test_health_shows_in_the_metrics_and_herder_stats(tmp_path: Path, clock: Fak
         assert "False" in out.getvalue()
 
 
+def test_a_factory_that_hides_its_class_is_watched_only_if_its_agent_has_health(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    class Plain(Agent):
+        def call(self, ctx: StepContext) -> str:
+            return "ok"
+
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", lambda: Plain(), health_interval=10.0)
+        rt.add_workflow(ONE)
+        assert rt._ctx.health.watched("svc")  # a lambda: its class is unknown until built
+        advance(rt, clock, 0.0)
+        assert not rt._ctx.health.checked("svc", 1, WAIT)  # no verdict: it has no health()
+        assert not rt._ctx.health.watched("svc")
+        rt.start("one", workflow_id="w1")
+        assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "10", True])
 def test_a_bad_health_interval_or_timeout_is_refused(tmp_path: Path, bad: Any) -> None:
     with Runtime(tmp_path / "s") as rt:
