@@ -136,7 +136,12 @@ class Scheduler(SupervisedActor):
             recovery_stagger=config.recovery_stagger,
         )
         self._engine = Engine(
-            defaults, ctx.plans, ctx.next_token, self._probes, lambda: ctx.store.incarnation
+            defaults,
+            ctx.plans,
+            ctx.next_token,
+            self._probes,
+            lambda: ctx.store.incarnation,
+            healthy=ctx.health.healthy,
         )
         self._commits = CommitPipeline(ctx.next_token)
         self._dispatch = Dispatcher(ctx, self._engine)

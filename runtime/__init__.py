@@ -31,6 +31,7 @@ from herder.actors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.runtime._anyof import AnyOf
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._inbox import InboxItem
@@ -59,6 +60,7 @@ from herder.store import (
 __all__ = [
     "Adaptive",
     "Agent",
+    "AnyOf",
     "CircuitBreaker",
     "CompletionRefused",
     "ConditionFailed",

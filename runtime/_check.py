@@ -19,7 +19,8 @@ crash test) can see exactly what is wrong. What it checks:
 - schedules: each reads, sits under its name, names a stored workflow, and no workflow
   it fired is for a slot after its cursor;
 - agents chosen at run time: every step whose agent the plan templates from the input
-  has the agent it resolved stored with the workflow, and nothing else is stored there.
+  has the agent it resolved stored with the workflow, and nothing else is stored there;
+  a step of an ``AnyOf`` group that ran names the member it ran on, one of the group.
 
 The CLI prints the problems (or ``--json``) and exits 1 if there are any, 0 if none.
 """
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from herder.actors import FACTS_KEY, parse_facts
-from herder.actors.engine import ALLOWED_STEPS, UNDOING, holds_timer
+from herder.actors.engine import ALLOWED_STEPS, MEMBER_KEY, UNDOING, holds_timer
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
@@ -243,6 +244,7 @@ class _Checker:
                 self.problem("steps", step_key(record.id, name), "step not in the definition")
             self.check_order(record, plan, steps)
             self.check_agents(record, plan)
+            self.check_members(record, plan, steps)
             if record.state in (WorkflowState.COMPENSATED, WorkflowState.CANCELLED):
                 for spec in plan.steps:
                     st = steps.get(spec.name)
@@ -271,6 +273,25 @@ class _Checker:
             self.problem("workflows", wkey, f"step {step!r} has no agent resolved from the input")
         for step in sorted(set(record.agents) - templated):
             self.problem("workflows", wkey, f"an agent is stored for {step!r}, not templated")
+
+    def check_members(
+        self, record: WorkflowRecord, plan: Plan, steps: dict[str, StepRecord]
+    ) -> None:
+        """A step of an AnyOf group that ran names the member it ran on, one of the
+        group; a step of one agent names none."""
+        for spec in plan.steps:
+            st = steps.get(spec.name)
+            if st is None:
+                continue
+            used = st.extra.get(MEMBER_KEY)
+            skey = step_key(record.id, spec.name)
+            if not spec.members:
+                if used is not None:
+                    self.problem("steps", skey, f"names member {used!r} but has no AnyOf group")
+            elif st.attempt > 0 and used not in spec.members:
+                self.problem(
+                    "steps", skey, f"ran, but on {used!r}, not a member of {list(spec.members)}"
+                )
 
     def check_step(self, record: WorkflowRecord, st: StepRecord, skey: bytes) -> None:
         incarnation = self.report.incarnation

@@ -170,6 +170,9 @@ def show_workflow(
         out.write(f"  error   {status.error}\n")
     for step, agent in status.agents.items():
         out.write(f"  agent   {step} -> {agent} (chosen from the input at the start)\n")
+    for st in status.steps.values():
+        if st.agent is not None:
+            out.write(f"  agent   {st.name} -> {st.agent} (the AnyOf member it last ran on)\n")
     rows = [
         (
             st.name,
@@ -236,9 +239,9 @@ def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             rows.append((when, f"operator {e.get('action')}{target}", "", "", details))
         elif kind == "step":
             change = f"{e.get('from')} -> {e.get('to')}"
-            rows.append(
-                (when, f"step {e.get('step')}", change, e.get("attempt"), e.get("error") or "")
-            )
+            on = f"on {e['agent']}" if e.get("agent") else ""  # an AnyOf member
+            details = "; ".join(d for d in (on, e.get("error") or "") if d)
+            rows.append((when, f"step {e.get('step')}", change, e.get("attempt"), details))
         elif kind == "probe":
             rows.append((when, f"probe {e.get('step')}", "UNKNOWN", "", e.get("error") or ""))
         else:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from herder.actors import InvalidDefinition, UnknownName
-from herder.store import InvalidInput, Plan, UserCodeFailed, contain, validate_name
+from herder.store import InvalidInput, Plan, StepSpec, UserCodeFailed, contain, validate_name
 
 Router = Callable[[Any], str]
 """A function of the workflow input that names (part of) a step's agent."""
@@ -139,9 +139,7 @@ def check_registered(
 ) -> None:
     """Raise :class:`UnknownName` unless every step's agent (resolved where ``agents``
     says) is registered and has the step's action and compensation."""
-    for spec in plan.steps:
-        agent = agents.get(spec.name, spec.agent)
-        via = f" (from {spec.agent!r})" if spec.name in agents else ""
+    for spec, agent, via in _step_agents(plan, agents):
         if agent not in registered:
             known = ", ".join(sorted(registered)[:20]) or "none"
             raise UnknownName(
@@ -157,3 +155,17 @@ def check_registered(
                     f"workflow {plan.name!r} step {spec.name!r}: agent {agent!r}{via} "
                     f"has no action {action!r} (it has: {', '.join(sorted(names))})"
                 )
+
+
+def _step_agents(plan: Plan, agents: Mapping[str, str]) -> list[tuple[StepSpec, str, str]]:
+    """(step, agent, where it came from) for every agent a step of ``plan`` may use: its
+    resolved template, or each member of its AnyOf group."""
+    out = []
+    for spec in plan.steps:
+        if spec.members:
+            out += [(spec, m, f" (of {len(spec.members)} in AnyOf)") for m in spec.members]
+        elif spec.name in agents:
+            out.append((spec, agents[spec.name], f" (from {spec.agent!r})"))
+        else:
+            out.append((spec, spec.agent, ""))
+    return out

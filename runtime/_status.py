@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from herder.actors.engine import WAITS_TO_RUN
+from herder.actors.engine import WAITS_TO_RUN, member_used
 from herder.store import (
     HerderError,
     Plan,
@@ -27,7 +27,8 @@ class StepStatus:
     """One step as stored: state, attempts, result or last error.
 
     ``waits_until`` is the clock time a PENDING or RETRY_WAIT step waits for (a delayed
-    start, a step delay, a retry's backoff), else None.
+    start, a step delay, a retry's backoff), else None. ``agent`` is, for a step whose
+    agent is an ``AnyOf`` group, the member its last attempt went to, else None.
     """
 
     name: str
@@ -38,6 +39,7 @@ class StepStatus:
     compensation_attempts: int
     updated: float
     waits_until: float | None = None
+    agent: str | None = None  # a step of an AnyOf group: the member its last attempt used
 
     @classmethod
     def from_record(cls, record: StepRecord) -> StepStatus:
@@ -51,6 +53,7 @@ class StepStatus:
             compensation_attempts=record.comp_attempt,
             updated=record.updated,
             waits_until=record.retry_at if record.state in WAITS_TO_RUN else None,
+            agent=member_used(record),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +67,7 @@ class StepStatus:
             "compensation_attempts": self.compensation_attempts,
             "updated": self.updated,
             "waits_until": self.waits_until,
+            "agent": self.agent,
         }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from herder.actors import InvalidDefinition
+from herder.runtime._anyof import AnyOf
 from herder.runtime._routing import template_fields
 from herder.store import InvalidInput, Plan, RetryPolicy, StepSpec, validate_name
 
@@ -34,7 +35,7 @@ class Workflow:
         self,
         name: str,
         *,
-        agent: str,
+        agent: str | AnyOf,
         action: str,
         compensate: str | None = None,
         after: Iterable[str] = (),
@@ -56,7 +57,9 @@ class Workflow:
         ``agent`` is an agent name, or a template such as ``"device:{device}"`` whose
         ``{key}`` fields are filled from the workflow's input when it starts; the resolved
         agent is stored with the workflow and serves every attempt, probe and
-        compensation of the step (see ``_routing``).
+        compensation of the step (see ``_routing``). ``AnyOf("a", "b")`` names agents
+        able to do the step: each attempt goes to a healthy one, a retry prefers another,
+        and compensation goes to the one that did the work (docs/failover.md).
         """
         validate_name("step", name)
         if name in self._steps:
@@ -83,7 +86,8 @@ class Workflow:
                 )
         self._steps[name] = StepSpec(
             name=name,
-            agent=_agent_name(agent),
+            agent=agent.members[0] if isinstance(agent, AnyOf) else _agent_name(agent),
+            members=agent.members if isinstance(agent, AnyOf) else (),
             action=validate_name("action", action),
             after=deps,
             compensate=None if compensate is None else validate_name("compensate", compensate),

@@ -10,7 +10,8 @@ small record (an *event*), read back by :func:`read_history` as a map:
   probe failed; ``error`` says which) or ``"operator"`` (someone acted on it: retry,
   skip, compensate, abandon, cancel);
 - ``t``: the time (seconds since the epoch, the runtime's clock);
-- for steps: ``step``, ``from``, ``to``, ``attempt``, ``token``, ``error``;
+- for steps: ``step``, ``from``, ``to``, ``attempt``, ``token``, ``error``, and ``agent``
+  (the member it went to) for a step of an ``AnyOf`` group;
 - for workflows: ``from``, ``to``, ``error``;
 - for operator actions: ``action``, ``who``, ``why``, ``step`` and ``result`` when given.
 
@@ -95,7 +96,7 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
     ):
         return None
     compensating = new.state.is_compensation
-    return {
+    event = {
         "kind": "step",
         "t": now,
         "step": new.name,
@@ -105,6 +106,10 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
         "token": new.token,
         "error": new.error if new.error != old.error else None,
     }
+    agent = new.extra.get("agent")  # the AnyOf member the attempt went to
+    if agent is not None:
+        event["agent"] = agent
+    return event
 
 
 def workflow_event(old: WorkflowState | None, new: WorkflowRecord) -> dict[str, Any]:

@@ -29,11 +29,17 @@ class StepSpec:
     retry: RetryPolicy | None = None
     compensate_retry: RetryPolicy | None = None
     delay: float | None = None  # seconds to wait after the dependencies (or the start)
+    # AnyOf: the agents able to do the step, in order of preference (``agent`` is the
+    # first); each attempt goes to one of them, recorded as the step record's
+    # ``extra["agent"]``. Empty for a step with one agent.
+    members: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The step as a msgpack-ready map (``delay`` only when set: older plans keep
-        their stored form and fingerprint)."""
-        extra = {} if self.delay is None else {"delay": self.delay}
+        """The step as a msgpack-ready map (``delay`` and ``members`` only when set: older
+        plans keep their stored form and fingerprint)."""
+        extra: dict[str, Any] = {} if self.delay is None else {"delay": self.delay}
+        if self.members:
+            extra["members"] = list(self.members)
         return {
             "name": self.name,
             "agent": self.agent,
@@ -65,6 +71,7 @@ class StepSpec:
                 else None
             ),
             delay=data.get("delay"),
+            members=tuple(data.get("members", ())),
         )
 
 

@@ -13,7 +13,8 @@ from types import ModuleType
 import pytest
 
 RUNTIME = {
-    "Adaptive", "Agent", "CircuitBreaker", "EncodeError", "HerderError", "InvalidDefinition",
+    "Adaptive", "Agent", "AnyOf", "CircuitBreaker", "EncodeError", "HerderError",
+    "InvalidDefinition",
     "InvalidInput", "InvalidState", "LeaseLost", "NotActive", "Permanent", "RateLimit",
     "RetryPolicy", "Runtime", "RuntimeClosed", "RuntimeConfig", "SchemaTooNew", "State",
     "StepContext",

@@ -5,6 +5,7 @@ What lives here, one concept per module:
 - ``_states``: the step and workflow state machines as tables: which moves are legal,
   which states hold a timer, keep a compensation waiting, are undone, restarted,
   skipped or stuck;
+- ``_members``: which member of a step's group (``AnyOf``) runs its next attempt;
 - ``_retry``: the retry rule (``after_failure``, ``after_probe_failure``);
 - ``_step``: one step's transitions as record functions (dispatch, failed, settled, ...);
 - ``_answer``: what a probe's verdict, a hand-off or a lapse means for its step;
@@ -76,6 +77,7 @@ from herder.actors.engine._events import (
     TimerDue,
 )
 from herder.actors.engine._machine import Defaults, Machine
+from herder.actors.engine._members import MEMBER_KEY, member_used, next_member, with_member
 from herder.actors.engine._operator import (
     abandoned_step,
     given_up,
@@ -138,6 +140,7 @@ __all__ = [
     "BUSY",
     "CRASH_ERROR",
     "ENDED_BY_ABANDON",
+    "MEMBER_KEY",
     "OPERATOR_STEP_NEXT",
     "OPERATOR_WORKFLOW_NEXT",
     "POISON_ERROR",
@@ -208,7 +211,9 @@ __all__ = [
     "heartbeat",
     "holds_timer",
     "lapse",
+    "member_used",
     "ms",
+    "next_member",
     "orphan_given_up",
     "poison_message",
     "poisoned",
@@ -227,5 +232,6 @@ __all__ = [
     "unknown",
     "unqueue",
     "when_compensating",
+    "with_member",
     "with_timer",
 ]

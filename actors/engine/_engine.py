@@ -36,6 +36,7 @@ from herder.actors.engine._events import (
     TimerDue,
 )
 from herder.actors.engine._machine import Defaults, Machine, log_failure, log_step
+from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._runs import Attempt, WorkflowRun
 from herder.actors.engine._step import dispatch, heartbeat, lapse
 from herder.store import (
@@ -72,8 +73,11 @@ class Engine(Machine):
         tokens: Callable[[], int],
         has_probe: Callable[[str, str], bool],
         incarnation: Callable[[], int],
+        *,
+        healthy: Callable[[str], bool] = lambda agent: True,
     ) -> None:
         super().__init__(defaults, tokens, incarnation)
+        self.healthy = healthy
         self._plans = plans
         self._has_probe = has_probe  # (agent, action): the agent defines its probe
         self._plan_specs: dict[tuple[str, int], dict[str, StepSpec]] = {}
@@ -132,6 +136,7 @@ class Engine(Machine):
             action, number = probe_name(spec.action), new.attempt
         else:
             action, number = spec.action, new.attempt
+        new = with_member(spec, new, event.agent, compensating=job.compensating)
         self.put_step(run, st, new)
         attempt = Attempt(run.record.id, job.step, event.agent, event.instance, token)
         self.inflight[token] = attempt
@@ -164,7 +169,8 @@ class Engine(Machine):
         """The agent that runs ``step`` of an unfinished workflow in memory."""
         run = self.runs.get(workflow_id)
         spec = None if run is None else run.specs.get(step)
-        return None if spec is None else spec.agent
+        st = None if run is None else run.steps.get(step)
+        return None if spec is None or st is None else agent_for(spec, st)
 
     def specs_of(self, plan: Plan, record: WorkflowRecord) -> dict[str, StepSpec]:
         """The plan's steps by name (shared by its runs), with the agents the workflow
@@ -252,7 +258,7 @@ class Engine(Machine):
         lapsed = lapse(st, run.specs[st.name], self.now, self.defaults.default_timeout)
         if lapsed is None:
             return
-        agent = run.specs[st.name].agent
+        agent = agent_for(run.specs[st.name], st)
         hung = False
         if st.token not in self.inflight and st.name in run.queued:
             if not msg.busy:

@@ -24,6 +24,7 @@ from typing import Any
 
 from herder.actors.engine._answer import Fail, HandOff, ProbeAgain, Reading, Succeed
 from herder.actors.engine._decision import Announce, Cancel, Decision, Enqueue, Fence, Lost
+from herder.actors.engine._members import agent_for, next_member
 from herder.actors.engine._recovery import poison_message, poisoned, resumes, running_at_crash
 from herder.actors.engine._retry import (
     Escalate,
@@ -76,6 +77,8 @@ class Machine:
         self.defaults = defaults
         self._tokens = tokens
         self._incarnation = incarnation  # the store's (its tokens' high bits)
+        # (agent): its last health check passed; an AnyOf step picks among those.
+        self.healthy: Callable[[str], bool] = lambda agent: True
         self.runs: dict[str, WorkflowRun] = {}
         self.inflight: dict[int, Attempt] = {}
         self.counters = dict.fromkeys(
@@ -189,7 +192,9 @@ class Machine:
             return
         run.queued.add(step)
         job = run.jobs[step] = Job(run.record.id, step, compensating)
-        self._out.now.append(Enqueue(run.specs[step].agent, job, run.record.priority))
+        spec, st = run.specs[step], run.steps[step]
+        agent = next_member(spec, st, compensating=compensating, healthy=self.healthy)
+        self._out.now.append(Enqueue(agent, job, run.record.priority))
 
     def succeeded(self, run: WorkflowRun, st: StepRecord, result: Any) -> None:
         """The step's attempt (or compensation) succeeded with ``result``."""
@@ -368,7 +373,7 @@ class Machine:
             if st.state is StepState.DISPATCHED and st.token >> 32 == previous:
                 # Lost by the previous run (counted once: a later run that finds the same
                 # record again did not lose it).
-                self._out.now.append(Lost(run.specs[st.name].agent))
+                self._out.now.append(Lost(agent_for(run.specs[st.name], st)))
             undo = resumes(st, compensating=compensating, now=self.now)
             if undo is not None:
                 self.enqueue(run, st.name, compensating=undo)

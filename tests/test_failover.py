@@ -1,0 +1,207 @@
+"""AnyOf: a step several agents can do; each attempt goes to a healthy member, a retry
+prefers another, and compensation goes to the member that did the work."""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    AnyOf,
+    InvalidDefinition,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    StepState,
+    UnknownName,
+    Workflow,
+    WorkflowFailed,
+)
+from herder.runtime._inspect import show_workflow
+from herder.runtime.testing import FakeClock, advance, check_store, settle, wait_until
+
+WAIT = 10.0
+NO_WAIT = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff_coefficient=1.0, jitter=0.0)
+MEMBERS = ("airline-eu", "airline-us")
+
+
+class Ledger:
+    """What every member was asked, and which members are unwell (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, str]] = []  # (member, action)
+        self.sick: set[str] = set()  # health() raises
+        self.failing: dict[str, int] = {}  # member -> book calls left to fail
+
+    def record(self, member: str, action: str) -> None:
+        with self.lock:
+            self.calls.append((member, action))
+            left = self.failing.get(member, 0)
+            if action == "book" and left:
+                self.failing[member] = left - 1
+                raise ConnectionError(f"{member} refused the booking")
+
+    def of(self, action: str) -> list[str]:
+        with self.lock:
+            return [member for member, act in self.calls if act == action]
+
+
+class Airline(Agent):
+    def __init__(self, ledger: Ledger, member: str) -> None:
+        self.ledger, self.member = ledger, member
+
+    def book(self, ctx: StepContext) -> str:
+        self.ledger.record(self.member, "book")
+        return f"booked on {self.member}"
+
+    def cancel(self, ctx: StepContext) -> None:
+        self.ledger.record(self.member, "cancel")
+
+    def health(self) -> None:
+        if self.member in self.ledger.sick:
+            raise ConnectionError(f"{self.member} is down")
+
+
+class Hotel(Agent):
+    def book(self, ctx: StepContext) -> None:
+        if ctx.input.get("hotel") == "full":
+            raise ValueError("no room")
+
+
+TRIP = (
+    Workflow("trip")
+    .step(
+        "flight",
+        agent=AnyOf(*MEMBERS),
+        action="book",
+        compensate="cancel",
+        timeout=5.0,
+        retry=NO_WAIT,
+    )
+    .step(
+        "hotel",
+        agent="hotel",
+        action="book",
+        after=["flight"],
+        retry=RetryPolicy(max_attempts=1),
+    )
+)
+
+
+def runtime(path: Path, clock: FakeClock, ledger: Ledger) -> Runtime:
+    rt = Runtime(path, clock=clock, sweep_interval=0.05)
+    for member in MEMBERS:
+        rt.add_agent(member, functools.partial(Airline, ledger, member), health_interval=10.0)
+    rt.add_agent("hotel", Hotel)
+    rt.add_workflow(TRIP)
+    return rt
+
+
+def checked(rt: Runtime, clock: FakeClock, count: int, seconds: float = 10.0) -> None:
+    """Advance one health interval and wait until every member had ``count`` verdicts."""
+    advance(rt, clock, seconds)
+    for member in MEMBERS:
+        assert rt._ctx.health.checked(member, count, WAIT)
+    settle(rt)
+
+
+def retry_wait(rt: Runtime, workflow_id: str) -> None:
+    """Wait until the flight's first attempt failed and its retry waits."""
+    wait_until(rt, lambda: rt.status(workflow_id).steps["flight"].state is StepState.RETRY_WAIT)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_each_attempt_goes_to_a_healthy_member(tmp_path: Path, clock: FakeClock) -> None:
+    ledger = Ledger()
+    ledger.sick.add("airline-eu")
+    with runtime(tmp_path / "s", clock, ledger) as rt:
+        checked(rt, clock, 1, 0.0)
+        h = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
+        assert h.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        assert ledger.of("book") == ["airline-us"]
+        assert rt.status("w1").steps["flight"].agent == "airline-us"
+        ledger.sick.clear()
+        checked(rt, clock, 2)
+        h = rt.start("trip", {"hotel": "ok"}, workflow_id="w2")
+        assert h.result(timeout=WAIT)["flight"] == "booked on airline-eu"  # first preferred
+        assert check_store(rt._store).ok
+
+
+def test_a_retry_after_a_failure_prefers_another_member(tmp_path: Path, clock: FakeClock) -> None:
+    ledger = Ledger()
+    ledger.failing["airline-eu"] = 1
+    with runtime(tmp_path / "s", clock, ledger) as rt:
+        h = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
+        retry_wait(rt, "w1")
+        advance(rt, clock, 1.0)  # the backoff of the failed first attempt
+        assert h.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        assert ledger.of("book") == ["airline-eu", "airline-us"]
+        step = rt.status("w1").steps["flight"]
+        assert (step.attempt, step.agent) == (2, "airline-us")
+        out = io.StringIO()
+        show_workflow(out, rt._store, "w1", as_json=False)
+        assert "flight -> airline-us (the AnyOf member it last ran on)" in out.getvalue()
+        assert "on airline-eu" in out.getvalue()  # the history names each attempt's member
+        assert "on airline-us" in out.getvalue()
+        assert check_store(rt._store).ok
+
+
+def test_compensation_goes_to_the_member_that_did_the_work(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ledger = Ledger()
+    ledger.failing["airline-eu"] = 1
+    with runtime(tmp_path / "s", clock, ledger) as rt:
+        h = rt.start("trip", {"hotel": "full"}, workflow_id="w1")
+        retry_wait(rt, "w1")
+        advance(rt, clock, 1.0)
+        with pytest.raises(WorkflowFailed):
+            h.result(timeout=WAIT)
+        assert ledger.of("book") == ["airline-eu", "airline-us"]
+        assert ledger.of("cancel") == ["airline-us"]
+        assert check_store(rt._store).ok
+
+
+def test_every_member_must_be_registered_with_the_steps_actions(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("airline-eu", functools.partial(Airline, Ledger(), "airline-eu"))
+        rt.add_workflow(TRIP)
+        rt.add_agent("hotel", Hotel)
+        with pytest.raises(UnknownName, match="airline-us"):
+            rt.start("trip", {}, workflow_id="w1")
+        assert rt.list() == []
+
+
+@pytest.mark.parametrize(
+    ("members", "match"),
+    [
+        (("airline-eu",), "at least two"),
+        (("a", "a"), "twice"),
+        (("db:{region}-a", "db:{region}-b"), "fixed agent names only"),
+    ],
+)
+def test_a_bad_group_is_refused_when_the_workflow_is_defined(
+    members: tuple[str, ...], match: str
+) -> None:
+    with pytest.raises(InvalidDefinition, match=match):
+        AnyOf(*members)
+
+
+def test_a_group_is_stored_with_the_definition(tmp_path: Path) -> None:
+    from herder.store import Plan
+
+    plan = TRIP.compile()
+    again = Plan.from_dict(plan.to_dict())
+    assert again.steps[0].members == MEMBERS
+    assert again.steps[1].members == ()
+    assert "members" not in plan.to_dict()["steps"][1]  # a plain step's form is unchanged
