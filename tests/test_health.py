@@ -175,7 +175,8 @@ def test_a_factory_that_hides_its_class_is_watched_only_if_its_agent_has_health(
             return "ok"
 
     with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
-        rt.add_agent("svc", lambda: Plain(), health_interval=10.0)
+        hidden = lambda: Plain()  # noqa: E731, PLW0108 - hides the class, as factories may
+        rt.add_agent("svc", hidden, health_interval=10.0)
         rt.add_workflow(ONE)
         assert rt._ctx.health.watched("svc")  # a lambda: its class is unknown until built
         advance(rt, clock, 0.0)

@@ -1,0 +1,77 @@
+"""Subprocess side of ``test_failover_crash.py`` (run as a script), and the workflow both
+sides register.
+
+    failover_child.py STORE
+
+Opens ``Runtime(STORE)`` on the real clock with two airline members, ``airline-eu``
+failing its first booking, and a hotel whose booking hangs; starts ``w1``, waits until
+the flight succeeded (on ``airline-us``, after the retry moved it) and the hotel runs,
+prints ``ready`` and blocks until the parent SIGKILLs it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from herder.runtime import AnyOf, RetryPolicy, Workflow
+
+MEMBERS = ("airline-eu", "airline-us")
+TRIP = (
+    Workflow("trip")
+    .step(
+        "flight",
+        agent=AnyOf(*MEMBERS),
+        action="book",
+        compensate="cancel",
+        retry=RetryPolicy(max_attempts=3, initial_interval=0.05, jitter=0.0),
+    )
+    .step(
+        "hotel", agent="hotel", action="book", after=["flight"], retry=RetryPolicy(max_attempts=1)
+    )
+)
+
+
+def main(store: str) -> None:
+    from herder.runtime import Agent, Runtime, StepContext, StepState
+    from herder.runtime.testing import wait_until
+
+    def say(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    failed = threading.Event()
+
+    class Airline(Agent):
+        def __init__(self, member: str) -> None:
+            self.member = member
+
+        def book(self, ctx: StepContext) -> str:
+            if self.member == "airline-eu" and not failed.is_set():
+                failed.set()
+                raise ConnectionError("airline-eu refused")
+            return f"booked on {self.member}"
+
+        def cancel(self, ctx: StepContext) -> None:
+            say(f"cancel on {self.member}")  # never: the parent checks it is not needed
+
+    class Hotel(Agent):
+        def book(self, ctx: StepContext) -> None:
+            say("hotel running")
+            threading.Event().wait()
+
+    rt = Runtime(store, sweep_interval=0.05)
+    for member in MEMBERS:
+        rt.add_agent(member, lambda member=member: Airline(member))
+    rt.add_agent("hotel", Hotel)
+    rt.add_workflow(TRIP)
+    rt.start("trip", {}, workflow_id="w1")
+    wait_until(rt, lambda: rt.status("w1").steps["hotel"].state is StepState.DISPATCHED, 20.0)
+    flight = rt.status("w1").steps["flight"]
+    say(f"flight {flight.state} {flight.agent} {flight.attempt}")
+    say("ready")
+    threading.Event().wait()  # until SIGKILL
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
