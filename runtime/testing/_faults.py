@@ -98,6 +98,19 @@ class FaultSchedule:
             return None
         return 1 + int(self._draw("process-step") * 150)
 
+    def scheduler_crash_step(self) -> int | None:
+        """The delivery (counted from 1) at which the exact simulation crashes its
+        Scheduler mid-round, or None (three seeds in four)."""
+        if self._draw("scheduler-step") < 3 / 4:
+            return None
+        return 1 + int(self._draw("scheduler-step-at") * 150)
+
+    def registers_late(self) -> bool:
+        """True if a process the exact simulation opens again registers its agents and
+        definition only after its recovery ran (one seed in three): what it recovered
+        awaits its definition meanwhile."""
+        return self._draw("late") < 1 / 3
+
     def pause_schedule_at(self) -> int | None:
         """The round at which the run's schedule is paused, or None: no schedule (3/4)."""
         if self._draw("schedule") < 3 / 4:

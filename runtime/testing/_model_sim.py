@@ -42,6 +42,7 @@ from pykka.messages import ProxyCall
 from herder.actors import (
     Admit,
     Crash,
+    Define,
     EngineConfig,
     EngineContext,
     FakeClock,
@@ -96,6 +97,11 @@ class _Ask:
         self.answered, self.future, self.error = True, future, error
 
 
+class _Register:
+    """The daemon registers its agents and definition (``add_agent``, ``add_workflow``)
+    after the Scheduler started and recovered."""
+
+
 @dataclass
 class _Process:
     """What one process holds in memory; a crash drops all of it."""
@@ -125,7 +131,8 @@ class _Simulation:
         self.wants: dict[str, WorkflowState] = {}
         self.steps = 0
         self.crash_step = schedule.process_crash_step()
-        self.proc = self._open()
+        self.scheduler_crash_step = schedule.scheduler_crash_step()
+        self.proc = self._open(late=False)
 
     # -- the run -----------------------------------------------------------------------
 
@@ -188,6 +195,8 @@ class _Simulation:
             self.steps += 1
             if self.steps == self.crash_step:
                 self._crash_process(rnd)
+            if self.steps == self.scheduler_crash_step:
+                self.proc.ctx.tell_scheduler(Crash())
         raise RuntimeError(f"seed {self.seed}: round {rnd} did not settle in {MAX_STEPS} steps")
 
     def _to_scheduler(self) -> None:
@@ -195,6 +204,12 @@ class _Simulation:
         envelope = proc.scheduler.actor_inbox.get()
         message = envelope.message
         self.report.trace.append(f"S {_describe(message)}")
+        if isinstance(message, _Register):  # as Runtime.add_agent and add_workflow do
+            self._register(proc.ctx)
+            proc.scheduler._handle_receive(Define(self.plan))
+            for name in sorted(proc.ctx.agents):
+                proc.scheduler._handle_receive(ProxyCall(("add_agent",), (name,), {}))
+            return
         if isinstance(message, _Ask):
             try:  # as pykka runs a proxy call
                 future = proc.scheduler._handle_receive(ProxyCall(("operate",), (message.op,), {}))
@@ -237,7 +252,7 @@ class _Simulation:
 
     # -- the process -------------------------------------------------------------------
 
-    def _open(self) -> _Process:
+    def _open(self, *, late: bool) -> _Process:
         armed, self.faults.armed = self.faults.armed, False
         store = Store(self.directory, inline_writes=True)
         lease = store.lease
@@ -245,9 +260,8 @@ class _Simulation:
         ctx = EngineContext(
             store, SteadyClock(self.clock, floor=floor), EngineConfig(seed=self.seed), _no_op
         )
-        factory = _factory(self.world)
-        ctx.plans[(self.plan.name, self.plan.version)] = self.plan
-        ctx.agents.update({"alpha": (factory, CONCURRENCY), "beta": (factory, CONCURRENCY)})
+        if not late:
+            self._register(ctx)
         key = definition_key(self.plan.name, self.plan.version)
         store.writer.submit(Transition(ops=(Put("definitions", key, encode(self.plan.to_dict())),)))
         store.writer.fault = self.faults
@@ -258,8 +272,15 @@ class _Simulation:
         store.note_clock(ctx.clock.time())
         ctx.sweep_listeners.append(lambda: store.note_clock(ctx.clock.time()))
         proc = self._start_actors(store, ctx)
+        if late:
+            ctx.tell_scheduler(_Register())
         self.faults.armed = armed
         return proc
+
+    def _register(self, ctx: EngineContext) -> None:
+        factory = _factory(self.world)
+        ctx.plans[(self.plan.name, self.plan.version)] = self.plan
+        ctx.agents.update({"alpha": (factory, CONCURRENCY), "beta": (factory, CONCURRENCY)})
 
     def _start_actors(self, store: Store, ctx: EngineContext) -> _Process:
         """The tree's children: a Scheduler with its host, and the watchdog, started as
@@ -291,6 +312,8 @@ class _Simulation:
         _stop(proc.scheduler)
         while not proc.scheduler.actor_inbox.empty():  # pykka's teardown answers asks
             message = proc.scheduler.actor_inbox.get().message
+            if isinstance(message, _Register):  # the daemon's registration (asks) failed,
+                self._register(proc.ctx)  # but it set the context the next one reads
             if isinstance(message, _Ask):
                 message.answer(None, ActorDeadError("the Scheduler stopped before handling it"))
         proc.watchdog.on_stop()
@@ -322,7 +345,7 @@ class _Simulation:
             )
             self.queued = (append_command(self.directory, command), rnd)
         self.faults.armed = armed
-        self.proc = self._open()
+        self.proc = self._open(late=self.schedule.registers_late())
 
     # -- workload and operator -----------------------------------------------------------
 
