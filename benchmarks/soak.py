@@ -16,7 +16,7 @@ futures, threads); the total is printed next to it.
 
 ``--retention`` runs the retention soak instead (``_retention_soak.py``): the store's size
 under a steady stream with ``Runtime(retention=R)``, and step latency while ``--purge``
-finished workflows are deleted with ``--in-flight`` running (A/B phases).
+finished workflows are deleted with ``--in-flight`` running (off, on until done, off).
 """
 
 from __future__ import annotations
@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retention-period", type=float, default=20.0, help="seconds (R)")
     parser.add_argument("--retention-threads", type=int, default=32, help="closed loops")
     parser.add_argument("--purge", type=int, default=1_000_000, help="finished to purge")
-    parser.add_argument("--phase", type=float, default=5.0, help="seconds per A/B phase")
+    parser.add_argument(
+        "--phase", type=float, default=60.0, help="seconds without purging, before and after"
+    )
     args = parser.parse_args(argv)
     if args.retention:
         import tempfile as _tempfile
