@@ -19,6 +19,10 @@ at a seeded message (every object in memory is dropped and a new "process" opens
 store and recovers through the real recovery path); an operator's cancel or abandon,
 another queued through the commands channel while the process is down; a wall-clock step.
 
+Besides the end state (``verify``), the rules of write-ahead are checked as they happen:
+an attempt runs only once its DISPATCHED record is durable and, going forward, once every
+step it depends on is durably SUCCEEDED; a final state is announced only once durable.
+
 The store and not a dict: the check, the recovery and the writer's guard all read LMDB
 through ``Store``, so a fake would have to copy a large interface and would test the
 copy. Opened on tmpfs with an inline writer it costs well under a millisecond a commit.
@@ -60,6 +64,7 @@ from herder.store import (
     Put,
     Store,
     Transition,
+    WorkflowRecord,
     WorkflowState,
     append_command,
     command_outcome,
@@ -244,11 +249,42 @@ class _Simulation:
         fault = self.schedule.attempt_fault(
             ctx.workflow_id, ctx.step, ctx.attempt, ctx.compensating
         )
+        if not sent.held:
+            self._check_write_ahead(sent)
         if fault == "hang" and not sent.held:
             sent.held = True
             self.held.append(sent)  # runs (late) once the round's advance has passed
             return
         host.run(sent)
+
+    def _check_write_ahead(self, sent: Sent) -> None:
+        """What must be durable before agent code sees an attempt: its DISPATCHED record
+        (its token, or a later one if it was superseded meanwhile), and for a forward
+        attempt, the SUCCEEDED records of every step it depends on."""
+        ctx, store, problems = sent.run.context, self.proc.store, self.report.problems
+        st = store.get_step(ctx.workflow_id, ctx.step)
+        if st is None or st.token < sent.run.token:
+            problems.append(
+                f"{ctx.idempotency_key}: attempt {ctx.attempt} (token {sent.run.token}) runs "
+                f"before its dispatch is durable (the store has {st})"
+            )
+        if ctx.compensating or st is None or st.token != sent.run.token:
+            return
+        spec = next(spec for spec in self.plan.steps if spec.name == ctx.step)
+        for name in spec.after:
+            dep = store.get_step(ctx.workflow_id, name)
+            if dep is None or not dep.succeeded:
+                problems.append(
+                    f"{ctx.idempotency_key} runs before {name} succeeded durably ({dep})"
+                )
+
+    def _announced(self, record: WorkflowRecord, _steps: object) -> None:
+        """A final state is announced to waiters: it must be durable already."""
+        stored = self.proc.store.get_workflow(record.id)
+        if stored is None or stored.state is not record.state:
+            self.report.problems.append(
+                f"{record.id}: {record.state} announced before it was durable ({stored})"
+            )
 
     # -- the process -------------------------------------------------------------------
 
@@ -258,7 +294,10 @@ class _Simulation:
         lease = store.lease
         floor = 0.0 if lease is None or lease.clock is None else lease.clock
         ctx = EngineContext(
-            store, SteadyClock(self.clock, floor=floor), EngineConfig(seed=self.seed), _no_op
+            store,
+            SteadyClock(self.clock, floor=floor),
+            EngineConfig(seed=self.seed),
+            self._announced,
         )
         if not late:
             self._register(ctx)
@@ -453,7 +492,3 @@ def _stop(actor: Any) -> None:
 
 def _factory(world: World) -> Any:
     return lambda: SimService(world)
-
-
-def _no_op(*_args: object) -> None:
-    """Nobody waits on a workflow in the simulation: its end is read from the store."""
