@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,12 +49,12 @@ from herder.actors import (
     EngineConfig,
     EngineContext,
     FakeClock,
-    Operate,
     Scheduler,
     SteadyClock,
     WorkflowSupervisor,
 )
 from herder.runtime._starts import NewStart, creation
+from herder.runtime.testing._exact_operator import Ask, ExactOperator
 from herder.runtime.testing._faults import CONCURRENCY, MAX_ROUNDS, ROUND, FaultSchedule
 from herder.runtime.testing._faults import definition as _definition
 from herder.runtime.testing._inline_host import InlineHost, Sent
@@ -66,11 +65,8 @@ from herder.store import (
     Transition,
     WorkflowRecord,
     WorkflowState,
-    append_command,
-    command_outcome,
     definition_key,
     encode,
-    new_command,
 )
 
 MAX_STEPS = 20_000
@@ -85,21 +81,6 @@ def simulate_exact(
 ) -> SimReport:
     """Run one seed exactly on a new store in ``directory``; see the module docstring."""
     return _Simulation(seed, Path(directory), schedule or FaultSchedule(seed)).run()
-
-
-@dataclass
-class _Ask:
-    """An operator's request to the Scheduler, answered as pykka answers an ask:
-    ``future`` (durable once it resolves) or ``error`` (refused, nothing written)."""
-
-    op: Operate
-    round: int
-    answered: bool = False
-    future: Future[None] | None = None
-    error: BaseException | None = None
-
-    def answer(self, future: Future[None] | None, error: BaseException | None) -> None:
-        self.answered, self.future, self.error = True, future, error
 
 
 class _Register:
@@ -131,9 +112,7 @@ class _Simulation:
         self.plan = _definition().compile()
         self.ids = [f"s{seed}-{i}" for i in range(schedule.workflows())]
         self.held: list[Sent] = []  # hung attempts, let go after the round's advance
-        self.asked: list[_Ask] = []  # operator requests not yet known applied or not
-        self.queued: tuple[int, int] | None = None  # (command id, round) sent while down
-        self.wants: dict[str, WorkflowState] = {}
+        self.operator = ExactOperator(schedule, self.ids, self.clock, self.report)
         self.steps = 0
         self.crash_step = schedule.process_crash_step()
         self.scheduler_crash_step = schedule.scheduler_crash_step()
@@ -149,14 +128,14 @@ class _Simulation:
             for rnd in range(MAX_ROUNDS):
                 report.rounds = rnd + 1
                 self._settle(rnd)
-                self._operator(rnd)
+                self.operator.act(rnd, self.proc.ctx.tell_scheduler)
                 if schedule.scheduler_crash_at() == rnd:
                     self.proc.ctx.tell_scheduler(Crash())
                     self._settle(rnd)
                 if schedule.restart_at() == rnd:
                     self._crash_process(rnd)
                     self._settle(rnd)
-                if self.queued is None and not self.asked and self._all_final():
+                if not self.operator.busy and self._all_final():
                     break
                 self.clock.advance(ROUND)
                 self.pending_held()
@@ -166,9 +145,9 @@ class _Simulation:
             report.stale += self.proc.scheduler.stats()["stale"]
             report.faults = self.world.faults
             report.store_faults = self.faults.failed
-            if self.queued is not None:
-                report.problems.append(f"command #{self.queued[0]} was never answered")
-            verify(self.proc.store, self.world, self.ids, self.wants, report)
+            if self.operator.queued is not None:
+                report.problems.append(f"command #{self.operator.queued[0]} was never answered")
+            verify(self.proc.store, self.world, self.ids, self.operator.wants, report)
             report.trace.append(self._digest())
         finally:
             self.faults.armed = False
@@ -193,7 +172,7 @@ class _Simulation:
             if proc.host.pending:
                 ready.append(self._run_attempt)
             if not ready:
-                self._answers(rnd)
+                self.operator.answers(proc.store)
                 return
             pick = ready[self.order.randrange(len(ready))] if len(ready) > 1 else ready[0]
             pick()
@@ -215,7 +194,7 @@ class _Simulation:
             for name in sorted(proc.ctx.agents):
                 proc.scheduler._handle_receive(ProxyCall(("add_agent",), (name,), {}))
             return
-        if isinstance(message, _Ask):
+        if isinstance(message, Ask):
             try:  # as pykka runs a proxy call
                 future = proc.scheduler._handle_receive(ProxyCall(("operate",), (message.op,), {}))
             except Exception as exc:
@@ -353,7 +332,7 @@ class _Simulation:
             message = proc.scheduler.actor_inbox.get().message
             if isinstance(message, _Register):  # the daemon's registration (asks) failed,
                 self._register(proc.ctx)  # but it set the context the next one reads
-            if isinstance(message, _Ask):
+            if isinstance(message, Ask):
                 message.answer(None, ActorDeadError("the Scheduler stopped before handling it"))
         proc.watchdog.on_stop()
         _stop(proc.watchdog)
@@ -371,18 +350,9 @@ class _Simulation:
         _stop(proc.watchdog)
         proc.watchdog.on_stop()
         self.held.clear()  # their threads died with the process
-        for ask in self.asked:  # the caller died too: the store says if it took effect
-            if not ask.answered or (ask.future is not None and not ask.future.done()):
-                ask.answer(None, None)
         armed, self.faults.armed = self.faults.armed, False
         proc.store.close()
-        queued = self.schedule.queued_at_restart()
-        if queued is not None and self.queued is None:
-            action, which = queued
-            command = new_command(
-                action, self.ids[which], who="simulation", why="queued", now=self.clock.time()
-            )
-            self.queued = (append_command(self.directory, command), rnd)
+        self.operator.process_died(self.directory, rnd)
         self.faults.armed = armed
         self.proc = self._open(late=self.schedule.registers_late())
 
@@ -397,61 +367,6 @@ class _Simulation:
             record, steps, transition = creation(new, now, ctx.next_token(), mark_started=True)
             self.proc.store.writer.submit(transition).result(timeout=0)
             ctx.tell_scheduler(Admit(record, steps))
-
-    def _operator(self, rnd: int) -> None:
-        """The seed's cancel, abandon and wall-clock step of round ``rnd``, as asks."""
-        schedule = self.schedule
-        for action, at in (("cancel", schedule.cancel_at()), ("abandon", schedule.abandon_at())):
-            if at is not None and at[0] == rnd:
-                op = Operate(action, self.ids[at[1]], who="simulation", why=f"round {rnd}")
-                ask = _Ask(op, rnd)
-                self.asked.append(ask)
-                self.proc.ctx.tell_scheduler(ask)
-        step = schedule.wall_step_at()
-        if step is not None and step[0] == rnd:
-            self.clock.step_wall(step[1])
-            self.report.operator.append(f"{rnd} step_wall {step[1]:+.0f}")
-
-    def _answers(self, rnd: int) -> None:
-        """Record the operator requests answered so far (a refused one changed nothing)."""
-        waiting = []
-        for ask in self.asked:
-            op = ask.op
-            if not ask.answered or (ask.future is not None and not ask.future.done()):
-                waiting.append(ask)
-                continue
-            error = ask.error if ask.future is None else ask.future.exception()
-            if ask.future is None and error is None:  # its caller crashed: read the store
-                record = self.proc.store.get_workflow(op.workflow_id)
-                assert record is not None
-                if not (
-                    record.cancelled
-                    if op.action == "cancel"
-                    else record.state is WorkflowState.ABANDONED
-                ):
-                    continue
-            elif error is not None:  # refused (already final) or its commit failed
-                self.report.trace.append(f"refused {op.action} {op.workflow_id}: {error!r:.80}")
-                continue
-            self._applied(op.action, op.workflow_id, ask.round)
-        self.asked = waiting
-        if self.queued is not None:
-            outcome = command_outcome(self.proc.store, self.queued[0])
-            if outcome is None:
-                return
-            wid = str(outcome["workflow_id"])
-            if outcome["state"] == "DONE":
-                self._applied(str(outcome["action"]), wid, self.queued[1])
-            elif not self._state(wid).is_final:
-                self.report.problems.append(f"queued command refused: {outcome['error']}")
-            self.queued = None
-
-    def _applied(self, action: str, workflow_id: str, rnd: int) -> None:
-        self.report.operator.append(f"{rnd} {action} {workflow_id}")
-        if action == "abandon":
-            self.wants[workflow_id] = WorkflowState.ABANDONED
-        elif workflow_id not in self.wants:
-            self.wants[workflow_id] = WorkflowState.CANCELLED
 
     def _all_final(self) -> bool:
         return all(self._state(w).is_final for w in self.ids)
