@@ -164,31 +164,43 @@ def run_blocking(steps: Steps[T]) -> T:
     value: Any = None
     error: BaseException | None = None
     while True:
-        try:
-            wait = steps.send(value) if error is None else steps.throw(error)
-        except StopIteration as finished:
-            return finished.value
+        finished, wait = _advance(steps, value, error)
+        if finished:
+            return cast("T", wait)
         value, error = None, None
         try:
-            value = wait.block()
+            value = cast("Wait", wait).block()
         except BaseException as exc:  # handed back to the body, which decides
             error = exc
 
 
-async def run_async(steps: Steps[T]) -> T:
-    """Run ``steps`` on the running loop, awaiting each wait."""
+async def run_async(steps: Steps[T], *, off_loop: bool = False) -> T:
+    """Run ``steps`` on the running loop, awaiting each wait. With ``off_loop`` the work
+    between waits runs on a worker thread instead (for bodies whose work grows with
+    their input, such as ``start_many``'s checks and encoding: the loop stays free)."""
     value: Any = None
     error: BaseException | None = None
     while True:
-        try:
-            wait = steps.send(value) if error is None else steps.throw(error)
-        except StopIteration as finished:
-            return finished.value
+        if off_loop:
+            finished, wait = await asyncio.to_thread(_advance, steps, value, error)
+        else:
+            finished, wait = _advance(steps, value, error)
+        if finished:
+            return cast("T", wait)
         value, error = None, None
         try:
-            value = await wait.wait()
+            value = await cast("Wait", wait).wait()
         except BaseException as exc:  # handed back to the body, which decides
             error = exc
+
+
+def _advance(steps: Steps[T], value: Any, error: BaseException | None) -> tuple[bool, Any]:
+    """``(False, the body's next wait)`` given the last one's outcome, or ``(True, what
+    it returned)`` (a StopIteration cannot cross a thread's future)."""
+    try:
+        return False, steps.send(value) if error is None else steps.throw(error)
+    except StopIteration as finished:
+        return True, finished.value
 
 
 def _runtime(mixin: object) -> Runtime:
@@ -254,9 +266,12 @@ class AsyncRuntime:
     async def start_many_async(
         self, starts: Iterable[Mapping[str, Any]], *, timeout: float | None = None
     ) -> list[WorkflowHandle]:
-        """As :meth:`Runtime.start_many`, awaited: one group commit, and no thread waits."""
+        """As :meth:`Runtime.start_many`, awaited: one group commit, and no thread waits.
+
+        Checking and encoding the items grows with their number, so that work runs on a
+        worker thread: the loop serves on meanwhile."""
         rt = _runtime(self)
-        return await run_async(rt._starting_many(list(starts), timeout))
+        return await run_async(rt._starting_many(list(starts), timeout), off_loop=True)
 
     async def cancel_async(
         self, workflow_id: str, *, who: str | None = None, why: str | None = None

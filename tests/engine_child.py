@@ -21,6 +21,9 @@ so those workflows compensate (hotel, then flight).
 MODE ``scripted`` (the crash-point test) makes every run meet the same faults, a pure
 function of (n, step, attempt), with short timeouts: see :func:`scripted_fault`.
 
+MODE ``asyncio`` meets the faults of ``random`` on ``async def`` agents (the asyncio host):
+a hung request awaits past the step timeout and is cancelled.
+
 MODE ``poison`` (the poison-work test): no faults, except that the car step of workflow
 ``w-POISON_N`` SIGKILLs the whole process every time it runs; the runtime parks a
 workflow after two crashes in a row (``max_recoveries=2``).
@@ -119,12 +122,13 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
     trip = travel_workflow(retry, SCRIPTED_TIMEOUT if scripted else STEP_TIMEOUT)
     hang = SCRIPTED_HANG if scripted else HANG
     services = open_services(pathlib.Path(effects))
+    booking = async_booking() if mode == "asyncio" else Booking
     recoveries = 2 if mode == "poison" else 3
     with Runtime(
         store, sweep_interval=0.05, default_retry=retry, seed=seed, max_recoveries=recoveries
     ) as rt:
         for agent, service in services.items():
-            factory = functools.partial(Booking, service, fault, sold_out, hang)
+            factory = functools.partial(booking, service, fault, sold_out, hang)
             rt.add_agent(agent, factory, concurrency=4)
         rt.add_workflow(trip)
         handles = []
@@ -141,7 +145,42 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
             else:
                 steps = " ".join(f"{n}={s.state}/{s.attempt}" for n, s in status.steps.items())
                 say(f"stuck {handle.id} {status.state} {steps}")
+        if mode == "asyncio":  # the agents really ran on the asyncio host
+            assert "asyncio_attempts" in rt.stats()["host"], rt.stats()["host"]
     say("finished")
+
+
+def async_booking() -> type:
+    """:class:`Booking` with ``async def`` actions: the same requests and faults, but a
+    hung request awaits (so a timeout cancels it) instead of blocking a thread."""
+    import asyncio
+
+    from herder.actors import InstanceCrash
+    from herder.runtime import Permanent, StepContext
+    from herder.runtime._demo_services import Booking
+
+    class AsyncBooking(Booking):
+        async def book(self, ctx: StepContext) -> object:  # type: ignore[override]
+            if ctx.step == "car" and self.sold_out(ctx):
+                raise Permanent(f"no cars left for {ctx.workflow_id}")
+            return await self._request(ctx, ctx.idempotency_key, "apply")
+
+        async def cancel(self, ctx: StepContext) -> None:  # type: ignore[override]
+            await self._request(ctx, ctx.idempotency_key.removesuffix("/compensate"), "undo")
+
+        async def _request(self, ctx: StepContext, key: str, op: str) -> object:
+            kind = self.fault(ctx)
+            if kind == "before":
+                raise ConnectionError(f"{self.service.name} unreachable")
+            if kind == "crash":
+                raise InstanceCrash(f"{self.service.name} client crashed")
+            await asyncio.sleep(self.hang if kind == "hang" else 0)
+            value = self.service.request(key, op)
+            if kind == "after":
+                raise TimeoutError(f"{self.service.name} answer lost")
+            return value
+
+    return AsyncBooking
 
 
 if __name__ == "__main__":

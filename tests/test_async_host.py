@@ -8,6 +8,7 @@ raises escapes; sync and asyncio agents share one runtime and one workflow.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -332,3 +333,68 @@ def test_an_agent_registered_again_as_async_takes_its_waiting_work_along(
     release.set()
     assert first.result(timeout=WAIT) == {"fetch": {"n": 1, "results_seen": []}}
     assert Fetcher.built == 1
+
+
+TICK = 0.005
+
+
+async def _lags(until: asyncio.Event) -> list[float]:
+    """How late each 5 ms sleep of this loop wakes, until ``until`` is set."""
+    loop, lags = asyncio.get_running_loop(), []
+    while not until.is_set():
+        before = loop.time()
+        await asyncio.sleep(TICK)
+        lags.append(loop.time() - before - TICK)
+    return lags
+
+
+@pytest.mark.timeout(120)
+def test_an_asyncio_app_running_a_thousand_workflows_never_blocks_its_loop(
+    tmp_path: Path,
+) -> None:
+    """Handlers start workflows and await them on the application's loop, whose tasks the
+    actions also are; a 5 ms ticker measures the loop's lag the whole time.
+
+    Skipped on an overloaded machine (load average above the number of cores): there the
+    OS and the GIL alone delay any loop beside busy threads by more than 50 ms
+    (``benchmarks/async_host.py`` reports the lag with a baseline in the same run)."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        pytest.skip(f"load average {load:.1f} on {cores} cores: loop lag is not measurable")
+    n = 1_000
+
+    class Io(Agent):
+        async def call(self, ctx: StepContext) -> int:
+            await asyncio.sleep(0.05)  # a remote call
+            return int(ctx.input)
+
+    async def handler(rt: Runtime, i: int) -> int:  # one request
+        handle = await rt.start_async("io", i)
+        results = await handle.result_async(timeout=60)
+        return int(results["s"])
+
+    async def main() -> tuple[list[int], list[float]]:
+        rt = Runtime(tmp_path / "s", loop=asyncio.get_running_loop())
+        try:
+            rt.add_agent("io", Io, concurrency=n)
+            rt.add_workflow(Workflow("io").step("s", agent="io", action="call"))
+            done = asyncio.Event()
+            ticking = asyncio.create_task(_lags(done))
+            requests = []
+            for i in range(n):  # requests arrive 50 per loop turn, not all in one
+                requests.append(asyncio.create_task(handler(rt, i)))
+                if i % 50 == 49:
+                    await asyncio.sleep(0)
+            results = await asyncio.gather(*requests)
+            done.set()
+            lags = await ticking
+        finally:
+            await rt.stop_async()
+        return results, lags
+
+    results, lags = asyncio.run(main())
+    assert results == list(range(n))
+    assert len(lags) > 10
+    worst = max(lags)
+    print(f"\nloop lag: max {worst * 1000:.1f} ms over {len(lags)} ticks (load {load:.1f})")
+    assert worst < 0.050, f"the loop was late by {worst * 1000:.1f} ms"

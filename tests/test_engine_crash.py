@@ -43,6 +43,7 @@ class Crashes:
     store: pathlib.Path
     effects: pathlib.Path
     seed: int
+    mode: str = "random"  # engine_child's MODE
     kills: int = 0
     acked: set[str] = field(default_factory=set)
     done: dict[str, str] = field(default_factory=dict)
@@ -51,7 +52,8 @@ class Crashes:
 
 
 def _spawn(c: Crashes, lo: int, hi: int, seed: int) -> Child:
-    return Child([str(CHILD), str(c.store), str(c.effects), str(lo), str(hi), str(seed)])
+    argv = [str(CHILD), str(c.store), str(c.effects), str(lo), str(hi), str(seed), c.mode]
+    return Child(argv)
 
 
 def _take(c: Crashes, line: str) -> None:
@@ -170,11 +172,13 @@ def _verify(c: Crashes, n_workflows: int) -> str:
     return summary
 
 
-def _crash_many_times(tmp_path: pathlib.Path, kills: int, n_workflows: int) -> str:
+def _crash_many_times(
+    tmp_path: pathlib.Path, kills: int, n_workflows: int, mode: str = "random"
+) -> str:
     seed = int(os.environ.get("HERDER_CRASH_SEED", random.randrange(2**31)))
     print(f"\nengine crash test: seed={seed} (set HERDER_CRASH_SEED to repeat the kill points)")
     rng = random.Random(seed)
-    c = Crashes(tmp_path / "store", tmp_path / "effects", seed)
+    c = Crashes(tmp_path / "store", tmp_path / "effects", seed, mode)
     # Each run starts the workflows of a growing range (the older ones again: idempotent).
     rounds = 0
     while c.kills < kills:
@@ -190,6 +194,14 @@ def _crash_many_times(tmp_path: pathlib.Path, kills: int, n_workflows: int) -> s
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: pathlib.Path) -> None:
     summary = _crash_many_times(tmp_path, kills=20, n_workflows=100)
     assert "kills=20 " in summary
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_on_the_asyncio_host_loses_and_duplicates_nothing(tmp_path: pathlib.Path) -> None:
+    """The same guarantees with ``async def`` agents: attempts are tasks on the runtime's
+    loop, hung ones are cancelled by their timeout."""
+    summary = _crash_many_times(tmp_path, kills=10, n_workflows=60, mode="asyncio")
+    assert "kills=10 " in summary
 
 
 @pytest.mark.slow
