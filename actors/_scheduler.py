@@ -156,12 +156,19 @@ class Scheduler(SupervisedActor):
         )
         self._channel = Channel(ctx, self._commits, self._recovery, self._operator)
         self._sink: BatchSink | None = None  # where the writer reports durable batches
+        # Fail-stop (Writer.resync): workflow entries handed to the writer and not yet
+        # reported back, and whether a failure wants a resync once none is left.
+        self._unacked = 0
+        self._resync_due = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def on_start(self) -> None:
         """Attach to the agents subtree and recover unfinished workflows from the store."""
         super().on_start()
+        # Everything this Scheduler holds is read from the store: nothing builds on a
+        # batch a predecessor had fail, so the writer may take its batches.
+        self._writer.resync()
         make_host = self._ctx.make_host or self._start_host
         self._dispatch.attach(make_host())
         self._ctx.scheduler = self.actor_ref
@@ -344,6 +351,8 @@ class Scheduler(SupervisedActor):
                 self._flush()
 
     def _flush(self) -> None:
+        if self._resync_due:
+            return  # fail-stop: hold new writes until the writer took the resync marker
         resources = self._dispatch.resource_writes()
         if resources is not None:
             # Submitted first, so they land in the same or an earlier commit than the
@@ -354,6 +363,8 @@ class Scheduler(SupervisedActor):
             return
         if self._sink is None:
             self._sink = commit_sink(self.actor_ref, self._ctx)
+        crash_point("scheduler.flush")
+        self._unacked += len(effects)
         self._writer.submit_batch(ops, effects, len(effects), self._sink)
 
     def _on_committed(self, msg: Committed) -> None:
@@ -377,6 +388,14 @@ class Scheduler(SupervisedActor):
             self._recovery.committed()
         if failed:
             self._recovery.reload_later(failed, msg.errors)
+        self._unacked -= len(msg.effects)
+        if any(e is not None for e in msg.errors):
+            self._resync_due = True  # the writer now refuses every batch until we resync
+        if self._resync_due and self._unacked == 0:
+            # Every batch sent before the failure came back, and each failed workflow was
+            # forgotten or read back from the store: nothing held builds on a failed one.
+            self._writer.resync()
+            self._resync_due = False
         for listener in list(self._ctx.commit_listeners):
             listener()
 

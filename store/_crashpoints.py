@@ -11,12 +11,20 @@ The points (each one line in the code it names):
 
 - ``writer.before_commit``: a batch is written into the LMDB transaction, not committed.
 - ``writer.after_commit``: the batch is durable, nobody has been told yet.
+- ``scheduler.flush``: the Scheduler took a flush's writes from memory and is about to
+  hand them to the writer (in memory only: recovery re-runs what they would have begun).
 - ``scheduler.outcome``: an action's answer reached the Scheduler, nothing recorded.
 - ``scheduler.compensated``: a compensation's answer is being recorded, not yet durable.
 - ``agents.restart``: a crashed or hung agent instance was replaced, before it takes work.
 - ``supervisor.sweep``: the watchdog found due timers, before it reported them.
 
-``tests/test_crash_points.py`` loops over every point and N.
+Reached only when a commit failed (so an ordinary run never meets them):
+
+- ``writer.halted``: fail-stop refuses the engine's batches queued behind a failed one
+  (``Writer.resync``), before their senders hear of it.
+
+``tests/test_crash_points.py`` loops over every point of :data:`POINTS` and N, and arms
+each of :data:`FAULT_POINTS` under an injected commit failure.
 """
 
 from __future__ import annotations
@@ -31,22 +39,26 @@ CRASH_EXIT_CODE = 86
 POINTS = (
     "writer.before_commit",
     "writer.after_commit",
+    "scheduler.flush",
     "scheduler.outcome",
     "scheduler.compensated",
     "agents.restart",
     "supervisor.sweep",
 )
-"""Every crash point the code calls."""
+"""Every crash point an ordinary run reaches."""
+
+FAULT_POINTS = ("writer.halted",)
+"""Crash points reached only after a failed commit."""
 
 
 def _parse(spec: str | None) -> tuple[str, int] | None:
     if not spec:
         return None
     name, sep, n = spec.rpartition(":")
-    if not sep or name not in POINTS or not n.isdigit() or int(n) < 1:
+    if not sep or name not in POINTS + FAULT_POINTS or not n.isdigit() or int(n) < 1:
         raise InvalidInput(
             f"HERDER_CRASH_AT={spec!r} is not POINT:N with N >= 1 and POINT one of "
-            f"{', '.join(POINTS)}"
+            f"{', '.join(POINTS + FAULT_POINTS)}"
         )
     return name, int(n)
 

@@ -28,23 +28,28 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 
 from herder.store._crashpoints import crash_point
-from herder.store._errors import InvalidInput, StoreClosed, StoreIOError
-from herder.store._ops import (
-    BatchSink,
-    Callback,
-    Delete,
-    Ops,
-    Outcome,
-    Put,
-    Transition,
-    check,
-    validate,
+from herder.store._entries import (
+    RESYNC,
+    Batch,
+    Derived,
+    Entry,
+    Queued,
+    Resync,
+    apply,
+    call,
+    call_sink,
+    count_of,
+    every,
+    halt_error,
+    resolve,
 )
+from herder.store._errors import InvalidInput, StoreClosed, StoreIOError
+from herder.store._ops import BatchSink, Callback, Delete, Ops, Outcome, Put, Transition, validate
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +58,6 @@ MAX_BATCH = 10_000
 
 MAX_MAP_SIZE = 2**40
 """The writer refuses to grow the map beyond 1 TiB; such a batch fails with StoreIOError."""
-
-
-class _Batch:
-    """A queued :meth:`Writer.submit_batch` group: its ops, its effects and its sink."""
-
-    __slots__ = ("count", "effects", "ops", "sink")
-
-    def __init__(self, ops: Ops, effects: list[Any], count: int, sink: BatchSink) -> None:
-        self.ops = ops
-        self.effects = effects
-        self.count = count
-        self.sink = sink
-
-
-# One queued entry: the transitions and where their outcomes go (a future or a callback),
-# or a plain batch.
-_Entry = tuple[Sequence[Transition], "Future[None] | Callback"] | _Batch
 
 
 class Writer:
@@ -92,8 +80,7 @@ class Writer:
         grow: Callable[[int], None],
         max_value_bytes: int | None = None,
         guard: Callable[[lmdb.Transaction], BaseException | None] | None = None,
-        derived: Mapping[str, Callable[[lmdb.Transaction, bytes, bytes | None], None]]
-        | None = None,
+        derived: Derived | None = None,
         thread: bool = True,
     ) -> None:
         self._env = env
@@ -104,7 +91,7 @@ class Writer:
         self._max_key = env.max_key_size()
         self._max_value = max_value_bytes
         self._cond = threading.Condition(threading.Lock())
-        self._queue: collections.deque[_Entry] = collections.deque()
+        self._queue: collections.deque[Queued] = collections.deque()
         self._queued = 0  # transitions in the queue
         self._closing = False
         self._submitted = 0  # transitions accepted so far
@@ -120,9 +107,13 @@ class Writer:
                 "map_resizes",
                 "io_errors",
                 "refused",
+                "halted",
             ),
             0,
         )
+        # Fail-stop: the error of the last engine batch that failed, until the engine
+        # resyncs; batches queued behind it fail with it and nothing builds on it.
+        self._halted: BaseException | None = None
         self.fault: Callable[[], None] | None = None
         self._draining = False  # inline mode: a callback's submission joins the drain
         self._thread: threading.Thread | None = None
@@ -162,7 +153,7 @@ class Writer:
         n = len(transitions)
         if not self._enqueue((transitions, on_done), n):
             closed = StoreClosed("the store writer is closed; reopen the store")
-            _call(on_done, [closed] * n)
+            call(on_done, [closed] * n)
 
     def submit_batch(self, ops: Ops, effects: list[Any], count: int, sink: BatchSink) -> None:
         """Queue plain writes (no conditions), applied all or nothing with their batch.
@@ -183,10 +174,23 @@ class Writer:
             for (db, key), value in ops.items():
                 if value is not None and len(value) > limit and db != "meta":
                     self._validate(Transition(ops=(Put(db, key, value),)))
-        if not self._enqueue(_Batch(ops, effects, count, sink), count):
-            _call_sink(sink, effects, StoreClosed("the store writer is closed; reopen the store"))
+        if not self._enqueue(Batch(ops, effects, count, sink), count):
+            call_sink(sink, effects, StoreClosed("the store writer is closed; reopen the store"))
 
-    def _enqueue(self, entry: _Entry, n: int) -> bool:
+    def resync(self) -> None:
+        """The engine's resync marker: it has read back every workflow a failed batch
+        touched and holds nothing built on one, so its batches queued after this call
+        commit again.
+
+        Fail-stop: once a write transaction holding a :meth:`submit_batch` batch fails,
+        every such batch queued behind it and every one queued later, up to this marker,
+        fails too (with :class:`LeaseLost` if that is why, else :class:`StoreIOError`),
+        and nothing of them is written. A marker while nothing failed changes nothing.
+        Transitions (:meth:`submit`, :meth:`submit_many`) are not held back.
+        """
+        self._enqueue(RESYNC, 0)
+
+    def _enqueue(self, entry: Queued, n: int) -> bool:
         """Queue ``entry`` (``n`` transitions), and without a thread commit it now; False
         (nothing queued) once the writer is closing."""
         with self._cond:
@@ -242,8 +246,9 @@ class Writer:
 
     def stats(self) -> dict[str, int | float]:
         """Counters: batches, transitions, max_batch, last_batch, conflicts, map_resizes,
-        io_errors, refused (batches the guard refused) and mean_batch (transitions per
-        batch)."""
+        io_errors, refused (batches the guard refused), halted (engine batches failed
+        because an earlier one failed, see :meth:`resync`) and mean_batch (transitions
+        per batch)."""
         with self._cond:
             out = dict(self._stats)
         out["mean_batch"] = out["transitions"] / out["batches"] if out["batches"] else 0.0
@@ -277,8 +282,9 @@ class Writer:
         finally:
             self._draining = False
 
-    def _take(self) -> tuple[list[_Entry], int]:
+    def _take(self) -> tuple[list[Queued], int]:
         """The next batch off the queue (called with ``_cond`` held)."""
+        batch: list[Queued]
         if self._queued <= MAX_BATCH:
             batch = list(self._queue)
             self._queue.clear()
@@ -289,19 +295,52 @@ class Writer:
         while self._queue and n < MAX_BATCH:
             entry = self._queue.popleft()
             batch.append(entry)
-            n += _size(entry)
+            n += count_of(entry)
         self._queued -= n
         return batch, n
 
-    def _process(self, batch: list[_Entry], n: int) -> None:
+    def _process(self, queued: list[Queued], n: int) -> None:
+        batch, refused, cause = self._sift(queued)
+        if refused:
+            held = sum(entry.count for entry in refused)
+            self._resolve(list[Entry](refused), [[halt_error(cause)]] * len(refused), held)
+            n -= held
+        if not batch:
+            return
         try:
             outcomes = self._commit(batch, n)
         except BaseException as exc:  # a bug here must not hang callers forever
             log.exception("store writer failed on a batch of %d transitions", n)
-            outcomes = _all(batch, exc)
+            outcomes = every(batch, exc)
+        for entry, results in zip(batch, outcomes, strict=True):
+            if isinstance(entry, Batch) and results[0] is not None:
+                self._halted = results[0]  # fail-stop
+                break
         self._resolve(batch, outcomes, n)
 
-    def _commit(self, batch: list[_Entry], n: int) -> list[list[Outcome]]:
+    def _sift(self, batch: list[Queued]) -> tuple[list[Entry], list[Batch], BaseException | None]:
+        """Split a drained batch into what goes into the write transaction and the
+        engine batches refused while halted (and the error that halted it); a resync
+        marker ends the halt."""
+        cause = self._halted
+        if cause is None and not any(e is RESYNC for e in batch):
+            return cast("list[Entry]", batch), [], None
+        keep: list[Entry] = []
+        refused: list[Batch] = []
+        for entry in batch:
+            if isinstance(entry, Resync):
+                self._halted = None
+            elif self._halted is not None and isinstance(entry, Batch):
+                refused.append(entry)
+            else:
+                keep.append(entry)
+        if refused:
+            crash_point("writer.halted")
+            with self._cond:
+                self._stats["halted"] += len(refused)
+        return keep, refused, cause
+
+    def _commit(self, batch: list[Entry], n: int) -> list[list[Outcome]]:
         env = self._env
         while True:
             txn = env.begin(write=True)
@@ -311,8 +350,8 @@ class Writer:
                     txn.abort()
                     with self._cond:
                         self._stats["refused"] += 1
-                    return _all(batch, refused)
-                outcomes = self._apply(txn, batch)
+                    return every(batch, refused)
+                outcomes = apply(txn, self._handles, self._derived, batch)
                 if self.fault is not None:
                     self.fault()
                 crash_point("writer.before_commit")
@@ -343,56 +382,7 @@ class Writer:
                 s["conflicts"] += conflicts
             return outcomes
 
-    def _apply(self, txn: lmdb.Transaction, batch: list[_Entry]) -> list[list[Outcome]]:
-        # Every op of the batch lands in ``pending`` first (a later write of a key wins),
-        # conditions read through it, and then one putmulti per database writes it all:
-        # separate txn.put calls cost about ten times as much per item.
-        pending: Ops = {}
-        outcomes: list[list[Outcome]] = []
-        for entry in batch:
-            if isinstance(entry, _Batch):
-                pending.update(entry.ops)
-                outcomes.append([None])
-                continue
-            results: list[Outcome] = []
-            for t in entry[0]:
-                if t.expect:
-                    failed = check(txn, self._handles, t.expect, pending)
-                    if failed is not None:
-                        results.append(failed)
-                        continue
-                for op in t.ops:
-                    pending[(op.db, op.key)] = op.value if type(op) is Put else None
-                results.append(None)
-            outcomes.append(results)
-        self._write(txn, pending)
-        return outcomes
-
-    def _write(self, txn: lmdb.Transaction, ops: Ops) -> None:
-        puts: dict[str, list[tuple[bytes, bytes]]] = {}
-        deletes: list[tuple[str, bytes]] = []
-        for (db, key), value in ops.items():
-            if value is None:
-                deletes.append((db, key))
-            else:
-                items = puts.get(db)
-                if items is None:
-                    items = puts[db] = []
-                items.append((key, value))
-        handles = self._handles
-        for db, items in puts.items():
-            with txn.cursor(db=handles[db]) as cursor:
-                cursor.putmulti(items)
-        for db, key in deletes:
-            txn.delete(key, db=handles[db])
-        derived = self._derived
-        if derived:  # secondary indexes follow the final value of each key, same txn
-            for (db, key), value in ops.items():
-                keep = derived.get(db)
-                if keep is not None:
-                    keep(txn, key, value)
-
-    def _io_failed(self, batch: list[_Entry], exc: BaseException, note: str) -> list[list[Outcome]]:
+    def _io_failed(self, batch: list[Entry], exc: BaseException, note: str) -> list[list[Outcome]]:
         with self._cond:
             self._stats["io_errors"] += 1
         log.error("store commit failed: %s (%s)", exc, note)
@@ -401,55 +391,10 @@ class Writer:
             "intact; check free disk space and permissions, then retry"
         )
         error.__cause__ = exc
-        return _all(batch, error)
+        return every(batch, error)
 
-    def _resolve(self, batch: list[_Entry], outcomes: list[list[Outcome]], n: int) -> None:
-        sinks: dict[BatchSink, tuple[list[Any], Outcome]] = {}
-        for entry, results in zip(batch, outcomes, strict=True):
-            if isinstance(entry, _Batch):
-                # One call per sink and transaction: every batch of a transaction shares
-                # its outcome, so their effects travel together.
-                got = sinks.get(entry.sink)
-                if got is None:
-                    sinks[entry.sink] = (list(entry.effects), results[0])
-                else:
-                    got[0].extend(entry.effects)
-                continue
-            sink = entry[1]
-            if isinstance(sink, Future):
-                error = results[0]
-                if error is None:
-                    sink.set_result(None)
-                else:
-                    sink.set_exception(error)
-            else:
-                _call(sink, results)
-        for batch_sink, (effects, error) in sinks.items():
-            _call_sink(batch_sink, effects, error)
+    def _resolve(self, batch: list[Entry], outcomes: list[list[Outcome]], n: int) -> None:
+        resolve(batch, outcomes)
         with self._done_cond:
             self._done += n
             self._done_cond.notify_all()
-
-
-def _size(entry: _Entry) -> int:
-    """How many transitions a queued entry stands for."""
-    return entry.count if isinstance(entry, _Batch) else len(entry[0])
-
-
-def _all(batch: list[_Entry], outcome: Outcome) -> list[list[Outcome]]:
-    """The same outcome for every transition of the batch."""
-    return [[outcome] if isinstance(e, _Batch) else [outcome] * len(e[0]) for e in batch]
-
-
-def _call(on_done: Callback, results: list[Outcome]) -> None:
-    try:
-        on_done(results)
-    except Exception:
-        log.exception("a store writer callback raised; the writer carries on")
-
-
-def _call_sink(sink: BatchSink, effects: list[Any], error: Outcome) -> None:
-    try:
-        sink(effects, error)
-    except Exception:
-        log.exception("a store writer batch sink raised; the writer carries on")

@@ -26,7 +26,7 @@ from engine_child import permanent_failure
 from herder.runtime._check import check_store
 from herder.runtime._demo_services import audit
 from herder.store import Store
-from herder.store._crashpoints import CRASH_EXIT_CODE, POINTS
+from herder.store._crashpoints import CRASH_EXIT_CODE, FAULT_POINTS, POINTS
 from herder.store._records import WorkflowState
 
 CHILD = pathlib.Path(__file__).with_name("engine_child.py")
@@ -157,3 +157,35 @@ def test_a_malformed_crash_spec_is_refused_at_import() -> None:
     done = _arm("writer.nowhere:1", "import herder.store")
     assert done.returncode == 1
     assert "HERDER_CRASH_AT='writer.nowhere:1' is not POINT:N" in done.stderr
+
+
+def test_a_crash_while_the_writer_refuses_batches_behind_a_failed_one_loses_nothing_durable(
+    tmp_path: pathlib.Path,
+) -> None:
+    assert FAULT_POINTS == ("writer.halted",)
+    code = f"""
+import threading
+from herder.store import Put, Store, Transition, encode
+store = Store({str(tmp_path / "s")!r})
+store.writer.submit(Transition(ops=(Put("meta", b"before", encode(1)),))).result()
+inside, release = threading.Event(), threading.Event()
+def fail_once():
+    store.writer.fault = None
+    inside.set()
+    release.wait(10)
+    raise OSError(5, "I/O error")
+store.writer.fault = fail_once
+sink = lambda effects, error: print(effects, type(error).__name__, flush=True)
+store.writer.submit_batch({{("meta", b"b1"): encode(1)}}, ["b1"], 1, sink)
+inside.wait(10)
+store.writer.submit_batch({{("meta", b"b2"): encode(1)}}, ["b2"], 1, sink)
+release.set()
+threading.Event().wait(10)
+print("not crashed", flush=True)
+"""
+    done = _arm("writer.halted:1", code)
+    assert done.returncode == CRASH_EXIT_CODE, done.stderr
+    assert done.stdout.split("\n")[:-1] == ["['b1'] StoreIOError"]  # b2 was never answered
+    with Store(tmp_path / "s", readonly=True) as s:
+        assert [s.get("meta", k) for k in (b"before", b"b1", b"b2")] == [1, None, None]
+        assert check_store(s).problems == []

@@ -197,3 +197,84 @@ def test_malformed_transitions_are_refused_at_submit(path: pathlib.Path) -> None
         with pytest.raises(InvalidInput, match="limit is 100"):
             store.writer.submit(t(put(b"k", "x" * 200)))
         assert store.writer.stats()["transitions"] == 0
+
+
+class Sink:
+    """An engine batch sink that records each call: (effects, error)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[object], BaseException | None]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, effects: list[object], error: BaseException | None) -> None:
+        with self.cond:
+            self.calls.append((effects, error))
+            self.cond.notify_all()
+
+    def outcome(self, effect: object) -> BaseException | None:
+        """The error the batch holding ``effect`` got (None: committed); waits for it."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: any(effect in e for e, _ in self.calls), 10)
+            return next(error for effects, error in self.calls if effect in effects)
+
+
+def engine_batch(store: Store, sink: Sink, name: str) -> None:
+    store.writer.submit_batch({("workflows", name.encode()): encode(1)}, [name], 1, sink)
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_engine_batch_fails_every_batch_behind_it_until_the_engine_resyncs(
+    path: pathlib.Path,
+) -> None:
+    store = Store(path)
+    sink = Sink()
+    inside, release = threading.Event(), threading.Event()
+
+    def fail_once() -> None:
+        store.writer.fault = None
+        inside.set()  # the writer holds b1's transaction: what follows queues behind it
+        assert release.wait(10)
+        raise OSError(28, "No space left on device")
+
+    store.writer.fault = fail_once
+    engine_batch(store, sink, "b1")
+    assert inside.wait(10)
+    engine_batch(store, sink, "b2")  # built on b1, say: must not land without it
+    start = store.writer.submit(t(put(b"started")))  # not the engine's: not held back
+    engine_batch(store, sink, "b3")
+    release.set()
+    assert isinstance(sink.outcome("b1"), StoreIOError)
+    start.result(timeout=10)
+    for name in ("b2", "b3"):
+        error = sink.outcome(name)
+        assert isinstance(error, StoreIOError)
+        assert "an earlier batch of the engine failed" in str(error)
+    engine_batch(store, sink, "b4")  # sent before the engine heard: refused too
+    assert isinstance(sink.outcome("b4"), StoreIOError)
+    store.writer.resync()
+    engine_batch(store, sink, "b5")
+    assert sink.outcome("b5") is None
+    assert store.writer.stats()["halted"] == 3
+    for name, there in (("b1", 0), ("b2", 0), ("b3", 0), ("b4", 0), ("b5", 1), ("started", 1)):
+        assert (store.get("workflows", name.encode()) is not None) == there, name
+    store.close()
+
+
+def test_a_resync_while_nothing_failed_changes_nothing(path: pathlib.Path) -> None:
+    with Store(path) as store:
+        sink = Sink()
+        store.writer.resync()
+        engine_batch(store, sink, "b1")
+        assert sink.outcome("b1") is None
+        assert store.writer.stats()["halted"] == 0
+
+
+def test_batches_behind_a_lost_lease_fail_with_lease_lost() -> None:
+    from herder.store import LeaseLost
+    from herder.store._entries import halt_error
+
+    lost = LeaseLost("another runtime holds the lease")
+    assert halt_error(lost) is lost
+    io = halt_error(OSError("disk"))
+    assert isinstance(io, StoreIOError)
+    assert isinstance(io.__cause__, OSError)

@@ -1,0 +1,168 @@
+"""What the writer's queue holds, how it is written into a transaction, and how the
+outcome reaches whoever queued each entry (a future, a callback, or the engine's batch sink).
+
+An entry is a group of :class:`~herder.store.Transition` objects with its future or
+callback, a :class:`Batch` of the engine's plain ops, or the engine's :data:`RESYNC`
+marker (fail-stop, see :meth:`Writer.resync`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import lmdb
+
+from herder.store._errors import LeaseLost, StoreIOError
+from herder.store._ops import BatchSink, Callback, Ops, Outcome, Put, Transition, check
+
+Derived = Mapping[str, Callable[[lmdb.Transaction, bytes, "bytes | None"], None]]
+"""Per database, what keeps a secondary index in step with each key written (``_recent``)."""
+
+log = logging.getLogger("herder.store._writer")
+
+
+class Batch:
+    """A queued :meth:`Writer.submit_batch` group: its ops, its effects and its sink."""
+
+    __slots__ = ("count", "effects", "ops", "sink")
+
+    def __init__(self, ops: Ops, effects: list[Any], count: int, sink: BatchSink) -> None:
+        self.ops = ops
+        self.effects = effects
+        self.count = count
+        self.sink = sink
+
+
+class Resync:
+    """The engine's resync marker (:meth:`Writer.resync`) in the queue."""
+
+    __slots__ = ()
+
+
+RESYNC = Resync()
+
+# One queued entry: the transitions and where their outcomes go (a future or a callback),
+# or a plain batch; the queue also holds resync markers.
+Entry = tuple[Sequence[Transition], "Future[None] | Callback"] | Batch
+Queued = Entry | Resync
+
+
+def apply(
+    txn: lmdb.Transaction, handles: Mapping[str, Any], derived: Derived, batch: list[Entry]
+) -> list[list[Outcome]]:
+    """Write ``batch`` into ``txn``; the outcomes of its transitions (a condition that
+    does not hold skips only its own)."""
+    # Every op of the batch lands in ``pending`` first (a later write of a key wins),
+    # conditions read through it, and then one putmulti per database writes it all:
+    # separate txn.put calls cost about ten times as much per item.
+    pending: Ops = {}
+    outcomes: list[list[Outcome]] = []
+    for entry in batch:
+        if isinstance(entry, Batch):
+            pending.update(entry.ops)
+            outcomes.append([None])
+            continue
+        results: list[Outcome] = []
+        for t in entry[0]:
+            if t.expect:
+                failed = check(txn, handles, t.expect, pending)
+                if failed is not None:
+                    results.append(failed)
+                    continue
+            for op in t.ops:
+                pending[(op.db, op.key)] = op.value if type(op) is Put else None
+            results.append(None)
+        outcomes.append(results)
+    _write(txn, handles, derived, pending)
+    return outcomes
+
+
+def _write(txn: lmdb.Transaction, handles: Mapping[str, Any], derived: Derived, ops: Ops) -> None:
+    puts: dict[str, list[tuple[bytes, bytes]]] = {}
+    deletes: list[tuple[str, bytes]] = []
+    for (db, key), value in ops.items():
+        if value is None:
+            deletes.append((db, key))
+        else:
+            items = puts.get(db)
+            if items is None:
+                items = puts[db] = []
+            items.append((key, value))
+    for db, items in puts.items():
+        with txn.cursor(db=handles[db]) as cursor:
+            cursor.putmulti(items)
+    for db, key in deletes:
+        txn.delete(key, db=handles[db])
+    if derived:  # secondary indexes follow the final value of each key, same txn
+        for (db, key), value in ops.items():
+            keep = derived.get(db)
+            if keep is not None:
+                keep(txn, key, value)
+
+
+def resolve(batch: list[Entry], outcomes: list[list[Outcome]]) -> None:
+    """Hand each entry its outcomes: set its future, call its callback, or call each
+    batch sink once with the effects of all its batches."""
+    sinks: dict[BatchSink, tuple[list[Any], Outcome]] = {}
+    for entry, results in zip(batch, outcomes, strict=True):
+        if isinstance(entry, Batch):
+            # One call per sink and transaction: every batch of a transaction shares
+            # its outcome, so their effects travel together.
+            got = sinks.get(entry.sink)
+            if got is None:
+                sinks[entry.sink] = (list(entry.effects), results[0])
+            else:
+                got[0].extend(entry.effects)
+            continue
+        sink = entry[1]
+        if isinstance(sink, Future):
+            error = results[0]
+            if error is None:
+                sink.set_result(None)
+            else:
+                sink.set_exception(error)
+        else:
+            call(sink, results)
+    for batch_sink, (effects, error) in sinks.items():
+        call_sink(batch_sink, effects, error)
+
+
+def count_of(entry: Queued) -> int:
+    """How many transitions a queued entry stands for."""
+    if isinstance(entry, Resync):
+        return 0
+    return entry.count if isinstance(entry, Batch) else len(entry[0])
+
+
+def halt_error(cause: BaseException | None) -> BaseException:
+    """The error of an engine batch refused because an earlier one failed with ``cause``."""
+    if isinstance(cause, LeaseLost):
+        return cause  # deposed: the same news for every batch behind it
+    error = StoreIOError(
+        f"not written: an earlier batch of the engine failed ({cause}), and its batches "
+        "are refused until it has read the affected workflows back and resynced"
+    )
+    error.__cause__ = cause
+    return error
+
+
+def every(batch: list[Entry], outcome: Outcome) -> list[list[Outcome]]:
+    """The same outcome for every transition of the batch."""
+    return [[outcome] if isinstance(e, Batch) else [outcome] * len(e[0]) for e in batch]
+
+
+def call(on_done: Callback, results: list[Outcome]) -> None:
+    try:
+        on_done(results)
+    except Exception:
+        log.exception("a store writer callback raised; the writer carries on")
+
+
+def call_sink(sink: BatchSink, effects: list[Any], error: Outcome) -> None:
+    try:
+        sink(effects, error)
+    except Exception:
+        log.exception("a store writer batch sink raised; the writer carries on")
