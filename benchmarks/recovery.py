@@ -14,7 +14,8 @@ For each N (``--in-flight``, default 10,000 and 100,000):
    handed to an agent again) and ``all_finished`` (every workflow SUCCEEDED). Its actions
    are trivial.
 
-Target (issue 7): re-dispatch begins within 2 s of opening a store with 100k in flight.
+Targets (issue 15): with 100k in flight, the first re-dispatch within 1 s of
+``Runtime()`` starting and every workflow re-dispatched within 30 s; peak RSS reported.
 
 Usage: python benchmarks/recovery.py [--in-flight 10000,100000] [--out PATH]
 """
@@ -42,7 +43,8 @@ from herder.runtime import Agent, Runtime, StepContext
 
 TAG = "recovery"
 HERE = pathlib.Path(__file__).resolve().parent
-FIRST_DISPATCH_TARGET = 2.0
+FIRST_DISPATCH_TARGET = 1.0
+ALL_REDISPATCHED_TARGET = 30.0
 STARTERS = 64
 INSTANCES = 4
 
@@ -186,8 +188,9 @@ def table(report: dict[str, Any]) -> str:
         for r in report["results"]
     ]
     return render_table(header, rows) + (
-        f"\ntarget: first re-dispatch within {FIRST_DISPATCH_TARGET:g} s of opening "
-        "(times from just before Runtime(path))"
+        f"\ntargets: first re-dispatch within {FIRST_DISPATCH_TARGET:g} s, all re-dispatched "
+        f"within {ALL_REDISPATCHED_TARGET:g} s (times from just before Runtime(path)); "
+        f"load average {report['load'][0]:.2f}"
     )
 
 
@@ -220,7 +223,11 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "recovery",
         "machine": machine(),
         "results": results,
-        "targets": {"first_dispatch_s": FIRST_DISPATCH_TARGET},
+        "targets": {
+            "first_dispatch_s": FIRST_DISPATCH_TARGET,
+            "all_redispatched_s": ALL_REDISPATCHED_TARGET,
+        },
+        "load": os.getloadavg(),
     }
     print(table(report))
     write_report(args.out, report)

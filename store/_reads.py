@@ -9,6 +9,7 @@ records. A record that does not decode or does not check out raises
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -19,6 +20,7 @@ from herder.store import _recent as recent
 from herder.store._codec import decode
 from herder.store._errors import StoreCorrupt
 from herder.store._keys import (
+    KEY_SEP,
     definition_key,
     split_timer_key,
     step_key,
@@ -94,15 +96,9 @@ class Reads:
 
     def steps_of(self, workflow_id: str) -> list[StepRecord]:
         """Every step record of one workflow, in step-name byte order."""
-        steps = []
-        for key, raw in self._paged("steps", step_key(workflow_id, "")):
-            st = _parse(StepRecord.from_dict, decode(raw, db="steps", key=key), "steps", key)
-            if st.workflow_id != workflow_id or step_key(st.workflow_id, st.name) != key:
-                raise StoreCorrupt(
-                    "steps", key, f"record holds {st.workflow_id!r:.80}/{st.name!r:.80}"
-                )
-            steps.append(st)
-        return steps
+        return [
+            _step(workflow_id, k, v) for k, v in self._paged("steps", step_key(workflow_id, ""))
+        ]
 
     def workflows(
         self,
@@ -138,12 +134,11 @@ class Reads:
         compared as bytes), so a store of a million finished workflows decodes only the
         unfinished ones: what recovery reads when a runtime opens. Otherwise a full scan.
         """
-        if not self.indexed:
+        ids = self._unfinished_ids()
+        if ids is None:
             yield from (r for r in self.workflows(corrupt=corrupt) if not r.state.is_final)
             return
-        states = frozenset(str(s) for s in WorkflowState if not s.is_final) | {recent.UNREADABLE}
-        ids = [wid for _ms, wid, _state in self.recent(newest_first=False, states=states)]
-        for wid in sorted(ids):  # id order, as a full scan gives
+        for wid in ids:  # id order, as a full scan gives
             try:
                 record = self.get_workflow(wid)
             except StoreCorrupt as exc:
@@ -151,6 +146,60 @@ class Reads:
                 continue
             if record is not None and not record.state.is_final:  # (it may have ended since)
                 yield record
+
+    def unfinished_chunks(
+        self, chunk: int = 500, *, corrupt: list[StoreCorrupt] | None = None
+    ) -> Iterator[list[tuple[WorkflowRecord, list[StepRecord]]]]:
+        """Every workflow that is not final, with its stored steps, up to ``chunk``
+        workflows at a time, in id order: a lazy iterator for recovery, so that a backlog
+        of 100k is read and decoded as it is consumed, each chunk in one short read
+        transaction (its workflows and their steps), never all at once. Which workflows
+        are unfinished comes from the ``recent`` index when the store has it (as for
+        :meth:`unfinished`); otherwise the workflows are scanned a chunk at a time.
+
+        A corrupt workflow or step record raises :class:`StoreCorrupt`; pass a list as
+        ``corrupt`` to have it collected there and that workflow skipped instead.
+        """
+        ids = self._unfinished_ids()
+        start, skip, at = b"", False, 0
+        while True:
+            if ids is None:
+                read = functools.partial(_scan_chunk, reads=self, start=start, skip=skip, n=chunk)
+            else:
+                read = functools.partial(_id_chunk, reads=self, ids=ids[at : at + chunk])
+                at += chunk
+            raw, more = self._read(read)
+            out = []
+            for wkey, value, steps in raw:
+                try:
+                    record = _parse(
+                        WorkflowRecord.from_dict,
+                        decode(value, db="workflows", key=wkey),
+                        "workflows",
+                        wkey,
+                    )
+                    if workflow_key(record.id) != wkey:
+                        raise StoreCorrupt("workflows", wkey, f"record holds id {record.id!r:.80}")
+                    if record.state.is_final:
+                        continue  # (it may have ended since the index was read)
+                    out.append((record, [_step(record.id, k, v) for k, v in steps]))
+                except StoreCorrupt as exc:
+                    if corrupt is None:
+                        raise
+                    corrupt.append(exc)
+            if out:
+                yield out
+            if (ids is None and not more) or (ids is not None and at >= len(ids)):
+                return
+            if raw:
+                start, skip = raw[-1][0], True
+
+    def _unfinished_ids(self) -> list[str] | None:
+        """The ids the ``recent`` index lists as not final, sorted; None without one."""
+        if not self.indexed:
+            return None
+        states = frozenset(str(s) for s in WorkflowState if not s.is_final) | {recent.UNREADABLE}
+        return sorted(wid for _ms, wid, _state in self.recent(newest_first=False, states=states))
 
     def recent(
         self,
@@ -304,6 +353,62 @@ class Snapshot:
             if not key.startswith(prefix):
                 return
             yield key, value
+
+
+_Raw = list[tuple[bytes, bytes, list[tuple[bytes, bytes]]]]
+"""Raw workflow records, each with its key and its raw step records."""
+
+
+def _scan_chunk(
+    txn: lmdb.Transaction, *, reads: Reads, start: bytes, skip: bool, n: int
+) -> tuple[_Raw, bool]:
+    """Up to ``n`` raw workflow records from ``start`` on (after it, with ``skip``), with
+    their steps; and whether more may follow."""
+    out: _Raw = []
+    cur = txn.cursor(db=reads._handle("workflows"))
+    steps = txn.cursor(db=reads._handle("steps"))
+    found = cur.set_range(start)
+    while found:
+        key = bytes(cur.key())
+        if not (skip and key == start):
+            if len(out) >= n:
+                return out, True
+            out.append((key, bytes(cur.value()), _raw_steps(steps, key)))
+        found = cur.next()
+    return out, False
+
+
+def _id_chunk(txn: lmdb.Transaction, *, reads: Reads, ids: list[str]) -> tuple[_Raw, bool]:
+    """The raw records of the workflows ``ids`` that exist, with their steps."""
+    out: _Raw = []
+    workflows = reads._handle("workflows")
+    steps = txn.cursor(db=reads._handle("steps"))
+    for wid in ids:
+        key = workflow_key(wid)
+        value = txn.get(key, db=workflows)
+        if value is not None:
+            out.append((key, bytes(value), _raw_steps(steps, key)))
+    return out, True
+
+
+def _raw_steps(cur: lmdb.Cursor, wkey: bytes) -> list[tuple[bytes, bytes]]:
+    prefix = wkey + KEY_SEP
+    own: list[tuple[bytes, bytes]] = []
+    at = cur.set_range(prefix)
+    while at:
+        skey = bytes(cur.key())
+        if not skey.startswith(prefix):
+            break
+        own.append((skey, bytes(cur.value())))
+        at = cur.next()
+    return own
+
+
+def _step(workflow_id: str, key: bytes, raw: bytes) -> StepRecord:
+    st = _parse(StepRecord.from_dict, decode(raw, db="steps", key=key), "steps", key)
+    if st.workflow_id != workflow_id or step_key(st.workflow_id, st.name) != key:
+        raise StoreCorrupt("steps", key, f"record holds {st.workflow_id!r:.80}/{st.name!r:.80}")
+    return st
 
 
 def _parse(from_dict: Callable[[Any], _T], data: Any, db: str, key: bytes) -> _T:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from herder.store import Put, Store, Transition, encode
 
 READER = """
@@ -69,3 +71,45 @@ def test_a_stale_reader_slot_of_a_killed_process_is_reclaimed(tmp_path: Path) ->
         assert dead not in pids(store)
         for i in range(50):  # the writer works on
             store.writer.submit(Transition(ops=(Put("meta", b"k", encode(i)),))).result(10)
+
+
+def _put_workflows(store: Store, ids: range, state: str, steps: int = 2) -> None:
+    from herder.store import StepRecord, StepState, WorkflowRecord, step_key, workflow_key
+
+    ops = []
+    for n in ids:
+        wid = f"w{n:05d}"
+        record = WorkflowRecord(wid, "f", 1, None, state)  # type: ignore[arg-type]
+        ops.append(Put("workflows", workflow_key(wid), encode(record.to_stored())))
+        for s in range(steps):
+            st = StepRecord(wid, f"s{s}", StepState.DISPATCHED, attempt=1, token=n)
+            ops.append(Put("steps", step_key(wid, st.name), encode(st.to_stored())))
+    store.writer.submit(Transition(ops=tuple(ops))).result(30)
+
+
+def test_unfinished_workflows_come_in_chunks_with_their_steps_read_as_consumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from herder.store import StoreCorrupt
+
+    with Store(tmp_path / "s") as store:
+        _put_workflows(store, range(0, 1200, 2), "RUNNING")
+        _put_workflows(store, range(1, 1200, 2), "SUCCEEDED")  # final: skipped
+        store.writer.submit(Transition(ops=(Put("workflows", b"w00003", b"\xc1"),))).result(10)
+        corrupt: list[StoreCorrupt] = []
+        chunks = store.unfinished_chunks(chunk=250, corrupt=corrupt)
+        first = next(chunks)
+        assert [r.id for r, _ in first][:2] == ["w00000", "w00002"]
+        assert all([s.name for s in steps] == ["s0", "s1"] for _, steps in first)
+        assert len(first) <= 250
+        # Read as consumed: a workflow that finished meanwhile, past this chunk, is left out.
+        _put_workflows(store, range(1198, 1199), "SUCCEEDED")
+        rest = [r.id for chunk in chunks for r, _ in chunk]
+        ids = [r.id for r, _ in first] + rest
+        assert ids == [f"w{n:05d}" for n in range(0, 1198, 2)]
+        assert [(e.db, e.key) for e in corrupt] == [("workflows", b"w00003")]
+        # The same without the index (a store older than it): a scan, a chunk at a time.
+        monkeypatch.setattr(Store, "indexed", property(lambda _self: False))
+        chunks = store.unfinished_chunks(chunk=250, corrupt=[])
+        scanned = [r.id for chunk in chunks for r, _ in chunk]
+        assert scanned == ids
