@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from herder.actors._clock import Clock
@@ -21,7 +21,7 @@ from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._commits import CommitPipeline
 from herder.actors._dispatch import Dispatcher
 from herder.actors._engine import EngineContext
-from herder.actors._messages import Define
+from herder.actors._messages import Define, Recover
 from herder.actors.engine import Decision, Engine, Event, Refuse, Resolve, Resumed, WorkflowRun
 from herder.store import (
     Plan,
@@ -77,6 +77,10 @@ class Recovery:
         self._parked: set[str] = set()  # forgotten after a failed commit, reloaded later
         self._recovered: set[str] = set()  # unfinished ids that recovery took over
         self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
+        # Recovery after a restart, a chunk per Recover message (recover_all).
+        self._chunks: Iterator[list[tuple[WorkflowRecord, list[StepRecord]]]] | None = None
+        self._recovery_corrupt: list[StoreCorrupt] = []
+        self._recovered_count = 0
         # Operator commands held until their workflow is taken back: id -> command by id.
         self.held: dict[str, dict[int, dict[str, Any]]] = {}
         # Applies the commands held for a workflow just loaded (the operator's).
@@ -128,38 +132,54 @@ class Recovery:
         return run
 
     def recover_all(self) -> None:
-        """Take over every unfinished workflow in the store (a Scheduler's first message)."""
-        # A previous Scheduler's last batch may still be in the writer: let it land so
-        # recovery reads the newest durable state, never a state about to be overwritten.
-        self._store.writer.flush()
-        self._hold_pending_commands()
+        """Take over the unfinished workflows in the store, a chunk at a time (a
+        Scheduler's first message starts it; each chunk's dispatches are committed, then
+        the next chunk comes as the next ``Recover``), so that the first of 100k resumes
+        at once and the store is read and decoded as recovery goes, never all at once."""
+        if self._chunks is None:
+            # A previous Scheduler's last batch may still be in the writer: let it land so
+            # recovery reads the newest durable state, never a state about to be overwritten.
+            self._store.writer.flush()
+            self._hold_pending_commands()
+            ids = self._store.unfinished_ids()
+            if ids is not None:
+                self._recovered.update(ids)  # recovery owns them: a late Admit is stale
+            self._chunks = self._store.unfinished_chunks(
+                RESUME_CHUNK, corrupt=self._recovery_corrupt, ids=ids
+            )
+        chunk = next(self._chunks, None)
         recovered = unfinished = 0
-        corrupt: list[StoreCorrupt] = []
-        for record in self._store.unfinished(corrupt=corrupt):  # finished: never decoded
+        for record, steps in chunk or ():
             unfinished += 1
             if record.id in self._engine.runs:
                 continue
             self._recovered.add(record.id)
             if (record.name, record.version) in self._ctx.plans:
-                recovered += self._readmit(record.id, record, crashed=True)
-            else:  # its steps are read when the definition comes (on_define)
+                self.admit(record, steps, crashed=True)
+            else:  # its steps are read again when the definition comes (on_define)
                 self.await_definition(record, warn=False)
-                recovered += 1
-        for exc in corrupt:
+            recovered += 1
+        for exc in self._recovery_corrupt:
             self._note_corrupt(exc)
+        self._recovery_corrupt.clear()
         # Nothing recovered here has finished yet: finals are announced once their commit
         # is durable, and this message's transitions are submitted after it returns.
-        report, self._ctx.on_recovered = self._ctx.on_recovered, None
-        if report is not None:
-            report(unfinished)
-        if recovered:
-            _log.info("recovered %d unfinished workflows", recovered)
-        for (name, version), ids in self._awaiting.items():  # one line per definition
+        if self._ctx.on_recovered is not None:
+            self._ctx.on_recovered(unfinished)
+        self._recovered_count += recovered
+        if chunk is not None:
+            self._shell.settle(flush=True)  # this chunk's dispatches go out now
+            self._ctx.tell_scheduler(Recover())  # the next chunk, after what arrived
+            return
+        self._ctx.on_recovered = None
+        if self._recovered_count:
+            _log.info("recovered %d unfinished workflows", self._recovered_count)
+        for (name, version), waiting in self._awaiting.items():  # one line per definition
             _log.warning(
                 "%d unfinished workflows (e.g. %s): each awaits definition %s version %d; "
                 "register it (and its agents) to resume them, best in Runtime(path, setup=...)",
-                len(ids),
-                next(iter(ids)),
+                len(waiting),
+                next(iter(waiting)),
                 name,
                 version,
             )

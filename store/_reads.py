@@ -134,7 +134,7 @@ class Reads:
         compared as bytes), so a store of a million finished workflows decodes only the
         unfinished ones: what recovery reads when a runtime opens. Otherwise a full scan.
         """
-        ids = self._unfinished_ids()
+        ids = self.unfinished_ids()
         if ids is None:
             yield from (r for r in self.workflows(corrupt=corrupt) if not r.state.is_final)
             return
@@ -148,7 +148,11 @@ class Reads:
                 yield record
 
     def unfinished_chunks(
-        self, chunk: int = 500, *, corrupt: list[StoreCorrupt] | None = None
+        self,
+        chunk: int = 500,
+        *,
+        corrupt: list[StoreCorrupt] | None = None,
+        ids: list[str] | None = None,
     ) -> Iterator[list[tuple[WorkflowRecord, list[StepRecord]]]]:
         """Every workflow that is not final, with its stored steps, up to ``chunk``
         workflows at a time, in id order: a lazy iterator for recovery, so that a backlog
@@ -159,8 +163,9 @@ class Reads:
 
         A corrupt workflow or step record raises :class:`StoreCorrupt`; pass a list as
         ``corrupt`` to have it collected there and that workflow skipped instead.
+        ``ids``: those workflows only (as :meth:`unfinished_ids` gave them).
         """
-        ids = self._unfinished_ids()
+        ids = self.unfinished_ids() if ids is None else ids
         start, skip, at = b"", False, 0
         while True:
             if ids is None:
@@ -194,8 +199,9 @@ class Reads:
             if raw:
                 start, skip = raw[-1][0], True
 
-    def _unfinished_ids(self) -> list[str] | None:
-        """The ids the ``recent`` index lists as not final, sorted; None without one."""
+    def unfinished_ids(self) -> list[str] | None:
+        """The ids of the workflows the ``recent`` index lists as not final, sorted (the
+        index alone is read: no record is decoded); None for a store without the index."""
         if not self.indexed:
             return None
         states = frozenset(str(s) for s in WorkflowState if not s.is_final) | {recent.UNREADABLE}
