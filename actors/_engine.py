@@ -75,6 +75,10 @@ class EngineContext:
         # Agents with health checks, and their last verdicts (the Supervisor's sweep runs
         # the checks; the Scheduler's admission holds the work of an unhealthy agent).
         self.health = AgentHealth(lambda: self.clock, self.tell_scheduler)
+        # Agents placed off this host (name -> a RayHost, see actors/_placed_host.py), and
+        # that host's own state (its worker processes), which outlives one Scheduler.
+        self.placements: dict[str, Any] = {}
+        self.remote: Any = None
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
         # Called (on the Scheduler's thread) after each batch of transitions is durable;

@@ -76,6 +76,7 @@ from herder.actors._messages import (
 from herder.actors._mixed_host import MixedHost
 from herder.actors._operator import Operator
 from herder.actors._outcomes import has_probe
+from herder.actors._placed_host import PlacedHost, remote_host
 from herder.actors._pool_host import PoolHost
 from herder.actors._recovery import Recovery
 from herder.actors._supervised import SupervisedActor
@@ -178,17 +179,17 @@ class Scheduler(SupervisedActor):
         ctx, config = self._ctx, self._config
         assert ctx.agents_supervisor is not None, "agents supervisor starts first"
         host = PoolHost if config.agent_host == "pool" else ThreadHost
-        threads = host(
-            ctx.agents_supervisor,
-            reply=ctx.tell_scheduler,
-            events=ctx.tell_scheduler,
-            max_result_bytes=config.max_result_bytes,
-            shutdown=config.instance_shutdown,
-            max_restarts=config.agent_max_restarts,
-            restart_period=config.agent_restart_period,
-            queue_aging=config.priority_aging,
-        )
-        return MixedHost(
+        options: dict[str, Any] = {
+            "reply": ctx.tell_scheduler,
+            "events": ctx.tell_scheduler,
+            "max_result_bytes": config.max_result_bytes,
+            "shutdown": config.instance_shutdown,
+            "max_restarts": config.agent_max_restarts,
+            "restart_period": config.agent_restart_period,
+            "queue_aging": config.priority_aging,
+        }
+        threads = host(ctx.agents_supervisor, **options)
+        local = MixedHost(
             threads,
             lambda: AsyncHost(
                 ctx.event_loop,
@@ -199,6 +200,9 @@ class Scheduler(SupervisedActor):
             ),
             ctx.async_agents.__contains__,
         )
+        # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on
+        # first use so that Ray is imported only by a runtime that uses it.
+        return PlacedHost(local, ctx.placements, lambda: remote_host(ctx, options))
 
     def on_failure(self, *_exc_info: object) -> None:
         """Keep the promises of commits that reached the inbox but were never handled."""

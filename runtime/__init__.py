@@ -31,11 +31,11 @@ from herder.actors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
+from herder.actors.ray import RayHost
 from herder.runtime._anyof import AnyOf
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._inbox import InboxItem
-from herder.runtime._metrics import MissingExtra
 from herder.runtime._runtime import Runtime
 from herder.runtime._schedules import ScheduleStatus
 from herder.runtime._status import State, StepStatus, WorkflowFailed, WorkflowStatus
@@ -46,6 +46,7 @@ from herder.store import (
     HerderError,
     InvalidInput,
     LeaseLost,
+    MissingExtra,
     RetryPolicy,
     SchemaTooNew,
     StepState,
@@ -76,6 +77,7 @@ __all__ = [
     "Permanent",
     "ProbeResult",
     "RateLimit",
+    "RayHost",
     "RestartIntensityExceeded",
     "RetryPolicy",
     "Runtime",

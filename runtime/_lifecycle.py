@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 import pykka
 
 from herder.actors import NotActive, RuntimeClosed, SteadyClock, call, start_tree
+from herder.actors.ray import detach
 from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper
 from herder.store import LeaseLost
@@ -85,6 +86,8 @@ class Lifecycle:
                 rt._store.note_clock(rt._ctx.clock.time())  # for the next holder
             rt._store.close()
             rt._ctx.event_loop.close(timeout)
+            if rt._ctx.placements:
+                detach(rt._ctx)  # kills its Ray workers; Ray stops with its last user
         rt._fail_waiters(RuntimeClosed("the runtime was stopped"))
         rt._wake.set()
 

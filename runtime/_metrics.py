@@ -9,11 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from herder.store import HerderError
-
-
-class MissingExtra(HerderError, ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""
+from herder.store import MissingExtra
 
 
 def stats_collector(stats: Callable[[], dict[str, Any]]) -> Any:

@@ -22,6 +22,7 @@ from herder.actors import (
     call,
     coroutine_actions,
 )
+from herder.actors.ray import RayHost, attach
 from herder.runtime._routing import Router
 from herder.runtime._workflow import Workflow
 from herder.store import (
@@ -57,6 +58,7 @@ class Registration:
         asyncio: bool | None = None,
         health_interval: float | None = DEFAULT_HEALTH_INTERVAL,
         health_timeout: float | None = None,
+        host: RayHost | None = None,
     ) -> None:
         """Serve agent ``name`` with instances built by ``factory`` (a zero-argument callable).
 
@@ -81,6 +83,11 @@ class Registration:
         runtime's event loop (``Runtime(loop=...)``). ``asyncio=True`` picks that host when
         the class cannot be told from ``factory`` (a lambda, an ``async def`` factory);
         ``asyncio=False`` refuses ``async def`` actions.
+
+        ``host=RayHost(...)`` runs the agent's actions on a Ray cluster (docs/ray.md):
+        this call connects to it (on the calling thread) and checks that the agent's code
+        loads there, raising :class:`InvalidInput` if not. An agent's placement cannot
+        change while the runtime runs.
         """
         rt = _runtime(self)
         rt._check_open()
@@ -104,8 +111,21 @@ class Registration:
                     f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
                 )
         health = None if health_interval is None else HealthPolicy(health_interval, health_timeout)
+        if host is not None and not isinstance(host, RayHost):
+            raise InvalidInput(f"agent {name!r}: host must be a RayHost or None, got {host!r}")
+        placed = rt._ctx.placements.get(name)
+        if name in rt._ctx.agents and placed != host:
+            raise InvalidInput(
+                f"agent {name!r} is already registered with host={placed!r}; its placement "
+                "cannot change while the runtime runs: restart it with the new placement"
+            )
         cls = agent_class_of(factory)
         coroutines = () if cls is None else coroutine_actions(cls)
+        if host is not None and (coroutines or asyncio):
+            raise InvalidInput(
+                f"agent {name!r}: a Ray agent runs its actions on threads of its worker "
+                "processes, so they must be plain def methods (no asyncio)"
+            )
         if coroutines and asyncio is False:
             raise InvalidInput(
                 f"agent {name!r}: {', '.join(map(repr, coroutines))} "
@@ -114,11 +134,15 @@ class Registration:
                 "asyncio host, or make them plain def methods"
             )
         on_loop = bool(coroutines) if asyncio is None else asyncio
+        if host is not None:  # connects here, never on the Scheduler's thread
+            attach(rt._ctx, host, name, factory, rt._store.path)
         with rt._promotion:
             rt._actions[name] = None if cls is None else action_names(cls)
             if rt._tracing is not None:
                 factory = rt._tracing.wrap_factory(name, factory)
             rt._ctx.agents[name] = (factory, concurrency)
+            if host is not None:
+                rt._ctx.placements[name] = host
             (rt._ctx.async_agents.add if on_loop else rt._ctx.async_agents.discard)(name)
             if breaker is None and rate_limit is None and adaptive is None:
                 rt._ctx.limits.pop(name, None)

@@ -24,10 +24,10 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
-from herder.runtime._metrics import MissingExtra
 from herder.store import (
     CatchUp,
     InvalidInput,
+    MissingExtra,
     Overlap,
     ScheduleRecord,
     Store,

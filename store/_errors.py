@@ -5,6 +5,7 @@
     HerderError                      root: ``except HerderError`` catches everything herder raises
     ├── InvalidInput (ValueError)    bad input refused at the door, nothing written
     │   └── EncodeError              a value msgpack cannot encode, or one over a size limit
+    ├── MissingExtra (ImportError)   an optional dependency is not installed; names the extra
     └── StoreError                   operational errors of the durable store
         ├── StoreCorrupt             a record failed to decode; names the database and key
         ├── SchemaTooNew             the store was written by a newer herder
@@ -27,6 +28,10 @@ class HerderError(Exception):
 
 class InvalidInput(HerderError, ValueError):
     """Input refused before anything was written: a bad name, id, graph or value."""
+
+
+class MissingExtra(HerderError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
 
 
 class EncodeError(InvalidInput):

@@ -1,0 +1,86 @@
+"""The process's one Ray connection, shared by its runtimes, and the code-import check.
+
+Ray allows one connection (``ray.init``) per process. The first runtime that places an
+agent on Ray connects, on its caller's thread (``add_agent``; ``ray.init`` takes seconds
+and must never block the Scheduler's thread). A connection herder made is shut down when
+the last runtime using it stops; one the program made itself (it called ``ray.init``
+first) is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from herder.actors.ray import RayHost
+from herder.store import InvalidInput, bounded_text
+
+_log = logging.getLogger("herder.ray")
+
+CHECK_TIMEOUT = 120.0
+"""Seconds the code-import check may take (a runtime_env may install packages first)."""
+
+_lock = threading.Lock()
+_owners: dict[int, object] = {}  # id(owner) -> owner: runtimes using the connection
+_address: list[str | None] = []  # the address herder connected to, if it did
+
+
+def connect(owner: object, host: RayHost) -> None:
+    """Connect this process to ``host.address`` unless it is connected; ``owner`` uses it."""
+    with _lock:
+        if _address and _address[0] != host.address:
+            raise InvalidInput(
+                f"RayHost(address={host.address!r}): this process is connected to "
+                f"{_address[0]!r}; Ray allows one cluster per process, so every RayHost "
+                "of a process must name the same address"
+            )
+        if not ray.is_initialized():
+            options: dict[str, Any] = {"namespace": host.namespace, "logging_level": "WARNING"}
+            if host.address is None:  # a local cluster for this process (development)
+                options["include_dashboard"] = False
+            ray.init(address=host.address, **options)
+            _address[:] = [host.address]
+        _owners[id(owner)] = owner
+
+
+def disconnect(owner: object) -> None:
+    """``owner`` stopped: kill its workers, then shut Ray down if herder connected and
+    no runtime uses it any more."""
+    backend = getattr(owner, "remote", None)
+    if backend is not None:
+        backend.close()
+    with _lock:
+        if _owners.pop(id(owner), None) is None:
+            return
+        if _owners or not _address:
+            return
+        _address.clear()
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@ray.remote(max_retries=0)
+def _class_of(factory: Callable[[], Any]) -> str:
+    """Runs on the cluster: unpickling ``factory`` imports the agent's code."""
+    return repr(factory)
+
+
+def check_code(host: RayHost, agent: str, factory: Callable[[], Any]) -> None:
+    """Fail loudly (:class:`InvalidInput`) when ``factory`` does not import on the
+    cluster, rather than at each step; the factory itself is not called."""
+    options: dict[str, Any] = {"num_cpus": 0}
+    if host.runtime_env is not None:
+        options["runtime_env"] = dict(host.runtime_env)
+    try:
+        ray.get(_class_of.options(**options).remote(factory), timeout=CHECK_TIMEOUT)
+    except Exception as exc:  # Ray wraps the worker's import error in its own types
+        reason = bounded_text(str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
+        raise InvalidInput(
+            f"agent {agent!r}: its code does not load on the Ray cluster "
+            f"({type(exc).__name__}: {reason}); ship it with RayHost(runtime_env="
+            "{'py_modules': [your_package]}) or install it in the cluster's image"
+        ) from None
