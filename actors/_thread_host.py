@@ -115,6 +115,10 @@ class ThreadHost:
     restarts) as an :class:`InstanceEvent`; the Scheduler passes its own ``tell``.
     """
 
+    instance_start_timeout = 10.0
+    """Seconds an instance may take to start (its factory); a subclass whose instances
+    start elsewhere (a Ray worker process) allows more."""
+
     def __init__(
         self,
         agents_supervisor: pykka.ActorRef,
@@ -411,6 +415,7 @@ class ThreadHost:
                 # the Scheduler starts a fresh supervisor for the next step.
                 max_restarts=self._max_restarts,
                 period=self._restart_period,
+                start_timeout=self.instance_start_timeout,
                 backoff=Backoff(initial=0.001, factor=2.0, max=1.0),
             ),
             restart=Restart.TEMPORARY,

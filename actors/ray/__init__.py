@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from herder.store import InvalidInput, MissingExtra
@@ -89,13 +90,17 @@ class RayHost:
         return self.slots if self.slots is not None else min(concurrency, MAX_DEFAULT_SLOTS)
 
 
-def attach(owner: object, host: RayHost, agent: str, factory: Callable[[], Any]) -> None:
-    """Connect ``owner`` (a runtime's engine context) to ``host``'s cluster on the calling
-    thread, and check that ``factory`` imports there (:class:`InvalidInput` if not)."""
-    from herder.actors.ray._connection import check_code, connect
+def attach(
+    owner: object, host: RayHost, agent: str, factory: Callable[[], Any], directory: Path
+) -> None:
+    """Connect ``owner`` (a runtime's engine context, whose store is in ``directory``) to
+    ``host``'s cluster on the calling thread, and check that ``factory`` imports there
+    (:class:`InvalidInput` if not)."""
+    from herder.actors.ray._connection import check_code, connect, record_cluster
 
-    connect(owner, host)
+    connect(owner, host, directory)
     check_code(host, agent, factory)
+    record_cluster()  # its helper processes all run once a worker has
 
 
 def detach(owner: object) -> None:

@@ -10,6 +10,7 @@ first) is left alone.
 from __future__ import annotations
 
 import logging
+import pathlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import ray
 
 from herder.actors.ray import RayHost
+from herder.actors.ray._leftovers import forget, kill_leftovers, remember
 from herder.store import InvalidInput, bounded_text
 
 _log = logging.getLogger("herder.ray")
@@ -27,10 +29,21 @@ CHECK_TIMEOUT = 120.0
 _lock = threading.Lock()
 _owners: dict[int, object] = {}  # id(owner) -> owner: runtimes using the connection
 _address: list[str | None] = []  # the address herder connected to, if it did
+_started: list[pathlib.Path] = []  # where the local cluster herder started is recorded
 
 
-def connect(owner: object, host: RayHost) -> None:
-    """Connect this process to ``host.address`` unless it is connected; ``owner`` uses it."""
+def record_cluster() -> None:
+    """Record the processes of the local cluster herder started (once they all run)."""
+    with _lock:
+        for directory in _started:
+            remember(directory)
+
+
+def connect(owner: object, host: RayHost, directory: pathlib.Path) -> None:
+    """Connect this process to ``host.address`` unless it is connected; ``owner`` uses it.
+
+    A local cluster herder starts is recorded in ``directory`` (the store's), whose
+    previous daemon's leftovers are killed first (``_leftovers``)."""
     with _lock:
         if _address and _address[0] != host.address:
             raise InvalidInput(
@@ -42,8 +55,13 @@ def connect(owner: object, host: RayHost) -> None:
             options: dict[str, Any] = {"namespace": host.namespace, "logging_level": "WARNING"}
             if host.address is None:  # a local cluster for this process (development)
                 options["include_dashboard"] = False
+                killed = kill_leftovers(directory)
+                if killed:
+                    _log.warning("killed %d Ray processes left by a daemon that died", killed)
             ray.init(address=host.address, **options)
             _address[:] = [host.address]
+            if host.address is None:
+                _started[:] = [directory]
         _owners[id(owner)] = owner
 
 
@@ -61,6 +79,9 @@ def disconnect(owner: object) -> None:
         _address.clear()
         if ray.is_initialized():
             ray.shutdown()
+        for directory in _started:
+            forget(directory)
+        _started.clear()
 
 
 @ray.remote(max_retries=0)

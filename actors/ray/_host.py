@@ -40,21 +40,25 @@ from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildSpec, Restart
 from herder.actors._thread_host import ThreadHost, _Instance, _Pool
 from herder.actors.ray import RayHost
+from herder.actors.ray._connection import record_cluster
 from herder.actors.ray._worker import SlotWorker
-from herder.store import HerderError, describe
+from herder.store import describe
 
 POLL = 0.25
 """Seconds between a proxy's syncs (heartbeats in, flags out) while an attempt runs."""
-START_WAIT = 5.0
-"""Seconds a proxy waits at start for its agent object; a slower start (a new worker
-process on a busy cluster) is waited for by the first attempt instead."""
+START_WAIT = 60.0
+"""Seconds a proxy may take to start: a slot in a (possibly new) worker process and the
+agent object built there. A worker process takes a second or more to start, many more on
+a loaded machine or with a runtime_env to install; a worker that cannot start (no
+resources on the cluster) fails the start as a factory that raises does locally."""
 SYNC_WAIT = 5.0
 
 _RemoteWorker = ray.remote(SlotWorker)
 
 
-class WorkerLost(HerderError):
-    """The Ray worker process running an instance died or could not be reached."""
+class WorkerLost(Exception):
+    """The Ray worker process running an instance died or could not be reached: the
+    proxy's crash reason (like :class:`InstanceCrash`, never raised to a caller)."""
 
 
 @dataclass(eq=False)
@@ -205,12 +209,11 @@ class RayInstance(SupervisedActor):
         self._workers = agent.workers
         self._proc: _Process | None = None
         self._slot = 0
-        self._starting: Any = None  # the slot's start call, until it answered
 
     def on_start(self) -> None:
         """Take a slot and build the agent object there (a failing factory fails the start)."""
         super().on_start()
-        self._bind(START_WAIT)
+        self._bind()
 
     def on_stop(self) -> None:
         self._unbind()
@@ -224,8 +227,7 @@ class RayInstance(SupervisedActor):
             return super().on_receive(message)
         if self._proc is None or self._proc.dead:  # its process died while it was idle
             self._unbind()
-            self._bind(START_WAIT)
-        self._started(None)
+            self._bind()
         assert self._proc is not None
         handle = self._proc.handle
         try:
@@ -273,29 +275,26 @@ class RayInstance(SupervisedActor):
         for details in beats:
             port.heartbeat(details)
 
-    def _bind(self, wait: float) -> None:
+    def _bind(self) -> None:
+        """Take a slot and build the agent object there, waiting up to START_WAIT (so
+        that an attempt's timeout never pays for a process start)."""
         spec = self._spec
         self._proc, self._slot = self._workers.claim(
             spec.name, self._instance, spec.host, spec.slots, spec.max_result_bytes
         )
-        self._starting = self._proc.handle.start_slot.remote(self._slot, spec.factory)
-        self._started(wait)
-
-    def _started(self, wait: float | None) -> None:
-        """Wait (up to ``wait`` seconds; None: as long as it takes) for the slot's start."""
-        if self._starting is None:
-            return
         try:
-            failed = ray.get(self._starting, timeout=wait)
+            failed = ray.get(
+                self._proc.handle.start_slot.remote(self._slot, spec.factory), timeout=START_WAIT
+            )
         except ray.exceptions.GetTimeoutError:
-            return  # still starting: the first attempt waits for it
+            failed = f"no Ray worker process started within {START_WAIT} s (cluster busy?)"
         except Exception as exc:  # its code did not load there, or the process died
-            raise WorkerLost(
-                f"agent {self._agent!r} could not start on Ray: {describe(exc)}"
-            ) from None
-        self._starting = None
+            failed = describe(exc)
         if failed is not None:
-            raise WorkerLost(failed)
+            self._unbind()
+            raise WorkerLost(f"agent {self._agent!r} could not start on Ray: {failed}")
+        if self._slot == 0:  # a new worker process: a cluster herder started records it
+            record_cluster()
 
     def _unbind(self) -> None:
         proc, self._proc = self._proc, None
@@ -305,6 +304,8 @@ class RayInstance(SupervisedActor):
 
 class RayAgentHost(ThreadHost):
     """The thread host, with Ray proxies for instances; see the module docstring."""
+
+    instance_start_timeout = START_WAIT + 5.0
 
     def __init__(
         self,
@@ -326,8 +327,13 @@ class RayAgentHost(ThreadHost):
         super().replace(name, instance_id)
 
     def host_stats(self) -> dict[str, int]:
+        """Instances on Ray, their worker processes, and processes killed for hung attempts."""
         stats = super().host_stats()
-        return {"ray_instances": stats["workers"], "ray_workers": self._workers.count()}
+        return {
+            "ray_instances": stats["workers"],
+            "ray_workers": self._workers.count(),
+            "ray_killed": stats["abandoned_threads"],
+        }
 
     def _request_instance(self, pool: _Pool) -> None:
         assert pool.supervisor is not None
