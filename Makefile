@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test lint typecheck unit demo bench soak slow chaos clean screenshots
+.PHONY: test lint typecheck unit demo bench soak slow chaos clean screenshots test-ray bench-ray
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,24 @@ slow: $(STAMP)
 chaos: $(STAMP)  ## SIGKILL a daemon 50 times under a mixed workload, then audit the store
 	$(PY) -m pytest -m chaos -s
 
+# Agents on Ray (the ray extra) are tested in their own venv, so `make test` never needs
+# Ray (about 300 MB): one local cluster for the fast tests, one per child in the slow ones.
+RAY_VENV := .venv-ray
+RAY_PY := $(RAY_VENV)/bin/python
+RAY_STAMP := $(RAY_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(RAY_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_PY) -m pip install -q --upgrade pip
+	$(RAY_PY) -m pip install -q -e '.[test,ray]'
+	rm -f $(RAY_VENV)/.installed-* && touch $@
+
+test-ray: $(RAY_STAMP)  ## the Ray host's tests (marker ray, slow ones included)
+	$(RAY_PY) -m pytest -m ray tests
+
+bench-ray: $(RAY_STAMP)  ## local vs Ray agents through herder (writes benchmarks/RESULTS.md)
+	$(RAY_PY) benchmarks/ray_host.py $(BENCH_ARGS)
+
 # rich is optional (plain text without it), so a failed install does not stop the demo.
 $(VENV)/.demo-extra: $(STAMP)
 	$(PY) -m pip install -q -e '.[demo]' || echo "rich not installed: plain output"
@@ -62,4 +80,4 @@ screenshots: $(STAMP)
 	HERDER_SCREENSHOTS=docs/img $(PY) -m pytest tests/test_ui_browser.py -q
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(RAY_VENV) build .pytest_cache .mypy_cache .ruff_cache

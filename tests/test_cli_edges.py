@@ -135,7 +135,11 @@ def _herder_errors() -> set[type[HerderError]]:
         path = importlib.import_module(pkg).__path__
         for module in pkgutil.walk_packages(path, pkg + "."):
             if not module.name.endswith("__main__"):
-                importlib.import_module(module.name)
+                try:
+                    importlib.import_module(module.name)
+                except ModuleNotFoundError as exc:  # an optional extra's module
+                    if exc.name != "ray":
+                        raise
     found: set[type[HerderError]] = set()
     todo: list[type[HerderError]] = [HerderError]
     while todo:

@@ -25,6 +25,8 @@ RUNTIME = {
     "CompletionRefused", "InboxItem", "ProbeResult",
     # periodic schedules: rt.schedule() and rt.schedules() return it
     "ScheduleStatus",
+    # agents on a Ray cluster: rt.add_agent(..., host=RayHost(...)) (imports no Ray itself)
+    "RayHost",
     # raised by public calls: start() on a refused commit, prometheus_collector()
     "MissingExtra", "StoreIOError",
     # every other HerderError a caller can meet (stats() after stop: StoreClosed)

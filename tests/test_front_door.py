@@ -29,7 +29,8 @@ def test_ci_runs_the_demo_then_the_tests_in_the_same_clone() -> None:
         for line in (ROOT / ".ci" / "run").read_text().splitlines()
         if line.strip().startswith("make")
     ]
-    assert commands == ["make demo", "make test"]
+    # then the Ray extra's tests, in their own venv (docs/ray.md)
+    assert commands == ["make demo", "make test", "make test-ray"]
 
 
 def test_the_license_is_an_spdx_string_and_the_build_needs_a_setuptools_that_reads_it() -> None:

@@ -1,0 +1,122 @@
+"""A daemon with agents on Ray, killed or stopped for real (marked ``ray`` and ``slow``).
+
+Each child process starts its own local Ray cluster (``RayHost(address=None)``). Its
+processes, and Ray's, carry a marker in their environment, so the test can tell whether
+any of them outlived the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import select
+import signal
+import uuid
+from collections import Counter
+
+import pytest
+from _child_kit import Child
+
+from herder.runtime import Runtime
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(400)]
+
+CHILD = str(pathlib.Path(__file__).with_name("ray_child.py"))
+WAIT = 180.0
+
+
+def marked(marker: str) -> list[int]:
+    """Processes whose environment carries ``marker``."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def all_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait (on pidfds) up to ``timeout`` s for ``pids`` to exit; those still running."""
+    left = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            if not select.select([fd], [], [], timeout)[0]:
+                left.append(pid)
+        finally:
+            os.close(fd)
+    return left
+
+
+def ledger_of(path: pathlib.Path) -> list[tuple[str, int, str]]:
+    rows = [line.rsplit("/", 2) for line in path.read_text().splitlines()]
+    return [(step, int(token), what) for step, token, what in rows]
+
+
+def test_a_killed_daemon_resumes_on_its_store_without_rerunning_finished_steps(
+    tmp_path: pathlib.Path,
+) -> None:
+    store, ledger = tmp_path / "store", tmp_path / "ledger"
+    env = {"HERDER_RAY_TEST": uuid.uuid4().hex}
+    marker = f"HERDER_RAY_TEST={env['HERDER_RAY_TEST']}"
+    first = Child([CHILD, str(store), str(ledger), "start"], env=env)
+    try:
+        first.wait_for("READY", WAIT)
+    finally:
+        first.kill(WAIT)
+    before = ledger_of(ledger)
+    with Runtime(store) as reader:  # what the killed daemon had recorded
+        recorded = {
+            f"{status.id}/{name}"
+            for status in reader.list()
+            for name, step in status.steps.items()
+            if step.state == "SUCCEEDED"
+        }
+    assert recorded, "some steps had succeeded before the kill"
+    second = Child([CHILD, str(store), str(ledger), "resume"], env=env)
+    try:
+        second.wait_for("CONNECTED", WAIT)
+        ledger.with_suffix(".release").touch()  # from now on, a blocked attempt finishes
+        second.wait_for("DONE", WAIT)
+        assert second.proc.wait(WAIT) == 0, second.stderr()
+    finally:
+        second.kill(WAIT)
+    after = ledger_of(ledger)
+    done = Counter(step for step, _, what in after if what == "done")
+    assert set(done) == {f"w{i}/{s}" for i in range(8) for s in "ab"}
+    assert {step: done[step] for step in recorded} == dict.fromkeys(recorded, 1)  # not re-run
+    # The killed attempts never finished: each blocked step finished once, afterwards.
+    killed = {(step, token) for step, token, what in before if what == "start"}
+    assert len(killed) == 4
+    assert not {(s, t) for s, t, w in after if w == "done"} & killed
+    assert all(done[step] == 1 for step, _ in killed)
+    assert all_gone(marked(marker), 30.0) == [], "Ray processes outlived the daemons"
+    with Runtime(store) as rt:
+        assert rt.stats()["workflows"]["SUCCEEDED"] == 8
+
+
+def test_sigterm_drains_the_ray_attempts_and_leaves_no_ray_process(
+    tmp_path: pathlib.Path,
+) -> None:
+    store, ledger = tmp_path / "store", tmp_path / "ledger"
+    env = {"HERDER_RAY_TEST": uuid.uuid4().hex}
+    marker = f"HERDER_RAY_TEST={env['HERDER_RAY_TEST']}"
+    child = Child([CHILD, str(store), str(ledger), "serve"], env=env)
+    try:
+        child.wait_for("READY", WAIT)
+        child.proc.send_signal(signal.SIGTERM)
+        child.wait_for("STOPPED", WAIT)
+        assert child.proc.wait(WAIT) == 0, child.stderr()
+    finally:
+        child.kill(WAIT)
+    rows = ledger_of(ledger)
+    assert Counter(w for _, _, w in rows) == {"start": 4, "done": 4}  # drained, not re-run
+    assert all_gone(marked(marker), 30.0) == [], "Ray processes outlived the daemon"
+    with Runtime(store) as rt:
+        assert rt.stats()["workflows"]["SUCCEEDED"] == 4

@@ -1,0 +1,334 @@
+"""Agents on Ray (``host=RayHost(...)``) behave as local ones: the marker ``ray``.
+
+One local Ray cluster serves the whole test session (``make test-ray``; ``make test``
+deselects these and never imports Ray). Test agents reach the workers through the job's
+``PYTHONPATH``; the test and the workers meet through a :class:`Gate` Ray actor (events
+keyed by name), so nothing here sleeps to wait.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import select
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.actors._messages import Outcome
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    RayHost,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    Workflow,
+    WorkflowFailed,
+)
+from herder.runtime.testing import InstanceCrash, wait_until
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+
+WAIT = 60.0
+HERE = Path(__file__).parent
+FAST = RetryPolicy(max_attempts=5, initial_interval=0.01, max_interval=0.05)
+
+
+class Gate:
+    """A Ray actor: named events the test and the actions set and wait for."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._asyncio = asyncio
+        self._events: dict[str, Any] = {}
+        self._values: dict[str, Any] = {}
+
+    def _event(self, key: str) -> Any:
+        return self._events.setdefault(key, self._asyncio.Event())
+
+    async def set(self, key: str, value: Any = None) -> None:
+        self._values[key] = value
+        self._event(key).set()
+
+    async def wait(self, key: str) -> Any:
+        await self._event(key).wait()
+        return self._values[key]
+
+
+class Probe(Agent):
+    """Actions that report where they ran, fail, crash, hang, beat and watch their flags."""
+
+    def __init__(self, gate: Any = None) -> None:
+        self.gate = gate
+
+    def where(self, ctx: StepContext) -> dict[str, Any]:
+        return {"pid": os.getpid(), "input": ctx.input}
+
+    def flaky(self, ctx: StepContext) -> int:
+        if ctx.attempt == 1:
+            raise ValueError("first attempt fails")
+        return ctx.attempt
+
+    def crash_once(self, ctx: StepContext) -> int:
+        if ctx.attempt == 1:
+            raise InstanceCrash("client broke")
+        return ctx.attempt
+
+    def crash(self, ctx: StepContext) -> None:
+        raise InstanceCrash("always")
+
+    def block_first(self, ctx: StepContext) -> dict[str, Any]:
+        import ray
+
+        if ctx.attempt == 1:
+            ray.get(self.gate.set.remote("running", {"pid": os.getpid(), "token": ctx.token}))
+            ray.get(self.gate.wait.remote("never"))  # hangs until its process is killed
+        return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+    def beat(self, ctx: StepContext) -> int:
+        for i in range(10):  # 2.5 s of work, well past its 1 s heartbeat timeout
+            ctx.heartbeat({"done": i})
+            time.sleep(0.25)
+        return ctx.attempt
+
+    def until_flagged(self, ctx: StepContext) -> None:
+        import ray
+
+        ray.get(self.gate.set.remote("running", ctx.task_token))
+        deadline = time.monotonic() + WAIT
+        while not (ctx.cancelled or ctx.superseded) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ray.get(self.gate.set.remote("saw", [ctx.cancelled, ctx.superseded]))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """One local Ray cluster for the session, torn down (with its processes) at the end."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        object_store_memory=100 * 1024 * 1024,
+        logging_level="WARNING",
+        runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}},
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def gate(cluster: Any) -> Any:
+    handle = cluster.remote(num_cpus=0)(Gate).remote()
+    yield handle
+    cluster.kill(handle)
+
+
+def ray_host(**kwargs: Any) -> RayHost:
+    return RayHost(num_cpus=0.25, **kwargs)
+
+
+def gets(cluster: Any, gate: Any, key: str) -> Any:
+    return cluster.get(gate.wait.remote(key), timeout=WAIT)
+
+
+def test_results_of_ray_attempts_are_durable_and_come_from_worker_processes(
+    cluster: Any, tmp_path: Path
+) -> None:
+    flow = Workflow("two").step("a", agent="probe", action="where")
+    flow = flow.step("b", agent="probe", action="where", after=["a"])
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", Probe, concurrency=4, host=ray_host())
+        rt.add_workflow(flow)
+        handles = [rt.start("two", i, workflow_id=f"w{i}") for i in range(10)]
+        results = [h.result(timeout=WAIT) for h in handles]
+        assert rt.stats()["host"]["ray_workers"] == 1  # 4 instances in one process
+    pids = {r[s]["pid"] for r in results for s in ("a", "b")}
+    assert os.getpid() not in pids
+    assert [r["a"]["input"] for r in results] == list(range(10))
+    with Runtime(tmp_path / "s") as again:  # reopened without Ray: all recorded
+        for i in range(10):
+            status = again.status(f"w{i}")
+            assert status.state == "SUCCEEDED"
+            assert status.steps["b"].result == results[i]["b"]
+
+
+def test_an_error_is_retried_under_the_policy_and_a_crash_at_once(
+    cluster: Any, tmp_path: Path
+) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", Probe, concurrency=2, host=ray_host())
+        rt.add_workflow(Workflow("f").step("s", agent="probe", action="flaky", retry=FAST))
+        rt.add_workflow(Workflow("c").step("s", agent="probe", action="crash_once", retry=FAST))
+        assert rt.start("f", None).result(timeout=WAIT) == {"s": 2}
+        steps = rt.stats()["steps"]
+        assert (steps["crashes"], steps["retried"]) == (0, 1)
+        assert rt.start("c", None).result(timeout=WAIT) == {"s": 2}
+        assert rt.stats()["steps"]["crashes"] == 1
+
+
+def test_a_killed_worker_is_a_crash_and_its_late_answer_is_refused(
+    cluster: Any, gate: Any, tmp_path: Path
+) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", functools.partial(Probe, gate), concurrency=1, host=ray_host())
+        rt.add_workflow(Workflow("k").step("s", agent="probe", action="block_first", retry=FAST))
+        handle = rt.start("k", None, workflow_id="k1")
+        first = gets(cluster, gate, "running")
+        os.kill(first["pid"], 9)
+        result = handle.result(timeout=WAIT)["s"]
+        assert result["attempt"] == 2
+        assert result["pid"] != first["pid"]
+        assert rt.stats()["steps"]["crashes"] == 1
+        stale = rt.stats()["steps"]["stale"]
+        # The killed attempt's answer, had it come: fenced out, the record unchanged.
+        late = Outcome("probe", "probe#0", first["token"], ok=True, result="late")
+        rt._ctx.tell_scheduler(late)
+        wait_until(rt, lambda: rt.stats()["steps"]["stale"] == stale + 1, timeout=WAIT)
+        assert rt.status("k1").steps["s"].result == result
+
+
+def test_a_hung_action_times_out_its_worker_is_killed_and_the_step_retried(
+    cluster: Any, gate: Any, tmp_path: Path
+) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", functools.partial(Probe, gate), concurrency=1, host=ray_host())
+        flow = Workflow("h").step("s", agent="probe", action="block_first", timeout=1.0, retry=FAST)
+        rt.add_workflow(flow)
+        handle = rt.start("h", None)
+        first = gets(cluster, gate, "running")
+        result = handle.result(timeout=WAIT)["s"]
+        assert result["attempt"] == 2
+        assert result["pid"] != first["pid"]
+        steps = rt.stats()["steps"]
+        assert steps["timed_out"] == 1
+        assert rt.stats()["host"]["ray_killed"] == 1
+        assert gone(first["pid"])  # the hung attempt's process was killed
+
+
+def test_heartbeats_keep_a_long_ray_attempt_alive(cluster: Any, tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", Probe, concurrency=1, host=ray_host())
+        flow = Workflow("b").step("s", agent="probe", action="beat", heartbeat_timeout=1.0)
+        rt.add_workflow(flow)
+        assert rt.start("b", None).result(timeout=WAIT) == {"s": 1}
+        assert rt.stats()["steps"]["timed_out"] == 0
+
+
+def test_a_ray_action_sees_its_workflow_cancelled(cluster: Any, gate: Any, tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", functools.partial(Probe, gate), concurrency=1, host=ray_host())
+        rt.add_workflow(Workflow("x").step("s", agent="probe", action="until_flagged"))
+        handle = rt.start("x", None)
+        gets(cluster, gate, "running")
+        rt.cancel(handle.id)
+        assert gets(cluster, gate, "saw") == [True, False]
+        with pytest.raises(WorkflowFailed):
+            handle.result(timeout=WAIT)
+
+
+def test_a_ray_action_sees_itself_superseded_when_its_step_is_completed_for_it(
+    cluster: Any, gate: Any, tmp_path: Path
+) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", functools.partial(Probe, gate), concurrency=1, host=ray_host())
+        rt.add_workflow(Workflow("x").step("s", agent="probe", action="until_flagged"))
+        handle = rt.start("x", None)
+        rt.complete_step(gets(cluster, gate, "running"), "from elsewhere")
+        assert gets(cluster, gate, "saw") == [False, True]
+        assert handle.result(timeout=WAIT) == {"s": "from elsewhere"}
+
+
+def test_an_agent_whose_code_does_not_load_on_the_cluster_is_refused_at_add_agent(
+    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hidden = tmp_path / "elsewhere"
+    hidden.mkdir()
+    (hidden / "hidden_agents.py").write_text(
+        "from herder.runtime import Agent\n\nclass Hidden(Agent):\n    def go(self, ctx):\n"
+        "        return 1\n"
+    )
+    monkeypatch.syspath_prepend(str(hidden))  # importable here, not on the workers
+    from hidden_agents import Hidden  # type: ignore[import-not-found]
+
+    with Runtime(tmp_path / "s") as rt:
+        with pytest.raises(InvalidInput, match=r"does not load on the Ray cluster.*runtime_env"):
+            rt.add_agent("hidden", Hidden, host=ray_host())
+        assert "hidden" not in rt.stats()["agents"]
+    sys.modules.pop("hidden_agents", None)
+
+
+def test_local_agents_run_beside_ray_agents_unaffected(cluster: Any, tmp_path: Path) -> None:
+    flow = Workflow("mix").step("r", agent="remote", action="where")
+    flow = flow.step("l", agent="local", action="where", after=["r"])
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("remote", Probe, host=ray_host())
+        rt.add_agent("local", Probe)
+        rt.add_workflow(flow)
+        result = rt.start("mix", 1).result(timeout=WAIT)
+        with pytest.raises(InvalidInput, match="placement cannot change"):
+            rt.add_agent("local", Probe, host=ray_host())
+    assert result["l"]["pid"] == os.getpid()
+    assert result["r"]["pid"] != os.getpid()
+
+
+def test_two_runtimes_share_the_connection_and_each_kills_its_own_workers(
+    cluster: Any, tmp_path: Path
+) -> None:
+    flow = Workflow("w").step("s", agent="probe", action="where")
+    one = Runtime(tmp_path / "one")
+    two = Runtime(tmp_path / "two")
+    try:
+        for rt in (one, two):
+            rt.add_agent("probe", Probe, host=ray_host())
+            rt.add_workflow(flow)
+        pid_one = one.start("w", 1).result(timeout=WAIT)["s"]["pid"]
+        pid_two = two.start("w", 2).result(timeout=WAIT)["s"]["pid"]
+        assert pid_one != pid_two
+        one.stop()
+        assert gone(pid_one)
+        assert two.start("w", 3).result(timeout=WAIT)["s"]["pid"] == pid_two
+        assert cluster.is_initialized()  # the program's own connection stays
+    finally:
+        one.stop()
+        two.stop()
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` exits within WAIT seconds (ray.kill is asynchronous);
+    waits on a pidfd, which becomes readable when the process exits."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], WAIT)[0])
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("where", ["local", "ray"])
+def test_a_crash_looping_agent_meets_the_same_restart_limits_on_ray_as_locally(
+    cluster: Any, tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = ray_host() if where == "ray" else None
+    retry = RetryPolicy(max_attempts=4, initial_interval=0.01, max_interval=0.01)
+    with (
+        caplog.at_level(logging.ERROR, logger="herder.supervision"),
+        Runtime(tmp_path / "s", agent_restarts=(2, 60.0)) as rt,
+    ):
+        rt.add_agent("crashy", Probe, host=host)
+        rt.add_workflow(Workflow("c").step("s", agent="crashy", action="crash", retry=retry))
+        with pytest.raises(WorkflowFailed):
+            rt.start("c", None).result(timeout=WAIT)
+        assert rt.stats()["steps"]["crashes"] == 4
+    gave_up = [r for r in caplog.records if "agent:crashy" in r.getMessage()]
+    assert gave_up, "the agent's supervisor gave up after 2 restarts within 60 s"
