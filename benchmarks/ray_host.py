@@ -1,0 +1,197 @@
+"""Agents on Ray against local agents, through herder, in the same run (issue 19).
+
+``python benchmarks/ray_host.py [--quick] [--seconds S] [--write]`` (``make bench-ray``
+runs it in ``.venv-ray``): single-step workflows whose action is a no-op or a 50 ms
+sleep, kept at 1, 16 and 64 in flight by as many threads (start, then wait for the
+result), on two runtimes open side by side: one with the agents local (threads), one
+with them on a local Ray cluster (``RayHost``, 16 slots per worker process). Each cell
+runs local then Ray, interleaved, so both see the same machine load. Prints a table,
+writes ``benchmarks/out/ray_host.json``, and with ``--write`` replaces the Ray section
+of ``benchmarks/ANALYSIS.md`` and ``benchmarks/RESULTS.md``.
+
+Target: the 50 ms action on Ray within 10% of local steps/s at 64 in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import machine, progress, render_table, summary, write_report
+
+from herder.runtime import Agent, RayHost, Runtime, StepContext, Workflow
+
+HERE = Path(__file__).parent
+LEVELS = (1, 16, 64)
+ACTIONS = {"noop": 0.0, "sleep50": 0.05}
+BEGIN, END = "<!-- ray_host.py: begin -->", "<!-- ray_host.py: end -->"
+
+
+class Noop(Agent):
+    def go(self, ctx: StepContext) -> None:
+        return None
+
+
+class Sleep50(Agent):
+    def go(self, ctx: StepContext) -> None:
+        time.sleep(0.05)
+
+
+def open_runtime(path: Path, host: RayHost | None) -> Runtime:
+    rt = Runtime(path)
+    for name, factory in (("noop", Noop), ("sleep50", Sleep50)):
+        rt.add_agent(name, factory, concurrency=max(LEVELS), host=host)
+        rt.add_workflow(Workflow(name).step("s", agent=name, action="go"))
+    return rt
+
+
+def measure(rt: Runtime, action: str, in_flight: int, seconds: float) -> dict[str, Any]:
+    """Keep ``in_flight`` workflows running for ``seconds`` (after a warm-up second)."""
+    stop = threading.Event()
+    samples: list[list[float]] = [[] for _ in range(in_flight)]
+    counting = threading.Event()
+
+    def loop(mine: list[float]) -> None:
+        while not stop.is_set():
+            began = time.perf_counter()
+            rt.start(action, None).result(timeout=120)
+            if counting.is_set():
+                mine.append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=loop, args=(s,), daemon=True) for s in samples]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # warm-up: instances and worker processes start
+    counting.set()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    done = [x for s in samples for x in s]
+    elapsed = time.perf_counter() - began
+    stop.set()
+    for t in threads:
+        t.join(120)
+    return {"steps_per_s": len(done) / elapsed, **summary(done, scale=1e3, unit="ms")}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    load = report["load_average"]
+    lines = [
+        BEGIN,
+        "## Agents on Ray (issue 19): local vs `RayHost`, through herder",
+        "",
+        f"`python benchmarks/ray_host.py --write` ({report['date']}; ray {report['ray']}, "
+        f"{report['machine']['cpus']} CPUs shared with other engineers' test runs: load "
+        f"average {load['before']:.1f} before, {load['after']:.1f} after). Single-step "
+        f"workflows kept at N in flight, {report['seconds']:g} s per cell, local and Ray "
+        "interleaved; daemon, LMDB and the Ray cluster share the machine.",
+        "",
+        "| action | in flight | local steps/s | local p50 ms | Ray steps/s | Ray p50 ms "
+        "| Ray / local |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['action']} | {r['in_flight']} | {r['local']['steps_per_s']:.1f} | "
+            f"{r['local']['p50_ms']:.1f} | {r['ray']['steps_per_s']:.1f} | "
+            f"{r['ray']['p50_ms']:.1f} | {r['ratio']:.2f} |"
+        )
+    lines += ["", report["verdict"], END]
+    return "\n".join(lines)
+
+
+def replace_section(path: Path, text: str) -> None:
+    old = path.read_text() if path.exists() else ""
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    new = pattern.sub(lambda _: text, old) if BEGIN in old else old.rstrip() + "\n\n" + text
+    path.write_text(new.rstrip() + "\n")
+    print(f"updated {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 s per cell")
+    parser.add_argument("--seconds", type=float, default=6.0, help="seconds per cell")
+    parser.add_argument("--write", action="store_true", help="update ANALYSIS.md/RESULTS.md")
+    args = parser.parse_args()
+    seconds = 2.0 if args.quick else args.seconds
+    import ray
+
+    load_before = os.getloadavg()[0]
+    began = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = open_runtime(Path(tmp) / "local", None)
+        remote = open_runtime(Path(tmp) / "ray", RayHost(num_cpus=0.25))
+        rows = []
+        try:
+            for action in ACTIONS:
+                for level in LEVELS:
+                    row: dict[str, Any] = {"action": action, "in_flight": level}
+                    for where, rt in (("local", local), ("ray", remote)):
+                        progress("ray_host", f"{action} x{level} {where}")
+                        row[where] = measure(rt, action, level, seconds)
+                    row["ratio"] = row["ray"]["steps_per_s"] / max(
+                        row["local"]["steps_per_s"], 1e-9
+                    )
+                    rows.append(row)
+        finally:
+            local.stop()
+            remote.stop()
+            ray.shutdown()
+    noop = [r for r in rows if r["action"] == "noop"]
+    overhead = [r["ray"]["p50_ms"] - r["local"]["p50_ms"] for r in noop if r["in_flight"] == 1]
+    target = next(r for r in rows if r["action"] == "sleep50" and r["in_flight"] == 64)
+    verdict = (
+        f"The 50 ms action at 64 in flight ran at {target['ratio']:.0%} of the local rate on "
+        f"Ray ({'PASS' if target['ratio'] >= 0.9 else 'FAIL'}: target within 10%). A no-op "
+        f"step costs {overhead[0]:.1f} ms more on Ray at 1 in flight (p50), the round trip "
+        "through the proxy and the worker process."
+    )
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "ray": ray.__version__,
+        "seconds": seconds,
+        "suite_seconds": time.perf_counter() - began,
+        "load_average": {"before": load_before, "after": os.getloadavg()[0]},
+        "rows": rows,
+        "noop_overhead_ms_at_1": overhead[0],
+        "verdict": verdict,
+    }
+    header = ("action", "in flight", "local/s", "local p50 ms", "ray/s", "ray p50 ms", "ratio")
+    print(
+        render_table(
+            header,
+            [
+                (
+                    r["action"],
+                    r["in_flight"],
+                    r["local"]["steps_per_s"],
+                    r["local"]["p50_ms"],
+                    r["ray"]["steps_per_s"],
+                    r["ray"]["p50_ms"],
+                    r["ratio"],
+                )
+                for r in rows
+            ],
+        )
+    )
+    print(verdict)
+    write_report(HERE / "out" / "ray_host.json", report)
+    if args.write:
+        text = render_markdown(report)
+        replace_section(HERE / "ANALYSIS.md", text)
+        replace_section(HERE / "RESULTS.md", text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
