@@ -37,7 +37,8 @@ RUNTIME = {
 TESTING = {
     "EffectLedger", "FakeClock", "FaultSchedule", "InstanceCrash", "SimReport",
     "advance", "check_store", "crash_instance", "crash_scheduler", "fail_first", "fail_permanently",
-    "hang_until", "settle", "simulate", "simulate_exact", "wait_until",
+    "hang_until", "settle", "simulate", "simulate_exact", "store_of",
+    "wait_until",
 }  # fmt: skip
 
 

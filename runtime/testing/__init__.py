@@ -9,7 +9,8 @@ can test their workflows.
 - :func:`wait_until` — block until a condition on the runtime holds, woken by each commit;
   :func:`settle` and :func:`advance` let a runtime on a :class:`FakeClock` catch up.
 - :func:`check_store` — ``herder check`` as a function: every broken cross-database
-  invariant of a store, by key (run it after a test, as bbolt's test helpers do).
+  invariant of a store, by key (run it after a test, as bbolt's test helpers do), on
+  :func:`store_of` a runtime.
 - Fault helpers for agent actions: :func:`fail_first`, :func:`hang_until`,
   :func:`crash_instance`, :func:`fail_permanently`; and for the engine itself,
   :func:`crash_scheduler` (the Scheduler fails as a bug would and is restarted).
@@ -34,6 +35,7 @@ from herder.runtime.testing._kit import (
     fail_permanently,
     hang_until,
     settle,
+    store_of,
     wait_until,
 )
 from herder.runtime.testing._model_sim import simulate_exact
@@ -56,5 +58,6 @@ __all__ = [
     "settle",
     "simulate",
     "simulate_exact",
+    "store_of",
     "wait_until",
 ]

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext
 from herder.runtime._runtime import Runtime
+from herder.store import Store
 
 
 class EffectLedger:
@@ -121,3 +122,9 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     runtime._sweep_now()
     runtime._fire_now()  # likewise for the schedules' slots that fell due
     settle(runtime)
+
+
+def store_of(runtime: Runtime) -> Store:
+    """The runtime's open store, to check it (``check_store(store_of(rt))``) or read it in
+    a test; its reads are thread-safe. Write only through the runtime."""
+    return runtime._store
