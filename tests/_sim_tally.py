@@ -19,6 +19,7 @@ class Tally:
     operator: Counter[str] = field(default_factory=Counter)  # actions and clock steps
     store_faults: int = 0
     stale: int = 0
+    refused: int = 0
     restarts: int = 0
     scheduler_crashes: int = 0
     fired: int = 0
@@ -30,6 +31,7 @@ class Tally:
         self.operator.update(done.split()[1] for done in report.operator)
         self.store_faults += report.store_faults
         self.stale += report.stale
+        self.refused += report.refused
         self.restarts += report.restarts
         self.scheduler_crashes += report.scheduler_crashes
         self.fired += report.fired
@@ -38,6 +40,7 @@ class Tally:
         return (
             f"{self.seeds} seeds, outcomes {dict(self.outcomes)}, faults {dict(self.faults)}, "
             f"store faults {self.store_faults}, stale answers dropped {self.stale}, "
+            f"stale requests the service refused {self.refused}, "
             f"restarts {self.restarts}, scheduler crashes {self.scheduler_crashes}, "
             f"schedule firings {self.fired}, operator {dict(self.operator)}"
         )

@@ -18,23 +18,38 @@ from herder.store import StepState, Store, WorkflowState
 @dataclass
 class World:
     """The remote side of a simulation: which effects were applied (and in what order) and
-    undone, by idempotency key, and the faults attempts met."""
+    undone, by idempotency key, and the faults attempts met.
+
+    It fences by token, as ``StepContext.token`` recommends: a request carrying a lower
+    token than one it already saw for the key is refused. An attempt nobody could tell it
+    was superseded (it hung while its Scheduler crashed) cannot then apply its effect
+    after the step's compensation ran."""
 
     schedule: FaultSchedule
     lock: threading.Lock = field(default_factory=threading.Lock)
     applied: dict[str, int] = field(default_factory=dict)  # key -> application order
     undone: list[str] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
+    tokens: dict[str, int] = field(default_factory=dict)  # key -> highest token seen
+    refused: int = 0  # requests refused for a stale token
 
-    def apply(self, key: str) -> str:
+    def apply(self, key: str, token: int) -> str:
         with self.lock:
+            self._fence(key, token)
             self.applied.setdefault(key, len(self.applied))
             return f"done:{key}"
 
-    def undo(self, key: str) -> None:
+    def undo(self, key: str, token: int) -> None:
         with self.lock:
+            self._fence(key, token)
             if key in self.applied and key not in self.undone:
                 self.undone.append(key)
+
+    def _fence(self, key: str, token: int) -> None:
+        if token < self.tokens.get(key, 0):
+            self.refused += 1
+            raise ConnectionRefusedError(f"{key}: token {token} is stale")
+        self.tokens[key] = token
 
     def hang(self) -> None:
         """Where a hung attempt waits (the threaded simulation blocks here; the exact one
@@ -50,14 +65,14 @@ class SimService(Agent):
 
     def do(self, ctx: StepContext) -> str:
         """Apply this step's effect (idempotent on ``ctx.idempotency_key``)."""
-        self._fault(ctx, lambda: self._world.apply(ctx.idempotency_key))
-        return self._world.apply(ctx.idempotency_key)
+        self._fault(ctx, lambda: self._world.apply(ctx.idempotency_key, ctx.token))
+        return self._world.apply(ctx.idempotency_key, ctx.token)
 
     def undo(self, ctx: StepContext) -> None:
         """Revert this step's effect (idempotent)."""
         key = ctx.idempotency_key.removesuffix("/compensate")
-        self._fault(ctx, lambda: self._world.undo(key))
-        self._world.undo(key)
+        self._fault(ctx, lambda: self._world.undo(key, ctx.token))
+        self._world.undo(key, ctx.token)
 
     def _fault(self, ctx: StepContext, effect: Any) -> None:
         world = self._world
@@ -93,6 +108,7 @@ class SimReport:
     store_faults: int = 0
     rounds: int = 0
     stale: int = 0  # late answers of superseded attempts the Scheduler dropped
+    refused: int = 0  # requests the service refused for a stale token
     restarts: int = 0
     scheduler_crashes: int = 0
     fired: int = 0  # workflows the run's schedule started
@@ -130,6 +146,7 @@ def verify(
     steps = [spec.name for spec in definition().compile().steps]
     compensated = {"a", "b", "d"}
     problems = report.problems
+    report.refused = world.refused
     for wid in ids:
         status = store.get_workflow(wid)
         assert status is not None, f"{wid} was started, so it is stored"
