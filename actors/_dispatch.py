@@ -19,11 +19,16 @@ from typing import Any
 
 from herder.actors._admission import Admission
 from herder.actors._agent import Agent, StepContext
+from herder.actors._async_host import AsyncHost
 from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable
 from herder.actors._messages import InstanceEvent, Outcome, Run, Wake
+from herder.actors._mixed_host import MixedHost
+from herder.actors._placed_host import PlacedHost, remote_host
+from herder.actors._pool_host import PoolHost
 from herder.actors._supervision_specs import ChildEventKind
+from herder.actors._thread_host import ThreadHost
 from herder.actors.engine import (
     Attempt,
     AttemptLost,
@@ -269,6 +274,40 @@ class Dispatcher:
             "host": self.host.host_stats(),
             "resources": self.admission.stats(),
         }
+
+
+def build_host(ctx: EngineContext) -> AgentHost:
+    """The agent host the runtime's configuration asks for: the pykka host (a shared
+    pool, or a thread per instance) under the agents supervisor, the asyncio host beside
+    it for the agents registered as ``async def``, and the Ray host for agents placed
+    there."""
+    config = ctx.config
+    assert ctx.agents_supervisor is not None, "agents supervisor starts first"
+    host = PoolHost if config.agent_host == "pool" else ThreadHost
+    options: dict[str, Any] = {
+        "reply": ctx.tell_scheduler,
+        "events": ctx.tell_scheduler,
+        "max_result_bytes": config.max_result_bytes,
+        "shutdown": config.instance_shutdown,
+        "max_restarts": config.agent_max_restarts,
+        "restart_period": config.agent_restart_period,
+        "queue_aging": config.priority_aging,
+    }
+    threads = host(ctx.agents_supervisor, **options)
+    local = MixedHost(
+        threads,
+        lambda: AsyncHost(
+            ctx.event_loop,
+            ctx.tell_scheduler,
+            ctx.tell_scheduler,
+            max_result_bytes=config.max_result_bytes,
+            queue_aging=config.priority_aging,
+        ),
+        ctx.async_agents.__contains__,
+    )
+    # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on first
+    # use so that Ray is imported only by a runtime that uses it.
+    return PlacedHost(local, ctx.placements, lambda: remote_host(ctx, options))
 
 
 def _unregistered(agent: str) -> Callable[[], Agent]:

@@ -24,9 +24,10 @@ from herder.store import LeaseLost, Plan, RetryPolicy, StepRecord, Store, Workfl
 _log = logging.getLogger("herder.scheduler")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
-    """Engine settings the Runtime passes down (see ``Runtime`` for their meaning)."""
+    """Engine settings the Runtime passes down (see ``RuntimeConfig`` for their meaning);
+    fixed for the runtime's life, so every thread may read them."""
 
     default_retry: RetryPolicy = field(default_factory=RetryPolicy)
     default_timeout: float = 300.0

@@ -42,7 +42,6 @@ import random
 from concurrent.futures import Future
 from typing import Any
 
-from herder.actors._async_host import AsyncHost
 from herder.actors._channel import Channel
 from herder.actors._commit_backoff import Reload
 from herder.actors._commits import (
@@ -53,10 +52,9 @@ from herder.actors._commits import (
     orphaned_commit,
     settle_future,
 )
-from herder.actors._dispatch import Dispatcher
+from herder.actors._dispatch import Dispatcher, build_host
 from herder.actors._engine import EngineContext
 from herder.actors._facts import FactsPublisher
-from herder.actors._host import AgentHost
 from herder.actors._messages import (
     Admit,
     Commands,
@@ -73,14 +71,10 @@ from herder.actors._messages import (
     Tick,
     Wake,
 )
-from herder.actors._mixed_host import MixedHost
 from herder.actors._operator import Operator
 from herder.actors._outcomes import has_probe
-from herder.actors._placed_host import PlacedHost, remote_host
-from herder.actors._pool_host import PoolHost
 from herder.actors._recovery import Recovery
 from herder.actors._supervised import SupervisedActor
-from herder.actors._thread_host import ThreadHost
 from herder.actors.engine import (
     Announce,
     Answered,
@@ -170,39 +164,10 @@ class Scheduler(SupervisedActor):
         # Everything this Scheduler holds is read from the store: nothing builds on a
         # batch a predecessor had fail, so the writer may take its batches.
         self._writer.resync()
-        make_host = self._ctx.make_host or self._start_host
+        make_host = self._ctx.make_host or (lambda: build_host(self._ctx))
         self._dispatch.attach(make_host())
         self._ctx.scheduler = self.actor_ref
         self.actor_ref.tell(Recover())
-
-    def _start_host(self) -> AgentHost:
-        ctx, config = self._ctx, self._config
-        assert ctx.agents_supervisor is not None, "agents supervisor starts first"
-        host = PoolHost if config.agent_host == "pool" else ThreadHost
-        options: dict[str, Any] = {
-            "reply": ctx.tell_scheduler,
-            "events": ctx.tell_scheduler,
-            "max_result_bytes": config.max_result_bytes,
-            "shutdown": config.instance_shutdown,
-            "max_restarts": config.agent_max_restarts,
-            "restart_period": config.agent_restart_period,
-            "queue_aging": config.priority_aging,
-        }
-        threads = host(ctx.agents_supervisor, **options)
-        local = MixedHost(
-            threads,
-            lambda: AsyncHost(
-                ctx.event_loop,
-                ctx.tell_scheduler,
-                ctx.tell_scheduler,
-                max_result_bytes=config.max_result_bytes,
-                queue_aging=config.priority_aging,
-            ),
-            ctx.async_agents.__contains__,
-        )
-        # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on
-        # first use so that Ray is imported only by a runtime that uses it.
-        return PlacedHost(local, ctx.placements, lambda: remote_host(ctx, options))
 
     def on_failure(self, *_exc_info: object) -> None:
         """Keep the promises of commits that reached the inbox but were never handled."""
