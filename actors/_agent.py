@@ -81,7 +81,10 @@ class StepContext:
     ``compensating`` is true when the action is a compensation undoing this step.
     ``trace_context`` is the W3C ``traceparent`` of this attempt's span when the runtime
     traces (``herder[otel]``, docs/tracing.md), for the action to pass to its remote
-    calls; None otherwise.
+    calls; None otherwise. ``deadline`` is the time by which the workflow must have ended
+    (``start(deadline=)``; seconds since the epoch on the runtime's clock, compare it with
+    ``time.time()``), or None: past it the attempt is superseded and the workflow is
+    compensated, so a long action may stop early or pass it on as a remote timeout.
     """
 
     workflow_id: str
@@ -95,6 +98,7 @@ class StepContext:
     compensating: bool
     _port: AttemptPort
     trace_context: str | None = None
+    deadline: float | None = None
 
     def heartbeat(self, details: Any = None) -> None:
         """Tell the runtime this attempt is alive; resets its heartbeat timeout.

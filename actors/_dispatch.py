@@ -223,6 +223,7 @@ class Dispatcher:
             compensating=job.compensating,
             _port=port,
             trace_context=run.record.trace,  # the workflow's; runtime/_tracing.py refines it
+            deadline=run.record.deadline,
         )
         done.attempt.port = port
         done.attempt.message = Run(agent, instance, done.action, token, ctx)

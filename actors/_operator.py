@@ -19,6 +19,7 @@ from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkfl
 from herder.actors._messages import Complete, Operate
 from herder.actors._recovery import Recovery, Shell
 from herder.actors.engine import (
+    DEADLINE_TIMER,
     SKIPPABLE,
     UNDOING,
     Announce,
@@ -38,9 +39,11 @@ from herder.store import (
     WorkflowState,
     finished_ops,
     history_put,
+    ms,
     normalize,
     plan_steps,
     step_event,
+    timer_key,
     workflow_event,
 )
 
@@ -345,6 +348,8 @@ class Operator:
                 if event is not None:
                     txn.put(history_put(record.id, self._ctx.next_token(), event))
         abandoned = record.evolve(state=WorkflowState.ABANDONED, error=error, updated=now)
+        if record.deadline is not None:
+            txn.delete_timer(timer_key(ms(record.deadline), record.id, DEADLINE_TIMER))
         txn.put_workflow(abandoned)
         event = workflow_event(record.state, abandoned)
         txn.put(history_put(record.id, self._ctx.next_token(), event))

@@ -76,6 +76,7 @@ from herder.actors._outcomes import has_probe
 from herder.actors._recovery import Recovery
 from herder.actors._supervised import SupervisedActor
 from herder.actors.engine import (
+    DEADLINE_TIMER,
     Announce,
     Answered,
     AttemptLost,
@@ -399,6 +400,9 @@ class Scheduler(SupervisedActor):
         engine = self._engine
         for due_ms, workflow_id, step, value in msg.timers:
             token = timer_token(value)
+            if step == DEADLINE_TIMER and workflow_id in engine.runs:
+                self.handle(TimerDue(workflow_id, step, due_ms, token))
+                continue
             agent = engine.agent_of(workflow_id, step)
             if agent is None:
                 if not self._recovery.wanted(workflow_id):

@@ -246,6 +246,7 @@ class AsyncRuntime:
         priority: int = 0,
         start_at: datetime.datetime | None = None,
         delay: float | None = None,
+        deadline: float | datetime.datetime | None = None,
     ) -> WorkflowHandle:
         """As :meth:`Runtime.start`, awaited: the workflow is durable when it returns.
 
@@ -260,6 +261,7 @@ class AsyncRuntime:
             priority=priority,
             start_at=start_at,
             delay=delay,
+            deadline=deadline,
         )
         return await run_async(steps)
 

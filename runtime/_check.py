@@ -13,7 +13,8 @@ crash test) can see exactly what is wrong. What it checks:
   order, a compensated or compensating step had succeeded first;
 - the timer index and the steps agree both ways: every step that waits for a deadline, a
   retry or its start time has its timer entry (with its current fencing token), every
-  entry belongs to such a step, and final workflows have none;
+  entry belongs to such a step, and final workflows have none; an unfinished workflow
+  with a deadline has its deadline's entry;
 - fencing tokens: none from a future incarnation; a step's completion token is not newer
   than its current token;
 - schedules: each reads, sits under its name, names a stored workflow, and no workflow
@@ -35,7 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from herder.actors import FACTS_KEY, parse_facts
-from herder.actors.engine import ALLOWED_STEPS, MEMBER_KEY, UNDOING, holds_timer
+from herder.actors.engine import (
+    ALLOWED_STEPS,
+    DEADLINE_TIMER,
+    MEMBER_KEY,
+    UNDOING,
+    holds_timer,
+)
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
@@ -52,6 +59,7 @@ from herder.store import (
     WorkflowState,
     decode,
     definition_key,
+    ms,
     plan_steps,
     schedule_key,
     split_step_key,
@@ -226,6 +234,9 @@ class _Checker:
 
     def check_workflow(self, record: WorkflowRecord) -> None:
         wkey = workflow_key(record.id)
+        if record.deadline is not None and not record.state.is_final:
+            # Its deadline's timer (engine._deadline): until it ends or the timer fires.
+            self.timers_wanted[step_key(record.id, DEADLINE_TIMER)] = (ms(record.deadline), 0)
         steps = self.steps_of(record)
         plan = self.plans.get((record.name, record.version))
         if plan is None:

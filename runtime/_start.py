@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from herder.actors import Admit, UnknownName, WorkflowConflict
 from herder.runtime._async import Steps, Wait, awaited, run_blocking
+from herder.runtime._deadlines import deadline_at
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._starts import NewStart, creation, same_record, same_start, start_args
@@ -59,6 +60,7 @@ class Starting:
         priority: int = 0,
         start_at: datetime.datetime | None = None,
         delay: float | None = None,
+        deadline: float | datetime.datetime | None = None,
     ) -> WorkflowHandle:
         """Start a workflow; it is durable when this returns.
 
@@ -71,6 +73,10 @@ class Starting:
         waiting for the same agent; waiting raises it (see ``priority_aging``).
         ``start_at`` (a datetime) or ``delay`` (seconds) holds its first steps until then;
         the wait is a timer in the store and survives restarts.
+        ``deadline`` (seconds from now, or an aware datetime; default: the definition's
+        ``Workflow(deadline=)``) is when it must have ended: past it no new attempt
+        starts, running attempts are superseded and the workflow is compensated, also
+        when it passed while no process ran (docs/workflows.md).
         """
         rt = _runtime(self)
         steps = rt._starting(
@@ -81,6 +87,7 @@ class Starting:
             priority=priority,
             start_at=start_at,
             delay=delay,
+            deadline=deadline,
         )
         return run_blocking(steps)
 
@@ -99,6 +106,7 @@ class Starting:
         priority: int = 0,
         start_at: datetime.datetime | None = None,
         delay: float | None = None,
+        deadline: float | datetime.datetime | None = None,
         also: tuple[Put, ...] = (),
     ) -> Steps[WorkflowHandle]:
         """The body of :meth:`start` and ``start_async``; it yields their two waits.
@@ -114,6 +122,7 @@ class Starting:
             priority=priority,
             start_at=start_at,
             delay=delay,
+            deadline=deadline,
         )
         plan, wid, normalized = new.plan, new.workflow_id, new.input
         # An existing id is found by the compare-and-set below, without a read. Only when
@@ -177,8 +186,9 @@ class Starting:
         durable when this returns, with one handle per item, in order.
 
         Each item is a mapping of :meth:`start`'s arguments: ``workflow`` (required),
-        ``input``, ``workflow_id``, ``priority``, ``start_at``, ``delay``. Every item is
-        checked before anything is written: a bad one raises and nothing starts.
+        ``input``, ``workflow_id``, ``priority``, ``start_at``, ``delay``, ``deadline``.
+        Every item is checked before anything is written: a bad one raises and nothing
+        starts.
         Idempotent per id like :meth:`start`: an id that exists (or repeats in the list)
         with the same input gives a handle to that workflow; when one has different
         input, the others still start and :class:`WorkflowConflict` names it. Blocks while
@@ -268,6 +278,7 @@ class Starting:
         priority: int,
         start_at: datetime.datetime | None,
         delay: float | None,
+        deadline: float | datetime.datetime | None = None,
         times: tuple[float, float] | None = None,
         checked: set[int] | None = None,
     ) -> NewStart:
@@ -289,14 +300,15 @@ class Starting:
         priority = check_priority(priority)
         now, wall = times or (rt._ctx.clock.time(), rt._clock.time())
         begin = begin_at(now, start_at, delay, wall=wall)
+        ends = deadline_at(now, plan.deadline if deadline is None else deadline, wall=wall)
         normalized = normalize(input, limit=rt._max_input_bytes, what="workflow input")
         if checked is not None and id(plan) in checked:
-            return NewStart(plan, wid, normalized, priority, begin, {})
+            return NewStart(plan, wid, normalized, priority, begin, {}, ends)
         agents = resolve_agents(plan, normalized, rt._routers)
         check_registered(plan, agents, rt._ctx.agents, rt._actions)
         if checked is not None and not agents:  # no templated step: the same for every item
             checked.add(id(plan))
-        return NewStart(plan, wid, normalized, priority, begin, agents)
+        return NewStart(plan, wid, normalized, priority, begin, agents, ends)
 
     def _creation(
         self,

@@ -38,6 +38,7 @@ class NewStart:
     priority: int
     begin: float | None
     agents: dict[str, str]  # step -> agent resolved from a template (runtime/_routing.py)
+    deadline: float | None = None  # the clock time it must end by (runtime/_deadlines.py)
 
 
 def creation(
@@ -65,6 +66,7 @@ def creation(
         begin=new.begin,
         agents=new.agents,
         trace=trace,
+        deadline=new.deadline,
     )
     ops.append(Put("history", history_key(new.workflow_id, token), _created_event(now)))
     ops += also
@@ -83,7 +85,9 @@ def _created_event(now: float) -> bytes:
     return history_put("", 0, workflow_event(None, created)).value
 
 
-START_ARGS = frozenset({"workflow", "input", "workflow_id", "priority", "start_at", "delay"})
+START_ARGS = frozenset(
+    {"workflow", "input", "workflow_id", "priority", "start_at", "delay", "deadline"}
+)
 """The keys an item of ``start_many`` may hold: ``start()``'s arguments."""
 
 
@@ -107,6 +111,7 @@ def start_args(index: int, item: object) -> dict[str, Any]:
         "priority": item.get("priority", 0),
         "start_at": item.get("start_at"),
         "delay": item.get("delay"),
+        "deadline": item.get("deadline"),
     }
 
 

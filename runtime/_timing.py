@@ -14,6 +14,7 @@ import datetime
 import math
 from typing import Any
 
+from herder.actors.engine import DEADLINE_TIMER
 from herder.store import (
     InvalidInput,
     Plan,
@@ -102,6 +103,7 @@ def new_workflow(
     begin: float | None,
     agents: dict[str, str] | None = None,
     trace: str | None = None,
+    deadline: float | None = None,
 ) -> tuple[WorkflowRecord, list[StepRecord], list[Put]]:
     """A new RUNNING workflow's records and the store operations that create them.
 
@@ -109,7 +111,8 @@ def new_workflow(
     With a delayed start, each step without dependencies waits until ``begin`` plus its
     own ``delay`` (a timer entry is written with it); otherwise the Scheduler applies
     step delays when it gets there. ``agents`` (step -> agent resolved from the input,
-    see ``_routing``) is stored with the workflow.
+    see ``_routing``) is stored with the workflow, and so is ``deadline`` (the clock time
+    it must end by) with its timer entry (step ``DEADLINE_TIMER``, actors/engine).
     """
     # Each record is built once, in its final form (start_many builds thousands).
     record = WorkflowRecord(
@@ -123,8 +126,12 @@ def new_workflow(
         priority=priority,
         agents=agents or {},
         trace=trace,
+        deadline=deadline,
     )
     ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_stored()))]
+    if deadline is not None:
+        key = timer_key(ms(deadline), workflow_id, DEADLINE_TIMER)
+        ops.append(Put("timers", key, encode(timer_entry(0))))
     steps: list[StepRecord] = []
     for spec in plan.steps:
         if begin is None or spec.after:

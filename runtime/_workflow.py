@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from herder.actors import InvalidDefinition
 from herder.runtime._anyof import AnyOf
+from herder.runtime._deadlines import deadline_seconds
 from herder.runtime._routing import template_fields
 from herder.store import InvalidInput, Plan, RetryPolicy, StepSpec, validate_name
 
@@ -24,11 +25,13 @@ class Workflow:
     running under the version they started with.
     """
 
-    def __init__(self, name: str, version: int = 1) -> None:
+    def __init__(self, name: str, version: int = 1, *, deadline: float | None = None) -> None:
         self.name = validate_name("workflow", name)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise InvalidInput(f"workflow version must be an int >= 1, got {version!r}")
         self.version = version
+        # Seconds from each start by which the workflow must end (start(deadline=) wins).
+        self.deadline = None if deadline is None else deadline_seconds(deadline, "deadline")
         self._steps: dict[str, StepSpec] = {}
 
     def step(
@@ -119,7 +122,12 @@ class Workflow:
             raise InvalidDefinition(
                 f"workflow {self.name!r} has a dependency cycle: {' -> '.join(cycle)}"
             )
-        return Plan(name=self.name, version=self.version, steps=tuple(self._steps.values()))
+        return Plan(
+            name=self.name,
+            version=self.version,
+            steps=tuple(self._steps.values()),
+            deadline=self.deadline,
+        )
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, version={self.version}, steps={list(self._steps)})"

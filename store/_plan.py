@@ -77,11 +77,13 @@ class StepSpec:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A workflow definition compiled to data: its name, version and steps in order."""
+    """A workflow definition compiled to data: its name, version and steps in order,
+    and the default deadline of its workflows (seconds from their start), if any."""
 
     name: str
     version: int
     steps: tuple[StepSpec, ...]
+    deadline: float | None = None
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name``; KeyError if there is none."""
@@ -97,12 +99,15 @@ class Plan:
         return hashlib.blake2b(encode(self.to_dict()), digest_size=8).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        """The plan as a msgpack-ready map."""
+        """The plan as a msgpack-ready map (``deadline`` only when set: older plans keep
+        their stored form and fingerprint)."""
+        extra = {} if self.deadline is None else {"deadline": self.deadline}
         return {
             "v": MAP_VERSION,
             "name": self.name,
             "version": self.version,
             "steps": [s.to_dict() for s in self.steps],
+            **extra,
         }
 
     @classmethod
@@ -112,4 +117,5 @@ class Plan:
             name=data["name"],
             version=data["version"],
             steps=tuple(StepSpec.from_dict(s) for s in data["steps"]),
+            deadline=data.get("deadline"),
         )

@@ -105,6 +105,9 @@ class WorkflowRecord:
     # W3C traceparent of the workflow's span when tracing is on (runtime/_tracing.py): its
     # attempts join that trace in whichever process runs them.
     trace: str | None = None
+    # The time (runtime clock) it must end by (actors/engine/_deadline.py), or None. Added
+    # after schema 3: an array without it reads as None (see _array_codec).
+    deadline: float | None = None
 
     def evolve(self, **changes: Any) -> WorkflowRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
@@ -115,11 +118,14 @@ class WorkflowRecord:
         return _stored_workflow(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as a map, the schema 2 layout (``agents`` and ``trace`` only when set:
-        records without them keep their stored form, and older ones read with defaults)."""
+        """The record as a map, the schema 2 layout (``agents``, ``trace`` and ``deadline``
+        only when set: records without them keep their stored form, and older ones read
+        with defaults)."""
         extra: dict[str, Any] = {"agents": self.agents} if self.agents else {}
         if self.trace is not None:
             extra["trace"] = self.trace
+        if self.deadline is not None:
+            extra["deadline"] = self.deadline
         return {
             "v": MAP_VERSION,
             "id": self.id,
@@ -277,15 +283,18 @@ _evolve_step = _evolver(StepRecord)
 
 
 def _array_codec(
-    cls: type[_R], states: type[enum.StrEnum]
+    cls: type[_R], states: type[enum.StrEnum], added: tuple[str, ...] = ()
 ) -> tuple[Callable[[_R], list[Any]], Callable[[list[Any]], _R]]:
     """The schema 3 layout of a record class: ``[SCHEMA_VERSION, field, field, ...]`` in
     field order, and its reader. Generated like :func:`_evolver`: one slot read or store
-    per field. A longer array (fields a later minor version appended) reads; a shorter
-    one, another version or an unknown state is a ValueError (StoreCorrupt to readers).
+    per field. A longer array (fields a later minor version appended) reads; so does one
+    that lacks the trailing fields named in ``added`` (appended since, each read as its
+    default); a shorter one, another version or an unknown state is a ValueError
+    (StoreCorrupt to readers).
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    n = len(names)
+    assert tuple(names[len(names) - len(added) :]) == added, "added fields go last"
+    n = len(names) - len(added)  # the fields every array has
     by_value = {s.value: s for s in states}
     env: dict[str, Any] = {
         "new": object.__new__,
@@ -304,6 +313,9 @@ def _array_codec(
     for i, name in enumerate(names):
         env[f"set{i}"] = cls.__dict__[name].__set__
         value = f"states[data[{i + 1}]]" if name == "state" else f"data[{i + 1}]"
+        if name in added:
+            env[f"default{i}"] = next(f.default for f in fields(cls) if f.name == name)  # type: ignore[arg-type]
+            value = f"data[{i + 1}] if len(data) > {i + 1} else default{i}"
         read.append(f"    set{i}(out, {value})")
     read.append("    return out")
     exec("\n".join(out) + "\n" + "\n".join(read), env)  # the class's own field names
@@ -320,7 +332,9 @@ def _state_errors(read: Callable[[list[Any]], _R], what: str) -> Callable[[list[
     return from_array
 
 
-_stored_workflow, _workflow_from_array = _array_codec(WorkflowRecord, WorkflowState)
+_stored_workflow, _workflow_from_array = _array_codec(
+    WorkflowRecord, WorkflowState, added=("deadline",)
+)
 _stored_step, _step_from_array = _array_codec(StepRecord, StepState)
 
 

@@ -63,6 +63,7 @@ WORKFLOW = WorkflowRecord(
     recoveries=2,
     agents={"flight": "airline:eu"},
     trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    deadline=1234.5,
 )
 STEP = StepRecord(
     workflow_id="order-42",
@@ -108,6 +109,13 @@ def test_workflow_and_step_records_round_trip_through_the_store(
         assert ro.steps_of("order-42") == [STEP]
         assert ro.get_workflow("missing") is None
         assert ro.get_step("order-42", "missing") is None
+
+
+def test_a_schema_3_workflow_written_before_deadlines_reads_without_one() -> None:
+    older = WORKFLOW.to_stored()[:-1]  # as stored before the deadline field was appended
+    assert WorkflowRecord.from_dict(older) == dataclasses.replace(WORKFLOW, deadline=None)
+    with pytest.raises(ValueError, match="schema 3 WorkflowRecord"):
+        WorkflowRecord.from_dict(older[:-1])  # a field every array has is missing
 
 
 @pytest.mark.parametrize("record", [WORKFLOW, STEP], ids=["workflow", "step"])

@@ -5,6 +5,8 @@ What lives here, one concept per module:
 - ``_states``: the step and workflow state machines as tables: which moves are legal,
   which states hold a timer, keep a compensation waiting, are undone, restarted,
   skipped or stuck;
+- ``_deadline``: a workflow's deadline: what its timer calls for, which attempts it
+  supersedes;
 - ``_members``: which member of a step's group (``AnyOf``) runs its next attempt;
 - ``_retry``: the retry rule (``after_failure``, ``after_probe_failure``);
 - ``_step``: one step's transitions as record functions (dispatch, failed, settled, ...);
@@ -43,6 +45,15 @@ from herder.actors.engine._answer import (
     after_lapse,
     probe_name,
     read_answer,
+)
+from herder.actors.engine._deadline import (
+    DEADLINE_ERROR,
+    DEADLINE_TIMER,
+    OnDeadline,
+    deadline_reason,
+    expired,
+    fenced,
+    when_due,
 )
 from herder.actors.engine._decision import (
     Announce,
@@ -139,6 +150,8 @@ __all__ = [
     "ALLOWED_STEPS",
     "BUSY",
     "CRASH_ERROR",
+    "DEADLINE_ERROR",
+    "DEADLINE_TIMER",
     "ENDED_BY_ABANDON",
     "MEMBER_KEY",
     "OPERATOR_STEP_NEXT",
@@ -179,6 +192,7 @@ __all__ = [
     "Job",
     "Lost",
     "Machine",
+    "OnDeadline",
     "OutcomeKind",
     "ProbeAgain",
     "Reading",
@@ -204,8 +218,11 @@ __all__ = [
     "after_failure",
     "after_lapse",
     "after_probe_failure",
+    "deadline_reason",
     "dispatch",
+    "expired",
     "failed",
+    "fenced",
     "given_up",
     "handed_off",
     "heartbeat",
@@ -232,6 +249,7 @@ __all__ = [
     "unknown",
     "unqueue",
     "when_compensating",
+    "when_due",
     "with_member",
     "with_timer",
 ]

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from herder.actors.engine._answer import after_lapse, probe_name, read_answer
-from herder.actors.engine._decision import Decision, Dispatch, TimedOut
+from herder.actors.engine._deadline import (
+    DEADLINE_TIMER,
+    OnDeadline,
+    deadline_reason,
+    fenced,
+    when_due,
+)
+from herder.actors.engine._decision import Decision, Dispatch, TimedOut, TimerDelete
 from herder.actors.engine._events import (
     Answered,
     AttemptLost,
@@ -246,7 +253,33 @@ class Engine(Machine):
             return
         self.put_step(run, st, heartbeat(st, spec, msg.details, self.now))
 
+    def _deadline_due(self, msg: TimerDue) -> None:
+        """A workflow's deadline timer came up (the rules: ``_deadline``)."""
+        run = self.runs.get(msg.workflow_id)
+        if run is None:
+            return
+        # The timer's key is in whole ms: at its due time the deadline has been reached.
+        at = max(self.now, msg.due_ms / 1000)
+        verdict = when_due(run.record.state, run.record.deadline, at)
+        if verdict is OnDeadline.WAIT:
+            return
+        self._out.writes.append(TimerDelete(run.record.id, msg.due_ms, DEADLINE_TIMER))
+        deadline = run.record.deadline
+        self.set_record(run, deadline=None)  # spent: an operator's later retry runs without
+        if verdict is OnDeadline.DROP or deadline is None:
+            return
+        for st in list(run.steps.values()):
+            new = fenced(st, token=self.token(), now=self.now)
+            if new is not None:
+                self.supersede(run, st, replace=True)
+                self.put_step(run, st, new)
+        self.begin_compensation(run, deadline_reason(deadline))
+        self.advance(run)
+
     def _timer_due(self, msg: TimerDue) -> None:
+        if msg.step == DEADLINE_TIMER:
+            self._deadline_due(msg)
+            return
         run = self.runs.get(msg.workflow_id)
         st = None if run is None else run.steps.get(msg.step)
         if run is None or st is None or st.timer_ms != msg.due_ms or st.token != msg.token:

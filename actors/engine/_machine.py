@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from herder.actors.engine._answer import Fail, HandOff, ProbeAgain, Reading, Succeed
-from herder.actors.engine._decision import Announce, Cancel, Decision, Enqueue, Fence, Lost
+from herder.actors.engine._deadline import DEADLINE_TIMER, expired
+from herder.actors.engine._decision import (
+    Announce,
+    Cancel,
+    Decision,
+    Enqueue,
+    Fence,
+    Lost,
+    TimerDelete,
+)
 from herder.actors.engine._members import agent_for, next_member
 from herder.actors.engine._recovery import poison_message, poisoned, resumes, running_at_crash
 from herder.actors.engine._retry import (
@@ -52,6 +61,7 @@ from herder.store import (
     WorkflowState,
     bounded_text,
     crash_point,
+    ms,
 )
 
 _log = logging.getLogger("herder.scheduler")
@@ -109,6 +119,8 @@ class Machine:
         workflow are in a state that runs it."""
         if job.step not in run.queued or run.jobs.get(job.step) is not job:
             return False
+        if not job.compensating and expired(run.record.deadline, self.now):
+            return False  # no new attempt past the deadline (its timer compensates)
         st = run.steps[job.step]
         if job.compensating:
             return run.record.state is WorkflowState.COMPENSATING and (
@@ -282,6 +294,8 @@ class Machine:
     def finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
         """The workflow ends in ``state``: announce it once durable, fence its attempts."""
         record = self.set_record(run, state=state, error=error or run.record.error)
+        if record.deadline is not None:  # it ended first: its deadline's timer goes
+            self._out.writes.append(TimerDelete(record.id, ms(record.deadline), DEADLINE_TIMER))
         steps = [run.steps[spec.name] for spec in run.plan.steps]
         self.after(record.id, Announce(record, steps))
         del self.runs[record.id]

@@ -1,0 +1,62 @@
+"""``start(..., deadline=)`` and ``Workflow(..., deadline=)``: checking what the user gave.
+
+A deadline is seconds from the start (a number > 0) or an aware ``datetime``; the
+workflow stores it as an absolute time on the runtime's clock. The rules of what happens
+when it passes live in ``herder.actors.engine._deadline``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+from herder.store import InvalidInput
+
+MAX_DEADLINE = 100 * 365.25 * 86400.0
+"""Longest deadline accepted, in seconds (its timer key, in ms, must fit)."""
+
+
+def deadline_seconds(value: object, what: str = "deadline") -> float:
+    """``value`` if it is a finite number of seconds > 0 (and under 100 years), else raise
+    :class:`InvalidInput` naming ``what``."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+        or value > MAX_DEADLINE
+    ):
+        raise InvalidInput(
+            f"{what} must be a number of seconds > 0 (under 100 years) or an aware "
+            f"datetime, got {value!r}"
+        )
+    return float(value)
+
+
+def deadline_at(now: float, deadline: object, *, wall: float | None = None) -> float | None:
+    """The runtime-clock time a workflow started ``now`` must end by, or None for none.
+
+    ``deadline`` is seconds from ``now`` or an aware :class:`datetime.datetime` (a wall
+    time, converted by the difference between ``wall`` and ``now``, as ``start_at``).
+    Raises :class:`InvalidInput` for a naive datetime, a time already past, a number that
+    is not > 0, or any other type.
+    """
+    if deadline is None:
+        return None
+    if isinstance(deadline, datetime.datetime):
+        if deadline.tzinfo is None or deadline.utcoffset() is None:
+            raise InvalidInput(
+                f"deadline {deadline!r} is a naive datetime; give it a timezone, e.g. "
+                "datetime.now(timezone.utc) + timedelta(minutes=5), or pass seconds"
+            )
+        try:
+            at = deadline.timestamp() - ((now if wall is None else wall) - now)
+        except (OverflowError, ValueError, OSError) as exc:
+            raise InvalidInput(f"deadline {deadline!r} is not a usable time: {exc}") from None
+        if at <= now:
+            raise InvalidInput(
+                f"deadline {deadline.isoformat()} is already past; nothing could run"
+            )
+        deadline_seconds(at - now)  # within range
+        return at
+    return now + deadline_seconds(deadline)
