@@ -168,6 +168,8 @@ def show_workflow(
     )
     if status.error:
         out.write(f"  error   {status.error}\n")
+    if status.deadline is not None:
+        out.write(f"  deadline {_when(status.deadline)}\n")
     for step, agent in status.agents.items():
         out.write(f"  agent   {step} -> {agent} (chosen from the input at the start)\n")
     for st in status.steps.values():

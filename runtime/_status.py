@@ -77,6 +77,7 @@ class WorkflowStatus:
 
     ``agents`` maps each step whose agent the definition takes from the input (a
     template such as ``"device:{device}"``) to the agent resolved when it started.
+    ``deadline`` is the time (runtime clock) it must end by, until it fired, else None.
     """
 
     id: str
@@ -90,6 +91,7 @@ class WorkflowStatus:
     updated: float
     priority: int = 0
     agents: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    deadline: float | None = None
 
     @classmethod
     def from_records(cls, record: WorkflowRecord, steps: list[StepRecord]) -> WorkflowStatus:
@@ -106,6 +108,7 @@ class WorkflowStatus:
             updated=record.updated,
             priority=record.priority,
             agents=MappingProxyType(dict(record.agents)),
+            deadline=record.deadline,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +124,7 @@ class WorkflowStatus:
             "updated": self.updated,
             "priority": self.priority,
             "agents": dict(self.agents),
+            "deadline": self.deadline,
             "steps": [s.to_dict() for s in self.steps.values()],
         }
 

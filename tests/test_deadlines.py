@@ -4,6 +4,7 @@ the workflow is compensated; ``ctx.deadline`` shows it. On a FakeClock."""
 from __future__ import annotations
 
 import datetime
+import io
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
+from herder.runtime._inspect import show_workflow
 from herder.runtime.testing import FakeClock, advance, check_store, settle, wait_until
 
 WAIT = 10.0
@@ -96,6 +98,10 @@ def test_past_the_deadline_a_running_attempt_is_superseded_and_all_is_undone(
         assert service.running.wait(WAIT)
         settle(rt)
         assert service.deadlines == [start + 30.0, start + 30.0]  # ctx.deadline
+        assert rt.status("w1").deadline == start + 30.0
+        out = io.StringIO()
+        show_workflow(out, rt._store, "w1", as_json=False)
+        assert "deadline" in out.getvalue()
         advance(rt, clock, 29.0)
         assert rt.status("w1").state == "RUNNING"
         advance(rt, clock, 2.0)
