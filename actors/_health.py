@@ -29,6 +29,7 @@ import inspect
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,6 +173,16 @@ class AgentHealth:
                 event.clear()
                 watch.waiters.append(event)
         return False
+
+    def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` real seconds for the checks running now to answer; True
+        if they all did. For the simulation: a verdict commits nothing to wait on."""
+        with self._lock:
+            running = [w.running for w in self._watches.values() if w.running is not None]
+        end = time.monotonic() + timeout
+        for thread in running:
+            thread.join(max(0.0, end - time.monotonic()))
+        return not any(thread.is_alive() for thread in running)
 
     # -- the Supervisor's side ---------------------------------------------------------
 

@@ -32,7 +32,7 @@ def test_the_simulation_holds_every_expectation_over_many_seeds(
     tally = run_seeds(simulate, sim_seeds, scratch, "tests/test_simulation.py")
     print(f"\nsimulation: {tally} in {time.monotonic() - started:.1f}s")
     if len(sim_seeds) >= 50:  # the schedule really exercises every kind of fault
-        tally.assert_every_fault_met()
+        tally.assert_every_fault_met(also=frozenset({"unhealthy"}))  # failed health checks
         assert tally.fired > 0  # a schedule fired through these faults, each slot once
 
 
@@ -41,5 +41,8 @@ def test_a_seed_decides_the_same_faults_every_time() -> None:
     draws = [(w, s, n, c) for w in ("x", "y") for s in "abcd" for n in (1, 2) for c in (0, 1)]
     assert [a.attempt_fault(*d) for d in draws] == [b.attempt_fault(*d) for d in draws]
     assert [a.store_fault(k) for k in range(50)] == [b.store_fault(k) for k in range(50)]
+    checks = [(agent, n) for agent in ("alpha", "beta") for n in range(1, 7)]
+    assert [a.health_fault(*c) for c in checks] == [b.health_fault(*c) for c in checks]
+    assert not any(a.health_fault(agent, 5) for agent in ("alpha", "beta"))  # it heals
     other = FaultSchedule(8)
     assert [a.attempt_fault(*d) for d in draws] != [other.attempt_fault(*d) for d in draws]

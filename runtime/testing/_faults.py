@@ -40,7 +40,9 @@ class FaultSchedule:
     ``rate`` is the chance an attempt numbered up to ``transient_attempts`` meets one of
     :data:`KINDS`; ``permanent_rate`` the chance a (forward) step fails permanently at
     every attempt; ``store_rate`` the chance a store commit fails, at most
-    ``max_store_faults`` times per run.
+    ``max_store_faults`` times per run; ``health_rate`` the chance one of an agent's first
+    ``health_checks`` health checks fails (the threaded simulation: its work then waits
+    until a check passes).
     """
 
     seed: int
@@ -49,6 +51,8 @@ class FaultSchedule:
     permanent_rate: float = 0.08
     store_rate: float = 0.04
     max_store_faults: int = 2
+    health_rate: float = 0.2
+    health_checks: int = 4
 
     def _draw(self, *parts: object) -> float:
         return _draw("/".join(map(str, (self.seed, *parts))))
@@ -69,6 +73,13 @@ class FaultSchedule:
     def permanent(self, workflow_id: str, step: str) -> bool:
         """True if every forward attempt of this step fails permanently."""
         return self._draw("permanent", workflow_id, step) < self.permanent_rate
+
+    def health_fault(self, agent: str, check: int) -> bool:
+        """True if the ``check``-th health check of ``agent`` (counted from 1 across
+        restarts) fails; none after the first ``health_checks``, so every agent heals."""
+        if check > self.health_checks:
+            return False
+        return self._draw("health", agent, check) < self.health_rate
 
     def store_fault(self, commit: int) -> bool:
         """True if the ``commit``-th store commit (counted from 1) is to fail."""

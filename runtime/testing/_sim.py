@@ -13,7 +13,9 @@ every fault is decided by the seed:
   of the seeds also run a periodic schedule (a slot per round) through all of that.
 - :class:`SimService` — the agent the workload runs on: it applies effects to an
   :class:`~herder.runtime.testing.EffectLedger` by idempotency key, meeting the
-  schedule's faults.
+  schedule's faults; here a :class:`CheckedService`, whose health check (run by the
+  Supervisor every round) fails at seeded checks, holding the agent's work until one
+  passes.
 - :func:`simulate` — starts a few workflows (one maybe cancelled, one maybe abandoned,
   a command maybe queued while the runtime is down, the wall clock maybe stepped an hour
   either way (``_sim_operator``), the runtime maybe stopped and reopened on its store),
@@ -51,7 +53,7 @@ from herder.runtime.testing._faults import (
     definition,
 )
 from herder.runtime.testing._sim_operator import SimOperator
-from herder.runtime.testing._world import SimReport, SimService, StoreFaults, World, verify
+from herder.runtime.testing._world import CheckedService, SimReport, StoreFaults, World, verify
 from herder.store import ScheduleRecord, schedule_key
 
 QUIET_WAIT = 10.0  # real seconds a round may take to settle before the seed fails
@@ -152,6 +154,7 @@ def simulate(
             rt._settle()
             clock.advance(ROUND)
             rt._sweep_now()
+            rt._ctx.health.settle(QUIET_WAIT)  # the health checks it started have answered
             rt._fire_now()
             world.gate.release()  # hung attempts answer now, after their timeout
         faults.armed = False
@@ -216,9 +219,9 @@ def _open(directory: Path, clock: FakeClock, world: _ThreadedWorld) -> Runtime:
         agent_host=world.agent_host,
     )
     rt._ctx.commit_listeners.append(world.gate.changed)
-    factory = functools.partial(SimService, world)
-    rt.add_agent("alpha", factory, concurrency=CONCURRENCY)
-    rt.add_agent("beta", factory, concurrency=CONCURRENCY)
+    for agent in ("alpha", "beta"):
+        factory = functools.partial(CheckedService, world, agent)
+        rt.add_agent(agent, factory, concurrency=CONCURRENCY, health_interval=ROUND)
     rt.add_workflow(definition())
     return rt
 
@@ -260,8 +263,13 @@ def _quiet(rt: Runtime, world: _ThreadedWorld) -> None:
         call(rt._scheduler, "sync", timeout=QUIET_WAIT)
         rt._store.writer.flush(timeout=QUIET_WAIT)
         stats = call(rt._scheduler, "stats", timeout=QUIET_WAIT)
-        # Work may queue only behind instances that are all busy (hung).
-        waiting = any(a["queued"] and a["busy"] < CONCURRENCY for a in stats["agents"].values())
+        # Work may queue only behind instances that are all busy (hung), or behind an
+        # agent whose last health check failed.
+        sick = {n for n, r in stats["resources"].items() if r.get("healthy") is False}
+        waiting = any(
+            a["queued"] and a["busy"] < CONCURRENCY and name not in sick
+            for name, a in stats["agents"].items()
+        )
         with gate.cond:
             return stats["in_flight_attempts"] <= gate.hung and not waiting
 

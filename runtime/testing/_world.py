@@ -32,6 +32,7 @@ class World:
     faults: Counter[str] = field(default_factory=Counter)
     tokens: dict[str, int] = field(default_factory=dict)  # key -> highest token seen
     refused: int = 0  # requests refused for a stale token
+    checks: Counter[str] = field(default_factory=Counter)  # health checks per agent
 
     def apply(self, key: str, token: int) -> str:
         with self.lock:
@@ -96,6 +97,26 @@ class SimService(Agent):
         if ctx.superseded:  # as a well-behaved agent: a replaced attempt does nothing more
             raise TimeoutError(f"{ctx.step}: gave up after the hang")
         effect()
+
+
+class CheckedService(SimService):
+    """A :class:`SimService` with a health check that fails when the schedule says
+    (the Supervisor runs it; the threaded simulation registers its agents with it)."""
+
+    def __init__(self, world: World, agent: str) -> None:
+        super().__init__(world)
+        self._agent = agent
+
+    def health(self) -> None:
+        """Fail the health checks the schedule picks."""
+        world = self._world
+        with world.lock:
+            world.checks[self._agent] += 1
+            check = world.checks[self._agent]
+        if world.schedule.health_fault(self._agent, check):
+            with world.lock:
+                world.faults["unhealthy"] += 1
+            raise ConnectionError(f"{self._agent}: health check {check} failed")
 
 
 @dataclass
