@@ -130,6 +130,7 @@ def test_a_check_past_its_timeout_fails_and_its_late_answer_is_ignored(
         assert health(rt)["health_checks"] == 1
         resource.hang = False
         resource.release.set()  # the hung check returns: too late to count
+        assert rt._ctx.health.settle(WAIT)  # (its thread has ended)
         settle(rt)
         check(rt, clock, 2, 10.0)
         assert health(rt)["healthy"] is True
