@@ -4,9 +4,11 @@ What lives here: the injectable :class:`Clock` (``_clock``), the generic Erlang/
 supervision tree (``_supervision_specs`` for specs and reports, ``_supervised`` for the
 child side, ``_supervision`` for the supervisor), the :class:`Scheduler` that drives the
 workflows, the agent hosts (the ``AgentHost`` protocol in ``_host``, the attempt runner
-every host shares in ``_action``, the pykka ``ThreadHost`` in ``_thread_host``, the
-``AsyncHost`` for ``async def`` agents in ``_async_host`` on the loop of ``_event_loop``,
-and ``MixedHost``, which routes each agent to one of them) and the
+every host shares in ``_action``, the agent state they share in ``_hosted``, the default
+``PoolHost`` in ``_pool_host`` with its workers in ``_pool_worker``, the pykka
+``ThreadHost`` in ``_thread_host``, the ``AsyncHost`` for ``async def`` agents in
+``_async_host`` on the loop of ``_event_loop``, and ``MixedHost``, which routes each agent
+to one of them) and the
 watchdog (``WorkflowSupervisor``). The supervision tree knows nothing about workflows.
 The pattern's rules live below, in the subpackage ``herder.actors.engine`` (pure: no
 threads, no pykka).
@@ -58,6 +60,7 @@ from herder.actors._messages import (
 from herder.actors._mixed_host import MixedHost
 from herder.actors._outcomes import ProbeResult, parse_task_token
 from herder.actors._pool_host import PoolHost
+from herder.actors._pool_worker import PoolWorker
 from herder.actors._queue import JobQueue
 from herder.actors._scheduler import Scheduler
 from herder.actors._supervised import SupervisedActor
@@ -115,6 +118,7 @@ __all__ = [
     "Outcome",
     "Permanent",
     "PoolHost",
+    "PoolWorker",
     "ProbeResult",
     "RateLimit",
     "Restart",

@@ -40,7 +40,7 @@ class EngineConfig:
     priority_aging: float = 10.0
     seed: int | None = None
     probe_timeout: float = 30.0
-    agent_host: str = "thread"  # "thread" (ThreadHost) or "pool" (PoolHost)
+    agent_host: str = "pool"  # "pool" (PoolHost) or "thread" (ThreadHost)
     max_recoveries: int = 3  # crashes in a row an attempt may be running at (engine._recovery)
     recovery_stagger: float = 0.5  # seconds between suspects re-run after a crash
 

@@ -1,124 +1,77 @@
-"""The pooled host: agents as data, attempts run on one elastic pool of worker actors.
+"""The pooled host (the default): agents as data, attempts on one elastic worker pool.
 
-An agent name is data here: its factory, concurrency, queue, and up to ``concurrency``
-agent objects (instances), each serving one attempt at a time and kept between attempts
-(they hold connections). Attempts of every agent run on a shared pool of pykka worker
-actors (daemon threads) under one ``simple_one_for_one`` supervisor, so ten thousand
-idle agent names hold no thread and only a few hundred bytes each.
+An agent name is data here (a :class:`~herder.actors._hosted.Hosted` record): its
+factory, concurrency, queue, and up to ``concurrency`` agent objects (instances), each
+serving one attempt at a time and kept between attempts (they hold connections).
+Attempts of every agent run on a shared pool of pykka worker actors
+(:class:`~herder.actors._pool_worker.PoolWorker`, daemon threads) under one
+``simple_one_for_one`` supervisor, so ten thousand idle agent names hold no thread and
+only a few hundred bytes each.
 
 - **Elastic.** A worker is started when an attempt finds none free, up to ``max_workers``;
   workers idle past the passivation time stop, down to ``min_workers``. Agents waiting
-  for a worker are woken (an :class:`InstanceEvent` without instance) when one frees.
-- **Instances.** An instance's object is built by the worker that runs its first attempt
-  (``contain``-ed: the factory is user code). A factory that fails, or an action that
-  raises :class:`InstanceCrash`, loses the instance and its attempt (reported as a crash,
-  so the breaker and the retry policy apply as on the thread host); the next attempt
-  builds a fresh object.
+  for a worker are woken (an :class:`InstanceEvent` without instance), oldest first, as
+  workers free.
+- **Crash rules.** An instance's object is built by the worker that runs its first
+  attempt. A factory that fails, or an action that raises :class:`InstanceCrash`,
+  crashes the instance: its attempt is lost (the breaker and the retry policy apply) and
+  its slot waits out :data:`~herder.actors._hosted.INSTANCE_BACKOFF` before it serves
+  again (an ``InstanceEvent("restarted")``), as on the thread host. More than
+  ``max_restarts`` crashes of one agent within ``restart_period`` and the host gives up
+  on that agent's instances, as its supervisor would: every attempt they run is lost and
+  the next attempt starts afresh.
+- **Workers.** The pool supervisor restarts a crashed worker (its attempt is lost, the
+  agent is not charged); if the pool supervisor gives up, every running attempt is lost
+  and the next one starts a new pool.
 - **Hung attempts.** ``replace_token`` abandons the worker running it (the supervisor
   restarts it on a fresh thread; the blocked thread's late answer is fenced out) and
-  drops the instance; ``stats()`` counts abandoned threads.
+  drops the instance; ``host_stats()`` counts abandoned threads.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
-from herder.actors._action import run_attempt
-from herder.actors._agent import Agent
 from herder.actors._ask import call_later
-from herder.actors._clock import SystemClock
-from herder.actors._host import InstanceCrash
+from herder.actors._clock import Clock, SystemClock
+from herder.actors._errors import RestartIntensityExceeded
+from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
 from herder.actors._messages import InstanceEvent, Outcome, Run
-from herder.actors._queue import DEFAULT_AGING, JobQueue
-from herder.actors._supervised import SupervisedActor
+from herder.actors._pool_worker import PoolWorker, Work
+from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import (
-    Backoff,
     ChildEvent,
     ChildEventKind,
     ChildSpec,
     Restart,
+    RestartWindow,
     Strategy,
 )
-from herder.store import UserCodeFailed, contain, safe_repr
+from herder.store import crash_point, safe_repr
+
+_log = logging.getLogger("herder.agents")
 
 POOL = "*pool"
 """The pool's pseudo agent name in events (no registered agent can be named so)."""
 
 
 @dataclass(slots=True)
-class _Work:
-    """Host -> worker: run ``run`` on ``agent`` (built with ``factory`` when None)."""
-
-    run: Run
-    agent: Any
-    factory: Callable[[], Agent]
-
-
-class PoolWorker(SupervisedActor):
-    """One pooled thread: runs attempts of any agent, one at a time."""
-
-    use_daemon_thread = True
-
-    def __init__(
-        self,
-        reply: Callable[[Outcome], None],
-        events: Callable[[InstanceEvent], None],
-        built: Callable[[str, str, Any], None],
-        max_result_bytes: int,
-    ) -> None:
-        super().__init__()
-        self._reply = reply
-        self._events = events
-        self._built = built
-        self._max_result_bytes = max_result_bytes
-
-    def on_receive(self, message: Any) -> Any:
-        """Run one attempt (building its agent object first if needed)."""
-        if not isinstance(message, _Work):
-            return super().on_receive(message)
-        run = message.run
-        agent = message.agent
-        if agent is None:
-            try:
-                agent = contain(message.factory)
-            except UserCodeFailed as failed:
-                reason = f"agent {run.agent!r} could not start: {failed.error}"
-                crashed = ChildEventKind.CRASHED
-                self._events(InstanceEvent(run.agent, run.instance, crashed, None, reason))
-                return None
-            self._built(run.agent, run.instance, agent)
-        try:
-            outcome = run_attempt(agent, run.agent, run.instance, run, self._max_result_bytes)
-        except InstanceCrash as crash:  # the agent object broke, not this worker
-            crashed = ChildEventKind.CRASHED
-            self._events(InstanceEvent(run.agent, run.instance, crashed, None, str(crash)))
-            return None
-        self._reply(outcome)
-        return None
-
-
-@dataclass(slots=True)
-class _Instance:
+class _Slot(Instance):
     agent: Any = None  # the agent object, once built
-    busy_token: int | None = None
-    worker: str | None = None
-    idle_since: float = 0.0
+    worker: str | None = None  # the worker running its attempt
+    restarting: bool = False  # crashed: waits out its backoff, then the slot frees
 
 
 @dataclass(slots=True)
-class _Agent:
-    name: str
-    factory: Callable[[], Agent]
-    concurrency: int
-    queue: JobQueue[Any]
-    instances: dict[str, _Instance] = field(default_factory=dict)
-    ids: itertools.count[int] = field(default_factory=itertools.count)
+class _Agent(Hosted[_Slot]):
+    window: RestartWindow | None = None  # its crashes, from the first one on
 
 
 @dataclass(slots=True)
@@ -129,7 +82,7 @@ class _Worker:
     starting: bool = True  # asked for, not yet started (a restarting one is not)
 
 
-class PoolHost:
+class PoolHost(HostedAgents[_Agent]):
     """The :class:`AgentHost` of agents as data on one elastic worker pool."""
 
     def __init__(
@@ -145,7 +98,9 @@ class PoolHost:
         queue_aging: float = DEFAULT_AGING,
         max_workers: int = 32,
         min_workers: int = 2,
+        clock: Clock | None = None,
     ) -> None:
+        super().__init__(_Agent, queue_aging)
         self._agents_sup = agents_supervisor
         self._reply = reply
         self._events = events
@@ -153,66 +108,56 @@ class PoolHost:
         self._shutdown = shutdown
         self._max_restarts = max_restarts
         self._restart_period = restart_period
-        self._queue_aging = queue_aging
+        # Restart pacing protects real CPU from a crash loop, so it runs on real time
+        # even when the engine runs on a FakeClock (as the thread host's supervisors do).
+        self._clock = SystemClock() if clock is None else clock
         self._max_workers = max_workers
         self._min_workers = min_workers
-        self._agents: dict[str, _Agent] = {}
         self._workers: dict[str, _Worker] = {}
         self._worker_ids = itertools.count()
         self._pool: pykka.ActorRef | None = None
         self._pool_pending = False
-        self._waiting: set[str] = set()  # agents that found no free worker
+        self._waiting: dict[str, None] = {}  # agents that found no free worker, oldest first
+        self._orphans: dict[int, str] = {}  # token -> worker, of instances given up on
         self._abandoned = 0
         self._built: dict[tuple[str, str], Any] = {}  # objects workers built, not yet seen
 
     # -- registration ------------------------------------------------------------------
 
-    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None:
-        agent = self._agents.get(name)
-        if agent is None:
-            self._agents[name] = _Agent(name, factory, concurrency, JobQueue(self._queue_aging))
-        else:
-            agent.factory, agent.concurrency = factory, concurrency
-            for instance_id in [
-                i for i, inst in agent.instances.items() if inst.busy_token is None
-            ]:
-                del agent.instances[instance_id]  # rebuilt with the new factory
+    def _readded(self, agent: _Agent) -> None:
+        for instance_id in [i for i, x in agent.instances.items() if _idle(x)]:
+            del agent.instances[instance_id]  # rebuilt with the new factory
 
     def remove(self, name: str) -> None:
         agent = self._agents.get(name)
         if agent is not None:
             agent.concurrency = 0
-            agent.instances = {i: x for i, x in agent.instances.items() if x.busy_token is not None}
-
-    def queue(self, name: str) -> JobQueue[Any] | None:
-        agent = self._agents.get(name)
-        return None if agent is None else agent.queue
+            agent.instances = {i: x for i, x in agent.instances.items() if not _idle(x)}
 
     # -- capacity ----------------------------------------------------------------------
 
     def acquire(self, name: str, token: int, backlog: int = 1) -> str | None:
         agent = self._agents[name]
-        instance_id = next((i for i, x in agent.instances.items() if x.busy_token is None), None)
+        instance_id = next((i for i, x in agent.instances.items() if _idle(x)), None)
         if instance_id is None and len(agent.instances) >= agent.concurrency:
-            return None  # every instance is busy: its release pumps this agent again
+            return None  # every slot is busy or restarting: its release pumps this agent
         worker_id = next(
             (w for w, x in self._workers.items() if x.ref is not None and x.job is None), None
         )
         if worker_id is None:
-            self._waiting.add(name)
-            self._grow(backlog)
+            self._waiting[name] = None
+            self._grow(len(self._waiting))
             return None
         if instance_id is None:
-            instance_id = f"{name}#{next(agent.ids)}"
-            agent.instances[instance_id] = _Instance()
+            instance_id = agent.new_instance_id()
+            agent.instances[instance_id] = _Slot()
         inst = agent.instances[instance_id]
         inst.busy_token, inst.worker = token, worker_id
         self._workers[worker_id].job = (name, instance_id, token)
         return instance_id
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
-        agent = self._agents.get(name)
-        inst = None if agent is None else agent.instances.get(instance_id)
+        agent, inst = self._instance(name, instance_id)
         if agent is None or inst is None or inst.busy_token != run.token or inst.worker is None:
             return False
         worker = self._workers.get(inst.worker)
@@ -221,7 +166,7 @@ class PoolHost:
             return False
         self._take_built(name, instance_id, inst)
         try:
-            worker.ref.tell(_Work(run, inst.agent, agent.factory))
+            worker.ref.tell(Work(run, inst.agent, agent.factory))
         except pykka.ActorDeadError:
             # Its supervisor's news of the exit is on the way; the instance is free again
             # (the Scheduler fails this attempt itself).
@@ -231,9 +176,10 @@ class PoolHost:
         return True
 
     def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
-        agent = self._agents.get(name)
-        inst = None if agent is None else agent.instances.get(instance_id)
+        agent, inst = self._instance(name, instance_id)
         if agent is None or inst is None or inst.busy_token is None:
+            if token is not None:  # the answer of an instance given up on while it ran
+                self._free_worker(self._orphans.pop(token, None), now)
             return False
         if token is not None and inst.busy_token != token:
             return False
@@ -244,64 +190,35 @@ class PoolHost:
             del agent.instances[instance_id]  # removed or shrunk meanwhile; or never built
         return True
 
-    def busy_tokens(self, name: str) -> list[int]:
-        agent = self._agents.get(name)
-        instances = {} if agent is None else agent.instances
-        return [i.busy_token for i in instances.values() if i.busy_token is not None]
-
-    def replace_token(self, name: str, token: int) -> None:
-        agent = self._agents.get(name)
-        for instance_id, inst in ({} if agent is None else agent.instances).items():
-            if inst.busy_token == token:
-                self.replace(name, instance_id)
-                return
-
     def replace(self, name: str, instance_id: str) -> None:
         """Abandon the worker running this instance's attempt; the object goes with it."""
         agent = self._agents.get(name)
         inst = None if agent is None else agent.instances.pop(instance_id, None)
         if inst is None or inst.worker is None or self._pool is None:
             return
-        self._waiting.add(name)  # its instance slot is free: pumped once a worker is
+        self._waiting[name] = None  # its instance slot is free: pumped once a worker is
         worker = self._workers.get(inst.worker)
         if worker is not None:
             worker.ref, worker.job = None, None  # back once the supervisor restarted it
             worker.starting = False
             self._abandoned += 1
             call_later(self._pool, "restart_child", inst.worker)
-        if any(w.ref is not None and w.job is None for w in self._workers.values()):
-            self._wake_waiting()
+        self._wake()
 
     # -- events ------------------------------------------------------------------------
 
     def on_event(self, event: InstanceEvent, now: float) -> list[int]:
         if event.agent != POOL:
-            return self._on_agent_event(event)
-        if event.instance is None:  # the pool supervisor itself
-            if event.kind is ChildEventKind.STARTED and event.ref is not None:
-                self._pool, self._pool_pending = event.ref, False
-                self._grow(len(self._waiting))
-                return []
-            if (
-                self._pool is not None
-                and event.ref is not None
-                and (event.ref.actor_urn != self._pool.actor_urn)
-            ):
-                return []
-            self._pool, self._pool_pending = None, False  # it gave up: all workers went
-            lost = [w.job[2] for w in self._workers.values() if w.job is not None]
-            for name, instance_id, _ in (w.job for w in self._workers.values() if w.job):
-                self._agents[name].instances.pop(instance_id, None)
-            self._workers.clear()
-            self._wake_waiting()  # they ask again, which starts a new pool
-            return lost
+            return self._on_agent_event(event, now)
+        if event.instance is None:
+            return self._on_pool_event(event)
         worker = self._workers.get(event.instance)
         if worker is None:
             return []
         if event.kind in (ChildEventKind.STARTED, ChildEventKind.RESTARTED) and event.ref:
             worker.ref, worker.job, worker.idle_since = event.ref, None, now
             worker.starting = False
-            self._wake_waiting()
+            self._wake()
             return []
         if event.kind is ChildEventKind.CRASHED or (
             event.kind in (ChildEventKind.EXITED, ChildEventKind.TERMINATED) and worker.ref
@@ -318,20 +235,72 @@ class PoolHost:
             return [token]
         return []
 
-    def _on_agent_event(self, event: InstanceEvent) -> list[int]:
-        """A worker could not build an instance's object: that instance and its attempt
-        are lost (a crash, for the breaker and the retry policy)."""
+    def _on_pool_event(self, event: InstanceEvent) -> list[int]:
+        """News of the pool supervisor itself: started, or gone with every worker."""
+        if event.kind is ChildEventKind.STARTED and event.ref is not None:
+            self._pool, self._pool_pending = event.ref, False
+            self._grow(len(self._waiting))
+            return []
+        current = self._pool
+        if current is not None and event.ref and event.ref.actor_urn != current.actor_urn:
+            return []  # about a pool this host already let go of
+        self._pool, self._pool_pending = None, False
+        lost = [w.job[2] for w in self._workers.values() if w.job is not None]
+        for name, instance_id, _ in (w.job for w in self._workers.values() if w.job):
+            self._agents[name].instances.pop(instance_id, None)
+        self._workers.clear()
+        self._orphans.clear()
+        waiting, self._waiting = self._waiting, {}
+        for name in waiting:  # they ask again, which starts a new pool
+            self._events(InstanceEvent(name, None, ChildEventKind.STARTED))
+        return lost
+
+    def _on_agent_event(self, event: InstanceEvent, now: float) -> list[int]:
+        """An instance crashed (its factory failed or it raised InstanceCrash), or its
+        backoff is over; see the module docstring."""
         agent = self._agents.get(event.agent)
         instance_id = event.instance
         inst = None if agent is None or instance_id is None else agent.instances.get(instance_id)
         if agent is None or instance_id is None or inst is None:
             return []
-        if event.kind is not ChildEventKind.CRASHED:
+        if event.kind is ChildEventKind.RESTARTED and inst.restarting:
+            crash_point("agents.restart")
+            del agent.instances[instance_id]  # the slot serves again, with a fresh object
             return []
-        del agent.instances[instance_id]
-        if inst.worker is not None and inst.worker in self._workers:
-            self._free_worker(inst.worker, 0.0)
-        return [] if inst.busy_token is None else [inst.busy_token]
+        if event.kind is not ChildEventKind.CRASHED or inst.restarting:
+            return []
+        self._built.pop((agent.name, instance_id), None)
+        self._free_worker(inst.worker, now)
+        lost = [] if inst.busy_token is None else [inst.busy_token]
+        if agent.window is None:
+            agent.window = RestartWindow(self._max_restarts, self._restart_period, self._clock)
+        if agent.window.record():
+            return lost + self._give_up(agent, instance_id)
+        agent.instances[instance_id] = _Slot(restarting=True)
+        events, name = self._events, agent.name
+        self._clock.call_later(
+            INSTANCE_BACKOFF.delay(len(agent.window)),
+            lambda: events(InstanceEvent(name, instance_id, ChildEventKind.RESTARTED)),
+        )
+        return lost
+
+    def _give_up(self, agent: _Agent, instance_id: str) -> list[int]:
+        """The restart intensity of ``agent`` is exceeded: drop every instance (the
+        attempts they run are lost; their workers free once they answer) and start afresh."""
+        assert agent.window is not None
+        window, period = len(agent.window), self._restart_period
+        _log.error(
+            "%s", RestartIntensityExceeded(f"agent:{agent.name}", instance_id, window, period)
+        )
+        lost = []
+        for inst in agent.instances.values():
+            if inst.busy_token is not None and not inst.restarting:
+                lost.append(inst.busy_token)
+                if inst.worker is not None:
+                    self._orphans[inst.busy_token] = inst.worker
+        agent.instances.clear()
+        agent.window = None
+        return lost
 
     # -- passivation and stats ---------------------------------------------------------
 
@@ -341,7 +310,7 @@ class PoolHost:
         dropped = 0
         for agent in self._agents.values():
             for instance_id, inst in list(agent.instances.items()):
-                if dropped < limit and inst.busy_token is None and inst.idle_since <= idle_before:
+                if dropped < limit and _idle(inst) and inst.idle_since <= idle_before:
                     del agent.instances[instance_id]
                     dropped += 1
         idle = [w for w, x in self._workers.items() if x.job is None and x.ref is not None]
@@ -349,17 +318,8 @@ class PoolHost:
             if self._workers[worker_id].idle_since <= idle_before and self._pool is not None:
                 del self._workers[worker_id]
                 call_later(self._pool, "delete_child", worker_id)
+        self._wake()  # in case a woken agent did not take the worker it was woken for
         return dropped
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        return {
-            name: {
-                "instances": len(agent.instances),
-                "busy": sum(1 for i in agent.instances.values() if i.busy_token is not None),
-                "queued": len(agent.queue),
-            }
-            for name, agent in self._agents.items()
-        }
 
     def host_stats(self) -> dict[str, int]:
         """The pool: worker threads, busy ones, and threads abandoned to hung actions."""
@@ -375,14 +335,19 @@ class PoolHost:
         worker = None if worker_id is None else self._workers.get(worker_id)
         if worker is not None and worker.ref is not None:
             worker.job, worker.idle_since = None, now
-            self._wake_waiting()
+            self._wake()
 
-    def _wake_waiting(self) -> None:
-        waiting, self._waiting = self._waiting, set()
-        for name in waiting:  # the Scheduler pumps each again
+    def _wake(self) -> None:
+        """Wake the agents waiting longest, one per free worker (the Scheduler pumps each
+        again): waking them all would cost a pump of every waiting agent per release."""
+        if not self._waiting:
+            return
+        free = sum(1 for w in self._workers.values() if w.ref is not None and w.job is None)
+        for name in list(itertools.islice(self._waiting, free)):
+            del self._waiting[name]
             self._events(InstanceEvent(name, None, ChildEventKind.STARTED))
 
-    def _take_built(self, name: str, instance_id: str, inst: _Instance) -> None:
+    def _take_built(self, name: str, instance_id: str, inst: _Slot) -> None:
         built = self._built.pop((name, instance_id), None)
         if built is not None and inst.agent is None:
             inst.agent = built
@@ -430,10 +395,15 @@ class PoolHost:
                 clock=SystemClock(),
                 max_restarts=self._max_restarts,
                 period=self._restart_period,
-                backoff=Backoff(initial=0.001, factor=2.0, max=1.0),
+                backoff=INSTANCE_BACKOFF,
             ),
             restart=Restart.TEMPORARY,
             shutdown=self._shutdown,
         )
         self._pool_pending = True
         call_later(self._agents_sup, "start_child", spec)
+
+
+def _idle(inst: _Slot) -> bool:
+    """Free to serve: neither busy nor waiting out a crash's backoff."""
+    return inst.busy_token is None and not inst.restarting

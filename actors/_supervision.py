@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +49,7 @@ from herder.actors._supervision_specs import (
     ChildInfo,
     ChildSpec,
     Restart,
+    RestartWindow,
     Strategy,
     _coerce,
     _finite,
@@ -107,14 +107,13 @@ class _Supervisor(SupervisedActor):
         self._name = name
         self._strategy = strategy
         self._children: dict[str, _Child] = {spec.id: _Child(spec) for spec in children}
-        self._max_restarts = max_restarts
         self._period = period
         self._backoff = backoff
         self._clock = clock
         self._listener = listener
         self._on_fatal = on_fatal
         self._start_timeout = start_timeout
-        self._window: deque[float] = deque()
+        self._window = RestartWindow(max_restarts, period, clock)
         self._tokens = itertools.count(1)
 
     def __str__(self) -> str:
@@ -360,14 +359,11 @@ class _Supervisor(SupervisedActor):
 
     def _count_restart(self, child_id: str) -> bool:
         """Record one restart; give up (and return True) if the intensity is exceeded."""
-        now = self._clock.monotonic()
-        window = self._window
-        window.append(now)
-        while window and window[0] < now - self._period:
-            window.popleft()
-        if len(window) <= self._max_restarts:
+        if not self._window.record():
             return False
-        self._give_up(RestartIntensityExceeded(self._name, child_id, len(window), self._period))
+        self._give_up(
+            RestartIntensityExceeded(self._name, child_id, len(self._window), self._period)
+        )
         return True
 
     def _give_up(self, exc: RestartIntensityExceeded) -> None:

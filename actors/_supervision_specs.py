@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from herder.store import InvalidInput
+
+if TYPE_CHECKING:
+    from herder.actors._clock import Clock
 
 
 class Restart(enum.StrEnum):
@@ -92,6 +96,33 @@ class Backoff:
     def delay(self, k: int) -> float:
         """Seconds to wait before the ``k``-th restart (k >= 1) within the window."""
         return float(min(self.max, self.initial * self.factor ** max(0, k - 1)))
+
+
+class RestartWindow:
+    """Restart intensity as OTP keeps it: the restart times within the last ``period``
+    seconds of ``clock.monotonic()``."""
+
+    __slots__ = ("_clock", "_max_restarts", "_period", "_times")
+
+    def __init__(self, max_restarts: int, period: float, clock: Clock) -> None:
+        self._max_restarts = max_restarts
+        self._period = period
+        self._clock = clock
+        self._times: deque[float] = deque()
+
+    def record(self) -> bool:
+        """Count one restart now; True if that makes more than ``max_restarts`` within
+        ``period`` (the intensity is exceeded: give up)."""
+        now = self._clock.monotonic()
+        times = self._times
+        times.append(now)
+        while times and times[0] < now - self._period:
+            times.popleft()
+        return len(times) > self._max_restarts
+
+    def __len__(self) -> int:
+        """Restarts in the window as of the last :meth:`record`."""
+        return len(self._times)
 
 
 class ChildEventKind(enum.StrEnum):

@@ -13,7 +13,6 @@ the shared :func:`~herder.actors._action.run_attempt`.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,12 +25,12 @@ from herder.actors._agent import Agent
 from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
 from herder.actors._host import AgentUnavailable
+from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
 from herder.actors._messages import InstanceEvent, Outcome, Run
-from herder.actors._queue import DEFAULT_AGING, JobQueue
+from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import (
-    Backoff,
     ChildEvent,
     ChildEventKind,
     ChildSpec,
@@ -86,28 +85,22 @@ class AgentInstance(SupervisedActor):
 
 
 @dataclass(slots=True)
-class _Instance:
-    ref: pykka.ActorRef | None
-    busy_token: int | None = None
-    idle_since: float = 0.0
+class _Instance(Instance):
+    ref: pykka.ActorRef | None = None
     lost: bool = False  # replaced or crashed: waiting for the supervisor to bring it back
     starting: bool = False  # asked for, not yet reported started
 
 
 @dataclass(slots=True)
-class _Pool:
-    name: str
-    factory: Callable[[], Agent]
-    concurrency: int
+class _Pool(Hosted[_Instance]):
+    """An agent name, its per-agent supervisor and its instances."""
+
     supervisor: pykka.ActorRef | None = None
     supervisor_pending: bool = False  # asked the agents supervisor for it, no answer yet
-    instances: dict[str, _Instance] = field(default_factory=dict)
     idle: list[str] = field(default_factory=list)
-    queue: JobQueue[Any] = field(default_factory=JobQueue)
-    ids: itertools.count[int] = field(default_factory=itertools.count)
 
 
-class ThreadHost:
+class ThreadHost(HostedAgents[_Pool]):
     """The :class:`AgentHost` that runs each agent instance as a pykka actor thread: the
     agent pools of one runtime, driven from the Scheduler's thread.
 
@@ -131,6 +124,7 @@ class ThreadHost:
         restart_period: float = 10.0,
         queue_aging: float = DEFAULT_AGING,
     ) -> None:
+        super().__init__(_Pool, queue_aging)
         # Restart pacing protects real CPU from a crash loop, so it runs on real time
         # even when the engine runs on a FakeClock.
         self._restart_clock = SystemClock()
@@ -141,33 +135,18 @@ class ThreadHost:
         self._events = events
         self._max_result_bytes = max_result_bytes
         self._shutdown = shutdown
-        self._pools: dict[str, _Pool] = {}
         self._abandoned = 0  # instances replaced while they ran an attempt
-        self._queue_aging = queue_aging
 
     # -- registration ------------------------------------------------------------------
 
-    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None:
-        """Register (or re-register with a new factory/concurrency) an agent name."""
-        pool = self._pools.get(name)
-        if pool is None:
-            self._pools[name] = _Pool(name, factory, concurrency, queue=JobQueue(self._queue_aging))
-        else:
-            pool.factory, pool.concurrency = factory, concurrency
-
     def remove(self, name: str) -> None:
         """Stop serving ``name``: its instances stop, its queue waits for a new add()."""
-        pool = self._pools.get(name)
+        pool = self._agents.get(name)
         if pool is None:
             return
         pool.concurrency = 0
         if pool.supervisor is not None:
             self._stop_pool_supervisor(pool)
-
-    def queue(self, name: str) -> JobQueue[Any] | None:
-        """The queue of work waiting for agent ``name``, or None if it is not registered."""
-        pool = self._pools.get(name)
-        return None if pool is None else pool.queue
 
     # -- capacity ----------------------------------------------------------------------
 
@@ -178,7 +157,7 @@ class ThreadHost:
         ``backlog`` more (within ``concurrency``) and returns None; each new instance is
         announced by an ``InstanceEvent("started")`` and then handed out here.
         """
-        pool = self._pools[name]
+        pool = self._agents[name]
         while pool.idle:
             candidate = pool.idle.pop()
             inst = pool.instances.get(candidate)
@@ -197,8 +176,7 @@ class ThreadHost:
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
         """Hand an attempt to the instance reserved for it; False if that instance is gone."""
-        pool = self._pools.get(name)
-        inst = None if pool is None else pool.instances.get(instance_id)
+        _, inst = self._instance(name, instance_id)
         if inst is None or inst.lost or inst.ref is None or inst.busy_token != run.token:
             return False
         try:
@@ -211,8 +189,7 @@ class ThreadHost:
 
     def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
         """Mark an instance idle after an attempt; True if capacity was freed."""
-        pool = self._pools.get(name)
-        inst = None if pool is None else pool.instances.get(instance_id)
+        pool, inst = self._instance(name, instance_id)
         if pool is None or inst is None or inst.lost or inst.busy_token is None:
             return False
         if token is not None and inst.busy_token != token:
@@ -222,25 +199,9 @@ class ThreadHost:
         pool.idle.append(instance_id)
         return True
 
-    def busy_tokens(self, name: str) -> list[int]:
-        """Tokens of every attempt running on the instances of ``name``."""
-        pool = self._pools.get(name)
-        if pool is None:
-            return []
-        return [i.busy_token for i in pool.instances.values() if i.busy_token is not None]
-
-    def replace_token(self, name: str, token: int) -> None:
-        """Replace the instance (if any) still running the attempt with ``token``."""
-        pool = self._pools.get(name)
-        for instance_id, inst in ({} if pool is None else pool.instances).items():
-            if inst.busy_token == token:
-                self.replace(name, instance_id)
-                return
-
     def replace(self, name: str, instance_id: str) -> None:
         """Have the tree replace an instance that hangs; its late answer is fenced out."""
-        pool = self._pools.get(name)
-        inst = None if pool is None else pool.instances.get(instance_id)
+        pool, inst = self._instance(name, instance_id)
         if pool is None or inst is None or pool.supervisor is None:
             return
         inst.lost = True
@@ -255,7 +216,7 @@ class ThreadHost:
 
         Raises :class:`AgentUnavailable` when the event says a requested start failed.
         """
-        pool = self._pools.get(event.agent)
+        pool = self._agents.get(event.agent)
         if pool is None:
             return []
         if event.instance is None and event.kind is ChildEventKind.STARTED:
@@ -334,7 +295,7 @@ class ThreadHost:
         a few ticks instead of in one storm of thread exits.
         """
         stopped = 0
-        for pool in self._pools.values():
+        for pool in self._agents.values():
             if stopped >= limit:
                 break
             if pool.supervisor is None:
@@ -353,20 +314,9 @@ class ThreadHost:
                 self._stop_pool_supervisor(pool)
         return stopped
 
-    def stats(self) -> dict[str, dict[str, int]]:
-        """Per agent: instances, busy instances, queued work."""
-        return {
-            name: {
-                "instances": len(pool.instances),
-                "busy": sum(1 for i in pool.instances.values() if i.busy_token is not None),
-                "queued": len(pool.queue),
-            }
-            for name, pool in self._pools.items()
-        }
-
     def host_stats(self) -> dict[str, int]:
         """Instance threads, and threads abandoned to hung actions."""
-        threads = sum(len(p.instances) for p in self._pools.values())
+        threads = sum(len(p.instances) for p in self._agents.values())
         return {"workers": threads, "abandoned_threads": self._abandoned}
 
     # -- internals ---------------------------------------------------------------------
@@ -374,7 +324,7 @@ class ThreadHost:
     def _request_instance(self, pool: _Pool) -> None:
         """Ask the agent's supervisor for one more instance, without waiting."""
         assert pool.supervisor is not None
-        instance_id = f"{pool.name}#{next(pool.ids)}"
+        instance_id = pool.new_instance_id()
         name, factory = pool.name, pool.factory
         spec = ChildSpec(
             id=instance_id,
@@ -384,7 +334,7 @@ class ThreadHost:
             restart=Restart.PERMANENT,
             shutdown=self._shutdown,
         )
-        pool.instances[instance_id] = _Instance(ref=None, starting=True)
+        pool.instances[instance_id] = _Instance(starting=True)
         call_later(pool.supervisor, "start_child", spec)
 
     def _request_pool_supervisor(self, pool: _Pool) -> None:
@@ -410,13 +360,11 @@ class ThreadHost:
                 Strategy.SIMPLE_ONE_FOR_ONE,
                 listener=listener,
                 clock=self._restart_clock,
-                # Crashing instances are an agent's business as usual (a flaky remote
-                # resource); back off instead of giving up early. If it still gives up,
-                # the Scheduler starts a fresh supervisor for the next step.
+                # If it gives up, the Scheduler starts a fresh supervisor for the next step.
                 max_restarts=self._max_restarts,
                 period=self._restart_period,
                 start_timeout=self.instance_start_timeout,
-                backoff=Backoff(initial=0.001, factor=2.0, max=1.0),
+                backoff=INSTANCE_BACKOFF,
             ),
             restart=Restart.TEMPORARY,
             shutdown=self._shutdown,

@@ -42,9 +42,10 @@ class RuntimeConfig:
     a lapsed attempt was applied), ``retention`` (seconds or a ``timedelta``, default 7
     days: finished workflows (SUCCEEDED, COMPENSATED, CANCELLED, ABANDONED) last updated
     longer ago are deleted with their steps and history, a bounded batch per sweep;
-    ``None`` keeps everything; see docs/operations.md), ``agent_host`` (``"thread"``: a
-    thread per busy agent instance; ``"pool"``: every agent's attempts run on one elastic
-    pool of worker threads and idle agents hold none), ``tracer_provider`` (an
+    ``None`` keeps everything; see docs/operations.md), ``agent_host`` (``"pool"``, the
+    default: every agent's attempts run on one elastic pool of worker threads and idle
+    agents hold none; ``"thread"``: a thread per busy agent instance and one per busy
+    agent name, see docs/agents.md), ``tracer_provider`` (an
     OpenTelemetry tracer provider for spans per workflow and attempt; default: the global
     one if set, else no tracing at all; see docs/tracing.md), ``loop`` (the event loop
     ``async def`` actions run on, e.g. ``asyncio.get_running_loop()``; default: one the
@@ -80,7 +81,7 @@ class RuntimeConfig:
     standby_poll: float = 0.05
     probe_timeout: float = 30.0
     retention: float | datetime.timedelta | None = DEFAULT_RETENTION
-    agent_host: str = "thread"
+    agent_host: str = "pool"
     tracer_provider: Any = None
     loop: asyncio.AbstractEventLoop | None = None
 

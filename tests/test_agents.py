@@ -11,6 +11,7 @@ from pathlib import Path
 import pykka
 import pytest
 
+from herder.actors import PoolWorker
 from herder.actors._thread_host import AgentInstance
 from herder.runtime import Agent, Runtime, StepContext, Workflow
 from herder.runtime.testing import FakeClock, advance, settle
@@ -32,6 +33,10 @@ def instances_alive() -> int:
     return len(pykka.ActorRegistry.get_by_class(AgentInstance))
 
 
+def workers_alive() -> int:
+    return len(pykka.ActorRegistry.get_by_class(PoolWorker))
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -40,6 +45,20 @@ def clock() -> FakeClock:
 @pytest.fixture
 def rt(tmp_path: Path, clock: FakeClock) -> Iterator[Runtime]:
     with Runtime(tmp_path / "s", clock=clock, instance_idle_timeout=60.0) as runtime:
+        yield runtime
+
+
+@pytest.fixture(params=["pool", "thread"])
+def host(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def rt_on(tmp_path: Path, clock: FakeClock, host: str) -> Iterator[Runtime]:
+    """A runtime on each agent host."""
+    with Runtime(
+        tmp_path / "s", clock=clock, instance_idle_timeout=60.0, agent_host=host
+    ) as runtime:
         yield runtime
 
 
@@ -53,17 +72,19 @@ def test_instances_start_only_when_work_arrives(rt: Runtime) -> None:
 
 
 def test_idle_instances_are_passivated_and_come_back_on_demand(
-    rt: Runtime, clock: FakeClock
+    rt_on: Runtime, clock: FakeClock, host: str
 ) -> None:
+    rt = rt_on
+    alive = instances_alive if host == "thread" else lambda: rt.stats()["agents"]["h1"]["instances"]
     rt.add_agent("h1", functools.partial(Host, "h1"))
     rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
     rt.start("ping", 1).result(timeout=WAIT)
-    assert instances_alive() == 1
+    assert alive() == 1
     advance(rt, clock, 30.0)
-    assert instances_alive() == 1  # not idle long enough
+    assert alive() == 1  # not idle long enough
     advance(rt, clock, 40.0)
     settle(rt)
-    assert rt.stats()["agents"]["h1"]["instances"] == 0
+    assert alive() == 0
     assert rt.stats()["steps"]["passivated"] == 1
     assert rt.start("ping", 2).result(timeout=WAIT) == {"p": "h1:2"}
 
@@ -97,7 +118,10 @@ def threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name != "herder-timers"}
 
 
-def test_a_thousand_agent_names_hold_no_threads_once_idle(rt: Runtime, clock: FakeClock) -> None:
+def test_a_thousand_agent_names_hold_no_threads_once_idle(
+    rt_on: Runtime, clock: FakeClock, host: str
+) -> None:
+    rt = rt_on
     baseline = threads()
     names = [f"host-{n}" for n in range(1000)]
     for name in names:
@@ -111,12 +135,22 @@ def test_a_thousand_agent_names_hold_no_threads_once_idle(rt: Runtime, clock: Fa
     for name, handle in zip(names, handles, strict=True):
         assert handle.result(timeout=WAIT) == {"p": f"{name}:0"}
     started = threads() - baseline
-    assert len(started) >= 1000  # an instance (and a supervisor) per agent name
+    if host == "thread":
+        assert len(started) >= 1000  # an instance (and a supervisor) per agent name
+    else:  # the pool's workers (32 at most) and its supervisor
+        assert 1 < len(started) <= 33
+        assert workers_alive() == rt.stats()["host"]["workers"]
     advance(rt, clock, 61.0)
     assert rt.stats()["steps"]["passivated"] == 256  # bounded per tick: no stop storm
     for _ in range(3):  # one tick per 5 s of the watchdog's clock
         advance(rt, clock, 5.0)
     assert rt.stats()["steps"]["passivated"] == 1000
+    if host == "pool":  # idle workers stop too, down to the pool's minimum of two
+        assert rt.stats()["host"]["workers"] == 2
+        for supervisor in pykka.ActorRegistry.get_by_class_name("_Supervisor"):
+            supervisor.proxy().which_children().get(timeout=WAIT)  # past its delete_child
+        assert workers_alive() == 2
+        return
     for thread in started:  # passivation stops them: every one of those threads ends
         thread.join(WAIT)
         assert not thread.is_alive(), f"{thread.name} still runs after passivation"

@@ -94,7 +94,7 @@ class _Gate:
 
 @dataclass
 class _ThreadedWorld(World):
-    agent_host: str = "thread"
+    agent_host: str = "pool"
     gate: _Gate = field(default_factory=_Gate)
 
     def hang(self) -> None:
@@ -106,7 +106,7 @@ def simulate(
     directory: str | Path,
     schedule: FaultSchedule | None = None,
     *,
-    agent_host: str = "thread",
+    agent_host: str = "pool",
 ) -> SimReport:
     """Run one seed on a new store in ``directory``; return what broke (see module doc).
     ``agent_host`` is the runtime's (``"thread"`` or ``"pool"``)."""

@@ -1,0 +1,122 @@
+"""Agent names as data: the agent state every agent host keeps, and the crash rules.
+
+A host keeps one :class:`Hosted` record per registered agent name: the factory, the
+concurrency (how many instances may serve at once), the Scheduler's queue of jobs waiting
+for capacity, and the instances by id, each serving at most one attempt (its
+``busy_token``) at a time. :class:`HostedAgents` implements the parts of the
+:class:`~herder.actors._host.AgentHost` protocol that only read or register that state
+(``add``, ``queue``, ``busy_tokens``, ``replace_token``, ``stats``); a host subclasses it
+with how instances run (a pykka actor each, a shared worker pool, an event loop).
+
+A host that restarts crashed instances itself (the pool host) paces them with
+:data:`INSTANCE_BACKOFF` and a :class:`RestartWindow` per agent, as the per-agent
+supervisors of the thread host do, so an agent that keeps crashing trips the same
+backoff and intensity rules on every host.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from herder.actors._agent import Agent
+from herder.actors._queue import DEFAULT_AGING, JobQueue
+from herder.actors._supervision_specs import Backoff
+
+INSTANCE_BACKOFF = Backoff(initial=0.001, factor=2.0, max=1.0)
+"""How long a crashed agent instance waits before it serves again, by its agent's number
+of restarts within the intensity window. Crashing instances are an agent's business as
+usual (a flaky remote resource): back off instead of giving up early."""
+
+
+@dataclass(slots=True)
+class Instance:
+    """One agent instance as its host sees it."""
+
+    busy_token: int | None = None  # the attempt it serves, if any
+    idle_since: float = 0.0
+
+
+InstanceT = TypeVar("InstanceT", bound=Instance)
+
+
+@dataclass(slots=True)
+class Hosted(Generic[InstanceT]):
+    """One registered agent name."""
+
+    name: str
+    factory: Callable[[], Agent]
+    concurrency: int
+    queue: JobQueue[Any]
+    instances: dict[str, InstanceT] = field(default_factory=dict)
+    ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def new_instance_id(self) -> str:
+        return f"{self.name}#{next(self.ids)}"
+
+    def busy(self) -> list[int]:
+        """Tokens of the attempts its instances serve."""
+        return [i.busy_token for i in self.instances.values() if i.busy_token is not None]
+
+
+HostedT = TypeVar("HostedT", bound=Hosted[Any])
+
+
+class HostedAgents(Generic[HostedT]):
+    """The agent-state half of a host; see the module docstring."""
+
+    def __init__(self, make: Callable[..., HostedT], queue_aging: float = DEFAULT_AGING) -> None:
+        self._make = make
+        self._queue_aging = queue_aging
+        self._agents: dict[str, HostedT] = {}
+
+    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None:
+        """Register (or re-register with a new factory/concurrency) an agent name."""
+        agent = self._agents.get(name)
+        if agent is None:
+            self._agents[name] = self._make(name, factory, concurrency, JobQueue(self._queue_aging))
+        else:
+            agent.factory, agent.concurrency = factory, concurrency
+            self._readded(agent)
+
+    def _readded(self, agent: HostedT) -> None:
+        """Hook: ``agent`` was registered again (its factory may have changed)."""
+
+    def queue(self, name: str) -> JobQueue[Any] | None:
+        """The queue of work waiting for agent ``name``, or None if it is not registered."""
+        agent = self._agents.get(name)
+        return None if agent is None else agent.queue
+
+    def busy_tokens(self, name: str) -> list[int]:
+        """Tokens of every attempt running on the instances of ``name``."""
+        agent = self._agents.get(name)
+        return [] if agent is None else agent.busy()
+
+    def replace_token(self, name: str, token: int) -> None:
+        """Replace the instance (if any) still running the attempt with ``token``."""
+        agent = self._agents.get(name)
+        for instance_id, inst in ({} if agent is None else agent.instances).items():
+            if inst.busy_token == token:
+                self.replace(name, instance_id)
+                return
+
+    def replace(self, name: str, instance_id: str) -> None:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per agent: instances, busy instances, queued work."""
+        return {
+            name: {
+                "instances": len(agent.instances),
+                "busy": len(agent.busy()),
+                "queued": len(agent.queue),
+            }
+            for name, agent in self._agents.items()
+        }
+
+    def _instance(self, name: str, instance_id: str) -> tuple[HostedT | None, Any]:
+        """The agent ``name`` and its instance ``instance_id`` (None where unknown)."""
+        agent = self._agents.get(name)
+        return agent, None if agent is None else agent.instances.get(instance_id)

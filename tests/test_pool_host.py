@@ -1,0 +1,258 @@
+"""The pooled host's own rules: per-agent crash rules (backoff, intensity), a supervised and
+elastic worker pool, abandoned threads counted. The test thread plays the Scheduler, as
+in test_host_contract; restart pacing runs on a FakeClock, so nothing here sleeps."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from herder.actors import (
+    Agent,
+    FakeClock,
+    InstanceCrash,
+    InstanceEvent,
+    PoolHost,
+    StepContext,
+    Strategy,
+    SystemClock,
+    ThreadHost,
+    agents_listener,
+    start_supervisor,
+)
+from herder.actors._messages import Outcome, Run
+from herder.actors._supervision_specs import ChildEventKind
+
+WAIT = 10.0
+
+
+class Flaky(Agent):
+    gate = threading.Event()
+
+    def ok(self, ctx: StepContext) -> Any:
+        return ctx.input
+
+    def crash(self, ctx: StepContext) -> None:
+        raise InstanceCrash("connection reset")
+
+    def hang(self, ctx: StepContext) -> str:
+        Flaky.gate.wait(WAIT)
+        return "late"
+
+
+class _Port:
+    cancelled = superseded = False
+
+    def heartbeat(self, details: Any) -> None:
+        pass
+
+
+class Scheduler:
+    """The test's stand-in for the Scheduler: drives the host, collects what it says."""
+
+    def __init__(self, host: Any, inbox: queue.Queue[Any]) -> None:
+        self.host = host
+        self.inbox = inbox
+        self.lost: list[int] = []
+        self.events: list[InstanceEvent] = []
+        self.outcomes: list[Outcome] = []
+        self._tokens = iter(range(1, 1_000_000))
+
+    def handle_one(self) -> Outcome | None:
+        msg = self.inbox.get(timeout=WAIT)
+        if isinstance(msg, InstanceEvent):
+            self.events.append(msg)
+            self.lost += self.host.on_event(msg, 0.0)
+            return None
+        assert isinstance(msg, Outcome), msg
+        self.host.release(msg.agent, msg.instance, msg.token, 0.0)
+        self.outcomes.append(msg)
+        return msg
+
+    def drain(self) -> None:
+        """Handle every message already sent (none of these tests has one in flight)."""
+        while not self.inbox.empty():
+            self.handle_one()
+
+    def start(self, agent: str, action: str, value: Any = None) -> int:
+        """Acquire (handling messages until capacity comes) and send one attempt."""
+        token = next(self._tokens)
+        while (instance := self.host.acquire(agent, token)) is None:
+            self.handle_one()
+        ctx = StepContext("w", "s", action, 1, value, {}, "w/s", token, False, _Port())
+        assert self.host.send(agent, instance, Run(agent, instance, action, token, ctx))
+        return token
+
+    def until_lost(self, token: int) -> None:
+        while token not in self.lost:
+            self.handle_one()
+
+    def outcome(self) -> Outcome:
+        while (found := self.handle_one()) is None:
+            pass
+        return found
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _host(kind: str, clock: FakeClock, **options: Any) -> Scheduler:
+    Flaky.gate = threading.Event()
+    inbox: queue.Queue[Any] = queue.Queue()
+    agents = start_supervisor(
+        "agents", Strategy.ONE_FOR_ONE, listener=agents_listener(inbox.put), clock=SystemClock()
+    )
+    if kind == "pool":
+        options["clock"] = clock
+    host = {"pool": PoolHost, "thread": ThreadHost}[kind](
+        agents, reply=inbox.put, events=inbox.put, max_result_bytes=1024, shutdown=0.1, **options
+    )
+    return Scheduler(host, inbox)
+
+
+@pytest.fixture
+def pool(clock: FakeClock) -> Iterator[Scheduler]:
+    scheduler = _host("pool", clock, max_restarts=2, restart_period=10.0)
+    yield scheduler
+    Flaky.gate.set()
+
+
+def test_a_crashed_instance_waits_out_its_backoff_before_it_serves_again(
+    pool: Scheduler, clock: FakeClock
+) -> None:
+    pool.host.add("flaky", Flaky, 1)
+    crashed = pool.start("flaky", "crash")
+    pool.until_lost(crashed)
+    assert pool.host.acquire("flaky", 99) is None  # its only slot is restarting
+    pool.drain()
+    assert not any(e.kind is ChildEventKind.RESTARTED for e in pool.events)
+    clock.advance(0.001)  # the first restart's backoff
+    assert pool.host.busy_tokens("flaky") == []
+    token = pool.start("flaky", "ok", 5)  # waits for the "restarted" event
+    assert any(e.kind is ChildEventKind.RESTARTED for e in pool.events)
+    assert pool.outcome().token == token
+
+
+def test_the_backoff_grows_with_the_crashes_in_the_window(
+    pool: Scheduler, clock: FakeClock
+) -> None:
+    pool.host.add("flaky", Flaky, 1)
+    pool.until_lost(pool.start("flaky", "crash"))
+    clock.advance(0.001)
+    pool.until_lost(pool.start("flaky", "crash"))  # the second crash within 10 s
+    pool.drain()
+    clock.advance(0.001)
+    pool.drain()
+    assert pool.host.acquire("flaky", 99) is None  # backs off 2 ms this time
+    clock.advance(0.001)
+    token = pool.start("flaky", "ok", 6)
+    assert pool.outcome().token == token
+
+
+def test_too_many_crashes_give_up_on_every_instance_of_the_agent(
+    pool: Scheduler, clock: FakeClock
+) -> None:
+    pool.host.add("flaky", Flaky, 2)
+    hung = pool.start("flaky", "hang")  # on the other instance, when the agent gives up
+    for _ in range(2):
+        pool.until_lost(pool.start("flaky", "crash"))
+        clock.advance(1.0)
+    third = pool.start("flaky", "crash")  # 3 crashes within 10 s: more than max_restarts=2
+    pool.until_lost(third)
+    assert hung in pool.lost  # lost with its instance, as under a supervisor that gave up
+    assert pool.host.stats()["flaky"]["instances"] == 0
+    Flaky.gate.set()
+    assert pool.outcome().token == hung  # a late answer: its worker frees, nothing else
+    assert pool.host.host_stats()["busy_workers"] == 0
+    again = pool.start("flaky", "ok", 7)  # afresh: no backoff left over
+    assert pool.outcome().token == again
+
+
+def test_crashes_older_than_the_period_do_not_count(pool: Scheduler, clock: FakeClock) -> None:
+    pool.host.add("flaky", Flaky, 1)
+    for _ in range(5):
+        pool.until_lost(pool.start("flaky", "crash"))
+        clock.advance(11.0)  # each crash alone in its window: never more than 2
+    assert pool.host.stats()["flaky"]["instances"] == 1  # restarting, not given up on
+
+
+def test_the_supervision_tree_restarts_a_crashed_worker(clock: FakeClock) -> None:
+    inbox: queue.Queue[Any] = queue.Queue()
+
+    def reply(outcome: Outcome) -> None:
+        if outcome.result == "break the worker":
+            raise RuntimeError("a bug in the reply path")  # escapes the worker's handler
+        inbox.put(outcome)
+
+    agents = start_supervisor(
+        "agents", Strategy.ONE_FOR_ONE, listener=agents_listener(inbox.put), clock=SystemClock()
+    )
+    scheduler = Scheduler(
+        PoolHost(agents, reply, inbox.put, max_result_bytes=1024, shutdown=0.1, min_workers=1),
+        inbox,
+    )
+    scheduler.host.add("w", Flaky, 1)
+    broken = scheduler.start("w", "ok", "break the worker")
+    scheduler.until_lost(broken)  # the attempt went with the worker's thread
+    pool_news = lambda: [(e.instance, e.kind) for e in scheduler.events if e.agent == "*pool"]  # noqa: E731
+    assert ("worker-0", ChildEventKind.CRASHED) in pool_news()
+    while ("worker-0", ChildEventKind.RESTARTED) not in pool_news():
+        scheduler.handle_one()
+    token = scheduler.start("w", "ok", 8)
+    assert scheduler.outcome().token == token
+    assert scheduler.host.stats()["w"]["instances"] == 1  # no backoff: the clock never moved
+
+
+@pytest.mark.parametrize("kind", ["pool", "thread"])
+def test_a_hung_action_costs_an_abandoned_thread_shown_in_stats(
+    kind: str, clock: FakeClock
+) -> None:
+    scheduler = _host(kind, clock)
+    scheduler.host.add("solo", Flaky, 1)
+    hung = scheduler.start("solo", "hang")
+    assert scheduler.host.host_stats()["abandoned_threads"] == 0
+    scheduler.host.replace_token("solo", hung)
+    assert scheduler.host.host_stats()["abandoned_threads"] == 1
+    fresh = scheduler.start("solo", "ok", 9)  # on a fresh thread
+    assert scheduler.outcome().token == fresh
+    Flaky.gate.set()
+
+
+def test_the_pool_grows_to_the_attempts_running_and_shrinks_when_idle(
+    pool: Scheduler,
+) -> None:
+    pool.host.add("many", Flaky, 5)
+    hung = [pool.start("many", "hang") for _ in range(5)]
+    assert pool.host.host_stats()["workers"] == 5
+    assert pool.host.host_stats()["busy_workers"] == 5
+    Flaky.gate.set()
+    assert {pool.outcome().token for _ in hung} == set(hung)
+    assert pool.host.host_stats()["busy_workers"] == 0
+    pool.host.passivate(idle_before=0.0)  # every worker went idle at time 0.0
+    assert pool.host.host_stats()["workers"] == 2  # min_workers
+
+
+def test_the_pool_never_grows_past_its_cap_and_waiting_agents_get_freed_workers(
+    clock: FakeClock,
+) -> None:
+    scheduler = _host("pool", clock, max_workers=2)
+    for name in ("a", "b", "c"):
+        scheduler.host.add(name, Flaky, 1)
+    first = scheduler.start("a", "hang")
+    scheduler.start("b", "ok", 1)
+    assert scheduler.outcome().result == 1
+    scheduler.start("b", "hang")
+    assert scheduler.host.acquire("c", 99) is None  # both workers busy: c waits
+    assert scheduler.host.host_stats()["workers"] == 2
+    Flaky.gate.set()
+    late = scheduler.start("c", "ok", 2)  # woken once a worker frees
+    while late not in {o.token for o in scheduler.outcomes}:
+        scheduler.handle_one()
+    assert first in {o.token for o in scheduler.outcomes}
+    assert scheduler.host.host_stats()["workers"] == 2
