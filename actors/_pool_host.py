@@ -269,6 +269,7 @@ class PoolHost(HostedAgents[_Agent]):
             return []
         if event.kind is not ChildEventKind.CRASHED or inst.restarting:
             return []
+        del agent.instances[instance_id]
         self._built.pop((agent.name, instance_id), None)
         self._free_worker(inst.worker, now)
         lost = [] if inst.busy_token is None else [inst.busy_token]

@@ -166,6 +166,7 @@ def test_too_many_crashes_give_up_on_every_instance_of_the_agent(
     third = pool.start("flaky", "crash")  # 3 crashes within 10 s: more than max_restarts=2
     pool.until_lost(third)
     assert hung in pool.lost  # lost with its instance, as under a supervisor that gave up
+    assert len(pool.lost) == len(set(pool.lost))  # each lost attempt reported once
     assert pool.host.stats()["flaky"]["instances"] == 0
     Flaky.gate.set()
     assert pool.outcome().token == hung  # a late answer: its worker frees, nothing else
