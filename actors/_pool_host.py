@@ -257,11 +257,15 @@ class PoolHost(HostedAgents[_Agent]):
 
     def _on_agent_event(self, event: InstanceEvent, now: float) -> list[int]:
         """An instance crashed (its factory failed or it raised InstanceCrash), or its
-        backoff is over; see the module docstring."""
+        backoff is over, or the agent was woken for a worker; see the module docstring."""
         agent = self._agents.get(event.agent)
         instance_id = event.instance
-        inst = None if agent is None or instance_id is None else agent.instances.get(instance_id)
-        if agent is None or instance_id is None or inst is None:
+        if instance_id is None:  # woken for a free worker: pass it on if it has no work
+            if agent is None or not agent.queue:
+                self._wake()
+            return []
+        inst = None if agent is None else agent.instances.get(instance_id)
+        if agent is None or inst is None:
             return []
         if event.kind is ChildEventKind.RESTARTED and inst.restarting:
             crash_point("agents.restart")

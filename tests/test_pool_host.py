@@ -257,3 +257,19 @@ def test_the_pool_never_grows_past_its_cap_and_waiting_agents_get_freed_workers(
         scheduler.handle_one()
     assert first in {o.token for o in scheduler.outcomes}
     assert scheduler.host.host_stats()["workers"] == 2
+
+
+def test_an_agent_woken_for_a_worker_it_has_no_work_for_passes_the_worker_on(
+    clock: FakeClock,
+) -> None:
+    scheduler = _host("pool", clock, max_workers=1)
+    for name in ("a", "b", "c"):
+        scheduler.host.add(name, Flaky, 1)
+    scheduler.start("a", "hang")
+    assert scheduler.host.acquire("b", 98) is None  # b waits first, then c
+    assert scheduler.host.acquire("c", 99) is None
+    Flaky.gate.set()  # a's worker frees: b is woken, finds its queue empty, wakes c
+    woken = lambda: {e.agent for e in scheduler.events if e.kind is ChildEventKind.STARTED}  # noqa: E731
+    while "c" not in woken():
+        scheduler.handle_one()
+    assert scheduler.host.acquire("c", 99) is not None
