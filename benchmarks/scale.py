@@ -107,6 +107,7 @@ def run(agent_counts: list[int], workflows: int, host: str) -> dict[str, Any]:
             )
     for r in results:
         base = next(b for b in results if b["host"] == r["host"])
+        r["vs_smallest"] = r["workflows_per_s"] / base["workflows_per_s"]
         extra = r["agents"] - base["agents"]
         r["marginal_rss_per_agent_kb"] = (
             (r["rss_end_mb"] - base["rss_end_mb"]) * 1024 / extra if extra else None
