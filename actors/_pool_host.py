@@ -8,8 +8,9 @@ Attempts of every agent run on a shared pool of pykka worker actors
 ``simple_one_for_one`` supervisor, so ten thousand idle agent names hold no thread and
 only a few hundred bytes each.
 
-- **Elastic.** A worker is started when an attempt finds none free, up to ``max_workers``;
-  workers idle past the passivation time stop, down to ``min_workers``. Agents waiting
+- **Elastic.** Workers are started when attempts find none free, and one spare when an
+  attempt takes the last free one, up to ``max_workers``; workers idle past the
+  passivation time stop, down to ``min_workers``. Agents waiting
   for a worker are woken (an :class:`InstanceEvent` without instance), oldest first, as
   workers free.
 - **Crash rules.** An instance's object is built by the worker that runs its first
@@ -154,6 +155,8 @@ class PoolHost(HostedAgents[_Agent]):
         inst = agent.instances[instance_id]
         inst.busy_token, inst.worker = token, worker_id
         self._workers[worker_id].job = (name, instance_id, token)
+        if self._free_workers() == 0:
+            self._grow(1)  # a spare, so the next attempt need not wait for a thread to start
         return instance_id
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
@@ -347,10 +350,12 @@ class PoolHost(HostedAgents[_Agent]):
         again): waking them all would cost a pump of every waiting agent per release."""
         if not self._waiting:
             return
-        free = sum(1 for w in self._workers.values() if w.ref is not None and w.job is None)
-        for name in list(itertools.islice(self._waiting, free)):
+        for name in list(itertools.islice(self._waiting, self._free_workers())):
             del self._waiting[name]
             self._events(InstanceEvent(name, None, ChildEventKind.STARTED))
+
+    def _free_workers(self) -> int:
+        return sum(1 for w in self._workers.values() if w.ref is not None and w.job is None)
 
     def _take_built(self, name: str, instance_id: str, inst: _Slot) -> None:
         built = self._built.pop((name, instance_id), None)

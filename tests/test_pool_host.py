@@ -230,11 +230,14 @@ def test_the_pool_grows_to_the_attempts_running_and_shrinks_when_idle(
 ) -> None:
     pool.host.add("many", Flaky, 5)
     hung = [pool.start("many", "hang") for _ in range(5)]
-    assert pool.host.host_stats()["workers"] == 5
     assert pool.host.host_stats()["busy_workers"] == 5
+    assert pool.host.host_stats()["workers"] in (5, 6)  # and perhaps one spare starting
     Flaky.gate.set()
     assert {pool.outcome().token for _ in hung} == set(hung)
     assert pool.host.host_stats()["busy_workers"] == 0
+    started = lambda: {e.instance for e in pool.events if e.agent == "*pool" and e.instance}  # noqa: E731
+    while len(started()) < pool.host.host_stats()["workers"]:  # the spare, if any
+        pool.handle_one()
     pool.host.passivate(idle_before=0.0)  # every worker went idle at time 0.0
     assert pool.host.host_stats()["workers"] == 2  # min_workers
 
