@@ -320,8 +320,7 @@ class RayAgentHost(ThreadHost):
 
     def replace(self, name: str, instance_id: str) -> None:
         """Kill the worker process running the instance's attempt, then replace it."""
-        pool = self._pools.get(name)
-        inst = None if pool is None else pool.instances.get(instance_id)
+        _, inst = self._instance(name, instance_id)
         if inst is not None and not inst.lost:
             self._workers.kill(name, instance_id, inst.busy_token)
         super().replace(name, instance_id)
