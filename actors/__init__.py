@@ -21,7 +21,6 @@ re-exported by herder.runtime.
 
 from herder.actors._action import coroutine_actions, run_attempt
 from herder.actors._adaptive import Adaptive
-from herder.actors._admission import resource_stats
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
 from herder.actors._ask import call, call_future
 from herder.actors._async_host import AsyncHost, run_attempt_async
@@ -45,7 +44,7 @@ from herder.actors._facts import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, parse_fa
 from herder.actors._health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
 from herder.actors._health import AgentHealth, HealthPolicy
 from herder.actors._host import AgentHost, AgentUnavailable, InstanceCrash, host_kind
-from herder.actors._limits import CircuitBreaker, RateLimit
+from herder.actors._limits import CircuitBreaker, RateLimit, resource_stats
 from herder.actors._messages import (
     Admit,
     Committed,

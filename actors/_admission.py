@@ -27,7 +27,7 @@ from typing import Any
 from herder.actors._adaptive import Adaptive, AdaptiveLimit
 from herder.actors._clock import Clock
 from herder.actors._health import AgentHealth
-from herder.actors._limits import CircuitBreaker, RateLimit
+from herder.actors._limits import CircuitBreaker, RateLimit, resource_stats
 from herder.store import (
     BreakerState,
     Put,
@@ -409,18 +409,3 @@ class Admission:
             return  # an earlier (or the same) wake-up is already on its way
         self._wake_at[agent] = due
         self._wake(agent, delay)
-
-
-def resource_stats(rec: ResourceRecord) -> dict[str, Any]:
-    """The user-facing view of a resource record (``rt.stats()``, ``herder stats``)."""
-    out: dict[str, Any] = {
-        "breaker": str(rec.breaker),
-        "failures": rec.failures,
-        "opens": rec.opens,
-        "opened_at": rec.opened_at,
-        "crashes": rec.crashes,
-        "lost": rec.lost,
-    }
-    if rec.limit is not None:
-        out["limit"] = rec.limit  # an adaptive agent's (live in stats(), stored in the CLI)
-    return out

@@ -1,4 +1,5 @@
-"""What a user configures to protect a remote resource: a circuit breaker and a rate limit.
+"""What a user configures to protect a remote resource: a circuit breaker and a rate limit
+(and :func:`resource_stats`, how the protection's stored state is shown).
 
 Both are plain, validated data given to ``Runtime.add_agent(..., breaker=, rate_limit=)``;
 :mod:`herder.actors._admission` enforces them. The agent's ``concurrency`` is its
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from herder.store import InvalidInput
+from herder.store import InvalidInput, ResourceRecord
 
 
 def _require(ok: bool, owner: str, name: str, expected: str, actual: object) -> None:
@@ -107,3 +109,18 @@ class RateLimit:
     def capacity(self) -> int:
         """The bucket's size: ``burst``, or ``per_second`` rounded up (at least 1)."""
         return self.burst if self.burst is not None else max(1, math.ceil(self.per_second))
+
+
+def resource_stats(rec: ResourceRecord) -> dict[str, Any]:
+    """The user-facing view of a resource record (``rt.stats()``, ``herder stats``)."""
+    out: dict[str, Any] = {
+        "breaker": str(rec.breaker),
+        "failures": rec.failures,
+        "opens": rec.opens,
+        "opened_at": rec.opened_at,
+        "crashes": rec.crashes,
+        "lost": rec.lost,
+    }
+    if rec.limit is not None:
+        out["limit"] = rec.limit  # an adaptive agent's (live in stats(), stored in the CLI)
+    return out
