@@ -9,7 +9,10 @@ median is kept, with the load average seen at each round, because the machine is
 
 Target (issue 16): the 50 ms async row reaches at least 0.8x of
 ``min(1,000 / 0.05 s, the no-op async row)`` steps/s. The pooled-host row shows what the
-same action costs on threads (its pool is capped at 32 workers by default).
+same action costs on threads (its pool is capped at 32 workers by default). The "beside"
+rows run both agents in one runtime at once (``agent_host="pool"``: the async agent on
+the asyncio host, the sync one on the pool), ``--workflows`` each, started together:
+each row's steps/s is its own workflows over the time until its last one finished.
 
 Usage: python benchmarks/async_host.py [--workflows 4000] [--reps 3] [--out PATH]
 """
@@ -81,14 +84,50 @@ def one(root: pathlib.Path, agent: type[Agent], host: str, workflows: int) -> di
     }
 
 
+def beside(root: pathlib.Path, workflows: int) -> dict[str, dict[str, Any]]:
+    """The 50 ms action on both hosts of one runtime at once: each side's own rate."""
+    with Runtime(root / "store", agent_host="pool", max_result_bytes=1024) as rt:
+        sides = {"async": AsyncSleep, "pool": ThreadSleep}
+        for side, agent in sides.items():
+            rt.add_agent(side, agent, concurrency=IN_FLIGHT)
+            rt.add_workflow(Workflow(side).step("s", agent=side, action="work", retry=None))
+        begun = time.perf_counter()
+        starts = [{"workflow": side, "input": i} for i in range(workflows) for side in sides]
+        handles = rt.start_many(starts)
+        peak_threads, finished = threading.active_count(), {}
+        for side in sides:  # each side's last workflow, waited for in its own order
+            for handle in handles[list(sides).index(side) :: len(sides)]:
+                handle.result(timeout=600)
+                peak_threads = max(peak_threads, threading.active_count())
+            finished[side] = time.perf_counter() - begun
+    load = os.getloadavg()[0]
+    return {
+        f"beside: {side} 50 ms": {
+            "steps_per_s": workflows / seconds,
+            "seconds": seconds,
+            "threads": peak_threads,
+            "load": load,
+        }
+        for side, seconds in finished.items()
+    }
+
+
 def run(workflows: int, reps: int) -> dict[str, Any]:
-    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in ROWS}
+    samples: dict[str, list[dict[str, Any]]] = {
+        **{name: [] for name in ROWS},
+        "beside: async 50 ms": [],
+        "beside: pool 50 ms": [],
+    }
     for rep in range(reps):
         for name, (agent, host) in ROWS.items():
             with tempfile.TemporaryDirectory(prefix="herder-async-") as d:
                 sample = one(pathlib.Path(d), agent, host, workflows)
             samples[name].append(sample)
             progress(TAG, f"round {rep + 1}/{reps} {name}: {sample['steps_per_s']:,.0f} steps/s")
+        with tempfile.TemporaryDirectory(prefix="herder-async-") as d:
+            for name, sample in beside(pathlib.Path(d), workflows).items():
+                samples[name].append(sample)
+                progress(TAG, f"round {rep + 1}/{reps} {name}: {sample['steps_per_s']:,.0f}")
     rows = {
         name: {
             "steps_per_s": statistics.median(s["steps_per_s"] for s in runs),

@@ -25,6 +25,8 @@ def test_the_async_host_benchmark_reports_every_row_and_its_verdict(
         "async 50 ms sleep",
         "async no-op",
         "pool host 50 ms time.sleep",
+        "beside: async 50 ms",
+        "beside: pool 50 ms",
     }
     assert all(row["steps_per_s"] > 0 for row in report["rows"].values())
     assert report["bound_steps_per_s"] == min(20_000, report["rows"]["async no-op"]["steps_per_s"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -348,19 +349,23 @@ async def _lags(until: asyncio.Event) -> list[float]:
     return lags
 
 
-@pytest.mark.timeout(120)
-def test_an_asyncio_app_running_a_thousand_workflows_never_blocks_its_loop(
-    tmp_path: Path,
-) -> None:
-    """Handlers start workflows and await them on the application's loop, whose tasks the
-    actions also are; a 5 ms ticker measures the loop's lag the whole time.
+class _TimedLoop(asyncio.SelectorEventLoop):
+    """A loop that records the CPU time this thread spent in each of its turns (waiting
+    in ``select`` and for the GIL costs none), through asyncio's private ``_run_once``."""
 
-    Skipped on an overloaded machine (load average above the number of cores): there the
-    OS and the GIL alone delay any loop beside busy threads by more than 50 ms
-    (``benchmarks/async_host.py`` reports the lag with a baseline in the same run)."""
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores:
-        pytest.skip(f"load average {load:.1f} on {cores} cores: loop lag is not measurable")
+    def __init__(self) -> None:
+        super().__init__()
+        self.turns: list[float] = []
+
+    def _run_once(self) -> None:
+        began = time.thread_time()
+        super()._run_once()  # type: ignore[misc]
+        self.turns.append(time.thread_time() - began)
+
+
+def _serve_a_thousand(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> list[float]:
+    """1,000 requests whose handlers start a workflow and await it on ``loop``, whose tasks
+    the ``async def`` actions also are; returns the 5 ms ticker's lags meanwhile."""
     n = 1_000
 
     class Io(Agent):
@@ -392,9 +397,36 @@ def test_an_asyncio_app_running_a_thousand_workflows_never_blocks_its_loop(
             await rt.stop_async()
         return results, lags
 
-    results, lags = asyncio.run(main())
+    results, lags = loop.run_until_complete(main())
     assert results == list(range(n))
     assert len(lags) > 10
-    worst = max(lags)
-    print(f"\nloop lag: max {worst * 1000:.1f} ms over {len(lags)} ticks (load {load:.1f})")
-    assert worst < 0.050, f"the loop was late by {worst * 1000:.1f} ms"
+    return lags
+
+
+@pytest.mark.timeout(120)
+def test_an_asyncio_app_running_a_thousand_workflows_never_blocks_its_loop(
+    tmp_path: Path,
+) -> None:
+    """The application's loop is never 50 ms late to wake a 5 ms ticker while 1,000
+    workflows run from it, unless the machine is overloaded (load average above its
+    cores: there the OS and the GIL alone delay a loop beside busy threads by more).
+
+    Always checked, whatever the load: no turn of the loop costs its thread 200 ms of CPU
+    (waiting for the GIL or in ``select`` costs none): a guard against herder work on the
+    loop that grows with the number of workflows in flight. Turns here run up to ~600
+    callbacks (actions ending, results arriving together) and measured 45-83 ms at load
+    17-19."""
+    loop = _TimedLoop()
+    try:
+        lags = _serve_a_thousand(tmp_path, loop)
+    finally:
+        loop.close()
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    heaviest, worst = max(loop.turns), max(lags)
+    print(
+        f"\nheaviest loop turn {heaviest * 1000:.1f} ms of CPU over {len(loop.turns)} turns; "
+        f"lag max {worst * 1000:.1f} ms over {len(lags)} ticks (load {load:.1f})"
+    )
+    assert heaviest < 0.200, f"a loop turn took {heaviest * 1000:.1f} ms of CPU"
+    if load <= cores:
+        assert worst < 0.050, f"the loop was late by {worst * 1000:.1f} ms"
