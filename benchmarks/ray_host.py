@@ -59,17 +59,26 @@ def measure(rt: Runtime, action: str, in_flight: int, seconds: float) -> dict[st
     samples: list[list[float]] = [[] for _ in range(in_flight)]
     counting = threading.Event()
 
-    def loop(mine: list[float]) -> None:
+    warm = [0] * in_flight
+
+    def loop(i: int) -> None:
         while not stop.is_set():
             began = time.perf_counter()
             rt.start(action, None).result(timeout=120)
+            warm[i] += 1
             if counting.is_set():
-                mine.append(time.perf_counter() - began)
+                samples[i].append(time.perf_counter() - began)
 
-    threads = [threading.Thread(target=loop, args=(s,), daemon=True) for s in samples]
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(in_flight)]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # warm-up: instances and worker processes start
+    # Warm-up: every thread has finished a few workflows, so every instance has started
+    # (on Ray: a proxy each, a worker process per 16), and one second more; a cold start
+    # is not what this measures.
+    deadline = time.monotonic() + 180
+    while min(warm) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
     counting.set()
     began = time.perf_counter()
     time.sleep(seconds)
@@ -104,8 +113,40 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{r['local']['p50_ms']:.1f} | {r['ray']['steps_per_s']:.1f} | "
             f"{r['ray']['p50_ms']:.1f} | {r['ratio']:.2f} |"
         )
-    lines += ["", report["verdict"], END]
+    lines += ["", report["verdict"], "", WHY, END]
     return "\n".join(lines)
+
+
+WHY = (
+    "Why Ray falls short here: the driver process holds the Scheduler, the store's writer, "
+    "the benchmark's 64 client threads and one proxy thread per Ray instance, and each Ray "
+    "call costs it Python work (a `.remote()` took 3.8 ms on average at 64 in flight, "
+    "measured inside the proxy; Ray alone, without herder, did about 1,000 calls/s from 64 "
+    "threads in the same conditions). So the Ray path is bound by the driver's CPU and GIL "
+    "on two shared cores, not by the actions; it is not the sync of heartbeats either (a "
+    "5 s poll gave the same). What would close the gap (not done): submit from the "
+    "Scheduler's thread and take completions from one collector instead of a blocking "
+    "proxy thread per instance, keeping the proxies for the processes' lifecycle only; and "
+    "measure where the cluster has cores of its own, which is what Ray is for."
+)
+
+
+def judge(rows: list[dict[str, Any]]) -> tuple[str, float]:
+    """The verdict on the target, and a no-op step's extra cost on Ray at 64 in flight
+    (ms of the driver's time per step: 1/rate on Ray minus 1/rate locally)."""
+    target = next(r for r in rows if r["action"] == "sleep50" and r["in_flight"] == 64)
+    noop = next(r for r in rows if r["action"] == "noop" and r["in_flight"] == 64)
+    one = next(r for r in rows if r["action"] == "noop" and r["in_flight"] == 1)
+    overhead = 1e3 / noop["ray"]["steps_per_s"] - 1e3 / noop["local"]["steps_per_s"]
+    verdict = (
+        f"The 50 ms action at 64 in flight ran at {target['ratio']:.0%} of the local rate on "
+        f"Ray ({'PASS' if target['ratio'] >= 0.9 else 'FAIL'}: the target is within 10%). A "
+        f"no-op step costs {overhead:.1f} ms more per step on Ray at 64 in flight (throughput "
+        f"{noop['ray']['steps_per_s']:.0f}/s vs {noop['local']['steps_per_s']:.0f}/s); at 1 in "
+        f"flight its p50 was {one['ray']['p50_ms']:.1f} ms on Ray vs "
+        f"{one['local']['p50_ms']:.1f} ms locally."
+    )
+    return verdict, overhead
 
 
 def replace_section(path: Path, text: str) -> None:
@@ -147,15 +188,7 @@ def main() -> None:
             local.stop()
             remote.stop()
             ray.shutdown()
-    noop = [r for r in rows if r["action"] == "noop"]
-    overhead = [r["ray"]["p50_ms"] - r["local"]["p50_ms"] for r in noop if r["in_flight"] == 1]
-    target = next(r for r in rows if r["action"] == "sleep50" and r["in_flight"] == 64)
-    verdict = (
-        f"The 50 ms action at 64 in flight ran at {target['ratio']:.0%} of the local rate on "
-        f"Ray ({'PASS' if target['ratio'] >= 0.9 else 'FAIL'}: target within 10%). A no-op "
-        f"step costs {overhead[0]:.1f} ms more on Ray at 1 in flight (p50), the round trip "
-        "through the proxy and the worker process."
-    )
+    verdict, overhead = judge(rows)
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -164,7 +197,7 @@ def main() -> None:
         "suite_seconds": time.perf_counter() - began,
         "load_average": {"before": load_before, "after": os.getloadavg()[0]},
         "rows": rows,
-        "noop_overhead_ms_at_1": overhead[0],
+        "noop_overhead_ms_per_step_at_64": overhead,
         "verdict": verdict,
     }
     header = ("action", "in flight", "local/s", "local p50 ms", "ray/s", "ray p50 ms", "ratio")
