@@ -195,8 +195,15 @@ class Recovery:
             del waiting[workflow_id]
         if not waiting:
             self._awaiting.pop(key, None)
-        for workflow_id in chunk:
-            self._readmit(workflow_id, crashed=True)
+        corrupt: list[StoreCorrupt] = []
+        # One read transaction for the chunk's records and steps, not one per workflow.
+        for records in self._store.unfinished_chunks(
+            max(len(chunk), 1), corrupt=corrupt, ids=chunk
+        ):
+            for record, steps in records:
+                self.admit(record, steps, crashed=True)
+        for exc in corrupt:
+            self._note_corrupt(exc)
         if key in self._awaiting:
             # Dispatch and commit this chunk's first steps now: the inbox will not drain
             # (which is when a commit normally goes out) until every chunk is in.

@@ -8,6 +8,7 @@ benchmarks/recovery.py) and warns once per definition, not once per workflow.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,23 @@ def test_every_parked_workflow_resumes_in_chunks_with_one_warning(
         wait_until(rt, lambda: rt.stats()["steps"]["retried"] == n, timeout=WAIT)
 
     caplog.set_level(logging.WARNING, logger="herder.scheduler")
+    warned = threading.Event()  # recovery warns once it has read the last chunk
+
+    class Warned(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "awaits definition" in record.getMessage():
+                warned.set()
+
+    handler = Warned()
+    logging.getLogger("herder.scheduler").addHandler(handler)
     clock = FakeClock()
-    with Runtime(path, clock=clock, max_active_workflows=n) as rt:
+    try:
+        rt = Runtime(path, clock=clock, max_active_workflows=n)
+        # Recovery reads the backlog a chunk at a time, the first before Runtime() returns.
+        assert warned.wait(WAIT)
+    finally:
+        logging.getLogger("herder.scheduler").removeHandler(handler)
+    with rt:
         assert rt.stats()["awaiting_definition"] == {"one@1": n}
         parked = [r for r in caplog.records if "awaits definition" in r.getMessage()]
         assert len(parked) == 1
