@@ -75,24 +75,41 @@ class _Holder:
         self.building: asyncio.Future[Any] | None = None  # attempts arriving meanwhile wait
 
     async def get(self) -> Any:
-        """The object (building it once; raises :class:`UserCodeFailed` if it cannot be)."""
-        if self.agent is not None:
-            return self.agent
-        if self.building is None:
-            self.building = asyncio.get_running_loop().create_future()
+        """The object (building it once; raises :class:`UserCodeFailed` if it cannot be).
+
+        Attempts arriving while it is built wait for it; if the attempt building it is
+        cancelled (timed out, replaced), the next one builds it instead of failing."""
+        while self.agent is None:
+            building = self.building
+            if building is None:
+                return await self._build()
             try:
-                built = self.factory()
-                if inspect.iscoroutine(built):
-                    built = await built
-                self.agent = built
-                self.building.set_result(built)
-            except BaseException as exc:  # user code may raise anything at all
-                failed = UserCodeFailed(describe(exc), error_types(exc))
-                self.building.set_exception(failed)
-                self.building.exception()  # retrieved: later waiters re-raise it
-                self.building = None
-                raise failed from None
-        return await asyncio.shield(self.building)
+                return await asyncio.shield(building)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not building.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this attempt itself was cancelled
+        return self.agent
+
+    async def _build(self) -> Any:
+        building = self.building = asyncio.get_running_loop().create_future()
+        task = asyncio.current_task()
+        try:
+            built = self.factory()
+            if inspect.iscoroutine(built):
+                built = await built
+        except BaseException as exc:  # user code may raise anything at all
+            self.building = None
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                building.cancel()  # the waiting attempts build it themselves
+                raise
+            failed = UserCodeFailed(describe(exc), error_types(exc))
+            building.set_exception(failed)
+            building.exception()  # retrieved: the waiting attempts re-raise it
+            raise failed from None
+        self.agent, self.building = built, None
+        building.set_result(built)
+        return built
 
 
 @dataclass(slots=True)

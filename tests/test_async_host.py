@@ -430,3 +430,48 @@ def test_an_asyncio_app_running_a_thousand_workflows_never_blocks_its_loop(
     assert heaviest < 0.200, f"a loop turn took {heaviest * 1000:.1f} ms of CPU"
     if load <= cores:
         assert worst < 0.050, f"the loop was late by {worst * 1000:.1f} ms"
+
+
+def test_an_attempt_cancelled_while_building_the_object_leaves_it_to_the_next() -> None:
+    """The attempt whose task builds the agent object (an async factory still connecting)
+    is replaced: the attempt waiting for the object builds it and runs, no crash."""
+    import queue as queue_module
+
+    from herder.actors import AsyncHost, EventLoop, Outcome, Run
+
+    connect = threading.Event()
+    built: list[int] = []
+
+    async def slow_factory() -> Fetcher:
+        built.append(1)
+        if len(built) == 1:
+            await asyncio.to_thread(connect.wait, WAIT)  # the first connect hangs
+        return Fetcher()
+
+    class Port:
+        cancelled = superseded = False
+
+        def heartbeat(self, details: Any) -> None:
+            pass
+
+    inbox: queue_module.Queue[Any] = queue_module.Queue()
+    loop = EventLoop()
+    host = AsyncHost(loop, inbox.put, inbox.put, max_result_bytes=1024)
+    try:
+        host.add("web", slow_factory, 2)  # type: ignore[arg-type]
+        for token in (1, 2):
+            instance = host.acquire("web", token)
+            assert instance is not None
+            ctx = StepContext("w", "s", "fetch", 1, token, {}, "w/s", token, False, Port())
+            assert host.send("web", instance, Run("web", instance, "fetch", token, ctx))
+        host.replace("web", "web/aio1")  # the builder times out
+        outcome = inbox.get(timeout=WAIT)
+        while not isinstance(outcome, Outcome):  # the host's own wake-ups come first
+            assert outcome.instance is None, outcome  # never a crash of an instance
+            outcome = inbox.get(timeout=WAIT)
+        assert outcome.token == 2
+        assert outcome.ok, outcome.error
+        assert len(built) == 2  # the waiting attempt built its own object
+    finally:
+        connect.set()
+        loop.close()
