@@ -171,7 +171,12 @@ class Scheduler(SupervisedActor):
         self.actor_ref.tell(Recover())
 
     def on_failure(self, *_exc_info: object) -> None:
-        """Keep the promises of commits that reached the inbox but were never handled."""
+        """Keep the promises of commits that reached the inbox but were never handled, and
+        tell the attempts still running that they are superseded: the next Scheduler runs
+        their steps again under new tokens, and only this one could tell them."""
+        for attempt in self._engine.inflight.values():
+            if attempt.port is not None:
+                attempt.port.superseded = True
         self._drain_commits()
 
     def on_stop(self) -> None:

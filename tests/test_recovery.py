@@ -224,6 +224,36 @@ def test_a_crashed_scheduler_is_restarted_and_every_workflow_still_finishes(path
     assert len(ledger.effects) == 16
 
 
+def test_an_attempt_running_when_its_scheduler_crashes_is_told_it_was_superseded(
+    path: Path,
+) -> None:
+    # Only the Scheduler that died could tell it; the next one runs the step again under a
+    # new token. Untold, a hung attempt that returns late may apply its effect after the
+    # step was compensated (exact simulation seed 2153, with a service that does not fence).
+    ledger = EffectLedger()
+    running, release, answered = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    class HangsOnce(Booker):
+        def book(self, ctx: StepContext) -> str:
+            if ctx.step == "a" and ctx.attempt == 1:
+                running.set()
+                release.wait(WAIT)
+                seen.append(ctx.superseded)
+                answered.set()
+            return super().book(ctx)
+
+    with open_runtime(path, ledger) as rt:
+        rt.add_agent("svc", functools.partial(HangsOnce, ledger), concurrency=2)
+        handle = rt.start("chain", workflow_id="w")
+        assert running.wait(WAIT)
+        crash_scheduler(rt, WAIT)
+        release.set()
+        assert answered.wait(WAIT)
+        assert handle.result(timeout=WAIT) == {"a": "a", "b": "b"}
+    assert seen == [True]
+
+
 def test_a_crash_looping_agent_gets_a_fresh_supervisor_and_its_steps_finish(
     path: Path,
 ) -> None:

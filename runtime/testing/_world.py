@@ -21,9 +21,8 @@ class World:
     undone, by idempotency key, and the faults attempts met.
 
     It fences by token, as ``StepContext.token`` recommends: a request carrying a lower
-    token than one it already saw for the key is refused. An attempt nobody could tell it
-    was superseded (it hung while its Scheduler crashed) cannot then apply its effect
-    after the step's compensation ran."""
+    token than one it already saw for the key is refused, so a superseded attempt that
+    goes on anyway cannot apply its effect after the step's compensation ran."""
 
     schedule: FaultSchedule
     lock: threading.Lock = field(default_factory=threading.Lock)
