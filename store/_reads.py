@@ -17,10 +17,10 @@ from typing import Any, TypeVar, cast
 import lmdb
 
 from herder.store import _recent as recent
+from herder.store._backlog import id_chunk, scan_chunk
 from herder.store._codec import decode
 from herder.store._errors import StoreCorrupt
 from herder.store._keys import (
-    KEY_SEP,
     definition_key,
     split_timer_key,
     step_key,
@@ -169,9 +169,9 @@ class Reads:
         start, skip, at = b"", False, 0
         while True:
             if ids is None:
-                read = functools.partial(_scan_chunk, reads=self, start=start, skip=skip, n=chunk)
+                read = functools.partial(scan_chunk, self._handles, start=start, skip=skip, n=chunk)
             else:
-                read = functools.partial(_id_chunk, reads=self, ids=ids[at : at + chunk])
+                read = functools.partial(id_chunk, self._handles, ids=ids[at : at + chunk])
                 at += chunk
             raw, more = self._read(read)
             out = []
@@ -359,55 +359,6 @@ class Snapshot:
             if not key.startswith(prefix):
                 return
             yield key, value
-
-
-_Raw = list[tuple[bytes, bytes, list[tuple[bytes, bytes]]]]
-"""Raw workflow records, each with its key and its raw step records."""
-
-
-def _scan_chunk(
-    txn: lmdb.Transaction, *, reads: Reads, start: bytes, skip: bool, n: int
-) -> tuple[_Raw, bool]:
-    """Up to ``n`` raw workflow records from ``start`` on (after it, with ``skip``), with
-    their steps; and whether more may follow."""
-    out: _Raw = []
-    cur = txn.cursor(db=reads._handle("workflows"))
-    steps = txn.cursor(db=reads._handle("steps"))
-    found = cur.set_range(start)
-    while found:
-        key = bytes(cur.key())
-        if not (skip and key == start):
-            if len(out) >= n:
-                return out, True
-            out.append((key, bytes(cur.value()), _raw_steps(steps, key)))
-        found = cur.next()
-    return out, False
-
-
-def _id_chunk(txn: lmdb.Transaction, *, reads: Reads, ids: list[str]) -> tuple[_Raw, bool]:
-    """The raw records of the workflows ``ids`` that exist, with their steps."""
-    out: _Raw = []
-    workflows = reads._handle("workflows")
-    steps = txn.cursor(db=reads._handle("steps"))
-    for wid in ids:
-        key = workflow_key(wid)
-        value = txn.get(key, db=workflows)
-        if value is not None:
-            out.append((key, bytes(value), _raw_steps(steps, key)))
-    return out, True
-
-
-def _raw_steps(cur: lmdb.Cursor, wkey: bytes) -> list[tuple[bytes, bytes]]:
-    prefix = wkey + KEY_SEP
-    own: list[tuple[bytes, bytes]] = []
-    at = cur.set_range(prefix)
-    while at:
-        skey = bytes(cur.key())
-        if not skey.startswith(prefix):
-            break
-        own.append((skey, bytes(cur.value())))
-        at = cur.next()
-    return own
 
 
 def _step(workflow_id: str, key: bytes, raw: bytes) -> StepRecord:
