@@ -27,6 +27,7 @@ from herder.actors._messages import InstanceEvent, Outcome, Run, Wake
 from herder.actors._mixed_host import MixedHost
 from herder.actors._placed_host import PlacedHost, remote_host
 from herder.actors._pool_host import PoolHost
+from herder.actors._queue import JobQueue
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors._thread_host import ThreadHost
 from herder.actors.engine import (
@@ -44,6 +45,7 @@ from herder.actors.engine import (
     StartFailed,
     TimedOut,
     WorkflowRun,
+    next_member,
     unqueue,
 )
 from herder.store import Transition
@@ -59,6 +61,7 @@ class Dispatcher:
         self._config = ctx.config
         self._host: AgentHost | None = None
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
+        self._regroup = False  # an agent's health changed: group jobs may change member
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
         )
@@ -112,14 +115,17 @@ class Dispatcher:
                 self.admission.lost(action.agent)
 
     def _enqueue(self, action: Enqueue) -> None:
-        queue = self.host.queue(action.agent)
+        self._queue(action.agent).push(action.job, action.priority, self._clock.monotonic())
+        self.dirty.add(action.agent)
+
+    def _queue(self, agent: str) -> JobQueue[Job]:
+        queue = self.host.queue(agent)
         if queue is None:
             # The agent is not registered (yet): the job waits in a queue created for it.
-            self.host.add(action.agent, _unregistered(action.agent), 0)
-            queue = self.host.queue(action.agent)
+            self.host.add(agent, _unregistered(agent), 0)
+            queue = self.host.queue(agent)
             assert queue is not None
-        queue.push(action.job, action.priority, self._clock.monotonic())
-        self.dirty.add(action.agent)
+        return queue
 
     # -- news from the host ------------------------------------------------------------
 
@@ -145,9 +151,11 @@ class Dispatcher:
         return [AttemptLost(token, f"agent instance crashed: {msg.reason}") for token in lost]
 
     def woke(self, agent: str) -> None:
-        """A scheduled wake-up for ``agent``'s gate arrived: pump it again."""
+        """A scheduled wake-up for ``agent``'s gate arrived, or its health changed: pump
+        it again (and move group jobs that now have a healthier member)."""
         self.admission.woke(agent)
         self.dirty.add(agent)
+        self._regroup = True
 
     def _busy_tokens(self, agent: str) -> list[int]:
         return self.host.busy_tokens(agent)  # (the host is attached after the gates)
@@ -177,6 +185,9 @@ class Dispatcher:
 
     def pump_dirty(self) -> None:
         """Dispatch what the agents touched since the last pump can run now."""
+        if self._regroup:
+            self._regroup = False
+            self._move_off_unhealthy()
         for agent in sorted(self.dirty):  # sorted: the same order (and tokens) in every process
             self._pump(agent)
         self.dirty.clear()
@@ -204,6 +215,30 @@ class Dispatcher:
             if gated:
                 self.admission.admitted(agent, token)
             self._reserve(run, job, agent, instance, token)
+
+    def _move_off_unhealthy(self) -> None:
+        """Move the queued jobs of group (``AnyOf``) steps off members that are unhealthy
+        to the member the rule (``engine/_members.py``) names now, when that one is
+        healthy, keeping their priority and order. Nothing durable changes: the member is
+        recorded when the attempt is dispatched."""
+        engine = self._engine
+        for agent in sorted(self._ctx.agents):
+            queue = self.host.queue(agent)
+            if not queue or engine.healthy(agent):
+                continue
+            targets: dict[int, str] = {}
+            for job in queue:
+                run = engine.runs.get(job.workflow_id)
+                if run is None or not engine.job_valid(run, job):
+                    continue  # the pump drops it
+                spec, st = run.specs[job.step], run.steps[job.step]
+                well = engine.healthy
+                member = next_member(spec, st, compensating=job.compensating, healthy=well)
+                if member != agent and well(member):
+                    targets[id(job)] = member
+            for member in sorted(set(targets.values())):
+                self._queue(member).take(queue, _bound_for(targets, member))
+                self.dirty.add(member)
 
     def _reserve(self, run: WorkflowRun, job: Job, agent: str, instance: str, token: int) -> None:
         """Have the engine record the attempt, and build what its agent will be told."""
@@ -309,6 +344,11 @@ def build_host(ctx: EngineContext) -> AgentHost:
     # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on first
     # use so that Ray is imported only by a runtime that uses it.
     return PlacedHost(local, ctx.placements, lambda: remote_host(ctx, options))
+
+
+def _bound_for(targets: dict[int, str], member: str) -> Callable[[Job], bool]:
+    """Whether a job is one of ``targets`` (by identity) bound for ``member``."""
+    return lambda job: targets.get(id(job)) == member
 
 
 def _unregistered(agent: str) -> Callable[[], Agent]:

@@ -12,7 +12,9 @@ of that agent starts while it still runs.
 
 An unhealthy agent takes no new work: :class:`herder.actors._admission.Admission` holds
 its steps in their queue as behind an open breaker (no attempt spent, no timeout running)
-until a check passes; the passing check wakes the Scheduler to pump the agent again.
+until a check passes; the passing check wakes the Scheduler to pump the agent again. A
+verdict that changes wakes it too: the queued jobs of a group step (``AnyOf``) move off a
+member that turned unhealthy, or onto one that healed (``actors/_dispatch.py``).
 Health is live state, not stored: after a restart an agent counts as healthy until its
 first check says otherwise.
 
@@ -247,7 +249,8 @@ class AgentHealth:
             self._verdict(agent, watch, ok=error is None, error=error)
 
     def _verdict(self, agent: str, watch: _Watch, *, ok: bool, error: str | None) -> None:
-        """Record a check's outcome (lock held); wake the Scheduler when it heals."""
+        """Record a check's outcome (lock held); wake the Scheduler when it changes (it
+        pumps a healed agent, and moves group jobs off a sick one or onto a healed one)."""
         was = watch.healthy
         watch.healthy, watch.error = ok, error
         watch.checks += 1
@@ -257,6 +260,7 @@ class AgentHealth:
             _log.warning("agent %s is unhealthy, holding its work: %s", agent, error)
         elif ok and not was:
             _log.info("agent %s is healthy again", agent)
+        if ok != was:
             self._tell(Wake(agent))
         for event in watch.waiters:
             event.set()

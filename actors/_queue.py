@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 _T = TypeVar("_T")
@@ -49,12 +49,22 @@ class JobQueue(Generic[_T]):
         """Remove and return the job that runs next (IndexError when empty)."""
         return heapq.heappop(self._heap)[2]
 
-    def take(self, other: JobQueue[_T]) -> None:
-        """Move every job of ``other`` here, keeping their order (keys are comparable:
-        both queues count time on the same clock)."""
-        for key, _, item in sorted(other._heap, key=lambda entry: entry[:2]):
+    def take(self, other: JobQueue[_T], which: Callable[[_T], bool] = lambda item: True) -> int:
+        """Move the jobs of ``other`` that ``which`` accepts (all by default) here, keeping
+        their priority and order (keys are comparable: both queues count time on the same
+        clock); how many moved."""
+        moving = [entry for entry in other._heap if which(entry[2])]
+        if not moving:
+            return 0
+        for key, _, item in sorted(moving, key=lambda entry: entry[:2]):
             heapq.heappush(self._heap, (key, next(self._seq), item))
-        other._heap.clear()
+        if len(moving) == len(other._heap):
+            other._heap.clear()
+        else:
+            gone = {id(entry) for entry in moving}
+            other._heap = [entry for entry in other._heap if id(entry) not in gone]
+            heapq.heapify(other._heap)
+        return len(moving)
 
     def __len__(self) -> int:
         return len(self._heap)

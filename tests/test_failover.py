@@ -35,21 +35,35 @@ class Ledger:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.calls: list[tuple[str, str]] = []  # (member, action)
+        self.calls: list[tuple[str, str, str]] = []  # (member, action, workflow)
         self.sick: set[str] = set()  # health() raises
         self.failing: dict[str, int] = {}  # member -> book calls left to fail
+        self.held: dict[str, tuple[threading.Event, threading.Event]] = {}  # (began, release)
 
-    def record(self, member: str, action: str) -> None:
+    def record(self, member: str, action: str, workflow: str = "") -> None:
         with self.lock:
-            self.calls.append((member, action))
+            self.calls.append((member, action, workflow))
             left = self.failing.get(member, 0)
             if action == "book" and left:
                 self.failing[member] = left - 1
                 raise ConnectionError(f"{member} refused the booking")
+            held = self.held.get(workflow)
+        if held is not None:
+            held[0].set()
+            assert held[1].wait(WAIT)
+
+    def hold(self, workflow: str) -> tuple[threading.Event, threading.Event]:
+        """Make ``workflow``'s booking block: (it began, release it)."""
+        self.held[workflow] = (threading.Event(), threading.Event())
+        return self.held[workflow]
 
     def of(self, action: str) -> list[str]:
         with self.lock:
-            return [member for member, act in self.calls if act == action]
+            return [member for member, act, _ in self.calls if act == action]
+
+    def booked_on(self, member: str) -> list[str]:
+        with self.lock:
+            return [w for m, act, w in self.calls if m == member and act == "book"]
 
 
 class Airline(Agent):
@@ -57,7 +71,7 @@ class Airline(Agent):
         self.ledger, self.member = ledger, member
 
     def book(self, ctx: StepContext) -> str:
-        self.ledger.record(self.member, "book")
+        self.ledger.record(self.member, "book", ctx.workflow_id)
         return f"booked on {self.member}"
 
     def cancel(self, ctx: StepContext) -> None:
@@ -94,10 +108,10 @@ TRIP = (
 )
 
 
-def runtime(path: Path, clock: FakeClock, ledger: Ledger) -> Runtime:
+def runtime(path: Path, clock: FakeClock, ledger: Ledger, interval: float = 10.0) -> Runtime:
     rt = Runtime(path, clock=clock, sweep_interval=0.05)
     for member in MEMBERS:
-        rt.add_agent(member, functools.partial(Airline, ledger, member), health_interval=10.0)
+        rt.add_agent(member, functools.partial(Airline, ledger, member), health_interval=interval)
     rt.add_agent("hotel", Hotel)
     rt.add_workflow(TRIP)
     return rt
@@ -134,6 +148,52 @@ def test_each_attempt_goes_to_a_healthy_member(tmp_path: Path, clock: FakeClock)
         checked(rt, clock, 2)
         h = rt.start("trip", {"hotel": "ok"}, workflow_id="w2")
         assert h.result(timeout=WAIT)["flight"] == "booked on airline-eu"  # first preferred
+        assert check_store(rt._store).ok
+
+
+def queued(rt: Runtime, agent: str, count: int) -> None:
+    wait_until(rt, lambda: rt.stats()["agents"][agent]["queued"] == count)
+
+
+def test_a_queued_job_moves_off_a_member_that_turns_unhealthy(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ledger = Ledger()
+    began, release = ledger.hold("w1")
+    # Checks every 2 s: w1's attempt (timeout 5 s) keeps running while the checks run.
+    with runtime(tmp_path / "s", clock, ledger, interval=2.0) as rt:
+        checked(rt, clock, 1, 0.0)
+        h1 = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
+        assert began.wait(WAIT)  # airline-eu's one instance is busy with w1
+        h2 = rt.start("trip", {"hotel": "ok"}, workflow_id="w2")
+        h3 = rt.start("trip", {"hotel": "ok"}, workflow_id="w3", priority=5)
+        queued(rt, "airline-eu", 2)  # both wait for airline-eu, the first preferred
+        ledger.sick.add("airline-eu")
+        checked(rt, clock, 2, 2.0)
+        assert h2.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        assert h3.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        assert ledger.booked_on("airline-us") == ["w3", "w2"]  # priority kept
+        assert rt.status("w2").steps["flight"].agent == "airline-us"
+        assert not h1.done()  # the attempt running on airline-eu is not interrupted
+        release.set()
+        assert h1.result(timeout=WAIT)["flight"] == "booked on airline-eu"
+        assert check_store(rt._store).ok
+
+
+def test_a_job_waits_while_no_member_is_healthy_and_moves_to_one_that_recovers(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ledger = Ledger()
+    ledger.sick.update(MEMBERS)
+    with runtime(tmp_path / "s", clock, ledger) as rt:
+        checked(rt, clock, 1, 0.0)
+        h = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
+        queued(rt, "airline-eu", 1)  # no member healthy: it waits for the first
+        assert rt.status("w1").steps["flight"].state is StepState.PENDING
+        ledger.sick.discard("airline-us")
+        checked(rt, clock, 2)
+        assert h.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        assert ledger.of("book") == ["airline-us"]
         assert check_store(rt._store).ok
 
 

@@ -13,6 +13,10 @@ preference). Each attempt records the member it went to as the step record's
 - when no member is healthy, the rule still names one (the same preference), and the
   work waits in its queue as behind an open breaker.
 
+The rule is asked when a job is queued, and again for the jobs queued on a member whose
+health changed (``actors/_dispatch.py`` moves those the rule now sends to a healthy
+member); the member is recorded only when the attempt is dispatched.
+
 A step with one agent is untouched: its agent is ``spec.agent`` always.
 """
 
