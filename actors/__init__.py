@@ -76,6 +76,7 @@ from herder.actors._supervision_specs import (
 from herder.actors._supervisor import WorkflowSupervisor
 from herder.actors._thread_host import ThreadHost, agents_listener
 from herder.actors._tree import start_tree
+from herder.actors._wiring import EngineListener, QuietListener
 
 __all__ = [
     "DEFAULT_HEALTH_INTERVAL",
@@ -103,6 +104,7 @@ __all__ = [
     "Define",
     "EngineConfig",
     "EngineContext",
+    "EngineListener",
     "EventLoop",
     "FakeClock",
     "HealthPolicy",
@@ -119,6 +121,7 @@ __all__ = [
     "PoolHost",
     "PoolWorker",
     "ProbeResult",
+    "QuietListener",
     "RateLimit",
     "Restart",
     "RestartIntensityExceeded",

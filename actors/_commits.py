@@ -180,7 +180,7 @@ def settle_future(effect: Reply) -> None:
 def announce_final(ctx: EngineContext, final: Announce) -> None:
     """Tell the runtime a workflow's final state is durable; a failing callback is logged."""
     try:
-        ctx.on_final(final.record, final.steps)
+        ctx.listener.on_final(final.record, final.steps)
     except Exception:
         _log.exception("on_final callback failed for %s", final.record.id)
 

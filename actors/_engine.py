@@ -19,7 +19,8 @@ from herder.actors._health import AgentHealth
 from herder.actors._host import AgentHost
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat
-from herder.store import LeaseLost, Plan, RetryPolicy, StepRecord, Store, WorkflowRecord
+from herder.actors._wiring import EngineListener
+from herder.store import LeaseLost, Plan, RetryPolicy, Store
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -57,14 +58,14 @@ class EngineContext:
         store: Store,
         clock: Clock,
         config: EngineConfig,
-        on_final: Callable[[WorkflowRecord, list[StepRecord] | None], None],
+        listener: EngineListener,
         *,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.config = config
-        self.on_final = on_final
+        self.listener = listener  # the runner, upward (actors/_wiring.py)
         self.plans: dict[tuple[str, int], Plan] = {}
         self.agents: dict[str, tuple[Callable[[], Agent], int]] = {}
         # Agents whose attempts run on the asyncio host, and the loop it runs them on.
@@ -82,21 +83,10 @@ class EngineContext:
         self.remote: Any = None
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
-        # Called (on the Scheduler's thread) after each batch of transitions is durable;
-        # the testing kit waits on it instead of polling.
-        self.commit_listeners: list[Callable[[], None]] = []
         self.paused = False  # a draining runtime: dispatch nothing new
-        # Called (on the Scheduler's thread) when an operator action takes a workflow out
-        # of NEEDS_ATTENTION, so the runtime counts it as unfinished again.
-        self.on_resumed: Callable[[], None] | None = None
-        # Called once, on the Scheduler's thread, by the first recovery after the runtime
-        # took the lease, with the number of unfinished workflows it found, before any of
-        # them can finish (so the runtime's capacity count needs no scan of its own).
-        self.on_recovered: Callable[[int], None] | None = None
         # Called on the Supervisor's thread after each sweep that read the store: the
         # runtime's health signal (lease renewal, systemd watchdog).
         self.sweep_listeners: list[Callable[[], None]] = []
-        self.on_lease_lost: Callable[[LeaseLost], None] | None = None
         # The agent host each Scheduler builds at start, when not the configured ones
         # (a test's host, which a single-threaded simulation drives).
         self.make_host: Callable[[], AgentHost] | None = None
@@ -113,8 +103,7 @@ class EngineContext:
         if self.lost is not None:
             return
         _log.critical("lease lost: %s", error)
-        if self.on_lease_lost is not None:
-            self.on_lease_lost(error)
+        self.listener.on_lease_lost(error)
         self.lost = error  # last: whoever sees it set sees the runtime told
 
     def next_token(self) -> int:

@@ -211,8 +211,7 @@ class Operator:
         """Make a parked run active again (after the action was validated)."""
         if parked:
             self._engine.runs[run.record.id] = run
-            if self._ctx.on_resumed is not None:
-                self._ctx.on_resumed()
+            self._ctx.listener.on_resumed()
 
     def _note_operator(self, op: Operate) -> None:
         """The history event of an operator action, and its command's outcome, if any."""

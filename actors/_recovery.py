@@ -164,14 +164,12 @@ class Recovery:
         self._recovery_corrupt.clear()
         # Nothing recovered here has finished yet: finals are announced once their commit
         # is durable, and this message's transitions are submitted after it returns.
-        if self._ctx.on_recovered is not None:
-            self._ctx.on_recovered(unfinished)
+        self._ctx.listener.on_recovered(unfinished, done=chunk is None)
         self._recovered_count += recovered
         if chunk is not None:
             self._shell.settle(flush=True)  # this chunk's dispatches go out now
             self._ctx.tell_scheduler(Recover())  # the next chunk, after what arrived
             return
-        self._ctx.on_recovered = None
         if self._recovered_count:
             _log.info("recovered %d unfinished workflows", self._recovered_count)
         for (name, version), waiting in self._awaiting.items():  # one line per definition

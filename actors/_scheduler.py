@@ -371,8 +371,7 @@ class Scheduler(SupervisedActor):
             # forgotten or read back from the store: nothing held builds on a failed one.
             self._writer.resync()
             self._resync_due = False
-        for listener in list(self._ctx.commit_listeners):
-            listener()
+        self._ctx.listener.on_commit()
 
     def _apply(self, effect: Effect) -> None:
         if isinstance(effect, Dispatch):

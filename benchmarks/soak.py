@@ -135,13 +135,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tracker = Tracker(args.in_flight, args.workflows)
     windows: list[dict[str, Any]] = []
     with Runtime(store, max_active_workflows=args.in_flight * 2, seed=args.seed) as rt:
-        announce = rt._ctx.on_final  # the soak listens to every final state, as waiters do
+        announce = rt._listener.on_final  # the soak listens to every final state, as waiters do
 
         def on_final(record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
             announce(record, steps)
             tracker.finished(record)
 
-        rt._ctx.on_final = on_final
+        rt._listener.on_final = on_final  # type: ignore[method-assign]
         for i, name in enumerate(("airline", "hotels", "cars")):
 
             def factory(i: int = i) -> Booking:

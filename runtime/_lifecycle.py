@@ -195,7 +195,7 @@ class Lifecycle:
             # The Scheduler's first recovery counts the unfinished workflows (one scan).
             with rt._lock:
                 rt._active = 0
-            rt._ctx.on_recovered = rt._on_recovered
+            rt._listener.count_next_recovery()
             keeper = LeaseKeeper(rt._store, rt._ctx, self._hand_over)
             rt._ctx.sweep_listeners[:] = [
                 keeper.on_sweep,
@@ -250,7 +250,7 @@ class Lifecycle:
         )
         deadline = time.monotonic() + timeout
         committed = threading.Event()
-        rt._ctx.commit_listeners.append(committed.set)
+        rt._listener.commit_waiters.append(committed.set)
         running = 0
         try:
             while (left := deadline - time.monotonic()) > 0:
@@ -264,7 +264,7 @@ class Lifecycle:
                     return
                 committed.wait(min(_BACKSTOP, max(0.0, deadline - time.monotonic())))
         finally:
-            rt._ctx.commit_listeners.remove(committed.set)
+            rt._listener.commit_waiters.remove(committed.set)
         _log.warning(
             "%d attempts still running after draining %ss; they run again at the next open",
             running,

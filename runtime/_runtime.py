@@ -37,6 +37,7 @@ from herder.runtime._ha import StandbyWatcher
 from herder.runtime._handle import Final, Waiting, WorkflowHandle
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._lifecycle import Lifecycle
+from herder.runtime._listener import RuntimeListener
 from herder.runtime._metrics import stats_collector
 from herder.runtime._operations import Operations
 from herder.runtime._registration import Registration
@@ -135,11 +136,10 @@ class Runtime(
         # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
         steady = SteadyClock(self._clock)
         self._retention = Retention(self._store, self._clock, config.retention_seconds)
+        self._listener = RuntimeListener(self)
         self._ctx = EngineContext(
-            self._store, steady, config.engine_config(), self._on_final, loop=config.loop
+            self._store, steady, config.engine_config(), self._listener, loop=config.loop
         )
-        self._ctx.on_lease_lost = self._on_lease_lost
-        self._ctx.on_resumed = self._on_resumed
         self._latest: dict[str, Plan] = {}
         self._started: set[tuple[str, int]] = set()  # definitions marked started in meta
         self._actions: dict[str, frozenset[str] | None] = {}

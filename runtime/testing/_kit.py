@@ -88,7 +88,7 @@ def wait_until(runtime: Runtime, predicate: Callable[[], bool], timeout: float =
             commits[0] += 1
             changed.notify_all()
 
-    runtime._ctx.commit_listeners.append(committed)
+    runtime._listener.commit_waiters.append(committed)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -105,7 +105,7 @@ def wait_until(runtime: Runtime, predicate: Callable[[], bool], timeout: float =
                         raise TimeoutError(f"condition not reached within {timeout}s")
                     changed.wait(remaining)
     finally:
-        runtime._ctx.commit_listeners.remove(committed)
+        runtime._listener.commit_waiters.remove(committed)
 
 
 def settle(runtime: Runtime) -> None:

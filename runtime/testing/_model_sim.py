@@ -49,6 +49,7 @@ from herder.actors import (
     EngineConfig,
     EngineContext,
     FakeClock,
+    QuietListener,
     Scheduler,
     SteadyClock,
     WorkflowSupervisor,
@@ -61,6 +62,7 @@ from herder.runtime.testing._inline_host import InlineHost, Sent
 from herder.runtime.testing._world import SimReport, SimService, StoreFaults, World, verify
 from herder.store import (
     Put,
+    StepRecord,
     Store,
     Transition,
     WorkflowRecord,
@@ -81,6 +83,16 @@ def simulate_exact(
 ) -> SimReport:
     """Run one seed exactly on a new store in ``directory``; see the module docstring."""
     return _Simulation(seed, Path(directory), schedule or FaultSchedule(seed)).run()
+
+
+class _Announcements(QuietListener):
+    """The simulated runner hears only finals, which it checks were durable first."""
+
+    def __init__(self, simulation: _Simulation) -> None:
+        self._simulation = simulation
+
+    def on_final(self, record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
+        self._simulation._announced(record, steps)
 
 
 class _Register:
@@ -276,7 +288,7 @@ class _Simulation:
             store,
             SteadyClock(self.clock, floor=floor),
             EngineConfig(seed=self.seed),
-            self._announced,
+            _Announcements(self),
         )
         if not late:
             self._register(ctx)

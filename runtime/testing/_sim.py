@@ -218,7 +218,7 @@ def _open(directory: Path, clock: FakeClock, world: _ThreadedWorld) -> Runtime:
         seed=world.schedule.seed,
         agent_host=world.agent_host,
     )
-    rt._ctx.commit_listeners.append(world.gate.changed)
+    rt._listener.commit_waiters.append(world.gate.changed)
     for agent in ("alpha", "beta"):
         factory = functools.partial(CheckedService, world, agent)
         rt.add_agent(agent, factory, concurrency=CONCURRENCY, health_interval=ROUND)
