@@ -42,6 +42,7 @@ class EngineConfig:
     seed: int | None = None
     probe_timeout: float = 30.0
     agent_host: str = "pool"  # "pool" (PoolHost) or "thread" (ThreadHost)
+    pool_workers: int = 32  # the pool's cap on worker threads (PoolHost max_workers)
     max_recoveries: int = 3  # crashes in a row an attempt may be running at (engine._recovery)
     recovery_stagger: float = 0.5  # seconds between suspects re-run after a crash
 

@@ -113,7 +113,7 @@ class PoolHost(HostedAgents[_Agent]):
         # even when the engine runs on a FakeClock (as the thread host's supervisors do).
         self._clock = SystemClock() if clock is None else clock
         self._max_workers = max_workers
-        self._min_workers = min_workers
+        self._min_workers = min(min_workers, max_workers)
         self._workers: dict[str, _Worker] = {}
         self._worker_ids = itertools.count()
         self._pool: pykka.ActorRef | None = None

@@ -45,7 +45,9 @@ class RuntimeConfig:
     ``None`` keeps everything; see docs/operations.md), ``agent_host`` (``"pool"``, the
     default: every agent's attempts run on one elastic pool of worker threads and idle
     agents hold none; ``"thread"``: a thread per busy agent instance and one per busy
-    agent name, see docs/agents.md), ``tracer_provider`` (an
+    agent name, see docs/agents.md), ``pool_workers`` (default 32: the most worker
+    threads the pool grows to, so the most attempts of plain ``def`` actions that run at
+    once on it), ``tracer_provider`` (an
     OpenTelemetry tracer provider for spans per workflow and attempt; default: the global
     one if set, else no tracing at all; see docs/tracing.md), ``loop`` (the event loop
     ``async def`` actions run on, e.g. ``asyncio.get_running_loop()``; default: one the
@@ -82,6 +84,7 @@ class RuntimeConfig:
     probe_timeout: float = 30.0
     retention: float | datetime.timedelta | None = DEFAULT_RETENTION
     agent_host: str = "pool"
+    pool_workers: int = 32
     tracer_provider: Any = None
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -105,6 +108,8 @@ class RuntimeConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise _wrong(name, "an int >= 1", value)
+        if not _is_int(self.pool_workers) or self.pool_workers < 1:
+            raise _wrong("pool_workers", "an int >= 1", self.pool_workers)
         if not _is_int(self.max_recoveries) or self.max_recoveries < 0:
             raise _wrong("max_recoveries", "an int >= 0", self.max_recoveries)
         restarts = self.agent_restarts
@@ -169,6 +174,7 @@ class RuntimeConfig:
             seed=self.seed,
             probe_timeout=self.probe_timeout,
             agent_host=host_kind(self.agent_host),
+            pool_workers=self.pool_workers,
         )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from herder.actors import (
 )
 from herder.actors._messages import Outcome, Run
 from herder.actors._supervision_specs import ChildEventKind
+from herder.runtime import InvalidInput, Runtime, Workflow
 
 WAIT = 10.0
 
@@ -275,3 +277,25 @@ def test_an_agent_woken_for_a_worker_it_has_no_work_for_passes_the_worker_on(
     while "c" not in woken():
         scheduler.handle_one()
     assert scheduler.host.acquire("c", 99) is not None
+
+
+def test_a_runtime_caps_its_pool_at_pool_workers(tmp_path: Path) -> None:
+    entered, gate = threading.Semaphore(0), threading.Event()
+
+    class Slow(Agent):
+        def work(self, ctx: StepContext) -> int:
+            entered.release()
+            gate.wait(WAIT)
+            return 1
+
+    with Runtime(tmp_path / "s", pool_workers=1) as rt:
+        rt.add_agent("slow", Slow, concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="slow", action="work"))
+        first, second = rt.start("w", workflow_id="1"), rt.start("w", workflow_id="2")
+        assert entered.acquire(timeout=WAIT)
+        assert not entered.acquire(timeout=0.3)  # the second waits for the only worker
+        assert rt.stats()["host"]["workers"] == 1
+        gate.set()
+        assert first.result(timeout=WAIT) == second.result(timeout=WAIT) == {"s": 1}
+    with pytest.raises(InvalidInput, match="pool_workers"):
+        Runtime(tmp_path / "t", pool_workers=0)
