@@ -8,7 +8,9 @@ for capacity, and the instances by id, each serving at most one attempt (its
 (``add``, ``queue``, ``busy_tokens``, ``replace_token``, ``stats``); a host subclasses it
 with how instances run (a pykka actor each, a shared worker pool, an event loop).
 
-A host that restarts crashed instances itself (the pool host) paces them with
+:func:`request_agent_supervisor` starts the supervisor the pykka hosts keep their actors
+under (one per agent name on the thread host, one for the worker pool). A host that
+restarts crashed instances itself (the pool host) paces them with
 :data:`INSTANCE_BACKOFF` and a :class:`RestartWindow` per agent, as the per-agent
 supervisors of the thread host do, so an agent that keeps crashing trips the same
 backoff and intensity rules on every host.
@@ -21,9 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import pykka
+
 from herder.actors._agent import Agent
+from herder.actors._ask import call_later
+from herder.actors._clock import Clock
+from herder.actors._messages import InstanceEvent
 from herder.actors._queue import DEFAULT_AGING, JobQueue
-from herder.actors._supervision_specs import Backoff
+from herder.actors._supervision import start_supervisor
+from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
+from herder.store import safe_repr
 
 INSTANCE_BACKOFF = Backoff(initial=0.001, factor=2.0, max=1.0)
 """How long a crashed agent instance waits before it serves again, by its agent's number
@@ -120,3 +129,42 @@ class HostedAgents(Generic[HostedT]):
         """The agent ``name`` and its instance ``instance_id`` (None where unknown)."""
         agent = self._agents.get(name)
         return agent, None if agent is None else agent.instances.get(instance_id)
+
+
+def request_agent_supervisor(
+    agents_supervisor: pykka.ActorRef,
+    name: str,
+    events: Callable[[InstanceEvent], None],
+    *,
+    clock: Clock,
+    max_restarts: int,
+    restart_period: float,
+    shutdown: float,
+    start_timeout: float = 10.0,
+) -> None:
+    """Ask the agents supervisor, without waiting, for a ``simple_one_for_one`` supervisor
+    ``agent:<name>`` (an agent's instances, or the pool's workers) restarting its children
+    after :data:`INSTANCE_BACKOFF`; each :class:`ChildEvent` of a child reaches ``events``
+    as an :class:`InstanceEvent` of agent ``name``. If it gives up, it is not restarted:
+    the host asks for a fresh one when it next needs it."""
+
+    def listener(event: ChildEvent) -> None:
+        reason = None if event.reason is None else safe_repr(event.reason)
+        events(InstanceEvent(name, event.child_id, event.kind, event.ref, reason))
+
+    spec = ChildSpec(
+        id=f"agent:{name}",
+        start=lambda: start_supervisor(
+            f"agent:{name}",
+            Strategy.SIMPLE_ONE_FOR_ONE,
+            listener=listener,
+            clock=clock,
+            max_restarts=max_restarts,
+            period=restart_period,
+            start_timeout=start_timeout,
+            backoff=INSTANCE_BACKOFF,
+        ),
+        restart=Restart.TEMPORARY,
+        shutdown=shutdown,
+    )
+    call_later(agents_supervisor, "start_child", spec)

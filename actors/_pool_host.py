@@ -42,20 +42,23 @@ import pykka
 from herder.actors._ask import call_later
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import RestartIntensityExceeded
-from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
+from herder.actors._hosted import (
+    INSTANCE_BACKOFF,
+    Hosted,
+    HostedAgents,
+    Instance,
+    request_agent_supervisor,
+)
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._pool_worker import PoolWorker, Work
 from herder.actors._queue import DEFAULT_AGING
-from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import (
-    ChildEvent,
     ChildEventKind,
     ChildSpec,
     Restart,
     RestartWindow,
-    Strategy,
 )
-from herder.store import crash_point, safe_repr
+from herder.store import crash_point
 
 _log = logging.getLogger("herder.agents")
 
@@ -390,28 +393,16 @@ class PoolHost(HostedAgents[_Agent]):
         call_later(pool, "start_child", spec)
 
     def _start_pool(self) -> None:
-        events = self._events
-
-        def listener(event: ChildEvent) -> None:
-            reason = None if event.reason is None else safe_repr(event.reason)
-            events(InstanceEvent(POOL, event.child_id, event.kind, event.ref, reason))
-
-        spec = ChildSpec(
-            id=f"agent:{POOL}",
-            start=lambda: start_supervisor(
-                f"agent:{POOL}",
-                Strategy.SIMPLE_ONE_FOR_ONE,
-                listener=listener,
-                clock=SystemClock(),
-                max_restarts=self._max_restarts,
-                period=self._restart_period,
-                backoff=INSTANCE_BACKOFF,
-            ),
-            restart=Restart.TEMPORARY,
+        request_agent_supervisor(
+            self._agents_sup,
+            POOL,
+            self._events,
+            clock=SystemClock(),
+            max_restarts=self._max_restarts,
+            restart_period=self._restart_period,
             shutdown=self._shutdown,
         )
         self._pool_pending = True
-        call_later(self._agents_sup, "start_child", spec)
 
 
 def _idle(inst: _Slot) -> bool:

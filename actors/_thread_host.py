@@ -25,17 +25,15 @@ from herder.actors._agent import Agent
 from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
 from herder.actors._host import AgentUnavailable
-from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
+from herder.actors._hosted import Hosted, HostedAgents, Instance, request_agent_supervisor
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervised import SupervisedActor
-from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import (
     ChildEvent,
     ChildEventKind,
     ChildSpec,
     Restart,
-    Strategy,
 )
 from herder.store import (
     contain,
@@ -339,38 +337,17 @@ class ThreadHost(HostedAgents[_Pool]):
 
     def _request_pool_supervisor(self, pool: _Pool) -> None:
         """Ask the agents supervisor for this agent's supervisor, without waiting."""
-        name = pool.name
-        events = self._events
-
-        def listener(event: ChildEvent) -> None:
-            events(
-                InstanceEvent(
-                    agent=name,
-                    instance=event.child_id,
-                    kind=event.kind,
-                    ref=event.ref,
-                    reason=None if event.reason is None else safe_repr(event.reason),
-                )
-            )
-
-        spec = ChildSpec(
-            id=f"agent:{name}",
-            start=lambda: start_supervisor(
-                f"agent:{name}",
-                Strategy.SIMPLE_ONE_FOR_ONE,
-                listener=listener,
-                clock=self._restart_clock,
-                # If it gives up, the Scheduler starts a fresh supervisor for the next step.
-                max_restarts=self._max_restarts,
-                period=self._restart_period,
-                start_timeout=self.instance_start_timeout,
-                backoff=INSTANCE_BACKOFF,
-            ),
-            restart=Restart.TEMPORARY,
+        request_agent_supervisor(
+            self._agents_sup,
+            pool.name,
+            self._events,
+            clock=self._restart_clock,
+            max_restarts=self._max_restarts,
+            restart_period=self._restart_period,
             shutdown=self._shutdown,
+            start_timeout=self.instance_start_timeout,
         )
         pool.supervisor_pending = True
-        call_later(self._agents_sup, "start_child", spec)
 
     def _stop_pool_supervisor(self, pool: _Pool) -> None:
         pool.supervisor = None
