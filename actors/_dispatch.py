@@ -329,9 +329,8 @@ def build_host(ctx: EngineContext) -> AgentHost:
         "restart_period": config.agent_restart_period,
         "queue_aging": config.priority_aging,
     }
-    if host is PoolHost:
-        options["max_workers"] = config.pool_workers
-    threads = host(ctx.agents_supervisor, **options)
+    pool: dict[str, Any] = {"max_workers": config.pool_workers} if host is PoolHost else {}
+    threads = host(ctx.agents_supervisor, **options, **pool)
     local = MixedHost(
         threads,
         lambda: AsyncHost(
