@@ -88,6 +88,7 @@ class Admission:
         self._records: dict[str, ResourceRecord] = {}
         self._dirty: dict[str, ResourceRecord] = {}
         self._wake_at: dict[str, float] = {}
+        self.breakers_moved = False  # a breaker opened or closed (the dispatcher resets it)
         self._load()
 
     # -- configuration -----------------------------------------------------------------
@@ -178,6 +179,16 @@ class Admission:
             gate.throttled += 1
             return False  # an attempt's end releases its instance and pumps again
         return True
+
+    def tripped(self, agent: str) -> bool:
+        """True while ``agent``'s breaker holds its work: open and cooling down, or
+        half-open with its probe out (no side effects, unlike :meth:`ready`)."""
+        gate, rec = self._gates.get(agent), self._records.get(agent)
+        if gate is None or gate.breaker is None or rec is None:
+            return False
+        if rec.breaker is BreakerState.OPEN:
+            return (rec.opened_at or 0.0) + gate.breaker.cooldown > self._clock.time()
+        return rec.breaker is BreakerState.HALF_OPEN and gate.probe is not None
 
     def admitted(self, agent: str, token: int) -> None:
         """An attempt of ``agent`` with fencing ``token`` was dispatched past the gate."""
@@ -305,6 +316,8 @@ class Admission:
         return rec
 
     def _set(self, agent: str, rec: ResourceRecord) -> ResourceRecord:
+        old = self._records.get(agent)
+        self.breakers_moved |= old is None or old.breaker is not rec.breaker
         rec = rec.evolve(updated=self._clock.time())
         self._records[agent] = self._dirty[agent] = rec
         return rec

@@ -65,6 +65,8 @@ class Dispatcher:
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
         )
+        # A group (AnyOf) step picks among the members that are well (engine/_members.py).
+        engine.healthy = self.well
 
     @property
     def host(self) -> AgentHost:
@@ -185,9 +187,9 @@ class Dispatcher:
 
     def pump_dirty(self) -> None:
         """Dispatch what the agents touched since the last pump can run now."""
-        if self._regroup:
-            self._regroup = False
-            self._move_off_unhealthy()
+        if self._regroup or self.admission.breakers_moved:
+            self._regroup = self.admission.breakers_moved = False
+            self._move_off_unwell()
         for agent in sorted(self.dirty):  # sorted: the same order (and tokens) in every process
             self._pump(agent)
         self.dirty.clear()
@@ -216,15 +218,20 @@ class Dispatcher:
                 self.admission.admitted(agent, token)
             self._reserve(run, job, agent, instance, token)
 
-    def _move_off_unhealthy(self) -> None:
-        """Move the queued jobs of group (``AnyOf``) steps off members that are unhealthy
-        to the member the rule (``engine/_members.py``) names now, when that one is
-        healthy, keeping their priority and order. Nothing durable changes: the member is
-        recorded when the attempt is dispatched."""
+    def well(self, agent: str) -> bool:
+        """Whether ``agent`` takes new work: its last health check passed and its breaker
+        does not hold its work."""
+        return self._ctx.health.healthy(agent) and not self.admission.tripped(agent)
+
+    def _move_off_unwell(self) -> None:
+        """Move the queued jobs of group (``AnyOf``) steps off members that are not
+        :meth:`well` to the member the rule (``engine/_members.py``) names now, when that
+        one is well, keeping their priority and order. Nothing durable changes: the member
+        is recorded when the attempt is dispatched."""
         engine = self._engine
         for agent in sorted(self._ctx.agents):
             queue = self.host.queue(agent)
-            if not queue or engine.healthy(agent):
+            if not queue or self.well(agent):
                 continue
             targets: dict[int, str] = {}
             for job in queue:
@@ -232,9 +239,8 @@ class Dispatcher:
                 if run is None or not engine.job_valid(run, job):
                     continue  # the pump drops it
                 spec, st = run.specs[job.step], run.steps[job.step]
-                well = engine.healthy
-                member = next_member(spec, st, compensating=job.compensating, healthy=well)
-                if member != agent and well(member):
+                member = next_member(spec, st, compensating=job.compensating, healthy=self.well)
+                if member != agent and self.well(member):
                     targets[id(job)] = member
             for member in sorted(set(targets.values())):
                 self._queue(member).take(queue, _bound_for(targets, member))

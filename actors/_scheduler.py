@@ -137,7 +137,6 @@ class Scheduler(SupervisedActor):
             ctx.next_token,
             self._probes,
             lambda: ctx.store.incarnation,
-            healthy=ctx.health.healthy,
         )
         self._commits = CommitPipeline(ctx.next_token)
         self._dispatch = Dispatcher(ctx, self._engine)

@@ -13,6 +13,7 @@ import pytest
 from herder.runtime import (
     Agent,
     AnyOf,
+    CircuitBreaker,
     InvalidDefinition,
     RetryPolicy,
     Runtime,
@@ -43,14 +44,15 @@ class Ledger:
     def record(self, member: str, action: str, workflow: str = "") -> None:
         with self.lock:
             self.calls.append((member, action, workflow))
-            left = self.failing.get(member, 0)
-            if action == "book" and left:
-                self.failing[member] = left - 1
-                raise ConnectionError(f"{member} refused the booking")
             held = self.held.get(workflow)
         if held is not None:
             held[0].set()
             assert held[1].wait(WAIT)
+        with self.lock:
+            left = self.failing.get(member, 0)
+            if action == "book" and left:
+                self.failing[member] = left - 1
+                raise ConnectionError(f"{member} refused the booking")
 
     def hold(self, workflow: str) -> tuple[threading.Event, threading.Event]:
         """Make ``workflow``'s booking block: (it began, release it)."""
@@ -177,6 +179,31 @@ def test_a_queued_job_moves_off_a_member_that_turns_unhealthy(
         assert not h1.done()  # the attempt running on airline-eu is not interrupted
         release.set()
         assert h1.result(timeout=WAIT)["flight"] == "booked on airline-eu"
+        assert check_store(rt._store).ok
+
+
+def test_a_queued_job_moves_off_a_member_whose_breaker_opens(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ledger = Ledger()
+    ledger.failing["airline-eu"] = 1
+    began, release = ledger.hold("w1")
+    with runtime(tmp_path / "s", clock, ledger) as rt:
+        breaker = CircuitBreaker(failures=1, cooldown=60.0)
+        rt.add_agent(
+            "airline-eu", functools.partial(Airline, ledger, "airline-eu"), breaker=breaker
+        )
+        h1 = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
+        assert began.wait(WAIT)
+        h2 = rt.start("trip", {"hotel": "ok"}, workflow_id="w2")
+        queued(rt, "airline-eu", 1)
+        release.set()  # w1's attempt fails: airline-eu's breaker opens for 60 s
+        assert h2.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        retry_wait(rt, "w1")
+        advance(rt, clock, 1.0)  # w1's retry goes to airline-us too
+        assert h1.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        assert ledger.of("book") == ["airline-eu", "airline-us", "airline-us"]
+        assert rt.stats()["resources"]["airline-eu"]["breaker"] == "OPEN"
         assert check_store(rt._store).ok
 
 
