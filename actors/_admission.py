@@ -18,14 +18,13 @@ Everything here runs on the Scheduler's thread.
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from herder.actors._adaptive import Adaptive, AdaptiveLimit
 from herder.actors._clock import Clock
+from herder.actors._gate import Gate
 from herder.actors._health import AgentHealth
 from herder.actors._limits import CircuitBreaker, RateLimit, resource_stats
 from herder.store import (
@@ -42,21 +41,6 @@ _log = logging.getLogger("herder.admission")
 
 _EPSILON = 1e-9  # float slack: a token refilled "exactly" on time counts as there
 _KEEP_LIMIT_EVERY = 5.0  # seconds: how often at most an adaptive limit's move is stored
-
-
-@dataclass(slots=True)
-class _Gate:
-    """The in-memory side of one agent's limits."""
-
-    breaker: CircuitBreaker | None
-    rate: RateLimit | None
-    adaptive: AdaptiveLimit | None = None
-    started: dict[int, float] = field(default_factory=dict)  # token -> monotonic start
-    tokens: float = 0.0
-    refilled: float = 0.0  # monotonic time of the last refill
-    probe: int | None = None  # token of the half-open probe in flight
-    samples: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
-    throttled: int = 0  # times a job found the gate shut
 
 
 class Admission:
@@ -84,7 +68,7 @@ class Admission:
         self._busy = busy
         self._health = health
         self._sick_holds: dict[str, int] = {}  # dispatches held back for ill health
-        self._gates: dict[str, _Gate] = {}
+        self._gates: dict[str, Gate] = {}
         self._records: dict[str, ResourceRecord] = {}
         self._dirty: dict[str, ResourceRecord] = {}
         self._wake_at: dict[str, float] = {}
@@ -111,7 +95,7 @@ class Admission:
             self._gates.pop(agent, None)
             return
         old = self._gates.get(agent)
-        gate = _Gate(breaker, rate)
+        gate = Gate(breaker, rate)
         if adaptive is not None:
             kept = old is not None and old.adaptive is not None and old.adaptive.config == adaptive
             resumed = None if stored is None else stored.limit  # learned before a restart
@@ -127,7 +111,7 @@ class Admission:
         rec = self._record(agent)
         # Failures recorded before the breaker was configured (attempts lost to a crash
         # loop, found at recovery before the daemon registered its agents) count now.
-        if breaker is not None and rec.breaker is BreakerState.CLOSED and self._trips(gate, rec):
+        if breaker is not None and rec.breaker is BreakerState.CLOSED and gate.trips(rec):
             self._open(agent, rec)
 
     def remove(self, agent: str) -> None:
@@ -168,7 +152,7 @@ class Admission:
                 gate.throttled += 1
                 return False
         if wait <= 0 and gate.rate is not None:
-            self._refill(gate, gate.rate)
+            gate.refill(gate.rate, self._clock.monotonic())
             if gate.tokens < 1.0 - _EPSILON:
                 wait = (1.0 - gate.tokens) / gate.rate.per_second
         if wait > 0:
@@ -288,7 +272,7 @@ class Admission:
             if gate is not None:
                 out[agent]["throttled"] = gate.throttled
                 if gate.rate is not None:
-                    self._refill(gate, gate.rate)
+                    gate.refill(gate.rate, self._clock.monotonic())
                     out[agent]["rate_tokens"] = round(gate.tokens, 3)
                 if gate.adaptive is not None:
                     out[agent]["limit"] = gate.adaptive.limit
@@ -322,10 +306,10 @@ class Admission:
         self._records[agent] = self._dirty[agent] = rec
         return rec
 
-    def _succeeded(self, agent: str, gate: _Gate | None) -> None:
+    def _succeeded(self, agent: str, gate: Gate | None) -> None:
         rec = self._record(agent)
         if gate is not None:
-            self._sample(gate, ok=True)
+            gate.sample(True, self._clock.monotonic())
         if rec.breaker is BreakerState.HALF_OPEN:
             _log.info("circuit breaker of agent %s closed: the probe succeeded", agent)
             if gate is not None:
@@ -334,31 +318,20 @@ class Admission:
         elif rec.failures:
             self._set(agent, rec.evolve(failures=0))
 
-    def _failed(self, agent: str, gate: _Gate | None) -> None:
+    def _failed(self, agent: str, gate: Gate | None) -> None:
         rec = self._record(agent)
         rec = rec.evolve(failures=rec.failures + 1)
         if gate is None or gate.breaker is None:
             # Only counted: persisted with the next change (crash/lost counters do that).
             self._records[agent] = rec
             return
-        self._sample(gate, ok=False)
+        gate.sample(False, self._clock.monotonic())
         if rec.breaker is BreakerState.HALF_OPEN or (
-            rec.breaker is BreakerState.CLOSED and self._trips(gate, rec)
+            rec.breaker is BreakerState.CLOSED and gate.trips(rec)
         ):
             self._open(agent, rec)
         else:
             self._set(agent, rec)
-
-    def _trips(self, gate: _Gate, rec: ResourceRecord) -> bool:
-        breaker = gate.breaker
-        assert breaker is not None
-        if breaker.failures is not None and rec.failures >= breaker.failures:
-            return True
-        if breaker.failure_rate is None:
-            return False
-        calls = len(gate.samples)
-        failed = sum(1 for _, ok in gate.samples if not ok)
-        return calls >= breaker.min_calls and failed >= breaker.failure_rate * calls
 
     def _open(self, agent: str, rec: ResourceRecord) -> None:
         gate = self._gates[agent]
@@ -379,16 +352,6 @@ class Admission:
         )
         self._schedule(agent, gate.breaker.cooldown)
 
-    def _sample(self, gate: _Gate, *, ok: bool) -> None:
-        breaker = gate.breaker
-        if breaker is None or breaker.failure_rate is None:
-            return
-        now = self._clock.monotonic()
-        samples = gate.samples
-        samples.append((now, ok))
-        while samples and samples[0][0] < now - breaker.window:
-            samples.popleft()
-
     def _keep_limit(self, agent: str, adaptive: AdaptiveLimit) -> None:
         """Store an adaptive limit that moved (at most every few seconds, so a busy agent
         adds no commits): ``herder stats`` shows it and a restart resumes from it."""
@@ -398,7 +361,7 @@ class Admission:
         if rec.limit is None or self._clock.time() - rec.updated >= _KEEP_LIMIT_EVERY:
             self._set(agent, rec.evolve(limit=adaptive.limit))
 
-    def _inflight(self, agent: str, gate: _Gate) -> int:
+    def _inflight(self, agent: str, gate: Gate) -> int:
         """Attempts of ``agent`` running now; forgets start times of attempts that ended
         without an answer (their instance was replaced, or lost with its supervisor)."""
         busy = self._busy(agent)
@@ -406,13 +369,6 @@ class Admission:
             running = set(busy)
             gate.started = {t: at for t, at in gate.started.items() if t in running}
         return len(busy)
-
-    def _refill(self, gate: _Gate, rate: RateLimit) -> None:
-        now = self._clock.monotonic()
-        gained = (now - gate.refilled) * rate.per_second
-        if gained > 0:
-            gate.tokens = min(float(rate.capacity), gate.tokens + gained)
-        gate.refilled = now
 
     def _schedule(self, agent: str, delay: float) -> None:
         now = self._clock.monotonic()

@@ -216,7 +216,8 @@ def test_a_job_waits_while_no_member_is_healthy_and_moves_to_one_that_recovers(
         checked(rt, clock, 1, 0.0)
         h = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
         queued(rt, "airline-eu", 1)  # no member healthy: it waits for the first
-        assert rt.status("w1").steps["flight"].state is StepState.PENDING
+        flight = rt.status("w1").steps["flight"]
+        assert (flight.state, flight.agent) == (StepState.PENDING, None)  # nothing stored yet
         ledger.sick.discard("airline-us")
         checked(rt, clock, 2)
         assert h.result(timeout=WAIT)["flight"] == "booked on airline-us"

@@ -1,0 +1,60 @@
+"""The in-memory side of one agent's limits (:class:`Gate`): rate-limit tokens, the
+breaker's recent outcomes and half-open probe, the adaptive limit's running attempts.
+
+:class:`herder.actors._admission.Admission` keeps one per agent with limits and decides
+with it; what must survive a restart is in the agent's ``ResourceRecord`` instead.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from herder.actors._adaptive import AdaptiveLimit
+from herder.actors._limits import CircuitBreaker, RateLimit
+from herder.store import ResourceRecord
+
+
+@dataclass(slots=True)
+class Gate:
+    """The in-memory side of one agent's limits."""
+
+    breaker: CircuitBreaker | None
+    rate: RateLimit | None
+    adaptive: AdaptiveLimit | None = None
+    started: dict[int, float] = field(default_factory=dict)  # token -> monotonic start
+    tokens: float = 0.0
+    refilled: float = 0.0  # monotonic time of the last refill
+    probe: int | None = None  # token of the half-open probe in flight
+    samples: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
+    throttled: int = 0  # times a job found the gate shut
+
+    def refill(self, rate: RateLimit, now: float) -> None:
+        """Add the rate-limit tokens earned since the last refill (``now``: monotonic)."""
+        gained = (now - self.refilled) * rate.per_second
+        if gained > 0:
+            self.tokens = min(float(rate.capacity), self.tokens + gained)
+        self.refilled = now
+
+    def sample(self, ok: bool, now: float) -> None:
+        """Remember an outcome for a breaker with a failure rate (within its window)."""
+        breaker = self.breaker
+        if breaker is None or breaker.failure_rate is None:
+            return
+        samples = self.samples
+        samples.append((now, ok))
+        while samples and samples[0][0] < now - breaker.window:
+            samples.popleft()
+
+    def trips(self, rec: ResourceRecord) -> bool:
+        """Whether the breaker opens: enough consecutive failures, or a failure rate
+        reached over enough recent calls."""
+        breaker = self.breaker
+        assert breaker is not None
+        if breaker.failures is not None and rec.failures >= breaker.failures:
+            return True
+        if breaker.failure_rate is None:
+            return False
+        calls = len(self.samples)
+        failed = sum(1 for _, ok in self.samples if not ok)
+        return calls >= breaker.min_calls and failed >= breaker.failure_rate * calls
