@@ -10,6 +10,7 @@ the workflow is taken back, before anything of it runs again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -19,7 +20,7 @@ from herder.actors._messages import Commands, Operate
 from herder.actors._operator import Operator
 from herder.actors._recovery import Recovery
 from herder.actors.engine import Resolve
-from herder.store import HerderError, finished_ops
+from herder.store import HerderError, Plan, finished_ops
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -33,8 +34,10 @@ class Channel:
         commits: CommitPipeline,
         recovery: Recovery,
         operator: Operator,
+        plans: Mapping[tuple[str, int], Plan],
     ) -> None:
         self._ctx = ctx
+        self._plans = plans  # the Scheduler's (changed only by its Define messages)
         self._store = ctx.store
         self._clock = ctx.clock
         self._commits = commits
@@ -58,7 +61,7 @@ class Channel:
                 record = self._store.get_workflow(workflow_id)
             except HerderError:
                 record = None  # operate() below refuses it, and the refusal is recorded
-            if record is not None and (record.name, record.version) not in self._ctx.plans:
+            if record is not None and (record.name, record.version) not in self._plans:
                 if not record.state.is_final:
                     self._recovery.held.setdefault(workflow_id, {})[command["id"]] = command
                     continue

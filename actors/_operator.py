@@ -10,7 +10,7 @@ durable. It runs on the Scheduler's thread and reaches the Scheduler only throug
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 
 from herder.actors._commits import CommitPipeline
@@ -34,6 +34,7 @@ from herder.actors.engine import (
 from herder.store import (
     HerderError,
     InvalidInput,
+    Plan,
     StepState,
     WorkflowRecord,
     WorkflowState,
@@ -62,8 +63,10 @@ class Operator:
         recovery: Recovery,
         shell: Shell,
         rand: Callable[[], float],
+        plans: Mapping[tuple[str, int], Plan],
     ) -> None:
         self._ctx = ctx
+        self._plans = plans  # the Scheduler's (changed only by its Define messages)
         self._store = ctx.store
         self._clock = ctx.clock
         self._config = ctx.config
@@ -197,7 +200,7 @@ class Operator:
             if not record.state.is_final and record.state in allowed:
                 raise self._not_loaded(op, record)
             raise InvalidState(_not_in(op, record.state, allowed))
-        plan = self._ctx.plans.get((record.name, record.version))
+        plan = self._plans.get((record.name, record.version))
         if plan is None:
             raise InvalidState(
                 f"workflow {op.workflow_id!r} needs definition {record.name!r} version "
@@ -241,7 +244,7 @@ class Operator:
             return InvalidState(
                 f"workflow {wid!r} is {record.state}; {op.action} applies to an unfinished workflow"
             )
-        if (record.name, record.version) not in self._ctx.plans:
+        if (record.name, record.version) not in self._plans:
             return InvalidState(
                 f"workflow {wid!r} awaits its definition {record.name!r} version "
                 f"{record.version} (it was recovered after a restart); register it with "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from herder.actors._clock import Clock
@@ -63,8 +63,11 @@ class Recovery:
         commits: CommitPipeline,
         dispatch: Dispatcher,
         shell: Shell,
+        *,
+        plans: Mapping[tuple[str, int], Plan],
     ) -> None:
         self._ctx = ctx
+        self._plans = plans  # the Scheduler's (changed only by its Define messages)
         self._store = ctx.store
         self._clock: Clock = ctx.clock
         self._engine = engine
@@ -154,7 +157,7 @@ class Recovery:
             if record.id in self._engine.runs:
                 continue
             self._recovered.add(record.id)
-            if (record.name, record.version) in self._ctx.plans:
+            if (record.name, record.version) in self._plans:
                 self.admit(record, steps, crashed=True)
             else:  # its steps are read again when the definition comes (on_define)
                 self.await_definition(record, warn=False)
@@ -326,7 +329,7 @@ class Recovery:
         record = self._store.get_workflow(workflow_id)
         if record is None or record.state.is_final:
             return None
-        if (record.name, record.version) not in self._ctx.plans:
+        if (record.name, record.version) not in self._plans:
             return None
         steps = self._store.steps_of(workflow_id)
         was = self.release(record)

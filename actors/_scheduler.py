@@ -95,6 +95,7 @@ from herder.actors.engine import (
 from herder.store import (
     BatchSink,
     LeaseLost,
+    Plan,
     crash_point,
     timer_token,
 )
@@ -131,16 +132,21 @@ class Scheduler(SupervisedActor):
             max_recoveries=config.max_recoveries,
             recovery_stagger=config.recovery_stagger,
         )
+        # The definitions this Scheduler runs: its own copy, filled at start and changed
+        # only by Define messages (never written by another thread).
+        self._plans: dict[tuple[str, int], Plan] = {}
         self._engine = Engine(
             defaults,
-            ctx.plans,
+            self._plans,
             ctx.next_token,
             self._probes,
             lambda: ctx.store.incarnation,
         )
         self._commits = CommitPipeline(ctx.next_token)
         self._dispatch = Dispatcher(ctx, self._engine)
-        self._recovery = Recovery(ctx, self._engine, self._commits, self._dispatch, self)
+        self._recovery = Recovery(
+            ctx, self._engine, self._commits, self._dispatch, self, plans=self._plans
+        )
         self._operator = Operator(
             ctx,
             engine=self._engine,
@@ -148,8 +154,9 @@ class Scheduler(SupervisedActor):
             recovery=self._recovery,
             shell=self,
             rand=self._rand.random,
+            plans=self._plans,
         )
-        self._channel = Channel(ctx, self._commits, self._recovery, self._operator)
+        self._channel = Channel(ctx, self._commits, self._recovery, self._operator, self._plans)
         self._sink: BatchSink | None = None  # where the writer reports durable batches
         # Fail-stop (Writer.resync): workflow entries handed to the writer and not yet
         # reported back, and whether a failure wants a resync once none is left.
@@ -167,6 +174,9 @@ class Scheduler(SupervisedActor):
         make_host = self._ctx.make_host or (lambda: build_host(self._ctx))
         self._dispatch.attach(make_host())
         self._ctx.scheduler = self.actor_ref
+        # After the line above: a definition registered from here on reaches this actor
+        # as a Define message, one registered before is in the copy (both is harmless).
+        self._plans.update(self._ctx.plans)
         self.actor_ref.tell(Recover())
 
     def on_failure(self, *_exc_info: object) -> None:
@@ -212,6 +222,7 @@ class Scheduler(SupervisedActor):
         elif isinstance(message, InstanceEvent):
             self._on_instance_event(message)
         elif isinstance(message, Define):
+            self._plans[(message.plan.name, message.plan.version)] = message.plan
             self._recovery.on_define(message.plan)
         elif isinstance(message, Tick):
             self._on_tick()
