@@ -76,16 +76,24 @@ from herder.actors._supervision_specs import (
 from herder.actors._supervisor import WorkflowSupervisor
 from herder.actors._thread_host import ThreadHost, agents_listener
 from herder.actors._tree import start_tree
-from herder.actors._wiring import EngineListener, QuietListener
+from herder.actors._wiring import (
+    NO_LIMITS,
+    AgentEntry,
+    EngineListener,
+    QuietListener,
+    registered_agents,
+)
 
 __all__ = [
     "DEFAULT_HEALTH_INTERVAL",
     "FACTS_KEY",
     "FACTS_REFRESH",
     "FACTS_STALE",
+    "NO_LIMITS",
     "Adaptive",
     "Admit",
     "Agent",
+    "AgentEntry",
     "AgentHealth",
     "AgentHost",
     "AgentUnavailable",
@@ -150,6 +158,7 @@ __all__ = [
     "parse_facts",
     "parse_task_token",
     "read_facts",
+    "registered_agents",
     "resource_stats",
     "run_attempt",
     "run_attempt_async",

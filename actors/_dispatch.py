@@ -30,6 +30,7 @@ from herder.actors._pool_host import PoolHost
 from herder.actors._queue import JobQueue
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors._thread_host import ThreadHost
+from herder.actors._wiring import AgentEntry
 from herder.actors.engine import (
     Attempt,
     AttemptLost,
@@ -60,6 +61,8 @@ class Dispatcher:
         self._clock = ctx.clock
         self._config = ctx.config
         self._host: AgentHost | None = None
+        # The agents served: the Scheduler's own copy, changed only by its messages.
+        self.agents: dict[str, AgentEntry] = {}
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
         self._regroup = False  # an agent's health changed: group jobs may change member
         self.admission = Admission(
@@ -74,21 +77,22 @@ class Dispatcher:
         assert self._host is not None, "attach a host first"
         return self._host
 
-    def attach(self, host: AgentHost) -> None:
-        """Run attempts on ``host``, serving every agent registered so far."""
+    def attach(self, host: AgentHost, agents: dict[str, AgentEntry]) -> None:
+        """Run attempts on ``host``, serving ``agents`` (those registered so far)."""
         self._host = host
-        for name in self._ctx.agents:
-            self.add(name)
+        for name, entry in agents.items():
+            self.add(name, entry)
 
-    def add(self, name: str) -> None:
-        """Serve agent ``name`` as registered in the engine context."""
-        factory, concurrency = self._ctx.agents[name]
-        self.host.add(name, factory, concurrency)
-        self.admission.configure(name, *self._ctx.limits.get(name, (None, None, None)))
+    def add(self, name: str, entry: AgentEntry) -> None:
+        """Serve agent ``name`` as ``entry`` says (again: as it now says)."""
+        self.agents[name] = entry
+        self.host.add(name, entry.factory, entry.concurrency)
+        self.admission.configure(name, *entry.limits)
         self.dirty.add(name)
 
     def remove(self, name: str) -> None:
         """Stop serving agent ``name``; its queued work waits until it is added again."""
+        self.agents.pop(name, None)
         self.host.remove(name)
         self.admission.remove(name)
 
@@ -229,7 +233,7 @@ class Dispatcher:
         one is well, keeping their priority and order. Nothing durable changes: the member
         is recorded when the attempt is dispatched."""
         engine = self._engine
-        for agent in sorted(self._ctx.agents):
+        for agent in sorted(self.agents):
             queue = self.host.queue(agent)
             if not queue or self.well(agent):
                 continue
@@ -302,10 +306,9 @@ class Dispatcher:
 
     def facts(self) -> dict[str, Any]:
         """Per agent: what the console's agents page shows."""
-        limits = self._ctx.limits
         configured = {
-            name: limit_facts(concurrency, *limits.get(name, (None, None, None)))
-            for name, (_, concurrency) in self._ctx.agents.items()
+            name: limit_facts(entry.concurrency, *entry.limits)
+            for name, entry in self.agents.items()
         }
         return agent_facts(self.host.stats(), self.admission.stats(), configured)
 

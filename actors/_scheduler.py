@@ -75,6 +75,7 @@ from herder.actors._operator import Operator
 from herder.actors._outcomes import has_probe
 from herder.actors._recovery import Recovery
 from herder.actors._supervised import SupervisedActor
+from herder.actors._wiring import AgentEntry, registered_agents
 from herder.actors.engine import (
     DEADLINE_TIMER,
     Announce,
@@ -171,12 +172,15 @@ class Scheduler(SupervisedActor):
         # Everything this Scheduler holds is read from the store: nothing builds on a
         # batch a predecessor had fail, so the writer may take its batches.
         self._writer.resync()
-        make_host = self._ctx.make_host or (lambda: build_host(self._ctx))
-        self._dispatch.attach(make_host())
-        self._ctx.scheduler = self.actor_ref
-        # After the line above: a definition registered from here on reaches this actor
-        # as a Define message, one registered before is in the copy (both is harmless).
-        self._plans.update(self._ctx.plans)
+        ctx = self._ctx
+        make_host = ctx.make_host or (lambda: build_host(ctx))
+        host = make_host()
+        ctx.scheduler = self.actor_ref
+        # After the line above: what is registered from here on reaches this actor as a
+        # message (Define, add_agent), what was registered before is in these copies
+        # (both is harmless: each message says what to hold, not what to change).
+        self._plans.update(ctx.plans)
+        self._dispatch.attach(host, registered_agents(ctx.agents, ctx.limits))
         self.actor_ref.tell(Recover())
 
     def on_failure(self, *_exc_info: object) -> None:
@@ -243,9 +247,9 @@ class Scheduler(SupervisedActor):
 
     # -- control plane (called through proxies/asks) ----------------------------------
 
-    def add_agent(self, name: str) -> None:
-        """Start serving agent ``name`` as registered in the engine context."""
-        self._dispatch.add(name)
+    def add_agent(self, name: str, entry: AgentEntry) -> None:
+        """Start serving agent ``name`` as ``entry`` says (again: as it now says)."""
+        self._dispatch.add(name, entry)
         self.settle()
 
     def remove_agent(self, name: str) -> None:
@@ -300,8 +304,8 @@ class Scheduler(SupervisedActor):
 
     def _probes(self, agent: str, action: str) -> bool:
         """Whether ``agent`` defines a probe for ``action`` (the engine asks on a lapse)."""
-        registered = self._ctx.agents.get(agent)
-        return registered is not None and has_probe(registered[0], action)
+        entry = self._dispatch.agents.get(agent)
+        return entry is not None and has_probe(entry.factory, action)
 
     def handle(self, event: Event) -> None:
         """Hand ``event`` to the engine, then commit and perform what it decided."""

@@ -3,13 +3,48 @@
 Upward, one object: the :class:`EngineListener` the runtime hands down. The actors call
 it, never a callback slot they find in shared state, so what the runtime hears is one
 interface with one implementation per runner (the runtime's, the exact simulator's).
+
+Downward, registrations travel as data: the Scheduler copies the agents and definitions
+registered so far when it starts (:func:`registered_agents`) and then learns of changes
+only from messages (``Define``, ``add_agent(name, AgentEntry)``, ``remove_agent``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
+from herder.actors._adaptive import Adaptive
+from herder.actors._agent import Agent
+from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.store import LeaseLost, StepRecord, WorkflowRecord
+
+Limits = tuple[CircuitBreaker | None, RateLimit | None, Adaptive | None]
+"""An agent's admission gates: circuit breaker, rate limit, adaptive concurrency."""
+
+NO_LIMITS: Limits = (None, None, None)
+
+
+@dataclass(frozen=True)
+class AgentEntry:
+    """One agent as registered: what a Scheduler needs to serve it."""
+
+    factory: Callable[[], Agent]
+    concurrency: int
+    limits: Limits = NO_LIMITS
+
+
+def registered_agents(
+    agents: Mapping[str, tuple[Callable[[], Agent], int]], limits: Mapping[str, Limits]
+) -> dict[str, AgentEntry]:
+    """The entries of the agents registered so far (from copies: the runtime's thread
+    may be registering one meanwhile)."""
+    agents, limits = dict(agents), dict(limits)
+    return {
+        name: AgentEntry(factory, concurrency, limits.get(name, NO_LIMITS))
+        for name, (factory, concurrency) in agents.items()
+    }
 
 
 class EngineListener(Protocol):

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, cast
 
 from herder.actors import (
     DEFAULT_HEALTH_INTERVAL,
+    NO_LIMITS,
     Adaptive,
     Agent,
+    AgentEntry,
     CircuitBreaker,
     Define,
     HealthPolicy,
@@ -154,7 +156,8 @@ class Registration:
             else:
                 rt._ctx.health.unwatch(name)
             if rt._root is not None:  # a standby's Scheduler reads ctx.agents at start
-                call(rt._scheduler, "add_agent", name, timeout=rt._ask_timeout)
+                entry = AgentEntry(factory, concurrency, rt._ctx.limits.get(name, NO_LIMITS))
+                call(rt._scheduler, "add_agent", name, entry, timeout=rt._ask_timeout)
 
     def add_router(self, name: str, router: Router) -> None:
         """Register ``router(input) -> str`` for agent templates that name ``{@name}``.

@@ -1,5 +1,8 @@
 """The engine's upward line (actors/_wiring.py): one listener the runtime hands down.
 
+Downward, a Scheduler copies what was registered when it starts and then learns of
+registrations only from its messages, never from dicts another thread writes.
+
 The runtime counts the unfinished workflows its first recovery finds, chunk by chunk,
 and no others: a Scheduler the supervision tree restarts recovers them again, and
 counting them twice would make start() wait for capacity that is free.
@@ -12,9 +15,12 @@ from typing import Any
 
 import pytest
 
+from herder.actors import AgentEntry, EngineConfig, EngineContext, QuietListener, Scheduler
 from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime._listener import RuntimeListener
 from herder.runtime.testing import FakeClock, crash_scheduler, settle, wait_until
+from herder.runtime.testing._inline_host import InlineHost
+from herder.store import Store
 
 HOUR = RetryPolicy(max_attempts=2, initial_interval=3600.0, max_interval=3600.0, jitter=0.0)
 WAIT = 30.0
@@ -64,3 +70,24 @@ def test_a_restarted_scheduler_does_not_count_recovered_workflows_twice(tmp_path
         rt.start("one", workflow_id="third", timeout=5.0)  # 2 recovered + 1: room for it
         with pytest.raises(TimeoutError, match="3 workflows are unfinished"):
             rt.start("one", workflow_id="fourth", timeout=0.2)
+
+
+def test_a_scheduler_serves_what_its_messages_say_not_what_another_thread_wrote(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "s", inline_writes=True)
+    try:
+        ctx = EngineContext(store, FakeClock(), EngineConfig(), QuietListener())
+        ctx.agents["early"] = (FailsFirst, 3)
+        ctx.make_host = lambda: InlineHost(
+            ctx.tell_scheduler, max_result_bytes=1 << 20, queue_aging=10.0
+        )
+        scheduler = Scheduler(ctx)
+        scheduler.on_start()  # as pykka starts it; never given a thread
+        ctx.agents["ghost"] = (FailsFirst, 5)  # behind its back: not served
+        ctx.agents["early"] = (FailsFirst, 9)
+        scheduler.add_agent("late", AgentEntry(FailsFirst, 2))
+        served = scheduler._dispatch.facts()["agents"]  # what the console shows
+        assert {name: served[name]["concurrency"] for name in served} == {"early": 3, "late": 2}
+    finally:
+        store.close()

@@ -53,6 +53,7 @@ from herder.actors import (
     Scheduler,
     SteadyClock,
     WorkflowSupervisor,
+    registered_agents,
 )
 from herder.runtime._starts import NewStart, creation
 from herder.runtime.testing._exact_operator import Ask, ExactOperator
@@ -203,8 +204,9 @@ class _Simulation:
         if isinstance(message, _Register):  # as Runtime.add_agent and add_workflow do
             self._register(proc.ctx)
             proc.scheduler._handle_receive(Define(self.plan))
-            for name in sorted(proc.ctx.agents):
-                proc.scheduler._handle_receive(ProxyCall(("add_agent",), (name,), {}))
+            agents = registered_agents(proc.ctx.agents, proc.ctx.limits)
+            for name in sorted(agents):
+                proc.scheduler._handle_receive(ProxyCall(("add_agent",), (name, agents[name]), {}))
             return
         if isinstance(message, Ask):
             try:  # as pykka runs a proxy call
