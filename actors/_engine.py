@@ -85,9 +85,6 @@ class EngineContext:
         self.scheduler: pykka.ActorRef | None = None
         self.agents_supervisor: pykka.ActorRef | None = None
         self.paused = False  # a draining runtime: dispatch nothing new
-        # Called on the Supervisor's thread after each sweep that read the store: the
-        # runtime's health signal (lease renewal, systemd watchdog).
-        self.sweep_listeners: list[Callable[[], None]] = []
         # The agent host each Scheduler builds at start, when not the configured ones
         # (a test's host, which a single-threaded simulation drives).
         self.make_host: Callable[[], AgentHost] | None = None

@@ -131,11 +131,10 @@ class WorkflowSupervisor(SupervisedActor):
             freed = self._ctx.store.reclaim_readers()
             if freed:
                 _log.warning("freed %d reader slots left by killed processes", freed)
-        for listener in list(self._ctx.sweep_listeners):
-            try:
-                listener()
-            except Exception:
-                _log.exception("a sweep listener failed; the sweep carries on")
+        try:
+            self._ctx.listener.on_sweep()
+        except Exception:
+            _log.exception("the sweep listener failed; the sweep carries on")
         return len(fresh)
 
     def _sweep_commands(self, now: float) -> None:

@@ -71,6 +71,10 @@ class EngineListener(Protocol):
     def on_commit(self) -> None:
         """A batch of transitions came back from the writer (durable or failed)."""
 
+    def on_sweep(self) -> None:
+        """The watchdog finished a sweep that read the store (on its thread): the
+        runner's health signal (lease renewal, systemd watchdog)."""
+
 
 class QuietListener:
     """An :class:`EngineListener` that hears nothing: a base for runners that care about
@@ -89,4 +93,7 @@ class QuietListener:
         pass
 
     def on_commit(self) -> None:
+        pass
+
+    def on_sweep(self) -> None:
         pass

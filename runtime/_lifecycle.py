@@ -197,7 +197,7 @@ class Lifecycle:
                 rt._active = 0
             rt._listener.count_next_recovery()
             keeper = LeaseKeeper(rt._store, rt._ctx, self._hand_over)
-            rt._ctx.sweep_listeners[:] = [
+            rt._listener.sweepers[:] = [
                 keeper.on_sweep,
                 self._healthy,
                 rt._retention.on_sweep,

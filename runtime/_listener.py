@@ -2,11 +2,13 @@
 
 The Scheduler calls this one object upward: finals resolve waiters and free capacity,
 recovery and resumed workflows count as unfinished, a lost lease stops the runtime, and
-each commit wakes whoever waits for one (the drain, the testing kit).
+each commit wakes whoever waits for one (the drain, the testing kit), and each sweep
+runs the runtime's sweepers (lease renewal, health, retention, agents' health checks).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,8 @@ from herder.store import LeaseLost, StepRecord, WorkflowRecord
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
+
+_log = logging.getLogger("herder.runtime")
 
 
 class RuntimeListener:
@@ -25,6 +29,9 @@ class RuntimeListener:
         # Woken on the Scheduler's thread after each batch came back from the writer;
         # each must be quick and never wait for the Scheduler.
         self.commit_waiters: list[Callable[[], None]] = []
+        # Run on the watchdog's thread after each sweep (set when the lease is taken);
+        # one failing does not keep the others from running.
+        self.sweepers: list[Callable[[], None]] = []
 
     def count_next_recovery(self) -> None:
         """Count the unfinished workflows the next recovery finds (called on taking the
@@ -49,3 +56,10 @@ class RuntimeListener:
     def on_commit(self) -> None:
         for waiter in list(self.commit_waiters):
             waiter()
+
+    def on_sweep(self) -> None:
+        for sweeper in list(self.sweepers):
+            try:
+                sweeper()
+            except Exception:
+                _log.exception("a sweep listener failed; the sweep carries on")

@@ -46,6 +46,19 @@ def test_only_the_recovery_armed_on_taking_the_lease_is_counted_in_all_its_chunk
     assert rt.recovered == [3, 2, 0]
 
 
+def test_a_failing_sweeper_does_not_keep_the_others_from_running() -> None:
+    listener = RuntimeListener(_Counted())  # type: ignore[arg-type]
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("a sweeper's bug")
+
+    listener.sweepers[:] = [broken, lambda: ran.append("renewed")]
+    listener.on_sweep()
+    listener.on_sweep()
+    assert ran == ["renewed", "renewed"]
+
+
 class FailsFirst(Agent):
     def work(self, ctx: StepContext) -> int:
         if ctx.attempt == 1:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,18 @@ def simulate_exact(
 
 
 class _Announcements(QuietListener):
-    """The simulated runner hears only finals, which it checks were durable first."""
+    """The simulated runner checks each final was durable before it was announced, and
+    notes the engine's time at each sweep."""
 
-    def __init__(self, simulation: _Simulation) -> None:
+    def __init__(self, simulation: _Simulation, note_clock: Callable[[], None]) -> None:
         self._simulation = simulation
+        self._note_clock = note_clock
 
     def on_final(self, record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
         self._simulation._announced(record, steps)
+
+    def on_sweep(self) -> None:  # as the runtime's LeaseKeeper does
+        self._note_clock()
 
 
 class _Register:
@@ -286,11 +292,12 @@ class _Simulation:
         store = Store(self.directory, inline_writes=True)
         lease = store.lease
         floor = 0.0 if lease is None or lease.clock is None else lease.clock
+        clock = SteadyClock(self.clock, floor=floor)
         ctx = EngineContext(
             store,
-            SteadyClock(self.clock, floor=floor),
+            clock,
             EngineConfig(seed=self.seed),
-            _Announcements(self),
+            _Announcements(self, lambda: store.note_clock(clock.time())),
         )
         if not late:
             self._register(ctx)
@@ -302,7 +309,6 @@ class _Simulation:
         # next process's clock starts no earlier. (A process that dies before its first
         # renewal leaves no note: a wall step back in that window delays its timers.)
         store.note_clock(ctx.clock.time())
-        ctx.sweep_listeners.append(lambda: store.note_clock(ctx.clock.time()))
         proc = self._start_actors(store, ctx)
         if late:
             ctx.tell_scheduler(_Register())
