@@ -50,8 +50,10 @@ class EngineConfig:
 class EngineContext:
     """What outlives one Scheduler actor: registrations, the token counter, the ports.
 
-    The supervision tree may restart the Scheduler; the new one reads registrations from
-    here and recovers workflows from the store, and tokens keep increasing.
+    The supervision tree may restart the Scheduler; the new one copies the registrations
+    from here when it starts (later ones reach it only as messages: ``Define``,
+    ``add_agent``), recovers workflows from the store, and tokens keep increasing.
+    Upward, the actors call ``listener`` (actors/_wiring.py) and nothing else.
     """
 
     def __init__(
