@@ -144,6 +144,7 @@ class Runtime(
         self._started: set[tuple[str, int]] = set()  # definitions marked started in meta
         self._actions: dict[str, frozenset[str] | None] = {}
         self._waiters: dict[str, builtins.list[Future[Final]]] = {}
+        self._running: set[str] = set()  # started here, admitted, not yet announced final
         self._lock = threading.Condition()
         self._capacity_freed = Pulse()  # start_async's wake-up where start() waits on _lock
         self._active = 0
