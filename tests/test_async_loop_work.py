@@ -38,7 +38,8 @@ def test_workflow_ids_are_distinct_uuid4s_and_one_urandom_read_serves_many(
     ids = [_new_id() for _ in range(600)]
     assert len(set(ids)) == 600
     for wid in ids:
-        assert uuid.UUID(wid).version == 4 and uuid.UUID(wid).hex == wid
+        assert uuid.UUID(wid).version == 4
+        assert uuid.UUID(wid).hex == wid
     assert 1 <= len(reads) <= 4  # 256 ids per read, not one read each
 
 
@@ -55,7 +56,8 @@ def test_a_forked_child_does_not_reuse_its_parents_unused_ids() -> None:
     child = os.read(read, 64).decode()
     os.close(read)
     assert status == 0
-    assert len(child) == 32 and child != _new_id()
+    assert len(child) == 32
+    assert child != _new_id()
 
 
 def test_result_async_of_a_workflow_started_here_reads_no_store(
