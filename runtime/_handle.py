@@ -72,8 +72,7 @@ class Waiting:
         its final announcement a waiter on it needs no store read (issue 16: a read per
         ``result_async`` on an event loop beside busy runtime threads costs ~0.5 ms)."""
         rt = _runtime(self)
-        with rt._lock:
-            rt._running.add(record.id)
+        rt._running.add(record.id)  # before the Scheduler can announce its end
         rt._ctx.tell_scheduler(Admit(record, steps))
 
     def _on_final(self, record: WorkflowRecord, steps: list[StepRecord] | None) -> None:

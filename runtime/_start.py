@@ -143,6 +143,7 @@ class Starting:
         does (a schedule's cursor, see ``_firing``)."""
         rt = _runtime(self)
         rt._check_active()
+        times = (rt._ctx.clock.time(), rt._clock.time())  # one read of each clock (its lock)
         new = rt._prepare(
             workflow,
             input,
@@ -151,17 +152,19 @@ class Starting:
             start_at=start_at,
             delay=delay,
             deadline=deadline,
+            times=times,
         )
         plan, wid, normalized = new.plan, new.workflow_id, new.input
         # An existing id is found by the compare-and-set below, without a read. Only when
         # start() would have to wait for capacity is it worth looking first: a repeated
         # start of an existing workflow never waits.
-        if rt._active >= rt._max_active:
+        full = rt._active >= rt._max_active
+        if full:
             existing = rt._store.get_workflow(wid)
             if existing is not None:
                 return rt._same_start(existing, plan, normalized)
         yield Wait(lambda: rt._wait_capacity(timeout), lambda: rt._capacity_async(timeout))
-        record, steps, transition = rt._creation(new, also)
+        record, steps, transition = rt._creation(new, also, now=None if full else times[0])
         committed = rt._store.writer.submit(transition)
         gave_up = threading.Event()
         slot = threading.Lock()  # whoever acquires it first gives the capacity back
