@@ -196,18 +196,25 @@ class Engine(Machine):
 
     # -- events ------------------------------------------------------------------------
 
-    def _answered_event(self, msg: Answered) -> None:
-        attempt = self.inflight.pop(msg.token, None)
+    def _settled(self, token: int) -> tuple[WorkflowRun, StepRecord] | None:
+        """Stop counting the attempt ``token``; its run and step if it is still the
+        step's current attempt, else None (an answer or loss that came too late)."""
+        attempt = self.inflight.pop(token, None)
         if attempt is None:
-            self.counters["stale"] += 1
-            return
+            return None
         run = self.runs.get(attempt.workflow_id)
-        if run is not None:
-            run.attempts.discard(msg.token)
-        st = None if run is None else run.steps.get(attempt.step)
-        if run is None or st is None or st.token != msg.token:
+        if run is None:
+            return None
+        run.attempts.discard(token)
+        st = run.steps.get(attempt.step)
+        return None if st is None or st.token != token else (run, st)
+
+    def _answered_event(self, msg: Answered) -> None:
+        current = self._settled(msg.token)
+        if current is None:
             self.counters["stale"] += 1
             return
+        run, st = current
         if msg.kind or st.state is StepState.UNKNOWN:
             if st.state is StepState.UNKNOWN:
                 self.counters["probes"] += 1
@@ -222,8 +229,7 @@ class Engine(Machine):
     def _completed(self, msg: Completed) -> None:
         run = self.runs[msg.workflow_id]
         st = run.steps[msg.step]
-        attempt = self.inflight.pop(st.token, None)  # completed before its action returned
-        run.attempts.discard(st.token)
+        attempt = self.untrack(run, st)  # completed before its action returned
         if attempt is not None:
             self.fence(attempt, abandon=False)
         self.counters["completed"] += 1
@@ -302,8 +308,7 @@ class Engine(Machine):
         self.counters["timed_out"] += 1
         self._out.now.append(TimedOut(agent, st.token, hung=hung))
         log_step("timed out", run.record.id, st.name, st.attempt)
-        attempt = self.inflight.pop(st.token, None)
-        run.attempts.discard(st.token)
+        attempt = self.untrack(run, st)
         if attempt is not None:
             self.fence(attempt, replace=True, abandon=False)
         # Also reached for an attempt no Scheduler of this process runs (orphaned by
@@ -313,16 +318,10 @@ class Engine(Machine):
         self.follow(run, st, after_lapse(st, lapsed, has_probe=probe))
 
     def _attempt_lost(self, msg: AttemptLost) -> None:
-        attempt = self.inflight.pop(msg.token, None)
-        if attempt is None:
-            return
-        run = self.runs.get(attempt.workflow_id)
-        if run is not None:
-            run.attempts.discard(msg.token)
-        st = None if run is None else run.steps.get(attempt.step)
-        if run is None or st is None or st.token != msg.token:
-            return
-        self.failed(run, st, msg.error, (CRASH_ERROR,), permanent=False, retry_now=True)
+        current = self._settled(msg.token)
+        if current is not None:
+            run, st = current
+            self.failed(run, st, msg.error, (CRASH_ERROR,), permanent=False, retry_now=True)
 
     def _start_failed(self, msg: StartFailed) -> None:
         job = msg.job

@@ -156,10 +156,14 @@ class Machine:
         """Stop counting ``attempt`` (see :class:`Fence`)."""
         self._out.now.append(Fence(attempt, replace=replace, abandon=abandon))
 
+    def untrack(self, run: WorkflowRun, st: StepRecord) -> Attempt | None:
+        """Stop counting the attempt (if any) running ``st``; that attempt."""
+        run.attempts.discard(st.token)
+        return self.inflight.pop(st.token, None)
+
     def supersede(self, run: WorkflowRun, st: StepRecord, *, replace: bool) -> None:
         """Supersede the attempt (if any) running ``st``; its answer is then ignored."""
-        attempt = self.inflight.pop(st.token, None)
-        run.attempts.discard(st.token)
+        attempt = self.untrack(run, st)
         run.queued.discard(st.name)
         if attempt is not None:
             self.fence(attempt, replace=replace)
