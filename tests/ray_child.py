@@ -45,7 +45,7 @@ class Ledger(Agent):
         release = self.ledger.with_suffix(".release")
         while not release.exists():  # the workload: it waits for the test's go-ahead
             ctx.heartbeat("started")  # recorded: the daemon sees it started
-            time.sleep(0.05)
+            time.sleep(0.05)  # a poll: the go-ahead is a file, seen across Ray's process
         self._note(ctx, "done")
         return os.getpid()
 
@@ -53,7 +53,7 @@ class Ledger(Agent):
         self._note(ctx, "start")
         for _ in range(20):
             ctx.heartbeat("started")  # recorded: the daemon sees it started
-            time.sleep(0.1)
+            time.sleep(0.1)  # the action's own 2 s of work, which a SIGTERM drain awaits
         self._note(ctx, "done")
         return os.getpid()
 

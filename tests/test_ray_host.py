@@ -104,7 +104,7 @@ class Probe(Agent):
         ray.get(self.gate.set.remote("running", ctx.task_token))
         deadline = time.monotonic() + WAIT
         while not (ctx.cancelled or ctx.superseded) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.05)  # a poll: the flags reach a Ray worker by a periodic sync
         ray.get(self.gate.set.remote("saw", [ctx.cancelled, ctx.superseded]))
 
 
