@@ -3,11 +3,17 @@
 The analysis section (which cost dominates, what would reach the targets) comes from
 ``ANALYSIS.md`` next to this file, written from profiles; it is copied in as it is, so
 the figures in the tables and the reasoning stay in one generated page.
+
+Other benchmarks (``ray_host.py --write``, and the sections measured by hand with
+``scale.py``, ``devices.py``, ``start_many.py``...) keep their own sections in the page
+between ``<!-- NAME: begin -->`` and ``<!-- NAME: end -->`` markers. Re-rendering keeps
+every such section, in its order, after the generated part.
 """
 
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any
 
 from _harness import cell
@@ -75,7 +81,18 @@ def _durability(report: dict[str, Any]) -> list[str]:
 
 
 def _ratios(report: dict[str, Any]) -> list[str]:
-    lines = ["| ratio | " + " | ".join(["measured (by workflows)", "target"]) + " |"]
+    lines = []
+    best = report.get("best", {})
+    if best:
+        picks = [
+            f"{peer}: " + ", ".join(f"{name} at {int(size):,}" for size, name in by_size.items())
+            for peer, by_size in best.items()
+        ]
+        lines += [
+            "Each peer against its fastest setting at each size (" + "; ".join(picks) + ").",
+            "",
+        ]
+    lines.append("| ratio | " + " | ".join(["measured (by workflows)", "target"]) + " |")
     lines.append("|---|---|---:|")
     for key, target in report["targets"].items():
         by_size = report["ratios"].get(key, {})
@@ -186,7 +203,7 @@ def render(report: dict[str, Any]) -> str:
         "",
         *_engines(report),
         "",
-        "## Ratios against the targets (issue 7)",
+        "## Ratios against the targets (issue 15)",
         "",
         *_ratios(report),
         "",
@@ -208,6 +225,16 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+KEPT = re.compile(r"<!-- ([\w.-]+): begin -->.*?<!-- \1: end -->", re.S)
+
+
+def kept_sections(text: str) -> list[str]:
+    """The sections other benchmarks own in a RESULTS.md page (see the module docstring)."""
+    return [m.group(0) for m in KEPT.finditer(text)]
+
+
 def write_results(path: pathlib.Path, report: dict[str, Any]) -> None:
-    """Write RESULTS.md for ``report``."""
-    path.write_text(render(report))
+    """Write RESULTS.md for ``report``, keeping the other benchmarks' sections."""
+    kept = kept_sections(path.read_text()) if path.exists() else []
+    page = render(report).rstrip() + "\n"
+    path.write_text("\n\n".join([page.rstrip(), *kept]) + "\n")

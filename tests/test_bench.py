@@ -17,7 +17,7 @@ import sys
 import pytest
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-ENGINES = ["herder", "bare-pykka", "raw-lmdb/serial", "huey-sqlite"]
+ENGINES = ["herder", "bare-pykka", "raw-lmdb/serial", "huey-sqlite/w8"]
 METRICS = (
     "workflows_per_s",
     "steps_per_s",
@@ -121,3 +121,62 @@ def test_results_page_can_be_rendered_again_from_the_json_report(
     cmd = [sys.executable, str(BENCH / "peers.py"), "--render", str(saved), "--results", str(again)]
     subprocess.run(cmd, check=True, timeout=30, stdout=subprocess.DEVNULL)
     assert again.read_text() == page
+
+
+def test_results_page_keeps_the_sections_other_benchmarks_own(
+    suite: tuple[dict, str], tmp_path: pathlib.Path
+) -> None:
+    report, page = suite
+    saved = tmp_path / "peers.json"
+    saved.write_text(json.dumps(report))
+    again = tmp_path / "RESULTS.md"
+    ray = "<!-- ray_host.py: begin -->\n## Agents on Ray\n\n| a | b |\n<!-- ray_host.py: end -->"
+    hosting = "<!-- agent-hosting: begin -->\n## Hosting\ntext\n<!-- agent-hosting: end -->"
+    again.write_text(f"# an older page\n\n{ray}\n\nhand-written text is dropped\n\n{hosting}\n")
+    cmd = [sys.executable, str(BENCH / "peers.py"), "--render", str(saved), "--results", str(again)]
+    subprocess.run(cmd, check=True, timeout=30, stdout=subprocess.DEVNULL)
+    text = again.read_text()
+    assert text.startswith(page.rstrip())
+    assert text.index(ray) < text.index(hosting)
+    assert "an older page" not in text
+    assert "hand-written" not in text
+
+
+def test_a_peer_is_run_at_each_setting_and_compared_at_its_best() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import peers
+    finally:
+        sys.path.remove(str(BENCH))
+    args = peers.parse(["--quick", "--engines", "herder,huey-sqlite,dbos-sqlite/c4"])
+    assert args.engines == [
+        "herder",
+        "huey-sqlite/w2",
+        "huey-sqlite/w8",
+        "huey-sqlite/w16",
+        "dbos-sqlite/c4",
+    ]
+
+    def row(engine: str, wf_s: float) -> dict:
+        return {
+            "engine": engine,
+            "workflows": 100,
+            "status": "measured",
+            "workflows_per_s": wf_s,
+            "steps_per_s": 3 * wf_s,
+        }
+
+    rows = [
+        row("herder", 900),
+        row("huey-sqlite/w2", 50),
+        row("huey-sqlite/w8", 90),
+        row("huey-sqlite/w16", 60),
+        row("bare-pykka", 9000),
+    ]
+    assert peers.ratios(rows) == {
+        "herder_vs_huey_sqlite": {"100": 10.0},
+        "herder_vs_bare_steps": {"100": 0.1},
+    }
+    assert peers.best_settings(rows)["huey-sqlite"][100]["engine"] == "huey-sqlite/w8"
+    with pytest.raises(SystemExit):
+        peers.parse(["--engines", "huey"])
