@@ -184,9 +184,13 @@ class Lifecycle:
                 return
             rt._ctx.reset_tokens()
             # Persisted deadlines are re-based: time starts no earlier than the last time
-            # the store's previous holder recorded, however the wall clock stepped since.
+            # the store's previous holder recorded, however the wall clock stepped since:
+            # the time it noted with its lease, or its newest workflow update when it died
+            # before its first renewal could note one.
             lease = rt._store.lease
-            floor = 0.0 if lease is None or lease.clock is None else lease.clock
+            noted = 0.0 if lease is None or lease.clock is None else lease.clock
+            newest = next(rt._store.recent(newest_first=True), None)
+            floor = max(noted, 0.0 if newest is None else newest[0])
             rt._ctx.clock = SteadyClock(rt._clock, floor=floor)
             for plan in list(rt._ctx.plans.values()):
                 stored = rt._store.get_plan(plan.name, plan.version)

@@ -168,3 +168,62 @@ def test_start_at_is_a_wall_clock_time_even_after_a_step(tmp_path: Path) -> None
         assert rt.status("x").steps["s"].state is StepState.PENDING  # not an hour early
         advance(rt, clock, 2.0)
         rt.handle("x").result(timeout=WAIT)
+
+
+CHILD = """
+import sys, time
+from herder.actors import SystemClock
+from herder.runtime import Agent, RetryPolicy, Runtime, StepState, Workflow
+
+class Ahead(SystemClock):  # this process's wall clock runs an hour ahead
+    def time(self):
+        return time.time() + 3600.0
+
+class Down(Agent):
+    def work(self, ctx):
+        raise ConnectionError("down")
+
+rt = Runtime(sys.argv[1], clock=Ahead(), lease=600.0)  # no lease renewal before the kill
+rt.add_agent("a", Down)
+retry = RetryPolicy(max_attempts=3, initial_interval=2.0, jitter=0.0)
+rt.add_workflow(Workflow("w").step("s", agent="a", action="work", retry=retry))
+rt.start("w", workflow_id="x")
+while rt.status("x").steps["s"].state is not StepState.RETRY_WAIT:
+    time.sleep(0.01)
+print("waiting", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_process_killed_before_its_first_lease_renewal_still_sets_the_next_clock(
+    tmp_path: Path,
+) -> None:
+    # The killed process recorded a 2 s backoff on a wall clock an hour ahead of ours and
+    # died before any lease renewal could note its time. The next holder's clock starts
+    # no earlier than the store's newest update, so the backoff ends seconds later, not
+    # an hour later.
+    import subprocess
+    import sys
+
+    store = tmp_path / "s"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "waiting"
+    finally:
+        child.kill()
+        child.wait(WAIT)
+
+    class Up(Agent):
+        def work(self, ctx: StepContext) -> int:
+            return ctx.attempt
+
+    def register(rt: Runtime) -> None:
+        rt.add_agent("a", Up)
+        retry = RetryPolicy(max_attempts=3, initial_interval=2.0, jitter=0.0)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work", retry=retry))
+
+    with Runtime(store, setup=register) as rt:
+        assert rt.handle("x").result(timeout=WAIT) == {"s": 2}
