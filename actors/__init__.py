@@ -7,8 +7,8 @@ workflows, the agent hosts (the ``AgentHost`` protocol in ``_host``, the attempt
 every host shares in ``_action``, the agent state they share in ``_hosted``, the default
 ``PoolHost`` in ``_pool_host`` with its workers in ``_pool_worker``, the pykka
 ``ThreadHost`` in ``_thread_host``, the ``AsyncHost`` for ``async def`` agents in
-``_async_host`` on the loop of ``_event_loop``, and ``MixedHost``, which routes each agent
-to one of them) and the
+``_async_host`` on the loop of ``_event_loop``, and ``HostRouter`` in ``_placed_host``,
+which routes each agent to one of them) and the
 watchdog (``WorkflowSupervisor``). The supervision tree knows nothing about workflows.
 The pattern's rules live below, in the subpackage ``herder.actors.engine`` (pure: no
 threads, no pykka).
@@ -56,7 +56,6 @@ from herder.actors._messages import (
     Outcome,
     Run,
 )
-from herder.actors._mixed_host import MixedHost
 from herder.actors._outcomes import ProbeResult, parse_task_token
 from herder.actors._pool_host import PoolHost
 from herder.actors._pool_worker import PoolWorker
@@ -121,7 +120,6 @@ __all__ = [
     "InvalidDefinition",
     "InvalidState",
     "JobQueue",
-    "MixedHost",
     "NotActive",
     "Operate",
     "Outcome",

@@ -24,8 +24,7 @@ from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable
 from herder.actors._messages import InstanceEvent, Outcome, Run, Wake
-from herder.actors._mixed_host import MixedHost
-from herder.actors._placed_host import PlacedHost, remote_host
+from herder.actors._placed_host import HostRouter, remote_host
 from herder.actors._pool_host import PoolHost
 from herder.actors._queue import JobQueue
 from herder.actors._supervision_specs import ChildEventKind
@@ -340,20 +339,21 @@ def build_host(ctx: EngineContext) -> AgentHost:
     }
     pool: dict[str, Any] = {"max_workers": config.pool_workers} if host is PoolHost else {}
     threads = host(ctx.agents_supervisor, **options, **pool)
-    local = MixedHost(
+    return HostRouter(
         threads,
-        lambda: AsyncHost(
+        make_async=lambda: AsyncHost(
             ctx.event_loop,
             ctx.tell_scheduler,
             ctx.tell_scheduler,
             max_result_bytes=config.max_result_bytes,
             queue_aging=config.priority_aging,
         ),
-        ctx.async_agents.__contains__,
+        # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on
+        # first use so that Ray is imported only by a runtime that uses it.
+        make_remote=lambda: remote_host(ctx, options),
+        is_async=ctx.async_agents.__contains__,
+        is_remote=ctx.placements.__contains__,
     )
-    # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on first
-    # use so that Ray is imported only by a runtime that uses it.
-    return PlacedHost(local, ctx.placements, lambda: remote_host(ctx, options))
 
 
 def _bound_for(targets: dict[int, str], member: str) -> Callable[[Job], bool]:

@@ -5,7 +5,7 @@ concurrency (how many instances may serve at once), the Scheduler's queue of job
 for capacity, and the instances by id, each serving at most one attempt (its
 ``busy_token``) at a time. :class:`HostedAgents` implements the parts of the
 :class:`~herder.actors._host.AgentHost` protocol that only read or register that state
-(``add``, ``queue``, ``busy_tokens``, ``replace_token``, ``stats``); a host subclasses it
+(``add``, ``queue``, ``owns``, ``busy_tokens``, ``replace_token``, ``stats``); a host subclasses it
 with how instances run (a pykka actor each, a shared worker pool, an event loop).
 
 :func:`request_agent_supervisor` starts the supervisor the pykka hosts keep their actors
@@ -97,6 +97,11 @@ class HostedAgents(Generic[HostedT]):
         """The queue of work waiting for agent ``name``, or None if it is not registered."""
         agent = self._agents.get(name)
         return None if agent is None else agent.queue
+
+    def owns(self, name: str, instance_id: str) -> bool:
+        """Whether ``instance_id`` is an instance of this host's agent ``name``."""
+        agent = self._agents.get(name)
+        return agent is not None and instance_id in agent.instances
 
     def busy_tokens(self, name: str) -> list[int]:
         """Tokens of every attempt running on the instances of ``name``."""

@@ -1,16 +1,22 @@
-"""Where each agent runs: the runtime's own host, or the one named at ``add_agent(host=)``.
+"""Where each agent runs: one router in front of the runtime's agent hosts.
 
-:class:`PlacedHost` is the :class:`AgentHost` the Scheduler drives. It sends each call to
-the host its agent is placed on: the local one (thread or pool, as the runtime was
-configured) unless ``placements`` names a remote placement for the agent. The remote
-host (Ray: ``herder.actors.ray``) is built on first use, so Ray is imported only by a
-runtime that places an agent on it.
+:class:`HostRouter` is the :class:`AgentHost` the Scheduler drives. Each agent name is
+placed on one host when it is added: the Ray host when ``add_agent(host=)`` placed it
+there, the asyncio host when its actions are ``async def`` (or ``asyncio=True``),
+otherwise the runtime's own host (thread or pool, as configured). The placement is a
+dict filled at ``add``, so while every agent is on one host a call costs one dict lookup.
+The asyncio and Ray hosts are built on first use: a runtime without asyncio agents
+starts no loop, and Ray is imported only by a runtime that places an agent on it.
+
+An agent added again on another host (it became ``async def``) takes its waiting jobs
+along; calls about an attempt it still runs on the old host go to the host holding that
+instance (``owns``), which is asked only for the names that moved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from herder.actors._agent import Agent
 from herder.actors._host import AgentHost
@@ -18,73 +24,129 @@ from herder.actors._messages import InstanceEvent, Run
 from herder.actors._queue import JobQueue
 
 
-class PlacedHost:
+class RoutedHost(AgentHost, Protocol):
+    """A host behind the router: it can tell which instances it holds."""
+
+    def owns(self, name: str, instance_id: str) -> bool: ...
+
+
+class HostRouter:
     """Routes the :class:`AgentHost` calls by agent name; see the module docstring."""
 
     def __init__(
         self,
-        local: AgentHost,
-        placements: Mapping[str, object],
-        remote: Callable[[], AgentHost],
+        local: RoutedHost,
+        *,
+        make_async: Callable[[], RoutedHost],
+        make_remote: Callable[[], RoutedHost],
+        is_async: Callable[[str], bool],
+        is_remote: Callable[[str], bool],
     ) -> None:
         self._local = local
-        self._placements = placements
-        self._make_remote = remote
-        self._remote: AgentHost | None = None
+        self._makers = {"async": make_async, "remote": make_remote}
+        self._built: dict[str, RoutedHost] = {}
+        self._is_async = is_async
+        self._is_remote = is_remote
+        self._hosts: list[RoutedHost] = [local]
+        self._by_name: dict[str, RoutedHost] = {}  # where each added name runs now
+        self._moved: set[str] = set()  # names that ran on another host before
 
-    def _of(self, name: str) -> AgentHost:
-        if name not in self._placements:
+    def _place(self, name: str) -> RoutedHost:
+        kind = "remote" if self._is_remote(name) else "async" if self._is_async(name) else ""
+        if not kind:
             return self._local
-        if self._remote is None:
-            self._remote = self._make_remote()
-        return self._remote
+        host = self._built.get(kind)
+        if host is None:
+            host = self._built[kind] = self._makers[kind]()
+            self._hosts.append(host)
+        return host
+
+    def _route(self, name: str) -> RoutedHost:
+        return self._by_name.get(name, self._local)
+
+    def _holder(self, name: str, instance_id: str) -> RoutedHost:
+        """The host running ``instance_id`` (another one, if ``name`` moved since)."""
+        host = self._by_name.get(name, self._local)
+        if name in self._moved and not host.owns(name, instance_id):
+            return next((h for h in self._hosts if h.owns(name, instance_id)), host)
+        return host
+
+    # -- registration ------------------------------------------------------------------
 
     def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None:
-        self._of(name).add(name, factory, concurrency)
+        before = self._by_name.get(name)
+        after = self._by_name[name] = self._place(name)
+        after.add(name, factory, concurrency)
+        if before is not None and after is not before:
+            self._moved.add(name)
+            waiting, moved = before.queue(name), after.queue(name)
+            before.remove(name)
+            if waiting is not None and moved is not None:
+                moved.take(waiting)
 
     def remove(self, name: str) -> None:
-        self._of(name).remove(name)
+        self._route(name).remove(name)
 
     def queue(self, name: str) -> JobQueue[Any] | None:
-        return self._of(name).queue(name)
+        return self._route(name).queue(name)
+
+    # -- capacity ----------------------------------------------------------------------
 
     def acquire(self, name: str, token: int, backlog: int = 1) -> str | None:
-        return self._of(name).acquire(name, token, backlog)
+        return self._route(name).acquire(name, token, backlog)
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
-        return self._of(name).send(name, instance_id, run)
+        return self._holder(name, instance_id).send(name, instance_id, run)
 
     def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
-        return self._of(name).release(name, instance_id, token, now)
+        return self._holder(name, instance_id).release(name, instance_id, token, now)
 
     def busy_tokens(self, name: str) -> list[int]:
-        return self._of(name).busy_tokens(name)
+        if name not in self._moved:
+            return self._route(name).busy_tokens(name)
+        return [token for host in self._hosts for token in host.busy_tokens(name)]
 
     def replace_token(self, name: str, token: int) -> None:
-        self._of(name).replace_token(name, token)
+        for host in self._hosts if name in self._moved else [self._route(name)]:
+            host.replace_token(name, token)
 
     def replace(self, name: str, instance_id: str) -> None:
-        self._of(name).replace(name, instance_id)
+        self._holder(name, instance_id).replace(name, instance_id)
 
     def on_event(self, event: InstanceEvent, now: float) -> list[int]:
-        return self._of(event.agent).on_event(event, now)
+        name = event.agent
+        if event.instance is not None:
+            return self._holder(name, event.instance).on_event(event, now)
+        if name not in self._moved:
+            return self._route(name).on_event(event, now)
+        # News of a moved agent's supervision (not of one instance): every host that
+        # served it hears it, the current one last (it alone may raise AgentUnavailable).
+        current = self._route(name)
+        lost = [t for h in self._hosts if h is not current for t in h.on_event(event, now)]
+        return lost + current.on_event(event, now)
+
+    # -- passivation and stats ---------------------------------------------------------
 
     def passivate(self, idle_before: float, limit: int = 256) -> int:
-        done = self._local.passivate(idle_before, limit)
-        if self._remote is not None:
-            done += self._remote.passivate(idle_before, max(0, limit - done))
+        done = 0
+        for host in self._hosts:
+            done += host.passivate(idle_before, max(0, limit - done))
         return done
 
     def stats(self) -> dict[str, dict[str, int]]:
-        remote = {} if self._remote is None else self._remote.stats()
-        return {**self._local.stats(), **remote}
+        merged: dict[str, dict[str, int]] = {}
+        for host in self._hosts:
+            merged.update(host.stats())
+        return merged
 
     def host_stats(self) -> dict[str, int]:
-        remote = {} if self._remote is None else self._remote.host_stats()
-        return {**self._local.host_stats(), **remote}
+        merged: dict[str, int] = {}
+        for host in self._hosts:
+            merged.update(host.host_stats())
+        return merged
 
 
-def remote_host(ctx: Any, options: dict[str, Any]) -> AgentHost:
+def remote_host(ctx: Any, options: dict[str, Any]) -> Any:
     """The Ray host of a runtime (engine context ``ctx``), built with the local host's
     ``options``; its worker processes are kept in ``ctx.remote`` (they outlive one
     Scheduler and are killed by the runtime's ``stop()``)."""

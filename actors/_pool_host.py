@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -76,6 +76,9 @@ class _Slot(Instance):
 @dataclass(slots=True)
 class _Agent(Hosted[_Slot]):
     window: RestartWindow | None = None  # its crashes, from the first one on
+    # Instances released since, most recent last: where acquire looks first (an entry
+    # whose instance went or is busy again is skipped when met).
+    idle: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -118,6 +121,9 @@ class PoolHost(HostedAgents[_Agent]):
         self._max_workers = max_workers
         self._min_workers = min(min_workers, max_workers)
         self._workers: dict[str, _Worker] = {}
+        # The workers started and without work, least recently freed first: acquire takes
+        # the last one (a warm thread), passivation stops the first ones.
+        self._free: dict[str, None] = {}
         self._worker_ids = itertools.count()
         self._pool: pykka.ActorRef | None = None
         self._pool_pending = False
@@ -142,23 +148,23 @@ class PoolHost(HostedAgents[_Agent]):
 
     def acquire(self, name: str, token: int, backlog: int = 1) -> str | None:
         agent = self._agents[name]
-        instance_id = next((i for i, x in agent.instances.items() if _idle(x)), None)
+        instance_id = _next_idle(agent)
         if instance_id is None and len(agent.instances) >= agent.concurrency:
             return None  # every slot is busy or restarting: its release pumps this agent
-        worker_id = next(
-            (w for w, x in self._workers.items() if x.ref is not None and x.job is None), None
-        )
-        if worker_id is None:
+        if not self._free:
             self._waiting[name] = None
             self._grow(len(self._waiting))
             return None
+        worker_id = self._free.popitem()[0]
         if instance_id is None:
             instance_id = agent.new_instance_id()
             agent.instances[instance_id] = _Slot()
+        else:
+            agent.idle.pop()
         inst = agent.instances[instance_id]
         inst.busy_token, inst.worker = token, worker_id
         self._workers[worker_id].job = (name, instance_id, token)
-        if self._free_workers() == 0:
+        if not self._free:
             self._grow(1)  # a spare, so the next attempt need not wait for a thread to start
         return instance_id
 
@@ -194,6 +200,8 @@ class PoolHost(HostedAgents[_Agent]):
         inst.busy_token, inst.worker, inst.idle_since = None, None, now
         if agent.concurrency < len(agent.instances) or inst.agent is None:
             del agent.instances[instance_id]  # removed or shrunk meanwhile; or never built
+        else:
+            agent.idle.append(instance_id)
         return True
 
     def replace(self, name: str, instance_id: str) -> None:
@@ -205,6 +213,7 @@ class PoolHost(HostedAgents[_Agent]):
         self._waiting[name] = None  # its instance slot is free: pumped once a worker is
         worker = self._workers.get(inst.worker)
         if worker is not None:
+            self._free.pop(inst.worker, None)
             worker.ref, worker.job = None, None  # back once the supervisor restarted it
             worker.starting = False
             self._abandoned += 1
@@ -224,12 +233,14 @@ class PoolHost(HostedAgents[_Agent]):
         if event.kind in (ChildEventKind.STARTED, ChildEventKind.RESTARTED) and event.ref:
             worker.ref, worker.job, worker.idle_since = event.ref, None, now
             worker.starting = False
+            self._free[event.instance] = None
             self._wake()
             return []
         if event.kind is ChildEventKind.CRASHED or (
             event.kind in (ChildEventKind.EXITED, ChildEventKind.TERMINATED) and worker.ref
         ):
             job, worker.ref, worker.job, worker.starting = worker.job, None, None, False
+            self._free.pop(event.instance, None)
             if event.kind is not ChildEventKind.CRASHED:
                 del self._workers[event.instance]  # gone for good: another may start
             self._grow(len(self._waiting))
@@ -255,6 +266,7 @@ class PoolHost(HostedAgents[_Agent]):
         for name, instance_id, _ in (w.job for w in self._workers.values() if w.job):
             self._agents[name].instances.pop(instance_id, None)
         self._workers.clear()
+        self._free.clear()
         self._orphans.clear()
         waiting, self._waiting = self._waiting, {}
         for name in waiting:  # they ask again, which starts a new pool
@@ -324,10 +336,11 @@ class PoolHost(HostedAgents[_Agent]):
                 if dropped < limit and _idle(inst) and inst.idle_since <= idle_before:
                     del agent.instances[instance_id]
                     dropped += 1
-        idle = [w for w, x in self._workers.items() if x.job is None and x.ref is not None]
-        for worker_id in idle[self._min_workers :]:
+            agent.idle = [i for i in agent.idle if i in agent.instances]
+        longest_idle = list(self._free)[: max(0, len(self._free) - self._min_workers)]
+        for worker_id in longest_idle:
             if self._workers[worker_id].idle_since <= idle_before and self._pool is not None:
-                del self._workers[worker_id]
+                del self._workers[worker_id], self._free[worker_id]
                 call_later(self._pool, "delete_child", worker_id)
         self._wake()  # in case a woken agent did not take the worker it was woken for
         return dropped
@@ -344,8 +357,9 @@ class PoolHost(HostedAgents[_Agent]):
 
     def _free_worker(self, worker_id: str | None, now: float) -> None:
         worker = None if worker_id is None else self._workers.get(worker_id)
-        if worker is not None and worker.ref is not None:
+        if worker_id is not None and worker is not None and worker.ref is not None:
             worker.job, worker.idle_since = None, now
+            self._free[worker_id] = None
             self._wake()
 
     def _wake(self) -> None:
@@ -353,12 +367,9 @@ class PoolHost(HostedAgents[_Agent]):
         again): waking them all would cost a pump of every waiting agent per release."""
         if not self._waiting:
             return
-        for name in list(itertools.islice(self._waiting, self._free_workers())):
+        for name in list(itertools.islice(self._waiting, len(self._free))):
             del self._waiting[name]
             self._events(InstanceEvent(name, None, ChildEventKind.STARTED))
-
-    def _free_workers(self) -> int:
-        return sum(1 for w in self._workers.values() if w.ref is not None and w.job is None)
 
     def _take_built(self, name: str, instance_id: str, inst: _Slot) -> None:
         built = self._built.pop((name, instance_id), None)
@@ -408,3 +419,15 @@ class PoolHost(HostedAgents[_Agent]):
 def _idle(inst: _Slot) -> bool:
     """Free to serve: neither busy nor waiting out a crash's backoff."""
     return inst.busy_token is None and not inst.restarting
+
+
+def _next_idle(agent: _Agent) -> str | None:
+    """The idle instance ``agent`` released last (left on its list), dropping the
+    entries met on the way whose instance went or serves again."""
+    idle, instances = agent.idle, agent.instances
+    while idle:
+        inst = instances.get(idle[-1])
+        if inst is not None and _idle(inst):
+            return idle[-1]
+        idle.pop()
+    return None
