@@ -148,8 +148,10 @@ class HandoffRequest:
 
 def _get(txn: lmdb.Transaction, meta: Any, key: bytes, build: Callable[[Any], Any]) -> Any:
     raw = cast("bytes | None", txn.get(key, db=meta))
-    if raw is None:
-        return None
+    return None if raw is None else _parse(raw, key, build)
+
+
+def _parse(raw: bytes, key: bytes, build: Callable[[Any], Any]) -> Any:
     data = decode(raw, db="meta", key=key)
     if not isinstance(data, dict):
         raise StoreCorrupt("meta", key, f"expected a map, got {type(data).__name__}")
@@ -238,14 +240,25 @@ def take(
 
 def guard(meta: Any, owner: str) -> Callable[[lmdb.Transaction], BaseException | None]:
     """The writer's per-batch check: None while ``owner`` holds the lease, else the error
-    that fails the batch (nothing of it is written)."""
+    that fails the batch (nothing of it is written).
+
+    The lease is read in every write transaction; only bytes that differ from the last
+    value found to be ours (a renewal, a takeover) are decoded and checked again: the
+    verdict depends on nothing but those bytes.
+    """
+    ours: bytes | None = None
 
     def check(txn: lmdb.Transaction) -> BaseException | None:
+        nonlocal ours
+        raw = cast("bytes | None", txn.get(LEASE_KEY, db=meta))
+        if raw is not None and raw == ours:
+            return None
         try:
-            lease = read_lease(txn, meta)
+            lease = None if raw is None else _parse(raw, LEASE_KEY, Lease.from_dict)
         except StoreCorrupt as exc:
             return exc
         if lease is not None and lease.owner == owner and not lease.released:
+            ours = raw
             return None
         now = "no runtime" if lease is None else lease.describe()
         return LeaseLost(

@@ -22,8 +22,17 @@ from herder.runtime import (
     StepContext,
     Workflow,
 )
-from herder.store import ConditionFailed, Lease, Put, Store, StoreError, Transition, encode
-from herder.store._lease import LEASE_KEY, renewal, why_takeable
+from herder.store import (
+    ConditionFailed,
+    Lease,
+    Put,
+    Store,
+    StoreCorrupt,
+    StoreError,
+    Transition,
+    encode,
+)
+from herder.store._lease import LEASE_KEY, guard, renewal, why_takeable
 
 
 def _foreign(lease: Lease) -> Transition:
@@ -226,3 +235,39 @@ def test_a_standby_that_cannot_get_the_lease_refuses_to_start_work(
         with pytest.raises(NotActive, match="standby"):
             standby.start("flow", {"n": 1})
         assert standby.list() == []
+
+
+def test_the_write_guard_decodes_the_lease_only_when_its_bytes_change(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(tmp_path / "s") as store:
+        lease = store.lease
+        assert lease is not None
+        env, meta = store._env, store._handles["meta"]
+        assert env is not None
+        check = guard(meta, lease.owner)
+        decoded: list[dict[str, object]] = []
+        parse = Lease.from_dict
+        monkeypatch.setattr(Lease, "from_dict", lambda data: decoded.append(data) or parse(data))
+
+        def verdict(value: Lease | bytes | None = None) -> BaseException | None:
+            with env.begin(write=True) as txn:
+                if isinstance(value, Lease):
+                    txn.put(LEASE_KEY, encode(value.to_dict()), db=meta)
+                elif value is not None:
+                    txn.put(LEASE_KEY, value, db=meta)
+                return check(txn)
+
+        assert verdict() is None
+        assert verdict() is None
+        assert verdict() is None
+        assert len(decoded) == 1  # the same bytes: the same verdict, not read again
+        renewed = dataclasses.replace(lease, expires=lease.expires + 5)
+        assert verdict(renewed) is None
+        assert len(decoded) == 2
+        other = dataclasses.replace(renewed, owner="someone-else")
+        assert isinstance(verdict(other), LeaseLost)
+        assert isinstance(verdict(dataclasses.replace(renewed, expires=0.0)), LeaseLost)
+        assert isinstance(verdict(b"\x00garbage"), StoreCorrupt)
+        assert verdict(renewed) is None  # the bytes last found ours: not read again
+        assert len(decoded) == 4
