@@ -9,6 +9,7 @@ marker (fail-stop, see :meth:`Writer.resync`).
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -18,8 +19,9 @@ import lmdb
 from herder.store._errors import LeaseLost, StoreIOError
 from herder.store._ops import BatchSink, Callback, Ops, Outcome, Put, Transition, check
 
-Derived = Mapping[str, Callable[[lmdb.Transaction, bytes, "bytes | None"], None]]
-"""Per database, what keeps a secondary index in step with each key written (``_recent``)."""
+Derived = Mapping[str, Callable[[lmdb.Transaction, list[tuple[bytes, "bytes | None"]]], None]]
+"""Per database, what keeps a secondary index in step with the keys a transaction wrote
+(each with its final value, None: deleted) (``_recent``)."""
 
 log = logging.getLogger("herder.store._writer")
 
@@ -81,26 +83,26 @@ def apply(
 
 
 def _write(txn: lmdb.Transaction, handles: Mapping[str, Any], derived: Derived, ops: Ops) -> None:
-    puts: dict[str, list[tuple[bytes, bytes]]] = {}
-    deletes: list[tuple[str, bytes]] = []
+    puts: defaultdict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
+    deletes: defaultdict[str, list[bytes]] = defaultdict(list)
     for (db, key), value in ops.items():
         if value is None:
-            deletes.append((db, key))
+            deletes[db].append(key)
         else:
-            items = puts.get(db)
-            if items is None:
-                items = puts[db] = []
-            items.append((key, value))
+            puts[db].append((key, value))
     for db, items in puts.items():
         with txn.cursor(db=handles[db]) as cursor:
             cursor.putmulti(items)
-    for db, key in deletes:
-        txn.delete(key, db=handles[db])
-    if derived:  # secondary indexes follow the final value of each key, same txn
-        for (db, key), value in ops.items():
-            keep = derived.get(db)
-            if keep is not None:
-                keep(txn, key, value)
+    delete = txn.delete
+    for db, keys in deletes.items():
+        handle = handles[db]
+        for key in keys:
+            delete(key, db=handle)
+    for db, keep in derived.items():  # secondary indexes follow each key's final value
+        written: list[tuple[bytes, bytes | None]] = list(puts.get(db, ()))
+        written += [(key, None) for key in deletes.get(db, ())]
+        if written:
+            keep(txn, written)
 
 
 def resolve(batch: list[Entry], outcomes: list[list[Outcome]]) -> None:

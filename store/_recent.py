@@ -2,8 +2,8 @@
 first) and retention (oldest finished first) read a range instead of the whole store.
 
 Two databases, kept by the writer in the same transaction as every write of a
-``workflows`` record (see :func:`maintain`, which the :class:`Writer` calls for each
-such op), so they can never disagree with the records:
+``workflows`` record (see :func:`maintain`, which the :class:`Writer` calls with every
+such write of a transaction), so they can never disagree with the records:
 
 - ``recent``: key ``updated ms (8 bytes, big-endian) + workflow key``, value the
   workflow's state (encoded); a range scan in either direction, and the state filter
@@ -17,6 +17,7 @@ A store written before the index existed gets it built once, at its first writer
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -25,7 +26,7 @@ import lmdb
 
 from herder.store._codec import decode, encode
 from herder.store._errors import StoreCorrupt
-from herder.store._records import WorkflowRecord, stored_field
+from herder.store._records import WorkflowRecord, WorkflowState
 
 RECENT_DB = "recent"
 RECENT_AT_DB = "recent_at"
@@ -41,24 +42,37 @@ def to_ms(t: float) -> int:
     return max(0, int(t * 1000))
 
 
-def entry(key: bytes, record: Any) -> tuple[bytes, bytes]:
-    """The ``recent`` key and value of a decoded workflow record stored under ``key``."""
-    updated = stored_field(record, WorkflowRecord, "updated")
-    return _MS.pack(to_ms(updated)) + key, encode(
-        str(stored_field(record, WorkflowRecord, "state"))
-    )
-
-
 UNREADABLE = ""
 """The state indexed for a value that is not a readable record: listed (so readers
 report it as corrupt), never purged."""
 
+_FIELDS = [f.name for f in dataclasses.fields(WorkflowRecord)]
+_STATE_AT = 1 + _FIELDS.index("state")  # in a schema 3 array, [3, field, field, ...]
+_UPDATED_AT = 1 + _FIELDS.index("updated")
+_STATES = {str(s): encode(str(s)) for s in WorkflowState}
+"""Each state's encoded index value, encoded once (the writer indexes every workflow write)."""
+_UNREADABLE_STATE = encode(UNREADABLE)
+_NOT_A_RECORD = (StoreCorrupt, LookupError, TypeError, ValueError, OverflowError, struct.error)
 
-def _entry_or_unreadable(key: bytes, raw: bytes, old: bytes | None) -> tuple[bytes, bytes]:
+
+def _indexed(key: bytes, raw: bytes, old: bytes | None) -> tuple[bytes, bytes]:
+    """The 8-byte ``updated ms`` and the encoded state to index the workflow value ``raw``
+    under; an unreadable value keeps its old time (``old``, else 0) and the state
+    :data:`UNREADABLE`. Reads the two fields of either layout (a schema 3 array or a
+    schema 2 map) straight from the decoded value, without building a record."""
     try:
-        return entry(key, decode(raw, db="workflows", key=key))
-    except (StoreCorrupt, KeyError, TypeError, ValueError, AttributeError):
-        return (old or _MS.pack(0)) + key, encode(UNREADABLE)
+        data = decode(raw, db="workflows", key=key)
+        if type(data) is list:
+            state, updated = data[_STATE_AT], data[_UPDATED_AT]
+        elif type(data) is dict:
+            state, updated = data["state"], data["updated"]
+        else:
+            raise TypeError(f"a workflow record is an array or a map, not {type(data).__name__}")
+        ms = _MS.pack(max(0, int(updated * 1000)))
+    except _NOT_A_RECORD:
+        return old or _MS.pack(0), _UNREADABLE_STATE
+    value = _STATES.get(state) if type(state) is str else None
+    return ms, encode(str(state)) if value is None else value
 
 
 def split(index_key: bytes) -> tuple[int, str]:
@@ -68,22 +82,35 @@ def split(index_key: bytes) -> tuple[int, str]:
 
 
 def maintain(
-    txn: lmdb.Transaction, key: bytes, value: bytes | None, handles: dict[str, Any]
+    txn: lmdb.Transaction, written: list[tuple[bytes, bytes | None]], handles: dict[str, Any]
 ) -> None:
-    """Move the index entry of the workflow record written (``value``) or deleted (None)
-    under ``key`` (called by the writer thread, in the same transaction)."""
+    """Move the index entries of the workflow records a write transaction wrote (a value)
+    or deleted (None), each key once (called by the writer thread, in that transaction).
+    Every py-lmdb call may hand the GIL to another thread, so the old entries are read
+    with one ``getmulti`` and the new ones written with one ``putmulti`` per database."""
     at_db, recent_db = handles[RECENT_AT_DB], handles[RECENT_DB]
-    old = cast("bytes | None", txn.get(key, db=at_db))
-    if value is None:
-        if old is not None:
-            txn.delete(old + key, db=recent_db)
-            txn.delete(key, db=at_db)
-        return
-    index_key, state = _entry_or_unreadable(key, value, old)
-    if old is not None and old != index_key[: _MS.size]:
-        txn.delete(old + key, db=recent_db)
-    txn.put(index_key, state, db=recent_db)
-    txn.put(key, index_key[: _MS.size], db=at_db)
+    with txn.cursor(db=at_db) as cursor:  # one call reads every old time
+        indexed = dict(cursor.getmulti([key for key, _ in written]))
+    delete = txn.delete
+    entries: list[tuple[bytes, bytes]] = []
+    times: list[tuple[bytes, bytes]] = []
+    for key, value in written:
+        old = cast("bytes | None", indexed.get(key))
+        if value is None:
+            if old is not None:
+                delete(old + key, db=recent_db)
+                delete(key, db=at_db)
+            continue
+        ms, state = _indexed(key, value, old)
+        if old is not None and old != ms:
+            delete(old + key, db=recent_db)
+        entries.append((ms + key, state))
+        times.append((key, ms))
+    if entries:
+        with txn.cursor(db=recent_db) as cursor:
+            cursor.putmulti(entries)
+        with txn.cursor(db=at_db) as cursor:
+            cursor.putmulti(times)
 
 
 def build(txn: lmdb.Transaction, handles: dict[str, Any]) -> int:
@@ -94,9 +121,9 @@ def build(txn: lmdb.Transaction, handles: dict[str, Any]) -> int:
     n = 0
     recent_db, at_db = handles[RECENT_DB], handles[RECENT_AT_DB]
     for key, raw in cast(Iterator[tuple[bytes, bytes]], txn.cursor(db=handles["workflows"])):
-        index_key, state = _entry_or_unreadable(key, raw, None)
-        txn.put(index_key, state, db=recent_db)
-        txn.put(key, index_key[: _MS.size], db=at_db)
+        ms, state = _indexed(key, raw, None)
+        txn.put(ms + key, state, db=recent_db)
+        txn.put(key, ms, db=at_db)
         n += 1
     txn.put(BUILT_KEY, encode(1), db=meta)
     return n

@@ -14,8 +14,8 @@ keeps going.
 A ``guard`` (the leader-lease check, see ``_lease.py``) runs first in every write
 transaction; when it refuses, the whole batch fails with its error and nothing is written.
 ``derived`` maps a database to a function the thread calls, in the same transaction, with
-each key of it the batch writes and its final value (None: deleted): it keeps a secondary
-index in step (the ``recent`` index, ``_recent.py``).
+the keys of it the batch writes, each with its final value (None: deleted): it keeps a
+secondary index in step (the ``recent`` index, ``_recent.py``).
 
 Batches are replayable: on ``MapFullError`` the transaction is aborted, the map doubled
 (with no transaction open in this process, see ``Store._grow``) and the batch replayed.
