@@ -33,8 +33,9 @@ from herder.store import (
     WorkflowRecord,
     encode,
     history_put,
-    step_event,
+    step_history,
     step_key,
+    step_timer_key,
     timer_entry,
     timer_key,
     workflow_event,
@@ -60,12 +61,13 @@ class Txn:
     def put_step(self, old: StepRecord | None, new: StepRecord) -> None:
         """Write a step record, moving its timer along with it."""
         ops = self.ops
-        if old is not None and old.timer_ms is not None and old.timer_ms != new.timer_ms:
-            ops[("timers", timer_key(old.timer_ms, old.workflow_id, old.name))] = None
-        if new.timer_ms is not None:
-            tkey = timer_key(new.timer_ms, new.workflow_id, new.name)
-            ops[("timers", tkey)] = encode(timer_entry(new.token))
-        ops[("steps", step_key(new.workflow_id, new.name))] = encode(new.to_stored())
+        key = step_key(new.workflow_id, new.name)
+        timer_ms = new.timer_ms
+        if old is not None and old.timer_ms is not None and old.timer_ms != timer_ms:
+            ops[("timers", step_timer_key(old.timer_ms, key))] = None
+        if timer_ms is not None:
+            ops[("timers", step_timer_key(timer_ms, key))] = encode(timer_entry(new.token))
+        ops[("steps", key)] = encode(new.to_stored())
 
     def put_workflow(self, record: WorkflowRecord) -> None:
         """Write a workflow record."""
@@ -117,12 +119,16 @@ class CommitPipeline:
                 txn.put_step(write.old, write.new)
                 if write.old is None:
                     continue
-                event = step_event(write.old, write.new, write.now)
-                if event is None:
-                    continue  # not a transition (a heartbeat): no history event
-                if write.note is not None and event.get("error"):
-                    event["traceback"] = write.note
-                txn.put(history_put(write.workflow_id, self._next_token(), event))
+                entry = step_history(
+                    write.workflow_id,
+                    write.old,
+                    write.new,
+                    write.now,
+                    note=write.note,
+                    seq=self._next_token,
+                )
+                if entry is not None:  # None: not a transition (a heartbeat)
+                    txn.ops[entry[0]] = entry[1]
             elif type(write) is WorkflowWrite:
                 old, new = write.old, write.new
                 txn = self.txn(new.id)

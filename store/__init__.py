@@ -81,7 +81,14 @@ from herder.store._errors import (
     StoreIOError,
     StoreLocked,
 )
-from herder.store._history import as_event, history_put, read_history, step_event, workflow_event
+from herder.store._history import (
+    as_event,
+    history_put,
+    read_history,
+    step_event,
+    step_history,
+    workflow_event,
+)
 from herder.store._keys import (
     KEY_SEP,
     MAX_ID_BYTES,
@@ -92,6 +99,7 @@ from herder.store._keys import (
     split_timer_key,
     started_key,
     step_key,
+    step_timer_key,
     timer_entry,
     timer_key,
     timer_token,
@@ -223,7 +231,9 @@ __all__ = [
     "standby_waiting",
     "started_key",
     "step_event",
+    "step_history",
     "step_key",
+    "step_timer_key",
     "stored_field",
     "timer_entry",
     "timer_key",

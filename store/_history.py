@@ -27,6 +27,7 @@ event as its map, and both read the same.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from herder.store._codec import encode
@@ -110,6 +111,42 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
     if agent is not None:
         event["agent"] = agent
     return event
+
+
+def step_history(
+    workflow_id: str,
+    old: StepRecord,
+    new: StepRecord,
+    now: float,
+    *,
+    note: str | None,
+    seq: Callable[[], int],
+) -> tuple[tuple[str, bytes], bytes] | None:
+    """The history ``(db, key)`` and stored value of a step change (its
+    :func:`step_event` as :func:`history_put` stores it, ``note`` as a failure's
+    traceback), built straight from the records: the Scheduler writes one per
+    transition. ``seq`` draws the event's sequence, only for a transition: None when the
+    change is none (a heartbeat)."""
+    if (
+        old.state is new.state
+        and old.attempt == new.attempt
+        and old.comp_attempt == new.comp_attempt
+    ):
+        return None
+    if "agent" in new.extra:  # an AnyOf member: the event keeps its map
+        event = step_event(old, new, now)
+        assert event is not None
+        if note is not None and event["error"]:
+            event["traceback"] = note
+        put = history_put(workflow_id, seq(), event)
+        return (HISTORY_DB, put.key), put.value
+    state = new.state  # a StrEnum: packed as its value
+    error = new.error if new.error != old.error else None
+    attempt = new.comp_attempt if state.is_compensation else new.attempt
+    stored = [_STEP, now, new.name, old.state, state, attempt, new.token, error]
+    if note is not None and error:
+        stored.append(note)
+    return (HISTORY_DB, history_key(workflow_id, seq())), encode(stored)
 
 
 def workflow_event(old: WorkflowState | None, new: WorkflowRecord) -> dict[str, Any]:

@@ -76,6 +76,11 @@ def timer_key(due_ms: int, workflow_id: str, step: str) -> bytes:
     return _TIMER_PREFIX.pack(due_ms) + step_key(workflow_id, step)
 
 
+def step_timer_key(due_ms: int, key: bytes) -> bytes:
+    """:func:`timer_key` of the step whose :func:`step_key` is ``key``."""
+    return _TIMER_PREFIX.pack(due_ms) + key
+
+
 def split_timer_key(key: bytes) -> tuple[int, str, str]:
     """Inverse of :func:`timer_key`: (due ms, workflow id, step name)."""
     (due_ms,) = _TIMER_PREFIX.unpack_from(key)
