@@ -12,10 +12,10 @@ from herder.store import Plan, StepRecord, WorkflowRecord
 
 @dataclass(slots=True)
 class Admit:
-    """A workflow was durably created; the Scheduler should start running it."""
+    """Workflows were durably created (one, or a ``start_many`` batch: one message);
+    the Scheduler should start running them."""
 
-    workflow: WorkflowRecord
-    steps: list[StepRecord]
+    starts: list[tuple[WorkflowRecord, list[StepRecord]]]
 
 
 @dataclass(slots=True)

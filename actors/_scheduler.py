@@ -222,7 +222,8 @@ class Scheduler(SupervisedActor):
         elif isinstance(message, Due):
             self._on_due(message)
         elif isinstance(message, Admit):
-            self._recovery.admit_new(message.workflow, message.steps)
+            for record, steps in message.starts:
+                self._recovery.admit_new(record, steps)
         elif isinstance(message, InstanceEvent):
             self._on_instance_event(message)
         elif isinstance(message, Define):

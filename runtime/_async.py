@@ -253,17 +253,16 @@ class AsyncRuntime:
         Waiting for capacity (``max_active_workflows``) and for the commit costs no thread.
         """
         rt = _runtime(self)
-        steps = rt._starting(
-            workflow,
-            input,
-            workflow_id=workflow_id,
-            timeout=timeout,
-            priority=priority,
-            start_at=start_at,
-            delay=delay,
-            deadline=deadline,
-        )
-        return await run_async(steps)
+        when = {"priority": priority, "start_at": start_at, "delay": delay, "deadline": deadline}
+        new, now = rt._checked(workflow, input, workflow_id, when)
+        if not rt._take_capacity_now(1):  # as Runtime._start, awaiting where it blocks
+            existing = rt._store.get_workflow(new.workflow_id)
+            if existing is not None:
+                return rt._same_start(existing, new)
+            await rt._capacity_async(timeout)
+            now = None
+        landing = rt._submit_start(new, (), now, asyncio.get_running_loop())
+        return rt._landed(new, await landing.wait_async(rt._ask_timeout))
 
     async def start_many_async(
         self, starts: Iterable[Mapping[str, Any]], *, timeout: float | None = None

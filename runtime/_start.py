@@ -1,10 +1,12 @@
 """Starting workflows on a :class:`Runtime` (a base class of it): ``start`` and
-``start_many`` (and, through ``_starting``/``_starting_many``, their ``_async`` forms).
+``start_many``, and the parts their ``_async`` forms are made of too (``_checked``,
+``_submit_start``, ``_landed``; ``_starting_many``).
 
 A start is checked first (``_prepare``: nothing is written), takes a slot under
 ``max_active_workflows`` (``_capacity``), and is one compare-and-set transaction that
 creates the workflow only if its id is free (``_starts.creation``): idempotent per id
-inside the write transaction. Once durable, the workflow is admitted to the Scheduler.
+inside the write transaction. Once durable, the workflow is admitted to the Scheduler
+(``_starts.Landing``, on the store writer's thread), and only then does the caller return.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ from herder.runtime._async import Steps, Wait, awaited, run_blocking
 from herder.runtime._deadlines import deadline_at
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._routing import check_registered, resolve_agents
-from herder.runtime._starts import NewStart, creation, same_record, same_start, start_args
+from herder.runtime._starts import (
+    Landing,
+    NewStart,
+    creation,
+    same_record,
+    same_start,
+    start_args,
+)
 from herder.runtime._timing import begin_at, check_priority
 from herder.runtime._workflow import Workflow
 from herder.store import (
     ConditionFailed,
-    Plan,
     Put,
     StepRecord,
     WorkflowRecord,
-    encode,
     normalize,
     validate_id,
 )
@@ -106,8 +113,7 @@ class Starting:
         starts, running attempts are superseded and the workflow is compensated, also
         when it passed while no process ran (docs/workflows.md).
         """
-        rt = _runtime(self)
-        steps = rt._starting(
+        return _runtime(self)._start(
             workflow,
             input,
             workflow_id=workflow_id,
@@ -117,96 +123,79 @@ class Starting:
             delay=delay,
             deadline=deadline,
         )
-        return run_blocking(steps)
 
-    def _start(self, workflow: str | Workflow, input: Any, **options: Any) -> WorkflowHandle:
-        """:meth:`start`, with ``_starting``'s extra options (``also``)."""
-        rt = _runtime(self)
-        return run_blocking(rt._starting(workflow, input, **options))
-
-    def _starting(
+    def _start(
         self,
         workflow: str | Workflow,
         input: Any,
         *,
         workflow_id: str | None,
         timeout: float | None,
-        priority: int = 0,
-        start_at: datetime.datetime | None = None,
-        delay: float | None = None,
-        deadline: float | datetime.datetime | None = None,
         also: tuple[Put, ...] = (),
-    ) -> Steps[WorkflowHandle]:
-        """The body of :meth:`start` and ``start_async``; it yields their two waits.
+        **when: Any,
+    ) -> WorkflowHandle:
+        """:meth:`start`; ``also`` is written in the transaction that creates the
+        workflow, and only if it does (a schedule's cursor, see ``_firing``).
 
-        ``also`` is written in the transaction that creates the workflow, and only if it
-        does (a schedule's cursor, see ``_firing``)."""
+        Plain calls, no shared generator with ``start_async`` (``_async``): each costs
+        the caller CPU on every start, and both faces are made of the same parts."""
+        rt = _runtime(self)
+        new, now = rt._checked(workflow, input, workflow_id, when)
+        if not rt._take_capacity_now(1):
+            existing = rt._store.get_workflow(new.workflow_id)
+            if existing is not None:  # a repeated start of an existing workflow never waits
+                return rt._same_start(existing, new)
+            rt._wait_capacity(timeout)
+            now = None  # created after the wait, not before
+        landing = rt._submit_start(new, also, now)
+        return rt._landed(new, landing.wait(rt._ask_timeout))
+
+    def _checked(
+        self, workflow: str | Workflow, input: Any, workflow_id: str | None, when: dict[str, Any]
+    ) -> tuple[NewStart, float | None]:
+        """One start's checks (nothing is written; see :meth:`_prepare`) and the engine
+        time they were made at (one clock read)."""
         rt = _runtime(self)
         rt._check_active()
-        times = (rt._ctx.clock.time(), rt._clock.time())  # one read of each clock (its lock)
-        new = rt._prepare(
-            workflow,
-            input,
-            workflow_id=workflow_id,
-            priority=priority,
-            start_at=start_at,
-            delay=delay,
-            deadline=deadline,
-            times=times,
-        )
-        plan, wid, normalized = new.plan, new.workflow_id, new.input
-        # An existing id is found by the compare-and-set below, without a read. Only when
-        # start() would have to wait for capacity is it worth looking first: a repeated
-        # start of an existing workflow never waits.
-        full = rt._active >= rt._max_active
-        if full:
-            existing = rt._store.get_workflow(wid)
-            if existing is not None:
-                return rt._same_start(existing, plan, normalized)
-        yield Wait(lambda: rt._wait_capacity(timeout), lambda: rt._capacity_async(timeout))
-        record, steps, transition = rt._creation(new, also, now=None if full else times[0])
-        committed = rt._store.writer.submit(transition)
-        gave_up = threading.Event()
-        slot = threading.Lock()  # whoever acquires it first gives the capacity back
+        now = rt._ctx.clock.time()
+        return rt._prepare(workflow, input, workflow_id=workflow_id, now=now, **when), now
 
-        def release_once() -> None:
-            if slot.acquire(blocking=False):
-                rt._release_capacity()
-
-        def on_commit(done: Future[None]) -> None:
-            # Admitted from here, so a start() that stopped waiting (timeout) still gets
-            # its workflow running once it is durable, or its capacity back if it failed.
-            if done.exception() is None:
-                rt._admit(record, steps)
-            elif gave_up.is_set():
-                release_once()
-
-        committed.add_done_callback(on_commit)
+    def _submit_start(
+        self,
+        new: NewStart,
+        also: tuple[Put, ...],
+        now: float | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Landing:
+        """Queue the transition creating ``new`` (its capacity is taken: it is given back
+        here if queueing fails, else by the :class:`Landing` or the final listener)."""
+        rt = _runtime(self)
         try:
-            yield Wait(
-                lambda: committed.result(timeout=rt._ask_timeout),
-                lambda: awaited(committed, rt._ask_timeout),
-            )
-            rt._started.add((plan.name, plan.version))
-        except ConditionFailed:
-            rt._id_taken(record)
-            raced = rt._store.get_workflow(wid)
-            assert raced is not None
-            return rt._same_start(raced, plan, normalized)
-        except (TimeoutError, asyncio.CancelledError):  # the commit may still land
-            gave_up.set()
-            if committed.done() and committed.exception() is not None:
-                release_once()  # it failed between the timeout and gave_up
-            raise
+            record, steps, transition = rt._creation(new, also, now=now)
+            landing = Landing(rt, record, steps, (new.plan.name, new.plan.version), loop)
+            rt._store.writer.submit_many((transition,), landing)
         except BaseException:
             rt._release_capacity()
             raise
+        return landing
+
+    def _landed(self, new: NewStart, error: BaseException | None) -> WorkflowHandle:
+        """The handle of a start whose commit was decided with ``error`` (None: created);
+        an id that was taken gives the existing workflow's handle, or a conflict."""
+        rt = _runtime(self)
+        wid = new.workflow_id
+        if isinstance(error, ConditionFailed):
+            raced = rt._store.get_workflow(wid)
+            assert raced is not None  # the condition failed because it exists
+            return rt._same_start(raced, new)
+        if error is not None:
+            raise error
         _log.info(
             "workflow %s started (%s@%d)",
             wid,
-            plan.name,
-            plan.version,
-            extra={"workflow_id": wid, "workflow": plan.name},
+            new.plan.name,
+            new.plan.version,
+            extra={"workflow_id": wid, "workflow": new.plan.name},
         )
         return WorkflowHandle(rt, wid)
 
@@ -236,10 +225,11 @@ class Starting:
         rt._check_active()
         # One clock read for the batch, and each definition's agents checked once (per
         # item only when its agents come from the input), not both per item.
-        times = (rt._ctx.clock.time(), rt._clock.time())
+        now, wall = rt._ctx.clock.time(), rt._clock.time()
         checked: set[int] = set()  # id() of plans, all held by ``news``
+        prepare = rt._prepare
         news = [
-            rt._prepare(**start_args(i, item), times=times, checked=checked)
+            prepare(**start_args(i, item), now=now, wall=wall, checked=checked)
             for i, item in enumerate(starts)
         ]
         unique: dict[str, NewStart] = {}
@@ -263,19 +253,23 @@ class Starting:
         created = []
         for new in unique.values():
             key = (new.plan.name, new.plan.version)
-            created.append(rt._creation(new, mark=key not in marked, now=times[0]))
+            created.append(rt._creation(new, mark=key not in marked, now=now))
             marked.add(key)
         committed: Future[list[BaseException | None]] = Future()
 
         def on_done(results: list[BaseException | None]) -> None:
             # Admitted here, on the writer thread, so workflows are running once durable
-            # even if the caller stopped waiting; a failed one gives its capacity back.
+            # even if the caller stopped waiting (all in one message to the Scheduler); a
+            # failed one gives its capacity back.
             committed.set_result(results)
+            durable = []
             for (record, steps, _), result in zip(created, results, strict=True):
                 if result is None:
-                    rt._admit(record, steps)
+                    durable.append((record, steps))
                 else:
                     rt._id_taken(record)  # or not written at all: the same for both
+            if durable:
+                rt._admit(durable)
 
         rt._store.writer.submit_many([c[2] for c in created], on_done)
         outcomes = yield Wait(
@@ -306,18 +300,20 @@ class Starting:
         input: Any,
         *,
         workflow_id: str | None,
-        priority: int,
-        start_at: datetime.datetime | None,
-        delay: float | None,
+        priority: int = 0,
+        start_at: datetime.datetime | None = None,
+        delay: float | None = None,
         deadline: float | datetime.datetime | None = None,
-        times: tuple[float, float] | None = None,
+        now: float,
+        wall: float | None = None,
         checked: set[int] | None = None,
     ) -> NewStart:
         """Check one start's arguments (nothing is written): see :meth:`start`.
 
-        ``times`` is (engine time, wall time) if the caller read them already (a batch
-        reads them once); ``checked`` holds the definitions whose fixed agents a batch
-        found registered already, so they are checked once per batch, not per item."""
+        ``now`` is the engine's time and ``wall`` the wall clock's at the same instant
+        (read here, only if a datetime needs it, when not given); ``checked`` holds the
+        definitions whose fixed agents a batch found registered already, so they are
+        checked once per batch, not per item."""
         rt = _runtime(self)
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         plan = rt._latest.get(name) if isinstance(name, str) else None
@@ -329,7 +325,8 @@ class Starting:
             )
         wid = _new_id() if workflow_id is None else validate_id(workflow_id)
         priority = check_priority(priority)
-        now, wall = times or (rt._ctx.clock.time(), rt._clock.time())
+        if wall is None and (start_at is not None or isinstance(deadline, datetime.datetime)):
+            wall = rt._clock.time()
         begin = begin_at(now, start_at, delay, wall=wall)
         ends = deadline_at(now, plan.deadline if deadline is None else deadline, wall=wall)
         normalized = normalize(input, limit=rt._max_input_bytes, what="workflow input")
@@ -368,10 +365,10 @@ class Starting:
             else rt._tracing.start_workflow(new.plan.name, new.workflow_id, now),
         )
 
-    def _same_start(self, existing: WorkflowRecord, plan: Plan, normalized: Any) -> WorkflowHandle:
+    def _same_start(self, existing: WorkflowRecord, new: NewStart) -> WorkflowHandle:
+        """The existing workflow's handle if ``new`` asks for the same, else a conflict."""
         rt = _runtime(self)
-        same = existing.input == normalized or encode(existing.input) == encode(normalized)
-        if existing.name != plan.name or not same:  # (the bytes also match when NaN is in it)
+        if not same_record(existing, new):
             raise WorkflowConflict(
                 f"workflow id {existing.id!r} was already started as {existing.name!r} with "
                 "different input; use a new id, or the same input to get the existing handle"

@@ -4,10 +4,13 @@ creates it (``Runtime.start``), or many of them in one group commit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from herder.runtime._timing import new_workflow
 from herder.store import (
@@ -26,6 +29,9 @@ from herder.store import (
     workflow_event,
     workflow_key,
 )
+
+if TYPE_CHECKING:
+    from herder.runtime._runtime import Runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +133,79 @@ def same_record(existing: WorkflowRecord, new: NewStart) -> bool:
 
 def _same_input(a: Any, b: Any) -> bool:
     return bool(a == b) or encode(a) == encode(b)  # (the bytes also match when NaN is in it)
+
+
+class Landing:
+    """One ``start()``'s commit, as the store writer reports it (its ``submit_many``
+    callback, on the writer thread): admits the workflow once it is durable, or gives its
+    capacity back when it was not written, and only then wakes the caller. So a caller that
+    stopped waiting (a timeout, a cancelled task) still gets its workflow running, or its
+    slot back, and nobody else has to decide which.
+
+    The wake-up is a bare lock for a blocking caller (hot-path.md §3: a third of a
+    ``Future``'s cost), or a future of the caller's event loop for ``start_async``.
+    """
+
+    __slots__ = ("_done", "_future", "_loop", "_record", "_rt", "_steps", "error", "key")
+
+    def __init__(
+        self,
+        rt: Runtime,
+        record: WorkflowRecord,
+        steps: list[StepRecord],
+        key: tuple[str, int],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._rt, self._record, self._steps, self.key = rt, record, steps, key
+        self.error: BaseException | None = None
+        self._loop = loop
+        self._done = threading.Lock()
+        self._future: asyncio.Future[None] | None = None
+        if loop is None:
+            self._done.acquire()  # released once: the one-shot
+        else:
+            self._future = loop.create_future()
+
+    def __call__(self, results: list[BaseException | None]) -> None:
+        rt, error = self._rt, results[0]
+        self.error = error
+        try:
+            if error is None:
+                rt._started.add(self.key)
+                rt._admit([(self._record, self._steps)])
+            else:
+                rt._id_taken(self._record)  # or not written at all: the same for both
+        finally:
+            if self._future is None:
+                self._done.release()
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    cast("asyncio.AbstractEventLoop", self._loop).call_soon_threadsafe(
+                        _wake, self._future
+                    )
+
+    def wait(self, timeout: float | None) -> BaseException | None:
+        """Block until the commit is decided; its error (None: durable)."""
+        if not self._done.acquire(timeout=-1 if timeout is None else timeout):
+            raise _undecided(timeout)
+        return self.error
+
+    async def wait_async(self, timeout: float | None) -> BaseException | None:
+        """As :meth:`wait`, awaited on the loop given at creation."""
+        try:
+            await asyncio.wait_for(cast("asyncio.Future[None]", self._future), timeout)
+        except TimeoutError:
+            raise _undecided(timeout) from None
+        return self.error
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the waiter gave up
+        future.set_result(None)
+
+
+def _undecided(timeout: float | None) -> TimeoutError:
+    return TimeoutError(
+        f"the store did not commit the start within {timeout} s (ask_timeout); the "
+        "workflow may still start: starting it again with the same workflow_id is safe"
+    )

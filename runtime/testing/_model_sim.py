@@ -386,7 +386,7 @@ class _Simulation:
             now = ctx.clock.time()
             record, steps, transition = creation(new, now, ctx.next_token(), mark_started=True)
             self.proc.store.writer.submit(transition).result(timeout=0)
-            ctx.tell_scheduler(Admit(record, steps))
+            ctx.tell_scheduler(Admit([(record, steps)]))
 
     def _all_final(self) -> bool:
         return all(self._state(w).is_final for w in self.ids)
