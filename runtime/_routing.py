@@ -18,6 +18,7 @@ and it runs once per start, never again for that workflow.
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,9 +32,10 @@ Router = Callable[[Any], str]
 _FORMATTER = string.Formatter()
 
 
+@functools.lru_cache(maxsize=4096)
 def template_fields(agent: str) -> tuple[str, ...]:
     """The input keys (and ``@router`` names) an agent template names; ``()`` for a
-    fixed agent name.
+    fixed agent name (parsed once per template: every start asks for each step's).
 
     Raises :class:`InvalidDefinition` for a template that is not plain ``{key}`` or
     ``{@router}`` fields.

@@ -297,9 +297,9 @@ class Starting:
     def _prepare(
         self,
         workflow: str | Workflow,
-        input: Any,
+        input: Any = None,
         *,
-        workflow_id: str | None,
+        workflow_id: str | None = None,
         priority: int = 0,
         start_at: datetime.datetime | None = None,
         delay: float | None = None,

@@ -104,21 +104,13 @@ def start_args(index: int, item: object) -> dict[str, Any]:
             f"start_many item {index} must be a mapping with a 'workflow' key and any of "
             f"start()'s other arguments, got {item!r:.80}"
         )
-    unknown = set(item) - START_ARGS
-    if unknown:
+    if not item.keys() <= START_ARGS:
+        unknown = set(item) - START_ARGS
         raise InvalidInput(
             f"start_many item {index} has unknown keys {sorted(map(str, unknown))}; use "
             f"{', '.join(sorted(START_ARGS))}"
         )
-    return {
-        "workflow": item["workflow"],
-        "input": item.get("input"),
-        "workflow_id": item.get("workflow_id"),
-        "priority": item.get("priority", 0),
-        "start_at": item.get("start_at"),
-        "delay": item.get("delay"),
-        "deadline": item.get("deadline"),
-    }
+    return dict(item)  # the others default as in start()
 
 
 def same_start(a: NewStart, b: NewStart) -> bool:
