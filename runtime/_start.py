@@ -33,6 +33,7 @@ from herder.runtime._starts import (
     same_record,
     same_start,
     start_args,
+    started_mark,
 )
 from herder.runtime._timing import begin_at, check_priority
 from herder.runtime._workflow import Workflow
@@ -249,12 +250,12 @@ class Starting:
             for _ in range(taken):
                 rt._release_capacity()
             raise
-        marked = set(rt._started)  # one started mark per definition, not one per item
-        created = []
-        for new in unique.values():
-            key = (new.plan.name, new.plan.version)
-            created.append(rt._creation(new, mark=key not in marked, now=now))
-            marked.add(key)
+        created = [rt._creation(new, mark=False, now=now) for new in unique.values()]
+        # Each definition's started mark once, as a transition of its own in the same
+        # group (one write transaction): it lands even when an item's id was taken.
+        marks = list(dict.fromkeys((new.plan.name, new.plan.version) for new in news))
+        marks = [key for key in marks if key not in rt._started]
+        n = len(created)
         committed: Future[list[BaseException | None]] = Future()
 
         def on_done(results: list[BaseException | None]) -> None:
@@ -263,7 +264,7 @@ class Starting:
             # failed one gives its capacity back.
             committed.set_result(results)
             durable = []
-            for (record, steps, _), result in zip(created, results, strict=True):
+            for (record, steps, _), result in zip(created, results, strict=False):
                 if result is None:
                     durable.append((record, steps))
                 else:
@@ -271,15 +272,16 @@ class Starting:
             if durable:
                 rt._admit(durable)
 
-        rt._store.writer.submit_many([c[2] for c in created], on_done)
+        group = [c[2] for c in created] + [started_mark(*key) for key in marks]
+        rt._store.writer.submit_many(group, on_done)
         outcomes = yield Wait(
             lambda: committed.result(timeout=rt._ask_timeout),
             lambda: awaited(committed, rt._ask_timeout),
         )
+        rt._started.update(key for key, o in zip(marks, outcomes[n:], strict=True) if o is None)
         conflicts = []
-        for new, outcome in zip(unique.values(), outcomes, strict=True):
+        for new, outcome in zip(unique.values(), outcomes, strict=False):
             if outcome is None:
-                rt._started.add((new.plan.name, new.plan.version))
                 continue
             if not isinstance(outcome, ConditionFailed):
                 raise outcome

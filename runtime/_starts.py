@@ -77,9 +77,22 @@ def creation(
     ops.append(Put("history", history_key(new.workflow_id, token), _created_event(now)))
     ops += also
     if mark_started:
-        ops.append(Put("meta", started_key(new.plan.name, new.plan.version), encode(1)))
+        ops.append(_mark_put(new.plan.name, new.plan.version))
     free = Expect("workflows", workflow_key(new.workflow_id), exists=False)
     return record, steps, Transition(ops=tuple(ops), expect=(free,))
+
+
+def started_mark(name: str, version: int) -> Transition:
+    """The definition's started mark: once written, the definition may not change under
+    its version (``add_workflow``)."""
+    return Transition(ops=(_mark_put(name, version),))
+
+
+def _mark_put(name: str, version: int) -> Put:
+    return Put("meta", started_key(name, version), _ONE)
+
+
+_ONE = encode(1)
 
 
 @functools.lru_cache(maxsize=1)

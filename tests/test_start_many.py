@@ -16,6 +16,7 @@ from herder.runtime import (
     Workflow,
     WorkflowConflict,
 )
+from herder.store import started_key
 
 WAIT = 30.0
 
@@ -112,3 +113,19 @@ def test_the_workflows_of_one_batch_are_created_at_one_instant(tmp_path: Path) -
         rt.start_many(items([f"w{i}" for i in range(200)]))
         created = {rt._store.get_workflow(f"w{i}").created for i in range(200)}  # type: ignore[union-attr]
         assert len(created) == 1  # one clock read for the batch, not one per item
+
+
+def test_the_definitions_started_mark_lands_even_when_its_first_item_finds_its_id_taken(
+    tmp_path: Path,
+) -> None:
+    def both(rt: Runtime) -> None:
+        register(rt)
+        rt.add_workflow(Workflow("other").step("only", agent="echo", action="echo"))
+
+    with Runtime(tmp_path / "s", setup=both) as rt:
+        rt.start("other", {"v": 1}, workflow_id="taken")
+    with Runtime(tmp_path / "s", setup=both) as rt:  # a new process: nothing marked yet
+        with pytest.raises(WorkflowConflict, match="'taken'"):
+            rt.start_many(items(["taken", "fresh"]))
+        assert rt.status("fresh").name == "echo"
+        assert rt._store.get("meta", started_key("echo", 1)) is not None
