@@ -8,8 +8,9 @@ fits in a few types:
   takes an exclusive lock, checks the schema version and bumps the incarnation counter.
   Its read methods (``get``, ``get_workflow``, ``steps_of``, ``workflows``,
   ``due_timers``, ``scan``, ``count``; in ``_reads.py``) run short read transactions on
-  any thread (the Store object, its reader gate and map growth are in ``_env.py``; how
-  the environment is opened in ``_open.py``). ``Store(path, mode="client")`` opens a
+  any thread (the Store object in ``_env.py``; its reader gate, map growth, paging and
+  direct writes in ``_access.py``; how the environment is opened in ``_open.py``).
+  ``Store(path, mode="client")`` opens a
   store another process runs, to append operator commands (``_commands.py``).
 - :class:`Writer` — ``store.writer``, the single group-commit thread. Every write is a
   :class:`Transition` (:class:`Put` / :class:`Delete` ops guarded by :class:`Expect`
@@ -25,9 +26,10 @@ fits in a few types:
   range scan. A step has no record until it leaves PENDING (:func:`plan_steps`).
 - :class:`Lease` — the leader lease in ``meta``: only its holder writes, and every write
   batch re-checks it (a deposed holder gets :class:`LeaseLost`); a standby store takes
-  it over when its holder is gone. ``_lease.py`` holds the record and the lifecycle
-  (take, renew, release, hand off; wall time passed in as ``now``), ``_locktable.py``
-  the flock and whether a holder lives.
+  it over when its holder is gone. ``_lease.py`` holds the record and its rules (read,
+  take, guard, renew), ``_leaseholder.py`` the Store's lifecycle on them (take, renew,
+  release, hand off; wall time passed in as ``now``), ``_locktable.py`` the flock and
+  whether a holder lives.
 - Errors — the :class:`HerderError` tree; ``lmdb`` and ``msgpack`` errors never escape.
 - Beside the records: the ``history`` database (one event per transition, written in the
   same transaction: :func:`history_put`, :func:`step_event`), the ``commands`` channel

@@ -1,7 +1,7 @@
 """The LMDB environment of a store: opening (permissions, flock, process registry, schema,
-lease at open), the reader gate, map growth, paging, closing. The typed reads are in
-``_reads`` and the lease lifecycle in ``_lease`` (both base classes of Store); the flock
-and the lock table in ``_locktable``.
+lease at open), its writer, closing. The reader gate, map growth, paging and direct
+writes are in ``_access``, the typed reads in ``_reads`` and the lease lifecycle in
+``_leaseholder`` (base classes of Store); the flock and the lock table in ``_locktable``.
 
 A :class:`Store` in writer mode owns the directory: it holds the leader lease (taking it
 bumps the incarnation) and an exclusive ``flock`` on ``herder.lock``, and every write
@@ -22,19 +22,17 @@ import functools
 import os
 import pathlib
 import threading
-from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import Literal
 
 import lmdb
 
 from herder.store import _recent as recent
 from herder.store._errors import InvalidInput, StoreClosed, StoreError, StoreLocked
-from herder.store._lease import DEFAULT_LEASE, Lease, LeaseHolder, guard, take
+from herder.store._lease import DEFAULT_LEASE, Lease, guard, take
+from herder.store._leaseholder import LeaseHolder
 from herder.store._locktable import note_lock_table, open_lock, try_flock
 from herder.store._open import (
-    ADDED_LATER,
-    DATABASES,
     open_existing,
     open_for_writing,
     prepare_dir,
@@ -47,11 +45,6 @@ from herder.store._reads import Reads
 from herder.store._writer import Writer
 
 Mode = Literal["writer", "readonly", "standby", "client"]
-
-PAGE = 1000
-"""Keys read per read transaction by the paged scans."""
-
-_T = TypeVar("_T")
 
 _registry_lock = threading.Lock()
 _registry: dict[str, Store] = {}
@@ -225,93 +218,6 @@ class Store(Reads, LeaseHolder):
                 self._note_lock_table()  # a standby taking over: the store is ours to write
         return self._have_flock
 
-    # ------------------------------------------------------------------ read plumbing
-
-    def _read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
-        """Run ``fn`` in one short read transaction, outside any map resize."""
-        while True:
-            with self._gate:
-                while self._resizing:
-                    self._gate.wait()
-                env = self._env
-                if env is None:
-                    raise StoreClosed(f"store {self.path} is closed; open it again")
-                self._readers += 1
-            resized = False
-            try:
-                with env.begin() as txn:
-                    return fn(txn)
-            except lmdb.MapResizedError:
-                resized = True  # another process grew the map: adopt its size and retry
-            except lmdb.Error as exc:
-                raise translate(exc, f"read from store {self.path} failed") from exc
-            finally:
-                with self._gate:
-                    self._readers -= 1
-                    if self._readers == 0:
-                        self._gate.notify_all()
-            if resized:
-                self._grow(0)
-
-    def _grow(self, new_size: int) -> None:
-        """Set the map size (0: adopt the size on disk) with no read transaction open.
-
-        Called by the writer thread on ``MapFullError`` (no write transaction is open then)
-        and by readers on ``MapResizedError``.
-        """
-        with self._gate:
-            while self._resizing:
-                self._gate.wait()
-            self._resizing = True
-            try:
-                self._gate.wait_for(lambda: self._readers == 0)
-                env = self._env
-                if env is not None:
-                    env.set_mapsize(new_size)
-            finally:
-                self._resizing = False
-                self._gate.notify_all()
-
-    def _handle(self, db: str) -> Any:
-        try:
-            return self._handles[db]
-        except KeyError:
-            if db in ADDED_LATER:
-                return None  # an older store opened read-only: the database reads empty
-            raise InvalidInput(
-                f"unknown database {db!r}; use one of {', '.join(DATABASES)}"
-            ) from None
-
-    def _paged(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Yield raw (key, value) pairs with ``prefix``, one short read txn per page."""
-        handle = self._handle(db)
-        if handle is None:
-            return
-        start = prefix
-        skip_first = False
-        while True:
-
-            def page(
-                txn: lmdb.Transaction, start: bytes = start, skip: bool = skip_first
-            ) -> list[tuple[bytes, bytes]]:
-                out: list[tuple[bytes, bytes]] = []
-                cur = txn.cursor(db=handle)
-                if not cur.set_range(start):
-                    return out
-                for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
-                    if skip and key == start:
-                        continue
-                    if not key.startswith(prefix) or len(out) >= PAGE:
-                        break
-                    out.append((key, value))
-                return out
-
-            items = self._read(page)
-            yield from items
-            if len(items) < PAGE:
-                return
-            start, skip_first = items[-1][0], True
-
     # ------------------------------------------------------------------ public reads
 
     @property
@@ -331,33 +237,6 @@ class Store(Reads, LeaseHolder):
 
     def _held_writer(self) -> Writer | None:
         return self._writer
-
-    def _write_direct(self, fn: Callable[[lmdb.Transaction], _T], what: str) -> _T:
-        """Run ``fn`` in one write transaction of this process, not through the writer:
-        taking the lease, a handoff request, a client's append. ``what`` starts the
-        message of a failure ("cannot ... store")."""
-        env = self._env
-        if env is None or self.readonly:
-            raise StoreError(f"{what} {self.path}: the store is closed or open read-only")
-        for _ in range(3):
-            try:
-                with env.begin(write=True) as txn:
-                    return fn(txn)
-            except lmdb.MapResizedError:
-                self._grow(0)  # another process grew the map: adopt its size, again
-            except lmdb.Error as exc:
-                raise translate(exc, f"{what} {self.path}") from exc
-        raise StoreError(f"{what} {self.path}: its map keeps growing; try again")
-
-    def reclaim_readers(self) -> int:
-        """Free reader slots left by dead processes; return how many were freed.
-
-        A reader killed inside a read transaction keeps its slot, which pins old pages
-        (the file then grows instead of reusing them). Every open reclaims such slots;
-        a long-running runtime also calls this periodically from its Supervisor.
-        """
-        freed: int = self._read(lambda _txn: self._env.reader_check() if self._env else 0)
-        return freed
 
     # ------------------------------------------------------------------ closing
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 import lmdb
 
 from herder.store import _recent as recent
+from herder.store._access import Access
 from herder.store._backlog import id_chunk, scan_chunk
 from herder.store._codec import decode
 from herder.store._errors import StoreCorrupt
@@ -36,19 +37,8 @@ from herder.store._validate import check_plan, check_record
 _T = TypeVar("_T")
 
 
-class Reads:
+class Reads(Access):
     """The typed read methods of a Store (see the module docstring)."""
-
-    _handles: dict[str, Any]
-
-    def _read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
-        raise NotImplementedError  # the Store's reader gate
-
-    def _paged(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        raise NotImplementedError  # the Store's paging
-
-    def _handle(self, db: str) -> Any:
-        raise NotImplementedError  # the Store's database handles
 
     def get(self, db: str, key: bytes) -> Any | None:
         """The decoded record under ``key`` in ``db``, or None if there is none."""

@@ -36,7 +36,7 @@ from herder.runtime import (
 )
 from herder.runtime.testing import FakeClock
 from herder.store import Store
-from herder.store._env import DATABASES
+from herder.store._open import DATABASES
 
 WAIT = 10.0
 LIMIT = 4096  # max_input_bytes and max_result_bytes of the runtime under test

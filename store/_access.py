@@ -1,0 +1,150 @@
+"""How a Store touches its LMDB environment outside the writer: reads in short
+transactions that never overlap a map resize (the reader gate), map growth, paged prefix
+scans, and single write transactions of this process that bypass the writer (taking the
+lease, a handoff request, a client's append).
+
+:class:`Access` is the base of the Store's read and lease classes (``_reads``,
+``_leaseholder``); the Store (``_env``) opens the environment and sets its attributes.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import lmdb
+
+from herder.store._errors import InvalidInput, StoreClosed, StoreError
+from herder.store._open import ADDED_LATER, DATABASES, translate
+
+PAGE = 1000
+"""Keys read per read transaction by the paged scans."""
+
+_T = TypeVar("_T")
+
+
+class Access:
+    """The environment plumbing of a Store (see the module docstring)."""
+
+    path: pathlib.Path
+    readonly: bool
+    _env: lmdb.Environment | None
+    _handles: dict[str, Any]
+    # Readers enter this gate; a map resize waits until no read transaction is open.
+    _gate: threading.Condition
+    _readers: int
+    _resizing: bool
+
+    def _read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
+        """Run ``fn`` in one short read transaction, outside any map resize."""
+        while True:
+            with self._gate:
+                while self._resizing:
+                    self._gate.wait()
+                env = self._env
+                if env is None:
+                    raise StoreClosed(f"store {self.path} is closed; open it again")
+                self._readers += 1
+            resized = False
+            try:
+                with env.begin() as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                resized = True  # another process grew the map: adopt its size and retry
+            except lmdb.Error as exc:
+                raise translate(exc, f"read from store {self.path} failed") from exc
+            finally:
+                with self._gate:
+                    self._readers -= 1
+                    if self._readers == 0:
+                        self._gate.notify_all()
+            if resized:
+                self._grow(0)
+
+    def _grow(self, new_size: int) -> None:
+        """Set the map size (0: adopt the size on disk) with no read transaction open.
+
+        Called by the writer thread on ``MapFullError`` (no write transaction is open then)
+        and by readers on ``MapResizedError``.
+        """
+        with self._gate:
+            while self._resizing:
+                self._gate.wait()
+            self._resizing = True
+            try:
+                self._gate.wait_for(lambda: self._readers == 0)
+                env = self._env
+                if env is not None:
+                    env.set_mapsize(new_size)
+            finally:
+                self._resizing = False
+                self._gate.notify_all()
+
+    def _handle(self, db: str) -> Any:
+        try:
+            return self._handles[db]
+        except KeyError:
+            if db in ADDED_LATER:
+                return None  # an older store opened read-only: the database reads empty
+            raise InvalidInput(
+                f"unknown database {db!r}; use one of {', '.join(DATABASES)}"
+            ) from None
+
+    def _paged(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Yield raw (key, value) pairs with ``prefix``, one short read txn per page."""
+        handle = self._handle(db)
+        if handle is None:
+            return
+        start = prefix
+        skip_first = False
+        while True:
+
+            def page(
+                txn: lmdb.Transaction, start: bytes = start, skip: bool = skip_first
+            ) -> list[tuple[bytes, bytes]]:
+                out: list[tuple[bytes, bytes]] = []
+                cur = txn.cursor(db=handle)
+                if not cur.set_range(start):
+                    return out
+                for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
+                    if skip and key == start:
+                        continue
+                    if not key.startswith(prefix) or len(out) >= PAGE:
+                        break
+                    out.append((key, value))
+                return out
+
+            items = self._read(page)
+            yield from items
+            if len(items) < PAGE:
+                return
+            start, skip_first = items[-1][0], True
+
+    def _write_direct(self, fn: Callable[[lmdb.Transaction], _T], what: str) -> _T:
+        """Run ``fn`` in one write transaction of this process, not through the writer:
+        taking the lease, a handoff request, a client's append. ``what`` starts the
+        message of a failure ("cannot ... store")."""
+        env = self._env
+        if env is None or self.readonly:
+            raise StoreError(f"{what} {self.path}: the store is closed or open read-only")
+        for _ in range(3):
+            try:
+                with env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                self._grow(0)  # another process grew the map: adopt its size, again
+            except lmdb.Error as exc:
+                raise translate(exc, f"{what} {self.path}") from exc
+        raise StoreError(f"{what} {self.path}: its map keeps growing; try again")
+
+    def reclaim_readers(self) -> int:
+        """Free reader slots left by dead processes; return how many were freed.
+
+        A reader killed inside a read transaction keeps its slot, which pins old pages
+        (the file then grows instead of reusing them). Every open reclaims such slots;
+        a long-running runtime also calls this periodically from its Supervisor.
+        """
+        freed: int = self._read(lambda _txn: self._env.reader_check() if self._env else 0)
+        return freed

@@ -1,0 +1,188 @@
+"""A Store's lease lifecycle (:class:`LeaseHolder`, a base class of it): take the lease
+as a standby, renew it through the writer, release it, ask another holder to hand over.
+The lease record and the rules it follows are ``_lease.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+import lmdb
+
+from herder.store._access import Access
+from herder.store._codec import encode
+from herder.store._errors import StoreError
+from herder.store._lease import (
+    HANDOFF_KEY,
+    LEASE_KEY,
+    HandoffRequest,
+    Lease,
+    read_handoff,
+    read_lease,
+    renewal,
+    take,
+)
+from herder.store._ops import Put, Transition
+
+if TYPE_CHECKING:
+    from herder.store._writer import Writer
+
+
+class LeaseHolder(Access):
+    """The lease lifecycle of a Store (a base class of it): take, renew, release, hand off.
+
+    Wall-clock time comes in as ``now`` (default: ``time.time()``); the Store provides the
+    environment, the writer and the flock.
+    """
+
+    standby: bool
+    incarnation: int
+    lease_duration: float
+    releasing: bool
+    _lease: Lease | None
+    _clock_note: float | None
+    _lock_fd: int | None
+    _have_flock: bool
+
+    def _try_flock(self) -> bool:
+        raise NotImplementedError  # the Store's flock
+
+    def _start_writer(self, lease: Lease) -> None:
+        raise NotImplementedError  # the Store starts its writer
+
+    def _upgrade(self, txn: lmdb.Transaction) -> None:
+        raise NotImplementedError  # the Store marks the schema it writes
+
+    def _held_writer(self) -> Writer | None:
+        raise NotImplementedError  # the Store's writer, None if it has none
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease this store holds (as last written by it), or None."""
+        return self._lease
+
+    def read_lease(self) -> Lease | None:
+        """The lease record as stored now (whoever holds it), or None."""
+        return self._read(lambda txn: read_lease(txn, self._handles["meta"]))
+
+    def try_take_lease(
+        self, lapsed: Callable[[Lease], bool] | None = None, *, now: float | None = None
+    ) -> str | None:
+        """Standby: take the lease if its holder released it, let it lapse or is gone.
+
+        Returns why it was taken ("free", "released", "expired", "holder gone"), or None
+        while another runtime holds it. Taking bumps the incarnation (in the same write
+        transaction as the lease, so of racing standbys exactly one wins) and starts the
+        writer. Call it from one thread at a time. ``lapsed`` judges expiry instead of
+        the wall clock ``now`` (see :func:`why_takeable`).
+        """
+        if self._lease is not None:
+            return "held"
+        if not self.standby or self._env is None:
+            raise StoreError(f"store {self.path} is not an open standby store")
+        self._try_flock()
+
+        def take_it(txn: lmdb.Transaction) -> tuple[Lease, str | None]:
+            lease, reason = take(
+                txn,
+                self._handles["meta"],
+                duration=self.lease_duration,
+                have_flock=self._have_flock,
+                lapsed=lapsed,
+                now=now,
+            )
+            if reason is not None:
+                self._upgrade(txn)
+            return lease, reason
+
+        lease, reason = self._write_direct(take_it, "cannot take the lease of store")
+        if reason is None:
+            return None
+        self._lease, self.incarnation = lease, lease.incarnation
+        self._start_writer(lease)
+        return reason
+
+    def note_clock(self, now: float) -> None:
+        """The engine's time now (see :class:`Lease`), written with the lease at its next
+        renewal or release so that the next holder's clock starts no earlier."""
+        self._clock_note = now
+
+    def renew_lease(self, *, now: float | None = None) -> Future[None]:
+        """Renew our lease for another ``lease_duration`` seconds from ``now`` through the
+        writer.
+
+        The future fails with :class:`LeaseLost` if the lease is no longer ours (the
+        writer's check), or with :class:`ConditionFailed` if it changed since we last
+        wrote it (we released it meanwhile): a renewal never revives a released lease.
+        A holder that took the lease without the flock (its old holder was paused, not
+        dead) picks the flock up here once that holder is gone.
+        """
+        lease = self._lease
+        writer = self._held_writer()
+        if lease is None or self.releasing or writer is None:
+            raise StoreError(f"store {self.path} holds no lease to renew")
+        flock = lease.flock or (self._lock_fd is not None and self._try_flock())
+        expires = (time.time() if now is None else now) + self.lease_duration
+        clock = self._clock_note if self._clock_note is not None else lease.clock
+        renewed = dataclasses.replace(lease, expires=expires, flock=flock, clock=clock)
+        done = writer.submit(renewal(lease, renewed))
+
+        def adopt(result: Future[None]) -> None:
+            if result.exception() is None and self._lease is lease:
+                self._lease = renewed
+
+        done.add_done_callback(adopt)
+        return done
+
+    def release_lease(self, timeout: float = 10.0) -> bool:
+        """Give the lease up now (a standby takes over at once); True if it was ours.
+
+        After this every write of this store fails with :class:`LeaseLost`, and
+        :attr:`releasing` is True from the start, so callers can tell that from a lease
+        taken by another runtime.
+        """
+        lease = self._lease
+        writer = self._held_writer()
+        if lease is None or writer is None or writer.closed:
+            return False
+        self.releasing = True
+        clock = self._clock_note if self._clock_note is not None else lease.clock
+        released = dataclasses.replace(lease, expires=0.0, clock=clock)
+        done = writer.submit(Transition(ops=(Put("meta", LEASE_KEY, encode(released.to_dict())),)))
+        try:
+            done.result(timeout=timeout)
+        except StoreError:
+            return False
+        self._lease = released
+        return True
+
+    def handoff_request(self) -> HandoffRequest | None:
+        """A pending handoff request made since our lease was taken, or None."""
+        request = self._read(lambda txn: read_handoff(txn, self._handles["meta"]))
+        if request is None or self._lease is None or request.requested < self._lease.taken:
+            return None
+        return request
+
+    def request_handoff(
+        self, deadline: float, by: str = "", *, now: float | None = None
+    ) -> HandoffRequest:
+        """Ask the lease holder (another process) to hand over: it lets running attempts
+        finish for up to ``deadline`` seconds, releases the lease and exits.
+
+        Written directly (this store has no writer, or a writer that may not write this
+        key on another holder's behalf); the holder reads it at its next renewal.
+        """
+        if self.readonly or self._env is None:
+            raise StoreError(f"store {self.path} must be open with standby=True to ask a handoff")
+        when = time.time() if now is None else now
+        request = HandoffRequest(when, float(deadline), by or f"pid {os.getpid()}")
+        self._write_direct(
+            lambda txn: txn.put(HANDOFF_KEY, encode(request.to_dict()), db=self._handles["meta"]),
+            "cannot write a handoff request to",
+        )
+        return request
