@@ -6,8 +6,10 @@ decides *when and where*: it keeps each agent's queue of jobs (in the host's
 admission gate (breaker, rate limit, adaptive concurrency) and an idle instance allow,
 has the engine record the attempt (``Engine.reserve``: DISPATCHED with token and
 deadline), and builds what the agent will be told once that is durable (the attempt's
-:class:`StepContext` and port). It also carries out what the engine decides at once
-(fences, cancels, lapses, lost attempts) against the host and the gates.
+:class:`StepContext` and port). With ``prefetch`` it also reserves attempts ahead of a
+free instance and hands each to the next instance that frees (``_ahead``). It also
+carries out what the engine decides at once (fences, cancels, lapses, lost attempts)
+against the host and the gates.
 
 Everything here runs on the Scheduler's thread; the host reports back by messages.
 """
@@ -19,16 +21,13 @@ from typing import Any
 
 from herder.actors._admission import Admission
 from herder.actors._agent import Agent, StepContext
-from herder.actors._async_host import AsyncHost
+from herder.actors._ahead import Lanes
 from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable
 from herder.actors._messages import InstanceEvent, Outcome, Run, Wake
-from herder.actors._placed_host import HostRouter, remote_host
-from herder.actors._pool_host import PoolHost
 from herder.actors._queue import JobQueue
 from herder.actors._supervision_specs import ChildEventKind
-from herder.actors._thread_host import ThreadHost
 from herder.actors._wiring import AgentEntry
 from herder.actors.engine import (
     Attempt,
@@ -64,6 +63,7 @@ class Dispatcher:
         self.agents: dict[str, AgentEntry] = {}
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
         self._regroup = False  # an agent's health changed: group jobs may change member
+        self.lanes = Lanes(engine, ctx.clock, ctx.config)  # reserve-ahead (_ahead.py)
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
         )
@@ -79,6 +79,7 @@ class Dispatcher:
     def attach(self, host: AgentHost, agents: dict[str, AgentEntry]) -> None:
         """Run attempts on ``host``, serving ``agents`` (those registered so far)."""
         self._host = host
+        self.lanes.attach(host)
         for name, entry in agents.items():
             self.add(name, entry)
 
@@ -87,6 +88,8 @@ class Dispatcher:
         self.agents[name] = entry
         self.host.add(name, entry.factory, entry.concurrency)
         self.admission.configure(name, *entry.limits)
+        limited = any(limit is not None for limit in entry.limits)
+        self.lanes.configure(name, entry.concurrency, limited=limited)
         self.dirty.add(name)
 
     def remove(self, name: str) -> None:
@@ -107,7 +110,10 @@ class Dispatcher:
                 attempt.port.superseded = True
                 if action.abandon and self.admission.abandoned(attempt.agent, attempt.token):
                     self.dirty.add(attempt.agent)  # it was a breaker's half-open probe
-                if action.replace:
+                if not attempt.sent:
+                    if self.lanes.unsent(attempt):  # never ran: what it held is free
+                        self.dirty.add(attempt.agent)
+                elif action.replace:
                     self.host.replace(attempt.agent, attempt.instance)
             elif isinstance(action, Cancel):
                 action.attempt.port.cancelled = True
@@ -135,11 +141,15 @@ class Dispatcher:
     # -- news from the host ------------------------------------------------------------
 
     def answered(self, msg: Outcome) -> None:
-        """An attempt ended: news for its gate, and its instance is idle again."""
+        """An attempt ended: news for its gate, and its instance is idle again (or, when
+        the worker went on with the agent's next ready attempt, busy with that one)."""
         # Even a stale answer is news of the resource's health.
-        self.admission.answered(msg.agent, msg.token, msg.ok or msg.permanent)
-        if self.host.release(msg.agent, msg.instance, msg.token, self._clock.time()):
-            self.dirty.add(msg.agent)
+        agent = msg.agent
+        self.admission.answered(agent, msg.token, msg.ok or msg.permanent)
+        if self.lanes.answered(msg):
+            self.dirty.add(agent)  # one left its lane: one more may be reserved ahead
+        elif self.host.release(agent, msg.instance, msg.token, self._clock.time()):
+            self.dirty.add(agent)
 
     def instance_event(self, msg: InstanceEvent) -> list[Event]:
         """A lifecycle event of an agent's instances; what the engine must hear of it."""
@@ -173,18 +183,15 @@ class Dispatcher:
         """Free the instances reserved for attempts never sent (a reloaded workflow's); an
         attempt already sent keeps its instance busy until its (stale) answer arrives."""
         for attempt in attempts:
-            if attempt is None or attempt.sent:
-                continue
-            if self.host.release(
-                attempt.agent, attempt.instance, attempt.token, self._clock.time()
-            ):
-                self.dirty.add(attempt.agent)
+            if attempt is not None and not attempt.sent:
+                attempt.port.superseded = True  # if it waits in a lane, it is dropped
+                if self.lanes.unsent(attempt):
+                    self.dirty.add(attempt.agent)
 
     def send(self, attempt: Attempt) -> bool:
         """Tell the agent its attempt, now that its DISPATCHED is durable (False: the
-        instance went away)."""
-        message, attempt.message = attempt.message, None
-        return self.host.send(attempt.agent, attempt.instance, message)
+        instance went away); one reserved ahead waits for the next free instance."""
+        return self.lanes.send(attempt) is not False
 
     # -- the pump ----------------------------------------------------------------------
 
@@ -199,6 +206,8 @@ class Dispatcher:
 
     def _pump(self, agent: str) -> None:
         queue = self.host.queue(agent)
+        if self.lanes.waiting(agent):
+            self.lanes.feed(agent)  # durable attempts first, then new ones
         gated = self.admission.gated(agent)
         engine = self._engine
         while queue and not self._ctx.paused:
@@ -214,7 +223,9 @@ class Dispatcher:
             token = self._ctx.next_token()
             instance = self.host.acquire(agent, token, backlog=len(queue))
             if instance is None:
-                return  # busy, or instances are starting: their "started" pumps again
+                if not self.lanes.reserve_ahead(agent, run, job):
+                    return  # busy, or instances are starting: their "started" pumps again
+                instance = ""  # reserved ahead: the next instance that frees takes it
             queue.pop()
             unqueue(run, job)
             if gated:
@@ -317,43 +328,10 @@ class Dispatcher:
             "agents": self.host.stats(),
             "host": self.host.host_stats(),
             "resources": self.admission.stats(),
+            "reserved_ahead": self.lanes.reserved,
+            # Reserved ahead and not yet running (waiting for their commit or an instance).
+            "ahead": self.lanes.ahead(),
         }
-
-
-def build_host(ctx: EngineContext) -> AgentHost:
-    """The agent host the runtime's configuration asks for: the pykka host (a shared
-    pool, or a thread per instance) under the agents supervisor, the asyncio host beside
-    it for the agents registered as ``async def``, and the Ray host for agents placed
-    there."""
-    config = ctx.config
-    assert ctx.agents_supervisor is not None, "agents supervisor starts first"
-    host = PoolHost if config.agent_host == "pool" else ThreadHost
-    options: dict[str, Any] = {
-        "reply": ctx.tell_scheduler,
-        "events": ctx.tell_scheduler,
-        "max_result_bytes": config.max_result_bytes,
-        "shutdown": config.instance_shutdown,
-        "max_restarts": config.agent_max_restarts,
-        "restart_period": config.agent_restart_period,
-        "queue_aging": config.priority_aging,
-    }
-    pool: dict[str, Any] = {"max_workers": config.pool_workers} if host is PoolHost else {}
-    threads = host(ctx.agents_supervisor, **options, **pool)
-    return HostRouter(
-        threads,
-        make_async=lambda: AsyncHost(
-            ctx.event_loop,
-            ctx.tell_scheduler,
-            ctx.tell_scheduler,
-            max_result_bytes=config.max_result_bytes,
-            queue_aging=config.priority_aging,
-        ),
-        # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on
-        # first use so that Ray is imported only by a runtime that uses it.
-        make_remote=lambda: remote_host(ctx, options),
-        is_async=ctx.async_agents.__contains__,
-        is_remote=ctx.placements.__contains__,
-    )
 
 
 def _bound_for(targets: dict[int, str], member: str) -> Callable[[Job], bool]:

@@ -45,6 +45,7 @@ class EngineConfig:
     pool_workers: int = 32  # the pool's cap on worker threads (PoolHost max_workers)
     max_recoveries: int = 3  # crashes in a row an attempt may be running at (engine._recovery)
     recovery_stagger: float = 0.5  # seconds between suspects re-run after a crash
+    prefetch: int = 0  # attempts reserved ahead per agent instance (actors/_ahead.py)
 
 
 class EngineContext:

@@ -19,7 +19,14 @@ Scheduler -> host      meaning
 ``passivate``          let instances idle since before a time go (memory, threads)
 ``stats``              per agent: instances, busy, queued
 ``host_stats``         the host's own gauges (threads, abandoned threads)
+``ready_queue``        optional: the agent's deque of durable attempts reserved ahead,
+                       which the host's workers pop from themselves (self-feed)
+``moved_on``           optional: an instance that answered ``token`` went on with the
+                       ready attempt ``next_token`` (the Outcome said so)
 =====================  ===========================================================
+
+A host without the optional methods gets reserve-ahead attempts handed over by the
+Scheduler (``_ahead.py``): :func:`ready_queue` and :func:`moved_on` supply the defaults.
 
 Host -> Scheduler (told, never asked): :class:`Outcome` (an attempt ended: result, error,
 probe verdict or hand-off), :class:`Heartbeat` (through the attempt's port),
@@ -31,6 +38,7 @@ supervision tree's business: a host's actors live under the ``agents`` superviso
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -91,3 +99,18 @@ class AgentHost(Protocol):
     def stats(self) -> dict[str, dict[str, int]]: ...
 
     def host_stats(self) -> dict[str, int]: ...
+
+
+def ready_queue(host: object, name: str) -> deque[Run] | None:
+    """``host.ready_queue(name)``: the deque its workers self-feed from; None when the
+    host does not self-feed (the Scheduler then hands ready attempts over itself)."""
+    method = getattr(host, "ready_queue", None)
+    return None if method is None else method(name)
+
+
+def moved_on(host: object, name: str, instance_id: str, token: int, next_token: int) -> None:
+    """``host.moved_on(...)``: the instance that answered ``token`` now runs
+    ``next_token`` (only a host that self-feeds sends such answers)."""
+    method = getattr(host, "moved_on", None)
+    if method is not None:
+        method(name, instance_id, token, next_token)

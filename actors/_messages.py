@@ -59,6 +59,8 @@ class Outcome(Answer):
     # "" for a plain answer; "later" (the action returned ctx.complete_later()) or a probe's
     # verdict ("done", "not_done", "running").
     kind: str = ""
+    # The ready attempt the instance went on with (actors/_ahead.py), 0 if none.
+    next_token: int = 0
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ otherwise the runtime's own host (thread or pool, as configured). The placement 
 dict filled at ``add``, so while every agent is on one host a call costs one dict lookup.
 The asyncio and Ray hosts are built on first use: a runtime without asyncio agents
 starts no loop, and Ray is imported only by a runtime that places an agent on it.
+:func:`build_host` builds the router a runtime's configuration asks for.
 
 An agent added again on another host (it became ``async def``) takes its waiting jobs
 along; calls about an attempt it still runs on the old host go to the host holding that
@@ -15,13 +16,18 @@ instance (``owns``), which is asked only for the names that moved.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from herder.actors._agent import Agent
-from herder.actors._host import AgentHost
+from herder.actors._async_host import AsyncHost
+from herder.actors._engine import EngineContext
+from herder.actors._host import AgentHost, moved_on, ready_queue
 from herder.actors._messages import InstanceEvent, Run
+from herder.actors._pool_host import PoolHost
 from herder.actors._queue import JobQueue
+from herder.actors._thread_host import ThreadHost
 
 
 class RoutedHost(AgentHost, Protocol):
@@ -101,6 +107,12 @@ class HostRouter:
     def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
         return self._holder(name, instance_id).release(name, instance_id, token, now)
 
+    def ready_queue(self, name: str) -> deque[Run] | None:
+        return ready_queue(self._route(name), name)
+
+    def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> None:
+        moved_on(self._holder(name, instance_id), name, instance_id, token, next_token)
+
     def busy_tokens(self, name: str) -> list[int]:
         if name not in self._moved:
             return self._route(name).busy_tokens(name)
@@ -144,6 +156,42 @@ class HostRouter:
         for host in self._hosts:
             merged.update(host.host_stats())
         return merged
+
+
+def build_host(ctx: EngineContext) -> AgentHost:
+    """The agent host the runtime's configuration asks for: the pykka host (a shared
+    pool, or a thread per instance) under the agents supervisor, the asyncio host beside
+    it for the agents registered as ``async def``, and the Ray host for agents placed
+    there."""
+    config = ctx.config
+    assert ctx.agents_supervisor is not None, "agents supervisor starts first"
+    host = PoolHost if config.agent_host == "pool" else ThreadHost
+    options: dict[str, Any] = {
+        "reply": ctx.tell_scheduler,
+        "events": ctx.tell_scheduler,
+        "max_result_bytes": config.max_result_bytes,
+        "shutdown": config.instance_shutdown,
+        "max_restarts": config.agent_max_restarts,
+        "restart_period": config.agent_restart_period,
+        "queue_aging": config.priority_aging,
+    }
+    pool: dict[str, Any] = {"max_workers": config.pool_workers} if host is PoolHost else {}
+    threads = host(ctx.agents_supervisor, **options, **pool)
+    return HostRouter(
+        threads,
+        make_async=lambda: AsyncHost(
+            ctx.event_loop,
+            ctx.tell_scheduler,
+            ctx.tell_scheduler,
+            max_result_bytes=config.max_result_bytes,
+            queue_aging=config.priority_aging,
+        ),
+        # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on
+        # first use so that Ray is imported only by a runtime that uses it.
+        make_remote=lambda: remote_host(ctx, options),
+        is_async=ctx.async_agents.__contains__,
+        is_remote=ctx.placements.__contains__,
+    )
 
 
 def remote_host(ctx: Any, options: dict[str, Any]) -> Any:

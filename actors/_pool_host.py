@@ -24,6 +24,11 @@ only a few hundred bytes each.
 - **Workers.** The pool supervisor restarts a crashed worker (its attempt is lost, the
   agent is not charged); if the pool supervisor gives up, every running attempt is lost
   and the next one starts a new pool.
+- **Self-feed.** A worker that finishes an attempt of an agent pops the agent's next
+  ready attempt (``ready_queue``, filled by the Scheduler with durable attempts reserved
+  ahead, actors/_ahead.py) and runs it on the same instance; its answer says so
+  (``Outcome.next_token``) and ``moved_on`` moves the instance's bookkeeping. A worker
+  whose instance the host let go of (replaced, removed, given up on) stops self-feeding.
 - **Hung attempts.** ``replace_token`` abandons the worker running it (the supervisor
   restarts it on a fresh thread; the blocked thread's late answer is fenced out) and
   drops the instance; ``host_stats()`` counts abandoned threads.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +77,7 @@ class _Slot(Instance):
     agent: Any = None  # the agent object, once built
     worker: str | None = None  # the worker running its attempt
     restarting: bool = False  # crashed: waits out its backoff, then the slot frees
+    work: Work | None = None  # what its worker was told last (its self-feed flag)
 
 
 @dataclass(slots=True)
@@ -79,6 +86,7 @@ class _Agent(Hosted[_Slot]):
     # Instances released since, most recent last: where acquire looks first (an entry
     # whose instance went or is busy again is skipped when met).
     idle: list[str] = field(default_factory=list)
+    ready: deque[Run] = field(default_factory=deque)  # its workers self-feed from it
 
 
 @dataclass(slots=True)
@@ -135,14 +143,36 @@ class PoolHost(HostedAgents[_Agent]):
     # -- registration ------------------------------------------------------------------
 
     def _readded(self, agent: _Agent) -> None:
-        for instance_id in [i for i, x in agent.instances.items() if _idle(x)]:
-            del agent.instances[instance_id]  # rebuilt with the new factory
+        for instance_id, inst in list(agent.instances.items()):
+            _halt(inst)  # the next attempt goes through send, with the new factory
+            if _idle(inst):
+                del agent.instances[instance_id]  # rebuilt with the new factory
 
     def remove(self, name: str) -> None:
         agent = self._agents.get(name)
         if agent is not None:
             agent.concurrency = 0
             agent.instances = {i: x for i, x in agent.instances.items() if not _idle(x)}
+            for inst in agent.instances.values():
+                _halt(inst)
+
+    def ready_queue(self, name: str) -> deque[Run] | None:
+        """The deque ``name``'s workers self-feed from (see the module docstring)."""
+        agent = self._agents.get(name)
+        return None if agent is None else agent.ready
+
+    def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> None:
+        """The worker that ran ``token`` on ``instance_id`` went on with ``next_token``."""
+        _, inst = self._instance(name, instance_id)
+        if inst is not None and inst.busy_token == token:
+            inst.busy_token = next_token
+            worker = None if inst.worker is None else self._workers.get(inst.worker)
+            if worker is not None and worker.job is not None:
+                worker.job = (name, instance_id, next_token)
+            return
+        worker_id = self._orphans.pop(token, None)  # an instance given up on
+        if worker_id is not None:
+            self._orphans[next_token] = worker_id
 
     # -- capacity ----------------------------------------------------------------------
 
@@ -178,7 +208,8 @@ class PoolHost(HostedAgents[_Agent]):
             return False
         self._take_built(name, instance_id, inst)
         try:
-            worker.ref.tell(Work(run, inst.agent, agent.factory))
+            inst.work = Work(run, inst.agent, agent.factory, agent.ready)
+            worker.ref.tell(inst.work)
         except pykka.ActorDeadError:
             # Its supervisor's news of the exit is on the way; the instance is free again
             # (the Scheduler fails this attempt itself).
@@ -197,7 +228,7 @@ class PoolHost(HostedAgents[_Agent]):
             return False
         self._take_built(name, instance_id, inst)
         self._free_worker(inst.worker, now)
-        inst.busy_token, inst.worker, inst.idle_since = None, None, now
+        inst.busy_token, inst.worker, inst.idle_since, inst.work = None, None, now, None
         if agent.concurrency < len(agent.instances) or inst.agent is None:
             del agent.instances[instance_id]  # removed or shrunk meanwhile; or never built
         else:
@@ -210,6 +241,7 @@ class PoolHost(HostedAgents[_Agent]):
         inst = None if agent is None else agent.instances.pop(instance_id, None)
         if inst is None or inst.worker is None or self._pool is None:
             return
+        _halt(inst)
         self._waiting[name] = None  # its instance slot is free: pumped once a worker is
         worker = self._workers.get(inst.worker)
         if worker is not None:
@@ -317,6 +349,7 @@ class PoolHost(HostedAgents[_Agent]):
         )
         lost = []
         for inst in agent.instances.values():
+            _halt(inst)
             if inst.busy_token is not None and not inst.restarting:
                 lost.append(inst.busy_token)
                 if inst.worker is not None:
@@ -419,6 +452,12 @@ class PoolHost(HostedAgents[_Agent]):
 def _idle(inst: _Slot) -> bool:
     """Free to serve: neither busy nor waiting out a crash's backoff."""
     return inst.busy_token is None and not inst.restarting
+
+
+def _halt(inst: _Slot) -> None:
+    """Its worker takes no further ready attempt for it (the host let it go)."""
+    if inst.work is not None:
+        inst.work.stop = True
 
 
 def _next_idle(agent: _Agent) -> str | None:

@@ -7,16 +7,23 @@ None, and the agent's factory); the worker builds the object when there is none 
 :class:`Outcome`, or an :class:`InstanceEvent` ``crashed`` when the factory failed or the
 action raised :class:`InstanceCrash` (the agent object broke, not the worker). An object
 it built reaches the host through ``built`` before the outcome is sent.
+
+Self-feed: when the attempt ends, the worker pops the agent's next ready attempt
+(``Work.ready``, actors/_ahead.py), unless the host has since let the instance go
+(``Work.stop``), and runs it on the same agent object; the outcome it reports says so
+(``next_token``), in the same message.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from herder.actors._action import run_attempt
 from herder.actors._agent import Agent
+from herder.actors._ahead import next_ready
 from herder.actors._host import InstanceCrash
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._supervised import SupervisedActor
@@ -31,6 +38,8 @@ class Work:
     run: Run
     agent: Any
     factory: Callable[[], Agent]
+    ready: deque[Run] | None = None  # the agent's ready attempts, to self-feed from
+    stop: bool = False  # set by the host: take no further attempt from ``ready``
 
 
 class PoolWorker(SupervisedActor):
@@ -64,13 +73,21 @@ class PoolWorker(SupervisedActor):
                 self._crashed(run, f"agent {run.agent!r} failed to start: {failed.error}")
                 return None
             self._built(run.agent, run.instance, agent)
-        try:
-            outcome = run_attempt(agent, run.agent, run.instance, run, self._max_result_bytes)
-        except InstanceCrash as crash:
-            self._crashed(run, str(crash))
-            return None
-        self._reply(outcome)
-        return None
+        ready = message.ready
+        while True:
+            try:
+                outcome = run_attempt(agent, run.agent, run.instance, run, self._max_result_bytes)
+            except InstanceCrash as crash:
+                self._crashed(run, str(crash))
+                return None
+            follow = None if ready is None or message.stop else next_ready(ready)
+            if follow is not None:
+                follow.instance = run.instance
+                outcome.next_token = follow.token
+            self._reply(outcome)
+            if follow is None:
+                return None
+            run = follow
 
     def _crashed(self, run: Run, reason: str) -> None:
         self._events(InstanceEvent(run.agent, run.instance, ChildEventKind.CRASHED, None, reason))

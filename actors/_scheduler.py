@@ -52,7 +52,7 @@ from herder.actors._commits import (
     orphaned_commit,
     settle_future,
 )
-from herder.actors._dispatch import Dispatcher, build_host
+from herder.actors._dispatch import Dispatcher
 from herder.actors._engine import EngineContext
 from herder.actors._facts import FactsPublisher
 from herder.actors._messages import (
@@ -73,6 +73,7 @@ from herder.actors._messages import (
 )
 from herder.actors._operator import Operator
 from herder.actors._outcomes import has_probe
+from herder.actors._placed_host import build_host
 from herder.actors._recovery import Recovery
 from herder.actors._supervised import SupervisedActor
 from herder.actors._wiring import AgentEntry, registered_agents
@@ -193,7 +194,11 @@ class Scheduler(SupervisedActor):
         self._drain_commits()
 
     def on_stop(self) -> None:
-        """As on_failure: commits still in the inbox resolve their waiters."""
+        """As on_failure: commits still in the inbox resolve their waiters; attempts
+        waiting for an instance (reserved ahead) are superseded: none will take them."""
+        for attempt in self._engine.inflight.values():
+            if attempt.port is not None and not attempt.sent:
+                attempt.port.superseded = True
         self._drain_commits()
 
     def _drain_commits(self) -> None:

@@ -18,6 +18,9 @@ from herder.actors import Clock, EngineConfig, host_kind
 from herder.runtime._retention import DEFAULT_RETENTION, retention_seconds
 from herder.store import DEFAULT_LEASE, MAX_VALUE_BYTES, InvalidInput, RetryPolicy
 
+MAX_PREFETCH = 64
+"""The most attempts per agent instance that may be recorded ahead (``prefetch``)."""
+
 
 @dataclass(frozen=True)
 class RuntimeConfig:
@@ -47,7 +50,11 @@ class RuntimeConfig:
     agents hold none; ``"thread"``: a thread per busy agent instance and one per busy
     agent name, see docs/agents.md), ``pool_workers`` (default 32: the most worker
     threads the pool grows to, so the most attempts of plain ``def`` actions that run at
-    once on it), ``tracer_provider`` (an
+    once on it), ``prefetch`` (default 0: attempts of an agent recorded ahead of a free
+    instance, per instance, so the next one starts the moment an instance frees instead
+    of after the next commit; capped so an attempt waits at most a tenth of its timeout,
+    and never for steps with a heartbeat timeout or agents with a breaker, rate limit or
+    adaptive concurrency; see docs/agents.md), ``tracer_provider`` (an
     OpenTelemetry tracer provider for spans per workflow and attempt; default: the global
     one if set, else no tracing at all; see docs/tracing.md), ``loop`` (the event loop
     ``async def`` actions run on, e.g. ``asyncio.get_running_loop()``; default: one the
@@ -85,6 +92,7 @@ class RuntimeConfig:
     retention: float | datetime.timedelta | None = DEFAULT_RETENTION
     agent_host: str = "pool"
     pool_workers: int = 32
+    prefetch: int = 0
     tracer_provider: Any = None
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -110,6 +118,8 @@ class RuntimeConfig:
                 raise _wrong(name, "an int >= 1", value)
         if not _is_int(self.pool_workers) or self.pool_workers < 1:
             raise _wrong("pool_workers", "an int >= 1", self.pool_workers)
+        if not _is_int(self.prefetch) or not 0 <= self.prefetch <= MAX_PREFETCH:
+            raise _wrong("prefetch", f"an int in 0..{MAX_PREFETCH}", self.prefetch)
         if not _is_int(self.max_recoveries) or self.max_recoveries < 0:
             raise _wrong("max_recoveries", "an int >= 0", self.max_recoveries)
         restarts = self.agent_restarts
@@ -175,6 +185,7 @@ class RuntimeConfig:
             probe_timeout=self.probe_timeout,
             agent_host=host_kind(self.agent_host),
             pool_workers=self.pool_workers,
+            prefetch=self.prefetch,
         )
 
 

@@ -81,10 +81,17 @@ DUMPED = ("workflows", "steps", "timers", "definitions", "history", "commands", 
 
 
 def simulate_exact(
-    seed: int, directory: str | Path, schedule: FaultSchedule | None = None
+    seed: int,
+    directory: str | Path,
+    schedule: FaultSchedule | None = None,
+    *,
+    prefetch: int = 0,
 ) -> SimReport:
-    """Run one seed exactly on a new store in ``directory``; see the module docstring."""
-    return _Simulation(seed, Path(directory), schedule or FaultSchedule(seed)).run()
+    """Run one seed exactly on a new store in ``directory``; see the module docstring.
+    ``prefetch`` is the runtime's setting (attempts reserved ahead per instance)."""
+    simulation = _Simulation(seed, Path(directory), schedule or FaultSchedule(seed))
+    simulation.prefetch = prefetch
+    return simulation.run()
 
 
 class _Announcements(QuietListener):
@@ -121,6 +128,7 @@ class _Process:
 class _Simulation:
     def __init__(self, seed: int, directory: Path, schedule: FaultSchedule) -> None:
         self.seed = seed
+        self.prefetch = 0
         self.directory = directory
         self.schedule = schedule
         self.world = World(schedule)
@@ -296,7 +304,7 @@ class _Simulation:
         ctx = EngineContext(
             store,
             clock,
-            EngineConfig(seed=self.seed),
+            EngineConfig(seed=self.seed, prefetch=self.prefetch),
             _Announcements(self, lambda: store.note_clock(clock.time())),
         )
         if not late:
@@ -318,7 +326,9 @@ class _Simulation:
     def _register(self, ctx: EngineContext) -> None:
         factory = _factory(self.world)
         ctx.plans[(self.plan.name, self.plan.version)] = self.plan
-        ctx.agents.update({"alpha": (factory, CONCURRENCY), "beta": (factory, CONCURRENCY)})
+        # One instance with prefetch, so that attempts do wait for one (reserved ahead).
+        concurrency = 1 if self.prefetch else CONCURRENCY
+        ctx.agents.update({"alpha": (factory, concurrency), "beta": (factory, concurrency)})
 
     def _start_actors(self, store: Store, ctx: EngineContext) -> _Process:
         """The tree's children: a Scheduler with its host, and the watchdog, started as

@@ -95,6 +95,7 @@ class _Gate:
 @dataclass
 class _ThreadedWorld(World):
     agent_host: str = "pool"
+    prefetch: int = 0
     gate: _Gate = field(default_factory=_Gate)
 
     def hang(self) -> None:
@@ -107,11 +108,12 @@ def simulate(
     schedule: FaultSchedule | None = None,
     *,
     agent_host: str = "pool",
+    prefetch: int = 0,
 ) -> SimReport:
     """Run one seed on a new store in ``directory``; return what broke (see module doc).
-    ``agent_host`` is the runtime's (``"thread"`` or ``"pool"``)."""
+    ``agent_host`` and ``prefetch`` are the runtime's settings."""
     schedule = schedule or FaultSchedule(seed)
-    world = _ThreadedWorld(schedule, agent_host=agent_host)
+    world = _ThreadedWorld(schedule, agent_host=agent_host, prefetch=prefetch)
     report = SimReport(seed)
     clock = FakeClock()
     rt = _open(Path(directory), clock, world)
@@ -217,13 +219,19 @@ def _open(directory: Path, clock: FakeClock, world: _ThreadedWorld) -> Runtime:
         sweep_interval=ROUND,
         seed=world.schedule.seed,
         agent_host=world.agent_host,
+        prefetch=world.prefetch,
     )
     rt._listener.commit_waiters.append(world.gate.changed)
     for agent in ("alpha", "beta"):
         factory = functools.partial(CheckedService, world, agent)
-        rt.add_agent(agent, factory, concurrency=CONCURRENCY, health_interval=ROUND)
+        rt.add_agent(agent, factory, concurrency=_concurrency(world), health_interval=ROUND)
     rt.add_workflow(definition())
     return rt
+
+
+def _concurrency(world: _ThreadedWorld) -> int:
+    """Instances per agent: one with ``prefetch``, so that attempts do wait for one."""
+    return 1 if world.prefetch else CONCURRENCY
 
 
 def _pause_schedule(rt: Runtime, faults: StoreFaults, report: SimReport) -> list[str]:
@@ -267,11 +275,13 @@ def _quiet(rt: Runtime, world: _ThreadedWorld) -> None:
         # agent whose last health check failed.
         sick = {n for n, r in stats["resources"].items() if r.get("healthy") is False}
         waiting = any(
-            a["queued"] and a["busy"] < CONCURRENCY and name not in sick
+            a["queued"] and a["busy"] < _concurrency(world) and name not in sick
             for name, a in stats["agents"].items()
         )
         with gate.cond:
-            return stats["in_flight_attempts"] <= gate.hung and not waiting
+            # (attempts reserved ahead wait, once durable, only behind busy instances)
+            running = stats["in_flight_attempts"] - stats["ahead"]
+            return running <= gate.hung and not waiting
 
     deadline = threading.Event()
     timer = threading.Timer(QUIET_WAIT, deadline.set)

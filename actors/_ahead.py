@@ -1,0 +1,256 @@
+"""Reserve-ahead: attempts recorded before an instance is free for them (hot-path.md §6).
+
+Without it an attempt takes an idle instance when it is reserved and holds it, idle,
+until its DISPATCHED is durable: each instance runs at most one attempt per commit.
+With ``prefetch`` = p, up to ``concurrency x p`` attempts of an agent may also be
+reserved *ahead* (DISPATCHED without an instance). Once durable they wait in the
+agent's :class:`Lane`'s ``ready`` deque, and the next instance that frees takes one at
+once: the Scheduler hands it over when it hears the instance is free, and a host that
+self-feeds (the pool host) has the worker that finished pop it and start it on the
+same instance, before the Scheduler even hears of the end (``Outcome.next_token``).
+
+The write-ahead rule does not change: what waits in ``ready`` is durable. What changes
+(and its guards, per agent):
+
+- a deadline counts from the reservation, so it includes the time spent waiting in
+  ``ready``: the prefetch is capped so that prefetch x the observed p95 action time
+  stays under a tenth of the step's timeout (off until one action of the agent was
+  timed), and off for steps with a heartbeat timeout;
+- an agent with a breaker, rate limit or adaptive concurrency gets no prefetch: its
+  gate admits attempts one at a time (a health check holds only work not yet reserved);
+- an attempt fenced while it waits (its workflow ended, it timed out) is skipped: the
+  Scheduler marks its port superseded and whoever pops it checks that flag first;
+- after a crash an attempt that waited is an orphan, re-run with attempt + 1 by
+  recovery, as the commit-to-tell window always was.
+
+The deque is the one thread-shared structure: the Scheduler appends and pops, workers
+pop (``deque`` appends and pops are atomic); everything else here is the Scheduler's.
+:class:`Lanes` keeps every agent's lane and moves attempts between lanes and instances
+for the :class:`~herder.actors._dispatch.Dispatcher`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from herder.actors._clock import Clock
+from herder.actors._host import AgentHost, moved_on, ready_queue
+from herder.actors._messages import Outcome, Run
+from herder.actors.engine import Attempt, Engine, Job, WorkflowRun
+from herder.store import StepState
+
+SAMPLES = 64
+"""Action times kept per agent for its p95."""
+
+MIN_SAMPLES = 16
+"""Action times after which an agent's p95 is their 95th percentile (before: the longest
+one seen; before its first, nothing is reserved ahead)."""
+
+STARTED_CAP = 4096
+"""Hand-over times kept for attempts not yet answered (beyond it they are dropped)."""
+
+TIMEOUT_SHARE = 10
+"""prefetch x p95 action time stays under timeout / TIMEOUT_SHARE."""
+
+
+@dataclass(slots=True)
+class Lane:
+    """One agent's reserve-ahead state; see the module docstring."""
+
+    ready: deque[Run] = field(default_factory=deque)  # durable, waiting for an instance
+    ahead: int = 0  # reserved without an instance, not yet handed to one
+    concurrency: int = 0
+    prefetch: int = 0  # attempts reserved ahead per instance, at most
+    p95: float | None = None  # seconds an action takes (95th percentile), once known
+    _times: list[float] = field(default_factory=list)  # the last SAMPLES action times
+    _next: int = 0  # where the next time goes in _times
+    _fresh: int = 0  # times added since p95 was computed
+    _started: dict[int, float] = field(default_factory=dict)  # token -> handed over at
+
+    def allows(self, window: float) -> bool:
+        """Whether one more attempt, which lapses ``window`` seconds after it is
+        recorded (0: it has a heartbeat timeout), may be reserved ahead now."""
+        if self.prefetch <= 0 or self.p95 is None or window <= 0:
+            return False
+        per_instance = self.prefetch
+        if self.p95 > 0:
+            per_instance = min(per_instance, int(window / TIMEOUT_SHARE / self.p95))
+        return self.ahead < self.concurrency * per_instance
+
+    def started(self, token: int, at: float) -> None:
+        """Attempt ``token`` was handed to an instance at ``at`` (monotonic seconds)."""
+        if len(self._started) > STARTED_CAP:  # answers that never came (hung, lost)
+            self._started.clear()
+        self._started[token] = at
+
+    def ended(self, token: int, at: float) -> None:
+        """Attempt ``token`` answered at ``at``: one more action time for the p95."""
+        began = self._started.pop(token, None)
+        if began is None:
+            return
+        took, times = at - began, self._times
+        if len(times) < SAMPLES:
+            times.append(took)
+        else:
+            times[self._next] = took
+            self._next = (self._next + 1) % SAMPLES
+        if len(times) < MIN_SAMPLES:
+            self.p95 = max(took, self.p95 or 0.0)
+            return
+        self._fresh += 1
+        if self._fresh >= MIN_SAMPLES:
+            self._fresh = 0
+            self.p95 = sorted(times)[int(len(times) * 0.95) - 1]
+
+    def forget(self, token: int) -> None:
+        """Attempt ``token`` ended without an answer to time (lost, replaced)."""
+        self._started.pop(token, None)
+
+
+def next_ready(ready: deque[Run]) -> Run | None:
+    """The oldest attempt in ``ready`` that was not superseded while it waited (those
+    are dropped); None if there is none. Safe on any thread."""
+    while True:
+        try:
+            run = ready.popleft()
+        except IndexError:
+            return None
+        if not run.context.superseded:
+            return run
+
+
+class Lanes:
+    """Every agent's :class:`Lane`, and the hand-overs between lanes and instances; on the
+    Scheduler's thread. Methods returning True freed capacity: pump the agent again."""
+
+    def __init__(self, engine: Engine, clock: Clock, config: Any) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._config = config  # prefetch, probe_timeout, default_timeout
+        self._host: AgentHost | None = None
+        self._lanes: dict[str, Lane] = {}
+        self.reserved = 0  # attempts reserved ahead of a free instance, so far
+
+    def attach(self, host: AgentHost) -> None:
+        self._host = host
+
+    def configure(self, name: str, concurrency: int, *, limited: bool) -> None:
+        """Agent ``name`` was added (again). A breaker, rate limit or adaptive limit
+        (``limited``) admits attempts one at a time: none are reserved ahead past it (a
+        health check holds only work not yet reserved). Its ``ready`` deque is the
+        host's own when the host self-feeds; what waits moves over when it moved host."""
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = Lane()
+        lane.concurrency = concurrency
+        lane.prefetch = 0 if limited else self._config.prefetch
+        assert self._host is not None
+        shared = ready_queue(self._host, name)
+        if shared is not None and shared is not lane.ready:
+            shared.extend(lane.ready)
+            lane.ready.clear()
+            lane.ready = shared
+
+    def reserve_ahead(self, agent: str, run: WorkflowRun, job: Job) -> bool:
+        """Whether ``job`` of ``agent``, for which no instance is free, may be reserved
+        ahead; if so it counts as waiting from now on."""
+        lane = self._lanes.get(agent)
+        if lane is None or not lane.allows(self._window(run, job)):
+            return False
+        lane.ahead += 1
+        self.reserved += 1
+        return True
+
+    def _window(self, run: WorkflowRun, job: Job) -> float:
+        """Seconds ``job``'s attempt will have before it lapses (``engine._step.dispatch``),
+        or 0 when it has a heartbeat timeout (no reserving ahead for it)."""
+        spec = run.specs[job.step]
+        if not job.compensating and run.steps[job.step].state is StepState.UNKNOWN:
+            return float(self._config.probe_timeout)
+        if spec.heartbeat_timeout is not None:
+            return 0.0
+        return float(spec.timeout or self._config.default_timeout)
+
+    def send(self, attempt: Attempt) -> bool | None:
+        """``attempt``'s DISPATCHED is durable: one reserved ahead joins its lane's ready
+        attempts (None); else the host is told (False: its instance went away)."""
+        host, lane = self._host, self._lanes[attempt.agent]
+        assert host is not None
+        if not attempt.instance:
+            lane.ready.append(attempt.message)
+            self.feed(attempt.agent)
+            return None
+        message, attempt.message = attempt.message, None
+        lane.started(attempt.token, self._clock.monotonic())
+        return host.send(attempt.agent, attempt.instance, message)
+
+    def feed(self, agent: str) -> None:
+        """Hand ``agent``'s ready attempts to its idle instances, oldest first."""
+        host, lane = self._host, self._lanes.get(agent)
+        assert host is not None
+        while lane is not None and lane.ready:
+            message = next_ready(lane.ready)
+            if message is None:
+                return
+            token = message.token
+            instance = host.acquire(agent, token)
+            attempt = self._engine.inflight.get(token)
+            if instance is None or attempt is None:
+                if instance is not None:  # (cannot happen: a fenced attempt is superseded)
+                    host.release(agent, instance, token, self._clock.time())
+                lane.ready.appendleft(message)  # no idle instance: the next one takes it
+                return
+            self._handed(lane, attempt, instance)
+            message.instance = instance
+            if not host.send(agent, instance, message):
+                # The instance went away before it ran anything: the attempt waits on.
+                host.release(agent, instance, token, self._clock.time())
+                attempt.instance, attempt.message = "", message
+                lane.ahead += 1
+                lane.ready.appendleft(message)
+                return
+
+    def answered(self, msg: Outcome) -> bool:
+        """Time the answer; True if the instance went on with a ready attempt (the
+        Outcome's ``next_token``), which has left its lane: the instance stays busy."""
+        lane = self._lanes.get(msg.agent)
+        if lane is not None:
+            lane.ended(msg.token, self._clock.monotonic())
+        if not msg.next_token:
+            return False
+        moved_on(self._host, msg.agent, msg.instance, msg.token, msg.next_token)
+        attempt = self._engine.inflight.get(msg.next_token)
+        if attempt is not None and not attempt.instance and lane is not None:
+            self._handed(lane, attempt, msg.instance)
+        return True
+
+    def unsent(self, attempt: Attempt) -> bool:
+        """An attempt never sent ended (fenced, or its workflow reloaded): free the
+        instance reserved for it, or its place in its lane."""
+        if attempt.instance:
+            assert self._host is not None
+            return self._host.release(
+                attempt.agent, attempt.instance, attempt.token, self._clock.time()
+            )
+        lane = self._lanes.get(attempt.agent)
+        if lane is None:
+            return False
+        lane.ahead -= 1
+        return True
+
+    def waiting(self, agent: str) -> bool:
+        """Whether ready attempts of ``agent`` wait for an instance."""
+        lane = self._lanes.get(agent)
+        return lane is not None and bool(lane.ready)
+
+    def ahead(self) -> int:
+        """Attempts reserved ahead and not yet running (waiting for a commit or an
+        instance)."""
+        return sum(lane.ahead for lane in self._lanes.values())
+
+    def _handed(self, lane: Lane, attempt: Attempt, instance: str) -> None:
+        attempt.instance, attempt.message = instance, None
+        lane.ahead -= 1
+        lane.started(attempt.token, self._clock.monotonic())

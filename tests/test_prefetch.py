@@ -1,0 +1,286 @@
+"""Reserve-ahead dispatch (``Runtime(prefetch=)``, actors/_ahead.py) and the pool host's
+self-feed: attempts recorded before an instance is free run the moment one frees, never
+more than ``concurrency`` at once, never before they are durable, and within the guards
+(timeouts, heartbeat timeouts, gated agents, superseded attempts)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.actors import (
+    Agent,
+    InstanceEvent,
+    PoolHost,
+    StepContext,
+    Strategy,
+    SystemClock,
+    agents_listener,
+    start_supervisor,
+)
+from herder.actors._ahead import MIN_SAMPLES, Lane, next_ready
+from herder.actors._messages import Outcome, Run
+from herder.runtime import CircuitBreaker, InvalidInput, Runtime, Workflow
+from herder.runtime.testing import simulate, simulate_exact
+
+WAIT = 30.0
+
+
+class Port:
+    cancelled = False
+
+    def __init__(self, superseded: bool = False) -> None:
+        self.superseded = superseded
+
+    def heartbeat(self, details: Any) -> None:
+        pass
+
+
+def _run(token: int, *, superseded: bool = False, action: str = "ok") -> Run:
+    ctx = StepContext("w", "s", action, 1, token, {}, "w/s", token, False, Port(superseded))
+    return Run("worker", "", action, token, ctx)
+
+
+# -- the lane's guards ----------------------------------------------------------------
+
+
+def _timed(lane: Lane, seconds: float, count: int) -> None:
+    for token in range(count):
+        lane.started(token, 100.0)
+        lane.ended(token, 100.0 + seconds)
+
+
+def test_nothing_is_reserved_ahead_before_an_action_of_the_agent_was_timed() -> None:
+    lane = Lane(concurrency=2, prefetch=3)
+    assert not lane.allows(300.0)
+    _timed(lane, 0.01, 1)
+    assert lane.allows(300.0)
+
+
+def test_at_most_concurrency_times_prefetch_wait_ahead() -> None:
+    lane = Lane(concurrency=2, prefetch=3)
+    _timed(lane, 0.001, MIN_SAMPLES)
+    lane.ahead = 5
+    assert lane.allows(300.0)
+    lane.ahead = 6
+    assert not lane.allows(300.0)
+
+
+def test_the_prefetch_is_capped_so_waiting_stays_under_a_tenth_of_the_timeout() -> None:
+    lane = Lane(concurrency=2, prefetch=7)
+    _timed(lane, 1.0, MIN_SAMPLES)  # p95 1 s
+    lane.ahead = 6
+    assert lane.allows(60.0)  # a tenth is 6 s: 6 actions per instance, 12 in all
+    assert not lane.allows(30.0)  # a tenth is 3 s: 3 per instance, 6 in all
+    lane.ahead = 5
+    assert lane.allows(30.0)
+    assert not lane.allows(9.0)  # not even one action fits in a tenth of 9 s
+
+
+def test_steps_with_a_heartbeat_timeout_are_never_reserved_ahead() -> None:
+    lane = Lane(concurrency=2, prefetch=3)
+    _timed(lane, 0.001, MIN_SAMPLES)
+    assert not lane.allows(0.0)  # the dispatcher's window for such a step
+
+
+def test_the_p95_follows_the_recent_action_times() -> None:
+    lane = Lane(concurrency=1, prefetch=1)
+    _timed(lane, 5.0, MIN_SAMPLES)
+    assert lane.p95 == pytest.approx(5.0)
+    _timed(lane, 0.01, 64)  # the slow ones age out of the window
+    assert lane.p95 == pytest.approx(0.01)
+
+
+def test_superseded_attempts_waiting_in_a_lane_are_dropped_when_met() -> None:
+    ready = deque([_run(1, superseded=True), _run(2), _run(3, superseded=True)])
+    first = next_ready(ready)
+    assert first is not None
+    assert first.token == 2
+    assert next_ready(ready) is None
+    assert not ready
+
+
+# -- the pool host's self-feed ----------------------------------------------------------
+
+
+class Worker(Agent):
+    gate = threading.Event()
+    built = 0
+
+    def __init__(self) -> None:
+        Worker.built += 1
+
+    def ok(self, ctx: StepContext) -> Any:
+        return ctx.input
+
+    def hang(self, ctx: StepContext) -> Any:
+        Worker.gate.wait(WAIT)
+        return ctx.input
+
+
+@pytest.fixture
+def pool() -> Iterator[tuple[PoolHost, queue.Queue[Any]]]:
+    Worker.gate, Worker.built = threading.Event(), 0
+    inbox: queue.Queue[Any] = queue.Queue()
+    agents = start_supervisor(
+        "agents", Strategy.ONE_FOR_ONE, listener=agents_listener(inbox.put), clock=SystemClock()
+    )
+    host = PoolHost(agents, reply=inbox.put, events=inbox.put, max_result_bytes=1024, shutdown=0.1)
+    host.add("worker", Worker, 1)
+    yield host, inbox
+    Worker.gate.set()
+
+
+def _outcome(host: PoolHost, inbox: queue.Queue[Any]) -> Outcome:
+    while True:
+        msg = inbox.get(timeout=WAIT)
+        if isinstance(msg, InstanceEvent):
+            host.on_event(msg, 0.0)
+            continue
+        assert isinstance(msg, Outcome)
+        return msg
+
+
+def _start(host: PoolHost, inbox: queue.Queue[Any], run: Run) -> str:
+    while (instance := host.acquire("worker", run.token)) is None:
+        host.on_event(inbox.get(timeout=WAIT), 0.0)
+    run.instance = instance
+    assert host.send("worker", instance, run)
+    return instance
+
+
+def test_a_worker_goes_on_with_the_next_ready_attempt_on_the_same_instance(
+    pool: tuple[PoolHost, queue.Queue[Any]],
+) -> None:
+    host, inbox = pool
+    ready = host.ready_queue("worker")
+    assert ready is not None
+    instance = _start(host, inbox, _run(1, action="hang"))
+    ready.extend([_run(2, superseded=True), _run(3)])  # durable, waiting for an instance
+    Worker.gate.set()
+    first = _outcome(host, inbox)
+    assert (first.token, first.next_token, first.instance) == (1, 3, instance)
+    host.moved_on("worker", instance, 1, 3)  # what the Scheduler does with that answer
+    assert host.busy_tokens("worker") == [3]
+    second = _outcome(host, inbox)
+    assert (second.token, second.next_token, second.result) == (3, 0, 3)
+    assert host.release("worker", instance, 3, 0.0)
+    assert Worker.built == 1  # one agent object served both
+    assert not ready  # the superseded one was dropped, never run
+
+
+def test_a_worker_whose_instance_was_let_go_takes_no_ready_attempt(
+    pool: tuple[PoolHost, queue.Queue[Any]],
+) -> None:
+    host, inbox = pool
+    ready = host.ready_queue("worker")
+    assert ready is not None
+    instance = _start(host, inbox, _run(1, action="hang"))
+    host.replace("worker", instance)  # it hangs: the host abandons its worker
+    ready.append(_run(2))
+    Worker.gate.set()
+    late = _outcome(host, inbox)
+    assert (late.token, late.next_token) == (1, 0)
+    assert [r.token for r in ready] == [2]  # still there for a live instance
+
+
+# -- end to end ------------------------------------------------------------------------
+
+
+class Counted(Agent):
+    """Counts the attempts of each agent running at once."""
+
+    lock = threading.Lock()
+    gate = threading.Event()  # actions wait for it: work queues up behind the instances
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def go(self, ctx: StepContext) -> int:
+        with Counted.lock:
+            now = Counted.running[self.name] = Counted.running.get(self.name, 0) + 1
+            Counted.most[self.name] = max(Counted.most.get(self.name, 0), now)
+        try:
+            Counted.gate.wait(WAIT)
+            return ctx.attempt
+        finally:
+            with Counted.lock:
+                Counted.running[self.name] -= 1
+
+
+def _flow(*, heartbeat: float | None = None) -> Workflow:
+    flow = Workflow("three", version=1)
+    after: list[str] = []
+    for step in ("a", "b", "c"):
+        flow = flow.step(step, agent=step, action="go", after=after, heartbeat_timeout=heartbeat)
+        after = [step]
+    return flow
+
+
+def _run_many(rt: Runtime, count: int, concurrency: int, **agent: Any) -> None:
+    Counted.running, Counted.most, Counted.gate = {}, {}, threading.Event()
+    for name in "abc":
+        rt.add_agent(name, lambda name=name: Counted(name), concurrency=concurrency, **agent)
+    handles = [rt.start("three", {}, workflow_id=f"w{i}") for i in range(count)]
+    Counted.gate.set()
+    for handle in handles:
+        assert handle.result(timeout=WAIT) == {"a": 1, "b": 1, "c": 1}
+    assert all(most <= concurrency for most in Counted.most.values()), Counted.most
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_with_prefetch_every_workflow_completes_within_the_concurrency(
+    tmp_path: Path, host: str
+) -> None:
+    with Runtime(tmp_path / "s", prefetch=3, agent_host=host) as rt:
+        rt.add_workflow(_flow())
+        _run_many(rt, 120, concurrency=2)
+        stats = rt.stats()
+    assert stats["steps"]["reserved_ahead"] > 0  # it did reserve ahead
+    assert stats["steps"]["ahead"] == 0  # and every one it reserved ran
+    assert stats["steps"]["stale"] == 0
+
+
+def test_steps_with_a_heartbeat_timeout_and_gated_agents_wait_for_an_instance(
+    tmp_path: Path,
+) -> None:
+    with Runtime(tmp_path / "hb", prefetch=3) as rt:
+        rt.add_workflow(_flow(heartbeat=30.0))
+        _run_many(rt, 40, concurrency=1)
+        assert rt.stats()["steps"]["reserved_ahead"] == 0
+    with Runtime(tmp_path / "gated", prefetch=3) as rt:
+        rt.add_workflow(_flow())
+        _run_many(rt, 40, concurrency=1, breaker=CircuitBreaker(failures=5))
+        assert rt.stats()["steps"]["reserved_ahead"] == 0
+
+
+def test_prefetch_must_be_a_small_int(tmp_path: Path) -> None:
+    for bad in (-1, 65, 1.5, True):
+        with pytest.raises(InvalidInput, match="prefetch"):
+            Runtime(tmp_path / "bad", prefetch=bad)
+
+
+# -- the simulations with prefetch on -------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_the_exact_simulation_holds_with_prefetch(tmp_path: Path) -> None:
+    for seed in range(150):
+        report = simulate_exact(seed, tmp_path / f"e{seed}", prefetch=3)
+        assert report.problems == [], (seed, report.problems)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_the_threaded_simulation_holds_with_prefetch(tmp_path: Path, host: str) -> None:
+    for seed in range(15):
+        report = simulate(seed, tmp_path / f"t{seed}", agent_host=host, prefetch=3)
+        assert report.problems == [], (seed, report.problems)
