@@ -256,9 +256,9 @@ class AsyncRuntime:
         when = {"priority": priority, "start_at": start_at, "delay": delay, "deadline": deadline}
         new, now = rt._checked(workflow, input, workflow_id, when)
         if not rt._take_capacity_now(1):  # as Runtime._start, awaiting where it blocks
-            existing = rt._store.get_workflow(new.workflow_id)
-            if existing is not None:
-                return rt._same_start(existing, new)
+            repeated = rt._repeated(new, workflow_id)
+            if repeated is not None:
+                return repeated
             await rt._capacity_async(timeout)
             now = None
         landing = rt._submit_start(new, (), now, asyncio.get_running_loop())

@@ -143,9 +143,9 @@ class Starting:
         rt = _runtime(self)
         new, now = rt._checked(workflow, input, workflow_id, when)
         if not rt._take_capacity_now(1):
-            existing = rt._store.get_workflow(new.workflow_id)
-            if existing is not None:  # a repeated start of an existing workflow never waits
-                return rt._same_start(existing, new)
+            repeated = rt._repeated(new, workflow_id)
+            if repeated is not None:
+                return repeated
             rt._wait_capacity(timeout)
             now = None  # created after the wait, not before
         landing = rt._submit_start(new, also, now)
@@ -160,6 +160,16 @@ class Starting:
         rt._check_active()
         now = rt._ctx.clock.time()
         return rt._prepare(workflow, input, workflow_id=workflow_id, now=now, **when), now
+
+    def _repeated(self, new: NewStart, workflow_id: str | None) -> WorkflowHandle | None:
+        """Before a start waits for a slot: the handle of the workflow that has the
+        caller's id already (or its conflict), as a repeated start never waits; None if
+        it is free, or a fresh random id (which no workflow has: no read)."""
+        rt = _runtime(self)
+        if workflow_id is None:
+            return None
+        existing = rt._store.get_workflow(new.workflow_id)
+        return None if existing is None else rt._same_start(existing, new)
 
     def _submit_start(
         self,

@@ -27,7 +27,6 @@ from herder.store import (
     history_put,
     started_key,
     workflow_event,
-    workflow_key,
 )
 
 if TYPE_CHECKING:
@@ -78,7 +77,7 @@ def creation(
     ops += also
     if mark_started:
         ops.append(_mark_put(new.plan.name, new.plan.version))
-    free = Expect("workflows", workflow_key(new.workflow_id), exists=False)
+    free = Expect("workflows", ops[0].key, exists=False)  # new_workflow's record put
     return record, steps, Transition(ops=tuple(ops), expect=(free,))
 
 

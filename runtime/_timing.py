@@ -25,6 +25,7 @@ from herder.store import (
     encode,
     ms,
     step_key,
+    step_timer_key,
     timer_entry,
     timer_key,
     workflow_key,
@@ -128,7 +129,7 @@ def new_workflow(
         trace=trace,
         deadline=deadline,
     )
-    ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_stored()))]
+    ops = [Put("workflows", workflow_key(workflow_id), encode(record.to_stored()))]  # first
     if deadline is not None:
         key = timer_key(ms(deadline), workflow_id, DEADLINE_TIMER)
         ops.append(Put("timers", key, encode(timer_entry(0))))
@@ -140,8 +141,8 @@ def new_workflow(
         at = begin + (spec.delay or 0.0)
         due_ms = ms(at)
         st = StepRecord(workflow_id, spec.name, retry_at=at, timer_ms=due_ms, updated=now)
-        key = timer_key(due_ms, workflow_id, spec.name)
-        ops.append(Put("timers", key, _NEW_TIMER))  # a new step's token is 0
-        ops.append(Put("steps", step_key(workflow_id, st.name), encode(st.to_stored())))
+        key = step_key(workflow_id, spec.name)
+        ops.append(Put("timers", step_timer_key(due_ms, key), _NEW_TIMER))  # token 0: new
+        ops.append(Put("steps", key, encode(st.to_stored())))
         steps.append(st)
     return record, steps, ops
