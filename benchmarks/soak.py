@@ -292,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=here / "out" / "soak.json")
     parser.add_argument("--retention", action="store_true", help="run the retention soak")
     parser.add_argument("--retention-period", type=float, default=20.0, help="seconds (R)")
-    parser.add_argument("--retention-threads", type=int, default=32, help="closed loops")
+    parser.add_argument("--retention-threads", type=int, default=32, help="starting loops")
+    parser.add_argument(
+        "--retention-rate", type=float, default=400.0, help="workflows started per second"
+    )
     parser.add_argument("--purge", type=int, default=1_000_000, help="finished to purge")
     parser.add_argument(
         "--phase", type=float, default=60.0, help="seconds without purging, before and after"
