@@ -11,6 +11,10 @@ here and nothing of the user's (objects, exceptions) travels back: a run returns
 The action's :class:`StepContext` is rebuilt here around a :class:`WorkerPort`: its
 heartbeats wait here until the daemon's proxy collects them with ``sync``, which also
 brings the attempt's ``superseded``/``cancelled`` flags across.
+
+Attempts and syncs are not Ray task events (``enable_task_events=False``): each would cost
+the driver, the worker and Ray's GCS a record per step, on the same cores, for a history
+herder keeps itself (the step's record and history).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from __future__ import annotations
 import os
 import threading
 from typing import Any
+
+import msgpack
+import ray
 
 from herder.actors._action import run_attempt
 from herder.actors._agent import StepContext
@@ -76,8 +83,12 @@ class SlotWorker:
         with self._lock:
             self._objects.pop(slot, None)
 
-    def run(self, slot: int, instance: str, action: str, fields: dict[str, Any]) -> Outcome | str:
-        """Run one attempt on the slot's object; an Outcome, or why the instance crashed."""
+    @ray.method(enable_task_events=False)  # see the module docstring
+    def run(self, call: bytes) -> Outcome | str:
+        """Run one attempt on the slot's object; an Outcome, or why the instance crashed.
+
+        ``call`` is ``(slot, instance, action, context fields)`` in msgpack."""
+        slot, instance, action, fields = msgpack.unpackb(call, raw=False, strict_map_key=True)
         token = fields["token"]
         port = WorkerPort(bool(fields.pop("cancelled", False)))
         with self._lock:
@@ -98,6 +109,7 @@ class SlotWorker:
             with self._lock:
                 self._ports.pop(token, None)
 
+    @ray.method(enable_task_events=False)  # see the module docstring
     def sync(self, token: int, superseded: bool, cancelled: bool) -> list[Any]:
         """Hand the attempt its flags; return its latest heartbeat since the last sync."""
         with self._lock:
