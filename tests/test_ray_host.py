@@ -92,6 +92,13 @@ class Probe(Agent):
             ray.get(self.gate.wait.remote("never"))  # hangs until its process is killed
         return {"attempt": ctx.attempt, "pid": os.getpid()}
 
+    def hold(self, ctx: StepContext) -> int:
+        import ray
+
+        ray.get(self.gate.set.remote(f"held-{ctx.input}", os.getpid()))
+        ray.get(self.gate.wait.remote("go"))
+        return os.getpid()
+
     def beat(self, ctx: StepContext) -> int:
         for i in range(10):  # 2.5 s of work, well past its 1 s heartbeat timeout
             ctx.heartbeat({"done": i})
@@ -194,6 +201,31 @@ def test_a_killed_worker_is_a_crash_and_its_late_answer_is_refused(
         rt._ctx.tell_scheduler(late)
         wait_until(rt, lambda: rt.stats()["steps"]["stale"] == stale + 1, timeout=WAIT)
         assert rt.status("k1").steps["s"].result == result
+
+
+def test_an_idle_instance_whose_process_died_takes_a_new_one_for_its_next_attempt(
+    cluster: Any, gate: Any, tmp_path: Path
+) -> None:
+    # The host submits attempts itself, to the process an instance is bound to; one bound
+    # to a process known dead gets its attempt as a message and takes a new slot first.
+    with Runtime(tmp_path / "s") as rt:
+        probe = functools.partial(Probe, gate)
+        rt.add_agent("probe", probe, concurrency=2, host=ray_host(slots=2))
+        rt.add_workflow(Workflow("k").step("s", agent="probe", action="block_first", retry=FAST))
+        rt.add_workflow(Workflow("w").step("s", agent="probe", action="where"))
+        rt.add_workflow(Workflow("h").step("s", agent="probe", action="hold"))
+        blocked = rt.start("k", None)
+        first = gets(cluster, gate, "running")  # one instance busy in process P
+        idle = rt.start("w", None).result(timeout=WAIT)["s"]
+        assert idle["pid"] == first["pid"]  # the other one ran in P too, and is idle
+        os.kill(first["pid"], 9)  # the busy attempt's answer says P died
+        assert blocked.result(timeout=WAIT)["s"]["attempt"] == 2
+        held = [rt.start("h", i) for i in (1, 2)]  # both instances at once
+        pids = [gets(cluster, gate, f"held-{i}") for i in (1, 2)]
+        cluster.get(gate.set.remote("go"))
+        assert [h.result(timeout=WAIT)["s"] for h in held] == pids
+        assert first["pid"] not in pids
+        assert rt.stats()["steps"]["crashes"] == 1  # the killed attempt only
 
 
 def test_a_hung_action_times_out_its_worker_is_killed_and_the_step_retried(
