@@ -27,6 +27,9 @@ a hung request awaits past the step timeout and is cancelled.
 MODE ``poison`` (the poison-work test): no faults, except that the car step of workflow
 ``w-POISON_N`` SIGKILLs the whole process every time it runs; the runtime parks a
 workflow after two crashes in a row (``max_recoveries=2``).
+
+``MODE+prefetch`` (e.g. ``random+prefetch``) runs a mode with ``Runtime(prefetch=3)``:
+attempts reserved ahead of a free instance wait, durable, when the process is killed.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
     store: str, effects: str, lo: int, hi: int, seed: int, mode: str = "random"
 ) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # "MODE+prefetch": the same with attempts reserved ahead (Runtime(prefetch=3)).
+    prefetch = 3 if mode.endswith("+prefetch") else 0
+    mode = mode.removesuffix("+prefetch")
     if mode == "scripted":  # its instance crashes are on purpose; pykka logs each one
         logging.getLogger("pykka").setLevel(logging.CRITICAL)
     from herder.runtime import RetryPolicy, Runtime, StepContext, WorkflowFailed
@@ -125,7 +131,12 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
     booking = async_booking() if mode == "asyncio" else Booking
     recoveries = 2 if mode == "poison" else 3
     with Runtime(
-        store, sweep_interval=0.05, default_retry=retry, seed=seed, max_recoveries=recoveries
+        store,
+        sweep_interval=0.05,
+        default_retry=retry,
+        seed=seed,
+        max_recoveries=recoveries,
+        prefetch=prefetch,
     ) as rt:
         for agent, service in services.items():
             factory = functools.partial(booking, service, fault, sold_out, hang)

@@ -118,14 +118,17 @@ def test_an_outcome_after_a_crash_resets_the_count(
         rt.stop(timeout=1)
 
 
+@pytest.mark.parametrize("mode", ["poison", "poison+prefetch"])
 def test_an_action_that_sigkills_the_daemon_is_parked_and_the_rest_finish(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, mode: str
 ) -> None:
+    """With prefetch too: the attempts reserved ahead when it dies are suspects as well,
+    and must not be parked for it."""
     store, effects = tmp_path / "store", tmp_path / "effects"
     n_workflows = 20
     kills = 0
     for _ in range(8):
-        args = [str(store), str(effects), "0", str(n_workflows), "1", "poison"]
+        args = [str(store), str(effects), "0", str(n_workflows), "1", mode]
         done = subprocess.run(
             [sys.executable, str(CHILD), *args],
             capture_output=True,
