@@ -29,6 +29,9 @@ only a few hundred bytes each.
   ahead, actors/_ahead.py) and runs it on the same instance; its answer says so
   (``Outcome.next_token``) and ``moved_on`` moves the instance's bookkeeping. A worker
   whose instance the host let go of (replaced, removed, given up on) stops self-feeding.
+
+The threads themselves (which exist, which run what, which are free) are a
+:class:`~herder.actors._worker_pool.WorkerPool`; this module decides what runs on them.
 - **Hung attempts.** ``replace_token`` abandons the worker running it (the supervisor
   restarts it on a fresh thread; the blocked thread's late answer is fenced out) and
   drops the instance; ``host_stats()`` counts abandoned threads.
@@ -45,31 +48,17 @@ from typing import Any
 
 import pykka
 
-from herder.actors._ask import call_later
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import RestartIntensityExceeded
-from herder.actors._hosted import (
-    INSTANCE_BACKOFF,
-    Hosted,
-    HostedAgents,
-    Instance,
-    request_agent_supervisor,
-)
+from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
 from herder.actors._messages import InstanceEvent, Outcome, Run
-from herder.actors._pool_worker import PoolWorker, Work
+from herder.actors._pool_worker import Work
 from herder.actors._queue import DEFAULT_AGING
-from herder.actors._supervision_specs import (
-    ChildEventKind,
-    ChildSpec,
-    Restart,
-    RestartWindow,
-)
+from herder.actors._supervision_specs import ChildEventKind, RestartWindow
+from herder.actors._worker_pool import POOL, WorkerPool
 from herder.store import crash_point
 
 _log = logging.getLogger("herder.agents")
-
-POOL = "*pool"
-"""The pool's pseudo agent name in events (no registered agent can be named so)."""
 
 
 @dataclass(slots=True)
@@ -87,14 +76,6 @@ class _Agent(Hosted[_Slot]):
     # whose instance went or is busy again is skipped when met).
     idle: list[str] = field(default_factory=list)
     ready: deque[Run] = field(default_factory=deque)  # its workers self-feed from it
-
-
-@dataclass(slots=True)
-class _Worker:
-    ref: pykka.ActorRef | None = None  # None while starting or restarting
-    job: tuple[str, str, int] | None = None  # (agent, instance, token) it runs
-    idle_since: float = 0.0
-    starting: bool = True  # asked for, not yet started (a restarting one is not)
 
 
 class PoolHost(HostedAgents[_Agent]):
@@ -116,28 +97,26 @@ class PoolHost(HostedAgents[_Agent]):
         clock: Clock | None = None,
     ) -> None:
         super().__init__(_Agent, queue_aging)
-        self._agents_sup = agents_supervisor
-        self._reply = reply
         self._events = events
-        self._max_result_bytes = max_result_bytes
-        self._shutdown = shutdown
         self._max_restarts = max_restarts
         self._restart_period = restart_period
         # Restart pacing protects real CPU from a crash loop, so it runs on real time
         # even when the engine runs on a FakeClock (as the thread host's supervisors do).
         self._clock = SystemClock() if clock is None else clock
-        self._max_workers = max_workers
-        self._min_workers = min(min_workers, max_workers)
-        self._workers: dict[str, _Worker] = {}
-        # The workers started and without work, least recently freed first: acquire takes
-        # the last one (a warm thread), passivation stops the first ones.
-        self._free: dict[str, None] = {}
-        self._worker_ids = itertools.count()
-        self._pool: pykka.ActorRef | None = None
-        self._pool_pending = False
+        self._pool = WorkerPool(
+            agents_supervisor,
+            reply,
+            events,
+            self._on_built,
+            max_result_bytes=max_result_bytes,
+            shutdown=shutdown,
+            max_restarts=max_restarts,
+            restart_period=restart_period,
+            max_workers=max_workers,
+            min_workers=min_workers,
+        )
         self._waiting: dict[str, None] = {}  # agents that found no free worker, oldest first
         self._orphans: dict[int, str] = {}  # token -> worker, of instances given up on
-        self._abandoned = 0
         self._built: dict[tuple[str, str], Any] = {}  # objects workers built, not yet seen
 
     # -- registration ------------------------------------------------------------------
@@ -166,9 +145,7 @@ class PoolHost(HostedAgents[_Agent]):
         _, inst = self._instance(name, instance_id)
         if inst is not None and inst.busy_token == token:
             inst.busy_token = next_token
-            worker = None if inst.worker is None else self._workers.get(inst.worker)
-            if worker is not None and worker.job is not None:
-                worker.job = (name, instance_id, next_token)
+            self._pool.retarget(inst.worker, (name, instance_id, next_token))
             return
         worker_id = self._orphans.pop(token, None)  # an instance given up on
         if worker_id is not None:
@@ -181,42 +158,36 @@ class PoolHost(HostedAgents[_Agent]):
         instance_id = _next_idle(agent)
         if instance_id is None and len(agent.instances) >= agent.concurrency:
             return None  # every slot is busy or restarting: its release pumps this agent
-        if not self._free:
+        if not self._pool.free_count():
             self._waiting[name] = None
-            self._grow(len(self._waiting))
+            self._pool.grow(len(self._waiting))
             return None
-        worker_id = self._free.popitem()[0]
         if instance_id is None:
             instance_id = agent.new_instance_id()
             agent.instances[instance_id] = _Slot()
         else:
             agent.idle.pop()
         inst = agent.instances[instance_id]
-        inst.busy_token, inst.worker = token, worker_id
-        self._workers[worker_id].job = (name, instance_id, token)
-        if not self._free:
-            self._grow(1)  # a spare, so the next attempt need not wait for a thread to start
+        inst.busy_token = token
+        inst.worker = self._pool.take((name, instance_id, token))
+        if not self._pool.free_count():
+            self._pool.grow(1)  # a spare: the next attempt need not wait for a thread to start
         return instance_id
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
         agent, inst = self._instance(name, instance_id)
         if agent is None or inst is None or inst.busy_token != run.token or inst.worker is None:
             return False
-        worker = self._workers.get(inst.worker)
-        if worker is None or worker.ref is None:  # replaced or crashed since acquire
-            agent.instances.pop(instance_id, None)
-            return False
         self._take_built(name, instance_id, inst)
-        try:
-            inst.work = Work(run, inst.agent, agent.factory, agent.ready)
-            worker.ref.tell(inst.work)
-        except pykka.ActorDeadError:
+        inst.work = Work(run, inst.agent, agent.factory, agent.ready)
+        told = self._pool.tell(inst.worker, inst.work)
+        if told is None:  # its worker was replaced or crashed since acquire
+            agent.instances.pop(instance_id, None)
+        elif not told:
             # Its supervisor's news of the exit is on the way; the instance is free again
             # (the Scheduler fails this attempt itself).
             inst.busy_token, inst.worker = None, None
-            worker.job = None
-            return False
-        return True
+        return bool(told)
 
     def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
         agent, inst = self._instance(name, instance_id)
@@ -239,18 +210,12 @@ class PoolHost(HostedAgents[_Agent]):
         """Abandon the worker running this instance's attempt; the object goes with it."""
         agent = self._agents.get(name)
         inst = None if agent is None else agent.instances.pop(instance_id, None)
-        if inst is None or inst.worker is None or self._pool is None:
+        if inst is None or inst.worker is None:
             return
         _halt(inst)
-        self._waiting[name] = None  # its instance slot is free: pumped once a worker is
-        worker = self._workers.get(inst.worker)
-        if worker is not None:
-            self._free.pop(inst.worker, None)
-            worker.ref, worker.job = None, None  # back once the supervisor restarted it
-            worker.starting = False
-            self._abandoned += 1
-            call_later(self._pool, "restart_child", inst.worker)
-        self._wake()
+        if self._pool.abandon(inst.worker):
+            self._waiting[name] = None  # its instance slot is free: pumped once a worker is
+            self._wake()
 
     # -- events ------------------------------------------------------------------------
 
@@ -259,46 +224,30 @@ class PoolHost(HostedAgents[_Agent]):
             return self._on_agent_event(event, now)
         if event.instance is None:
             return self._on_pool_event(event)
-        worker = self._workers.get(event.instance)
-        if worker is None:
-            return []
-        if event.kind in (ChildEventKind.STARTED, ChildEventKind.RESTARTED) and event.ref:
-            worker.ref, worker.job, worker.idle_since = event.ref, None, now
-            worker.starting = False
-            self._free[event.instance] = None
+        what, job = self._pool.on_worker_event(event, now)
+        if what == "free":
             self._wake()
-            return []
-        if event.kind is ChildEventKind.CRASHED or (
-            event.kind in (ChildEventKind.EXITED, ChildEventKind.TERMINATED) and worker.ref
-        ):
-            job, worker.ref, worker.job, worker.starting = worker.job, None, None, False
-            self._free.pop(event.instance, None)
-            if event.kind is not ChildEventKind.CRASHED:
-                del self._workers[event.instance]  # gone for good: another may start
-            self._grow(len(self._waiting))
-            if job is None:
-                return []
-            name, instance_id, token = job
-            self._agents[name].instances.pop(instance_id, None)
-            self._built.pop((name, instance_id), None)
-            return [token]
+        elif what == "gone":
+            self._pool.grow(len(self._waiting))
+            if job is not None:
+                name, instance_id, token = job
+                self._agents[name].instances.pop(instance_id, None)
+                self._built.pop((name, instance_id), None)
+                return [token]
         return []
 
     def _on_pool_event(self, event: InstanceEvent) -> list[int]:
         """News of the pool supervisor itself: started, or gone with every worker."""
         if event.kind is ChildEventKind.STARTED and event.ref is not None:
-            self._pool, self._pool_pending = event.ref, False
-            self._grow(len(self._waiting))
+            self._pool.pool_started(event.ref)
+            self._pool.grow(len(self._waiting))
             return []
-        current = self._pool
-        if current is not None and event.ref and event.ref.actor_urn != current.actor_urn:
+        jobs = self._pool.pool_gone(event.ref)
+        if jobs is None:
             return []  # about a pool this host already let go of
-        self._pool, self._pool_pending = None, False
-        lost = [w.job[2] for w in self._workers.values() if w.job is not None]
-        for name, instance_id, _ in (w.job for w in self._workers.values() if w.job):
+        for name, instance_id, _ in jobs:
             self._agents[name].instances.pop(instance_id, None)
-        self._workers.clear()
-        self._free.clear()
+        lost = [token for _, _, token in jobs]
         self._orphans.clear()
         waiting, self._waiting = self._waiting, {}
         for name in waiting:  # they ask again, which starts a new pool
@@ -370,29 +319,18 @@ class PoolHost(HostedAgents[_Agent]):
                     del agent.instances[instance_id]
                     dropped += 1
             agent.idle = [i for i in agent.idle if i in agent.instances]
-        longest_idle = list(self._free)[: max(0, len(self._free) - self._min_workers)]
-        for worker_id in longest_idle:
-            if self._workers[worker_id].idle_since <= idle_before and self._pool is not None:
-                del self._workers[worker_id], self._free[worker_id]
-                call_later(self._pool, "delete_child", worker_id)
+        self._pool.passivate(idle_before)
         self._wake()  # in case a woken agent did not take the worker it was woken for
         return dropped
 
     def host_stats(self) -> dict[str, int]:
         """The pool: worker threads, busy ones, and threads abandoned to hung actions."""
-        return {
-            "workers": len(self._workers),
-            "busy_workers": sum(1 for w in self._workers.values() if w.job is not None),
-            "abandoned_threads": self._abandoned,
-        }
+        return self._pool.stats()
 
     # -- internals ---------------------------------------------------------------------
 
     def _free_worker(self, worker_id: str | None, now: float) -> None:
-        worker = None if worker_id is None else self._workers.get(worker_id)
-        if worker_id is not None and worker is not None and worker.ref is not None:
-            worker.job, worker.idle_since = None, now
-            self._free[worker_id] = None
+        if self._pool.release(worker_id, now):
             self._wake()
 
     def _wake(self) -> None:
@@ -400,7 +338,7 @@ class PoolHost(HostedAgents[_Agent]):
         again): waking them all would cost a pump of every waiting agent per release."""
         if not self._waiting:
             return
-        for name in list(itertools.islice(self._waiting, len(self._free))):
+        for name in list(itertools.islice(self._waiting, self._pool.free_count())):
             del self._waiting[name]
             self._events(InstanceEvent(name, None, ChildEventKind.STARTED))
 
@@ -412,41 +350,6 @@ class PoolHost(HostedAgents[_Agent]):
     def _on_built(self, name: str, instance_id: str, agent: Any) -> None:
         """Worker thread: an instance's object was built (taken on the host's thread)."""
         self._built[(name, instance_id)] = agent
-
-    def _grow(self, wanted: int) -> None:
-        """Start workers until ``wanted`` are starting (within ``max_workers``)."""
-        if self._pool is None:
-            if not self._pool_pending:
-                self._start_pool()
-            return
-        starting = sum(1 for w in self._workers.values() if w.starting)
-        for _ in range(min(wanted - starting, self._max_workers - len(self._workers))):
-            self._start_worker(self._pool)
-
-    def _start_worker(self, pool: pykka.ActorRef) -> None:
-        worker_id = f"worker-{next(self._worker_ids)}"
-        reply, events, built = self._reply, self._events, self._on_built
-        limit = self._max_result_bytes
-        spec = ChildSpec(
-            id=worker_id,
-            start=lambda: PoolWorker.start(reply, events, built, limit),
-            restart=Restart.PERMANENT,
-            shutdown=self._shutdown,
-        )
-        self._workers[worker_id] = _Worker()
-        call_later(pool, "start_child", spec)
-
-    def _start_pool(self) -> None:
-        request_agent_supervisor(
-            self._agents_sup,
-            POOL,
-            self._events,
-            clock=SystemClock(),
-            max_restarts=self._max_restarts,
-            restart_period=self._restart_period,
-            shutdown=self._shutdown,
-        )
-        self._pool_pending = True
 
 
 def _idle(inst: _Slot) -> bool:

@@ -1,0 +1,220 @@
+"""The pooled host's threads: an elastic pool of :class:`PoolWorker` actors.
+
+:class:`WorkerPool` keeps the worker threads the pool host
+(:class:`~herder.actors._pool_host.PoolHost`) runs attempts on, and nothing about agents:
+which workers exist, which one runs which attempt (its ``job``), and which are free. The
+workers live under one ``simple_one_for_one`` supervisor (``agent:*pool``), requested
+from the agents supervisor on first need; its child events reach the host as
+:class:`InstanceEvent` of the pseudo agent :data:`POOL`.
+
+Workers are started when attempts find none free, up to ``max_workers``; the most
+recently freed worker is taken first (a warm thread), and those idle longest stop at
+passivation, down to ``min_workers``. A worker whose attempt hangs is abandoned: the
+supervisor restarts it on a fresh thread and the blocked one is counted in ``abandoned``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from herder.actors._ask import call_later
+from herder.actors._clock import SystemClock
+from herder.actors._hosted import request_agent_supervisor
+from herder.actors._messages import InstanceEvent, Outcome
+from herder.actors._pool_worker import PoolWorker, Work
+from herder.actors._supervision_specs import ChildEventKind, ChildSpec, Restart
+
+POOL = "*pool"
+"""The pool's pseudo agent name in events (no registered agent can be named so)."""
+
+Job = tuple[str, str, int]
+"""What a worker runs: (agent, instance, token)."""
+
+
+@dataclass(slots=True)
+class _Worker:
+    ref: pykka.ActorRef | None = None  # None while starting or restarting
+    job: Job | None = None
+    idle_since: float = 0.0
+    starting: bool = True  # asked for, not yet started (a restarting one is not)
+
+
+class WorkerPool:
+    """The worker threads of a pool host; see the module docstring."""
+
+    def __init__(
+        self,
+        agents_supervisor: pykka.ActorRef,
+        reply: Callable[[Outcome], None],
+        events: Callable[[InstanceEvent], None],
+        built: Callable[[str, str, Any], None],
+        *,
+        max_result_bytes: int,
+        shutdown: float,
+        max_restarts: int,
+        restart_period: float,
+        max_workers: int,
+        min_workers: int,
+    ) -> None:
+        self._agents_sup = agents_supervisor
+        self._start_args = (reply, events, built, max_result_bytes)
+        self._events = events
+        self._shutdown = shutdown
+        self._max_restarts = max_restarts
+        self._restart_period = restart_period
+        self._max = max_workers
+        self._min = min(min_workers, max_workers)
+        self._workers: dict[str, _Worker] = {}
+        # Started and without work, least recently freed first.
+        self._free: dict[str, None] = {}
+        self._ids = itertools.count()
+        self._sup: pykka.ActorRef | None = None
+        self._sup_pending = False
+        self.abandoned = 0  # threads left to hung actions
+
+    def free_count(self) -> int:
+        return len(self._free)
+
+    def take(self, job: Job) -> str | None:
+        """A free worker, now running ``job`` (the most recently freed); None if none."""
+        if not self._free:
+            return None
+        worker_id = self._free.popitem()[0]
+        self._workers[worker_id].job = job
+        return worker_id
+
+    def retarget(self, worker_id: str | None, job: Job) -> None:
+        """The worker went on with ``job`` (it self-fed the next attempt)."""
+        worker = None if worker_id is None else self._workers.get(worker_id)
+        if worker is not None and worker.job is not None:
+            worker.job = job
+
+    def tell(self, worker_id: str, work: Work) -> bool | None:
+        """Hand ``work`` to the worker: True; None if it is gone since it was taken
+        (replaced or crashed); False if it died just now (its exit's news is on the way,
+        and it no longer counts as running anything)."""
+        worker = self._workers.get(worker_id)
+        if worker is None or worker.ref is None:
+            return None
+        try:
+            worker.ref.tell(work)
+        except pykka.ActorDeadError:
+            worker.job = None
+            return False
+        return True
+
+    def release(self, worker_id: str | None, now: float) -> bool:
+        """The worker's attempt ended: it is free again (True) unless it is gone."""
+        worker = None if worker_id is None else self._workers.get(worker_id)
+        if worker_id is None or worker is None or worker.ref is None:
+            return False
+        worker.job, worker.idle_since = None, now
+        self._free[worker_id] = None
+        return True
+
+    def abandon(self, worker_id: str) -> bool:
+        """Leave the worker's thread to its hung attempt; the supervisor starts a fresh
+        one in its place. False if there is no pool to do that."""
+        if self._sup is None:
+            return False
+        worker = self._workers.get(worker_id)
+        if worker is not None:
+            self._free.pop(worker_id, None)
+            worker.ref, worker.job = None, None  # back once the supervisor restarted it
+            worker.starting = False
+            self.abandoned += 1
+            call_later(self._sup, "restart_child", worker_id)
+        return True
+
+    # -- events ------------------------------------------------------------------------
+
+    def on_worker_event(self, event: InstanceEvent, now: float) -> tuple[str, Job | None]:
+        """A worker's child event: ``"free"`` (it started), ``"gone"`` (it crashed or
+        exited, with the job it lost, if any) or ``""`` (nothing changed)."""
+        assert event.instance is not None
+        worker = self._workers.get(event.instance)
+        if worker is None:
+            return "", None
+        if event.kind in (ChildEventKind.STARTED, ChildEventKind.RESTARTED) and event.ref:
+            worker.ref, worker.job, worker.idle_since = event.ref, None, now
+            worker.starting = False
+            self._free[event.instance] = None
+            return "free", None
+        if event.kind is ChildEventKind.CRASHED or (
+            event.kind in (ChildEventKind.EXITED, ChildEventKind.TERMINATED) and worker.ref
+        ):
+            job, worker.ref, worker.job, worker.starting = worker.job, None, None, False
+            self._free.pop(event.instance, None)
+            if event.kind is not ChildEventKind.CRASHED:
+                del self._workers[event.instance]  # gone for good: another may start
+            return "gone", job
+        return "", None
+
+    def pool_started(self, ref: pykka.ActorRef) -> None:
+        """The pool supervisor started."""
+        self._sup, self._sup_pending = ref, False
+
+    def pool_gone(self, ref: pykka.ActorRef | None) -> list[Job] | None:
+        """The pool supervisor is gone, with every worker: the jobs they ran (None if
+        ``ref`` names a pool already let go of). The next ``grow`` starts a new one."""
+        current = self._sup
+        if current is not None and ref and ref.actor_urn != current.actor_urn:
+            return None
+        self._sup, self._sup_pending = None, False
+        jobs = [w.job for w in self._workers.values() if w.job is not None]
+        self._workers.clear()
+        self._free.clear()
+        return jobs
+
+    # -- size --------------------------------------------------------------------------
+
+    def grow(self, wanted: int) -> None:
+        """Start workers until ``wanted`` are starting (within ``max_workers``)."""
+        if self._sup is None:
+            if not self._sup_pending:
+                request_agent_supervisor(
+                    self._agents_sup,
+                    POOL,
+                    self._events,
+                    clock=SystemClock(),
+                    max_restarts=self._max_restarts,
+                    restart_period=self._restart_period,
+                    shutdown=self._shutdown,
+                )
+                self._sup_pending = True
+            return
+        starting = sum(1 for w in self._workers.values() if w.starting)
+        for _ in range(min(wanted - starting, self._max - len(self._workers))):
+            worker_id = f"worker-{next(self._ids)}"
+            spec = ChildSpec(
+                id=worker_id,
+                start=self._start_worker,
+                restart=Restart.PERMANENT,
+                shutdown=self._shutdown,
+            )
+            self._workers[worker_id] = _Worker()
+            call_later(self._sup, "start_child", spec)
+
+    def _start_worker(self) -> pykka.ActorRef:
+        return PoolWorker.start(*self._start_args)
+
+    def passivate(self, idle_before: float) -> None:
+        """Stop the workers idle since ``idle_before`` or earlier, beyond ``min_workers``."""
+        longest_idle = list(self._free)[: max(0, len(self._free) - self._min)]
+        for worker_id in longest_idle:
+            if self._workers[worker_id].idle_since <= idle_before and self._sup is not None:
+                del self._workers[worker_id], self._free[worker_id]
+                call_later(self._sup, "delete_child", worker_id)
+
+    def stats(self) -> dict[str, int]:
+        """Worker threads, busy ones, and threads abandoned to hung actions."""
+        return {
+            "workers": len(self._workers),
+            "busy_workers": sum(1 for w in self._workers.values() if w.job is not None),
+            "abandoned_threads": self.abandoned,
+        }
