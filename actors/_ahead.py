@@ -12,10 +12,13 @@ same instance, before the Scheduler even hears of the end (``Outcome.next_token`
 The write-ahead rule does not change: what waits in ``ready`` is durable. What changes
 (and its guards, per agent):
 
-- a deadline counts from the reservation, so it includes the time spent waiting in
-  ``ready``: the prefetch is capped so that prefetch x the observed p95 action time
-  stays under a tenth of the step's timeout (off until one action of the agent was
-  timed), and off for steps with a heartbeat timeout;
+- a deadline is recorded at the reservation, so it would include the time spent
+  waiting in ``ready``: when the attempt is handed over its deadline in memory counts
+  from then (``Engine.restamp``; the stored one is what a crash recovers, and its timer,
+  still due, is resent until the later deadline has passed too). The prefetch is capped
+  so that prefetch x the observed p95 action time stays under a tenth of the step's
+  timeout (off until one action of the agent was timed), and off for steps with a
+  heartbeat timeout;
 - an agent with a breaker, rate limit or adaptive concurrency gets no prefetch: its
   gate admits attempts one at a time (a health check holds only work not yet reserved);
 - an attempt fenced while it waits (its workflow ended, it timed out) is skipped: the
@@ -254,3 +257,4 @@ class Lanes:
         attempt.instance, attempt.message = instance, None
         lane.ahead -= 1
         lane.started(attempt.token, self._clock.monotonic())
+        self._engine.restamp(attempt.token, self._clock.time())

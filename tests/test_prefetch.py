@@ -26,8 +26,15 @@ from herder.actors import (
 )
 from herder.actors._ahead import MIN_SAMPLES, Lane, next_ready
 from herder.actors._messages import Outcome, Run
-from herder.runtime import CircuitBreaker, InvalidInput, Runtime, Workflow
-from herder.runtime.testing import simulate, simulate_exact
+from herder.runtime import CircuitBreaker, InvalidInput, Runtime, StepState, Workflow
+from herder.runtime.testing import (
+    FakeClock,
+    advance,
+    settle,
+    simulate,
+    simulate_exact,
+    wait_until,
+)
 
 WAIT = 30.0
 
@@ -284,3 +291,45 @@ def test_the_threaded_simulation_holds_with_prefetch(tmp_path: Path, host: str) 
     for seed in range(15):
         report = simulate(seed, tmp_path / f"t{seed}", agent_host=host, prefetch=3)
         assert report.problems == [], (seed, report.problems)
+
+
+# -- the deadline of an attempt that waited ---------------------------------------------
+
+
+class Gated(Agent):
+    """Each workflow's action starts (``started``) and then waits for its own event."""
+
+    started: dict[str, threading.Event] = {}
+    go: dict[str, threading.Event] = {}
+
+    def act(self, ctx: StepContext) -> int:
+        Gated.started.setdefault(ctx.workflow_id, threading.Event()).set()
+        Gated.go.setdefault(ctx.workflow_id, threading.Event()).wait(WAIT)
+        return ctx.attempt
+
+
+def test_an_attempt_that_waited_for_an_instance_gets_its_whole_timeout(tmp_path: Path) -> None:
+    clock = FakeClock()
+    Gated.started, Gated.go = {}, {}
+    with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
+        rt.add_agent("gated", Gated, concurrency=1)
+        rt.add_workflow(
+            Workflow("one", version=1).step("s", agent="gated", action="act", timeout=10)
+        )
+        Gated.go["w0"] = threading.Event()
+        Gated.go["w0"].set()
+        assert rt.start("one", {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}  # timed
+        rt.start("one", {}, workflow_id="w1")  # runs, and holds the one instance
+        Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
+        rt.start("one", {}, workflow_id="w2")  # recorded ahead, at t=0: deadline t=10
+        wait_until(rt, lambda: rt.stats()["steps"]["reserved_ahead"] == 1)
+        advance(rt, clock, 8.0)
+        Gated.go.setdefault("w1", threading.Event()).set()  # w2 starts now, at t=8
+        assert Gated.started.setdefault("w2", threading.Event()).wait(WAIT)
+        settle(rt)
+        advance(rt, clock, 4.0)  # t=12: past the deadline recorded, within its timeout
+        step = rt.status("w2").steps["s"]
+        assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
+        advance(rt, clock, 7.0)  # t=19: its timeout from t=8 has passed
+        wait_until(rt, lambda: "timed out" in (rt.status("w2").steps["s"].error or ""))
+        Gated.go["w2"].set()

@@ -152,6 +152,23 @@ class Engine(Machine):
         self.counters["dispatched"] += 1
         return Dispatched(attempt, action, number, window)
 
+    def restamp(self, token: int, now: float) -> None:
+        """Attempt ``token`` was recorded ahead of a free instance and starts only now:
+        its deadline counts from now, in memory (actors/_ahead.py). The stored deadline
+        and its timer stay: a crash re-runs the attempt anyway, and the timer, still due,
+        comes back until the deadline in memory has passed too."""
+        attempt = self.inflight.get(token)
+        run = None if attempt is None else self.runs.get(attempt.workflow_id)
+        st = None if run is None or attempt is None else run.steps.get(attempt.step)
+        if run is None or st is None or st.token != token or st.deadline is None:
+            return
+        if st.state is StepState.UNKNOWN:  # a probe
+            timeout = self.defaults.probe_timeout
+        else:
+            timeout = run.specs[st.name].timeout or self.defaults.default_timeout
+        if now + timeout > st.deadline:
+            run.steps[st.name] = st.evolve(deadline=now + timeout)
+
     def load(self, record: WorkflowRecord, steps: list[StepRecord]) -> WorkflowRun | None:
         """Put a workflow into memory without running anything of it; None if it is there
         already or its definition is not registered."""
