@@ -34,12 +34,16 @@ WORKFLOWS = 5
 
 
 def _run_child(
-    store: pathlib.Path, effects: pathlib.Path, crash_at: str | None, workflows: int = WORKFLOWS
+    store: pathlib.Path,
+    effects: pathlib.Path,
+    crash_at: str | None,
+    workflows: int = WORKFLOWS,
+    mode: str = "scripted",
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "HERDER_CRASH_AT"}
     if crash_at is not None:
         env["HERDER_CRASH_AT"] = crash_at
-    args = [str(store), str(effects), "0", str(workflows), "1", "scripted"]
+    args = [str(store), str(effects), "0", str(workflows), "1", mode]
     return subprocess.run(
         [sys.executable, str(CHILD), *args],
         env=env,
@@ -59,10 +63,16 @@ def _check(store: pathlib.Path, when: str) -> None:
 
 
 def _crash(
-    store: pathlib.Path, effects: pathlib.Path, point: str, n: int, workflows: int = WORKFLOWS
+    store: pathlib.Path,
+    effects: pathlib.Path,
+    point: str,
+    n: int,
+    workflows: int = WORKFLOWS,
+    *,
+    mode: str = "scripted",
 ) -> bool:
     """Run the child armed at ``point:n``; True if it died there (and the store is sane)."""
-    done = _run_child(store, effects, f"{point}:{n}", workflows)
+    done = _run_child(store, effects, f"{point}:{n}", workflows, mode)
     if done.returncode == 0:
         assert "finished" in done.stdout
         return False
@@ -73,9 +83,13 @@ def _crash(
 
 
 def _recover_and_verify(
-    store: pathlib.Path, effects: pathlib.Path, what: str, workflows: int = WORKFLOWS
+    store: pathlib.Path,
+    effects: pathlib.Path,
+    what: str,
+    workflows: int = WORKFLOWS,
+    mode: str = "scripted",
 ) -> None:
-    done = _run_child(store, effects, None, workflows)
+    done = _run_child(store, effects, None, workflows, mode)
     assert done.returncode == 0, f"recovery after {what} failed:\n{done.stderr}"
     assert "stuck" not in done.stdout, f"after {what}:\n{done.stdout}"
     assert "finished" in done.stdout
@@ -91,18 +105,21 @@ def _recover_and_verify(
     _check(store, f"after recovering from {what}")
 
 
+@pytest.mark.parametrize("mode", ["scripted", "scripted+prefetch"])
 def test_one_crash_at_every_point_in_a_row_then_recovery_loses_nothing(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, mode: str
 ) -> None:
+    """With prefetch too: attempts recorded ahead of a free instance when it dies."""
     store, effects = tmp_path / "store", tmp_path / "effects"
     # Each run also starts five new workflows, so it meets every kind of fault afresh
     # while it recovers what the previous crash left.
     crashed = [
         point
         for i, point in enumerate(POINTS)
-        if _crash(store, effects, point, 1, WORKFLOWS * (i + 1))
+        if _crash(store, effects, point, 1, WORKFLOWS * (i + 1), mode=mode)
     ]
-    _recover_and_verify(store, effects, f"crashes at {crashed}", WORKFLOWS * len(POINTS))
+    what = f"crashes at {crashed}"
+    _recover_and_verify(store, effects, what, WORKFLOWS * len(POINTS), mode)
     assert crashed == list(POINTS)
 
 
