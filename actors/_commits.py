@@ -92,12 +92,17 @@ class CommitPipeline:
     dependent's DISPATCHED).
     """
 
-    __slots__ = ("_next_token", "committing", "open")
+    __slots__ = ("_next_token", "committing", "open", "resync_due", "unacked")
 
     def __init__(self, next_token: Callable[[], int]) -> None:
         self._next_token = next_token
         self.open: dict[str, Txn] = {}
         self.committing: set[str] = set()
+        # Fail-stop (Writer.resync): workflow entries handed to the writer and not yet
+        # returned, and whether a failure wants a resync once none is left (until then
+        # the writer refuses every batch, and the Scheduler holds its writes).
+        self.unacked = 0
+        self.resync_due = False
 
     def txn(self, workflow_id: str) -> Txn:
         """The workflow's transaction in this flush, opened on first use."""
@@ -157,15 +162,31 @@ class CommitPipeline:
             committing.add(wf)
             ops.update(txn.ops)
             effects.append((wf, txn.effects))
+        self.unacked += len(effects)
         return ops, effects
 
     def drop(self, workflow_id: str) -> Txn | None:
         """Discard the workflow's uncommitted transaction (it is read back from the store)."""
         return self.open.pop(workflow_id, None)
 
-    def landed(self, workflow_id: str) -> None:
-        """The workflow's commit in flight is decided (durable or failed)."""
-        self.committing.discard(workflow_id)
+    def returned(
+        self, effects: list[tuple[str, list[Effect]]], errors: list[BaseException | None]
+    ) -> None:
+        """A batch :meth:`take` gave came back from the writer: its workflows' commits
+        are decided (durable or failed); a failure holds new writes (``resync_due``)."""
+        for workflow_id, _ in effects:
+            self.committing.discard(workflow_id)
+        self.unacked -= len(effects)
+        if any(error is not None for error in errors):
+            self.resync_due = True
+
+    def resync_now(self) -> bool:
+        """True, once, when a failure's resync is due and every batch sent before the
+        failure came back (the caller then resyncs the writer)."""
+        if self.resync_due and self.unacked == 0:
+            self.resync_due = False
+            return True
+        return False
 
 
 def log_resource_errors(errors: list[BaseException | None]) -> None:
@@ -210,6 +231,23 @@ def orphaned_commit(
                     effect.future.set_exception(error)
             elif isinstance(effect, Announce) and error is None:
                 announce_final(ctx, effect)
+
+
+def drain_commits(inbox: Any, ctx: EngineContext) -> None:
+    """A dying Scheduler's inbox: keep the promises of the commits in it (orphaned_commit);
+    everything else goes back for pykka's teardown, which answers pending asks with
+    ActorDeadError. Only the dying actor's thread takes from its inbox, so empty() then
+    get() cannot block."""
+    others = []
+    while not inbox.empty():
+        envelope = inbox.get()
+        message = getattr(envelope, "message", None)
+        if isinstance(message, Committed):
+            orphaned_commit(ctx, message.effects, message.errors)
+        else:
+            others.append(envelope)
+    for envelope in others:
+        inbox.put(envelope)
 
 
 def commit_sink(ref: pykka.ActorRef, ctx: EngineContext) -> BatchSink:

@@ -20,6 +20,7 @@ from herder.actors._host import AgentHost
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat
 from herder.actors._wiring import EngineListener
+from herder.actors.engine import Defaults
 from herder.store import LeaseLost, Plan, RetryPolicy, Store
 
 _log = logging.getLogger("herder.scheduler")
@@ -46,6 +47,16 @@ class EngineConfig:
     max_recoveries: int = 3  # crashes in a row an attempt may be running at (engine._recovery)
     recovery_stagger: float = 0.5  # seconds between suspects re-run after a crash
     prefetch: int = 0  # attempts reserved ahead per agent instance (actors/_ahead.py)
+
+    def defaults(self) -> Defaults:
+        """The settings the engine itself runs by."""
+        return Defaults(
+            default_retry=self.default_retry,
+            default_timeout=self.default_timeout,
+            probe_timeout=self.probe_timeout,
+            max_recoveries=self.max_recoveries,
+            recovery_stagger=self.recovery_stagger,
+        )
 
 
 class EngineContext:

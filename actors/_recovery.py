@@ -111,13 +111,14 @@ class Recovery:
             self.apply_held(list(held.values()))
         self.resume(run, recovered=recovered, crashed=crashed)
 
-    def admit_new(self, record: WorkflowRecord, steps: list[StepRecord]) -> None:
-        """``start()`` made a workflow durable: run it, unless this Scheduler's recovery
-        already read it from the store (a restart raced the start; recovery owns it and
-        the message's records may be stale: running them could repeat finished steps)."""
-        if record.id in self._engine.runs or record.id in self._recovered:
-            return
-        self.admit(record, steps)
+    def admit_new(self, starts: list[tuple[WorkflowRecord, list[StepRecord]]]) -> None:
+        """``start()`` (or ``start_many``) made workflows durable: run each, unless this
+        Scheduler's recovery already read it from the store (a restart raced the start;
+        recovery owns it and the message's records may be stale: running them could
+        repeat finished steps)."""
+        for record, steps in starts:
+            if record.id not in self._engine.runs and record.id not in self._recovered:
+                self.admit(record, steps)
 
     def resume(self, run: WorkflowRun, *, recovered: bool, crashed: bool) -> None:
         """Run a workflow just put into memory, unless an operator's action ended it."""

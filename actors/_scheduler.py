@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -48,8 +49,8 @@ from herder.actors._commits import (
     CommitPipeline,
     announce_final,
     commit_sink,
+    drain_commits,
     log_resource_errors,
-    orphaned_commit,
     settle_future,
 )
 from herder.actors._dispatch import Dispatcher
@@ -84,7 +85,6 @@ from herder.actors.engine import (
     AttemptLost,
     Beat,
     Decision,
-    Defaults,
     Dispatch,
     Effect,
     Engine,
@@ -124,25 +124,12 @@ class Scheduler(SupervisedActor):
         self._writer = ctx.store.writer
         self._facts = FactsPublisher(ctx.store)
         self._clock = ctx.clock
-        self._config = ctx.config
         self._rand = random.Random(ctx.config.seed)
-        config = ctx.config
-        defaults = Defaults(
-            default_retry=config.default_retry,
-            default_timeout=config.default_timeout,
-            probe_timeout=config.probe_timeout,
-            max_recoveries=config.max_recoveries,
-            recovery_stagger=config.recovery_stagger,
-        )
         # The definitions this Scheduler runs: its own copy, filled at start and changed
         # only by Define messages (never written by another thread).
         self._plans: dict[tuple[str, int], Plan] = {}
         self._engine = Engine(
-            defaults,
-            self._plans,
-            ctx.next_token,
-            self._probes,
-            lambda: ctx.store.incarnation,
+            ctx.config.defaults(), self._plans, ctx.next_token, self._probes, self._incarnation
         )
         self._commits = CommitPipeline(ctx.next_token)
         self._dispatch = Dispatcher(ctx, self._engine)
@@ -160,10 +147,23 @@ class Scheduler(SupervisedActor):
         )
         self._channel = Channel(ctx, self._commits, self._recovery, self._operator, self._plans)
         self._sink: BatchSink | None = None  # where the writer reports durable batches
-        # Fail-stop (Writer.resync): workflow entries handed to the writer and not yet
-        # reported back, and whether a failure wants a resync once none is left.
-        self._unacked = 0
-        self._resync_due = False
+        self._now = self._clock.time()  # read once per message (_handle_receive)
+        # What each engine message does (by its exact type: one lookup, no isinstance chain).
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Outcome: self._on_outcome,
+            Committed: self._on_committed,
+            Heartbeat: lambda m: self.handle(Beat(m.token, m.details)),
+            Due: self._on_due,
+            Admit: lambda m: self._recovery.admit_new(m.starts),
+            InstanceEvent: self._on_instance_event,
+            Define: self._on_define,
+            Tick: lambda _m: self._on_tick(),
+            Wake: lambda m: self._dispatch.woke(m.agent),
+            Recover: lambda _m: self._recovery.recover_all(),
+            Crash: self._crash,
+            Reload: self._recovery.on_reload,
+            Commands: self._channel.apply_commands,
+        }
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ class Scheduler(SupervisedActor):
         for attempt in self._engine.inflight.values():
             if attempt.port is not None:
                 attempt.port.superseded = True
-        self._drain_commits()
+        drain_commits(self.actor_inbox, self._ctx)
 
     def on_stop(self) -> None:
         """As on_failure: commits still in the inbox resolve their waiters; attempts
@@ -199,57 +199,23 @@ class Scheduler(SupervisedActor):
         for attempt in self._engine.inflight.values():
             if attempt.port is not None and not attempt.sent:
                 attempt.port.superseded = True
-        self._drain_commits()
-
-    def _drain_commits(self) -> None:
-        # Only this (dying) actor's thread takes from its inbox, so empty() then get()
-        # cannot block. Everything but commits goes back for pykka's teardown, which
-        # answers pending asks with ActorDeadError.
-        others = []
-        while not self.actor_inbox.empty():
-            envelope = self.actor_inbox.get()
-            message = getattr(envelope, "message", None)
-            if isinstance(message, Committed):
-                orphaned_commit(self._ctx, message.effects, message.errors)
-            else:
-                others.append(envelope)
-        for envelope in others:
-            self.actor_inbox.put(envelope)
+        drain_commits(self.actor_inbox, self._ctx)
 
     def on_receive(self, message: Any) -> Any:
         """Handle one engine message, then dispatch what became runnable and flush."""
-        if isinstance(message, Outcome):
-            self._on_outcome(message)
-        elif isinstance(message, Committed):
-            self._on_committed(message)
-        elif isinstance(message, Heartbeat):
-            self.handle(Beat(message.token, message.details))
-        elif isinstance(message, Due):
-            self._on_due(message)
-        elif isinstance(message, Admit):
-            for record, steps in message.starts:
-                self._recovery.admit_new(record, steps)
-        elif isinstance(message, InstanceEvent):
-            self._on_instance_event(message)
-        elif isinstance(message, Define):
-            self._plans[(message.plan.name, message.plan.version)] = message.plan
-            self._recovery.on_define(message.plan)
-        elif isinstance(message, Tick):
-            self._on_tick()
-        elif isinstance(message, Wake):
-            self._dispatch.woke(message.agent)
-        elif isinstance(message, Recover):
-            self._recovery.recover_all()
-        elif isinstance(message, Crash):
-            raise RuntimeError("the Scheduler was crashed on purpose (testing.crash_scheduler)")
-        elif isinstance(message, Reload):
-            self._recovery.on_reload(message)
-        elif isinstance(message, Commands):
-            self._channel.apply_commands(message)
-        else:
+        handler = self._handlers.get(type(message))
+        if handler is None:
             return super().on_receive(message)
+        handler(message)
         self.settle()
         return None
+
+    def _crash(self, _message: Crash) -> None:
+        raise RuntimeError("the Scheduler was crashed on purpose (testing.crash_scheduler)")
+
+    def _on_define(self, message: Define) -> None:
+        self._plans[(message.plan.name, message.plan.version)] = message.plan
+        self._recovery.on_define(message.plan)
 
     # -- control plane (called through proxies/asks) ----------------------------------
 
@@ -308,6 +274,9 @@ class Scheduler(SupervisedActor):
 
     # -- the engine --------------------------------------------------------------------
 
+    def _incarnation(self) -> int:
+        return self._store.incarnation  # the engine's tokens' high bits
+
     def _probes(self, agent: str, action: str) -> bool:
         """Whether ``agent`` defines a probe for ``action`` (the engine asks on a lapse)."""
         entry = self._dispatch.agents.get(agent)
@@ -315,7 +284,7 @@ class Scheduler(SupervisedActor):
 
     def handle(self, event: Event) -> None:
         """Hand ``event`` to the engine, then commit and perform what it decided."""
-        self.perform(self._engine.handle(event, now=self._clock.time(), rand=self._rand.random))
+        self.perform(self._engine.handle(event, now=self._now, rand=self._rand.random))
 
     def perform(self, decision: Decision) -> None:
         """Add a decision's writes to the open commit; do at once what it does at once."""
@@ -339,14 +308,17 @@ class Scheduler(SupervisedActor):
             self._flush()
 
     def _handle_receive(self, message: Any) -> Any:
+        self._now = self._clock.time()
         try:
+            if type(message) in self._handlers:  # not pykka's: skip its proxy checks
+                return self.on_receive(message)
             return super()._handle_receive(message)
         finally:
             if self._commits.open and self.actor_inbox.empty():
                 self._flush()
 
     def _flush(self) -> None:
-        if self._resync_due:
+        if self._commits.resync_due:
             return  # fail-stop: hold new writes until the writer took the resync marker
         resources = self._dispatch.resource_writes()
         if resources is not None:
@@ -359,13 +331,12 @@ class Scheduler(SupervisedActor):
         if self._sink is None:
             self._sink = commit_sink(self.actor_ref, self._ctx)
         crash_point("scheduler.flush")
-        self._unacked += len(effects)
         self._writer.submit_batch(ops, effects, len(effects), self._sink)
 
     def _on_committed(self, msg: Committed) -> None:
+        self._commits.returned(msg.effects, msg.errors)
         failed: list[str] = []
         for (workflow_id, effects), error in zip(msg.effects, msg.errors, strict=True):
-            self._commits.landed(workflow_id)
             if error is None:
                 for effect in effects:
                     self._apply(effect)
@@ -383,14 +354,10 @@ class Scheduler(SupervisedActor):
             self._recovery.committed()
         if failed:
             self._recovery.reload_later(failed, msg.errors)
-        self._unacked -= len(msg.effects)
-        if any(e is not None for e in msg.errors):
-            self._resync_due = True  # the writer now refuses every batch until we resync
-        if self._resync_due and self._unacked == 0:
-            # Every batch sent before the failure came back, and each failed workflow was
-            # forgotten or read back from the store: nothing held builds on a failed one.
+        if self._commits.resync_now():
+            # Each failed workflow was forgotten or read back from the store (above):
+            # nothing held builds on a failed one.
             self._writer.resync()
-            self._resync_due = False
         self._ctx.listener.on_commit()
 
     def _apply(self, effect: Effect) -> None:
@@ -408,15 +375,9 @@ class Scheduler(SupervisedActor):
     def _on_outcome(self, msg: Outcome) -> None:
         crash_point("scheduler.outcome")
         self._dispatch.answered(msg)
+        m = msg
         event = Answered(
-            msg.token,
-            msg.ok,
-            msg.result,
-            msg.error,
-            msg.error_types,
-            msg.permanent,
-            msg.traceback,
-            msg.kind,
+            m.token, m.ok, m.result, m.error, m.error_types, m.permanent, m.traceback, m.kind
         )
         self.handle(event)
 
