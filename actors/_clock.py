@@ -179,6 +179,37 @@ class SteadyClock:
         return self.clock.call_later(delay, callback)
 
 
+class MessageClock:
+    """An actor's view of ``clock``, read once per message: :meth:`tick` reads the time
+    as a message arrives, and :meth:`time` is that instant until the next one, as if the
+    message were handled at once (the Scheduler reads the time 3-4 times per step, and
+    each read of a :class:`SteadyClock` takes its lock). ``monotonic()`` and
+    ``call_later`` are ``clock``'s own. Only the actor's own thread may use it."""
+
+    __slots__ = ("clock", "now")
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.now = clock.time()
+
+    def tick(self) -> float:
+        """Read the time for the message that just arrived."""
+        self.now = self.clock.time()
+        return self.now
+
+    def time(self) -> float:
+        """The time the current message arrived."""
+        return self.now
+
+    def monotonic(self) -> float:
+        """``clock.monotonic()``."""
+        return self.clock.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """``clock.call_later``."""
+        return self.clock.call_later(delay, callback)
+
+
 class FakeClock:
     """A clock that moves only when told to.
 

@@ -22,6 +22,7 @@ from typing import Any
 from herder.actors._admission import Admission
 from herder.actors._agent import Agent, StepContext
 from herder.actors._ahead import Lanes
+from herder.actors._clock import Clock
 from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable
@@ -53,10 +54,10 @@ from herder.store import Transition
 class Dispatcher:
     """The agents' queues, gates and pump; see the module docstring."""
 
-    def __init__(self, ctx: EngineContext, engine: Engine) -> None:
+    def __init__(self, ctx: EngineContext, engine: Engine, clock: Clock) -> None:
         self._ctx = ctx
         self._engine = engine
-        self._clock = ctx.clock
+        self._clock = clock  # the Scheduler's, read once per message (MessageClock)
         self._config = ctx.config
         self._host: AgentHost | None = None
         # The agents served: the Scheduler's own copy, changed only by its messages.

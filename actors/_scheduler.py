@@ -44,6 +44,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from herder.actors._channel import Channel
+from herder.actors._clock import MessageClock
 from herder.actors._commit_backoff import Reload
 from herder.actors._commits import (
     CommitPipeline,
@@ -123,7 +124,7 @@ class Scheduler(SupervisedActor):
         self._store = ctx.store
         self._writer = ctx.store.writer
         self._facts = FactsPublisher(ctx.store)
-        self._clock = ctx.clock
+        self._clock = MessageClock(ctx.clock)  # read once per message (_handle_receive)
         self._rand = random.Random(ctx.config.seed)
         # The definitions this Scheduler runs: its own copy, filled at start and changed
         # only by Define messages (never written by another thread).
@@ -132,7 +133,7 @@ class Scheduler(SupervisedActor):
             ctx.config.defaults(), self._plans, ctx.next_token, self._probes, self._incarnation
         )
         self._commits = CommitPipeline(ctx.next_token)
-        self._dispatch = Dispatcher(ctx, self._engine)
+        self._dispatch = Dispatcher(ctx, self._engine, self._clock)
         self._recovery = Recovery(
             ctx, self._engine, self._commits, self._dispatch, self, plans=self._plans
         )
@@ -147,7 +148,6 @@ class Scheduler(SupervisedActor):
         )
         self._channel = Channel(ctx, self._commits, self._recovery, self._operator, self._plans)
         self._sink: BatchSink | None = None  # where the writer reports durable batches
-        self._now = self._clock.time()  # read once per message (_handle_receive)
         # What each engine message does (by its exact type: one lookup, no isinstance chain).
         self._handlers: dict[type, Callable[[Any], None]] = {
             Outcome: self._on_outcome,
@@ -284,7 +284,7 @@ class Scheduler(SupervisedActor):
 
     def handle(self, event: Event) -> None:
         """Hand ``event`` to the engine, then commit and perform what it decided."""
-        self.perform(self._engine.handle(event, now=self._now, rand=self._rand.random))
+        self.perform(self._engine.handle(event, now=self._clock.now, rand=self._rand.random))
 
     def perform(self, decision: Decision) -> None:
         """Add a decision's writes to the open commit; do at once what it does at once."""
@@ -308,7 +308,7 @@ class Scheduler(SupervisedActor):
             self._flush()
 
     def _handle_receive(self, message: Any) -> Any:
-        self._now = self._clock.time()
+        self._clock.tick()
         try:
             if type(message) in self._handlers:  # not pykka's: skip its proxy checks
                 return self.on_receive(message)
