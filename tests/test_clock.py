@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from herder.actors import FakeClock
-from herder.actors._clock import SystemClock
+from herder.actors._clock import MessageClock, SystemClock
 
 
 def test_fake_clock_runs_due_timers_in_order_when_advanced() -> None:
@@ -46,3 +46,17 @@ def test_the_system_clock_thread_ends_when_idle_and_comes_back_for_new_timers() 
         threads[-1].join(timeout=5)
         assert not threads[-1].is_alive()
     assert threads[0] is not threads[1]
+
+
+def test_a_message_clock_reads_the_time_once_per_message() -> None:
+    fake = FakeClock(start=100.0)
+    clock = MessageClock(fake)
+    fake.advance(5.0)
+    assert clock.time() == 100.0  # the instant the current message arrived
+    assert clock.tick() == 105.0
+    assert clock.time() == 105.0
+    assert clock.monotonic() == 105.0  # monotonic and timers are the clock's own
+    fired: list[float] = []
+    clock.call_later(1.0, lambda: fired.append(fake.monotonic()))
+    fake.advance(1.0)
+    assert fired == [106.0]
