@@ -34,7 +34,7 @@ import threading
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from herder.actors import Complete, Operate, call_future
 
@@ -114,6 +114,64 @@ def _copy_outcome(done: Future[T], mirror: asyncio.Future[T]) -> None:
         mirror.set_result(done.result())
     else:
         mirror.set_exception(error)
+
+
+class OneShot(Generic[T]):
+    """A value or an error handed once from a runtime thread to one waiter: a bare lock
+    for a blocking waiter (hot-path.md §3: a third of a ``Future``'s cost, and no
+    ``Condition`` with a fresh lock per wait), or, made with ``loop``, a future of that
+    event loop resolved through ``call_soon_threadsafe``. The first :meth:`set` or
+    :meth:`fail` wins; later ones do nothing."""
+
+    __slots__ = ("_done", "_future", "_loop", "_won", "error", "value")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._won = threading.Lock()  # taken by the first resolver
+        self._done = threading.Lock()
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        if loop is None:
+            self._done.acquire()  # released once resolved
+        else:
+            self._future = loop.create_future()
+
+    def set(self, value: T) -> None:
+        """Resolve with ``value`` (callable from any thread)."""
+        if self._won.acquire(blocking=False):
+            self.value = value
+            self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        """Resolve with ``error``, raised to the waiter (callable from any thread)."""
+        if self._won.acquire(blocking=False):
+            self.error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._future is None:
+            self._done.release()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            cast("asyncio.AbstractEventLoop", self._loop).call_soon_threadsafe(_wake, self._future)
+
+    def wait(self, timeout: float | None) -> T:
+        """Block until resolved (made without a loop); TimeoutError after ``timeout`` s."""
+        if not self._done.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"not resolved within {timeout} s")
+        self._done.release()  # a second wait returns at once too
+        return self._outcome()
+
+    async def wait_async(self, timeout: float | None) -> T:
+        """As :meth:`wait`, awaited on the loop it was made with."""
+        await asyncio.wait_for(asyncio.shield(cast("asyncio.Future[None]", self._future)), timeout)
+        return self._outcome()
+
+    def _outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return cast("T", self.value)
 
 
 class Pulse:
@@ -220,9 +278,9 @@ class AsyncHandle:
         """As :meth:`WorkflowHandle.result`, awaited: no thread waits for it."""
         handle = _handle(self)
         runtime = handle._runtime
-        waiter = runtime._watch(handle.id)
+        waiter = runtime._watch(handle.id, asyncio.get_running_loop())
         try:
-            record = await awaited(waiter, timeout)
+            record = await waiter.wait_async(timeout)
         finally:
             runtime._unwatch(handle.id, waiter)
         return handle._outcome(record)

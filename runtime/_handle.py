@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
 from herder.actors import Admit, UnknownWorkflow
-from herder.runtime._async import AsyncHandle
+from herder.runtime._async import AsyncHandle, OneShot
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.store import StepRecord, WorkflowRecord, WorkflowState
 
@@ -91,9 +91,8 @@ class Waiting:
         if rt._firer is not None:
             rt._firer.on_final(record.id)
         rt._capacity_freed.fire()
-        for fut in futures:
-            if not fut.done():
-                fut.set_result((record, steps))
+        for waiter in futures:
+            waiter.set((record, steps))
 
     def _fail_waiters(self, error: BaseException) -> None:
         """The runtime stopped: every waiter (and start() waiting for capacity) hears it."""
@@ -104,22 +103,24 @@ class Waiting:
             rt._lock.notify_all()
         rt._capacity_freed.fire()
         for futures in waiters.values():
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(error)
+            for waiter in futures:
+                waiter.fail(error)
 
     def _wait_final(self, workflow_id: str, timeout: float | None) -> Final:
         waiter = self._watch(workflow_id)
         try:
-            return waiter.result(timeout)
+            return waiter.wait(timeout)
         finally:
             self._unwatch(workflow_id, waiter)
 
-    def _watch(self, workflow_id: str) -> Future[Final]:
-        """A future resolved with the workflow's :data:`Final` (at once if it is final);
-        pass it to :meth:`_unwatch` when done with it. :class:`UnknownWorkflow` if none."""
+    def _watch(
+        self, workflow_id: str, loop: asyncio.AbstractEventLoop | None = None
+    ) -> OneShot[Final]:
+        """A one-shot resolved with the workflow's :data:`Final` (at once if it is final;
+        awaitable on ``loop`` if given); pass it to :meth:`_unwatch` when done with it.
+        :class:`UnknownWorkflow` if none."""
         rt = _runtime(self)
-        fut: Future[Final] = Future()
+        fut: OneShot[Final] = OneShot(loop)
         with rt._lock:
             rt._waiters.setdefault(workflow_id, []).append(fut)
             if workflow_id in rt._running:  # its final announcement resolves ``fut``
@@ -131,14 +132,14 @@ class Waiting:
             if record is None:
                 raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
             if mine:
-                fut.set_result((record, None))
+                fut.set((record, None))
         return fut
 
-    def _unwatch(self, workflow_id: str, fut: Future[Final]) -> None:
+    def _unwatch(self, workflow_id: str, fut: OneShot[Final]) -> None:
         with _runtime(self)._lock:
             self._unlisted(workflow_id, fut)
 
-    def _unlisted(self, workflow_id: str, fut: Future[Final]) -> bool:
+    def _unlisted(self, workflow_id: str, fut: OneShot[Final]) -> bool:
         """Take ``fut`` off the waiters (under ``_lock``); False if it was not on them."""
         waiters = _runtime(self)._waiters
         futures = waiters.get(workflow_id)

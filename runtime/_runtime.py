@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import pykka
@@ -29,7 +28,7 @@ from herder.actors import (
     UnknownWorkflow,
     call,
 )
-from herder.runtime._async import AsyncRuntime, NotifyingEvent, Pulse
+from herder.runtime._async import AsyncRuntime, NotifyingEvent, OneShot, Pulse
 from herder.runtime._capacity import Capacity
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._firing import Firer
@@ -143,7 +142,7 @@ class Runtime(
         self._latest: dict[str, Plan] = {}
         self._started: set[tuple[str, int]] = set()  # definitions marked started in meta
         self._actions: dict[str, frozenset[str] | None] = {}
-        self._waiters: dict[str, builtins.list[Future[Final]]] = {}
+        self._waiters: dict[str, builtins.list[OneShot[Final]]] = {}
         self._running: set[str] = set()  # started here, admitted, not yet announced final
         self._lock = threading.Condition()
         self._capacity_freed = Pulse()  # start_async's wake-up where start() waits on _lock

@@ -5,13 +5,12 @@ creates it (``Runtime.start``), or many of them in one group commit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+from herder.runtime._async import OneShot
 from herder.runtime._timing import new_workflow
 from herder.store import (
     Expect,
@@ -142,15 +141,13 @@ def _same_input(a: Any, b: Any) -> bool:
 class Landing:
     """One ``start()``'s commit, as the store writer reports it (its ``submit_many``
     callback, on the writer thread): admits the workflow once it is durable, or gives its
-    capacity back when it was not written, and only then wakes the caller. So a caller that
-    stopped waiting (a timeout, a cancelled task) still gets its workflow running, or its
-    slot back, and nobody else has to decide which.
-
-    The wake-up is a bare lock for a blocking caller (hot-path.md §3: a third of a
-    ``Future``'s cost), or a future of the caller's event loop for ``start_async``.
+    capacity back when it was not written, and only then wakes the caller (a
+    :class:`OneShot`: a bare lock, or a future of ``start_async``'s loop). So a caller
+    that stopped waiting (a timeout, a cancelled task) still gets its workflow running,
+    or its slot back, and nobody else has to decide which.
     """
 
-    __slots__ = ("_done", "_future", "_loop", "_record", "_rt", "_steps", "error", "key")
+    __slots__ = ("_decided", "_record", "_rt", "_steps", "key")
 
     def __init__(
         self,
@@ -161,18 +158,10 @@ class Landing:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._rt, self._record, self._steps, self.key = rt, record, steps, key
-        self.error: BaseException | None = None
-        self._loop = loop
-        self._done = threading.Lock()
-        self._future: asyncio.Future[None] | None = None
-        if loop is None:
-            self._done.acquire()  # released once: the one-shot
-        else:
-            self._future = loop.create_future()
+        self._decided: OneShot[BaseException | None] = OneShot(loop)
 
     def __call__(self, results: list[BaseException | None]) -> None:
         rt, error = self._rt, results[0]
-        self.error = error
         try:
             if error is None:
                 rt._started.add(self.key)
@@ -180,32 +169,21 @@ class Landing:
             else:
                 rt._id_taken(self._record)  # or not written at all: the same for both
         finally:
-            if self._future is None:
-                self._done.release()
-            else:
-                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                    cast("asyncio.AbstractEventLoop", self._loop).call_soon_threadsafe(
-                        _wake, self._future
-                    )
+            self._decided.set(error)
 
     def wait(self, timeout: float | None) -> BaseException | None:
         """Block until the commit is decided; its error (None: durable)."""
-        if not self._done.acquire(timeout=-1 if timeout is None else timeout):
-            raise _undecided(timeout)
-        return self.error
+        try:
+            return self._decided.wait(timeout)
+        except TimeoutError:
+            raise _undecided(timeout) from None
 
     async def wait_async(self, timeout: float | None) -> BaseException | None:
         """As :meth:`wait`, awaited on the loop given at creation."""
         try:
-            await asyncio.wait_for(cast("asyncio.Future[None]", self._future), timeout)
+            return await self._decided.wait_async(timeout)
         except TimeoutError:
             raise _undecided(timeout) from None
-        return self.error
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():  # the waiter gave up
-        future.set_result(None)
 
 
 def _undecided(timeout: float | None) -> TimeoutError:
