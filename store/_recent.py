@@ -68,7 +68,7 @@ def _indexed(key: bytes, raw: bytes, old: bytes | None) -> tuple[bytes, bytes]:
             state, updated = data["state"], data["updated"]
         else:
             raise TypeError(f"a workflow record is an array or a map, not {type(data).__name__}")
-        ms = _MS.pack(max(0, int(updated * 1000)))
+        ms = _MS.pack(to_ms(updated))
     except _NOT_A_RECORD:
         return old or _MS.pack(0), _UNREADABLE_STATE
     value = _STATES.get(state) if type(state) is str else None
