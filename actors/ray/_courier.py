@@ -10,7 +10,7 @@ collected the same way.
 
 What an answer becomes:
 
-- an :class:`Outcome`: told to the Scheduler, as a local instance does;
+- an :class:`Outcome` (in msgpack): told to the Scheduler, as a local instance does;
 - the name of an :class:`InstanceCrash`, or the worker process died: the attempt's proxy
   is told (:class:`Ended`) and crashes, so its supervisor restarts it and the attempt is
   lost and retried at once, as a local crash;
@@ -37,6 +37,7 @@ import ray
 
 from herder.actors._agent import StepContext
 from herder.actors._messages import Outcome, Run
+from herder.actors.ray._worker import unpacked
 from herder.store import describe
 
 _log = logging.getLogger("herder.ray")
@@ -92,6 +93,7 @@ class _Call:
 
     token: int
     proc: Process
+    instance: str
     proxy: pykka.ActorRef[Any]
     port: Any
     reply: Callable[[Outcome], None]
@@ -139,7 +141,7 @@ class Courier:
         except Exception as exc:
             _tell(proxy, Ended(f"could not reach Ray worker: {describe(exc)}", died=True))
             return
-        running = _Call(run.token, proc, proxy, ctx._port, reply, time.monotonic())
+        running = _Call(run.token, proc, instance, proxy, ctx._port, reply, time.monotonic())
         with self._cond:
             if self._closed:
                 return  # the runtime is stopping: its processes are being killed
@@ -208,8 +210,8 @@ class Courier:
                 call.call.syncing = False
                 for details in answer:
                     call.call.port.heartbeat(details)
-            elif isinstance(answer, Outcome):
-                call.reply(answer)
+            elif isinstance(answer, bytes):
+                call.reply(unpacked(answer, call.proc.agent, call.instance, call.token))
             else:
                 _tell(call.proxy, Ended(str(answer), died=False))
         except BaseException as exc:  # the collector outlives whatever an answer holds

@@ -5,7 +5,8 @@ its own thread of Ray's pool, and the extra thread answers ``pid``/``sync`` whil
 slot is busy or hung. Attempts run through the shared
 :func:`~herder.actors._action.run_attempt`, so results are normalised and size-checked
 here and nothing of the user's (objects, exceptions) travels back: a run returns an
-:class:`Outcome` of plain data, or a ``str`` naming why the instance crashed
+:class:`Outcome` of plain data (as msgpack bytes, :func:`packed`: Ray runs an object through
+its general serializer, slowly, and copies bytes), or a ``str`` naming why the instance crashed
 (:class:`InstanceCrash`).
 
 The action's :class:`StepContext` is rebuilt here around a :class:`WorkerPort`: its
@@ -33,6 +34,32 @@ from herder.actors._messages import Outcome, Run
 from herder.store import UserCodeFailed, contain
 
 _NO_BEAT = object()
+
+
+def packed(outcome: Outcome) -> bytes:
+    """An attempt's Outcome as msgpack (its agent, instance and token stay with the daemon,
+    which knows them)."""
+    o = outcome
+    fields = (o.ok, o.result, o.error, o.error_types, o.permanent, o.traceback, o.kind)
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def unpacked(data: bytes, agent: str, instance: str, token: int) -> Outcome:
+    """The Outcome :func:`packed` made."""
+    fields = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    ok, result, error, types, permanent, traceback, kind = fields
+    return Outcome(
+        agent,
+        instance,
+        token,
+        ok=ok,
+        result=result,
+        error=error,
+        error_types=tuple(types),
+        permanent=permanent,
+        traceback=traceback,
+        kind=kind,
+    )
 
 
 class WorkerPort:
@@ -84,8 +111,9 @@ class SlotWorker:
             self._objects.pop(slot, None)
 
     @ray.method(enable_task_events=False)  # see the module docstring
-    def run(self, call: bytes) -> Outcome | str:
-        """Run one attempt on the slot's object; an Outcome, or why the instance crashed.
+    def run(self, call: bytes) -> bytes | str:
+        """Run one attempt on the slot's object; its Outcome :func:`packed`, or why the
+        instance crashed.
 
         ``call`` is ``(slot, instance, action, context fields)`` in msgpack."""
         slot, instance, action, fields = msgpack.unpackb(call, raw=False, strict_map_key=True)
@@ -100,7 +128,8 @@ class SlotWorker:
             ctx = StepContext(**fields, _port=port)
             run = Run(self._agent, instance, action, token, ctx)
             try:
-                return run_attempt(agent, self._agent, instance, run, self._max_result_bytes)
+                outcome = run_attempt(agent, self._agent, instance, run, self._max_result_bytes)
+                return packed(outcome)
             except InstanceCrash as crash:
                 with self._lock:
                     self._objects.pop(slot, None)
