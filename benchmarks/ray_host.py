@@ -18,6 +18,7 @@ import argparse
 import datetime
 import os
 import re
+import resource
 import sys
 import tempfile
 import threading
@@ -79,15 +80,49 @@ def measure(rt: Runtime, action: str, in_flight: int, seconds: float) -> dict[st
     while min(warm) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)
+    cpu_before = cpu_seconds()
     counting.set()
     began = time.perf_counter()
     time.sleep(seconds)
     done = [x for s in samples for x in s]
     elapsed = time.perf_counter() - began
+    cpu_after = cpu_seconds()
     stop.set()
     for t in threads:
         t.join(120)
-    return {"steps_per_s": len(done) / elapsed, **summary(done, scale=1e3, unit="ms")}
+    # CPU per step: of this process (the daemon, Ray's driver), and of its descendants (the
+    # Ray cluster herder started: worker processes, raylet, GCS), over the counted window.
+    steps = max(len(done), 1)
+    return {
+        "steps_per_s": len(done) / elapsed,
+        "daemon_cpu_us": 1e6 * (cpu_after[0] - cpu_before[0]) / steps,
+        "cluster_cpu_us": 1e6 * (cpu_after[1] - cpu_before[1]) / steps,
+        **summary(done, scale=1e3, unit="ms"),
+    }
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by this process and by its live descendants (Linux /proc;
+    0 for the descendants elsewhere)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, used = {}, {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = entry.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        pid = int(entry.parent.name)
+        parents[pid] = int(fields[1])
+        used[pid] = (int(fields[11]) + int(fields[12])) / tick
+    mine, grew = {os.getpid()}, True
+    while grew:
+        found = {p for p, parent in parents.items() if parent in mine} - mine
+        mine |= found
+        grew = bool(found)
+    mine.discard(os.getpid())
+    return usage.ru_utime + usage.ru_stime, sum(used[p] for p in mine)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -104,14 +139,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         "interleaved; daemon, LMDB and the Ray cluster share the machine.",
         "",
         "| action | in flight | local steps/s | local p50 ms | Ray steps/s | Ray p50 ms "
-        "| Ray / local |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| Ray / local | CPU us/step: local daemon | Ray: daemon | Ray: cluster |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['action']} | {r['in_flight']} | {r['local']['steps_per_s']:.1f} | "
             f"{r['local']['p50_ms']:.1f} | {r['ray']['steps_per_s']:.1f} | "
-            f"{r['ray']['p50_ms']:.1f} | {r['ratio']:.2f} |"
+            f"{r['ray']['p50_ms']:.1f} | {r['ratio']:.2f} | {r['local']['daemon_cpu_us']:.0f} | "
+            f"{r['ray']['daemon_cpu_us']:.0f} | {r['ray']['cluster_cpu_us']:.0f} |"
         )
     lines += ["", report["verdict"], "", WHY, END]
     return "\n".join(lines)
@@ -201,6 +237,7 @@ def main() -> None:
         "verdict": verdict,
     }
     header = ("action", "in flight", "local/s", "local p50 ms", "ray/s", "ray p50 ms", "ratio")
+    header += ("cpu us: local", "ray daemon", "ray cluster")
     print(
         render_table(
             header,
@@ -213,6 +250,9 @@ def main() -> None:
                     r["ray"]["steps_per_s"],
                     r["ray"]["p50_ms"],
                     r["ratio"],
+                    r["local"]["daemon_cpu_us"],
+                    r["ray"]["daemon_cpu_us"],
+                    r["ray"]["cluster_cpu_us"],
                 )
                 for r in rows
             ],
