@@ -154,16 +154,19 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 WHY = (
-    "Why Ray falls short here: the driver process holds the Scheduler, the store's writer, "
-    "the benchmark's 64 client threads and one proxy thread per Ray instance, and each Ray "
-    "call costs it Python work (a `.remote()` took 3.8 ms on average at 64 in flight, "
-    "measured inside the proxy; Ray alone, without herder, did about 1,000 calls/s from 64 "
-    "threads in the same conditions). So the Ray path is bound by the driver's CPU and GIL "
-    "on two shared cores, not by the actions; it is not the sync of heartbeats either (a "
-    "5 s poll gave the same). What would close the gap (not done): submit from the "
-    "Scheduler's thread and take completions from one collector instead of a blocking "
-    "proxy thread per instance, keeping the proxies for the processes' lifecycle only; and "
-    "measure where the cluster has cores of its own, which is what Ray is for."
+    "How a Ray attempt travels: the Scheduler's thread submits it to its worker process "
+    "(one msgpack argument), one collector thread per runtime takes every answer "
+    "(`ray.wait` over all outstanding calls; the Outcome comes back as msgpack), and "
+    "attempts are not Ray task events; the instances' proxies only hold their slots. What "
+    "is left is Ray's own cost per call, in the CPU columns (per step, over the counted "
+    "window: this process, which holds the daemon, Ray's driver and the benchmark's client "
+    "threads; and the processes of the local Ray cluster): in the driver, about 50 us of "
+    "Python for `.remote()` and 0.2 ms of Ray's C++ threads; in the worker processes, "
+    "0.5-1 ms for dispatching the call to an actor thread and storing its answer, plus "
+    "about 0.01 core per idle worker process. So a Ray step costs the machine 2-4 times "
+    "the CPU of a local one, and on two cores shared by the daemon, the cluster and other "
+    "work the Ray rate falls behind as the cores fill; Ray pays off where the cluster has "
+    "cores of its own."
 )
 
 
