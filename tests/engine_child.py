@@ -28,8 +28,9 @@ MODE ``poison`` (the poison-work test): no faults, except that the car step of w
 ``w-POISON_N`` SIGKILLs the whole process every time it runs; the runtime parks a
 workflow after two crashes in a row (``max_recoveries=2``).
 
-``MODE+prefetch`` (e.g. ``random+prefetch``) runs a mode with ``Runtime(prefetch=3)``:
-attempts reserved ahead of a free instance wait, durable, when the process is killed.
+``MODE+prefetchN`` (e.g. ``random+prefetch0``) runs a mode with ``Runtime(prefetch=N)``
+instead of the default (7: attempts reserved ahead of a free instance wait, durable,
+when the process is killed; 0: none do).
 """
 
 from __future__ import annotations
@@ -85,9 +86,8 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
     store: str, effects: str, lo: int, hi: int, seed: int, mode: str = "random"
 ) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    # "MODE+prefetch": the same with attempts reserved ahead (Runtime(prefetch=3)).
-    prefetch = 3 if mode.endswith("+prefetch") else 0
-    mode = mode.removesuffix("+prefetch")
+    mode, _, prefetch = mode.partition("+prefetch")  # "MODE+prefetchN": Runtime(prefetch=N)
+    settings = {"prefetch": int(prefetch)} if prefetch else {}
     if mode == "scripted":  # its instance crashes are on purpose; pykka logs each one
         logging.getLogger("pykka").setLevel(logging.CRITICAL)
     from herder.runtime import RetryPolicy, Runtime, StepContext, WorkflowFailed
@@ -136,7 +136,7 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
         default_retry=retry,
         seed=seed,
         max_recoveries=recoveries,
-        prefetch=prefetch,
+        **settings,
     ) as rt:
         for agent, service in services.items():
             factory = functools.partial(booking, service, fault, sold_out, hang)

@@ -26,15 +26,16 @@ FAST = RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=0.0)
 WAIT = 10.0
 
 
-def _runtime(path: Path, clock: FakeClock) -> Runtime:
-    return Runtime(path, clock=clock, default_retry=FAST, instance_shutdown=0.1)
+def _runtime(path: Path, clock: FakeClock, **settings: object) -> Runtime:
+    return Runtime(path, clock=clock, default_retry=FAST, instance_shutdown=0.1, **settings)
 
 
 def test_an_immediate_retry_still_queued_at_a_crash_resumes_after_reopening(
     tmp_path: Path,
 ) -> None:
     # A retry without backoff is stored RETRY_WAIT with no timer and waits in memory for a
-    # free instance; if the process dies then, only recovery can queue it again.
+    # free instance; if the process dies then, only recovery can queue it again. (With
+    # prefetch it is recorded ahead instead: DISPATCHED, an orphan after the crash.)
     clock, path = FakeClock(), tmp_path / "s"
     a_entered, go, hold = threading.Event(), threading.Event(), threading.Event()
 
@@ -48,7 +49,7 @@ def test_an_immediate_retry_still_queued_at_a_crash_resumes_after_reopening(
             return ctx.workflow_id
 
     one = Workflow("one").step("s", agent="svc", action="work")
-    with _runtime(path, clock) as rt:
+    with _runtime(path, clock, prefetch=0) as rt:
         rt.add_agent("svc", Busy, concurrency=1)
         rt.add_workflow(one)
         rt.start("one", workflow_id="a")

@@ -129,7 +129,8 @@ def test_a_retry_queued_when_its_workflow_begins_compensating_is_still_undone(
         .step("c", agent="alpha", action="work", after=["a"])
     )
     single = Workflow("single").step("x", agent="beta", action="work")
-    with Runtime(tmp_path / "s", clock=FakeClock(), default_retry=retry) as rt:
+    # prefetch=0: b's retry must wait queued (with prefetch it is recorded ahead).
+    with Runtime(tmp_path / "s", clock=FakeClock(), default_retry=retry, prefetch=0) as rt:
         rt.add_agent("alpha", Svc, concurrency=2)
         rt.add_agent("beta", Svc, concurrency=1)
         rt.add_workflow(single)
