@@ -15,7 +15,7 @@ import pytest
 from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime._check import check_store
 from herder.runtime._cli import main
-from herder.runtime.testing import FakeClock, advance
+from herder.runtime.testing import FakeClock, wait_until
 from herder.store import Delete, Put, Store, Transition, encode
 from herder.store._keys import definition_key, step_key, timer_key, workflow_key
 from herder.store._records import StepRecord, StepState
@@ -78,9 +78,9 @@ def good_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 rt.start("order", data, workflow_id=wid)
         for wid in ("o-ok", "o-undone", "o-stuck"):
             rt._wait_final(wid, 10)
-        advance(rt, clock, 0.0)
-        assert rt.status("o-retrying").steps["x"].state is StepState.RETRY_WAIT
-        assert rt.status("o-running").steps["ship"].state is StepState.DISPATCHED
+        # Flaky's attempt answers on a worker thread: wait for its failure to be recorded.
+        wait_until(rt, lambda: rt.status("o-retrying").steps["x"].state is StepState.RETRY_WAIT)
+        wait_until(rt, lambda: rt.status("o-running").steps["ship"].state is StepState.DISPATCHED)
     RELEASE.set()
     return path
 
