@@ -27,7 +27,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
-from herder.runtime.testing import FakeClock, advance, settle, wait_until
+from herder.runtime.testing import FakeClock, advance, settle
 
 WAIT = 10.0
 
@@ -139,36 +139,49 @@ def test_through_the_runtime_the_limit_caps_running_attempts_and_follows_outcome
     from prometheus_client import CollectorRegistry, generate_latest
 
     permits = threading.Semaphore(0)  # the test lets attempts end one at a time
-    lock = threading.Lock()
+    changed = threading.Condition()  # notified whenever ``running`` or ``ended`` moves
     running = [0, 0, 0]  # now, most ever, ended
+    ended: list[str] = []  # the workflows whose attempt returned, in order
     failing = threading.Event()
 
     class Busy(Agent):
         def call(self, ctx: StepContext) -> None:
-            with lock:
+            with changed:
                 running[0] += 1
                 running[1] = max(running[1], running[0])
+                changed.notify_all()
             if not failing.is_set():
                 assert permits.acquire(timeout=WAIT)
-            with lock:
+            with changed:
                 running[0] -= 1
                 running[2] += 1
+                ended.append(ctx.workflow_id)
+                changed.notify_all()
             if failing.is_set():
                 raise ConnectionError("overloaded")
+
+    def wait_for(predicate: Callable[[], bool]) -> None:
+        # An attempt entering or leaving call() commits nothing, so wait_until (which
+        # re-checks after commits) would miss it: the agent itself signals each move.
+        with changed:
+            assert changed.wait_for(predicate, WAIT), running
 
     retry = RetryPolicy(max_attempts=1)
     with Runtime(tmp_path / "s", clock=FakeClock(), default_retry=retry) as rt:
         rt.add_agent("svc", Busy, concurrency=Adaptive(min=1, max=16, initial=2))
         rt.add_workflow(ONE)
-        handles = [rt.start("one", workflow_id=f"w{n}") for n in range(12)]
-        wait_until(rt, lambda: running[0] == 2)
+        handles = {f"w{n}": rt.start("one", workflow_id=f"w{n}") for n in range(12)}
+        wait_for(lambda: running[0] == 2)
         settle(rt)
         assert rt.stats()["agents"]["svc"]["queued"] == 10  # held by the limit, not 16
         for n in range(12):
             permits.release()
-            wait_until(rt, lambda n=n: running[2] == n + 1)
-            settle(rt)
-        for handle in handles:
+            wait_for(lambda n=n: running[2] == n + 1)
+            handles[ended[n]].result(timeout=WAIT)  # the outcome moved the limit
+            limit = rt.stats()["resources"]["svc"]["limit"]
+            # Every attempt the limit now admits is dispatched and running, none more.
+            wait_for(lambda n=n, limit=limit: running[0] == min(limit, 11 - n))
+        for handle in handles.values():
             handle.result(timeout=WAIT)
         grown = rt.stats()["resources"]["svc"]["limit"]
         assert grown >= 4  # every success under load raised it (2 -> 2.5 -> 2.9 -> 3.2 ...)
