@@ -37,13 +37,21 @@ def test_every_slot_fires_exactly_once_across_repeated_sigkills(tmp_path: pathli
     store = tmp_path / "store"
     rng = random.Random()
     ran_before_kill = 0
-    for round_ in range(KILLS):
+    first_ready: float | None = None  # when the schedule surely existed (monotonic)
+    round_ = 0
+    # At least KILLS kills, and on until the schedule has lived KILLS seconds: the number
+    # of slots is the wall time the kills spanned, which on a fast machine nine short
+    # random runs did not always reach (8 slots from 9 kills).
+    while round_ < KILLS or first_ready is None or time.monotonic() - first_ready < KILLS:
         crash = round_ % 3 != 0
+        round_ += 1
         env = {"HERDER_CRASH_AT": f"writer.after_commit:{rng.randint(2, 12)}"}
         child = Child([str(CHILD), str(store)], env=env if crash else None)
         try:
             try:
                 child.wait_for("ready", START_GUARD)
+                if first_ready is None:
+                    first_ready = time.monotonic()
             except AssertionError:  # it may reach its crash point while starting
                 if not crash or child.proc.wait(timeout=10.0) != CRASH_EXIT_CODE:
                     raise
