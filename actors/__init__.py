@@ -62,7 +62,6 @@ from herder.actors._pool_worker import PoolWorker
 from herder.actors._queue import JobQueue
 from herder.actors._scheduler import Scheduler
 from herder.actors._supervised import SupervisedActor
-from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import (
     Backoff,
     ChildEvent,
@@ -72,6 +71,7 @@ from herder.actors._supervision_specs import (
     Restart,
     Strategy,
 )
+from herder.actors._supervision_start import start_supervisor
 from herder.actors._supervisor import WorkflowSupervisor
 from herder.actors._thread_host import ThreadHost, agents_listener
 from herder.actors._tree import start_tree

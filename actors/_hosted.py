@@ -30,8 +30,8 @@ from herder.actors._ask import call_later
 from herder.actors._clock import Clock
 from herder.actors._messages import InstanceEvent
 from herder.actors._queue import DEFAULT_AGING, JobQueue
-from herder.actors._supervision import start_supervisor
 from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
+from herder.actors._supervision_start import start_supervisor
 from herder.store import safe_repr
 
 INSTANCE_BACKOFF = Backoff(initial=0.001, factor=2.0, max=1.0)

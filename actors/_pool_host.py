@@ -54,7 +54,8 @@ from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instan
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._pool_worker import Work
 from herder.actors._queue import DEFAULT_AGING
-from herder.actors._supervision_specs import ChildEventKind, RestartWindow
+from herder.actors._restarts import RestartWindow
+from herder.actors._supervision_specs import ChildEventKind
 from herder.actors._worker_pool import POOL, WorkerPool
 from herder.store import crash_point
 

@@ -1,13 +1,10 @@
 """Erlang/OTP-style supervisors on pykka.
 
 A supervisor is a :class:`SupervisedActor` that owns an ordered list of children (start
-order) and restarts them by a decision table: restart type x exit reason says *whether*
-(``_RESTART``), the strategy says *which* children. Children report their own death with
-a message (see ``_supervised``); the supervisor never polls and never asks upward.
-
-Restart intensity is a sliding window of restart times on ``clock.monotonic()``: more than
-``max_restarts`` within ``period`` seconds and the supervisor stops its children (reverse
-start order), calls ``on_fatal`` if given, and exits abnormally with
+order) and restarts them by the rules of ``_restarts`` (whether, which, how soon, how
+often). Children report their own death with a message (see ``_supervised``); the
+supervisor never polls and never asks upward. Past the restart intensity it stops its
+children (reverse start order), calls ``on_fatal`` if given, and exits abnormally with
 :class:`RestartIntensityExceeded` — which its own supervisor sees as a crash (escalation).
 
 A group restart (one_for_all: every child; rest_for_one: the dead child and those after
@@ -25,7 +22,6 @@ graceful stop (up to its ``ChildSpec.shutdown``; then it is abandoned).
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,13 +29,13 @@ from typing import Any
 
 import pykka
 
-from herder.actors._clock import Clock, SystemClock
+from herder.actors._child_stop import stop_children
+from herder.actors._clock import Clock
 from herder.actors._errors import RestartIntensityExceeded, SupervisorStartError
+from herder.actors._restarts import Child, Intensity, forgotten, restart_group, restarted
 from herder.actors._supervised import (
     SupervisedActor,
-    _await_birth,
     _ChildExit,
-    _current_context,
     _start_confirmed,
 )
 from herder.actors._supervision_specs import (
@@ -49,24 +45,12 @@ from herder.actors._supervision_specs import (
     ChildInfo,
     ChildSpec,
     Restart,
-    RestartWindow,
     Strategy,
-    _coerce,
-    _finite,
+    check_new_specs,
 )
 from herder.store import InvalidInput
 
 _log = logging.getLogger("herder.supervision")
-
-# Whether a child is restarted: (restart type, crashed?) -> restart?
-_RESTART: dict[tuple[Restart, bool], bool] = {
-    (Restart.PERMANENT, True): True,
-    (Restart.PERMANENT, False): True,
-    (Restart.TRANSIENT, True): True,
-    (Restart.TRANSIENT, False): False,
-    (Restart.TEMPORARY, True): False,
-    (Restart.TEMPORARY, False): False,
-}
 
 Listener = Callable[[ChildEvent], None]
 
@@ -76,14 +60,6 @@ class _Retry:
     """Self-message: start the children still waiting for restart ``token``."""
 
     token: int
-
-
-@dataclass(eq=False, slots=True)
-class _Child:
-    spec: ChildSpec
-    ref: pykka.ActorRef[Any] | None = None
-    restarts: int = 0
-    pending: int | None = None  # token of the scheduled restart, None if not waiting
 
 
 class _Supervisor(SupervisedActor):
@@ -106,15 +82,12 @@ class _Supervisor(SupervisedActor):
         super().__init__()
         self._name = name
         self._strategy = strategy
-        self._children: dict[str, _Child] = {spec.id: _Child(spec) for spec in children}
-        self._period = period
-        self._backoff = backoff
+        self._children: dict[str, Child] = {spec.id: Child(spec) for spec in children}
         self._clock = clock
         self._listener = listener
         self._on_fatal = on_fatal
         self._start_timeout = start_timeout
-        self._window = RestartWindow(max_restarts, period, clock)
-        self._tokens = itertools.count(1)
+        self._intensity = Intensity(max_restarts, period, backoff, clock)
 
     def __str__(self) -> str:
         return f"supervisor {self._name!r} ({self.actor_urn})"
@@ -206,7 +179,7 @@ class _Supervisor(SupervisedActor):
         (except in a simple_one_for_one pool and for temporary children)."""
         child = self._get(child_id)
         self._stop_children([child])
-        if self._strategy is Strategy.SIMPLE_ONE_FOR_ONE or child.spec.restart is Restart.TEMPORARY:
+        if forgotten(child.spec.restart, self._strategy):
             del self._children[child_id]
 
     def restart_child(self, child_id: str) -> pykka.ActorRef[Any]:
@@ -236,18 +209,7 @@ class _Supervisor(SupervisedActor):
 
     def _check_new(self, specs: Sequence[ChildSpec], method: str) -> None:
         """Refuse anything but ChildSpec values with ids new to this supervisor."""
-        seen: set[str] = set()
-        for spec in specs:
-            if not isinstance(spec, ChildSpec):
-                raise InvalidInput(f"{method} takes ChildSpec values, got {spec!r}")
-            if spec.id in self._children:
-                raise InvalidInput(
-                    f"supervisor {self._name!r} already has a child with id {spec.id!r}; "
-                    "pick a unique id or delete_child it first"
-                )
-            if spec.id in seen:
-                raise InvalidInput(f"{method}: duplicate child id {spec.id!r}")
-            seen.add(spec.id)
+        check_new_specs(specs, method, taken=self._children, owner=f"supervisor {self._name!r}")
 
     def _add_child(self, spec: ChildSpec) -> pykka.ActorRef[Any]:
         try:
@@ -257,7 +219,7 @@ class _Supervisor(SupervisedActor):
             # answer (an asynchronous start) still learns of the failure.
             self._emit(spec.id, ChildEventKind.CRASHED, None, exc)
             raise
-        self._children[spec.id] = _Child(spec, ref)
+        self._children[spec.id] = Child(spec, ref)
         self._emit(spec.id, ChildEventKind.STARTED, ref, None)
         return ref
 
@@ -276,47 +238,31 @@ class _Supervisor(SupervisedActor):
             ref,
             message.reason,
         )
-        if not _RESTART[(child.spec.restart, crashed)]:
-            if (
-                child.spec.restart is Restart.TEMPORARY
-                or self._strategy is Strategy.SIMPLE_ONE_FOR_ONE
-            ):
+        if not restarted(child.spec.restart, crashed=crashed):
+            if forgotten(child.spec.restart, self._strategy):
                 del self._children[child.spec.id]
             return
         if not self._count_restart(child.spec.id):
             self._restart(child, at_once=True)
 
-    def _restart(self, child: _Child, *, at_once: bool) -> None:
+    def _restart(self, child: Child, *, at_once: bool) -> None:
         """Restart ``child``'s group, as OTP's ``restart/2``: stop the others (reverse
         start order), forget the temporary ones, and start the rest in start order after
         the backoff delay - at once if ``at_once`` and there is none, else from a fresh
         message so that the loop serves others first."""
-        group = self._restart_group(child)
+        group = restart_group(self._strategy, list(self._children.values()), child)
         siblings = [c for c in reversed(group) if c is not child]
         self._stop_children(siblings)
         for sibling in siblings:
             if sibling.spec.restart is Restart.TEMPORARY:
                 del self._children[sibling.spec.id]
                 group.remove(sibling)
-        token = next(self._tokens)
-        for c in group:
-            c.pending = token
-        delay = self._delay()
+        token = self._intensity.pend(group)
+        delay = self._intensity.delay()
         if at_once and delay <= 0:
             self._restart_pending(token)
         else:
             self._schedule(token, delay)
-
-    def _restart_group(self, child: _Child) -> list[_Child]:
-        """The children to restart (in start order) when ``child`` died or failed to
-        restart: every child of its group, running or not (OTP starts each non-temporary
-        child of the group; a temporary one in it is running, and is stopped)."""
-        if self._strategy in (Strategy.ONE_FOR_ONE, Strategy.SIMPLE_ONE_FOR_ONE):
-            return [child]
-        order = list(self._children.values())
-        if self._strategy is Strategy.REST_FOR_ONE:
-            order = order[order.index(child) :]
-        return order
 
     def _restart_pending(self, token: int) -> None:
         for child in [c for c in self._children.values() if c.pending == token]:
@@ -335,12 +281,9 @@ class _Supervisor(SupervisedActor):
             child.restarts += 1
             self._emit(child.spec.id, ChildEventKind.RESTARTED, ref, None)
 
-    def _retry_later(self, children: list[_Child]) -> None:
+    def _retry_later(self, children: list[Child]) -> None:
         """Try the start again from a fresh message, so the loop keeps serving others."""
-        token = next(self._tokens)
-        for child in children:
-            child.pending = token
-        self._schedule(token, self._delay())
+        self._schedule(self._intensity.pend(children), self._intensity.delay())
 
     def _schedule(self, token: int, delay: float) -> None:
         if delay <= 0:
@@ -354,17 +297,12 @@ class _Supervisor(SupervisedActor):
         except pykka.ActorDeadError:
             _log.debug("%s: stopped before its retry timer fired", self)
 
-    def _delay(self) -> float:
-        return 0.0 if self._backoff is None else self._backoff.delay(len(self._window))
-
     def _count_restart(self, child_id: str) -> bool:
         """Record one restart; give up (and return True) if the intensity is exceeded."""
-        if not self._window.record():
-            return False
-        self._give_up(
-            RestartIntensityExceeded(self._name, child_id, len(self._window), self._period)
-        )
-        return True
+        exc = self._intensity.exceeded(self._name, child_id)
+        if exc is not None:
+            self._give_up(exc)
+        return exc is not None
 
     def _give_up(self, exc: RestartIntensityExceeded) -> None:
         _log.error("%s", exc)
@@ -387,49 +325,16 @@ class _Supervisor(SupervisedActor):
             spec.start, parent=self.actor_ref, child_id=spec.id, timeout=self._start_timeout
         )
 
-    def _stop_children(self, children: Iterable[_Child], *, in_order: bool = False) -> None:
+    def _stop_children(self, children: Iterable[Child], *, in_order: bool = False) -> None:
         """Stop children in the given order, each within its shutdown timeout.
 
         A simple_one_for_one pool is stopped in parallel (all stop messages first), as
         OTP does, unless ``in_order``; other strategies stop one child at a time.
         """
         parallel = self._strategy is Strategy.SIMPLE_ONE_FOR_ONE and not in_order
-        stopping: list[tuple[_Child, pykka.ActorRef[Any], pykka.Future[bool], float]] = []
-        for child in children:
-            child.pending = None
-            ref, child.ref = child.ref, None
-            if ref is None:
-                continue
-            deadline = self._clock_now() + child.spec.shutdown
-            stopping.append((child, ref, ref.stop(block=False), deadline))
-            if not parallel:
-                self._await_stop(*stopping.pop())
-        for entry in stopping:
-            self._await_stop(*entry)
+        stop_children(children, parallel=parallel, emit=self._emit, supervisor=self)
 
-    def _await_stop(
-        self, child: _Child, ref: pykka.ActorRef[Any], future: pykka.Future[bool], deadline: float
-    ) -> None:
-        try:
-            future.get(timeout=max(0.0, deadline - self._clock_now()))
-        except pykka.Timeout:
-            _log.warning(
-                "%s: child %r did not stop within %s s; abandoning its thread",
-                self,
-                child.spec.id,
-                child.spec.shutdown,
-            )
-            self._emit(child.spec.id, ChildEventKind.ABANDONED, ref, None)
-            return
-        self._emit(child.spec.id, ChildEventKind.TERMINATED, ref, None)
-
-    @staticmethod
-    def _clock_now() -> float:
-        # Shutdown timeouts are real waits on threads, so they use real time even under a
-        # FakeClock (which only drives the intensity window and backoff timers).
-        return _REAL_CLOCK.monotonic()
-
-    def _get(self, child_id: str) -> _Child:
+    def _get(self, child_id: str) -> Child:
         try:
             return self._children[child_id]
         except KeyError:
@@ -450,77 +355,3 @@ class _Supervisor(SupervisedActor):
             self._listener(ChildEvent(self._name, child_id, kind, ref, reason))
         except Exception:
             _log.exception("%s: listener failed on %s event of %r", self, kind, child_id)
-
-
-_REAL_CLOCK = SystemClock()
-
-
-def start_supervisor(
-    name: str,
-    strategy: Strategy = Strategy.ONE_FOR_ONE,
-    children: Sequence[ChildSpec] = (),
-    *,
-    max_restarts: int = 3,
-    period: float = 5.0,
-    backoff: Backoff | None = None,
-    clock: Clock | None = None,
-    listener: Listener | None = None,
-    on_fatal: Callable[[BaseException], None] | None = None,
-    start_timeout: float = 10.0,
-) -> pykka.ActorRef[Any]:
-    """Start a supervisor and its children (in order) and return its ref.
-
-    Returns only after every child finished ``on_start``; if one fails, the ones already
-    started are stopped and :class:`SupervisorStartError` is raised. Called inside another
-    supervisor's ``ChildSpec.start``, the new supervisor is that supervisor's child and
-    its failures escalate to it. ``listener`` runs on the supervisor thread for every
-    :class:`ChildEvent` and must be quick; its exceptions are logged. ``on_fatal`` is
-    called once with the :class:`RestartIntensityExceeded` when this supervisor gives up
-    (give it to the root). The supervisor's methods (``which_children``,
-    ``count_children``, ``start_child``, ``start_children``, ``terminate_child``,
-    ``restart_child``, ``delete_child``) are called through ``ref.proxy()`` or
-    ``ref.ask``; ``ref.stop()``
-    stops the children in reverse start order, then the supervisor.
-    """
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"start_supervisor: name must be a non-empty string, got {name!r}")
-    owner = f"supervisor {name!r}"
-    strategy = _coerce(Strategy, "strategy", strategy, owner)
-    specs = list(children)
-    seen: set[str] = set()
-    for spec in specs:
-        if not isinstance(spec, ChildSpec):
-            raise InvalidInput(f"{owner}: children must be ChildSpec values, got {spec!r}")
-        if spec.id in seen:
-            raise InvalidInput(f"{owner}: duplicate child id {spec.id!r}")
-        seen.add(spec.id)
-    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-        raise InvalidInput(f"{owner}.max_restarts must be an int >= 0, got {max_restarts!r}")
-    for field, value in (("period", period), ("start_timeout", start_timeout)):
-        _finite(field, value, owner=owner)
-        if value <= 0:
-            raise InvalidInput(f"{owner}.{field} must be > 0, got {value!r}")
-    if backoff is not None and not isinstance(backoff, Backoff):
-        raise InvalidInput(f"{owner}.backoff must be a Backoff or None, got {backoff!r}")
-    for field, fn in (("listener", listener), ("on_fatal", on_fatal)):
-        if fn is not None and not callable(fn):
-            raise InvalidInput(f"{owner}.{field} must be callable or None, got {fn!r}")
-
-    def make() -> pykka.ActorRef[Any]:
-        return _Supervisor.start(
-            name=name,
-            strategy=strategy,
-            children=specs,
-            max_restarts=max_restarts,
-            period=period,
-            backoff=backoff,
-            clock=SystemClock() if clock is None else clock,
-            listener=listener,
-            on_fatal=on_fatal,
-            start_timeout=start_timeout,
-        )
-
-    ctx = _current_context()
-    if ctx is None:
-        return _start_confirmed(make, parent=None, child_id=name, timeout=start_timeout)
-    return _await_birth(ctx, make(), name, start_timeout)

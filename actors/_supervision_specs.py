@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
 from herder.store import InvalidInput
-
-if TYPE_CHECKING:
-    from herder.actors._clock import Clock
 
 
 class Restart(enum.StrEnum):
@@ -98,31 +94,49 @@ class Backoff:
         return float(min(self.max, self.initial * self.factor ** max(0, k - 1)))
 
 
-class RestartWindow:
-    """Restart intensity as OTP keeps it: the restart times within the last ``period``
-    seconds of ``clock.monotonic()``."""
+def check_new_specs(
+    specs: Iterable[object], where: str, *, taken: Container[str] = (), owner: str = ""
+) -> list[ChildSpec]:
+    """``specs`` as a list, if each is a :class:`ChildSpec` with an id new to ``taken``
+    (the ids ``owner`` already has) and to the others; ``where`` names the caller."""
+    checked: list[ChildSpec] = []
+    seen: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec, ChildSpec):
+            raise InvalidInput(f"{where} takes ChildSpec values, got {spec!r}")
+        if spec.id in taken:
+            raise InvalidInput(
+                f"{owner} already has a child with id {spec.id!r}; "
+                "pick a unique id or delete_child it first"
+            )
+        if spec.id in seen:
+            raise InvalidInput(f"{where}: duplicate child id {spec.id!r}")
+        seen.add(spec.id)
+        checked.append(spec)
+    return checked
 
-    __slots__ = ("_clock", "_max_restarts", "_period", "_times")
 
-    def __init__(self, max_restarts: int, period: float, clock: Clock) -> None:
-        self._max_restarts = max_restarts
-        self._period = period
-        self._clock = clock
-        self._times: deque[float] = deque()
-
-    def record(self) -> bool:
-        """Count one restart now; True if that makes more than ``max_restarts`` within
-        ``period`` (the intensity is exceeded: give up)."""
-        now = self._clock.monotonic()
-        times = self._times
-        times.append(now)
-        while times and times[0] < now - self._period:
-            times.popleft()
-        return len(times) > self._max_restarts
-
-    def __len__(self) -> int:
-        """Restarts in the window as of the last :meth:`record`."""
-        return len(self._times)
+def check_flags(
+    owner: str,
+    *,
+    max_restarts: int,
+    period: float,
+    start_timeout: float,
+    backoff: Backoff | None,
+    callbacks: dict[str, object],
+) -> None:
+    """Refuse a supervisor's flags that are not what ``start_supervisor`` documents."""
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise InvalidInput(f"{owner}.max_restarts must be an int >= 0, got {max_restarts!r}")
+    for field, value in (("period", period), ("start_timeout", start_timeout)):
+        _finite(field, value, owner=owner)
+        if value <= 0:
+            raise InvalidInput(f"{owner}.{field} must be > 0, got {value!r}")
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise InvalidInput(f"{owner}.backoff must be a Backoff or None, got {backoff!r}")
+    for field, fn in callbacks.items():
+        if fn is not None and not callable(fn):
+            raise InvalidInput(f"{owner}.{field} must be callable or None, got {fn!r}")
 
 
 class ChildEventKind(enum.StrEnum):
