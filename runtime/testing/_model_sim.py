@@ -19,9 +19,8 @@ at a seeded message (every object in memory is dropped and a new "process" opens
 store and recovers through the real recovery path); an operator's cancel or abandon,
 another queued through the commands channel while the process is down; a wall-clock step.
 
-Besides the end state (``verify``), the rules of write-ahead are checked as they happen:
-an attempt runs only once its DISPATCHED record is durable and, going forward, once every
-step it depends on is durably SUCCEEDED; a final state is announced only once durable.
+Besides the end state (``verify``), the rules of write-ahead are checked as they happen
+(``_exact_checks``).
 
 The store and not a dict: the check, the recovery and the writer's guard all read LMDB
 through ``Store``, so a fake would have to copy a large interface and would test the
@@ -33,7 +32,6 @@ test compares two runs of a seed byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +55,12 @@ from herder.actors import (
     registered_agents,
 )
 from herder.runtime._starts import NewStart, creation
+from herder.runtime.testing._exact_checks import (
+    check_announced,
+    check_write_ahead,
+    describe,
+    digest,
+)
 from herder.runtime.testing._exact_operator import Ask, ExactOperator
 from herder.runtime.testing._faults import CONCURRENCY, MAX_ROUNDS, ROUND, FaultSchedule
 from herder.runtime.testing._faults import definition as _definition
@@ -75,9 +79,6 @@ from herder.store import (
 
 MAX_STEPS = 20_000
 """Deliveries a round may take before the seed fails as never settling."""
-
-DUMPED = ("workflows", "steps", "timers", "definitions", "history", "commands", "resources")
-"""The databases whose bytes end a trace (``meta`` holds the lease: an owner id)."""
 
 
 def simulate_exact(
@@ -175,7 +176,7 @@ class _Simulation:
             if self.operator.queued is not None:
                 report.problems.append(f"command #{self.operator.queued[0]} was never answered")
             verify(self.proc.store, self.world, self.ids, self.operator.wants, report)
-            report.trace.append(self._digest())
+            report.trace.append(digest(self.proc.store))
         finally:
             self.faults.armed = False
             self.proc.store.close()
@@ -214,7 +215,7 @@ class _Simulation:
         proc = self.proc
         envelope = proc.scheduler.actor_inbox.get()
         message = envelope.message
-        self.report.trace.append(f"S {_describe(message)}")
+        self.report.trace.append(f"S {describe(message)}")
         if isinstance(message, _Register):  # as Runtime.add_agent and add_workflow do
             self._register(proc.ctx)
             proc.scheduler._handle_receive(Define(self.plan))
@@ -257,41 +258,15 @@ class _Simulation:
             ctx.workflow_id, ctx.step, ctx.attempt, ctx.compensating
         )
         if not sent.held:
-            self._check_write_ahead(sent)
+            check_write_ahead(self.proc.store, self.plan, sent, self.report.problems)
         if fault == "hang" and not sent.held:
             sent.held = True
             self.held.append(sent)  # runs (late) once the round's advance has passed
             return
         host.run(sent)
 
-    def _check_write_ahead(self, sent: Sent) -> None:
-        """What must be durable before agent code sees an attempt: its DISPATCHED record
-        (its token, or a later one if it was superseded meanwhile), and for a forward
-        attempt, the SUCCEEDED records of every step it depends on."""
-        ctx, store, problems = sent.run.context, self.proc.store, self.report.problems
-        st = store.get_step(ctx.workflow_id, ctx.step)
-        if st is None or st.token < sent.run.token:
-            problems.append(
-                f"{ctx.idempotency_key}: attempt {ctx.attempt} (token {sent.run.token}) runs "
-                f"before its dispatch is durable (the store has {st})"
-            )
-        if ctx.compensating or st is None or st.token != sent.run.token:
-            return
-        spec = next(spec for spec in self.plan.steps if spec.name == ctx.step)
-        for name in spec.after:
-            dep = store.get_step(ctx.workflow_id, name)
-            if dep is None or not dep.succeeded:
-                problems.append(
-                    f"{ctx.idempotency_key} runs before {name} succeeded durably ({dep})"
-                )
-
     def _announced(self, record: WorkflowRecord, _steps: object) -> None:
-        """A final state is announced to waiters: it must be durable already."""
-        stored = self.proc.store.get_workflow(record.id)
-        if stored is None or stored.state is not record.state:
-            self.report.problems.append(
-                f"{record.id}: {record.state} announced before it was durable ({stored})"
-            )
+        check_announced(self.proc.store, record, self.report.problems)
 
     # -- the process -------------------------------------------------------------------
 
@@ -405,29 +380,6 @@ class _Simulation:
         record = self.proc.store.get_workflow(workflow_id)
         assert record is not None, f"{workflow_id} was started, so it is stored"
         return record.state
-
-    def _digest(self) -> str:
-        """A digest of the store's content (all but ``meta``), to end the trace with."""
-        digest = hashlib.sha256()
-        for db in DUMPED:
-            for key, value in self.proc.store.raw_scan(db):
-                digest.update(b"%s\0%d:%s%d:%s" % (db.encode(), len(key), key, len(value), value))
-        return f"store {digest.hexdigest()}"
-
-
-def _describe(message: object) -> str:
-    """A message as the trace shows it: its kind and its plain fields (no addresses)."""
-    fields = getattr(message, "__dataclass_fields__", None)
-    if fields is None:
-        return type(message).__name__
-    parts = []
-    for name in fields:
-        value = getattr(message, name)
-        if isinstance(value, str | int | float | bool | type(None)):
-            parts.append(f"{name}={value!r}")
-        elif isinstance(value, list | tuple):
-            parts.append(f"{name}#{len(value)}")
-    return f"{type(message).__name__}({', '.join(parts)})"
 
 
 def _stop(actor: Any) -> None:
