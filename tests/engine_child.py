@@ -129,7 +129,11 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
     hang = SCRIPTED_HANG if scripted else HANG
     services = open_services(pathlib.Path(effects))
     booking = async_booking() if mode == "asyncio" else Booking
-    recoveries = 2 if mode == "poison" else 3
+    # Poison-work parking is the poison test's subject. Elsewhere the only crashes are
+    # the parent's kills, several seconds apart at most, so on a loaded machine (a step
+    # taking seconds) an innocent step could be running at four kills in a row and be
+    # parked as poison (seen: 4 workflows of 60, load 16): there it is kept out of play.
+    recoveries = {"poison": 2, "scripted": 3}.get(mode, 1000)
     with Runtime(
         store,
         sweep_interval=0.05,
