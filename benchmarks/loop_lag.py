@@ -8,13 +8,17 @@ machine is shared:
   ``await handle.result_async()``, the steps' ``async def`` actions (a 50 ms
   ``asyncio.sleep``, the remote call) on the same loop (``Runtime(loop=...)``);
 - ``asyncio alone``: the same 1,000 handlers awaiting the same 50 ms sleep with no herder,
-  the floor this loop and machine give the ticker.
+  the floor this loop and machine give the ticker;
+- ``herder, switch N ms`` (with ``--switch-intervals``): the ``herder`` row with
+  ``sys.setswitchinterval(N / 1000)`` (CPython's default is 5 ms): how much of the lag is
+  the loop's thread waiting for the GIL that herder's threads hold.
 
 A turn's CPU is this thread's CPU time inside one ``_run_once`` (waiting in ``select``
 or for the GIL costs none), so it shows herder's own work on the loop whatever the load;
 the ticker's lag adds the GIL and the OS. The target is a max lag under 50 ms.
 
 Usage: python benchmarks/loop_lag.py [--workflows 1000] [--reps 5] [--out PATH]
+       [--switch-intervals 1,0.5]
 """
 
 from __future__ import annotations
@@ -108,14 +112,20 @@ async def _alone(n: int) -> tuple[list[int], list[float]]:
     return await _requests(n, handler)
 
 
-def measure(row: str, n: int) -> dict[str, Any]:
-    """One row on a fresh loop: the ticker's lags and the loop's turns, in ms."""
+def measure(row: str, n: int, switch: float | None = None) -> dict[str, Any]:
+    """One row on a fresh loop: the ticker's lags and the loop's turns, in ms; with
+    ``switch`` (ms), under that GIL switch interval."""
     loop = TimedLoop()
+    default = sys.getswitchinterval()
     try:
+        if switch is not None:
+            sys.setswitchinterval(switch / 1000)
         with tempfile.TemporaryDirectory(prefix="herder-lag-") as d:
-            work = _herder(n, pathlib.Path(d) / "s") if row == "herder" else _alone(n)
+            herder = row.startswith("herder")
+            work = _herder(n, pathlib.Path(d) / "s") if herder else _alone(n)
             results, lags = loop.run_until_complete(work)
     finally:
+        sys.setswitchinterval(default)
         loop.close()
     if results != list(range(n)):
         raise SystemExit(f"{row}: the requests' answers are wrong")
@@ -131,11 +141,13 @@ def measure(row: str, n: int) -> dict[str, Any]:
     }
 
 
-def run(n: int, reps: int) -> dict[str, Any]:
+def run(n: int, reps: int, switches: tuple[float, ...] = ()) -> dict[str, Any]:
     rows: dict[str, list[dict[str, Any]]] = {"herder": [], "asyncio alone": []}
+    switch_of = {f"herder, switch {ms:g} ms": ms for ms in switches}
+    rows.update({row: [] for row in switch_of})
     for rep in range(reps):
         for row, runs in rows.items():
-            runs.append(measure(row, n))
+            runs.append(measure(row, n, switch_of.get(row)))
             progress(TAG, f"round {rep + 1}/{reps}, {row}: {runs[-1]}")
     worst = max(r["lag_max_ms"] for r in rows["herder"])
     return {
@@ -173,9 +185,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workflows", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "out" / "loop_lag.json")
+    parser.add_argument(
+        "--switch-intervals",
+        default="",
+        help="comma-separated GIL switch intervals in ms: one more herder row each",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    report = run(args.workflows, args.reps)
+    switches = tuple(float(ms) for ms in args.switch_intervals.split(",") if ms)
+    report = run(args.workflows, args.reps, switches)
     print(table(report))
     write_report(args.out, report)
 
