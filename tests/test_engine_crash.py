@@ -77,11 +77,13 @@ def _run_and_kill(c: Crashes, lo: int, hi: int, rng: random.Random) -> None:
     target = rng.randint(0, 2 * (hi - lo))
     seen = 0
     deadline = time.monotonic() + ROUND_GUARD
+    closed = False  # stdout's end (None) already taken: the child ended on its own
     while seen < target:
         try:
             line = child.next_line(deadline)
         except queue.Empty:
             break  # the guard: kill it wherever it is
+        closed = line is None
         if line is None or line == "finished":
             break
         _take(c, line)
@@ -89,7 +91,9 @@ def _run_and_kill(c: Crashes, lo: int, hi: int, rng: random.Random) -> None:
     os.kill(child.proc.pid, signal.SIGKILL)
     child.proc.wait(timeout=10)
     _collect_stderr(c, child)
-    while (line := child.lines.get(timeout=10)) is not None:
+    # Waiting for a second end of stdout once the first was taken hid a child that had
+    # died by itself behind queue.Empty, instead of the failure and stderr reported below.
+    while not closed and (line := child.lines.get(timeout=10)) is not None:
         if line != "finished":
             _take(c, line)  # written before the kill, still in the pipe
     if child.proc.returncode == -signal.SIGKILL:
