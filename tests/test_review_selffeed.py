@@ -1,0 +1,121 @@
+"""Adversarial review of reserve-ahead and the pool host's self-feed (hot-path.md §6, §10):
+races between a worker that goes on with the next ready attempt and the Scheduler that
+lets its instance go."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from herder.actors import Agent, StepContext
+from herder.runtime import Runtime, StepState, Workflow
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
+
+WAIT = 30.0
+
+
+class HoldingClock(FakeClock):
+    """A FakeClock that, once armed, holds the Scheduler's thread at its next clock read
+    (so messages queue up behind it in a known order) until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def _hold(self) -> None:
+        if self.armed and threading.current_thread().name.startswith("Scheduler"):
+            self.armed = False
+            self.held.set()
+            self.release.wait(WAIT)
+
+    def time(self) -> float:
+        self._hold()
+        return super().time()
+
+    def monotonic(self) -> float:
+        self._hold()
+        return super().monotonic()
+
+
+class Gated(Agent):
+    """Each workflow's action starts (``started``), waits for its own ``go``, and counts
+    how many run at once."""
+
+    lock = threading.Lock()
+    started: dict[str, threading.Event] = {}
+    go: dict[str, threading.Event] = {}
+    running = 0
+    most = 0
+
+    @staticmethod
+    def event(table: dict[str, threading.Event], key: str) -> threading.Event:
+        with Gated.lock:
+            return table.setdefault(key, threading.Event())
+
+    def act(self, ctx: StepContext) -> int:
+        with Gated.lock:
+            Gated.running += 1
+            Gated.most = max(Gated.most, Gated.running)
+        try:
+            Gated.event(Gated.started, ctx.workflow_id).set()
+            Gated.event(Gated.go, ctx.workflow_id).wait(WAIT)
+            return ctx.attempt
+        finally:
+            with Gated.lock:
+                Gated.running -= 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: a pool worker pops the next ready attempt after checking Work.stop; "
+    "if the Scheduler times the finished attempt out (replacing its instance) before it "
+    "hears the answer, the self-fed attempt runs on the abandoned worker, is handed over "
+    "as live (Lanes.answered) and a new instance runs another attempt beside it: "
+    "concurrency + 1 live attempts of one agent",
+)
+def test_a_self_fed_attempt_on_an_instance_timed_out_meanwhile_does_not_exceed_concurrency(
+    tmp_path: Path,
+) -> None:
+    clock = HoldingClock()
+    Gated.started, Gated.go, Gated.running, Gated.most = {}, {}, 0, 0
+    with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
+        rt.add_agent("gated", Gated, concurrency=1)
+        rt.add_workflow(
+            Workflow("one", version=1).step("s", agent="gated", action="act", timeout=10)
+        )
+        Gated.event(Gated.go, "w0").set()
+        assert rt.start("one", {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}  # timed
+        rt.start("one", {}, workflow_id="w1")  # t=0: deadline t=10, holds the one instance
+        assert Gated.event(Gated.started, "w1").wait(WAIT)
+        advance(rt, clock, 5.0)
+        rt.start("one", {}, workflow_id="w2")  # t=5: reserved ahead, deadline t=15
+        rt.start("one", {}, workflow_id="w3")
+        wait_until(rt, lambda: rt.stats()["steps"]["reserved_ahead"] == 2)
+        settle(rt)  # both durable, waiting in the lane
+        # w1's deadline passes; the Scheduler is held before it handles the timer...
+        clock.armed = True
+        clock.advance(6.0)
+        sweep = threading.Thread(target=rt._sweep_now)  # it waits for the Scheduler
+        sweep.start()
+        assert clock.held.wait(WAIT)
+        # ...while w1's action ends and its worker goes on with w2 on the same instance.
+        Gated.event(Gated.go, "w1").set()
+        assert Gated.event(Gated.started, "w2").wait(WAIT)
+        clock.release.set()  # the timer first (w1's instance is replaced), then the answer
+        sweep.join(WAIT)
+        settle(rt)
+        Gated.event(Gated.started, "w3").wait(10.0)  # a new instance may start w3 now
+        running_together = Gated.most
+        for name in ("w2", "w3"):
+            Gated.event(Gated.go, name).set()
+        for name in ("w2", "w3"):
+            wait_until(rt, lambda name=name: rt.status(name).state.name == "SUCCEEDED")
+        w2 = rt.status("w2").steps["s"]
+        # w2's attempt 1, self-fed on the abandoned worker, counted as live...
+        assert (w2.state, w2.attempt) == (StepState.SUCCEEDED, 1)
+        # ...while a fresh instance ran w3: two live attempts of a concurrency-1 agent.
+        assert running_together <= 1
