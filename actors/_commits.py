@@ -223,14 +223,22 @@ def orphaned_commit(
     their request is durable; dispatches are left to the next Scheduler's recovery.
     """
     for (_, items), error in zip(effects, errors, strict=True):
+        if error is not None:
+            refuse_callers(items, error)
+            continue
         for effect in items:
             if isinstance(effect, Resolve | Refuse) and not effect.future.done():
-                if error is None:
-                    settle_future(effect)
-                else:
-                    effect.future.set_exception(error)
-            elif isinstance(effect, Announce) and error is None:
+                settle_future(effect)
+            elif isinstance(effect, Announce):
                 announce_final(ctx, effect)
+
+
+def refuse_callers(effects: list[Effect], error: BaseException) -> None:
+    """A commit failed: every caller waiting on it hears ``error`` (and nothing else of
+    it happens)."""
+    for effect in effects:
+        if isinstance(effect, Resolve | Refuse) and not effect.future.done():
+            effect.future.set_exception(error)
 
 
 def drain_commits(inbox: Any, ctx: EngineContext) -> None:

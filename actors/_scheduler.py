@@ -52,6 +52,7 @@ from herder.actors._commits import (
     commit_sink,
     drain_commits,
     log_resource_errors,
+    refuse_callers,
     settle_future,
 )
 from herder.actors._dispatch import Dispatcher
@@ -90,8 +91,6 @@ from herder.actors.engine import (
     Effect,
     Engine,
     Event,
-    Refuse,
-    Resolve,
     TimerDelete,
     TimerDue,
 )
@@ -106,11 +105,10 @@ from herder.store import (
 _log = logging.getLogger("herder.scheduler")
 
 FLUSH_AT = 8
-"""Workflows with open writes at which the Scheduler flushes without waiting for its
-inbox to drain. The writer merges whatever is queued into one commit anyway, so an early
-flush costs one submit and lets the next commit start sooner: while an attempt is told
-only once its DISPATCHED is durable, the commit cycle bounds throughput (8 beat 32 and
-512 at 256 in flight, same runs)."""
+"""Workflows with open writes at which the Scheduler flushes before its inbox drains. The writer
+merges whatever is queued into one commit anyway, so an early flush costs one submit and lets the
+next commit start sooner: while an attempt is told only once its DISPATCHED is durable, the commit
+cycle bounds throughput (8 beat 32 and 512 at 256 in flight, same runs)."""
 
 
 class Scheduler(SupervisedActor):
@@ -188,16 +186,16 @@ class Scheduler(SupervisedActor):
         """Keep the promises of commits that reached the inbox but were never handled, and
         tell the attempts still running that they are superseded: the next Scheduler runs
         their steps again under new tokens, and only this one could tell them."""
-        for attempt in self._engine.inflight.values():
-            if attempt.port is not None:
-                attempt.port.superseded = True
-        drain_commits(self.actor_inbox, self._ctx)
+        self._end(running=True)
 
     def on_stop(self) -> None:
         """As on_failure: commits still in the inbox resolve their waiters; attempts
         waiting for an instance (reserved ahead) are superseded: none will take them."""
+        self._end(running=False)
+
+    def _end(self, *, running: bool) -> None:
         for attempt in self._engine.inflight.values():
-            if attempt.port is not None and not attempt.sent:
+            if attempt.port is not None and (running or not attempt.sent):
                 attempt.port.superseded = True
         drain_commits(self.actor_inbox, self._ctx)
 
@@ -341,9 +339,7 @@ class Scheduler(SupervisedActor):
                 for effect in effects:
                     self._apply(effect)
                 continue
-            for effect in effects:
-                if isinstance(effect, Resolve | Refuse):
-                    effect.future.set_exception(error)
+            refuse_callers(effects, error)
             if isinstance(error, LeaseLost):
                 # Deposed: the store belongs to another runtime now. Reloading would
                 # only retry writes that must not happen; stop dispatching instead.
@@ -372,10 +368,9 @@ class Scheduler(SupervisedActor):
         else:
             settle_future(effect)
 
-    def _on_outcome(self, msg: Outcome) -> None:
+    def _on_outcome(self, m: Outcome) -> None:
         crash_point("scheduler.outcome")
-        self._dispatch.answered(msg)
-        m = msg
+        self._dispatch.answered(m)
         event = Answered(
             m.token, m.ok, m.result, m.error, m.error_types, m.permanent, m.traceback, m.kind
         )

@@ -42,7 +42,8 @@ from herder.actors.engine._events import (
     StartFailed,
     TimerDue,
 )
-from herder.actors.engine._machine import Defaults, Machine, log_failure, log_step
+from herder.actors.engine._logs import log_failure, log_step
+from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._runs import Attempt, WorkflowRun
 from herder.actors.engine._step import dispatch, heartbeat, lapse

@@ -33,6 +33,7 @@ from herder.actors.engine._decision import (
     Lost,
     TimerDelete,
 )
+from herder.actors.engine._logs import log_step
 from herder.actors.engine._members import agent_for, next_member
 from herder.actors.engine._recovery import poison_message, poisoned, resumes, running_at_crash
 from herder.actors.engine._retry import (
@@ -395,20 +396,3 @@ class Machine:
             undo = resumes(st, compensating=compensating, now=self.now)
             if undo is not None:
                 self.enqueue(run, st.name, compensating=undo)
-
-
-def log_failure(workflow_id: str, st: StepRecord, error: str, trace: str | None) -> None:
-    """A failed attempt at WARNING, with its traceback when the agent sent one."""
-    attempt = st.comp_attempt if st.state.is_compensation else st.attempt
-    extra = {"workflow_id": workflow_id, "step": st.name, "attempt": attempt}
-    # Indented: a log reader (or a test) looking for crashes at "Traceback" line starts
-    # must not mistake an attempt's expected failure for one.
-    detail = "".join(f"\n    {line}" for line in trace.splitlines()) if trace else ""
-    _log.warning(
-        "%s/%s attempt %d failed: %s%s", workflow_id, st.name, attempt, error, detail, extra=extra
-    )
-
-
-def log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
-    extra = {"workflow_id": workflow_id, "step": step, "attempt": attempt}
-    _log.info("%s/%s attempt %d %s", workflow_id, step, attempt, what, extra=extra)

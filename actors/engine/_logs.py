@@ -1,0 +1,31 @@
+"""How the engine logs an attempt's fate: one line per failure (with its traceback) or
+retry, under the ``herder.scheduler`` logger, with the workflow, step and attempt as
+``extra`` fields for structured handlers.
+
+Imports: herder.store records only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from herder.store import StepRecord
+
+_log = logging.getLogger("herder.scheduler")
+
+
+def log_failure(workflow_id: str, st: StepRecord, error: str, trace: str | None) -> None:
+    """A failed attempt at WARNING, with its traceback when the agent sent one."""
+    attempt = st.comp_attempt if st.state.is_compensation else st.attempt
+    extra = {"workflow_id": workflow_id, "step": st.name, "attempt": attempt}
+    # Indented: a log reader (or a test) looking for crashes at "Traceback" line starts
+    # must not mistake an attempt's expected failure for one.
+    detail = "".join(f"\n    {line}" for line in trace.splitlines()) if trace else ""
+    _log.warning(
+        "%s/%s attempt %d failed: %s%s", workflow_id, st.name, attempt, error, detail, extra=extra
+    )
+
+
+def log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
+    extra = {"workflow_id": workflow_id, "step": step, "attempt": attempt}
+    _log.info("%s/%s attempt %d %s", workflow_id, step, attempt, what, extra=extra)
