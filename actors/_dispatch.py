@@ -211,6 +211,7 @@ class Dispatcher:
             self.lanes.feed(agent)  # durable attempts first, then new ones
         gated = self.admission.gated(agent)
         engine = self._engine
+        idle = True  # an instance may be idle (none frees while this pump runs)
         while queue and not self._ctx.paused:
             job = queue.peek()
             run = engine.runs.get(job.workflow_id)
@@ -222,8 +223,9 @@ class Dispatcher:
             if gated and not self.admission.ready(agent):
                 return  # breaker open or rate limit reached: a wake-up pumps again
             token = self._ctx.next_token()
-            instance = self.host.acquire(agent, token, backlog=len(queue))
+            instance = self.host.acquire(agent, token, backlog=len(queue)) if idle else None
             if instance is None:
+                idle = False
                 if not self.lanes.reserve_ahead(agent, run, job):
                     return  # busy, or instances are starting: their "started" pumps again
                 instance = ""  # reserved ahead: the next instance that frees takes it

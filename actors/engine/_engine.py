@@ -167,7 +167,7 @@ class Engine(Machine):
             timeout = self.defaults.probe_timeout
         else:
             timeout = run.specs[st.name].timeout or self.defaults.default_timeout
-        if now + timeout > st.deadline:
+        if now + timeout > st.deadline + timeout / 100:  # it waited 1% of it or more
             run.steps[st.name] = st.evolve(deadline=now + timeout)
 
     def load(self, record: WorkflowRecord, steps: list[StepRecord]) -> WorkflowRun | None:
