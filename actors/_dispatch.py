@@ -64,7 +64,7 @@ class Dispatcher:
         self.agents: dict[str, AgentEntry] = {}
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
         self._regroup = False  # an agent's health changed: group jobs may change member
-        self.lanes = Lanes(engine, ctx.clock, ctx.config)  # reserve-ahead (_ahead.py)
+        self.lanes = Lanes(engine, clock, ctx.config)  # reserve-ahead (_ahead.py)
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
         )
