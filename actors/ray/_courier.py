@@ -2,8 +2,9 @@
 
 The Scheduler's thread submits each attempt itself (``.remote()`` only queues it), and one
 collector thread per runtime takes every answer with ``ray.wait`` over all outstanding
-calls, so the daemon holds the same two threads for Ray however many instances run, and
-an attempt costs it one submit and a share of one wait. Every :data:`POLL` seconds the
+calls, so an attempt's work falls on the same two threads however many instances run
+(the instances' proxies wait idle), and costs the daemon one submit and a share of one
+wait. Every :data:`POLL` seconds the
 collector also syncs each attempt running longer than that (its ``superseded``/
 ``cancelled`` flags out, its latest heartbeat in), by a call on its worker's spare thread
 collected the same way.
