@@ -9,8 +9,9 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from herder.actors import Admit, UnknownWorkflow
-from herder.runtime._async import AsyncHandle, OneShot
+from herder.runtime._async import AsyncHandle
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
+from herder.runtime._waits import OneShot
 from herder.store import StepRecord, WorkflowRecord, WorkflowState
 
 if TYPE_CHECKING:

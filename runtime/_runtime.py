@@ -28,7 +28,7 @@ from herder.actors import (
     UnknownWorkflow,
     call,
 )
-from herder.runtime._async import AsyncRuntime, NotifyingEvent, OneShot, Pulse
+from herder.runtime._async import AsyncRuntime
 from herder.runtime._capacity import Capacity
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._firing import Firer
@@ -46,6 +46,7 @@ from herder.runtime._schedule_api import ScheduleMethods
 from herder.runtime._start import Starting
 from herder.runtime._status import WorkflowStatus
 from herder.runtime._tracing import tracing_for
+from herder.runtime._waits import NotifyingEvent, OneShot, Pulse
 from herder.store import (
     Plan,
     Store,

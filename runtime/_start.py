@@ -22,7 +22,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
 from herder.actors import UnknownName, WorkflowConflict
-from herder.runtime._async import Steps, Wait, awaited, run_blocking
 from herder.runtime._deadlines import deadline_at
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._routing import check_registered, resolve_agents
@@ -36,6 +35,7 @@ from herder.runtime._starts import (
     started_mark,
 )
 from herder.runtime._timing import begin_at, check_priority
+from herder.runtime._waits import Steps, Wait, awaited, run_blocking
 from herder.runtime._workflow import Workflow
 from herder.store import (
     ConditionFailed,

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from herder.runtime._async import OneShot
 from herder.runtime._timing import new_workflow
+from herder.runtime._waits import OneShot
 from herder.store import (
     Expect,
     InvalidInput,

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from herder.runtime._async import OneShot
+from herder.runtime._waits import OneShot
 
 
 def test_the_first_resolution_wins_and_a_blocked_waiter_gets_it() -> None:

@@ -1,0 +1,238 @@
+"""Waiting across threads and an event loop: what a runtime thread resolves and a caller
+(a blocking thread or an asyncio task) waits for, without a thread per waiter.
+
+- :class:`OneShot`: a value or an error handed once to one waiter (a bare lock, or a
+  future of the waiter's loop resolved through ``call_soon_threadsafe``).
+- :class:`NotifyingEvent` and :class:`Pulse`: flags and wake-ups an event loop can await.
+- :func:`awaited`: a ``concurrent.futures.Future`` awaited without blocking the loop.
+- :class:`Wait`, :func:`run_blocking`, :func:`run_async`: a call written once as a
+  generator of waits, run blocking on a thread or awaited on a loop (``_start.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+T = TypeVar("T")
+
+
+class NotifyingEvent(threading.Event):
+    """A ``threading.Event`` whose :meth:`set` also calls subscribers (on the setting
+    thread), so an event loop can wait for it without a thread of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._subscribers: list[Callable[[], None]] = []
+        self._guard = threading.Lock()
+
+    def set(self) -> None:
+        """Set the flag and call every subscriber once."""
+        with self._guard:
+            super().set()
+            subscribers, self._subscribers = self._subscribers, []
+        for notify in subscribers:
+            notify()
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """``await`` until set; False when ``timeout`` seconds passed first."""
+        loop = asyncio.get_running_loop()
+        woke = asyncio.Event()
+
+        def notify() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(woke.set)
+
+        with self._guard:
+            if self.is_set():
+                return True
+            self._subscribers.append(notify)
+        try:
+            await asyncio.wait_for(woke.wait(), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            with self._guard:
+                if notify in self._subscribers:
+                    self._subscribers.remove(notify)
+        return True
+
+
+async def awaited(future: Future[T], timeout: float | None) -> T:
+    """The result of a future some thread resolves, awaited without blocking the loop.
+
+    The resolving thread hands the outcome over with ``loop.call_soon_threadsafe``. A
+    timeout or a cancelled task leaves ``future`` itself alone (``asyncio.wrap_future``
+    would cancel it, and the runtime thread resolving it would then fail).
+    """
+    loop = asyncio.get_running_loop()
+    mirror: asyncio.Future[T] = loop.create_future()
+
+    def copy(done: Future[T]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(_copy_outcome, done, mirror)
+
+    future.add_done_callback(copy)
+    return await asyncio.wait_for(mirror, timeout)
+
+
+def _copy_outcome(done: Future[T], mirror: asyncio.Future[T]) -> None:
+    if mirror.done():  # the waiter gave up
+        return
+    error = done.exception()
+    if error is None:
+        mirror.set_result(done.result())
+    else:
+        mirror.set_exception(error)
+
+
+class OneShot(Generic[T]):
+    """A value or an error handed once from a runtime thread to one waiter: a bare lock
+    for a blocking waiter (hot-path.md §3: a third of a ``Future``'s cost, and no
+    ``Condition`` with a fresh lock per wait), or, made with ``loop``, a future of that
+    event loop resolved through ``call_soon_threadsafe``. The first :meth:`set` or
+    :meth:`fail` wins; later ones do nothing."""
+
+    __slots__ = ("_done", "_future", "_loop", "_won", "error", "value")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._won = threading.Lock()  # taken by the first resolver
+        self._done = threading.Lock()
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        if loop is None:
+            self._done.acquire()  # released once resolved
+        else:
+            self._future = loop.create_future()
+
+    def set(self, value: T) -> None:
+        """Resolve with ``value`` (callable from any thread)."""
+        if self._won.acquire(blocking=False):
+            self.value = value
+            self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        """Resolve with ``error``, raised to the waiter (callable from any thread)."""
+        if self._won.acquire(blocking=False):
+            self.error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._future is None:
+            self._done.release()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            cast("asyncio.AbstractEventLoop", self._loop).call_soon_threadsafe(_wake, self._future)
+
+    def wait(self, timeout: float | None) -> T:
+        """Block until resolved (made without a loop); TimeoutError after ``timeout`` s."""
+        if not self._done.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"not resolved within {timeout} s")
+        self._done.release()  # a second wait returns at once too
+        return self._outcome()
+
+    async def wait_async(self, timeout: float | None) -> T:
+        """As :meth:`wait`, awaited on the loop it was made with."""
+        await asyncio.wait_for(asyncio.shield(cast("asyncio.Future[None]", self._future)), timeout)
+        return self._outcome()
+
+    def _outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return cast("T", self.value)
+
+
+class Pulse:
+    """Wakes every event-loop waiter armed so far (each once): how ``start_async`` learns
+    that capacity was freed, where a blocking ``start`` waits on a condition."""
+
+    def __init__(self) -> None:
+        self._armed: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._guard = threading.Lock()
+
+    def arm(self) -> asyncio.Future[None]:
+        """A future the next :meth:`fire` resolves (arm it before checking the condition
+        it stands for, under the same lock as whoever fires, so no wake-up is lost)."""
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        with self._guard:
+            self._armed.append((loop, woken))
+        return woken
+
+    def fire(self) -> None:
+        """Resolve every armed future (callable from any thread)."""
+        with self._guard:
+            armed, self._armed = self._armed, []
+        for loop, woken in armed:
+            with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_wake, woken)
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """One wait of a call written once for both faces (see :func:`run_blocking` and
+    :func:`run_async`): how to block for it, and how to await it."""
+
+    block: Callable[[], Any]
+    wait: Callable[[], Awaitable[Any]]
+
+
+Steps = Generator[Wait, Any, T]
+"""A call's body as a generator: it yields each :class:`Wait` and gets its outcome back
+(the value sent in, or the exception thrown in), so the sync and async forms share it."""
+
+
+def run_blocking(steps: Steps[T]) -> T:
+    """Run ``steps`` on this thread, blocking at each wait."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        finished, wait = _advance(steps, value, error)
+        if finished:
+            return cast("T", wait)
+        value, error = None, None
+        try:
+            value = cast("Wait", wait).block()
+        except BaseException as exc:  # handed back to the body, which decides
+            error = exc
+
+
+async def run_async(steps: Steps[T], *, off_loop: bool = False) -> T:
+    """Run ``steps`` on the running loop, awaiting each wait. With ``off_loop`` the work
+    between waits runs on a worker thread instead (for bodies whose work grows with
+    their input, such as ``start_many``'s checks and encoding: the loop stays free)."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        if off_loop:
+            finished, wait = await asyncio.to_thread(_advance, steps, value, error)
+        else:
+            finished, wait = _advance(steps, value, error)
+        if finished:
+            return cast("T", wait)
+        value, error = None, None
+        try:
+            value = await cast("Wait", wait).wait()
+        except BaseException as exc:  # handed back to the body, which decides
+            error = exc
+
+
+def _advance(steps: Steps[T], value: Any, error: BaseException | None) -> tuple[bool, Any]:
+    """``(False, the body's next wait)`` given the last one's outcome, or ``(True, what
+    it returned)`` (a StopIteration cannot cross a thread's future)."""
+    try:
+        return False, steps.send(value) if error is None else steps.throw(error)
+    except StopIteration as finished:
+        return True, finished.value
