@@ -5,40 +5,45 @@ lets its instance go."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from herder.actors import Agent, StepContext
+from herder.actors._scheduler import Scheduler
 from herder.runtime import Runtime, StepState, Workflow
 from herder.runtime.testing import FakeClock, advance, settle, wait_until
 
 WAIT = 30.0
 
 
-class HoldingClock(FakeClock):
-    """A FakeClock that, once armed, holds the Scheduler's thread at its next clock read
-    (so messages queue up behind it in a known order) until released."""
+class Hold:
+    """Holds the Scheduler's thread inside one of its handlers (``method``, patched on the
+    class before the runtime starts), the first time ``match(message)`` is true after
+    :meth:`arm`, until :attr:`release` is set: what arrives meanwhile queues up behind
+    that message, in a known order."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, method: str, match: Callable[[Any], bool]
+    ) -> None:
         self.armed = False
         self.held = threading.Event()
         self.release = threading.Event()
+        original = getattr(Scheduler, method)
 
-    def _hold(self) -> None:
-        if self.armed and threading.current_thread().name.startswith("Scheduler"):
-            self.armed = False
-            self.held.set()
-            self.release.wait(WAIT)
+        def holding(scheduler: Scheduler, message: Any) -> Any:
+            if self.armed and match(message):
+                self.armed = False
+                self.held.set()
+                self.release.wait(WAIT)
+            return original(scheduler, message)
 
-    def time(self) -> float:
-        self._hold()
-        return super().time()
+        monkeypatch.setattr(Scheduler, method, holding)
 
-    def monotonic(self) -> float:
-        self._hold()
-        return super().monotonic()
+    def arm(self) -> None:
+        self.armed = True
 
 
 class Gated(Agent):
@@ -78,9 +83,10 @@ class Gated(Agent):
     "concurrency + 1 live attempts of one agent",
 )
 def test_a_self_fed_attempt_on_an_instance_timed_out_meanwhile_does_not_exceed_concurrency(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = HoldingClock()
+    clock = FakeClock()
+    hold = Hold(monkeypatch, "_on_due", lambda due: any(t[1] == "w1" for t in due.timers))
     Gated.started, Gated.go, Gated.running, Gated.most = {}, {}, 0, 0
     with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
         rt.add_agent("gated", Gated, concurrency=1)
@@ -96,16 +102,16 @@ def test_a_self_fed_attempt_on_an_instance_timed_out_meanwhile_does_not_exceed_c
         rt.start("one", {}, workflow_id="w3")
         wait_until(rt, lambda: rt.stats()["steps"]["reserved_ahead"] == 2)
         settle(rt)  # both durable, waiting in the lane
-        # w1's deadline passes; the Scheduler is held before it handles the timer...
-        clock.armed = True
+        # w1's deadline passes; the Scheduler is held as it handles the timer...
+        hold.arm()
         clock.advance(6.0)
         sweep = threading.Thread(target=rt._sweep_now)  # it waits for the Scheduler
         sweep.start()
-        assert clock.held.wait(WAIT)
+        assert hold.held.wait(WAIT)
         # ...while w1's action ends and its worker goes on with w2 on the same instance.
         Gated.event(Gated.go, "w1").set()
         assert Gated.event(Gated.started, "w2").wait(WAIT)
-        clock.release.set()  # the timer first (w1's instance is replaced), then the answer
+        hold.release.set()  # the timer first (w1's instance is replaced), then the answer
         sweep.join(WAIT)
         settle(rt)
         Gated.event(Gated.started, "w3").wait(10.0)  # a new instance may start w3 now
@@ -130,11 +136,11 @@ def test_a_self_fed_attempt_on_an_instance_timed_out_meanwhile_does_not_exceed_c
     "action holds the agent's only instance for good",
 )
 def test_a_self_fed_attempt_fenced_before_its_hand_over_was_heard_still_frees_its_instance(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = HoldingClock()
+    hold = Hold(monkeypatch, "operate", lambda op: op.workflow_id == "w2")
     Gated.started, Gated.go, Gated.running, Gated.most = {}, {}, 0, 0
-    with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
+    with Runtime(tmp_path / "s", prefetch=3) as rt:
         rt.add_agent("gated", Gated, concurrency=1)
         rt.add_workflow(Workflow("one", version=1).step("s", agent="gated", action="act"))
         Gated.event(Gated.go, "w0").set()
@@ -145,15 +151,15 @@ def test_a_self_fed_attempt_fenced_before_its_hand_over_was_heard_still_frees_it
         rt.start("one", {}, workflow_id="w3")
         wait_until(rt, lambda: rt.stats()["steps"]["reserved_ahead"] == 2)
         settle(rt)  # both durable, waiting in the lane
-        # An operator skips w2's step; the Scheduler is held before it handles that...
-        clock.armed = True
+        # An operator skips w2's step; the Scheduler is held as it handles that...
+        hold.arm()
         skip = threading.Thread(target=rt.skip, args=("w2", "s", 0))
         skip.start()
-        assert clock.held.wait(WAIT)
+        assert hold.held.wait(WAIT)
         # ...while w1's action ends and its worker goes on with w2, which hangs.
         Gated.event(Gated.go, "w1").set()
         assert Gated.event(Gated.started, "w2").wait(WAIT)
-        clock.release.set()  # the skip first (w2 fenced, to be replaced), then the answer
+        hold.release.set()  # the skip first (w2 fenced, to be replaced), then the answer
         skip.join(WAIT)
         settle(rt)
         Gated.event(Gated.go, "w3").set()
