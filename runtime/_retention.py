@@ -71,12 +71,15 @@ class Retention:
         self._busy = False
         self._jobs: dict[int, dict[str, Any]] = {}  # purge commands by id, oldest first
         self._deleted: dict[int, int] = {}
+        # Commands finished here: a sweep that read one while its result was committing
+        # hands it over again, and running it twice would overwrite that result.
+        self._finished: set[int] = set()
         self.deleted = 0  # workflows deleted by this runtime so far (stats)
 
     def on_command(self, command: dict[str, Any]) -> None:
         """A pending ``purge`` command (seen again at later sweeps until it is done)."""
         with self._lock:
-            if command["id"] not in self._jobs:
+            if command["id"] not in self._jobs and command["id"] not in self._finished:
                 self._jobs[command["id"]] = command
                 self._deleted.setdefault(command["id"], 0)
 
@@ -124,6 +127,7 @@ class Retention:
     def _finish(self, job: dict[str, Any], error: str | None) -> None:
         with self._lock:
             self._jobs.pop(job["id"], None)
+            self._finished.add(job["id"])
             deleted = self._deleted.pop(job["id"], 0)
         record = {**job, "deleted": deleted}
         ops = finished_ops(record, error, self._clock.time())

@@ -24,7 +24,7 @@ from herder.runtime import (
 )
 from herder.runtime._retention import Retention
 from herder.runtime.testing import FakeClock, advance
-from herder.store import Store, StoreCorrupt, WorkflowRecord
+from herder.store import Store, StoreCorrupt, WorkflowRecord, command_outcome
 
 HERDER = str(Path(sys.executable).parent / "herder")
 WAIT = 30.0
@@ -117,6 +117,30 @@ def test_each_sweep_deletes_at_most_one_batch(tmp_path: Path) -> None:
             left.append(len(rt.list()))
         assert left == [3, 1, 0]
         assert retention.deleted == 5
+
+
+def test_a_purge_command_seen_again_while_its_result_commits_is_not_run_twice(
+    tmp_path: Path,
+) -> None:
+    # A sweep that read the command while it was still pending hands it over again after
+    # it finished; running it a second time would find nothing and overwrite its
+    # recorded result ("deleted 3") with "deleted 0".
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
+        for i in range(3):
+            finish(rt, f"w{i}", {})
+        command = {"id": 7, "action": "purge", "args": {"before": T0 + DAY}, "who": "test"}
+        retention = Retention(rt._store, clock, None)
+        retention.on_command(command)
+        retention.on_sweep()  # deletes the three
+        rt._store.writer.flush(WAIT)
+        retention.on_sweep()  # nothing left: the command is done
+        retention.on_command(command)  # seen by a sweep that read it before that landed
+        retention.on_sweep()
+        rt._store.writer.flush(WAIT)
+        outcome = command_outcome(rt._store, 7)
+        assert outcome is not None
+        assert outcome["deleted"] == 3
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), "7d", True])
