@@ -1,0 +1,81 @@
+"""Adversarial review of the Scheduler's per-message clock (MessageClock, e2d6e0b and
+b19012c): the time is read once as a message arrives and held until the next one. The
+Operator still reads the clock itself, so inside one long operator message the engine's
+time steps back when the Dispatcher takes over."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.actors import Agent, StepContext
+from herder.actors._scheduler import Scheduler
+from herder.runtime import Runtime, StepState, Workflow
+from herder.runtime.testing import FakeClock, settle, wait_until
+
+WAIT = 30.0
+
+
+class Steps(Agent):
+    """Step ``a`` notes it started; both steps wait for ``go``."""
+
+    started = threading.Event()
+    go = threading.Event()
+
+    def a(self, ctx: StepContext) -> str:
+        Steps.started.set()
+        Steps.go.wait(WAIT)
+        return "a"
+
+    def b(self, ctx: StepContext) -> str:
+        Steps.go.wait(WAIT)
+        return "b"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect (MessageClock): the Operator reads the SteadyClock itself while the "
+    "Dispatcher uses the time the message arrived, so a dependent dispatched by a skip "
+    "is recorded earlier than the skip that released it, and its deadline counts from "
+    "before the message was handled (by however long that took)",
+)
+def test_a_step_released_by_an_operator_action_is_not_recorded_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    Steps.started, Steps.go = threading.Event(), threading.Event()
+    armed, held, release = threading.Event(), threading.Event(), threading.Event()
+    operate = Scheduler.operate
+
+    def holding(scheduler: Scheduler, op: Any) -> Any:
+        if armed.is_set():
+            armed.clear()
+            held.set()
+            release.wait(WAIT)
+        return operate(scheduler, op)
+
+    monkeypatch.setattr(Scheduler, "operate", holding)
+    flow = Workflow("two", version=1).step("a", agent="s", action="a")
+    flow = flow.step("b", agent="s", action="b", after=["a"])
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("s", Steps, concurrency=2)
+        rt.add_workflow(flow)
+        rt.start("two", {}, workflow_id="w")
+        assert Steps.started.wait(WAIT)
+        settle(rt)
+        armed.set()
+        skip = threading.Thread(target=rt.skip, args=("w", "a", "skipped"))
+        skip.start()
+        assert held.wait(WAIT)  # the skip's message arrived (its time read) ...
+        clock.advance(5.0)  # ... and takes 5 s to handle
+        release.set()
+        skip.join(WAIT)
+        wait_until(rt, lambda: rt.status("w").steps["b"].state is StepState.DISPATCHED)
+        steps = rt.status("w").steps
+        Steps.go.set()
+    assert steps["a"].result == "skipped"
+    # b was dispatched by the skip, after it: its records cannot be older than a's.
+    assert steps["b"].updated >= steps["a"].updated, (steps["a"].updated, steps["b"].updated)
