@@ -135,6 +135,10 @@ class Lanes:
         self._host: AgentHost | None = None
         self._lanes: dict[str, Lane] = {}
         self.reserved = 0  # attempts reserved ahead of a free instance, so far
+        # Tokens of waiting attempts fenced with "replace" (they hang, or must stop): a
+        # worker may have taken one before the fence; its instance is replaced once the
+        # hand-over is heard (``answered``).
+        self._replace: set[int] = set()
 
     def attach(self, host: AgentHost) -> None:
         self._host = host
@@ -227,11 +231,16 @@ class Lanes:
         attempt = self._engine.inflight.get(msg.next_token)
         if attempt is not None and not attempt.instance and lane is not None:
             self._handed(lane, attempt, msg.instance)
+        elif msg.next_token in self._replace:  # fenced before: it must not hold on
+            self._replace.discard(msg.next_token)
+            assert self._host is not None
+            self._host.replace(msg.agent, msg.instance)
         return True
 
-    def unsent(self, attempt: Attempt) -> bool:
+    def unsent(self, attempt: Attempt, *, replace: bool = False) -> bool:
         """An attempt never sent ended (fenced, or its workflow reloaded): free the
-        instance reserved for it, or its place in its lane."""
+        instance reserved for it, or its place in its lane (``replace``: the fence
+        wanted its instance replaced, should a worker have taken it meanwhile)."""
         if attempt.instance:
             assert self._host is not None
             return self._host.release(
@@ -241,6 +250,10 @@ class Lanes:
         if lane is None:
             return False
         lane.ahead -= 1
+        if replace:
+            if len(self._replace) > STARTED_CAP:  # (ones no worker took: never heard of)
+                self._replace.clear()
+            self._replace.add(attempt.token)
         return True
 
     def waiting(self, agent: str) -> bool:

@@ -111,8 +111,8 @@ class Dispatcher:
                 attempt.port.superseded = True
                 if action.abandon and self.admission.abandoned(attempt.agent, attempt.token):
                     self.dirty.add(attempt.agent)  # it was a breaker's half-open probe
-                if not attempt.sent:
-                    if self.lanes.unsent(attempt):  # never ran: what it held is free
+                if not attempt.sent:  # never ran: what it held is free
+                    if self.lanes.unsent(attempt, replace=action.replace):
                         self.dirty.add(attempt.agent)
                 elif action.replace:
                     self.host.replace(attempt.agent, attempt.instance)

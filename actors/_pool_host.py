@@ -28,7 +28,10 @@ only a few hundred bytes each.
   ready attempt (``ready_queue``, filled by the Scheduler with durable attempts reserved
   ahead, actors/_ahead.py) and runs it on the same instance; its answer says so
   (``Outcome.next_token``) and ``moved_on`` moves the instance's bookkeeping. A worker
-  whose instance the host let go of (replaced, removed, given up on) stops self-feeding.
+  whose instance the host let go of (replaced, removed, given up on) stops self-feeding;
+  the two agree under the :class:`Work`'s lock, so a host replacing an instance whose
+  worker had already gone on with a ready attempt keeps it (the instance runs that one)
+  instead of abandoning a worker that no longer runs the attempt it meant to stop.
 
 The threads themselves (which exist, which run what, which are free) are a
 :class:`~herder.actors._worker_pool.WorkerPool`; this module decides what runs on them.
@@ -208,12 +211,18 @@ class PoolHost(HostedAgents[_Agent]):
         return True
 
     def replace(self, name: str, instance_id: str) -> None:
-        """Abandon the worker running this instance's attempt; the object goes with it."""
+        """Abandon the worker running this instance's attempt; the object goes with it.
+        (Unless the attempt had ended and the worker gone on with a ready one: the
+        instance then runs that one, and its answer, on its way, says so.)"""
         agent = self._agents.get(name)
-        inst = None if agent is None else agent.instances.pop(instance_id, None)
-        if inst is None or inst.worker is None:
+        inst = None if agent is None else agent.instances.get(instance_id)
+        if agent is None or inst is None or inst.worker is None:
             return
-        _halt(inst)
+        fed = _halt(inst)
+        if fed and fed != inst.busy_token:
+            self.moved_on(name, instance_id, inst.busy_token or 0, fed)
+            return
+        del agent.instances[instance_id]
         if self._pool.abandon(inst.worker):
             self._waiting[name] = None  # its instance slot is free: pumped once a worker is
             self._wake()
@@ -358,10 +367,15 @@ def _idle(inst: _Slot) -> bool:
     return inst.busy_token is None and not inst.restarting
 
 
-def _halt(inst: _Slot) -> None:
-    """Its worker takes no further ready attempt for it (the host let it go)."""
-    if inst.work is not None:
-        inst.work.stop = True
+def _halt(inst: _Slot) -> int:
+    """Its worker takes no further ready attempt for it (the host let it go); the token
+    of the last one it took (0: none)."""
+    work = inst.work
+    if work is None:
+        return 0
+    with work.lock:
+        work.stop = True
+        return work.fed
 
 
 def _next_idle(agent: _Agent) -> str | None:

@@ -16,9 +16,10 @@ Self-feed: when the attempt ends, the worker pops the agent's next ready attempt
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from herder.actors._action import run_attempt
@@ -39,7 +40,12 @@ class Work:
     agent: Any
     factory: Callable[[], Agent]
     ready: deque[Run] | None = None  # the agent's ready attempts, to self-feed from
-    stop: bool = False  # set by the host: take no further attempt from ``ready``
+    # The hand-shake with the host, under ``lock``: the host sets ``stop`` (take no
+    # further attempt), the worker notes in ``fed`` the token of each one it takes, so
+    # the host letting the instance go knows whether the worker had gone on already.
+    stop: bool = False
+    fed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class PoolWorker(SupervisedActor):
@@ -80,7 +86,12 @@ class PoolWorker(SupervisedActor):
             except InstanceCrash as crash:
                 self._crashed(run, str(crash))
                 return None
-            follow = None if ready is None or message.stop else next_ready(ready)
+            follow = None
+            if ready is not None:
+                with message.lock:
+                    follow = None if message.stop else next_ready(ready)
+                    if follow is not None:
+                        message.fed = follow.token
             if follow is not None:
                 follow.instance = run.instance
                 outcome.next_token = follow.token

@@ -74,14 +74,6 @@ class Gated(Agent):
                 Gated.running -= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a pool worker pops the next ready attempt after checking Work.stop; "
-    "if the Scheduler times the finished attempt out (replacing its instance) before it "
-    "hears the answer, the self-fed attempt runs on the abandoned worker, is handed over "
-    "as live (Lanes.answered) and a new instance runs another attempt beside it: "
-    "concurrency + 1 live attempts of one agent",
-)
 def test_a_self_fed_attempt_on_an_instance_timed_out_meanwhile_does_not_exceed_concurrency(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -127,14 +119,6 @@ def test_a_self_fed_attempt_on_an_instance_timed_out_meanwhile_does_not_exceed_c
         assert running_together <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: an attempt fenced with replace (here by skip) after a worker popped it "
-    "(self-feed) but before the Scheduler heard of the hand-over counts as never sent "
-    "(Lanes.unsent), so its instance is not replaced; when the hand-over then arrives "
-    "(Lanes.answered) the fenced attempt is not inflight and nothing replaces it: a hung "
-    "action holds the agent's only instance for good",
-)
 def test_a_self_fed_attempt_fenced_before_its_hand_over_was_heard_still_frees_its_instance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
