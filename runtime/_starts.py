@@ -32,9 +32,12 @@ if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewStart:
-    """One workflow to create, checked: its plan, id, normalized input and timing."""
+    """One workflow to create, checked: its plan, id, normalized input and timing.
+
+    Not frozen: ``start_many`` makes thousands, and a frozen dataclass's ``__init__``
+    costs several times as much (nothing changes one once made)."""
 
     plan: Plan
     workflow_id: str

@@ -116,7 +116,7 @@ from herder.store._ops import BatchSink, Delete, Expect, Ops, Put, Transition
 from herder.store._plan import Plan, StepSpec
 from herder.store._policy import RetryPolicy
 from herder.store._reads import Snapshot
-from herder.store._recent import RECENT_DB
+from herder.store._recent import RECENT_DB, Indexed, indexed
 from herder.store._records import (
     SCHEMA_VERSION,
     StepRecord,
@@ -166,6 +166,7 @@ __all__ = [
     "Expect",
     "HandoffRequest",
     "HerderError",
+    "Indexed",
     "InvalidInput",
     "Lease",
     "LeaseLost",
@@ -216,6 +217,7 @@ __all__ = [
     "history_key",
     "history_put",
     "holder_stopped",
+    "indexed",
     "is_held",
     "ms",
     "new_command",

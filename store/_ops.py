@@ -102,7 +102,7 @@ def validate(
                 f"key for database {op.db!r} must be 1..{max_key} bytes, got {key!r:.80}"
             )
         if type(op) is Put:
-            if type(op.value) is not bytes:
+            if not isinstance(op.value, bytes):  # (or _recent.Indexed)
                 raise InvalidInput(
                     f"Put value must be msgpack-encoded bytes (use encode()), "
                     f"got {type(op.value).__name__}"

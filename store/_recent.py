@@ -55,11 +55,30 @@ _UNREADABLE_STATE = encode(UNREADABLE)
 _NOT_A_RECORD = (StoreCorrupt, LookupError, TypeError, ValueError, OverflowError, struct.error)
 
 
+class Indexed(bytes):
+    """An encoded workflow value that carries its index facts (``facts``: the 8-byte
+    ``updated ms`` and the encoded state), made by :func:`indexed` where the record was
+    just built (a new workflow), so the writer's upkeep does not decode it again."""
+
+    facts: tuple[bytes, bytes]
+
+
+def indexed(raw: bytes, updated: float, state: WorkflowState) -> Indexed:
+    """``raw`` (the encoded workflow record) with the index facts of its ``updated`` and
+    ``state``: they must be the record's own (tested against decoding)."""
+    value = Indexed(raw)
+    value.facts = (_MS.pack(to_ms(updated)), _STATES[state])
+    return value
+
+
 def _indexed(key: bytes, raw: bytes, old: bytes | None) -> tuple[bytes, bytes]:
     """The 8-byte ``updated ms`` and the encoded state to index the workflow value ``raw``
     under; an unreadable value keeps its old time (``old``, else 0) and the state
     :data:`UNREADABLE`. Reads the two fields of either layout (a schema 3 array or a
-    schema 2 map) straight from the decoded value, without building a record."""
+    schema 2 map) straight from the decoded value, without building a record, or takes
+    them from an :class:`Indexed` value."""
+    if type(raw) is Indexed:
+        return raw.facts
     try:
         data = decode(raw, db="workflows", key=key)
         if type(data) is list:
