@@ -60,7 +60,8 @@ def test_new_workflow_gives_the_bytes_and_records_of_to_stored(
         deadline=deadline,
     )
     assert record == expected
-    assert ops[0].db == "workflows" and ops[0].value == encode(expected.to_stored())
+    assert ops[0].db == "workflows"
+    assert ops[0].value == encode(expected.to_stored())
     by_key = {(op.db, op.key): op.value for op in ops}
     for spec, step in zip(PLAN.steps, steps, strict=True):
         timed = begin is not None and not spec.after
