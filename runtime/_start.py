@@ -260,7 +260,20 @@ class Starting:
             for _ in range(taken):
                 rt._release_capacity()
             raise
-        created = [rt._creation(new, mark=False, now=now) for new in unique.values()]
+        # creation() straight, not through _creation() per item: thousands of calls.
+        token, tracing = rt._ctx.next_token, rt._tracing
+        created = [
+            creation(
+                new,
+                now,
+                token(),
+                mark_started=False,
+                trace=None
+                if tracing is None
+                else tracing.start_workflow(new.plan.name, new.workflow_id, now),
+            )
+            for new in unique.values()
+        ]
         # Each definition's started mark once, as a transition of its own in the same
         # group (one write transaction): it lands even when an item's id was taken.
         marks = list(dict.fromkeys((new.plan.name, new.plan.version) for new in news))

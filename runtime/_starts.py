@@ -111,8 +111,8 @@ START_ARGS = frozenset(
 """The keys an item of ``start_many`` may hold: ``start()``'s arguments."""
 
 
-def start_args(index: int, item: object) -> dict[str, Any]:
-    """One ``start_many`` item as keyword arguments for ``Runtime._prepare``."""
+def start_args(index: int, item: object) -> Mapping[str, Any]:
+    """One ``start_many`` item, checked, as keyword arguments for ``Runtime._prepare``."""
     if not isinstance(item, Mapping) or "workflow" not in item:
         raise InvalidInput(
             f"start_many item {index} must be a mapping with a 'workflow' key and any of "
@@ -124,7 +124,7 @@ def start_args(index: int, item: object) -> dict[str, Any]:
             f"start_many item {index} has unknown keys {sorted(map(str, unknown))}; use "
             f"{', '.join(sorted(START_ARGS))}"
         )
-    return dict(item)  # the others default as in start()
+    return item  # the others default as in start()
 
 
 def same_start(a: NewStart, b: NewStart) -> bool:
