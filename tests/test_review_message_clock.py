@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
+from test_review_selffeed import WAIT, Hold
 
 from herder.actors import Agent, StepContext
-from herder.actors._scheduler import Scheduler
 from herder.runtime import Runtime, StepState, Workflow
 from herder.runtime.testing import FakeClock, settle, wait_until
-
-WAIT = 30.0
 
 
 class Steps(Agent):
@@ -47,17 +44,7 @@ def test_a_step_released_by_an_operator_action_is_not_recorded_before_it(
 ) -> None:
     clock = FakeClock()
     Steps.started, Steps.go = threading.Event(), threading.Event()
-    armed, held, release = threading.Event(), threading.Event(), threading.Event()
-    operate = Scheduler.operate
-
-    def holding(scheduler: Scheduler, op: Any) -> Any:
-        if armed.is_set():
-            armed.clear()
-            held.set()
-            release.wait(WAIT)
-        return operate(scheduler, op)
-
-    monkeypatch.setattr(Scheduler, "operate", holding)
+    hold = Hold(monkeypatch, "operate", lambda op: op.workflow_id == "w")
     flow = Workflow("two", version=1).step("a", agent="s", action="a")
     flow = flow.step("b", agent="s", action="b", after=["a"])
     with Runtime(tmp_path / "s", clock=clock) as rt:
@@ -66,12 +53,12 @@ def test_a_step_released_by_an_operator_action_is_not_recorded_before_it(
         rt.start("two", {}, workflow_id="w")
         assert Steps.started.wait(WAIT)
         settle(rt)
-        armed.set()
+        hold.arm()
         skip = threading.Thread(target=rt.skip, args=("w", "a", "skipped"))
         skip.start()
-        assert held.wait(WAIT)  # the skip's message arrived (its time read) ...
+        assert hold.held.wait(WAIT)  # the skip's message arrived (its time read) ...
         clock.advance(5.0)  # ... and takes 5 s to handle
-        release.set()
+        hold.release.set()
         skip.join(WAIT)
         wait_until(rt, lambda: rt.status("w").steps["b"].state is StepState.DISPATCHED)
         steps = rt.status("w").steps

@@ -74,21 +74,26 @@ class Gated(Agent):
                 Gated.running -= 1
 
 
+def one_held(rt: Runtime, flow: Workflow) -> None:
+    """Serve ``flow`` (workflow "one", step "s") with one instance of agent "gated", time
+    one action (w0: nothing is reserved ahead before) and leave w1 holding the instance."""
+    Gated.started, Gated.go, Gated.running, Gated.most = {}, {}, 0, 0
+    rt.add_agent("gated", Gated, concurrency=1)
+    rt.add_workflow(flow)
+    Gated.event(Gated.go, "w0").set()
+    assert rt.start("one", {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}
+    rt.start("one", {}, workflow_id="w1")
+    assert Gated.event(Gated.started, "w1").wait(WAIT)
+
+
 def test_a_self_fed_attempt_on_an_instance_timed_out_meanwhile_does_not_exceed_concurrency(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
     hold = Hold(monkeypatch, "_on_due", lambda due: any(t[1] == "w1" for t in due.timers))
-    Gated.started, Gated.go, Gated.running, Gated.most = {}, {}, 0, 0
     with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
-        rt.add_agent("gated", Gated, concurrency=1)
-        rt.add_workflow(
-            Workflow("one", version=1).step("s", agent="gated", action="act", timeout=10)
-        )
-        Gated.event(Gated.go, "w0").set()
-        assert rt.start("one", {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}  # timed
-        rt.start("one", {}, workflow_id="w1")  # t=0: deadline t=10, holds the one instance
-        assert Gated.event(Gated.started, "w1").wait(WAIT)
+        # w1 is dispatched at t=0: its deadline is t=10
+        one_held(rt, Workflow("one", version=1).step("s", agent="gated", action="act", timeout=10))
         advance(rt, clock, 5.0)
         rt.start("one", {}, workflow_id="w2")  # t=5: reserved ahead, deadline t=15
         rt.start("one", {}, workflow_id="w3")
@@ -123,14 +128,8 @@ def test_a_self_fed_attempt_fenced_before_its_hand_over_was_heard_still_frees_it
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hold = Hold(monkeypatch, "operate", lambda op: op.workflow_id == "w2")
-    Gated.started, Gated.go, Gated.running, Gated.most = {}, {}, 0, 0
     with Runtime(tmp_path / "s", prefetch=3) as rt:
-        rt.add_agent("gated", Gated, concurrency=1)
-        rt.add_workflow(Workflow("one", version=1).step("s", agent="gated", action="act"))
-        Gated.event(Gated.go, "w0").set()
-        assert rt.start("one", {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}  # timed
-        rt.start("one", {}, workflow_id="w1")  # holds the one instance
-        assert Gated.event(Gated.started, "w1").wait(WAIT)
+        one_held(rt, Workflow("one", version=1).step("s", agent="gated", action="act"))
         rt.start("one", {}, workflow_id="w2")  # reserved ahead; its action will hang
         rt.start("one", {}, workflow_id="w3")
         wait_until(rt, lambda: rt.stats()["steps"]["reserved_ahead"] == 2)
