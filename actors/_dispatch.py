@@ -70,6 +70,13 @@ class Dispatcher:
         )
         # A group (AnyOf) step picks among the members that are well (engine/_members.py).
         engine.healthy = self.well
+        engine.started = self._started
+
+    def _started(self, token: int) -> bool:
+        """Whether attempt ``token`` was handed to an agent (not: recorded ahead and
+        waiting, or not yet durable); a cancel gives up the steps of those that were not."""
+        attempt = self._engine.inflight.get(token)
+        return attempt is None or attempt.sent
 
     @property
     def host(self) -> AgentHost:

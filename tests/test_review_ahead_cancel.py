@@ -5,19 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from test_review_selffeed import WAIT, Gated, one_held
 
 from herder.runtime import Runtime, Workflow
 from herder.runtime.testing import settle, wait_until
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="departure from hot-path.md §6: cancelling a workflow only flags its attempts "
-    "cancelled (Machine.cancel_attempts -> Cancel); one reserved ahead and waiting in its "
-    "lane is not superseded, so its action still starts once an instance frees",
-)
 def test_a_cancelled_workflows_attempt_waiting_in_its_lane_never_starts(tmp_path: Path) -> None:
     with Runtime(tmp_path / "s", prefetch=3) as rt:
         one_held(rt, Workflow("one", version=1).step("s", agent="gated", action="act"))

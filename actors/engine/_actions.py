@@ -99,8 +99,12 @@ def abandon(m: Machine, run: WorkflowRun, error: str) -> None:
 
 def give_up_orphans(m: Machine, run: WorkflowRun, why: str) -> None:
     """Steps left DISPATCHED by a crash that no attempt runs now end FAILED instead of
-    running again; marked done, since they may have taken effect, so they are undone."""
+    running again; marked done, since they may have taken effect, so they are undone.
+    So do steps whose attempt was recorded ahead and has not started (``m.started``):
+    it never will."""
     for st in list(run.steps.values()):
-        if st.state is StepState.DISPATCHED and st.token not in m.inflight:
+        if st.state is StepState.DISPATCHED and (
+            st.token not in m.inflight or not m.started(st.token)
+        ):
             m.supersede(run, st, replace=False)
             m.put_step(run, st, orphan_given_up(st, why, token=m.token(), now=m.now))

@@ -90,6 +90,8 @@ class Machine:
         self._incarnation = incarnation  # the store's (its tokens' high bits)
         # (agent): its last health check passed; an AnyOf step picks among those.
         self.healthy: Callable[[str], bool] = lambda agent: True
+        # (token): its attempt reached an agent (one reserved ahead may still be waiting).
+        self.started: Callable[[int], bool] = lambda token: True
         self.runs: dict[str, WorkflowRun] = {}
         self.inflight: dict[int, Attempt] = {}
         self.counters = dict.fromkeys(
