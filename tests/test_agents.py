@@ -80,12 +80,16 @@ def test_idle_instances_are_passivated_and_come_back_on_demand(
     rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
     rt.start("ping", 1).result(timeout=WAIT)
     assert alive() == 1
+    threads = pykka.ActorRegistry.get_by_class(AgentInstance)  # (none on the pool)
     advance(rt, clock, 30.0)
     assert alive() == 1  # not idle long enough
     advance(rt, clock, 40.0)
     settle(rt)
-    assert alive() == 0
     assert rt.stats()["steps"]["passivated"] == 1
+    # The thread host's instance actor ends on its own thread after the Scheduler let it
+    # go, which settle() does not wait for: wait for its end, then count.
+    assert all(ref.actor_stopped.wait(WAIT) for ref in threads)
+    assert alive() == 0
     assert rt.start("ping", 2).result(timeout=WAIT) == {"p": "h1:2"}
 
 
