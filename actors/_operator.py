@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 
+from herder.actors._clock import MessageClock
 from herder.actors._commits import CommitPipeline
 from herder.actors._engine import EngineContext
 from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
@@ -64,11 +65,15 @@ class Operator:
         shell: Shell,
         rand: Callable[[], float],
         plans: Mapping[tuple[str, int], Plan],
+        clock: MessageClock,
     ) -> None:
         self._ctx = ctx
         self._plans = plans  # the Scheduler's (changed only by its Define messages)
         self._store = ctx.store
-        self._clock = ctx.clock
+        # The Scheduler's per-message clock, read again as an action starts (its message
+        # may have waited behind slow work): the action and what the Dispatcher does for
+        # it then share one time, so nothing it releases is recorded before it.
+        self._clock = clock
         self._config = ctx.config
         self._engine = engine
         self._commits = commits
@@ -88,7 +93,7 @@ class Operator:
             )
         handler: Callable[[Operate], WorkflowRun | None] = getattr(self, f"_op_{op.action}")
         done: Future[None] = Future()
-        self._engine.at(self._clock.time(), self._rand)
+        self._engine.at(self._clock.tick(), self._rand)
         # Not taken back yet (a restart's backlog, a reload, a start on its way): the action
         # applies now, and what it leaves to run resumes right after it.
         fresh = self._recovery.take_back(op.workflow_id)

@@ -143,6 +143,7 @@ class Scheduler(SupervisedActor):
             shell=self,
             rand=self._rand.random,
             plans=self._plans,
+            clock=self._clock,
         )
         self._channel = Channel(ctx, self._commits, self._recovery, self._operator, self._plans)
         self._sink: BatchSink | None = None  # where the writer reports durable batches

@@ -1,7 +1,8 @@
 """Adversarial review of the Scheduler's per-message clock (MessageClock, e2d6e0b and
 b19012c): the time is read once as a message arrives and held until the next one. The
-Operator still reads the clock itself, so inside one long operator message the engine's
-time steps back when the Dispatcher takes over."""
+Operator used to read the clock itself, so inside one long operator message the engine's
+time stepped back when the Dispatcher took over; it now reads the message clock again as an
+action starts, and the Dispatcher shares that time."""
 
 from __future__ import annotations
 
@@ -32,13 +33,6 @@ class Steps(Agent):
         return "b"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (MessageClock): the Operator reads the SteadyClock itself while the "
-    "Dispatcher uses the time the message arrived, so a dependent dispatched by a skip "
-    "is recorded earlier than the skip that released it, and its deadline counts from "
-    "before the message was handled (by however long that took)",
-)
 def test_a_step_released_by_an_operator_action_is_not_recorded_before_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
