@@ -233,7 +233,6 @@ def test_handoff_under_load_loses_and_repeats_no_step(
     daemons.append(standby)
     standby.wait_for("standby")
     active.wait_for("start w-10")
-    asked_at = time.time()
     cli = [sys.executable, "-m", "herder.runtime", "handoff", "--store", str(store)]
     handoff = subprocess.run(
         [*cli, "--deadline", "10"],
@@ -245,9 +244,11 @@ def test_handoff_under_load_loses_and_repeats_no_step(
     assert handoff.returncode == 0, handoff.stderr
     assert "handed over in" in handoff.stdout
     assert active.proc.wait(timeout=WAIT) == 0
-    pause = _active_at(standby.wait_for("active")) - asked_at
+    standby.wait_for("active")
     standby.wait_idle()
-    assert pause < 5.0
+    # It took over because the lease was handed to it, not because the lease expired.
+    # How fast (about a second) is benchmarks/handoff.py's to measure, not a test's.
+    assert any("(released)" in line for line in standby.errors), standby.errors[-10:]
     acked = active.acked()
     assert len(acked) >= 11
     final = _final_states(store)

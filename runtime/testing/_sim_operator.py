@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from herder.actors import FakeClock, InvalidState
-from herder.store import WorkflowState, append_command, new_command, wait_outcome
+from herder.store import StoreIOError, WorkflowState, append_command, new_command, wait_outcome
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
@@ -54,6 +54,10 @@ class SimOperator:
             getattr(rt, action)(workflow_id, who="simulation", why=f"round {rnd}")
         except InvalidState:
             return  # it had already finished
+        except StoreIOError:
+            # An earlier (faulted) batch of the engine failed: its writes are refused
+            # until it has resynced, this one included. Not applied, and nothing kept.
+            return
         finally:
             self._faults.armed = True
         self._applied(action, workflow_id, rnd)
