@@ -308,11 +308,12 @@ class PoolHost(HostedAgents[_Agent]):
         )
         lost = []
         for inst in agent.instances.values():
-            _halt(inst)
-            if inst.busy_token is not None and not inst.restarting:
-                lost.append(inst.busy_token)
+            fed = _halt(inst)  # a ready attempt its worker went on with, unheard of yet
+            running = [t for t in (inst.busy_token, fed or None) if t is not None]
+            if running and not inst.restarting:
+                lost += dict.fromkeys(running)  # the old token too, if its answer is late
                 if inst.worker is not None:
-                    self._orphans[inst.busy_token] = inst.worker
+                    self._orphans[running[-1]] = inst.worker
         agent.instances.clear()
         agent.window = None
         return lost

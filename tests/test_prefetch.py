@@ -16,6 +16,7 @@ import pytest
 
 from herder.actors import (
     Agent,
+    ChildEventKind,
     InstanceEvent,
     PoolHost,
     StepContext,
@@ -195,6 +196,38 @@ def test_a_worker_whose_instance_was_let_go_takes_no_ready_attempt(
     late = _outcome(host, inbox)
     assert (late.token, late.next_token) == (1, 0)
     assert [r.token for r in ready] == [2]  # still there for a live instance
+
+
+def test_an_agent_given_up_on_loses_the_attempt_a_worker_fed_itself_unheard() -> None:
+    # Too many crashes: the host drops every instance and reports their attempts lost.
+    # One worker had already gone on with a ready attempt the Scheduler has not heard
+    # of; that attempt runs on a dropped instance, so it must be reported lost too (else
+    # it stays live beside the fresh instances: concurrency + 1).
+    Worker.gate = threading.Event()
+    inbox: queue.Queue[Any] = queue.Queue()
+    agents = start_supervisor(
+        "agents", Strategy.ONE_FOR_ONE, listener=agents_listener(inbox.put), clock=SystemClock()
+    )
+    host = PoolHost(
+        agents,
+        reply=inbox.put,
+        events=inbox.put,
+        max_result_bytes=1024,
+        shutdown=0.1,
+        max_restarts=0,  # the first crash is one too many
+    )
+    host.add("worker", Worker, 2)
+    ready = host.ready_queue("worker")
+    assert ready is not None
+    other = _start(host, inbox, _run(3, action="hang"))
+    ready.append(_run(2, action="hang"))  # durable, waiting for an instance
+    feeding = _start(host, inbox, _run(1))
+    first = _outcome(host, inbox)  # not handed to moved_on: the Scheduler has not seen it
+    assert (first.token, first.next_token, first.instance) == (1, 2, feeding)
+    lost = host.on_event(InstanceEvent("worker", other, ChildEventKind.CRASHED), 0.0)
+    Worker.gate.set()
+    assert 3 in lost
+    assert 2 in lost
 
 
 # -- end to end ------------------------------------------------------------------------
