@@ -306,7 +306,7 @@ class PoolHost(HostedAgents[_Agent]):
         _log.error(
             "%s", RestartIntensityExceeded(f"agent:{agent.name}", instance_id, window, period)
         )
-        lost = []
+        lost: list[int] = []
         for inst in agent.instances.values():
             fed = _halt(inst)  # a ready attempt its worker went on with, unheard of yet
             running = [t for t in (inst.busy_token, fed or None) if t is not None]
