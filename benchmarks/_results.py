@@ -7,7 +7,8 @@ the figures in the tables and the reasoning stay in one generated page.
 Other benchmarks (``ray_host.py --write``, and the sections measured by hand with
 ``scale.py``, ``devices.py``, ``start_many.py``...) keep their own sections in the page
 between ``<!-- NAME: begin -->`` and ``<!-- NAME: end -->`` markers. Re-rendering keeps
-every such section, in its order, after the generated part.
+every such section, in its order, after the generated part (unless the generated part
+already holds it: ``ANALYSIS.md`` carries the Ray section).
 """
 
 from __future__ import annotations
@@ -235,6 +236,7 @@ def kept_sections(text: str) -> list[str]:
 
 def write_results(path: pathlib.Path, report: dict[str, Any]) -> None:
     """Write RESULTS.md for ``report``, keeping the other benchmarks' sections."""
-    kept = kept_sections(path.read_text()) if path.exists() else []
-    page = render(report).rstrip() + "\n"
-    path.write_text("\n\n".join([page.rstrip(), *kept]) + "\n")
+    page = render(report).rstrip()
+    old = kept_sections(path.read_text()) if path.exists() else []
+    kept = [section for section in old if section.split("\n", 1)[0] not in page]
+    path.write_text("\n\n".join([page, *kept]) + "\n")

@@ -135,7 +135,7 @@ def test_results_page_keeps_the_sections_other_benchmarks_own(
     saved = tmp_path / "peers.json"
     saved.write_text(json.dumps(report))
     again = tmp_path / "RESULTS.md"
-    ray = "<!-- ray_host.py: begin -->\n## Agents on Ray\n\n| a | b |\n<!-- ray_host.py: end -->"
+    ray = "<!-- other.py: begin -->\n## Another benchmark\n\n| a | b |\n<!-- other.py: end -->"
     hosting = "<!-- agent-hosting: begin -->\n## Hosting\ntext\n<!-- agent-hosting: end -->"
     again.write_text(f"# an older page\n\n{ray}\n\nhand-written text is dropped\n\n{hosting}\n")
     cmd = [sys.executable, str(BENCH / "peers.py"), "--render", str(saved), "--results", str(again)]
@@ -145,6 +145,9 @@ def test_results_page_keeps_the_sections_other_benchmarks_own(
     assert text.index(ray) < text.index(hosting)
     assert "an older page" not in text
     assert "hand-written" not in text
+    again.write_text(text)  # rendered once more: each kept section still appears once
+    subprocess.run(cmd, check=True, timeout=30, stdout=subprocess.DEVNULL)
+    assert again.read_text() == text
 
 
 def test_a_peer_is_run_at_each_setting_and_compared_at_its_best() -> None:
