@@ -308,12 +308,14 @@ class PoolHost(HostedAgents[_Agent]):
         )
         lost: list[int] = []
         for inst in agent.instances.values():
-            fed = _halt(inst)  # a ready attempt its worker went on with, unheard of yet
-            running = [t for t in (inst.busy_token, fed or None) if t is not None]
-            if running and not inst.restarting:
-                lost += dict.fromkeys(running)  # the old token too, if its answer is late
-                if inst.worker is not None:
-                    self._orphans[running[-1]] = inst.worker
+            fed = _halt(inst)
+            if inst.busy_token is None or inst.restarting:
+                continue
+            lost.append(inst.busy_token)
+            if fed and fed != inst.busy_token:  # its worker went on with it, unheard of yet
+                lost.append(fed)
+            if inst.worker is not None:
+                self._orphans[lost[-1]] = inst.worker
         agent.instances.clear()
         agent.window = None
         return lost
