@@ -116,38 +116,43 @@ def test_herder_bench_peers_runs_the_peer_suite(capfd: pytest.CaptureFixture[str
     assert "--quick" in capfd.readouterr().out
 
 
+def render(report: dict, results: pathlib.Path) -> str:
+    """``peers.py --render`` of ``report`` into ``results`` (kept sections and all)."""
+    saved = results.with_suffix(".json")
+    saved.write_text(json.dumps(report))
+    cmd = [
+        sys.executable,
+        str(BENCH / "peers.py"),
+        "--render",
+        str(saved),
+        "--results",
+        str(results),
+    ]
+    subprocess.run(cmd, check=True, timeout=30, stdout=subprocess.DEVNULL)
+    return results.read_text()
+
+
 def test_results_page_can_be_rendered_again_from_the_json_report(
     suite: tuple[dict, str], tmp_path: pathlib.Path
 ) -> None:
     report, page = suite
-    saved = tmp_path / "peers.json"
-    saved.write_text(json.dumps(report))
-    again = tmp_path / "RESULTS.md"
-    cmd = [sys.executable, str(BENCH / "peers.py"), "--render", str(saved), "--results", str(again)]
-    subprocess.run(cmd, check=True, timeout=30, stdout=subprocess.DEVNULL)
-    assert again.read_text() == page
+    assert render(report, tmp_path / "RESULTS.md") == page
 
 
 def test_results_page_keeps_the_sections_other_benchmarks_own(
     suite: tuple[dict, str], tmp_path: pathlib.Path
 ) -> None:
     report, page = suite
-    saved = tmp_path / "peers.json"
-    saved.write_text(json.dumps(report))
-    again = tmp_path / "RESULTS.md"
-    ray = "<!-- other.py: begin -->\n## Another benchmark\n\n| a | b |\n<!-- other.py: end -->"
+    results = tmp_path / "RESULTS.md"
+    other = "<!-- other.py: begin -->\n## Another benchmark\n\n| a | b |\n<!-- other.py: end -->"
     hosting = "<!-- agent-hosting: begin -->\n## Hosting\ntext\n<!-- agent-hosting: end -->"
-    again.write_text(f"# an older page\n\n{ray}\n\nhand-written text is dropped\n\n{hosting}\n")
-    cmd = [sys.executable, str(BENCH / "peers.py"), "--render", str(saved), "--results", str(again)]
-    subprocess.run(cmd, check=True, timeout=30, stdout=subprocess.DEVNULL)
-    text = again.read_text()
+    results.write_text(f"# an older page\n\n{other}\n\nhand-written text is dropped\n\n{hosting}\n")
+    text = render(report, results)
     assert text.startswith(page.rstrip())
-    assert text.index(ray) < text.index(hosting)
+    assert text.index(other) < text.index(hosting)
     assert "an older page" not in text
     assert "hand-written" not in text
-    again.write_text(text)  # rendered once more: each kept section still appears once
-    subprocess.run(cmd, check=True, timeout=30, stdout=subprocess.DEVNULL)
-    assert again.read_text() == text
+    assert render(report, results) == text  # rendered once more: each kept section once
 
 
 def test_a_peer_is_run_at_each_setting_and_compared_at_its_best() -> None:

@@ -171,9 +171,10 @@ def test_start_at_is_a_wall_clock_time_even_after_a_step(tmp_path: Path) -> None
 
 
 CHILD = """
-import sys, time
+import sys, threading, time
 from herder.actors import SystemClock
 from herder.runtime import Agent, RetryPolicy, Runtime, StepState, Workflow
+from herder.runtime.testing import wait_until
 
 class Ahead(SystemClock):  # this process's wall clock runs an hour ahead
     def time(self):
@@ -188,10 +189,9 @@ rt.add_agent("a", Down)
 retry = RetryPolicy(max_attempts=3, initial_interval=2.0, jitter=0.0)
 rt.add_workflow(Workflow("w").step("s", agent="a", action="work", retry=retry))
 rt.start("w", workflow_id="x")
-while rt.status("x").steps["s"].state is not StepState.RETRY_WAIT:
-    time.sleep(0.01)
+wait_until(rt, lambda: rt.status("x").steps["s"].state is StepState.RETRY_WAIT)
 print("waiting", flush=True)
-time.sleep(600)
+threading.Event().wait()  # until the test kills this process
 """
 
 
