@@ -23,7 +23,8 @@ crash test) can see exactly what is wrong. What it checks:
   has the agent it resolved stored with the workflow, and nothing else is stored there;
   a step of an ``AnyOf`` group that ran names the member it ran on, one of the group.
 
-The CLI prints the problems (or ``--json``) and exits 1 if there are any, 0 if none.
+The CLI prints the problems (or ``--json``) and exits 1 if there are any, 0 if none;
+the report's types are ``_check_report``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import itertools
 import json
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from herder.actors import FACTS_KEY, parse_facts
@@ -43,6 +43,7 @@ from herder.actors.engine import (
     UNDOING,
     holds_timer,
 )
+from herder.runtime._check_report import CheckReport, Problem
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
@@ -71,55 +72,6 @@ from herder.store import (
 )
 
 _R = TypeVar("_R")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One broken invariant: where (database and key) and what."""
-
-    db: str
-    key: bytes
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        """The problem as JSON-ready data (the key decoded, undecodable bytes escaped)."""
-        return {
-            "db": self.db,
-            "key": self.key.decode("utf-8", "backslashreplace"),
-            "problem": self.message,
-        }
-
-    def __str__(self) -> str:
-        return f"{self.db} {self.key!r}: {self.message}"
-
-
-@dataclass
-class CheckReport:
-    """What :func:`check_store` looked at and every problem it found."""
-
-    problems: list[Problem] = field(default_factory=list)
-    workflows: int = 0
-    steps: int = 0
-    timers: int = 0
-    definitions: int = 0
-    incarnation: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True when no invariant is broken."""
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready data."""
-        return {
-            "ok": self.ok,
-            "workflows": self.workflows,
-            "steps": self.steps,
-            "timers": self.timers,
-            "definitions": self.definitions,
-            "incarnation": self.incarnation,
-            "problems": [p.to_dict() for p in self.problems],
-        }
 
 
 def check_store(store: Store) -> CheckReport:

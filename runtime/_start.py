@@ -1,6 +1,6 @@
-"""Starting workflows on a :class:`Runtime` (a base class of it): ``start`` and
-``start_many``, and the parts their ``_async`` forms are made of too (``_checked``,
-``_submit_start``, ``_landed``; ``_starting_many``).
+"""Starting workflows on a :class:`Runtime` (a base class of it): ``start``, and the
+parts ``start_async`` is made of too (``_checked``, ``_submit_start``, ``_landed``);
+``start_many`` is ``_start_many``, built on the same checks (``_prepare``).
 
 A start is checked first (``_prepare``: nothing is written), takes a slot under
 ``max_active_workflows`` (``_capacity``), and is one compare-and-set transaction that
@@ -17,25 +17,20 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
 from herder.actors import UnknownName, WorkflowConflict
 from herder.runtime._deadlines import deadline_at
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._routing import check_registered, resolve_agents
+from herder.runtime._start_many import StartingMany
 from herder.runtime._starts import (
     Landing,
     NewStart,
     creation,
     same_record,
-    same_start,
-    start_args,
-    started_mark,
 )
 from herder.runtime._timing import begin_at, check_priority
-from herder.runtime._waits import Steps, Wait, awaited, run_blocking
 from herder.runtime._workflow import Workflow
 from herder.store import (
     ConditionFailed,
@@ -83,8 +78,8 @@ class _Ids:
 _new_id = _Ids().new
 
 
-class Starting:
-    """``start`` and ``start_many``."""
+class Starting(StartingMany):
+    """``start``, and ``start_many`` (:class:`StartingMany`)."""
 
     def start(
         self,
@@ -209,115 +204,6 @@ class Starting:
             extra={"workflow_id": wid, "workflow": new.plan.name},
         )
         return WorkflowHandle(rt, wid)
-
-    def start_many(
-        self, starts: Iterable[Mapping[str, Any]], *, timeout: float | None = None
-    ) -> list[WorkflowHandle]:
-        """Start many workflows in one group commit (one fsync, not one each); all are
-        durable when this returns, with one handle per item, in order.
-
-        Each item is a mapping of :meth:`start`'s arguments: ``workflow`` (required),
-        ``input``, ``workflow_id``, ``priority``, ``start_at``, ``delay``, ``deadline``.
-        Every item is checked before anything is written: a bad one raises and nothing
-        starts.
-        Idempotent per id like :meth:`start`: an id that exists (or repeats in the list)
-        with the same input gives a handle to that workflow; when one has different
-        input, the others still start and :class:`WorkflowConflict` names it. Blocks while
-        ``max_active_workflows`` are unfinished (up to ``timeout`` seconds).
-        """
-        rt = _runtime(self)
-        return run_blocking(rt._starting_many(list(starts), timeout))
-
-    def _starting_many(
-        self, starts: list[Mapping[str, Any]], timeout: float | None
-    ) -> Steps[list[WorkflowHandle]]:
-        """The body of :meth:`start_many` and ``start_many_async``."""
-        rt = _runtime(self)
-        rt._check_active()
-        # One clock read for the batch, and each definition's agents checked once (per
-        # item only when its agents come from the input), not both per item.
-        now, wall = rt._ctx.clock.time(), rt._clock.time()
-        checked: set[int] = set()  # id() of plans, all held by ``news``
-        prepare = rt._prepare
-        news = [
-            prepare(**start_args(i, item), now=now, wall=wall, checked=checked)
-            for i, item in enumerate(starts)
-        ]
-        unique: dict[str, NewStart] = {}
-        for new in news:
-            first = unique.setdefault(new.workflow_id, new)
-            if first is not new and not same_start(first, new):
-                raise WorkflowConflict(
-                    f"workflow id {new.workflow_id!r} appears twice in start_many with "
-                    "different workflows or input; nothing was started"
-                )
-        taken = rt._take_capacity_now(len(unique))
-        try:
-            while taken < len(unique):
-                yield Wait(lambda: rt._wait_capacity(timeout), lambda: rt._capacity_async(timeout))
-                taken += 1
-        except BaseException:
-            for _ in range(taken):
-                rt._release_capacity()
-            raise
-        # creation() straight, not through _creation() per item: thousands of calls.
-        token, tracing = rt._ctx.next_token, rt._tracing
-        created = [
-            creation(
-                new,
-                now,
-                token(),
-                mark_started=False,
-                trace=None
-                if tracing is None
-                else tracing.start_workflow(new.plan.name, new.workflow_id, now),
-            )
-            for new in unique.values()
-        ]
-        # Each definition's started mark once, as a transition of its own in the same
-        # group (one write transaction): it lands even when an item's id was taken.
-        marks = list(dict.fromkeys((new.plan.name, new.plan.version) for new in news))
-        marks = [key for key in marks if key not in rt._started]
-        n = len(created)
-        committed: Future[list[BaseException | None]] = Future()
-
-        def on_done(results: list[BaseException | None]) -> None:
-            # Admitted here, on the writer thread, so workflows are running once durable
-            # even if the caller stopped waiting (all in one message to the Scheduler); a
-            # failed one gives its capacity back.
-            committed.set_result(results)
-            durable = []
-            for (record, steps, _), result in zip(created, results, strict=False):
-                if result is None:
-                    durable.append((record, steps))
-                else:
-                    rt._id_taken(record)  # or not written at all: the same for both
-            if durable:
-                rt._admit(durable)
-
-        group = [c[2] for c in created] + [started_mark(*key) for key in marks]
-        rt._store.writer.submit_many(group, on_done)
-        outcomes = yield Wait(
-            lambda: committed.result(timeout=rt._ask_timeout),
-            lambda: awaited(committed, rt._ask_timeout),
-        )
-        rt._started.update(key for key, o in zip(marks, outcomes[n:], strict=True) if o is None)
-        conflicts = []
-        for new, outcome in zip(unique.values(), outcomes, strict=False):
-            if outcome is None:
-                continue
-            if not isinstance(outcome, ConditionFailed):
-                raise outcome
-            existing = rt._store.get_workflow(new.workflow_id)
-            if existing is None or not same_record(existing, new):
-                conflicts.append(new.workflow_id)
-        if conflicts:
-            raise WorkflowConflict(
-                f"{len(conflicts)} workflow ids were already started with different input "
-                f"({', '.join(map(repr, conflicts[:5]))}); the other workflows started"
-            )
-        _log.info("%d workflows started in one commit", len(created))
-        return [WorkflowHandle(rt, new.workflow_id) for new in news]
 
     def _prepare(
         self,

@@ -1,0 +1,57 @@
+"""What ``herder check`` found: a :class:`CheckReport` of what it looked at, each broken
+invariant a :class:`Problem` naming its database and key. The checks themselves are
+``_check``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One broken invariant: where (database and key) and what."""
+
+    db: str
+    key: bytes
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The problem as JSON-ready data (the key decoded, undecodable bytes escaped)."""
+        return {
+            "db": self.db,
+            "key": self.key.decode("utf-8", "backslashreplace"),
+            "problem": self.message,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.db} {self.key!r}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_store` looked at and every problem it found."""
+
+    problems: list[Problem] = field(default_factory=list)
+    workflows: int = 0
+    steps: int = 0
+    timers: int = 0
+    definitions: int = 0
+    incarnation: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no invariant is broken."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {
+            "ok": self.ok,
+            "workflows": self.workflows,
+            "steps": self.steps,
+            "timers": self.timers,
+            "definitions": self.definitions,
+            "incarnation": self.incarnation,
+            "problems": [p.to_dict() for p in self.problems],
+        }
