@@ -47,7 +47,9 @@ class Sleep50(Agent):
 
 
 def open_runtime(path: Path, host: RayHost | None) -> Runtime:
-    rt = Runtime(path)
+    # Local at its best: as many pool workers as attempts in flight (the default 32
+    # would cap the 50 ms action at 640 steps/s), as concurrent as the Ray agent.
+    rt = Runtime(path, pool_workers=max(LEVELS))
     for name, factory in (("noop", Noop), ("sleep50", Sleep50)):
         rt.add_agent(name, factory, concurrency=max(LEVELS), host=host)
         rt.add_workflow(Workflow(name).step("s", agent=name, action="go"))

@@ -157,7 +157,10 @@ def test_results_of_ray_attempts_are_durable_and_come_from_worker_processes(
         rt.add_workflow(flow)
         handles = [rt.start("two", i, workflow_id=f"w{i}") for i in range(10)]
         results = [h.result(timeout=WAIT) for h in handles]
-        assert rt.stats()["host"]["ray_workers"] == 1  # 4 instances in one process
+        host = rt.stats()["host"]
+        assert host["ray_workers"] == 1  # 4 instances in one process
+        assert host["ray_answers"] == 20  # every attempt answered by a poll
+        assert host["ray_submits"] <= 20  # a submit carries one attempt or more
     pids = {r[s]["pid"] for r in results for s in ("a", "b")}
     assert os.getpid() not in pids
     assert [r["a"]["input"] for r in results] == list(range(10))

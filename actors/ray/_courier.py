@@ -1,25 +1,27 @@
-"""The calls of one runtime's Ray attempts: submitted by the caller, collected by one thread.
+"""The calls of one runtime's Ray attempts: mailboxes, a sender and a collector.
 
-The Scheduler's thread submits each attempt itself (``.remote()`` only queues it), and one
-collector thread per runtime takes every answer with ``ray.wait`` over all outstanding
-calls, so an attempt's work falls on the same two threads however many instances run
-(the instances' proxies wait idle), and costs the daemon one submit and a share of one
-wait. Every :data:`POLL` seconds the
-collector also syncs each attempt running longer than that (its ``superseded``/
-``cancelled`` flags out, its latest heartbeat in), by a call on its worker's spare thread
-collected the same way.
+Each worker process is a mailbox (``_worker``). The Scheduler's thread only files an
+attempt with its process (:meth:`Courier.submit`: a dict entry and a list append, no Ray
+call); one sender thread per runtime takes everything filed since it last ran and hands
+each process its attempts in one ``submit`` call, so a Scheduler message that dispatches
+many attempts costs one call per process, not one per attempt. While a process has
+attempts running, one ``poll`` call of it is outstanding; one collector thread per
+runtime waits on all of them (``ray.wait``) and each returns every answer finished since
+the last, so a busy process answers many attempts per call. A poll also brings the
+running attempts' latest heartbeats in, and takes their ``superseded``/``cancelled``
+flags out (set in the next poll after they change: a poll returns within
+:data:`~herder.actors.ray._worker.POLL` seconds).
 
 What an answer becomes:
 
-- an :class:`Outcome` (in msgpack): told to the Scheduler, as a local instance does;
-- the name of an :class:`InstanceCrash`, or the worker process died: the attempt's proxy
-  is told (:class:`Ended`) and crashes, so its supervisor restarts it and the attempt is
-  lost and retried at once, as a local crash;
-- the process was killed on purpose (its attempt hung past its timeout): dropped, the
-  proxy is being replaced already.
+- an :class:`Outcome`'s fields: told to the Scheduler, as a local instance does;
+- the name of an :class:`InstanceCrash`: the attempt's proxy is told (:class:`Ended`) and
+  crashes, so its supervisor restarts it and the attempt is lost and retried at once;
+- the poll raised (the process died: killed, OOM, node lost): every attempt filed with it
+  is lost so, except one whose process was killed on purpose (it hung past its timeout:
+  its proxy is being replaced already).
 
-Nothing an answer holds reaches the collector's loop as an exception: a result that does
-not load here (its class is missing) is a crash of that instance.
+Nothing an answer holds reaches the threads' loops as an exception.
 """
 
 from __future__ import annotations
@@ -32,52 +34,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgpack
 import pykka
 import ray
 
 from herder.actors._agent import StepContext
 from herder.actors._messages import Outcome, Run
-from herder.actors.ray._worker import unpacked
+from herder.actors.ray._worker import pack, unpack, unpacked
 from herder.store import describe
 
 _log = logging.getLogger("herder.ray")
 
-POLL = 0.25
-"""Seconds between syncs (heartbeats in, flags out) of an attempt that still runs."""
 TICK = 0.02
-"""The longest the collector waits on the calls it has before it looks for new ones (a
-call submitted meanwhile and answered first waits at most this long to be seen)."""
+"""The longest the collector waits on the polls it has before it looks for new ones (a
+poll started meanwhile and answered first waits at most this long to be seen)."""
 JOIN_WAIT = 2.0
 
-_UNKNOWN = object()  # an answer not fetched yet
 _FIELDS = tuple(n for n in StepContext.__dataclass_fields__ if n != "_port")
 
 
 class WorkerLost(Exception):
     """The Ray worker process running an instance died or could not be reached: the
     proxy's crash reason (like :class:`InstanceCrash`, never raised to a caller)."""
-
-
-@dataclass(eq=False)
-class Process:
-    """One Ray worker process (a Ray actor handle) of an agent."""
-
-    handle: Any
-    agent: str
-    dead: bool = False
-    run: Any = field(init=False)  # the handle's methods, looked up once (each lookup
-    sync: Any = field(init=False)  # builds a new method object: a third of a call's cost)
-
-    def __post_init__(self) -> None:
-        self.run = self.handle.run
-        self.sync = self.handle.sync
-
-
-class _Workers(Protocol):
-    def lost(self, proc: Process) -> None: ...
-
-    def was_replaced(self, token: int) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,32 +69,50 @@ class Ended:
 class _Call:
     """An attempt running on Ray."""
 
-    token: int
-    proc: Process
     instance: str
     proxy: pykka.ActorRef[Any]
     port: Any
     reply: Callable[[Outcome], None]
-    since: float
-    syncing: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Sync:
-    """A sync of a running attempt (answered by its worker's spare thread)."""
-
-    call: _Call
 
 
 @dataclass(eq=False)
+class Process:
+    """One Ray worker process (a Ray actor handle) of an agent, and its mailbox; the
+    mailbox fields are the courier's, under its lock."""
+
+    handle: Any
+    agent: str
+    dead: bool = False
+    calls: dict[int, _Call] = field(default_factory=dict)  # token -> attempt filed here
+    filed: list[tuple[Any, ...]] = field(default_factory=list)  # not submitted yet
+    polling: bool = False  # a poll of it is outstanding (or about to be)
+    submit: Any = field(init=False)  # the handle's methods, looked up once (each lookup
+    poll: Any = field(init=False)  # builds a new method object)
+
+    def __post_init__(self) -> None:
+        self.submit = self.handle.submit
+        self.poll = self.handle.poll
+
+
+class _Workers(Protocol):
+    def lost(self, proc: Process) -> None: ...
+
+    def was_replaced(self, token: int) -> bool: ...
+
+
 class Courier:
     """See the module docstring; thread-safe, closed with its runtime's workers."""
 
-    workers: _Workers
-    _calls: dict[Any, _Call | _Sync] = field(default_factory=dict)  # ObjectRef -> its call
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _thread: threading.Thread | None = None
-    _closed: bool = False
+    def __init__(self, workers: _Workers) -> None:
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._mail = threading.Condition(self._lock)  # the sender waits for filed attempts
+        self._news = threading.Condition(self._lock)  # the collector waits for polls
+        self._outbox: list[Process] = []  # processes with attempts filed
+        self._polls: dict[Any, Process] = {}  # ObjectRef of an outstanding poll -> process
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self.counts = {"ray_submits": 0, "ray_polls": 0, "ray_answers": 0}
 
     def submit(
         self,
@@ -129,53 +124,108 @@ class Courier:
         *,
         reply: Callable[[Outcome], None],
     ) -> None:
-        """Start ``run`` on ``slot`` of ``proc``; its answer goes to ``reply``, or its
+        """File ``run`` for ``slot`` of ``proc``; its answer goes to ``reply``, or its
         crash to ``proxy``. Never raises."""
         ctx = run.context
         fields = {name: getattr(ctx, name) for name in _FIELDS}
         fields["cancelled"] = ctx.cancelled
-        try:
-            # One msgpack argument (the step's data is plain already) halves the cost
-            # of ``.remote()``: Ray encodes each argument on its own, and slowly.
-            call = msgpack.packb((slot, instance, run.action, fields), use_bin_type=True)
-            ref = proc.run.remote(call)
-        except Exception as exc:
-            _tell(proxy, Ended(f"could not reach Ray worker: {describe(exc)}", died=True))
-            return
-        running = _Call(run.token, proc, instance, proxy, ctx._port, reply, time.monotonic())
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return  # the runtime is stopping: its processes are being killed
-            self._calls[ref] = running
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._collect, name="herder-ray-collect")
-                self._thread.daemon = True
-                self._thread.start()
-            elif len(self._calls) == 1:
-                self._cond.notify()
+            if proc.dead:
+                dead = True
+            else:
+                dead = False
+                proc.calls[run.token] = _Call(instance, proxy, ctx._port, reply)
+                proc.filed.append((slot, instance, run.action, fields))
+                if len(proc.filed) == 1:
+                    self._outbox.append(proc)
+                    if len(self._outbox) == 1:
+                        self._mail.notify()
+                if not self._threads:
+                    self._start()
+        if dead:
+            _tell(proxy, Ended(f"Ray worker of agent {proc.agent!r} died", died=True))
 
     def close(self) -> None:
-        """Stop collecting (the processes are killed next); waits for the collector to
-        leave ``ray.wait``, so Ray can be shut down under it."""
-        with self._cond:
+        """Stop sending and collecting (the processes are killed next); waits for the
+        threads to leave Ray's calls, so Ray can be shut down under them."""
+        with self._lock:
             self._closed = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_WAIT)
+            self._mail.notify()
+            self._news.notify()
+            threads = list(self._threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(JOIN_WAIT)
 
-    def _collect(self) -> None:
-        next_sync = time.monotonic() + POLL
+    def _start(self) -> None:
+        for target, name in (
+            (self._send, "herder-ray-send"),
+            (self._collect, "herder-ray-collect"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    # -- the sender --------------------------------------------------------------------
+
+    def _send(self) -> None:
         while True:
-            with self._cond:
-                while not self._calls and not self._closed:
-                    self._cond.wait()
+            with self._lock:
+                while not self._outbox and not self._closed:
+                    self._mail.wait()
                 if self._closed:
                     return
-                refs = list(self._calls)
+                outbox, self._outbox = self._outbox, []
+                batches = [(proc, proc.filed) for proc in outbox if proc.filed]
+                starting = [proc for proc in outbox if not proc.polling]
+                for proc in outbox:
+                    proc.filed = []
+                for proc in starting:
+                    proc.polling = True
+                self.counts["ray_submits"] += len(batches)
+            for proc, batch in batches:
+                try:
+                    proc.submit.remote(pack(batch))
+                except Exception as exc:  # Ray cannot reach it: its attempts are lost
+                    self._died(proc, exc)
+            for proc in starting:
+                self._poll(proc)
+
+    def _poll(self, proc: Process) -> None:
+        """Start a poll of ``proc`` (whose ``polling`` is set), carrying the flags its
+        attempts have up."""
+        with self._lock:
+            self.counts["ray_polls"] += 1
+            flags = [
+                (token, call.port.superseded, call.port.cancelled)
+                for token, call in proc.calls.items()
+                if call.port.superseded or call.port.cancelled
+            ]
+        try:
+            ref = proc.poll.remote(flags)
+        except Exception as exc:
+            self._died(proc, exc)
+            return
+        with self._lock:
+            self._polls[ref] = proc
+            if len(self._polls) == 1:
+                self._news.notify()
+
+    # -- the collector -----------------------------------------------------------------
+
+    def _collect(self) -> None:
+        while True:
+            with self._lock:
+                while not self._polls and not self._closed:
+                    self._news.wait()
+                if self._closed:
+                    return
+                refs = list(self._polls)
             try:
                 ready, _ = ray.wait(refs, num_returns=1, timeout=TICK, fetch_local=True)
-                if ready and len(refs) > 1:  # take every answer that is in, in one go
+                if ready and len(refs) > 1:  # take every poll that is in, in one go
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             except Exception:  # Ray is shutting down under a closing runtime
                 if self._closed:
@@ -183,69 +233,51 @@ class Courier:
                 _log.exception("ray.wait failed; trying again")
                 time.sleep(TICK)
                 continue
-            with self._cond:
-                done = [(ref, self._calls.pop(ref)) for ref in ready if ref in self._calls]
-            try:  # one get for them all costs half as much a call as one get each
-                answers = ray.get([ref for ref, _ in done])
-            except BaseException:  # one of them lost its process: take them one by one
-                answers = [_UNKNOWN] * len(done)
-            for (ref, call), answer in zip(done, answers, strict=True):
-                self._answer(ref, call, answer)
-            now = time.monotonic()
-            if now >= next_sync:
-                next_sync = now + POLL
-                self._sync(now)
+            for ref in ready:
+                with self._lock:
+                    proc = self._polls.pop(ref)
+                try:
+                    answers, beats = unpack(ray.get(ref))
+                except BaseException as exc:  # the process died or was killed
+                    self._died(proc, exc)
+                    continue
+                self._answer(proc, answers, beats)
+                with self._lock:
+                    proc.polling = bool(proc.calls) and not proc.dead
+                if proc.polling:
+                    self._poll(proc)
 
-    def _answer(self, ref: Any, call: _Call | _Sync, answer: Any) -> None:
-        if answer is _UNKNOWN:
+    def _answer(self, proc: Process, answers: list[Any], beats: list[Any]) -> None:
+        with self._lock:
+            done = [(token, proc.calls.pop(token, None), answer) for token, answer in answers]
+            self.counts["ray_answers"] += len(done)
+            beating = [(proc.calls.get(token), details) for token, details in beats]
+        for token, call, answer in done:
+            if call is None:
+                continue  # its process was given up on meanwhile
             try:
-                answer = ray.get(ref)
-            except BaseException as exc:  # the process died or was killed
-                if isinstance(call, _Call):
-                    self._died(call, exc)
+                if isinstance(answer, str):
+                    _tell(call.proxy, Ended(answer, died=False))
                 else:
-                    call.call.syncing = False
-                return
-        try:
-            if isinstance(call, _Sync):
-                call.call.syncing = False
-                for details in answer:
-                    call.call.port.heartbeat(details)
-            elif isinstance(answer, bytes):
-                call.reply(unpacked(answer, call.proc.agent, call.instance, call.token))
-            else:
-                _tell(call.proxy, Ended(str(answer), died=False))
-        except BaseException as exc:  # the collector outlives whatever an answer holds
-            _log.error("dropped a Ray answer for token %s: %s", _token(call), describe(exc))
+                    call.reply(unpacked(answer, proc.agent, call.instance, token))
+            except BaseException as exc:  # the collector outlives whatever an answer holds
+                _log.error("dropped a Ray answer for token %s: %s", token, describe(exc))
+        for running, details in beating:
+            if running is not None:
+                with contextlib.suppress(Exception):
+                    running.port.heartbeat(details)
 
-    def _died(self, call: _Call, exc: BaseException) -> None:
-        self.workers.lost(call.proc)
-        if self.workers.was_replaced(call.token):
-            return  # killed because it hung: its proxy is being replaced already
-        reason = f"Ray worker of agent {call.proc.agent!r} died: {describe(exc)}"
-        _tell(call.proxy, Ended(reason, died=True))
-
-    def _sync(self, now: float) -> None:
-        """Sync each attempt running for a POLL or more with no sync on the way."""
-        with self._cond:
-            due = [
-                c
-                for c in self._calls.values()
-                if isinstance(c, _Call) and not c.syncing and now - c.since >= POLL
-            ]
-        for call in due:
-            port = call.port
-            try:
-                ref = call.proc.sync.remote(call.token, port.superseded, port.cancelled)
-            except Exception:  # a dying worker: the attempt's own answer tells
-                continue
-            call.syncing = True
-            with self._cond:
-                self._calls[ref] = _Sync(call)
-
-
-def _token(call: _Call | _Sync) -> int:
-    return call.call.token if isinstance(call, _Sync) else call.token
+    def _died(self, proc: Process, exc: BaseException) -> None:
+        """``proc`` died: each attempt filed with it is its instance's crash."""
+        self.workers.lost(proc)
+        with self._lock:
+            calls, proc.calls = proc.calls, {}
+            proc.filed = []
+            proc.polling = False
+        reason = f"Ray worker of agent {proc.agent!r} died: {describe(exc)}"
+        for token, call in calls.items():
+            if not self.workers.was_replaced(token):  # else it hung: being replaced already
+                _tell(call.proxy, Ended(reason, died=True))
 
 
 def _tell(proxy: pykka.ActorRef[Any], message: Any) -> None:

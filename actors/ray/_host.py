@@ -5,13 +5,13 @@ supervisor, exactly as on the thread host (:class:`RayAgentHost` *is* a thread h
 starts proxies instead of :class:`AgentInstance`); so crashes, restarts, restart backoff
 and intensity, passivation and replacement are the supervision tree's, unchanged. A proxy
 only holds a slot in a Ray worker process (``_workers.RayWorkers`` hands them out): it
-takes it when it starts, gives it back when it stops, and crashes when the collector says
+takes it when it starts, gives it back when it stops, and crashes when the courier says
 its attempt crashed the instance or lost the process. Attempts do not pass through it:
-the host submits each one from the Scheduler's thread and one collector per runtime takes
-the answers (``_courier``), so the proxies' threads sit idle and the daemon's work per
-Ray attempt is one submit and a share of one wait.
+the host files each one with its worker process from the Scheduler's thread, and the
+courier's two threads per runtime carry them in batches and bring the answers back
+(``_courier``), so the proxies' threads sit idle.
 
-- the worker answers an Outcome: the collector tells the Scheduler, as a local instance does;
+- the worker answers an Outcome: the courier tells the Scheduler, as a local instance does;
 - the action raised :class:`InstanceCrash`, or the worker process died (killed, OOM, node
   lost): the proxy crashes, so its supervisor restarts it (a new slot, in a new process if
   needed) and the attempt is lost and retried at once, as a local crash;
@@ -117,7 +117,8 @@ class RayInstance(SupervisedActor):
         )
         try:
             failed = ray.get(
-                self._proc.handle.start_slot.remote(self._slot, spec.factory), timeout=START_WAIT
+                self._proc.handle.start_slot.remote(self._slot, self._instance, spec.factory),
+                timeout=START_WAIT,
             )
         except ray.exceptions.GetTimeoutError:
             failed = f"no Ray worker process started within {START_WAIT} s (cluster busy?)"
@@ -152,7 +153,7 @@ class RayAgentHost(ThreadHost):
         self._workers = workers
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
-        """Submit the attempt to the instance's worker from this (the Scheduler's) thread;
+        """File the attempt with the instance's worker from this (the Scheduler's) thread;
         an instance with no live process gets it as a message and takes a new slot first."""
         _, inst = self._instance(name, instance_id)
         if inst is None or inst.lost or inst.ref is None or inst.busy_token != run.token:
@@ -173,12 +174,14 @@ class RayAgentHost(ThreadHost):
         super().replace(name, instance_id)
 
     def host_stats(self) -> dict[str, int]:
-        """Instances on Ray, their worker processes, and processes killed for hung attempts."""
+        """Instances on Ray, their worker processes, processes killed for hung attempts,
+        and the Ray calls carrying attempts and answers."""
         stats = super().host_stats()
         return {
             "ray_instances": stats["workers"],
             "ray_workers": self._workers.count(),
             "ray_killed": stats["abandoned_threads"],
+            **self._workers.courier.counts,
         }
 
     def _request_instance(self, pool: _Pool) -> None:

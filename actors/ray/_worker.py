@@ -1,27 +1,31 @@
 """The Ray side: one worker process hosting up to ``slots`` instances of one agent.
 
-Created as a Ray actor with ``max_concurrency = slots + 1``: each slot's attempt runs on
-its own thread of Ray's pool, and the extra thread answers ``pid``/``sync`` while every
-slot is busy or hung. Attempts run through the shared
+The process is a mailbox: ``submit`` hands it a batch of attempts (every attempt the
+daemon had for it at once, in one msgpack argument) and returns at once; each attempt
+runs on a thread of the process's own pool (one per slot) through the shared
 :func:`~herder.actors._action.run_attempt`, so results are normalised and size-checked
-here and nothing of the user's (objects, exceptions) travels back: a run returns an
-:class:`Outcome` of plain data (as msgpack bytes, :func:`packed`: Ray runs an object through
-its general serializer, slowly, and copies bytes), or a ``str`` naming why the instance crashed
-(:class:`InstanceCrash`).
+here and nothing of the user's (objects, exceptions) travels back; ``poll`` waits until
+an answer is in (or :data:`POLL` seconds) and returns every answer finished since the
+last poll, with the latest heartbeat of each attempt still running, in one msgpack reply.
+So the daemon's Ray calls per step are a share of one submit and a share of one poll,
+not a call per attempt. An answer is an :class:`Outcome` of plain data (:func:`packed`)
+or a ``str`` naming why the instance crashed (:class:`InstanceCrash`).
 
 The action's :class:`StepContext` is rebuilt here around a :class:`WorkerPort`: its
-heartbeats wait here until the daemon's proxy collects them with ``sync``, which also
-brings the attempt's ``superseded``/``cancelled`` flags across.
+heartbeats wait here for the next poll, and each poll brings the ``superseded``/
+``cancelled`` flags the daemon has set on its attempts since.
 
-Attempts and syncs are not Ray task events (``enable_task_events=False``): each would cost
-the driver, the worker and Ray's GCS a record per step, on the same cores, for a history
-herder keeps itself (the step's record and history).
+The Ray actor runs with a few threads of Ray's (``max_concurrency``: a poll, a submit,
+``pid`` and the slots' ``start_slot`` at once), none of them an attempt's, and its calls
+are not Ray task events (``enable_task_events=False``): each would cost the driver, the
+worker and Ray's GCS a record per call, for a history herder keeps itself.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgpack
@@ -31,22 +35,24 @@ from herder.actors._action import run_attempt
 from herder.actors._agent import StepContext
 from herder.actors._host import InstanceCrash
 from herder.actors._messages import Outcome, Run
-from herder.store import UserCodeFailed, contain
+from herder.store import UserCodeFailed, contain, describe
+
+POLL = 0.25
+"""The longest a poll waits for an answer: heartbeats go out and flags come in at least
+this often while an attempt runs."""
 
 _NO_BEAT = object()
 
 
-def packed(outcome: Outcome) -> bytes:
-    """An attempt's Outcome as msgpack (its agent, instance and token stay with the daemon,
-    which knows them)."""
+def packed(outcome: Outcome) -> tuple[Any, ...]:
+    """An attempt's Outcome as plain fields (its agent, instance and token stay with the
+    daemon, which knows them)."""
     o = outcome
-    fields = (o.ok, o.result, o.error, o.error_types, o.permanent, o.traceback, o.kind)
-    return msgpack.packb(fields, use_bin_type=True)
+    return (o.ok, o.result, o.error, o.error_types, o.permanent, o.traceback, o.kind)
 
 
-def unpacked(data: bytes, agent: str, instance: str, token: int) -> Outcome:
+def unpacked(fields: Any, agent: str, instance: str, token: int) -> Outcome:
     """The Outcome :func:`packed` made."""
-    fields = msgpack.unpackb(data, raw=False, strict_map_key=True)
     ok, result, error, types, permanent, traceback, kind = fields
     return Outcome(
         agent,
@@ -62,8 +68,24 @@ def unpacked(data: bytes, agent: str, instance: str, token: int) -> Outcome:
     )
 
 
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+
+def _encodable(token: int, answer: Any) -> Any:
+    try:
+        pack(answer)
+    except Exception as exc:
+        return f"the answer of attempt {token} does not encode: {describe(exc)}"
+    return answer
+
+
 class WorkerPort:
-    """The attempt's port inside the worker: flags set by ``sync``, beats kept for it."""
+    """The attempt's port inside the worker: flags set by a poll, beats kept for one."""
 
     __slots__ = ("_last", "cancelled", "superseded")
 
@@ -75,75 +97,100 @@ class WorkerPort:
     def heartbeat(self, details: Any) -> None:
         self._last = details  # only the latest matters; one assignment is atomic
 
-    def take(self) -> list[Any]:
-        """The latest beat since the last call, if any (as a list of zero or one)."""
+    def take(self) -> Any:
+        """The latest beat since the last call, or ``_NO_BEAT``."""
         last, self._last = self._last, _NO_BEAT
-        return [] if last is _NO_BEAT else [last]
+        return last
 
 
 class SlotWorker:
     """One worker process of an agent; see the module docstring."""
 
-    def __init__(self, agent: str, max_result_bytes: int) -> None:
+    def __init__(self, agent: str, max_result_bytes: int, slots: int) -> None:
         self._agent = agent
         self._max_result_bytes = max_result_bytes
-        self._objects: dict[int, Any] = {}  # slot -> agent object
+        self._objects: dict[int, tuple[str, Any]] = {}  # slot -> (instance, agent object)
         self._ports: dict[int, WorkerPort] = {}  # token -> port of the running attempt
-        self._lock = threading.Lock()
+        self._answers: list[tuple[int, Any]] = []  # (token, answer) not polled yet
+        self._cond = threading.Condition()
+        self._pool = ThreadPoolExecutor(slots, thread_name_prefix="herder-slot")
 
     def pid(self) -> int:
-        """This worker's process id (tests kill it; answered by the spare thread)."""
+        """This worker's process id (tests kill it)."""
         return os.getpid()
 
-    def start_slot(self, slot: int, factory: Any) -> str | None:
-        """Build the slot's agent object; None, or why the factory failed."""
+    def start_slot(self, slot: int, instance: str, factory: Any) -> str | None:
+        """Build the slot's agent object for ``instance``; None, or why the factory failed."""
         try:
             agent = contain(factory)
         except UserCodeFailed as failed:
             return f"agent {self._agent!r} could not start: {failed.error}"
-        with self._lock:
-            self._objects[slot] = agent
+        with self._cond:
+            self._objects[slot] = (instance, agent)
         return None
 
-    def drop_slot(self, slot: int) -> None:
-        """Forget the slot's agent object (its proxy stopped)."""
-        with self._lock:
-            self._objects.pop(slot, None)
+    def drop_slot(self, slot: int, instance: str | None) -> None:
+        """Forget the slot's agent object if ``instance`` still holds it (its proxy stopped)."""
+        with self._cond:
+            if self._objects.get(slot, ("",))[0] == instance:
+                del self._objects[slot]
 
     @ray.method(enable_task_events=False)  # see the module docstring
-    def run(self, call: bytes) -> bytes | str:
-        """Run one attempt on the slot's object; its Outcome :func:`packed`, or why the
-        instance crashed.
+    def submit(self, batch: bytes) -> None:
+        """Start each attempt of ``batch``: ``[(slot, instance, action, context fields)]``
+        in msgpack. Its answer waits for a poll."""
+        for slot, instance, action, fields in unpack(batch):
+            port = WorkerPort(bool(fields.pop("cancelled", False)))
+            with self._cond:
+                self._ports[fields["token"]] = port
+            self._pool.submit(self._run, slot, instance, action, fields, port)
 
-        ``call`` is ``(slot, instance, action, context fields)`` in msgpack."""
-        slot, instance, action, fields = msgpack.unpackb(call, raw=False, strict_map_key=True)
-        token = fields["token"]
-        port = WorkerPort(bool(fields.pop("cancelled", False)))
-        with self._lock:
-            agent = self._objects.get(slot)
-            self._ports[token] = port
+    @ray.method(enable_task_events=False)  # see the module docstring
+    def poll(self, flags: list[tuple[int, bool, bool]]) -> bytes:
+        """Set ``flags`` (token, superseded, cancelled) on the attempts still running, wait
+        up to POLL for an answer, and return ``(answers, beats)`` in msgpack: every
+        ``(token, answer)`` finished since the last poll, and ``(token, details)`` of each
+        running attempt that beat since."""
+        with self._cond:
+            for token, superseded, cancelled in flags:
+                port = self._ports.get(token)
+                if port is not None:
+                    port.superseded, port.cancelled = superseded, cancelled
+            if not self._answers:
+                self._cond.wait(POLL)
+            answers, self._answers = self._answers, []
+            beats = [(t, b) for t, p in self._ports.items() if (b := p.take()) is not _NO_BEAT]
         try:
-            if agent is None:
-                return f"slot {slot} of agent {self._agent!r} has no agent object"
-            ctx = StepContext(**fields, _port=port)
-            run = Run(self._agent, instance, action, token, ctx)
-            try:
-                outcome = run_attempt(agent, self._agent, instance, run, self._max_result_bytes)
-                return packed(outcome)
-            except InstanceCrash as crash:
-                with self._lock:
-                    self._objects.pop(slot, None)
-                return str(crash) or "InstanceCrash"
-        finally:
-            with self._lock:
-                self._ports.pop(token, None)
+            return pack((answers, beats))
+        except Exception:  # run_attempt and heartbeat normalised them: never expected
+            return pack(([(t, _encodable(t, a)) for t, a in answers], []))
 
-    @ray.method(enable_task_events=False)  # see the module docstring
-    def sync(self, token: int, superseded: bool, cancelled: bool) -> list[Any]:
-        """Hand the attempt its flags; return its latest heartbeat since the last sync."""
-        with self._lock:
-            port = self._ports.get(token)
-        if port is None:
-            return []
-        port.superseded, port.cancelled = superseded, cancelled
-        return port.take()
+    def _run(
+        self, slot: int, instance: str, action: str, fields: dict[str, Any], port: Any
+    ) -> None:
+        token = fields["token"]
+        try:
+            answer = self._attempt(slot, instance, action, fields, port)
+        except BaseException as exc:  # nothing may leave an attempt unanswered
+            answer = f"attempt {token} of agent {self._agent!r} failed here: {describe(exc)}"
+        with self._cond:
+            self._ports.pop(token, None)
+            self._answers.append((token, answer))
+            self._cond.notify()
+
+    def _attempt(
+        self, slot: int, instance: str, action: str, fields: dict[str, Any], port: Any
+    ) -> Any:
+        with self._cond:
+            held = self._objects.get(slot)
+        if held is None or held[0] != instance:
+            return f"slot {slot} of agent {self._agent!r} holds no object of {instance!r}"
+        run = Run(self._agent, instance, action, fields["token"], StepContext(**fields, _port=port))
+        try:
+            outcome = run_attempt(held[1], self._agent, instance, run, self._max_result_bytes)
+        except InstanceCrash as crash:
+            with self._cond:
+                if self._objects.get(slot) is held:
+                    del self._objects[slot]
+            return str(crash) or "InstanceCrash"
+        return packed(outcome)

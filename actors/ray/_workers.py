@@ -60,7 +60,9 @@ class RayWorkers:
                     self._bound[(agent, instance)] = (proc, free[0])
                     return proc, free[0]
             options: dict[str, Any] = {
-                "max_concurrency": slots + 1,  # the spare thread answers pid/sync
+                # a poll, a submit and pid or drop_slot beside each slot's start_slot
+                # (attempts run on the process's own threads, not Ray's)
+                "max_concurrency": slots + 3,
                 "max_restarts": 0,
                 "max_task_retries": 0,
                 "num_cpus": host.num_cpus,
@@ -70,7 +72,7 @@ class RayWorkers:
                 options["resources"] = dict(host.resources)
             if host.runtime_env is not None:
                 options["runtime_env"] = dict(host.runtime_env)
-            handle = _RemoteWorker.options(**options).remote(agent, limit)
+            handle = _RemoteWorker.options(**options).remote(agent, limit, slots)
             proc = _Process(handle, agent, slots=slots)
             proc.used[0] = instance
             processes.append(proc)
@@ -93,7 +95,7 @@ class RayWorkers:
             if proc.dead:
                 return
             if proc.used:
-                proc.handle.drop_slot.remote(slot)
+                proc.handle.drop_slot.remote(slot, instance)
                 return
             proc.dead = True
             self._processes[agent].remove(proc)

@@ -1,0 +1,102 @@
+"""A Ray worker process is a mailbox (``herder.actors.ray._worker.SlotWorker``): one
+``submit`` starts a batch of attempts on the process's own threads, one ``poll`` returns
+every answer finished since the last, with heartbeats in and flags out. Exercised here
+on the class itself, in this process (the marker ``ray``: it needs Ray importable)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from herder.runtime import Agent, StepContext
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(60)]
+_worker = pytest.importorskip("herder.actors.ray._worker")
+
+WAIT = 30.0
+TOGETHER = threading.Barrier(3)
+BEAT = threading.Event()
+
+
+class Mailboxed(Agent):
+    def together(self, ctx: StepContext) -> int:
+        TOGETHER.wait(WAIT)  # passes only if all three attempts run at once
+        return ctx.token
+
+    def beat_until_superseded(self, ctx: StepContext) -> list[bool]:
+        ctx.heartbeat({"n": 1})
+        BEAT.set()
+        flagged = threading.Event()
+        while not (ctx.superseded or ctx.cancelled) and not flagged.wait(0.01):
+            pass  # the flags are plain attributes a poll sets: watched, as an action would
+        return [ctx.superseded, ctx.cancelled]
+
+
+def attempt(slot: int, action: str, token: int) -> tuple[Any, ...]:
+    fields = {
+        "workflow_id": f"w{token}",
+        "step": "s",
+        "action": action,
+        "attempt": 1,
+        "input": None,
+        "results": {},
+        "idempotency_key": f"k{token}",
+        "token": token,
+        "compensating": False,
+        "trace_context": None,
+        "deadline": None,
+        "cancelled": False,
+    }
+    return (slot, f"m#{slot}", action, fields)
+
+
+def worker(slots: int) -> Any:
+    w = _worker.SlotWorker("m", 1 << 20, slots)
+    for slot in range(slots):
+        assert w.start_slot(slot, f"m#{slot}", Mailboxed) is None
+    return w
+
+
+def test_one_submit_runs_a_batch_at_once_and_one_poll_returns_every_answer() -> None:
+    w = worker(3)
+    w.submit(_worker.pack([attempt(slot, "together", 10 + slot) for slot in range(3)]))
+    with w._cond:
+        assert w._cond.wait_for(lambda: len(w._answers) == 3, timeout=WAIT)
+    answers, beats = _worker.unpack(w.poll([]))
+    outcomes = {t: _worker.unpacked(a, "m", "m#0", t) for t, a in answers}
+    assert {t: (o.ok, o.result) for t, o in outcomes.items()} == {
+        10: (True, 10),
+        11: (True, 11),
+        12: (True, 12),
+    }
+    assert beats == []
+
+
+def test_a_poll_brings_a_running_attempts_heartbeat_in_and_its_flags_out() -> None:
+    w = worker(1)
+    w.submit(_worker.pack([attempt(0, "beat_until_superseded", 7)]))
+    assert BEAT.wait(WAIT)
+    answers, beats = _worker.unpack(w.poll([]))  # nothing finished: returns after POLL
+    assert (answers, beats) == ([], [[7, {"n": 1}]])
+    answers = []
+    while not answers:  # the flag reaches the attempt, which answers what it saw
+        answers, _ = _worker.unpack(w.poll([(7, True, False)]))
+    assert [(t, _worker.unpacked(a, "m", "m#0", t).result) for t, a in answers] == [
+        (7, [True, False])
+    ]
+
+
+def test_an_attempt_for_an_instance_the_slot_no_longer_holds_is_a_crash() -> None:
+    w = worker(1)
+    w.drop_slot(0, "m#other")  # a stale stop (another instance's) leaves the object alone
+    assert w._objects[0][0] == "m#0"
+    w.drop_slot(0, "m#0")
+    w.submit(_worker.pack([attempt(0, "together", 3)]))
+    answers: list[Any] = []
+    while not answers:
+        answers, _ = _worker.unpack(w.poll([]))
+    assert len(answers) == 1
+    assert isinstance(answers[0][1], str)
+    assert "holds no object" in answers[0][1]
