@@ -1,7 +1,7 @@
 """A Ray worker process is a mailbox (``herder.actors.ray._worker.SlotWorker``): one
-``submit`` starts a batch of attempts on the process's own threads, one ``poll`` returns
-every answer finished since the last, with heartbeats in and flags out. Exercised here
-on the class itself, in this process (the marker ``ray``: it needs Ray importable)."""
+``exchange`` starts a batch of attempts on the process's own threads and returns every
+answer finished since the last, with heartbeats in and flags out. Exercised here on the
+class itself, in this process (the marker ``ray``: it needs Ray importable)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,18 @@ _worker = pytest.importorskip("herder.actors.ray._worker")
 
 WAIT = 30.0
 TOGETHER = threading.Barrier(3)
+GO = threading.Event()
 BEAT = threading.Event()
 
 
 class Mailboxed(Agent):
     def together(self, ctx: StepContext) -> int:
         TOGETHER.wait(WAIT)  # passes only if all three attempts run at once
+        GO.wait(WAIT)
+        return ctx.token
+
+    def held(self, ctx: StepContext) -> int:
+        GO.wait(WAIT)
         return ctx.token
 
     def beat_until_superseded(self, ctx: StepContext) -> list[bool]:
@@ -59,12 +65,21 @@ def worker(slots: int) -> Any:
     return w
 
 
-def test_one_submit_runs_a_batch_at_once_and_one_poll_returns_every_answer() -> None:
+def exchange(w: Any, batch: list[Any] | None, flags: list[Any] | None = None) -> Any:
+    return _worker.unpack(w.exchange(None if batch is None else _worker.pack(batch), flags or []))
+
+
+def test_one_exchange_starts_a_batch_at_once_and_one_returns_every_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_worker, "POLL", 0.01)
     w = worker(3)
-    w.submit(_worker.pack([attempt(slot, "together", 10 + slot) for slot in range(3)]))
+    started = exchange(w, [attempt(slot, "together", 10 + slot) for slot in range(3)])
+    assert started == [[], []]  # none answered within POLL: they wait for GO
+    GO.set()
     with w._cond:
         assert w._cond.wait_for(lambda: len(w._answers) == 3, timeout=WAIT)
-    answers, beats = _worker.unpack(w.poll([]))
+    answers, beats = exchange(w, None)
     outcomes = {t: _worker.unpacked(a, "m", "m#0", t) for t, a in answers}
     assert {t: (o.ok, o.result) for t, o in outcomes.items()} == {
         10: (True, 10),
@@ -74,15 +89,36 @@ def test_one_submit_runs_a_batch_at_once_and_one_poll_returns_every_answer() -> 
     assert beats == []
 
 
-def test_a_poll_brings_a_running_attempts_heartbeat_in_and_its_flags_out() -> None:
+def test_a_newer_exchange_releases_the_one_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_worker, "POLL", WAIT)  # only a release or an answer ends a wait
     w = worker(1)
-    w.submit(_worker.pack([attempt(0, "beat_until_superseded", 7)]))
+    GO.clear()
+    first: list[Any] = []
+    waiting = threading.Thread(target=lambda: first.append(exchange(w, None)))
+    waiting.start()
+    with w._cond:
+        assert w._cond.wait_for(lambda: w._turn == 1, timeout=WAIT)
+    second: list[Any] = []
+    newer = threading.Thread(target=lambda: second.append(exchange(w, [attempt(0, "held", 5)])))
+    newer.start()
+    waiting.join(WAIT)
+    assert first == [[[], []]]  # released, with nothing (the attempt waits for GO)
+    assert second == []  # the newer one waits in its place
+    GO.set()
+    newer.join(WAIT)
+    assert [[t, a[1]] for t, a in second[0][0]] == [[5, 5]]
+
+
+def test_an_exchange_brings_a_running_attempts_heartbeat_in_and_its_flags_out() -> None:
+    w = worker(1)
+    _, beats = exchange(w, [attempt(0, "beat_until_superseded", 7)])
     assert BEAT.wait(WAIT)
-    answers, beats = _worker.unpack(w.poll([]))  # nothing finished: returns after POLL
-    assert (answers, beats) == ([], [[7, {"n": 1}]])
-    answers = []
+    if not beats:  # it beat after that exchange returned: the next one brings it
+        _, beats = exchange(w, None)
+    assert beats == [[7, {"n": 1}]]
+    answers: list[Any] = []
     while not answers:  # the flag reaches the attempt, which answers what it saw
-        answers, _ = _worker.unpack(w.poll([(7, True, False)]))
+        answers, _ = exchange(w, None, [(7, True, False)])
     assert [(t, _worker.unpacked(a, "m", "m#0", t).result) for t, a in answers] == [
         (7, [True, False])
     ]
@@ -93,10 +129,9 @@ def test_an_attempt_for_an_instance_the_slot_no_longer_holds_is_a_crash() -> Non
     w.drop_slot(0, "m#other")  # a stale stop (another instance's) leaves the object alone
     assert w._objects[0][0] == "m#0"
     w.drop_slot(0, "m#0")
-    w.submit(_worker.pack([attempt(0, "together", 3)]))
-    answers: list[Any] = []
+    answers, _ = exchange(w, [attempt(0, "together", 3)])
     while not answers:
-        answers, _ = _worker.unpack(w.poll([]))
+        answers, _ = exchange(w, None)
     assert len(answers) == 1
     assert isinstance(answers[0][1], str)
     assert "holds no object" in answers[0][1]

@@ -1,23 +1,26 @@
 """The calls of one runtime's Ray attempts: mailboxes, a sender and a collector.
 
-Each worker process is a mailbox (``_worker``). The Scheduler's thread only files an
-attempt with its process (:meth:`Courier.submit`: a dict entry and a list append, no Ray
-call); one sender thread per runtime takes everything filed since it last ran and hands
-each process its attempts in one ``submit`` call, so a Scheduler message that dispatches
-many attempts costs one call per process, not one per attempt. While a process has
-attempts running, one ``poll`` call of it is outstanding; one collector thread per
-runtime waits on all of them (``ray.wait``) and each returns every answer finished since
-the last, so a busy process answers many attempts per call. A poll also brings the
-running attempts' latest heartbeats in, and takes their ``superseded``/``cancelled``
-flags out (set in the next poll after they change: a poll returns within
-:data:`~herder.actors.ray._worker.POLL` seconds).
+Each worker process is a mailbox (``_worker``), served by one call, ``exchange``: it
+hands the process a batch of attempts (or none), then waits for answers and returns every
+answer finished since the last exchange. The Scheduler's thread only files an attempt
+with its process (:meth:`Courier.submit`: a dict entry and a list append, no Ray call);
+one sender thread per runtime takes everything filed since it last ran and makes one
+exchange per process, so a Scheduler message that dispatches many attempts costs one
+call per process, not one per attempt; and one collector thread per runtime waits on
+the outstanding exchanges (``ray.wait``) and starts an empty one for a process that has
+attempts running and none outstanding. A process releases its waiting exchange when a
+newer one arrives, so under load each batch sent is also the call that brings the next
+answers back: about one Ray call per batch of attempts, each answering many. An exchange
+also brings the running attempts' latest heartbeats in, and takes out the
+``superseded``/``cancelled`` flags set since (one returns within
+:data:`~herder.actors.ray._worker.POLL` seconds, and the next carries them).
 
 What an answer becomes:
 
 - an :class:`Outcome`'s fields: told to the Scheduler, as a local instance does;
 - the name of an :class:`InstanceCrash`: the attempt's proxy is told (:class:`Ended`) and
   crashes, so its supervisor restarts it and the attempt is lost and retried at once;
-- the poll raised (the process died: killed, OOM, node lost): every attempt filed with it
+- the exchange raised (the process died: killed, OOM, node lost): every attempt filed with it
   is lost so, except one whose process was killed on purpose (it hung past its timeout:
   its proxy is being replaced already).
 
@@ -45,8 +48,8 @@ from herder.store import describe
 _log = logging.getLogger("herder.ray")
 
 TICK = 0.02
-"""The longest the collector waits on the polls it has before it looks for new ones (a
-poll started meanwhile and answered first waits at most this long to be seen)."""
+"""The longest the collector waits on the exchanges it has before it looks for new ones
+(one started meanwhile and answered first waits at most this long to be seen)."""
 JOIN_WAIT = 2.0
 
 _FIELDS = tuple(n for n in StepContext.__dataclass_fields__ if n != "_port")
@@ -85,13 +88,12 @@ class Process:
     dead: bool = False
     calls: dict[int, _Call] = field(default_factory=dict)  # token -> attempt filed here
     filed: list[tuple[Any, ...]] = field(default_factory=list)  # not submitted yet
-    polling: bool = False  # a poll of it is outstanding (or about to be)
-    submit: Any = field(init=False)  # the handle's methods, looked up once (each lookup
-    poll: Any = field(init=False)  # builds a new method object)
+    polls: int = 0  # its exchanges not answered yet
+    exchange: Any = field(init=False)  # the handle's method, looked up once (each lookup
+    # builds a new method object)
 
     def __post_init__(self) -> None:
-        self.submit = self.handle.submit
-        self.poll = self.handle.poll
+        self.exchange = self.handle.exchange
 
 
 class _Workers(Protocol):
@@ -107,12 +109,12 @@ class Courier:
         self.workers = workers
         self._lock = threading.Lock()
         self._mail = threading.Condition(self._lock)  # the sender waits for filed attempts
-        self._news = threading.Condition(self._lock)  # the collector waits for polls
+        self._news = threading.Condition(self._lock)  # the collector waits for exchanges
         self._outbox: list[Process] = []  # processes with attempts filed
-        self._polls: dict[Any, Process] = {}  # ObjectRef of an outstanding poll -> process
+        self._polls: dict[Any, Process] = {}  # ObjectRef of an outstanding exchange -> process
         self._threads: list[threading.Thread] = []
         self._closed = False
-        self.counts = {"ray_submits": 0, "ray_polls": 0, "ray_answers": 0}
+        self.counts = {"ray_calls": 0, "ray_answers": 0}
 
     def submit(
         self,
@@ -179,33 +181,27 @@ class Courier:
                     return
                 outbox, self._outbox = self._outbox, []
                 batches = [(proc, proc.filed) for proc in outbox if proc.filed]
-                starting = [proc for proc in outbox if not proc.polling]
                 for proc in outbox:
                     proc.filed = []
-                for proc in starting:
-                    proc.polling = True
-                self.counts["ray_submits"] += len(batches)
             for proc, batch in batches:
-                try:
-                    proc.submit.remote(pack(batch))
-                except Exception as exc:  # Ray cannot reach it: its attempts are lost
-                    self._died(proc, exc)
-            for proc in starting:
-                self._poll(proc)
+                self._exchange(proc, pack(batch))
 
-    def _poll(self, proc: Process) -> None:
-        """Start a poll of ``proc`` (whose ``polling`` is set), carrying the flags its
-        attempts have up."""
+    def _exchange(self, proc: Process, batch: bytes | None) -> None:
+        """Call ``exchange`` on ``proc``: hand it ``batch`` (if any) and the flags its
+        attempts have up, and have the collector wait for its answers."""
         with self._lock:
-            self.counts["ray_polls"] += 1
+            self.counts["ray_calls"] += 1
+            proc.polls += 1
             flags = [
                 (token, call.port.superseded, call.port.cancelled)
                 for token, call in proc.calls.items()
                 if call.port.superseded or call.port.cancelled
             ]
         try:
-            ref = proc.poll.remote(flags)
-        except Exception as exc:
+            ref = proc.exchange.remote(batch, flags)
+        except Exception as exc:  # Ray cannot reach it: its attempts are lost
+            with self._lock:
+                proc.polls -= 1
             self._died(proc, exc)
             return
         with self._lock:
@@ -225,7 +221,7 @@ class Courier:
                 refs = list(self._polls)
             try:
                 ready, _ = ray.wait(refs, num_returns=1, timeout=TICK, fetch_local=True)
-                if ready and len(refs) > 1:  # take every poll that is in, in one go
+                if ready and len(refs) > 1:  # take every exchange that is in, in one go
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             except Exception:  # Ray is shutting down under a closing runtime
                 if self._closed:
@@ -236,16 +232,17 @@ class Courier:
             for ref in ready:
                 with self._lock:
                     proc = self._polls.pop(ref)
+                    proc.polls -= 1
                 try:
                     answers, beats = unpack(ray.get(ref))
                 except BaseException as exc:  # the process died or was killed
                     self._died(proc, exc)
                     continue
                 self._answer(proc, answers, beats)
-                with self._lock:
-                    proc.polling = bool(proc.calls) and not proc.dead
-                if proc.polling:
-                    self._poll(proc)
+                with self._lock:  # attempts still run there, and no exchange waits for them
+                    again = bool(proc.calls) and not proc.polls and not proc.dead
+                if again:
+                    self._exchange(proc, None)
 
     def _answer(self, proc: Process, answers: list[Any], beats: list[Any]) -> None:
         with self._lock:
@@ -273,7 +270,6 @@ class Courier:
         with self._lock:
             calls, proc.calls = proc.calls, {}
             proc.filed = []
-            proc.polling = False
         reason = f"Ray worker of agent {proc.agent!r} died: {describe(exc)}"
         for token, call in calls.items():
             if not self.workers.was_replaced(token):  # else it hung: being replaced already

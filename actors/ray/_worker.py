@@ -1,21 +1,21 @@
 """The Ray side: one worker process hosting up to ``slots`` instances of one agent.
 
-The process is a mailbox: ``submit`` hands it a batch of attempts (every attempt the
-daemon had for it at once, in one msgpack argument) and returns at once; each attempt
-runs on a thread of the process's own pool (one per slot) through the shared
-:func:`~herder.actors._action.run_attempt`, so results are normalised and size-checked
-here and nothing of the user's (objects, exceptions) travels back; ``poll`` waits until
-an answer is in (or :data:`POLL` seconds) and returns every answer finished since the
-last poll, with the latest heartbeat of each attempt still running, in one msgpack reply.
-So the daemon's Ray calls per step are a share of one submit and a share of one poll,
-not a call per attempt. An answer is an :class:`Outcome` of plain data (:func:`packed`)
-or a ``str`` naming why the instance crashed (:class:`InstanceCrash`).
+The process is a mailbox with one call, ``exchange``: it starts a batch of attempts
+(every attempt the daemon had for the process at once, in one msgpack argument), then
+waits until an answer is in (or :data:`POLL` seconds) and returns every answer finished
+since the last exchange, with the latest heartbeat of each attempt still running, in one
+msgpack reply. Each attempt runs on a thread of the process's own pool (one per slot)
+through the shared :func:`~herder.actors._action.run_attempt`, so results are normalised
+and size-checked here and nothing of the user's (objects, exceptions) travels back. So
+the daemon's Ray calls per step are a share of one exchange, not a call each way per
+attempt. An answer is an :class:`Outcome` of plain data (:func:`packed`) or a ``str``
+naming why the instance crashed (:class:`InstanceCrash`).
 
 The action's :class:`StepContext` is rebuilt here around a :class:`WorkerPort`: its
-heartbeats wait here for the next poll, and each poll brings the ``superseded``/
-``cancelled`` flags the daemon has set on its attempts since.
+heartbeats wait here for the next exchange, and each exchange brings the
+``superseded``/``cancelled`` flags the daemon has set on its attempts since.
 
-The Ray actor runs with a few threads of Ray's (``max_concurrency``: a poll, a submit,
+The Ray actor runs with a few threads of Ray's (``max_concurrency``: two exchanges,
 ``pid`` and the slots' ``start_slot`` at once), none of them an attempt's, and its calls
 are not Ray task events (``enable_task_events=False``): each would cost the driver, the
 worker and Ray's GCS a record per call, for a history herder keeps itself.
@@ -38,8 +38,8 @@ from herder.actors._messages import Outcome, Run
 from herder.store import UserCodeFailed, contain, describe
 
 POLL = 0.25
-"""The longest a poll waits for an answer: heartbeats go out and flags come in at least
-this often while an attempt runs."""
+"""The longest an exchange waits for an answer: heartbeats go out and flags come in at
+least this often while an attempt runs."""
 
 _NO_BEAT = object()
 
@@ -85,7 +85,7 @@ def _encodable(token: int, answer: Any) -> Any:
 
 
 class WorkerPort:
-    """The attempt's port inside the worker: flags set by a poll, beats kept for one."""
+    """The attempt's port inside the worker: flags set by an exchange, beats kept for one."""
 
     __slots__ = ("_last", "cancelled", "superseded")
 
@@ -111,8 +111,9 @@ class SlotWorker:
         self._max_result_bytes = max_result_bytes
         self._objects: dict[int, tuple[str, Any]] = {}  # slot -> (instance, agent object)
         self._ports: dict[int, WorkerPort] = {}  # token -> port of the running attempt
-        self._answers: list[tuple[int, Any]] = []  # (token, answer) not polled yet
+        self._answers: list[tuple[int, Any]] = []  # (token, answer) not sent back yet
         self._cond = threading.Condition()
+        self._turn = 0  # bumped by each exchange: the one waiting with an older turn returns
         self._pool = ThreadPoolExecutor(slots, thread_name_prefix="herder-slot")
 
     def pid(self) -> int:
@@ -136,28 +137,31 @@ class SlotWorker:
                 del self._objects[slot]
 
     @ray.method(enable_task_events=False)  # see the module docstring
-    def submit(self, batch: bytes) -> None:
-        """Start each attempt of ``batch``: ``[(slot, instance, action, context fields)]``
-        in msgpack. Its answer waits for a poll."""
-        for slot, instance, action, fields in unpack(batch):
-            port = WorkerPort(bool(fields.pop("cancelled", False)))
-            with self._cond:
-                self._ports[fields["token"]] = port
-            self._pool.submit(self._run, slot, instance, action, fields, port)
+    def exchange(self, batch: bytes | None, flags: list[tuple[int, bool, bool]]) -> bytes:
+        """Start each attempt of ``batch`` (``[(slot, instance, action, context fields)]``
+        in msgpack, or None), set ``flags`` (token, superseded, cancelled) on the attempts
+        still running, and wait up to POLL for an answer; return ``(answers, beats)`` in
+        msgpack: every ``(token, answer)`` finished since the last exchange, and ``(token,
+        details)`` of each running attempt that beat since.
 
-    @ray.method(enable_task_events=False)  # see the module docstring
-    def poll(self, flags: list[tuple[int, bool, bool]]) -> bytes:
-        """Set ``flags`` (token, superseded, cancelled) on the attempts still running, wait
-        up to POLL for an answer, and return ``(answers, beats)`` in msgpack: every
-        ``(token, answer)`` finished since the last poll, and ``(token, details)`` of each
-        running attempt that beat since."""
+        One exchange waits at a time: a newer one releases the one waiting (which returns
+        what it has), so a process has one Ray thread waiting however often it is fed."""
+        if batch is not None:
+            for slot, instance, action, fields in unpack(batch):
+                port = WorkerPort(bool(fields.pop("cancelled", False)))
+                with self._cond:
+                    self._ports[fields["token"]] = port
+                self._pool.submit(self._run, slot, instance, action, fields, port)
         with self._cond:
             for token, superseded, cancelled in flags:
-                port = self._ports.get(token)
-                if port is not None:
-                    port.superseded, port.cancelled = superseded, cancelled
+                flagged = self._ports.get(token)
+                if flagged is not None:
+                    flagged.superseded, flagged.cancelled = superseded, cancelled
+            self._turn += 1
+            turn = self._turn
+            self._cond.notify_all()  # the exchange waiting before this one returns
             if not self._answers:
-                self._cond.wait(POLL)
+                self._cond.wait_for(lambda: self._answers or self._turn != turn, POLL)
             answers, self._answers = self._answers, []
             beats = [(t, b) for t, p in self._ports.items() if (b := p.take()) is not _NO_BEAT]
         try:
@@ -176,7 +180,7 @@ class SlotWorker:
         with self._cond:
             self._ports.pop(token, None)
             self._answers.append((token, answer))
-            self._cond.notify()
+            self._cond.notify_all()  # wakes the waiting exchange (one at most)
 
     def _attempt(
         self, slot: int, instance: str, action: str, fields: dict[str, Any], port: Any

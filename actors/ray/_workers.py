@@ -60,7 +60,7 @@ class RayWorkers:
                     self._bound[(agent, instance)] = (proc, free[0])
                     return proc, free[0]
             options: dict[str, Any] = {
-                # a poll, a submit and pid or drop_slot beside each slot's start_slot
+                # two exchanges and pid or drop_slot beside each slot's start_slot
                 # (attempts run on the process's own threads, not Ray's)
                 "max_concurrency": slots + 3,
                 "max_restarts": 0,
