@@ -39,7 +39,7 @@ from herder.actors._errors import (
     UnknownWorkflow,
     WorkflowConflict,
 )
-from herder.actors._event_loop import EventLoop
+from herder.actors._event_loop import EventLoop, LoopInbox, inbox
 from herder.actors._facts import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, parse_facts, read_facts
 from herder.actors._health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
 from herder.actors._health import AgentHealth, HealthPolicy
@@ -120,6 +120,7 @@ __all__ = [
     "InvalidDefinition",
     "InvalidState",
     "JobQueue",
+    "LoopInbox",
     "NotActive",
     "Operate",
     "Outcome",
@@ -153,6 +154,7 @@ __all__ = [
     "call_future",
     "coroutine_actions",
     "host_kind",
+    "inbox",
     "parse_facts",
     "parse_task_token",
     "read_facts",

@@ -115,7 +115,7 @@ class _Holder:
 @dataclass(slots=True)
 class _Slot:
     token: int
-    future: Any = None  # the concurrent Future of its task, once sent
+    future: Any = None  # its Attempt (the task on the loop), once sent
 
 
 @dataclass(slots=True)

@@ -1,24 +1,155 @@
-"""The event loop asyncio agents run on: the application's, or one the runtime owns.
+"""The event loop asyncio agents run on: the application's, or one the runtime owns, and
+the one way the runtime's threads reach it (:class:`LoopInbox`).
 
 ``Runtime(loop=...)`` hands the application's loop in: attempts then run as tasks on it
 (it must keep running while the runtime does). Without one, the runtime starts its own
 loop on a daemon thread (``herder-asyncio``) the first time an asyncio agent needs it, and
 stops it when the runtime stops. Either way the runtime's threads only ever reach the loop
-through ``run_coroutine_threadsafe``, and :meth:`EventLoop.close` cancels the attempts
-still running (their outcomes would have nowhere to go).
+through its :func:`inbox`, and :meth:`EventLoop.close` cancels the attempts still running
+(their outcomes would have nowhere to go).
+
+**The inbox** (issue 16: the application's loop lagged 53-70 ms behind its timers while
+1,000 workflows ran on it). Every hand-over from a runtime thread to a loop (an attempt
+to start or cancel, a start's commit, a workflow's end, freed capacity) is a call queued
+on that loop's :class:`LoopInbox`: one ``call_soon_threadsafe`` (a write to the loop's
+self-pipe) wakes the loop for all the calls queued until it runs, and one loop turn runs
+at most :attr:`LoopInbox.BATCH` of them, the rest in the next turns. So a group commit
+that decides 500 starts, or a Scheduler pass that dispatches 500 attempts, resumes at most
+``BATCH`` tasks per turn instead of all of them in one, and the application's own
+callbacks (its timers, its sockets) run between the batches.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 _log = logging.getLogger("herder.asyncio")
+
+
+class LoopInbox:
+    """Calls handed to one event loop from any thread, run there in batches of at most
+    :attr:`BATCH` per loop turn (see the module docstring). Get a loop's with
+    :func:`inbox`."""
+
+    BATCH = 64
+    """Calls run per loop turn: each resumes at most one task in the next turn, so a
+    turn does bounded herder work whatever the number of workflows in flight."""
+
+    __slots__ = ("__weakref__", "_armed", "_calls", "_guard", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # the registry's key: a strong one would keep it
+        self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]]
+        self._calls = collections.deque()
+        self._guard = threading.Lock()
+        self._armed = False  # a drain is scheduled on the loop
+
+    def call(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon, after the calls queued before it (callable
+        from any thread, the loop's own included). RuntimeError if the loop is closed."""
+        with self._guard:
+            self._calls.append((fn, args))
+            if self._armed:
+                return
+            self._armed = True
+        loop = self._loop()
+        try:
+            if loop is None:
+                raise RuntimeError("the event loop is gone")
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # closed: nothing queued here will ever run
+            with self._guard:
+                self._armed = False
+                self._calls.clear()
+            raise
+
+    def _drain(self) -> None:
+        """On the loop: run up to ``BATCH`` queued calls; the next turn runs the rest."""
+        calls = self._calls
+        loop = self._loop()
+        for _ in range(self.BATCH):
+            if not calls:
+                break
+            fn, args = calls.popleft()  # appended by other threads meanwhile: atomic
+            try:
+                fn(*args)
+            except Exception as exc:  # herder's own calls: report it, run the rest
+                if loop is not None:
+                    loop.call_exception_handler(
+                        {"message": f"herder: {fn!r} failed on the event loop", "exception": exc}
+                    )
+        with self._guard:
+            if not calls:
+                self._armed = False
+                return
+        if loop is not None:
+            loop.call_soon(self._drain)
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopInbox]
+_inboxes = weakref.WeakKeyDictionary()
+_inboxes_guard = threading.Lock()
+
+
+def inbox(loop: asyncio.AbstractEventLoop) -> LoopInbox:
+    """The :class:`LoopInbox` of ``loop`` (one per loop, made on first use)."""
+    found = _inboxes.get(loop)
+    if found is None:
+        with _inboxes_guard:
+            found = _inboxes.get(loop)
+            if found is None:
+                found = _inboxes[loop] = LoopInbox(loop)
+    return found
+
+
+class Attempt:
+    """An attempt's coroutine handed to the loop: its task once the loop started it.
+    :meth:`cancel` is callable from any thread."""
+
+    __slots__ = ("_cancelled", "_coro", "_inbox", "_owner", "task")
+
+    def __init__(self, owner: EventLoop, box: LoopInbox, coro: Coroutine[Any, Any, Any]) -> None:
+        self._owner, self._inbox = owner, box
+        self._coro: Coroutine[Any, Any, Any] | None = coro
+        self._cancelled = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def cancel(self) -> None:
+        """Cancel the task (its coroutine sees ``CancelledError`` at its next ``await``),
+        or, not started yet, never start it."""
+        self._cancelled = True
+        with contextlib.suppress(RuntimeError):  # the loop closed: the task is gone too
+            self._inbox.call(self._cancel)
+
+    def _start(self) -> None:
+        """On the loop: run the coroutine as a task, unless cancelled first."""
+        coro, self._coro = self._coro, None
+        if coro is None:
+            return
+        if self._cancelled:
+            coro.close()
+            self._owner._finished(self)
+            return
+        task = self.task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(self._ended)
+
+    def _cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        else:
+            self._start()  # not started: closes the coroutine
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._owner._finished(self)
+        if not task.cancelled() and task.exception() is not None:  # herder's own bug
+            _log.error("an asyncio attempt failed", exc_info=task.exception())
 
 
 class EventLoop:
@@ -29,7 +160,7 @@ class EventLoop:
         self._owned: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._running: set[concurrent.futures.Future[Any]] = set()
+        self._running: set[Attempt] = set()
         self._guard = threading.Lock()
 
     @property
@@ -37,21 +168,24 @@ class EventLoop:
         """True when the runtime runs this loop on a thread of its own."""
         return self._given is None
 
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any] | None:
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Attempt | None:
         """Run ``coro`` as a task on the loop; None (``coro`` closed, never started) when
         the loop is closed or the runtime stopped. Callable from any thread."""
         with self._guard:
             loop = None if self._closed else self._loop()
-            try:
-                if loop is None:
-                    raise RuntimeError("closed")
-                future = asyncio.run_coroutine_threadsafe(coro, loop)
-            except RuntimeError:  # the loop (or the application's) is closed
-                coro.close()
-                return None
-            self._running.add(future)
-        future.add_done_callback(self._finished)
-        return future
+            attempt = None if loop is None else Attempt(self, inbox(loop), coro)
+            if attempt is not None:
+                self._running.add(attempt)
+        try:
+            if attempt is None:
+                raise RuntimeError("closed")
+            attempt._inbox.call(attempt._start)
+        except RuntimeError:  # the loop (or the application's) is closed
+            coro.close()
+            if attempt is not None:
+                self._finished(attempt)
+            return None
+        return attempt
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel what still runs; stop and join the runtime's own loop. Idempotent."""
@@ -59,8 +193,8 @@ class EventLoop:
             self._closed = True
             running, self._running = self._running, set()
             owned, thread = self._owned, self._thread
-        for future in running:
-            future.cancel()  # run_coroutine_threadsafe cancels its task on the loop
+        for attempt in running:
+            attempt.cancel()
         if owned is not None and thread is not None:
             with contextlib.suppress(RuntimeError):
                 owned.call_soon_threadsafe(owned.stop)
@@ -68,9 +202,9 @@ class EventLoop:
             if thread.is_alive():
                 _log.warning("the asyncio agents' loop did not stop within %ss", timeout)
 
-    def _finished(self, future: concurrent.futures.Future[Any]) -> None:
+    def _finished(self, attempt: Attempt) -> None:
         with self._guard:
-            self._running.discard(future)
+            self._running.discard(attempt)
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         """The loop, starting the runtime's own on first use (under ``_guard``)."""

@@ -11,11 +11,12 @@ asyncio forms are methods of the same objects with an ``_async`` suffix (DBOS's
 
 How nothing blocks: every wait is resolved by a runtime thread (the store writer once a
 commit is durable, the Scheduler once a workflow is final, an actor answering an ask),
-which schedules the result on the loop with ``loop.call_soon_threadsafe``: a
-``concurrent.futures.Future`` mirrored onto the loop (:func:`awaited`), or for
+which hands the result to the loop through its inbox (``_event_loop.LoopInbox``: one
+``call_soon_threadsafe`` for many hand-overs, at most a batch of them run per loop turn):
+a ``concurrent.futures.Future`` mirrored onto the loop (:func:`awaited`), or for
 ``start_async`` a future of the loop itself that the writer's callback resolves
-(``_starts.Landing``). A waiter costs
-no thread, so thousands of ``result_async`` calls wait on one loop. Only the calls that do
+(``_starts.Landing``). A waiter costs no thread, so thousands of ``result_async`` calls
+wait on one loop. Only the calls that do
 real work of their own on the caller (``stop_async``'s drain and tree shutdown,
 ``stats_async``'s scan of the store, ``handoff_async``) run it once on a worker thread.
 

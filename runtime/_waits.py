@@ -2,7 +2,7 @@
 (a blocking thread or an asyncio task) waits for, without a thread per waiter.
 
 - :class:`OneShot`: a value or an error handed once to one waiter (a bare lock, or a
-  future of the waiter's loop resolved through ``call_soon_threadsafe``).
+  future of the waiter's loop resolved through the loop's inbox).
 - :class:`NotifyingEvent` and :class:`Pulse`: flags and wake-ups an event loop can await.
 - :func:`awaited`: a ``concurrent.futures.Future`` awaited without blocking the loop.
 - :class:`Wait`, :func:`run_blocking`, :func:`run_async`: a call written once as a
@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
+
+from herder.actors import LoopInbox, inbox
 
 T = TypeVar("T")
 
@@ -66,19 +68,30 @@ class NotifyingEvent(threading.Event):
 async def awaited(future: Future[T], timeout: float | None) -> T:
     """The result of a future some thread resolves, awaited without blocking the loop.
 
-    The resolving thread hands the outcome over with ``loop.call_soon_threadsafe``. A
-    timeout or a cancelled task leaves ``future`` itself alone (``asyncio.wrap_future``
-    would cancel it, and the runtime thread resolving it would then fail).
+    The resolving thread hands the outcome over through the loop's inbox (one
+    ``call_soon_threadsafe`` for many, ``_event_loop.LoopInbox``). A timeout or a
+    cancelled task leaves ``future`` itself alone (``asyncio.wrap_future`` would cancel
+    it, and the runtime thread resolving it would then fail).
     """
     loop = asyncio.get_running_loop()
     mirror: asyncio.Future[T] = loop.create_future()
+    box = inbox(loop)
 
     def copy(done: Future[T]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            loop.call_soon_threadsafe(_copy_outcome, done, mirror)
+            box.call(_copy_outcome, done, mirror)
 
     future.add_done_callback(copy)
-    return await asyncio.wait_for(mirror, timeout)
+    return await _within(mirror, timeout)
+
+
+async def _within(future: asyncio.Future[T], timeout: float | None) -> T:
+    """Await ``future`` (cancelled if the wait is): TimeoutError after ``timeout`` s.
+    Cheaper on the loop than ``asyncio.wait_for``, which adds a future and a callback."""
+    if timeout is None:
+        return await future
+    async with asyncio.timeout(timeout):
+        return await future
 
 
 def _copy_outcome(done: Future[T], mirror: asyncio.Future[T]) -> None:
@@ -95,15 +108,16 @@ class OneShot(Generic[T]):
     """A value or an error handed once from a runtime thread to one waiter: a bare lock
     for a blocking waiter (hot-path.md §3: a third of a ``Future``'s cost, and no
     ``Condition`` with a fresh lock per wait), or, made with ``loop``, a future of that
-    event loop resolved through ``call_soon_threadsafe``. The first :meth:`set` or
+    event loop resolved through the loop's inbox (``_event_loop.LoopInbox``: one wake-up
+    of the loop for many, a bounded number run per loop turn). The first :meth:`set` or
     :meth:`fail` wins; later ones do nothing."""
 
-    __slots__ = ("_done", "_future", "_loop", "_won", "error", "value")
+    __slots__ = ("_done", "_future", "_inbox", "_won", "error", "value")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._won = threading.Lock()  # taken by the first resolver
         self._done = threading.Lock()
-        self._loop = loop
+        self._inbox = None if loop is None else inbox(loop)
         self._future: asyncio.Future[None] | None = None
         self.value: T | None = None
         self.error: BaseException | None = None
@@ -129,7 +143,15 @@ class OneShot(Generic[T]):
             self._done.release()
             return
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            cast("asyncio.AbstractEventLoop", self._loop).call_soon_threadsafe(_wake, self._future)
+            cast("LoopInbox", self._inbox).call(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the loop: resolve the waiters' future (a fresh one if a wait that timed
+        out cancelled it, so that a later wait returns at once)."""
+        future = cast("asyncio.Future[None]", self._future)
+        if future.cancelled():
+            future = self._future = future.get_loop().create_future()
+        future.set_result(None)
 
     def wait(self, timeout: float | None) -> T:
         """Block until resolved (made without a loop); TimeoutError after ``timeout`` s."""
@@ -140,7 +162,11 @@ class OneShot(Generic[T]):
 
     async def wait_async(self, timeout: float | None) -> T:
         """As :meth:`wait`, awaited on the loop it was made with."""
-        await asyncio.wait_for(asyncio.shield(cast("asyncio.Future[None]", self._future)), timeout)
+        future = cast("asyncio.Future[None]", self._future)
+        if future.cancelled():  # an earlier wait timed out: wait on a fresh one
+            future = self._future = future.get_loop().create_future()
+        if not future.done():
+            await _within(future, timeout)
         return self._outcome()
 
     def _outcome(self) -> T:
@@ -172,7 +198,7 @@ class Pulse:
             armed, self._armed = self._armed, []
         for loop, woken in armed:
             with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits any more
-                loop.call_soon_threadsafe(_wake, woken)
+                inbox(loop).call(_wake, woken)
 
 
 def _wake(woken: asyncio.Future[None]) -> None:

@@ -341,12 +341,13 @@ def test_an_attempt_cancelled_while_building_the_object_leaves_it_to_the_next() 
 
     from herder.actors import AsyncHost, EventLoop, Outcome, Run
 
-    connect = threading.Event()
+    connect, building = threading.Event(), threading.Event()
     built: list[int] = []
 
     async def slow_factory() -> Fetcher:
         built.append(1)
         if len(built) == 1:
+            building.set()
             await asyncio.to_thread(connect.wait, WAIT)  # the first connect hangs
         return Fetcher()
 
@@ -366,6 +367,7 @@ def test_an_attempt_cancelled_while_building_the_object_leaves_it_to_the_next() 
             assert instance is not None
             ctx = StepContext("w", "s", "fetch", 1, token, {}, "w/s", token, False, Port())
             assert host.send("web", instance, Run("web", instance, "fetch", token, ctx))
+        assert building.wait(WAIT)  # (replaced before it ran, it would build nothing)
         host.replace("web", "web/aio1")  # the builder times out
         outcome = inbox.get(timeout=WAIT)
         while not isinstance(outcome, Outcome):  # the host's own wake-ups come first

@@ -86,6 +86,7 @@ class AsyncWorker(Agent):
     blocking action would stall)."""
 
     cancelled = threading.Event()
+    hanging = threading.Event()
 
     async def ok(self, ctx: StepContext) -> Any:
         await asyncio.sleep(0)
@@ -110,6 +111,7 @@ class AsyncWorker(Agent):
         raise InstanceCrash("client broke")
 
     async def hang(self, ctx: StepContext) -> str:
+        AsyncWorker.hanging.set()
         try:
             await asyncio.to_thread(Worker.release.wait, WAIT)
         except asyncio.CancelledError:
@@ -234,6 +236,8 @@ def test_a_hung_attempt_is_replaced_by_its_token_and_its_late_answer_is_fenced(
     driver.host.add("solo", driver.worker, 1)
     instance, hung = driver.send("solo", "hang")
     assert driver.host.busy_tokens("solo") == [hung]
+    if driver.worker is AsyncWorker:  # (cancelled before it ran, it would never answer)
+        assert AsyncWorker.hanging.wait(WAIT)
     driver.host.replace_token("solo", hung)
     assert driver.host.busy_tokens("solo") == []
     if driver.worker is AsyncWorker:  # a task is cancelled, where a thread is abandoned
