@@ -1,6 +1,12 @@
 """The commit pipeline: the engine's decisions as each flush's writes per workflow (keys,
 timers and history events derived here), one commit in flight per workflow, and keeping
-the promises a durable batch makes."""
+the promises a durable batch makes.
+
+Deadline timers are per batch (hot-path.md section 4): an attempt recorded with no timer of
+its own (``timer_ms`` None, ``engine.dispatch``) is listed in one batch entry per flush,
+due at the earliest of the flush's attempt deadlines, and nothing deletes it when the
+attempt ends; the entry, once due, is read by ``_due`` (stale items, whose step moved
+on, are dropped) and replaced by one holding the attempts still watched, if any."""
 
 from __future__ import annotations
 
@@ -23,14 +29,18 @@ from herder.actors.engine import (
     StepWrite,
     TimerDelete,
     WorkflowWrite,
+    attempt_due_ms,
 )
 from herder.store import (
+    BATCH_TIMER,
     BatchSink,
     Delete,
     Ops,
     Put,
     StepRecord,
     WorkflowRecord,
+    batch_entry,
+    batch_timer_key,
     encode,
     history_put,
     step_history,
@@ -49,17 +59,21 @@ class Txn:
     """The writes and after-commit effects of one workflow within one flush.
 
     ``ops`` maps ``(db, key)`` to the encoded value, or None for a delete; a later write
-    of the same key wins.
+    of the same key wins. ``armed``: the attempts whose deadline the flush's batch entry
+    watches.
     """
 
-    __slots__ = ("effects", "ops")
+    __slots__ = ("armed", "due", "effects", "ops")
 
     def __init__(self) -> None:
         self.ops: Ops = {}
         self.effects: list[Effect] = []
+        self.armed: list[list[Any]] = []  # [workflow id, step, token]: batch_entry's items
+        self.due = 0  # the earliest of their deadlines (ms), once there is one
 
     def put_step(self, old: StepRecord | None, new: StepRecord) -> None:
-        """Write a step record, moving its timer along with it."""
+        """Write a step record, moving its timer along with it: its own entry, or, for a
+        new attempt with no timer of its own, a place in the flush's batch entry."""
         ops = self.ops
         key = step_key(new.workflow_id, new.name)
         timer_ms = new.timer_ms
@@ -67,6 +81,13 @@ class Txn:
             ops[("timers", step_timer_key(old.timer_ms, key))] = None
         if timer_ms is not None:
             ops[("timers", step_timer_key(timer_ms, key))] = encode(timer_entry(new.token))
+        elif new.deadline is not None and (
+            old is None or old.token != new.token or old.deadline != new.deadline
+        ):
+            due = attempt_due_ms(new) or 0
+            if not self.armed or due < self.due:
+                self.due = due
+            self.armed.append([new.workflow_id, new.name, new.token])
         ops[("steps", key)] = encode(new.to_stored())
 
     def put_workflow(self, record: WorkflowRecord) -> None:
@@ -92,11 +113,14 @@ class CommitPipeline:
     dependent's DISPATCHED).
     """
 
-    __slots__ = ("_next_token", "committing", "open", "resync_due", "unacked")
+    __slots__ = ("_next_token", "committing", "loose", "open", "resync_due", "unacked")
 
     def __init__(self, next_token: Callable[[], int]) -> None:
         self._next_token = next_token
         self.open: dict[str, Txn] = {}
+        # Writes of no workflow (due batch entries replaced, see rearm), sent with the
+        # next flush as the effect-less entry of workflow BATCH_TIMER.
+        self.loose: Ops = {}
         self.committing: set[str] = set()
         # Fail-stop (Writer.resync): workflow entries handed to the writer and not yet
         # returned, and whether a failure wants a resync once none is left (until then
@@ -156,14 +180,35 @@ class CommitPipeline:
         workflows count as in flight. Workflows' keys never overlap, so merging is safe."""
         ops: Ops = {}
         effects: list[tuple[str, list[Effect]]] = []
+        armed: list[list[Any]] = []
+        due = 0
         committing = self.committing
         for wf in [wf for wf in self.open if wf not in committing]:
             txn = self.open.pop(wf)
             committing.add(wf)
             ops.update(txn.ops)
             effects.append((wf, txn.effects))
+            if txn.armed:
+                if not armed or txn.due < due:
+                    due = txn.due
+                armed += txn.armed
+        if armed:  # one batch entry watches the deadlines of all the attempts recorded
+            ops[("timers", batch_timer_key(due, armed[0][2]))] = encode(armed)
+        if self.loose:
+            ops.update(self.loose)
+            self.loose = {}
+            effects.append((BATCH_TIMER, []))
         self.unacked += len(effects)
         return ops, effects
+
+    def rearm(self, key: bytes, items: list[tuple[str, str, int, int]]) -> None:
+        """Replace the due batch entry ``key`` by one holding ``items`` (workflow id,
+        step, token, due ms: the attempts it still watches), or by nothing."""
+        loose = self.loose
+        loose[("timers", key)] = None
+        if items:
+            new = batch_timer_key(min(item[3] for item in items), items[0][2])
+            loose[("timers", new)] = encode(batch_entry([item[:3] for item in items]))
 
     def drop(self, workflow_id: str) -> Txn | None:
         """Discard the workflow's uncommitted transaction (it is read back from the store)."""

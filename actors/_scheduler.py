@@ -56,6 +56,7 @@ from herder.actors._commits import (
     settle_future,
 )
 from herder.actors._dispatch import Dispatcher
+from herder.actors._due import DueTimers
 from herder.actors._engine import EngineContext
 from herder.actors._facts import FactsPublisher
 from herder.actors._messages import (
@@ -81,7 +82,6 @@ from herder.actors._recovery import Recovery
 from herder.actors._supervised import SupervisedActor
 from herder.actors._wiring import AgentEntry, registered_agents
 from herder.actors.engine import (
-    DEADLINE_TIMER,
     Announce,
     Answered,
     AttemptLost,
@@ -91,16 +91,8 @@ from herder.actors.engine import (
     Effect,
     Engine,
     Event,
-    TimerDelete,
-    TimerDue,
 )
-from herder.store import (
-    BatchSink,
-    LeaseLost,
-    Plan,
-    crash_point,
-    timer_token,
-)
+from herder.store import BATCH_TIMER, BatchSink, LeaseLost, Plan, crash_point
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -144,6 +136,14 @@ class Scheduler(SupervisedActor):
             rand=self._rand.random,
             plans=self._plans,
             clock=self._clock,
+        )
+        self._due = DueTimers(
+            self._engine,
+            self._commits,
+            self._dispatch,
+            wanted=self._recovery.wanted,
+            handle=self.handle,
+            perform=self.perform,
         )
         self._channel = Channel(ctx, self._commits, self._recovery, self._operator, self._plans)
         self._sink: BatchSink | None = None  # where the writer reports durable batches
@@ -346,7 +346,8 @@ class Scheduler(SupervisedActor):
                 # only retry writes that must not happen; stop dispatching instead.
                 self._ctx.lease_lost(error)
                 continue
-            failed.append(workflow_id)
+            if workflow_id != BATCH_TIMER:  # replaced batch entries: read again when due
+                failed.append(workflow_id)
         if len(failed) < len(msg.errors):
             self._recovery.committed()
         if failed:
@@ -378,19 +379,7 @@ class Scheduler(SupervisedActor):
         self.handle(event)
 
     def _on_due(self, msg: Due) -> None:
-        engine = self._engine
-        for due_ms, workflow_id, step, value in msg.timers:
-            token = timer_token(value)
-            if step == DEADLINE_TIMER and workflow_id in engine.runs:
-                self.handle(TimerDue(workflow_id, step, due_ms, token))
-                continue
-            agent = engine.agent_of(workflow_id, step)
-            if agent is None:
-                if not self._recovery.wanted(workflow_id):
-                    self.perform(Decision(writes=[TimerDelete(workflow_id, due_ms, step)]))
-                continue
-            busy = self._dispatch.busy(agent, token)
-            self.handle(TimerDue(workflow_id, step, due_ms, token, busy))
+        self._due.on_due(msg)
 
     def _on_instance_event(self, msg: InstanceEvent) -> None:
         for event in self._dispatch.instance_event(msg):

@@ -11,10 +11,11 @@ crash test) can see exactly what is wrong. What it checks:
   workflow has only succeeded steps, a final one nothing dispatched or waiting, a step
   ran only after its dependencies succeeded, compensations ran in reverse completion
   order, a compensated or compensating step had succeeded first;
-- the timer index and the steps agree both ways: every step that waits for a deadline, a
-  retry or its start time has its timer entry (with its current fencing token), every
-  entry belongs to such a step, and final workflows have none; an unfinished workflow
-  with a deadline has its deadline's entry;
+- the timer index and the steps agree both ways (``_check_timers``): every step that
+  waits for a deadline, a retry or its start time has its timer entry, or its attempt
+  a place in a batch entry (with its current fencing token), every step's own entry
+  belongs to such a step, and final workflows have none; an unfinished workflow with a
+  deadline has its deadline's entry;
 - fencing tokens: none from a future incarnation; a step's completion token is not newer
   than its current token;
 - schedules: each reads, sits under its name, names a stored workflow, and no workflow
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import struct
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
@@ -44,6 +44,7 @@ from herder.actors.engine import (
     holds_timer,
 )
 from herder.runtime._check_report import CheckReport, Problem
+from herder.runtime._check_timers import TimerIndex
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
@@ -63,11 +64,7 @@ from herder.store import (
     ms,
     plan_steps,
     schedule_key,
-    split_step_key,
-    split_timer_key,
     step_key,
-    timer_key,
-    timer_token,
     workflow_key,
 )
 
@@ -84,8 +81,7 @@ class _Checker:
         self.snap = snap
         self.report = CheckReport()
         self.plans: dict[tuple[str, int], Plan] = {}
-        # (due ms, token) of every step that must have a timer entry, by step key.
-        self.timers_wanted: dict[bytes, tuple[int, int]] = {}
+        self.timers = TimerIndex(self.problem)
 
     def problem(self, db: str, key: bytes, message: str) -> None:
         self.report.problems.append(Problem(db, key, message))
@@ -124,7 +120,11 @@ class _Checker:
             self.report.steps += 1
             if key.partition(KEY_SEP)[0] not in ids:
                 self.problem("steps", key, "step record of a workflow that does not exist")
-        self.check_timers()
+        self.timers.check(
+            self.snap.items("timers"),
+            self.count_timer,
+            lambda key, raw: self.load("timers", key, raw, lambda d: d),
+        )
         self.check_schedules()
         return self.report
 
@@ -188,7 +188,7 @@ class _Checker:
         wkey = workflow_key(record.id)
         if record.deadline is not None and not record.state.is_final:
             # Its deadline's timer (engine._deadline): until it ends or the timer fires.
-            self.timers_wanted[step_key(record.id, DEADLINE_TIMER)] = (ms(record.deadline), 0)
+            self.timers.wanted[step_key(record.id, DEADLINE_TIMER)] = (ms(record.deadline), 0)
         steps = self.steps_of(record)
         plan = self.plans.get((record.name, record.version))
         if plan is None:
@@ -270,17 +270,19 @@ class _Checker:
             self.problem("steps", skey, "SUCCEEDED but not marked succeeded")
         if st.state in (StepState.PENDING, StepState.FAILED) and st.succeeded:
             self.problem("steps", skey, f"{st.state} but marked succeeded")
-        if holds_timer(record.state, st):
-            if st.timer_ms is None:
-                self.problem("steps", skey, f"{st.state} with no timer: nothing would wake it")
-            elif st.state is StepState.RETRY_WAIT and st.retry_at is None:
-                self.problem("steps", skey, "RETRY_WAIT without a retry time")
-            elif st.state is StepState.DISPATCHED and st.deadline is None and st.retry_at is None:
+        waits = holds_timer(record.state, st)
+        if not self.timers.want_step(skey, st, waits=waits):
+            self.problem("steps", skey, f"{st.state} with no timer: nothing would wake it")
+        elif waits and st.state is StepState.RETRY_WAIT and st.retry_at is None:
+            self.problem("steps", skey, "RETRY_WAIT without a retry time")
+        elif waits and st.state is StepState.DISPATCHED and st.deadline is None:
+            if st.retry_at is None:
                 self.problem("steps", skey, "DISPATCHED without a deadline")
-        elif st.timer_ms is not None:
+        elif not waits and st.timer_ms is not None:
             self.problem("steps", skey, f"{st.state} in a {record.state} workflow has a timer")
-        if st.timer_ms is not None:
-            self.timers_wanted[skey] = (st.timer_ms, st.token)
+
+    def count_timer(self) -> None:
+        self.report.timers += 1
 
     def check_order(self, record: WorkflowRecord, plan: Plan, steps: dict[str, StepRecord]) -> None:
         if record.state is WorkflowState.RUNNING:
@@ -311,32 +313,6 @@ class _Checker:
                     f"step {earlier.name!r} completed before {later.name!r} but was "
                     "compensated first: compensation must run in reverse completion order",
                 )
-
-    def check_timers(self) -> None:
-        for key, raw in self.snap.items("timers"):
-            self.report.timers += 1
-            try:
-                due, wf, step = split_timer_key(key)
-            except (struct.error, UnicodeDecodeError) as exc:
-                self.problem("timers", key, f"malformed timer key: {exc}")
-                continue
-            value = self.load("timers", key, raw, lambda d: d)
-            skey = step_key(wf, step)
-            wanted = self.timers_wanted.pop(skey, None)
-            if wanted is None:
-                self.problem("timers", key, "timer entry of no step waiting on a timer")
-            elif wanted[0] != due:
-                self.problem("timers", key, f"the step's timer is at {wanted[0]} ms, not {due}")
-                self.timers_wanted[skey] = wanted  # still missing its own entry
-            elif value is not None and timer_token(value) != wanted[1]:
-                self.problem(
-                    "timers", key, f"token {timer_token(value)}, the step's is {wanted[1]}"
-                )
-        for skey, (due, _) in self.timers_wanted.items():
-            wf, step = split_step_key(skey)
-            self.problem(
-                "timers", timer_key(due, wf, step), f"missing: step {wf}/{step} waits on it"
-            )
 
 
 def run_check(out: TextIO, store: Store, *, as_json: bool) -> int:

@@ -92,8 +92,12 @@ from herder.store._history import (
     workflow_event,
 )
 from herder.store._keys import (
+    BATCH_TIMER,
     KEY_SEP,
     MAX_ID_BYTES,
+    batch_entry,
+    batch_items,
+    batch_timer_key,
     definition_key,
     history_key,
     ms,
@@ -147,6 +151,7 @@ from herder.store._writer import Writer
 
 __all__ = [
     "BATCH",
+    "BATCH_TIMER",
     "COMMAND_DONE",
     "DEFAULT_LEASE",
     "FINISHED",
@@ -197,6 +202,9 @@ __all__ = [
     "Writer",
     "append_command",
     "as_event",
+    "batch_entry",
+    "batch_items",
+    "batch_timer_key",
     "bounded_text",
     "bounded_traceback",
     "candidates",

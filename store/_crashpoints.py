@@ -17,6 +17,8 @@ The points (each one line in the code it names):
 - ``scheduler.compensated``: a compensation's answer is being recorded, not yet durable.
 - ``agents.restart``: a crashed or hung agent instance was replaced, before it takes work.
 - ``supervisor.sweep``: the watchdog found due timers, before it reported them.
+- ``scheduler.rearm``: a due batch deadline entry is about to be replaced by one holding
+  the attempts it still watches (in memory only: the old entry stays until committed).
 
 Reached only when a commit failed (so an ordinary run never meets them):
 
@@ -44,6 +46,7 @@ POINTS = (
     "scheduler.compensated",
     "agents.restart",
     "supervisor.sweep",
+    "scheduler.rearm",
 )
 """Every crash point an ordinary run reaches."""
 

@@ -6,7 +6,10 @@ Keys (all ``bytes``):
 - ``steps``: ``workflow id + b"\\x00" + step name``; a workflow's steps are a prefix scan.
 - ``timers``: ``8-byte big-endian due time in ms + step key``; the Supervisor's sweep is a
   cursor range scan up to "now". The value is a :func:`timer_entry`: the fencing token of
-  the step transition that set the timer, so a stale entry is told apart.
+  the step transition that set the timer, so a stale entry is told apart. The deadlines
+  of the attempts one commit records share one *batch* entry (:func:`batch_timer_key`:
+  the timer key of workflow ``""``, which no workflow has, and step ``str(token)`` of its
+  first attempt), due at the earliest of them; its value is a :func:`batch_entry`.
 - ``definitions``: ``name + b"\\x00" + 4-byte big-endian version``: the compiled plan.
 - ``history``: ``workflow key + b"\\x00" + 8-byte big-endian sequence`` (see ``_history``).
 
@@ -42,6 +45,37 @@ def timer_token(value: Any) -> int | None:
     """The token a decoded timer entry holds; None for a value of any other shape."""
     token = value.get("token") if isinstance(value, dict) else None
     return token if isinstance(token, int) else None
+
+
+BATCH_TIMER = ""
+"""The workflow id of a batch entry's timer key (:func:`validate_id` refuses it)."""
+
+
+def batch_timer_key(due_ms: int, first_token: int) -> bytes:
+    """The key of a batch deadline entry due at ``due_ms`` whose first attempt holds
+    ``first_token`` (tokens are unique, so two batches never share a key)."""
+    return timer_key(due_ms, BATCH_TIMER, str(first_token))
+
+
+def batch_entry(items: list[tuple[str, str, int]]) -> list[list[Any]]:
+    """The value of a batch entry (before encoding): ``[[workflow id, step, token], ...]``,
+    the attempts whose deadline it watches; an attempt whose step moved on is stale."""
+    return [[wf, step, token] for wf, step, token in items]
+
+
+def batch_items(value: Any) -> list[tuple[str, str, int]] | None:
+    """The attempts a decoded batch entry holds; None for a value of any other shape."""
+    if type(value) is not list:
+        return None
+    items = []
+    for item in value:
+        if type(item) is not list or len(item) != 3:
+            return None
+        wf, step, token = item
+        if type(wf) is not str or type(step) is not str or type(token) is not int:
+            return None
+        items.append((wf, step, token))
+    return items
 
 
 _SEQ = struct.Struct(">Q")

@@ -7,6 +7,7 @@ import itertools
 import json
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, 
 from herder.runtime._check import check_store
 from herder.runtime._cli import main
 from herder.runtime.testing import FakeClock, wait_until
-from herder.store import Delete, Put, Store, Transition, encode
+from herder.store import BATCH_TIMER, Delete, Put, Store, Transition, batch_items, encode
 from herder.store._keys import definition_key, step_key, timer_key, workflow_key
 from herder.store._records import StepRecord, StepState
 
@@ -119,7 +120,13 @@ def test_a_store_left_by_the_runtime_passes_the_check(good_store: Path) -> None:
         report = check_store(store)
     assert report.problems == []
     assert (report.workflows, report.steps, report.definitions) == (5, 13, 2)
-    assert report.timers == 2  # the retry wait and the dispatched step's deadline
+    # The retry wait's own entry, and the batch entries of the attempts the runtime
+    # recorded (the dispatched step's among them; the others' are stale until due).
+    with Store(good_store, readonly=True) as store:
+        kinds = Counter(wf == BATCH_TIMER for _, wf, _, _ in store.due_timers(2**62))
+    assert kinds[False] == 1
+    assert kinds[True] >= 1
+    assert report.timers == kinds[False] + kinds[True]
 
 
 def test_the_cli_exits_zero_on_a_good_store_and_one_on_a_damaged_one(
@@ -143,18 +150,35 @@ def test_the_cli_exits_zero_on_a_good_store_and_one_on_a_damaged_one(
 def test_a_missing_timer_entry_is_reported_by_its_key(
     damaged: Callable[[list[Put | Delete]], Path],
 ) -> None:
-    st = _step(damaged([]), "o-running", "ship")
-    key = timer_key(st["timer_ms"], "o-running", "ship")
+    st = _step(damaged([]), "o-retrying", "x")
+    key = timer_key(st["timer_ms"], "o-retrying", "x")
     path = damaged([Delete("timers", key)])
-    assert _problems(path) == [("timers", key, "missing: step o-running/ship waits on it")]
+    assert _problems(path) == [("timers", key, "missing: step o-retrying/x waits on it")]
+
+
+def test_a_running_attempt_in_no_batch_entry_is_reported(
+    good_store: Path, damaged: Callable[[list[Put | Delete]], Path]
+) -> None:
+    st = _step(damaged([]), "o-running", "ship")
+    assert st["timer_ms"] is None  # its deadline is watched by its commit's batch entry
+    with Store(good_store, readonly=True) as store:
+        holding = [
+            timer_key(due, wf, first)
+            for due, wf, first, value in store.due_timers(2**62)
+            if wf == BATCH_TIMER and ("o-running", "ship", st["token"]) in batch_items(value)
+        ]
+    assert len(holding) == 1
+    path = damaged([Delete("timers", holding[0])])
+    message = f"attempt {st['token']} of o-running/ship is in no batch deadline entry"
+    assert _problems(path) == [("steps", step_key("o-running", "ship"), message)]
 
 
 def test_a_timer_of_no_waiting_step_and_a_stale_token_are_reported(
     damaged: Callable[[list[Put | Delete]], Path],
 ) -> None:
     stray = timer_key(5, "o-ok", "pay")
-    st = _step(damaged([]), "o-running", "ship")
-    live = timer_key(st["timer_ms"], "o-running", "ship")
+    st = _step(damaged([]), "o-retrying", "x")
+    live = timer_key(st["timer_ms"], "o-retrying", "x")
     path = damaged(
         [Put("timers", stray, encode({"token": 1})), Put("timers", live, encode({"token": 7}))]
     )

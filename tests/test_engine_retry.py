@@ -18,6 +18,7 @@ from herder.actors.engine import (
     Verdict,
     after_failure,
     after_probe_failure,
+    attempt_due_ms,
     dispatch,
     failed,
     ms,
@@ -177,14 +178,16 @@ def test_a_dispatch_records_the_attempt_and_its_deadline_before_it_runs(
     assert (new.state, new.attempt, new.comp_attempt, window) == expected
     assert new.token == 7
     assert new.deadline == 100.0 + window
-    assert new.timer_ms == ms(100.0 + window)
+    assert new.timer_ms is None  # its commit's batch entry watches it, at:
+    assert attempt_due_ms(new) == ms(100.0 + window)
 
 
 def test_a_heartbeat_deadline_comes_first_and_sets_the_window() -> None:
     spec = StepSpec("a", agent="svc", action="do", timeout=60.0, heartbeat_timeout=4.0)
     new, window = _dispatch(_step(S.PENDING, 0), spec, compensating=False, token=1, now=10.0)
     assert window == 4.0
-    assert (new.deadline, new.heartbeat_deadline, new.timer_ms) == (70.0, 14.0, ms(14.0))
+    assert (new.deadline, new.heartbeat_deadline, new.timer_ms) == (70.0, 14.0, None)
+    assert attempt_due_ms(new) == ms(14.0)
 
 
 def test_a_lapsed_attempt_turns_unknown_and_counts_its_probes() -> None:

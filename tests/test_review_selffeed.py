@@ -15,6 +15,7 @@ from herder.actors import Agent, StepContext
 from herder.actors._scheduler import Scheduler
 from herder.runtime import Runtime, StepState, Workflow
 from herder.runtime.testing import FakeClock, advance, settle, wait_until
+from herder.store import BATCH_TIMER, batch_items
 
 WAIT = 30.0
 
@@ -44,6 +45,13 @@ class Hold:
 
     def arm(self) -> None:
         self.armed = True
+
+
+def _watches(timer: tuple[int, str, str, Any], wid: str) -> bool:
+    """Whether a due timer is workflow ``wid``'s, or a batch entry holding an attempt of it."""
+    _, workflow_id, _, value = timer
+    items = batch_items(value) if workflow_id == BATCH_TIMER else None
+    return workflow_id == wid or any(item[0] == wid for item in items or ())
 
 
 class Gated(Agent):
@@ -90,7 +98,7 @@ def test_a_self_fed_attempt_on_an_instance_timed_out_meanwhile_does_not_exceed_c
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
-    hold = Hold(monkeypatch, "_on_due", lambda due: any(t[1] == "w1" for t in due.timers))
+    hold = Hold(monkeypatch, "_on_due", lambda due: any(_watches(t, "w1") for t in due.timers))
     with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
         # w1 is dispatched at t=0: its deadline is t=10
         one_held(rt, Workflow("one", version=1).step("s", agent="gated", action="act", timeout=10))

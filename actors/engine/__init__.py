@@ -131,6 +131,7 @@ from herder.actors.engine._states import (
 )
 from herder.actors.engine._step import (
     TIMEOUT_ERROR,
+    attempt_due_ms,
     dispatch,
     failed,
     handed_off,
@@ -218,6 +219,7 @@ __all__ = [
     "after_failure",
     "after_lapse",
     "after_probe_failure",
+    "attempt_due_ms",
     "deadline_reason",
     "dispatch",
     "expired",

@@ -280,7 +280,7 @@ class Engine(Machine):
     def _deadline_due(self, msg: TimerDue) -> None:
         """A workflow's deadline timer came up (the rules: ``_deadline``)."""
         run = self.runs.get(msg.workflow_id)
-        if run is None:
+        if run is None or msg.due_ms is None:
             return
         # The timer's key is in whole ms: at its due time the deadline has been reached.
         at = max(self.now, msg.due_ms / 1000)

@@ -67,11 +67,13 @@ class Beat:
 @dataclass(frozen=True, slots=True)
 class TimerDue:
     """The timer at ``due_ms`` of ``workflow_id``/``step`` (holding ``token``) is due;
-    ``busy``: an instance still runs attempt ``token`` (it hangs in it)."""
+    ``due_ms`` None: a batch entry holding attempt ``token`` is (it watches the deadline
+    of a step with no timer of its own); ``busy``: an instance still runs attempt
+    ``token`` (it hangs in it)."""
 
     workflow_id: str
     step: str
-    due_ms: int
+    due_ms: int | None
     token: int | None
     busy: bool = False
 

@@ -64,6 +64,6 @@ def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) ->
         return stopped(
             st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
         )
-    if st.timer_ms is not None or st.retry_at is not None:
+    if st.timer_ms is not None or st.retry_at is not None or st.deadline is not None:
         return stopped(st, token=next_token(), updated=now)
     return None

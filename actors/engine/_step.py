@@ -6,7 +6,7 @@ caller records the result (and its history event) in the workflow's transaction.
 
 - timers: :func:`ms` (whole milliseconds, as the timer index keeps them),
   :func:`with_timer` (at the retry time, else the nearest deadline), :func:`lapse`
-  (why an attempt's heartbeat or deadline ran out);
+  (why an attempt's heartbeat or deadline ran out), :func:`attempt_due_ms` (when);
 - forward and back: :func:`dispatch` (DISPATCHED, a compensation, or a probe of an
   UNKNOWN step, each with its deadline), :func:`settled` (succeeded, compensated,
   skipped), :func:`failed` (what :func:`~herder.actors.engine._retry.after_failure`
@@ -65,6 +65,15 @@ def lapse(st: StepRecord, spec: StepSpec, now: float, default_timeout: float) ->
     return None
 
 
+def attempt_due_ms(st: StepRecord) -> int | None:
+    """When the step's attempt lapses (its heartbeat or deadline, whichever comes
+    first), in the whole ms of the timer index; None if it has no deadline."""
+    if st.deadline is None:
+        return None
+    hb = st.heartbeat_deadline
+    return ms(st.deadline if hb is None or hb > st.deadline else hb)
+
+
 def dispatch(
     st: StepRecord,
     spec: StepSpec,
@@ -76,7 +85,8 @@ def dispatch(
     probe_timeout: float,
 ) -> tuple[StepRecord, float]:
     """The step's next attempt recorded before anyone runs it, and the seconds it has
-    before it lapses (its heartbeat timeout, else its timeout).
+    before it lapses (its heartbeat timeout, else its timeout). Its deadline is watched
+    by the batch entry of the commit that records it (no timer of its own).
 
     A compensation counts in ``comp_attempt``; a probe (forward, of an UNKNOWN step)
     keeps the step UNKNOWN at its attempt, under ``probe_timeout``; anything else is
@@ -89,13 +99,14 @@ def dispatch(
         timeout, hb = spec.timeout or default_timeout, spec.heartbeat_timeout
     deadline = now + timeout
     hb_deadline = None if hb is None else now + hb
-    # One evolve per transition (what with_timer gives for retry_at=None, inlined).
+    # No timer of its own (timer_ms None): its commit's batch entry watches the deadline
+    # (batch_timer_key; a heartbeat gives it its own timer from then on).
     timing = {
         "token": token,
         "deadline": deadline,
         "heartbeat_deadline": hb_deadline,
         "retry_at": None,
-        "timer_ms": ms(deadline if hb_deadline is None else min(deadline, hb_deadline)),
+        "timer_ms": None,
         "updated": now,
     }
     if compensating:
