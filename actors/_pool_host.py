@@ -120,6 +120,11 @@ class PoolHost(HostedAgents[_Agent]):
             min_workers=min_workers,
         )
         self._waiting: dict[str, None] = {}  # agents that found no free worker, oldest first
+        # Agents woken for a free worker, their wake-up on its way: each holds one free
+        # worker for itself, so an agent arriving meanwhile cannot take it and send the
+        # woken one back to the end of the line (with 10,000 names that churn woke each
+        # agent ~4 times per attempt: a Scheduler message and a pump each).
+        self._woken: dict[str, None] = {}
         self._orphans: dict[int, str] = {}  # token -> worker, of instances given up on
         self._built: dict[tuple[str, str], Any] = {}  # objects workers built, not yet seen
 
@@ -162,9 +167,10 @@ class PoolHost(HostedAgents[_Agent]):
         instance_id = _next_idle(agent)
         if instance_id is None and len(agent.instances) >= agent.concurrency:
             return None  # every slot is busy or restarting: its release pumps this agent
-        if not self._pool.free_count():
+        self._woken.pop(name, None)  # here before its wake-up: it takes the worker held for it
+        if self._pool.free_count() <= len(self._woken):  # none, or held for woken agents
             self._waiting[name] = None
-            self._pool.grow(len(self._waiting))
+            self._pool.grow(len(self._waiting) + len(self._woken))
             return None
         if instance_id is None:
             instance_id = agent.new_instance_id()
@@ -259,6 +265,7 @@ class PoolHost(HostedAgents[_Agent]):
             self._agents[name].instances.pop(instance_id, None)
         lost = [token for _, _, token in jobs]
         self._orphans.clear()
+        self._woken.clear()
         waiting, self._waiting = self._waiting, {}
         for name in waiting:  # they ask again, which starts a new pool
             self._events(InstanceEvent(name, None, ChildEventKind.STARTED))
@@ -270,6 +277,7 @@ class PoolHost(HostedAgents[_Agent]):
         agent = self._agents.get(event.agent)
         instance_id = event.instance
         if instance_id is None:  # woken for a free worker: pass it on if it has no work
+            self._woken.pop(event.agent, None)  # (it takes the worker in the pump that follows)
             if agent is None or not agent.queue:
                 self._wake()
             return []
@@ -333,6 +341,7 @@ class PoolHost(HostedAgents[_Agent]):
                     dropped += 1
             agent.idle = [i for i in agent.idle if i in agent.instances]
         self._pool.passivate(idle_before)
+        self._woken.clear()  # a wake-up lost on its way holds no worker past a tick
         self._wake()  # in case a woken agent did not take the worker it was woken for
         return dropped
 
@@ -349,10 +358,12 @@ class PoolHost(HostedAgents[_Agent]):
     def _wake(self) -> None:
         """Wake the agents waiting longest, one per free worker (the Scheduler pumps each
         again): waking them all would cost a pump of every waiting agent per release."""
-        if not self._waiting:
+        spare = self._pool.free_count() - len(self._woken)
+        if not self._waiting or spare <= 0:
             return
-        for name in list(itertools.islice(self._waiting, self._pool.free_count())):
+        for name in list(itertools.islice(self._waiting, spare)):
             del self._waiting[name]
+            self._woken[name] = None
             self._events(InstanceEvent(name, None, ChildEventKind.STARTED))
 
     def _take_built(self, name: str, instance_id: str, inst: _Slot) -> None:

@@ -279,6 +279,23 @@ def test_an_agent_woken_for_a_worker_it_has_no_work_for_passes_the_worker_on(
     assert scheduler.host.acquire("c", 99) is not None
 
 
+def test_a_worker_freed_for_a_waiting_agent_is_held_for_it_until_its_wake_up(
+    clock: FakeClock,
+) -> None:
+    """An agent asking between a wake-up and the woken agent's pump waits its turn. It
+    used to take the worker, sending the woken agent to the back of the line: with
+    10,000 names that was ~4 wake-ups (a Scheduler message and a pump each) per attempt."""
+    scheduler = _host("pool", clock, max_workers=1)
+    for name in ("a", "b", "c"):
+        scheduler.host.add(name, Flaky, 1)
+    scheduler.start("a", "hang")
+    assert scheduler.host.acquire("b", 98) is None  # b waits for the only worker
+    Flaky.gate.set()
+    scheduler.outcome()  # a's worker frees: b is woken (its wake-up on its way)
+    assert scheduler.host.acquire("c", 99) is None  # c waits: that worker is b's
+    assert scheduler.host.acquire("b", 98) is not None
+
+
 def test_a_runtime_caps_its_pool_at_pool_workers(tmp_path: Path) -> None:
     entered, gate = threading.Semaphore(0), threading.Event()
 
