@@ -38,6 +38,7 @@ from herder.store import (
     Ops,
     Put,
     StepRecord,
+    Watch,
     WorkflowRecord,
     batch_entry,
     batch_timer_key,
@@ -174,7 +175,7 @@ class CommitPipeline:
         for workflow_id, effect in decision.effects:
             self.txn(workflow_id).effects.append(effect)
 
-    def take(self) -> tuple[Ops, list[tuple[str, list[Effect]]]]:
+    def take(self) -> tuple[Ops, list[tuple[str, list[Effect]]], Watch | None]:
         """The writes that may be committed now (their workflow has none in flight),
         merged into one set of ops, and their after-commit effects per workflow; those
         workflows count as in flight. Workflows' keys never overlap, so merging is safe."""
@@ -192,14 +193,13 @@ class CommitPipeline:
                 if not armed or txn.due < due:
                     due = txn.due
                 armed += txn.armed
-        if armed:  # one batch entry watches the deadlines of all the attempts recorded
-            ops[("timers", batch_timer_key(due, armed[0][2]))] = encode(armed)
         if self.loose:
             ops.update(self.loose)
             self.loose = {}
             effects.append((BATCH_TIMER, []))
         self.unacked += len(effects)
-        return ops, effects
+        # The writer writes one batch entry for every batch its transaction merges.
+        return ops, effects, (due, armed) if armed else None
 
     def rearm(self, key: bytes, items: list[tuple[str, str, int, int]]) -> None:
         """Replace the due batch entry ``key`` by one holding ``items`` (workflow id,

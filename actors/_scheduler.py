@@ -324,13 +324,13 @@ class Scheduler(SupervisedActor):
             # Submitted first, so they land in the same or an earlier commit than the
             # step transitions that follow (the writer keeps submission order).
             self._writer.submit_many([resources], log_resource_errors)
-        ops, effects = self._commits.take()
+        ops, effects, watch = self._commits.take()
         if not effects:
             return
         if self._sink is None:
             self._sink = commit_sink(self.actor_ref, self._ctx)
         crash_point("scheduler.flush")
-        self._writer.submit_batch(ops, effects, len(effects), self._sink)
+        self._writer.submit_batch(ops, effects, len(effects), self._sink, watch)
 
     def _on_committed(self, msg: Committed) -> None:
         self._commits.returned(msg.effects, msg.errors)

@@ -68,6 +68,7 @@ from herder.store._commands import (
 )
 from herder.store._compact import compact
 from herder.store._crashpoints import crash_point
+from herder.store._entries import Watch
 from herder.store._env import Store
 from herder.store._errors import (
     ConditionFailed,
@@ -197,6 +198,7 @@ __all__ = [
     "StoreLocked",
     "Transition",
     "UserCodeFailed",
+    "Watch",
     "WorkflowRecord",
     "WorkflowState",
     "Writer",

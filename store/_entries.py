@@ -16,7 +16,9 @@ from typing import Any
 
 import lmdb
 
+from herder.store._codec import encode
 from herder.store._errors import LeaseLost, StoreIOError
+from herder.store._keys import batch_timer_key
 from herder.store._ops import BatchSink, Callback, Ops, Outcome, Put, Transition, check
 
 Derived = Mapping[str, Callable[[lmdb.Transaction, list[tuple[bytes, "bytes | None"]]], None]]
@@ -26,16 +28,25 @@ Derived = Mapping[str, Callable[[lmdb.Transaction, list[tuple[bytes, "bytes | No
 log = logging.getLogger("herder.store._writer")
 
 
+Watch = tuple[int, list[list[Any]]]
+"""Attempts whose deadlines a batch entry is to watch: the earliest due ms, and the
+items ``[workflow id, step, token]`` (``_keys.batch_entry``)."""
+
+
 class Batch:
-    """A queued :meth:`Writer.submit_batch` group: its ops, its effects and its sink."""
+    """A queued :meth:`Writer.submit_batch` group: its ops, its effects, its sink, and
+    the attempts it records whose deadlines a batch entry is to watch."""
 
-    __slots__ = ("count", "effects", "ops", "sink")
+    __slots__ = ("count", "effects", "ops", "sink", "watch")
 
-    def __init__(self, ops: Ops, effects: list[Any], count: int, sink: BatchSink) -> None:
+    def __init__(
+        self, ops: Ops, effects: list[Any], count: int, sink: BatchSink, watch: Watch | None
+    ) -> None:
         self.ops = ops
         self.effects = effects
         self.count = count
         self.sink = sink
+        self.watch = watch
 
 
 class Resync:
@@ -62,10 +73,16 @@ def apply(
     # separate txn.put calls cost about ten times as much per item.
     pending: Ops = {}
     outcomes: list[list[Outcome]] = []
+    due = 0
+    watched: list[list[Any]] = []  # the attempts of one batch entry for the transaction
     for entry in batch:
         if isinstance(entry, Batch):
             pending.update(entry.ops)
             outcomes.append([None])
+            if entry.watch is not None:
+                if not watched or entry.watch[0] < due:
+                    due = entry.watch[0]
+                watched += entry.watch[1]
             continue
         results: list[Outcome] = []
         for t in entry[0]:
@@ -78,6 +95,8 @@ def apply(
                 pending[(op.db, op.key)] = op.value if type(op) is Put else None
             results.append(None)
         outcomes.append(results)
+    if watched:  # one batch entry per transaction, due at the earliest deadline it holds
+        pending[("timers", batch_timer_key(due, watched[0][2]))] = encode(watched)
     _write(txn, handles, derived, pending)
     return outcomes
 

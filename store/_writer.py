@@ -1,16 +1,15 @@
 """The single group-commit writer thread.
 
 Every write to the store is a :class:`Transition`: a few :class:`Put`/:class:`Delete`
-operations guarded by optional :class:`Expect` conditions. Callers hand transitions to
-:meth:`Writer.submit` (one future each) or :meth:`Writer.submit_many` (one callback for a
-group). The Scheduler's own writes take a cheaper path, :meth:`Writer.submit_batch`: plain
-``(db, key) -> bytes | None`` ops with no conditions, whose sink is called once per
-write transaction with the effects of every batch it committed. One daemon thread,
-``herder-store-writer``, drains everything queued into one LMDB write transaction (one
-``putmulti`` per database), commits it durably (the environment is opened with
-``sync=True``) and only then resolves the futures and callbacks. A condition that does not
-hold skips only its own transition; an I/O failure fails the whole batch and the thread
-keeps going.
+operations guarded by optional :class:`Expect` conditions, handed to :meth:`Writer.submit`
+(a future each) or :meth:`Writer.submit_many` (a callback per group). The Scheduler's own
+writes take a cheaper path, :meth:`Writer.submit_batch`: plain ``(db, key) -> bytes |
+None`` ops, whose sink is called once per transaction with the effects of every batch it
+committed (one batch entry per transaction watches the deadlines of the attempts they
+record). One daemon thread, ``herder-store-writer``, drains everything queued into one
+write transaction (one ``putmulti`` per database), commits it durably (``sync=True``)
+and only then resolves futures and callbacks. A condition that does not hold skips only
+its own transition; an I/O failure fails the whole batch and the thread keeps going.
 A ``guard`` (the leader-lease check, see ``_lease.py``) runs first in every write
 transaction; when it refuses, the whole batch fails with its error and nothing is written.
 ``derived`` maps a database to a function the thread calls, in the same transaction, with
@@ -40,6 +39,7 @@ from herder.store._entries import (
     Entry,
     Queued,
     Resync,
+    Watch,
     apply,
     call,
     call_sink,
@@ -63,13 +63,11 @@ MAX_MAP_SIZE = 2**40
 class Writer:
     """The group-commit writer. Created and owned by :class:`~herder.store.Store`.
 
-    Thread-safe: any thread may submit. Only the writer thread touches LMDB for writing.
-    ``fault``, when set, is called inside the thread right before each commit; raising
-    ``lmdb.Error`` or ``OSError`` from it simulates a failed commit (for chaos tests).
-    With ``thread=False`` there is no thread: each submission is committed (and its
-    callbacks run) on the submitting thread before the submit returns, one transaction
-    per submission, which the single-threaded simulation (``herder.runtime.testing``)
-    needs to be exact.
+    Thread-safe: any thread may submit; only the writer thread writes to LMDB. ``fault``,
+    if set, is called right before each commit: raising ``lmdb.Error`` or ``OSError``
+    simulates a failed commit (chaos tests). With ``thread=False`` each submission is
+    committed (callbacks run) on the submitting thread, one transaction each, as the
+    exact simulation (``herder.runtime.testing``) needs.
     """
 
     def __init__(
@@ -155,15 +153,18 @@ class Writer:
             closed = StoreClosed("the store writer is closed; reopen the store")
             call(on_done, [closed] * n)
 
-    def submit_batch(self, ops: Ops, effects: list[Any], count: int, sink: BatchSink) -> None:
+    def submit_batch(
+        self, ops: Ops, effects: list[Any], count: int, sink: BatchSink, watch: Watch | None = None
+    ) -> None:
         """Queue plain writes (no conditions), applied all or nothing with their batch.
 
         ``count`` is how many transitions they stand for (for the stats and the batch
         cap). ``sink(effects, error)`` runs on the writer thread once the write
         transaction holding them is durable (``error`` None) or failed; batches of one
         sink committed together reach it as one call with their effects concatenated in
-        submission order. If the writer is already closed it runs here, with
-        :class:`StoreClosed`. The ops are checked as :meth:`submit` checks a transition.
+        submission order (or here, with :class:`StoreClosed`, if the writer is closed).
+        Ops are checked as :meth:`submit` checks a transition. ``watch``: attempts whose
+        deadlines the transaction's one batch entry watches.
         """
         handles = self._handles
         for db, key in ops:
@@ -174,13 +175,12 @@ class Writer:
             for (db, key), value in ops.items():
                 if value is not None and len(value) > limit and db != "meta":
                     self._validate(Transition(ops=(Put(db, key, value),)))
-        if not self._enqueue(Batch(ops, effects, count, sink), count):
+        if not self._enqueue(Batch(ops, effects, count, sink, watch), count):
             call_sink(sink, effects, StoreClosed("the store writer is closed; reopen the store"))
 
     def resync(self) -> None:
-        """The engine's resync marker: it has read back every workflow a failed batch
-        touched and holds nothing built on one, so its batches queued after this call
-        commit again.
+        """The engine's resync marker: it read back every workflow a failed batch touched
+        and holds nothing built on one, so its batches queued after this commit again.
 
         Fail-stop: once a write transaction holding a :meth:`submit_batch` batch fails,
         every such batch queued behind it and every one queued later, up to this marker,

@@ -225,7 +225,8 @@ def test_a_due_entry_is_replaced_by_one_at_the_earliest_deadline_still_watched()
     commits = CommitPipeline(lambda: 0)
     old = batch_timer_key(5_000, 7)
     commits.rearm(old, [("w1", "long", 9, 50_000), ("w2", "x", 11, 20_000)])
-    ops, effects = commits.take()
+    ops, effects, watch = commits.take()
+    assert watch is None
     assert effects == [(BATCH_TIMER, [])]  # no workflow's: nothing to reload if it fails
     new = batch_timer_key(20_000, 9)
     assert ops == {
@@ -234,3 +235,32 @@ def test_a_due_entry_is_replaced_by_one_at_the_earliest_deadline_still_watched()
     }
     commits.rearm(new, [])
     assert commits.take()[0] == {("timers", new): None}
+
+
+def test_the_writer_writes_one_batch_entry_for_every_batch_one_transaction_merges(
+    tmp_path: Path,
+) -> None:
+    committed: list[BaseException | None] = []
+    with Store(tmp_path / "s") as store:
+        writer = store.writer
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:  # the first commit waits, so the next two queue up behind it
+            writer.fault = None
+            held.set()
+            release.wait(WAIT)
+
+        writer.fault = hold
+        first = writer.submit(Transition(ops=(Put("meta", b"x", encode(1)),)))
+        assert held.wait(WAIT)
+
+        def sink(effects: list[Any], error: BaseException | None) -> None:
+            committed.append(error)
+
+        for token, due in ((30, 9_000), (20, 4_000)):
+            writer.submit_batch({}, [token], 1, sink, (due, [[f"w{token}", "s", token]]))
+        release.set()
+        first.result(WAIT)
+        writer.flush(WAIT)
+        assert committed == [None]  # one transaction, one sink call
+        assert batches(store) == [(4_000, [("w30", "s", 30), ("w20", "s", 20)])]
