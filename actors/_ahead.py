@@ -35,6 +35,7 @@ for the :class:`~herder.actors._dispatch.Dispatcher`.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,15 @@ class Lane:
     _next: int = 0  # where the next time goes in _times
     _fresh: int = 0  # times added since p95 was computed
     _started: dict[int, float] = field(default_factory=dict)  # token -> handed over at
+
+    def open(self) -> bool:
+        """Whether some attempt may be reserved ahead now (:meth:`allows` may still
+        refuse one for its window)."""
+        return (
+            self.prefetch > 0
+            and self.p95 is not None
+            and self.ahead < self.concurrency * self.prefetch
+        )
 
     def allows(self, window: float) -> bool:
         """Whether one more attempt, which lapses ``window`` seconds after it is
@@ -128,8 +138,11 @@ class Lanes:
     """Every agent's :class:`Lane`, and the hand-overs between lanes and instances; on the
     Scheduler's thread. Methods returning True freed capacity: pump the agent again."""
 
-    def __init__(self, engine: Engine, clock: Clock, config: Any) -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock, config: Any, room: Callable[[str], None]
+    ) -> None:
         self._engine = engine
+        self._room = room  # told the agent's name when one of its attempts leaves its lane
         self._clock = clock
         self._config = config  # prefetch, probe_timeout, default_timeout
         self._host: AgentHost | None = None
@@ -159,6 +172,10 @@ class Lanes:
             shared.extend(lane.ready)
             lane.ready.clear()
             lane.ready = shared
+
+    def get(self, agent: str) -> Lane | None:
+        """``agent``'s lane, if it was configured."""
+        return self._lanes.get(agent)
 
     def reserve_ahead(self, agent: str, run: WorkflowRun, job: Job) -> bool:
         """Whether ``job`` of ``agent``, for which no instance is free, may be reserved
@@ -271,3 +288,4 @@ class Lanes:
         lane.ahead -= 1
         lane.started(attempt.token, self._clock.monotonic())
         self._engine.restamp(attempt.token, self._clock.time())
+        self._room(attempt.agent)

@@ -25,7 +25,7 @@ from herder.actors._ahead import Lanes
 from herder.actors._clock import Clock
 from herder.actors._engine import AttemptPort, EngineContext
 from herder.actors._facts import agent_facts, limit_facts
-from herder.actors._host import AgentHost, AgentUnavailable
+from herder.actors._host import AgentHost, AgentUnavailable, routed
 from herder.actors._messages import InstanceEvent, Outcome, Run, Wake
 from herder.actors._queue import JobQueue
 from herder.actors._supervision_specs import ChildEventKind
@@ -63,8 +63,19 @@ class Dispatcher:
         # The agents served: the Scheduler's own copy, changed only by its messages.
         self.agents: dict[str, AgentEntry] = {}
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
+        # Agents whose last pump found neither an idle instance nor room to reserve
+        # ahead: a new job alone does not pump them, only news that may free room does
+        # (:meth:`_touch`: an answer, a fence, an instance's event, a lane handing over).
+        self._full: set[str] = set()
+        # A token drawn for a job that then found no room: the next job of the same
+        # pump_dirty takes it (nothing else draws tokens meanwhile, so it still exceeds
+        # every token of the step it goes to), instead of drawing and dropping one per pump.
+        self._spare = 0
+        # Per agent: its queue and the host it runs on, looked up once per add (the
+        # router's placement changes only there).
+        self._routes: dict[str, tuple[JobQueue[Job], AgentHost]] = {}
         self._regroup = False  # an agent's health changed: group jobs may change member
-        self.lanes = Lanes(engine, clock, ctx.config)  # reserve-ahead (_ahead.py)
+        self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
         )
@@ -95,15 +106,17 @@ class Dispatcher:
         """Serve agent ``name`` as ``entry`` says (again: as it now says)."""
         self.agents[name] = entry
         self.host.add(name, entry.factory, entry.concurrency)
+        self._routes.pop(name, None)  # it may run on another host now
         self.admission.configure(name, *entry.limits)
         limited = any(limit is not None for limit in entry.limits)
         self.lanes.configure(name, entry.concurrency, limited=limited)
-        self.dirty.add(name)
+        self._touch(name)
 
     def remove(self, name: str) -> None:
         """Stop serving agent ``name``; its queued work waits until it is added again."""
         self.agents.pop(name, None)
         self.host.remove(name)
+        self._routes.pop(name, None)
         self.admission.remove(name)
 
     # -- what the engine does at once --------------------------------------------------
@@ -117,34 +130,58 @@ class Dispatcher:
                 attempt = action.attempt
                 attempt.port.superseded = True
                 if action.abandon and self.admission.abandoned(attempt.agent, attempt.token):
-                    self.dirty.add(attempt.agent)  # it was a breaker's half-open probe
+                    self._touch(attempt.agent)  # it was a breaker's half-open probe
                 if not attempt.sent:  # never ran: what it held is free
                     if self.lanes.unsent(attempt, replace=action.replace):
-                        self.dirty.add(attempt.agent)
+                        self._touch(attempt.agent)
                 elif action.replace:
                     self.host.replace(attempt.agent, attempt.instance)
+                    self._touch(attempt.agent)  # its slot is free
             elif isinstance(action, Cancel):
                 action.attempt.port.cancelled = True
             elif isinstance(action, TimedOut):
                 self.admission.answered(action.agent, action.token, ok=False)
                 if action.hung:
                     self.host.replace_token(action.agent, action.token)
+                    self._touch(action.agent)
             else:
                 assert isinstance(action, Lost)
                 self.admission.lost(action.agent)
+                self._touch(action.agent)
 
     def _enqueue(self, action: Enqueue) -> None:
-        self._queue(action.agent).push(action.job, action.priority, self._clock.monotonic())
-        self.dirty.add(action.agent)
+        agent = action.agent
+        self._queue(agent).push(action.job, action.priority, self._clock.monotonic())
+        if agent not in self._full:
+            self.dirty.add(agent)
+
+    def _touch(self, agent: str) -> None:
+        """Pump ``agent`` after this message: it may have room again."""
+        self._full.discard(agent)
+        self.dirty.add(agent)
+
+    def _room(self, agent: str) -> None:
+        """One of ``agent``'s attempts left its lane (handed to an instance): one more may
+        be reserved ahead, so a pump that found none may find room now."""
+        if agent in self._full:
+            self._touch(agent)
+
+    def _route(self, agent: str) -> tuple[JobQueue[Job], AgentHost]:
+        """``agent``'s queue and the host it runs on (registering a queue for an agent
+        not registered yet: its jobs wait there)."""
+        route = self._routes.get(agent)
+        if route is None:
+            host = self.host
+            queue = host.queue(agent)
+            if queue is None:
+                host.add(agent, _unregistered(agent), 0)
+                queue = host.queue(agent)
+                assert queue is not None
+            route = self._routes[agent] = (queue, routed(host, agent))
+        return route
 
     def _queue(self, agent: str) -> JobQueue[Job]:
-        queue = self.host.queue(agent)
-        if queue is None:
-            # The agent is not registered (yet): the job waits in a queue created for it.
-            self.host.add(agent, _unregistered(agent), 0)
-            queue = self.host.queue(agent)
-            assert queue is not None
-        return queue
+        return self._route(agent)[0]
 
     # -- news from the host ------------------------------------------------------------
 
@@ -154,14 +191,14 @@ class Dispatcher:
         # Even a stale answer is news of the resource's health.
         agent = msg.agent
         self.admission.answered(agent, msg.token, msg.ok or msg.permanent)
-        if self.lanes.answered(msg):
-            self.dirty.add(agent)  # one left its lane: one more may be reserved ahead
-        elif self.host.release(agent, msg.instance, msg.token, self._clock.time()):
-            self.dirty.add(agent)
+        # Even one that frees nothing changes the agent's action times (its lane's room).
+        if not self.lanes.answered(msg):
+            self.host.release(agent, msg.instance, msg.token, self._clock.time())
+        self._touch(agent)
 
     def instance_event(self, msg: InstanceEvent) -> list[Event]:
         """A lifecycle event of an agent's instances; what the engine must hear of it."""
-        self.dirty.add(msg.agent)
+        self._touch(msg.agent)
         try:
             lost = self.host.on_event(msg, self._clock.time())
         except AgentUnavailable as exc:
@@ -171,13 +208,17 @@ class Dispatcher:
         if msg.kind is ChildEventKind.CRASHED and msg.instance is not None:
             self.admission.crashed(msg.agent, len(lost))
         self._engine.counters["crashes"] += len(lost)
+        for token in lost:  # (a pool's worker, say: news of another agent's slot)
+            attempt = self._engine.inflight.get(token)
+            if attempt is not None:
+                self._touch(attempt.agent)
         return [AttemptLost(token, f"agent instance crashed: {msg.reason}") for token in lost]
 
     def woke(self, agent: str) -> None:
         """A scheduled wake-up for ``agent``'s gate arrived, or its health changed: pump
         it again (and move group jobs that now have a healthier member)."""
         self.admission.woke(agent)
-        self.dirty.add(agent)
+        self._touch(agent)
         self._regroup = True
 
     def _busy_tokens(self, agent: str) -> list[int]:
@@ -194,12 +235,15 @@ class Dispatcher:
             if attempt is not None and not attempt.sent:
                 attempt.port.superseded = True  # if it waits in a lane, it is dropped
                 if self.lanes.unsent(attempt):
-                    self.dirty.add(attempt.agent)
+                    self._touch(attempt.agent)
 
     def send(self, attempt: Attempt) -> bool:
         """Tell the agent its attempt, now that its DISPATCHED is durable (False: the
         instance went away); one reserved ahead waits for the next free instance."""
-        return self.lanes.send(attempt) is not False
+        if self.lanes.send(attempt) is not False:
+            return True
+        self._touch(attempt.agent)  # what it held is free again
+        return False
 
     # -- the pump ----------------------------------------------------------------------
 
@@ -211,15 +255,25 @@ class Dispatcher:
         for agent in sorted(self.dirty):  # sorted: the same order (and tokens) in every process
             self._pump(agent)
         self.dirty.clear()
+        self._spare = 0  # tokens are drawn elsewhere from now on: it would not exceed them
+
+    def _token(self) -> int:
+        token, self._spare = self._spare or self._ctx.next_token(), 0
+        return token
 
     def _pump(self, agent: str) -> None:
-        queue = self.host.queue(agent)
-        if self.lanes.waiting(agent):
-            self.lanes.feed(agent)  # durable attempts first, then new ones
+        queue, host = self._route(agent)
+        lanes = self.lanes
+        lane = lanes.get(agent)
+        if lane is not None and lane.ready:
+            lanes.feed(agent)  # durable attempts first, then new ones
         gated = self.admission.gated(agent)
         engine = self._engine
         idle = True  # an instance may be idle (none frees while this pump runs)
         while queue and not self._ctx.paused:
+            if not idle and (lane is None or not lane.open()):
+                self._full.add(agent)  # no room left, whatever the job: none is looked at
+                return
             job = queue.peek()
             run = engine.runs.get(job.workflow_id)
             if run is None or not engine.job_valid(run, job):
@@ -229,12 +283,16 @@ class Dispatcher:
                 continue
             if gated and not self.admission.ready(agent):
                 return  # breaker open or rate limit reached: a wake-up pumps again
-            token = self._ctx.next_token()
-            instance = self.host.acquire(agent, token, backlog=len(queue)) if idle else None
+            token = self._token()
+            instance = host.acquire(agent, token, len(queue)) if idle else None
             if instance is None:
                 idle = False
-                if not self.lanes.reserve_ahead(agent, run, job):
-                    return  # busy, or instances are starting: their "started" pumps again
+                if not lanes.reserve_ahead(agent, run, job):
+                    # Busy, or instances are starting: their "started" pumps again.
+                    self._spare = token
+                    if lane is None or not lane.open():
+                        self._full.add(agent)
+                    return
                 instance = ""  # reserved ahead: the next instance that frees takes it
             queue.pop()
             unqueue(run, job)
@@ -268,7 +326,7 @@ class Dispatcher:
                     targets[id(job)] = member
             for member in sorted(set(targets.values())):
                 self._queue(member).take(queue, _bound_for(targets, member))
-                self.dirty.add(member)
+                self._touch(member)
 
     def _reserve(self, run: WorkflowRun, job: Job, agent: str, instance: str, token: int) -> None:
         """Have the engine record the attempt, and build what its agent will be told."""

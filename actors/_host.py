@@ -23,6 +23,8 @@ Scheduler -> host      meaning
                        which the host's workers pop from themselves (self-feed)
 ``moved_on``           optional: an instance that answered ``token`` went on with the
                        ready attempt ``next_token`` (the Outcome said so)
+``route``              optional: the host that serves an agent's ``queue`` and
+                       ``acquire`` (a router's placement; it changes only at ``add``)
 =====================  ===========================================================
 
 A host without the optional methods gets reserve-ahead attempts handed over by the
@@ -106,6 +108,13 @@ def ready_queue(host: object, name: str) -> deque[Run] | None:
     host does not self-feed (the Scheduler then hands ready attempts over itself)."""
     method = getattr(host, "ready_queue", None)
     return None if method is None else method(name)
+
+
+def routed(host: AgentHost, name: str) -> AgentHost:
+    """``host.route(name)``: the host behind a router that serves ``name``'s ``queue``
+    and ``acquire`` until ``name`` is added again; ``host`` itself when it routes nothing."""
+    method = getattr(host, "route", None)
+    return host if method is None else method(name)  # type: ignore[no-any-return]
 
 
 def moved_on(host: object, name: str, instance_id: str, token: int, next_token: int) -> None:
