@@ -114,7 +114,7 @@ def routed(host: AgentHost, name: str) -> AgentHost:
     """``host.route(name)``: the host behind a router that serves ``name``'s ``queue``
     and ``acquire`` until ``name`` is added again; ``host`` itself when it routes nothing."""
     method = getattr(host, "route", None)
-    return host if method is None else method(name)  # type: ignore[no-any-return]
+    return host if method is None else method(name)
 
 
 def moved_on(host: object, name: str, instance_id: str, token: int, next_token: int) -> None:
