@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herder.actors._clock import Clock
-from herder.actors._host import AgentHost, moved_on, ready_queue
+from herder.actors._host import AgentHost, moved_on, ready_queue, routed
 from herder.actors._messages import Outcome, Run
 from herder.actors.engine import Attempt, Engine, Job, WorkflowRun
 from herder.store import StepState
@@ -72,6 +72,8 @@ class Lane:
     _next: int = 0  # where the next time goes in _times
     _fresh: int = 0  # times added since p95 was computed
     _started: dict[int, float] = field(default_factory=dict)  # token -> handed over at
+    host: Any = None  # the host serving the agent (routed once per configure)
+    moved_on: Any = None  # its moved_on, if it self-feeds
 
     def open(self) -> bool:
         """Whether some attempt may be reserved ahead now (:meth:`allows` may still
@@ -167,6 +169,8 @@ class Lanes:
         lane.concurrency = concurrency
         lane.prefetch = 0 if limited else self._config.prefetch
         assert self._host is not None
+        lane.host = routed(self._host, name)
+        lane.moved_on = getattr(lane.host, "moved_on", None)
         shared = ready_queue(self._host, name)
         if shared is not None and shared is not lane.ready:
             shared.extend(lane.ready)
@@ -197,28 +201,28 @@ class Lanes:
             return 0.0
         return float(spec.timeout or self._config.default_timeout)
 
-    def send(self, attempt: Attempt) -> bool | None:
+    def send(self, attempt: Attempt, *, idle: bool = True) -> bool | None:
         """``attempt``'s DISPATCHED is durable: one reserved ahead joins its lane's ready
-        attempts (None); else the host is told (False: its instance went away)."""
-        host, lane = self._host, self._lanes[attempt.agent]
-        assert host is not None
+        attempts (None), handed at once to an instance if one is idle (``idle`` False: the
+        caller knows none is); else the host is told (False: its instance went away)."""
+        lane = self._lanes[attempt.agent]
         if not attempt.instance:
             lane.ready.append(attempt.message)
-            self.feed(attempt.agent)
+            if idle:
+                self.feed(attempt.agent)
             return None
         message, attempt.message = attempt.message, None
         lane.started(attempt.token, self._clock.monotonic())
-        return host.send(attempt.agent, attempt.instance, message)
+        return bool(lane.host.send(attempt.agent, attempt.instance, message))
 
     def feed(self, agent: str) -> None:
         """Hand ``agent``'s ready attempts to its idle instances, oldest first."""
-        host, lane = self._host, self._lanes.get(agent)
-        assert host is not None
+        lane = self._lanes.get(agent)
         while lane is not None and lane.ready:
             message = next_ready(lane.ready)
             if message is None:
                 return
-            token = message.token
+            token, host = message.token, lane.host
             instance = host.acquire(agent, token)
             attempt = self._engine.inflight.get(token)
             if instance is None or attempt is None:
@@ -227,6 +231,7 @@ class Lanes:
                 lane.ready.appendleft(message)  # no idle instance: the next one takes it
                 return
             self._handed(lane, attempt, instance)
+            self._room(agent)
             message.instance = instance
             if not host.send(agent, instance, message):
                 # The instance went away before it ran anything: the attempt waits on.
@@ -244,7 +249,10 @@ class Lanes:
             lane.ended(msg.token, self._clock.monotonic())
         if not msg.next_token:
             return False
-        moved_on(self._host, msg.agent, msg.instance, msg.token, msg.next_token)
+        if lane is None:
+            moved_on(self._host, msg.agent, msg.instance, msg.token, msg.next_token)
+        elif lane.moved_on is not None:
+            lane.moved_on(msg.agent, msg.instance, msg.token, msg.next_token)
         attempt = self._engine.inflight.get(msg.next_token)
         if attempt is not None and not attempt.instance and lane is not None:
             self._handed(lane, attempt, msg.instance)
@@ -288,4 +296,3 @@ class Lanes:
         lane.ahead -= 1
         lane.started(attempt.token, self._clock.monotonic())
         self._engine.restamp(attempt.token, self._clock.time())
-        self._room(attempt.agent)

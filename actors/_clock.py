@@ -183,18 +183,21 @@ class MessageClock:
     """An actor's view of ``clock``, read once per message: :meth:`tick` reads the time
     as a message arrives, and :meth:`time` is that instant until the next one, as if the
     message were handled at once (the Scheduler reads the time 3-4 times per step, and
-    each read of a :class:`SteadyClock` takes its lock). ``monotonic()`` and
-    ``call_later`` are ``clock``'s own. Only the actor's own thread may use it."""
+    each read of a :class:`SteadyClock` takes its lock). ``monotonic()`` too is read at
+    most once per message, when first asked; ``call_later`` is ``clock``'s own. Only the
+    actor's own thread may use it."""
 
-    __slots__ = ("clock", "now")
+    __slots__ = ("_mono", "clock", "now")
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.now = clock.time()
+        self._mono: float | None = None
 
     def tick(self) -> float:
         """Read the time for the message that just arrived."""
         self.now = self.clock.time()
+        self._mono = None
         return self.now
 
     def time(self) -> float:
@@ -202,8 +205,11 @@ class MessageClock:
         return self.now
 
     def monotonic(self) -> float:
-        """``clock.monotonic()``."""
-        return self.clock.monotonic()
+        """``clock.monotonic()`` as of the current message (read when first asked)."""
+        mono = self._mono
+        if mono is None:
+            mono = self._mono = self.clock.monotonic()
+        return mono
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """``clock.call_later``."""

@@ -166,22 +166,24 @@ class Dispatcher:
         if agent in self._full:
             self._touch(agent)
 
-    def _route(self, agent: str) -> tuple[JobQueue[Job], AgentHost]:
-        """``agent``'s queue and the host it runs on (registering a queue for an agent
-        not registered yet: its jobs wait there)."""
+    def _route(self, agent: str) -> tuple[JobQueue[Job], AgentHost] | None:
+        """``agent``'s queue and the host it runs on; None if it has no queue."""
         route = self._routes.get(agent)
         if route is None:
-            host = self.host
-            queue = host.queue(agent)
+            queue = self.host.queue(agent)
             if queue is None:
-                host.add(agent, _unregistered(agent), 0)
-                queue = host.queue(agent)
-                assert queue is not None
-            route = self._routes[agent] = (queue, routed(host, agent))
+                return None
+            route = self._routes[agent] = (queue, routed(self.host, agent))
         return route
 
     def _queue(self, agent: str) -> JobQueue[Job]:
-        return self._route(agent)[0]
+        route = self._route(agent)
+        if route is None:
+            # The agent is not registered (yet): the job waits in a queue created for it.
+            self.host.add(agent, _unregistered(agent), 0)
+            route = self._route(agent)
+            assert route is not None
+        return route[0]
 
     # -- news from the host ------------------------------------------------------------
 
@@ -240,7 +242,7 @@ class Dispatcher:
     def send(self, attempt: Attempt) -> bool:
         """Tell the agent its attempt, now that its DISPATCHED is durable (False: the
         instance went away); one reserved ahead waits for the next free instance."""
-        if self.lanes.send(attempt) is not False:
+        if self.lanes.send(attempt, idle=attempt.agent not in self._full) is not False:
             return True
         self._touch(attempt.agent)  # what it held is free again
         return False
@@ -262,7 +264,10 @@ class Dispatcher:
         return token
 
     def _pump(self, agent: str) -> None:
-        queue, host = self._route(agent)
+        route = self._route(agent)
+        if route is None:
+            return  # (news of no agent's queue: the pool's workers, say)
+        queue, host = route
         lanes = self.lanes
         lane = lanes.get(agent)
         if lane is not None and lane.ready:

@@ -23,8 +23,8 @@ Scheduler -> host      meaning
                        which the host's workers pop from themselves (self-feed)
 ``moved_on``           optional: an instance that answered ``token`` went on with the
                        ready attempt ``next_token`` (the Outcome said so)
-``route``              optional: the host that serves an agent's ``queue`` and
-                       ``acquire`` (a router's placement; it changes only at ``add``)
+``route``              optional: the host that serves every call about an agent (a
+                       router's placement; it changes only at ``add``)
 =====================  ===========================================================
 
 A host without the optional methods gets reserve-ahead attempts handed over by the
@@ -111,8 +111,8 @@ def ready_queue(host: object, name: str) -> deque[Run] | None:
 
 
 def routed(host: AgentHost, name: str) -> AgentHost:
-    """``host.route(name)``: the host behind a router that serves ``name``'s ``queue``
-    and ``acquire`` until ``name`` is added again; ``host`` itself when it routes nothing."""
+    """``host.route(name)``: the host behind a router that serves every call about
+    ``name`` until ``name`` is added again; ``host`` itself when it routes nothing."""
     method = getattr(host, "route", None)
     return host if method is None else method(name)
 

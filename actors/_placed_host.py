@@ -70,10 +70,11 @@ class HostRouter:
     def _route(self, name: str) -> RoutedHost:
         return self._by_name.get(name, self._local)
 
-    def route(self, name: str) -> RoutedHost:
-        """The host serving ``name``'s queue and capacity until it is added again (the
-        Dispatcher keeps it, instead of routing each call)."""
-        return self._route(name)
+    def route(self, name: str) -> AgentHost:
+        """The host serving every call about ``name`` until it is added again (the
+        Dispatcher keeps it instead of routing each call): its host, or this router for
+        a name that moved (its instances may still run on the host it left)."""
+        return self if name in self._moved else self._route(name)
 
     def _holder(self, name: str, instance_id: str) -> RoutedHost:
         """The host running ``instance_id`` (another one, if ``name`` moved since)."""
