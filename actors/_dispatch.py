@@ -63,9 +63,11 @@ class Dispatcher:
         # The agents served: the Scheduler's own copy, changed only by its messages.
         self.agents: dict[str, AgentEntry] = {}
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
-        # Agents whose last pump found neither an idle instance nor room to reserve
-        # ahead: a new job alone does not pump them, only news that may free room does
-        # (:meth:`_touch`: an answer, a fence, an instance's event, a lane handing over).
+        # Agents whose last pump found no idle instance (``_busy``: none is asked for
+        # until news that may free one), and of those the ones that had no room to
+        # reserve ahead either (``_full``: a new job alone does not pump them, only news
+        # that may free room does). :meth:`_touch` and :meth:`_room` take them off.
+        self._busy: set[str] = set()
         self._full: set[str] = set()
         # A token drawn for a job that then found no room: the next job of the same
         # pump_dirty takes it (nothing else draws tokens meanwhile, so it still exceeds
@@ -155,16 +157,19 @@ class Dispatcher:
         if agent not in self._full:
             self.dirty.add(agent)
 
-    def _touch(self, agent: str) -> None:
-        """Pump ``agent`` after this message: it may have room again."""
+    def _touch(self, agent: str, *, freed: bool = True) -> None:
+        """Pump ``agent`` after this message: it may have room again (``freed``: an
+        instance may be idle again, too)."""
         self._full.discard(agent)
+        if freed:
+            self._busy.discard(agent)
         self.dirty.add(agent)
 
     def _room(self, agent: str) -> None:
         """One of ``agent``'s attempts left its lane (handed to an instance): one more may
         be reserved ahead, so a pump that found none may find room now."""
         if agent in self._full:
-            self._touch(agent)
+            self._touch(agent, freed=False)
 
     def _route(self, agent: str) -> tuple[JobQueue[Job], AgentHost] | None:
         """``agent``'s queue and the host it runs on; None if it has no queue."""
@@ -194,9 +199,10 @@ class Dispatcher:
         agent = msg.agent
         self.admission.answered(agent, msg.token, msg.ok or msg.permanent)
         # Even one that frees nothing changes the agent's action times (its lane's room).
-        if not self.lanes.answered(msg):
+        moved = self.lanes.answered(msg)  # its instance went on with a ready attempt
+        if not moved:
             self.host.release(agent, msg.instance, msg.token, self._clock.time())
-        self._touch(agent)
+        self._touch(agent, freed=not moved)
 
     def instance_event(self, msg: InstanceEvent) -> list[Event]:
         """A lifecycle event of an agent's instances; what the engine must hear of it."""
@@ -242,7 +248,7 @@ class Dispatcher:
     def send(self, attempt: Attempt) -> bool:
         """Tell the agent its attempt, now that its DISPATCHED is durable (False: the
         instance went away); one reserved ahead waits for the next free instance."""
-        if self.lanes.send(attempt, idle=attempt.agent not in self._full) is not False:
+        if self.lanes.send(attempt, idle=attempt.agent not in self._busy) is not False:
             return True
         self._touch(attempt.agent)  # what it held is free again
         return False
@@ -270,17 +276,17 @@ class Dispatcher:
         queue, host = route
         lanes = self.lanes
         lane = lanes.get(agent)
-        if lane is not None and lane.ready:
+        idle = agent not in self._busy  # an instance may be idle (none frees while it runs)
+        if idle and lane is not None and lane.ready:
             lanes.feed(agent)  # durable attempts first, then new ones
         gated = self.admission.gated(agent)
-        engine = self._engine
-        idle = True  # an instance may be idle (none frees while this pump runs)
-        while queue and not self._ctx.paused:
+        engine, runs, ctx = self._engine, self._engine.runs, self._ctx
+        while queue and not ctx.paused:
             if not idle and (lane is None or not lane.open()):
                 self._full.add(agent)  # no room left, whatever the job: none is looked at
                 return
             job = queue.peek()
-            run = engine.runs.get(job.workflow_id)
+            run = runs.get(job.workflow_id)
             if run is None or not engine.job_valid(run, job):
                 queue.pop()
                 if run is not None:
@@ -291,7 +297,9 @@ class Dispatcher:
             token = self._token()
             instance = host.acquire(agent, token, len(queue)) if idle else None
             if instance is None:
-                idle = False
+                if idle:
+                    idle = False
+                    self._busy.add(agent)
                 if not lanes.reserve_ahead(agent, run, job):
                     # Busy, or instances are starting: their "started" pumps again.
                     self._spare = token
