@@ -109,7 +109,8 @@ class Starting(StartingMany):
         starts, running attempts are superseded and the workflow is compensated, also
         when it passed while no process ran (docs/workflows.md).
         """
-        return _runtime(self)._start(
+        rt: Runtime = self  # type: ignore[assignment]  # a base of Runtime only (no cast call)
+        return rt._start(
             workflow,
             input,
             workflow_id=workflow_id,
@@ -135,8 +136,11 @@ class Starting(StartingMany):
 
         Plain calls, no shared generator with ``start_async`` (``_async``): each costs
         the caller CPU on every start, and both faces are made of the same parts."""
-        rt = _runtime(self)
-        new, now = rt._checked(workflow, input, workflow_id, when)
+        rt: Runtime = self  # type: ignore[assignment]
+        rt._check_active()
+        clock = rt._ctx.clock.time()
+        new = rt._prepare(workflow, input, workflow_id=workflow_id, now=clock, **when)
+        now: float | None = clock
         if not rt._take_capacity_now(1):
             repeated = rt._repeated(new, workflow_id)
             if repeated is not None:
@@ -160,7 +164,7 @@ class Starting(StartingMany):
         """Before a start waits for a slot: the handle of the workflow that has the
         caller's id already (or its conflict), as a repeated start never waits; None if
         it is free, or a fresh random id (which no workflow has: no read)."""
-        rt = _runtime(self)
+        rt: Runtime = self  # type: ignore[assignment]
         if workflow_id is None:
             return None
         existing = rt._store.get_workflow(new.workflow_id)
@@ -175,7 +179,7 @@ class Starting(StartingMany):
     ) -> Landing:
         """Queue the transition creating ``new`` (its capacity is taken: it is given back
         here if queueing fails, else by the :class:`Landing` or the final listener)."""
-        rt = _runtime(self)
+        rt: Runtime = self  # type: ignore[assignment]
         try:
             record, steps, transition = rt._creation(new, also, now=now)
             landing = Landing(rt, record, steps, (new.plan.name, new.plan.version), loop)
@@ -188,7 +192,7 @@ class Starting(StartingMany):
     def _landed(self, new: NewStart, error: BaseException | None) -> WorkflowHandle:
         """The handle of a start whose commit was decided with ``error`` (None: created);
         an id that was taken gives the existing workflow's handle, or a conflict."""
-        rt = _runtime(self)
+        rt: Runtime = self  # type: ignore[assignment]
         wid = new.workflow_id
         if isinstance(error, ConditionFailed):
             raced = rt._store.get_workflow(wid)
@@ -196,13 +200,14 @@ class Starting(StartingMany):
             return rt._same_start(raced, new)
         if error is not None:
             raise error
-        _log.info(
-            "workflow %s started (%s@%d)",
-            wid,
-            new.plan.name,
-            new.plan.version,
-            extra={"workflow_id": wid, "workflow": new.plan.name},
-        )
+        if _log.isEnabledFor(logging.INFO):  # (its extra= map, built on every start)
+            _log.info(
+                "workflow %s started (%s@%d)",
+                wid,
+                new.plan.name,
+                new.plan.version,
+                extra={"workflow_id": wid, "workflow": new.plan.name},
+            )
         return WorkflowHandle(rt, wid)
 
     def _prepare(
@@ -225,7 +230,7 @@ class Starting(StartingMany):
         (read here, only if a datetime needs it, when not given); ``checked`` holds the
         definitions whose fixed agents a batch found registered already, so they are
         checked once per batch, not per item."""
-        rt = _runtime(self)
+        rt: Runtime = self  # type: ignore[assignment]
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         plan = rt._latest.get(name) if isinstance(name, str) else None
         if plan is None:
@@ -235,11 +240,16 @@ class Starting(StartingMany):
                 "call add_workflow first"
             )
         wid = _new_id() if workflow_id is None else validate_id(workflow_id)
-        priority = check_priority(priority)
-        if wall is None and (start_at is not None or isinstance(deadline, datetime.datetime)):
-            wall = rt._clock.time()
-        begin = begin_at(now, start_at, delay, wall=wall)
-        ends = deadline_at(now, plan.deadline if deadline is None else deadline, wall=wall)
+        if priority != 0 or type(priority) is not int:  # (0: the default, nothing to check)
+            priority = check_priority(priority)
+        begin = ends = None
+        if deadline is None:
+            deadline = plan.deadline
+        if start_at is not None or delay is not None or deadline is not None:
+            if wall is None and (start_at is not None or isinstance(deadline, datetime.datetime)):
+                wall = rt._clock.time()
+            begin = begin_at(now, start_at, delay, wall=wall)
+            ends = deadline_at(now, deadline, wall=wall)
         normalized = normalize(input, limit=rt._max_input_bytes, what="workflow input")
         if checked is not None and id(plan) in checked:
             return NewStart(plan, wid, normalized, priority, begin, {}, ends)
@@ -260,7 +270,7 @@ class Starting(StartingMany):
         """The new workflow's records and transition; ``mark`` (default: unless this
         runtime marked it already) adds its definition's started mark; ``now`` defaults
         to the engine's clock."""
-        rt = _runtime(self)
+        rt: Runtime = self  # type: ignore[assignment]
         if mark is None:
             mark = (new.plan.name, new.plan.version) not in rt._started
         if now is None:

@@ -7,15 +7,19 @@ from __future__ import annotations
 import pytest
 
 from herder.runtime import Workflow
+from herder.runtime._starts import _created_event
 from herder.runtime._timing import new_workflow
 from herder.store import (
     Indexed,
     StepRecord,
     WorkflowRecord,
     WorkflowState,
+    as_event,
     decode,
     encode,
+    history_put,
     indexed,
+    workflow_event,
 )
 from herder.store._recent import _indexed
 
@@ -93,3 +97,12 @@ def test_index_facts_carried_by_a_new_workflow_equal_the_decoded_ones() -> None:
         assert _indexed(b"w-2", indexed(raw, other.updated, state), None) == _indexed(
             b"w-2", raw, None
         )
+
+
+@pytest.mark.parametrize("now", [0.0, NOW, NOW + 0.001])
+def test_the_created_event_of_a_start_is_the_workflow_event_of_its_record(now: float) -> None:
+    # start() builds the event's bytes from its fields, not from a throwaway record.
+    record = WorkflowRecord("w-3", "pay", 3, None, WorkflowState.RUNNING, now, now)
+    want = history_put("w-3", 7, workflow_event(None, record)).value
+    assert _created_event(now) == want
+    assert as_event(decode(want, db="history", key=b"k"))["to"] == "RUNNING"
