@@ -102,23 +102,33 @@ class Recovery:
         """Run a workflow: a new one, one reloaded from the store (``recovered``), or one
         a previous Scheduler or process left unfinished (``crashed``: its crash is
         counted). Operator commands held for it are applied first, before anything of it
-        runs again."""
-        run = self._load(record, steps)
+        runs again.
+
+        Every ``start()`` comes through here on the Scheduler's thread, so it is written
+        flat (``_load`` and ``resume`` inline): the engine's ``load`` says None both for
+        a workflow in memory already and for one whose definition is missing."""
+        engine = self._engine
+        run = engine.load(record, steps)
         if run is None:
+            if record.id not in engine.runs:
+                self.await_definition(record)
             return
-        held = self.held.pop(record.id, None)
-        if held:
-            self.apply_held(list(held.values()))
-        self.resume(run, recovered=recovered, crashed=crashed)
+        if self.held:
+            held = self.held.pop(record.id, None)
+            if held:
+                self.apply_held(list(held.values()))
+        if engine.runs.get(record.id) is run:  # unless an operator's action ended it
+            self._shell.handle(Resumed(record.id, recovered=recovered, crashed=crashed))
 
     def admit_new(self, starts: list[tuple[WorkflowRecord, list[StepRecord]]]) -> None:
         """``start()`` (or ``start_many``) made workflows durable: run each, unless this
         Scheduler's recovery already read it from the store (a restart raced the start;
         recovery owns it and the message's records may be stale: running them could
         repeat finished steps)."""
+        runs, recovered, admit = self._engine.runs, self._recovered, self.admit
         for record, steps in starts:
-            if record.id not in self._engine.runs and record.id not in self._recovered:
-                self.admit(record, steps)
+            if record.id not in runs and record.id not in recovered:
+                admit(record, steps)
 
     def resume(self, run: WorkflowRun, *, recovered: bool, crashed: bool) -> None:
         """Run a workflow just put into memory, unless an operator's action ended it."""
