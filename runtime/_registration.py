@@ -139,6 +139,7 @@ class Registration:
         if host is not None:  # connects here, never on the Scheduler's thread
             attach(rt._ctx, host, name, factory, rt._store.path)
         with rt._promotion:
+            rt._agents_version += 1  # start() looks at every definition's agents again
             rt._actions[name] = None if cls is None else action_names(cls)
             if rt._tracing is not None:
                 factory = rt._tracing.wrap_factory(name, factory)
@@ -182,6 +183,7 @@ class Registration:
             if name not in rt._ctx.agents:
                 raise UnknownName(f"no agent named {name!r} is registered")
             del rt._ctx.agents[name]
+            rt._agents_version += 1
             rt._ctx.async_agents.discard(name)
             rt._ctx.limits.pop(name, None)
             rt._ctx.health.unwatch(name)

@@ -143,6 +143,10 @@ class Runtime(
         self._latest: dict[str, Plan] = {}
         self._started: set[tuple[str, int]] = set()  # definitions marked started in meta
         self._actions: dict[str, frozenset[str] | None] = {}
+        # Bumped by add_agent/remove_agent: a definition whose agents start() found
+        # registered at one version needs no new look at them until the next (_start.py).
+        self._agents_version = 0
+        self._agents_seen: dict[int, tuple[Plan, int]] = {}
         self._waiters: dict[str, builtins.list[OneShot[Final]]] = {}
         self._running: set[str] = set()  # started here, admitted, not yet announced final
         self._lock = threading.Condition()

@@ -222,14 +222,16 @@ class Starting(StartingMany):
         deadline: float | datetime.datetime | None = None,
         now: float,
         wall: float | None = None,
-        checked: set[int] | None = None,
     ) -> NewStart:
         """Check one start's arguments (nothing is written): see :meth:`start`.
 
         ``now`` is the engine's time and ``wall`` the wall clock's at the same instant
-        (read here, only if a datetime needs it, when not given); ``checked`` holds the
-        definitions whose fixed agents a batch found registered already, so they are
-        checked once per batch, not per item."""
+        (read here, only if a datetime needs it, when not given).
+
+        A definition without agent templates needs the same agents for every start:
+        once they were found registered, they are looked at again only after the next
+        ``add_agent``/``remove_agent`` (its version is read before the look, so one
+        that raced it is looked at again too)."""
         rt: Runtime = self  # type: ignore[assignment]
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         plan = rt._latest.get(name) if isinstance(name, str) else None
@@ -251,12 +253,14 @@ class Starting(StartingMany):
             begin = begin_at(now, start_at, delay, wall=wall)
             ends = deadline_at(now, deadline, wall=wall)
         normalized = normalize(input, limit=rt._max_input_bytes, what="workflow input")
-        if checked is not None and id(plan) in checked:
+        version = rt._agents_version
+        seen = rt._agents_seen.get(id(plan))
+        if seen is not None and seen[0] is plan and seen[1] == version:
             return NewStart(plan, wid, normalized, priority, begin, {}, ends)
         agents = resolve_agents(plan, normalized, rt._routers)
         check_registered(plan, agents, rt._ctx.agents, rt._actions)
-        if checked is not None and not agents:  # no templated step: the same for every item
-            checked.add(id(plan))
+        if not agents:  # no templated step: the same agents for every start
+            rt._agents_seen[id(plan)] = (plan, version)
         return NewStart(plan, wid, normalized, priority, begin, agents, ends)
 
     def _creation(

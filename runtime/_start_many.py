@@ -65,15 +65,11 @@ class StartingMany:
         """The body of :meth:`start_many` and ``start_many_async``."""
         rt = _runtime(self)
         rt._check_active()
-        # One clock read for the batch, and each definition's agents checked once (per
-        # item only when its agents come from the input), not both per item.
+        # One clock read for the batch, not one per item (and each definition's agents
+        # are looked at once, see _prepare).
         now, wall = rt._ctx.clock.time(), rt._clock.time()
-        checked: set[int] = set()  # id() of plans, all held by ``news``
         prepare = rt._prepare
-        news = [
-            prepare(**start_args(i, item), now=now, wall=wall, checked=checked)
-            for i, item in enumerate(starts)
-        ]
+        news = [prepare(**start_args(i, item), now=now, wall=wall) for i, item in enumerate(starts)]
         unique: dict[str, NewStart] = {}
         for new in news:
             first = unique.setdefault(new.workflow_id, new)

@@ -61,3 +61,30 @@ def test_a_definition_is_replaced_under_its_version_until_a_workflow_of_it_start
         with pytest.raises(InvalidDefinition, match="new version"):
             rt.add_workflow(order(compensate=None))
         rt.add_workflow(order())  # the same definition again is fine
+
+
+class Till(Agent):  # a shop without refunds
+    def buy(self, ctx: StepContext) -> str:
+        return "bought"
+
+
+def test_a_start_looks_at_the_agents_again_after_they_were_removed_or_replaced(
+    tmp_path: Path,
+) -> None:
+    # start() remembers that a definition's agents were registered; add_agent and
+    # remove_agent make it look again.
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(order())
+        rt.start("order", workflow_id="o1", delay=3600)
+        rt.remove_agent("shop")
+        with pytest.raises(UnknownName, match=r"needs agent 'shop'.*registered: none"):
+            rt.start("order", workflow_id="o2", delay=3600)
+        with pytest.raises(UnknownName, match=r"needs agent 'shop'"):
+            rt.start_many([{"workflow": "order", "workflow_id": "o3", "delay": 3600}])
+        rt.add_agent("shop", Till)
+        with pytest.raises(UnknownName, match=r"has no action 'refund'"):
+            rt.start("order", workflow_id="o4", delay=3600)
+        rt.add_agent("shop", Shop)
+        rt.start("order", workflow_id="o5", delay=3600)
+        assert sorted(s.id for s in rt.list()) == ["o1", "o5"]
