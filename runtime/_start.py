@@ -251,7 +251,7 @@ class Starting(StartingMany):
             if wall is None and (start_at is not None or isinstance(deadline, datetime.datetime)):
                 wall = rt._clock.time()
             begin = begin_at(now, start_at, delay, wall=wall)
-            ends = deadline_at(now, deadline, wall=wall)
+            ends = None if deadline is None else deadline_at(now, deadline, wall=wall)
         normalized = normalize(input, limit=rt._max_input_bytes, what="workflow input")
         version = rt._agents_version
         seen = rt._agents_seen.get(id(plan))
