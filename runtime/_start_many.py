@@ -124,13 +124,28 @@ class StartingMany:
 
         group = [c[2] for c in created] + [started_mark(*key) for key in marks]
         rt._store.writer.submit_many(group, on_done)
+        # The handles are made while the commit is synced (its fsync lets go of the GIL):
+        # once it is durable the Scheduler admits the batch, and whatever the caller has
+        # left to do then waits for the GIL behind it.
+        handles = [WorkflowHandle(rt, new.workflow_id) for new in news]
         outcomes = yield Wait(
             lambda: committed.result(timeout=rt._ask_timeout),
             lambda: awaited(committed, rt._ask_timeout),
         )
         rt._started.update(key for key, o in zip(marks, outcomes[n:], strict=True) if o is None)
+        if outcomes[:n].count(None) != n:  # (one pass in C when every one was created)
+            rt._refused(list(unique.values()), outcomes)
+        _log.info("%d workflows started in one commit", len(created))
+        return handles
+
+    def _refused(self, news: list[NewStart], outcomes: list[BaseException | None]) -> None:
+        """Raise what refused some of ``start_many``'s creations (``outcomes``, in the
+        order of ``news``): the store's error, or :class:`WorkflowConflict` naming the ids
+        that were taken by a workflow with other input (a taken id with the same input
+        gives that workflow's handle)."""
+        rt = _runtime(self)
         conflicts = []
-        for new, outcome in zip(unique.values(), outcomes, strict=False):
+        for new, outcome in zip(news, outcomes, strict=False):
             if outcome is None:
                 continue
             if not isinstance(outcome, ConditionFailed):
@@ -143,5 +158,3 @@ class StartingMany:
                 f"{len(conflicts)} workflow ids were already started with different input "
                 f"({', '.join(map(repr, conflicts[:5]))}); the other workflows started"
             )
-        _log.info("%d workflows started in one commit", len(created))
-        return [WorkflowHandle(rt, new.workflow_id) for new in news]
