@@ -11,26 +11,34 @@ machine is shared:
   the floor this loop and machine give the ticker;
 - ``herder, switch N ms`` (with ``--switch-intervals``): the ``herder`` row with
   ``sys.setswitchinterval(N / 1000)`` (CPython's default is 5 ms): how much of the lag is
-  the loop's thread waiting for the GIL that herder's threads hold.
+  the loop's thread waiting for the GIL that herder's threads hold;
+- ``herder, gc.freeze()`` (with ``--gc-freeze``): the ``herder`` row after
+  ``gc.freeze()``, which an application calls once it has started: the ~30,000 objects
+  of the imported modules leave the collector's scans, so a full collection (which
+  holds the GIL, on whichever thread triggers it) scans only what was made since.
 
 A turn's CPU is this thread's CPU time inside one ``_run_once`` (waiting in ``select``
-or for the GIL costs none), so it shows herder's own work on the loop whatever the load;
-the ticker's lag adds the GIL and the OS. The target is a max lag under 50 ms.
+or for the GIL costs none), so it shows the work on the loop whatever the load; the
+ticker's lag adds the GIL and the OS. Collections of the garbage collector that run on
+the loop's thread are timed apart (``gc.callbacks``): the heaviest turn without them is
+herder's and the handlers' own work. The target is a max lag under 50 ms.
 
 Usage: python benchmarks/loop_lag.py [--workflows 1000] [--reps 5] [--out PATH]
-       [--switch-intervals 1,0.5]
+       [--switch-intervals 1,0.5] [--gc-freeze]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import pathlib
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -47,16 +55,35 @@ TARGET_MS = 50.0
 
 class TimedLoop(asyncio.SelectorEventLoop):
     """A loop that records this thread's CPU time in each of its turns, through
-    asyncio's private ``_run_once``."""
+    asyncio's private ``_run_once``, and how much of it garbage collections took."""
 
     def __init__(self) -> None:
         super().__init__()
         self.turns: list[float] = []
+        self.collecting: list[float] = []  # of each turn, in collections of the gc
+        self._gc = 0.0  # this turn's, so far
+        self._gc_began = 0.0
+        self._thread = threading.get_ident()
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+        if threading.get_ident() != self._thread:
+            return
+        if phase == "start":
+            self._gc_began = time.thread_time()
+        else:
+            self._gc += time.thread_time() - self._gc_began
 
     def _run_once(self) -> None:
-        began = time.thread_time()
+        began, self._gc = time.thread_time(), 0.0
         super()._run_once()  # type: ignore[misc]
         self.turns.append(time.thread_time() - began)
+        self.collecting.append(self._gc)
+
+    def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        super().close()
 
 
 async def _lags(until: asyncio.Event) -> list[float]:
@@ -112,20 +139,24 @@ async def _alone(n: int) -> tuple[list[int], list[float]]:
     return await _requests(n, handler)
 
 
-def measure(row: str, n: int, switch: float | None = None) -> dict[str, Any]:
+def measure(row: str, n: int, switch: float | None = None, freeze: bool = False) -> dict[str, Any]:
     """One row on a fresh loop: the ticker's lags and the loop's turns, in ms; with
-    ``switch`` (ms), under that GIL switch interval."""
+    ``switch`` (ms), under that GIL switch interval; with ``freeze``, after
+    ``gc.freeze()``."""
     loop = TimedLoop()
     default = sys.getswitchinterval()
     try:
         if switch is not None:
             sys.setswitchinterval(switch / 1000)
+        if freeze:
+            gc.freeze()
         with tempfile.TemporaryDirectory(prefix="herder-lag-") as d:
             herder = row.startswith("herder")
             work = _herder(n, pathlib.Path(d) / "s") if herder else _alone(n)
             results, lags = loop.run_until_complete(work)
     finally:
         sys.setswitchinterval(default)
+        gc.unfreeze()
         loop.close()
     if results != list(range(n)):
         raise SystemExit(f"{row}: the requests' answers are wrong")
@@ -135,19 +166,26 @@ def measure(row: str, n: int, switch: float | None = None) -> dict[str, Any]:
         "lag_p99_ms": percentile(ms, 0.99),
         "lag_max_ms": max(ms),
         "heaviest_turn_ms": max(loop.turns) * 1000,
+        "heaviest_turn_without_gc_ms": max(map(float.__sub__, loop.turns, loop.collecting)) * 1000,
+        "longest_gc_ms": max(loop.collecting) * 1000,
         "loop_cpu_s": sum(loop.turns),
         "ticks": len(ms),
         "load": round(os.getloadavg()[0], 2),
     }
 
 
-def run(n: int, reps: int, switches: tuple[float, ...] = ()) -> dict[str, Any]:
+def run(
+    n: int, reps: int, switches: tuple[float, ...] = (), freeze: bool = False
+) -> dict[str, Any]:
     rows: dict[str, list[dict[str, Any]]] = {"herder": [], "asyncio alone": []}
     switch_of = {f"herder, switch {ms:g} ms": ms for ms in switches}
     rows.update({row: [] for row in switch_of})
+    frozen = "herder, gc.freeze()"
+    if freeze:
+        rows[frozen] = []
     for rep in range(reps):
         for row, runs in rows.items():
-            runs.append(measure(row, n, switch_of.get(row)))
+            runs.append(measure(row, n, switch_of.get(row), freeze=row == frozen))
             progress(TAG, f"round {rep + 1}/{reps}, {row}: {runs[-1]}")
     worst = max(r["lag_max_ms"] for r in rows["herder"])
     return {
@@ -156,12 +194,24 @@ def run(n: int, reps: int, switches: tuple[float, ...] = ()) -> dict[str, Any]:
         "rows": rows,
         "worst_lag_ms": worst,
         "heaviest_turn_ms": max(r["heaviest_turn_ms"] for r in rows["herder"]),
+        "heaviest_turn_without_gc_ms": max(
+            r["heaviest_turn_without_gc_ms"] for r in rows["herder"]
+        ),
         "met": worst < TARGET_MS,
     }
 
 
 def table(report: dict[str, Any]) -> str:
-    header = ("row", "lag p50 ms", "lag p99 ms", "lag max ms", "heaviest turn ms", "loads")
+    header = (
+        "row",
+        "lag p50 ms",
+        "lag p99 ms",
+        "lag max ms",
+        "heaviest turn ms",
+        "without gc ms",
+        "longest gc ms",
+        "loads",
+    )
     lines = [
         (
             row,
@@ -169,6 +219,8 @@ def table(report: dict[str, Any]) -> str:
             f"{statistics.median(r['lag_p99_ms'] for r in runs):.1f}",
             f"{max(r['lag_max_ms'] for r in runs):.1f}",
             f"{max(r['heaviest_turn_ms'] for r in runs):.1f}",
+            f"{max(r['heaviest_turn_without_gc_ms'] for r in runs):.1f}",
+            f"{max(r['longest_gc_ms'] for r in runs):.1f}",
             " ".join(str(r["load"]) for r in runs),
         )
         for row, runs in report["rows"].items()
@@ -190,10 +242,13 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="comma-separated GIL switch intervals in ms: one more herder row each",
     )
+    parser.add_argument(
+        "--gc-freeze", action="store_true", help="one more herder row, after gc.freeze()"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     switches = tuple(float(ms) for ms in args.switch_intervals.split(",") if ms)
-    report = run(args.workflows, args.reps, switches)
+    report = run(args.workflows, args.reps, switches, args.gc_freeze)
     print(table(report))
     write_report(args.out, report)
 
