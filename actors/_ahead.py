@@ -181,10 +181,9 @@ class Lanes:
         """``agent``'s lane, if it was configured."""
         return self._lanes.get(agent)
 
-    def reserve_ahead(self, agent: str, run: WorkflowRun, job: Job) -> bool:
-        """Whether ``job`` of ``agent``, for which no instance is free, may be reserved
-        ahead; if so it counts as waiting from now on."""
-        lane = self._lanes.get(agent)
+    def reserve_ahead(self, lane: Lane | None, run: WorkflowRun, job: Job) -> bool:
+        """Whether ``job`` of the agent of ``lane``, for which no instance is free, may
+        be reserved ahead; if so it counts as waiting from now on."""
         if lane is None or not lane.allows(self._window(run, job)):
             return False
         lane.ahead += 1
@@ -280,11 +279,6 @@ class Lanes:
                 self._replace.clear()
             self._replace.add(attempt.token)
         return True
-
-    def waiting(self, agent: str) -> bool:
-        """Whether ready attempts of ``agent`` wait for an instance."""
-        lane = self._lanes.get(agent)
-        return lane is not None and bool(lane.ready)
 
     def ahead(self) -> int:
         """Attempts reserved ahead and not yet running (waiting for a commit or an

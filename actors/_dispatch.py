@@ -11,6 +11,13 @@ free instance and hands each to the next instance that frees (``_ahead``). It al
 carries out what the engine decides at once (fences, cancels, lapses, lost attempts)
 against the host and the gates.
 
+Room: a pump that finds no idle instance marks the agent busy (no instance is asked
+for until news that may free one: an answer, a fence, an instance's event), and one that
+finds no room to reserve ahead either marks it full (a new job alone does not pump it;
+that news, or an attempt leaving its lane, does). A token drawn for a job that found no
+room goes to the next job of the same ``pump_dirty``: nothing else draws tokens
+meanwhile, so it still exceeds every token of the step it goes to.
+
 Everything here runs on the Scheduler's thread; the host reports back by messages.
 """
 
@@ -20,13 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 from herder.actors._admission import Admission
-from herder.actors._agent import Agent, StepContext
+from herder.actors._agent import Agent
 from herder.actors._ahead import Lanes
 from herder.actors._clock import Clock
-from herder.actors._engine import AttemptPort, EngineContext
+from herder.actors._engine import EngineContext, prepare
 from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable, routed
-from herder.actors._messages import InstanceEvent, Outcome, Run, Wake
+from herder.actors._messages import InstanceEvent, Outcome, Wake
 from herder.actors._queue import JobQueue
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors._wiring import AgentEntry
@@ -63,19 +70,12 @@ class Dispatcher:
         # The agents served: the Scheduler's own copy, changed only by its messages.
         self.agents: dict[str, AgentEntry] = {}
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
-        # Agents whose last pump found no idle instance (``_busy``: none is asked for
-        # until news that may free one), and of those the ones that had no room to
-        # reserve ahead either (``_full``: a new job alone does not pump them, only news
-        # that may free room does). :meth:`_touch` and :meth:`_room` take them off.
+        # Room (see the module docstring): agents whose last pump found no idle instance,
+        # and of those the ones with no room to reserve ahead either.
         self._busy: set[str] = set()
         self._full: set[str] = set()
-        # A token drawn for a job that then found no room: the next job of the same
-        # pump_dirty takes it (nothing else draws tokens meanwhile, so it still exceeds
-        # every token of the step it goes to), instead of drawing and dropping one per pump.
-        self._spare = 0
-        # Per agent: its queue and the host it runs on, looked up once per add (the
-        # router's placement changes only there).
-        self._routes: dict[str, tuple[JobQueue[Job], AgentHost]] = {}
+        self._spare = 0  # a token drawn for a job that found no room, for the next job
+        self._routes: dict[str, tuple[JobQueue[Job], AgentHost]] = {}  # queue, host (per add)
         self._regroup = False  # an agent's health changed: group jobs may change member
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self.admission = Admission(
@@ -300,7 +300,7 @@ class Dispatcher:
                 if idle:
                     idle = False
                     self._busy.add(agent)
-                if not lanes.reserve_ahead(agent, run, job):
+                if not lanes.reserve_ahead(lane, run, job):
                     # Busy, or instances are starting: their "started" pumps again.
                     self._spare = token
                     if lane is None or not lane.open():
@@ -344,25 +344,7 @@ class Dispatcher:
     def _reserve(self, run: WorkflowRun, job: Job, agent: str, instance: str, token: int) -> None:
         """Have the engine record the attempt, and build what its agent will be told."""
         done = self._engine.reserve(Reserved(job, agent, instance, token), now=self._clock.time())
-        fraction = self._config.heartbeat_interval_fraction
-        port = AttemptPort(self._ctx, token, done.window * fraction)
-        key = f"{run.record.id}/{job.step}" + ("/compensate" if job.compensating else "")
-        ctx = StepContext(
-            workflow_id=run.record.id,
-            step=job.step,
-            action=done.action,
-            attempt=done.number,
-            input=run.record.input,
-            results={n: s.result for n, s in run.steps.items() if s.succeeded},
-            idempotency_key=key,
-            token=token,
-            compensating=job.compensating,
-            _port=port,
-            trace_context=run.record.trace,  # the workflow's; runtime/_tracing.py refines it
-            deadline=run.record.deadline,
-        )
-        done.attempt.port = port
-        done.attempt.message = Run(agent, instance, done.action, token, ctx)
+        prepare(self._ctx, run, job, done)
 
     def _wake_later(self, agent: str, delay: float) -> None:
         """Pump ``agent`` again after ``delay`` seconds (on the injectable clock)."""

@@ -12,15 +12,15 @@ from typing import Any
 import pykka
 
 from herder.actors._adaptive import Adaptive
-from herder.actors._agent import Agent
+from herder.actors._agent import Agent, StepContext
 from herder.actors._clock import Clock
 from herder.actors._event_loop import EventLoop
 from herder.actors._health import AgentHealth
 from herder.actors._host import AgentHost
 from herder.actors._limits import CircuitBreaker, RateLimit
-from herder.actors._messages import Heartbeat
+from herder.actors._messages import Heartbeat, Run
 from herder.actors._wiring import EngineListener
-from herder.actors.engine import Defaults
+from herder.actors.engine import Defaults, Dispatched, Job, WorkflowRun
 from herder.store import LeaseLost, Plan, RetryPolicy, Store
 
 _log = logging.getLogger("herder.scheduler")
@@ -154,3 +154,28 @@ class AttemptPort:
             return
         self._last = now
         self._ctx.tell_scheduler(Heartbeat(self.token, details))
+
+
+def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) -> None:
+    """Build what the agent will be told of the attempt the engine just recorded
+    (``done``): its :class:`StepContext` with its port, in the :class:`Run` message the
+    attempt keeps until its DISPATCHED is durable."""
+    attempt, record, token = done.attempt, run.record, done.attempt.token
+    port = AttemptPort(ctx, token, done.window * ctx.config.heartbeat_interval_fraction)
+    key = f"{record.id}/{job.step}/compensate" if job.compensating else f"{record.id}/{job.step}"
+    context = StepContext(
+        workflow_id=record.id,
+        step=job.step,
+        action=done.action,
+        attempt=done.number,
+        input=record.input,
+        results={n: s.result for n, s in run.steps.items() if s.succeeded},
+        idempotency_key=key,
+        token=token,
+        compensating=job.compensating,
+        _port=port,
+        trace_context=record.trace,  # the workflow's; runtime/_tracing.py refines it
+        deadline=record.deadline,
+    )
+    attempt.port = port
+    attempt.message = Run(attempt.agent, attempt.instance, done.action, token, context)
