@@ -3,10 +3,12 @@
 Each worker process is a mailbox (``_worker``), served by one call, ``exchange``: it
 hands the process a batch of attempts (or none), then waits for answers and returns every
 answer finished since the last exchange. The Scheduler's thread only files an attempt
-with its process (:meth:`Courier.submit`: a dict entry and a list append, no Ray call);
-one sender thread per runtime takes everything filed since it last ran and makes one
-exchange per process, so a Scheduler message that dispatches many attempts costs one
-call per process, not one per attempt; and one collector thread per runtime waits on
+with its process (:meth:`Courier.submit`: a dict entry and a list append, no Ray call,
+unless the process has no exchange on the way or waiting: then it sends that one attempt
+itself, so a lone attempt does not wait for another thread); one sender thread per
+runtime takes everything filed since it last ran and makes one exchange per process, so
+a Scheduler message that dispatches many attempts costs one call per process, not one
+per attempt; and one collector thread per runtime waits on
 the outstanding exchanges (``ray.wait``) and starts an empty one for a process that has
 attempts running and none outstanding. A process releases its waiting exchange when a
 newer one arrives, so under load each batch sent is also the call that brings the next
@@ -127,27 +129,34 @@ class Courier:
         reply: Callable[[Outcome], None],
     ) -> None:
         """File ``run`` for ``slot`` of ``proc``; its answer goes to ``reply``, or its
-        crash to ``proxy``. Never raises."""
+        crash to ``proxy``. Never raises. A process with no exchange on the way or waiting
+        gets it at once, in an exchange from this thread (a lone attempt does not wait for
+        the sender); otherwise the sender batches it with the others filed meanwhile."""
         ctx = run.context
         fields = {name: getattr(ctx, name) for name in _FIELDS}
         fields["cancelled"] = ctx.cancelled
+        item = (slot, instance, run.action, fields)
         with self._lock:
             if self._closed:
                 return  # the runtime is stopping: its processes are being killed
             if proc.dead:
-                dead = True
+                flags = None
             else:
-                dead = False
                 proc.calls[run.token] = _Call(instance, proxy, ctx._port, reply)
-                proc.filed.append((slot, instance, run.action, fields))
-                if len(proc.filed) == 1:
-                    self._outbox.append(proc)
-                    if len(self._outbox) == 1:
-                        self._mail.notify()
                 if not self._threads:
                     self._start()
-        if dead:
+                if proc.polls or proc.filed:
+                    proc.filed.append(item)
+                    if len(proc.filed) == 1:
+                        self._outbox.append(proc)
+                        if len(self._outbox) == 1:
+                            self._mail.notify()
+                    return
+                flags = self._open(proc)
+        if flags is None:
             _tell(proxy, Ended(f"Ray worker of agent {proc.agent!r} died", died=True))
+        else:
+            self._call(proc, pack([item]), flags)
 
     def close(self) -> None:
         """Stop sending and collecting (the processes are killed next); waits for the
@@ -190,13 +199,20 @@ class Courier:
         """Call ``exchange`` on ``proc``: hand it ``batch`` (if any) and the flags its
         attempts have up, and have the collector wait for its answers."""
         with self._lock:
-            self.counts["ray_calls"] += 1
-            proc.polls += 1
-            flags = [
-                (token, call.port.superseded, call.port.cancelled)
-                for token, call in proc.calls.items()
-                if call.port.superseded or call.port.cancelled
-            ]
+            flags = self._open(proc)
+        self._call(proc, batch, flags)
+
+    def _open(self, proc: Process) -> list[tuple[int, bool, bool]]:
+        """Count an exchange of ``proc`` as on its way (under the lock); the flags it carries."""
+        self.counts["ray_calls"] += 1
+        proc.polls += 1
+        return [
+            (token, call.port.superseded, call.port.cancelled)
+            for token, call in proc.calls.items()
+            if call.port.superseded or call.port.cancelled
+        ]
+
+    def _call(self, proc: Process, batch: bytes | None, flags: list[Any]) -> None:
         try:
             ref = proc.exchange.remote(batch, flags)
         except Exception as exc:  # Ray cannot reach it: its attempts are lost
