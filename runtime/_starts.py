@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -156,13 +157,17 @@ def _same_input(a: Any, b: Any) -> bool:
 class Landing:
     """One ``start()``'s commit, as the store writer reports it (its ``submit_many``
     callback, on the writer thread): admits the workflow once it is durable, or gives its
-    capacity back when it was not written, and only then wakes the caller (a
-    :class:`OneShot`: a bare lock, or a future of ``start_async``'s loop). So a caller
+    capacity back when it was not written, and only then wakes the caller. So a caller
     that stopped waiting (a timeout, a cancelled task) still gets its workflow running,
     or its slot back, and nobody else has to decide which.
+
+    The writer calls it exactly once, so a blocking caller waits on a bare lock released
+    by that call (no :class:`OneShot`: its first-resolver-wins lock guards against a
+    second resolver, and there is none); ``start_async``'s caller awaits a
+    :class:`OneShot` of its loop.
     """
 
-    __slots__ = ("_decided", "_record", "_rt", "_steps", "key")
+    __slots__ = ("_decided", "_error", "_record", "_rt", "_shot", "_steps", "key")
 
     def __init__(
         self,
@@ -173,7 +178,13 @@ class Landing:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._rt, self._record, self._steps, self.key = rt, record, steps, key
-        self._decided: OneShot[BaseException | None] = OneShot(loop)
+        self._error: BaseException | None = None
+        self._shot: OneShot[BaseException | None] | None = None
+        self._decided = threading.Lock()
+        if loop is None:
+            self._decided.acquire()  # released by the writer's call
+        else:
+            self._shot = OneShot(loop)
 
     def __call__(self, results: list[BaseException | None]) -> None:
         rt, error = self._rt, results[0]
@@ -184,19 +195,23 @@ class Landing:
             else:
                 rt._id_taken(self._record)  # or not written at all: the same for both
         finally:
-            self._decided.set(error)
+            self._error = error
+            if self._shot is None:
+                self._decided.release()
+            else:
+                self._shot.set(error)
 
     def wait(self, timeout: float | None) -> BaseException | None:
         """Block until the commit is decided; its error (None: durable)."""
-        try:
-            return self._decided.wait(timeout)
-        except TimeoutError:
-            raise _undecided(timeout) from None
+        if not self._decided.acquire(timeout=-1 if timeout is None else timeout):
+            raise _undecided(timeout)
+        return self._error
 
     async def wait_async(self, timeout: float | None) -> BaseException | None:
         """As :meth:`wait`, awaited on the loop given at creation."""
+        assert self._shot is not None  # made with a loop
         try:
-            return await self._decided.wait_async(timeout)
+            return await self._shot.wait_async(timeout)
         except TimeoutError:
             raise _undecided(timeout) from None
 

@@ -1,0 +1,40 @@
+"""``start()`` waits for its own commit (the writer's callback releases it), up to
+``ask_timeout``; a start that stopped waiting still has its workflow admitted."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, Runtime, StepContext, Workflow
+
+WAIT = 30.0
+
+
+class Echo(Agent):
+    def echo(self, ctx: StepContext) -> object:
+        return ctx.input
+
+
+def test_a_start_whose_commit_is_late_times_out_and_its_workflow_still_runs(
+    tmp_path: Path,
+) -> None:
+    gate, stalled = threading.Event(), threading.Event()
+
+    def stall() -> None:  # inside the write transaction, before its commit
+        stalled.set()
+        gate.wait(WAIT)
+
+    with Runtime(tmp_path / "s", ask_timeout=0.2) as rt:
+        rt.add_agent("echo", Echo)
+        rt.add_workflow(Workflow("echo").step("only", agent="echo", action="echo"))
+        rt._store.writer.fault = stall
+        with pytest.raises(TimeoutError, match="starting it again with the same workflow_id"):
+            rt.start("echo", {"v": 1}, workflow_id="late")
+        assert stalled.is_set()
+        rt._store.writer.fault = None
+        gate.set()
+        handle = rt.start("echo", {"v": 1}, workflow_id="late")  # the same id: its handle
+        assert handle.result(timeout=WAIT) == {"only": {"v": 1}}
