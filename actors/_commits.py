@@ -44,8 +44,8 @@ from herder.store import (
     batch_timer_key,
     encode,
     history_put,
+    key_prefix,
     step_history,
-    step_key,
     step_timer_key,
     timer_entry,
     timer_key,
@@ -64,9 +64,10 @@ class Txn:
     watches.
     """
 
-    __slots__ = ("armed", "due", "effects", "ops")
+    __slots__ = ("armed", "due", "effects", "ops", "prefix")
 
-    def __init__(self) -> None:
+    def __init__(self, workflow_id: str) -> None:
+        self.prefix = key_prefix(workflow_id)  # its step and history keys start so
         self.ops: Ops = {}
         self.effects: list[Effect] = []
         self.armed: list[list[Any]] = []  # [workflow id, step, token]: batch_entry's items
@@ -76,7 +77,7 @@ class Txn:
         """Write a step record, moving its timer along with it: its own entry, or, for a
         new attempt with no timer of its own, a place in the flush's batch entry."""
         ops = self.ops
-        key = step_key(new.workflow_id, new.name)
+        key = self.prefix + new.name.encode("utf-8")  # step_key, of this txn's workflow
         timer_ms = new.timer_ms
         if old is not None and old.timer_ms is not None and old.timer_ms != timer_ms:
             ops[("timers", step_timer_key(old.timer_ms, key))] = None
@@ -133,7 +134,7 @@ class CommitPipeline:
         """The workflow's transaction in this flush, opened on first use."""
         txn = self.open.get(workflow_id)
         if txn is None:
-            txn = self.open[workflow_id] = Txn()
+            txn = self.open[workflow_id] = Txn(workflow_id)
         return txn
 
     def pending(self, workflow_id: str) -> bool:
@@ -150,7 +151,7 @@ class CommitPipeline:
                 if write.old is None:
                     continue
                 entry = step_history(
-                    write.workflow_id,
+                    txn.prefix,
                     write.old,
                     write.new,
                     write.now,

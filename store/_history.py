@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from herder.store._codec import encode
-from herder.store._keys import KEY_SEP, history_key, workflow_key
+from herder.store._keys import KEY_SEP, history_key, seq_suffix, workflow_key
 from herder.store._ops import Put
 from herder.store._records import StepRecord, WorkflowRecord, WorkflowState
 
@@ -51,6 +51,10 @@ _WORKFLOW_FIELDS = ("t", "from", "to", "error")
 def history_put(workflow_id: str, seq: int, event: dict[str, Any]) -> Put:
     """The put that appends ``event`` to a workflow's history (a step or workflow event
     of the usual fields as its compact array, any other as its map)."""
+    return Put(HISTORY_DB, history_key(workflow_id, seq), _stored(event))
+
+
+def _stored(event: dict[str, Any]) -> bytes:
     kind = event.get("kind")
     stored: Any = event
     if kind == "step" and event.keys() <= _STEP_KEYS:
@@ -62,7 +66,7 @@ def history_put(workflow_id: str, seq: int, event: dict[str, Any]) -> Put:
     elif kind == "workflow" and event.keys() <= _WORKFLOW_KEYS:
         g = event.get
         stored = [_WORKFLOW, g("t"), g("from"), g("to"), g("error")]
-    return Put(HISTORY_DB, history_key(workflow_id, seq), encode(stored))
+    return encode(stored)
 
 
 _STEP_KEYS = frozenset({"kind", *_STEP_FIELDS})
@@ -114,7 +118,7 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
 
 
 def step_history(
-    workflow_id: str,
+    prefix: bytes,
     old: StepRecord,
     new: StepRecord,
     now: float,
@@ -122,11 +126,11 @@ def step_history(
     note: str | None,
     seq: Callable[[], int],
 ) -> tuple[tuple[str, bytes], bytes] | None:
-    """The history ``(db, key)`` and stored value of a step change (its
-    :func:`step_event` as :func:`history_put` stores it, ``note`` as a failure's
-    traceback), built straight from the records: the Scheduler writes one per
-    transition. ``seq`` draws the event's sequence, only for a transition: None when the
-    change is none (a heartbeat)."""
+    """The history ``(db, key)`` and stored value of a step change of the workflow whose
+    keys start with ``prefix`` (``key_prefix``): its :func:`step_event` as
+    :func:`history_put` stores it, ``note`` as a failure's traceback, built straight
+    from the records (the Scheduler writes one per transition). ``seq`` draws the
+    event's sequence, only for a transition: None when the change is none (a heartbeat)."""
     if (
         old.state is new.state
         and old.attempt == new.attempt
@@ -138,15 +142,14 @@ def step_history(
         assert event is not None
         if note is not None and event["error"]:
             event["traceback"] = note
-        put = history_put(workflow_id, seq(), event)
-        return (HISTORY_DB, put.key), put.value
+        return (HISTORY_DB, prefix + seq_suffix(seq())), _stored(event)
     state = new.state  # a StrEnum: packed as its value
     error = new.error if new.error != old.error else None
     attempt = new.comp_attempt if state.is_compensation else new.attempt
     stored = [_STEP, now, new.name, old.state, state, attempt, new.token, error]
     if note is not None and error:
         stored.append(note)
-    return (HISTORY_DB, history_key(workflow_id, seq())), encode(stored)
+    return (HISTORY_DB, prefix + seq_suffix(seq())), encode(stored)
 
 
 def workflow_event(old: WorkflowState | None, new: WorkflowRecord) -> dict[str, Any]:

@@ -86,6 +86,16 @@ def history_key(workflow_id: str, seq: int) -> bytes:
     return workflow_key(workflow_id) + KEY_SEP + _SEQ.pack(seq)
 
 
+def key_prefix(workflow_id: str) -> bytes:
+    """How every ``steps`` and ``history`` key of a workflow starts (its id, NUL): built
+    once per workflow by a writer of many of its keys."""
+    return workflow_id.encode("utf-8") + KEY_SEP
+
+
+seq_suffix = _SEQ.pack
+"""The end of a :func:`history_key`: its sequence, 8 bytes big-endian."""
+
+
 def workflow_key(workflow_id: str) -> bytes:
     """The ``workflows`` key of a workflow id."""
     return workflow_id.encode("utf-8")

@@ -13,6 +13,7 @@ from herder.store import (
     as_event,
     decode,
     history_put,
+    key_prefix,
     step_event,
     step_history,
 )
@@ -33,7 +34,7 @@ def test_a_step_event_is_stored_as_the_event_map_would_be(
     old: StepRecord, new: StepRecord, note: str | None
 ) -> None:
     seq = itertools.count(41)
-    entry = step_history("wf-1", old, new, 12.5, note=note, seq=lambda: next(seq))
+    entry = step_history(key_prefix("wf-1"), old, new, 12.5, note=note, seq=lambda: next(seq))
     assert entry is not None
     event = step_event(old, new, 12.5)
     assert event is not None
@@ -47,5 +48,6 @@ def test_a_step_event_is_stored_as_the_event_map_would_be(
 def test_a_change_that_is_no_transition_has_no_event_and_draws_no_sequence() -> None:
     beat = BASE.evolve(heartbeat={"pct": 50}, updated=3.0)
     drawn = itertools.count(1)
-    assert step_history("wf-1", BASE, beat, 3.0, note=None, seq=lambda: next(drawn)) is None
+    prefix = key_prefix("wf-1")
+    assert step_history(prefix, BASE, beat, 3.0, note=None, seq=lambda: next(drawn)) is None
     assert next(drawn) == 1  # no sequence number was drawn
