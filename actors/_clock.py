@@ -153,6 +153,11 @@ class SteadyClock:
 
     def __init__(self, clock: Clock, *, floor: float = 0.0, slew: float = SLEW) -> None:
         self.clock = clock
+        # The system clock's readings straight from the time module (no wrapper call:
+        # the Scheduler reads this clock once per message).
+        system = type(clock) is SystemClock
+        self._read_mono = time.monotonic if system else clock.monotonic
+        self._read_wall = time.time if system else clock.time
         self._slew = slew
         self._lock = threading.Lock()
         self._mono = clock.monotonic()
@@ -165,11 +170,11 @@ class SteadyClock:
     def time(self) -> float:
         """Seconds since the epoch, advancing with the monotonic clock (see the class doc)."""
         with self._lock:
-            mono = self.clock.monotonic()
+            mono = self._read_mono()
             elapsed = mono - self._mono
             if elapsed > 0:
                 self._mono = mono
-                gap = self.clock.time() - (self._now + elapsed)  # > 0: the wall is ahead
+                gap = self._read_wall() - (self._now + elapsed)  # > 0: the wall is ahead
                 bound = self._slew * elapsed
                 self._now += elapsed + max(-bound, min(bound, gap))
             return self._now

@@ -144,9 +144,10 @@ class CommitPipeline:
     def apply(self, decision: Decision) -> None:
         """Add a decision's writes (each step and workflow change with its history event,
         one per transition, in the order they were made) and its after-commit effects."""
+        open_txns = self.open
         for write in decision.writes:
             if type(write) is StepWrite:
-                txn = self.txn(write.workflow_id)
+                txn = open_txns.get(write.workflow_id) or self.txn(write.workflow_id)
                 txn.put_step(write.old, write.new)
                 if write.old is None:
                     continue
