@@ -93,17 +93,23 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def hung(rt: Runtime, release: threading.Event) -> None:
+    """Start w1 of MIXED on ``rt`` and return once both its attempts hang (in ``release``)."""
+    started = threading.Semaphore(0)
+    rt.add_agent("hang", lambda: Hang(release, started), concurrency=2)
+    rt.add_workflow(MIXED)
+    rt.start("mixed", workflow_id="w1")
+    assert started.acquire(timeout=WAIT)
+    assert started.acquire(timeout=WAIT)
+
+
 def test_each_attempt_is_watched_by_a_batch_entry_until_its_own_deadline(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    release, started = threading.Event(), threading.Semaphore(0)
+    release = threading.Event()
     with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05, prefetch=0) as rt:
-        rt.add_agent("hang", lambda: Hang(release, started), concurrency=2)
-        rt.add_workflow(MIXED)
         t0 = clock.time()
-        rt.start("mixed", workflow_id="w1")
-        assert started.acquire(timeout=WAIT)
-        assert started.acquire(timeout=WAIT)
+        hung(rt, release)
         assert_clean(rt)
         short, long = step(rt, "w1", "short"), step(rt, "w1", "long")
         assert (short.timer_ms, long.timer_ms) == (None, None)  # no timer of their own
@@ -154,13 +160,9 @@ def test_ended_attempts_leave_their_entry_until_it_is_due_then_it_goes(
 def test_check_reports_an_attempt_in_no_batch_entry_and_a_malformed_entry(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    release, started = threading.Event(), threading.Semaphore(0)
+    release = threading.Event()
     with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05, prefetch=0) as rt:
-        rt.add_agent("hang", lambda: Hang(release, started), concurrency=2)
-        rt.add_workflow(MIXED)
-        rt.start("mixed", workflow_id="w1")
-        assert started.acquire(timeout=WAIT)
-        assert started.acquire(timeout=WAIT)
+        hung(rt, release)
         settle(rt)
         store = store_of(rt)
         assert len(batches(store)) >= 1
@@ -181,14 +183,10 @@ def test_a_dispatched_step_of_an_older_store_loses_its_own_timer_on_its_next_wri
 ) -> None:
     """Stores written before batch entries hold a timer per DISPATCHED step; recovery
     runs the attempt again, and that write deletes the old entry."""
-    release, started = threading.Event(), threading.Semaphore(0)
+    release = threading.Event()
     path = tmp_path / "s"
     with Runtime(path, clock=clock, sweep_interval=0.05, prefetch=0) as rt:
-        rt.add_agent("hang", lambda: Hang(release, started), concurrency=2)
-        rt.add_workflow(MIXED)
-        rt.start("mixed", workflow_id="w1")
-        assert started.acquire(timeout=WAIT)
-        assert started.acquire(timeout=WAIT)
+        hung(rt, release)
         settle(rt)
         short = step(rt, "w1", "short")
     release.set()  # the runtime is closed: their answers are never recorded
@@ -209,7 +207,7 @@ def test_a_dispatched_step_of_an_older_store_loses_its_own_timer_on_its_next_wri
         assert any("is in no batch deadline entry" in p for p in problems)  # "long"
         assert not any("short" in p for p in problems), problems
     with Runtime(path, clock=clock, sweep_interval=0.05) as rt:
-        rt.add_agent("hang", lambda: Hang(release, started), concurrency=2)
+        rt.add_agent("hang", lambda: Hang(release, threading.Semaphore(0)), concurrency=2)
         rt.add_workflow(MIXED)
         rt.handle("w1").result(timeout=WAIT)
         assert step(rt, "w1", "short").attempt == 2  # recovery ran it again
