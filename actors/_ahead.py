@@ -63,7 +63,9 @@ TIMEOUT_SHARE = 10
 class Lane:
     """One agent's reserve-ahead state; see the module docstring."""
 
-    ready: deque[Run] = field(default_factory=deque)  # durable, waiting for an instance
+    # Durable, waiting for an instance; made on first use (:meth:`Lanes.ready`), the
+    # host's own deque when it self-feeds.
+    ready: deque[Run] | None = None
     ahead: int = 0  # reserved without an instance, not yet handed to one
     concurrency: int = 0
     prefetch: int = 0  # attempts reserved ahead per instance, at most
@@ -161,8 +163,9 @@ class Lanes:
     def configure(self, name: str, concurrency: int, *, limited: bool) -> None:
         """Agent ``name`` was added (again). A breaker, rate limit or adaptive limit
         (``limited``) admits attempts one at a time: none are reserved ahead past it (a
-        health check holds only work not yet reserved). Its ``ready`` deque is the
-        host's own when the host self-feeds; what waits moves over when it moved host."""
+        health check holds only work not yet reserved). Its ``ready`` deque, once it has
+        one, is the host's own when the host self-feeds; what waits moves over when it
+        moved host."""
         lane = self._lanes.get(name)
         if lane is None:
             lane = self._lanes[name] = Lane()
@@ -171,11 +174,21 @@ class Lanes:
         assert self._host is not None
         lane.host = routed(self._host, name)
         lane.moved_on = getattr(lane.host, "moved_on", None)
-        shared = ready_queue(self._host, name)
-        if shared is not None and shared is not lane.ready:
-            shared.extend(lane.ready)
-            lane.ready.clear()
-            lane.ready = shared
+        if lane.ready is not None:
+            waiting, lane.ready = lane.ready, None
+            ready = self.ready(name, lane)
+            if ready is not waiting:
+                ready.extend(waiting)
+                waiting.clear()
+
+    def ready(self, name: str, lane: Lane) -> deque[Run]:
+        """``lane``'s ready deque (agent ``name``'s), made on first use: the host's own
+        when it self-feeds (so idle names hold none)."""
+        if lane.ready is None:
+            assert self._host is not None
+            shared = ready_queue(self._host, name)
+            lane.ready = deque() if shared is None else shared
+        return lane.ready
 
     def get(self, agent: str) -> Lane | None:
         """``agent``'s lane, if it was configured."""
@@ -206,7 +219,7 @@ class Lanes:
         caller knows none is); else the host is told (False: its instance went away)."""
         lane = self._lanes[attempt.agent]
         if not attempt.instance:
-            lane.ready.append(attempt.message)
+            self.ready(attempt.agent, lane).append(attempt.message)
             if idle:
                 self.feed(attempt.agent)
             return None

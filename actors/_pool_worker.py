@@ -9,7 +9,7 @@ action raised :class:`InstanceCrash` (the agent object broke, not the worker). A
 it built reaches the host through ``built`` before the outcome is sent.
 
 Self-feed: when the attempt ends, the worker pops the agent's next ready attempt
-(``Work.ready``, actors/_ahead.py), unless the host has since let the instance go
+(``Work.source.ready``, actors/_ahead.py), unless the host has since let the instance go
 (``Work.stop``), and runs it on the same agent object; the outcome it reports says so
 (``next_token``), in the same message.
 """
@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from herder.actors._action import run_attempt
 from herder.actors._agent import Agent
@@ -32,6 +32,12 @@ from herder.actors._supervision_specs import ChildEventKind
 from herder.store import UserCodeFailed, contain
 
 
+class ReadySource(Protocol):
+    """What a worker self-feeds from: the agent's ready deque, once it has one."""
+
+    ready: deque[Run] | None
+
+
 @dataclass(slots=True)
 class Work:
     """Host -> worker: run ``run`` on ``agent`` (built with ``factory`` when None)."""
@@ -39,7 +45,9 @@ class Work:
     run: Run
     agent: Any
     factory: Callable[[], Agent]
-    ready: deque[Run] | None = None  # the agent's ready attempts, to self-feed from
+    # The agent, whose ``ready`` deque (made once an attempt of it is reserved ahead,
+    # maybe while this one runs) holds the attempts to self-feed from.
+    source: ReadySource | None = None
     # The hand-shake with the host, under ``lock``: the host sets ``stop`` (take no
     # further attempt), the worker notes in ``fed`` the token of each one it takes, so
     # the host letting the instance go knows whether the worker had gone on already.
@@ -79,7 +87,7 @@ class PoolWorker(SupervisedActor):
                 self._crashed(run, f"agent {run.agent!r} failed to start: {failed.error}")
                 return None
             self._built(run.agent, run.instance, agent)
-        ready = message.ready
+        source = message.source
         while True:
             try:
                 outcome = run_attempt(agent, run.agent, run.instance, run, self._max_result_bytes)
@@ -87,6 +95,7 @@ class PoolWorker(SupervisedActor):
                 self._crashed(run, str(crash))
                 return None
             follow = None
+            ready = None if source is None else source.ready
             if ready is not None:
                 with message.lock:
                     follow = None if message.stop else next_ready(ready)

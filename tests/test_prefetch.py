@@ -163,6 +163,21 @@ def _start(host: PoolHost, inbox: queue.Queue[Any], run: Run) -> str:
     return instance
 
 
+def test_an_agent_holds_no_ready_deque_until_one_is_asked_for(
+    pool: tuple[PoolHost, queue.Queue[Any]],
+) -> None:
+    """An empty deque is 760 bytes, and most of 10,000 names never reserve ahead: a
+    quarter of the 4 KiB an idle agent may cost (issue 16)."""
+    host, inbox = pool
+    instance = _start(host, inbox, _run(1))  # it ran an attempt, none waited
+    assert _outcome(host, inbox).token == 1
+    assert host.release("worker", instance, 1, 0.0)
+    assert host._agents["worker"].ready is None
+    ready = host.ready_queue("worker")  # the Scheduler reserves one ahead
+    assert ready is not None
+    assert host.ready_queue("worker") is ready  # then its workers self-feed from it
+
+
 def test_a_worker_goes_on_with_the_next_ready_attempt_on_the_same_instance(
     pool: tuple[PoolHost, queue.Queue[Any]],
 ) -> None:
