@@ -82,6 +82,9 @@ class Recovery:
         self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
         # Recovery after a restart, a chunk per Recover message (recover_all).
         self._chunks: Iterator[list[tuple[WorkflowRecord, list[StepRecord]]]] | None = None
+        # Until its last chunk, any workflow not in memory may be one recovery has not
+        # reached yet: its timers are wanted (a WAITING step has no other wake-up).
+        self._recovering = True
         self._recovery_corrupt: list[StoreCorrupt] = []
         self._recovered_count = 0
         # Operator commands held until their workflow is taken back: id -> command by id.
@@ -184,6 +187,7 @@ class Recovery:
             self._shell.settle(flush=True)  # this chunk's dispatches go out now
             self._ctx.tell_scheduler(Recover())  # the next chunk, after what arrived
             return
+        self._recovering = False
         if self._recovered_count:
             _log.info("recovered %d unfinished workflows", self._recovered_count)
         for (name, version), waiting in self._awaiting.items():  # one line per definition
@@ -368,9 +372,11 @@ class Recovery:
 
     def wanted(self, workflow_id: str) -> bool:
         """Whether the workflow's timers are still wanted: it is in memory, awaits its
-        definition, or is parked after a failed commit."""
+        definition, is parked after a failed commit, or recovery may not have reached it
+        yet (it is still reading the store, a chunk per message)."""
         return (
-            workflow_id in self._engine.runs
+            self._recovering
+            or workflow_id in self._engine.runs
             or workflow_id in self._parked
             or any(workflow_id in ids for ids in self._awaiting.values())
         )
