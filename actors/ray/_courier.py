@@ -4,8 +4,8 @@ Each worker process is a mailbox (``_worker``), served by one call, ``exchange``
 hands the process a batch of attempts (or none), then waits for answers and returns every
 answer finished since the last exchange. The Scheduler's thread only files an attempt
 with its process (:meth:`Courier.submit`: a dict entry and a list append, no Ray call,
-unless the process has no exchange on the way or waiting: then it sends that one attempt
-itself, so a lone attempt does not wait for another thread); one sender thread per
+unless the process has nothing running and no exchange on the way: then it sends that
+one attempt itself, so a lone attempt does not wait for another thread); one sender thread per
 runtime takes everything filed since it last ran and makes one exchange per process, so
 a Scheduler message that dispatches many attempts costs one call per process, not one
 per attempt; and one collector thread per runtime waits on
@@ -129,9 +129,10 @@ class Courier:
         reply: Callable[[Outcome], None],
     ) -> None:
         """File ``run`` for ``slot`` of ``proc``; its answer goes to ``reply``, or its
-        crash to ``proxy``. Never raises. A process with no exchange on the way or waiting
-        gets it at once, in an exchange from this thread (a lone attempt does not wait for
-        the sender); otherwise the sender batches it with the others filed meanwhile."""
+        crash to ``proxy``. Never raises. A process with nothing running and no exchange
+        on the way gets it at once, in an exchange from this thread (a lone attempt does
+        not wait for the sender); otherwise the sender batches it with the others filed
+        meanwhile (so under load the Scheduler's thread makes no Ray call)."""
         ctx = run.context
         fields = {name: getattr(ctx, name) for name in _FIELDS}
         fields["cancelled"] = ctx.cancelled
@@ -142,10 +143,11 @@ class Courier:
             if proc.dead:
                 flags = None
             else:
+                idle = not proc.calls
                 proc.calls[run.token] = _Call(instance, proxy, ctx._port, reply)
                 if not self._threads:
                     self._start()
-                if proc.polls or proc.filed:
+                if not idle or proc.polls or proc.filed:
                     proc.filed.append(item)
                     if len(proc.filed) == 1:
                         self._outbox.append(proc)
