@@ -22,7 +22,16 @@ from herder.actors._commits import CommitPipeline
 from herder.actors._dispatch import Dispatcher
 from herder.actors._engine import EngineContext
 from herder.actors._messages import Define, Recover
-from herder.actors.engine import Decision, Engine, Event, Refuse, Resolve, Resumed, WorkflowRun
+from herder.actors.engine import (
+    Decision,
+    Engine,
+    Event,
+    Refuse,
+    Resolve,
+    Resumed,
+    Started,
+    WorkflowRun,
+)
 from herder.store import (
     Plan,
     StepRecord,
@@ -107,9 +116,9 @@ class Recovery:
         counted). Operator commands held for it are applied first, before anything of it
         runs again.
 
-        Every ``start()`` comes through here on the Scheduler's thread, so it is written
-        flat (``_load`` and ``resume`` inline): the engine's ``load`` says None both for
-        a workflow in memory already and for one whose definition is missing."""
+        Each of 100k recovered workflows comes through here, so it is written flat
+        (``resume`` inline): the engine's ``load`` says None both for a workflow in
+        memory already and for one whose definition is missing."""
         engine = self._engine
         run = engine.load(record, steps)
         if run is None:
@@ -127,26 +136,31 @@ class Recovery:
         """``start()`` (or ``start_many``) made workflows durable: run each, unless this
         Scheduler's recovery already read it from the store (a restart raced the start;
         recovery owns it and the message's records may be stale: running them could
-        repeat finished steps)."""
-        runs, recovered, admit = self._engine.runs, self._recovered, self.admit
+        repeat finished steps).
+
+        All are loaded first, then run in one engine pass (``Started``: one decision for
+        the batch, not an event and a decision per workflow). One with operator commands
+        held for it goes through :meth:`admit`, which applies them first."""
+        engine = self._engine
+        runs, recovered, load = engine.runs, self._recovered, engine.load
+        fresh = []
         for record, steps in starts:
-            if record.id not in runs and record.id not in recovered:
-                admit(record, steps)
+            workflow_id = record.id
+            if workflow_id in runs or workflow_id in recovered:
+                continue
+            if self.held and workflow_id in self.held:
+                self.admit(record, steps)
+            elif load(record, steps) is None:  # (not in memory: its definition is missing)
+                self.await_definition(record)
+            else:
+                fresh.append(workflow_id)
+        if fresh:
+            self._shell.handle(Started(fresh))
 
     def resume(self, run: WorkflowRun, *, recovered: bool, crashed: bool) -> None:
         """Run a workflow just put into memory, unless an operator's action ended it."""
         if self._engine.runs.get(run.record.id) is run:
             self._shell.handle(Resumed(run.record.id, recovered=recovered, crashed=crashed))
-
-    def _load(self, record: WorkflowRecord, steps: list[StepRecord]) -> WorkflowRun | None:
-        """Put a workflow into memory without running anything of it; None if it is there
-        already or awaits its definition."""
-        if record.id in self._engine.runs:
-            return None
-        run = self._engine.load(record, steps)
-        if run is None:
-            self.await_definition(record)
-        return run
 
     def recover_all(self) -> None:
         """Take over the unfinished workflows in the store, a chunk at a time (a
@@ -348,7 +362,7 @@ class Recovery:
             return None
         steps = self._store.steps_of(workflow_id)
         was = self.release(record)
-        run = self._load(record, steps)
+        run = self._engine.load(record, steps)  # (None: in memory already, see above)
         if run is None:
             return None
         return run, was == "parked", was == "awaiting"

@@ -84,6 +84,7 @@ from herder.actors.engine._events import (
     Event,
     Reserved,
     Resumed,
+    Started,
     StartFailed,
     TimerDue,
 )
@@ -204,6 +205,7 @@ __all__ = [
     "Resumed",
     "RetryIn",
     "StartFailed",
+    "Started",
     "StepWrite",
     "Succeed",
     "TimedOut",

@@ -39,6 +39,7 @@ from herder.actors.engine._events import (
     Event,
     Reserved,
     Resumed,
+    Started,
     StartFailed,
     TimerDue,
 )
@@ -97,6 +98,7 @@ class Engine(Machine):
             AttemptLost: self._attempt_lost,
             StartFailed: self._start_failed,
             Resumed: self._resumed,
+            Started: self._started,
         }
 
     # -- the interface -----------------------------------------------------------------
@@ -361,3 +363,10 @@ class Engine(Machine):
         if msg.recovered or msg.crashed:
             self._resume_steps(run)
         self.advance(run)
+
+    def _started(self, msg: Started) -> None:
+        runs = self.runs
+        for workflow_id in msg.workflow_ids:
+            run = runs.get(workflow_id)
+            if run is not None:  # unless an operator's action ended it meanwhile
+                self.advance(run)

@@ -11,8 +11,9 @@ the engine answers with a :class:`~herder.actors.engine._decision.Decision`.
 - :class:`TimerDue` — a timer entry's time came (a retry, a delay or a deadline);
 - :class:`AttemptLost` — the instance running an attempt crashed or went away;
 - :class:`StartFailed` — no instance could be started for a queued job;
-- :class:`Resumed` — a workflow just put into memory runs (new, reloaded, or left
+- :class:`Resumed` — a workflow just put into memory runs (reloaded, or left
   unfinished by a crash);
+- :class:`Started` — workflows just created and put into memory run (a batch);
 - :class:`Reserved` — an instance was reserved for a queued job: record the attempt.
 
 Imports: herder.store records and this package; plain data only.
@@ -105,6 +106,15 @@ class Resumed:
     crashed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Workflows just created (``start()``, ``start_many``) and put into memory run: one
+    event for all of an ``Admit``, so admitting a batch of 2,000 is one engine pass and
+    one decision, not one of each per workflow."""
+
+    workflow_ids: list[str]
+
+
 @dataclass(slots=True, unsafe_hash=True)  # made per step: not frozen, 4x cheaper to build
 class Reserved:
     """An ``instance`` of ``agent`` was reserved for ``job`` under fencing ``token``."""
@@ -115,5 +125,15 @@ class Reserved:
     token: int
 
 
-Event = Answered | Completed | Beat | TimerDue | AttemptLost | StartFailed | Resumed | Reserved
+Event = (
+    Answered
+    | Completed
+    | Beat
+    | TimerDue
+    | AttemptLost
+    | StartFailed
+    | Resumed
+    | Started
+    | Reserved
+)
 """Anything the engine handles."""
