@@ -13,7 +13,8 @@ from herder.store import Plan, StepRecord, WorkflowRecord
 @dataclass(slots=True)
 class Admit:
     """Workflows were durably created (one, or a ``start_many`` batch: one message);
-    the Scheduler should start running them."""
+    the Scheduler should start running them. Each with its new records: a step record
+    per step of its plan, in plan order (``runtime/_timing.py``'s ``new_workflow``)."""
 
     starts: list[tuple[WorkflowRecord, list[StepRecord]]]
 

@@ -150,7 +150,7 @@ class Recovery:
                 continue
             if self.held and workflow_id in self.held:
                 self.admit(record, steps)
-            elif load(record, steps) is None:  # (not in memory: its definition is missing)
+            elif load(record, steps, new=True) is None:  # (its definition is missing)
                 self.await_definition(record)
             else:
                 fresh.append(workflow_id)

@@ -172,15 +172,20 @@ class Engine(Machine):
         if now + timeout > st.deadline + timeout / 100:  # it waited 1% of it or more
             run.steps[st.name] = st.evolve(deadline=now + timeout)
 
-    def load(self, record: WorkflowRecord, steps: list[StepRecord]) -> WorkflowRun | None:
+    def load(
+        self, record: WorkflowRecord, steps: list[StepRecord], *, new: bool = False
+    ) -> WorkflowRun | None:
         """Put a workflow into memory without running anything of it; None if it is there
-        already or its definition is not registered."""
+        already or its definition is not registered. ``new``: ``steps`` are a just created
+        workflow's, one per step of its plan in plan order (``runtime/_timing.py``)."""
         if record.id in self.runs:
             return None
         plan = self._plans.get((record.name, record.version))
         if plan is None:
             return None
-        by_name = {s.name: s for s in plan_steps(record, steps, plan)}  # missing: PENDING
+        if not new:
+            steps = plan_steps(record, steps, plan)  # missing: PENDING
+        by_name = {s.name: s for s in steps}
         run = WorkflowRun(record, plan, by_name, self.specs_of(plan, record))
         self.runs[record.id] = run
         return run
@@ -365,8 +370,6 @@ class Engine(Machine):
         self.advance(run)
 
     def _started(self, msg: Started) -> None:
-        runs = self.runs
+        runs = self.runs  # (each was loaded in the same Scheduler turn: nothing ended it)
         for workflow_id in msg.workflow_ids:
-            run = runs.get(workflow_id)
-            if run is not None:  # unless an operator's action ended it meanwhile
-                self.advance(run)
+            self.advance(runs[workflow_id])
