@@ -129,7 +129,7 @@ def new_workflow(
     stored[_W_INPUT] = input
     stored[_W_CREATED] = stored[_W_UPDATED] = now
     stored[_W_PRIORITY] = priority
-    stored[_W_AGENTS] = agents or {}
+    stored[_W_AGENTS] = {} if agents is None else agents  # (the start's own map, even empty)
     stored[_W_TRACE] = trace
     stored[_W_DEADLINE] = deadline
     raw = encode(stored)

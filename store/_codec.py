@@ -124,6 +124,12 @@ def _check_plain(value: Any, what: str) -> None:
     """Refuse maps with non-str keys (bytes get past ``strict_map_key``), msgpack extension
     types, and values nested deeper than :data:`MAX_DEPTH`. Iterative, so a deep value
     cannot exhaust the Python stack here either."""
+    if type(value) is dict:  # the usual input, a flat map: no stack to build
+        for key, item in value.items():
+            if type(key) is not str or type(item) in _NESTED:
+                break
+        else:
+            return
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
