@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from herder.runtime import (
     Workflow,
     WorkflowConflict,
 )
-from herder.store import started_key
+from herder.store import Transition, started_key
 
 WAIT = 30.0
 
@@ -129,3 +130,13 @@ def test_the_definitions_started_mark_lands_even_when_its_first_item_finds_its_i
             rt.start_many(items(["taken", "fresh"]))
         assert rt.status("fresh").name == "echo"
         assert rt._store.get("meta", started_key("echo", 1)) is not None
+
+
+def test_the_writer_keeps_nothing_of_a_batch_once_it_is_committed(tmp_path: Path) -> None:
+    # (Its 2,000 transitions stayed alive while the writer waited for its next batch,
+    # walked by every full garbage collection until then.)
+    with Runtime(tmp_path / "s", setup=register) as rt:
+        rt.start_many([{**item, "delay": 3600} for item in items([f"w{i}" for i in range(300)])])
+        rt._settle()  # admitted: nothing more for the writer
+        live = sum(1 for o in gc.get_objects() if type(o) is Transition)
+        assert live < 300, f"{live} transitions are still referenced"
