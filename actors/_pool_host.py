@@ -10,34 +10,30 @@ only a few hundred bytes each.
 
 - **Elastic.** Workers are started when attempts find none free, and one spare when an
   attempt takes the last free one, up to ``max_workers``; workers idle past the
-  passivation time stop, down to ``min_workers``. Agents waiting
-  for a worker are woken (an :class:`InstanceEvent` without instance), oldest first, as
-  workers free.
-- **Crash rules.** An instance's object is built by the worker that runs its first
-  attempt. A factory that fails, or an action that raises :class:`InstanceCrash`,
-  crashes the instance: its attempt is lost (the breaker and the retry policy apply) and
-  its slot waits out :data:`~herder.actors._hosted.INSTANCE_BACKOFF` before it serves
-  again (an ``InstanceEvent("restarted")``), as on the thread host. More than
-  ``max_restarts`` crashes of one agent within ``restart_period`` and the host gives up
-  on that agent's instances, as its supervisor would: every attempt they run is lost and
-  the next attempt starts afresh.
+  passivation time stop, down to ``min_workers``. Agents waiting for a worker are woken
+  (an :class:`InstanceEvent` without instance), oldest first, as workers free.
+- **Crash rules.** The worker that runs an instance's first attempt builds its object. A
+  failing factory, or an action raising :class:`InstanceCrash`, crashes the instance: its
+  attempt is lost (breaker and retry policy apply) and its slot waits out
+  :data:`~herder.actors._hosted.INSTANCE_BACKOFF` (then ``InstanceEvent("restarted")``),
+  as on the thread host. Past ``max_restarts`` crashes of one agent within
+  ``restart_period`` the host gives up on its instances, as a supervisor would: every
+  attempt they run is lost and the next one starts afresh.
 - **Workers.** The pool supervisor restarts a crashed worker (its attempt is lost, the
   agent is not charged); if the pool supervisor gives up, every running attempt is lost
   and the next one starts a new pool.
-- **Self-feed.** A worker that finishes an attempt of an agent pops the agent's next
-  ready attempt (``ready_queue``, filled by the Scheduler with durable attempts reserved
-  ahead, actors/_ahead.py) and runs it on the same instance; its answer says so
-  (``Outcome.next_token``) and ``moved_on`` moves the instance's bookkeeping. A worker
-  whose instance the host let go of (replaced, removed, given up on) stops self-feeding;
-  the two agree under the :class:`Work`'s lock, so a host replacing an instance whose
-  worker had already gone on with a ready attempt keeps it (the instance runs that one)
-  instead of abandoning a worker that no longer runs the attempt it meant to stop.
-
-The threads themselves (which exist, which run what, which are free) are a
-:class:`~herder.actors._worker_pool.WorkerPool`; this module decides what runs on them.
 - **Hung attempts.** ``replace_token`` abandons the worker running it (the supervisor
   restarts it on a fresh thread; the blocked thread's late answer is fenced out) and
   drops the instance; ``host_stats()`` counts abandoned threads.
+- **Self-feed.** A worker that finishes an attempt pops its agent's next ready attempt
+  (``ready_queue``: durable attempts reserved ahead, actors/_ahead.py) and runs it on the
+  same instance, saying so in ``Outcome.next_token`` (``moved_on`` follows it). A worker
+  whose instance the host let go of stops self-feeding; the two agree under the
+  :class:`Work`'s lock, so a replaced instance whose worker already went on keeps that
+  attempt rather than abandoning a worker that no longer runs the one it meant to stop.
+
+The threads themselves (which exist, which run what, which are free) are a
+:class:`~herder.actors._worker_pool.WorkerPool`; this module decides what runs on them.
 """
 
 from __future__ import annotations
@@ -122,10 +118,8 @@ class PoolHost(HostedAgents[_Agent]):
             min_workers=min_workers,
         )
         self._waiting: dict[str, None] = {}  # agents that found no free worker, oldest first
-        # Agents woken for a free worker, their wake-up on its way: each holds one free
-        # worker for itself, so an agent arriving meanwhile cannot take it and send the
-        # woken one back to the end of the line (with 10,000 names that churn woke each
-        # agent ~4 times per attempt: a Scheduler message and a pump each).
+        # Agents woken for a free worker, wake-up on its way: each holds one free worker, so
+        # no agent arriving meanwhile takes it (10,000 names: ~4 wake-ups per attempt else).
         self._woken: dict[str, None] = {}
         self._orphans: dict[int, str] = {}  # token -> worker, of instances given up on
         self._built: dict[tuple[str, str], Any] = {}  # objects workers built, not yet seen
@@ -149,11 +143,9 @@ class PoolHost(HostedAgents[_Agent]):
     def ready_queue(self, name: str) -> deque[Run] | None:
         """The deque ``name``'s workers self-feed from (see the module docstring)."""
         agent = self._agents.get(name)
-        if agent is None:
-            return None
-        if agent.ready is None:
+        if agent is not None and agent.ready is None:
             agent.ready = deque()
-        return agent.ready
+        return None if agent is None else agent.ready
 
     def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> None:
         """The worker that ran ``token`` on ``instance_id`` went on with ``next_token``."""
@@ -200,8 +192,7 @@ class PoolHost(HostedAgents[_Agent]):
         if told is None:  # its worker was replaced or crashed since acquire
             agent.instances.pop(instance_id, None)
         elif not told:
-            # Its supervisor's news of the exit is on the way; the instance is free again
-            # (the Scheduler fails this attempt itself).
+            # News of the exit is on its way; the slot is free (the Scheduler fails the attempt).
             inst.busy_token, inst.worker = None, None
         return bool(told)
 
@@ -226,8 +217,7 @@ class PoolHost(HostedAgents[_Agent]):
         """Abandon the worker running this instance's attempt; the object goes with it.
         (Unless the attempt had ended and the worker gone on with a ready one: the
         instance then runs that one, and its answer, on its way, says so.)"""
-        agent = self._agents.get(name)
-        inst = None if agent is None else agent.instances.get(instance_id)
+        agent, inst = self._instance(name, instance_id)
         if agent is None or inst is None or inst.worker is None:
             return
         fed = _halt(inst)

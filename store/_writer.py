@@ -9,12 +9,12 @@ committed (one batch entry per transaction watches the deadlines of the attempts
 record). One daemon thread, ``herder-store-writer``, drains everything queued into one
 write transaction (one ``putmulti`` per database), commits it durably (``sync=True``)
 and only then resolves futures and callbacks. A condition that does not hold skips only
-its own transition; an I/O failure fails the whole batch and the thread keeps going.
-A ``guard`` (the leader-lease check, see ``_lease.py``) runs first in every write
-transaction; when it refuses, the whole batch fails with its error and nothing is written.
-``derived`` maps a database to a function the thread calls, in the same transaction, with
-the keys of it the batch writes, each with its final value (None: deleted): it keeps a
-secondary index in step (the ``recent`` index, ``_recent.py``).
+its own transition; an I/O failure fails the whole batch and the thread keeps going. A
+``guard`` (the leader-lease check, ``_lease.py``) runs first in every write transaction:
+when it refuses, the whole batch fails with its error and nothing is written.
+``derived`` maps a database to a function called in the same transaction with the keys
+of it the batch writes and their final values (None: deleted), which keeps a secondary
+index in step (``recent``, ``_recent.py``).
 
 Batches are replayable: on ``MapFullError`` the transaction is aborted, the map doubled
 (with no transaction open in this process, see ``Store._grow``) and the batch replayed.
@@ -209,10 +209,8 @@ class Writer:
     # ------------------------------------------------------------------ waiting
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until everything submitted so far is committed (or failed).
-
-        Raises :class:`TimeoutError` if that takes longer than ``timeout`` seconds.
-        """
+        """Wait until everything submitted so far is committed (or failed); raise
+        :class:`TimeoutError` if that takes longer than ``timeout`` seconds."""
         with self._cond:
             target = self._submitted
         with self._done_cond:
