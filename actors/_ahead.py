@@ -177,9 +177,11 @@ class Lanes:
         if lane.ready is not None:
             waiting, lane.ready = lane.ready, None
             ready = self.ready(name, lane)
-            if ready is not waiting:
-                ready.extend(waiting)
-                waiting.clear()
+            while ready is not waiting:  # one at a time: an old worker may still pop one
+                try:
+                    ready.append(waiting.popleft())
+                except IndexError:
+                    break
 
     def ready(self, name: str, lane: Lane) -> deque[Run]:
         """``lane``'s ready deque (agent ``name``'s), made on first use: the host's own
