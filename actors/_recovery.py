@@ -136,24 +136,19 @@ class Recovery:
         """``start()`` (or ``start_many``) made workflows durable: run each, unless this
         Scheduler's recovery already read it from the store (a restart raced the start;
         recovery owns it and the message's records may be stale: running them could
-        repeat finished steps).
-
-        All are loaded first, then run in one engine pass (``Started``: one decision for
-        the batch, not an event and a decision per workflow). One with operator commands
-        held for it goes through :meth:`admit`, which applies them first."""
-        engine = self._engine
-        runs, recovered, load = engine.runs, self._recovered, engine.load
+        repeat finished steps). All run in one engine pass (``Started``: one decision for
+        the batch); one with operator commands held goes through :meth:`admit`."""
+        runs, recovered, load = self._engine.runs, self._recovered, self._engine.load
         fresh = []
         for record, steps in starts:
-            workflow_id = record.id
-            if workflow_id in runs or workflow_id in recovered:
+            if record.id in runs or record.id in recovered:
                 continue
-            if self.held and workflow_id in self.held:
+            if self.held and record.id in self.held:
                 self.admit(record, steps)
             elif load(record, steps, new=True) is None:  # (its definition is missing)
                 self.await_definition(record)
             else:
-                fresh.append(workflow_id)
+                fresh.append(record.id)
         if fresh:
             self._shell.handle(Started(fresh))
 
