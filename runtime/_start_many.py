@@ -6,11 +6,20 @@ Every item is checked as one ``start()`` is (``Starting._prepare``) before anyth
 written; all of them take their slots under ``max_active_workflows``, and their creating
 transitions go to the store writer as one group, committed in one write transaction
 (one fsync). Each is still idempotent per id inside that transaction.
+
+While it checks and builds the batch (not while it waits), the cyclic garbage collector is
+held off (:class:`_CollectorPause`): the batch makes about 25 tracked objects per item that
+all stay alive, and each 700 of them set off a young collection, every tenth an older one
+and now and then a full one over the whole heap; without them a batch of 2,000 costs
+about a quarter less CPU (the deferred collection included) and its wall time no longer
+jumps by a full collection's 10-150 ms.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
@@ -36,6 +45,32 @@ _log = logging.getLogger("herder.runtime")
 
 def _runtime(part: object) -> Runtime:
     return cast("Runtime", part)  # a base of Runtime only
+
+
+class _CollectorPause:
+    """``with _PAUSE:`` holds the cyclic garbage collector off, and on after (unless the
+    application had it off when the first of any overlapping pauses began)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._pauses = 0
+        self._resume = False
+
+    def __enter__(self) -> None:
+        with self._guard:
+            if self._pauses == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._pauses += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._guard:
+            self._pauses -= 1
+            if self._pauses == 0 and self._resume:
+                gc.enable()
+
+
+_PAUSE = _CollectorPause()
 
 
 class StartingMany:
@@ -69,7 +104,10 @@ class StartingMany:
         # are looked at once, see _prepare).
         now, wall = rt._ctx.clock.time(), rt._clock.time()
         prepare = rt._prepare
-        news = [prepare(**start_args(i, item), now=now, wall=wall) for i, item in enumerate(starts)]
+        with _PAUSE:
+            news = [
+                prepare(**start_args(i, item), now=now, wall=wall) for i, item in enumerate(starts)
+            ]
         unique: dict[str, NewStart] = {}
         for new in news:
             first = unique.setdefault(new.workflow_id, new)
@@ -87,47 +125,48 @@ class StartingMany:
             for _ in range(taken):
                 rt._release_capacity()
             raise
-        # creation() straight, not through _creation() per item: thousands of calls.
-        token, tracing = rt._ctx.next_token, rt._tracing
-        created = [
-            creation(
-                new,
-                now,
-                token(),
-                mark_started=False,
-                trace=None
-                if tracing is None
-                else tracing.start_workflow(new.plan.name, new.workflow_id, now),
-            )
-            for new in unique.values()
-        ]
-        # Each definition's started mark once, as a transition of its own in the same
-        # group (one write transaction): it lands even when an item's id was taken.
-        marks = list(dict.fromkeys((new.plan.name, new.plan.version) for new in news))
-        marks = [key for key in marks if key not in rt._started]
-        n = len(created)
-        committed: Future[list[BaseException | None]] = Future()
+        with _PAUSE:
+            # creation() straight, not through _creation() per item: thousands of calls.
+            token, tracing = rt._ctx.next_token, rt._tracing
+            created = [
+                creation(
+                    new,
+                    now,
+                    token(),
+                    mark_started=False,
+                    trace=None
+                    if tracing is None
+                    else tracing.start_workflow(new.plan.name, new.workflow_id, now),
+                )
+                for new in unique.values()
+            ]
+            # Each definition's started mark once, as a transition of its own in the same
+            # group (one write transaction): it lands even when an item's id was taken.
+            marks = list(dict.fromkeys((new.plan.name, new.plan.version) for new in news))
+            marks = [key for key in marks if key not in rt._started]
+            n = len(created)
+            committed: Future[list[BaseException | None]] = Future()
 
-        def on_done(results: list[BaseException | None]) -> None:
-            # Admitted here, on the writer thread, so workflows are running once durable
-            # even if the caller stopped waiting (all in one message to the Scheduler); a
-            # failed one gives its capacity back.
-            committed.set_result(results)
-            durable = []
-            for (record, steps, _), result in zip(created, results, strict=False):
-                if result is None:
-                    durable.append((record, steps))
-                else:
-                    rt._id_taken(record)  # or not written at all: the same for both
-            if durable:
-                rt._admit(durable)
+            def on_done(results: list[BaseException | None]) -> None:
+                # Admitted here, on the writer thread, so workflows are running once durable
+                # even if the caller stopped waiting (all in one message to the Scheduler); a
+                # failed one gives its capacity back.
+                committed.set_result(results)
+                durable = []
+                for (record, steps, _), result in zip(created, results, strict=False):
+                    if result is None:
+                        durable.append((record, steps))
+                    else:
+                        rt._id_taken(record)  # or not written at all: the same for both
+                if durable:
+                    rt._admit(durable)
 
-        group = [c[2] for c in created] + [started_mark(*key) for key in marks]
-        rt._store.writer.submit_many(group, on_done)
-        # The handles are made while the commit is synced (its fsync lets go of the GIL):
-        # once it is durable the Scheduler admits the batch, and whatever the caller has
-        # left to do then waits for the GIL behind it.
-        handles = [WorkflowHandle(rt, new.workflow_id) for new in news]
+            group = [c[2] for c in created] + [started_mark(*key) for key in marks]
+            rt._store.writer.submit_many(group, on_done)
+            # The handles are made while the commit is synced (its fsync lets go of the GIL):
+            # once it is durable the Scheduler admits the batch, and whatever the caller has
+            # left to do then waits for the GIL behind it.
+            handles = [WorkflowHandle(rt, new.workflow_id) for new in news]
         outcomes = yield Wait(
             lambda: committed.result(timeout=rt._ask_timeout),
             lambda: awaited(committed, rt._ask_timeout),

@@ -17,6 +17,7 @@ from herder.runtime import (
     Workflow,
     WorkflowConflict,
 )
+from herder.runtime._start_many import _CollectorPause
 from herder.store import Transition, started_key
 
 WAIT = 30.0
@@ -140,3 +141,42 @@ def test_the_writer_keeps_nothing_of_a_batch_once_it_is_committed(tmp_path: Path
         rt._settle()  # admitted: nothing more for the writer
         live = sum(1 for o in gc.get_objects() if type(o) is Transition)
         assert live < 300, f"{live} transitions are still referenced"
+
+
+def test_the_collector_is_held_off_while_a_batch_is_built_and_on_again_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert gc.isenabled()
+    with Runtime(tmp_path / "s", setup=register) as rt:
+        seen: list[bool] = []
+        prepare = rt._prepare
+
+        def watched(*args: object, **kwargs: object) -> object:
+            seen.append(gc.isenabled())
+            return prepare(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(rt, "_prepare", watched)
+        rt.start_many(items(["a", "b"]))
+        assert seen == [False, False]
+        assert gc.isenabled()
+        with pytest.raises(InvalidInput):  # a bad item raises inside the pause
+            rt.start_many([*items(["c"]), {"nope": 1}])
+        assert gc.isenabled()
+
+
+def test_overlapping_pauses_turn_the_collector_on_once_and_never_against_the_app() -> None:
+    pause, other = _CollectorPause(), _CollectorPause()
+    assert gc.isenabled()
+    pause.__enter__()
+    pause.__enter__()  # a second batch, on another thread
+    pause.__exit__()
+    assert not gc.isenabled()
+    pause.__exit__()
+    assert gc.isenabled()
+    gc.disable()  # the application's choice
+    try:
+        other.__enter__()
+        other.__exit__()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
