@@ -304,4 +304,4 @@ class Lanes:
         attempt.instance, attempt.message = instance, None
         lane.ahead -= 1
         lane.started(attempt.token, self._clock.monotonic())
-        self._engine.restamp(attempt.token, self._clock.time())
+        self._engine.restamp(attempt, self._clock.time())

@@ -155,15 +155,16 @@ class Engine(Machine):
         self.counters["dispatched"] += 1
         return Dispatched(attempt, action, number, window)
 
-    def restamp(self, token: int, now: float) -> None:
-        """Attempt ``token`` was recorded ahead of a free instance and starts only now:
-        its deadline counts from now, in memory (actors/_ahead.py). The stored deadline
-        and its timer stay: a crash re-runs the attempt anyway, and the timer, still due,
-        comes back until the deadline in memory has passed too."""
-        attempt = self.inflight.get(token)
-        run = None if attempt is None else self.runs.get(attempt.workflow_id)
-        st = None if run is None or attempt is None else run.steps.get(attempt.step)
-        if run is None or st is None or st.token != token or st.deadline is None:
+    def restamp(self, attempt: Attempt, now: float) -> None:
+        """``attempt`` (in flight) was recorded ahead of a free instance and starts only
+        now: its deadline counts from now, in memory (actors/_ahead.py). The stored
+        deadline and its timer stay: a crash re-runs the attempt anyway, and the timer,
+        still due, comes back until the deadline in memory has passed too."""
+        run = self.runs.get(attempt.workflow_id)
+        if run is None:
+            return
+        st = run.steps.get(attempt.step)
+        if st is None or st.token != attempt.token or st.deadline is None:
             return
         if st.state is StepState.UNKNOWN:  # a probe
             timeout = self.defaults.probe_timeout

@@ -44,9 +44,19 @@ def stopped(st: StepRecord, **changes: Any) -> StepRecord:
 
 
 def settled(st: StepRecord, state: StepState, token: int, now: float, **changes: Any) -> StepRecord:
-    """The step ended in ``state`` (succeeded, compensated, skipped): no timer, no error."""
-    return stopped(
-        st, state=state, token=token, error=None, error_type=None, updated=now, **changes
+    """The step ended in ``state`` (succeeded, compensated, skipped): no timer, no error.
+    (What :func:`stopped` does, in one call: it runs once per step.)"""
+    return st.evolve(
+        state=state,
+        token=token,
+        error=None,
+        error_type=None,
+        updated=now,
+        deadline=None,
+        heartbeat_deadline=None,
+        retry_at=None,
+        timer_ms=None,
+        **changes,
     )
 
 
@@ -99,22 +109,25 @@ def dispatch(
         timeout, hb = spec.timeout or default_timeout, spec.heartbeat_timeout
     deadline = now + timeout
     hb_deadline = None if hb is None else now + hb
+    if compensating:
+        state, attempt, comp_attempt = StepState.COMPENSATING, st.attempt, st.comp_attempt + 1
+    elif probing:
+        state, attempt, comp_attempt = st.state, st.attempt, st.comp_attempt
+    else:
+        state, attempt, comp_attempt = StepState.DISPATCHED, st.attempt + 1, st.comp_attempt
     # No timer of its own (timer_ms None): its commit's batch entry watches the deadline
     # (batch_timer_key; a heartbeat gives it its own timer from then on).
-    timing = {
-        "token": token,
-        "deadline": deadline,
-        "heartbeat_deadline": hb_deadline,
-        "retry_at": None,
-        "timer_ms": None,
-        "updated": now,
-    }
-    if compensating:
-        new = st.evolve(state=StepState.COMPENSATING, comp_attempt=st.comp_attempt + 1, **timing)
-    elif probing:
-        new = st.evolve(**timing)
-    else:
-        new = st.evolve(state=StepState.DISPATCHED, attempt=st.attempt + 1, **timing)
+    new = st.evolve(
+        state=state,
+        attempt=attempt,
+        comp_attempt=comp_attempt,
+        token=token,
+        deadline=deadline,
+        heartbeat_deadline=hb_deadline,
+        retry_at=None,
+        timer_ms=None,
+        updated=now,
+    )
     return new, hb or timeout
 
 

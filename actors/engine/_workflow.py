@@ -77,15 +77,17 @@ def _forward(
         all_done = False
         if st.state is not pending or spec.name in queued:
             continue
-        if any(steps[dep].state is not succeeded for dep in spec.after):
-            continue
-        if st.retry_at is not None:
-            if ms(st.retry_at) <= ms(now):  # its wait is over (timers are whole ms)
-                run.append(spec.name)
-        elif spec.delay is not None:
-            wait.append(spec.name)
+        for dep in spec.after:  # (a loop: any() and its generator cost more, every step)
+            if steps[dep].state is not succeeded:
+                break
         else:
-            run.append(spec.name)
+            if st.retry_at is not None:
+                if ms(st.retry_at) <= ms(now):  # its wait is over (timers are whole ms)
+                    run.append(spec.name)
+            elif spec.delay is not None:
+                wait.append(spec.name)
+            else:
+                run.append(spec.name)
     if all_done:
         return Advance(finish=WorkflowState.SUCCEEDED)
     return Advance(run=tuple(run), wait=tuple(wait)) if run or wait else _NOTHING
