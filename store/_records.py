@@ -110,8 +110,9 @@ class WorkflowRecord:
     deadline: float | None = None
 
     def evolve(self, **changes: Any) -> WorkflowRecord:
-        """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
-        return _evolve_workflow(self, changes)
+        """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster).
+        Replaced below by the generated method (:func:`_evolver`), which this describes."""
+        raise NotImplementedError
 
     def to_stored(self) -> list[Any]:
         """The record as stored (schema 3): ``[3, id, name, ...]``, every field in order."""
@@ -194,8 +195,9 @@ class StepRecord:
         return step_key(self.workflow_id, self.name)
 
     def evolve(self, **changes: Any) -> StepRecord:
-        """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster)."""
-        return _evolve_step(self, changes)
+        """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster).
+        Replaced below by the generated method (:func:`_evolver`), which this describes."""
+        raise NotImplementedError
 
     def to_stored(self) -> list[Any]:
         """The record as stored (schema 3): ``[3, workflow_id, name, state, ...]``."""
@@ -254,7 +256,7 @@ def plan_steps(record: WorkflowRecord, stored: list[StepRecord], plan: Plan) -> 
     return steps + [st for st in by_name.values() if st is not None]
 
 
-def _evolver(cls: type[_R]) -> Callable[[_R, dict[str, Any]], _R]:
+def _evolver(cls: type[_R]) -> Callable[..., _R]:
     """A fast ``dataclasses.replace`` for a frozen, slotted record class without validation
     in ``__init__``: the Scheduler evolves a record several times per step.
 
@@ -265,7 +267,7 @@ def _evolver(cls: type[_R]) -> Callable[[_R, dict[str, Any]], _R]:
     known = frozenset(names)
     env: dict[str, Any] = {"known": known, "new": object.__new__, "cls": cls}
     lines = [
-        "def evolve(self, changes):",
+        "def evolve(self, /, **changes):",
         "    if not known.issuperset(changes):",
         "        raise TypeError(f'{cls.__name__} has no field(s) {sorted(set(changes) - known)}')",
         "    out = new(cls)",
@@ -275,11 +277,15 @@ def _evolver(cls: type[_R]) -> Callable[[_R, dict[str, Any]], _R]:
         lines.append(f"    set{i}(out, changes[{name!r}] if {name!r} in changes else self.{name})")
     lines.append("    return out")
     exec("\n".join(lines), env)  # names are the class's own field names
-    return env["evolve"]
+    evolve = env["evolve"]
+    evolve.__doc__, evolve.__qualname__ = cls.evolve.__doc__, f"{cls.__name__}.evolve"  # type: ignore[attr-defined]
+    return evolve
 
 
-_evolve_workflow = _evolver(WorkflowRecord)
-_evolve_step = _evolver(StepRecord)
+# The records' own evolve methods: one call, not a method calling a function (the
+# Scheduler evolves a step twice per step).
+setattr(WorkflowRecord, "evolve", _evolver(WorkflowRecord))  # noqa: B010 (a method)
+setattr(StepRecord, "evolve", _evolver(StepRecord))  # noqa: B010
 
 
 def _array_codec(

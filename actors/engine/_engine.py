@@ -146,12 +146,14 @@ class Engine(Machine):
             action, number = probe_name(spec.action), new.attempt
         else:
             action, number = spec.action, new.attempt
-        new = with_member(spec, new, event.agent, compensating=job.compensating)
-        self.put_step(run, st, new)
-        attempt = Attempt(run.record.id, job.step, event.agent, event.instance, token)
+        if spec.members:  # (checked here: a group step is rare, this runs every step)
+            new = with_member(spec, new, event.agent, compensating=job.compensating)
+        out, workflow_id = self._out, run.record.id
+        out.put_step(run, st, new, now)
+        attempt = Attempt(workflow_id, job.step, event.agent, event.instance, token)
         self.inflight[token] = attempt
         run.attempts.add(token)
-        self._out.after(run.record.id, Dispatch(run.record.id, job.step, token))
+        out.after(workflow_id, Dispatch(workflow_id, job.step, token))
         self.counters["dispatched"] += 1
         return Dispatched(attempt, action, number, window)
 

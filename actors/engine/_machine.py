@@ -229,7 +229,7 @@ class Machine:
             new = settled(
                 st, StepState.SUCCEEDED, token, now, result=result, done_token=token, succeeded=True
             )
-            self.put_step(run, st, new)
+            self._out.put_step(run, st, new, now)
             self.counters["succeeded"] += 1
         self.advance(run)
 
