@@ -75,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="herder-start-many-") as tmp:
         for r in range(args.rounds):
             for name, run in (("start() loop", loop), ("start_many()", batch)):
-                took, cpu = run(pathlib.Path(tmp) / f"{name[:5]}-{r}", args.workflows)
+                took, cpu = run(pathlib.Path(tmp) / f"{run.__name__}-{r}", args.workflows)
                 times[name].append(took)
                 cpus[name].append(cpu)
                 _progress("start_many", f"round {r + 1} {name}: {took:.3f} s")
