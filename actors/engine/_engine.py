@@ -106,9 +106,10 @@ class Engine(Machine):
     def handle(self, event: Event, *, now: float, rand: Callable[[], float]) -> Decision:
         """Apply ``event`` at time ``now`` (``rand``: uniform in [0, 1), for jitter);
         return what was decided."""
-        self.at(now, rand)
+        self.now, self._rand = now, rand  # (as at() does: this runs for every event)
         self._handlers[type(event)](event)
-        return self.take()
+        out, self._out = self._out, Decision()
+        return out
 
     def at(self, now: float, rand: Callable[[], float]) -> None:
         """Set the time and random source for the calls that follow."""
