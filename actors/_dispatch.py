@@ -1,24 +1,20 @@
 """Dispatch: per-agent queues, admission gates and the pump, on the Scheduler's thread.
 
 The engine decides *that* a step runs (an :class:`Enqueue`); the :class:`Dispatcher`
-decides *when and where*: it keeps each agent's queue of jobs (in the host's
-:class:`~herder.actors._queue.JobQueue`), lets a job through when the agent's
-admission gate (breaker, rate limit, adaptive concurrency) and an idle instance allow,
-has the engine record the attempt (``Engine.reserve``: DISPATCHED with token and
-deadline), and builds what the agent will be told once that is durable (the attempt's
-:class:`StepContext` and port). With ``prefetch`` it also reserves attempts ahead of a
-free instance and hands each to the next instance that frees (``_ahead``). It also
-carries out what the engine decides at once (fences, cancels, lapses, lost attempts)
-against the host and the gates.
+decides *when and where*: it keeps each agent's job queue (the host's
+:class:`~herder.actors._queue.JobQueue`), lets a job through when the agent's admission
+gate (breaker, rate limit, adaptive concurrency) and an idle instance allow, has the
+engine record the attempt (``Engine.reserve``: DISPATCHED, token, deadline) and builds
+what the agent is told once that is durable. With ``prefetch`` it reserves attempts ahead
+of a free instance (``_ahead``). It carries out the engine's immediate decisions (fences,
+cancels, lapses, lost attempts) against the host and the gates; the host reports back
+by messages.
 
-Room: a pump that finds no idle instance marks the agent busy (no instance is asked
-for until news that may free one: an answer, a fence, an instance's event), and one that
-finds no room to reserve ahead either marks it full (a new job alone does not pump it;
-that news, or an attempt leaving its lane, does). A token drawn for a job that found no
-room goes to the next job of the same ``pump_dirty``: nothing else draws tokens
-meanwhile, so it still exceeds every token of the step it goes to.
-
-Everything here runs on the Scheduler's thread; the host reports back by messages.
+Room: a pump that finds no idle instance marks the agent busy (no instance is asked for
+until news that may free one: an answer, a fence, an instance's event); one that finds
+no room to reserve ahead either marks it full (a new job alone does not pump it; that
+news, or an attempt leaving its lane, does). A token drawn for a job with no room goes
+to the next job of the same ``pump_dirty`` (nothing else draws one meanwhile).
 """
 
 from __future__ import annotations
@@ -70,10 +66,8 @@ class Dispatcher:
         # The agents served: the Scheduler's own copy, changed only by its messages.
         self.agents: dict[str, AgentEntry] = {}
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
-        # Room (see the module docstring): agents whose last pump found no idle instance,
-        # and of those the ones with no room to reserve ahead either.
-        self._busy: set[str] = set()
-        self._full: set[str] = set()
+        self._busy: set[str] = set()  # room (module docstring): no idle instance found
+        self._full: set[str] = set()  # and no room to reserve ahead either
         self._spare = 0  # a token drawn for a job that found no room, for the next job
         self._routes: dict[str, tuple[JobQueue[Job], AgentHost]] = {}  # queue, host (per add)
         self._regroup = False  # an agent's health changed: group jobs may change member
@@ -158,16 +152,14 @@ class Dispatcher:
             self.dirty.add(agent)
 
     def _touch(self, agent: str, *, freed: bool = True) -> None:
-        """Pump ``agent`` after this message: it may have room again (``freed``: an
-        instance may be idle again, too)."""
+        """Pump ``agent`` after this message: it may have room (``freed``: an idle instance)."""
         self._full.discard(agent)
         if freed:
             self._busy.discard(agent)
         self.dirty.add(agent)
 
     def _room(self, agent: str) -> None:
-        """One of ``agent``'s attempts left its lane (handed to an instance): one more may
-        be reserved ahead, so a pump that found none may find room now."""
+        """One of ``agent``'s attempts left its lane: one more may be reserved ahead."""
         if agent in self._full:
             self._touch(agent, freed=False)
 
@@ -229,8 +221,8 @@ class Dispatcher:
         self._touch(agent)
         self._regroup = True
 
-    def _busy_tokens(self, agent: str) -> list[int]:
-        return self.host.busy_tokens(agent)  # (the host is attached after the gates)
+    def _busy_tokens(self, agent: str) -> list[int]:  # (the host comes after the gates)
+        return self.host.busy_tokens(agent)
 
     def busy(self, agent: str, token: int | None) -> bool:
         """Whether an instance of ``agent`` runs attempt ``token``."""
@@ -314,8 +306,7 @@ class Dispatcher:
             self._reserve(run, job, agent, instance, token)
 
     def well(self, agent: str) -> bool:
-        """Whether ``agent`` takes new work: its last health check passed and its breaker
-        does not hold its work."""
+        """Whether ``agent`` takes new work: healthy, and no breaker holds its work."""
         return self._ctx.health.healthy(agent) and not self.admission.tripped(agent)
 
     def _move_off_unwell(self) -> None:
