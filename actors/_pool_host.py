@@ -274,7 +274,7 @@ class PoolHost(HostedAgents[_Agent]):
         instance_id = event.instance
         if instance_id is None:  # woken for a free worker: pass it on if it has no work
             self._woken.pop(event.agent, None)  # (it takes the worker in the pump that follows)
-            if agent is None or not agent.queue:
+            if agent is None or not (agent.queue or agent.ready):  # (ready: durable, ahead)
                 self._wake()
             return []
         inst = None if agent is None else agent.instances.get(instance_id)

@@ -279,6 +279,29 @@ def test_an_agent_woken_for_a_worker_it_has_no_work_for_passes_the_worker_on(
     assert scheduler.host.acquire("c", 99) is not None
 
 
+def test_an_agent_woken_with_ready_attempts_but_no_queue_keeps_the_worker(
+    clock: FakeClock,
+) -> None:
+    """Its work waits durable in its ready deque (reserved ahead), not in its queue. It
+    used to pass the worker on as if it had none, and the next agent woken did the same:
+    with 100 names on 32 workers every worker ended held for a wake-up on its way, the
+    wake-ups went round for ever and nothing ran (found by ``benchmarks/scale.py``)."""
+    scheduler = _host("pool", clock, max_workers=1)
+    for name in ("a", "b", "c"):
+        scheduler.host.add(name, Flaky, 1)
+    scheduler.start("a", "hang")
+    assert scheduler.host.acquire("b", 98) is None  # b waits first, then c
+    assert scheduler.host.acquire("c", 99) is None
+    ctx = StepContext("w", "s", "ok", 1, 3, {}, "w/s", 97, False, _Port())
+    scheduler.host.ready_queue("b").append(Run("b", "", "ok", 97, ctx))
+    Flaky.gate.set()
+    scheduler.outcome()  # a's worker frees: b is woken for it
+    scheduler.handle_one()  # b's wake-up lands
+    assert scheduler.host.acquire("b", 97) is not None  # the worker is b's
+    woken = {e.agent for e in scheduler.events if e.kind is ChildEventKind.STARTED}
+    assert "c" not in woken
+
+
 def test_a_worker_freed_for_a_waiting_agent_is_held_for_it_until_its_wake_up(
     clock: FakeClock,
 ) -> None:
