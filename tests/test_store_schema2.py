@@ -5,9 +5,11 @@ Two ways to get such a store, both without a checked-in ``.mdb``:
 - :func:`downgrade` rewrites a store the way the previous release laid it out (every
   workflow and step record as its ``to_dict`` map, every history event as a map, the
   ``schema`` marker 2); it always runs.
-- The previous release itself: ``HERDER_PREVIOUS_PYTHON`` (default: the worktree at
-  ``/work/wt/hot-base``) is a Python with that release installed; a child started with it
-  leaves workflows in flight and is SIGKILLed. Skipped where there is none.
+- The previous release itself, its source taken from this repository's git history
+  (commit :data:`PREVIOUS_RELEASE`, the last to write schema 2) and run by this
+  interpreter without the installed herder; or ``HERDER_PREVIOUS_PYTHON``, a Python with
+  that release installed. A child started with it leaves workflows in flight and is
+  SIGKILLed. Skipped only where neither is to be had (a checkout without history).
 
 Either way a current Runtime must open it, recover what was in flight, finish it, move
 each record it writes to the schema 3 array layout, keep reading the history of both
@@ -21,6 +23,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import threading
 
@@ -40,9 +43,36 @@ from herder.store import (
 )
 
 WAIT = 30.0
-PREVIOUS = pathlib.Path(
-    os.environ.get("HERDER_PREVIOUS_PYTHON", "/work/wt/hot-base/.venv/bin/python")
-)
+PREVIOUS_RELEASE = "1e6974e"  # the last commit whose store is schema 2
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def previous_release(tmp: pathlib.Path) -> list[str]:
+    """The command that runs Python code (``-c CODE ARGS``) against the previous release."""
+    given = os.environ.get("HERDER_PREVIOUS_PYTHON")
+    if given:
+        return [given]
+    src, pkg = tmp / "src", tmp / "pkg" / "herder"
+    src.mkdir()
+    pkg.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", PREVIOUS_RELEASE, "store", "actors", "runtime"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"no git history with {PREVIOUS_RELEASE} to build the previous release from")
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    for part in ("store", "actors", "runtime"):
+        (pkg / part).symlink_to(src / part)
+    # -S: no site, so no .pth (the installed herder's finder); its dependencies added back.
+    paths = [str(pkg.parent), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    return [
+        sys.executable,
+        "-S",
+        "-c",
+        f"import sys; sys.path[:0] = {paths!r}; exec(sys.argv.pop(1))",
+    ]
 
 
 class Svc(Agent):
@@ -146,20 +176,23 @@ CHILD = textwrap.dedent(
     rt.start("two", {}, workflow_id="done").result(30)
     for i in range(3):
         rt.start("two", {}, workflow_id=f"flying-{i}")
-    print("ready", flush=True)
+    import herder.store
+    print("ready", herder.store.__file__, flush=True)
     threading.Event().wait()
     """
 )
 
 
-@pytest.mark.skipif(not PREVIOUS.exists(), reason=f"no previous release at {PREVIOUS}")
+@pytest.mark.timeout(120)
 def test_a_store_written_by_the_previous_release_opens_recovers_and_migrates(
     tmp_path: pathlib.Path,
 ) -> None:
     path = tmp_path / "s"
+    previous = previous_release(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    command = previous + ([CHILD, str(path)] if len(previous) > 1 else ["-c", CHILD, str(path)])
     child = subprocess.Popen(
-        [str(PREVIOUS), "-c", CHILD, str(path)],
+        command,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -167,9 +200,10 @@ def test_a_store_written_by_the_previous_release_opens_recovers_and_migrates(
     )
     try:
         assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready", "the previous release did not start"
+        ready, source = child.stdout.readline().split()
+        assert ready == "ready", "the previous release did not start"
+        assert not pathlib.Path(source).resolve().is_relative_to(REPO)  # not this release
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(WAIT)
-    assert sys.executable != str(PREVIOUS)
     assert_runs_and_migrates(path, ["done", "flying-0", "flying-1", "flying-2"], ["done"])
