@@ -36,27 +36,20 @@ def with_timer(st: StepRecord) -> StepRecord:
     return st.evolve(timer_ms=ms(min(times)) if times else None)
 
 
+_STOPPED: dict[str, Any] = dict.fromkeys(("deadline", "heartbeat_deadline", "retry_at", "timer_ms"))
+"""What a stopped step has none of: nothing will wake it."""
+
+
 def stopped(st: StepRecord, **changes: Any) -> StepRecord:
     """The step with no deadline, retry time or timer left: nothing will wake it."""
-    return st.evolve(
-        deadline=None, heartbeat_deadline=None, retry_at=None, timer_ms=None, **changes
-    )
+    return st.evolve(**_STOPPED, **changes)
 
 
 def settled(st: StepRecord, state: StepState, token: int, now: float, **changes: Any) -> StepRecord:
-    """The step ended in ``state`` (succeeded, compensated, skipped): no timer, no error.
-    (What :func:`stopped` does, in one call: it runs once per step.)"""
+    """The step ended in ``state`` (succeeded, compensated, skipped): :func:`stopped`, with
+    no error (one ``evolve`` call: it runs once per step)."""
     return st.evolve(
-        state=state,
-        token=token,
-        error=None,
-        error_type=None,
-        updated=now,
-        deadline=None,
-        heartbeat_deadline=None,
-        retry_at=None,
-        timer_ms=None,
-        **changes,
+        state=state, token=token, error=None, error_type=None, updated=now, **_STOPPED, **changes
     )
 
 
