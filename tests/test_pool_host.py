@@ -263,15 +263,21 @@ def test_the_pool_never_grows_past_its_cap_and_waiting_agents_get_freed_workers(
     assert scheduler.host.host_stats()["workers"] == 2
 
 
-def test_an_agent_woken_for_a_worker_it_has_no_work_for_passes_the_worker_on(
-    clock: FakeClock,
-) -> None:
+def _b_then_c_wait(clock: FakeClock) -> Scheduler:
+    """One worker, busy with a's hung attempt; b, then c, wait for it."""
     scheduler = _host("pool", clock, max_workers=1)
     for name in ("a", "b", "c"):
         scheduler.host.add(name, Flaky, 1)
     scheduler.start("a", "hang")
     assert scheduler.host.acquire("b", 98) is None  # b waits first, then c
     assert scheduler.host.acquire("c", 99) is None
+    return scheduler
+
+
+def test_an_agent_woken_for_a_worker_it_has_no_work_for_passes_the_worker_on(
+    clock: FakeClock,
+) -> None:
+    scheduler = _b_then_c_wait(clock)
     Flaky.gate.set()  # a's worker frees: b is woken, finds its queue empty, wakes c
     woken = lambda: {e.agent for e in scheduler.events if e.kind is ChildEventKind.STARTED}  # noqa: E731
     while "c" not in woken():
@@ -286,12 +292,7 @@ def test_an_agent_woken_with_ready_attempts_but_no_queue_keeps_the_worker(
     used to pass the worker on as if it had none, and the next agent woken did the same:
     with 100 names on 32 workers every worker ended held for a wake-up on its way, the
     wake-ups went round for ever and nothing ran (found by ``benchmarks/scale.py``)."""
-    scheduler = _host("pool", clock, max_workers=1)
-    for name in ("a", "b", "c"):
-        scheduler.host.add(name, Flaky, 1)
-    scheduler.start("a", "hang")
-    assert scheduler.host.acquire("b", 98) is None  # b waits first, then c
-    assert scheduler.host.acquire("c", 99) is None
+    scheduler = _b_then_c_wait(clock)
     ctx = StepContext("w", "s", "ok", 1, 3, {}, "w/s", 97, False, _Port())
     scheduler.host.ready_queue("b").append(Run("b", "", "ok", 97, ctx))
     Flaky.gate.set()
