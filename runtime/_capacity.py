@@ -9,14 +9,8 @@ and an operator action that resumes a parked workflow counts it again (``_on_res
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
 
-if TYPE_CHECKING:
-    from herder.runtime._runtime import Runtime
-
-
-def _runtime(part: object) -> Runtime:
-    return cast("Runtime", part)  # a base of Runtime only
+from herder.runtime._part import whole as _runtime
 
 
 class Capacity:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from herder.actors import Admit, UnknownWorkflow
 from herder.runtime._async import AsyncHandle
+from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._waits import OneShot
 from herder.store import StepRecord, WorkflowRecord, WorkflowState
@@ -59,10 +60,6 @@ class WorkflowHandle(AsyncHandle):
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.id!r})"
-
-
-def _runtime(part: object) -> Runtime:
-    return cast("Runtime", part)  # a base of Runtime only
 
 
 class Waiting:

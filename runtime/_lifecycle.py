@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import pykka
 
@@ -20,6 +20,7 @@ from herder.actors import NotActive, RuntimeClosed, SteadyClock, call, start_tre
 from herder.actors.ray import detach
 from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper
+from herder.runtime._part import whole as _runtime
 from herder.store import LeaseLost
 
 if TYPE_CHECKING:
@@ -29,10 +30,6 @@ _log = logging.getLogger("herder.runtime")
 
 _BACKSTOP = 1.0
 """Seconds the drain waits for a commit before it asks the Scheduler again anyway."""
-
-
-def _runtime(part: object) -> Runtime:
-    return cast("Runtime", part)  # a base of Runtime only
 
 
 class Lifecycle:

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from herder.actors import Complete, Operate, Permanent, call, parse_task_token
+from herder.runtime._part import whole as _runtime
 from herder.store import bounded_text, check_text, describe, error_types, normalize, safe_str
 
 if TYPE_CHECKING:
-    from herder.runtime._runtime import Runtime
-
-
-def _runtime(part: object) -> Runtime:
-    return cast("Runtime", part)  # a base of Runtime only
+    pass
 
 
 class Operations:

@@ -5,7 +5,7 @@ and handed to the Scheduler as ``Define`` messages."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from herder.actors import (
     DEFAULT_HEALTH_INTERVAL,
@@ -25,6 +25,7 @@ from herder.actors import (
     coroutine_actions,
 )
 from herder.actors.ray import RayHost, attach
+from herder.runtime._part import whole as _runtime
 from herder.runtime._routing import Router
 from herder.runtime._workflow import Workflow
 from herder.store import (
@@ -39,11 +40,7 @@ from herder.store import (
 )
 
 if TYPE_CHECKING:
-    from herder.runtime._runtime import Runtime
-
-
-def _runtime(part: object) -> Runtime:
-    return cast("Runtime", part)  # a base of Runtime only
+    pass
 
 
 class Registration:

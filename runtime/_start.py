@@ -17,11 +17,12 @@ import logging
 import os
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from herder.actors import UnknownName, WorkflowConflict
 from herder.runtime._deadlines import deadline_at
 from herder.runtime._handle import WorkflowHandle
+from herder.runtime._part import whole as _runtime
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._start_many import StartingMany
 from herder.runtime._starts import (
@@ -45,10 +46,6 @@ if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
 
 _log = logging.getLogger("herder.runtime")
-
-
-def _runtime(part: object) -> Runtime:
-    return cast("Runtime", part)  # a base of Runtime only
 
 
 class _Ids:

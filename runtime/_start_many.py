@@ -22,10 +22,11 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from herder.actors import WorkflowConflict
 from herder.runtime._handle import WorkflowHandle
+from herder.runtime._part import whole as _runtime
 from herder.runtime._starts import (
     NewStart,
     creation,
@@ -38,13 +39,9 @@ from herder.runtime._waits import Steps, Wait, awaited, run_blocking
 from herder.store import ConditionFailed
 
 if TYPE_CHECKING:
-    from herder.runtime._runtime import Runtime
+    pass
 
 _log = logging.getLogger("herder.runtime")
-
-
-def _runtime(part: object) -> Runtime:
-    return cast("Runtime", part)  # a base of Runtime only
 
 
 class _CollectorPause:
