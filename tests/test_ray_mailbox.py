@@ -124,6 +124,17 @@ def test_an_exchange_brings_a_running_attempts_heartbeat_in_and_its_flags_out() 
     ]
 
 
+def test_an_older_exchange_arriving_late_does_not_lower_a_flag() -> None:
+    # Exchanges run on Ray's threads: one sent before a flag went up (it carries only
+    # "cancelled") may arrive after the one that carries "superseded" too.
+    w = worker(1)
+    w._pool.submit = lambda *args: None  # the attempt is registered, never run
+    exchange(w, [attempt(0, "held", 9)], [(9, True, True)])
+    exchange(w, None, [(9, False, True)])
+    port = w._ports[9]
+    assert (port.superseded, port.cancelled) == (True, True)
+
+
 def test_an_attempt_for_an_instance_the_slot_no_longer_holds_is_a_crash() -> None:
     w = worker(1)
     w.drop_slot(0, "m#other")  # a stale stop (another instance's) leaves the object alone

@@ -155,8 +155,10 @@ class SlotWorker:
         with self._cond:
             for token, superseded, cancelled in flags:
                 flagged = self._ports.get(token)
-                if flagged is not None:
-                    flagged.superseded, flagged.cancelled = superseded, cancelled
+                if flagged is not None:  # flags only go up: an exchange that left
+                    # before another (each its own Ray thread) may arrive after it
+                    flagged.superseded |= superseded
+                    flagged.cancelled |= cancelled
             self._turn += 1
             turn = self._turn
             self._cond.notify_all()  # the exchange waiting before this one returns
