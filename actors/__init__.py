@@ -55,6 +55,7 @@ from herder.actors._messages import (
     Operate,
     Outcome,
     Run,
+    Unadmit,
 )
 from herder.actors._outcomes import ProbeResult, parse_task_token
 from herder.actors._pool_host import PoolHost
@@ -143,6 +144,7 @@ __all__ = [
     "SystemClock",
     "ThreadHost",
     "TimerHandle",
+    "Unadmit",
     "UnknownName",
     "UnknownWorkflow",
     "WorkflowConflict",

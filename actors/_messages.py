@@ -20,6 +20,15 @@ class Admit:
 
 
 @dataclass(slots=True)
+class Unadmit:
+    """A workflow admitted while its creation was on its way to disk was not created
+    (its id was taken meanwhile, or the commit failed): ``record`` is the object it was
+    admitted with. The Scheduler forgets it and runs what the store holds under its id."""
+
+    record: WorkflowRecord
+
+
+@dataclass(slots=True)
 class Define:
     """A workflow definition was registered; workflows waiting for it may resume."""
 

@@ -73,6 +73,7 @@ from herder.actors._messages import (
     Outcome,
     Recover,
     Tick,
+    Unadmit,
     Wake,
 )
 from herder.actors._operator import Operator
@@ -154,6 +155,7 @@ class Scheduler(SupervisedActor):
             Heartbeat: lambda m: self.handle(Beat(m.token, m.details)),
             Due: self._on_due,
             Admit: lambda m: self._recovery.admit_new(m.starts),
+            Unadmit: lambda m: self._recovery.unadmit(m.record),
             InstanceEvent: self._on_instance_event,
             Define: self._on_define,
             Tick: lambda _m: self._on_tick(),

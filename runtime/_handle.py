@@ -8,7 +8,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import Admit, UnknownWorkflow
+from herder.actors import Admit, Unadmit, UnknownWorkflow
 from herder.runtime._async import AsyncHandle
 from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
@@ -73,6 +73,12 @@ class Waiting:
         rt = _runtime(self)
         rt._running.update([record.id for record, _ in starts])  # before any can end
         rt._ctx.tell_scheduler(Admit(starts))
+
+    def _unadmit(self, record: WorkflowRecord) -> None:
+        """A workflow admitted before it was durable was not created (Landing)."""
+        rt = _runtime(self)
+        rt._running.discard(record.id)  # a waiter on its id reads the store
+        rt._ctx.tell_scheduler(Unadmit(record))
 
     def _on_final(self, record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
         rt = _runtime(self)

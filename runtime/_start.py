@@ -138,13 +138,20 @@ class Starting(StartingMany):
         clock = rt._ctx.clock.time()
         new = rt._prepare(workflow, input, workflow_id=workflow_id, now=clock, **when)
         now: float | None = clock
+        fresh = True  # nobody had its id a moment ago
         if not rt._take_capacity_now(1):
             repeated = rt._repeated(new, workflow_id)
             if repeated is not None:
                 return repeated
             rt._wait_capacity(timeout)
             now = None  # created after the wait, not before
-        landing = rt._submit_start(new, also, now)
+        elif workflow_id is not None:
+            fresh = rt._store.get_workflow(new.workflow_id) is None
+        # A fresh id is admitted while its creation is on its way to disk, so that its
+        # first DISPATCHED shares that commit (one commit less per workflow; see
+        # Landing.admit_early). A taken one (a repeated start) is not: its creation fails,
+        # and that must not halt the Scheduler's writes.
+        landing = rt._submit_start(new, also, now, early=fresh)
         return rt._landed(new, landing.wait(rt._ask_timeout))
 
     def _checked(
@@ -173,17 +180,22 @@ class Starting(StartingMany):
         also: tuple[Put, ...],
         now: float | None,
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        early: bool = False,
     ) -> Landing:
         """Queue the transition creating ``new`` (its capacity is taken: it is given back
-        here if queueing fails, else by the :class:`Landing` or the final listener)."""
+        here if queueing fails, else by the :class:`Landing` or the final listener);
+        ``early``: admit it at once (:meth:`Landing.admit_early`)."""
         rt: Runtime = self  # type: ignore[assignment]
         try:
             record, steps, transition = rt._creation(new, also, now=now)
             landing = Landing(rt, record, steps, (new.plan.name, new.plan.version), loop)
-            rt._store.writer.submit_many((transition,), landing)
+            rt._store.writer.submit_many((transition,), landing, halts=early)
         except BaseException:
             rt._release_capacity()
             raise
+        if early:
+            landing.admit_early()
         return landing
 
     def _landed(self, new: NewStart, error: BaseException | None) -> WorkflowHandle:

@@ -167,7 +167,18 @@ class Landing:
     :class:`OneShot` of its loop.
     """
 
-    __slots__ = ("_decided", "_error", "_record", "_rt", "_shot", "_steps", "key")
+    __slots__ = (
+        "_decided",
+        "_early",
+        "_error",
+        "_guard",
+        "_landed",
+        "_record",
+        "_rt",
+        "_shot",
+        "_steps",
+        "key",
+    )
 
     def __init__(
         self,
@@ -185,14 +196,39 @@ class Landing:
             self._decided.acquire()  # released by the writer's call
         else:
             self._shot = OneShot(loop)
+        self._guard = threading.Lock()  # admit_early against the writer's call
+        self._landed = False  # the writer has called
+        self._early: list[Any] | None = None  # [the Scheduler admitted to], if early
+
+    def admit_early(self) -> None:
+        """Admit the workflow while its creation is on its way to disk (queued with
+        ``halts``), so that its first DISPATCHED can share that commit: every engine
+        batch queues behind the creation, and if the creation fails none of them is
+        written (fail-stop) and the Scheduler is told to forget it (``Unadmit``). Not
+        once the writer has called: then the call admits it, or it was not created."""
+        rt = self._rt
+        with self._guard:
+            if self._landed:
+                return
+            self._early = [rt._ctx.scheduler]
+        rt._admit([(self._record, self._steps)])
 
     def __call__(self, results: list[BaseException | None]) -> None:
         rt, error = self._rt, results[0]
         try:
+            with self._guard:
+                self._landed = True
+                early = self._early
             if error is None:
                 rt._started.add(self.key)
-                rt._admit([(self._record, self._steps)])
+                # Admitted early to the Scheduler that runs now: nothing to add. One that
+                # has restarted since may have recovered before this commit: admit again
+                # (a Scheduler that has it already ignores that).
+                if early is None or early[0] is not rt._ctx.scheduler:
+                    rt._admit([(self._record, self._steps)])
             else:
+                if early is not None:
+                    rt._unadmit(self._record)
                 rt._id_taken(self._record)  # or not written at all: the same for both
         finally:
             self._error = error

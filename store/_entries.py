@@ -57,9 +57,10 @@ class Resync:
 
 RESYNC = Resync()
 
-# One queued entry: the transitions and where their outcomes go (a future or a callback),
-# or a plain batch; the queue also holds resync markers.
-Entry = tuple[Sequence[Transition], "Future[None] | Callback"] | Batch
+# One queued entry: the transitions, where their outcomes go (a future or a callback) and
+# whether the engine builds on them before they are durable (``Writer.submit_many``'s
+# ``halts``), or a plain batch; the queue also holds resync markers.
+Entry = tuple[Sequence[Transition], "Future[None] | Callback", bool] | Batch
 Queued = Entry | Resync
 
 
@@ -67,7 +68,8 @@ def apply(
     txn: lmdb.Transaction, handles: Mapping[str, Any], derived: Derived, batch: list[Entry]
 ) -> list[list[Outcome]]:
     """Write ``batch`` into ``txn``; the outcomes of its transitions (a condition that
-    does not hold skips only its own)."""
+    does not hold skips only its own, unless the engine builds on it: then no engine
+    batch behind it in ``batch`` is written either, fail-stop)."""
     # Every op of the batch lands in ``pending`` first (a later write of a key wins),
     # conditions read through it, and then one putmulti per database writes it all:
     # separate txn.put calls cost about ten times as much per item.
@@ -75,8 +77,12 @@ def apply(
     outcomes: list[list[Outcome]] = []
     due = 0
     watched: list[list[Any]] = []  # the attempts of one batch entry for the transaction
+    halted: Outcome = None  # a transition the engine built on failed: its batches stop
     for entry in batch:
         if isinstance(entry, Batch):
+            if halted is not None:
+                outcomes.append([halted])
+                continue
             pending.update(entry.ops)
             outcomes.append([None])
             if entry.watch is not None:
@@ -90,6 +96,8 @@ def apply(
                 failed = check(txn, handles, t.expect, pending)
                 if failed is not None:
                     results.append(failed)
+                    if entry[2] and halted is None:
+                        halted = halt_error(failed)  # one error: one sink call
                     continue
             for op in t.ops:
                 pending[(op.db, op.key)] = op.value if type(op) is Put else None
@@ -127,14 +135,15 @@ def _write(txn: lmdb.Transaction, handles: Mapping[str, Any], derived: Derived, 
 def resolve(batch: list[Entry], outcomes: list[list[Outcome]]) -> None:
     """Hand each entry its outcomes: set its future, call its callback, or call each
     batch sink once with the effects of all its batches."""
-    sinks: dict[BatchSink, tuple[list[Any], Outcome]] = {}
+    sinks: dict[tuple[BatchSink, int], tuple[list[Any], Outcome]] = {}
     for entry, results in zip(batch, outcomes, strict=True):
         if isinstance(entry, Batch):
-            # One call per sink and transaction: every batch of a transaction shares
-            # its outcome, so their effects travel together.
-            got = sinks.get(entry.sink)
+            # One call per sink and outcome: the batches of a transaction share its
+            # outcome (so their effects travel together), except those behind a failed
+            # group the engine built on (``apply``).
+            got = sinks.get((entry.sink, id(results[0])))
             if got is None:
-                sinks[entry.sink] = (list(entry.effects), results[0])
+                sinks[(entry.sink, id(results[0]))] = (list(entry.effects), results[0])
             else:
                 got[0].extend(entry.effects)
             continue
@@ -147,7 +156,7 @@ def resolve(batch: list[Entry], outcomes: list[list[Outcome]]) -> None:
                 sink.set_exception(error)
         else:
             call(sink, results)
-    for batch_sink, (effects, error) in sinks.items():
+    for (batch_sink, _), (effects, error) in sinks.items():
         call_sink(batch_sink, effects, error)
 
 

@@ -134,22 +134,29 @@ class Writer:
         self._validate(transition)
         fut: Future[None] = Future()
         fut.set_running_or_notify_cancel()  # a commit cannot be cancelled
-        if not self._enqueue(((transition,), fut), 1):
+        if not self._enqueue(((transition,), fut, False), 1):
             fut.set_exception(StoreClosed("the store writer is closed; reopen the store"))
         return fut
 
-    def submit_many(self, transitions: Sequence[Transition], on_done: Callback) -> None:
+    def submit_many(
+        self, transitions: Sequence[Transition], on_done: Callback, *, halts: bool = False
+    ) -> None:
         """Queue a group of transitions that all go into the same batch.
 
         ``on_done`` receives one entry per transition, in order: ``None`` when committed,
         else the exception (as for :meth:`submit`). It runs on the writer thread after the
         commit, or in the calling thread if the writer is already closed. It must be quick;
         an exception it raises is logged and does not affect the writer.
+
+        ``halts``: the engine builds on these transitions before they are durable (a
+        workflow admitted while its creation is on its way, so that its first DISPATCHED
+        can share the creation's commit). If one of them fails, no engine batch queued
+        behind it is written: fail-stop, as when an engine batch fails (:meth:`resync`).
         """
         for t in transitions:
             self._validate(t)
         n = len(transitions)
-        if not self._enqueue((transitions, on_done), n):
+        if not self._enqueue((transitions, on_done, halts), n):
             closed = StoreClosed("the store writer is closed; reopen the store")
             call(on_done, [closed] * n)
 
@@ -312,8 +319,12 @@ class Writer:
             log.exception("store writer failed on a batch of %d transitions", n)
             outcomes = every(batch, exc)
         for entry, results in zip(batch, outcomes, strict=True):
-            if isinstance(entry, Batch) and results[0] is not None:
-                self._halted = results[0]  # fail-stop
+            if isinstance(entry, Batch):
+                failed = results[0]
+            else:  # a group the engine built on (halts) fails like one of its batches
+                failed = next((r for r in results if r is not None), None) if entry[2] else None
+            if failed is not None:
+                self._halted = failed  # fail-stop
                 break
         self._resolve(batch, outcomes, n)
 

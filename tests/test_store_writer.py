@@ -260,6 +260,66 @@ def test_a_failed_engine_batch_fails_every_batch_behind_it_until_the_engine_resy
     store.close()
 
 
+@pytest.mark.timeout(30)
+def test_a_failed_group_the_engine_built_on_halts_its_batches_in_the_same_transaction_too(
+    path: pathlib.Path,
+) -> None:
+    # A start admitted early (runtime/_starts.py) queues its creation with halts=True and
+    # the Scheduler's first DISPATCHED behind it: if the creation fails (its id was taken
+    # meanwhile), that batch must not be written, even in the same transaction.
+    store = Store(path)
+    store.writer.submit(t(put(b"taken"))).result(timeout=10)
+    sink = Sink()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        store.writer.fault = None
+        inside.set()
+        assert release.wait(10)
+
+    store.writer.fault = hold
+    first = store.writer.submit(t(put(b"first")))  # holds the writer: the rest queues
+    assert inside.wait(10)
+    taken = (Expect("workflows", b"taken", exists=False),)
+    plain: Future[list[BaseException | None]] = Future()
+    # Not built on: its failure skips only itself.
+    store.writer.submit_many([t(put(b"taken", 2), expect=taken)], plain.set_result)
+    engine_batch(store, sink, "b1")
+    built_on: Future[list[BaseException | None]] = Future()
+    store.writer.submit_many([t(put(b"taken", 3), expect=taken)], built_on.set_result, halts=True)
+    engine_batch(store, sink, "b2")  # same transaction, behind the failed creation
+    release.set()
+    first.result(timeout=10)
+    assert isinstance(plain.result(10)[0], ConditionFailed)
+    assert isinstance(built_on.result(10)[0], ConditionFailed)
+    assert sink.outcome("b1") is None  # ahead of it: written
+    error = sink.outcome("b2")
+    assert isinstance(error, StoreIOError)
+    assert "an earlier batch of the engine failed" in str(error)
+    engine_batch(store, sink, "b3")  # later: refused until the engine resyncs
+    assert isinstance(sink.outcome("b3"), StoreIOError)
+    store.writer.resync()
+    engine_batch(store, sink, "b4")
+    assert sink.outcome("b4") is None
+    for name, there in (("b1", 1), ("b2", 0), ("b3", 0), ("b4", 1)):
+        assert (store.get("workflows", name.encode()) is not None) == there, name
+    assert store.get("workflows", b"taken") == 1  # neither creation overwrote it
+    store.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_group_the_engine_built_on_that_commits_halts_nothing(path: pathlib.Path) -> None:
+    store = Store(path)
+    sink = Sink()
+    done: Future[list[BaseException | None]] = Future()
+    store.writer.submit_many([t(put(b"new"))], done.set_result, halts=True)
+    engine_batch(store, sink, "b1")
+    assert done.result(10) == [None]
+    assert sink.outcome("b1") is None
+    assert store.writer.stats()["halted"] == 0
+    store.close()
+
+
 def test_a_resync_while_nothing_failed_changes_nothing(path: pathlib.Path) -> None:
     with Store(path) as store:
         sink = Sink()

@@ -191,6 +191,8 @@ class Engine(Machine):
             steps = plan_steps(record, steps, plan)  # missing: PENDING
         by_name = {s.name: s for s in steps}
         run = WorkflowRun(record, plan, by_name, self.specs_of(plan, record))
+        if new:
+            run.origin = record
         self.runs[record.id] = run
         return run
 

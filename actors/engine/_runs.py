@@ -26,6 +26,9 @@ class WorkflowRun:
     # by a reload, or a forward job behind a compensation) must not count as it.
     jobs: dict[str, Job] = field(default_factory=dict)
     attempts: set[int] = field(default_factory=set)  # tokens of its attempts in flight
+    # The record a start() admitted it with, while that record may not be durable yet
+    # (runtime/_starts.py); a failed creation is told with that object (Unadmit).
+    origin: WorkflowRecord | None = None
 
 
 @dataclass(slots=True)
