@@ -269,14 +269,6 @@ class Recovery:
                 self._parked.discard(workflow_id)
                 self._readmit(workflow_id)
 
-    def unadmit(self, record: WorkflowRecord) -> None:
-        """A start admitted ``record`` before it was durable, and it was not created:
-        forget it, unless what runs under its id came from elsewhere (another start,
-        the store), and run what the store holds."""
-        run = self._engine.runs.get(record.id)
-        if run is not None and run.origin is record:
-            self.reread(record.id)
-
     def reread(self, workflow_id: str) -> None:
         """Drop a workflow from memory and run what the store holds of it, if anything."""
         self._forget(workflow_id)

@@ -5,8 +5,13 @@ parts ``start_async`` is made of too (``_checked``, ``_submit_start``, ``_landed
 A start is checked first (``_prepare``: nothing is written), takes a slot under
 ``max_active_workflows`` (``_capacity``), and is one compare-and-set transaction that
 creates the workflow only if its id is free (``_starts.creation``): idempotent per id
-inside the write transaction. Once durable, the workflow is admitted to the Scheduler
-(``_starts.Landing``, on the store writer's thread), and only then does the caller return.
+inside the write transaction; the caller returns once it is durable. A start whose id
+was free a moment ago is admitted to the Scheduler as that transaction is queued, so that
+the workflow's first DISPATCHED goes into the same commit, or the next (one commit less
+per workflow: +40-60% at 1 and 16 workflows in flight); if the creation fails anyway, the
+writer writes none of the Scheduler's batches behind it (fail-stop) and the Scheduler
+forgets the workflow (``_starts.Landing.admit_early``). A repeated start is admitted by
+``Landing`` on the writer's thread once durable, as before.
 """
 
 from __future__ import annotations
@@ -138,19 +143,15 @@ class Starting(StartingMany):
         clock = rt._ctx.clock.time()
         new = rt._prepare(workflow, input, workflow_id=workflow_id, now=clock, **when)
         now: float | None = clock
-        fresh = True  # nobody had its id a moment ago
+        fresh = True  # (read as free by _repeated)
         if not rt._take_capacity_now(1):
             repeated = rt._repeated(new, workflow_id)
             if repeated is not None:
                 return repeated
             rt._wait_capacity(timeout)
             now = None  # created after the wait, not before
-        elif workflow_id is not None:
-            fresh = rt._store.get_workflow(new.workflow_id) is None
-        # A fresh id is admitted while its creation is on its way to disk, so that its
-        # first DISPATCHED shares that commit (one commit less per workflow; see
-        # Landing.admit_early). A taken one (a repeated start) is not: its creation fails,
-        # and that must not halt the Scheduler's writes.
+        else:
+            fresh = rt._fresh(new, workflow_id)
         landing = rt._submit_start(new, also, now, early=fresh)
         return rt._landed(new, landing.wait(rt._ask_timeout))
 
@@ -173,6 +174,15 @@ class Starting(StartingMany):
             return None
         existing = rt._store.get_workflow(new.workflow_id)
         return None if existing is None else rt._same_start(existing, new)
+
+    def _fresh(self, new: NewStart, workflow_id: str | None) -> bool:
+        """Whether nobody had the start's id a moment ago (a random one: no read). A
+        fresh start is admitted while its creation is on its way to disk, so that its
+        first DISPATCHED shares that commit (one commit less per workflow, see
+        :meth:`Landing.admit_early`); a repeated one is not: its creation fails, and that
+        must not halt the Scheduler's writes."""
+        rt: Runtime = self  # type: ignore[assignment]
+        return workflow_id is None or rt._store.get_workflow(new.workflow_id) is None
 
     def _submit_start(
         self,

@@ -1,0 +1,116 @@
+"""A start with a fresh id is admitted while its creation is on its way to disk, so the
+workflow's first DISPATCHED can share that commit (runtime/_starts.py, Landing.admit_early).
+If the creation then fails, nothing the Scheduler built on it may be written: the writer
+halts the engine's batches behind it (fail-stop) and the Scheduler forgets the workflow."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Agent, Runtime, StepContext, StoreIOError, Workflow
+from herder.runtime.testing import check_store
+
+pytestmark = pytest.mark.timeout(60)
+WAIT = 30.0
+
+
+class Counting(Agent):
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def run(self, ctx: StepContext) -> object:
+        with self.lock:
+            Counting.calls.append(ctx.workflow_id)
+        return ctx.input
+
+
+def _runtime(path: Path) -> Runtime:
+    rt = Runtime(path)
+    rt.add_agent("counting", Counting)
+    rt.add_workflow(
+        Workflow("two")
+        .step("a", agent="counting", action="run")
+        .step("b", agent="counting", action="run", after=["a"])
+    )
+    return rt
+
+
+def _hold_writer(rt: Runtime, monkeypatch: pytest.MonkeyPatch, *, fail: bool) -> None:
+    """Hold the writer inside the next write transaction (a start's creation) until the
+    Scheduler has queued a batch behind it; then let it commit, or fail it (``fail``)."""
+    writer = rt._store.writer
+    queued = threading.Event()
+    submit_batch = writer.submit_batch
+
+    def watched(*args: Any, **kwargs: Any) -> None:
+        submit_batch(*args, **kwargs)
+        queued.set()
+
+    def hold() -> None:
+        writer.fault = None
+        assert queued.wait(WAIT)  # the Scheduler built on the creation: its batch waits
+        if fail:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer, "submit_batch", watched)
+    writer.fault = hold
+
+
+def _steps(rt: Runtime, workflow_id: str) -> dict[str, tuple[Any, ...]]:
+    return {s.name: (s.state, s.attempt, s.token) for s in rt._store.steps_of(workflow_id)}
+
+
+def test_a_start_whose_id_was_taken_after_its_check_writes_nothing_over_the_workflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        assert rt.start("two", {"v": 1}, workflow_id="dup").result(timeout=WAIT)
+        before = _steps(rt, "dup")
+        assert Counting.calls == ["dup", "dup"]
+        # The race: the start's check read the id as free, and then it was taken (here it
+        # was taken all along and the check is told it is not, once).
+        real = rt._store.get_workflow
+        seen = []
+
+        def raced(workflow_id: str) -> Any:
+            if workflow_id == "dup" and not seen:
+                seen.append(workflow_id)
+                return None
+            return real(workflow_id)
+
+        monkeypatch.setattr(rt._store, "get_workflow", raced)
+        _hold_writer(rt, monkeypatch, fail=False)
+        again = rt.start("two", {"v": 1}, workflow_id="dup")  # the same input: its handle
+        assert seen == ["dup"]
+        assert again.result(timeout=WAIT) == {"a": {"v": 1}, "b": {"v": 1}}
+        rt._store.writer.flush(WAIT)  # what was queued behind the creation is decided
+        # The Scheduler writes and dispatches again after the halt (it resynced).
+        assert rt.start("two", {"v": 2}, workflow_id="after").result(timeout=WAIT)
+        assert _steps(rt, "dup") == before  # no DISPATCHED of the early start landed
+        assert Counting.calls == ["dup", "dup", "after", "after"]
+        assert check_store(rt._store).problems == []
+
+
+def test_a_start_whose_creation_commit_fails_leaves_nothing_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        _hold_writer(rt, monkeypatch, fail=True)
+        with pytest.raises(StoreIOError):
+            rt.start("two", {"v": 1}, workflow_id="lost")
+        assert rt._store.writer.fault is None
+        rt._store.writer.flush(WAIT)  # what was queued behind the creation is decided
+        assert rt._store.get_workflow("lost") is None
+        assert rt._store.steps_of("lost") == []
+        assert rt.start("two", {"v": 3}, workflow_id="next").result(timeout=WAIT)
+        assert "lost" not in Counting.calls
+        # The same id again: a fresh start, run once.
+        assert rt.start("two", {"v": 1}, workflow_id="lost").result(timeout=WAIT)
+        assert Counting.calls.count("lost") == 2
+        assert check_store(rt._store).problems == []
