@@ -1,9 +1,10 @@
 """Admission control per agent name: the circuit breaker, the rate limit, crash counters.
 
 The Scheduler asks :meth:`Admission.ready` before it dispatches the next job of an agent
-that has limits, tells :meth:`Admission.admitted` when it did, and reports how attempts
-ended (answered, failed, crashed, lost to a restart, abandoned). An agent without limits
-costs one dict lookup per dispatch and nothing per successful answer.
+that has limits (:attr:`Admission.limited`), tells :meth:`Admission.admitted` when it
+did, and reports how attempts ended (answered, failed, crashed, lost to a restart,
+abandoned). An agent without limits costs no call per dispatch, nor per successful answer
+while it counts no failures (:attr:`Admission.tracked`).
 
 When a gate refuses, the job stays in the agent's queue (its step is not dispatched, so
 it spends no attempt and runs no timeout) and a wake-up is scheduled on the injectable
@@ -19,7 +20,8 @@ Everything here runs on the Scheduler's thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from herder.actors._adaptive import Adaptive, AdaptiveLimit
@@ -69,6 +71,12 @@ class Admission:
         self._health = health
         self._sick_holds: dict[str, int] = {}  # dispatches held back for ill health
         self._gates: dict[str, Gate] = {}
+        # The agents with limits, a live read-only view: the dispatcher asks ready() of
+        # these (and of those with health checks) before each dispatch.
+        self.limited: Mapping[str, Gate] = MappingProxyType(self._gates)
+        # Agents whose every answer is news (answered): those with limits or counting
+        # failures (perhaps a few more). A success of any other one changes nothing.
+        self.tracked: set[str] = set()
         self._records: dict[str, ResourceRecord] = {}
         self._dirty: dict[str, ResourceRecord] = {}
         self._wake_at: dict[str, float] = {}
@@ -93,6 +101,7 @@ class Admission:
             self._set(agent, self._record(agent).evolve(limit=None))  # no longer adaptive
         if breaker is None and rate is None and adaptive is None:
             self._gates.pop(agent, None)
+            self._track(agent)
             return
         old = self._gates.get(agent)
         gate = Gate(breaker, rate)
@@ -108,6 +117,7 @@ class Admission:
         if old is not None:
             gate.probe = old.probe
         self._gates[agent] = gate
+        self.tracked.add(agent)
         rec = self._record(agent)
         # Failures recorded before the breaker was configured (attempts lost to a crash
         # loop, found at recovery before the daemon registered its agents) count now.
@@ -117,11 +127,7 @@ class Admission:
     def remove(self, agent: str) -> None:
         """Forget the limits of ``agent`` (its durable record stays)."""
         self._gates.pop(agent, None)
-
-    def gated(self, agent: str) -> bool:
-        """True when ``agent`` has limits or health checks (the Scheduler asks
-        :meth:`ready` then)."""
-        return agent in self._gates or (self._health is not None and self._health.watched(agent))
+        self._track(agent)
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -199,7 +205,8 @@ class Admission:
         if ok and gate is None:
             rec = self._records.get(agent)
             if rec is None or rec.failures == 0:
-                return  # the hot path: a healthy agent without limits records nothing
+                self.tracked.discard(agent)
+                return  # a healthy agent without limits records nothing
         if gate is not None and gate.probe == token:
             gate.probe = None
         if gate is not None and gate.adaptive is not None:
@@ -290,6 +297,7 @@ class Admission:
                 self._records[agent] = ResourceRecord.from_dict(raw)
             except (KeyError, TypeError, ValueError) as exc:
                 _log.error("resource record of agent %s unreadable, reset: %s", agent, exc)
+            self._track(agent)
         for error in corrupt:
             _log.error("skipping a corrupt resource record: %s", error)
 
@@ -317,10 +325,12 @@ class Admission:
             self._set(agent, rec.evolve(breaker=BreakerState.CLOSED, failures=0))
         elif rec.failures:
             self._set(agent, rec.evolve(failures=0))
+        self._track(agent)
 
     def _failed(self, agent: str, gate: Gate | None) -> None:
         rec = self._record(agent)
         rec = rec.evolve(failures=rec.failures + 1)
+        self.tracked.add(agent)
         if gate is None or gate.breaker is None:
             # Only counted: persisted with the next change (crash/lost counters do that).
             self._records[agent] = rec
@@ -351,6 +361,14 @@ class Admission:
             ),
         )
         self._schedule(agent, gate.breaker.cooldown)
+
+    def _track(self, agent: str) -> None:
+        """Keep :attr:`tracked` up to date for ``agent`` (its gate or failures changed)."""
+        rec = self._records.get(agent)
+        if agent in self._gates or (rec is not None and rec.failures):
+            self.tracked.add(agent)
+        else:
+            self.tracked.discard(agent)
 
     def _keep_limit(self, agent: str, adaptive: AdaptiveLimit) -> None:
         """Store an adaptive limit that moved (at most every few seconds, so a busy agent

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from herder.actors._clock import Clock
+from herder.actors._clock import MessageClock
 from herder.actors._host import AgentHost, moved_on, ready_queue, routed
 from herder.actors._messages import Outcome, Run
 from herder.actors.engine import Attempt, Engine, Job, WorkflowRun
@@ -70,6 +70,9 @@ class Lane:
     concurrency: int = 0
     prefetch: int = 0  # attempts reserved ahead per instance, at most
     p95: float | None = None  # seconds an action takes (95th percentile), once known
+    # How many may wait ahead at most: concurrency x prefetch once an action was timed,
+    # else 0. Set by configure() and ended(); the pump compares ``ahead`` with it per job.
+    room: int = 0
     _times: list[float] = field(default_factory=list)  # the last SAMPLES action times
     _next: int = 0  # where the next time goes in _times
     _fresh: int = 0  # times added since p95 was computed
@@ -77,14 +80,15 @@ class Lane:
     host: Any = None  # the host serving the agent (routed once per configure)
     moved_on: Any = None  # its moved_on, if it self-feeds
 
+    def configure(self, concurrency: int, prefetch: int) -> None:
+        """Serve ``concurrency`` instances, reserving up to ``prefetch`` ahead of each."""
+        self.concurrency, self.prefetch = concurrency, prefetch
+        self.room = 0 if self.p95 is None else concurrency * max(0, prefetch)
+
     def open(self) -> bool:
         """Whether some attempt may be reserved ahead now (:meth:`allows` may still
         refuse one for its window)."""
-        return (
-            self.prefetch > 0
-            and self.p95 is not None
-            and self.ahead < self.concurrency * self.prefetch
-        )
+        return self.ahead < self.room
 
     def allows(self, window: float) -> bool:
         """Whether one more attempt, which lapses ``window`` seconds after it is
@@ -115,6 +119,7 @@ class Lane:
             self._next = (self._next + 1) % SAMPLES
         if len(times) < MIN_SAMPLES:
             self.p95 = max(took, self.p95 or 0.0)
+            self.room = self.concurrency * max(0, self.prefetch)
             return
         self._fresh += 1
         if self._fresh >= MIN_SAMPLES:
@@ -143,7 +148,7 @@ class Lanes:
     Scheduler's thread. Methods returning True freed capacity: pump the agent again."""
 
     def __init__(
-        self, engine: Engine, clock: Clock, config: Any, room: Callable[[str], None]
+        self, engine: Engine, clock: MessageClock, config: Any, room: Callable[[str], None]
     ) -> None:
         self._engine = engine
         self._room = room  # told the agent's name when one of its attempts leaves its lane
@@ -169,8 +174,7 @@ class Lanes:
         lane = self._lanes.get(name)
         if lane is None:
             lane = self._lanes[name] = Lane()
-        lane.concurrency = concurrency
-        lane.prefetch = 0 if limited else self._config.prefetch
+        lane.configure(concurrency, 0 if limited else self._config.prefetch)
         assert self._host is not None
         lane.host = routed(self._host, name)
         lane.moved_on = getattr(lane.host, "moved_on", None)
@@ -198,22 +202,23 @@ class Lanes:
 
     def reserve_ahead(self, lane: Lane | None, run: WorkflowRun, job: Job) -> bool:
         """Whether ``job`` of the agent of ``lane``, for which no instance is free, may
-        be reserved ahead; if so it counts as waiting from now on."""
-        if lane is None or not lane.allows(self._window(run, job)):
+        be reserved ahead; if so it counts as waiting from now on. Its window is the
+        seconds its attempt will have before it lapses (``engine._step.dispatch``), or 0
+        when it has a heartbeat timeout (no reserving ahead for it)."""
+        if lane is None or lane.ahead >= lane.room:
+            return False
+        spec = run.specs[job.step]
+        if not job.compensating and run.steps[job.step].state is StepState.UNKNOWN:
+            window = float(self._config.probe_timeout)
+        elif spec.heartbeat_timeout is not None:
+            return False
+        else:
+            window = float(spec.timeout or self._config.default_timeout)
+        if not lane.allows(window):
             return False
         lane.ahead += 1
         self.reserved += 1
         return True
-
-    def _window(self, run: WorkflowRun, job: Job) -> float:
-        """Seconds ``job``'s attempt will have before it lapses (``engine._step.dispatch``),
-        or 0 when it has a heartbeat timeout (no reserving ahead for it)."""
-        spec = run.specs[job.step]
-        if not job.compensating and run.steps[job.step].state is StepState.UNKNOWN:
-            return float(self._config.probe_timeout)
-        if spec.heartbeat_timeout is not None:
-            return 0.0
-        return float(spec.timeout or self._config.default_timeout)
 
     def send(self, attempt: Attempt, *, idle: bool = True) -> bool | None:
         """``attempt``'s DISPATCHED is durable: one reserved ahead joins its lane's ready
@@ -221,12 +226,13 @@ class Lanes:
         caller knows none is); else the host is told (False: its instance went away)."""
         lane = self._lanes[attempt.agent]
         if not attempt.instance:
-            self.ready(attempt.agent, lane).append(attempt.message)
+            ready = lane.ready if lane.ready is not None else self.ready(attempt.agent, lane)
+            ready.append(attempt.message)
             if idle:
                 self.feed(attempt.agent)
             return None
         message, attempt.message = attempt.message, None
-        lane.started(attempt.token, self._clock.monotonic())
+        lane.started(attempt.token, self._clock.mono)
         return bool(lane.host.send(attempt.agent, attempt.instance, message))
 
     def feed(self, agent: str) -> None:
@@ -241,7 +247,7 @@ class Lanes:
             attempt = self._engine.inflight.get(token)
             if instance is None or attempt is None:
                 if instance is not None:  # (cannot happen: a fenced attempt is superseded)
-                    host.release(agent, instance, token, self._clock.time())
+                    host.release(agent, instance, token, self._clock.now)
                 lane.ready.appendleft(message)  # no idle instance: the next one takes it
                 return
             self._handed(lane, attempt, instance)
@@ -249,7 +255,7 @@ class Lanes:
             message.instance = instance
             if not host.send(agent, instance, message):
                 # The instance went away before it ran anything: the attempt waits on.
-                host.release(agent, instance, token, self._clock.time())
+                host.release(agent, instance, token, self._clock.now)
                 attempt.instance, attempt.message = "", message
                 lane.ahead += 1
                 lane.ready.appendleft(message)
@@ -259,8 +265,9 @@ class Lanes:
         """Time the answer; True if the instance went on with a ready attempt (the
         Outcome's ``next_token``), which has left its lane: the instance stays busy."""
         lane = self._lanes.get(msg.agent)
+        at = self._clock.mono
         if lane is not None:
-            lane.ended(msg.token, self._clock.monotonic())
+            lane.ended(msg.token, at)
         if not msg.next_token:
             return False
         if lane is None:
@@ -269,7 +276,11 @@ class Lanes:
             lane.moved_on(msg.agent, msg.instance, msg.token, msg.next_token)
         attempt = self._engine.inflight.get(msg.next_token)
         if attempt is not None and not attempt.instance and lane is not None:
-            self._handed(lane, attempt, msg.instance)
+            # Handed to the instance (as _handed, inline: once per step when self-fed).
+            attempt.instance, attempt.message = msg.instance, None
+            lane.ahead -= 1
+            lane.started(attempt.token, at)
+            self._engine.restamp(attempt, self._clock.now)
         elif msg.next_token in self._replace:  # fenced before: it must not hold on
             self._replace.discard(msg.next_token)
             assert self._host is not None
@@ -283,7 +294,7 @@ class Lanes:
         if attempt.instance:
             assert self._host is not None
             return self._host.release(
-                attempt.agent, attempt.instance, attempt.token, self._clock.time()
+                attempt.agent, attempt.instance, attempt.token, self._clock.now
             )
         lane = self._lanes.get(attempt.agent)
         if lane is None:
@@ -303,5 +314,5 @@ class Lanes:
     def _handed(self, lane: Lane, attempt: Attempt, instance: str) -> None:
         attempt.instance, attempt.message = instance, None
         lane.ahead -= 1
-        lane.started(attempt.token, self._clock.monotonic())
-        self._engine.restamp(attempt, self._clock.time())
+        lane.started(attempt.token, self._clock.mono)
+        self._engine.restamp(attempt, self._clock.now)

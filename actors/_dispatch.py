@@ -20,12 +20,13 @@ to the next job of the same ``pump_dirty`` (nothing else draws one meanwhile).
 from __future__ import annotations
 
 from collections.abc import Callable
+from heapq import heappop
 from typing import Any
 
 from herder.actors._admission import Admission
 from herder.actors._agent import Agent
-from herder.actors._ahead import Lanes
-from herder.actors._clock import Clock
+from herder.actors._ahead import Lane, Lanes
+from herder.actors._clock import MessageClock
 from herder.actors._engine import EngineContext, prepare
 from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable, routed
@@ -47,7 +48,6 @@ from herder.actors.engine import (
     Reserved,
     StartFailed,
     TimedOut,
-    WorkflowRun,
     next_member,
     unqueue,
 )
@@ -57,10 +57,10 @@ from herder.store import Transition
 class Dispatcher:
     """The agents' queues, gates and pump; see the module docstring."""
 
-    def __init__(self, ctx: EngineContext, engine: Engine, clock: Clock) -> None:
+    def __init__(self, ctx: EngineContext, engine: Engine, clock: MessageClock) -> None:
         self._ctx = ctx
         self._engine = engine
-        self._clock = clock  # the Scheduler's, read once per message (MessageClock)
+        self._clock = clock  # the Scheduler's, read once per message
         self._config = ctx.config
         self._host: AgentHost | None = None
         # The agents served: the Scheduler's own copy, changed only by its messages.
@@ -69,12 +69,15 @@ class Dispatcher:
         self._busy: set[str] = set()  # room (module docstring): no idle instance found
         self._full: set[str] = set()  # and no room to reserve ahead either
         self._spare = 0  # a token drawn for a job that found no room, for the next job
-        self._routes: dict[str, tuple[JobQueue[Job], AgentHost]] = {}  # queue, host (per add)
+        self._routes: dict[str, _Route] = {}  # per agent, looked up once per pump (per add)
         self._regroup = False  # an agent's health changed: group jobs may change member
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
         )
+        # Agents whose dispatches go through their gates (Admission.ready): those with
+        # limits, and those with health checks (live views: the pump tests membership).
+        self._limited, self._watched = self.admission.limited, ctx.health.watching
         # A group (AnyOf) step picks among the members that are well (engine/_members.py).
         engine.healthy = self.well
         engine.started = self._started
@@ -120,8 +123,13 @@ class Dispatcher:
     def perform(self, actions: list[Immediate]) -> None:
         """Carry out a decision's immediate effects."""
         for action in actions:
-            if isinstance(action, Enqueue):
-                self._enqueue(action)
+            if type(action) is Enqueue:  # (the hot path: one per step, inline)
+                agent = action.agent
+                route = self._routes.get(agent) or self._route(agent, add=True)
+                assert route is not None
+                route[0].push(action.job, action.priority, self._clock.mono)
+                if agent not in self._full:
+                    self.dirty.add(agent)
             elif isinstance(action, Fence):
                 attempt = action.attempt
                 attempt.port.superseded = True
@@ -145,12 +153,6 @@ class Dispatcher:
                 self.admission.lost(action.agent)
                 self._touch(action.agent)
 
-    def _enqueue(self, action: Enqueue) -> None:
-        agent = action.agent
-        self._queue(agent).push(action.job, action.priority, self._clock.monotonic())
-        if agent not in self._full:
-            self.dirty.add(agent)
-
     def _touch(self, agent: str, *, freed: bool = True) -> None:
         """Pump ``agent`` after this message: it may have room (``freed``: an idle instance)."""
         self._full.discard(agent)
@@ -163,23 +165,23 @@ class Dispatcher:
         if agent in self._full:
             self._touch(agent, freed=False)
 
-    def _route(self, agent: str) -> tuple[JobQueue[Job], AgentHost] | None:
-        """``agent``'s queue and the host it runs on; None if it has no queue."""
+    def _route(self, agent: str, *, add: bool = False) -> _Route | None:
+        """``agent``'s queue, the host it runs on and its lane; None if it has no queue
+        (``add``: it is not registered (yet), and a job will wait in a queue made for it)."""
         route = self._routes.get(agent)
         if route is None:
             queue = self.host.queue(agent)
+            if queue is None and add:
+                self.host.add(agent, _unregistered(agent), 0)
+                queue = self.host.queue(agent)
             if queue is None:
                 return None
-            route = self._routes[agent] = (queue, routed(self.host, agent))
+            route = self._routes[agent] = (queue, routed(self.host, agent), self.lanes.get(agent))
         return route
 
     def _queue(self, agent: str) -> JobQueue[Job]:
-        route = self._route(agent)
-        if route is None:
-            # The agent is not registered (yet): the job waits in a queue created for it.
-            self.host.add(agent, _unregistered(agent), 0)
-            route = self._route(agent)
-            assert route is not None
+        route = self._route(agent, add=True)
+        assert route is not None
         return route[0]
 
     # -- news from the host ------------------------------------------------------------
@@ -187,20 +189,23 @@ class Dispatcher:
     def answered(self, msg: Outcome) -> None:
         """An attempt ended: news for its gate, and its instance is idle again (or, when
         the worker went on with the agent's next ready attempt, busy with that one)."""
-        # Even a stale answer is news of the resource's health.
-        agent = msg.agent
-        self.admission.answered(agent, msg.token, msg.ok or msg.permanent)
+        # Even a stale answer is news of the resource's health (a plain success is none
+        # for an agent the gates do not track: no call).
+        agent, ok = msg.agent, msg.ok or msg.permanent
+        if not ok or agent in self.admission.tracked:
+            self.admission.answered(agent, msg.token, ok)
         # Even one that frees nothing changes the agent's action times (its lane's room).
-        moved = self.lanes.answered(msg)  # its instance went on with a ready attempt
-        if not moved:
-            self.host.release(agent, msg.instance, msg.token, self._clock.time())
-        self._touch(agent, freed=not moved)
+        if not self.lanes.answered(msg):  # else its instance went on with a ready attempt
+            self.host.release(agent, msg.instance, msg.token, self._clock.now)
+            self._busy.discard(agent)
+        self._full.discard(agent)  # (_touch, inline: once per step)
+        self.dirty.add(agent)
 
     def instance_event(self, msg: InstanceEvent) -> list[Event]:
         """A lifecycle event of an agent's instances; what the engine must hear of it."""
         self._touch(msg.agent)
         try:
-            lost = self.host.on_event(msg, self._clock.time())
+            lost = self.host.on_event(msg, self._clock.now)
         except AgentUnavailable as exc:
             self.admission.crashed(msg.agent, 0)
             job = self._next_job(msg.agent)
@@ -257,53 +262,54 @@ class Dispatcher:
         self.dirty.clear()
         self._spare = 0  # tokens are drawn elsewhere from now on: it would not exceed them
 
-    def _token(self) -> int:
-        token, self._spare = self._spare or self._ctx.next_token(), 0
-        return token
-
     def _pump(self, agent: str) -> None:
-        route = self._route(agent)
+        """Reserve what ``agent``'s queue may run now: on an idle instance, else ahead.
+
+        Runs once per step: the queue's heap, the gates and the lane are looked up once
+        here, not per job (the queue's head is ``heap[0]``, see ``JobQueue.heap``)."""
+        route = self._routes.get(agent) or self._route(agent)
         if route is None:
             return  # (news of no agent's queue: the pool's workers, say)
-        queue, host = route
-        lanes = self.lanes
-        lane = lanes.get(agent)
+        queue, host, lane = route
+        heap = queue.heap
         idle = agent not in self._busy  # an instance may be idle (none frees while it runs)
         if idle and lane is not None and lane.ready:
-            lanes.feed(agent)  # durable attempts first, then new ones
-        gated = self.admission.gated(agent)
+            self.lanes.feed(agent)  # durable attempts first, then new ones
+        gated = agent in self._limited or agent in self._watched
         engine, runs, ctx = self._engine, self._engine.runs, self._ctx
-        while queue and not ctx.paused:
-            if not idle and (lane is None or not lane.open()):
+        while heap and not ctx.paused:
+            if not idle and (lane is None or lane.ahead >= lane.room):
                 self._full.add(agent)  # no room left, whatever the job: none is looked at
                 return
-            job = queue.peek()
+            job = heap[0][2]
             run = runs.get(job.workflow_id)
             if run is None or not engine.job_valid(run, job):
-                queue.pop()
+                heappop(heap)
                 if run is not None:
                     unqueue(run, job)
                 continue
             if gated and not self.admission.ready(agent):
                 return  # breaker open or rate limit reached: a wake-up pumps again
-            token = self._token()
-            instance = host.acquire(agent, token, len(queue)) if idle else None
+            token, self._spare = self._spare or ctx.next_token(), 0
+            instance = host.acquire(agent, token, len(heap)) if idle else None
             if instance is None:
                 if idle:
                     idle = False
                     self._busy.add(agent)
-                if not lanes.reserve_ahead(lane, run, job):
+                if not self.lanes.reserve_ahead(lane, run, job):
                     # Busy, or instances are starting: their "started" pumps again.
                     self._spare = token
-                    if lane is None or not lane.open():
+                    if lane is None or lane.ahead >= lane.room:
                         self._full.add(agent)
                     return
                 instance = ""  # reserved ahead: the next instance that frees takes it
-            queue.pop()
+            heappop(heap)
             unqueue(run, job)
             if gated:
                 self.admission.admitted(agent, token)
-            self._reserve(run, job, agent, instance, token)
+            # The engine records the attempt; what its agent will be told is built now.
+            done = engine.reserve(Reserved(job, agent, instance, token), now=self._clock.now)
+            prepare(ctx, run, job, done)
 
     def well(self, agent: str) -> bool:
         """Whether ``agent`` takes new work: healthy, and no breaker holds its work."""
@@ -331,11 +337,6 @@ class Dispatcher:
             for member in sorted(set(targets.values())):
                 self._queue(member).take(queue, _bound_for(targets, member))
                 self._touch(member)
-
-    def _reserve(self, run: WorkflowRun, job: Job, agent: str, instance: str, token: int) -> None:
-        """Have the engine record the attempt, and build what its agent will be told."""
-        done = self._engine.reserve(Reserved(job, agent, instance, token), now=self._clock.time())
-        prepare(self._ctx, run, job, done)
 
     def _wake_later(self, agent: str, delay: float) -> None:
         """Pump ``agent`` again after ``delay`` seconds (on the injectable clock)."""
@@ -366,7 +367,7 @@ class Dispatcher:
 
     def passivate(self) -> int:
         """Let instances idle longer than the idle timeout go; how many went."""
-        return self.host.passivate(self._clock.time() - self._config.idle_timeout)
+        return self.host.passivate(self._clock.now - self._config.idle_timeout)
 
     def facts(self) -> dict[str, Any]:
         """Per agent: what the console's agents page shows."""
@@ -386,6 +387,10 @@ class Dispatcher:
             # Reserved ahead and not yet running (waiting for their commit or an instance).
             "ahead": self.lanes.ahead(),
         }
+
+
+_Route = tuple[JobQueue[Job], AgentHost, Lane | None]
+"""An agent's queue, the host it runs on (``routed``) and its reserve-ahead lane."""
 
 
 def _bound_for(targets: dict[int, str], member: str) -> Callable[[Job], bool]:

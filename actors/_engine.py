@@ -167,13 +167,17 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
     attempt, record, token = done.attempt, run.record, done.attempt.token
     port = AttemptPort(ctx, token, done.window * ctx.config.heartbeat_interval_fraction)
     key = f"{record.id}/{job.step}/compensate" if job.compensating else f"{record.id}/{job.step}"
+    results = {}
+    for name, st in run.steps.items():  # (a loop: a comprehension is a call in 3.11)
+        if st.succeeded:
+            results[name] = st.result
     context = StepContext(
         workflow_id=record.id,
         step=job.step,
         action=done.action,
         attempt=done.number,
         input=record.input,
-        results={n: s.result for n, s in run.steps.items() if s.succeeded},
+        results=results,
         idempotency_key=key,
         token=token,
         compensating=job.compensating,

@@ -32,8 +32,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from herder.actors._clock import Clock
@@ -106,6 +107,9 @@ class AgentHealth:
         self._tell = tell
         self._lock = threading.Lock()
         self._watches: dict[str, _Watch] = {}
+        # The watched agents, a live read-only view for lock-free membership tests (the
+        # dispatcher's pump, per step: no call, no lock).
+        self.watching: Mapping[str, object] = MappingProxyType(self._watches)
 
     def watch(self, agent: str, factory: Callable[[], object], policy: HealthPolicy) -> None:
         """Check ``agent`` by ``policy`` (the first check runs at the next sweep)."""

@@ -30,48 +30,50 @@ DEFAULT_AGING = 10.0
 class JobQueue(Generic[_T]):
     """A priority queue with aging (see the module docstring for the rule)."""
 
-    __slots__ = ("_aging", "_heap", "_seq")
+    __slots__ = ("_aging", "_seq", "heap")
 
     def __init__(self, aging: float = DEFAULT_AGING) -> None:
         self._aging = aging
-        self._heap: list[tuple[float, int, _T]] = []
+        # (key, arrival, job), a heap: ``heap[0][2]`` runs next. Its owner may read it and
+        # ``heapq.heappop`` it directly (the dispatcher's pump, once per step: no calls).
+        self.heap: list[tuple[float, int, _T]] = []
         self._seq = itertools.count()
 
     def push(self, item: _T, priority: int, now: float) -> None:
         """Add ``item`` with ``priority`` (higher runs sooner), enqueued at ``now``."""
-        heapq.heappush(self._heap, (now - self._aging * priority, next(self._seq), item))
+        heapq.heappush(self.heap, (now - self._aging * priority, next(self._seq), item))
 
     def peek(self) -> _T:
         """The job that runs next (IndexError when empty)."""
-        return self._heap[0][2]
+        return self.heap[0][2]
 
     def pop(self) -> _T:
         """Remove and return the job that runs next (IndexError when empty)."""
-        return heapq.heappop(self._heap)[2]
+        return heapq.heappop(self.heap)[2]
 
     def take(self, other: JobQueue[_T], which: Callable[[_T], bool] = lambda item: True) -> int:
         """Move the jobs of ``other`` that ``which`` accepts (all by default) here, keeping
         their priority and order (keys are comparable: both queues count time on the same
         clock); how many moved."""
-        moving = [entry for entry in other._heap if which(entry[2])]
+        moving = [entry for entry in other.heap if which(entry[2])]
         if not moving:
             return 0
         for key, _, item in sorted(moving, key=lambda entry: entry[:2]):
-            heapq.heappush(self._heap, (key, next(self._seq), item))
-        if len(moving) == len(other._heap):
-            other._heap.clear()
+            heapq.heappush(self.heap, (key, next(self._seq), item))
+        if len(moving) == len(other.heap):
+            other.heap.clear()
         else:
             gone = {id(entry) for entry in moving}
-            other._heap = [entry for entry in other._heap if id(entry) not in gone]
-            heapq.heapify(other._heap)
+            other.heap = [entry for entry in other.heap if id(entry) not in gone]
+            heapq.heapify(other.heap)
         return len(moving)
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self.heap)
 
     def __bool__(self) -> bool:
-        return bool(self._heap)
+        return bool(self.heap)
 
     def __iter__(self) -> Iterator[_T]:
         """The waiting jobs, in no particular order."""
-        return (entry[2] for entry in self._heap)
+        return (entry[2] for entry in self.heap)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from herder.actors._ahead import Lanes
-from herder.actors._clock import FakeClock
+from herder.actors._clock import FakeClock, MessageClock
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -61,7 +61,7 @@ class Contended(deque):  # type: ignore[type-arg]
 
 def test_an_attempt_waiting_on_a_moved_agent_is_run_by_one_host_only() -> None:
     config = types.SimpleNamespace(prefetch=7, probe_timeout=60, default_timeout=300)
-    lanes = Lanes(None, FakeClock(), config, room=lambda name: None)  # type: ignore[arg-type]
+    lanes = Lanes(None, MessageClock(FakeClock()), config, room=lambda name: None)  # type: ignore[arg-type]
     old = SelfFeeding()
     lanes.attach(old)  # type: ignore[arg-type]
     lanes.configure("a", 2, limited=False)
