@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from herder.actors import FakeClock
-from herder.actors._clock import MessageClock, SystemClock
+from herder.actors._clock import MessageClock, SteadyClock, SystemClock
 
 
 def test_fake_clock_runs_due_timers_in_order_when_advanced() -> None:
@@ -60,3 +60,17 @@ def test_a_message_clock_reads_the_time_once_per_message() -> None:
     clock.call_later(1.0, lambda: fired.append(fake.monotonic()))
     fake.advance(1.0)
     assert fired == [106.0]
+
+
+def test_a_message_clock_over_a_steady_clock_reads_both_times_at_one_instant() -> None:
+    fake = FakeClock(start=100.0)
+    steady = SteadyClock(fake)
+    clock = MessageClock(steady)
+    fake.advance(2.0)
+    fake.step_wall(30.0)  # the wall clock jumps: the steady time only slews towards it
+    assert (clock.mono, clock.now) == (100.0, 100.0)  # as the last message arrived
+    assert clock.tick() == pytest.approx(102.1)  # 2 s, plus at most 5% of them
+    assert clock.mono == 102.0
+    assert (clock.monotonic(), clock.time()) == (102.0, clock.now)
+    fake.advance(1.0)
+    assert clock.mono == 102.0  # until the next message

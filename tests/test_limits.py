@@ -201,6 +201,23 @@ def test_a_permanent_answer_counts_as_the_resource_answering(
         assert breaker(rt)["breaker"] == "CLOSED"
 
 
+def test_a_success_resets_the_failure_count_of_an_agent_without_limits(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    # Its successes reach the gates only while it counts failures (Admission.tracked).
+    service.healthy = False
+    with runtime(tmp_path / "s", clock, service) as rt:
+        rt.start("one", workflow_id="w")
+        calls(rt, service, 1)
+        assert breaker(rt)["failures"] == 1
+        service.healthy = True
+        advance(rt, clock, 1.0)  # the retry
+        rt.handle("w").result(timeout=WAIT)
+        assert breaker(rt)["failures"] == 0
+        rt.start("one", workflow_id="again").result(timeout=WAIT)
+        assert breaker(rt)["failures"] == 0
+
+
 def test_the_failure_rate_over_a_window_opens_the_breaker(
     tmp_path: Path, clock: FakeClock, service: Service
 ) -> None:

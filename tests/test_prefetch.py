@@ -67,8 +67,26 @@ def _timed(lane: Lane, seconds: float, count: int) -> None:
 def test_nothing_is_reserved_ahead_before_an_action_of_the_agent_was_timed() -> None:
     lane = Lane(concurrency=2, prefetch=3)
     assert not lane.allows(300.0)
+    assert not lane.open()
     _timed(lane, 0.01, 1)
     assert lane.allows(300.0)
+    assert lane.open()
+    assert lane.room == 6
+
+
+def test_a_lane_configured_again_keeps_its_room_in_step() -> None:
+    lane = Lane()
+    lane.configure(2, 3)
+    assert not lane.open()  # nothing timed yet
+    _timed(lane, 0.01, 1)
+    lane.configure(1, 0)  # a limit was added: no prefetch
+    assert not lane.open()
+    assert not lane.allows(300.0)
+    lane.configure(3, 2)
+    lane.ahead = 5
+    assert lane.open()
+    lane.ahead = 6
+    assert not lane.open()
 
 
 def test_at_most_concurrency_times_prefetch_wait_ahead() -> None:
