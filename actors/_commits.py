@@ -260,14 +260,13 @@ def announce_final(ctx: EngineContext, final: Announce) -> None:
 
 
 def orphaned_commit(
-    ctx: EngineContext,
-    effects: list[tuple[str, list[Effect]]],
-    errors: list[BaseException | None],
+    effects: list[tuple[str, list[Effect]]], errors: list[BaseException | None]
 ) -> None:
     """A batch committed after its Scheduler died: keep the promises that need no actor.
 
-    Waiters must still hear that a workflow finished, and callers of cancel/retry that
-    their request is durable; dispatches are left to the next Scheduler's recovery.
+    Callers of cancel/retry must still hear that their request is durable (waiters have
+    heard of the workflows that finished: ``commit_sink``); dispatches are left to the
+    next Scheduler's recovery.
     """
     for (_, items), error in zip(effects, errors, strict=True):
         if error is not None:
@@ -276,8 +275,6 @@ def orphaned_commit(
         for effect in items:
             if isinstance(effect, Resolve | Refuse) and not effect.future.done():
                 settle_future(effect)
-            elif isinstance(effect, Announce):
-                announce_final(ctx, effect)
 
 
 def refuse_callers(effects: list[Effect], error: BaseException) -> None:
@@ -288,7 +285,7 @@ def refuse_callers(effects: list[Effect], error: BaseException) -> None:
             effect.future.set_exception(error)
 
 
-def drain_commits(inbox: Any, ctx: EngineContext) -> None:
+def drain_commits(inbox: Any) -> None:
     """A dying Scheduler's inbox: keep the promises of the commits in it (orphaned_commit);
     everything else goes back for pykka's teardown, which answers pending asks with
     ActorDeadError. Only the dying actor's thread takes from its inbox, so empty() then
@@ -298,7 +295,7 @@ def drain_commits(inbox: Any, ctx: EngineContext) -> None:
         envelope = inbox.get()
         message = getattr(envelope, "message", None)
         if isinstance(message, Committed):
-            orphaned_commit(ctx, message.effects, message.errors)
+            orphaned_commit(message.effects, message.errors)
         else:
             others.append(envelope)
     for envelope in others:
@@ -306,14 +303,22 @@ def drain_commits(inbox: Any, ctx: EngineContext) -> None:
 
 
 def commit_sink(ref: pykka.ActorRef, ctx: EngineContext) -> BatchSink:
-    """The writer's callback for the Scheduler's batches: one Committed per transaction,
-    or, with the Scheduler gone, the promises that need no actor (orphaned_commit)."""
+    """The writer's callback for the Scheduler's batches: the workflows that finished are
+    announced here, on the writer's thread, as soon as they are durable (their waiters,
+    and a start() waiting for a slot, need not wait for the Scheduler's turn); then one
+    Committed per transaction, or, with the Scheduler gone, the promises that need no
+    actor (orphaned_commit)."""
 
-    def committed(effects: list[Any], error: BaseException | None) -> None:
+    def committed(effects: list[tuple[str, list[Effect]]], error: BaseException | None) -> None:
+        if error is None:
+            for _, items in effects:
+                for effect in items:
+                    if type(effect) is Announce:
+                        announce_final(ctx, effect)
         errors = [error] * len(effects)
         try:
             ref.tell(Committed(effects, errors))
         except pykka.ActorDeadError:
-            orphaned_commit(ctx, effects, errors)
+            orphaned_commit(effects, errors)
 
     return committed

@@ -48,7 +48,6 @@ from herder.actors._clock import MessageClock
 from herder.actors._commit_backoff import Reload
 from herder.actors._commits import (
     CommitPipeline,
-    announce_final,
     commit_sink,
     drain_commits,
     log_resource_errors,
@@ -200,7 +199,7 @@ class Scheduler(SupervisedActor):
         for attempt in self._engine.inflight.values():
             if attempt.port is not None and (running or not attempt.sent):
                 attempt.port.superseded = True
-        drain_commits(self.actor_inbox, self._ctx)
+        drain_commits(self.actor_inbox)
 
     def on_receive(self, message: Any) -> Any:
         """Handle one engine message, then dispatch what became runnable and flush."""
@@ -374,9 +373,7 @@ class Scheduler(SupervisedActor):
                 return  # superseded before it was durable (crash, timeout)
             if not self._dispatch.send(attempt):
                 self.handle(AttemptLost(effect.token, "agent instance went away"))
-        elif isinstance(effect, Announce):
-            announce_final(self._ctx, effect)
-        else:
+        elif not isinstance(effect, Announce):  # (announced by the writer: commit_sink)
             settle_future(effect)
 
     def _on_outcome(self, m: Outcome) -> None:
