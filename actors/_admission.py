@@ -78,7 +78,9 @@ class Admission:
         # failures (perhaps a few more). A success of any other one changes nothing.
         self.tracked: set[str] = set()
         self._records: dict[str, ResourceRecord] = {}
-        self._dirty: dict[str, ResourceRecord] = {}
+        # The records waiting to be written (true when some do: the Scheduler asks after
+        # every message, so a plain attribute, not a property).
+        self.dirty: dict[str, ResourceRecord] = {}
         self._wake_at: dict[str, float] = {}
         self.breakers_moved = False  # a breaker opened or closed (the dispatcher resets it)
         self._load()
@@ -251,18 +253,13 @@ class Admission:
 
     # -- persistence and stats ---------------------------------------------------------
 
-    @property
-    def dirty(self) -> bool:
-        """True when resource records wait to be written."""
-        return bool(self._dirty)
-
     def writes(self) -> list[Put]:
         """The pending resource records as store operations (and forget them)."""
         ops = [
             Put("resources", resource_key(agent), encode(rec.to_dict()))
-            for agent, rec in self._dirty.items()
+            for agent, rec in self.dirty.items()
         ]
-        self._dirty.clear()
+        self.dirty.clear()
         return ops
 
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -311,7 +308,7 @@ class Admission:
         old = self._records.get(agent)
         self.breakers_moved |= old is None or old.breaker is not rec.breaker
         rec = rec.evolve(updated=self._clock.time())
-        self._records[agent] = self._dirty[agent] = rec
+        self._records[agent] = self.dirty[agent] = rec
         return rec
 
     def _succeeded(self, agent: str, gate: Gate | None) -> None:

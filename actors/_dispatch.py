@@ -57,12 +57,13 @@ from herder.store import Transition
 class Dispatcher:
     """The agents' queues, gates and pump; see the module docstring."""
 
+    host: AgentHost  # the agent host (attached when the Scheduler starts)
+
     def __init__(self, ctx: EngineContext, engine: Engine, clock: MessageClock) -> None:
         self._ctx = ctx
         self._engine = engine
         self._clock = clock  # the Scheduler's, read once per message
         self._config = ctx.config
-        self._host: AgentHost | None = None
         # The agents served: the Scheduler's own copy, changed only by its messages.
         self.agents: dict[str, AgentEntry] = {}
         self.dirty: set[str] = set()  # agents whose queue may move: pumped after a message
@@ -88,15 +89,9 @@ class Dispatcher:
         attempt = self._engine.inflight.get(token)
         return attempt is None or attempt.sent
 
-    @property
-    def host(self) -> AgentHost:
-        """The agent host (attached when the Scheduler starts)."""
-        assert self._host is not None, "attach a host first"
-        return self._host
-
     def attach(self, host: AgentHost, agents: dict[str, AgentEntry]) -> None:
         """Run attempts on ``host``, serving ``agents`` (those registered so far)."""
-        self._host = host
+        self.host = host
         self.lanes.attach(host)
         for name, entry in agents.items():
             self.add(name, entry)
@@ -196,7 +191,9 @@ class Dispatcher:
             self.admission.answered(agent, msg.token, ok)
         # Even one that frees nothing changes the agent's action times (its lane's room).
         if not self.lanes.answered(msg):  # else its instance went on with a ready attempt
-            self.host.release(agent, msg.instance, msg.token, self._clock.now)
+            route = self._routes.get(agent)  # (its host: one lookup, not the router's two)
+            host = self.host if route is None else route[1]
+            host.release(agent, msg.instance, msg.token, self._clock.now)
             self._busy.discard(agent)
         self._full.discard(agent)  # (_touch, inline: once per step)
         self.dirty.add(agent)

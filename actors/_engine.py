@@ -171,19 +171,22 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
     for name, st in run.steps.items():  # (a loop: a comprehension is a call in 3.11)
         if st.succeeded:
             results[name] = st.result
+    # Positional (a third cheaper than by keyword): workflow_id, step, action, attempt,
+    # input, results, idempotency_key, token, compensating, _port, trace_context (the
+    # workflow's; runtime/_tracing.py refines it), deadline.
     context = StepContext(
-        workflow_id=record.id,
-        step=job.step,
-        action=done.action,
-        attempt=done.number,
-        input=record.input,
-        results=results,
-        idempotency_key=key,
-        token=token,
-        compensating=job.compensating,
-        _port=port,
-        trace_context=record.trace,  # the workflow's; runtime/_tracing.py refines it
-        deadline=record.deadline,
+        record.id,
+        job.step,
+        done.action,
+        done.number,
+        record.input,
+        results,
+        key,
+        token,
+        job.compensating,
+        port,
+        record.trace,
+        record.deadline,
     )
     attempt.port = port
     attempt.message = Run(attempt.agent, attempt.instance, done.action, token, context)
