@@ -26,6 +26,9 @@ The write-ahead rule does not change: what waits in ``ready`` is durable. What c
 - after a crash an attempt that waited is an orphan, re-run with attempt + 1 by
   recovery, as the commit-to-tell window always was.
 
+The pool host's line (actors/_pool_host.py) has attempts wait for a worker the same way,
+holding their instance: :meth:`Lanes.lined_start` restamps one when it starts.
+
 The deque is the one thread-shared structure: the Scheduler appends and pops, workers
 pop (``deque`` appends and pops are atomic); everything else here is the Scheduler's.
 :class:`Lanes` keeps every agent's lane and moves attempts between lanes and instances
@@ -178,6 +181,8 @@ class Lanes:
         assert self._host is not None
         lane.host = routed(self._host, name)
         lane.moved_on = getattr(lane.host, "moved_on", None)
+        if hasattr(lane.host, "on_lined_start"):  # a pool host hands lined attempts over
+            lane.host.on_lined_start = self.lined_start
         if lane.ready is not None:
             waiting, lane.ready = lane.ready, None
             ready = self.ready(name, lane)
@@ -271,9 +276,14 @@ class Lanes:
         if not msg.next_token:
             return False
         if lane is None:
-            moved_on(self._host, msg.agent, msg.instance, msg.token, msg.next_token)
+            went_on = moved_on(self._host, msg.agent, msg.instance, msg.token, msg.next_token)
         elif lane.moved_on is not None:
-            lane.moved_on(msg.agent, msg.instance, msg.token, msg.next_token)
+            went_on = lane.moved_on(msg.agent, msg.instance, msg.token, msg.next_token)
+        else:
+            went_on = True
+        if went_on is False:  # with another agent's attempt, from the pool's line
+            self.lined_start(msg.next_token)
+            return False
         attempt = self._engine.inflight.get(msg.next_token)
         if attempt is not None and not attempt.instance and lane is not None:
             # Handed to the instance (as _handed, inline: once per step when self-fed).
@@ -286,6 +296,17 @@ class Lanes:
             assert self._host is not None
             self._host.replace(msg.agent, msg.instance)
         return True
+
+    def lined_start(self, token: int) -> None:
+        """Attempt ``token``, sent to an instance with no worker free, waited in the pool
+        host's line and starts now: its deadline counts from now (as one reserved ahead)."""
+        attempt = self._engine.inflight.get(token)
+        if attempt is None:
+            return
+        lane = self._lanes.get(attempt.agent)
+        if lane is not None:
+            lane.started(token, self._clock.monotonic())
+        self._engine.restamp(attempt, self._clock.time())
 
     def unsent(self, attempt: Attempt, *, replace: bool = False) -> bool:
         """An attempt never sent ended (fenced, or its workflow reloaded): free the

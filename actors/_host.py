@@ -22,7 +22,8 @@ Scheduler -> host      meaning
 ``ready_queue``        optional: the agent's deque of durable attempts reserved ahead,
                        which the host's workers pop from themselves (self-feed)
 ``moved_on``           optional: an instance that answered ``token`` went on with the
-                       ready attempt ``next_token`` (the Outcome said so)
+                       ready attempt ``next_token`` (the Outcome said so); False: its
+                       worker went on with another instance's attempt
 ``route``              optional: the host that serves every call about an agent (a
                        router's placement; it changes only at ``add``)
 =====================  ===========================================================
@@ -117,9 +118,10 @@ def routed(host: AgentHost, name: str) -> AgentHost:
     return host if method is None else method(name)
 
 
-def moved_on(host: object, name: str, instance_id: str, token: int, next_token: int) -> None:
+def moved_on(host: object, name: str, instance_id: str, token: int, next_token: int) -> bool:
     """``host.moved_on(...)``: the instance that answered ``token`` now runs
-    ``next_token`` (only a host that self-feeds sends such answers)."""
+    ``next_token`` (only a host that self-feeds sends such answers); False if the worker
+    went on with another instance's attempt instead (the pool host's line): the instance
+    that answered is free."""
     method = getattr(host, "moved_on", None)
-    if method is not None:
-        method(name, instance_id, token, next_token)
+    return method is None or method(name, instance_id, token, next_token) is not False

@@ -116,8 +116,8 @@ class HostRouter:
     def ready_queue(self, name: str) -> deque[Run] | None:
         return ready_queue(self._route(name), name)
 
-    def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> None:
-        moved_on(self._holder(name, instance_id), name, instance_id, token, next_token)
+    def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> bool:
+        return moved_on(self._holder(name, instance_id), name, instance_id, token, next_token)
 
     def busy_tokens(self, name: str) -> list[int]:
         if name not in self._moved:

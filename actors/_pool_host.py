@@ -1,86 +1,65 @@
 """The pooled host (the default): agents as data, attempts on one elastic worker pool.
 
-An agent name is data here (a :class:`~herder.actors._hosted.Hosted` record): its
-factory, concurrency, queue, and up to ``concurrency`` agent objects (instances), each
-serving one attempt at a time and kept between attempts (they hold connections).
-Attempts of every agent run on a shared pool of pykka worker actors
-(:class:`~herder.actors._pool_worker.PoolWorker`, daemon threads) under one
-``simple_one_for_one`` supervisor, so ten thousand idle agent names hold no thread and
-only a few hundred bytes each.
+Agent names, their instance slots and their crash rules are data
+(:class:`~herder.actors._pool_agents.PoolAgents`): ten thousand idle agent names hold no
+thread and only a few hundred bytes each. Attempts of every agent run on a shared pool of
+pykka worker actors (:class:`~herder.actors._pool_worker.PoolWorker`, daemon threads)
+under one ``simple_one_for_one`` supervisor; this module decides what runs on them.
 
 - **Elastic.** Workers are started when attempts find none free, and one spare when an
   attempt takes the last free one, up to ``max_workers``; workers idle past the
-  passivation time stop, down to ``min_workers``. Agents waiting for a worker are woken
-  (an :class:`InstanceEvent` without instance), oldest first, as workers free.
-- **Crash rules.** The worker that runs an instance's first attempt builds its object. A
-  failing factory, or an action raising :class:`InstanceCrash`, crashes the instance: its
-  attempt is lost (breaker and retry policy apply) and its slot waits out
-  :data:`~herder.actors._hosted.INSTANCE_BACKOFF` (then ``InstanceEvent("restarted")``),
-  as on the thread host. Past ``max_restarts`` crashes of one agent within
-  ``restart_period`` the host gives up on its instances, as a supervisor would: every
-  attempt they run is lost and the next one starts afresh.
+  passivation time stop, down to ``min_workers``.
+- **The line.** An attempt whose agent has a free instance slot but finds no free worker
+  still takes the slot (so at most ``concurrency`` attempts per agent, as ever), is
+  recorded like any other, and once durable waits in the pool's line, oldest first. A
+  worker that finishes an attempt and has no ready attempt of its own agent takes the
+  line's next one itself, saying so in ``Outcome.next_token`` (``moved_on``): no wake-up
+  message, no pump, no hand-off (with 10,000 names each of those was a Scheduler message
+  per attempt). A worker that frees with work in the line is handed it here. Its
+  deadline counts from when it starts (``on_lined_start``, ``Engine.restamp``); one fenced
+  while it waited never starts. At most ``line`` attempts wait (default
+  :data:`LINE_PER_WORKER` per worker of the cap); past that, agents wait un-recorded and
+  are woken (an :class:`InstanceEvent` without instance), oldest first, as workers or
+  places in the line free.
 - **Workers.** The pool supervisor restarts a crashed worker (its attempt is lost, the
   agent is not charged); if the pool supervisor gives up, every running attempt is lost
   and the next one starts a new pool.
 - **Hung attempts.** ``replace_token`` abandons the worker running it (the supervisor
   restarts it on a fresh thread; the blocked thread's late answer is fenced out) and
-  drops the instance; ``host_stats()`` counts abandoned threads.
+  drops the instance; ``host_stats()`` counts abandoned threads. One still in the line is
+  withdrawn from it; one a worker took unheard of is replaced once its taking is heard.
 - **Self-feed.** A worker that finishes an attempt pops its agent's next ready attempt
   (``ready_queue``: durable attempts reserved ahead, actors/_ahead.py) and runs it on the
-  same instance, saying so in ``Outcome.next_token`` (``moved_on`` follows it). A worker
-  whose instance the host let go of stops self-feeding; the two agree under the
-  :class:`Work`'s lock, so a replaced instance whose worker already went on keeps that
-  attempt rather than abandoning a worker that no longer runs the one it meant to stop.
+  same instance, saying so in ``Outcome.next_token``. A worker whose instance the host
+  let go of stops feeding itself; the two agree under the :class:`Work`'s lock, so a
+  replaced instance whose worker already went on keeps that attempt rather than
+  abandoning a worker that no longer runs the one it meant to stop.
 
 The threads themselves (which exist, which run what, which are free) are a
-:class:`~herder.actors._worker_pool.WorkerPool`; this module decides what runs on them.
+:class:`~herder.actors._worker_pool.WorkerPool`.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import pykka
 
-from herder.actors._clock import Clock, SystemClock
-from herder.actors._errors import RestartIntensityExceeded
-from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
+from herder.actors._clock import Clock
 from herder.actors._messages import InstanceEvent, Outcome, Run
-from herder.actors._pool_worker import Work
+from herder.actors._pool_agents import PoolAgents, Slot, halt, next_idle
+from herder.actors._pool_worker import Work, take_lined, withdraw
 from herder.actors._queue import DEFAULT_AGING
-from herder.actors._restarts import RestartWindow
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors._worker_pool import POOL, WorkerPool
-from herder.store import crash_point
 
-_log = logging.getLogger("herder.agents")
-
-
-@dataclass(slots=True)
-class _Slot(Instance):
-    agent: Any = None  # the agent object, once built
-    worker: str | None = None  # the worker running its attempt
-    restarting: bool = False  # crashed: waits out its backoff, then the slot frees
-    work: Work | None = None  # what its worker was told last (its self-feed flag)
+LINE_PER_WORKER = 8
+"""Attempts that may wait in the line, per worker of the pool's cap (``max_workers``)."""
 
 
-@dataclass(slots=True)
-class _Agent(Hosted[_Slot]):
-    window: RestartWindow | None = None  # its crashes, from the first one on
-    # Instances released since, most recent last: where acquire looks first (an entry
-    # whose instance went or is busy again is skipped when met).
-    idle: list[str] = field(default_factory=list)
-    # Its workers self-feed from it; made when first asked for (ready_queue): an empty
-    # deque is 760 bytes, and most of 10,000 names never reserve ahead.
-    ready: deque[Run] | None = None
-
-
-class PoolHost(HostedAgents[_Agent]):
+class PoolHost(PoolAgents):
     """The :class:`AgentHost` of agents as data on one elastic worker pool."""
 
     def __init__(
@@ -96,20 +75,31 @@ class PoolHost(HostedAgents[_Agent]):
         queue_aging: float = DEFAULT_AGING,
         max_workers: int = 32,
         min_workers: int = 2,
+        line: int | None = None,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(_Agent, queue_aging)
-        self._events = events
-        self._max_restarts = max_restarts
-        self._restart_period = restart_period
-        # Restart pacing protects real CPU from a crash loop, so it runs on real time
-        # even when the engine runs on a FakeClock (as the thread host's supervisors do).
-        self._clock = SystemClock() if clock is None else clock
+        super().__init__(
+            events,
+            max_restarts=max_restarts,
+            restart_period=restart_period,
+            queue_aging=queue_aging,
+            clock=clock,
+        )
+        self._line: deque[Work] = deque()  # the line (module docstring), oldest first
+        self._line_cap = LINE_PER_WORKER * max_workers if line is None else line
+        self._unstarted = 0  # slots acquired lined whose attempt is on no worker yet
+        self._lined: dict[int, tuple[str, str]] = {}  # token -> slot, of work in the line
+        self._doomed: set[int] = set()  # lined attempts replaced after a worker took them
+        self._fed_from_line = 0  # lined attempts a worker went on with by itself
+        # Told (on the Scheduler's thread) the token of a lined attempt this host handed
+        # to a worker itself: its deadline counts from then (set by actors/_ahead.py).
+        self.on_lined_start: Callable[[int], None] = _ignore
         self._pool = WorkerPool(
             agents_supervisor,
             reply,
             events,
             self._on_built,
+            self._line,
             max_result_bytes=max_result_bytes,
             shutdown=shutdown,
             max_restarts=max_restarts,
@@ -117,77 +107,83 @@ class PoolHost(HostedAgents[_Agent]):
             max_workers=max_workers,
             min_workers=min_workers,
         )
-        self._waiting: dict[str, None] = {}  # agents that found no free worker, oldest first
+        self._waiting: dict[str, None] = {}  # agents that found no room, oldest first
         # Agents woken for a free worker, wake-up on its way: each holds one free worker, so
         # no agent arriving meanwhile takes it (10,000 names: ~4 wake-ups per attempt else).
         self._woken: dict[str, None] = {}
         self._orphans: dict[int, str] = {}  # token -> worker, of instances given up on
-        self._built: dict[tuple[str, str], Any] = {}  # objects workers built, not yet seen
 
-    # -- registration ------------------------------------------------------------------
-
-    def _readded(self, agent: _Agent) -> None:
-        for instance_id, inst in list(agent.instances.items()):
-            _halt(inst)  # the next attempt goes through send, with the new factory
-            if _idle(inst):
-                del agent.instances[instance_id]  # rebuilt with the new factory
-
-    def remove(self, name: str) -> None:
-        agent = self._agents.get(name)
-        if agent is not None:
-            agent.concurrency = 0
-            agent.instances = {i: x for i, x in agent.instances.items() if not _idle(x)}
-            for inst in agent.instances.values():
-                _halt(inst)
-
-    def ready_queue(self, name: str) -> deque[Run] | None:
-        """The deque ``name``'s workers self-feed from (see the module docstring)."""
-        agent = self._agents.get(name)
-        if agent is not None and agent.ready is None:
-            agent.ready = deque()
-        return None if agent is None else agent.ready
-
-    def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> None:
-        """The worker that ran ``token`` on ``instance_id`` went on with ``next_token``."""
+    def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> bool:
+        """The worker that ran ``token`` on ``instance_id`` went on with ``next_token``:
+        True if on the same instance (it stays busy), False if with work from the line
+        (the instance is free once ``token``'s answer is handled)."""
         _, inst = self._instance(name, instance_id)
         if inst is not None and inst.busy_token == token:
-            inst.busy_token = next_token
-            self._pool.retarget(inst.worker, (name, instance_id, next_token))
-            return
+            lined = self._lined.pop(next_token, None)
+            if lined is None:
+                if inst.worker is None:
+                    return False  # it went on with lined work: heard of already (replace)
+                inst.busy_token = next_token
+                self._pool.retarget(inst.worker, (name, instance_id, next_token))
+                return True
+            worker_id, inst.worker = inst.worker, None
+            self._fed_from_line += 1
+            self._bind(*lined, next_token, worker_id)
+            return False
         worker_id = self._orphans.pop(token, None)  # an instance given up on
+        lined = self._lined.pop(next_token, None)
+        if lined is not None:
+            self._fed_from_line += 1
+            self._bind(*lined, next_token, worker_id)
+            return False
         if worker_id is not None:
             self._orphans[next_token] = worker_id
+        return True
 
     # -- capacity ----------------------------------------------------------------------
 
     def acquire(self, name: str, token: int, backlog: int = 1) -> str | None:
         agent = self._agents[name]
-        instance_id = _next_idle(agent)
+        instance_id = next_idle(agent)
         if instance_id is None and len(agent.instances) >= agent.concurrency:
             return None  # every slot is busy or restarting: its release pumps this agent
         self._woken.pop(name, None)  # here before its wake-up: it takes the worker held for it
-        if self._pool.free_count() <= len(self._woken):  # none, or held for woken agents
-            self._waiting[name] = None
-            self._pool.grow(len(self._waiting) + len(self._woken))
+        free = self._pool.free_count()
+        lined = free <= len(self._woken)  # none free, or each held for a woken agent
+        if lined and free + self._line_cap - self._unstarted <= len(self._woken):
+            self._waiting[name] = None  # and the line is full
+            self._pool.grow(self._wanted())
             return None
         if instance_id is None:
             instance_id = agent.new_instance_id()
-            agent.instances[instance_id] = _Slot()
+            agent.instances[instance_id] = Slot()
         else:
             agent.idle.pop()
         inst = agent.instances[instance_id]
         inst.busy_token = token
-        inst.worker = self._pool.take((name, instance_id, token))
-        if not self._pool.free_count():
-            self._pool.grow(1)  # a spare: the next attempt need not wait for a thread to start
+        if lined:
+            inst.lined = True
+            self._unstarted += 1
+            self._pool.grow(self._wanted())
+        else:
+            inst.worker = self._pool.take((name, instance_id, token))
+            if not self._pool.free_count():
+                self._pool.grow(1)  # a spare: the next attempt need not wait for a thread
         return instance_id
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
         agent, inst = self._instance(name, instance_id)
-        if agent is None or inst is None or inst.busy_token != run.token or inst.worker is None:
+        if agent is None or inst is None or inst.busy_token != run.token:
+            return False
+        if inst.worker is None and not inst.lined:
             return False
         self._take_built(name, instance_id, inst)
         inst.work = Work(run, inst.agent, agent.factory, agent)
+        if inst.worker is None:  # it waits in the line (unless a worker freed meanwhile)
+            self._lined[run.token] = (name, instance_id)
+            self._line.append(inst.work)
+            self._wake()
+            return True
         told = self._pool.tell(inst.worker, inst.work)
         if told is None:  # its worker was replaced or crashed since acquire
             agent.instances.pop(instance_id, None)
@@ -204,13 +200,14 @@ class PoolHost(HostedAgents[_Agent]):
             return False
         if token is not None and inst.busy_token != token:
             return False
+        if inst.lined:  # never sent (fenced before its commit), or never taken
+            if inst.work is not None and not withdraw(inst.work):
+                return False  # a worker took it: its answer, on its way, frees the slot
+            self._lined.pop(inst.busy_token, None)
+            self._unline(inst)
         self._take_built(name, instance_id, inst)
         self._free_worker(inst.worker, now)
-        inst.busy_token, inst.worker, inst.idle_since, inst.work = None, None, now, None
-        if agent.concurrency < len(agent.instances) or inst.agent is None:
-            del agent.instances[instance_id]  # removed or shrunk meanwhile; or never built
-        else:
-            agent.idle.append(instance_id)
+        self._idled(agent, instance_id, inst, now)
         return True
 
     def replace(self, name: str, instance_id: str) -> None:
@@ -218,9 +215,20 @@ class PoolHost(HostedAgents[_Agent]):
         (Unless the attempt had ended and the worker gone on with a ready one: the
         instance then runs that one, and its answer, on its way, says so.)"""
         agent, inst = self._instance(name, instance_id)
-        if agent is None or inst is None or inst.worker is None:
+        if agent is None or inst is None:
             return
-        fed = _halt(inst)
+        if inst.lined:  # withdrawn from the line, or replaced once a worker's taking it is heard
+            token = inst.busy_token or 0
+            if inst.work is not None and not withdraw(inst.work):
+                self._doomed.add(token)
+                return
+            self._lined.pop(token, None)
+            self._unline(inst)
+            del agent.instances[instance_id]
+            return
+        if inst.worker is None:
+            return
+        fed = halt(inst)
         if fed and fed != inst.busy_token:
             self.moved_on(name, instance_id, inst.busy_token or 0, fed)
             return
@@ -240,7 +248,7 @@ class PoolHost(HostedAgents[_Agent]):
         if what == "free":
             self._wake()
         elif what == "gone":
-            self._pool.grow(len(self._waiting))
+            self._pool.grow(self._wanted())
             if job is not None:
                 name, instance_id, token = job
                 self._agents[name].instances.pop(instance_id, None)
@@ -252,7 +260,7 @@ class PoolHost(HostedAgents[_Agent]):
         """News of the pool supervisor itself: started, or gone with every worker."""
         if event.kind is ChildEventKind.STARTED and event.ref is not None:
             self._pool.pool_started(event.ref)
-            self._pool.grow(len(self._waiting))
+            self._pool.grow(self._wanted())
             return []
         jobs = self._pool.pool_gone(event.ref)
         if jobs is None:
@@ -265,63 +273,38 @@ class PoolHost(HostedAgents[_Agent]):
         waiting, self._waiting = self._waiting, {}
         for name in waiting:  # they ask again, which starts a new pool
             self._events(InstanceEvent(name, None, ChildEventKind.STARTED))
+        if self._unstarted:
+            self._pool.grow(self._wanted())  # a new pool, for the line
         return lost
 
     def _on_agent_event(self, event: InstanceEvent, now: float) -> list[int]:
-        """An instance crashed (its factory failed or it raised InstanceCrash), or its
-        backoff is over, or the agent was woken for a worker; see the module docstring."""
+        """News of an agent: woken for a worker (pass it on if it has no work), or of one
+        of its instances (the crash rules, actors/_pool_agents.py)."""
+        if event.instance is not None:
+            return self._on_crash_news(event, now)
+        self._woken.pop(event.agent, None)  # (it takes the worker in the pump that follows)
         agent = self._agents.get(event.agent)
-        instance_id = event.instance
-        if instance_id is None:  # woken for a free worker: pass it on if it has no work
-            self._woken.pop(event.agent, None)  # (it takes the worker in the pump that follows)
-            if agent is None or not (agent.queue or agent.ready):  # (ready: durable, ahead)
-                self._wake()
-            return []
-        inst = None if agent is None else agent.instances.get(instance_id)
-        if agent is None or inst is None:
-            return []
-        if event.kind is ChildEventKind.RESTARTED and inst.restarting:
-            crash_point("agents.restart")
-            del agent.instances[instance_id]  # the slot serves again, with a fresh object
-            return []
-        if event.kind is not ChildEventKind.CRASHED or inst.restarting:
-            return []
-        del agent.instances[instance_id]
-        self._built.pop((agent.name, instance_id), None)
-        self._free_worker(inst.worker, now)
-        lost = [] if inst.busy_token is None else [inst.busy_token]
-        if agent.window is None:
-            agent.window = RestartWindow(self._max_restarts, self._restart_period, self._clock)
-        if agent.window.record():
-            return lost + self._give_up(agent, instance_id)
-        agent.instances[instance_id] = _Slot(restarting=True)
-        events, name = self._events, agent.name
-        self._clock.call_later(
-            INSTANCE_BACKOFF.delay(len(agent.window)),
-            lambda: events(InstanceEvent(name, instance_id, ChildEventKind.RESTARTED)),
-        )
-        return lost
+        if agent is None or not (agent.queue or agent.ready):  # (ready: durable, ahead)
+            self._wake()
+        return []
 
-    def _give_up(self, agent: _Agent, instance_id: str) -> list[int]:
-        """The restart intensity of ``agent`` is exceeded: drop every instance (the
-        attempts they run are lost; their workers free once they answer) and start afresh."""
-        assert agent.window is not None
-        window, period = len(agent.window), self._restart_period
-        _log.error(
-            "%s", RestartIntensityExceeded(f"agent:{agent.name}", instance_id, window, period)
-        )
-        lost: list[int] = []
-        for inst in agent.instances.values():
-            fed = _halt(inst)
-            if inst.busy_token is None or inst.restarting:
-                continue
-            lost.append(inst.busy_token)
-            if fed and fed != inst.busy_token:  # its worker went on with it, unheard of yet
-                lost.append(fed)
-            if inst.worker is not None:
-                self._orphans[lost[-1]] = inst.worker
-        agent.instances.clear()
-        agent.window = None
+    def _let_go(self, inst: Slot) -> list[int]:
+        """The agent of ``inst`` is given up on: the attempts lost with it (its worker
+        frees once it answers; one it took from the line unheard of, once that is heard)."""
+        if inst.lined:
+            token = inst.busy_token or 0
+            if inst.work is None or withdraw(inst.work):
+                self._lined.pop(token, None)
+            self._unline(inst)
+            return [token]
+        fed = halt(inst)
+        if inst.busy_token is None or inst.restarting:
+            return []
+        lost = [inst.busy_token]
+        if fed and fed != inst.busy_token:  # its worker went on with it, unheard of yet
+            lost.append(fed)
+        if inst.worker is not None:
+            self._orphans[lost[-1]] = inst.worker
         return lost
 
     # -- passivation and stats ---------------------------------------------------------
@@ -329,21 +312,20 @@ class PoolHost(HostedAgents[_Agent]):
     def passivate(self, idle_before: float, limit: int = 256) -> int:
         """Drop instances idle since ``idle_before`` or earlier and stop idle workers beyond
         ``min_workers``; return how many instances went (at most ``limit``)."""
-        dropped = 0
-        for agent in self._agents.values():
-            for instance_id, inst in list(agent.instances.items()):
-                if dropped < limit and _idle(inst) and inst.idle_since <= idle_before:
-                    del agent.instances[instance_id]
-                    dropped += 1
-            agent.idle = [i for i in agent.idle if i in agent.instances]
+        dropped = self._drop_idle(idle_before, limit)
         self._pool.passivate(idle_before)
         self._woken.clear()  # a wake-up lost on its way holds no worker past a tick
         self._wake()  # in case a woken agent did not take the worker it was woken for
         return dropped
 
     def host_stats(self) -> dict[str, int]:
-        """The pool: worker threads, busy ones, and threads abandoned to hung actions."""
-        return self._pool.stats()
+        """The pool: worker threads, busy ones, threads abandoned to hung actions,
+        attempts waiting in the line, and those a worker went on with from it by itself."""
+        return {
+            **self._pool.stats(),
+            "line": self._unstarted,
+            "fed_from_line": self._fed_from_line,
+        }
 
     # -- internals ---------------------------------------------------------------------
 
@@ -351,50 +333,71 @@ class PoolHost(HostedAgents[_Agent]):
         if self._pool.release(worker_id, now):
             self._wake()
 
+    def _wanted(self) -> int:
+        """Workers wanted: one per waiting or woken agent and per attempt in the line."""
+        return len(self._waiting) + len(self._woken) + self._unstarted
+
     def _wake(self) -> None:
-        """Wake the agents waiting longest, one per free worker (the Scheduler pumps each
-        again): waking them all would cost a pump of every waiting agent per release."""
-        spare = self._pool.free_count() - len(self._woken)
-        if not self._waiting or spare <= 0:
+        """Hand the line's work to free workers; then wake the agents waiting longest, one
+        per free worker or place in the line (the Scheduler pumps each again): waking them
+        all would cost a pump of every waiting agent per release."""
+        while self._line and self._pool.free_count() > len(self._woken):
+            work = take_lined(self._line)
+            if work is None:
+                break
+            self._hand(work)
+        if not self._waiting:
+            return
+        free = self._pool.free_count()
+        spare = free + self._line_cap - self._unstarted - len(self._woken)
+        if spare <= 0:
             return
         for name in list(itertools.islice(self._waiting, spare)):
             del self._waiting[name]
             self._woken[name] = None
             self._events(InstanceEvent(name, None, ChildEventKind.STARTED))
 
-    def _take_built(self, name: str, instance_id: str, inst: _Slot) -> None:
-        built = self._built.pop((name, instance_id), None)
-        if built is not None and inst.agent is None:
-            inst.agent = built
+    def _hand(self, work: Work) -> None:
+        """Start ``work``, taken from the line, on a free worker (a worker freed, or
+        started, after the line had work: no worker took it)."""
+        token = work.run.token
+        name, instance_id = self._lined.pop(token)
+        worker_id = self._pool.take((name, instance_id, token))
+        assert worker_id is not None
+        if not self._pool.tell(worker_id, work):  # it died just now: the work waits on
+            with work.lock:
+                work.fed = 0
+            self._line.appendleft(work)
+            self._lined[token] = (name, instance_id)
+            return
+        self._bind(name, instance_id, token, worker_id, wake=False)
+        self.on_lined_start(token)
 
-    def _on_built(self, name: str, instance_id: str, agent: Any) -> None:
-        """Worker thread: an instance's object was built (taken on the host's thread)."""
-        self._built[(name, instance_id)] = agent
+    def _bind(
+        self, name: str, instance_id: str, token: int, worker_id: str | None, *, wake: bool = True
+    ) -> None:
+        """The lined attempt ``token`` of ``instance_id`` runs on ``worker_id`` now
+        (``wake``: wake an agent waiting for its place in the line)."""
+        _, inst = self._instance(name, instance_id)
+        if inst is None or inst.busy_token != token:  # given up on while it waited
+            self._doomed.discard(token)
+            if worker_id is not None:
+                self._orphans[token] = worker_id  # its answer frees the worker
+            return
+        inst.worker = worker_id
+        self._unline(inst)
+        self._pool.retarget(worker_id, (name, instance_id, token))
+        if token in self._doomed:  # replaced while a worker was taking it
+            self._doomed.discard(token)
+            self.replace(name, instance_id)
+        elif wake and self._waiting:
+            self._wake()
+
+    def _unline(self, inst: Slot) -> None:
+        if inst.lined:
+            inst.lined = False
+            self._unstarted -= 1
 
 
-def _idle(inst: _Slot) -> bool:
-    """Free to serve: neither busy nor waiting out a crash's backoff."""
-    return inst.busy_token is None and not inst.restarting
-
-
-def _halt(inst: _Slot) -> int:
-    """Its worker takes no further ready attempt for it (the host let it go); the token
-    of the last one it took (0: none)."""
-    work = inst.work
-    if work is None:
-        return 0
-    with work.lock:
-        work.stop = True
-        return work.fed
-
-
-def _next_idle(agent: _Agent) -> str | None:
-    """The idle instance ``agent`` released last (left on its list), dropping the
-    entries met on the way whose instance went or serves again."""
-    idle, instances = agent.idle, agent.instances
-    while idle:
-        inst = instances.get(idle[-1])
-        if inst is not None and _idle(inst):
-            return idle[-1]
-        idle.pop()
-    return None
+def _ignore(_token: int) -> None:
+    pass

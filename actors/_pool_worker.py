@@ -8,10 +8,16 @@ None, and the agent's factory); the worker builds the object when there is none 
 action raised :class:`InstanceCrash` (the agent object broke, not the worker). An object
 it built reaches the host through ``built`` before the outcome is sent.
 
-Self-feed: when the attempt ends, the worker pops the agent's next ready attempt
-(``Work.source.ready``, actors/_ahead.py), unless the host has since let the instance go
-(``Work.stop``), and runs it on the same agent object; the outcome it reports says so
-(``next_token``), in the same message.
+When the attempt ends the worker goes on, without a message, with (in this order):
+
+- **self-feed:** the agent's next ready attempt (``Work.source.ready``, actors/_ahead.py),
+  on the same agent object, unless the host has since let the instance go (``Work.stop``);
+- **the line:** else the oldest :class:`Work` in the pool's line (:func:`take_lined`):
+  attempts of any agent, durable and holding an instance slot, that found no free worker.
+  An attempt fenced while it waited there (its port superseded) does not start: its
+  outcome says so and the Scheduler, which fenced it, ignores it.
+
+The outcome it reports says which one (``next_token``), in the same message.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildEventKind
 from herder.store import UserCodeFailed, contain
+
+SUPERSEDED = "superseded while it waited for a worker: not started"
+"""The error of an attempt fenced in the pool's line (an answer the Scheduler ignores)."""
 
 
 class ReadySource(Protocol):
@@ -50,10 +59,37 @@ class Work:
     source: ReadySource | None = None
     # The hand-shake with the host, under ``lock``: the host sets ``stop`` (take no
     # further attempt), the worker notes in ``fed`` the token of each one it takes, so
-    # the host letting the instance go knows whether the worker had gone on already.
+    # the host letting the instance go knows whether the worker had gone on already. A
+    # work waiting in the pool's line is taken when ``fed`` becomes its own token, unless
+    # the host ``withdrew`` it first.
     stop: bool = False
     fed: int = 0
+    withdrawn: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def take_lined(line: deque[Work]) -> Work | None:
+    """The oldest work in the pool's ``line`` that the host did not withdraw, now taken
+    (None if there is none). Safe on any thread."""
+    while True:
+        try:
+            work = line.popleft()
+        except IndexError:
+            return None
+        with work.lock:
+            if not work.withdrawn:
+                work.fed = work.run.token
+                return work
+
+
+def withdraw(work: Work) -> bool:
+    """The host's half of :func:`take_lined`: ``work``, waiting in the line, will not be
+    taken (True), unless a worker took it already (False). No further attempt is fed
+    after it either way."""
+    with work.lock:
+        work.stop = True
+        work.withdrawn = not work.fed
+        return work.withdrawn
 
 
 class PoolWorker(SupervisedActor):
@@ -67,47 +103,66 @@ class PoolWorker(SupervisedActor):
         events: Callable[[InstanceEvent], None],
         built: Callable[[str, str, Any], None],
         max_result_bytes: int,
+        line: deque[Work],
     ) -> None:
         super().__init__()
         self._reply = reply
         self._events = events
         self._built = built
         self._max_result_bytes = max_result_bytes
+        self._line = line
 
     def on_receive(self, message: Any) -> Any:
-        """Run one attempt (building its agent object first if needed)."""
+        """Run one attempt (building its agent object first if needed), then what
+        follows it (the module docstring)."""
         if not isinstance(message, Work):
             return super().on_receive(message)
-        run = message.run
-        agent = message.agent
-        if agent is None:
-            try:
-                agent = contain(message.factory)
-            except UserCodeFailed as failed:
-                self._crashed(run, f"agent {run.agent!r} failed to start: {failed.error}")
-                return None
-            self._built(run.agent, run.instance, agent)
-        source = message.source
+        work, run, agent, lined = message, message.run, message.agent, False
         while True:
-            try:
-                outcome = run_attempt(agent, run.agent, run.instance, run, self._max_result_bytes)
-            except InstanceCrash as crash:
-                self._crashed(run, str(crash))
-                return None
-            follow = None
-            ready = None if source is None else source.ready
-            if ready is not None:
-                with message.lock:
-                    follow = None if message.stop else next_ready(ready)
-                    if follow is not None:
-                        message.fed = follow.token
+            if lined and run.context.superseded:
+                outcome = Outcome(run.agent, run.instance, run.token, ok=False, error=SUPERSEDED)
+            else:
+                if agent is None:
+                    try:
+                        agent = contain(work.factory)
+                    except UserCodeFailed as failed:
+                        self._crashed(run, f"agent {run.agent!r} failed to start: {failed.error}")
+                        return None
+                    self._built(run.agent, run.instance, agent)
+                try:
+                    outcome = run_attempt(
+                        agent, run.agent, run.instance, run, self._max_result_bytes
+                    )
+                except InstanceCrash as crash:
+                    self._crashed(run, str(crash))
+                    return None
+            follow, taken = self._next(work)
             if follow is not None:
                 follow.instance = run.instance
-                outcome.next_token = follow.token
+                outcome.next_token, run, lined = follow.token, follow, False
+            elif taken is not None:
+                outcome.next_token, work, lined = taken.run.token, taken, True
+                run, agent = taken.run, taken.agent
             self._reply(outcome)
-            if follow is None:
+            if follow is None and taken is None:
                 return None
-            run = follow
+
+    def _next(self, work: Work) -> tuple[Run | None, Work | None]:
+        """What this worker goes on with after ``work``'s attempt: its agent's next
+        ready attempt, else a work from the line, else nothing (the host let go of it)."""
+        source = work.source
+        ready = None if source is None else source.ready
+        with work.lock:
+            if work.stop:
+                return None, None
+            follow = None if ready is None else next_ready(ready)
+            if follow is not None:
+                work.fed = follow.token
+                return follow, None
+            taken = take_lined(self._line) if self._line else None
+            if taken is not None:
+                work.fed = taken.run.token  # (the host letting the instance go reads it)
+            return None, taken
 
     def _crashed(self, run: Run, reason: str) -> None:
         self._events(InstanceEvent(run.agent, run.instance, ChildEventKind.CRASHED, None, reason))

@@ -2,7 +2,8 @@
 
 :class:`WorkerPool` keeps the worker threads the pool host
 (:class:`~herder.actors._pool_host.PoolHost`) runs attempts on, and nothing about agents:
-which workers exist, which one runs which attempt (its ``job``), and which are free. The
+which workers exist, which one runs which attempt (its ``job``), and which are free (each
+worker is handed the host's line of work waiting for a worker, which it takes from). The
 workers live under one ``simple_one_for_one`` supervisor (``agent:*pool``), requested
 from the agents supervisor on first need; its child events reach the host as
 :class:`InstanceEvent` of the pseudo agent :data:`POOL`.
@@ -16,6 +17,7 @@ supervisor restarts it on a fresh thread and the blocked one is counted in ``aba
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +55,7 @@ class WorkerPool:
         reply: Callable[[Outcome], None],
         events: Callable[[InstanceEvent], None],
         built: Callable[[str, str, Any], None],
+        line: deque[Work],
         *,
         max_result_bytes: int,
         shutdown: float,
@@ -62,7 +65,7 @@ class WorkerPool:
         min_workers: int,
     ) -> None:
         self._agents_sup = agents_supervisor
-        self._start_args = (reply, events, built, max_result_bytes)
+        self._start_args = (reply, events, built, max_result_bytes, line)
         self._events = events
         self._shutdown = shutdown
         self._max_restarts = max_restarts
@@ -188,8 +191,11 @@ class WorkerPool:
                 )
                 self._sup_pending = True
             return
+        room = self._max - len(self._workers)
+        if room <= 0:
+            return
         starting = sum(1 for w in self._workers.values() if w.starting)
-        for _ in range(min(wanted - starting, self._max - len(self._workers))):
+        for _ in range(min(wanted - starting, room)):
             worker_id = f"worker-{next(self._ids)}"
             spec = ChildSpec(
                 id=worker_id,

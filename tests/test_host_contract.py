@@ -35,6 +35,7 @@ from herder.actors import (
     agents_listener,
     start_supervisor,
 )
+from herder.actors._host import moved_on
 from herder.actors._messages import Outcome, Run
 from herder.runtime import InvalidInput, Runtime, Workflow
 from herder.runtime.testing import simulate
@@ -133,6 +134,7 @@ class Driver:
     worker: type[Agent]
     lost: list[int] = field(default_factory=list)
     tokens: Iterator[int] = field(default_factory=lambda: iter(range(1, 1_000_000)))
+    answers: list[Outcome] = field(default_factory=list)  # heard while waiting for a start
 
     def _handle(self, msg: Any) -> Outcome | None:
         if isinstance(msg, InstanceEvent):
@@ -151,12 +153,21 @@ class Driver:
         instance = self.acquire(agent, token)
         ctx = StepContext("w", "s", action, 1, value, {}, "w/s", token, False, Port())
         assert self.host.send(agent, instance, Run(agent, instance, action, token, ctx))
+        # The pool host's first attempts wait in its line for the workers it starts.
+        while self.host.host_stats().get("line"):
+            answer = self._handle(self.inbox.get(timeout=WAIT))
+            if answer is not None:
+                self.answers.append(answer)
         return instance, token
 
     def outcome(self) -> Outcome:
-        while (found := self._handle(self.inbox.get(timeout=WAIT))) is None:
-            pass
-        self.host.release(found.agent, found.instance, found.token, 0.0)
+        found = self.answers.pop(0) if self.answers else None
+        while found is None:
+            found = self._handle(self.inbox.get(timeout=WAIT))
+        if not found.next_token or not moved_on(
+            self.host, found.agent, found.instance, found.token, found.next_token
+        ):
+            self.host.release(found.agent, found.instance, found.token, 0.0)
         return found
 
     def run(self, agent: str, action: str, value: Any = None) -> Outcome:

@@ -26,6 +26,7 @@ from herder.actors import (
     start_supervisor,
 )
 from herder.actors._messages import Outcome, Run
+from herder.actors._pool_worker import SUPERSEDED
 from herder.actors._supervision_specs import ChildEventKind
 from herder.runtime import InvalidInput, Runtime, Workflow
 
@@ -71,7 +72,10 @@ class Scheduler:
             self.lost += self.host.on_event(msg, 0.0)
             return None
         assert isinstance(msg, Outcome), msg
-        self.host.release(msg.agent, msg.instance, msg.token, 0.0)
+        if not msg.next_token or not self.host.moved_on(
+            msg.agent, msg.instance, msg.token, msg.next_token
+        ):
+            self.host.release(msg.agent, msg.instance, msg.token, 0.0)
         self.outcomes.append(msg)
         return msg
 
@@ -80,13 +84,16 @@ class Scheduler:
         while not self.inbox.empty():
             self.handle_one()
 
-    def start(self, agent: str, action: str, value: Any = None) -> int:
-        """Acquire (handling messages until capacity comes) and send one attempt."""
+    def start(self, agent: str, action: str, value: Any = None, *, wait: bool = True) -> int:
+        """Acquire (handling messages until capacity comes) and send one attempt; then,
+        if it waits in the line (``wait``), handle messages until a worker has it."""
         token = next(self._tokens)
         while (instance := self.host.acquire(agent, token)) is None:
             self.handle_one()
         ctx = StepContext("w", "s", action, 1, value, {}, "w/s", token, False, _Port())
         assert self.host.send(agent, instance, Run(agent, instance, action, token, ctx))
+        while wait and self.host.host_stats().get("line"):
+            self.handle_one()
         return token
 
     def until_lost(self, token: int) -> None:
@@ -247,7 +254,7 @@ def test_the_pool_grows_to_the_attempts_running_and_shrinks_when_idle(
 def test_the_pool_never_grows_past_its_cap_and_waiting_agents_get_freed_workers(
     clock: FakeClock,
 ) -> None:
-    scheduler = _host("pool", clock, max_workers=2)
+    scheduler = _host("pool", clock, max_workers=2, line=0)
     for name in ("a", "b", "c"):
         scheduler.host.add(name, Flaky, 1)
     first = scheduler.start("a", "hang")
@@ -264,8 +271,8 @@ def test_the_pool_never_grows_past_its_cap_and_waiting_agents_get_freed_workers(
 
 
 def _b_then_c_wait(clock: FakeClock) -> Scheduler:
-    """One worker, busy with a's hung attempt; b, then c, wait for it."""
-    scheduler = _host("pool", clock, max_workers=1)
+    """One worker, busy with a's hung attempt; b, then c, wait for it (no line)."""
+    scheduler = _host("pool", clock, max_workers=1, line=0)
     for name in ("a", "b", "c"):
         scheduler.host.add(name, Flaky, 1)
     scheduler.start("a", "hang")
@@ -309,7 +316,7 @@ def test_a_worker_freed_for_a_waiting_agent_is_held_for_it_until_its_wake_up(
     """An agent asking between a wake-up and the woken agent's pump waits its turn. It
     used to take the worker, sending the woken agent to the back of the line: with
     10,000 names that was ~4 wake-ups (a Scheduler message and a pump each) per attempt."""
-    scheduler = _host("pool", clock, max_workers=1)
+    scheduler = _host("pool", clock, max_workers=1, line=0)
     for name in ("a", "b", "c"):
         scheduler.host.add(name, Flaky, 1)
     scheduler.start("a", "hang")
@@ -340,3 +347,117 @@ def test_a_runtime_caps_its_pool_at_pool_workers(tmp_path: Path) -> None:
         assert first.result(timeout=WAIT) == second.result(timeout=WAIT) == {"s": 1}
     with pytest.raises(InvalidInput, match="pool_workers"):
         Runtime(tmp_path / "t", pool_workers=0)
+
+
+# -- the line: attempts holding an instance slot, waiting for a worker ---------------------
+
+
+class Line(Agent):
+    """Records what it runs; ``hold`` blocks until the test lets it go."""
+
+    ran: list[tuple[str, int]] = []
+    entered = threading.Semaphore(0)
+    gate = threading.Event()
+
+    def ok(self, ctx: StepContext) -> Any:
+        Line.ran.append((ctx.workflow_id, ctx.token))
+        return ctx.input
+
+    def hold(self, ctx: StepContext) -> str:
+        Line.ran.append((ctx.workflow_id, ctx.token))
+        Line.entered.release()
+        Line.gate.wait(WAIT)
+        return "held"
+
+
+@pytest.fixture
+def one_worker(clock: FakeClock) -> Iterator[Scheduler]:
+    """A pool of one worker, busy with a's attempt until ``Flaky.gate`` is set."""
+    Line.ran, Line.entered, Line.gate = [], threading.Semaphore(0), threading.Event()
+    scheduler = _host("pool", clock, max_workers=1, min_workers=1)
+    for name in ("a", "b", "c"):
+        scheduler.host.add(name, Line, 1)
+    scheduler.host.add("hung", Flaky, 1)
+    scheduler.start("hung", "hang")
+    yield scheduler
+    Flaky.gate.set()
+    Line.gate.set()
+
+
+def _send(scheduler: Scheduler, agent: str, action: str, token: int, port: Any = None) -> str:
+    instance = scheduler.host.acquire(agent, token)
+    assert instance is not None
+    ctx = StepContext("w", "s", action, 1, token, {}, "w/s", token, False, port or _Port())
+    assert scheduler.host.send(agent, instance, Run(agent, instance, action, token, ctx))
+    return instance
+
+
+def test_a_freed_worker_takes_another_agents_lined_attempt_without_a_scheduler_message(
+    one_worker: Scheduler,
+) -> None:
+    _send(one_worker, "b", "ok", 101)  # no worker free: it holds b's slot, in the line
+    assert one_worker.host.host_stats()["line"] == 1
+    Flaky.gate.set()
+    hung = one_worker.outcome()
+    assert hung.next_token == 101  # the worker went on with b's attempt, and said so
+    assert one_worker.outcome().token == 101
+    assert one_worker.host.host_stats()["fed_from_line"] == 1
+    assert not [e for e in one_worker.events if e.agent == "b"]  # b was never woken
+    assert one_worker.host.host_stats()["busy_workers"] == 0
+    assert one_worker.host.busy_tokens("hung") == one_worker.host.busy_tokens("b") == []
+
+
+def test_an_agent_runs_no_more_attempts_than_its_concurrency_through_the_line(
+    one_worker: Scheduler,
+) -> None:
+    _send(one_worker, "b", "ok", 101)
+    assert one_worker.host.acquire("b", 102) is None  # its only slot waits in the line
+    _send(one_worker, "c", "ok", 201)
+    Flaky.gate.set()
+    one_worker.outcome()  # hung's: the worker goes on with b, then with c
+    assert one_worker.host.acquire("b", 102) is None  # b's attempt runs, or its answer is due
+    assert {one_worker.outcome().token, one_worker.outcome().token} == {101, 201}
+    assert one_worker.host.acquire("b", 102) is not None  # b's answer freed its slot
+    assert [t for _, t in Line.ran] == [101, 201]  # in the order they joined the line
+
+
+def test_an_attempt_fenced_while_it_waits_in_the_line_never_starts(
+    one_worker: Scheduler,
+) -> None:
+    port = _Port()
+    _send(one_worker, "b", "ok", 101, port)
+    port.superseded = True  # its workflow ended meanwhile (the Scheduler fences it)
+    Flaky.gate.set()
+    one_worker.outcome()
+    fenced = one_worker.outcome()
+    assert (fenced.token, fenced.ok, fenced.error) == (101, False, SUPERSEDED)
+    assert Line.ran == []  # b's action never ran (nor was its agent object built)
+    assert one_worker.host.busy_tokens("b") == []
+
+
+def test_replacing_a_lined_attempt_no_worker_took_withdraws_it(
+    one_worker: Scheduler,
+) -> None:
+    _send(one_worker, "b", "ok", 101)
+    one_worker.host.replace_token("b", 101)  # it timed out in the line, say
+    assert one_worker.host.host_stats()["line"] == 0
+    assert one_worker.host.busy_tokens("b") == []
+    Flaky.gate.set()
+    assert one_worker.outcome().next_token == 0  # nothing left in the line to go on with
+    assert one_worker.host.host_stats()["abandoned_threads"] == 0
+    assert Line.ran == []
+
+
+def test_replacing_a_lined_attempt_a_worker_took_abandons_that_worker_once_heard_of(
+    one_worker: Scheduler,
+) -> None:
+    _send(one_worker, "b", "hold", 101)
+    Flaky.gate.set()  # the worker ends hung's attempt and takes b's from the line...
+    assert Line.entered.acquire(timeout=WAIT)  # ...which runs, its taking not yet heard of
+    one_worker.host.replace_token("b", 101)
+    assert one_worker.host.host_stats()["abandoned_threads"] == 0
+    assert one_worker.outcome().next_token == 101  # heard of now: that worker is abandoned
+    assert one_worker.host.host_stats()["abandoned_threads"] == 1
+    assert one_worker.host.busy_tokens("b") == []
+    fresh = one_worker.start("c", "ok", 7)  # on the fresh thread that replaced it
+    assert one_worker.outcome().token == fresh

@@ -178,6 +178,8 @@ def _start(host: PoolHost, inbox: queue.Queue[Any], run: Run) -> str:
         host.on_event(inbox.get(timeout=WAIT), 0.0)
     run.instance = instance
     assert host.send("worker", instance, run)
+    while host.host_stats()["line"]:  # it waits in the line for the workers being started
+        host.on_event(inbox.get(timeout=WAIT), 0.0)
     return instance
 
 

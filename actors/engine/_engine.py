@@ -159,9 +159,10 @@ class Engine(Machine):
         return Dispatched(attempt, action, number, window)
 
     def restamp(self, attempt: Attempt, now: float) -> None:
-        """``attempt`` (in flight) was recorded ahead of a free instance and starts only
-        now: its deadline counts from now, in memory (actors/_ahead.py). The stored
-        deadline and its timer stay: a crash re-runs the attempt anyway, and the timer,
+        """``attempt`` (in flight) was recorded ahead of a free instance (or of a free
+        worker: the pool host's line) and starts only now: its deadline, and its
+        heartbeat deadline, count from now, in memory (actors/_ahead.py). The stored
+        ones and their timer stay: a crash re-runs the attempt anyway, and the timer,
         still due, comes back until the deadline in memory has passed too."""
         run = self.runs.get(attempt.workflow_id)
         if run is None:
@@ -170,11 +171,19 @@ class Engine(Machine):
         if st is None or st.token != attempt.token or st.deadline is None:
             return
         if st.state is StepState.UNKNOWN:  # a probe
-            timeout = self.defaults.probe_timeout
+            timeout, beat = self.defaults.probe_timeout, None
         else:
-            timeout = run.specs[st.name].timeout or self.defaults.default_timeout
+            spec = run.specs[st.name]
+            timeout = spec.timeout or self.defaults.default_timeout
+            beat = spec.heartbeat_timeout
+        later: dict[str, float] = {}
         if now + timeout > st.deadline + timeout / 100:  # it waited 1% of it or more
-            run.steps[st.name] = st.evolve(deadline=now + timeout)
+            later["deadline"] = now + timeout
+        hb = st.heartbeat_deadline
+        if beat is not None and hb is not None and now + beat > hb + beat / 100:
+            later["heartbeat_deadline"] = now + beat
+        if later:
+            run.steps[st.name] = st.evolve(**later)
 
     def load(
         self, record: WorkflowRecord, steps: list[StepRecord], *, new: bool = False

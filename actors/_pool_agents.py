@@ -1,0 +1,232 @@
+"""The pooled host's agents: names as data, their instance slots, and their crash rules.
+
+:class:`PoolAgents` is the agent half of :class:`~herder.actors._pool_host.PoolHost`
+(which adds the workers, the line and the wake-ups): per agent name a
+:class:`PooledAgent` record (factory, concurrency, queue, and up to ``concurrency``
+:class:`Slot` instances, each serving one attempt at a time and keeping its agent object
+between attempts, since they hold connections), registration, the objects workers
+built, the passivation of idle instances, and the crash rules:
+
+- a failing factory, or an action raising :class:`InstanceCrash`, crashes the instance:
+  its attempt is lost (breaker and retry policy apply) and its slot waits out
+  :data:`~herder.actors._hosted.INSTANCE_BACKOFF` (then ``InstanceEvent("restarted")``),
+  as on the thread host;
+- past ``max_restarts`` crashes of one agent within ``restart_period`` the host gives up
+  on its instances, as a supervisor would: every attempt they run is lost (how each one
+  is let go of is the host's :meth:`PoolAgents._let_go`) and the next one starts afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from herder.actors._clock import Clock, SystemClock
+from herder.actors._errors import RestartIntensityExceeded
+from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
+from herder.actors._messages import InstanceEvent, Run
+from herder.actors._pool_worker import Work
+from herder.actors._restarts import RestartWindow
+from herder.actors._supervision_specs import ChildEventKind
+from herder.store import crash_point
+
+_log = logging.getLogger("herder.agents")
+
+
+@dataclass(slots=True)
+class Slot(Instance):
+    """One instance of a pooled agent."""
+
+    agent: Any = None  # the agent object, once built
+    worker: str | None = None  # the worker running its attempt
+    restarting: bool = False  # crashed: waits out its backoff, then the slot frees
+    work: Work | None = None  # what its worker was told last (its self-feed flag)
+    lined: bool = False  # acquired with no worker free: its attempt waits in the line
+
+
+@dataclass(slots=True)
+class PooledAgent(Hosted[Slot]):
+    """One agent name on the pool."""
+
+    window: RestartWindow | None = None  # its crashes, from the first one on
+    # Instances released since, most recent last: where acquire looks first (an entry
+    # whose instance went or is busy again is skipped when met).
+    idle: list[str] = field(default_factory=list)
+    # Its workers self-feed from it; made when first asked for (ready_queue): an empty
+    # deque is 760 bytes, and most of 10,000 names never reserve ahead.
+    ready: deque[Run] | None = None
+
+
+class PoolAgents(HostedAgents[PooledAgent]):
+    """The agent half of the pool host; see the module docstring."""
+
+    def __init__(
+        self,
+        events: Callable[[InstanceEvent], None],
+        *,
+        max_restarts: int,
+        restart_period: float,
+        queue_aging: float,
+        clock: Clock | None,
+    ) -> None:
+        super().__init__(PooledAgent, queue_aging)
+        self._events = events
+        self._max_restarts = max_restarts
+        self._restart_period = restart_period
+        # Restart pacing protects real CPU from a crash loop, so it runs on real time
+        # even when the engine runs on a FakeClock (as the thread host's supervisors do).
+        self._clock = SystemClock() if clock is None else clock
+        self._built: dict[tuple[str, str], Any] = {}  # objects workers built, not yet seen
+        # Instance ids by release, oldest first (passivate reads from the front; an entry
+        # whose instance went or serves again is dropped when met).
+        self._released: dict[str, None] = {}
+
+    # -- the host's part ---------------------------------------------------------------
+
+    def _free_worker(self, worker_id: str | None, now: float) -> None:
+        """The worker ran an attempt of an instance that crashed: it is free."""
+        raise NotImplementedError
+
+    def _let_go(self, inst: Slot) -> list[int]:
+        """The host gives up on ``inst``: the tokens of the attempts lost with it."""
+        raise NotImplementedError
+
+    # -- registration ------------------------------------------------------------------
+
+    def _readded(self, agent: PooledAgent) -> None:
+        for instance_id, inst in list(agent.instances.items()):
+            halt(inst)  # the next attempt goes through send, with the new factory
+            if idle(inst):
+                del agent.instances[instance_id]  # rebuilt with the new factory
+
+    def remove(self, name: str) -> None:
+        agent = self._agents.get(name)
+        if agent is not None:
+            agent.concurrency = 0
+            agent.instances = {i: x for i, x in agent.instances.items() if not idle(x)}
+            for inst in agent.instances.values():
+                halt(inst)
+
+    def ready_queue(self, name: str) -> deque[Run] | None:
+        """The deque ``name``'s workers self-feed from (actors/_ahead.py)."""
+        agent = self._agents.get(name)
+        if agent is not None and agent.ready is None:
+            agent.ready = deque()
+        return None if agent is None else agent.ready
+
+    # -- idle instances ----------------------------------------------------------------
+
+    def _idled(self, agent: PooledAgent, instance_id: str, inst: Slot, now: float) -> None:
+        """``inst`` finished its attempt at ``now``: kept idle, or dropped if its agent
+        was removed or shrunk meanwhile, or its object was never built."""
+        inst.busy_token, inst.worker, inst.idle_since, inst.work = None, None, now, None
+        if agent.concurrency < len(agent.instances) or inst.agent is None:
+            del agent.instances[instance_id]
+            return
+        agent.idle.append(instance_id)
+        self._released.pop(instance_id, None)
+        self._released[instance_id] = None
+
+    def _drop_idle(self, idle_before: float, limit: int) -> int:
+        """Drop instances idle since ``idle_before`` or earlier (at most ``limit``), those
+        released longest ago first; how many went. Costs the instances it looks at, not
+        the agents registered."""
+        dropped = 0
+        released = self._released
+        while released and dropped < limit:
+            instance_id = next(iter(released))
+            agent, inst = self._instance(instance_id.rpartition("#")[0], instance_id)
+            if agent is not None and inst is not None and idle(inst):
+                if inst.idle_since > idle_before:
+                    break
+                del agent.instances[instance_id]
+                if instance_id in agent.idle:
+                    agent.idle.remove(instance_id)
+                dropped += 1
+            del released[instance_id]
+        return dropped
+
+    def _take_built(self, name: str, instance_id: str, inst: Slot) -> None:
+        built = self._built.pop((name, instance_id), None)
+        if built is not None and inst.agent is None:
+            inst.agent = built
+
+    def _on_built(self, name: str, instance_id: str, agent: Any) -> None:
+        """Worker thread: an instance's object was built (taken on the host's thread)."""
+        self._built[(name, instance_id)] = agent
+
+    # -- crash rules -------------------------------------------------------------------
+
+    def _on_crash_news(self, event: InstanceEvent, now: float) -> list[int]:
+        """An instance crashed (its factory failed or it raised InstanceCrash), or its
+        backoff is over; see the module docstring."""
+        agent = self._agents.get(event.agent)
+        instance_id = event.instance
+        inst = None if agent is None or instance_id is None else agent.instances.get(instance_id)
+        if agent is None or instance_id is None or inst is None:
+            return []
+        if event.kind is ChildEventKind.RESTARTED and inst.restarting:
+            crash_point("agents.restart")
+            del agent.instances[instance_id]  # the slot serves again, with a fresh object
+            return []
+        if event.kind is not ChildEventKind.CRASHED or inst.restarting:
+            return []
+        del agent.instances[instance_id]
+        self._built.pop((agent.name, instance_id), None)
+        self._free_worker(inst.worker, now)
+        lost = [] if inst.busy_token is None else [inst.busy_token]
+        if agent.window is None:
+            agent.window = RestartWindow(self._max_restarts, self._restart_period, self._clock)
+        if agent.window.record():
+            return lost + self._give_up(agent, instance_id)
+        agent.instances[instance_id] = Slot(restarting=True)
+        events, name = self._events, agent.name
+        self._clock.call_later(
+            INSTANCE_BACKOFF.delay(len(agent.window)),
+            lambda: events(InstanceEvent(name, instance_id, ChildEventKind.RESTARTED)),
+        )
+        return lost
+
+    def _give_up(self, agent: PooledAgent, instance_id: str) -> list[int]:
+        """The restart intensity of ``agent`` is exceeded: drop every instance (the
+        attempts they run are lost; their workers free once they answer) and start afresh."""
+        assert agent.window is not None
+        window, period = len(agent.window), self._restart_period
+        _log.error(
+            "%s", RestartIntensityExceeded(f"agent:{agent.name}", instance_id, window, period)
+        )
+        lost = [token for inst in agent.instances.values() for token in self._let_go(inst)]
+        agent.instances.clear()
+        agent.window = None
+        return lost
+
+
+def idle(inst: Slot) -> bool:
+    """Free to serve: neither busy nor waiting out a crash's backoff."""
+    return inst.busy_token is None and not inst.restarting
+
+
+def halt(inst: Slot) -> int:
+    """Its worker takes no further ready attempt for it (the host let it go); the token
+    of the last one it took (0: none)."""
+    work = inst.work
+    if work is None:
+        return 0
+    with work.lock:
+        work.stop = True
+        return work.fed
+
+
+def next_idle(agent: PooledAgent) -> str | None:
+    """The idle instance ``agent`` released last (left on its list), dropping the
+    entries met on the way whose instance went or serves again."""
+    idle_ids, instances = agent.idle, agent.instances
+    while idle_ids:
+        inst = instances.get(idle_ids[-1])
+        if inst is not None and idle(inst):
+            return idle_ids[-1]
+        idle_ids.pop()
+    return None

@@ -1,0 +1,78 @@
+"""The pool host's line, end to end: attempts that found an instance slot but no free
+worker are recorded, wait in the line, and the next worker to finish takes them.
+
+The host-level rules (who takes what, withdrawing, replacing) are in test_pool_host.py;
+here a runtime checks the guarantees around them: the concurrency cap, the deadlines of
+an attempt that waited, and that workers take lined attempts themselves."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from test_prefetch import WAIT, Counted, Gated
+
+from herder.runtime import Runtime, StepState, Workflow
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
+
+
+def test_agents_keep_their_concurrency_while_their_attempts_wait_in_the_line(
+    tmp_path: Path,
+) -> None:
+    Counted.running, Counted.most, Counted.gate = {}, {}, threading.Event()
+    names = [f"r{i}" for i in range(6)]
+    with Runtime(tmp_path / "s", pool_workers=2, prefetch=0) as rt:
+        for name in names:
+            rt.add_agent(name, lambda name=name: Counted(name), concurrency=1)
+        for name in names:
+            rt.add_workflow(Workflow(name).step("s", agent=name, action="go"))
+        handles = [rt.start(names[i % 6], {}, workflow_id=f"w{i}") for i in range(48)]
+        # Two run, one attempt of each of the four other agents waits in the line (its
+        # instance slot held): the rest wait in their agents' queues, unrecorded.
+        wait_until(rt, lambda: rt.stats()["host"]["line"] == 4)
+        assert sum(Counted.running.values()) == 2
+        Counted.gate.set()
+        for handle in handles:
+            assert handle.result(timeout=WAIT) == {"s": 1}
+        stats = rt.stats()
+    assert Counted.most == dict.fromkeys(names, 1)  # never two of one agent at once
+    assert stats["host"]["fed_from_line"] > 0  # workers went on with lined attempts
+    assert stats["host"]["line"] == 0
+    assert stats["host"]["workers"] <= 2
+
+
+def _waited_in_the_line(tmp_path: Path, *, heartbeat: float | None) -> None:
+    """w1 holds the only worker; w2 (another agent) waits in the line from t=0 and
+    starts at t=8: with a timeout (or heartbeat timeout) of 10 s it lapses at t=18."""
+    clock = FakeClock()
+    Gated.started, Gated.go = {}, {}
+    with Runtime(tmp_path / "s", clock=clock, pool_workers=1, prefetch=0) as rt:
+        for name in ("a", "b"):
+            rt.add_agent(name, Gated, concurrency=1)
+            step = {"timeout": 10.0} if heartbeat is None else {"heartbeat_timeout": heartbeat}
+            rt.add_workflow(Workflow(name).step("s", agent=name, action="act", **step))
+        rt.start("a", {}, workflow_id="w1")
+        assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
+        rt.start("b", {}, workflow_id="w2")  # recorded at t=0, in the line
+        wait_until(rt, lambda: rt.stats()["host"]["line"] == 1)
+        advance(rt, clock, 8.0)
+        Gated.go.setdefault("w1", threading.Event()).set()  # the worker takes w2 at t=8
+        assert Gated.started.setdefault("w2", threading.Event()).wait(WAIT)
+        settle(rt)
+        advance(rt, clock, 4.0)  # t=12: past what was recorded, within its timeout
+        step = rt.status("w2").steps["s"]
+        assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
+        advance(rt, clock, 7.0)  # t=19: its timeout from t=8 has passed
+        lapsed = "timed out" if heartbeat is None else "no heartbeat"
+        wait_until(rt, lambda: lapsed in (rt.status("w2").steps["s"].error or ""))
+        Gated.go["w2"].set()
+
+
+def test_an_attempt_that_waited_in_the_line_gets_its_whole_timeout(tmp_path: Path) -> None:
+    _waited_in_the_line(tmp_path, heartbeat=None)
+
+
+def test_an_attempt_that_waited_in_the_line_gets_its_whole_heartbeat_timeout(
+    tmp_path: Path,
+) -> None:
+    _waited_in_the_line(tmp_path, heartbeat=10.0)
