@@ -28,6 +28,8 @@ from herder.actors._outcomes import COMPLETE_LATER, DONE, NOT_DONE, RUNNING, Pro
 from herder.actors.engine import OutcomeKind
 from herder.store import EncodeError, bounded_traceback, describe, error_types, normalize
 
+_PLAIN, _LATER = OutcomeKind.PLAIN.value, OutcomeKind.LATER.value  # (an enum's .value is 2 calls)
+
 
 def run_attempt(
     agent: Any, agent_name: str, instance_id: str, run: Run, max_result_bytes: int
@@ -64,9 +66,9 @@ def settle(
     docstring); an asyncio host passes a ``produce`` that replays an awaited result."""
     try:
         value = produce()
-        kind = OutcomeKind.PLAIN.value
+        kind = _PLAIN
         if value is COMPLETE_LATER:
-            value, kind = None, OutcomeKind.LATER.value
+            value, kind = None, _LATER
         elif isinstance(value, ProbeResult):
             value, kind = value.result, _verdict(value.status)
         result = normalize(value, limit=max_result_bytes, what=f"result of action {run.action!r}")
