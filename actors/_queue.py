@@ -35,7 +35,8 @@ class JobQueue(Generic[_T]):
     def __init__(self, aging: float = DEFAULT_AGING) -> None:
         self._aging = aging
         # (key, arrival, job), a heap: ``heap[0][2]`` runs next. Its owner may read it and
-        # ``heapq.heappop`` it directly (the dispatcher's pump, once per step: no calls).
+        # ``heapq.heappop`` it directly (the dispatcher's pump, once per step: no calls);
+        # it is always this list (changed in place, never rebound).
         self.heap: list[tuple[float, int, _T]] = []
         self._seq = itertools.count()
 
@@ -64,7 +65,7 @@ class JobQueue(Generic[_T]):
             other.heap.clear()
         else:
             gone = {id(entry) for entry in moving}
-            other.heap = [entry for entry in other.heap if id(entry) not in gone]
+            other.heap[:] = [entry for entry in other.heap if id(entry) not in gone]  # (same list)
             heapq.heapify(other.heap)
         return len(moving)
 

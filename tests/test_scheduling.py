@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from herder.actors._ask import call
+from herder.actors._queue import JobQueue
 from herder.runtime import (
     Agent,
     InvalidDefinition,
@@ -249,3 +250,17 @@ def test_equal_priorities_run_first_come_first_served(tmp_path: Path, clock: Fak
         for handle in handles:
             handle.result(timeout=WAIT)
     assert sorted(tokens, key=tokens.__getitem__) == ["blocker"] + [f"w{n}" for n in range(5)]
+
+
+def test_taking_jobs_from_a_queue_keeps_their_order_and_the_queue_its_heap() -> None:
+    source: JobQueue[str] = JobQueue(aging=10.0)
+    for n, (job, priority) in enumerate([("a", 0), ("b", 5), ("c", 0), ("d", 5)]):
+        source.push(job, priority, now=100.0 + n)
+    heap = source.heap  # the dispatcher's pump holds the list itself
+    target: JobQueue[str] = JobQueue(aging=10.0)
+    target.push("x", 0, now=90.0)
+    assert target.take(source, lambda job: job in ("b", "c")) == 2
+    assert source.heap is heap
+    assert [source.pop(), source.pop()] == ["d", "a"]
+    assert not source
+    assert [target.pop() for _ in range(3)] == ["b", "x", "c"]
