@@ -29,7 +29,7 @@ from herder.actors._ahead import Lane, Lanes
 from herder.actors._clock import MessageClock
 from herder.actors._engine import EngineContext, prepare
 from herder.actors._facts import agent_facts, limit_facts
-from herder.actors._host import AgentHost, AgentUnavailable, routed
+from herder.actors._host import AgentHost, AgentUnavailable, pumped, routed
 from herder.actors._messages import InstanceEvent, Outcome, Wake
 from herder.actors._queue import JobQueue
 from herder.actors._supervision_specs import ChildEventKind
@@ -72,6 +72,7 @@ class Dispatcher:
         self._spare = 0  # a token drawn for a job that found no room, for the next job
         self._routes: dict[str, _Route] = {}  # per agent, looked up once per pump (per add)
         self._regroup = False  # an agent's health changed: group jobs may change member
+        self._pumped = pumped(None)  # the host's, once attached
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
@@ -92,6 +93,7 @@ class Dispatcher:
     def attach(self, host: AgentHost, agents: dict[str, AgentEntry]) -> None:
         """Run attempts on ``host``, serving ``agents`` (those registered so far)."""
         self.host = host
+        self._pumped = pumped(host)  # (a pool host passes on a worker a pump took not)
         self.lanes.attach(host)
         for name, entry in agents.items():
             self.add(name, entry)
@@ -258,6 +260,7 @@ class Dispatcher:
             self._pump(agent)
         self.dirty.clear()
         self._spare = 0  # tokens are drawn elsewhere from now on: it would not exceed them
+        self._pumped()
 
     def _pump(self, agent: str) -> None:
         """Reserve what ``agent``'s queue may run now: on an idle instance, else ahead.

@@ -26,6 +26,7 @@ Scheduler -> host      meaning
                        worker went on with another instance's attempt
 ``route``              optional: the host that serves every call about an agent (a
                        router's placement; it changes only at ``add``)
+``pumped``             optional: the agents touched since the last pump were pumped
 =====================  ===========================================================
 
 A host without the optional methods gets reserve-ahead attempts handed over by the
@@ -109,6 +110,18 @@ def ready_queue(host: object, name: str) -> deque[Run] | None:
     host does not self-feed (the Scheduler then hands ready attempts over itself)."""
     method = getattr(host, "ready_queue", None)
     return None if method is None else method(name)
+
+
+def pumped(host: object) -> Callable[[], None]:
+    """``host.pumped``, called after each pump of the agents the Scheduler touched (a
+    host holding a worker for an agent it woke passes it on if that pump took nothing);
+    a no-op for a host without it."""
+    method = getattr(host, "pumped", None)
+    return _nothing if method is None else method
+
+
+def _nothing() -> None:
+    pass
 
 
 def routed(host: AgentHost, name: str) -> AgentHost:

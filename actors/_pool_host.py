@@ -20,7 +20,8 @@ under one ``simple_one_for_one`` supervisor; this module decides what runs on th
   while it waited never starts. At most ``line`` attempts wait (default
   :data:`LINE_PER_WORKER` per worker of the cap); past that, agents wait un-recorded and
   are woken (an :class:`InstanceEvent` without instance), oldest first, as workers or
-  places in the line free.
+  places in the line free; a worker is held for a woken agent until its pump is over
+  (``pumped``), then passed on if that pump took nothing.
 - **Workers.** The pool supervisor restarts a crashed worker (its attempt is lost, the
   agent is not charged); if the pool supervisor gives up, every running attempt is lost
   and the next one starts a new pool.
@@ -111,6 +112,7 @@ class PoolHost(PoolAgents):
         # Agents woken for a free worker, wake-up on its way: each holds one free worker, so
         # no agent arriving meanwhile takes it (10,000 names: ~4 wake-ups per attempt else).
         self._woken: dict[str, None] = {}
+        self._pumping: list[str] = []  # woken agents whose wake-up landed: pumped next
         self._orphans: dict[int, str] = {}  # token -> worker, of instances given up on
 
     def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> bool:
@@ -282,11 +284,25 @@ class PoolHost(PoolAgents):
         of its instances (the crash rules, actors/_pool_agents.py)."""
         if event.instance is not None:
             return self._on_crash_news(event, now)
-        self._woken.pop(event.agent, None)  # (it takes the worker in the pump that follows)
         agent = self._agents.get(event.agent)
         if agent is None or not (agent.queue or agent.ready):  # (ready: durable, ahead)
+            self._woken.pop(event.agent, None)
             self._wake()
+        else:  # it keeps its worker for the pump that follows (see pumped)
+            self._pumping.append(event.agent)
         return []
+
+    def pumped(self) -> None:
+        """The Scheduler pumped the agents it touched: an agent woken for a worker that its
+        pump did not take (its gate closed, its jobs went stale) passes it on now, rather
+        than hold it, idle, until the next tick."""
+        if self._pumping:
+            idle = [name for name in self._pumping if name in self._woken]
+            self._pumping.clear()
+            for name in idle:
+                del self._woken[name]
+            if idle:
+                self._wake()
 
     def _let_go(self, inst: Slot) -> list[int]:
         """The agent of ``inst`` is given up on: the attempts lost with it (its worker
@@ -315,6 +331,7 @@ class PoolHost(PoolAgents):
         dropped = self._drop_idle(idle_before, limit)
         self._pool.passivate(idle_before)
         self._woken.clear()  # a wake-up lost on its way holds no worker past a tick
+        self._pumping.clear()
         self._wake()  # in case a woken agent did not take the worker it was woken for
         return dropped
 

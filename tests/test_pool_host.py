@@ -292,6 +292,26 @@ def test_an_agent_woken_for_a_worker_it_has_no_work_for_passes_the_worker_on(
     assert scheduler.host.acquire("c", 99) is not None
 
 
+def test_an_agent_woken_whose_pump_takes_no_worker_passes_it_on_after_the_pump(
+    clock: FakeClock,
+) -> None:
+    """It has work, but its pump takes none of it (its breaker opened meanwhile, say). It
+    used to keep the worker held for it, idle while c waited, until the next tick."""
+    scheduler = _b_then_c_wait(clock)
+    queue = scheduler.host.queue("b")
+    assert queue is not None
+    queue.push("a job its gate holds back", 0, 0.0)
+    Flaky.gate.set()
+    scheduler.outcome()  # a's worker frees: b is woken for it
+    scheduler.handle_one()  # b's wake-up lands: it keeps the worker for its pump...
+    woken = lambda: {e.agent for e in scheduler.events if e.kind is ChildEventKind.STARTED}  # noqa: E731
+    assert "c" not in woken()
+    scheduler.host.pumped()  # ...which took nothing: the worker goes on to c
+    scheduler.handle_one()
+    assert "c" in woken()
+    assert scheduler.host.acquire("c", 99) is not None
+
+
 def test_an_agent_woken_with_ready_attempts_but_no_queue_keeps_the_worker(
     clock: FakeClock,
 ) -> None:
