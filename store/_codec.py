@@ -46,38 +46,35 @@ _PLAIN_DATA = "use plain data (None, bool, int, float, str, bytes, lists and dic
 def encode(obj: Any, *, limit: int | None = None, what: str = "value") -> bytes:
     """Encode ``obj`` as msgpack plus checksum; :class:`EncodeError` if it cannot be or is
     too big (``limit`` counts the msgpack body)."""
-    body = _pack(obj, limit, what)
-    return body + _CRC.pack(zlib.crc32(body))
-
-
-def _pack(obj: Any, limit: int | None, what: str) -> bytes:
     # The user's exception is described, not chained: it may raise when touched again.
     try:
         # A Packer per call (thread-safe, nothing kept) with a small first buffer: packb
         # builds one with a 256 KiB buffer and keyword arguments, 3x the cost of a record.
-        data: bytes = _Packer(use_bin_type=True, buf_size=_BUF_SIZE).pack(obj)
-    except (TypeError, ValueError, OverflowError) as exc:
-        message = safe_str(exc)  # may come from a user object (a dict subclass's items())
-        if "recursion limit" in message:
-            message = (
-                "it is nested too deeply or contains itself; "
-                f"at most {MAX_DEPTH} levels of plain data can be stored"
-            )
-        else:
-            message = f"{message}; {_PLAIN_DATA}"
+        body: bytes = _Packer(use_bin_type=True, buf_size=_BUF_SIZE).pack(obj)
     except BaseException as exc:  # a user object's method raised anything
-        message = f"reading it raised {describe(exc)}; {_PLAIN_DATA}"
+        message = _refusal(exc)
     else:
-        message = ""
-    if message:
-        raise EncodeError(f"{what} cannot be stored: {message}")
-    ceiling = MAX_RECORD_BYTES if limit is None else limit
-    if len(data) > ceiling:
-        raise EncodeError(
-            f"{what} is {len(data)} bytes encoded; the limit is {ceiling} bytes: "
+        ceiling = MAX_RECORD_BYTES if limit is None else limit
+        if len(body) <= ceiling:
+            return body + _CRC.pack(zlib.crc32(body))
+        message = (
+            f"is {len(body)} bytes encoded; the limit is {ceiling} bytes: "
             "store large payloads elsewhere and pass a reference"
         )
-    return data
+    raise EncodeError(f"{what} {message}")
+
+
+def _refusal(exc: BaseException) -> str:
+    """Why a value cannot be stored, from what packing it raised."""
+    if not isinstance(exc, TypeError | ValueError | OverflowError):
+        return f"cannot be stored: reading it raised {describe(exc)}; {_PLAIN_DATA}"
+    message = safe_str(exc)  # may come from a user object (a dict subclass's items())
+    if "recursion limit" in message:
+        return (
+            "cannot be stored: it is nested too deeply or contains itself; "
+            f"at most {MAX_DEPTH} levels of plain data can be stored"
+        )
+    return f"cannot be stored: {message}; {_PLAIN_DATA}"
 
 
 def decode(data: bytes, *, db: str, key: bytes) -> Any:
@@ -106,7 +103,7 @@ def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any
     Raises :class:`EncodeError` for anything the store would refuse to keep or could not
     read back: unencodable values, values over ``limit`` bytes, and non-str map keys.
     """
-    data = _pack(obj, limit, what)
+    data = memoryview(encode(obj, limit=limit, what=what))[: -_CRC.size]  # one call, not two
     try:
         value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except ValueError as exc:

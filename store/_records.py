@@ -115,8 +115,9 @@ class WorkflowRecord:
         raise NotImplementedError
 
     def to_stored(self) -> list[Any]:
-        """The record as stored (schema 3): ``[3, id, name, ...]``, every field in order."""
-        return _stored_workflow(self)
+        """The record as stored (schema 3): ``[3, id, name, ...]``, every field in order.
+        Replaced below by the generated function (:func:`_array_codec`)."""
+        raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a map, the schema 2 layout (``agents``, ``trace`` and ``deadline``
@@ -200,8 +201,9 @@ class StepRecord:
         raise NotImplementedError
 
     def to_stored(self) -> list[Any]:
-        """The record as stored (schema 3): ``[3, workflow_id, name, state, ...]``."""
-        return _stored_step(self)
+        """The record as stored (schema 3): ``[3, workflow_id, name, state, ...]``.
+        Replaced below by the generated function (:func:`_array_codec`)."""
+        raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a map, the schema 2 layout."""
@@ -325,7 +327,10 @@ def _array_codec(
         read.append(f"    set{i}(out, {value})")
     read.append("    return out")
     exec("\n".join(out) + "\n" + "\n".join(read), env)  # the class's own field names
-    return env["to_stored"], _state_errors(env["from_array"], cls.__name__)
+    to_stored = env["to_stored"]
+    to_stored.__doc__ = cls.to_stored.__doc__  # type: ignore[attr-defined]
+    to_stored.__qualname__ = f"{cls.__name__}.to_stored"
+    return to_stored, _state_errors(env["from_array"], cls.__name__)
 
 
 def _state_errors(read: Callable[[list[Any]], _R], what: str) -> Callable[[list[Any]], _R]:
@@ -342,6 +347,10 @@ _stored_workflow, _workflow_from_array = _array_codec(
     WorkflowRecord, WorkflowState, added=("deadline",)
 )
 _stored_step, _step_from_array = _array_codec(StepRecord, StepState)
+# The generated functions are the records' own to_stored methods: one call, not a method
+# calling a function (the Scheduler stores a step twice per step).
+setattr(WorkflowRecord, "to_stored", _stored_workflow)  # noqa: B010 (a method)
+setattr(StepRecord, "to_stored", _stored_step)  # noqa: B010
 
 
 _Rec = TypeVar("_Rec", WorkflowRecord, StepRecord)
