@@ -22,10 +22,9 @@ effects once durable. It owns the parts it wires together, each on this actor's 
 - ``herder.actors.engine``: :class:`Engine`, the unfinished workflows in memory and
   what each event does to them (the rules as tables and pure functions), answering
   with a :class:`Decision`;
-- ``_commits``: CommitPipeline (a decision's writes as per-flush transactions, one
-  commit in flight per workflow) and the promises a durable batch keeps;
-- ``_dispatch``: the agents' queues, admission gates and the pump, in front of the
-  agent host;
+- ``_commits``: a decision's writes as per-flush transactions (one commit in flight per
+  workflow) and the promises a durable batch keeps;
+- ``_dispatch``: the agents' queues, admission gates and the pump, before the agent host;
 - ``_recovery``: workflows not in memory, and bringing them in (new, recovered after a
   restart, awaiting their definition, reloaded after a failed commit);
 - ``_operator`` and ``_channel``: operator actions and complete_step, and the commands
@@ -310,8 +309,11 @@ class Scheduler(SupervisedActor):
     def _handle_receive(self, message: Any) -> Any:
         self._clock.tick()
         try:
-            if type(message) in self._handlers:  # not pykka's: skip its proxy checks
-                return self.on_receive(message)
+            handler = self._handlers.get(type(message))
+            if handler is not None:  # not pykka's: skip its proxy checks (on_receive, inline)
+                handler(message)
+                self.settle()
+                return None
             return super()._handle_receive(message)
         finally:
             if self._commits.open and self.actor_inbox.empty():
@@ -369,7 +371,7 @@ class Scheduler(SupervisedActor):
     def _apply(self, effect: Effect) -> None:
         if isinstance(effect, Dispatch):
             attempt = self._engine.inflight.get(effect.token)
-            if attempt is None or attempt.sent:
+            if attempt is None or attempt.message is None:  # (attempt.sent, inline)
                 return  # superseded before it was durable (crash, timeout)
             if not self._dispatch.send(attempt):
                 self.handle(AttemptLost(effect.token, "agent instance went away"))
@@ -379,10 +381,13 @@ class Scheduler(SupervisedActor):
     def _on_outcome(self, m: Outcome) -> None:
         crash_point("scheduler.outcome")
         self._dispatch.answered(m)
-        event = Answered(
+        answered = Answered(
             m.token, m.ok, m.result, m.error, m.error_types, m.permanent, m.traceback, m.kind
         )
-        self.handle(event)
+        decision = self._engine.handle(answered, now=self._clock.now, rand=self._rand.random)
+        self._commits.apply(decision)  # (handle, inline: once per step)
+        if decision.now:
+            self._dispatch.perform(decision.now)
 
     def _on_due(self, msg: Due) -> None:
         self._due.on_due(msg)

@@ -91,6 +91,7 @@ from herder.store._history import (
     step_event,
     step_history,
     workflow_event,
+    workflow_history,
 )
 from herder.store._keys import (
     BATCH_TIMER,
@@ -259,5 +260,6 @@ __all__ = [
     "validate_name",
     "wait_outcome",
     "workflow_event",
+    "workflow_history",
     "workflow_key",
 ]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from herder.store._codec import encode
 from herder.store._keys import KEY_SEP, history_key, seq_suffix, workflow_key
 from herder.store._ops import Put
-from herder.store._records import StepRecord, WorkflowRecord, WorkflowState
+from herder.store._records import StepRecord, StepState, WorkflowRecord, WorkflowState
 
 if TYPE_CHECKING:
     from herder.store._env import Store
@@ -44,6 +44,7 @@ _SEQ = struct.Struct(">Q")  # the sequence at the end of a history_key
 
 
 _STEP, _WORKFLOW = 0, 1
+_UNDOING = frozenset({StepState.COMPENSATING, StepState.COMPENSATED})  # is_compensation, no call
 _STEP_FIELDS = ("t", "step", "from", "to", "attempt", "token", "error", "traceback")
 _WORKFLOW_FIELDS = ("t", "from", "to", "error")
 
@@ -145,7 +146,7 @@ def step_history(
         return (HISTORY_DB, prefix + seq_suffix(seq())), _stored(event)
     state = new.state  # a StrEnum: packed as its value
     error = new.error if new.error != old.error else None
-    attempt = new.comp_attempt if state.is_compensation else new.attempt
+    attempt = new.comp_attempt if state in _UNDOING else new.attempt
     stored = [_STEP, now, new.name, old.state, state, attempt, new.token, error]
     if note is not None and error:
         stored.append(note)
@@ -157,10 +158,20 @@ def workflow_event(old: WorkflowState | None, new: WorkflowRecord) -> dict[str, 
     return {
         "kind": "workflow",
         "t": new.updated,
-        "from": None if old is None else old.value,
-        "to": new.state.value,
+        "from": old,  # (StrEnums: packed and compared as their values; .value is 2 calls)
+        "to": new.state,
         "error": new.error,
     }
+
+
+def workflow_history(
+    prefix: bytes, seq: int, old: WorkflowState | None, new: WorkflowRecord
+) -> tuple[tuple[str, bytes], bytes]:
+    """The history ``(db, key)`` and stored value of the workflow whose keys start with
+    ``prefix`` entering ``new.state``: its :func:`workflow_event` as :func:`history_put`
+    stores it, built straight from the record (the Scheduler writes one per workflow)."""
+    stored = [_WORKFLOW, new.updated, old, new.state, new.error]
+    return (HISTORY_DB, prefix + seq_suffix(seq)), encode(stored)
 
 
 def read_history(store: Store, workflow_id: str) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
-"""The Scheduler's history events, built straight from the records (``step_history``),
-are exactly what the event map path (``step_event`` + ``history_put``) stores."""
+"""The Scheduler's history events, built straight from the records (``step_history``,
+``workflow_history``), are exactly what the event map path (``step_event`` or
+``workflow_event``, then ``history_put``) stores."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import pytest
 from herder.store import (
     StepRecord,
     StepState,
+    WorkflowRecord,
+    WorkflowState,
     as_event,
     decode,
     history_put,
     key_prefix,
     step_event,
     step_history,
+    workflow_event,
+    workflow_history,
 )
 
 S = StepState
@@ -51,3 +56,25 @@ def test_a_change_that_is_no_transition_has_no_event_and_draws_no_sequence() -> 
     prefix = key_prefix("wf-1")
     assert step_history(prefix, BASE, beat, 3.0, note=None, seq=lambda: next(drawn)) is None
     assert next(drawn) == 1  # no sequence number was drawn
+
+
+W = WorkflowState
+RECORD = WorkflowRecord("wf-1", "order", 1, {"n": 1}, W.RUNNING, created=1.0, updated=2.0)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (None, RECORD),
+        (W.RUNNING, RECORD.evolve(state=W.SUCCEEDED, updated=9.5)),
+        (W.RUNNING, RECORD.evolve(state=W.COMPENSATING, error="step 'a' failed: boom")),
+    ],
+)
+def test_a_workflow_event_is_stored_as_the_event_map_would_be(
+    old: WorkflowState | None, new: WorkflowRecord
+) -> None:
+    entry = workflow_history(key_prefix("wf-1"), 41, old, new)
+    event = workflow_event(old, new)
+    put = history_put("wf-1", 41, event)
+    assert entry == (("history", put.key), put.value)
+    assert as_event(decode(entry[1], db="history", key=put.key)) == event

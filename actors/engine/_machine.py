@@ -31,6 +31,7 @@ from herder.actors.engine._decision import (
     Enqueue,
     Fence,
     Lost,
+    StepWrite,
     TimerDelete,
 )
 from herder.actors.engine._logs import log_step
@@ -122,7 +123,8 @@ class Machine:
         workflow are in a state that runs it."""
         if job.step not in run.queued or run.jobs.get(job.step) is not job:
             return False
-        if not job.compensating and expired(run.record.deadline, self.now):
+        deadline = run.record.deadline  # (tested here first: expired() is a call, every step)
+        if deadline is not None and not job.compensating and expired(deadline, self.now):
             return False  # no new attempt past the deadline (its timer compensates)
         st = run.steps[job.step]
         if job.compensating:
@@ -150,10 +152,6 @@ class Machine:
     def set_record(self, run: WorkflowRun, **changes: Any) -> WorkflowRecord:
         """Change the run's workflow record (in memory and in the decision)."""
         return self._out.set_record(run, self.now, **changes)
-
-    def after(self, workflow_id: str, effect: Any) -> None:
-        """Do ``effect`` once the workflow's writes so far are durable."""
-        self._out.after(workflow_id, effect)
 
     def fence(self, attempt: Attempt, *, replace: bool = False, abandon: bool = True) -> None:
         """Stop counting ``attempt`` (see :class:`Fence`)."""
@@ -229,7 +227,8 @@ class Machine:
             new = settled(
                 st, StepState.SUCCEEDED, token, now, result=result, done_token=token, succeeded=True
             )
-            self._out.put_step(run, st, new, now)
+            run.steps[st.name] = new  # (self._out.put_step, inline: once per step)
+            self._out.writes.append(StepWrite(run.record.id, st, new, now, self._out.note))
             self.counters["succeeded"] += 1
         self.advance(run)
 
@@ -304,7 +303,7 @@ class Machine:
         if record.deadline is not None:  # it ended first: its deadline's timer goes
             self._out.writes.append(TimerDelete(record.id, ms(record.deadline), DEADLINE_TIMER))
         steps = [run.steps[spec.name] for spec in run.plan.steps]
-        self.after(record.id, Announce(record, steps))
+        self._out.after(record.id, Announce(record, steps))
         del self.runs[record.id]
         for token in run.attempts:
             attempt = self.inflight.pop(token, None)
