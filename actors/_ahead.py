@@ -55,8 +55,9 @@ MIN_SAMPLES = 16
 """Action times after which an agent's p95 is their 95th percentile (before: the longest
 one seen; before its first, nothing is reserved ahead)."""
 
-STARTED_CAP = 4096
-"""Hand-over times kept for attempts not yet answered (beyond it they are dropped)."""
+STARTED_CAP = 65536
+"""Hand-over times kept for attempts not yet answered, over every lane of a runtime
+(beyond it they are dropped)."""
 
 TIMEOUT_SHARE = 10
 """prefetch x p95 action time stays under timeout / TIMEOUT_SHARE."""
@@ -79,9 +80,11 @@ class Lane:
     _times: list[float] = field(default_factory=list)  # the last SAMPLES action times
     _next: int = 0  # where the next time goes in _times
     _fresh: int = 0  # times added since p95 was computed
-    _started: dict[int, float] = field(default_factory=dict)  # token -> handed over at
+    # token -> handed over at: one dict shared by every lane of a runtime (tokens are
+    # unique), not one per agent name (one of 10,000 names holds 200 bytes of dict).
+    _started: dict[int, float] = field(default_factory=dict)
     host: Any = None  # the host serving the agent (routed once per configure)
-    moved_on: Any = None  # its moved_on, if it self-feeds
+    feeds: bool = False  # the host self-feeds: it has moved_on
 
     def configure(self, concurrency: int, prefetch: int) -> None:
         """Serve ``concurrency`` instances, reserving up to ``prefetch`` ahead of each."""
@@ -159,6 +162,7 @@ class Lanes:
         self._config = config  # prefetch, probe_timeout, default_timeout
         self._host: AgentHost | None = None
         self._lanes: dict[str, Lane] = {}
+        self._started: dict[int, float] = {}  # every lane's (Lane._started)
         self.reserved = 0  # attempts reserved ahead of a free instance, so far
         # Tokens of waiting attempts fenced with "replace" (they hang, or must stop): a
         # worker may have taken one before the fence; its instance is replaced once the
@@ -176,11 +180,11 @@ class Lanes:
         moved host."""
         lane = self._lanes.get(name)
         if lane is None:
-            lane = self._lanes[name] = Lane()
+            lane = self._lanes[name] = Lane(_started=self._started)
         lane.configure(concurrency, 0 if limited else self._config.prefetch)
         assert self._host is not None
         lane.host = routed(self._host, name)
-        lane.moved_on = getattr(lane.host, "moved_on", None)
+        lane.feeds = hasattr(lane.host, "moved_on")
         if hasattr(lane.host, "on_lined_start"):  # a pool host hands lined attempts over
             lane.host.on_lined_start = self.lined_start
         if lane.ready is not None:
@@ -277,8 +281,8 @@ class Lanes:
             return False
         if lane is None:
             went_on = moved_on(self._host, msg.agent, msg.instance, msg.token, msg.next_token)
-        elif lane.moved_on is not None:
-            went_on = lane.moved_on(msg.agent, msg.instance, msg.token, msg.next_token)
+        elif lane.feeds:
+            went_on = lane.host.moved_on(msg.agent, msg.instance, msg.token, msg.next_token)
         else:
             went_on = True
         if went_on is False:  # with another agent's attempt, from the pool's line
