@@ -44,10 +44,6 @@ class JobQueue(Generic[_T]):
         """Add ``item`` with ``priority`` (higher runs sooner), enqueued at ``now``."""
         heapq.heappush(self.heap, (now - self._aging * priority, next(self._seq), item))
 
-    def peek(self) -> _T:
-        """The job that runs next (IndexError when empty)."""
-        return self.heap[0][2]
-
     def pop(self) -> _T:
         """Remove and return the job that runs next (IndexError when empty)."""
         return heapq.heappop(self.heap)[2]
