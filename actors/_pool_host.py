@@ -252,10 +252,7 @@ class PoolHost(PoolAgents):
         elif what == "gone":
             self._pool.grow(self._wanted())
             if job is not None:
-                name, instance_id, token = job
-                self._agents[name].instances.pop(instance_id, None)
-                self._built.pop((name, instance_id), None)
-                return [token]
+                return self._lost_with(*job)
         return []
 
     def _on_pool_event(self, event: InstanceEvent) -> list[int]:
@@ -267,9 +264,7 @@ class PoolHost(PoolAgents):
         jobs = self._pool.pool_gone(event.ref)
         if jobs is None:
             return []  # about a pool this host already let go of
-        for name, instance_id, _ in jobs:
-            self._agents[name].instances.pop(instance_id, None)
-        lost = [token for _, _, token in jobs]
+        lost = [token for job in jobs for token in self._lost_with(*job)]
         self._orphans.clear()
         self._woken.clear()
         waiting, self._waiting = self._waiting, {}
@@ -303,6 +298,23 @@ class PoolHost(PoolAgents):
                 del self._woken[name]
             if idle:
                 self._wake()
+
+    def _lost_with(self, name: str, instance_id: str, token: int) -> list[int]:
+        """A worker went (crashed, or with the pool) while it ran ``token`` on
+        ``instance_id``: that attempt is lost with the instance, and so is one the worker
+        had taken from the line, unheard of (its slot frees)."""
+        inst = self._agents[name].instances.pop(instance_id, None)
+        self._built.pop((name, instance_id), None)
+        fed = 0 if inst is None or inst.work is None else inst.work.fed
+        lined = self._lined.pop(fed, None) if fed else None
+        if lined is None:
+            return [token]
+        self._doomed.discard(fed)
+        agent, taken = self._instance(*lined)
+        if agent is not None and taken is not None and taken.busy_token == fed:
+            self._unline(taken)
+            del agent.instances[lined[1]]
+        return [token, fed]
 
     def _let_go(self, inst: Slot) -> list[int]:
         """The agent of ``inst`` is given up on: the attempts lost with it (its worker

@@ -481,3 +481,32 @@ def test_replacing_a_lined_attempt_a_worker_took_abandons_that_worker_once_heard
     assert one_worker.host.busy_tokens("b") == []
     fresh = one_worker.start("c", "ok", 7)  # on the fresh thread that replaced it
     assert one_worker.outcome().token == fresh
+
+
+def test_a_worker_that_crashes_after_taking_a_lined_attempt_loses_that_one_too(
+    clock: FakeClock,
+) -> None:
+    inbox: queue.Queue[Any] = queue.Queue()
+
+    def reply(outcome: Outcome) -> None:
+        if outcome.next_token == 101:  # the worker took b's attempt from the line...
+            raise RuntimeError("a bug in the reply path")  # ...and dies telling of it
+        inbox.put(outcome)
+
+    Flaky.gate = threading.Event()
+    agents = start_supervisor(
+        "agents", Strategy.ONE_FOR_ONE, listener=agents_listener(inbox.put), clock=SystemClock()
+    )
+    host = PoolHost(agents, reply, inbox.put, max_result_bytes=1024, shutdown=0.1, max_workers=1)
+    scheduler = Scheduler(host, inbox)
+    host.add("hung", Flaky, 1)
+    host.add("b", Flaky, 1)
+    hung = scheduler.start("hung", "hang")
+    _send(scheduler, "b", "ok", 101)
+    Flaky.gate.set()
+    scheduler.until_lost(101)  # reported lost with the worker, though never heard of
+    assert hung in scheduler.lost
+    assert host.busy_tokens("b") == []  # its slot freed
+    assert host.host_stats()["line"] == 0
+    token = scheduler.start("b", "ok", 5)  # on the restarted worker
+    assert scheduler.outcome().token == token
