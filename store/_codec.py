@@ -108,7 +108,12 @@ def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any
         value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except ValueError as exc:
         raise EncodeError(f"{what} cannot be stored: {exc}; map keys must be str") from exc
-    if type(value) in _NESTED:
+    if type(value) is dict:  # the usual value, a flat map: checked here (one call less)
+        for key, item in value.items():
+            if type(key) is not str or type(item) in _NESTED:
+                _check_plain(value, what)
+                break
+    elif type(value) in _NESTED:
         _check_plain(value, what)
     return value
 
@@ -121,12 +126,6 @@ def _check_plain(value: Any, what: str) -> None:
     """Refuse maps with non-str keys (bytes get past ``strict_map_key``), msgpack extension
     types, and values nested deeper than :data:`MAX_DEPTH`. Iterative, so a deep value
     cannot exhaust the Python stack here either."""
-    if type(value) is dict:  # the usual input, a flat map: no stack to build
-        for key, item in value.items():
-            if type(key) is not str or type(item) in _NESTED:
-                break
-        else:
-            return
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()

@@ -320,27 +320,25 @@ def _array_codec(
     ]
     for i, name in enumerate(names):
         env[f"set{i}"] = cls.__dict__[name].__set__
-        value = f"states[data[{i + 1}]]" if name == "state" else f"data[{i + 1}]"
+        value = f"data[{i + 1}]"
         if name in added:
             env[f"default{i}"] = next(f.default for f in fields(cls) if f.name == name)  # type: ignore[arg-type]
             value = f"data[{i + 1}] if len(data) > {i + 1} else default{i}"
+        if name == "state":  # an unknown (or unhashable) state value is a ValueError
+            read += [
+                "    try:",
+                f"        set{i}(out, states[data[{i + 1}]])",
+                "    except (KeyError, TypeError) as exc:",
+                f"        raise ValueError(f'{cls.__name__} has no state {{exc}}') from None",
+            ]
+            continue
         read.append(f"    set{i}(out, {value})")
     read.append("    return out")
     exec("\n".join(out) + "\n" + "\n".join(read), env)  # the class's own field names
     to_stored = env["to_stored"]
     to_stored.__doc__ = cls.to_stored.__doc__  # type: ignore[attr-defined]
     to_stored.__qualname__ = f"{cls.__name__}.to_stored"
-    return to_stored, _state_errors(env["from_array"], cls.__name__)
-
-
-def _state_errors(read: Callable[[list[Any]], _R], what: str) -> Callable[[list[Any]], _R]:
-    def from_array(data: list[Any]) -> _R:
-        try:
-            return read(data)
-        except (KeyError, TypeError) as exc:  # an unknown (or unhashable) state value
-            raise ValueError(f"{what} has no state {exc}") from None
-
-    return from_array
+    return to_stored, env["from_array"]
 
 
 _stored_workflow, _workflow_from_array = _array_codec(

@@ -37,6 +37,7 @@ class Advance:
 
 
 _NOTHING = Advance()
+_SUCCEEDED = Advance(finish=WorkflowState.SUCCEEDED)  # (shared, as _NOTHING: nobody changes one)
 
 
 def advance(
@@ -75,7 +76,7 @@ def advance(
                 else:
                     run.append(spec.name)
         if all_done:
-            return Advance(finish=WorkflowState.SUCCEEDED)
+            return _SUCCEEDED
         return Advance(run=tuple(run), wait=tuple(wait)) if run or wait else _NOTHING
     if state is not WorkflowState.COMPENSATING:
         return _NOTHING
