@@ -73,6 +73,7 @@ class Dispatcher:
         self._routes: dict[str, _Route] = {}  # per agent, looked up once per pump (per add)
         self._regroup = False  # an agent's health changed: group jobs may change member
         self._pumped = pumped(None)  # the host's, once attached
+        self._heard = False  # an instance event came since the last pump (host.pumped)
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
@@ -203,6 +204,7 @@ class Dispatcher:
     def instance_event(self, msg: InstanceEvent) -> list[Event]:
         """A lifecycle event of an agent's instances; what the engine must hear of it."""
         self._touch(msg.agent)
+        self._heard = True
         try:
             lost = self.host.on_event(msg, self._clock.now)
         except AgentUnavailable as exc:
@@ -260,7 +262,9 @@ class Dispatcher:
             self._pump(agent)
         self.dirty.clear()
         self._spare = 0  # tokens are drawn elsewhere from now on: it would not exceed them
-        self._pumped()
+        if self._heard:  # (only then can the host be holding a worker for a pump)
+            self._heard = False
+            self._pumped()
 
     def _pump(self, agent: str) -> None:
         """Reserve what ``agent``'s queue may run now: on an idle instance, else ahead.

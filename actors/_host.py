@@ -26,7 +26,7 @@ Scheduler -> host      meaning
                        worker went on with another instance's attempt
 ``route``              optional: the host that serves every call about an agent (a
                        router's placement; it changes only at ``add``)
-``pumped``             optional: the agents touched since the last pump were pumped
+``pumped``             optional: the agents touched since an ``on_event`` were pumped
 =====================  ===========================================================
 
 A host without the optional methods gets reserve-ahead attempts handed over by the
@@ -113,9 +113,10 @@ def ready_queue(host: object, name: str) -> deque[Run] | None:
 
 
 def pumped(host: object) -> Callable[[], None]:
-    """``host.pumped``, called after each pump of the agents the Scheduler touched (a
-    host holding a worker for an agent it woke passes it on if that pump took nothing);
-    a no-op for a host without it."""
+    """``host.pumped``, called after the pump that follows an ``on_event`` (a host
+    holding a worker for an agent whose wake-up landed passes it on if that pump took
+    nothing; other pumps have nothing to tell it, and skip the call); a no-op for a host
+    without it."""
     method = getattr(host, "pumped", None)
     return _nothing if method is None else method
 
