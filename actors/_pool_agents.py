@@ -5,7 +5,9 @@
 :class:`PooledAgent` record (factory, concurrency, queue, and up to ``concurrency``
 :class:`Slot` instances, each serving one attempt at a time and keeping its agent object
 between attempts, since they hold connections), registration, the objects workers
-built, the passivation of idle instances, and the crash rules:
+built, the passivation of idle instances, which slots wait in the host's line, what is
+lost with an instance (its attempt, and one its worker took from the line unheard of),
+and the crash rules:
 
 - a failing factory, or an action raising :class:`InstanceCrash`, crashes the instance:
   its attempt is lost (breaker and retry policy apply) and its slot waits out
@@ -28,7 +30,7 @@ from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import RestartIntensityExceeded
 from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
 from herder.actors._messages import InstanceEvent, Run
-from herder.actors._pool_worker import Work
+from herder.actors._pool_worker import Work, withdraw
 from herder.actors._restarts import RestartWindow
 from herder.actors._supervision_specs import ChildEventKind
 from herder.store import crash_point
@@ -80,6 +82,11 @@ class PoolAgents(HostedAgents[PooledAgent]):
         # even when the engine runs on a FakeClock (as the thread host's supervisors do).
         self._clock = SystemClock() if clock is None else clock
         self._built: dict[tuple[str, str], Any] = {}  # objects workers built, not yet seen
+        # Slots waiting in the host's line (lined), and the workers of slots let go of.
+        self._unstarted = 0  # slots acquired lined whose attempt is on no worker yet
+        self._lined: dict[int, tuple[str, str]] = {}  # token -> slot, of work in the line
+        self._doomed: set[int] = set()  # lined attempts replaced after a worker took them
+        self._orphans: dict[int, str] = {}  # token -> worker, of instances given up on
         # Instance ids by release, oldest first (passivate reads from the front; an entry
         # whose instance went or serves again is dropped when met).
         self._released: dict[str, None] = {}
@@ -88,10 +95,6 @@ class PoolAgents(HostedAgents[PooledAgent]):
 
     def _free_worker(self, worker_id: str | None, now: float) -> None:
         """The worker ran an attempt of an instance that crashed: it is free."""
-        raise NotImplementedError
-
-    def _let_go(self, inst: Slot) -> list[int]:
-        """The host gives up on ``inst``: the tokens of the attempts lost with it."""
         raise NotImplementedError
 
     # -- registration ------------------------------------------------------------------
@@ -201,6 +204,50 @@ class PoolAgents(HostedAgents[PooledAgent]):
         lost = [token for inst in agent.instances.values() for token in self._let_go(inst)]
         agent.instances.clear()
         agent.window = None
+        return lost
+
+    # -- attempts lost with their instances ----------------------------------------------
+
+    def _unline(self, inst: Slot) -> None:
+        """``inst`` leaves the line (its attempt started, or it went)."""
+        if inst.lined:
+            inst.lined = False
+            self._unstarted -= 1
+
+    def _lost_with(self, name: str, instance_id: str, token: int) -> list[int]:
+        """A worker went (crashed, or with the pool) while it ran ``token`` on
+        ``instance_id``: that attempt is lost with the instance, and so is one the worker
+        had taken from the line, unheard of (its slot frees)."""
+        inst = self._agents[name].instances.pop(instance_id, None)
+        self._built.pop((name, instance_id), None)
+        fed = 0 if inst is None or inst.work is None else inst.work.fed
+        lined = self._lined.pop(fed, None) if fed else None
+        if lined is None:
+            return [token]
+        self._doomed.discard(fed)
+        agent, taken = self._instance(*lined)
+        if agent is not None and taken is not None and taken.busy_token == fed:
+            self._unline(taken)
+            del agent.instances[lined[1]]
+        return [token, fed]
+
+    def _let_go(self, inst: Slot) -> list[int]:
+        """The agent of ``inst`` is given up on: the attempts lost with it (its worker
+        frees once it answers; one it took from the line unheard of, once that is heard)."""
+        if inst.lined:
+            token = inst.busy_token or 0
+            if inst.work is None or withdraw(inst.work):
+                self._lined.pop(token, None)
+            self._unline(inst)
+            return [token]
+        fed = halt(inst)
+        if inst.busy_token is None or inst.restarting:
+            return []
+        lost = [inst.busy_token]
+        if fed and fed != inst.busy_token:  # its worker went on with it, unheard of yet
+            lost.append(fed)
+        if inst.worker is not None:
+            self._orphans[lost[-1]] = inst.worker
         return lost
 
 

@@ -88,9 +88,6 @@ class PoolHost(PoolAgents):
         )
         self._line: deque[Work] = deque()  # the line (module docstring), oldest first
         self._line_cap = LINE_PER_WORKER * max_workers if line is None else line
-        self._unstarted = 0  # slots acquired lined whose attempt is on no worker yet
-        self._lined: dict[int, tuple[str, str]] = {}  # token -> slot, of work in the line
-        self._doomed: set[int] = set()  # lined attempts replaced after a worker took them
         self._fed_from_line = 0  # lined attempts a worker went on with by itself
         # Told (on the Scheduler's thread) the token of a lined attempt this host handed
         # to a worker itself: its deadline counts from then (set by actors/_ahead.py).
@@ -113,7 +110,6 @@ class PoolHost(PoolAgents):
         # no agent arriving meanwhile takes it (10,000 names: ~4 wake-ups per attempt else).
         self._woken: dict[str, None] = {}
         self._pumping: list[str] = []  # woken agents whose wake-up landed: pumped next
-        self._orphans: dict[int, str] = {}  # token -> worker, of instances given up on
 
     def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> bool:
         """The worker that ran ``token`` on ``instance_id`` went on with ``next_token``:
@@ -299,42 +295,6 @@ class PoolHost(PoolAgents):
             if idle:
                 self._wake()
 
-    def _lost_with(self, name: str, instance_id: str, token: int) -> list[int]:
-        """A worker went (crashed, or with the pool) while it ran ``token`` on
-        ``instance_id``: that attempt is lost with the instance, and so is one the worker
-        had taken from the line, unheard of (its slot frees)."""
-        inst = self._agents[name].instances.pop(instance_id, None)
-        self._built.pop((name, instance_id), None)
-        fed = 0 if inst is None or inst.work is None else inst.work.fed
-        lined = self._lined.pop(fed, None) if fed else None
-        if lined is None:
-            return [token]
-        self._doomed.discard(fed)
-        agent, taken = self._instance(*lined)
-        if agent is not None and taken is not None and taken.busy_token == fed:
-            self._unline(taken)
-            del agent.instances[lined[1]]
-        return [token, fed]
-
-    def _let_go(self, inst: Slot) -> list[int]:
-        """The agent of ``inst`` is given up on: the attempts lost with it (its worker
-        frees once it answers; one it took from the line unheard of, once that is heard)."""
-        if inst.lined:
-            token = inst.busy_token or 0
-            if inst.work is None or withdraw(inst.work):
-                self._lined.pop(token, None)
-            self._unline(inst)
-            return [token]
-        fed = halt(inst)
-        if inst.busy_token is None or inst.restarting:
-            return []
-        lost = [inst.busy_token]
-        if fed and fed != inst.busy_token:  # its worker went on with it, unheard of yet
-            lost.append(fed)
-        if inst.worker is not None:
-            self._orphans[lost[-1]] = inst.worker
-        return lost
-
     # -- passivation and stats ---------------------------------------------------------
 
     def passivate(self, idle_before: float, limit: int = 256) -> int:
@@ -421,11 +381,6 @@ class PoolHost(PoolAgents):
             self.replace(name, instance_id)
         elif wake and self._waiting:
             self._wake()
-
-    def _unline(self, inst: Slot) -> None:
-        if inst.lined:
-            inst.lined = False
-            self._unstarted -= 1
 
 
 def _ignore(_token: int) -> None:
