@@ -200,15 +200,6 @@ class Scheduler(SupervisedActor):
                 attempt.port.superseded = True
         drain_commits(self.actor_inbox)
 
-    def on_receive(self, message: Any) -> Any:
-        """Handle one engine message, then dispatch what became runnable and flush."""
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            return super().on_receive(message)
-        handler(message)
-        self.settle()
-        return None
-
     def _crash(self, _message: Crash) -> None:
         raise RuntimeError("the Scheduler was crashed on purpose (testing.crash_scheduler)")
 
@@ -297,7 +288,10 @@ class Scheduler(SupervisedActor):
         """Dispatch what became runnable, then flush the open writes when due (or now)."""
         if self._dispatch.dirty:
             self._dispatch.pump_dirty()
-            self.perform(self._engine.take())  # the attempts the pump recorded
+            decision = self._engine.take()  # the attempts the pump recorded
+            self._commits.apply(decision)  # (perform, inline: once per message)
+            if decision.now:
+                self._dispatch.perform(decision.now)
         if not self._commits.open and not self._dispatch.admission.dirty:
             return
         # Flush once the inbox is drained (one group commit for the whole backlog), or
@@ -307,10 +301,12 @@ class Scheduler(SupervisedActor):
             self._flush()
 
     def _handle_receive(self, message: Any) -> Any:
+        """Handle one engine message, then dispatch what became runnable and flush; any
+        other (a proxy call, an ask of pykka's) goes the way pykka takes it."""
         self._clock.tick()
         try:
             handler = self._handlers.get(type(message))
-            if handler is not None:  # not pykka's: skip its proxy checks (on_receive, inline)
+            if handler is not None:  # an engine message: pykka's proxy checks are skipped
                 handler(message)
                 self.settle()
                 return None
