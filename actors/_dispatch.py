@@ -29,8 +29,8 @@ from herder.actors._ahead import Lane, Lanes
 from herder.actors._clock import MessageClock
 from herder.actors._engine import EngineContext, prepare
 from herder.actors._facts import agent_facts, limit_facts
-from herder.actors._host import AgentHost, AgentUnavailable, pumped, routed
-from herder.actors._messages import InstanceEvent, Outcome, Wake
+from herder.actors._host import AgentHost, AgentUnavailable, pumped, routed, waiting
+from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Wake
 from herder.actors._queue import JobQueue
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors._wiring import AgentEntry
@@ -73,6 +73,7 @@ class Dispatcher:
         self._routes: dict[str, _Route] = {}  # per agent, looked up once per pump (per add)
         self._regroup = False  # an agent's health changed: group jobs may change member
         self._pumped = pumped(None)  # the host's, once attached
+        self._waiting = waiting(None)
         self._heard = False  # an instance event came since the last pump (host.pumped)
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self.admission = Admission(
@@ -87,14 +88,16 @@ class Dispatcher:
 
     def _started(self, token: int) -> bool:
         """Whether attempt ``token`` was handed to an agent (not: recorded ahead and
-        waiting, or not yet durable); a cancel gives up the steps of those that were not."""
+        waiting, not yet durable, or waiting for a worker in the pool host's line); a
+        cancel gives up the steps of those that were not."""
         attempt = self._engine.inflight.get(token)
-        return attempt is None or attempt.sent
+        return attempt is None or (attempt.sent and not self._waiting(token))
 
     def attach(self, host: AgentHost, agents: dict[str, AgentEntry]) -> None:
         """Run attempts on ``host``, serving ``agents`` (those registered so far)."""
         self.host = host
         self._pumped = pumped(host)  # (a pool host passes on a worker a pump took not)
+        self._waiting = waiting(host)
         self.lanes.attach(host)
         for name, entry in agents.items():
             self.add(name, entry)
@@ -188,9 +191,9 @@ class Dispatcher:
         """An attempt ended: news for its gate, and its instance is idle again (or, when
         the worker went on with the agent's next ready attempt, busy with that one)."""
         # Even a stale answer is news of the resource's health (a plain success is none
-        # for an agent the gates do not track: no call).
+        # for an agent the gates do not track: no call); one that never started is not.
         agent, ok = msg.agent, msg.ok or msg.permanent
-        if not ok or agent in self.admission.tracked:
+        if (not ok or agent in self.admission.tracked) and msg.kind != UNSTARTED:
             self.admission.answered(agent, msg.token, ok)
         # Even one that frees nothing changes the agent's action times (its lane's room).
         if not self.lanes.answered(msg):  # else its instance went on with a ready attempt

@@ -26,6 +26,8 @@ Scheduler -> host      meaning
                        worker went on with another instance's attempt
 ``route``              optional: the host that serves every call about an agent (a
                        router's placement; it changes only at ``add``)
+``waiting``            optional: whether a sent attempt still waits for a thread (the
+                       pool host's line): a cancel gives up its step, as unstarted
 ``pumped``             optional: the agents touched since an ``on_event`` were pumped
 =====================  ===========================================================
 
@@ -123,6 +125,17 @@ def pumped(host: object) -> Callable[[], None]:
 
 def _nothing() -> None:
     pass
+
+
+def waiting(host: object) -> Callable[[int], bool]:
+    """``host.waiting``: whether the attempt sent with a token has not started, waiting
+    for a thread; always False for a host without it."""
+    method = getattr(host, "waiting", None)
+    return _never if method is None else method
+
+
+def _never(_token: int) -> bool:
+    return False
 
 
 def routed(host: AgentHost, name: str) -> AgentHost:

@@ -59,6 +59,11 @@ class Answer:
     traceback: str | None = None  # bounded, innermost frames (store/_tracebacks.py)
 
 
+UNSTARTED = "unstarted"
+"""``Outcome.kind`` of an attempt fenced while it waited for a worker (the pool host's
+line), answered without starting: no news of its resource, and stale by then."""
+
+
 @dataclass(slots=True)
 class Outcome(Answer):
     """Agent instance -> Scheduler: how one attempt ended."""
@@ -67,7 +72,7 @@ class Outcome(Answer):
     instance: str
     token: int
     # "" for a plain answer; "later" (the action returned ctx.complete_later()) or a probe's
-    # verdict ("done", "not_done", "running").
+    # verdict ("done", "not_done", "running"); UNSTARTED: it never started.
     kind: str = ""
     # The ready attempt the instance went on with (actors/_ahead.py), 0 if none.
     next_token: int = 0

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from herder.actors._agent import Agent
 from herder.actors._async_host import AsyncHost
 from herder.actors._engine import EngineContext
-from herder.actors._host import AgentHost, moved_on, pumped, ready_queue
+from herder.actors._host import AgentHost, moved_on, pumped, ready_queue, waiting
 from herder.actors._messages import InstanceEvent, Run
 from herder.actors._pool_host import PoolHost
 from herder.actors._queue import JobQueue
@@ -118,6 +118,9 @@ class HostRouter:
 
     def moved_on(self, name: str, instance_id: str, token: int, next_token: int) -> bool:
         return moved_on(self._holder(name, instance_id), name, instance_id, token, next_token)
+
+    def waiting(self, token: int) -> bool:
+        return any(waiting(host)(token) for host in self._hosts)
 
     def pumped(self) -> None:
         for host in self._hosts:

@@ -283,6 +283,12 @@ class PoolHost(PoolAgents):
             self._pumping.append(event.agent)
         return []
 
+    def waiting(self, token: int) -> bool:
+        """Whether attempt ``token``, sent, waits in the line (or was taken from it, not
+        yet heard of: it may have started; a cancel gives it up either way, as one that
+        may have taken effect)."""
+        return token in self._lined
+
     def pumped(self) -> None:
         """The Scheduler pumped the agents it touched: an agent woken for a worker that its
         pump did not take (its gate closed, its jobs went stale) passes it on now, rather

@@ -32,7 +32,7 @@ from herder.actors._action import run_attempt
 from herder.actors._agent import Agent
 from herder.actors._ahead import next_ready
 from herder.actors._host import InstanceCrash
-from herder.actors._messages import InstanceEvent, Outcome, Run
+from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Run
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildEventKind
 from herder.store import UserCodeFailed, contain
@@ -120,7 +120,9 @@ class PoolWorker(SupervisedActor):
         work, run, agent, lined = message, message.run, message.agent, False
         while True:
             if lined and run.context.superseded:
-                outcome = Outcome(run.agent, run.instance, run.token, ok=False, error=SUPERSEDED)
+                outcome = Outcome(
+                    run.agent, run.instance, run.token, ok=False, error=SUPERSEDED, kind=UNSTARTED
+                )
             else:
                 if agent is None:
                     try:

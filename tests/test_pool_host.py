@@ -25,7 +25,7 @@ from herder.actors import (
     agents_listener,
     start_supervisor,
 )
-from herder.actors._messages import Outcome, Run
+from herder.actors._messages import UNSTARTED, Outcome, Run
 from herder.actors._pool_worker import SUPERSEDED
 from herder.actors._supervision_specs import ChildEventKind
 from herder.runtime import InvalidInput, Runtime, Workflow
@@ -451,6 +451,7 @@ def test_an_attempt_fenced_while_it_waits_in_the_line_never_starts(
     one_worker.outcome()
     fenced = one_worker.outcome()
     assert (fenced.token, fenced.ok, fenced.error) == (101, False, SUPERSEDED)
+    assert fenced.kind == UNSTARTED  # no news of b's resource: its gates ignore it
     assert Line.ran == []  # b's action never ran (nor was its agent object built)
     assert one_worker.host.busy_tokens("b") == []
 

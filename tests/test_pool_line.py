@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from test_prefetch import WAIT, Counted, Gated
 
-from herder.runtime import Runtime, StepState, Workflow
+from herder.runtime import CircuitBreaker, Runtime, State, StepState, Workflow, WorkflowFailed
 from herder.runtime.testing import FakeClock, advance, settle, wait_until
 
 
@@ -76,3 +77,32 @@ def test_an_attempt_that_waited_in_the_line_gets_its_whole_heartbeat_timeout(
     tmp_path: Path,
 ) -> None:
     _waited_in_the_line(tmp_path, heartbeat=10.0)
+
+
+def test_a_cancelled_workflows_attempt_waiting_in_the_line_never_starts(tmp_path: Path) -> None:
+    """It is given up like an attempt reserved ahead (it may have taken effect, as far as
+    anyone knows), the worker that takes it skips it, and its skipping is no failure of
+    its agent's resource (the breaker counts none)."""
+    Gated.started, Gated.go = {}, {}
+    with Runtime(tmp_path / "s", pool_workers=1, prefetch=0) as rt:
+        rt.add_agent("a", Gated, concurrency=1)
+        rt.add_agent("b", Gated, concurrency=1, breaker=CircuitBreaker(failures=1))
+        for name in ("a", "b"):
+            rt.add_workflow(Workflow(name).step("s", agent=name, action="act"))
+        rt.start("a", {}, workflow_id="w1")
+        assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
+        waiting = rt.start("b", {}, workflow_id="w2")
+        wait_until(rt, lambda: rt.stats()["host"]["line"] == 1)
+        rt.cancel("w2")
+        with pytest.raises(WorkflowFailed):
+            waiting.result(timeout=WAIT)
+        assert rt.status("w2").state is State.CANCELLED
+        Gated.go.setdefault("w1", threading.Event()).set()  # the worker takes w2's, skips it
+        wait_until(rt, lambda: rt.stats()["host"]["line"] == 0)
+        settle(rt)
+        assert "w2" not in Gated.started  # its action never ran
+        assert rt.stats()["resources"]["b"]["failures"] == 0
+        assert rt.stats()["agents"]["b"]["busy"] == 0  # its slot freed
+        Gated.go["w3"] = threading.Event()
+        Gated.go["w3"].set()
+        assert rt.start("b", {}, workflow_id="w3").result(timeout=WAIT) == {"s": 1}
