@@ -95,19 +95,9 @@ class Writer:
         self._submitted = 0  # transitions accepted so far
         self._done = 0  # transitions resolved so far
         self._done_cond = threading.Condition(threading.Lock())
+        counts = "batches transitions max_batch last_batch conflicts map_resizes io_errors"
         self._stats: dict[str, int | float] = dict.fromkeys(
-            (
-                "batches",
-                "transitions",
-                "max_batch",
-                "last_batch",
-                "conflicts",
-                "map_resizes",
-                "io_errors",
-                "refused",
-                "halted",
-            ),
-            0,
+            [*counts.split(), "refused", "halted"], 0
         )
         # Fail-stop: the error of the last engine batch that failed, until the engine
         # resyncs; batches queued behind it fail with it and nothing builds on it.
