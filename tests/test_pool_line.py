@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_prefetch import WAIT, Counted, Gated
+from test_prefetch import WAIT, Counted, Gated, lapses_from_its_start
 
-from herder.runtime import CircuitBreaker, Runtime, State, StepState, Workflow, WorkflowFailed
-from herder.runtime.testing import FakeClock, advance, settle, wait_until
+from herder.runtime import CircuitBreaker, Runtime, State, Workflow, WorkflowFailed
+from herder.runtime.testing import FakeClock, settle, wait_until
 
 
 def test_agents_keep_their_concurrency_while_their_attempts_wait_in_the_line(
@@ -56,17 +56,8 @@ def _waited_in_the_line(tmp_path: Path, *, heartbeat: float | None) -> None:
         assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
         rt.start("b", {}, workflow_id="w2")  # recorded at t=0, in the line
         wait_until(rt, lambda: rt.stats()["host"]["line"] == 1)
-        advance(rt, clock, 8.0)
-        Gated.go.setdefault("w1", threading.Event()).set()  # the worker takes w2 at t=8
-        assert Gated.started.setdefault("w2", threading.Event()).wait(WAIT)
-        settle(rt)
-        advance(rt, clock, 4.0)  # t=12: past what was recorded, within its timeout
-        step = rt.status("w2").steps["s"]
-        assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
-        advance(rt, clock, 7.0)  # t=19: its timeout from t=8 has passed
-        lapsed = "timed out" if heartbeat is None else "no heartbeat"
-        wait_until(rt, lambda: lapsed in (rt.status("w2").steps["s"].error or ""))
-        Gated.go["w2"].set()
+        # The worker takes w2 when w1 is let go, at t=8.
+        lapses_from_its_start(rt, clock, "timed out" if heartbeat is None else "no heartbeat")
 
 
 def test_an_attempt_that_waited_in_the_line_gets_its_whole_timeout(tmp_path: Path) -> None:

@@ -391,13 +391,20 @@ def test_an_attempt_that_waited_for_an_instance_gets_its_whole_timeout(tmp_path:
         Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
         rt.start("one", {}, workflow_id="w2")  # recorded ahead, at t=0: deadline t=10
         wait_until(rt, lambda: rt.stats()["steps"]["reserved_ahead"] == 1)
-        advance(rt, clock, 8.0)
-        Gated.go.setdefault("w1", threading.Event()).set()  # w2 starts now, at t=8
-        assert Gated.started.setdefault("w2", threading.Event()).wait(WAIT)
-        settle(rt)
-        advance(rt, clock, 4.0)  # t=12: past the deadline recorded, within its timeout
-        step = rt.status("w2").steps["s"]
-        assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
-        advance(rt, clock, 7.0)  # t=19: its timeout from t=8 has passed
-        wait_until(rt, lambda: "timed out" in (rt.status("w2").steps["s"].error or ""))
-        Gated.go["w2"].set()
+        lapses_from_its_start(rt, clock, "timed out")
+
+
+def lapses_from_its_start(rt: Runtime, clock: FakeClock, lapsed: str) -> None:
+    """w1 runs (a Gated action) and w2, recorded at t=0 with a 10 s timeout, waits for
+    what w1 holds: w2 starts at t=8, when w1 is let go, and lapses (``lapsed``: why) only
+    once 10 s have passed since then, not since it was recorded."""
+    advance(rt, clock, 8.0)
+    Gated.go.setdefault("w1", threading.Event()).set()  # w2 starts now, at t=8
+    assert Gated.started.setdefault("w2", threading.Event()).wait(WAIT)
+    settle(rt)
+    advance(rt, clock, 4.0)  # t=12: past the deadline recorded, within its timeout
+    step = rt.status("w2").steps["s"]
+    assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
+    advance(rt, clock, 7.0)  # t=19: its timeout from t=8 has passed
+    wait_until(rt, lambda: lapsed in (rt.status("w2").steps["s"].error or ""))
+    Gated.go["w2"].set()
