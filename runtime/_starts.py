@@ -198,7 +198,7 @@ class Landing:
             self._shot = OneShot(loop)
         self._guard = threading.Lock()  # admit_early against the writer's call
         self._landed = False  # the writer has called
-        self._early: list[Any] | None = None  # [the Scheduler admitted to], if early
+        self._early = False  # admitted while on its way
 
     def admit_early(self) -> None:
         """Admit the workflow while its creation is on its way to disk (queued with
@@ -210,7 +210,7 @@ class Landing:
         with self._guard:
             if self._landed:
                 return
-            self._early = [rt._ctx.scheduler]
+            self._early = True
         rt._admit([(self._record, self._steps)])
 
     def __call__(self, results: list[BaseException | None]) -> None:
@@ -221,13 +221,13 @@ class Landing:
                 early = self._early
             if error is None:
                 rt._started.add(self.key)
-                # Admitted early to the Scheduler that runs now: nothing to add. One that
-                # has restarted since may have recovered before this commit: admit again
-                # (a Scheduler that has it already ignores that).
-                if early is None or early[0] is not rt._ctx.scheduler:
-                    rt._admit([(self._record, self._steps)])
+                # Admitted again even if early (a Scheduler that has it ignores that): one
+                # that has restarted since may have recovered before this commit, and one
+                # whose first batch was refused (the writer halted for another failure)
+                # forgot it and read the store before this commit.
+                rt._admit([(self._record, self._steps)])
             else:
-                if early is not None:
+                if early:
                     rt._unadmit(self._record)
                 rt._id_taken(self._record)  # or not written at all: the same for both
         finally:

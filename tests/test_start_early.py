@@ -13,6 +13,7 @@ import pytest
 
 from herder.runtime import Agent, Runtime, StepContext, StoreIOError, Workflow
 from herder.runtime.testing import check_store
+from herder.store import Put, Transition, encode
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 30.0
@@ -113,4 +114,50 @@ def test_a_start_whose_creation_commit_fails_leaves_nothing_of_it(
         # The same id again: a fresh start, run once.
         assert rt.start("two", {"v": 1}, workflow_id="lost").result(timeout=WAIT)
         assert Counting.calls.count("lost") == 2
+        assert check_store(rt._store).problems == []
+
+
+def test_a_start_whose_first_batch_was_refused_before_its_creation_landed_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer is halted by another failure when the start's creation and the
+    # Scheduler's first batch for it are drained together: the batch is refused (and
+    # reported) before the creation commits, so the Scheduler forgets the workflow and
+    # reads the store while the creation is not there yet. Once the creation lands, the
+    # workflow must still be run (the threaded simulation found it stuck RUNNING).
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        writer = rt._store.writer
+        queued, resynced, release = threading.Event(), threading.Event(), threading.Event()
+        submit_batch, resync = writer.submit_batch, writer.resync
+
+        def watched(*args: Any, **kwargs: Any) -> None:
+            submit_batch(*args, **kwargs)
+            queued.set()
+
+        def resyncing() -> None:
+            resync()
+            resynced.set()
+
+        def in_creation() -> None:  # the creation's transaction, after the refusal
+            writer.fault = None
+            assert resynced.wait(WAIT)  # the Scheduler forgot it, read the store, resynced
+
+        def first() -> None:  # an earlier transaction: what follows queues behind it
+            writer.fault = in_creation
+            assert release.wait(WAIT)
+
+        monkeypatch.setattr(writer, "submit_batch", watched)
+        monkeypatch.setattr(writer, "resync", resyncing)
+        writer.fault = first
+        held = writer.submit(Transition((Put("meta", b"test:hold", encode(1)),)))
+        writer._halted = StoreIOError("an earlier engine batch failed")  # (as another's would)
+        handles: list[Any] = []
+        starter = threading.Thread(target=lambda: handles.append(rt.start("two", {"v": 5})))
+        starter.start()
+        assert queued.wait(WAIT)  # its first batch waits behind the creation
+        release.set()
+        held.result(timeout=WAIT)
+        starter.join(WAIT)
+        assert handles[0].result(timeout=WAIT) == {"a": {"v": 5}, "b": {"v": 5}}
         assert check_store(rt._store).problems == []
