@@ -8,10 +8,10 @@ creates the workflow only if its id is free (``_starts.creation``): idempotent p
 inside the write transaction; the caller returns once it is durable. A start whose id
 was free a moment ago is admitted to the Scheduler as that transaction is queued, so that
 the workflow's first DISPATCHED goes into the same commit, or the next (one commit less
-per workflow: +40-60% at 1 and 16 workflows in flight); if the creation fails anyway, the
+per workflow, which shows at 1 and 16 in flight: benchmarks/ANALYSIS.md); if it fails, the
 writer writes none of the Scheduler's batches behind it (fail-stop) and the Scheduler
-forgets the workflow (``_starts.Landing.admit_early``). A repeated start is admitted by
-``Landing`` on the writer's thread once durable, as before.
+forgets the workflow (``_starts.Landing.admit_early``). Every start is (also) admitted by
+``Landing`` on the writer's thread once durable; a Scheduler that has it ignores that.
 """
 
 from __future__ import annotations
