@@ -14,9 +14,12 @@ from herder.store import Plan, StepRecord, WorkflowRecord
 class Admit:
     """Workflows were durably created (one, or a ``start_many`` batch: one message);
     the Scheduler should start running them. Each with its new records: a step record
-    per step of its plan, in plan order (``runtime/_timing.py``'s ``new_workflow``)."""
+    per step of its plan, in plan order (``runtime/_timing.py``'s ``new_workflow``).
+    ``early``: not durable yet, on its way (``runtime/_starts.py``); the same records
+    come again once durable."""
 
     starts: list[tuple[WorkflowRecord, list[StepRecord]]]
+    early: bool = False
 
 
 @dataclass(slots=True)

@@ -88,6 +88,9 @@ class Recovery:
         self._awaiting: dict[tuple[str, int], dict[str, None]] = {}
         self._parked: set[str] = set()  # forgotten after a failed commit, reloaded later
         self._recovered: set[str] = set()  # unfinished ids that recovery took over
+        # Starts taken up before they were durable (Admit.early), by the record each came
+        # with, until the same record comes again once durable (or is Unadmitted).
+        self._early: dict[str, WorkflowRecord] = {}
         self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
         # Recovery after a restart, a chunk per Recover message (recover_all).
         self._chunks: Iterator[list[tuple[WorkflowRecord, list[StepRecord]]]] | None = None
@@ -132,7 +135,9 @@ class Recovery:
         if engine.runs.get(record.id) is run:  # unless an operator's action ended it
             self._shell.handle(Resumed(record.id, recovered=recovered, crashed=crashed))
 
-    def admit_new(self, starts: list[tuple[WorkflowRecord, list[StepRecord]]]) -> None:
+    def admit_new(
+        self, starts: list[tuple[WorkflowRecord, list[StepRecord]]], *, early: bool = False
+    ) -> None:
         """``start()`` (or ``start_many``) made workflows durable: run each, unless this
         Scheduler's recovery already read it from the store (a restart raced the start;
         recovery owns it and the message's records may be stale: running them could
@@ -141,14 +146,21 @@ class Recovery:
         runs, recovered, load = self._engine.runs, self._recovered, self._engine.load
         fresh = []
         for record, steps in starts:
+            if not early and self._early.get(record.id) is record:
+                del self._early[record.id]  # taken up early and not forgotten since:
+                continue  # running, or ended already (a cancel)
             if record.id in runs or record.id in recovered:
                 continue
+            if early and (self.held or record.id in self._parked):
+                continue  # (left to the Admit once durable)
             if self.held and record.id in self.held:
                 self.admit(record, steps)
-            elif load(record, steps, new=True) is None:  # (its definition is missing)
-                self.await_definition(record)
-            else:
+            elif load(record, steps, new=True) is not None:
                 fresh.append(record.id)
+                if early:
+                    self._early[record.id] = record
+            elif not early:  # (its definition is missing)
+                self.await_definition(record)
         if fresh:
             self._shell.handle(Started(fresh))
 
@@ -269,6 +281,15 @@ class Recovery:
                 self._parked.discard(workflow_id)
                 self._readmit(workflow_id)
 
+    def unadmit(self, record: WorkflowRecord) -> None:
+        """A start taken up early (``record``) was not created: forget it, unless what
+        runs under its id came from elsewhere (another start, the store)."""
+        if self._early.get(record.id) is record:
+            del self._early[record.id]
+        run = self._engine.runs.get(record.id)
+        if run is not None and run.origin is record:
+            self.reread(record.id)
+
     def reread(self, workflow_id: str) -> None:
         """Drop a workflow from memory and run what the store holds of it, if anything."""
         self._forget(workflow_id)
@@ -276,6 +297,7 @@ class Recovery:
 
     def _forget(self, workflow_id: str) -> None:
         """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
+        self._early.pop(workflow_id, None)  # taken up early: its Admit once durable runs it
         engine = self._engine
         run = engine.runs.get(workflow_id)
         attempts = [] if run is None else [engine.inflight.get(t) for t in run.attempts]

@@ -152,8 +152,8 @@ class Scheduler(SupervisedActor):
             Committed: self._on_committed,
             Heartbeat: lambda m: self.handle(Beat(m.token, m.details)),
             Due: self._on_due,
-            Admit: lambda m: self._recovery.admit_new(m.starts),
-            Unadmit: self._on_unadmit,
+            Admit: lambda m: self._recovery.admit_new(m.starts, early=m.early),
+            Unadmit: lambda m: self._recovery.unadmit(m.record),
             InstanceEvent: self._on_instance_event,
             Define: self._on_define,
             Tick: lambda _m: self._on_tick(),
@@ -356,13 +356,6 @@ class Scheduler(SupervisedActor):
             # nothing held builds on a failed one.
             self._writer.resync()
         self._ctx.listener.on_commit()
-
-    def _on_unadmit(self, msg: Unadmit) -> None:
-        """A start admitted ``msg.record`` before it was durable, and it was not created:
-        forget it (not what runs under its id from elsewhere: another start, the store)."""
-        run = self._engine.runs.get(msg.record.id)
-        if run is not None and run.origin is msg.record:
-            self._recovery.reread(msg.record.id)
 
     def _apply(self, effect: Effect) -> None:
         if isinstance(effect, Dispatch):

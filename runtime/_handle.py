@@ -65,14 +65,16 @@ class WorkflowHandle(AsyncHandle):
 class Waiting:
     """The futures waiting for workflows to end, and the final listener that ends them."""
 
-    def _admit(self, starts: list[tuple[WorkflowRecord, list[StepRecord]]]) -> None:
+    def _admit(
+        self, starts: list[tuple[WorkflowRecord, list[StepRecord]]], *, early: bool = False
+    ) -> None:
         """Hand durable new workflows to the Scheduler (one message for a batch), noting
         them as running here: until its final announcement a waiter on one needs no store
         read (issue 16: a read per ``result_async`` on an event loop beside busy runtime
         threads costs ~0.5 ms)."""
         rt = _runtime(self)
         rt._running.update([record.id for record, _ in starts])  # before any can end
-        rt._ctx.tell_scheduler(Admit(starts))
+        rt._ctx.tell_scheduler(Admit(starts, early))
 
     def _unadmit(self, record: WorkflowRecord) -> None:
         """A workflow admitted before it was durable was not created (Landing)."""

@@ -211,7 +211,7 @@ class Landing:
             if self._landed:
                 return
             self._early = True
-        rt._admit([(self._record, self._steps)])
+        rt._admit([(self._record, self._steps)], early=True)
 
     def __call__(self, results: list[BaseException | None]) -> None:
         rt, error = self._rt, results[0]
@@ -221,10 +221,10 @@ class Landing:
                 early = self._early
             if error is None:
                 rt._started.add(self.key)
-                # Admitted again even if early (a Scheduler that has it ignores that): one
-                # that has restarted since may have recovered before this commit, and one
-                # whose first batch was refused (the writer halted for another failure)
-                # forgot it and read the store before this commit.
+                # Admitted again even if early: the Scheduler that took it early ignores this
+                # (even once it has ended it: a cancel), but one that has restarted since,
+                # or that forgot it when its first batch was refused (the writer halted for
+                # another failure), read the store before this commit.
                 rt._admit([(self._record, self._steps)])
             else:
                 if early:

@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, Runtime, StepContext, StoreIOError, Workflow
+from herder.actors.engine._machine import Machine
+from herder.runtime import (
+    Agent,
+    Runtime,
+    State,
+    StepContext,
+    StoreIOError,
+    Workflow,
+    WorkflowFailed,
+)
 from herder.runtime.testing import check_store
 from herder.store import Put, Transition, encode
 
@@ -160,4 +169,60 @@ def test_a_start_whose_first_batch_was_refused_before_its_creation_landed_still_
         held.result(timeout=WAIT)
         starter.join(WAIT)
         assert handles[0].result(timeout=WAIT) == {"a": {"v": 5}, "b": {"v": 5}}
+        assert check_store(rt._store).problems == []
+
+
+def test_a_start_cancelled_before_its_creation_landed_is_not_run_again_once_it_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Taken up early, the workflow is cancelled (by another thread that knew its id)
+    # while its creation is still on its way: it ends CANCELLED in memory. The start's
+    # Admit once durable must not take it up again as new.
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        writer = rt._store.writer
+        batches, release = threading.Semaphore(0), threading.Event()
+        submit_batch = writer.submit_batch
+
+        def watched(*args: Any, **kwargs: Any) -> None:
+            submit_batch(*args, **kwargs)
+            batches.release()
+
+        def first() -> None:  # an earlier transaction: the creation queues behind it
+            writer.fault = None
+            assert release.wait(WAIT)
+
+        ended = threading.Event()
+        finish = Machine.finish
+
+        def finishing(machine: Machine, run: Any, *args: Any, **kwargs: Any) -> None:
+            finish(machine, run, *args, **kwargs)
+            if run.record.id == "x":
+                ended.set()
+
+        monkeypatch.setattr(Machine, "finish", finishing)
+        monkeypatch.setattr(writer, "submit_batch", watched)
+        writer.fault = first
+        held = writer.submit(Transition((Put("meta", b"test:hold", encode(1)),)))
+        handles: list[Any] = []
+        starter = threading.Thread(
+            target=lambda: handles.append(rt.start("two", {"v": 7}, workflow_id="x"))
+        )
+        starter.start()
+        assert batches.acquire(timeout=WAIT)  # x's first DISPATCHED waits behind it
+        canceller = threading.Thread(target=lambda: rt.cancel("x"))
+        canceller.start()
+        assert ended.wait(WAIT)  # cancelled in memory: its writes wait for the first ones
+        release.set()
+        held.result(timeout=WAIT)
+        starter.join(WAIT)
+        canceller.join(WAIT)
+        with pytest.raises(WorkflowFailed):
+            handles[0].result(timeout=WAIT)
+        assert rt.status("x").state is State.CANCELLED
+        # The start's Admit once durable is handled by now (it came before the batches'
+        # news): a later workflow runs, and x's steps never did.
+        assert rt.start("two", {"v": 8}, workflow_id="y").result(timeout=WAIT)
+        assert "x" not in Counting.calls
+        assert rt.status("x").state is State.CANCELLED
         assert check_store(rt._store).problems == []
