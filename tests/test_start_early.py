@@ -6,6 +6,7 @@ halts the engine's batches behind it (fail-stop) and the Scheduler forgets the w
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,29 @@ def _steps(rt: Runtime, workflow_id: str) -> dict[str, tuple[Any, ...]]:
     return {s.name: (s.state, s.attempt, s.token) for s in rt._store.steps_of(workflow_id)}
 
 
+def _behind_a_held_transaction(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, then: Callable[[], None] | None = None
+) -> tuple[threading.Event, threading.Event, Any]:
+    """Hold the writer in a transaction of its own until ``release`` is set, so that a
+    start's creation and the Scheduler's batches queue behind it (``queued``: a batch
+    was); ``then`` runs inside the next transaction. Also returns the held one's future."""
+    writer = rt._store.writer
+    queued, release = threading.Event(), threading.Event()
+    submit_batch = writer.submit_batch
+
+    def watched(*args: Any, **kwargs: Any) -> None:
+        submit_batch(*args, **kwargs)
+        queued.set()
+
+    def first() -> None:
+        writer.fault = then
+        assert release.wait(WAIT)
+
+    monkeypatch.setattr(writer, "submit_batch", watched)
+    writer.fault = first
+    return queued, release, writer.submit(Transition((Put("meta", b"test:hold", encode(1)),)))
+
+
 def test_a_start_whose_id_was_taken_after_its_check_writes_nothing_over_the_workflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,12 +161,8 @@ def test_a_start_whose_first_batch_was_refused_before_its_creation_landed_still_
     Counting.calls = []
     with _runtime(tmp_path / "s") as rt:
         writer = rt._store.writer
-        queued, resynced, release = threading.Event(), threading.Event(), threading.Event()
-        submit_batch, resync = writer.submit_batch, writer.resync
-
-        def watched(*args: Any, **kwargs: Any) -> None:
-            submit_batch(*args, **kwargs)
-            queued.set()
+        resynced = threading.Event()
+        resync = writer.resync
 
         def resyncing() -> None:
             resync()
@@ -152,14 +172,8 @@ def test_a_start_whose_first_batch_was_refused_before_its_creation_landed_still_
             writer.fault = None
             assert resynced.wait(WAIT)  # the Scheduler forgot it, read the store, resynced
 
-        def first() -> None:  # an earlier transaction: what follows queues behind it
-            writer.fault = in_creation
-            assert release.wait(WAIT)
-
-        monkeypatch.setattr(writer, "submit_batch", watched)
         monkeypatch.setattr(writer, "resync", resyncing)
-        writer.fault = first
-        held = writer.submit(Transition((Put("meta", b"test:hold", encode(1)),)))
+        queued, release, held = _behind_a_held_transaction(rt, monkeypatch, in_creation)
         writer._halted = StoreIOError("an earlier engine batch failed")  # (as another's would)
         handles: list[Any] = []
         starter = threading.Thread(target=lambda: handles.append(rt.start("two", {"v": 5})))
@@ -180,18 +194,6 @@ def test_a_start_cancelled_before_its_creation_landed_is_not_run_again_once_it_l
     # Admit once durable must not take it up again as new.
     Counting.calls = []
     with _runtime(tmp_path / "s") as rt:
-        writer = rt._store.writer
-        batches, release = threading.Semaphore(0), threading.Event()
-        submit_batch = writer.submit_batch
-
-        def watched(*args: Any, **kwargs: Any) -> None:
-            submit_batch(*args, **kwargs)
-            batches.release()
-
-        def first() -> None:  # an earlier transaction: the creation queues behind it
-            writer.fault = None
-            assert release.wait(WAIT)
-
         ended = threading.Event()
         finish = Machine.finish
 
@@ -201,15 +203,13 @@ def test_a_start_cancelled_before_its_creation_landed_is_not_run_again_once_it_l
                 ended.set()
 
         monkeypatch.setattr(Machine, "finish", finishing)
-        monkeypatch.setattr(writer, "submit_batch", watched)
-        writer.fault = first
-        held = writer.submit(Transition((Put("meta", b"test:hold", encode(1)),)))
+        queued, release, held = _behind_a_held_transaction(rt, monkeypatch)
         handles: list[Any] = []
         starter = threading.Thread(
             target=lambda: handles.append(rt.start("two", {"v": 7}, workflow_id="x"))
         )
         starter.start()
-        assert batches.acquire(timeout=WAIT)  # x's first DISPATCHED waits behind it
+        assert queued.wait(WAIT)  # x's first DISPATCHED waits behind it
         canceller = threading.Thread(target=lambda: rt.cancel("x"))
         canceller.start()
         assert ended.wait(WAIT)  # cancelled in memory: its writes wait for the first ones
