@@ -33,7 +33,6 @@ from herder.actors.engine import (
 )
 from herder.store import (
     BATCH_TIMER,
-    KEY_SEP,
     BatchSink,
     Delete,
     Ops,
@@ -45,6 +44,7 @@ from herder.store import (
     batch_timer_key,
     encode,
     history_put,
+    key_prefix,
     step_history,
     step_timer_key,
     timer_entry,
@@ -67,8 +67,7 @@ class Txn:
     __slots__ = ("armed", "due", "effects", "ops", "prefix")
 
     def __init__(self, workflow_id: str) -> None:
-        # Its step and history keys start so (key_prefix, inline: ~2 Txns per step).
-        self.prefix = workflow_id.encode("utf-8") + KEY_SEP
+        self.prefix = key_prefix(workflow_id)  # its step and history keys start so
         self.ops: Ops = {}
         self.effects: list[Effect] = []
         self.armed: list[list[Any]] = []  # [workflow id, step, token]: batch_entry's items

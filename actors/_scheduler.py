@@ -288,10 +288,7 @@ class Scheduler(SupervisedActor):
         """Dispatch what became runnable, then flush the open writes when due (or now)."""
         if self._dispatch.dirty:
             self._dispatch.pump_dirty()
-            decision = self._engine.take()  # the attempts the pump recorded
-            self._commits.apply(decision)  # (perform, inline: once per message)
-            if decision.now:
-                self._dispatch.perform(decision.now)
+            self.perform(self._engine.take())  # the attempts the pump recorded
         if not self._commits.open and not self._dispatch.admission.dirty:
             return
         # Flush once the inbox is drained (one group commit for the whole backlog), or
@@ -360,7 +357,7 @@ class Scheduler(SupervisedActor):
     def _apply(self, effect: Effect) -> None:
         if isinstance(effect, Dispatch):
             attempt = self._engine.inflight.get(effect.token)
-            if attempt is None or attempt.message is None:  # (attempt.sent, inline)
+            if attempt is None or attempt.sent:
                 return  # superseded before it was durable (crash, timeout)
             if not self._dispatch.send(attempt):
                 self.handle(AttemptLost(effect.token, "agent instance went away"))
@@ -370,13 +367,11 @@ class Scheduler(SupervisedActor):
     def _on_outcome(self, m: Outcome) -> None:
         crash_point("scheduler.outcome")
         self._dispatch.answered(m)
-        answered = Answered(
-            m.token, m.ok, m.result, m.error, m.error_types, m.permanent, m.traceback, m.kind
+        self.handle(
+            Answered(
+                m.token, m.ok, m.result, m.error, m.error_types, m.permanent, m.traceback, m.kind
+            )
         )
-        decision = self._engine.handle(answered, now=self._clock.now, rand=self._rand.random)
-        self._commits.apply(decision)  # (handle, inline: once per step)
-        if decision.now:
-            self._dispatch.perform(decision.now)
 
     def _on_due(self, msg: Due) -> None:
         self._due.on_due(msg)

@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from herder.actors import WorkflowConflict
 from herder.runtime._handle import WorkflowHandle
@@ -37,9 +37,6 @@ from herder.runtime._starts import (
 )
 from herder.runtime._waits import Steps, Wait, awaited, run_blocking
 from herder.store import ConditionFailed
-
-if TYPE_CHECKING:
-    pass
 
 _log = logging.getLogger("herder.runtime")
 

@@ -44,7 +44,7 @@ _SEQ = struct.Struct(">Q")  # the sequence at the end of a history_key
 
 
 _STEP, _WORKFLOW = 0, 1
-_UNDOING = frozenset({StepState.COMPENSATING, StepState.COMPENSATED})  # is_compensation, no call
+_UNDOING = frozenset(s for s in StepState if s.is_compensation)  # (a set test, no call)
 _STEP_FIELDS = ("t", "step", "from", "to", "attempt", "token", "error", "traceback")
 _WORKFLOW_FIELDS = ("t", "from", "to", "error")
 

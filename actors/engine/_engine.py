@@ -30,7 +30,7 @@ from herder.actors.engine._deadline import (
     fenced,
     when_due,
 )
-from herder.actors.engine._decision import Decision, Dispatch, StepWrite, TimedOut, TimerDelete
+from herder.actors.engine._decision import Decision, Dispatch, TimedOut, TimerDelete
 from herder.actors.engine._events import (
     Answered,
     AttemptLost,
@@ -150,12 +150,11 @@ class Engine(Machine):
         if spec.members:  # (checked here: a group step is rare, this runs every step)
             new = with_member(spec, new, event.agent, compensating=job.compensating)
         out, workflow_id = self._out, run.record.id
-        run.steps[new.name] = new  # (out.put_step, inline: once per step)
-        out.writes.append(StepWrite(workflow_id, st, new, now, out.note))
+        out.put_step(run, st, new, now)
         attempt = Attempt(workflow_id, job.step, event.agent, event.instance, token)
         self.inflight[token] = attempt
         run.attempts.add(token)
-        out.effects.append((workflow_id, Dispatch(workflow_id, job.step, token)))  # out.after
+        out.after(workflow_id, Dispatch(workflow_id, job.step, token))
         self.counters["dispatched"] += 1
         return Dispatched(attempt, action, number, window)
 
@@ -251,22 +250,11 @@ class Engine(Machine):
         return None if st is None or st.token != token else (run, st)
 
     def _answered_event(self, msg: Answered) -> None:
-        # (_settled and, for a plain success, _answered, inline: this runs once per step)
-        token = msg.token
-        attempt = self.inflight.pop(token, None)
-        run: WorkflowRun | None = None
-        st: StepRecord | None = None
-        if attempt is not None:
-            run = self.runs.get(attempt.workflow_id)
-            if run is not None:
-                run.attempts.discard(token)
-                st = run.steps.get(attempt.step)
-        if run is None or st is None or st.token != token:
+        current = self._settled(msg.token)
+        if current is None:
             self.counters["stale"] += 1
             return
-        if msg.ok and not msg.kind and st.state is not StepState.UNKNOWN:
-            self.succeeded(run, st, msg.result)
-            return
+        run, st = current
         if msg.kind or st.state is StepState.UNKNOWN:
             if st.state is StepState.UNKNOWN:
                 self.counters["probes"] += 1

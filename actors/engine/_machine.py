@@ -31,7 +31,6 @@ from herder.actors.engine._decision import (
     Enqueue,
     Fence,
     Lost,
-    StepWrite,
     TimerDelete,
 )
 from herder.actors.engine._logs import log_step
@@ -227,8 +226,7 @@ class Machine:
             new = settled(
                 st, StepState.SUCCEEDED, token, now, result=result, done_token=token, succeeded=True
             )
-            run.steps[st.name] = new  # (self._out.put_step, inline: once per step)
-            self._out.writes.append(StepWrite(run.record.id, st, new, now, self._out.note))
+            self._out.put_step(run, st, new, now)
             self.counters["succeeded"] += 1
         self.advance(run)
 

@@ -52,32 +52,8 @@ def advance(
 ) -> Advance:
     """What the workflow in ``state`` does next, given its ``steps`` (and those already
     ``queued``, which are not queued again)."""
-    if state is WorkflowState.RUNNING:  # forward (inline: this runs for every step)
-        succeeded, pending = StepState.SUCCEEDED, StepState.PENDING
-        run: list[str] = []
-        wait: list[str] = []
-        all_done = True
-        for spec in plan.steps:
-            st = steps[spec.name]
-            if st.state is succeeded:
-                continue
-            all_done = False
-            if st.state is not pending or spec.name in queued:
-                continue
-            for dep in spec.after:  # (a loop: any() and its generator cost more, every step)
-                if steps[dep].state is not succeeded:
-                    break
-            else:
-                if st.retry_at is not None:
-                    if ms(st.retry_at) <= ms(now):  # its wait is over (timers are whole ms)
-                        run.append(spec.name)
-                elif spec.delay is not None:
-                    wait.append(spec.name)
-                else:
-                    run.append(spec.name)
-        if all_done:
-            return _SUCCEEDED
-        return Advance(run=tuple(run), wait=tuple(wait)) if run or wait else _NOTHING
+    if state is WorkflowState.RUNNING:
+        return _forward(plan, steps, queued, now)
     if state is not WorkflowState.COMPENSATING:
         return _NOTHING
     if any(s.state in BUSY for s in steps.values()):
@@ -86,6 +62,34 @@ def advance(
     if undo:
         return Advance(undo=max(undo, key=lambda s: s.done_token or 0).name)
     return Advance(finish=WorkflowState.CANCELLED if cancelled else WorkflowState.COMPENSATED)
+
+
+def _forward(
+    plan: Plan, steps: Mapping[str, StepRecord], queued: Collection[str], now: float
+) -> Advance:
+    succeeded, pending = StepState.SUCCEEDED, StepState.PENDING
+    run: list[str] = []
+    wait: list[str] = []
+    all_done = True
+    for spec in plan.steps:
+        st = steps[spec.name]
+        if st.state is succeeded:
+            continue
+        all_done = False
+        if st.state is not pending or spec.name in queued:
+            continue
+        if any(steps[dep].state is not succeeded for dep in spec.after):
+            continue
+        if st.retry_at is not None:
+            if ms(st.retry_at) <= ms(now):  # its wait is over (timers are whole ms)
+                run.append(spec.name)
+        elif spec.delay is not None:
+            wait.append(spec.name)
+        else:
+            run.append(spec.name)
+    if all_done:
+        return _SUCCEEDED
+    return Advance(run=tuple(run), wait=tuple(wait)) if run or wait else _NOTHING
 
 
 def when_compensating(
