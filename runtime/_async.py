@@ -99,16 +99,13 @@ class AsyncRuntime:
         rt = _runtime(self)
         when = {"priority": priority, "start_at": start_at, "delay": delay, "deadline": deadline}
         new, now = rt._checked(workflow, input, workflow_id, when)
-        fresh = True
-        if not rt._take_capacity_now(1):  # as Runtime._start, awaiting where it blocks
-            repeated = rt._repeated(new, workflow_id)
-            if repeated is not None:
-                return repeated
+        repeated = rt._repeated(new, workflow_id)  # as Runtime._start, awaiting where it blocks
+        if repeated is not None:
+            return repeated
+        if not rt._take_capacity_now(1):
             await rt._capacity_async(timeout)
             now = None
-        else:
-            fresh = rt._fresh(new, workflow_id)
-        landing = rt._submit_start(new, (), now, asyncio.get_running_loop(), early=fresh)
+        landing = rt._submit_start(new, (), now, asyncio.get_running_loop())
         return rt._landed(new, await landing.wait_async(rt._ask_timeout))
 
     async def start_many_async(

@@ -143,16 +143,13 @@ class Starting(StartingMany):
         clock = rt._ctx.clock.time()
         new = rt._prepare(workflow, input, workflow_id=workflow_id, now=clock, **when)
         now: float | None = clock
-        fresh = True  # (read as free by _repeated)
+        repeated = rt._repeated(new, workflow_id)
+        if repeated is not None:
+            return repeated
         if not rt._take_capacity_now(1):
-            repeated = rt._repeated(new, workflow_id)
-            if repeated is not None:
-                return repeated
             rt._wait_capacity(timeout)
             now = None  # created after the wait, not before
-        else:
-            fresh = rt._fresh(new, workflow_id)
-        landing = rt._submit_start(new, also, now, early=fresh)
+        landing = rt._submit_start(new, also, now)
         return rt._landed(new, landing.wait(rt._ask_timeout))
 
     def _checked(
@@ -166,23 +163,17 @@ class Starting(StartingMany):
         return rt._prepare(workflow, input, workflow_id=workflow_id, now=now, **when), now
 
     def _repeated(self, new: NewStart, workflow_id: str | None) -> WorkflowHandle | None:
-        """Before a start waits for a slot: the handle of the workflow that has the
-        caller's id already (or its conflict), as a repeated start never waits; None if
-        it is free, or a fresh random id (which no workflow has: no read)."""
+        """Before a start takes a slot: the handle of the workflow that has the caller's
+        id already (or its conflict), as a repeated start never waits and writes nothing;
+        None if it is free, or a fresh random id (which no workflow has: no read). A free
+        id is admitted while its creation is on its way to disk (:meth:`_submit_start`);
+        one taken after this read fails its creation, which halts the Scheduler's writes
+        until it has forgotten the workflow (rare: two starts of one id at once)."""
         rt: Runtime = self  # type: ignore[assignment]
         if workflow_id is None:
             return None
         existing = rt._store.get_workflow(new.workflow_id)
         return None if existing is None else rt._same_start(existing, new)
-
-    def _fresh(self, new: NewStart, workflow_id: str | None) -> bool:
-        """Whether nobody had the start's id a moment ago (a random one: no read). A
-        fresh start is admitted while its creation is on its way to disk, so that its
-        first DISPATCHED shares that commit (one commit less per workflow, see
-        :meth:`Landing.admit_early`); a repeated one is not: its creation fails, and that
-        must not halt the Scheduler's writes."""
-        rt: Runtime = self  # type: ignore[assignment]
-        return workflow_id is None or rt._store.get_workflow(new.workflow_id) is None
 
     def _submit_start(
         self,
@@ -190,22 +181,19 @@ class Starting(StartingMany):
         also: tuple[Put, ...],
         now: float | None,
         loop: asyncio.AbstractEventLoop | None = None,
-        *,
-        early: bool = False,
     ) -> Landing:
         """Queue the transition creating ``new`` (its capacity is taken: it is given back
-        here if queueing fails, else by the :class:`Landing` or the final listener);
-        ``early``: admit it at once (:meth:`Landing.admit_early`)."""
+        here if queueing fails, else by the :class:`Landing` or the final listener), and
+        admit it at once (:meth:`Landing.admit_early`)."""
         rt: Runtime = self  # type: ignore[assignment]
         try:
             record, steps, transition = rt._creation(new, also, now=now)
             landing = Landing(rt, record, steps, (new.plan.name, new.plan.version), loop)
-            rt._store.writer.submit_many((transition,), landing, halts=early)
+            rt._store.writer.submit_many((transition,), landing, halts=True)
         except BaseException:
             rt._release_capacity()
             raise
-        if early:
-            landing.admit_early()
+        landing.admit_early()
         return landing
 
     def _landed(self, new: NewStart, error: BaseException | None) -> WorkflowHandle:
