@@ -6,9 +6,10 @@ decides *when and where*: it keeps each agent's job queue (the host's
 gate (breaker, rate limit, adaptive concurrency) and an idle instance allow, has the
 engine record the attempt (``Engine.reserve``: DISPATCHED, token, deadline) and builds
 what the agent is told once that is durable. With ``prefetch`` it reserves attempts ahead
-of a free instance (``_ahead``). It carries out the engine's immediate decisions (fences,
-cancels, lapses, lost attempts) against the host and the gates; the host reports back
-by messages.
+of a free instance (``_ahead``). When an agent's health changes, group steps' queued jobs
+move to a member that is well (``_regroup``). It carries out the engine's immediate
+decisions (fences, cancels, lapses, lost attempts) against the host and the gates; the
+host reports back by messages.
 
 Room: a pump that finds no idle instance marks the agent busy (no instance is asked for
 until news that may free one: an answer, a fence, an instance's event); one that finds
@@ -32,6 +33,7 @@ from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable, pumped, routed, waiting
 from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Wake
 from herder.actors._queue import JobQueue
+from herder.actors._regroup import move_off_unwell
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors._wiring import AgentEntry
 from herder.actors.engine import (
@@ -48,7 +50,6 @@ from herder.actors.engine import (
     Reserved,
     StartFailed,
     TimedOut,
-    next_member,
     unqueue,
 )
 from herder.store import Transition
@@ -260,7 +261,14 @@ class Dispatcher:
         """Dispatch what the agents touched since the last pump can run now."""
         if self._regroup or self.admission.breakers_moved:
             self._regroup = self.admission.breakers_moved = False
-            self._move_off_unwell()
+            move_off_unwell(
+                self._engine,
+                self.host,
+                self.agents,
+                well=self.well,
+                queue=self._queue,
+                touch=self._touch,
+            )
         for agent in sorted(self.dirty):  # sorted: the same order (and tokens) in every process
             self._pump(agent)
         self.dirty.clear()
@@ -322,29 +330,6 @@ class Dispatcher:
         """Whether ``agent`` takes new work: healthy, and no breaker holds its work."""
         return self._ctx.health.healthy(agent) and not self.admission.tripped(agent)
 
-    def _move_off_unwell(self) -> None:
-        """Move the queued jobs of group (``AnyOf``) steps off members that are not
-        :meth:`well` to the member the rule (``engine/_members.py``) names now, when that
-        one is well, keeping their priority and order. Nothing durable changes: the member
-        is recorded when the attempt is dispatched."""
-        engine = self._engine
-        for agent in sorted(self.agents):
-            queue = self.host.queue(agent)
-            if not queue or self.well(agent):
-                continue
-            targets: dict[int, str] = {}
-            for job in queue:
-                run = engine.runs.get(job.workflow_id)
-                if run is None or not engine.job_valid(run, job):
-                    continue  # the pump drops it
-                spec, st = run.specs[job.step], run.steps[job.step]
-                member = next_member(spec, st, compensating=job.compensating, healthy=self.well)
-                if member != agent and self.well(member):
-                    targets[id(job)] = member
-            for member in sorted(set(targets.values())):
-                self._queue(member).take(queue, _bound_for(targets, member))
-                self._touch(member)
-
     def _wake_later(self, agent: str, delay: float) -> None:
         """Pump ``agent`` again after ``delay`` seconds (on the injectable clock)."""
         ctx = self._ctx
@@ -398,11 +383,6 @@ class Dispatcher:
 
 _Route = tuple[JobQueue[Job], AgentHost, Lane | None]
 """An agent's queue, the host it runs on (``routed``) and its reserve-ahead lane."""
-
-
-def _bound_for(targets: dict[int, str], member: str) -> Callable[[Job], bool]:
-    """Whether a job is one of ``targets`` (by identity) bound for ``member``."""
-    return lambda job: targets.get(id(job)) == member
 
 
 def _unregistered(agent: str) -> Callable[[], Agent]:

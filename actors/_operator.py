@@ -344,7 +344,7 @@ class Operator:
             raise self._not_loaded(op, record)  # its end is being written
         # Parked, or awaiting its definition: nothing of it runs, so this needs no
         # definition: the records change in the store.
-        self._recovery.release(record)
+        self._recovery.absent.release(record)
         self._note_operator(op)
         txn = self._commits.txn(op.workflow_id)
         for st in self._store.steps_of(op.workflow_id):

@@ -1,33 +1,31 @@
 """Bringing workflows into memory: new ones, every unfinished one after a restart, those
-awaiting their definition once it comes, and those reloaded after a failed commit.
+awaiting their definition once it comes, and one an operator's action takes back.
 
-:class:`Recovery` keeps the workflows that are unfinished but not in memory (awaiting
-their definition; parked after a failed commit, until a backoff ends) and the operator
-commands held for them, reads workflows from the store (the truth) and puts them into
-the engine. What a workflow then resumes, and the crash counted against it, is the
-engine's (``Resumed``). It runs on the Scheduler's thread and reaches the Scheduler
-only through the :class:`Shell` it was given.
+:class:`Recovery` reads workflows from the store (the truth) and puts them into the
+engine, applying first the operator commands held for them. What a workflow then
+resumes, and the crash counted against it, is the engine's (``Resumed``). Its two parts:
+``_absent`` (:class:`Absent`: the workflows out of memory, and why) and ``_reload``
+(:class:`Reloads`: after a failed commit, forget a workflow and read it back). It runs
+on the Scheduler's thread and reaches the Scheduler only through the :class:`Shell` it
+was given.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
-from herder.actors._clock import Clock
-from herder.actors._commit_backoff import CommitBackoff, Reload
+from herder.actors._absent import Absent
 from herder.actors._commits import CommitPipeline
 from herder.actors._dispatch import Dispatcher
 from herder.actors._engine import EngineContext
 from herder.actors._messages import Define, Recover
+from herder.actors._reload import Reloads
 from herder.actors.engine import (
     Decision,
     Engine,
     Event,
-    Refuse,
-    Resolve,
     Resumed,
     Started,
     WorkflowRun,
@@ -36,7 +34,6 @@ from herder.store import (
     Plan,
     StepRecord,
     StoreCorrupt,
-    StoreIOError,
     WorkflowRecord,
     pending_commands,
 )
@@ -78,25 +75,18 @@ class Recovery:
         self._ctx = ctx
         self._plans = plans  # the Scheduler's (changed only by its Define messages)
         self._store = ctx.store
-        self._clock: Clock = ctx.clock
         self._engine = engine
         self._commits = commits
-        self._dispatch = dispatch
         self._shell = shell
-        self._backoff = CommitBackoff()
-        # Recovered workflows awaiting their definition, by definition (ordered sets).
-        self._awaiting: dict[tuple[str, int], dict[str, None]] = {}
-        self._parked: set[str] = set()  # forgotten after a failed commit, reloaded later
-        self._recovered: set[str] = set()  # unfinished ids that recovery took over
+        self.absent = Absent(engine.runs)
         # Starts taken up before they were durable (Admit.early), by the record each came
         # with, until the same record comes again once durable (or is Unadmitted).
         self._early: dict[str, WorkflowRecord] = {}
-        self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
+        self.reloads = Reloads(
+            ctx, engine, commits, dispatch, self.absent, admit=self.admit, early=self._early
+        )
         # Recovery after a restart, a chunk per Recover message (recover_all).
         self._chunks: Iterator[list[tuple[WorkflowRecord, list[StepRecord]]]] | None = None
-        # Until its last chunk, any workflow not in memory may be one recovery has not
-        # reached yet: its timers are wanted (a WAITING step has no other wake-up).
-        self._recovering = True
         self._recovery_corrupt: list[StoreCorrupt] = []
         self._recovered_count = 0
         # Operator commands held until their workflow is taken back: id -> command by id.
@@ -126,7 +116,7 @@ class Recovery:
         run = engine.load(record, steps)
         if run is None:
             if record.id not in engine.runs:
-                self.await_definition(record)
+                self.absent.await_definition(record)
             return
         if self.held:
             held = self.held.pop(record.id, None)
@@ -143,7 +133,7 @@ class Recovery:
         recovery owns it and the message's records may be stale: running them could
         repeat finished steps). All run in one engine pass (``Started``: one decision for
         the batch); one with operator commands held goes through :meth:`admit`."""
-        runs, recovered, load = self._engine.runs, self._recovered, self._engine.load
+        runs, recovered, load = self._engine.runs, self.absent.recovered, self._engine.load
         fresh = []
         for record, steps in starts:
             if not early and self._early.get(record.id) is record:
@@ -151,7 +141,7 @@ class Recovery:
                 continue  # running, or ended already (a cancel)
             if record.id in runs or record.id in recovered:
                 continue
-            if early and (self.held or record.id in self._parked):
+            if early and (self.held or record.id in self.absent.parked):
                 continue  # (left to the Admit once durable)
             if self.held and record.id in self.held:
                 self.admit(record, steps)
@@ -160,7 +150,7 @@ class Recovery:
                 if early:
                     self._early[record.id] = record
             elif not early:  # (its definition is missing)
-                self.await_definition(record)
+                self.absent.await_definition(record)
         if fresh:
             self._shell.handle(Started(fresh))
 
@@ -181,7 +171,7 @@ class Recovery:
             self._hold_pending_commands()
             ids = self._store.unfinished_ids()
             if ids is not None:
-                self._recovered.update(ids)  # recovery owns them: a late Admit is stale
+                self.absent.recovered.update(ids)  # recovery owns them: a late Admit is stale
             self._chunks = self._store.unfinished_chunks(
                 RESUME_CHUNK, corrupt=self._recovery_corrupt, ids=ids
             )
@@ -191,14 +181,14 @@ class Recovery:
             unfinished += 1
             if record.id in self._engine.runs:
                 continue
-            self._recovered.add(record.id)
+            self.absent.recovered.add(record.id)
             if (record.name, record.version) in self._plans:
                 self.admit(record, steps, crashed=True)
             else:  # its steps are read again when the definition comes (on_define)
-                self.await_definition(record, warn=False)
+                self.absent.await_definition(record, warn=False)
             recovered += 1
         for exc in self._recovery_corrupt:
-            self._note_corrupt(exc)
+            self.absent.note_corrupt(exc)
         self._recovery_corrupt.clear()
         # Nothing recovered here has finished yet: finals are announced once their commit
         # is durable, and this message's transitions are submitted after it returns.
@@ -208,30 +198,17 @@ class Recovery:
             self._shell.settle(flush=True)  # this chunk's dispatches go out now
             self._ctx.tell_scheduler(Recover())  # the next chunk, after what arrived
             return
-        self._recovering = False
+        self.absent.recovering = False
         if self._recovered_count:
             _log.info("recovered %d unfinished workflows", self._recovered_count)
-        for (name, version), waiting in self._awaiting.items():  # one line per definition
-            _log.warning(
-                "%d unfinished workflows (e.g. %s): each awaits definition %s version %d; "
-                "register it (and its agents) to resume them, best in Runtime(path, setup=...)",
-                len(waiting),
-                next(iter(waiting)),
-                name,
-                version,
-            )
+        self.absent.log_awaiting()
 
     def on_define(self, plan: Plan) -> None:
         """A definition arrived: resume the workflows that awaited it, a chunk at a time."""
         # In chunks, each followed by the usual dispatch and flush, so that the first of
         # 100k recovered workflows runs at once instead of after all have been read.
         key = (plan.name, plan.version)
-        waiting = self._awaiting.get(key, {})
-        chunk = list(itertools.islice(waiting, RESUME_CHUNK))
-        for workflow_id in chunk:
-            del waiting[workflow_id]
-        if not waiting:
-            self._awaiting.pop(key, None)
+        chunk = self.absent.defined(key, RESUME_CHUNK)
         corrupt: list[StoreCorrupt] = []
         # One read transaction for the chunk's records and steps, not one per workflow.
         for records in self._store.unfinished_chunks(
@@ -240,46 +217,12 @@ class Recovery:
             for record, steps in records:
                 self.admit(record, steps, crashed=True)
         for exc in corrupt:
-            self._note_corrupt(exc)
-        if key in self._awaiting:
+            self.absent.note_corrupt(exc)
+        if self.absent.awaits(key):
             # Dispatch and commit this chunk's first steps now: the inbox will not drain
             # (which is when a commit normally goes out) until every chunk is in.
             self._shell.settle(flush=True)
             self._ctx.tell_scheduler(Define(plan))  # the next chunk, after what arrived
-
-    # -- after a failed commit ---------------------------------------------------------
-
-    def committed(self) -> None:
-        """A commit landed: the next failure starts its backoff afresh."""
-        self._backoff.succeeded()
-
-    def reload_later(self, failed: list[str], errors: list[BaseException | None]) -> None:
-        """Workflows whose commit failed: read them back, at once or after a backoff."""
-        delay = self._backoff.failed()
-        error = next(e for e in errors if e is not None)
-        _log.error(
-            "transitions of %d workflows failed: %s; reloading them in %.2fs",
-            len(failed),
-            error,
-            delay,
-        )
-        if delay <= 0:
-            for workflow_id in failed:
-                self.reread(workflow_id)
-            return
-        for workflow_id in failed:
-            self._forget(workflow_id)
-            self._parked.add(workflow_id)
-        ids = tuple(failed)
-        ctx = self._ctx
-        self._clock.call_later(delay, lambda: ctx.tell_scheduler(Reload(ids)))
-
-    def on_reload(self, msg: Reload) -> None:
-        """A backoff after a failed commit ended: read the parked workflows back."""
-        for workflow_id in msg.workflow_ids:
-            if workflow_id in self._parked:
-                self._parked.discard(workflow_id)
-                self._readmit(workflow_id)
 
     def unadmit(self, record: WorkflowRecord) -> None:
         """A start taken up early (``record``) was not created: forget it, unless what
@@ -288,69 +231,9 @@ class Recovery:
             del self._early[record.id]
         run = self._engine.runs.get(record.id)
         if run is not None and run.origin is record:
-            self.reread(record.id)
+            self.reloads.reread(record.id)
 
-    def reread(self, workflow_id: str) -> None:
-        """Drop a workflow from memory and run what the store holds of it, if anything."""
-        self._forget(workflow_id)
-        self._readmit(workflow_id)
-
-    def _forget(self, workflow_id: str) -> None:
-        """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
-        self._early.pop(workflow_id, None)  # taken up early: its Admit once durable runs it
-        engine = self._engine
-        run = engine.runs.get(workflow_id)
-        attempts = [] if run is None else [engine.inflight.get(t) for t in run.attempts]
-        engine.forget(workflow_id)
-        held = self._commits.drop(workflow_id)
-        for effect in () if held is None else held.effects:
-            if isinstance(effect, Resolve | Refuse) and not effect.future.done():
-                effect.future.set_exception(
-                    StoreIOError(f"workflow {workflow_id!r} was reloaded after a failed commit")
-                )
-        self._dispatch.release(attempts)
-
-    def _readmit(
-        self, workflow_id: str, record: WorkflowRecord | None = None, *, crashed: bool = False
-    ) -> bool:
-        """Read an unfinished workflow back from the store and run it; True if it runs.
-
-        ``crashed``: a previous Scheduler or process left it unfinished (see ``admit``).
-        A corrupt record leaves that one workflow where it is (logged, counted in stats);
-        every other workflow keeps running.
-        """
-        try:
-            if record is None:
-                record = self._store.get_workflow(workflow_id)
-            if record is None or record.state.is_final:
-                return False
-            steps = self._store.steps_of(workflow_id)
-        except StoreCorrupt as exc:
-            self._note_corrupt(exc)
-            return False
-        self.admit(record, steps, recovered=not crashed, crashed=crashed)
-        return True
-
-    def _note_corrupt(self, exc: StoreCorrupt) -> None:
-        _log.error("%s; the workflow it belongs to stays where it is", exc)
-        self._corrupt[f"{exc.db}:{exc.key!r}"] = exc.reason
-
-    # -- workflows out of memory -------------------------------------------------------
-
-    def await_definition(self, record: WorkflowRecord, *, warn: bool = True) -> None:
-        """Park a workflow until its definition is registered; warn once per definition
-        (a restart may park 100k workflows, and stats() shows the count). Recovery passes
-        ``warn=False`` and logs one summary line per definition when it is done."""
-        waiting = self._awaiting.setdefault((record.name, record.version), {})
-        if not waiting and warn:
-            _log.warning(
-                "workflow %s (and any others of it) awaits definition %s version %d; "
-                "register it to resume",
-                record.id,
-                record.name,
-                record.version,
-            )
-        waiting[record.id] = None
+    # -- for operator commands and actions ----------------------------------------------
 
     def _hold_pending_commands(self) -> None:
         """Hold the operator commands queued while no runtime ran, by workflow: each is
@@ -382,45 +265,8 @@ class Recovery:
         if (record.name, record.version) not in self._plans:
             return None
         steps = self._store.steps_of(workflow_id)
-        was = self.release(record)
+        was = self.absent.release(record)
         run = self._engine.load(record, steps)  # (None: in memory already, see above)
         if run is None:
             return None
         return run, was == "parked", was == "awaiting"
-
-    def release(self, record: WorkflowRecord) -> str:
-        """Take a workflow off the lists of those to be read back later, and keep a late
-        ``Admit`` of it from running stale records; returns which list it was on
-        ("awaiting" its definition, "parked" after a failed commit, or "")."""
-        self._recovered.add(record.id)
-        if record.id in self._parked:
-            self._parked.discard(record.id)
-            return "parked"
-        key = (record.name, record.version)
-        waiting = self._awaiting.get(key)
-        if waiting is None or record.id not in waiting:
-            return ""
-        del waiting[record.id]
-        if not waiting:
-            del self._awaiting[key]
-        return "awaiting"
-
-    def wanted(self, workflow_id: str) -> bool:
-        """Whether the workflow's timers are still wanted: it is in memory, awaits its
-        definition, is parked after a failed commit, or recovery may not have reached it
-        yet (it is still reading the store, a chunk per message)."""
-        return (
-            self._recovering
-            or workflow_id in self._engine.runs
-            or workflow_id in self._parked
-            or any(workflow_id in ids for ids in self._awaiting.values())
-        )
-
-    def stats(self) -> dict[str, Any]:
-        """Workflows awaiting their definition, and records recovery skipped as corrupt."""
-        return {
-            "awaiting_definition": {
-                f"{name}@{version}": len(ids) for (name, version), ids in self._awaiting.items()
-            },
-            "corrupt": dict(self._corrupt),
-        }

@@ -25,8 +25,9 @@ effects once durable. It owns the parts it wires together, each on this actor's 
 - ``_commits``: a decision's writes as per-flush transactions (one commit in flight per
   workflow) and the promises a durable batch keeps;
 - ``_dispatch``: the agents' queues, admission gates and the pump, before the agent host;
-- ``_recovery``: workflows not in memory, and bringing them in (new, recovered after a
-  restart, awaiting their definition, reloaded after a failed commit);
+- ``_recovery``: bringing workflows in (new, recovered after a restart, awaiting their
+  definition), with its parts ``_absent`` (the workflows out of memory, and why) and
+  ``_reload`` (after a failed commit, forget a workflow and read it back);
 - ``_operator`` and ``_channel``: operator actions and complete_step, and the commands
   channel from other processes.
 
@@ -140,7 +141,7 @@ class Scheduler(SupervisedActor):
             self._engine,
             self._commits,
             self._dispatch,
-            wanted=self._recovery.wanted,
+            wanted=self._recovery.absent.wanted,
             handle=self.handle,
             perform=self.perform,
         )
@@ -160,7 +161,7 @@ class Scheduler(SupervisedActor):
             Wake: lambda m: self._dispatch.woke(m.agent),
             Recover: lambda _m: self._recovery.recover_all(),
             Crash: self._crash,
-            Reload: self._recovery.on_reload,
+            Reload: self._recovery.reloads.on_reload,
             Commands: self._channel.apply_commands,
         }
 
@@ -258,7 +259,7 @@ class Scheduler(SupervisedActor):
             **engine.counters,
             "active_workflows": len(engine.runs),
             "in_flight_attempts": len(engine.inflight),
-            **self._recovery.stats(),
+            **self._recovery.absent.stats(),
             **self._dispatch.stats(),
         }
 
@@ -345,9 +346,9 @@ class Scheduler(SupervisedActor):
             if workflow_id != BATCH_TIMER:  # replaced batch entries: read again when due
                 failed.append(workflow_id)
         if len(failed) < len(msg.errors):
-            self._recovery.committed()
+            self._recovery.reloads.committed()
         if failed:
-            self._recovery.reload_later(failed, msg.errors)
+            self._recovery.reloads.reload_later(failed, msg.errors)
         if self._commits.resync_now():
             # Each failed workflow was forgotten or read back from the store (above):
             # nothing held builds on a failed one.

@@ -7,6 +7,9 @@ import inside a function or under ``TYPE_CHECKING`` counts as much as one at the
 - no package imports another package's private module (``herder.<pkg>._x``): it goes
   through that package's ``__init__``, so each ``__all__`` is the real contract;
 - each package's ``__init__`` lists a sorted ``__all__`` of names it really has.
+
+And no module of herder's source is over ``MAX_LINES`` lines (STYLE.md: a module has one
+job and stays under ~400 lines); tests and benchmarks are not held to it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ PACKAGES = {
     "herder.actors": ("actors", 2),
     "herder.runtime": ("runtime", 3),
 }
+
+
+MAX_LINES = 400
 
 
 def _package_of(module: str) -> str | None:
@@ -122,3 +128,32 @@ def test_each_package_exports_a_sorted_all_of_names_it_has(package: str) -> None
     assert len(set(exported)) == len(exported)
     for name in exported:
         assert hasattr(module, name), f"{package}.__all__ lists {name!r}, which it lacks"
+
+
+def _oversized(paths: Iterator[pathlib.Path]) -> list[str]:
+    """``path (N lines)`` for each file of ``paths`` over ``MAX_LINES`` lines."""
+    found = []
+    for path in paths:
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_LINES:
+            where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            found.append(f"{where} ({lines} lines)")
+    return found
+
+
+def test_no_module_is_over_400_lines() -> None:
+    oversized = _oversized(path for _, path in _source_files())
+    assert not oversized, (
+        f"modules over {MAX_LINES} lines: {', '.join(oversized)}. A module has one job "
+        f"(STYLE.md): split each along its jobs, not by line count, into modules of their "
+        f"own (the parts reach their owner only through the methods it hands them, as "
+        f"actors/_recovery.py's Shell), and name the new modules in the docstrings that "
+        f"name the old one"
+    )
+
+
+def test_the_size_check_counts_lines(tmp_path: pathlib.Path) -> None:
+    at_limit, over = tmp_path / "at_limit.py", tmp_path / "over.py"
+    at_limit.write_text("x = 1\n" * MAX_LINES)
+    over.write_text("x = 1\n" * (MAX_LINES + 1))
+    assert _oversized(iter([at_limit, over])) == [f"{over} ({MAX_LINES + 1} lines)"]

@@ -1,0 +1,138 @@
+"""After a failed commit: forget what memory believed of a workflow and read it back.
+
+When a batch fails, the workflows it held are dropped from memory (their attempts never
+sent free their instances, the promises held for them are refused) and read back from
+the store, which stays the truth: at once after a one-off error, or parked in
+:class:`~herder.actors._absent.Absent` until the :class:`CommitBackoff` ends (a
+:class:`Reload` message). A start taken up early that was not created is read back the
+same way (``Recovery.unadmit``). :class:`Reloads` runs on the Scheduler's thread; what it
+reads back runs through ``Recovery.admit``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from herder.actors._absent import Absent
+from herder.actors._commit_backoff import CommitBackoff, Reload
+from herder.actors._commits import CommitPipeline
+from herder.actors._dispatch import Dispatcher
+from herder.actors._engine import EngineContext
+from herder.actors.engine import Engine, Refuse, Resolve
+from herder.store import StepRecord, StoreCorrupt, StoreIOError, WorkflowRecord
+
+_log = logging.getLogger("herder.scheduler")
+
+
+class Admit(Protocol):
+    """``Recovery.admit``: run a workflow read back from the store."""
+
+    def __call__(
+        self,
+        record: WorkflowRecord,
+        steps: list[StepRecord],
+        *,
+        recovered: bool = False,
+        crashed: bool = False,
+    ) -> None: ...
+
+
+class Reloads:
+    """Workflows whose commit failed, read back; see the module docstring."""
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        engine: Engine,
+        commits: CommitPipeline,
+        dispatch: Dispatcher,
+        absent: Absent,
+        *,
+        admit: Admit,
+        early: dict[str, WorkflowRecord],
+    ) -> None:
+        self._ctx = ctx
+        self._store = ctx.store
+        self._clock = ctx.clock
+        self._engine = engine
+        self._commits = commits
+        self._dispatch = dispatch
+        self._absent = absent
+        self._admit = admit
+        self._early = early  # Recovery's starts taken up early: a forgotten one loses its mark
+        self._backoff = CommitBackoff()
+
+    def committed(self) -> None:
+        """A commit landed: the next failure starts its backoff afresh."""
+        self._backoff.succeeded()
+
+    def reload_later(self, failed: list[str], errors: list[BaseException | None]) -> None:
+        """Workflows whose commit failed: read them back, at once or after a backoff."""
+        delay = self._backoff.failed()
+        error = next(e for e in errors if e is not None)
+        _log.error(
+            "transitions of %d workflows failed: %s; reloading them in %.2fs",
+            len(failed),
+            error,
+            delay,
+        )
+        if delay <= 0:
+            for workflow_id in failed:
+                self.reread(workflow_id)
+            return
+        for workflow_id in failed:
+            self._forget(workflow_id)
+            self._absent.parked.add(workflow_id)
+        ids = tuple(failed)
+        ctx = self._ctx
+        self._clock.call_later(delay, lambda: ctx.tell_scheduler(Reload(ids)))
+
+    def on_reload(self, msg: Reload) -> None:
+        """A backoff after a failed commit ended: read the parked workflows back."""
+        parked = self._absent.parked
+        for workflow_id in msg.workflow_ids:
+            if workflow_id in parked:
+                parked.discard(workflow_id)
+                self._readmit(workflow_id)
+
+    def reread(self, workflow_id: str) -> None:
+        """Drop a workflow from memory and run what the store holds of it, if anything."""
+        self._forget(workflow_id)
+        self._readmit(workflow_id)
+
+    def _forget(self, workflow_id: str) -> None:
+        """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
+        self._early.pop(workflow_id, None)  # taken up early: its Admit once durable runs it
+        engine = self._engine
+        run = engine.runs.get(workflow_id)
+        attempts = [] if run is None else [engine.inflight.get(t) for t in run.attempts]
+        engine.forget(workflow_id)
+        held = self._commits.drop(workflow_id)
+        for effect in () if held is None else held.effects:
+            if isinstance(effect, Resolve | Refuse) and not effect.future.done():
+                effect.future.set_exception(
+                    StoreIOError(f"workflow {workflow_id!r} was reloaded after a failed commit")
+                )
+        self._dispatch.release(attempts)
+
+    def _readmit(
+        self, workflow_id: str, record: WorkflowRecord | None = None, *, crashed: bool = False
+    ) -> bool:
+        """Read an unfinished workflow back from the store and run it; True if it runs.
+
+        ``crashed``: a previous Scheduler or process left it unfinished (see ``admit``).
+        A corrupt record leaves that one workflow where it is (logged, counted in stats);
+        every other workflow keeps running.
+        """
+        try:
+            if record is None:
+                record = self._store.get_workflow(workflow_id)
+            if record is None or record.state.is_final:
+                return False
+            steps = self._store.steps_of(workflow_id)
+        except StoreCorrupt as exc:
+            self._absent.note_corrupt(exc)
+            return False
+        self._admit(record, steps, recovered=not crashed, crashed=crashed)
+        return True
