@@ -13,6 +13,7 @@ import pykka
 
 from herder.actors._adaptive import Adaptive
 from herder.actors._agent import Agent, StepContext
+from herder.actors._answers import Answers
 from herder.actors._clock import Clock
 from herder.actors._event_loop import EventLoop
 from herder.actors._health import AgentHealth
@@ -103,6 +104,8 @@ class EngineContext:
         # (a test's host, which a single-threaded simulation drives).
         self.make_host: Callable[[], AgentHost] | None = None
         self.lost: LeaseLost | None = None
+        # The hosts' outcomes on their way to the Scheduler, taken in bursts (_answers).
+        self.answers = Answers(self.tell_scheduler)
         self.reset_tokens()
 
     def reset_tokens(self) -> None:

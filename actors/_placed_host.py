@@ -180,7 +180,7 @@ def build_host(ctx: EngineContext) -> AgentHost:
     assert ctx.agents_supervisor is not None, "agents supervisor starts first"
     host = PoolHost if config.agent_host == "pool" else ThreadHost
     options: dict[str, Any] = {
-        "reply": ctx.tell_scheduler,
+        "reply": ctx.answers.put,
         "events": ctx.tell_scheduler,
         "max_result_bytes": config.max_result_bytes,
         "shutdown": config.instance_shutdown,
@@ -194,7 +194,7 @@ def build_host(ctx: EngineContext) -> AgentHost:
         threads,
         make_async=lambda: AsyncHost(
             ctx.event_loop,
-            ctx.tell_scheduler,
+            ctx.answers.put,
             ctx.tell_scheduler,
             max_result_bytes=config.max_result_bytes,
             queue_aging=config.priority_aging,

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from herder.actors._answers import Drain
 from herder.actors._channel import Channel
 from herder.actors._clock import MessageClock
 from herder.actors._commit_backoff import Reload
@@ -149,6 +150,7 @@ class Scheduler(SupervisedActor):
         self._sink: BatchSink | None = None  # where the writer reports durable batches
         # What each engine message does (by its exact type: one lookup, no isinstance chain).
         self._handlers: dict[type, Callable[[Any], None]] = {
+            Drain: self._on_drain,
             Outcome: self._on_outcome,
             Committed: self._on_committed,
             Heartbeat: lambda m: self.handle(Beat(m.token, m.details)),
@@ -177,6 +179,7 @@ class Scheduler(SupervisedActor):
         make_host = ctx.make_host or (lambda: build_host(ctx))
         host = make_host()
         ctx.scheduler = self.actor_ref
+        ctx.answers.restart()  # a predecessor's outcomes (stale now), and its DRAIN flag
         # After the line above: what is registered from here on reaches this actor as a
         # message (Define, add_agent), what was registered before is in these copies
         # (both is harmless: each message says what to hold, not what to change).
@@ -364,6 +367,17 @@ class Scheduler(SupervisedActor):
                 self.handle(AttemptLost(effect.token, "agent instance went away"))
         elif not isinstance(effect, Announce):  # (announced by the writer: commit_sink)
             settle_future(effect)
+
+    def _on_drain(self, _message: Drain) -> None:
+        """Take the outcomes the hosts queued (``_answers``), each as its own message would
+        be; pump and flush every :data:`FLUSH_AT` workflows with open writes."""
+        queue, n = self._ctx.answers.taking()
+        for _ in range(n):
+            message = queue.popleft()
+            self._clock.tick()
+            self._handlers[type(message)](message)
+            if len(self._commits.open) >= FLUSH_AT:
+                self.settle()
 
     def _on_outcome(self, m: Outcome) -> None:
         crash_point("scheduler.outcome")

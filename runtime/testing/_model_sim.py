@@ -312,7 +312,7 @@ class _Simulation:
 
         def make_host() -> InlineHost:
             host = InlineHost(
-                ctx.tell_scheduler,
+                ctx.answers.put,  # outcomes and instance events, as the pykka hosts send them
                 max_result_bytes=ctx.config.max_result_bytes,
                 queue_aging=ctx.config.priority_aging,
             )
