@@ -19,7 +19,16 @@ import lmdb
 from herder.store._codec import encode
 from herder.store._errors import LeaseLost, StoreIOError
 from herder.store._keys import batch_timer_key
-from herder.store._ops import BatchSink, Callback, Ops, Outcome, Put, Transition, check
+from herder.store._ops import (
+    BatchSink,
+    Callback,
+    Ops,
+    Outcome,
+    Put,
+    Transition,
+    check,
+    stored_values,
+)
 
 Derived = Mapping[str, Callable[[lmdb.Transaction, list[tuple[bytes, "bytes | None"]]], None]]
 """Per database, what keeps a secondary index in step with the keys a transaction wrote
@@ -66,15 +75,21 @@ Queued = Entry | Resync
 
 def apply(
     txn: lmdb.Transaction, handles: Mapping[str, Any], derived: Derived, batch: list[Entry]
-) -> list[list[Outcome]]:
+) -> tuple[list[list[Outcome]], int]:
     """Write ``batch`` into ``txn``; the outcomes of its transitions (a condition that
     does not hold skips only its own, unless the engine builds on it: then no engine
-    batch behind it in ``batch`` is written either, fail-stop)."""
+    batch behind it in ``batch`` is written either, fail-stop), and how many of them
+    failed."""
     # Every op of the batch lands in ``pending`` first (a later write of a key wins),
     # conditions read through it, and then one putmulti per database writes it all:
-    # separate txn.put calls cost about ten times as much per item.
+    # separate txn.put calls cost about ten times as much per item. Nothing is written
+    # before that, so the conditions' keys are all read up front, in one go.
+    stored = stored_values(
+        txn, handles, [e for x in batch if not isinstance(x, Batch) for t in x[0] for e in t.expect]
+    )
     pending: Ops = {}
     outcomes: list[list[Outcome]] = []
+    failures = 0
     due = 0
     watched: list[list[Any]] = []  # the attempts of one batch entry for the transaction
     halted: Outcome = None  # a transition the engine built on failed: its batches stop
@@ -82,6 +97,7 @@ def apply(
         if isinstance(entry, Batch):
             if halted is not None:
                 outcomes.append([halted])
+                failures += 1
                 continue
             pending.update(entry.ops)
             outcomes.append([None])
@@ -93,9 +109,10 @@ def apply(
         results: list[Outcome] = []
         for t in entry[0]:
             if t.expect:
-                failed = check(txn, handles, t.expect, pending)
+                failed = check(t.expect, pending, stored)
                 if failed is not None:
                     results.append(failed)
+                    failures += 1
                     if entry[2] and halted is None:
                         halted = halt_error(failed)  # one error: one sink call
                     continue
@@ -106,7 +123,7 @@ def apply(
     if watched:  # one batch entry per transaction, due at the earliest deadline it holds
         pending[("timers", batch_timer_key(due, watched[0][2]))] = encode(watched)
     _write(txn, handles, derived, pending)
-    return outcomes
+    return outcomes, failures
 
 
 def _write(txn: lmdb.Transaction, handles: Mapping[str, Any], derived: Derived, ops: Ops) -> None:
@@ -158,6 +175,20 @@ def resolve(batch: list[Entry], outcomes: list[list[Outcome]]) -> None:
             call(sink, results)
     for (batch_sink, _), (effects, error) in sinks.items():
         call_sink(batch_sink, effects, error)
+
+
+def halting(batch: list[Entry], outcomes: list[list[Outcome]]) -> Outcome:
+    """The error that halts the engine's batches behind it (fail-stop): that of the
+    first engine batch that failed, or of the first group the engine built on
+    (``halts``) that did; None if neither failed."""
+    for entry, results in zip(batch, outcomes, strict=True):
+        if isinstance(entry, Batch):
+            failed = results[0]
+        else:
+            failed = next((r for r in results if r is not None), None) if entry[2] else None
+        if failed is not None:
+            return failed
+    return None
 
 
 def count_of(entry: Queued) -> int:

@@ -46,6 +46,7 @@ from herder.store._entries import (
     count_of,
     every,
     halt_error,
+    halting,
     resolve,
 )
 from herder.store._errors import InvalidInput, StoreClosed, StoreIOError
@@ -304,18 +305,13 @@ class Writer:
         if not batch:
             return
         try:
-            outcomes = self._commit(batch, n)
+            outcomes, clean = self._commit(batch, n)
         except BaseException as exc:  # a bug here must not hang callers forever
             log.exception("store writer failed on a batch of %d transitions", n)
-            outcomes = every(batch, exc)
-        for entry, results in zip(batch, outcomes, strict=True):
-            if isinstance(entry, Batch):
-                failed = results[0]
-            else:  # a group the engine built on (halts) fails like one of its batches
-                failed = next((r for r in results if r is not None), None) if entry[2] else None
-            if failed is not None:
-                self._halted = failed  # fail-stop
-                break
+            outcomes, clean = every(batch, exc), False
+        failed = None if clean else halting(batch, outcomes)
+        if failed is not None:
+            self._halted = failed  # fail-stop
         self._resolve(batch, outcomes, n)
 
     def _sift(self, batch: list[Queued]) -> tuple[list[Entry], list[Batch], BaseException | None]:
@@ -340,7 +336,9 @@ class Writer:
                 self._stats["halted"] += len(refused)
         return keep, refused, cause
 
-    def _commit(self, batch: list[Entry], n: int) -> list[list[Outcome]]:
+    def _commit(self, batch: list[Entry], n: int) -> tuple[list[list[Outcome]], bool]:
+        """Write and commit ``batch``: each transition's outcome, and whether all of them
+        were written."""
         env = self._env
         while True:
             txn = env.begin(write=True)
@@ -350,8 +348,8 @@ class Writer:
                     txn.abort()
                     with self._cond:
                         self._stats["refused"] += 1
-                    return every(batch, refused)
-                outcomes = apply(txn, self._handles, self._derived, batch)
+                    return every(batch, refused), False
+                outcomes, conflicts = apply(txn, self._handles, self._derived, batch)
                 if self.fault is not None:
                     self.fault()
                 crash_point("writer.before_commit")
@@ -361,18 +359,18 @@ class Writer:
                 txn.abort()
                 size = env.info()["map_size"]
                 if size * 2 > MAX_MAP_SIZE:
-                    return self._io_failed(batch, exc, f"the map is already {size} bytes")
+                    return self._io_failed(batch, exc, f"the map is already {size} bytes"), False
                 try:
                     self._grow(size * 2)
                 except (lmdb.Error, OSError) as grow_exc:
-                    return self._io_failed(batch, grow_exc, f"could not grow the map to {size * 2}")
+                    note = f"could not grow the map to {size * 2}"
+                    return self._io_failed(batch, grow_exc, note), False
                 with self._cond:
                     self._stats["map_resizes"] += 1
                 continue
             except (lmdb.Error, OSError) as exc:
                 txn.abort()
-                return self._io_failed(batch, exc, "nothing of this batch was written")
-            conflicts = sum(1 for results in outcomes for r in results if r is not None)
+                return self._io_failed(batch, exc, "nothing of this batch was written"), False
             with self._cond:
                 s = self._stats
                 s["batches"] += 1
@@ -380,7 +378,7 @@ class Writer:
                 s["last_batch"] = n
                 s["max_batch"] = max(s["max_batch"], n)
                 s["conflicts"] += conflicts
-            return outcomes
+            return outcomes, conflicts == 0
 
     def _io_failed(self, batch: list[Entry], exc: BaseException, note: str) -> list[list[Outcome]]:
         with self._cond:

@@ -104,6 +104,36 @@ def test_a_failing_expect_skips_only_its_transition_and_the_rest_of_the_batch_co
     store.close()
 
 
+def test_conditions_on_several_databases_read_the_store_as_before_the_batch_and_its_own_writes(
+    path: pathlib.Path,
+) -> None:
+    # The writer reads every condition's key of a transaction up front (one getmulti per
+    # database): what a transition earlier in the batch wrote or deleted still wins.
+    store = Store(path)
+    store.writer.submit(t(put(b"a"), put(b"s1", db="steps"))).result(timeout=10)
+    done: Future[list[BaseException | None]] = Future()
+    batch = [
+        t(Delete("workflows", b"a"), put(b"s2", db="steps")),
+        t(put(b"x"), expect=(Expect("workflows", b"a", exists=False),)),
+        t(put(b"y"), expect=(Expect("steps", b"s1"), Expect("workflows", b"a"))),
+        t(put(b"z"), expect=(Expect("steps", b"s1"), Expect("steps", b"s2"))),
+        t(put(b"w"), expect=(Expect("steps", b"s3"),)),
+    ]
+    store.writer.submit_many(batch, done.set_result)
+    outcomes = done.result(timeout=10)
+    assert [type(o).__name__ if o else None for o in outcomes] == [
+        None,
+        None,
+        "ConditionFailed",
+        None,
+        "ConditionFailed",
+    ]
+    assert "workflows key b'a' is absent" in str(outcomes[2])
+    assert store.writer.stats()["conflicts"] == 2
+    assert {k for k, _ in store.raw_scan("workflows")} == {b"x", b"z"}
+    store.close()
+
+
 def test_transitions_commit_in_submission_order(path: pathlib.Path) -> None:
     store = Store(path)
     futures = [store.writer.submit(t(put(b"k", i))) for i in range(2000)]
