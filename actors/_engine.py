@@ -106,6 +106,10 @@ class EngineContext:
         self.lost: LeaseLost | None = None
         # The hosts' outcomes on their way to the Scheduler, taken in bursts (_answers).
         self.answers = Answers(self.tell_scheduler)
+        # Bumped by a Scheduler before it lets go of a start it took up early (Admit.early),
+        # and by a new Scheduler before its recovery reads the store: a start that sees it
+        # changed once durable is admitted again (actors/_messages.py, EarlyStart).
+        self.early_epoch = 0
         self.reset_tokens()
 
     def reset_tokens(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors.engine import Effect
@@ -15,11 +15,24 @@ class Admit:
     """Workflows were durably created (one, or a ``start_many`` batch: one message);
     the Scheduler should start running them. Each with its new records: a step record
     per step of its plan, in plan order (``runtime/_timing.py``'s ``new_workflow``).
-    ``early``: not durable yet, on its way (``runtime/_starts.py``); the same records
-    come again once durable."""
+    ``early``: one start, not durable yet, on its way (``runtime/_starts.py``); the
+    same records come again once durable only if the Scheduler may have let go of it
+    meanwhile (:class:`EarlyStart`)."""
 
     starts: list[tuple[WorkflowRecord, list[StepRecord]]]
-    early: bool = False
+    early: EarlyStart | None = None
+
+
+class EarlyStart(Protocol):
+    """A start admitted while its creation is on its way to disk (``runtime/_starts.py``'s
+    ``Landing``), as the Scheduler sees it.
+
+    Once durable it is admitted again only if ``EngineContext.early_epoch`` changed since
+    it was admitted early: the Scheduler bumps it before it lets go of a start it took up
+    early (a new Scheduler, one it forgot or did not take up), and then reads the store.
+    ``settled``: it landed with no Admit to follow (the Scheduler may drop its mark)."""
+
+    settled: bool
 
 
 @dataclass(slots=True)

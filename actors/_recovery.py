@@ -20,7 +20,7 @@ from herder.actors._absent import Absent
 from herder.actors._commits import CommitPipeline
 from herder.actors._dispatch import Dispatcher
 from herder.actors._engine import EngineContext
-from herder.actors._messages import Define, Recover
+from herder.actors._messages import Define, EarlyStart, Recover
 from herder.actors._reload import Reloads
 from herder.actors.engine import (
     Decision,
@@ -41,6 +41,7 @@ from herder.store import (
 _log = logging.getLogger("herder.scheduler")
 
 RESUME_CHUNK = 200  # workflows resumed per message when a definition arrives
+SWEEP_EARLY = 256  # marks of early starts kept before the settled ones are dropped
 
 
 class Shell(Protocol):
@@ -79,9 +80,11 @@ class Recovery:
         self._commits = commits
         self._shell = shell
         self.absent = Absent(engine.runs)
-        # Starts taken up before they were durable (Admit.early), by the record each came
-        # with, until the same record comes again once durable (or is Unadmitted).
-        self._early: dict[str, WorkflowRecord] = {}
+        # Starts taken up before they were durable (Admit.early), by id: the record each
+        # came with and its landing, until the same record comes again once durable, it is
+        # Unadmitted or forgotten, or it landed with no Admit to follow (_sweep).
+        self._early: dict[str, tuple[WorkflowRecord, EarlyStart]] = {}
+        self._sweep_at = SWEEP_EARLY
         self.reloads = Reloads(
             ctx, engine, commits, dispatch, self.absent, admit=self.admit, early=self._early
         )
@@ -126,33 +129,62 @@ class Recovery:
             self._shell.handle(Resumed(record.id, recovered=recovered, crashed=crashed))
 
     def admit_new(
-        self, starts: list[tuple[WorkflowRecord, list[StepRecord]]], *, early: bool = False
+        self,
+        starts: list[tuple[WorkflowRecord, list[StepRecord]]],
+        *,
+        early: EarlyStart | None = None,
     ) -> None:
-        """``start()`` (or ``start_many``) made workflows durable: run each, unless this
-        Scheduler's recovery already read it from the store (a restart raced the start;
-        recovery owns it and the message's records may be stale: running them could
-        repeat finished steps). All run in one engine pass (``Started``: one decision for
-        the batch); one with operator commands held goes through :meth:`admit`."""
+        """``start()`` (or ``start_many``) made workflows durable, or one is on its way
+        (``early``): run each, unless this Scheduler's recovery already read it from the
+        store (a restart raced the start; recovery owns it and the message's records may
+        be stale: running them could repeat finished steps). All run in one engine pass
+        (``Started``: one decision for the batch); one with operator commands held goes
+        through :meth:`admit`. An early one that is not taken up now is let go
+        (:meth:`_let_go`); one taken up early that comes again once durable is ignored,
+        even if it has ended meanwhile (a cancel)."""
         runs, recovered, load = self._engine.runs, self.absent.recovered, self._engine.load
         fresh = []
         for record, steps in starts:
-            if not early and self._early.get(record.id) is record:
-                del self._early[record.id]  # taken up early and not forgotten since:
-                continue  # running, or ended already (a cancel)
+            if early is None:
+                taken = self._early.get(record.id)
+                if taken is not None and taken[0] is record:
+                    del self._early[record.id]  # taken up early and not forgotten since:
+                    continue  # running, or ended already (a cancel)
             if record.id in runs or record.id in recovered:
                 continue
-            if early and (self.held or record.id in self.absent.parked):
-                continue  # (left to the Admit once durable)
-            if self.held and record.id in self.held:
+            if early is not None and (self.held or record.id in self.absent.parked):
+                self._let_go(record, early)
+            elif self.held and record.id in self.held:
                 self.admit(record, steps)
             elif load(record, steps, new=True) is not None:
                 fresh.append(record.id)
-                if early:
-                    self._early[record.id] = record
-            elif not early:  # (its definition is missing)
+                if early is not None:
+                    self._early[record.id] = (record, early)
+            elif early is None:  # (its definition is missing)
                 self.absent.await_definition(record)
+            else:
+                self._let_go(record, early)
+        if len(self._early) > self._sweep_at:
+            self._sweep()
         if fresh:
             self._shell.handle(Started(fresh))
+
+    def _let_go(self, record: WorkflowRecord, early: EarlyStart) -> None:
+        """A start on its way that is not taken up now (operator commands are held, its id
+        is parked, or its definition is missing): its Admit once durable must come. The
+        epoch is bumped first, so that a start that lands after this sends it; one that
+        landed before is in the store: read it back (a parked id is, when its backoff
+        ends), marked so that a late Admit of it is ignored."""
+        self._ctx.early_epoch += 1
+        if record.id not in self.absent.parked and self.reloads.reread(record.id):
+            self._early[record.id] = (record, early)
+
+    def _sweep(self) -> None:
+        """Drop the marks of early starts that landed with no Admit to follow."""
+        early = self._early
+        for workflow_id in [w for w, (_, start) in early.items() if start.settled]:
+            del early[workflow_id]
+        self._sweep_at = max(SWEEP_EARLY, 2 * len(early))
 
     def resume(self, run: WorkflowRun, *, recovered: bool, crashed: bool) -> None:
         """Run a workflow just put into memory, unless an operator's action ended it."""
@@ -165,6 +197,9 @@ class Recovery:
         the next chunk comes as the next ``Recover``), so that the first of 100k resumes
         at once and the store is read and decoded as recovery goes, never all at once."""
         if self._chunks is None:
+            # Starts admitted early to a previous Scheduler are let go: once durable, each
+            # that did not land before the store is read below is admitted again.
+            self._ctx.early_epoch += 1
             # A previous Scheduler's last batch may still be in the writer: let it land so
             # recovery reads the newest durable state, never a state about to be overwritten.
             self._store.writer.flush()
@@ -227,7 +262,8 @@ class Recovery:
     def unadmit(self, record: WorkflowRecord) -> None:
         """A start taken up early (``record``) was not created: forget it, unless what
         runs under its id came from elsewhere (another start, the store)."""
-        if self._early.get(record.id) is record:
+        taken = self._early.get(record.id)
+        if taken is not None and taken[0] is record:
             del self._early[record.id]
         run = self._engine.runs.get(record.id)
         if run is not None and run.origin is record:

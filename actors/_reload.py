@@ -19,6 +19,7 @@ from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._commits import CommitPipeline
 from herder.actors._dispatch import Dispatcher
 from herder.actors._engine import EngineContext
+from herder.actors._messages import EarlyStart
 from herder.actors.engine import Engine, Refuse, Resolve
 from herder.store import StepRecord, StoreCorrupt, StoreIOError, WorkflowRecord
 
@@ -50,7 +51,7 @@ class Reloads:
         absent: Absent,
         *,
         admit: Admit,
-        early: dict[str, WorkflowRecord],
+        early: dict[str, tuple[WorkflowRecord, EarlyStart]],
     ) -> None:
         self._ctx = ctx
         self._store = ctx.store
@@ -96,14 +97,16 @@ class Reloads:
                 parked.discard(workflow_id)
                 self._readmit(workflow_id)
 
-    def reread(self, workflow_id: str) -> None:
-        """Drop a workflow from memory and run what the store holds of it, if anything."""
+    def reread(self, workflow_id: str) -> bool:
+        """Drop a workflow from memory and run what the store holds of it, if anything
+        (True if it runs)."""
         self._forget(workflow_id)
-        self._readmit(workflow_id)
+        return self._readmit(workflow_id)
 
     def _forget(self, workflow_id: str) -> None:
         """Drop a workflow from memory (after a failed commit); the store keeps the truth."""
-        self._early.pop(workflow_id, None)  # taken up early: its Admit once durable runs it
+        if self._early.pop(workflow_id, None) is not None:  # taken up early: let go
+            self._ctx.early_epoch += 1  # (before the store is read: see EarlyStart)
         engine = self._engine
         run = engine.runs.get(workflow_id)
         attempts = [] if run is None else [engine.inflight.get(t) for t in run.attempts]

@@ -8,7 +8,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import Admit, Unadmit, UnknownWorkflow
+from herder.actors import Admit, EarlyStart, Unadmit, UnknownWorkflow
 from herder.runtime._async import AsyncHandle
 from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
@@ -66,12 +66,15 @@ class Waiting:
     """The futures waiting for workflows to end, and the final listener that ends them."""
 
     def _admit(
-        self, starts: list[tuple[WorkflowRecord, list[StepRecord]]], *, early: bool = False
+        self,
+        starts: list[tuple[WorkflowRecord, list[StepRecord]]],
+        *,
+        early: EarlyStart | None = None,
     ) -> None:
-        """Hand durable new workflows to the Scheduler (one message for a batch), noting
-        them as running here: until its final announcement a waiter on one needs no store
-        read (issue 16: a read per ``result_async`` on an event loop beside busy runtime
-        threads costs ~0.5 ms)."""
+        """Hand durable new workflows to the Scheduler (one message for a batch), or one on
+        its way (``early``), noting them as running here: until its final announcement a
+        waiter on one needs no store read (issue 16: a read per ``result_async`` on an
+        event loop beside busy runtime threads costs ~0.5 ms)."""
         rt = _runtime(self)
         rt._running.update([record.id for record, _ in starts])  # before any can end
         rt._ctx.tell_scheduler(Admit(starts, early))

@@ -10,8 +10,10 @@ was free a moment ago is admitted to the Scheduler as that transaction is queued
 the workflow's first DISPATCHED goes into the same commit, or the next (one commit less
 per workflow, which shows at 1 and 16 in flight: benchmarks/ANALYSIS.md); if it fails, the
 writer writes none of the Scheduler's batches behind it (fail-stop) and the Scheduler
-forgets the workflow (``_starts.Landing.admit_early``). Every start is (also) admitted by
-``Landing`` on the writer's thread once durable; a Scheduler that has it ignores that.
+forgets the workflow (``_starts.Landing.admit_early``). ``Landing`` admits it (again)
+on the writer's thread once durable only if it was not admitted early, or the Scheduler
+may have let it go since (``actors/_messages.py``, ``EarlyStart``): in the normal case a
+start costs the Scheduler one message.
 """
 
 from __future__ import annotations

@@ -156,8 +156,9 @@ def _same_input(a: Any, b: Any) -> bool:
 
 class Landing:
     """One ``start()``'s commit, as the store writer reports it (its ``submit_many``
-    callback, on the writer thread): admits the workflow once it is durable, or gives its
-    capacity back when it was not written, and only then wakes the caller. So a caller
+    callback, on the writer thread): admits the workflow once it is durable (unless the
+    Scheduler that took it up early still has it: :class:`~herder.actors._messages.EarlyStart`),
+    or gives its capacity back when it was not written, and only then wakes the caller. So a caller
     that stopped waiting (a timeout, a cancelled task) still gets its workflow running,
     or its slot back, and nobody else has to decide which.
 
@@ -170,6 +171,7 @@ class Landing:
     __slots__ = (
         "_decided",
         "_early",
+        "_epoch",
         "_error",
         "_guard",
         "_landed",
@@ -178,6 +180,7 @@ class Landing:
         "_shot",
         "_steps",
         "key",
+        "settled",
     )
 
     def __init__(
@@ -199,6 +202,8 @@ class Landing:
         self._guard = threading.Lock()  # admit_early against the writer's call
         self._landed = False  # the writer has called
         self._early = False  # admitted while on its way
+        self._epoch = 0  # the Scheduler's early_epoch when it was (actors/_messages.py)
+        self.settled = False  # landed, admitted early, and no Admit follows (EarlyStart)
 
     def admit_early(self) -> None:
         """Admit the workflow while its creation is on its way to disk (queued with
@@ -210,8 +215,9 @@ class Landing:
         with self._guard:
             if self._landed:
                 return
+            self._epoch = rt._ctx.early_epoch  # (read before the Admit goes out)
             self._early = True
-        rt._admit([(self._record, self._steps)], early=True)
+        rt._admit([(self._record, self._steps)], early=self)
 
     def __call__(self, results: list[BaseException | None]) -> None:
         rt, error = self._rt, results[0]
@@ -221,11 +227,14 @@ class Landing:
                 early = self._early
             if error is None:
                 rt._started.add(self.key)
-                # Admitted again even if early: the Scheduler that took it early ignores this
-                # (even once it has ended it: a cancel), but one that has restarted since,
-                # or that forgot it when its first batch was refused (the writer halted for
-                # another failure), read the store before this commit.
-                rt._admit([(self._record, self._steps)])
+                if early and rt._ctx.early_epoch == self._epoch:
+                    # The Scheduler that took it up early has let go of no early start
+                    # since (a restart, a refused first batch, a start it did not take up
+                    # bump the epoch before the store is read): it still has this one, or
+                    # has ended it (a cancel). Admitted again, it would ignore that.
+                    self.settled = True
+                else:
+                    rt._admit([(self._record, self._steps)])
             else:
                 if early:
                     rt._unadmit(self._record)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from herder.actors._recovery import SWEEP_EARLY, Recovery
 from herder.actors.engine._machine import Machine
 from herder.runtime import (
     Agent,
@@ -225,4 +226,85 @@ def test_a_start_cancelled_before_its_creation_landed_is_not_run_again_once_it_l
         assert rt.start("two", {"v": 8}, workflow_id="y").result(timeout=WAIT)
         assert "x" not in Counting.calls
         assert rt.status("x").state is State.CANCELLED
+        assert check_store(rt._store).problems == []
+
+
+def _admits(
+    monkeypatch: pytest.MonkeyPatch, *, held: bool = False, before: threading.Event | None = None
+) -> tuple[list[Any], threading.Event]:
+    """Every Admit the Scheduler handled, as (its recovery, the message's ids, early), and
+    an event set once an early one was. ``held``: operator commands are held (for a
+    workflow not in memory), so the Scheduler takes up no start early; ``before``: it
+    waits for that event before it handles an early Admit."""
+    seen: list[Any] = []
+    handled = threading.Event()
+    admit_new = Recovery.admit_new
+
+    def watched(recovery: Recovery, starts: Any, *, early: Any = None) -> None:
+        if early is not None and before is not None:
+            assert before.wait(WAIT)
+        if held:
+            recovery.held.setdefault("absent", {})  # (applied once it is read: never)
+        admit_new(recovery, starts, early=early)
+        seen.append((recovery, [record.id for record, _ in starts], early is not None))
+        if early is not None:
+            handled.set()
+
+    monkeypatch.setattr(Recovery, "admit_new", watched)
+    return seen, handled
+
+
+def test_a_start_taken_up_early_is_admitted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once durable, a start the Scheduler took up early is not admitted again (a message
+    # it would only ignore), and the Scheduler's marks of such starts go (_sweep).
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        seen, _ = _admits(monkeypatch)
+        count = 2 * SWEEP_EARLY
+        for n in range(count):
+            assert rt.start("two", {"v": n}, workflow_id=f"w{n}").result(timeout=WAIT)
+        assert [(ids, early) for _, ids, early in seen] == [([f"w{n}"], True) for n in range(count)]
+        assert len(seen[-1][0]._early) <= SWEEP_EARLY
+        assert Counting.calls == [f"w{n}" for n in range(count) for _ in "ab"]
+
+
+def test_a_start_let_go_before_its_creation_landed_is_admitted_once_it_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Scheduler does not take the start up while its creation is held (Recovery._let_go):
+    # once durable, the start sees the Scheduler let a start go, and admits it again.
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        seen, handled = _admits(monkeypatch, held=True)
+        _, release, held = _behind_a_held_transaction(rt, monkeypatch)
+        handles: list[Any] = []
+        starter = threading.Thread(target=lambda: handles.append(rt.start("two", {"v": 3})))
+        starter.start()
+        assert handled.wait(WAIT)  # let go; its creation is still held
+        assert rt._store.get_workflow(seen[0][1][0]) is None
+        release.set()
+        held.result(timeout=WAIT)
+        starter.join(WAIT)
+        assert handles[0].result(timeout=WAIT) == {"a": {"v": 3}, "b": {"v": 3}}
+        assert [early for _, _, early in seen] == [True, False]
+        assert len(Counting.calls) == 2
+        assert check_store(rt._store).problems == []
+
+
+def test_a_start_that_landed_before_the_scheduler_let_it_go_is_read_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its creation is durable, and no Admit follows (no start was let go yet), before the
+    # Scheduler handles the early Admit and does not take the start up.
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        landed = threading.Event()
+        seen, _ = _admits(monkeypatch, held=True, before=landed)
+        handle = rt.start("two", {"v": 4}, workflow_id="x")  # durable when it returns
+        landed.set()
+        assert handle.result(timeout=WAIT) == {"a": {"v": 4}, "b": {"v": 4}}
+        assert [(ids, early) for _, ids, early in seen] == [(["x"], True)]
+        assert Counting.calls == ["x", "x"]
         assert check_store(rt._store).problems == []
