@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -170,15 +171,13 @@ class Landing:
 
     __slots__ = (
         "_decided",
-        "_early",
         "_epoch",
         "_error",
-        "_guard",
-        "_landed",
         "_record",
         "_rt",
         "_shot",
         "_steps",
+        "_turn",
         "key",
         "settled",
     )
@@ -199,9 +198,9 @@ class Landing:
             self._decided.acquire()  # released by the writer's call
         else:
             self._shot = OneShot(loop)
-        self._guard = threading.Lock()  # admit_early against the writer's call
-        self._landed = False  # the writer has called
-        self._early = False  # admitted while on its way
+        # admit_early against the writer's call: the first to draw gets 0 (no lock: the
+        # counter's __next__ is one C call, atomic)
+        self._turn = itertools.count().__next__
         self._epoch = 0  # the Scheduler's early_epoch when it was (actors/_messages.py)
         self.settled = False  # landed, admitted early, and no Admit follows (EarlyStart)
 
@@ -212,19 +211,15 @@ class Landing:
         written (fail-stop) and the Scheduler is told to forget it (``Unadmit``). Not
         once the writer has called: then the call admits it, or it was not created."""
         rt = self._rt
-        with self._guard:
-            if self._landed:
-                return
-            self._epoch = rt._ctx.early_epoch  # (read before the Admit goes out)
-            self._early = True
+        self._epoch = rt._ctx.early_epoch  # (read before the Admit goes out)
+        if self._turn():  # the writer has called
+            return
         rt._admit([(self._record, self._steps)], early=self)
 
     def __call__(self, results: list[BaseException | None]) -> None:
         rt, error = self._rt, results[0]
         try:
-            with self._guard:
-                self._landed = True
-                early = self._early
+            early = self._turn() > 0  # admit_early came first
             if error is None:
                 rt._started.add(self.key)
                 if early and rt._ctx.early_epoch == self._epoch:

@@ -23,6 +23,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
+from herder.runtime._starts import Landing
 from herder.runtime.testing import check_store
 from herder.store import Put, Transition, encode
 
@@ -308,3 +309,30 @@ def test_a_start_that_landed_before_the_scheduler_let_it_go_is_read_from_the_sto
         assert [(ids, early) for _, ids, early in seen] == [(["x"], True)]
         assert Counting.calls == ["x", "x"]
         assert check_store(rt._store).problems == []
+
+
+def test_a_start_whose_creation_landed_before_it_was_admitted_early_is_admitted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer called back before the caller came to admit it early: the call admitted
+    # it (durable), and the caller admits nothing more.
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        seen, _ = _admits(monkeypatch)
+        called = threading.Event()
+        land, admit_early = Landing.__call__, Landing.admit_early
+
+        def landing(self: Landing, results: list[BaseException | None]) -> None:
+            land(self, results)
+            called.set()
+
+        def late(self: Landing) -> None:
+            assert called.wait(WAIT)
+            admit_early(self)
+
+        monkeypatch.setattr(Landing, "__call__", landing)
+        monkeypatch.setattr(Landing, "admit_early", late)
+        assert rt.start("two", {"v": 6}, workflow_id="z").result(timeout=WAIT)
+        rt._settle()
+        assert [(ids, early) for _, ids, early in seen] == [(["z"], False)]
+        assert Counting.calls == ["z", "z"]
