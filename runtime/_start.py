@@ -23,7 +23,7 @@ import datetime
 import logging
 import os
 import threading
-import uuid
+import time
 from typing import TYPE_CHECKING, Any
 
 from herder.actors import UnknownName, WorkflowConflict
@@ -54,13 +54,22 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("herder.runtime")
 
+_wall = time.time  # the clock of the ids' leading milliseconds (a test replaces it)
+
 
 class _Ids:
-    """Random workflow ids (uuid4 hex), 256 from one ``os.urandom`` read: each read
-    releases the GIL, and on an event loop beside busy runtime threads getting it back
-    cost ~0.5 ms per start (issue 16). A forked child drops the parent's unused bytes."""
+    """Workflow ids in the UUID version 7 layout (RFC 9562), as 32 hex digits: the wall
+    clock's milliseconds, then 74 random bits. Ids made close in time sort close
+    together, so a commit's workflow, step and history keys share a few pages of each
+    database: with uuid4 ids each workflow of a commit dirtied pages of its own, and the
+    store writer wrote 1,144 KB and made 236 write calls per commit instead of ~200 KB
+    and ~33 (9,000 workflows, 256 in flight), at twice its CPU. The random bits come
+    256 ids to one ``os.urandom`` read: each read releases the GIL, and on an event loop
+    beside busy runtime threads getting it back cost ~0.5 ms per start (issue 16). A
+    forked child drops the parent's unused bytes."""
 
     _BATCH = 256
+    _RANDOM = 10  # bytes per id
 
     def __init__(self) -> None:
         self._pool, self._used = b"", 0
@@ -73,10 +82,13 @@ class _Ids:
     def new(self) -> str:
         with self._guard:
             if self._used >= len(self._pool):
-                self._pool, self._used = os.urandom(16 * self._BATCH), 0
-            raw = self._pool[self._used : self._used + 16]
-            self._used += 16
-        return uuid.UUID(bytes=raw, version=4).hex
+                self._pool, self._used = os.urandom(self._RANDOM * self._BATCH), 0
+            random = self._pool[self._used : self._used + self._RANDOM]
+            self._used += self._RANDOM
+        raw = bytearray(int(_wall() * 1000).to_bytes(6, "big") + random)
+        raw[6] = 0x70 | raw[6] & 0x0F  # version 7
+        raw[8] = 0x80 | raw[8] & 0x3F  # the RFC 4122 variant
+        return raw.hex()
 
 
 _new_id = _Ids().new
@@ -101,6 +113,10 @@ class Starting(StartingMany):
 
         Idempotent on ``workflow_id``: the same id with the same input returns a handle to
         the existing workflow; with different input it raises :class:`WorkflowConflict`.
+        Without one, the workflow gets a fresh id: a time-ordered UUID (version 7) as 32
+        hex digits. Ids you choose are best made time-ordered too (a counter, a time
+        prefix): the store then writes the keys of workflows started together into the
+        same pages, where random ids cost each commit about six times the bytes.
         Blocks while ``max_active_workflows`` are unfinished (up to ``timeout`` seconds,
         then :class:`TimeoutError`).
 

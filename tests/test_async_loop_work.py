@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime import Agent, Runtime, StepContext, Workflow, _start
 from herder.runtime._start import _new_id
 
 
@@ -24,7 +24,7 @@ class Held(Agent):
         return ctx.input
 
 
-def test_workflow_ids_are_distinct_uuid4s_and_one_urandom_read_serves_many(
+def test_workflow_ids_are_distinct_uuid7s_and_one_urandom_read_serves_many(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reads: list[int] = []
@@ -38,9 +38,25 @@ def test_workflow_ids_are_distinct_uuid4s_and_one_urandom_read_serves_many(
     ids = [_new_id() for _ in range(600)]
     assert len(set(ids)) == 600
     for wid in ids:
-        assert uuid.UUID(wid).version == 4
+        assert uuid.UUID(wid).version == 7
+        assert uuid.UUID(wid).variant == uuid.RFC_4122
         assert uuid.UUID(wid).hex == wid
     assert 1 <= len(reads) <= 4  # 256 ids per read, not one read each
+
+
+def test_workflow_ids_lead_with_the_wall_clock_milliseconds_so_later_ids_sort_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (so a commit's keys share pages: see _start._Ids)
+    ms = [1_733_370_000_000]
+    monkeypatch.setattr(_start, "_wall", lambda: (ms[0] + 0.5) / 1000)
+    ids = []
+    for _ in range(300):
+        ids.append(_new_id())
+        ms[0] += 1
+    assert ids == sorted(ids)
+    assert int(ids[0][:12], 16) == 1_733_370_000_000
+    assert int(ids[-1][:12], 16) == 1_733_370_000_299
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
