@@ -209,37 +209,52 @@ class Landing:
         ``halts``), so that its first DISPATCHED can share that commit: every engine
         batch queues behind the creation, and if the creation fails none of them is
         written (fail-stop) and the Scheduler is told to forget it (``Unadmit``). Not
-        once the writer has called: then the call admits it, or it was not created."""
+        once the writer has called: then the call admits it, or it was not created.
+
+        What follows the early Admit (:meth:`_follow`) is told after it, by whichever of
+        the two comes last: an Admit or Unadmit that overtook it (the caller held for a
+        few ms between its turn and the Admit) had the Scheduler take the early Admit as
+        new, and run again a workflow that had ended, or one that was never created."""
         rt = self._rt
         self._epoch = rt._ctx.early_epoch  # (read before the Admit goes out)
         if self._turn():  # the writer has called
             return
         rt._admit([(self._record, self._steps)], early=self)
+        if self._turn() > 1:  # the writer called while the Admit was being told
+            self._follow()
 
     def __call__(self, results: list[BaseException | None]) -> None:
         rt, error = self._rt, results[0]
+        self._error = error  # (before the turn: _follow reads it)
         try:
-            early = self._turn() > 0  # admit_early came first
+            turn = self._turn()  # 0: first; 1: admit_early is telling; 2: it has told
             if error is None:
                 rt._started.add(self.key)
-                if early and rt._ctx.early_epoch == self._epoch:
-                    # The Scheduler that took it up early has let go of no early start
-                    # since (a restart, a refused first batch, a start it did not take up
-                    # bump the epoch before the store is read): it still has this one, or
-                    # has ended it (a cancel). Admitted again, it would ignore that.
-                    self.settled = True
-                else:
+                if turn == 0:
                     rt._admit([(self._record, self._steps)])
-            else:
-                if early:
-                    rt._unadmit(self._record)
+            if turn == 2:
+                self._follow()
+            if error is not None:
                 rt._id_taken(self._record)  # or not written at all: the same for both
         finally:
-            self._error = error
             if self._shot is None:
                 self._decided.release()
             else:
                 self._shot.set(error)
+
+    def _follow(self) -> None:
+        """After the early Admit, once the commit is decided: the Scheduler forgets a
+        workflow that was not created; one that landed is admitted again unless the
+        Scheduler that took it up early has let go of no early start since (a restart, a
+        refused first batch, a start it did not take up bump the epoch before the store
+        is read): then it still has this one, or has ended it (a cancel), and would
+        ignore the Admit."""
+        if self._error is not None:
+            self._rt._unadmit(self._record)
+        elif self._rt._ctx.early_epoch == self._epoch:
+            self.settled = True
+        else:
+            self._rt._admit([(self._record, self._steps)])
 
     def wait(self, timeout: float | None) -> BaseException | None:
         """Block until the commit is decided; its error (None: durable)."""
