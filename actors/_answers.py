@@ -1,4 +1,5 @@
-"""Answers: the agent hosts' outcomes on their way to the Scheduler, batched.
+"""Answers: the agent hosts' outcomes on their way to the Scheduler, batched (and the
+starts admitted while their creation is on its way: ``runtime/_handle.py``).
 
 Each attempt's outcome used to be a message of its own: a pykka envelope, an inbox put
 and get, and a Scheduler turn (a clock read, a pump of the agent's queue, a flush

@@ -74,10 +74,18 @@ class Waiting:
         """Hand durable new workflows to the Scheduler (one message for a batch), or one on
         its way (``early``), noting them as running here: until its final announcement a
         waiter on one needs no store read (issue 16: a read per ``result_async`` on an
-        event loop beside busy runtime threads costs ~0.5 ms)."""
+        event loop beside busy runtime threads costs ~0.5 ms).
+
+        One on its way joins the hosts' outcomes (``actors/_answers.py``): the Scheduler
+        takes a burst of them in one turn, and the caller tells it only when no drain is
+        on its way (no inbox put, and no wake-up of an idle Scheduler, per start). What the
+        caller tells it later (a cancel) still comes after it."""
         rt = _runtime(self)
         rt._running.update([record.id for record, _ in starts])  # before any can end
-        rt._ctx.tell_scheduler(Admit(starts, early))
+        if early is None:
+            rt._ctx.tell_scheduler(Admit(starts))
+        else:
+            rt._ctx.answers.put(Admit(starts, early))
 
     def _unadmit(self, record: WorkflowRecord) -> None:
         """A workflow admitted before it was durable was not created (Landing)."""

@@ -271,6 +271,30 @@ def test_a_start_taken_up_early_is_admitted_once(
         assert Counting.calls == [f"w{n}" for n in range(count) for _ in "ab"]
 
 
+def test_a_start_on_its_way_reaches_the_scheduler_with_the_outcomes_not_as_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An early Admit joins the hosts' outcomes (actors/_answers.py): a caller tells a
+    # drain only when none is on its way, never a message of its own.
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        told: list[str] = []
+        tell = rt._ctx.tell_scheduler
+
+        def telling(message: Any) -> None:
+            told.append(type(message).__name__)
+            tell(message)
+
+        monkeypatch.setattr(rt._ctx, "tell_scheduler", telling)
+        monkeypatch.setattr(rt._ctx.answers, "_tell", telling)
+        seen, _ = _admits(monkeypatch)
+        for n in range(5):
+            assert rt.start("two", {"v": n}).result(timeout=WAIT)
+        assert "Admit" not in told
+        assert "Drain" in told
+        assert [early for _, _, early in seen] == [True] * 5
+
+
 def test_a_start_let_go_before_its_creation_landed_is_admitted_once_it_has(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
