@@ -13,7 +13,10 @@ from here, and report through :func:`result_row`, so every row means the same th
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import re
+import resource
 import threading
 import time
 import zlib
@@ -48,17 +51,25 @@ class Meter:
     """Marks the measured window of a run; the peer suite's child process reads CPU time.
 
     Engines call :meth:`begin` right before the timed part and :meth:`end` right after, so
-    set-up and warm-up stay out of the CPU figure.
+    set-up and warm-up stay out of the CPU figure. ``by_thread`` is the window's CPU
+    seconds (user + system) per group of threads, named as Python names them without
+    their numbers (Linux only, else empty): the threads alive at :meth:`end`, read from
+    ``/proc``, plus what threads that ended in the window reported with :meth:`exited`.
     """
 
     def __init__(self) -> None:
         self.cpu = 0.0
         self.rss_mb = 0.0
         self.threads = 0
+        self.by_thread: dict[str, float] = {}
         self._began = 0.0
+        self._at_begin: dict[int, float] = {}
+        self._exited: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
 
     def begin(self) -> None:
         """The timed part starts."""
+        self._at_begin = {tid: cpu for tid, (_, cpu) in _thread_cpu().items()}
         self._began = time.process_time()
 
     def end(self) -> None:
@@ -66,6 +77,31 @@ class Meter:
         self.cpu = time.process_time() - self._began
         self.rss_mb = rss_mb()
         self.threads = threading.active_count()
+        groups = collections.Counter(self._exited)
+        for tid, (group, cpu) in _thread_cpu().items():
+            groups[group] += cpu - self._at_begin.get(tid, 0.0)
+        self.by_thread = dict(groups.most_common())
+
+    def exited(self, group: str) -> None:
+        """Called by a thread of the window as it ends: its own CPU seconds so far."""
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
+        with self._lock:
+            self._exited[group] += usage.ru_utime + usage.ru_stime
+
+
+def _thread_cpu() -> dict[int, tuple[str, float]]:
+    """Each live Python thread's group name and CPU seconds (Linux ``/proc``, in ns: a
+    thread's ``stat`` counts 10 ms ticks, too coarse for a pool worker; else none)."""
+    out = {}
+    for t in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{t.native_id}/schedstat") as f:
+                ns = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        group = re.sub(r"[-_]?\d+$", "", t.name.split(" (")[0])
+        out[t.native_id or 0] = (group, ns / 1e9)
+    return out
 
 
 def fails_first(n: int, step: str, fail_rate: float) -> bool:

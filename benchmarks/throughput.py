@@ -127,6 +127,7 @@ def bench_herder(
                     progress(TAG, f"  started {i + 1:,}/{workflows:,}")
             with lock:
                 start_latency.extend(mine)
+            meter.exited("callers")
 
         threads = [threading.Thread(target=starter, daemon=True) for _ in range(starters)]
         meter.begin()
@@ -297,10 +298,13 @@ def bench_bare(
     return row
 
 
-def cpu_row(meter: Meter, workflows: int) -> dict[str, float]:
-    """Process CPU per step in the timed window, and the 1-minute load average now."""
+def cpu_row(meter: Meter, workflows: int) -> dict[str, Any]:
+    """Process CPU per step in the timed window (in all, and by group of threads), and the
+    1-minute load average now."""
+    per_step = 1e6 / (len(STEPS) * workflows)
     return {
-        "cpu_us_per_step": meter.cpu / (len(STEPS) * workflows) * 1e6,
+        "cpu_us_per_step": meter.cpu * per_step,
+        "cpu_us_per_step_by_thread": {k: v * per_step for k, v in meter.by_thread.items()},
         "load_avg": os.getloadavg()[0],
     }
 
@@ -406,6 +410,12 @@ def table(report: dict[str, Any]) -> str:
             f"{h['store']['commits_per_s']:,.0f} commits/s of {h['store']['mean_batch']:.1f} "
             f"transitions, mean in flight {h['mean_in_flight']:.0f}/{case['in_flight']}"
         )
+        threads = h.get("cpu_us_per_step_by_thread")
+        if threads:
+            lines.append(
+                "  CPU us/step by thread: "
+                + ", ".join(f"{name} {us:.1f}" for name, us in threads.items() if us >= 0.05)
+            )
     best = max(report["cases"], key=lambda c: c["herder"]["steps_per_s"])["herder"]
     lines.append(
         f"best herder: {best['steps_per_s']:,.0f} durable steps/s (target >= {STEPS_TARGET:,}), "
