@@ -149,3 +149,58 @@ def test_a_new_scheduler_takes_what_a_dead_one_left() -> None:
     answers.put("fresh")  # and the flag works again
     box.handle_one()
     assert box.taken == ["stale", "also", "late", "fresh"]
+
+
+class _SpyLock:
+    """A lock that says when someone finds it held (the teller's, in Answers)."""
+
+    def __init__(self, found_held: threading.Event) -> None:
+        self._real = threading.Lock()
+        self._found_held = found_held
+
+    def locked(self) -> bool:
+        held = self._real.locked()
+        if held:
+            self._found_held.set()
+        return held
+
+    def __enter__(self) -> None:
+        self._real.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._real.release()
+
+
+@pytest.mark.timeout(30)
+def test_a_message_told_after_a_put_comes_after_the_drain_another_host_is_telling() -> None:
+    """Host A saw no drain on its way, set the flag and is still telling its DRAIN (held
+    by the GIL, a loaded machine); host B's put sees the flag set. B's next message (a
+    start's Unadmit, a cancel, an instance's crash) must not reach the inbox before A's
+    DRAIN: the Scheduler would take B's early Admit after its Unadmit and run a workflow
+    that was never created. B's put waits until A's DRAIN is told."""
+    inbox: list[Any] = []
+    go = threading.Event()  # B found A telling (or, broken: B's put returned at once)
+    telling = threading.Event()
+
+    def tell(message: Any) -> None:
+        if not telling.is_set():  # A's DRAIN: held until B has come by
+            telling.set()
+            assert go.wait(10)
+        inbox.append(message)
+
+    answers = Answers(tell)
+    answers._lock = _SpyLock(go)  # type: ignore[assignment]
+    host_a = threading.Thread(target=answers.put, args=("a",))
+    host_a.start()
+    assert telling.wait(10)  # A is inside its tell: the flag is set, no DRAIN told yet
+
+    def host_b() -> None:
+        answers.put("b")
+        inbox.append("after b")
+        go.set()
+
+    b = threading.Thread(target=host_b)
+    b.start()
+    host_a.join(10)
+    b.join(10)
+    assert inbox == [DRAIN, "after b"]
