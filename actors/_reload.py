@@ -35,7 +35,6 @@ class Admit(Protocol):
         steps: list[StepRecord],
         *,
         recovered: bool = False,
-        crashed: bool = False,
     ) -> None: ...
 
 
@@ -119,23 +118,19 @@ class Reloads:
                 )
         self._dispatch.release(attempts)
 
-    def _readmit(
-        self, workflow_id: str, record: WorkflowRecord | None = None, *, crashed: bool = False
-    ) -> bool:
+    def _readmit(self, workflow_id: str) -> bool:
         """Read an unfinished workflow back from the store and run it; True if it runs.
 
-        ``crashed``: a previous Scheduler or process left it unfinished (see ``admit``).
         A corrupt record leaves that one workflow where it is (logged, counted in stats);
         every other workflow keeps running.
         """
         try:
-            if record is None:
-                record = self._store.get_workflow(workflow_id)
+            record = self._store.get_workflow(workflow_id)
             if record is None or record.state.is_final:
                 return False
             steps = self._store.steps_of(workflow_id)
         except StoreCorrupt as exc:
             self._absent.note_corrupt(exc)
             return False
-        self._admit(record, steps, recovered=not crashed, crashed=crashed)
+        self._admit(record, steps, recovered=True)
         return True
