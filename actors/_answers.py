@@ -33,8 +33,11 @@ has a drain of its own behind them.
 
 A Scheduler that died left ``told`` set with its drain in a dead inbox: the next one
 calls :meth:`Answers.restart` when it starts, which takes what waits (outcomes are
-stale by then: their tokens are not in flight any more; an early start is taken up, or
-let go by the recovery that follows: ``EngineContext.early_epoch``) and clears the flag.
+stale by then: their tokens are not in flight any more) and clears the flag. It drops
+the starts on their way that its predecessor was told of: what followed one (the
+Unadmit of a creation that failed) may have died in that inbox, and the recovery that
+comes next takes each that landed from the store, or has its Landing admit it
+(``EngineContext.early_epoch``).
 """
 
 from __future__ import annotations
@@ -84,9 +87,15 @@ class Answers:
         self.told = False
         return self._queue, len(self._queue)
 
-    def restart(self) -> None:
-        """A new Scheduler runs: have it drain what its predecessor left."""
+    def restart(self, keep: Callable[[Any], bool]) -> None:
+        """A new Scheduler runs: have it drain what its predecessor left, of which only
+        what ``keep`` says (the rest is dropped)."""
         with self._lock:
+            queue = self._queue
+            for _ in range(len(queue)):
+                waiting = queue.popleft()
+                if keep(waiting):
+                    queue.append(waiting)
             self.told = True
             self._tell(DRAIN)
 

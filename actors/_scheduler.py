@@ -179,7 +179,7 @@ class Scheduler(SupervisedActor):
         make_host = ctx.make_host or (lambda: build_host(ctx))
         host = make_host()
         ctx.scheduler = self.actor_ref
-        ctx.answers.restart()  # a predecessor's outcomes (stale now), and its DRAIN flag
+        ctx.answers.restart(keep=lambda m: type(m) is not Admit)  # (not a start: _answers)
         # After the line above: what is registered from here on reaches this actor as a
         # message (Define, add_agent), what was registered before is in these copies
         # (both is harmless: each message says what to hold, not what to change).

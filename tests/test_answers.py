@@ -137,13 +137,14 @@ def test_a_new_scheduler_takes_what_a_dead_one_left() -> None:
 
     box.answers = answers = Answers(tell_scheduler)
     answers.put("stale")  # told to a Scheduler that died with the DRAIN in its inbox
+    answers.put("dropped")  # (the new Scheduler does not keep this one)
     answers.put("also")
     assert dead.qsize() == 1
     assert box.inbox.empty()
     current[0] = box.inbox.put  # the next Scheduler runs
     answers.put("late")  # the flag is still set: no DRAIN for it yet
     assert box.inbox.empty()
-    answers.restart()
+    answers.restart(keep=lambda waiting: waiting != "dropped")
     box.handle_one()
     assert box.taken == ["stale", "also", "late"]
     answers.put("fresh")  # and the flag works again

@@ -24,7 +24,7 @@ from herder.runtime import (
     WorkflowFailed,
 )
 from herder.runtime._starts import Landing
-from herder.runtime.testing import check_store
+from herder.runtime.testing import check_store, crash_scheduler
 from herder.store import Put, Transition, encode
 
 pytestmark = pytest.mark.timeout(60)
@@ -360,3 +360,34 @@ def test_a_start_whose_creation_landed_before_it_was_admitted_early_is_admitted_
         rt._settle()
         assert [(ids, early) for _, ids, early in seen] == [(["z"], False)]
         assert Counting.calls == ["z", "z"]
+
+
+def test_a_new_scheduler_does_not_run_a_start_its_predecessor_was_told_to_forget(
+    tmp_path: Path,
+) -> None:
+    # The Scheduler died with a start's early Admit among the outcomes waiting for it
+    # (their DRAIN in its inbox) and the Unadmit of the start's failed creation in that
+    # inbox too. The next Scheduler takes what waits (Answers.restart): it must not take
+    # up that start, a workflow that was never created.
+    Counting.calls = []
+    with _runtime(tmp_path / "s") as rt:
+        ctx, writer = rt._ctx, rt._store.writer
+        dead: list[Any] = []
+        ctx.answers.told = True  # a DRAIN is on its way, in the inbox that dies
+        ctx.tell_scheduler = dead.append  # type: ignore[method-assign]
+
+        def fail() -> None:
+            writer.fault = None
+            raise OSError(28, "No space left on device")
+
+        writer.fault = fail
+        with pytest.raises(StoreIOError):
+            rt.start("two", {"v": 1}, workflow_id="lost")
+        assert [type(m).__name__ for m in dead] == ["Unadmit"]
+        del ctx.tell_scheduler  # (the EngineContext's own again)
+        crash_scheduler(rt, WAIT)
+        assert rt.start("two", {"v": 2}, workflow_id="next").result(timeout=WAIT)
+        assert rt._store.get_workflow("lost") is None
+        assert rt._store.steps_of("lost") == []
+        assert "lost" not in Counting.calls
+        assert check_store(rt._store).problems == []
