@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +49,7 @@ from herder.runtime._status import WorkflowStatus
 from herder.runtime._tracing import tracing_for
 from herder.runtime._waits import NotifyingEvent, OneShot, Pulse
 from herder.store import (
+    HerderError,
     Plan,
     Store,
     StoreCorrupt,
@@ -120,6 +122,7 @@ class Runtime(
         setup: Callable[[Runtime], object] | None = None,
         **overrides: Any,
     ) -> None:
+        _check_gil()
         self._config = config = RuntimeConfig.of(config, overrides)
         if config.log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
@@ -306,3 +309,15 @@ class Runtime(
             call(self._scheduler, "sync", timeout=self._ask_timeout)
             self._store.writer.flush(timeout=self._ask_timeout)
             self._store.writer.flush(timeout=self._ask_timeout)
+
+
+def _check_gil() -> None:
+    """The engine's lock-free hand-offs (actors/_answers.py, runtime/_starts.py's
+    ``Landing``) rely on the GIL making a deque operation, a counter's ``__next__`` and a
+    flag's store atomic: refuse an interpreter running without it."""
+    gil_enabled = getattr(sys, "_is_gil_enabled", None)  # (3.13+; always on before)
+    if gil_enabled is not None and not gil_enabled():
+        raise HerderError(
+            "herder needs the GIL, and this free-threaded interpreter runs without it; "
+            "run with PYTHON_GIL=1 (or -X gil=1), or use a build with the GIL"
+        )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import sys
 from pathlib import Path
 
 import pytest
 
-from herder.runtime import InvalidInput, RetryPolicy, Runtime, RuntimeConfig
+from herder.runtime import HerderError, InvalidInput, RetryPolicy, Runtime, RuntimeConfig
 from herder.runtime.testing import FakeClock
 
 
@@ -83,3 +84,15 @@ def test_default_retry_none_means_the_default_policy() -> None:
 def test_a_config_that_is_not_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="config must be a RuntimeConfig or None"):
         Runtime(tmp_path / "s", {"seed": 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(30)
+def test_a_free_threaded_interpreter_without_the_gil_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's lock-free hand-offs need the GIL (runtime/_runtime.py, _check_gil):
+    refused before anything is opened, saying how to run with it."""
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    with pytest.raises(HerderError, match="PYTHON_GIL=1"):
+        Runtime(tmp_path / "store")
+    assert not (tmp_path / "store").exists()
