@@ -145,11 +145,8 @@ class Recovery:
         runs, recovered, load = self._engine.runs, self.absent.recovered, self._engine.load
         fresh = []
         for record, steps in starts:
-            if early is None:
-                taken = self._early.get(record.id)
-                if taken is not None and taken[0] is record:
-                    del self._early[record.id]  # taken up early and not forgotten since:
-                    continue  # running, or ended already (a cancel)
+            if early is None and self._unmark(record):  # taken up early, not forgotten:
+                continue  # running, or ended already (a cancel)
             if record.id in runs or record.id in recovered:
                 continue
             if early is not None and (self.held or record.id in self.absent.parked):
@@ -178,6 +175,15 @@ class Recovery:
         self._ctx.early_epoch += 1
         if record.id not in self.absent.parked and self.reloads.reread(record.id):
             self._early[record.id] = (record, early)
+
+    def _unmark(self, record: WorkflowRecord) -> bool:
+        """Drop the mark of the start taken up early with ``record`` (True), if that is
+        the one marked under its id."""
+        taken = self._early.get(record.id)
+        if taken is None or taken[0] is not record:
+            return False
+        del self._early[record.id]
+        return True
 
     def _sweep(self) -> None:
         """Drop the marks of early starts that landed with no Admit to follow."""
@@ -262,9 +268,7 @@ class Recovery:
     def unadmit(self, record: WorkflowRecord) -> None:
         """A start taken up early (``record``) was not created: forget it, unless what
         runs under its id came from elsewhere (another start, the store)."""
-        taken = self._early.get(record.id)
-        if taken is not None and taken[0] is record:
-            del self._early[record.id]
+        self._unmark(record)
         run = self._engine.runs.get(record.id)
         if run is not None and run.origin is record:
             self.reloads.reread(record.id)

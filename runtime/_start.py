@@ -183,7 +183,7 @@ class Starting(StartingMany):
     def _repeated(self, new: NewStart, workflow_id: str | None) -> WorkflowHandle | None:
         """Before a start takes a slot: the handle of the workflow that has the caller's
         id already (or its conflict), as a repeated start never waits and writes nothing;
-        None if it is free, or a fresh random id (which no workflow has: no read). A free
+        None if it is free, or an id made here (which no workflow has: no read). A free
         id is admitted while its creation is on its way to disk (:meth:`_submit_start`);
         one taken after this read fails its creation, which halts the Scheduler's writes
         until it has forgotten the workflow (rare: two starts of one id at once)."""
