@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv[:cut])
     extra = argv[cut + 1 :]
     rows: list[list[Any]] = []
+    threads: dict[tuple[str, int], list[dict[str, float]]] = {}
     for n in range(args.rounds):
         checkouts = [args.a, args.b, *args.more]
         for label, checkout in zip("ABCDEFGH", checkouts, strict=False):
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
             report = run_once(checkout.resolve(), extra)
             for case in report["cases"]:
                 h, bare = case["herder"], case["bare"]
+                by_thread = h.get("cpu_us_per_step_by_thread")
+                if by_thread:
+                    threads.setdefault((label, case["in_flight"]), []).append(by_thread)
                 rows.append(
                     [
                         f"{label}{n + 1}",
@@ -85,7 +90,21 @@ def main(argv: list[str] | None = None) -> None:
     for label, checkout in zip("ABCDEFGH", [args.a, args.b, *args.more], strict=False):
         print(f"{label} = {checkout}")
     print(render_table(header, rows))
+    if threads:
+        print(thread_medians(threads))
     sys.stdout.flush()
+
+
+def thread_medians(threads: dict[tuple[str, int], list[dict[str, float]]]) -> str:
+    """The median CPU us/step of each busy group of threads, per checkout and case."""
+    groups = ("Scheduler", "callers", "herder-store-writer", "PoolWorker")
+    rows = [
+        [f"{label} {in_flight}", len(runs)]
+        + [f"{statistics.median(run.get(g, 0.0) for run in runs):.1f}" for g in groups]
+        for (label, in_flight), runs in sorted(threads.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    ]
+    header = ("checkout, in flight", "runs", "Scheduler", "callers", "writer", "workers")
+    return "median CPU us/step by thread\n" + render_table(header, rows)
 
 
 if __name__ == "__main__":
