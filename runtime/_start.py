@@ -183,12 +183,13 @@ class Starting(StartingMany):
     def _repeated(self, new: NewStart, workflow_id: str | None) -> WorkflowHandle | None:
         """Before a start takes a slot: the handle of the workflow that has the caller's
         id already (or its conflict), as a repeated start never waits and writes nothing;
-        None if it is free, or an id made here (which no workflow has: no read). A free
+        None if it is free: an id made here, or one the store knows no workflow has
+        without a read (``Store.surely_new``: most ids come in order). A free
         id is admitted while its creation is on its way to disk (:meth:`_submit_start`);
         one taken after this read fails its creation, which halts the Scheduler's writes
         until it has forgotten the workflow (rare: two starts of one id at once)."""
         rt: Runtime = self  # type: ignore[assignment]
-        if workflow_id is None:
+        if workflow_id is None or rt._store.surely_new(new.workflow_id):
             return None
         existing = rt._store.get_workflow(new.workflow_id)
         return None if existing is None else rt._same_start(existing, new)

@@ -18,7 +18,6 @@ Writes go through :attr:`Store.writer`.
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
 import threading
@@ -29,6 +28,8 @@ import lmdb
 
 from herder.store import _recent as recent
 from herder.store._errors import InvalidInput, StoreClosed, StoreError, StoreLocked
+from herder.store._fresh import FreshKeys
+from herder.store._keys import workflow_key
 from herder.store._lease import DEFAULT_LEASE, Lease, guard, take
 from herder.store._leaseholder import LeaseHolder
 from herder.store._locktable import note_lock_table, open_lock, try_flock
@@ -115,6 +116,7 @@ class Store(Reads, LeaseHolder):
         self._inline_writes = inline_writes
         self._env: lmdb.Environment | None = None
         self._writer: Writer | None = None
+        self._fresh: FreshKeys | None = None  # the writer's knowledge of new ids
         self._lock_fd: int | None = None
         self._have_flock = False
         self._closed = False
@@ -199,13 +201,22 @@ class Store(Reads, LeaseHolder):
 
     def _start_writer(self, lease: Lease) -> None:
         assert self._env is not None
+        self._fresh = fresh = FreshKeys(self._handles["workflows"])
+        handles = self._handles
+
+        def workflows_written(
+            txn: lmdb.Transaction, written: list[tuple[bytes, bytes | None]]
+        ) -> None:
+            recent.maintain(txn, written, handles)
+            fresh.note(txn, written)
+
         self._writer = Writer(
             self._env,
-            self._handles,
+            handles,
             grow=self._grow,
             max_value_bytes=self._max_value,
-            guard=guard(self._handles["meta"], lease.owner),
-            derived={"workflows": functools.partial(recent.maintain, handles=self._handles)},
+            guard=guard(handles["meta"], lease.owner),
+            derived={"workflows": workflows_written},
             thread=not self._inline_writes,
         )
 
@@ -237,6 +248,12 @@ class Store(Reads, LeaseHolder):
 
     def _held_writer(self) -> Writer | None:
         return self._writer
+
+    def surely_new(self, workflow_id: str) -> bool:
+        """True if no workflow has ``workflow_id``, known without a read (``_fresh.py``);
+        False if it takes one (:meth:`get_workflow`)."""
+        fresh = self._fresh
+        return fresh is not None and fresh.surely_new(workflow_key(workflow_id))
 
     # ------------------------------------------------------------------ closing
 
