@@ -370,11 +370,11 @@ class Scheduler(SupervisedActor):
 
     def _on_drain(self, _message: Drain) -> None:
         """Take the outcomes the hosts queued (``_answers``), each as its own message would
-        be; pump and flush every :data:`FLUSH_AT` workflows with open writes."""
+        be, at the time the burst arrived (one clock read, not one per outcome); pump and
+        flush every :data:`FLUSH_AT` workflows with open writes."""
         queue, n = self._ctx.answers.taking()
         for _ in range(n):
             message = queue.popleft()
-            self._clock.tick()
             self._handlers[type(message)](message)
             if len(self._commits.open) >= FLUSH_AT:
                 self.settle()

@@ -152,6 +152,12 @@ class Engine(Machine):
         out, workflow_id = self._out, run.record.id
         out.put_step(run, st, new, now)
         attempt = Attempt(workflow_id, job.step, event.agent, event.instance, token)
+        # restamp()'s rule, read ahead: it changes nothing while less than 1% of the
+        # shorter of its deadline and heartbeat deadline has passed.
+        span = new.deadline - now if new.deadline is not None else 0.0
+        if new.heartbeat_deadline is not None:
+            span = min(span, new.heartbeat_deadline - now)
+        attempt.fresh_until = now + span / 100
         self.inflight[token] = attempt
         run.attempts.add(token)
         out.after(workflow_id, Dispatch(workflow_id, job.step, token))
@@ -163,7 +169,10 @@ class Engine(Machine):
         worker: the pool host's line) and starts only now: its deadline, and its
         heartbeat deadline, count from now, in memory (actors/_ahead.py). The stored
         ones and their timer stay: a crash re-runs the attempt anyway, and the timer,
-        still due, comes back until the deadline in memory has passed too."""
+        still due, comes back until the deadline in memory has passed too. Nothing
+        changes until ``attempt.fresh_until`` (the shell need not call before then)."""
+        if now <= attempt.fresh_until:
+            return
         run = self.runs.get(attempt.workflow_id)
         if run is None:
             return

@@ -46,6 +46,9 @@ class Attempt:
     token: int
     port: Any = None
     message: Any = None  # None once sent
+    # Until when handing it over changes nothing of its stamps (Engine.restamp: it waited
+    # less than 1% of its timeout or heartbeat timeout); -inf: no such time known.
+    fresh_until: float = float("-inf")
 
     @property
     def sent(self) -> bool:

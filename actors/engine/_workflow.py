@@ -78,7 +78,12 @@ def _forward(
         all_done = False
         if st.state is not pending or spec.name in queued:
             continue
-        if any(steps[dep].state is not succeeded for dep in spec.after):
+        blocked = False
+        for dep in spec.after:  # (a loop, not any() over a generator: it runs every step)
+            if steps[dep].state is not succeeded:
+                blocked = True
+                break
+        if blocked:
             continue
         if st.retry_at is not None:
             if ms(st.retry_at) <= ms(now):  # its wait is over (timers are whole ms)
