@@ -19,7 +19,9 @@ fits in a few types:
   transaction and acknowledges them only after the commit reached the disk.
 - Records — :class:`WorkflowRecord`, :class:`StepRecord`, :class:`Plan`,
   :class:`StepSpec` (``_records.py``), :class:`RetryPolicy` (``_policy.py``): frozen
-  dataclasses stored as msgpack maps (:func:`encode` / :func:`decode`, never pickle).
+  dataclasses stored as msgpack maps (:func:`encode` / :func:`decode`, never pickle);
+  their fast copies and constructors (:func:`replacer`, :func:`builder`) are generated
+  in ``_slots.py``.
   Every key layout and the timer entry's value are in ``_keys.py`` (:func:`workflow_key`,
   :func:`step_key`, :func:`timer_key`, :func:`timer_entry`, :func:`ms`, ...). The
   ``timers`` keys start with the big-endian due time, so :meth:`Store.due_timers` is a
@@ -137,6 +139,7 @@ from herder.store._resources import BreakerState, ResourceRecord, resource_key
 from herder.store._retention import BATCH, FINISHED, PURGEABLE, candidates, deletions, purge
 from herder.store._retention import count as count_purgeable
 from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
+from herder.store._slots import builder, replacer
 from herder.store._standby import StandbyMark, standby_waiting
 from herder.store._tracebacks import MAX_CHARS as MAX_TRACEBACK_CHARS
 from herder.store._tracebacks import bounded_traceback
@@ -211,6 +214,7 @@ __all__ = [
     "batch_timer_key",
     "bounded_text",
     "bounded_traceback",
+    "builder",
     "candidates",
     "check_text",
     "command_outcome",
@@ -239,6 +243,7 @@ __all__ = [
     "plan_steps",
     "purge",
     "read_history",
+    "replacer",
     "resource_key",
     "safe_repr",
     "safe_str",

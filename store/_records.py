@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from herder.store._keys import step_key
+from herder.store._slots import evolver
 
 if TYPE_CHECKING:
     from herder.store._plan import Plan
@@ -111,7 +112,7 @@ class WorkflowRecord:
 
     def evolve(self, **changes: Any) -> WorkflowRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster).
-        Replaced below by the generated method (:func:`_evolver`), which this describes."""
+        Replaced below by the generated method (:func:`~._slots.evolver`), which this describes."""
         raise NotImplementedError
 
     def to_stored(self) -> list[Any]:
@@ -197,7 +198,7 @@ class StepRecord:
 
     def evolve(self, **changes: Any) -> StepRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster).
-        Replaced below by the generated method (:func:`_evolver`), which this describes."""
+        Replaced below by the generated method (:func:`~._slots.evolver`), which this describes."""
         raise NotImplementedError
 
     def to_stored(self) -> list[Any]:
@@ -258,43 +259,17 @@ def plan_steps(record: WorkflowRecord, stored: list[StepRecord], plan: Plan) -> 
     return steps + [st for st in by_name.values() if st is not None]
 
 
-def _evolver(cls: type[_R]) -> Callable[..., _R]:
-    """A fast ``dataclasses.replace`` for a frozen, slotted record class without validation
-    in ``__init__``: the Scheduler evolves a record several times per step.
-
-    The function is generated (as dataclasses generates ``__init__``) so that each field is
-    one slot store with no loop, no ``fields()`` walk and no keyword-argument ``__init__``.
-    """
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    known = frozenset(names)
-    env: dict[str, Any] = {"known": known, "new": object.__new__, "cls": cls}
-    lines = [
-        "def evolve(self, /, **changes):",
-        "    if not known.issuperset(changes):",
-        "        raise TypeError(f'{cls.__name__} has no field(s) {sorted(set(changes) - known)}')",
-        "    out = new(cls)",
-    ]
-    for i, name in enumerate(names):
-        env[f"set{i}"] = cls.__dict__[name].__set__  # the slot's own setter: frozen-safe
-        lines.append(f"    set{i}(out, changes[{name!r}] if {name!r} in changes else self.{name})")
-    lines.append("    return out")
-    exec("\n".join(lines), env)  # names are the class's own field names
-    evolve = env["evolve"]
-    evolve.__doc__, evolve.__qualname__ = cls.evolve.__doc__, f"{cls.__name__}.evolve"  # type: ignore[attr-defined]
-    return evolve
-
-
 # The records' own evolve methods: one call, not a method calling a function (the
 # Scheduler evolves a step twice per step).
-setattr(WorkflowRecord, "evolve", _evolver(WorkflowRecord))  # noqa: B010 (a method)
-setattr(StepRecord, "evolve", _evolver(StepRecord))  # noqa: B010
+setattr(WorkflowRecord, "evolve", evolver(WorkflowRecord))  # noqa: B010 (a method)
+setattr(StepRecord, "evolve", evolver(StepRecord))  # noqa: B010
 
 
 def _array_codec(
     cls: type[_R], states: type[enum.StrEnum], added: tuple[str, ...] = ()
 ) -> tuple[Callable[[_R], list[Any]], Callable[[list[Any]], _R]]:
     """The schema 3 layout of a record class: ``[SCHEMA_VERSION, field, field, ...]`` in
-    field order, and its reader. Generated like :func:`_evolver`: one slot read or store
+    field order, and its reader. Generated like :func:`~._slots.evolver`: one slot read or store
     per field. A longer array (fields a later minor version appended) reads; so does one
     that lacks the trailing fields named in ``added`` (appended since, each read as its
     default); a shorter one, another version or an unknown state is a ValueError

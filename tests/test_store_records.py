@@ -20,8 +20,10 @@ from herder.store import (
     Transition,
     WorkflowRecord,
     WorkflowState,
+    builder,
     definition_key,
     encode,
+    replacer,
     split_step_key,
     split_timer_key,
     step_key,
@@ -128,6 +130,28 @@ def test_hand_written_to_dict_and_evolve_cover_every_field(record: Any) -> None:
     assert record.evolve() == record
     with pytest.raises(TypeError, match="no field"):
         record.evolve(nonsense=1)
+
+
+@pytest.mark.parametrize("record", [WORKFLOW, STEP], ids=["workflow", "step"])
+def test_a_replacer_changes_its_fields_in_the_order_named_and_keeps_the_rest(record: Any) -> None:
+    replace = replacer(type(record), "updated", "error")
+    copy = replace(record, 99.0, "changed")
+    assert copy == record.evolve(error="changed", updated=99.0)
+    assert type(copy) is type(record)
+    assert copy is not record
+    with pytest.raises(TypeError, match="named once each"):
+        replacer(type(record), "updated", "nonsense")
+    with pytest.raises(TypeError, match="named once each"):
+        replacer(type(record), "updated", "updated")
+
+
+@pytest.mark.parametrize("record", [WORKFLOW, STEP], ids=["workflow", "step"])
+def test_a_builder_makes_what_the_constructor_makes(record: Any) -> None:
+    values = [getattr(record, f.name) for f in dataclasses.fields(record)]
+    built = builder(type(record))(*values)
+    assert built == type(record)(*values) == record
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.updated = 1.0  # still frozen
 
 
 @pytest.mark.parametrize(

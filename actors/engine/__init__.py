@@ -143,6 +143,7 @@ from herder.actors.engine._step import (
     restarted,
     settled,
     stopped,
+    succeeded_with,
     unknown,
     with_timer,
 )
@@ -248,6 +249,7 @@ __all__ = [
     "running_at_crash",
     "settled",
     "stopped",
+    "succeeded_with",
     "to_undo",
     "undo_again",
     "unknown",

@@ -50,6 +50,7 @@ from herder.actors.engine._step import (
     handed_off,
     probed,
     settled,
+    succeeded_with,
     unknown,
     with_timer,
 )
@@ -223,10 +224,7 @@ class Machine:
             self.put_step(run, st, settled(st, StepState.COMPENSATED, token, now))
             self.counters["compensated"] += 1
         else:
-            new = settled(
-                st, StepState.SUCCEEDED, token, now, result=result, done_token=token, succeeded=True
-            )
-            self._out.put_step(run, st, new, now)
+            self._out.put_step(run, st, succeeded_with(st, result, token, now), now)
             self.counters["succeeded"] += 1
         self.advance(run)
 

@@ -9,9 +9,10 @@ caller records the result (and its history event) in the workflow's transaction.
   (why an attempt's heartbeat or deadline ran out), :func:`attempt_due_ms` (when);
 - forward and back: :func:`dispatch` (DISPATCHED, a compensation, or a probe of an
   UNKNOWN step, each with its deadline), :func:`settled` (succeeded, compensated,
-  skipped), :func:`failed` (what :func:`~herder.actors.engine._retry.after_failure`
-  decided), :func:`unknown` (a lapsed attempt handed to a probe), :func:`probed` (a probe
-  left the outcome unknown), :func:`handed_off` (``complete_later``), :func:`heartbeat`;
+  skipped; :func:`succeeded_with`: the action succeeded), :func:`failed` (what
+  :func:`~herder.actors.engine._retry.after_failure` decided), :func:`unknown` (a lapsed
+  attempt handed to a probe), :func:`probed` (a probe left the outcome unknown),
+  :func:`handed_off` (``complete_later``), :func:`heartbeat`;
 - :func:`stopped` (nothing will wake it) and :func:`restarted` (an operator's retry).
 
 Imports: herder.store records only.
@@ -22,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from herder.actors.engine._retry import Escalate, GiveUp, RetryIn, Verdict
-from herder.store import StepRecord, StepSpec, StepState, bounded_text, ms
+from herder.store import StepRecord, StepSpec, StepState, bounded_text, ms, replacer
 
 TIMEOUT_ERROR = "herder.Timeout"
 """The error type of an attempt whose deadline or heartbeat lapsed."""
@@ -50,6 +51,29 @@ def settled(st: StepRecord, state: StepState, token: int, now: float, **changes:
     no error (one ``evolve`` call: it runs once per step)."""
     return st.evolve(
         state=state, token=token, error=None, error_type=None, updated=now, **_STOPPED, **changes
+    )
+
+
+_SUCCEEDED = replacer(
+    StepRecord,
+    "state",
+    "token",
+    "done_token",
+    "result",
+    "succeeded",
+    "updated",
+    *_STOPPED,
+    "error",
+    "error_type",
+)
+
+
+def succeeded_with(st: StepRecord, result: Any, token: int, now: float) -> StepRecord:
+    """The step's action succeeded with ``result``: :func:`settled` SUCCEEDED, to be undone
+    (``done_token``) if its workflow compensates. (One generated copy, not ``evolve``:
+    it runs once per step.)"""
+    return _SUCCEEDED(
+        st, StepState.SUCCEEDED, token, token, result, True, now, None, None, None, None, None, None
     )
 
 
@@ -110,18 +134,24 @@ def dispatch(
         state, attempt, comp_attempt = StepState.DISPATCHED, st.attempt + 1, st.comp_attempt
     # No timer of its own (timer_ms None): its commit's batch entry watches the deadline
     # (batch_timer_key; a heartbeat gives it its own timer from then on).
-    new = st.evolve(
-        state=state,
-        attempt=attempt,
-        comp_attempt=comp_attempt,
-        token=token,
-        deadline=deadline,
-        heartbeat_deadline=hb_deadline,
-        retry_at=None,
-        timer_ms=None,
-        updated=now,
+    new = _DISPATCHED(
+        st, state, attempt, comp_attempt, token, deadline, hb_deadline, now, None, None
     )
     return new, hb or timeout
+
+
+_DISPATCHED = replacer(
+    StepRecord,
+    "state",
+    "attempt",
+    "comp_attempt",
+    "token",
+    "deadline",
+    "heartbeat_deadline",
+    "updated",
+    "retry_at",
+    "timer_ms",
+)
 
 
 def failed(
