@@ -30,9 +30,12 @@ from herder.store._ops import (
     stored_values,
 )
 
-Derived = Mapping[str, Callable[[lmdb.Transaction, list[tuple[bytes, "bytes | None"]]], None]]
+Written = list[tuple[bytes, "bytes | None"]]
+"""The keys of one database a transaction writes, each with its final value (None: deleted)."""
+Derived = Mapping[str, Callable[[lmdb.Transaction, Written, set[bytes]], None]]
 """Per database, what keeps a secondary index in step with the keys a transaction wrote
-(each with its final value, None: deleted) (``_recent``)."""
+(``_recent``), told also which keys of it the transaction read as absent before it wrote
+anything (its conditions': a new workflow's id)."""
 
 log = logging.getLogger("herder.store._writer")
 
@@ -84,9 +87,8 @@ def apply(
     # conditions read through it, and then one putmulti per database writes it all:
     # separate txn.put calls cost about ten times as much per item. Nothing is written
     # before that, so the conditions' keys are all read up front, in one go.
-    stored = stored_values(
-        txn, handles, [e for x in batch if not isinstance(x, Batch) for t in x[0] for e in t.expect]
-    )
+    expects = [e for x in batch if not isinstance(x, Batch) for t in x[0] for e in t.expect]
+    stored = stored_values(txn, handles, expects)
     pending: Ops = {}
     outcomes: list[list[Outcome]] = []
     failures = 0
@@ -122,11 +124,19 @@ def apply(
         outcomes.append(results)
     if watched:  # one batch entry per transaction, due at the earliest deadline it holds
         pending[("timers", batch_timer_key(due, watched[0][2]))] = encode(watched)
-    _write(txn, handles, derived, pending)
+    absent = {(e.db, e.key) for e in expects} - stored.keys() if expects else set()
+    _write(txn, handles, derived, pending, absent)
     return outcomes, failures
 
 
-def _write(txn: lmdb.Transaction, handles: Mapping[str, Any], derived: Derived, ops: Ops) -> None:
+def _write(
+    txn: lmdb.Transaction,
+    handles: Mapping[str, Any],
+    derived: Derived,
+    ops: Ops,
+    absent: set[tuple[str, bytes]],
+) -> None:
+    """Write ``ops``; ``absent``: the keys the transaction read as absent before."""
     puts: defaultdict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
     deletes: defaultdict[str, list[bytes]] = defaultdict(list)
     for (db, key), value in ops.items():
@@ -143,10 +153,10 @@ def _write(txn: lmdb.Transaction, handles: Mapping[str, Any], derived: Derived, 
         for key in keys:
             delete(key, db=handle)
     for db, keep in derived.items():  # secondary indexes follow each key's final value
-        written: list[tuple[bytes, bytes | None]] = list(puts.get(db, ()))
+        written: Written = list(puts.get(db, ()))
         written += [(key, None) for key in deletes.get(db, ())]
         if written:
-            keep(txn, written)
+            keep(txn, written, {key for d, key in absent if d == db})
 
 
 def resolve(batch: list[Entry], outcomes: list[list[Outcome]]) -> None:

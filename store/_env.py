@@ -27,6 +27,7 @@ from typing import Literal
 import lmdb
 
 from herder.store import _recent as recent
+from herder.store._entries import Written
 from herder.store._errors import InvalidInput, StoreClosed, StoreError, StoreLocked
 from herder.store._fresh import FreshKeys
 from herder.store._keys import workflow_key
@@ -204,10 +205,8 @@ class Store(Reads, LeaseHolder):
         self._fresh = fresh = FreshKeys(self._handles["workflows"])
         handles = self._handles
 
-        def workflows_written(
-            txn: lmdb.Transaction, written: list[tuple[bytes, bytes | None]]
-        ) -> None:
-            recent.maintain(txn, written, handles)
+        def workflows_written(txn: lmdb.Transaction, written: Written, absent: set[bytes]) -> None:
+            recent.maintain(txn, written, absent, handles)
             fresh.note(txn, written)
 
         self._writer = Writer(

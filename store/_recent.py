@@ -101,20 +101,23 @@ def split(index_key: bytes) -> tuple[int, str]:
 
 
 def maintain(
-    txn: lmdb.Transaction, written: list[tuple[bytes, bytes | None]], handles: dict[str, Any]
+    txn: lmdb.Transaction,
+    written: list[tuple[bytes, bytes | None]],
+    absent: set[bytes],
+    handles: dict[str, Any],
 ) -> None:
     """Move the index entries of the workflow records a write transaction wrote (a value)
     or deleted (None), each key once (called by the writer thread, in that transaction).
-    Every py-lmdb call may hand the GIL to another thread, so the old entries are read
-    with one ``getmulti`` and the new ones written with one ``putmulti`` per database."""
+    ``absent``: keys the transaction read as absent before it wrote (a new workflow's):
+    they have no entry to move. Every py-lmdb call may hand the GIL to another thread (a
+    ``getmulti`` gives it up three times per key found, a ``get`` once), so the new
+    entries are written with one ``putmulti`` per database."""
     at_db, recent_db = handles[RECENT_AT_DB], handles[RECENT_DB]
-    with txn.cursor(db=at_db) as cursor:  # one call reads every old time
-        indexed = dict(cursor.getmulti([key for key, _ in written]))
-    delete = txn.delete
+    get, delete = txn.get, txn.delete
     entries: list[tuple[bytes, bytes]] = []
     times: list[tuple[bytes, bytes]] = []
     for key, value in written:
-        old = cast("bytes | None", indexed.get(key))
+        old = None if key in absent else cast("bytes | None", get(key, db=at_db))
         if value is None:
             if old is not None:
                 delete(old + key, db=recent_db)
