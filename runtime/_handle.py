@@ -96,8 +96,9 @@ class Waiting:
     def _on_final(self, record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
         rt = _runtime(self)
         level = logging.WARNING if record.state is WorkflowState.NEEDS_ATTENTION else logging.INFO
-        extra = {"workflow_id": record.id, "workflow": record.name, "state": str(record.state)}
-        _log.log(level, "workflow %s ended %s", record.id, record.state, extra=extra)
+        if _log.isEnabledFor(level):  # (its extra= map, built on the writer's thread)
+            extra = {"workflow_id": record.id, "workflow": record.name, "state": str(record.state)}
+            _log.log(level, "workflow %s ended %s", record.id, record.state, extra=extra)
         if rt._tracing is not None:
             rt._tracing.ended(record, rt._ctx.clock.time())
         with rt._lock:
