@@ -4,13 +4,52 @@
 ``start()`` takes a slot before it writes and the final listener gives it back; the
 Scheduler's first recovery counts the unfinished workflows it found (``_on_recovered``)
 and an operator action that resumes a parked workflow counts it again (``_on_resumed``).
+
+A ``start()`` that finds no slot queues itself (:class:`QueuedStart`) and sleeps once:
+the thread that frees a slot (the store writer announcing a final state, mostly) hands
+it to the oldest queued start and submits that start's creation itself
+(:meth:`Capacity._hand_off`), and the caller wakes when the creation is decided. Woken at
+the free slot instead, it would first wait for the GIL among the other threads, then
+write, then sleep again: at 16 in flight most starts wait for a slot, and each such gap
+is a workflow not in flight (benchmarks/ANALYSIS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from herder.runtime._part import whole as _runtime
+
+if TYPE_CHECKING:
+    from herder.runtime._starts import Landing, NewStart
+    from herder.store import Put
+
+
+@dataclass(slots=True, eq=False)
+class QueuedStart:
+    """A ``start()`` waiting for a slot; ``decided`` is held until it was refused
+    (``error``) or handed a slot and its creation's commit was decided (``landing``)."""
+
+    new: NewStart
+    also: tuple[Put, ...]
+    decided: threading.Lock
+    landing: Landing | None = None
+    error: BaseException | None = None
+    handed: bool = False
+
+    def refuse(self, error: BaseException) -> None:
+        self.error = error
+        self.decided.release()
+
+
+def _full(active: int, limit: int, timeout: float | None, what: str) -> TimeoutError:
+    return TimeoutError(
+        f"{active} workflows are unfinished (max_active_workflows={limit}); "
+        f"{what} waited {timeout}s for one to finish"
+    )
 
 
 class Capacity:
@@ -27,15 +66,81 @@ class Capacity:
             return n
 
     def _wait_capacity(self, timeout: float | None) -> None:
+        """Take one slot once one is free (start_many's wait; start() queues)."""
         rt = _runtime(self)
         with rt._lock:
             if not rt._lock.wait_for(lambda: rt._active < rt._max_active or rt._closed, timeout):
-                raise TimeoutError(
-                    f"{rt._active} workflows are unfinished (max_active_workflows="
-                    f"{rt._max_active}); start() waited {timeout}s for one to finish"
-                )
+                raise _full(rt._active, rt._max_active, timeout, "start_many()")
             rt._check_open()
             rt._active += 1
+
+    def _queue_start(
+        self, new: NewStart, also: tuple[Put, ...], timeout: float | None
+    ) -> Landing | None:
+        """Wait for a slot with ``new`` queued, to be created by the thread that frees
+        one (the module docstring): its decided :class:`Landing`; None if a slot was free
+        after all (taken: the caller creates it). :class:`TimeoutError` if no slot came
+        within ``timeout`` seconds (nothing is written then), or if the commit, once
+        handed a slot, was not decided within ``ask_timeout``."""
+        rt = _runtime(self)
+        decided = threading.Lock()
+        decided.acquire()
+        queued = QueuedStart(new, also, decided)
+        with rt._lock:
+            rt._check_open()
+            if rt._active < rt._max_active and not rt._queued:
+                rt._active += 1
+                return None
+            rt._queued.append(queued)
+        if not decided.acquire(timeout=-1 if timeout is None else timeout):
+            with rt._lock:
+                if not queued.handed and queued.error is None:
+                    rt._queued.remove(queued)
+                    raise _full(rt._active, rt._max_active, timeout, "start()")
+            if not decided.acquire(timeout=rt._ask_timeout):  # handed a slot just now
+                raise TimeoutError(
+                    f"the store did not commit the start within {rt._ask_timeout} s "
+                    "(ask_timeout); the workflow may still start: starting it again with "
+                    "the same workflow_id is safe"
+                )
+        if queued.error is not None:
+            raise queued.error
+        return queued.landing
+
+    def _hand_off(self) -> None:
+        """Give the free slots to the queued starts, oldest first, each created here (on
+        the thread that freed the slot). One thread hands off at a time: a slot freed
+        meanwhile (a creation that failed at once gives its slot back) is handed by the
+        loop of the one that is."""
+        rt = _runtime(self)
+        while True:
+            with rt._lock:
+                if rt._handing or not rt._queued or rt._active >= rt._max_active:
+                    return
+                queued = rt._queued.popleft()
+                try:
+                    rt._check_open()
+                except BaseException as exc:  # stopping: refused, as at a free slot before
+                    queued.refuse(exc)
+                    continue
+                rt._active += 1
+                queued.handed = rt._handing = True
+            try:
+                queued.landing = rt._submit_start(
+                    queued.new, queued.also, None, decided=queued.decided
+                )
+            except BaseException as exc:  # (_submit_start gave its slot back)
+                queued.refuse(exc)
+            finally:
+                with rt._lock:
+                    rt._handing = False
+
+    def _refuse_queued(self, error: BaseException) -> None:
+        """Every queued start fails with ``error`` (the runtime stopped); call holding
+        ``rt._lock``."""
+        rt = _runtime(self)
+        while rt._queued:
+            rt._queued.popleft().refuse(error)
 
     async def _capacity_async(self, timeout: float | None) -> None:
         """As :meth:`_wait_capacity`, awaited: woken by :attr:`_capacity_freed`."""
@@ -53,10 +158,7 @@ class Capacity:
             try:
                 await asyncio.wait_for(freed, left)
             except TimeoutError:
-                raise TimeoutError(
-                    f"{rt._active} workflows are unfinished (max_active_workflows="
-                    f"{rt._max_active}); start_async() waited {timeout}s for one to finish"
-                ) from None
+                raise _full(rt._active, rt._max_active, timeout, "start_async()") from None
 
     def _release_capacity(self) -> None:
         rt = _runtime(self)
@@ -64,6 +166,7 @@ class Capacity:
             rt._active -= 1
             rt._lock.notify()
         rt._capacity_freed.fire()
+        self._hand_off()
 
     def _on_recovered(self, unfinished: int) -> None:
         rt = _runtime(self)

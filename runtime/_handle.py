@@ -111,6 +111,7 @@ class Waiting:
         rt._capacity_freed.fire()
         for waiter in futures:
             waiter.set((record, steps))
+        rt._hand_off()  # (after the waiters: they are woken first)
 
     def _fail_waiters(self, error: BaseException) -> None:
         """The runtime stopped: every waiter (and start() waiting for capacity) hears it."""
@@ -118,6 +119,7 @@ class Waiting:
         with rt._lock:
             waiters, rt._waiters = rt._waiters, {}
             rt._running.clear()
+            rt._refuse_queued(error)
             rt._lock.notify_all()
         rt._capacity_freed.fire()
         for futures in waiters.values():

@@ -11,6 +11,7 @@ and answers the read-only questions (status, list, history, inbox, stats).
 from __future__ import annotations
 
 import builtins
+import collections
 import logging
 import os
 import sys
@@ -30,7 +31,7 @@ from herder.actors import (
     call,
 )
 from herder.runtime._async import AsyncRuntime
-from herder.runtime._capacity import Capacity
+from herder.runtime._capacity import Capacity, QueuedStart
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._firing import Firer
 from herder.runtime._ha import StandbyWatcher
@@ -155,6 +156,8 @@ class Runtime(
         self._lock = threading.Condition()
         self._capacity_freed = Pulse()  # start_async's wake-up where start() waits on _lock
         self._active = 0
+        self._queued: collections.deque[QueuedStart] = collections.deque()  # start()s for a slot
+        self._handing = False  # a thread is handing slots to queued starts (_capacity)
         self._closed = False
         self._draining = False
         self._fatal: BaseException | None = None

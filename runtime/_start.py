@@ -165,7 +165,9 @@ class Starting(StartingMany):
         if repeated is not None:
             return repeated
         if not rt._take_capacity_now(1):
-            rt._wait_capacity(timeout)
+            queued = rt._queue_start(new, also, timeout)
+            if queued is not None:  # created by the thread that freed a slot
+                return rt._landed(new, queued.error)
             now = None  # created after the wait, not before
         landing = rt._submit_start(new, also, now)
         return rt._landed(new, landing.wait(rt._ask_timeout))
@@ -200,14 +202,17 @@ class Starting(StartingMany):
         also: tuple[Put, ...],
         now: float | None,
         loop: asyncio.AbstractEventLoop | None = None,
+        decided: threading.Lock | None = None,
     ) -> Landing:
         """Queue the transition creating ``new`` (its capacity is taken: it is given back
         here if queueing fails, else by the :class:`Landing` or the final listener), and
-        admit it at once (:meth:`Landing.admit_early`)."""
+        admit it at once (:meth:`Landing.admit_early`). ``decided``: the lock a queued
+        start's caller waits on (runtime/_capacity.py), released once the commit is."""
         rt: Runtime = self  # type: ignore[assignment]
         try:
             record, steps, transition = rt._creation(new, also, now=now)
-            landing = Landing(rt, record, steps, (new.plan.name, new.plan.version), loop)
+            key = (new.plan.name, new.plan.version)
+            landing = Landing(rt, record, steps, key, loop, decided=decided)
             rt._store.writer.submit_many((transition,), landing, halts=True)
         except BaseException:
             rt._release_capacity()

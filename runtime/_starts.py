@@ -189,14 +189,19 @@ class Landing:
         steps: list[StepRecord],
         key: tuple[str, int],
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        decided: threading.Lock | None = None,
     ) -> None:
         self._rt, self._record, self._steps, self.key = rt, record, steps, key
         self._error: BaseException | None = None
         self._shot: OneShot[BaseException | None] | None = None
-        self._decided = threading.Lock()
-        if loop is None:
+        if decided is not None:  # held by a queued start's caller (runtime/_capacity.py)
+            self._decided = decided
+        elif loop is None:
+            self._decided = threading.Lock()
             self._decided.acquire()  # released by the writer's call
         else:
+            self._decided = threading.Lock()
             self._shot = OneShot(loop)
         # admit_early against the writer's call: the first to draw gets 0 (no lock: the
         # counter's __next__ is one C call, atomic)
@@ -255,6 +260,11 @@ class Landing:
             self.settled = True
         else:
             self._rt._admit([(self._record, self._steps)])
+
+    @property
+    def error(self) -> BaseException | None:
+        """The commit's error (None: durable), once it is decided."""
+        return self._error
 
     def wait(self, timeout: float | None) -> BaseException | None:
         """Block until the commit is decided; its error (None: durable)."""

@@ -1,0 +1,161 @@
+"""start() waiting for a slot under max_active_workflows: queued, and created by the
+thread that frees a slot (runtime/_capacity.py), so its caller wakes once."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Agent, Runtime, RuntimeClosed, StepContext, UnknownWorkflow, Workflow
+from herder.runtime.testing import FakeClock
+
+WAIT = 30.0
+
+
+class _Queue(collections.deque):  # type: ignore[type-arg]
+    """The runtime's queue of waiting starts, telling the test each one that joins."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joined = threading.Semaphore(0)
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self.joined.release()
+
+
+class Gate(Agent):
+    """Holds each attempt until the test opens the gate for it."""
+
+    def __init__(self, go: threading.Semaphore, entered: threading.Semaphore) -> None:
+        self.go, self.entered = go, entered
+
+    def work(self, ctx: StepContext) -> str:
+        self.entered.release()
+        assert self.go.acquire(timeout=WAIT)
+        return ctx.workflow_id
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Iterator[tuple[Runtime, threading.Semaphore, _Queue]]:
+    go, entered = threading.Semaphore(0), threading.Semaphore(0)
+    with Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=1) as rt:
+        rt.add_agent("gate", lambda: Gate(go, entered), concurrency=4)
+        rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
+        queue = rt._queued = _Queue()
+        rt.start("w", workflow_id="first")
+        assert entered.acquire(timeout=WAIT)  # the one slot is taken
+        yield rt, go, queue
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` on a thread; what it returned or raised lands in the list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.timeout(60)
+def test_queued_starts_are_created_in_order_by_the_thread_that_freed_the_slot(
+    gated: tuple[Runtime, threading.Semaphore, _Queue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt, go, queue = gated
+    creators: list[tuple[str, str]] = []
+    submit = rt._submit_start
+
+    def recorded(new: Any, *args: Any, **kwargs: Any) -> Any:
+        creators.append((new.workflow_id, threading.current_thread().name))
+        return submit(new, *args, **kwargs)
+
+    monkeypatch.setattr(rt, "_submit_start", recorded)
+    callers = []
+    for wid in ("second", "third"):
+        callers.append(in_thread(lambda wid=wid: rt.start("w", workflow_id=wid, timeout=WAIT)))
+        assert queue.joined.acquire(timeout=WAIT)
+    for _ in range(3):
+        go.release()
+    for thread, out in callers:
+        thread.join(WAIT)
+        assert not isinstance(out[0], BaseException), out
+    assert [rt.handle(w).result(timeout=WAIT)["s"] for w in ("second", "third")] == [
+        "second",
+        "third",
+    ]
+    assert [wid for wid, _ in creators] == ["second", "third"]  # oldest first
+    caller_threads = {thread.name for thread, _ in callers}
+    assert not caller_threads & {name for _, name in creators}  # not their callers'
+
+
+@pytest.mark.timeout(60)
+def test_a_queued_start_that_times_out_is_never_created(
+    gated: tuple[Runtime, threading.Semaphore, _Queue],
+) -> None:
+    rt, go, queue = gated
+    with pytest.raises(TimeoutError, match="max_active_workflows=1"):
+        rt.start("w", workflow_id="late", timeout=0.05)
+    assert not queue
+    thread, out = in_thread(lambda: rt.start("w", workflow_id="next", timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)  # the second one queued (the first is gone)
+    go.release()
+    go.release()
+    thread.join(WAIT)
+    assert not isinstance(out[0], BaseException), out
+    assert rt.handle("next").result(timeout=WAIT) == {"s": "next"}
+    with pytest.raises(UnknownWorkflow):
+        rt.status("late")
+
+
+@pytest.mark.timeout(60)
+def test_a_queued_start_whose_creation_fails_hears_why_and_the_next_gets_the_slot(
+    gated: tuple[Runtime, threading.Semaphore, _Queue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt, go, queue = gated
+    creation = rt._creation
+
+    def failing(new: Any, *args: Any, **kwargs: Any) -> Any:
+        if new.workflow_id == "doomed":
+            raise OSError("no room for it")
+        return creation(new, *args, **kwargs)
+
+    monkeypatch.setattr(rt, "_creation", failing)
+    doomed, doomed_out = in_thread(lambda: rt.start("w", workflow_id="doomed", timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)
+    fine, fine_out = in_thread(lambda: rt.start("w", workflow_id="fine", timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)
+    go.release()  # "first" ends: its slot goes to "doomed", whose creation raises...
+    doomed.join(WAIT)
+    assert isinstance(doomed_out[0], OSError)
+    assert "no room" in str(doomed_out[0])
+    go.release()  # ... and on to "fine"
+    fine.join(WAIT)
+    assert not isinstance(fine_out[0], BaseException), fine_out
+    assert rt.handle("fine").result(timeout=WAIT) == {"s": "fine"}
+    after = rt.start("w", workflow_id="after", timeout=1.0)  # no slot was lost
+    go.release()
+    assert after.result(timeout=WAIT) == {"s": "after"}
+
+
+@pytest.mark.timeout(60)
+def test_starts_queued_when_the_runtime_stops_hear_it_stopped(
+    gated: tuple[Runtime, threading.Semaphore, _Queue],
+) -> None:
+    rt, go, queue = gated
+    thread, out = in_thread(lambda: rt.start("w", workflow_id="never", timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)
+    go.release()  # (so that stop() does not wait for the action)
+    rt.stop()
+    thread.join(WAIT)
+    assert isinstance(out[0], RuntimeClosed)
