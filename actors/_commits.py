@@ -43,6 +43,7 @@ from herder.store import (
     batch_entry,
     batch_timer_key,
     encode,
+    encoder,
     history_put,
     indexed,
     key_prefix,
@@ -62,13 +63,14 @@ class Txn:
 
     ``ops`` maps ``(db, key)`` to the encoded value, or None for a delete; a later write
     of the same key wins. ``armed``: the attempts whose deadline the flush's batch entry
-    watches.
+    watches. ``encode``: its pipeline's own (``store.encoder``).
     """
 
-    __slots__ = ("armed", "due", "effects", "ops", "prefix")
+    __slots__ = ("armed", "due", "effects", "encode", "ops", "prefix")
 
-    def __init__(self, workflow_id: str) -> None:
+    def __init__(self, workflow_id: str, encode: Callable[[Any], bytes] = encode) -> None:
         self.prefix = key_prefix(workflow_id)  # its step and history keys start so
+        self.encode = encode
         self.ops: Ops = {}
         self.effects: list[Effect] = []
         self.armed: list[list[Any]] = []  # [workflow id, step, token]: batch_entry's items
@@ -83,7 +85,7 @@ class Txn:
         if old is not None and old.timer_ms is not None and old.timer_ms != timer_ms:
             ops[("timers", step_timer_key(old.timer_ms, key))] = None
         if timer_ms is not None:
-            ops[("timers", step_timer_key(timer_ms, key))] = encode(timer_entry(new.token))
+            ops[("timers", step_timer_key(timer_ms, key))] = self.encode(timer_entry(new.token))
         elif new.deadline is not None and (
             old is None or old.token != new.token or old.deadline != new.deadline
         ):
@@ -91,13 +93,13 @@ class Txn:
             if not self.armed or due < self.due:
                 self.due = due
             self.armed.append([new.workflow_id, new.name, new.token])
-        ops[("steps", key)] = encode(new.to_stored())
+        ops[("steps", key)] = self.encode(new.to_stored())
 
     def put_workflow(self, record: WorkflowRecord) -> None:
         """Write a workflow record, carrying the facts the store's ``recent`` index files
         it under, so the writer need not decode it again (~2.6 us, a tenth of the
         writer's GIL time, against ~0.8 us here)."""
-        raw = encode(record.to_stored())
+        raw = self.encode(record.to_stored())
         self.ops[("workflows", workflow_key(record.id))] = indexed(
             raw, record.updated, record.state
         )
@@ -121,10 +123,11 @@ class CommitPipeline:
     dependent's DISPATCHED).
     """
 
-    __slots__ = ("_next_token", "committing", "loose", "open", "resync_due", "unacked")
+    __slots__ = ("_encode", "_next_token", "committing", "loose", "open", "resync_due", "unacked")
 
     def __init__(self, next_token: Callable[[], int]) -> None:
         self._next_token = next_token
+        self._encode = encoder()  # (this pipeline's: only the Scheduler's thread uses it)
         self.open: dict[str, Txn] = {}
         # Writes of no workflow (due batch entries replaced, see rearm), sent with the
         # next flush as the effect-less entry of workflow BATCH_TIMER.
@@ -140,7 +143,7 @@ class CommitPipeline:
         """The workflow's transaction in this flush, opened on first use."""
         txn = self.open.get(workflow_id)
         if txn is None:
-            txn = self.open[workflow_id] = Txn(workflow_id)
+            txn = self.open[workflow_id] = Txn(workflow_id, self._encode)
         return txn
 
     def pending(self, workflow_id: str) -> bool:
@@ -150,14 +153,14 @@ class CommitPipeline:
     def apply(self, decision: Decision) -> None:
         """Add a decision's writes (each step and workflow change with its history event,
         one per transition, in the order they were made) and its after-commit effects."""
-        open_txns = self.open
+        open_txns, pack = self.open, self._encode
         for write in decision.writes:
             if type(write) is StepWrite:
                 # (the txn is looked up and opened inline: this runs ~2 times per step)
                 workflow_id = write.workflow_id
                 txn = open_txns.get(workflow_id)
                 if txn is None:
-                    txn = open_txns[workflow_id] = Txn(workflow_id)
+                    txn = open_txns[workflow_id] = Txn(workflow_id, self._encode)
                 txn.put_step(write.old, write.new)
                 if write.old is None:
                     continue
@@ -168,6 +171,7 @@ class CommitPipeline:
                     write.now,
                     note=write.note,
                     seq=self._next_token,
+                    pack=pack,
                 )
                 if entry is not None:  # None: not a transition (a heartbeat)
                     txn.ops[entry[0]] = entry[1]
@@ -176,7 +180,7 @@ class CommitPipeline:
                 txn = self.txn(new.id)
                 txn.put_workflow(new)
                 if new.state is not old.state:
-                    entry = workflow_history(txn.prefix, self._next_token(), old.state, new)
+                    entry = workflow_history(txn.prefix, self._next_token(), old.state, new, pack)
                     txn.ops[entry[0]] = entry[1]
             elif type(write) is HistoryWrite:
                 history = history_put(write.workflow_id, self._next_token(), write.event)
@@ -188,7 +192,7 @@ class CommitPipeline:
         for workflow_id, effect in decision.effects:
             txn = open_txns.get(workflow_id)  # (opened by the effect's writes, as a rule)
             if txn is None:
-                txn = open_txns[workflow_id] = Txn(workflow_id)
+                txn = open_txns[workflow_id] = Txn(workflow_id, self._encode)
             txn.effects.append(effect)
 
     def take(self) -> tuple[Ops, list[tuple[str, list[Effect]]], Watch | None]:
@@ -224,7 +228,7 @@ class CommitPipeline:
         loose[("timers", key)] = None
         if items:
             new = batch_timer_key(min(item[3] for item in items), items[0][2])
-            loose[("timers", new)] = encode(batch_entry([item[:3] for item in items]))
+            loose[("timers", new)] = self._encode(batch_entry([item[:3] for item in items]))
 
     def drop(self, workflow_id: str) -> Txn | None:
         """Discard the workflow's uncommitted transaction (it is read back from the store)."""

@@ -58,7 +58,7 @@ Caveats:
 - Keep ``sync=True``: throughput comes from group commit, not from weaker durability.
 """
 
-from herder.store._codec import MAX_VALUE_BYTES, check_text, decode, encode, normalize
+from herder.store._codec import MAX_VALUE_BYTES, check_text, decode, encode, encoder, normalize
 from herder.store._commands import DONE as COMMAND_DONE
 from herder.store._commands import (
     append_command,
@@ -227,6 +227,7 @@ __all__ = [
     "deletions",
     "describe",
     "encode",
+    "encoder",
     "error_types",
     "exception_name",
     "finished_ops",

@@ -126,12 +126,14 @@ def step_history(
     *,
     note: str | None,
     seq: Callable[[], int],
+    pack: Callable[[Any], bytes] = encode,
 ) -> tuple[tuple[str, bytes], bytes] | None:
     """The history ``(db, key)`` and stored value of a step change of the workflow whose
     keys start with ``prefix`` (``key_prefix``): its :func:`step_event` as
     :func:`history_put` stores it, ``note`` as a failure's traceback, built straight
     from the records (the Scheduler writes one per transition). ``seq`` draws the
-    event's sequence, only for a transition: None when the change is none (a heartbeat)."""
+    event's sequence, only for a transition: None when the change is none (a heartbeat).
+    ``pack`` encodes the value (``encode``, or the caller's own ``encoder()``)."""
     if (
         old.state is new.state
         and old.attempt == new.attempt
@@ -150,7 +152,7 @@ def step_history(
     stored = [_STEP, now, new.name, old.state, state, attempt, new.token, error]
     if note is not None and error:
         stored.append(note)
-    return (HISTORY_DB, prefix + seq_suffix(seq())), encode(stored)
+    return (HISTORY_DB, prefix + seq_suffix(seq())), pack(stored)
 
 
 def workflow_event(old: WorkflowState | None, new: WorkflowRecord) -> dict[str, Any]:
@@ -165,13 +167,17 @@ def workflow_event(old: WorkflowState | None, new: WorkflowRecord) -> dict[str, 
 
 
 def workflow_history(
-    prefix: bytes, seq: int, old: WorkflowState | None, new: WorkflowRecord
+    prefix: bytes,
+    seq: int,
+    old: WorkflowState | None,
+    new: WorkflowRecord,
+    pack: Callable[[Any], bytes] = encode,
 ) -> tuple[tuple[str, bytes], bytes]:
     """The history ``(db, key)`` and stored value of the workflow whose keys start with
     ``prefix`` entering ``new.state``: its :func:`workflow_event` as :func:`history_put`
     stores it, built straight from the record (the Scheduler writes one per workflow)."""
     stored = [_WORKFLOW, new.updated, old, new.state, new.error]
-    return (HISTORY_DB, prefix + seq_suffix(seq)), encode(stored)
+    return (HISTORY_DB, prefix + seq_suffix(seq)), pack(stored)
 
 
 def read_history(store: Store, workflow_id: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import pytest
 
 from herder.store import (
     SCHEMA_VERSION,
+    EncodeError,
     Plan,
     Put,
     RetryPolicy,
@@ -23,6 +24,7 @@ from herder.store import (
     builder,
     definition_key,
     encode,
+    encoder,
     replacer,
     split_step_key,
     split_timer_key,
@@ -228,3 +230,18 @@ def test_a_stored_array_of_another_version_or_too_short_is_refused() -> None:
         StepRecord.from_dict([4, *stored[1:]])
     with pytest.raises(ValueError, match="no state"):
         WorkflowRecord.from_dict([SCHEMA_VERSION, "w", "n", 1, None, "NOT_A_STATE", *[0] * 8])
+
+
+def test_an_encoder_gives_the_bytes_encode_gives_and_its_errors() -> None:
+    own = encoder()
+    values: list[Any] = [
+        STEP.to_stored(),
+        WORKFLOW.to_stored(),
+        {"a": [1, 2.5, None]},
+        "x" * (3 << 20),
+    ]
+    for value in [*values, *values]:  # (the second time from a Packer that packed them all)
+        assert own(value) == encode(value)
+    with pytest.raises(EncodeError, match="cannot be stored"):
+        own([object()])
+    assert own(values[0]) == encode(values[0])  # a failed pack leaves nothing behind
