@@ -12,12 +12,13 @@ and only then resolves futures and callbacks. A condition that does not hold ski
 its own transition; an I/O failure fails the whole batch and the thread keeps going. A
 ``guard`` (the leader-lease check, ``_lease.py``) runs first in every write transaction:
 when it refuses, the whole batch fails with its error and nothing is written.
-``derived`` maps a database to a function called in the same transaction with the keys
-of it the batch writes and their final values (None: deleted), which keeps a secondary
-index in step (``recent``, ``_recent.py``).
+``derived`` keeps a secondary index in step (``recent``, ``_recent.py``) in the same
+transaction. Batches are replayable: on ``MapFullError`` the transaction is aborted, the
+map doubled (with no transaction open in this process, see ``Store._grow``) and replayed.
 
-Batches are replayable: on ``MapFullError`` the transaction is aborted, the map doubled
-(with no transaction open in this process, see ``Store._grow``) and the batch replayed.
+A commit of starts admitted early only (``halts``) waits :data:`MERGE_WAIT` for the
+engine's batch that builds on them (their first DISPATCHED): at 1 in flight that is one
+synced commit less per workflow.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ MAX_BATCH = 10_000
 MAX_MAP_SIZE = 2**40
 """The writer refuses to grow the map beyond 1 TiB; such a batch fails with StoreIOError."""
 
+MERGE_WAIT = 0.0005
+"""Seconds a commit of early-admitted starts only waits for the engine's batch on them."""
+
 
 class Writer:
     """The group-commit writer. Created and owned by :class:`~herder.store.Store`.
@@ -67,8 +71,7 @@ class Writer:
     Thread-safe: any thread may submit; only the writer thread writes to LMDB. ``fault``,
     if set, is called right before each commit: raising ``lmdb.Error`` or ``OSError``
     simulates a failed commit (chaos tests). With ``thread=False`` each submission is
-    committed (callbacks run) on the submitting thread, one transaction each, as the
-    exact simulation (``herder.runtime.testing``) needs.
+    committed (callbacks run) on the submitting thread, as the exact simulation needs.
     """
 
     def __init__(
@@ -118,9 +121,8 @@ class Writer:
         """Queue one transition; the future resolves once it is durably committed.
 
         The future fails with :class:`ConditionFailed` (only this transition was skipped),
-        :class:`StoreIOError` (the batch's commit failed) or :class:`StoreClosed`.
-        A malformed transition (unknown database, bad key) raises :class:`InvalidInput`
-        here and is not queued.
+        :class:`StoreIOError` (the batch's commit failed) or :class:`StoreClosed`. A
+        malformed one (unknown database, bad key) raises :class:`InvalidInput`, unqueued.
         """
         self._validate(transition)
         fut: Future[None] = Future()
@@ -141,9 +143,9 @@ class Writer:
 
         ``halts``: the engine builds on these transitions before they are durable (a
         workflow admitted while its creation is on its way, so that its first DISPATCHED
-        can share the creation's commit). If one of them fails, no engine batch queued
-        behind it is written: fail-stop, as when an engine batch fails (:meth:`resync`).
-        """
+        shares the creation's commit: :data:`MERGE_WAIT`). If one of them fails, no engine
+        batch queued behind it is written: fail-stop, as when an engine batch fails
+        (:meth:`resync`)."""
         for t in transitions:
             self._validate(t)
         n = len(transitions)
@@ -184,8 +186,7 @@ class Writer:
         every such batch queued behind it and every one queued later, up to this marker,
         fails too (with :class:`LeaseLost` if that is why, else :class:`StoreIOError`),
         and nothing of them is written. A marker while nothing failed changes nothing.
-        Transitions (:meth:`submit`, :meth:`submit_many`) are not held back.
-        """
+        Transitions (:meth:`submit`, :meth:`submit_many`) are not held back."""
         self._enqueue(RESYNC, 0)
 
     def _enqueue(self, entry: Queued, n: int) -> bool:
@@ -207,8 +208,8 @@ class Writer:
     # ------------------------------------------------------------------ waiting
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until everything submitted so far is committed (or failed); raise
-        :class:`TimeoutError` if that takes longer than ``timeout`` seconds."""
+        """Wait until everything submitted so far is committed (or failed), at most
+        ``timeout`` seconds (then :class:`TimeoutError`)."""
         with self._cond:
             target = self._submitted
         with self._done_cond:
@@ -220,10 +221,8 @@ class Writer:
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop accepting transitions (they fail with :class:`StoreClosed`), drain, join.
-
-        Raises :class:`TimeoutError` if the queue is not drained within ``timeout``; the
-        thread keeps draining and ``close`` may be called again.
-        """
+        :class:`TimeoutError` if the queue is not drained within ``timeout``; the thread
+        keeps draining and ``close`` may be called again."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -242,9 +241,8 @@ class Writer:
 
     def stats(self) -> dict[str, int | float]:
         """Counters: batches, transitions, max_batch, last_batch, conflicts, map_resizes,
-        io_errors, refused (batches the guard refused), halted (engine batches failed
-        because an earlier one failed, see :meth:`resync`) and mean_batch (transitions
-        per batch)."""
+        io_errors, refused (batches the guard refused), halted (engine batches failed as
+        an earlier one failed, :meth:`resync`) and mean_batch (transitions per batch)."""
         with self._cond:
             out = dict(self._stats)
         out["mean_batch"] = out["transitions"] / out["batches"] if out["batches"] else 0.0
@@ -261,6 +259,10 @@ class Writer:
                 if not self._queue:
                     return  # closing and drained
                 batch, n = self._take()
+                if all(type(e) is tuple and e[2] for e in batch):  # early-admitted starts
+                    cond.wait(MERGE_WAIT)  # for their first DISPATCHED: one commit for both
+                    more, m = self._take()
+                    batch, n = batch + more, n + m
             self._process(batch, n)
             del batch  # (not kept while waiting: a start_many's 2,000 transitions)
 

@@ -19,6 +19,7 @@ from herder.store import (
     StoreClosed,
     StoreIOError,
     Transition,
+    _writer,
     encode,
 )
 
@@ -368,3 +369,30 @@ def test_batches_behind_a_lost_lease_fail_with_lease_lost() -> None:
     io = halt_error(OSError("disk"))
     assert isinstance(io, StoreIOError)
     assert isinstance(io.__cause__, OSError)
+
+
+@pytest.mark.timeout(30)
+def test_a_commit_of_early_admitted_starts_waits_for_the_engine_batch_built_on_them(
+    path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_writer, "MERGE_WAIT", 20.0)  # only the batch (or a close) ends it
+    store = Store(path)
+    sink = Sink()
+    before = store.writer.stats()["batches"]
+    done: Future[list[BaseException | None]] = Future()
+    store.writer.submit_many([t(put(b"new"))], done.set_result, halts=True)
+    with pytest.raises(TimeoutError):
+        done.result(0.2)  # held for the Scheduler's first DISPATCHED
+    engine_batch(store, sink, "b1")
+    assert done.result(10) == [None]
+    assert sink.outcome("b1") is None
+    assert store.writer.stats()["batches"] == before + 1  # one commit for both
+    plain = store.writer.submit(t(put(b"plain")))  # nothing builds on it: no wait
+    plain.result(10)
+    alone: Future[list[BaseException | None]] = Future()
+    store.writer.submit_many([t(put(b"alone"))], alone.set_result, halts=True)
+    store.close()  # ends the wait: committed, not dropped
+    assert alone.result(10) == [None]
+    reader = Store(path, readonly=True)
+    assert reader.get("workflows", b"alone") is not None
+    reader.close()
