@@ -72,40 +72,46 @@ class Engine:
         return self.family or self.name
 
 
-def _herder(args: argparse.Namespace, root: pathlib.Path, wl: Workload, m: Meter) -> dict[str, Any]:
-    from throughput import bench_herder
+def _herder(instances: int) -> Callable[..., dict[str, Any]]:
+    def run(args: argparse.Namespace, root: pathlib.Path, wl: Workload, m: Meter) -> dict[str, Any]:
+        from throughput import bench_herder
 
-    row = bench_herder(
-        root,
-        args.workflows[0],
-        args.instances,
-        args.in_flight,
-        args.starters,
-        workload=wl,
-        warmup=args.warmup,
-        meter=m,
-    )
-    row["driver"] = (
-        f"{args.starters} threads call start(); max_active_workflows={args.in_flight}; "
-        f"{args.instances} instances per agent"
-    )
-    row["durable"] = (
-        "start() returns once the workflow is committed; every step transition (dispatched, "
-        "succeeded) committed before anything depends on it (group commit)"
-    )
-    row["fsync"] = "yes: every commit (LMDB sync=True, metasync=True)"
-    return row
+        row = bench_herder(
+            root,
+            args.workflows[0],
+            instances,
+            args.in_flight,
+            args.starters,
+            workload=wl,
+            warmup=args.warmup,
+            meter=m,
+        )
+        row["driver"] = (
+            f"{args.starters} threads call start(); max_active_workflows={args.in_flight}; "
+            f"{instances} instances per agent"
+        )
+        row["durable"] = (
+            "start() returns once the workflow is committed; every step transition "
+            "(dispatched, succeeded) committed before anything depends on it (group commit)"
+        )
+        row["fsync"] = "yes: every commit (LMDB sync=True, metasync=True)"
+        return row
+
+    return run
 
 
-def _bare(args: argparse.Namespace, root: pathlib.Path, wl: Workload, m: Meter) -> dict[str, Any]:
-    from throughput import bench_bare
+def _bare(instances: int) -> Callable[..., dict[str, Any]]:
+    def run(args: argparse.Namespace, root: pathlib.Path, wl: Workload, m: Meter) -> dict[str, Any]:
+        from throughput import bench_bare
 
-    bench_bare(max(1, args.warmup), args.instances, args.in_flight, wl)
-    row = bench_bare(args.workflows[0], args.instances, args.in_flight, wl, m)
-    row["driver"] = f"{args.in_flight} chains in flight; {args.instances} actors per agent"
-    row["durable"] = "nothing: in memory only (the ceiling)"
-    row["fsync"] = "no"
-    return row
+        bench_bare(max(1, args.warmup), instances, args.in_flight, wl)
+        row = bench_bare(args.workflows[0], instances, args.in_flight, wl, m)
+        row["driver"] = f"{args.in_flight} chains in flight; {instances} actors per agent"
+        row["durable"] = "nothing: in memory only (the ceiling)"
+        row["fsync"] = "no"
+        return row
+
+    return run
 
 
 def _raw(in_flight: int) -> Callable[..., dict[str, Any]]:
@@ -145,7 +151,9 @@ def _huey(workers: int) -> Callable[..., dict[str, Any]]:
 
 
 # Each peer runs at every setting named here (issue 15: DBOS with 1, 4 and 16 client threads,
-# Huey with 2, 8 and 16 workers), and the ratios take its best one at each size.
+# Huey with 2, 8 and 16 workers; herder and bare pykka with 4 and 16 instances per agent), and
+# the ratios take its best one at each size.
+INSTANCES = (4, 16)
 DBOS_CLIENTS = (1, 4, 16)
 HUEY_WORKERS = (2, 8, 16)
 DBOS = {"dbos-sqlite": "SQLite default journal", "dbos-sqlite-wal": "SQLite WAL"}
@@ -154,8 +162,24 @@ DBOS = {"dbos-sqlite": "SQLite default journal", "dbos-sqlite-wal": "SQLite WAL"
 ENGINES = {
     e.name: e
     for e in (
-        Engine("herder", "herder (durable, defaults)", _herder),
-        Engine("bare-pykka", "bare pykka actors (no durability)", _bare),
+        *(
+            Engine(
+                f"herder/i{n}",
+                f"herder (durable, defaults), {n} instances per agent",
+                _herder(n),
+                "herder",
+            )
+            for n in INSTANCES
+        ),
+        *(
+            Engine(
+                f"bare-pykka/i{n}",
+                f"bare pykka actors (no durability), {n} per agent",
+                _bare(n),
+                "bare-pykka",
+            )
+            for n in INSTANCES
+        ),
         Engine("raw-lmdb/serial", "raw LMDB, one synced commit per step", _raw(1)),
         Engine("raw-lmdb/group", "raw LMDB, one synced commit per round", _raw(256)),
         *(
@@ -180,6 +204,8 @@ ENGINES = {
     )
 }
 PEERS = ("dbos-sqlite", "dbos-sqlite-wal", "huey-sqlite")
+SWEPT = ("herder", "bare-pykka", *PEERS)
+"""The engines run at several settings; each is compared at its fastest."""
 TARGETS = {  # issue 15: workflows/s against each peer at its best; steps/s against bare pykka
     "herder_vs_dbos_sqlite": 30.0,
     "herder_vs_dbos_sqlite_wal": 30.0,
@@ -239,7 +265,6 @@ def _run_child(args: argparse.Namespace, engine: str, workflows: int) -> dict[st
 
 def _shared_flags(args: argparse.Namespace) -> list[str]:
     flags = {
-        "--instances": args.instances,
         "--in-flight": args.in_flight,
         "--starters": args.starters,
         "--warmup": args.warmup,
@@ -336,7 +361,7 @@ def best_settings(rows: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, A
     best: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
         engine = ENGINES.get(r["engine"])
-        if r["status"] != "measured" or engine is None or engine.peer not in PEERS:
+        if r["status"] != "measured" or engine is None or engine.peer not in SWEPT:
             continue
         held = best.setdefault(engine.peer, {}).get(r["workflows"])
         if held is None or r["workflows_per_s"] > held["workflows_per_s"]:
@@ -345,23 +370,20 @@ def best_settings(rows: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, A
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """herder's wf/s over each peer's at its best setting, and its steps/s over bare
-    pykka's, per size."""
-    measured = {(r["engine"], r["workflows"]): r for r in rows if r["status"] == "measured"}
+    """herder's wf/s over each peer's, and its steps/s over bare pykka's, per size, each
+    at its best setting."""
     best = best_settings(rows)
     out: dict[str, dict[str, float]] = {}
-    for (engine, size), herder in measured.items():
-        if engine != "herder":
-            continue
+    for size, herder in best.get("herder", {}).items():
         for peer in PEERS:
             if size in best.get(peer, {}):
                 key = f"herder_vs_{peer.replace('-', '_')}"
                 out.setdefault(key, {})[str(size)] = (
                     herder["workflows_per_s"] / best[peer][size]["workflows_per_s"]
                 )
-        if ("bare-pykka", size) in measured:
+        if size in best.get("bare-pykka", {}):
             out.setdefault("herder_vs_bare_steps", {})[str(size)] = (
-                herder["steps_per_s"] / measured["bare-pykka", size]["steps_per_s"]
+                herder["steps_per_s"] / best["bare-pykka"][size]["steps_per_s"]
             )
     return out
 
@@ -409,7 +431,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             "workflows": args.workflows,
             "reps": args.reps,
             "time_limit_s": args.time_limit,
-            "instances": args.instances,
+            "instances": list(INSTANCES),
             "in_flight": args.in_flight,
             "starters": args.starters,
             "dbos_clients": list(DBOS_CLIENTS),
@@ -504,7 +526,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds per run")
     # Each engine's best setting in a sweep on this machine (see ANALYSIS.md).
-    parser.add_argument("--instances", type=int, default=16, help="herder/bare per agent")
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--starters", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=100, help="workflows before timing")

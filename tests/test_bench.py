@@ -17,7 +17,7 @@ import sys
 import pytest
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-ENGINES = ["herder", "bare-pykka", "raw-lmdb/serial", "huey-sqlite/w8"]
+ENGINES = ["herder/i4", "bare-pykka/i4", "raw-lmdb/serial", "huey-sqlite/w8"]
 METRICS = (
     "workflows_per_s",
     "steps_per_s",
@@ -83,7 +83,8 @@ def test_every_engine_row_is_measured_or_skipped_with_a_reason(suite: tuple[dict
 def test_herder_and_its_baselines_are_always_measured(suite: tuple[dict, str]) -> None:
     report, _ = suite
     status = {r["engine"]: r["status"] for r in report["rows"]}
-    assert status["herder"] == status["bare-pykka"] == status["raw-lmdb/serial"] == "measured"
+    assert status["herder/i4"] == status["bare-pykka/i4"] == status["raw-lmdb/serial"]
+    assert status["herder/i4"] == "measured"
     assert "12" in report["ratios"]["herder_vs_bare_steps"]
     assert set(report["targets"]) >= set(report["ratios"])
 
@@ -163,7 +164,8 @@ def test_a_peer_is_run_at_each_setting_and_compared_at_its_best() -> None:
         sys.path.remove(str(BENCH))
     args = peers.parse(["--quick", "--engines", "herder,huey-sqlite,dbos-sqlite/c4"])
     assert args.engines == [
-        "herder",
+        "herder/i4",
+        "herder/i16",
         "huey-sqlite/w2",
         "huey-sqlite/w8",
         "huey-sqlite/w16",
@@ -180,16 +182,21 @@ def test_a_peer_is_run_at_each_setting_and_compared_at_its_best() -> None:
         }
 
     rows = [
-        row("herder", 900),
+        row("herder/i4", 900),
+        row("herder/i16", 700),  # herder too is compared at its best setting
         row("huey-sqlite/w2", 50),
         row("huey-sqlite/w8", 90),
         row("huey-sqlite/w16", 60),
-        row("bare-pykka", 9000),
+        row("bare-pykka/i4", 6000),
+        row("bare-pykka/i16", 9000),
     ]
     assert peers.ratios(rows) == {
         "herder_vs_huey_sqlite": {"100": 10.0},
         "herder_vs_bare_steps": {"100": 0.1},
     }
-    assert peers.best_settings(rows)["huey-sqlite"][100]["engine"] == "huey-sqlite/w8"
+    best = peers.best_settings(rows)
+    assert best["huey-sqlite"][100]["engine"] == "huey-sqlite/w8"
+    assert best["herder"][100]["engine"] == "herder/i4"
+    assert best["bare-pykka"][100]["engine"] == "bare-pykka/i16"
     with pytest.raises(SystemExit):
         peers.parse(["--engines", "huey"])
