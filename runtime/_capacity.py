@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from herder.runtime._part import whole as _runtime
+from herder.runtime._starts import undecided
 
 if TYPE_CHECKING:
     from herder.runtime._starts import Landing, NewStart
@@ -39,6 +41,7 @@ class QueuedStart:
     landing: Landing | None = None
     error: BaseException | None = None
     handed: bool = False
+    handed_at: float = 0.0  # (time.monotonic)
 
     def refuse(self, error: BaseException) -> None:
         self.error = error
@@ -92,17 +95,22 @@ class Capacity:
                 rt._active += 1
                 return None
             rt._queued.append(queued)
-        if not decided.acquire(timeout=-1 if timeout is None else timeout):
+        ask, deadline = rt._ask_timeout, None if timeout is None else monotonic() + timeout
+        while True:  # (woken once; the timeouts only bound the wait)
+            if queued.handed:  # its commit is decided within ask_timeout, or it is stuck
+                wait = queued.handed_at + ask - monotonic()
+            else:
+                wait = ask if deadline is None else min(ask, deadline - monotonic())
+            if decided.acquire(timeout=max(0.0, wait)):
+                break
             with rt._lock:
-                if not queued.handed and queued.error is None:
+                if queued.handed or queued.error is not None:
+                    if queued.error is None and monotonic() >= queued.handed_at + ask:
+                        raise undecided(ask)
+                    continue
+                if deadline is not None and monotonic() >= deadline:
                     rt._queued.remove(queued)
                     raise _full(rt._active, rt._max_active, timeout, "start()")
-            if not decided.acquire(timeout=rt._ask_timeout):  # handed a slot just now
-                raise TimeoutError(
-                    f"the store did not commit the start within {rt._ask_timeout} s "
-                    "(ask_timeout); the workflow may still start: starting it again with "
-                    "the same workflow_id is safe"
-                )
         if queued.error is not None:
             raise queued.error
         return queued.landing
@@ -125,6 +133,7 @@ class Capacity:
                     continue
                 rt._active += 1
                 queued.handed = rt._handing = True
+                queued.handed_at = monotonic()
             try:
                 queued.landing = rt._submit_start(
                     queued.new, queued.also, None, decided=queued.decided

@@ -269,7 +269,7 @@ class Landing:
     def wait(self, timeout: float | None) -> BaseException | None:
         """Block until the commit is decided; its error (None: durable)."""
         if not self._decided.acquire(timeout=-1 if timeout is None else timeout):
-            raise _undecided(timeout)
+            raise undecided(timeout)
         return self._error
 
     async def wait_async(self, timeout: float | None) -> BaseException | None:
@@ -278,10 +278,10 @@ class Landing:
         try:
             return await self._shot.wait_async(timeout)
         except TimeoutError:
-            raise _undecided(timeout) from None
+            raise undecided(timeout) from None
 
 
-def _undecided(timeout: float | None) -> TimeoutError:
+def undecided(timeout: float | None) -> TimeoutError:
     return TimeoutError(
         f"the store did not commit the start within {timeout} s (ask_timeout); the "
         "workflow may still start: starting it again with the same workflow_id is safe"

@@ -159,3 +159,24 @@ def test_starts_queued_when_the_runtime_stops_hear_it_stopped(
     rt.stop()
     thread.join(WAIT)
     assert isinstance(out[0], RuntimeClosed)
+
+
+@pytest.mark.timeout(60)
+def test_a_queued_start_handed_a_slot_hears_when_its_commit_is_not_decided_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    go, entered = threading.Semaphore(0), threading.Semaphore(0)
+    with Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=1, ask_timeout=0.3) as rt:
+        rt.add_agent("gate", lambda: Gate(go, entered), concurrency=4)
+        rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
+        queue = rt._queued = _Queue()
+        rt.start("w", workflow_id="first")
+        assert entered.acquire(timeout=WAIT)
+        # Its creation is handed to a writer that never answers (a stalled disk, say).
+        monkeypatch.setattr(rt, "_submit_start", lambda *args, **kwargs: None)
+        thread, out = in_thread(lambda: rt.start("w", workflow_id="stuck"))  # no timeout
+        assert queue.joined.acquire(timeout=WAIT)
+        go.release()
+        thread.join(WAIT)
+        assert isinstance(out[0], TimeoutError), out
+        assert "ask_timeout" in str(out[0])
