@@ -153,25 +153,19 @@ class CommitPipeline:
     def apply(self, decision: Decision) -> None:
         """Add a decision's writes (each step and workflow change with its history event,
         one per transition, in the order they were made) and its after-commit effects."""
-        open_txns, pack = self.open, self._encode
+        open_txns, pack, seq = self.open, self._encode, self._next_token
         for write in decision.writes:
             if type(write) is StepWrite:
                 # (the txn is looked up and opened inline: this runs ~2 times per step)
-                workflow_id = write.workflow_id
+                workflow_id, was, now = write.workflow_id, write.old, write.new
                 txn = open_txns.get(workflow_id)
                 if txn is None:
-                    txn = open_txns[workflow_id] = Txn(workflow_id, self._encode)
-                txn.put_step(write.old, write.new)
-                if write.old is None:
+                    txn = open_txns[workflow_id] = Txn(workflow_id, pack)
+                txn.put_step(was, now)
+                if was is None:
                     continue
                 entry = step_history(
-                    txn.prefix,
-                    write.old,
-                    write.new,
-                    write.now,
-                    note=write.note,
-                    seq=self._next_token,
-                    pack=pack,
+                    txn.prefix, was, now, write.now, note=write.note, seq=seq, pack=pack
                 )
                 if entry is not None:  # None: not a transition (a heartbeat)
                     txn.ops[entry[0]] = entry[1]
@@ -203,9 +197,12 @@ class CommitPipeline:
         effects: list[tuple[str, list[Effect]]] = []
         armed: list[list[Any]] = []
         due = 0
-        committing = self.committing
-        for wf in [wf for wf in self.open if wf not in committing]:
-            txn = self.open.pop(wf)
+        committing, ready = self.committing, self.open
+        if committing.isdisjoint(ready):  # (as a rule: every open workflow may go)
+            self.open = {}
+        else:
+            ready = {wf: ready.pop(wf) for wf in [wf for wf in ready if wf not in committing]}
+        for wf, txn in ready.items():
             committing.add(wf)
             ops.update(txn.ops)
             effects.append((wf, txn.effects))

@@ -31,8 +31,7 @@ effects once durable. It owns the parts it wires together, each on this actor's 
 - ``_operator`` and ``_channel``: operator actions and complete_step, and the commands
   channel from other processes.
 
-The parts reach the Scheduler only through the :class:`~._recovery.Shell` methods
-(``handle``, ``perform``, ``settle``).
+The parts reach the Scheduler only through the Shell methods (``handle``, ``perform``, ``settle``).
 """
 
 from __future__ import annotations
@@ -292,7 +291,8 @@ class Scheduler(SupervisedActor):
         """Dispatch what became runnable, then flush the open writes when due (or now)."""
         if self._dispatch.dirty:
             self._dispatch.pump_dirty()
-            self.perform(self._engine.take())  # the attempts the pump recorded
+            if self._engine.decided():  # the attempts the pump recorded, if any
+                self.perform(self._engine.take())
         if not self._commits.open and not self._dispatch.admission.dirty:
             return
         # Flush once the inbox is drained (one group commit for the whole backlog), or

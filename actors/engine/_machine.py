@@ -141,6 +141,10 @@ class Machine:
 
     # -- writes ------------------------------------------------------------------------
 
+    def decided(self) -> bool:
+        """Whether anything was decided since the last take (else take need not be called)."""
+        return bool(self._out)
+
     def token(self) -> int:
         """A fresh fencing token."""
         return self._tokens()
