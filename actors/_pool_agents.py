@@ -60,6 +60,10 @@ class PooledAgent(Hosted[Slot]):
     # Its workers self-feed from it; made when first asked for (ready_queue): an empty
     # deque is 760 bytes, and most of 10,000 names never reserve ahead.
     ready: deque[Run] | None = None
+    # Seconds its last actions took, on the worker (a decaying max, written by any of
+    # its workers): whether its attempts may wait behind another's (the pool host's
+    # QUICK). Unknown counts as slow.
+    took: float = 1.0
 
 
 class PoolAgents(HostedAgents[PooledAgent]):

@@ -17,11 +17,12 @@ under one ``simple_one_for_one`` supervisor; this module decides what runs on th
   message, no pump, no hand-off (with 10,000 names each of those was a Scheduler message
   per attempt). A worker that frees with work in the line is handed it here. Its
   deadline counts from when it starts (``on_lined_start``, ``Engine.restamp``); one fenced
-  while it waited never starts. At most ``line`` attempts wait (default
-  :data:`LINE_PER_WORKER` per worker of the cap); past that, agents wait un-recorded and
-  are woken (an :class:`InstanceEvent` without instance), oldest first, as workers or
-  places in the line free; a worker is held for a woken agent until its pump is over
-  (``pumped``), then passed on if that pump took nothing.
+  while it waited never starts. A quick attempt may also wait there for a worker woken
+  already, rather than wake one (the carrier, actors/_worker_pool.py). At most ``line``
+  attempts wait (default :data:`LINE_PER_WORKER` per worker of the cap); past that,
+  agents wait un-recorded and are woken (an :class:`InstanceEvent` without instance),
+  oldest first, as workers or places in the line free; a worker is held for a woken
+  agent until its pump is over (``pumped``), then passed on if that pump took nothing.
 - **Workers.** The pool supervisor restarts a crashed worker (its attempt is lost, the
   agent is not charged); if the pool supervisor gives up, every running attempt is lost
   and the next one starts a new pool.
@@ -54,7 +55,7 @@ from herder.actors._pool_agents import PoolAgents, Slot, halt, next_idle
 from herder.actors._pool_worker import Work, take_lined, withdraw
 from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervision_specs import ChildEventKind
-from herder.actors._worker_pool import POOL, WorkerPool
+from herder.actors._worker_pool import POOL, QUICK, WorkerPool
 
 LINE_PER_WORKER = 8
 """Attempts that may wait in the line, per worker of the pool's cap (``max_workers``)."""
@@ -91,7 +92,7 @@ class PoolHost(PoolAgents):
         self._fed_from_line = 0  # lined attempts a worker went on with by itself
         # Told (on the Scheduler's thread) the token of a lined attempt this host handed
         # to a worker itself: its deadline counts from then (set by actors/_ahead.py).
-        self.on_lined_start: Callable[[int], None] = _ignore
+        self.on_lined_start: Callable[[int], None] = lambda _token: None
         self._pool = WorkerPool(
             agents_supervisor,
             reply,
@@ -177,12 +178,19 @@ class PoolHost(PoolAgents):
             return False
         self._take_built(name, instance_id, inst)
         inst.work = Work(run, inst.agent, agent.factory, agent)
+        quick = agent.took < QUICK
+        if inst.worker is not None and quick and self._pool.carries(inst.worker):
+            inst.worker, inst.lined = None, True  # it waits for the carrier
+            self._unstarted += 1
+            self._lined[run.token] = (name, instance_id)
+            self._line.append(inst.work)
+            return True
         if inst.worker is None:  # it waits in the line (unless a worker freed meanwhile)
             self._lined[run.token] = (name, instance_id)
             self._line.append(inst.work)
             self._wake()
             return True
-        told = self._pool.tell(inst.worker, inst.work)
+        told = self._pool.tell(inst.worker, inst.work, quick=quick)
         if told is None:  # its worker was replaced or crashed since acquire
             agent.instances.pop(instance_id, None)
         elif not told:
@@ -387,7 +395,3 @@ class PoolHost(PoolAgents):
             self.replace(name, instance_id)
         elif wake and self._waiting:
             self._wake()
-
-
-def _ignore(_token: int) -> None:
-    pass

@@ -26,6 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, Protocol
 
 from herder.actors._action import run_attempt
@@ -41,10 +42,15 @@ SUPERSEDED = "superseded while it waited for a worker: not started"
 """The error of an attempt fenced in the pool's line (an answer the Scheduler ignores)."""
 
 
+DECAY = 0.75
+"""An agent's recorded action time decays by this factor per action that took less."""
+
+
 class ReadySource(Protocol):
     """What a worker self-feeds from: the agent's ready deque, once it has one."""
 
     ready: deque[Run] | None
+    took: float
 
 
 @dataclass(slots=True)
@@ -66,6 +72,9 @@ class Work:
     fed: int = 0
     withdrawn: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set by its worker once it begins: until then the worker is sure to look at the
+    # line when this attempt (and what it self-feeds) is over (the host's carrier).
+    begun: bool = False
 
 
 def take_lined(line: deque[Work]) -> Work | None:
@@ -118,6 +127,7 @@ class PoolWorker(SupervisedActor):
         if not isinstance(message, Work):
             return super().on_receive(message)
         work, run, agent, lined = message, message.run, message.agent, False
+        work.begun = True
         while True:
             if lined and run.context.superseded:
                 outcome = Outcome(
@@ -131,6 +141,7 @@ class PoolWorker(SupervisedActor):
                         self._crashed(run, f"agent {run.agent!r} failed to start: {failed.error}")
                         return None
                     self._built(run.agent, run.instance, agent)
+                began = perf_counter()
                 try:
                     outcome = run_attempt(
                         agent, run.agent, run.instance, run, self._max_result_bytes
@@ -138,6 +149,10 @@ class PoolWorker(SupervisedActor):
                 except InstanceCrash as crash:
                     self._crashed(run, str(crash))
                     return None
+                source = work.source
+                if source is not None:  # (a decaying max: one slow action counts a while)
+                    took, recent = perf_counter() - began, source.took * DECAY
+                    source.took = took if took > recent else recent
             follow, taken = self._next(work)
             if follow is not None:
                 follow.instance = run.instance

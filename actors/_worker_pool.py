@@ -12,6 +12,18 @@ Workers are started when attempts find none free, up to ``max_workers``; the mos
 recently freed worker is taken first (a warm thread), and those idle longest stop at
 passivation, down to ``min_workers``. A worker whose attempt hangs is abandoned: the
 supervisor restarts it on a fresh thread and the blocked one is counted in ``abandoned``.
+
+**The carrier.** Waking a sleeping worker (a futex wake, then a wait for the GIL the
+Scheduler holds for the rest of its turn) cost more than a quick attempt itself: at 16
+in flight nearly every step was told to a sleeping worker, about four per durable batch.
+So the last quick attempt told is the *carrier* (:meth:`WorkerPool.tell`, ``quick``):
+until its worker begins (``Work.begun``) it is sure to look at the line once that
+attempt, and what it self-feeds, is over, so up to :data:`CHAIN` quick attempts sent
+meanwhile wait in the line for it (:meth:`WorkerPool.carries`) instead of waking a
+worker each. Quick is the agent's own measure (``PooledAgent.took``, under
+:data:`QUICK`): a slow action never holds another attempt up, and a quick one that hangs
+holds those behind it only until the host next hands the line out (a worker frees, the
+hung one is replaced, a tick).
 """
 
 from __future__ import annotations
@@ -36,6 +48,12 @@ POOL = "*pool"
 
 Job = tuple[str, str, int]
 """What a worker runs: (agent, instance, token)."""
+
+QUICK = 0.0002
+"""Seconds under which an agent's recent actions (the slowest, decaying) are quick."""
+
+CHAIN = 4
+"""Quick attempts that may wait in the line behind one carrier (module docstring)."""
 
 
 @dataclass(slots=True)
@@ -79,6 +97,8 @@ class WorkerPool:
         self._sup: pykka.ActorRef | None = None
         self._sup_pending = False
         self.abandoned = 0  # threads left to hung actions
+        self._carrier: Work | None = None  # (module docstring)
+        self._carried = 0  # attempts that wait in the line behind it
 
     def free_count(self) -> int:
         return len(self._free)
@@ -97,10 +117,10 @@ class WorkerPool:
         if worker is not None and worker.job is not None:
             worker.job = job
 
-    def tell(self, worker_id: str, work: Work) -> bool | None:
+    def tell(self, worker_id: str, work: Work, *, quick: bool = False) -> bool | None:
         """Hand ``work`` to the worker: True; None if it is gone since it was taken
         (replaced or crashed); False if it died just now (its exit's news is on the way,
-        and it no longer counts as running anything)."""
+        and it no longer counts as running anything). A ``quick`` one is the carrier."""
         worker = self._workers.get(worker_id)
         if worker is None or worker.ref is None:
             return None
@@ -109,6 +129,25 @@ class WorkerPool:
         except pykka.ActorDeadError:
             worker.job = None
             return False
+        if quick:
+            self._carrier, self._carried = work, 0
+        return True
+
+    def carries(self, worker_id: str) -> bool:
+        """Whether a quick attempt, for which ``worker_id`` was taken, may wait in the
+        line for the carrier instead (then ``worker_id`` is free again, as it was)."""
+        carrier = self._carrier
+        if carrier is None or carrier.begun or carrier.stop or self._carried >= CHAIN:
+            return False
+        source = carrier.source
+        if source is not None and source.ready:
+            return False  # its worker self-feeds those first
+        worker = self._workers.get(worker_id)
+        if worker is None or worker.ref is None:
+            return False
+        worker.job = None
+        self._free[worker_id] = None
+        self._carried += 1
         return True
 
     def release(self, worker_id: str | None, now: float) -> bool:
@@ -129,6 +168,7 @@ class WorkerPool:
         if worker is not None:
             self._free.pop(worker_id, None)
             worker.ref, worker.job = None, None  # back once the supervisor restarted it
+            self._carrier = None  # (it may have been the carrier's)
             worker.starting = False
             self.abandoned += 1
             call_later(self._sup, "restart_child", worker_id)
@@ -152,6 +192,7 @@ class WorkerPool:
             event.kind in (ChildEventKind.EXITED, ChildEventKind.TERMINATED) and worker.ref
         ):
             job, worker.ref, worker.job, worker.starting = worker.job, None, None, False
+            self._carrier = None  # (it may have been the carrier's)
             self._free.pop(event.instance, None)
             if event.kind is not ChildEventKind.CRASHED:
                 del self._workers[event.instance]  # gone for good: another may start
@@ -168,7 +209,7 @@ class WorkerPool:
         current = self._sup
         if current is not None and ref and ref.actor_urn != current.actor_urn:
             return None
-        self._sup, self._sup_pending = None, False
+        self._sup, self._sup_pending, self._carrier = None, False, None
         jobs = [w.job for w in self._workers.values() if w.job is not None]
         self._workers.clear()
         self._free.clear()
