@@ -294,8 +294,7 @@ class Lanes:
             attempt.instance, attempt.message = msg.instance, None
             lane.ahead -= 1
             lane.started(attempt.token, at)
-            if self._clock.now > attempt.fresh_until:  # (it waited: restamp's own test)
-                self._engine.restamp(attempt, self._clock.now)
+            self._engine.restamp(attempt, self._clock.now)  # (returns at once unless it waited)
         elif msg.next_token in self._replace:  # fenced before: it must not hold on
             self._replace.discard(msg.next_token)
             assert self._host is not None
