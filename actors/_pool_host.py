@@ -179,16 +179,15 @@ class PoolHost(PoolAgents):
         self._take_built(name, instance_id, inst)
         inst.work = Work(run, inst.agent, agent.factory, agent)
         quick = agent.took < QUICK
-        if inst.worker is not None and quick and self._pool.carries(inst.worker):
-            inst.worker, inst.lined = None, True  # it waits for the carrier
+        carried = inst.worker is not None and quick and self._pool.carries(inst.worker)
+        if carried:  # it waits in the line for the carrier, its worker free again
+            inst.worker, inst.lined = None, True
             self._unstarted += 1
+        if inst.worker is None:  # it waits in the line
             self._lined[run.token] = (name, instance_id)
             self._line.append(inst.work)
-            return True
-        if inst.worker is None:  # it waits in the line (unless a worker freed meanwhile)
-            self._lined[run.token] = (name, instance_id)
-            self._line.append(inst.work)
-            self._wake()
+            if not carried:
+                self._wake()  # (unless a worker freed meanwhile)
             return True
         told = self._pool.tell(inst.worker, inst.work, quick=quick)
         if told is None:  # its worker was replaced or crashed since acquire
