@@ -46,7 +46,10 @@ class _Told:
         pass
 
 
-@pytest.mark.parametrize(
+# What follows an early Admit once the commit is decided, whichever of the caller and the
+# writer comes last: (the commit's error, the Scheduler let go of an early start meanwhile,
+# what is told after the early Admit).
+FOLLOWS = pytest.mark.parametrize(
     ("error", "let_go", "then"),
     [
         (None, False, []),  # the Scheduler still has it: nothing follows
@@ -54,6 +57,9 @@ class _Told:
         (StoreIOError("disk full"), False, ["unadmit"]),
     ],
 )
+
+
+@FOLLOWS
 def test_what_follows_an_early_admit_is_told_after_it_when_the_writer_calls_meanwhile(
     error: BaseException | None, let_go: bool, then: list[str]
 ) -> None:
@@ -75,14 +81,7 @@ def test_what_follows_an_early_admit_is_told_after_it_when_the_writer_calls_mean
     assert landing.settled is (error is None and not let_go)
 
 
-@pytest.mark.parametrize(
-    ("error", "let_go", "then"),
-    [
-        (None, False, []),
-        (None, True, ["admit"]),
-        (StoreIOError("disk full"), False, ["unadmit"]),
-    ],
-)
+@FOLLOWS
 def test_what_follows_an_early_admit_is_told_by_the_writers_call_after_it(
     error: BaseException | None, let_go: bool, then: list[str]
 ) -> None:
