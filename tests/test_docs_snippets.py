@@ -1,0 +1,399 @@
+"""The code in README.md and docs/*.md still matches the code it shows: users copy it.
+
+Every ```python block is checked:
+
+- it compiles;
+- every name it imports from a ``herder`` module exists and is public (in its ``__all__``);
+- every call it makes on herder's API passes arguments the callee takes, and every
+  attribute it reads there exists. The names ``rt`` and ``ctx`` stand for a
+  :class:`Runtime` and a :class:`StepContext` (the docs' convention), any other name
+  for what herder's public API it was assigned from (``h = rt.start(...)``) or what
+  ``herder.runtime`` or ``herder.runtime.testing`` exports under that name; the rest
+  (user classes, other libraries) is not followed;
+- unless it is a fragment, it runs: as ``__main__``, in a fresh working directory.
+
+**The marker.** A block that cannot run by itself (it uses an ``rt`` made elsewhere, a
+remote service, an extra that is not installed, ...) or must not run here (it sets state
+every later test in the process would share, as a global tracer provider) has the line
+``<!-- fragment -->``
+right before its opening fence; Markdown renders the comment as nothing. An unmarked
+block runs, so a new example is run unless its author says it cannot be.
+
+The shell commands shown (```sh blocks and `inline code`) are checked too: each
+``herder SUBCOMMAND`` exists and knows every ``--option`` written after it, and each
+``make TARGET`` is a target of the Makefile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib
+import inspect
+import re
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import herder.runtime
+import herder.runtime.testing
+from herder.runtime import Runtime, RuntimeConfig, StepContext
+from herder.runtime._cli import _parser
+from herder.runtime._demo import _parser as _demo_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+MARKER = "<!-- fragment -->"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
+CONVENTION = {"rt": Runtime, "ctx": StepContext}
+EXPORTED = {
+    name: getattr(module, name)
+    for module in (herder.runtime, herder.runtime.testing)
+    for name in module.__all__
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    page: Path
+    line: int  # of the opening fence
+    code: str
+    fragment: bool
+
+    def __str__(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+
+def _python_blocks() -> list[Block]:
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for m in FENCE.finditer(text):
+            if m[1] == "python":
+                before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+                line = text.count("\n", 0, m.start()) + 1
+                found.append(Block(page, line, m[2], before.strip() == MARKER))
+    return found
+
+
+PYTHON = _python_blocks()
+
+
+# --- calls and attributes -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """What an expression evaluates to: an instance of ``cls``."""
+
+    cls: type
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOf:
+    """A list of instances of ``cls`` (what a ``for`` over it binds)."""
+
+    cls: type
+
+
+def _herder(obj: object) -> bool:
+    return getattr(obj, "__module__", "").startswith("herder.")
+
+
+def _has_attribute(cls: type, name: str) -> bool:
+    if hasattr(cls, name):
+        return True
+    if dataclasses.is_dataclass(cls) and name in {f.name for f in dataclasses.fields(cls)}:
+        return True
+    for klass in cls.__mro__[:-1]:  # set in __init__: `self.name = ...`
+        try:
+            if re.search(rf"\bself\.{name}\b\s*(:[^=\n]*)?=", inspect.getsource(klass)):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
+
+
+def _returns(func: Any) -> object:
+    try:
+        hint = typing.get_type_hints(func).get("return")
+    except Exception:  # a forward reference only a type checker resolves
+        return None
+    if isinstance(hint, type) and _herder(hint):
+        return Instance(hint)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and args and isinstance(args[0], type):
+        return ListOf(args[0])
+    return None
+
+
+class Checker(ast.NodeVisitor):
+    """Follows the names a block binds to herder's API and checks each use of them."""
+
+    def __init__(self, block: Block) -> None:
+        self.block = block
+        self.names: dict[str, object] = {}
+        self.problems: list[str] = []
+
+    def problem(self, node: ast.AST, what: str) -> None:
+        line = self.block.line + getattr(node, "lineno", 0)
+        self.problems.append(f"{self.block.page.relative_to(ROOT)}:{line}: {what}")
+
+    def value(self, node: ast.AST) -> object:
+        if isinstance(node, ast.Name):
+            if node.id in self.names:
+                return self.names[node.id]
+            if node.id in CONVENTION:
+                return Instance(CONVENTION[node.id])
+            return EXPORTED.get(node.id)
+        if isinstance(node, ast.Await):
+            return self.value(node.value)
+        if isinstance(node, ast.Call):
+            return self.call(node)
+        if isinstance(node, ast.Attribute):
+            return self.attribute(node)
+        self.generic_visit(node)  # rt.stats()["host"]: the call inside is checked
+        return None
+
+    def attribute(self, node: ast.Attribute) -> object:
+        owner = self.value(node.value)
+        if isinstance(owner, Instance):
+            cls = owner.cls
+            if not _has_attribute(cls, node.attr):
+                self.problem(node, f"{cls.__name__} has no attribute {node.attr!r}")
+                return None
+            raw = inspect.getattr_static(cls, node.attr, None)
+            if isinstance(raw, property):
+                return _returns(raw.fget)
+            if inspect.isfunction(raw):  # a method: its signature without self
+                return _Method(raw, f"{cls.__name__}.{node.attr}")
+            return getattr(cls, node.attr, None)
+        if isinstance(owner, type) and _herder(owner):
+            if not hasattr(owner, node.attr):
+                self.problem(node, f"{owner.__name__} has no attribute {node.attr!r}")
+                return None
+            return getattr(owner, node.attr)
+        return None
+
+    def call(self, node: ast.Call) -> object:
+        func = self.value(node.func)
+        for argument in [*node.args, *(k.value for k in node.keywords)]:
+            self.visit(argument)
+        if isinstance(func, _Method):
+            target, skip, name = func.function, 1, func.name
+        elif callable(func) and _herder(func):
+            target, skip, name = func, 0, getattr(func, "__qualname__", repr(func))
+        else:
+            return None
+        self.check_arguments(node, target, skip, name)
+        return Instance(target) if isinstance(target, type) else _returns(target)
+
+    def check_arguments(self, node: ast.Call, target: Any, skip: int, name: str) -> None:
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            return
+        parameters = list(signature.parameters.values())[skip:]
+        signature = signature.replace(parameters=parameters)
+        keywords = [k.arg for k in node.keywords if k.arg is not None]
+        # f(*args), f(**kw) and f(...) (arguments left out) are checked by keyword only
+        elided = any(
+            isinstance(a, ast.Starred) or (isinstance(a, ast.Constant) and a.value is ...)
+            for a in node.args
+        )
+        if elided or len(keywords) < len(node.keywords):
+            open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters)
+            for keyword in keywords:
+                if keyword not in signature.parameters and not open_ended:
+                    self.problem(node, f"{name}() takes no argument {keyword!r}")
+        else:
+            try:
+                signature.bind(*node.args, **dict.fromkeys(keywords))
+            except TypeError as exc:
+                self.problem(node, f"{name}(): {exc}")
+                return
+        if target is Runtime:  # Runtime(path, **overrides): the overrides are config fields
+            fields = {f.name for f in dataclasses.fields(RuntimeConfig)}
+            for keyword in keywords:
+                if keyword not in fields and keyword not in signature.parameters:
+                    self.problem(node, f"Runtime() takes no setting {keyword!r}")
+
+    def bind(self, target: ast.AST, value: object) -> None:
+        if isinstance(target, ast.Name) and value is not None:
+            self.names[target.id] = value
+
+    def visit_Call(self, node: ast.Call) -> None:
+        self.call(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        self.attribute(node)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        value = self.value(node.value)
+        for target in node.targets:
+            self.bind(target, value)
+
+    def visit_With(self, node: ast.With | ast.AsyncWith) -> None:
+        for item in node.items:
+            value = self.value(item.context_expr)
+            if item.optional_vars is not None:
+                self.bind(item.optional_vars, value)
+        for statement in node.body:
+            self.visit(statement)
+
+    def visit_AsyncWith(self, node: ast.AsyncWith) -> None:
+        self.visit_With(node)
+
+    def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
+        values = self.value(node.iter)
+        self.bind(node.target, Instance(values.cls) if isinstance(values, ListOf) else None)
+        for statement in [*node.body, *node.orelse]:
+            self.visit(statement)
+
+    def visit_AsyncFor(self, node: ast.AsyncFor) -> None:
+        self.visit_For(node)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Method:
+    """A method read from an instance: called without its ``self``."""
+
+    function: Any
+    name: str  # Runtime.start, not the mixin's Starting.start
+
+
+def _api_problems(block: Block, tree: ast.Module) -> list[str]:
+    checker = Checker(block)
+    checker.visit(tree)
+    return checker.problems
+
+
+def _import_problems(block: Block, tree: ast.Module) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("herder"):
+            where = f"{block.page.relative_to(ROOT)}:{block.line + node.lineno}"
+            module = importlib.import_module(node.module or "")
+            public = getattr(module, "__all__", [n for n in dir(module) if n[0] != "_"])
+            for alias in node.names:
+                if not hasattr(module, alias.name):
+                    yield f"{where}: {node.module} has no {alias.name}"
+                elif alias.name not in public:
+                    yield f"{where}: {alias.name} is not public in {node.module}"
+
+
+@pytest.mark.parametrize("block", PYTHON, ids=str)
+def test_a_python_block_compiles_and_uses_herder_as_it_is(block: Block) -> None:
+    tree = compile(block.code, str(block), "exec", ast.PyCF_ONLY_AST)
+    assert [*_import_problems(block, tree), *_api_problems(block, tree)] == []
+
+
+RUNNABLE = [b for b in PYTHON if not b.fragment]
+
+
+@pytest.mark.parametrize("block", RUNNABLE, ids=str)
+def test_a_block_that_is_no_fragment_runs(
+    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # examples open var/herder relative to the cwd
+    exec(compile(block.code, str(block), "exec"), {"__name__": "__main__"})
+
+
+def test_the_readme_usage_example_prints_what_its_comments_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    usage = next(b for b in PYTHON if b.page.name == "README.md" and not b.fragment)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(usage.code, str(usage), "exec"), {"__name__": "__main__"})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "{'flight': {'pnr': 'X1'}, 'hotel': {'room': 12, 'flight': 'X1'}}"
+    assert printed[1:] == ["SUCCEEDED", "[]"]
+
+
+def test_the_checks_find_what_they_are_for() -> None:
+    """The checker itself: each kind of mistake a renamed API leaves in a doc is found."""
+    wrong = Block(ROOT / "README.md", 0, "", fragment=True)
+    code = """\
+from herder.runtime import Runtime, Gone, _config
+from herder.runtime.testing import FakeClock
+h = rt.start("trip", {}, prio=1)
+h.result(wait=1)
+rt.add_agent("a", object, concurrency=1, limit=2)
+Runtime("var/herder", sweep=0.1)
+ctx.idempotence_key
+for item in rt.inbox():
+    item.stepname
+FakeClock().rewind(1)
+"""
+    tree = ast.parse(code)
+    assert [p.split(": ", 1)[1] for p in _import_problems(wrong, tree)] == [
+        "herder.runtime has no Gone",
+        "_config is not public in herder.runtime",
+    ]
+    found = _api_problems(wrong, tree)
+    assert len(found) == 7, found
+    for expected in ("prio", "wait", "limit", "'sweep'", "idempotence_key", "stepname", "rewind"):
+        assert any(expected in p for p in found), (expected, found)
+
+
+# --- shell commands -----------------------------------------------------------------------
+
+
+def _subcommands() -> dict[str, set[str]]:
+    parser = _parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {name: set(p._option_string_actions) for name, p in sub.choices.items()}
+    options["demo"] = set(_demo_parser()._option_string_actions)
+    options["bench"] = {"--peers", "--quick"}  # the rest goes to the benchmark scripts
+    return options
+
+
+def _commands(program: str) -> Iterator[tuple[str, str]]:
+    """(where, the rest of the line) of each ``program ...`` in shell blocks and code spans."""
+    for page in PAGES:
+        text = page.read_text()
+        snippets = [
+            (text.count("\n", 0, m.start(2)) + 1 + i, line)
+            for m in FENCE.finditer(text)
+            if m[1] == "sh"
+            for i, line in enumerate(m[2].splitlines())
+        ]
+        snippets += [
+            (text.count("\n", 0, m.start()) + 1, m[1]) for m in re.finditer(r"`([^`\n]+)`", text)
+        ]
+        for line, snippet in snippets:
+            for found in re.finditer(rf"(?:^|\s){program} ([^#]*)", snippet):
+                yield f"{page.relative_to(ROOT)}:{line}", found[1]
+
+
+def test_every_herder_command_shown_exists_with_its_options() -> None:
+    options = _subcommands()
+    problems = []
+    seen = 0
+    for where, rest in _commands("herder"):
+        first = rest.split()[0]
+        if first.startswith("-"):
+            names, allowed = [], {"--version", "--help", "-h"}
+        else:
+            names = re.split(r"\\?\||/", first)
+            unknown = [n for n in names if n not in options]
+            if unknown:
+                problems.append(f"{where}: no command herder {'/'.join(unknown)}")
+                continue
+            allowed = set().union(*(options[n] for n in names))
+        seen += 1
+        for option in re.findall(r"(?<![\w-])--?[a-z][a-z-]*", rest):
+            if option not in allowed:
+                problems.append(f"{where}: herder {first} has no {option}")
+    assert problems == []
+    assert seen > 40  # the search still finds the commands
+
+
+def test_every_make_target_shown_exists() -> None:
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
+    shown = [(where, rest.split()[0]) for where, rest in _commands("make") if rest.strip()]
+    assert [f"{where}: make {t}" for where, t in shown if t not in targets] == []
+    assert len(shown) > 5
