@@ -83,6 +83,12 @@ def _python_blocks() -> list[Block]:
 PYTHON = _python_blocks()
 
 
+def _spans(text: str) -> Iterator[tuple[int, str]]:
+    """(line, code) of each `inline code` span of a page."""
+    for m in re.finditer(r"`([^`\n]+)`", text):
+        yield text.count("\n", 0, m.start()) + 1, m[1]
+
+
 # --- calls and attributes -----------------------------------------------------------------
 
 
@@ -134,8 +140,9 @@ def _returns(func: Any) -> object:
 class Checker(ast.NodeVisitor):
     """Follows the names a block binds to herder's API and checks each use of them."""
 
-    def __init__(self, block: Block) -> None:
+    def __init__(self, block: Block, *, partial: bool = False) -> None:
         self.block = block
+        self.partial = partial  # code in the text leaves arguments out: `rt.schedule()`
         self.names: dict[str, object] = {}
         self.problems: list[str] = []
 
@@ -212,7 +219,8 @@ class Checker(ast.NodeVisitor):
                     self.problem(node, f"{name}() takes no argument {keyword!r}")
         else:
             try:
-                signature.bind(*node.args, **dict.fromkeys(keywords))
+                bind = signature.bind_partial if self.partial else signature.bind
+                bind(*node.args, **dict.fromkeys(keywords))
             except TypeError as exc:
                 self.problem(node, f"{name}(): {exc}")
                 return
@@ -266,8 +274,8 @@ class _Method:
     name: str  # Runtime.start, not the mixin's Starting.start
 
 
-def _api_problems(block: Block, tree: ast.Module) -> list[str]:
-    checker = Checker(block)
+def _api_problems(block: Block, tree: ast.Module, *, partial: bool = False) -> list[str]:
+    checker = Checker(block, partial=partial)
     checker.visit(tree)
     return checker.problems
 
@@ -300,6 +308,23 @@ def test_a_block_that_is_no_fragment_runs(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # examples open var/herder relative to the cwd
     exec(compile(block.code, str(block), "exec"), {"__name__": "__main__"})
+
+
+def test_code_in_the_text_uses_herder_as_it_is() -> None:
+    """`Runtime(path, lease=5.0)`, `rt.handoff(deadline=30.0)`, ... in the prose: the
+    same checks, except that required arguments may be left out (`rt.schedule()`)."""
+    problems, checked = [], 0
+    for page in PAGES:
+        for line, span in _spans(page.read_text()):
+            try:
+                tree = ast.parse(span)
+            except SyntaxError:
+                continue  # a command, a path, `Workflow(..., deadline=)`
+            checked += 1
+            block = Block(page, line - 1, span, fragment=True)
+            problems += [*_import_problems(block, tree), *_api_problems(block, tree, partial=True)]
+    assert problems == []
+    assert checked > 500  # the search still finds the spans
 
 
 def test_the_readme_usage_example_prints_what_its_comments_say(
@@ -337,6 +362,10 @@ FakeClock().rewind(1)
     assert len(found) == 7, found
     for expected in ("prio", "wait", "limit", "'sweep'", "idempotence_key", "stepname", "rewind"):
         assert any(expected in p for p in found), (expected, found)
+    prose = ast.parse("rt.schedule()\nRuntime(lease=5.0)\nrt.handoff(deadline=1, wait=2)")
+    assert [p.split(": ", 1)[1] for p in _api_problems(wrong, prose, partial=True)] == [
+        "Runtime.handoff(): got an unexpected keyword argument 'wait'"
+    ]
 
 
 # --- shell commands -----------------------------------------------------------------------
@@ -361,10 +390,7 @@ def _commands(program: str) -> Iterator[tuple[str, str]]:
             if m[1] == "sh"
             for i, line in enumerate(m[2].splitlines())
         ]
-        snippets += [
-            (text.count("\n", 0, m.start()) + 1, m[1]) for m in re.finditer(r"`([^`\n]+)`", text)
-        ]
-        for line, snippet in snippets:
+        for line, snippet in [*snippets, *_spans(text)]:
             for found in re.finditer(rf"(?:^|\s){program} ([^#]*)", snippet):
                 yield f"{page.relative_to(ROOT)}:{line}", found[1]
 
@@ -376,7 +402,7 @@ def test_every_herder_command_shown_exists_with_its_options() -> None:
     for where, rest in _commands("herder"):
         first = rest.split()[0]
         if first.startswith("-"):
-            names, allowed = [], {"--version", "--help", "-h"}
+            allowed = {"--version", "--help", "-h"}
         else:
             names = re.split(r"\\?\||/", first)
             unknown = [n for n in names if n not in options]
