@@ -1,4 +1,4 @@
-"""The code in README.md and docs/*.md still matches the code it shows: users copy it.
+"""The Python in README.md and docs/*.md still matches the code it shows: users copy it.
 
 Every ```python block is checked:
 
@@ -15,18 +15,16 @@ Every ```python block is checked:
 **The marker.** A block that cannot run by itself (it uses an ``rt`` made elsewhere, a
 remote service, an extra that is not installed, ...) or must not run here (it sets state
 every later test in the process would share, as a global tracer provider) has the line
-``<!-- fragment -->``
-right before its opening fence; Markdown renders the comment as nothing. An unmarked
-block runs, so a new example is run unless its author says it cannot be.
+``<!-- fragment -->`` right before its opening fence; Markdown renders the comment as
+nothing. An unmarked block runs, so a new example is run unless its author says it
+cannot be.
 
-The shell commands shown (```sh blocks and `inline code`) are checked too: each
-``herder SUBCOMMAND`` exists and knows every ``--option`` written after it, and each
-``make TARGET`` is a target of the Makefile.
+Python in the prose (`Runtime(path, lease=5.0)`) gets the same checks, with required
+arguments left out as prose does. Commands, files and links: ``test_docs_references.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import importlib
@@ -38,17 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _docs import FENCE, PAGES, ROOT, spans
 
 import herder.runtime
 import herder.runtime.testing
 from herder.runtime import Runtime, RuntimeConfig, StepContext
-from herder.runtime._cli import _parser
-from herder.runtime._demo import _parser as _demo_parser
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKER = "<!-- fragment -->"
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 CONVENTION = {"rt": Runtime, "ctx": StepContext}
 EXPORTED = {
     name: getattr(module, name)
@@ -81,12 +75,6 @@ def _python_blocks() -> list[Block]:
 
 
 PYTHON = _python_blocks()
-
-
-def _spans(text: str) -> Iterator[tuple[int, str]]:
-    """(line, code) of each `inline code` span of a page."""
-    for m in re.finditer(r"`([^`\n]+)`", text):
-        yield text.count("\n", 0, m.start()) + 1, m[1]
 
 
 # --- calls and attributes -----------------------------------------------------------------
@@ -315,7 +303,7 @@ def test_code_in_the_text_uses_herder_as_it_is() -> None:
     same checks, except that required arguments may be left out (`rt.schedule()`)."""
     problems, checked = [], 0
     for page in PAGES:
-        for line, span in _spans(page.read_text()):
+        for line, span in spans(page.read_text()):
             try:
                 tree = ast.parse(span)
             except SyntaxError:
@@ -366,60 +354,3 @@ FakeClock().rewind(1)
     assert [p.split(": ", 1)[1] for p in _api_problems(wrong, prose, partial=True)] == [
         "Runtime.handoff(): got an unexpected keyword argument 'wait'"
     ]
-
-
-# --- shell commands -----------------------------------------------------------------------
-
-
-def _subcommands() -> dict[str, set[str]]:
-    parser = _parser()
-    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    options = {name: set(p._option_string_actions) for name, p in sub.choices.items()}
-    options["demo"] = set(_demo_parser()._option_string_actions)
-    options["bench"] = {"--peers", "--quick"}  # the rest goes to the benchmark scripts
-    return options
-
-
-def _commands(program: str) -> Iterator[tuple[str, str]]:
-    """(where, the rest of the line) of each ``program ...`` in shell blocks and code spans."""
-    for page in PAGES:
-        text = page.read_text()
-        snippets = [
-            (text.count("\n", 0, m.start(2)) + 1 + i, line)
-            for m in FENCE.finditer(text)
-            if m[1] == "sh"
-            for i, line in enumerate(m[2].splitlines())
-        ]
-        for line, snippet in [*snippets, *_spans(text)]:
-            for found in re.finditer(rf"(?:^|\s){program} ([^#]*)", snippet):
-                yield f"{page.relative_to(ROOT)}:{line}", found[1]
-
-
-def test_every_herder_command_shown_exists_with_its_options() -> None:
-    options = _subcommands()
-    problems = []
-    seen = 0
-    for where, rest in _commands("herder"):
-        first = rest.split()[0]
-        if first.startswith("-"):
-            allowed = {"--version", "--help", "-h"}
-        else:
-            names = re.split(r"\\?\||/", first)
-            unknown = [n for n in names if n not in options]
-            if unknown:
-                problems.append(f"{where}: no command herder {'/'.join(unknown)}")
-                continue
-            allowed = set().union(*(options[n] for n in names))
-        seen += 1
-        for option in re.findall(r"(?<![\w-])--?[a-z][a-z-]*", rest):
-            if option not in allowed:
-                problems.append(f"{where}: herder {first} has no {option}")
-    assert problems == []
-    assert seen > 40  # the search still finds the commands
-
-
-def test_every_make_target_shown_exists() -> None:
-    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
-    shown = [(where, rest.split()[0]) for where, rest in _commands("make") if rest.strip()]
-    assert [f"{where}: make {t}" for where, t in shown if t not in targets] == []
-    assert len(shown) > 5
