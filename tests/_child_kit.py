@@ -2,7 +2,10 @@
 
 Shared by the tests that SIGKILL a real process (and by ``benchmarks/handoff.py``): both
 pipes are drained by threads, so a chatty child never blocks on a full pipe, and the
-parent can wait for a line with a timeout.
+parent can wait for a line with a timeout. A line that never comes fails with what
+happened to the child: which one (``label``, the environment it was given), whether it had
+exited and with what code, or that it was still running (then its threads' stacks, by
+``faulthandler`` on SIGABRT, before it is killed), the seconds waited, and its stderr.
 """
 
 from __future__ import annotations
@@ -10,16 +13,22 @@ from __future__ import annotations
 import os
 import pathlib
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
 from typing import IO
 
+GRACE = 10.0
+"""Seconds a child whose stdout closed may take to exit, and one sent SIGABRT to die."""
+
 
 class Child:
     """``python ARGV...`` with its stdout lines queued (and kept in ``seen``) and its
-    stderr lines kept in ``errors``. ``None`` in ``lines`` means stdout closed."""
+    stderr lines kept in ``errors``. ``None`` in ``lines`` means stdout closed.
+    ``label`` (say ``"round 3"``) and ``env`` are named when an expected line never comes.
+    """
 
     def __init__(
         self,
@@ -27,14 +36,18 @@ class Child:
         *,
         cwd: pathlib.Path | None = None,
         env: dict[str, str] | None = None,
+        label: str = "",
     ) -> None:
+        self.label = label
+        self.env = env or {}
         self.proc = subprocess.Popen(
             [sys.executable, *argv],
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=None if env is None else {**os.environ, **env},
+            # faulthandler: a SIGABRT (see _gone) prints every thread's stack.
+            env={**os.environ, **self.env, "PYTHONFAULTHANDLER": "1"},
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
@@ -62,21 +75,39 @@ class Child:
         return self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
 
     def wait_for(self, prefix: str, timeout: float) -> str:
-        """The next line starting with ``prefix``; AssertionError, with the child's
-        stderr, if it ends or stays silent that long first."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """The next line starting with ``prefix``. If the child ends or stays silent that
+        long first: AssertionError saying what happened (a silent child is ended, see
+        :meth:`_gone`)."""
+        start, line = time.monotonic(), ""
+        while line is not None:  # None: its stdout closed
             try:
-                line = self.next_line(deadline)
+                line = self.next_line(start + timeout)
             except queue.Empty:
-                line = None
-            if line is None:
-                raise AssertionError(
-                    f"no line {prefix!r} from pid {self.proc.pid}; stderr:\n"
-                    + "\n".join(self.errors[-30:])
-                )
-            if line.startswith(prefix):
+                break  # silent that long
+            if line is not None and line.startswith(prefix):
                 return line
+        waited = time.monotonic() - start
+        what, grace = ("its stdout closed", GRACE) if line is None else ("silent", 0.0)
+        raise AssertionError(f"no line {prefix!r} in {waited:.1f} s, {what}: {self._gone(grace)}")
+
+    def _gone(self, grace: float) -> str:
+        """Who the child was, how it ended and all its stderr; one still running ``grace``
+        seconds from now is ended (SIGABRT: faulthandler prints its stacks; else SIGKILL)."""
+        try:
+            code = self.proc.wait(timeout=grace)
+            how = f"it had exited with code {code}"
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                code = self.proc.wait(timeout=GRACE)
+            except subprocess.TimeoutExpired:
+                code = self.kill(timeout=GRACE)
+            how = f"it was still running; sent SIGABRT (stacks below), it ended with code {code}"
+        given = " ".join(f"{k}={v}" for k, v in self.env.items()) or "no extra environment"
+        return (
+            f"{self.label or 'child'} (pid {self.proc.pid}, {given}): {how}; stderr:\n"
+            + self.stderr(GRACE)
+        )
 
     def kill(self, timeout: float) -> int:
         """SIGKILL it (if still running), reap it, and return its exit code."""

@@ -46,7 +46,8 @@ def test_every_slot_fires_exactly_once_across_repeated_sigkills(tmp_path: pathli
         crash = round_ % 3 != 0
         round_ += 1
         env = {"HERDER_CRASH_AT": f"writer.after_commit:{rng.randint(2, 12)}"}
-        child = Child([str(CHILD), str(store)], env=env if crash else None)
+        label = f"round {round_}"
+        child = Child([str(CHILD), str(store)], env=env if crash else None, label=label)
         try:
             try:
                 child.wait_for("ready", START_GUARD)
@@ -67,7 +68,7 @@ def test_every_slot_fires_exactly_once_across_repeated_sigkills(tmp_path: pathli
                 ran_before_kill += line.startswith("ran ")
         finally:
             child.kill(timeout=10.0)
-    final = Child([str(CHILD), str(store), "final"])
+    final = Child([str(CHILD), str(store), "final"], label="the final run")
     final.wait_for("caught-up", START_GUARD)
     assert final.proc.wait(timeout=30.0) == 0, final.stderr()
 
