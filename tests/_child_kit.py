@@ -5,7 +5,8 @@ pipes are drained by threads, so a chatty child never blocks on a full pipe, and
 parent can wait for a line with a timeout. A line that never comes fails with what
 happened to the child: which one (``label``, the environment it was given), whether it had
 exited and with what code, or that it was still running (then its threads' stacks, by
-``faulthandler`` on SIGABRT, before it is killed), the seconds waited, and its stderr.
+``faulthandler`` on SIGABRT, before it is killed), the seconds waited, its last lines and
+its stderr. The child's end: :func:`say` prints a line whole, whatever its threads do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ import sys
 import threading
 import time
 from typing import IO
+
+_saying = threading.Lock()
+
+
+def say(line: str) -> None:
+    """In a child process: print ``line`` and flush, whole. ``print()`` writes the text and
+    the newline apart, so lines printed by two threads at once can merge ("ranready") and
+    the parent, which reads lines by prefix, never sees the one it waits for."""
+    with _saying:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
 
 GRACE = 10.0
 """Seconds a child whose stdout closed may take to exit, and one sent SIGABRT to die."""
@@ -91,8 +104,9 @@ class Child:
         raise AssertionError(f"no line {prefix!r} in {waited:.1f} s, {what}: {self._gone(grace)}")
 
     def _gone(self, grace: float) -> str:
-        """Who the child was, how it ended and all its stderr; one still running ``grace``
-        seconds from now is ended (SIGABRT: faulthandler prints its stacks; else SIGKILL)."""
+        """Who the child was, how it ended, its last stdout lines and all its stderr; one
+        still running ``grace`` seconds from now is ended (SIGABRT: faulthandler prints its
+        stacks; else SIGKILL)."""
         try:
             code = self.proc.wait(timeout=grace)
             how = f"it had exited with code {code}"
@@ -105,8 +119,8 @@ class Child:
             how = f"it was still running; sent SIGABRT (stacks below), it ended with code {code}"
         given = " ".join(f"{k}={v}" for k, v in self.env.items()) or "no extra environment"
         return (
-            f"{self.label or 'child'} (pid {self.proc.pid}, {given}): {how}; stderr:\n"
-            + self.stderr(GRACE)
+            f"{self.label or 'child'} (pid {self.proc.pid}, {given}): {how}; its last stdout "
+            f"lines: {self.seen[-5:]}; stderr:\n{self.stderr(GRACE)}"
         )
 
     def kill(self, timeout: float) -> int:
