@@ -3,18 +3,23 @@
 Usage: ``schedule_child.py STORE [final]``. Prints ``ready`` once the schedule is defined
 (the same settings every run, so its cursor is kept) and ``ran <workflow id>`` for each
 action run. ``final`` fires whatever is due, prints ``caught-up`` and stops cleanly.
+Lines go out whole (``say``): slots that fell due while no child ran fire at start, and
+their ``ran`` lines, printed by agent threads, once merged with ``ready`` (the test then
+waited for a ``ready`` line that never came).
 """
 
 from __future__ import annotations
 
 import sys
 
+from _child_kit import say
+
 from herder.runtime import Agent, Runtime, StepContext, Workflow
 
 
 class Job(Agent):
     def run(self, ctx: StepContext) -> str:
-        print("ran", ctx.workflow_id, flush=True)
+        say(f"ran {ctx.workflow_id}")  # from an agent thread
         return ctx.workflow_id
 
 
@@ -24,10 +29,10 @@ def main() -> None:
     rt.add_agent("job", Job, concurrency=4)
     rt.add_workflow(Workflow("job").step("run", agent="job", action="run"))
     rt.schedule("tick", "job", every=1, catch_up="all", overlap="allow")
-    print("ready", flush=True)
+    say("ready")
     if final:
         rt._fire_now()
-        print("caught-up", flush=True)
+        say("caught-up")
         rt.stop()
         return
     rt._wake.wait()  # until SIGKILL
