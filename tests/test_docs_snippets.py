@@ -105,7 +105,7 @@ def _has_attribute(cls: type, name: str) -> bool:
         return True
     for klass in cls.__mro__[:-1]:  # set in __init__: `self.name = ...`
         try:
-            if re.search(rf"\bself\.{name}\b\s*(:[^=\n]*)?=", inspect.getsource(klass)):
+            if re.search(rf"\bself\.{name}\b\s*(:[^=\n]*)?=(?!=)", inspect.getsource(klass)):
                 return True
         except (OSError, TypeError):
             continue
@@ -114,8 +114,9 @@ def _has_attribute(cls: type, name: str) -> bool:
 
 def _returns(func: Any) -> object:
     try:
-        hint = typing.get_type_hints(func).get("return")
-    except Exception:  # a forward reference only a type checker resolves
+        # names a module imports only for type checkers are found among the exported ones
+        hint = typing.get_type_hints(func, localns=EXPORTED).get("return")
+    except Exception:  # a forward reference no namespace here resolves
         return None
     if isinstance(hint, type) and _herder(hint):
         return Instance(hint)
@@ -340,6 +341,8 @@ ctx.idempotence_key
 for item in rt.inbox():
     item.stepname
 FakeClock().rewind(1)
+a = await rt.start_async("trip")
+a.result_async(wait_for=1)
 """
     tree = ast.parse(code)
     assert [p.split(": ", 1)[1] for p in _import_problems(wrong, tree)] == [
@@ -347,8 +350,9 @@ FakeClock().rewind(1)
         "_config is not public in herder.runtime",
     ]
     found = _api_problems(wrong, tree)
-    assert len(found) == 7, found
-    for expected in ("prio", "wait", "limit", "'sweep'", "idempotence_key", "stepname", "rewind"):
+    assert len(found) == 8, found
+    wrong_names = ("prio", "wait", "limit", "'sweep'", "idempotence_key", "stepname", "rewind")
+    for expected in (*wrong_names, "wait_for"):
         assert any(expected in p for p in found), (expected, found)
     prose = ast.parse("rt.schedule()\nRuntime(lease=5.0)\nrt.handoff(deadline=1, wait=2)")
     assert [p.split(": ", 1)[1] for p in _api_problems(wrong, prose, partial=True)] == [
