@@ -107,8 +107,12 @@ class Operator:
                 self._shell.settle()
                 raise
             # Its last transition (e.g. its end) is not durable yet: refuse once it is,
-            # so the caller finds the store in the state the refusal speaks of.
-            self._commits.txn(op.workflow_id).effects.append(Refuse(done, exc))
+            # so the caller finds the store in the state the refusal speaks of. A command
+            # (the CLI's channel) records its refusal in that same later commit.
+            txn = self._commits.txn(op.workflow_id)
+            if op.command is not None:
+                txn.put(*finished_ops(op.command, str(exc), self._clock.time()))
+            txn.effects.append(Refuse(done, exc))
             self._shell.settle()
             return done
         self._shell.perform(self._engine.take())
