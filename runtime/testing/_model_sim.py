@@ -16,7 +16,8 @@ Faults, all decided by the seed: an attempt's error, lost answer, hang past its 
 Scheduler crash (the supervision tree's one_for_all restart: a new Scheduler, watchdog
 and host, recovering from the store); a crash of the whole process at a seeded round or
 at a seeded message (every object in memory is dropped and a new "process" opens the
-store and recovers through the real recovery path); an operator's cancel or abandon,
+store and recovers through the real recovery path); none of these after the rounds, in
+the last settle, which lets everything finish; an operator's cancel or abandon,
 another queued through the commands channel while the process is down; a wall-clock step.
 
 Besides the end state (``verify``), the rules of write-ahead are checked as they happen
@@ -205,6 +206,8 @@ class _Simulation:
             pick = ready[self.order.randrange(len(ready))] if len(ready) > 1 else ready[0]
             pick()
             self.steps += 1
+            if not self.faults.armed:
+                continue  # the last settle, after the rounds, has no faults: no crash either
             if self.steps == self.crash_step:
                 self._crash_process(rnd)
             if self.steps == self.scheduler_crash_step:
