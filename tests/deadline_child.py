@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 import threading
 
+from _child_kit import say
+
 from herder.runtime import Workflow
 
 HOUR = 3600.0
@@ -26,10 +28,6 @@ TWO = (
 def main(store: str) -> None:
     from herder.runtime import Agent, Runtime, StepContext, StepState
     from herder.runtime.testing import wait_until
-
-    def say(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
     class Worker(Agent):
         def do(self, ctx: StepContext) -> str:

@@ -46,6 +46,8 @@ import sys
 import threading
 import time
 
+from _child_kit import say
+
 STEP_TIMEOUT = 2.0
 HANG = 2.5  # seconds a hung request blocks: longer than STEP_TIMEOUT
 WAIT = 30.0  # seconds a run waits for all its workflows before reporting the stuck ones
@@ -95,12 +97,6 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
 
     rng = random.Random(seed)
     rng_lock = threading.Lock()
-    out_lock = threading.Lock()
-
-    def say(line: str) -> None:
-        with out_lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
 
     def fault(ctx: StepContext) -> str | None:
         if mode == "poison":

@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 import threading
 
+from _child_kit import say
+
 from herder.runtime import AnyOf, RetryPolicy, Workflow
 
 MEMBERS = ("airline-eu", "airline-us")
@@ -35,10 +37,6 @@ TRIP = (
 def main(store: str) -> None:
     from herder.runtime import Agent, Runtime, StepContext, StepState
     from herder.runtime.testing import wait_until
-
-    def say(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
     failed = threading.Event()
 

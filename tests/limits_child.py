@@ -20,16 +20,14 @@ import json
 import sys
 import threading
 
+from _child_kit import say
+
 HOUR = 3600.0
 
 
 def main(store: str, mode: str) -> None:
     from herder.runtime import Agent, CircuitBreaker, Runtime, StepContext, StepState, Workflow
     from herder.runtime.testing import settle, wait_until
-
-    def say(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
     class Quick(Agent):
         def call(self, ctx: StepContext) -> str:
