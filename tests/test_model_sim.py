@@ -72,12 +72,23 @@ def test_the_last_settle_after_the_rounds_has_no_crash(scratch: pathlib.Path) ->
     # there queued its operator command for the next process, which had no round left to
     # sweep the commands channel on: "command #1 was never answered".
     seed = 11075
-    schedule = FaultSchedule(seed)
+    schedule = _NoLiveCommand(seed)  # (its live command came later and moves the steps)
     assert schedule.process_crash_step() == 69
     assert schedule.queued_at_restart() is not None
-    report = simulate_exact(seed, scratch / "late-crash")
+    report = simulate_exact(seed, scratch / "late-crash", schedule)
     assert report.problems == []
     assert report.restarts == 0  # the crash step was not reached while faults were armed
+
+
+def test_a_command_sent_through_the_channel_mid_round_is_answered(scratch: pathlib.Path) -> None:
+    # Seed 938 sends a command through the CLI's channel while the process runs, and a
+    # sweep hands it over while the end of its workflow is being committed: the refusal
+    # was once told to no one and the command never answered (see test_operator_cli).
+    seed = 938
+    assert FaultSchedule(seed).command_at() is not None
+    report = simulate_exact(seed, scratch / "command")
+    assert report.problems == []
+    assert "W sweep" in report.trace  # it was sent, and handed over then
 
 
 def test_another_seed_gives_another_history(scratch: pathlib.Path) -> None:
@@ -154,6 +165,13 @@ def test_the_testing_guide_examples_run(capsys: pytest.CaptureFixture[str]) -> N
     for block in blocks:
         exec(compile(block, "docs/testing.md", "exec"), {"__name__": "guide"})
     assert "SUCCEEDED" in capsys.readouterr().out
+
+
+class _NoLiveCommand(FaultSchedule):
+    """A seed's schedule without the command sent while the process runs."""
+
+    def command_at(self) -> None:
+        return None
 
 
 def _eventful_seed() -> int:

@@ -3,7 +3,9 @@
 As the threaded simulation's ``SimOperator`` does through a Runtime, each seed may cancel
 or abandon a workflow at some round, queue a cancel or abandon through the CLI's commands
 channel while the process is down (the next process applies it), and step the wall clock
-an hour either way. Here a request is an :class:`Ask` in the Scheduler's inbox, answered
+an hour either way. Only here: a cancel or abandon sent through that channel while the
+process runs, at a seeded delivery, which a sweep hands over right then (:meth:`deliver`).
+Here a request is an :class:`Ask` in the Scheduler's inbox, answered
 as pykka answers an ask; :class:`ExactOperator` keeps each until it knows whether it took
 effect and says what state each workflow acted on must end in.
 """
@@ -19,7 +21,14 @@ from typing import Any
 from herder.actors import FakeClock, Operate
 from herder.runtime.testing._faults import FaultSchedule
 from herder.runtime.testing._world import SimReport
-from herder.store import Store, WorkflowState, append_command, command_outcome, new_command
+from herder.store import (
+    Store,
+    StoreError,
+    WorkflowState,
+    append_command,
+    command_outcome,
+    new_command,
+)
 
 
 @dataclass
@@ -50,6 +59,7 @@ class ExactOperator:
     ids: list[str]
     clock: FakeClock
     report: SimReport
+    directory: Path
     asked: list[Ask] = field(default_factory=list)  # not yet known applied or not
     queued: tuple[int, int] | None = None  # (command id, round) of one sent while down
     wants: dict[str, WorkflowState] = field(default_factory=dict)
@@ -86,6 +96,33 @@ class ExactOperator:
                 action, self.ids[which], who="simulation", why="queued", now=self.clock.time()
             )
             self.queued = (append_command(directory, command), rnd)
+
+    def __post_init__(self) -> None:
+        self._command = self.schedule.command_at()
+
+    def deliver(self, step: int, rnd: int, sweep: Callable[[], object]) -> None:
+        """At the seed's delivery ``step``: its live command is sent, and a sweep of the
+        watchdog (``sweep``) falls right then and hands it to the Scheduler."""
+        command = self._command
+        if command is not None and command[0] == step and self.send(*command[1:], rnd):
+            self.report.trace.append("W sweep")
+            sweep()
+
+    def send(self, action: str, which: int, rnd: int) -> bool:
+        """The CLI appends a command while the process runs (through its writer, as
+        ``append_command`` does in the process that has the store open); False if its
+        commit failed (the CLI is told so, and nothing was queued) or one is queued."""
+        if self.queued is not None:
+            return False
+        command = new_command(
+            action, self.ids[which], who="simulation", why="live", now=self.clock.time()
+        )
+        try:
+            self.queued = (append_command(self.directory, command), rnd)
+        except StoreError as exc:
+            self.report.trace.append(f"command not sent: {exc!r:.80}")
+            return False
+        return True
 
     def answers(self, store: Store) -> None:
         """Record the requests answered so far (a refused one changed nothing)."""

@@ -142,6 +142,16 @@ class FaultSchedule:
         action = "cancel" if self._draw("queued-action") < 0.5 else "abandon"
         return action, int(self._draw("queued-which") * 2)
 
+    def command_at(self) -> tuple[int, str, int] | None:
+        """(delivery, action, workflow index) of a cancel or abandon the exact simulation
+        sends through the CLI's channel while the process runs (a sweep hands it over
+        right away), or None (half of the seeds)."""
+        if self._draw("command") < 0.5:
+            return None
+        action = "cancel" if self._draw("command-action") < 0.5 else "abandon"
+        step = 1 + int(self._draw("command-step") * 150)
+        return step, action, int(self._draw("command-which") * 2)
+
     def wall_step_at(self) -> tuple[int, float] | None:
         """(round, seconds) of a wall-clock step of an hour either way, or None (2/3)."""
         if self._draw("wall") < 2 / 3:

@@ -18,7 +18,9 @@ and host, recovering from the store); a crash of the whole process at a seeded r
 at a seeded message (every object in memory is dropped and a new "process" opens the
 store and recovers through the real recovery path); none of these after the rounds, in
 the last settle, which lets everything finish; an operator's cancel or abandon,
-another queued through the commands channel while the process is down; a wall-clock step.
+another queued through the commands channel while the process is down, and one sent
+through it while the process runs (at a seeded message, a sweep handing it over right
+then); a wall-clock step.
 
 Besides the end state (``verify``), the rules of write-ahead are checked as they happen
 (``_exact_checks``).
@@ -141,7 +143,7 @@ class _Simulation:
         self.plan = _definition().compile()
         self.ids = [f"s{seed}-{i}" for i in range(schedule.workflows())]
         self.held: list[Sent] = []  # hung attempts, let go after the round's advance
-        self.operator = ExactOperator(schedule, self.ids, self.clock, self.report)
+        self.operator = ExactOperator(schedule, self.ids, self.clock, self.report, directory)
         self.steps = 0
         self.crash_step = schedule.process_crash_step()
         self.scheduler_crash_step = schedule.scheduler_crash_step()
@@ -212,6 +214,7 @@ class _Simulation:
                 self._crash_process(rnd)
             if self.steps == self.scheduler_crash_step:
                 self.proc.ctx.tell_scheduler(Crash())
+            self.operator.deliver(self.steps, rnd, self.proc.watchdog.sweep)
         raise RuntimeError(f"seed {self.seed}: round {rnd} did not settle in {MAX_STEPS} steps")
 
     def _to_scheduler(self) -> None:
