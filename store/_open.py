@@ -122,8 +122,8 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
     append while its runtime runs) to write to it directly."""
     if not (path / "data.mdb").is_file():
         raise StoreError(
-            f"no store at {path}: it is created by the first writer open "
-            "(Store(path) without readonly=True)"
+            f"no store at {path} (no data.mdb there): check the path; a store is created "
+            "when a Runtime (or Store(path) without readonly=True) first opens it"
         )
     options: dict[str, Any] = {"readonly": True}
     if write:  # the size the store has; the settings every writer uses
