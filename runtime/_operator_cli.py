@@ -23,6 +23,7 @@ import sys
 from typing import Any, TextIO
 
 from herder.actors import UnknownWorkflow
+from herder.actors.engine import OPERATOR_WORKFLOW_NEXT
 from herder.runtime._cli_args import add_json, add_store
 from herder.runtime._console import print_table
 from herder.runtime._inbox import inbox_items
@@ -97,8 +98,15 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
             sys.stderr.write(f"herder skip: --result is not valid JSON: {exc}\n")
             return 2
     with Store(path, readonly=True) as store:
-        if store.get_workflow(args.id) is None:
-            raise UnknownWorkflow(f"no workflow with id {args.id!r} in {path}")
+        record = store.get_workflow(args.id)
+    if record is None:
+        raise UnknownWorkflow(f"no workflow with id {args.id!r} in {path}")
+    if record.state.is_final and record.state not in OPERATOR_WORKFLOW_NEXT:  # for good
+        sys.stderr.write(
+            f"herder {action}: refused: workflow {args.id!r} is {record.state}, and no "
+            "operator action applies to a workflow that ended; nothing was queued\n"
+        )
+        return 1
     who = args.who or os.environ.get("USER") or getpass.getuser()
     running = is_held(path)
     command = new_command(action, args.id, args=command_args, who=who, why=args.why)

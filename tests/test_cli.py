@@ -10,6 +10,7 @@ import pytest
 
 from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime._cli import main
+from herder.store import Store, pending_commands
 
 FAST = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
 
@@ -114,14 +115,28 @@ def test_stats_json_counts_workflows_and_steps_by_state(store: Path) -> None:
 def test_retry_without_a_runtime_is_queued_and_changes_nothing_now(
     store: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _ = run("retry", "o-undone", "--store", str(store), "--why", "test")
+    code, _ = run("retry", "o-stuck", "--store", str(store), "--why", "test")
     assert code == 3
     err = capsys.readouterr().err
     assert "no runtime holds the store" in err
     assert "queued" in err
-    assert json.loads(run("show", "o-undone", "--store", str(store), "--json")[1])["state"] == (
-        "COMPENSATED"
+    assert json.loads(run("show", "o-stuck", "--store", str(store), "--json")[1])["state"] == (
+        "NEEDS_ATTENTION"
     )
+
+
+def test_an_action_on_a_workflow_that_ended_is_refused_at_once_and_not_queued(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # COMPENSATED is for good: no runtime could ever apply it, so none is waited for.
+    for action in ("retry", "cancel", "abandon"):
+        code, _ = run(action, "o-undone", "--store", str(store), "--why", "test")
+        assert code == 1
+        err = capsys.readouterr().err
+        assert "refused: workflow 'o-undone' is COMPENSATED" in err
+        assert "nothing was queued" in err
+    with Store(store, readonly=True) as ro:
+        assert [c for c in pending_commands(ro) if c["workflow_id"] == "o-undone"] == []
 
 
 def test_show_prints_the_workflow_history(store: Path) -> None:
