@@ -3,11 +3,11 @@
 As the threaded simulation's ``SimOperator`` does through a Runtime, each seed may cancel
 or abandon a workflow at some round, queue a cancel or abandon through the CLI's commands
 channel while the process is down (the next process applies it), and step the wall clock
-an hour either way. Only here: a cancel or abandon sent through that channel while the
+an hour either way; here also a cancel or abandon sent through that channel while the
 process runs, at a seeded delivery, which a sweep hands over right then (:meth:`deliver`).
-Here a request is an :class:`Ask` in the Scheduler's inbox, answered
-as pykka answers an ask; :class:`ExactOperator` keeps each until it knows whether it took
-effect and says what state each workflow acted on must end in.
+A request is an :class:`Ask` in the Scheduler's inbox, answered as pykka answers an ask;
+:class:`ExactOperator` keeps each until it knows whether it took effect and says what
+state each workflow acted on must end in.
 """
 
 from __future__ import annotations
@@ -61,8 +61,11 @@ class ExactOperator:
     report: SimReport
     directory: Path
     asked: list[Ask] = field(default_factory=list)  # not yet known applied or not
-    queued: tuple[int, int] | None = None  # (command id, round) of one sent while down
+    queued: tuple[int, int] | None = None  # (command id, round) of one not yet answered
     wants: dict[str, WorkflowState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._command = self.schedule.command_at()  # the one sent while the process runs
 
     @property
     def busy(self) -> bool:
@@ -83,22 +86,15 @@ class ExactOperator:
             self.clock.step_wall(step[1])
             self.report.operator.append(f"{rnd} step_wall {step[1]:+.0f}")
 
-    def process_died(self, directory: Path, rnd: int) -> None:
+    def process_died(self, rnd: int) -> None:
         """The process died: its callers with it (the store will say what took effect);
         while it is down, the seed's command may be queued through the CLI's channel."""
         for ask in self.asked:
             if ask.pending:
                 ask.answer(None, None)
         queued = self.schedule.queued_at_restart()
-        if queued is not None and self.queued is None:
-            action, which = queued
-            command = new_command(
-                action, self.ids[which], who="simulation", why="queued", now=self.clock.time()
-            )
-            self.queued = (append_command(directory, command), rnd)
-
-    def __post_init__(self) -> None:
-        self._command = self.schedule.command_at()
+        if queued is not None:
+            self.send(*queued, rnd, why="queued")
 
     def deliver(self, step: int, rnd: int, sweep: Callable[[], object]) -> None:
         """At the seed's delivery ``step``: its live command is sent, and a sweep of the
@@ -108,14 +104,14 @@ class ExactOperator:
             self.report.trace.append("W sweep")
             sweep()
 
-    def send(self, action: str, which: int, rnd: int) -> bool:
-        """The CLI appends a command while the process runs (through its writer, as
-        ``append_command`` does in the process that has the store open); False if its
-        commit failed (the CLI is told so, and nothing was queued) or one is queued."""
+    def send(self, action: str, which: int, rnd: int, why: str = "live") -> bool:
+        """The CLI appends a command (while the process runs, through its writer, as
+        ``append_command`` does in the process that has the store open); False if one is
+        not answered yet, or if the commit failed (the CLI is told so, nothing queued)."""
         if self.queued is not None:
             return False
         command = new_command(
-            action, self.ids[which], who="simulation", why="live", now=self.clock.time()
+            action, self.ids[which], who="simulation", why=why, now=self.clock.time()
         )
         try:
             self.queued = (append_command(self.directory, command), rnd)

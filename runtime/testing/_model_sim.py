@@ -363,7 +363,7 @@ class _Simulation:
         self.held.clear()  # their threads died with the process
         armed, self.faults.armed = self.faults.armed, False
         proc.store.close()
-        self.operator.process_died(self.directory, rnd)
+        self.operator.process_died(rnd)
         self.faults.armed = armed
         self.proc = self._open(late=self.schedule.registers_late())
 
