@@ -185,3 +185,35 @@ def test_finishing_a_workflow_fences_its_attempts_in_flight() -> None:
     late = engine.handle(Answered(1000, ok=True), now=13.0, rand=lambda: 0.5)
     assert not late
     assert engine.counters["stale"] == 1
+
+
+def test_a_step_that_times_out_while_its_orphan_waits_to_run_again_is_undone() -> None:
+    # Cancelled while a's attempt hangs; then a failed commit reloads the workflow, and the
+    # store says a is DISPATCHED: an orphan, queued to run again (its effect may have
+    # happened, so even while compensating). a then times out: FAILED, to be undone. Its
+    # compensation takes the place of that forward job, which can no longer run. (Found
+    # by the threaded simulation, seed 482: the compensation was not queued, a being
+    # "queued already", and the workflow stayed COMPENSATING for good.)
+    engine = _engine()
+    _dispatch(engine, _started(engine), token=1000, now=11.0)
+    run = engine.runs["w1"]
+    engine.at(12.0, lambda: 0.5)
+    actions.cancel(engine, run)
+    engine.take()
+    record, steps = run.record, list(run.steps.values())
+    engine.forget("w1")  # its next commit failed: it is read back from the store
+    assert engine.load(record, steps) is not None
+    resumed = engine.handle(Resumed("w1", recovered=True), now=13.0, rand=lambda: 0.5)
+    assert [(a.job.step, a.job.compensating) for a in resumed.now if isinstance(a, Enqueue)] == [
+        ("a", False)
+    ]
+    a = engine.runs["w1"].steps["a"]
+    lapsed = engine.handle(
+        TimerDue("w1", "a", a.timer_ms, a.token, busy=True), now=50.0, rand=lambda: 0.5
+    )
+    assert _steps(lapsed) == [("a", S.FAILED)]
+    undo = [(a.job.step, a.job.compensating) for a in lapsed.now if isinstance(a, Enqueue)]
+    assert undo == [("a", True)]
+    run = engine.runs["w1"]
+    assert run.jobs["a"].compensating
+    assert "a" in run.queued

@@ -208,8 +208,9 @@ class Machine:
             self.finish(run, then.finish)
 
     def enqueue(self, run: WorkflowRun, step: str, *, compensating: bool) -> None:
-        """Queue ``step`` on its agent (unless it waits there already)."""
-        if step in run.queued:
+        """Queue ``step`` on its agent, unless it waits there for the same: a job of the
+        other kind (an orphan's re-run, its step now to be undone) gives up its place."""
+        if step in run.queued and run.jobs[step].compensating == compensating:
             return
         run.queued.add(step)
         job = run.jobs[step] = Job(run.record.id, step, compensating)
