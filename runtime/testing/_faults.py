@@ -143,9 +143,10 @@ class FaultSchedule:
         return action, int(self._draw("queued-which") * 2)
 
     def command_at(self) -> tuple[int, str, int] | None:
-        """(delivery, action, workflow index) of a cancel or abandon the exact simulation
-        sends through the CLI's channel while the process runs (a sweep hands it over
-        right away), or None (half of the seeds)."""
+        """(delivery, action, workflow index) of a cancel or abandon sent through the CLI's
+        channel while the process runs (a sweep hands it over right away), or None (half
+        of the seeds). The exact simulation sends it at that delivery, the threaded one
+        in round delivery mod 3."""
         if self._draw("command") < 0.5:
             return None
         action = "cancel" if self._draw("command-action") < 0.5 else "abandon"

@@ -127,7 +127,7 @@ def simulate(
             rt.schedule("tick", "sim", every=ROUND, input={"seed": seed}, catch_up="all")
         rt._store.writer.fault = faults
         faults.armed = True
-        operator = SimOperator(schedule, ids, faults)
+        operator = SimOperator(schedule, ids, faults, Path(directory))
         for rnd in range(MAX_ROUNDS):
             report.rounds = rnd + 1
             _quiet(rt, world)
@@ -151,7 +151,7 @@ def simulate(
             if pause_at == rnd:
                 ids += _pause_schedule(rt, faults, report)
                 pause_at = None
-            if pause_at is None and all(rt.status(w).state.is_final for w in ids):
+            if pause_at is None and _ended(rt, ids, operator):
                 break
             rt._settle()
             clock.advance(ROUND)
@@ -161,6 +161,7 @@ def simulate(
             world.gate.release()  # hung attempts answer now, after their timeout
         faults.armed = False
         _quiet(rt, world)
+        report.problems += operator.live_answered(rt)
         report.faults = world.faults
         report.store_faults = faults.failed
         report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
@@ -171,6 +172,12 @@ def simulate(
         world.gate.release()
         rt.stop(timeout=5)
     return report
+
+
+def _ended(rt: Runtime, ids: list[str], operator: SimOperator) -> bool:
+    """Every workflow is final and the command sent while up has its outcome (one whose
+    outcome's commit failed is sent again a few rounds later)."""
+    return not operator.unanswered(rt) and all(rt.status(w).state.is_final for w in ids)
 
 
 def _restart(
