@@ -197,11 +197,11 @@ def _restart(
     world.gate.release()
     report.stale += call(rt._scheduler, "stats", timeout=QUIET_WAIT)["stale"]
     rt.stop(timeout=5)
-    queued = operator.queue_while_down(directory)
+    queued = operator.queue_while_down()
     rt = _open(directory, clock, world)
     rt._store.writer.fault = faults
     if queued is not None:
-        problem = operator.answered(rt, directory, queued, rnd)
+        problem = operator.answered(rt, queued, rnd)
         report.problems += [] if problem is None else [problem]
     faults.armed = True
     report.restarts += 1

@@ -69,13 +69,7 @@ class SimOperator:
         command = self._schedule.command_at()
         if command is None or command[0] % 3 != rnd:
             return
-        action, which = command[1:]
-        self._faults.armed = False  # (as for the requests: the CLI's own append succeeds)
-        try:
-            sent = new_command(action, self._ids[which], who="simulation", why="live")
-            self.live = (append_command(self._directory, sent), rnd)
-        finally:
-            self._faults.armed = True
+        self.live = (self._append(*command[1:], why="live"), rnd)
         rt._sweep_now()
 
     def unanswered(self, rt: Runtime) -> bool:
@@ -84,7 +78,7 @@ class SimOperator:
 
     def live_answered(self, rt: Runtime) -> list[str]:
         """At the end, faults off: the command sent while up, answered (and recorded)."""
-        problem = None if self.live is None else self.answered(rt, self._directory, *self.live)
+        problem = None if self.live is None else self.answered(rt, *self.live)
         return [] if problem is None else [problem]
 
     def _apply(self, rt: Runtime, action: str, workflow_id: str, rnd: int) -> None:
@@ -108,20 +102,25 @@ class SimOperator:
         elif workflow_id not in self.wants:
             self.wants[workflow_id] = WorkflowState.CANCELLED
 
-    def queue_while_down(self, directory: Path) -> int | None:
+    def queue_while_down(self) -> int | None:
         """Queue the seed's command while no runtime runs (as the CLI does); its id."""
         queued = self._schedule.queued_at_restart()
-        if queued is None:
-            return None
-        action, which = queued
-        command = new_command(action, self._ids[which], who="simulation", why="queued")
-        return append_command(directory, command)
+        return None if queued is None else self._append(*queued, why="queued")
 
-    def answered(self, rt: Runtime, directory: Path, command_id: int, rnd: int) -> str | None:
+    def _append(self, action: str, which: int, *, why: str) -> int:
+        """Append a command as the CLI does (its own append meets no store fault); its id."""
+        armed, self._faults.armed = self._faults.armed, False
+        try:
+            command = new_command(action, self._ids[which], who="simulation", why=why)
+            return append_command(self._directory, command)
+        finally:
+            self._faults.armed = armed
+
+    def answered(self, rt: Runtime, command_id: int, rnd: int) -> str | None:
         """After the restart: the queued command's outcome, recorded; a problem, or None."""
         rt._sweep_now()  # one for a workflow already final is answered by the sweep
         rt._settle()
-        outcome = wait_outcome(directory, command_id, QUIET_WAIT)
+        outcome = wait_outcome(self._directory, command_id, QUIET_WAIT)
         if outcome is None:
             return f"command #{command_id} was never answered"
         workflow_id = str(outcome["workflow_id"])
