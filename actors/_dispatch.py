@@ -371,8 +371,12 @@ class Dispatcher:
 
     def stats(self) -> dict[str, Any]:
         """The agents', the host's and the gates' gauges."""
+        agents = {  # ahead: reserved for no instance yet (as "queued", work that waits)
+            name: {**row, "ahead": getattr(self.lanes.get(name), "ahead", 0)}
+            for name, row in self.host.stats().items()
+        }
         return {
-            "agents": self.host.stats(),
+            "agents": agents,
             "host": self.host.host_stats(),
             "resources": self.admission.stats(),
             "reserved_ahead": self.lanes.reserved,

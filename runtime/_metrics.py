@@ -39,18 +39,18 @@ def stats_collector(stats: Callable[[], dict[str, Any]]) -> Any:
                 workflows.add_metric([str(state)], count)
             yield workflows
             for name, value in snap["steps"].items():
-                if name in ("active_workflows", "in_flight_attempts"):
+                if name in ("active_workflows", "in_flight_attempts", "ahead"):
                     yield GaugeMetricFamily(f"herder_{name}", f"Current {name}", value=value)
                 else:
                     yield CounterMetricFamily(
                         f"herder_steps_{name}", f"Step attempts {name}", value=value
                     )
-            for gauge in ("instances", "busy", "queued"):
+            for gauge in ("instances", "busy", "queued", "ahead"):
                 family = GaugeMetricFamily(
                     f"herder_agent_{gauge}", f"Agent {gauge} per agent name", labels=["agent"]
                 )
                 for agent, values in snap["agents"].items():
-                    family.add_metric([agent], values[gauge])
+                    family.add_metric([agent], values.get(gauge, 0))
                 yield family
             yield from _resource_families(
                 snap.get("resources", {}), GaugeMetricFamily, CounterMetricFamily

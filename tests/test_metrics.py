@@ -28,6 +28,8 @@ def test_the_prometheus_collector_exposes_runtime_stats(tmp_path: Path) -> None:
     assert 'herder_workflows{state="SUCCEEDED"} 1.0' in text
     assert "herder_steps_succeeded_total 1.0" in text
     assert 'herder_agent_instances{agent="echo"} 1.0' in text
+    assert 'herder_agent_ahead{agent="echo"} 0.0' in text  # a gauge per agent
+    assert "herder_ahead 0.0" in text  # a gauge, not a counter (no _total)
     assert "herder_store_commits_total" in text
 
 
