@@ -279,14 +279,15 @@ def _quiet(rt: Runtime, world: _ThreadedWorld) -> None:
         rt._store.writer.flush(timeout=QUIET_WAIT)
         stats = call(rt._scheduler, "stats", timeout=QUIET_WAIT)
         # Work may queue only behind instances that are all busy (hung), or behind an
-        # agent whose last health check failed.
+        # agent whose last health check failed; attempts reserved ahead wait only behind
+        # busy instances (a health check holds no attempt: not behind a crashed instance
+        # that restarts after a backoff in real time, while the fake clock stands still).
         sick = {n for n, r in stats["resources"].items() if r.get("healthy") is False}
         waiting = any(
-            a["queued"] and a["busy"] < _concurrency(world) and name not in sick
+            ((a["queued"] and name not in sick) or a["ahead"]) and a["busy"] < _concurrency(world)
             for name, a in stats["agents"].items()
         )
         with gate.cond:
-            # (attempts reserved ahead wait, once durable, only behind busy instances)
             running = stats["in_flight_attempts"] - stats["ahead"]
             return running <= gate.hung and not waiting
 
