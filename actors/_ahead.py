@@ -15,7 +15,10 @@ The write-ahead rule does not change: what waits in ``ready`` is durable. What c
 - a deadline is recorded at the reservation, so it would include the time spent
   waiting in ``ready``: when the attempt is handed over its deadline in memory counts
   from then (``Engine.restamp``; the stored one is what a crash recovers, and its timer,
-  still due, is resent until the later deadline has passed too). The prefetch is capped
+  still due, is resent until the later deadline has passed too). One still waiting when
+  its timer comes (its instance crashed and restarts, say) is restamped, not timed out:
+  it waits as a queued job would, spending no attempt; an instance that fails to start
+  costs the oldest one an attempt when no job is queued. The prefetch is capped
   so that prefetch x the observed p95 action time stays under a tenth of the step's
   timeout (off until one action of the agent was timed), and off for steps with a
   heartbeat timeout;
@@ -269,6 +272,13 @@ class Lanes:
                 lane.ahead += 1
                 lane.ready.appendleft(message)
                 return
+
+    def oldest(self, agent: str) -> int | None:
+        """The token of ``agent``'s oldest attempt waiting in its lane (it leaves the
+        lane: the caller ends it), if any."""
+        lane = self._lanes.get(agent)
+        run = None if lane is None or lane.ready is None else next_ready(lane.ready)
+        return None if run is None else run.token
 
     def answered(self, msg: Outcome) -> bool:
         """Time the answer; True if the instance went on with a ready attempt (the

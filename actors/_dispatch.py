@@ -214,7 +214,10 @@ class Dispatcher:
         except AgentUnavailable as exc:
             self.admission.crashed(msg.agent, 0)
             job = self._next_job(msg.agent)
-            return [] if job is None else [StartFailed(job, str(exc))]
+            if job is not None:
+                return [StartFailed(job, str(exc))]
+            token = self.lanes.oldest(msg.agent)  # else the oldest attempt waiting ahead
+            return [] if token is None else [AttemptLost(token, str(exc))]
         if msg.kind is ChildEventKind.CRASHED and msg.instance is not None:
             self.admission.crashed(msg.agent, len(lost))
         self._engine.counters["crashes"] += len(lost)
@@ -337,7 +340,7 @@ class Dispatcher:
 
     def _next_job(self, agent: str) -> Job | None:
         """An instance of ``agent`` failed to start: the first job waiting for it pays an
-        attempt, so an agent that can never start cannot hold its queue forever."""
+        attempt (else one reserved ahead does): an agent that never starts holds no work."""
         queue = self.host.queue(agent)
         while queue:
             job = queue.pop()

@@ -27,7 +27,14 @@ from herder.actors import (
 )
 from herder.actors._ahead import MIN_SAMPLES, Lane, next_ready
 from herder.actors._messages import Outcome, Run
-from herder.runtime import CircuitBreaker, InvalidInput, Runtime, StepState, Workflow
+from herder.runtime import (
+    CircuitBreaker,
+    InvalidInput,
+    RetryPolicy,
+    Runtime,
+    StepState,
+    Workflow,
+)
 from herder.runtime._config import DEFAULT_PREFETCH
 from herder.runtime.testing import (
     FakeClock,
@@ -413,3 +420,76 @@ def lapses_from_its_start(rt: Runtime, clock: FakeClock, lapsed: str) -> None:
     advance(rt, clock, 7.0)  # t=19: its timeout from t=8 has passed
     wait_until(rt, lambda: lapsed in (rt.status("w2").steps["s"].error or ""))
     Gated.go["w2"].set()
+
+
+def test_an_attempt_waiting_past_its_recorded_deadline_waits_on_for_its_instance(
+    tmp_path: Path,
+) -> None:
+    """Its time counts from its hand-over: the timer of the deadline recorded with it
+    does not time it out (nor spend an attempt) while the instance is still held."""
+    clock = FakeClock()
+    Gated.started, Gated.go = {}, {}
+    with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
+        rt.add_agent("gated", Gated, concurrency=1)
+        rt.add_workflow(
+            Workflow("long", version=1).step("s", agent="gated", action="act", timeout=100)
+        )
+        rt.add_workflow(
+            Workflow("short", version=1).step("s", agent="gated", action="act", timeout=10)
+        )
+        Gated.go["w0"] = threading.Event()
+        Gated.go["w0"].set()
+        assert rt.start("short", {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}
+        rt.start("long", {}, workflow_id="w1")  # holds the one instance for 100 s
+        assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
+        waiting = rt.start("short", {}, workflow_id="w2")  # recorded ahead: deadline t=10
+        wait_until(rt, lambda: rt.stats()["steps"]["reserved_ahead"] == 1)
+        for _ in range(3):  # t=30: its recorded deadline passed long ago, it never started
+            advance(rt, clock, 10.0)
+        step = rt.status("w2").steps["s"]
+        assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
+        assert rt.stats()["agents"]["gated"]["ahead"] == 1
+        for workflow_id in ("w1", "w2"):
+            Gated.go.setdefault(workflow_id, threading.Event()).set()
+        assert waiting.result(timeout=WAIT) == {"s": 1}  # its first attempt, on the instance
+
+
+class Fragile(Agent):
+    """Builds until ``broken`` is set; then its factory fails."""
+
+    broken = False
+
+    def __init__(self) -> None:
+        if Fragile.broken:
+            raise ConnectionError("cannot connect")
+
+    def ok(self, ctx: StepContext) -> int:
+        return ctx.attempt
+
+
+def test_attempts_reserved_ahead_for_an_agent_that_cannot_start_pay_their_attempts(
+    tmp_path: Path,
+) -> None:
+    """An instance that fails to start costs the next job waiting for it an attempt; with
+    none queued, the oldest attempt waiting ahead pays: none waits for ever."""
+    clock = FakeClock()
+    Fragile.broken = False
+    with Runtime(
+        tmp_path / "s", clock=clock, prefetch=3, agent_host="thread", instance_idle_timeout=5
+    ) as rt:
+        rt.add_agent("fragile", Fragile, concurrency=1)
+        rt.add_workflow(
+            Workflow("one", version=1).step(
+                "s", agent="fragile", action="ok", timeout=60, retry=RetryPolicy(max_attempts=2)
+            )
+        )
+        assert rt.start("one", {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}  # timed
+        advance(rt, clock, 6.0)  # its instance idled past the idle timeout: stopped
+        wait_until(rt, lambda: rt.stats()["agents"]["fragile"]["instances"] == 0)
+        Fragile.broken = True
+        rt.start("one", {}, workflow_id="w1")  # reserved ahead of the instance it starts
+        wait_until(rt, lambda: rt.status("w1").state.is_final)  # no clock moved: no timeout
+        step = rt.status("w1").steps["s"]
+        assert step.attempt == 2, step
+        assert "failed to start" in (step.error or ""), step
+        assert rt.stats()["steps"]["reserved_ahead"] >= 1

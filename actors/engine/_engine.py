@@ -48,14 +48,7 @@ from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._runs import Attempt, WorkflowRun
 from herder.actors.engine._step import dispatch, heartbeat, lapse
-from herder.store import (
-    Plan,
-    StepRecord,
-    StepSpec,
-    StepState,
-    WorkflowRecord,
-    plan_steps,
-)
+from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowRecord, plan_steps
 
 CRASH_ERROR = "herder.InstanceCrashed"
 """The error type of an attempt whose instance crashed or could not start."""
@@ -346,9 +339,13 @@ class Engine(Machine):
         lapsed = lapse(st, run.specs[st.name], self.now, self.defaults.default_timeout)
         if lapsed is None:
             return
+        waiting = self.inflight.get(st.token)
+        if waiting is not None and not self.started(st.token):
+            self.restamp(waiting, self.now)  # it waits for an instance: its time counts from then
+            return
         agent = agent_for(run.specs[st.name], st)
         hung = False
-        if st.token not in self.inflight and st.name in run.queued:
+        if waiting is None and st.name in run.queued:
             if not msg.busy:
                 return  # orphaned by a restart and already queued to run again
             # A reload left it queued while an instance still runs (hangs in) the old
