@@ -14,7 +14,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--sim-seeds",
         type=int,
-        default=50,
+        default=200,
         help="seeds the threaded simulation runs (HERDER_SIM_SEED=N runs only seed N)",
     )
     parser.addoption(
