@@ -341,6 +341,12 @@ class Lanes:
             self._replace.add(attempt.token)
         return True
 
+    def counted(self, hosted: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        """``hosted`` (the host's counters per agent) with each agent's ``ahead``: its
+        attempts reserved for no instance yet (with ``queued``, the work that waits)."""
+        lanes = self._lanes
+        return {n: {**row, "ahead": getattr(lanes.get(n), "ahead", 0)} for n, row in hosted.items()}
+
     def ahead(self) -> int:
         """Attempts reserved ahead and not yet running (waiting for a commit or an
         instance)."""

@@ -370,16 +370,14 @@ class Dispatcher:
             name: limit_facts(entry.concurrency, *entry.limits)
             for name, entry in self.agents.items()
         }
-        return agent_facts(self.host.stats(), self.admission.stats(), configured)
+        return agent_facts(
+            self.lanes.counted(self.host.stats()), self.admission.stats(), configured
+        )
 
     def stats(self) -> dict[str, Any]:
         """The agents', the host's and the gates' gauges."""
-        agents = {  # ahead: reserved for no instance yet (as "queued", work that waits)
-            name: {**row, "ahead": getattr(self.lanes.get(name), "ahead", 0)}
-            for name, row in self.host.stats().items()
-        }
         return {
-            "agents": agents,
+            "agents": self.lanes.counted(self.host.stats()),
             "host": self.host.host_stats(),
             "resources": self.admission.stats(),
             "reserved_ahead": self.lanes.reserved,

@@ -42,7 +42,7 @@ def agent_facts(
 
     def load(name: str) -> tuple[int, str]:
         row = hosted.get(name, {})
-        return -(row.get("busy", 0) + row.get("queued", 0)), name
+        return -(row.get("busy", 0) + row.get("queued", 0) + row.get("ahead", 0)), name
 
     kept = sorted(names, key=load)[:MAX_AGENTS]
     agents = {

@@ -333,7 +333,7 @@ def _show_live(out: TextIO, live: dict[str, Any]) -> None:
     """The facts the running runtime last published (``herder.actors._facts``), and their age."""
     age = max(0.0, time.time() - live["at"])
     stale = "; STALE: no runtime renews them" if age > FACTS_STALE else ""
-    columns = ("concurrency", "instances", "busy", "queued", "breaker", "healthy")
+    columns = ("concurrency", "instances", "busy", "queued", "ahead", "breaker", "healthy")
     rows = [(agent, *(row.get(c, "") for c in columns)) for agent, row in live["agents"].items()]
     out.write("\n")
     title = f"agents (live, published {age:.0f} s ago{stale})"

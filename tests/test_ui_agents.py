@@ -54,6 +54,7 @@ def test_the_runtime_publishes_its_agent_facts_on_its_clock_and_only_when_they_c
         assert echo["rate_per_second"] == 50.0
         assert echo["instances"] == 1
         assert echo["queued"] == 0
+        assert echo["ahead"] == 0  # attempts recorded ahead of a free instance
         assert echo["busy"] == 0
         assert facts["agents"][HOSTILE]["concurrency"] == 1
         assert facts["agents"]["adapt"]["adaptive"] == "1..8"

@@ -250,6 +250,7 @@ _FACT_COLUMNS = (
     "instances",
     "busy",
     "queued",
+    "ahead",
     "rate_per_second",
     "throttled",
     "breaker",
