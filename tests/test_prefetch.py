@@ -5,6 +5,7 @@ more than ``concurrency`` at once, never before they are durable, and within the
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import deque
@@ -388,17 +389,25 @@ class Gated(Agent):
         return ctx.attempt
 
 
-def test_an_attempt_that_waited_for_an_instance_gets_its_whole_timeout(tmp_path: Path) -> None:
-    clock = FakeClock()
+@contextlib.contextmanager
+def gated(tmp_path: Path, clock: FakeClock, **timeouts: float) -> Iterator[Runtime]:
+    """A runtime reserving ahead (prefetch 3) for the one-instance agent ``gated``, with a
+    one-step workflow per ``name=timeout``; the first one ran once (w0), so its action was
+    timed and attempts may be reserved ahead from now on."""
     Gated.started, Gated.go = {}, {}
     with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
         rt.add_agent("gated", Gated, concurrency=1)
-        rt.add_workflow(
-            Workflow("one", version=1).step("s", agent="gated", action="act", timeout=10)
-        )
-        Gated.go["w0"] = threading.Event()
-        Gated.go["w0"].set()
-        assert rt.start("one", {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}  # timed
+        for name, timeout in timeouts.items():
+            step = Workflow(name, version=1).step("s", agent="gated", action="act", timeout=timeout)
+            rt.add_workflow(step)
+        Gated.go.setdefault("w0", threading.Event()).set()
+        assert rt.start(next(iter(timeouts)), {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}
+        yield rt
+
+
+def test_an_attempt_that_waited_for_an_instance_gets_its_whole_timeout(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with gated(tmp_path, clock, one=10) as rt:
         rt.start("one", {}, workflow_id="w1")  # runs, and holds the one instance
         Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
         rt.start("one", {}, workflow_id="w2")  # recorded ahead, at t=0: deadline t=10
@@ -428,18 +437,7 @@ def test_an_attempt_waiting_past_its_recorded_deadline_waits_on_for_its_instance
     """Its time counts from its hand-over: the timer of the deadline recorded with it
     does not time it out (nor spend an attempt) while the instance is still held."""
     clock = FakeClock()
-    Gated.started, Gated.go = {}, {}
-    with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
-        rt.add_agent("gated", Gated, concurrency=1)
-        rt.add_workflow(
-            Workflow("long", version=1).step("s", agent="gated", action="act", timeout=100)
-        )
-        rt.add_workflow(
-            Workflow("short", version=1).step("s", agent="gated", action="act", timeout=10)
-        )
-        Gated.go["w0"] = threading.Event()
-        Gated.go["w0"].set()
-        assert rt.start("short", {}, workflow_id="w0").result(timeout=WAIT) == {"s": 1}
+    with gated(tmp_path, clock, short=10, long=100) as rt:
         rt.start("long", {}, workflow_id="w1")  # holds the one instance for 100 s
         assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
         waiting = rt.start("short", {}, workflow_id="w2")  # recorded ahead: deadline t=10
