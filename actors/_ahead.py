@@ -65,6 +65,9 @@ STARTED_CAP = 65536
 TIMEOUT_SHARE = 10
 """prefetch x p95 action time stays under timeout / TIMEOUT_SHARE."""
 
+_RERUN = (StepState.DISPATCHED, StepState.COMPENSATING)
+"""States of a step whose job runs it again when its token is in flight no more."""
+
 
 @dataclass(slots=True)
 class Lane:
@@ -87,6 +90,7 @@ class Lane:
     # unique), not one per agent name (one of 10,000 names holds 200 bytes of dict).
     _started: dict[int, float] = field(default_factory=dict)
     host: Any = None  # the host serving the agent (routed once per configure)
+    name: str = ""  # the agent's
     feeds: bool = False  # the host self-feeds: it has moved_on
 
     def configure(self, concurrency: int, prefetch: int) -> None:
@@ -186,7 +190,7 @@ class Lanes:
             lane = self._lanes[name] = Lane(_started=self._started)
         lane.configure(concurrency, 0 if limited else self._config.prefetch)
         assert self._host is not None
-        lane.host = routed(self._host, name)
+        lane.host, lane.name = routed(self._host, name), name
         lane.feeds = hasattr(lane.host, "moved_on")
         if hasattr(lane.host, "on_lined_start"):  # a pool host hands lined attempts over
             lane.host.on_lined_start = self.lined_start
@@ -219,8 +223,18 @@ class Lanes:
         when it has a heartbeat timeout (no reserving ahead for it)."""
         if lane is None or lane.ahead >= lane.room:
             return False
-        spec = run.specs[job.step]
-        if not job.compensating and run.steps[job.step].state is StepState.UNKNOWN:
+        spec, st = run.specs[job.step], run.steps[job.step]
+        # Run again (a reload, a recovery) while its last attempt may still run, or hang,
+        # here: it waits queued, where that attempt's timer finds it and replaces its
+        # instance (Engine._timer_due). Reserved ahead, under a new token, it would wait
+        # behind it for good: restamped at each of its timers, never started.
+        if (
+            st.state in _RERUN
+            and st.token not in self._engine.inflight
+            and st.token in lane.host.busy_tokens(lane.name)
+        ):
+            return False
+        if not job.compensating and st.state is StepState.UNKNOWN:
             window = float(self._config.probe_timeout)
         elif spec.heartbeat_timeout is not None:
             return False
@@ -275,10 +289,14 @@ class Lanes:
 
     def oldest(self, agent: str) -> int | None:
         """The token of ``agent``'s oldest attempt waiting in its lane (it leaves the
-        lane: the caller ends it), if any."""
+        lane, and its place there frees: the caller ends it), if any."""
         lane = self._lanes.get(agent)
         run = None if lane is None or lane.ready is None else next_ready(lane.ready)
-        return None if run is None else run.token
+        if lane is None or run is None:
+            return None
+        lane.ahead -= 1  # (AttemptLost ends it with no Fence: unsent() is not called)
+        self._room(agent)
+        return run.token
 
     def answered(self, msg: Outcome) -> bool:
         """Time the answer; True if the instance went on with a ready attempt (the
