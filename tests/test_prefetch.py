@@ -390,12 +390,14 @@ class Gated(Agent):
 
 
 @contextlib.contextmanager
-def gated(tmp_path: Path, clock: FakeClock, **timeouts: float) -> Iterator[Runtime]:
-    """A runtime reserving ahead (prefetch 3) for the one-instance agent ``gated``, with a
-    one-step workflow per ``name=timeout``; the first one ran once (w0), so its action was
-    timed and attempts may be reserved ahead from now on."""
+def gated(
+    tmp_path: Path, clock: FakeClock, host: str = "pool", **timeouts: float
+) -> Iterator[Runtime]:
+    """A runtime on ``host`` reserving ahead (prefetch 3) for the one-instance agent
+    ``gated``, with a one-step workflow per ``name=timeout``; the first one ran once (w0),
+    so its action was timed and attempts may be reserved ahead from now on."""
     Gated.started, Gated.go = {}, {}
-    with Runtime(tmp_path / "s", clock=clock, prefetch=3) as rt:
+    with Runtime(tmp_path / "s", clock=clock, prefetch=3, agent_host=host) as rt:
         rt.add_agent("gated", Gated, concurrency=1)
         for name, timeout in timeouts.items():
             step = Workflow(name, version=1).step("s", agent="gated", action="act", timeout=timeout)
@@ -431,25 +433,36 @@ def lapses_from_its_start(rt: Runtime, clock: FakeClock, lapsed: str) -> None:
     Gated.go["w2"].set()
 
 
-def test_an_attempt_waiting_past_its_recorded_deadline_waits_on_for_its_instance(
-    tmp_path: Path,
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_an_attempt_waiting_past_its_recorded_deadline_waits_on_then_has_its_whole_timeout(
+    tmp_path: Path, host: str
 ) -> None:
-    """Its time counts from its hand-over: the timer of the deadline recorded with it
-    does not time it out (nor spend an attempt) while the instance is still held."""
+    """Its time counts from its hand-over: the timers of the deadline recorded with it
+    neither time it out nor spend an attempt while the instance is held; each restamps it,
+    and once handed over (and hung) it times out when its timeout from then has passed."""
     clock = FakeClock()
-    with gated(tmp_path, clock, short=10, long=100) as rt:
-        rt.start("long", {}, workflow_id="w1")  # holds the one instance for 100 s
-        assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
-        waiting = rt.start("short", {}, workflow_id="w2")  # recorded ahead: deadline t=10
-        wait_until(rt, lambda: rt.stats()["steps"]["reserved_ahead"] == 1)
-        for _ in range(3):  # t=30: its recorded deadline passed long ago, it never started
-            advance(rt, clock, 10.0)
-        step = rt.status("w2").steps["s"]
-        assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
-        assert rt.stats()["agents"]["gated"]["ahead"] == 1
-        for workflow_id in ("w1", "w2"):
-            Gated.go.setdefault(workflow_id, threading.Event()).set()
-        assert waiting.result(timeout=WAIT) == {"s": 1}  # its first attempt, on the instance
+    try:
+        with gated(tmp_path, clock, host, short=10, long=100) as rt:
+            rt.start("long", {}, workflow_id="w1")  # holds the one instance for 100 s
+            assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
+            rt.start("short", {}, workflow_id="w2")  # recorded ahead: deadline t=10
+            wait_until(rt, lambda: rt.stats()["steps"]["reserved_ahead"] == 1)
+            for _ in range(3):  # t=30: its recorded deadline passed long ago, unstarted
+                advance(rt, clock, 10.0)
+            step = rt.status("w2").steps["s"]
+            assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
+            assert rt.stats()["agents"]["gated"]["ahead"] == 1
+            Gated.go.setdefault("w1", threading.Event()).set()  # w2 starts at t=30, hangs
+            assert Gated.started.setdefault("w2", threading.Event()).wait(WAIT)
+            settle(rt)
+            advance(rt, clock, 5.0)  # t=35: within its timeout from its hand-over
+            step = rt.status("w2").steps["s"]
+            assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
+            advance(rt, clock, 6.0)  # t=41: past it (the batch entry is reported again)
+            wait_until(rt, lambda: "timed out" in (rt.status("w2").steps["s"].error or ""))
+    finally:
+        for event in Gated.go.values():
+            event.set()
 
 
 class Fragile(Agent):
@@ -490,4 +503,8 @@ def test_attempts_reserved_ahead_for_an_agent_that_cannot_start_pay_their_attemp
         step = rt.status("w1").steps["s"]
         assert step.attempt == 2, step
         assert "failed to start" in (step.error or ""), step
-        assert rt.stats()["steps"]["reserved_ahead"] >= 1
+        settle(rt)
+        stats = rt.stats()
+        assert stats["steps"]["reserved_ahead"] >= 1
+        # The attempts charged left their lane: none is counted as waiting there.
+        assert stats["steps"]["ahead"] == stats["agents"]["fragile"]["ahead"] == 0
