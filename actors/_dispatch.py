@@ -20,22 +20,21 @@ to the next job of the same ``pump_dirty`` (nothing else draws one meanwhile).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from heapq import heappop
 from typing import Any
 
 from herder.actors._admission import Admission
-from herder.actors._agent import Agent
 from herder.actors._ahead import Lane, Lanes
 from herder.actors._clock import MessageClock
 from herder.actors._engine import EngineContext, prepare
 from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable, pumped, routed, waiting
+from herder.actors._loose import Loose
 from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Wake
 from herder.actors._queue import JobQueue
 from herder.actors._regroup import move_off_unwell
 from herder.actors._supervision_specs import ChildEventKind
-from herder.actors._wiring import AgentEntry
+from herder.actors._wiring import AgentEntry, unregistered
 from herder.actors.engine import (
     Attempt,
     AttemptLost,
@@ -77,6 +76,7 @@ class Dispatcher:
         self._waiting = waiting(None)
         self._heard = False  # an instance event came since the last pump (host.pumped)
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
+        self._loose = Loose()  # fenced attempts still running, until their deadline
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
         )
@@ -143,6 +143,8 @@ class Dispatcher:
                 elif action.replace:
                     self.host.replace(attempt.agent, attempt.instance)
                     self._touch(attempt.agent)  # its slot is free
+                elif attempt.deadline is not None:  # it runs on: should it hang (_loose.py)
+                    self._loose.watch(attempt.agent, attempt.token, attempt.deadline)
             elif isinstance(action, Cancel):
                 action.attempt.port.cancelled = True
             elif isinstance(action, TimedOut):
@@ -174,7 +176,7 @@ class Dispatcher:
         if route is None:
             queue = self.host.queue(agent)
             if queue is None and add:
-                self.host.add(agent, _unregistered(agent), 0)
+                self.host.add(agent, unregistered(agent), 0)
                 queue = self.host.queue(agent)
             if queue is None:
                 return None
@@ -194,6 +196,8 @@ class Dispatcher:
         # Even a stale answer is news of the resource's health (a plain success is none
         # for an agent the gates do not track: no call); one that never started is not.
         agent, ok = msg.agent, msg.ok or msg.permanent
+        if self._loose.watched:
+            self._loose.watched.pop(msg.token, None)
         if (not ok or agent in self.admission.tracked) and msg.kind != UNSTARTED:
             self.admission.answered(agent, msg.token, ok)
         # Even one that frees nothing changes the agent's action times (its lane's room).
@@ -361,7 +365,10 @@ class Dispatcher:
         return Transition(ops=tuple(self.admission.writes()))
 
     def passivate(self) -> int:
-        """Let instances idle longer than the idle timeout go; how many went."""
+        """Let instances idle longer than the idle timeout go (how many went), and replace
+        those a fenced attempt hangs on past its deadline (``_loose``)."""
+        for agent in self._loose.reap(self.host, self._clock.now):
+            self._touch(agent)
         return self.host.passivate(self._clock.now - self._config.idle_timeout)
 
     def facts(self) -> dict[str, Any]:
@@ -388,10 +395,3 @@ class Dispatcher:
 
 _Route = tuple[JobQueue[Job], AgentHost, Lane | None]
 """An agent's queue, the host it runs on (``routed``) and its reserve-ahead lane."""
-
-
-def _unregistered(agent: str) -> Callable[[], Agent]:
-    def factory() -> Agent:
-        raise RuntimeError(f"agent {agent!r} is not registered")
-
-    return factory

@@ -47,6 +47,15 @@ def registered_agents(
     }
 
 
+def unregistered(agent: str) -> Callable[[], Agent]:
+    """The factory of an agent a job waits for before it is registered: it cannot start."""
+
+    def factory() -> Agent:
+        raise RuntimeError(f"agent {agent!r} is not registered")
+
+    return factory
+
+
 class EngineListener(Protocol):
     """What the engine tells its runner. Each call is made on an actor's thread (the
     Scheduler's, or the writer's for a batch that outlived its Scheduler) and must be

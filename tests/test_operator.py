@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from herder.runtime import (
     WorkflowFailed,
 )
 from herder.runtime._check import check_store
-from herder.runtime.testing import EffectLedger, FakeClock, settle, wait_until
+from herder.runtime.testing import EffectLedger, FakeClock, advance, settle, wait_until
 
 WAIT = 10.0
 ONCE = RetryPolicy(max_attempts=1)
@@ -241,3 +242,44 @@ def test_abandon_of_a_running_workflow_stops_every_unfinished_step_and_check_sta
     assert report.ok, report.problems
     with pytest.raises(CompletionRefused):
         rt.complete_step(cls.handed[0], "too late")
+
+
+class Stuck(Agent):
+    """w1's action hangs until the test ends (it ignores ``ctx.superseded``)."""
+
+    hung = threading.Event()
+    release = threading.Event()
+
+    def work(self, ctx: StepContext) -> int:
+        if ctx.workflow_id == "w1":
+            Stuck.hung.set()
+            Stuck.release.wait(WAIT * 30)
+        return ctx.attempt
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("host", "prefetch"), [("pool", 0), ("pool", 7), ("thread", 0)])
+def test_an_abandoned_attempt_that_hangs_frees_its_instance_at_its_deadline(
+    tmp_path: Path, host: str, prefetch: int
+) -> None:
+    """Abandoning w1 stops counting its attempt, which hangs on the agent's one instance.
+    No timer of the engine watches it any more; once its deadline has passed the instance
+    is replaced all the same (actors/_loose.py), and w2, which waited for it, runs."""
+    Stuck.hung, Stuck.release = threading.Event(), threading.Event()
+    clock = FakeClock()
+    try:
+        with Runtime(tmp_path / "s", clock=clock, agent_host=host, prefetch=prefetch) as rt:
+            rt.add_agent("svc", Stuck, concurrency=1)
+            rt.add_workflow(Workflow("one").step("a", agent="svc", action="work", timeout=10))
+            assert rt.start("one", workflow_id="w0").result(timeout=WAIT) == {"a": 1}  # timed
+            rt.start("one", workflow_id="w1")
+            assert Stuck.hung.wait(WAIT)
+            rt.abandon("w1", why="stuck")
+            wait_until(rt, lambda: rt.status("w1").state is State.ABANDONED)
+            w2 = rt.start("one", workflow_id="w2")  # waits for the one instance
+            advance(rt, clock, 5.0)  # within w1's attempt's timeout: still held
+            assert rt.status("w2").steps["a"].state is not StepState.SUCCEEDED
+            advance(rt, clock, 6.0)  # past it: the next tick replaces the instance
+            assert w2.result(timeout=WAIT)["a"] >= 1
+    finally:
+        Stuck.release.set()

@@ -145,6 +145,7 @@ class Engine(Machine):
         out, workflow_id = self._out, run.record.id
         out.put_step(run, st, new, now)
         attempt = Attempt(workflow_id, job.step, event.agent, event.instance, token)
+        attempt.deadline = new.deadline
         # restamp()'s rule, read ahead: it changes nothing while less than 1% of the
         # shorter of its deadline and heartbeat deadline has passed.
         span = new.deadline - now if new.deadline is not None else 0.0
@@ -186,6 +187,7 @@ class Engine(Machine):
             later["heartbeat_deadline"] = now + beat
         if later:
             run.steps[st.name] = st.evolve(**later)
+            attempt.deadline = later.get("deadline", attempt.deadline)
 
     def load(
         self, record: WorkflowRecord, steps: list[StepRecord], *, new: bool = False

@@ -49,6 +49,7 @@ class Attempt:
     # Until when handing it over changes nothing of its stamps (Engine.restamp: it waited
     # less than 1% of its timeout or heartbeat timeout); -inf: no such time known.
     fresh_until: float = float("-inf")
+    deadline: float | None = None  # when it lapses (in memory: restamped), if ever
 
     @property
     def sent(self) -> bool:
