@@ -10,14 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import (
-    Agent,
-    RetryPolicy,
-    Runtime,
-    State,
-    StepContext,
-    Workflow,
-)
+from herder.runtime import Agent, RetryPolicy, Runtime, State, StepContext, Workflow
 from herder.runtime.testing import FakeClock, advance, settle, wait_until
 from herder.store._entries import Batch
 
