@@ -288,15 +288,11 @@ class Lanes:
                 return
 
     def oldest(self, agent: str) -> int | None:
-        """The token of ``agent``'s oldest attempt waiting in its lane (it leaves the
-        lane, and its place there frees: the caller ends it), if any."""
+        """The token of ``agent``'s oldest attempt waiting in its lane, taken out of its
+        ready deque (the caller ends it: the engine's fence frees its place), if any."""
         lane = self._lanes.get(agent)
         run = None if lane is None or lane.ready is None else next_ready(lane.ready)
-        if lane is None or run is None:
-            return None
-        lane.ahead -= 1  # (AttemptLost ends it with no Fence: unsent() is not called)
-        self._room(agent)
-        return run.token
+        return None if run is None else run.token
 
     def answered(self, msg: Outcome) -> bool:
         """Time the answer; True if the instance went on with a ready attempt (the

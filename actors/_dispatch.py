@@ -228,8 +228,6 @@ class Dispatcher:
         for token in lost:  # (a pool's worker, say: news of another agent's slot)
             attempt = self._engine.inflight.get(token)
             if attempt is not None:
-                if not attempt.instance:  # a worker took it from its lane, unheard of yet
-                    self.lanes.unsent(attempt)  # (AttemptLost ends it with no Fence)
                 self._touch(attempt.agent)
         return [AttemptLost(token, f"agent instance crashed: {msg.reason}") for token in lost]
 

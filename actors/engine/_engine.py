@@ -246,6 +246,8 @@ class Engine(Machine):
         attempt = self.inflight.pop(token, None)
         if attempt is None:
             return None
+        if not attempt.instance and not attempt.sent:  # lost while it waited in its lane
+            self.fence(attempt, abandon=False)  # (which frees its place there)
         run = self.runs.get(attempt.workflow_id)
         if run is None:
             return None
