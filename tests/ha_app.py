@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
+
+from _child_kit import say
 
 from herder.runtime import Agent, HerderError, Runtime, StepContext, Workflow, WorkflowFailed
 
@@ -54,11 +55,6 @@ class Service(Agent):
         return {"pid": os.getpid(), "token": ctx.token}
 
 
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 def _start_all(rt: Runtime, count: int, pace: float) -> None:
     if not rt.wait_active():
         return
@@ -67,12 +63,12 @@ def _start_all(rt: Runtime, count: int, pace: float) -> None:
         try:
             rt.start("job", {"i": i}, workflow_id=f"w-{i}")
         except HerderError:
-            _say(f"refused w-{i}")
+            say(f"refused w-{i}")
             return
-        _say(f"start w-{i}")
+        say(f"start w-{i}")
         if pace:
             pause.wait(pace)
-    _say(f"started all {time.time():.3f}")
+    say(f"started all {time.time():.3f}")
 
 
 def _watch(rt: Runtime) -> None:
@@ -87,14 +83,14 @@ def _watch(rt: Runtime) -> None:
     for status in rt.list():
         if not status.state.is_final:
             steps = " ".join(f"{n}={s.state}/{s.attempt}" for n, s in status.steps.items())
-            _say(f"stuck {status.id} {status.state} {steps}")
-    _say(f"idle {len(statuses)}")
+            say(f"stuck {status.id} {status.state} {steps}")
+    say(f"idle {len(statuses)}")
 
 
 def _step_wall_clock(seconds: float) -> None:
     real = time.time
     time.time = lambda: real() + seconds  # every caller of time.time() in this process
-    _say(f"wall stepped {seconds:+.1f}")
+    say(f"wall stepped {seconds:+.1f}")
 
 
 def _count_polls(rt: Runtime, count: int) -> None:
@@ -103,7 +99,7 @@ def _count_polls(rt: Runtime, count: int) -> None:
     def polled() -> None:
         seen[0] += 1
         if seen[0] == count:
-            _say(f"polled {count}")
+            say(f"polled {count}")
 
     rt._health_listeners.append(polled)
 
