@@ -73,7 +73,7 @@ class Travel(Agent):
 
     def cancel(self, ctx: StepContext) -> None:
         if (ctx.input or {}).get("slow"):  # the refund's latency: a visible timeline bar
-            time.sleep(0.2)
+            time.sleep(0.2)  # (a real sleep: the timeline shows real durations)
         if ctx.step == "hotel" and (ctx.input or {}).get("stuck"):
             raise RuntimeError("the hotel cannot refund online: call them")
 

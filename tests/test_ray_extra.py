@@ -75,6 +75,7 @@ def test_processes_a_killed_daemon_started_are_killed_by_the_next_one(tmp_path: 
             "-c",
             "import subprocess, sys, threading\n"
             "from herder.actors.ray._leftovers import remember\n"
+            # The grandchild's whole job is to stay alive (a real sleep) until it is killed.
             "grandchild = subprocess.Popen([sys.executable, '-c',"
             " 'import time; time.sleep(300)'])\n"
             f"remember(__import__('pathlib').Path({str(tmp_path)!r}))\n"

@@ -102,7 +102,7 @@ class Probe(Agent):
     def beat(self, ctx: StepContext) -> int:
         for i in range(10):  # 2.5 s of work, well past its 1 s heartbeat timeout
             ctx.heartbeat({"done": i})
-            time.sleep(0.25)
+            time.sleep(0.25)  # real work time: what the heartbeat timeout measures
         return ctx.attempt
 
     def until_flagged(self, ctx: StepContext) -> None:
