@@ -5,8 +5,10 @@
 
 - a result is normalised (msgpack-able, within ``max_result_bytes``); ``COMPLETE_LATER``
   becomes a hand-off (``kind="later"``) and a :class:`ProbeResult` a verdict;
-- :class:`Permanent`, a result that cannot be encoded, a missing or private action and
-  a coroutine (an ``async def`` the thread host cannot run) fail the step for good;
+- :class:`Permanent`, a missing or private action and a coroutine (an ``async def`` the
+  thread host cannot run) fail the step for good, as having taken no effect;
+- a result (or heartbeat details) that cannot be stored fails it too, but as having
+  taken effect (:data:`UNSTORABLE_ERROR`: no retry, and its compensation runs);
 - anything else raised, ``BaseException`` included, fails it transiently, described
   without running more of the user's code than ``store/_untrusted.py`` allows;
 - :class:`InstanceCrash` is re-raised (as a fresh one, without the user's object) so the
@@ -25,7 +27,7 @@ from herder.actors._errors import Permanent
 from herder.actors._host import InstanceCrash
 from herder.actors._messages import Outcome, Run
 from herder.actors._outcomes import COMPLETE_LATER, DONE, NOT_DONE, RUNNING, ProbeResult
-from herder.actors.engine import OutcomeKind
+from herder.actors.engine import UNSTORABLE_ERROR, OutcomeKind
 from herder.store import EncodeError, bounded_traceback, describe, error_types, normalize
 
 _PLAIN, _LATER = OutcomeKind.PLAIN.value, OutcomeKind.LATER.value  # (an enum's .value is 2 calls)
@@ -71,28 +73,41 @@ def settle(
             value, kind = None, _LATER
         elif isinstance(value, ProbeResult):
             value, kind = value.result, _verdict(value.status)
-        result = normalize(value, limit=max_result_bytes, what=f"result of action {run.action!r}")
     except InstanceCrash as exc:
         crash = InstanceCrash(describe(exc))  # raised below, without the user's object
-    except (Permanent, EncodeError) as exc:
+    except Permanent as exc:
         return _failed(agent_name, instance_id, run, exc, permanent=True)
+    except EncodeError as exc:  # heartbeat details (say) that herder refused
+        return _failed(agent_name, instance_id, run, exc, permanent=False, unstorable=True)
     except BaseException as exc:  # user code may raise anything at all
         return _failed(agent_name, instance_id, run, exc, permanent=False)
     else:
+        what = f"result of action {run.action!r}"
+        try:
+            result = normalize(value, limit=max_result_bytes, what=what)
+        except BaseException as exc:  # an EncodeError (normalize reads the user's object)
+            return _failed(agent_name, instance_id, run, exc, permanent=False, unstorable=True)
         return Outcome(agent_name, instance_id, run.token, ok=True, result=result, kind=kind)
     raise crash
 
 
 def _failed(
-    agent_name: str, instance_id: str, run: Run, exc: BaseException, *, permanent: bool
+    agent_name: str,
+    instance_id: str,
+    run: Run,
+    exc: BaseException,
+    *,
+    permanent: bool,
+    unstorable: bool = False,
 ) -> Outcome:
+    types = error_types(exc)
     return Outcome(
         agent_name,
         instance_id,
         run.token,
         ok=False,
         error=describe(exc),
-        error_types=error_types(exc),
+        error_types=(UNSTORABLE_ERROR, *types) if unstorable else types,
         permanent=permanent,
         traceback=bounded_traceback(exc),
     )

@@ -560,22 +560,61 @@ def test_an_action_raising_a_base_exception_fails_only_its_step(
     ("result", "match"),
     [(object(), "cannot be stored"), ({1: "int key"}, "str"), ("x" * 5000, "limit")],
 )
-def test_a_result_that_cannot_be_stored_fails_the_step_for_good(
+def test_a_result_that_cannot_be_stored_fails_the_step_for_good_and_undoes_it(
     tmp_path: Path, result: Any, match: str
 ) -> None:
+    undone: list[str] = []
+
     class Returns(Agent):
         def work(self, ctx: StepContext) -> Any:
-            return result
+            return result  # after the effect: the action ran
+
+        def undo(self, ctx: StepContext) -> None:
+            undone.append(ctx.step)
 
     with Runtime(tmp_path / "s", clock=FakeClock(), max_result_bytes=4096) as rt:
         rt.add_agent("svc", Returns)
-        rt.add_workflow(Workflow("x").step("s", agent="svc", action="work"))
+        rt.add_workflow(
+            Workflow("x").step("s", agent="svc", action="work", compensate="undo", retry=FAST)
+        )
         with pytest.raises(WorkflowFailed) as failed:
             rt.start("x", workflow_id="w").result(timeout=WAIT)
-    step = failed.value.status.steps["s"]
-    assert step.attempt == 1  # not retried: it would fail the same way
-    assert step.error is not None
-    assert re.search(match, step.error)
+    status = failed.value.status
+    step = status.steps["s"]
+    assert step.attempt == 1  # not retried: it would come back the same
+    assert status.error is not None
+    assert re.search(match, status.error)
+    assert status.state is State.COMPENSATED
+    assert step.state is StepState.COMPENSATED
+    assert undone == ["s"]  # it ran, so it is undone
+
+
+def test_heartbeat_details_that_cannot_be_stored_fail_the_step_for_good_and_undo_it(
+    tmp_path: Path,
+) -> None:
+    undone: list[str] = []
+
+    class Beats(Agent):
+        def work(self, ctx: StepContext) -> str:
+            ctx.heartbeat({"progress": object()})  # refused by herder, after some work
+            return "unreachable"
+
+        def undo(self, ctx: StepContext) -> None:
+            undone.append(ctx.step)
+
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent("svc", Beats)
+        rt.add_workflow(
+            Workflow("x").step(
+                "s", agent="svc", action="work", compensate="undo", heartbeat_timeout=60, retry=FAST
+            )
+        )
+        with pytest.raises(WorkflowFailed) as failed:
+            rt.start("x", workflow_id="w").result(timeout=WAIT)
+    status = failed.value.status
+    assert status.steps["s"].attempt == 1
+    assert status.state is State.COMPENSATED
+    assert undone == ["s"]
 
 
 def test_wait_until_may_ask_the_runtime_in_its_predicate(rt: Runtime) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from herder.actors.engine import (
     TIMEOUT_ERROR,
+    UNSTORABLE_ERROR,
     Escalate,
     GiveUp,
     RetryIn,
@@ -94,6 +95,11 @@ def test_each_attempt_runs_under_the_policy_the_design_names(
         # a non-retryable type (or a base of it) stops at once, but may have taken effect
         (_step(S.DISPATCHED, 1), WITH_OWN, W.RUNNING, ("builtins.KeyError",), False, False,
          GiveUp(undo=True)),
+        # a value herder cannot store: no retry (it would fail the same way), but it ran
+        (_step(S.DISPATCHED, 1), PLAIN, W.RUNNING, (UNSTORABLE_ERROR, "x.EncodeError"), False,
+         False, GiveUp(undo=True)),
+        (_step(S.COMPENSATING, 1, 1), WITH_UNDO, W.COMPENSATING, (UNSTORABLE_ERROR,), False,
+         False, Escalate()),
         # once the workflow compensates, a forward failure is final
         (_step(S.DISPATCHED, 1), PLAIN, W.COMPENSATING, (), False, False, GiveUp(undo=True)),
         (_step(S.UNKNOWN, 1), PLAIN, W.COMPENSATING, (), False, True, GiveUp(undo=True)),

@@ -104,6 +104,7 @@ from herder.actors.engine._recovery import (
     running_at_crash,
 )
 from herder.actors.engine._retry import (
+    UNSTORABLE_ERROR,
     Escalate,
     GiveUp,
     RetryIn,
@@ -166,6 +167,7 @@ __all__ = [
     "STUCK",
     "TIMEOUT_ERROR",
     "UNDOING",
+    "UNSTORABLE_ERROR",
     "WAITS_TO_RUN",
     "WORKFLOW_NEXT",
     "Advance",

@@ -7,13 +7,15 @@ a probe found it not applied). What happens next depends only on data:
   policy of the step it undoes, else the runtime's default; a forward step and its
   probes under ``retry``, else the default (:func:`policy_for`);
 - ``Permanent`` ("this will never succeed") stops at once, and so does an error type the
-  policy lists as non-retryable, or the last of ``max_attempts``;
+  policy lists as non-retryable, a value that cannot be stored (:data:`UNSTORABLE_ERROR`:
+  it would come back the same), or the last of ``max_attempts``;
 - a forward step retries only while its workflow runs: once the workflow compensates, a
   failed attempt is its last.
 
 :func:`after_failure` gives :class:`RetryIn` (backoff with jitter, or 0 for a failure
 the host already saw the end of), :class:`GiveUp` (a forward step stops; ``undo``
-when the attempt may have taken effect, which everything but ``Permanent`` may) or
+when the attempt may have taken effect, which everything but ``Permanent`` may: an
+action that handed over a value that cannot be stored ran) or
 :class:`Escalate` (a compensation cannot finish: an operator must decide).
 :func:`after_probe_failure` applies the same policy to the probes of an unknown outcome.
 
@@ -27,6 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from herder.store import RetryPolicy, StepRecord, StepSpec, StepState, WorkflowState
+
+UNSTORABLE_ERROR = "herder.Unstorable"
+"""The error type of an attempt that handed herder a value it cannot store (its result,
+heartbeat details): it is not retried (it would fail the same way), but its action ran,
+so when its workflow compensates its compensation runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,7 @@ def after_failure(
     retryable = (
         (compensating or workflow is WorkflowState.RUNNING)
         and not permanent
+        and UNSTORABLE_ERROR not in types
         and attempt < policy.max_attempts
         and policy.is_retryable(types)
     )
