@@ -142,17 +142,20 @@ def in_plan_order(
     return steps if plan is None else plan_steps(record, steps, plan)
 
 
+_FAILED_HINTS = {
+    WorkflowState.NEEDS_ATTENTION: "an operator can inspect it and call retry()",
+    WorkflowState.ABANDONED: "nothing was undone",
+}
+
+
 class WorkflowFailed(HerderError):
-    """The workflow ended without succeeding: compensated, cancelled or needing attention.
+    """The workflow ended without succeeding: compensated, cancelled, abandoned or needing
+    attention.
 
     ``status`` is the workflow's :class:`WorkflowStatus` at that moment.
     """
 
     def __init__(self, status: WorkflowStatus) -> None:
         self.status = status
-        hint = (
-            "an operator can inspect it and call retry()"
-            if status.state is WorkflowState.NEEDS_ATTENTION
-            else "its completed steps were compensated"
-        )
+        hint = _FAILED_HINTS.get(status.state, "its completed steps were compensated")
         super().__init__(f"workflow {status.id!r} ended {status.state}: {status.error}; {hint}")

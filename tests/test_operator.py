@@ -146,6 +146,8 @@ def test_abandon_ends_a_parked_workflow_without_running_or_undoing_anything(
     assert cls.ledger.undone == undone
     assert operator_events(rt, "w") == [("abandon", "ada", "customer refunded in full")]
     assert rt.history("w")[-1]["to"] == "ABANDONED"
+    with pytest.raises(WorkflowFailed, match=r"ended ABANDONED.*nothing was undone$"):
+        rt.handle("w").result(timeout=WAIT)
     with pytest.raises(InvalidState, match="ABANDONED"):
         rt.retry("w")
 
