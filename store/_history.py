@@ -94,11 +94,14 @@ _LAYOUTS: dict[int, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
 
 
 def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] | None:
-    """The event of a step change, or None when it is not a transition (a heartbeat)."""
+    """The event of a step change, or None when it is not a transition (a heartbeat).
+    A new error is one even in the same state: a failed compensation (retried or
+    escalated, it stays COMPENSATING) or probe."""
     if (
         old.state is new.state
         and old.attempt == new.attempt
         and old.comp_attempt == new.comp_attempt
+        and (old.error == new.error or new.error is None)
     ):
         return None
     compensating = new.state.is_compensation
@@ -132,12 +135,14 @@ def step_history(
     keys start with ``prefix`` (``key_prefix``): its :func:`step_event` as
     :func:`history_put` stores it, ``note`` as a failure's traceback, built straight
     from the records (the Scheduler writes one per transition). ``seq`` draws the
-    event's sequence, only for a transition: None when the change is none (a heartbeat).
-    ``pack`` encodes the value (``encode``, or the caller's own ``encoder()``)."""
+    event's sequence, only for a transition (:func:`step_event`'s): None when the change
+    is none (a heartbeat). ``pack`` encodes the value (``encode``, or the caller's own
+    ``encoder()``)."""
     if (
         old.state is new.state
         and old.attempt == new.attempt
         and old.comp_attempt == new.comp_attempt
+        and (old.error == new.error or new.error is None)
     ):
         return None
     if "agent" in new.extra:  # an AnyOf member: the event keeps its map

@@ -12,7 +12,15 @@ from typing import NoReturn
 
 import pytest
 
-from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow, WorkflowFailed
+from herder.runtime import (
+    Agent,
+    Permanent,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    Workflow,
+    WorkflowFailed,
+)
 from herder.store import MAX_TRACEBACK_CHARS
 
 HERDER = str(Path(sys.executable).parent / "herder")
@@ -96,3 +104,49 @@ def test_a_failed_attempt_is_logged_at_warning_with_workflow_step_and_attempt(
     assert record.levelno == logging.WARNING
     assert (record.workflow_id, record.step) == ("wf", "call")  # type: ignore[attr-defined]
     assert "innermost_helper" in record.getMessage()
+
+
+class Unrefundable(Agent):
+    def charge(self, ctx: StepContext) -> str:
+        return "charged"
+
+    def refund(self, ctx: StepContext) -> NoReturn:
+        raise RuntimeError(f"refund API down (try {ctx.attempt})")
+
+    def ship(self, ctx: StepContext) -> NoReturn:
+        raise Permanent("no stock")
+
+
+def test_each_failed_compensation_attempt_keeps_its_error_and_traceback_too(
+    tmp_path: Path,
+) -> None:
+    """A compensation that fails stays COMPENSATING, retried or escalated: no state
+    changes, yet each failed attempt is an event of its own, with its traceback."""
+    path = tmp_path / "s"
+    once = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+    with Runtime(path) as rt:
+        rt.add_agent("pay", Unrefundable)
+        rt.add_workflow(
+            Workflow("order")
+            .step("charge", agent="pay", action="charge", compensate="refund",
+                  compensate_retry=once)
+            .step("ship", agent="pay", action="ship", after=["charge"])
+        )  # fmt: skip
+        with pytest.raises(WorkflowFailed, match="NEEDS_ATTENTION"):
+            rt.start("order", workflow_id="o").result(timeout=WAIT)
+        history = rt.history("o")
+    failures = [(e["step"], e["attempt"], e["error"]) for e in history if e.get("traceback")]
+    assert failures == [
+        ("ship", 1, "Permanent: no stock"),
+        ("charge", 1, "RuntimeError: refund API down (try 1)"),
+        ("charge", 2, "RuntimeError: refund API down (try 2)"),
+    ]
+    shown = subprocess.run(
+        [HERDER, "show", "o", "--attempts", "--store", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        check=True,
+    ).stdout
+    assert "failed attempts: 3" in shown
+    assert "refund API down (try 2)" in shown
