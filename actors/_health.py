@@ -16,7 +16,9 @@ until a check passes; the passing check wakes the Scheduler to pump the agent ag
 verdict that changes wakes it too: the queued jobs of a group step (``AnyOf``) move off a
 member that turned unhealthy, or onto one that healed (``actors/_dispatch.py``).
 Health is live state, not stored: after a restart an agent counts as healthy until its
-first check says otherwise.
+first check says otherwise. A factory that hides its class (``hidden``) gives no verdict
+until an instance it built shows a ``health``: a factory that fails or hangs then holds
+nothing (its attempts meet the same failure, under their retry policy).
 
 ``health`` is user code: whatever it raises (``BaseException`` included) is contained and
 becomes the check's error. An ``async def health`` (an agent on the asyncio host) runs to
@@ -92,6 +94,9 @@ class _Watch:
     started: float = 0.0  # monotonic start of the running check
     timed_out: bool = False
     waiters: list[threading.Event] = field(default_factory=list)
+    # Its factory hides the class: whether it has a health() is known only once an
+    # instance is built, and until then a factory that fails or hangs holds no work.
+    hidden: bool = False
 
 
 class AgentHealth:
@@ -111,11 +116,19 @@ class AgentHealth:
         # dispatcher's pump, per step: no call, no lock).
         self.watching: Mapping[str, object] = MappingProxyType(self._watches)
 
-    def watch(self, agent: str, factory: Callable[[], object], policy: HealthPolicy) -> None:
-        """Check ``agent`` by ``policy`` (the first check runs at the next sweep)."""
+    def watch(
+        self,
+        agent: str,
+        factory: Callable[[], object],
+        policy: HealthPolicy,
+        *,
+        hidden: bool = False,
+    ) -> None:
+        """Check ``agent`` by ``policy`` (the first check runs at the next sweep);
+        ``hidden``: its factory hides the class, which may have no ``health`` at all."""
         with self._lock:
             old = self._watches.get(agent)
-            watch = _Watch(factory, policy, due=self._clock().monotonic())
+            watch = _Watch(factory, policy, due=self._clock().monotonic(), hidden=hidden)
             if old is not None:  # keep the verdict: re-registering heals nothing
                 watch.healthy, watch.error = old.healthy, old.error
                 watch.checks, watch.failures = old.checks, old.failures
@@ -202,9 +215,11 @@ class AgentHealth:
                 if watch.running is not None and watch.running.is_alive():
                     if not watch.timed_out and now - watch.started >= watch.policy.limit:
                         watch.timed_out = True
+                        building = watch.instance is None
                         watch.instance = None  # its thread may be stuck in it
-                        error = f"health check timed out after {watch.policy.limit:g}s"
-                        self._verdict(agent, watch, ok=False, error=error)
+                        if not (building and watch.hidden):  # (health() unknown yet)
+                            error = f"health check timed out after {watch.policy.limit:g}s"
+                            self._verdict(agent, watch, ok=False, error=error)
                     continue
                 if now < watch.due:
                     continue
@@ -230,10 +245,17 @@ class AgentHealth:
         try:
             instance = watch.instance
             if instance is None:
-                instance = _finish(contain(watch.factory))  # (an async def factory too)
+                try:
+                    instance = _finish(contain(watch.factory))  # (an async def factory too)
+                except UserCodeFailed:
+                    if watch.hidden:
+                        return  # no verdict: its attempts meet the failing factory
+                    raise
                 watch.instance = instance
             check = contain(getattr, instance, "health", None)
-            if not callable(check):
+            if callable(check):
+                watch.hidden = False  # it has one: from now on a failing factory is sick
+            else:
                 # Its factory hid the class (a lambda): known only now that it has none.
                 with self._lock:
                     if self._watches.get(agent) is watch:

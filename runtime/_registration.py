@@ -150,7 +150,7 @@ class Registration:
                 rt._ctx.limits[name] = (breaker, rate_limit, adaptive)
             offered = rt._actions[name]  # (no getattr: the class's metaclass is user code)
             if health is not None and (offered is None or "health" in offered):
-                rt._ctx.health.watch(name, factory, health)
+                rt._ctx.health.watch(name, factory, health, hidden=offered is None)
             else:
                 rt._ctx.health.unwatch(name)
             if rt._root is not None:  # a standby's Scheduler reads ctx.agents at start

@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, InvalidInput, Runtime, StepContext, StepState, Workflow
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    StepState,
+    Workflow,
+    WorkflowFailed,
+)
 from herder.runtime.testing import FakeClock, advance, settle
 
 WAIT = 10.0
@@ -185,6 +194,30 @@ def test_a_factory_that_hides_its_class_is_watched_only_if_its_agent_has_health(
         assert not rt._ctx.health.watched("svc")
         rt.start("one", workflow_id="w1")
         assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
+
+
+@pytest.mark.parametrize("host", ["thread", "pool"])
+def test_a_hidden_factory_that_fails_gives_no_verdict_and_holds_no_work(
+    tmp_path: Path, clock: FakeClock, host: str
+) -> None:
+    """A factory that hides its class may build an agent with no health(): its failure in
+    a check is not a verdict (it held the step in RETRY_WAIT for good, as the agent stayed
+    'unhealthy' until a check passed); the step's own attempts meet it instead."""
+
+    def cannot_connect() -> Agent:
+        raise ConnectionError("cannot connect")
+
+    once = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05, agent_host=host) as rt:
+        rt.add_agent("svc", cannot_connect, health_interval=10.0)
+        rt.add_workflow(Workflow("one").step("call", agent="svc", action="call", retry=once))
+        advance(rt, clock, 0.0)  # the first check runs at the first sweep
+        assert rt._ctx.health.settle(WAIT)
+        assert health(rt)["healthy"] is True
+        assert health(rt)["health_failures"] == 0
+        with pytest.raises(WorkflowFailed, match="failed to start"):
+            rt.start("one", workflow_id="w1").result(timeout=WAIT)
+        assert rt.status("w1").steps["call"].attempt == 2
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "10", True])
