@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -150,6 +151,19 @@ class RuntimeConfig:
                 "loop", "an asyncio event loop (asyncio.get_running_loop()) or None", self.loop
             )
         retention_seconds(self.retention)
+        _check_clock(self.clock)
+        if self.tracer_provider is not None and not _has_methods(
+            self.tracer_provider, ("get_tracer",)
+        ):
+            raise _wrong(
+                "tracer_provider", "None or an OpenTelemetry TracerProvider", self.tracer_provider
+            )
+        level = self.log_level
+        if level is not None and not (
+            (isinstance(level, int) and not isinstance(level, bool) and level >= 0)
+            or (isinstance(level, str) and level in logging.getLevelNamesMapping())
+        ):
+            raise _wrong("log_level", "None, an int >= 0 or a level name such as 'INFO'", level)
 
     @classmethod
     def of(cls, config: RuntimeConfig | None, overrides: dict[str, Any]) -> RuntimeConfig:
@@ -207,6 +221,20 @@ def _is_number(value: object) -> bool:
 
 def _wrong(name: str, expected: str, actual: object) -> InvalidInput:
     return InvalidInput(f"{name} must be {expected}, got {actual!r}")
+
+
+def _check_clock(clock: object) -> None:
+    if clock is not None and not _has_methods(clock, ("time", "monotonic", "call_later")):
+        raise _wrong(
+            "clock", "None or a clock (time, monotonic and call_later methods: FakeClock)", clock
+        )
+
+
+def _has_methods(obj: object, names: tuple[str, ...]) -> bool:
+    try:
+        return all(callable(getattr(obj, name, None)) for name in names)
+    except Exception:  # a user object's __getattr__ raised
+        return False
 
 
 def _positive(name: str, value: Any) -> None:

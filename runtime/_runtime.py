@@ -113,6 +113,7 @@ class Runtime(
 
     _in_setup = False  # True while the setup function registers (start() refuses then)
     _firer: Firer | None  # fires schedules while this runtime is active
+    _watcher: StandbyWatcher | None  # a standby's: takes over once the active one is gone
     _routers: dict[str, Router]  # add_router: {@name} in agent templates
 
     def __init__(
@@ -132,10 +133,27 @@ class Runtime(
         self._max_input_bytes = config.max_input_bytes
         self._max_active = config.max_active_workflows
         self._ask_timeout = config.ask_timeout
-        # The store, and tracing (None without OpenTelemetry or a provider: no cost at all).
+        # The store first: whatever fails after it (in _parts, setup, start) closes it.
         self._store = Store(
             path, map_size=config.map_size, standby=config.standby, lease=config.lease
         )
+        try:
+            self._parts(config)
+            if setup is not None:
+                self._setup(setup)
+            if config.standby:
+                self._watcher = StandbyWatcher(
+                    self._store, config.standby_poll, self._promote, self._healthy
+                )
+            else:
+                self._become_active()
+        except BaseException:
+            self._store.close()
+            raise
+
+    def _parts(self, config: RuntimeConfig) -> None:
+        """Everything but the store (open already): anything that fails in here closes it."""
+        # Tracing: None without OpenTelemetry or a provider (no cost at all).
         self._tracing = tracing_for(config.tracer_provider)
         # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
         steady = SteadyClock(self._clock)
@@ -168,20 +186,8 @@ class Runtime(
         self._root: pykka.ActorRef[Any] | None = None
         self._is_active = NotifyingEvent()
         self._health_listeners: builtins.list[Callable[[], None]] = []
-        self._watcher: StandbyWatcher | None = None
+        self._watcher = None
         self._firer, self._routers = None, {}
-        try:
-            if setup is not None:
-                self._setup(setup)
-            if config.standby:
-                self._watcher = StandbyWatcher(
-                    self._store, config.standby_poll, self._promote, self._healthy
-                )
-            else:
-                self._become_active()
-        except BaseException:
-            self._store.close()
-            raise
 
     def _setup(self, setup: Callable[[Runtime], object]) -> None:
         """Run the application's registration before anything is recovered."""

@@ -49,6 +49,10 @@ def test_a_config_is_frozen_and_replace_gives_a_checked_copy() -> None:
         ("default_retry", "twice", "a RetryPolicy or None"),
         ("seed", 1.5, "an int or None"),
         ("standby", "yes", "True or False"),
+        ("clock", "x", "None or a clock"),
+        ("log_level", "BOGUS", "a level name such as 'INFO'"),
+        ("log_level", -1, "an int >= 0"),
+        ("tracer_provider", "x", "an OpenTelemetry TracerProvider"),
     ],
 )
 def test_a_bad_value_names_the_field_what_it_expects_and_what_it_got(
@@ -69,6 +73,17 @@ def test_retention_and_agent_host_are_checked_too() -> None:
     with pytest.raises(InvalidInput, match="agent_host must be one of"):
         RuntimeConfig(agent_host="fibers")
     assert RuntimeConfig(retention=datetime.timedelta(days=1)).retention_seconds == 86400.0
+
+
+def test_a_runtime_that_fails_once_its_store_is_open_closes_it(tmp_path: Path) -> None:
+    class Broken(FakeClock):
+        def time(self) -> float:
+            raise RuntimeError("the clock is broken")
+
+    with pytest.raises(RuntimeError, match="the clock is broken"):
+        Runtime(tmp_path / "s", clock=Broken())
+    with Runtime(tmp_path / "s", clock=FakeClock()):  # not StoreLocked: it was closed
+        pass
 
 
 def test_an_unknown_setting_lists_the_known_ones(tmp_path: Path) -> None:
