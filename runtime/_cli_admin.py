@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import pathlib
 import sys
 from typing import Any, TextIO
 
@@ -24,6 +25,7 @@ from herder.store import (
     PURGEABLE,
     InvalidInput,
     Store,
+    StoreError,
     append_command,
     compact,
     count_purgeable,
@@ -69,6 +71,8 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
         before = parse_when(args.before, "--before")
     states = frozenset(args.state) if args.state else FINISHED
     path = args.store
+    if not (pathlib.Path(path) / "data.mdb").is_file():  # (Store(path) would create one)
+        raise StoreError(f"no store at {path} (no data.mdb there): check --store")
     what = f"{', '.join(sorted(states))} workflows last updated before {_when(before)}"
     if args.dry_run:
         with Store(path, readonly=True) as store:

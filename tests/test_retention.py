@@ -187,6 +187,15 @@ def test_purge_without_a_runtime_deletes_directly_and_dry_run_only_counts(
     assert stuck.stdout.startswith("deleted 1 ")
 
 
+def test_purge_of_a_mistyped_store_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "stroe"
+    done = herder("purge", "--store", str(typo), "--older-than", "7d")
+    assert done.returncode == 1
+    assert f"no store at {typo}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not typo.exists()
+
+
 @pytest.mark.timeout(120)
 def test_purge_goes_through_the_running_runtime(old_store: Path) -> None:
     with Runtime(old_store, setup=register, retention=None, sweep_interval=0.05) as rt:
