@@ -36,7 +36,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from herder.actors import Complete, Operate, call_future
-from herder.runtime._waits import awaited, run_async
+from herder.runtime._waits import awaited, run_async, seconds
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime, WorkflowHandle
@@ -62,9 +62,10 @@ class AsyncHandle:
         """As :meth:`WorkflowHandle.result`, awaited: no thread waits for it."""
         handle = _handle(self)
         runtime = handle._runtime
+        limit = seconds(timeout)
         waiter = runtime._watch(handle.id, asyncio.get_running_loop())
         try:
-            record = await waiter.wait_async(timeout)
+            record = await waiter.wait_async(limit)
         finally:
             runtime._unwatch(handle.id, waiter)
         return handle._outcome(record)
@@ -97,6 +98,7 @@ class AsyncRuntime:
         Waiting for capacity (``max_active_workflows``) and for the commit costs no thread.
         """
         rt = _runtime(self)
+        timeout = seconds(timeout)
         when = {"priority": priority, "start_at": start_at, "delay": delay, "deadline": deadline}
         new, now = rt._checked(workflow, input, workflow_id, when)
         repeated = rt._repeated(new, workflow_id)  # as Runtime._start, awaiting where it blocks
@@ -116,7 +118,7 @@ class AsyncRuntime:
         Checking and encoding the items grows with their number, so that work runs on a
         worker thread: the loop serves on meanwhile."""
         rt = _runtime(self)
-        return await run_async(rt._starting_many(list(starts), timeout), off_loop=True)
+        return await run_async(rt._starting_many(list(starts), seconds(timeout)), off_loop=True)
 
     async def cancel_async(
         self, workflow_id: str, *, who: str | None = None, why: str | None = None
@@ -175,7 +177,7 @@ class AsyncRuntime:
     async def wait_active_async(self, timeout: float | None = None) -> bool:
         """As :meth:`Runtime.wait_active`, awaited without a thread."""
         rt = _runtime(self)
-        return await rt._is_active.wait_async(timeout)
+        return await rt._is_active.wait_async(seconds(timeout))
 
     async def stats_async(self) -> dict[str, Any]:
         """As :meth:`Runtime.stats`; it scans the store, so on a worker thread."""

@@ -12,7 +12,7 @@ from herder.actors import Admit, EarlyStart, Unadmit, UnknownWorkflow
 from herder.runtime._async import AsyncHandle
 from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
-from herder.runtime._waits import OneShot
+from herder.runtime._waits import OneShot, seconds
 from herder.store import StepRecord, WorkflowRecord, WorkflowState
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class WorkflowHandle(AsyncHandle):
         Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
         NEEDS_ATTENTION, and :class:`TimeoutError` if ``timeout`` seconds pass first.
         """
-        return self._outcome(self._runtime._wait_final(self.id, timeout))
+        return self._outcome(self._runtime._wait_final(self.id, seconds(timeout)))
 
     def _outcome(self, final: Final) -> dict[str, Any]:
         record, steps = final

@@ -9,6 +9,7 @@ backstop for an attempt that ends without one, once a second), never in a poll l
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -21,7 +22,8 @@ from herder.actors.ray import detach
 from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper
 from herder.runtime._part import whole as _runtime
-from herder.store import LeaseLost
+from herder.runtime._waits import seconds
+from herder.store import InvalidInput, LeaseLost
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
@@ -133,7 +135,7 @@ class Lifecycle:
 
     def wait_active(self, timeout: float | None = None) -> bool:
         """Block until this (standby) runtime took the lease and recovered; False on timeout."""
-        return _runtime(self)._is_active.wait(timeout)
+        return _runtime(self)._is_active.wait(seconds(timeout))
 
     def handoff(self, deadline: float = 30.0, *, timeout: float | None = None) -> bool:
         """Hand the store over without downtime.
@@ -148,6 +150,14 @@ class Lifecycle:
         runtime took the lease; returns whether it did (another standby may win).
         """
         rt = _runtime(self)
+        timeout = seconds(timeout)
+        if (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, int | float)
+            or not (0 <= deadline < math.inf)
+        ):
+            expected = "a finite number of seconds >= 0"
+            raise InvalidInput(f"deadline must be {expected}, got {deadline!r}")
         if rt._root is not None:
             self._hand_over(deadline)
             return True

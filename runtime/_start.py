@@ -39,6 +39,7 @@ from herder.runtime._starts import (
     same_record,
 )
 from herder.runtime._timing import begin_at, check_priority
+from herder.runtime._waits import seconds
 from herder.runtime._workflow import Workflow
 from herder.store import (
     ConditionFailed,
@@ -134,7 +135,7 @@ class Starting(StartingMany):
             workflow,
             input,
             workflow_id=workflow_id,
-            timeout=timeout,
+            timeout=seconds(timeout),
             priority=priority,
             start_at=start_at,
             delay=delay,

@@ -35,7 +35,7 @@ from herder.runtime._starts import (
     start_args,
     started_mark,
 )
-from herder.runtime._waits import Steps, Wait, awaited, run_blocking
+from herder.runtime._waits import Steps, Wait, awaited, run_blocking, seconds
 from herder.store import ConditionFailed
 
 _log = logging.getLogger("herder.runtime")
@@ -86,7 +86,7 @@ class StartingMany:
         ``max_active_workflows`` are unfinished (up to ``timeout`` seconds).
         """
         rt = _runtime(self)
-        return run_blocking(rt._starting_many(list(starts), timeout))
+        return run_blocking(rt._starting_many(list(starts), seconds(timeout)))
 
     def _starting_many(
         self, starts: list[Mapping[str, Any]], timeout: float | None

@@ -7,12 +7,14 @@
 - :func:`awaited`: a ``concurrent.futures.Future`` awaited without blocking the loop.
 - :class:`Wait`, :func:`run_blocking`, :func:`run_async`: a call written once as a
   generator of waits, run blocking on a thread or awaited on a loop (``_start.py``).
+- :func:`seconds`: a caller's ``timeout`` checked at the door.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
@@ -20,8 +22,20 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from herder.actors import LoopInbox, inbox
+from herder.store import InvalidInput
 
 T = TypeVar("T")
+
+
+def seconds(value: object, name: str = "timeout") -> float | None:
+    """A caller's wait in seconds: None (or infinity, or more than a lock can wait) for
+    no limit; anything but a number >= 0 raises :class:`InvalidInput` (a negative one
+    was no limit at all to ``Lock.acquire``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise InvalidInput(f"{name} must be None or a number of seconds >= 0, got {value!r}")
+    return None if math.isinf(value) or value > threading.TIMEOUT_MAX else float(value)
 
 
 class NotifyingEvent(threading.Event):

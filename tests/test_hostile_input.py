@@ -7,6 +7,7 @@ data already in the store and ``test_store_fuzz.py`` the decoder.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import math
 import re
@@ -336,3 +337,34 @@ def test_the_longest_id_and_names_fit_every_key_they_are_built_into(tmp_path: Pa
         keys = [k for db in DATABASES for k, _ in rt._store.raw_scan(db)]
         assert max(len(k) for k in keys) <= 511
         assert any(k.startswith(wid.encode()) for k, _ in rt._store.raw_scan("steps"))
+
+
+class Later(Agent):
+    def go(self, ctx: StepContext) -> Any:
+        return ctx.complete_later() if ctx.workflow_id == "waits" else "done"
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), "5", True])
+def test_a_wait_that_is_not_seconds_is_refused_before_anything_happens(
+    tmp_path: Path, bad: object
+) -> None:
+    """A negative timeout was no limit at all to the lock underneath: result(timeout=-1)
+    blocked for ever; nan, a str or a bool met the lock's own TypeError or ValueError."""
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("a", Later)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="go"))
+        handle = rt.start("w", workflow_id="waits")
+        wrong = "timeout must be None or a number of seconds >= 0"
+        with pytest.raises(InvalidInput, match=wrong):
+            handle.result(timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match=wrong):
+            asyncio.run(handle.result_async(timeout=bad))  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match=wrong):
+            rt.start("w", workflow_id="never", timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match=wrong):
+            rt.start_many([{"workflow": "w", "workflow_id": "never"}], timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="deadline must be a finite number"):
+            rt.handoff(deadline=bad)  # type: ignore[arg-type]
+        assert [s.id for s in rt.list()] == ["waits"]  # nothing else was started
+        # No limit at all is None, or infinity (which the lock itself refused).
+        assert rt.start("w", workflow_id="ok").result(timeout=math.inf) == {"s": "done"}
