@@ -4,6 +4,7 @@ and handed to the Scheduler as ``Define`` messages."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -91,12 +92,11 @@ class Registration:
         rt = _runtime(self)
         rt._check_open()
         validate_name("agent", name)
-        if not callable(factory):
-            raise InvalidInput(f"agent {name!r}: factory must be callable, got {factory!r}")
+        _check_factory(name, factory, asyncio)
         adaptive = concurrency if isinstance(concurrency, Adaptive) else None
         if adaptive is not None:
             concurrency = adaptive.max  # instances to hold; the limit admits fewer
-        if not isinstance(concurrency, int) or concurrency < 1:
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise InvalidInput(
                 f"agent {name!r}: concurrency must be an int >= 1 or an Adaptive, "
                 f"got {concurrency!r}"
@@ -249,4 +249,17 @@ class Registration:
             return True
         return any(
             r.name == plan.name and r.version == plan.version for r in store.workflows(corrupt=[])
+        )
+
+
+def _check_factory(name: str, factory: object, asyncio: object) -> None:
+    """``add_agent``'s checks of the factory and its ``asyncio`` choice."""
+    if not callable(factory):
+        raise InvalidInput(f"agent {name!r}: factory must be callable, got {factory!r}")
+    if asyncio is not None and asyncio is not True and asyncio is not False:
+        raise InvalidInput(f"agent {name!r}: asyncio must be None, True or False, got {asyncio!r}")
+    if asyncio is not True and inspect.iscoroutinefunction(factory):
+        raise InvalidInput(
+            f"agent {name!r}: its factory is an async def, which only the asyncio host "
+            "awaits: pass add_agent(..., asyncio=True), or make it a plain def"
         )

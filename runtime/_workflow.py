@@ -13,6 +13,10 @@ from herder.store import InvalidInput, Plan, RetryPolicy, StepSpec, validate_nam
 _FOREVER = 10 * 365 * 86400.0  # ten years: longer timeouts and delays are surely mistakes
 
 
+MAX_VERSION = 2**32 - 1
+"""The highest workflow version: the store keys a definition by a 4-byte version."""
+
+
 class Workflow:
     """A named, versioned workflow definition: a DAG of steps run by agents.
 
@@ -27,8 +31,14 @@ class Workflow:
 
     def __init__(self, name: str, version: int = 1, *, deadline: float | None = None) -> None:
         self.name = validate_name("workflow", name)
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise InvalidInput(f"workflow version must be an int >= 1, got {version!r}")
+        if (
+            not isinstance(version, int)
+            or isinstance(version, bool)
+            or not 1 <= version <= MAX_VERSION
+        ):
+            raise InvalidInput(
+                f"workflow version must be an int in 1..{MAX_VERSION}, got {version!r}"
+            )
         self.version = version
         # Seconds from each start by which the workflow must end (start(deadline=) wins).
         self.deadline = None if deadline is None else deadline_seconds(deadline, "deadline")

@@ -90,6 +90,11 @@ def graph(*edges: tuple[str, list[str]]) -> Workflow:
 
 Call = Callable[[Runtime], Any]
 
+
+async def async_factory() -> Agent:  # an agent the thread host could never build
+    return Echo()
+
+
 # (what is tried, the call, the error it must raise, a regex its message must match)
 AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
     ("input: an object()", lambda rt: rt.start("echo", object()), EncodeError, "cannot be stored"),
@@ -159,8 +164,16 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      lambda rt: Workflow("w").step("s", agent="svc", action="\udcff"), InvalidInput, "UTF-8"),
     ("workflow name of 10,000 bytes", lambda rt: Workflow("w" * 10_000), InvalidInput,
      "limit is 100"),
+    ("workflow version 2**32 (over the 4 bytes of its key)",
+     lambda rt: Workflow("w", version=2**32), InvalidInput, r"an int in 1\.\.4294967295"),
     ("add_agent: name of 200 bytes", lambda rt: rt.add_agent("a" * 200, Echo), InvalidInput,
      "limit is 100"),
+    ("add_agent: an async def factory without asyncio=True",
+     lambda rt: rt.add_agent("a", async_factory), InvalidInput, r"asyncio=True"),
+    ("add_agent: asyncio='yes'", lambda rt: rt.add_agent("a", Echo, asyncio="yes"),  # type: ignore[arg-type]
+     InvalidInput, "asyncio must be None, True or False"),
+    ("add_agent: concurrency=True", lambda rt: rt.add_agent("a", Echo, concurrency=True),
+     InvalidInput, "concurrency must be an int"),
     ("operator: who not valid UTF-8", lambda rt: rt.retry("taken", who="\udcff"), InvalidInput,
      "who is not valid UTF-8"),
     ("operator: who not a str", lambda rt: rt.abandon("taken", who=5), InvalidInput,  # type: ignore[arg-type]
