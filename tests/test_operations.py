@@ -188,9 +188,12 @@ def test_a_live_daemon_is_inspectable_refuses_a_second_writer_and_drains_on_sigt
     assert code == 0, capsys.readouterr().err
     assert "cancel w-1: done" in out
 
-    # A second runtime on the same store is refused, pointing at read-only access.
-    with pytest.raises(StoreLocked, match="read-only"):
+    # A second runtime on the same store is refused, pointing at read-only access, a
+    # standby and a handoff (docs/operations.md).
+    with pytest.raises(StoreLocked, match="read-only") as locked:
         Runtime(store)
+    assert "Runtime(path, standby=True)" in str(locked.value)
+    assert "herder handoff --store" in str(locked.value)
 
     # SIGTERM: the daemon drains (the held attempt finishes) and exits 0.
     daemon.proc.send_signal(signal.SIGTERM)
