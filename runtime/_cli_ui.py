@@ -13,7 +13,7 @@ def add_parsers(sub: Any) -> None:
     ui = sub.add_parser("ui", help="serve the web console of a store (see docs/console.md)")
     add_store(ui)
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost)")
-    ui.add_argument("--port", type=int, default=8700, help="port (0: any free one)")
+    ui.add_argument("--port", type=_port, default=8700, help="port (0: any free one)")
     ui.add_argument("--token", help="token for actions (default: $HERDER_UI_TOKEN or random)")
     ui.set_defaults(func=_ui)
 
@@ -22,3 +22,14 @@ def _ui(args: argparse.Namespace, out: TextIO) -> int:
     from herder.runtime.ui._main import run_console
 
     return run_console(args.store, args.host, args.port, args.token, out)
+
+
+def _port(text: str) -> int:
+    """A TCP port (argparse reports a refusal as a usage error, exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use 0..65535 (0: any free one)")
+    return port

@@ -97,6 +97,9 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             sys.stderr.write(f"herder skip: --result is not valid JSON: {exc}\n")
             return 2
+        except RecursionError:
+            sys.stderr.write("herder skip: --result is nested too deeply to read\n")
+            return 2
     with Store(path, readonly=True) as store:
         record = store.get_workflow(args.id)
     if record is None:

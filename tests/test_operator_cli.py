@@ -168,6 +168,10 @@ def test_skip_takes_a_json_result_and_refuses_bad_json(
     code, _ = run("skip", "nope", "--store", str(path), "--result", "{bad", "--why", "x")
     assert code == 2
     assert "not valid JSON" in capsys.readouterr().err
+    deep = "[" * 5000 + "]" * 5000  # json.loads raised RecursionError: a traceback
+    code, _ = run("skip", "nope", "--store", str(path), "--result", deep, "--why", "x")
+    assert code == 2
+    assert "--result is nested too deeply" in capsys.readouterr().err
     code, _ = run("skip", "nope", "--store", str(path), "--result", "{}", "--why", "x")
     assert code == 1
     assert "no workflow with id 'nope'" in capsys.readouterr().err

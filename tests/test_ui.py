@@ -334,6 +334,20 @@ def test_cli_ui_refuses_a_port_in_use(store: Path, capsys: pytest.CaptureFixture
     assert "cannot listen" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_cli_ui_refuses_what_is_not_a_port_as_a_usage_error(
+    store: Path, port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from herder.runtime._cli import main
+
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error (OverflowError before)
+        main(["ui", "--store", str(store), "--port", port], io.StringIO())
+    assert exited.value.code == 2
+    assert "is not a port: use 0..65535" in capsys.readouterr().err
+
+
 def test_a_store_older_than_the_index_says_so(tmp_path: Path, store: Path) -> None:
     import shutil
 
