@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TextIO
 
 from herder.runtime import _cli_admin, _cli_daemon, _cli_inspect, _cli_ui, _operator_cli
+from herder.runtime._cli_args import require_store
 from herder.store import HerderError
 
 FAMILIES = (_cli_inspect, _operator_cli, _cli_daemon, _cli_admin, _cli_ui)
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if argv and argv[0] in _PASS_THROUGH:  # their own parsers take the rest, options too
         return _PASS_THROUGH[argv[0]](argv[1:], out)
     args = _parser().parse_args(argv)
+    require_store(args)
     try:
         code: int = args.func(args, out)
     except BrokenPipeError:  # `herder ls | head`: the reader left, which is fine

@@ -15,11 +15,18 @@ def add_store(cmd: argparse.ArgumentParser) -> None:
     default = os.environ.get(STORE_ENV) or None
     cmd.add_argument(
         "--store",
-        required=default is None,
         default=default,
         help=f"the store directory (default: ${STORE_ENV}"
         + (f", now {default})" if default else ", unset)"),
     )
+    cmd.set_defaults(store_parser=cmd)  # (main reports a missing one: see require_store)
+
+
+def require_store(args: argparse.Namespace) -> None:
+    """A usage error (exit 2) when a command that needs a store was given none."""
+    parser = getattr(args, "store_parser", None)
+    if parser is not None and not args.store:
+        parser.error(f"--store DIR is required (or set ${STORE_ENV} to the store directory)")
 
 
 def add_json(cmd: argparse.ArgumentParser) -> None:

@@ -88,7 +88,10 @@ def test_herder_store_in_the_environment_is_the_default_store(store: Path) -> No
     assert len(json.loads(listed.stdout)) == 5
     missing = herder("ls", env={"HERDER_STORE": ""})
     assert missing.returncode == 2
-    assert "--store" in missing.stderr
+    assert "--store DIR is required (or set $HERDER_STORE" in missing.stderr
+    empty = herder("ls", "--store", "", env={"HERDER_STORE": ""})  # (not the current directory)
+    assert empty.returncode == 2
+    assert "--store DIR is required" in empty.stderr
 
 
 def test_version_prints_the_installed_version() -> None:
