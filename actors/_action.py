@@ -28,7 +28,14 @@ from herder.actors._host import InstanceCrash
 from herder.actors._messages import Outcome, Run
 from herder.actors._outcomes import COMPLETE_LATER, DONE, NOT_DONE, RUNNING, ProbeResult
 from herder.actors.engine import UNSTORABLE_ERROR, OutcomeKind
-from herder.store import EncodeError, bounded_traceback, describe, error_types, normalize
+from herder.store import (
+    EncodeError,
+    bounded_traceback,
+    describe,
+    error_types,
+    normalize,
+    type_name,
+)
 
 _PLAIN, _LATER = OutcomeKind.PLAIN.value, OutcomeKind.LATER.value  # (an enum's .value is 2 calls)
 
@@ -57,7 +64,10 @@ def call_action(agent: Any, agent_name: str, run: Run) -> Any:
     no such public action); what it returns is the caller's to settle."""
     method = getattr(agent, run.action, None)
     if run.action.startswith("_") or not callable(method):
-        raise Permanent(f"agent {agent_name!r} has no action {run.action!r}")
+        made = type_name(type(agent))  # (a factory that returned None, say)
+        raise Permanent(
+            f"agent {agent_name!r} has no action {run.action!r} (its factory made a {made})"
+        )
     return method(run.context)
 
 

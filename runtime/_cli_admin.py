@@ -17,7 +17,7 @@ import pathlib
 import sys
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_store
+from herder.runtime._cli_args import add_store, seconds_arg
 from herder.runtime._inspect import parse_when
 from herder.store import (
     COMMAND_DONE,
@@ -54,7 +54,7 @@ def add_parsers(sub: Any) -> None:
     )
     cmd.add_argument("--dry-run", action="store_true", help="only count what would go")
     cmd.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds to wait for a running runtime"
+        "--timeout", type=seconds_arg, default=600.0, help="seconds to wait for a running runtime"
     )
     cmd.set_defaults(func=_purge)
     pack = sub.add_parser("compact", help="shrink the store file (offline: no runtime running)")

@@ -1,9 +1,10 @@
 """Options several ``herder`` subcommands share: ``--store`` (default ``$HERDER_STORE``)
-and ``--json``."""
+and ``--json``; and the argument types that refuse a bad number as a usage error."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 STORE_ENV = "HERDER_STORE"
@@ -32,3 +33,25 @@ def require_store(args: argparse.Namespace) -> None:
 def add_json(cmd: argparse.ArgumentParser) -> None:
     """``--json``: machine-readable output."""
     cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def seconds_arg(text: str) -> float:
+    """A number of seconds >= 0 (argparse reports a refusal as a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def count_arg(text: str) -> int:
+    """An int >= 0 (argparse reports a refusal as a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value

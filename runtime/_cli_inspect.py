@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_json, add_store
+from herder.runtime._cli_args import add_json, add_store, count_arg
 from herder.store import Store, WorkflowState
 
 
@@ -23,7 +23,9 @@ def add_parsers(sub: Any) -> None:
     ls = cmd("ls", "list workflows, last updated first (read-only; fine while a runtime runs)")
     states = [str(s) for s in WorkflowState]
     ls.add_argument("--state", type=str.upper, choices=states, help="only workflows in this state")
-    ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
+    ls.add_argument(
+        "--limit", type=count_arg, default=50, help="at most this many (default 50; 0: all)"
+    )
     ls.add_argument(
         "--since",
         help="only workflows updated since then: a duration back from now (30m, 2h, 7d) "

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from herder.actors import UnknownWorkflow
 from herder.actors.engine import OPERATOR_WORKFLOW_NEXT
-from herder.runtime._cli_args import add_json, add_store
+from herder.runtime._cli_args import add_json, add_store, seconds_arg
 from herder.runtime._console import print_table
 from herder.runtime._inbox import inbox_items
 from herder.store import COMMAND_DONE, Store, append_command, is_held, new_command, wait_outcome
@@ -54,7 +54,7 @@ def add_parsers(sub: Any) -> None:
         cmd.add_argument("--why", required=True, help="the reason, kept in the history")
         cmd.add_argument("--who", help="who acts (default: $USER)")
         cmd.add_argument(
-            "--timeout", type=float, default=30.0, help="seconds to wait for the runtime"
+            "--timeout", type=seconds_arg, default=30.0, help="seconds to wait for the runtime"
         )
         if action == "skip":
             cmd.add_argument("--step", help="the step (default: the one needing attention)")

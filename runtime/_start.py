@@ -326,9 +326,15 @@ class Starting(StartingMany):
         """The existing workflow's handle if ``new`` asks for the same, else a conflict."""
         rt = _runtime(self)
         if not same_record(existing, new):
+            what = (
+                "different input"
+                if existing.name == new.plan.name
+                else f"another workflow (you asked for {new.plan.name!r})"
+            )
             raise WorkflowConflict(
                 f"workflow id {existing.id!r} was already started as {existing.name!r} with "
-                "different input; use a new id, or the same input to get the existing handle"
+                f"{what}; use a new id, or the same workflow and input to get the existing "
+                "handle"
             )
         return WorkflowHandle(rt, existing.id)
 

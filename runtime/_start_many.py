@@ -188,6 +188,7 @@ class StartingMany:
                 conflicts.append(new.workflow_id)
         if conflicts:
             raise WorkflowConflict(
-                f"{len(conflicts)} workflow ids were already started with different input "
+                f"{len(conflicts)} workflow ids were already started as another workflow "
+                "or with different input "
                 f"({', '.join(map(repr, conflicts[:5]))}); the other workflows started"
             )

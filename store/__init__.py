@@ -152,6 +152,7 @@ from herder.store._untrusted import (
     exception_name,
     safe_repr,
     safe_str,
+    type_name,
 )
 from herder.store._writer import Writer
 
@@ -262,6 +263,7 @@ __all__ = [
     "timer_key",
     "timer_token",
     "timer_upper_bound",
+    "type_name",
     "validate_id",
     "validate_name",
     "wait_outcome",

@@ -162,3 +162,22 @@ def test_stats_after_the_runtime_stopped_raises_the_exported_store_closed(tmp_pa
     rt.stop()
     with pytest.raises(StoreClosed):
         rt.stats()
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["ls", "--limit", "-1"], "'-1' is not a whole number >= 0"),
+        (["cancel", "w", "--why", "x", "--timeout", "-1"], "'-1' is not a number of seconds"),
+        (["purge", "--older-than", "7d", "--timeout", "nan"], "'nan' is not a number of seconds"),
+    ],
+)
+def test_a_bad_number_is_a_usage_error(
+    tmp_path: Path, argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from herder.runtime._cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--store", str(tmp_path)])
+    assert exited.value.code == 2
+    assert error in capsys.readouterr().err

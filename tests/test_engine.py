@@ -414,6 +414,9 @@ def test_starting_the_same_id_twice_is_idempotent_and_different_input_conflicts(
     assert first.result(timeout=WAIT) == second.result(timeout=WAIT)
     with pytest.raises(WorkflowConflict, match="different input"):
         rt.start("trip", {"who": "bob"}, workflow_id="w")
+    rt.add_workflow(Workflow("other").step("s", agent="svc", action="book"))
+    with pytest.raises(WorkflowConflict, match="another workflow \\(you asked for 'other'\\)"):
+        rt.start("other", {"who": "ada"}, workflow_id="w")  # the same input, but not trip
     assert ledger.requests["w/flight"] == 1
 
 

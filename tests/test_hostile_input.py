@@ -381,3 +381,13 @@ def test_a_wait_that_is_not_seconds_is_refused_before_anything_happens(
         assert [s.id for s in rt.list()] == ["waits"]  # nothing else was started
         # No limit at all is None, or infinity (which the lock itself refused).
         assert rt.start("w", workflow_id="ok").result(timeout=math.inf) == {"s": "done"}
+
+
+def test_a_factory_that_returns_no_agent_is_named_in_the_steps_error(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("nothing", lambda: None)  # a factory that forgot its return
+        rt.add_workflow(Workflow("w").step("s", agent="nothing", action="go"))
+        with pytest.raises(WorkflowFailed) as failed:
+            rt.start("w", workflow_id="w").result(timeout=WAIT)
+    assert failed.value.status.error is not None
+    assert "has no action 'go' (its factory made a NoneType)" in failed.value.status.error
