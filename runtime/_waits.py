@@ -104,8 +104,14 @@ async def _within(future: asyncio.Future[T], timeout: float | None) -> T:
     Cheaper on the loop than ``asyncio.wait_for``, which adds a future and a callback."""
     if timeout is None:
         return await future
-    async with asyncio.timeout(timeout):
-        return await future
+    limit = asyncio.timeout(timeout)
+    try:
+        async with limit:
+            return await future
+    except TimeoutError:
+        if limit.expired():  # (not a TimeoutError the future itself carried)
+            raise TimeoutError(f"not resolved within {timeout} s") from None
+        raise
 
 
 def _copy_outcome(done: Future[T], mirror: asyncio.Future[T]) -> None:
