@@ -36,6 +36,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from herder.actors import Complete, Operate, call_future
+from herder.runtime._starts import start_items
 from herder.runtime._waits import awaited, run_async, seconds
 
 if TYPE_CHECKING:
@@ -118,7 +119,8 @@ class AsyncRuntime:
         Checking and encoding the items grows with their number, so that work runs on a
         worker thread: the loop serves on meanwhile."""
         rt = _runtime(self)
-        return await run_async(rt._starting_many(list(starts), seconds(timeout)), off_loop=True)
+        many = rt._starting_many(start_items(starts), seconds(timeout))
+        return await run_async(many, off_loop=True)
 
     async def cancel_async(
         self, workflow_id: str, *, who: str | None = None, why: str | None = None

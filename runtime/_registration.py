@@ -199,6 +199,10 @@ class Registration:
         """
         rt = _runtime(self)
         rt._check_open()
+        if not isinstance(workflow, Workflow):
+            raise InvalidInput(
+                f"add_workflow takes a Workflow (Workflow(name).step(...)), got {workflow!r}"
+            )
         plan = workflow.compile()
         self._check_actions(plan)
         stored = rt._store.get_plan(plan.name, plan.version)

@@ -51,6 +51,7 @@ from herder.runtime._tracing import tracing_for
 from herder.runtime._waits import NotifyingEvent, OneShot, Pulse
 from herder.store import (
     HerderError,
+    InvalidInput,
     Plan,
     Store,
     StoreCorrupt,
@@ -232,7 +233,11 @@ class Runtime(
         of its id raises :class:`StoreCorrupt` naming the bad key.
         """
         if state is not None:
-            state = WorkflowState(state)
+            try:
+                state = WorkflowState(state)
+            except ValueError:
+                known = ", ".join(WorkflowState)
+                raise InvalidInput(f"no workflow state {state!r}; the states: {known}") from None
         corrupt: builtins.list[StoreCorrupt] = []
         out = []
         for record in self._store.workflows(state, corrupt=corrupt):

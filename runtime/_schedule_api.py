@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 from herder.actors import UnknownName
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
-from herder.store import normalize
+from herder.store import normalize, validate_name
 
 if TYPE_CHECKING:
     from herder.runtime._firing import Firer
@@ -81,14 +81,17 @@ class ScheduleMethods:
 
     def pause_schedule(self, name: str) -> None:
         """Fire nothing for schedule ``name`` until :meth:`resume_schedule`."""
+        validate_name("schedule", name)
         _active_firer(self).pause(name, True)
 
     def resume_schedule(self, name: str) -> None:
         """Fire schedule ``name`` again from its next slot (slots while paused are passed)."""
+        validate_name("schedule", name)
         _active_firer(self).pause(name, False)
 
     def delete_schedule(self, name: str) -> None:
         """Delete schedule ``name``; the workflows it started are left alone."""
+        validate_name("schedule", name)
         _active_firer(self).delete(name)
 
     def schedules(self) -> list[ScheduleStatus]:

@@ -33,6 +33,7 @@ from herder.runtime._starts import (
     same_record,
     same_start,
     start_args,
+    start_items,
     started_mark,
 )
 from herder.runtime._waits import Steps, Wait, awaited, run_blocking, seconds
@@ -86,7 +87,7 @@ class StartingMany:
         ``max_active_workflows`` are unfinished (up to ``timeout`` seconds).
         """
         rt = _runtime(self)
-        return run_blocking(rt._starting_many(list(starts), seconds(timeout)))
+        return run_blocking(rt._starting_many(start_items(starts), seconds(timeout)))
 
     def _starting_many(
         self, starts: list[Mapping[str, Any]], timeout: float | None

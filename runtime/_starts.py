@@ -8,7 +8,7 @@ import asyncio
 import functools
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +122,16 @@ START_ARGS = frozenset(
     {"workflow", "input", "workflow_id", "priority", "start_at", "delay", "deadline"}
 )
 """The keys an item of ``start_many`` may hold: ``start()``'s arguments."""
+
+
+def start_items(starts: object) -> list[Any]:
+    """``start_many``'s items as a list (each checked by :func:`start_args`)."""
+    if isinstance(starts, str | bytes | Mapping) or not isinstance(starts, Iterable):
+        raise InvalidInput(
+            "start_many takes an iterable of mappings, each of start()'s arguments "
+            f"({{'workflow': ..., 'input': ...}}), got {starts!r:.80}"
+        )
+    return list(starts)
 
 
 def start_args(index: int, item: object) -> Mapping[str, Any]:

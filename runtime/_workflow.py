@@ -77,7 +77,14 @@ class Workflow:
         validate_name("step", name)
         if name in self._steps:
             raise InvalidDefinition(f"workflow {self.name!r} already has a step named {name!r}")
-        deps = (after,) if isinstance(after, str) else tuple(after)
+        if isinstance(after, str):
+            deps: tuple[str, ...] = (after,)
+        elif isinstance(after, Iterable):
+            deps = tuple(after)
+        else:
+            raise InvalidDefinition(
+                f"step {name!r}: after must be a step name or a list of them, got {after!r}"
+            )
         for dep in deps:
             validate_name("dependency", dep)
         if len(set(deps)) != len(deps):
@@ -87,7 +94,11 @@ class Workflow:
             ("heartbeat_timeout", heartbeat_timeout),
             ("delay", delay),
         ):
-            if value is not None and not 0 < value < _FOREVER:
+            if value is not None and (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not 0 < value < _FOREVER
+            ):
                 raise InvalidDefinition(
                     f"step {name!r}: {field} must be > 0 seconds (and under ten years) or "
                     f"None, got {value!r}"

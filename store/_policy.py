@@ -7,6 +7,7 @@ tests pass a fixed one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,13 +48,28 @@ class RetryPolicy:
             ">= 1",
             max_attempts,
         )
+        for name, value in (
+            ("initial_interval", initial_interval),
+            ("backoff_coefficient", backoff_coefficient),
+            ("max_interval", max_interval),
+            ("jitter", jitter),
+        ):
+            _check(_is_number(value), name, "a number", value)
         _check(initial_interval >= 0, "initial_interval", ">= 0", initial_interval)
         _check(backoff_coefficient >= 1, "backoff_coefficient", ">= 1", backoff_coefficient)
         _check(
             max_interval >= initial_interval, "max_interval", ">= initial_interval", max_interval
         )
         _check(0 <= jitter <= 1, "jitter", "between 0 and 1", jitter)
-        names = tuple(t if isinstance(t, str) else exception_name(t) for t in non_retryable)
+        if isinstance(non_retryable, str | type):  # one type (or name) on its own
+            non_retryable = (non_retryable,)
+        _check(
+            isinstance(non_retryable, Iterable),
+            "non_retryable",
+            "exception types or their names",
+            non_retryable,
+        )
+        names = tuple(_error_name(t) for t in non_retryable)
         object.__setattr__(self, "max_attempts", max_attempts)
         object.__setattr__(self, "initial_interval", float(initial_interval))
         object.__setattr__(self, "backoff_coefficient", float(backoff_coefficient))
@@ -91,6 +107,23 @@ class RetryPolicy:
     def from_dict(cls, data: Mapping[str, Any]) -> RetryPolicy:
         """Rebuild a policy from :meth:`to_dict` output."""
         return cls(**data)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _error_name(kind: object) -> str:
+    """An exception type's stored name (a name given as a str is taken as it is)."""
+    if isinstance(kind, str):
+        return kind
+    _check(
+        isinstance(kind, type) and issubclass(kind, BaseException),
+        "non_retryable",
+        "exception types or their names",
+        kind,
+    )
+    return exception_name(kind)  # type: ignore[arg-type]
 
 
 def _check(ok: bool, name: str, expected: str, actual: object) -> None:

@@ -164,6 +164,22 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      lambda rt: Workflow("w").step("s", agent="svc", action="\udcff"), InvalidInput, "UTF-8"),
     ("workflow name of 10,000 bytes", lambda rt: Workflow("w" * 10_000), InvalidInput,
      "limit is 100"),
+    ("add_workflow: a name, not a Workflow", lambda rt: rt.add_workflow("w"),  # type: ignore[arg-type]
+     InvalidInput, "add_workflow takes a Workflow"),
+    ("step: timeout as a str", lambda rt: Workflow("w").step("s", agent="svc", action="echo",
+     timeout="5"), InvalidDefinition, "timeout must be > 0 seconds"),  # type: ignore[arg-type]
+    ("step: after as an int", lambda rt: Workflow("w").step("s", agent="svc", action="echo",
+     after=5), InvalidDefinition, "after must be a step name or a list"),  # type: ignore[arg-type]
+    ("RetryPolicy: non_retryable=5", lambda rt: RetryPolicy(non_retryable=5),  # type: ignore[arg-type]
+     InvalidInput, "non_retryable must be exception types"),
+    ("RetryPolicy: initial_interval as a str", lambda rt: RetryPolicy(initial_interval="1"),  # type: ignore[arg-type]
+     InvalidInput, "initial_interval must be a number"),
+    ("list: an unknown state", lambda rt: rt.list(state="bogus"), InvalidInput,
+     "no workflow state 'bogus'"),
+    ("pause_schedule: an int", lambda rt: rt.pause_schedule(5), InvalidInput,  # type: ignore[arg-type]
+     "schedule name must be"),
+    ("start_many: an int", lambda rt: rt.start_many(5), InvalidInput,  # type: ignore[arg-type]
+     "start_many takes an iterable of mappings"),
     ("workflow version 2**32 (over the 4 bytes of its key)",
      lambda rt: Workflow("w", version=2**32), InvalidInput, r"an int in 1\.\.4294967295"),
     ("add_agent: name of 200 bytes", lambda rt: rt.add_agent("a" * 200, Echo), InvalidInput,
