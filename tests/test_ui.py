@@ -292,6 +292,13 @@ def test_a_signed_in_action_without_a_runtime_is_queued_on_the_channel(
         )
         assert status == 200
         assert "is queued: no runtime holds the store" in html
+        assert '<span class="mode rw">operator</span>' in html  # signed in, not read-only
+        status, _, html = request(
+            console, "POST", "/act", body=form(console, why=" "), headers=headers
+        )
+        assert status == 400
+        assert "say who acts and why" in html
+        assert "complete the form" in html  # not "fix the address"
         _, _, html = request(console, "GET", "/workflow?id=o-6")  # the store reads again
         assert "o-6" in html
     finally:

@@ -226,7 +226,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 ),
             )
         except ValueError as exc:
-            self._page(400, error_page("Bad request", str(exc), "Fix the address and retry."))
+            hint = (
+                "Go back, complete the form and send it again; nothing was changed."
+                if method == "POST"
+                else "Fix the address and retry."
+            )
+            self._page(400, error_page("Bad request", str(exc), hint))
         except Exception as exc:
             _log.exception("herder ui: %s %s failed", method, url.path)
             self._page(

@@ -133,7 +133,9 @@ class Views:
             command_id = append_command(self._gate.path, command)
         outcome, ok = self._outcome(command_id)
         html = _pages.outcome_page(action, workflow_id, outcome, ok)
-        page = _pages.layout(action, html, store=self._gate.path, active="inbox", csrf=None)
+        page = _pages.layout(  # (only a signed-in operator gets here: not read-only)
+            action, html, store=self._gate.path, active="inbox", csrf=self._console.csrf
+        )
         return (200 if ok is not False else 409), page
 
     def _outcome(self, command_id: int) -> tuple[str, bool | None]:
