@@ -85,4 +85,6 @@ def main(store: str, hosts_file: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if len(sys.argv) != 3:
+        sys.exit("usage: python examples/daemon.py STORE_DIR HOSTS_FILE (one host per line)")
+    main(sys.argv[1], sys.argv[2])
