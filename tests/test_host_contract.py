@@ -37,6 +37,7 @@ from herder.actors import (
 )
 from herder.actors._host import moved_on
 from herder.actors._messages import Outcome, Run
+from herder.actors.engine import UNSTORABLE_ERROR
 from herder.runtime import InvalidInput, Runtime, Workflow
 from herder.runtime.testing import simulate
 
@@ -216,7 +217,8 @@ def test_errors_are_described_and_permanent_ones_marked(driver: Driver) -> None:
     assert driver.run("worker", "refuse").permanent
     assert driver.run("worker", "missing").permanent
     too_big = driver.run("worker", "ok", "x" * 2000)
-    assert too_big.permanent
+    assert not too_big.permanent  # the action ran: its step is undone, though not retried
+    assert too_big.error_types[0] == UNSTORABLE_ERROR
     assert "EncodeError" in (too_big.error or "")
 
 
