@@ -77,17 +77,22 @@ def test_each_failed_attempt_keeps_a_bounded_traceback_in_its_history_event(
     assert "KeyError: 'still failing'" in second
 
 
-def test_show_attempts_prints_each_failed_attempt_with_its_traceback(
-    failed: tuple[Path, list[dict[str, object]]],
-) -> None:
-    path, _ = failed
-    shown = subprocess.run(
-        [HERDER, "show", "wf", "--attempts", "--store", str(path)],
+def show_attempts(path: Path, workflow_id: str) -> str:
+    """What ``herder show ID --attempts`` (the real executable) prints."""
+    return subprocess.run(
+        [HERDER, "show", workflow_id, "--attempts", "--store", str(path)],
         capture_output=True,
         text=True,
         timeout=WAIT * 2,
         check=True,
     ).stdout
+
+
+def test_show_attempts_prints_each_failed_attempt_with_its_traceback(
+    failed: tuple[Path, list[dict[str, object]]],
+) -> None:
+    path, _ = failed
+    shown = show_attempts(path, "wf")
     assert "failed attempts: 2" in shown
     assert "step call attempt 1: ValueError: the remote said no" in shown
     assert "    File " in shown
@@ -141,12 +146,6 @@ def test_each_failed_compensation_attempt_keeps_its_error_and_traceback_too(
         ("charge", 1, "RuntimeError: refund API down (try 1)"),
         ("charge", 2, "RuntimeError: refund API down (try 2)"),
     ]
-    shown = subprocess.run(
-        [HERDER, "show", "o", "--attempts", "--store", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT * 2,
-        check=True,
-    ).stdout
+    shown = show_attempts(path, "o")
     assert "failed attempts: 3" in shown
     assert "refund API down (try 2)" in shown
