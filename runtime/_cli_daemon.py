@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_store
+from herder.runtime._cli_args import add_store, seconds_arg
 from herder.store import DEFAULT_LEASE
 
 
@@ -22,9 +22,9 @@ def add_parsers(sub: Any) -> None:
     handoff = sub.add_parser("handoff", help="ask the runtime holding a store to hand over")
     add_store(handoff)
     handoff.add_argument(
-        "--deadline", type=float, default=30.0, help="seconds running attempts may finish in"
+        "--deadline", type=seconds_arg, default=30.0, help="seconds running attempts may finish in"
     )
-    handoff.add_argument("--wait", type=float, default=60.0, help="seconds to wait for it")
+    handoff.add_argument("--wait", type=seconds_arg, default=60.0, help="seconds to wait for it")
     handoff.add_argument(
         "--force",
         action="store_true",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import threading
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from herder.actors import LoopInbox, inbox
-from herder.store import InvalidInput
+from herder.store import InvalidInput, real_number
 
 T = TypeVar("T")
 
@@ -33,9 +32,10 @@ def seconds(value: object, name: str = "timeout") -> float | None:
     was no limit at all to ``Lock.acquire``)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+    number = real_number(value)
+    if number is None or not number >= 0:
         raise InvalidInput(f"{name} must be None or a number of seconds >= 0, got {value!r}")
-    return None if math.isinf(value) or value > threading.TIMEOUT_MAX else float(value)
+    return None if number > threading.TIMEOUT_MAX else number
 
 
 class NotifyingEvent(threading.Event):

@@ -8,7 +8,7 @@ from herder.actors import InvalidDefinition
 from herder.runtime._anyof import AnyOf
 from herder.runtime._deadlines import deadline_seconds
 from herder.runtime._routing import template_fields
-from herder.store import InvalidInput, Plan, RetryPolicy, StepSpec, validate_name
+from herder.store import InvalidInput, Plan, RetryPolicy, StepSpec, real_number, validate_name
 
 _FOREVER = 10 * 365 * 86400.0  # ten years: longer timeouts and delays are surely mistakes
 
@@ -94,11 +94,7 @@ class Workflow:
             ("heartbeat_timeout", heartbeat_timeout),
             ("delay", delay),
         ):
-            if value is not None and (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not 0 < value < _FOREVER
-            ):
+            if value is not None and not 0 < (real_number(value) or 0) < _FOREVER:
                 raise InvalidDefinition(
                     f"step {name!r}: {field} must be > 0 seconds (and under ten years) or "
                     f"None, got {value!r}"
@@ -115,11 +111,11 @@ class Workflow:
             action=validate_name("action", action),
             after=deps,
             compensate=None if compensate is None else validate_name("compensate", compensate),
-            timeout=None if timeout is None else float(timeout),
-            heartbeat_timeout=None if heartbeat_timeout is None else float(heartbeat_timeout),
+            timeout=None if timeout is None else real_number(timeout),
+            heartbeat_timeout=None if heartbeat_timeout is None else real_number(heartbeat_timeout),
             retry=retry,
             compensate_retry=compensate_retry,
-            delay=None if delay is None else float(delay),
+            delay=None if delay is None else real_number(delay),
         )
         return self
 

@@ -95,14 +95,15 @@ _LAYOUTS: dict[int, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
 
 def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] | None:
     """The event of a step change, or None when it is not a transition (a heartbeat).
-    A new error is one even in the same state: a failed compensation (retried or
-    escalated, it stays COMPENSATING) or probe."""
-    if (
+    A failed compensation attempt is one though its step stays COMPENSATING (retried or
+    escalated): :func:`_compensation_failed`."""
+    same = (
         old.state is new.state
         and old.attempt == new.attempt
         and old.comp_attempt == new.comp_attempt
-        and (old.error == new.error or new.error is None)
-    ):
+    )
+    failure = same and _compensation_failed(old, new)  # (looked at only then: per step)
+    if same and not failure:
         return None
     compensating = new.state.is_compensation
     event = {
@@ -113,12 +114,19 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
         "to": new.state.value,
         "attempt": new.comp_attempt if compensating else new.attempt,
         "token": new.token,
-        "error": new.error if new.error != old.error else None,
+        "error": new.error if new.error != old.error or failure else None,
     }
     agent = new.extra.get("agent")  # the AnyOf member the attempt went to
     if agent is not None:
         event["agent"] = agent
     return event
+
+
+def _compensation_failed(old: StepRecord, new: StepRecord) -> bool:
+    """Of a step that kept its state and attempt numbers: a compensation attempt failed.
+    It stays COMPENSATING with the failure's error and a fresh token (its retry, or an
+    operator, takes it from there); its message may repeat the last one's word for word."""
+    return new.state is StepState.COMPENSATING and old.token != new.token and new.error is not None
 
 
 def step_history(
@@ -138,12 +146,13 @@ def step_history(
     event's sequence, only for a transition (:func:`step_event`'s): None when the change
     is none (a heartbeat). ``pack`` encodes the value (``encode``, or the caller's own
     ``encoder()``)."""
-    if (
+    same = (
         old.state is new.state
         and old.attempt == new.attempt
         and old.comp_attempt == new.comp_attempt
-        and (old.error == new.error or new.error is None)
-    ):
+    )
+    failure = same and _compensation_failed(old, new)  # (looked at only then: per step)
+    if same and not failure:
         return None
     if "agent" in new.extra:  # an AnyOf member: the event keeps its map
         event = step_event(old, new, now)
@@ -152,7 +161,7 @@ def step_history(
             event["traceback"] = note
         return (HISTORY_DB, prefix + seq_suffix(seq())), _stored(event)
     state = new.state  # a StrEnum: packed as its value
-    error = new.error if new.error != old.error else None
+    error = new.error if new.error != old.error or failure else None
     attempt = new.comp_attempt if state in _UNDOING else new.attempt
     stored = [_STEP, now, new.name, old.state, state, attempt, new.token, error]
     if note is not None and error:

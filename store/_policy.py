@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from herder.store._errors import InvalidInput
 from herder.store._untrusted import exception_name
@@ -48,19 +48,20 @@ class RetryPolicy:
             ">= 1",
             max_attempts,
         )
-        for name, value in (
-            ("initial_interval", initial_interval),
-            ("backoff_coefficient", backoff_coefficient),
-            ("max_interval", max_interval),
-            ("jitter", jitter),
-        ):
-            _check(_is_number(value), name, "a number", value)
-        _check(initial_interval >= 0, "initial_interval", ">= 0", initial_interval)
-        _check(backoff_coefficient >= 1, "backoff_coefficient", ">= 1", backoff_coefficient)
-        _check(
-            max_interval >= initial_interval, "max_interval", ">= initial_interval", max_interval
-        )
-        _check(0 <= jitter <= 1, "jitter", "between 0 and 1", jitter)
+        given = {
+            "initial_interval": initial_interval,
+            "backoff_coefficient": backoff_coefficient,
+            "max_interval": max_interval,
+            "jitter": jitter,
+        }
+        number = {name: real_number(value) for name, value in given.items()}
+        for name, value in number.items():
+            _check(value is not None and not math.isnan(value), name, "a number", given[name])
+        first, factor, ceiling, spread = cast("list[float]", list(number.values()))
+        _check(first >= 0, "initial_interval", ">= 0", initial_interval)
+        _check(factor >= 1, "backoff_coefficient", ">= 1", backoff_coefficient)
+        _check(ceiling >= first, "max_interval", ">= initial_interval", max_interval)
+        _check(0 <= spread <= 1, "jitter", "between 0 and 1", jitter)
         if isinstance(non_retryable, str | type):  # one type (or name) on its own
             non_retryable = (non_retryable,)
         _check(
@@ -71,10 +72,10 @@ class RetryPolicy:
         )
         names = tuple(_error_name(t) for t in non_retryable)
         object.__setattr__(self, "max_attempts", max_attempts)
-        object.__setattr__(self, "initial_interval", float(initial_interval))
-        object.__setattr__(self, "backoff_coefficient", float(backoff_coefficient))
-        object.__setattr__(self, "max_interval", float(max_interval))
-        object.__setattr__(self, "jitter", float(jitter))
+        object.__setattr__(self, "initial_interval", first)
+        object.__setattr__(self, "backoff_coefficient", factor)
+        object.__setattr__(self, "max_interval", ceiling)
+        object.__setattr__(self, "jitter", spread)
         object.__setattr__(self, "non_retryable", names)
 
     def delay(self, failed_attempt: int, rand: float = 0.5) -> float:
@@ -109,8 +110,18 @@ class RetryPolicy:
         return cls(**data)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+def real_number(value: object) -> float | None:
+    """``value`` as a float if it is a number (an int, a float, a Decimal, a Fraction, a
+    numpy scalar...; an int too large for a float is infinity), else None: a str, bytes or
+    bool is not one."""
+    if isinstance(value, str | bytes | bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+    except (TypeError, ValueError):
+        return None
 
 
 def _error_name(kind: object) -> str:

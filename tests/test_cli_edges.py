@@ -170,6 +170,7 @@ def test_stats_after_the_runtime_stopped_raises_the_exported_store_closed(tmp_pa
         (["ls", "--limit", "-1"], "'-1' is not a whole number >= 0"),
         (["cancel", "w", "--why", "x", "--timeout", "-1"], "'-1' is not a number of seconds"),
         (["purge", "--older-than", "7d", "--timeout", "nan"], "'nan' is not a number of seconds"),
+        (["handoff", "--deadline", "inf"], "'inf' is not a number of seconds"),
     ],
 )
 def test_a_bad_number_is_a_usage_error(

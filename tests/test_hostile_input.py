@@ -373,6 +373,23 @@ class Later(Agent):
         return ctx.complete_later() if ctx.workflow_id == "waits" else "done"
 
 
+def test_any_kind_of_number_is_a_number_of_seconds() -> None:
+    """Decimal, Fraction (and numpy's) numbers are seconds as floats are; an int too big
+    for a float means no limit, as infinity does."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from herder.runtime._waits import seconds
+
+    assert seconds(Decimal("0.5")) == seconds(Fraction(1, 2)) == 0.5
+    assert seconds(10**400) is None
+    assert (
+        RetryPolicy(initial_interval=Decimal("0.5"), max_interval=10**400).max_interval == math.inf
+    )
+    spec = Workflow("w").step("s", agent="svc", action="echo", timeout=Decimal(5)).compile()
+    assert spec.steps[0].timeout == 5.0
+
+
 @pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), "5", True])
 def test_a_wait_that_is_not_seconds_is_refused_before_anything_happens(
     tmp_path: Path, bad: object

@@ -81,3 +81,24 @@ def test_the_picture_marks_probes_and_operator_actions_escaped() -> None:
     assert "skip by ada" in svg
     assert "&lt;b&gt;by hand&lt;/b&gt;" in svg
     assert "<b>" not in svg
+
+
+def test_a_failed_compensation_attempt_is_one_failed_bar_then_its_backoff() -> None:
+    """Each failed compensation attempt is a history event of its own (its step stays
+    COMPENSATING): its bar is failed, the wait after it is a wait, not a second failure."""
+    history = [
+        step(1.0, "pay", "SUCCEEDED", "COMPENSATING", 1),
+        step(2.0, "pay", "COMPENSATING", "COMPENSATING", 1, "RuntimeError: down"),
+        step(4.0, "pay", "COMPENSATING", "COMPENSATING", 2),
+        step(5.0, "pay", "COMPENSATING", "COMPENSATING", 2, "RuntimeError: down"),
+        {"kind": "workflow", "t": 5.0, "from": "COMPENSATING", "to": "NEEDS_ATTENTION"},
+    ]
+    got = [(s.state, s.start, s.end, s.css) for s in segments(["pay"], history, 1.0, 8.0)]
+    assert got == [
+        ("PENDING", 1.0, 1.0, "pending"),  # (no event before its undo in this history)
+        ("COMPENSATING", 1.0, 2.0, "failed"),
+        ("UNDO_WAIT", 2.0, 4.0, "wait"),  # its backoff
+        ("COMPENSATING", 4.0, 5.0, "failed"),
+        ("UNDO_WAIT", 5.0, 5.0, "wait"),  # escalated at once
+        ("PARKED", 5.0, 8.0, "parked"),
+    ]

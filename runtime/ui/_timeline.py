@@ -18,8 +18,8 @@ from html import escape
 from typing import Any
 
 _FINAL_STEP = frozenset({"SUCCEEDED", "FAILED", "COMPENSATED"})
-_WAITS = frozenset({"PENDING", "RETRY_WAIT", "WAITING", "PARKED"})
-_ACTIVE = frozenset({"DISPATCHED", "COMPENSATING", "UNKNOWN", "WAITING"})
+_WAITS = frozenset({"PENDING", "RETRY_WAIT", "WAITING", "PARKED", "UNDO_WAIT"})
+_ACTIVE = frozenset({"DISPATCHED", "COMPENSATING", "UNKNOWN", "WAITING", "UNDO_WAIT"})
 _OUTCOME = {  # how an attempt ended (the state it went to) -> its CSS class
     "SUCCEEDED": "ok",
     "COMPENSATED": "undone",
@@ -97,6 +97,8 @@ def segments(
         new_attempt = e["attempt"] if isinstance(e.get("attempt"), int) else attempt
         if state not in _FINAL_STEP:
             out.append(Segment(step, state, since, float(e["t"]), attempt, to, e.get("error")))
+        if state == to == "COMPENSATING" and new_attempt == attempt and e.get("error"):
+            to = "UNDO_WAIT"  # a compensation attempt failed: it waits for its retry
         current[step] = (to, float(e["t"]), new_attempt)
     for step, (state, since, attempt) in current.items():
         if state not in _FINAL_STEP and end > since:
@@ -174,7 +176,8 @@ def _bar(seg: Segment, x: Any, y: float) -> str:
         if thin
         else (f"attempt {seg.attempt}")
     )
-    tip = f"{seg.step}: {seg.state} ({what}) {_span(seg.end - seg.start)}"
+    state = "COMPENSATING, waiting to retry" if seg.state == "UNDO_WAIT" else seg.state
+    tip = f"{seg.step}: {state} ({what}) {_span(seg.end - seg.start)}"
     if seg.ended_in:
         tip += f" -> {seg.ended_in}"
     if seg.error:
