@@ -48,16 +48,10 @@ class RetryPolicy:
             ">= 1",
             max_attempts,
         )
-        given = {
-            "initial_interval": initial_interval,
-            "backoff_coefficient": backoff_coefficient,
-            "max_interval": max_interval,
-            "jitter": jitter,
-        }
-        number = {name: real_number(value) for name, value in given.items()}
-        for name, value in number.items():
-            _check(value is not None and not math.isnan(value), name, "a number", given[name])
-        first, factor, ceiling, spread = cast("list[float]", list(number.values()))
+        first = _number("initial_interval", initial_interval)
+        factor = _number("backoff_coefficient", backoff_coefficient)
+        ceiling = _number("max_interval", max_interval)
+        spread = _number("jitter", jitter)
         _check(first >= 0, "initial_interval", ">= 0", initial_interval)
         _check(factor >= 1, "backoff_coefficient", ">= 1", backoff_coefficient)
         _check(ceiling >= first, "max_interval", ">= initial_interval", max_interval)
@@ -122,6 +116,13 @@ def real_number(value: object) -> float | None:
         return math.inf if value > 0 else -math.inf  # type: ignore[operator]
     except (TypeError, ValueError):
         return None
+
+
+def _number(name: str, value: object) -> float:
+    """``value`` as a float (:func:`real_number`), or :class:`InvalidInput` naming ``name``."""
+    number = real_number(value)
+    _check(number is not None and not math.isnan(number), name, "a number", value)
+    return cast("float", number)
 
 
 def _error_name(kind: object) -> str:
