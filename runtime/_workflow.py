@@ -89,12 +89,14 @@ class Workflow:
             validate_name("dependency", dep)
         if len(set(deps)) != len(deps):
             raise InvalidDefinition(f"step {name!r} lists a dependency twice: {list(deps)}")
+        seconds: dict[str, float | None] = {}  # each one read once (real_number)
         for field, value in (
             ("timeout", timeout),
             ("heartbeat_timeout", heartbeat_timeout),
             ("delay", delay),
         ):
-            if value is not None and not 0 < (real_number(value) or 0) < _FOREVER:
+            number = seconds[field] = None if value is None else real_number(value)
+            if value is not None and not 0 < (number or 0) < _FOREVER:
                 raise InvalidDefinition(
                     f"step {name!r}: {field} must be > 0 seconds (and under ten years) or "
                     f"None, got {value!r}"
@@ -111,11 +113,11 @@ class Workflow:
             action=validate_name("action", action),
             after=deps,
             compensate=None if compensate is None else validate_name("compensate", compensate),
-            timeout=None if timeout is None else real_number(timeout),
-            heartbeat_timeout=None if heartbeat_timeout is None else real_number(heartbeat_timeout),
+            timeout=seconds["timeout"],
+            heartbeat_timeout=seconds["heartbeat_timeout"],
             retry=retry,
             compensate_retry=compensate_retry,
-            delay=None if delay is None else real_number(delay),
+            delay=seconds["delay"],
         )
         return self
 
