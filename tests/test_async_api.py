@@ -213,7 +213,7 @@ def test_run_forever_async_returns_when_the_runtime_is_stopped_elsewhere(tmp_pat
 
     async def main() -> None:
         serving = asyncio.ensure_future(rt.run_forever_async())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # (a yield: run_forever_async starts serving; no wait)
         threading.Thread(target=rt.stop).start()
         await asyncio.wait_for(serving, WAIT)
 

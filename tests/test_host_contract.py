@@ -91,7 +91,7 @@ class AsyncWorker(Agent):
     hanging = threading.Event()
 
     async def ok(self, ctx: StepContext) -> Any:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # (a yield to the loop, as an awaiting action makes: no wait)
         return ctx.input
 
     async def boom(self, ctx: StepContext) -> None:
