@@ -113,7 +113,7 @@ class RuntimeConfig:
         _positive("probe_timeout", self.probe_timeout)
         _positive("lease", self.lease)
         for name in ("instance_shutdown", "instance_idle_timeout"):
-            _at_least(name, getattr(self, name), 0, "a finite number of seconds >= 0")
+            at_least(name, getattr(self, name), 0, "a finite number of seconds >= 0")
         for name in ("max_input_bytes", "max_result_bytes"):
             value = getattr(self, name)
             if not _is_int(value) or not 0 < value <= MAX_VALUE_BYTES:
@@ -242,6 +242,7 @@ def _positive(name: str, value: Any) -> None:
         raise _wrong(name, "a finite number of seconds > 0", value)
 
 
-def _at_least(name: str, value: Any, low: float, expected: str) -> None:
+def at_least(name: str, value: Any, low: float, expected: str) -> None:
+    """:class:`InvalidInput` unless ``value`` is a finite number (not a bool) >= ``low``."""
     if not _is_number(value) or value < low:
         raise _wrong(name, expected, value)

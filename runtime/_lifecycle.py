@@ -9,7 +9,6 @@ backstop for an attempt that ends without one, once a second), never in a poll l
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
 import time
@@ -19,11 +18,12 @@ import pykka
 
 from herder.actors import NotActive, RuntimeClosed, SteadyClock, call, start_tree
 from herder.actors.ray import detach
+from herder.runtime._config import at_least
 from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper
 from herder.runtime._part import whole as _runtime
 from herder.runtime._waits import seconds
-from herder.store import InvalidInput, LeaseLost
+from herder.store import LeaseLost
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
@@ -151,13 +151,7 @@ class Lifecycle:
         """
         rt = _runtime(self)
         timeout = seconds(timeout)
-        if (
-            isinstance(deadline, bool)
-            or not isinstance(deadline, int | float)
-            or not (0 <= deadline < math.inf)
-        ):
-            expected = "a finite number of seconds >= 0"
-            raise InvalidInput(f"deadline must be {expected}, got {deadline!r}")
+        at_least("deadline", deadline, 0, "a finite number of seconds >= 0")
         if rt._root is not None:
             self._hand_over(deadline)
             return True
