@@ -132,7 +132,7 @@ class OneShot(Generic[T]):
     of the loop for many, a bounded number run per loop turn). The first :meth:`set` or
     :meth:`fail` wins; later ones do nothing."""
 
-    __slots__ = ("_done", "_future", "_inbox", "_won", "error", "value")
+    __slots__ = ("_done", "_future", "_inbox", "_ready", "_won", "error", "value")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._won = threading.Lock()  # taken by the first resolver
@@ -141,6 +141,7 @@ class OneShot(Generic[T]):
         self._future: asyncio.Future[None] | None = None
         self.value: T | None = None
         self.error: BaseException | None = None
+        self._ready = False  # resolved: value or error is final (set before the wake-up)
         if loop is None:
             self._done.acquire()  # released once resolved
         else:
@@ -150,12 +151,14 @@ class OneShot(Generic[T]):
         """Resolve with ``value`` (callable from any thread)."""
         if self._won.acquire(blocking=False):
             self.value = value
+            self._ready = True
             self._wake()
 
     def fail(self, error: BaseException) -> None:
         """Resolve with ``error``, raised to the waiter (callable from any thread)."""
         if self._won.acquire(blocking=False):
             self.error = error
+            self._ready = True
             self._wake()
 
     def _wake(self) -> None:
@@ -181,12 +184,15 @@ class OneShot(Generic[T]):
         return self._outcome()
 
     async def wait_async(self, timeout: float | None) -> T:
-        """As :meth:`wait`, awaited on the loop it was made with."""
-        future = cast("asyncio.Future[None]", self._future)
-        if future.cancelled():  # an earlier wait timed out: wait on a fresh one
-            future = self._future = future.get_loop().create_future()
-        if not future.done():
-            await _within(future, timeout)
+        """As :meth:`wait`, awaited on the loop it was made with. Resolved already, it
+        returns at once, even with a timeout of 0 while the loop has not yet run the
+        wake-up the resolver sent it."""
+        if not self._ready:
+            future = cast("asyncio.Future[None]", self._future)
+            if future.cancelled():  # an earlier wait timed out: wait on a fresh one
+                future = self._future = future.get_loop().create_future()
+            if not future.done():
+                await _within(future, timeout)
         return self._outcome()
 
     def _outcome(self) -> T:

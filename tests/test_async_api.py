@@ -111,6 +111,18 @@ def test_result_async_raises_workflow_failed_and_times_out(rt: Runtime) -> None:
     asyncio.run(main())
 
 
+def test_result_async_of_a_finished_workflow_needs_no_time(rt: Runtime) -> None:
+    """As ``result(timeout=0)``: a workflow that ended already is read, not waited for."""
+    done = rt.start("quick", 5, workflow_id="ended")
+    assert done.result(timeout=WAIT) == {"s": {"echo": 5}}
+    assert done.result(timeout=0) == {"s": {"echo": 5}}
+
+    async def main() -> dict[str, Any]:
+        return await done.result_async(timeout=0)
+
+    assert asyncio.run(main()) == {"s": {"echo": 5}}
+
+
 def test_waiting_for_many_results_costs_no_thread(rt: Runtime) -> None:
     async def main() -> None:
         handles = [await rt.start_async("held") for _ in range(200)]

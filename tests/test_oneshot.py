@@ -45,3 +45,21 @@ def test_a_waiter_on_a_loop_is_woken_from_another_thread_and_may_time_out() -> N
         return await shot.wait_async(30), timed_out  # a timeout left it usable
 
     assert asyncio.run(main()) == (7, True)
+
+
+def test_a_loop_waiter_resolved_before_it_waits_returns_even_with_no_time_to_wait() -> None:
+    """Resolved from another thread, the loop has not yet run the wake-up it was sent:
+    ``wait_async(0)`` returns the value, as ``wait(0)`` does (it timed out before)."""
+
+    async def main() -> tuple[int, int]:
+        ok: OneShot[int] = OneShot(asyncio.get_running_loop())
+        bad: OneShot[int] = OneShot(asyncio.get_running_loop())
+        resolver = threading.Thread(target=lambda: (ok.set(3), bad.fail(ValueError("no"))))
+        resolver.start()
+        resolver.join(30)
+        got = await ok.wait_async(0)
+        with pytest.raises(ValueError, match="no"):
+            await bad.wait_async(0)
+        return got, await ok.wait_async(0)
+
+    assert asyncio.run(main()) == (3, 3)
