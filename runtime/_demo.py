@@ -84,11 +84,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the demo (or, with ``--worker``, its worker); returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     out = out or sys.stdout
     if args.worker:
         return _worker(args.dir, args.workflows, args.seed, args.concurrency)
     if args.dir is not None:
+        # A second run would find its trips finished, kill nothing and audit the first
+        # run's store: its summary would be about neither.
+        used = [p.name for p in (args.dir / "store", args.dir / "effects") if p.exists()]
+        if used:
+            parser.error(
+                f"--dir {args.dir} holds an earlier demo's {' and '.join(used)}; "
+                "give a new or empty directory, or delete that one first"
+            )
         return _parent(args, args.dir, out)
     with tempfile.TemporaryDirectory(prefix="herder-demo-") as tmp:
         return _parent(args, pathlib.Path(tmp), out)

@@ -35,3 +35,23 @@ def test_demo_survives_a_sigkill_of_its_worker_and_reports_no_duplicates(tmp_pat
     assert _row(out, "needing attention") == 0
     assert _row(out, "duplicate effects") == 0
     assert "invariants held" in out
+
+
+@pytest.mark.timeout(30)
+def test_demo_refuses_a_dir_an_earlier_demo_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second run there would find every trip finished, kill nothing and audit the
+    first run's store: it is refused at once, and nothing in the directory changes."""
+    from herder.runtime._demo import run_demo
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "data.mdb").write_bytes(b"earlier")
+    with pytest.raises(SystemExit) as refused:
+        run_demo(["--workflows", "10", "--dir", str(tmp_path)])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--dir {tmp_path} holds an earlier demo's store" in err
+    assert "give a new or empty directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    assert (tmp_path / "store" / "data.mdb").read_bytes() == b"earlier"
