@@ -109,6 +109,11 @@ class WorkflowRecord:
     # The time (runtime clock) it must end by (actors/engine/_deadline.py), or None. Added
     # after schema 3: an array without it reads as None (see _array_codec).
     deadline: float | None = None
+    # Why it compensates (as ``error`` says while it does): kept while an operator
+    # resolves a failed compensation, whose NEEDS_ATTENTION ``error`` names that failure
+    # instead, so that ``error`` says it again once the workflow compensates on. Added
+    # after ``deadline`` (read as None when absent).
+    reason: str | None = None
 
     def evolve(self, **changes: Any) -> WorkflowRecord:
         """A copy with ``changes`` applied (as ``dataclasses.replace``, several times faster).
@@ -121,14 +126,16 @@ class WorkflowRecord:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as a map, the schema 2 layout (``agents``, ``trace`` and ``deadline``
-        only when set: records without them keep their stored form, and older ones read
+        """The record as a map, the schema 2 layout (``agents``, ``trace``, ``deadline``
+        and ``reason`` only when set: records without them keep their stored form, and older ones read
         with defaults)."""
         extra: dict[str, Any] = {"agents": self.agents} if self.agents else {}
         if self.trace is not None:
             extra["trace"] = self.trace
         if self.deadline is not None:
             extra["deadline"] = self.deadline
+        if self.reason is not None:
+            extra["reason"] = self.reason
         return {
             "v": MAP_VERSION,
             "id": self.id,
@@ -317,7 +324,7 @@ def _array_codec(
 
 
 _stored_workflow, _workflow_from_array = _array_codec(
-    WorkflowRecord, WorkflowState, added=("deadline",)
+    WorkflowRecord, WorkflowState, added=("deadline", "reason")
 )
 _stored_step, _step_from_array = _array_codec(StepRecord, StepState)
 # The generated functions are the records' own to_stored methods: one call, not a method

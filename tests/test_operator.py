@@ -117,6 +117,10 @@ def test_skip_marks_a_failed_compensation_done_and_the_rest_is_undone(rt: Runtim
     assert story.index(("step", "hotel", "COMPENSATING")) < story.index(("operator", None, "skip"))
     assert story.index(("operator", None, "skip")) < story.index(("step", "flight", "COMPENSATED"))
     assert story[-1] == ("workflow", None, "COMPENSATED")
+    # It compensated because the car failed: the hotel's failed undo is in its history.
+    assert status.error == "step 'car' failed: RuntimeError: car is sold out"
+    with pytest.raises(WorkflowFailed, match=r"COMPENSATED: step .car. failed: RuntimeError: car is"):
+        rt.handle("w").result(timeout=WAIT)
 
 
 def test_retry_runs_the_failed_compensation_again_and_records_who_and_why(
@@ -124,9 +128,10 @@ def test_retry_runs_the_failed_compensation_again_and_records_who_and_why(
 ) -> None:
     broken = {"car", "undo:hotel"}
     cls = parked(rt, broken, "flight", "hotel", "car")
+    assert "compensation of step 'hotel' failed" in (rt.status("w").error or "")
     broken.discard("undo:hotel")  # the hotel's API is back
     rt.retry("w", who="bob", why="hotel API fixed")
-    with pytest.raises(WorkflowFailed):
+    with pytest.raises(WorkflowFailed, match=r"ended COMPENSATED: step 'car' failed"):
         rt.handle("w").result(timeout=WAIT)
     assert rt.status("w").state is State.COMPENSATED
     assert cls.ledger.undone == ["w/hotel", "w/flight"]

@@ -68,6 +68,7 @@ WORKFLOW = WorkflowRecord(
     agents={"flight": "airline:eu"},
     trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     deadline=1234.5,
+    reason="step 'car' failed: sold out",
 )
 STEP = StepRecord(
     workflow_id="order-42",
@@ -116,10 +117,19 @@ def test_workflow_and_step_records_round_trip_through_the_store(
 
 
 def test_a_schema_3_workflow_written_before_deadlines_reads_without_one() -> None:
-    older = WORKFLOW.to_stored()[:-1]  # as stored before the deadline field was appended
-    assert WorkflowRecord.from_dict(older) == dataclasses.replace(WORKFLOW, deadline=None)
+    older = WORKFLOW.to_stored()[:-2]  # as stored before the deadline field was appended
+    assert WorkflowRecord.from_dict(older) == dataclasses.replace(
+        WORKFLOW, deadline=None, reason=None
+    )
     with pytest.raises(ValueError, match="schema 3 WorkflowRecord"):
         WorkflowRecord.from_dict(older[:-1])  # a field every array has is missing
+
+
+def test_a_schema_3_workflow_written_before_reasons_reads_without_one() -> None:
+    older = WORKFLOW.to_stored()[:-1]  # as stored before the reason field was appended
+    assert WorkflowRecord.from_dict(older) == dataclasses.replace(WORKFLOW, reason=None)
+    newer = [*WORKFLOW.to_stored(), "a field a later version appended"]
+    assert WorkflowRecord.from_dict(newer) == WORKFLOW
 
 
 @pytest.mark.parametrize("record", [WORKFLOW, STEP], ids=["workflow", "step"])

@@ -39,7 +39,7 @@ def retry(m: Machine, run: WorkflowRun) -> None:
     its failed forward steps from attempt 1."""
     stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
     if stuck:
-        m.set_record(run, state=WorkflowState.COMPENSATING, error=None, recoveries=0)
+        m.set_record(run, state=WorkflowState.COMPENSATING, error=_why(run), recoveries=0)
         for st in stuck:
             m.put_step(run, st, undo_again(st, m.now))
             m.enqueue(run, st.name, compensating=True)
@@ -58,7 +58,7 @@ def skip(m: Machine, run: WorkflowRun, st: StepRecord, result: Any) -> None:
     if st.state is StepState.COMPENSATING:
         m.put_step(run, st, settled(st, StepState.COMPENSATED, token, m.now))
         if run.record.state is not WorkflowState.COMPENSATING:
-            m.set_record(run, state=WorkflowState.COMPENSATING)
+            m.set_record(run, state=WorkflowState.COMPENSATING, error=_why(run))
         return
     skipped = settled(
         st, StepState.SUCCEEDED, token, m.now, result=result, done_token=token, succeeded=True
@@ -66,6 +66,13 @@ def skip(m: Machine, run: WorkflowRun, st: StepRecord, result: Any) -> None:
     m.put_step(run, st, skipped)
     if run.record.state is not WorkflowState.RUNNING:
         m.set_record(run, state=WorkflowState.RUNNING, error=None)
+
+
+def _why(run: WorkflowRun) -> str | None:
+    """The error of a workflow that compensates on after a failed compensation stopped
+    it: why it compensates, not the failure it stopped at (that one is in its history);
+    a record from before ``reason`` was kept says the failure still."""
+    return run.record.reason if run.record.reason is not None else run.record.error
 
 
 def compensate(m: Machine, run: WorkflowRun, reason: str, *, parked: bool) -> None:
@@ -82,7 +89,7 @@ def compensate(m: Machine, run: WorkflowRun, reason: str, *, parked: bool) -> No
             m.supersede(run, st, replace=False)
             m.put_step(run, st, given_up(st, token=m.token(), now=m.now))
     if run.record.state is WorkflowState.COMPENSATING:
-        m.set_record(run, error=reason)
+        m.set_record(run, error=reason, reason=reason)
     else:
         m.begin_compensation(run, reason)
     m.cancel_attempts(run)

@@ -288,6 +288,7 @@ class Machine:
             run,
             state=WorkflowState.COMPENSATING,
             error=reason,
+            reason=reason,
             cancelled=cancelled or run.record.cancelled,
         )
         for st in list(run.steps.values()):
