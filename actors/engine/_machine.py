@@ -284,12 +284,9 @@ class Machine:
         _log.info(
             "%s compensating: %s", run.record.id, reason, extra={"workflow_id": run.record.id}
         )
+        cancelled = cancelled or run.record.cancelled
         self.set_record(
-            run,
-            state=WorkflowState.COMPENSATING,
-            error=reason,
-            reason=reason,
-            cancelled=cancelled or run.record.cancelled,
+            run, state=WorkflowState.COMPENSATING, error=reason, reason=reason, cancelled=cancelled
         )
         for st in list(run.steps.values()):
             new = when_compensating(st, tokens=self._tokens, now=self.now)
