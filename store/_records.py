@@ -127,8 +127,8 @@ class WorkflowRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a map, the schema 2 layout (``agents``, ``trace``, ``deadline``
-        and ``reason`` only when set: records without them keep their stored form, and older ones read
-        with defaults)."""
+        and ``reason`` only when set: records without them keep their stored form, and
+        older ones read with defaults)."""
         extra: dict[str, Any] = {"agents": self.agents} if self.agents else {}
         if self.trace is not None:
             extra["trace"] = self.trace

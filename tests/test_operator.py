@@ -119,7 +119,9 @@ def test_skip_marks_a_failed_compensation_done_and_the_rest_is_undone(rt: Runtim
     assert story[-1] == ("workflow", None, "COMPENSATED")
     # It compensated because the car failed: the hotel's failed undo is in its history.
     assert status.error == "step 'car' failed: RuntimeError: car is sold out"
-    with pytest.raises(WorkflowFailed, match=r"COMPENSATED: step .car. failed: RuntimeError: car is"):
+    with pytest.raises(
+        WorkflowFailed, match=r"COMPENSATED: step .car. failed: RuntimeError: car is"
+    ):
         rt.handle("w").result(timeout=WAIT)
 
 
