@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervision_specs import ChildEventKind
 from herder.store import UserCodeFailed, describe, error_types
+
+_log = logging.getLogger("herder.asyncio")
 
 
 async def run_attempt_async(
@@ -147,6 +150,7 @@ class AsyncHost:
         self._queue_aging = queue_aging
         self._agents: dict[str, _Agent] = {}
         self._cancelled = 0
+        self._said_gone = False
 
     def owns(self, name: str, instance_id: str) -> bool:
         """True if ``instance_id`` is a slot of this host's agent ``name``."""
@@ -179,9 +183,25 @@ class AsyncHost:
         agent = self._agents[name]
         if len(agent.slots) >= agent.concurrency:
             return None  # a release pumps this agent again
+        if self._loop.gone:
+            # Every attempt would be lost at once and its retries spent in a millisecond
+            # (its workflow compensated for nothing): the steps wait instead, as behind
+            # an agent that cannot run, until the runtime stops.
+            self._say_gone()
+            return None
         instance_id = f"{name}/aio{token}"
         agent.slots[instance_id] = _Slot(token)
         return instance_id
+
+    def _say_gone(self) -> None:
+        if not self._said_gone:
+            self._said_gone = True
+            _log.error(
+                "the event loop given as Runtime(loop=) is closed, so no async def action "
+                "can run any more: their steps wait (durably) until this runtime stops and "
+                "another runs them. Stop the runtime before its loop ends: "
+                "`async with Runtime(...)`, or `await rt.stop_async()`"
+            )
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
         agent = self._agents.get(name)

@@ -168,6 +168,12 @@ class EventLoop:
         """True when the runtime runs this loop on a thread of its own."""
         return self._given is None
 
+    @property
+    def gone(self) -> bool:
+        """True once the application's loop (``loop=``) is closed: nothing can run on it
+        any more, in this runtime. (The runtime's own loop closes only at its stop.)"""
+        return self._given is not None and self._given.is_closed()
+
     def submit(self, coro: Coroutine[Any, Any, Any]) -> Attempt | None:
         """Run ``coro`` as a task on the loop; None (``coro`` closed, never started) when
         the loop is closed or the runtime stopped. Callable from any thread."""

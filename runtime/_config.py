@@ -150,6 +150,12 @@ class RuntimeConfig:
             raise _wrong(
                 "loop", "an asyncio event loop (asyncio.get_running_loop()) or None", self.loop
             )
+        if self.loop is not None and self.loop.is_closed():
+            raise InvalidInput(
+                "loop= is closed: async def actions could never run on it; pass the loop "
+                "that will run them (asyncio.get_running_loop() inside it), or None for "
+                "the runtime's own"
+            )
         retention_seconds(self.retention)
         _check_clock(self.clock)
         if self.tracer_provider is not None and not _has_methods(

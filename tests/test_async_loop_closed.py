@@ -1,0 +1,83 @@
+"""The application's event loop (``Runtime(loop=)``) closed under a running runtime:
+its ``async def`` steps wait, durably, for a runtime that can run them; none is failed
+for it (each attempt used to be lost at once, its retries spent in a millisecond and its
+workflow compensated). A loop closed already is refused at the door."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Agent, InvalidInput, Runtime, State, StepContext, Workflow
+
+WAIT = 10.0
+pytestmark = pytest.mark.timeout(60)
+
+
+class Quick(Agent):
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"ran": ctx.input}
+
+
+FLOW = Workflow("aw").step("a", agent="aq", action="run", timeout=30)
+
+
+class _Said(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.event = threading.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.event.set()
+
+
+def test_a_closed_loop_holds_the_steps_and_the_next_runtime_runs_them(tmp_path: Path) -> None:
+    said = _Said()
+    logging.getLogger("herder.asyncio").addHandler(said)
+    try:
+
+        async def main() -> Runtime:
+            rt = Runtime(tmp_path / "s", loop=asyncio.get_running_loop())
+            rt.add_agent("aq", Quick)
+            rt.add_workflow(FLOW)
+            assert await (await rt.start_async("aw", 1)).result_async(WAIT) == {"a": {"ran": 1}}
+            return rt  # not stopped: asyncio.run closes the loop under it
+
+        rt = asyncio.run(main())
+        try:
+            rt.start("aw", 2, workflow_id="after")
+            assert said.event.wait(WAIT)
+            status = rt.status("after")
+            assert status.state is State.RUNNING  # waiting, not compensated
+            assert [e.get("to") for e in rt.history("after") if e["kind"] == "step"] in (
+                [],
+                ["DISPATCHED"],  # reserved ahead: it waits for a slot and spends no attempt
+            )
+        finally:
+            rt.stop()
+    finally:
+        logging.getLogger("herder.asyncio").removeHandler(said)
+    assert len(said.messages) == 1  # said once, not per step
+    assert "Runtime(loop=) is closed" in said.messages[0]
+    assert "await rt.stop_async()" in said.messages[0]
+    with Runtime(tmp_path / "s") as again:  # its own loop this time
+        again.add_agent("aq", Quick)
+        again.add_workflow(FLOW)
+        assert again.handle("after").result(timeout=WAIT) == {"a": {"ran": 2}}
+
+
+def test_a_loop_closed_already_is_refused_and_the_store_stays_free(tmp_path: Path) -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    with pytest.raises(InvalidInput, match="loop= is closed"):
+        Runtime(tmp_path / "s", loop=loop)
+    with Runtime(tmp_path / "s") as rt:  # not left locked by the refused one
+        assert rt.list() == []
