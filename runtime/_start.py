@@ -112,6 +112,9 @@ class Starting(StartingMany):
     ) -> WorkflowHandle:
         """Start a workflow; it is durable when this returns.
 
+        ``workflow`` is a name (its highest registered version runs) or a registered
+        :class:`Workflow` (that version runs).
+
         Idempotent on ``workflow_id``: the same id with the same input returns a handle to
         the existing workflow; with different input it raises :class:`WorkflowConflict`.
         Without one, the workflow gets a fresh id: a time-ordered UUID (version 7) as 32
@@ -265,8 +268,19 @@ class Starting(StartingMany):
         ``add_agent``/``remove_agent`` (its version is read before the look, so one
         that raced it is looked at again too)."""
         rt: Runtime = self  # type: ignore[assignment]
-        name = workflow.name if isinstance(workflow, Workflow) else workflow
-        plan = rt._latest.get(name) if isinstance(name, str) else None
+        if isinstance(workflow, Workflow):  # that version, not the latest of its name
+            name = workflow.name
+            plan = rt._ctx.plans.get((name, workflow.version))
+            if plan is None and name in rt._latest:
+                versions = sorted(v for n, v in rt._ctx.plans if n == name)
+                raise UnknownName(
+                    f"workflow {name!r} version {workflow.version} is not registered "
+                    f"(registered versions: {', '.join(map(str, versions))}); call "
+                    "add_workflow with it first, or start it by name for the latest"
+                )
+        else:
+            name = workflow
+            plan = rt._latest.get(name) if isinstance(name, str) else None
         if plan is None:
             known = ", ".join(sorted(rt._latest)) or "none"
             raise UnknownName(

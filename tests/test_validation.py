@@ -88,3 +88,24 @@ def test_a_start_looks_at_the_agents_again_after_they_were_removed_or_replaced(
         rt.add_agent("shop", Shop)
         rt.start("order", workflow_id="o5", delay=3600)
         assert sorted(s.id for s in rt.list()) == ["o1", "o5"]
+
+
+def test_a_workflow_object_starts_its_own_version_and_a_name_the_latest(tmp_path: Path) -> None:
+    v1 = Workflow("order", version=1).step("pay", agent="shop", action="buy")
+    v2 = Workflow("order", version=2).step("pay", agent="shop", action="buy")
+    v2 = v2.step("receipt", agent="shop", action="buy", after=["pay"])
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(v1)
+        rt.add_workflow(v2)
+        by_object = rt.start(v1, workflow_id="old")
+        by_name = rt.start("order", workflow_id="new")
+        assert by_object.result(timeout=WAIT) == {"pay": "bought"}
+        assert by_name.result(timeout=WAIT) == {"pay": "bought", "receipt": "bought"}
+        assert (rt.status("old").version, rt.status("new").version) == (1, 2)
+        v3 = Workflow("order", version=3).step("pay", agent="shop", action="buy")
+        with pytest.raises(UnknownName, match=r"version 3 is not registered \(registered "):
+            rt.start(v3)
+        with pytest.raises(UnknownName, match=r"version 3 is not registered"):
+            rt.start_many([{"workflow": v3}])
+        assert sorted(s.id for s in rt.list()) == ["new", "old"]
