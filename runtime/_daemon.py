@@ -1,8 +1,8 @@
 """``herder run`` (a daemon from a user's app factory) and ``herder handoff``.
 
 An app is ``module:factory``: the runtime calls ``factory(rt)`` as its ``setup``, before
-recovery, to register agents and workflows (work it starts must wait in a thread for
-``rt.wait_active()``).
+recovery, to register agents, workflows and schedules (work it starts must wait in a
+thread for ``rt.wait_active()``).
 Exit codes: 0 after a clean stop or handoff, 1 when the runtime failed or lost its lease.
 """
 

@@ -217,6 +217,9 @@ class Lifecycle:
             )
             call(rt._scheduler, "sync", timeout=rt._ask_timeout)  # recovery has run
             rt._firer = Firer(rt, rt._ask_timeout)
+            for declared in rt._declared:  # rt.schedule() in setup or on the standby
+                rt._firer.define(declared)
+            rt._declared.clear()
             rt._firer.start()
             rt._is_active.set()
 

@@ -53,6 +53,7 @@ from herder.store import (
     HerderError,
     InvalidInput,
     Plan,
+    ScheduleRecord,
     Store,
     StoreCorrupt,
     WorkflowState,
@@ -88,7 +89,8 @@ class Runtime(
         with Runtime("var/herder", setup=register) as rt:
             rt.start("trip", {"who": "ada"}, workflow_id="order-42").result(timeout=10)
 
-    ``setup`` may only register (starting work inside it raises :class:`NotActive`); an
+    ``setup`` may only register agents, workflows and schedules (starting work inside it
+    raises :class:`NotActive`); an
     exception from it closes the store and propagates. Registering after ``Runtime()``
     returned also works: recovered workflows wait (``stats()["awaiting_definition"]``)
     until their definition and agents arrive.
@@ -189,6 +191,9 @@ class Runtime(
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher = None
         self._firer, self._routers = None, {}
+        # rt.schedule() calls made before there is a firer (in setup, on a standby):
+        # defined, in order, when this runtime becomes active (_lifecycle).
+        self._declared: builtins.list[ScheduleRecord] = []
 
     def _setup(self, setup: Callable[[Runtime], object]) -> None:
         """Run the application's registration before anything is recovered."""

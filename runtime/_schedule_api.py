@@ -56,9 +56,13 @@ class ScheduleMethods:
         ``jitter``: delay each firing's first steps by up to that many seconds. The first
         slot is the first one after this call; calling it again with the same settings
         changes nothing, with new settings keeps the slots already handled.
+
+        Callable in ``setup`` (a daemon's app factory) and on a standby too: the schedule
+        is checked at once, stored when the runtime becomes active, and the status
+        returned is the one declared (``schedules()`` shows the stored one).
         """
         rt = _runtime(self)
-        rt._check_active()
+        rt._check_open()
         plan = rt._latest.get(workflow)
         if plan is None:
             raise UnknownName(f"no workflow named {workflow!r} is registered; add_workflow it")
@@ -77,7 +81,11 @@ class ScheduleMethods:
             jitter=jitter,
             timezone=timezone,
         )
-        return ScheduleStatus.of(_active_firer(self).define(record))
+        with rt._promotion:
+            if rt._firer is None:  # in setup, or a standby: defined once it is active
+                rt._declared.append(record)
+                return ScheduleStatus.of(record)
+        return ScheduleStatus.of(rt._firer.define(record))
 
     def pause_schedule(self, name: str) -> None:
         """Fire nothing for schedule ``name`` until :meth:`resume_schedule`."""

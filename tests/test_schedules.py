@@ -340,3 +340,46 @@ def test_a_wall_clock_step_neither_repeats_nor_loses_slots_beyond_catch_up(
     advance(rt, clock, 0)
     finish_all(rt)
     assert fired(rt) == ids("tick", "08:01:00", "08:02:00", "08:03:00", "08:04:00")
+
+
+def _declare(runtime: Runtime) -> None:
+    """A daemon's setup (``herder run --app``): registers, and declares its schedule."""
+    runtime.add_agent("job", Job, concurrency=4)
+    runtime.add_workflow(JOB)
+    declared = runtime.schedule("tick", "job", every=60)
+    assert (declared.name, declared.every, declared.fired) == ("tick", 60.0, 0)  # as declared
+
+
+@pytest.mark.parametrize("standby", [False, True], ids=["active", "standby"])
+def test_a_schedule_declared_in_setup_is_stored_once_the_runtime_is_active(
+    tmp_path: Path, clock: FakeClock, standby: bool
+) -> None:
+    with Runtime(
+        tmp_path,
+        clock=clock,
+        sweep_interval=0.05,
+        standby=standby,
+        standby_poll=0.02,
+        setup=_declare,
+    ) as runtime:
+        assert runtime.wait_active(WAIT)
+        assert [s.name for s in runtime.schedules()] == ["tick"]
+        advance(runtime, clock, 60)
+        finish_all(runtime)
+        assert fired(runtime) == ids("tick", "08:01:00")
+    with Runtime(tmp_path, clock=clock, setup=_declare) as again:  # the next start: the same
+        [listed] = again.schedules()
+        assert (listed.fired, listed.last_id) == (1, ids("tick", "08:01:00")[0])
+
+
+def test_a_bad_schedule_in_setup_fails_the_runtime_at_once(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    def setup(runtime: Runtime) -> None:
+        runtime.add_agent("job", Job)
+        runtime.schedule("tick", "no-such-workflow", every=60)
+
+    with pytest.raises(UnknownName, match="no workflow named 'no-such-workflow'"):
+        Runtime(tmp_path, clock=clock, setup=setup)
+    with Runtime(tmp_path, clock=clock) as runtime:  # nothing declared, nothing locked
+        assert runtime.schedules() == []
