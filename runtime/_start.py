@@ -117,6 +117,7 @@ class Starting(StartingMany):
 
         Idempotent on ``workflow_id``: the same id with the same input returns a handle to
         the existing workflow; with different input it raises :class:`WorkflowConflict`.
+        (While the store keeps it: once ``retention`` deleted it, the id starts anew.)
         Without one, the workflow gets a fresh id: a time-ordered UUID (version 7) as 32
         hex digits. Ids you choose are best made time-ordered too (a counter, a time
         prefix): the store then writes the keys of workflows started together into the
