@@ -68,6 +68,11 @@ def new_schedule(
         raise InvalidInput(
             f"schedule {name!r}: give exactly one of cron='0 2 * * *' and every=seconds"
         )
+    if cron is not None and not isinstance(cron, str):
+        raise InvalidInput(
+            f"schedule {name!r}: cron must be a cron expression such as '0 2 * * *', "
+            f"got {cron!r}"
+        )
     if every is not None and (
         isinstance(every, bool)
         or not isinstance(every, int | float)
@@ -104,6 +109,15 @@ def new_schedule(
     )
     if cron is not None:
         _cron(record, 0)  # the expression parses
+        # As for every=: a firing's delay stays under the gap to the next slot (an endless
+        # or huge jitter made every firing fail, retried for ever, and none ever ran).
+        first = next_slot(record, record.cursor_ms)
+        second = None if first is None else next_slot(record, first)
+        if first is not None and second is not None and jitter * 1000 >= second - first:
+            raise InvalidInput(
+                f"schedule {name!r}: jitter {jitter} must be less than the "
+                f"{(second - first) / 1000:g} s between its slots"
+            )
     return record
 
 

@@ -224,6 +224,14 @@ def test_bad_schedules_are_refused_with_what_to_fix(rt: Runtime) -> None:
         rt.schedule("s", "job", cron="0 2 * * *", timezone="Mars/Olympus")
     with pytest.raises(InvalidInput, match="not a cron expression"):
         rt.schedule("s", "job", cron="61 * * * *")
+    for cron in (5, ["0", "2"]):
+        with pytest.raises(InvalidInput, match="cron must be a cron expression such as"):
+            rt.schedule("s", "job", cron=cron)  # type: ignore[arg-type]
+    for jitter in (float("inf"), 1e12, 60):  # 60: not under the minute between its slots
+        with pytest.raises(InvalidInput, match=r"jitter .* must be less than the 60 s between"):
+            rt.schedule("s", "job", cron="* * * * *", jitter=jitter)
+    assert rt.schedule("s", "job", cron="* * * * *", jitter=59).jitter == 59.0
+    rt.delete_schedule("s")
     with pytest.raises(UnknownName, match="no workflow named 'nope'"):
         rt.schedule("s", "nope", every=60)
     assert rt.schedules() == []
