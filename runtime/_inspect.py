@@ -85,15 +85,27 @@ def parse_when(text: str, option: str, now: float | None = None) -> float:
     ``7d``, ``2w``) or an ISO date/time (naive means local time)."""
     now = time.time() if now is None else now
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    if match:
-        return now - float(match.group(1)) * _UNIT[match.group(2)]
+    parsed = None
+    if match is None:
+        try:
+            parsed = datetime.datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise InvalidInput(
+                f"{option} {text!r} is neither a duration (90s, 30m, 2h, 7d, 2w) nor an "
+                "ISO date/time (2026-12-01 or 2026-12-01T08:00)"
+            ) from None
     try:
-        return datetime.datetime.fromisoformat(text.strip()).timestamp()
-    except ValueError:
+        if match is not None:
+            when = now - float(match.group(1)) * _UNIT[match.group(2)]
+        else:
+            assert parsed is not None
+            when = parsed.timestamp()
+        datetime.datetime.fromtimestamp(when)  # it is shown as a date: it must be one
+    except (ValueError, OverflowError, OSError):  # (the ways of saying out of range)
         raise InvalidInput(
-            f"{option} {text!r} is neither a duration (90s, 30m, 2h, 7d, 2w) nor an ISO "
-            "date/time (2026-12-01 or 2026-12-01T08:00)"
+            f"{option} {text!r} is out of the range of dates; give a later one"
         ) from None
+    return when
 
 
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}

@@ -70,8 +70,7 @@ def new_schedule(
         )
     if cron is not None and not isinstance(cron, str):
         raise InvalidInput(
-            f"schedule {name!r}: cron must be a cron expression such as '0 2 * * *', "
-            f"got {cron!r}"
+            f"schedule {name!r}: cron must be a cron expression such as '0 2 * * *', got {cron!r}"
         )
     if every is not None and (
         isinstance(every, bool)

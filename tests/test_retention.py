@@ -185,6 +185,11 @@ def test_purge_without_a_runtime_deletes_directly_and_dry_run_only_counts(
         "purge", "--store", str(old_store), "--older-than", "7d", "--state", "needs_attention"
     )
     assert stuck.stdout.startswith("deleted 1 ")
+    for option, far in (("--older-than", "1000000d"), ("--before", "0001-01-01T00:00")):
+        refused = herder("purge", "--store", str(old_store), option, far, "--dry-run")
+        assert refused.returncode == 1, refused.stderr  # (as any bad --older-than)
+        assert f"{option} {far!r} is out of the range of dates" in refused.stderr
+        assert "Traceback" not in refused.stderr
 
 
 def test_purge_of_a_mistyped_store_creates_nothing(tmp_path: Path) -> None:
