@@ -8,12 +8,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import Admit, EarlyStart, Unadmit, UnknownWorkflow
+from herder.actors import Admit, EarlyStart, RuntimeClosed, Unadmit, UnknownWorkflow
 from herder.runtime._async import AsyncHandle
 from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._waits import OneShot, seconds
-from herder.store import StepRecord, WorkflowRecord, WorkflowState
+from herder.store import StepRecord, StoreClosed, WorkflowRecord, WorkflowState
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
@@ -145,7 +145,15 @@ class Waiting:
             rt._waiters.setdefault(workflow_id, []).append(fut)
             if workflow_id in rt._running:  # its final announcement resolves ``fut``
                 return fut
-        record = rt._store.get_workflow(workflow_id)
+        try:
+            record = rt._store.get_workflow(workflow_id)
+        except StoreClosed:
+            with rt._lock:
+                self._unlisted(workflow_id, fut)
+            raise RuntimeClosed(
+                "the runtime is stopped: a handle waits only while its runtime runs; open "
+                "a new Runtime (or read the store with herder show) for the workflow's state"
+            ) from None
         if record is None or record.state.is_final:
             with rt._lock:
                 mine = self._unlisted(workflow_id, fut)  # else _on_final resolves it

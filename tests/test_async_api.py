@@ -201,6 +201,20 @@ def test_async_with_stops_the_runtime(tmp_path: Path) -> None:
         rt.start("anything")
 
 
+def test_a_handle_of_a_stopped_runtime_says_the_runtime_stopped(tmp_path: Path) -> None:
+    """Not that its store is closed (StoreClosed: "open it again")."""
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("gate", Gate)
+        rt.add_workflow(Workflow("quick").step("s", agent="gate", action="pass_"))
+        handle = rt.start("quick", 1)
+        assert handle.result(timeout=WAIT) == {"s": {"echo": 1}}
+    with pytest.raises(RuntimeClosed, match="the runtime is stopped: a handle waits only"):
+        handle.result(timeout=1)
+    with pytest.raises(RuntimeClosed, match="the runtime is stopped"):
+        asyncio.run(handle.result_async(timeout=1))
+    assert rt._waiters == {}  # the refused waits left nothing behind
+
+
 def test_run_forever_async_serves_until_sigterm_and_restores_the_handlers(
     tmp_path: Path,
 ) -> None:
