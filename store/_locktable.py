@@ -3,8 +3,10 @@ process holding them lives.
 
 The runtime that writes a store holds the flock of ``herder.lock``; the kernel drops it
 when that process dies (not when it is stopped). :func:`try_flock` takes it without
-blocking, :func:`is_held` probes it, and :func:`holder_gone` / :func:`holder_stopped`
-judge the holder a lease record names (see ``_lease.py``).
+blocking, :func:`is_held` probes it (taking it for an instant, so whoever meets it held
+tries again for a few milliseconds before taking it for held), and
+:func:`holder_gone` / :func:`holder_stopped` judge the holder a lease record names (see
+``_lease.py``).
 
 Which LMDB lock table the store's writer uses, so a second writer can tell it shares it:
 
@@ -29,6 +31,7 @@ import fcntl
 import os
 import pathlib
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from herder.store._errors import StoreError, StoreLocked
@@ -89,7 +92,7 @@ def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:
         fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
-    have = try_flock(fd)
+    have = _flock_past_probes(fd)
     if not have and not wait:
         os.close(fd)
         raise StoreLocked(
@@ -111,11 +114,36 @@ def try_flock(fd: int) -> bool:
     return True
 
 
+PROBE_PAUSES = (0.0005, 0.001, 0.002, 0.004, 0.008)
+"""Seconds between the tries to take a flock that is held (15.5 ms in all). A probe
+(:func:`is_held`, which the console calls every 2 s) holds the flock for the instant
+between taking and dropping it; a runtime opening the store at that instant, or another
+probe, tries again over these pauses before it takes the flock for held."""
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)  # (the only wait here; tests replace it to end the "probe")
+
+
+def _flock_past_probes(fd: int) -> bool:
+    """:func:`try_flock`, tried again after each of :data:`PROBE_PAUSES` while it fails:
+    False only if the flock stayed held all along (a runtime holds it, not a probe)."""
+    if try_flock(fd):
+        return True
+    for seconds in PROBE_PAUSES:
+        _pause(seconds)
+        if try_flock(fd):
+            return True
+    return False
+
+
 def is_held(path: str | os.PathLike[str]) -> bool:
     """True if a process (this one included) holds the writer lock of the store at ``path``.
 
     A probe for tools that must not open the store for writing while a runtime runs on
-    it; the answer can change right after it is given.
+    it; the answer can change right after it is given. It takes the flock and drops it
+    at once (there is no asking without taking), so a flock held through all of
+    :data:`PROBE_PAUSES` counts as held: another probe's instant does not.
     """
     try:
         fd = os.open(pathlib.Path(path) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
@@ -124,12 +152,9 @@ def is_held(path: str | os.PathLike[str]) -> bool:
     except OSError as exc:
         raise StoreError(f"cannot read the lock of store {path}: {exc}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        return not _flock_past_probes(fd)
     finally:
         os.close(fd)  # closing releases a lock this probe took
-    return False
 
 
 def holder_gone(lease: Lease, *, have_flock: bool) -> bool:
