@@ -386,7 +386,7 @@ def test_counters_never_make_a_request_wait_and_back_off_on_a_slow_count(
     import types
 
     from herder.runtime.ui import _counters
-    from herder.runtime.ui._server import StoreGate
+    from herder.runtime.ui._gate import StoreGate
 
     clock = types.SimpleNamespace(now=0.0)
     monkeypatch.setattr(

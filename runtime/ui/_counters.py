@@ -18,7 +18,7 @@ from herder.runtime._inspect import store_stats
 from herder.store import HerderError, is_held
 
 if TYPE_CHECKING:
-    from herder.runtime.ui._server import StoreGate
+    from herder.runtime.ui._gate import StoreGate
 
 EVERY = 2.0
 """Seconds between two counts, at least."""
