@@ -41,6 +41,10 @@ _log = logging.getLogger("herder.ui")
 
 COOKIE = "herder_ui"
 MAX_BODY = 64 * 1024
+"""Bytes a POST's body may have (a console form is a few hundred)."""
+IDLE_TIMEOUT = 30.0
+"""Seconds a connection may stay silent (in its request line, headers or body, or between
+two requests) before the console drops it, so an idle client does not hold a thread."""
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 _HEADERS = {
     "Content-Security-Policy": (
@@ -66,11 +70,13 @@ class Console:
         port: int = 8700,
         token: str | None = None,
         wait: float = 15.0,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.gate = StoreGate(store)
         self.token = token or secrets.token_urlsafe(24)
         self.csrf = hmac.new(self.token.encode(), b"herder-ui-csrf", hashlib.sha256).hexdigest()
         self.wait = wait  # seconds an operator command may take before "queued" is shown
+        self.idle_timeout = idle_timeout
         self.views = _views.Views(self)
         self.server = _Server((host, port), _Handler)
         self.server.console = self
@@ -123,6 +129,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
     server_version = "herder-ui"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.console.idle_timeout)
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s %s", self.address_string(), format % args)
@@ -212,15 +222,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def _act(self, console: Console, cookies: dict[str, str]) -> None:
+        if not console.authorized(cookies):  # before reading a byte of the body
+            self._refuse(403, "not signed in: open the URL with the token `herder ui` printed")
+            return
+        body = self._body()
+        if body is None:
+            return
         origin = self.headers.get("Origin")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise ValueError(f"the request body is larger than {MAX_BODY} bytes")
-        form = dict(parse_qsl(self.rfile.read(length).decode("utf-8", "replace")))
+        form = dict(parse_qsl(body.decode("utf-8", "replace")))
         refused = (
-            "not signed in: open the URL with the token `herder ui` printed"
-            if not console.authorized(cookies)
-            else "the form is not this console's (CSRF check failed); reload the page"
+            "the form is not this console's (CSRF check failed); reload the page"
             if not hmac.compare_digest(form.get("csrf", "").encode(), console.csrf.encode())
             else f"cross-site request from {origin}"
             if origin not in (None, "null", console.origin) and not console._any_host
@@ -231,6 +242,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         status, html = console.views.act(form)
         self._page(status, html)
+
+    def _body(self) -> bytes | None:
+        """The POST's body, read only when it says how long it is and that is at most
+        :data:`MAX_BODY`; else None, once the refusal is sent."""
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or length is None:
+            self._refuse(411, "send the form with a Content-Length (no Transfer-Encoding)")
+        elif not (length.isascii() and length.isdigit()):
+            self._refuse(400, f"Content-Length {length!r} is not a number of bytes")
+        elif int(length) > MAX_BODY:
+            self._refuse(413, f"the request body is larger than {MAX_BODY} bytes")
+        else:
+            return self.rfile.read(int(length))
+        return None
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._page(status, error_page("Refused", message, "Nothing was changed."))
 
     def _static(self, name: str) -> None:
         if name not in _STATIC:
@@ -246,6 +274,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        if self.command == "POST":  # its body may be left unread: end the connection
+            self.send_header("Connection", "close")
         for name, value in _HEADERS.items():
             if not (cache and name == "Cache-Control"):
                 self.send_header(name, value)

@@ -1,0 +1,169 @@
+"""The console's HTTP edges: bodies and lengths, idle and vanishing clients, hosts,
+origins, cookies, tokens, odd ids and methods (the review of ``herder ui``)."""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime.testing import FakeClock
+from herder.runtime.ui import Console
+from herder.runtime.ui._server import MAX_BODY
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKEN = "s3cret"
+FAST = RetryPolicy(max_attempts=1, initial_interval=0.0, jitter=0.0)
+
+
+class Shop(Agent):
+    def buy(self, ctx: StepContext) -> dict[str, Any]:
+        if ctx.input.get("sold_out") and ctx.step == "ship":
+            raise Permanent("out of stock")
+        return {}
+
+    def refund(self, ctx: StepContext) -> None:
+        if ctx.input.get("refunds_down"):
+            raise Permanent("refunds are down")
+
+
+ORDER = (
+    Workflow("order")
+    .step("pay", agent="shop", action="buy", compensate="refund")
+    .step("ship", agent="shop", action="buy", after=["pay"])
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Workflow "done" succeeded; "stuck" waits in NEEDS_ATTENTION."""
+    path = tmp_path_factory.mktemp("http") / "store"
+    with Runtime(path, default_retry=FAST, clock=FakeClock(start=1_700_000_000.0)) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        rt._wait_final(rt.start("order", {}, workflow_id="done").id, 10)
+        stuck = {"sold_out": 1, "refunds_down": 1}
+        rt._wait_final(rt.start("order", stuck, workflow_id="stuck").id, 10)
+    return path
+
+
+@pytest.fixture
+def store(built: Path, tmp_path: Path) -> Path:
+    """A copy of the built store, for the tests that may write a command."""
+    copy = tmp_path / "store"
+    shutil.copytree(built, copy)
+    return copy
+
+
+@pytest.fixture
+def make_console(store: Path) -> Iterator[Callable[..., Console]]:
+    """Start consoles over the copied store; every one is shut down after the test."""
+    started: list[Console] = []
+
+    def make(**options: Any) -> Console:
+        console = Console(str(store), **{"port": 0, "token": TOKEN, "wait": 0.5, **options})
+        console.start()
+        started.append(console)
+        return console
+
+    yield make
+    for console in started:
+        console.shutdown()
+
+
+@pytest.fixture
+def console(make_console: Callable[..., Console]) -> Console:
+    return make_console()
+
+
+def request(
+    console: Console,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], str]:
+    conn = http.client.HTTPConnection("127.0.0.1", console.port, timeout=10)
+    data = None if body is None else urlencode(body)
+    sent = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+    try:
+        conn.request(method, path, body=data, headers=sent)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode()
+    finally:
+        conn.close()
+
+
+def raw(console: Console, data: bytes) -> bytes:
+    """Send ``data`` and read until the console closes the connection (the client never
+    closes its side: a console waiting for more would time the read out)."""
+    with socket.create_connection(("127.0.0.1", console.port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def sign_in(console: Console, token: str = TOKEN) -> str:
+    """The ``Cookie`` header value the console sets for its token."""
+    status, headers, _ = request(console, "GET", "/?" + urlencode({"token": token}))
+    assert status == 303
+    return headers["Set-Cookie"].split(";")[0]
+
+
+def form(console: Console, **fields: str) -> dict[str, str]:
+    base = {"csrf": console.csrf, "id": "stuck", "action": "retry", "who": "ada", "why": "x"}
+    return base | fields
+
+
+# -- bodies, lengths and idle clients --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [("-1", 400), ("+5", 400), ("abc", 400), (None, 411), (str(MAX_BODY + 1), 413)],
+)
+def test_a_post_without_a_usable_length_is_refused_before_its_body_is_read(
+    console: Console, length: str | None, status: int
+) -> None:
+    head = (
+        f"POST /act HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\nCookie: {sign_in(console)}\r\n"
+        + ("" if length is None else f"Content-Length: {length}\r\n")
+        + "\r\n"
+    )
+    answer = raw(console, head.encode() + b"id=stuck")  # Content-Length -1 read to EOF before
+    assert status_of(answer) == status
+    assert b"Nothing was changed" in answer
+
+
+def test_a_post_that_is_not_signed_in_is_refused_before_its_body_is_read(
+    console: Console,
+) -> None:
+    head = f"POST /act HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\nContent-Length: 1000\r\n\r\n"
+    answer = raw(console, head.encode())  # the 1000 bytes never come
+    assert status_of(answer) == 403
+    assert b"not signed in" in answer
+
+
+def test_a_silent_client_is_dropped_after_the_idle_timeout(
+    make_console: Callable[..., Console],
+) -> None:
+    console = make_console(idle_timeout=0.2)
+    assert raw(console, b"GET / HTTP/1.1\r\n") == b""  # closed without an answer
+    status, _, _ = request(console, "GET", "/")
+    assert status == 200  # and it serves on
+    assert Console.__init__.__kwdefaults__["idle_timeout"] == 30.0
