@@ -4,8 +4,11 @@ origins, cookies, tokens, odd ids and methods (the review of ``herder ui``)."""
 from __future__ import annotations
 
 import http.client
+import logging
 import shutil
 import socket
+import struct
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +170,61 @@ def test_a_silent_client_is_dropped_after_the_idle_timeout(
     status, _, _ = request(console, "GET", "/")
     assert status == 200  # and it serves on
     assert Console.__init__.__kwdefaults__["idle_timeout"] == 30.0
+
+
+def handled(console: Console) -> threading.Event:
+    """Set once the console has finished with a connection (answered, failed or dropped)."""
+    done = threading.Event()
+    shutdown_request = console.server.shutdown_request
+
+    def finished(request: Any) -> None:
+        shutdown_request(request)
+        done.set()
+
+    console.server.shutdown_request = finished  # type: ignore[method-assign]
+    return done
+
+
+def complaints(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the console logged above debug level."""
+    ui = [r for r in caplog.records if r.name == "herder.ui"]
+    return [r.getMessage() for r in ui if r.levelno > logging.DEBUG]
+
+
+def test_a_client_that_leaves_mid_request_leaves_no_traceback(
+    console: Console, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entered, left = threading.Event(), threading.Event()
+    page = console.views.page
+
+    def slow_page(*args: Any) -> tuple[int, str]:
+        entered.set()
+        left.wait(10)  # until the client is gone
+        status, html = page(*args)
+        return status, html + " " * (4 << 20)  # more than the socket buffers hold
+
+    console.views.page = slow_page  # type: ignore[method-assign]
+    done = handled(console)
+    sock = socket.create_connection(("127.0.0.1", console.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\n\r\n".encode())
+    assert entered.wait(10)
+    sock.close()  # a reset: the console's write fails with a broken pipe or a reset
+    left.set()
+    assert done.wait(10)
+    assert complaints(caplog) == []
+    assert capsys.readouterr().err == ""  # socketserver printed a second traceback before
+
+
+def test_a_body_that_stops_coming_is_dropped_quietly(
+    make_console: Callable[..., Console], caplog: pytest.LogCaptureFixture
+) -> None:
+    console = make_console(idle_timeout=0.2)
+    done = handled(console)
+    head = (
+        f"POST /act HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\nCookie: {sign_in(console)}\r\n"
+        "Content-Length: 100\r\n\r\nid="
+    )
+    assert raw(console, head.encode()) == b""  # a 500 "The console failed" page before
+    assert done.wait(10)
+    assert complaints(caplog) == []

@@ -57,6 +57,8 @@ _HEADERS = {
     "Cache-Control": "no-store",
 }
 _LOCAL = ("127.0.0.1", "localhost", "::1", "[::1]")
+_GONE = (BrokenPipeError, ConnectionResetError, TimeoutError)
+"""The client closed the connection, or went silent past the idle timeout."""
 
 
 class Console:
@@ -144,6 +146,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve("POST")
 
     def _serve(self, method: str) -> None:
+        try:
+            self._route(method)
+        except _GONE as exc:  # nobody is left to answer: no traceback, no error page
+            self.close_connection = True
+            _log.debug("%s %s: the client went away (%s)", method, self.path, exc)
+
+    def _route(self, method: str) -> None:
         console = self.server.console
         if not console.host_allowed(self.headers.get("Host")):
             self._page(
@@ -190,6 +199,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 else "Fix the address and retry."
             )
             self._page(400, error_page("Bad request", str(exc), hint))
+        except _GONE:
+            raise
         except Exception as exc:
             _log.exception("herder ui: %s %s failed", method, url.path)
             self._page(
