@@ -228,3 +228,22 @@ def test_a_body_that_stops_coming_is_dropped_quietly(
     assert raw(console, head.encode()) == b""  # a 500 "The console failed" page before
     assert done.wait(10)
     assert complaints(caplog) == []
+
+
+# -- ids no workflow can have ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("workflow_id", ["", "x" * 600, "a\x00b"])
+def test_an_id_no_workflow_can_have_is_not_found_rather_than_a_store_failure(
+    console: Console, workflow_id: str
+) -> None:
+    status, _, html = request(console, "GET", "/workflow?" + urlencode({"id": workflow_id}))
+    assert status == 404  # 503 "The store cannot be read ... Check the --store path" before
+    assert "is not a valid workflow id" in html
+    headers = {"Cookie": sign_in(console)}
+    status, _, html = request(
+        console, "POST", "/act", body=form(console, id=workflow_id), headers=headers
+    )
+    assert status == 400
+    assert "is not a valid workflow id" in html
+    assert "nothing was changed" in html

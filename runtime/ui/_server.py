@@ -182,6 +182,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._act(console, cookies)
             else:
                 self._page(405, error_page("Not allowed", "Only /act takes a POST.", ""))
+        except ValueError as exc:  # InvalidInput too: a bad id, filter or form
+            hint = (
+                "Go back, complete the form and send it again; nothing was changed."
+                if method == "POST"
+                else "Fix the address and retry."
+            )
+            self._page(400, error_page("Bad request", str(exc), hint))
         except HerderError as exc:
             self._page(
                 503,
@@ -192,13 +199,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     "This page works again as soon as the store can be read.",
                 ),
             )
-        except ValueError as exc:
-            hint = (
-                "Go back, complete the form and send it again; nothing was changed."
-                if method == "POST"
-                else "Fix the address and retry."
-            )
-            self._page(400, error_page("Bad request", str(exc), hint))
         except _GONE:
             raise
         except Exception as exc:

@@ -23,6 +23,7 @@ from herder.runtime.ui._counters import Counters
 from herder.runtime.ui._query import Filters, workflow_page
 from herder.store import (
     COMMAND_DONE,
+    InvalidInput,
     Plan,
     StoreCorrupt,
     append_command,
@@ -74,11 +75,15 @@ class Views:
 
     def _workflow(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
         workflow_id = query.get("id", "")
+        shown = _pages.e(f"{workflow_id!r:.80}")
         with self._gate.read() as store:
-            record = store.get_workflow(workflow_id)
+            try:
+                record = store.get_workflow(workflow_id)
+                problem = f"No workflow with id {shown}."
+            except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
+                record, problem = None, f"{shown} is not a valid workflow id: {_pages.e(exc)}."
             if record is None:
-                shown = _pages.e(repr(workflow_id))
-                body = f'<h1>Not found</h1><p id="problem">No workflow with id {shown}.</p>'
+                body = f'<h1>Not found</h1><p id="problem">{problem}</p>'
                 return 404, "Not found", "workflows", body
             status = _Reader(store).status(record)
             history = read_history(store, workflow_id)
@@ -123,7 +128,13 @@ class Views:
         if not who or not why:
             raise ValueError("say who acts and why: both are kept in the history")
         with self._gate.read() as store:
-            if store.get_workflow(workflow_id) is None:
+            try:
+                record = store.get_workflow(workflow_id)
+            except InvalidInput as exc:
+                raise InvalidInput(
+                    f"{workflow_id!r:.80} is not a valid workflow id: {exc}"
+                ) from None
+            if record is None:
                 raise ValueError(f"no workflow with id {workflow_id!r}")
         args: dict[str, Any] = {}
         if action == "skip":
