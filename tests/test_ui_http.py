@@ -20,6 +20,7 @@ from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, 
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console
 from herder.runtime.ui._server import MAX_BODY
+from herder.store._commands import pending_commands
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -247,3 +248,21 @@ def test_an_id_no_workflow_can_have_is_not_found_rather_than_a_store_failure(
     assert status == 400
     assert "is not a valid workflow id" in html
     assert "nothing was changed" in html
+
+
+# -- actions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel"])
+def test_an_action_on_a_finished_workflow_is_refused_and_nothing_is_queued(
+    console: Console, action: str
+) -> None:
+    headers = {"Cookie": sign_in(console)}
+    status, _, html = request(
+        console, "POST", "/act", body=form(console, id="done", action=action), headers=headers
+    )
+    assert status == 409  # 200 "command #1 is queued" before, which the next runtime refused
+    assert "is SUCCEEDED, and no operator action applies" in html
+    assert "nothing was queued" in html
+    with console.gate.read() as st:
+        assert pending_commands(st) == []

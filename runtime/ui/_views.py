@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.actors import read_facts
+from herder.actors.engine import OPERATOR_WORKFLOW_NEXT
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import _Reader
 from herder.runtime._operator_cli import ACTIONS
@@ -136,13 +137,21 @@ class Views:
                 ) from None
             if record is None:
                 raise ValueError(f"no workflow with id {workflow_id!r}")
-        args: dict[str, Any] = {}
-        if action == "skip":
-            args = {"step": form.get("step") or None, "result": None}
-        command = new_command(action, workflow_id, args=args, who=who, why=why)
-        with self._gate.exclusive():  # one LMDB environment per store per process
-            command_id = append_command(self._gate.path, command)
-        outcome, ok = self._outcome(command_id)
+        ok: bool | None
+        if record.state.is_final and record.state not in OPERATOR_WORKFLOW_NEXT:  # for good
+            outcome, ok = (  # as `herder retry` refuses it: a runtime would, later
+                f"refused: workflow {workflow_id!r} is {record.state}, and no operator action "
+                "applies to a workflow that ended; nothing was queued",
+                False,
+            )
+        else:
+            args: dict[str, Any] = {}
+            if action == "skip":
+                args = {"step": form.get("step") or None, "result": None}
+            command = new_command(action, workflow_id, args=args, who=who, why=why)
+            with self._gate.exclusive():  # one LMDB environment per store per process
+                command_id = append_command(self._gate.path, command)
+            outcome, ok = self._outcome(command_id)
         html = _pages.outcome_page(action, workflow_id, outcome, ok)
         page = _pages.layout(  # (only a signed-in operator gets here: not read-only)
             action, html, store=self._gate.path, active="inbox", csrf=self._console.csrf
