@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import shutil
 import socket
 import struct
@@ -266,3 +267,65 @@ def test_an_action_on_a_finished_workflow_is_refused_and_nothing_is_queued(
     assert "nothing was queued" in html
     with console.gate.read() as st:
         assert pending_commands(st) == []
+
+
+# -- the token and its cookie ----------------------------------------------------------
+
+SET_COOKIE = re.compile(
+    r"herder_ui_(\d+)=([0-9a-f]{64}); Path=/; Max-Age=\d+; HttpOnly; SameSite=Strict"
+)
+
+
+def test_the_cookie_is_named_for_the_port_and_holds_no_token(console: Console) -> None:
+    _, headers, _ = request(console, "GET", "/?token=" + TOKEN)
+    found = SET_COOKIE.fullmatch(headers["Set-Cookie"])
+    assert found is not None, headers["Set-Cookie"]  # "herder_ui=s3cret; ..." before
+    assert int(found.group(1)) == console.port
+    assert TOKEN not in headers["Set-Cookie"]
+    _, _, html = request(console, "GET", "/inbox", headers={"Cookie": f"herder_ui={TOKEN}"})
+    assert "Read-only" in html  # the old cookie, the raw token, signs nobody in
+
+
+def test_two_consoles_on_one_host_keep_their_own_sign_in(
+    make_console: Callable[..., Console], built: Path
+) -> None:
+    first = make_console()
+    second = Console(str(built), port=0, token="other")  # (its own store: one per process)
+    second.start()
+    try:
+        jar = dict(sign_in(c, t).split("=", 1) for c, t in ((first, TOKEN), (second, "other")))
+        assert len(jar) == 2  # the second sign-in overwrote the first before
+        cookie = {"Cookie": "; ".join(f"{k}={v}" for k, v in jar.items())}
+        for console in (first, second):
+            _, _, html = request(console, "GET", "/inbox", headers=cookie)
+            assert f'name=csrf value="{console.csrf}"' in html  # signed in to both
+    finally:
+        second.shutdown()
+
+
+@pytest.mark.parametrize("token", ["t€k", "a; b=c d", '"\\,x\t'])
+def test_any_token_signs_in_with_one_well_formed_answer(
+    make_console: Callable[..., Console], token: str
+) -> None:
+    console = make_console(token=token)
+    path = "/inbox?" + urlencode({"token": token})
+    answer = raw(console, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\n\r\n".encode())
+    assert answer.count(b"HTTP/1.") == 1  # a 500 after a half-sent 303 before, for t€k
+    assert status_of(answer) == 303
+    cookie = re.search(rb"\r\nSet-Cookie: ([^\r]*)\r\n", answer)
+    assert cookie is not None
+    assert SET_COOKIE.fullmatch(cookie.group(1).decode())
+    _, _, html = request(console, "GET", "/inbox", headers={"Cookie": sign_in(console, token)})
+    assert f'name=csrf value="{console.csrf}"' in html
+
+
+def test_a_token_that_is_not_text_is_refused_at_start(
+    store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from herder.runtime._cli import main
+
+    monkeypatch.setenv("HERDER_UI_TOKEN", "t\udcff")  # a byte that is not UTF-8
+    assert main(["ui", "--store", str(store), "--port", "0"], io.StringIO()) == 1
+    assert "token is not UTF-8 text" in capsys.readouterr().err

@@ -8,9 +8,9 @@ Security, in one place:
 - It binds to 127.0.0.1 unless told otherwise, and refuses requests whose ``Host`` is
   not the address it serves (a DNS-rebinding page cannot read it).
 - Reading needs nothing. Acting (an operator command) needs the token: opening
-  ``/?token=...`` (the URL printed at start) sets it as an ``HttpOnly``,
-  ``SameSite=Strict`` cookie; a POST must carry that cookie, a CSRF field derived from
-  the token (HMAC) that only the console's own pages contain, and, when the browser
+  ``/?token=...`` (the URL printed at start) sets an ``HttpOnly``, ``SameSite=Strict``
+  cookie holding an HMAC of it (:mod:`._guard`); a POST must carry that cookie, a CSRF
+  field (another HMAC) that only the console's own pages contain, and, when the browser
   sends one, an ``Origin`` equal to the console's.
 - Every page forbids framing and inline script (``Content-Security-Policy``).
 - Store values are escaped by ``_pages``; errors become pages, never tracebacks.
@@ -20,8 +20,6 @@ The store is shared by the request threads through :class:`._gate.StoreGate`.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.server
 import json
 import logging
@@ -34,12 +32,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from herder.runtime.ui import _views
 from herder.runtime.ui._gate import StoreGate
+from herder.runtime.ui._guard import Guard, check_token
 from herder.runtime.ui._pages import error_page
 from herder.store import HerderError
 
 _log = logging.getLogger("herder.ui")
 
-COOKIE = "herder_ui"
 MAX_BODY = 64 * 1024
 """Bytes a POST's body may have (a console form is a few hundred)."""
 IDLE_TIMEOUT = 30.0
@@ -75,8 +73,7 @@ class Console:
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.gate = StoreGate(store)
-        self.token = token or secrets.token_urlsafe(24)
-        self.csrf = hmac.new(self.token.encode(), b"herder-ui-csrf", hashlib.sha256).hexdigest()
+        self.token = check_token(token) if token else secrets.token_urlsafe(24)
         self.wait = wait  # seconds an operator command may take before "queued" is shown
         self.idle_timeout = idle_timeout
         self.views = _views.Views(self)
@@ -84,6 +81,8 @@ class Console:
         self.server.console = self
         self.host = host
         self.port = self.server.server_address[1]
+        self.guard = Guard(self.token, self.port)
+        self.csrf = self.guard.csrf
         shown = f"[{host}]" if ":" in host else host
         self.origin = f"http://{shown}:{self.port}"
         self._hosts = {f"{shown}:{self.port}"}
@@ -115,11 +114,6 @@ class Console:
     def host_allowed(self, host: str | None) -> bool:
         """True for a ``Host`` header naming this console (any, when bound to all)."""
         return self._any_host or (host or "").lower() in self._hosts
-
-    def authorized(self, cookies: dict[str, str]) -> bool:
-        """True if the request carries the token cookie."""
-        given = cookies.get(COOKIE, "")
-        return hmac.compare_digest(given.encode(), self.token.encode())
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -175,7 +169,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif method == "GET" and url.path == "/api/stats":
                 self._send(200, "application/json", json.dumps(console.views.stats()).encode())
             elif method == "GET":
-                csrf = console.csrf if console.authorized(cookies) else None
+                csrf = console.csrf if console.guard.signed_in(cookies) else None
                 status, html = console.views.page(url.path, query, csrf)
                 self._page(status, html)
             elif url.path == "/act":
@@ -213,7 +207,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
 
     def _login(self, console: Console, path: str, query: dict[str, str]) -> None:
-        if not hmac.compare_digest(query["token"].encode(), console.token.encode()):
+        if not console.guard.token_matches(query["token"]):
             self._page(
                 403,
                 error_page(
@@ -225,15 +219,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         rest = {k: v for k, v in query.items() if k != "token"}
         self.send_response(303)
-        self.send_header(
-            "Set-Cookie", f"{COOKIE}={console.token}; Path=/; HttpOnly; SameSite=Strict"
-        )
+        self.send_header("Set-Cookie", console.guard.set_cookie())
         self.send_header("Location", path + ("?" + urlencode(rest) if rest else ""))
         self.send_header("Content-Length", "0")
         self.end_headers()
 
     def _act(self, console: Console, cookies: dict[str, str]) -> None:
-        if not console.authorized(cookies):  # before reading a byte of the body
+        if not console.guard.signed_in(cookies):  # before reading a byte of the body
             self._refuse(403, "not signed in: open the URL with the token `herder ui` printed")
             return
         body = self._body()
@@ -243,7 +235,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         form = dict(parse_qsl(body.decode("utf-8", "replace")))
         refused = (
             "the form is not this console's (CSRF check failed); reload the page"
-            if not hmac.compare_digest(form.get("csrf", "").encode(), console.csrf.encode())
+            if not console.guard.csrf_matches(form.get("csrf", ""))
             else f"cross-site request from {origin}"
             if origin not in (None, "null", console.origin) and not console._any_host
             else None
