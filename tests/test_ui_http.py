@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import re
 import shutil
 import socket
@@ -329,3 +330,121 @@ def test_a_token_that_is_not_text_is_refused_at_start(
     monkeypatch.setenv("HERDER_UI_TOKEN", "t\udcff")  # a byte that is not UTF-8
     assert main(["ui", "--store", str(store), "--port", "0"], io.StringIO()) == 1
     assert "token is not UTF-8 text" in capsys.readouterr().err
+
+
+# -- hosts and origins -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("rebind.attacker.example:{port}", 421),  # every name was served before
+        ("console.example.evil:{port}", 421),
+        ("10.1.2.3:{port}", 200),
+        ("[fe80::1]:{port}", 200),
+        ("localhost:{port}", 200),
+        ("Console.Example.:{port}", 200),  # the allowed name, in any case, fully qualified
+        ("10.1.2.3:1", 421),
+        ("10.1.2.3:{port}:{port}", 421),
+    ],
+)
+def test_bound_to_every_address_it_answers_addresses_localhost_and_allowed_names(
+    make_console: Callable[..., Console], host: str, status: int
+) -> None:
+    console = make_console(host="0.0.0.0", allow_hosts=["console.example"])
+    got, _, html = request(console, "GET", "/", headers={"Host": host.format(port=console.port)})
+    assert got == status
+    if status == 421:
+        assert "--allow-host NAME" in html
+
+
+def test_bound_to_every_address_an_action_comes_from_the_host_it_addressed(
+    make_console: Callable[..., Console],
+) -> None:
+    console = make_console(host="0.0.0.0")
+    host = f"10.1.2.3:{console.port}"
+    headers = {"Host": host, "Cookie": sign_in(console)}
+    for origin, status in [
+        ("http://evil.example", 403),  # accepted before
+        (f"http://127.0.0.1:{console.port}", 403),  # another of its hosts, not this one
+        (f"http://{host}", 400),  # through: "unknown action"
+    ]:
+        got, _, html = request(
+            console,
+            "POST",
+            "/act",
+            body=form(console, action="nope"),
+            headers=headers | {"Origin": origin},
+        )
+        assert got == status, origin
+    assert "unknown action" in html
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "status"),
+    [
+        ("127.0.0.1:{port}", "null", 403),  # accepted before
+        ("localhost:{port}", "http://localhost:{port}", 400),  # refused before
+        ("[::1]:{port}", "http://[::1]:{port}", 400),
+        ("127.0.0.1:{port}", "http://localhost:{port}", 403),
+        ("127.0.0.1:{port}", "http://127.0.0.1:1", 403),
+        ("127.0.0.1:{port}", "https://127.0.0.1:{port}", 403),
+    ],
+)
+def test_an_action_comes_from_the_console_as_it_was_addressed(
+    console: Console, host: str, origin: str, status: int
+) -> None:
+    port = console.port
+    headers = {"Host": host.format(port=port), "Origin": origin.format(port=port)}
+    headers["Cookie"] = sign_in(console)
+    got, _, html = request(
+        console, "POST", "/act", body=form(console, action="nope"), headers=headers
+    )
+    assert got == status
+    assert ("unknown action" if status == 400 else "cross-site request") in html
+
+
+def test_pages_send_their_origin_with_their_own_forms(console: Console) -> None:
+    _, headers, _ = request(console, "GET", "/inbox")
+    assert headers["Referrer-Policy"] == "same-origin"  # no-referrer made it Origin: null
+
+
+def test_cli_ui_on_every_address_serves_allowed_names_and_warns(store: Path) -> None:
+    import subprocess
+    import sys
+
+    argv = ["--host", "0.0.0.0", "--port", "0", "--allow-host", "box.example"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "herder.runtime", "ui", "--store", str(store), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HERDER_UI_TOKEN": TOKEN},
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # "serving store ..."
+        url = proc.stdout.readline().split()[-1]  # "open http://0.0.0.0:PORT/?token=..."
+        port = int(url.split(":")[2].split("/")[0])
+        for host, status in [("box.example", 200), ("other.example", 421)]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/", headers={"Host": f"{host}:{port}"})
+            assert conn.getresponse().status == status, host
+            conn.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "reachable from other machines" in err
+
+
+def test_cli_ui_refuses_an_allowed_host_that_is_not_a_name(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from herder.runtime._cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["ui", "--store", str(store), "--allow-host", "box.example:80"], io.StringIO())
+    assert exited.value.code == 2
+    assert "is not a host name" in capsys.readouterr().err

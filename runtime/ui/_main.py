@@ -6,20 +6,29 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 from herder.runtime.ui._server import Console
 
 
-def run_console(store: str, host: str, port: int, token: str | None, out: TextIO) -> int:
+def run_console(
+    store: str,
+    host: str,
+    port: int,
+    token: str | None,
+    out: TextIO,
+    *,
+    allow_hosts: Iterable[str] = (),
+) -> int:
     """Serve the console of ``store``; returns the exit code once stopped."""
     token = token or os.environ.get("HERDER_UI_TOKEN") or None
     try:
-        console = Console(store, host=host, port=port, token=token)
+        console = Console(store, host=host, port=port, token=token, allow_hosts=allow_hosts)
     except OSError as exc:
         sys.stderr.write(f"herder ui: cannot listen on {host}:{port}: {exc}; try another --port\n")
         return 1
-    if console.host_allowed("anything.invalid"):
+    if console.exposed:
         sys.stderr.write(
             f"herder ui: listening on {host}, reachable from other machines; only the token "
             "protects actions and anyone who can reach it can read the store\n"

@@ -6,12 +6,12 @@ of people needs no framework, and the core install stays three packages.
 Security, in one place:
 
 - It binds to 127.0.0.1 unless told otherwise, and refuses requests whose ``Host`` is
-  not the address it serves (a DNS-rebinding page cannot read it).
+  not one of its names (a DNS-rebinding page cannot read it; :mod:`._guard` says which).
 - Reading needs nothing. Acting (an operator command) needs the token: opening
   ``/?token=...`` (the URL printed at start) sets an ``HttpOnly``, ``SameSite=Strict``
   cookie holding an HMAC of it (:mod:`._guard`); a POST must carry that cookie, a CSRF
   field (another HMAC) that only the console's own pages contain, and, when the browser
-  sends one, an ``Origin`` equal to the console's.
+  sends one, an ``Origin`` equal to the console's as the request addressed it.
 - Every page forbids framing and inline script (``Content-Security-Policy``).
 - Store values are escaped by ``_pages``; errors become pages, never tracebacks.
 
@@ -26,13 +26,14 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from herder.runtime.ui import _views
 from herder.runtime.ui._gate import StoreGate
-from herder.runtime.ui._guard import Guard, check_token
+from herder.runtime.ui._guard import Guard, check_token, host_name, is_loopback
 from herder.runtime.ui._pages import error_page
 from herder.store import HerderError
 
@@ -51,10 +52,9 @@ _HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # (no-referrer made forms send Origin: null)
     "Cache-Control": "no-store",
 }
-_LOCAL = ("127.0.0.1", "localhost", "::1", "[::1]")
 _GONE = (BrokenPipeError, ConnectionResetError, TimeoutError)
 """The client closed the connection, or went silent past the idle timeout."""
 
@@ -71,9 +71,11 @@ class Console:
         token: str | None = None,
         wait: float = 15.0,
         idle_timeout: float = IDLE_TIMEOUT,
+        allow_hosts: Iterable[str] = (),
     ) -> None:
         self.gate = StoreGate(store)
         self.token = check_token(token) if token else secrets.token_urlsafe(24)
+        allowed = [host_name(name) for name in allow_hosts]
         self.wait = wait  # seconds an operator command may take before "queued" is shown
         self.idle_timeout = idle_timeout
         self.views = _views.Views(self)
@@ -81,14 +83,19 @@ class Console:
         self.server.console = self
         self.host = host
         self.port = self.server.server_address[1]
-        self.guard = Guard(self.token, self.port)
+        try:
+            self.guard = Guard(self.token, host, self.port, allowed)
+        except BaseException:  # a --host that is not a host name (InvalidInput)
+            self.server.server_close()
+            raise
         self.csrf = self.guard.csrf
         shown = f"[{host}]" if ":" in host else host
         self.origin = f"http://{shown}:{self.port}"
-        self._hosts = {f"{shown}:{self.port}"}
-        if host in _LOCAL or host.startswith("127."):
-            self._hosts |= {f"{h}:{self.port}" for h in ("127.0.0.1", "localhost", "[::1]")}
-        self._any_host = host in ("0.0.0.0", "::", "")
+
+    @property
+    def exposed(self) -> bool:
+        """True unless bound to a loopback address: other machines may reach it."""
+        return not is_loopback(self.host)
 
     @property
     def url(self) -> str:
@@ -110,10 +117,6 @@ class Console:
         self.server.shutdown()
         self.server.server_close()
         self.gate.close()
-
-    def host_allowed(self, host: str | None) -> bool:
-        """True for a ``Host`` header naming this console (any, when bound to all)."""
-        return self._any_host or (host or "").lower() in self._hosts
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -148,14 +151,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         console = self.server.console
-        if not console.host_allowed(self.headers.get("Host")):
+        if not console.guard.host_allowed(self.headers.get("Host")):
+            hint = (
+                "Open it by an IP address or as localhost, or start it with --allow-host NAME "
+                "to serve that name."
+                if console.guard.binds_all
+                else f"Open {console.origin}/ instead, or start it with --allow-host NAME."
+            )
             self._page(
-                421,
-                error_page(
-                    "Wrong host",
-                    "This console does not serve that host name.",
-                    f"Open {console.origin}/ instead.",
-                ),
+                421, error_page("Wrong host", "This console does not serve that host name.", hint)
             )
             return
         url = urlsplit(self.path)
@@ -225,23 +229,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def _act(self, console: Console, cookies: dict[str, str]) -> None:
+        origin = self.headers.get("Origin")
         if not console.guard.signed_in(cookies):  # before reading a byte of the body
             self._refuse(403, "not signed in: open the URL with the token `herder ui` printed")
+            return
+        if not console.guard.origin_allowed(origin, self.headers.get("Host")):
+            self._refuse(403, f"cross-site request from {origin}")
             return
         body = self._body()
         if body is None:
             return
-        origin = self.headers.get("Origin")
         form = dict(parse_qsl(body.decode("utf-8", "replace")))
-        refused = (
-            "the form is not this console's (CSRF check failed); reload the page"
-            if not console.guard.csrf_matches(form.get("csrf", ""))
-            else f"cross-site request from {origin}"
-            if origin not in (None, "null", console.origin) and not console._any_host
-            else None
-        )
-        if refused:
-            self._page(403, error_page("Refused", refused, "Nothing was changed."))
+        if not console.guard.csrf_matches(form.get("csrf", "")):
+            self._refuse(403, "the form is not this console's (CSRF check failed); reload the page")
             return
         status, html = console.views.act(form)
         self._page(status, html)
