@@ -448,3 +448,26 @@ def test_cli_ui_refuses_an_allowed_host_that_is_not_a_name(
         main(["ui", "--store", str(store), "--allow-host", "box.example:80"], io.StringIO())
     assert exited.value.code == 2
     assert "is not a host name" in capsys.readouterr().err
+
+
+# -- methods and filters ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/inbox", "/workflow?id=stuck", "/static/console.css"])
+def test_head_answers_as_get_without_the_body(console: Console, path: str) -> None:
+    _, got, body = request(console, "GET", path)
+    status, headers, nothing = request(console, "HEAD", path)
+    assert status == 200  # 501 before
+    assert nothing == ""
+    assert (headers["Content-Type"], headers["Content-Length"]) == (
+        got["Content-Type"],
+        str(len(body.encode())),
+    )
+
+
+def test_a_date_out_of_range_is_named_so(console: Console) -> None:
+    status, _, html = request(console, "GET", "/?since=0001-01-01T00:00")
+    assert status == 400
+    assert "is out of range" in html  # "is not a date and time" before
+    status, _, html = request(console, "GET", "/?since=yesterday")
+    assert "is not a date and time" in html

@@ -66,9 +66,16 @@ def _parse_time(what: str, text: str | None) -> float | None:
     if not text:
         return None
     try:
-        return datetime.datetime.fromisoformat(text).timestamp()
+        moment = datetime.datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{what}: {text!r} is not a date and time (YYYY-MM-DDTHH:MM)") from None
+    try:
+        return moment.timestamp()
+    except (ValueError, OverflowError, OSError) as exc:  # "year 0 is out of range"
+        raise ValueError(
+            f"{what}: {text!r} is out of range ({exc}); use a date after 1970 (no workflow "
+            "is older)"
+        ) from None
 
 
 @dataclass(slots=True)

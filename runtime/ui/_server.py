@@ -139,6 +139,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve("GET")
 
+    def do_HEAD(self) -> None:
+        self._serve("GET")  # answered as the GET, without its body (see _send)
+
     def do_POST(self) -> None:
         self._serve("POST")
 
@@ -283,7 +286,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not (cache and name == "Cache-Control"):
                 self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 def _cookies(header: str) -> dict[str, str]:
