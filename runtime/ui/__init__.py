@@ -5,8 +5,9 @@ operator actions through the same command channel as the CLI. Plain standard lib
 ``http.server`` serves hand-written HTML, CSS and a little vanilla JavaScript shipped as
 package data, with no build step.
 
-- :mod:`._server` — HTTP, the token, CSRF and Host checks; :mod:`._gate` — the gate that
-  shares the read-only store between request threads.
+- :mod:`._server` — HTTP and routing; :mod:`._guard` — who it answers and who may act
+  (Host and Origin checks, the token's cookie and CSRF field); :mod:`._gate` — the gate
+  that shares the read-only store between request threads.
 - :mod:`._views` — what each address shows, read through the CLI's read-only views.
 - :mod:`._pages` — the HTML (every store value escaped); :mod:`._timeline` — the SVG
   timeline of one workflow; :mod:`._query` — paging newest-first over the ``started``

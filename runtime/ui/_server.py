@@ -1,4 +1,4 @@
-"""The console's HTTP side: routing, the token, CSRF and Host checks, the store gate.
+"""The console's HTTP side: routing, and where each request's checks are applied.
 
 Built on the standard library's ``ThreadingHTTPServer``: a local tool serving a handful
 of people needs no framework, and the core install stays three packages.
@@ -12,6 +12,8 @@ Security, in one place:
   cookie holding an HMAC of it (:mod:`._guard`); a POST must carry that cookie, a CSRF
   field (another HMAC) that only the console's own pages contain, and, when the browser
   sends one, an ``Origin`` equal to the console's as the request addressed it.
+- A POST's body is read after its cookie is checked, and only when its length is known
+  and at most :data:`MAX_BODY`; a connection silent for :data:`IDLE_TIMEOUT` is dropped.
 - Every page forbids framing and inline script (``Content-Security-Policy``).
 - Store values are escaped by ``_pages``; errors become pages, never tracebacks.
 
