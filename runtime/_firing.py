@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from herder.actors import TimerHandle, UnknownName, WorkflowConflict
 from herder.runtime._schedules import (
+    count_slots,
     jitter_of,
     next_slot,
     read_schedules,
@@ -191,6 +192,10 @@ class Firer:
             return None  # resume() and add_workflow() wake the thread
         now = self._clock.time()
         slots, pass_to = to_fire(record, int(now * 1000))
+        if pass_to is not None:  # catch-up: the due slots that will not fire are skipped
+            passed = count_slots(record, record.cursor_ms, pass_to) - len(slots)
+            if passed > 0:  # (written with the cursor's next move, below)
+                record = record.evolve(skipped=record.skipped + passed)
         for slot in slots:
             wid = slot_id(record.name, slot)
             if self._store.get_workflow(wid) is not None:
@@ -204,11 +209,8 @@ class Firer:
                     continue
                 return now + RETRY  # queued: on_final wakes us; RETRY is a safety net
             record = self._fire(record, slot, wid, now)
-        if pass_to is not None and pass_to > record.cursor_ms:
-            late = 0 if slots else 1  # catch_up="none" passed over a late slot
-            record = self._write(
-                record.evolve(cursor_ms=pass_to, skipped=record.skipped + late, updated=now)
-            )
+        if pass_to is not None and pass_to > record.cursor_ms:  # "none": all were late
+            record = self._write(record.evolve(cursor_ms=pass_to, updated=now))
         following = next_slot(record, record.cursor_ms)
         return None if following is None else following / 1000
 

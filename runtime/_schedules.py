@@ -44,6 +44,10 @@ MAX_BATCH = 100
 
 _SCAN = 1000  # forward steps before the newest due cron slot is looked up backwards
 
+MAX_COUNT = 100_000
+"""Most slots of a cron schedule one catch-up counts as skipped (each costs a step of the
+cron iterator); ``every=`` schedules are counted exactly."""
+
 
 def new_schedule(
     name: str,
@@ -274,6 +278,21 @@ def to_fire(record: ScheduleRecord, now_ms: int) -> tuple[list[int], int | None]
     if record.catch_up is CatchUp.NONE and now_ms - newest > ON_TIME * 1000:
         return [], newest
     return [newest], newest
+
+
+def count_slots(record: ScheduleRecord, after_ms: int, upto_ms: int) -> int:
+    """How many slots lie in (``after_ms``, ``upto_ms``]; a cron schedule's are counted
+    up to :data:`MAX_COUNT` (a frequent one after a long downtime)."""
+    if record.every is not None:
+        step = _every_ms(record)
+        return max(0, upto_ms // step - after_ms // step)
+    n, cursor = 0, after_ms
+    while n < MAX_COUNT:
+        slot = next_slot(record, cursor)
+        if slot is None or slot > upto_ms:
+            break
+        n, cursor = n + 1, slot
+    return n
 
 
 def _newest(record: ScheduleRecord, now_ms: int) -> int | None:

@@ -42,8 +42,8 @@ class ScheduleRecord:
     (seconds; slots are the multiples of it since the epoch) is set. ``jitter`` delays
     each firing's first steps by a fixed pseudo-random share of it, derived from the name
     and the slot. ``last_id`` is the workflow of the latest firing; ``fired`` and
-    ``skipped`` count slots fired and slots passed over (by ``overlap="skip"`` or as too
-    late under ``catch_up="none"``).
+    ``skipped`` count slots fired and slots passed over (by ``overlap="skip"``, or by a
+    catch-up: the due slots ``"latest"`` and ``"none"`` do not fire).
     """
 
     name: str

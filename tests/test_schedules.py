@@ -22,6 +22,7 @@ from herder.runtime import (
     UnknownName,
     Workflow,
     _console,
+    _schedules,
 )
 from herder.runtime._check import check_store
 from herder.runtime._cli import main
@@ -166,7 +167,7 @@ def test_catch_up_decides_which_slots_missed_while_down_fire(
         assert fired(rt) == ids("tick", *expected)
         [status] = rt.schedules()
         assert status.fired == len(expected)
-        assert status.skipped == (1 if not expected else 0)
+        assert status.skipped == 5 - len(expected)  # every slot that fell due and did not fire
         assert status.next_at == T0 - 0.5 + 1800  # 08:30, after the slots handled
         assert check_store(rt._store).ok
 
@@ -391,3 +392,24 @@ def test_a_bad_schedule_in_setup_fails_the_runtime_at_once(
         Runtime(tmp_path, clock=clock, setup=setup)
     with Runtime(tmp_path, clock=clock) as runtime:  # nothing declared, nothing locked
         assert runtime.schedules() == []
+
+
+def test_a_cron_catch_up_counts_every_slot_it_passed_over(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_runtime(tmp_path, clock) as runtime:
+        runtime.schedule("tick", "job", cron="*/5 * * * *", catch_up="latest", overlap="allow")
+    clock.advance(1530)  # 08:05 .. 08:25 fell due
+    with open_runtime(tmp_path, clock) as runtime:
+        runtime._fire_now()
+        finish_all(runtime)
+        assert fired(runtime) == ids("tick", "08:25:00")
+        [status] = runtime.schedules()
+        assert (status.fired, status.skipped) == (1, 4)
+    monkeypatch.setattr(_schedules, "MAX_COUNT", 2)  # the bound of a cron count
+    clock.advance(1200)  # 08:30 .. 08:45
+    with open_runtime(tmp_path, clock) as runtime:
+        runtime._fire_now()
+        finish_all(runtime)
+        [status] = runtime.schedules()
+        assert (status.fired, status.skipped) == (2, 4 + 2 - 1)
