@@ -23,7 +23,7 @@ import sys
 from typing import Any, TextIO
 
 from herder.actors import UnknownWorkflow
-from herder.actors.engine import OPERATOR_WORKFLOW_NEXT
+from herder.actors.engine import ended_for_good
 from herder.runtime._cli_args import add_json, add_store, seconds_arg
 from herder.runtime._console import print_table
 from herder.runtime._inbox import inbox_items
@@ -104,7 +104,7 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
         record = store.get_workflow(args.id)
     if record is None:
         raise UnknownWorkflow(f"no workflow with id {args.id!r} in {path}")
-    if record.state.is_final and record.state not in OPERATOR_WORKFLOW_NEXT:  # for good
+    if ended_for_good(record.state):
         sys.stderr.write(
             f"herder {action}: refused: workflow {args.id!r} is {record.state}, and no "
             "operator action applies to a workflow that ended; nothing was queued\n"

@@ -15,7 +15,7 @@ parked in NEEDS_ATTENTION for an operator.
 - :data:`ALLOWED_STEPS`: which step states each workflow state admits in the store.
 - Sets with one meaning each: :data:`BUSY`, :data:`WAITS_TO_RUN`, :data:`UNDOING`,
   :data:`RESTARTABLE`, :data:`SKIPPABLE`, :data:`STUCK`, :data:`ENDED_BY_ABANDON`;
-  predicates :func:`to_undo` and :func:`holds_timer`.
+  predicates :func:`to_undo`, :func:`holds_timer` and :func:`ended_for_good`.
 
 Imports: herder.store records only; pure data, no clock, no I/O.
 """
@@ -141,6 +141,13 @@ OPERATOR_WORKFLOW_NEXT: Mapping[WorkflowState, frozenset[WorkflowState]] = Mappi
     }
 )
 """Workflow states an operator's action may move a workflow out of, and where to."""
+
+
+def ended_for_good(state: WorkflowState) -> bool:
+    """True for a final state no operator action leaves (every one but NEEDS_ATTENTION):
+    an action on such a workflow is refused before anything is queued."""
+    return state.is_final and state not in OPERATOR_WORKFLOW_NEXT
+
 
 ALLOWED_STEPS: Mapping[WorkflowState, frozenset[StepState]] = MappingProxyType(
     {

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.actors import read_facts
-from herder.actors.engine import OPERATOR_WORKFLOW_NEXT
+from herder.actors.engine import ended_for_good
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import _Reader
 from herder.runtime._operator_cli import ACTIONS
@@ -138,7 +138,7 @@ class Views:
             if record is None:
                 raise ValueError(f"no workflow with id {workflow_id!r}")
         ok: bool | None
-        if record.state.is_final and record.state not in OPERATOR_WORKFLOW_NEXT:  # for good
+        if ended_for_good(record.state):
             outcome, ok = (  # as `herder retry` refuses it: a runtime would, later
                 f"refused: workflow {workflow_id!r} is {record.state}, and no operator action "
                 "applies to a workflow that ended; nothing was queued",
