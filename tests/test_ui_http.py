@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from _http_kit import request
 
 from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime.testing import FakeClock
@@ -88,25 +89,6 @@ def make_console(store: Path) -> Iterator[Callable[..., Console]]:
 @pytest.fixture
 def console(make_console: Callable[..., Console]) -> Console:
     return make_console()
-
-
-def request(
-    console: Console,
-    method: str,
-    path: str,
-    *,
-    body: dict[str, str] | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], str]:
-    conn = http.client.HTTPConnection("127.0.0.1", console.port, timeout=10)
-    data = None if body is None else urlencode(body)
-    sent = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
-    try:
-        conn.request(method, path, body=data, headers=sent)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read().decode()
-    finally:
-        conn.close()
 
 
 def raw(console: Console, data: bytes) -> bytes:
