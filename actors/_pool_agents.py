@@ -47,6 +47,7 @@ class Slot(Instance):
     restarting: bool = False  # crashed: waits out its backoff, then the slot frees
     work: Work | None = None  # what its worker was told last (its self-feed flag)
     lined: bool = False  # acquired with no worker free: its attempt waits in the line
+    stale: bool = False  # its agent was added again while it ran: dropped once it ends
 
 
 @dataclass(slots=True)
@@ -108,6 +109,8 @@ class PoolAgents(HostedAgents[PooledAgent]):
             halt(inst)  # the next attempt goes through send, with the new factory
             if idle(inst):
                 del agent.instances[instance_id]  # rebuilt with the new factory
+            else:
+                inst.stale = True  # its object is the old factory's: not kept once idle
 
     def remove(self, name: str) -> None:
         agent = self._agents.get(name)
@@ -128,9 +131,9 @@ class PoolAgents(HostedAgents[PooledAgent]):
 
     def _idled(self, agent: PooledAgent, instance_id: str, inst: Slot, now: float) -> None:
         """``inst`` finished its attempt at ``now``: kept idle, or dropped if its agent
-        was removed or shrunk meanwhile, or its object was never built."""
+        was removed, shrunk or added again meanwhile, or its object was never built."""
         inst.busy_token, inst.worker, inst.idle_since, inst.work = None, None, now, None
-        if agent.concurrency < len(agent.instances) or inst.agent is None:
+        if agent.concurrency < len(agent.instances) or inst.agent is None or inst.stale:
             del agent.instances[instance_id]
             return
         agent.idle.append(instance_id)

@@ -29,17 +29,8 @@ from herder.actors._hosted import Hosted, HostedAgents, Instance, request_agent_
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervised import SupervisedActor
-from herder.actors._supervision_specs import (
-    ChildEvent,
-    ChildEventKind,
-    ChildSpec,
-    Restart,
-)
-from herder.store import (
-    contain,
-    crash_point,
-    safe_repr,
-)
+from herder.actors._supervision_specs import ChildEvent, ChildEventKind, ChildSpec, Restart
+from herder.store import contain, crash_point, safe_repr
 
 _log = logging.getLogger("herder.agents")
 
@@ -87,6 +78,7 @@ class _Instance(Instance):
     ref: pykka.ActorRef | None = None
     lost: bool = False  # replaced or crashed: waiting for the supervisor to bring it back
     starting: bool = False  # asked for, not yet reported started
+    stale: bool = False  # its agent was added again: stopped once it is idle
 
 
 @dataclass(slots=True)
@@ -146,6 +138,27 @@ class ThreadHost(HostedAgents[_Pool]):
         if pool.supervisor is not None:
             self._stop_pool_supervisor(pool)
 
+    def _readded(self, pool: _Pool) -> None:
+        """Its instances hold the old factory's objects (and a restart would build the old
+        one again): the idle ones stop now, the others once idle (:meth:`_retire`)."""
+        for instance_id, inst in list(pool.instances.items()):
+            inst.stale = True
+            if inst.busy_token is None and not inst.lost and not inst.starting:
+                self._retire(pool, instance_id)
+
+    def _retire(self, pool: _Pool, instance_id: str) -> None:
+        """Stop an idle instance its agent no longer wants (stale, or over concurrency)."""
+        del pool.instances[instance_id]
+        if pool.supervisor is not None:
+            call_later(pool.supervisor, "delete_child", instance_id)
+
+    def _idled(self, pool: _Pool, instance_id: str, inst: _Instance) -> None:
+        """An instance is free: it serves on, or stops if stale or over concurrency."""
+        if inst.stale or len(pool.instances) > pool.concurrency:
+            self._retire(pool, instance_id)
+        else:
+            pool.idle.append(instance_id)
+
     # -- capacity ----------------------------------------------------------------------
 
     def acquire(self, name: str, token: int, backlog: int = 1) -> str | None:
@@ -194,7 +207,7 @@ class ThreadHost(HostedAgents[_Pool]):
             return False  # a stale answer from an attempt this instance no longer runs
         inst.busy_token = None
         inst.idle_since = now
-        pool.idle.append(instance_id)
+        self._idled(pool, instance_id, inst)  # (a retired one frees its slot all the same)
         return True
 
     def replace(self, name: str, instance_id: str) -> None:
@@ -247,7 +260,7 @@ class ThreadHost(HostedAgents[_Pool]):
                 inst.starting = False
                 inst.ref = event.ref
                 inst.idle_since = now
-                pool.idle.append(event.instance)
+                self._idled(pool, event.instance, inst)  # (stale: asked for before a change)
                 return []
             if event.kind is ChildEventKind.CRASHED:  # its factory or on_start failed
                 del pool.instances[event.instance]
@@ -281,7 +294,7 @@ class ThreadHost(HostedAgents[_Pool]):
             inst.lost = False
             inst.busy_token = None
             inst.idle_since = now
-            pool.idle.append(event.instance)
+            self._idled(pool, event.instance, inst)  # (stale: the old factory's again)
         return []
 
     # -- passivation and shutdown -----------------------------------------------------
