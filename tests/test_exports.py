@@ -23,6 +23,8 @@ RUNTIME = {
     "WorkflowConflict", "WorkflowFailed", "WorkflowHandle", "WorkflowStatus",
     # outcomes: unknown outcomes, async completion, the operator's inbox
     "CompletionRefused", "InboxItem", "ProbeResult",
+    # what an action raises to have its instance rebuilt (supervision.md, asyncio.md)
+    "InstanceCrash",
     # periodic schedules: rt.schedule() and rt.schedules() return it
     "ScheduleStatus",
     # agents on a Ray cluster: rt.add_agent(..., host=RayHost(...)) (imports no Ray itself)
