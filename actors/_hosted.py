@@ -32,7 +32,7 @@ from herder.actors._messages import InstanceEvent
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
 from herder.actors._supervision_start import start_supervisor
-from herder.store import safe_repr
+from herder.store import explain
 
 INSTANCE_BACKOFF = Backoff(initial=0.001, factor=2.0, max=1.0)
 """How long a crashed agent instance waits before it serves again, by its agent's number
@@ -154,7 +154,7 @@ def request_agent_supervisor(
     the host asks for a fresh one when it next needs it."""
 
     def listener(event: ChildEvent) -> None:
-        reason = None if event.reason is None else safe_repr(event.reason)
+        reason = None if event.reason is None else explain(event.reason)
         events(InstanceEvent(name, event.child_id, event.kind, event.ref, reason))
 
     spec = ChildSpec(

@@ -29,7 +29,7 @@ from typing import Any
 import pykka
 
 from herder.actors._errors import SupervisorStartError
-from herder.store import safe_repr
+from herder.store import explain, safe_repr
 
 _log = logging.getLogger("herder.supervision")
 _local = threading.local()
@@ -169,7 +169,7 @@ def _await_birth(
         if isinstance(cause, SupervisorStartError):
             cause = cause.__cause__  # type: ignore[assignment]
         raise SupervisorStartError(
-            f"child {child_id!r} failed to start: {safe_repr(birth.error)}"
+            f"child {child_id!r} failed to start: {explain(birth.error)}"
         ) from cause
     return ref
 

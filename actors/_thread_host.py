@@ -30,7 +30,7 @@ from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildEvent, ChildEventKind, ChildSpec, Restart
-from herder.store import contain, crash_point, safe_repr
+from herder.store import contain, crash_point, explain
 
 _log = logging.getLogger("herder.agents")
 
@@ -383,7 +383,7 @@ def agents_listener(tell: Callable[[InstanceEvent], None]) -> Callable[[ChildEve
             ChildEventKind.ABANDONED,
         ):
             agent = event.child_id.removeprefix("agent:")
-            reason = None if event.reason is None else safe_repr(event.reason)
+            reason = None if event.reason is None else explain(event.reason)
             tell(InstanceEvent(agent, None, event.kind, event.ref, reason))
 
     return listener

@@ -80,6 +80,19 @@ def describe(exc: BaseException) -> str:
     return bounded_text(f"{type_name(type(exc))}: {safe_str(exc)}")
 
 
+def explain(reason: object) -> str:
+    """Why something failed, as a person reads it: a herder error's own message (it says
+    what happened, user code's ``"Type: message"`` included), any other exception as
+    :func:`describe` puts it (unless its message starts with its type's name already: an
+    ``InstanceCrash`` carrying a described one), anything else as text. Not a ``repr``: a
+    reason that wraps another read as nested quotes
+    (``SupervisorStartError("... UserCodeFailed('...')")``)."""
+    text = bounded_text(safe_str(reason))
+    if isinstance(reason, HerderError) or not isinstance(reason, BaseException):
+        return text
+    return text if text.startswith(f"{type(reason).__name__}: ") else describe(reason)
+
+
 class UserCodeFailed(HerderError):
     """User code raised; ``error`` and ``error_types`` describe what (as plain data).
 
