@@ -143,7 +143,9 @@ def check_registered(
     says) is registered and has the step's action and compensation."""
     for spec, agent, via in _step_agents(plan, agents):
         if agent not in registered:
-            known = ", ".join(sorted(registered)[:20]) or "none"
+            shown = sorted(registered)[:20]
+            more = len(registered) - len(shown)
+            known = ", ".join(shown) + (f" and {more:,} more" if more else "") or "none"
             raise UnknownName(
                 f"workflow {plan.name!r} step {spec.name!r} needs agent {agent!r}{via}, "
                 f"which is not registered (registered: {known}); call add_agent first"

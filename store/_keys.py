@@ -172,12 +172,15 @@ def validate_name(kind: str, name: object) -> str:
     """Return ``name`` if it is a usable step/agent/action/workflow name, else raise."""
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"{kind} name must be a non-empty str, got {name!r}")
-    if "\x00" in name:
-        raise InvalidInput(f"{kind} name must not contain NUL: {name!r}")
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InvalidInput(f"{kind} name is not valid UTF-8: {name!r}") from exc
+    if not name.isprintable():  # NUL, newlines and other controls break keys, logs, tables
+        raise InvalidInput(
+            f"{kind} name must be printable text (no NUL, newline or other control "
+            f"character): {name!r}"
+        )
     if size > MAX_NAME_BYTES:
         raise InvalidInput(f"{kind} name is {size} bytes; the limit is {MAX_NAME_BYTES}")
     return name

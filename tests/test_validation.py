@@ -109,3 +109,12 @@ def test_a_workflow_object_starts_its_own_version_and_a_name_the_latest(tmp_path
         with pytest.raises(UnknownName, match=r"version 3 is not registered"):
             rt.start_many([{"workflow": v3}])
         assert sorted(s.id for s in rt.list()) == ["new", "old"]
+
+
+def test_an_unregistered_agent_among_many_says_how_many_are_not_listed(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        for i in range(25):
+            rt.add_agent(f"shop-{i:02d}", Shop)
+        rt.add_workflow(Workflow("w").step("pay", agent="shpo", action="buy"))
+        with pytest.raises(UnknownName, match=r"registered: shop-00, .*, shop-19 and 5 more\)"):
+            rt.start("w")
