@@ -173,6 +173,14 @@ class AsyncHost:
         if agent is not None:
             agent.concurrency, agent.holder = 0, _Holder(agent.factory)
 
+    def forget(self, name: str) -> bool:
+        """Drop ``name``'s record (its factory, its object) once it is removed and has
+        no queued job and no attempt; True if this host holds no record of it now."""
+        agent = self._agents.get(name)
+        if agent is not None and not (agent.concurrency or agent.queue or agent.slots):
+            del self._agents[name]
+        return name not in self._agents
+
     def queue(self, name: str) -> JobQueue[Any] | None:
         agent = self._agents.get(name)
         return None if agent is None else agent.queue

@@ -29,6 +29,8 @@ Scheduler -> host      meaning
 ``waiting``            optional: whether a sent attempt still waits for a thread (the
                        pool host's line): a cancel gives up its step, as unstarted
 ``pumped``             optional: the agents touched since an ``on_event`` were pumped
+``forget``             optional: drop the record of a name no longer served once nothing
+                       of it is left (no queued job, no instance); True if none is left
 =====================  ===========================================================
 
 A host without the optional methods gets reserve-ahead attempts handed over by the
@@ -125,6 +127,13 @@ def pumped(host: object) -> Callable[[], None]:
 
 def _nothing() -> None:
     pass
+
+
+def forget(host: object, name: str) -> bool:
+    """``host.forget(name)``: whether ``host`` dropped (or never held) its record of
+    ``name``; always False for a host without it (it keeps every name it served)."""
+    method = getattr(host, "forget", None)
+    return method is not None and bool(method(name))
 
 
 def waiting(host: object) -> Callable[[int], bool]:

@@ -5,8 +5,10 @@ concurrency (how many instances may serve at once), the Scheduler's queue of job
 for capacity, and the instances by id, each serving at most one attempt (its
 ``busy_token``) at a time. :class:`HostedAgents` implements the parts of the
 :class:`~herder.actors._host.AgentHost` protocol that only read or register that state
-(``add``, ``queue``, ``owns``, ``busy_tokens``, ``replace_token``, ``stats``); a host subclasses it
-with how instances run (a pykka actor each, a shared worker pool, an event loop).
+(``add``, ``queue``, ``owns``, ``busy_tokens``, ``replace_token``, ``stats``) and drops a
+name's record once it was removed and nothing of it is left (``forget``); a host
+subclasses it with how instances run (a pykka actor each, a shared worker pool, an event
+loop).
 
 :func:`request_agent_supervisor` starts the supervisor the pykka hosts keep their actors
 under (one per agent name on the thread host, one for the worker pool). A host that
@@ -80,18 +82,40 @@ class HostedAgents(Generic[HostedT]):
         self._make = make
         self._queue_aging = queue_aging
         self._agents: dict[str, HostedT] = {}
+        # Instance ids a new record counts from: past every id of a forgotten record, so
+        # late news of an instance of the name's last life never names a new instance.
+        self._next_id = 0
 
     def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None:
         """Register (or re-register with a new factory/concurrency) an agent name."""
         agent = self._agents.get(name)
         if agent is None:
-            self._agents[name] = self._make(name, factory, concurrency, JobQueue(self._queue_aging))
+            agent = self._make(name, factory, concurrency, JobQueue(self._queue_aging))
+            agent.ids = itertools.count(self._next_id)
+            self._agents[name] = agent
         else:
             agent.factory, agent.concurrency = factory, concurrency
             self._readded(agent)
 
     def _readded(self, agent: HostedT) -> None:
         """Hook: ``agent`` was registered again (its factory may have changed)."""
+
+    def forget(self, name: str) -> bool:
+        """Drop the record of ``name`` (with its factory and whatever that captured) if it
+        serves no more (removed, or made for a job queued before any add) and nothing of it
+        is left: no queued job, no instance; True if this host holds no record of it now."""
+        agent = self._agents.get(name)
+        if agent is not None and not (agent.concurrency or agent.queue or agent.instances):
+            if self._left_over(agent):
+                return False
+            del self._agents[name]
+            self._next_id = max(self._next_id, next(agent.ids))
+        return name not in self._agents
+
+    def _left_over(self, agent: HostedT) -> bool:
+        """Hook: whether ``agent``, with no queued job and no instance, still has something
+        on this host that needs its record (the host forgets nothing of it then)."""
+        return False
 
     def queue(self, name: str) -> JobQueue[Any] | None:
         """The queue of work waiting for agent ``name``, or None if it is not registered."""

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from herder.actors._agent import Agent
 from herder.actors._async_host import AsyncHost
 from herder.actors._engine import EngineContext
-from herder.actors._host import AgentHost, moved_on, pumped, ready_queue, waiting
+from herder.actors._host import AgentHost, forget, moved_on, pumped, ready_queue, waiting
 from herder.actors._messages import InstanceEvent, Run
 from herder.actors._pool_host import PoolHost
 from herder.actors._queue import JobQueue
@@ -98,6 +98,17 @@ class HostRouter:
 
     def remove(self, name: str) -> None:
         self._route(name).remove(name)
+
+    def forget(self, name: str) -> bool:
+        """Every host that served ``name`` forgets it (its current one last, and only
+        once the others did: its queue is the one that waits); then so does the router."""
+        current = self._route(name)
+        hosts = [h for h in self._hosts if h is not current] if name in self._moved else []
+        if not all(forget(host, name) for host in [*hosts, current]):
+            return False
+        self._by_name.pop(name, None)
+        self._moved.discard(name)
+        return True
 
     def queue(self, name: str) -> JobQueue[Any] | None:
         return self._route(name).queue(name)

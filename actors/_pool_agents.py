@@ -120,6 +120,17 @@ class PoolAgents(HostedAgents[PooledAgent]):
             for inst in agent.instances.values():
                 halt(inst)
 
+    def _left_over(self, agent: PooledAgent) -> bool:
+        """Attempts reserved ahead wait in its ready deque (those superseded are dead)."""
+        return agent.ready is not None and any(not r.context.superseded for r in list(agent.ready))
+
+    def forget(self, name: str) -> bool:
+        forgotten = super().forget(name)
+        if forgotten and self._built:  # objects built for instances given up on (hung)
+            for key in [key for key in list(self._built) if key[0] == name]:
+                self._built.pop(key, None)
+        return forgotten
+
     def ready_queue(self, name: str) -> deque[Run] | None:
         """The deque ``name``'s workers self-feed from (actors/_ahead.py)."""
         agent = self._agents.get(name)

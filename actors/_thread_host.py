@@ -138,6 +138,10 @@ class ThreadHost(HostedAgents[_Pool]):
         if pool.supervisor is not None:
             self._stop_pool_supervisor(pool)
 
+    def _left_over(self, pool: _Pool) -> bool:
+        """Its supervisor is being started (stopped once its start is heard)."""
+        return pool.supervisor is not None or pool.supervisor_pending
+
     def _readded(self, pool: _Pool) -> None:
         """Its instances hold the old factory's objects (and a restart would build the old
         one again): the idle ones stop now, the others once idle (:meth:`_retire`)."""
