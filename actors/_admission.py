@@ -127,8 +127,11 @@ class Admission:
             self._open(agent, rec)
 
     def remove(self, agent: str) -> None:
-        """Forget the limits of ``agent`` (its durable record stays)."""
+        """Forget the limits of ``agent`` and what only memory holds of it (its durable
+        record stays, with the failures it counts: a restart reads it back)."""
         self._gates.pop(agent, None)
+        self._wake_at.pop(agent, None)  # (a wake-up on its way pumps an agent not there)
+        self._sick_holds.pop(agent, None)
         self._track(agent)
 
     # -- dispatch ----------------------------------------------------------------------

@@ -212,6 +212,20 @@ class Lanes:
             lane.ready = deque() if shared is None else shared
         return lane.ready
 
+    def stop(self, name: str) -> bool:
+        """Agent ``name`` is served no more: nothing is reserved ahead for it from now on
+        (what was waits until it is added again); True if nothing of it waits in its lane."""
+        lane = self._lanes.get(name)
+        if lane is None:
+            return True
+        lane.configure(0, 0)
+        ready = [] if lane.ready is None else list(lane.ready)
+        return not lane.ahead and all(run.context.superseded for run in ready)
+
+    def drop(self, name: str) -> None:
+        """Forget agent ``name``'s lane (and what it learnt: its p95); nothing waits in it."""
+        self._lanes.pop(name, None)
+
     def get(self, agent: str) -> Lane | None:
         """``agent``'s lane, if it was configured."""
         return self._lanes.get(agent)

@@ -24,17 +24,18 @@ from heapq import heappop
 from typing import Any
 
 from herder.actors._admission import Admission
-from herder.actors._ahead import Lane, Lanes
+from herder.actors._ahead import Lanes
 from herder.actors._clock import MessageClock
 from herder.actors._engine import EngineContext, prepare
 from herder.actors._facts import agent_facts, limit_facts
-from herder.actors._host import AgentHost, AgentUnavailable, pumped, routed, waiting
+from herder.actors._host import AgentHost, AgentUnavailable, pumped, waiting
 from herder.actors._loose import Loose
 from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Wake
 from herder.actors._queue import JobQueue
 from herder.actors._regroup import move_off_unwell
+from herder.actors._routes import Routes
 from herder.actors._supervision_specs import ChildEventKind
-from herder.actors._wiring import AgentEntry, unregistered
+from herder.actors._wiring import AgentEntry
 from herder.actors.engine import (
     Attempt,
     AttemptLost,
@@ -70,13 +71,14 @@ class Dispatcher:
         self._busy: set[str] = set()  # room (module docstring): no idle instance found
         self._full: set[str] = set()  # and no room to reserve ahead either
         self._spare = 0  # a token drawn for a job that found no room, for the next job
-        self._routes: dict[str, _Route] = {}  # per agent, looked up once per pump (per add)
         self._regroup = False  # an agent's health changed: group jobs may change member
         self._pumped = pumped(None)  # the host's, once attached
         self._waiting = waiting(None)
         self._heard = False  # an instance event came since the last pump (host.pumped)
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self._loose = Loose()  # fenced attempts still running, until their deadline
+        self._names = Routes(engine, self.lanes, self._dropped)  # routes; names not served
+        self._routes, self._route = self._names.routes, self._names.route  # (hot path)
         self.admission = Admission(
             ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
         )
@@ -100,6 +102,7 @@ class Dispatcher:
         self._pumped = pumped(host)  # (a pool host passes on a worker a pump took not)
         self._waiting = waiting(host)
         self.lanes.attach(host)
+        self._names.host = host
         for name, entry in agents.items():
             self.add(name, entry)
 
@@ -107,18 +110,25 @@ class Dispatcher:
         """Serve agent ``name`` as ``entry`` says (again: as it now says)."""
         self.agents[name] = entry
         self.host.add(name, entry.factory, entry.concurrency)
-        self._routes.pop(name, None)  # it may run on another host now
+        self._names.added(name)  # it may run on another host now
         self.admission.configure(name, *entry.limits)
         limited = any(limit is not None for limit in entry.limits)
         self.lanes.configure(name, entry.concurrency, limited=limited)
         self._touch(name)
 
     def remove(self, name: str) -> None:
-        """Stop serving agent ``name``; its queued work waits until it is added again."""
+        """Stop serving agent ``name``; its queued work waits until it is added again
+        (nothing more is reserved ahead for it). Once nothing of it is left, every record
+        of it goes (``_routes``)."""
         self.agents.pop(name, None)
         self.host.remove(name)
-        self._routes.pop(name, None)
         self.admission.remove(name)
+        self._names.removed(name)
+
+    def _dropped(self, name: str) -> None:
+        """Agent ``name``, not served, was forgotten: so are its room marks."""
+        self._busy.discard(name)
+        self._full.discard(name)
 
     # -- what the engine does at once --------------------------------------------------
 
@@ -168,20 +178,6 @@ class Dispatcher:
         """One of ``agent``'s attempts left its lane: one more may be reserved ahead."""
         if agent in self._full:
             self._touch(agent, freed=False)
-
-    def _route(self, agent: str, *, add: bool = False) -> _Route | None:
-        """``agent``'s queue, the host it runs on and its lane; None if it has no queue
-        (``add``: it is not registered (yet), and a job will wait in a queue made for it)."""
-        route = self._routes.get(agent)
-        if route is None:
-            queue = self.host.queue(agent)
-            if queue is None and add:
-                self.host.add(agent, unregistered(agent), 0)
-                queue = self.host.queue(agent)
-            if queue is None:
-                return None
-            route = self._routes[agent] = (queue, routed(self.host, agent), self.lanes.get(agent))
-        return route
 
     def _queue(self, agent: str) -> JobQueue[Job]:
         route = self._route(agent, add=True)
@@ -365,11 +361,14 @@ class Dispatcher:
         return Transition(ops=tuple(self.admission.writes()))
 
     def passivate(self) -> int:
-        """Let instances idle longer than the idle timeout go (how many went), and replace
-        those a fenced attempt hangs on past its deadline (``_loose``)."""
+        """Let instances idle longer than the idle timeout go (how many went), replace
+        those a fenced attempt hangs on past its deadline (``_loose``), and forget the
+        names not served of which nothing is left (``_routes``)."""
         for agent in self._loose.reap(self.host, self._clock.now):
             self._touch(agent)
-        return self.host.passivate(self._clock.now - self._config.idle_timeout)
+        went = self.host.passivate(self._clock.now - self._config.idle_timeout)
+        self._names.sweep()
+        return went
 
     def facts(self) -> dict[str, Any]:
         """Per agent: what the console's agents page shows."""
@@ -391,7 +390,3 @@ class Dispatcher:
             # Reserved ahead and not yet running (waiting for their commit or an instance).
             "ahead": self.lanes.ahead(),
         }
-
-
-_Route = tuple[JobQueue[Job], AgentHost, Lane | None]
-"""An agent's queue, the host it runs on (``routed``) and its reserve-ahead lane."""
