@@ -263,8 +263,11 @@ class Lanes:
     def send(self, attempt: Attempt, *, idle: bool = True) -> bool | None:
         """``attempt``'s DISPATCHED is durable: one reserved ahead joins its lane's ready
         attempts (None), handed at once to an instance if one is idle (``idle`` False: the
-        caller knows none is); else the host is told (False: its instance went away)."""
-        lane = self._lanes[attempt.agent]
+        caller knows none is); else the host is told (False: its instance went away, or
+        its agent with it)."""
+        lane = self._lanes.get(attempt.agent)
+        if lane is None:  # (not expected: a name is forgotten only with no attempt held)
+            return False
         if not attempt.instance:
             ready = lane.ready if lane.ready is not None else self.ready(attempt.agent, lane)
             ready.append(attempt.message)

@@ -10,10 +10,11 @@ removed again.
 (docs/agents.md); a job queued for a name not added yet makes a queue for it the same
 way (``unregistered``). While something of such a name is left (a queued job, an attempt
 reserved ahead in its lane or ready deque, an instance busy, restarting or in the pool
-host's line) every layer keeps its records of it. Once nothing is, all of them go: its
-route, the Dispatcher's room marks, its lane, and the host's record with the factory and
-whatever that captured (``forget``). So names added and removed (one per device, say)
-cost nothing once they drained, and ``stats()["agents"]`` lists them no more. A name is
+host's line, an attempt the engine still holds) every layer keeps its records of it.
+Once nothing is, all of them go: its route, the Dispatcher's room marks, its lane, and
+the host's record with the factory and whatever that captured (``forget``). So names
+added and removed (one per device, say) cost nothing once they drained, and
+``stats()["agents"]`` lists them no more. A name is
 looked at when it is removed and again at each Tick (the Dispatcher's ``passivate``)
 until it is forgotten; one added again meanwhile is served, and forgotten no more.
 Everything here runs on the Scheduler's thread.
@@ -75,8 +76,12 @@ class Routes:
     def sweep(self, names: Iterable[str] | None = None) -> None:
         """Forget those of ``names`` (by default: every name not served) of which nothing
         is left; first nothing is reserved ahead for them any more (``Lanes.stop``)."""
+        # An attempt the engine holds for a name (reserved, or sent before its instance
+        # went with the remove) still needs its lane: its commit's effect reaches it.
+        held = {attempt.agent for attempt in self._engine.inflight.values()}
         for name in list(self.unserved if names is None else names):
-            if self._lanes.stop(name) and self._drained(name) and forget(self.host, name):
+            stopped = self._lanes.stop(name)
+            if stopped and name not in held and self._drained(name) and forget(self.host, name):
                 del self.unserved[name]
                 self.routes.pop(name, None)
                 self._lanes.drop(name)

@@ -166,3 +166,44 @@ def test_a_host_forgets_a_name_only_once_it_serves_no_more_and_nothing_of_it_is_
     assert host.queue("a") is None
     host.add("a", Dev, 1)  # late news of its last life's instances names none of the new
     assert (first, host._agents["a"].new_instance_id()) == ("a#0", "a#1")
+
+
+def test_a_name_removed_while_its_attempt_commits_is_kept_for_that_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the thread host the remove lets the reserved instance go at once; the name was
+    then forgotten (its lane dropped) while the engine still held the attempt, and the
+    commit's effect (send it) raised KeyError on the Scheduler, which crashed."""
+    from herder.store import _writer
+
+    armed, held, release = threading.Event(), threading.Event(), threading.Event()
+    submit = _writer.Writer.submit_batch
+
+    def slow_batch(self: Any, *args: Any) -> Any:  # (ops, effects, count, sink, watch)
+        if armed.is_set():  # every commit's news waits, from here until the release
+            inner = args[3]
+
+            def sink(*news: Any) -> None:  # the commit is durable; its news waits
+                held.set()
+                release.wait(WAIT)
+                inner(*news)
+
+            args = (*args[:3], sink, *args[4:])
+        return submit(self, *args)
+
+    monkeypatch.setattr(_writer.Writer, "submit_batch", slow_batch)
+    with Runtime(tmp_path / "s", agent_host="thread") as rt:
+        rt.add_agent("d", functools.partial(Dev, 1))
+        rt.add_workflow(Workflow("w").step("s", agent="d", action="go", timeout=30))
+        assert rt.start("w", workflow_id="w0").result(timeout=WAIT) == {"s": 1}
+        armed.set()
+        handle = rt.start("w", workflow_id="w1")
+        assert held.wait(WAIT)  # its DISPATCHED is in the writer, the Scheduler unaware
+        rt.remove_agent("d")
+        armed.clear()
+        release.set()
+        rt._store.writer.flush(WAIT)  # the commit's news is told to the Scheduler
+        settle(rt)  # and handled there, while the agent is away
+        rt.add_agent("d", functools.partial(Dev, 2))
+        assert handle.result(timeout=WAIT)["s"] in (1, 2)
+        assert rt.stats()["restarts"]["scheduler"] == 0
