@@ -89,17 +89,17 @@ class ScheduleMethods:
 
     def pause_schedule(self, name: str) -> None:
         """Fire nothing for schedule ``name`` until :meth:`resume_schedule`."""
-        validate_name("schedule", name)
+        validate_name("schedule", name, lookup=True)
         _active_firer(self).pause(name, True)
 
     def resume_schedule(self, name: str) -> None:
         """Fire schedule ``name`` again from its next slot (slots while paused are passed)."""
-        validate_name("schedule", name)
+        validate_name("schedule", name, lookup=True)
         _active_firer(self).pause(name, False)
 
     def delete_schedule(self, name: str) -> None:
         """Delete schedule ``name``; the workflows it started are left alone."""
-        validate_name("schedule", name)
+        validate_name("schedule", name, lookup=True)
         _active_firer(self).delete(name)
 
     def schedules(self) -> list[ScheduleStatus]:

@@ -18,6 +18,7 @@ Times in keys are whole milliseconds of the runtime's clock, by :func:`ms` only.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -168,18 +169,24 @@ def validate_id(workflow_id: object) -> str:
     return workflow_id
 
 
-def validate_name(kind: str, name: object) -> str:
-    """Return ``name`` if it is a usable step/agent/action/workflow name, else raise."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""Control characters and line/paragraph separators: they break logs, tables and keys.
+(Other unprintable characters, a no-break space or an emoji's joiner, are names' own.)"""
+
+
+def validate_name(kind: str, name: object, *, lookup: bool = False) -> str:
+    """Return ``name`` if it is a usable step/agent/action/workflow name, else raise;
+    ``lookup``: it names a stored record (one a version before this check may have made),
+    so its characters are not checked."""
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"{kind} name must be a non-empty str, got {name!r}")
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InvalidInput(f"{kind} name is not valid UTF-8: {name!r}") from exc
-    if not name.isprintable():  # NUL, newlines and other controls break keys, logs, tables
+    if not lookup and _CONTROL.search(name):
         raise InvalidInput(
-            f"{kind} name must be printable text (no NUL, newline or other control "
-            f"character): {name!r}"
+            f"{kind} name must not contain a NUL, newline or other control character: {name!r}"
         )
     if size > MAX_NAME_BYTES:
         raise InvalidInput(f"{kind} name is {size} bytes; the limit is {MAX_NAME_BYTES}")

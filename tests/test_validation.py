@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, InvalidDefinition, Runtime, StepContext, UnknownName, Workflow
+from herder.runtime import (
+    Agent,
+    InvalidDefinition,
+    InvalidInput,
+    Runtime,
+    StepContext,
+    UnknownName,
+    Workflow,
+)
 
 WAIT = 30.0
 
@@ -118,3 +126,19 @@ def test_an_unregistered_agent_among_many_says_how_many_are_not_listed(tmp_path:
         rt.add_workflow(Workflow("w").step("pay", agent="shpo", action="buy"))
         with pytest.raises(UnknownName, match=r"registered: shop-00, .*, shop-19 and 5 more\)"):
             rt.start("w")
+
+
+def test_names_in_any_script_are_names_and_only_control_characters_are_refused(
+    tmp_path: Path,
+) -> None:
+    """A no-break space, an emoji's joiner, a right-to-left mark or a soft hyphen are
+    part of real names (and names stored before the check may hold them)."""
+    names = ["Zürich\u00a0HQ", "dev-\U0001f469\u200d\U0001f4bb", "\u05e9\u05dc\u200f", "da\u00adta"]
+    with Runtime(tmp_path / "s") as rt:
+        for name in names:
+            rt.add_agent(name, Shop)
+            rt.add_workflow(Workflow(name).step("pay", agent=name, action="buy"))
+            assert rt.start(name).result(timeout=WAIT) == {"pay": "bought"}
+        for bad in ("a\nb", "a\tb", "a\u2028b", "a\x85b"):
+            with pytest.raises(InvalidInput, match="NUL, newline or other control character"):
+                rt.add_agent(bad, Shop)
