@@ -71,6 +71,9 @@ class Firer:
         self._timer: TimerHandle | None = None
         self._blocked: set[str] = set()  # workflow ids queued slots wait for
         self._thread: threading.Thread | None = None
+        # Per schedule, the last catch-up counted: (cursor, pass_to) -> slots between. A
+        # pass that fires nothing (a queued slot waits) counts the same again every pass.
+        self._counted: dict[str, tuple[int, int, int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -193,7 +196,7 @@ class Firer:
         now = self._clock.time()
         slots, pass_to = to_fire(record, int(now * 1000))
         if pass_to is not None:  # catch-up: the due slots that will not fire are skipped
-            passed = count_slots(record, record.cursor_ms, pass_to) - len(slots)
+            passed = self._count(record, pass_to) - len(slots)
             if passed > 0:  # (written with the cursor's next move, below)
                 record = record.evolve(skipped=record.skipped + passed)
         for slot in slots:
@@ -213,6 +216,14 @@ class Firer:
             record = self._write(record.evolve(cursor_ms=pass_to, updated=now))
         following = next_slot(record, record.cursor_ms)
         return None if following is None else following / 1000
+
+    def _count(self, record: ScheduleRecord, pass_to: int) -> int:
+        """:func:`count_slots` from the cursor to ``pass_to``, counted once per catch-up."""
+        cursor, upto, n = self._counted.get(record.name, (-1, -1, 0))
+        if (cursor, upto) != (record.cursor_ms, pass_to):
+            n = count_slots(record, record.cursor_ms, pass_to)
+            self._counted[record.name] = (record.cursor_ms, pass_to, n)
+        return n
 
     def _fire(self, record: ScheduleRecord, slot: int, wid: str, now: float) -> ScheduleRecord:
         fired = record.evolve(cursor_ms=slot, last_id=wid, fired=record.fired + 1, updated=now)

@@ -231,6 +231,10 @@ def test_bad_schedules_are_refused_with_what_to_fix(rt: Runtime) -> None:
     for jitter in (float("inf"), 1e12, 60):  # 60: not under the minute between its slots
         with pytest.raises(InvalidInput, match=r"jitter .* must be less than the 60 s between"):
             rt.schedule("s", "job", cron="* * * * *", jitter=jitter)
+    # The closest slots decide, whenever it is asked (at 08:00:00.5 the next two slots,
+    # 09:00 and 08:00 tomorrow, are 23 h apart; an hour later they are 1 h apart):
+    with pytest.raises(InvalidInput, match=r"less than the 3600 s between its closest slots"):
+        rt.schedule("s", "job", cron="0 8,9 * * *", jitter=7200)
     assert rt.schedule("s", "job", cron="* * * * *", jitter=59).jitter == 59.0
     rt.delete_schedule("s")
     with pytest.raises(UnknownName, match="no workflow named 'nope'"):
@@ -413,3 +417,35 @@ def test_a_cron_catch_up_counts_every_slot_it_passed_over(
         finish_all(runtime)
         [status] = runtime.schedules()
         assert (status.fired, status.skipped) == (2, 4 + 2 - 1)
+
+
+def test_a_catch_up_that_waits_for_its_queued_slot_counts_its_slots_once(
+    rt: Runtime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting a cron catch-up can take a fifth of a second; a queued slot that waits
+    makes every pass look at the same catch-up again (one count, not one per pass)."""
+    from herder.runtime import _firing
+
+    counts: list[int] = []
+    real = _firing.count_slots
+
+    def counting(*args: object) -> int:
+        counts.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_firing, "count_slots", counting)
+    first = ids("tick", "08:01:00")[0]
+    GATES[first] = threading.Event()
+    rt.schedule("tick", "job", cron="* * * * *", overlap="queue", catch_up="latest")
+    advance(rt, clock, 60)  # 08:01 fires and waits on its gate
+    advance(rt, clock, 240)  # 08:02 .. 08:05 are due: 08:05 waits for 08:01 (queued)
+    for _ in range(3):
+        rt._fire_now()
+    assert fired(rt) == [first]
+    assert len(counts) == 2  # one per catch-up (08:01's, 08:05's), not one per pass
+    finish_all(rt)
+    advance(rt, clock, 0)
+    finish_all(rt)
+    assert fired(rt) == ids("tick", "08:01:00", "08:05:00")
+    [status] = rt.schedules()
+    assert (status.fired, status.skipped) == (2, 3)
