@@ -21,7 +21,7 @@ from _http_kit import request
 
 from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime.testing import FakeClock
-from herder.runtime.ui import Console
+from herder.runtime.ui import Console, _guard
 from herder.runtime.ui._server import MAX_BODY
 from herder.store._commands import pending_commands
 
@@ -267,6 +267,23 @@ def test_the_cookie_is_named_for_the_port_and_holds_no_token(console: Console) -
     assert TOKEN not in headers["Set-Cookie"]
     _, _, html = request(console, "GET", "/inbox", headers={"Cookie": f"herder_ui={TOKEN}"})
     assert "Read-only" in html  # the old cookie, the raw token, signs nobody in
+
+
+def test_each_sign_in_is_a_session_of_its_own_that_ends(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cookie was a fixed HMAC of the token: whoever got it once (another local
+    service: browsers send 127.0.0.1's cookies to every port) was signed in for as long
+    as the token lived, and to every console with that token."""
+    first, second = sign_in(console), sign_in(console)
+    assert first != second  # random per sign-in: nothing of the token
+    for cookie in (first, second):
+        _, _, html = request(console, "GET", "/inbox", headers={"Cookie": cookie})
+        assert f'name=csrf value="{console.csrf}"' in html
+    monkeypatch.setattr(_guard, "COOKIE_MAX_AGE", 0)  # a session that has ended at once
+    ended = sign_in(console)
+    _, _, html = request(console, "GET", "/inbox", headers={"Cookie": ended})
+    assert "Read-only" in html
 
 
 def test_two_consoles_on_one_host_keep_their_own_sign_in(

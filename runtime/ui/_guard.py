@@ -17,12 +17,14 @@ browser sends for an opaque or privacy-stripped origin) is refused; the console'
 send ``Referrer-Policy: same-origin``, so their own forms carry their real origin.
 
 The token itself only travels in the URL printed at start (``/?token=...``). Signing in
-with it sets a cookie that holds an HMAC of the token, never the token: a cookie set by
-a page on ``127.0.0.1`` is sent to every port of that address (browsers do not keep
-cookies apart by port), so another local HTTP service receives it. Its name carries the
+with it sets a cookie that holds a random session value of this sign-in, never the token
+nor anything derived from it: a cookie set by a page on ``127.0.0.1`` is sent to every
+port of that address (browsers do not keep cookies apart by port), so another local HTTP
+service receives it, and what it receives signs in only until the session ends
+(:data:`COOKIE_MAX_AGE`, checked here, or the console's restart). Its name carries the
 console's port (``herder_ui_8700``), so a second console on another port keeps its own
-cookie instead of overwriting this one. The forms carry another HMAC of the token, the
-CSRF field, which only the console's own pages contain.
+cookie instead of overwriting this one. The forms carry an HMAC of the token, the CSRF
+field, which only the console's own pages (to a signed-in browser) contain.
 
 Derived values are hex, so any token (spaces, ``;``, ``€``) makes a well-formed header.
 """
@@ -32,13 +34,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import secrets
+import threading
+import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from herder.store import InvalidInput
 
 COOKIE_MAX_AGE = 12 * 3600
-"""Seconds a sign-in lasts in the browser; after that the printed URL signs in again."""
+"""Seconds a sign-in lasts (its cookie's Max-Age, and checked by the console); after that
+the printed URL signs in again."""
+MAX_SESSIONS = 256
+"""Sign-ins kept at once; the oldest goes first (a browser signs in again with the URL)."""
 ALL_ADDRESSES = ("0.0.0.0", "")
 """``--host`` values that bind every address of the machine."""
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -133,7 +141,8 @@ class Guard:
         self._token = check_token(token).encode("utf-8")
         self.csrf = _derive(token, b"herder-ui-csrf")
         self.cookie_name = f"herder_ui_{port}"
-        self._cookie_value = _derive(token, b"herder-ui-cookie")
+        self._sessions: dict[str, float] = {}  # session value -> when it ends (monotonic)
+        self._guard = threading.Lock()  # (requests are served on threads of their own)
 
     def host_allowed(self, header: str | None) -> bool:
         """True for a ``Host`` header naming this console (see the module's docstring)."""
@@ -161,16 +170,27 @@ class Guard:
         return hmac.compare_digest(given.encode("utf-8", "replace"), self._token)
 
     def set_cookie(self) -> str:
-        """The ``Set-Cookie`` value that signs a browser in."""
+        """The ``Set-Cookie`` value that signs a browser in: a new session."""
+        value, now = secrets.token_hex(32), time.monotonic()
+        with self._guard:
+            sessions = self._sessions
+            for old in [v for v, ends in sessions.items() if ends <= now]:
+                del sessions[old]
+            while len(sessions) >= MAX_SESSIONS:
+                del sessions[next(iter(sessions))]  # the oldest
+            sessions[value] = now + COOKIE_MAX_AGE
         return (
-            f"{self.cookie_name}={self._cookie_value}; Path=/; Max-Age={COOKIE_MAX_AGE}; "
+            f"{self.cookie_name}={value}; Path=/; Max-Age={COOKIE_MAX_AGE}; "
             "HttpOnly; SameSite=Strict"
         )
 
     def signed_in(self, cookies: dict[str, str]) -> bool:
-        """True if the request's cookies hold this console's sign-in."""
-        given = cookies.get(self.cookie_name, "")
-        return hmac.compare_digest(given.encode("utf-8", "replace"), self._cookie_value.encode())
+        """True if the request's cookies hold a session of this console that has not
+        ended (a random value: comparing it leaks nothing of the token)."""
+        given = cookies.get(self.cookie_name)
+        with self._guard:
+            ends = None if given is None else self._sessions.get(given)
+        return ends is not None and time.monotonic() < ends
 
     def csrf_matches(self, given: str) -> bool:
         """True if a form's CSRF field is this console's."""
