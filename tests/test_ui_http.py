@@ -357,6 +357,27 @@ def test_bound_to_every_address_it_answers_addresses_localhost_and_allowed_names
         assert "--allow-host NAME" in html
 
 
+def _get_over(address: str, port: int) -> int:
+    conn = http.client.HTTPConnection(address, port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="this Python has no IPv6")
+@pytest.mark.parametrize("address", ["::1", "::"])
+def test_an_ipv6_address_is_bound_as_one(
+    make_console: Callable[..., Console], address: str
+) -> None:
+    """``--host ::1`` and ``--host ::`` were bound as IPv4 addresses, and failed."""
+    console = make_console(host=address)
+    assert console.url.startswith(f"http://[{address}]:{console.port}/?token=")
+    assert console.guard.binds_all == (address == "::")
+    assert _get_over("::1", console.port) == 200
+
+
 def test_bound_to_every_address_an_action_comes_from_the_host_it_addressed(
     make_console: Callable[..., Console],
 ) -> None:

@@ -47,8 +47,9 @@ COOKIE_MAX_AGE = 12 * 3600
 the printed URL signs in again."""
 MAX_SESSIONS = 256
 """Sign-ins kept at once; the oldest goes first (a browser signs in again with the URL)."""
-ALL_ADDRESSES = ("0.0.0.0", "")
-"""``--host`` values that bind every address of the machine."""
+ALL_ADDRESSES = ("0.0.0.0", "", "::")
+"""``--host`` values that bind every address of the machine (``::``: IPv6, and IPv4 too
+where the system maps it, as Linux does by default)."""
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

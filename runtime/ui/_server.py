@@ -26,6 +26,7 @@ import http.server
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -81,7 +82,8 @@ class Console:
         self.wait = wait  # seconds an operator command may take before "queued" is shown
         self.idle_timeout = idle_timeout
         self.views = _views.Views(self)
-        self.server = _Server((host, port), _Handler)
+        server = _Server6 if ":" in host else _Server  # an IPv6 address: its own family
+        self.server = server((host, port), _Handler)
         self.server.console = self
         self.host = host
         self.port = self.server.server_address[1]
@@ -124,6 +126,10 @@ class Console:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     console: Console
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6  # (--host ::1 or :: was bound as IPv4 and failed)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
