@@ -112,6 +112,12 @@ class RuntimeConfig:
         _positive("standby_poll", self.standby_poll)
         _positive("probe_timeout", self.probe_timeout)
         _positive("lease", self.lease)
+        if self.lease < 2 * self.sweep_interval:  # (both numbers: checked just above)
+            raise InvalidInput(
+                f"lease {self.lease} s is shorter than two sweeps ({self.sweep_interval} s "
+                "each): the lease is renewed on the sweep, so a standby would take it from "
+                "this healthy runtime; give a lease of at least 2 x sweep_interval"
+            )
         for name in ("instance_shutdown", "instance_idle_timeout"):
             at_least(name, getattr(self, name), 0, "a finite number of seconds >= 0")
         for name in ("max_input_bytes", "max_result_bytes"):

@@ -173,14 +173,18 @@ class StandbyWatcher:
     def _lapsed(self, lease: Lease, *, observe: bool = True) -> bool:
         """True once ``lease`` has gone unrenewed for a whole lease duration, as this
         process's monotonic clock measures it from when it first saw the record (only
-        the polling thread ``observe``s: the fencer judges by what it saw)."""
+        the polling thread ``observe``s: the fencer judges by what it saw). The longer of
+        this standby's duration and its holder's: a holder with a longer lease renews
+        less often, and a standby started with a shorter ``--lease`` took it from a
+        healthy holder between two renewals."""
         now = time.monotonic()
         record = (lease.owner, lease.incarnation, lease.expires)
         if record != self._record:
             if observe:
                 self._record, self._record_since = record, now
             return False
-        return now - self._record_since >= self._store.lease_duration
+        wait = max(self._store.lease_duration, lease.duration or 0.0)
+        return now - self._record_since >= wait
 
     def _fence(self) -> None:
         while not self._stop.wait(self._poll):

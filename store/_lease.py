@@ -75,6 +75,9 @@ class Lease:
     flock: bool
     taken: float
     clock: float | None = None
+    # Its holder's lease duration (renewed every third of it): a standby waits at least
+    # this long for a renewal, whatever its own --lease (None: a record from before).
+    duration: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stored map."""
@@ -88,6 +91,7 @@ class Lease:
             "flock": self.flock,
             "taken": self.taken,
             "clock": self.clock,
+            "duration": self.duration,
         }
 
     @classmethod
@@ -102,6 +106,7 @@ class Lease:
             flock=bool(data["flock"]),
             taken=float(data["taken"]),
             clock=None if data.get("clock") is None else float(data["clock"]),
+            duration=None if data.get("duration") is None else float(data["duration"]),
         )
         if type(lease.owner) is not str or type(lease.incarnation) is not int:
             raise TypeError("owner must be a str and incarnation an int")
@@ -226,6 +231,7 @@ def take(
         flock=have_flock,
         taken=now,
         clock=None if current is None else current.clock,
+        duration=duration,
     )
     txn.put(INCARNATION_KEY, encode(lease.incarnation), db=meta)
     txn.put(LEASE_KEY, encode(lease.to_dict()), db=meta)

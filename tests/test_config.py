@@ -111,3 +111,13 @@ def test_a_free_threaded_interpreter_without_the_gil_is_refused(
     with pytest.raises(HerderError, match="PYTHON_GIL=1"):
         Runtime(tmp_path / "store")
     assert not (tmp_path / "store").exists()
+
+
+def test_a_lease_shorter_than_two_sweeps_is_refused() -> None:
+    """The lease is renewed on the sweep: a 0.2 s lease on 0.25 s sweeps lapsed between
+    renewals, and a standby took it from a healthy runtime at once."""
+    with pytest.raises(InvalidInput, match=r"lease 0.2 s is shorter than two sweeps \(0.25 s"):
+        RuntimeConfig(lease=0.2)
+    with pytest.raises(InvalidInput, match="at least 2 x sweep_interval"):
+        RuntimeConfig(lease=5.0, sweep_interval=3.0)
+    assert RuntimeConfig(lease=0.5).lease == 0.5

@@ -271,3 +271,40 @@ def test_the_write_guard_decodes_the_lease_only_when_its_bytes_change(
         assert isinstance(verdict(b"\x00garbage"), StoreCorrupt)
         assert verdict(renewed) is None  # the bytes last found ours: not read again
         assert len(decoded) == 4
+
+
+def test_a_standby_waits_out_the_holders_lease_when_it_is_longer_than_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A standby started with a shorter --lease took the lease of a healthy holder
+    between two of its renewals (every third of the holder's own lease)."""
+    from types import SimpleNamespace
+
+    from herder.runtime import _ha
+
+    now = [100.0]
+    monkeypatch.setattr(_ha, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    watcher = _ha.StandbyWatcher.__new__(_ha.StandbyWatcher)  # (no threads: _lapsed only)
+    watcher._store = SimpleNamespace(lease_duration=5.0)  # type: ignore[assignment]
+    watcher._record, watcher._record_since = None, 0.0
+    held = Lease("a", 1, 1e12, 1, "h", True, 0.0, duration=20.0)
+    assert not watcher._lapsed(held)  # first seen now
+    now[0] = 110.0  # unrenewed for 10 s: past the standby's 5 s, within the holder's 20 s
+    assert not watcher._lapsed(held)
+    now[0] = 120.0
+    assert watcher._lapsed(held)
+    older = dataclasses.replace(held, owner="b", duration=None)  # written before durations
+    assert not watcher._lapsed(older)
+    now[0] = 125.0  # the standby's own 5 s
+    assert watcher._lapsed(older)
+    assert Lease.from_dict(held.to_dict()) == held
+    stored = older.to_dict()
+    del stored["duration"]
+    assert Lease.from_dict(stored) == older
+
+
+def test_a_taken_lease_records_its_duration(tmp_path: pathlib.Path) -> None:
+    with Store(tmp_path / "s", lease=7.5) as store:
+        lease = store.read_lease()
+        assert lease is not None
+        assert lease.duration == 7.5
