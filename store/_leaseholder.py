@@ -162,11 +162,12 @@ class LeaseHolder(Access):
         return True
 
     def handoff_request(self) -> HandoffRequest | None:
-        """A pending handoff request made since our lease was taken, or None."""
+        """A pending handoff request to us, or None. Taking the lease deletes any request
+        to an earlier holder (``take``), so every one found is ours: its time is not
+        compared with when we took the lease (a wall clock stepped back between the two
+        made ``herder handoff`` go unheard)."""
         request = self._read(lambda txn: read_handoff(txn, self._handles["meta"]))
-        if request is None or self._lease is None or request.requested < self._lease.taken:
-            return None
-        return request
+        return None if request is None or self._lease is None else request
 
     def request_handoff(
         self, deadline: float, by: str = "", *, now: float | None = None

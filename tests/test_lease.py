@@ -308,3 +308,17 @@ def test_a_taken_lease_records_its_duration(tmp_path: pathlib.Path) -> None:
         lease = store.read_lease()
         assert lease is not None
         assert lease.duration == 7.5
+
+
+def test_a_handoff_request_is_heard_whatever_the_wall_clock_did(tmp_path: pathlib.Path) -> None:
+    """A request stamped before the lease was taken (the wall clock stepped back between)
+    was dropped as stale: `herder handoff` went unheard. Taking the lease deletes any
+    request to an earlier holder, so one that is there is for this holder."""
+    with Store(tmp_path / "s", lease=5.0) as store:
+        lease = store.read_lease()
+        assert lease is not None
+        assert store.handoff_request() is None
+        store.request_handoff(3.0, by="ops", now=lease.taken - 60.0)
+        request = store.handoff_request()
+        assert request is not None
+        assert (request.deadline, request.by) == (3.0, "ops")
