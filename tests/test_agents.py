@@ -103,14 +103,9 @@ def test_idle_instances_are_passivated_and_come_back_on_demand(
 def test_an_instance_goes_at_the_first_tick_once_idle_the_timeout(
     tmp_path: Path, clock: FakeClock, first: float, then: float
 ) -> None:
-    # No periodic sweeps inside the advances: only advance()'s own, at the times given
-    # (and a lease that outlasts two such sweeps, as the config asks).
+    # No periodic sweeps inside the advances: only advance()'s own, at the times given.
     with Runtime(
-        tmp_path / "s",
-        clock=clock,
-        instance_idle_timeout=60.0,
-        sweep_interval=1000.0,
-        lease=2000.0,
+        tmp_path / "s", clock=clock, instance_idle_timeout=60.0, sweep_interval=1000.0
     ) as rt:
         rt.add_agent("h1", functools.partial(Host, "h1"))
         rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
