@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pykka
 
@@ -23,7 +23,7 @@ from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper
 from herder.runtime._part import whole as _runtime
 from herder.runtime._waits import seconds
-from herder.store import LeaseLost
+from herder.store import LeaseLost, real_number
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
@@ -151,7 +151,11 @@ class Lifecycle:
         """
         rt = _runtime(self)
         timeout = seconds(timeout)
-        at_least("deadline", deadline, 0, "a finite number of seconds >= 0")
+        number = real_number(deadline)  # any number (a Decimal, numpy), as the waits take
+        at_least(
+            "deadline", deadline if number is None else number, 0, "a finite number of seconds >= 0"
+        )
+        deadline = cast("float", number)
         if rt._root is not None:
             self._hand_over(deadline)
             return True

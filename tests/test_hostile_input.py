@@ -428,3 +428,12 @@ def test_a_factory_that_returns_no_agent_is_named_in_the_steps_error(tmp_path: P
             rt.start("w", workflow_id="w").result(timeout=WAIT)
     assert failed.value.status.error is not None
     assert "has no action 'go' (its factory made a NoneType)" in failed.value.status.error
+
+
+def test_handoff_takes_any_number_of_seconds_as_the_waits_do(tmp_path: Path) -> None:
+    """A Decimal (or a numpy scalar) deadline was refused where every wait takes one."""
+    from decimal import Decimal
+
+    with Runtime(tmp_path / "s") as rt:
+        assert rt.handoff(deadline=Decimal("0.5")) is True  # type: ignore[arg-type]
+        assert not rt.is_active  # handed over: stopped, its lease released
