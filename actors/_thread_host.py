@@ -80,6 +80,11 @@ class _Instance(Instance):
     starting: bool = False  # asked for, not yet reported started
     stale: bool = False  # its agent was added again: stopped once it is idle
 
+    @property
+    def free(self) -> bool:
+        """Started, running no attempt, and not lost: it may take one (or be stopped)."""
+        return self.busy_token is None and not self.lost and not self.starting
+
 
 @dataclass(slots=True)
 class _Pool(Hosted[_Instance]):
@@ -147,7 +152,7 @@ class ThreadHost(HostedAgents[_Pool]):
         one again): the idle ones stop now, the others once idle (:meth:`_retire`)."""
         for instance_id, inst in list(pool.instances.items()):
             inst.stale = True
-            if inst.busy_token is None and not inst.lost and not inst.starting:
+            if inst.free:
                 self._retire(pool, instance_id)
 
     def _retire(self, pool: _Pool, instance_id: str) -> None:
@@ -176,7 +181,7 @@ class ThreadHost(HostedAgents[_Pool]):
         while pool.idle:
             candidate = pool.idle.pop()
             inst = pool.instances.get(candidate)
-            if inst is not None and not inst.lost and not inst.starting and inst.busy_token is None:
+            if inst is not None and inst.free:
                 inst.busy_token = token
                 return candidate
         if pool.supervisor is None:
@@ -319,10 +324,8 @@ class ThreadHost(HostedAgents[_Pool]):
                 inst = pool.instances.get(instance_id)
                 if inst is None:
                     continue
-                idle = inst.busy_token is None and not inst.lost and not inst.starting
-                if idle and inst.idle_since <= idle_before and stopped < limit:
-                    del pool.instances[instance_id]
-                    call_later(pool.supervisor, "delete_child", instance_id)
+                if inst.free and inst.idle_since <= idle_before and stopped < limit:
+                    self._retire(pool, instance_id)
                     stopped += 1
             pool.idle = [i for i in pool.idle if i in pool.instances]
             if not pool.instances:
