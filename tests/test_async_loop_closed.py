@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 
 class Quick(Agent):
     async def run(self, ctx: StepContext) -> dict[str, Any]:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # (a yield to the loop, as an awaiting action makes: no wait)
         return {"ran": ctx.input}
 
 
