@@ -157,6 +157,34 @@ def test_a_silent_client_is_dropped_after_the_idle_timeout(
     assert Console.__init__.__kwdefaults__["idle_timeout"] == 30.0
 
 
+def test_connections_past_the_limit_are_answered_busy_until_one_ends(
+    make_console: Callable[..., Console],
+) -> None:
+    console = make_console(max_connections=2)
+    slots, freed = console.server.slots, threading.Event()
+    release = slots.release
+
+    def released(n: int = 1) -> None:
+        release(n)
+        freed.set()
+
+    slots.release = released  # type: ignore[method-assign]
+    # Accepted in order: the two silent connections hold both slots before the third.
+    held = [socket.create_connection(("127.0.0.1", console.port), timeout=10) for _ in range(2)]
+    try:
+        answer = raw(console, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\n\r\n".encode())
+        assert status_of(answer) == 503
+        assert b"try again" in answer
+        held.pop().close()
+        assert freed.wait(10)  # its thread ended and gave its slot back
+        status, _, _ = request(console, "GET", "/")
+        assert status == 200
+    finally:
+        for sock in held:
+            sock.close()
+    assert Console.__init__.__kwdefaults__["max_connections"] == 64
+
+
 def handled(console: Console) -> threading.Event:
     """Set once the console has finished with a connection (answered, failed or dropped)."""
     done = threading.Event()

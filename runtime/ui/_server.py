@@ -13,7 +13,9 @@ Security, in one place:
   field (another HMAC) that only the console's own pages contain, and, when the browser
   sends one, an ``Origin`` equal to the console's as the request addressed it.
 - A POST's body is read after its cookie is checked, and only when its length is known
-  and at most :data:`MAX_BODY`; a connection silent for :data:`IDLE_TIMEOUT` is dropped.
+  and at most :data:`MAX_BODY`; a connection silent for :data:`IDLE_TIMEOUT` is dropped,
+  and at most :data:`MAX_CONNECTIONS` are served at once (each holds a thread): one more
+  is answered 503 and closed.
 - Every page forbids framing and inline script (``Content-Security-Policy``).
 - Store values are escaped by ``_pages``; errors become pages, never tracebacks.
 
@@ -47,6 +49,14 @@ MAX_BODY = 64 * 1024
 IDLE_TIMEOUT = 30.0
 """Seconds a connection may stay silent (in its request line, headers or body, or between
 two requests) before the console drops it, so an idle client does not hold a thread."""
+MAX_CONNECTIONS = 64
+"""Connections served at once (a thread each); the idle timeout bounds how long a silent
+one holds its thread, this how many threads clients can hold. One more is answered 503."""
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n\r\n"
+    b"The console serves as many connections as it may at once; try again shortly.\n"
+)
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 _HEADERS = {
     "Content-Security-Policy": (
@@ -74,6 +84,7 @@ class Console:
         token: str | None = None,
         wait: float = 15.0,
         idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
         allow_hosts: Iterable[str] = (),
     ) -> None:
         self.gate = StoreGate(store)
@@ -85,6 +96,7 @@ class Console:
         server = _Server6 if ":" in host else _Server  # an IPv6 address: its own family
         self.server = server((host, port), _Handler)
         self.server.console = self
+        self.server.slots = threading.BoundedSemaphore(max_connections)
         self.host = host
         self.port = self.server.server_address[1]
         try:
@@ -126,6 +138,30 @@ class Console:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     console: Console
+    slots: threading.BoundedSemaphore  # one per connection served (MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection on a thread of its own, if one of the slots is free;
+        else answer 503 at once, on the accepting thread, and close it."""
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)  # (a client that reads nothing cannot hold us)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: it gives its slot back itself
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class _Server6(_Server):
