@@ -55,6 +55,11 @@ class Meter:
     seconds (user + system) per group of threads, named as Python names them without
     their numbers (Linux only, else empty): the threads alive at :meth:`end`, read from
     ``/proc``, plus what threads that ended in the window reported with :meth:`exited`.
+    ``switches`` counts the same groups' voluntary context switches: each is a thread
+    that blocked (a lock, a queue, the GIL) and was woken again, which costs CPU of its
+    own, ~6 us uncontended and ~30 us while another thread holds the GIL on the 2-core
+    VM of RESULTS.md (two threads handing a lock back and forth, with and without a
+    third spinning).
     """
 
     def __init__(self) -> None:
@@ -62,14 +67,16 @@ class Meter:
         self.rss_mb = 0.0
         self.threads = 0
         self.by_thread: dict[str, float] = {}
+        self.switches: dict[str, int] = {}
         self._began = 0.0
-        self._at_begin: dict[int, float] = {}
+        self._at_begin: dict[int, tuple[float, int]] = {}
         self._exited: collections.Counter[str] = collections.Counter()
+        self._exited_switches: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
     def begin(self) -> None:
         """The timed part starts."""
-        self._at_begin = {tid: cpu for tid, (_, cpu) in _thread_cpu().items()}
+        self._at_begin = {tid: (cpu, sw) for tid, (_, cpu, sw) in _thread_cpu().items()}
         self._began = time.process_time()
 
     def end(self) -> None:
@@ -78,30 +85,42 @@ class Meter:
         self.rss_mb = rss_mb()
         self.threads = threading.active_count()
         groups = collections.Counter(self._exited)
-        for tid, (group, cpu) in _thread_cpu().items():
-            groups[group] += cpu - self._at_begin.get(tid, 0.0)
+        switches = collections.Counter(self._exited_switches)
+        for tid, (group, cpu, sw) in _thread_cpu().items():
+            cpu0, sw0 = self._at_begin.get(tid, (0.0, 0))
+            groups[group] += cpu - cpu0
+            switches[group] += sw - sw0
         self.by_thread = dict(groups.most_common())
+        self.switches = dict(switches.most_common())
 
     def exited(self, group: str) -> None:
         """Called by a thread of the window as it ends: its own CPU seconds so far."""
         usage = resource.getrusage(resource.RUSAGE_THREAD)
         with self._lock:
             self._exited[group] += usage.ru_utime + usage.ru_stime
+            self._exited_switches[group] += usage.ru_nvcsw
 
 
-def _thread_cpu() -> dict[int, tuple[str, float]]:
-    """Each live Python thread's group name and CPU seconds (Linux ``/proc``, in ns: a
-    thread's ``stat`` counts 10 ms ticks, too coarse for a pool worker; else none)."""
+def _thread_cpu() -> dict[int, tuple[str, float, int]]:
+    """Each live Python thread's group name, CPU seconds and voluntary context switches
+    (Linux ``/proc``; CPU in ns: a thread's ``stat`` counts 10 ms ticks, too coarse for
+    a pool worker; else none)."""
     out = {}
     for t in threading.enumerate():
+        task = f"/proc/self/task/{t.native_id}"
         try:
-            with open(f"/proc/self/task/{t.native_id}/schedstat") as f:
+            with open(f"{task}/schedstat") as f:
                 ns = int(f.read().split()[0])
+            with open(f"{task}/status") as f:
+                found = _VOLUNTARY.search(f.read())
         except (OSError, ValueError, IndexError):
             continue
         group = re.sub(r"[-_]?\d+$", "", t.name.split(" (")[0])
-        out[t.native_id or 0] = (group, ns / 1e9)
+        out[t.native_id or 0] = (group, ns / 1e9, int(found.group(1)) if found else 0)
     return out
+
+
+_VOLUNTARY = re.compile(r"^voluntary_ctxt_switches:\s+(\d+)", re.M)
 
 
 def fails_first(n: int, step: str, fail_rate: float) -> bool:

@@ -305,6 +305,7 @@ def cpu_row(meter: Meter, workflows: int) -> dict[str, Any]:
     return {
         "cpu_us_per_step": meter.cpu * per_step,
         "cpu_us_per_step_by_thread": {k: v * per_step for k, v in meter.by_thread.items()},
+        "switches_per_step_by_thread": {k: v * per_step / 1e6 for k, v in meter.switches.items()},
         "load_avg": os.getloadavg()[0],
     }
 
@@ -415,6 +416,12 @@ def table(report: dict[str, Any]) -> str:
             lines.append(
                 "  CPU us/step by thread: "
                 + ", ".join(f"{name} {us:.1f}" for name, us in threads.items() if us >= 0.05)
+            )
+        switches = h.get("switches_per_step_by_thread")
+        if switches:
+            lines.append(
+                "  voluntary context switches/step by thread: "
+                + ", ".join(f"{name} {n:.2f}" for name, n in switches.items() if n >= 0.005)
             )
     best = max(report["cases"], key=lambda c: c["herder"]["steps_per_s"])["herder"]
     lines.append(
