@@ -77,9 +77,10 @@ def test_a_step_in_flight_when_a_compensating_workflow_crashed_does_not_block_it
     tmp_path: Path,
 ) -> None:
     # left fails for good while right runs; the process dies before right answers. After
-    # reopening nobody will ever answer right's attempt. Its effect may have happened, so
-    # right is run again (same idempotency key) to learn its outcome before compensation
-    # finishes; it must not block compensation.
+    # reopening nobody will ever answer right's attempt, and the workflow had turned back
+    # before the crash: right's forward action is not run again. Its effect may have
+    # happened, so it ends FAILED marked done (undone, had it a compensation), and it
+    # must not block compensation.
     clock, path = FakeClock(), tmp_path / "s"
     right_entered, hold = threading.Event(), threading.Event()
     undone: list[str] = []
@@ -115,17 +116,20 @@ def test_a_step_in_flight_when_a_compensating_workflow_crashed_does_not_block_it
         assert status.steps["right"].state is StepState.DISPATCHED
     hold.set()
 
+    right_entered.clear()
     with _runtime(path, clock) as rt:
         rt.add_agent("a", Branches)
         rt.add_agent("b", Branches)
         rt.add_workflow(pair)
-        # No clock advance: recovery re-runs the orphan at once (advancing past its new
-        # deadline while it runs would rightly time it out).
         with pytest.raises(WorkflowFailed) as failed:
             rt.handle("w").result(timeout=WAIT)
         status = failed.value.status
         assert status.state is State.COMPENSATED
-        assert status.steps["right"].state is StepState.SUCCEEDED  # it has nothing to undo
-        assert status.steps["right"].attempt == 2
+        right = status.steps["right"]
+        assert (right.state, right.attempt) == (StepState.FAILED, 1)  # not run again
+        assert right.error == (
+            "the attempt running at a crash was not run again: its workflow is compensating"
+        )
+        assert not right_entered.is_set()
         assert status.steps["first"].state is StepState.COMPENSATED
         assert undone == ["first"]

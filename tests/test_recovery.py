@@ -137,7 +137,7 @@ def test_a_compensation_interrupted_by_the_crash_is_finished(path: Path) -> None
 
 def test_an_orphaned_attempt_is_resolved_and_undone_when_its_sibling_failed(path: Path) -> None:
     """A parallel step was in flight when the crash hit and its sibling had failed:
-    its effect may exist, so it is re-run to learn the outcome, then compensated."""
+    its effect may exist, so it is undone (not run again: the workflow had turned back)."""
     ledger = EffectLedger()
     ledger.apply("w/left", "left")
     plan = (

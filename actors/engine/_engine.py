@@ -46,6 +46,7 @@ from herder.actors.engine._events import (
 from herder.actors.engine._logs import log_failure, log_step
 from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
+from herder.actors.engine._resume import count_crash, resume_steps
 from herder.actors.engine._runs import Attempt, WorkflowRun
 from herder.actors.engine._step import dispatch, heartbeat, lapse
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowRecord, plan_steps
@@ -386,12 +387,10 @@ class Engine(Machine):
 
     def _resumed(self, msg: Resumed) -> None:
         run = self.runs.get(msg.workflow_id)
-        if run is None:
-            return  # an operator's action ended it meanwhile
-        if msg.crashed and self._count_crash(run):
-            return
+        if run is None or (msg.crashed and count_crash(self, run)):
+            return  # an operator's action ended it meanwhile, or it was parked as poison
         if msg.recovered or msg.crashed:
-            self._resume_steps(run)
+            resume_steps(self, run)
         self.advance(run)
 
     def _started(self, msg: Started) -> None:

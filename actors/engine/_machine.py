@@ -30,12 +30,13 @@ from herder.actors.engine._decision import (
     Decision,
     Enqueue,
     Fence,
-    Lost,
+    Immediate,
     TimerDelete,
 )
 from herder.actors.engine._logs import log_step
-from herder.actors.engine._members import agent_for, next_member
-from herder.actors.engine._recovery import poison_message, poisoned, resumes, running_at_crash
+from herder.actors.engine._members import next_member
+from herder.actors.engine._operator import orphan_given_up
+from herder.actors.engine._recovery import orphaned
 from herder.actors.engine._retry import (
     Escalate,
     GiveUp,
@@ -88,7 +89,7 @@ class Machine:
     ) -> None:
         self.defaults = defaults
         self._tokens = tokens
-        self._incarnation = incarnation  # the store's (its tokens' high bits)
+        self.incarnation = incarnation  # the store's (its tokens' high bits)
         # (agent): its last health check passed; an AnyOf step picks among those.
         self.healthy: Callable[[str], bool] = lambda agent: True
         # (token): its attempt reached an agent (one reserved ahead may still be waiting).
@@ -113,7 +114,7 @@ class Machine:
             ),
             0,
         )
-        self._suspects = 0  # suspects re-run after a crash so far (their stagger)
+        self.suspects = 0  # suspects re-run after a crash so far (their stagger)
         self._out = Decision()
         self.now = 0.0
         self._rand: Callable[[], float] = lambda: 0.5
@@ -132,8 +133,8 @@ class Machine:
                 st.state is StepState.COMPENSATING or to_undo(st)
             )
         if st.state is StepState.DISPATCHED:
-            # Orphaned by a crash: re-dispatched with attempt + 1, even while compensating,
-            # because its effect may have happened and must then be undone.
+            # Orphaned (a crash, a reload): re-dispatched with attempt + 1; one an earlier
+            # process left is given up instead once its workflow compensates (orphaned).
             return st.token not in self.inflight
         if st.state is StepState.UNKNOWN:
             return st.token not in self.inflight  # a probe, even while compensating
@@ -156,6 +157,15 @@ class Machine:
     def set_record(self, run: WorkflowRun, **changes: Any) -> WorkflowRecord:
         """Change the run's workflow record (in memory and in the decision)."""
         return self._out.set_record(run, self.now, **changes)
+
+    def tell(self, action: Immediate) -> None:
+        """Have the shell do ``action`` at once (it needs nothing durable)."""
+        self._out.now.append(action)
+
+    def given_up(self, st: StepRecord) -> StepRecord:
+        """An orphan of a compensating workflow (:func:`orphaned`), not run again."""
+        why = "its workflow is compensating"
+        return orphan_given_up(st, why, token=self._tokens(), now=self.now)
 
     def fence(self, attempt: Attempt, *, replace: bool = False, abandon: bool = True) -> None:
         """Stop counting ``attempt`` (see :class:`Fence`)."""
@@ -288,7 +298,12 @@ class Machine:
         self.set_record(
             run, state=WorkflowState.COMPENSATING, error=reason, reason=reason, cancelled=cancelled
         )
+        incarnation = self.incarnation()
         for st in list(run.steps.values()):
+            if st.token not in self.inflight and orphaned(st, incarnation):
+                # Queued to run again after a crash: it is undone instead.
+                self.put_step(run, st, self.given_up(st))
+                continue
             new = when_compensating(st, tokens=self._tokens, now=self.now)
             if new is not None:
                 self.put_step(run, st, new)
@@ -354,45 +369,3 @@ class Machine:
             )
             return
         self.put_step(run, st, with_timer(new.evolve(retry_at=now + verdict.delay)))
-
-    # -- recovery ----------------------------------------------------------------------
-
-    def _count_crash(self, run: WorkflowRun) -> bool:
-        """Count a crash against a workflow that had attempts running at it; defer those
-        attempts from the second crash in a row, park it past the limit (True)."""
-        running = running_at_crash(run.steps.values())
-        if not running:
-            return False
-        crashes = run.record.recoveries + 1
-        self.set_record(run, recoveries=crashes)
-        now = self.now
-        if crashes > self.defaults.max_recoveries:
-            error = poison_message(running, crashes)
-            _log.error("%s: %s", run.record.id, error, extra={"workflow_id": run.record.id})
-            for st in list(run.steps.values()):
-                parked = poisoned(st, error, tokens=self._tokens, now=now)
-                if parked is not None:
-                    self.put_step(run, st, parked)
-            self.finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
-            return True
-        if crashes >= 2:
-            self._suspects += 1
-            at = now + self.defaults.recovery_stagger * self._suspects
-            for st in running:
-                self.put_step(run, st, with_timer(st.evolve(retry_at=at)))
-        return False
-
-    def _resume_steps(self, run: WorkflowRun) -> None:
-        """Queue the steps a previous Scheduler left running or about to run."""
-        compensating = run.record.state is WorkflowState.COMPENSATING
-        previous = self._incarnation() - 1
-        for st in run.steps.values():
-            if st.token in self.inflight:
-                continue
-            if st.state is StepState.DISPATCHED and st.token >> 32 == previous:
-                # Lost by the previous run (counted once: a later run that finds the same
-                # record again did not lose it).
-                self._out.now.append(Lost(agent_for(run.specs[st.name], st)))
-            undo = resumes(st, compensating=compensating, now=self.now)
-            if undo is not None:
-                self.enqueue(run, st.name, compensating=undo)

@@ -2,7 +2,8 @@
 
 After a restart, every unfinished workflow resumes where its records stand
 (:func:`resumes`): an attempt left DISPATCHED is run again (its outcome is unknown, so
-with attempt + 1), a retry or a probe whose time has come runs, a compensation runs
+with attempt + 1), unless its workflow is compensating (:func:`orphaned`: then it is
+given up and undone), a retry or a probe whose time has come runs, a compensation runs
 again if its workflow is compensating, and a WAITING step stays waiting (its
 completion or its deadline moves it on).
 
@@ -73,6 +74,18 @@ def poisoned(
     return stopped(
         st, state=state, error=error, error_type=POISON_ERROR, token=tokens(), updated=now
     )
+
+
+def orphaned(st: StepRecord, incarnation: int) -> bool:
+    """Whether ``st`` was left DISPATCHED by an earlier process (its token's high bits
+    are that process's ``incarnation``): no attempt of it can be running now.
+
+    In a workflow that is compensating such a step is not run again but given up
+    (``orphan_given_up``): the workflow had turned back (a failure, a cancel, an
+    operator's compensate) while it ran, and no forward action starts after that. It
+    may have taken effect, so it is undone with the others, whatever an attempt run
+    again now would answer (one that failed would leave that effect in place)."""
+    return st.state is StepState.DISPATCHED and st.token >> 32 < incarnation
 
 
 def resumes(st: StepRecord, *, compensating: bool, now: float) -> bool | None:

@@ -1,0 +1,79 @@
+"""What a restart does to a workflow it finds unfinished, in memory (``_recovery``'s
+rules applied through the :class:`~._machine.Machine`'s transitions).
+
+:func:`count_crash` counts the crash against a workflow that had attempts running at it
+(poison work: deferred from the second crash in a row, parked past the limit);
+:func:`resume_steps` queues what a previous Scheduler left running or about to run, and
+gives up what a compensating workflow had left running (``_recovery.orphaned``).
+
+Imports: herder.store records and this package.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from herder.actors.engine._decision import Lost
+from herder.actors.engine._members import agent_for
+from herder.actors.engine._recovery import (
+    orphaned,
+    poison_message,
+    poisoned,
+    resumes,
+    running_at_crash,
+)
+from herder.actors.engine._step import with_timer
+from herder.store import StepState, WorkflowState
+
+if TYPE_CHECKING:
+    from herder.actors.engine._machine import Machine
+    from herder.actors.engine._runs import WorkflowRun
+
+_log = logging.getLogger("herder.scheduler")
+
+
+def count_crash(m: Machine, run: WorkflowRun) -> bool:
+    """Count a crash against a workflow that had attempts running at it; defer those
+    attempts from the second crash in a row, park it past the limit (True)."""
+    running = running_at_crash(run.steps.values())
+    if not running:
+        return False
+    crashes = run.record.recoveries + 1
+    m.set_record(run, recoveries=crashes)
+    now = m.now
+    if crashes > m.defaults.max_recoveries:
+        error = poison_message(running, crashes)
+        _log.error("%s: %s", run.record.id, error, extra={"workflow_id": run.record.id})
+        for st in list(run.steps.values()):
+            parked = poisoned(st, error, tokens=m.token, now=now)
+            if parked is not None:
+                m.put_step(run, st, parked)
+        m.finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
+        return True
+    if crashes >= 2:
+        m.suspects += 1
+        at = now + m.defaults.recovery_stagger * m.suspects
+        for st in running:
+            m.put_step(run, st, with_timer(st.evolve(retry_at=at)))
+    return False
+
+
+def resume_steps(m: Machine, run: WorkflowRun) -> None:
+    """Queue the steps a previous Scheduler left running or about to run; in a workflow
+    that is compensating, give up (and so undo) those an earlier process left running."""
+    compensating = run.record.state is WorkflowState.COMPENSATING
+    incarnation = m.incarnation()
+    for st in list(run.steps.values()):
+        if st.token in m.inflight:
+            continue
+        if st.state is StepState.DISPATCHED and st.token >> 32 == incarnation - 1:
+            # Lost by the previous run (counted once: a later run that finds the same
+            # record again did not lose it).
+            m.tell(Lost(agent_for(run.specs[st.name], st)))
+        if compensating and orphaned(st, incarnation):
+            m.put_step(run, st, m.given_up(st))
+            continue
+        undo = resumes(st, compensating=compensating, now=m.now)
+        if undo is not None:
+            m.enqueue(run, st.name, compensating=undo)
