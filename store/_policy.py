@@ -15,6 +15,12 @@ from typing import Any, cast
 from herder.store._errors import InvalidInput
 from herder.store._untrusted import exception_name
 
+MAX_ATTEMPTS = 2**63 - 1
+"""The most ``max_attempts`` a stored record can hold (msgpack's signed 64 bits)."""
+MAX_INTERVAL = 10 * 365 * 86400.0
+"""The longest wait between two attempts, whatever ``max_interval`` says (ten years, as
+for timeouts and delays: a wait must stay a time the store's timers can hold)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -43,9 +49,11 @@ class RetryPolicy:
         non_retryable: Iterable[type[BaseException] | str] = (),
     ) -> None:
         _check(
-            isinstance(max_attempts, int) and max_attempts >= 1,
+            isinstance(max_attempts, int)
+            and not isinstance(max_attempts, bool)
+            and 1 <= max_attempts <= MAX_ATTEMPTS,
             "max_attempts",
-            ">= 1",
+            "an int from 1 to 2**63 - 1 (the most a record can hold)",
             max_attempts,
         )
         first = _number("initial_interval", initial_interval)
@@ -78,8 +86,12 @@ class RetryPolicy:
         ``rand`` in [0, 1) picks the jitter: 0.5 means none, 0 and 1 the extremes of
         ``± jitter`` around the exponential delay. Pure, so tests pass a fixed value.
         """
-        base = self.initial_interval * self.backoff_coefficient ** max(0, failed_attempt - 1)
-        base = min(base, self.max_interval)
+        first = self.initial_interval
+        try:
+            growth = self.backoff_coefficient ** max(0, failed_attempt - 1)
+        except OverflowError:  # past 1e308 (a step probed for days): long at the ceiling
+            growth = math.inf  # (and with no first interval, none: 0 x inf is nan)
+        base = min(first * growth, self.max_interval, MAX_INTERVAL) if first else 0.0
         return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
 
     def is_retryable(self, error_types: Iterable[str]) -> bool:
@@ -100,7 +112,10 @@ class RetryPolicy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RetryPolicy:
-        """Rebuild a policy from :meth:`to_dict` output."""
+        """Rebuild a policy from :meth:`to_dict` output (``max_attempts`` True, which
+        was accepted once, reads back as the 1 it meant)."""
+        if isinstance(data, Mapping) and data.get("max_attempts") is True:
+            data = {**data, "max_attempts": 1}
         return cls(**data)
 
 

@@ -27,7 +27,14 @@ from herder.actors.engine import (
     probed,
     unknown,
 )
-from herder.store import RetryPolicy, StepRecord, StepSpec, StepState, WorkflowState
+from herder.store import (
+    InvalidInput,
+    RetryPolicy,
+    StepRecord,
+    StepSpec,
+    StepState,
+    WorkflowState,
+)
 
 S = StepState
 W = WorkflowState
@@ -135,6 +142,49 @@ def test_probes_back_off_and_escalate_after_max_attempts_failures(
     rand = _never if isinstance(verdict, Escalate) else lambda: 0.5
     got = after_probe_failure(PLAIN, probes=probes, failures=failures, default=DEFAULT, rand=rand)
     assert got == verdict
+
+
+@pytest.mark.parametrize(
+    ("policy", "failed_attempt", "wait"),
+    [
+        # 2.0 ** 1024 overflows a float: a step probed "for as long as it takes" reached
+        # it after ~17 h at the 60 s ceiling, and the Scheduler crashed on every retry.
+        (RetryPolicy(max_attempts=2000, jitter=0.0), 1025, 60.0),
+        (
+            RetryPolicy(
+                initial_interval=0.001, backoff_coefficient=1e200, max_interval=0.01, jitter=0.0
+            ),
+            3,
+            0.01,
+        ),
+        (RetryPolicy(initial_interval=0.0, max_interval=0.0, jitter=0.0), 5000, 0.0),
+        # Whatever the ceiling, a wait stays one the store's timers can hold.
+        (RetryPolicy(max_interval=float("inf"), jitter=0.0), 5000, 10 * 365 * 86400.0),
+    ],
+)
+def test_a_backoff_that_would_overflow_waits_at_its_ceiling(
+    policy: RetryPolicy, failed_attempt: int, wait: float
+) -> None:
+    assert policy.delay(failed_attempt) == wait
+    spec = StepSpec("a", agent="svc", action="do", retry=policy)
+    got = after_probe_failure(spec, probes=failed_attempt, failures=0, default=DEFAULT, rand=_half)
+    assert got == RetryIn(wait)
+
+
+def _half() -> float:
+    return 0.5
+
+
+@pytest.mark.parametrize("attempts", [True, 2**63, 10**30, 2.0])
+def test_max_attempts_must_be_an_int_a_record_can_hold(attempts: Any) -> None:
+    with pytest.raises(InvalidInput, match="max_attempts must be an int from 1 to 2\\*\\*63 - 1"):
+        RetryPolicy(max_attempts=attempts)
+
+
+def test_a_policy_stored_with_max_attempts_true_reads_back_as_one() -> None:
+    stored = {**RetryPolicy().to_dict(), "max_attempts": True}
+    assert RetryPolicy.from_dict(stored).max_attempts == 1
+    assert RetryPolicy(max_attempts=2**63 - 1).max_attempts == 2**63 - 1
 
 
 @pytest.mark.parametrize(
