@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors.engine import Effect
-from herder.store import Plan, StepRecord, WorkflowRecord
+from herder.store import InvalidInput, Plan, StepRecord, WorkflowRecord, check_text
 
 
 @dataclass(slots=True)
@@ -118,6 +118,22 @@ class Operate:
     who: str | None = None
     why: str | None = None
     command: dict[str, Any] | None = None
+
+    def check(self) -> None:
+        """Refuse (:class:`InvalidInput`) a step, ``who`` or ``why`` no action takes,
+        whichever way the action came: the API checks in its caller's thread, the CLI
+        before it queues, the Scheduler again (a command in the store may come from any
+        process)."""
+        if self.step is not None and not isinstance(self.step, str):
+            raise InvalidInput(
+                f"step must be a step name (a str) or None, got {type(self.step).__name__}"
+            )
+        check_text("who", self.who, WHO_CHARS)
+        check_text("why", self.why)
+
+
+WHO_CHARS = 200
+"""The longest ``who`` an operator action takes (``why`` takes a note's limit)."""
 
 
 @dataclass(slots=True)

@@ -91,6 +91,7 @@ class Operator:
             raise InvalidInput(
                 f"unknown operator action {op.action!r}; use one of {', '.join(_OPERATIONS)}"
             )
+        op.check()  # (again, for a command read from the store)
         handler: Callable[[Operate], WorkflowRun | None] = getattr(self, f"_op_{op.action}")
         done: Future[None] = Future()
         self._engine.at(self._clock.tick(), self._rand)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from herder.actors import Complete, Operate, Permanent, call, parse_task_token
 from herder.runtime._part import whole as _runtime
-from herder.store import bounded_text, check_text, describe, error_types, normalize, safe_str
+from herder.store import bounded_text, describe, error_types, normalize, safe_str
 
 if TYPE_CHECKING:
     pass
@@ -110,8 +110,7 @@ class Operations:
         """``op`` checked, as plain data (nothing is written)."""
         rt = _runtime(self)
         rt._check_active()
-        check_text("who", op.who, 200)
-        check_text("why", op.why)
+        op.check()
         # Plain data only reaches the Scheduler: a user object's methods must not run there.
         return replace(
             op,

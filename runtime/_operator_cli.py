@@ -22,12 +22,20 @@ import os
 import sys
 from typing import Any, TextIO
 
-from herder.actors import UnknownWorkflow
+from herder.actors import Operate, UnknownWorkflow
 from herder.actors.engine import ended_for_good
 from herder.runtime._cli_args import add_json, add_store, seconds_arg
 from herder.runtime._console import print_table
 from herder.runtime._inbox import inbox_items
-from herder.store import COMMAND_DONE, Store, append_command, is_held, new_command, wait_outcome
+from herder.store import (
+    COMMAND_DONE,
+    InvalidInput,
+    Store,
+    append_command,
+    is_held,
+    new_command,
+    wait_outcome,
+)
 
 ACTIONS = {
     "retry": "resume a NEEDS_ATTENTION workflow where it stopped",
@@ -100,6 +108,14 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
         except RecursionError:
             sys.stderr.write("herder skip: --result is nested too deeply to read\n")
             return 2
+    who = args.who or os.environ.get("USER") or getpass.getuser()
+    try:  # the API's checks, before anything is queued (exit 2: bad usage)
+        if not args.why.strip():
+            raise InvalidInput("--why is empty; say why (it is kept in the history)")
+        Operate(action, args.id, command_args.get("step"), who=who, why=args.why).check()
+    except InvalidInput as exc:
+        sys.stderr.write(f"herder {action}: {exc}; nothing was queued\n")
+        return 2
     with Store(path, readonly=True) as store:
         record = store.get_workflow(args.id)
     if record is None:
@@ -110,7 +126,6 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
             "operator action applies to a workflow that ended; nothing was queued\n"
         )
         return 1
-    who = args.who or os.environ.get("USER") or getpass.getuser()
     running = is_held(path)
     command = new_command(action, args.id, args=command_args, who=who, why=args.why)
     command_id = append_command(path, command)

@@ -12,6 +12,7 @@ import pytest
 from herder.runtime import (
     Agent,
     CompletionRefused,
+    InvalidInput,
     InvalidState,
     RetryPolicy,
     Runtime,
@@ -211,6 +212,9 @@ def test_operator_actions_that_do_not_apply_are_refused_and_change_nothing(
         rt.abandon("done")
     with pytest.raises(UnknownWorkflow):
         rt.compensate("nope")
+    for step in (["flight"], {"flight": 1}, 5):  # a TypeError in the Scheduler before
+        with pytest.raises(InvalidInput, match="step must be a step name"):
+            rt.skip("done", step=step)  # type: ignore[arg-type]
     assert rt.history("done") == before
 
 

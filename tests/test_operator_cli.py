@@ -177,6 +177,32 @@ def test_skip_takes_a_json_result_and_refuses_bad_json(
     assert "no workflow with id 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (("--who", "w" * 201, "--why", "x"), "who is 201 characters; the limit is 200"),
+        (("--why", "y" * 8193), "why is 8193 characters"),
+        (("--why", "  "), "--why is empty"),
+        (("--who", "caf\udce9", "--why", "x"), "who is not valid UTF-8"),  # latin-1 argv
+    ],
+)
+def test_the_cli_refuses_what_the_api_refuses_before_anything_is_queued(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: tuple[str, ...], says: str
+) -> None:
+    from herder.store._commands import pending_commands
+
+    path = tmp_path / "store"
+    with Runtime(path):
+        pass
+    code, _ = run("abandon", "w", "--store", str(path), *options)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert "nothing was queued" in err
+    with Store(path, readonly=True) as store:
+        assert pending_commands(store) == []
+
+
 def test_command_ids_keep_growing_and_the_sweep_reads_only_pending_ones(tmp_path: Path) -> None:
     from herder.store import Store, Transition
     from herder.store._commands import (
@@ -216,14 +242,19 @@ def test_malformed_commands_are_refused_on_the_record_and_the_runtime_carries_on
             new_command("explode", "w", who="t", why="x"),  # no such action
             new_command("skip", "", who="t", why="x"),  # no such workflow can exist
             {**new_command("skip", "w", who="t", why="x"), "args": ["not", "a", "map"]},
+            # Any process may write a command: the Scheduler checks what the API does.
+            new_command("abandon", "w", who="t" * 201, why="x"),
+            new_command("skip", "w", args={"step": ["hotel"]}, who="t", why="x"),
         ]
         ids = [append_command(path, c) for c in odd]  # this process: through its writer
         outcomes = [wait_outcome(path, i, timeout=WAIT) for i in ids]
-        assert [o and o["state"] for o in outcomes] == ["FAILED"] * 3
+        assert [o and o["state"] for o in outcomes] == ["FAILED"] * 5
         errors = [str(o and o["error"]) for o in outcomes]
         assert "unknown operator action 'explode'" in errors[0]
         assert "workflow id" in errors[1]
         assert "no workflow with id 'w'" in errors[2]
+        assert "who is 201 characters" in errors[3]
+        assert "step must be a step name (a str) or None, got list" in errors[4]
         assert rt.stats()["steps"]["dispatched"] == 0  # and the Scheduler still answers
 
 
