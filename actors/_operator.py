@@ -143,21 +143,36 @@ class Operator:
                 self._shell.settle()  # what it resumed is dispatched now
 
     def _complete(self, msg: Complete) -> Future[None]:
-        run = self._engine.runs.get(msg.workflow_id)
+        wid, run = msg.workflow_id, self._engine.runs.get(msg.workflow_id)
         st = None if run is None else run.steps.get(msg.step)
+        if run is not None and st is None:
+            raise InvalidInput(
+                f"workflow {wid!r} has no step {msg.step!r}: the task token was not issued "
+                "for it; nothing was recorded"
+            )
         if run is None or st is None:
-            record = self._store.get_workflow(msg.workflow_id)
+            record = self._store.get_workflow(wid)
             if record is None:
-                raise UnknownWorkflow(f"no workflow with id {msg.workflow_id!r}")
-            if not record.state.is_final:
+                raise UnknownWorkflow(f"no workflow with id {wid!r}")
+            if not record.state.is_final and (record.name, record.version) not in self._plans:
                 raise InvalidState(
-                    f"workflow {msg.workflow_id!r} awaits its definition "
+                    f"workflow {wid!r} awaits its definition "
                     f"{record.name!r} version {record.version}; register it, then complete"
                 )
-            raise CompletionRefused(
-                f"workflow {msg.workflow_id!r} is {record.state}: step {msg.step!r} can no "
-                "longer be completed; the completion was not recorded"
+            refused = CompletionRefused(
+                f"workflow {wid!r} "
+                + ("has just finished" if not record.state.is_final else f"is {record.state}")
+                + f": step {msg.step!r} can no longer be completed; the completion was not "
+                "recorded"
             )
+            if record.state.is_final or not self._commits.pending(wid):
+                raise refused
+            # Its end is on its way to disk: refused once it is there, as an operator's
+            # action is (a duplicate webhook, say, right after the one that finished it).
+            later: Future[None] = Future()
+            self._commits.txn(wid).effects.append(Refuse(later, refused))
+            self._shell.settle()
+            return later
         waiting = st.state is StepState.WAITING or (
             st.state is StepState.DISPATCHED and st.name not in run.queued
         )

@@ -492,3 +492,70 @@ def test_a_handed_off_step_that_lapses_is_probed_like_any_attempt(
         ("WAITING", "UNKNOWN"),
         ("UNKNOWN", "SUCCEEDED"),
     ]
+
+
+def test_a_completion_repeated_while_the_workflow_ends_is_refused_once_the_end_is_durable(
+    tmp_path: Path,
+) -> None:
+    # A webhook delivered twice: the first completion finishes the workflow, and the second
+    # reaches the Scheduler while that end is still on its way to disk. It was refused with
+    # InvalidState "awaits its definition ...; register it" (the store still said RUNNING),
+    # which `except CompletionRefused` does not catch (the operator review, D2).
+    from herder.actors import call
+
+    tokens: list[str] = []
+
+    class Later(Agent):
+        def run(self, ctx: StepContext) -> object:
+            tokens.append(ctx.task_token)
+            return ctx.complete_later()
+
+    entered, hold = threading.Event(), threading.Event()
+    armed = [False]
+
+    def held_commit() -> None:  # the writer's fault hook: inside the write, before commit
+        if armed[0]:
+            entered.set()
+            hold.wait(WAIT)
+
+    with Runtime(tmp_path / "store", clock=FakeClock()) as rt:
+        rt.add_agent("svc", Later)
+        rt.add_workflow(Workflow("one").step("a", agent="svc", action="run"))
+        rt.start("one", workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").steps["a"].state is StepState.WAITING, WAIT)
+        rt._store.writer.fault = held_commit
+        armed[0] = True
+        first = threading.Thread(target=rt.complete_step, args=(tokens[0], "done"))
+        first.start()
+        assert entered.wait(WAIT)  # the workflow's end is being committed
+        armed[0] = False
+        # The Scheduler has taken the repeat once this returns its (unresolved) answer.
+        again = call(rt._scheduler, "complete", rt._completion(tokens[0], "done"))
+        assert not again.done()  # refused only once the end is durable
+        hold.set()
+        first.join(WAIT)
+        with pytest.raises(CompletionRefused, match="has just finished"):
+            again.result(timeout=WAIT)
+        assert rt.handle("w").result(timeout=WAIT) == {"a": "done"}
+
+
+def test_a_task_token_naming_a_step_the_workflow_lacks_is_refused_as_not_its_own(
+    tmp_path: Path,
+) -> None:
+    from herder.actors._outcomes import parse_task_token, task_token
+
+    tokens: list[str] = []
+
+    class Later(Agent):
+        def run(self, ctx: StepContext) -> object:
+            tokens.append(ctx.task_token)
+            return ctx.complete_later()
+
+    with Runtime(tmp_path / "store") as rt:
+        rt.add_agent("svc", Later)
+        rt.add_workflow(Workflow("one").step("a", agent="svc", action="run"))
+        rt.start("one", workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").steps["a"].state is StepState.WAITING, WAIT)
+        forged = task_token("w", "zzz", parse_task_token(tokens[0])[2])
+        with pytest.raises(InvalidInput, match="has no step 'zzz': the task token was not"):
+            rt.complete_step(forged, "done")
