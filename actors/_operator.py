@@ -31,6 +31,7 @@ from herder.actors.engine import (
     WorkflowRun,
     abandoned_step,
     actions,
+    parked_refusal,
 )
 from herder.store import (
     HerderError,
@@ -265,6 +266,9 @@ class Operator:
         wid = op.workflow_id
         if record is None:
             return UnknownWorkflow(f"no workflow with id {wid!r}")
+        refusal = parked_refusal(wid, op.action)
+        if refusal is not None and record.state is WorkflowState.NEEDS_ATTENTION:
+            return InvalidState(refusal)
         if record.state.is_final:
             return InvalidState(
                 f"workflow {wid!r} is {record.state}; {op.action} applies to an unfinished workflow"

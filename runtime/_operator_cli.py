@@ -23,7 +23,7 @@ import sys
 from typing import Any, TextIO
 
 from herder.actors import Operate, UnknownWorkflow
-from herder.actors.engine import ended_for_good
+from herder.actors.engine import ended_for_good, parked_refusal
 from herder.runtime._cli_args import add_json, add_store, seconds_arg
 from herder.runtime._console import print_table
 from herder.runtime._inbox import inbox_items
@@ -31,6 +31,7 @@ from herder.store import (
     COMMAND_DONE,
     InvalidInput,
     Store,
+    WorkflowState,
     append_command,
     is_held,
     new_command,
@@ -125,6 +126,10 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
             f"herder {action}: refused: workflow {args.id!r} is {record.state}, and no "
             "operator action applies to a workflow that ended; nothing was queued\n"
         )
+        return 1
+    refusal = parked_refusal(args.id, action)
+    if refusal is not None and record.state is WorkflowState.NEEDS_ATTENTION:
+        sys.stderr.write(f"herder {action}: refused: {refusal}; nothing was queued\n")
         return 1
     running = is_held(path)
     command = new_command(action, args.id, args=command_args, who=who, why=args.why)

@@ -141,6 +141,36 @@ def test_retry_runs_the_failed_compensation_again_and_records_who_and_why(
     assert operator_events(rt, "w") == [("retry", "bob", "hotel API fixed")]
 
 
+PARKED_CANCEL = "cancel does not apply to a parked workflow: compensate undoes its completed"
+
+
+def test_cancel_of_a_parked_workflow_is_refused_saying_what_applies_instead(
+    rt: Runtime,
+) -> None:
+    parked(rt, {"car", "undo:hotel"}, "flight", "hotel", "car")
+    before = rt.history("w")
+    with pytest.raises(InvalidState, match=PARKED_CANCEL):  # "applies to an unfinished" before
+        rt.cancel("w", who="ada", why="x")
+    assert rt.history("w") == before
+
+
+def test_the_cli_refuses_to_queue_a_cancel_of_a_parked_workflow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from herder.runtime._cli import main as cli
+    from herder.store import Store
+    from herder.store._commands import pending_commands
+
+    path = tmp_path / "parked"
+    with Runtime(path, clock=FakeClock(), default_retry=ONCE) as runtime:
+        parked(runtime, {"car", "undo:hotel"}, "flight", "hotel", "car")
+    # With no runtime it was queued (exit 3), though it could only ever be refused.
+    assert cli(["cancel", "w", "--store", str(path), "--why", "x"]) == 1
+    assert PARKED_CANCEL in capsys.readouterr().err
+    with Store(path, readonly=True) as store:
+        assert pending_commands(store) == []
+
+
 def test_abandon_ends_a_parked_workflow_without_running_or_undoing_anything(
     rt: Runtime,
 ) -> None:

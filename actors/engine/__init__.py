@@ -129,6 +129,7 @@ from herder.actors.engine._states import (
     WORKFLOW_NEXT,
     ended_for_good,
     holds_timer,
+    parked_refusal,
     reachable,
     to_undo,
 )
@@ -241,6 +242,7 @@ __all__ = [
     "ms",
     "next_member",
     "orphan_given_up",
+    "parked_refusal",
     "poison_message",
     "poisoned",
     "policy_for",

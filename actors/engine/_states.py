@@ -149,6 +149,19 @@ def ended_for_good(state: WorkflowState) -> bool:
     return state.is_final and state not in OPERATOR_WORKFLOW_NEXT
 
 
+def parked_refusal(workflow_id: str, action: str) -> str | None:
+    """Why operator ``action`` does not apply to the parked (NEEDS_ATTENTION) workflow,
+    or None if it does: a cancel would end it CANCELLED, which is not among
+    :data:`OPERATOR_WORKFLOW_NEXT` of a parked workflow."""
+    if action != "cancel":
+        return None
+    return (
+        f"workflow {workflow_id!r} is NEEDS_ATTENTION (parked for an operator), and cancel "
+        "does not apply to a parked workflow: compensate undoes its completed steps, "
+        "abandon ends it as it is"
+    )
+
+
 ALLOWED_STEPS: Mapping[WorkflowState, frozenset[StepState]] = MappingProxyType(
     {
         W.PENDING: frozenset({S.PENDING}),
