@@ -93,7 +93,10 @@ def resolve_agents(
                     f"{where}: {key!r} names its agent, so it must be a str or an int, got "
                     f"{type(value).__name__}"
                 )
-            values[key] = value
+            # As a plain str or int: a subclass's own __str__ or __format__ (user code)
+            # must not run here (nor raise out of start()).
+            plain = str.__getitem__(value, slice(None)) if isinstance(value, str) else value
+            values[key] = plain if isinstance(plain, str) else int.__add__(value, 0)
         agent = _FORMATTER.vformat(spec.agent, (), values)
         try:
             out[spec.name] = validate_name("agent", agent)

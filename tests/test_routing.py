@@ -216,3 +216,34 @@ def test_a_router_that_raises_fails_the_start_and_stores_nothing(tmp_path: Path)
         with pytest.raises(InvalidInput, match="must be a str or an int, got list"):
             rt.start("routed", {}, workflow_id="w")
         assert rt.list() == []
+
+
+class _Raising(str):
+    """A str whose own conversions raise (user code the runtime must not run)."""
+
+    def __str__(self) -> str:
+        raise ZeroDivisionError("__str__")
+
+    def __format__(self, spec: str) -> str:
+        raise ZeroDivisionError("__format__")
+
+
+class _RaisingInt(int):
+    def __format__(self, spec: str) -> str:
+        raise ZeroDivisionError("__format__")
+
+
+def test_an_agent_named_by_a_str_or_int_subclass_is_named_by_its_plain_value(
+    tmp_path: Path,
+) -> None:
+    calls: Calls = []
+    wf = Workflow("routed").step("configure", agent="device:{@pick}", action="configure")
+    with open_runtime(tmp_path, calls, wf) as rt:
+        rt.add_router("pick", lambda input: _Raising("a"))  # raised out of start() before
+        assert rt.start("routed", {}, workflow_id="s").result(timeout=WAIT) == {
+            "configure": "device:a"
+        }
+        rt.add_agent("device:7", functools.partial(Device, "device:7", calls))
+        rt.add_router("pick", lambda input: _RaisingInt(7))
+        rt.start("routed", {}, workflow_id="i").result(timeout=WAIT)
+        assert dict(rt.status("i").agents) == {"configure": "device:7"}
