@@ -26,7 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import UnknownName, WorkflowConflict
+from herder.actors import InvalidDefinition, UnknownName, WorkflowConflict
 from herder.runtime._deadlines import deadline_at
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._part import whole as _runtime
@@ -278,6 +278,13 @@ class Starting(StartingMany):
                     f"workflow {name!r} version {workflow.version} is not registered "
                     f"(registered versions: {', '.join(map(str, versions))}); call "
                     "add_workflow with it first, or start it by name for the latest"
+                )
+            if plan is not None and workflow.compile() != plan:  # (~4 us, by object only)
+                raise InvalidDefinition(
+                    f"workflow {name!r} version {workflow.version} is not the definition "
+                    "registered under that name and version (its steps differ); register "
+                    "it with add_workflow (under a new version once any has started), or "
+                    "start the registered one by name"
                 )
         else:
             name = workflow

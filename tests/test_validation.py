@@ -116,6 +116,15 @@ def test_a_workflow_object_starts_its_own_version_and_a_name_the_latest(tmp_path
             rt.start(v3)
         with pytest.raises(UnknownName, match=r"version 3 is not registered"):
             rt.start_many([{"workflow": v3}])
+        # An object of a registered name and version with other steps (another object, or
+        # the registered builder grown since) ran the registered steps without a word.
+        other = Workflow("order", version=1).step("refund", agent="shop", action="buy")
+        grown = v1.step("receipt", agent="shop", action="buy", after=["pay"])
+        for changed in (other, grown):
+            with pytest.raises(InvalidDefinition, match="is not the definition registered"):
+                rt.start(changed)
+            with pytest.raises(InvalidDefinition, match="is not the definition registered"):
+                rt.start_many([{"workflow": changed}])
         assert sorted(s.id for s in rt.list()) == ["new", "old"]
 
 
