@@ -235,15 +235,16 @@ class Registration:
         (a templated agent is checked once resolved, at start)."""
         actions_of = _runtime(self)._actions
         for spec in plan.steps:
-            actions = actions_of.get(spec.agent)
-            if actions is None:
-                continue
-            for action in (spec.action, spec.compensate):
-                if action is not None and action not in actions:
-                    raise UnknownName(
-                        f"workflow {plan.name!r} step {spec.name!r}: agent {spec.agent!r} "
-                        f"has no action {action!r} (it has: {', '.join(sorted(actions))})"
-                    )
+            for agent in spec.members or (spec.agent,):  # every member of an AnyOf group
+                actions = actions_of.get(agent)
+                if actions is None:
+                    continue
+                for action in (spec.action, spec.compensate):
+                    if action is not None and action not in actions:
+                        raise UnknownName(
+                            f"workflow {plan.name!r} step {spec.name!r}: agent {agent!r} "
+                            f"has no action {action!r} (it has: {', '.join(sorted(actions))})"
+                        )
 
     def _ever_started(self, plan: Plan) -> bool:
         """True if a workflow of this definition was ever started (its mark in ``meta``,

@@ -270,6 +270,18 @@ def test_every_member_must_be_registered_with_the_steps_actions(tmp_path: Path) 
         assert rt.list() == []
 
 
+def test_every_registered_member_is_checked_for_the_steps_actions_at_definition(
+    tmp_path: Path,
+) -> None:
+    # Only the first member was checked: a later one lacking the action was found at start.
+    with Runtime(tmp_path / "s") as rt:
+        for member in MEMBERS[:-1]:
+            rt.add_agent(member, functools.partial(Airline, Ledger(), member))
+        rt.add_agent(MEMBERS[-1], Hotel)  # no cancel
+        with pytest.raises(UnknownName, match=f"agent {MEMBERS[-1]!r} has no action 'cancel'"):
+            rt.add_workflow(TRIP)
+
+
 @pytest.mark.parametrize(
     ("members", "match"),
     [
