@@ -273,7 +273,11 @@ class Runtime(
         corrupt: builtins.list[StoreCorrupt] = []
         for record in self._store.workflows(corrupt=corrupt):
             by_state[record.state] += 1
-        engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
+        try:
+            engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
+        except pykka.ActorDeadError:  # its actors are gone: the runtime failed (or stops)
+            self._check_open()  # RuntimeClosed, saying why
+            raise RuntimeClosed("the runtime's actors are gone; open a new Runtime") from None
         bad = {f"{e.db}:{e.key!r}": e.reason for e in corrupt} | engine["corrupt"]
         return {
             "workflows": by_state,

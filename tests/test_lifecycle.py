@@ -1,14 +1,16 @@
-"""The drain of ``stop(drain=True)`` and ``handoff`` waits on commits, not on a poll."""
+"""The drain of ``stop(drain=True)`` and ``handoff`` waits on commits, not on a poll; a
+runtime whose actors failed for good says so."""
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow, _lifecycle
+from herder.runtime import Agent, Runtime, RuntimeClosed, StepContext, Workflow, _lifecycle
 
 WAIT = 20.0
 
@@ -58,4 +60,35 @@ def test_the_drain_asks_again_when_an_outcome_commits_not_on_a_timer(
         assert asked == [1, 0]  # asked once more, not once per 10 ms
     finally:
         release.set()
+        rt.stop()
+
+
+def test_a_runtime_whose_actors_failed_for_good_says_so_from_stats_and_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every outcome crashes the Scheduler: the tree restarts it until it gives up. stats()
+    # then raised pykka's ActorDeadError (the workflow definition review, #6).
+    from herder.actors._scheduler import Scheduler
+
+    def broken(self: Scheduler, message: object) -> None:
+        raise RuntimeError("a Scheduler bug")
+
+    monkeypatch.setattr(Scheduler, "_on_outcome", broken)
+
+    class Quick(Agent):
+        def act(self, ctx: StepContext) -> int:
+            return 1
+
+    rt = Runtime(tmp_path / "s")
+    try:
+        rt.add_agent("a", Quick)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="act"))
+        rt.start("w")
+        deadline = time.monotonic() + 30
+        while rt._fatal is None and time.monotonic() < deadline:
+            rt._wake.wait(0.05)  # set when the tree gives up (Lifecycle._failed)
+        for call in (rt.stats, lambda: rt.start("w")):
+            with pytest.raises(RuntimeClosed, match="the runtime failed and stopped its actors"):
+                call()
+    finally:
         rt.stop()
