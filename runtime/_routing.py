@@ -80,7 +80,7 @@ def resolve_agents(
         if not keys:
             continue
         where = f"workflow {plan.name!r} step {spec.name!r}"
-        values = {}
+        values: dict[str, str | int] = {}
         for key in keys:
             if key.startswith("@"):
                 if key not in routed:
@@ -95,8 +95,10 @@ def resolve_agents(
                 )
             # As a plain str or int: a subclass's own __str__ or __format__ (user code)
             # must not run here (nor raise out of start()).
-            plain = str.__getitem__(value, slice(None)) if isinstance(value, str) else value
-            values[key] = plain if isinstance(plain, str) else int.__add__(value, 0)
+            if isinstance(value, str):
+                values[key] = str.__getitem__(value, slice(None))
+            else:
+                values[key] = int.__add__(value, 0)
         agent = _FORMATTER.vformat(spec.agent, (), values)
         try:
             out[spec.name] = validate_name("agent", agent)
