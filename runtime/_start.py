@@ -43,6 +43,7 @@ from herder.runtime._waits import seconds
 from herder.runtime._workflow import Workflow
 from herder.store import (
     ConditionFailed,
+    InvalidInput,
     Put,
     StepRecord,
     WorkflowRecord,
@@ -306,6 +307,12 @@ class Starting(StartingMany):
                 wall = rt._clock.time()
             begin = begin_at(now, start_at, delay, wall=wall)
             ends = None if deadline is None else deadline_at(now, deadline, wall=wall)
+            if begin is not None and ends is not None and ends <= begin:
+                raise InvalidInput(
+                    f"its deadline (in {ends - now:g} s) comes before its delayed start (in "
+                    f"{begin - now:g} s): it would end COMPENSATED before its first step ran; "
+                    "give a later deadline (it counts from this call, not from the start)"
+                )
         normalized = normalize(input, limit=rt._max_input_bytes, what="workflow input")
         version = rt._agents_version
         seen = rt._agents_seen.get(id(plan))

@@ -191,6 +191,19 @@ def test_bad_deadlines_are_refused_and_nothing_is_stored(
         assert rt.list() == []
 
 
+def test_a_deadline_before_the_delayed_start_is_refused_and_nothing_is_stored(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # It was accepted, and the workflow ended COMPENSATED before its first step could run.
+    with runtime(tmp_path / "s", clock, Service()) as rt:
+        with pytest.raises(InvalidInput, match=r"deadline \(in 1 s\) comes before its delayed"):
+            rt.start("two", workflow_id="w1", delay=5, deadline=1)
+        with pytest.raises(InvalidInput, match="comes before its delayed start"):
+            rt.start("two", workflow_id="w1", delay=5, deadline=5)
+        assert rt.list() == []
+        rt.start("two", workflow_id="w2", delay=5, deadline=6)  # later: fine
+
+
 def test_a_bad_default_deadline_is_refused_at_definition() -> None:
     with pytest.raises(InvalidInput, match="deadline must be"):
         Workflow("x", deadline=-5)
