@@ -300,6 +300,7 @@ class Starting(StartingMany):
         if priority != 0 or type(priority) is not int:  # (0: the default, nothing to check)
             priority = check_priority(priority)
         begin = ends = None
+        given = deadline is not None  # (else the definition's default, if it has one)
         if deadline is None:
             deadline = plan.deadline
         if start_at is not None or delay is not None or deadline is not None:
@@ -307,7 +308,7 @@ class Starting(StartingMany):
                 wall = rt._clock.time()
             begin = begin_at(now, start_at, delay, wall=wall)
             ends = None if deadline is None else deadline_at(now, deadline, wall=wall)
-            if begin is not None and ends is not None and ends <= begin:
+            if given and begin is not None and ends is not None and ends <= begin:
                 raise InvalidInput(
                     f"its deadline (in {ends - now:g} s) comes before its delayed start (in "
                     f"{begin - now:g} s): it would end COMPENSATED before its first step ran; "
