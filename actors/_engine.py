@@ -21,7 +21,7 @@ from herder.actors._host import AgentHost
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat, Run
 from herder.actors._wiring import EngineListener
-from herder.actors.engine import Defaults, Dispatched, Job, WorkflowRun
+from herder.actors.engine import Defaults, Dispatched, Job, WorkflowRun, idempotency_key
 from herder.store import LeaseLost, Plan, RetryPolicy, Store, builder
 
 _log = logging.getLogger("herder.scheduler")
@@ -176,7 +176,7 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
     attempt keeps until its DISPATCHED is durable."""
     attempt, record, token = done.attempt, run.record, done.attempt.token
     port = AttemptPort(ctx, token, done.window * ctx.config.heartbeat_interval_fraction)
-    key = f"{record.id}/{job.step}/compensate" if job.compensating else f"{record.id}/{job.step}"
+    key = idempotency_key(record.id, job.step, compensating=job.compensating)
     results = {}
     for name, st in run.steps.items():  # (a loop: a comprehension is a call in 3.11)
         if st.succeeded:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from herder.actors.engine import dispatch, settled, succeeded_with
+from herder.actors.engine import dispatch, idempotency_key, settled, succeeded_with
 from herder.store import StepRecord, StepSpec, StepState
 
 RUNNING = StepRecord(
@@ -83,3 +83,30 @@ def test_an_attempt_is_recorded_with_its_deadlines_and_no_timer(
         updated=100.0,
     )
     assert lapses_in == window
+
+
+@pytest.mark.parametrize(
+    ("workflow_id", "step", "compensating", "key"),
+    [
+        ("order-1", "pay", False, "order-1/pay"),  # plain names keep the keys they had
+        ("order-1", "pay", True, "order-1/pay/compensate"),
+        ("order/1", "pay", False, "order/1/pay"),  # an id is left as it is
+        ("order/1", "1/pay", False, "order/1/1%2Fpay"),
+        ("order", "a/compensate", False, "order/a%2Fcompensate"),
+        ("o/pay", "compensate", False, "o/pay/%63ompensate"),
+        ("o", "50%", False, "o/50%25"),
+    ],
+)
+def test_an_idempotency_key_names_one_operation(
+    workflow_id: str, step: str, compensating: bool, key: str
+) -> None:
+    assert idempotency_key(workflow_id, step, compensating=compensating) == key
+
+
+def test_no_two_operations_share_an_idempotency_key() -> None:
+    # The collisions the workflow definition review found, and their neighbours.
+    ids = ["order", "order/1", "order/1/1", "o", "o/pay", "o/pay/compensate"]
+    steps = ["pay", "1/pay", "a", "a/compensate", "compensate", "%63ompensate", "50%", "1%2Fpay"]
+    operations = [(w, s, c) for w in ids for s in steps for c in (False, True)]
+    keys = {idempotency_key(w, s, compensating=c): (w, s, c) for w, s, c in operations}
+    assert len(keys) == len(operations)

@@ -4,6 +4,7 @@ and a definition may be replaced under its version until a workflow of it starte
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,3 +152,27 @@ def test_names_in_any_script_are_names_and_only_control_characters_are_refused(
         for bad in ("a\nb", "a\tb", "a\u2028b", "a\x85b"):
             with pytest.raises(InvalidInput, match="NUL, newline or other control character"):
                 rt.add_agent(bad, Shop)
+
+
+def test_workflows_whose_ids_and_steps_share_slashes_apply_their_own_effects(
+    tmp_path: Path,
+) -> None:
+    # Workflow "order/1" step "1/charge" and workflow "order/1/1" step "charge" had one
+    # idempotency key: a service deduplicating by it answered the second with the first's
+    # result and never applied the second's charge (the workflow definition review, #2).
+    from herder.runtime.testing import EffectLedger
+
+    ledger = EffectLedger()
+
+    class Bank(Agent):
+        def charge(self, ctx: StepContext) -> Any:
+            return ledger.apply(ctx.idempotency_key, {"for": ctx.workflow_id})
+
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("bank", Bank)
+        rt.add_workflow(Workflow("a").step("1/charge", agent="bank", action="charge"))
+        rt.add_workflow(Workflow("b").step("charge", agent="bank", action="charge"))
+        first = rt.start("a", workflow_id="order/1").result(timeout=WAIT)
+        second = rt.start("b", workflow_id="order/1/1").result(timeout=WAIT)
+    assert first == {"1/charge": {"for": "order/1"}}
+    assert second == {"charge": {"for": "order/1/1"}}

@@ -226,3 +226,24 @@ def heartbeat(st: StepRecord, spec: StepSpec, details: Any, now: float) -> StepR
     assert spec.heartbeat_timeout is not None
     hb_deadline = now + spec.heartbeat_timeout
     return with_timer(st.evolve(heartbeat_deadline=hb_deadline, heartbeat=details))
+
+
+def idempotency_key(workflow_id: str, step: str, *, compensating: bool = False) -> str:
+    """The key every attempt of ``step`` of ``workflow_id`` carries to the remote side,
+    the same for each retry and after a crash: ``WORKFLOW/STEP``, and for the step's
+    compensation ``WORKFLOW/STEP/compensate``.
+
+    A "%" or "/" in the step's name is written "%25" or "%2F", and a step named
+    "compensate" as "%63ompensate", so no two operations share a key: without that,
+    step "1/pay" of workflow "order/1" and step "pay" of "order/1/1" did, and so did
+    step "a/compensate" and the compensation of step "a" (a remote side that dedupes by
+    key then skipped the second and answered it with the first's result). Workflow ids
+    are left as they are: with the step's slashes escaped, the last "/" (or the one
+    before "/compensate") ends the id. Names without these characters (nearly all) keep
+    the keys they always had.
+    """
+    if "/" in step or "%" in step:
+        step = step.replace("%", "%25").replace("/", "%2F")
+    elif step == "compensate":
+        step = "%63ompensate"
+    return f"{workflow_id}/{step}/compensate" if compensating else f"{workflow_id}/{step}"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herder.actors import Agent, InstanceCrash, Permanent, StepContext
+from herder.actors.engine import idempotency_key
 from herder.runtime._check import check_store
 from herder.runtime.testing._faults import FaultSchedule, definition
 from herder.store import StepState, Store, WorkflowState
@@ -179,7 +180,7 @@ def verify(
             continue
         records = {st.name: st for st in store.steps_of(wid)}
         for name, st in records.items():
-            key = f"{wid}/{name}"
+            key = idempotency_key(wid, name)
             applied, undone = key in world.applied, key in world.undone
             if st.state is StepState.SUCCEEDED and (not applied or undone):
                 problems.append(f"{key}: SUCCEEDED but applied={applied} undone={undone}")
@@ -202,15 +203,16 @@ def verify(
             (
                 st
                 for st in records.values()
-                if st.state is StepState.COMPENSATED and f"{wid}/{st.name}" in world.applied
+                if st.state is StepState.COMPENSATED
+                and idempotency_key(wid, st.name) in world.applied
             ),
             key=lambda st: st.done_token or 0,
         )
-        expected_undo = [f"{wid}/{st.name}" for st in reversed(by_completion)]
+        expected_undo = [idempotency_key(wid, st.name) for st in reversed(by_completion)]
         # Abandoning leaves a compensation under way COMPENSATING; its attempt may still
         # have run (it was dispatched before), so its undo is neither expected nor wrong.
         in_flight = {
-            f"{wid}/{st.name}"
+            idempotency_key(wid, st.name)
             for st in records.values()
             if want is WorkflowState.ABANDONED and st.state is StepState.COMPENSATING
         }
