@@ -45,8 +45,8 @@ class Adaptive:
 
     def __post_init__(self) -> None:
         owner = "Adaptive"
-        _require(_count(self.min), owner, "min", "an int >= 1", self.min)
-        _require(_count(self.max), owner, "max", "an int >= 1", self.max)
+        _require(_count(self.min), owner, "min", "an int from 1 to 2**53", self.min)
+        _require(_count(self.max), owner, "max", "an int from 1 to 2**53", self.max)
         _require(self.min <= self.max, owner, "min", f"<= max ({self.max})", self.min)
         if self.initial is not None:
             _require(
@@ -71,7 +71,7 @@ class Adaptive:
             self.tolerance,
         )
         _require(_number(self.slack) and self.slack >= 0, owner, "slack", ">= 0", self.slack)
-        _require(_count(self.window), owner, "window", "an int >= 1", self.window)
+        _require(_count(self.window), owner, "window", "an int from 1 to 2**53", self.window)
 
 
 class AdaptiveLimit:

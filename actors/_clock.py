@@ -130,8 +130,8 @@ class SystemClock:
                         self._thread = None  # under the lock: call_later starts a new one
                         return
                     continue
-                if due > now:
-                    self._cond.wait(due - now)
+                if due > now:  # (at most TIMEOUT_MAX: a wait of centuries overflows)
+                    self._cond.wait(min(due - now, threading.TIMEOUT_MAX))
                     continue
                 handle = self._queue.pop()
             handle._run()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -41,7 +40,7 @@ from typing import Any
 
 from herder.actors._clock import Clock
 from herder.actors._messages import Wake
-from herder.store import InvalidInput, UserCodeFailed, contain
+from herder.store import MAX_SECONDS, InvalidInput, UserCodeFailed, contain, real_number
 
 _log = logging.getLogger("herder.health")
 
@@ -62,10 +61,10 @@ class HealthPolicy:
         for name, value in (("health_interval", self.interval), ("health_timeout", self.timeout)):
             if value is None and name == "health_timeout":
                 continue
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not number or not math.isfinite(float(value)) or float(value) <= 0:  # type: ignore[arg-type]
+            number = real_number(value) if isinstance(value, int | float) else None
+            if number is None or not 0 < number <= MAX_SECONDS:
                 raise InvalidInput(
-                    f"{name} must be a number of seconds > 0 (or None: "
+                    f"{name} must be a number of seconds > 0 and at most ten years (or None: "
                     f"{'no health checks' if name == 'health_interval' else 'the default'}), "
                     f"got {value!r}"
                 )

@@ -12,25 +12,27 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from herder.store import InvalidInput, ResourceRecord
+from herder.store import InvalidInput, ResourceRecord, real_number
 
 
 def _require(ok: bool, owner: str, name: str, expected: str, actual: object) -> None:
     if not ok:
-        raise InvalidInput(f"{owner}: {name} must be {expected}, got {actual!r}")
+        raise InvalidInput(f"{owner}: {name} must be {expected}, got {actual!r:.80}")
 
 
 def _number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
+    """A finite int or float (not a bool); an int too large for a float is not one."""
+    number = real_number(value) if isinstance(value, int | float) else None
+    return number is not None and math.isfinite(number)
+
+
+MAX_COUNT = 2**53
+"""The largest count a limit takes (where floats stop counting in ones)."""
 
 
 def _count(value: object) -> bool:
-    """An int >= 1 (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    """An int from 1 to :data:`MAX_COUNT` (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_COUNT
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,13 @@ class CircuitBreaker:
     def __post_init__(self) -> None:
         owner = "CircuitBreaker"
         if self.failures is not None:
-            _require(_count(self.failures), owner, "failures", "an int >= 1 or None", self.failures)
+            _require(
+                _count(self.failures),
+                owner,
+                "failures",
+                "an int from 1 to 2**53, or None",
+                self.failures,
+            )
         if self.failure_rate is not None:
             _require(
                 _number(self.failure_rate) and 0 < self.failure_rate <= 1,
@@ -74,7 +82,9 @@ class CircuitBreaker:
             None,
         )
         _require(_number(self.window) and self.window > 0, owner, "window", "> 0", self.window)
-        _require(_count(self.min_calls), owner, "min_calls", "an int >= 1", self.min_calls)
+        _require(
+            _count(self.min_calls), owner, "min_calls", "an int from 1 to 2**53", self.min_calls
+        )
         _require(
             _number(self.cooldown) and self.cooldown > 0, owner, "cooldown", "> 0", self.cooldown
         )
@@ -103,7 +113,9 @@ class RateLimit:
             self.per_second,
         )
         if self.burst is not None:
-            _require(_count(self.burst), owner, "burst", "an int >= 1 or None", self.burst)
+            _require(
+                _count(self.burst), owner, "burst", "an int from 1 to 2**53, or None", self.burst
+            )
 
     @property
     def capacity(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from herder.actors import Clock, EngineConfig, host_kind
 from herder.runtime._retention import DEFAULT_RETENTION, retention_seconds
-from herder.store import DEFAULT_LEASE, MAX_VALUE_BYTES, InvalidInput, RetryPolicy
+from herder.store import DEFAULT_LEASE, MAX_SECONDS, MAX_VALUE_BYTES, InvalidInput, RetryPolicy
 
 DEFAULT_PREFETCH = 7
 """Attempts per agent instance recorded ahead by default (hot-path.md §6, §8: 7 ran 2.5x
@@ -143,9 +143,9 @@ class RuntimeConfig:
             or not _is_int(restarts[0])
             or restarts[0] < 0
             or not _is_number(restarts[1])
-            or not restarts[1] > 0
+            or not 0 < restarts[1] <= MAX_SECONDS
         ):
-            expected = "(max_restarts: int >= 0, period: seconds > 0)"
+            expected = "(max_restarts: int >= 0, period: seconds > 0, at most ten years)"
             raise _wrong("agent_restarts", expected, restarts)
         if not isinstance(self.default_retry, RetryPolicy):
             raise _wrong("default_retry", "a RetryPolicy or None", self.default_retry)
@@ -230,7 +230,10 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+    """A finite float, or an int a float can hold (not a bool)."""
+    if _is_int(value):
+        return abs(value) <= 2**53  # type: ignore[arg-type]  # (10**400 s: no float holds it)
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _wrong(name: str, expected: str, actual: object) -> InvalidInput:
@@ -252,11 +255,12 @@ def _has_methods(obj: object, names: tuple[str, ...]) -> bool:
 
 
 def _positive(name: str, value: Any) -> None:
-    if not _is_number(value) or not value > 0:
-        raise _wrong(name, "a finite number of seconds > 0", value)
+    if not _is_number(value) or not 0 < value <= MAX_SECONDS:
+        raise _wrong(name, "a number of seconds > 0 and at most ten years", value)
 
 
 def at_least(name: str, value: Any, low: float, expected: str) -> None:
-    """:class:`InvalidInput` unless ``value`` is a finite number (not a bool) >= ``low``."""
-    if not _is_number(value) or value < low:
-        raise _wrong(name, expected, value)
+    """:class:`InvalidInput` unless ``value`` is a number (not a bool) from ``low`` to
+    :data:`MAX_SECONDS` (every such setting is a time)."""
+    if not _is_number(value) or not low <= value <= MAX_SECONDS:
+        raise _wrong(name, expected + " (at most ten years)", value)

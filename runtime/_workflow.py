@@ -8,9 +8,17 @@ from herder.actors import InvalidDefinition
 from herder.runtime._anyof import AnyOf
 from herder.runtime._deadlines import deadline_seconds
 from herder.runtime._routing import template_fields
-from herder.store import InvalidInput, Plan, RetryPolicy, StepSpec, real_number, validate_name
+from herder.store import (
+    MAX_SECONDS,
+    InvalidInput,
+    Plan,
+    RetryPolicy,
+    StepSpec,
+    real_number,
+    validate_name,
+)
 
-_FOREVER = 10 * 365 * 86400.0  # ten years: longer timeouts and delays are surely mistakes
+_FOREVER = MAX_SECONDS  # ten years: longer timeouts and delays are surely mistakes
 
 
 MAX_VERSION = 2**32 - 1

@@ -123,7 +123,7 @@ from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease
 from herder.store._locktable import holder_stopped, is_held
 from herder.store._ops import BatchSink, Delete, Expect, Ops, Put, Transition
 from herder.store._plan import Plan, StepSpec
-from herder.store._policy import RetryPolicy, real_number
+from herder.store._policy import MAX_SECONDS, RetryPolicy, real_number
 from herder.store._reads import Snapshot
 from herder.store._recent import RECENT_DB, Indexed, indexed
 from herder.store._records import (
@@ -165,6 +165,7 @@ __all__ = [
     "FINISHED",
     "KEY_SEP",
     "MAX_ID_BYTES",
+    "MAX_SECONDS",
     "MAX_TRACEBACK_CHARS",
     "MAX_VALUE_BYTES",
     "PURGEABLE",

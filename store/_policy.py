@@ -17,9 +17,10 @@ from herder.store._untrusted import exception_name
 
 MAX_ATTEMPTS = 2**63 - 1
 """The most ``max_attempts`` a stored record can hold (msgpack's signed 64 bits)."""
-MAX_INTERVAL = 10 * 365 * 86400.0
-"""The longest wait between two attempts, whatever ``max_interval`` says (ten years, as
-for timeouts and delays: a wait must stay a time the store's timers can hold)."""
+MAX_SECONDS = 10 * 365 * 86400.0
+"""The longest time any setting may give, in seconds (ten years: a timeout, a delay, an
+interval or a wait between attempts longer than that is surely a mistake, and every
+wait must stay a time the store's timers and the threads' waits can hold)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ class RetryPolicy:
             growth = self.backoff_coefficient ** max(0, failed_attempt - 1)
         except OverflowError:  # past 1e308 (a step probed for days): long at the ceiling
             growth = math.inf  # (and with no first interval, none: 0 x inf is nan)
-        base = min(first * growth, self.max_interval, MAX_INTERVAL) if first else 0.0
+        base = min(first * growth, self.max_interval, MAX_SECONDS) if first else 0.0
         return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
 
     def is_retryable(self, error_types: Iterable[str]) -> bool:

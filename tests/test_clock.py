@@ -74,3 +74,17 @@ def test_a_message_clock_over_a_steady_clock_reads_both_times_at_one_instant() -
     assert (clock.monotonic(), clock.time()) == (102.0, clock.now)
     fake.advance(1.0)
     assert clock.mono == 102.0  # until the next message
+
+
+def test_a_timer_centuries_away_does_not_stop_the_system_clocks_thread() -> None:
+    # A breaker's cool-down of 1e10 s (or a rate of 1e-10/s): once it was the only timer
+    # left, the thread waited on it, raised OverflowError (past threading.TIMEOUT_MAX)
+    # and died, and no timer ran again (the protection review, D5).
+    clock = SystemClock(idle_exit=60.0)
+    far = clock.call_later(1e10, lambda: None)
+    first, second = threading.Event(), threading.Event()
+    clock.call_later(0.01, first.set)
+    assert first.wait(10)  # now the far timer is the only one: the thread waits on it
+    clock.call_later(0.01, second.set)
+    assert second.wait(10), "the clock's thread died waiting for the far timer"
+    far.cancel()

@@ -34,17 +34,23 @@ def test_a_config_is_frozen_and_replace_gives_a_checked_copy() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("sweep_interval", 0, "a finite number of seconds > 0"),
-        ("sweep_interval", float("inf"), "a finite number of seconds > 0"),
-        ("priority_aging", -1.0, "a finite number of seconds > 0"),
-        ("default_timeout", "10", "a finite number of seconds > 0"),
+        ("sweep_interval", 0, "a number of seconds > 0 and at most ten years"),
+        ("sweep_interval", float("inf"), "a number of seconds > 0 and at most ten years"),
+        ("priority_aging", -1.0, "a number of seconds > 0 and at most ten years"),
+        ("default_timeout", "10", "a number of seconds > 0 and at most ten years"),
+        # Accepted before, then an OverflowError crashed the Scheduler at the first
+        # dispatch or answer, until the runtime gave up (the protection review).
+        ("default_timeout", 10**400, "at most ten years"),
+        ("priority_aging", 10**400, "at most ten years"),
+        ("ask_timeout", 1e10, "at most ten years"),  # past threading.TIMEOUT_MAX
+        ("agent_restarts", (20, 10**400), "at most ten years"),
         ("max_input_bytes", 0, "an int in 1.."),
         ("max_result_bytes", 1 << 40, "an int in 1.."),
         ("max_active_workflows", 0, "an int >= 1"),
         ("max_active_workflows", True, "an int >= 1"),
         ("max_recoveries", -1, "an int >= 0"),
-        ("agent_restarts", (3,), "(max_restarts: int >= 0, period: seconds > 0)"),
-        ("agent_restarts", (3, 0), "(max_restarts: int >= 0, period: seconds > 0)"),
+        ("agent_restarts", (3,), "(max_restarts: int >= 0, period: seconds > 0"),
+        ("agent_restarts", (3, 0), "(max_restarts: int >= 0, period: seconds > 0"),
         ("instance_shutdown", -0.5, "a finite number of seconds >= 0"),
         ("default_retry", "twice", "a RetryPolicy or None"),
         ("seed", 1.5, "an int or None"),

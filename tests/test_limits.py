@@ -17,6 +17,7 @@ import pytest
 
 from herder.actors._ask import call
 from herder.runtime import (
+    Adaptive,
     Agent,
     CircuitBreaker,
     InvalidInput,
@@ -361,6 +362,21 @@ def test_limits_are_validated_with_clear_errors(tmp_path: Path, clock: FakeClock
         CircuitBreaker(failures=None)
     with pytest.raises(InvalidInput, match="min_calls"):
         CircuitBreaker(min_calls=True)  # a bool is no count, as for failures and burst
+    # Numbers no float holds raised OverflowError (from add_agent, after it had half
+    # registered the agent) or crashed the Scheduler later (the protection review).
+    huge = 10**400
+    for build, name in (
+        (lambda: CircuitBreaker(cooldown=huge), "cooldown"),
+        (lambda: CircuitBreaker(window=huge), "window"),
+        (lambda: CircuitBreaker(failure_rate=huge), "failure_rate"),
+        (lambda: RateLimit(per_second=huge), "per_second"),
+        (lambda: RateLimit(per_second=1, burst=huge), "burst"),
+        (lambda: Adaptive(max=huge), "max"),
+        (lambda: Adaptive(window=2**63), "window"),
+        (lambda: Adaptive(backoff=huge), "backoff"),
+    ):
+        with pytest.raises(InvalidInput, match=name):
+            build()
     with (
         Runtime(tmp_path / "s", clock=clock) as rt,
         pytest.raises(InvalidInput, match="rate_limit must be a RateLimit"),
