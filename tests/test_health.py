@@ -218,9 +218,14 @@ def test_a_hidden_factory_that_fails_gives_no_verdict_and_holds_no_work(
         with pytest.raises(WorkflowFailed, match="failed to start"):
             rt.start("one", workflow_id="w1").result(timeout=WAIT)
         assert rt.status("w1").steps["call"].attempt == 2
+        # Every attempt the start failures spent is in the history, from the state it
+        # left (the thread host's first read "DISPATCHED -> RETRY_WAIT" with no
+        # "PENDING -> DISPATCHED" before it: the protection review, D7).
+        moves = [(e["from"], e["to"]) for e in rt.history("w1") if e["kind"] == "step"]
+        assert moves[:2] == [("PENDING", "DISPATCHED"), ("DISPATCHED", "RETRY_WAIT")]
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "10", True])
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "10", True, 10**400, 1e10])
 def test_a_bad_health_interval_or_timeout_is_refused(tmp_path: Path, bad: Any) -> None:
     with Runtime(tmp_path / "s") as rt:
         with pytest.raises(InvalidInput, match="health_interval must be"):

@@ -382,7 +382,7 @@ class Engine(Machine):
             tried = st.evolve(state=StepState.COMPENSATING, comp_attempt=st.comp_attempt + 1)
         else:
             tried = st.evolve(state=StepState.DISPATCHED, attempt=st.attempt + 1)
-        run.steps[job.step] = tried
+        self.put_step(run, st, tried)  # the attempt it spent, in the history too
         self.failed(run, tried, msg.error, (CRASH_ERROR,), permanent=False)
 
     def _resumed(self, msg: Resumed) -> None:
