@@ -16,9 +16,11 @@ import os
 import pathlib
 import shutil
 
+import lmdb
+
 from herder.store._errors import StoreError, StoreLocked
 from herder.store._locktable import LOCK_FILE
-from herder.store._open import open_lmdb
+from herder.store._open import open_existing, open_lmdb, read_schema, translate
 from herder.store._standby import standby_waiting
 
 TMP = "compact.tmp"
@@ -42,12 +44,25 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
         before = data.stat().st_size
-        env = open_lmdb(root, readonly=True)
+        held = census(root)  # a whole herder store this herder reads, or refused
         try:
-            env.copy(str(tmp), compact=True)
-        finally:
-            env.close()
+            env = open_lmdb(root, readonly=True)
+            try:
+                env.copy(str(tmp), compact=True)
+            finally:
+                env.close()
+        except lmdb.Error as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise translate(exc, f"cannot compact {root}") from exc
         copied = tmp / "data.mdb"
+        if (got := census(tmp)) != held:
+            shutil.rmtree(tmp, ignore_errors=True)
+            lost = {db: (held.get(db), got.get(db)) for db in held if held[db] != got.get(db)}
+            raise StoreError(
+                f"cannot compact {root}: its compacted copy does not hold what the store "
+                f"does (entries per database, store vs copy: {lost}); the store was left "
+                "as it was. It may be damaged: run `herder check` on it, restore a backup"
+            )
         copied.chmod(0o600)
         with open(copied, "rb") as f:
             os.fsync(f.fileno())
@@ -63,6 +78,21 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def census(path: pathlib.Path) -> dict[str, int]:
+    """Entries in each database of the store at ``path``, refusing (``StoreError``) one
+    that is not a herder store of a schema this herder reads: the store is counted
+    before it is copied, and the copy must count the same before it replaces it."""
+    env, handles = open_existing(path, write=False)
+    try:
+        with env.begin() as txn:
+            read_schema(txn, handles["meta"], path)
+            return {name: txn.stat(db)["entries"] for name, db in handles.items()}
+    except lmdb.Error as exc:
+        raise translate(exc, f"cannot read store {path}") from exc
+    finally:
+        env.close()
 
 
 def _busy(root: pathlib.Path, why: str) -> str:

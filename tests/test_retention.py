@@ -256,3 +256,48 @@ def test_opening_decodes_only_the_unfinished_workflows(
     monkeypatch.setattr(WorkflowRecord, "from_dict", real)
     with Runtime(tmp_path / "s", setup=register) as rt:
         assert rt.stats()["steps"]["active_workflows"] == 1  # recovered
+
+
+def test_compact_keeps_the_store_when_its_copy_does_not_hold_the_same(
+    old_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A damaged store could copy into a file that opened as an empty store and passed
+    # `herder check`, and compact swapped it in (the store review, D1). The copy must now
+    # hold as many entries in each database as the store, or the store stays.
+    from herder.store import StoreError, _compact
+
+    before = (old_store / "data.mdb").read_bytes()
+    counted = _compact.census
+
+    def copy_lost_steps(path: Path) -> dict[str, int]:
+        got = counted(path)
+        return {**got, "steps": 0} if path.name == _compact.TMP else got
+
+    monkeypatch.setattr(_compact, "census", copy_lost_steps)
+    with pytest.raises(StoreError, match="its compacted copy does not hold what the store"):
+        _compact.compact(old_store)
+    assert (old_store / "data.mdb").read_bytes() == before
+    assert not (old_store / _compact.TMP).exists()
+
+
+@pytest.mark.parametrize("schema", [99, "foreign"])
+def test_compact_refuses_what_no_other_command_opens_with_a_message(
+    tmp_path: Path, schema: int | str
+) -> None:
+    store = tmp_path / "s"
+    with Runtime(store):
+        pass
+    if schema == "foreign":
+        (store / "data.mdb").write_bytes(b"\x00not an lmdb file" * 4096)
+        says = "MDB_INVALID"
+    else:
+        from herder.store import Put, Store, Transition, encode
+
+        with Store(store) as raw:
+            put = Put("meta", b"schema", encode(schema))
+            raw.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+        says = "upgrade herder to open it"
+    done = herder("compact", "--store", str(store))
+    assert done.returncode == 1
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr  # a foreign file printed one (the store review, D5)
