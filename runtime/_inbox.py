@@ -8,12 +8,23 @@ skips, compensates or abandons it (``Runtime`` methods or the CLI).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from herder.actors.engine import STUCK
 from herder.runtime._status import in_plan_order
-from herder.store import Plan, StepRecord, StepState, Store, WorkflowState, definition_key
+from herder.store import (
+    Plan,
+    StepRecord,
+    StepState,
+    Store,
+    StoreCorrupt,
+    WorkflowState,
+    definition_key,
+)
+
+_log = logging.getLogger("herder.runtime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +70,31 @@ def stuck_step(steps: list[StepRecord]) -> StepRecord | None:
     return None
 
 
-def inbox_items(store: Store, plans: dict[tuple[str, int], Plan] | None = None) -> list[InboxItem]:
-    """Every NEEDS_ATTENTION workflow of ``store`` as an :class:`InboxItem`, oldest first."""
+def inbox_items(
+    store: Store,
+    plans: dict[tuple[str, int], Plan] | None = None,
+    *,
+    corrupt: list[StoreCorrupt] | None = None,
+) -> list[InboxItem]:
+    """Every NEEDS_ATTENTION workflow of ``store`` as an :class:`InboxItem`, oldest first.
+
+    A record that does not decode (of any workflow: each is read to learn its state) is
+    left out and added to ``corrupt``, or logged without one: one damaged record must
+    not hide every parked workflow from the operator."""
     known: dict[tuple[str, int], Plan | None] = dict(plans or {})
+    bad: list[StoreCorrupt] = [] if corrupt is None else corrupt
     items = []
-    for record in store.workflows(WorkflowState.NEEDS_ATTENTION):
+    for record in store.workflows(WorkflowState.NEEDS_ATTENTION, corrupt=bad):
         key = (record.name, record.version)
-        if key not in known:
-            raw = store.get("definitions", definition_key(*key))
-            known[key] = None if raw is None else Plan.from_dict(raw)
-        st = stuck_step(in_plan_order(record, store.steps_of(record.id), known[key]))
+        try:
+            if key not in known:
+                raw = store.get("definitions", definition_key(*key))
+                known[key] = None if raw is None else Plan.from_dict(raw)
+            steps = store.steps_of(record.id)
+        except StoreCorrupt as exc:
+            bad.append(exc)
+            continue
+        st = stuck_step(in_plan_order(record, steps, known[key]))
         compensating = st is not None and st.state is StepState.COMPENSATING
         items.append(
             InboxItem(
@@ -85,4 +111,7 @@ def inbox_items(store: Store, plans: dict[tuple[str, int], Plan] | None = None) 
             )
         )
     items.sort(key=lambda item: item.since)
+    if corrupt is None:
+        for problem in bad:
+            _log.error("the inbox left out a workflow: %s", problem)
     return items

@@ -27,10 +27,12 @@ from herder.actors.engine import ended_for_good, parked_refusal
 from herder.runtime._cli_args import add_json, add_store, seconds_arg
 from herder.runtime._console import print_table
 from herder.runtime._inbox import inbox_items
+from herder.runtime._inspect import report_corrupt
 from herder.store import (
     COMMAND_DONE,
     InvalidInput,
     Store,
+    StoreCorrupt,
     WorkflowState,
     append_command,
     is_held,
@@ -72,8 +74,10 @@ def add_parsers(sub: Any) -> None:
 
 def show_inbox(out: TextIO, store_path: str, *, as_json: bool) -> int:
     """``herder inbox``: every NEEDS_ATTENTION workflow and the step needing a decision."""
+    corrupt: list[StoreCorrupt] = []
     with Store(store_path, readonly=True) as store:
-        items = inbox_items(store)
+        items = inbox_items(store, corrupt=corrupt)
+    report_corrupt(corrupt)  # on stderr: the inbox shows the rest
     if as_json:
         json.dump([i.to_dict() for i in items], out, indent=2, default=repr)
         out.write("\n")
