@@ -30,9 +30,13 @@ class EarlyStart(Protocol):
     Once durable it is admitted again only if ``EngineContext.early_epoch`` changed since
     it was admitted early: the Scheduler bumps it before it lets go of a start it took up
     early (a new Scheduler, one it forgot or did not take up), and then reads the store.
-    ``settled``: it landed with no Admit to follow (the Scheduler may drop its mark)."""
+    ``settled``: it landed with no Admit to follow (the Scheduler may drop its mark).
+    ``error``: why its creation failed, once the writer said so (else None)."""
 
     settled: bool
+
+    @property
+    def error(self) -> BaseException | None: ...
 
 
 @dataclass(slots=True)

@@ -147,6 +147,11 @@ class Recovery:
         for record, steps in starts:
             if early is None and self._unmark(record):  # taken up early, not forgotten:
                 continue  # running, or ended already (a cancel)
+            if early is not None and early.error is not None:
+                # Its creation failed already: taken up, its first DISPATCHED could land
+                # once a resync (for other workflows' failed writes) lets the writer go
+                # on, before the Unadmit on its way: a step of no workflow.
+                continue
             if record.id in runs or record.id in recovered:
                 continue
             if early is not None and (self.held or record.id in self.absent.parked):

@@ -88,12 +88,18 @@ def protect_files(path: pathlib.Path) -> None:
             (path / name).chmod(0o600)
 
 
+MIN_MAP_SIZE = 1 << 16
+"""The smallest map a writer opens with: creating the databases takes a few pages, and a
+``map_size`` of 4096 failed at open with MDB_MAP_FULL ("check free disk space"), where
+the map is meant to start small and grow on demand."""
+
+
 def open_for_writing(path: pathlib.Path, map_size: int) -> tuple[lmdb.Environment, Handles]:
     """Open the environment for writing and its databases (created if missing)."""
     try:
         env = open_lmdb(
             path,
-            map_size=map_size,
+            map_size=max(map_size, MIN_MAP_SIZE),
             readonly=False,
             sync=True,
             metasync=True,
