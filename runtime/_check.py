@@ -49,6 +49,7 @@ from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
     KEY_SEP,
+    RECENT_DB,
     HerderError,
     Plan,
     ScheduleRecord,
@@ -126,6 +127,9 @@ class _Checker:
             lambda key, raw: self.load("timers", key, raw, lambda d: d),
         )
         self.check_schedules()
+        for db in (RECENT_DB, "history"):  # read by ls and show: each value must decode
+            for key, raw in self.snap.items(db):
+                self.load(db, key, raw, lambda d: d, is_map=False)
         return self.report
 
     def check_schedules(self) -> None:

@@ -203,7 +203,11 @@ def scan(
         for key, value in items:
             if wanted is None:
                 ms, wid = split(key)
-                yield ms, wid, str(decode(value, db=RECENT_DB, key=key))
+                try:
+                    state = str(decode(value, db=RECENT_DB, key=key))
+                except StoreCorrupt:  # a damaged index value: listed, so the workflow's
+                    state = UNREADABLE  # own record tells (or is reported corrupt)
+                yield ms, wid, state
             elif value in wanted:
                 ms, wid = split(key)
                 yield ms, wid, wanted[value]

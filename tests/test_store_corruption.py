@@ -300,3 +300,20 @@ def test_a_store_held_by_another_runtime_is_refused(tmp_path: Path) -> None:
         assert "StoreLocked" in holder.stderr
         assert "held by another process" in holder.stderr
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+def test_check_reads_the_index_and_history_that_ls_and_show_read(seeded: Path) -> None:
+    # A damaged `recent` or `history` value: check said "no problems" while ls (every row)
+    # and show failed on it, and ls sent the operator to check (the store review, D3).
+    with Store(seeded, readonly=True) as store:
+        recent_key = next(key for key, _ in store.scan("recent"))
+        history_key = next(key for key, _ in store.scan("history"))
+    put_raw(seeded, "recent", recent_key, b"\xc1")
+    put_raw(seeded, "history", history_key, b"\xc1")
+    check = _cli("check", "--json", "--store", str(seeded))
+    assert check.returncode == 1
+    damaged = sorted(p["db"] for p in json.loads(check.stdout)["problems"])
+    assert damaged == ["history", "recent"]
+    ls = _cli("ls", "--json", "--store", str(seeded))
+    assert ls.returncode == 0, ls.stderr  # every row was lost to one index value before
+    assert sorted(w["id"] for w in json.loads(ls.stdout)) == ["w0", "w1", "w2", "w3"]
