@@ -270,6 +270,15 @@ class Recovery:
             self._shell.settle(flush=True)
             self._ctx.tell_scheduler(Define(plan))  # the next chunk, after what arrived
 
+    def drop_failed_starts(self) -> None:
+        """Forget the starts taken up early whose creation failed, before the writer is
+        resynced: their Unadmit may still be on its way (told by the caller's thread),
+        and a first DISPATCHED of theirs committed after the resync would be a step of
+        no workflow."""
+        for record, start in list(self._early.values()):
+            if start.error is not None:
+                self.unadmit(record)
+
     def unadmit(self, record: WorkflowRecord) -> None:
         """A start taken up early (``record``) was not created: forget it, unless what
         runs under its id came from elsewhere (another start, the store)."""

@@ -353,8 +353,7 @@ class Scheduler(SupervisedActor):
         if failed:
             self._recovery.reloads.reload_later(failed, msg.errors)
         if self._commits.resync_now():
-            # Each failed workflow was forgotten or read back from the store (above):
-            # nothing held builds on a failed one.
+            self._recovery.drop_failed_starts()  # (and each failed workflow, above)
             self._writer.resync()
         self._ctx.listener.on_commit()
 

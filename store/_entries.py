@@ -2,7 +2,7 @@
 outcome reaches whoever queued each entry (a future, a callback, or the engine's batch sink).
 
 An entry is a group of :class:`~herder.store.Transition` objects with its future or
-callback, a :class:`Batch` of the engine's plain ops, or the engine's :data:`RESYNC`
+callback, a :class:`Batch` of the engine's plain ops, or the engine's :class:`Resync`
 marker (fail-stop, see :meth:`Writer.resync`).
 """
 
@@ -62,12 +62,15 @@ class Batch:
 
 
 class Resync:
-    """The engine's resync marker (:meth:`Writer.resync`) in the queue."""
+    """The engine's resync marker (:meth:`Writer.resync`) in the queue: it ends a halt
+    only if no write failed since it was queued (``halts``: how many halts there had
+    been then), for the engine sent it knowing nothing of a later failure."""
 
-    __slots__ = ()
+    __slots__ = ("halts",)
 
+    def __init__(self, halts: int) -> None:
+        self.halts = halts
 
-RESYNC = Resync()
 
 # One queued entry: the transitions, where their outcomes go (a future or a callback) and
 # whether the engine builds on them before they are durable (``Writer.submit_many``'s

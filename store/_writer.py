@@ -17,8 +17,7 @@ transaction. Batches are replayable: on ``MapFullError`` the transaction is abor
 map doubled (with no transaction open in this process, see ``Store._grow``) and replayed.
 
 A commit of starts admitted early only (``halts``) waits :data:`MERGE_WAIT` for the
-engine's batch that builds on them (their first DISPATCHED): at 1 in flight that is one
-synced commit less per workflow.
+engine's batch on them (their first DISPATCHED): one synced commit less per workflow.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import lmdb
 
 from herder.store._crashpoints import crash_point
 from herder.store._entries import (
-    RESYNC,
     Batch,
     Derived,
     Entry,
@@ -104,8 +102,9 @@ class Writer:
             [*counts.split(), "refused", "halted"], 0
         )
         # Fail-stop: the error of the last engine batch that failed, until the engine
-        # resyncs; batches queued behind it fail with it and nothing builds on it.
+        # resyncs (for every halt so far: Resync); batches behind it fail with it.
         self._halted: BaseException | None = None
+        self._halts = 0
         self.fault: Callable[[], None] | None = None
         self._draining = False  # inline mode: a callback's submission joins the drain
         self._thread: threading.Thread | None = None
@@ -187,7 +186,7 @@ class Writer:
         fails too (with :class:`LeaseLost` if that is why, else :class:`StoreIOError`),
         and nothing of them is written. A marker while nothing failed changes nothing.
         Transitions (:meth:`submit`, :meth:`submit_many`) are not held back."""
-        self._enqueue(RESYNC, 0)
+        self._enqueue(Resync(self._halts), 0)
 
     def _enqueue(self, entry: Queued, n: int) -> bool:
         """Queue ``entry`` (``n`` transitions), and without a thread commit it now; False
@@ -314,20 +313,21 @@ class Writer:
         failed = None if clean else halting(batch, outcomes)
         if failed is not None:
             self._halted = failed  # fail-stop
+            self._halts += 1
         self._resolve(batch, outcomes, n)
 
     def _sift(self, batch: list[Queued]) -> tuple[list[Entry], list[Batch], BaseException | None]:
         """Split a drained batch into what goes into the write transaction and the
         engine batches refused while halted (and the error that halted it); a resync
-        marker ends the halt."""
+        marker ends the halt, unless a write failed after it was sent."""
         cause = self._halted
-        if cause is None and not any(e is RESYNC for e in batch):
+        if cause is None and not any(type(e) is Resync for e in batch):
             return cast("list[Entry]", batch), [], None
         keep: list[Entry] = []
-        refused: list[Batch] = []
+        refused: list[Batch] = []  # (engine batches while halted)
         for entry in batch:
             if isinstance(entry, Resync):
-                self._halted = None
+                self._halted = None if entry.halts == self._halts else self._halted
             elif self._halted is not None and isinstance(entry, Batch):
                 refused.append(entry)
             else:

@@ -305,6 +305,44 @@ def test_a_failed_engine_batch_fails_every_batch_behind_it_until_the_engine_resy
 
 
 @pytest.mark.timeout(30)
+def test_a_resync_sent_before_a_later_failure_does_not_end_that_failures_halt(
+    path: pathlib.Path,
+) -> None:
+    # The engine resyncs for failure 1; before its marker is reached, a second write
+    # (a start it built on, say) fails. The marker used to end that halt too, and the
+    # engine's next batch, built on the second failed write, landed: a disk-full run
+    # left step records of workflows whose creation had failed (the store review, D2).
+    store = Store(path)
+    sink = Sink()
+    store.writer.fault = lambda: (_ for _ in ()).throw(OSError(28, "No space left"))
+    engine_batch(store, sink, "b1")
+    assert isinstance(sink.outcome("b1"), StoreIOError)  # halt 1
+    inside, release = threading.Event(), threading.Event()
+
+    def fail_held() -> None:
+        store.writer.fault = None
+        inside.set()  # what follows queues behind this transaction
+        assert release.wait(10)
+        raise OSError(28, "No space left on device")
+
+    store.writer.fault = fail_held
+    created: Future[list[BaseException | None]] = Future()
+    store.writer.submit_many([t(put(b"created"))], created.set_result, halts=True)
+    assert inside.wait(10)
+    store.writer.resync()  # for halt 1: sent knowing nothing of the write in flight
+    engine_batch(store, sink, "b2")  # built on the start that is about to fail
+    release.set()
+    assert isinstance(created.result(timeout=10)[0], StoreIOError)  # halt 2
+    assert isinstance(sink.outcome("b2"), StoreIOError)
+    store.writer.resync()  # the engine heard of halt 2: now it ends
+    engine_batch(store, sink, "b3")
+    assert sink.outcome("b3") is None
+    for name, there in (("created", 0), ("b1", 0), ("b2", 0), ("b3", 1)):
+        assert (store.get("workflows", name.encode()) is not None) == there, name
+    store.close()
+
+
+@pytest.mark.timeout(30)
 def test_a_failed_group_the_engine_built_on_halts_its_batches_in_the_same_transaction_too(
     path: pathlib.Path,
 ) -> None:
