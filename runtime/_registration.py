@@ -27,7 +27,7 @@ from herder.actors import (
 )
 from herder.actors.ray import RayHost, attach
 from herder.runtime._part import whole as _runtime
-from herder.runtime._routing import Router
+from herder.runtime._routing import Router, check_actions
 from herder.runtime._workflow import Workflow
 from herder.store import (
     InvalidInput,
@@ -237,14 +237,8 @@ class Registration:
         for spec in plan.steps:
             for agent in spec.members or (spec.agent,):  # every member of an AnyOf group
                 actions = actions_of.get(agent)
-                if actions is None:
-                    continue
-                for action in (spec.action, spec.compensate):
-                    if action is not None and action not in actions:
-                        raise UnknownName(
-                            f"workflow {plan.name!r} step {spec.name!r}: agent {agent!r} "
-                            f"has no action {action!r} (it has: {', '.join(sorted(actions))})"
-                        )
+                if actions is not None:
+                    check_actions(plan, spec, agent, actions)
 
     def _ever_started(self, plan: Plan) -> bool:
         """True if a workflow of this definition was ever started (its mark in ``meta``,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from herder.actors import InvalidDefinition, UnknownName
@@ -156,14 +156,21 @@ def check_registered(
                 f"which is not registered (registered: {known}); call add_agent first"
             )
         names = actions.get(agent)
-        if names is None:
-            continue
-        for action in (spec.action, spec.compensate):
-            if action is not None and action not in names:
-                raise UnknownName(
-                    f"workflow {plan.name!r} step {spec.name!r}: agent {agent!r}{via} "
-                    f"has no action {action!r} (it has: {', '.join(sorted(names))})"
-                )
+        if names is not None:
+            check_actions(plan, spec, agent, names, via)
+
+
+def check_actions(
+    plan: Plan, spec: StepSpec, agent: str, names: Collection[str], via: str = ""
+) -> None:
+    """Refuse (:class:`UnknownName`) a step whose action or compensation ``agent`` (whose
+    actions are ``names``; ``via``: how the step came to it) does not have."""
+    for action in (spec.action, spec.compensate):
+        if action is not None and action not in names:
+            raise UnknownName(
+                f"workflow {plan.name!r} step {spec.name!r}: agent {agent!r}{via} "
+                f"has no action {action!r} (it has: {', '.join(sorted(names))})"
+            )
 
 
 def _step_agents(plan: Plan, agents: Mapping[str, str]) -> list[tuple[StepSpec, str, str]]:
