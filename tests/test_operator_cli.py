@@ -8,14 +8,13 @@ import pathlib
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, Runtime, State, StepContext, StepState, Workflow
+from herder.runtime import Runtime, State, StepState
 from herder.runtime._check import check_store
 from herder.runtime._cli import main as cli
 from herder.runtime.testing import FakeClock, settle, wait_until
@@ -266,39 +265,18 @@ def test_a_command_that_arrives_while_its_workflow_is_ending_is_refused_on_the_r
     # the state it speaks of), and it is recorded on the command in it. It was once
     # only told to a caller nobody held: the command stayed pending, and the CLI waited
     # until its timeout. (Found by the exact simulation, seed 18746.)
-    tokens: list[str] = []
-
-    class Later(Agent):
-        def run(self, ctx: StepContext) -> object:
-            tokens.append(ctx.task_token)
-            return ctx.complete_later()
-
-    entered, hold = threading.Event(), threading.Event()
-    armed = [False]
-
-    def held_commit() -> None:  # the writer's fault hook: inside the write, before commit
-        if armed[0]:
-            entered.set()
-            hold.wait(WAIT)
+    from _ending import completing_while_held, waiting_workflow
 
     path, clock = tmp_path / "store", FakeClock()
     with Runtime(path, clock=clock, sweep_interval=1.0) as rt:
-        rt.add_agent("svc", Later)
-        rt.add_workflow(Workflow("one").step("a", agent="svc", action="run"))
-        rt.start("one", workflow_id="w")
-        wait_until(rt, lambda: rt.status("w").steps["a"].state is StepState.WAITING, WAIT)
+        tokens = waiting_workflow(rt)
         command_id = append_command(path, new_command("cancel", "w", who="t", why="x"))
         settle(rt)
         assert wait_outcome(path, command_id, timeout=0) is None  # not swept yet
-        rt._store.writer.fault = held_commit
-        armed[0] = True
-        completing = threading.Thread(target=rt.complete_step, args=(tokens[0], "done"))
-        completing.start()
-        assert entered.wait(WAIT)  # the workflow's end is being committed, not yet durable
+        held, completing = completing_while_held(rt, tokens[0])
         clock.advance(1.0)
         rt._sweep_now()  # the channel hands the cancel over, ahead of the commit's news
-        armed[0] = False
-        hold.set()
+        held.release.set()
         completing.join(WAIT)
         outcome = wait_outcome(path, command_id, timeout=WAIT)
         assert outcome is not None, "the command was never answered"

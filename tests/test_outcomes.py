@@ -501,38 +501,17 @@ def test_a_completion_repeated_while_the_workflow_ends_is_refused_once_the_end_i
     # reaches the Scheduler while that end is still on its way to disk. It was refused with
     # InvalidState "awaits its definition ...; register it" (the store still said RUNNING),
     # which `except CompletionRefused` does not catch (the operator review, D2).
+    from _ending import completing_while_held, waiting_workflow
+
     from herder.actors import call
 
-    tokens: list[str] = []
-
-    class Later(Agent):
-        def run(self, ctx: StepContext) -> object:
-            tokens.append(ctx.task_token)
-            return ctx.complete_later()
-
-    entered, hold = threading.Event(), threading.Event()
-    armed = [False]
-
-    def held_commit() -> None:  # the writer's fault hook: inside the write, before commit
-        if armed[0]:
-            entered.set()
-            hold.wait(WAIT)
-
     with Runtime(tmp_path / "store", clock=FakeClock()) as rt:
-        rt.add_agent("svc", Later)
-        rt.add_workflow(Workflow("one").step("a", agent="svc", action="run"))
-        rt.start("one", workflow_id="w")
-        wait_until(rt, lambda: rt.status("w").steps["a"].state is StepState.WAITING, WAIT)
-        rt._store.writer.fault = held_commit
-        armed[0] = True
-        first = threading.Thread(target=rt.complete_step, args=(tokens[0], "done"))
-        first.start()
-        assert entered.wait(WAIT)  # the workflow's end is being committed
-        armed[0] = False
+        tokens = waiting_workflow(rt)
+        held, first = completing_while_held(rt, tokens[0])
         # The Scheduler has taken the repeat once this returns its (unresolved) answer.
         again = call(rt._scheduler, "complete", rt._completion(tokens[0], "done"))
         assert not again.done()  # refused only once the end is durable
-        hold.set()
+        held.release.set()
         first.join(WAIT)
         with pytest.raises(CompletionRefused, match="has just finished"):
             again.result(timeout=WAIT)
