@@ -219,8 +219,7 @@ class Lanes:
         if lane is None:
             return True
         lane.configure(0, 0)
-        ready = [] if lane.ready is None else list(lane.ready)
-        return not lane.ahead and all(run.context.superseded for run in ready)
+        return not lane.ahead and all(run.context.superseded for run in lane.ready or ())
 
     def drop(self, name: str) -> None:
         """Forget agent ``name``'s lane (and what it learnt: its p95); nothing waits in it."""

@@ -76,10 +76,13 @@ class Routes:
     def sweep(self, names: Iterable[str] | None = None) -> None:
         """Forget those of ``names`` (by default: every name not served) of which nothing
         is left; first nothing is reserved ahead for them any more (``Lanes.stop``)."""
+        names = list(self.unserved if names is None else names)
+        if not names:
+            return  # (each Tick: no scan of every attempt in flight for nothing)
         # An attempt the engine holds for a name (reserved, or sent before its instance
         # went with the remove) still needs its lane: its commit's effect reaches it.
         held = {attempt.agent for attempt in self._engine.inflight.values()}
-        for name in list(self.unserved if names is None else names):
+        for name in names:
             stopped = self._lanes.stop(name)
             if stopped and name not in held and self._drained(name) and forget(self.host, name):
                 del self.unserved[name]

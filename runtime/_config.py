@@ -230,10 +230,9 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    """A finite float, or an int a float can hold (not a bool)."""
-    if _is_int(value):
-        return abs(value) <= 2**53  # type: ignore[arg-type]  # (10**400 s: no float holds it)
-    return isinstance(value, float) and math.isfinite(value)
+    """A finite float or an int (not a bool); every caller bounds it by MAX_SECONDS (an
+    int compares with a float exactly, however large)."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _wrong(name: str, expected: str, actual: object) -> InvalidInput:
