@@ -64,7 +64,7 @@ class Travel(Agent):
     def book(self, ctx: StepContext) -> dict[str, Any]:
         plan = ctx.input or {}
         if plan.get("slow"):  # the remote side's latency, for a readable timeline
-            time.sleep(plan["slow"].get(ctx.step, 0.1))
+            time.sleep(plan["slow"].get(ctx.step, 0.1))  # (a real sleep: real durations)
         if ctx.step == "flight" and ctx.attempt <= plan.get("flaky", 0):
             raise ConnectionError(f"airline timed out (attempt {ctx.attempt})")
         if ctx.step == "car" and plan.get("no_car"):
