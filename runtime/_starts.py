@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -162,7 +163,32 @@ def same_record(existing: WorkflowRecord, new: NewStart) -> bool:
 
 
 def _same_input(a: Any, b: Any) -> bool:
-    return bool(a == b) or encode(a) == encode(b)  # (the bytes also match when NaN is in it)
+    """Equal as stored: ``==``, except where the store keeps a difference (True, 1
+    and 1.0 are three inputs; a tuple is the list it is stored as; NaN is itself).
+    Keys are str (the store refuses others), in any order."""
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or len(a) != len(b):
+            return False
+        return a.keys() == b.keys() and all(_same_input(v, b[k]) for k, v in a.items())
+    if isinstance(a, list | tuple):
+        return (
+            isinstance(b, list | tuple)
+            and len(a) == len(b)
+            and all(_same_input(x, y) for x, y in zip(a, b, strict=True))
+        )
+    kind = _number_kind(a)
+    if kind or _number_kind(b):
+        return kind == _number_kind(b) and (
+            a == b or (kind == "float" and math.isnan(a) and math.isnan(b))
+        )
+    return bool(a == b) or encode(a) == encode(b)
+
+
+def _number_kind(value: Any) -> str:
+    """Which of the store's three number types ``value`` is ('' for none)."""
+    if isinstance(value, bool):
+        return "bool"
+    return "int" if isinstance(value, int) else "float" if isinstance(value, float) else ""
 
 
 class Landing:

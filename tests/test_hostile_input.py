@@ -262,6 +262,31 @@ def test_the_same_input_with_nan_is_the_same_start_not_a_conflict(rt: Runtime) -
         rt.start("echo", {"x": 1.0}, workflow_id="nan")
 
 
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        ({"n": 1}, {"n": True}),
+        ({"n": 1}, {"n": 1.0}),
+        ([0], [False]),
+        ({"n": [1, {"m": 2.0}]}, {"n": [1, {"m": 2}]}),
+    ],
+)
+def test_a_repeated_start_with_a_value_the_store_tells_apart_is_a_conflict(
+    rt: Runtime, first: Any, again: Any
+) -> None:
+    """1, 1.0 and True are equal in Python but three inputs as stored: the workflow
+    that runs has the first one, so the second caller must not get its handle."""
+    rt.start("echo", first, workflow_id="typed")
+    with pytest.raises(WorkflowConflict, match="different input"):
+        rt.start("echo", again, workflow_id="typed")
+
+
+def test_a_repeated_start_equal_as_stored_is_the_same_start(rt: Runtime) -> None:
+    first = rt.start("echo", {"a": (1, 2.5), "b": {"c": None}}, workflow_id="same")
+    again = rt.start("echo", {"b": {"c": None}, "a": [1, 2.5]}, workflow_id="same")
+    assert again.id == first.id
+
+
 class Hostile(Agent):
     """Each action misbehaves in one way; the step must fail with the error recorded."""
 
