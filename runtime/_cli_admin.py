@@ -17,13 +17,11 @@ import pathlib
 import sys
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_store, seconds_arg
-from herder.runtime._inspect import parse_when
+from herder.runtime._cli_args import add_store, seconds_arg, when_arg
 from herder.store import (
     COMMAND_DONE,
     FINISHED,
     PURGEABLE,
-    InvalidInput,
     Store,
     StoreError,
     append_command,
@@ -43,8 +41,12 @@ def add_parsers(sub: Any) -> None:
     cmd = sub.add_parser("purge", help="delete finished workflows older than a cutoff")
     add_store(cmd)
     when = cmd.add_mutually_exclusive_group(required=True)
-    when.add_argument("--older-than", help="last updated longer ago than this (7d, 12h, 30m)")
-    when.add_argument("--before", help="last updated before this ISO date/time")
+    when.add_argument(
+        "--older-than",
+        type=when_arg(unit=True),
+        help="last updated longer ago than this (7d, 12h, 30m)",
+    )
+    when.add_argument("--before", type=when_arg(), help="last updated before this ISO date/time")
     cmd.add_argument(
         "--state",
         action="append",
@@ -63,12 +65,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _purge(args: argparse.Namespace, out: TextIO) -> int:
-    if args.older_than is not None:
-        if args.older_than.strip()[-1:].isdigit():
-            raise InvalidInput(f"--older-than {args.older_than!r} needs a unit: 7d, 12h, 30m, 90s")
-        before = parse_when(args.older_than, "--older-than")
-    else:
-        before = parse_when(args.before, "--before")
+    before = args.before if args.older_than is None else args.older_than
     states = frozenset(args.state) if args.state else FINISHED
     path = args.store
     if not (pathlib.Path(path) / "data.mdb").is_file():  # (Store(path) would create one)

@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
+
+from herder.runtime._inspect import parse_when
+from herder.store import InvalidInput
 
 STORE_ENV = "HERDER_STORE"
 """The environment variable ``--store`` defaults to."""
@@ -44,6 +48,22 @@ def seconds_arg(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
     return value
+
+
+def when_arg(*, unit: bool = False) -> Callable[[str], float]:
+    """A point in time (:func:`parse_when`: a duration back from now or an ISO
+    date/time; ``unit``: a bare number is refused, not read as a year) as an argparse
+    type, so a bad one is a usage error (exit 2)."""
+
+    def parse(text: str) -> float:
+        if unit and text.strip()[-1:].isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r} needs a unit: 7d, 12h, 30m, 90s")
+        try:
+            return parse_when(text)
+        except InvalidInput as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def count_arg(text: str) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_json, add_store, count_arg
+from herder.runtime._cli_args import add_json, add_store, count_arg, when_arg
 from herder.store import Store, WorkflowState
 
 
@@ -28,6 +28,7 @@ def add_parsers(sub: Any) -> None:
     )
     ls.add_argument(
         "--since",
+        type=when_arg(),
         help="only workflows updated since then: a duration back from now (30m, 2h, 7d) "
         "or an ISO date/time",
     )
@@ -46,13 +47,12 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
 
     with Store(args.store, readonly=True) as store:
         if args.command == "ls":
-            since = None if args.since is None else _inspect.parse_when(args.since, "--since")
             _inspect.list_workflows(
                 out,
                 store,
                 state=args.state,
                 limit=args.limit or None,
-                since=since,
+                since=args.since,
                 as_json=args.json,
             )
         elif args.command == "show":

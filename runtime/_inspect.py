@@ -80,7 +80,7 @@ def _dump(out: TextIO, data: Any) -> None:
     out.write("\n")
 
 
-def parse_when(text: str, option: str, now: float | None = None) -> float:
+def parse_when(text: str, now: float | None = None) -> float:
     """A point in time from the CLI: a duration back from now (``90s``, ``30m``, ``2h``,
     ``7d``, ``2w``) or an ISO date/time (naive means local time)."""
     now = time.time() if now is None else now
@@ -91,7 +91,7 @@ def parse_when(text: str, option: str, now: float | None = None) -> float:
             parsed = datetime.datetime.fromisoformat(text.strip())
         except ValueError:
             raise InvalidInput(
-                f"{option} {text!r} is neither a duration (90s, 30m, 2h, 7d, 2w) nor an "
+                f"{text!r} is neither a duration (90s, 30m, 2h, 7d, 2w) nor an "
                 "ISO date/time (2026-12-01 or 2026-12-01T08:00)"
             ) from None
     try:
@@ -102,9 +102,7 @@ def parse_when(text: str, option: str, now: float | None = None) -> float:
             when = parsed.timestamp()
         datetime.datetime.fromtimestamp(when)  # it is shown as a date: it must be one
     except (ValueError, OverflowError, OSError):  # (the ways of saying out of range)
-        raise InvalidInput(
-            f"{option} {text!r} is out of the range of dates; give a later one"
-        ) from None
+        raise InvalidInput(f"{text!r} is out of the range of dates; give a later one") from None
     return when
 
 

@@ -187,8 +187,8 @@ def test_purge_without_a_runtime_deletes_directly_and_dry_run_only_counts(
     assert stuck.stdout.startswith("deleted 1 ")
     for option, far in (("--older-than", "1000000d"), ("--before", "0001-01-01T00:00")):
         refused = herder("purge", "--store", str(old_store), option, far, "--dry-run")
-        assert refused.returncode == 1, refused.stderr  # (as any bad --older-than)
-        assert f"{option} {far!r} is out of the range of dates" in refused.stderr
+        assert refused.returncode == 2, refused.stderr  # bad usage, as any bad --older-than
+        assert f"argument {option}: {far!r} is out of the range of dates" in refused.stderr
         assert "Traceback" not in refused.stderr
 
 
