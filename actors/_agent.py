@@ -74,7 +74,9 @@ class StepContext:
     """Everything an action knows about the step it runs.
 
     ``results`` holds the results of every step of this workflow that has succeeded so
-    far. ``idempotency_key`` is stable across retries and crashes: pass it to the remote
+    far. ``input`` and ``results`` are the attempt's own copies: changing them changes
+    neither the workflow's stored input nor what another step sees.
+    ``idempotency_key`` is stable across retries and crashes: pass it to the remote
     side so a repeated request is recognised. ``token`` is the attempt's fencing token:
     it grows with every new attempt, so a remote service that supports conditional
     writes can refuse a write carrying a lower token than one it already saw.

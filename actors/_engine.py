@@ -22,7 +22,7 @@ from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat, Run
 from herder.actors._wiring import EngineListener
 from herder.actors.engine import Defaults, Dispatched, Job, WorkflowRun, idempotency_key
-from herder.store import LeaseLost, Plan, RetryPolicy, Store, builder
+from herder.store import LeaseLost, Plan, RetryPolicy, Store, builder, private_copy
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -177,10 +177,12 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
     attempt, record, token = done.attempt, run.record, done.attempt.token
     port = AttemptPort(ctx, token, done.window * ctx.config.heartbeat_interval_fraction)
     key = idempotency_key(record.id, job.step, compensating=job.compensating)
+    # Copies: an action that changes its input or a result must change neither what is
+    # kept (the workflow record is written again) nor what another attempt is given.
     results = {}
     for name, st in run.steps.items():  # (a loop: a comprehension is a call in 3.11)
         if st.succeeded:
-            results[name] = st.result
+            results[name] = private_copy(st.result)
     # Every field in order: workflow_id, step, action, attempt, input, results,
     # idempotency_key, token, compensating, _port, trace_context (the workflow's;
     # runtime/_tracing.py refines it), deadline.
@@ -189,7 +191,7 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
         job.step,
         done.action,
         done.number,
-        record.input,
+        private_copy(record.input),
         results,
         key,
         token,

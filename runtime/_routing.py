@@ -24,7 +24,15 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from herder.actors import InvalidDefinition, UnknownName
-from herder.store import InvalidInput, Plan, StepSpec, UserCodeFailed, contain, validate_name
+from herder.store import (
+    InvalidInput,
+    Plan,
+    StepSpec,
+    UserCodeFailed,
+    contain,
+    private_copy,
+    validate_name,
+)
 
 Router = Callable[[Any], str]
 """A function of the workflow input that names (part of) a step's agent."""
@@ -133,7 +141,7 @@ def _route(where: str, name: str, routers: Mapping[str, Router], input: Any) -> 
             f"{known}); call rt.add_router({name!r}, fn) first"
         )
     try:
-        return contain(router, input)
+        return contain(router, private_copy(input))  # (its changes are not the input's)
     except UserCodeFailed as exc:
         raise InvalidInput(f"{where}: router {name!r} failed: {exc}") from None
 

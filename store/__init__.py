@@ -58,7 +58,15 @@ Caveats:
 - Keep ``sync=True``: throughput comes from group commit, not from weaker durability.
 """
 
-from herder.store._codec import MAX_VALUE_BYTES, check_text, decode, encode, encoder, normalize
+from herder.store._codec import (
+    MAX_VALUE_BYTES,
+    check_text,
+    decode,
+    encode,
+    encoder,
+    normalize,
+    private_copy,
+)
 from herder.store._commands import DONE as COMMAND_DONE
 from herder.store._commands import (
     append_command,
@@ -246,6 +254,7 @@ __all__ = [
     "normalize",
     "pending_commands",
     "plan_steps",
+    "private_copy",
     "purge",
     "read_history",
     "real_number",

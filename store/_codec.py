@@ -144,6 +144,24 @@ def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any
     return value
 
 
+def private_copy(value: Any) -> Any:
+    """A copy of a value from :func:`normalize` that shares no map or list with it (its
+    str, bytes and numbers cannot change): what user code gets, so that mutating it
+    changes neither the value kept (and written again) nor what the next caller sees.
+    ~0.3 us for a small flat map."""
+    kind = type(value)
+    if kind is dict:
+        out = value.copy()
+        for key, item in out.items():  # (values replaced in place: the keys do not change)
+            if type(item) is dict or type(item) is list:
+                out[key] = private_copy(item)
+        return out
+    if kind is list:
+        return [private_copy(item) if type(item) in _CONTAINERS else item for item in value]
+    return value
+
+
+_CONTAINERS = (dict, list)
 _NESTED = (dict, list, msgpack.ExtType, msgpack.Timestamp)
 """Types whose values :func:`_check_plain` must look into (or refuse)."""
 
