@@ -160,7 +160,9 @@ class Runtime(
         self._tracing = tracing_for(config.tracer_provider)
         # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
         steady = SteadyClock(self._clock)
-        self._retention = Retention(self._store, self._clock, config.retention_seconds)
+        # On the engine's clock: the ``updated`` it compares with are its times (a step
+        # of the wall clock must not make a workflow that just ended look old).
+        self._retention = Retention(self._store, steady, config.retention_seconds)
         self._listener = RuntimeListener(self)
         self._ctx = EngineContext(
             self._store, steady, config.engine_config(), self._listener, loop=config.loop

@@ -94,6 +94,21 @@ def test_finished_workflows_past_retention_are_deleted_whole_and_the_rest_kept(
             assert owners == {b"old-stuck", b"waiting", b"young"}
 
 
+def test_a_step_of_the_wall_clock_does_not_age_finished_workflows(tmp_path: Path) -> None:
+    """Workflows carry the engine's (steady) times: a wall clock stepped 2 h ahead (NTP, a
+    VM resumed) must not make one that ended a second ago older than a 1 h retention,
+    or a repeated start of its id would run it again."""
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=3600) as rt:
+        finish(rt, "just-done", {})
+        clock.step_wall(7200.0)
+        advance(rt, clock, 1.0)
+        advance(rt, clock, 1.0)
+        assert rt.status("just-done").state is State.SUCCEEDED
+        advance(rt, clock, 3600.0)  # an hour of elapsed time: now it is past retention
+        assert [s.id for s in rt.list()] == []
+
+
 def test_retention_none_keeps_everything(tmp_path: Path) -> None:
     clock = FakeClock(start=T0)
     with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
