@@ -102,14 +102,20 @@ class AsyncRuntime:
         timeout = seconds(timeout)
         when = {"priority": priority, "start_at": start_at, "delay": delay, "deadline": deadline}
         new, now = rt._checked(workflow, input, workflow_id, when)
-        repeated = rt._repeated(new, workflow_id)  # as Runtime._start, awaiting where it blocks
-        if repeated is not None:
-            return repeated
-        if not rt._take_capacity_now(1):
-            await rt._capacity_async(timeout)
-            now = None
-        landing = rt._submit_start(new, (), now, asyncio.get_running_loop())
-        return rt._landed(new, await landing.wait_async(rt._ask_timeout))
+        wid, claims = new.workflow_id, rt._claims  # as Runtime._start, awaiting where it blocks
+        claim = None if workflow_id is None else await claims.take_async(wid, rt._ask_timeout)
+        try:
+            repeated = rt._repeated(new, workflow_id)
+            if repeated is not None:
+                return repeated
+            if not rt._take_capacity_now(1):
+                await rt._capacity_async(timeout)
+                now = None
+            landing = rt._submit_start(new, (), now, asyncio.get_running_loop(), claim=claim)
+            claim = None  # the landing ends it once the commit is decided
+            return rt._landed(new, await landing.wait_async(rt._ask_timeout))
+        finally:
+            claims.give_back(wid, claim)
 
     async def start_many_async(
         self, starts: Iterable[Mapping[str, Any]], *, timeout: float | None = None

@@ -32,6 +32,7 @@ from herder.actors import (
 )
 from herder.runtime._async import AsyncRuntime
 from herder.runtime._capacity import Capacity, QueuedStart
+from herder.runtime._claims import Claims
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._firing import Firer
 from herder.runtime._ha import StandbyWatcher
@@ -174,6 +175,7 @@ class Runtime(
         # registered at one version needs no new look at them until the next (_start.py).
         self._agents_version = 0
         self._agents_seen: dict[int, tuple[Plan, int]] = {}
+        self._claims = Claims()  # ids a start() is creating (runtime/_claims.py)
         self._waiters: dict[str, builtins.list[OneShot[Final]]] = {}
         self._running: set[str] = set()  # started here, admitted, not yet announced final
         self._lock = threading.Condition()

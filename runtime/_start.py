@@ -167,16 +167,22 @@ class Starting(StartingMany):
         clock = rt._ctx.clock.time()
         new = rt._prepare(workflow, input, workflow_id=workflow_id, now=clock, **when)
         now: float | None = clock
-        repeated = rt._repeated(new, workflow_id)
-        if repeated is not None:
-            return repeated
-        if not rt._take_capacity_now(1):
-            queued = rt._queue_start(new, also, timeout)
-            if queued is not None:  # created by the thread that freed a slot
-                return rt._landed(new, queued.error)
-            now = None  # created after the wait, not before
-        landing = rt._submit_start(new, also, now)
-        return rt._landed(new, landing.wait(rt._ask_timeout))
+        wid = new.workflow_id
+        claim = None if workflow_id is None else rt._claims.take(wid, rt._ask_timeout)
+        try:
+            repeated = rt._repeated(new, workflow_id)
+            if repeated is not None:
+                return repeated
+            if not rt._take_capacity_now(1):
+                queued = rt._queue_start(new, also, timeout)
+                if queued is not None:  # created by the thread that freed a slot
+                    return rt._landed(new, queued.error)
+                now = None  # created after the wait, not before
+            landing = rt._submit_start(new, also, now, claim=claim)
+            claim = None  # the landing ends it once the commit is decided
+            return rt._landed(new, landing.wait(rt._ask_timeout))
+        finally:
+            rt._claims.give_back(wid, claim)  # (runtime/_claims.py)
 
     def _checked(
         self, workflow: str | Workflow, input: Any, workflow_id: str | None, when: dict[str, Any]
@@ -195,7 +201,8 @@ class Starting(StartingMany):
         without a read (``Store.surely_new``: most ids come in order). A free
         id is admitted while its creation is on its way to disk (:meth:`_submit_start`);
         one taken after this read fails its creation, which halts the Scheduler's writes
-        until it has forgotten the workflow (rare: two starts of one id at once)."""
+        until it has forgotten the workflow: a start() holds its id meanwhile
+        (``_claims``), so only a ``start_many`` of the same id at once can."""
         rt: Runtime = self  # type: ignore[assignment]
         if workflow_id is None or rt._store.surely_new(new.workflow_id):
             return None
@@ -208,17 +215,20 @@ class Starting(StartingMany):
         also: tuple[Put, ...],
         now: float | None,
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
         decided: threading.Lock | None = None,
+        claim: threading.Lock | None = None,
     ) -> Landing:
         """Queue the transition creating ``new`` (its capacity is taken: it is given back
         here if queueing fails, else by the :class:`Landing` or the final listener), and
         admit it at once (:meth:`Landing.admit_early`). ``decided``: the lock a queued
-        start's caller waits on (runtime/_capacity.py), released once the commit is."""
+        start's caller waits on (runtime/_capacity.py), released once the commit is;
+        ``claim``: the id's (runtime/_claims.py), ended then too."""
         rt: Runtime = self  # type: ignore[assignment]
         try:
             record, steps, transition = rt._creation(new, also, now=now)
             key = (new.plan.name, new.plan.version)
-            landing = Landing(rt, record, steps, key, loop, decided=decided)
+            landing = Landing(rt, record, steps, key, loop, decided=decided, claim=claim)
             rt._store.writer.submit_many((transition,), landing, halts=True)
         except BaseException:
             rt._release_capacity()

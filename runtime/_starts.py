@@ -206,6 +206,7 @@ class Landing:
     """
 
     __slots__ = (
+        "_claim",
         "_decided",
         "_epoch",
         "_error",
@@ -227,8 +228,10 @@ class Landing:
         loop: asyncio.AbstractEventLoop | None = None,
         *,
         decided: threading.Lock | None = None,
+        claim: threading.Lock | None = None,
     ) -> None:
         self._rt, self._record, self._steps, self.key = rt, record, steps, key
+        self._claim = claim  # the id's, ended once the commit is decided (_claims)
         self._error: BaseException | None = None
         self._shot: OneShot[BaseException | None] | None = None
         if decided is not None:  # held by a queued start's caller (runtime/_capacity.py)
@@ -278,6 +281,8 @@ class Landing:
             if error is not None:
                 rt._id_taken(self._record)  # or not written at all: the same for both
         finally:
+            if self._claim is not None:
+                rt._claims.give_back(self._record.id, self._claim)
             if self._shot is None:
                 self._decided.release()
             else:
