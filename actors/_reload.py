@@ -7,11 +7,18 @@ the store, which stays the truth: at once after a one-off error, or parked in
 :class:`Reload` message). A start taken up early that was not created is read back the
 same way (``Recovery.unadmit``). :class:`Reloads` runs on the Scheduler's thread; what it
 reads back runs through ``Recovery.admit``.
+
+An attempt the agent was told of and that still runs when its workflow is read back
+keeps running: the store holds its DISPATCHED (durable before it was sent), and the
+workflow read back waits for its answer instead of running the step again beside it.
+One that answered meanwhile was stale then (its workflow was not in memory) and runs
+again, as after a crash.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Protocol
 
 from herder.actors._absent import Absent
@@ -20,8 +27,8 @@ from herder.actors._commits import CommitPipeline
 from herder.actors._dispatch import Dispatcher
 from herder.actors._engine import EngineContext
 from herder.actors._messages import EarlyStart
-from herder.actors.engine import Engine, Refuse, Resolve
-from herder.store import StepRecord, StoreCorrupt, StoreIOError, WorkflowRecord
+from herder.actors.engine import Attempt, Engine, Refuse, Resolve
+from herder.store import StepRecord, StepState, StoreCorrupt, StoreIOError, WorkflowRecord
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -62,6 +69,8 @@ class Reloads:
         self._admit = admit
         self._early = early  # Recovery's starts taken up early: a forgotten one loses its mark
         self._backoff = CommitBackoff()
+        # The attempts sent, by workflow, of the workflows forgotten and not yet read back.
+        self._sent: dict[str, list[Attempt]] = {}
 
     def committed(self) -> None:
         """A commit landed: the next failure starts its backoff afresh."""
@@ -95,6 +104,8 @@ class Reloads:
             if workflow_id in parked:
                 parked.discard(workflow_id)
                 self._readmit(workflow_id)
+            else:  # (read back another way meanwhile)
+                self._sent.pop(workflow_id, None)
 
     def reread(self, workflow_id: str) -> bool:
         """Drop a workflow from memory and run what the store holds of it, if anything
@@ -109,6 +120,9 @@ class Reloads:
         engine = self._engine
         run = engine.runs.get(workflow_id)
         attempts = [] if run is None else [engine.inflight.get(t) for t in run.attempts]
+        sent = [a for a in attempts if a is not None and a.sent]
+        if sent:
+            self._sent[workflow_id] = sent
         engine.forget(workflow_id)
         held = self._commits.drop(workflow_id)
         for effect in () if held is None else held.effects:
@@ -124,6 +138,7 @@ class Reloads:
         A corrupt record leaves that one workflow where it is (logged, counted in stats);
         every other workflow keeps running.
         """
+        sent = self._sent.pop(workflow_id, ())
         try:
             record = self._store.get_workflow(workflow_id)
             if record is None or record.state.is_final:
@@ -132,5 +147,30 @@ class Reloads:
         except StoreCorrupt as exc:
             self._absent.note_corrupt(exc)
             return False
+        kept = self._still_running(sent, steps)
         self._admit(record, steps, recovered=True)
+        run = self._engine.runs.get(workflow_id)
+        if run is not None:
+            run.attempts.update(kept)
+        else:  # (not run: its definition is missing, say)
+            for token in kept:
+                self._engine.inflight.pop(token, None)
         return True
+
+    def _still_running(self, sent: Iterable[Attempt], steps: list[StepRecord]) -> list[int]:
+        """Put back in flight the attempts in ``sent`` that still run and whose step the
+        store holds DISPATCHED with their token, so the workflow read back waits for their
+        answers (recovery passes over a step whose token is in flight); their tokens."""
+        by_name = {st.name: st for st in steps}
+        kept = []
+        for attempt in sent:
+            st = by_name.get(attempt.step)
+            if (
+                st is not None
+                and st.state is StepState.DISPATCHED
+                and st.token == attempt.token
+                and self._dispatch.busy(attempt.agent, attempt.token)
+            ):
+                self._engine.inflight[attempt.token] = attempt
+                kept.append(attempt.token)
+        return kept

@@ -54,7 +54,7 @@ def test_the_exact_simulation_holds_every_expectation_over_many_seeds(
 
 
 def test_a_seed_run_twice_gives_the_same_history_byte_for_byte(scratch: pathlib.Path) -> None:
-    seed = _eventful_seed()
+    seed = _eventful_seed(scratch)
     first = simulate_exact(seed, scratch / "first")
     second = simulate_exact(seed, scratch / "second")
     assert first.problems == second.problems == []
@@ -92,7 +92,7 @@ def test_a_command_sent_through_the_channel_mid_round_is_answered(scratch: pathl
 
 
 def test_another_seed_gives_another_history(scratch: pathlib.Path) -> None:
-    seed = _eventful_seed()
+    seed = _eventful_seed(scratch)
     other = simulate_exact(seed + 1, scratch / "other")
     assert simulate_exact(seed, scratch / "seed").trace != other.trace
 
@@ -174,14 +174,16 @@ class _NoLiveCommand(FaultSchedule):
         return None
 
 
-def _eventful_seed() -> int:
-    """The first seed whose process crashes mid-round and whose Scheduler crashes too."""
+def _eventful_seed(scratch: pathlib.Path) -> int:
+    """The first seed whose process crashes mid-round, whose Scheduler crashes too, and
+    that has stale answers (an attempt answering after its step moved on)."""
     return next(
         s
         for s in range(1000)
         if FaultSchedule(s).process_crash_step() is not None
         and FaultSchedule(s).scheduler_crash_at() is not None
         and FaultSchedule(s).attempt_fault(f"s{s}-0", "a", 1, False) == "hang"
+        and simulate_exact(s, scratch / f"pick-{s}").stale > 0
     )
 
 
