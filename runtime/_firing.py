@@ -118,13 +118,19 @@ class Firer:
 
     def define(self, record: ScheduleRecord) -> ScheduleRecord:
         """Store a new schedule, or change one: a changed definition keeps its cursor
-        (slots already handled stay handled); the same definition changes nothing."""
+        (slots already handled stay handled), moved up to now if the slots themselves
+        change (``every``, ``cron``, ``timezone``: the new ones begin after this call, as
+        a new schedule's do); the same definition changes nothing."""
         with self._lock:
             stored = self.get(record.name)
             if stored is not None:
                 if stored.same_definition(record):
                     return stored
-                record = stored.redefined(record)
+                changed = stored.redefined(record)
+                if not stored.same_slots(record):
+                    now_ms = int(self._clock.time() * 1000)
+                    changed = changed.evolve(cursor_ms=max(stored.cursor_ms, now_ms))
+                record = changed
             self._write(record)
         self.wake()
         return record

@@ -55,7 +55,8 @@ class ScheduleMethods:
         (``"latest"``), every one (``"all"``) or only an on-time one (``"none"``).
         ``jitter``: delay each firing's first steps by up to that many seconds. The first
         slot is the first one after this call; calling it again with the same settings
-        changes nothing, with new settings keeps the slots already handled.
+        changes nothing, with new settings keeps the slots already handled (new slots,
+        from a changed ``every``, ``cron`` or ``timezone``, begin after the call).
 
         Callable in ``setup`` (a daemon's app factory) and on a standby too: the schedule
         is checked at once, stored when the runtime becomes active, and the status

@@ -71,6 +71,10 @@ class ScheduleRecord:
         """True when ``other`` defines the same schedule (progress and times aside)."""
         return all(getattr(self, name) == getattr(other, name) for name in DEFINITION)
 
+    def same_slots(self, other: ScheduleRecord) -> bool:
+        """True when ``other``'s slots are this schedule's (the other settings aside)."""
+        return all(getattr(self, name) == getattr(other, name) for name in SLOTS)
+
     def redefined(self, other: ScheduleRecord) -> ScheduleRecord:
         """This schedule with ``other``'s definition (its progress kept)."""
         return replace(self, updated=other.updated, **{n: getattr(other, n) for n in DEFINITION})
@@ -95,6 +99,9 @@ class ScheduleRecord:
 
 DEFINITION = ("workflow", "input", "cron", "every", "timezone", "overlap", "catch_up", "jitter")
 """The fields that say what a schedule is; the others say how far it got."""
+
+SLOTS = ("cron", "every", "timezone")
+"""The fields that say when its slots are."""
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),

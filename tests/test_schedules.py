@@ -110,6 +110,23 @@ def test_schedule_again_with_the_same_settings_changes_nothing(
     assert fired(rt) == ids("tick", "08:01:00", "08:02:00")
 
 
+@pytest.mark.parametrize("catch_up", ["all", "latest"])
+def test_new_slots_begin_after_the_schedule_is_changed(
+    rt: Runtime, clock: FakeClock, catch_up: str
+) -> None:
+    """An hourly schedule changed to every minute (an app upgrade) 59 minutes after its
+    last slot: the minute slots of that hour never existed and must not fire."""
+    rt.schedule("rep", "job", every=3600, catch_up=catch_up, overlap="allow")
+    advance(rt, clock, 3600)
+    assert fired(rt) == ids("rep", "09:00:00")
+    advance(rt, clock, 59 * 60)
+    rt.schedule("rep", "job", every=60, catch_up=catch_up, overlap="allow")
+    advance(rt, clock, 0.25)
+    assert fired(rt) == ids("rep", "09:00:00")
+    advance(rt, clock, 60)
+    assert fired(rt) == ids("rep", "09:00:00", "10:00:00")
+
+
 @pytest.mark.parametrize(
     ("overlap", "expected", "skipped"),
     [
