@@ -44,19 +44,24 @@ def deadline_at(now: float, deadline: object, *, wall: float | None = None) -> f
     if deadline is None:
         return None
     if isinstance(deadline, datetime.datetime):
-        if deadline.tzinfo is None or deadline.utcoffset() is None:
+        try:  # (its tzinfo is user code: whatever it raises says the time is unusable)
+            naive = deadline.tzinfo is None or deadline.utcoffset() is None
+            at = None if naive else deadline.timestamp() - ((now if wall is None else wall) - now)
+        except Exception as exc:
+            raise InvalidInput(f"deadline {deadline!r} is not a usable time: {exc}") from None
+        if at is None:
             raise InvalidInput(
                 f"deadline {deadline!r} is a naive datetime; give it a timezone, e.g. "
                 "datetime.now(timezone.utc) + timedelta(minutes=5), or pass seconds"
             )
-        try:
-            at = deadline.timestamp() - ((now if wall is None else wall) - now)
-        except (OverflowError, ValueError, OSError) as exc:
-            raise InvalidInput(f"deadline {deadline!r} is not a usable time: {exc}") from None
         if at <= now:
             raise InvalidInput(
                 f"deadline {deadline.isoformat()} is already past; nothing could run"
             )
-        deadline_seconds(at - now)  # within range
+        if at - now > MAX_DEADLINE:
+            raise InvalidInput(
+                f"deadline {deadline.isoformat()} is more than 100 years away; give an "
+                "earlier one, or none"
+            )
         return at
     return now + deadline_seconds(deadline)

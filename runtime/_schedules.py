@@ -349,7 +349,7 @@ def _zone(name: str, timezone: object) -> zoneinfo.ZoneInfo:
         raise InvalidInput(f"schedule {name!r}: timezone must be a str such as 'Europe/Riga'")
     try:
         return zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # ('America': a folder)
         raise InvalidInput(
             f"schedule {name!r}: unknown timezone {timezone!r}; use an IANA name such as "
             "'UTC' or 'America/New_York'"

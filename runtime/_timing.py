@@ -70,9 +70,9 @@ def begin_at(
                 f"start_at must be a datetime.datetime, got {type(start_at).__name__}; "
                 "for seconds from now, pass delay="
             )
-        try:
+        try:  # (its tzinfo is user code: whatever it raises says the time is unusable)
             when = start_at.timestamp() - ((now if wall is None else wall) - now)
-        except (OverflowError, ValueError, OSError) as exc:
+        except Exception as exc:
             raise InvalidInput(f"start_at {start_at!r} is not a usable time: {exc}") from None
     elif delay is not None:
         if (

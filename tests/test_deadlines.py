@@ -170,6 +170,16 @@ def test_a_workflow_that_ends_first_leaves_no_deadline_behind(
         assert [c for c in service.calls if c[1]] == []
 
 
+class Raising(datetime.tzinfo):
+    """A tzinfo whose offset raises: user code, whatever it raises is refused."""
+
+    def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        raise RuntimeError("its offset is unknown")
+
+    def dst(self, dt: datetime.datetime | None) -> None:
+        return None
+
+
 @pytest.mark.parametrize(
     ("deadline", "match"),
     [
@@ -180,6 +190,8 @@ def test_a_workflow_that_ends_first_leaves_no_deadline_behind(
         ("10", "deadline must be"),
         (datetime.datetime(2030, 1, 1), "naive datetime"),
         (datetime.datetime(1970, 1, 2, tzinfo=UTC), "already past"),  # FakeClock: 12 Jan 1970
+        (datetime.datetime(9999, 1, 1, tzinfo=UTC), r"9999-01-01T00:00:00\+00:00 is more than 100"),
+        (datetime.datetime(2030, 1, 1, tzinfo=Raising()), "not a usable time: its offset"),
     ],
 )
 def test_bad_deadlines_are_refused_and_nothing_is_stored(
@@ -188,6 +200,15 @@ def test_bad_deadlines_are_refused_and_nothing_is_stored(
     with runtime(tmp_path / "s", clock, Service()) as rt:
         with pytest.raises(InvalidInput, match=match):
             rt.start("two", workflow_id="w1", deadline=deadline)
+        assert rt.list() == []
+
+
+def test_a_start_at_whose_tzinfo_raises_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    with runtime(tmp_path / "s", clock, Service()) as rt:
+        with pytest.raises(InvalidInput, match=r"start_at .* not a usable time: its offset"):
+            rt.start(
+                "two", workflow_id="w1", start_at=datetime.datetime(2030, 1, 1, tzinfo=Raising())
+            )
         assert rt.list() == []
 
 
