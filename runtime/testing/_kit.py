@@ -113,15 +113,54 @@ def settle(runtime: Runtime) -> None:
     runtime._settle()
 
 
+MAX_STOPS = 10_000
+"""At most this many stops in one :func:`advance` (then it jumps to its end)."""
+
+
 def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
-    """Move ``clock`` forward and let the runtime react to the timers that fell due."""
+    """Move ``clock`` forward and let the runtime react to the timers that fell due.
+
+    It stops at each durable timer (a retry's backoff, a step's timeout, a delayed
+    start) and each schedule slot on the way, and lets the runtime react there, so a
+    timer armed by that reaction (the next backoff, the next slot) falls due within
+    the same advance, as it would in real time."""
+    if seconds < 0:
+        raise ValueError(f"a clock cannot go backwards: advance({seconds})")
     settle(runtime)
-    clock.advance(seconds)
-    # The periodic sweep may or may not have re-armed its timer in time to fire inside
-    # this advance; one explicit sweep at the new time makes the outcome deterministic.
+    end = clock.monotonic() + seconds
+    for _ in range(MAX_STOPS):
+        now = clock.monotonic()
+        due = _next_due(runtime, clock, end)
+        stop = end if due is None or due <= now else due  # (due now: not taken, jump)
+        clock.advance(stop - now)
+        # The periodic sweep may or may not have re-armed its timer in time to fire
+        # inside this advance; one explicit sweep here makes the outcome deterministic.
+        runtime._sweep_now()
+        runtime._fire_now()  # likewise for the schedules' slots that fell due
+        settle(runtime)
+        if stop >= end:
+            return
+    clock.advance(max(0.0, end - clock.monotonic()))
     runtime._sweep_now()
-    runtime._fire_now()  # likewise for the schedules' slots that fell due
+    runtime._fire_now()
     settle(runtime)
+
+
+def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
+    """The ``clock.monotonic()`` time just past the next durable timer or schedule slot
+    due by ``end``, if any (the timers are on the engine's clock, the slots on the
+    wall's; just past: 1 ms, their resolution, so that float sums land on their side)."""
+    now = clock.monotonic()
+    engine_now = runtime._ctx.clock.time()
+    until_ms = int((engine_now + end - now) * 1000)
+    found = [
+        now + (due_ms + 1) / 1000 - engine_now
+        for due_ms, *_ in runtime._store.due_timers(until_ms, limit=1, corrupt=[])
+    ]
+    wall = clock.time()
+    found += [now + s.next_at + 0.001 - wall for s in runtime.schedules() if s.next_at is not None]
+    due = min(found, default=None)
+    return None if due is None or due > end else due
 
 
 def store_of(runtime: Runtime) -> Store:
