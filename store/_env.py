@@ -129,7 +129,9 @@ class Store(Reads, LeaseHolder):
         with _registry_lock:
             if self._real in _registry:
                 raise StoreLocked(
-                    f"store {self.path} is already open in this process; share that Store "
+                    f"store {self.path} is already open in this process: stop the Runtime "
+                    "that has it open before opening another on it (one Runtime per store "
+                    "per process; a standby runs in another process), or share that Store "
                     "object (its reads are thread-safe) instead of opening it twice"
                 )
             _registry[self._real] = self

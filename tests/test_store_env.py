@@ -132,6 +132,18 @@ def test_second_open_in_the_same_process_is_refused(tmp_path: pathlib.Path) -> N
     Store(path).close()  # released on close
 
 
+def test_a_second_runtime_on_a_store_in_the_same_process_is_told_what_to_do(
+    tmp_path: pathlib.Path,
+) -> None:
+    from herder.runtime import Runtime  # (a Runtime user cannot share a Store object)
+
+    with (
+        Runtime(tmp_path / "s"),
+        pytest.raises(StoreLocked, match="stop the Runtime that has it open before"),
+    ):
+        Runtime(tmp_path / "s")
+
+
 def test_second_writer_process_is_refused_and_a_readonly_open_is_allowed(
     tmp_path: pathlib.Path,
 ) -> None:
