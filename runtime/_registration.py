@@ -255,6 +255,11 @@ def _check_factory(name: str, factory: object, asyncio: object) -> None:
     """``add_agent``'s checks of the factory and its ``asyncio`` choice."""
     if not callable(factory):
         raise InvalidInput(f"agent {name!r}: factory must be callable, got {factory!r}")
+    if isinstance(factory, type) and not issubclass(factory, Agent):
+        raise InvalidInput(
+            f"agent {name!r}: factory {factory.__qualname__} is a class but not an Agent "
+            "subclass; subclass herder.runtime.Agent (its actions are its methods)"
+        )
     if asyncio is not None and asyncio is not True and asyncio is not False:
         raise InvalidInput(f"agent {name!r}: asyncio must be None, True or False, got {asyncio!r}")
     if asyncio is not True and inspect.iscoroutinefunction(factory):

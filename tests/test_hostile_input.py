@@ -188,6 +188,8 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      lambda rt: Workflow("w", version=2**32), InvalidInput, r"an int in 1\.\.4294967295"),
     ("add_agent: name of 200 bytes", lambda rt: rt.add_agent("a" * 200, Echo), InvalidInput,
      "limit is 100"),
+    ("add_agent: a class that is not an Agent", lambda rt: rt.add_agent("a", dict), InvalidInput,
+     "dict is a class but not an Agent subclass"),
     ("add_agent: an async def factory without asyncio=True",
      lambda rt: rt.add_agent("a", async_factory), InvalidInput, r"asyncio=True"),
     ("add_agent: asyncio='yes'", lambda rt: rt.add_agent("a", Echo, asyncio="yes"),  # type: ignore[arg-type]
