@@ -68,14 +68,17 @@ class Capacity:
             rt._active += n
             return n
 
-    def _wait_capacity(self, timeout: float | None) -> None:
-        """Take one slot once one is free (start_many's wait; start() queues)."""
+    def _wait_capacity(self, timeout: float | None, n: int = 1) -> None:
+        """Take ``n`` slots once they are free, all at once (start_many's wait; start()
+        queues): two batches that each held part of what they need would wait for each
+        other for good."""
         rt = _runtime(self)
         with rt._lock:
-            if not rt._lock.wait_for(lambda: rt._active < rt._max_active or rt._closed, timeout):
+            fits = lambda: rt._active + n <= rt._max_active or rt._closed  # noqa: E731
+            if not rt._lock.wait_for(fits, timeout):
                 raise _full(rt._active, rt._max_active, timeout, "start_many()")
             rt._check_open()
-            rt._active += 1
+            rt._active += n
 
     def _queue_start(
         self, new: NewStart, also: tuple[Put, ...], timeout: float | None
@@ -151,16 +154,16 @@ class Capacity:
         while rt._queued:
             rt._queued.popleft().refuse(error)
 
-    async def _capacity_async(self, timeout: float | None) -> None:
+    async def _capacity_async(self, timeout: float | None, n: int = 1) -> None:
         """As :meth:`_wait_capacity`, awaited: woken by :attr:`_capacity_freed`."""
         rt = _runtime(self)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             with rt._lock:
-                if rt._active < rt._max_active or rt._closed:
+                if rt._active + n <= rt._max_active or rt._closed:
                     rt._check_open()
-                    rt._active += 1
+                    rt._active += n
                     return
                 freed = rt._capacity_freed.arm()
             left = None if deadline is None else deadline - loop.time()
@@ -173,7 +176,7 @@ class Capacity:
         rt = _runtime(self)
         with rt._lock:
             rt._active -= 1
-            rt._lock.notify()
+            rt._lock.notify_all()  # (start_many waiters: each waits for a number of slots)
         rt._capacity_freed.fire()
         self._hand_off()
 

@@ -17,6 +17,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import TypeAlias
+
+Held: TypeAlias = "list[tuple[str, threading.Lock | None]]"
+"""Claims of :meth:`Claims.take_many`: each id with its claim (None: not claimed)."""
 
 
 class Claims:
@@ -59,6 +63,34 @@ class Claims:
     def _dropped(self, workflow_id: str, done: asyncio.Future[threading.Lock | None]) -> None:
         if not done.cancelled() and done.exception() is None:
             self.give_back(workflow_id, done.result())
+
+    def take_many(self, workflow_ids: list[str], timeout: float | None) -> Held:
+        """Claim each of ``workflow_ids`` (``start_many``), in sorted order, so that two
+        batches sharing ids cannot each wait for the other; what was claimed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        held: Held = []
+        for workflow_id in sorted(workflow_ids):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            held.append((workflow_id, self.take(workflow_id, left)))
+        return held
+
+    async def take_many_async(self, workflow_ids: list[str], timeout: float | None) -> Held:
+        """As :meth:`take_many`, awaited (a batch that must wait does so on a thread)."""
+        waiting = asyncio.ensure_future(asyncio.to_thread(self.take_many, workflow_ids, timeout))
+        try:
+            return await asyncio.shield(waiting)
+        except asyncio.CancelledError:  # the thread claims them yet: then give them back
+            waiting.add_done_callback(self._dropped_many)
+            raise
+
+    def _dropped_many(self, done: asyncio.Future[Held]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self.give_back_many(done.result())
+
+    def give_back_many(self, held: Held) -> None:
+        """End the claims :meth:`take_many` made."""
+        for workflow_id, claim in held:
+            self.give_back(workflow_id, claim)
 
     def give_back(self, workflow_id: str, claim: threading.Lock | None) -> None:
         """End a claim (None: there was none; one ended already: nothing): a start

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from herder.actors import WorkflowConflict
+from herder.runtime._claims import Held
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._part import whole as _runtime
 from herder.runtime._starts import (
@@ -37,7 +38,7 @@ from herder.runtime._starts import (
     started_mark,
 )
 from herder.runtime._waits import Steps, Wait, awaited, run_blocking, seconds
-from herder.store import ConditionFailed
+from herder.store import ConditionFailed, InvalidInput
 
 _log = logging.getLogger("herder.runtime")
 
@@ -81,10 +82,12 @@ class StartingMany:
         ``input``, ``workflow_id``, ``priority``, ``start_at``, ``delay``, ``deadline``.
         Every item is checked before anything is written: a bad one raises and nothing
         starts.
-        Idempotent per id like :meth:`start`: an id that exists (or repeats in the list)
-        with the same input gives a handle to that workflow; when one has different
-        input, the others still start and :class:`WorkflowConflict` names it. Blocks while
-        ``max_active_workflows`` are unfinished (up to ``timeout`` seconds).
+        Idempotent per id like :meth:`start`: an id that exists with the same input gives
+        a handle to that workflow; when one has different input, the others still start
+        and :class:`WorkflowConflict` names it. An id repeated in the list must repeat the
+        same start, else :class:`WorkflowConflict` and nothing starts. Blocks until as
+        many slots of ``max_active_workflows`` as it has ids are free at once (up to
+        ``timeout`` seconds); more ids than that can never fit: :class:`InvalidInput`.
         """
         rt = _runtime(self)
         return run_blocking(rt._starting_many(start_items(starts), seconds(timeout)))
@@ -111,15 +114,49 @@ class StartingMany:
                     f"workflow id {new.workflow_id!r} appears twice in start_many with "
                     "different workflows or input; nothing was started"
                 )
-        taken = rt._take_capacity_now(len(unique))
+        n = len(unique)
+        if n > rt._max_active:
+            raise InvalidInput(
+                f"start_many of {n} workflow ids can never fit max_active_workflows="
+                f"{rt._max_active}; start them in batches of at most {rt._max_active}"
+            )
+        if not rt._take_capacity_now(n):  # all at once (see _wait_capacity)
+            yield Wait(
+                lambda: rt._wait_capacity(timeout, n), lambda: rt._capacity_async(timeout, n)
+            )
         try:
-            while taken < len(unique):
-                yield Wait(lambda: rt._wait_capacity(timeout), lambda: rt._capacity_async(timeout))
-                taken += 1
+            claims = yield Wait(  # (runtime/_claims.py; after the wait: none held meanwhile)
+                lambda: rt._claims.take_many(list(unique), rt._ask_timeout),
+                lambda: rt._claims.take_many_async(list(unique), rt._ask_timeout),
+            )
         except BaseException:
-            for _ in range(taken):
+            for _ in range(n):
                 rt._release_capacity()
             raise
+        try:
+            committed, handles, marks = self._submit_many(news, unique, claims, now)
+        except BaseException:  # nothing was queued: its claims and slots go back
+            rt._claims.give_back_many(claims)
+            for _ in range(n):
+                rt._release_capacity()
+            raise
+        outcomes = yield Wait(
+            lambda: committed.result(timeout=rt._ask_timeout),
+            lambda: awaited(committed, rt._ask_timeout),
+        )
+        rt._started.update(key for key, o in zip(marks, outcomes[n:], strict=True) if o is None)
+        if outcomes[:n].count(None) != n:  # (one pass in C when every one was created)
+            rt._refused(list(unique.values()), outcomes)
+        _log.info("%d workflows started in one commit", n)
+        return handles
+
+    def _submit_many(
+        self, news: list[NewStart], unique: dict[str, NewStart], claims: Held, now: float
+    ) -> tuple[Future[list[BaseException | None]], list[WorkflowHandle], list[tuple[str, int]]]:
+        """Queue ``start_many``'s creations in one group: the future of their outcomes,
+        the handles, and the definitions' started marks it writes. Its writer callback
+        admits the durable ones and ends ``claims``."""
+        rt = _runtime(self)
         with _PAUSE:
             # creation() straight, not through _creation() per item: thousands of calls.
             token, tracing = rt._ctx.next_token, rt._tracing
@@ -139,7 +176,6 @@ class StartingMany:
             # group (one write transaction): it lands even when an item's id was taken.
             marks = list(dict.fromkeys((new.plan.name, new.plan.version) for new in news))
             marks = [key for key in marks if key not in rt._started]
-            n = len(created)
             committed: Future[list[BaseException | None]] = Future()
 
             def on_done(results: list[BaseException | None]) -> None:
@@ -155,6 +191,7 @@ class StartingMany:
                         rt._id_taken(record)  # or not written at all: the same for both
                 if durable:
                     rt._admit(durable)
+                rt._claims.give_back_many(claims)
 
             group = [c[2] for c in created] + [started_mark(*key) for key in marks]
             rt._store.writer.submit_many(group, on_done)
@@ -162,15 +199,7 @@ class StartingMany:
             # once it is durable the Scheduler admits the batch, and whatever the caller has
             # left to do then waits for the GIL behind it.
             handles = [WorkflowHandle(rt, new.workflow_id) for new in news]
-        outcomes = yield Wait(
-            lambda: committed.result(timeout=rt._ask_timeout),
-            lambda: awaited(committed, rt._ask_timeout),
-        )
-        rt._started.update(key for key, o in zip(marks, outcomes[n:], strict=True) if o is None)
-        if outcomes[:n].count(None) != n:  # (one pass in C when every one was created)
-            rt._refused(list(unique.values()), outcomes)
-        _log.info("%d workflows started in one commit", len(created))
-        return handles
+        return committed, handles, marks
 
     def _refused(self, news: list[NewStart], outcomes: list[BaseException | None]) -> None:
         """Raise what refused some of ``start_many``'s creations (``outcomes``, in the

@@ -97,3 +97,32 @@ def test_a_start_async_cancelled_mid_commit_then_started_again_halts_nothing(
     asyncio.run(main())
     assert halts(caplog) == []
     assert Counted.runs == {f"c-{i}": 1 for i in range(ROUNDS)}
+
+
+def test_a_start_many_racing_a_start_of_one_id_halts_nothing(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """start_many creates its ids without reading the store first; a start() of one of
+    them at once was taken up early and its failed creation halted the Scheduler's
+    writes (its batch-mates' steps ran again too)."""
+    caplog.set_level(logging.ERROR)
+
+    def single(wid: str, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        rt.start("w", {}, workflow_id=wid).result(timeout=WAIT)
+
+    def many(wid: str, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        items = [{"workflow": "w", "input": {}, "workflow_id": w} for w in (wid, f"{wid}-b")]
+        for handle in rt.start_many(items):
+            handle.result(timeout=WAIT)
+
+    for i in range(ROUNDS):
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=f, args=(f"r-{i}", barrier)) for f in (single, many)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+    assert halts(caplog) == []
+    assert Counted.runs == {f"r-{i}{s}": 1 for i in range(ROUNDS) for s in ("", "-b")}

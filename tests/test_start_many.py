@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,80 @@ def test_overlapping_pauses_turn_the_collector_on_once_and_never_against_the_app
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_batch_that_can_never_fit_the_capacity_is_refused_at_once(tmp_path: Path) -> None:
+    with Runtime(tmp_path / "s", max_active_workflows=3) as rt:
+        register(rt)
+        four = items(["w0", "w1", "w2", "w3"])
+        with pytest.raises(InvalidInput, match="batches of at most 3"):
+            rt.start_many(four)  # (no timeout: it waited for good)
+        assert rt.list() == []
+        assert len(rt.start_many(four[:3], timeout=WAIT)) == 3  # no slot was kept
+
+
+class Gated(Agent):
+    gate = threading.Event()
+
+    def hold(self, ctx: StepContext) -> object:
+        Gated.gate.wait(WAIT)
+        return None
+
+
+def test_two_batches_waiting_for_capacity_do_not_split_it_and_wait_for_each_other(
+    tmp_path: Path,
+) -> None:
+    """Each took the slots that freed one at a time: 2 + 2 of 4, each needing 3, and both
+    waited until their timeout (for good without one) with nothing running."""
+    Gated.gate = threading.Event()
+    with Runtime(tmp_path / "s", max_active_workflows=4) as rt:
+        register(rt)
+        rt.add_agent("gated", Gated, concurrency=4)
+        rt.add_workflow(Workflow("held").step("only", agent="gated", action="hold"))
+        running = [rt.start("held", workflow_id=f"run-{i}") for i in range(4)]
+        done: dict[str, object] = {}
+
+        def batch(tag: str) -> None:
+            try:
+                done[tag] = len(rt.start_many(items([f"{tag}{i}" for i in range(3)]), timeout=5))
+            except TimeoutError as exc:
+                done[tag] = str(exc)
+
+        threads = [threading.Thread(target=batch, args=(tag,)) for tag in "AB"]
+        for t in threads:
+            t.start()
+        Gated.gate.set()  # the four finish one by one: slots free one at a time
+        for t in threads:
+            t.join(WAIT)
+        for handle in running:
+            handle.result(timeout=WAIT)
+        assert done == {"A": 3, "B": 3}
+
+
+def test_a_batch_waiting_for_capacity_holds_no_slot_until_all_of_its_slots_are_free(
+    tmp_path: Path,
+) -> None:
+    """What keeps two waiting batches from splitting the slots that free between them: a
+    batch that needs 3 slots while 2 are free leaves them to a start() meanwhile."""
+    Gated.gate = threading.Event()
+    with Runtime(tmp_path / "s", max_active_workflows=4) as rt:
+        register(rt)
+        rt.add_agent("gated", Gated, concurrency=4)
+        rt.add_workflow(Workflow("held").step("only", agent="gated", action="hold"))
+        running = [rt.start("held", workflow_id=f"run-{i}") for i in range(2)]
+        waiting = threading.Event()
+        done: list[int] = []
+
+        def batch() -> None:
+            waiting.set()
+            done.append(len(rt.start_many(items(["a", "b", "c"]), timeout=WAIT)))
+
+        thread = threading.Thread(target=batch)
+        thread.start()
+        assert waiting.wait(WAIT)
+        running.append(rt.start("held", workflow_id="single", timeout=5))  # a free slot
+        Gated.gate.set()
+        thread.join(WAIT)
+        assert done == [3]
+        for handle in running:
+            handle.result(timeout=WAIT)
