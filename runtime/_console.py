@@ -23,6 +23,16 @@ def _rich_console(out: TextIO) -> Any | None:
     return Console(file=out, highlight=False)
 
 
+def printable(value: object) -> str:
+    """``str(value)`` with what a terminal would act on (a newline, a tab, a control or
+    a bidi-override character) written as its escape: one row stays one line, and an id
+    shows as what it is."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def print_table(
     out: TextIO, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
@@ -36,10 +46,10 @@ def print_table(
             numeric = bool(rows) and all(isinstance(r[i], int | float) for r in rows)
             table.add_column(col, justify="right" if numeric else "left")
         for row in rows:
-            table.add_row(*(str(v) for v in row))
+            table.add_row(*(printable(v) for v in row))
         console.print(table)
         return
-    cells = [list(columns)] + [[str(v) for v in row] for row in rows]
+    cells = [list(columns)] + [[printable(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     if title:
         out.write(f"{title}\n")

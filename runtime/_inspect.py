@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from herder.actors import FACTS_STALE, UnknownWorkflow, read_facts, resource_stats
-from herder.runtime._console import print_table
+from herder.runtime._console import print_table, printable
 from herder.runtime._schedules import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
@@ -172,7 +172,7 @@ def show_workflow(
         _dump(out, {**status.to_dict(), "history": history})
         return
     out.write(
-        f"workflow {status.id}: {status.name}@{status.version} {status.state}\n"
+        f"workflow {printable(status.id)}: {status.name}@{status.version} {status.state}\n"
         f"  created {_when(status.created)}, updated {_when(status.updated)}\n"
         f"  input   {status.input!r}\n"
     )

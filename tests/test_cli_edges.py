@@ -65,6 +65,26 @@ def test_ls_lists_the_last_updated_first_and_limits(store: Path) -> None:
     assert "--limit N for more" in table
 
 
+def test_ids_a_terminal_would_act_on_are_shown_escaped_one_row_a_line(tmp_path: Path) -> None:
+    """docs/operations.md: piped, the output is plain text with nothing wrapped, so grep
+    sees whole lines. Ids may hold a newline, a tab or a bidi override."""
+    path = tmp_path / "store"
+    odd = ["two\nlines", "tab\there", "rlo\u202edi"]
+    with Runtime(path) as rt:
+        rt.add_agent("echo", Echo)
+        rt.add_workflow(ECHO)
+        for wid in odd:
+            rt.start("echo", 1, workflow_id=wid).result(timeout=WAIT)
+    listed = herder("ls", "--store", str(path)).stdout.splitlines()
+    assert len(listed) == 1 + len(odd)  # the header and one line each
+    for shown in ("two\\nlines", "tab\\there", "rlo\\u202edi"):
+        assert sum(shown in line for line in listed) == 1
+    shown = herder("show", "--store", str(path), "two\nlines").stdout
+    assert shown.startswith("workflow two\\nlines: echo@1 SUCCEEDED\n")
+    as_json = json.loads(herder("ls", "--store", str(path), "--json").stdout)
+    assert sorted(w["id"] for w in as_json) == sorted(odd)  # JSON keeps them exact
+
+
 def test_ls_since_keeps_only_workflows_updated_since_then(store: Path) -> None:
     listed = herder("ls", "--store", str(store), "--json", "--since", "2023-11-14T22:13:22+00:00")
     assert listed.returncode == 0, listed.stderr
