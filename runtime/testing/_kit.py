@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext
 from herder.runtime._runtime import Runtime
-from herder.store import Store
+from herder.store import Store, timer_upper_bound
 
 
 class EffectLedger:
@@ -153,12 +153,17 @@ def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
     now = clock.monotonic()
     engine_now = runtime._ctx.clock.time()
     until_ms = int((engine_now + end - now) * 1000)
-    found = [
-        now + (due_ms + 1) / 1000 - engine_now
-        for due_ms, *_ in runtime._store.due_timers(until_ms, limit=1, corrupt=[])
-    ]
+    # Only timers due after now: one due already that the runtime left in place (a
+    # batch entry replaced with the next flush, say) is no stop.
+    later = timer_upper_bound(int(engine_now * 1000))
+    timers = runtime._store.due_timers(until_ms, limit=1, after=later, corrupt=[])
+    found = [now + (due_ms + 1) / 1000 - engine_now for due_ms, *_ in timers]
     wall = clock.time()
-    found += [now + s.next_at + 0.001 - wall for s in runtime.schedules() if s.next_at is not None]
+    found += [
+        now + s.next_at + 0.001 - wall
+        for s in runtime.schedules()
+        if s.next_at is not None and s.next_at > wall  # (not a slot queued behind another)
+    ]
     due = min(found, default=None)
     return None if due is None or due > end else due
 
