@@ -50,8 +50,9 @@ class QueuedStart:
 
 def _full(active: int, limit: int, timeout: float | None, what: str) -> TimeoutError:
     return TimeoutError(
-        f"{active} workflows are unfinished (max_active_workflows={limit}); "
-        f"{what} waited {timeout}s for one to finish"
+        f"{active} workflows are unfinished or being started (max_active_workflows="
+        f"{limit}); {what} waited {timeout}s for room; nothing of it was written: try "
+        "again later, or raise max_active_workflows"
     )
 
 
