@@ -25,7 +25,7 @@ from typing import Any
 from herder.actors._agent import action_names
 from herder.actors._errors import Permanent
 from herder.actors._host import InstanceCrash
-from herder.actors._messages import Outcome, Run
+from herder.actors._messages import UNSTARTED, Outcome, Run
 from herder.actors._outcomes import COMPLETE_LATER, DONE, NOT_DONE, RUNNING, ProbeResult
 from herder.actors.engine import UNSTORABLE_ERROR, OutcomeKind
 from herder.store import (
@@ -44,6 +44,8 @@ def run_attempt(
     agent: Any, agent_name: str, instance_id: str, run: Run, max_result_bytes: int
 ) -> Outcome:
     """Run ``run`` on the agent object ``agent``; see the module docstring."""
+    if not leased(run, LEASE_WAIT):
+        return unleased(agent_name, instance_id, run)
 
     def call() -> Any:
         value = call_action(agent, agent_name, run)
@@ -57,6 +59,23 @@ def run_attempt(
         return value
 
     return settle(call, agent_name, instance_id, run, max_result_bytes)
+
+
+LEASE_WAIT = 5.0
+"""Seconds an attempt about to start waits for the lease to be renewed (AttemptPort.leased)."""
+
+
+def leased(run: Run, wait: float) -> bool:
+    """Whether ``run`` may start as far as the lease goes (its port's ``leased``; a port
+    without one, a remote worker's or a test's, knows of no lease)."""
+    check = getattr(run.context._port, "leased", None)
+    return check is None or bool(check(wait))
+
+
+def unleased(agent_name: str, instance_id: str, run: Run) -> Outcome:
+    """The outcome of an attempt not started because the lease may be another's."""
+    error = "not started: this runtime may no longer hold the lease (it was paused past it)"
+    return Outcome(agent_name, instance_id, run.token, ok=False, error=error, kind=UNSTARTED)
 
 
 def call_action(agent: Any, agent_name: str, run: Run) -> Any:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from herder.actors._action import call_action, settle
+from herder.actors._action import call_action, leased, settle, unleased
 from herder.actors._agent import Agent
 from herder.actors._event_loop import EventLoop
 from herder.actors._host import InstanceCrash
@@ -50,6 +50,8 @@ async def run_attempt_async(
 ) -> Outcome:
     """:func:`~herder.actors._action.run_attempt` for the loop: the action's coroutine (or
     a coroutine a plain ``def`` returned) is awaited first; then the outcome is settled."""
+    if not leased(run, 0.0):  # (no wait on the loop)
+        return unleased(agent_name, instance_id, run)
     try:
         value = call_action(agent, agent_name, run)
         if inspect.iscoroutine(value) or isinstance(value, asyncio.Future):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +106,11 @@ class EngineContext:
         # (a test's host, which a single-threaded simulation drives).
         self.make_host: Callable[[], AgentHost] | None = None
         self.lost: LeaseLost | None = None
+        # Until when (time.monotonic()) this runtime surely holds the lease: its last
+        # renewal's start plus a lease (runtime/_ha.py); a standby takes it no earlier.
+        # Its changes, and ``lost``, are told to ``leased`` (see AttemptPort.leased).
+        self.lease_until = float("inf")
+        self.leased = threading.Condition()
         # The hosts' outcomes on their way to the Scheduler, taken in bursts (_answers).
         self.answers = Answers(self.tell_scheduler)
         # Bumped by a Scheduler before it lets go of a start it took up early (Admit.early),
@@ -132,6 +139,8 @@ class EngineContext:
         _log.critical("lease lost: %s", error)
         self.listener.on_lease_lost(error)
         self.lost = error  # last: whoever sees it set sees the runtime told
+        with self.leased:  # (an attempt waiting in AttemptPort.leased hears it)
+            self.leased.notify_all()
 
     def tell_scheduler(self, message: Any) -> None:
         """Deliver a hint to the current Scheduler; dropped if none runs (the store is truth)."""
@@ -157,6 +166,20 @@ class AttemptPort:
         self._last: float | None = None
         self.cancelled = False
         self.superseded = False
+
+    def leased(self, wait: float) -> bool:
+        """Whether this runtime still holds the lease, for an attempt about to start: a
+        process paused past its lease (SIGSTOP, a VM suspended) must start nothing it had
+        queued (a standby may be running those steps) until a renewal says the lease is
+        still its own; waits up to ``wait`` seconds for one (0 on an event loop)."""
+        ctx = self._ctx
+        if ctx.lost is None and time.monotonic() < ctx.lease_until:
+            return True
+        with ctx.leased:
+            ctx.leased.wait_for(
+                lambda: ctx.lost is not None or time.monotonic() < ctx.lease_until, wait
+            )
+        return ctx.lost is None and time.monotonic() < ctx.lease_until
 
     def heartbeat(self, details: Any) -> None:
         """Tell the Scheduler the attempt is alive, at most once per ``min_gap`` seconds."""

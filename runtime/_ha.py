@@ -50,8 +50,11 @@ class LeaseKeeper:
         self._ctx = ctx
         self._on_handoff = on_handoff
         self._every = store.lease_duration / 3
-        self._next = time.monotonic() + self._every
+        self._next = store.lease_taken_at + self._every  # (a long start: at the first sweep)
         self._renewing = False
+        self._asked = time.monotonic()  # when the renewal in flight was asked for
+        # What attempts about to start check (AttemptPort.leased): a lease from its take.
+        self._set_until(store.lease_taken_at + store.lease_duration)
         self._handing_off = False
 
     def on_sweep(self) -> None:
@@ -63,6 +66,7 @@ class LeaseKeeper:
         if now >= self._next and not self._renewing:
             self._renewing = True
             self._next = now + self._every
+            self._asked = now
             try:
                 self._store.renew_lease().add_done_callback(self._renewed)
             except StoreError:
@@ -84,11 +88,20 @@ class LeaseKeeper:
                     daemon=True,
                 ).start()
 
+    def _set_until(self, until: float) -> None:
+        ctx = self._ctx
+        with ctx.leased:
+            ctx.lease_until = until
+            ctx.leased.notify_all()
+
     def _renewed(self, done: Future[None]) -> None:
         self._renewing = False
         error = done.exception()
-        if error is None or self._store.releasing:
-            return  # renewed, or refused because we gave the lease up ourselves
+        if error is None:  # nobody takes it before a lease from when it was asked for
+            self._set_until(self._asked + self._store.lease_duration)
+            return
+        if self._store.releasing:
+            return  # refused because we gave the lease up ourselves
         if isinstance(error, LeaseLost):
             self._ctx.lease_lost(error)
         else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
+import time
 from types import TracebackType
 from typing import Literal
 
@@ -189,6 +190,7 @@ class Store(Reads, LeaseHolder):
             raise StoreError(f"cannot write the lock of store {self.path}: {exc}") from exc
 
     def _take_at_open(self, txn: lmdb.Transaction) -> int:
+        self.lease_taken_at = time.monotonic()  # (before it is taken: no later)
         lease, reason = take(
             txn, self._handles["meta"], duration=self.lease_duration, have_flock=self._have_flock
         )

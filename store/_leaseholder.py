@@ -45,6 +45,9 @@ class LeaseHolder(Access):
     lease_duration: float
     releasing: bool
     _lease: Lease | None
+    # time.monotonic() just before this store took its lease: a standby takes it no
+    # earlier than a lease duration after (-inf: not taken).
+    lease_taken_at: float = float("-inf")
     _clock_note: float | None
     _lock_fd: int | None
     _have_flock: bool
@@ -100,10 +103,12 @@ class LeaseHolder(Access):
                 self._upgrade(txn)
             return lease, reason
 
+        asked = time.monotonic()
         lease, reason = self._write_direct(take_it, "cannot take the lease of store")
         if reason is None:
             return None
         self._lease, self.incarnation = lease, lease.incarnation
+        self.lease_taken_at = asked
         self._start_writer(lease)
         return reason
 
