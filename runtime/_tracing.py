@@ -17,11 +17,17 @@ When tracing is on:
   fencing token, outcome and error type. It wraps the action's call on the agent
   instance (the runtime wraps each agent factory), and ``ctx.trace_context`` is then the
   attempt span's ``traceparent``, for the agent to pass to its remote calls.
+
+The tracer and its processors are the application's code: whatever they raise is logged
+and the work goes on untraced (a start is still written, an attempt's outcome is the
+action's, a waiter still hears of the end).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +36,7 @@ from herder.actors import Agent, Permanent, StepContext
 from herder.store import WorkflowRecord, WorkflowState, describe, exception_name
 
 _PREFIX = "herder."
+_log = logging.getLogger("herder.tracing")
 
 
 def tracing_for(provider: Any = None) -> Tracing | None:
@@ -61,15 +68,24 @@ class Tracing:
         self._open: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def start_workflow(self, name: str, workflow_id: str, now: float) -> str:
-        """Open a new workflow's span; return its ``traceparent`` for the record."""
-        span = self._tracer.start_span(
-            f"workflow {name}",
-            start_time=_ns(now),
-            attributes={_PREFIX + "workflow.id": workflow_id, _PREFIX + "workflow.name": name},
-        )
-        traceparent = self._traceparent(self._trace.set_span_in_context(span))
-        assert traceparent is not None  # a recording span always has a context
+    def start_workflow(self, name: str, workflow_id: str, now: float) -> str | None:
+        """Open a new workflow's span; return its ``traceparent`` for the record (None:
+        the tracer failed, the workflow starts untraced)."""
+        try:
+            span = self._tracer.start_span(
+                f"workflow {name}",
+                start_time=_ns(now),
+                attributes={
+                    _PREFIX + "workflow.id": workflow_id,
+                    _PREFIX + "workflow.name": name,
+                },
+            )
+            traceparent = self._traceparent(self._trace.set_span_in_context(span))
+        except Exception:
+            _log.exception("the tracer failed to open workflow %s's span", workflow_id)
+            return None
+        if traceparent is None:  # (a non-recording span)
+            return None
         with self._lock:
             self._open[traceparent] = span
         return traceparent
@@ -79,11 +95,20 @@ class Tracing:
         with self._lock:
             span = self._open.pop(traceparent, None)
         if span is not None:
-            span.set_attribute(_PREFIX + "workflow.existed", True)
-            span.end()
+            try:
+                span.set_attribute(_PREFIX + "workflow.existed", True)
+                span.end()
+            except Exception:
+                _log.exception("the tracer failed to end a discarded workflow span")
 
     def ended(self, record: WorkflowRecord, now: float) -> None:
         """The workflow ended (or parked for an operator): end its span."""
+        try:
+            self._end(record, now)
+        except Exception:
+            _log.exception("the tracer failed to end workflow %s's span", record.id)
+
+    def _end(self, record: WorkflowRecord, now: float) -> None:
         with self._lock:
             span = None if record.trace is None else self._open.pop(record.trace, None)
         if span is None:  # started by an earlier process: a span joining its trace
@@ -120,23 +145,48 @@ class Tracing:
             _PREFIX + "token": ctx.token,
             _PREFIX + "compensating": ctx.compensating,
         }
-        with self._tracer.start_as_current_span(
-            f"{agent}.{action}",
-            context=self._context(ctx.trace_context),
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            inner = dataclasses.replace(ctx, trace_context=self._traceparent(None))
-            try:
-                result = method(inner)
-            except BaseException as exc:  # recorded, then passed on to the agent host as is
-                self._failed(span, exc)
-                raise
-            span.set_attribute(
-                _PREFIX + "outcome", "later" if result is inner.complete_later() else "succeeded"
+        opened = span = None
+        try:
+            opened = self._tracer.start_as_current_span(
+                f"{agent}.{action}",
+                context=self._context(ctx.trace_context),
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
             )
-            return result
+            span = opened.__enter__()
+            inner = dataclasses.replace(ctx, trace_context=self._traceparent(None))
+        except Exception:
+            _log.exception("the tracer failed to open an attempt span; the action runs untraced")
+            if span is not None:  # (entered: its context must not stay on this thread)
+                self._close(opened, lambda: None)
+            return method(ctx)
+        try:
+            result = method(inner)
+        except BaseException as exc:  # recorded, then passed on to the agent host as is
+            self._close(opened, functools.partial(self._failed, span, exc), exc)
+            raise
+        later = result is inner.complete_later()
+        self._close(
+            opened,
+            lambda: span.set_attribute(_PREFIX + "outcome", "later" if later else "succeeded"),
+        )
+        return result
+
+    def _close(
+        self, opened: Any, mark: Callable[[], None], exc: BaseException | None = None
+    ) -> None:
+        """Mark and end an attempt's span; what the tracer raises is logged, and the
+        attempt's outcome stays the action's."""
+        try:
+            mark()
+            if exc is None:
+                opened.__exit__(None, None, None)
+            else:
+                opened.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException as error:
+            if error is not exc:
+                _log.exception("the tracer failed to end an attempt span")
 
     def _failed(self, span: Any, exc: BaseException) -> None:
         """Mark an attempt's span failed. The exception is user code's: only its type and

@@ -222,3 +222,43 @@ def test_a_hostile_exception_is_recorded_without_changing_the_step_error(tmp_pat
     assert span.attributes["error.type"].endswith("Unprintable")
     (event,) = span.events
     assert "unprintable" in event.attributes["exception.message"]
+
+
+class Raising(sdk.SpanProcessor):  # type: ignore[misc]
+    """A span processor (the application's code) that raises where it is told to."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if self.where == "on_start":
+            raise RuntimeError("processor on_start")
+
+    def on_end(self, span: Any) -> None:
+        if self.where == "on_end":
+            raise RuntimeError("processor on_end")
+
+
+class Counting(Agent):
+    calls = 0
+
+    def run(self, ctx: StepContext) -> str:
+        Counting.calls += 1
+        return ctx.step
+
+
+@pytest.mark.parametrize("where", ["on_start", "on_end"])
+def test_a_tracer_that_raises_changes_nothing_of_the_work(tmp_path: Path, where: str) -> None:
+    """A processor raising in on_end made every successful attempt a failure (run again,
+    then compensated) and kept the final waiter from hearing; in on_start, start() raised
+    and nothing was created."""
+    tracer_provider = sdk.TracerProvider()
+    tracer_provider.add_span_processor(Raising(where))
+    Counting.calls = 0
+    with Runtime(tmp_path / "s", tracer_provider=tracer_provider) as rt:
+        rt.add_agent("a", Counting)
+        rt.add_workflow(FLOW)
+        handle = rt.start("flow", {}, workflow_id="f-1")
+        assert handle.result(timeout=10) == {"pay": "pay", "ship": "ship"}
+        assert rt.status("f-1").state.value == "SUCCEEDED"
+    assert Counting.calls == 2  # each step once
