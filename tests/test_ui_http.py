@@ -280,6 +280,33 @@ def test_an_action_on_a_finished_workflow_is_refused_and_nothing_is_queued(
         assert pending_commands(st) == []
 
 
+@pytest.mark.parametrize(
+    ("fields", "status", "said"),
+    [
+        ({"action": "cancel"}, 409, "cancel does not apply to a parked workflow"),
+        ({"who": "w" * 201}, 400, "the limit is 200"),
+    ],
+)
+def test_an_action_the_cli_refuses_is_refused_here_too_and_nothing_is_queued(
+    console: Console, fields: dict[str, str], status: int, said: str
+) -> None:
+    """With no runtime holding the store, these were queued ("the next one to open it
+    applies it"), and the next runtime refused them without telling anyone."""
+    headers = {"Cookie": sign_in(console)}
+    got, _, html = request(console, "POST", "/act", body=form(console, **fields), headers=headers)
+    assert (got, said in html) == (status, True), html
+    with console.gate.read() as st:
+        assert pending_commands(st) == []
+
+
+def test_a_parked_workflow_is_offered_only_the_actions_that_apply(console: Console) -> None:
+    headers = {"Cookie": sign_in(console)}
+    for path in ("/inbox", "/workflow?id=stuck"):
+        _, _, html = request(console, "GET", path, headers=headers)
+        assert 'value="retry"' in html
+        assert 'value="cancel"' not in html
+
+
 # -- the token and its cookie ----------------------------------------------------------
 
 SET_COOKIE = re.compile(

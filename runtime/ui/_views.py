@@ -13,8 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import read_facts
-from herder.actors.engine import ended_for_good
+from herder.actors import Operate, read_facts
+from herder.actors.engine import ended_for_good, parked_refusal
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import _Reader
 from herder.runtime._operator_cli import ACTIONS
@@ -27,6 +27,7 @@ from herder.store import (
     InvalidInput,
     Plan,
     StoreCorrupt,
+    WorkflowState,
     append_command,
     command_outcome,
     is_held,
@@ -128,6 +129,11 @@ class Views:
             raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
         if not who or not why:
             raise ValueError("say who acts and why: both are kept in the history")
+        args: dict[str, Any] = {}
+        if action == "skip":
+            args = {"step": form.get("step") or None, "result": None}
+        # The API's and the CLI's checks, before anything is queued (InvalidInput: 400).
+        Operate(action, workflow_id, args.get("step"), who=who, why=why).check()
         with self._gate.read() as store:
             try:
                 record = store.get_workflow(workflow_id)
@@ -138,16 +144,17 @@ class Views:
             if record is None:
                 raise ValueError(f"no workflow with id {workflow_id!r}")
         ok: bool | None
+        parked = record.state is WorkflowState.NEEDS_ATTENTION
+        refusal = parked_refusal(workflow_id, action) if parked else None
         if ended_for_good(record.state):
             outcome, ok = (  # as `herder retry` refuses it: a runtime would, later
                 f"refused: workflow {workflow_id!r} is {record.state}, and no operator action "
                 "applies to a workflow that ended; nothing was queued",
                 False,
             )
+        elif refusal is not None:  # (as the CLI: a runtime would refuse it, later)
+            outcome, ok = f"refused: {refusal}; nothing was queued", False
         else:
-            args: dict[str, Any] = {}
-            if action == "skip":
-                args = {"step": form.get("step") or None, "result": None}
             command = new_command(action, workflow_id, args=args, who=who, why=why)
             with self._gate.exclusive():  # one LMDB environment per store per process
                 command_id = append_command(self._gate.path, command)
