@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 import pykka
 
-from herder.actors import NotActive, RuntimeClosed, SteadyClock, call, start_tree
+from herder.actors import NotActive, RuntimeClosed, SteadyClock, SystemClock, call, start_tree
 from herder.actors.ray import detach
 from herder.runtime._config import at_least
 from herder.runtime._firing import Firer
@@ -87,7 +87,15 @@ class Lifecycle:
             rt._ctx.event_loop.close(timeout)
             if rt._ctx.placements:
                 detach(rt._ctx)  # kills its Ray workers; Ray stops with its last user
-        rt._fail_waiters(RuntimeClosed("the runtime was stopped"))
+        lost = rt._ctx.lost
+        where = "the runtime that holds the store now" if lost else "the next runtime on the store"
+        rt._fail_waiters(
+            RuntimeClosed(
+                ("this runtime lost the store's lease" if lost else "the runtime was stopped")
+                + f" before the workflow ended; it is durable and goes on under {where}: "
+                "wait for it there, or read its status from the store"
+            )
+        )
         rt._wake.set()
 
     def run_forever(self, *, drain_timeout: float = 30.0) -> None:
@@ -205,7 +213,8 @@ class Lifecycle:
             with rt._lock:
                 rt._active = 0
             rt._listener.count_next_recovery()
-            keeper = LeaseKeeper(rt._store, rt._ctx, self._hand_over)
+            real = type(rt._clock) is SystemClock  # (see LeaseKeeper's gate)
+            keeper = LeaseKeeper(rt._store, rt._ctx, self._hand_over, gate=real)
             rt._listener.sweepers[:] = [
                 keeper.on_sweep,
                 self._healthy,

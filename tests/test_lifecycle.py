@@ -92,3 +92,22 @@ def test_a_runtime_whose_actors_failed_for_good_says_so_from_stats_and_start(
                 call()
     finally:
         rt.stop()
+
+
+def test_a_waiter_of_a_stopped_runtime_is_told_where_the_workflow_goes_on(
+    tmp_path: Path,
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    rt = Runtime(tmp_path / "s")
+    try:
+        rt.add_agent("gate", lambda: Blocking(entered, release))
+        rt.add_workflow(Workflow("held").step("hold", agent="gate", action="hold"))
+        rt.start("held", workflow_id="w")
+        assert entered.wait(WAIT)
+        waiter = rt._watch("w")  # what result() waits on, registered before the stop
+        rt.stop(timeout=1.0)
+        with pytest.raises(RuntimeClosed, match="goes on under the next runtime on the store"):
+            waiter.wait(WAIT)
+    finally:
+        release.set()
+        rt.stop()
