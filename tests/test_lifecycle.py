@@ -25,6 +25,21 @@ class Blocking(Agent):
         return "held"
 
 
+def holding(tmp_path: Path, release: threading.Event) -> Runtime:
+    """A runtime whose workflow "w" runs an attempt that holds until ``release``."""
+    entered = threading.Event()
+    rt = Runtime(tmp_path / "s")
+    try:
+        rt.add_agent("gate", lambda: Blocking(entered, release))
+        rt.add_workflow(Workflow("held").step("hold", agent="gate", action="hold"))
+        rt.start("held", workflow_id="w")
+        assert entered.wait(WAIT)
+    except BaseException:
+        rt.stop()
+        raise
+    return rt
+
+
 def test_the_drain_asks_again_when_an_outcome_commits_not_on_a_timer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -41,13 +56,9 @@ def test_the_drain_asks_again_when_an_outcome_commits_not_on_a_timer(
         return answer
 
     monkeypatch.setattr(_lifecycle, "call", counting)
-    entered, release = threading.Event(), threading.Event()
-    rt = Runtime(tmp_path / "s")
+    release = threading.Event()
+    rt = holding(tmp_path, release)
     try:
-        rt.add_agent("gate", lambda: Blocking(entered, release))
-        rt.add_workflow(Workflow("held").step("hold", agent="gate", action="hold"))
-        rt.start("held", workflow_id="w")
-        assert entered.wait(WAIT)
         stopper = threading.Thread(target=rt.stop, kwargs={"timeout": WAIT, "drain": True})
         stopper.start()
         assert first_answer.wait(WAIT)
@@ -97,13 +108,9 @@ def test_a_runtime_whose_actors_failed_for_good_says_so_from_stats_and_start(
 def test_a_waiter_of_a_stopped_runtime_is_told_where_the_workflow_goes_on(
     tmp_path: Path,
 ) -> None:
-    entered, release = threading.Event(), threading.Event()
-    rt = Runtime(tmp_path / "s")
+    release = threading.Event()
+    rt = holding(tmp_path, release)
     try:
-        rt.add_agent("gate", lambda: Blocking(entered, release))
-        rt.add_workflow(Workflow("held").step("hold", agent="gate", action="hold"))
-        rt.start("held", workflow_id="w")
-        assert entered.wait(WAIT)
         waiter = rt._watch("w")  # what result() waits on, registered before the stop
         rt.stop(timeout=1.0)
         with pytest.raises(RuntimeClosed, match="goes on under the next runtime on the store"):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,16 +222,23 @@ class Gated(Agent):
         return None
 
 
-def test_two_batches_waiting_for_capacity_do_not_split_it_and_wait_for_each_other(
-    tmp_path: Path,
-) -> None:
-    """Each took the slots that freed one at a time: 2 + 2 of 4, each needing 3, and both
-    waited until their timeout (for good without one) with nothing running."""
+@contextlib.contextmanager
+def gated_runtime(tmp_path: Path) -> Iterator[Runtime]:
+    """Room for 4 workflows; workflow "held" holds its slot until ``Gated.gate`` is set."""
     Gated.gate = threading.Event()
     with Runtime(tmp_path / "s", max_active_workflows=4) as rt:
         register(rt)
         rt.add_agent("gated", Gated, concurrency=4)
         rt.add_workflow(Workflow("held").step("only", agent="gated", action="hold"))
+        yield rt
+
+
+def test_two_batches_waiting_for_capacity_do_not_split_it_and_wait_for_each_other(
+    tmp_path: Path,
+) -> None:
+    """Each took the slots that freed one at a time: 2 + 2 of 4, each needing 3, and both
+    waited until their timeout (for good without one) with nothing running."""
+    with gated_runtime(tmp_path) as rt:
         running = [rt.start("held", workflow_id=f"run-{i}") for i in range(4)]
         done: dict[str, object] = {}
 
@@ -255,11 +264,7 @@ def test_a_batch_waiting_for_capacity_holds_no_slot_until_all_of_its_slots_are_f
 ) -> None:
     """What keeps two waiting batches from splitting the slots that free between them: a
     batch that needs 3 slots while 2 are free leaves them to a start() meanwhile."""
-    Gated.gate = threading.Event()
-    with Runtime(tmp_path / "s", max_active_workflows=4) as rt:
-        register(rt)
-        rt.add_agent("gated", Gated, concurrency=4)
-        rt.add_workflow(Workflow("held").step("only", agent="gated", action="hold"))
+    with gated_runtime(tmp_path) as rt:
         running = [rt.start("held", workflow_id=f"run-{i}") for i in range(2)]
         waiting = threading.Event()
         done: list[int] = []
