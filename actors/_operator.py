@@ -266,8 +266,8 @@ class Operator:
         wid = op.workflow_id
         if record is None:
             return UnknownWorkflow(f"no workflow with id {wid!r}")
-        refusal = parked_refusal(wid, op.action)
-        if refusal is not None and record.state is WorkflowState.NEEDS_ATTENTION:
+        refusal = parked_refusal(wid, record.state, op.action)
+        if refusal is not None:
             return InvalidState(refusal)
         if record.state.is_final:
             return InvalidState(

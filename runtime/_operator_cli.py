@@ -72,6 +72,17 @@ def add_parsers(sub: Any) -> None:
             cmd.add_argument("--result", help="the step's result, as JSON (default: null)")
 
 
+def queue_refusal(workflow_id: str, state: WorkflowState, action: str) -> str | None:
+    """Why a runtime would refuse operator ``action`` on a workflow in ``state``, known
+    before the command is queued (the CLI and the console refuse it then), or None."""
+    if ended_for_good(state):
+        return (
+            f"workflow {workflow_id!r} is {state}, and no operator action applies to a "
+            "workflow that ended"
+        )
+    return parked_refusal(workflow_id, state, action)
+
+
 def show_inbox(out: TextIO, store_path: str, *, as_json: bool) -> int:
     """``herder inbox``: every NEEDS_ATTENTION workflow and the step needing a decision."""
     corrupt: list[StoreCorrupt] = []
@@ -125,14 +136,8 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
         record = store.get_workflow(args.id)
     if record is None:
         raise UnknownWorkflow(f"no workflow with id {args.id!r} in {path}")
-    if ended_for_good(record.state):
-        sys.stderr.write(
-            f"herder {action}: refused: workflow {args.id!r} is {record.state}, and no "
-            "operator action applies to a workflow that ended; nothing was queued\n"
-        )
-        return 1
-    refusal = parked_refusal(args.id, action)
-    if refusal is not None and record.state is WorkflowState.NEEDS_ATTENTION:
+    refusal = queue_refusal(args.id, record.state, action)
+    if refusal is not None:
         sys.stderr.write(f"herder {action}: refused: {refusal}; nothing was queued\n")
         return 1
     running = is_held(path)

@@ -149,11 +149,11 @@ def ended_for_good(state: WorkflowState) -> bool:
     return state.is_final and state not in OPERATOR_WORKFLOW_NEXT
 
 
-def parked_refusal(workflow_id: str, action: str) -> str | None:
-    """Why operator ``action`` does not apply to the parked (NEEDS_ATTENTION) workflow,
-    or None if it does: a cancel would end it CANCELLED, which is not among
-    :data:`OPERATOR_WORKFLOW_NEXT` of a parked workflow."""
-    if action != "cancel":
+def parked_refusal(workflow_id: str, state: WorkflowState, action: str) -> str | None:
+    """Why operator ``action`` does not apply to a workflow in ``state`` because it is
+    parked (NEEDS_ATTENTION), or None: a cancel would end it CANCELLED, which is not
+    among :data:`OPERATOR_WORKFLOW_NEXT` of a parked workflow."""
+    if action != "cancel" or state is not W.NEEDS_ATTENTION:
         return None
     return (
         f"workflow {workflow_id!r} is NEEDS_ATTENTION (parked for an operator), and cancel "

@@ -175,8 +175,7 @@ def workflow_page(
     story = "".join(
         "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _story(list(history))
     )
-    parked = status.state is WorkflowState.NEEDS_ATTENTION
-    actions = "" if final else action_form(status.id, csrf, None, parked=parked)
+    actions = "" if final else action_form(status.id, status.state, csrf, None)
     return (
         f"<h1>{e(status.id)} {state_badge(status.state)}</h1>"
         f'<p class="meta">{e(status.name)}@{status.version} · created {when(status.created)}'
@@ -196,17 +195,15 @@ def workflow_page(
     )
 
 
-def action_form(
-    workflow_id: str, csrf: str | None, step: str | None, *, parked: bool = False
-) -> str:
-    """The operator's buttons for one workflow (only with the token: else a hint); a
-    ``parked`` one (NEEDS_ATTENTION) gets only the actions that apply to it."""
+def action_form(workflow_id: str, state: WorkflowState, csrf: str | None, step: str | None) -> str:
+    """The operator's buttons for one workflow in ``state`` (only with the token: else a
+    hint): a parked one gets only the actions that apply to it."""
     if csrf is None:
         return '<p class="hint">Read-only: open the URL with the token to act.</p>'
     buttons = "".join(
         f'<button name=action value="{a}" title="{e(text)}">{a}</button>'
         for a, text in ACTIONS.items()
-        if not parked or parked_refusal(workflow_id, a) is None
+        if parked_refusal(workflow_id, state, a) is None
     )
     hidden_step = f'<input type=hidden name=step value="{e(step)}">' if step else ""
     return (
@@ -220,13 +217,14 @@ def action_form(
 
 
 def inbox_page(items: Iterable[InboxItem], csrf: str | None) -> str:
-    """Every workflow waiting for an operator, each with the actions."""
+    """Every workflow waiting for an operator (parked), each with the actions."""
+    parked = WorkflowState.NEEDS_ATTENTION
     rows = "".join(
         f'<tr><td><a href="{e("/workflow?" + urlencode({"id": i.id}))}">{e(i.id)}</a></td>'
         f"<td>{e(i.name)}@{i.version}</td><td>{e(i.step or '')}</td>"
         f"<td>{state_badge(i.step_state) if i.step_state else ''}</td><td>{i.attempts}</td>"
         f"{error_cell(i.step_error or i.error, 120)}"
-        f"<td>{when(i.since)}</td><td>{action_form(i.id, csrf, i.step, parked=True)}</td></tr>"
+        f"<td>{when(i.since)}</td><td>{action_form(i.id, parked, csrf, i.step)}</td></tr>"
         for i in items
     )
     if not rows:

@@ -14,10 +14,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.actors import Operate, read_facts
-from herder.actors.engine import ended_for_good, parked_refusal
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import _Reader
-from herder.runtime._operator_cli import ACTIONS
+from herder.runtime._operator_cli import ACTIONS, queue_refusal
 from herder.runtime._schedules import schedule_statuses
 from herder.runtime.ui import _pages
 from herder.runtime.ui._counters import Counters
@@ -27,7 +26,6 @@ from herder.store import (
     InvalidInput,
     Plan,
     StoreCorrupt,
-    WorkflowState,
     append_command,
     command_outcome,
     is_held,
@@ -144,15 +142,8 @@ class Views:
             if record is None:
                 raise ValueError(f"no workflow with id {workflow_id!r}")
         ok: bool | None
-        parked = record.state is WorkflowState.NEEDS_ATTENTION
-        refusal = parked_refusal(workflow_id, action) if parked else None
-        if ended_for_good(record.state):
-            outcome, ok = (  # as `herder retry` refuses it: a runtime would, later
-                f"refused: workflow {workflow_id!r} is {record.state}, and no operator action "
-                "applies to a workflow that ended; nothing was queued",
-                False,
-            )
-        elif refusal is not None:  # (as the CLI: a runtime would refuse it, later)
+        refusal = queue_refusal(workflow_id, record.state, action)
+        if refusal is not None:  # as the CLI refuses it: a runtime would, later
             outcome, ok = f"refused: {refusal}; nothing was queued", False
         else:
             command = new_command(action, workflow_id, args=args, who=who, why=why)
