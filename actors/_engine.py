@@ -173,13 +173,11 @@ class AttemptPort:
         queued (a standby may be running those steps) until a renewal says the lease is
         still its own; waits up to ``wait`` seconds for one (0 on an event loop)."""
         ctx = self._ctx
-        if ctx.lost is None and time.monotonic() < ctx.lease_until:
+        if _holds_lease(ctx):
             return True
         with ctx.leased:
-            ctx.leased.wait_for(
-                lambda: ctx.lost is not None or time.monotonic() < ctx.lease_until, wait
-            )
-        return ctx.lost is None and time.monotonic() < ctx.lease_until
+            ctx.leased.wait_for(lambda: ctx.lost is not None or _holds_lease(ctx), wait)
+        return _holds_lease(ctx)
 
     def heartbeat(self, details: Any) -> None:
         """Tell the Scheduler the attempt is alive, at most once per ``min_gap`` seconds."""
@@ -188,6 +186,11 @@ class AttemptPort:
             return
         self._last = now
         self._ctx.tell_scheduler(Heartbeat(self.token, details))
+
+
+def _holds_lease(ctx: EngineContext) -> bool:
+    """Whether the runtime surely still holds the lease (``EngineContext.lease_until``)."""
+    return ctx.lost is None and time.monotonic() < ctx.lease_until
 
 
 _new_context = builder(StepContext)  # (StepContext(...) at half the cost: once per step)

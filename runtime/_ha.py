@@ -60,7 +60,7 @@ class LeaseKeeper:
         self._every = store.lease_duration / 3
         self._next = store.lease_taken_at + self._every  # (a long start: at the first sweep)
         self._renewing = False
-        self._asked = time.monotonic()  # when the renewal in flight was asked for
+        self._asked = store.lease_taken_at  # when the renewal in flight was asked for
         # What attempts about to start check (AttemptPort.leased): a lease from its take.
         self._set_until(store.lease_taken_at + store.lease_duration)
         self._handing_off = False
