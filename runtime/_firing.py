@@ -126,11 +126,9 @@ class Firer:
             if stored is not None:
                 if stored.same_definition(record):
                     return stored
-                changed = stored.redefined(record)
+                record = stored.redefined(record)
                 if not stored.same_slots(record):
-                    now_ms = int(self._clock.time() * 1000)
-                    changed = changed.evolve(cursor_ms=max(stored.cursor_ms, now_ms))
-                record = changed
+                    record = record.from_now(self._clock.time())
             self._write(record)
         self.wake()
         return record
@@ -144,7 +142,7 @@ class Firer:
             now = self._clock.time()
             changed = stored.evolve(paused=paused, updated=now)
             if not paused:
-                changed = changed.evolve(cursor_ms=max(stored.cursor_ms, int(now * 1000)))
+                changed = changed.from_now(now)
             self._write(changed)
         self.wake()
 

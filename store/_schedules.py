@@ -75,6 +75,11 @@ class ScheduleRecord:
         """True when ``other``'s slots are this schedule's (the other settings aside)."""
         return all(getattr(self, name) == getattr(other, name) for name in SLOTS)
 
+    def from_now(self, now: float) -> ScheduleRecord:
+        """This schedule with its cursor moved up to ``now`` (seconds): slots before it
+        are passed over (resumed, or its slots changed)."""
+        return self.evolve(cursor_ms=max(self.cursor_ms, int(now * 1000)))
+
     def redefined(self, other: ScheduleRecord) -> ScheduleRecord:
         """This schedule with ``other``'s definition (its progress kept)."""
         return replace(self, updated=other.updated, **{n: getattr(other, n) for n in DEFINITION})
