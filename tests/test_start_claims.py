@@ -87,8 +87,8 @@ def test_a_start_async_cancelled_mid_commit_then_started_again_halts_nothing(
     async def main() -> None:
         for i in range(ROUNDS):
             first = asyncio.create_task(rt.start_async("w", {}, workflow_id=f"c-{i}"))
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # (no wait: two turns of the loop, so the start is
+            await asyncio.sleep(0)  # under way, its creation queued, when it is cancelled)
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
             again = await rt.start_async("w", {}, workflow_id=f"c-{i}")
