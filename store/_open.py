@@ -19,6 +19,7 @@ from herder.store import _recent as recent
 from herder.store._codec import decode, encode, legacy_int
 from herder.store._errors import SchemaTooNew, StoreCorrupt, StoreError, StoreIOError
 from herder.store._locktable import LOCK_FILE, check_lock_table, is_held
+from herder.store._metapage import check_not_truncated
 from herder.store._recent import RECENT_AT_DB, RECENT_DB
 from herder.store._records import SCHEMA_VERSION
 
@@ -50,7 +51,9 @@ Handles = dict[str, Any]
 def open_lmdb(path: str | os.PathLike[str], **options: Any) -> lmdb.Environment:
     """``lmdb.open`` of a store directory with the settings every opener shares (room
     for the named databases, LMDB's lock table, no readahead, the reader slots) plus
-    ``options``."""
+    ``options``. A ``data.mdb`` cut short is refused first: mapped, it would kill the
+    process with SIGBUS at the first read past its end."""
+    check_not_truncated(pathlib.Path(path))
     return lmdb.open(
         str(path),
         max_dbs=MAX_DBS,
@@ -153,8 +156,8 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
     except lmdb.NotFoundError as exc:
         env.close()
         raise StoreError(
-            f"{path} is not a herder store (a named database is missing): {exc}; a "
-            "current Runtime opening it once adds it"
+            f"{path} is not a herder store (its {name!r} database is missing, which every "
+            "herder store has): check --store; nothing was written to it"
         ) from exc
     except lmdb.Error as exc:
         env.close()
