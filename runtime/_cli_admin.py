@@ -22,6 +22,7 @@ from herder.store import (
     COMMAND_DONE,
     FINISHED,
     PURGEABLE,
+    SCHEMA_VERSION,
     Store,
     StoreError,
     append_command,
@@ -71,11 +72,22 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
     if not (pathlib.Path(path) / "data.mdb").is_file():  # (Store(path) would create one)
         raise StoreError(f"no store at {path} (no data.mdb there): check --store")
     what = f"{', '.join(sorted(states))} workflows last updated before {_when(before)}"
-    if args.dry_run:
-        with Store(path, readonly=True) as store:
+    # Read-only first: a foreign LMDB environment is refused before anything is written
+    # into it, and so is a store an older herder runs (opened for writing it would be
+    # marked with this herder's schema, which that herder refuses to open).
+    with Store(path, readonly=True) as store:
+        if args.dry_run:
             out.write(f"would delete {count_purgeable(store, before, states)} {what}\n")
-        return 0
+            return 0
+        schema = store.schema_version
     if not is_held(path):
+        if schema < SCHEMA_VERSION:
+            raise StoreError(
+                f"store {path} has schema version {schema}, from an older herder; purging "
+                f"it with this one would mark it {SCHEMA_VERSION}, which the older herder "
+                "cannot open. Purge it with the herder that runs it, or run this herder's "
+                "runtime on it once (that upgrades it), then purge"
+            )
         with Store(path) as store:
             deleted = purge(store, before, states)
         out.write(f"deleted {deleted} {what}\n")

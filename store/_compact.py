@@ -6,6 +6,17 @@ open and would take over on it). The copy (``mdb_env_copy2`` with compaction: on
 pages, in order) is written to ``compact.tmp/`` inside the store directory, synced, and
 renamed over ``data.mdb`` (atomic on one filesystem); a crash before the rename leaves
 the old store whole and a stale ``compact.tmp/`` that the next compact removes.
+
+No other process may have the environment open at the swap, whatever it is: a reader
+(``herder ui``, a script's read-only ``Store``) keeps the old file mapped, and LMDB's lock
+table (``lock.mdb``, kept across the swap) would still carry the old file's transaction
+counter, so the next opener could read the new file through the wrong meta page (an
+empty store, half the time). Every process with the environment open holds a read lock
+on byte 0 of ``lock.mdb``, so compact refuses when it finds one, before the copy and
+again at the swap, where it holds the write lock on that byte: an opener then waits, and
+one that opened during the copy, or a write that landed in it (an operator's command),
+makes compact give up with the store as it was. After the swap it opens the new file
+once while it holds that lock, which has LMDB set its lock table up afresh.
 """
 
 from __future__ import annotations
@@ -19,7 +30,8 @@ import shutil
 import lmdb
 
 from herder.store._errors import StoreError, StoreLocked
-from herder.store._locktable import LOCK_FILE
+from herder.store._locktable import LMDB_LOCK, LOCK_FILE
+from herder.store._metapage import last_txnid
 from herder.store._open import open_existing, open_lmdb, read_schema, translate
 from herder.store._standby import standby_waiting
 
@@ -32,7 +44,10 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
     data = root / "data.mdb"
     if not data.is_file():
         raise StoreError(f"no store at {root}: check --store")
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # a read-only filesystem, permissions: no traceback
+        raise StoreError(f"cannot compact {root}: {exc}") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -40,29 +55,64 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
             raise StoreLocked(_busy(root, "a runtime holds it")) from None
         if standby_waiting(root):
             raise StoreLocked(_busy(root, "a standby runtime waits on it"))
+        _refuse_if_open(root, "has it open")
+        before = data.stat().st_size
+        held, txnid = census(root)  # a whole herder store this herder reads, or refused
         tmp = root / TMP
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
-        before = data.stat().st_size
-        held = census(root)  # a whole herder store this herder reads, or refused
         try:
-            env = open_lmdb(root, readonly=True)
-            try:
-                env.copy(str(tmp), compact=True)
-            finally:
-                env.close()
-        except lmdb.Error as exc:
+            _copy(root, tmp, held)
+            _swap(root, tmp / "data.mdb", txnid)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise translate(exc, f"cannot compact {root}") from exc
-        copied = tmp / "data.mdb"
-        if (got := census(tmp)) != held:
-            shutil.rmtree(tmp, ignore_errors=True)
-            lost = {db: (held.get(db), got.get(db)) for db in held if held[db] != got.get(db)}
-            raise StoreError(
-                f"cannot compact {root}: its compacted copy does not hold what the store "
-                f"does (entries per database, store vs copy: {lost}); the store was left "
-                "as it was. It may be damaged: run `herder check` on it, restore a backup"
+        return before, data.stat().st_size
+    except OSError as exc:  # (as above)
+        raise StoreError(f"cannot compact {root}: {exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _copy(root: pathlib.Path, tmp: pathlib.Path, held: dict[str, int]) -> None:
+    """Write the compacting copy into ``tmp``; refuse one that does not hold ``held``
+    (the store's entries per database)."""
+    try:
+        env = open_lmdb(root, readonly=True)
+        try:
+            env.copy(str(tmp), compact=True)
+        finally:
+            env.close()
+    except lmdb.Error as exc:
+        raise translate(exc, f"cannot compact {root}") from exc
+    if (got := census(tmp)[0]) != held:
+        lost = {db: (held.get(db), got.get(db)) for db in held if held[db] != got.get(db)}
+        raise StoreError(
+            f"cannot compact {root}: its compacted copy does not hold what the store "
+            f"does (entries per database, store vs copy: {lost}); the store was left "
+            "as it was. It may be damaged: run `herder check` on it, restore a backup"
+        )
+
+
+def _swap(root: pathlib.Path, copied: pathlib.Path, txnid: int) -> None:
+    """Put ``copied`` in place of the store's ``data.mdb`` (read at commit ``txnid``),
+    holding LMDB's lock so that nobody has the environment open or opens it meanwhile."""
+    data = root / "data.mdb"
+    fd = os.open(root / LMDB_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+        except OSError:
+            why = "another process opened it while it was copied"
+            raise StoreLocked(_busy(root, why)) from None
+        if last_txnid(data) != txnid:
+            raise StoreLocked(
+                _busy(root, "it was written while it was copied (an operator's command?)")
             )
+        original = data.stat()
+        with contextlib.suppress(PermissionError):  # (not root: the copy is the user's own)
+            os.chown(copied, original.st_uid, original.st_gid)
         copied.chmod(0o600)
         with open(copied, "rb") as f:
             os.fsync(f.fileno())
@@ -72,23 +122,39 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        shutil.rmtree(tmp, ignore_errors=True)
-        return before, data.stat().st_size
+        # Opened while this process holds the lock, LMDB takes it for the only user and
+        # sets the lock table up for the new file; closing it lets the waiters in.
+        open_lmdb(root, readonly=True).close()
     finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
-def census(path: pathlib.Path) -> dict[str, int]:
-    """Entries in each database of the store at ``path``, refusing (``StoreError``) one
-    that is not a herder store of a schema this herder reads: the store is counted
-    before it is copied, and the copy must count the same before it replaces it."""
+def _refuse_if_open(root: pathlib.Path, why: str) -> None:
+    """Refuse (:class:`StoreLocked`) while another process has the environment open."""
+    try:
+        fd = os.open(root / LMDB_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # never opened with a lock table
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+    except OSError:
+        raise StoreLocked(
+            _busy(root, f"another process {why} (`herder ui`, a script's Store, a standby)")
+        ) from None
+    finally:
+        os.close(fd)  # (and its lock with it)
+
+
+def census(path: pathlib.Path) -> tuple[dict[str, int], int]:
+    """Entries in each database of the store at ``path`` and the commit they were read
+    at, refusing (``StoreError``) one that is not a herder store of a schema this herder
+    reads: the store is counted before it is copied, and the copy must count the same
+    before it replaces it."""
     env, handles = open_existing(path, write=False)
     try:
         with env.begin() as txn:
             read_schema(txn, handles["meta"], path)
-            return {name: txn.stat(db)["entries"] for name, db in handles.items()}
+            return {name: txn.stat(db)["entries"] for name, db in handles.items()}, txn.id()
     except lmdb.Error as exc:
         raise translate(exc, f"cannot read store {path}") from exc
     finally:
@@ -97,6 +163,7 @@ def census(path: pathlib.Path) -> dict[str, int]:
 
 def _busy(root: pathlib.Path, why: str) -> str:
     return (
-        f"cannot compact {root}: {why}. Compacting is offline: stop the runtime (and any "
-        "standby), run `herder compact`, then start it again"
+        f"cannot compact {root}: {why}; the store was left as it was. Compacting is "
+        "offline: stop the runtime, any standby and every other process that opens the "
+        "store, run `herder compact`, then start them again"
     )

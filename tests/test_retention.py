@@ -284,9 +284,9 @@ def test_compact_keeps_the_store_when_its_copy_does_not_hold_the_same(
     before = (old_store / "data.mdb").read_bytes()
     counted = _compact.census
 
-    def copy_lost_steps(path: Path) -> dict[str, int]:
-        got = counted(path)
-        return {**got, "steps": 0} if path.name == _compact.TMP else got
+    def copy_lost_steps(path: Path) -> tuple[dict[str, int], int]:
+        got, txnid = counted(path)
+        return ({**got, "steps": 0} if path.name == _compact.TMP else got), txnid
 
     monkeypatch.setattr(_compact, "census", copy_lost_steps)
     with pytest.raises(StoreError, match="its compacted copy does not hold what the store"):

@@ -1,0 +1,184 @@
+"""Offline store operations with other processes around (the store-operations review of
+session 14): ``compact`` never swaps a file under another opener and never drops a write
+made while it copied; ``purge`` writes into no foreign environment and marks no older
+store with this schema; a ``data.mdb`` cut short is refused instead of killing the
+process with SIGBUS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from herder.runtime import Agent, Runtime, StepContext, StoreError, StoreLocked, Workflow
+from herder.store import Put, Store, Transition, _compact, append_command, encode, new_command
+
+HERDER = str(Path(sys.executable).parent / "herder")
+WAIT = 30.0
+pytestmark = pytest.mark.timeout(120)
+
+
+def herder(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [HERDER, *argv], capture_output=True, text=True, timeout=WAIT * 2, check=False
+    )
+
+
+class Service(Agent):
+    def go(self, ctx: StepContext) -> None:
+        return None
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A store with 200 workflow records (enough pages to truncate), no runtime on it."""
+    path = tmp_path / "s"
+    with Runtime(path) as rt:
+        rt.add_agent("svc", Service)
+        rt.add_workflow(Workflow("flow").step("a", agent="svc", action="go"))
+        for i in range(200):  # each waits a day for its first step, its record written
+            rt.start("flow", {"pad": "x" * 500}, workflow_id=f"w{i:03d}", delay=86400)
+    return path
+
+
+def workflow_ids(path: Path) -> int:
+    with Store(path, readonly=True) as s:
+        return len(list(s.workflows()))
+
+
+class Reader:
+    """Another process with the store open read-only, as `herder ui` or a script."""
+
+    def __init__(self, path: Path) -> None:
+        code = (
+            "import sys, herder.store as h\n"
+            f"s = h.Store({str(path)!r}, readonly=True)\n"
+            "print(len(list(s.workflows())), flush=True)\n"
+            "sys.stdin.read()\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.saw = int(self.proc.stdout.readline())  # (open once it said what it read)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(WAIT)
+
+
+def test_compact_refuses_while_another_process_has_the_store_open(store: Path) -> None:
+    # A reader kept the old file mapped, and LMDB's lock table the old file's commit
+    # counter: the next runtime read the compacted file as an empty store, about half
+    # the time, and `herder check` called it fine.
+    reader = Reader(store)
+    try:
+        assert reader.saw == 200
+        done = herder("compact", "--store", str(store))
+        assert done.returncode == 1
+        assert "another process has it open" in done.stderr
+        assert "left as it was" in done.stderr
+    finally:
+        reader.close()
+    assert herder("compact", "--store", str(store)).returncode == 0  # alone, it runs
+    assert workflow_ids(store) == 200
+    with Runtime(store) as rt:
+        assert len(rt.list()) == 200
+
+
+def test_compact_gives_up_when_the_store_is_opened_while_it_copies(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A standby started during a compact took over on the old, unlinked file: all it ran
+    # was lost at the swap.
+    before = (store / "data.mdb").read_bytes()
+    counted = _compact.census
+    readers: list[Reader] = []
+
+    def open_meanwhile(path: Path) -> tuple[dict[str, int], int]:
+        if path.name == _compact.TMP:
+            readers.append(Reader(store))
+        return counted(path)
+
+    monkeypatch.setattr(_compact, "census", open_meanwhile)
+    try:
+        with pytest.raises(StoreLocked, match="another process opened it while it was copied"):
+            _compact.compact(store)
+    finally:
+        for reader in readers:
+            reader.close()
+    assert (store / "data.mdb").read_bytes() == before
+    assert not (store / _compact.TMP).exists()
+
+
+def test_compact_gives_up_when_a_write_lands_while_it_copies(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An operator's command queued during the copy (exit 3, "it stays queued") went into
+    # the old file after the copy was taken, and vanished with it.
+    counted = _compact.census
+
+    def command_meanwhile(path: Path) -> tuple[dict[str, int], int]:
+        if path.name == _compact.TMP:
+            append_command(store, new_command("cancel", "w001", who="ops", why="test"))
+        return counted(path)
+
+    monkeypatch.setattr(_compact, "census", command_meanwhile)
+    with pytest.raises(StoreLocked, match="it was written while it was copied"):
+        _compact.compact(store)
+    with Store(store, readonly=True) as s:
+        assert s.count("commands") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_compact_run_as_root_keeps_the_owner_of_the_store(store: Path) -> None:
+    for f in store.iterdir():
+        os.chown(f, 65534, 65534)
+    assert herder("compact", "--store", str(store)).returncode == 0
+    st = (store / "data.mdb").stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+
+
+def test_a_data_file_cut_short_is_refused_not_a_sigbus(store: Path) -> None:
+    data = store / "data.mdb"
+    os.truncate(data, data.stat().st_size // 2)
+    for command in ("check", "ls", "compact"):
+        done = herder(command, "--store", str(store))
+        assert done.returncode == 1, (command, done.returncode, done.stderr)
+        assert "was cut short" in done.stderr
+    with pytest.raises(StoreError, match="Restore a backup"):
+        Store(store, readonly=True)
+
+
+def test_purge_writes_nothing_into_an_lmdb_environment_that_is_not_a_store(
+    tmp_path: Path,
+) -> None:
+    foreign = tmp_path / "other"
+    env = lmdb.open(str(foreign))
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.close()
+    done = herder("purge", "--store", str(foreign), "--older-than", "1d")
+    assert done.returncode == 1
+    assert "is not a herder store" in done.stderr
+    env = lmdb.open(str(foreign), readonly=True)
+    with env.begin() as txn:
+        assert [k for k, _ in txn.cursor()] == [b"k"]  # no databases added
+    env.close()
+
+
+def test_purge_does_not_mark_a_store_of_an_older_herder(store: Path) -> None:
+    with Store(store) as raw:  # as an older herder left it
+        put = Put("meta", b"schema", encode(2))
+        raw.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+    done = herder("purge", "--store", str(store), "--older-than", "1d")
+    assert done.returncode == 1
+    assert "from an older herder" in done.stderr
+    with Store(store, readonly=True) as s:
+        assert s.schema_version == 2
+    assert herder("purge", "--store", str(store), "--older-than", "1d", "--dry-run").returncode == 0
