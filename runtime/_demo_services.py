@@ -24,7 +24,7 @@ from typing import Any
 
 from herder.actors import Agent, InstanceCrash, Permanent, StepContext
 from herder.runtime._workflow import Workflow
-from herder.store import RetryPolicy, StepState, Store, WorkflowState
+from herder.store import RetryPolicy, StepRecord, StepState, Store, WorkflowState
 
 SERVICES = {"flight": "airline", "hotel": "hotels", "car": "cars"}
 """Step name -> the agent (and service) that books it, in workflow order."""
@@ -231,6 +231,11 @@ def audit(
         for step in SERVICES:
             a.problems += _check_step(a, f"{wid}/{step}", st[step].state, st[step].result, keys)
         states = [st[s].state for s in SERVICES]
+        if states[-1] is StepState.COMPENSATED and _maybe_applied(f"{wid}/car", steps):
+            # An attempt of car before the Permanent one failed otherwise (unreachable,
+            # answer lost): it may have taken effect, so car is undone too (checked above:
+            # applied and undone, or a no-op).
+            states[-1] = StepState.FAILED
         if record.state is WorkflowState.SUCCEEDED:
             if any(s is not StepState.SUCCEEDED for s in states):
                 a.problems.append(f"{wid}: SUCCEEDED with steps {states}")
@@ -247,11 +252,19 @@ def audit(
     a.problems += [
         f"{k}: undo requested of a key never applied"
         for k, key in keys.items()
-        if key.requests["undo"] and not key.effects["apply"]
+        if key.requests["undo"] and not key.effects["apply"] and not _maybe_applied(k, steps)
     ]
     a.requests = sum(sum(k.requests.values()) for k in keys.values())
     a.effects = sum(len(ts) for k in keys.values() for ts in k.effects.values())
     return a
+
+
+def _maybe_applied(key_name: str, steps: dict[str, dict[str, StepRecord]]) -> bool:
+    """Whether the store says the key's step may have taken effect though it failed (an
+    attempt failed with something but Permanent): its undo is asked for, blind."""
+    wid, _, step = key_name.rpartition("/")
+    st = steps.get(wid, {}).get(step)
+    return st is not None and not st.succeeded and st.done_token is not None
 
 
 def _check_step(a: Audit, key_name: str, state: StepState, result: Any, keys: Any) -> list[str]:
@@ -266,6 +279,8 @@ def _check_step(a: Audit, key_name: str, state: StepState, result: Any, keys: An
         if result != key.value:
             return [f"{key_name}: recorded {result!r}, the service {key.value!r}"]
     elif state is StepState.COMPENSATED:
+        if not applied and not undone and key_name.endswith("/car"):
+            return []  # undone blind: an attempt that failed may have taken effect (none did)
         if len(applied) != 1 or len(undone) != 1 or undone[0] < applied[0]:
             return [f"{key_name}: COMPENSATED but the service has {dict(key.effects)}"]
     elif applied and not undone:

@@ -249,6 +249,26 @@ def test_a_permanent_failure_is_not_compensated(rt: Runtime) -> None:
     assert ledger.requests["undo:w/car"] == 0
 
 
+def test_a_permanent_failure_after_an_answer_lost_is_compensated(rt: Runtime) -> None:
+    # The car's first attempt booked the car and its answer was lost; the retry was
+    # refused with Permanent. Left FAILED and never undone, the booking stood while the
+    # workflow said it had undone everything (the workflow review, session 14).
+    ledger = EffectLedger()
+
+    def booked_then_refused(ctx: StepContext) -> None:
+        if ctx.attempt == 1:
+            ledger.apply(ctx.idempotency_key, "booked")
+            raise TimeoutError("answer lost")
+        fail_permanently("no cars left")
+
+    serve(rt, ledger, {"car": booked_then_refused})
+    rt.add_workflow(trip())
+    with pytest.raises(WorkflowFailed):
+        rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    assert rt.status("w").steps["car"].state is StepState.COMPENSATED
+    assert ledger.undone == ["w/car", "w/hotel", "w/flight"]  # the booking too, first
+
+
 def test_a_failing_compensation_parks_the_workflow_until_an_operator_retries_it(
     rt: Runtime,
 ) -> None:

@@ -25,6 +25,7 @@ from herder.actors.engine import (
     ms,
     policy_for,
     probed,
+    to_undo,
     unknown,
 )
 from herder.store import (
@@ -190,8 +191,9 @@ def test_a_policy_stored_with_max_attempts_true_reads_back_as_one() -> None:
 @pytest.mark.parametrize(
     ("verdict", "state", "done_token", "timer"),
     [
-        (RetryIn(2.0), S.RETRY_WAIT, None, ms(102.0)),
-        (RetryIn(0.0), S.RETRY_WAIT, None, ms(100.0)),  # a timer even for "at once"
+        # marked: a failure a retry follows was no Permanent one, it may have taken effect
+        (RetryIn(2.0), S.RETRY_WAIT, 9, ms(102.0)),
+        (RetryIn(0.0), S.RETRY_WAIT, 9, ms(100.0)),  # a timer even for "at once"
         (GiveUp(undo=True), S.FAILED, 9, None),
         (GiveUp(undo=False), S.FAILED, None, None),
     ],
@@ -208,6 +210,31 @@ def test_a_failed_forward_attempt_is_recorded_as_the_verdict_says(
         "builtins.OSError",
         None,
     )
+
+
+def test_a_permanent_failure_after_an_attempt_that_may_have_taken_effect_is_undone() -> None:
+    # Attempt 1 timed out (its charge may stand); attempt 2 raised Permanent. The step
+    # was left unmarked and never compensated, though the workflow said it undid
+    # everything (the workflow review of session 14). Permanent speaks only for its own
+    # attempt.
+    st = _dispatch(_step(S.PENDING, 0), PLAIN, compensating=False, token=5, now=90.0)[0]
+    waiting = failed(st, RetryIn(1.0), error="timed out", types=(), token=6, now=100.0)
+    again = _dispatch(waiting, PLAIN, compensating=False, token=7, now=101.0)[0]
+    gave_up = failed(again, GiveUp(undo=False), error="declined", types=(), token=8, now=102.0)
+    assert (gave_up.state, gave_up.done_token) == (S.FAILED, 8)
+    assert to_undo(gave_up)
+    # A step whose only attempt failed with Permanent had no effect: not undone.
+    alone = failed(st, GiveUp(undo=False), error="declined", types=(), token=6, now=100.0)
+    assert (alone.done_token, to_undo(alone)) == (None, False)
+
+
+def test_an_attempt_sent_again_after_its_answer_was_lost_marks_the_step() -> None:
+    # Its first attempt was running at a crash: it may have taken effect.
+    st = _dispatch(_step(S.PENDING, 0), PLAIN, compensating=False, token=5, now=90.0)[0]
+    rerun = _dispatch(st, PLAIN, compensating=False, token=9, now=95.0)[0]
+    assert (rerun.state, rerun.attempt, rerun.done_token) == (S.DISPATCHED, 2, 5)
+    gave_up = failed(rerun, GiveUp(undo=False), error="declined", types=(), token=10, now=96.0)
+    assert to_undo(gave_up)
 
 
 def test_a_compensation_that_cannot_finish_stays_compensating_with_its_error() -> None:

@@ -134,8 +134,12 @@ def dispatch(
         state, attempt, comp_attempt = StepState.DISPATCHED, st.attempt + 1, st.comp_attempt
     # No timer of its own (timer_ms None): its commit's batch entry watches the deadline
     # (batch_timer_key; a heartbeat gives it its own timer from then on).
+    # Sent again from DISPATCHED (its attempt's answer was lost to a crash or with its
+    # instance): that attempt may have taken effect, so the step is undone even if the
+    # next one fails with Permanent (to_undo).
+    done = st.token if st.state is StepState.DISPATCHED and not compensating else st.done_token
     new = _DISPATCHED(
-        st, state, attempt, comp_attempt, token, deadline, hb_deadline, now, None, None
+        st, state, attempt, comp_attempt, token, done, deadline, hb_deadline, now, None, None
     )
     return new, hb or timeout
 
@@ -146,6 +150,7 @@ _DISPATCHED = replacer(
     "attempt",
     "comp_attempt",
     "token",
+    "done_token",
     "deadline",
     "heartbeat_deadline",
     "updated",
@@ -166,7 +171,12 @@ def failed(
     """The step after its attempt failed with ``error`` and the retry rule's ``verdict``:
     waiting for its retry (with a timer, kept even for an immediate retry so a crash
     before it runs is swept up), FAILED (undone later if it may have taken effect,
-    ordered by this token), or a compensation stopped where it is."""
+    ordered by this token), or a compensation stopped where it is.
+
+    Whether it may have taken effect is the step's, not only this attempt's: a forward
+    attempt that failed with anything but Permanent (only the retry rule's verdict knows)
+    marks the step (``done_token``) on its way to the retry, and a Permanent answer of
+    a later attempt says nothing about that one."""
     base = stopped(
         st,
         token=token,
@@ -175,11 +185,13 @@ def failed(
         updated=now,
     )
     if isinstance(verdict, RetryIn):
-        forward = st.state is not StepState.COMPENSATING
-        state = StepState.RETRY_WAIT if forward else StepState.COMPENSATING
-        return with_timer(base.evolve(state=state, retry_at=now + verdict.delay))
+        if st.state is StepState.COMPENSATING:
+            return with_timer(base.evolve(state=st.state, retry_at=now + verdict.delay))
+        state = StepState.RETRY_WAIT  # (a retry is never given for a Permanent failure)
+        return with_timer(base.evolve(state=state, retry_at=now + verdict.delay, done_token=token))
     if isinstance(verdict, GiveUp):
-        return base.evolve(state=StepState.FAILED, done_token=token if verdict.undo else None)
+        undo = verdict.undo or st.done_token is not None
+        return base.evolve(state=StepState.FAILED, done_token=token if undo else None)
     assert isinstance(verdict, Escalate)
     return base
 
