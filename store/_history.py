@@ -45,6 +45,19 @@ _SEQ = struct.Struct(">Q")  # the sequence at the end of a history_key
 
 _STEP, _WORKFLOW = 0, 1
 _UNDOING = frozenset(s for s in StepState if s.is_compensation)  # (a set test, no call)
+_ENDED = frozenset({StepState.RETRY_WAIT, StepState.FAILED, StepState.UNKNOWN})
+"""States a forward attempt's failure leads to: the event says its error even when the
+record's is the same words as the attempt before (a DISPATCHED record keeps the last one)."""
+
+
+def _event_error(old: StepRecord, new: StepRecord, failure: bool) -> str | None:
+    """The error an event of ``old`` -> ``new`` carries: a new one, or that of a failed
+    attempt (forward, or a compensation's: ``failure``); None when nothing failed."""
+    if new.error != old.error or failure or (new.state in _ENDED and old.token != new.token):
+        return new.error
+    return None
+
+
 _STEP_FIELDS = ("t", "step", "from", "to", "attempt", "token", "error", "traceback")
 _WORKFLOW_FIELDS = ("t", "from", "to", "error")
 
@@ -114,7 +127,7 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
         "to": new.state.value,
         "attempt": new.comp_attempt if compensating else new.attempt,
         "token": new.token,
-        "error": new.error if new.error != old.error or failure else None,
+        "error": _event_error(old, new, failure),
     }
     agent = new.extra.get("agent")  # the AnyOf member the attempt went to
     if agent is not None:
@@ -161,7 +174,7 @@ def step_history(
             event["traceback"] = note
         return (HISTORY_DB, prefix + seq_suffix(seq())), _stored(event)
     state = new.state  # a StrEnum: packed as its value
-    error = new.error if new.error != old.error or failure else None
+    error = _event_error(old, new, failure)
     attempt = new.comp_attempt if state in _UNDOING else new.attempt
     stored = [_STEP, now, new.name, old.state, state, attempt, new.token, error]
     if note is not None and error:

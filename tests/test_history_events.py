@@ -29,6 +29,7 @@ CASES = [
     (BASE, BASE.evolve(state=S.SUCCEEDED, token=8, result={"id": 3}), None),
     (BASE, BASE.evolve(state=S.RETRY_WAIT, token=9, error="boom"), "Traceback: boom"),
     (BASE.evolve(error="boom"), BASE.evolve(state=S.FAILED, error="boom"), "a note"),
+    (BASE.evolve(error="boom"), BASE.evolve(state=S.RETRY_WAIT, token=9, error="boom"), "n"),
     (BASE.evolve(state=S.SUCCEEDED), BASE.evolve(state=S.COMPENSATING, comp_attempt=1), None),
     (BASE, BASE.evolve(state=S.FAILED, error="x", extra={"agent": "b"}), "trace"),
 ]
@@ -48,6 +49,28 @@ def test_a_step_event_is_stored_as_the_event_map_would_be(
     put = history_put("wf-1", 41, event)
     assert entry == (("history", put.key), put.value)
     assert as_event(decode(entry[1], db="history", key=put.key)) == event
+
+
+def test_every_failed_attempt_says_its_error_though_the_last_one_said_the_same() -> None:
+    # A DISPATCHED record keeps the previous attempt's error; an attempt failing with the
+    # same words again stored no error and no traceback, the final one included, and
+    # `herder show` had nothing to say about attempts 2 and 3 (the workflow review).
+    seq = itertools.count(1)
+    again = BASE.evolve(attempt=2, error="connection refused")  # (retried, running)
+    for to in (S.RETRY_WAIT, S.FAILED):
+        failed = again.evolve(state=to, token=10, error="connection refused")
+        event = step_event(again, failed, 5.0)
+        assert event is not None
+        assert event["error"] == "connection refused"
+        entry = step_history(
+            key_prefix("wf-1"), again, failed, 5.0, note="Traceback ...", seq=lambda: next(seq)
+        )
+        assert entry is not None
+        assert as_event(decode(entry[1], db="history", key=entry[0][1]))["traceback"]
+    # Sent again, the step does not repeat the error it keeps.
+    dispatched = step_event(again.evolve(state=S.RETRY_WAIT), again.evolve(attempt=3), 6.0)
+    assert dispatched is not None
+    assert dispatched["error"] is None
 
 
 def test_a_change_that_is_no_transition_has_no_event_and_draws_no_sequence() -> None:
