@@ -21,8 +21,6 @@ from herder.actors._messages import Complete, Operate
 from herder.actors._recovery import Recovery, Shell
 from herder.actors.engine import (
     DEADLINE_TIMER,
-    SKIPPABLE,
-    UNDOING,
     Announce,
     Completed,
     Engine,
@@ -302,39 +300,25 @@ class Operator:
         return run
 
     def _op_skip(self, op: Operate) -> WorkflowRun:
-        allowed = (
-            WorkflowState.NEEDS_ATTENTION,
-            WorkflowState.RUNNING,
-            WorkflowState.COMPENSATING,
-        )
+        allowed = (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING, WorkflowState.COMPENSATING)
         run, parked = self._operable(op, allowed)
-        steps = run.steps
+        steps, inflight = run.steps, self._engine.inflight
         if op.step is None:
-            stuck = [s for s in steps.values() if s.state is StepState.COMPENSATING] or [
-                steps[spec.name] for spec in run.plan.steps if steps[spec.name].state in SKIPPABLE
-            ]
-            if not stuck:
+            st = actions.to_skip(run, inflight)
+            if st is None:
                 raise InvalidState(f"workflow {op.workflow_id!r} has no step to skip")
-            st = stuck[0]
         elif op.step not in steps:
             raise InvalidInput(
                 f"workflow {op.workflow_id!r} has no step {op.step!r} (it has: {', '.join(steps)})"
             )
         else:
             st = steps[op.step]
-        undoing = run.record.state is WorkflowState.COMPENSATING or any(
-            s.state in UNDOING for s in steps.values()
-        )
         result = normalize(
             op.result, limit=self._config.max_result_bytes, what=f"result given for {st.name!r}"
         )
-        if st.state is not StepState.COMPENSATING and (st.state not in SKIPPABLE or undoing):
-            raise InvalidState(
-                f"step {st.name!r} of workflow {op.workflow_id!r} is {st.state}"
-                + (" while the workflow undoes its steps" if undoing else "")
-                + ": skip applies to a step that has not succeeded in a running or parked "
-                "workflow, or to a step whose compensation failed"
-            )
+        refusal = actions.skip_refusal(run, st, inflight)
+        if refusal is not None:
+            raise InvalidState(refusal)
         self._adopt(run, parked)
         self._note_operator(op)
         actions.skip(self._engine, run, st, result)

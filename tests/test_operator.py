@@ -126,6 +126,34 @@ def test_skip_marks_a_failed_compensation_done_and_the_rest_is_undone(rt: Runtim
         rt.handle("w").result(timeout=WAIT)
 
 
+def test_skip_refuses_a_compensation_that_is_still_running(rt: Runtime) -> None:
+    # Skipped while its undo still ran, the hotel counted as undone and the flight was
+    # undone beside it, out of order; the workflow ended COMPENSATED with the hotel's
+    # undo still running (the workflow review, session 14).
+    started, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    class Slow(Travel):
+        def cancel(self, ctx: StepContext) -> None:
+            if ctx.step == "hotel":
+                started.set()
+                release.wait(WAIT)
+            order.append(ctx.step)
+
+    rt.add_agent("t", type("S", (Slow,), {"ledger": EffectLedger(), "broken": {"car"}}))
+    rt.add_workflow(trip("flight", "hotel", "car"))
+    handle = rt.start("trip", workflow_id="w")
+    assert started.wait(WAIT)
+    for step in ("hotel", None):
+        with pytest.raises(InvalidState, match=r"compensation of step 'hotel' .* is running"):
+            rt.skip("w", step, who="ada", why="did it by hand")
+    release.set()
+    with pytest.raises(WorkflowFailed):
+        handle.result(timeout=WAIT)
+    assert order == ["car", "hotel", "flight"]  # (the car failed otherwise than Permanent)
+    assert operator_events(rt, "w") == []
+
+
 def test_retry_runs_the_failed_compensation_again_and_records_who_and_why(
     rt: Runtime,
 ) -> None:

@@ -12,10 +12,11 @@ Imports: herder.store records and this package.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from herder.actors.engine._operator import abandoned_step, given_up, orphan_given_up, undo_again
-from herder.actors.engine._states import RESTARTABLE
+from herder.actors.engine._states import RESTARTABLE, SKIPPABLE, UNDOING
 from herder.actors.engine._step import restarted, settled
 from herder.store import StepRecord, StepState, WorkflowState
 
@@ -48,6 +49,43 @@ def retry(m: Machine, run: WorkflowRun) -> None:
     for st in list(run.steps.values()):
         if st.state in RESTARTABLE:
             m.put_step(run, st, restarted(st, m.token()))
+
+
+def to_skip(run: WorkflowRun, inflight: Container[int]) -> StepRecord | None:
+    """The step a skip that names none takes: a failed compensation (one not running;
+    else a running one, which :func:`skip_refusal` refuses), else the first step in plan
+    order that may be skipped; None if there is none."""
+    undoing = [st for st in run.steps.values() if st.state is StepState.COMPENSATING]
+    if undoing:
+        return next((st for st in undoing if st.token not in inflight), undoing[0])
+    skippable = (run.steps[spec.name] for spec in run.plan.steps)
+    return next((st for st in skippable if st.state in SKIPPABLE), None)
+
+
+def skip_refusal(run: WorkflowRun, st: StepRecord, inflight: Container[int]) -> str | None:
+    """Why ``st`` may not be skipped now (None: it may): a compensation still running
+    (marked undone, the steps before it would be undone beside it), or a step that
+    succeeded, or any forward step while the workflow undoes its steps."""
+    wid = run.record.id
+    if st.state is StepState.COMPENSATING:
+        if st.token not in inflight:
+            return None
+        return (
+            f"the compensation of step {st.name!r} of workflow {wid!r} is running (attempt "
+            f"{st.comp_attempt}): skip applies to a compensation that failed; wait until it "
+            "ends (its step's timeout bounds it)"
+        )
+    undoing = run.record.state is WorkflowState.COMPENSATING or any(
+        s.state in UNDOING for s in run.steps.values()
+    )
+    if st.state in SKIPPABLE and not undoing:
+        return None
+    return (
+        f"step {st.name!r} of workflow {wid!r} is {st.state}"
+        + (" while the workflow undoes its steps" if undoing else "")
+        + ": skip applies to a step that has not succeeded in a running or parked "
+        "workflow, or to a step whose compensation failed"
+    )
 
 
 def skip(m: Machine, run: WorkflowRun, st: StepRecord, result: Any) -> None:
