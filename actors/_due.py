@@ -9,8 +9,9 @@ Two kinds of entry come due (``store._keys``):
   engine then takes it for a step with no timer of its own). Afterwards the entry is
   replaced by one holding the attempts still watched (token current, deadline not yet
   reached: a re-stamped or longer one), due at the earliest of them; stale items (the
-  step moved on) are dropped. An entry nothing changed in stays as it is, and the sweep
-  reports it again later, as it does any entry still due.
+  step moved on) are dropped. An entry nothing changed in (an attempt due now that the
+  engine keeps waiting for) stays as it is, and the sweep reports it again later, as it
+  does any entry still due.
 
 A workflow not in memory keeps its timers while the Scheduler still wants it (awaiting its
 definition, parked after a failed commit); otherwise they are deleted.
@@ -108,6 +109,9 @@ class DueTimers:
                 due = attempt_due_ms(st)
                 if due is not None:
                     kept.append((workflow_id, step, token, due))
-        if len(kept) < len(items):
+        # Re-armed when an item went, or when every deadline it holds moved past its due
+        # time (an attempt that waited for its instance counts from its start: restamp):
+        # left as it is, it would come back only at the sweep's resend, seconds late.
+        if len(kept) < len(items) or (kept and min(item[3] for item in kept) > due_ms):
             crash_point("scheduler.rearm")
             self._commits.rearm(key, kept)

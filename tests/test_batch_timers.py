@@ -138,6 +138,45 @@ def test_each_attempt_is_watched_by_a_batch_entry_until_its_own_deadline(
         release.set()
 
 
+def test_an_attempt_that_waited_for_its_instance_lapses_at_its_own_deadline_not_later(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # Reserved ahead, w2's attempt waited 4 s for the one instance: its deadline counts
+    # from its start (restamp), but its batch entry stayed due at the recorded one and
+    # came back only at the sweep's resend, 5 s later: a 5 s timeout took ~9 s (the
+    # workflow review, session 14).
+    started = {n: threading.Event() for n in (1, 2)}
+    release = {n: threading.Event() for n in (1, 2)}
+
+    class Gate(Agent):
+        def run(self, ctx: StepContext) -> str:
+            n = ctx.input["n"]
+            if n in started:
+                started[n].set()
+                release[n].wait(WAIT)
+            return ctx.step
+
+    one = Workflow("one").step("s", agent="gate", action="run", timeout=5.0, retry=ONCE)
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05, prefetch=7) as rt:
+        rt.add_agent("gate", Gate, concurrency=1)
+        rt.add_workflow(one)
+        rt.start("one", {"n": 0}, workflow_id="w0").result(timeout=WAIT)  # timed: prefetch on
+        rt.start("one", {"n": 1}, workflow_id="w1")
+        assert started[1].wait(WAIT)
+        rt.start("one", {"n": 2}, workflow_id="w2")  # reserved ahead of the busy instance
+        settle(rt)
+        advance(rt, clock, 4.0)
+        release[1].set()
+        assert started[2].wait(WAIT)  # it starts 4 s after it was recorded
+        settle(rt)
+        advance(rt, clock, 1.5)  # past the recorded deadline, 1.5 s into its run
+        assert step(rt, "w2", "s").state is StepState.DISPATCHED
+        advance(rt, clock, 3.7)  # 5.2 s into its run
+        assert step(rt, "w2", "s").state is StepState.FAILED
+        release[2].set()
+        assert_clean(rt)
+
+
 def test_ended_attempts_leave_their_entry_until_it_is_due_then_it_goes(
     tmp_path: Path, clock: FakeClock
 ) -> None:
