@@ -77,7 +77,9 @@ def safe_repr(obj: object) -> str:
 def describe(exc: BaseException) -> str:
     """``"Type: message"`` for any exception, storable: even one whose ``__str__`` raises
     (anything), returns megabytes or lone surrogates."""
-    return bounded_text(f"{type_name(type(exc))}: {safe_str(exc)}")
+    message = safe_str(exc)
+    name = type_name(type(exc))
+    return bounded_text(f"{name}: {message}" if message else name)
 
 
 def explain(reason: object) -> str:

@@ -428,3 +428,11 @@ def test_user_code_raising_any_base_exception_fails_only_its_step(
         assert rt.start("echo", "again").result(timeout=WAIT) == {"s": "again"}
     assert bystander.stats()["steps"] is not None  # and so does another runtime
     assert bystander.start("echo", "other").result(timeout=WAIT) == {"s": "other"}
+
+
+def test_an_exception_with_no_message_is_described_by_its_type_alone() -> None:
+    # "KeyboardInterrupt: " ended in a dangling colon (the workflow review, session 14).
+    from herder.store._untrusted import describe
+
+    assert describe(KeyboardInterrupt()) == "KeyboardInterrupt"
+    assert describe(ValueError("bad")) == "ValueError: bad"

@@ -20,6 +20,7 @@ honoured at recovery: the first sweep finds it due.
 
 from __future__ import annotations
 
+import datetime
 import enum
 
 from herder.actors.engine._retry import GiveUp
@@ -56,7 +57,12 @@ def when_due(state: WorkflowState, deadline: float | None, now: float) -> OnDead
 
 def deadline_reason(deadline: float) -> str:
     """The workflow's error once its deadline passed."""
-    return f"deadline passed (it was {deadline:.3f} on the runtime's clock)"
+    try:
+        when = datetime.datetime.fromtimestamp(deadline, datetime.UTC)
+    except (OverflowError, OSError, ValueError):  # (a clock far off: the seconds, then)
+        return f"deadline passed (it was {deadline:.3f} s on the runtime's clock)"
+    at = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return f"deadline passed (it was {at} on the runtime's clock)"
 
 
 def fenced(st: StepRecord, *, token: int, now: float) -> StepRecord | None:
