@@ -176,7 +176,8 @@ def verify(
         want = wants.get(wid) or (WorkflowState.COMPENSATED if doomed else WorkflowState.SUCCEEDED)
         kept = want in (WorkflowState.SUCCEEDED, WorkflowState.ABANDONED)  # nothing undone
         if status.state is not want:
-            problems.append(f"{wid}: {status.state}, expected {want} ({status.error})")
+            stuck = "" if status.state.is_final else f"; {stored_steps(store, wid)}"
+            problems.append(f"{wid}: {status.state}, expected {want} ({status.error}){stuck}")
             continue
         records = {st.name: st for st in store.steps_of(wid)}
         for name, st in records.items():
@@ -221,4 +222,16 @@ def verify(
             problems.append(f"{wid}: undone in order {actual_undo}, expected {expected_undo}")
     problems += [f"herder check: {p}" for p in check_store(store).problems]
     unfinished = [w for w, state in report.workflows.items() if not WorkflowState(state).is_final]
-    problems += [f"{w}: not final after {report.rounds} rounds" for w in unfinished]
+    problems += [
+        f"{w}: not final after {report.rounds} rounds; {stored_steps(store, w)}" for w in unfinished
+    ]
+
+
+def stored_steps(store: Store, workflow_id: str) -> str:
+    """What the store holds of an unfinished workflow's steps (state, attempts, token, timer,
+    retry time, deadline): the first thing to read when a seed leaves one stuck."""
+    return "steps: " + ", ".join(
+        f"{st.name} {st.state} #{st.attempt}/{st.comp_attempt} token {st.token} timer "
+        f"{st.timer_ms} retry_at {st.retry_at} deadline {st.deadline}"
+        for st in store.steps_of(workflow_id)
+    )
