@@ -5,13 +5,17 @@
 ``HOSTS_FILE`` lists one host per line. Each host gets its own agent (``host:NAME``),
 built by ``functools.partial(HostAgent, host=NAME)``; send SIGHUP after editing the file
 and the daemon registers new hosts and unregisters removed ones (their queued steps wait
-until the host is added again). SIGTERM or Ctrl-C drains running attempts and stops.
+until the host is added again). The deploy workflow is named after its set of hosts
+(``deploy-`` and a hash of the sorted names, logged at start and after each reload), so
+a new set is a new definition: a stored definition is never changed under the workflows
+that started with it. SIGTERM or Ctrl-C drains running attempts and stops.
 Inspect it meanwhile with ``herder ls --store STORE_DIR``.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import pathlib
 import signal
@@ -37,8 +41,10 @@ class HostAgent(Agent):
 
 
 def deploy_workflow(hosts: list[str]) -> Workflow:
-    """Deploy to each host in turn; a failure rolls back the hosts already done."""
-    wf = Workflow(f"deploy-{len(hosts)}", version=1)
+    """Deploy to each host in turn; a failure rolls back the hosts already done. Named
+    after the hosts: one definition per set of hosts."""
+    digest = hashlib.sha256("\n".join(hosts).encode()).hexdigest()[:12]
+    wf = Workflow(f"deploy-{digest}", version=1)
     previous: list[str] = []
     for host in hosts:
         wf = wf.step(host, agent=f"host:{host}", action="deploy", compensate="rollback",
@@ -66,9 +72,14 @@ def main(store: str, hosts_file: str) -> None:
     path = pathlib.Path(hosts_file)
     served: set[str] = set()
 
-    def register(rt: Runtime) -> None:  # before recovery, so recovered deploys resume
+    def serve(rt: Runtime) -> None:
         reconcile(rt, served, read_hosts(path))
-        rt.add_workflow(deploy_workflow(sorted(served)))
+        workflow = deploy_workflow(sorted(served))
+        rt.add_workflow(workflow)
+        logging.info("serving %d hosts; deploys go to workflow %s", len(served), workflow.name)
+
+    def register(rt: Runtime) -> None:  # before recovery, so recovered deploys resume
+        serve(rt)
 
     with Runtime(store, setup=register) as rt:
         reload = threading.Event()
@@ -78,7 +89,7 @@ def main(store: str, hosts_file: str) -> None:
             while True:
                 reload.wait()
                 reload.clear()
-                reconcile(rt, served, read_hosts(path))
+                serve(rt)
 
         threading.Thread(target=reloader, daemon=True).start()
         rt.run_forever(drain_timeout=30.0)  # returns after SIGTERM/SIGINT and a drain

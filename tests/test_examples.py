@@ -36,8 +36,9 @@ def test_daemon_example_serves_one_agent_per_host_and_follows_host_changes(
     with Runtime(tmp_path / "store") as rt:
         served: set[str] = set()
         daemon["reconcile"](rt, served, {"a", "b"})
-        rt.add_workflow(daemon["deploy_workflow"](["a", "b"]))
-        result = rt.start("deploy-2", {"version": "1.2"}).result(timeout=10)
+        both = daemon["deploy_workflow"](["a", "b"])
+        rt.add_workflow(both)
+        result = rt.start(both.name, {"version": "1.2"}).result(timeout=10)
         assert result == {
             "a": {"host": "a", "version": "1.2"},
             "b": {"host": "b", "version": "1.2"},
@@ -45,7 +46,14 @@ def test_daemon_example_serves_one_agent_per_host_and_follows_host_changes(
         daemon["reconcile"](rt, served, {"a"})
         assert served == {"a"}
         with pytest.raises(UnknownName, match="host:b"):
-            rt.start("deploy-2", {"version": "1.3"})
+            rt.start(both.name, {"version": "1.3"})
+        # Another set of hosts of the same size is another definition, not a changed one
+        # (the same name failed the next start: "stored with different steps").
+        other = daemon["deploy_workflow"](["a", "c"])
+        assert other.name != both.name
+        daemon["reconcile"](rt, served, {"a", "c"})
+        rt.add_workflow(other)
+        assert rt.start(other.name, {"version": "1.3"}).result(timeout=10)["c"]["host"] == "c"
 
 
 def test_ha_app_example_registers_what_its_daemon_serves(tmp_path: Path) -> None:
