@@ -10,6 +10,7 @@ each hook x each kind of BaseException. After each case the same runtime still a
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -436,3 +437,28 @@ def test_an_exception_with_no_message_is_described_by_its_type_alone() -> None:
 
     assert describe(KeyboardInterrupt()) == "KeyboardInterrupt"
     assert describe(ValueError("bad")) == "ValueError: bad"
+
+
+def test_an_agent_that_cannot_be_built_is_logged_as_a_failed_attempt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A factory that raises is the commonest setup mistake, and it was logged at INFO
+    # only: with default logging a user saw nothing (the docs review, session 14).
+    class Needs(Agent):
+        def __init__(self, endpoint: str) -> None:
+            self.endpoint = endpoint
+
+        def work(self, ctx: StepContext) -> None:
+            return None
+
+    caplog.set_level(logging.WARNING, logger="herder.scheduler")
+    with Runtime(tmp_path / "s", default_retry=ONCE) as rt:
+        rt.add_agent("user", Needs)
+        rt.add_workflow(Workflow("one").step("s", agent="user", action="work"))
+        with pytest.raises(WorkflowFailed):
+            rt.start("one", workflow_id="w").result(timeout=WAIT)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        m.startswith("w/s attempt 1 failed:") and "missing 1 required positional" in m
+        for m in warned
+    ), warned

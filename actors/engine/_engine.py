@@ -372,17 +372,18 @@ class Engine(Machine):
         current = self._settled(msg.token)
         if current is not None:
             run, st = current
+            log_failure(run.record.id, st, msg.error, None)  # (a broken factory, say)
             self.failed(run, st, msg.error, (CRASH_ERROR,), permanent=False, retry_now=True)
 
     def _start_failed(self, msg: StartFailed) -> None:
         job = msg.job
-        run = self.runs[job.workflow_id]
-        st = run.steps[job.step]
+        run, st = self.runs[job.workflow_id], self.runs[job.workflow_id].steps[job.step]
         if job.compensating:
             tried = st.evolve(state=StepState.COMPENSATING, comp_attempt=st.comp_attempt + 1)
         else:
             tried = st.evolve(state=StepState.DISPATCHED, attempt=st.attempt + 1)
         self.put_step(run, st, tried)  # the attempt it spent, in the history too
+        log_failure(run.record.id, tried, msg.error, None)
         self.failed(run, tried, msg.error, (CRASH_ERROR,), permanent=False)
 
     def _resumed(self, msg: Resumed) -> None:
