@@ -12,8 +12,8 @@ def add_parsers(sub: Any) -> None:
     """Add ``ui``."""
     ui = sub.add_parser("ui", help="serve the web console of a store (see docs/console.md)")
     add_store(ui)
-    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost)")
-    ui.add_argument("--port", type=_port, default=8700, help="port (0: any free one)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    ui.add_argument("--port", type=_port, default=8700, help="port (default 8700; 0: any free)")
     ui.add_argument(
         "--token",
         help="token for actions (default: $HERDER_UI_TOKEN, which unlike this option is not "

@@ -323,8 +323,9 @@ def test_the_readme_usage_example_prints_what_its_comments_say(
     monkeypatch.chdir(tmp_path)
     exec(compile(usage.code, str(usage), "exec"), {"__name__": "__main__"})
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "{'flight': {'pnr': 'X1'}, 'hotel': {'room': 12, 'flight': 'X1'}}"
-    assert printed[1:] == ["SUCCEEDED", "[]"]
+    assert printed[0] == "order-42"
+    assert printed[1] == "{'flight': {'pnr': 'X1'}, 'hotel': {'room': 12, 'flight': 'X1'}}"
+    assert printed[2:] == ["SUCCEEDED", "[]"]
 
 
 def test_the_checks_find_what_they_are_for() -> None:
