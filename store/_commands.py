@@ -36,7 +36,8 @@ import lmdb
 
 from herder.store._codec import encode
 from herder.store._env import Store, opened
-from herder.store._errors import ConditionFailed, StoreError
+from herder.store._errors import ConditionFailed, StoreError, StoreLocked
+from herder.store._locktable import compacting
 from herder.store._ops import Delete, Expect, Put, Transition
 
 COMMANDS_DB = "commands"
@@ -107,6 +108,12 @@ def append_command(path: str | os.PathLike[str], command: dict[str, Any]) -> int
     writers). If this very process has the store open, its writer is used instead (LMDB
     allows one environment per path per process).
     """
+    pid = compacting(path)
+    if pid is not None:  # it would give up at the swap, or the command would be lost
+        raise StoreLocked(
+            f"store {path} is being compacted (`herder compact`, pid {pid}); nothing was "
+            "queued: run the command again once that ends"
+        )
     store = _open_here(path)
     if store is not None:
         return _append_through(store, command)

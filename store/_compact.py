@@ -30,7 +30,7 @@ import shutil
 import lmdb
 
 from herder.store._errors import StoreError, StoreLocked
-from herder.store._locktable import LMDB_LOCK, LOCK_FILE
+from herder.store._locktable import COMPACTING, LMDB_LOCK, LOCK_FILE, compacting
 from herder.store._metapage import last_txnid
 from herder.store._open import open_existing, open_lmdb, read_schema, translate
 from herder.store._standby import standby_waiting
@@ -48,11 +48,16 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
         fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:  # a read-only filesystem, permissions: no traceback
         raise StoreError(f"cannot compact {root}: {exc}") from exc
+    mark: pathlib.Path | None = None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreLocked(_busy(root, "a runtime holds it")) from None
+            pid = compacting(root)
+            why = "a runtime holds it" if pid is None else f"another compact (pid {pid}) runs"
+            raise StoreLocked(_busy(root, why)) from None
+        (root / COMPACTING).write_text(f"{os.getpid()}\n")
+        mark = root / COMPACTING  # (ours to remove)
         if standby_waiting(root):
             raise StoreLocked(_busy(root, "a standby runtime waits on it"))
         _refuse_if_open(root, "has it open")
@@ -70,6 +75,9 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
     except OSError as exc:  # (as above)
         raise StoreError(f"cannot compact {root}: {exc}") from exc
     finally:
+        if mark is not None:
+            with contextlib.suppress(OSError):
+                mark.unlink()
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -44,6 +44,22 @@ HOST = socket.gethostname()
 LOCK_FILE = "herder.lock"
 """herder's own lock: the runtime that writes the store holds its flock."""
 LMDB_LOCK = "lock.mdb"
+COMPACTING = "herder.compacting"
+"""Written by ``herder compact`` (its pid) while it holds the flock, so that whoever meets
+the flock held can say a compact holds it, not a runtime."""
+
+
+def compacting(path: str | os.PathLike[str]) -> int | None:
+    """The pid of the ``herder compact`` running on the store at ``path``, if one is
+    (its mark names a live process; one left by a compact that was killed does not)."""
+    try:
+        pid = int((pathlib.Path(path) / COMPACTING).read_text().strip())
+        os.kill(pid, 0)
+    except PermissionError:  # alive, another user's
+        return pid
+    except (OSError, ValueError, OverflowError):
+        return None
+    return pid if pid > 0 else None
 
 
 def _identity(path: pathlib.Path) -> str:
@@ -95,6 +111,12 @@ def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:
     have = _flock_past_probes(fd)
     if not have and not wait:
         os.close(fd)
+        pid = compacting(path)
+        if pid is not None:
+            raise StoreLocked(
+                f"store {path} is being compacted (`herder compact`, pid {pid}): open it "
+                "once that ends"
+            )
         raise StoreLocked(
             f"store {path} is held by another process (a running herder runtime); "
             f"only one process may write it. To look inside while it runs, open it "

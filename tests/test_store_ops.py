@@ -15,7 +15,8 @@ import lmdb
 import pytest
 
 from herder.runtime import Agent, Runtime, StepContext, StoreError, StoreLocked, Workflow
-from herder.store import Put, Store, Transition, _compact, append_command, encode, new_command
+from herder.store import Put, Store, Transition, _compact, encode
+from herder.store._open import open_existing
 
 HERDER = str(Path(sys.executable).parent / "herder")
 WAIT = 30.0
@@ -120,19 +121,64 @@ def test_compact_gives_up_when_a_write_lands_while_it_copies(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An operator's command queued during the copy (exit 3, "it stays queued") went into
-    # the old file after the copy was taken, and vanished with it.
+    # the old file after the copy was taken, and vanished with it. Commands now refuse
+    # while a compact runs (below); a writer that does not know it (an older herder, one
+    # that began before the compact) is what this guards against.
     counted = _compact.census
 
     def command_meanwhile(path: Path) -> tuple[dict[str, int], int]:
         if path.name == _compact.TMP:
-            append_command(store, new_command("cancel", "w001", who="ops", why="test"))
+            env, handles = open_existing(store, write=True)
+            with env.begin(write=True) as txn:
+                txn.put(b"probe", encode(1), db=handles["meta"])
+            env.close()
         return counted(path)
 
     monkeypatch.setattr(_compact, "census", command_meanwhile)
     with pytest.raises(StoreLocked, match="it was written while it was copied"):
         _compact.compact(store)
     with Store(store, readonly=True) as s:
-        assert s.count("commands") == 1
+        assert s.get("meta", b"probe") is not None
+
+
+def test_while_compact_runs_others_are_told_so_and_queue_nothing(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # During a compact, `herder retry` said the runtime would apply its command (exit 3)
+    # and the command vanished with the old file; a Runtime was told a runtime held the
+    # store and advised to open a standby, which then ran on the old file; a second
+    # compact blamed a runtime (the store review, session 14).
+    counted = _compact.census
+    said: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def others_meanwhile(path: Path) -> tuple[dict[str, int], int]:
+        if path.name == _compact.TMP:
+            said["retry"] = herder("retry", "w001", "--store", str(store), "--why", "x")
+            said["compact"] = herder("compact", "--store", str(store))
+            opening = f"from herder.runtime import Runtime; Runtime({str(store)!r})"
+            said["runtime"] = subprocess.run(
+                [sys.executable, "-c", opening],
+                capture_output=True,
+                text=True,
+                timeout=WAIT,
+                check=False,
+            )
+        return counted(path)
+
+    monkeypatch.setattr(_compact, "census", others_meanwhile)
+    _compact.compact(store)  # nobody wrote or opened it meanwhile: it went through
+    pid = f"pid {os.getpid()}"
+    assert said["retry"].returncode == 1
+    assert f"being compacted (`herder compact`, {pid}); nothing was queued" in (
+        said["retry"].stderr
+    )
+    assert said["compact"].returncode == 1
+    assert f"another compact ({pid}) runs" in said["compact"].stderr
+    assert said["runtime"].returncode == 1
+    assert f"is being compacted (`herder compact`, {pid})" in said["runtime"].stderr
+    with Store(store, readonly=True) as s:
+        assert s.count("commands") == 0
+    assert not (store / "herder.compacting").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
