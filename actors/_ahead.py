@@ -23,7 +23,8 @@ The write-ahead rule does not change: what waits in ``ready`` is durable. What c
   timeout (off until one action of the agent was timed), and off for steps with a
   heartbeat timeout;
 - an agent with a breaker, rate limit or adaptive concurrency gets no prefetch: its
-  gate admits attempts one at a time (a health check holds only work not yet reserved);
+  gate admits attempts one at a time; nor does one whose class defines ``health`` (a
+  failing check holds back only work not yet reserved);
 - an attempt fenced while it waits (its workflow ended, it timed out) is skipped: the
   Scheduler marks its port superseded and whoever pops it checks that flag first;
 - after a crash an attempt that waited is an orphan, re-run with attempt + 1 by

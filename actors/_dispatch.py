@@ -8,8 +8,7 @@ engine record the attempt (``Engine.reserve``: DISPATCHED, token, deadline) and 
 what the agent is told once that is durable. With ``prefetch`` it reserves attempts ahead
 of a free instance (``_ahead``). When an agent's health changes, group steps' queued jobs
 move to a member that is well (``_regroup``). It carries out the engine's immediate
-decisions (fences, cancels, lapses, lost attempts) against the host and the gates; the
-host reports back by messages.
+decisions (fences, cancels, lapses, lost attempts) against the host and the gates.
 
 Room: a pump that finds no idle instance marks the agent busy (no instance is asked for
 until news that may free one: an answer, a fence, an instance's event); one that finds
@@ -20,6 +19,7 @@ to the next job of the same ``pump_dirty`` (nothing else draws one meanwhile).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from heapq import heappop
 from typing import Any
 
@@ -83,13 +83,12 @@ class Dispatcher:
         self._loose = Loose()  # fenced attempts still running, until their deadline
         self._names = Routes(engine, self.lanes, self._dropped)  # routes; names not served
         self._routes, self._route = self._names.routes, self._names.route  # (hot path)
-        self.admission = Admission(
-            ctx.store, ctx.clock, self._wake_later, self._busy_tokens, ctx.health
-        )
-        # Agents whose dispatches go through their gates (Admission.ready): those with
-        # limits, and those with health checks (live views: the pump tests membership).
-        self._limited, self._watched = self.admission.limited, ctx.health.watching
-        # A group (AnyOf) step picks among the members that are well (engine/_members.py).
+        health, gate = ctx.health, (self._wake_later, self._busy_tokens)
+        self.admission = Admission(ctx.store, ctx.clock, *gate, health)
+        # Agents whose dispatches go through their gates (Admission.ready): with limits or
+        # health checks (live views: the pump tests membership). A group (AnyOf) step
+        # picks among the members that are well (engine/_members.py).
+        self._limited, self._watched = self.admission.limited, health.watching
         engine.healthy = self.well
         engine.started = self._started
 
@@ -116,18 +115,24 @@ class Dispatcher:
         self.host.add(name, entry.factory, entry.concurrency)
         self._names.added(name)  # it may run on another host now
         self.admission.configure(name, *entry.limits)
-        limited = any(limit is not None for limit in entry.limits)
+        # (a health check holds back only work not yet reserved: none is, for such agents)
+        limited = self._ctx.health.declared(name) or any(x is not None for x in entry.limits)
         self.lanes.configure(name, entry.concurrency, limited=limited)
         self._touch(name)
 
     def remove(self, name: str) -> None:
-        """Stop serving agent ``name``; its queued work waits until it is added again
-        (nothing more is reserved ahead for it). Once nothing of it is left, every record
-        of it goes (``_routes``)."""
+        """Stop serving agent ``name``: its queued work waits until it is added again (group
+        steps' moves on), nothing is reserved ahead for it; the rest goes (``_routes``)."""
         self.agents.pop(name, None)
+        self._move_off([name])
         self.host.remove(name)
         self.admission.remove(name)
         self._names.removed(name)
+
+    def _move_off(self, agents: Iterable[str]) -> None:
+        """The queued jobs of group steps move off those of ``agents`` not well (_regroup)."""
+        engine, touch = self._engine, self._touch
+        move_off_unwell(engine, self.host, agents, well=self.well, queue=self._queue, touch=touch)
 
     def _dropped(self, name: str) -> None:
         """Agent ``name``, not served, was forgotten: so are its room marks."""
@@ -268,14 +273,7 @@ class Dispatcher:
         """Dispatch what the agents touched since the last pump can run now."""
         if self._regroup or self.admission.breakers_moved:
             self._regroup = self.admission.breakers_moved = False
-            move_off_unwell(
-                self._engine,
-                self.host,
-                self.agents,
-                well=self.well,
-                queue=self._queue,
-                touch=self._touch,
-            )
+            self._move_off(self.agents)
         for agent in sorted(self.dirty):  # sorted: the same order (and tokens) in every process
             self._pump(agent)
         self.dirty.clear()
@@ -334,8 +332,10 @@ class Dispatcher:
             prepare(ctx, run, job, done)
 
     def well(self, agent: str) -> bool:
-        """Whether ``agent`` takes new work: healthy, and no breaker holds its work."""
-        return self._ctx.health.healthy(agent) and not self.admission.tripped(agent)
+        """Whether ``agent`` takes new work: served (a removed group member is not),
+        healthy, and no breaker holds its work."""
+        well = agent in self.agents and self._ctx.health.healthy(agent)
+        return well and not self.admission.tripped(agent)
 
     def _wake_later(self, agent: str, delay: float) -> None:
         """Pump ``agent`` again after ``delay`` seconds (on the injectable clock)."""

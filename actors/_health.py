@@ -146,6 +146,12 @@ class AgentHealth:
         """True when ``agent`` has health checks."""
         return agent in self._watches
 
+    def declared(self, agent: str) -> bool:
+        """True when ``agent``'s class is known to define ``health`` (its factory does not
+        hide the class)."""
+        watch = self._watches.get(agent)
+        return watch is not None and not watch.hidden
+
     def healthy(self, agent: str) -> bool:
         """False while ``agent``'s last check failed (unwatched agents are healthy)."""
         watch = self._watches.get(agent)

@@ -182,6 +182,47 @@ def test_a_queued_job_moves_off_a_member_that_turns_unhealthy(
         assert check_store(rt._store).ok
 
 
+def test_nothing_is_reserved_ahead_on_a_member_with_health_checks(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # Once an agent's actions were timed, attempts queued behind its busy instance were
+    # reserved ahead on it (prefetch) and all ran there after its check failed, none
+    # moving to the healthy member (the review of session 14).
+    ledger = Ledger()
+    with runtime(tmp_path / "s", clock, ledger, interval=2.0) as rt:
+        checked(rt, clock, 1, 0.0)
+        for i in range(20):  # its actions are timed: prefetch would now apply
+            rt.start("trip", {"hotel": "ok"}, workflow_id=f"warm-{i}").result(timeout=WAIT)
+        began, release = ledger.hold("w1")
+        h1 = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
+        assert began.wait(WAIT)
+        later = [rt.start("trip", {"hotel": "ok"}, workflow_id=f"w{i}") for i in (2, 3)]
+        queued(rt, "airline-eu", 2)
+        assert rt.stats()["steps"]["reserved_ahead"] == 0
+        ledger.sick.add("airline-eu")
+        checked(rt, clock, 2, 2.0)
+        assert [h.result(timeout=WAIT)["flight"] for h in later] == ["booked on airline-us"] * 2
+        release.set()
+        assert h1.result(timeout=WAIT)["flight"] == "booked on airline-eu"
+
+
+def test_a_queued_job_moves_off_a_member_that_was_removed(tmp_path: Path, clock: FakeClock) -> None:
+    # A removed member counted as well: a group step's job stayed queued on it for good
+    # while the other member idled (the review of session 14).
+    ledger = Ledger()
+    began, release = ledger.hold("w1")
+    with runtime(tmp_path / "s", clock, ledger) as rt:
+        checked(rt, clock, 1, 0.0)
+        h1 = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
+        assert began.wait(WAIT)  # on airline-eu, the first preferred
+        h2 = rt.start("trip", {"hotel": "ok"}, workflow_id="w2")
+        queued(rt, "airline-eu", 1)
+        rt.remove_agent("airline-eu")
+        assert h2.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        release.set()  # w1's attempt, running when its agent was removed, ends
+        assert h1.result(timeout=WAIT)["flight"] == "booked on airline-eu"
+
+
 def test_a_queued_job_moves_off_a_member_whose_breaker_opens(
     tmp_path: Path, clock: FakeClock
 ) -> None:
