@@ -29,12 +29,14 @@ from herder.actors.engine import (
     WorkflowRun,
     abandoned_step,
     actions,
+    lapse,
     parked_refusal,
 )
 from herder.store import (
     HerderError,
     InvalidInput,
     Plan,
+    StepRecord,
     StepState,
     WorkflowRecord,
     WorkflowState,
@@ -175,12 +177,13 @@ class Operator:
         waiting = st.state is StepState.WAITING or (
             st.state is StepState.DISPATCHED and st.name not in run.queued
         )
-        if st.token != msg.token or not waiting:
+        d = self._engine.defaults  # a timeout that passed while no process ran, say:
+        lapsed = lapse(st, run.specs[st.name], self._clock.time(), d.default_timeout, 0.0)
+        if st.token != msg.token or not waiting or lapsed is not None:
             raise CompletionRefused(
                 f"step {msg.step!r} of workflow {msg.workflow_id!r} is {st.state} at attempt "
-                f"{st.attempt}; the attempt this task token names is no longer current (it "
-                "timed out and was retried, or the step already finished), so the "
-                "completion was not recorded"
+                f"{st.attempt}; the attempt this task token names is no longer current "
+                f"({_why_stale(st, lapsed)}), so the completion was not recorded"
             )
         result = None
         if msg.ok:
@@ -379,3 +382,16 @@ _OPERATIONS = ("retry", "skip", "compensate", "abandon", "cancel")
 def _not_in(op: Operate, state: WorkflowState, allowed: tuple[WorkflowState, ...]) -> str:
     names = " or ".join(str(a) for a in allowed)
     return f"workflow {op.workflow_id!r} is {state}; {op.action} applies to a workflow in {names}"
+
+
+def _why_stale(st: StepRecord, lapsed: str | None) -> str:
+    """Why a task token's attempt no longer counts, from its step's state."""
+    if lapsed is not None:
+        return f"it {lapsed}; the next sweep retries or probes it"
+    if st.state is StepState.UNKNOWN:
+        return "it timed out, and whether it took effect is being probed"
+    if st.state.is_compensation:
+        return "its workflow is undoing the step"
+    if st.state in (StepState.SUCCEEDED, StepState.FAILED):
+        return "the step already finished"
+    return "it timed out and was retried"

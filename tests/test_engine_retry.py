@@ -22,6 +22,7 @@ from herder.actors.engine import (
     attempt_due_ms,
     dispatch,
     failed,
+    lapse,
     ms,
     policy_for,
     probed,
@@ -295,3 +296,13 @@ def test_a_lapsed_attempt_turns_unknown_and_counts_its_probes() -> None:
         "probe failed: x",
     )
     assert twice.timer_ms is None  # the caller sets the next probe's time
+
+
+def test_a_lapse_names_the_timeout_that_ran_out_a_probes_own() -> None:
+    # A probe that timed out was reported with the step's timeout (5.0s), not the
+    # probe_timeout that ran out (the outcomes review, session 14).
+    probing = _step(S.UNKNOWN).evolve(deadline=10.0)
+    forward = _step(S.DISPATCHED).evolve(deadline=10.0)
+    assert lapse(probing, PLAIN, 11.0, 30.0, 3.0) == "timed out after 3.0s"
+    assert lapse(forward, PLAIN, 11.0, 30.0, 3.0) == "timed out after 30.0s"
+    assert lapse(forward, PLAIN, 9.0, 30.0, 3.0) is None

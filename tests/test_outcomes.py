@@ -332,6 +332,26 @@ def test_a_waiting_step_times_out_and_then_its_late_completion_is_refused(
         rt.complete_step(agent.tokens[0], {"paid": "too late"})
 
 
+def test_a_completion_after_the_timeout_passed_unswept_is_refused(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # The timeout ran out while no process ran (or no sweep had come yet): a completion
+    # right after the reopen was recorded, one a moment later refused, as the sweep had
+    # lapsed the attempt meanwhile (the outcomes review, session 14). The docs say the
+    # old token is refused once its timeout lapsed.
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=3600.0) as rt:
+        agent = handoff_agent()
+        rt.add_agent("bank", agent)
+        rt.add_workflow(one_step())
+        rt.start("one", workflow_id="w")
+        assert agent.handed.acquire(timeout=WAIT)
+        settle(rt)
+        clock.advance(TIMEOUT + 1.0)  # no sweep comes (an hour apart)
+        with pytest.raises(CompletionRefused, match=r"it timed out after 5.0s; the next sweep"):
+            rt.complete_step(agent.tokens[0], {"paid": "late"})
+        assert rt.status("w").steps["pay"].state is StepState.WAITING  # nothing recorded
+
+
 def test_a_malformed_task_token_is_refused_clearly(rt: Runtime) -> None:
     for bad in ("", "nope", "ht1.!!!", "ht1.kQ", 42):
         with pytest.raises(InvalidInput, match="task token"):

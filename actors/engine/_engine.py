@@ -98,8 +98,7 @@ class Engine(Machine):
     # -- the interface -----------------------------------------------------------------
 
     def handle(self, event: Event, *, now: float, rand: Callable[[], float]) -> Decision:
-        """Apply ``event`` at time ``now`` (``rand``: uniform in [0, 1), for jitter);
-        return what was decided."""
+        """Apply ``event`` at ``now`` (``rand``: uniform in [0, 1)); what was decided."""
         self.now, self._rand = now, rand  # (as at() does: this runs for every event)
         self._handlers[type(event)](event)
         out, self._out = self._out, Decision()
@@ -341,7 +340,8 @@ class Engine(Machine):
             if st.name not in run.queued:
                 self.enqueue(run, st.name, compensating=st.state is StepState.COMPENSATING)
             return
-        lapsed = lapse(st, run.specs[st.name], self.now, self.defaults.default_timeout)
+        d = self.defaults
+        lapsed = lapse(st, run.specs[st.name], self.now, d.default_timeout, d.probe_timeout)
         if lapsed is None:
             return
         waiting = self.inflight.get(st.token)

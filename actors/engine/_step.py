@@ -82,13 +82,17 @@ def restarted(st: StepRecord, token: int) -> StepRecord:
     return stopped(st, state=StepState.PENDING, attempt=0, token=token, error=None)
 
 
-def lapse(st: StepRecord, spec: StepSpec, now: float, default_timeout: float) -> str | None:
-    """Why the step's attempt lapsed by ``now`` (heartbeat, then deadline), else None."""
+def lapse(
+    st: StepRecord, spec: StepSpec, now: float, default_timeout: float, probe_timeout: float
+) -> str | None:
+    """Why the step's attempt lapsed by ``now`` (heartbeat, then deadline), else None; a
+    probe's (an UNKNOWN step's) timeout is ``probe_timeout``, as :func:`dispatch` sets it."""
     now_ms = ms(now)  # timers are kept in whole ms; compare at the same precision
     if st.heartbeat_deadline is not None and now_ms >= ms(st.heartbeat_deadline):
         return f"no heartbeat for {spec.heartbeat_timeout}s"
     if st.deadline is not None and now_ms >= ms(st.deadline):
-        return f"timed out after {spec.timeout or default_timeout}s"
+        took = probe_timeout if st.state is StepState.UNKNOWN else spec.timeout or default_timeout
+        return f"timed out after {took}s"
     return None
 
 
