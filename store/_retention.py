@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from herder.store._codec import decode
-from herder.store._errors import ConditionFailed, StoreCorrupt
+from herder.store._errors import ConditionFailed, StoreCorrupt, StoreIOError
 from herder.store._history import HISTORY_DB
 from herder.store._keys import KEY_SEP, step_key, timer_key, workflow_key
 from herder.store._ops import Delete, Expect, Transition
@@ -109,7 +109,15 @@ def purge(
         found = candidates(store, before, states, batch)
         if not found:
             return deleted
-        outcomes = commit_group(store, deletions(store, found), timeout)
+        try:
+            outcomes = commit_group(store, deletions(store, found), timeout)
+        except StoreIOError as exc:
+            if not deleted:
+                raise
+            raise StoreIOError(  # (a full disk, say: what the batches before it deleted)
+                f"{exc} The {deleted} workflows deleted before it stay deleted; run the purge "
+                "again to go on"
+            ) from exc
         done = sum(1 for o in outcomes if o is None)
         deleted += done
         if done == 0:  # every one moved meanwhile: nothing more to do now

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
@@ -228,3 +229,32 @@ def test_purge_does_not_mark_a_store_of_an_older_herder(store: Path) -> None:
     with Store(store, readonly=True) as s:
         assert s.schema_version == 2
     assert herder("purge", "--store", str(store), "--older-than", "1d", "--dry-run").returncode == 0
+
+
+def test_a_purge_stopped_by_a_full_disk_says_what_it_deleted_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said only "nothing of this batch was written", though earlier batches had
+    # deleted 500 workflows (the store review, session 14).
+    from herder.store import StoreIOError, _retention, purge
+
+    path = tmp_path / "done"
+    with Runtime(path) as rt:
+        rt.add_agent("svc", Service)
+        rt.add_workflow(Workflow("flow").step("a", agent="svc", action="go"))
+        for i in range(5):
+            rt.start("flow", workflow_id=f"d{i}").result(timeout=WAIT)
+    real, batches = _retention.commit_group, []
+
+    def full_after_one(*args: Any) -> list[BaseException | None]:
+        batches.append(1)
+        if len(batches) > 1:
+            raise StoreIOError("commit failed: MDB_MAP_FULL; nothing of this batch was written")
+        return real(*args)
+
+    monkeypatch.setattr(_retention, "commit_group", full_after_one)
+    with Store(path) as store, pytest.raises(StoreIOError) as stopped:
+        purge(store, 2**40, batch=2)
+    assert "The 2 workflows deleted before it stay deleted; run the purge again" in str(
+        stopped.value
+    )
