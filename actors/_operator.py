@@ -177,8 +177,9 @@ class Operator:
         waiting = st.state is StepState.WAITING or (
             st.state is StepState.DISPATCHED and st.name not in run.queued
         )
-        d = self._engine.defaults  # a timeout that passed while no process ran, say:
-        lapsed = lapse(st, run.specs[st.name], self._clock.time(), d.default_timeout, 0.0)
+        # A timeout that ran out (while no process ran, say) refuses it too.
+        d, now = self._engine.defaults, self._clock.time()
+        lapsed = lapse(st, run.specs[st.name], now, d.default_timeout, d.probe_timeout)
         if st.token != msg.token or not waiting or lapsed is not None:
             raise CompletionRefused(
                 f"step {msg.step!r} of workflow {msg.workflow_id!r} is {st.state} at attempt "
