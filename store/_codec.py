@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 from herder.store._errors import EncodeError, InvalidInput, StoreCorrupt
-from herder.store._untrusted import MAX_TEXT_CHARS, describe, safe_str
+from herder.store._untrusted import MAX_TEXT_CHARS, describe, safe_repr, safe_str
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 """Hard ceiling on one encoded record; configured input limits are far smaller."""
@@ -132,8 +132,9 @@ def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any
     data = memoryview(encode(obj, limit=limit, what=what))[: -_CRC.size]  # one call, not two
     try:
         value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-    except ValueError as exc:
-        raise EncodeError(f"{what} cannot be stored: {exc}; map keys must be str") from exc
+    except ValueError as exc:  # (a key strict_map_key refused: named as the caller wrote it)
+        found = _bad_key(obj)
+        raise EncodeError(f"{what} cannot be stored: {found or exc}; map keys must be str") from exc
     if type(value) is dict:  # the usual value, a flat map: checked here (one call less)
         for key, item in value.items():
             if type(key) is not str or type(item) in _NESTED:
@@ -164,6 +165,25 @@ def private_copy(value: Any) -> Any:
 _CONTAINERS = (dict, list)
 _NESTED = (dict, list, msgpack.ExtType, msgpack.Timestamp)
 """Types whose values :func:`_check_plain` must look into (or refuse)."""
+
+
+def _bad_key(obj: Any) -> str | None:
+    """The first map key in ``obj`` that is not a str, as :func:`_check_plain` says it (a
+    tuple as a tuple, not the list msgpack made of it); None if none is found."""
+    stack, seen = [obj], 0
+    try:  # (user code: a dict subclass's items() may raise anything)
+        while stack and seen < 100_000:
+            node, seen = stack.pop(), seen + 1
+            if isinstance(node, dict):
+                for key, item in node.items():
+                    if type(key) is not str:
+                        return f"map key {safe_repr(key):.80} is a {type(key).__name__}"
+                    stack.append(item)
+            elif isinstance(node, list | tuple):
+                stack.extend(node)
+    except BaseException:
+        return None
+    return None
 
 
 def _check_plain(value: Any, what: str) -> None:

@@ -176,3 +176,25 @@ def test_workflows_whose_ids_and_steps_share_slashes_apply_their_own_effects(
         second = rt.start("b", workflow_id="order/1/1").result(timeout=WAIT)
     assert first == {"1/charge": {"for": "order/1"}}
     assert second == {"charge": {"for": "order/1/1"}}
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ({(1, 2): "x"}, "map key (1, 2) is a tuple"),  # not "list", as msgpack made it
+        ({"a": [{"b": {None: 1}}]}, "map key None is a NoneType"),
+        ({1: "x"}, "map key 1 is a int"),
+    ],
+)
+def test_an_input_with_a_key_that_is_no_str_names_the_key_as_written(
+    tmp_path: Path, value: Any, says: str
+) -> None:
+    # "list is not allowed for map key when strict_map_key=True" said msgpack's words
+    # about a tuple key (the workflow review, session 14).
+    from herder.runtime import EncodeError
+
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_workflow(Workflow("w").step("s", agent="svc", action="go"))
+        with pytest.raises(EncodeError) as refused:
+            rt.start("w", value)
+    assert f"input cannot be stored: {says}; map keys must be str" in str(refused.value)
