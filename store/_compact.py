@@ -60,7 +60,10 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
         mark = root / COMPACTING  # (ours to remove)
         if standby_waiting(root):
             raise StoreLocked(_busy(root, "a standby runtime waits on it"))
-        _refuse_if_open(root, "has it open")
+        opened = "another process has it open (`herder ui`, a script's Store, a standby)"
+        alone = _lock_lmdb(root, opened)
+        if alone is not None:
+            os.close(alone)  # (and its lock with it: the copy opens the environment)
         before = data.stat().st_size
         held, txnid = census(root)  # a whole herder store this herder reads, or refused
         tmp = root / TMP
@@ -107,13 +110,9 @@ def _swap(root: pathlib.Path, copied: pathlib.Path, txnid: int) -> None:
     """Put ``copied`` in place of the store's ``data.mdb`` (read at commit ``txnid``),
     holding LMDB's lock so that nobody has the environment open or opens it meanwhile."""
     data = root / "data.mdb"
-    fd = os.open(root / LMDB_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    fd = _lock_lmdb(root, "another process opened it while it was copied")
+    assert fd is not None  # (the census opened the environment: lock.mdb is there)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-        except OSError:
-            why = "another process opened it while it was copied"
-            raise StoreLocked(_busy(root, why)) from None
         if last_txnid(data) != txnid:
             raise StoreLocked(
                 _busy(root, "it was written while it was copied (an operator's command?)")
@@ -137,20 +136,21 @@ def _swap(root: pathlib.Path, copied: pathlib.Path, txnid: int) -> None:
         os.close(fd)
 
 
-def _refuse_if_open(root: pathlib.Path, why: str) -> None:
-    """Refuse (:class:`StoreLocked`) while another process has the environment open."""
+def _lock_lmdb(root: pathlib.Path, why: str) -> int | None:
+    """Take the write lock on byte 0 of ``lock.mdb``, on which every process with the
+    environment open holds a read lock: the descriptor holding it (closing it lets go),
+    or None when there is no ``lock.mdb`` (never opened); :class:`StoreLocked`, saying
+    ``why``, while another process has the environment open."""
     try:
         fd = os.open(root / LMDB_LOCK, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return  # never opened with a lock table
+        return None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
     except OSError:
-        raise StoreLocked(
-            _busy(root, f"another process {why} (`herder ui`, a script's Store, a standby)")
-        ) from None
-    finally:
-        os.close(fd)  # (and its lock with it)
+        os.close(fd)
+        raise StoreLocked(_busy(root, why)) from None
+    return fd
 
 
 def census(path: pathlib.Path) -> tuple[dict[str, int], int]:
