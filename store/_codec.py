@@ -177,13 +177,18 @@ def _bad_key(obj: Any) -> str | None:
             if isinstance(node, dict):
                 for key, item in node.items():
                     if type(key) is not str:
-                        return f"map key {safe_repr(key):.80} is a {type(key).__name__}"
+                        return _key_refusal(key)
                     stack.append(item)
             elif isinstance(node, list | tuple):
                 stack.extend(node)
     except BaseException:
         return None
     return None
+
+
+def _key_refusal(key: object) -> str:
+    """How a refusal names a map key that is not a str."""
+    return f"map key {safe_repr(key):.80} is a {type(key).__name__}"
 
 
 def _check_plain(value: Any, what: str) -> None:
@@ -202,8 +207,7 @@ def _check_plain(value: Any, what: str) -> None:
             for key in node:
                 if type(key) is not str:
                     raise EncodeError(
-                        f"{what} cannot be stored: map key {key!r:.80} is a "
-                        f"{type(key).__name__}; map keys must be str"
+                        f"{what} cannot be stored: {_key_refusal(key)}; map keys must be str"
                     )
             items: Any = node.values()
         elif type(node) is list:

@@ -377,7 +377,7 @@ class Engine(Machine):
 
     def _start_failed(self, msg: StartFailed) -> None:
         job = msg.job
-        run, st = self.runs[job.workflow_id], self.runs[job.workflow_id].steps[job.step]
+        st = (run := self.runs[job.workflow_id]).steps[job.step]
         if job.compensating:
             tried = st.evolve(state=StepState.COMPENSATING, comp_attempt=st.comp_attempt + 1)
         else:
