@@ -153,9 +153,20 @@ def check_registered(
     actions: Mapping[str, frozenset[str] | None],
 ) -> None:
     """Raise :class:`UnknownName` unless every step's agent (resolved where ``agents``
-    says) is registered and has the step's action and compensation."""
+    says) is registered and has the step's action and compensation. Of an AnyOf group,
+    one registered member is enough (the others are passed over as unwell: one removed
+    does not stop failover); every registered one must have the actions."""
     for spec, agent, via in _step_agents(plan, agents):
-        if agent not in registered:
+        if spec.members:
+            if agent not in registered:
+                if not any(m in registered for m in spec.members):
+                    raise UnknownName(
+                        f"workflow {plan.name!r} step {spec.name!r}: none of its members "
+                        f"({', '.join(spec.members)}) is registered; call add_agent with "
+                        "at least one of them first"
+                    )
+                continue
+        elif agent not in registered:
             shown = sorted(registered)[:20]
             more = len(registered) - len(shown)
             known = ", ".join(shown) + (f" and {more:,} more" if more else "") or "none"

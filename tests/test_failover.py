@@ -301,14 +301,28 @@ def test_compensation_goes_to_the_member_that_did_the_work(
         assert check_store(rt._store).ok
 
 
-def test_every_member_must_be_registered_with_the_steps_actions(tmp_path: Path) -> None:
+def test_a_start_needs_one_registered_member_and_uses_only_those(tmp_path: Path) -> None:
+    # Removing a member (a sick region taken out) refused every new start of the
+    # workflow until it was added again: failover stopped at the front door.
+    ledger = Ledger()
     with Runtime(tmp_path / "s") as rt:
-        rt.add_agent("airline-eu", functools.partial(Airline, Ledger(), "airline-eu"))
-        rt.add_workflow(TRIP)
+        for member in MEMBERS:
+            rt.add_agent(member, functools.partial(Airline, ledger, member))
         rt.add_agent("hotel", Hotel)
-        with pytest.raises(UnknownName, match="airline-us"):
-            rt.start("trip", {}, workflow_id="w1")
-        assert rt.list() == []
+        rt.add_workflow(TRIP)
+        rt.remove_agent("airline-eu")
+        h1 = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
+        assert h1.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        rt.remove_agent("airline-us")
+        none = r"none of its members \(airline-eu, airline-us\) is registered"
+        with pytest.raises(UnknownName, match=none):
+            rt.start("trip", {}, workflow_id="w2")
+        assert [s.id for s in rt.list()] == ["w1"]
+        rt.add_agent("airline-eu", functools.partial(Airline, ledger, "airline-eu"))
+        h3 = rt.start("trip", {"hotel": "ok"}, workflow_id="w3")
+        assert h3.result(timeout=WAIT)["flight"] == "booked on airline-eu"
+        assert ledger.booked_on("airline-eu") == ["w3"]
+        assert check_store(rt._store).ok
 
 
 def test_every_registered_member_is_checked_for_the_steps_actions_at_definition(
