@@ -204,6 +204,13 @@ class Lanes:
                 except IndexError:
                     break
 
+    def hold(self, name: str) -> None:
+        """Reserve nothing ahead for agent ``name`` from now on, as for one configured
+        ``limited``."""
+        lane = self._lanes.get(name)
+        if lane is not None and lane.prefetch:
+            lane.configure(lane.concurrency, 0)
+
     def ready(self, name: str, lane: Lane) -> deque[Run]:
         """``lane``'s ready deque (agent ``name``'s), made on first use: the host's own
         when it self-feeds (so idle names hold none)."""

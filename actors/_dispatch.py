@@ -6,9 +6,8 @@ decides *when and where*: it keeps each agent's job queue (the host's
 gate (breaker, rate limit, adaptive concurrency) and an idle instance allow, has the
 engine record the attempt (``Engine.reserve``: DISPATCHED, token, deadline) and builds
 what the agent is told once that is durable. With ``prefetch`` it reserves attempts ahead
-of a free instance (``_ahead``). When an agent's health changes, group steps' queued jobs
-move to a member that is well (``_regroup``). It carries out the engine's immediate
-decisions (fences, cancels, lapses, lost attempts) against the host and the gates.
+of a free instance (``_ahead``). Health changes move group jobs (``_regroup``). It
+carries out the engine's immediate decisions (fences, cancels, lapses, lost attempts).
 
 Room: a pump that finds no idle instance marks the agent busy (no instance is asked for
 until news that may free one: an answer, a fence, an instance's event); one that finds
@@ -237,9 +236,11 @@ class Dispatcher:
         return [AttemptLost(token, f"agent instance crashed: {msg.reason}") for token in lost]
 
     def woke(self, agent: str) -> None:
-        """A scheduled wake-up for ``agent``'s gate arrived, or its health changed: pump
-        it again (and move group jobs that now have a healthier member)."""
+        """A scheduled wake-up for ``agent``'s gate arrived, or its health changed (or was
+        found: nothing is reserved ahead then): pump it again (and move group jobs)."""
         self.admission.woke(agent)
+        if agent in self.agents and self._ctx.health.declared(agent):
+            self.lanes.hold(agent)
         self._touch(agent)
         self._regroup = True
 

@@ -18,7 +18,8 @@ member that turned unhealthy, or onto one that healed (``actors/_dispatch.py``).
 Health is live state, not stored: after a restart an agent counts as healthy until its
 first check says otherwise. A factory that hides its class (``hidden``) gives no verdict
 until an instance it built shows a ``health``: a factory that fails or hangs then holds
-nothing (its attempts meet the same failure, under their retry policy).
+nothing (its attempts meet the same failure, under their retry policy). Once one shows
+it, nothing more is reserved ahead on the agent, as when its class is known.
 
 ``health`` is user code: whatever it raises (``BaseException`` included) is contained and
 becomes the check's error. An ``async def health`` (an agent on the asyncio host) runs to
@@ -259,7 +260,9 @@ class AgentHealth:
                 watch.instance = instance
             check = contain(getattr, instance, "health", None)
             if callable(check):
-                watch.hidden = False  # it has one: from now on a failing factory is sick
+                if watch.hidden:  # it has one: from now on a failing factory is sick,
+                    watch.hidden = False  # and nothing is reserved ahead on the agent
+                    self._tell(Wake(agent))
             else:
                 # Its factory hid the class (a lambda): known only now that it has none.
                 with self._lock:

@@ -110,13 +110,23 @@ TRIP = (
 )
 
 
-def runtime(path: Path, clock: FakeClock, ledger: Ledger, interval: float = 10.0) -> Runtime:
+def runtime(
+    path: Path, clock: FakeClock, ledger: Ledger, interval: float = 10.0, *, hidden: bool = False
+) -> Runtime:
+    """``hidden``: the members' factories are lambdas, which hide their class."""
     rt = Runtime(path, clock=clock, sweep_interval=0.05)
     for member in MEMBERS:
-        rt.add_agent(member, functools.partial(Airline, ledger, member), health_interval=interval)
+        factory = functools.partial(Airline, ledger, member)
+        if hidden:
+            factory = functools.partial(_build, factory)
+        rt.add_agent(member, factory, health_interval=interval)
     rt.add_agent("hotel", Hotel)
     rt.add_workflow(TRIP)
     return rt
+
+
+def _build(factory: functools.partial[Airline]) -> Airline:
+    return factory()  # (a function, not the class: the class is hidden behind it)
 
 
 def checked(rt: Runtime, clock: FakeClock, count: int, seconds: float = 10.0) -> None:
@@ -182,14 +192,16 @@ def test_a_queued_job_moves_off_a_member_that_turns_unhealthy(
         assert check_store(rt._store).ok
 
 
+@pytest.mark.parametrize("hidden", [False, True], ids=["class", "lambda"])
 def test_nothing_is_reserved_ahead_on_a_member_with_health_checks(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, hidden: bool
 ) -> None:
     # Once an agent's actions were timed, attempts queued behind its busy instance were
     # reserved ahead on it (prefetch) and all ran there after its check failed, none
-    # moving to the healthy member (the review of session 14).
+    # moving to the healthy member (the review of session 14). A factory that hides the
+    # class (a lambda) still got prefetch after its first check had found a health().
     ledger = Ledger()
-    with runtime(tmp_path / "s", clock, ledger, interval=2.0) as rt:
+    with runtime(tmp_path / "s", clock, ledger, interval=2.0, hidden=hidden) as rt:
         checked(rt, clock, 1, 0.0)
         for i in range(20):  # its actions are timed: prefetch would now apply
             rt.start("trip", {"hotel": "ok"}, workflow_id=f"warm-{i}").result(timeout=WAIT)
