@@ -31,7 +31,7 @@ import datetime
 import logging
 import signal
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -46,6 +46,48 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _log = logging.getLogger("herder.runtime")
+
+
+_Held = tuple[signal.Signals, asyncio.Handle | None, Any]
+"""A signal, the loop's handler for it before ours and the process's (None: unknown)."""
+
+
+def _take_signals(
+    loop: asyncio.AbstractEventLoop,
+    signals: tuple[signal.Signals, ...],
+    on_signal: Callable[[signal.Signals], None],
+) -> list[_Held]:
+    """Install ``on_signal`` for ``signals`` on ``loop``; return what they had before.
+
+    ``add_signal_handler`` replaces the loop's handler for a signal and
+    ``remove_signal_handler`` leaves none, so an application's own shutdown handler
+    would be lost; asyncio has no public way to read that handler. The unix loops keep
+    theirs in the private ``loop._signal_handlers`` (signal -> ``asyncio.Handle``), read
+    here. A loop without that table (uvloop, ...) gets nothing to give back: its
+    handlers are then only removed on return, as its public API allows.
+    """
+    table = getattr(loop, "_signal_handlers", None)
+    held: list[_Held] = [(sig, None, None) for sig in signals]
+    if isinstance(table, dict):
+        held = [(sig, table.get(sig), signal.getsignal(sig)) for sig in signals]
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    return held
+
+
+def _give_back_signals(loop: asyncio.AbstractEventLoop, held: list[_Held]) -> None:
+    """Undo :func:`_take_signals`: the loop's former handler (the same ``Handle``, so
+    with its context) back in its slot, or ours removed and the process's handler
+    restored (``remove_signal_handler`` sets SIG_DFL, which would drop one installed
+    with ``signal.signal`` or ``asyncio.run``'s own for SIGINT)."""
+    table = getattr(loop, "_signal_handlers", None)
+    for sig, handle, handler in held:
+        if handle is not None and isinstance(table, dict) and sig in table:
+            table[sig] = handle  # (the loop's wiring of a signal is the same for any handler)
+            continue
+        loop.remove_signal_handler(sig)
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
 
 
 def _runtime(mixin: object) -> Runtime:
@@ -205,8 +247,9 @@ class AsyncRuntime:
 
     async def run_forever_async(self, *, drain_timeout: float = 30.0) -> None:
         """As :meth:`Runtime.run_forever`, on the running loop: serve until SIGTERM or
-        SIGINT (handlers installed with ``loop.add_signal_handler``, removed on return),
-        then drain and stop. Returns early if the runtime is stopped or fails.
+        SIGINT (handlers installed with ``loop.add_signal_handler``), then drain and stop.
+        Returns early if the runtime is stopped or fails. On return the handlers the
+        loop (or the process) had for those signals before the call are back.
 
         The loop must run in the main thread (Python delivers signals only there).
         """
@@ -224,9 +267,7 @@ class AsyncRuntime:
             received.append(sig.name)
             rt._wake.set()
 
-        signals = (signal.SIGTERM, signal.SIGINT)
-        for sig in signals:
-            loop.add_signal_handler(sig, on_signal, sig)
+        before = _take_signals(loop, (signal.SIGTERM, signal.SIGINT), on_signal)
         try:
             _log.info("runtime on %s serving until SIGTERM or SIGINT", rt.path)
             await rt._wake.wait_async()
@@ -234,8 +275,7 @@ class AsyncRuntime:
                 _log.info("%s received: draining for up to %ss", received[0], drain_timeout)
             await rt.stop_async(drain_timeout, drain=rt._ctx.lost is None)
         finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+            _give_back_signals(loop, before)
         _log.info("runtime on %s stopped", rt.path)
 
     # -- the shared waits ----------------------------------------------------------------

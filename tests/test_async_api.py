@@ -246,6 +246,93 @@ def test_run_forever_async_returns_when_the_runtime_is_stopped_elsewhere(tmp_pat
     asyncio.run(main())
 
 
+@pytest.mark.timeout(30)
+def test_run_forever_async_gives_back_the_apps_own_loop_signal_handler(tmp_path: Path) -> None:
+    """A daemon's own SIGTERM handler on the loop is its again once herder has stopped."""
+
+    async def main(rt: Runtime) -> None:
+        loop = asyncio.get_running_loop()
+        app_stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, app_stop.set)
+        try:
+            serving = asyncio.ensure_future(rt.run_forever_async(drain_timeout=1.0))
+            await asyncio.sleep(0)  # (a yield: herder's handlers are installed)
+            os.kill(os.getpid(), signal.SIGTERM)  # herder's: it drains and stops
+            await asyncio.wait_for(serving, WAIT)
+            assert not app_stop.is_set()
+            # (checked before the next kill: with SIG_DFL that kill would end pytest)
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN), (
+                "the app's SIGTERM handler on the loop is gone after run_forever_async"
+            )
+            os.kill(os.getpid(), signal.SIGTERM)  # the app's again
+            await asyncio.wait_for(app_stop.wait(), WAIT)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    rt = Runtime(tmp_path / "s")
+    asyncio.run(main(rt))
+    with pytest.raises(RuntimeClosed):
+        rt.start("anything")
+
+
+@pytest.mark.timeout(30)
+def test_run_forever_async_gives_back_the_process_signal_handlers(tmp_path: Path) -> None:
+    """One set with ``signal.signal`` (and ``asyncio.run``'s own SIGINT one) stays."""
+    got: list[int] = []
+    called = threading.Event()
+
+    def app_handler(signum: int, frame: object) -> None:
+        got.append(signum)
+        called.set()
+
+    async def main(rt: Runtime) -> None:
+        runner_sigint = signal.getsignal(signal.SIGINT)  # asyncio.run's own
+        serving = asyncio.ensure_future(rt.run_forever_async(drain_timeout=1.0))
+        await asyncio.sleep(0)  # (a yield: herder's handlers are installed)
+        threading.Thread(target=rt.stop).start()
+        await asyncio.wait_for(serving, WAIT)
+        assert signal.getsignal(signal.SIGINT) is runner_sigint, (
+            f"SIGINT's handler is {signal.getsignal(signal.SIGINT)!r}, not asyncio.run's"
+        )
+
+    previous = signal.signal(signal.SIGTERM, app_handler)
+    try:
+        rt = Runtime(tmp_path / "s")
+        asyncio.run(main(rt))
+        assert signal.getsignal(signal.SIGTERM) is app_handler, (
+            f"SIGTERM's handler is {signal.getsignal(signal.SIGTERM)!r}, not the app's"
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert called.wait(WAIT)
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.timeout(10)
+def test_on_a_loop_without_a_readable_signal_table_the_handlers_are_only_removed() -> None:
+    """uvloop and others keep no ``_signal_handlers`` dict: nothing to give back, no crash."""
+    from herder.runtime._async import _give_back_signals, _take_signals
+
+    class Loop:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int]] = []
+
+        def add_signal_handler(self, sig: int, *args: object) -> None:
+            self.calls.append(("add", sig))
+
+        def remove_signal_handler(self, sig: int) -> bool:
+            self.calls.append(("remove", sig))
+            return True
+
+    loop = Loop()
+    before = signal.getsignal(signal.SIGTERM)
+    held = _take_signals(loop, (signal.SIGTERM,), lambda sig: None)  # type: ignore[arg-type]
+    _give_back_signals(loop, held)  # type: ignore[arg-type]
+    assert loop.calls == [("add", signal.SIGTERM), ("remove", signal.SIGTERM)]
+    assert signal.getsignal(signal.SIGTERM) == before  # the process's own left alone
+
+
 class AsyncAgent(Agent):
     async def fetch(self, ctx: StepContext) -> str:
         return "never"

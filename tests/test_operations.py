@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import pathlib
 import queue
 import signal
@@ -215,3 +216,25 @@ def test_a_live_daemon_is_inspectable_refuses_a_second_writer_and_drains_on_sigt
     assert "after" not in steps  # cancelled: never left PENDING, never dispatched
     assert record is not None
     assert record.state == "CANCELLED"
+
+
+@pytest.mark.timeout(30)
+def test_run_forever_gives_back_the_apps_signal_handlers(tmp_path: Path) -> None:
+    """Once it returns, the handlers the app had set with ``signal.signal`` are back."""
+    called = threading.Event()
+
+    def app_handler(signum: int, frame: object) -> None:
+        called.set()
+
+    previous = signal.signal(signal.SIGTERM, app_handler)
+    try:
+        rt = Runtime(tmp_path / "s")
+        threading.Thread(target=rt.stop).start()  # run_forever returns once it stopped
+        rt.run_forever(drain_timeout=1.0)
+        assert signal.getsignal(signal.SIGTERM) is app_handler, (
+            f"SIGTERM's handler is {signal.getsignal(signal.SIGTERM)!r}, not the app's"
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert called.wait(10.0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
