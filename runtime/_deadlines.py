@@ -16,9 +16,11 @@ MAX_DEADLINE = 100 * 365.25 * 86400.0
 """Longest deadline accepted, in seconds (its timer key, in ms, must fit)."""
 
 
-def deadline_seconds(value: object, what: str = "deadline") -> float:
+def deadline_seconds(value: object, what: str = "deadline", *, per_start: bool = True) -> float:
     """``value`` if it is a finite number of seconds > 0 (and under 100 years), else raise
-    :class:`InvalidInput` naming ``what``."""
+    :class:`InvalidInput` naming ``what``. ``per_start`` (``start(deadline=)``) also takes
+    an aware datetime (:func:`deadline_at`), a definition's default (``Workflow``) never:
+    it counts from each start, so the message says where an absolute time goes."""
     if (
         not isinstance(value, int | float)
         or isinstance(value, bool)
@@ -26,9 +28,15 @@ def deadline_seconds(value: object, what: str = "deadline") -> float:
         or value <= 0
         or value > MAX_DEADLINE
     ):
+        if per_start:
+            raise InvalidInput(
+                f"{what} must be a number of seconds > 0 (under 100 years) or an aware "
+                f"datetime, got {value!r}"
+            )
         raise InvalidInput(
-            f"{what} must be a number of seconds > 0 (under 100 years) or an aware "
-            f"datetime, got {value!r}"
+            f"{what} must be a number of seconds > 0 (under 100 years), counted from each "
+            f"start, got {value!r}; for an absolute time pass start(deadline=) an aware "
+            "datetime"
         )
     return float(value)
 

@@ -128,8 +128,9 @@ class Starting(StartingMany):
 
         ``priority`` (default 0; higher first) orders its steps against other work
         waiting for the same agent; waiting raises it (see ``priority_aging``).
-        ``start_at`` (a datetime) or ``delay`` (seconds) holds its first steps until then;
-        the wait is a timer in the store and survives restarts.
+        ``start_at`` (a datetime: an aware one, or a naive one read as this process's
+        local time) or ``delay`` (seconds) holds its first steps until then; the wait is
+        a timer in the store and survives restarts.
         ``deadline`` (seconds from now, or an aware datetime; default: the definition's
         ``Workflow(deadline=)``) is when it must have ended: past it no new attempt
         starts, running attempts are superseded and the workflow is compensated, also

@@ -57,10 +57,12 @@ def begin_at(
 ) -> float | None:
     """The clock time a workflow's first steps may run, or None for "now".
 
-    ``start_at`` is a :class:`datetime.datetime` (naive means local time) and ``delay``
-    seconds from ``now``; at most one of them. A time already past means now. ``now`` is
-    the engine's (steady) clock and ``wall`` the wall clock at the same instant (default
-    ``now``): ``start_at`` is a wall-clock time, converted by their difference.
+    ``start_at`` is a :class:`datetime.datetime` (naive means the local time of this
+    process, as docs/scheduling.md says; a naive ``deadline`` is refused instead, by
+    ``_deadlines.deadline_at``) and ``delay`` seconds from ``now``; at most one of them.
+    A time already past means now. ``now`` is the engine's (steady) clock and ``wall``
+    the wall clock at the same instant (default ``now``): ``start_at`` is a wall-clock
+    time, converted by their difference.
     """
     if start_at is not None and delay is not None:
         raise InvalidInput("give start_at or delay, not both")

@@ -49,7 +49,11 @@ class Workflow:
             )
         self.version = version
         # Seconds from each start by which the workflow must end (start(deadline=) wins).
-        self.deadline = None if deadline is None else deadline_seconds(deadline, "deadline")
+        self.deadline = (
+            None
+            if deadline is None
+            else deadline_seconds(deadline, "Workflow deadline", per_start=False)
+        )
         self._steps: dict[str, StepSpec] = {}
 
     def step(
