@@ -388,6 +388,11 @@ class Gated(Agent):
         Gated.go.setdefault(ctx.workflow_id, threading.Event()).wait(WAIT)
         return ctx.attempt
 
+    def beat_once(self, ctx: StepContext) -> int:
+        """As ``act``, with one heartbeat as it starts (then none: it hangs)."""
+        ctx.heartbeat()
+        return self.act(ctx)
+
 
 @contextlib.contextmanager
 def gated(
@@ -460,6 +465,49 @@ def test_an_attempt_waiting_past_its_recorded_deadline_waits_on_then_has_its_who
             assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
             advance(rt, clock, 6.0)  # t=41: past it (the batch entry is reported again)
             wait_until(rt, lambda: "timed out" in (rt.status("w2").steps["s"].error or ""))
+    finally:
+        for event in Gated.go.values():
+            event.set()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("action", ["act", "beat_once"])
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_heartbeat_step_behind_a_busy_instance_is_not_reserved_and_lapses_on_time(
+    tmp_path: Path, host: str, action: str
+) -> None:
+    """A step with a heartbeat timeout is never reserved ahead (agents.md): it waits
+    unrecorded behind the busy instance, so its heartbeat deadline counts from its
+    dispatch when the instance frees, and a hang (with one beat or none) times it out
+    and retries it at that deadline, not at a sweep's resend seconds later."""
+    clock = FakeClock()
+    retry = RetryPolicy(max_attempts=2, initial_interval=1.0, jitter=0.0)
+    try:
+        with gated(tmp_path, clock, host, one=100) as rt:  # w0 ran: prefetch applies
+            rt.add_workflow(
+                Workflow("hb", version=1).step(
+                    "s", agent="gated", action=action, heartbeat_timeout=2.0, retry=retry
+                )
+            )
+            rt.start("one", {}, workflow_id="w1")  # holds the one instance
+            assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
+            rt.start("hb", {}, workflow_id="w2")
+            settle(rt)
+            assert rt.status("w2").steps["s"].state is StepState.PENDING
+            assert rt.stats()["steps"]["reserved_ahead"] == 0
+            advance(rt, clock, 4.0)
+            Gated.go.setdefault("w1", threading.Event()).set()  # w2 starts at t=4, hangs
+            assert Gated.started.setdefault("w2", threading.Event()).wait(WAIT)
+            settle(rt)
+            advance(rt, clock, 1.5)  # t=5.5: within its heartbeat timeout
+            step = rt.status("w2").steps["s"]
+            assert (step.state, step.attempt, step.error) == (StepState.DISPATCHED, 1, None)
+            advance(rt, clock, 0.7)  # t=6.2: 2.2 s without a beat
+            step = rt.status("w2").steps["s"]
+            assert step.state is StepState.RETRY_WAIT, step
+            assert "no heartbeat" in (step.error or ""), step
+            advance(rt, clock, 1.0)  # its retry's backoff
+            wait_until(rt, lambda: rt.status("w2").steps["s"].attempt == 2)
     finally:
         for event in Gated.go.values():
             event.set()
