@@ -241,7 +241,9 @@ class Lanes:
         """Whether ``job`` of the agent of ``lane``, for which no instance is free, may
         be reserved ahead; if so it counts as waiting from now on. Its window is the
         seconds its attempt will have before it lapses (``engine._step.dispatch``), or 0
-        when it has a heartbeat timeout (no reserving ahead for it)."""
+        when it has a heartbeat timeout (no reserving ahead for it). A group step (AnyOf)
+        is not reserved ahead either: its job moves to another member when its member is
+        removed or turns unwell, which an attempt already recorded for it cannot."""
         if lane is None or lane.ahead >= lane.room:
             return False
         spec, st = run.specs[job.step], run.steps[job.step]
@@ -257,7 +259,7 @@ class Lanes:
             return False
         if not job.compensating and st.state is StepState.UNKNOWN:
             window = float(self._config.probe_timeout)
-        elif spec.heartbeat_timeout is not None:
+        elif spec.heartbeat_timeout is not None or spec.members:
             return False
         else:
             window = float(spec.timeout or self._config.default_timeout)
