@@ -74,38 +74,59 @@ def fail_permanently(reason: str = "injected permanent failure") -> NoReturn:
     raise Permanent(reason)
 
 
+class _Commits:
+    """Counts the runtime's durable commits while open, to wait for the next one (the
+    runtime signals each committed batch: event-driven, not polling)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._changed = threading.Condition()
+        self._count = 0
+
+    def __enter__(self) -> _Commits:
+        self._runtime._listener.commit_waiters.append(self._committed)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._runtime._listener.commit_waiters.remove(self._committed)
+
+    def _committed(self) -> None:
+        with self._changed:
+            self._count += 1
+            self._changed.notify_all()
+
+    def seen(self) -> int:
+        with self._changed:
+            return self._count
+
+    def wait(self, seen: int, until: float) -> bool:
+        """Wait for a commit after ``seen`` until ``until`` (``time.monotonic()``): False
+        if none came by then."""
+        with self._changed:
+            while self._count == seen:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+
 def wait_until(runtime: Runtime, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Block until ``predicate()`` is true, re-checking after every durable commit.
 
     Event-driven, not polling: the runtime signals each committed batch. Raises
     :class:`TimeoutError` if ``timeout`` real seconds pass first.
     """
-    changed = threading.Condition()
-    commits = [0]  # bumped by every commit; compared to spot one between checks
-
-    def committed() -> None:
-        with changed:
-            commits[0] += 1
-            changed.notify_all()
-
-    runtime._listener.commit_waiters.append(committed)
     deadline = time.monotonic() + timeout
-    try:
+    with _Commits(runtime) as commits:
         while True:
-            with changed:
-                seen = commits[0]
+            seen = commits.seen()
             # Outside the lock: the predicate may ask the runtime, whose Scheduler
             # calls committed() and must never wait for this thread.
             if predicate():
                 return
-            with changed:
-                while commits[0] == seen:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"condition not reached within {timeout}s")
-                    changed.wait(remaining)
-    finally:
-        runtime._listener.commit_waiters.remove(committed)
+            if not commits.wait(seen, deadline):
+                raise TimeoutError(f"condition not reached within {timeout}s")
 
 
 def settle(runtime: Runtime) -> None:
