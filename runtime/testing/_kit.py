@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext
+from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext, call
 from herder.runtime._runtime import Runtime
 from herder.store import Store, timer_upper_bound
 
@@ -129,9 +129,48 @@ def wait_until(runtime: Runtime, predicate: Callable[[], bool], timeout: float =
                 raise TimeoutError(f"condition not reached within {timeout}s")
 
 
+HELD = 0.1
+"""Real seconds in which attempts that run or wait for one must move on (one end, or
+one start), else :func:`settle` takes them as held by the test (a hung action, say)."""
+
+
 def settle(runtime: Runtime) -> None:
-    """Wait until the runtime handled the messages and commits already in flight."""
-    runtime._settle()
+    """Wait until the runtime handled the messages and commits already in flight, and
+    the attempts running or waiting for them (queued behind them in their agent, in the
+    pool's line for a worker, reserved ahead) have run and been recorded.
+
+    Woken by each commit. Attempts that make no progress for :data:`HELD` real seconds
+    are held by the test (an action that waits for its event): settle returns with them
+    still running. Raises :class:`TimeoutError` if attempts keep moving for the
+    runtime's ``ask_timeout``."""
+    deadline = time.monotonic() + runtime._ask_timeout
+    with _Commits(runtime) as commits:
+        moving: tuple[int, ...] | None = None
+        since = time.monotonic()
+        while True:
+            seen = commits.seen()
+            runtime._settle()
+            busy = _attempts(runtime)
+            if busy is None:
+                return
+            now = time.monotonic()
+            if busy != moving:
+                moving, since = busy, now
+            elif now - since >= HELD:
+                return  # held: they move on once the test lets them (or advance times out)
+            if now >= deadline:
+                raise TimeoutError(f"attempts still running after {runtime._ask_timeout}s: {busy}")
+            commits.wait(seen, min(since + HELD, deadline))
+
+
+def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
+    """None if no attempt runs or waits for a worker; else what changes as they move on."""
+    stats = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)
+    line = stats["host"].get("line", 0)
+    if not (stats["in_flight_attempts"] or line):
+        return None  # (attempts queued with none running wait for the clock: a rate limit)
+    ended = [stats[k] for k in ("succeeded", "failed", "retried", "timed_out", "stale")]
+    return (stats["in_flight_attempts"], line, stats["dispatched"], *ended)
 
 
 MAX_STOPS = 10_000

@@ -1,0 +1,80 @@
+"""``settle(rt)`` and ``advance(rt, clock, s)`` return only once the runtime is quiet:
+attempts released by the test, those queued behind them (an agent at its concurrency)
+and those waiting in the pool's line for a free worker have all run and been recorded.
+An attempt the test still holds (a hung action) does not keep them waiting."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, Runtime, State, StepContext, StepState, Workflow
+from herder.runtime.testing import FakeClock, advance, settle
+
+pytestmark = pytest.mark.timeout(60)
+WAIT = 30.0
+N = 40
+
+
+class Held(Agent):
+    """Its first action waits for ``gate`` (the test's), every later one returns at once."""
+
+    entered = threading.Event()
+    gate = threading.Event()
+
+    def go(self, ctx: StepContext) -> int:
+        Held.entered.set()
+        Held.gate.wait(WAIT)
+        return 1
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def rt(tmp_path: Path, clock: FakeClock) -> Iterator[Runtime]:
+    """One worker; agents a0..a3 of concurrency 1: of the attempts started while the first
+    is held, one per other agent waits in the pool's line, the rest in their agents' queues."""
+    Held.entered, Held.gate = threading.Event(), threading.Event()
+    with Runtime(tmp_path / "s", clock=clock, pool_workers=1, prefetch=0) as runtime:
+        for i in range(4):
+            runtime.add_agent(f"a{i}", Held, concurrency=1)
+            runtime.add_workflow(Workflow(f"f{i}").step("s", agent=f"a{i}", action="go"))
+        yield runtime
+
+
+def _start_behind_a_held_attempt(rt: Runtime) -> None:
+    rt.start("f0", {}, workflow_id="w0")
+    assert Held.entered.wait(WAIT)
+    for i in range(1, N):
+        rt.start(f"f{i % 4}", {}, workflow_id=f"w{i}")
+    settle(rt)  # the held attempt runs on: settle does not wait for it
+    assert rt.status("w0").steps["s"].state is StepState.DISPATCHED
+    assert rt.stats()["host"]["line"] == 3  # one attempt of each other agent
+    Held.gate.set()  # from here everything runs without the test
+
+
+def _unfinished(rt: Runtime) -> dict[str, str]:
+    states = {f"w{i}": rt.status(f"w{i}").state for i in range(N)}
+    return {w: s for w, s in states.items() if s is not State.SUCCEEDED}
+
+
+def test_settle_waits_for_the_attempts_in_the_pools_line_and_queued_behind(
+    rt: Runtime,
+) -> None:
+    _start_behind_a_held_attempt(rt)
+    settle(rt)
+    assert _unfinished(rt) == {}, "settle returned before the line and the queues ran"
+    host = rt.stats()["host"]
+    assert (host["line"], host["busy_workers"]) == (0, 0)
+
+
+def test_advance_waits_for_them_too(rt: Runtime, clock: FakeClock) -> None:
+    _start_behind_a_held_attempt(rt)
+    advance(rt, clock, 1.0)
+    assert _unfinished(rt) == {}, "advance returned before the line and the queues ran"
