@@ -42,14 +42,20 @@ def summary(samples: Sequence[float], scale: float = 1e6, unit: str = "us") -> d
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers depend on: CPUs and library versions."""
+    """What the numbers depend on: CPUs (and those the process may run on, when it is
+    pinned: ``taskset -c 1`` changes every row, docs/operations.md) and library
+    versions."""
     versions = {}
     for dist in ("pykka", "lmdb", "msgpack"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = None
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), **versions}
+    facts: dict[str, Any] = {"cpus": os.cpu_count()}
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if allowed is not None and len(allowed) != os.cpu_count():
+        facts["pinned_to"] = allowed
+    return {**facts, "python": platform.python_version(), **versions}
 
 
 def machine_facts() -> dict[str, Any]:

@@ -428,6 +428,9 @@ def table(report: dict[str, Any]) -> str:
         f"best herder: {best['steps_per_s']:,.0f} durable steps/s (target >= {STEPS_TARGET:,}), "
         f"{best['vs_bare']:.0%} of bare pykka (target >= {RATIO_TARGET:.0%})"
     )
+    pinned = report["machine"].get("pinned_to")
+    if pinned:  # every row, bare pykka's included, ran on these CPUs only
+        lines.append(f"the process ran pinned to CPU {', '.join(map(str, pinned))}")
     return "\n".join(lines)
 
 
