@@ -206,6 +206,49 @@ def test_a_probe_saying_still_running_keeps_the_step_waiting_and_probes_again(
     assert rt.status("w").steps["pay"].attempt == 1
 
 
+def test_a_probe_that_beats_is_held_to_the_probe_timeout_not_the_steps_heartbeat(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    # A probe's ctx.heartbeat() put it under the step's heartbeat timeout (1 s here),
+    # which probes are not subject to: it lapsed as a failed probe long before its
+    # probe_timeout (3 s).
+    bank = Bank({1: "apply-drop"})
+    beaten, answer = threading.Event(), threading.Event()
+
+    class Beating(Agent):
+        def pay(self, ctx: StepContext) -> Any:
+            return bank.pay(ctx)
+
+        def probe_pay(self, ctx: StepContext) -> ProbeResult:
+            ctx.heartbeat({"looking": True})
+            beaten.set()
+            assert answer.wait(WAIT)
+            return bank.probe(ctx)
+
+    rt.add_agent("bank", Beating)
+    rt.add_workflow(
+        Workflow("hb").step(
+            "pay", agent="bank", action="pay", timeout=TIMEOUT, heartbeat_timeout=1.0, retry=PACED
+        )
+    )
+    rt.start("hb", workflow_id="w")
+    try:
+        assert bank.entered.wait(WAIT)
+        advance(rt, clock, 1.5)  # no beat from the attempt: it lapses, the probe runs
+        assert beaten.wait(WAIT)
+        settle(rt)
+        token = rt.status("w").steps["pay"]
+        advance(rt, clock, 1.5)  # past the heartbeat timeout, within the probe's 3 s
+        assert probe_events(rt, "w") == 0
+        assert rt.status("w").steps["pay"] == token  # the same probe, still UNKNOWN
+        answer.set()
+        wait_until(rt, lambda: rt.status("w").state is State.SUCCEEDED)
+    finally:
+        answer.set()
+        bank.release.set()
+    assert bank.probes == ["w/pay"]
+
+
 def test_without_a_probe_a_lapsed_attempt_is_retried_and_the_key_absorbs_the_repeat(
     rt: Runtime, clock: FakeClock
 ) -> None:

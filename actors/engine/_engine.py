@@ -48,7 +48,7 @@ from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._resume import count_crash, resume_steps
 from herder.actors.engine._runs import Attempt, WorkflowRun
-from herder.actors.engine._step import dispatch, heartbeat, lapse
+from herder.actors.engine._step import beats, dispatch, heartbeat, lapse
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowRecord, plan_steps
 
 CRASH_ERROR = "herder.InstanceCrashed"
@@ -301,7 +301,7 @@ class Engine(Machine):
             return
         st = run.steps[attempt.step]
         spec = run.specs[st.name]
-        if st.token != msg.token or spec.heartbeat_timeout is None:
+        if st.token != msg.token or not beats(st, spec):
             return
         self.put_step(run, st, heartbeat(st, spec, msg.details, self.now))
 

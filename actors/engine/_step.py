@@ -237,6 +237,13 @@ def handed_off(st: StepRecord, now: float) -> StepRecord:
     return st.evolve(state=StepState.WAITING, updated=now)
 
 
+def beats(st: StepRecord, spec: StepSpec) -> bool:
+    """Whether a heartbeat of the step's attempt counts: the step has a heartbeat timeout
+    and the attempt is no probe (an UNKNOWN step's probe has ``probe_timeout`` alone, as
+    :func:`dispatch` sets it)."""
+    return spec.heartbeat_timeout is not None and st.state is not StepState.UNKNOWN
+
+
 def heartbeat(st: StepRecord, spec: StepSpec, details: Any, now: float) -> StepRecord:
     """The attempt is alive: its heartbeat deadline moves on, with the details it gave."""
     assert spec.heartbeat_timeout is not None
