@@ -53,10 +53,13 @@ class StoreCorrupt(StoreError):
         self.db = db
         self.key = key
         self.reason = reason
-        super().__init__(
-            f"corrupt record in database {db!r} at key {key!r}: {reason}; "
-            "inspect it with `herder check --store PATH` or restore the store from a backup"
+        advice = (
+            "the store's own metadata is damaged and no herder command can open the store: "
+            "restore the store from a backup"
+            if db == "meta"
+            else "inspect it with `herder check --store PATH` or restore the store from a backup"
         )
+        super().__init__(f"corrupt record in database {db!r} at key {key!r}: {reason}; {advice}")
 
 
 class SchemaTooNew(StoreError):

@@ -85,6 +85,22 @@ def test_a_newer_schema_is_refused_by_writer_and_reader(tmp_path: pathlib.Path) 
         assert s.incarnation == 2  # the refused open did not bump it
 
 
+def test_a_damaged_meta_record_sends_the_user_to_a_backup_not_to_check(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The message pointed to `herder check`, which fails on the same record when it opens
+    # the store: the user went round in a circle.
+    path = tmp_path / "s"
+    with Store(path):
+        pass
+    raw_put(path, b"meta", b"incarnation", b"\xc1\x00\x00\x00\x00")
+    with pytest.raises(StoreCorrupt) as info:
+        Store(path).close()
+    assert info.value.db == "meta"
+    assert "inspect it with `herder check" not in str(info.value)
+    assert "restore the store from a backup" in str(info.value)
+
+
 def test_a_corrupt_record_raises_store_corrupt_naming_it_and_others_stay_readable(
     tmp_path: pathlib.Path,
 ) -> None:
