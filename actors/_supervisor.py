@@ -57,6 +57,7 @@ class WorkflowSupervisor(SupervisedActor):
         self._local = dict(local_commands or {})
         self._sent: dict[tuple[int, str, str], float] = {}
         self._sent_commands: dict[int, float] = {}
+        self._logged: set[tuple[str, bytes]] = set()  # damaged records logged already
         # Ticks fall on a fixed grid from here: the first sweep to see a grid point sends
         # its tick, so a sweep that ran late (or, under a FakeClock, one that ran anywhere
         # inside an advance) shifts no later tick.
@@ -107,7 +108,7 @@ class WorkflowSupervisor(SupervisedActor):
                 until_ms, limit=self._batch, after=after, corrupt=corrupt
             )
             for error in corrupt:
-                _log.error("skipping a corrupt timer entry: %s", error)
+                self._damaged(error, "skipping a corrupt timer entry")
             for due_ms, workflow_id, step, value in page:
                 key = (due_ms, workflow_id, step)
                 sent_at = self._sent.get(key)
@@ -137,17 +138,26 @@ class WorkflowSupervisor(SupervisedActor):
             _log.exception("the sweep listener failed; the sweep carries on")
         return len(fresh)
 
+    def _damaged(self, error: StoreCorrupt, what: str) -> None:
+        """Log a damaged record the sweep passes over, once (it meets it every sweep)."""
+        if (error.db, error.key) not in self._logged:
+            self._logged.add((error.db, error.key))
+            _log.error("%s: %s", what, error)
+
     def _sweep_commands(self, now: float) -> None:
         """Hand pending operator commands (from other processes) to the Scheduler.
 
         Like timers, a command is sent once, then again only if it is still pending
         ``resend_after`` seconds later (the Scheduler applies each id once).
         """
+        corrupt: list[StoreCorrupt] = []
         try:
-            pending = pending_commands(self._ctx.store)
+            pending = pending_commands(self._ctx.store, corrupt)
         except StoreCorrupt as exc:
             _log.error("cannot read the commands database: %s", exc)
             return
+        for error in corrupt:  # (the others still apply)
+            self._damaged(error, "passing over a damaged operator command; queue it again")
         fresh, seen = [], {}
         for command in pending:
             local = self._local.get(str(command.get("action")))

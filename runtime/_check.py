@@ -127,7 +127,9 @@ class _Checker:
             lambda key, raw: self.load("timers", key, raw, lambda d: d),
         )
         self.check_schedules()
-        for db in (RECENT_DB, "history"):  # read by ls and show: each value must decode
+        # Read by ls and show, by the sweep (queued commands) and at open (resources):
+        # each value must decode.
+        for db in (RECENT_DB, "history", "commands", "resources"):
             for key, raw in self.snap.items(db):
                 self.load(db, key, raw, lambda d: d, is_map=False)
         return self.report

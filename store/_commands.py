@@ -36,7 +36,7 @@ import lmdb
 
 from herder.store._codec import encode
 from herder.store._env import Store, opened
-from herder.store._errors import ConditionFailed, StoreError, StoreLocked
+from herder.store._errors import ConditionFailed, StoreCorrupt, StoreError, StoreLocked
 from herder.store._locktable import compacting
 from herder.store._ops import Delete, Expect, Put, Transition
 
@@ -91,10 +91,12 @@ def finished_ops(command: dict[str, Any], error: str | None, now: float) -> tupl
     )
 
 
-def pending_commands(store: Any) -> list[dict[str, Any]]:
-    """Every pending command, oldest first (a prefix scan of the pending ones only)."""
+def pending_commands(store: Any, corrupt: list[StoreCorrupt] | None = None) -> list[dict[str, Any]]:
+    """Every pending command, oldest first (a prefix scan of the pending ones only). A
+    damaged one raises :class:`StoreCorrupt`, or, given ``corrupt``, is added to it and
+    passed over: it cannot stop the others."""
     out = []
-    for key, value in store.scan(COMMANDS_DB, _PENDING):
+    for key, value in store.scan(COMMANDS_DB, _PENDING, corrupt=corrupt):
         if len(key) == 1 + _ID.size and isinstance(value, dict):
             out.append({**value, "id": _ID.unpack_from(key, 1)[0]})
     return out

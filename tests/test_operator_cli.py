@@ -8,6 +8,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from herder.runtime import Runtime, State, StepState
 from herder.runtime._check import check_store
 from herder.runtime._cli import main as cli
-from herder.runtime.testing import FakeClock, settle, wait_until
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
 from herder.store import Store, append_command, new_command, wait_outcome
 
 CHILD = pathlib.Path(__file__).with_name("operator_child.py")
@@ -283,3 +284,44 @@ def test_a_command_that_arrives_while_its_workflow_is_ending_is_refused_on_the_r
         assert outcome["state"] == "FAILED", outcome
         assert "has just finished" in str(outcome["error"]), outcome
         assert rt.handle("w").result(timeout=WAIT) == {"a": "done"}
+
+
+def test_a_damaged_queued_command_is_passed_over_and_the_others_still_apply(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One damaged pending command (a torn write, a flipped bit) made the sweep give up on
+    # the whole commands database, every sweep: an operator's cancel was never applied,
+    # the error was logged ten times a second and `herder check` said the store was fine.
+    from herder.runtime import Agent, Workflow
+    from herder.store import Put, Transition
+    from herder.store._commands import pending_key
+
+    path = tmp_path / "store"
+    with Store(path) as store:
+        damaged = Transition(ops=(Put("commands", pending_key(1), b"\x81\xa1v\x01garbage"),))
+        store.writer.submit(damaged).result(WAIT)
+    release = threading.Event()
+
+    class Held(Agent):
+        def work(self, ctx: Any) -> int:
+            assert release.wait(WAIT)
+            return 1
+
+    clock = FakeClock()
+    with Runtime(path, clock=clock) as rt:
+        rt.add_agent("svc", Held)
+        rt.add_workflow(Workflow("one").step("a", agent="svc", action="work", timeout=60.0))
+        rt.start("one", {}, workflow_id="w")
+        command_id = append_command(path, new_command("cancel", "w", who="t", why="x"))
+        for _ in range(3):  # three sweeps meet the damaged command
+            advance(rt, clock, 1.0)
+        release.set()
+        done = wait_outcome(path, command_id, timeout=WAIT)
+        assert done is not None
+        assert done["state"] == "DONE"
+        wait_until(rt, lambda: rt.status("w").state is State.CANCELLED)
+    damaged_logs = [r for r in caplog.records if "damaged operator command" in r.getMessage()]
+    assert len(damaged_logs) == 1, damaged_logs
+    with Store(path, readonly=True) as store:
+        report = check_store(store)
+    assert [(p.db, p.key) for p in report.problems] == [("commands", pending_key(1))]
