@@ -13,7 +13,7 @@ from herder.runtime._async import AsyncHandle
 from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._waits import OneShot, seconds
-from herder.store import StepRecord, StoreClosed, WorkflowRecord, WorkflowState
+from herder.store import StepRecord, StoreClosed, StoreCorrupt, WorkflowRecord, WorkflowState
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
@@ -37,7 +37,8 @@ class WorkflowHandle(AsyncHandle):
         """Step results by name once the workflow SUCCEEDED.
 
         Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
-        NEEDS_ATTENTION, and :class:`TimeoutError` if ``timeout`` seconds pass first.
+        NEEDS_ATTENTION, :class:`TimeoutError` if ``timeout`` seconds pass first, and
+        :class:`StoreCorrupt` at once if one of its records is damaged (it cannot end).
         """
         return self._outcome(self._runtime._wait_final(self.id, seconds(timeout)))
 
@@ -147,6 +148,8 @@ class Waiting:
                 return fut
         try:
             record = rt._store.get_workflow(workflow_id)
+            if record is not None and not record.state.is_final:
+                rt._store.steps_of(workflow_id)  # one damaged: it can never end, say so now
         except StoreClosed:
             with rt._lock:
                 self._unlisted(workflow_id, fut)
@@ -154,6 +157,10 @@ class Waiting:
                 "the runtime is stopped: a handle waits only while its runtime runs; open "
                 "a new Runtime (or read the store with herder show) for the workflow's state"
             ) from None
+        except StoreCorrupt:
+            with rt._lock:
+                self._unlisted(workflow_id, fut)
+            raise
         if record is None or record.state.is_final:
             with rt._lock:
                 mine = self._unlisted(workflow_id, fut)  # else _on_final resolves it

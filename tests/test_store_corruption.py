@@ -173,6 +173,9 @@ def test_a_corrupt_record_is_reported_by_key_and_every_other_workflow_finishes(
             rt.status("w1")
         assert raised.value.db == db
         assert raised.value.key == key
+        # A waiter hears it at once: the workflow can never end (it waited out its timeout).
+        with pytest.raises(StoreCorrupt, match=reason):
+            rt.handle("w1").result(timeout=5.0)
         assert [s.id for s in rt.list()] == ["w0", "w2", "w3"]
         stats = rt.stats()
         assert f"{db}:{key!r}" in stats["corrupt"]
