@@ -54,6 +54,9 @@ def test_compensate_gives_up_a_step_nothing_will_settle_without_marking_it_done(
     new = given_up(_step(S.UNKNOWN, error="outcome unknown"), token=7, now=10.0)
     assert (new.state, new.token, new.done_token, new.timer_ms) == (S.FAILED, 7, None, None)
     assert new.error == "outcome unknown; given up: compensation requested"
+    # A step with no error yet (waiting for its completion) was given up as "None; ...".
+    waiting = given_up(_step(S.WAITING), token=8, now=10.0)
+    assert waiting.error == "given up while WAITING: compensation requested"
 
 
 def test_cancel_gives_up_an_orphan_and_marks_it_done_so_it_is_undone() -> None:

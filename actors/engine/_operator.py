@@ -36,7 +36,11 @@ def given_up(st: StepRecord, *, token: int, now: float) -> StepRecord:
         st,
         state=StepState.FAILED,
         token=token,
-        error=f"{st.error}; given up: compensation requested",
+        error=(
+            f"{st.error}; given up: compensation requested"
+            if st.error
+            else f"given up while {st.state}: compensation requested"
+        ),
         updated=now,
     )
 
