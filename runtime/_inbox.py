@@ -12,11 +12,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from herder.actors.engine import STUCK
+from herder.actors.engine import stuck_step
 from herder.runtime._status import in_plan_order
 from herder.store import (
     Plan,
-    StepRecord,
     StepState,
     Store,
     StoreCorrupt,
@@ -56,18 +55,6 @@ class InboxItem:
             "step_error": self.step_error,
             "heartbeat": self.heartbeat,
         }
-
-
-def stuck_step(steps: list[StepRecord]) -> StepRecord | None:
-    """The step a parked workflow waits on: a failed compensation, else a failed or
-    unresolved forward step (``steps`` in plan order)."""
-    for st in steps:
-        if st.state is StepState.COMPENSATING:
-            return st
-    for st in steps:
-        if st.state in STUCK:
-            return st
-    return None
 
 
 def inbox_items(

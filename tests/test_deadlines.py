@@ -4,6 +4,7 @@ the workflow is compensated; ``ctx.deadline`` shows it. On a FakeClock."""
 from __future__ import annotations
 
 import datetime
+import functools
 import io
 import threading
 from pathlib import Path
@@ -230,3 +231,51 @@ def test_a_deadline_before_the_delayed_start_is_refused_and_nothing_is_stored(
 def test_a_bad_default_deadline_is_refused_at_definition() -> None:
     with pytest.raises(InvalidInput, match="deadline must be"):
         Workflow("x", deadline=-5)
+
+
+class Unsure(Agent):
+    """Step b's first answer is lost (handed off, never completed) and its probe fails:
+    the workflow parks with b UNKNOWN. Later attempts answer."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def do(self, ctx: StepContext) -> Any:
+        self.calls.append(ctx.step)
+        if ctx.step == "b" and self.calls.count("b") == 1:
+            return ctx.complete_later()
+        return ctx.step
+
+    def probe_do(self, ctx: StepContext) -> Any:
+        raise ConnectionError("the probe cannot reach the service")
+
+
+@pytest.mark.parametrize("action", ["retry", "skip"])
+def test_a_parked_workflow_resumed_by_an_operator_runs_on_without_its_deadline(
+    tmp_path: Path, clock: FakeClock, action: str
+) -> None:
+    # Its deadline's timer went when it parked, but the deadline stayed on the record:
+    # once past, every dispatch was refused ("its timer compensates") and no timer did,
+    # so a retried or skipped workflow stayed RUNNING for good, and check flagged it.
+    once = RetryPolicy(max_attempts=1)
+    flow = (
+        Workflow("three")
+        .step("a", agent="u", action="do", timeout=10.0)
+        .step("b", agent="u", action="do", after=["a"], timeout=10.0, retry=once)
+        .step("c", agent="u", action="do", after=["b"])
+    )
+    with Runtime(tmp_path / "s", clock=clock, probe_timeout=5.0) as rt:
+        rt.add_agent("u", functools.partial(Unsure, []))  # (a class it can see: the probe)
+        rt.add_workflow(flow)
+        h = rt.start("three", workflow_id="w1", deadline=200.0)
+        wait_until(rt, lambda: rt.status("w1").steps["b"].state is StepState.WAITING)
+        advance(rt, clock, 30.0)  # b lapses, its probe fails: parked
+        wait_until(rt, lambda: rt.status("w1").state == "NEEDS_ATTENTION")
+        advance(rt, clock, 300.0)  # the deadline passes while it is parked
+        if action == "skip":
+            rt.skip("w1", result="done by hand", who="op", why="checked by phone")
+        else:
+            rt.retry("w1", who="op", why="the service is back")
+        assert h.result(timeout=WAIT)["c"] == "c"
+        assert rt.status("w1").deadline is None
+        assert check_store(rt._store).ok, check_store(rt._store).problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -354,3 +355,82 @@ def test_an_abandoned_attempt_that_hangs_frees_its_instance_at_its_deadline(
             assert w2.result(timeout=WAIT)["a"] >= 1
     finally:
         Stuck.release.set()
+
+
+class Unsure(Agent):
+    """Steps named in ``lost`` hand their first attempt off and never complete it, and no
+    probe can tell: they go UNKNOWN and the workflow parks. The rest answer at once."""
+
+    def __init__(self, lost: set[str], calls: list[str]) -> None:
+        self.lost, self.calls = lost, calls
+
+    def book(self, ctx: StepContext) -> Any:
+        self.calls.append(ctx.step)
+        if ctx.step in self.lost and self.calls.count(ctx.step) == 1:
+            return ctx.complete_later()
+        return ctx.step
+
+    def probe_book(self, ctx: StepContext) -> Any:
+        raise ConnectionError("the probe cannot reach the service")
+
+
+def parked_on(tmp_path: Path, clock: FakeClock, flow: Workflow, lost: set[str]) -> Runtime:
+    """A runtime whose workflow w1 of ``flow`` parked with the steps ``lost`` UNKNOWN."""
+    calls: list[str] = []
+    rt = Runtime(tmp_path / "s", clock=clock, probe_timeout=5.0)
+    rt.add_agent("x", functools.partial(Unsure, lost, calls), concurrency=2)
+    rt.add_workflow(flow)
+    rt.start(flow.name, workflow_id="w1")
+    for name in lost:
+        wait_until(rt, lambda name=name: rt.status("w1").steps[name].state is StepState.WAITING)
+    advance(rt, clock, 30.0)  # they lapse, their probes fail: parked
+    wait_until(rt, lambda: rt.status("w1").state is State.NEEDS_ATTENTION)
+    return rt
+
+
+ONCE = RetryPolicy(max_attempts=1)
+
+
+def test_a_skip_naming_no_step_takes_the_one_the_inbox_shows(tmp_path: Path) -> None:
+    # It took the first skippable step in plan order, here notify (PENDING, waiting for
+    # b): notify was recorded done with b's result, and b stayed UNKNOWN with nothing to
+    # wake it, the workflow RUNNING for good.
+    flow = (
+        Workflow("w")
+        .step("notify", agent="x", action="book", after=["b"])
+        .step("a", agent="x", action="book")
+        .step("b", agent="x", action="book", after=["a"], timeout=10.0, retry=ONCE)
+    )
+    clock = FakeClock()
+    with parked_on(tmp_path, clock, flow, {"b"}) as rt:
+        [item] = rt.inbox()
+        assert item.step == "b"
+        rt.skip("w1", result="booked by phone", who="op", why="done by hand")
+        assert rt.handle("w1").result(timeout=WAIT) == {
+            "notify": "notify",
+            "a": "a",
+            "b": "booked by phone",
+        }
+        assert check_store(rt._store).ok, check_store(rt._store).problems
+
+
+def test_a_skip_leaves_a_workflow_stuck_on_another_step_parked_with_that_one(
+    tmp_path: Path,
+) -> None:
+    # The skip set the parked workflow RUNNING, with its other UNKNOWN step left with no
+    # timer: nothing would ever wake it.
+    flow = (
+        Workflow("w")
+        .step("b", agent="x", action="book", timeout=10.0, retry=ONCE)
+        .step("c", agent="x", action="book", timeout=10.0, retry=ONCE)
+    )
+    clock = FakeClock()
+    with parked_on(tmp_path, clock, flow, {"b", "c"}) as rt:
+        rt.skip("w1", "b", result="b by hand", who="op", why="done by hand")
+        settle(rt)
+        assert rt.status("w1").state is State.NEEDS_ATTENTION
+        [item] = rt.inbox()
+        assert (item.step, item.step_state) == ("c", StepState.UNKNOWN)
+        assert check_store(rt._store).ok, check_store(rt._store).problems
+        rt.skip("w1", result="c by hand", who="op", why="done by hand")
+        assert rt.handle("w1").result(timeout=WAIT) == {"b": "b by hand", "c": "c by hand"}

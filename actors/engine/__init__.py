@@ -131,6 +131,7 @@ from herder.actors.engine._states import (
     holds_timer,
     parked_refusal,
     reachable,
+    stuck_step,
     to_undo,
 )
 from herder.actors.engine._step import (
@@ -257,6 +258,7 @@ __all__ = [
     "running_at_crash",
     "settled",
     "stopped",
+    "stuck_step",
     "succeeded_with",
     "to_undo",
     "undo_again",

@@ -16,7 +16,7 @@ from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from herder.actors.engine._operator import abandoned_step, given_up, orphan_given_up, undo_again
-from herder.actors.engine._states import RESTARTABLE, SKIPPABLE, UNDOING
+from herder.actors.engine._states import RESTARTABLE, SKIPPABLE, STUCK, UNDOING, stuck_step
 from herder.actors.engine._step import restarted, settled
 from herder.store import StepRecord, StepState, WorkflowState
 
@@ -39,13 +39,16 @@ def retry(m: Machine, run: WorkflowRun) -> None:
     """Resume a parked workflow where it stopped: its failed compensations again, else
     its failed forward steps from attempt 1."""
     stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
+    unparked = _unparked(run)
     if stuck:
-        m.set_record(run, state=WorkflowState.COMPENSATING, error=_why(run), recoveries=0)
+        m.set_record(
+            run, state=WorkflowState.COMPENSATING, error=_why(run), recoveries=0, **unparked
+        )
         for st in stuck:
             m.put_step(run, st, undo_again(st, m.now))
             m.enqueue(run, st.name, compensating=True)
         return
-    m.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0)
+    m.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0, **unparked)
     for st in list(run.steps.values()):
         if st.state in RESTARTABLE:
             m.put_step(run, st, restarted(st, m.token()))
@@ -53,13 +56,15 @@ def retry(m: Machine, run: WorkflowRun) -> None:
 
 def to_skip(run: WorkflowRun, inflight: Container[int]) -> StepRecord | None:
     """The step a skip that names none takes: a failed compensation (one not running;
-    else a running one, which :func:`skip_refusal` refuses), else the first step in plan
-    order that may be skipped; None if there is none."""
-    undoing = [st for st in run.steps.values() if st.state is StepState.COMPENSATING]
+    else a running one, which :func:`skip_refusal` refuses), else the step the workflow
+    is stuck on (:func:`stuck_step`, as the inbox shows it), else the first in plan order
+    that may be skipped; None if there is none."""
+    steps = [run.steps[spec.name] for spec in run.plan.steps]
+    undoing = [st for st in steps if st.state is StepState.COMPENSATING]
     if undoing:
         return next((st for st in undoing if st.token not in inflight), undoing[0])
-    skippable = (run.steps[spec.name] for spec in run.plan.steps)
-    return next((st for st in skippable if st.state in SKIPPABLE), None)
+    stuck = stuck_step(steps)
+    return stuck or next((st for st in steps if st.state in SKIPPABLE), None)
 
 
 def skip_refusal(run: WorkflowRun, st: StepRecord, inflight: Container[int]) -> str | None:
@@ -96,14 +101,26 @@ def skip(m: Machine, run: WorkflowRun, st: StepRecord, result: Any) -> None:
     if st.state is StepState.COMPENSATING:
         m.put_step(run, st, settled(st, StepState.COMPENSATED, token, m.now))
         if run.record.state is not WorkflowState.COMPENSATING:
-            m.set_record(run, state=WorkflowState.COMPENSATING, error=_why(run))
+            m.set_record(run, state=WorkflowState.COMPENSATING, error=_why(run), **_unparked(run))
         return
     skipped = settled(
         st, StepState.SUCCEEDED, token, m.now, result=result, done_token=token, succeeded=True
     )
     m.put_step(run, st, skipped)
-    if run.record.state is not WorkflowState.RUNNING:
-        m.set_record(run, state=WorkflowState.RUNNING, error=None)
+    # A parked workflow stuck on another step too stays parked (nothing would wake that
+    # one), with that step in the inbox for the operator's next action.
+    if run.record.state is not WorkflowState.RUNNING and not any(
+        s.state in STUCK for s in run.steps.values()
+    ):
+        m.set_record(run, state=WorkflowState.RUNNING, error=None, **_unparked(run))
+
+
+def _unparked(run: WorkflowRun) -> dict[str, Any]:
+    """What an operator's action that resumes a parked workflow changes besides its state:
+    its deadline, whose timer went when it parked, counts no more (as one that fired:
+    the workflow runs on without one)."""
+    parked = run.record.state is WorkflowState.NEEDS_ATTENTION
+    return {"deadline": None} if parked and run.record.deadline is not None else {}
 
 
 def _why(run: WorkflowRun) -> str | None:
@@ -129,6 +146,8 @@ def compensate(m: Machine, run: WorkflowRun, reason: str, *, parked: bool) -> No
     if run.record.state is WorkflowState.COMPENSATING:
         m.set_record(run, error=reason, reason=reason)
     else:
+        if parked:
+            m.set_record(run, **_unparked(run))
         m.begin_compensation(run, reason)
     m.cancel_attempts(run)
 

@@ -81,6 +81,17 @@ STUCK = RESTARTABLE
 """Forward states a parked workflow can be stuck on (what its retry restarts); a step
 whose compensation failed (COMPENSATING) is stuck before any of them."""
 
+
+def stuck_step(steps: list[StepRecord]) -> StepRecord | None:
+    """The step a parked workflow waits on (``steps`` in plan order): a failed
+    compensation, else the first failed or unresolved forward step (:data:`STUCK`); what
+    the inbox shows, and what a skip that names no step takes."""
+    for st in steps:
+        if st.state is S.COMPENSATING:
+            return st
+    return next((st for st in steps if st.state in STUCK), None)
+
+
 ENDED_BY_ABANDON = frozenset({S.DISPATCHED, S.WAITING, S.UNKNOWN, S.RETRY_WAIT})
 """Forward states an operator's ``abandon`` marks FAILED: nothing runs or wakes them any
 more (every other step stays where it is, its timer cleared)."""
