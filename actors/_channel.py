@@ -20,7 +20,7 @@ from herder.actors._messages import Commands, Operate
 from herder.actors._operator import Operator
 from herder.actors._recovery import Recovery
 from herder.actors.engine import Resolve
-from herder.store import HerderError, Plan, finished_ops
+from herder.store import HerderError, Plan, WorkflowState, finished_ops
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -61,13 +61,18 @@ class Channel:
                 record = self._store.get_workflow(workflow_id)
             except HerderError:
                 record = None  # operate() below refuses it, and the refusal is recorded
-            if record is not None and (record.name, record.version) not in self._plans:
+            action = command.get("action")
+            if (
+                record is not None
+                and (record.name, record.version) not in self._plans
+                and action != "abandon"  # (it needs no definition: it runs nothing)
+            ):
                 if not record.state.is_final:
                     self._recovery.held.setdefault(workflow_id, {})[command["id"]] = command
                     continue
-                if command.get("action") not in ("abandon", "cancel"):
+                if record.state is WorkflowState.NEEDS_ATTENTION and action != "cancel":
                     continue  # parked: wait (pending) until the daemon registers the definition
-            self._apply_command(command)
+            self._apply_command(command)  # (one for a workflow that ended is refused)
 
     def apply_held(self, commands: list[dict[str, Any]]) -> None:
         """Apply the commands held for a workflow being taken back (it is in memory now)."""

@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from herder.runtime import Runtime, State, StepState
+from herder.runtime import (
+    Agent,
+    Permanent,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepState,
+    Workflow,
+    WorkflowFailed,
+)
 from herder.runtime._check import check_store
 from herder.runtime._cli import main as cli
 from herder.runtime.testing import FakeClock, advance, settle, wait_until
@@ -292,7 +301,6 @@ def test_a_damaged_queued_command_is_passed_over_and_the_others_still_apply(
     # One damaged pending command (a torn write, a flipped bit) made the sweep give up on
     # the whole commands database, every sweep: an operator's cancel was never applied,
     # the error was logged ten times a second and `herder check` said the store was fine.
-    from herder.runtime import Agent, Workflow
     from herder.store import Put, Transition
     from herder.store._commands import pending_key
 
@@ -325,3 +333,66 @@ def test_a_damaged_queued_command_is_passed_over_and_the_others_still_apply(
     with Store(path, readonly=True) as store:
         report = check_store(store)
     assert [(p.db, p.key) for p in report.problems] == [("commands", pending_key(1))]
+
+
+class Trips(Agent):
+    """Books every step but the car; cannot undo the hotel: a trip parks."""
+
+    held = threading.Event()  # workflow "running" waits on it in its first step
+
+    def book(self, ctx: Any) -> int:
+        if ctx.workflow_id == "running":
+            Trips.held.wait(WAIT)
+            raise ConnectionError("the process stopped meanwhile")
+        if ctx.step == "car":
+            raise Permanent("sold out")
+        return 1
+
+    def cancel(self, ctx: Any) -> None:
+        if ctx.step == "hotel":
+            raise Permanent("the hotel refuses to refund")
+
+
+def test_queued_commands_for_a_workflow_whose_definition_is_missing_are_answered(
+    tmp_path: Path,
+) -> None:
+    # With the definition not registered, a queued retry of a parked workflow waits for
+    # it, as documented; but once an abandon had ended the workflow, that retry stayed
+    # PENDING for good (re-sent every sweep) instead of being refused. And a queued
+    # abandon of an unfinished workflow was held, though abandon needs no definition.
+    once = RetryPolicy(max_attempts=1)
+    trip = (
+        Workflow("trip")
+        .step("flight", agent="t", action="book", compensate="cancel")
+        .step("hotel", agent="t", action="book", compensate="cancel", after=["flight"])
+        .step("car", agent="t", action="book", compensate="cancel", after=["hotel"])
+    )
+    path = tmp_path / "store"
+    with Runtime(path, default_retry=once) as rt:
+        rt.add_agent("t", Trips)
+        rt.add_workflow(trip)
+        with pytest.raises(WorkflowFailed):
+            rt.start("trip", workflow_id="parked").result(timeout=WAIT)
+        assert rt.status("parked").state is State.NEEDS_ATTENTION
+        rt.start("trip", workflow_id="running")
+    Trips.held.set()  # (the attempt of the stopped runtime ends; nothing records it)
+    retry = append_command(path, new_command("retry", "parked", who="t", why="x"))
+    abandon = append_command(path, new_command("abandon", "parked", who="t", why="x"))
+    running = append_command(path, new_command("abandon", "running", who="t", why="x"))
+    clock = FakeClock()
+    with Runtime(path, clock=clock) as rt:  # "trip" is not registered in this one
+        advance(rt, clock, 1.0)
+        advance(rt, clock, 1.0)
+        done = wait_outcome(path, abandon, timeout=WAIT)
+        assert done is not None
+        assert done["state"] == "DONE"
+        advance(rt, clock, 10.0)  # the retry, passed over while it waited, is sent again
+        refused = wait_outcome(path, retry, timeout=WAIT)
+        assert refused is not None
+        assert refused["state"] == "FAILED"
+        assert "ABANDONED" in refused["error"]
+        assert rt.status("parked").state is State.ABANDONED
+        done = wait_outcome(path, running, timeout=WAIT)  # it awaited its definition
+        assert done is not None
+        assert done["state"] == "DONE"
+        assert rt.status("running").state is State.ABANDONED
