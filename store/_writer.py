@@ -9,12 +9,11 @@ committed (one batch entry per transaction watches the deadlines of the attempts
 record). One daemon thread, ``herder-store-writer``, drains everything queued into one
 write transaction (one ``putmulti`` per database), commits it durably (``sync=True``)
 and only then resolves futures and callbacks. A condition that does not hold skips only
-its own transition; an I/O failure fails the whole batch and the thread keeps going. A
-``guard`` (the leader-lease check, ``_lease.py``) runs first in every write transaction:
-when it refuses, the whole batch fails with its error and nothing is written.
-``derived`` keeps a secondary index in step (``recent``, ``_recent.py``) in the same
-transaction. Batches are replayable: on ``MapFullError`` the transaction is aborted, the
-map doubled (with no transaction open in this process, see ``Store._grow``) and replayed.
+its own transition; an I/O failure (or a bug) fails the whole batch, and the thread keeps
+going. A ``guard`` (the lease check, ``_lease.py``) runs first in every write transaction:
+when it refuses, the batch fails with its error. ``derived`` keeps a secondary index
+(``recent``) in step in the same transaction. On ``MapFullError`` the transaction is
+aborted, the map doubled (``Store._grow``) and the batch replayed.
 
 A commit of starts admitted early only (``halts``) waits :data:`MERGE_WAIT` for the
 engine's batch on them (their first DISPATCHED): one synced commit less per workflow.
@@ -98,9 +97,8 @@ class Writer:
         self._done = 0  # transitions resolved so far
         self._done_cond = threading.Condition(threading.Lock())
         counts = "batches transitions max_batch last_batch conflicts map_resizes io_errors"
-        self._stats: dict[str, int | float] = dict.fromkeys(
-            [*counts.split(), "refused", "halted"], 0
-        )
+        self._stats: dict[str, int | float] = dict.fromkeys([*counts.split(), "refused"], 0)
+        self._stats["halted"] = 0
         # Fail-stop: the error of the last engine batch that failed, until the engine
         # resyncs (for every halt so far: Resync); batches behind it fail with it.
         self._halted: BaseException | None = None
@@ -370,8 +368,10 @@ class Writer:
                 with self._cond:
                     self._stats["map_resizes"] += 1
                 continue
-            except (lmdb.Error, OSError) as exc:
-                txn.abort()
+            except BaseException as exc:
+                txn.abort()  # (also after a bug: left open, it would refuse every later write)
+                if not isinstance(exc, lmdb.Error | OSError):
+                    raise  # (_process fails this batch's callers)
                 return self._io_failed(batch, exc, "nothing of this batch was written"), False
             with self._cond:
                 s = self._stats

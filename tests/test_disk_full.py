@@ -148,3 +148,30 @@ def test_a_real_write_failure_mid_run_is_survived_and_the_runtime_resumes(
     with Store(tmp_path / "s", readonly=True) as store:
         done = [r for r in store.workflows() if r.state is State.SUCCEEDED]
     assert len(done) == report["acknowledged"]
+
+
+def test_a_bug_inside_a_commit_fails_that_batch_only_and_the_writer_carries_on(
+    tmp_path: Path,
+) -> None:
+    # Only lmdb.Error and OSError aborted the write transaction: anything else (a bug in
+    # the writer's apply, the index or the guard; a MemoryError) left it open, and every
+    # later write failed with "another write transaction is active", for good.
+    fired = threading.Event()
+
+    def once() -> None:
+        if not fired.is_set():
+            fired.set()
+            raise MemoryError("injected, once")
+
+    clock = FakeClock()
+    gate = threading.Event()
+    gate.set()
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("svc", lambda: Steps(gate))
+        rt.add_workflow(chain())
+        rt._store.writer.fault = once
+        with pytest.raises(MemoryError, match="injected"):
+            rt.start("chain", 0, workflow_id="w0")
+        handles = [rt.start("chain", i, workflow_id=f"w{i}") for i in (1, 2)]
+        for handle in handles:
+            assert handle.result(timeout=WAIT) == {"a": "a", "b": "b", "c": "c"}
