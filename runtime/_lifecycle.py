@@ -50,11 +50,15 @@ class Lifecycle:
         ``drain=True`` nothing new is dispatched and attempts already running on agents
         may finish (their outcome recorded) for up to ``timeout`` seconds first; whatever
         still runs then is run again, with the same idempotency key, at the next open.
-        ``timeout`` also bounds how long the actors may take to stop. Idempotent.
+        ``timeout`` also bounds how long the actors may take to stop, and the store to
+        close. Idempotent. If the store's writer cannot finish within it (a stalled disk),
+        the runtime is stopped all the same (every waiter hears :class:`RuntimeClosed`)
+        and :class:`TimeoutError` says the store is still open: call again to retry.
         """
         rt = _runtime(self)
         with rt._lock:
             if rt._closed:
+                rt._store.close(timeout)  # (again, if it timed out the first time)
                 return
             rt._draining = True
         if rt._firer is not None:
@@ -83,7 +87,12 @@ class Lifecycle:
         finally:
             if root is not None:
                 rt._store.note_clock(rt._ctx.clock.time())  # for the next holder
-            rt._store.close()
+            try:
+                rt._store.close(timeout)
+            except TimeoutError as exc:  # a stalled disk: the waiters hear of the stop first
+                stuck: TimeoutError | None = exc
+            else:
+                stuck = None
             rt._ctx.event_loop.close(timeout)
             if rt._ctx.placements:
                 detach(rt._ctx)  # kills its Ray workers; Ray stops with its last user
@@ -97,6 +106,11 @@ class Lifecycle:
             )
         )
         rt._wake.set()
+        if stuck is not None:
+            raise TimeoutError(
+                f"the runtime stopped, but its store is still open: {stuck} (a stalled "
+                "disk?); call stop() again to retry closing it"
+            ) from stuck
 
     def run_forever(self, *, drain_timeout: float = 30.0) -> None:
         """Serve until SIGTERM or SIGINT, then drain and stop (see :meth:`stop`).

@@ -260,18 +260,18 @@ class Store(Reads, LeaseHolder):
 
     # ------------------------------------------------------------------ closing
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         """Drain and close the writer, close the environment, release the lock.
 
         Idempotent. Raises :class:`TimeoutError` (store left open) if the writer cannot
-        drain in time; call again to retry.
+        drain within ``timeout`` seconds; call again to retry.
         """
         if self._closed:
             return
         if self._writer is not None:
             if not self._writer.closed:
-                self.release_lease()
-            self._writer.close()
+                self.release_lease(timeout)
+            self._writer.close(timeout)
         with self._gate:
             self._gate.wait_for(lambda: self._readers == 0 and not self._resizing)
             env, self._env = self._env, None

@@ -161,7 +161,7 @@ class LeaseHolder(Access):
         done = writer.submit(Transition(ops=(Put("meta", LEASE_KEY, encode(released.to_dict())),)))
         try:
             done.result(timeout=timeout)
-        except StoreError:
+        except (StoreError, TimeoutError):  # (not written in time: it lapses instead)
             return False
         self._lease = released
         return True

@@ -175,3 +175,50 @@ def test_a_bug_inside_a_commit_fails_that_batch_only_and_the_writer_carries_on(
         handles = [rt.start("chain", i, workflow_id=f"w{i}") for i in (1, 2)]
         for handle in handles:
             assert handle.result(timeout=WAIT) == {"a": "a", "b": "b", "c": "c"}
+
+
+def test_stop_on_a_stalled_disk_answers_the_waiters_in_time_and_may_be_called_again(
+    tmp_path: Path,
+) -> None:
+    # Closing the store waited 10 s whatever stop's timeout, then raised a bare
+    # TimeoutError('') that skipped the rest of stop(): result() waiters stayed blocked,
+    # a second stop() did nothing, and the store stayed open (StoreLocked on reopen).
+    from herder.runtime import RuntimeClosed
+
+    stalled, unstall = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        if stalled.is_set():
+            assert unstall.wait(WAIT)
+
+    gate = threading.Event()
+    path = tmp_path / "s"
+    rt = Runtime(path)
+    rt.add_agent("svc", lambda: Steps(gate))
+    rt.add_workflow(chain())
+    handle = rt.start("chain", 0, workflow_id="w0")
+    rt._store.writer.fault = stall
+    stalled.set()
+    gate.set()  # a: its SUCCEEDED commit stalls
+    heard: list[BaseException] = []
+    waiter = threading.Thread(target=lambda: heard.append(_raised(handle.result)))
+    waiter.start()
+    with pytest.raises(TimeoutError, match="call stop\\(\\) again"):
+        rt.stop(timeout=0.5)
+    waiter.join(WAIT)
+    assert not waiter.is_alive()
+    assert isinstance(heard[0], RuntimeClosed)
+    unstall.set()
+    rt.stop(timeout=WAIT)  # the store closes now
+    with Runtime(path) as again:  # not locked: it resumes the workflow
+        again.add_agent("svc", lambda: Steps(gate))
+        again.add_workflow(chain())
+        assert again.handle("w0").result(timeout=WAIT) == {"a": "a", "b": "b", "c": "c"}
+
+
+def _raised(call: object) -> BaseException:
+    try:
+        call()  # type: ignore[operator]
+    except BaseException as exc:
+        return exc
+    raise AssertionError("it returned")
