@@ -143,6 +143,8 @@ class Waiting:
         rt = _runtime(self)
         fut: OneShot[Final] = OneShot(loop)
         with rt._lock:
+            if rt._fatal is not None:  # (its actors are gone: nothing would announce it)
+                raise RuntimeClosed(f"the runtime failed and stopped its actors: {rt._fatal}")
             rt._waiters.setdefault(workflow_id, []).append(fut)
             if workflow_id in rt._running:  # its final announcement resolves ``fut``
                 return fut

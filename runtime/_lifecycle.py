@@ -264,7 +264,13 @@ class Lifecycle:
 
     def _failed(self, exc: BaseException) -> None:
         rt = _runtime(self)
-        rt._fatal = exc
+        rt._fatal = exc  # (first: a waiter that comes later is refused, see Waiting._watch)
+        rt._fail_waiters(
+            RuntimeClosed(
+                f"the runtime failed before the workflow ended ({exc}); the workflow is "
+                "durable: wait for it under the runtime that holds the store next"
+            )
+        )
         rt._wake.set()
 
     def _on_fatal(self, exc: BaseException) -> None:

@@ -94,13 +94,17 @@ def test_a_runtime_whose_actors_failed_for_good_says_so_from_stats_and_start(
     try:
         rt.add_agent("a", Quick)
         rt.add_workflow(Workflow("w").step("s", agent="a", action="act"))
-        rt.start("w")
+        handle = rt.start("w")
+        waiter = rt._watch(handle.id)  # what result() waits on, registered before
         deadline = time.monotonic() + 30
         while rt._fatal is None and time.monotonic() < deadline:
             rt._wake.wait(0.05)  # set when the tree gives up (Lifecycle._failed)
-        for call in (rt.stats, lambda: rt.start("w")):
+        for call in (rt.stats, lambda: rt.start("w"), lambda: handle.result(timeout=WAIT)):
             with pytest.raises(RuntimeClosed, match="the runtime failed and stopped its actors"):
                 call()
+        # A waiter from before was left blocked until the app called stop() itself.
+        with pytest.raises(RuntimeClosed, match="the runtime failed before the workflow ended"):
+            waiter.wait(WAIT)
     finally:
         rt.stop()
 
