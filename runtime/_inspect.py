@@ -256,6 +256,8 @@ def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             rows.append((when, f"step {e.get('step')}", change, e.get("attempt"), details))
         elif kind == "probe":
             rows.append((when, f"probe {e.get('step')}", "UNKNOWN", "", e.get("error") or ""))
+        elif kind == "damaged":  # (read_history: an event that cannot be read)
+            rows.append((when, f"event #{e.get('seq')}", "damaged", "", e.get("error") or ""))
         else:
             change = f"{e.get('from') or 'new'} -> {e.get('to')}"
             rows.append((when, "workflow", change, "", e.get("error") or ""))

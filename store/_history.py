@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from herder.store._codec import encode
+from herder.store._errors import StoreCorrupt
 from herder.store._keys import KEY_SEP, history_key, seq_suffix, workflow_key
 from herder.store._ops import Put
 from herder.store._records import StepRecord, StepState, WorkflowRecord, WorkflowState
@@ -208,11 +209,20 @@ def workflow_history(
 
 
 def read_history(store: Store, workflow_id: str) -> list[dict[str, Any]]:
-    """Every event of a workflow, oldest first (with its ``seq``)."""
+    """Every event of a workflow, oldest first (with its ``seq``). One that cannot be read
+    is a ``damaged`` event in its place, with the reason as its ``error``: the rest of
+    the story is still told."""
     prefix = workflow_key(workflow_id) + KEY_SEP
-    events = []
-    for key, value in store.scan(HISTORY_DB, prefix):
+    events: list[dict[str, Any]] = []
+    corrupt: list[StoreCorrupt] = []
+    for key, value in store.scan(HISTORY_DB, prefix, corrupt=corrupt):
         event = as_event(value)
-        if event is not None and len(key) == len(prefix) + _SEQ.size:
-            events.append({"seq": _SEQ.unpack_from(key, len(prefix))[0], **event})
-    return events
+        if len(key) == len(prefix) + _SEQ.size:
+            seq = _SEQ.unpack_from(key, len(prefix))[0]
+            damage = {"kind": "damaged", "error": "not a history event"}
+            events.append({"seq": seq, **(damage if event is None else event)})
+    for exc in corrupt:
+        if len(exc.key) == len(prefix) + _SEQ.size:
+            damaged = {"kind": "damaged", "error": exc.reason}
+            events.append({"seq": _SEQ.unpack_from(exc.key, len(prefix))[0], **damaged})
+    return sorted(events, key=lambda e: e["seq"]) if corrupt else events

@@ -320,3 +320,24 @@ def test_check_reads_the_index_and_history_that_ls_and_show_read(seeded: Path) -
     ls = _cli("ls", "--json", "--store", str(seeded))
     assert ls.returncode == 0, ls.stderr  # every row was lost to one index value before
     assert sorted(w["id"] for w in json.loads(ls.stdout)) == ["w0", "w1", "w2", "w3"]
+
+
+def test_show_tells_the_rest_of_a_history_with_one_damaged_event(seeded: Path) -> None:
+    # One damaged event made `herder show` (and rt.history) fail outright: the workflow's
+    # steps and state could not be seen at all. A value of another kind was left out.
+    with Store(seeded, readonly=True) as store:
+        keys = [key for key, _ in store.scan("history", workflow_key("w1"))]
+        step = store.view(lambda snap: snap.raw("steps", step_key("w1", "a")))
+    put_raw(seeded, "history", keys[0], b"\xc1")
+    put_raw(seeded, "history", keys[1], step)  # (a step record: no history event)
+    show = _cli("show", "w1", "--json", "--store", str(seeded))
+    assert show.returncode == 0, show.stderr
+    history = json.loads(show.stdout)["history"]
+    assert len(history) == len(keys)
+    assert [e["kind"] for e in history[:2]] == ["damaged", "damaged"]
+    assert "no room for a body" in history[0]["error"]
+    assert history[1]["error"] == "not a history event"
+    assert [e["seq"] for e in history] == sorted(e["seq"] for e in history)
+    text = _cli("show", "w1", "--store", str(seeded))
+    assert text.returncode == 0, text.stderr
+    assert "damaged" in text.stdout

@@ -217,6 +217,35 @@ def test_a_missing_store_gives_a_clear_page(tmp_path: Path) -> None:
         console.shutdown()
 
 
+def test_a_damaged_record_is_named_without_the_advice_for_a_missing_store(
+    tmp_path: Path,
+) -> None:
+    # The page said "Check the --store path: a runtime creates the store when it first
+    # opens it", the advice for a store that is not there, for one damaged step record.
+    import lmdb
+
+    from herder.store._keys import step_key
+
+    path = tmp_path / "store"
+    with Runtime(path, default_retry=FAST, clock=FakeClock()) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        rt.start("order", {}, workflow_id="o-1").result(timeout=10)
+    env = lmdb.open(str(path), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(step_key("o-1", "pay"), b"\xc1", db=env.open_db(b"steps", txn=txn))
+    env.close()
+    console = Console(str(path), port=0, token="t")
+    console.start()
+    try:
+        status, _, html = request(console, "GET", "/workflow?id=o-1")
+        assert status == 503
+        assert "A record is damaged" in html
+        assert "creates the store" not in html
+    finally:
+        console.shutdown()
+
+
 def test_a_wrong_token_is_refused_and_the_right_one_signs_in(console: Console) -> None:
     status, headers, _ = request(console, "GET", "/?token=guess")
     assert status == 403

@@ -40,7 +40,7 @@ from herder.runtime.ui import _views
 from herder.runtime.ui._gate import StoreGate
 from herder.runtime.ui._guard import Guard, check_token, host_name, is_loopback
 from herder.runtime.ui._pages import error_page
-from herder.store import HerderError
+from herder.store import HerderError, StoreCorrupt
 
 _log = logging.getLogger("herder.ui")
 
@@ -234,6 +234,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 else "Fix the address and retry."
             )
             self._page(400, error_page("Bad request", str(exc), hint))
+        except StoreCorrupt as exc:  # one damaged record: the store itself is readable
+            self._page(503, error_page("A record is damaged", f"{console.gate.path}: {exc}", ""))
         except HerderError as exc:
             self._page(
                 503,
