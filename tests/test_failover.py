@@ -376,15 +376,19 @@ def test_a_group_is_stored_with_the_definition(tmp_path: Path) -> None:
 
 class Member(Agent):
     """A member with no health checks: work is reserved ahead on it unless the step is a
-    group's. ``hold`` keeps w1's attempt running until it is set."""
+    group's. ``hold`` (began, release) keeps w1's attempt running until released."""
 
-    def __init__(self, name: str, hold: threading.Event, ran: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, name: str, hold: tuple[threading.Event, threading.Event], ran: list[tuple[str, str]]
+    ) -> None:
         self.name, self.hold, self.ran = name, hold, ran
 
     def book(self, ctx: StepContext) -> str:
         self.ran.append((ctx.workflow_id, self.name))
         if ctx.workflow_id == "w1":
-            assert self.hold.wait(WAIT)
+            began, release = self.hold
+            began.set()
+            assert release.wait(WAIT)
         return self.name
 
 
@@ -394,22 +398,26 @@ def test_a_group_steps_attempt_waiting_for_a_removed_member_moves_to_another(
     # A group step's attempt reserved ahead on a busy member (prefetch) stayed DISPATCHED
     # there for good once that member was removed, while the other member idled: only
     # queued jobs move. A group step is now never reserved ahead, so it waits queued.
-    hold, ran = threading.Event(), list[tuple[str, str]]()
+    began, release = threading.Event(), threading.Event()
+    ran = list[tuple[str, str]]()
     group = Workflow("g").step("f", agent=AnyOf("a", "b"), action="book", timeout=30.0)
     with Runtime(tmp_path / "s", clock=clock, prefetch=7) as rt:
         for name in ("a", "b"):
-            rt.add_agent(name, functools.partial(Member, name, hold, ran), concurrency=1)
+            rt.add_agent(
+                name, functools.partial(Member, name, (began, release), ran), concurrency=1
+            )
         rt.add_workflow(group)
         for i in range(3):  # its actions are timed: prefetch would now apply
             assert rt.start("g", {}, workflow_id=f"warm-{i}").result(timeout=WAIT)["f"] == "a"
         h1 = rt.start("g", {}, workflow_id="w1")
-        wait_until(rt, lambda: ("w1", "a") in ran)
+        assert began.wait(WAIT)  # on a (a commit-driven wait could miss it: none follows)
+        assert ran[-1] == ("w1", "a")
         h2 = rt.start("g", {}, workflow_id="w2")
         queued(rt, "a", 1)
         assert rt.stats()["steps"]["reserved_ahead"] == 0
         rt.remove_agent("a")
         assert h2.result(timeout=WAIT)["f"] == "b"
-        hold.set()  # w1's attempt, running when its member was removed, ends there
+        release.set()  # w1's attempt, running when its member was removed, ends there
         assert h1.result(timeout=WAIT)["f"] == "a"
         assert [member for w, member in ran if w == "w2"] == ["b"]
         assert check_store(rt._store).ok
