@@ -129,10 +129,22 @@ class _Checker:
         self.check_schedules()
         # Read by ls and show, by the sweep (queued commands) and at open (resources):
         # each value must decode.
+        self.check_index()
         for db in (RECENT_DB, "history", "commands", "resources"):
             for key, raw in self.snap.items(db):
                 self.load(db, key, raw, lambda d: d, is_map=False)
         return self.report
+
+    def check_index(self) -> None:
+        """The ``recent`` index (``ls``): one entry per workflow, the one its
+        ``recent_at`` value names (8 bytes of time); no entry beside it."""
+        at = dict(self.snap.items("recent_at"))
+        for key, when in at.items():
+            if len(when) != 8 or self.snap.raw(RECENT_DB, when + key) is None:
+                self.problem("recent_at", key, "names no entry of the recent index")
+        for key, _ in self.snap.items(RECENT_DB):
+            if at.get(key[8:]) != key[:8]:
+                self.problem(RECENT_DB, key, "stale entry: not the one its recent_at names")
 
     def check_schedules(self) -> None:
         """Each schedule record reads, sits under its own name, names a stored workflow

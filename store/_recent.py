@@ -118,6 +118,9 @@ def maintain(
     times: list[tuple[bytes, bytes]] = []
     for key, value in written:
         old = None if key in absent else cast("bytes | None", get(key, db=at_db))
+        if old is not None and len(old) != _MS.size:  # damaged: its entry is found by a scan
+            _drop_entries(txn, recent_db, key)
+            old = None
         if value is None:
             if old is not None:
                 delete(old + key, db=recent_db)
@@ -133,6 +136,15 @@ def maintain(
             cursor.putmulti(entries)
         with txn.cursor(db=at_db) as cursor:
             cursor.putmulti(times)
+
+
+def _drop_entries(txn: lmdb.Transaction, recent_db: Any, key: bytes) -> None:
+    """Delete every ``recent`` entry of workflow ``key`` (a scan of the whole index: only
+    when its ``recent_at`` value, which names the one entry, is damaged)."""
+    with txn.cursor(db=recent_db) as cursor:
+        stale = [k for k in cursor.iternext(values=False) if k[_MS.size :] == key]
+    for k in stale:
+        txn.delete(k, db=recent_db)
 
 
 def build(txn: lmdb.Transaction, handles: dict[str, Any]) -> int:

@@ -341,3 +341,24 @@ def test_show_tells_the_rest_of_a_history_with_one_damaged_event(seeded: Path) -
     text = _cli("show", "w1", "--store", str(seeded))
     assert text.returncode == 0, text.stderr
     assert "damaged" in text.stdout
+
+
+def test_a_damaged_recent_at_value_leaves_no_stale_row_behind(seeded: Path) -> None:
+    # The index moved a workflow's `recent` entry by the old time its `recent_at` value
+    # named; a damaged value named none, so the old entry stayed: `herder ls` showed the
+    # workflow twice (RUNNING and SUCCEEDED) for good.
+    put_raw(seeded, "recent_at", workflow_key("w1"), b"\x01")
+    check = _cli("check", "--json", "--store", str(seeded))
+    assert check.returncode == 1  # it said "no problems"
+    damaged = {p["db"] for p in json.loads(check.stdout)["problems"]}
+    assert damaged == {"recent", "recent_at"}
+    clock = FakeClock()
+    with Runtime(seeded, clock=clock) as rt:
+        rt.add_agent("svc", Service)
+        rt.add_workflow(flow())
+        finish(rt, clock, "w0", "w1", "w2", "w3")
+    ls = _cli("ls", "--json", "--store", str(seeded))
+    assert ls.returncode == 0, ls.stderr
+    rows = [(w["id"], w["state"]) for w in json.loads(ls.stdout)]
+    assert sorted(rows) == [(f"w{i}", "SUCCEEDED") for i in range(4)]
+    assert _cli("check", "--store", str(seeded)).returncode == 0  # repaired by the write
