@@ -11,8 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, Runtime, State, StepContext, StepState, Workflow
-from herder.runtime.testing import FakeClock, advance, settle
+from herder.runtime import (
+    Agent,
+    RetryPolicy,
+    Runtime,
+    RuntimeClosed,
+    State,
+    StepContext,
+    StepState,
+    Workflow,
+)
+from herder.runtime.testing import FakeClock, advance, fail_first, settle, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 30.0
@@ -78,3 +87,57 @@ def test_advance_waits_for_them_too(rt: Runtime, clock: FakeClock) -> None:
     _start_behind_a_held_attempt(rt)
     advance(rt, clock, 1.0)
     assert _unfinished(rt) == {}, "advance returned before the line and the queues ran"
+
+
+class Flaky(Agent):
+    def ok(self, ctx: StepContext) -> int:
+        return 1
+
+    def flaky(self, ctx: StepContext) -> int:
+        fail_first(ctx, 1)
+        return 2
+
+
+CHAIN = (
+    Workflow("chain")
+    .step("a", agent="x", action="ok")
+    .step("b", agent="x", action="flaky", after=["a"], retry=RetryPolicy(initial_interval=5.0))
+)
+
+
+def test_settle_waits_for_the_step_an_answer_frees(tmp_path: Path) -> None:
+    # settle returned when no attempt was in flight, which is also the moment between an
+    # answer and its commit (which dispatches the next step): b was still to be tried in
+    # about one run in ten (the testing-kit review, 7/90). Many runs in one test, since
+    # that gap is narrow.
+    for run in range(30):
+        clock = FakeClock()
+        with Runtime(tmp_path / f"s{run}", clock=clock) as rt:
+            rt.add_agent("x", Flaky)
+            rt.add_workflow(CHAIN)
+            rt.start("chain", None, workflow_id="w")
+            settle(rt)
+            b = rt.status("w").steps["b"]
+            assert (b.state, b.attempt) == (StepState.RETRY_WAIT, 1), run
+
+
+def test_the_kit_says_what_was_misused(tmp_path: Path, clock: FakeClock) -> None:
+    # advance() with another clock did nothing, silently; NaN got past its check; a
+    # stopped runtime raised pykka's ActorDeadError; wait_until raised "not reached" for
+    # a condition that came true with no commit after it.
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        with pytest.raises(ValueError, match="pass the FakeClock given to Runtime"):
+            advance(rt, FakeClock(), 1.0)
+        for bad in (float("nan"), float("inf"), -1.0):
+            with pytest.raises(ValueError, match="cannot go backwards or to no time"):
+                advance(rt, clock, bad)
+        done = threading.Event()
+        timer = threading.Timer(0.05, done.set)
+        timer.start()
+        wait_until(rt, done.is_set, timeout=1.0)  # true by the deadline: no error
+        timer.join()
+    for call in (lambda: settle(rt), lambda: advance(rt, clock, 1.0)):
+        with pytest.raises(RuntimeClosed, match="stopped"):
+            call()
+    with pytest.raises(RuntimeClosed, match="stopped"):
+        wait_until(rt, done.is_set)

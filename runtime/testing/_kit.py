@@ -115,8 +115,10 @@ def wait_until(runtime: Runtime, predicate: Callable[[], bool], timeout: float =
     """Block until ``predicate()`` is true, re-checking after every durable commit.
 
     Event-driven, not polling: the runtime signals each committed batch. Raises
-    :class:`TimeoutError` if ``timeout`` real seconds pass first.
+    :class:`TimeoutError` if ``timeout`` real seconds pass first (the predicate is
+    asked once more then), :class:`RuntimeClosed` if the runtime is stopped.
     """
+    runtime._check_open()
     deadline = time.monotonic() + timeout
     with _Commits(runtime) as commits:
         while True:
@@ -126,7 +128,13 @@ def wait_until(runtime: Runtime, predicate: Callable[[], bool], timeout: float =
             if predicate():
                 return
             if not commits.wait(seen, deadline):
-                raise TimeoutError(f"condition not reached within {timeout}s")
+                if predicate():  # (it may have come true with no commit after it)
+                    return
+                raise TimeoutError(
+                    f"condition not reached within {timeout}s (it is asked after each "
+                    "commit of the runtime: wait on an event for one that comes true "
+                    "without a commit, such as an action's side effect)"
+                )
 
 
 HELD = 0.1
@@ -143,6 +151,7 @@ def settle(runtime: Runtime) -> None:
     are held by the test (an action that waits for its event): settle returns with them
     still running. Raises :class:`TimeoutError` if attempts keep moving for the
     runtime's ``ask_timeout``."""
+    runtime._check_open()
     deadline = time.monotonic() + runtime._ask_timeout
     with _Commits(runtime) as commits:
         moving: tuple[int, ...] | None = None
@@ -151,6 +160,11 @@ def settle(runtime: Runtime) -> None:
             seen = commits.seen()
             runtime._settle()
             busy = _attempts(runtime)
+            if busy is None:
+                # An attempt that answered during that settle counts as ended, though
+                # its commit, and the step it frees, are still to come: once more.
+                runtime._settle()
+                busy = _attempts(runtime)
             if busy is None:
                 return
             now = time.monotonic()
@@ -184,8 +198,13 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     start) and each schedule slot on the way, and lets the runtime react there, so a
     timer armed by that reaction (the next backoff, the next slot) falls due within
     the same advance, as it would in real time."""
-    if seconds < 0:
-        raise ValueError(f"a clock cannot go backwards: advance({seconds})")
+    if not seconds >= 0 or seconds == float("inf"):  # (NaN too)
+        raise ValueError(f"a clock cannot go backwards or to no time: advance({seconds})")
+    if clock is not runtime._clock:
+        raise ValueError(
+            "advance() moves the runtime's own clock: pass the FakeClock given to "
+            "Runtime(clock=...); this one is not it, so nothing would fall due"
+        )
     settle(runtime)
     end = clock.monotonic() + seconds
     for stops in range(1, MAX_STOPS + 1):
