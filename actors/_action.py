@@ -84,8 +84,9 @@ def call_action(agent: Any, agent_name: str, run: Run) -> Any:
     method = getattr(agent, run.action, None)
     if run.action.startswith("_") or not callable(method):
         made = type_name(type(agent))  # (a factory that returned None, say)
+        hint = ": does the factory return the agent it builds?" if agent is None else ""
         raise Permanent(
-            f"agent {agent_name!r} has no action {run.action!r} (its factory made a {made})"
+            f"agent {agent_name!r} has no action {run.action!r} (its factory made a {made}{hint})"
         )
     return method(run.context)
 

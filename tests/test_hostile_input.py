@@ -454,7 +454,10 @@ def test_a_factory_that_returns_no_agent_is_named_in_the_steps_error(tmp_path: P
         with pytest.raises(WorkflowFailed) as failed:
             rt.start("w", workflow_id="w").result(timeout=WAIT)
     assert failed.value.status.error is not None
-    assert "has no action 'go' (its factory made a NoneType)" in failed.value.status.error
+    assert (
+        "has no action 'go' (its factory made a NoneType: does the factory return the agent"
+        in failed.value.status.error
+    )
 
 
 def test_handoff_takes_any_number_of_seconds_as_the_waits_do(tmp_path: Path) -> None:
