@@ -214,15 +214,15 @@ def read_history(store: Store, workflow_id: str) -> list[dict[str, Any]]:
     the story is still told."""
     prefix = workflow_key(workflow_id) + KEY_SEP
     events: list[dict[str, Any]] = []
+
+    def add(key: bytes, event: dict[str, Any]) -> None:
+        if len(key) == len(prefix) + _SEQ.size:  # (else not an event key of this workflow)
+            events.append({"seq": _SEQ.unpack_from(key, len(prefix))[0], **event})
+
     corrupt: list[StoreCorrupt] = []
     for key, value in store.scan(HISTORY_DB, prefix, corrupt=corrupt):
         event = as_event(value)
-        if len(key) == len(prefix) + _SEQ.size:
-            seq = _SEQ.unpack_from(key, len(prefix))[0]
-            damage = {"kind": "damaged", "error": "not a history event"}
-            events.append({"seq": seq, **(damage if event is None else event)})
+        add(key, {"kind": "damaged", "error": "not a history event"} if event is None else event)
     for exc in corrupt:
-        if len(exc.key) == len(prefix) + _SEQ.size:
-            damaged = {"kind": "damaged", "error": exc.reason}
-            events.append({"seq": _SEQ.unpack_from(exc.key, len(prefix))[0], **damaged})
+        add(exc.key, {"kind": "damaged", "error": exc.reason})
     return sorted(events, key=lambda e: e["seq"]) if corrupt else events

@@ -96,9 +96,8 @@ class Writer:
         self._submitted = 0  # transitions accepted so far
         self._done = 0  # transitions resolved so far
         self._done_cond = threading.Condition(threading.Lock())
-        counts = "batches transitions max_batch last_batch conflicts map_resizes io_errors"
-        self._stats: dict[str, int | float] = dict.fromkeys([*counts.split(), "refused"], 0)
-        self._stats["halted"] = 0
+        counts = "batches transitions max_batch last_batch conflicts map_resizes io_errors refused"
+        self._stats: dict[str, int | float] = dict.fromkeys([*counts.split(), "halted"], 0)
         # Fail-stop: the error of the last engine batch that failed, until the engine
         # resyncs (for every halt so far: Resync); batches behind it fail with it.
         self._halted: BaseException | None = None
