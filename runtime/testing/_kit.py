@@ -158,12 +158,10 @@ def settle(runtime: Runtime) -> None:
         since = time.monotonic()
         while True:
             seen = commits.seen()
-            runtime._settle()
             busy = _attempts(runtime)
             if busy is None:
                 # An attempt that answered during that settle counts as ended, though
                 # its commit, and the step it frees, are still to come: once more.
-                runtime._settle()
                 busy = _attempts(runtime)
             if busy is None:
                 return
@@ -178,7 +176,9 @@ def settle(runtime: Runtime) -> None:
 
 
 def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
-    """None if no attempt runs or waits for a worker; else what changes as they move on."""
+    """Once the messages and commits in flight are handled: None if no attempt runs or
+    waits for a worker; else what changes as they move on."""
+    runtime._settle()
     stats = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)
     line = stats["host"].get("line", 0)
     if not (stats["in_flight_attempts"] or line):
