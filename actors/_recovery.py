@@ -293,14 +293,11 @@ class Recovery:
         """Hold the operator commands queued while no runtime ran, by workflow: each is
         applied when its workflow is taken back, before anything of it runs again (one for
         a workflow that is never taken back is answered when the sweep hands it over)."""
-        corrupt: list[StoreCorrupt] = []
-        try:
-            pending = pending_commands(self._store, corrupt)
+        try:  # (a damaged one is passed over, the others still apply; the sweep logs it)
+            pending = pending_commands(self._store, corrupt=[])
         except StoreCorrupt as exc:
             _log.error("cannot read the commands database: %s", exc)
             return
-        for error in corrupt:  # (the others still apply; the sweep logs it too)
-            _log.debug("passing over a damaged operator command: %s", error)
         for command in pending:
             self.held.setdefault(str(command.get("workflow_id")), {})[command["id"]] = command
 

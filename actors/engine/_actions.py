@@ -16,7 +16,7 @@ from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from herder.actors.engine._operator import abandoned_step, given_up, orphan_given_up, undo_again
-from herder.actors.engine._states import RESTARTABLE, SKIPPABLE, STUCK, UNDOING, stuck_step
+from herder.actors.engine._states import RESTARTABLE, SKIPPABLE, UNDOING, stuck_step
 from herder.actors.engine._step import restarted, settled
 from herder.store import StepRecord, StepState, WorkflowState
 
@@ -109,8 +109,9 @@ def skip(m: Machine, run: WorkflowRun, st: StepRecord, result: Any) -> None:
     m.put_step(run, st, skipped)
     # A parked workflow stuck on another step too stays parked (nothing would wake that
     # one), with that step in the inbox for the operator's next action.
-    if run.record.state is not WorkflowState.RUNNING and not any(
-        s.state in STUCK for s in run.steps.values()
+    if (
+        run.record.state is not WorkflowState.RUNNING
+        and stuck_step(list(run.steps.values())) is None
     ):
         m.set_record(run, state=WorkflowState.RUNNING, error=None, **_unparked(run))
 
