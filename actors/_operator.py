@@ -45,6 +45,7 @@ from herder.store import (
     ms,
     normalize,
     plan_steps,
+    recall_reason,
     step_event,
     timer_key,
     workflow_event,
@@ -234,9 +235,9 @@ class Operator:
                 f"workflow {op.workflow_id!r} needs definition {record.name!r} version "
                 f"{record.version}; register it with add_workflow before {op.action}"
             )
+        record = recall_reason(self._store, record)  # (one stored before reasons were kept)
         steps = {s.name: s for s in plan_steps(record, self._store.steps_of(op.workflow_id), plan)}
-        run = WorkflowRun(record, plan, steps, self._engine.specs_of(plan, record))
-        return run, True
+        return WorkflowRun(record, plan, steps, self._engine.specs_of(plan, record)), True
 
     def _adopt(self, run: WorkflowRun, parked: bool) -> None:
         """Make a parked run active again (after the action was validated)."""

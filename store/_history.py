@@ -226,3 +226,19 @@ def read_history(store: Store, workflow_id: str) -> list[dict[str, Any]]:
     for exc in corrupt:
         add(exc.key, {"kind": "damaged", "error": exc.reason})
     return sorted(events, key=lambda e: e["seq"]) if corrupt else events
+
+
+def recall_reason(store: Store, record: WorkflowRecord) -> WorkflowRecord:
+    """``record`` with its ``reason`` (why it compensates) taken from its history when it
+    was stored without one (by schema 2, or by schema 3 before the field was appended):
+    the error of its last workflow event into COMPENSATING, which says why it turned
+    back. So an operator who resolves a failed compensation of such a parked workflow
+    leaves it saying why it compensates, as one stored with its reason does, not the
+    failure it stopped at. Anything else is returned as it is."""
+    if record.reason is not None:
+        return record
+    reason = None
+    for event in read_history(store, record.id):
+        if event["kind"] == "workflow" and event.get("to") == WorkflowState.COMPENSATING:
+            reason = event.get("error")
+    return record.evolve(reason=reason) if isinstance(reason, str) else record

@@ -18,6 +18,8 @@ layouts, and leave a store ``herder check`` passes.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import pathlib
 import signal
@@ -29,8 +31,18 @@ import threading
 
 import pytest
 
-from herder.runtime import Agent, Runtime, State, StepContext, Workflow
+from herder.runtime import (
+    Agent,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    Workflow,
+    WorkflowFailed,
+)
 from herder.runtime._check import check_store
+from herder.runtime._cli import main
+from herder.runtime.testing import FakeClock
 from herder.store import (
     SCHEMA_VERSION,
     Put,
@@ -103,7 +115,9 @@ def downgrade(path: pathlib.Path) -> int:
         ops: list[Put] = []
         for db, kind in (("workflows", WorkflowRecord), ("steps", StepRecord)):
             for key, value in store.scan(db, b""):
-                ops.append(Put(db, key, encode(kind.from_dict(value).to_dict())))
+                stored = kind.from_dict(value).to_dict()
+                stored.pop("reason", None)  # (appended after schema 2: no map of it has one)
+                ops.append(Put(db, key, encode(stored)))
         for key, value in store.scan("history", b""):
             event = as_event(value)
             assert event is not None
@@ -207,3 +221,63 @@ def test_a_store_written_by_the_previous_release_opens_recovers_and_migrates(
         child.send_signal(signal.SIGKILL)
         child.wait(WAIT)
     assert_runs_and_migrates(path, ["done", "flying-0", "flying-1", "flying-2"], ["done"])
+
+
+class Travel(Agent):
+    """Books each step; ``broken`` names what fails for good (``undo:step``: its undo)."""
+
+    def __init__(self, broken: set[str]) -> None:
+        self.broken = broken
+
+    def book(self, ctx: StepContext) -> str:
+        if ctx.step in self.broken:
+            raise RuntimeError(f"{ctx.step} is sold out")
+        return ctx.step
+
+    def cancel(self, ctx: StepContext) -> None:
+        if f"undo:{ctx.step}" in self.broken:
+            raise RuntimeError(f"cannot cancel {ctx.step}")
+
+
+def trip() -> Workflow:
+    return (
+        Workflow("trip")
+        .step("hotel", agent="t", action="book", compensate="cancel")
+        .step("car", agent="t", action="book", compensate="cancel", after=["hotel"])
+    )
+
+
+def run_trip(path: pathlib.Path, broken: set[str]) -> Runtime:
+    rt = Runtime(path, clock=FakeClock(), default_retry=RetryPolicy(max_attempts=1))
+    rt.add_agent("t", lambda: Travel(broken))
+    rt.add_workflow(trip())
+    return rt
+
+
+@pytest.mark.parametrize("action", ["retry", "skip"])
+def test_a_migrated_workflow_resolved_by_an_operator_says_why_it_compensated(
+    tmp_path: pathlib.Path, action: str
+) -> None:
+    # The previous release parked it when the hotel's undo failed; its record has no
+    # `reason`, so once an operator resolved it, it ended COMPENSATED still saying the
+    # undo failed (as if that were why it compensated) where a schema 3 one says the car.
+    path = tmp_path / "s"
+    with run_trip(path, {"car", "undo:hotel"}) as rt:
+        with pytest.raises(WorkflowFailed):
+            rt.start("trip", workflow_id="w").result(WAIT)
+        assert rt.status("w").state is State.NEEDS_ATTENTION
+    downgrade(path)
+    with Store(path, readonly=True) as ro:
+        assert "reason" not in ro.get("workflows", b"w")  # as the previous release left it
+    why = "step 'car' failed: RuntimeError: car is sold out"
+    with run_trip(path, {"car"}) as rt:  # the hotel's undo works again
+        assert "compensation of step 'hotel' failed" in (rt.status("w").error or "")
+        getattr(rt, action)("w", who="ada", why="hotel fixed")
+        with pytest.raises(WorkflowFailed, match=r"ended COMPENSATED: step 'car' failed"):
+            rt.handle("w").result(WAIT)
+        assert rt.status("w").error == why
+    out = io.StringIO()
+    assert main(["show", "w", "--json", "--store", str(path)], out) == 0
+    shown = json.loads(out.getvalue())
+    assert (shown["state"], shown["error"]) == ("COMPENSATED", why)
+    assert shown["history"][-1] == {**shown["history"][-1], "to": "COMPENSATED", "error": why}
