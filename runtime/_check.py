@@ -18,6 +18,8 @@ crash test) can see exactly what is wrong. What it checks:
   deadline has its deadline's entry;
 - fencing tokens: none from a future incarnation; a step's completion token is not newer
   than its current token;
+- history (``_check_history``): every value is an event (``as_event``, the rule by which
+  ``herder show`` lists one as damaged) under a history key of a workflow that exists;
 - schedules: each reads, sits under its name, names a stored workflow, and no workflow
   it fired is for a slot after its cursor;
 - agents chosen at run time: every step whose agent the plan templates from the input
@@ -43,6 +45,7 @@ from herder.actors.engine import (
     UNDOING,
     holds_timer,
 )
+from herder.runtime._check_history import check_history
 from herder.runtime._check_report import CheckReport, Problem
 from herder.runtime._check_timers import TimerIndex
 from herder.runtime._routing import template_fields
@@ -127,10 +130,16 @@ class _Checker:
             lambda key, raw: self.load("timers", key, raw, lambda d: d),
         )
         self.check_schedules()
-        # Read by ls and show, by the sweep (queued commands) and at open (resources):
-        # each value must decode.
         self.check_index()
-        for db in (RECENT_DB, "history", "commands", "resources"):
+        check_history(
+            self.snap.items("history"),
+            ids,
+            self.problem,
+            lambda key, raw: self.load("history", key, raw, lambda d: (d,), is_map=False),
+        )
+        # Read by ls, by the sweep (queued commands) and at open (resources): each value
+        # must decode.
+        for db in (RECENT_DB, "commands", "resources"):
             for key, raw in self.snap.items(db):
                 self.load(db, key, raw, lambda d: d, is_map=False)
         return self.report

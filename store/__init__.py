@@ -96,6 +96,7 @@ from herder.store._errors import (
 )
 from herder.store._history import (
     as_event,
+    event_flaw,
     history_put,
     read_history,
     recall_reason,
@@ -113,6 +114,7 @@ from herder.store._keys import (
     batch_timer_key,
     definition_key,
     history_key,
+    history_owner,
     key_prefix,
     ms,
     split_step_key,
@@ -241,10 +243,12 @@ __all__ = [
     "encode",
     "encoder",
     "error_types",
+    "event_flaw",
     "exception_name",
     "explain",
     "finished_ops",
     "history_key",
+    "history_owner",
     "history_put",
     "holder_stopped",
     "indexed",

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from herder.store._codec import encode
 from herder.store._errors import StoreCorrupt
-from herder.store._keys import KEY_SEP, history_key, seq_suffix, workflow_key
+from herder.store._keys import KEY_SEP, history_key, history_owner, seq_suffix, workflow_key
 from herder.store._ops import Put
 from herder.store._records import StepRecord, StepState, WorkflowRecord, WorkflowState
 
@@ -89,21 +89,58 @@ _WORKFLOW_KEYS = frozenset({"kind", *_WORKFLOW_FIELDS})
 
 
 def as_event(value: Any) -> dict[str, Any] | None:
-    """A stored history value as its event map (either schema); None if it is neither."""
+    """A stored history value as its event map (either schema); None if it is neither
+    (:func:`event_flaw` says why). ``read_history`` lists such a value as ``damaged``
+    and ``herder check`` reports it: this is the one rule of what an event is."""
+    event = _event(value)
+    return event if isinstance(event, dict) else None
+
+
+def event_flaw(value: Any) -> str | None:
+    """Why a stored history value is not an event (what :func:`as_event` refuses it
+    for); None when it is one."""
+    event = _event(value)
+    return event if isinstance(event, str) else None
+
+
+def _event(value: Any) -> dict[str, Any] | str:
+    """The event map of a stored history value, or what keeps it from being one: a map
+    of a known kind with that kind's fields, or a compact array of its layout; either
+    with its time ``t``."""
     if isinstance(value, dict):
-        return value
-    if type(value) is not list or not value:
-        return None
-    layout = _LAYOUTS.get(value[0]) if type(value[0]) is int else None
-    if layout is None or len(value) - 1 not in layout[2]:
-        return None
-    kind, names, _ = layout
-    return {"kind": kind, **dict(zip(names, value[1:], strict=False))}
+        kind = value.get("kind")
+        needs = _NEEDS.get(kind) if type(kind) is str else None
+        if needs is None:
+            return f"a map whose kind is {kind!r}, not one of {sorted(_NEEDS)}"
+        missing = [name for name in needs if name not in value]
+        if missing:
+            return f"a {kind} event without {', '.join(missing)}"
+        event = value
+    elif type(value) is list and value and type(value[0]) is int and value[0] in _LAYOUTS:
+        kind, names, lengths = _LAYOUTS[value[0]]
+        if len(value) - 1 not in lengths:
+            return (
+                f"a {kind} event of {len(value) - 1} fields, not {' or '.join(map(str, lengths))}"
+            )
+        event = {"kind": kind, **dict(zip(names, value[1:], strict=False))}
+    elif type(value) is list:
+        return f"a list that is no event's array (it starts {value[:1]!r:.20})"
+    else:
+        return f"a {type(value).__name__}, neither an event's map nor its array"
+    if type(event["t"]) not in (int, float):
+        return f"a {kind} event whose time is {event['t']!r:.20}, not a number"
+    return event
 
 
 _LAYOUTS: dict[int, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
     _STEP: ("step", _STEP_FIELDS, (7, 8)),  # the traceback is there only when noted
     _WORKFLOW: ("workflow", _WORKFLOW_FIELDS, (4,)),
+}
+_NEEDS: dict[str, tuple[str, ...]] = {  # the fields each kind's map holds, at least
+    "step": ("t", "step", "from", "to"),
+    "workflow": ("t", "from", "to"),
+    "probe": ("t", "step"),
+    "operator": ("t", "action"),
 }
 
 
@@ -212,11 +249,12 @@ def read_history(store: Store, workflow_id: str) -> list[dict[str, Any]]:
     """Every event of a workflow, oldest first (with its ``seq``). One that cannot be read
     is a ``damaged`` event in its place, with the reason as its ``error``: the rest of
     the story is still told."""
-    prefix = workflow_key(workflow_id) + KEY_SEP
+    wkey = workflow_key(workflow_id)
+    prefix = wkey + KEY_SEP
     events: list[dict[str, Any]] = []
 
     def add(key: bytes, event: dict[str, Any]) -> None:
-        if len(key) == len(prefix) + _SEQ.size:  # (else not an event key of this workflow)
+        if history_owner(key) == wkey:  # (else not an event key of this workflow)
             events.append({"seq": _SEQ.unpack_from(key, len(prefix))[0], **event})
 
     corrupt: list[StoreCorrupt] = []

@@ -87,6 +87,13 @@ def history_key(workflow_id: str, seq: int) -> bytes:
     return workflow_key(workflow_id) + KEY_SEP + _SEQ.pack(seq)
 
 
+def history_owner(key: bytes) -> bytes | None:
+    """The :func:`workflow_key` a ``history`` key belongs to (all before its NUL and
+    8-byte sequence); None for a key of any other shape, which no history holds."""
+    owner, sep = key[: -_SEQ.size - 1], key[-_SEQ.size - 1 : -_SEQ.size]
+    return owner if sep == KEY_SEP and owner and KEY_SEP not in owner else None
+
+
 def key_prefix(workflow_id: str) -> bytes:
     """How every ``steps`` and ``history`` key of a workflow starts (its id, NUL): built
     once per workflow by a writer of many of its keys."""

@@ -17,8 +17,18 @@ from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, 
 from herder.runtime._check import check_store
 from herder.runtime._cli import main
 from herder.runtime.testing import FakeClock, wait_until
-from herder.store import BATCH_TIMER, Delete, Put, Store, Transition, batch_items, encode
-from herder.store._keys import definition_key, step_key, timer_key, workflow_key
+from herder.store import (
+    BATCH_TIMER,
+    Delete,
+    Put,
+    Store,
+    Transition,
+    batch_items,
+    encode,
+    purge,
+    read_history,
+)
+from herder.store._keys import definition_key, history_key, step_key, timer_key, workflow_key
 from herder.store._records import StepRecord, StepState
 
 FAST = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
@@ -268,3 +278,67 @@ def test_orphans_missing_steps_corrupt_records_and_future_tokens_are_reported(
         step_key("o-ok", "ship"),
         f"token {99 << 32} is from a future incarnation",
     ) in problems
+
+
+def _history_keys(path: Path, wid: str) -> list[bytes]:
+    with Store(path, readonly=True) as store:
+        return [key for key, _ in store.scan("history", workflow_key(wid) + b"\x00")]
+
+
+NOT_EVENTS = {
+    "a string": ("moved", "a str, neither an event's map nor its array"),
+    "nil": (None, "a NoneType, neither"),
+    "a map of no kind": ({"t": 1.0, "to": "RUNNING"}, "a map whose kind is None"),
+    "a step map without its fields": ({"kind": "step", "t": 1.0}, "a step event without step"),
+    "a time that is no number": (
+        {"kind": "operator", "t": "noon", "action": "retry"},
+        "a operator event whose time is 'noon', not a number",
+    ),
+    "an array of no layout": ([7, 1.0], "a list that is no event's array (it starts [7])"),
+    "a workflow array cut short": ([1, 1.0, None], "a workflow event of 2 fields, not 4"),
+}
+
+
+@pytest.mark.parametrize(("value", "flaw"), NOT_EVENTS.values(), ids=NOT_EVENTS.keys())
+def test_a_history_value_that_is_no_event_is_reported_as_show_marks_it(
+    damaged: Callable[[list[Put | Delete]], Path], value: object, flaw: str
+) -> None:
+    # Its CRC was fine, so check passed it while `herder show` listed it as damaged (or,
+    # a map of no known kind or fields, as a garbled row).
+    key = _history_keys(damaged([]), "o-ok")[1]
+    path = damaged([Put("history", key, encode(value))])
+    [(db, where, message)] = _problems(path)
+    assert (db, where) == ("history", key)
+    assert message.startswith("not a history event: ")
+    assert flaw in message
+    assert "`herder show o-ok` lists it as damaged" in message
+    with Store(path, readonly=True) as store:
+        shown = read_history(store, "o-ok")
+    assert shown[1]["kind"] == "damaged"  # the same rule, in one place
+    assert [e["kind"] for e in shown].count("damaged") == 1
+
+
+def test_history_left_behind_by_its_workflow_and_malformed_keys_are_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    # A purge deletes a workflow with its history in one transaction: what it leaves is
+    # a consistent store. An event of no workflow (or under no history key) only comes
+    # from damage or an edit, and check passed it.
+    path = damaged([])
+    first = _history_keys(path, "o-ok")[0]
+    with Store(path) as store:
+        event = store.get("history", first)
+        assert purge(store, before=2.0**40) == 2  # o-ok and o-undone: the finished ones
+    assert _problems(path) == []
+    assert _history_keys(path, "o-ok") == []
+    orphan = history_key("o-ok", 7)
+    odd = [b"o-ok\x00seq", b"o-running", history_key("o-running", 1)[:-1]]
+    with Store(path) as store:
+        ops = [Put("history", key, encode(event)) for key in (orphan, *odd)]
+        store.writer.submit(Transition(ops=tuple(ops))).result(timeout=10)
+    problems = {key: message for _, key, message in _problems(path)}
+    assert set(problems) == {orphan, *odd}
+    assert problems[orphan].startswith("event of workflow 'o-ok', which does not exist")
+    assert "a workflow started as 'o-ok' would list it as its own" in problems[orphan]
+    for key in odd:
+        assert problems[key].startswith("not a history key (a workflow id, NUL, an 8-byte")
