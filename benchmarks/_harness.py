@@ -106,6 +106,12 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def ratio(value: float) -> str:
+    """A ratio against a target, to three significant digits: 0.148x is not shown as
+    0.15x beside a target of 0.15 that it missed."""
+    return f"{value:.3g}x"
+
+
 def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain-text table of ``cell`` values: first column left-aligned, the rest
     right-aligned."""

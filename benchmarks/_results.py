@@ -17,7 +17,7 @@ import pathlib
 import re
 from typing import Any
 
-from _harness import cell
+from _harness import cell, ratio
 from scale import rows as scale_rows
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -97,7 +97,7 @@ def _ratios(report: dict[str, Any]) -> list[str]:
     lines.append("|---|---|---:|")
     for key, target in report["targets"].items():
         by_size = report["ratios"].get(key, {})
-        values = ", ".join(f"{v:.2f}x at {int(s):,}" for s, v in by_size.items()) or "n/a"
+        values = ", ".join(f"{ratio(v)} at {int(s):,}" for s, v in by_size.items()) or "n/a"
         met = by_size and all(v >= target for v in by_size.values())
         lines.append(f"| {key} | {values} | >= {target}x {'(met)' if met else '(missed)'} |")
     return lines

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _harness import machine_facts, progress, render_table, write_report
+from _harness import machine_facts, progress, ratio, render_table, write_report
 from _workload import Meter, Workload
 
 TAG = "peers"
@@ -494,7 +494,7 @@ def table(report: dict[str, Any]) -> str:
     ]
     for key, by_size in report["ratios"].items():
         target = report["targets"].get(key)
-        values = ", ".join(f"{v:.2f}x at {int(s):,}" for s, v in by_size.items())
+        values = ", ".join(f"{ratio(v)} at {int(s):,}" for s, v in by_size.items())
         lines.append(f"{key}: {values} (target >= {target}x)")
     return "\n".join(lines)
 

@@ -200,3 +200,16 @@ def test_a_peer_is_run_at_each_setting_and_compared_at_its_best() -> None:
     assert best["bare-pykka"][100]["engine"] == "bare-pykka/i16"
     with pytest.raises(SystemExit):
         peers.parse(["--engines", "huey"])
+
+
+def test_a_missed_ratio_is_not_shown_rounded_up_to_its_target() -> None:
+    sys.path.insert(0, str(BENCH))
+    import _results
+
+    report = {
+        "targets": {"herder_vs_bare_steps": 0.15},
+        "ratios": {"herder_vs_bare_steps": {"1000": 0.148}},
+    }
+    (line,) = [row for row in _results._ratios(report) if row.startswith("| herder_vs")]
+    assert "0.148x at 1,000" in line
+    assert line.endswith(">= 0.15x (missed) |")
