@@ -44,6 +44,8 @@ from herder.actors.engine import (
     MEMBER_KEY,
     UNDOING,
     holds_timer,
+    to_undo,
+    waits_for,
 )
 from herder.runtime._check_history import check_history
 from herder.runtime._check_report import CheckReport, Problem
@@ -236,12 +238,15 @@ class _Checker:
             self.check_agents(record, plan)
             self.check_members(record, plan, steps)
             if record.state in (WorkflowState.COMPENSATED, WorkflowState.CANCELLED):
-                for spec in plan.steps:
+                for spec in plan.steps:  # (what compensation would have undone)
                     st = steps.get(spec.name)
-                    if st is not None and spec.compensate and st.state is StepState.SUCCEEDED:
-                        self.problem(
-                            "steps", step_key(record.id, spec.name), "succeeded and never undone"
+                    if st is not None and spec.compensate and to_undo(st):
+                        why = (
+                            "succeeded and never undone"
+                            if st.state is StepState.SUCCEEDED
+                            else "failed in a way that may have taken effect, and never undone"
                         )
+                        self.problem("steps", step_key(record.id, spec.name), why)
         allowed = ALLOWED_STEPS[record.state]
         for st in steps.values():
             skey = step_key(record.id, st.name)
@@ -317,11 +322,7 @@ class _Checker:
                 st = steps.get(spec.name)
                 if st is None or st.state is StepState.PENDING:
                     continue
-                early = [
-                    d
-                    for d in spec.after
-                    if d in steps and steps[d].state is not StepState.SUCCEEDED
-                ]
+                early = waits_for(spec, steps)
                 if early:
                     self.problem(
                         "steps",

@@ -216,6 +216,19 @@ def test_step_states_that_contradict_the_workflow_state_are_reported(
     assert ("steps", step_key("o-ok", "ship"), "DISPATCHED in a SUCCEEDED workflow") in problems
 
 
+def test_a_failed_step_that_may_have_taken_effect_and_was_never_undone_is_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    # The engine undoes a failure with a done_token (to_undo) as it undoes a success:
+    # a COMPENSATED workflow that still holds one was not compensated.
+    pay = _step(damaged([]), "o-undone", "pay")
+    pay.update(state=StepState.FAILED, succeeded=False)
+    assert pay["done_token"] is not None
+    path = damaged([Put("steps", step_key("o-undone", "pay"), encode(pay))])
+    why = "failed in a way that may have taken effect, and never undone"
+    assert ("steps", step_key("o-undone", "pay"), why) in _problems(path)
+
+
 def test_a_step_dispatched_before_its_dependency_succeeded_is_reported(
     damaged: Callable[[list[Put | Delete]], Path],
 ) -> None:

@@ -434,3 +434,19 @@ def test_a_skip_leaves_a_workflow_stuck_on_another_step_parked_with_that_one(
         assert check_store(rt._store).ok, check_store(rt._store).problems
         rt.skip("w1", result="c by hand", who="op", why="done by hand")
         assert rt.handle("w1").result(timeout=WAIT) == {"b": "b by hand", "c": "c by hand"}
+
+
+def test_skip_refuses_a_step_whose_dependency_has_not_succeeded(rt: Runtime) -> None:
+    # It was accepted: "car" was recorded SUCCEEDED while "later" still waited, so a
+    # compensation would have undone them in the wrong order, and herder check called the
+    # store damaged ("SUCCEEDED while its dependencies ['later'] have not succeeded").
+    cls = agent(set())
+    rt.add_agent("t", cls)
+    rt.add_workflow(trip("flight", "later", "car"))
+    h = rt.start("trip", workflow_id="w")
+    wait_until(rt, lambda: rt.status("w").steps["later"].state is StepState.WAITING)
+    with pytest.raises(InvalidState, match="runs after 'later', which has not succeeded"):
+        rt.skip("w", "car", {"booked": "by hand"}, who="ada", why="too early")
+    assert rt.status("w").steps["car"].state is StepState.PENDING
+    rt.skip("w", "later", {"booked": "by hand"}, who="ada", why="the partner emailed")
+    assert h.result(timeout=WAIT)["car"] == {"booked": "car"}

@@ -152,7 +152,7 @@ from herder.actors.engine._step import (
     unknown,
     with_timer,
 )
-from herder.actors.engine._workflow import Advance, advance, when_compensating
+from herder.actors.engine._workflow import Advance, advance, waits_for, when_compensating
 
 __all__ = [
     "ALLOWED_STEPS",
@@ -264,6 +264,7 @@ __all__ = [
     "undo_again",
     "unknown",
     "unqueue",
+    "waits_for",
     "when_compensating",
     "when_due",
     "with_member",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from herder.actors.engine._operator import abandoned_step, given_up, orphan_given_up, undo_again
 from herder.actors.engine._states import RESTARTABLE, SKIPPABLE, UNDOING, stuck_step
 from herder.actors.engine._step import restarted, settled
+from herder.actors.engine._workflow import waits_for
 from herder.store import StepRecord, StepState, WorkflowState
 
 if TYPE_CHECKING:
@@ -64,13 +65,14 @@ def to_skip(run: WorkflowRun, inflight: Container[int]) -> StepRecord | None:
     if undoing:
         return next((st for st in undoing if st.token not in inflight), undoing[0])
     stuck = stuck_step(steps)
-    return stuck or next((st for st in steps if st.state in SKIPPABLE), None)
+    return stuck or next((st for st in steps if skip_refusal(run, st, inflight) is None), None)
 
 
 def skip_refusal(run: WorkflowRun, st: StepRecord, inflight: Container[int]) -> str | None:
     """Why ``st`` may not be skipped now (None: it may): a compensation still running
-    (marked undone, the steps before it would be undone beside it), or a step that
-    succeeded, or any forward step while the workflow undoes its steps."""
+    (marked undone, the steps before it would be undone beside it), a step that
+    succeeded, a PENDING step whose dependencies have not all succeeded (:func:`waits_for`),
+    or any forward step while the workflow undoes its steps."""
     wid = run.record.id
     if st.state is StepState.COMPENSATING:
         if st.token not in inflight:
@@ -84,7 +86,16 @@ def skip_refusal(run: WorkflowRun, st: StepRecord, inflight: Container[int]) -> 
         s.state in UNDOING for s in run.steps.values()
     )
     if st.state in SKIPPABLE and not undoing:
-        return None
+        waiting = waits_for(run.specs[st.name], run.steps) if st.state is StepState.PENDING else []
+        if not waiting:
+            return None
+        # Done before what it runs after, it would be undone after it too (reverse
+        # completion order), and ``herder check`` would rightly call the store damaged.
+        which = "which has" if len(waiting) == 1 else "which have"
+        return (
+            f"step {st.name!r} of workflow {wid!r} runs after {', '.join(map(repr, waiting))}, "
+            f"{which} not succeeded: skip or retry that first, or wait until it succeeds"
+        )
     return (
         f"step {st.name!r} of workflow {wid!r} is {st.state}"
         + (" while the workflow undoes its steps" if undoing else "")

@@ -9,6 +9,8 @@ compensation (:func:`~._states.to_undo`), one at a time in reverse completion or
 (``done_token``), and ends COMPENSATED, or CANCELLED if it was cancelled.
 
 - :func:`advance` — the decision, as an :class:`Advance`;
+- :func:`waits_for` — the dependencies a step still waits for (a step may leave PENDING
+  only once there are none: the run, a skip and ``herder check`` ask it);
 - :func:`when_compensating` — what beginning compensation does to one step: a pending
   retry is given up (it may have taken effect, so it is undone too), a delayed start
   loses its timer.
@@ -76,14 +78,7 @@ def _forward(
         if st.state is succeeded:
             continue
         all_done = False
-        if st.state is not pending or spec.name in queued:
-            continue
-        blocked = False
-        for dep in spec.after:  # (a loop, not any() over a generator: it runs every step)
-            if steps[dep].state is not succeeded:
-                blocked = True
-                break
-        if blocked:
+        if st.state is not pending or spec.name in queued or waits_for(spec, steps):
             continue
         if st.retry_at is not None:
             if ms(st.retry_at) <= ms(now):  # its wait is over (timers are whole ms)
@@ -95,6 +90,18 @@ def _forward(
     if all_done:
         return _SUCCEEDED
     return Advance(run=tuple(run), wait=tuple(wait)) if run or wait else _NOTHING
+
+
+def waits_for(spec: StepSpec, steps: Mapping[str, StepRecord]) -> list[str]:
+    """The steps ``spec`` runs after that have not succeeded (a step without a record is
+    PENDING), in the order it names them: while there are any it stays PENDING."""
+    succeeded = StepState.SUCCEEDED
+    waiting: list[str] = []
+    for dep in spec.after:  # (a loop, not a comprehension: it runs every step)
+        st = steps.get(dep)
+        if st is None or st.state is not succeeded:
+            waiting.append(dep)
+    return waiting
 
 
 def when_compensating(
