@@ -19,8 +19,8 @@ from herder.actors._engine import EngineContext
 from herder.actors._messages import Commands, Operate
 from herder.actors._operator import Operator
 from herder.actors._recovery import Recovery
-from herder.actors.engine import Resolve
-from herder.store import HerderError, Plan, WorkflowState, finished_ops
+from herder.actors.engine import Resolve, operator_refusal
+from herder.store import HerderError, Plan, finished_ops
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -70,8 +70,8 @@ class Channel:
                 if not record.state.is_final:
                     self._recovery.held.setdefault(workflow_id, {})[command["id"]] = command
                     continue
-                if record.state is WorkflowState.NEEDS_ATTENTION and action != "cancel":
-                    continue  # parked: wait (pending) until the daemon registers the definition
+                if operator_refusal(workflow_id, record.state, str(action)) is None:
+                    continue  # parked, and it applies: wait until the definition is registered
             self._apply_command(command)  # (one for a workflow that ended is refused)
 
     def apply_held(self, commands: list[dict[str, Any]]) -> None:

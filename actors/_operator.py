@@ -21,6 +21,7 @@ from herder.actors._messages import Complete, Operate
 from herder.actors._recovery import Recovery, Shell
 from herder.actors.engine import (
     DEADLINE_TIMER,
+    OPERATOR_ACTIONS,
     Announce,
     Completed,
     Engine,
@@ -30,6 +31,7 @@ from herder.actors.engine import (
     abandoned_step,
     actions,
     lapse,
+    operator_refusal,
     parked_refusal,
 )
 from herder.store import (
@@ -213,14 +215,14 @@ class Operator:
         if fresh is not None:
             self._recovery.resume(fresh[0], recovered=fresh[1], crashed=fresh[2])
 
-    def _operable(
-        self, op: Operate, allowed: tuple[WorkflowState, ...]
-    ) -> tuple[WorkflowRun, bool]:
-        """The run an operator action applies to, loaded if it is parked; (run, was_parked)."""
+    def _operable(self, op: Operate) -> tuple[WorkflowRun, bool]:
+        """The run an operator action applies to (``OPERATOR_ACTIONS``), loaded if it is
+        parked; (run, was_parked)."""
+        allowed = OPERATOR_ACTIONS[op.action]
         run = self._engine.runs.get(op.workflow_id)
         if run is not None:
             if run.record.state not in allowed:
-                raise InvalidState(_not_in(op, run.record.state, allowed))
+                raise InvalidState(_not_in(op, run.record.state))
             return run, False
         record = self._store.get_workflow(op.workflow_id)
         if record is None:
@@ -228,7 +230,7 @@ class Operator:
         if record.state not in allowed or record.state is not WorkflowState.NEEDS_ATTENTION:
             if not record.state.is_final and record.state in allowed:
                 raise self._not_loaded(op, record)
-            raise InvalidState(_not_in(op, record.state, allowed))
+            raise InvalidState(_not_in(op, record.state))
         plan = self._plans.get((record.name, record.version))
         if plan is None:
             raise InvalidState(
@@ -296,17 +298,16 @@ class Operator:
         return run
 
     def _op_retry(self, op: Operate) -> WorkflowRun:
-        run, parked = self._operable(op, (WorkflowState.NEEDS_ATTENTION,))
-        if not parked:
-            raise InvalidState(_not_in(op, run.record.state, (WorkflowState.NEEDS_ATTENTION,)))
+        run, parked = self._operable(op)
+        if not parked:  # (NEEDS_ATTENTION in memory: its parking is being written)
+            raise InvalidState(f"workflow {op.workflow_id!r} is being parked; retry it then")
         self._adopt(run, parked)
         self._note_operator(op)
         actions.retry(self._engine, run)
         return run
 
     def _op_skip(self, op: Operate) -> WorkflowRun:
-        allowed = (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING, WorkflowState.COMPENSATING)
-        run, parked = self._operable(op, allowed)
+        run, parked = self._operable(op)
         steps, inflight = run.steps, self._engine.inflight
         if op.step is None:
             st = actions.to_skip(run, inflight)
@@ -330,8 +331,7 @@ class Operator:
         return run
 
     def _op_compensate(self, op: Operate) -> WorkflowRun:
-        allowed = (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING)
-        run, parked = self._operable(op, allowed)
+        run, parked = self._operable(op)
         self._adopt(run, parked)
         self._note_operator(op)
         reason = f"compensation requested by {op.who or 'an operator'}: {op.why or ''}".rstrip(": ")
@@ -349,10 +349,8 @@ class Operator:
         record = self._store.get_workflow(op.workflow_id)
         if record is None:
             raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
-        if record.state.is_final and record.state is not WorkflowState.NEEDS_ATTENTION:
-            raise InvalidState(
-                _not_in(op, record.state, (WorkflowState.NEEDS_ATTENTION, WorkflowState.RUNNING))
-            )
+        if record.state.is_final and record.state not in OPERATOR_ACTIONS["abandon"]:
+            raise InvalidState(_not_in(op, record.state))
         if not record.state.is_final and self._commits.pending(op.workflow_id):
             raise self._not_loaded(op, record)  # its end is being written
         # Parked, or awaiting its definition: nothing of it runs, so this needs no
@@ -378,12 +376,11 @@ class Operator:
         return None
 
 
-_OPERATIONS = ("retry", "skip", "compensate", "abandon", "cancel")
+_OPERATIONS = tuple(OPERATOR_ACTIONS)
 
 
-def _not_in(op: Operate, state: WorkflowState, allowed: tuple[WorkflowState, ...]) -> str:
-    names = " or ".join(str(a) for a in allowed)
-    return f"workflow {op.workflow_id!r} is {state}; {op.action} applies to a workflow in {names}"
+def _not_in(op: Operate, state: WorkflowState) -> str:
+    return operator_refusal(op.workflow_id, state, op.action) or f"{op.action} applies"
 
 
 def _why_stale(st: StepRecord, lapsed: str | None) -> str:

@@ -20,6 +20,7 @@ from herder.actors.engine import (
     UNDOING,
     WAITS_TO_RUN,
     WORKFLOW_NEXT,
+    ended_for_good,
     holds_timer,
     reachable,
     to_undo,
@@ -166,3 +167,27 @@ def test_allowed_step_states_follow_the_workflow() -> None:
         assert not ALLOWED_STEPS[final] & BUSY, final
     # Abandon ends what ran or waited (issue 14, defect 4): nothing is left to wake.
     assert ALLOWED_STEPS[W.ABANDONED] == set(S) - {S.DISPATCHED, S.WAITING, S.UNKNOWN, S.RETRY_WAIT}
+
+
+def test_the_operator_actions_table_is_the_one_every_face_consults() -> None:
+    # The applicable states lived as tuples in actors/_operator.py, while this module's
+    # table (read by no runtime code) had drifted: a skip that leaves a workflow parked
+    # on another stuck step was missing from it.
+    from herder.actors.engine import OPERATOR_ACTIONS, operator_refusal
+    from herder.runtime._operator_cli import ACTIONS  # (the CLI's and the console's)
+    from herder.runtime.ui._pages import action_form
+
+    assert set(ACTIONS) == set(OPERATOR_ACTIONS)
+    leaves = set().union(*OPERATOR_ACTIONS.values())
+    assert leaves == set(OPERATOR_WORKFLOW_NEXT)
+    assert W.NEEDS_ATTENTION in OPERATOR_WORKFLOW_NEXT[W.NEEDS_ATTENTION]
+    for state in W:
+        assert ended_for_good(state) is (state.is_final and state not in leaves)
+        offered = action_form("w", state, "csrf", None)
+        for action, states in OPERATOR_ACTIONS.items():
+            assert (operator_refusal("w", state, action) is None) is (state in states)
+            assert (f'value="{action}"' in offered) is (state in states), (state, action)
+    assert "retry applies to a workflow in NEEDS_ATTENTION" in str(
+        operator_refusal("w", W.RUNNING, "retry")
+    )
+    assert "not an operator action" in str(operator_refusal("w", W.RUNNING, "reboot"))

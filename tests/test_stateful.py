@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from herder.actors.engine import STEP_NEXT, WORKFLOW_NEXT, reachable
+from herder.actors.engine import OPERATOR_ACTIONS, STEP_NEXT, WORKFLOW_NEXT, reachable
 from herder.runtime import (
     Agent,
     InvalidState,
@@ -203,7 +203,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         if refusal is not None:
             # The refusal states the workflow's state at that moment (it may have moved on
             # since): one the action does not apply to.
-            operable = (W.RUNNING, W.NEEDS_ATTENTION) + ((W.COMPENSATING,) * (action == "abandon"))
+            operable = OPERATOR_ACTIONS[action]
             if "has just finished" in refusal:  # its final state was being committed
                 with contextlib.suppress(WorkflowFailed):
                     self.rt.handle(wid).result(timeout=10)
@@ -240,7 +240,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         outcome = wait_outcome(path, command_id, TIMEOUT)
         assert outcome is not None, "the queued command was not answered"
         after = self.rt.status(wid).state
-        applies = not before.is_final or (action == "abandon" and before is W.NEEDS_ATTENTION)
+        applies = before in OPERATOR_ACTIONS[action]
         assert (outcome["state"] == "DONE") is applies, (before, outcome)
         if applies and action == "abandon":
             assert after is W.ABANDONED

@@ -155,12 +155,9 @@ def compensate(m: Machine, run: WorkflowRun, reason: str, *, parked: bool) -> No
             # Nothing will settle these any more; what runs of them is fenced out.
             m.supersede(run, st, replace=False)
             m.put_step(run, st, given_up(st, token=m.token(), now=m.now))
-    if run.record.state is WorkflowState.COMPENSATING:
-        m.set_record(run, error=reason, reason=reason)
-    else:
-        if parked:
-            m.set_record(run, **_unparked(run))
-        m.begin_compensation(run, reason)
+    if parked:  # (a compensating workflow is not among OPERATOR_ACTIONS["compensate"])
+        m.set_record(run, **_unparked(run))
+    m.begin_compensation(run, reason)
     m.cancel_attempts(run)
 
 

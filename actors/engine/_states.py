@@ -10,6 +10,7 @@ parked in NEEDS_ATTENTION for an operator.
 - :data:`STEP_NEXT` / :data:`WORKFLOW_NEXT`: the moves the engine makes on its own, one
   transition at a time. A durable snapshot may skip states in between (a step dispatched
   and answered in one batch), so observers compare against :func:`reachable`.
+- :data:`OPERATOR_ACTIONS`: the workflow states each operator action applies to;
 - :data:`OPERATOR_STEP_NEXT` / :data:`OPERATOR_WORKFLOW_NEXT`: the moves only an
   operator's action makes (retry, skip, compensate, abandon), derived from the sets below.
 - :data:`ALLOWED_STEPS`: which step states each workflow state admits in the store.
@@ -143,10 +144,23 @@ WORKFLOW_NEXT: Mapping[WorkflowState, frozenset[WorkflowState]] = MappingProxyTy
 )
 """Each workflow state -> the states the engine may move it to directly."""
 
+OPERATOR_ACTIONS: Mapping[str, frozenset[WorkflowState]] = MappingProxyType(
+    {
+        "retry": frozenset({W.NEEDS_ATTENTION}),  # resume where it stopped
+        "skip": frozenset({W.NEEDS_ATTENTION, W.RUNNING, W.COMPENSATING}),  # done by hand
+        "compensate": frozenset({W.NEEDS_ATTENTION, W.RUNNING}),  # undo what it did
+        "cancel": frozenset({W.RUNNING, W.COMPENSATING}),  # stop and undo (or mark it so)
+        "abandon": frozenset({W.NEEDS_ATTENTION, W.RUNNING, W.COMPENSATING}),  # end it as is
+    }
+)
+"""Each operator action -> the workflow states it applies to; it is refused in any other
+(:func:`operator_refusal`)."""
+
 OPERATOR_WORKFLOW_NEXT: Mapping[WorkflowState, frozenset[WorkflowState]] = MappingProxyType(
     {
-        # retry (resumes forward, or the failed compensation), skip, compensate, abandon
-        W.NEEDS_ATTENTION: frozenset({W.RUNNING, W.COMPENSATING, W.ABANDONED}),
+        # retry (resumes forward, or the failed compensation), skip (parked still while
+        # another step is stuck), compensate, abandon
+        W.NEEDS_ATTENTION: frozenset({W.RUNNING, W.COMPENSATING, W.NEEDS_ATTENTION, W.ABANDONED}),
         W.RUNNING: frozenset({W.RUNNING, W.COMPENSATING, W.ABANDONED}),  # skip, cancel
         W.COMPENSATING: frozenset({W.COMPENSATING, W.ABANDONED}),  # cancel marks it
     }
@@ -157,20 +171,31 @@ OPERATOR_WORKFLOW_NEXT: Mapping[WorkflowState, frozenset[WorkflowState]] = Mappi
 def ended_for_good(state: WorkflowState) -> bool:
     """True for a final state no operator action leaves (every one but NEEDS_ATTENTION):
     an action on such a workflow is refused before anything is queued."""
-    return state.is_final and state not in OPERATOR_WORKFLOW_NEXT
+    return state.is_final and not any(state in states for states in OPERATOR_ACTIONS.values())
+
+
+def operator_refusal(workflow_id: str, state: WorkflowState, action: str) -> str | None:
+    """Why operator ``action`` does not apply to a workflow in ``state``
+    (:data:`OPERATOR_ACTIONS`), or None: it does."""
+    allowed = OPERATOR_ACTIONS.get(action)
+    if allowed is None:
+        return f"{action!r:.40} is not an operator action; use one of {', '.join(OPERATOR_ACTIONS)}"
+    if state in allowed:
+        return None
+    if state is W.NEEDS_ATTENTION and action == "cancel":
+        return (
+            f"workflow {workflow_id!r} is NEEDS_ATTENTION (parked for an operator), and cancel "
+            "does not apply to a parked workflow: compensate undoes its completed steps, "
+            "abandon ends it as it is"
+        )
+    names = " or ".join(str(s) for s in W if s in allowed)
+    return f"workflow {workflow_id!r} is {state}; {action} applies to a workflow in {names}"
 
 
 def parked_refusal(workflow_id: str, state: WorkflowState, action: str) -> str | None:
-    """Why operator ``action`` does not apply to a workflow in ``state`` because it is
-    parked (NEEDS_ATTENTION), or None: a cancel would end it CANCELLED, which is not
-    among :data:`OPERATOR_WORKFLOW_NEXT` of a parked workflow."""
-    if action != "cancel" or state is not W.NEEDS_ATTENTION:
-        return None
-    return (
-        f"workflow {workflow_id!r} is NEEDS_ATTENTION (parked for an operator), and cancel "
-        "does not apply to a parked workflow: compensate undoes its completed steps, "
-        "abandon ends it as it is"
-    )
+    """:func:`operator_refusal` for a parked workflow (NEEDS_ATTENTION), else None: the
+    state of one not parked, read before a command is queued, may still change."""
+    return operator_refusal(workflow_id, state, action) if state is W.NEEDS_ATTENTION else None
 
 
 ALLOWED_STEPS: Mapping[WorkflowState, frozenset[StepState]] = MappingProxyType(

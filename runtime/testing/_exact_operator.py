@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from herder.actors import FakeClock, Operate
+from herder.actors.engine import OPERATOR_ACTIONS
 from herder.runtime.testing._faults import FaultSchedule
 from herder.runtime.testing._world import SimReport
 from herder.store import (
@@ -150,7 +151,7 @@ class ExactOperator:
             wid = str(outcome["workflow_id"])
             if outcome["state"] == "DONE":
                 self._applied(str(outcome["action"]), wid, self.queued[1])
-            elif not _state(store, wid).is_final:
+            elif _state(store, wid) in OPERATOR_ACTIONS[str(outcome["action"])]:  # it applies
                 self.report.problems.append(f"queued command refused: {outcome['error']}")
             self.queued = None
 

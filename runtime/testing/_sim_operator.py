@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from herder.actors import FakeClock, InvalidState
+from herder.actors.engine import OPERATOR_ACTIONS
 from herder.store import (
     StoreIOError,
     WorkflowState,
@@ -126,6 +127,6 @@ class SimOperator:
         workflow_id = str(outcome["workflow_id"])
         if outcome["state"] == "DONE":
             self._applied(str(outcome["action"]), workflow_id, rnd)
-        elif not rt.status(workflow_id).state.is_final:  # the only reason to refuse
+        elif rt.status(workflow_id).state in OPERATOR_ACTIONS[str(outcome["action"])]:
             return f"command #{command_id} refused for a wrong reason: {outcome['error']}"
         return None

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from herder.actors import FACTS_REFRESH, FACTS_STALE
-from herder.actors.engine import parked_refusal
+from herder.actors.engine import ended_for_good, operator_refusal
 from herder.runtime._inbox import InboxItem
 from herder.runtime._inspect import _story
 from herder.runtime._operator_cli import ACTIONS
@@ -23,15 +23,6 @@ from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui import _timeline
 from herder.runtime.ui._query import Filters, Page
 from herder.store import StepState, WorkflowState
-
-_FINAL = frozenset(
-    {
-        WorkflowState.SUCCEEDED,
-        WorkflowState.COMPENSATED,
-        WorkflowState.CANCELLED,
-        WorkflowState.ABANDONED,
-    }
-)
 
 
 def e(value: Any) -> str:
@@ -145,7 +136,7 @@ def workflow_page(
     status: WorkflowStatus, history: Sequence[dict[str, Any]], now: float, csrf: str | None
 ) -> str:
     """One workflow: summary, timeline, steps, errors, history, and the operator's actions."""
-    final = status.state in _FINAL
+    final = ended_for_good(status.state)  # (no action applies any more)
     end = status.updated if final else now
     svg = _timeline.render(list(status.steps), history, status.created, end)
     legend = "".join(
@@ -197,13 +188,13 @@ def workflow_page(
 
 def action_form(workflow_id: str, state: WorkflowState, csrf: str | None, step: str | None) -> str:
     """The operator's buttons for one workflow in ``state`` (only with the token: else a
-    hint): a parked one gets only the actions that apply to it."""
+    hint): only the actions that apply to a workflow in ``state`` (OPERATOR_ACTIONS)."""
     if csrf is None:
         return '<p class="hint">Read-only: open the URL with the token to act.</p>'
     buttons = "".join(
         f'<button name=action value="{a}" title="{e(text)}">{a}</button>'
         for a, text in ACTIONS.items()
-        if parked_refusal(workflow_id, state, a) is None
+        if operator_refusal(workflow_id, state, a) is None
     )
     hidden_step = f'<input type=hidden name=step value="{e(step)}">' if step else ""
     return (
