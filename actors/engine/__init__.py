@@ -75,7 +75,7 @@ from herder.actors.engine._decision import (
     WorkflowWrite,
     Write,
 )
-from herder.actors.engine._engine import CRASH_ERROR, Dispatched, Engine
+from herder.actors.engine._engine import CRASH_ERROR, Engine
 from herder.actors.engine._events import (
     Answered,
     AttemptLost,
@@ -113,7 +113,7 @@ from herder.actors.engine._retry import (
     after_probe_failure,
     policy_for,
 )
-from herder.actors.engine._runs import Attempt, Job, WorkflowRun, unqueue
+from herder.actors.engine._runs import Attempt, Dispatched, Job, WorkflowRun, unqueue
 from herder.actors.engine._states import (
     ALLOWED_STEPS,
     BUSY,

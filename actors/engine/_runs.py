@@ -57,6 +57,17 @@ class Attempt:
         return self.message is None
 
 
+@dataclass(slots=True, unsafe_hash=True)  # made per step: not frozen, 4x cheaper to build
+class Dispatched:
+    """What :meth:`~._engine.Engine.reserve` recorded: the attempt, its action and number,
+    and the seconds it has before it lapses."""
+
+    attempt: Attempt
+    action: str
+    number: int
+    window: float
+
+
 @dataclass(slots=True)
 class Job:
     """A step waiting in its agent's queue: to run forward, or to compensate."""
