@@ -29,6 +29,7 @@ from herder.actors._engine import EngineContext, prepare
 from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable, pumped, waiting
 from herder.actors._loose import Loose
+from herder.actors._lost import lost_attempts, next_job
 from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Tick, Wake
 from herder.actors._queue import JobQueue
 from herder.actors._regroup import move_off_unwell
@@ -221,7 +222,7 @@ class Dispatcher:
             lost = self.host.on_event(msg, self._clock.now)
         except AgentUnavailable as exc:
             self.admission.crashed(msg.agent, 0)
-            job = self._next_job(msg.agent)
+            job = next_job(self._engine, self.host.queue(msg.agent))
             if job is not None:
                 return [StartFailed(job, str(exc))]
             token = self.lanes.oldest(msg.agent)  # else the oldest attempt waiting ahead
@@ -233,7 +234,7 @@ class Dispatcher:
             attempt = self._engine.inflight.get(token)
             if attempt is not None:
                 self._touch(attempt.agent)
-        return [AttemptLost(token, f"agent instance crashed: {msg.reason}") for token in lost]
+        return list(lost_attempts(msg, lost))
 
     def woke(self, agent: str) -> None:
         """A scheduled wake-up for ``agent``'s gate arrived, or its health changed (or was
@@ -342,20 +343,6 @@ class Dispatcher:
         """Pump ``agent`` again after ``delay`` seconds (on the injectable clock)."""
         ctx = self._ctx
         self._clock.call_later(delay, lambda: ctx.tell_scheduler(Wake(agent)))
-
-    def _next_job(self, agent: str) -> Job | None:
-        """An instance of ``agent`` failed to start: the first job waiting for it pays an
-        attempt (else one reserved ahead does): an agent that never starts holds no work."""
-        queue = self.host.queue(agent)
-        while queue:
-            job = queue.pop()
-            run = self._engine.runs.get(job.workflow_id)
-            if run is not None:
-                valid = self._engine.job_valid(run, job)
-                unqueue(run, job)
-                if valid:
-                    return job
-        return None
 
     # -- housekeeping ------------------------------------------------------------------
 
