@@ -227,14 +227,16 @@ class Dispatcher:
                 return [StartFailed(job, str(exc))]
             token = self.lanes.oldest(msg.agent)  # else the oldest attempt waiting ahead
             return [] if token is None else [AttemptLost(token, str(exc))]
+        events = lost_attempts(msg, lost)
+        crashed = sum(not event.given_up for event in events)  # (given up on: crashed none)
         if msg.kind is ChildEventKind.CRASHED and msg.instance is not None:
-            self.admission.crashed(msg.agent, len(lost))
-        self._engine.counters["crashes"] += len(lost)
+            self.admission.crashed(msg.agent, crashed)
+        self._engine.counters["crashes"] += crashed
         for token in lost:  # (a pool's worker, say: news of another agent's slot)
             attempt = self._engine.inflight.get(token)
             if attempt is not None:
                 self._touch(attempt.agent)
-        return list(lost_attempts(msg, lost))
+        return list(events)
 
     def woke(self, agent: str) -> None:
         """A scheduled wake-up for ``agent``'s gate arrived, or its health changed (or was

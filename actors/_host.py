@@ -40,7 +40,8 @@ Host -> Scheduler (told, never asked): :class:`Outcome` (an attempt ended: resul
 probe verdict or hand-off), :class:`Heartbeat` (through the attempt's port),
 :class:`InstanceEvent` (an instance started, crashed or was lost; the Scheduler hands it
 back to ``on_event``, which returns the tokens of attempts lost with it or raises
-:class:`AgentUnavailable` when no instance could be started). Closing is the
+:class:`AgentUnavailable` when no instance could be started; a token lost only because
+the host gave up on the agent's instances comes as a :class:`GivenUp`). Closing is the
 supervision tree's business: a host's actors live under the ``agents`` supervisor.
 """
 
@@ -68,6 +69,15 @@ def host_kind(name: object) -> str:
 
 class AgentUnavailable(Exception):
     """No instance of an agent could be started (its factory or start-up failed)."""
+
+
+class GivenUp(int):
+    """The token of an attempt lost because its host gave up on the agent's instances
+    (their restart intensity was exceeded, by other attempts' crashes), not because its
+    own action crashed its instance: ``on_event`` returns it so, and its step is not
+    charged for it (``actors/_lost.py``)."""
+
+    __slots__ = ()
 
 
 class InstanceCrash(Exception):

@@ -2,9 +2,15 @@
 
 A host answers an :class:`~herder.actors._messages.InstanceEvent` with the tokens of the
 attempts lost with it (``AgentHost.on_event``); :func:`lost_attempts` turns them into the
-engine's :class:`~herder.actors.engine.AttemptLost` events, alike for every host: an
-attempt whose action crashed its instance (``InstanceCrash``, a failing factory), or
-whose worker died, failed, and its step is charged for it.
+engine's :class:`~herder.actors.engine.AttemptLost` events, alike for every host:
+
+- an attempt whose own action crashed its instance (``InstanceCrash``, a failing
+  factory), or whose worker died, failed: its step is charged for it;
+- one its host let go of because it gave up on the agent's instances (a
+  :class:`~herder.actors._host.GivenUp` token: their restart intensity was exceeded by
+  other attempts' crashes) did not: it is ``given_up``, and the engine runs it again
+  without charging its step (``GIVEN_UP_ERROR``, actors/engine/_retry.py). Its error
+  names the give-up, should it be recorded (its workflow compensates meanwhile).
 
 When no instance of an agent could be started (``AgentUnavailable``), :func:`next_job`
 says which waiting job pays an attempt for it.
@@ -12,6 +18,7 @@ says which waiting job pays an attempt for it.
 
 from __future__ import annotations
 
+from herder.actors._host import GivenUp
 from herder.actors._messages import InstanceEvent
 from herder.actors._queue import JobQueue
 from herder.actors.engine import AttemptLost, Engine, Job, unqueue
@@ -20,7 +27,16 @@ from herder.actors.engine import AttemptLost, Engine, Job, unqueue
 def lost_attempts(event: InstanceEvent, lost: list[int]) -> list[AttemptLost]:
     """What the engine hears of the attempts ``lost`` with ``event`` (the module docstring)."""
     crashed = f"agent instance crashed: {event.reason}"
-    return [AttemptLost(token, crashed) for token in lost]
+    given_up = (
+        f"restart intensity of agent {event.agent!r} exceeded: its instances were given up"
+        " on while this attempt ran"
+    )
+    return [
+        AttemptLost(int(token), given_up, given_up=True)
+        if isinstance(token, GivenUp)
+        else AttemptLost(token, crashed)
+        for token in lost
+    ]
 
 
 def next_job(engine: Engine, queue: JobQueue[Job] | None) -> Job | None:

@@ -14,8 +14,10 @@ and the crash rules:
   :data:`~herder.actors._hosted.INSTANCE_BACKOFF` (then ``InstanceEvent("restarted")``),
   as on the thread host;
 - past ``max_restarts`` crashes of one agent within ``restart_period`` the host gives up
-  on its instances, as a supervisor would: every attempt they run is lost (how each one
-  is let go of is the host's :meth:`PoolAgents._let_go`) and the next one starts afresh.
+  on its instances, as a supervisor would: the attempts the others run are lost too (how
+  each one is let go of is the host's :meth:`PoolAgents._let_go`), each as a
+  :class:`~herder.actors._host.GivenUp` (not its own crash: not charged), and the next
+  one starts afresh.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import RestartIntensityExceeded
+from herder.actors._host import GivenUp
 from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
 from herder.actors._messages import InstanceEvent, Run
 from herder.actors._pool_worker import Work, withdraw
@@ -219,7 +222,7 @@ class PoolAgents(HostedAgents[PooledAgent]):
         _log.error(
             "%s", RestartIntensityExceeded(f"agent:{agent.name}", instance_id, window, period)
         )
-        lost = [token for inst in agent.instances.values() for token in self._let_go(inst)]
+        lost: list[int] = [GivenUp(t) for i in agent.instances.values() for t in self._let_go(i)]
         agent.instances.clear()
         agent.window = None
         return lost

@@ -24,7 +24,7 @@ from herder.actors._action import run_attempt
 from herder.actors._agent import Agent
 from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
-from herder.actors._host import AgentUnavailable
+from herder.actors._host import AgentUnavailable, GivenUp
 from herder.actors._hosted import Hosted, HostedAgents, Instance, request_agent_supervisor
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING
@@ -256,7 +256,7 @@ class ThreadHost(HostedAgents[_Pool]):
             current = pool.supervisor
             if current is None or event.ref is None or event.ref.actor_urn != current.actor_urn:
                 return []  # about a supervisor this pool already let go of
-            lost = [i.busy_token for i in pool.instances.values() if i.busy_token is not None]
+            lost: list[int] = [GivenUp(token) for token in pool.busy()]  # (it gave up)
             pool.supervisor = None
             pool.instances.clear()
             pool.idle.clear()
@@ -285,7 +285,8 @@ class ThreadHost(HostedAgents[_Pool]):
             ChildEventKind.ABANDONED,
         )
         if event.kind is ChildEventKind.CRASHED or unexpected_exit:
-            lost = [] if inst.busy_token is None else [inst.busy_token]
+            mark: type[int] = GivenUp if unexpected_exit else int  # stopped unasked: given up
+            lost = [] if inst.busy_token is None else [mark(inst.busy_token)]
             inst.busy_token = None
             inst.lost = True
             inst.ref = None

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from herder.actors.engine import (
+    GIVEN_UP_ERROR,
     TIMEOUT_ERROR,
     UNSTORABLE_ERROR,
     Escalate,
@@ -112,6 +113,15 @@ def test_each_attempt_runs_under_the_policy_the_design_names(
         # once the workflow compensates, a forward failure is final
         (_step(S.DISPATCHED, 1), PLAIN, W.COMPENSATING, (), False, False, GiveUp(undo=True)),
         (_step(S.UNKNOWN, 1), PLAIN, W.COMPENSATING, (), False, True, GiveUp(undo=True)),
+        # lost when its agent's instances were given up on: not charged, whatever its
+        # number or the policy, while it may run; else it may have taken effect
+        (_step(S.DISPATCHED, 3), PLAIN, W.RUNNING, (GIVEN_UP_ERROR,), False, True, RetryIn(0.0)),
+        (_step(S.DISPATCHED, 5), WITH_OWN, W.RUNNING, (GIVEN_UP_ERROR,), False, True,
+         RetryIn(0.0)),
+        (_step(S.COMPENSATING, 1, 2), WITH_UNDO, W.COMPENSATING, (GIVEN_UP_ERROR,), False, True,
+         RetryIn(0.0)),
+        (_step(S.DISPATCHED, 1), PLAIN, W.COMPENSATING, (GIVEN_UP_ERROR,), False, True,
+         GiveUp(undo=True)),
         # a compensation retries under its own count and policy, even while compensating
         (_step(S.COMPENSATING, 3, 1), WITH_UNDO, W.COMPENSATING, (), False, False, RetryIn(7.0)),
         (_step(S.COMPENSATING, 1, 2), WITH_UNDO, W.COMPENSATING, (), False, False, Escalate()),

@@ -104,6 +104,7 @@ from herder.actors.engine._recovery import (
     running_at_crash,
 )
 from herder.actors.engine._retry import (
+    GIVEN_UP_ERROR,
     UNSTORABLE_ERROR,
     Escalate,
     GiveUp,
@@ -163,6 +164,7 @@ __all__ = [
     "DEADLINE_ERROR",
     "DEADLINE_TIMER",
     "ENDED_BY_ABANDON",
+    "GIVEN_UP_ERROR",
     "MEMBER_KEY",
     "OPERATOR_ACTIONS",
     "OPERATOR_STEP_NEXT",

@@ -46,6 +46,7 @@ from herder.actors.engine._logs import log_failure, log_step
 from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._resume import count_crash, resume_steps
+from herder.actors.engine._retry import GIVEN_UP_ERROR
 from herder.actors.engine._runs import Attempt, Dispatched, WorkflowRun
 from herder.actors.engine._step import beats, dispatch, heartbeat, lapse
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowRecord, plan_steps
@@ -361,7 +362,8 @@ class Engine(Machine):
         if current is not None:
             run, st = current
             log_failure(run.record.id, st, msg.error, None)  # (a broken factory, say)
-            self.failed(run, st, msg.error, (CRASH_ERROR,), permanent=False, retry_now=True)
+            types = (GIVEN_UP_ERROR,) if msg.given_up else (CRASH_ERROR,)  # (charged? _retry)
+            self.failed(run, st, msg.error, types, permanent=False, retry_now=True)
 
     def _start_failed(self, msg: StartFailed) -> None:
         job = msg.job

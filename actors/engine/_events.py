@@ -9,7 +9,8 @@ the engine answers with a :class:`~herder.actors.engine._decision.Decision`.
   the shell against the task token first);
 - :class:`Beat` — a running attempt's heartbeat;
 - :class:`TimerDue` — a timer entry's time came (a retry, a delay or a deadline);
-- :class:`AttemptLost` — the instance running an attempt crashed or went away;
+- :class:`AttemptLost` — the instance running an attempt crashed or went away, or was
+  given up on with its agent's other instances;
 - :class:`StartFailed` — no instance could be started for a queued job;
 - :class:`Resumed` — a workflow just put into memory runs (reloaded, or left
   unfinished by a crash);
@@ -81,10 +82,13 @@ class TimerDue:
 
 @dataclass(frozen=True, slots=True)
 class AttemptLost:
-    """Attempt ``token`` will never answer (``error`` says why): retry it at once."""
+    """Attempt ``token`` will never answer (``error`` says why): retry it at once.
+    ``given_up``: lost only because the runtime gave up on its agent's instances (their
+    restart intensity was exceeded), not charged to its step (``GIVEN_UP_ERROR``)."""
 
     token: int
     error: str
+    given_up: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,9 @@ a probe found it not applied). What happens next depends only on data:
 - ``Permanent`` ("this will never succeed") stops at once, and so does an error type the
   policy lists as non-retryable, a value that cannot be stored (:data:`UNSTORABLE_ERROR`:
   it would come back the same), or the last of ``max_attempts``;
+- an attempt lost because the runtime gave up on its agent's instances
+  (:data:`GIVEN_UP_ERROR`) is not charged: it runs again at once whatever the policy
+  says, as recovery re-runs the attempts a crash left running;
 - a forward step retries only while its workflow runs: once the workflow compensates, a
   failed attempt is its last.
 
@@ -34,6 +37,12 @@ UNSTORABLE_ERROR = "herder.Unstorable"
 """The error type of an attempt that handed herder a value it cannot store (its result,
 heartbeat details): it is not retried (it would fail the same way), but its action ran,
 so when its workflow compensates its compensation runs."""
+
+GIVEN_UP_ERROR = "herder.AgentGivenUp"
+"""The error type of an attempt lost because the runtime gave up on its agent's instances
+(their restart intensity was exceeded, by other attempts' crashes) while it ran: it did
+not fail, so it is not charged; it may have taken effect, so its step is undone if it
+cannot run again (its workflow compensates)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +89,13 @@ def after_failure(
     derived first). ``at_once``: retry without a backoff (the failure was a crash or a
     lost instance, not the remote side's answer)."""
     compensating = st.state is StepState.COMPENSATING
+    runs = compensating or workflow is WorkflowState.RUNNING  # it may run again
+    if GIVEN_UP_ERROR in types:  # not its own failure: not charged (module docstring)
+        return RetryIn(0.0) if runs else GiveUp(undo=True)
     policy = policy_for(spec, compensating=compensating, default=default)
     attempt = st.comp_attempt if compensating else st.attempt
     retryable = (
-        (compensating or workflow is WorkflowState.RUNNING)
+        runs
         and not permanent
         and UNSTORABLE_ERROR not in types
         and attempt < policy.max_attempts
