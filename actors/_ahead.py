@@ -49,7 +49,7 @@ from typing import Any
 from herder.actors._clock import MessageClock
 from herder.actors._host import AgentHost, moved_on, ready_queue, routed
 from herder.actors._messages import Outcome, Run
-from herder.actors.engine import Attempt, Engine, Job, WorkflowRun
+from herder.actors.engine import Attempt, Engine, Job, WorkflowRun, attempt_timeout
 from herder.store import StepState
 
 SAMPLES = 64
@@ -257,13 +257,14 @@ class Lanes:
             and st.token in lane.host.busy_tokens(lane.name)
         ):
             return False
-        if not job.compensating and st.state is StepState.UNKNOWN:
-            window = float(self._config.probe_timeout)
-        elif spec.heartbeat_timeout is not None or spec.members:
+        probe = not job.compensating and st.state is StepState.UNKNOWN
+        if not probe and (spec.heartbeat_timeout is not None or spec.members):
             return False
-        else:
-            window = float(spec.timeout or self._config.default_timeout)
-        if not lane.allows(window):
+        c, compensating = self._config, job.compensating
+        window = attempt_timeout(
+            st, spec, c.default_timeout, c.probe_timeout, compensating=compensating
+        )
+        if not lane.allows(float(window)):
             return False
         lane.ahead += 1
         self.reserved += 1

@@ -30,6 +30,7 @@ from herder.actors.engine import (
     WorkflowRun,
     abandoned_step,
     actions,
+    completable,
     lapse,
     operator_refusal,
     parked_refusal,
@@ -177,9 +178,7 @@ class Operator:
             self._commits.txn(wid).effects.append(Refuse(later, refused))
             self._shell.settle()
             return later
-        waiting = st.state is StepState.WAITING or (
-            st.state is StepState.DISPATCHED and st.name not in run.queued
-        )
+        waiting = completable(st, queued=st.name in run.queued)
         # A timeout that ran out (while no process ran, say) refuses it too.
         d, now = self._engine.defaults, self._clock.time()
         lapsed = lapse(st, run.specs[st.name], now, d.default_timeout, d.probe_timeout)

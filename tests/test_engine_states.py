@@ -191,3 +191,10 @@ def test_the_operator_actions_table_is_the_one_every_face_consults() -> None:
         operator_refusal("w", W.RUNNING, "retry")
     )
     assert "not an operator action" in str(operator_refusal("w", W.RUNNING, "reboot"))
+
+
+def test_retention_deletes_by_default_what_no_operator_action_leaves() -> None:
+    # The store cannot import the engine, so it keeps its own set: the two must agree.
+    from herder.store import FINISHED
+
+    assert {str(s) for s in W if ended_for_good(s)} == FINISHED

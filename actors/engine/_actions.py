@@ -16,7 +16,13 @@ from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from herder.actors.engine._operator import abandoned_step, given_up, orphan_given_up, undo_again
-from herder.actors.engine._states import RESTARTABLE, SKIPPABLE, UNDOING, stuck_step
+from herder.actors.engine._states import (
+    RESTARTABLE,
+    SKIPPABLE,
+    UNDOING,
+    UNSETTLED,
+    stuck_step,
+)
 from herder.actors.engine._step import restarted, settled
 from herder.actors.engine._workflow import waits_for
 from herder.store import StepRecord, StepState, WorkflowState
@@ -149,9 +155,7 @@ def compensate(m: Machine, run: WorkflowRun, reason: str, *, parked: bool) -> No
         if st.state is StepState.COMPENSATING:  # a failed compensation: run it again
             m.put_step(run, st, undo_again(st, m.now))
             m.enqueue(run, st.name, compensating=True)
-        elif st.state in (StepState.UNKNOWN, StepState.WAITING) or (
-            parked and st.state is StepState.DISPATCHED
-        ):
+        elif st.state in UNSETTLED and (parked or st.state is not StepState.DISPATCHED):
             # Nothing will settle these any more; what runs of them is fenced out.
             m.supersede(run, st, replace=False)
             m.put_step(run, st, given_up(st, token=m.token(), now=m.now))

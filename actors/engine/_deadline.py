@@ -24,15 +24,14 @@ import datetime
 import enum
 
 from herder.actors.engine._retry import GiveUp
+from herder.actors.engine._states import UNSETTLED
 from herder.actors.engine._step import failed
-from herder.store import StepRecord, StepState, WorkflowState
+from herder.store import StepRecord, WorkflowState
 
 DEADLINE_TIMER = ""
 """The step part of a workflow deadline's timer key (step names are never empty)."""
 DEADLINE_ERROR = "herder.DeadlinePassed"
 """The error type recorded on a step whose running attempt the deadline superseded."""
-
-_RUNNING = frozenset({StepState.DISPATCHED, StepState.WAITING, StepState.UNKNOWN})
 
 
 class OnDeadline(enum.Enum):
@@ -68,7 +67,7 @@ def deadline_reason(deadline: float) -> str:
 def fenced(st: StepRecord, *, token: int, now: float) -> StepRecord | None:
     """The step once the deadline superseded its running attempt, or None if it has none
     running (see the module docstring)."""
-    if st.state not in _RUNNING:
+    if st.state not in UNSETTLED:
         return None
     return failed(
         st,

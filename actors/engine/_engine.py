@@ -48,7 +48,7 @@ from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._resume import count_crash, resume_steps
 from herder.actors.engine._retry import GIVEN_UP_ERROR
 from herder.actors.engine._runs import Attempt, Dispatched, WorkflowRun
-from herder.actors.engine._step import beats, dispatch, heartbeat, lapse
+from herder.actors.engine._step import attempt_timeout, beats, dispatch, heartbeat, lapse
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowRecord, plan_steps
 
 CRASH_ERROR = "herder.InstanceCrashed"
@@ -162,12 +162,9 @@ class Engine(Machine):
         st = run.steps.get(attempt.step)
         if st is None or st.token != attempt.token or st.deadline is None:
             return
-        if st.state is StepState.UNKNOWN:  # a probe
-            timeout, beat = self.defaults.probe_timeout, None
-        else:
-            spec = run.specs[st.name]
-            timeout = spec.timeout or self.defaults.default_timeout
-            beat = spec.heartbeat_timeout
+        spec, d = run.specs[st.name], self.defaults
+        timeout = attempt_timeout(st, spec, d.default_timeout, d.probe_timeout)
+        beat = None if st.state is StepState.UNKNOWN else spec.heartbeat_timeout  # (a probe)
         later: dict[str, float] = {}
         if now + timeout > st.deadline + timeout / 100:  # it waited 1% of it or more
             later["deadline"] = now + timeout

@@ -15,7 +15,8 @@ parked in NEEDS_ATTENTION for an operator.
   operator's action makes (retry, skip, compensate, abandon), derived from the sets below.
 - :data:`ALLOWED_STEPS`: which step states each workflow state admits in the store.
 - Sets with one meaning each: :data:`BUSY`, :data:`WAITS_TO_RUN`, :data:`UNDOING`,
-  :data:`RESTARTABLE`, :data:`SKIPPABLE`, :data:`STUCK`, :data:`ENDED_BY_ABANDON`;
+  :data:`RESTARTABLE`, :data:`SKIPPABLE`, :data:`STUCK`, :data:`ENDED_BY_ABANDON`,
+  :data:`UNSETTLED`;
   predicates :func:`to_undo`, :func:`holds_timer` and :func:`ended_for_good`.
 
 Imports: herder.store records only; pure data, no clock, no I/O.
@@ -97,8 +98,12 @@ ENDED_BY_ABANDON = frozenset({S.DISPATCHED, S.WAITING, S.UNKNOWN, S.RETRY_WAIT})
 """Forward states an operator's ``abandon`` marks FAILED: nothing runs or wakes them any
 more (every other step stays where it is, its timer cleared)."""
 
-_GIVEN_UP = frozenset({S.UNKNOWN, S.WAITING, S.DISPATCHED})
-"""Forward states an operator's ``compensate`` marks FAILED: nothing will settle them."""
+UNSETTLED = frozenset({S.DISPATCHED, S.WAITING, S.UNKNOWN})
+"""Forward states whose outcome is under way or awaited: a workflow deadline that fires
+fences them (``_deadline``); an operator's ``compensate`` gives them up (FAILED, a running
+one only when the workflow is parked: nothing will settle them)."""
+
+_GIVEN_UP = UNSETTLED
 
 
 def to_undo(st: StepRecord) -> bool:

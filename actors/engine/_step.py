@@ -82,17 +82,39 @@ def restarted(st: StepRecord, token: int) -> StepRecord:
     return stopped(st, state=StepState.PENDING, attempt=0, token=token, error=None)
 
 
+def attempt_timeout(
+    st: StepRecord,
+    spec: StepSpec,
+    default_timeout: float,
+    probe_timeout: float,
+    *,
+    compensating: bool = False,
+) -> float:
+    """The seconds the step's next attempt (or the one under way) has before its deadline:
+    a probe's (forward, of an UNKNOWN step) ``probe_timeout``, else the step's ``timeout``
+    or ``default_timeout``."""
+    if not compensating and st.state is StepState.UNKNOWN:
+        return probe_timeout
+    return spec.timeout or default_timeout
+
+
+def completable(st: StepRecord, *, queued: bool) -> bool:
+    """Whether the step's current attempt may still be completed through its task token
+    (``complete_step``): handed off (WAITING), or its action still running (DISPATCHED,
+    and not ``queued`` to run again after a restart). Its token must match, and the
+    attempt must not have lapsed (:func:`lapse`)."""
+    return st.state is StepState.WAITING or (st.state is StepState.DISPATCHED and not queued)
+
+
 def lapse(
     st: StepRecord, spec: StepSpec, now: float, default_timeout: float, probe_timeout: float
 ) -> str | None:
-    """Why the step's attempt lapsed by ``now`` (heartbeat, then deadline), else None; a
-    probe's (an UNKNOWN step's) timeout is ``probe_timeout``, as :func:`dispatch` sets it."""
+    """Why the step's attempt lapsed by ``now`` (heartbeat, then deadline), else None."""
     now_ms = ms(now)  # timers are kept in whole ms; compare at the same precision
     if st.heartbeat_deadline is not None and now_ms >= ms(st.heartbeat_deadline):
         return f"no heartbeat for {spec.heartbeat_timeout}s"
     if st.deadline is not None and now_ms >= ms(st.deadline):
-        took = probe_timeout if st.state is StepState.UNKNOWN else spec.timeout or default_timeout
-        return f"timed out after {took}s"
+        return f"timed out after {attempt_timeout(st, spec, default_timeout, probe_timeout)}s"
     return None
 
 
@@ -124,10 +146,8 @@ def dispatch(
     DISPATCHED at attempt + 1.
     """
     probing = not compensating and st.state is StepState.UNKNOWN
-    if probing:
-        timeout, hb = probe_timeout, None
-    else:
-        timeout, hb = spec.timeout or default_timeout, spec.heartbeat_timeout
+    timeout = attempt_timeout(st, spec, default_timeout, probe_timeout, compensating=compensating)
+    hb = None if probing else spec.heartbeat_timeout
     deadline = now + timeout
     hb_deadline = None if hb is None else now + hb
     if compensating:

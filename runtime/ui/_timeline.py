@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from herder.actors.engine import BUSY
+
 _FINAL_STEP = frozenset({"SUCCEEDED", "FAILED", "COMPENSATED"})
 _WAITS = frozenset({"PENDING", "RETRY_WAIT", "WAITING", "PARKED", "UNDO_WAIT"})
-_ACTIVE = frozenset({"DISPATCHED", "COMPENSATING", "UNKNOWN", "WAITING", "UNDO_WAIT"})
+_ACTIVE = frozenset(str(s) for s in BUSY) | {"UNDO_WAIT"}  # (a shown state only)
 _OUTCOME = {  # how an attempt ended (the state it went to) -> its CSS class
     "SUCCEEDED": "ok",
     "COMPENSATED": "undone",
