@@ -22,7 +22,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from herder.actors._agent import action_names
+from herder.actors._agent import action_names, own_input
 from herder.actors._errors import Permanent
 from herder.actors._host import InstanceCrash
 from herder.actors._messages import UNSTARTED, Outcome, Run
@@ -88,7 +88,7 @@ def call_action(agent: Any, agent_name: str, run: Run) -> Any:
         raise Permanent(
             f"agent {agent_name!r} has no action {run.action!r} (its factory made a {made}{hint})"
         )
-    return method(run.context)
+    return method(own_input(run.context))
 
 
 def settle(

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from herder.actors._outcomes import COMPLETE_LATER, task_token
-from herder.store import normalize
+from herder.store import normalize, private_copy
 
 MAX_HEARTBEAT_BYTES = 64 * 1024
 """Largest heartbeat details (encoded): they are rewritten into the step on every beat."""
@@ -67,6 +67,47 @@ class AttemptPort(Protocol):
     def heartbeat(self, details: Any) -> None:
         """Report liveness (and optional progress details) for the running attempt."""
         ...
+
+
+class Results(Mapping[str, Any]):
+    """``StepContext.results`` as the runtime builds it: the results of the steps that
+    had succeeded when the attempt was recorded, each copied for the action when it is
+    first read (changing it changes neither the result kept nor what another attempt
+    sees). An attempt pays only for the results it reads, on its own thread: copying
+    every earlier result for every attempt, on the Scheduler's thread, made each step of
+    a long workflow with structured results slower than the last, and stalled every
+    other workflow meanwhile."""
+
+    __slots__ = ("_copies", "shared")
+
+    def __init__(self, shared: Mapping[str, Any]) -> None:
+        self.shared = shared  # the results as kept: never handed to user code
+        self._copies: dict[str, Any] = {}
+
+    def __getitem__(self, step: str) -> Any:
+        copies = self._copies
+        if step not in copies:
+            copies[step] = private_copy(self.shared[step])
+        return copies[step]
+
+    def __contains__(self, step: object) -> bool:
+        return step in self.shared
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shared)
+
+    def __len__(self) -> int:
+        return len(self.shared)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+
+def own_input(context: StepContext) -> StepContext:
+    """``context`` with an input of the action's own, copied on its thread just before
+    the action runs (the runtime hands the attempt the input as kept)."""
+    object.__setattr__(context, "input", private_copy(context.input))  # (once per attempt)
+    return context
 
 
 @dataclass(frozen=True, slots=True)

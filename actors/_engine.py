@@ -14,7 +14,7 @@ from typing import Any
 import pykka
 
 from herder.actors._adaptive import Adaptive
-from herder.actors._agent import Agent, StepContext
+from herder.actors._agent import Agent, Results, StepContext
 from herder.actors._answers import Answers
 from herder.actors._clock import Clock
 from herder.actors._event_loop import EventLoop
@@ -24,7 +24,7 @@ from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat, Run
 from herder.actors._wiring import EngineListener
 from herder.actors.engine import Defaults, Dispatched, Job, WorkflowRun, idempotency_key
-from herder.store import LeaseLost, Plan, RetryPolicy, Store, builder, private_copy
+from herder.store import LeaseLost, Plan, RetryPolicy, Store, builder
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -203,12 +203,13 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
     attempt, record, token = done.attempt, run.record, done.attempt.token
     port = AttemptPort(ctx, token, done.window * ctx.config.heartbeat_interval_fraction)
     key = idempotency_key(record.id, job.step, compensating=job.compensating)
-    # Copies: an action that changes its input or a result must change neither what is
-    # kept (the workflow record is written again) nor what another attempt is given.
-    results = {}
+    # Not copied here: the action's own copies are made on its thread, of the input
+    # before it runs (call_action), of a result when it reads it (Results): an action
+    # that changes either changes neither what is kept nor what another attempt is given.
+    shared = {}
     for name, st in run.steps.items():  # (a loop: a comprehension is a call in 3.11)
         if st.succeeded:
-            results[name] = private_copy(st.result)
+            shared[name] = st.result
     # Every field in order: workflow_id, step, action, attempt, input, results,
     # idempotency_key, token, compensating, _port, trace_context (the workflow's;
     # runtime/_tracing.py refines it), deadline.
@@ -217,8 +218,8 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
         job.step,
         done.action,
         done.number,
-        private_copy(record.input),
-        results,
+        record.input,
+        Results(shared),
         key,
         token,
         job.compensating,

@@ -76,3 +76,48 @@ def test_changes_user_code_makes_to_its_values_stay_its_own(rt: Runtime, tmp_pat
     rt.stop()
     with Runtime(tmp_path / "s") as again:
         assert again.status("w1").input == INPUT
+
+
+class Reader(Agent):
+    def step(self, ctx: StepContext) -> Any:
+        if ctx.step == "s5":
+            assert "s1" in ctx.results
+            assert len(ctx.results) == 4
+            assert sorted(ctx.results) == ["s1", "s2", "s3", "s4"]
+            return {"read": ctx.results["s2"]["rows"][-1]}  # the one result it reads
+        return {"rows": [{"n": i, "step": ctx.step} for i in range(50)]}
+
+
+def test_an_attempt_copies_only_the_results_it_reads_and_never_on_the_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every earlier result was copied for every attempt on the Scheduler's thread: each
+    # step of a long workflow with structured results cost more than the last (O(n^2)),
+    # and every other workflow stalled meanwhile.
+    import threading
+
+    import herder.actors._agent as agent_module
+    import herder.actors._engine as engine_module
+
+    copied: list[str] = []
+
+    def counting(copy: Any) -> Any:
+        def private_copy(value: Any) -> Any:
+            copied.append(threading.current_thread().name)
+            return copy(value)
+
+        return private_copy
+
+    for module in (agent_module, engine_module):
+        if hasattr(module, "private_copy"):
+            monkeypatch.setattr(module, "private_copy", counting(module.private_copy))
+    flow = Workflow("long")
+    for i in range(1, 6):
+        flow = flow.step(f"s{i}", agent="r", action="step", after=[f"s{i - 1}"] if i > 1 else [])
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("r", Reader)
+        rt.add_workflow(flow)
+        result = rt.start("long", {"k": 1}, workflow_id="w").result(timeout=WAIT)
+    assert result["s5"] == {"read": {"n": 49, "step": "s2"}}
+    assert not [name for name in copied if name.startswith("Scheduler")], copied
+    assert len(copied) == 5 + 1  # each attempt's input, and the one result read

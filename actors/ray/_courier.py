@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import pykka
 import ray
 
-from herder.actors._agent import StepContext
+from herder.actors._agent import Results, StepContext
 from herder.actors._messages import Outcome, Run
 from herder.actors.ray._worker import pack, unpack, unpacked
 from herder.store import describe
@@ -135,6 +135,8 @@ class Courier:
         meanwhile (so under load the Scheduler's thread makes no Ray call)."""
         ctx = run.context
         fields = {name: getattr(ctx, name) for name in _FIELDS}
+        if isinstance(ctx.results, Results):  # (as kept: the process gets its own anyway)
+            fields["results"] = ctx.results.shared
         fields["cancelled"] = ctx.cancelled
         item = (slot, instance, run.action, fields)
         with self._lock:
