@@ -23,6 +23,20 @@ def _rich_console(out: TextIO) -> Any | None:
     return Console(file=out, highlight=False)
 
 
+CLIP = 200
+"""Characters of a value (its repr) that ``herder show``'s text view prints."""
+
+
+def value_text(value: object) -> str:
+    """A workflow's input or a step's result as ``herder show`` prints it: its repr,
+    clipped to :data:`CLIP` characters, so that one big result does not become every
+    row's width (``--json`` prints it whole)."""
+    text = repr(value)
+    if len(text) <= CLIP:
+        return text
+    return f"{text[:CLIP]}... ({len(text):,} characters; --json prints it all)"
+
+
 def printable(value: object) -> str:
     """``str(value)`` with what a terminal would act on (a newline, a tab, a control or
     a bidi-override character) written as its escape: one row stays one line, and an id

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from herder.actors import FACTS_STALE, UnknownWorkflow, read_facts, resource_stats
-from herder.runtime._console import print_table, printable
+from herder.runtime._console import print_table, printable, value_text
 from herder.runtime._schedules import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
@@ -174,7 +174,7 @@ def show_workflow(
     out.write(
         f"workflow {printable(status.id)}: {status.name}@{status.version} {status.state}\n"
         f"  created {_when(status.created)}, updated {_when(status.updated)}\n"
-        f"  input   {status.input!r}\n"
+        f"  input   {value_text(status.input)}\n"
     )
     if status.error:
         out.write(f"  error   {status.error}\n")
@@ -191,7 +191,7 @@ def show_workflow(
             str(st.state),
             st.attempt,
             st.compensation_attempts,
-            repr(st.result) if st.result is not None else "",
+            value_text(st.result) if st.result is not None else "",
             st.error or "",
         )
         for st in status.steps.values()
@@ -246,7 +246,8 @@ def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         when = _when(e["t"]) if isinstance(e.get("t"), int | float) else ""
         if kind == "operator":
             target = f" step {e['step']}" if e.get("step") else ""
-            result = f" result={e['result']!r}" if e.get("result") is not None else ""
+            given = e.get("result")
+            result = f" result={value_text(given)}" if given is not None else ""
             details = f"by {e.get('who') or '?'}: {e.get('why') or ''}{result}"
             rows.append((when, f"operator {e.get('action')}{target}", "", "", details))
         elif kind == "step":

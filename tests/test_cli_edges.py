@@ -85,6 +85,23 @@ def test_ids_a_terminal_would_act_on_are_shown_escaped_one_row_a_line(tmp_path: 
     assert sorted(w["id"] for w in as_json) == sorted(odd)  # JSON keeps them exact
 
 
+def test_show_clips_a_big_input_and_result_and_json_keeps_them_whole(tmp_path: Path) -> None:
+    # A result was printed whole as a table cell, and every other row padded to its
+    # width: eight 16 MiB results made 167 MB of text.
+    path = tmp_path / "store"
+    rows = [{"n": i, "name": f"row {i}"} for i in range(5000)]
+    with Runtime(path) as rt:
+        rt.add_agent("echo", Echo)
+        rt.add_workflow(ECHO)
+        rt.start("echo", rows, workflow_id="big").result(timeout=WAIT)
+    text = herder("show", "--store", str(path), "big").stdout
+    assert len(text) < 4000, len(text)
+    assert text.count("characters; --json prints it all)") == 2  # the input and the result
+    whole = json.loads(herder("show", "--store", str(path), "big", "--json").stdout)
+    assert whole["input"] == rows
+    assert [step["result"] for step in whole["steps"]] == [rows]
+
+
 def test_ls_since_keeps_only_workflows_updated_since_then(store: Path) -> None:
     listed = herder("ls", "--store", str(store), "--json", "--since", "2023-11-14T22:13:22+00:00")
     assert listed.returncode == 0, listed.stderr

@@ -436,3 +436,14 @@ def test_counters_never_make_a_request_wait_and_back_off_on_a_slow_count(
         assert len(calls) == 4
     finally:
         gate.close()
+
+
+def test_a_big_input_or_result_is_clipped_on_its_page() -> None:
+    # Shown whole, eight 16 MiB results made a page of hundreds of MB.
+    from herder.runtime.ui._pages import SHOWN, pretty
+
+    rows = [{"n": i} for i in range(5000)]
+    shown = pretty(rows)
+    assert len(shown) < SHOWN + 100
+    assert shown.endswith("characters; herder show ID --json prints it all)")
+    assert pretty({"item": "pay"}) == '{\n  "item": "pay"\n}'

@@ -37,9 +37,18 @@ def when(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
 
 
+SHOWN = 4000
+"""Characters of an input or a result a workflow's page shows (``herder show --json``
+prints it whole): one big result must not make a page of tens of MB."""
+
+
 def pretty(value: Any) -> str:
-    """Stored data as indented JSON (anything JSON cannot say, as its repr)."""
-    return json.dumps(value, indent=2, default=repr, ensure_ascii=False)
+    """Stored data as indented JSON (anything JSON cannot say, as its repr), clipped to
+    :data:`SHOWN` characters."""
+    text = json.dumps(value, indent=2, default=repr, ensure_ascii=False)
+    if len(text) <= SHOWN:
+        return text
+    return f"{text[:SHOWN]}\n... ({len(text):,} characters; herder show ID --json prints it all)"
 
 
 def layout(title: str, body: str, *, store: str, active: str, csrf: str | None) -> str:
