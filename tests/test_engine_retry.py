@@ -115,11 +115,12 @@ def test_each_attempt_runs_under_the_policy_the_design_names(
         (_step(S.UNKNOWN, 1), PLAIN, W.COMPENSATING, (), False, True, GiveUp(undo=True)),
         # lost when its agent's instances were given up on: not charged, whatever its
         # number or the policy, while it may run; else it may have taken effect
-        (_step(S.DISPATCHED, 3), PLAIN, W.RUNNING, (GIVEN_UP_ERROR,), False, True, RetryIn(0.0)),
+        (_step(S.DISPATCHED, 3), PLAIN, W.RUNNING, (GIVEN_UP_ERROR,), False, True,
+         RetryIn(0.0, charged=False)),
         (_step(S.DISPATCHED, 5), WITH_OWN, W.RUNNING, (GIVEN_UP_ERROR,), False, True,
-         RetryIn(0.0)),
+         RetryIn(0.0, charged=False)),
         (_step(S.COMPENSATING, 1, 2), WITH_UNDO, W.COMPENSATING, (GIVEN_UP_ERROR,), False, True,
-         RetryIn(0.0)),
+         RetryIn(0.0, charged=False)),
         (_step(S.DISPATCHED, 1), PLAIN, W.COMPENSATING, (GIVEN_UP_ERROR,), False, True,
          GiveUp(undo=True)),
         # a compensation retries under its own count and policy, even while compensating

@@ -31,6 +31,8 @@ class Shared:
     def __init__(self) -> None:
         self.running = threading.Event()
         self.release = threading.Event()
+        self.runs = 0  # of the bystander's action
+        self.fail = False  # its runs after the first fail (each is a real try)
 
 
 class Svc(Agent):
@@ -38,9 +40,12 @@ class Svc(Agent):
         self.shared = shared
 
     def wait(self, ctx: StepContext) -> int:
-        if ctx.attempt == 1:  # hangs on its instance while the other one crash-loops
+        self.shared.runs += 1
+        if self.shared.runs == 1:  # hangs on its instance while the other one crash-loops
             self.shared.running.set()
             hang_until(self.shared.release, WAIT)
+        elif self.shared.fail:
+            raise RuntimeError(f"real try {ctx.attempt}")
         return ctx.attempt
 
     def crash(self, ctx: StepContext) -> None:
@@ -80,9 +85,30 @@ def test_an_attempt_lost_when_its_agent_is_given_up_on_is_not_charged(
         with pytest.raises(WorkflowFailed, match="agent instance crashed: InstanceCrash: boom"):
             crasher.result(timeout=WAIT)
         # The bystander's one attempt was lost with the instances given up on, not spent:
-        # it ran again (attempt 2) and succeeded.
-        assert bystander.result(timeout=WAIT) == {"s": 2}
+        # it ran again, still its attempt 1, and succeeded.
+        assert bystander.result(timeout=WAIT) == {"s": 1}
+        assert shared.runs == 2
         assert rt.stats()["steps"]["crashes"] == 3  # the crasher's; the bystander crashed not
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_an_attempt_lost_to_a_give_up_leaves_the_step_all_its_tries(
+    tmp_path: Path, host: str, shared: Shared
+) -> None:
+    # The lost attempt kept its number: with max_attempts=3 the step had two real tries.
+    shared.fail = True
+    with open_runtime(tmp_path / "s", host) as rt:
+        rt.add_agent("svc", functools.partial(Svc, shared), concurrency=2)
+        rt.add_workflow(Workflow("bystander").step("s", agent="svc", action="wait", retry=THRICE))
+        rt.add_workflow(Workflow("crasher").step("c", agent="svc", action="crash", retry=THRICE))
+        bystander = rt.start("bystander", workflow_id="b")
+        assert shared.running.wait(WAIT)
+        with pytest.raises(WorkflowFailed):
+            rt.start("crasher", workflow_id="c").result(timeout=WAIT)
+        with pytest.raises(WorkflowFailed, match="real try 3"):
+            bystander.result(timeout=WAIT)
+        assert shared.runs == 4  # the lost one, then three real tries
+        assert rt.status("b").steps["s"].attempt == 3
 
 
 @pytest.mark.parametrize("host", ["pool", "thread"])

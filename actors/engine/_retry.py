@@ -11,7 +11,7 @@ a probe found it not applied). What happens next depends only on data:
   it would come back the same), or the last of ``max_attempts``;
 - an attempt lost because the runtime gave up on its agent's instances
   (:data:`GIVEN_UP_ERROR`) is not charged: it runs again at once whatever the policy
-  says, as recovery re-runs the attempts a crash left running;
+  says, and gives its number back (``RetryIn.charged``);
 - a forward step retries only while its workflow runs: once the workflow compensates, a
   failed attempt is its last.
 
@@ -47,9 +47,11 @@ cannot run again (its workflow compensates)."""
 
 @dataclass(frozen=True, slots=True)
 class RetryIn:
-    """Run the step (or its compensation, or its probe) again after ``delay`` seconds."""
+    """Run the step (or its compensation, or its probe) again after ``delay`` seconds;
+    ``charged`` False: the attempt that ended is given back (the next one has its number)."""
 
     delay: float
+    charged: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,7 @@ def after_failure(
     compensating = st.state is StepState.COMPENSATING
     runs = compensating or workflow is WorkflowState.RUNNING  # it may run again
     if GIVEN_UP_ERROR in types:  # not its own failure: not charged (module docstring)
-        return RetryIn(0.0) if runs else GiveUp(undo=True)
+        return RetryIn(0.0, charged=False) if runs else GiveUp(undo=True)
     policy = policy_for(spec, compensating=compensating, default=default)
     attempt = st.comp_attempt if compensating else st.attempt
     retryable = (

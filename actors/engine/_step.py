@@ -209,10 +209,13 @@ def failed(
         updated=now,
     )
     if isinstance(verdict, RetryIn):
+        back = 0 if verdict.charged else 1  # (given back: the next attempt has its number)
         if st.state is StepState.COMPENSATING:
-            return with_timer(base.evolve(state=st.state, retry_at=now + verdict.delay))
+            comp = base.evolve(comp_attempt=max(0, st.comp_attempt - back))
+            return with_timer(comp.evolve(state=st.state, retry_at=now + verdict.delay))
         state = StepState.RETRY_WAIT  # (a retry is never given for a Permanent failure)
-        return with_timer(base.evolve(state=state, retry_at=now + verdict.delay, done_token=token))
+        again = base.evolve(state=state, retry_at=now + verdict.delay, done_token=token)
+        return with_timer(again.evolve(attempt=max(0, st.attempt - back)))
     if isinstance(verdict, GiveUp):
         undo = verdict.undo or st.done_token is not None
         return base.evolve(state=StepState.FAILED, done_token=token if undo else None)
