@@ -121,3 +121,47 @@ def test_an_attempt_copies_only_the_results_it_reads_and_never_on_the_scheduler(
     assert result["s5"] == {"read": {"n": 49, "step": "s2"}}
     assert not [name for name in copied if name.startswith("Scheduler")], copied
     assert len(copied) == 5 + 1  # each attempt's input, and the one result read
+
+
+def test_results_behave_as_a_plain_dict_of_copies() -> None:
+    # A Mapping that was not a dict broke ordinary user code: json.dumps, .copy(), |,
+    # and returning ctx.results (the step failed for good as unstorable).
+    import copy
+    import json
+    import pickle
+
+    from herder.actors._agent import Results
+    from herder.store import normalize
+
+    kept = {"a": {"rows": [1, 2]}, "b": [{"x": 1}]}
+    results = Results(dict(kept))
+    assert isinstance(results, dict)
+    assert results == kept
+    assert json.loads(json.dumps(results)) == kept
+    assert normalize(results) == kept  # (what returning it as a result stores)
+    handed = [
+        results["a"],
+        results.get("a"),
+        next(iter(results.values())),
+        dict(results.items())["a"],
+        results.copy()["a"],
+        dict(results)["a"],
+        {**results}["a"],
+        (results | {})["a"],
+        ({} | results)["a"],
+        copy.copy(results)["a"],
+        copy.deepcopy(results)["a"],
+        pickle.loads(pickle.dumps(results))["a"],
+        results.setdefault("a"),
+    ]
+    for value in handed:
+        value["rows"].append("changed")
+    results.pop("b")[0]["x"] = "changed"  # (b is handed out as a copy too)
+    assert kept == {"a": {"rows": [1, 2]}, "b": [{"x": 1}]}  # nothing kept was touched
+    assert "b" not in results
+    assert results.get("b", 7) == 7
+    results["mine"] = mine = {"n": 1}
+    assert results["mine"] is mine  # what the action stores stays its own object
+    results.update(also=[1])
+    assert sorted(results) == ["a", "also", "mine"]
+    assert repr(results).startswith("{'a': {'rows': [1, 2, 'changed'")

@@ -136,7 +136,7 @@ class Courier:
         ctx = run.context
         fields = {name: getattr(ctx, name) for name in _FIELDS}
         if isinstance(ctx.results, Results):  # (as kept: the process gets its own anyway)
-            fields["results"] = ctx.results.shared
+            fields["results"] = dict(dict.items(ctx.results))
         fields["cancelled"] = ctx.cancelled
         item = (slot, instance, run.action, fields)
         with self._lock:
