@@ -20,7 +20,7 @@ from herder.actors._messages import Commands, Operate
 from herder.actors._operator import Operator
 from herder.actors._recovery import Recovery
 from herder.actors.engine import Resolve, operator_refusal
-from herder.store import HerderError, Plan, finished_ops
+from herder.store import HerderError, Plan, finished_ops, history_put
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -112,8 +112,24 @@ class Channel:
             self._seen_until_lost(op.workflow_id, command_id)  # recorded with its change
             return
         key = f"command:{command_id}"
-        self._commits.txn(key).put(*finished_ops(command, error, self._clock.time()))
+        now = self._clock.time()
+        txn = self._commits.txn(key)
+        txn.put(*finished_ops(command, error, now))
+        # Said where an operator looks: the log, and the workflow's history (herder show).
+        _log.warning(
+            "command #%s (%s of %s) refused: %s", command_id, op.action, workflow_id, error
+        )
+        if self._exists(op.workflow_id):
+            event = {"kind": "operator", "t": now, "action": op.action, "who": op.who}
+            event.update(why=op.why, step=op.step, refused=error)
+            txn.put(history_put(op.workflow_id, self._ctx.next_token(), event))
         self._seen_until_lost(key, command_id)
+
+    def _exists(self, workflow_id: str) -> bool:
+        try:
+            return self._store.get_workflow(workflow_id) is not None
+        except HerderError:
+            return False  # (a damaged record or an id no workflow can have: no history)
 
     def _seen_until_lost(self, key: str, command_id: int) -> None:
         """If the commit ``key`` that records the command fails (a full disk), forget that it

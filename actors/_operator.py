@@ -246,8 +246,9 @@ class Operator:
             self._engine.runs[run.record.id] = run
             self._ctx.listener.on_resumed()
 
-    def _note_operator(self, op: Operate) -> None:
-        """The history event of an operator action, and its command's outcome, if any."""
+    def _note_operator(self, op: Operate, step: str | None = None) -> None:
+        """The history event of an operator action (on ``step``, default the one named),
+        and its command's outcome, if any."""
         now = self._clock.time()
         txn = self._commits.txn(op.workflow_id)
         event = {
@@ -256,7 +257,7 @@ class Operator:
             "action": op.action,
             "who": op.who,
             "why": op.why,
-            "step": op.step,
+            "step": step or op.step,
             "result": op.result,
         }
         txn.put(history_put(op.workflow_id, self._ctx.next_token(), event))
@@ -309,9 +310,9 @@ class Operator:
         run, parked = self._operable(op)
         steps, inflight = run.steps, self._engine.inflight
         if op.step is None:
-            st = actions.to_skip(run, inflight)
+            st, why = actions.to_skip(run, inflight)
             if st is None:
-                raise InvalidState(f"workflow {op.workflow_id!r} has no step to skip")
+                raise InvalidState(why)
         elif op.step not in steps:
             raise InvalidInput(
                 f"workflow {op.workflow_id!r} has no step {op.step!r} (it has: {', '.join(steps)})"
@@ -325,7 +326,7 @@ class Operator:
         if refusal is not None:
             raise InvalidState(refusal)
         self._adopt(run, parked)
-        self._note_operator(op)
+        self._note_operator(op, st.name)  # (the step it took, when none was named)
         actions.skip(self._engine, run, st, result)
         return run
 

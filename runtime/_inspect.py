@@ -249,6 +249,8 @@ def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             given = e.get("result")
             result = f" result={value_text(given)}" if given is not None else ""
             details = f"by {e.get('who') or '?'}: {e.get('why') or ''}{result}"
+            if e.get("refused"):  # (a queued command the runtime refused)
+                details += f"; refused: {e['refused']}"
             rows.append((when, f"operator {e.get('action')}{target}", "", "", details))
         elif kind == "step":
             change = f"{e.get('from')} -> {e.get('to')}"

@@ -116,8 +116,9 @@ def test_skip_marks_a_failed_compensation_done_and_the_rest_is_undone(rt: Runtim
     assert rt.inbox() == []
     # The whole story, in order: the hotel's failed undo, the skip, the flight's undo.
     story = [(e["kind"], e.get("step"), e.get("to") or e.get("action")) for e in rt.history("w")]
-    assert story.index(("step", "hotel", "COMPENSATING")) < story.index(("operator", None, "skip"))
-    assert story.index(("operator", None, "skip")) < story.index(("step", "flight", "COMPENSATED"))
+    skipped = story.index(("operator", "hotel", "skip"))  # (the step it took, named)
+    assert story.index(("step", "hotel", "COMPENSATING")) < skipped
+    assert skipped < story.index(("step", "flight", "COMPENSATED"))
     assert story[-1] == ("workflow", None, "COMPENSATED")
     # It compensated because the car failed: the hotel's failed undo is in its history.
     assert status.error == "step 'car' failed: RuntimeError: car is sold out"
@@ -450,3 +451,32 @@ def test_skip_refuses_a_step_whose_dependency_has_not_succeeded(rt: Runtime) -> 
     assert rt.status("w").steps["car"].state is StepState.PENDING
     rt.skip("w", "later", {"booked": "by hand"}, who="ada", why="the partner emailed")
     assert h.result(timeout=WAIT)["car"] == {"booked": "car"}
+
+
+class Hand(Agent):
+    def go(self, ctx: StepContext) -> Any:
+        return ctx.complete_later()
+
+
+def test_a_skip_naming_no_step_of_a_running_workflow_takes_only_an_unambiguous_one(
+    rt: Runtime,
+) -> None:
+    # It took the first of two steps under way, recorded SUCCEEDED with None, and the
+    # history's operator event said step None: the operator never knew which.
+    rt.add_agent("h", Hand, concurrency=2)
+    flow = Workflow("par").step("x", agent="h", action="go").step("y", agent="h", action="go")
+    rt.add_workflow(flow.step("z", agent="h", action="go", after=["x", "y"]))
+    h = rt.start("par", workflow_id="w")
+    waiting = StepState.WAITING
+    wait_until(
+        rt, lambda: {s.state for s in rt.status("w").steps.values()} == {waiting, State.PENDING}
+    )
+    with pytest.raises(InvalidState, match=r"2 steps under way \('x', 'y'\): name the step"):
+        rt.skip("w", who="ada", why="which?")
+    rt.skip("w", "x", 1, who="ada", why="x by hand")
+    rt.skip("w", result=2, who="ada", why="the one left")  # y alone is under way
+    wait_until(rt, lambda: rt.status("w").steps["z"].state is waiting)
+    rt.skip("w", result=3, who="ada", why="z by hand")
+    assert h.result(timeout=WAIT) == {"x": 1, "y": 2, "z": 3}
+    skipped = [e["step"] for e in rt.history("w") if e["kind"] == "operator"]
+    assert skipped == ["x", "y", "z"]

@@ -168,6 +168,39 @@ def test_a_command_sent_while_no_runtime_runs_is_applied_by_the_next_one(
         assert check_store(rt._store).ok
 
 
+def test_a_queued_command_the_runtime_refuses_is_told_in_the_history_and_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The refusal was recorded only on the command: nothing an operator reads (herder
+    # show, the console, the log) said the queued skip had not been applied.
+    from operator_child import TRIP, Travel
+
+    from herder.runtime import RetryPolicy, WorkflowFailed
+
+    path = tmp_path / "store"
+    with Runtime(path, default_retry=RetryPolicy(max_attempts=1)) as rt:
+        rt.add_agent("t", Travel)
+        rt.add_workflow(TRIP)
+        with pytest.raises(WorkflowFailed):
+            rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    skip = new_command("skip", "w", args={"step": "nope"}, who="t", why="x")
+    command = append_command(path, skip)  # (queued as the CLI queues it)
+    with Runtime(path, default_retry=RetryPolicy(max_attempts=1), sweep_interval=0.05) as rt:
+        rt.add_agent("t", Travel)
+        rt.add_workflow(TRIP)
+        outcome = wait_outcome(path, command, timeout=WAIT)
+        assert outcome is not None
+        assert outcome["state"] == "FAILED"
+        settle(rt)
+        refused = [e for e in rt.history("w") if e["kind"] == "operator" and e.get("refused")]
+    assert [(e["action"], e["step"]) for e in refused] == [("skip", "nope")]
+    assert "has no step 'nope'" in refused[0]["refused"]
+    assert f"command #{command} (skip of w) refused" in caplog.text
+    _, text = run("show", "w", "--store", str(path))
+    assert "operator skip step nope" in text
+    assert "refused: workflow 'w' has no step 'nope'" in text
+
+
 def test_skip_takes_a_json_result_and_refuses_bad_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

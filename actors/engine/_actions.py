@@ -19,6 +19,7 @@ from herder.actors.engine._operator import abandoned_step, given_up, orphan_give
 from herder.actors.engine._states import (
     RESTARTABLE,
     SKIPPABLE,
+    STUCK,
     UNDOING,
     UNSETTLED,
     stuck_step,
@@ -61,17 +62,30 @@ def retry(m: Machine, run: WorkflowRun) -> None:
             m.put_step(run, st, restarted(st, m.token()))
 
 
-def to_skip(run: WorkflowRun, inflight: Container[int]) -> StepRecord | None:
-    """The step a skip that names none takes: a failed compensation (one not running;
-    else a running one, which :func:`skip_refusal` refuses), else the step the workflow
-    is stuck on (:func:`stuck_step`, as the inbox shows it), else the first in plan order
-    that may be skipped; None if there is none."""
+def to_skip(run: WorkflowRun, inflight: Container[int]) -> tuple[StepRecord | None, str]:
+    """The step a skip that names none takes, or None and why there is none to take: a
+    failed compensation (one not running; else a running one, which :func:`skip_refusal`
+    refuses), else the step the workflow is stuck on (:func:`stuck_step`, as the inbox
+    shows it). A running workflow has no inbox entry: its step is taken only when one
+    alone is under way (or waits for a retry); with several, the operator names one."""
+    wid = run.record.id
     steps = [run.steps[spec.name] for spec in run.plan.steps]
     undoing = [st for st in steps if st.state is StepState.COMPENSATING]
     if undoing:
-        return next((st for st in undoing if st.token not in inflight), undoing[0])
+        return next((st for st in undoing if st.token not in inflight), undoing[0]), ""
+    if run.record.state is WorkflowState.RUNNING:
+        under_way = [st for st in steps if st.state in STUCK]
+        if len(under_way) > 1:
+            names = ", ".join(repr(st.name) for st in under_way)
+            return None, (
+                f"workflow {wid!r} is RUNNING with {len(under_way)} steps under way ({names}): "
+                "name the step to skip"
+            )
     stuck = stuck_step(steps)
-    return stuck or next((st for st in steps if skip_refusal(run, st, inflight) is None), None)
+    if stuck is not None:
+        return stuck, ""
+    found = next((st for st in steps if skip_refusal(run, st, inflight) is None), None)
+    return found, "" if found is not None else f"workflow {wid!r} has no step to skip"
 
 
 def skip_refusal(run: WorkflowRun, st: StepRecord, inflight: Container[int]) -> str | None:
@@ -100,7 +114,8 @@ def skip_refusal(run: WorkflowRun, st: StepRecord, inflight: Container[int]) -> 
         which = "which has" if len(waiting) == 1 else "which have"
         return (
             f"step {st.name!r} of workflow {wid!r} runs after {', '.join(map(repr, waiting))}, "
-            f"{which} not succeeded: skip or retry that first, or wait until it succeeds"
+            f"{which} not succeeded: wait until it does, or skip it first (or retry it, "
+            "if the workflow is parked)"
         )
     return (
         f"step {st.name!r} of workflow {wid!r} is {st.state}"
