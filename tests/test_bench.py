@@ -213,3 +213,23 @@ def test_a_missed_ratio_is_not_shown_rounded_up_to_its_target() -> None:
     (line,) = [row for row in _results._ratios(report) if row.startswith("| herder_vs")]
     assert "0.148x at 1,000" in line
     assert line.endswith(">= 0.15x (missed) |")
+
+
+def test_the_throughput_benchmark_judges_each_case_by_the_issues_targets() -> None:
+    # It judged only its best case, against stale targets (15,000 steps/s, 0.30x bare).
+    sys.path.insert(0, str(BENCH))
+    import throughput
+
+    def case(in_flight: int, steps: float, vs_bare: float, cpu: float) -> dict:
+        herder = {"steps_per_s": steps, "vs_bare": vs_bare, "cpu_us_per_step": cpu}
+        return {"in_flight": in_flight, "instances": 4, "herder": herder}
+
+    report = {
+        "targets": {str(n): t for n, t in throughput.TARGETS.items()},
+        "cases": [case(256, 12_500.0, 0.148, 59.0), case(16, 5_000.0, 0.2, 90.0)],
+    }
+    assert throughput.verdicts(report) == [
+        "256 in flight: 12,500 steps/s (target >= 12,000: met), 0.148x bare pykka "
+        "(target >= 0.15x: missed), 59 us CPU/step (target <= 60: met)",
+        "16 in flight: 0.2x bare pykka (target >= 0.13x: met)",
+    ]
