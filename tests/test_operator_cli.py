@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from operator_child import TRIP, Travel
 
 from herder.runtime import (
     Agent,
@@ -32,6 +33,17 @@ from herder.store import Store, append_command, new_command, wait_outcome
 
 CHILD = pathlib.Path(__file__).with_name("operator_child.py")
 WAIT = 20.0
+
+
+def parked_trip(path: Path) -> Path:
+    """A store, with no runtime on it, holding trip ``w`` parked in NEEDS_ATTENTION (its
+    car failed, then the hotel's refund)."""
+    with Runtime(path, default_retry=RetryPolicy(max_attempts=1)) as rt:
+        rt.add_agent("t", Travel)
+        rt.add_workflow(TRIP)
+        with pytest.raises(WorkflowFailed):
+            rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    return path
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -125,16 +137,7 @@ def test_the_cli_refuses_to_write_when_lock_mdb_was_deleted_under_the_daemon(
 def test_with_no_runtime_running_a_deleted_lock_mdb_is_no_reason_to_refuse(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from operator_child import TRIP, Travel
-
-    from herder.runtime import RetryPolicy, WorkflowFailed
-
-    path = tmp_path / "store"
-    with Runtime(path, default_retry=RetryPolicy(max_attempts=1)) as rt:
-        rt.add_agent("t", Travel)
-        rt.add_workflow(TRIP)
-        with pytest.raises(WorkflowFailed):
-            rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    path = parked_trip(tmp_path / "store")
     (path / "lock.mdb").unlink()  # the runtime that recorded it is gone: harmless now
     code, _ = run("abandon", "w", "--store", str(path), "--why", "later", "--timeout", "0")
     assert code == 3, capsys.readouterr().err  # queued for the next runtime
@@ -143,16 +146,7 @@ def test_with_no_runtime_running_a_deleted_lock_mdb_is_no_reason_to_refuse(
 def test_a_command_sent_while_no_runtime_runs_is_applied_by_the_next_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from operator_child import TRIP, Travel
-
-    from herder.runtime import RetryPolicy, WorkflowFailed
-
-    path = tmp_path / "store"
-    with Runtime(path, default_retry=RetryPolicy(max_attempts=1)) as rt:
-        rt.add_agent("t", Travel)
-        rt.add_workflow(TRIP)
-        with pytest.raises(WorkflowFailed):
-            rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    path = parked_trip(tmp_path / "store")
     code, _ = run("skip", "w", "--store", str(path), "--step", "hotel", "--why", "by hand")
     assert code == 3
     assert "queued" in capsys.readouterr().err
@@ -173,16 +167,7 @@ def test_a_queued_command_the_runtime_refuses_is_told_in_the_history_and_the_log
 ) -> None:
     # The refusal was recorded only on the command: nothing an operator reads (herder
     # show, the console, the log) said the queued skip had not been applied.
-    from operator_child import TRIP, Travel
-
-    from herder.runtime import RetryPolicy, WorkflowFailed
-
-    path = tmp_path / "store"
-    with Runtime(path, default_retry=RetryPolicy(max_attempts=1)) as rt:
-        rt.add_agent("t", Travel)
-        rt.add_workflow(TRIP)
-        with pytest.raises(WorkflowFailed):
-            rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    path = parked_trip(tmp_path / "store")
     skip = new_command("skip", "w", args={"step": "nope"}, who="t", why="x")
     command = append_command(path, skip)  # (queued as the CLI queues it)
     with Runtime(path, default_retry=RetryPolicy(max_attempts=1), sweep_interval=0.05) as rt:
