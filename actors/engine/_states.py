@@ -103,8 +103,6 @@ UNSETTLED = frozenset({S.DISPATCHED, S.WAITING, S.UNKNOWN})
 fences them (``_deadline``); an operator's ``compensate`` gives them up (FAILED, a running
 one only when the workflow is parked: nothing will settle them)."""
 
-_GIVEN_UP = UNSETTLED
-
 
 def to_undo(st: StepRecord) -> bool:
     """Whether compensation must undo this step: it succeeded, or it failed in a way that
@@ -118,7 +116,7 @@ def _operator_steps() -> dict[StepState, frozenset[StepState]]:
         rows[s].add(S.PENDING)  # retry
     for s in SKIPPABLE:
         rows[s].add(S.SUCCEEDED)  # skip
-    for s in _GIVEN_UP:
+    for s in UNSETTLED:
         rows[s].add(S.FAILED)  # compensate
     rows[S.COMPENSATING] |= {S.COMPENSATING, S.COMPENSATED}  # retry / skip the undo
     for s in StepState:

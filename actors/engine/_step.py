@@ -210,12 +210,13 @@ def failed(
     )
     if isinstance(verdict, RetryIn):
         back = 0 if verdict.charged else 1  # (given back: the next attempt has its number)
+        at = now + verdict.delay
         if st.state is StepState.COMPENSATING:
-            comp = base.evolve(comp_attempt=max(0, st.comp_attempt - back))
-            return with_timer(comp.evolve(state=st.state, retry_at=now + verdict.delay))
+            comp_attempt = max(0, st.comp_attempt - back)
+            return with_timer(base.evolve(state=st.state, retry_at=at, comp_attempt=comp_attempt))
         state = StepState.RETRY_WAIT  # (a retry is never given for a Permanent failure)
-        again = base.evolve(state=state, retry_at=now + verdict.delay, done_token=token)
-        return with_timer(again.evolve(attempt=max(0, st.attempt - back)))
+        attempt = max(0, st.attempt - back)
+        return with_timer(base.evolve(state=state, retry_at=at, done_token=token, attempt=attempt))
     if isinstance(verdict, GiveUp):
         undo = verdict.undo or st.done_token is not None
         return base.evolve(state=StepState.FAILED, done_token=token if undo else None)
