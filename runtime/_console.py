@@ -27,14 +27,19 @@ CLIP = 200
 """Characters of a value (its repr) that ``herder show``'s text view prints."""
 
 
+def clipped(text: str, limit: int, whole: str) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was and what prints it
+    ``whole`` (one big input or result must not make a view of tens of MB)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters; {whole} prints it all)"
+
+
 def value_text(value: object) -> str:
     """A workflow's input or a step's result as ``herder show`` prints it: its repr,
     clipped to :data:`CLIP` characters, so that one big result does not become every
-    row's width (``--json`` prints it whole)."""
-    text = repr(value)
-    if len(text) <= CLIP:
-        return text
-    return f"{text[:CLIP]}... ({len(text):,} characters; --json prints it all)"
+    row's width."""
+    return clipped(repr(value), CLIP, "--json")
 
 
 def printable(value: object) -> str:

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 from herder.actors import FACTS_REFRESH, FACTS_STALE
 from herder.actors.engine import ended_for_good, operator_refusal
+from herder.runtime._console import clipped
 from herder.runtime._inbox import InboxItem
 from herder.runtime._inspect import _story
 from herder.runtime._operator_cli import ACTIONS
@@ -46,9 +47,7 @@ def pretty(value: Any) -> str:
     """Stored data as indented JSON (anything JSON cannot say, as its repr), clipped to
     :data:`SHOWN` characters."""
     text = json.dumps(value, indent=2, default=repr, ensure_ascii=False)
-    if len(text) <= SHOWN:
-        return text
-    return f"{text[:SHOWN]}\n... ({len(text):,} characters; herder show ID --json prints it all)"
+    return clipped(text, SHOWN, "herder show ID --json")
 
 
 def layout(title: str, body: str, *, store: str, active: str, csrf: str | None) -> str:
