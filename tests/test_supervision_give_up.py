@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow, WorkflowFailed
+from herder.runtime import (
+    Agent,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    Workflow,
+    WorkflowFailed,
+    WorkflowHandle,
+)
 from herder.runtime.testing import FakeClock, crash_instance, hang_until
 
 WAIT = 10.0
@@ -70,17 +78,26 @@ def open_runtime(path: Path, host: str) -> Runtime:
     )
 
 
+def bystander_beside_crasher(
+    rt: Runtime, shared: Shared, retry: RetryPolicy
+) -> tuple[WorkflowHandle, WorkflowHandle]:
+    """Workflow ``b`` runs its one step (policy ``retry``) on one instance of ``svc``,
+    then workflow ``c`` crashes the other until the runtime gives up on both; their
+    handles."""
+    rt.add_agent("svc", functools.partial(Svc, shared), concurrency=2)
+    rt.add_workflow(Workflow("bystander").step("s", agent="svc", action="wait", retry=retry))
+    rt.add_workflow(Workflow("crasher").step("c", agent="svc", action="crash", retry=THRICE))
+    bystander = rt.start("bystander", workflow_id="b")
+    assert shared.running.wait(WAIT)
+    return bystander, rt.start("crasher", workflow_id="c")
+
+
 @pytest.mark.parametrize("host", ["pool", "thread"])
 def test_an_attempt_lost_when_its_agent_is_given_up_on_is_not_charged(
     tmp_path: Path, host: str, shared: Shared
 ) -> None:
     with open_runtime(tmp_path / "s", host) as rt:
-        rt.add_agent("svc", functools.partial(Svc, shared), concurrency=2)
-        rt.add_workflow(Workflow("bystander").step("s", agent="svc", action="wait", retry=ONCE))
-        rt.add_workflow(Workflow("crasher").step("c", agent="svc", action="crash", retry=THRICE))
-        bystander = rt.start("bystander", workflow_id="b")
-        assert shared.running.wait(WAIT)
-        crasher = rt.start("crasher", workflow_id="c")
+        bystander, crasher = bystander_beside_crasher(rt, shared, ONCE)
         # The crashing attempts are charged as ever: the third one is its last.
         with pytest.raises(WorkflowFailed, match="agent instance crashed: InstanceCrash: boom"):
             crasher.result(timeout=WAIT)
@@ -98,13 +115,9 @@ def test_an_attempt_lost_to_a_give_up_leaves_the_step_all_its_tries(
     # The lost attempt kept its number: with max_attempts=3 the step had two real tries.
     shared.fail = True
     with open_runtime(tmp_path / "s", host) as rt:
-        rt.add_agent("svc", functools.partial(Svc, shared), concurrency=2)
-        rt.add_workflow(Workflow("bystander").step("s", agent="svc", action="wait", retry=THRICE))
-        rt.add_workflow(Workflow("crasher").step("c", agent="svc", action="crash", retry=THRICE))
-        bystander = rt.start("bystander", workflow_id="b")
-        assert shared.running.wait(WAIT)
+        bystander, crasher = bystander_beside_crasher(rt, shared, THRICE)
         with pytest.raises(WorkflowFailed):
-            rt.start("crasher", workflow_id="c").result(timeout=WAIT)
+            crasher.result(timeout=WAIT)
         with pytest.raises(WorkflowFailed, match="real try 3"):
             bystander.result(timeout=WAIT)
         assert shared.runs == 4  # the lost one, then three real tries
