@@ -24,7 +24,7 @@ from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat, Run
 from herder.actors._wiring import EngineListener
 from herder.actors.engine import Defaults, Dispatched, Job, WorkflowRun, idempotency_key
-from herder.store import LeaseLost, Plan, RetryPolicy, Store, builder
+from herder.store import LeaseLost, Plan, RetryPolicy, StepRecord, Store, builder
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -196,6 +196,20 @@ def _holds_lease(ctx: EngineContext) -> bool:
 _new_context = builder(StepContext)  # (StepContext(...) at half the cost: once per step)
 
 
+def kept_results(run: WorkflowRun) -> dict[str, Any]:
+    """The results of the run's succeeded steps by name, in the order they succeeded:
+    gathered once (by the token each success drew, so a reload lists them as before),
+    then kept as steps change (``Decision.put_step`` adds each success last)."""
+    if run.results is None:
+        ended = sorted((st for st in run.steps.values() if st.succeeded), key=_succeeded_order)
+        run.results = {st.name: st.result for st in ended}
+    return run.results
+
+
+def _succeeded_order(st: StepRecord) -> int:
+    return st.done_token or 0
+
+
 def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) -> None:
     """Build what the agent will be told of the attempt the engine just recorded
     (``done``): its :class:`StepContext` with its port, in the :class:`Run` message the
@@ -206,10 +220,7 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
     # Not copied here: the action's own copies are made on its thread, of the input
     # before it runs (call_action), of a result when it reads it (Results): an action
     # that changes either changes neither what is kept nor what another attempt is given.
-    shared = {}
-    for name, st in run.steps.items():  # (a loop: a comprehension is a call in 3.11)
-        if st.succeeded:
-            shared[name] = st.result
+    shared = kept_results(run)
     # Every field in order: workflow_id, step, action, attempt, input, results,
     # idempotency_key, token, compensating, _port, trace_context (the workflow's;
     # runtime/_tracing.py refines it), deadline.

@@ -238,7 +238,9 @@ class Operator:
             )
         record = recall_reason(self._store, record)  # (one stored before reasons were kept)
         steps = {s.name: s for s in plan_steps(record, self._store.steps_of(op.workflow_id), plan)}
-        return WorkflowRun(record, plan, steps, self._engine.specs_of(plan, record)), True
+        run = WorkflowRun(record, plan, steps, self._engine.specs_of(plan, record))
+        run.dependents = self._engine.shape(plan)[2]
+        return run, True
 
     def _adopt(self, run: WorkflowRun, parked: bool) -> None:
         """Make a parked run active again (after the action was validated)."""

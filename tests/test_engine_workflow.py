@@ -7,10 +7,11 @@ gives the steps' states and says what runs, waits, is undone or how the workflow
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
-from herder.actors.engine._workflow import Advance, advance, when_compensating
+from herder.actors.engine._workflow import Advance, advance, dependents, when_compensating
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowState
 
 S = StepState
@@ -113,3 +114,117 @@ def test_beginning_compensation_gives_up_pending_retries_and_delayed_starts() ->
     assert (cleared.state, cleared.token, cleared.timer_ms) == (S.PENDING, 11, None)
     for untouched in (StepRecord("w", "b"), StepRecord("w", "b", state=S.SUCCEEDED)):
         assert when_compensating(untouched, tokens=tokens, now=NOW) is None
+
+
+# -- advance at scale: the dependents of a success, and the memo ------------------------
+
+JOIN = (
+    StepSpec("a", agent="svc", action="do"),
+    StepSpec("b", agent="svc", action="do", after=("a",)),
+    StepSpec("c", agent="svc", action="do", after=("a",), delay=5.0),
+    StepSpec("d", agent="svc", action="do", after=("a", "b", "c")),
+)
+JOIN_PLAN = Plan("join", 1, JOIN)
+JOIN_SPECS = {spec.name: spec for spec in JOIN}
+SOME = (S.PENDING, S.DISPATCHED, S.SUCCEEDED, S.RETRY_WAIT)
+
+
+def _random_steps(rand: random.Random) -> dict[str, StepRecord]:
+    return {s.name: StepRecord("w", s.name, state=rand.choice(SOME)) for s in JOIN}
+
+
+def test_the_memo_never_changes_what_a_workflow_does() -> None:
+    """``marks`` remembers where a scan stopped; a step that stops having succeeded
+    (against the rules, but the memo must not rely on them) is still seen."""
+    rand = random.Random(7)
+    for _ in range(3000):
+        marks: dict[str, int] = {}
+        for _ in range(4):
+            steps = _random_steps(rand)
+            fresh = advance(W.RUNNING, JOIN_PLAN, steps, JOIN_SPECS, (), cancelled=False, now=NOW)
+            kept = advance(
+                W.RUNNING, JOIN_PLAN, steps, JOIN_SPECS, (), cancelled=False, now=NOW, marks=marks
+            )
+            assert kept == fresh, (steps, marks)
+
+
+def test_after_a_success_its_dependents_are_all_that_can_have_become_ready() -> None:
+    """From a settled workflow (whatever could run is queued), one step succeeding
+    frees the same steps whether only its dependents or all steps are looked at."""
+    rand, freed_by = random.Random(11), dependents(JOIN_PLAN)
+    compared = 0
+    for _ in range(3000):
+        steps = _random_steps(rand)
+        busy = [name for name, st in steps.items() if st.state is S.DISPATCHED]
+        if not busy:
+            continue
+        settled = advance(W.RUNNING, JOIN_PLAN, steps, JOIN_SPECS, (), cancelled=False, now=NOW)
+        queued = settled.run
+        for name in settled.wait:  # (its delay recorded, as the engine does)
+            steps[name] = steps[name].evolve(retry_at=NOW + 5)
+        done = rand.choice(busy)
+        steps[done] = steps[done].evolve(state=S.SUCCEEDED)
+        whole = advance(W.RUNNING, JOIN_PLAN, steps, JOIN_SPECS, queued, cancelled=False, now=NOW)
+        only = advance(
+            W.RUNNING,
+            JOIN_PLAN,
+            steps,
+            JOIN_SPECS,
+            queued,
+            cancelled=False,
+            now=NOW,
+            freed=freed_by[done],
+            marks={},
+        )
+        assert only == whole, (steps, queued, done)
+        compared += 1
+    assert compared > 1000
+
+
+class _Counted(dict[str, StepRecord]):
+    """A workflow's steps that count how often one is looked up."""
+
+    looked = 0
+
+    def __getitem__(self, name: str) -> StepRecord:
+        _Counted.looked += 1
+        return dict.__getitem__(self, name)
+
+    def get(self, name: str, default: StepRecord | None = None) -> StepRecord | None:  # type: ignore[override]
+        _Counted.looked += 1
+        return dict.get(self, name, default)
+
+
+def test_a_fan_out_of_n_steps_costs_order_n_lookups_in_all() -> None:
+    """A root, N steps after it and a join after all of them: running it to the end
+    looks steps up O(N) times in all (it was O(N) per success: minutes at 20,000)."""
+    n = 2000
+    specs = (
+        StepSpec("root", agent="svc", action="do"),
+        *(StepSpec(f"s{i}", agent="svc", action="do", after=("root",)) for i in range(n)),
+        StepSpec("join", agent="svc", action="do", after=tuple(f"s{i}" for i in range(n))),
+    )
+    plan = Plan("fan", 1, specs)
+    by_name, freed_by, marks = {s.name: s for s in specs}, dependents(plan), {}
+    steps = _Counted({s.name: StepRecord("w", s.name) for s in specs})
+
+    def succeed(name: str) -> Advance:
+        dict.__setitem__(steps, name, StepRecord("w", name, state=S.SUCCEEDED))
+        return advance(
+            W.RUNNING,
+            plan,
+            steps,
+            by_name,
+            (),
+            cancelled=False,
+            now=NOW,
+            freed=freed_by[name],
+            marks=marks,
+        )
+
+    _Counted.looked = 0
+    assert succeed("root").run == tuple(f"s{i}" for i in range(n))
+    for i in range(n):  # (in order: a scan from the first would pass all before it)
+        assert succeed(f"s{i}").run == (("join",) if i == n - 1 else ())
+    assert succeed("join") == Advance(finish=W.SUCCEEDED)
+    assert _Counted.looked < 12 * n

@@ -186,6 +186,11 @@ class Decision:
     def put_step(self, run: WorkflowRun, old: StepRecord, new: StepRecord, now: float) -> None:
         """Record a step's new state in memory and write it."""
         run.steps[new.name] = new
+        if run.results is not None:
+            if new.succeeded:
+                run.results[new.name] = new.result
+            elif old.succeeded:
+                run.results.pop(new.name, None)
         self.writes.append(StepWrite(run.record.id, old, new, now, self.note))
 
     def set_record(self, run: WorkflowRun, now: float, **changes: Any) -> WorkflowRecord:

@@ -49,6 +49,7 @@ from herder.actors.engine._resume import count_crash, resume_steps
 from herder.actors.engine._retry import GIVEN_UP_ERROR
 from herder.actors.engine._runs import Attempt, Dispatched, WorkflowRun
 from herder.actors.engine._step import attempt_timeout, beats, dispatch, heartbeat, lapse
+from herder.actors.engine._workflow import Dependents, dependents
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowRecord, plan_steps
 
 CRASH_ERROR = "herder.InstanceCrashed"
@@ -72,7 +73,8 @@ class Engine(Machine):
         self.healthy = healthy
         self._plans = plans
         self._has_probe = has_probe  # (agent, action): the agent defines its probe
-        self._plan_specs: dict[tuple[str, int], dict[str, StepSpec]] = {}
+        # (name, version) -> the plan, its steps by name, their dependents (_shape)
+        self._shapes: dict[tuple[str, int], tuple[Plan, dict[str, StepSpec], Dependents]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             Answered: self._answered_event,
             Completed: self._completed,
@@ -190,6 +192,7 @@ class Engine(Machine):
             steps = plan_steps(record, steps, plan)  # missing: PENDING
         by_name = {s.name: s for s in steps}
         run = WorkflowRun(record, plan, by_name, self.specs_of(plan, record))
+        run.dependents = self.shape(plan)[2]
         if new:
             run.origin = record
         self.runs[record.id] = run
@@ -213,16 +216,22 @@ class Engine(Machine):
         """The plan's steps by name (shared by its runs), with the agents the workflow
         resolved at its start (``record.agents``, runtime/_routing.py) in place of their
         templates: everything downstream dispatches to ``spec.agent``."""
-        key = (plan.name, plan.version)
-        specs = self._plan_specs.get(key)
-        if specs is None or self._plans.get(key) is not plan:
-            specs = self._plan_specs[key] = {spec.name: spec for spec in plan.steps}
+        specs = self.shape(plan)[1]
         if record.agents:
             specs = dict(specs)
             for step, agent in record.agents.items():
                 if step in specs:
                     specs[step] = dataclasses.replace(specs[step], agent=agent)
         return specs
+
+    def shape(self, plan: Plan) -> tuple[Plan, dict[str, StepSpec], Dependents]:
+        """``plan`` with its steps by name and their :func:`dependents`, made once per
+        plan (again if a definition was replaced under its version)."""
+        shape = self._shapes.get((plan.name, plan.version))
+        if shape is None or shape[0] is not plan:
+            by_name = {spec.name: spec for spec in plan.steps}
+            shape = self._shapes[plan.name, plan.version] = (plan, by_name, dependents(plan))
+        return shape
 
     # -- events ------------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ from herder.actors.engine._workflow import advance, when_compensating
 from herder.store import (
     RetryPolicy,
     StepRecord,
+    StepSpec,
     StepState,
     WorkflowRecord,
     WorkflowState,
@@ -190,8 +191,9 @@ class Machine:
 
     # -- the state machine -------------------------------------------------------------
 
-    def advance(self, run: WorkflowRun) -> None:
-        """Queue what can run next, or finish the workflow (``advance`` decides)."""
+    def advance(self, run: WorkflowRun, freed: tuple[StepSpec, ...] | None = None) -> None:
+        """Queue what can run next, or finish the workflow (``advance`` decides);
+        ``freed``: only those steps can have become ready (None: any)."""
         now = self.now
         then = advance(
             run.record.state,
@@ -201,6 +203,8 @@ class Machine:
             run.queued,
             cancelled=run.record.cancelled,
             now=now,
+            freed=freed,
+            marks=run.marks,
         )
         for name in then.wait:
             # Recorded (retry_at and a timer in the store) so the wait survives restarts;
@@ -241,6 +245,8 @@ class Machine:
         else:
             self._out.put_step(run, st, succeeded_with(st, result, token, now), now)
             self.counters["succeeded"] += 1
+            self.advance(run, run.dependents.get(st.name))  # (what it may have freed)
+            return
         self.advance(run)
 
     def failed(

@@ -29,6 +29,13 @@ class WorkflowRun:
     # The record a start() admitted it with, while that record may not be durable yet
     # (runtime/_starts.py); a failed creation is told with that object (Unadmit).
     origin: WorkflowRecord | None = None
+    # Each step's dependents (in plan order; shared by the plan's runs; empty:
+    # not known, every step is looked at) and advance's memo (_workflow.advance).
+    dependents: dict[str, tuple[StepSpec, ...]] = field(default_factory=dict)
+    marks: dict[str, int] = field(default_factory=dict)
+    # The results of the steps that succeeded, by name, kept as they change (None: not
+    # gathered yet): what an attempt is given, without a pass over every step.
+    results: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

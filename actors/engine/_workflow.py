@@ -10,7 +10,11 @@ compensation (:func:`~._states.to_undo`), one at a time in reverse completion or
 
 - :func:`advance` — the decision, as an :class:`Advance`;
 - :func:`waits_for` — the dependencies a step still waits for (a step may leave PENDING
-  only once there are none: the run, a skip and ``herder check`` ask it);
+  only once there are none: the run (through its memo), a skip and ``herder check``
+  ask it);
+- :func:`dependents` — which steps name each step in ``after=`` (what its success may
+  free: ``advance`` after a success looks at those only, so a workflow of N steps costs
+  O(N) in all, not O(N) per step);
 - :func:`when_compensating` — what beginning compensation does to one step: a pending
   retry is given up (it may have taken effect, so it is undone too), a delayed start
   loses its timer.
@@ -20,7 +24,7 @@ Imports: herder.store records and this package's tables; time and tokens are arg
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 
 from herder.actors.engine._states import BUSY, to_undo
@@ -51,11 +55,19 @@ def advance(
     *,
     cancelled: bool,
     now: float,
+    freed: tuple[StepSpec, ...] | None = None,
+    marks: MutableMapping[str, int] | None = None,
 ) -> Advance:
     """What the workflow in ``state`` does next, given its ``steps`` (and those already
-    ``queued``, which are not queued again)."""
+    ``queued``, which are not queued again).
+
+    ``freed``: only these steps can have become ready (the :func:`dependents` of a
+    step that just succeeded, in plan order; None: any). ``marks`` is the run's memo of
+    where each step's dependencies were found unfinished (and ``""``: where the plan's
+    first unfinished step was), so that a step after many others, or a long plan, is
+    not rescanned whole on every success; the answer is the same without it."""
     if state is WorkflowState.RUNNING:
-        return _forward(plan, steps, queued, now)
+        return _forward(plan, steps, queued, now, freed=freed, marks={} if marks is None else marks)
     if state is not WorkflowState.COMPENSATING:
         return _NOTHING
     if any(s.state in BUSY for s in steps.values()):
@@ -67,18 +79,22 @@ def advance(
 
 
 def _forward(
-    plan: Plan, steps: Mapping[str, StepRecord], queued: Collection[str], now: float
+    plan: Plan,
+    steps: Mapping[str, StepRecord],
+    queued: Collection[str],
+    now: float,
+    *,
+    freed: tuple[StepSpec, ...] | None,
+    marks: MutableMapping[str, int],
 ) -> Advance:
-    succeeded, pending = StepState.SUCCEEDED, StepState.PENDING
+    pending = StepState.PENDING
     run: list[str] = []
     wait: list[str] = []
-    all_done = True
-    for spec in plan.steps:
+    if freed is None and _all_succeeded(plan, steps, marks):
+        return _SUCCEEDED
+    for spec in plan.steps if freed is None else freed:
         st = steps[spec.name]
-        if st.state is succeeded:
-            continue
-        all_done = False
-        if st.state is not pending or spec.name in queued or waits_for(spec, steps):
+        if st.state is not pending or spec.name in queued or _waits(spec, steps, marks):
             continue
         if st.retry_at is not None:
             if ms(st.retry_at) <= ms(now):  # its wait is over (timers are whole ms)
@@ -87,9 +103,57 @@ def _forward(
             wait.append(spec.name)
         else:
             run.append(spec.name)
-    if all_done:
+    if run or wait:
+        return Advance(run=tuple(run), wait=tuple(wait))
+    if freed is not None and _all_succeeded(plan, steps, marks):
         return _SUCCEEDED
-    return Advance(run=tuple(run), wait=tuple(wait)) if run or wait else _NOTHING
+    return _NOTHING
+
+
+def _all_succeeded(
+    plan: Plan, steps: Mapping[str, StepRecord], marks: MutableMapping[str, int]
+) -> bool:
+    """Whether every step has succeeded: scanned on from the first unfinished step
+    found last time (``marks[""]``), and, once the end is reached, checked whole."""
+    succeeded, specs = StepState.SUCCEEDED, plan.steps
+    start = i = marks.get("", 0)
+    while i < len(specs) and steps[specs[i].name].state is succeeded:
+        i += 1
+    marks[""] = i
+    if i < len(specs):
+        return False
+    return not start or all(steps[s.name].state is succeeded for s in specs)
+
+
+def _waits(
+    spec: StepSpec, steps: Mapping[str, StepRecord], marks: MutableMapping[str, int]
+) -> bool:
+    """Whether :func:`waits_for` has anything for ``spec``: scanned on from the
+    dependency found unfinished last time (``marks[spec.name]``), and, once the end is
+    reached, checked whole."""
+    after, succeeded = spec.after, StepState.SUCCEEDED
+    start = i = marks.get(spec.name, 0)
+    while i < len(after):
+        st = steps.get(after[i])
+        if st is None or st.state is not succeeded:
+            marks[spec.name] = i
+            return True
+        i += 1
+    marks[spec.name] = i
+    return bool(start) and bool(waits_for(spec, steps))
+
+
+Dependents = dict[str, tuple[StepSpec, ...]]
+"""Each step's dependents by its name (:func:`dependents`)."""
+
+
+def dependents(plan: Plan) -> Dependents:
+    """Each step's dependents: the steps that name it in ``after=``, in plan order."""
+    found: dict[str, list[StepSpec]] = {spec.name: [] for spec in plan.steps}
+    for spec in plan.steps:
+        for dep in spec.after:
+            found[dep].append(spec)
+    return {name: tuple(specs) for name, specs in found.items()}
 
 
 def waits_for(spec: StepSpec, steps: Mapping[str, StepRecord]) -> list[str]:
