@@ -233,3 +233,17 @@ def test_the_throughput_benchmark_judges_each_case_by_the_issues_targets() -> No
         "(target >= 0.15x: missed), 59 us CPU/step (target <= 60: met)",
         "16 in flight: 0.2x bare pykka (target >= 0.13x: met)",
     ]
+
+
+def test_the_wide_benchmark_reports_each_size(tmp_path: pathlib.Path) -> None:
+    """``wide.py`` on tiny sizes: each size's row in the table and the JSON report (its
+    own check, that the join counted every step, would fail the run)."""
+    out = tmp_path / "wide.json"
+    cmd = [sys.executable, str(BENCH / "wide.py"), "--steps", "10,40", "--rounds", "1"]
+    run = subprocess.run(
+        [*cmd, "--out", str(out)], check=True, timeout=120, capture_output=True, text=True
+    )
+    assert [line.split()[0] for line in run.stdout.splitlines()[2:4]] == ["12", "42"]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["steps"] for row in rows] == [12, 42]
+    assert all(row["cpu_us_per_step"] > 0 for row in rows)
