@@ -163,7 +163,7 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
         "step": new.name,
         "from": old.state.value,
         "to": new.state.value,
-        "attempt": new.comp_attempt if compensating else new.attempt,
+        "attempt": _event_attempt(old, new, compensating),
         "token": new.token,
         "error": _event_error(old, new, failure),
     }
@@ -171,6 +171,15 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
     if agent is not None:
         event["agent"] = agent
     return event
+
+
+def _event_attempt(old: StepRecord, new: StepRecord, undoing: bool) -> int:
+    """The attempt a step event names: the new record's, except when a failed attempt
+    gave its number back (lost through no fault of its own, it does not count: the next
+    attempt has its number) — then the one that failed, as its log line says. A number
+    reset by an operator (no error) is the new one."""
+    was, now = (old.comp_attempt, new.comp_attempt) if undoing else (old.attempt, new.attempt)
+    return was if now < was and new.error is not None else now
 
 
 def _compensation_failed(old: StepRecord, new: StepRecord) -> bool:
@@ -213,7 +222,7 @@ def step_history(
         return (HISTORY_DB, prefix + seq_suffix(seq())), _stored(event)
     state = new.state  # a StrEnum: packed as its value
     error = _event_error(old, new, failure)
-    attempt = new.comp_attempt if state in _UNDOING else new.attempt
+    attempt = _event_attempt(old, new, state in _UNDOING)
     stored = [_STEP, now, new.name, old.state, state, attempt, new.token, error]
     if note is not None and error:
         stored.append(note)

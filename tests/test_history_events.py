@@ -81,6 +81,35 @@ def test_a_change_that_is_no_transition_has_no_event_and_draws_no_sequence() -> 
     assert next(drawn) == 1  # no sequence number was drawn
 
 
+LOST = "herder.InstanceGivenUp: its agent was given up on"
+COMPENSATING = BASE.evolve(state=S.COMPENSATING, comp_attempt=2, token=9)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        # lost through no fault of its own: its number given back, the event names it
+        (BASE, BASE.evolve(state=S.RETRY_WAIT, attempt=0, token=9, error=LOST), 1),
+        (COMPENSATING, COMPENSATING.evolve(comp_attempt=1, token=10, error=LOST), 2),
+        # reset by an operator (no error): the new number
+        (BASE.evolve(state=S.FAILED, attempt=3), BASE.evolve(state=S.PENDING, attempt=0), 0),
+        (COMPENSATING, COMPENSATING.evolve(comp_attempt=0, token=10), 0),
+        # a new attempt: its own number
+        (BASE.evolve(state=S.RETRY_WAIT), BASE.evolve(attempt=2, token=9), 2),
+    ],
+)
+def test_an_event_names_the_attempt_that_ended_also_when_its_number_was_given_back(
+    old: StepRecord, new: StepRecord, named: int
+) -> None:
+    # An uncharged loss stored "attempt 0" while its log line said attempt 1 failed.
+    event = step_event(old, new, 1.0)
+    assert event is not None
+    assert event["attempt"] == named
+    entry = step_history(key_prefix("wf-1"), old, new, 1.0, note=None, seq=lambda: 5)
+    assert entry is not None
+    assert as_event(decode(entry[1], db="history", key=entry[0][1]))["attempt"] == named
+
+
 W = WorkflowState
 RECORD = WorkflowRecord("wf-1", "order", 1, {"n": 1}, W.RUNNING, created=1.0, updated=2.0)
 
