@@ -94,6 +94,10 @@ class SupervisedActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
+    reported_failures: tuple[type[BaseException], ...] = ()
+    """Failures whoever started the actor reports itself (the crash of an agent instance,
+    told to its Scheduler as the attempt's failure): pykka does not log them too."""
+
     @staticmethod
     def _create_actor_inbox() -> Any:
         # A SimpleQueue has no Condition: put + get cost about a tenth of queue.Queue's,
@@ -133,6 +137,11 @@ class SupervisedActor(pykka.ThreadingActor):
     ) -> None:
         if self._herder_failure is None and exception_value is not None:
             self._herder_failure = exception_value
+        if isinstance(exception_value, self.reported_failures):
+            # What pykka does after its "Unhandled exception" traceback, without it.
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            return
         super()._handle_failure(exception_type, exception_value, traceback)
 
     def _herder_report_exit(self) -> None:

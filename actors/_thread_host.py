@@ -24,13 +24,13 @@ from herder.actors._action import run_attempt
 from herder.actors._agent import Agent
 from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
-from herder.actors._host import AgentUnavailable, GivenUp
+from herder.actors._host import AgentUnavailable, GivenUp, InstanceCrash
 from herder.actors._hosted import Hosted, HostedAgents, Instance, request_agent_supervisor
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildEvent, ChildEventKind, ChildSpec, Restart
-from herder.store import contain, crash_point, explain
+from herder.store import UserCodeFailed, contain, crash_point, explain
 
 _log = logging.getLogger("herder.agents")
 
@@ -39,6 +39,7 @@ class AgentInstance(SupervisedActor):
     """One pykka actor running one agent object; serves one attempt at a time."""
 
     use_daemon_thread = True
+    reported_failures = (InstanceCrash, UserCodeFailed)  # (logged as on the pool host)
 
     def __init__(
         self,

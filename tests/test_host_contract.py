@@ -236,11 +236,20 @@ def test_hand_offs_and_probe_verdicts_are_reported_as_kinds(driver: Driver) -> N
     assert probed.result == {"found": True}
 
 
-def test_a_crashed_instance_loses_its_attempt_and_is_replaced(driver: Driver) -> None:
+def test_a_crashed_instance_loses_its_attempt_and_is_replaced(
+    driver: Driver, caplog: pytest.LogCaptureFixture
+) -> None:
     _, token = driver.send("worker", "crash")
     while token not in driver.lost:
         driver._handle(driver.inbox.get(timeout=WAIT))
     assert driver.run("worker", "ok", 2).result == 2
+    assert _pykka_errors(caplog) == []  # the Scheduler reports the lost attempt, once
+
+
+def _pykka_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """pykka's "Unhandled exception" tracebacks: on the thread host they came on top of
+    the Scheduler's report of the attempt, showing herder's frames."""
+    return [r.getMessage() for r in caplog.records if r.name == "pykka" and r.levelname == "ERROR"]
 
 
 def test_a_hung_attempt_is_replaced_by_its_token_and_its_late_answer_is_fenced(
@@ -282,7 +291,7 @@ def test_no_more_instances_than_the_concurrency_run_at_once(driver: Driver) -> N
 
 
 def test_an_agent_whose_factory_fails_is_unavailable_or_loses_the_attempt(
-    driver: Driver,
+    driver: Driver, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A host builds agent objects before an attempt (AgentUnavailable, nothing charged)
     or with it (the attempt is lost, as in a crash); either way the host serves on."""
@@ -299,6 +308,7 @@ def test_an_agent_whose_factory_fails_is_unavailable_or_loses_the_attempt(
             driver._handle(driver.inbox.get(timeout=WAIT))
         assert driver.host.busy_tokens("broken") == []
     assert driver.run("worker", "ok", 4).result == 4
+    assert _pykka_errors(caplog) == []
 
 
 @pytest.mark.slow

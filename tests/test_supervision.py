@@ -17,6 +17,7 @@ from herder.actors import (
     Restart,
     RestartIntensityExceeded,
     Strategy,
+    SupervisedActor,
     SupervisorStartError,
     start_supervisor,
 )
@@ -403,3 +404,24 @@ def test_bad_specs_and_flags_are_refused_naming_the_field_and_value(
 def test_restart_types_and_strategies_accept_their_string_values() -> None:
     assert ChildSpec("a", Worker.start, restart="transient").restart is Restart.TRANSIENT  # type: ignore[arg-type]
     assert Strategy("rest_for_one") is Strategy.REST_FOR_ONE
+
+
+class _Failing(SupervisedActor):
+    reported_failures = (KeyError,)
+
+    def on_receive(self, message: Any) -> Any:
+        raise message
+
+
+@pytest.mark.parametrize(("failure", "logged"), [(ValueError("bug"), True), (KeyError("x"), False)])
+def test_pykka_logs_a_failure_unless_the_actor_class_says_it_is_reported(
+    failure: BaseException, logged: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent instance's crash is told to the Scheduler, which logs it; any other
+    failure of a supervised actor (a bug of herder's) keeps pykka's traceback."""
+    ref = _Failing.start()
+    ref.tell(failure)
+    assert ref.actor_stopped.wait(WAIT)
+    assert not ref.is_alive()
+    errors = [r for r in caplog.records if r.name == "pykka" and r.levelname == "ERROR"]
+    assert bool(errors) is logged
