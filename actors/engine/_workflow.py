@@ -13,8 +13,8 @@ compensation (:func:`~._states.to_undo`), one at a time in reverse completion or
   only once there are none: the run (through its memo), a skip and ``herder check``
   ask it);
 - :func:`dependents` — which steps name each step in ``after=`` (what its success may
-  free: ``advance`` after a success looks at those only, so a workflow of N steps costs
-  O(N) in all, not O(N) per step);
+  free: ``advance`` after a success looks at those only, so advancing a workflow of N
+  steps costs O(N) in all, not O(N) per step);
 - :func:`when_compensating` — what beginning compensation does to one step: a pending
   retry is given up (it may have taken effect, so it is undone too), a delayed start
   loses its timer.
