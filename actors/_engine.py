@@ -23,7 +23,7 @@ from herder.actors._host import AgentHost
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat, Run
 from herder.actors._wiring import EngineListener
-from herder.actors.engine import Defaults, Dispatched, Job, WorkflowRun, idempotency_key
+from herder.actors.engine import WIDE, Defaults, Dispatched, Job, WorkflowRun, idempotency_key
 from herder.store import LeaseLost, Plan, RetryPolicy, StepRecord, Store, builder
 
 _log = logging.getLogger("herder.scheduler")
@@ -197,13 +197,20 @@ _new_context = builder(StepContext)  # (StepContext(...) at half the cost: once 
 
 
 def kept_results(run: WorkflowRun) -> dict[str, Any]:
-    """The results of the run's succeeded steps by name, in the order they succeeded:
-    gathered once (by the token each success drew, so a reload lists them as before),
-    then kept as steps change (``Decision.put_step`` adds each success last)."""
-    if run.results is None:
-        ended = sorted((st for st in run.steps.values() if st.succeeded), key=_succeeded_order)
-        run.results = {st.name: st.result for st in ended}
-    return run.results
+    """The results of the run's succeeded steps by name, in the order they succeeded
+    (by the token each success drew, so a reload lists them as before). A run of a wide
+    plan (``WIDE``) gathers them once and keeps them as steps change
+    (``Decision.put_step`` adds each success last); a small one gathers them each time
+    and keeps nothing while it waits."""
+    kept = run.results
+    if kept is None:
+        ended = [st for st in run.steps.values() if st.succeeded]
+        if len(ended) > 1:
+            ended.sort(key=_succeeded_order)
+        kept = {st.name: st.result for st in ended}
+        if len(run.plan.steps) > WIDE:
+            run.results = kept
+    return kept
 
 
 def _succeeded_order(st: StepRecord) -> int:

@@ -9,7 +9,7 @@ import itertools
 from typing import Any
 
 from herder.actors._engine import kept_results
-from herder.actors.engine import Answered, Defaults, Engine, Enqueue, Reserved, Resumed
+from herder.actors.engine import WIDE, Answered, Defaults, Engine, Enqueue, Reserved, Resumed
 from herder.actors.engine._decision import Decision
 from herder.store import Plan, StepSpec, WorkflowRecord, WorkflowState
 
@@ -100,3 +100,27 @@ def test_results_are_listed_in_the_order_their_steps_succeeded_also_after_a_relo
     again = _Driver(engine, "w1")
     again.dispatch(engine.handle(Resumed("w1", recovered=True), now=4.0, rand=_HALF))
     assert again.seen["d"] == ["a", "c", "b"]
+
+
+def test_a_small_waiting_workflow_keeps_no_memo_and_no_results_a_wide_one_keeps_both() -> None:
+    """What spares the Scheduler a pass over every step costs memory each waiting run
+    holds (+390 B for a two-step reminder waiting a day, +16%); below WIDE steps the
+    pass is cheaper, and results are gathered afresh for each attempt, in the same order."""
+    small = Plan("small", 1, (
+        StepSpec("a", agent="svc", action="x"),
+        StepSpec("b", agent="svc", action="x", after=("a",)),
+        StepSpec("c", agent="svc", action="x", after=("b",)),
+    ))  # fmt: skip
+    fan = tuple(StepSpec(f"s{i}", agent="svc", action="x", after=("a",)) for i in range(WIDE))
+    wide = Plan("wide", 1, (StepSpec("a", agent="svc", action="x"), *fan))
+    engine = _engine({("small", 1): small, ("wide", 1): wide})
+    for wid, name in (("w-small", "small"), ("w-wide", "wide")):
+        engine.load(_record(wid, name), [])
+        driver = _Driver(engine, wid)
+        driver.dispatch(engine.handle(Resumed(wid), now=1.0, rand=_HALF))
+        driver.answer("a", result=1)
+        assert driver.seen["s0" if name == "wide" else "b"] == ["a"]
+    small_run, wide_run = engine.runs["w-small"], engine.runs["w-wide"]
+    assert (small_run.marks, small_run.results) == (None, None)
+    assert wide_run.marks is not None
+    assert wide_run.results == {"a": 1}

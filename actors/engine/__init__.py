@@ -158,7 +158,7 @@ from herder.actors.engine._step import (
     unknown,
     with_timer,
 )
-from herder.actors.engine._workflow import Advance, advance, waits_for, when_compensating
+from herder.actors.engine._workflow import WIDE, Advance, advance, waits_for, when_compensating
 
 __all__ = [
     "ALLOWED_STEPS",
@@ -182,6 +182,7 @@ __all__ = [
     "UNSETTLED",
     "UNSTORABLE_ERROR",
     "WAITS_TO_RUN",
+    "WIDE",
     "WORKFLOW_NEXT",
     "Advance",
     "Announce",

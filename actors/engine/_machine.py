@@ -55,7 +55,7 @@ from herder.actors.engine._step import (
     unknown,
     with_timer,
 )
-from herder.actors.engine._workflow import advance, when_compensating
+from herder.actors.engine._workflow import WIDE, advance, when_compensating
 from herder.store import (
     RetryPolicy,
     StepRecord,
@@ -194,7 +194,9 @@ class Machine:
     def advance(self, run: WorkflowRun, freed: tuple[StepSpec, ...] | None = None) -> None:
         """Queue what can run next, or finish the workflow (``advance`` decides);
         ``freed``: only those steps can have become ready (None: any)."""
-        now = self.now
+        now, marks = self.now, run.marks
+        if marks is None and len(run.plan.steps) > WIDE:
+            marks = run.marks = {}
         then = advance(
             run.record.state,
             run.plan,
@@ -204,7 +206,7 @@ class Machine:
             cancelled=run.record.cancelled,
             now=now,
             freed=freed,
-            marks=run.marks,
+            marks=marks,
         )
         for name in then.wait:
             # Recorded (retry_at and a timer in the store) so the wait survives restarts;

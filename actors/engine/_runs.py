@@ -30,11 +30,12 @@ class WorkflowRun:
     # (runtime/_starts.py); a failed creation is told with that object (Unadmit).
     origin: WorkflowRecord | None = None
     # Each step's dependents (in plan order; shared by the plan's runs; empty:
-    # not known, every step is looked at) and advance's memo (_workflow.advance).
+    # not known, every step is looked at).
     dependents: dict[str, tuple[StepSpec, ...]] = field(default_factory=dict)
-    marks: dict[str, int] = field(default_factory=dict)
-    # The results of the steps that succeeded, by name, kept as they change (None: not
-    # gathered yet): what an attempt is given, without a pass over every step.
+    # Only for a plan of more than WIDE steps (a waiting workflow of a few steps holds
+    # neither): advance's memo (_workflow.advance), and the results of the steps that
+    # succeeded, by name, kept as they change (actors/_engine.kept_results).
+    marks: dict[str, int] | None = None
     results: dict[str, Any] | None = None
 
 

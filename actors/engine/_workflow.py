@@ -147,6 +147,11 @@ Dependents = dict[str, tuple[StepSpec, ...]]
 """Each step's dependents by its name (:func:`dependents`)."""
 
 
+WIDE = 32
+"""A run of a plan with more steps keeps what spares its Scheduler a pass over every step
+(``marks``, its results): below it, the pass costs less than the memory held."""
+
+
 def dependents(plan: Plan) -> Dependents:
     """Each step's dependents: the steps that name it in ``after=``, in plan order."""
     found: dict[str, list[StepSpec]] = {spec.name: [] for spec in plan.steps}
