@@ -203,13 +203,21 @@ def kept_results(run: WorkflowRun) -> dict[str, Any]:
     (``Decision.put_step`` adds each success last); a small one gathers them each time
     and keeps nothing while it waits."""
     kept = run.results
-    if kept is None:
-        ended = [st for st in run.steps.values() if st.succeeded]
-        if len(ended) > 1:
-            ended.sort(key=_succeeded_order)
+    if kept is not None:
+        return kept
+    kept, last, ordered = {}, 0, True
+    for st in run.steps.values():  # (one loop: a comprehension is a call in 3.11)
+        if st.succeeded:
+            kept[st.name] = st.result
+            done = st.done_token or 0
+            if done < last:
+                ordered = False
+            last = done
+    if not ordered:  # (branches that ended out of plan order)
+        ended = sorted((run.steps[name] for name in kept), key=_succeeded_order)
         kept = {st.name: st.result for st in ended}
-        if len(run.plan.steps) > WIDE:
-            run.results = kept
+    if len(run.plan.steps) > WIDE:
+        run.results = kept
     return kept
 
 

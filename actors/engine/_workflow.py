@@ -67,7 +67,7 @@ def advance(
     first unfinished step was), so that a step after many others, or a long plan, is
     not rescanned whole on every success; the answer is the same without it."""
     if state is WorkflowState.RUNNING:
-        return _forward(plan, steps, queued, now, freed=freed, marks={} if marks is None else marks)
+        return _forward(plan, steps, queued, now, freed=freed, marks=marks)
     if state is not WorkflowState.COMPENSATING:
         return _NOTHING
     if any(s.state in BUSY for s in steps.values()):
@@ -85,7 +85,7 @@ def _forward(
     now: float,
     *,
     freed: tuple[StepSpec, ...] | None,
-    marks: MutableMapping[str, int],
+    marks: MutableMapping[str, int] | None,
 ) -> Advance:
     pending = StepState.PENDING
     run: list[str] = []
@@ -111,35 +111,39 @@ def _forward(
 
 
 def _all_succeeded(
-    plan: Plan, steps: Mapping[str, StepRecord], marks: MutableMapping[str, int]
+    plan: Plan, steps: Mapping[str, StepRecord], marks: MutableMapping[str, int] | None
 ) -> bool:
     """Whether every step has succeeded: scanned on from the first unfinished step
-    found last time (``marks[""]``), and, once the end is reached, checked whole."""
+    found last time (``marks[""]``; None: no memo), and, once the end is reached from
+    there, checked whole."""
     succeeded, specs = StepState.SUCCEEDED, plan.steps
-    start = i = marks.get("", 0)
+    start = i = 0 if marks is None else marks.get("", 0)
     while i < len(specs) and steps[specs[i].name].state is succeeded:
         i += 1
-    marks[""] = i
+    if marks is not None:
+        marks[""] = i
     if i < len(specs):
         return False
     return not start or all(steps[s.name].state is succeeded for s in specs)
 
 
 def _waits(
-    spec: StepSpec, steps: Mapping[str, StepRecord], marks: MutableMapping[str, int]
+    spec: StepSpec, steps: Mapping[str, StepRecord], marks: MutableMapping[str, int] | None
 ) -> bool:
     """Whether :func:`waits_for` has anything for ``spec``: scanned on from the
-    dependency found unfinished last time (``marks[spec.name]``), and, once the end is
-    reached, checked whole."""
+    dependency found unfinished last time (``marks[spec.name]``; None: no memo), and,
+    once the end is reached from there, checked whole."""
     after, succeeded = spec.after, StepState.SUCCEEDED
-    start = i = marks.get(spec.name, 0)
+    start = i = 0 if marks is None else marks.get(spec.name, 0)
     while i < len(after):
         st = steps.get(after[i])
         if st is None or st.state is not succeeded:
-            marks[spec.name] = i
+            if marks is not None:
+                marks[spec.name] = i
             return True
         i += 1
-    marks[spec.name] = i
+    if marks is not None:
+        marks[spec.name] = i
     return bool(start) and bool(waits_for(spec, steps))
 
 
