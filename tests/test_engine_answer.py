@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from herder.actors.engine import (
+    CRASH_ERROR,
+    GIVEN_UP_ERROR,
     TIMEOUT_ERROR,
     AskProbe,
     Fail,
@@ -19,6 +21,7 @@ from herder.actors.engine import (
     Reading,
     Succeed,
     after_lapse,
+    after_loss,
     read_answer,
 )
 from herder.store import StepRecord, StepState
@@ -79,3 +82,21 @@ def test_a_lapse_is_probed_only_where_the_request_may_have_reached_the_remote_si
     state: StepState, has_probe: bool, expected: Reading
 ) -> None:
     assert after_lapse(_step(state), "timed out after 5s", has_probe=has_probe) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "given_up", "expected"),
+    [
+        # a probe's loss: the outcome is still unknown, probed again, never run blind
+        (S.UNKNOWN, False, ProbeAgain("probe lost: gone", failed=True)),
+        (S.UNKNOWN, True, ProbeAgain("probe lost: gone", failed=False)),  # not its fault
+        # an action's loss: a failure, retried at once (charged unless given up on)
+        (S.DISPATCHED, False, Fail("gone", (CRASH_ERROR,), permanent=False, at_once=True)),
+        (S.DISPATCHED, True, Fail("gone", (GIVEN_UP_ERROR,), permanent=False, at_once=True)),
+        (S.COMPENSATING, False, Fail("gone", (CRASH_ERROR,), permanent=False, at_once=True)),
+    ],
+)
+def test_an_attempt_lost_without_an_answer_is_read_by_what_it_was(
+    state: StepState, given_up: bool, expected: Reading
+) -> None:
+    assert after_loss(_step(state), "gone", given_up=given_up) == expected

@@ -17,6 +17,7 @@ import pytest
 from herder.runtime import (
     Agent,
     CompletionRefused,
+    InstanceCrash,
     InvalidInput,
     ProbeResult,
     RetryPolicy,
@@ -288,6 +289,52 @@ def test_a_probe_that_keeps_failing_parks_the_workflow_for_an_operator(
     assert (item.id, item.step, item.step_state) == ("w", "pay", StepState.UNKNOWN)
     assert "must return a ProbeResult" in (item.step_error or "")
     assert "outcome unknown" in (item.error or "")
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_probe_whose_instance_crashes_is_probed_again_never_run_blind(
+    tmp_path: Path, clock: FakeClock, host: str
+) -> None:
+    """The outcome of attempt 1 is unknown; its probe's instance crashes. Re-running the
+    action then could apply it twice: the crash counts as a failed probe and the step
+    is probed again (it went back to RETRY_WAIT and ran the action as attempt 2)."""
+    bank, crashes = Bank({1: "apply-drop"}), []
+
+    class CrashingProbe(Agent):
+        def pay(self, ctx: StepContext) -> Any:
+            return bank.pay(ctx)
+
+        def probe_pay(self, ctx: StepContext) -> ProbeResult:
+            if not crashes:
+                crashes.append(ctx.token)
+                raise InstanceCrash("the probe's host went away")
+            return bank.probe(ctx)
+
+    with Runtime(
+        tmp_path / "store", clock=clock, sweep_interval=1.0, default_retry=FAST,
+        instance_shutdown=0.1, probe_timeout=3.0, agent_host=host,
+    ) as rt:  # fmt: skip
+        rt.add_agent("bank", CrashingProbe)
+        rt.add_workflow(one_step())
+        h = rt.start("one", workflow_id="w")
+        try:
+            lapse(rt, clock, bank)
+            wait_until(rt, lambda: probe_events(rt, "w") == 1)  # the lost probe
+            advance(rt, clock, 1.5)  # its backoff (FAST: none) and the sweep
+            assert h.result(timeout=WAIT) == {"pay": {"paid": 1}}
+        finally:
+            bank.release.set()
+        assert len(crashes) == 1
+        assert bank.ledger.requests["w/pay"] == 1  # the action ran once
+        assert rt.status("w").steps["pay"].attempt == 1
+        assert transitions(rt, "w", "pay") == [
+            ("PENDING", "DISPATCHED"),
+            ("DISPATCHED", "UNKNOWN"),
+            ("UNKNOWN", "SUCCEEDED"),
+        ]
+        [lost] = [e for e in rt.history("w") if e["kind"] == "probe"]
+        assert "probe lost" in lost["error"]
+        assert "went away" in lost["error"]
 
 
 # -- asynchronous completion -----------------------------------------------------------------

@@ -35,6 +35,7 @@ reads its tables.
 
 from herder.actors.engine import _actions as actions
 from herder.actors.engine._answer import (
+    CRASH_ERROR,
     AskProbe,
     Fail,
     HandOff,
@@ -43,6 +44,7 @@ from herder.actors.engine._answer import (
     Reading,
     Succeed,
     after_lapse,
+    after_loss,
     probe_name,
     read_answer,
 )
@@ -75,7 +77,7 @@ from herder.actors.engine._decision import (
     WorkflowWrite,
     Write,
 )
-from herder.actors.engine._engine import CRASH_ERROR, Engine
+from herder.actors.engine._engine import Engine
 from herder.actors.engine._events import (
     Answered,
     AttemptLost,
@@ -237,6 +239,7 @@ __all__ = [
     "advance",
     "after_failure",
     "after_lapse",
+    "after_loss",
     "after_probe_failure",
     "attempt_due_ms",
     "attempt_timeout",

@@ -9,10 +9,14 @@ An attempt usually ends with a plain answer: a result, or an error the retry rul
   compensation or a probe) is a programming error in the agent, failed permanently;
 - a lapse (its deadline or heartbeat ran out): an UNKNOWN step's probe failed; an
   attempt that may have reached the remote side is probed when its agent has a probe;
-  anything else failed with a timeout.
+  anything else failed with a timeout;
+- a loss (no answer: its instance crashed, could not start, or was given up on): a
+  probe's loss leaves the outcome unknown, so the step is probed again, never run blind;
+  an action's loss is a failure retried at once.
 
-:func:`read_answer` and :func:`after_lapse` give what follows as data: :class:`Succeed`,
-:class:`Fail`, :class:`ProbeAgain`, :class:`HandOff` or :class:`AskProbe`.
+:func:`read_answer`, :func:`after_lapse` and :func:`after_loss` give what follows as
+data: :class:`Succeed`, :class:`Fail`, :class:`ProbeAgain`, :class:`HandOff` or
+:class:`AskProbe`.
 
 Imports: herder.store records and this package; no clock, no I/O.
 """
@@ -23,8 +27,12 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from herder.actors.engine._retry import GIVEN_UP_ERROR
 from herder.actors.engine._step import TIMEOUT_ERROR
 from herder.store import StepRecord, StepState
+
+CRASH_ERROR = "herder.InstanceCrashed"
+"""The error type of an attempt whose instance crashed or could not start."""
 
 PROBE_PREFIX = "probe_"
 """An action's probe is the agent method of this prefix and the action's name."""
@@ -59,6 +67,7 @@ class Fail:
     error: str
     types: tuple[str, ...]
     permanent: bool
+    at_once: bool = False  # retried without the policy's backoff (a loss, not a failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +125,13 @@ def after_lapse(st: StepRecord, lapsed: str, *, has_probe: bool) -> Fail | Probe
     if st.state in (StepState.DISPATCHED, StepState.WAITING) and has_probe:
         return AskProbe(lapsed)
     return Fail(lapsed, (TIMEOUT_ERROR,), permanent=False)
+
+
+def after_loss(st: StepRecord, error: str, *, given_up: bool) -> Fail | ProbeAgain:
+    """What follows an attempt that ended without an answer (module docstring). A lost
+    probe counts as a failed probe, unless its agent was given up on; an action's loss
+    is retried at once, charged unless given up on (``GIVEN_UP_ERROR``, ``_retry``)."""
+    if st.state is StepState.UNKNOWN:
+        return ProbeAgain(f"probe lost: {error}", failed=not given_up)
+    types = (GIVEN_UP_ERROR,) if given_up else (CRASH_ERROR,)
+    return Fail(error, types, permanent=False, at_once=True)

@@ -21,7 +21,13 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from herder.actors.engine._answer import after_lapse, probe_name, read_answer
+from herder.actors.engine._answer import (
+    CRASH_ERROR,
+    after_lapse,
+    after_loss,
+    probe_name,
+    read_answer,
+)
 from herder.actors.engine._deadline import (
     DEADLINE_TIMER,
     OnDeadline,
@@ -46,14 +52,10 @@ from herder.actors.engine._logs import log_failure, log_step
 from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._resume import count_crash, resume_steps
-from herder.actors.engine._retry import GIVEN_UP_ERROR
 from herder.actors.engine._runs import Attempt, Dispatched, WorkflowRun
 from herder.actors.engine._step import attempt_timeout, beats, dispatch, heartbeat, lapse
 from herder.actors.engine._workflow import Dependents, dependents
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowRecord, plan_steps
-
-CRASH_ERROR = "herder.InstanceCrashed"
-"""The error type of an attempt whose instance crashed or could not start."""
 
 
 class Engine(Machine):
@@ -368,12 +370,14 @@ class Engine(Machine):
         if current is not None:
             run, st = current
             log_failure(run.record.id, st, msg.error, None)  # (a broken factory, say)
-            types = (GIVEN_UP_ERROR,) if msg.given_up else (CRASH_ERROR,)  # (charged? _retry)
-            self.failed(run, st, msg.error, types, permanent=False, retry_now=True)
+            self.follow(run, st, after_loss(st, msg.error, given_up=msg.given_up))
 
     def _start_failed(self, msg: StartFailed) -> None:
         job = msg.job
         st = (run := self.runs[job.workflow_id]).steps[job.step]
+        if st.state is StepState.UNKNOWN and not job.compensating:  # its probe: not run blind
+            self.follow(run, st, after_loss(st, msg.error, given_up=False))
+            return
         if job.compensating:
             tried = st.evolve(state=StepState.COMPENSATING, comp_attempt=st.comp_attempt + 1)
         else:

@@ -338,7 +338,14 @@ class Machine:
         if isinstance(reading, Succeed):
             self.succeeded(run, st, reading.result)
         elif isinstance(reading, Fail):
-            self.failed(run, st, reading.error, reading.types, permanent=reading.permanent)
+            self.failed(
+                run,
+                st,
+                reading.error,
+                reading.types,
+                permanent=reading.permanent,
+                retry_now=reading.at_once,
+            )
         elif isinstance(reading, ProbeAgain):
             self._probe_later(run, st, reading.note, failed=reading.failed)
         elif isinstance(reading, HandOff):
