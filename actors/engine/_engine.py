@@ -54,7 +54,7 @@ from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._resume import count_crash, resume_steps
 from herder.actors.engine._runs import Attempt, Dispatched, WorkflowRun
 from herder.actors.engine._step import attempt_timeout, beats, dispatch, heartbeat, lapse
-from herder.actors.engine._workflow import Dependents, dependents
+from herder.actors.engine._workflow import WIDE, Dependents, dependents
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowRecord, plan_steps
 
 
@@ -194,7 +194,7 @@ class Engine(Machine):
             steps = plan_steps(record, steps, plan)  # missing: PENDING
         by_name = {s.name: s for s in steps}
         run = WorkflowRun(record, plan, by_name, self.specs_of(plan, record))
-        run.dependents = self.shape(plan)[2]
+        run.dependents, run.marks = self.shape(plan)[2], {} if len(steps) > WIDE else None
         if new:
             run.origin = record
         self.runs[record.id] = run

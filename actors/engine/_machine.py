@@ -55,7 +55,7 @@ from herder.actors.engine._step import (
     unknown,
     with_timer,
 )
-from herder.actors.engine._workflow import WIDE, advance, when_compensating
+from herder.actors.engine._workflow import advance, when_compensating
 from herder.store import (
     RetryPolicy,
     StepRecord,
@@ -194,9 +194,7 @@ class Machine:
     def advance(self, run: WorkflowRun, freed: tuple[StepSpec, ...] | None = None) -> None:
         """Queue what can run next, or finish the workflow (``advance`` decides);
         ``freed``: only those steps can have become ready (None: any)."""
-        now, marks = self.now, run.marks
-        if marks is None and len(run.plan.steps) > WIDE:
-            marks = run.marks = {}
+        now = self.now
         then = advance(
             run.record.state,
             run.plan,
@@ -206,7 +204,7 @@ class Machine:
             cancelled=run.record.cancelled,
             now=now,
             freed=freed,
-            marks=marks,
+            marks=run.marks,
         )
         for name in then.wait:
             # Recorded (retry_at and a timer in the store) so the wait survives restarts;
@@ -247,8 +245,9 @@ class Machine:
         else:
             self._out.put_step(run, st, succeeded_with(st, result, token, now), now)
             self.counters["succeeded"] += 1
-            self.advance(run, run.dependents.get(st.name))  # (what it may have freed)
-            return
+            if run.marks is not None:  # a wide plan: only what it may have freed
+                self.advance(run, run.dependents.get(st.name))
+                return
         self.advance(run)
 
     def failed(

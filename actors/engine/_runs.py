@@ -33,8 +33,9 @@ class WorkflowRun:
     # not known, every step is looked at).
     dependents: dict[str, tuple[StepSpec, ...]] = field(default_factory=dict)
     # Only for a plan of more than WIDE steps (a waiting workflow of a few steps holds
-    # neither): advance's memo (_workflow.advance), and the results of the steps that
-    # succeeded, by name, kept as they change (actors/_engine.kept_results).
+    # neither): advance's memo (_workflow.advance; made by Engine.load), and the results
+    # of the steps that succeeded, by name, kept as they change (actors/_engine.py
+    # kept_results).
     marks: dict[str, int] | None = None
     results: dict[str, Any] | None = None
 

@@ -87,13 +87,15 @@ def _forward(
     freed: tuple[StepSpec, ...] | None,
     marks: MutableMapping[str, int] | None,
 ) -> Advance:
-    pending = StepState.PENDING
+    succeeded, pending = StepState.SUCCEEDED, StepState.PENDING
     run: list[str] = []
     wait: list[str] = []
-    if freed is None and _all_succeeded(plan, steps, marks):
-        return _SUCCEEDED
+    all_done = freed is None  # (a whole scan finds it out on the way)
     for spec in plan.steps if freed is None else freed:
         st = steps[spec.name]
+        if st.state is succeeded:
+            continue
+        all_done = False
         if st.state is not pending or spec.name in queued or _waits(spec, steps, marks):
             continue
         if st.retry_at is not None:
@@ -105,7 +107,7 @@ def _forward(
             run.append(spec.name)
     if run or wait:
         return Advance(run=tuple(run), wait=tuple(wait))
-    if freed is not None and _all_succeeded(plan, steps, marks):
+    if all_done or (freed is not None and _all_succeeded(plan, steps, marks)):
         return _SUCCEEDED
     return _NOTHING
 
@@ -118,11 +120,12 @@ def _all_succeeded(
     there, checked whole."""
     succeeded, specs = StepState.SUCCEEDED, plan.steps
     start = i = 0 if marks is None else marks.get("", 0)
-    while i < len(specs) and steps[specs[i].name].state is succeeded:
+    n = len(specs)
+    while i < n and steps[specs[i].name].state is succeeded:
         i += 1
     if marks is not None:
         marks[""] = i
-    if i < len(specs):
+    if i < n:
         return False
     return not start or all(steps[s.name].state is succeeded for s in specs)
 
@@ -134,16 +137,21 @@ def _waits(
     dependency found unfinished last time (``marks[spec.name]``; None: no memo), and,
     once the end is reached from there, checked whole."""
     after, succeeded = spec.after, StepState.SUCCEEDED
-    start = i = 0 if marks is None else marks.get(spec.name, 0)
-    while i < len(after):
+    if marks is None:  # (a few steps: no memo)
+        for dep in after:
+            st = steps.get(dep)
+            if st is None or st.state is not succeeded:
+                return True
+        return False
+    start = i = marks.get(spec.name, 0)
+    n = len(after)
+    while i < n:
         st = steps.get(after[i])
         if st is None or st.state is not succeeded:
-            if marks is not None:
-                marks[spec.name] = i
+            marks[spec.name] = i
             return True
         i += 1
-    if marks is not None:
-        marks[spec.name] = i
+    marks[spec.name] = i
     return bool(start) and bool(waits_for(spec, steps))
 
 
