@@ -237,10 +237,8 @@ class Operator:
                 f"{record.version}; register it with add_workflow before {op.action}"
             )
         record = recall_reason(self._store, record)  # (one stored before reasons were kept)
-        steps = {s.name: s for s in plan_steps(record, self._store.steps_of(op.workflow_id), plan)}
-        run = WorkflowRun(record, plan, steps, self._engine.specs_of(plan, record))
-        run.dependents = self._engine.shape(plan)[2]
-        return run, True
+        steps = plan_steps(record, self._store.steps_of(op.workflow_id), plan)
+        return self._engine.shapes.run(record, plan, steps), True
 
     def _adopt(self, run: WorkflowRun, parked: bool) -> None:
         """Make a parked run active again (after the action was validated)."""

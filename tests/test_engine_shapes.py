@@ -1,5 +1,5 @@
 """What the engine keeps per plan and per run to stay O(N) for a workflow of N steps
-(``Engine.shape``: steps by name and their dependents; ``WorkflowRun.results``), and
+(``Engine.shapes``: steps by name and their dependents; ``WorkflowRun.results``), and
 that keeping it changes nothing a user sees: a definition replaced under its version
 is followed, and ``ctx.results`` lists the same order after a reload."""
 

@@ -10,7 +10,7 @@ What lives here, one concept per module:
 - ``_members``: which member of a step's group (``AnyOf``) runs its next attempt;
 - ``_retry``: the retry rule (``after_failure``, ``after_probe_failure``);
 - ``_step``: one step's transitions as record functions (dispatch, failed, settled, ...);
-- ``_answer``: what a probe's verdict, a hand-off or a lapse means for its step;
+- ``_answer``: what a probe's verdict, a hand-off, a lapse or a loss means for its step;
 - ``_workflow``: what a workflow runs next, when it ends, what compensation undoes;
 - ``_operator``: the records an operator's action writes;
 - ``_recovery``: what a restart resumes, and poison work (crash counting, parking);
@@ -18,6 +18,8 @@ What lives here, one concept per module:
   effects a batch performs once it is durable, and what happens at once;
 - ``_events``: the engine's inputs, as frozen dataclasses;
 - ``_runs``: what memory holds of an unfinished workflow, its attempts and queued jobs;
+- ``_shapes``: what is made once per plan (steps by name, dependents) and a run built
+  from it;
 - ``_machine``: :class:`Machine`, the runs in memory and their transitions;
 - ``_engine``: :class:`Engine`, what each event means: ``handle(event) -> Decision``;
 - ``_actions`` (exported as ``actions``): an operator's action applied to a run.

@@ -17,7 +17,6 @@ Imports: herder.store and this package only.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,9 +52,9 @@ from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._resume import count_crash, resume_steps
 from herder.actors.engine._runs import Attempt, Dispatched, WorkflowRun
+from herder.actors.engine._shapes import Shapes
 from herder.actors.engine._step import attempt_timeout, beats, dispatch, heartbeat, lapse
-from herder.actors.engine._workflow import WIDE, Dependents, dependents
-from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowRecord, plan_steps
+from herder.store import Plan, StepRecord, StepState, WorkflowRecord, plan_steps
 
 
 class Engine(Machine):
@@ -75,8 +74,7 @@ class Engine(Machine):
         self.healthy = healthy
         self._plans = plans
         self._has_probe = has_probe  # (agent, action): the agent defines its probe
-        # (name, version) -> the plan, its steps by name, their dependents (_shape)
-        self._shapes: dict[tuple[str, int], tuple[Plan, dict[str, StepSpec], Dependents]] = {}
+        self.shapes = Shapes()  # (per plan: its steps by name, their dependents)
         self._handlers: dict[type, Callable[[Any], None]] = {
             Answered: self._answered_event,
             Completed: self._completed,
@@ -192,9 +190,7 @@ class Engine(Machine):
             return None
         if not new:
             steps = plan_steps(record, steps, plan)  # missing: PENDING
-        by_name = {s.name: s for s in steps}
-        run = WorkflowRun(record, plan, by_name, self.specs_of(plan, record))
-        run.dependents, run.marks = self.shape(plan)[2], {} if len(steps) > WIDE else None
+        run = self.shapes.run(record, plan, steps)
         if new:
             run.origin = record
         self.runs[record.id] = run
@@ -213,29 +209,6 @@ class Engine(Machine):
         spec = None if run is None else run.specs.get(step)
         st = None if run is None else run.steps.get(step)
         return None if spec is None or st is None else agent_for(spec, st)
-
-    def specs_of(self, plan: Plan, record: WorkflowRecord) -> dict[str, StepSpec]:
-        """The plan's steps by name (shared by its runs), with the agents the workflow
-        resolved at its start (``record.agents``, runtime/_routing.py) in place of their
-        templates: everything downstream dispatches to ``spec.agent``."""
-        specs = self.shape(plan)[1]
-        if record.agents:
-            specs = dict(specs)
-            for step, agent in record.agents.items():
-                if step in specs:
-                    specs[step] = dataclasses.replace(specs[step], agent=agent)
-        return specs
-
-    def shape(self, plan: Plan) -> tuple[Plan, dict[str, StepSpec], Dependents]:
-        """``plan`` with its steps by name and their :func:`dependents`, made once per
-        plan (again if a definition was replaced under its version)."""
-        shape = self._shapes.get((plan.name, plan.version))
-        if shape is None or shape[0] is not plan:
-            by_name = {spec.name: spec for spec in plan.steps}
-            shape = self._shapes[plan.name, plan.version] = (plan, by_name, dependents(plan))
-        return shape
-
-    # -- events ------------------------------------------------------------------------
 
     def _settled(self, token: int) -> tuple[WorkflowRun, StepRecord] | None:
         """Stop counting the attempt ``token``; its run and step if it is still the
