@@ -222,9 +222,7 @@ def step_history(
         return (HISTORY_DB, prefix + seq_suffix(seq())), _stored(event)
     state = new.state  # a StrEnum: packed as its value
     error = _event_error(old, new, failure)
-    attempt = new.comp_attempt if state in _UNDOING else new.attempt
-    if new.attempt < old.attempt or new.comp_attempt < old.comp_attempt:  # (seldom)
-        attempt = _event_attempt(old, new, state in _UNDOING)
+    attempt = _event_attempt(old, new, state in _UNDOING)
     stored = [_STEP, now, new.name, old.state, state, attempt, new.token, error]
     if note is not None and error:
         stored.append(note)

@@ -29,23 +29,11 @@ class Shapes:
         """The run of ``record`` in memory, of ``steps`` (one per step of ``plan``). A
         plan of more than WIDE steps gets the memo that spares its Scheduler a pass over
         every step (``_workflow.advance``)."""
-        by_name = {s.name: s for s in steps}
-        run = WorkflowRun(record, plan, by_name, self.specs_of(plan, record))
-        run.dependents = self._shape(plan)[2]
+        _, specs, deps = self._shape(plan)
+        run = WorkflowRun(record, plan, {s.name: s for s in steps}, _routed(specs, record))
+        run.dependents = deps
         run.marks = {} if len(plan.steps) > WIDE else None
         return run
-
-    def specs_of(self, plan: Plan, record: WorkflowRecord) -> dict[str, StepSpec]:
-        """The plan's steps by name (shared by its runs), with the agents the workflow
-        resolved at its start (``record.agents``, runtime/_routing.py) in place of their
-        templates: everything downstream dispatches to ``spec.agent``."""
-        specs = self._shape(plan)[1]
-        if record.agents:
-            specs = dict(specs)
-            for step, agent in record.agents.items():
-                if step in specs:
-                    specs[step] = dataclasses.replace(specs[step], agent=agent)
-        return specs
 
     def _shape(self, plan: Plan) -> tuple[Plan, dict[str, StepSpec], Dependents]:
         shape = self._shapes.get((plan.name, plan.version))
@@ -53,3 +41,15 @@ class Shapes:
             by_name = {spec.name: spec for spec in plan.steps}
             shape = self._shapes[plan.name, plan.version] = (plan, by_name, dependents(plan))
         return shape
+
+
+def _routed(specs: dict[str, StepSpec], record: WorkflowRecord) -> dict[str, StepSpec]:
+    """The plan's steps by name (shared by its runs), with the agents the workflow
+    resolved at its start (``record.agents``, runtime/_routing.py) in place of their
+    templates: everything downstream dispatches to ``spec.agent``."""
+    if record.agents:
+        specs = dict(specs)
+        for step, agent in record.agents.items():
+            if step in specs:
+                specs[step] = dataclasses.replace(specs[step], agent=agent)
+    return specs

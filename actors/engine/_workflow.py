@@ -136,13 +136,9 @@ def _waits(
     """Whether :func:`waits_for` has anything for ``spec``: scanned on from the
     dependency found unfinished last time (``marks[spec.name]``; None: no memo), and,
     once the end is reached from there, checked whole."""
-    after, succeeded = spec.after, StepState.SUCCEEDED
     if marks is None:  # (a few steps: no memo)
-        for dep in after:
-            st = steps.get(dep)
-            if st is None or st.state is not succeeded:
-                return True
-        return False
+        return bool(waits_for(spec, steps))
+    after, succeeded = spec.after, StepState.SUCCEEDED
     start = i = marks.get(spec.name, 0)
     n = len(after)
     while i < n:
