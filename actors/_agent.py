@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,96 +67,6 @@ class AttemptPort(Protocol):
     def heartbeat(self, details: Any) -> None:
         """Report liveness (and optional progress details) for the running attempt."""
         ...
-
-
-class Results(dict[str, Any]):
-    """``StepContext.results`` as the runtime builds it: a dict of the results of the
-    steps that had succeeded when the attempt was recorded, each copied for the action
-    when it first reads it (changing it changes neither the result kept nor what another
-    attempt sees). An attempt pays only for the results it reads, on its own thread:
-    copying every earlier result for every attempt, on the Scheduler's thread, made
-    each step of a long workflow with structured results slower than the last, and
-    stalled every other workflow meanwhile.
-
-    It holds the results as kept; every way a dict hands a value out is routed through
-    :meth:`__getitem__` (its copy), so ``json.dumps``, ``dict(...)``, ``{**...}``,
-    ``.copy()``, ``|``, ``.values()``, pickling and returning it as a result behave as
-    for a plain dict of copies. A value the action stores in it stays its own object."""
-
-    __slots__ = ("_own",)
-
-    def __init__(self, kept: dict[str, Any]) -> None:
-        super().__init__(kept)
-        self._own: dict[str, Any] = {}  # what the action was handed, or stored, by name
-
-    def __getitem__(self, step: str) -> Any:
-        own = self._own
-        if step not in own:
-            own[step] = private_copy(dict.__getitem__(self, step))  # (KeyError if absent)
-        return own[step]
-
-    def __setitem__(self, step: str, value: Any) -> None:
-        dict.__setitem__(self, step, value)
-        self._own[step] = value
-
-    def __delitem__(self, step: str) -> None:
-        dict.__delitem__(self, step)
-        self._own.pop(step, None)
-
-    def __iter__(self) -> Iterator[str]:  # (defined: dict(), {**}, update() then read items)
-        return dict.__iter__(self)
-
-    def get(self, step: str, default: Any = None) -> Any:
-        return self[step] if step in self else default  # noqa: SIM401 (this is get)
-
-    def values(self) -> ValuesView[Any]:  # type: ignore[override]
-        return ValuesView(self)
-
-    def items(self) -> ItemsView[str, Any]:  # type: ignore[override]
-        return ItemsView(self)
-
-    def copy(self) -> dict[str, Any]:
-        return {step: self[step] for step in self}
-
-    def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
-        return {**self, **other} if isinstance(other, dict) else NotImplemented
-
-    def __ror__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
-        return {**other, **self} if isinstance(other, dict) else NotImplemented
-
-    def __ior__(self, other: Any) -> Results:  # type: ignore[override]
-        self.update(other)
-        return self
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        for step, value in dict(*args, **kwargs).items():
-            self[step] = value
-
-    def setdefault(self, step: str, default: Any = None) -> Any:
-        if step not in self:
-            self[step] = default
-        return self[step]
-
-    def pop(self, step: str, *default: Any) -> Any:
-        if step not in self:
-            if default:
-                return default[0]
-            raise KeyError(step)
-        value = self[step]
-        del self[step]
-        return value
-
-    def popitem(self) -> tuple[str, Any]:
-        if not self:
-            raise KeyError("popitem(): results are empty")
-        step = next(reversed(self))
-        return step, self.pop(step)
-
-    def __reduce__(self) -> tuple[Any, ...]:  # (copy.copy, deepcopy: a dict of copies)
-        return (dict, (self.copy(),))
-
-    def __repr__(self) -> str:
-        return repr(self.copy())
 
 
 def own_input(context: StepContext) -> StepContext:

@@ -14,7 +14,7 @@ from typing import Any
 import pykka
 
 from herder.actors._adaptive import Adaptive
-from herder.actors._agent import Agent, Results, StepContext
+from herder.actors._agent import Agent, StepContext
 from herder.actors._answers import Answers
 from herder.actors._clock import Clock
 from herder.actors._event_loop import EventLoop
@@ -22,9 +22,10 @@ from herder.actors._health import AgentHealth
 from herder.actors._host import AgentHost
 from herder.actors._limits import CircuitBreaker, RateLimit
 from herder.actors._messages import Heartbeat, Run
+from herder.actors._results import Results
 from herder.actors._wiring import EngineListener
-from herder.actors.engine import WIDE, Defaults, Dispatched, Job, WorkflowRun, idempotency_key
-from herder.store import LeaseLost, Plan, RetryPolicy, StepRecord, Store, builder
+from herder.actors.engine import Defaults, Dispatched, Job, WorkflowRun, gathered, idempotency_key
+from herder.store import LeaseLost, Plan, RetryPolicy, Store, builder
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -196,33 +197,11 @@ def _holds_lease(ctx: EngineContext) -> bool:
 _new_context = builder(StepContext)  # (StepContext(...) at half the cost: once per step)
 
 
-def kept_results(run: WorkflowRun) -> dict[str, Any]:
-    """The results of the run's succeeded steps by name, in the order they succeeded
-    (by the token each success drew, so a reload lists them as before). A run of a wide
-    plan (``WIDE``) gathers them once and keeps them as steps change
-    (``Decision.put_step`` adds each success last); a small one gathers them each time
-    and keeps nothing while it waits."""
-    kept = run.results
-    if kept is not None:
-        return kept
-    kept, last, ordered = {}, 0, True
-    for st in run.steps.values():  # (one loop: a comprehension is a call in 3.11)
-        if st.succeeded:
-            kept[st.name] = st.result
-            done = st.done_token or 0
-            if done < last:
-                ordered = False
-            last = done
-    if not ordered:  # (branches that ended out of plan order)
-        ended = sorted((run.steps[name] for name in kept), key=_succeeded_order)
-        kept = {st.name: st.result for st in ended}
-    if len(run.plan.steps) > WIDE:
-        run.results = kept
-    return kept
-
-
-def _succeeded_order(st: StepRecord) -> int:
-    return st.done_token or 0
+def results_of(run: WorkflowRun) -> Results:
+    """What an attempt of ``run`` is given as ``ctx.results``: the results gathered, or
+    a view of the run's log if it keeps one (a wide plan's, actors/engine/_results.py)."""
+    log = run.results
+    return Results(gathered(run.steps)) if log is None else Results.viewing(log)
 
 
 def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) -> None:
@@ -235,7 +214,6 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
     # Not copied here: the action's own copies are made on its thread, of the input
     # before it runs (call_action), of a result when it reads it (Results): an action
     # that changes either changes neither what is kept nor what another attempt is given.
-    shared = kept_results(run)
     # Every field in order: workflow_id, step, action, attempt, input, results,
     # idempotency_key, token, compensating, _port, trace_context (the workflow's;
     # runtime/_tracing.py refines it), deadline.
@@ -245,7 +223,7 @@ def prepare(ctx: EngineContext, run: WorkflowRun, job: Job, done: Dispatched) ->
         done.action,
         done.number,
         record.input,
-        Results(shared),
+        results_of(run),
         key,
         token,
         job.compensating,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from herder.actors._engine import kept_results
+from herder.actors._engine import results_of
 from herder.actors.engine import WIDE, Answered, Defaults, Engine, Enqueue, Reserved, Resumed
 from herder.actors.engine._decision import Decision
 from herder.store import Plan, StepSpec, WorkflowRecord, WorkflowState
@@ -43,7 +43,7 @@ class _Driver:
             token = next(self._tokens)
             self.engine.reserve(Reserved(action.job, action.agent, "i", token), now=2.0)
             self.engine.take()
-            self.seen[action.job.step] = list(kept_results(run))  # (as prepare gives them)
+            self.seen[action.job.step] = list(results_of(run))  # (as prepare gives them)
             self.live[action.job.step] = token
 
     def answer(self, step: str, result: Any = None) -> None:
@@ -123,4 +123,5 @@ def test_a_small_waiting_workflow_keeps_no_memo_and_no_results_a_wide_one_keeps_
     small_run, wide_run = engine.runs["w-small"], engine.runs["w-wide"]
     assert (small_run.marks, small_run.results) == (None, None)
     assert wide_run.marks is not None
-    assert wide_run.results == {"a": 1}
+    assert wide_run.results is not None
+    assert results_of(wide_run) == {"a": 1}

@@ -98,6 +98,7 @@ def test_an_attempt_copies_only_the_results_it_reads_and_never_on_the_scheduler(
 
     import herder.actors._agent as agent_module
     import herder.actors._engine as engine_module
+    import herder.actors._results as results_module
 
     copied: list[str] = []
 
@@ -108,7 +109,7 @@ def test_an_attempt_copies_only_the_results_it_reads_and_never_on_the_scheduler(
 
         return private_copy
 
-    for module in (agent_module, engine_module):
+    for module in (agent_module, engine_module, results_module):
         if hasattr(module, "private_copy"):
             monkeypatch.setattr(module, "private_copy", counting(module.private_copy))
     flow = Workflow("long")
@@ -123,18 +124,34 @@ def test_an_attempt_copies_only_the_results_it_reads_and_never_on_the_scheduler(
     assert len(copied) == 5 + 1  # each attempt's input, and the one result read
 
 
-def test_results_behave_as_a_plain_dict_of_copies() -> None:
+def _gathered(kept: dict[str, Any]) -> Any:
+    from herder.actors._results import Results
+
+    return Results(dict(kept))
+
+
+def _viewed(kept: dict[str, Any]) -> Any:  # (a wide workflow's: a view of its log)
+    from herder.actors._results import Results
+    from herder.actors.engine import ResultLog
+
+    log = ResultLog(kept.items())
+    view = Results.viewing(log)
+    log.added("later", {"n": 0})  # (a step that succeeded after the view was taken)
+    return view
+
+
+@pytest.mark.parametrize("make", [_gathered, _viewed])
+def test_results_behave_as_a_plain_dict_of_copies(make: Any) -> None:
     # A Mapping that was not a dict broke ordinary user code: json.dumps, .copy(), |,
     # and returning ctx.results (the step failed for good as unstorable).
     import copy
     import json
     import pickle
 
-    from herder.actors._agent import Results
     from herder.store import normalize
 
     kept = {"a": {"rows": [1, 2]}, "b": [{"x": 1}]}
-    results = Results(dict(kept))
+    results = make(kept)
     assert isinstance(results, dict)
     assert results == kept
     assert json.loads(json.dumps(results)) == kept

@@ -107,6 +107,7 @@ from herder.actors.engine._recovery import (
     resumes,
     running_at_crash,
 )
+from herder.actors.engine._results import ResultLog, gathered
 from herder.actors.engine._retry import (
     GIVEN_UP_ERROR,
     UNSTORABLE_ERROR,
@@ -223,6 +224,7 @@ __all__ = [
     "Reply",
     "Reserved",
     "Resolve",
+    "ResultLog",
     "Resumed",
     "RetryIn",
     "StartFailed",
@@ -252,6 +254,7 @@ __all__ = [
     "expired",
     "failed",
     "fenced",
+    "gathered",
     "given_up",
     "handed_off",
     "heartbeat",

@@ -188,9 +188,9 @@ class Decision:
         run.steps[new.name] = new
         if run.results is not None:
             if new.succeeded:
-                run.results[new.name] = new.result
+                run.results = run.results.added(new.name, new.result)
             elif old.succeeded:
-                run.results.pop(new.name, None)
+                run.results = run.results.without(new.name)
         self.writes.append(StepWrite(run.record.id, old, new, now, self.note))
 
     def set_record(self, run: WorkflowRun, now: float, **changes: Any) -> WorkflowRecord:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from herder.actors.engine._results import ResultLog
 from herder.store import Plan, StepRecord, StepSpec, WorkflowRecord
 
 
@@ -33,11 +34,10 @@ class WorkflowRun:
     # not known, every step is looked at).
     dependents: dict[str, tuple[StepSpec, ...]] = field(default_factory=dict)
     # Only for a plan of more than WIDE steps (a waiting workflow of a few steps holds
-    # neither): advance's memo (_workflow.advance; made by Engine.load), and the results
-    # of the steps that succeeded, by name, kept as they change (actors/_engine.py
-    # kept_results).
+    # neither; both made by Shapes.run): advance's memo (_workflow.advance), and the
+    # results of the steps that succeeded, kept as they change (_results.py).
     marks: dict[str, int] | None = None
-    results: dict[str, Any] | None = None
+    results: ResultLog | None = None
 
 
 @dataclass(slots=True)

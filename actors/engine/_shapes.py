@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from herder.actors.engine._results import ResultLog
 from herder.actors.engine._runs import WorkflowRun
 from herder.actors.engine._workflow import WIDE, Dependents, dependents
 from herder.store import Plan, StepRecord, StepSpec, WorkflowRecord
@@ -28,11 +29,13 @@ class Shapes:
     def run(self, record: WorkflowRecord, plan: Plan, steps: list[StepRecord]) -> WorkflowRun:
         """The run of ``record`` in memory, of ``steps`` (one per step of ``plan``). A
         plan of more than WIDE steps gets the memo that spares its Scheduler a pass over
-        every step (``_workflow.advance``)."""
+        every step (``_workflow.advance``) and keeps its results (``_results.py``)."""
         _, specs, deps = self._shape(plan)
         run = WorkflowRun(record, plan, {s.name: s for s in steps}, _routed(specs, record))
         run.dependents = deps
-        run.marks = {} if len(plan.steps) > WIDE else None
+        if len(plan.steps) > WIDE:
+            run.marks = {}
+            run.results = ResultLog.of(run.steps)
         return run
 
     def _shape(self, plan: Plan) -> tuple[Plan, dict[str, StepSpec], Dependents]:

@@ -42,8 +42,9 @@ from typing import Any, Protocol
 import pykka
 import ray
 
-from herder.actors._agent import Results, StepContext
+from herder.actors._agent import StepContext
 from herder.actors._messages import Outcome, Run
+from herder.actors._results import Results
 from herder.actors.ray._worker import pack, unpack, unpacked
 from herder.store import describe
 
@@ -136,7 +137,7 @@ class Courier:
         ctx = run.context
         fields = {name: getattr(ctx, name) for name in _FIELDS}
         if isinstance(ctx.results, Results):  # (as kept: the process gets its own anyway)
-            fields["results"] = dict(dict.items(ctx.results))
+            fields["results"] = ctx.results.kept()
         fields["cancelled"] = ctx.cancelled
         item = (slot, instance, run.action, fields)
         with self._lock:
