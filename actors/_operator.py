@@ -325,7 +325,7 @@ class Operator:
         refusal = actions.skip_refusal(run, st, inflight)
         if refusal is not None:
             raise InvalidState(refusal)
-        self._adopt(run, parked)
+        self._adopt(run, parked and not actions.stays_parked(run, st))
         self._note_operator(op, st.name)  # (the step it took, when none was named)
         actions.skip(self._engine, run, st, result)
         return run

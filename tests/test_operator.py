@@ -437,6 +437,35 @@ def test_a_skip_leaves_a_workflow_stuck_on_another_step_parked_with_that_one(
         assert rt.handle("w1").result(timeout=WAIT) == {"b": "b by hand", "c": "c by hand"}
 
 
+def test_a_skip_that_leaves_a_workflow_parked_leaves_it_out_of_memory(tmp_path: Path) -> None:
+    # The skip took the parked workflow back into memory before it knew the workflow
+    # stayed parked: a retry was then refused for good ("is being parked; retry it then")
+    # and the workflow held a slot under max_active_workflows again, so with one slot a
+    # new start waited although the only other workflow was parked.
+    flow = (
+        Workflow("w")
+        .step("b", agent="x", action="book", timeout=10.0, retry=ONCE)
+        .step("c", agent="x", action="book", timeout=10.0, retry=ONCE)
+    )
+    clock = FakeClock()
+    with Runtime(tmp_path / "s", clock=clock, probe_timeout=5.0, max_active_workflows=1) as rt:
+        rt.add_agent("x", functools.partial(Unsure, {"b", "c"}, []), concurrency=2)
+        rt.add_workflow(flow)
+        rt.add_workflow(Workflow("one").step("a", agent="x", action="book"))
+        rt.start("w", workflow_id="w1")
+        waiting = {StepState.WAITING}
+        wait_until(rt, lambda: {s.state for s in rt.status("w1").steps.values()} == waiting)
+        advance(rt, clock, 30.0)
+        wait_until(rt, lambda: rt.status("w1").state is State.NEEDS_ATTENTION)
+        rt.skip("w1", "b", result="b by hand", who="op", why="done by hand")
+        settle(rt)
+        assert rt.status("w1").state is State.NEEDS_ATTENTION  # stuck on c too
+        assert rt.start("one", workflow_id="w2", timeout=2).result(timeout=WAIT) == {"a": "a"}
+        rt.retry("w1", who="op", why="c again")  # the next action the inbox asks for
+        assert rt.handle("w1").result(timeout=WAIT) == {"b": "b by hand", "c": "c"}
+        assert check_store(rt._store).ok, check_store(rt._store).problems
+
+
 def test_skip_refuses_a_step_whose_dependency_has_not_succeeded(rt: Runtime) -> None:
     # It was accepted: "car" was recorded SUCCEEDED while "later" still waited, so a
     # compensation would have undone them in the wrong order, and herder check called the

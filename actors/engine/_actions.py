@@ -138,14 +138,21 @@ def skip(m: Machine, run: WorkflowRun, st: StepRecord, result: Any) -> None:
     skipped = settled(
         st, StepState.SUCCEEDED, token, m.now, result=result, done_token=token, succeeded=True
     )
+    parked = stays_parked(run, st)
     m.put_step(run, st, skipped)
-    # A parked workflow stuck on another step too stays parked (nothing would wake that
-    # one), with that step in the inbox for the operator's next action.
-    if (
-        run.record.state is not WorkflowState.RUNNING
-        and stuck_step(list(run.steps.values())) is None
-    ):
+    if run.record.state is not WorkflowState.RUNNING and not parked:
         m.set_record(run, state=WorkflowState.RUNNING, error=None, **_unparked(run))
+
+
+def stays_parked(run: WorkflowRun, st: StepRecord) -> bool:
+    """Whether skipping ``st`` leaves its parked workflow parked: it is stuck on another
+    step too (nothing would wake that one), which the inbox then shows for the operator's
+    next action. Such a workflow is not taken back into memory by the skip."""
+    return (
+        run.record.state is WorkflowState.NEEDS_ATTENTION
+        and st.state is not StepState.COMPENSATING
+        and stuck_step([other for other in run.steps.values() if other is not st]) is not None
+    )
 
 
 def _unparked(run: WorkflowRun) -> dict[str, Any]:
