@@ -63,7 +63,6 @@ def test_the_suspects_of_a_crash_are_the_attempts_that_were_running() -> None:
         (S.COMPENSATING, S.COMPENSATING),  # a retry runs the compensation again
         (S.SUCCEEDED, None),
         (S.PENDING, None),
-        (S.WAITING, None),
     ],
 )
 def test_parking_poison_work_stops_what_was_running_or_due(
@@ -78,3 +77,16 @@ def test_parking_poison_work_stops_what_was_running_or_due(
     assert new is not None
     assert (new.state, new.error, new.error_type) == (after, "died 3 times", POISON_ERROR)
     assert (new.token, new.timer_ms, new.deadline) == (40, None, None)
+
+
+def test_parking_poison_work_ends_a_step_handed_off_beside_it() -> None:
+    # It stayed WAITING: a parked workflow waits on nothing (herder check: "WAITING in a
+    # NEEDS_ATTENTION workflow"). It ends FAILED, marked done (the partner may have acted),
+    # and is not the poison: the inbox names the step that ran at each crash.
+    tokens = itertools.count(40).__next__
+    st = _step(S.WAITING, timer_ms=5, deadline=NOW)
+    new = poisoned(st, "died 3 times", tokens=tokens, now=NOW)
+    assert new is not None
+    assert (new.state, new.error_type, new.done_token) == (S.FAILED, None, 40)
+    assert (new.token, new.timer_ms, new.deadline) == (40, None, None)
+    assert "parked as poison work" in (new.error or "")

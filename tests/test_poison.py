@@ -103,6 +103,48 @@ def test_a_workflow_running_at_each_of_several_crashes_is_parked_and_can_be_retr
         rt.stop(timeout=1)
 
 
+def test_a_step_handed_off_beside_the_poison_ends_and_the_inbox_names_the_poison(
+    tmp_path: pathlib.Path, release: threading.Event
+) -> None:
+    # A step waiting on complete_later() beside the one running at each crash was left
+    # WAITING in the parked workflow: herder check called the store damaged ("WAITING in
+    # a NEEDS_ATTENTION workflow"), and the inbox (and a skip naming no step) took that
+    # healthy step, first in plan order, instead of the poison.
+    class Svc(Agent):
+        def work(self, ctx: StepContext) -> object:
+            if ctx.step == "hand":
+                return ctx.complete_later()  # waits for a partner's webhook
+            release.wait(WAIT)  # "kills the process": it never answers before the stop
+            return ctx.step
+
+    def opened() -> Runtime:
+        rt = Runtime(path, clock=clock, max_recoveries=0, instance_shutdown=0.01)
+        rt.add_agent("svc", Svc, concurrency=2)
+        flow = Workflow("p").step("hand", agent="svc", action="work", timeout=3600)
+        rt.add_workflow(flow.step("crash", agent="svc", action="work"))
+        return rt
+
+    clock, path = FakeClock(), tmp_path / "s"
+    rt = opened()
+    rt.start("p", workflow_id="w")
+    states = {"hand": StepState.WAITING, "crash": StepState.DISPATCHED}
+    wait_until(rt, lambda: {n: s.state for n, s in rt.status("w").steps.items()} == states)
+    rt.stop(timeout=1)  # a crash while 'crash' runs
+    rt = opened()
+    try:
+        wait_until(rt, lambda: rt.status("w").state is State.NEEDS_ATTENTION)
+        assert check_store(rt._store).problems == []
+        [item] = rt.inbox()
+        assert (item.step, item.step_state) == ("crash", StepState.FAILED)
+        assert rt.status("w").steps["hand"].state is StepState.FAILED
+        release.set()  # the action is fixed
+        rt.retry("w")  # both run again: the hand-off waits anew
+        wait_until(rt, lambda: rt.status("w").steps["hand"].state is StepState.WAITING)
+        assert rt.status("w").steps["crash"].state is StepState.SUCCEEDED
+    finally:
+        rt.stop(timeout=1)
+
+
 def test_an_outcome_after_a_crash_resets_the_count(
     tmp_path: pathlib.Path, release: threading.Event
 ) -> None:

@@ -101,7 +101,6 @@ from herder.actors.engine._operator import (
     undo_again,
 )
 from herder.actors.engine._recovery import (
-    POISON_ERROR,
     poison_message,
     poisoned,
     resumes,
@@ -127,6 +126,7 @@ from herder.actors.engine._states import (
     OPERATOR_ACTIONS,
     OPERATOR_STEP_NEXT,
     OPERATOR_WORKFLOW_NEXT,
+    POISON_ERROR,
     RESTARTABLE,
     SKIPPABLE,
     STEP_NEXT,

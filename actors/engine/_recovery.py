@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from herder.actors.engine._states import POISON_ERROR
 from herder.actors.engine._step import stopped
 from herder.store import StepRecord, StepState
 
-POISON_ERROR = "herder.PoisonWork"
 """The error type recorded on a step parked as poison work."""
 
 
@@ -67,7 +67,16 @@ def poisoned(
 ) -> StepRecord | None:
     """The step once its workflow is parked as poison work, or None if it stays: an
     attempt running or due to run again ends FAILED, a compensation stays COMPENSATING
-    (a retry runs it again); neither keeps a timer."""
+    (a retry runs it again); neither keeps a timer. A step handed off (WAITING on
+    ``complete_later``) beside the poison ends FAILED too, marked done as it may have
+    taken effect: a parked workflow waits on nothing (and its completion would be
+    refused); a retry runs it again."""
+    if st.state is StepState.WAITING:
+        token = tokens()
+        why = "waited for its completion when its workflow was parked as poison work"
+        return stopped(
+            st, state=StepState.FAILED, error=why, token=token, done_token=token, updated=now
+        )
     if st.state not in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
         return None
     state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else StepState.FAILED

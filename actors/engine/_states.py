@@ -84,14 +84,23 @@ STUCK = RESTARTABLE
 whose compensation failed (COMPENSATING) is stuck before any of them."""
 
 
+POISON_ERROR = "herder.PoisonWork"
+"""The error type of a step parked as poison work (``_recovery.poisoned``)."""
+
+
 def stuck_step(steps: list[StepRecord]) -> StepRecord | None:
     """The step a parked workflow waits on (``steps`` in plan order): a failed
-    compensation, else the first failed or unresolved forward step (:data:`STUCK`); what
-    the inbox shows, and what a skip that names no step takes."""
+    compensation, else the first step parked as poison work, else the first failed or
+    unresolved forward step (:data:`STUCK`); what the inbox shows, and what a skip that
+    names no step takes."""
+    first = None
     for st in steps:
         if st.state is S.COMPENSATING:
             return st
-    return next((st for st in steps if st.state in STUCK), None)
+        if first is None and st.state in STUCK:
+            first = st
+    poison = (st for st in steps if st.state in STUCK and st.error_type == POISON_ERROR)
+    return next(poison, first)
 
 
 ENDED_BY_ABANDON = frozenset({S.DISPATCHED, S.WAITING, S.UNKNOWN, S.RETRY_WAIT})
