@@ -219,26 +219,36 @@ class EventLoop:
         if self._owned is None:
             self._owned = asyncio.new_event_loop()
             self._thread = threading.Thread(
-                target=_serve, args=(self._owned,), name="herder-asyncio", daemon=True
+                target=_serve, args=(self._owned, self), name="herder-asyncio", daemon=True
             )
             self._thread.start()
         return self._owned
 
 
-def _serve(loop: asyncio.AbstractEventLoop) -> None:
-    """The runtime's loop thread: run until stopped, then cancel what is left and close.
+def _serve(loop: asyncio.AbstractEventLoop, owner: EventLoop) -> None:
+    """The runtime's loop thread: run until :meth:`EventLoop.close` stops it, then cancel
+    what is left and close.
 
-    An exception escaping ``run_forever`` (a task of the user's own raising SystemExit or
-    KeyboardInterrupt, which asyncio re-raises out of the loop) is logged and the loop
-    runs on: user code never stops the runtime's loop.
+    User code never stops the runtime's loop: an exception escaping ``run_forever`` (a
+    task of the user's own raising SystemExit or KeyboardInterrupt, which asyncio
+    re-raises out of the loop) is logged and the loop runs on, and so is a ``stop()`` the
+    user's code called on it (``asyncio.get_running_loop().stop()`` in an action): the
+    loop runs again, its tasks untouched, so the attempt that stopped it ends as its
+    coroutine does, and every later one runs as before.
     """
     asyncio.set_event_loop(loop)
     while True:
         try:
             loop.run_forever()
-            break
         except BaseException:  # user code may raise anything at all
             _log.exception("user code escaped to the asyncio agents' loop; it runs on")
+            continue
+        if owner._closed:  # close() stops it (it sets _closed first)
+            break
+        _log.warning(
+            "user code stopped the asyncio agents' loop (loop.stop() in an action, or a "
+            "library it called); the runtime owns that loop: it runs on"
+        )
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         task.cancel()
