@@ -138,7 +138,8 @@ class AsyncRuntime:
     ) -> WorkflowHandle:
         """As :meth:`Runtime.start`, awaited: the workflow is durable when it returns.
 
-        Waiting for capacity (``max_active_workflows``) and for the commit costs no thread.
+        Waiting for another start of the same ``workflow_id``, for capacity
+        (``max_active_workflows``) and for the commit costs no thread.
         """
         rt = _runtime(self)
         timeout = seconds(timeout)

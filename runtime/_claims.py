@@ -15,21 +15,30 @@ bounded by ``ask_timeout``; past it the start goes on unclaimed (the store decid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from typing import TypeAlias
+
+from herder.actors import inbox
 
 Held: TypeAlias = "list[tuple[str, threading.Lock | None]]"
 """Claims of :meth:`Claims.take_many`: each id with its claim (None: not claimed)."""
 
 
 class Claims:
-    """The ids a start of this process is creating (see the module doc)."""
+    """The ids a start of this process is creating (see the module doc).
 
-    __slots__ = ("_held", "_lock")
+    A blocking start waits for an id on the holder's lock; an awaiting one
+    (:meth:`take_async`) on a future of its own loop, kept per id in ``_waiting`` and
+    resolved through the loop's inbox when the claim is given back: no thread waits for
+    it, and a cancelled waiter takes its future away."""
+
+    __slots__ = ("_held", "_lock", "_waiting")
 
     def __init__(self) -> None:
         self._held: dict[str, threading.Lock] = {}
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # (under _lock)
         self._lock = threading.Lock()  # (give_back: a claim may be given back twice)
 
     def take(self, workflow_id: str, timeout: float | None) -> threading.Lock | None:
@@ -48,21 +57,37 @@ class Claims:
             other.release()
 
     async def take_async(self, workflow_id: str, timeout: float | None) -> threading.Lock | None:
-        """As :meth:`take`, awaited: only a start that must wait does so on a thread."""
+        """As :meth:`take`, awaited: a start that must wait holds no thread. It waits on
+        a future of the running loop that :meth:`give_back` resolves, then tries again
+        (another start may have claimed the id first); cancelled or past ``timeout``, it
+        takes its future away and holds nothing."""
         mine = threading.Lock()
         mine.acquire()
-        if self._held.setdefault(workflow_id, mine) is mine:
+        if self._held.setdefault(workflow_id, mine) is mine:  # (the common case: no wait)
             return mine
-        waiting = asyncio.ensure_future(asyncio.to_thread(self.take, workflow_id, timeout))
-        try:
-            return await asyncio.shield(waiting)
-        except asyncio.CancelledError:  # the thread may claim it yet: then give it back
-            waiting.add_done_callback(lambda done: self._dropped(workflow_id, done))
-            raise
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with self._lock:  # (give_back ends a claim under it: no wake-up is lost)
+                if self._held.setdefault(workflow_id, mine) is mine:
+                    return mine
+                woken: asyncio.Future[None] = loop.create_future()
+                self._waiting.setdefault(workflow_id, []).append(woken)
+            try:
+                async with asyncio.timeout_at(deadline):  # (None: no limit)
+                    await woken
+            except TimeoutError:  # (woken itself only ever gets None)
+                return None
+            finally:
+                self._unwait(workflow_id, woken)
 
-    def _dropped(self, workflow_id: str, done: asyncio.Future[threading.Lock | None]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            self.give_back(workflow_id, done.result())
+    def _unwait(self, workflow_id: str, woken: asyncio.Future[None]) -> None:
+        with self._lock:
+            waiting = self._waiting.get(workflow_id)
+            if waiting is not None and woken in waiting:
+                waiting.remove(woken)
+                if not waiting:
+                    del self._waiting[workflow_id]
 
     def take_many(self, workflow_ids: list[str], timeout: float | None) -> Held:
         """Claim each of ``workflow_ids`` (``start_many``), in sorted order, so that two
@@ -75,17 +100,19 @@ class Claims:
         return held
 
     async def take_many_async(self, workflow_ids: list[str], timeout: float | None) -> Held:
-        """As :meth:`take_many`, awaited (a batch that must wait does so on a thread)."""
-        waiting = asyncio.ensure_future(asyncio.to_thread(self.take_many, workflow_ids, timeout))
+        """As :meth:`take_many`, awaited: an id that must wait holds no thread either
+        (:meth:`take_async`); cancelled, the batch gives back what it claimed."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        held: Held = []
         try:
-            return await asyncio.shield(waiting)
-        except asyncio.CancelledError:  # the thread claims them yet: then give them back
-            waiting.add_done_callback(self._dropped_many)
+            for workflow_id in sorted(workflow_ids):
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                held.append((workflow_id, await self.take_async(workflow_id, left)))
+        except BaseException:
+            self.give_back_many(held)
             raise
-
-    def _dropped_many(self, done: asyncio.Future[Held]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            self.give_back_many(done.result())
+        return held
 
     def give_back_many(self, held: Held) -> None:
         """End the claims :meth:`take_many` made."""
@@ -101,4 +128,14 @@ class Claims:
             if self._held.get(workflow_id) is not claim:
                 return
             del self._held[workflow_id]
+            waiting = self._waiting.pop(workflow_id, None) if self._waiting else None
         claim.release()
+        if waiting is not None:  # awaiting starts: each tries again on its loop
+            for woken in waiting:
+                with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits
+                    inbox(woken.get_loop()).call(_wake, woken)
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():  # (cancelled meanwhile: that waiter gave up)
+        woken.set_result(None)
