@@ -267,10 +267,14 @@ def next_slot(record: ScheduleRecord, after_ms: int) -> int | None:
     if record.every is not None:
         step = _every_ms(record)
         return (after_ms // step + 1) * step
-    try:
-        return _ms(next(_cron(record, after_ms)).timestamp())
-    except StopIteration:
-        return None
+    # Not always the first one cronsim yields: from the second pass of a repeated
+    # (fall-back) hour, its fixed-time rule yields that night's one instant, which was
+    # in the first pass, before ``after_ms``. The ones after it are strictly later.
+    for when in _cron(record, after_ms):
+        slot = _ms(when.timestamp())
+        if slot > after_ms:
+            return slot
+    return None
 
 
 def to_fire(record: ScheduleRecord, now_ms: int) -> tuple[list[int], int | None]:

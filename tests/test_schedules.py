@@ -310,6 +310,75 @@ def test_cron_slots_follow_dst_changes_in_their_timezone(
     assert got == sorted(expected)
 
 
+NY = ZoneInfo("America/New_York")
+# 2027-11-07 01:10 EST: the second pass of New York's repeated hour, 40 minutes after
+# 01:30 EDT, the one instant "30 1 * * *" has that night (cronsim yields it from here).
+REPEATED = datetime.datetime(2027, 11, 7, 1, 10, tzinfo=NY, fold=1)
+NEXT_NIGHT = datetime.datetime(2027, 11, 8, 1, 30, tzinfo=NY).timestamp()
+
+
+def test_a_cron_schedule_made_in_the_repeated_hour_fires_no_slot_from_before_it(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(start=REPEATED.timestamp())
+    with open_runtime(tmp_path, clock) as rt:
+        status = rt.schedule("nightly", "job", cron="30 1 * * *", timezone="America/New_York")
+        assert status.next_at == NEXT_NIGHT  # not 01:30 EDT, 40 minutes ago
+        advance(rt, clock, 60)
+        settle(rt)
+        assert fired(rt) == []
+        [listed] = rt.schedules()
+        assert listed.next_at == NEXT_NIGHT
+
+
+@pytest.mark.parametrize("how", ["resumed", "cadence changed"])
+def test_a_cron_cursor_moved_to_now_in_the_repeated_hour_fires_no_slot_before_it(
+    tmp_path: Path, how: str
+) -> None:
+    """resume_schedule() and a changed cadence move the cursor to now; from the second
+    pass of the repeated hour the next slot is still one after it."""
+    before = datetime.datetime(2027, 11, 7, 0, 0, tzinfo=NY)
+    clock = FakeClock(start=before.timestamp())
+    with open_runtime(tmp_path, clock) as rt:
+        zone = "America/New_York"
+        if how == "resumed":
+            rt.schedule("nightly", "job", cron="30 1 * * *", timezone=zone)
+            rt.pause_schedule("nightly")
+        else:
+            rt.schedule("nightly", "job", cron="0 3 * * *", timezone=zone)
+        clock.advance(REPEATED.timestamp() - before.timestamp())  # (01:30 EDT passed)
+        settle(rt)
+        if how == "resumed":
+            rt.resume_schedule("nightly")
+        else:
+            rt.schedule("nightly", "job", cron="30 1 * * *", timezone=zone)
+        advance(rt, clock, 60)
+        settle(rt)
+        assert fired(rt) == []
+        [listed] = rt.schedules()
+        assert listed.next_at == NEXT_NIGHT
+
+
+@pytest.mark.parametrize("catch_up", ["latest", "all", "none"])
+def test_no_cron_slot_at_or_before_the_cursor_is_due(catch_up: str) -> None:
+    record = _schedules.new_schedule(
+        "nightly",
+        "job",
+        REPEATED.timestamp(),
+        input=None,
+        cron="30 1 * * *",
+        every=None,
+        overlap="skip",
+        catch_up=catch_up,
+        jitter=0.0,
+        timezone="America/New_York",
+    )
+    now_ms = int(REPEATED.timestamp() * 1000) + 600_000
+    assert _schedules.next_slot(record, record.cursor_ms) == NEXT_NIGHT * 1000
+    assert _schedules.to_fire(record, now_ms) == ([], None)
+    assert _schedules.count_slots(record, record.cursor_ms, now_ms) == 0
+
+
 def test_herder_schedules_lists_next_firing_and_check_knows_the_records(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
