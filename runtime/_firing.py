@@ -117,15 +117,19 @@ class Firer:
     # -- changes -----------------------------------------------------------------------
 
     def define(self, record: ScheduleRecord) -> ScheduleRecord:
-        """Store a new schedule, or change one: a changed definition keeps its cursor
-        (slots already handled stay handled), moved up to now if the slots themselves
-        change (``every``, ``cron``, ``timezone``: the new ones begin after this call, as
-        a new schedule's do); the same definition changes nothing."""
+        """Store a new schedule, or change one: a new schedule's first slot is the first
+        one after now (it may have been declared long before: in ``setup``, on a standby
+        that waited for the lease); a changed definition keeps its cursor (slots already
+        handled stay handled), moved up to now if the slots themselves change (``every``,
+        ``cron``, ``timezone``: the new ones begin after this call, as a new schedule's
+        do); the same definition changes nothing."""
         with self._lock:
             stored = self.get(record.name)
-            if stored is not None:
-                if stored.same_definition(record):
-                    return stored
+            if stored is None:
+                record = record.from_now(self._clock.time())
+            elif stored.same_definition(record):
+                return stored
+            else:
                 record = stored.redefined(record)
                 if not stored.same_slots(record):
                     record = record.from_now(self._clock.time())

@@ -59,8 +59,9 @@ class ScheduleMethods:
         from a changed ``every``, ``cron`` or ``timezone``, begin after the call).
 
         Callable in ``setup`` (a daemon's app factory) and on a standby too: the schedule
-        is checked at once, stored when the runtime becomes active, and the status
-        returned is the one declared (``schedules()`` shows the stored one).
+        is checked at once, stored when the runtime becomes active (a new schedule's
+        first slot is then the first one after that), and the status returned is the
+        one declared (``schedules()`` shows the stored one).
         """
         rt = _runtime(self)
         rt._check_open()

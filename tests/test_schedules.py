@@ -472,6 +472,32 @@ def test_a_schedule_declared_in_setup_is_stored_once_the_runtime_is_active(
         assert (listed.fired, listed.last_id) == (1, ids("tick", "08:01:00")[0])
 
 
+@pytest.mark.parametrize("catch_up", ["all", "latest"])
+def test_a_schedule_declared_before_activation_starts_when_it_is_stored(
+    tmp_path: Path, clock: FakeClock, catch_up: str
+) -> None:
+    """A standby keeps the schedules its setup declared until it takes over, maybe hours
+    later: stood in for here by a setup during which an hour passes. The schedule did
+    not exist in that hour, so none of its slots fire at takeover."""
+
+    def setup(runtime: Runtime) -> None:
+        runtime.add_agent("job", Job, concurrency=4)
+        runtime.add_workflow(JOB)
+        runtime.schedule("tick", "job", every=60, catch_up=catch_up, overlap="allow")
+        clock.advance(3600)  # waiting for the lease
+
+    with Runtime(tmp_path, clock=clock, sweep_interval=0.05, setup=setup) as runtime:
+        assert runtime.wait_active(WAIT)
+        runtime._fire_now()
+        settle(runtime)
+        assert fired(runtime) == []
+        [listed] = runtime.schedules()
+        assert listed.next_at == T0 - 0.5 + 3600 + 60
+        advance(runtime, clock, 60)
+        finish_all(runtime)
+        assert fired(runtime) == ids("tick", "09:01:00")
+
+
 def test_a_bad_schedule_in_setup_fails_the_runtime_at_once(
     tmp_path: Path, clock: FakeClock
 ) -> None:
