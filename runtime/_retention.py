@@ -17,9 +17,9 @@ import datetime
 import logging
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from herder.actors import Clock
 from herder.store import (
     BATCH,
     FINISHED,
@@ -62,9 +62,11 @@ def retention_seconds(retention: float | datetime.timedelta | None) -> float | N
 class Retention:
     """Deletes finished workflows older than ``keep`` seconds, and runs purge commands."""
 
-    def __init__(self, store: Store, clock: Clock, keep: float | None, batch: int = BATCH):
+    def __init__(
+        self, store: Store, now: Callable[[], float], keep: float | None, batch: int = BATCH
+    ):
         self._store = store
-        self._clock = clock
+        self._now = now  # the engine's clock, read each time (see Runtime._parts)
         self._keep = keep
         self._batch = batch
         self._lock = threading.Lock()
@@ -95,7 +97,7 @@ class Retention:
             elif self._keep is None:
                 return
             else:
-                before, states = self._clock.time() - self._keep, FINISHED
+                before, states = self._now() - self._keep, FINISHED
             found = candidates(self._store, before, states, self._batch)
             if not found:
                 if job is not None:
@@ -130,7 +132,7 @@ class Retention:
             self._finished.add(job["id"])
             deleted = self._deleted.pop(job["id"], 0)
         record = {**job, "deleted": deleted}
-        ops = finished_ops(record, error, self._clock.time())
+        ops = finished_ops(record, error, self._now())
         self._store.writer.submit(Transition(ops=ops))
         _log.warning(
             "purge command #%d by %s: %s",

@@ -162,8 +162,9 @@ class Runtime(
         # The engine's time follows the monotonic clock (actors/_clock.py, SteadyClock).
         steady = SteadyClock(self._clock)
         # On the engine's clock: the ``updated`` it compares with are its times (a step
-        # of the wall clock must not make a workflow that just ended look old).
-        self._retention = Retention(self._store, steady, config.retention_seconds)
+        # of the wall clock must not make a workflow that just ended look old). Read
+        # through _ctx each time: becoming active gives the engine a new, re-based clock.
+        self._retention = Retention(self._store, self._engine_time, config.retention_seconds)
         self._listener = RuntimeListener(self)
         self._ctx = EngineContext(
             self._store, steady, config.engine_config(), self._listener, loop=config.loop
@@ -198,6 +199,10 @@ class Runtime(
         # rt.schedule() calls made before there is a firer (in setup, on a standby):
         # defined, in order, when this runtime becomes active (_lifecycle).
         self._declared: builtins.list[ScheduleRecord] = []
+
+    def _engine_time(self) -> float:
+        """The engine's clock time now (its clock is replaced when this becomes active)."""
+        return self._ctx.clock.time()
 
     def _setup(self, setup: Callable[[Runtime], object]) -> None:
         """Run the application's registration before anything is recovered."""

@@ -109,6 +109,27 @@ def test_a_step_of_the_wall_clock_does_not_age_finished_workflows(tmp_path: Path
         assert [s.id for s in rt.list()] == []
 
 
+def test_retention_runs_on_the_engine_clock_after_the_wall_clock_stepped_back(
+    tmp_path: Path,
+) -> None:
+    """The previous holder ran with the wall clock 30 days ahead (then corrected): the
+    next runtime's engine clock starts no earlier than the store's newest update, and
+    records its times on it. Retention must compare them on that clock too, not on one
+    30 days behind it (which deleted nothing for 30 days)."""
+    with Runtime(tmp_path / "s", clock=FakeClock(start=T0 + 30 * DAY), setup=register) as rt:
+        finish(rt, "before", {})
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=3600) as rt:
+        assert rt._ctx.clock.time() >= T0 + 30 * DAY  # re-based at activation
+        finish(rt, "after", {})
+        advance(rt, clock, 1800.0)
+        assert sorted(s.id for s in rt.list()) == ["after", "before"]
+        # (The engine's clock drifts towards the wall clock, 5% slower: 1.5 h is 1.4 h.)
+        advance(rt, clock, 3600.0)  # over an hour since both ended, by the engine's clock
+        advance(rt, clock, 1.0)
+        assert [s.id for s in rt.list()] == []
+
+
 def test_retention_none_keeps_everything(tmp_path: Path) -> None:
     clock = FakeClock(start=T0)
     with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
@@ -124,7 +145,7 @@ def test_each_sweep_deletes_at_most_one_batch(tmp_path: Path) -> None:
             finish(rt, f"w{i}", {})
         clock.advance(120.0)
         # What each of the runtime's sweeps runs (its own retention is off, so only ours).
-        retention = Retention(rt._store, clock, 60.0, batch=2)
+        retention = Retention(rt._store, clock.time, 60.0, batch=2)
         left = []
         for _ in range(3):
             retention.on_sweep()
@@ -145,7 +166,7 @@ def test_a_purge_command_seen_again_while_its_result_commits_is_not_run_twice(
         for i in range(3):
             finish(rt, f"w{i}", {})
         command = {"id": 7, "action": "purge", "args": {"before": T0 + DAY}, "who": "test"}
-        retention = Retention(rt._store, clock, None)
+        retention = Retention(rt._store, clock.time, None)
         retention.on_command(command)
         retention.on_sweep()  # deletes the three
         rt._store.writer.flush(WAIT)
