@@ -3,12 +3,14 @@ through the command channel.
 
 A :class:`Retention` runs on the Supervisor's thread, once per sweep (it is a sweep
 listener, and the Supervisor hands it the ``purge`` commands it finds). Each sweep it
-deletes at most one batch of finished workflows (``store/_retention.py``) and never
-waits for it: the batch goes to the writer as one group, and until that group is
+deletes at most one batch of finished workflows (``store/_retention.py``), found by a
+bounded read of the ``recent`` index that goes on where the last sweep's stopped, and
+never waits for it: the batch goes to the writer as one group, and until that group is
 committed the next sweeps skip. So a backlog of a million is worked off a batch per
 sweep while dispatch goes on, each step commit waiting at most one batch's worth of
 deletes in the writer. A ``purge`` command is worked off the same way, before the
-retention's own cutoff, and its outcome (with the count) is recorded when nothing is left.
+retention's own cutoff, and its outcome (with the count) is recorded when a pass over
+the index finds nothing more to delete.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from herder.store import (
     BATCH,
     FINISHED,
     PURGEABLE,
+    RETENTION_SCAN,
     Store,
     StoreError,
     Transition,
-    candidates,
     deletions,
     finished_ops,
+    resumed_candidates,
 )
 
 _log = logging.getLogger("herder.retention")
@@ -63,12 +66,22 @@ class Retention:
     """Deletes finished workflows older than ``keep`` seconds, and runs purge commands."""
 
     def __init__(
-        self, store: Store, now: Callable[[], float], keep: float | None, batch: int = BATCH
+        self,
+        store: Store,
+        now: Callable[[], float],
+        keep: float | None,
+        batch: int = BATCH,
+        scan: int = RETENTION_SCAN,
     ):
         self._store = store
         self._now = now  # the engine's clock, read each time (see Runtime._parts)
         self._keep = keep
         self._batch = batch
+        self._scan = scan  # index entries one sweep reads at most
+        # Where the next sweep's read of the index goes on (None: from the oldest), and
+        # whose scan that is (a purge command's id; None: the retention's own).
+        self._position: bytes | None = None
+        self._scanning: int | None = None
         self._lock = threading.Lock()
         self._busy = False
         self._jobs: dict[int, dict[str, Any]] = {}  # purge commands by id, oldest first
@@ -98,9 +111,14 @@ class Retention:
                 return
             else:
                 before, states = self._now() - self._keep, FINISHED
-            found = candidates(self._store, before, states, self._batch)
+            job_id = None if job is None else job["id"]
+            if job_id != self._scanning:  # another cutoff: its own scan, from the oldest
+                self._position, self._scanning = None, job_id
+            found, self._position = resumed_candidates(
+                self._store, before, states, self._batch, after=self._position, most=self._scan
+            )
             if not found:
-                if job is not None:
+                if job is not None and self._position is None:  # a whole pass found no more
                     self._finish(job, None)
                 return
             transitions = deletions(self._store, found)
@@ -111,7 +129,6 @@ class Retention:
             return
         with self._lock:
             self._busy = True
-        job_id = None if job is None else job["id"]
         self._store.writer.submit_many(
             transitions, lambda outcomes: self._committed(job_id, outcomes)
         )

@@ -147,7 +147,16 @@ from herder.store._records import (
     stored_field,
 )
 from herder.store._resources import BreakerState, ResourceRecord, resource_key
-from herder.store._retention import BATCH, FINISHED, PURGEABLE, candidates, deletions, purge
+from herder.store._retention import (
+    BATCH,
+    FINISHED,
+    PURGEABLE,
+    RETENTION_SCAN,
+    candidates,
+    deletions,
+    purge,
+    resumed_candidates,
+)
 from herder.store._retention import count as count_purgeable
 from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
 from herder.store._slots import builder, replacer
@@ -181,6 +190,7 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "PURGEABLE",
     "RECENT_DB",
+    "RETENTION_SCAN",
     "SCHEMA_VERSION",
     "BatchSink",
     "BreakerState",
@@ -266,6 +276,7 @@ __all__ = [
     "recall_reason",
     "replacer",
     "resource_key",
+    "resumed_candidates",
     "safe_repr",
     "safe_str",
     "schedule_key",

@@ -226,3 +226,40 @@ def scan(
         if len(items) < PAGE:
             return
         position = items[-1][0]
+
+
+def window(
+    cur: lmdb.Cursor,
+    *,
+    after: bytes | None,
+    until_ms: int,
+    states: frozenset[str],
+    limit: int,
+    most: int,
+) -> tuple[list[tuple[int, str, str]], bytes | None]:
+    """(updated ms, workflow id, state) of the entries in ``states`` from just after the
+    key ``after`` (None: the oldest) up to (not including) ``until_ms``, oldest first, at
+    most ``limit`` of them and reading at most ``most`` entries (``cur``: a cursor on
+    ``recent`` in one read transaction); and the key to go on after, or None when the
+    range is read to its end.
+
+    For a caller that comes back (retention, each sweep): its cost is bounded however
+    many entries in other states (unfinished workflows) lie in the range."""
+    wanted = {encode(s): s for s in states}
+    high = _MS.pack(until_ms)
+    ok = cur.set_range(b"" if after is None else after)
+    if ok and after is not None and cur.key() == after:
+        ok = cur.next()
+    out: list[tuple[int, str, str]] = []
+    key = None
+    for _ in range(most):
+        if not ok or cast(bytes, cur.key()) >= high:
+            return out, None
+        key = cast(bytes, cur.key())
+        state = wanted.get(cast(bytes, cur.value()))
+        if state is not None:
+            out.append((*split(key), state))
+            if len(out) >= limit:
+                return out, key
+        ok = cur.next()
+    return out, key if ok and cast(bytes, cur.key()) < high else None

@@ -11,8 +11,9 @@ in the state it was found in (an ``Expect``), so nothing that moved meanwhile is
 The writer drops the index entries in the same transaction (``Writer`` ``derived``).
 
 Used by the runtime's retention (each Supervisor sweep purges at most one batch, in the
-background of the writer's other work) and by ``herder purge`` (on a store no runtime
-holds, or through the command channel while one runs).
+background of the writer's other work, found by a bounded read of the index that goes on
+where the last sweep's stopped: :func:`resumed_candidates`) and by ``herder purge`` (on a
+store no runtime holds, or through the command channel while one runs).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from herder.store._errors import ConditionFailed, StoreCorrupt, StoreIOError
 from herder.store._history import HISTORY_DB
 from herder.store._keys import KEY_SEP, step_key, timer_key, workflow_key
 from herder.store._ops import Delete, Expect, Transition
+from herder.store._recent import RECENT_DB, to_ms, window
 from herder.store._records import StepRecord, WorkflowState, stored_field
 
 if TYPE_CHECKING:
@@ -49,6 +51,9 @@ PURGEABLE = FINISHED | {str(WorkflowState.NEEDS_ATTENTION)}
 BATCH = 500
 """Workflows deleted per transaction group by default."""
 
+RETENTION_SCAN = 1000
+"""Most ``recent`` index entries one :func:`resumed_candidates` call reads."""
+
 
 def candidates(
     store: Store, before: float, states: frozenset[str] = FINISHED, limit: int | None = None
@@ -61,6 +66,35 @@ def candidates(
         if limit is not None and len(out) >= limit:
             break
     return out
+
+
+def resumed_candidates(
+    store: Store,
+    before: float,
+    states: frozenset[str],
+    limit: int,
+    *,
+    after: bytes | None,
+    most: int = RETENTION_SCAN,
+) -> tuple[list[tuple[str, str]], bytes | None]:
+    """:func:`candidates` for a caller that comes back (the runtime's retention, each
+    sweep): read at most ``most`` entries of the ``recent`` index, from just after the
+    position ``after`` that the previous call returned (None: the oldest). Returns the
+    candidates and where the next call goes on, or None once the range up to ``before``
+    is read to its end (the next call starts from the oldest again). So each call costs
+    a bounded read however many unfinished workflows are older than ``before``, and
+    every candidate is found within one pass of the range."""
+    if not store.indexed:  # an older store never opened by a writer: no positions
+        return candidates(store, before, states, limit), None
+
+    def read(snap: Snapshot) -> tuple[list[tuple[int, str, str]], bytes | None]:
+        cur = snap.cursor(RECENT_DB)
+        return window(
+            cur, after=after, until_ms=to_ms(before), states=states, limit=limit, most=most
+        )
+
+    found, position = store.view(read)
+    return [(wid, state) for _, wid, state in found], position
 
 
 def count(store: Store, before: float, states: frozenset[str] = FINISHED) -> int:

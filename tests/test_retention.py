@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from herder.runtime import (
     Workflow,
 )
 from herder.runtime._retention import Retention
-from herder.runtime.testing import FakeClock, advance
+from herder.runtime.testing import FakeClock, advance, wait_until
 from herder.store import Store, StoreCorrupt, WorkflowRecord, command_outcome
 
 HERDER = str(Path(sys.executable).parent / "herder")
@@ -153,6 +154,97 @@ def test_each_sweep_deletes_at_most_one_batch(tmp_path: Path) -> None:
             left.append(len(rt.list()))
         assert left == [3, 1, 0]
         assert retention.deleted == 5
+
+
+def counting_reads(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[int]:
+    """A list that grows by one with each read transaction ``store`` runs on this thread
+    (the runtime's threads read it too)."""
+    reads: list[int] = []
+    real, here = store._read, threading.get_ident()
+
+    def counted(fn: Any) -> Any:
+        if threading.get_ident() == here:
+            reads.append(1)
+        return real(fn)
+
+    monkeypatch.setattr(store, "_read", counted)
+    return reads
+
+
+def test_a_sweep_reads_a_bounded_range_however_many_unfinished_workflows_are_older(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5000 delayed starts, all older than the cutoff and none finished: a sweep that
+    read them all from the oldest, 4 times a second, cost ~2 ms per 1000 for nothing."""
+    clock = FakeClock(start=T0)
+    with Runtime(
+        tmp_path / "s", clock=clock, setup=register, sweep_interval=3600, retention=1
+    ) as rt:
+        rt.start_many(
+            [{"workflow": "order", "workflow_id": f"u{i}", "delay": DAY} for i in range(5000)]
+        )
+        clock.advance(2.0)
+        reads = counting_reads(monkeypatch, rt._store)
+        for _ in range(6):  # a whole pass (5 windows of 1000) and the start of the next
+            reads.clear()
+            rt._retention.on_sweep()
+            assert len(reads) <= 2  # is the index built; one window of it
+        assert rt._store.count("workflows") == 5000
+
+
+def test_a_bounded_sweep_still_deletes_every_finished_workflow_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finished workflows among unfinished ones, each sweep reading 3 index entries: one
+    pass after another, each finished one past the cutoff is deleted, including one that
+    finished after a pass had gone by it (its update moved it to the newest end)."""
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
+        for i in range(6):
+            rt.start("order", {}, workflow_id=f"u{i}", delay=DAY)
+            finish(rt, f"f{i}", {})
+        clock.advance(120.0)
+        retention = Retention(rt._store, clock.time, 60.0, batch=2, scan=3)
+        reads = counting_reads(monkeypatch, rt._store)
+
+        unfinished = [f"u{i}" for i in range(6)]
+
+        def sweeps_until_only(left: list[str]) -> int:
+            for n in range(1, 13):
+                reads.clear()
+                retention.on_sweep()
+                assert len(reads) <= 3  # is the index built, a window, a batch's snapshot
+                rt._store.writer.flush(WAIT)
+                if sorted(s.id for s in rt.list()) == left:
+                    return n
+            raise AssertionError(f"left after 12 sweeps: {sorted(s.id for s in rt.list())}")
+
+        assert sweeps_until_only(unfinished) <= 4  # 12 entries, 3 a sweep
+        assert retention.deleted == 6
+        rt.cancel("u0")  # finished now, after the pass went by it
+        wait_until(rt, lambda: rt.status("u0").state is State.CANCELLED)
+        clock.advance(120.0)
+        assert sweeps_until_only(unfinished[1:]) <= 3  # the pass's end, a new one from the oldest
+
+
+def test_a_purge_command_read_in_bounded_windows_deletes_all_then_reports(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
+        for i in range(5):
+            rt.start("order", {}, workflow_id=f"u{i}", delay=DAY)
+            finish(rt, f"f{i}", {})
+        command = {"id": 7, "action": "purge", "args": {"before": T0 + 1}, "who": "test"}
+        retention = Retention(rt._store, clock.time, None, batch=2, scan=3)
+        retention.on_command(command)
+        for _ in range(10):
+            retention.on_sweep()
+            rt._store.writer.flush(WAIT)
+        outcome = command_outcome(rt._store, 7)
+        assert outcome is not None
+        assert outcome["deleted"] == 5
+        assert sorted(s.id for s in rt.list()) == [f"u{i}" for i in range(5)]
 
 
 def test_a_purge_command_seen_again_while_its_result_commits_is_not_run_twice(
