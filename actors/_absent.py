@@ -31,6 +31,7 @@ class Absent:
         self._awaiting: dict[tuple[str, int], dict[str, None]] = {}
         self.parked: set[str] = set()  # forgotten after a failed commit, reloaded later
         self.recovered: set[str] = set()  # unfinished ids that recovery took over
+        self.dormant: set[str] = set()  # out of memory until a timer (_dormancy.py)
         self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
         # Until recovery's last chunk, any workflow not in memory may be one recovery has
         # not reached yet: its timers are wanted (a WAITING step has no other wake-up).
@@ -80,7 +81,11 @@ class Absent:
     def release(self, record: WorkflowRecord) -> str:
         """Take a workflow off the lists of those to be read back later, and keep a late
         ``Admit`` of it from running stale records; returns which list it was on
-        ("awaiting" its definition, "parked" after a failed commit, or "")."""
+        ("awaiting" its definition, "parked" after a failed commit, "dormant" out of memory
+        until a timer, or "")."""
+        if record.id in self.dormant:  # (its creation had settled: no Admit can follow)
+            self.dormant.discard(record.id)
+            return "dormant"
         self.recovered.add(record.id)
         if record.id in self.parked:
             self.parked.discard(record.id)
@@ -96,12 +101,14 @@ class Absent:
 
     def wanted(self, workflow_id: str) -> bool:
         """Whether the workflow's timers are still wanted: it is in memory, awaits its
-        definition, is parked after a failed commit, or recovery may not have reached it
-        yet (it is still reading the store, a chunk per message)."""
+        definition, is parked after a failed commit, waits out of memory for a timer, or
+        recovery may not have reached it yet (it is still reading the store, a chunk per
+        message)."""
         return (
             self.recovering
             or workflow_id in self._runs
             or workflow_id in self.parked
+            or workflow_id in self.dormant
             or any(workflow_id in ids for ids in self._awaiting.values())
         )
 
@@ -111,8 +118,10 @@ class Absent:
         self._corrupt[f"{exc.db}:{exc.key!r}"] = exc.reason
 
     def stats(self) -> dict[str, Any]:
-        """Workflows awaiting their definition, and records recovery skipped as corrupt."""
+        """Workflows awaiting their definition, out of memory until a timer, and records
+        recovery skipped as corrupt."""
         return {
+            "dormant_workflows": len(self.dormant),
             "awaiting_definition": {
                 f"{name}@{version}": len(ids) for (name, version), ids in self._awaiting.items()
             },

@@ -43,7 +43,7 @@ _log = logging.getLogger("herder.scheduler")
 class DueTimers:
     """The Scheduler's handler of :class:`Due` (see the module docstring)."""
 
-    __slots__ = ("_commits", "_dispatch", "_engine", "_handle", "_perform", "_wanted")
+    __slots__ = ("_commits", "_dispatch", "_engine", "_handle", "_perform", "_wake", "_wanted")
 
     def __init__(
         self,
@@ -52,6 +52,7 @@ class DueTimers:
         dispatch: Dispatcher,
         *,
         wanted: Callable[[str], bool],
+        wake: Callable[[str], None],
         handle: Callable[[Event], None],
         perform: Callable[[Decision], None],
     ) -> None:
@@ -59,6 +60,7 @@ class DueTimers:
         self._commits = commits
         self._dispatch = dispatch
         self._wanted = wanted
+        self._wake = wake  # reads a workflow waiting out of memory back (_dormancy.py)
         self._handle = handle
         self._perform = perform
 
@@ -71,6 +73,7 @@ class DueTimers:
                 self._one(due_ms, workflow_id, step, timer_token(value))
 
     def _one(self, due_ms: int, workflow_id: str, step: str, token: int | None) -> None:
+        self._wake(workflow_id)
         if step == DEADLINE_TIMER and workflow_id in self._engine.runs:
             self._handle(TimerDue(workflow_id, step, due_ms, token))
             return
@@ -93,6 +96,7 @@ class DueTimers:
             return
         engine = self._engine
         for workflow_id, step, token in items:
+            self._wake(workflow_id)  # (an item of an attempt that ended: it is dropped)
             agent = engine.agent_of(workflow_id, step)
             if agent is not None:
                 busy = self._dispatch.busy(agent, token)

@@ -51,6 +51,7 @@ class EngineConfig:
     max_recoveries: int = 3  # crashes in a row an attempt may be running at (engine._recovery)
     recovery_stagger: float = 0.5  # seconds between suspects re-run after a crash
     prefetch: int = 0  # attempts reserved ahead per agent instance (actors/_ahead.py)
+    passivate_after: float | None = None  # a workflow's next timer that far off: out of memory
 
     def defaults(self) -> Defaults:
         """The settings the engine itself runs by."""

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from herder.actors._absent import Absent
 from herder.actors._commits import CommitPipeline
 from herder.actors._dispatch import Dispatcher
+from herder.actors._dormancy import Dormancy
 from herder.actors._engine import EngineContext
 from herder.actors._messages import Define, EarlyStart, Recover
 from herder.actors._reload import Reloads
@@ -87,6 +88,17 @@ class Recovery:
         self._sweep_at = SWEEP_EARLY
         self.reloads = Reloads(
             ctx, engine, commits, dispatch, self.absent, admit=self.admit, early=self._early
+        )
+        self.dormancy = Dormancy(
+            engine,
+            commits,
+            self.absent,
+            self._early,
+            after=ctx.config.passivate_after,
+            take_back=self.take_back,
+            resume=lambda run, recovered, crashed: self.resume(
+                run, recovered=recovered, crashed=crashed
+            ),
         )
         # Recovery after a restart, a chunk per Recover message (recover_all).
         self._chunks: Iterator[list[tuple[WorkflowRecord, list[StepRecord]]]] | None = None

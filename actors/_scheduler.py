@@ -98,9 +98,8 @@ _log = logging.getLogger("herder.scheduler")
 
 FLUSH_AT = 8
 """Workflows with open writes at which the Scheduler flushes before its inbox drains. The writer
-merges whatever is queued into one commit anyway, so an early flush costs one submit and lets the
-next commit start sooner: while an attempt is told only once its DISPATCHED is durable, the commit
-cycle bounds throughput (8 beat 32 and 512 at 256 in flight, same runs)."""
+merges what is queued into one commit anyway, so an early flush costs one submit and lets the next
+commit start sooner: the commit cycle bounds throughput (8 beat 32 and 512 at 256 in flight)."""
 
 
 class Scheduler(SupervisedActor):
@@ -142,6 +141,7 @@ class Scheduler(SupervisedActor):
             self._commits,
             self._dispatch,
             wanted=self._recovery.absent.wanted,
+            wake=self._recovery.dormancy.wake,
             handle=self.handle,
             perform=self.perform,
         )
@@ -259,7 +259,7 @@ class Scheduler(SupervisedActor):
         engine = self._engine
         return {
             **engine.counters,
-            "active_workflows": len(engine.runs),
+            "active_workflows": len(engine.runs) + len(self._recovery.absent.dormant),
             "in_flight_attempts": len(engine.inflight),
             **self._recovery.absent.stats(),
             **self._dispatch.stats(),
@@ -396,4 +396,5 @@ class Scheduler(SupervisedActor):
 
     def _on_tick(self) -> None:
         self._engine.counters["passivated"] += self._dispatch.passivate()
+        self._recovery.dormancy.on_tick(self._clock.time())
         self._facts.publish(self._dispatch.facts(), self._clock.time())

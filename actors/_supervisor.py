@@ -121,17 +121,17 @@ class WorkflowSupervisor(SupervisedActor):
             last = page[-1]
             after = timer_key(last[0], last[1], last[2])
         self._sent = seen
-        if fresh:
-            crash_point("supervisor.sweep")
-            self._ctx.tell_scheduler(Due(fresh))
-        self._sweep_commands(now)
         ticks = int((now - self._started_at) // self._tick_every)
-        if ticks > self._ticks:
+        if ticks > self._ticks:  # (before the timers: a workflow it passivates, they wake)
             self._ticks = ticks
             self._ctx.tell_scheduler(Tick())
             freed = self._ctx.store.reclaim_readers()
             if freed:
                 _log.warning("freed %d reader slots left by killed processes", freed)
+        if fresh:
+            crash_point("supervisor.sweep")
+            self._ctx.tell_scheduler(Due(fresh))
+        self._sweep_commands(now)
         try:
             self._ctx.listener.on_sweep()
         except Exception:

@@ -60,7 +60,10 @@ class RuntimeConfig:
     of after the next commit; 0 turns it off; capped so an attempt waits at most about a
     tenth of its timeout,
     and never for steps with a heartbeat timeout or agents with a breaker, rate limit or
-    adaptive concurrency; see docs/agents.md), ``tracer_provider`` (an
+    adaptive concurrency; see docs/agents.md), ``passivate_after`` (default 300 seconds:
+    a running workflow whose steps all wait on timers at least that far off, with nothing
+    running, leaves the Scheduler's memory until the first of them fires or an operator
+    acts on it; None keeps every unfinished workflow in memory), ``tracer_provider`` (an
     OpenTelemetry tracer provider for spans per workflow and attempt; default: the global
     one if set, else no tracing at all; see docs/tracing.md), ``loop`` (the event loop
     ``async def`` actions run on, e.g. ``asyncio.get_running_loop()``; default: one the
@@ -99,6 +102,7 @@ class RuntimeConfig:
     agent_host: str = "pool"
     pool_workers: int = 32
     prefetch: int = DEFAULT_PREFETCH
+    passivate_after: float | None = 300.0
     tracer_provider: Any = None
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -122,6 +126,8 @@ class RuntimeConfig:
             )
         for name in ("instance_shutdown", "instance_idle_timeout"):
             at_least(name, getattr(self, name), 0, "a finite number of seconds >= 0")
+        if self.passivate_after is not None:
+            at_least("passivate_after", self.passivate_after, 0, "None or seconds >= 0")
         for name in ("max_input_bytes", "max_result_bytes"):
             value = getattr(self, name)
             if not _is_int(value) or not 0 < value <= MAX_VALUE_BYTES:
@@ -219,6 +225,7 @@ class RuntimeConfig:
             agent_host=host_kind(self.agent_host),
             pool_workers=self.pool_workers,
             prefetch=self.prefetch,
+            passivate_after=self.passivate_after,
         )
 
 

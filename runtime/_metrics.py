@@ -39,7 +39,7 @@ def stats_collector(stats: Callable[[], dict[str, Any]]) -> Any:
                 workflows.add_metric([str(state)], count)
             yield workflows
             for name, value in snap["steps"].items():
-                if name in ("active_workflows", "in_flight_attempts", "ahead"):
+                if name in ("active_workflows", "dormant_workflows", "in_flight_attempts", "ahead"):
                     yield GaugeMetricFamily(f"herder_{name}", f"Current {name}", value=value)
                 else:
                     yield CounterMetricFamily(

@@ -79,6 +79,7 @@ from herder.actors.engine._decision import (
     WorkflowWrite,
     Write,
 )
+from herder.actors.engine._dormant import dormant
 from herder.actors.engine._engine import Engine
 from herder.actors.engine._events import (
     Answered,
@@ -250,6 +251,7 @@ __all__ = [
     "completable",
     "deadline_reason",
     "dispatch",
+    "dormant",
     "ended_for_good",
     "expired",
     "failed",

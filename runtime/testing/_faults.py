@@ -122,6 +122,12 @@ class FaultSchedule:
         awaits its definition meanwhile."""
         return self._draw("late") < 1 / 3
 
+    def passivates(self) -> bool:
+        """True for one seed in three: the runtime passivates (``passivate_after``), so
+        workflows whose steps all wait on timers leave memory and come back by their
+        timers or an operator's action."""
+        return self._draw("passivate") < 1 / 3
+
     def pause_schedule_at(self) -> int | None:
         """The round at which the run's schedule is paused, or None: no schedule (3/4)."""
         if self._draw("schedule") < 3 / 4:

@@ -133,6 +133,9 @@ class _Simulation:
     def __init__(self, seed: int, directory: Path, schedule: FaultSchedule) -> None:
         self.seed = seed
         self.prefetch = 0
+        # A negative passivate_after (no setting allows it) sends out of memory also a
+        # workflow whose timer is due: every Tick then passivates and the next sweep wakes.
+        self.passive = -ROUND if schedule.passivates() else None
         self.directory = directory
         self.schedule = schedule
         self.world = World(schedule)
@@ -285,7 +288,7 @@ class _Simulation:
         ctx = EngineContext(
             store,
             clock,
-            EngineConfig(seed=self.seed, prefetch=self.prefetch),
+            EngineConfig(seed=self.seed, prefetch=self.prefetch, passivate_after=self.passive),
             _Announcements(self, lambda: store.note_clock(clock.time())),
         )
         if not late:

@@ -227,6 +227,7 @@ def _open(directory: Path, clock: FakeClock, world: _ThreadedWorld) -> Runtime:
         seed=world.schedule.seed,
         agent_host=world.agent_host,
         prefetch=world.prefetch,
+        passivate_after=0.0 if world.schedule.passivates() else None,
     )
     rt._listener.commit_waiters.append(world.gate.changed)
     for agent in ("alpha", "beta"):

@@ -1,0 +1,45 @@
+"""When a workflow may leave memory until its next timer (:func:`dormant`).
+
+A RUNNING workflow with nothing running or queued, whose every open step waits on a
+timer in the store (a delayed start, a retry's backoff) due no sooner than a given time,
+or on such a step, needs nothing in memory until then: the timer index wakes it
+(actors/_dormancy.py), and an operator's action or a completion reads it back first
+(``Recovery.take_back``). A reminder waiting a day held ~2.4 KB of the Scheduler's
+heap, a million of them 2.4 GB.
+
+Imports: herder.store and this package.
+"""
+
+from __future__ import annotations
+
+from herder.actors.engine._runs import WorkflowRun
+from herder.store import StepState, WorkflowState, ms
+
+_TIMED = (StepState.PENDING, StepState.RETRY_WAIT)
+
+
+def dormant(run: WorkflowRun, until_ms: int) -> bool:
+    """Whether nothing of ``run`` runs, or can run, before ``until_ms``: it is RUNNING,
+    with no attempt in flight and nothing queued; each step that has not succeeded waits
+    on its own timer, due at ``until_ms`` or later, or on a dependency that has not
+    succeeded; at least one waits on a timer; and its deadline, if any, is not sooner
+    either. (Whether its records are all durable is the shell's to know.)"""
+    record = run.record
+    if record.state is not WorkflowState.RUNNING or run.attempts or run.queued:
+        return False
+    if record.deadline is not None and ms(record.deadline) < until_ms:
+        return False
+    steps, timed = run.steps, False
+    for st in steps.values():
+        state = st.state
+        if state is StepState.SUCCEEDED:
+            continue
+        if state in _TIMED and st.timer_ms is not None:
+            if st.timer_ms < until_ms:
+                return False
+            timed = True
+        elif state is not StepState.PENDING or all(
+            steps[dep].state is StepState.SUCCEEDED for dep in run.specs[st.name].after
+        ):
+            return False  # under way, or free to run now
+    return timed

@@ -1,0 +1,193 @@
+"""Workflows waiting long on timers leave memory and come back (``passivate_after``):
+by their timer, their deadline, an operator's action, or a restart; the rule itself
+(``herder.actors.engine.dormant``) on each kind of step."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+
+from herder.actors.engine import WorkflowRun, dormant
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    StepState,
+    Workflow,
+    WorkflowFailed,
+)
+from herder.runtime.testing import FakeClock, advance, check_store, settle, wait_until
+from herder.store import Plan, StepRecord, StepSpec, WorkflowRecord, WorkflowState, ms
+
+pytestmark = pytest.mark.timeout(60)
+WAIT = 10.0
+TICK = 6.0  # past the Supervisor's Tick (every 5 s), which looks for dormant workflows
+SLOW = RetryPolicy(initial_interval=900.0, max_interval=900.0, jitter=0.0)
+
+
+class Svc(Agent):
+    failures: dict[str, int] = {}
+
+    def go(self, ctx: StepContext) -> str:
+        return ctx.step
+
+    def flaky(self, ctx: StepContext) -> str:  # fails its first attempt
+        if ctx.attempt == 1:
+            raise ConnectionError("the service is down")
+        return "ok"
+
+
+def _runtime(path: pathlib.Path, clock: FakeClock, **settings: Any) -> Runtime:
+    rt = Runtime(path, clock=clock, **settings)
+    rt.add_agent("svc", Svc)
+    rt.add_workflow(Workflow("later").step("s", agent="svc", action="go"))
+    flaky = Workflow("retry").step("f", agent="svc", action="flaky", retry=SLOW)
+    rt.add_workflow(flaky.step("g", agent="svc", action="go", after=["f"]))
+    return rt
+
+
+def _counts(rt: Runtime) -> tuple[int, int]:
+    steps = rt.stats()["steps"]
+    return steps["dormant_workflows"], steps["active_workflows"]
+
+
+def test_workflows_waiting_long_leave_memory_and_their_timers_bring_them_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    clock = FakeClock()
+    with _runtime(tmp_path / "s", clock) as rt:
+        later = rt.start("later", delay=3600, workflow_id="later")
+        retry = rt.start("retry", workflow_id="retry")
+        wait_until(rt, lambda: rt.status("retry").steps["f"].state is StepState.RETRY_WAIT)
+        advance(rt, clock, TICK)
+        settle(rt)
+        assert _counts(rt) == (2, 2)  # out of memory, still counted as active
+        advance(rt, clock, 900.0)  # the retry's backoff ends: f runs again, then g
+        assert retry.result(timeout=WAIT) == {"f": "ok", "g": "g"}
+        assert _counts(rt) == (1, 1)
+        advance(rt, clock, 3600.0)
+        assert later.result(timeout=WAIT) == {"s": "s"}
+        assert _counts(rt) == (0, 0)
+        assert check_store(rt._store).problems == []
+
+
+def test_an_operator_action_and_a_deadline_reach_a_dormant_workflow(
+    tmp_path: pathlib.Path,
+) -> None:
+    clock = FakeClock()
+    with _runtime(tmp_path / "s", clock) as rt:
+        cancelled = rt.start("later", delay=3600, workflow_id="cancelled")
+        due = rt.start("retry", deadline=600.0, workflow_id="due")  # f retries at 900 s
+        wait_until(rt, lambda: rt.status("due").steps["f"].state is StepState.RETRY_WAIT)
+        advance(rt, clock, TICK)
+        settle(rt)
+        assert _counts(rt) == (2, 2)
+        rt.cancel("cancelled", who="op", why="not needed")
+        with pytest.raises(WorkflowFailed):
+            cancelled.result(timeout=WAIT)
+        assert rt.status("cancelled").state is State.CANCELLED
+        advance(rt, clock, 600.0)  # its deadline passes before the retry
+        with pytest.raises(WorkflowFailed, match="deadline"):
+            due.result(timeout=WAIT)
+        assert rt.status("due").state is State.COMPENSATED
+        assert rt.status("due").steps["f"].attempt == 1  # not run again
+        assert _counts(rt) == (0, 0)
+        assert check_store(rt._store).problems == []
+
+
+def test_a_restart_finds_dormant_workflows_in_the_store(tmp_path: pathlib.Path) -> None:
+    clock = FakeClock()
+    with _runtime(tmp_path / "s", clock) as rt:
+        rt.start("later", delay=3600, workflow_id="w")
+        advance(rt, clock, TICK)
+        settle(rt)
+        assert _counts(rt) == (1, 1)
+    with _runtime(tmp_path / "s", clock) as rt:
+        settle(rt)
+        assert _counts(rt) == (0, 1)  # read back by recovery, in memory until a Tick
+        advance(rt, clock, TICK)
+        settle(rt)
+        assert _counts(rt) == (1, 1)
+        advance(rt, clock, 3600.0)
+        assert rt.handle("w").result(timeout=WAIT) == {"s": "s"}
+
+
+def test_passivate_after_none_keeps_every_workflow_in_memory(tmp_path: pathlib.Path) -> None:
+    clock = FakeClock()
+    with _runtime(tmp_path / "s", clock, passivate_after=None) as rt:
+        rt.start("later", delay=3600, workflow_id="w")
+        advance(rt, clock, TICK)
+        settle(rt)
+        assert _counts(rt) == (0, 1)
+    with pytest.raises(InvalidInput, match="passivate_after"):
+        Runtime(tmp_path / "bad", passivate_after=-1.0)
+
+
+# -- the rule --------------------------------------------------------------------------
+
+NOW = 1_000.0
+PLAN = Plan(
+    "p",
+    1,
+    (
+        StepSpec("a", agent="svc", action="x"),
+        StepSpec("b", agent="svc", action="x", after=("a",)),
+    ),
+)
+
+
+def _run(a: StepRecord, b: StepRecord, **record: Any) -> WorkflowRun:
+    wf = WorkflowRecord(
+        id="w", name="p", version=1, state=WorkflowState.RUNNING, input=None, **record
+    )
+    specs = {spec.name: spec for spec in PLAN.steps}
+    return WorkflowRun(wf, PLAN, {"a": a, "b": b}, specs)
+
+
+def _step(name: str, state: StepState, at: float | None = None) -> StepRecord:
+    timer = None if at is None else ms(at)
+    return StepRecord("w", name, state=state, retry_at=at, timer_ms=timer)
+
+
+AFTER = ms(NOW + 300)  # passivate_after 300 s
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (_step("a", StepState.RETRY_WAIT, NOW + 600), _step("b", StepState.PENDING), True),
+        (_step("a", StepState.PENDING, NOW + 600), _step("b", StepState.PENDING), True),
+        (_step("a", StepState.SUCCEEDED), _step("b", StepState.PENDING, NOW + 600), True),
+        (_step("a", StepState.RETRY_WAIT, NOW + 60), _step("b", StepState.PENDING), False),
+        (_step("a", StepState.DISPATCHED), _step("b", StepState.PENDING), False),
+        (_step("a", StepState.WAITING), _step("b", StepState.PENDING), False),
+        (_step("a", StepState.UNKNOWN), _step("b", StepState.PENDING), False),
+        (_step("a", StepState.SUCCEEDED), _step("b", StepState.PENDING), False),  # may run
+        (_step("a", StepState.PENDING), _step("b", StepState.PENDING), False),  # no timer
+    ],
+)
+def test_the_rule_holds_a_workflow_dormant_only_when_timers_alone_wake_it(
+    a: StepRecord, b: StepRecord, expected: bool
+) -> None:
+    assert dormant(_run(a, b), AFTER) is expected
+
+
+def test_the_rule_keeps_in_memory_what_runs_is_queued_ends_soon_or_is_not_running() -> None:
+    a, b = _step("a", StepState.RETRY_WAIT, NOW + 600), _step("b", StepState.PENDING)
+    assert dormant(_run(a, b), AFTER)
+    running = _run(a, b)
+    running.attempts.add(7)
+    queued = _run(a, b)
+    queued.queued.add("a")
+    assert not dormant(running, AFTER)
+    assert not dormant(queued, AFTER)
+    assert not dormant(_run(a, b, deadline=NOW + 60), AFTER)  # its deadline comes first
+    assert dormant(_run(a, b, deadline=NOW + 3600), AFTER)
+    parked = _run(a, b)
+    parked.record = parked.record.evolve(state=WorkflowState.NEEDS_ATTENTION)
+    assert not dormant(parked, AFTER)
