@@ -51,12 +51,19 @@ class Dormancy:
         """Look at the next share of the workflows in memory; how many left it."""
         if self._after is None:
             return 0
-        runs = self._engine.runs
         if not self._left:
-            self._left = list(runs)
-        until, left, gone = ms(now + self._after), self._left, 0
-        for _ in range(min(CHECKED_PER_TICK, len(left))):
-            workflow_id = left.pop()
+            self._left = list(self._engine.runs)
+        left = self._left
+        return self.look_at([left.pop() for _ in range(min(CHECKED_PER_TICK, len(left)))], now)
+
+    def look_at(self, workflow_ids: list[str], now: float) -> int:
+        """Send those of ``workflow_ids`` that are dormant out of memory (recovery, each
+        chunk: a restart among a million delayed starts does not hold them all at once);
+        how many left it."""
+        if self._after is None:
+            return 0
+        runs, until, gone = self._engine.runs, ms(now + self._after), 0
+        for workflow_id in workflow_ids:
             run = runs.get(workflow_id)
             if run is not None and dormant(run, until) and self._durable(workflow_id):
                 self._early.pop(workflow_id, None)  # (settled: no Admit follows)

@@ -245,6 +245,8 @@ class Recovery:
             else:  # its steps are read again when the definition comes (on_define)
                 self.absent.await_definition(record, warn=False)
             recovered += 1
+        # Those with nothing to write and only far timers to wait on leave memory again.
+        self.dormancy.look_at([record.id for record, _ in chunk or ()], self._ctx.clock.time())
         for exc in self._recovery_corrupt:
             self.absent.note_corrupt(exc)
         self._recovery_corrupt.clear()
@@ -274,6 +276,7 @@ class Recovery:
         ):
             for record, steps in records:
                 self.admit(record, steps, crashed=True)
+        self.dormancy.look_at(chunk, self._ctx.clock.time())  # (as in recover_all)
         for exc in corrupt:
             self.absent.note_corrupt(exc)
         if self.absent.awaits(key):
