@@ -18,7 +18,7 @@ from herder.actors._absent import Absent
 from herder.actors._commits import CommitPipeline
 from herder.actors._messages import EarlyStart
 from herder.actors.engine import Engine, WorkflowRun, dormant
-from herder.store import WorkflowRecord, ms
+from herder.store import StoreCorrupt, WorkflowRecord, ms
 
 CHECKED_PER_TICK = 10_000
 """Workflows in memory looked at per Tick (every 5 s; a check is a few attribute reads)."""
@@ -84,7 +84,11 @@ class Dormancy:
         """Read a dormant workflow back into memory (its timer fired), if it is one."""
         if workflow_id not in self._absent.dormant:
             return
-        fresh = self._take_back(workflow_id)
+        try:
+            fresh = self._take_back(workflow_id)
+        except StoreCorrupt as exc:  # as recovery: that one stays where it is, logged
+            self._absent.note_corrupt(exc)
+            fresh = None
         self._absent.dormant.discard(workflow_id)  # (read back, or gone from the store)
         if fresh is not None:
             self._resume(*fresh)

@@ -237,8 +237,8 @@ class Recovery:
         recovered = unfinished = 0
         for record, steps in chunk or ():
             unfinished += 1
-            if record.id in self._engine.runs:
-                continue
+            if record.id in self._engine.runs or record.id in self.absent.dormant:
+                continue  # (taken back for an operator before its chunk, and so on)
             self.absent.recovered.add(record.id)
             if (record.name, record.version) in self._plans:
                 self.admit(record, steps, crashed=True)

@@ -22,7 +22,17 @@ from herder.runtime import (
     WorkflowFailed,
 )
 from herder.runtime.testing import FakeClock, advance, check_store, settle, wait_until
-from herder.store import Plan, StepRecord, StepSpec, WorkflowRecord, WorkflowState, ms
+from herder.store import (
+    Plan,
+    Put,
+    StepRecord,
+    StepSpec,
+    Transition,
+    WorkflowRecord,
+    WorkflowState,
+    ms,
+    workflow_key,
+)
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 10.0
@@ -201,3 +211,25 @@ def test_the_rule_keeps_in_memory_what_runs_is_queued_ends_soon_or_is_not_runnin
     parked = _run(a, b)
     parked.record = parked.record.evolve(state=WorkflowState.NEEDS_ATTENTION)
     assert not dormant(parked, AFTER)
+
+
+def test_a_dormant_workflow_whose_record_was_damaged_stays_where_it_is(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Its wake read the damaged record inside the Scheduler's handler of due timers: the
+    # StoreCorrupt escaped and the supervision tree restarted the Scheduler (every other
+    # timer of that sweep late, running attempts superseded). Now it is as in recovery:
+    # that one workflow is logged and counted, everything else runs on.
+    clock = FakeClock()
+    with _runtime(tmp_path / "s", clock) as rt:
+        rt.start("later", delay=3600, workflow_id="bad")
+        advance(rt, clock, TICK)
+        settle(rt)
+        assert _counts(rt) == (1, 1)
+        damage = Put("workflows", workflow_key("bad"), b"not a record")
+        rt._store.writer.submit(Transition(ops=(damage,))).result(timeout=WAIT)
+        advance(rt, clock, 3600.0)
+        settle(rt)
+        assert rt.stats()["restarts"]["scheduler"] == 0
+        assert any("bad" in key for key in rt.stats()["corrupt"])
+        assert rt.start("later", workflow_id="good").result(timeout=WAIT) == {"s": "s"}
