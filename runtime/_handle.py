@@ -106,7 +106,7 @@ class Waiting:
             futures = rt._waiters.pop(record.id, [])
             rt._running.discard(record.id)
             rt._active = max(0, rt._active - 1)
-            rt._lock.notify()
+            rt._lock.notify_all()  # (start_many waiters: each waits for a number of slots)
         if rt._firer is not None:
             rt._firer.on_final(record.id)
         rt._capacity_freed.fire()
