@@ -20,12 +20,13 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
 from herder.actors import WorkflowConflict
-from herder.runtime._claims import Held
+from herder.runtime._claims import Held, lapsed, left, within
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._part import whole as _runtime
 from herder.runtime._starts import (
@@ -86,8 +87,9 @@ class StartingMany:
         a handle to that workflow; when one has different input, the others still start
         and :class:`WorkflowConflict` names it. An id repeated in the list must repeat the
         same start, else :class:`WorkflowConflict` and nothing starts. Blocks until as
-        many slots of ``max_active_workflows`` as it has ids are free at once (up to
-        ``timeout`` seconds); more ids than that can never fit: :class:`InvalidInput`.
+        many slots of ``max_active_workflows`` as it has new ids are free at once (up to
+        ``timeout`` seconds; ids that exist take none, so a batch repeated after it landed
+        returns at once); more ids than that can never fit: :class:`InvalidInput`.
         """
         rt = _runtime(self)
         return run_blocking(rt._starting_many(start_items(starts), seconds(timeout)))
@@ -114,21 +116,31 @@ class StartingMany:
                     f"workflow id {new.workflow_id!r} appears twice in start_many with "
                     "different workflows or input; nothing was started"
                 )
+        taken = self._taken(unique)  # a repeated batch: no slot for what exists already
+        unique = {wid: new for wid, new in unique.items() if wid not in taken}
         n = len(unique)
+        if not n:
+            return self._repeated_many(news, taken)
         if n > rt._max_active:
             raise InvalidInput(
                 f"start_many of {n} workflow ids can never fit max_active_workflows="
                 f"{rt._max_active}; start them in batches of at most {rt._max_active}"
             )
+        began = time.monotonic()
         if not rt._take_capacity_now(n):  # all at once (see _wait_capacity)
             yield Wait(
                 lambda: rt._wait_capacity(timeout, n), lambda: rt._capacity_async(timeout, n)
             )
-        try:
-            claims = yield Wait(  # (runtime/_claims.py; after the wait: none held meanwhile)
-                lambda: rt._claims.take_many(list(unique), rt._ask_timeout),
-                lambda: rt._claims.take_many_async(list(unique), rt._ask_timeout),
+        try:  # (runtime/_claims.py; after the wait: none held meanwhile)
+            wait = within(left(timeout, began), rt._ask_timeout)
+            claims = yield Wait(
+                lambda: rt._claims.take_many(list(unique), wait),
+                lambda: rt._claims.take_many_async(list(unique), wait),
             )
+            late = lapsed("start_many()", timeout, wait, rt._ask_timeout)
+            if late is not None and any(claim is None for _, claim in claims):
+                rt._claims.give_back_many(claims)
+                raise late
         except BaseException:
             for _ in range(n):
                 rt._release_capacity()
@@ -148,7 +160,31 @@ class StartingMany:
         if outcomes[:n].count(None) != n:  # (one pass in C when every one was created)
             rt._refused(list(unique.values()), outcomes)
         _log.info("%d workflows started in one commit", n)
-        return handles
+        return self._repeated_many(news, taken) if taken else handles
+
+    def _taken(self, unique: dict[str, NewStart]) -> dict[str, bool]:
+        """The ids of ``unique`` a workflow has already, each with whether it is the same
+        start (its handle) or another (a conflict): read before any slot is taken, so a
+        batch repeated after it landed (a retry) needs no room (as :meth:`start`)."""
+        store = _runtime(self)._store
+        taken = {}
+        for wid, new in unique.items():
+            if store.surely_new(wid):  # (ids in order: no read)
+                continue
+            existing = store.get_workflow(wid)
+            if existing is not None:
+                taken[wid] = same_record(existing, new)
+        return taken
+
+    def _repeated_many(self, news: list[NewStart], taken: dict[str, bool]) -> list[WorkflowHandle]:
+        """The handles of a batch some of whose ids existed (``taken``), or
+        :class:`WorkflowConflict` naming those that are another workflow (the others
+        started)."""
+        conflicts = [wid for wid, same in taken.items() if not same]
+        if conflicts:
+            raise _conflict(conflicts)
+        rt = _runtime(self)
+        return [WorkflowHandle(rt, new.workflow_id) for new in news]
 
     def _submit_many(
         self, news: list[NewStart], unique: dict[str, NewStart], claims: Held, now: float
@@ -217,8 +253,12 @@ class StartingMany:
             if existing is None or not same_record(existing, new):
                 conflicts.append(new.workflow_id)
         if conflicts:
-            raise WorkflowConflict(
-                f"{len(conflicts)} workflow ids were already started as another workflow "
-                "or with different input "
-                f"({', '.join(map(repr, conflicts[:5]))}); the other workflows started"
-            )
+            raise _conflict(conflicts)
+
+
+def _conflict(ids: list[str]) -> WorkflowConflict:
+    """``start_many``'s error for the ids that were started as another workflow."""
+    return WorkflowConflict(
+        f"{len(ids)} workflow ids were already started as another workflow or with "
+        f"different input ({', '.join(map(repr, ids[:5]))}); the other workflows started"
+    )
