@@ -31,11 +31,13 @@ import datetime
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from herder.actors import Complete, Operate, call_future
+from herder.runtime._claims import lapsed, left, within
 from herder.runtime._starts import start_items
 from herder.runtime._waits import awaited, run_async, seconds
 
@@ -146,13 +148,19 @@ class AsyncRuntime:
         when = {"priority": priority, "start_at": start_at, "delay": delay, "deadline": deadline}
         new, now = rt._checked(workflow, input, workflow_id, when)
         wid, claims = new.workflow_id, rt._claims  # as Runtime._start, awaiting where it blocks
-        claim = None if workflow_id is None else await claims.take_async(wid, rt._ask_timeout)
+        began, claim = time.monotonic(), None
+        if workflow_id is not None:
+            wait = within(timeout, rt._ask_timeout)
+            claim = await claims.take_async(wid, wait)
+            late = lapsed("start_async()", timeout, wait, rt._ask_timeout)
+            if claim is None and late is not None:
+                raise late
         try:
             repeated = rt._repeated(new, workflow_id)
             if repeated is not None:
                 return repeated
             if not rt._take_capacity_now(1):
-                await rt._capacity_async(timeout)
+                await rt._capacity_async(left(timeout, began))
                 now = None
             landing = rt._submit_start(new, (), now, asyncio.get_running_loop(), claim=claim)
             claim = None  # the landing ends it once the commit is decided

@@ -139,3 +139,26 @@ class Claims:
 def _wake(woken: asyncio.Future[None]) -> None:
     if not woken.done():  # (cancelled meanwhile: that waiter gave up)
         woken.set_result(None)
+
+
+def within(timeout: float | None, ask: float) -> float:
+    """How long a start waits for its id's claim: ``ask`` (``ask_timeout``; past it the
+    start goes on unclaimed), or its caller's ``timeout`` if that is shorter."""
+    return ask if timeout is None else min(timeout, ask)
+
+
+def lapsed(what: str, timeout: float | None, wait: float, ask: float) -> TimeoutError | None:
+    """The caller's TimeoutError for a claim wait of ``wait`` seconds that ran out, if
+    what was left of its ``timeout``, not ``ask_timeout``, bounded it; else None."""
+    if timeout is None or wait >= ask:
+        return None
+    return TimeoutError(
+        f"another start of the same workflow id was still being decided; {what} waited "
+        f"{timeout}s for it; nothing of it was written: try again later (once that one "
+        "is decided, a start of the id returns its workflow)"
+    )
+
+
+def left(timeout: float | None, began: float) -> float | None:
+    """What is left of ``timeout`` seconds since ``began`` (``time.monotonic()``)."""
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - began))

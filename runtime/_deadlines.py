@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import math
 
-from herder.store import InvalidInput
+from herder.store import InvalidInput, real_number
 
 MAX_DEADLINE = 100 * 365.25 * 86400.0
 """Longest deadline accepted, in seconds (its timer key, in ms, must fit)."""
@@ -21,13 +21,8 @@ def deadline_seconds(value: object, what: str = "deadline", *, per_start: bool =
     :class:`InvalidInput` naming ``what``. ``per_start`` (``start(deadline=)``) also takes
     an aware datetime (:func:`deadline_at`), a definition's default (``Workflow``) never:
     it counts from each start, so the message says where an absolute time goes."""
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-        or value > MAX_DEADLINE
-    ):
+    number = real_number(value) if isinstance(value, int | float) else None  # (bool: None)
+    if number is None or not math.isfinite(number) or number <= 0 or number > MAX_DEADLINE:
         if per_start:
             raise InvalidInput(
                 f"{what} must be a number of seconds > 0 (under 100 years) or an aware "
@@ -38,7 +33,7 @@ def deadline_seconds(value: object, what: str = "deadline", *, per_start: bool =
             f"start, got {value!r}; for an absolute time pass start(deadline=) an aware "
             "datetime"
         )
-    return float(value)
+    return number
 
 
 def deadline_at(now: float, deadline: object, *, wall: float | None = None) -> float | None:

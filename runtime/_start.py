@@ -27,6 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.actors import InvalidDefinition, UnknownName, WorkflowConflict
+from herder.runtime._claims import lapsed, left, within
 from herder.runtime._deadlines import deadline_at
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._part import whole as _runtime
@@ -123,8 +124,9 @@ class Starting(StartingMany):
         hex digits. Ids you choose are best made time-ordered too (a counter, a time
         prefix): the store then writes the keys of workflows started together into the
         same pages, where random ids cost each commit about six times the bytes.
-        Blocks while ``max_active_workflows`` are unfinished (up to ``timeout`` seconds,
-        then :class:`TimeoutError`).
+        Blocks while ``max_active_workflows`` are unfinished, or while another start of
+        the same id is being decided (up to ``timeout`` seconds in all, then
+        :class:`TimeoutError`; nothing is written then).
 
         ``priority`` (default 0; higher first) orders its steps against other work
         waiting for the same agent; waiting raises it (see ``priority_aging``).
@@ -168,14 +170,18 @@ class Starting(StartingMany):
         clock = rt._ctx.clock.time()
         new = rt._prepare(workflow, input, workflow_id=workflow_id, now=clock, **when)
         now: float | None = clock
-        wid = new.workflow_id
-        claim = None if workflow_id is None else rt._claims.take(wid, rt._ask_timeout)
+        wid, began, claim = new.workflow_id, time.monotonic(), None
+        if workflow_id is not None:  # (its wait is bounded by the caller's timeout too)
+            wait = within(timeout, rt._ask_timeout)
+            claim = rt._claims.take(wid, wait)
+            if claim is None and (late := lapsed("start()", timeout, wait, rt._ask_timeout)):
+                raise late
         try:
             repeated = rt._repeated(new, workflow_id)
             if repeated is not None:
                 return repeated
             if not rt._take_capacity_now(1):
-                queued = rt._queue_start(new, also, timeout)
+                queued = rt._queue_start(new, also, left(timeout, began))
                 if queued is not None:  # created by the thread that freed a slot
                     return rt._landed(new, queued.error)
                 now = None  # created after the wait, not before

@@ -26,6 +26,7 @@ from herder.store import (
     encode,
     indexed,
     ms,
+    real_number,
     step_key,
     step_timer_key,
     timer_entry,
@@ -77,14 +78,10 @@ def begin_at(
         except Exception as exc:
             raise InvalidInput(f"start_at {start_at!r} is not a usable time: {exc}") from None
     elif delay is not None:
-        if (
-            not isinstance(delay, int | float)
-            or isinstance(delay, bool)
-            or not math.isfinite(delay)
-            or delay < 0
-        ):
+        wait = real_number(delay) if isinstance(delay, int | float) else None
+        if wait is None or not math.isfinite(wait) or wait < 0:  # (a huge int: infinity)
             raise InvalidInput(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-        when = now + float(delay)
+        when = now + wait
     else:
         return None
     if when - now > MAX_WAIT:  # its timer key (ms) must fit; nobody waits this long

@@ -1,0 +1,186 @@
+"""What start() and start_many() promise about waiting: a slot freed wakes every batch
+that now fits, a repeated batch needs no room, a timeout bounds the wait behind another
+start of the same id, and a number too large for a float is refused as bad input."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Agent, InvalidInput, Runtime, StepContext, Workflow
+from herder.runtime.testing import FakeClock
+
+WAIT = 30.0
+HUGE = 10**400  # an int float() cannot hold
+
+
+class Gate(Agent):
+    def __init__(self, go: threading.Semaphore, entered: threading.Semaphore) -> None:
+        self.go, self.entered = go, entered
+
+    def work(self, ctx: StepContext) -> str:
+        self.entered.release()
+        assert self.go.acquire(timeout=WAIT)
+        return ctx.workflow_id
+
+
+class A(Agent):
+    def work(self, ctx: StepContext) -> int:
+        return 1
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+class _Cond(threading.Condition):
+    """The runtime's condition, telling the test each time a thread starts waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Semaphore(0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.release()
+        return super().wait(timeout)
+
+
+class _Queue(collections.deque):  # type: ignore[type-arg]
+    """The runtime's queue of starts waiting for a slot, telling the test each join."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joined = threading.Semaphore(0)
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self.joined.release()
+
+
+@pytest.mark.timeout(60)
+def test_start_many_waiting_for_one_slot_is_woken_when_a_workflow_ends(tmp_path: Path) -> None:
+    """Two start_many calls wait for room: a batch of 2 (first) and a batch of 1. One
+    workflow ends, so one slot is free: the batch of 1 fits and should start. The final
+    listener woke only one waiter (Condition.notify), the batch of 2, which does not fit
+    and slept again; the batch of 1 slept on until its timeout with a slot free."""
+    go, entered = threading.Semaphore(0), threading.Semaphore(0)
+    with Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=2) as rt:
+        rt.add_agent("gate", lambda: Gate(go, entered), concurrency=4)
+        rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
+        cond = rt._lock = _Cond()
+        rt.start("w", workflow_id="a")
+        rt.start("w", workflow_id="b")
+        assert entered.acquire(timeout=WAIT)
+        assert entered.acquire(timeout=WAIT)
+
+        big, _big_out = in_thread(
+            lambda: rt.start_many(
+                [{"workflow": "w", "workflow_id": "x1"}, {"workflow": "w", "workflow_id": "x2"}],
+                timeout=WAIT,
+            )
+        )
+        assert cond.waiting.acquire(timeout=WAIT)  # the batch of 2 waits
+        small, small_out = in_thread(
+            lambda: rt.start_many([{"workflow": "w", "workflow_id": "y"}], timeout=WAIT)
+        )
+        assert cond.waiting.acquire(timeout=WAIT)  # then the batch of 1
+
+        go.release()  # "a" (or "b") ends: one slot free
+        small.join(5.0)  # a slot is free: it should start at once, not at its timeout
+        woken = not small.is_alive()
+        for _ in range(8):  # let everything finish before the runtime stops
+            go.release()
+        small.join(WAIT)
+        big.join(WAIT)
+        assert woken, "start_many of 1 id not woken though a slot was free"
+        assert not isinstance(small_out[0], BaseException), small_out[0]
+
+
+@pytest.mark.timeout(60)
+def test_start_many_repeated_for_running_workflows_returns_their_handles(tmp_path: Path) -> None:
+    """start_many is documented idempotent per id like start(): a caller that repeats a
+    batch that landed (its first call timed out, a retry after a crash) gets the same
+    handles. start() does so at once, without a slot; start_many first waits for one
+    fresh slot per id, and the workflows it names hold those very slots, so the repeat
+    times out with "nothing of it was written" while all of them are running."""
+    go, entered = threading.Semaphore(0), threading.Semaphore(0)
+    with Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=2) as rt:
+        rt.add_agent("gate", lambda: Gate(go, entered), concurrency=4)
+        rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
+        batch = [{"workflow": "w", "workflow_id": "x1"}, {"workflow": "w", "workflow_id": "x2"}]
+        first = rt.start_many(batch)
+        assert entered.acquire(timeout=WAIT)
+        assert entered.acquire(timeout=WAIT)
+        assert rt.start("w", workflow_id="x1").id == "x1"  # start(): at once
+        try:
+            again = rt.start_many(batch, timeout=1.0)
+        finally:
+            go.release()
+            go.release()
+        assert [h.id for h in again] == [h.id for h in first]
+
+
+@pytest.mark.timeout(60)
+def test_start_timeout_bounds_the_wait_behind_a_start_of_the_same_id(tmp_path: Path) -> None:
+    """start(timeout=1) is documented to block at most 1 s for room, then TimeoutError.
+    While an earlier start() of the same id waits for a slot, it holds the id's claim
+    (runtime/_claims.py), and the second start waits for that claim for ask_timeout
+    (here 10 s; 30 s by default), whatever timeout its caller gave."""
+    go, entered = threading.Semaphore(0), threading.Semaphore(0)
+    with Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=1, ask_timeout=10.0) as rt:
+        rt.add_agent("gate", lambda: Gate(go, entered), concurrency=4)
+        rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
+        queue = rt._queued = _Queue()
+        rt.start("w", workflow_id="first")
+        assert entered.acquire(timeout=WAIT)  # the one slot is taken
+        first, _ = in_thread(lambda: rt.start("w", workflow_id="x"))  # no limit: queued
+        assert queue.joined.acquire(timeout=WAIT)
+
+        began = time.monotonic()
+        second, out = in_thread(lambda: rt.start("w", workflow_id="x", timeout=1.0))
+        second.join(5.0)
+        took = time.monotonic() - began
+        done_in_time = not second.is_alive()
+        for _ in range(4):
+            go.release()
+        first.join(WAIT)
+        second.join(WAIT)
+        assert done_in_time, f"start(timeout=1.0) still blocked after {took:.1f} s"
+        assert isinstance(out[0], TimeoutError), out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("when", [{"delay": HUGE}, {"deadline": HUGE}])
+def test_start_refuses_a_huge_int_delay_or_deadline_with_invalid_input(
+    tmp_path: Path, when: dict[str, int]
+) -> None:
+    """delay=/deadline= are checked with math.isfinite, which raises OverflowError for
+    an int beyond a float's range: the caller gets a bare OverflowError instead of the
+    documented InvalidInput (a HerderError). timeout=HUGE is accepted as no limit."""
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent("a", A)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        with pytest.raises(InvalidInput):
+            rt.start("w", **when)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_workflow_refuses_a_huge_int_deadline_with_invalid_input() -> None:
+    with pytest.raises(InvalidInput):
+        Workflow("w", deadline=HUGE)
