@@ -230,6 +230,9 @@ class Recovery:
             ids = self._store.unfinished_ids()
             if ids is not None:
                 self.absent.recovered.update(ids)  # recovery owns them: a late Admit is stale
+                # Counted at once, not a chunk at a time: the runtime opens for start()
+                # after the first chunk, and must not let starts past its limit meanwhile.
+                self._ctx.listener.on_recovered(len(ids), done=True)
             self._chunks = self._store.unfinished_chunks(
                 RESUME_CHUNK, corrupt=self._recovery_corrupt, ids=ids
             )

@@ -184,3 +184,28 @@ def test_start_refuses_a_huge_int_delay_or_deadline_with_invalid_input(
 def test_workflow_refuses_a_huge_int_deadline_with_invalid_input() -> None:
     with pytest.raises(InvalidInput):
         Workflow("w", deadline=HUGE)
+
+
+class Handed(Agent):
+    def go(self, ctx: StepContext) -> Any:
+        return ctx.complete_later()  # unfinished until a completion that never comes
+
+
+def _handed(rt: Runtime) -> None:
+    rt.add_agent("h", Handed, concurrency=4)
+    rt.add_workflow(Workflow("w").step("s", agent="h", action="go", timeout=3600))
+
+
+@pytest.mark.timeout(60)
+def test_a_restart_counts_every_unfinished_workflow_before_it_takes_starts(
+    tmp_path: Path,
+) -> None:
+    # Recovery counted the unfinished workflows a chunk (200) at a time, and the runtime
+    # took starts once the first chunk was in: right after Runtime() 800 of 1,000 were
+    # counted, so starts were let past max_active_workflows until the rest came.
+    path = tmp_path / "s"
+    with Runtime(path, setup=_handed) as rt:
+        rt.start_many([{"workflow": "w", "workflow_id": f"w{i:04d}"} for i in range(1000)])
+    full = pytest.raises(TimeoutError, match="max_active_workflows=1000")
+    with Runtime(path, setup=_handed, max_active_workflows=1000) as rt, full:
+        rt.start("w", workflow_id="one-too-many", timeout=0.2)
