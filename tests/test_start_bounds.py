@@ -4,14 +4,13 @@ start of the same id, and a number too large for a float is refused as bad input
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_capacity_queue import Gate, _Queue, in_thread
 
 from herder.runtime import Agent, InvalidInput, Runtime, StepContext, Workflow
 from herder.runtime.testing import FakeClock
@@ -20,33 +19,9 @@ WAIT = 30.0
 HUGE = 10**400  # an int float() cannot hold
 
 
-class Gate(Agent):
-    def __init__(self, go: threading.Semaphore, entered: threading.Semaphore) -> None:
-        self.go, self.entered = go, entered
-
-    def work(self, ctx: StepContext) -> str:
-        self.entered.release()
-        assert self.go.acquire(timeout=WAIT)
-        return ctx.workflow_id
-
-
 class A(Agent):
     def work(self, ctx: StepContext) -> int:
         return 1
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
 
 
 class _Cond(threading.Condition):
@@ -59,18 +34,6 @@ class _Cond(threading.Condition):
     def wait(self, timeout: float | None = None) -> bool:
         self.waiting.release()
         return super().wait(timeout)
-
-
-class _Queue(collections.deque):  # type: ignore[type-arg]
-    """The runtime's queue of starts waiting for a slot, telling the test each join."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.joined = threading.Semaphore(0)
-
-    def append(self, item: Any) -> None:
-        super().append(item)
-        self.joined.release()
 
 
 @pytest.mark.timeout(60)
