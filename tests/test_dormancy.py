@@ -71,6 +71,13 @@ def _runtime(
     return rt
 
 
+def _doze(rt: Runtime, clock: FakeClock, workflow_id: str) -> None:
+    """Start ``workflow_id`` delayed an hour, and let a Tick send it out of memory."""
+    rt.start("later", delay=3600, workflow_id=workflow_id)
+    advance(rt, clock, TICK)
+    settle(rt)
+
+
 def _counts(rt: Runtime) -> tuple[int, int]:
     steps = rt.stats()["steps"]
     return steps["dormant_workflows"], steps["active_workflows"]
@@ -126,9 +133,7 @@ def test_a_restart_finds_dormant_workflows_in_the_store(
 ) -> None:
     clock = FakeClock()
     with _runtime(tmp_path / "s", clock) as rt:
-        rt.start("later", delay=3600, workflow_id="w")
-        advance(rt, clock, TICK)
-        settle(rt)
+        _doze(rt, clock, "w")
         assert _counts(rt) == (1, 1)
     with _runtime(tmp_path / "s", clock, setup=setup) as rt:
         settle(rt)
@@ -222,9 +227,7 @@ def test_a_dormant_workflow_whose_record_was_damaged_stays_where_it_is(
     # that one workflow is logged and counted, everything else runs on.
     clock = FakeClock()
     with _runtime(tmp_path / "s", clock) as rt:
-        rt.start("later", delay=3600, workflow_id="bad")
-        advance(rt, clock, TICK)
-        settle(rt)
+        _doze(rt, clock, "bad")
         assert _counts(rt) == (1, 1)
         damage = Put("workflows", workflow_key("bad"), b"not a record")
         rt._store.writer.submit(Transition(ops=(damage,))).result(timeout=WAIT)
