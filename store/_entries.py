@@ -240,3 +240,14 @@ def call_sink(sink: BatchSink, effects: list[Any], error: Outcome) -> None:
         sink(effects, error)
     except Exception:
         log.exception("a store writer batch sink raised; the writer carries on")
+
+
+def io_error(exc: BaseException, note: str) -> StoreIOError:
+    """What the callers of a batch whose commit failed with ``exc`` get (logged here)."""
+    log.error("store commit failed: %s (%s)", exc, note)
+    error = StoreIOError(
+        f"commit failed: {type(exc).__name__}: {exc}; {note}. Data committed earlier is "
+        "intact; check free disk space and permissions, then retry"
+    )
+    error.__cause__ = exc
+    return error

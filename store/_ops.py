@@ -173,3 +173,15 @@ def stored_values(
             for key, value in cursor.getmulti(wanted):  # (bytes: no buffers=True)
                 stored[(db, cast("bytes", key))] = cast("bytes", value)
     return stored
+
+
+def validate_ops(ops: Ops, handles: Mapping[str, Any], max_key: int, max_value: int | None) -> None:
+    """:func:`validate` for plain ops (``Writer.submit_batch``): checked as a transition of
+    the same puts and deletes would be, in one pass while they are all well formed."""
+    for db, key in ops:
+        if db not in handles or type(key) is not bytes or not 0 < len(key) <= max_key:
+            validate(Transition(ops=(Delete(db, key),)), handles, max_key, max_value)  # raises
+    if max_value is not None:
+        for (db, key), value in ops.items():
+            if value is not None and len(value) > max_value and db != "meta":
+                validate(Transition(ops=(Put(db, key, value),)), handles, max_key, max_value)
