@@ -36,7 +36,7 @@ class Dormancy:
         *,
         after: float | None,
         take_back: Callable[[str], tuple[WorkflowRun, bool, bool] | None],
-        resume: Callable[[WorkflowRun, bool, bool], None],
+        resume: Callable[[tuple[WorkflowRun, bool, bool] | None], None],
     ) -> None:
         self._engine = engine
         self._commits = commits
@@ -90,5 +90,4 @@ class Dormancy:
             self._absent.note_corrupt(exc)
             fresh = None
         self._absent.dormant.discard(workflow_id)  # (read back, or gone from the store)
-        if fresh is not None:
-            self._resume(*fresh)
+        self._resume(fresh)

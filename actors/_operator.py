@@ -108,7 +108,7 @@ class Operator:
         except BaseException as exc:
             self._shell.perform(self._engine.take())
             ending = self._commits.pending(op.workflow_id) and fresh is None
-            self._resume(fresh)
+            self._recovery.taken_back(fresh)
             if not isinstance(exc, InvalidState) or not ending:
                 self._shell.settle()
                 raise
@@ -122,7 +122,7 @@ class Operator:
             self._shell.settle()
             return done
         self._shell.perform(self._engine.take())
-        self._resume(fresh)
+        self._recovery.taken_back(fresh)
         self._commits.txn(op.workflow_id).effects.append(Resolve(done))
         if run is not None and run.record.id in self._engine.runs:
             self._engine.at(self._clock.time(), self._rand)
@@ -144,7 +144,7 @@ class Operator:
             return self._complete(msg)
         finally:
             if fresh is not None:
-                self._recovery.resume(fresh[0], recovered=fresh[1], crashed=fresh[2])
+                self._recovery.taken_back(fresh)
                 self._shell.settle()  # what it resumed is dispatched now
 
     def _complete(self, msg: Complete) -> Future[None]:
@@ -208,11 +208,6 @@ class Operator:
         self._commits.txn(run.record.id).effects.append(Resolve(done))
         self._shell.settle()
         return done
-
-    def _resume(self, fresh: tuple[WorkflowRun, bool, bool] | None) -> None:
-        """Run what :func:`take_back` loaded, once the action it was loaded for is applied."""
-        if fresh is not None:
-            self._recovery.resume(fresh[0], recovered=fresh[1], crashed=fresh[2])
 
     def _operable(self, op: Operate) -> tuple[WorkflowRun, bool]:
         """The run an operator action applies to (``OPERATOR_ACTIONS``), loaded if it is

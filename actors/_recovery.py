@@ -96,9 +96,7 @@ class Recovery:
             self._early,
             after=ctx.config.passivate_after,
             take_back=self.take_back,
-            resume=lambda run, recovered, crashed: self.resume(
-                run, recovered=recovered, crashed=crashed
-            ),
+            resume=self.taken_back,
         )
         # Recovery after a restart, a chunk per Recover message (recover_all).
         self._chunks: Iterator[list[tuple[WorkflowRecord, list[StepRecord]]]] | None = None
@@ -213,6 +211,12 @@ class Recovery:
         """Run a workflow just put into memory, unless an operator's action ended it."""
         if self._engine.runs.get(run.record.id) is run:
             self._shell.handle(Resumed(run.record.id, recovered=recovered, crashed=crashed))
+
+    def taken_back(self, fresh: tuple[WorkflowRun, bool, bool] | None) -> None:
+        """Run what :meth:`take_back` loaded (if anything), once what it was loaded for
+        (an operator's action, a completion, its timer) has been applied."""
+        if fresh is not None:
+            self.resume(fresh[0], recovered=fresh[1], crashed=fresh[2])
 
     def recover_all(self) -> None:
         """Take over the unfinished workflows in the store, a chunk at a time (a
