@@ -46,10 +46,8 @@ class Results(dict[str, Any]):
     def _fill(self) -> None:
         log = self._log
         if log is not None:
-            upto = self._upto
-            dict.update(
-                self, zip(log.names[:upto], log.values[:upto], strict=True)
-            )  # (not __setitem__)
+            names, values = log.names[: self._upto], log.values[: self._upto]
+            dict.update(self, zip(names, values, strict=True))  # (not __setitem__)
             self._log = None
 
     def kept(self) -> dict[str, Any]:

@@ -32,8 +32,6 @@ from herder.actors.engine._states import POISON_ERROR
 from herder.actors.engine._step import stopped
 from herder.store import StepRecord, StepState
 
-"""The error type recorded on a step parked as poison work."""
-
 
 def running_at_crash(steps: Iterable[StepRecord]) -> list[StepRecord]:
     """Steps whose attempt was running (dispatched, no outcome recorded) at the crash.
