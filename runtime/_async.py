@@ -37,7 +37,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from herder.actors import Complete, Operate, call_future
-from herder.runtime._claims import lapsed, left, within
+from herder.runtime._claims import left
 from herder.runtime._starts import start_items
 from herder.runtime._waits import awaited, run_async, seconds
 
@@ -150,11 +150,7 @@ class AsyncRuntime:
         wid, claims = new.workflow_id, rt._claims  # as Runtime._start, awaiting where it blocks
         began, claim = time.monotonic(), None
         if workflow_id is not None:
-            wait = within(timeout, rt._ask_timeout)
-            claim = await claims.take_async(wid, wait)
-            late = lapsed("start_async()", timeout, wait, rt._ask_timeout)
-            if claim is None and late is not None:
-                raise late
+            claim = await claims.claim_async(wid, timeout, rt._ask_timeout, "start_async()")
         try:
             repeated = rt._repeated(new, workflow_id)
             if repeated is not None:

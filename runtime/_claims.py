@@ -107,12 +107,34 @@ class Claims:
         held: Held = []
         try:
             for workflow_id in sorted(workflow_ids):
-                left = None if deadline is None else max(0.0, deadline - loop.time())
-                held.append((workflow_id, await self.take_async(workflow_id, left)))
+                rest = None if deadline is None else max(0.0, deadline - loop.time())
+                held.append((workflow_id, await self.take_async(workflow_id, rest)))
         except BaseException:
             self.give_back_many(held)
             raise
         return held
+
+    def claim(
+        self, workflow_id: str, timeout: float | None, ask: float, what: str
+    ) -> threading.Lock | None:
+        """:meth:`take` for a start given ``timeout``: it waits at most that or ``ask``
+        (``ask_timeout``, past which it goes on unclaimed); :func:`lapsed` if its own
+        timeout ran out first (nothing written)."""
+        wait = within(timeout, ask)
+        mine = self.take(workflow_id, wait)
+        if mine is None and (late := lapsed(what, timeout, wait, ask)) is not None:
+            raise late
+        return mine
+
+    async def claim_async(
+        self, workflow_id: str, timeout: float | None, ask: float, what: str
+    ) -> threading.Lock | None:
+        """As :meth:`claim`, awaited (:meth:`take_async`: no thread waits)."""
+        wait = within(timeout, ask)
+        mine = await self.take_async(workflow_id, wait)
+        if mine is None and (late := lapsed(what, timeout, wait, ask)) is not None:
+            raise late
+        return mine
 
     def give_back_many(self, held: Held) -> None:
         """End the claims :meth:`take_many` made."""

@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.actors import InvalidDefinition, UnknownName, WorkflowConflict
-from herder.runtime._claims import lapsed, left, within
+from herder.runtime._claims import left
 from herder.runtime._deadlines import deadline_at
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._part import whole as _runtime
@@ -172,10 +172,7 @@ class Starting(StartingMany):
         now: float | None = clock
         wid, began, claim = new.workflow_id, time.monotonic(), None
         if workflow_id is not None:  # (its wait is bounded by the caller's timeout too)
-            wait = within(timeout, rt._ask_timeout)
-            claim = rt._claims.take(wid, wait)
-            if claim is None and (late := lapsed("start()", timeout, wait, rt._ask_timeout)):
-                raise late
+            claim = rt._claims.claim(wid, timeout, rt._ask_timeout, "start()")
         try:
             repeated = rt._repeated(new, workflow_id)
             if repeated is not None:
