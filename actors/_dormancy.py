@@ -4,8 +4,9 @@ Each Tick (every 5 s of the Supervisor's sweeps) looks at a bounded share of the
 workflows in memory, so a pass over 100k takes under a minute and costs each Tick the
 same; one that is :func:`~herder.actors.engine.dormant`, with nothing of it on its way
 to disk, leaves memory (``Absent.dormant``). It comes back, read from the store, when
-its timer fires (:meth:`Dormancy.wake`, from the due timers) and before an operator's
-action or a completion applies to it (``Recovery.take_back`` reads back any unfinished
+its timer fires (:meth:`Dormancy.wake`, from the due timers: a handed-off step's
+deadline is in a batch entry) and before an operator's action or a completion applies
+to it (``Recovery.take_back`` reads back any unfinished
 workflow not in memory). ``Runtime(passivate_after=...)``: how far off the next timer
 must be (None keeps every workflow in memory).
 """

@@ -12,6 +12,7 @@ import pytest
 from herder.actors.engine import WorkflowRun, dormant
 from herder.runtime import (
     Agent,
+    CompletionRefused,
     InvalidInput,
     RetryPolicy,
     Runtime,
@@ -42,9 +43,16 @@ SLOW = RetryPolicy(initial_interval=900.0, max_interval=900.0, jitter=0.0)
 
 class Svc(Agent):
     failures: dict[str, int] = {}
+    tokens: list[str] = []  # the task tokens handed off by ``hand``, in order
 
     def go(self, ctx: StepContext) -> str:
         return ctx.step
+
+    def hand(self, ctx: StepContext) -> object:  # hands its first attempt off
+        if ctx.attempt > 1:
+            return "again"
+        Svc.tokens.append(ctx.task_token)
+        return ctx.complete_later()
 
     def flaky(self, ctx: StepContext) -> str:  # fails its first attempt
         if ctx.attempt == 1:
@@ -57,6 +65,8 @@ def _register(rt: Runtime) -> None:
     rt.add_workflow(Workflow("later").step("s", agent="svc", action="go"))
     flaky = Workflow("retry").step("f", agent="svc", action="flaky", retry=SLOW)
     rt.add_workflow(flaky.step("g", agent="svc", action="go", after=["f"]))
+    handed = Workflow("handed").step("h", agent="svc", action="hand", timeout=3600.0)
+    rt.add_workflow(handed.step("g", agent="svc", action="go", after=["h"]))
 
 
 def _runtime(
@@ -153,6 +163,66 @@ def test_passivate_after_none_keeps_every_workflow_in_memory(tmp_path: pathlib.P
         Runtime(tmp_path / "bad", passivate_after=-1.0)
 
 
+def _hand_off(rt: Runtime, clock: FakeClock, workflow_id: str) -> str:
+    """Start ``workflow_id``, whose step h waits on its completion (timeout an hour), let
+    a Tick send it out of memory; its task token."""
+    Svc.tokens.clear()
+    rt.start("handed", workflow_id=workflow_id)
+    wait_until(rt, lambda: rt.status(workflow_id).steps["h"].state is StepState.WAITING)
+    advance(rt, clock, TICK)
+    settle(rt)
+    assert _counts(rt) == (1, 1)
+    return Svc.tokens[-1]
+
+
+def test_a_step_waiting_on_its_completion_leaves_memory_and_the_completion_brings_it_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    clock = FakeClock()
+    with _runtime(tmp_path / "s", clock) as rt:
+        token = _hand_off(rt, clock, "w")
+        rt.complete_step(token, {"done": True})
+        assert rt.handle("w").result(timeout=WAIT) == {"h": {"done": True}, "g": "g"}
+        assert _counts(rt) == (0, 0)
+        assert check_store(rt._store).problems == []
+
+
+def test_a_cancel_reaches_a_dormant_waiting_step_and_its_completion_still_counts(
+    tmp_path: pathlib.Path,
+) -> None:
+    clock = FakeClock()
+    with _runtime(tmp_path / "s", clock) as rt:
+        token = _hand_off(rt, clock, "w")
+        rt.cancel("w", who="op", why="not needed")
+        # It waits, compensating, for its partner's word: only then is there an undo to know.
+        assert rt.status("w").state is State.COMPENSATING
+        assert _counts(rt) == (0, 1)
+        rt.complete_step(token, "booked")
+        with pytest.raises(WorkflowFailed):
+            rt.handle("w").result(timeout=WAIT)
+        assert rt.status("w").state is State.CANCELLED
+        assert rt.status("w").steps["g"].state is StepState.PENDING  # never ran
+        assert check_store(rt._store).problems == []
+
+
+def test_a_dormant_waiting_step_times_out_on_its_deadline_and_survives_a_restart(
+    tmp_path: pathlib.Path,
+) -> None:
+    clock = FakeClock()
+    with _runtime(tmp_path / "s", clock) as rt:
+        token = _hand_off(rt, clock, "w")
+    with _runtime(tmp_path / "s", clock, setup=True) as rt:
+        settle(rt)
+        assert _counts(rt) == (1, 1)  # recovered, and out of memory again
+        assert rt.status("w").steps["h"].state is StepState.WAITING
+        advance(rt, clock, 3600.0)  # its timeout lapses: woken, retried (attempt 2 answers)
+        assert rt.handle("w").result(timeout=WAIT) == {"h": "again", "g": "g"}
+        assert rt.status("w").steps["h"].attempt == 2
+        with pytest.raises(CompletionRefused):
+            rt.complete_step(token, "late")  # its attempt is no longer the current one
+        assert check_store(rt._store).problems == []
+
+
 # -- the rule --------------------------------------------------------------------------
 
 NOW = 1_000.0
@@ -179,6 +249,11 @@ def _step(name: str, state: StepState, at: float | None = None) -> StepRecord:
     return StepRecord("w", name, state=state, retry_at=at, timer_ms=timer)
 
 
+def _waiting(deadline: float | None, *, beat: float | None = None) -> StepRecord:
+    """Step a, handed off: WAITING under ``deadline`` (and heartbeat deadline ``beat``)."""
+    return StepRecord("w", "a", state=StepState.WAITING, deadline=deadline, heartbeat_deadline=beat)
+
+
 AFTER = ms(NOW + 300)  # passivate_after 300 s
 
 
@@ -190,7 +265,11 @@ AFTER = ms(NOW + 300)  # passivate_after 300 s
         (_step("a", StepState.SUCCEEDED), _step("b", StepState.PENDING, NOW + 600), True),
         (_step("a", StepState.RETRY_WAIT, NOW + 60), _step("b", StepState.PENDING), False),
         (_step("a", StepState.DISPATCHED), _step("b", StepState.PENDING), False),
-        (_step("a", StepState.WAITING), _step("b", StepState.PENDING), False),
+        (_step("a", StepState.WAITING), _step("b", StepState.PENDING), True),  # completion
+        (_waiting(NOW + 600), _step("b", StepState.PENDING), True),
+        (_waiting(NOW + 60), _step("b", StepState.PENDING), False),  # times out soon
+        (_waiting(NOW + 600, beat=NOW + 60), _step("b", StepState.PENDING), False),
+        (_waiting(None, beat=NOW + 600), _step("b", StepState.PENDING), False),  # no entry
         (_step("a", StepState.UNKNOWN), _step("b", StepState.PENDING), False),
         (_step("a", StepState.SUCCEEDED), _step("b", StepState.PENDING), False),  # may run
         (_step("a", StepState.PENDING), _step("b", StepState.PENDING), False),  # no timer
