@@ -563,3 +563,21 @@ def test_a_catch_up_that_waits_for_its_queued_slot_counts_its_slots_once(
     assert fired(rt) == ids("tick", "08:01:00", "08:05:00")
     [status] = rt.schedules()
     assert (status.fired, status.skipped) == (2, 3)
+
+
+def test_a_six_field_cron_reads_its_first_field_as_seconds() -> None:
+    # cronsim takes a seconds field first when there are six; the docs say so now.
+    record = _schedules.new_schedule(
+        "often",
+        "job",
+        0.0,
+        input=None,
+        cron="*/20 * * * * *",
+        every=None,
+        overlap="skip",
+        catch_up="latest",
+        jitter=0.0,
+        timezone="UTC",
+    )
+    assert _schedules.next_slot(record, 60_000) == 80_000
+    assert _schedules.next_slot(record, 80_000) == 100_000
