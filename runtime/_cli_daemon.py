@@ -17,7 +17,7 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--app", required=True, help="module:factory; factory(rt) registers")
     run.add_argument("--standby", action="store_true", help="wait for the lease, then take over")
     run.add_argument("--lease", type=float, default=DEFAULT_LEASE, help="lease seconds")
-    run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds at shutdown")
+    run.add_argument("--drain-timeout", type=seconds_arg, default=30.0, help="seconds at shutdown")
     run.set_defaults(func=_run)
     handoff = sub.add_parser("handoff", help="ask the runtime holding a store to hand over")
     add_store(handoff)

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import pathlib
+import signal
 import sys
 import threading
 import time
@@ -23,6 +24,8 @@ from herder.runtime._systemd import Watchdog, notify
 from herder.store import InvalidInput, Store, StoreError, standby_waiting
 
 _log = logging.getLogger("herder.daemon")
+
+_STOPPING = (signal.SIGTERM, signal.SIGINT)
 
 
 def load_app(spec: str) -> Callable[[Runtime], Any]:
@@ -63,6 +66,9 @@ def run_app(
         rt._wake.wait()
         notify("STOPPING=1")
 
+    # From READY=1 on, a SIGTERM must drain: until run_forever has its own handlers, one
+    # that comes only wakes it (it then stops at once, draining), as it would have.
+    early = {sig: signal.signal(sig, lambda *_: rt._wake.set()) for sig in _STOPPING}
     if standby and not rt.is_active:
         notify(f"READY=1\nSTATUS=standby on {store}: waiting for the lease")
         out.write(f"standby on {store}\n")
@@ -71,7 +77,11 @@ def run_app(
     else:
         announce_active()
     threading.Thread(target=announce_stopping, name="herder-stopping", daemon=True).start()
-    rt.run_forever(drain_timeout=drain_timeout)
+    try:
+        rt.run_forever(drain_timeout=drain_timeout)
+    finally:
+        for sig, handler in early.items():
+            signal.signal(sig, handler)
     notify("STOPPING=1")
     if rt._fatal is not None:
         sys.stderr.write(f"herder run: stopped: {rt._fatal}\n")

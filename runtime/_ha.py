@@ -176,7 +176,10 @@ class StandbyWatcher:
                 _log.error("standby could not check the lease: %s", exc)
                 reason = None
             else:
-                self._on_poll()
+                try:
+                    self._on_poll()
+                except Exception:  # (a listener's failure must not end the standby)
+                    _log.exception("standby poll listener failed")
             finally:
                 self._attempt_since = None
             if reason is not None:

@@ -53,9 +53,13 @@ class Lifecycle:
         ``timeout`` also bounds how long the actors may take to stop, and the store to
         close. Idempotent. If the store's writer cannot finish within it (a stalled disk),
         the runtime is stopped all the same (every waiter hears :class:`RuntimeClosed`)
-        and :class:`TimeoutError` says the store is still open: call again to retry.
+        and :class:`TimeoutError` says the store is still open: call again to retry. A
+        ``timeout`` that is not a number of seconds >= 0 raises :class:`InvalidInput`
+        (None: no limit).
         """
         rt = _runtime(self)
+        checked = seconds(timeout)  # (a negative one stopped nothing, and blamed the disk)
+        timeout = threading.TIMEOUT_MAX if checked is None else checked
         with rt._lock:
             if rt._closed:
                 rt._store.close(timeout)  # (again, if it timed out the first time)
@@ -120,6 +124,8 @@ class Lifecycle:
         Returns early if the runtime is stopped from elsewhere or fails for good.
         """
         rt = _runtime(self)
+        checked = seconds(drain_timeout, "drain_timeout")
+        drain_timeout = threading.TIMEOUT_MAX if checked is None else checked
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 "run_forever() must run in the main thread (Python delivers signals only "
@@ -178,10 +184,10 @@ class Lifecycle:
             "deadline", deadline if number is None else number, 0, "a finite number of seconds >= 0"
         )
         deadline = cast("float", number)
+        rt._check_open()  # (a stopped runtime has its root still: it hands nothing over)
         if rt._root is not None:
             self._hand_over(deadline)
             return True
-        rt._check_open()
         rt._store.request_handoff(deadline)
         if timeout is None:
             timeout = deadline + 2 * rt._store.lease_duration

@@ -141,8 +141,10 @@ class Runtime(
         self._store = Store(
             path, map_size=config.map_size, standby=config.standby, lease=config.lease
         )
+        parts = False
         try:
             self._parts(config)
+            parts = True
             if setup is not None:
                 self._setup(setup)
             if config.standby:
@@ -152,6 +154,11 @@ class Runtime(
             else:
                 self._become_active()
         except BaseException:
+            if parts:  # the actors may run already (becoming active failed after the tree)
+                try:
+                    self.stop()
+                except Exception:  # (the store is closed below all the same)
+                    _log.exception("stopping a runtime that failed to start")
             self._store.close()
             raise
 

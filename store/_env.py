@@ -122,6 +122,9 @@ class Store(Reads, LeaseHolder):
         self._lock_fd: int | None = None
         self._have_flock = False
         self._closed = False
+        # Held by a standby's take of the lease (its commit and the writer it starts) and
+        # by close(): a close never lands between the two, leaving the lease held.
+        self._taking = threading.Lock()
         # Readers enter this gate; a map resize waits until no read transaction is open.
         self._gate = threading.Condition(threading.Lock())
         self._readers = 0
@@ -266,6 +269,16 @@ class Store(Reads, LeaseHolder):
         Idempotent. Raises :class:`TimeoutError` (store left open) if the writer cannot
         drain within ``timeout`` seconds; call again to retry.
         """
+        if self._closed:
+            return
+        if not self._taking.acquire(timeout=timeout):
+            raise TimeoutError(f"a standby's take of the lease did not end within {timeout} s")
+        try:
+            self._close(timeout)
+        finally:
+            self._taking.release()
+
+    def _close(self, timeout: float) -> None:
         if self._closed:
             return
         if self._writer is not None:

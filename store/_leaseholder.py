@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -51,6 +52,8 @@ class LeaseHolder(Access):
     _clock_note: float | None
     _lock_fd: int | None
     _have_flock: bool
+    _closed: bool
+    _taking: threading.Lock  # the Store's: a take and close() exclude each other
 
     def _try_flock(self) -> bool:
         raise NotImplementedError  # the Store's flock
@@ -84,6 +87,12 @@ class LeaseHolder(Access):
         writer. Call it from one thread at a time. ``lapsed`` judges expiry instead of
         the wall clock ``now`` (see :func:`why_takeable`).
         """
+        with self._taking:  # (close() waits for the take and the writer it starts)
+            if self._closed:
+                return None
+            return self._take_lease(lapsed, now)
+
+    def _take_lease(self, lapsed: Callable[[Lease], bool] | None, now: float | None) -> str | None:
         if self._lease is not None:
             return "held"
         if not self.standby or self._env is None:

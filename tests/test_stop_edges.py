@@ -1,0 +1,157 @@
+"""Stopping at awkward moments: after a stop, with a bad timeout, when becoming active
+fails half way, right after `herder run` said it is active, and while a standby takes
+the lease."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import signal
+import threading
+from typing import Any
+
+import pykka
+import pytest
+from _child_kit import Child
+
+from herder.runtime import InvalidInput, Runtime, RuntimeClosed, _daemon
+from herder.store import Store, StoreError
+
+pytestmark = pytest.mark.timeout(60)
+TESTS = pathlib.Path(__file__).parent
+
+
+def test_handoff_on_a_stopped_runtime_is_refused(tmp_path: pathlib.Path) -> None:
+    # It answered True and logged that the lease "was already lost": nothing was handed.
+    rt = Runtime(tmp_path / "s", sweep_interval=0.05)
+    rt.stop()
+    with pytest.raises(RuntimeClosed):
+        rt.handoff(deadline=1.0)
+
+
+def test_a_negative_stop_or_drain_timeout_is_refused_and_stops_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    # stop(-1) stopped no actor, left the store open and blamed "a stalled disk".
+    rt = Runtime(tmp_path / "s", sweep_interval=0.05)
+    try:
+        with pytest.raises(InvalidInput, match="timeout"):
+            rt.stop(timeout=-1)
+        with pytest.raises(InvalidInput, match="drain_timeout"):
+            rt.run_forever(drain_timeout=float("nan"))
+        assert rt.is_active
+    finally:
+        rt.stop()
+
+
+def test_herder_run_refuses_a_negative_drain_timeout_as_a_usage_error(
+    tmp_path: pathlib.Path,
+) -> None:
+    # It started, and on SIGTERM died with a traceback, its lease held.
+    args = ["-m", "herder.runtime", "run", "--store", str(tmp_path / "s")]
+    child = Child([*args, "--app", "ha_app:build", "--drain-timeout", "-1"], cwd=TESTS)
+    try:
+        code = child.proc.wait(timeout=30)
+        err = child.stderr()
+        assert "Traceback" not in err, err[-600:]
+        assert code == 2, (code, err[-300:])
+        assert "--drain-timeout" in err
+    finally:
+        child.kill(10)
+
+
+def test_a_runtime_that_fails_to_become_active_stops_its_actors(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the store was closed: the tree ran on, restarting on StoreClosed.
+    from herder.runtime import _firing
+
+    def full_disk(self: object) -> None:
+        raise StoreError("injected: no space left on device")
+
+    monkeypatch.setattr(_firing.Firer, "start", full_disk)
+    before = set(pykka.ActorRegistry.get_all())
+    with pytest.raises(StoreError, match="injected"):
+        Runtime(tmp_path / "s", sweep_interval=0.05)
+    leaked = [a for a in pykka.ActorRegistry.get_all() if a not in before]
+    for ref in leaked:
+        ref.stop(block=False)
+    assert leaked == []
+
+
+def build(rt: Runtime) -> None:
+    """The app of the test below: registers nothing."""
+
+
+class _Out(io.StringIO):
+    """`herder run`'s output; notes how SIGTERM is handled when it says it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_active: Any = None
+
+    def write(self, text: str) -> int:
+        if text.startswith("active"):
+            self.on_active = signal.getsignal(signal.SIGTERM)
+        return super().write(text)
+
+
+def test_herder_run_drains_on_a_sigterm_from_the_moment_it_says_active(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # READY=1 and "active" came before run_forever installed its handlers: a SIGTERM
+    # right then killed the process (no drain, lease held, exit -15).
+    served: list[bool] = []
+
+    def serve(self: Runtime, *, drain_timeout: float = 30.0) -> None:
+        served.append(self._wake.is_set())
+        self.stop()
+
+    monkeypatch.setattr(Runtime, "run_forever", serve)
+    out, before = _Out(), signal.getsignal(signal.SIGTERM)
+    store = str(tmp_path / "s")
+    code = _daemon.run_app(
+        store, f"{__name__}:build", standby=False, lease=5.0, drain_timeout=1.0, out=out
+    )
+    assert code == 0
+    assert out.on_active not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    out.on_active(signal.SIGTERM, None)  # a SIGTERM then wakes run_forever to stop
+    assert signal.getsignal(signal.SIGTERM) is before  # restored on the way out
+
+
+def test_stop_while_a_standby_takes_the_lease_leaves_it_released(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop between the take's commit and its writer closed the store with the lease
+    # held (it had no writer to release it with), and the watcher thread died.
+    path = tmp_path / "s"
+    Store(path).close()  # a released lease: the standby takes it at its first poll
+    committed, go_on, closing = threading.Event(), threading.Event(), threading.Event()
+    start_writer, close = Store._start_writer, Store.close
+
+    def slow_start(self: Store, lease: Any) -> None:
+        committed.set()
+        go_on.wait(30)
+        start_writer(self, lease)
+
+    def noted_close(self: Store, timeout: float = 10.0) -> None:
+        closing.set()
+        close(self, timeout)
+
+    monkeypatch.setattr(Store, "_start_writer", slow_start)
+    monkeypatch.setattr(Store, "close", noted_close)
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    rt = Runtime(path, standby=True, standby_poll=0.01)
+    assert committed.wait(30)
+    stopper = threading.Thread(target=rt.stop)
+    stopper.start()
+    assert closing.wait(30)  # the stop closes the store while the take is half done
+    go_on.set()
+    stopper.join(30)
+    rt._watcher._thread.join(30)  # type: ignore[union-attr]
+    assert not stopper.is_alive()
+    with Store(path, readonly=True) as st:
+        lease = st.read_lease()
+    assert lease is not None
+    assert (lease.released, errors) == (True, []), lease.describe()
