@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors.engine import Effect
-from herder.store import InvalidInput, Plan, StepRecord, WorkflowRecord, check_text
+from herder.store import InvalidInput, Plan, StepRecord, WorkflowRecord, check_text, validate_id
 
 
 @dataclass(slots=True)
@@ -124,10 +124,11 @@ class Operate:
     command: dict[str, Any] | None = None
 
     def check(self) -> None:
-        """Refuse (:class:`InvalidInput`) a step, ``who`` or ``why`` no action takes,
+        """Refuse (:class:`InvalidInput`) an id, step, ``who`` or ``why`` no action takes,
         whichever way the action came: the API checks in its caller's thread, the CLI
         before it queues, the Scheduler again (a command in the store may come from any
         process)."""
+        validate_id(self.workflow_id)
         if self.step is not None and not isinstance(self.step, str):
             raise InvalidInput(
                 f"step must be a step name (a str) or None, got {type(self.step).__name__}"

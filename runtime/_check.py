@@ -57,6 +57,7 @@ from herder.store import (
     RECENT_DB,
     HerderError,
     Plan,
+    ResourceRecord,
     ScheduleRecord,
     Snapshot,
     StepRecord,
@@ -139,11 +140,13 @@ class _Checker:
             self.problem,
             lambda key, raw: self.load("history", key, raw, lambda d: (d,), is_map=False),
         )
-        # Read by ls, by the sweep (queued commands) and at open (resources): each value
-        # must decode.
-        for db in (RECENT_DB, "commands", "resources"):
+        # Read by ls and by the sweep (queued commands): each value must decode; at open
+        # (resources), each must be a record too.
+        for db in (RECENT_DB, "commands"):
             for key, raw in self.snap.items(db):
                 self.load(db, key, raw, lambda d: d, is_map=False)
+        for key, raw in self.snap.items("resources"):
+            self.load("resources", key, raw, ResourceRecord.from_dict, is_map=False)
         return self.report
 
     def check_index(self) -> None:

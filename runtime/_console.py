@@ -8,6 +8,8 @@ on rich.
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -33,6 +35,28 @@ def clipped(text: str, limit: int, whole: str) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text):,} characters; {whole} prints it all)"
+
+
+def dump_json(out: TextIO, data: Any) -> None:
+    """``--json`` output: strict JSON (RFC 8259), which has no NaN or infinity, so a
+    float that is one (a result an action returned) is written as the string "NaN",
+    "Infinity" or "-Infinity"; anything JSON has no type for, as its repr."""
+    json.dump(_finite(data), out, indent=2, default=repr, allow_nan=False)
+    out.write("\n")
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _finite(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else _NON_FINITE[repr(value)]
+    if kind is dict:
+        return {key: _finite(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [_finite(item) for item in value]
+    return value
 
 
 def value_text(value: object) -> str:

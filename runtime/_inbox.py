@@ -20,7 +20,6 @@ from herder.store import (
     Store,
     StoreCorrupt,
     WorkflowState,
-    definition_key,
 )
 
 _log = logging.getLogger("herder.runtime")
@@ -73,10 +72,13 @@ def inbox_items(
     items = []
     for record in store.workflows(WorkflowState.NEEDS_ATTENTION, corrupt=bad):
         key = (record.name, record.version)
+        if key not in known:
+            try:
+                known[key] = store.get_plan(*key)
+            except StoreCorrupt as exc:  # its steps are shown in stored order
+                bad.append(exc)
+                known[key] = None
         try:
-            if key not in known:
-                raw = store.get("definitions", definition_key(*key))
-                known[key] = None if raw is None else Plan.from_dict(raw)
             steps = store.steps_of(record.id)
         except StoreCorrupt as exc:
             bad.append(exc)

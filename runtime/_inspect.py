@@ -9,7 +9,6 @@ Plain tables by default, ``--json`` for scripts.
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import sys
 import time
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from herder.actors import FACTS_STALE, UnknownWorkflow, read_facts, resource_stats
-from herder.runtime._console import print_table, printable, value_text
+from herder.runtime._console import dump_json, print_table, printable, value_text
 from herder.runtime._schedules import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
@@ -73,11 +72,6 @@ def report_corrupt(corrupt: list[StoreCorrupt]) -> None:
 
 def _when(t: float) -> str:
     return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
-
-
-def _dump(out: TextIO, data: Any) -> None:
-    json.dump(data, out, indent=2, default=repr)
-    out.write("\n")
 
 
 def parse_when(text: str, now: float | None = None) -> float:
@@ -137,7 +131,7 @@ def list_workflows(
             reader.corrupt.append(exc)
     report_corrupt(reader.corrupt)
     if as_json:
-        _dump(out, [s.to_dict() for s in found])
+        dump_json(out, [s.to_dict() for s in found])
         return
     rows = []
     for s in found:
@@ -169,7 +163,7 @@ def show_workflow(
     status = _Reader(store).status(record)
     history = read_history(store, workflow_id)
     if as_json:
-        _dump(out, {**status.to_dict(), "history": history})
+        dump_json(out, {**status.to_dict(), "history": history})
         return
     out.write(
         f"workflow {printable(status.id)}: {status.name}@{status.version} {status.state}\n"
@@ -219,7 +213,7 @@ def show_schedules(out: TextIO, store: Store, *, as_json: bool) -> None:
     """``herder schedules``: every schedule, its cadence, policies and next firing."""
     statuses = schedule_statuses(store)
     if as_json:
-        _dump(out, [s.to_dict() for s in statuses])
+        dump_json(out, [s.to_dict() for s in statuses])
         return
     rows = [
         (
@@ -325,7 +319,7 @@ def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
         report_corrupt([exc])
         live = None
     if as_json:
-        _dump(out, {**stats, "live": live})
+        dump_json(out, {**stats, "live": live})
         return
     rows: list[tuple[str, Any]] = [(f"workflows {k}", v) for k, v in stats["workflows"].items()]
     rows += [(f"steps {k}", v) for k, v in stats["steps"].items()]

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from herder.actors import Operate, UnknownWorkflow
 from herder.actors.engine import ended_for_good, parked_refusal
 from herder.runtime._cli_args import add_json, add_store, seconds_arg
-from herder.runtime._console import print_table
+from herder.runtime._console import dump_json, print_table
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import report_corrupt
 from herder.store import (
@@ -90,8 +90,7 @@ def show_inbox(out: TextIO, store_path: str, *, as_json: bool) -> int:
         items = inbox_items(store, corrupt=corrupt)
     report_corrupt(corrupt)  # on stderr: the inbox shows the rest
     if as_json:
-        json.dump([i.to_dict() for i in items], out, indent=2, default=repr)
-        out.write("\n")
+        dump_json(out, [i.to_dict() for i in items])
         return 0
     rows = [
         (
@@ -110,6 +109,10 @@ def show_inbox(out: TextIO, store_path: str, *, as_json: bool) -> int:
     return 0
 
 
+def _strict(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value; store a number, or a string")
+
+
 def send(out: TextIO, args: argparse.Namespace) -> int:
     """Send one operator command to the runtime holding the store and report its outcome."""
     action, path = args.command, args.store
@@ -117,8 +120,10 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
     if action == "skip":
         command_args["step"] = args.step
         try:
-            command_args["result"] = None if args.result is None else json.loads(args.result)
-        except json.JSONDecodeError as exc:
+            command_args["result"] = (
+                None if args.result is None else json.loads(args.result, parse_constant=_strict)
+            )
+        except ValueError as exc:  # (JSONDecodeError, or NaN/Infinity: not JSON either)
             sys.stderr.write(f"herder skip: --result is not valid JSON: {exc}\n")
             return 2
         except RecursionError:

@@ -62,7 +62,10 @@ class ResourceRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResourceRecord:
-        """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored)."""
+        """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored);
+        ``TypeError``/``ValueError`` for anything else."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a resources record is a map, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["breaker"] = BreakerState(values.get("breaker", BreakerState.CLOSED))

@@ -92,8 +92,11 @@ class ScheduleRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> ScheduleRecord:
         """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored).
 
-        Raises ``TypeError``/``ValueError`` for a map that is not a schedule record.
+        Raises ``TypeError``/``ValueError`` for a map that is not a schedule record (or
+        anything but a map).
         """
+        if not isinstance(data, dict):
+            raise TypeError(f"a schedule record is a map, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         record = cls(**values)

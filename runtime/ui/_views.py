@@ -31,6 +31,7 @@ from herder.store import (
     is_held,
     new_command,
     read_history,
+    validate_id,
 )
 
 if TYPE_CHECKING:
@@ -131,14 +132,13 @@ class Views:
         if action == "skip":
             args = {"step": form.get("step") or None, "result": None}
         # The API's and the CLI's checks, before anything is queued (InvalidInput: 400).
+        try:
+            validate_id(workflow_id)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{workflow_id!r:.80} is not a valid workflow id: {exc}") from None
         Operate(action, workflow_id, args.get("step"), who=who, why=why).check()
         with self._gate.read() as store:
-            try:
-                record = store.get_workflow(workflow_id)
-            except InvalidInput as exc:
-                raise InvalidInput(
-                    f"{workflow_id!r:.80} is not a valid workflow id: {exc}"
-                ) from None
+            record = store.get_workflow(workflow_id)
             if record is None:
                 raise ValueError(f"no workflow with id {workflow_id!r}")
         ok: bool | None
