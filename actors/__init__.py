@@ -84,6 +84,7 @@ from herder.actors._wiring import (
     QuietListener,
     registered_agents,
 )
+from herder.actors._worker_pool import RESERVED_AGENT_NAMES
 
 __all__ = [
     "DEFAULT_HEALTH_INTERVAL",
@@ -91,6 +92,7 @@ __all__ = [
     "FACTS_REFRESH",
     "FACTS_STALE",
     "NO_LIMITS",
+    "RESERVED_AGENT_NAMES",
     "Adaptive",
     "Admit",
     "Agent",

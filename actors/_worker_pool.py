@@ -46,6 +46,10 @@ from herder.actors._supervision_specs import ChildEventKind, ChildSpec, Restart
 POOL = "*pool"
 """The pool's pseudo agent name in events (no registered agent can be named so)."""
 
+RESERVED_AGENT_NAMES = frozenset({POOL})
+"""Names the hosts use for themselves in events and supervisor ids: ``add_agent`` refuses
+them, so an agent's news is never taken for the pool's."""
+
 Job = tuple[str, str, int]
 """What a worker runs: (agent, instance, token)."""
 

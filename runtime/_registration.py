@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from herder.actors import (
     DEFAULT_HEALTH_INTERVAL,
     NO_LIMITS,
+    RESERVED_AGENT_NAMES,
     Adaptive,
     Agent,
     AgentEntry,
@@ -92,6 +93,11 @@ class Registration:
         rt = _runtime(self)
         rt._check_open()
         validate_name("agent", name)
+        if name in RESERVED_AGENT_NAMES:
+            raise InvalidInput(
+                f"agent name {name!r} is reserved: the runtime names its worker pool so in "
+                "its own events; choose another name"
+            )
         _check_factory(name, factory, asyncio)
         adaptive = concurrency if isinstance(concurrency, Adaptive) else None
         if adaptive is not None:

@@ -198,3 +198,15 @@ def test_an_input_with_a_key_that_is_no_str_names_the_key_as_written(
         with pytest.raises(EncodeError) as refused:
             rt.start("w", value)
     assert f"input cannot be stored: {says}; map keys must be str" in str(refused.value)
+
+
+@pytest.mark.timeout(30)
+def test_an_agent_named_like_the_worker_pool_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    # The pool host reads every event of agent "*pool" as news of its worker pool: an
+    # agent so named lost its instances' crashes (its attempts never reported lost).
+    with Runtime(tmp_path / "s") as rt:
+        with pytest.raises(InvalidInput, match=r"'\*pool' is reserved.*choose another name"):
+            rt.add_agent("*pool", Shop)
+        rt.add_agent("pool", Shop)  # (only the pool's own name is taken)
+        rt.add_workflow(Workflow("w").step("pay", agent="pool", action="buy"))
+        assert rt.start("w").result(timeout=WAIT) == {"pay": "bought"}
