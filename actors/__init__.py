@@ -44,6 +44,7 @@ from herder.actors._facts import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, parse_fa
 from herder.actors._health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
 from herder.actors._health import AgentHealth, HealthPolicy
 from herder.actors._host import AgentHost, AgentUnavailable, InstanceCrash, host_kind
+from herder.actors._hosted import agents_listener
 from herder.actors._limits import CircuitBreaker, RateLimit, resource_stats
 from herder.actors._messages import (
     Admit,
@@ -75,7 +76,7 @@ from herder.actors._supervision_specs import (
 )
 from herder.actors._supervision_start import start_supervisor
 from herder.actors._supervisor import WorkflowSupervisor
-from herder.actors._thread_host import ThreadHost, agents_listener
+from herder.actors._thread_host import ThreadHost
 from herder.actors._tree import start_tree
 from herder.actors._wiring import (
     NO_LIMITS,

@@ -32,7 +32,14 @@ from herder.actors._ask import call_later
 from herder.actors._clock import Clock
 from herder.actors._messages import InstanceEvent
 from herder.actors._queue import DEFAULT_AGING, JobQueue
-from herder.actors._supervision_specs import Backoff, ChildEvent, ChildSpec, Restart, Strategy
+from herder.actors._supervision_specs import (
+    Backoff,
+    ChildEvent,
+    ChildEventKind,
+    ChildSpec,
+    Restart,
+    Strategy,
+)
 from herder.actors._supervision_start import start_supervisor
 from herder.store import explain
 
@@ -197,3 +204,22 @@ def request_agent_supervisor(
         shutdown=shutdown,
     )
     call_later(agents_supervisor, "start_child", spec)
+
+
+def agents_listener(tell: Callable[[InstanceEvent], None]) -> Callable[[ChildEvent], None]:
+    """The listener of the ``agents`` supervisor: news of a per-agent supervisor (started,
+    crashed, gone) reaches the Scheduler as an :class:`InstanceEvent` without instance."""
+
+    def listener(event: ChildEvent) -> None:
+        if event.kind in (
+            ChildEventKind.STARTED,
+            ChildEventKind.CRASHED,
+            ChildEventKind.EXITED,
+            ChildEventKind.TERMINATED,
+            ChildEventKind.ABANDONED,
+        ):
+            agent = event.child_id.removeprefix("agent:")
+            reason = None if event.reason is None else explain(event.reason)
+            tell(InstanceEvent(agent, None, event.kind, event.ref, reason))
+
+    return listener

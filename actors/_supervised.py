@@ -153,6 +153,14 @@ class SupervisedActor(pykka.ThreadingActor):
         except pykka.ActorDeadError:
             # The supervisor is gone (it is stopping us, or it died); nobody is left to act.
             _log.debug("%s exited after its supervisor %s", self, parent)
+            try:
+                self.on_orphaned_exit(self._herder_failure)
+            except Exception:
+                _log.exception("%s: on_orphaned_exit failed", self)
+
+    def on_orphaned_exit(self, reason: BaseException | None) -> None:
+        """Hook: this actor ended (``reason`` None: stopped normally) after its supervisor
+        had gone, so no supervisor hears of it."""
 
 
 def _await_birth(

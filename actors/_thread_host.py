@@ -16,62 +16,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pykka
 
-from herder.actors._action import run_attempt
-from herder.actors._agent import Agent
+from herder.actors._agent_instance import AgentInstance
 from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
-from herder.actors._host import AgentUnavailable, GivenUp, InstanceCrash
+from herder.actors._host import AgentUnavailable, GivenUp
 from herder.actors._hosted import Hosted, HostedAgents, Instance, request_agent_supervisor
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING
-from herder.actors._supervised import SupervisedActor
-from herder.actors._supervision_specs import ChildEvent, ChildEventKind, ChildSpec, Restart
-from herder.store import UserCodeFailed, contain, crash_point, explain
+from herder.actors._supervision_specs import ChildEventKind, ChildSpec, Restart
+from herder.store import crash_point
 
 _log = logging.getLogger("herder.agents")
-
-
-class AgentInstance(SupervisedActor):
-    """One pykka actor running one agent object; serves one attempt at a time."""
-
-    use_daemon_thread = True
-    reported_failures = (InstanceCrash, UserCodeFailed)  # (logged as on the pool host)
-
-    def __init__(
-        self,
-        agent: str,
-        instance: str,
-        factory: Callable[[], Agent],
-        reply: Callable[[Outcome], None],
-        max_result_bytes: int,
-    ) -> None:
-        super().__init__()
-        self._agent_name = agent
-        self._instance = instance
-        self._factory = factory
-        self._reply = reply
-        self._max_result_bytes = max_result_bytes
-        self._agent: Any = None
-
-    def on_start(self) -> None:
-        """Build the agent object; a failing factory is a crash at start-up (reported as
-        :class:`UserCodeFailed`, so the supervisor never touches the user's exception)."""
-        super().on_start()
-        self._agent = contain(self._factory)
-
-    def on_receive(self, message: Any) -> Any:
-        """Run one attempt and report its outcome (an InstanceCrash crashes this actor)."""
-        if isinstance(message, Run):
-            outcome = run_attempt(
-                self._agent, self._agent_name, self._instance, message, self._max_result_bytes
-            )
-            self._reply(outcome)
-            return None
-        return super().on_receive(message)
 
 
 @dataclass(slots=True)
@@ -80,6 +38,8 @@ class _Instance(Instance):
     lost: bool = False  # replaced or crashed: waiting for the supervisor to bring it back
     starting: bool = False  # asked for, not yet reported started
     stale: bool = False  # its agent was added again: stopped once it is idle
+    sent: bool = False  # its attempt was told to it (reserved only, it runs none yet)
+    orphan: bool = False  # its supervisor went while it ran: it goes once its attempt ends
 
     @property
     def free(self) -> bool:
@@ -131,12 +91,13 @@ class ThreadHost(HostedAgents[_Pool]):
         self._events = events
         self._max_result_bytes = max_result_bytes
         self._shutdown = shutdown
-        self._abandoned = 0  # instances replaced while they ran an attempt
+        self._abandoned = 0  # threads left running: replaced, or not stopped in time
 
     # -- registration ------------------------------------------------------------------
 
     def remove(self, name: str) -> None:
-        """Stop serving ``name``: its instances stop, its queue waits for a new add()."""
+        """Stop serving ``name``: its instances stop (a busy one once its attempt ends, and
+        counts against its concurrency until then), its queue waits for a new add()."""
         pool = self._agents.get(name)
         if pool is None:
             return
@@ -157,14 +118,15 @@ class ThreadHost(HostedAgents[_Pool]):
                 self._retire(pool, instance_id)
 
     def _retire(self, pool: _Pool, instance_id: str) -> None:
-        """Stop an idle instance its agent no longer wants (stale, or over concurrency)."""
-        del pool.instances[instance_id]
-        if pool.supervisor is not None:
+        """Stop an idle instance its agent no longer wants (stale, or over concurrency);
+        an orphan's supervisor is gone, and it stops by itself."""
+        inst = pool.instances.pop(instance_id)
+        if pool.supervisor is not None and not inst.orphan:
             call_later(pool.supervisor, "delete_child", instance_id)
 
     def _idled(self, pool: _Pool, instance_id: str, inst: _Instance) -> None:
         """An instance is free: it serves on, or stops if stale or over concurrency."""
-        if inst.stale or len(pool.instances) > pool.concurrency:
+        if inst.stale or inst.orphan or len(pool.instances) > pool.concurrency:
             self._retire(pool, instance_id)
         else:
             pool.idle.append(instance_id)
@@ -183,7 +145,7 @@ class ThreadHost(HostedAgents[_Pool]):
             candidate = pool.idle.pop()
             inst = pool.instances.get(candidate)
             if inst is not None and inst.free:
-                inst.busy_token = token
+                inst.busy_token, inst.sent = token, False
                 return candidate
         if pool.supervisor is None:
             if not pool.supervisor_pending and pool.concurrency > 0:
@@ -206,6 +168,7 @@ class ThreadHost(HostedAgents[_Pool]):
             inst.lost = True  # its supervisor's news of the exit is on the way
             inst.busy_token = None
             return False
+        inst.sent = True
         return True
 
     def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
@@ -223,6 +186,9 @@ class ThreadHost(HostedAgents[_Pool]):
     def replace(self, name: str, instance_id: str) -> None:
         """Have the tree replace an instance that hangs; its late answer is fenced out."""
         pool, inst = self._instance(name, instance_id)
+        if pool is not None and inst is not None and inst.orphan:
+            del pool.instances[instance_id]  # (its thread was counted when abandoned)
+            return
         if pool is None or inst is None or pool.supervisor is None:
             return
         inst.lost = True
@@ -240,31 +206,15 @@ class ThreadHost(HostedAgents[_Pool]):
         pool = self._agents.get(event.agent)
         if pool is None:
             return []
-        if event.instance is None and event.kind is ChildEventKind.STARTED:
-            if pool.supervisor_pending and event.ref is not None:
-                pool.supervisor_pending = False
-                pool.supervisor = event.ref
-                if pool.concurrency == 0:  # removed while it was starting
-                    self._stop_pool_supervisor(pool)
-            return []
-        if event.instance is None and event.ref is None and event.kind is ChildEventKind.CRASHED:
-            if pool.supervisor_pending:  # the per-agent supervisor could not start
-                pool.supervisor_pending = False
-                if pool.concurrency > 0:
-                    raise AgentUnavailable(f"agent {pool.name!r} could not start: {event.reason}")
-            return []
-        if event.instance is None:  # news of the per-agent supervisor itself
-            current = pool.supervisor
-            if current is None or event.ref is None or event.ref.actor_urn != current.actor_urn:
-                return []  # about a supervisor this pool already let go of
-            lost: list[int] = [GivenUp(token) for token in pool.busy()]  # (it gave up)
-            pool.supervisor = None
-            pool.instances.clear()
-            pool.idle.clear()
-            return lost
+        if event.instance is None:
+            return self._on_supervisor_event(pool, event)
         inst = pool.instances.get(event.instance)
         if inst is None:
             return []
+        if event.kind is ChildEventKind.ABANDONED and not inst.lost:
+            self._abandoned += 1  # (one replace() abandoned is counted already)
+            if inst.orphan:
+                return []  # it runs on: its answer is awaited, its slot held
         if inst.starting:
             if event.kind is ChildEventKind.STARTED and event.ref is not None:
                 inst.starting = False
@@ -291,6 +241,8 @@ class ThreadHost(HostedAgents[_Pool]):
             inst.busy_token = None
             inst.lost = True
             inst.ref = None
+            if inst.orphan:  # nothing restarts it
+                del pool.instances[event.instance]
             return lost
         if not inst.lost:
             # "started" of an instance we started ourselves, or the end of one we stopped:
@@ -307,6 +259,32 @@ class ThreadHost(HostedAgents[_Pool]):
             inst.idle_since = now
             self._idled(pool, event.instance, inst)  # (stale: the old factory's again)
         return []
+
+    def _on_supervisor_event(self, pool: _Pool, event: InstanceEvent) -> list[int]:
+        """News of the agent's supervisor: started, could not start, or gone (gave up)."""
+        if event.kind is ChildEventKind.STARTED:
+            if pool.supervisor_pending and event.ref is not None:
+                pool.supervisor_pending = False
+                pool.supervisor = event.ref
+                if pool.concurrency == 0:  # removed while it was starting
+                    self._stop_pool_supervisor(pool)
+            return []
+        if event.ref is None and event.kind is ChildEventKind.CRASHED:
+            if pool.supervisor_pending:  # the per-agent supervisor could not start
+                pool.supervisor_pending = False
+                if pool.concurrency > 0:
+                    raise AgentUnavailable(f"agent {pool.name!r} could not start: {event.reason}")
+            return []
+        current = pool.supervisor
+        if current is None or event.ref is None or event.ref.actor_urn != current.actor_urn:
+            return []  # about a supervisor this pool already let go of
+        lost: list[int] = []  # (it gave up)
+        for inst in pool.instances.values():
+            if inst.busy_token is not None and not inst.orphan:
+                lost.append(GivenUp(inst.busy_token))
+                inst.busy_token = None
+        self._let_go(pool)
+        return lost
 
     # -- passivation and shutdown -----------------------------------------------------
 
@@ -349,7 +327,7 @@ class ThreadHost(HostedAgents[_Pool]):
         spec = ChildSpec(
             id=instance_id,
             start=lambda: AgentInstance.start(
-                name, instance_id, factory, self._reply, self._max_result_bytes
+                name, instance_id, factory, self._reply, self._max_result_bytes, events=self._events
             ),
             restart=Restart.PERMANENT,
             shutdown=self._shutdown,
@@ -372,27 +350,18 @@ class ThreadHost(HostedAgents[_Pool]):
         pool.supervisor_pending = True
 
     def _stop_pool_supervisor(self, pool: _Pool) -> None:
-        pool.supervisor = None
-        pool.supervisor_pending = False
-        pool.instances.clear()
-        pool.idle.clear()
+        self._let_go(pool)
         call_later(self._agents_sup, "delete_child", f"agent:{pool.name}")
 
-
-def agents_listener(tell: Callable[[InstanceEvent], None]) -> Callable[[ChildEvent], None]:
-    """The listener of the ``agents`` supervisor: news of a per-agent supervisor (started,
-    crashed, gone) reaches the Scheduler as an :class:`InstanceEvent` without instance."""
-
-    def listener(event: ChildEvent) -> None:
-        if event.kind in (
-            ChildEventKind.STARTED,
-            ChildEventKind.CRASHED,
-            ChildEventKind.EXITED,
-            ChildEventKind.TERMINATED,
-            ChildEventKind.ABANDONED,
-        ):
-            agent = event.child_id.removeprefix("agent:")
-            reason = None if event.reason is None else explain(event.reason)
-            tell(InstanceEvent(agent, None, event.kind, event.ref, reason))
-
-    return listener
+    def _let_go(self, pool: _Pool) -> None:
+        """The agent's supervisor goes: its instances with it, but for those running an
+        attempt, which run on (a thread cannot be stopped) and hold their slots until their
+        attempt ends."""
+        pool.supervisor = None
+        pool.supervisor_pending = False
+        pool.idle.clear()
+        for instance_id, inst in list(pool.instances.items()):
+            if inst.busy_token is not None and inst.sent:
+                inst.orphan = True
+            else:  # (one reserved only is not sent its attempt: that attempt fails)
+                del pool.instances[instance_id]

@@ -15,11 +15,11 @@ import pykka
 
 from herder.actors._clock import Clock
 from herder.actors._engine import EngineContext
+from herder.actors._hosted import agents_listener
 from herder.actors._scheduler import Scheduler
 from herder.actors._supervision_specs import ChildSpec, Restart, Strategy
 from herder.actors._supervision_start import start_supervisor
 from herder.actors._supervisor import WorkflowSupervisor
-from herder.actors._thread_host import agents_listener
 
 
 def start_tree(

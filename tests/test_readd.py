@@ -22,6 +22,7 @@ class Tally:
         self.lock = threading.Lock()
         self.running: dict[int, int] = {1: 0, 2: 0}
         self.peak: dict[int, int] = {1: 0, 2: 0}
+        self.most = 0  # of both versions at once
         self.started = threading.Semaphore(0)
         self.gate = threading.Event()
 
@@ -35,6 +36,7 @@ class Versioned(Agent):
         with t.lock:
             t.running[v] += 1
             t.peak[v] = max(t.peak[v], t.running[v])
+            t.most = max(t.most, t.running[1] + t.running[2])
         t.started.release()
         try:
             t.gate.wait(WAIT)
@@ -62,3 +64,27 @@ def test_attempts_after_add_agent_run_on_the_new_factory_within_its_concurrency(
         assert [h.result(timeout=WAIT) for h in first] == [{"s": 1}] * 4
         assert [h.result(timeout=WAIT) for h in later] == [{"s": 2}] * 12
     assert tally.peak[2] <= concurrency
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_an_agent_removed_and_added_again_while_its_attempts_run_keeps_its_concurrency(
+    tmp_path: Path, host: str
+) -> None:
+    # The thread host let the busy instances go with the removed name's supervisor (their
+    # threads ran on), and the name added again started two more beside them: four at once.
+    tally = Tally()
+    with Runtime(tmp_path / "s", agent_host=host) as rt:
+        rt.add_agent("a", functools.partial(Versioned, 1, tally), concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="go", timeout=60))
+        first = [rt.start("w") for _ in range(2)]
+        for _ in range(2):
+            assert tally.started.acquire(timeout=WAIT)
+        rt.remove_agent("a")
+        rt.add_agent("a", functools.partial(Versioned, 2, tally), concurrency=2)
+        later = [rt.start("w") for _ in range(2)]
+        extra = tally.started.acquire(timeout=2.0)  # none starts before the gate opens
+        tally.gate.set()
+        assert [h.result(timeout=WAIT) for h in first] == [{"s": 1}] * 2
+        assert [h.result(timeout=WAIT) for h in later] == [{"s": 2}] * 2
+    assert not extra
+    assert tally.most == 2

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from herder.actors._hosted import Hosted, HostedAgents, Instance
-from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime import Agent, InstanceCrash, Runtime, StepContext, Workflow
 from herder.runtime.testing import FakeClock, advance, settle
 
 WAIT = 30.0
@@ -207,3 +209,82 @@ def test_a_name_removed_while_its_attempt_commits_is_kept_for_that_attempt(
         rt.add_agent("d", functools.partial(Dev, 2))
         assert handle.result(timeout=WAIT)["s"] in (1, 2)
         assert rt.stats()["restarts"]["scheduler"] == 0
+
+
+class Abandoned(logging.Handler):
+    """Set once a supervisor logs that it abandoned an agent instance's thread (its event
+    follows on the same thread, before anything the test does next reaches the
+    Scheduler); not the agent's supervisor, abandoned while it waits for that."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "abandoning its thread" in message and "child 'a#" in message:
+            self.seen.set()
+
+
+@pytest.fixture
+def abandoned() -> Iterator[Abandoned]:
+    handler = Abandoned()
+    logger = logging.getLogger("herder.supervision")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+class Crashes(Agent):
+    """Its first attempt waits for the gate, then crashes its instance."""
+
+    def __init__(self, began: threading.Event, gate: threading.Event) -> None:
+        self.began, self.gate = began, gate
+
+    def go(self, ctx: StepContext) -> int:
+        if ctx.attempt == 1:
+            self.began.set()
+            self.gate.wait(WAIT)
+            raise InstanceCrash("late")
+        return ctx.attempt
+
+
+def test_a_thread_left_running_by_remove_agent_is_counted_and_its_answer_taken(
+    tmp_path: Path, abandoned: Abandoned
+) -> None:
+    began, gate, runs = threading.Semaphore(0), threading.Event(), {}
+    try:
+        with Runtime(tmp_path / "s", agent_host="thread", instance_shutdown=0.1) as rt:
+            rt.add_agent("a", functools.partial(Gated, began, gate, runs))
+            rt.add_workflow(Workflow("w").step("s", agent="a", action="go"))
+            handle = rt.start("w", workflow_id="w0")
+            assert began.acquire(timeout=WAIT)
+            rt.remove_agent("a")  # its supervisor stops; the busy instance's thread runs on
+            assert abandoned.seen.wait(WAIT)
+            gate.set()
+            assert handle.result(timeout=WAIT) == {"s": "done"}
+            assert rt.stats()["host"]["abandoned_threads"] == 1
+            assert runs == {"w0": 1}
+    finally:
+        gate.set()
+
+
+def test_an_instance_left_running_by_remove_agent_that_crashes_loses_its_attempt(
+    tmp_path: Path, abandoned: Abandoned
+) -> None:
+    # No supervisor is left to hear of the crash: the instance reports it itself, else
+    # the attempt (no timeout) waited for an answer forever.
+    began, gate = threading.Event(), threading.Event()
+    try:
+        with Runtime(tmp_path / "s", agent_host="thread", instance_shutdown=0.1) as rt:
+            rt.add_agent("a", functools.partial(Crashes, began, gate))
+            rt.add_workflow(Workflow("w").step("s", agent="a", action="go"))
+            handle = rt.start("w")
+            assert began.wait(WAIT)
+            rt.remove_agent("a")
+            assert abandoned.seen.wait(WAIT)
+            rt.add_agent("a", functools.partial(Crashes, began, gate))
+            gate.set()
+            assert handle.result(timeout=WAIT) == {"s": 2}
+    finally:
+        gate.set()
