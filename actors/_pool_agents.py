@@ -14,10 +14,10 @@ and the crash rules:
   :data:`~herder.actors._hosted.INSTANCE_BACKOFF` (then ``InstanceEvent("restarted")``),
   as on the thread host;
 - past ``max_restarts`` crashes of one agent within ``restart_period`` the host gives up
-  on its instances, as a supervisor would: the attempts the others run are lost too (how
-  each one is let go of is the host's :meth:`PoolAgents._let_go`), each as a
-  :class:`~herder.actors._host.GivenUp` (not its own crash: not charged), and the next
-  one starts afresh.
+  on its instances, as a supervisor would, and the next one starts afresh: an attempt
+  another instance runs runs on (a worker is not stopped) and holds its slot until it
+  ends; one not started yet is lost (:meth:`PoolAgents._let_go`), as a
+  :class:`~herder.actors._host.GivenUp` (not its own crash: not charged).
 """
 
 from __future__ import annotations
@@ -215,15 +215,22 @@ class PoolAgents(HostedAgents[PooledAgent]):
         return lost
 
     def _give_up(self, agent: PooledAgent, instance_id: str) -> list[int]:
-        """The restart intensity of ``agent`` is exceeded: drop every instance (the
-        attempts they run are lost; their workers free once they answer) and start afresh."""
+        """The restart intensity of ``agent`` is exceeded: drop every instance and start
+        afresh. An attempt one still runs runs on (a worker is not stopped) and holds its
+        slot until it ends, its answer taken; one not started yet is lost."""
         assert agent.window is not None
         window, period = len(agent.window), self._restart_period
         _log.error(
             "%s", RestartIntensityExceeded(f"agent:{agent.name}", instance_id, window, period)
         )
-        lost: list[int] = [GivenUp(t) for i in agent.instances.values() for t in self._let_go(i)]
-        agent.instances.clear()
+        lost: list[int] = []
+        for key, inst in list(agent.instances.items()):
+            tokens = self._let_go(inst)
+            if tokens is None:
+                inst.stale = True  # it runs on, its slot held; dropped once it ends
+            else:
+                lost += (GivenUp(token) for token in tokens)
+                del agent.instances[key]
         agent.window = None
         return lost
 
@@ -252,24 +259,18 @@ class PoolAgents(HostedAgents[PooledAgent]):
             del agent.instances[lined[1]]
         return [token, fed]
 
-    def _let_go(self, inst: Slot) -> list[int]:
-        """The agent of ``inst`` is given up on: the attempts lost with it (its worker
-        frees once it answers; one it took from the line unheard of, once that is heard)."""
-        if inst.lined:
-            token = inst.busy_token or 0
-            if inst.work is None or withdraw(inst.work):
-                self._lined.pop(token, None)
+    def _let_go(self, inst: Slot) -> list[int] | None:
+        """The agent of ``inst`` is given up on: the attempts lost with it, none started
+        (withdrawn from the line, or not sent yet), or None if it runs one on."""
+        halt(inst)  # its worker takes no further ready attempt for it
+        token = inst.busy_token
+        if token is None or inst.restarting:
+            return []
+        if inst.lined and (inst.work is None or withdraw(inst.work)):
+            self._lined.pop(token, None)
             self._unline(inst)
             return [token]
-        fed = halt(inst)
-        if inst.busy_token is None or inst.restarting:
-            return []
-        lost = [inst.busy_token]
-        if fed and fed != inst.busy_token:  # its worker went on with it, unheard of yet
-            lost.append(fed)
-        if inst.worker is not None:
-            self._orphans[lost[-1]] = inst.worker
-        return lost
+        return [token] if inst.work is None else None  # (a worker took it from the line)
 
 
 def idle(inst: Slot) -> bool:

@@ -213,8 +213,9 @@ class ThreadHost(HostedAgents[_Pool]):
             return []
         if event.kind is ChildEventKind.ABANDONED and not inst.lost:
             self._abandoned += 1  # (one replace() abandoned is counted already)
-            if inst.orphan:
-                return []  # it runs on: its answer is awaited, its slot held
+            if inst.busy_token is not None:  # removed, or given up on: not a crash
+                inst.orphan = True  # it runs on: its answer is awaited, its slot held
+                return []
         if inst.starting:
             if event.kind is ChildEventKind.STARTED and event.ref is not None:
                 inst.starting = False
@@ -278,13 +279,11 @@ class ThreadHost(HostedAgents[_Pool]):
         current = pool.supervisor
         if current is None or event.ref is None or event.ref.actor_urn != current.actor_urn:
             return []  # about a supervisor this pool already let go of
-        lost: list[int] = []  # (it gave up)
-        for inst in pool.instances.values():
-            if inst.busy_token is not None and not inst.orphan:
-                lost.append(GivenUp(inst.busy_token))
-                inst.busy_token = None
+        # It gave up, having stopped its instances: those still running an attempt run
+        # on, abandoned; an attempt reserved but not sent is lost (it never started).
+        busy = [i.busy_token for i in pool.instances.values() if not i.sent]
         self._let_go(pool)
-        return lost
+        return [GivenUp(token) for token in busy if token is not None]
 
     # -- passivation and shutdown -----------------------------------------------------
 

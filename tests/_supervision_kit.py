@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pykka
@@ -117,3 +119,30 @@ def call(sup: pykka.ActorRef[Any], method: str, *args: Any) -> Any:
     """Call a supervisor method through its proxy, with a timeout."""
     fn: Callable[..., Any] = getattr(sup.proxy(), method)
     return fn(*args).get(timeout=WAIT)
+
+
+class Abandoned(logging.Handler):
+    """Set once a supervisor logs that it abandoned the thread of an instance of agent
+    ``agent`` (its event follows on the same thread, before anything the test does next
+    reaches the Scheduler); not the agent's supervisor, abandoned while it waits for it."""
+
+    def __init__(self, agent: str) -> None:
+        super().__init__(logging.WARNING)
+        self.child = f"child '{agent}#"
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "abandoning its thread" in message and self.child in message:
+            self.seen.set()
+
+    @classmethod
+    @contextlib.contextmanager
+    def watch(cls, agent: str) -> Iterator[Abandoned]:
+        handler = cls(agent)
+        logger = logging.getLogger("herder.supervision")
+        logger.addHandler(handler)
+        try:
+            yield handler
+        finally:
+            logger.removeHandler(handler)

@@ -242,11 +242,11 @@ def test_a_worker_whose_instance_was_let_go_takes_no_ready_attempt(
     assert [r.token for r in ready] == [2]  # still there for a live instance
 
 
-def test_an_agent_given_up_on_loses_the_attempt_a_worker_fed_itself_unheard() -> None:
-    # Too many crashes: the host drops every instance and reports their attempts lost.
-    # One worker had already gone on with a ready attempt the Scheduler has not heard
-    # of; that attempt runs on a dropped instance, so it must be reported lost too (else
-    # it stays live beside the fresh instances: concurrency + 1).
+def test_an_agent_given_up_on_keeps_the_attempt_a_worker_fed_itself_unheard_counted() -> None:
+    # Too many crashes: the host drops every instance, but one still running an attempt
+    # runs on and holds its slot. Its worker had already gone on with a ready attempt
+    # the Scheduler has not heard of: that one runs on too, counted against concurrency
+    # (reported lost, it ran again beside itself, the agent over its concurrency).
     Worker.gate = threading.Event()
     inbox: queue.Queue[Any] = queue.Queue()
     agents = start_supervisor(
@@ -269,9 +269,17 @@ def test_an_agent_given_up_on_loses_the_attempt_a_worker_fed_itself_unheard() ->
     first = _outcome(host, inbox)  # not handed to moved_on: the Scheduler has not seen it
     assert (first.token, first.next_token, first.instance) == (1, 2, feeding)
     lost = host.on_event(InstanceEvent("worker", other, ChildEventKind.CRASHED), 0.0)
+    assert lost == [3]  # the crash's own attempt only
+    assert host.moved_on("worker", feeding, 1, 2)  # the dropped instance runs 2 now
+    assert host.acquire("worker", 4) is not None  # the crashed instance's slot
+    assert host.acquire("worker", 5) is None  # the other is still 2's
     Worker.gate.set()
-    assert 3 in lost
-    assert 2 in lost
+    while (second := _outcome(host, inbox)).token != 2:  # (3's worker ran on too)
+        host.release("worker", second.instance, second.token, 0.0)
+    assert second.instance == feeding
+    assert host.release("worker", feeding, 2, 0.0)
+    assert not host.owns("worker", feeding)  # given up on: not kept once its attempt ended
+    assert host.acquire("worker", 5) is not None
 
 
 # -- end to end ------------------------------------------------------------------------

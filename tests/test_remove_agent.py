@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import logging
 import threading
 import weakref
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _supervision_kit import Abandoned
 
 from herder.actors._hosted import Hosted, HostedAgents, Instance
 from herder.runtime import Agent, InstanceCrash, Runtime, StepContext, Workflow
@@ -211,28 +211,10 @@ def test_a_name_removed_while_its_attempt_commits_is_kept_for_that_attempt(
         assert rt.stats()["restarts"]["scheduler"] == 0
 
 
-class Abandoned(logging.Handler):
-    """Set once a supervisor logs that it abandoned an agent instance's thread (its event
-    follows on the same thread, before anything the test does next reaches the
-    Scheduler); not the agent's supervisor, abandoned while it waits for that."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "abandoning its thread" in message and "child 'a#" in message:
-            self.seen.set()
-
-
 @pytest.fixture
 def abandoned() -> Iterator[Abandoned]:
-    handler = Abandoned()
-    logger = logging.getLogger("herder.supervision")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
+    with Abandoned.watch("a") as handler:
+        yield handler
 
 
 class Crashes(Agent):
