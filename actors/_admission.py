@@ -113,11 +113,7 @@ class Admission:
             fresh = AdaptiveLimit(adaptive, resumed)
             gate.adaptive = old.adaptive if kept and old is not None else fresh
             gate.started = {} if old is None else old.started
-        if rate is not None:
-            gate.tokens = float(rate.capacity)
-            gate.refilled = self._clock.monotonic()
-        if old is not None:
-            gate.probe = old.probe
+        gate.carry(old, self._clock.monotonic())
         self._gates[agent] = gate
         self.tracked.add(agent)
         rec = self._record(agent)

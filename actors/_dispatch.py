@@ -81,6 +81,9 @@ class Dispatcher:
         self._heard = False  # an instance event came since the last pump (host.pumped)
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self._loose = Loose()  # fenced attempts still running, until their deadline
+        # Attempts whose timeout was their gates' news: a late answer is none (else a
+        # resource slower than the timeout reset the breaker with each late success).
+        self._counted: dict[int, bool] = {}
         self._names = Routes(engine, self.lanes, self._dropped)  # routes; names not served
         self._routes, self._route = self._names.routes, self._names.route  # (hot path)
         health, gate = ctx.health, (self._wake_later, self._busy_tokens)
@@ -168,6 +171,9 @@ class Dispatcher:
                 action.attempt.port.cancelled = True
             elif isinstance(action, TimedOut):
                 self.admission.answered(action.agent, action.token, ok=False)
+                self._counted[action.token] = True  # (the oldest go: a hung one never answers)
+                if len(self._counted) > 10_000:
+                    del self._counted[next(iter(self._counted))]
                 if action.hung:
                     self.host.replace_token(action.agent, action.token)
                     self._touch(action.agent)
@@ -199,11 +205,13 @@ class Dispatcher:
         """An attempt ended: news for its gate, and its instance is idle again (or, when
         the worker went on with the agent's next ready attempt, busy with that one)."""
         # Even a stale answer is news of the resource's health (a plain success is none
-        # for an agent the gates do not track: no call); one that never started is not.
+        # for an agent the gates do not track: no call); one that never started is not,
+        # nor one whose timeout was counted.
         agent, ok = msg.agent, msg.ok or msg.permanent
         if self._loose.watched:
             self._loose.watched.pop(msg.token, None)
-        if (not ok or agent in self.admission.tracked) and msg.kind != UNSTARTED:
+        counted = self._counted.pop(msg.token, False) if self._counted else False
+        if not counted and (not ok or agent in self.admission.tracked) and msg.kind != UNSTARTED:
             self.admission.answered(agent, msg.token, ok)
         # Even one that frees nothing changes the agent's action times (its lane's room).
         if not self.lanes.answered(msg):  # else its instance went on with a ready attempt

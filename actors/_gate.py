@@ -29,6 +29,20 @@ class Gate:
     samples: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
     throttled: int = 0  # times a job found the gate shut
 
+    def carry(self, old: Gate | None, now: float) -> None:
+        """Take over what the agent's gate before this one (``old``: it was added again)
+        holds: its probe, its throttled count, and, where the limit is the same, its
+        bucket's tokens and its breaker's samples; a new rate limit starts full."""
+        if self.rate is not None:
+            if old is not None and old.rate == self.rate:
+                self.tokens, self.refilled = old.tokens, old.refilled
+            else:
+                self.tokens, self.refilled = float(self.rate.capacity), now
+        if old is not None:
+            self.probe, self.throttled = old.probe, old.throttled
+            if old.breaker == self.breaker:
+                self.samples = old.samples
+
     def refill(self, rate: RateLimit, now: float) -> None:
         """Add the rate-limit tokens earned since the last refill (``now``: monotonic)."""
         gained = (now - self.refilled) * rate.per_second

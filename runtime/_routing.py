@@ -96,18 +96,22 @@ def resolve_agents(
                 value = routed[key]
             else:
                 value = _input_value(where, spec.agent, key, input)
-            if isinstance(value, bool) or not isinstance(value, str | int):
+            kind = type(value)  # (not isinstance: it reads a user object's __class__)
+            if kind is bool or not issubclass(kind, str | int):
                 raise InvalidInput(
                     f"{where}: {key!r} names its agent, so it must be a str or an int, got "
                     f"{type(value).__name__}"
                 )
             # As a plain str or int: a subclass's own __str__ or __format__ (user code)
             # must not run here (nor raise out of start()).
-            if isinstance(value, str):
+            if issubclass(kind, str):
                 values[key] = str.__getitem__(value, slice(None))
             else:
                 values[key] = int.__add__(value, 0)
-        agent = _FORMATTER.vformat(spec.agent, (), values)
+        try:
+            agent = _FORMATTER.vformat(spec.agent, (), values)
+        except ValueError as exc:  # an int of more digits than Python turns into text
+            raise InvalidInput(f"{where}: agent {spec.agent!r} cannot be resolved: {exc}") from None
         try:
             out[spec.name] = validate_name("agent", agent)
         except InvalidInput as exc:

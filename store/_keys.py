@@ -186,14 +186,14 @@ def validate_name(kind: str, name: object, *, lookup: bool = False) -> str:
     ``lookup``: it names a stored record (one a version before this check may have made),
     so its characters are not checked."""
     if not isinstance(name, str) or not name:
-        raise InvalidInput(f"{kind} name must be a non-empty str, got {name!r}")
+        raise InvalidInput(f"{kind} name must be a non-empty str, got {name!r:.120}")
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{kind} name is not valid UTF-8: {name!r}") from exc
+        raise InvalidInput(f"{kind} name is not valid UTF-8: {name!r:.120}") from exc
     if not lookup and _CONTROL.search(name):
         raise InvalidInput(
-            f"{kind} name must not contain a NUL, newline or other control character: {name!r}"
+            f"{kind} name must not contain a NUL, newline or other control character: {name!r:.120}"
         )
     if size > MAX_NAME_BYTES:
         raise InvalidInput(f"{kind} name is {size} bytes; the limit is {MAX_NAME_BYTES}")

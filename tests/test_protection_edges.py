@@ -1,0 +1,150 @@
+"""Protection and routing at their edges: a late answer of a timed-out attempt, an agent
+added again under the same rate limit, and routers that return odd values."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    CircuitBreaker,
+    InvalidInput,
+    RateLimit,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    StepState,
+    Workflow,
+)
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
+
+WAIT = 10.0
+
+
+class Device(Agent):
+    def configure(self, ctx: StepContext) -> str:
+        return "ok"
+
+
+ROUTED = Workflow("routed").step("configure", agent="device:{@pick}", action="configure")
+
+
+def _routed_runtime(path: Path, router) -> Runtime:
+    rt = Runtime(path, sweep_interval=0.05)
+    rt.add_agent("device:a", Device)
+    rt.add_router("pick", router)
+    rt.add_workflow(ROUTED)
+    return rt
+
+
+@pytest.mark.timeout(30)
+def test_router_returning_a_huge_int_fails_the_start_with_invalid_input(tmp_path: Path) -> None:
+    # An int whose decimal form exceeds sys.get_int_max_str_digits: formatting the agent
+    # name raises ValueError, which escapes start() instead of InvalidInput.
+    with _routed_runtime(tmp_path / "s", lambda input: 10**5000) as rt:
+        with pytest.raises(InvalidInput):
+            rt.start("routed", {}, workflow_id="w1")
+        assert rt.list() == []
+
+
+class _Sneaky:
+    @property
+    def __class__(self):  # type: ignore[override]
+        raise RuntimeError("user code ran inside isinstance()")
+
+
+@pytest.mark.timeout(30)
+def test_router_returning_an_object_with_a_raising_class_attr_fails_with_invalid_input(
+    tmp_path: Path,
+) -> None:
+    # isinstance(value, bool) looks up value.__class__ (user code): its exception escapes.
+    with (
+        _routed_runtime(tmp_path / "s", lambda input: _Sneaky()) as rt,
+        pytest.raises(InvalidInput),
+    ):
+        rt.start("routed", {}, workflow_id="w1")
+
+
+@pytest.mark.timeout(30)
+def test_router_returning_a_huge_name_with_a_control_char_gives_a_bounded_message(
+    tmp_path: Path,
+) -> None:
+    huge = "x" * 5_000_000 + "\n"
+    with _routed_runtime(tmp_path / "s", lambda input: huge) as rt:
+        with pytest.raises(InvalidInput) as info:
+            rt.start("routed", {}, workflow_id="w1")
+        assert len(str(info.value)) < 10_000, len(str(info.value))
+
+
+class Slow(Agent):
+    """Each attempt blocks until the test releases it, then answers with a result."""
+
+    def __init__(self, started: threading.Semaphore, release: threading.Semaphore) -> None:
+        self.started, self.release = started, release
+
+    def call(self, ctx: StepContext) -> str:
+        self.started.release()
+        self.release.acquire(timeout=WAIT)
+        return "late"
+
+
+@pytest.mark.timeout(60)
+def test_a_timed_out_attempt_that_answers_late_is_not_a_success_for_the_breaker(
+    tmp_path: Path,
+) -> None:
+    # docs/protection.md: a timeout is a failure; the breaker opens after `failures`
+    # consecutive ones. On a resource slower than the step timeout, each attempt times
+    # out and its abandoned thread answers late: that stale answer counted as a success
+    # and reset the consecutive count, so the breaker (failures=2) never opened.
+    started, release = threading.Semaphore(0), threading.Semaphore(0)
+    clock = FakeClock()
+    retry = RetryPolicy(max_attempts=5, initial_interval=1.0, backoff_coefficient=1.0, jitter=0.0)
+    wf = Workflow("one").step("call", agent="svc", action="call", timeout=5.0, retry=retry)
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent(
+            "svc",
+            functools.partial(Slow, started, release),
+            concurrency=4,
+            breaker=CircuitBreaker(failures=2, cooldown=3600.0),
+        )
+        rt.add_workflow(wf)
+        rt.start("one", {}, workflow_id="w1")
+        for attempt in (1, 2):
+            assert started.acquire(timeout=WAIT)
+            advance(rt, clock, 5.0)  # the attempt times out: a failure
+            wait_until(rt, lambda: rt.status("w1").steps["call"].state is StepState.RETRY_WAIT)
+            release.release()  # its abandoned thread answers late, with a result
+            settle(rt)
+            if attempt == 1:
+                advance(rt, clock, 1.0)  # the retry's backoff
+        assert rt.status("w1").steps["call"].attempt == 2
+        assert rt.stats()["resources"]["svc"]["breaker"] == "OPEN", rt.stats()["resources"]["svc"]
+
+
+class Quick(Agent):
+    def call(self, ctx: StepContext) -> str:
+        return "ok"
+
+
+@pytest.mark.timeout(60)
+def test_adding_an_agent_again_with_the_same_rate_limit_does_not_refill_its_bucket(
+    tmp_path: Path,
+) -> None:
+    # docs/protection.md: over any t seconds at most burst + per_second * t attempts
+    # start. Registering the agent again (the same limit: a reload, a re-add) gave it a
+    # full bucket: 2 attempts at t=0 with burst 1.
+    clock = FakeClock()
+    wf = Workflow("one").step("call", agent="svc", action="call")
+    limit = RateLimit(per_second=0.01, burst=1)  # one token per 100 s
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", Quick, rate_limit=limit)
+        rt.add_workflow(wf)
+        rt.start("one", {}, workflow_id="w1").result(timeout=WAIT)
+        rt.add_agent("svc", Quick, rate_limit=limit)  # the same agent, the same limit
+        h2 = rt.start("one", {}, workflow_id="w2")
+        settle(rt)
+        assert not h2.done(), "a second attempt started at t=0 with burst=1"
