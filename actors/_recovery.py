@@ -345,4 +345,7 @@ class Recovery:
         run = self._engine.load(record, steps)  # (None: in memory already, see above)
         if run is None:
             return None
-        return run, was == "parked", was == "awaiting"
+        # One recovery has not reached yet resumes as its chunk would have (crashed: what
+        # it had running is run again, the crash counted); its chunk then passes it over.
+        crashed = was == "awaiting" or (was == "" and self.absent.recovering)
+        return run, was == "parked", crashed
