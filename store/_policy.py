@@ -7,6 +7,7 @@ tests pass a fixed one.
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -142,8 +143,13 @@ def _number(name: str, value: object) -> float:
 
 
 def _error_name(kind: object) -> str:
-    """An exception type's stored name (a name given as a str is taken as it is)."""
+    """An exception type's stored name (a name given as a str is taken as it is, but for
+    a built-in exception's bare name: ``"ValueError"`` is stored ``builtins.ValueError``,
+    the name every ValueError carries, which the bare name never matched)."""
     if isinstance(kind, str):
+        builtin = getattr(builtins, kind, None) if "." not in kind else None
+        if isinstance(builtin, type) and issubclass(builtin, BaseException):
+            return exception_name(builtin)
         return kind
     _check(
         isinstance(kind, type) and issubclass(kind, BaseException),

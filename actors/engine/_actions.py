@@ -24,7 +24,7 @@ from herder.actors.engine._states import (
     UNSETTLED,
     stuck_step,
 )
-from herder.actors.engine._step import restarted, settled
+from herder.actors.engine._step import probe_again, restarted, settled
 from herder.actors.engine._workflow import waits_for
 from herder.store import StepRecord, StepState, WorkflowState
 
@@ -44,17 +44,22 @@ def cancel(m: Machine, run: WorkflowRun) -> None:
 
 
 def retry(m: Machine, run: WorkflowRun) -> None:
-    """Resume a parked workflow where it stopped: its failed compensations again, else
-    its failed forward steps from attempt 1."""
+    """Resume a parked workflow where it stopped: if its compensation had begun (a failed
+    one, or it was cancelled or turned back and parked on a step's failing probes), it
+    compensates on: failed compensations and the probes of steps still unknown run again;
+    else its failed forward steps run again from attempt 1."""
     stuck = [s for s in run.steps.values() if s.state is StepState.COMPENSATING]
     unparked = _unparked(run)
-    if stuck:
+    if stuck or run.record.reason is not None or run.record.cancelled:
         m.set_record(
             run, state=WorkflowState.COMPENSATING, error=_why(run), recoveries=0, **unparked
         )
         for st in stuck:
             m.put_step(run, st, undo_again(st, m.now))
             m.enqueue(run, st.name, compensating=True)
+        for st in [s for s in run.steps.values() if s.state is StepState.UNKNOWN]:
+            m.put_step(run, st, probe_again(st, m.token(), m.now))
+            m.enqueue(run, st.name, compensating=False)  # (a probe: what it found decides)
         return
     m.set_record(run, state=WorkflowState.RUNNING, error=None, recoveries=0, **unparked)
     for st in list(run.steps.values()):

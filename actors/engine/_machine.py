@@ -35,7 +35,7 @@ from herder.actors.engine._decision import (
 )
 from herder.actors.engine._logs import log_step
 from herder.actors.engine._members import next_member
-from herder.actors.engine._operator import orphan_given_up
+from herder.actors.engine._operator import cut_short, orphan_given_up
 from herder.actors.engine._recovery import orphaned
 from herder.actors.engine._retry import (
     Escalate,
@@ -45,7 +45,7 @@ from herder.actors.engine._retry import (
     after_probe_failure,
 )
 from herder.actors.engine._runs import Attempt, Job, WorkflowRun
-from herder.actors.engine._states import WAITS_TO_RUN, to_undo
+from herder.actors.engine._states import ALLOWED_STEPS, WAITS_TO_RUN, to_undo
 from herder.actors.engine._step import (
     failed,
     handed_off,
@@ -319,7 +319,13 @@ class Machine:
         run.queued = {s for s in run.queued if self.job_valid(run, run.jobs[s])}
 
     def finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
-        """The workflow ends in ``state``: announce it once durable, fence its attempts."""
+        """The workflow ends in ``state``: announce it once durable, fence its attempts.
+        Parked, what its state does not admit (a step running beside a probe that kept
+        failing, say) is cut short (``cut_short``)."""
+        if state is WorkflowState.NEEDS_ATTENTION:
+            for st in list(run.steps.values()):
+                if st.state not in ALLOWED_STEPS[state]:
+                    self.put_step(run, st, cut_short(st, token=self._tokens(), now=self.now))
         record = self.set_record(run, state=state, error=error or run.record.error)
         if record.deadline is not None:  # it ended first: its deadline's timer goes
             self._out.writes.append(TimerDelete(record.id, ms(record.deadline), DEADLINE_TIMER))

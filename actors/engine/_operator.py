@@ -45,6 +45,17 @@ def given_up(st: StepRecord, *, token: int, now: float) -> StepRecord:
     )
 
 
+def cut_short(st: StepRecord, *, token: int, now: float) -> StepRecord:
+    """A step under way (running, handed off, waiting for its retry) when its workflow was
+    parked: FAILED and marked done, since it may have taken effect (what runs of it is
+    fenced out, its answer not awaited), so a retry runs it again and a compensation
+    undoes it."""
+    error = f"{st.state} when its workflow was parked: it may have taken effect"
+    return stopped(
+        st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
+    )
+
+
 def orphan_given_up(st: StepRecord, why: str, *, token: int, now: float) -> StepRecord:
     """An attempt a crash left DISPATCHED, not run again (``why``): FAILED and marked
     done, since it may have taken effect, so compensation undoes it."""

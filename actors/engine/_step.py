@@ -78,8 +78,17 @@ def succeeded_with(st: StepRecord, result: Any, token: int, now: float) -> StepR
 
 
 def restarted(st: StepRecord, token: int) -> StepRecord:
-    """The step back to PENDING at attempt 0, as a retry of a parked workflow wants it."""
-    return stopped(st, state=StepState.PENDING, attempt=0, token=token, error=None)
+    """The step back to PENDING at attempt 0, as a retry of a parked workflow wants it;
+    marked (``done_token``) if the attempt it stopped at may have taken effect (its
+    outcome unknown, running, or handed off), so that a Permanent answer of the next
+    one, which speaks only for itself, still leaves it to be undone."""
+    done = st.done_token
+    if done is None and st.state in _UNSURE:
+        done = token
+    return stopped(st, state=StepState.PENDING, attempt=0, token=token, done_token=done, error=None)
+
+
+_UNSURE = (StepState.UNKNOWN, StepState.DISPATCHED, StepState.WAITING)
 
 
 def attempt_timeout(
@@ -239,6 +248,13 @@ def unknown(st: StepRecord, lapsed: str, *, token: int, now: float) -> StepRecor
             updated=now,
         )
     )
+
+
+def probe_again(st: StepRecord, token: int, now: float) -> StepRecord:
+    """An UNKNOWN step whose probes had failed, probed afresh (an operator's retry): its
+    probe counts start over, its probe is due now."""
+    extra = {**st.extra, "probes": 0, "probe_failures": 0}
+    return with_timer(st.evolve(token=token, retry_at=now, extra=extra, updated=now))
 
 
 def probed(st: StepRecord, note: str, *, failed: bool, token: int, now: float) -> StepRecord:
