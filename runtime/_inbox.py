@@ -64,9 +64,11 @@ def inbox_items(
 ) -> list[InboxItem]:
     """Every NEEDS_ATTENTION workflow of ``store`` as an :class:`InboxItem`, oldest first.
 
-    A record that does not decode (of any workflow: each is read to learn its state) is
-    left out and added to ``corrupt``, or logged without one: one damaged record must
-    not hide every parked workflow from the operator."""
+    Only the parked workflows' records are read, found by the store's ``recent`` index
+    (a store without it is read whole). A record that does not decode (a parked one, or
+    one the index lists as unreadable) is left out and added to ``corrupt``, or logged
+    without one: one damaged record must not hide every parked workflow from the
+    operator."""
     known: dict[tuple[str, int], Plan | None] = dict(plans or {})
     bad: list[StoreCorrupt] = [] if corrupt is None else corrupt
     items = []

@@ -99,9 +99,25 @@ class Reads(Access):
         """Every workflow record (only those in ``state`` if given), in id byte order.
 
         A corrupt record raises :class:`StoreCorrupt`; pass a list as ``corrupt`` to have
-        such records collected there and skipped instead.
+        such records collected there and skipped instead. With ``state``, a store with
+        the ``recent`` index decodes only the records it lists in that state or as
+        unreadable (so the inbox reads the parked workflows, not the store); a record
+        the index lists in another state is not read, so not reported if damaged.
         """
         wanted = None if state is None else WorkflowState(state)
+        if wanted is not None and self.indexed:
+            states = frozenset({str(wanted), recent.UNREADABLE})
+            for wid in sorted(w for _ms, w, _s in self.recent(newest_first=False, states=states)):
+                try:
+                    record = self.get_workflow(wid)
+                except StoreCorrupt as exc:
+                    if corrupt is None:
+                        raise
+                    corrupt.append(exc)
+                    continue
+                if record is not None and record.state is wanted:  # (it may have moved on)
+                    yield record
+            return
         for key, raw in self._paged("workflows", b""):
             try:
                 record = _parse(

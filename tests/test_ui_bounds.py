@@ -1,0 +1,122 @@
+"""What one request may cost the console (``herder ui``): the inbox reads the parked
+workflows only, a request must arrive whole within the idle timeout, a client gone at
+any point is quiet, and a --host it cannot bind is named as the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import pytest
+import test_ui_http
+from _http_kit import request
+from test_ui_http import FAST, ORDER, TOKEN, Shop
+
+from herder.runtime import Runtime
+from herder.runtime.testing import FakeClock
+from herder.runtime.ui import Console
+from herder.store import Put, Store, StoreCorrupt, Transition, workflow_key
+
+pytestmark = pytest.mark.timeout(60)
+
+# the HTTP tests' fixtures: the built store ("done" succeeded, "stuck" parked), a copy
+built, store = test_ui_http.built, test_ui_http.store
+make_console, console = test_ui_http.make_console, test_ui_http.console
+
+
+# -- the inbox reads the parked workflows, not the store -------------------------------
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 finished workflows and one parked one ("stuck")."""
+    path = tmp_path_factory.mktemp("big") / "store"
+    with Runtime(path, default_retry=FAST, clock=FakeClock(start=1_700_000_000.0)) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        handles = rt.start_many(
+            [{"workflow": "order", "input": {}, "workflow_id": f"w-{i}"} for i in range(300)]
+        )
+        for h in handles:
+            rt._wait_final(h.id, 30)
+        stuck = {"sold_out": 1, "refunds_down": 1}
+        rt._wait_final(rt.start("order", stuck, workflow_id="stuck").id, 10)
+    return path
+
+
+def count_decoded(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The keys of the workflow records decoded from now on (by the store's reads)."""
+    from herder.store import _reads
+
+    decoded: list[bytes] = []
+    real = _reads.decode
+
+    def counting(raw: Any, *args: Any, **kw: Any) -> Any:
+        if kw.get("db") == "workflows":
+            decoded.append(kw.get("key", b""))
+        return real(raw, *args, **kw)
+
+    monkeypatch.setattr(_reads, "decode", counting)
+    return decoded
+
+
+@pytest.mark.timeout(120)
+def test_the_inbox_decodes_only_the_parked_workflows(
+    big: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GET /inbox (no token needed) decoded every workflow record of the store to learn
+    # its state, in the request thread and holding the gate's read side (an operator's
+    # action waited for it); the `recent` index already holds each workflow's state.
+    console = Console(str(big), port=0, token=TOKEN)
+    console.start()
+    try:
+        request(console, "GET", "/inbox")  # warm up (opens the store)
+        decoded = count_decoded(monkeypatch)
+        status, _, html = request(console, "GET", "/inbox")
+        assert status == 200
+        assert "stuck" in html
+        assert decoded == [b"stuck"], f"GET /inbox decoded {len(decoded)} workflow records"
+    finally:
+        console.shutdown()
+
+
+def damage(path: Path, workflow_id: str) -> None:
+    """Overwrite a workflow's record with bytes that do not decode (through the writer,
+    which indexes it as unreadable)."""
+    with Store(path) as s:
+        put = Put("workflows", workflow_key(workflow_id), b"\xc1")
+        s.writer.submit(Transition(ops=(put,))).result(timeout=10)
+
+
+def parked(path: Path) -> tuple[list[str], list[StoreCorrupt]]:
+    """The inbox of the store at ``path`` (as ``herder inbox`` reads it) and what it named."""
+    from herder.runtime._inbox import inbox_items
+
+    corrupt: list[StoreCorrupt] = []
+    with Store(path, readonly=True) as s:
+        return [item.id for item in inbox_items(s, corrupt=corrupt)], corrupt
+
+
+def test_a_damaged_record_is_named_and_the_parked_ones_still_listed(store: Path) -> None:
+    damage(store, "done")
+    ids, corrupt = parked(store)
+    assert ids == ["stuck"]
+    assert [c.key for c in corrupt] == [b"done"]
+
+
+def test_a_store_without_the_index_falls_back_to_reading_every_record(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    damage(store, "done")
+    env = lmdb.open(str(store), max_dbs=32, subdir=True)
+    try:  # as a store written before the recent index, never opened by a writer since
+        with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+            assert txn.delete(b"recent_index")
+    finally:
+        env.close()
+    decoded = count_decoded(monkeypatch)
+    ids, corrupt = parked(store)
+    assert ids == ["stuck"]
+    assert [c.key for c in corrupt] == [b"done"]
+    assert sorted(decoded) == [b"done", b"stuck"]  # the full read: every record
