@@ -4,6 +4,8 @@ any point is quiet, and a --host it cannot bind is named as the problem."""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import lmdb
 import pytest
 import test_ui_http
 from _http_kit import request
-from test_ui_http import FAST, ORDER, TOKEN, Shop
+from test_ui_http import FAST, ORDER, TOKEN, Shop, sign_in
 
 from herder.runtime import Runtime
 from herder.runtime.testing import FakeClock
@@ -120,3 +122,57 @@ def test_a_store_without_the_index_falls_back_to_reading_every_record(
     assert ids == ["stuck"]
     assert [c.key for c in corrupt] == [b"done"]
     assert sorted(decoded) == [b"done", b"stuck"]  # the full read: every record
+
+
+# -- a request must arrive whole within the idle timeout -------------------------------
+
+
+def trickle(console: Console, head: bytes) -> tuple[int, int]:
+    """Send ``head``, then a byte each 0.2 s, up to 30 of them: (how many were sent
+    with the connection still open, the status a request then gets)."""
+    sock = socket.create_connection(("127.0.0.1", console.port), timeout=10)
+    try:
+        sock.sendall(head)
+        sock.settimeout(0.2)  # (the pace of the trickle)
+        held = 0
+        for _ in range(30):
+            try:
+                sock.sendall(b"a")
+                if sock.recv(1) == b"":  # the console dropped it
+                    break
+            except TimeoutError:  # still open, nothing answered
+                held += 1
+            except OSError:
+                break
+        status, _, _ = request(console, "GET", "/")
+        return held, status
+    finally:
+        sock.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_client_trickling_its_headers_is_dropped_like_a_silent_one(
+    make_console: Callable[..., Console],
+) -> None:
+    # Only each read had a timeout: one byte every 0.2 s (idle timeout 0.3 s) held a
+    # thread for ever, and 64 such clients made every other request a 503.
+    console = make_console(idle_timeout=0.3, max_connections=1)
+    head = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\nX-Pad: ".encode()
+    held, status = trickle(console, head)
+    assert held < 5, f"a trickling client held its connection for {held} bytes"
+    assert status == 200
+
+
+@pytest.mark.timeout(30)
+def test_a_client_trickling_its_body_is_dropped_like_a_silent_one(
+    make_console: Callable[..., Console],
+) -> None:
+    # The same, a byte at a time of a (signed-in) POST's 64 KiB body.
+    console = make_console(idle_timeout=0.3, max_connections=1)
+    head = (
+        f"POST /act HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\nCookie: {sign_in(console)}"
+        "\r\nContent-Length: 60000\r\n\r\nid="
+    ).encode()
+    held, status = trickle(console, head)
+    assert held < 5, f"a trickling client held its connection for {held} bytes"
+    assert status == 200

@@ -13,8 +13,9 @@ Security, in one place:
   field (another HMAC) that only the console's own pages contain, and, when the browser
   sends one, an ``Origin`` equal to the console's as the request addressed it.
 - A POST's body is read after its cookie is checked, and only when its length is known
-  and at most :data:`MAX_BODY`; a connection silent for :data:`IDLE_TIMEOUT` is dropped,
-  and at most :data:`MAX_CONNECTIONS` are served at once (each holds a thread): one more
+  and at most :data:`MAX_BODY`; a request that has not arrived whole (line, headers and
+  body) within :data:`IDLE_TIMEOUT` of the wait for it starting is dropped, trickled in
+  or silent, and at most :data:`MAX_CONNECTIONS` are served at once (each holds a thread): one more
   is answered 503 and closed.
 - Every page forbids framing and inline script (``Content-Security-Policy``).
 - Store values are escaped by ``_pages``; errors become pages, never tracebacks.
@@ -25,6 +26,7 @@ The store is shared by the request threads through :class:`._gate.StoreGate`.
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import logging
 import secrets
@@ -47,8 +49,10 @@ _log = logging.getLogger("herder.ui")
 MAX_BODY = 64 * 1024
 """Bytes a POST's body may have (a console form is a few hundred)."""
 IDLE_TIMEOUT = 30.0
-"""Seconds a connection may stay silent (in its request line, headers or body, or between
-two requests) before the console drops it, so an idle client does not hold a thread."""
+"""Seconds a request may take to arrive whole (its line, headers and body, from the wait
+for it: after the connection is accepted or the previous answer is sent), on the
+monotonic clock, before the console drops the connection: an idle or trickling client
+does not hold a thread."""
 MAX_CONNECTIONS = 64
 """Connections served at once (a thread each); the idle timeout bounds how long a silent
 one holds its thread, this how many threads clients can hold. One more is answered 503."""
@@ -175,7 +179,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.console.idle_timeout)
+        idle = self.server.console.idle_timeout
+        self.connection.settimeout(idle)
+        self._reader = _Deadline(self.connection, idle)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        """One request, which must arrive whole (its line, headers and body) within the
+        idle timeout of the wait for it starting."""
+        self._reader.deadline = time.monotonic() + self.server.console.idle_timeout
+        super().handle_one_request()  # (a timeout: logged at debug, connection closed)
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s %s", self.address_string(), format % args)
@@ -334,6 +347,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+class _Deadline(io.RawIOBase):
+    """The connection's reads, each bounded by what is left of the request's
+    ``deadline`` (monotonic): a client trickling a byte now and then (slowloris) is
+    dropped like a silent one, instead of holding its thread for as long as it likes."""
+
+    def __init__(self, sock: socket.socket, idle: float) -> None:
+        super().__init__()
+        self._sock, self._idle = sock, idle
+        self.deadline = time.monotonic() + idle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the request did not arrive whole within {self._idle} s")
+        self._sock.settimeout(min(left, self._idle))
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(self._idle)  # (the answer is written under the idle one)
 
 
 def _cookies(header: str) -> dict[str, str]:
