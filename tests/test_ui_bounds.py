@@ -5,6 +5,7 @@ any point is quiet, and a --host it cannot bind is named as the problem."""
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import lmdb
 import pytest
 import test_ui_http
 from _http_kit import request
-from test_ui_http import FAST, ORDER, TOKEN, Shop, sign_in
+from test_ui_http import FAST, ORDER, TOKEN, Shop, handled, sign_in
 
 from herder.runtime import Runtime
 from herder.runtime.testing import FakeClock
@@ -176,3 +177,26 @@ def test_a_client_trickling_its_body_is_dropped_like_a_silent_one(
     held, status = trickle(console, head)
     assert held < 5, f"a trickling client held its connection for {held} bytes"
     assert status == 200
+
+
+# -- a client gone at any point is quiet -----------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_client_that_resets_mid_headers_leaves_no_traceback(
+    console: Console, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The headers are read by http.server before the console's own code: a reset there
+    # reached socketserver's handle_error, which printed a traceback on stderr (any
+    # client could fill the log). The body and the answer were already quiet.
+    done = handled(console)
+    sock = socket.create_connection(("127.0.0.1", console.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\n".encode())
+    sock.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        sock.recv(1)  # no answer: the console waits for the next header line
+    sock.close()  # a reset (SO_LINGER 0)
+    assert done.wait(10)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err

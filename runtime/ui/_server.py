@@ -186,9 +186,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         """One request, which must arrive whole (its line, headers and body) within the
-        idle timeout of the wait for it starting."""
+        idle timeout of the wait for it starting; a client gone at any point is quiet."""
         self._reader.deadline = time.monotonic() + self.server.console.idle_timeout
-        super().handle_one_request()  # (a timeout: logged at debug, connection closed)
+        try:
+            super().handle_one_request()  # (a timeout: logged at debug, connection closed)
+        except OSError as exc:  # reset while http.server read the headers, say
+            self.close_connection = True
+            _log.debug("%s: the client went away (%r)", self.client_address[0], exc)
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s %s", self.address_string(), format % args)
