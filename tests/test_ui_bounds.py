@@ -4,6 +4,8 @@ any point is quiet, and a --host it cannot bind is named as the problem."""
 
 from __future__ import annotations
 
+import errno
+import io
 import socket
 import struct
 from collections.abc import Callable
@@ -200,3 +202,38 @@ def test_a_client_that_resets_mid_headers_leaves_no_traceback(
     assert done.wait(10)
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
+
+
+# -- what cannot be bound is named -----------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_host_that_cannot_be_bound_is_named_not_the_port(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "[Errno 99] Cannot assign requested address; try another --port", for port 0
+    # (any free port): no other port could help, the host is not this machine's.
+    from herder.runtime._cli import main
+
+    argv = ["ui", "--store", str(store), "--host", "192.0.2.1", "--port", "0"]
+    assert main(argv, io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert "another --port" not in err
+    assert "--host is not an address of this machine" in err
+
+
+@pytest.mark.timeout(30)
+def test_a_port_in_use_says_to_try_another_port(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from herder.runtime._cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["ui", "--store", str(store), "--port", str(port)]
+        assert main(argv, io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert f"[Errno {errno.EADDRINUSE}]" in err
+    assert "the port is taken by another program: try another --port" in err

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterable
@@ -26,7 +28,9 @@ def run_console(
     try:
         console = Console(store, host=host, port=port, token=token, allow_hosts=allow_hosts)
     except OSError as exc:
-        sys.stderr.write(f"herder ui: cannot listen on {host}:{port}: {exc}; try another --port\n")
+        sys.stderr.write(
+            f"herder ui: cannot listen on {host}:{port}: {exc}; {_bind_hint(exc, port)}\n"
+        )
         return 1
     if console.exposed:
         sys.stderr.write(
@@ -51,3 +55,19 @@ def run_console(
         console.shutdown()
         thread.join(timeout=5)
     return 0
+
+
+def _bind_hint(exc: OSError, port: int) -> str:
+    """What to change when the console cannot listen: the host or the port."""
+    if isinstance(exc, socket.gaierror):
+        return "--host is not a name this machine can resolve: give an address of it"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            "--host is not an address of this machine: give one of its own (127.0.0.1, "
+            "or 0.0.0.0 for all of them)"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return "the port is taken by another program: try another --port (0: any free one)"
+    if exc.errno == errno.EACCES and 0 < port < 1024:
+        return "ports below 1024 need privileges: try a --port of 1024 or more (0: any free one)"
+    return "check --host and --port"
