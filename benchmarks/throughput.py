@@ -81,6 +81,7 @@ def bench_herder(
     agents: Sequence[str] = tuple(AGENTS.values()),
     flows: Sequence[Workflow] = (),
     agent_host: str | None = None,
+    pool_workers: int | None = None,
 ) -> dict[str, Any]:
     """The real engine, durable, ``in_flight`` workflows kept unfinished.
 
@@ -92,7 +93,9 @@ def bench_herder(
     names = [f.name for f in flows]
     # The host is named only when asked for (None: the checkout's default), so
     # benchmarks/ab.py can still measure a checkout from before Runtime(agent_host=).
-    host = {} if agent_host is None else {"agent_host": agent_host}
+    host: dict[str, Any] = {} if agent_host is None else {"agent_host": agent_host}
+    if pool_workers is not None:  # (named only when asked for, as agent_host)
+        host["pool_workers"] = pool_workers
     with Runtime(
         root / "store",
         map_size=1 << 31,
@@ -331,7 +334,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 progress(TAG, f"herder, {label}, {args.starters} starter threads")
                 with tempfile.TemporaryDirectory(prefix="herder-bench-", dir=base) as d:
                     herder = bench_herder(
-                        pathlib.Path(d), workflows, instances, in_flight, args.starters
+                        pathlib.Path(d),
+                        workflows,
+                        instances,
+                        in_flight,
+                        args.starters,
+                        pool_workers=args.pool_workers,
                     )
                 herder["vs_bare"] = herder["steps_per_s"] / bare["steps_per_s"]
                 progress(
@@ -470,6 +478,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in-flight", type=ints, default=[256])
     parser.add_argument("--starters", type=int, default=32, help="threads calling start()")
     parser.add_argument("--raw-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--pool-workers", type=int, default=None, help="Runtime(pool_workers=); default its own"
+    )
     parser.add_argument("--out", type=pathlib.Path, default=here / "out" / "throughput.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
