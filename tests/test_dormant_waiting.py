@@ -94,19 +94,13 @@ def _hand_off(rt: Runtime, clock: FakeClock, wid: str, name: str = "handed", **k
     return Hand.tokens[-1]
 
 
-def test_heartbeat_timeout_of_dormant_waiting_step(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("workflow", ["hb", "hbeat"])  # (hbeat: heartbeats, then hands off)
+def test_the_heartbeat_timeout_of_a_dormant_waiting_step_fires(
+    tmp_path: pathlib.Path, workflow: str
+) -> None:
     clock = FakeClock()
     with _rt(tmp_path / "s", clock) as rt:
-        _hand_off(rt, clock, "w", "hb")
-        assert _counts(rt) == (1, 1)
-        advance(rt, clock, 1000.0)
-        assert rt.handle("w").result(timeout=WAIT) == {"h": "again", "g": "g"}
-
-
-def test_heartbeat_then_handoff_dormant(tmp_path: pathlib.Path) -> None:
-    clock = FakeClock()
-    with _rt(tmp_path / "s", clock) as rt:
-        _hand_off(rt, clock, "w", "hbeat")
+        _hand_off(rt, clock, "w", workflow)
         assert _counts(rt) == (1, 1)
         advance(rt, clock, 1000.0)
         assert rt.handle("w").result(timeout=WAIT) == {"h": "again", "g": "g"}
