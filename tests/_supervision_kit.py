@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -121,28 +120,34 @@ def call(sup: pykka.ActorRef[Any], method: str, *args: Any) -> Any:
     return fn(*args).get(timeout=WAIT)
 
 
-class Abandoned(logging.Handler):
-    """Set once a supervisor logs that it abandoned the thread of an instance of agent
-    ``agent`` (its event follows on the same thread, before anything the test does next
-    reaches the Scheduler); not the agent's supervisor, abandoned while it waits for it."""
+class Abandoned:
+    """Set once the Scheduler has handled the news that a supervisor abandoned the thread
+    of an instance of agent ``agent`` (its ABANDONED event): what the host counts and
+    keeps of that thread is in place, whatever its attempt answers next. (Watching the
+    supervisor's log line raced: the event is told after it, and the attempt's answer,
+    once the test let it go, could reach the Scheduler first.)"""
 
     def __init__(self, agent: str) -> None:
-        super().__init__(logging.WARNING)
-        self.child = f"child '{agent}#"
+        self.agent = agent
         self.seen = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "abandoning its thread" in message and self.child in message:
-            self.seen.set()
 
     @classmethod
     @contextlib.contextmanager
     def watch(cls, agent: str) -> Iterator[Abandoned]:
+        from herder.actors._dispatch import Dispatcher
+        from herder.actors._supervision_specs import ChildEventKind
+
         handler = cls(agent)
-        logger = logging.getLogger("herder.supervision")
-        logger.addHandler(handler)
+        original = Dispatcher.instance_event
+
+        def instance_event(self: Dispatcher, msg: Any) -> Any:
+            out = original(self, msg)
+            if msg.kind is ChildEventKind.ABANDONED and msg.agent == handler.agent:
+                handler.seen.set()
+            return out
+
+        Dispatcher.instance_event = instance_event  # type: ignore[method-assign]
         try:
             yield handler
         finally:
-            logger.removeHandler(handler)
+            Dispatcher.instance_event = original  # type: ignore[method-assign]
