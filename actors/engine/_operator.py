@@ -45,24 +45,27 @@ def given_up(st: StepRecord, *, token: int, now: float) -> StepRecord:
     )
 
 
-def cut_short(st: StepRecord, *, token: int, now: float) -> StepRecord:
-    """A step under way (running, handed off, waiting for its retry) when its workflow was
-    parked: FAILED and marked done, since it may have taken effect (what runs of it is
-    fenced out, its answer not awaited), so a retry runs it again and a compensation
-    undoes it."""
-    error = f"{st.state} when its workflow was parked: it may have taken effect"
+def marked_failed(st: StepRecord, error: str, *, token: int, now: float) -> StepRecord:
+    """The step FAILED with ``error`` and marked done (``done_token``): its attempt may
+    have taken effect, so a compensation undoes it; nothing wakes it any more."""
     return stopped(
         st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
     )
+
+
+def cut_short(st: StepRecord, *, token: int, now: float) -> StepRecord:
+    """A step under way (running, handed off, waiting for its retry) when its workflow was
+    parked: :func:`marked_failed` (what runs of it is fenced out, its answer not awaited),
+    so a retry runs it again and a compensation undoes it."""
+    error = f"{st.state} when its workflow was parked: it may have taken effect"
+    return marked_failed(st, error, token=token, now=now)
 
 
 def orphan_given_up(st: StepRecord, why: str, *, token: int, now: float) -> StepRecord:
-    """An attempt a crash left DISPATCHED, not run again (``why``): FAILED and marked
-    done, since it may have taken effect, so compensation undoes it."""
+    """An attempt a crash left DISPATCHED, not run again (``why``): :func:`marked_failed`,
+    so compensation undoes it."""
     error = f"the attempt running at a crash was not run again: {why}"
-    return stopped(
-        st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
-    )
+    return marked_failed(st, error, token=token, now=now)
 
 
 def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) -> StepRecord | None:
@@ -74,11 +77,8 @@ def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) ->
     is what ``herder check`` allows in an ABANDONED workflow.
     """
     if st.state in ENDED_BY_ABANDON:
-        token = next_token()
         error = f"{st.error}; abandoned" if st.error else f"abandoned while {st.state}"
-        return stopped(
-            st, state=StepState.FAILED, error=error, token=token, done_token=token, updated=now
-        )
+        return marked_failed(st, error, token=next_token(), now=now)
     if st.timer_ms is not None or st.retry_at is not None or st.deadline is not None:
         return stopped(st, token=next_token(), updated=now)
     return None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from herder.actors.engine._operator import marked_failed
 from herder.actors.engine._states import POISON_ERROR
 from herder.actors.engine._step import stopped
 from herder.store import StepRecord, StepState
@@ -70,11 +71,8 @@ def poisoned(
     taken effect: a parked workflow waits on nothing (and its completion would be
     refused); a retry runs it again."""
     if st.state is StepState.WAITING:
-        token = tokens()
         why = "waited for its completion when its workflow was parked as poison work"
-        return stopped(
-            st, state=StepState.FAILED, error=why, token=token, done_token=token, updated=now
-        )
+        return marked_failed(st, why, token=tokens(), now=now)
     if st.state not in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
         return None
     state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else StepState.FAILED
