@@ -14,6 +14,7 @@ Imports: herder.store and this package.
 from __future__ import annotations
 
 from herder.actors.engine._runs import WorkflowRun
+from herder.actors.engine._step import attempt_due_ms
 from herder.store import StepState, WorkflowState, ms
 
 _TIMED = (StepState.PENDING, StepState.RETRY_WAIT)
@@ -42,10 +43,11 @@ def dormant(run: WorkflowRun, until_ms: int) -> bool:
                 return False
             timed = True
         elif state is StepState.WAITING:
-            if st.deadline is None:
+            due = attempt_due_ms(st)  # (its deadline or heartbeat's, the sooner)
+            if due is None:
                 if st.heartbeat_deadline is not None:
                     return False  # (no batch entry watches it: it stays, as before)
-            elif ms(min(st.deadline, st.heartbeat_deadline or st.deadline)) < until_ms:
+            elif due < until_ms:
                 return False
             timed = True
         elif state is not StepState.PENDING or all(
