@@ -33,7 +33,6 @@ the report's types are ``_check_report``.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
@@ -50,6 +49,7 @@ from herder.actors.engine import (
 from herder.runtime._check_history import check_history
 from herder.runtime._check_report import CheckReport, Problem
 from herder.runtime._check_timers import TimerIndex
+from herder.runtime._console import dump_json
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
@@ -350,8 +350,7 @@ def run_check(out: TextIO, store: Store, *, as_json: bool) -> int:
     """``herder check``: print the report; return 0 if the store is consistent, else 1."""
     report = check_store(store)
     if as_json:
-        json.dump(report.to_dict(), out, indent=2)
-        out.write("\n")
+        dump_json(out, report.to_dict())
         return 0 if report.ok else 1
     counts = (
         f"{report.workflows} workflows, {report.steps} steps, {report.timers} timers, "
