@@ -122,7 +122,8 @@ def call(sup: pykka.ActorRef[Any], method: str, *args: Any) -> Any:
 
 class Abandoned:
     """Set once the Scheduler has handled the news that a supervisor abandoned the thread
-    of an instance of agent ``agent`` (its ABANDONED event): what the host counts and
+    of an instance of agent ``agent`` (its ABANDONED event; not the news that the agent's
+    own supervisor was abandoned, which may come first): what the host counts and
     keeps of that thread is in place, whatever its attempt answers next. (Watching the
     supervisor's log line raced: the event is told after it, and the attempt's answer,
     once the test let it go, could reach the Scheduler first.)"""
@@ -142,7 +143,8 @@ class Abandoned:
 
         def instance_event(self: Dispatcher, msg: Any) -> Any:
             out = original(self, msg)
-            if msg.kind is ChildEventKind.ABANDONED and msg.agent == handler.agent:
+            instance = msg.kind is ChildEventKind.ABANDONED and msg.instance is not None
+            if instance and msg.agent == handler.agent:  # (not its supervisor's own)
                 handler.seen.set()
             return out
 
