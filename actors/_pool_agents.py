@@ -33,7 +33,7 @@ from herder.actors._errors import RestartIntensityExceeded
 from herder.actors._host import GivenUp
 from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
 from herder.actors._messages import InstanceEvent, Run
-from herder.actors._pool_worker import Work, withdraw
+from herder.actors._pool_worker import QUICK, Work, withdraw
 from herder.actors._restarts import RestartWindow
 from herder.actors._supervision_specs import ChildEventKind
 from herder.store import crash_point
@@ -65,9 +65,13 @@ class PooledAgent(Hosted[Slot]):
     # deque is 760 bytes, and most of 10,000 names never reserve ahead.
     ready: deque[Run] | None = None
     # Seconds its last actions took, on the worker (a decaying max, written by any of
-    # its workers): whether its attempts may wait behind another's (the pool host's
-    # QUICK). Unknown counts as slow.
+    # its workers): whether its attempts may wait behind another's. Unknown is slow.
     took: float = 1.0
+
+    @property
+    def quick(self) -> bool:
+        """Its recent actions took less than :data:`QUICK` (actors/_worker_pool.py)."""
+        return self.took < QUICK
 
 
 class PoolAgents(HostedAgents[PooledAgent]):

@@ -17,8 +17,8 @@ under one ``simple_one_for_one`` supervisor; this module decides what runs on th
   message, no pump, no hand-off (with 10,000 names each of those was a Scheduler message
   per attempt). A worker that frees with work in the line is handed it here. Its
   deadline counts from when it starts (``on_lined_start``, ``Engine.restamp``); one fenced
-  while it waited never starts. A quick attempt may also wait there for a worker woken
-  already, rather than wake one (the carrier, actors/_worker_pool.py). At most ``line``
+  while it waited never starts. A quick attempt may also wait there with workers free,
+  held for a busy one rather than wake one (actors/_worker_pool.py). At most ``line``
   attempts wait (default :data:`LINE_PER_WORKER` per worker of the cap); past that,
   agents wait un-recorded and are woken (an :class:`InstanceEvent` without instance),
   oldest first, as workers or places in the line free; a worker is held for a woken
@@ -46,6 +46,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 
 import pykka
 
@@ -55,7 +56,7 @@ from herder.actors._pool_agents import PoolAgents, Slot, halt, next_idle
 from herder.actors._pool_worker import Work, take_lined, withdraw
 from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervision_specs import ChildEventKind
-from herder.actors._worker_pool import POOL, QUICK, WorkerPool
+from herder.actors._worker_pool import POOL, QUICK_WORKERS, WorkerPool
 
 LINE_PER_WORKER = 8
 """Attempts that may wait in the line, per worker of the pool's cap (``max_workers``)."""
@@ -116,14 +117,17 @@ class PoolHost(PoolAgents):
         """The worker that ran ``token`` on ``instance_id`` went on with ``next_token``:
         True if on the same instance (it stays busy), False if with work from the line
         (the instance is free once ``token``'s answer is handled)."""
-        _, inst = self._instance(name, instance_id)
-        if inst is not None and inst.busy_token == token:
+        if self._line and not self._pool.held(self._line):
+            self._wake()  # work held past LINGER (actors/_worker_pool.py)
+        agent, inst = self._instance(name, instance_id)
+        if agent is not None and inst is not None and inst.busy_token == token:
             lined = self._lined.pop(next_token, None)
             if lined is None:
                 if inst.worker is None:
                     return False  # it went on with lined work: heard of already (replace)
                 inst.busy_token = next_token
-                self._pool.retarget(inst.worker, (name, instance_id, next_token))
+                job = (name, instance_id, next_token)
+                self._pool.retarget(inst.worker, job, agent.quick)
                 return True
             worker_id, inst.worker = inst.worker, None
             self._fed_from_line += 1
@@ -149,7 +153,9 @@ class PoolHost(PoolAgents):
         self._woken.pop(name, None)  # here before its wake-up: it takes the worker held for it
         free = self._pool.free_count()
         lined = free <= len(self._woken)  # none free, or each held for a woken agent
-        if lined and free + self._line_cap - self._unstarted <= len(self._woken):
+        quick = agent.quick
+        held = quick and not lined and self._pool.quick_busy >= QUICK_WORKERS
+        if (lined or held) and free + self._line_cap - self._unstarted <= len(self._woken):
             self._waiting[name] = None  # and the line is full
             self._pool.grow(self._wanted())
             return None
@@ -160,12 +166,13 @@ class PoolHost(PoolAgents):
             agent.idle.pop()
         inst = agent.instances[instance_id]
         inst.busy_token = token
-        if lined:
+        if lined or held:  # (held: for a busy worker, actors/_worker_pool.py)
             inst.lined = True
             self._unstarted += 1
-            self._pool.grow(self._wanted())
+            if lined:
+                self._pool.grow(self._wanted())
         else:
-            inst.worker = self._pool.take((name, instance_id, token))
+            inst.worker = self._pool.take((name, instance_id, token), quick)
             if not self._pool.free_count():
                 self._pool.grow(1)  # a spare: the next attempt need not wait for a thread
         return instance_id
@@ -178,18 +185,13 @@ class PoolHost(PoolAgents):
             return False
         self._take_built(name, instance_id, inst)
         inst.work = Work(run, inst.agent, agent.factory, agent)
-        quick = agent.took < QUICK
-        carried = inst.worker is not None and quick and self._pool.carries(inst.worker)
-        if carried:  # it waits in the line for the carrier, its worker free again
-            inst.worker, inst.lined = None, True
-            self._unstarted += 1
         if inst.worker is None:  # it waits in the line
             self._lined[run.token] = (name, instance_id)
+            inst.work.lined_at = perf_counter()
             self._line.append(inst.work)
-            if not carried:
-                self._wake()  # (unless a worker freed meanwhile)
+            self._wake()  # (unless a worker freed meanwhile, or it is held)
             return True
-        told = self._pool.tell(inst.worker, inst.work, quick=quick)
+        told = self._pool.tell(inst.worker, inst.work)
         if told is None:  # its worker was replaced or crashed since acquire
             agent.instances.pop(instance_id, None)
         elif not told:
@@ -317,7 +319,7 @@ class PoolHost(PoolAgents):
         self._pool.passivate(idle_before)
         self._woken.clear()  # a wake-up lost on its way holds no worker past a tick
         self._pumping.clear()
-        self._wake()  # in case a woken agent did not take the worker it was woken for
+        self._wake(hold=False)  # a woken agent did not take its worker, or work is held
         return dropped
 
     def host_stats(self) -> dict[str, int]:
@@ -339,11 +341,13 @@ class PoolHost(PoolAgents):
         """Workers wanted: one per waiting or woken agent and per attempt in the line."""
         return len(self._waiting) + len(self._woken) + self._unstarted
 
-    def _wake(self) -> None:
-        """Hand the line's work to free workers; then wake the agents waiting longest, one
-        per free worker or place in the line (the Scheduler pumps each again): waking them
-        all would cost a pump of every waiting agent per release."""
+    def _wake(self, *, hold: bool = True) -> None:
+        """Hand the line's work to free workers (unless ``hold``-ing quick work for a busy
+        one); then wake the agents waiting longest, one per free worker or place in the
+        line (the Scheduler pumps each again; waking all: a pump of each per release)."""
         while self._line and self._pool.free_count() > len(self._woken):
+            if hold and self._pool.held(self._line):
+                break
             work = take_lined(self._line)
             if work is None:
                 break
@@ -364,7 +368,7 @@ class PoolHost(PoolAgents):
         started, after the line had work: no worker took it)."""
         token = work.run.token
         name, instance_id = self._lined.pop(token)
-        worker_id = self._pool.take((name, instance_id, token))
+        worker_id = self._pool.take((name, instance_id, token), False)  # (_bind says)
         assert worker_id is not None
         if not self._pool.tell(worker_id, work):  # it died just now: the work waits on
             with work.lock:
@@ -380,15 +384,15 @@ class PoolHost(PoolAgents):
     ) -> None:
         """The lined attempt ``token`` of ``instance_id`` runs on ``worker_id`` now
         (``wake``: wake an agent waiting for its place in the line)."""
-        _, inst = self._instance(name, instance_id)
-        if inst is None or inst.busy_token != token:  # given up on while it waited
+        agent, inst = self._instance(name, instance_id)
+        if agent is None or inst is None or inst.busy_token != token:  # given up on meanwhile
             self._doomed.discard(token)
             if worker_id is not None:
                 self._orphans[token] = worker_id  # its answer frees the worker
             return
         inst.worker = worker_id
         self._unline(inst)
-        self._pool.retarget(worker_id, (name, instance_id, token))
+        self._pool.retarget(worker_id, (name, instance_id, token), agent.quick)
         if token in self._doomed:  # replaced while a worker was taking it
             self._doomed.discard(token)
             self.replace(name, instance_id)

@@ -45,6 +45,9 @@ SUPERSEDED = "superseded while it waited for a worker: not started"
 DECAY = 0.75
 """An agent's recorded action time decays by this factor per action that took less."""
 
+QUICK = 0.0002
+"""Seconds under which an agent's recent actions (the slowest, decaying) are quick."""
+
 
 class ReadySource(Protocol):
     """What a worker self-feeds from: the agent's ready deque, once it has one."""
@@ -72,9 +75,8 @@ class Work:
     fed: int = 0
     withdrawn: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Set by its worker once it begins: until then the worker is sure to look at the
-    # line when this attempt (and what it self-feeds) is over (the host's carrier).
-    begun: bool = False
+    # When it joined the pool's line (perf_counter), if it did (held: _worker_pool.py).
+    lined_at: float = 0.0
 
 
 def take_lined(line: deque[Work]) -> Work | None:
@@ -127,7 +129,6 @@ class PoolWorker(SupervisedActor):
         if not isinstance(message, Work):
             return super().on_receive(message)
         work, run, agent, lined = message, message.run, message.agent, False
-        work.begun = True
         while True:
             if lined and run.context.superseded:
                 outcome = Outcome(

@@ -13,22 +13,22 @@ recently freed worker is taken first (a warm thread), and those idle longest sto
 passivation, down to ``min_workers``. A worker whose attempt hangs is abandoned: the
 supervisor restarts it on a fresh thread and the blocked one is counted in ``abandoned``.
 
-**The carrier.** Waking a sleeping worker (a futex wake, then a wait for the GIL the
-Scheduler holds for the rest of its turn) cost more than a quick attempt itself: at 16
-in flight nearly every step was told to a sleeping worker, about four per durable batch.
-So the last quick attempt told is the *carrier* (:meth:`WorkerPool.tell`, ``quick``):
-until its worker begins (``Work.begun``) it is sure to look at the line once that
-attempt, and what it self-feeds, is over, so up to :data:`CHAIN` quick attempts sent
-meanwhile wait in the line for it (:meth:`WorkerPool.carries`) instead of waking a
-worker each. Quick is the agent's own measure (``PooledAgent.took``, under
-:data:`QUICK`): a slow action never holds another attempt up, and a quick one that hangs
-holds those behind it only until the host next hands the line out (a worker frees, the
-hung one is replaced, a tick).
+**Holding quick attempts.** Waking a sleeping worker (a futex wake, then a wait for the
+GIL the Scheduler holds for the rest of its turn) costs more than a quick attempt itself,
+and under the GIL a second thread running quick Python gains nothing. So the pool counts
+the busy workers running a quick agent's attempt (:attr:`WorkerPool.quick_busy`; quick is
+the agent's own measure, ``PooledAgent.took`` under :data:`QUICK`), and a quick attempt
+that finds :data:`QUICK_WORKERS` of them waits in the line even with a worker free
+(:meth:`WorkerPool.held`): a busy one takes it when its own attempt is over. It is held
+for at most :data:`LINGER` while the Scheduler hears from the workers, and until the host
+next hands the line out regardless (a tick) if none answers: a quick action that
+suddenly blocks holds those behind it that long.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +40,7 @@ from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
 from herder.actors._hosted import request_agent_supervisor
 from herder.actors._messages import InstanceEvent, Outcome
-from herder.actors._pool_worker import PoolWorker, Work
+from herder.actors._pool_worker import QUICK, PoolWorker, Work
 from herder.actors._supervision_specs import ChildEventKind, ChildSpec, Restart
 
 POOL = "*pool"
@@ -53,11 +53,12 @@ them, so an agent's news is never taken for the pool's."""
 Job = tuple[str, str, int]
 """What a worker runs: (agent, instance, token)."""
 
-QUICK = 0.0002
-"""Seconds under which an agent's recent actions (the slowest, decaying) are quick."""
+QUICK_WORKERS = 1
+"""Busy workers running quick attempts that hold another quick one in the line."""
 
-CHAIN = 4
-"""Quick attempts that may wait in the line behind one carrier (module docstring)."""
+LINGER = 0.001
+"""Seconds a quick attempt is held in the line at most, with workers free (module
+docstring)."""
 
 
 @dataclass(slots=True)
@@ -66,6 +67,7 @@ class _Worker:
     job: Job | None = None
     idle_since: float = 0.0
     starting: bool = True  # asked for, not yet started (a restarting one is not)
+    quick: bool = False  # its job is a quick agent's (counted in quick_busy)
 
 
 class WorkerPool:
@@ -101,57 +103,60 @@ class WorkerPool:
         self._sup: pykka.ActorRef | None = None
         self._sup_pending = False
         self.abandoned = 0  # threads left to hung actions
-        self._carrier: Work | None = None  # (module docstring)
-        self._carried = 0  # attempts that wait in the line behind it
+        self.quick_busy = 0  # workers running a quick agent's attempt (module docstring)
 
     def free_count(self) -> int:
         return len(self._free)
 
-    def take(self, job: Job) -> str | None:
-        """A free worker, now running ``job`` (the most recently freed); None if none."""
+    def held(self, line: deque[Work]) -> bool:
+        """Whether the line's first work is a quick attempt to hold for a busy worker
+        (held for less than :data:`LINGER` so far)."""
+        if self.quick_busy < QUICK_WORKERS:
+            return False
+        try:
+            work = line[0]
+        except IndexError:  # (a worker took it just now)
+            return False
+        source = work.source
+        return (
+            source is not None
+            and source.took < QUICK
+            and time.perf_counter() - work.lined_at < LINGER
+        )
+
+    def _assign(self, worker: _Worker, job: Job | None, quick: bool = False) -> None:
+        """Set the worker's job (None: none), keeping :attr:`quick_busy` up to date."""
+        quick = quick and job is not None
+        self.quick_busy += quick - (worker.job is not None and worker.quick)
+        worker.job, worker.quick = job, quick
+
+    def take(self, job: Job, quick: bool) -> str | None:
+        """A free worker, now running ``job`` (the most recently freed; ``quick``: a
+        quick agent's); None if none is free."""
         if not self._free:
             return None
         worker_id = self._free.popitem()[0]
-        self._workers[worker_id].job = job
+        self._assign(self._workers[worker_id], job, quick)
         return worker_id
 
-    def retarget(self, worker_id: str | None, job: Job) -> None:
+    def retarget(self, worker_id: str | None, job: Job, quick: bool) -> None:
         """The worker went on with ``job`` (it self-fed the next attempt)."""
         worker = None if worker_id is None else self._workers.get(worker_id)
         if worker is not None and worker.job is not None:
-            worker.job = job
+            self._assign(worker, job, quick)
 
-    def tell(self, worker_id: str, work: Work, *, quick: bool = False) -> bool | None:
+    def tell(self, worker_id: str, work: Work) -> bool | None:
         """Hand ``work`` to the worker: True; None if it is gone since it was taken
         (replaced or crashed); False if it died just now (its exit's news is on the way,
-        and it no longer counts as running anything). A ``quick`` one is the carrier."""
+        and it no longer counts as running anything)."""
         worker = self._workers.get(worker_id)
         if worker is None or worker.ref is None:
             return None
         try:
             worker.ref.tell(work)
         except pykka.ActorDeadError:
-            worker.job = None
+            self._assign(worker, None)
             return False
-        if quick:
-            self._carrier, self._carried = work, 0
-        return True
-
-    def carries(self, worker_id: str) -> bool:
-        """Whether a quick attempt, for which ``worker_id`` was taken, may wait in the
-        line for the carrier instead (then ``worker_id`` is free again, as it was)."""
-        carrier = self._carrier
-        if carrier is None or carrier.begun or carrier.stop or self._carried >= CHAIN:
-            return False
-        source = carrier.source
-        if source is not None and source.ready:
-            return False  # its worker self-feeds those first
-        worker = self._workers.get(worker_id)
-        if worker is None or worker.ref is None:
-            return False
-        worker.job = None
-        self._free[worker_id] = None
-        self._carried += 1
         return True
 
     def release(self, worker_id: str | None, now: float) -> bool:
@@ -159,7 +164,8 @@ class WorkerPool:
         worker = None if worker_id is None else self._workers.get(worker_id)
         if worker_id is None or worker is None or worker.ref is None:
             return False
-        worker.job, worker.idle_since = None, now
+        self._assign(worker, None)
+        worker.idle_since = now
         self._free[worker_id] = None
         return True
 
@@ -171,8 +177,8 @@ class WorkerPool:
         worker = self._workers.get(worker_id)
         if worker is not None:
             self._free.pop(worker_id, None)
-            worker.ref, worker.job = None, None  # back once the supervisor restarted it
-            self._carrier = None  # (it may have been the carrier's)
+            self._assign(worker, None)
+            worker.ref = None  # back once the supervisor restarted it
             worker.starting = False
             self.abandoned += 1
             call_later(self._sup, "restart_child", worker_id)
@@ -188,15 +194,16 @@ class WorkerPool:
         if worker is None:
             return "", None
         if event.kind in (ChildEventKind.STARTED, ChildEventKind.RESTARTED) and event.ref:
-            worker.ref, worker.job, worker.idle_since = event.ref, None, now
-            worker.starting = False
+            self._assign(worker, None)
+            worker.ref, worker.idle_since, worker.starting = event.ref, now, False
             self._free[event.instance] = None
             return "free", None
         if event.kind is ChildEventKind.CRASHED or (
             event.kind in (ChildEventKind.EXITED, ChildEventKind.TERMINATED) and worker.ref
         ):
-            job, worker.ref, worker.job, worker.starting = worker.job, None, None, False
-            self._carrier = None  # (it may have been the carrier's)
+            job = worker.job
+            self._assign(worker, None)
+            worker.ref, worker.starting = None, False
             self._free.pop(event.instance, None)
             if event.kind is not ChildEventKind.CRASHED:
                 del self._workers[event.instance]  # gone for good: another may start
@@ -213,10 +220,11 @@ class WorkerPool:
         current = self._sup
         if current is not None and ref and ref.actor_urn != current.actor_urn:
             return None
-        self._sup, self._sup_pending, self._carrier = None, False, None
+        self._sup, self._sup_pending = None, False
         jobs = [w.job for w in self._workers.values() if w.job is not None]
         self._workers.clear()
         self._free.clear()
+        self.quick_busy = 0
         return jobs
 
     # -- size --------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""The pool's carrier: a quick attempt sent while a worker told a quick one has not begun
-waits in the line for that worker instead of waking one of its own (actors/_worker_pool.py).
+"""Holding quick attempts: a quick attempt sent while a worker runs a quick one waits in
+the line for that worker instead of waking one of its own, for at most LINGER while the
+Scheduler hears from the workers, and until the next tick if none does
+(actors/_worker_pool.py).
 
 The test thread plays the Scheduler (test_pool_host's stand-in). A Scheduler's turn holds
 the GIL from the first hand-over to the last, so a worker it wakes cannot begin until the
@@ -14,10 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from test_pool_host import WAIT, Line, Scheduler, _host, _send
+from test_pool_host import WAIT, Line, Scheduler, _host, _Port, _send
 
-from herder.actors import FakeClock
-from herder.actors._worker_pool import CHAIN, QUICK
+from herder.actors import Agent, FakeClock, StepContext, _worker_pool
+from herder.actors._messages import Run
+from herder.actors._worker_pool import QUICK, QUICK_WORKERS
 
 
 @contextmanager
@@ -29,6 +32,13 @@ def one_turn() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(interval)
+
+
+@pytest.fixture(autouse=True)
+def linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held work waits for its busy worker however slow the machine (a test that needs
+    the limit sets it)."""
+    monkeypatch.setattr(_worker_pool, "LINGER", 60.0)
 
 
 @pytest.fixture
@@ -67,9 +77,10 @@ def _answers(scheduler: Scheduler, tokens: set[int]) -> list[int]:
     return went_on
 
 
-def test_quick_attempts_sent_before_the_carrier_begins_wait_for_its_worker(
+def test_quick_attempts_sent_while_a_quick_one_runs_wait_for_its_worker(
     warm: Scheduler,
 ) -> None:
+    assert QUICK_WORKERS == 1  # (the counts below)
     _quick(warm, "a", "b", "c")
     fed = warm.host.host_stats()["fed_from_line"]
     with one_turn():
@@ -86,18 +97,41 @@ def test_quick_attempts_sent_before_the_carrier_begins_wait_for_its_worker(
         assert warm.host.busy_tokens(name) == []
 
 
-def test_at_most_chain_attempts_wait_behind_one_carrier(warm: Scheduler) -> None:
-    names = "abcdef"[: CHAIN + 2]
-    _quick(warm, *names)
-    tokens = set(range(101, 101 + len(names)))
+class Gated(Agent):
+    """``wait`` blocks until the test sets the event of its token."""
+
+    gates: dict[int, threading.Event] = {}
+    entered = threading.Semaphore(0)
+
+    def wait(self, ctx: StepContext) -> str:
+        Gated.entered.release()
+        Gated.gates[ctx.token].wait(WAIT)
+        return "done"
+
+
+def test_work_held_past_linger_goes_to_a_free_worker_when_a_worker_moves_on(
+    warm: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy worker feeds itself its own agent's ready attempts before it looks at the
+    line, and a quick action may hang after all: work held in the line past LINGER goes
+    to a free worker the next time the Scheduler hears that a worker went on."""
+    Gated.gates = {token: threading.Event() for token in (101, 103)}
+    warm.host.add("q", Gated, 1)
+    _quick(warm, "q", "b")
     with one_turn():
-        for token, name in zip(sorted(tokens), names, strict=True):
-            _send(warm, name, "ok", token)
-        stats = warm.host.host_stats()
-    # The first is the carrier, CHAIN wait for it, the next is told a worker (a carrier).
-    assert (stats["busy_workers"], stats["line"]) == (2, CHAIN)
-    _answers(warm, tokens)
-    assert warm.host.host_stats()["line"] == 0
+        _send(warm, "q", "wait", 101)
+        _send(warm, "b", "ok", 102)
+    assert Gated.entered.acquire(timeout=WAIT)  # q's action holds its worker
+    assert warm.host.host_stats()["line"] == 1  # b's is held for it
+    ctx = StepContext("w", "s", "wait", 1, None, {}, "w/s", 103, False, _Port())
+    warm.host.ready_queue("q").append(Run("q", "", "wait", 103, ctx))
+    monkeypatch.setattr(_worker_pool, "LINGER", 0.0)
+    Gated.gates[101].set()  # q's worker goes on with 103, which holds it too
+    first = warm.outcome()
+    assert (first.token, first.next_token) == (101, 103)
+    assert warm.outcome().token == 102  # handed to a free worker while 103 holds
+    Gated.gates[103].set()
+    assert warm.outcome().token == 103
 
 
 @pytest.mark.parametrize("took", [QUICK, 1.0], ids=["slow", "unknown"])
@@ -108,7 +142,7 @@ def test_a_slow_agents_attempts_each_wake_a_worker(warm: Scheduler, took: float)
     _quick(warm, "b", took=took)
     with one_turn():
         for token, name in zip((101, 102, 103), "bac", strict=True):
-            _send(warm, name, "ok", token)  # b's is no carrier: a's wakes a worker too
+            _send(warm, name, "ok", token)  # b's is not quick: a's takes a worker too
         stats = warm.host.host_stats()
     assert (stats["busy_workers"], stats["line"]) == (2, 1)  # c's waits for a's worker
     with one_turn():
@@ -128,11 +162,12 @@ def test_a_worker_times_its_agents_actions(warm: Scheduler) -> None:
     assert warm.host._agents["g"].took == pytest.approx(0.75)
 
 
-def test_attempts_behind_a_carrier_that_hangs_go_to_free_workers_at_the_next_hand_out(
+def test_attempts_held_behind_a_quick_action_that_hangs_go_to_free_workers_at_a_tick(
     warm: Scheduler,
 ) -> None:
     """A quick agent's action may hang after all: what waits behind it is handed to a
-    free worker the next time the host hands the line out (here the Scheduler's tick)."""
+    free worker the next time the host hands the line out regardless (a tick), however
+    young it is."""
     _quick(warm, "a", "b", "c")
     with one_turn():
         _send(warm, "a", "hold", 101)
