@@ -156,12 +156,9 @@ def show_workflow(
     out: TextIO, store: Store, workflow_id: str, *, as_json: bool, attempts: bool = False
 ) -> None:
     """``herder show ID``: a workflow's state, input, error, every step and its history;
-    with ``attempts``, each failed attempt with its error and traceback."""
-    record = store.get_workflow(workflow_id)
-    if record is None:
-        raise UnknownWorkflow(f"no workflow with id {workflow_id!r} in {store.path}")
-    status = _Reader(store).status(record)
-    history = read_history(store, workflow_id)
+    with ``attempts``, each failed attempt with its error and traceback. The status and
+    the history are read in one transaction, so they tell the same story."""
+    status, history = store.together(lambda: _status_and_history(store, workflow_id))
     if as_json:
         dump_json(out, {**status.to_dict(), "history": history})
         return
@@ -194,6 +191,15 @@ def show_workflow(
     print_table(out, "history", ("when", "what", "change", "attempt", "details"), _story(history))
     if attempts:
         _failed_attempts(out, history)
+
+
+def _status_and_history(
+    store: Store, workflow_id: str
+) -> tuple[WorkflowStatus, list[dict[str, Any]]]:
+    record = store.get_workflow(workflow_id)
+    if record is None:
+        raise UnknownWorkflow(f"no workflow with id {workflow_id!r} in {store.path}")
+    return _Reader(store).status(record), read_history(store, workflow_id)
 
 
 def _failed_attempts(out: TextIO, history: list[dict[str, Any]]) -> None:

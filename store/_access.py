@@ -36,9 +36,31 @@ class Access:
     _gate: threading.Condition
     _readers: int
     _resizing: bool
+    _pinned: threading.local  # .txn: the read transaction of this thread's ``together``
+
+    def together(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` with every read it makes of this store, on this thread, in one read
+        transaction: a record and its history read by two calls then agree, with no
+        commit landing between them. ``fn`` may run again if another process grows the
+        map meanwhile; keep it short on a store a runtime is writing."""
+
+        def pinned(txn: lmdb.Transaction) -> _T:
+            self._pinned.txn = txn
+            try:
+                return fn()
+            finally:
+                self._pinned.txn = None
+
+        if getattr(self._pinned, "txn", None) is not None:
+            return fn()  # already inside one
+        return self._read(pinned)
 
     def _read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
-        """Run ``fn`` in one short read transaction, outside any map resize."""
+        """Run ``fn`` in one short read transaction, outside any map resize (in the
+        transaction of :meth:`together` when this thread is inside one)."""
+        txn = getattr(self._pinned, "txn", None)
+        if txn is not None:
+            return fn(txn)  # (an LMDB error reaches the _read of ``together``)
         while True:
             with self._gate:
                 while self._resizing:

@@ -129,6 +129,7 @@ class Store(Reads, LeaseHolder):
         self._gate = threading.Condition(threading.Lock())
         self._readers = 0
         self._resizing = False
+        self._pinned = threading.local()
         self._real = os.path.realpath(self.path)
         with _registry_lock:
             if self._real in _registry:
