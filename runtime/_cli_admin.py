@@ -5,7 +5,10 @@ COMPENSATED, CANCELLED, ABANDONED) last updated before a cutoff, with their step
 history, timers and index entries. While a runtime runs the store it goes through the
 command channel and that runtime works it off a batch per sweep (exit 3 if it is not done
 within ``--timeout``; it carries on); with none it deletes directly. ``--dry-run`` only
-counts. ``compact`` is offline (see ``store/_compact.py``).
+counts. ``--older-than`` is an age: a runtime takes it back from its own clock, on which
+the records' times are written; offline (and for ``--dry-run``) it is taken back from
+the wall clock. ``compact`` is offline
+(see ``store/_compact.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import getpass
 import os
 import pathlib
 import sys
+import time
 from typing import Any, TextIO
 
 from herder.runtime._cli_args import add_store, seconds_arg, when_arg
@@ -66,7 +70,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _purge(args: argparse.Namespace, out: TextIO) -> int:
-    before = args.before if args.older_than is None else args.older_than
+    before = args.before if args.older_than is None else time.time() - args.older_than
     states = frozenset(args.state) if args.state else FINISHED
     path = args.store
     if not (pathlib.Path(path) / "data.mdb").is_file():  # (Store(path) would create one)
@@ -93,10 +97,13 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"deleted {deleted} {what}\n")
         return 0
     who = os.environ.get("USER") or getpass.getuser()
+    # An age is taken back from the runtime's clock, on which the records' times are
+    # written (see runtime/_retention.py); ``before`` is the wall clock's, as offline.
+    aged = {} if args.older_than is None else {"older_than": args.older_than}
     command = new_command(
         "purge",
         "",
-        args={"before": before, "states": sorted(states)},
+        args={"before": before, **aged, "states": sorted(states)},
         who=who,
         why="herder purge",
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import time
 from collections.abc import Callable
 
 from herder.runtime._inspect import parse_when
@@ -52,16 +53,19 @@ def seconds_arg(text: str) -> float:
 
 def when_arg(*, unit: bool = False) -> Callable[[str], float]:
     """A point in time (:func:`parse_when`: a duration back from now or an ISO
-    date/time; ``unit``: a bare number is refused, not read as a year) as an argparse
-    type, so a bad one is a usage error (exit 2)."""
+    date/time) as an argparse type, so a bad one is a usage error (exit 2). With
+    ``unit``, an age instead: a duration with its unit (a bare number is refused, not
+    read as a year), as seconds, so its owner can take it back from its own clock."""
 
     def parse(text: str) -> float:
         if unit and text.strip()[-1:].isdigit():
             raise argparse.ArgumentTypeError(f"{text!r} needs a unit: 7d, 12h, 30m, 90s")
+        now = time.time()
         try:
-            return parse_when(text)
+            when = parse_when(text, now)
         except InvalidInput as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        return round(now - when, 6) if unit else when
 
     return parse
 

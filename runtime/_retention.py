@@ -95,7 +95,7 @@ class Retention:
         """A pending ``purge`` command (seen again at later sweeps until it is done)."""
         with self._lock:
             if command["id"] not in self._jobs and command["id"] not in self._finished:
-                self._jobs[command["id"]] = command
+                self._jobs[command["id"]] = _aged(command, self._now())
                 self._deleted.setdefault(command["id"], 0)
 
     def on_sweep(self) -> None:
@@ -157,6 +157,22 @@ class Retention:
             job.get("who") or "?",
             error or f"deleted {deleted} workflows",
         )
+
+
+def _aged(command: dict[str, Any], now: float) -> dict[str, Any]:
+    """A purge by age (``herder purge --older-than``: ``older_than`` seconds) with its
+    cutoff taken on the engine's clock ``now``, once, when it is first seen: the
+    ``updated`` times it is compared with are the engine's, which may be far from the
+    wall clock the CLI read (a stepped wall clock, a FakeClock). The CLI's own cutoff,
+    ``before``, stays the fallback (and what a runtime of an older herder uses)."""
+    args = command.get("args")
+    if not isinstance(args, dict) or "older_than" not in args:
+        return command
+    try:
+        before = now - float(args["older_than"])
+    except (TypeError, ValueError):
+        return command
+    return {**command, "args": {**args, "before": before}}
 
 
 def _job_cutoff(job: dict[str, Any]) -> tuple[float, frozenset[str]]:

@@ -340,6 +340,38 @@ def test_purge_goes_through_the_running_runtime(old_store: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_purge_older_than_through_a_runtime_ages_on_its_clock(old_store: Path) -> None:
+    """The workflows ended 30 days ago by the wall clock, but a minute ago by the engine
+    clock of the runtime that runs the store (a FakeClock here; a wall clock stepped
+    ahead in production): ``--older-than 1h`` must age them on the runtime's clock, on
+    which their ``updated`` times were written, not on the CLI's wall clock."""
+    clock = FakeClock(start=datetime.datetime.now().timestamp() - 30 * DAY + 60)
+    with Runtime(old_store, clock=clock, setup=register, retention=None) as rt:
+
+        def purge_hour_old() -> str:
+            proc = subprocess.Popen(
+                [HERDER, "purge", "--store", str(old_store), "--older-than", "1h"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            while True:  # the fake clock fires no sweep by itself: one per look
+                rt._sweep_now()
+                try:
+                    out, err = proc.communicate(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    continue
+                assert proc.returncode == 0, err
+                return out
+
+        assert purge_hour_old().startswith("deleted 0 ")
+        assert sorted(s.id for s in rt.list()) == ["stuck", "w0", "w1", "w2"]
+        advance(rt, clock, 7200.0)
+        assert purge_hour_old().startswith("deleted 3 ")
+        assert [s.id for s in rt.list()] == ["stuck"]
+
+
+@pytest.mark.timeout(120)
 def test_compact_shrinks_the_file_offline_and_refuses_while_a_runtime_runs(
     old_store: Path,
 ) -> None:
