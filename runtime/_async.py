@@ -18,7 +18,8 @@ a ``concurrent.futures.Future`` mirrored onto the loop (:func:`awaited`), or for
 (``_starts.Landing``). A waiter costs no thread, so thousands of ``result_async`` calls
 wait on one loop. Only the calls that do
 real work of their own on the caller (``stop_async``'s drain and tree shutdown,
-``stats_async``'s scan of the store, ``handoff_async``) run it once on a worker thread.
+``stats_async``'s scan of the store, ``handoff_async``, a start's router) run it once on
+a worker thread.
 
 Cancelling an awaiting task stops the wait, never the work: the workflow runs on, as
 after a ``TimeoutError`` from the blocking call.
@@ -38,12 +39,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from herder.actors import Complete, Operate, call_future
 from herder.runtime._claims import left
+from herder.runtime._routing import routes
 from herder.runtime._starts import start_items
 from herder.runtime._waits import awaited, run_async, seconds
+from herder.runtime._workflow import Workflow
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime, WorkflowHandle
-    from herder.runtime._workflow import Workflow
 
 T = TypeVar("T")
 
@@ -90,6 +92,15 @@ def _give_back_signals(loop: asyncio.AbstractEventLoop, held: list[_Held]) -> No
         loop.remove_signal_handler(sig)
         if handler is not None and signal.getsignal(sig) is not handler:
             signal.signal(sig, handler)
+
+
+def _routed(rt: Runtime, workflow: str | Workflow) -> bool:
+    """Whether a start of ``workflow`` runs a router (``{@name}`` in an agent template)."""
+    if isinstance(workflow, Workflow):
+        plan = rt._ctx.plans.get((workflow.name, workflow.version))
+    else:  # (anything else than a name is refused by the checks, on the loop)
+        plan = rt._latest.get(workflow) if isinstance(workflow, str) else None
+    return plan is not None and routes(plan)
 
 
 def _runtime(mixin: object) -> Runtime:
@@ -146,7 +157,10 @@ class AsyncRuntime:
         rt = _runtime(self)
         timeout = seconds(timeout)
         when = {"priority": priority, "start_at": start_at, "delay": delay, "deadline": deadline}
-        new, now = rt._checked(workflow, input, workflow_id, when)
+        if _routed(rt, workflow):  # a router is user code that may block: not on the loop
+            new, now = await asyncio.to_thread(rt._checked, workflow, input, workflow_id, when)
+        else:
+            new, now = rt._checked(workflow, input, workflow_id, when)
         wid, claims = new.workflow_id, rt._claims  # as Runtime._start, awaiting where it blocks
         began, claim = time.monotonic(), None
         if workflow_id is not None:

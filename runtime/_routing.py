@@ -70,6 +70,11 @@ def template_fields(agent: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def routes(plan: Plan) -> bool:
+    """Whether a start of ``plan`` runs a router (a ``{@name}`` field in a template)."""
+    return any(f.startswith("@") for spec in plan.steps for f in template_fields(spec.agent))
+
+
 def resolve_agents(
     plan: Plan, input: Any, routers: Mapping[str, Router] | None = None
 ) -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
+import threading
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,31 @@ def test_an_agent_named_by_a_str_or_int_subclass_is_named_by_its_plain_value(
         rt.add_router("pick", lambda input: _RaisingInt(7))
         rt.start("routed", {}, workflow_id="i").result(timeout=WAIT)
         assert dict(rt.status("i").agents) == {"configure": "device:7"}
+
+
+def test_start_async_runs_a_router_off_the_event_loop(tmp_path: Path) -> None:
+    """A router is user code that may block (a lookup): on the loop it would stall every
+    other coroutine. Here it waits for a coroutine that runs only if the loop serves on."""
+    served = threading.Event()
+    wf = Workflow("routed").step("configure", agent="device:{@nearest}", action="configure")
+
+    def nearest(input: object) -> str:
+        assert served.wait(WAIT), "the loop did not serve while the router ran"
+        return "a"
+
+    async def main(rt: Runtime) -> object:
+        async def serve() -> None:
+            served.set()
+
+        serving = asyncio.ensure_future(serve())
+        handle = await rt.start_async("routed", {}, workflow_id="w")
+        await serving
+        return await handle.result_async(timeout=WAIT)
+
+    with open_runtime(tmp_path, [], wf) as rt:
+        rt.add_router("nearest", nearest)
+        assert asyncio.run(main(rt)) == {"configure": "device:a"}
+        rt.add_router("nearest", lambda input: 1 / 0)
+        with pytest.raises(InvalidInput, match="router 'nearest' failed: ZeroDivisionError"):
+            asyncio.run(rt.start_async("routed", {}, workflow_id="z"))
+        assert [s.id for s in rt.list()] == ["w"]
