@@ -37,6 +37,7 @@ from herder.runtime._starts import (
     Landing,
     NewStart,
     creation,
+    existing_workflow,
     same_record,
 )
 from herder.runtime._timing import begin_at, check_priority
@@ -208,10 +209,8 @@ class Starting(StartingMany):
         until it has forgotten the workflow: a start() holds its id meanwhile
         (``_claims``), so only a ``start_many`` of the same id at once can."""
         rt: Runtime = self  # type: ignore[assignment]
-        if workflow_id is None or rt._store.surely_new(new.workflow_id):
-            return None
-        existing = rt._store.get_workflow(new.workflow_id)
-        return None if existing is None else rt._same_start(existing, new)
+        record = None if workflow_id is None else existing_workflow(rt._store, new.workflow_id)
+        return None if record is None else rt._same_start(record, new)
 
     def _submit_start(
         self,

@@ -32,6 +32,7 @@ from herder.runtime._part import whole as _runtime
 from herder.runtime._starts import (
     NewStart,
     creation,
+    existing_workflow,
     same_record,
     same_start,
     start_args,
@@ -169,11 +170,9 @@ class StartingMany:
         store = _runtime(self)._store
         taken = {}
         for wid, new in unique.items():
-            if store.surely_new(wid):  # (ids in order: no read)
-                continue
-            existing = store.get_workflow(wid)
-            if existing is not None:
-                taken[wid] = same_record(existing, new)
+            record = existing_workflow(store, wid)
+            if record is not None:
+                taken[wid] = same_record(record, new)
         return taken
 
     def _repeated_many(self, news: list[NewStart], taken: dict[str, bool]) -> list[WorkflowHandle]:

@@ -21,6 +21,7 @@ from herder.store import (
     Plan,
     Put,
     StepRecord,
+    Store,
     Transition,
     WorkflowRecord,
     WorkflowState,
@@ -155,6 +156,12 @@ def start_args(index: int, item: object) -> Mapping[str, Any]:
 def same_start(a: NewStart, b: NewStart) -> bool:
     """Whether two starts of one id ask for the same workflow (so both get its handle)."""
     return a.plan.name == b.plan.name and _same_input(a.input, b.input)
+
+
+def existing_workflow(store: Store, workflow_id: str) -> WorkflowRecord | None:
+    """The workflow a start's id names already, or None: with no read for an id the store
+    knows no workflow has (``Store.surely_new``: most ids come in order)."""
+    return None if store.surely_new(workflow_id) else store.get_workflow(workflow_id)
 
 
 def same_record(existing: WorkflowRecord, new: NewStart) -> bool:
