@@ -21,7 +21,7 @@ def deadline_seconds(value: object, what: str = "deadline", *, per_start: bool =
     :class:`InvalidInput` naming ``what``. ``per_start`` (``start(deadline=)``) also takes
     an aware datetime (:func:`deadline_at`), a definition's default (``Workflow``) never:
     it counts from each start, so the message says where an absolute time goes."""
-    number = real_number(value) if isinstance(value, int | float) else None  # (bool: None)
+    number = real_number(value)  # (a bool, a str: None)
     if number is None or not math.isfinite(number) or number <= 0 or number > MAX_DEADLINE:
         if per_start:
             raise InvalidInput(

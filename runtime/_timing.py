@@ -78,7 +78,7 @@ def begin_at(
         except Exception as exc:
             raise InvalidInput(f"start_at {start_at!r} is not a usable time: {exc}") from None
     elif delay is not None:
-        wait = real_number(delay) if isinstance(delay, int | float) else None
+        wait = real_number(delay)
         if wait is None or not math.isfinite(wait) or wait < 0:  # (a huge int: infinity)
             raise InvalidInput(f"delay must be a finite number of seconds >= 0, got {delay!r}")
         when = now + wait

@@ -4,6 +4,8 @@ the workflow is compensated; ``ctx.deadline`` shows it. On a FakeClock."""
 from __future__ import annotations
 
 import datetime
+import decimal
+import fractions
 import functools
 import io
 import threading
@@ -150,6 +152,22 @@ def test_the_workflow_default_applies_and_start_overrides_it(
         rt.start("one", workflow_id="w1").result(timeout=WAIT)
         rt.start("one", workflow_id="w2", deadline=50.0).result(timeout=WAIT)
         assert service.deadlines == [start + 5.0, start + 50.0]
+
+
+def test_a_deadline_and_a_delay_take_any_number_a_timeout_takes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # A Decimal or a Fraction was a fine timeout= (seconds()) but a refused deadline=.
+    service = Service()
+    flow = Workflow("one", deadline=fractions.Fraction(5)).step("a", agent="w", action="do")
+    with runtime(tmp_path / "s", clock, service, flow) as rt:
+        start = clock.time()
+        rt.start("one", workflow_id="w1", timeout=decimal.Decimal("9")).result(timeout=WAIT)
+        rt.start("one", workflow_id="w2", deadline=decimal.Decimal("50")).result(timeout=WAIT)
+        later = rt.start("one", workflow_id="w3", delay=decimal.Decimal("2"), deadline=50)
+        advance(rt, clock, 2.0)
+        later.result(timeout=WAIT)
+        assert service.deadlines == [start + 5.0, start + 50.0, start + 50.0]
 
 
 def test_an_aware_datetime_is_a_deadline(tmp_path: Path, clock: FakeClock) -> None:
