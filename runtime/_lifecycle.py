@@ -22,7 +22,7 @@ from herder.runtime._config import at_least
 from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper
 from herder.runtime._part import whole as _runtime
-from herder.runtime._waits import seconds
+from herder.runtime._waits import seconds, wait_limit
 from herder.store import LeaseLost, real_number
 
 if TYPE_CHECKING:
@@ -58,8 +58,7 @@ class Lifecycle:
         (None: no limit).
         """
         rt = _runtime(self)
-        checked = seconds(timeout)  # (a negative one stopped nothing, and blamed the disk)
-        timeout = threading.TIMEOUT_MAX if checked is None else checked
+        timeout = wait_limit(timeout)  # (a negative one stopped nothing, and blamed the disk)
         with rt._lock:
             if rt._closed:
                 rt._store.close(timeout)  # (again, if it timed out the first time)
@@ -124,8 +123,7 @@ class Lifecycle:
         Returns early if the runtime is stopped from elsewhere or fails for good.
         """
         rt = _runtime(self)
-        checked = seconds(drain_timeout, "drain_timeout")
-        drain_timeout = threading.TIMEOUT_MAX if checked is None else checked
+        drain_timeout = wait_limit(drain_timeout, "drain_timeout")
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 "run_forever() must run in the main thread (Python delivers signals only "

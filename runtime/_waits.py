@@ -38,6 +38,12 @@ def seconds(value: object, name: str = "timeout") -> float | None:
     return None if number > threading.TIMEOUT_MAX else number
 
 
+def wait_limit(value: object, name: str = "timeout") -> float:
+    """:func:`seconds` for a wait that needs a number: no limit is ``TIMEOUT_MAX``."""
+    checked = seconds(value, name)
+    return threading.TIMEOUT_MAX if checked is None else checked
+
+
 class NotifyingEvent(threading.Event):
     """A ``threading.Event`` whose :meth:`set` also calls subscribers (on the setting
     thread), so an event loop can wait for it without a thread of its own."""
