@@ -92,6 +92,7 @@ class ThreadHost(HostedAgents[_Pool]):
         self._max_result_bytes = max_result_bytes
         self._shutdown = shutdown
         self._abandoned = 0  # threads left running: replaced, or not stopped in time
+        self._replaced: set[str] = set()  # counted by replace(), before their ABANDONED
 
     # -- registration ------------------------------------------------------------------
 
@@ -194,6 +195,7 @@ class ThreadHost(HostedAgents[_Pool]):
         inst.lost = True
         inst.busy_token = None
         self._abandoned += 1
+        self._replaced.add(instance_id)
         # Not waited for: restart_child abandons a blocked thread and the tree reports the
         # replacement through on_event("restarted").
         call_later(pool.supervisor, "restart_child", instance_id)
@@ -203,6 +205,8 @@ class ThreadHost(HostedAgents[_Pool]):
 
         Raises :class:`AgentUnavailable` when the event says a requested start failed.
         """
+        if event.instance is not None:
+            self._count_abandoned(event)
         pool = self._agents.get(event.agent)
         if pool is None:
             return []
@@ -211,11 +215,10 @@ class ThreadHost(HostedAgents[_Pool]):
         inst = pool.instances.get(event.instance)
         if inst is None:
             return []
-        if event.kind is ChildEventKind.ABANDONED and not inst.lost:
-            self._abandoned += 1  # (one replace() abandoned is counted already)
-            if inst.busy_token is not None:  # removed, or given up on: not a crash
-                inst.orphan = True  # it runs on: its answer is awaited, its slot held
-                return []
+        abandoned = event.kind is ChildEventKind.ABANDONED and not inst.lost
+        if abandoned and inst.busy_token is not None:  # removed, or given up on: no crash
+            inst.orphan = True  # it runs on: its answer is awaited, its slot held
+            return []
         if inst.starting:
             if event.kind is ChildEventKind.STARTED and event.ref is not None:
                 inst.starting = False
@@ -260,6 +263,17 @@ class ThreadHost(HostedAgents[_Pool]):
             inst.idle_since = now
             self._idled(pool, event.instance, inst)  # (stale: the old factory's again)
         return []
+
+    def _count_abandoned(self, event: InstanceEvent) -> None:
+        """Count an instance's thread left running, once: at its ABANDONED news, even if
+        its pool let go of it first (its attempt's answer, from another thread, may come
+        before the news); a replace() counted its own already, and the next news of that
+        instance (its stop's, whatever it says) ends the wait for it."""
+        assert event.instance is not None
+        if event.instance in self._replaced:
+            self._replaced.discard(event.instance)
+        elif event.kind is ChildEventKind.ABANDONED:
+            self._abandoned += 1
 
     def _on_supervisor_event(self, pool: _Pool, event: InstanceEvent) -> list[int]:
         """News of the agent's supervisor: started, could not start, or gone (gave up)."""

@@ -251,6 +251,49 @@ def test_a_thread_left_running_by_remove_agent_is_counted_and_its_answer_taken(
         gate.set()
 
 
+def test_a_thread_abandoned_after_its_answer_was_taken_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance's ABANDONED news and its attempt's answer come from two threads:
+    here the news is held back until the answer was taken (the instance is gone from
+    its pool by then), and the thread left running must still be counted."""
+    from herder.actors._dispatch import Dispatcher
+    from herder.actors._supervision_specs import ChildEventKind
+
+    held: list[Any] = []
+    heard, handled = threading.Event(), threading.Event()
+    original = Dispatcher.instance_event
+
+    def instance_event(self: Dispatcher, msg: Any) -> Any:
+        ours = msg.kind is ChildEventKind.ABANDONED and msg.instance is not None
+        if ours and not held:
+            held.append(msg)  # told again below, once the answer was taken
+            heard.set()
+            return []
+        out = original(self, msg)
+        if ours:
+            handled.set()
+        return out
+
+    monkeypatch.setattr(Dispatcher, "instance_event", instance_event)
+    began, gate, runs = threading.Semaphore(0), threading.Event(), {}
+    try:
+        with Runtime(tmp_path / "s", agent_host="thread", instance_shutdown=0.1) as rt:
+            rt.add_agent("a", functools.partial(Gated, began, gate, runs))
+            rt.add_workflow(Workflow("w").step("s", agent="a", action="go"))
+            handle = rt.start("w", workflow_id="w0")
+            assert began.acquire(timeout=WAIT)
+            rt.remove_agent("a")
+            assert heard.wait(WAIT)
+            gate.set()
+            assert handle.result(timeout=WAIT) == {"s": "done"}
+            rt._scheduler.tell(held[0])
+            assert handled.wait(WAIT)
+            assert rt.stats()["host"]["abandoned_threads"] == 1
+    finally:
+        gate.set()
+
+
 def test_an_instance_left_running_by_remove_agent_that_crashes_loses_its_attempt(
     tmp_path: Path, abandoned: Abandoned
 ) -> None:
