@@ -48,7 +48,7 @@ def add_parsers(sub: Any) -> None:
     when = cmd.add_mutually_exclusive_group(required=True)
     when.add_argument(
         "--older-than",
-        type=when_arg(unit=True),
+        type=when_arg(age=True),
         help="last updated longer ago than this (7d, 12h, 30m)",
     )
     when.add_argument("--before", type=when_arg(), help="last updated before this ISO date/time")

@@ -51,21 +51,19 @@ def seconds_arg(text: str) -> float:
     return value
 
 
-def when_arg(*, unit: bool = False) -> Callable[[str], float]:
+def when_arg(*, age: bool = False) -> Callable[[str], float]:
     """A point in time (:func:`parse_when`: a duration back from now or an ISO
     date/time) as an argparse type, so a bad one is a usage error (exit 2). With
-    ``unit``, an age instead: a duration with its unit (a bare number is refused, not
-    read as a year), as seconds, so its owner can take it back from its own clock."""
+    ``age``, an age instead: a duration with its unit only (a date, or a bare number, is
+    refused), as seconds, so its owner can take it back from its own clock."""
 
     def parse(text: str) -> float:
-        if unit and text.strip()[-1:].isdigit():
-            raise argparse.ArgumentTypeError(f"{text!r} needs a unit: 7d, 12h, 30m, 90s")
         now = time.time()
         try:
-            when = parse_when(text, now)
+            when = parse_when(text, now, age=age)
         except InvalidInput as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        return round(now - when, 6) if unit else when
+        return round(now - when, 6) if age else when
 
     return parse
 

@@ -74,12 +74,17 @@ def _when(t: float) -> str:
     return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
 
 
-def parse_when(text: str, now: float | None = None) -> float:
+def parse_when(text: str, now: float | None = None, *, age: bool = False) -> float:
     """A point in time from the CLI: a duration back from now (``90s``, ``30m``, ``2h``,
-    ``7d``, ``2w``) or an ISO date/time (naive means local time)."""
+    ``7d``, ``2w``) or an ISO date/time (naive means local time); ``age``: the duration
+    only (a date is refused, however it is written)."""
     now = time.time() if now is None else now
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     parsed = None
+    if match is None and age:
+        raise InvalidInput(
+            f"{text!r} is not an age: give a number and a unit (90s, 30m, 2h, 7d, 2w)"
+        )
     if match is None:
         try:
             parsed = datetime.datetime.fromisoformat(text.strip())

@@ -209,7 +209,11 @@ def test_stats_after_the_runtime_stopped_raises_the_exported_store_closed(tmp_pa
         (["purge", "--older-than", "7d", "--timeout", "nan"], "'nan' is not a number of seconds"),
         (["handoff", "--deadline", "inf"], "'inf' is not a number of seconds"),
         (["ls", "--since", "soon"], "argument --since: 'soon' is neither a duration"),
-        (["purge", "--older-than", "7"], "argument --older-than: '7' needs a unit"),
+        (["purge", "--older-than", "7"], "argument --older-than: '7' is not an age: give"),
+        # An age only: a date goes to --before, with or without a zone (one with a "Z"
+        # was taken as an absolute cutoff).
+        (["purge", "--older-than", "2099-01-01T00:00Z"], "'2099-01-01T00:00Z' is not an age"),
+        (["purge", "--older-than", "5x"], "'5x' is not an age: give a number and a unit"),
         (["purge", "--before", "2026-13-01"], "argument --before: '2026-13-01' is neither"),
     ],
 )
