@@ -75,7 +75,7 @@ class Registration:
         the agent's queue, highest priority first, spending no attempt. If the agent's
         class defines ``health(self)`` (returns, or raises when the resource is unwell),
         the Supervisor runs it every ``health_interval`` seconds (None: never) under
-        ``health_timeout`` (default 5 s, at most the interval); while the last check failed
+        ``health_timeout`` (default 5 s, or the interval if shorter); while the last check failed
         the agent's steps wait as behind an open breaker (docs/failover.md). Adding a name
         again replaces its factory, concurrency, limits and health checks.
 
