@@ -283,3 +283,43 @@ def test_retry_of_a_cancelled_workflow_parked_on_failed_probes_does_not_run_forw
     assert again_run.steps["a"].state is S.UNKNOWN  # only a's probe runs: it decides
     assert again_run.record.state is W.COMPENSATING, again_run.record
     assert forward == ["a"], f"a cancelled workflow resumed forward: {forward}"
+
+
+@pytest.mark.timeout(10)
+def test_a_retried_maybe_done_step_is_undone_if_cancelled_before_it_reruns() -> None:
+    """a's first attempt timed out (UNKNOWN: it may have taken effect), its probes failed
+    and the workflow parked; an operator retries it (a back to PENDING, marked done) and
+    the workflow is cancelled before a runs again. docs/operator.md: a retried step whose
+    attempt may have taken effect is undone later; its new attempt never ran, so nothing
+    but the old one's effect speaks for it: a's compensation must run."""
+    from herder.store import StepRecord
+
+    plan = Plan("p", 1, (StepSpec("a", agent="svc", action="book", compensate="cancel"),))
+    engine = _engine(plan, probe=True)
+    record = WorkflowRecord("w1", "p", 1, {}, state=W.NEEDS_ATTENTION, error="probes failed")
+    st = StepRecord(
+        "w1",
+        "a",
+        state=S.UNKNOWN,
+        attempt=1,
+        token=500,
+        error="outcome unknown: timed out after 30.0s",
+        error_type="herder.Timeout",
+        extra={"probes": 2, "probe_failures": 2},
+    )
+    run = engine.load(record, [st])
+    assert run is not None
+    engine.at(100.0, lambda: 0.5)
+    actions.retry(engine, run)
+    engine.advance(run)
+    (job,) = _enqueued(engine.take())
+    assert (job.job.step, job.job.compensating) == ("a", False)
+    engine.at(100.5, lambda: 0.5)
+    actions.cancel(engine, run)  # before a's new attempt reached an agent
+    engine.advance(run)
+    out = engine.take()
+    undo = [(a.job.step, a.job.compensating) for a in _enqueued(out)]
+    assert undo == [("a", True)], (
+        f"a (whose first attempt timed out) is not undone: {run.steps['a'].state}, "
+        f"done_token={run.steps['a'].done_token}, workflow {run.record.state}"
+    )

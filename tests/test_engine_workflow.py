@@ -112,6 +112,10 @@ def test_beginning_compensation_gives_up_pending_retries_and_delayed_starts() ->
     cleared = when_compensating(delayed, tokens=tokens, now=NOW)
     assert cleared is not None
     assert (cleared.state, cleared.token, cleared.timer_ms) == (S.PENDING, 11, None)
+    retried = StepRecord("w", "d", token=3, done_token=2)  # an operator's retry, not run
+    undone = when_compensating(retried, tokens=tokens, now=NOW)
+    assert undone is not None
+    assert (undone.state, undone.token, undone.done_token) == (S.FAILED, 12, 2)
     for untouched in (StepRecord("w", "b"), StepRecord("w", "b", state=S.SUCCEEDED)):
         assert when_compensating(untouched, tokens=tokens, now=NOW) is None
 

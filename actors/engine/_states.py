@@ -39,8 +39,10 @@ _T = TypeVar("_T")
 
 STEP_NEXT: Mapping[StepState, frozenset[StepState]] = MappingProxyType(
     {
-        # dispatched; or its delay (or a cleared one) recorded while it stays PENDING
-        S.PENDING: frozenset({S.PENDING, S.DISPATCHED}),
+        # dispatched; or its delay (or a cleared one) recorded while it stays PENDING; or,
+        # retried by an operator after an attempt that may have taken effect, not run
+        # again because the workflow compensates (given up, to be undone)
+        S.PENDING: frozenset({S.PENDING, S.DISPATCHED, S.FAILED}),
         # re-dispatched as an orphan or deferred as a poison suspect (attempt + 1 or a
         # retry_at), handed off, lapsed into a probe, answered, or parked as poison
         S.DISPATCHED: frozenset(

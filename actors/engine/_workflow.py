@@ -16,8 +16,8 @@ compensation (:func:`~._states.to_undo`), one at a time in reverse completion or
   free: ``advance`` after a success looks at those only, so advancing a workflow of N
   steps costs O(N) in all, not O(N) per step);
 - :func:`when_compensating` — what beginning compensation does to one step: a pending
-  retry is given up (it may have taken effect, so it is undone too), a delayed start
-  loses its timer.
+  retry, or an operator's retry not run again, is given up (it may have taken effect,
+  so it is undone too), a delayed start loses its timer.
 
 Imports: herder.store records and this package's tables; time and tokens are arguments.
 """
@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 
 from herder.actors.engine._states import BUSY, to_undo
-from herder.actors.engine._step import ms
+from herder.actors.engine._step import ms, stopped
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowState
 
 
@@ -194,6 +194,16 @@ def when_compensating(
             timer_ms=None,
             token=token,
             done_token=token,  # its failed attempt may have taken effect
+            updated=now,
+        )
+    if st.state is StepState.PENDING and st.done_token is not None:
+        # Retried by an operator (restarted) and not run again: the attempt it stopped at
+        # may have taken effect, so it is undone, in that attempt's completion order.
+        return stopped(
+            st,
+            state=StepState.FAILED,
+            error="retried, not run again: workflow is compensating",
+            token=tokens(),
             updated=now,
         )
     if st.state is StepState.PENDING and st.timer_ms is not None:
