@@ -293,8 +293,8 @@ class Scheduler(SupervisedActor):
             self._dispatch.pump_dirty()
             if self._engine.decided():  # the attempts the pump recorded, if any
                 self.perform(self._engine.take())
-        if not self._commits.open and not self._dispatch.admission.dirty:
-            return
+        if not (self._commits.open or self._commits.loose or self._dispatch.admission.dirty):
+            return  # (loose: a due batch entry replaced goes out now, in an idle runtime too)
         # Flush once the inbox is drained (one group commit for the whole backlog), or
         # when the open writes grow large; _handle_receive covers asks that leave the
         # inbox empty without coming through here.

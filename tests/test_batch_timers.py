@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from herder.actors import call
 from herder.actors._commits import CommitPipeline
 from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, StepState, Workflow
 from herder.runtime.testing import FakeClock, advance, check_store, settle, store_of
@@ -194,6 +195,39 @@ def test_ended_attempts_leave_their_entry_until_it_is_due_then_it_goes(
         assert batches(store_of(rt)) == []
         assert store_of(rt).count("timers") == 0
         assert_clean(rt)
+
+
+class Handed(Agent):
+    def run(self, ctx: StepContext) -> object:
+        return ctx.step if ctx.step == "quick" else ctx.complete_later()
+
+
+def test_a_due_entry_is_replaced_in_the_store_at_once_though_nothing_else_is_written(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # The replacement of a due entry is a write of no workflow: it went out only with
+    # the next flush of some workflow's writes. In an idle runtime the old entry stayed
+    # due, and the sweep sent it again every 5 s, waking its dormant workflow each time.
+    pair = (
+        Workflow("pair")
+        .step("quick", agent="svc", action="run", timeout=5.0)
+        .step("handed", agent="svc", action="run", timeout=3600.0)
+    )
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", Handed, concurrency=2)
+        rt.add_workflow(pair)
+        t0 = clock.time()
+        rt.start("pair", workflow_id="w")
+        settle(rt)
+        handed = step(rt, "w", "handed")
+        assert handed.state is StepState.WAITING
+        (entry,) = batches(store_of(rt))
+        assert entry[0] == ms(t0 + 5.0)
+        clock.advance(6.0)  # the entry falls due; nothing else happens (no settle: it syncs)
+        rt._sweep_now()  # (waits for the sweep, which sends the Due)
+        call(rt._scheduler, "in_flight", timeout=WAIT)  # the Due was handled (no flush)
+        store_of(rt).writer.flush(timeout=WAIT)  # what it submitted is durable
+        assert batches(store_of(rt)) == [(ms(t0 + 3600.0), [("w", "handed", handed.token)])]
 
 
 def test_check_reports_an_attempt_in_no_batch_entry_and_a_malformed_entry(
