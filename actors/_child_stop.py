@@ -24,19 +24,26 @@ Emit = Callable[[str, ChildEventKind, "pykka.ActorRef[Any] | None", "BaseExcepti
 
 
 def stop_children(
-    children: Iterable[Child], *, parallel: bool, emit: Emit, supervisor: object
+    children: Iterable[Child],
+    *,
+    parallel: bool,
+    emit: Emit,
+    supervisor: object,
+    wait: bool = True,
 ) -> None:
     """Stop ``children`` in the given order, each within its shutdown timeout: one at a
-    time, or all stop messages first when ``parallel``. ``emit`` reports each child as
+    time, or all stop messages first when ``parallel``; or, unless ``wait`` (the caller
+    knows they are stuck), with no time at all. ``emit`` reports each child as
     terminated or abandoned; ``supervisor`` names the stopping one in the log."""
-    stopping: list[tuple[Child, pykka.ActorRef[Any], pykka.Future[bool], float]] = []
+    stopping: list[tuple[Child, pykka.ActorRef[Any], pykka.Future[bool], float, float]] = []
     for child in children:
         child.pending = None
         ref, child.ref = child.ref, None
         if ref is None:
             continue
-        deadline = _REAL_CLOCK.monotonic() + child.spec.shutdown
-        stopping.append((child, ref, ref.stop(block=False), deadline))
+        grace = child.spec.shutdown if wait else 0.0
+        deadline = _REAL_CLOCK.monotonic() + grace
+        stopping.append((child, ref, ref.stop(block=False), deadline, grace))
         if not parallel:
             _await_stop(*stopping.pop(), emit=emit, supervisor=supervisor)
     for entry in stopping:
@@ -48,6 +55,7 @@ def _await_stop(
     ref: pykka.ActorRef[Any],
     future: pykka.Future[bool],
     deadline: float,
+    grace: float,
     *,
     emit: Emit,
     supervisor: object,
@@ -59,7 +67,7 @@ def _await_stop(
             "%s: child %r did not stop within %s s; abandoning its thread",
             supervisor,
             child.spec.id,
-            child.spec.shutdown,
+            grace,
         )
         emit(child.spec.id, ChildEventKind.ABANDONED, ref, None)
         return

@@ -27,7 +27,7 @@ under one ``simple_one_for_one`` supervisor; this module decides what runs on th
   agent is not charged); if the pool supervisor gives up, every running attempt is lost
   and the next one starts a new pool.
 - **Hung attempts.** ``replace_token`` abandons the worker running it (the supervisor
-  restarts it on a fresh thread; the blocked thread's late answer is fenced out) and
+  restarts it on a fresh thread at once; the blocked thread's late answer is fenced out) and
   drops the instance; ``host_stats()`` counts abandoned threads. One still in the line is
   withdrawn from it; one a worker took unheard of is replaced once its taking is heard.
 - **Self-feed.** A worker that finishes an attempt pops its agent's next ready attempt

@@ -182,13 +182,13 @@ class _Supervisor(SupervisedActor):
         if forgotten(child.spec.restart, self._strategy):
             del self._children[child_id]
 
-    def restart_child(self, child_id: str) -> pykka.ActorRef[Any]:
+    def restart_child(self, child_id: str, stuck: bool = False) -> pykka.ActorRef[Any]:
         """Replace a child now: stop it (abandoning it after its shutdown timeout, even if
-        its thread is blocked forever) and start a fresh instance. Not counted against
-        the restart intensity unless the start fails (then it is retried like any
-        failed restart and the error is raised)."""
+        its thread is blocked forever; at once if the caller knows it is ``stuck``) and
+        start a fresh instance. Not counted against the restart intensity unless the
+        start fails (then it is retried like any failed restart and the error is raised)."""
         child = self._get(child_id)
-        self._stop_children([child])
+        self._stop_children([child], wait=not stuck)
         try:
             ref = self._start(child.spec)
         except SupervisorStartError as exc:
@@ -325,14 +325,17 @@ class _Supervisor(SupervisedActor):
             spec.start, parent=self.actor_ref, child_id=spec.id, timeout=self._start_timeout
         )
 
-    def _stop_children(self, children: Iterable[Child], *, in_order: bool = False) -> None:
-        """Stop children in the given order, each within its shutdown timeout.
+    def _stop_children(
+        self, children: Iterable[Child], *, in_order: bool = False, wait: bool = True
+    ) -> None:
+        """Stop children in the given order, each within its shutdown timeout (not waited
+        for unless ``wait``: abandoned at once).
 
         A simple_one_for_one pool is stopped in parallel (all stop messages first), as
         OTP does, unless ``in_order``; other strategies stop one child at a time.
         """
         parallel = self._strategy is Strategy.SIMPLE_ONE_FOR_ONE and not in_order
-        stop_children(children, parallel=parallel, emit=self._emit, supervisor=self)
+        stop_children(children, parallel=parallel, emit=self._emit, supervisor=self, wait=wait)
 
     def _get(self, child_id: str) -> Child:
         try:

@@ -11,7 +11,8 @@ from the agents supervisor on first need; its child events reach the host as
 Workers are started when attempts find none free, up to ``max_workers``; the most
 recently freed worker is taken first (a warm thread), and those idle longest stop at
 passivation, down to ``min_workers``. A worker whose attempt hangs is abandoned: the
-supervisor restarts it on a fresh thread and the blocked one is counted in ``abandoned``.
+supervisor restarts it on a fresh thread at once (not after its shutdown: it cannot stop)
+and the blocked one is counted in ``abandoned``.
 
 **Holding quick attempts.** Waking a sleeping worker (a futex wake, then a wait for the
 GIL the Scheduler holds for the rest of its turn) costs more than a quick attempt itself,
@@ -181,7 +182,10 @@ class WorkerPool:
             worker.ref = None  # back once the supervisor restarted it
             worker.starting = False
             self.abandoned += 1
-            call_later(self._sup, "restart_child", worker_id)
+            # Stuck: its thread takes the stop message only once the action returns, and
+            # takes nothing more then (Work.stop). Waiting out its shutdown would hold every
+            # other restart and start of the pool's one supervisor: N hung, N x shutdown.
+            call_later(self._sup, "restart_child", worker_id, True)
         return True
 
     # -- events ------------------------------------------------------------------------

@@ -119,8 +119,9 @@ def _host(kind: str, clock: FakeClock, **options: Any) -> Scheduler:
     )
     if kind == "pool":
         options["clock"] = clock
+    options.setdefault("shutdown", 0.1)
     host = {"pool": PoolHost, "thread": ThreadHost}[kind](
-        agents, reply=inbox.put, events=inbox.put, max_result_bytes=1024, shutdown=0.1, **options
+        agents, reply=inbox.put, events=inbox.put, max_result_bytes=1024, **options
     )
     return Scheduler(host, inbox)
 
@@ -233,6 +234,41 @@ def test_a_hung_action_costs_an_abandoned_thread_shown_in_stats(
     fresh = scheduler.start("solo", "ok", 9)  # on a fresh thread
     assert scheduler.outcome().token == fresh
     Flaky.gate.set()
+
+
+def test_hung_workers_are_replaced_at_once_not_one_shutdown_after_another(
+    clock: FakeClock,
+) -> None:
+    # The pool's supervisor replaced a hung worker only after waiting out its shutdown
+    # for a thread that cannot stop (its action is blocked), one restart_child after
+    # another: N hung workers took N x shutdown to replace, the pool short of them all
+    # along. A worker is abandoned once its attempt overran: nothing is left to wait for.
+    stuck = threading.Event()  # (held past WAIT: only their replacement frees the pool)
+
+    class Stuck(Flaky):
+        def hang(self, ctx: StepContext) -> str:
+            stuck.wait(6 * WAIT)
+            return "late"
+
+    scheduler = _host("pool", clock, shutdown=6 * WAIT)
+    try:
+        scheduler.host.add("solo", Stuck, 2)
+        hung = [scheduler.start("solo", "hang") for _ in range(2)]
+        before = len(scheduler.events)
+        for token in hung:
+            scheduler.host.replace_token("solo", token)
+
+        def restarted() -> set[str | None]:
+            news = scheduler.events[before:]
+            kind = ChildEventKind.RESTARTED
+            return {e.instance for e in news if e.agent == "*pool" and e.kind is kind}
+
+        while len(restarted()) < 2:
+            scheduler.handle_one()  # (each waits up to WAIT: far less than one shutdown)
+        token = scheduler.start("solo", "ok", 9)
+        assert scheduler.outcome().token == token
+    finally:
+        stuck.set()
 
 
 def test_the_pool_grows_to_the_attempts_running_and_shrinks_when_idle(
