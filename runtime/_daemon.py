@@ -16,12 +16,13 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from herder.runtime._runtime import Runtime
 from herder.runtime._systemd import Watchdog, notify
-from herder.store import InvalidInput, Store, StoreError, standby_waiting
+from herder.store import HerderError, InvalidInput, Store, StoreError, standby_waiting
 
 _log = logging.getLogger("herder.daemon")
 
@@ -39,10 +40,35 @@ def load_app(spec: str) -> Callable[[Runtime], Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise InvalidInput(f"cannot import app module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # (the module's own code failed: a SyntaxError, a bug)
+        raise InvalidInput(
+            f"app module {module_name!r} failed on import: {_failure(exc)}; fix it and run again"
+        ) from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise InvalidInput(f"app module {module_name!r} has no callable {attr!r}")
-    return factory
+
+    def setup(rt: Runtime) -> None:
+        try:
+            factory(rt)
+        except HerderError:
+            raise  # (says what to do itself)
+        except Exception as exc:
+            raise InvalidInput(
+                f"the app factory {spec!r} failed: {_failure(exc)}; it is called with the "
+                "Runtime and registers agents, workflows and schedules"
+            ) from exc
+
+    return setup
+
+
+def _failure(exc: BaseException) -> str:
+    """``Type: message (file:line)``: an app's error and where it was raised, outside
+    this module (nowhere, if Python raised it in the call itself), on one line."""
+    ours = os.path.dirname(os.path.abspath(__file__))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(ours)]
+    place = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{place}"
 
 
 def run_app(

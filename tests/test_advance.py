@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, RetryPolicy, Runtime, State, StepContext, StepState, Workflow
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    StepState,
+    Workflow,
+)
 from herder.runtime.testing import FakeClock, advance, fail_first, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,5 +63,5 @@ def test_one_advance_fires_every_slot_on_the_way(rt: Runtime, clock: FakeClock) 
 
 
 def test_advance_refuses_to_go_back(rt: Runtime, clock: FakeClock) -> None:
-    with pytest.raises(ValueError, match="backwards"):
+    with pytest.raises(InvalidInput, match="backwards"):
         advance(rt, clock, -1)

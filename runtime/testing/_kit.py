@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext, call
 from herder.runtime._runtime import Runtime
-from herder.store import Store, timer_upper_bound
+from herder.store import InvalidInput, Store, timer_upper_bound
 
 
 class EffectLedger:
@@ -199,9 +199,9 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     timer armed by that reaction (the next backoff, the next slot) falls due within
     the same advance, as it would in real time."""
     if not seconds >= 0 or seconds == float("inf"):  # (NaN too)
-        raise ValueError(f"a clock cannot go backwards or to no time: advance({seconds})")
+        raise InvalidInput(f"a clock cannot go backwards or to no time: advance({seconds})")
     if clock is not runtime._clock:
-        raise ValueError(
+        raise InvalidInput(
             "advance() moves the runtime's own clock: pass the FakeClock given to "
             "Runtime(clock=...); this one is not it, so nothing would fall due"
         )

@@ -1,0 +1,57 @@
+"""``herder run --app``: an app whose own code fails (on import, or in its factory) is
+reported on one line, with where it failed and what to do, not as a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _run(tmp_path: Path, source: str, app: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "broken_app.py").write_text(source)
+    store = str(tmp_path / "s")
+    return subprocess.run(
+        [sys.executable, "-m", "herder.runtime", "run", "--store", store, "--app", app],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "app", "said", "where"),
+    [
+        (
+            "from herder.actors import Agent\nclass Mailer(Agent):\n    pass\n",
+            "broken_app:Mailer",  # a class, not a factory: Mailer(rt) raises TypeError
+            "the app factory 'broken_app:Mailer' failed: TypeError: ",
+            None,  # (raised by Python itself: no line of the app to point at)
+        ),
+        (
+            "def build(rt):\n    raise KeyError('mailer')\n",
+            "broken_app:build",
+            "the app factory 'broken_app:build' failed: KeyError: 'mailer' (",
+            "broken_app.py:2)",
+        ),
+        (
+            "1 / 0\n",
+            "broken_app:build",
+            "app module 'broken_app' failed on import: ZeroDivisionError: division by zero (",
+            "broken_app.py:1)",
+        ),
+    ],
+    ids=["a-class", "a-raising-factory", "a-failing-import"],
+)
+def test_an_app_that_fails_is_reported_on_one_line(
+    tmp_path: Path, source: str, app: str, said: str, where: str | None
+) -> None:
+    done = _run(tmp_path, source, app)
+    assert done.returncode == 1, done.stderr[-600:]
+    assert "Traceback" not in done.stderr, done.stderr[-600:]
+    assert said in done.stderr
+    assert where in done.stderr if where else ".py:" not in done.stderr
