@@ -163,7 +163,7 @@ def show_workflow(
     """``herder show ID``: a workflow's state, input, error, every step and its history;
     with ``attempts``, each failed attempt with its error and traceback. The status and
     the history are read in one transaction, so they tell the same story."""
-    status, history = store.together(lambda: _status_and_history(store, workflow_id))
+    status, history = snapshot(store, workflow_id)
     if as_json:
         dump_json(out, {**status.to_dict(), "history": history})
         return
@@ -196,6 +196,12 @@ def show_workflow(
     print_table(out, "history", ("when", "what", "change", "attempt", "details"), _story(history))
     if attempts:
         _failed_attempts(out, history)
+
+
+def snapshot(store: Store, workflow_id: str) -> tuple[WorkflowStatus, list[dict[str, Any]]]:
+    """A workflow's status and history, read in one transaction (they tell the same
+    story); UnknownWorkflow if there is none."""
+    return store.together(lambda: _status_and_history(store, workflow_id))
 
 
 def _status_and_history(

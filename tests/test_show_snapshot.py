@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 from _ending import WAIT, waiting_workflow
+from _http_kit import request
 
 from herder.runtime import Runtime, _inspect
+from herder.runtime.ui import Console
 from herder.store import Store, WorkflowState
 
 
@@ -47,3 +49,39 @@ def test_show_status_and_history_come_from_one_snapshot(
     steps = [e["to"] for e in shown["history"] if e["kind"] == "step"]
     assert ends[-1] == shown["state"] == "RUNNING"
     assert steps[-1] == shown["steps"][0]["state"] == "WAITING"
+
+
+def test_the_consoles_workflow_page_comes_from_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Runtime(tmp_path / "store") as rt:
+        (token,) = waiting_workflow(rt)
+        real = _inspect.read_history
+
+        def history_after_the_end(store: Store, workflow_id: str) -> list[dict[str, Any]]:
+            ending = threading.Thread(target=end)  # (as above)
+            ending.start()
+            ending.join(WAIT)
+            assert ended
+            return real(store, workflow_id)
+
+        ended: list[object] = []
+
+        def end() -> None:
+            rt.complete_step(token, "done")
+            ended.append(rt._wait_final("w", WAIT))
+
+        monkeypatch.setattr(_inspect, "read_history", history_after_the_end)
+        console = Console(str(tmp_path / "store"), port=0, token="t")
+        # (one process cannot open the store twice: the console reads the runtime's)
+        console.gate._store = rt._store
+        console.start()
+        try:
+            status, _, html = request(console, "GET", "/workflow?id=w")
+        finally:
+            console.gate._store = None  # (the runtime closes it)
+            console.shutdown()
+        assert rt.status("w").state is WorkflowState.SUCCEEDED  # it did end meanwhile
+    assert status == 200
+    assert 'class="badge s-running">RUNNING' in html, html[:2000]
+    assert "SUCCEEDED" not in html  # (the history read after the end is not shown)

@@ -13,9 +13,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import Operate, read_facts
+from herder.actors import Operate, UnknownWorkflow, read_facts
 from herder.runtime._inbox import inbox_items
-from herder.runtime._inspect import _Reader
+from herder.runtime._inspect import snapshot
 from herder.runtime._operator_cli import ACTIONS, queue_refusal
 from herder.runtime._schedules import schedule_statuses
 from herder.runtime.ui import _pages
@@ -30,7 +30,6 @@ from herder.store import (
     command_outcome,
     is_held,
     new_command,
-    read_history,
     validate_id,
 )
 
@@ -79,15 +78,15 @@ class Views:
         shown = _pages.e(f"{workflow_id!r:.80}")
         with self._gate.read() as store:
             try:
-                record = store.get_workflow(workflow_id)
-                problem = f"No workflow with id {shown}."
-            except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
-                record, problem = None, f"{shown} is not a valid workflow id: {_pages.e(exc)}."
-            if record is None:
+                status, history = snapshot(store, workflow_id)  # (one read: they agree)
+            except (UnknownWorkflow, InvalidInput) as exc:
+                problem = (
+                    f"No workflow with id {shown}."
+                    if isinstance(exc, UnknownWorkflow)  # (empty, NUL, too long: invalid)
+                    else f"{shown} is not a valid workflow id: {_pages.e(exc)}."
+                )
                 body = f'<h1>Not found</h1><p id="problem">{problem}</p>'
                 return 404, "Not found", "workflows", body
-            status = _Reader(store).status(record)
-            history = read_history(store, workflow_id)
         body = _pages.workflow_page(status, history, time.time(), csrf)
         return 200, status.id, "workflows", body
 
