@@ -26,10 +26,10 @@ under one ``simple_one_for_one`` supervisor; this module decides what runs on th
 - **Workers.** The pool supervisor restarts a crashed worker (its attempt is lost, the
   agent is not charged); if the pool supervisor gives up, every running attempt is lost
   and the next one starts a new pool.
-- **Hung attempts.** ``replace_token`` abandons the worker running it (the supervisor
-  restarts it on a fresh thread at once; the blocked thread's late answer is fenced out) and
-  drops the instance; ``host_stats()`` counts abandoned threads. One still in the line is
-  withdrawn from it; one a worker took unheard of is replaced once its taking is heard.
+- **Hung attempts.** ``replace_token`` abandons the worker running it (restarted on a
+  fresh thread at once; the blocked one's late answer is fenced out), drops the instance
+  and counts its agent slow again; ``host_stats()`` counts abandoned threads. One in the
+  line is withdrawn; one a worker took unheard of is replaced once its taking is heard.
 - **Self-feed.** A worker that finishes an attempt pops its agent's next ready attempt
   (``ready_queue``: durable attempts reserved ahead, actors/_ahead.py) and runs it on the
   same instance, saying so in ``Outcome.next_token``. A worker whose instance the host
@@ -126,8 +126,7 @@ class PoolHost(PoolAgents):
                 if inst.worker is None:
                     return False  # it went on with lined work: heard of already (replace)
                 inst.busy_token = next_token
-                job = (name, instance_id, next_token)
-                self._pool.retarget(inst.worker, job, agent.quick)
+                self._pool.retarget(inst.worker, (name, instance_id, next_token), agent.quick)
                 return True
             worker_id, inst.worker = inst.worker, None
             self._fed_from_line += 1
@@ -195,8 +194,8 @@ class PoolHost(PoolAgents):
         if told is None:  # its worker was replaced or crashed since acquire
             agent.instances.pop(instance_id, None)
         elif not told:
-            # News of the exit is on its way; the slot is free (the Scheduler fails the attempt).
-            inst.busy_token, inst.worker = None, None
+            # News of the exit is on its way; the slot goes (the Scheduler fails the attempt).
+            agent.instances.pop(instance_id, None)
         return bool(told)
 
     def release(self, name: str, instance_id: str, token: int | None, now: float) -> bool:
@@ -240,6 +239,7 @@ class PoolHost(PoolAgents):
             self.moved_on(name, instance_id, inst.busy_token or 0, fed)
             return
         del agent.instances[instance_id]
+        agent.took = 1.0  # its action hung: slow (unknown) until it is timed again
         if self._pool.abandon(inst.worker):
             self._waiting[name] = None  # its instance slot is free: pumped once a worker is
             self._wake()
@@ -252,7 +252,7 @@ class PoolHost(PoolAgents):
         if event.instance is None:
             return self._on_pool_event(event)
         what, job = self._pool.on_worker_event(event, now)
-        if what == "free":
+        if what in ("free", "check"):  # (check: the line check a hold armed)
             self._wake()
         elif what == "gone":
             self._pool.grow(self._wanted())
@@ -323,8 +323,7 @@ class PoolHost(PoolAgents):
         return dropped
 
     def host_stats(self) -> dict[str, int]:
-        """The pool: worker threads, busy ones, threads abandoned to hung actions,
-        attempts waiting in the line, and those a worker went on with from it by itself."""
+        """The pool's threads (busy, abandoned), the line, and what workers took from it."""
         return {
             **self._pool.stats(),
             "line": self._unstarted,
@@ -334,8 +333,8 @@ class PoolHost(PoolAgents):
     # -- internals ---------------------------------------------------------------------
 
     def _free_worker(self, worker_id: str | None, now: float) -> None:
-        if self._pool.release(worker_id, now):
-            self._wake()
+        if self._pool.release(worker_id, now):  # (the line's work came after it looked)
+            self._wake(hold=False)
 
     def _wanted(self) -> int:
         """Workers wanted: one per waiting or woken agent and per attempt in the line."""
@@ -347,6 +346,7 @@ class PoolHost(PoolAgents):
         line (the Scheduler pumps each again; waking all: a pump of each per release)."""
         while self._line and self._pool.free_count() > len(self._woken):
             if hold and self._pool.held(self._line):
+                self._pool.check_later()  # (in case no worker comes for it)
                 break
             work = take_lined(self._line)
             if work is None:

@@ -196,9 +196,10 @@ class ThreadHost(HostedAgents[_Pool]):
         inst.busy_token = None
         self._abandoned += 1
         self._replaced.add(instance_id)
-        # Not waited for: restart_child abandons a blocked thread and the tree reports the
-        # replacement through on_event("restarted").
-        call_later(pool.supervisor, "restart_child", instance_id)
+        # Not waited for: restart_child abandons the blocked thread at once (``stuck``: its
+        # shutdown would be waited out in vain, one hung instance after another) and the
+        # tree reports the replacement through on_event("restarted").
+        call_later(pool.supervisor, "restart_child", instance_id, True)
 
     def on_event(self, event: InstanceEvent, now: float) -> list[int]:
         """Apply a supervision event; return tokens of attempts lost with a crashed instance.

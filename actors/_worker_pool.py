@@ -21,9 +21,9 @@ the busy workers running a quick agent's attempt (:attr:`WorkerPool.quick_busy`;
 the agent's own measure, ``PooledAgent.took`` under :data:`QUICK`), and a quick attempt
 that finds :data:`QUICK_WORKERS` of them waits in the line even with a worker free
 (:meth:`WorkerPool.held`): a busy one takes it when its own attempt is over. It is held
-for at most :data:`LINGER` while the Scheduler hears from the workers, and until the host
-next hands the line out regardless (a tick) if none answers: a quick action that
-suddenly blocks holds those behind it that long.
+for at most :data:`LINGER` while the Scheduler hears from the workers, and :data:`CHECK`
+if none answers (a quick action that suddenly blocks): holding arms a timer, on real
+time whatever the runtime's clock, whose event has the host hand the line out again.
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ QUICK_WORKERS = 1
 LINGER = 0.001
 """Seconds a quick attempt is held in the line at most, with workers free (module
 docstring)."""
+
+CHECK = 0.01
+"""Seconds after holding work that the host hands the line out again, if nothing else
+had it do so (module docstring)."""
+
+LINE = "*line"
+"""The instance named by the pool's line check (an event of :data:`POOL`)."""
+
+_TIMERS = SystemClock()  # (real time: holding is about threads, not the engine's clock)
 
 
 @dataclass(slots=True)
@@ -105,6 +114,7 @@ class WorkerPool:
         self._sup_pending = False
         self.abandoned = 0  # threads left to hung actions
         self.quick_busy = 0  # workers running a quick agent's attempt (module docstring)
+        self._checking = False  # a line check is on its way (check_later)
 
     def free_count(self) -> int:
         return len(self._free)
@@ -124,6 +134,14 @@ class WorkerPool:
             and source.took < QUICK
             and time.perf_counter() - work.lined_at < LINGER
         )
+
+    def check_later(self) -> None:
+        """Have the host hand the line out again in :data:`CHECK` seconds (an event of
+        instance :data:`LINE`; one on its way at a time)."""
+        if not self._checking:
+            self._checking = True
+            event = InstanceEvent(POOL, LINE, ChildEventKind.STARTED)
+            _TIMERS.call_later(CHECK, lambda: self._events(event))
 
     def _assign(self, worker: _Worker, job: Job | None, quick: bool = False) -> None:
         """Set the worker's job (None: none), keeping :attr:`quick_busy` up to date."""
@@ -192,8 +210,12 @@ class WorkerPool:
 
     def on_worker_event(self, event: InstanceEvent, now: float) -> tuple[str, Job | None]:
         """A worker's child event: ``"free"`` (it started), ``"gone"`` (it crashed or
-        exited, with the job it lost, if any) or ``""`` (nothing changed)."""
+        exited, with the job it lost, if any), ``"check"`` (the line check of
+        :meth:`check_later`) or ``""`` (nothing changed)."""
         assert event.instance is not None
+        if event.instance == LINE:
+            self._checking = False
+            return "check", None
         worker = self._workers.get(event.instance)
         if worker is None:
             return "", None

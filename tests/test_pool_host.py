@@ -236,13 +236,15 @@ def test_a_hung_action_costs_an_abandoned_thread_shown_in_stats(
     Flaky.gate.set()
 
 
+@pytest.mark.parametrize(("kind", "pseudo"), [("pool", "*pool"), ("thread", "solo")])
 def test_hung_workers_are_replaced_at_once_not_one_shutdown_after_another(
-    clock: FakeClock,
+    clock: FakeClock, kind: str, pseudo: str
 ) -> None:
     # The pool's supervisor replaced a hung worker only after waiting out its shutdown
     # for a thread that cannot stop (its action is blocked), one restart_child after
     # another: N hung workers took N x shutdown to replace, the pool short of them all
     # along. A worker is abandoned once its attempt overran: nothing is left to wait for.
+    # The thread host's instances of one agent the same (their supervisor: "solo").
     stuck = threading.Event()  # (held past WAIT: only their replacement frees the pool)
 
     class Stuck(Flaky):
@@ -250,7 +252,7 @@ def test_hung_workers_are_replaced_at_once_not_one_shutdown_after_another(
             stuck.wait(6 * WAIT)
             return "late"
 
-    scheduler = _host("pool", clock, shutdown=6 * WAIT)
+    scheduler = _host(kind, clock, shutdown=6 * WAIT)
     try:
         scheduler.host.add("solo", Stuck, 2)
         hung = [scheduler.start("solo", "hang") for _ in range(2)]
@@ -260,8 +262,8 @@ def test_hung_workers_are_replaced_at_once_not_one_shutdown_after_another(
 
         def restarted() -> set[str | None]:
             news = scheduler.events[before:]
-            kind = ChildEventKind.RESTARTED
-            return {e.instance for e in news if e.agent == "*pool" and e.kind is kind}
+            restart = ChildEventKind.RESTARTED
+            return {e.instance for e in news if e.agent == pseudo and e.kind is restart}
 
         while len(restarted()) < 2:
             scheduler.handle_one()  # (each waits up to WAIT: far less than one shutdown)
