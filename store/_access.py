@@ -25,6 +25,22 @@ PAGE = 1000
 _T = TypeVar("_T")
 
 
+class Pinned(threading.local):
+    """Per thread: the read transaction of the :meth:`Access.together` it is inside, if
+    any (a class default, so the many threads never inside one read it at no cost)."""
+
+    txn: lmdb.Transaction | None = None
+
+    def refuse(self, what: str) -> None:
+        """InvalidInput if this thread is inside ``together``: ``what`` would wait for
+        the writer, which may need the map to grow, which waits for this read to end."""
+        if self.txn is not None:
+            raise InvalidInput(
+                f"{what} inside Store.together(), which holds a read open: a commit that "
+                "needs the map to grow would wait for it for ever; read only inside it"
+            )
+
+
 class Access:
     """The environment plumbing of a Store (see the module docstring)."""
 
@@ -36,12 +52,13 @@ class Access:
     _gate: threading.Condition
     _readers: int
     _resizing: bool
-    _pinned: threading.local  # .txn: the read transaction of this thread's ``together``
+    _pinned: Pinned  # the read transaction of this thread's ``together``
 
     def together(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` with every read it makes of this store, on this thread, in one read
         transaction: a record and its history read by two calls then agree, with no
-        commit landing between them. ``fn`` may run again if another process grows the
+        commit landing between them. ``fn`` only reads: the writer and ``close()`` are
+        refused inside it (InvalidInput). It may run again if another process grows the
         map meanwhile; keep it short on a store a runtime is writing."""
 
         def pinned(txn: lmdb.Transaction) -> _T:
@@ -51,14 +68,14 @@ class Access:
             finally:
                 self._pinned.txn = None
 
-        if getattr(self._pinned, "txn", None) is not None:
+        if self._pinned.txn is not None:
             return fn()  # already inside one
         return self._read(pinned)
 
     def _read(self, fn: Callable[[lmdb.Transaction], _T]) -> _T:
         """Run ``fn`` in one short read transaction, outside any map resize (in the
         transaction of :meth:`together` when this thread is inside one)."""
-        txn = getattr(self._pinned, "txn", None)
+        txn = self._pinned.txn
         if txn is not None:
             return fn(txn)  # (an LMDB error reaches the _read of ``together``)
         while True:

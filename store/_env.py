@@ -28,6 +28,7 @@ from typing import Literal
 import lmdb
 
 from herder.store import _recent as recent
+from herder.store._access import Pinned
 from herder.store._entries import Written
 from herder.store._errors import InvalidInput, StoreClosed, StoreError, StoreLocked
 from herder.store._fresh import FreshKeys
@@ -129,7 +130,7 @@ class Store(Reads, LeaseHolder):
         self._gate = threading.Condition(threading.Lock())
         self._readers = 0
         self._resizing = False
-        self._pinned = threading.local()
+        self._pinned = Pinned()
         self._real = os.path.realpath(self.path)
         with _registry_lock:
             if self._real in _registry:
@@ -240,7 +241,9 @@ class Store(Reads, LeaseHolder):
 
     @property
     def writer(self) -> Writer:
-        """The group-commit writer; :class:`StoreError` in read-only mode."""
+        """The group-commit writer; :class:`StoreError` in read-only mode (InvalidInput
+        inside :meth:`together`)."""
+        self._pinned.refuse("a write")
         if self._writer is None:
             if self.readonly or self.mode == "client":
                 what = "read-only" if self.readonly else "as a client"
@@ -272,6 +275,7 @@ class Store(Reads, LeaseHolder):
         """
         if self._closed:
             return
+        self._pinned.refuse("close()")
         if not self._taking.acquire(timeout=timeout):
             raise TimeoutError(f"a standby's take of the lease did not end within {timeout} s")
         try:
