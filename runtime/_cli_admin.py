@@ -118,6 +118,8 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
     if outcome["state"] != COMMAND_DONE:
         sys.stderr.write(f"herder purge: failed: {outcome['error']}\n")
         return 1
+    used = outcome.get("args", {}).get("before", before)  # (the runtime's, from its clock)
+    what = f"{', '.join(sorted(states))} workflows last updated before {_when(used)}"
     out.write(f"deleted {outcome.get('deleted', 0)} {what} (through the running runtime)\n")
     return 0
 

@@ -19,6 +19,7 @@ import datetime
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -163,16 +164,26 @@ def _aged(command: dict[str, Any], now: float) -> dict[str, Any]:
     """A purge by age (``herder purge --older-than``: ``older_than`` seconds) with its
     cutoff taken on the engine's clock ``now``, once, when it is first seen: the
     ``updated`` times it is compared with are the engine's, which may be far from the
-    wall clock the CLI read (a stepped wall clock, a FakeClock). The CLI's own cutoff,
-    ``before``, stays the fallback (and what a runtime of an older herder uses)."""
+    wall clock the CLI read (a stepped wall clock, a FakeClock). The age is the operator's
+    as of when they asked: the time the command waited for a runtime (by the wall clock
+    it was ``created`` on) is taken off too. The CLI's own cutoff, ``before``, stays the
+    fallback (and what a runtime of an older herder uses)."""
     args = command.get("args")
     if not isinstance(args, dict) or "older_than" not in args:
         return command
     try:
-        before = now - float(args["older_than"])
+        waited = max(0.0, _wall() - float(command.get("created") or _wall()))
+        before = now - float(args["older_than"]) - waited
     except (TypeError, ValueError):
         return command
+    if not math.isfinite(before):
+        return command
     return {**command, "args": {**args, "before": before}}
+
+
+def _wall() -> float:
+    """The wall clock, which commands are created on (a seam for tests)."""
+    return time.time()
 
 
 def _job_cutoff(job: dict[str, Any]) -> tuple[float, frozenset[str]]:
