@@ -313,7 +313,7 @@ class Scheduler(SupervisedActor):
                 return None
             return super()._handle_receive(message)
         finally:
-            if self._commits.open and self.actor_inbox.empty():
+            if (self._commits.open or self._commits.loose) and self.actor_inbox.empty():
                 self._flush()
 
     def _flush(self) -> None:
