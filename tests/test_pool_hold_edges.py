@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pool_hold import Gated, _quick, one_turn
+from test_pool_hold import Gated, _quick, make_steady, one_turn
 from test_pool_host import WAIT, Line, Scheduler, _host, _Port, _send
 
 from herder.actors import Agent, FakeClock, StepContext, _pool_agents, _worker_pool
@@ -23,8 +23,9 @@ from herder.runtime.testing import wait_until
 
 @pytest.fixture
 def linger(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Held work waits for its busy worker however slow the machine."""
-    monkeypatch.setattr(_worker_pool, "LINGER", 60.0)
+    """Held work waits for its busy worker however slow the machine, and quick agents
+    stay quick (test_pool_hold.make_steady)."""
+    make_steady(monkeypatch)
 
 
 def _started(workers: int) -> Iterator[Scheduler]:
