@@ -204,6 +204,8 @@ class EventLoop:
         if owned is not None and thread is not None:
             with contextlib.suppress(RuntimeError):
                 owned.call_soon_threadsafe(owned.stop)
+            if thread is threading.current_thread():
+                return  # (a blocking stop() from an action on it: it stops once that returns)
             thread.join(timeout)
             if thread.is_alive():
                 _log.warning("the asyncio agents' loop did not stop within %ss", timeout)

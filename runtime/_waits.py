@@ -275,7 +275,7 @@ async def run_async(steps: Steps[T], *, off_loop: bool = False) -> T:
     error: BaseException | None = None
     while True:
         if off_loop:
-            finished, wait = await asyncio.to_thread(_advance, steps, value, error)
+            finished, wait = await _off_loop(steps, value, error)
         else:
             finished, wait = _advance(steps, value, error)
         if finished:
@@ -285,6 +285,33 @@ async def run_async(steps: Steps[T], *, off_loop: bool = False) -> T:
             value = await cast("Wait", wait).wait()
         except BaseException as exc:  # handed back to the body, which decides
             error = exc
+
+
+async def _off_loop(steps: Steps[Any], value: Any, error: BaseException | None) -> Any:
+    """:func:`_advance` on a worker thread. A caller cancelled meanwhile leaves the thread
+    running: whichever of the two ends last closes the body (its ``finally`` gives back
+    what it took, such as ``start_many``'s slots), rather than leave it suspended at its
+    next wait until it is garbage-collected."""
+    lock, state = threading.Lock(), {"gone": False, "done": False}
+
+    def advance() -> tuple[bool, Any]:
+        result = _advance(steps, value, error)
+        with lock:
+            state["done"] = True
+            if not state["gone"]:
+                return result
+        steps.close()  # (its caller gave up while this ran)
+        return result
+
+    try:
+        return await asyncio.to_thread(advance)
+    except asyncio.CancelledError:
+        with lock:
+            state["gone"] = True
+            done = state["done"]
+        if done:  # it ended just before the cancel: nobody else will close it
+            steps.close()
+        raise
 
 
 def _advance(steps: Steps[T], value: Any, error: BaseException | None) -> tuple[bool, Any]:

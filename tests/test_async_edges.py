@@ -1,0 +1,134 @@
+"""The asyncio face at its edges (found by review): a start_many_async cancelled while
+its checks run on a worker thread gives its slots back, and a blocking stop() from an
+async action on the runtime's own loop stops the runtime whole."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    RetryPolicy,
+    Runtime,
+    RuntimeClosed,
+    StepContext,
+    Workflow,
+    WorkflowHandle,
+)
+
+WAIT = 10.0
+ONCE = RetryPolicy(max_attempts=1)
+pytestmark = pytest.mark.timeout(60)
+
+
+class Device(Agent):
+    def configure(self, ctx: StepContext) -> str:
+        return "ok"
+
+
+def test_a_start_many_async_cancelled_while_it_checks_its_items_gives_its_slots_back(
+    tmp_path: Path,
+) -> None:
+    """start_many_async runs its checks on a worker thread (run_async(off_loop=True)).
+    A task cancelled meanwhile (here by asyncio.timeout) returns at once, but the thread
+    goes on: it took the batch's max_active_workflows slots and left the body suspended
+    at its next wait, never resumed. The slots came back only when that generator was
+    garbage-collected: while the service kept the TimeoutError (to report it), every
+    later start found no room. The thread now closes the body it was left with."""
+    entered, release = threading.Event(), threading.Event()
+
+    def pick(input: Any) -> str:  # a router: user code, run on the worker thread
+        entered.set()
+        release.wait(WAIT)
+        return "a"
+
+    async def main() -> WorkflowHandle:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))  # (FIFO: a no-op waits for it)
+        mine = ThreadPoolExecutor(1)  # the test's own waits, beside it
+        failures: list[BaseException] = []  # what the service reports later
+        async with Runtime(tmp_path / "s", max_active_workflows=1) as rt:
+            rt.add_agent("device:a", Device)
+            rt.add_router("pick", pick)
+            rt.add_workflow(
+                Workflow("routed").step("c", agent="device:{@pick}", action="configure")
+            )
+            rt.add_workflow(Workflow("plain").step("c", agent="device:a", action="configure"))
+
+            async def handler() -> None:
+                try:
+                    async with asyncio.timeout(0.2):
+                        await rt.start_many_async([{"workflow": "routed", "input": {}}])
+                except TimeoutError as exc:
+                    failures.append(exc)
+
+            waiting = asyncio.create_task(handler())
+            assert await loop.run_in_executor(mine, entered.wait, WAIT)
+            await waiting  # timed out while the router ran
+            assert failures
+            assert rt.list() == []  # nothing of the batch was written
+            release.set()
+            await loop.run_in_executor(None, lambda: None)  # the checks' thread is done
+            # The batch was given up: its slot must be free for the next start.
+            handle = await rt.start_async("plain", timeout=2.0)
+            assert await handle.result_async(WAIT) == {"c": "ok"}
+            mine.shutdown()
+            return handle
+
+    asyncio.run(main())
+
+
+def test_a_blocking_stop_from_an_async_action_on_the_runtimes_own_loop_stops_it_whole(
+    tmp_path: Path,
+) -> None:
+    """rt.stop() called by an ``async def`` action on the runtime's own loop
+    (``herder-asyncio``) raised RuntimeError('cannot join current thread') out of
+    EventLoop.close, after the store was closed but before the waiters were failed: a
+    handle.result() waiting elsewhere never heard RuntimeClosed (a wait without timeout
+    hung for good), and a second stop() did not fix it (it returns early)."""
+    holding = threading.Event()
+    release = threading.Event()
+    raised: list[str] = []
+    done = threading.Event()
+    box: dict[str, Runtime] = {}
+
+    class Held(Agent):
+        def hold(self, ctx: StepContext) -> str:
+            holding.set()
+            release.wait(WAIT)
+            return "held"
+
+    class Stopper(Agent):
+        async def work(self, ctx: StepContext) -> int:
+            await asyncio.sleep(0)
+            try:
+                box["rt"].stop(timeout=2.0)
+            except BaseException as exc:  # what stop() raised is the finding
+                raised.append(repr(exc))
+            finally:
+                done.set()
+            return 1
+
+    rt = Runtime(tmp_path / "s", instance_shutdown=0.1, default_retry=ONCE)
+    box["rt"] = rt
+    try:
+        rt.add_agent("held", Held)
+        rt.add_agent("stopper", Stopper)
+        rt.add_workflow(Workflow("other").step("a", agent="held", action="hold"))
+        rt.add_workflow(Workflow("w").step("a", agent="stopper", action="work"))
+        other = rt.start("other")
+        assert holding.wait(WAIT)
+        rt.start("w")
+        assert done.wait(WAIT)
+        assert raised == []  # stop() stopped the runtime, as from any other thread
+        with pytest.raises(RuntimeClosed):  # the waiter hears of the stop at once
+            other.result(timeout=WAIT)
+    finally:
+        release.set()
+        rt.stop()
