@@ -5,6 +5,7 @@ left undone, a cancelled workflow not run forward; and non_retryable by a built-
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -198,27 +199,7 @@ def test_retry_of_a_workflow_parked_on_an_unknown_outcome_then_permanent_still_u
     Permanent. docs/workflows.md: a failed step any of whose attempts failed with
     anything but Permanent (a timeout included) is undone; Permanent speaks only for its
     own attempt. So a's compensation must run."""
-    from herder.store import StepRecord
-
-    plan = Plan("p", 1, (StepSpec("a", agent="svc", action="book", compensate="cancel"),))
-    engine = _engine(plan, probe=True)
-    record = WorkflowRecord("w1", "p", 1, {}, state=W.NEEDS_ATTENTION, error="probes failed")
-    st = StepRecord(
-        "w1",
-        "a",
-        state=S.UNKNOWN,
-        attempt=1,
-        token=500,
-        error="outcome unknown: timed out after 30.0s",
-        error_type="herder.Timeout",
-        extra={"probes": 2, "probe_failures": 2},
-    )
-    run = engine.load(record, [st])
-    assert run is not None
-    engine.at(100.0, lambda: 0.5)
-    actions.retry(engine, run)
-    engine.advance(run)
-    (job,) = _enqueued(engine.take())
+    engine, run, job = _retried_after_unknown()
     _reserve(engine, job, 1000, 100.0)
     out = engine.handle(
         Answered(1000, ok=False, error="card refused", permanent=True), now=101.0, rand=lambda: 0.5
@@ -292,6 +273,22 @@ def test_a_retried_maybe_done_step_is_undone_if_cancelled_before_it_reruns() -> 
     the workflow is cancelled before a runs again. docs/operator.md: a retried step whose
     attempt may have taken effect is undone later; its new attempt never ran, so nothing
     but the old one's effect speaks for it: a's compensation must run."""
+    engine, run, job = _retried_after_unknown()
+    assert (job.job.step, job.job.compensating) == ("a", False)
+    engine.at(100.5, lambda: 0.5)
+    actions.cancel(engine, run)  # before a's new attempt reached an agent
+    engine.advance(run)
+    out = engine.take()
+    undo = [(a.job.step, a.job.compensating) for a in _enqueued(out)]
+    assert undo == [("a", True)], (
+        f"a (whose first attempt timed out) is not undone: {run.steps['a'].state}, "
+        f"done_token={run.steps['a'].done_token}, workflow {run.record.state}"
+    )
+
+
+def _retried_after_unknown() -> tuple[Engine, Any, Any]:
+    """A workflow parked after a's attempt timed out (UNKNOWN: it may have taken effect)
+    and its probes failed, retried by an operator: the engine, the run and a's new job."""
     from herder.store import StepRecord
 
     plan = Plan("p", 1, (StepSpec("a", agent="svc", action="book", compensate="cancel"),))
@@ -313,13 +310,4 @@ def test_a_retried_maybe_done_step_is_undone_if_cancelled_before_it_reruns() -> 
     actions.retry(engine, run)
     engine.advance(run)
     (job,) = _enqueued(engine.take())
-    assert (job.job.step, job.job.compensating) == ("a", False)
-    engine.at(100.5, lambda: 0.5)
-    actions.cancel(engine, run)  # before a's new attempt reached an agent
-    engine.advance(run)
-    out = engine.take()
-    undo = [(a.job.step, a.job.compensating) for a in _enqueued(out)]
-    assert undo == [("a", True)], (
-        f"a (whose first attempt timed out) is not undone: {run.steps['a'].state}, "
-        f"done_token={run.steps['a'].done_token}, workflow {run.record.state}"
-    )
+    return engine, run, job

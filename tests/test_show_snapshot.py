@@ -18,29 +18,32 @@ from herder.runtime.ui import Console
 from herder.store import Store, WorkflowState
 
 
+def end_between_the_reads(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The waiting workflow "w" ends between the status read and the history read (on
+    another thread: this one may be inside the snapshot of the reads)."""
+    (token,) = waiting_workflow(rt)
+    real = _inspect.read_history
+    ended: list[object] = []
+
+    def end() -> None:
+        rt.complete_step(token, "done")
+        ended.append(rt._wait_final("w", WAIT))
+
+    def history_after_the_end(store: Store, workflow_id: str) -> list[dict[str, Any]]:
+        ending = threading.Thread(target=end)
+        ending.start()
+        ending.join(WAIT)
+        assert ended
+        return real(store, workflow_id)
+
+    monkeypatch.setattr(_inspect, "read_history", history_after_the_end)
+
+
 def test_show_status_and_history_come_from_one_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Runtime(tmp_path / "store") as rt:
-        (token,) = waiting_workflow(rt)
-        real = _inspect.read_history
-
-        def history_after_the_end(store: Store, workflow_id: str) -> list[dict[str, Any]]:
-            # The workflow ends between the status read and the history read (on another
-            # thread: this one may be inside the snapshot of the reads).
-            ending = threading.Thread(target=end)
-            ending.start()
-            ending.join(WAIT)
-            assert ended
-            return real(store, workflow_id)
-
-        ended: list[object] = []
-
-        def end() -> None:
-            rt.complete_step(token, "done")
-            ended.append(rt._wait_final("w", WAIT))
-
-        monkeypatch.setattr(_inspect, "read_history", history_after_the_end)
+        end_between_the_reads(rt, monkeypatch)
         out = io.StringIO()
         _inspect.show_workflow(out, rt._store, "w", as_json=True)
         assert rt.status("w").state is WorkflowState.SUCCEEDED  # it did end meanwhile
@@ -55,23 +58,7 @@ def test_the_consoles_workflow_page_comes_from_one_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Runtime(tmp_path / "store") as rt:
-        (token,) = waiting_workflow(rt)
-        real = _inspect.read_history
-
-        def history_after_the_end(store: Store, workflow_id: str) -> list[dict[str, Any]]:
-            ending = threading.Thread(target=end)  # (as above)
-            ending.start()
-            ending.join(WAIT)
-            assert ended
-            return real(store, workflow_id)
-
-        ended: list[object] = []
-
-        def end() -> None:
-            rt.complete_step(token, "done")
-            ended.append(rt._wait_final("w", WAIT))
-
-        monkeypatch.setattr(_inspect, "read_history", history_after_the_end)
+        end_between_the_reads(rt, monkeypatch)
         console = Console(str(tmp_path / "store"), port=0, token="t")
         # (one process cannot open the store twice: the console reads the runtime's)
         console.gate._store = rt._store
