@@ -65,7 +65,7 @@ class ScheduleMethods:
         """
         rt = _runtime(self)
         rt._check_open()
-        plan = rt._latest.get(workflow)
+        plan = rt._latest.get(workflow) if isinstance(workflow, str) else None
         if plan is None:
             raise UnknownName(f"no workflow named {workflow!r} is registered; add_workflow it")
         normalized = normalize(input, limit=rt._max_input_bytes, what="schedule input")

@@ -26,6 +26,7 @@ from typing import Any
 
 from herder.store import (
     CatchUp,
+    HerderError,
     InvalidInput,
     MissingExtra,
     Overlap,
@@ -43,6 +44,7 @@ MAX_BATCH = 100
 """Most slots one pass fires for one schedule under ``catch_up="all"``; the rest next pass."""
 
 _SCAN = 1000  # forward steps before the newest due cron slot is looked up backwards
+_DST_SHIFT_MS = 2 * 3600 * 1000  # the largest shift of a clock at a DST change (2 h)
 
 MAX_COUNT = 10_000
 """Most slots of a cron schedule one catch-up counts as skipped (each costs a step of the
@@ -176,7 +178,7 @@ class ScheduleStatus:
         if not record.paused:
             try:
                 slot = next_slot(record, record.cursor_ms)
-            except MissingExtra:
+            except HerderError:  # (no cron extra, a zone or cron this machine cannot read)
                 slot = None
             next_at = None if slot is None else slot / 1000
         return cls(
@@ -330,13 +332,21 @@ def _newest(record: ScheduleRecord, now_ms: int) -> int | None:
         if slot is None or slot > now_ms:
             return found
         found = cursor = slot
-    # Far behind (a long downtime of a frequent schedule): look back from now instead.
-    back = _cron(record, now_ms + 1000, reverse=True)
-    for when in back:
-        slot = _ms(when.timestamp())
-        if slot <= now_ms:
-            return slot if slot > record.cursor_ms else None
-    return None  # pragma: no cover - a reverse scan always finds the slots found forwards
+    # Far behind (a long downtime of a frequent schedule): look back from now for a slot,
+    # then forward again from a DST change's shift before it, as the forward scan alone
+    # says which slots there are (backwards, cronsim may land on another one there).
+    for when in _cron(record, now_ms + 1000, reverse=True):
+        if (probe := _ms(when.timestamp())) <= now_ms:
+            break
+    else:  # pragma: no cover - a reverse scan always finds the slots found forwards
+        return None
+    found, cursor = None, max(record.cursor_ms, probe - _DST_SHIFT_MS)
+    for _ in range(MAX_COUNT):
+        slot = next_slot(record, cursor)
+        if slot is None or slot > now_ms:
+            break
+        found = cursor = slot
+    return found
 
 
 def _every_ms(record: ScheduleRecord) -> int:
@@ -370,7 +380,7 @@ def _cron(record: ScheduleRecord, after_ms: int, *, reverse: bool = False) -> An
             "extra: pip install 'herder[cron]' (every= needs nothing)"
         ) from None
     assert record.cron is not None
-    zone = zoneinfo.ZoneInfo(record.timezone)
+    zone = _zone(record.name, record.timezone)  # (a zone gone from this tz data: InvalidInput)
     start = datetime.datetime.fromtimestamp(after_ms / 1000, zone)
     try:
         return CronSim(record.cron, start, reverse=reverse)

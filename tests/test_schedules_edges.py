@@ -1,0 +1,129 @@
+"""Schedules at their edges (found by review): the newest slot after a long downtime
+across a DST change, a timezone this machine does not have, a workflow name that is not
+a str."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from herder.runtime import Agent, HerderError, Runtime, StepContext, Workflow
+from herder.runtime._schedules import slot_id
+from herder.runtime.testing import FakeClock, settle
+from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
+
+WAIT = 10.0
+
+
+class Job(Agent):
+    def run(self, ctx: StepContext) -> str:
+        return ctx.workflow_id
+
+
+def open_runtime(path: Path, clock: FakeClock) -> Runtime:
+    runtime = Runtime(path, clock=clock, sweep_interval=0.05)
+    runtime.add_agent("job", Job, concurrency=4)
+    runtime.add_workflow(Workflow("job").step("run", agent="job", action="run"))
+    return runtime
+
+
+def fired(runtime: Runtime) -> list[str]:
+    return sorted(s.id for s in runtime.list())
+
+
+LORD_HOWE = ZoneInfo("Australia/Lord_Howe")  # a 30-minute DST shift
+
+
+@pytest.mark.timeout(60)
+def test_latest_after_a_long_downtime_fires_only_the_newest_cron_slot_at_a_dst_change(
+    tmp_path: Path,
+) -> None:
+    """docs/scheduling.md: catch_up="latest" (the default) fires only the newest slot
+    that fell due. After a downtime longer than 1000 slots ``_newest`` looks back from
+    now with a reverse cronsim scan (runtime/_schedules.py:334), which, just after a DST
+    change, lands on an older slot than the forward scan does: the firer fires that stale
+    slot, and its next pass (forward from it) fires the real newest one too. Here:
+    "* 1 * * *" in Lord Howe, down two months until 02:40 on the spring-forward night
+    (01:59 +10:30 was the newest slot; the reverse scan says 01:29)."""
+    created = datetime.datetime(2027, 8, 1, 0, 0, tzinfo=LORD_HOWE).timestamp()
+    back_up = datetime.datetime(2027, 10, 3, 2, 40, 7, tzinfo=LORD_HOWE).timestamp()
+    newest = datetime.datetime(2027, 10, 3, 1, 59, tzinfo=LORD_HOWE)
+    assert newest.utcoffset() == datetime.timedelta(hours=10, minutes=30)
+    clock = FakeClock(start=created)
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule(
+            "often", "job", cron="* 1 * * *", timezone="Australia/Lord_Howe", overlap="allow"
+        )
+    clock.advance(back_up - created)  # ~3800 slots fell due: more than the forward scan
+    with open_runtime(tmp_path, clock) as rt:
+        rt._fire_now()
+        rt._fire_now()  # (the firer's own next pass would come at once)
+        settle(rt)
+        assert fired(rt) == [slot_id("often", int(newest.timestamp() * 1000))]
+        [status] = rt.schedules()
+        assert status.fired == 1
+
+
+def _store_bad_zone(rt: Runtime, name: str) -> None:
+    """Make schedule ``name`` name a timezone this host's tz database lacks, as a store
+    made where the zone existed reads after a tzdata update that dropped it (as 2020b
+    dropped US/Pacific-New) or in a container without that tzdata."""
+    record = ScheduleRecord.from_dict(rt._store.get("schedules", schedule_key(name)))
+    bad = record.evolve(timezone="Mars/Olympus")
+    put = Put("schedules", schedule_key(name), encode(bad.to_dict()))
+    rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+
+
+@pytest.mark.timeout(60)
+def test_one_schedule_with_an_unknown_timezone_does_not_stop_the_others_firing(
+    tmp_path: Path,
+) -> None:
+    """_firing.fire_due catches only HerderError/TimeoutError per schedule; the
+    ZoneInfoNotFoundError a cron schedule's zone raises (runtime/_schedules.py:373)
+    aborts the whole pass, every pass: no schedule after it (by name) fires again.
+    read_schedules' promise is that one bad record is logged and left out."""
+    clock = FakeClock(
+        start=datetime.datetime(2027, 1, 15, 8, 0, 0, 500000, datetime.UTC).timestamp()
+    )
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("a-nightly", "job", cron="0 2 * * *", timezone="Europe/Riga")
+        rt.schedule("z-tick", "job", every=60)
+        _store_bad_zone(rt, "a-nightly")
+        clock.advance(60)
+        with contextlib.suppress(HerderError):  # (it may report the bad one, and go on)
+            rt._fire_now()
+        settle(rt)
+        assert fired(rt) == ["z-tick@2027-01-15T08:01:00Z"]
+
+
+@pytest.mark.timeout(60)
+def test_schedules_lists_the_others_when_one_names_an_unknown_timezone(tmp_path: Path) -> None:
+    """rt.schedules() (and ``herder schedules``) raise a bare ZoneInfoNotFoundError, not
+    a HerderError, for the whole listing when one cron schedule's zone is unknown here
+    (ScheduleStatus.of catches only MissingExtra, runtime/_schedules.py:177-180)."""
+    clock = FakeClock(
+        start=datetime.datetime(2027, 1, 15, 8, 0, 0, tzinfo=datetime.UTC).timestamp()
+    )
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("a-nightly", "job", cron="0 2 * * *", timezone="Europe/Riga")
+        rt.schedule("z-tick", "job", every=60)
+        _store_bad_zone(rt, "a-nightly")
+        names = [s.name for s in rt.schedules()]
+        assert "z-tick" in names
+
+
+@pytest.mark.timeout(60)
+def test_a_schedule_for_an_unhashable_workflow_name_is_refused_as_herder_error(
+    tmp_path: Path,
+) -> None:
+    """rt.start(["x"]) raises UnknownName; rt.schedule("s", ["x"]) leaks a TypeError
+    (unhashable type: 'list') from rt._latest.get(workflow) (_schedule_api.py:68)."""
+    with (
+        open_runtime(tmp_path, FakeClock(start=1.8e9)) as rt,
+        pytest.raises(HerderError, match="no workflow named"),
+    ):
+        rt.schedule("s", ["x"], every=60)  # type: ignore[arg-type]
