@@ -102,11 +102,13 @@ class Access:
             if resized:
                 self._grow(0)
 
-    def _grow(self, new_size: int) -> None:
+    def _grow(self, new_size: int, *, before: Callable[[], None] | None = None) -> None:
         """Set the map size (0: adopt the size on disk) with no read transaction open.
 
-        Called by the writer thread on ``MapFullError`` (no write transaction is open then)
-        and by readers on ``MapResizedError``.
+        Called by the writer thread on ``MapFullError``, ``before`` aborting its write
+        transaction once no read runs (py-lmdb's abort waits until no operation of the
+        environment runs in any thread: readers that keep coming would hold it off for
+        ever), and by readers on ``MapResizedError``.
         """
         with self._gate:
             while self._resizing:
@@ -114,6 +116,8 @@ class Access:
             self._resizing = True
             try:
                 self._gate.wait_for(lambda: self._readers == 0)
+                if before is not None:
+                    before()
                 env = self._env
                 if env is not None:
                     env.set_mapsize(new_size)

@@ -10,6 +10,7 @@ records. A record that does not decode or does not check out raises
 from __future__ import annotations
 
 import functools
+import logging
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -35,6 +36,7 @@ from herder.store._records import StepRecord, WorkflowRecord, WorkflowState
 from herder.store._validate import check_plan, check_record
 
 _T = TypeVar("_T")
+_log = logging.getLogger("herder.store")
 
 
 class Reads(Access):
@@ -211,7 +213,14 @@ class Reads(Access):
         if not self.indexed:
             return None
         states = frozenset(str(s) for s in WorkflowState if not s.is_final) | {recent.UNREADABLE}
-        return sorted(wid for _ms, wid, _state in self.recent(newest_first=False, states=states))
+        damaged: list[StoreCorrupt] = []
+        ids = sorted(
+            w for _, w, _s in self.recent(newest_first=False, states=states, damaged=damaged)
+        )
+        if damaged:  # whose key it was is unknown: the records tell all
+            _log.warning("%s; recovery reads every workflow record instead", damaged[0])
+            return None
+        return ids
 
     def recent(
         self,
@@ -220,10 +229,12 @@ class Reads(Access):
         states: frozenset[str] | None = None,
         since: float | None = None,
         until: float | None = None,
+        damaged: list[StoreCorrupt] | None = None,
     ) -> Iterator[tuple[float, str, str]]:
         """(updated, workflow id, state) by last update: newest first down to ``since``,
         or oldest first up to ``until``; only ``states`` if given. Paged and cheap on a
-        store of millions (it reads the ``recent`` index, see ``_recent.py``)."""
+        store of millions (it reads the ``recent`` index, see ``_recent.py``); a damaged
+        index key is passed over (noted in ``damaged``)."""
         if not self.indexed:  # an older store never opened by a writer since
             rows = sorted(
                 (r.updated, r.id, str(r.state))
@@ -241,6 +252,7 @@ class Reads(Access):
             states=states,
             since_ms=None if since is None else recent.to_ms(since),
             until_ms=None if until is None else recent.to_ms(until),
+            damaged=damaged,
         ):
             yield ms / 1000, wid, state
 

@@ -17,6 +17,7 @@ A store written before the index existed gets it built once, at its first writer
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import struct
 from collections.abc import Callable, Iterator
@@ -95,9 +96,13 @@ def _indexed(key: bytes, raw: bytes, old: bytes | None) -> tuple[bytes, bytes]:
 
 
 def split(index_key: bytes) -> tuple[int, str]:
-    """Inverse of the ``recent`` key: (updated ms, workflow id)."""
-    (ms,) = _MS.unpack_from(index_key)
-    return ms, index_key[_MS.size :].decode("utf-8")
+    """Inverse of the ``recent`` key: (updated ms, workflow id); StoreCorrupt for a key
+    that is not one (damaged: too short, or an id that is not UTF-8)."""
+    try:
+        (ms,) = _MS.unpack_from(index_key)
+        return ms, index_key[_MS.size :].decode("utf-8")
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise StoreCorrupt(RECENT_DB, index_key, f"not an index key: {exc}") from None
 
 
 def maintain(
@@ -171,8 +176,11 @@ def scan(
     states: frozenset[str] | None = None,
     since_ms: int | None = None,
     until_ms: int | None = None,
+    damaged: list[StoreCorrupt] | None = None,
 ) -> Iterator[tuple[int, str, str]]:
-    """(updated ms, workflow id, state) from the index, paged in short read transactions.
+    """(updated ms, workflow id, state) from the index, paged in short read transactions;
+    a damaged key (:func:`split`) is passed over, noted in ``damaged`` if given (``herder
+    check`` names it; the workflow's own record is intact).
 
     ``newest_first`` walks from the newest update down to ``since_ms``; otherwise from
     the oldest up to (not including) ``until_ms``. ``states`` keeps only those states.
@@ -213,16 +221,22 @@ def scan(
 
         items = cast(list[tuple[bytes, bytes]], read(page))
         for key, value in items:
-            if wanted is None:
+            if wanted is not None and value not in wanted:
+                continue
+            try:
                 ms, wid = split(key)
-                try:
-                    state = str(decode(value, db=RECENT_DB, key=key))
-                except StoreCorrupt:  # a damaged index value: listed, so the workflow's
-                    state = UNREADABLE  # own record tells (or is reported corrupt)
-                yield ms, wid, state
-            elif value in wanted:
-                ms, wid = split(key)
+            except StoreCorrupt as exc:
+                if damaged is not None:
+                    damaged.append(exc)
+                continue
+            if wanted is not None:
                 yield ms, wid, wanted[value]
+                continue
+            try:
+                state = str(decode(value, db=RECENT_DB, key=key))
+            except StoreCorrupt:  # a damaged index value: listed, so the workflow's
+                state = UNREADABLE  # own record tells (or is reported corrupt)
+            yield ms, wid, state
         if len(items) < PAGE:
             return
         position = items[-1][0]
@@ -258,7 +272,8 @@ def window(
         key = cast(bytes, cur.key())
         state = wanted.get(cast(bytes, cur.value()))
         if state is not None:
-            out.append((*split(key), state))
+            with contextlib.suppress(StoreCorrupt):  # (a damaged key: passed over)
+                out.append((*split(key), state))
             if len(out) >= limit:
                 return out, key
         ok = cur.next()

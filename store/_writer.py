@@ -78,7 +78,7 @@ class Writer:
         env: lmdb.Environment,
         handles: Mapping[str, Any],
         *,
-        grow: Callable[[int], None],
+        grow: Callable[..., None],  # (Store._grow)
         max_value_bytes: int | None = None,
         guard: Callable[[lmdb.Transaction], BaseException | None] | None = None,
         derived: Derived | None = None,
@@ -117,9 +117,8 @@ class Writer:
     # ------------------------------------------------------------------ submitting
 
     def submit(self, transition: Transition) -> Future[None]:
-        """Queue one transition; the future resolves once it is durably committed.
-
-        The future fails with :class:`ConditionFailed` (only this transition was skipped),
+        """Queue one transition; the future resolves once it is durably committed. It
+        fails with :class:`ConditionFailed` (only this transition was skipped),
         :class:`StoreIOError` (the batch's commit failed) or :class:`StoreClosed`. A
         malformed one (unknown database, bad key) raises :class:`InvalidInput`, unqueued.
         """
@@ -362,13 +361,14 @@ class Writer:
                 txn.commit()
                 crash_point("writer.after_commit")
             except lmdb.MapFullError as exc:
-                txn.abort()
                 size = env.info()["map_size"]
                 if size * 2 > MAX_MAP_SIZE:
+                    txn.abort()
                     return self._io_failed(batch, exc, f"the map is already {size} bytes"), False
-                try:
-                    self._grow(size * 2)
+                try:  # (aborted with no read running: an abort waits for all to end)
+                    self._grow(size * 2, before=txn.abort)
                 except (lmdb.Error, OSError) as grow_exc:
+                    txn.abort()  # (if the grow failed before it; a second abort does nothing)
                     note = f"could not grow the map to {size * 2}"
                     return self._io_failed(batch, grow_exc, note), False
                 with self._cond:

@@ -1,0 +1,83 @@
+"""The store at its edges (found by review): a map growth under readers that keep
+coming, and a damaged key of the derived ``recent`` index."""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+
+import lmdb
+import pytest
+
+from herder.runtime import Runtime
+from herder.store import (
+    Put,
+    Store,
+    Transition,
+    WorkflowRecord,
+    WorkflowState,
+    encode,
+    workflow_key,
+)
+
+
+@pytest.mark.timeout(60)
+def test_map_growth_is_not_starved_by_readers_on_other_threads(tmp_path: pathlib.Path) -> None:
+    """A commit that needs the map to grow must not wait for reads on other threads to
+    pause: the writer aborts its full transaction before it closes the reader gate, and
+    py-lmdb's abort of a write transaction waits until no operation is in flight on the
+    environment in any thread. With a few threads reading (status polls, the console),
+    the abort, and with it every commit queued behind it, waits as long as they read."""
+    store = Store(tmp_path / "s", map_size=1 << 16)
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            store.count("schedules")
+
+    readers = [threading.Thread(target=read, daemon=True) for _ in range(4)]
+    for r in readers:
+        r.start()
+    try:
+        big = Transition((Put("workflows", b"big", encode("x" * 200_000)),))  # > the map
+        store.writer.submit(big).result(timeout=20)
+    finally:
+        stop.set()
+        for r in readers:
+            r.join(10)
+        store.close()
+
+
+def _flip_recent_key(path: pathlib.Path, byte: int, mask: int) -> None:
+    """Flip bits of the one ``recent`` index key, as damage on disk would (the Store closed)."""
+    env = lmdb.open(str(path), max_dbs=16)
+    try:
+        with env.begin(write=True) as txn:
+            db = env.open_db(b"recent", txn=txn)
+            ((key, value),) = list(txn.cursor(db=db))
+            bad = bytearray(key)
+            bad[byte] ^= mask
+            txn.delete(key, db=db)
+            txn.put(bytes(bad), value, db=db)
+    finally:
+        env.close()
+
+
+def test_a_damaged_recent_key_is_a_herder_error_not_a_crash(tmp_path: pathlib.Path) -> None:
+    """One flipped bit in the id part of a ``recent`` index key (a derived index) made
+    every reader of the index raise UnicodeDecodeError: ``herder ls``, retention, and
+    recovery (``unfinished_ids``), so ``Runtime(path)`` failed to open with it. A
+    damaged timer key is StoreCorrupt (``due_timers``). A damaged index key is passed
+    over now (``herder check`` names it), and recovery, which cannot tell whose it was,
+    reads every workflow record instead."""
+    path = tmp_path / "s"
+    with Store(path) as store:
+        record = WorkflowRecord("wf-a", "flow", 1, None, WorkflowState.RUNNING, 1.0, 1.0)
+        put = Put("workflows", workflow_key(record.id), encode(record.to_stored()))
+        store.writer.submit(Transition((put,))).result(timeout=10)
+    _flip_recent_key(path, 8, 0x80)  # 'w' (0x77) -> 0xf7: not UTF-8
+    with Store(path, readonly=True) as store:
+        assert list(store.recent()) == []  # passed over (herder check names it)
+        assert store.unfinished_ids() is None  # its id unknown: recovery reads every record
+    with Runtime(path) as rt:  # it opens, and recovers the workflow from its record
+        assert rt.stats()["awaiting_definition"] == {"flow@1": 1}
