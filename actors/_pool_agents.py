@@ -70,7 +70,7 @@ class PooledAgent(Hosted[Slot]):
 
     @property
     def quick(self) -> bool:
-        """Its recent actions took less than :data:`QUICK` (actors/_worker_pool.py)."""
+        """Its recent actions took less than :data:`QUICK` (the one test of it)."""
         return self.took < QUICK
 
 

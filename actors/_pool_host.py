@@ -56,7 +56,7 @@ from herder.actors._pool_agents import PoolAgents, Slot, halt, next_idle
 from herder.actors._pool_worker import Work, take_lined, withdraw
 from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervision_specs import ChildEventKind
-from herder.actors._worker_pool import POOL, QUICK_WORKERS, WorkerPool
+from herder.actors._worker_pool import POOL, WorkerPool
 
 LINE_PER_WORKER = 8
 """Attempts that may wait in the line, per worker of the pool's cap (``max_workers``)."""
@@ -153,7 +153,7 @@ class PoolHost(PoolAgents):
         free = self._pool.free_count()
         lined = free <= len(self._woken)  # none free, or each held for a woken agent
         quick = agent.quick
-        held = quick and not lined and self._pool.quick_busy >= QUICK_WORKERS
+        held = quick and not lined and self._pool.holds_quick()
         if (lined or held) and free + self._line_cap - self._unstarted <= len(self._woken):
             self._waiting[name] = None  # and the line is full
             self._pool.grow(self._wanted())

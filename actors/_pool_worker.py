@@ -55,6 +55,9 @@ class ReadySource(Protocol):
     ready: deque[Run] | None
     took: float
 
+    @property
+    def quick(self) -> bool: ...
+
 
 @dataclass(slots=True)
 class Work:

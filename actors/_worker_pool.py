@@ -18,7 +18,7 @@ and the blocked one is counted in ``abandoned``.
 GIL the Scheduler holds for the rest of its turn) costs more than a quick attempt itself,
 and under the GIL a second thread running quick Python gains nothing. So the pool counts
 the busy workers running a quick agent's attempt (:attr:`WorkerPool.quick_busy`; quick is
-the agent's own measure, ``PooledAgent.took`` under :data:`QUICK`), and a quick attempt
+the agent's own measure, ``PooledAgent.quick``), and a quick attempt
 that finds :data:`QUICK_WORKERS` of them waits in the line even with a worker free
 (:meth:`WorkerPool.held`): a busy one takes it when its own attempt is over. It is held
 for at most :data:`LINGER` while the Scheduler hears from the workers, and :data:`CHECK`
@@ -41,7 +41,7 @@ from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
 from herder.actors._hosted import request_agent_supervisor
 from herder.actors._messages import InstanceEvent, Outcome
-from herder.actors._pool_worker import QUICK, PoolWorker, Work
+from herder.actors._pool_worker import PoolWorker, Work
 from herder.actors._supervision_specs import ChildEventKind, ChildSpec, Restart
 
 POOL = "*pool"
@@ -119,21 +119,22 @@ class WorkerPool:
     def free_count(self) -> int:
         return len(self._free)
 
+    def holds_quick(self) -> bool:
+        """Whether a quick attempt waits in the line for a busy worker now, rather than
+        take a free one (:data:`QUICK_WORKERS` of them run quick attempts)."""
+        return self.quick_busy >= QUICK_WORKERS
+
     def held(self, line: deque[Work]) -> bool:
         """Whether the line's first work is a quick attempt to hold for a busy worker
         (held for less than :data:`LINGER` so far)."""
-        if self.quick_busy < QUICK_WORKERS:
+        if not self.holds_quick():
             return False
         try:
             work = line[0]
         except IndexError:  # (a worker took it just now)
             return False
         source = work.source
-        return (
-            source is not None
-            and source.took < QUICK
-            and time.perf_counter() - work.lined_at < LINGER
-        )
+        return source is not None and source.quick and time.perf_counter() - work.lined_at < LINGER
 
     def check_later(self) -> None:
         """Have the host hand the line out again in :data:`CHECK` seconds (an event of

@@ -43,7 +43,6 @@ def make_steady(monkeypatch: pytest.MonkeyPatch) -> None:
     """Held work waits for its busy worker however slow the machine (a test that needs
     the limit sets it), and quick agents stay quick (QUICK_HERE)."""
     monkeypatch.setattr(_worker_pool, "LINGER", 60.0)
-    monkeypatch.setattr(_worker_pool, "QUICK", QUICK_HERE)
     monkeypatch.setattr(_pool_agents, "QUICK", QUICK_HERE)
     # The line check's timer thread, started: its start (on the first hold) waits for
     # the new thread, which gives the GIL away inside a one_turn.

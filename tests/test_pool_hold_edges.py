@@ -15,7 +15,7 @@ import pytest
 from test_pool_hold import Gated, _quick, make_steady, one_turn
 from test_pool_host import WAIT, Line, Scheduler, _host, _Port, _send
 
-from herder.actors import Agent, FakeClock, StepContext, _pool_agents, _worker_pool
+from herder.actors import Agent, FakeClock, StepContext, _pool_agents
 from herder.actors._messages import Run
 from herder.runtime import Runtime, Workflow
 from herder.runtime.testing import wait_until
@@ -104,7 +104,6 @@ def quick_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     """Quick is under 10 ms here, not 0.2 ms: a few warm-up actions make an agent quick
     however loaded the shared machine (what counts is that it is quick, not why)."""
     monkeypatch.setattr(_pool_agents, "QUICK", 0.01)
-    monkeypatch.setattr(_worker_pool, "QUICK", 0.01)
 
 
 def test_work_held_behind_a_quick_action_that_blocks_runs_at_the_line_check(
