@@ -6,9 +6,9 @@ history, timers and index entries. While a runtime runs the store it goes throug
 command channel and that runtime works it off a batch per sweep (exit 3 if it is not done
 within ``--timeout``; it carries on); with none it deletes directly. ``--dry-run`` only
 counts. ``--older-than`` is an age: a runtime takes it back from its own clock, on which
-the records' times are written; offline (and for ``--dry-run``) it is taken back from
-the wall clock. ``compact`` is offline
-(see ``store/_compact.py``).
+the records' times are written, and the cutoff printed is the one it used; offline (and
+for ``--dry-run``) it is taken back from the wall clock. ``compact`` is offline (see
+``store/_compact.py``).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
     path = args.store
     if not (pathlib.Path(path) / "data.mdb").is_file():  # (Store(path) would create one)
         raise StoreError(f"no store at {path} (no data.mdb there): check --store")
-    what = f"{', '.join(sorted(states))} workflows last updated before {_when(before)}"
+    what = _described(states, before)
     # Read-only first: a foreign LMDB environment is refused before anything is written
     # into it, and so is a store an older herder runs (opened for writing it would be
     # marked with this herder's schema, which that herder refuses to open).
@@ -119,7 +119,7 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write(f"herder purge: failed: {outcome['error']}\n")
         return 1
     used = outcome.get("args", {}).get("before", before)  # (the runtime's, from its clock)
-    what = f"{', '.join(sorted(states))} workflows last updated before {_when(used)}"
+    what = _described(states, used)
     out.write(f"deleted {outcome.get('deleted', 0)} {what} (through the running runtime)\n")
     return 0
 
@@ -128,6 +128,10 @@ def _compact(args: argparse.Namespace, out: TextIO) -> int:
     before, after = compact(args.store)
     out.write(f"compacted {args.store}: {before:,} -> {after:,} bytes\n")
     return 0
+
+
+def _described(states: frozenset[str], before: float) -> str:
+    return f"{', '.join(sorted(states))} workflows last updated before {_when(before)}"
 
 
 def _when(t: float) -> str:

@@ -172,7 +172,8 @@ def _aged(command: dict[str, Any], now: float) -> dict[str, Any]:
     if not isinstance(args, dict) or "older_than" not in args:
         return command
     try:
-        waited = max(0.0, _wall() - float(command.get("created") or _wall()))
+        wall = _wall()
+        waited = max(0.0, wall - float(command.get("created") or wall))
         before = now - float(args["older_than"]) - waited
     except (TypeError, ValueError):
         return command

@@ -79,14 +79,10 @@ class Views:
         with self._gate.read() as store:
             try:
                 status, history = snapshot(store, workflow_id)  # (one read: they agree)
-            except (UnknownWorkflow, InvalidInput) as exc:
-                problem = (
-                    f"No workflow with id {shown}."
-                    if isinstance(exc, UnknownWorkflow)  # (empty, NUL, too long: invalid)
-                    else f"{shown} is not a valid workflow id: {_pages.e(exc)}."
-                )
-                body = f'<h1>Not found</h1><p id="problem">{problem}</p>'
-                return 404, "Not found", "workflows", body
+            except UnknownWorkflow:
+                return _not_found(f"No workflow with id {shown}.")
+            except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
+                return _not_found(f"{shown} is not a valid workflow id: {_pages.e(exc)}.")
         body = _pages.workflow_page(status, history, time.time(), csrf)
         return 200, status.id, "workflows", body
 
@@ -177,3 +173,7 @@ class Views:
             f"{self._console.wait:g} s; it is applied when the runtime gets to it",
             None,
         )
+
+
+def _not_found(problem: str) -> tuple[int, str, str, str]:
+    return 404, "Not found", "workflows", f'<h1>Not found</h1><p id="problem">{problem}</p>'
