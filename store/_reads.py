@@ -98,41 +98,26 @@ class Reads(Access):
         *,
         corrupt: list[StoreCorrupt] | None = None,
     ) -> Iterator[WorkflowRecord]:
-        """Every workflow record (only those in ``state`` if given), in id byte order.
-
-        A corrupt record raises :class:`StoreCorrupt`; pass a list as ``corrupt`` to have
-        such records collected there and skipped instead. With ``state``, a store with
-        the ``recent`` index decodes only the records it lists in that state or as
-        unreadable (so the inbox reads the parked workflows, not the store); a record
-        the index lists in another state is not read, so not reported if damaged.
-        """
+        """Every workflow record (only those in ``state`` if given), in id byte order; a
+        corrupt one raises :class:`StoreCorrupt`, or goes to ``corrupt`` if given. With
+        ``state`` and a whole ``recent`` index only the records it lists in that state
+        or as unreadable are read (the inbox reads the parked workflows, not the store)."""
         wanted = None if state is None else WorkflowState(state)
-        if wanted is not None and self.indexed:
-            states = frozenset({str(wanted), recent.UNREADABLE})
-            for wid in sorted(w for _ms, w, _s in self.recent(newest_first=False, states=states)):
-                try:
-                    record = self.get_workflow(wid)
-                except StoreCorrupt as exc:
-                    if corrupt is None:
-                        raise
-                    corrupt.append(exc)
-                    continue
-                if record is not None and record.state is wanted:  # (it may have moved on)
-                    yield record
-            return
-        for key, raw in self._paged("workflows", b""):
+        ids = None if wanted is None else self._indexed_ids({str(wanted)}, "the listing")
+        reads = (
+            (functools.partial(self.get_workflow, wid) for wid in ids)
+            if ids is not None
+            else (functools.partial(_workflow_at, k, v) for k, v in self._paged("workflows", b""))
+        )
+        for read in reads:
             try:
-                record = _parse(
-                    WorkflowRecord.from_dict, decode(raw, db="workflows", key=key), "workflows", key
-                )
-                if workflow_key(record.id) != key:
-                    raise StoreCorrupt("workflows", key, f"record holds id {record.id!r:.80}")
+                record = read()
             except StoreCorrupt as exc:
                 if corrupt is None:
                     raise
                 corrupt.append(exc)
                 continue
-            if wanted is None or record.state is wanted:
+            if record is not None and (wanted is None or record.state is wanted):  # (moved on)
                 yield record
 
     def unfinished(self, *, corrupt: list[StoreCorrupt]) -> Iterator[WorkflowRecord]:
@@ -210,15 +195,20 @@ class Reads(Access):
     def unfinished_ids(self) -> list[str] | None:
         """The ids of the workflows the ``recent`` index lists as not final, sorted (the
         index alone is read: no record is decoded); None for a store without the index."""
+        return self._indexed_ids({str(s) for s in WorkflowState if not s.is_final}, "recovery")
+
+    def _indexed_ids(self, states: set[str], who: str) -> list[str] | None:
+        """The ids the ``recent`` index lists in ``states`` or as unreadable, sorted; None
+        for a store without the index, or with a damaged key in it (whose it was is
+        unknown: ``who`` reads every workflow record instead)."""
         if not self.indexed:
             return None
-        states = frozenset(str(s) for s in WorkflowState if not s.is_final) | {recent.UNREADABLE}
         damaged: list[StoreCorrupt] = []
-        ids = sorted(
-            w for _, w, _s in self.recent(newest_first=False, states=states, damaged=damaged)
-        )
-        if damaged:  # whose key it was is unknown: the records tell all
-            _log.warning("%s; recovery reads every workflow record instead", damaged[0])
+        listed = frozenset(states | {recent.UNREADABLE})
+        rows = self.recent(newest_first=False, states=listed, damaged=damaged)
+        ids = sorted(wid for _ms, wid, _state in rows)
+        if damaged:
+            _log.warning("%s; %s reads every workflow record instead", damaged[0], who)
             return None
         return ids
 
@@ -396,4 +386,13 @@ def _parse(from_dict: Callable[[Any], _T], data: Any, db: str, key: bytes) -> _T
         check_record(record)
     except (KeyError, TypeError, ValueError) as exc:
         raise StoreCorrupt(db, key, f"bad record: {type(exc).__name__}: {exc}") from exc
+    return record
+
+
+def _workflow_at(key: bytes, raw: bytes) -> WorkflowRecord:
+    """The workflow record stored at ``key``; StoreCorrupt if it is not one, or not its."""
+    data = decode(raw, db="workflows", key=key)
+    record = _parse(WorkflowRecord.from_dict, data, "workflows", key)
+    if workflow_key(record.id) != key:
+        raise StoreCorrupt("workflows", key, f"record holds id {record.id!r:.80}")
     return record

@@ -81,3 +81,20 @@ def test_a_damaged_recent_key_is_a_herder_error_not_a_crash(tmp_path: pathlib.Pa
         assert store.unfinished_ids() is None  # its id unknown: recovery reads every record
     with Runtime(path) as rt:  # it opens, and recovers the workflow from its record
         assert rt.stats()["awaiting_definition"] == {"flow@1": 1}
+
+
+def test_a_parked_workflow_whose_index_key_is_damaged_is_still_listed(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The inbox lists NEEDS_ATTENTION workflows through the ``recent`` index; with a
+    damaged key there, whose it was is unknown, so every record is read instead (passing
+    the key over would hide a parked workflow from the operator)."""
+    path = tmp_path / "s"
+    with Store(path) as store:
+        state = WorkflowState.NEEDS_ATTENTION
+        record = WorkflowRecord("wf-p", "flow", 1, None, state, 1.0, 1.0)
+        put = Put("workflows", workflow_key(record.id), encode(record.to_stored()))
+        store.writer.submit(Transition((put,))).result(timeout=10)
+    _flip_recent_key(path, 8, 0x80)  # 'w' (0x77) -> 0xf7: not UTF-8
+    with Store(path, readonly=True) as store:
+        assert [r.id for r in store.workflows(WorkflowState.NEEDS_ATTENTION)] == ["wf-p"]
