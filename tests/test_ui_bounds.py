@@ -133,6 +133,10 @@ def test_a_store_without_the_index_falls_back_to_reading_every_record(
 def trickle(console: Console, head: bytes) -> tuple[int, int]:
     """Send ``head``, then a byte each 0.2 s, up to 30 of them: (how many were sent
     with the connection still open, the status a request then gets)."""
+    # The connections before (a sign-in) gone from the console too: their clients closed
+    # them, the console's threads may not have seen it yet (max_connections=1).
+    assert console.server.slots.acquire(timeout=10)
+    console.server.slots.release()
     sock = socket.create_connection(("127.0.0.1", console.port), timeout=10)
     try:
         sock.sendall(head)
