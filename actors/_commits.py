@@ -123,10 +123,22 @@ class CommitPipeline:
     dependent's DISPATCHED).
     """
 
-    __slots__ = ("_encode", "_next_token", "committing", "loose", "open", "resync_due", "unacked")
+    __slots__ = (
+        "_encode",
+        "_ending",
+        "_next_token",
+        "committing",
+        "loose",
+        "open",
+        "resync_due",
+        "unacked",
+    )
 
-    def __init__(self, next_token: Callable[[], int]) -> None:
+    def __init__(
+        self, next_token: Callable[[], int], ending: Callable[[str], None] | None = None
+    ) -> None:
         self._next_token = next_token
+        self._ending = ending
         self._encode = encoder()  # (this pipeline's: only the Scheduler's thread uses it)
         self.open: dict[str, Txn] = {}
         # Writes of no workflow (due batch entries replaced, see rearm), sent with the
@@ -188,6 +200,8 @@ class CommitPipeline:
             if txn is None:
                 txn = open_txns[workflow_id] = Txn(workflow_id, self._encode)
             txn.effects.append(effect)
+            if type(effect) is Announce and self._ending is not None:
+                self._ending(workflow_id)
 
     def take(self) -> tuple[Ops, list[tuple[str, list[Effect]]], Watch | None]:
         """The writes that may be committed now (their workflow has none in flight),

@@ -121,7 +121,7 @@ class Scheduler(SupervisedActor):
         self._engine = Engine(
             ctx.config.defaults(), self._plans, ctx.next_token, self._probes, self._incarnation
         )
-        self._commits = CommitPipeline(ctx.next_token)
+        self._commits = CommitPipeline(ctx.next_token, ctx.listener.on_ending)
         self._dispatch = Dispatcher(ctx, self._engine, self._clock)
         self._recovery = Recovery(
             ctx, self._engine, self._commits, self._dispatch, self, plans=self._plans

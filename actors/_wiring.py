@@ -64,6 +64,10 @@ class EngineListener(Protocol):
     def on_final(self, record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
         """A workflow's final state is durable (waiters may now hear of it)."""
 
+    def on_ending(self, workflow_id: str) -> None:
+        """The engine decided the workflow's final state; its commit is not written yet
+        (it may still fail). Called on the Scheduler's thread, before its next flush."""
+
     def on_resumed(self) -> None:
         """An operator action took a parked workflow out of NEEDS_ATTENTION: it is
         unfinished again."""
@@ -90,6 +94,9 @@ class QuietListener:
     only some of it."""
 
     def on_final(self, record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
+        pass
+
+    def on_ending(self, workflow_id: str) -> None:
         pass
 
     def on_resumed(self) -> None:

@@ -105,6 +105,7 @@ class Waiting:
         with rt._lock:
             futures = rt._waiters.pop(record.id, [])
             rt._running.discard(record.id)
+            rt._passed.discard(record.id)
             rt._active = max(0, rt._active - 1)
             rt._lock.notify_all()  # (start_many waiters: each waits for a number of slots)
         if rt._firer is not None:
@@ -120,6 +121,7 @@ class Waiting:
         with rt._lock:
             waiters, rt._waiters = rt._waiters, {}
             rt._running.clear()
+            rt._passed.clear()
             rt._refuse_queued(error)
             rt._lock.notify_all()
         rt._capacity_freed.fire()

@@ -42,6 +42,9 @@ class RuntimeListener:
     def on_final(self, record: WorkflowRecord, steps: list[StepRecord] | None) -> None:
         self._rt._on_final(record, steps)
 
+    def on_ending(self, workflow_id: str) -> None:
+        self._rt._pass_on(workflow_id)
+
     def on_resumed(self) -> None:
         self._rt._on_resumed()
 

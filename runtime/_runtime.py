@@ -186,6 +186,7 @@ class Runtime(
         self._claims = Claims()  # ids a start() is creating (runtime/_claims.py)
         self._waiters: dict[str, builtins.list[OneShot[Final]]] = {}
         self._running: set[str] = set()  # started here, admitted, not yet announced final
+        self._passed: set[str] = set()  # ending: their slot went on early (_capacity._pass_on)
         self._lock = threading.Condition()
         self._capacity_freed = Pulse()  # start_async's wake-up where start() waits on _lock
         self._active = 0

@@ -180,7 +180,7 @@ class Starting(StartingMany):
                 return repeated
             if not rt._take_capacity_now(1):
                 queued = rt._queue_start(new, also, left(timeout, began))
-                if queued is not None:  # created by the thread that freed a slot
+                if queued is not None:  # created by the thread that handed it a slot
                     return rt._landed(new, queued.error)
                 now = None  # created after the wait, not before
             landing = rt._submit_start(new, also, now, claim=claim)

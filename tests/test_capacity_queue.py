@@ -180,3 +180,27 @@ def test_a_queued_start_handed_a_slot_hears_when_its_commit_is_not_decided_in_ti
         thread.join(WAIT)
         assert isinstance(out[0], TimeoutError), out
         assert "ask_timeout" in str(out[0])
+
+
+@pytest.mark.timeout(60)
+def test_a_queued_start_is_created_in_the_commit_that_ends_the_workflow_it_waited_for(
+    gated: tuple[Runtime, threading.Semaphore, _Queue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its creation and first DISPATCHED join the final commit of the workflow whose
+    slot it takes: one synced commit less per workflow while starts wait for room."""
+    from herder.store import _writer
+
+    monkeypatch.setattr(_writer, "MERGE_WAIT", 20.0)  # the creation waits for the engine's batch
+    rt, go, queue = gated
+    thread, out = in_thread(lambda: rt.start("w", workflow_id="second", timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)
+    before = rt.stats()["store"]["batches"]
+    go.release()  # "first" ends, "second" is created and dispatched: one commit
+    thread.join(WAIT)
+    assert not isinstance(out[0], BaseException), out
+    assert rt.status("second").steps["s"].state == "DISPATCHED"
+    assert rt.stats()["store"]["batches"] == before + 1
+    go.release()
+    assert rt.handle("second").result(timeout=WAIT) == {"s": "second"}
+    assert rt._active == 0  # each slot was given back once
+    assert not rt._passed
