@@ -38,7 +38,7 @@ from herder.runtime._config import RuntimeConfig
 from herder.runtime._handle import WorkflowHandle
 from herder.runtime._inbox import InboxItem
 from herder.runtime._runtime import Runtime
-from herder.runtime._schedules import ScheduleStatus
+from herder.runtime._schedule_status import ScheduleStatus
 from herder.runtime._status import State, StepStatus, WorkflowFailed, WorkflowStatus
 from herder.runtime._workflow import Workflow
 from herder.store import (

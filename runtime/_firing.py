@@ -24,11 +24,11 @@ import threading
 from typing import TYPE_CHECKING
 
 from herder.actors import TimerHandle, UnknownName, WorkflowConflict
+from herder.runtime._schedule_status import read_schedules
 from herder.runtime._schedules import (
     count_slots,
     jitter_of,
     next_slot,
-    read_schedules,
     slot_id,
     to_fire,
 )

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from herder.actors import FACTS_STALE, UnknownWorkflow, read_facts, resource_stats
 from herder.runtime._console import dump_json, print_table, printable, value_text
-from herder.runtime._schedules import schedule_statuses
+from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
     InvalidInput,

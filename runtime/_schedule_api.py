@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from herder.actors import UnknownName
 from herder.runtime._routing import check_registered, resolve_agents
-from herder.runtime._schedules import ScheduleStatus, new_schedule, schedule_statuses
+from herder.runtime._schedule_status import ScheduleStatus, schedule_statuses
+from herder.runtime._schedules import new_schedule
 from herder.store import normalize, validate_name
 
 if TYPE_CHECKING:

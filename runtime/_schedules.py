@@ -18,24 +18,18 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import logging
 import math
 import zoneinfo
-from dataclasses import dataclass
 from typing import Any
 
 from herder.store import (
     CatchUp,
-    HerderError,
     InvalidInput,
     MissingExtra,
     Overlap,
     ScheduleRecord,
-    Store,
     validate_name,
 )
-
-_log = logging.getLogger("herder.schedules")
 
 ON_TIME = 60.0
 """Seconds after its time a slot still counts as on time under ``catch_up="none"``."""
@@ -143,88 +137,6 @@ def _shortest_gap(record: ScheduleRecord) -> int | None:
         shortest = gap if shortest is None else min(shortest, gap)
         slot = following
     return shortest
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleStatus:
-    """A stored schedule as ``rt.schedules()`` and ``herder schedules`` show it.
-
-    ``next_at`` is the clock time of the next slot to handle (None while paused, or for
-    a cron schedule read where the ``cron`` extra is missing); it may be in the past
-    when a slot is due and waits (``overlap="queue"``, the workflow not registered yet).
-    ``last_id`` is the workflow of the latest firing; ``fired`` and ``skipped`` count
-    slots fired and slots passed over.
-    """
-
-    name: str
-    workflow: str
-    cron: str | None
-    every: float | None
-    timezone: str
-    overlap: str
-    catch_up: str
-    jitter: float
-    paused: bool
-    next_at: float | None
-    last_id: str | None
-    fired: int
-    skipped: int
-    input: Any = None
-
-    @classmethod
-    def of(cls, record: ScheduleRecord) -> ScheduleStatus:
-        """The status of a stored schedule record."""
-        next_at = None
-        if not record.paused:
-            try:
-                slot = next_slot(record, record.cursor_ms)
-            except HerderError:  # (no cron extra, a zone or cron this machine cannot read)
-                slot = None
-            next_at = None if slot is None else slot / 1000
-        return cls(
-            name=record.name,
-            workflow=record.workflow,
-            cron=record.cron,
-            every=record.every,
-            timezone=record.timezone,
-            overlap=str(record.overlap),
-            catch_up=str(record.catch_up),
-            jitter=record.jitter,
-            paused=record.paused,
-            next_at=next_at,
-            last_id=record.last_id,
-            fired=record.fired,
-            skipped=record.skipped,
-            input=record.input,
-        )
-
-    @property
-    def cadence(self) -> str:
-        """``cron '0 2 * * *' (Europe/Riga)`` or ``every 60s``."""
-        if self.cron is not None:
-            return f"cron {self.cron!r} ({self.timezone})"
-        return f"every {self.every:g}s"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The status as plain data, e.g. for JSON."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-def read_schedules(store: Store) -> list[ScheduleRecord]:
-    """Every readable schedule in ``store``, by name (a corrupt one is logged and left out;
-    ``herder check`` names it)."""
-    out = []
-    for key, data in store.scan("schedules"):
-        try:
-            out.append(ScheduleRecord.from_dict(data))
-        except (TypeError, ValueError, AttributeError) as exc:
-            _log.error("skipping schedule %r: bad record: %s", key, exc)
-    return out
-
-
-def schedule_statuses(store: Store) -> list[ScheduleStatus]:
-    """The status of every readable schedule in ``store``, by name."""
-    return [ScheduleStatus.of(record) for record in read_schedules(store)]
 
 
 def slot_id(name: str, slot_ms: int) -> str:

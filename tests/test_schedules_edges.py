@@ -44,7 +44,7 @@ def test_latest_after_a_long_downtime_fires_only_the_newest_cron_slot_at_a_dst_c
 ) -> None:
     """docs/scheduling.md: catch_up="latest" (the default) fires only the newest slot
     that fell due. After a downtime longer than 1000 slots ``_newest`` looks back from
-    now with a reverse cronsim scan (runtime/_schedules.py:334), which, just after a DST
+    now with a reverse cronsim scan (runtime/_schedules.py), which, just after a DST
     change, lands on an older slot than the forward scan does: the firer fires that stale
     slot, and its next pass (forward from it) fires the real newest one too. Here:
     "* 1 * * *" in Lord Howe, down two months until 02:40 on the spring-forward night
@@ -83,7 +83,7 @@ def test_one_schedule_with_an_unknown_timezone_does_not_stop_the_others_firing(
     tmp_path: Path,
 ) -> None:
     """_firing.fire_due catches only HerderError/TimeoutError per schedule; the
-    ZoneInfoNotFoundError a cron schedule's zone raises (runtime/_schedules.py:373)
+    ZoneInfoNotFoundError a cron schedule's zone raises (``_zone`` in runtime/_schedules.py)
     aborts the whole pass, every pass: no schedule after it (by name) fires again.
     read_schedules' promise is that one bad record is logged and left out."""
     clock = FakeClock(
@@ -104,7 +104,7 @@ def test_one_schedule_with_an_unknown_timezone_does_not_stop_the_others_firing(
 def test_schedules_lists_the_others_when_one_names_an_unknown_timezone(tmp_path: Path) -> None:
     """rt.schedules() (and ``herder schedules``) raise a bare ZoneInfoNotFoundError, not
     a HerderError, for the whole listing when one cron schedule's zone is unknown here
-    (ScheduleStatus.of catches only MissingExtra, runtime/_schedules.py:177-180)."""
+    (ScheduleStatus.of catches only MissingExtra, runtime/_schedule_status.py)."""
     clock = FakeClock(
         start=datetime.datetime(2027, 1, 15, 8, 0, 0, tzinfo=datetime.UTC).timestamp()
     )

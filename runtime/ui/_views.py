@@ -17,7 +17,7 @@ from herder.actors import Operate, UnknownWorkflow, read_facts
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import snapshot
 from herder.runtime._operator_cli import ACTIONS, queue_refusal
-from herder.runtime._schedules import schedule_statuses
+from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime.ui import _pages
 from herder.runtime.ui._counters import Counters
 from herder.runtime.ui._query import Filters, workflow_page
