@@ -120,23 +120,71 @@ def new_schedule(
     return record
 
 
-_GAP_FROM = 978_307_200_000  # 2001-01-01 UTC: where _shortest_gap looks (any day would do)
+_GAP_FROM = 1_767_225_600_000  # 2026-01-01 UTC: where _shortest_gap looks (today's rules)
 _GAP_SLOTS = 200
+_GAP_YEARS = 2  # the span whose clock changes _shortest_gap probes
+_DAY_MS = 86_400_000
 
 
 def _shortest_gap(record: ScheduleRecord) -> int | None:
-    """The shortest time (ms) between two of a cron schedule's slots, among its first
-    :data:`_GAP_SLOTS` after a fixed day: the same answer whenever it is asked (the next
-    two slots from now would accept a jitter at 02:30 and refuse it at 03:30)."""
-    shortest, slot = None, next_slot(record, _GAP_FROM)
-    for _ in range(_GAP_SLOTS):
+    """The shortest time (ms) between two of a cron schedule's slots: among its first
+    :data:`_GAP_SLOTS` after a fixed day, and around each change of its zone's UTC offset
+    (DST) in the :data:`_GAP_YEARS` from that day, which shortens a day wherever in the
+    year it falls. The same answer whenever it is asked (the next two slots from now
+    would accept a jitter at 02:30 and refuse it at 03:30)."""
+    shortest = _walk(record, next_slot(record, _GAP_FROM), None, None)
+    for change, shift in _clock_changes(_zone(record.name, record.timezone)):
+        # From the slot before the change's local times (the first pass of a repeated
+        # hour too) to the first one after them: the slots the change moves or repeats.
+        start = _slot_before(record, change - shift)
+        if start is not None:
+            shortest = _walk(record, next_slot(record, start - 1), change + shift, shortest)
+    return shortest
+
+
+def _walk(
+    record: ScheduleRecord, slot: int | None, until: int | None, shortest: int | None
+) -> int | None:
+    """``shortest`` or a shorter gap between the slots from ``slot`` on: :data:`_GAP_SLOTS`
+    gaps, or (with ``until``) those up to the first slot after ``until``."""
+    for _ in range(_GAP_SLOTS if until is None else MAX_COUNT):
         following = None if slot is None else next_slot(record, slot)
         if slot is None or following is None:
             break
         gap = following - slot
         shortest = gap if shortest is None else min(shortest, gap)
+        if shortest <= 1000 or (until is not None and following > until):
+            break  # (slots are whole seconds: none are closer than one second)
         slot = following
     return shortest
+
+
+def _slot_before(record: ScheduleRecord, at_ms: int) -> int | None:
+    """The last slot strictly before ``at_ms`` (a reverse cronsim scan), or None."""
+    for when in _cron(record, at_ms, reverse=True):
+        if (slot := _ms(when.timestamp())) < at_ms:
+            return slot
+    return None
+
+
+def _clock_changes(zone: zoneinfo.ZoneInfo) -> list[tuple[int, int]]:
+    """Each change of ``zone``'s UTC offset in the :data:`_GAP_YEARS` from
+    :data:`_GAP_FROM`: (its instant in ms, how far the clock moved in ms)."""
+
+    def offset(seconds: int) -> datetime.timedelta | None:
+        return datetime.datetime.fromtimestamp(seconds, zone).utcoffset()
+
+    out, day, end = [], _GAP_FROM // 1000, (_GAP_FROM + _GAP_YEARS * 366 * _DAY_MS) // 1000
+    while day < end:
+        lo, hi = day, day + _DAY_MS // 1000
+        before, after = offset(lo), offset(hi)
+        if before != after and before is not None and after is not None:
+            while hi - lo > 1:  # the first second of the new offset
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if offset(mid) == before else (lo, mid)
+            out.append((hi * 1000, abs(round((after - before).total_seconds() * 1000))))
+        day += _DAY_MS // 1000
+    return out
 
 
 def slot_id(name: str, slot_ms: int) -> str:
