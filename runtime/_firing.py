@@ -28,11 +28,13 @@ from herder.runtime._schedule_status import read_schedules
 from herder.runtime._schedules import (
     count_slots,
     jitter_of,
+    newest_due,
     next_slot,
     slot_id,
     to_fire,
 )
 from herder.store import (
+    CatchUp,
     Delete,
     HerderError,
     Overlap,
@@ -214,16 +216,24 @@ class Firer:
                 continue
             if record.overlap is not Overlap.ALLOW and self._unfinished(record.last_id):
                 if record.overlap is Overlap.SKIP:
-                    record = self._write(
-                        record.evolve(cursor_ms=slot, skipped=record.skipped + 1, updated=now)
-                    )
-                    continue
+                    record = self._write(self._skipped(record, slot, now))
+                    break  # (the rest of the due slots with it)
                 return now + RETRY  # queued: on_final wakes us; RETRY is a safety net
             record = self._fire(record, slot, wid, now)
         if pass_to is not None and pass_to > record.cursor_ms:  # "none": all were late
             record = self._write(record.evolve(cursor_ms=pass_to, updated=now))
         following = next_slot(record, record.cursor_ms)
         return None if following is None else following / 1000
+
+    def _skipped(self, record: ScheduleRecord, slot: int, now: float) -> ScheduleRecord:
+        """``record`` with ``slot`` passed over, and under ``catch_up="all"`` every slot
+        due after it too: in one write, not one per slot (a week down, every minute, is
+        10,080 of them), as each would be passed over for the same unfinished firing."""
+        upto, n = slot, 1
+        if record.catch_up is CatchUp.ALL:
+            upto = newest_due(record, int(now * 1000)) or slot
+            n = count_slots(record, record.cursor_ms, upto)
+        return record.evolve(cursor_ms=upto, skipped=record.skipped + n, updated=now)
 
     def _count(self, record: ScheduleRecord, pass_to: int) -> int:
         """:func:`count_slots` from the cursor to ``pass_to``, counted once per catch-up."""

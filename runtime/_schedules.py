@@ -257,7 +257,7 @@ def to_fire(record: ScheduleRecord, now_ms: int) -> tuple[list[int], int | None]
             out.append(slot)
             cursor = slot
         return out, None
-    newest = _newest(record, now_ms)
+    newest = newest_due(record, now_ms)
     if newest is None:
         return [], None
     if record.catch_up is CatchUp.NONE and now_ms - newest > ON_TIME * 1000:
@@ -280,7 +280,7 @@ def count_slots(record: ScheduleRecord, after_ms: int, upto_ms: int) -> int:
     return n
 
 
-def _newest(record: ScheduleRecord, now_ms: int) -> int | None:
+def newest_due(record: ScheduleRecord, now_ms: int) -> int | None:
     """The newest slot after the cursor and at or before ``now_ms``, or None."""
     if record.every is not None:
         step = _every_ms(record)

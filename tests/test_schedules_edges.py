@@ -43,7 +43,7 @@ def test_latest_after_a_long_downtime_fires_only_the_newest_cron_slot_at_a_dst_c
     tmp_path: Path,
 ) -> None:
     """docs/scheduling.md: catch_up="latest" (the default) fires only the newest slot
-    that fell due. After a downtime longer than 1000 slots ``_newest`` looks back from
+    that fell due. After a downtime longer than 1000 slots ``newest_due`` looks back from
     now with a reverse cronsim scan (runtime/_schedules.py), which, just after a DST
     change, lands on an older slot than the forward scan does: the firer fires that stale
     slot, and its next pass (forward from it) fires the real newest one too. Here:
