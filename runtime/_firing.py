@@ -87,13 +87,18 @@ class Firer:
 
     def stop(self) -> None:
         """Stop the thread (a pass under way finishes its current firing first)."""
+        self.halt()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._timeout)
+
+    def halt(self) -> None:
+        """Fire nothing more, without waiting for the thread (any thread may call it: the
+        runtime failed, or lost the lease, and every firing would be refused)."""
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self._timeout)
 
     def wake(self) -> None:
         """Make the thread look at every schedule now."""
@@ -188,6 +193,8 @@ class Firer:
             self._blocked.clear()  # refilled by this pass (a missed wake-up waits RETRY)
             wake_at: float | None = None
             for record in self.all():
+                if self._stopping:
+                    return
                 try:
                     at = self._fire_schedule(record)
                 except (HerderError, TimeoutError) as exc:  # TimeoutError: no capacity

@@ -269,6 +269,8 @@ class Lifecycle:
     def _failed(self, exc: BaseException) -> None:
         rt = _runtime(self)
         rt._fatal = exc  # (first: a waiter that comes later is refused, see Waiting._watch)
+        if rt._firer is not None:  # its firings would be refused, retried for ever
+            rt._firer.halt()
         rt._fail_waiters(
             RuntimeClosed(
                 f"the runtime failed before the workflow ended ({exc}); the workflow is "
