@@ -54,12 +54,14 @@ class LoopInbox:
     def call(self, fn: Callable[..., object], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop soon, after the calls queued before it (callable
         from any thread, the loop's own included). RuntimeError if the loop is closed."""
+        loop = self._loop()
         with self._guard:
             self._calls.append((fn, args))
-            if self._armed:
+            # Armed, the loop will drain this call with the others, unless it closed
+            # before running that drain: then call_soon_threadsafe below says so.
+            if self._armed and loop is not None and not loop.is_closed():
                 return
             self._armed = True
-        loop = self._loop()
         try:
             if loop is None:
                 raise RuntimeError("the event loop is gone")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from herder.actors._event_loop import LoopInbox, inbox
+from herder.actors._event_loop import EventLoop, LoopInbox, inbox
 
 
 class CountingLoop(asyncio.SelectorEventLoop):
@@ -85,3 +85,33 @@ def test_a_closed_loop_refuses_calls() -> None:
     loop.close()
     with pytest.raises(RuntimeError):
         inbox(loop).call(print)
+
+
+def test_a_loop_closed_with_a_drain_pending_refuses_later_calls_and_holds_nothing() -> None:
+    """The loop closed between a call's wake-up and its drain (the application's
+    ``asyncio.run`` ending as a runtime thread hands it a call): that drain never runs,
+    and a later call must be refused like any call to a closed loop, not queued for good
+    (its caller would think it delivered, and the queue would keep what it refers to)."""
+    loop = asyncio.new_event_loop()
+    box = inbox(loop)
+    box.call(print, "never run")  # a drain is scheduled on the loop ...
+    loop.close()  # ... which closes before running it
+    with pytest.raises(RuntimeError):
+        box.call(print, "after the close")
+    assert not box._calls  # nothing kept for a loop that will never run it
+
+
+def test_an_attempt_sent_to_a_loop_closed_with_a_drain_pending_is_refused() -> None:
+    """EventLoop.submit says None (the host frees the slot) rather than an attempt that
+    will never run, and closes the coroutine (never left un-awaited)."""
+    loop = asyncio.new_event_loop()
+    owner = EventLoop(loop)
+    inbox(loop).call(print, "never run")
+    loop.close()
+
+    async def attempt() -> None:
+        raise AssertionError("ran on a closed loop")
+
+    coro = attempt()
+    assert owner.submit(coro) is None
+    assert coro.cr_frame is None  # closed
