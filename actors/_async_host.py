@@ -17,9 +17,11 @@ past the passivation time.
 - **Timeouts and replacement.** ``replace``/``replace_token`` cancel the task: the action
   sees ``CancelledError`` at its next ``await`` and the slot is free at once. The task
   still reports how it ended, which the Scheduler fences out like an abandoned thread's
-  late answer. A coroutine that blocks the loop (``time.sleep``, a busy loop) cannot be
-  cancelled; it stalls every asyncio agent of the loop, which is why plain ``def`` actions
-  belong on a thread host.
+  late answer. One that goes on past the cancel (catches it, or awaits under
+  ``asyncio.shield``) runs outside any slot, as a hung thread does on the thread hosts,
+  and is counted (``asyncio_abandoned``) until it ends. A coroutine that blocks the loop
+  (``time.sleep``, a busy loop) cannot be cancelled; it stalls every asyncio agent of
+  the loop, which is why plain ``def`` actions belong on a thread host.
 - **Containment.** Nothing the user's code raises, ``CancelledError`` and
   ``BaseException`` included, escapes the task: it becomes the attempt's outcome.
 """
@@ -290,10 +292,12 @@ class AsyncHost:
         }
 
     def host_stats(self) -> dict[str, int]:
-        """Attempts running on the loop, and how many were cancelled (timed out, replaced)."""
+        """Attempts running on the loop, how many were cancelled (timed out, replaced),
+        and how many of those run on regardless (``abandoned``: outside any slot)."""
         return {
             "asyncio_attempts": sum(len(agent.slots) for agent in self._agents.values()),
             "asyncio_cancelled": self._cancelled,
+            "asyncio_abandoned": self._loop.abandoned(),
         }
 
     # -- on the loop -------------------------------------------------------------------

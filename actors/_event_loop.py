@@ -212,6 +212,13 @@ class EventLoop:
             if thread.is_alive():
                 _log.warning("the asyncio agents' loop did not stop within %ss", timeout)
 
+    def abandoned(self) -> int:
+        """Attempts cancelled that have not ended: their coroutine goes on past the cancel
+        (catches ``CancelledError``, awaits under ``asyncio.shield``), as a hung thread
+        does on the thread hosts."""
+        with self._guard:
+            return sum(1 for attempt in self._running if attempt._cancelled)
+
     def _finished(self, attempt: Attempt) -> None:
         with self._guard:
             self._running.discard(attempt)
