@@ -13,6 +13,12 @@ the free slot instead, it would first wait for the GIL among the other threads, 
 write, then sleep again: at 16 in flight most starts wait for a slot, and each such gap
 is a workflow not in flight (benchmarks/ANALYSIS.md).
 
+A ``start_async()`` waits in the same queue (:class:`QueuedAwait`): handed a slot, it is
+woken on its loop and creates its workflow itself. So starts get their slots in the
+order they came, whatever their face, and one arriving while queued ones wait queues
+behind them (it used to take a slot freed but not yet handed on, and a waiting
+``start_async()`` could be overtaken by every blocking start queued after it).
+
 Most slots are handed on sooner still: once the Scheduler has decided a workflow's final
 state, before it flushes it, the oldest queued start takes a slot on the Scheduler's
 thread (:meth:`Capacity._pass_on`, one per ending workflow), so that start's creation
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from herder.runtime._part import whole as _runtime
 from herder.runtime._starts import undecided
+from herder.runtime._waits import wake
 
 if TYPE_CHECKING:
     from herder.runtime._starts import Landing, NewStart
@@ -58,6 +65,20 @@ class QueuedStart:
         self.decided.release()
 
 
+@dataclass(slots=True, eq=False)
+class QueuedAwait:
+    """A ``start_async()`` waiting for a slot: ``woken`` on its loop once it was handed
+    one (``handed``: it is taken) or refused (``error``)."""
+
+    woken: asyncio.Future[None]
+    error: BaseException | None = None
+    handed: bool = False
+
+    def refuse(self, error: BaseException) -> None:
+        self.error = error
+        wake(self.woken)
+
+
 def _full(active: int, limit: int, timeout: float | None, what: str) -> TimeoutError:
     return TimeoutError(
         f"{active} workflows are unfinished or being started (max_active_workflows="
@@ -74,7 +95,7 @@ class Capacity:
         rt = _runtime(self)
         with rt._lock:
             rt._check_open()
-            if rt._active + n > rt._max_active:
+            if rt._active + n > rt._max_active or rt._queued:  # (queued: theirs first)
                 return 0
             rt._active += n
             return n
@@ -146,7 +167,12 @@ class Capacity:
                     queued.refuse(exc)
                     continue
                 rt._active += 1
-                queued.handed = rt._handing = True
+                queued.handed = True
+                if isinstance(queued, QueuedAwait):  # it creates its workflow itself
+                    if not wake(queued.woken):  # its loop closed: nobody waits for it
+                        rt._active -= 1
+                    continue
+                rt._handing = True
                 queued.handed_at = monotonic()
             try:
                 queued.landing = rt._submit_start(
@@ -166,8 +192,12 @@ class Capacity:
             rt._queued.popleft().refuse(error)
 
     async def _capacity_async(self, timeout: float | None, n: int = 1) -> None:
-        """As :meth:`_wait_capacity`, awaited: woken by :attr:`_capacity_freed`."""
+        """One slot: queued as a blocking start is (:meth:`_queue_async`). More (a
+        ``start_many_async``): as :meth:`_wait_capacity`, woken by :attr:`_capacity_freed`."""
         rt = _runtime(self)
+        if n == 1:
+            await self._queue_async(timeout)
+            return
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -183,6 +213,35 @@ class Capacity:
             except TimeoutError:
                 raise _full(rt._active, rt._max_active, timeout, "start_async()") from None
 
+    async def _queue_async(self, timeout: float | None) -> None:
+        """Take a slot, waiting in the queue of starts (:class:`QueuedAwait`) if there is
+        none or others wait already. :class:`TimeoutError` if none came in ``timeout``."""
+        rt = _runtime(self)
+        queued = QueuedAwait(asyncio.get_running_loop().create_future())
+        with rt._lock:
+            rt._check_open()
+            if rt._active < rt._max_active and not rt._queued:
+                rt._active += 1
+                return
+            rt._queued.append(queued)
+        try:
+            await asyncio.wait_for(queued.woken, timeout)
+        except TimeoutError:
+            with rt._lock:  # (handed a slot as the wait ended: it is taken)
+                if not queued.handed and queued.error is None:
+                    rt._queued.remove(queued)
+                    raise _full(rt._active, rt._max_active, timeout, "start_async()") from None
+        except BaseException:  # the awaiting task was cancelled
+            with rt._lock:
+                handed = queued.handed
+                if not handed and queued.error is None:
+                    rt._queued.remove(queued)
+            if handed:  # its slot goes on to the next
+                self._release_capacity()
+            raise
+        if queued.error is not None:
+            raise queued.error
+
     def _pass_on(self, workflow_id: str) -> None:
         """The Scheduler decided ``workflow_id``'s final state and is about to flush it:
         the oldest queued start takes a slot now (on the Scheduler's thread), so its
@@ -194,12 +253,22 @@ class Capacity:
         if not rt._queued:
             return
         with rt._lock:
-            if not rt._queued or workflow_id in rt._passed or rt._closed:
+            if not rt._queued or workflow_id in rt._passed:
                 return
             queued = rt._queued.popleft()
+            try:
+                rt._check_open()
+            except BaseException as exc:  # stopping: refused, as _hand_off refuses it
+                queued.refuse(exc)
+                return
             rt._passed.add(workflow_id)
             rt._active += 1
             queued.handed = True
+            if isinstance(queued, QueuedAwait):  # it creates its workflow itself
+                if not wake(queued.woken):  # its loop closed: nobody waits for it
+                    rt._active -= 1
+                    rt._passed.discard(workflow_id)
+                return
             queued.handed_at = monotonic()
         try:
             queued.landing = rt._submit_start(queued.new, queued.also, None, decided=queued.decided)

@@ -31,7 +31,7 @@ from herder.actors import (
     call,
 )
 from herder.runtime._async import AsyncRuntime
-from herder.runtime._capacity import Capacity, QueuedStart
+from herder.runtime._capacity import Capacity, QueuedAwait, QueuedStart
 from herder.runtime._claims import Claims
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._firing import Firer
@@ -190,7 +190,8 @@ class Runtime(
         self._lock = threading.Condition()
         self._capacity_freed = Pulse()  # start_async's wake-up where start() waits on _lock
         self._active = 0
-        self._queued: collections.deque[QueuedStart] = collections.deque()  # start()s for a slot
+        self._queued: collections.deque[QueuedStart | QueuedAwait]  # starts for a slot
+        self._queued = collections.deque()
         self._handing = False  # a thread is handing slots to queued starts (_capacity)
         self._closed = False
         self._draining = False

@@ -212,25 +212,33 @@ class Pulse:
     that capacity was freed, where a blocking ``start`` waits on a condition."""
 
     def __init__(self) -> None:
-        self._armed: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._armed: list[asyncio.Future[None]] = []
         self._guard = threading.Lock()
 
     def arm(self) -> asyncio.Future[None]:
         """A future the next :meth:`fire` resolves (arm it before checking the condition
         it stands for, under the same lock as whoever fires, so no wake-up is lost)."""
-        loop = asyncio.get_running_loop()
-        woken: asyncio.Future[None] = loop.create_future()
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._guard:
-            self._armed.append((loop, woken))
+            self._armed.append(woken)
         return woken
 
     def fire(self) -> None:
         """Resolve every armed future (callable from any thread)."""
         with self._guard:
             armed, self._armed = self._armed, []
-        for loop, woken in armed:
-            with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits any more
-                inbox(loop).call(_wake, woken)
+        for woken in armed:
+            wake(woken)
+
+
+def wake(woken: asyncio.Future[None]) -> bool:
+    """Resolve ``woken`` on its loop (from any thread; a waiter that gave up meanwhile
+    is left alone); False if that loop closed: nobody waits any more."""
+    try:
+        inbox(woken.get_loop()).call(_wake, woken)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _wake(woken: asyncio.Future[None]) -> None:

@@ -3,6 +3,7 @@ thread that frees a slot (runtime/_capacity.py), so its caller wakes once."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 from collections.abc import Callable, Iterator
@@ -155,8 +156,9 @@ def test_starts_queued_when_the_runtime_stops_hear_it_stopped(
     rt, go, queue = gated
     thread, out = in_thread(lambda: rt.start("w", workflow_id="never", timeout=WAIT))
     assert queue.joined.acquire(timeout=WAIT)
-    go.release()  # (so that stop() does not wait for the action)
-    rt.stop()
+    # "first" still runs: ended, its slot would go to "never" before stop() is called.
+    rt.stop()  # (its worker is abandoned after a second)
+    go.release()
     thread.join(WAIT)
     assert isinstance(out[0], RuntimeClosed)
 
@@ -180,6 +182,97 @@ def test_a_queued_start_handed_a_slot_hears_when_its_commit_is_not_decided_in_ti
         thread.join(WAIT)
         assert isinstance(out[0], TimeoutError), out
         assert "ask_timeout" in str(out[0])
+
+
+def _hold_hand_off(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, ...]:
+    """Stop the first thread that frees a slot between freeing it and handing it to the
+    queued starts (where a start arriving then used to take it): (there, go on)."""
+    there, go_on = threading.Event(), threading.Event()
+    hand_off = rt._hand_off
+    # (Not handed on as it ends: a start queued after the Scheduler decided the end.)
+    monkeypatch.setattr(rt, "_pass_on", lambda workflow_id: None)
+
+    def held() -> None:
+        if not there.is_set():
+            there.set()
+            assert go_on.wait(WAIT)
+        hand_off()
+
+    monkeypatch.setattr(rt, "_hand_off", held)
+    return there, go_on
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("face", ["start", "start_async"])
+def test_a_start_arriving_as_a_slot_frees_does_not_take_it_from_a_queued_one(
+    gated: tuple[Runtime, threading.Semaphore, _Queue], monkeypatch: pytest.MonkeyPatch, face: str
+) -> None:
+    rt, go, queue = gated
+    there, go_on = _hold_hand_off(rt, monkeypatch)
+    thread, out = in_thread(lambda: rt.start("w", workflow_id="queued", timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)
+    go.release()  # "first" ends: its slot is free, not yet handed to "queued"
+    assert there.wait(WAIT)
+    late: Callable[[], Any] = lambda: rt.start("w", workflow_id="late", timeout=0)  # noqa: E731
+    if face == "start_async":
+        late = lambda: asyncio.run(rt.start_async("w", workflow_id="late", timeout=0))  # noqa: E731
+    with pytest.raises(TimeoutError, match="max_active_workflows=1"):  # behind "queued"
+        late()
+    go_on.set()
+    thread.join(WAIT)
+    assert not isinstance(out[0], BaseException), out
+    go.release()
+    assert rt.handle("queued").result(timeout=WAIT) == {"s": "queued"}
+    with pytest.raises(UnknownWorkflow):
+        rt.status("late")
+
+
+@pytest.mark.timeout(60)
+def test_blocking_and_awaiting_starts_waiting_for_a_slot_get_it_in_the_order_they_came(
+    gated: tuple[Runtime, threading.Semaphore, _Queue],
+) -> None:
+    rt, go, queue = gated
+    awaiting, awaited = in_thread(
+        lambda: asyncio.run(rt.start_async("w", workflow_id="awaiting", timeout=WAIT))
+    )
+    assert queue.joined.acquire(timeout=WAIT)  # the awaiting start waits in the one queue
+    blocking, blocked = in_thread(lambda: rt.start("w", workflow_id="blocking", timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)
+    go.release()  # "first" ends: its slot goes to the oldest waiter, the awaiting one
+    awaiting.join(WAIT)
+    assert not isinstance(awaited[0], BaseException), awaited
+    assert not blocked  # still waiting: its turn comes with the next free slot
+    with pytest.raises(UnknownWorkflow):
+        rt.status("blocking")
+    go.release()  # "awaiting" ends: now "blocking"
+    blocking.join(WAIT)
+    assert not isinstance(blocked[0], BaseException), blocked
+    go.release()
+    assert rt.handle("blocking").result(timeout=WAIT) == {"s": "blocking"}
+    assert rt.handle("awaiting").result(timeout=WAIT) == {"s": "awaiting"}
+
+
+@pytest.mark.timeout(60)
+def test_an_awaiting_start_cancelled_while_queued_leaves_the_queue_and_loses_no_slot(
+    gated: tuple[Runtime, threading.Semaphore, _Queue],
+) -> None:
+    rt, go, queue = gated
+
+    async def cancelled_while_queued() -> None:
+        waiting = asyncio.ensure_future(rt.start_async("w", workflow_id="gone", timeout=WAIT))
+        assert await asyncio.to_thread(queue.joined.acquire, True, WAIT)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(cancelled_while_queued())
+    assert not queue
+    go.release()  # "first" ends: the slot is free for the next start, not for "gone"
+    after = rt.start("w", workflow_id="after", timeout=WAIT)
+    go.release()
+    assert after.result(timeout=WAIT) == {"s": "after"}
+    with pytest.raises(UnknownWorkflow):
+        rt.status("gone")
 
 
 @pytest.mark.timeout(60)
