@@ -30,7 +30,8 @@ workflow after two crashes in a row (``max_recoveries=2``).
 
 ``MODE+prefetchN`` (e.g. ``random+prefetch0``) runs a mode with ``Runtime(prefetch=N)``
 instead of the default (7: attempts reserved ahead of a free instance wait, durable,
-when the process is killed; 0: none do).
+when the process is killed; 0: none do). ``+capN`` sets ``max_active_workflows=N``: the
+serial starts wait for room, each created in the commit that ends another workflow.
 """
 
 from __future__ import annotations
@@ -88,8 +89,11 @@ def main(  # noqa: PLR0917 - the command line's arguments, in order
     store: str, effects: str, lo: int, hi: int, seed: int, mode: str = "random"
 ) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    mode, _, prefetch = mode.partition("+prefetch")  # "MODE+prefetchN": Runtime(prefetch=N)
-    settings = {"prefetch": int(prefetch)} if prefetch else {}
+    mode, *extras = mode.split("+")  # "MODE+prefetchN+capN": Runtime(prefetch=, ...)
+    names = {"prefetch": "prefetch", "cap": "max_active_workflows"}
+    settings = {
+        names[e.rstrip("0123456789")]: int(e.lstrip("abcdefghijklmnopqrstuvwxyz")) for e in extras
+    }
     if mode == "scripted":  # its instance crashes are on purpose; pykka logs each one
         logging.getLogger("pykka").setLevel(logging.CRITICAL)
     from herder.runtime import RetryPolicy, Runtime, StepContext, WorkflowFailed

@@ -216,10 +216,21 @@ def test_sigkill_without_prefetch_loses_and_duplicates_nothing(tmp_path: pathlib
     assert "kills=10 " in summary
 
 
+@pytest.mark.timeout(120)
+def test_sigkill_while_starts_wait_for_room_loses_and_duplicates_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The same guarantees with ``max_active_workflows=3``: each start waits for room and
+    is handed the slot of a workflow whose end is not durable yet (runtime/_capacity.py,
+    ``_pass_on``), its creation joining that end's commit."""
+    summary = _crash_many_times(tmp_path, kills=10, n_workflows=60, mode="random+cap3")
+    assert "kills=10 " in summary
+
+
 @pytest.mark.slow
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("mode", ["random", "random+prefetch0"])
+@pytest.mark.parametrize("mode", ["random", "random+prefetch0", "random+cap16"])
 def test_sigkill_fifty_times_over_many_workflows(tmp_path: pathlib.Path, mode: str) -> None:
     summary = _crash_many_times(tmp_path, kills=50, n_workflows=1000, mode=mode)
     assert "kills=50 " in summary
