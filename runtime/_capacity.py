@@ -26,8 +26,8 @@ and its first DISPATCHED go into the commit that ends the workflow: three synced
 for a 3-step workflow instead of four when starts wait for room (+25-30% at 1 in
 flight). Until that commit lands both count, so the count may pass the limit by the
 workflows whose end is on its way. The creation waits for the Scheduler's batch
-(``MERGE_WAIT``), so as a rule the store holds the end and the start from one commit;
-if the batch comes later than that, the start is durable a commit before the end.
+(``MERGE_WAIT``), so with few in flight the end and the start land in one commit; under
+load (a Scheduler turn longer than that) the start may be durable a commit before the end.
 """
 
 from __future__ import annotations
