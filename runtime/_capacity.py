@@ -13,8 +13,9 @@ the free slot instead, it would first wait for the GIL among the other threads, 
 write, then sleep again: at 16 in flight most starts wait for a slot, and each such gap
 is a workflow not in flight (benchmarks/ANALYSIS.md).
 
-A ``start_async()`` waits in the same queue (:class:`QueuedAwait`): handed a slot, it is
-woken on its loop and creates its workflow itself. So starts get their slots in the
+A ``start_async()``, and a ``start_many`` waiting for its n slots at once, wait in the
+same queue (:class:`QueuedSlots`): handed their slots, they are woken (on their loop, or
+thread) and create their workflows themselves. So starts get their slots in the
 order they came, whatever their face, and one arriving while queued ones wait queues
 behind them (it used to take a slot freed but not yet handed on, and a waiting
 ``start_async()`` could be overtaken by every blocking start queued after it).
@@ -66,17 +67,30 @@ class QueuedStart:
 
 
 @dataclass(slots=True, eq=False)
-class QueuedAwait:
-    """A ``start_async()`` waiting for a slot: ``woken`` on its loop once it was handed
-    one (``handed``: it is taken) or refused (``error``)."""
+class QueuedSlots:
+    """A start that creates its workflows itself (``start_async``, ``start_many``,
+    ``start_many_async``) waiting for ``need`` slots. At the head of the queue it takes
+    each slot that frees (``got``), so nothing queued behind it overtakes it and two
+    batches never split the slots that free between them; it is woken once it has them
+    all (``handed``) or was refused (``error``): on its loop (``woken`` a future) or its
+    thread (``woken`` a held lock)."""
 
-    woken: asyncio.Future[None]
+    woken: asyncio.Future[None] | threading.Lock
+    need: int = 1
+    got: int = 0
     error: BaseException | None = None
     handed: bool = False
 
+    def wake(self) -> bool:
+        """False if its loop closed: nobody waits for it any more."""
+        if isinstance(self.woken, asyncio.Future):
+            return wake(self.woken)
+        self.woken.release()
+        return True
+
     def refuse(self, error: BaseException) -> None:
         self.error = error
-        wake(self.woken)
+        self.wake()
 
 
 def _full(active: int, limit: int, timeout: float | None, what: str) -> TimeoutError:
@@ -101,16 +115,45 @@ class Capacity:
             return n
 
     def _wait_capacity(self, timeout: float | None, n: int = 1) -> None:
-        """Take ``n`` slots once they are free, all at once (start_many's wait; start()
-        queues): two batches that each held part of what they need would wait for each
-        other for good."""
+        """Take ``n`` slots, waiting in the queue of starts (:class:`QueuedSlots`) if they
+        are not free or others wait already (start_many's wait). :class:`TimeoutError` if
+        they did not come within ``timeout`` seconds."""
+        woken = threading.Lock()
+        woken.acquire()
+        queued = QueuedSlots(woken, n)
+        if not self._join_queue(queued):
+            return
+        if not woken.acquire(timeout=-1 if timeout is None else timeout) and self._leave(queued):
+            rt = _runtime(self)
+            raise _full(rt._active, rt._max_active, timeout, "start_many()")
+        if queued.error is not None:
+            raise queued.error
+
+    def _join_queue(self, queued: QueuedSlots) -> bool:
+        """Take ``queued.need`` slots now if they are free and nobody waits (False), else
+        queue it (True), taking what is free for it if it is the oldest."""
         rt = _runtime(self)
         with rt._lock:
-            fits = lambda: rt._active + n <= rt._max_active or rt._closed  # noqa: E731
-            if not rt._lock.wait_for(fits, timeout):
-                raise _full(rt._active, rt._max_active, timeout, "start_many()")
             rt._check_open()
-            rt._active += n
+            if rt._active + queued.need <= rt._max_active and not rt._queued:
+                rt._active += queued.need
+                return False
+            rt._queued.append(queued)
+        self._hand_off()
+        return True
+
+    def _leave(self, queued: QueuedSlots) -> bool:
+        """``queued`` stops waiting (timed out, cancelled): out of the queue, with the
+        slots it got given on; False if it was handed them all (or refused) meanwhile."""
+        rt = _runtime(self)
+        with rt._lock:
+            if queued.handed or queued.error is not None:
+                return False
+            rt._queued.remove(queued)
+            rt._active -= queued.got
+        if queued.got:
+            self._hand_off()
+        return True
 
     def _queue_start(
         self, new: NewStart, also: tuple[Put, ...], timeout: float | None
@@ -151,38 +194,51 @@ class Capacity:
         return queued.landing
 
     def _hand_off(self) -> None:
-        """Give the free slots to the queued starts, oldest first, each created here (on
-        the thread that freed the slot). One thread hands off at a time: a slot freed
-        meanwhile (a creation that failed at once gives its slot back) is handed by the
-        loop of the one that is."""
+        """Give the free slots to the queued starts, oldest first, each ``start()``
+        created here (on the thread that freed the slot). One thread hands off at a time:
+        a slot freed meanwhile (a creation that failed at once gives its slot back) is
+        handed by the loop of the one that is."""
         rt = _runtime(self)
         while True:
             with rt._lock:
                 if rt._handing or not rt._queued or rt._active >= rt._max_active:
                     return
-                queued = rt._queued.popleft()
                 try:
                     rt._check_open()
                 except BaseException as exc:  # stopping: refused, as at a free slot before
-                    queued.refuse(exc)
+                    rt._queued.popleft().refuse(exc)
                     continue
-                rt._active += 1
-                queued.handed = True
-                if isinstance(queued, QueuedAwait):  # it creates its workflow itself
-                    if not wake(queued.woken):  # its loop closed: nobody waits for it
-                        rt._active -= 1
+                start = self._give()
+                if start is None:
                     continue
                 rt._handing = True
-                queued.handed_at = monotonic()
             try:
-                queued.landing = rt._submit_start(
-                    queued.new, queued.also, None, decided=queued.decided
-                )
+                rt._submit_start(start.new, start.also, None, handed=start)
             except BaseException as exc:  # (_submit_start gave its slot back)
-                queued.refuse(exc)
+                start.refuse(exc)
             finally:
                 with rt._lock:
                     rt._handing = False
+
+    def _give(self) -> QueuedStart | None:
+        """One slot (taken) for the oldest queued start (call holding ``rt._lock``): the
+        ``start()`` to create now, out of the queue; or None (a :class:`QueuedSlots`
+        counted it, and left the queue, woken, if it has all it needs)."""
+        rt = _runtime(self)
+        queued = rt._queued[0]
+        rt._active += 1
+        if isinstance(queued, QueuedStart):
+            rt._queued.popleft()
+            queued.handed = True
+            queued.handed_at = monotonic()
+            return queued
+        queued.got += 1
+        if queued.got == queued.need:
+            rt._queued.popleft()
+            queued.handed = True
+            if not queued.wake():  # its loop closed: nobody waits for them
+                rt._active -= queued.need
+        return None
 
     def _refuse_queued(self, error: BaseException) -> None:
         """Every queued start fails with ``error`` (the runtime stopped); call holding
@@ -192,52 +248,19 @@ class Capacity:
             rt._queued.popleft().refuse(error)
 
     async def _capacity_async(self, timeout: float | None, n: int = 1) -> None:
-        """One slot: queued as a blocking start is (:meth:`_queue_async`). More (a
-        ``start_many_async``): as :meth:`_wait_capacity`, woken by :attr:`_capacity_freed`."""
-        rt = _runtime(self)
-        if n == 1:
-            await self._queue_async(timeout)
+        """As :meth:`_wait_capacity`, awaited (``start_async``, ``start_many_async``)."""
+        queued = QueuedSlots(asyncio.get_running_loop().create_future(), n)
+        if not self._join_queue(queued):
             return
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            with rt._lock:
-                if rt._active + n <= rt._max_active or rt._closed:
-                    rt._check_open()
-                    rt._active += n
-                    return
-                freed = rt._capacity_freed.arm()
-            left = None if deadline is None else deadline - loop.time()
-            try:
-                await asyncio.wait_for(freed, left)
-            except TimeoutError:
-                raise _full(rt._active, rt._max_active, timeout, "start_async()") from None
-
-    async def _queue_async(self, timeout: float | None) -> None:
-        """Take a slot, waiting in the queue of starts (:class:`QueuedAwait`) if there is
-        none or others wait already. :class:`TimeoutError` if none came in ``timeout``."""
-        rt = _runtime(self)
-        queued = QueuedAwait(asyncio.get_running_loop().create_future())
-        with rt._lock:
-            rt._check_open()
-            if rt._active < rt._max_active and not rt._queued:
-                rt._active += 1
-                return
-            rt._queued.append(queued)
         try:
-            await asyncio.wait_for(queued.woken, timeout)
+            await asyncio.wait_for(queued.woken, timeout)  # type: ignore[arg-type]
         except TimeoutError:
-            with rt._lock:  # (handed a slot as the wait ended: it is taken)
-                if not queued.handed and queued.error is None:
-                    rt._queued.remove(queued)
-                    raise _full(rt._active, rt._max_active, timeout, "start_async()") from None
+            if self._leave(queued):
+                rt = _runtime(self)
+                raise _full(rt._active, rt._max_active, timeout, "start_async()") from None
         except BaseException:  # the awaiting task was cancelled
-            with rt._lock:
-                handed = queued.handed
-                if not handed and queued.error is None:
-                    rt._queued.remove(queued)
-            if handed:  # its slot goes on to the next
-                self._release_capacity()
+            if not self._leave(queued) and queued.handed:  # its slots go on to the next
+                self._release_capacity(queued.need)
             raise
         if queued.error is not None:
             raise queued.error
@@ -255,32 +278,23 @@ class Capacity:
         with rt._lock:
             if not rt._queued or workflow_id in rt._passed:
                 return
-            queued = rt._queued.popleft()
             try:
                 rt._check_open()
             except BaseException as exc:  # stopping: refused, as _hand_off refuses it
-                queued.refuse(exc)
+                rt._queued.popleft().refuse(exc)
                 return
             rt._passed.add(workflow_id)
-            rt._active += 1
-            queued.handed = True
-            if isinstance(queued, QueuedAwait):  # it creates its workflow itself
-                if not wake(queued.woken):  # its loop closed: nobody waits for it
-                    rt._active -= 1
-                    rt._passed.discard(workflow_id)
-                return
-            queued.handed_at = monotonic()
-        try:
-            queued.landing = rt._submit_start(queued.new, queued.also, None, decided=queued.decided)
-        except BaseException as exc:  # (_submit_start gave its slot back)
-            queued.refuse(exc)
+            start = self._give()
+        if start is not None:
+            try:
+                rt._submit_start(start.new, start.also, None, handed=start)
+            except BaseException as exc:  # (_submit_start gave its slot back)
+                start.refuse(exc)
 
-    def _release_capacity(self) -> None:
+    def _release_capacity(self, n: int = 1) -> None:
         rt = _runtime(self)
         with rt._lock:
-            rt._active -= 1
-            rt._lock.notify_all()  # (start_many waiters: each waits for a number of slots)
-        rt._capacity_freed.fire()
+            rt._active -= n
         self._hand_off()
 
     def _on_recovered(self, unfinished: int) -> None:

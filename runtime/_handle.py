@@ -107,10 +107,8 @@ class Waiting:
             rt._running.discard(record.id)
             rt._passed.discard(record.id)
             rt._active = max(0, rt._active - 1)
-            rt._lock.notify_all()  # (start_many waiters: each waits for a number of slots)
         if rt._firer is not None:
             rt._firer.on_final(record.id)
-        rt._capacity_freed.fire()
         for waiter in futures:
             waiter.set((record, steps))
         rt._hand_off()  # (after the waiters: they are woken first)
@@ -123,8 +121,6 @@ class Waiting:
             rt._running.clear()
             rt._passed.clear()
             rt._refuse_queued(error)
-            rt._lock.notify_all()
-        rt._capacity_freed.fire()
         for futures in waiters.values():
             for waiter in futures:
                 waiter.fail(error)

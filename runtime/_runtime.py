@@ -31,7 +31,7 @@ from herder.actors import (
     call,
 )
 from herder.runtime._async import AsyncRuntime
-from herder.runtime._capacity import Capacity, QueuedAwait, QueuedStart
+from herder.runtime._capacity import Capacity, QueuedSlots, QueuedStart
 from herder.runtime._claims import Claims
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._firing import Firer
@@ -49,7 +49,7 @@ from herder.runtime._schedule_api import ScheduleMethods
 from herder.runtime._start import Starting
 from herder.runtime._status import WorkflowStatus
 from herder.runtime._tracing import tracing_for
-from herder.runtime._waits import NotifyingEvent, OneShot, Pulse
+from herder.runtime._waits import NotifyingEvent, OneShot
 from herder.store import (
     HerderError,
     InvalidInput,
@@ -188,9 +188,8 @@ class Runtime(
         self._running: set[str] = set()  # started here, admitted, not yet announced final
         self._passed: set[str] = set()  # ending: their slot went on early (_capacity._pass_on)
         self._lock = threading.Condition()
-        self._capacity_freed = Pulse()  # start_async's wake-up where start() waits on _lock
         self._active = 0
-        self._queued: collections.deque[QueuedStart | QueuedAwait]  # starts for a slot
+        self._queued: collections.deque[QueuedStart | QueuedSlots]  # starts for a slot
         self._queued = collections.deque()
         self._handing = False  # a thread is handing slots to queued starts (_capacity)
         self._closed = False

@@ -54,6 +54,7 @@ from herder.store import (
 )
 
 if TYPE_CHECKING:
+    from herder.runtime._capacity import QueuedStart
     from herder.runtime._runtime import Runtime
 
 _log = logging.getLogger("herder.runtime")
@@ -219,19 +220,24 @@ class Starting(StartingMany):
         now: float | None,
         loop: asyncio.AbstractEventLoop | None = None,
         *,
-        decided: threading.Lock | None = None,
+        handed: QueuedStart | None = None,
         claim: threading.Lock | None = None,
     ) -> Landing:
         """Queue the transition creating ``new`` (its capacity is taken: it is given back
         here if queueing fails, else by the :class:`Landing` or the final listener), and
-        admit it at once (:meth:`Landing.admit_early`). ``decided``: the lock a queued
-        start's caller waits on (runtime/_capacity.py), released once the commit is;
-        ``claim``: the id's (runtime/_claims.py), ended then too."""
+        admit it at once (:meth:`Landing.admit_early`). ``handed``: the queued start
+        (runtime/_capacity.py) whose caller waits on its ``decided`` lock, released once
+        the commit is; its ``landing`` is set before the creation is queued (the commit
+        may wake the caller before this returns); ``claim``: the id's
+        (runtime/_claims.py), ended then too."""
         rt: Runtime = self  # type: ignore[assignment]
         try:
             record, steps, transition = rt._creation(new, also, now=now)
             key = (new.plan.name, new.plan.version)
+            decided = None if handed is None else handed.decided
             landing = Landing(rt, record, steps, key, loop, decided=decided, claim=claim)
+            if handed is not None:
+                handed.landing = landing
             rt._store.writer.submit_many((transition,), landing, halts=True)
         except BaseException:
             rt._release_capacity()

@@ -3,7 +3,8 @@
 
 - :class:`OneShot`: a value or an error handed once to one waiter (a bare lock, or a
   future of the waiter's loop resolved through the loop's inbox).
-- :class:`NotifyingEvent` and :class:`Pulse`: flags and wake-ups an event loop can await.
+- :class:`NotifyingEvent`: a flag an event loop can await; :func:`wake`: a future
+  resolved from any thread.
 - :func:`awaited`: a ``concurrent.futures.Future`` awaited without blocking the loop.
 - :class:`Wait`, :func:`run_blocking`, :func:`run_async`: a call written once as a
   generator of waits, run blocking on a thread or awaited on a loop (``_start.py``).
@@ -205,30 +206,6 @@ class OneShot(Generic[T]):
         if self.error is not None:
             raise self.error
         return cast("T", self.value)
-
-
-class Pulse:
-    """Wakes every event-loop waiter armed so far (each once): how ``start_async`` learns
-    that capacity was freed, where a blocking ``start`` waits on a condition."""
-
-    def __init__(self) -> None:
-        self._armed: list[asyncio.Future[None]] = []
-        self._guard = threading.Lock()
-
-    def arm(self) -> asyncio.Future[None]:
-        """A future the next :meth:`fire` resolves (arm it before checking the condition
-        it stands for, under the same lock as whoever fires, so no wake-up is lost)."""
-        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        with self._guard:
-            self._armed.append(woken)
-        return woken
-
-    def fire(self) -> None:
-        """Resolve every armed future (callable from any thread)."""
-        with self._guard:
-            armed, self._armed = self._armed, []
-        for woken in armed:
-            wake(woken)
 
 
 def wake(woken: asyncio.Future[None]) -> bool:

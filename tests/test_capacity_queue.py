@@ -297,3 +297,79 @@ def test_a_queued_start_is_created_in_the_commit_that_ends_the_workflow_it_waite
     assert rt.handle("second").result(timeout=WAIT) == {"s": "second"}
     assert rt._active == 0  # each slot was given back once
     assert not rt._passed
+
+
+@pytest.mark.timeout(60)
+def test_a_start_handed_an_ending_slot_is_not_created_twice_when_its_commit_lands_first(
+    gated: tuple[Runtime, threading.Semaphore, _Queue],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_pass_on submitted the queued start's creation and only then stored its Landing
+    (``queued.landing = rt._submit_start(...)``). The creation commits on its own after
+    MERGE_WAIT (the Scheduler's batch comes only after its turn), so the writer can
+    decide it (and wake the caller) while the Scheduler's thread is still inside
+    _submit_start (preempted: the GIL, admit_early's put). The caller then reads
+    ``landing`` None, takes it for "a slot was free after all" and creates the workflow a
+    second time: a ConditionFailed creation (halts: fail-stop of the engine's batches,
+    an Unadmit of the running workflow) whose failure gives back a slot never taken."""
+    rt, go, queue = gated
+    submit, queue_start = rt._submit_start, rt._queue_start
+    creations: list[str] = []
+    woke, returned = threading.Event(), []
+
+    def slow_scheduler(new: Any, *args: Any, **kwargs: Any) -> Any:
+        creations.append(threading.current_thread().name)
+        landing = submit(new, *args, **kwargs)
+        if len(creations) == 1:  # the hand-on: preempted before its caller stores landing
+            rt._store.writer.flush(WAIT)  # the creation is decided (alone)
+            assert woke.wait(WAIT)  # and its caller woke meanwhile
+        return landing
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            out = queue_start(*args, **kwargs)
+            returned.append(out)
+            return out
+        finally:
+            woke.set()
+
+    monkeypatch.setattr(rt, "_submit_start", slow_scheduler)
+    monkeypatch.setattr(rt, "_queue_start", watched)
+    thread, out = in_thread(lambda: rt.start("w", workflow_id="second", timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)
+    go.release()  # "first" ends: its slot goes on to "second" on the Scheduler's thread
+    thread.join(WAIT)
+    for _ in range(3):  # (whatever runs may end: "second", "first" run again if refused)
+        go.release()
+    assert not isinstance(out[0], BaseException), out
+    assert returned
+    assert returned[0] is not None, "the caller found no Landing: it creates again"
+    assert len(creations) == 1, creations  # created once, by the hand-on
+    assert rt.handle("second").result(timeout=WAIT) == {"s": "second"}
+    assert rt._active == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_start_many_waiting_for_room_is_not_overtaken_by_a_start_queued_after_it(
+    gated: tuple[Runtime, threading.Semaphore, _Queue],
+) -> None:
+    """A start_many waits for its slots in the one queue: it used to wait beside it for
+    ``_active`` to fall, and each slot went to the queued start() first (on the
+    Scheduler's thread before ``_active`` ever fell), so under a stream of start() calls
+    a waiting start_many never saw room."""
+    rt, go, queue = gated
+    batch = [{"workflow": "w", "workflow_id": "many"}]
+    many, many_out = in_thread(lambda: rt.start_many(batch, timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)  # the start_many queued first...
+    single, single_out = in_thread(lambda: rt.start("w", workflow_id="single", timeout=WAIT))
+    assert queue.joined.acquire(timeout=WAIT)  # ... and a start() after it
+    go.release()  # "first" ends: its slot is the start_many's
+    many.join(WAIT)
+    assert not isinstance(many_out[0], BaseException), many_out
+    assert rt._store.get_workflow("single") is None  # waiting for "many" to end
+    for _ in range(2):
+        go.release()
+    single.join(WAIT)
+    assert not isinstance(single_out[0], BaseException), single_out
+    assert rt.handle("single").result(timeout=WAIT) == {"s": "single"}
+    assert rt._active == 0

@@ -1,5 +1,5 @@
-"""What start() and start_many() promise about waiting: a slot freed wakes every batch
-that now fits, a repeated batch needs no room, a timeout bounds the wait behind another
+"""What start() and start_many() promise about waiting: slots go to waiting batches
+oldest first, a repeated batch needs no room, a timeout bounds the wait behind another
 start of the same id, and a number too large for a float is refused as bad input."""
 
 from __future__ import annotations
@@ -24,55 +24,43 @@ class A(Agent):
         return 1
 
 
-class _Cond(threading.Condition):
-    """The runtime's condition, telling the test each time a thread starts waiting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = threading.Semaphore(0)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting.release()
-        return super().wait(timeout)
-
-
 @pytest.mark.timeout(60)
-def test_start_many_waiting_for_one_slot_is_woken_when_a_workflow_ends(tmp_path: Path) -> None:
-    """Two start_many calls wait for room: a batch of 2 (first) and a batch of 1. One
-    workflow ends, so one slot is free: the batch of 1 fits and should start. The final
-    listener woke only one waiter (Condition.notify), the batch of 2, which does not fit
-    and slept again; the batch of 1 slept on until its timeout with a slot free."""
+def test_start_many_batches_waiting_for_room_take_the_slots_that_free_oldest_first(
+    tmp_path: Path,
+) -> None:
+    """Two start_many calls wait for room: a batch of 2 (first) and a batch of 1. They
+    wait in the one queue of starts, oldest first: the batch of 2 takes each slot that
+    frees until it has both (two batches never split the slots between them, and the
+    small one does not overtake it for ever), then the batch of 1 takes the next. (They
+    used to wait on a condition, and a slot freed woke only one of them, the batch of 2,
+    which did not fit: the batch of 1 slept on until its timeout with a slot free.)"""
     go, entered = threading.Semaphore(0), threading.Semaphore(0)
     with Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=2) as rt:
         rt.add_agent("gate", lambda: Gate(go, entered), concurrency=4)
         rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
-        cond = rt._lock = _Cond()
+        queue = rt._queued = _Queue()
         rt.start("w", workflow_id="a")
         rt.start("w", workflow_id="b")
         assert entered.acquire(timeout=WAIT)
         assert entered.acquire(timeout=WAIT)
-
-        big, _big_out = in_thread(
-            lambda: rt.start_many(
-                [{"workflow": "w", "workflow_id": "x1"}, {"workflow": "w", "workflow_id": "x2"}],
-                timeout=WAIT,
-            )
-        )
-        assert cond.waiting.acquire(timeout=WAIT)  # the batch of 2 waits
-        small, small_out = in_thread(
-            lambda: rt.start_many([{"workflow": "w", "workflow_id": "y"}], timeout=WAIT)
-        )
-        assert cond.waiting.acquire(timeout=WAIT)  # then the batch of 1
-
-        go.release()  # "a" (or "b") ends: one slot free
-        small.join(5.0)  # a slot is free: it should start at once, not at its timeout
-        woken = not small.is_alive()
-        for _ in range(8):  # let everything finish before the runtime stops
-            go.release()
-        small.join(WAIT)
+        pair = [{"workflow": "w", "workflow_id": "x1"}, {"workflow": "w", "workflow_id": "x2"}]
+        big, big_out = in_thread(lambda: rt.start_many(pair, timeout=WAIT))
+        assert queue.joined.acquire(timeout=WAIT)  # the batch of 2 waits
+        one = [{"workflow": "w", "workflow_id": "y"}]
+        small, small_out = in_thread(lambda: rt.start_many(one, timeout=WAIT))
+        assert queue.joined.acquire(timeout=WAIT)  # then the batch of 1
+        go.release()
+        go.release()  # "a" and "b" end: both slots are the batch of 2's
         big.join(WAIT)
-        assert woken, "start_many of 1 id not woken though a slot was free"
+        assert not isinstance(big_out[0], BaseException), big_out[0]
+        assert rt._store.get_workflow("y") is None  # behind it, until one of them ends
+        assert entered.acquire(timeout=WAIT)
+        go.release()  # "x1" or "x2" ends: its slot is the batch of 1's
+        small.join(WAIT)
         assert not isinstance(small_out[0], BaseException), small_out[0]
+        for _ in range(3):  # let everything finish before the runtime stops
+            go.release()
+        assert rt.handle("y").result(timeout=WAIT) == {"s": "y"}
 
 
 @pytest.mark.timeout(60)

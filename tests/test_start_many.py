@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_capacity_queue import _Queue
 
 from herder.runtime import (
     Agent,
@@ -259,24 +260,24 @@ def test_two_batches_waiting_for_capacity_do_not_split_it_and_wait_for_each_othe
         assert done == {"A": 3, "B": 3}
 
 
-def test_a_batch_waiting_for_capacity_holds_no_slot_until_all_of_its_slots_are_free(
+def test_a_batch_waiting_for_capacity_takes_free_slots_and_no_later_start_overtakes_it(
     tmp_path: Path,
 ) -> None:
-    """What keeps two waiting batches from splitting the slots that free between them: a
-    batch that needs 3 slots while 2 are free leaves them to a start() meanwhile."""
+    """What keeps two waiting batches from splitting the slots that free between them,
+    and a batch from waiting for ever behind single starts: only the oldest waiter takes
+    slots. A batch that needs 3 while 2 are free takes those 2 and waits for a third; a
+    start() after it waits behind it (it used to take a free slot from under it)."""
     with gated_runtime(tmp_path) as rt:
         running = [rt.start("held", workflow_id=f"run-{i}") for i in range(2)]
-        waiting = threading.Event()
+        queue = rt._queued = _Queue()
         done: list[int] = []
-
-        def batch() -> None:
-            waiting.set()
-            done.append(len(rt.start_many(items(["a", "b", "c"]), timeout=WAIT)))
-
-        thread = threading.Thread(target=batch)
+        thread = threading.Thread(
+            target=lambda: done.append(len(rt.start_many(items(["a", "b", "c"]), timeout=WAIT)))
+        )
         thread.start()
-        assert waiting.wait(WAIT)
-        running.append(rt.start("held", workflow_id="single", timeout=5))  # a free slot
+        assert queue.joined.acquire(timeout=WAIT)  # the batch waits, holding the 2 free
+        with pytest.raises(TimeoutError, match="max_active_workflows=4"):
+            rt.start("held", workflow_id="single", timeout=0.2)  # (nothing frees meanwhile)
         Gated.gate.set()
         thread.join(WAIT)
         assert done == [3]
