@@ -10,19 +10,19 @@ under one ``simple_one_for_one`` supervisor; this module decides what runs on th
   attempt takes the last free one, up to ``max_workers``; workers idle past the
   passivation time stop, down to ``min_workers``.
 - **The line.** An attempt whose agent has a free instance slot but finds no free worker
-  still takes the slot (so at most ``concurrency`` attempts per agent, as ever), is
-  recorded like any other, and once durable waits in the pool's line, oldest first. A
-  worker that finishes an attempt and has no ready attempt of its own agent takes the
-  line's next one itself, saying so in ``Outcome.next_token`` (``moved_on``): no wake-up
-  message, no pump, no hand-off (with 10,000 names each of those was a Scheduler message
-  per attempt). A worker that frees with work in the line is handed it here. Its
-  deadline counts from when it starts (``on_lined_start``, ``Engine.restamp``); one fenced
-  while it waited never starts. A quick attempt may also wait there with workers free,
-  held for a busy one rather than wake one (actors/_worker_pool.py). At most ``line``
-  attempts wait (default :data:`LINE_PER_WORKER` per worker of the cap); past that,
-  agents wait un-recorded and are woken (an :class:`InstanceEvent` without instance),
-  oldest first, as workers or places in the line free; a worker is held for a woken
-  agent until its pump is over (``pumped``), then passed on if that pump took nothing.
+  still takes the slot (at most ``concurrency`` attempts per agent, as ever), is recorded
+  like any other, and once durable waits in the pool's line, oldest first. A worker that
+  finishes an attempt and has no ready attempt of its own agent takes the line's next one
+  itself, saying so in ``Outcome.next_token`` (``moved_on``): no wake-up message, no pump,
+  no hand-off (with 10,000 names each of those was a Scheduler message per attempt). A
+  worker that frees with work in the line is handed it here. Its deadline counts from when
+  it starts (``on_lined_start``, ``Engine.restamp``); one fenced while it waited never
+  starts. A quick attempt may also wait there with workers free, held for a busy one
+  rather than wake one, if it has a place in it (actors/_worker_pool.py). At most ``line``
+  attempts wait (default :data:`LINE_PER_WORKER` per worker of the cap); past that, agents
+  wait un-recorded and are woken (an :class:`InstanceEvent` without instance), oldest
+  first, as workers or places in the line free; a worker is held for a woken agent until
+  its pump is over (``pumped``), then passed on if that pump took nothing.
 - **Workers.** The pool supervisor restarts a crashed worker (its attempt is lost, the
   agent is not charged); if the pool supervisor gives up, every running attempt is lost
   and the next one starts a new pool.
@@ -153,8 +153,8 @@ class PoolHost(PoolAgents):
         free = self._pool.free_count()
         lined = free <= len(self._woken)  # none free, or each held for a woken agent
         quick = agent.quick
-        held = quick and not lined and self._pool.holds_quick()
-        if (lined or held) and free + self._line_cap - self._unstarted <= len(self._woken):
+        held = quick and not lined and self._pool.holds_quick() and self._unstarted < self._line_cap
+        if lined and free + self._line_cap - self._unstarted <= len(self._woken):
             self._waiting[name] = None  # and the line is full
             self._pool.grow(self._wanted())
             return None

@@ -18,12 +18,13 @@ and the blocked one is counted in ``abandoned``.
 GIL the Scheduler holds for the rest of its turn) costs more than a quick attempt itself,
 and under the GIL a second thread running quick Python gains nothing. So the pool counts
 the busy workers running a quick agent's attempt (:attr:`WorkerPool.quick_busy`; quick is
-the agent's own measure, ``PooledAgent.quick``), and a quick attempt
-that finds :data:`QUICK_WORKERS` of them waits in the line even with a worker free
-(:meth:`WorkerPool.held`): a busy one takes it when its own attempt is over. It is held
-for at most :data:`LINGER` while the Scheduler hears from the workers, and :data:`CHECK`
-if none answers (a quick action that suddenly blocks): holding arms a timer, on real
-time whatever the runtime's clock, whose event has the host hand the line out again.
+the agent's own measure, ``PooledAgent.quick``), and a quick attempt that finds
+:data:`QUICK_WORKERS` of them waits in the line even with a worker free, if the line has
+a place for it (:meth:`WorkerPool.held`): a busy one takes it when its own attempt is
+over. It is held for at most :data:`LINGER` while the Scheduler hears from the workers,
+and :data:`CHECK` if none answers (a quick action that suddenly blocks): holding arms a
+timer, on real time whatever the runtime's clock, whose event has the host hand the line
+out again.
 """
 
 from __future__ import annotations
