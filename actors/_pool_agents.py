@@ -247,21 +247,27 @@ class PoolAgents(HostedAgents[PooledAgent]):
             self._unstarted -= 1
 
     def _lost_with(self, name: str, instance_id: str, token: int) -> list[int]:
-        """A worker went (crashed, or with the pool) while it ran ``token`` on
-        ``instance_id``: that attempt is lost with the instance, and so is one the worker
-        had taken from the line, unheard of (its slot frees)."""
+        """A worker went (crashed, or with the pool: its thread may live on, blocked in an
+        action) while it ran ``token`` on ``instance_id``: that attempt is lost with the
+        instance, and so are those the worker took from the line since, unheard of (their
+        slots free). It takes nothing more: a thread its pool left behind would run the
+        line's work beside the next pool's workers, counted by none of them."""
+        lost = [token]
         inst = self._agents[name].instances.pop(instance_id, None)
         self._built.pop((name, instance_id), None)
-        fed = 0 if inst is None or inst.work is None else inst.work.fed
-        lined = self._lined.pop(fed, None) if fed else None
-        if lined is None:
-            return [token]
-        self._doomed.discard(fed)
-        agent, taken = self._instance(*lined)
-        if agent is not None and taken is not None and taken.busy_token == fed:
-            self._unline(taken)
+        while inst is not None:
+            fed = halt(inst)  # what its worker took last (0: nothing)
+            lined = self._lined.pop(fed, None) if fed else None
+            if lined is None:
+                break
+            lost.append(fed)
+            self._doomed.discard(fed)
+            agent, inst = self._instance(*lined)
+            if agent is None or inst is None or inst.busy_token != fed:
+                break
+            self._unline(inst)
             del agent.instances[lined[1]]
-        return [token, fed]
+        return lost
 
     def _let_go(self, inst: Slot) -> list[int] | None:
         """The agent of ``inst`` is given up on: the attempts lost with it, none started
