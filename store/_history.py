@@ -264,7 +264,9 @@ def read_history(store: Store, workflow_id: str) -> list[dict[str, Any]]:
 
     def add(key: bytes, event: dict[str, Any]) -> None:
         if history_owner(key) == wkey:  # (else not an event key of this workflow)
-            events.append({"seq": _SEQ.unpack_from(key, len(prefix))[0], **event})
+            seq = _SEQ.unpack_from(key, len(prefix))[0]
+            events.append({"seq": seq, **event})
+            events[-1]["seq"] = seq  # (its key's, whatever a foreign map says)
 
     corrupt: list[StoreCorrupt] = []
     for key, value in store.scan(HISTORY_DB, prefix, corrupt=corrupt):
