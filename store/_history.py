@@ -26,6 +26,7 @@ event as its map, and both read the same.
 
 from __future__ import annotations
 
+import datetime
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -106,7 +107,7 @@ def event_flaw(value: Any) -> str | None:
 def _event(value: Any) -> dict[str, Any] | str:
     """The event map of a stored history value, or what keeps it from being one: a map
     of a known kind with that kind's fields, or a compact array of its layout; either
-    with its time ``t``."""
+    with its time ``t``, a date (shown as one)."""
     if isinstance(value, dict):
         kind = value.get("kind")
         needs = _NEEDS.get(kind) if type(kind) is str else None
@@ -129,7 +130,14 @@ def _event(value: Any) -> dict[str, Any] | str:
         return f"a {type(value).__name__}, neither an event's map nor its array"
     if type(event["t"]) not in (int, float):
         return f"a {kind} event whose time is {event['t']!r:.20}, not a number"
+    if not _FIRST_DATE <= event["t"] <= _LAST_DATE:  # (NaN is neither)
+        return f"a {kind} event whose time is {event['t']!r:.20}, out of the range of dates"
     return event
+
+
+# Times an event may have: each is shown as a local date (a day's margin for the zone).
+_FIRST_DATE = datetime.datetime(1, 1, 2, tzinfo=datetime.UTC).timestamp()
+_LAST_DATE = datetime.datetime(9999, 12, 30, tzinfo=datetime.UTC).timestamp()
 
 
 _LAYOUTS: dict[int, tuple[str, tuple[str, ...], tuple[int, ...]]] = {

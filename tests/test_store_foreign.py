@@ -66,6 +66,9 @@ def test_a_foreign_timer_key_is_named_by_check_and_passed_over(seeded: Path, key
 
 EVENTS = {
     "a seq of its own": {"kind": "operator", "t": 1.0, "action": "retry", "seq": "first"},
+    "a time past the dates": {"kind": "operator", "t": 1e300, "action": "retry"},
+    "a time before them": {"kind": "operator", "t": -1e15, "action": "retry"},
+    "a time that is NaN": {"kind": "workflow", "t": float("nan"), "from": "A", "to": "B"},
 }
 
 
