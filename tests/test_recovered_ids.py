@@ -1,25 +1,18 @@
 """The ids recovery took over (``Absent.recovered``, actors/_absent.py: a late Admit of
-one is stale) are never let go: they grow with every recovered workflow of a
-long-running runtime, and an id that retention deleted and a start then reused is
-dropped as stale, its workflow never run (until the next restart's recovery).
-
-Open: the fix lets an id go when its workflow ends, which the Scheduler hears of in
-``CommitPipeline``'s ``on_ending`` (actors/_commits.py, actors/_scheduler.py), and must
-keep a late Admit of the old records (sent before recovery read the store, told after the
-workflow ended) from running them again."""
+one is stale) were matched by id alone: an id that retention deleted and a start then
+reused was dropped as stale, its workflow never run (until the next restart's
+recovery). Each now carries the creation time of the record recovery took over."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from test_retention import DAY, T0, WAIT, register
 
 from herder.runtime import Runtime
 from herder.runtime.testing import FakeClock, advance, wait_until
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason="Absent.recovered is never pruned")
 def test_an_id_recovery_took_over_starts_anew_once_retention_deleted_it(
     tmp_path: Path,
 ) -> None:
