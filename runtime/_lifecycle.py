@@ -251,6 +251,8 @@ class Lifecycle:
             for declared in rt._declared:  # rt.schedule() in setup or on the standby
                 rt._firer.define(declared)
             rt._declared.clear()
+            if rt._fatal is not None:  # failed meanwhile (_failed saw no firer to halt)
+                rt._firer.halt()
             rt._firer.start()
             rt._is_active.set()
 

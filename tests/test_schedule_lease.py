@@ -7,11 +7,13 @@ from __future__ import annotations
 import datetime
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_lease import _foreign
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow, _firing
+from herder.runtime import Agent, Runtime, StepContext, Workflow, _firing, _lifecycle
+from herder.runtime._firing import Firer
 from herder.runtime.testing import FakeClock
 
 WAIT = 10.0
@@ -49,5 +51,36 @@ def test_a_runtime_deposed_by_another_lease_holder_stops_firing(
         clock.advance(10 * _firing.RETRY)
         assert [s.fired for s in rt.schedules()] == [0, 0]  # nothing was written
         assert rt.list() == []
+    finally:
+        rt.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_runtime_that_failed_before_its_firer_was_made_does_not_start_firing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_failed halts ``rt._firer`` only if there is one: a failure (the supervision tree
+    giving up, the lease lost) that lands while _become_active is still recovering, before
+    ``rt._firer = Firer(...)``, leaves the firer that is made next running: started after
+    the runtime failed, it retries its refused firings every RETRY s for ever, the loop
+    the halt ends for a runtime failed later. (Simulated by failing the runtime just before
+    its Firer is made, as a fatal from the supervision thread would during ``sync``.)"""
+    made: list[Firer] = []
+
+    def failing_first(rt: Any, ask_timeout: float) -> Firer:
+        rt._failed(RuntimeError("the lease was lost during recovery"))  # another thread's
+        firer = Firer(rt, ask_timeout)
+        made.append(firer)
+        return firer
+
+    monkeypatch.setattr(_lifecycle, "Firer", failing_first)
+    clock = FakeClock(start=T0)
+    rt = Runtime(tmp_path, clock=clock)
+    try:
+        assert rt._fatal is not None  # the runtime failed: every start is refused
+        thread = made[0]._thread if made else None  # (a fix may make none, or not start it)
+        if thread is not None:
+            thread.join(WAIT)  # (halted, the thread ends at once)
+            assert not thread.is_alive(), "a failed runtime's firing thread runs on"
     finally:
         rt.stop()
