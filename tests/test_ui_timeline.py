@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from herder.runtime.ui._timeline import render, segments
+from herder.store import as_event
 
 
 def step(  # noqa: PLR0917
@@ -102,3 +105,16 @@ def test_a_failed_compensation_attempt_is_one_failed_bar_then_its_backoff() -> N
         ("UNDO_WAIT", 5.0, 5.0, "wait"),  # escalated at once
         ("PARKED", 5.0, 8.0, "parked"),
     ]
+
+
+@pytest.mark.timeout(30)
+def test_the_console_timeline_escapes_a_step_state_read_from_history() -> None:
+    """A step event's ``to`` (or ``from``) is any value ``herder check`` passes (its rule
+    asks for the fields, not their values): the timeline writes it into the SVG's
+    ``data-state`` attribute (runtime/ui/_timeline.py ``_bar``): unescaped, a stored
+    event broke out of the attribute on the console's workflow page."""
+    hostile = '" onmouseover="alert(1)" x="'
+    event = {"kind": "step", "t": 1.0, "step": "pay", "from": "PENDING", "to": hostile}
+    assert as_event(event) is not None  # an event, as check and read_history say
+    svg = render(["pay"], [event], 0.0, 2.0)
+    assert 'onmouseover="alert(1)"' not in svg

@@ -185,7 +185,8 @@ def _bar(seg: Segment, x: Any, y: float) -> str:
     if seg.error:
         tip += f"\n{seg.error}"
     return (
-        f'<rect class="seg {seg.css}" data-step="{escape(seg.step)}" data-state="{seg.state}" '
+        f'<rect class="seg {seg.css}" data-step="{escape(seg.step)}" '
+        f'data-state="{escape(seg.state)}" '
         f'x="{x0:.1f}" y="{top}" width="{width:.1f}" height="{h}" rx="2">'
         f"<title>{escape(tip)}</title></rect>"
     )
