@@ -17,7 +17,8 @@ Answers carry the fencing token of their attempt; one whose token is no longer c
 ignored. That makes recording an outcome exactly-once while execution is at-least-once.
 
 This module is the actor shell: message -> event -> ``Engine.handle`` -> commit ->
-effects once durable. It owns the parts it wires together, each on this actor's thread:
+effects once durable. It owns the parts it wires together, each on this actor's thread
+and reaching it only through the Shell methods (``handle``, ``perform``, ``settle``):
 
 - ``herder.actors.engine``: :class:`Engine`, the unfinished workflows in memory and
   what each event does to them (the rules as tables and pure functions), answering
@@ -30,8 +31,6 @@ effects once durable. It owns the parts it wires together, each on this actor's 
   ``_reload`` (after a failed commit, forget a workflow and read it back);
 - ``_operator`` and ``_channel``: operator actions and complete_step, and the commands
   channel from other processes.
-
-The parts reach the Scheduler only through the Shell methods (``handle``, ``perform``, ``settle``).
 """
 
 from __future__ import annotations
@@ -97,9 +96,8 @@ from herder.store import BATCH_TIMER, BatchSink, LeaseLost, Plan, crash_point
 _log = logging.getLogger("herder.scheduler")
 
 FLUSH_AT = 8
-"""Workflows with open writes at which the Scheduler flushes before its inbox drains. The writer
-merges what is queued into one commit anyway, so an early flush costs one submit and lets the next
-commit start sooner: the commit cycle bounds throughput (8 beat 32 and 512 at 256 in flight)."""
+"""Workflows with open writes at which the Scheduler flushes before its inbox drains: an early
+flush costs a submit and lets the next commit start sooner (8 beat 32 and 512 at 256 in flight)."""
 
 
 class Scheduler(SupervisedActor):
@@ -364,7 +362,9 @@ class Scheduler(SupervisedActor):
                 return  # superseded before it was durable (crash, timeout)
             if not self._dispatch.send(attempt):
                 self.handle(AttemptLost(effect.token, "agent instance went away"))
-        elif not isinstance(effect, Announce):  # (announced by the writer: commit_sink)
+        elif isinstance(effect, Announce):  # (the writer announces it: commit_sink)
+            self._recovery.absent.recovered.pop(effect.record.id, None)  # its id may come anew
+        else:
             settle_future(effect)
 
     def _on_drain(self, _message: Drain) -> None:

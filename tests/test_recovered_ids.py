@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_retention import DAY, T0, WAIT, register
 
 from herder.runtime import Runtime
@@ -27,3 +28,27 @@ def test_an_id_recovery_took_over_starts_anew_once_retention_deleted_it(
         wait_until(rt, lambda: not rt.list(), WAIT)
         again = rt.start("order", {"n": 2}, workflow_id="w1")  # a new workflow, same id
         assert again.result(timeout=5.0) == {"pay": "ok", "ship": "ok"}  # (~10 ms when run)
+
+
+@pytest.mark.timeout(60)
+def test_a_reused_id_started_at_the_recovered_records_creation_time_runs(
+    tmp_path: Path,
+) -> None:
+    """Absent.stale told the record recovery took over from a new one of the same id by
+    its ``created`` alone: a new workflow created at the same time was dropped as a stale
+    Admit and never ran; the id is let go once its workflow ended. On a FakeClock (the testing
+    aid) nothing moves time between a recovered workflow's end, its purge and the id's
+    reuse, so the new workflow's creation time is the old one's."""
+    from herder.store._retention import purge
+
+    path = tmp_path / "s"
+    clock = FakeClock(start=T0)
+    with Runtime(path, clock=clock, setup=register) as rt:
+        rt.start("order", {}, workflow_id="w1", delay=60.0)  # unfinished when it closes
+    with Runtime(path, clock=clock, setup=register) as rt:
+        rt.cancel("w1", who="ops", why="not wanted")  # the recovered workflow ends
+        rt._wait_final("w1", WAIT)
+        assert purge(rt._store, T0 + 1.0) == 1  # and goes (herder purge, retention)
+        assert rt.list() == []
+        again = rt.start("order", {"n": 2}, workflow_id="w1")  # a new workflow, same id
+        assert again.result(timeout=5.0) == {"pay": "ok", "ship": "ok"}
