@@ -30,10 +30,9 @@ class Absent:
         # Recovered workflows awaiting their definition, by definition (ordered sets).
         self._awaiting: dict[tuple[str, int], dict[str, None]] = {}
         self.parked: set[str] = set()  # forgotten after a failed commit, reloaded later
-        # Unfinished ids recovery took over: a late Admit of one is stale. Each maps to the
-        # creation time of the record taken over (None until recovery read it), so a new
-        # workflow of a reused id (its old one ended and was deleted) is not taken for one.
-        self.recovered: dict[str, float | None] = {}
+        # Unfinished ids recovery took over: a late Admit of one is stale. The Scheduler
+        # lets an id go once its workflow's end is durable (a new one may reuse it then).
+        self.recovered: set[str] = set()
         self.dormant: set[str] = set()  # out of memory until a timer (_dormancy.py)
         self._corrupt: dict[str, str] = {}  # "db:key" -> why, for records recovery skipped
         # Until recovery's last chunk, any workflow not in memory may be one recovery has
@@ -89,7 +88,7 @@ class Absent:
         if record.id in self.dormant:  # (its creation had settled: no Admit can follow)
             self.dormant.discard(record.id)
             return "dormant"
-        self.recovered[record.id] = record.created
+        self.recovered.add(record.id)
         if record.id in self.parked:
             self.parked.discard(record.id)
             return "parked"
@@ -101,13 +100,6 @@ class Absent:
         if not waiting:
             del self._awaiting[key]
         return "awaiting"
-
-    def stale(self, record: WorkflowRecord) -> bool:
-        """Whether an ``Admit`` of ``record`` comes from before recovery took it over."""
-        if record.id not in self.recovered:
-            return False
-        created = self.recovered[record.id]
-        return created is None or created == record.created
 
     def wanted(self, workflow_id: str) -> bool:
         """Whether the workflow's timers are still wanted: it is in memory, awaits its

@@ -152,7 +152,7 @@ class Recovery:
         through :meth:`admit`. An early one that is not taken up now is let go
         (:meth:`_let_go`); one taken up early that comes again once durable is ignored,
         even if it has ended meanwhile (a cancel)."""
-        runs, stale, load = self._engine.runs, self.absent.stale, self._engine.load
+        runs, recovered, load = self._engine.runs, self.absent.recovered, self._engine.load
         fresh = []
         for record, steps in starts:
             if early is None and self._unmark(record):  # taken up early, not forgotten:
@@ -162,7 +162,7 @@ class Recovery:
                 # once a resync (for other workflows' failed writes) lets the writer go
                 # on, before the Unadmit on its way: a step of no workflow.
                 continue
-            if record.id in runs or stale(record):
+            if record.id in runs or record.id in recovered:
                 continue
             if early is not None and (self.held or record.id in self.absent.parked):
                 self._let_go(record, early)
@@ -233,7 +233,7 @@ class Recovery:
             self._hold_pending_commands()
             ids = self._store.unfinished_ids()
             if ids is not None:
-                self.absent.recovered.update(dict.fromkeys(ids))  # a late Admit is stale
+                self.absent.recovered.update(ids)  # recovery owns them: a late Admit is stale
                 # Counted at once, not a chunk at a time: the runtime opens for start()
                 # after the first chunk, and must not let starts past its limit meanwhile.
                 self._ctx.listener.on_recovered(len(ids), done=True)
@@ -244,9 +244,9 @@ class Recovery:
         recovered = unfinished = 0
         for record, steps in chunk or ():
             unfinished += 1
-            self.absent.recovered[record.id] = record.created
             if record.id in self._engine.runs or record.id in self.absent.dormant:
                 continue  # (taken back for an operator before its chunk, and so on)
+            self.absent.recovered.add(record.id)
             if (record.name, record.version) in self._plans:
                 self.admit(record, steps, crashed=True)
             else:  # its steps are read again when the definition comes (on_define)

@@ -363,7 +363,7 @@ class Scheduler(SupervisedActor):
             if not self._dispatch.send(attempt):
                 self.handle(AttemptLost(effect.token, "agent instance went away"))
         elif isinstance(effect, Announce):  # (the writer announces it: commit_sink)
-            self._recovery.absent.recovered.pop(effect.record.id, None)  # its id may come anew
+            self._recovery.absent.recovered.discard(effect.record.id)  # its id may come anew
         else:
             settle_future(effect)
 

@@ -1,7 +1,7 @@
 """The ids recovery took over (``Absent.recovered``, actors/_absent.py: a late Admit of
 one is stale) were matched by id alone: an id that retention deleted and a start then
 reused was dropped as stale, its workflow never run (until the next restart's
-recovery). Each now carries the creation time of the record recovery took over."""
+recovery). The Scheduler now lets an id go once its workflow's end is durable."""
 
 from __future__ import annotations
 
@@ -34,11 +34,10 @@ def test_an_id_recovery_took_over_starts_anew_once_retention_deleted_it(
 def test_a_reused_id_started_at_the_recovered_records_creation_time_runs(
     tmp_path: Path,
 ) -> None:
-    """Absent.stale told the record recovery took over from a new one of the same id by
-    its ``created`` alone: a new workflow created at the same time was dropped as a stale
-    Admit and never ran; the id is let go once its workflow ended. On a FakeClock (the testing
-    aid) nothing moves time between a recovered workflow's end, its purge and the id's
-    reuse, so the new workflow's creation time is the old one's."""
+    """The same at one instant: on a FakeClock (the testing aid) nothing moves time
+    between a recovered workflow's end, its purge and the id's reuse, so the new
+    workflow's creation time is the old one's, and only letting the id go at the end
+    (not telling the records apart by creation time) runs it."""
     from herder.store._retention import purge
 
     path = tmp_path / "s"
