@@ -203,28 +203,27 @@ class Capacity:
             with rt._lock:
                 if rt._handing or not rt._queued or rt._active >= rt._max_active:
                     return
-                try:
-                    rt._check_open()
-                except BaseException as exc:  # stopping: refused, as at a free slot before
-                    rt._queued.popleft().refuse(exc)
-                    continue
                 start = self._give()
                 if start is None:
                     continue
                 rt._handing = True
             try:
-                rt._submit_start(start.new, start.also, None, handed=start)
-            except BaseException as exc:  # (_submit_start gave its slot back)
-                start.refuse(exc)
+                self._create(start)
             finally:
                 with rt._lock:
                     rt._handing = False
 
     def _give(self) -> QueuedStart | None:
         """One slot (taken) for the oldest queued start (call holding ``rt._lock``): the
-        ``start()`` to create now, out of the queue; or None (a :class:`QueuedSlots`
-        counted it, and left the queue, woken, if it has all it needs)."""
+        ``start()`` to create now (:meth:`_create`), out of the queue; or None (a
+        :class:`QueuedSlots` counted it, and left the queue, woken, if it has all it
+        needs; or the runtime is stopping, and the start was refused)."""
         rt = _runtime(self)
+        try:
+            rt._check_open()
+        except BaseException as exc:  # stopping: refused, as at a free slot before
+            rt._queued.popleft().refuse(exc)
+            return None
         queued = rt._queued[0]
         rt._active += 1
         if isinstance(queued, QueuedStart):
@@ -239,6 +238,13 @@ class Capacity:
             if not queued.wake():  # its loop closed: nobody waits for them
                 rt._active -= queued.need
         return None
+
+    def _create(self, start: QueuedStart) -> None:
+        """Create a queued ``start()`` handed a slot (:meth:`_give`), here."""
+        try:
+            _runtime(self)._submit_start(start.new, start.also, None, handed=start)
+        except BaseException as exc:  # (_submit_start gave its slot back)
+            start.refuse(exc)
 
     def _refuse_queued(self, error: BaseException) -> None:
         """Every queued start fails with ``error`` (the runtime stopped); call holding
@@ -271,25 +277,17 @@ class Capacity:
         creation and first DISPATCHED join the commit that ends that workflow (one synced
         commit less per workflow while starts wait for room). Until that final is durable
         both count: at most one start per ending workflow (``_passed``) goes past the
-        limit, and none goes past what the store holds once the commit lands."""
+        limit (the module docstring: under load the start may land a commit first)."""
         rt = _runtime(self)
         if not rt._queued:
             return
         with rt._lock:
             if not rt._queued or workflow_id in rt._passed:
                 return
-            try:
-                rt._check_open()
-            except BaseException as exc:  # stopping: refused, as _hand_off refuses it
-                rt._queued.popleft().refuse(exc)
-                return
             rt._passed.add(workflow_id)
             start = self._give()
         if start is not None:
-            try:
-                rt._submit_start(start.new, start.also, None, handed=start)
-            except BaseException as exc:  # (_submit_start gave its slot back)
-                start.refuse(exc)
+            self._create(start)
 
     def _release_capacity(self, n: int = 1) -> None:
         rt = _runtime(self)
