@@ -15,12 +15,11 @@ bounded by ``ask_timeout``; past it the start goes on unclaimed (the store decid
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from typing import TypeAlias
 
-from herder.actors import inbox
+from herder.runtime._waits import wake
 
 Held: TypeAlias = "list[tuple[str, threading.Lock | None]]"
 """Claims of :meth:`Claims.take_many`: each id with its claim (None: not claimed)."""
@@ -154,13 +153,7 @@ class Claims:
         claim.release()
         if waiting is not None:  # awaiting starts: each tries again on its loop
             for woken in waiting:
-                with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits
-                    inbox(woken.get_loop()).call(_wake, woken)
-
-
-def _wake(woken: asyncio.Future[None]) -> None:
-    if not woken.done():  # (cancelled meanwhile: that waiter gave up)
-        woken.set_result(None)
+                wake(woken)  # (False: its loop closed, nobody waits)
 
 
 def within(timeout: float | None, ask: float) -> float:
