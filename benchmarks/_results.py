@@ -100,6 +100,10 @@ def _ratios(report: dict[str, Any]) -> list[str]:
         values = ", ".join(f"{ratio(v)} at {int(s):,}" for s, v in by_size.items()) or "n/a"
         met = by_size and all(v >= target for v in by_size.values())
         lines.append(f"| {key} | {values} | >= {target}x {'(met)' if met else '(missed)'} |")
+    for key, by_size in report["ratios"].items():  # (shown beside them: no target of its own)
+        if key not in report["targets"]:
+            values = ", ".join(f"{ratio(v)} at {int(s):,}" for s, v in by_size.items())
+            lines.append(f"| {key} (`start()` callers only) | {values} | |")
     return lines
 
 

@@ -72,22 +72,28 @@ class Engine:
         return self.family or self.name
 
 
-def _herder(instances: int) -> Callable[..., dict[str, Any]]:
+def _herder(instances: int, batch: int = 1) -> Callable[..., dict[str, Any]]:
+    """herder with ``args.starters`` threads calling ``start()`` (``batch`` 1), or with
+    ``in_flight / batch`` threads calling ``start_many()`` of ``batch`` workflows."""
+
     def run(args: argparse.Namespace, root: pathlib.Path, wl: Workload, m: Meter) -> dict[str, Any]:
         from throughput import bench_herder
 
+        starters = args.starters if batch == 1 else max(1, args.in_flight // batch)
         row = bench_herder(
             root,
             args.workflows[0],
             instances,
             args.in_flight,
-            args.starters,
+            starters,
             workload=wl,
             warmup=args.warmup,
             meter=m,
+            batch=batch,
         )
+        calls = "start()" if batch == 1 else f"start_many() of {batch}"
         row["driver"] = (
-            f"{args.starters} threads call start(); max_active_workflows={args.in_flight}; "
+            f"{starters} threads call {calls}; max_active_workflows={args.in_flight}; "
             f"{instances} instances per agent"
         )
         row["durable"] = (
@@ -151,9 +157,12 @@ def _huey(workers: int) -> Callable[..., dict[str, Any]]:
 
 
 # Each peer runs at every setting named here (issue 15: DBOS with 1, 4 and 16 client threads,
-# Huey with 2, 8 and 16 workers; herder and bare pykka with 4 and 16 instances per agent), and
-# the ratios take its best one at each size.
+# Huey with 2, 8 and 16 workers; herder and bare pykka with 4 and 16 instances per agent, herder
+# also driven by start_many), and the ratios take its best one at each size.
 INSTANCES = (4, 16)
+MANY = 64
+"""The batch of herder's bulk setting (``herder/i4+many``): the caller of a blocking
+``start()`` wakes once per workflow, the caller of a ``start_many()`` once per batch."""
 DBOS_CLIENTS = (1, 4, 16)
 HUEY_WORKERS = (2, 8, 16)
 DBOS = {"dbos-sqlite": "SQLite default journal", "dbos-sqlite-wal": "SQLite WAL"}
@@ -170,6 +179,12 @@ ENGINES = {
                 "herder",
             )
             for n in INSTANCES
+        ),
+        Engine(
+            "herder/i4+many",
+            f"herder (durable, defaults), 4 instances per agent, start_many() of {MANY}",
+            _herder(4, MANY),
+            "herder",
         ),
         *(
             Engine(
@@ -356,12 +371,17 @@ def _skipped(engine: str, workflows: int, reason: str) -> dict[str, Any]:
     return {"engine": engine, "workflows": workflows, "status": "skipped", "reason": reason}
 
 
-def best_settings(rows: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
-    """Per peer and size, the row of its fastest setting (by median workflows/s)."""
+def best_settings(
+    rows: list[dict[str, Any]], leave_out: str | None = None
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Per peer and size, the row of its fastest setting (by median workflows/s); the
+    settings whose name holds ``leave_out`` do not count."""
     best: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
         engine = ENGINES.get(r["engine"])
         if r["status"] != "measured" or engine is None or engine.peer not in SWEPT:
+            continue
+        if leave_out and leave_out in engine.name:
             continue
         held = best.setdefault(engine.peer, {}).get(r["workflows"])
         if held is None or r["workflows_per_s"] > held["workflows_per_s"]:
@@ -371,20 +391,22 @@ def best_settings(rows: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, A
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """herder's wf/s over each peer's, and its steps/s over bare pykka's, per size, each
-    at its best setting."""
-    best = best_settings(rows)
+    at its best setting; ``herder_start_vs_...``: herder's best setting driven by
+    ``start()`` callers only (no target; shown beside the bulk setting's)."""
     out: dict[str, dict[str, float]] = {}
-    for size, herder in best.get("herder", {}).items():
-        for peer in PEERS:
-            if size in best.get(peer, {}):
-                key = f"herder_vs_{peer.replace('-', '_')}"
-                out.setdefault(key, {})[str(size)] = (
-                    herder["workflows_per_s"] / best[peer][size]["workflows_per_s"]
+    for prefix, leave_out in (("herder", None), ("herder_start", "+many")):
+        best = best_settings(rows, leave_out)
+        for size, herder in best.get("herder", {}).items():
+            for peer in PEERS:
+                if size in best.get(peer, {}):
+                    key = f"{prefix}_vs_{peer.replace('-', '_')}"
+                    out.setdefault(key, {})[str(size)] = (
+                        herder["workflows_per_s"] / best[peer][size]["workflows_per_s"]
+                    )
+            if size in best.get("bare-pykka", {}):
+                out.setdefault(f"{prefix}_vs_bare_steps", {})[str(size)] = (
+                    herder["steps_per_s"] / best["bare-pykka"][size]["steps_per_s"]
                 )
-        if size in best.get("bare-pykka", {}):
-            out.setdefault("herder_vs_bare_steps", {})[str(size)] = (
-                herder["steps_per_s"] / best["bare-pykka"][size]["steps_per_s"]
-            )
     return out
 
 

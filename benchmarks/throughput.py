@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import logging
 import os
 import pathlib
@@ -82,11 +83,14 @@ def bench_herder(
     flows: Sequence[Workflow] = (),
     agent_host: str | None = None,
     pool_workers: int | None = None,
+    batch: int = 1,
 ) -> dict[str, Any]:
     """The real engine, durable, ``in_flight`` workflows kept unfinished.
 
     ``flows`` (default: the travel workflow) are started in turn, workflow ``i`` from
-    ``flows[i % len(flows)]``; ``agents`` are the agent names they use.
+    ``flows[i % len(flows)]``; ``agents`` are the agent names they use. Each of the
+    ``starters`` threads calls ``start()`` (``batch`` 1) or ``start_many()`` of ``batch``
+    workflows (one group commit, one wake-up of the caller per batch).
     """
     meter = meter or Meter()
     flows = flows or (travel(),)
@@ -124,15 +128,30 @@ def bench_herder(
             mine = []
             while True:
                 with lock:
-                    i = next(counter, None)
-                if i is None:
+                    chunk = list(itertools.islice(counter, batch))
+                if not chunk:
                     break
                 began = time.perf_counter()
-                name = names[i % len(names)]
-                rt.start(name, {"n": i}, workflow_id=f"wf-{i:08d}", timeout=WAIT)
-                mine.append(time.perf_counter() - began)
-                if i % report_every == report_every - 1:
-                    progress(TAG, f"  started {i + 1:,}/{workflows:,}")
+                if batch == 1:
+                    i = chunk[0]
+                    rt.start(
+                        names[i % len(names)], {"n": i}, workflow_id=f"wf-{i:08d}", timeout=WAIT
+                    )
+                else:
+                    rt.start_many(
+                        [
+                            {
+                                "workflow": names[i % len(names)],
+                                "input": {"n": i},
+                                "workflow_id": f"wf-{i:08d}",
+                            }
+                            for i in chunk
+                        ],
+                        timeout=WAIT,
+                    )
+                mine += [time.perf_counter() - began] * len(chunk)
+                if any(i % report_every == report_every - 1 for i in chunk):
+                    progress(TAG, f"  started {chunk[-1] + 1:,}/{workflows:,}")
             with lock:
                 start_latency.extend(mine)
             meter.exited("callers")
