@@ -51,19 +51,23 @@ class Lifecycle:
         may finish (their outcome recorded) for up to ``timeout`` seconds first; whatever
         still runs then is run again, with the same idempotency key, at the next open.
         ``timeout`` also bounds how long the actors may take to stop, and the store to
-        close. Idempotent. If the store's writer cannot finish within it (a stalled disk),
-        the runtime is stopped all the same (every waiter hears :class:`RuntimeClosed`)
-        and :class:`TimeoutError` says the store is still open: call again to retry. A
+        close. Idempotent: a call while another thread stops the runtime waits (up to
+        ``timeout``) for that stop to end. If the store's writer cannot finish within it
+        (a stalled disk), the runtime is stopped all the same (every waiter hears
+        :class:`RuntimeClosed`) and :class:`TimeoutError` says the store is still open:
+        call again to retry. A
         ``timeout`` that is not a number of seconds >= 0 raises :class:`InvalidInput`
         (None: no limit).
         """
         rt = _runtime(self)
         timeout = wait_limit(timeout)  # (a negative one stopped nothing, and blamed the disk)
         with rt._lock:
-            if rt._closed:
-                rt._store.close(timeout)  # (again, if it timed out the first time)
-                return
+            closed = rt._closed
             rt._draining = True
+        if closed:
+            if self._await_stop(timeout):
+                rt._store.close(timeout)  # (again, if it timed out the first time)
+            return
         if rt._firer is not None:
             rt._firer.stop()
         if drain:
@@ -73,9 +77,35 @@ class Lifecycle:
                 # A drain that cannot finish must not leave the runtime half-stopped.
                 _log.exception("draining failed; stopping without it")
         with rt._lock:
-            if rt._closed:
-                return
-            rt._closed = True
+            closed, rt._closed = rt._closed, True
+            if not closed:
+                rt._stopper = threading.get_ident()
+        if closed:
+            self._await_stop(timeout)
+            return
+        try:
+            self._close(timeout)
+        finally:
+            rt._stopped.set()
+
+    def _await_stop(self, timeout: float) -> bool:
+        """Wait for the stop() that closed the runtime to end (a second stop() returned
+        at once and closed the store under the actors the first one was still stopping);
+        False when called inside it (a signal handler): it goes on once we return."""
+        rt = _runtime(self)
+        if rt._stopper == threading.get_ident() and not rt._stopped.is_set():
+            return False
+        if not rt._stopped.wait(timeout):
+            raise TimeoutError(
+                f"another thread's stop() of the runtime on {rt.path} did not end within "
+                f"{timeout}s; call stop() again to wait for it"
+            )
+        return True
+
+    def _close(self, timeout: float) -> None:
+        """Stop the actors, close the store and answer the waiters (once, by the stop()
+        that closed the runtime)."""
+        rt = _runtime(self)
         if rt._watcher is not None:
             rt._watcher.stop()
         with rt._promotion:

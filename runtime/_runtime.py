@@ -196,6 +196,8 @@ class Runtime(
         self._draining = False
         self._fatal: BaseException | None = None
         self._wake = NotifyingEvent()  # run_forever's: a signal, a stop, a failure
+        self._stopped = threading.Event()  # the stop() that closed the runtime is done
+        self._stopper: int | None = None  # the thread running that stop()
         # Held while a standby becomes active, so registration and stop() never see it half
         # done; the tree (self._root) exists only on the active runtime.
         self._promotion = threading.RLock()

@@ -155,3 +155,39 @@ def test_stop_while_a_standby_takes_the_lease_leaves_it_released(
         lease = st.read_lease()
     assert lease is not None
     assert (lease.released, errors) == (True, []), lease.describe()
+
+
+def test_a_second_stop_returns_only_once_the_first_has_stopped_the_runtime(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A stop() while another thread's stop() was stopping the actors (run_forever after
+    # a handoff's, say) returned at once, and closed the store under the live actors.
+    rt = Runtime(tmp_path / "s", sweep_interval=0.05)
+    root = rt._root
+    assert root is not None
+    inside, go_on = threading.Event(), threading.Event()
+
+    class SlowRoot:
+        def is_alive(self) -> bool:
+            return root.is_alive()
+
+        def stop(self, timeout: float | None = None) -> None:
+            inside.set()
+            rt.stop()  # as a signal handler would, inside the stop: returns at once
+            go_on.wait(30)
+            root.stop(timeout=timeout)
+
+    rt._root = SlowRoot()  # type: ignore[assignment]
+    first = threading.Thread(target=rt.stop)
+    first.start()
+    assert inside.wait(30)
+    opener = threading.Timer(0.2, go_on.set)  # the first stop goes on meanwhile
+    opener.start()
+    try:
+        rt.stop()
+        assert not root.is_alive()  # the actors had stopped when it returned
+        assert rt._store._closed
+    finally:
+        go_on.set()
+        opener.cancel()
+        first.join(30)
