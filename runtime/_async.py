@@ -246,7 +246,8 @@ class AsyncRuntime:
     async def wait_active_async(self, timeout: float | None = None) -> bool:
         """As :meth:`Runtime.wait_active`, awaited without a thread."""
         rt = _runtime(self)
-        return await rt._is_active.wait_async(seconds(timeout))
+        await rt._is_active.wait_async(seconds(timeout))
+        return rt.is_active
 
     async def stats_async(self) -> dict[str, Any]:
         """As :meth:`Runtime.stats`; it scans the store, so on a worker thread."""

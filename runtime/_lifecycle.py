@@ -139,6 +139,7 @@ class Lifecycle:
             )
         )
         rt._wake.set()
+        rt._is_active.set()  # wakes wait_active(): a standby stopped first never will be
         if stuck is not None:
             raise TimeoutError(
                 f"the runtime stopped, but its store is still open: {stuck} (a stalled "
@@ -187,11 +188,15 @@ class Lifecycle:
     def is_active(self) -> bool:
         """True while this runtime holds the lease and runs its actors (not a standby)."""
         rt = _runtime(self)
-        return rt._is_active.is_set() and rt._ctx.lost is None and not rt._closed
+        active = rt._is_active.is_set() and rt._ctx.lost is None
+        return active and not rt._closed and rt._fatal is None
 
     def wait_active(self, timeout: float | None = None) -> bool:
-        """Block until this (standby) runtime took the lease and recovered; False on timeout."""
-        return _runtime(self)._is_active.wait(seconds(timeout))
+        """Block until this (standby) runtime took the lease and recovered: True. False
+        on timeout, or once it stopped or failed instead (it never becomes active then)."""
+        rt = _runtime(self)
+        rt._is_active.wait(seconds(timeout))  # (set by a stop or a failure too)
+        return rt.is_active
 
     def handoff(self, deadline: float = 30.0, *, timeout: float | None = None) -> bool:
         """Hand the store over without downtime.
@@ -310,6 +315,7 @@ class Lifecycle:
             )
         )
         rt._wake.set()
+        rt._is_active.set()  # wakes wait_active() (it answers False now)
 
     def _on_fatal(self, exc: BaseException) -> None:
         _log.critical("herder runtime gave up restarting its actors: %s", exc)

@@ -202,7 +202,7 @@ class Runtime(
         # done; the tree (self._root) exists only on the active runtime.
         self._promotion = threading.RLock()
         self._root: pykka.ActorRef[Any] | None = None
-        self._is_active = NotifyingEvent()
+        self._is_active = NotifyingEvent()  # became active, or stopped or failed first
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher = None
         self._firer, self._routers = None, {}

@@ -4,10 +4,12 @@ the lease."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import pathlib
 import signal
 import threading
+import time
 from typing import Any
 
 import pykka
@@ -15,7 +17,9 @@ import pytest
 from _child_kit import Child
 
 from herder.runtime import InvalidInput, Runtime, RuntimeClosed, _daemon
-from herder.store import Store, StoreError
+from herder.store import Lease, Store, StoreError
+from herder.store._codec import encode
+from herder.store._lease import LEASE_KEY
 
 pytestmark = pytest.mark.timeout(60)
 TESTS = pathlib.Path(__file__).parent
@@ -191,3 +195,26 @@ def test_a_second_stop_returns_only_once_the_first_has_stopped_the_runtime(
         go_on.set()
         opener.cancel()
         first.join(30)
+
+
+def test_waiting_for_a_standby_to_become_active_ends_when_it_stops_first(
+    tmp_path: pathlib.Path,
+) -> None:
+    # wait_active() blocked for ever on a standby stopped before it took over: a thread
+    # waiting to start work kept the process from exiting after SIGTERM.
+    path = tmp_path / "s"
+    Store(path).close()
+    with Store(path, standby=True) as store:  # a live lease of another host: it waits
+        foreign = Lease("other", 9, time.time() + 600, 1, "elsewhere", False, time.time())
+        assert store._env is not None
+        with store._env.begin(write=True) as txn:
+            txn.put(LEASE_KEY, encode(foreign.to_dict()), db=store._handles["meta"])
+    standby = Runtime(path, standby=True, lease=600.0, standby_poll=0.01)
+    answers: list[bool] = []
+    waiter = threading.Thread(target=lambda: answers.append(standby.wait_active()), daemon=True)
+    waiter.start()
+    standby.stop()
+    waiter.join(30)
+    assert answers == [False]
+    assert not standby.wait_active()
+    assert not asyncio.run(standby.wait_active_async())
