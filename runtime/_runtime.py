@@ -35,7 +35,7 @@ from herder.runtime._capacity import Capacity, QueuedSlots, QueuedStart
 from herder.runtime._claims import Claims
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._firing import Firer
-from herder.runtime._ha import StandbyWatcher
+from herder.runtime._ha import StandbyWatcher, lease_kept
 from herder.runtime._handle import Final, Waiting, WorkflowHandle
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._lifecycle import Lifecycle
@@ -146,7 +146,8 @@ class Runtime(
             self._parts(config)
             parts = True
             if setup is not None:
-                self._setup(setup)
+                with lease_kept(self._store):  # (no sweep renews it yet)
+                    self._setup(setup)
             if config.standby:
                 self._watcher = StandbyWatcher(
                     self._store, config.standby_poll, self._promote, self._healthy

@@ -322,3 +322,24 @@ def test_a_handoff_request_is_heard_whatever_the_wall_clock_did(tmp_path: pathli
         request = store.handoff_request()
         assert request is not None
         assert (request.deadline, request.by) == (3.0, "ops")
+
+
+def test_the_lease_stays_renewed_while_a_slow_setup_registers(tmp_path: pathlib.Path) -> None:
+    # Nothing renewed the lease between the open that took it and the first sweep: an
+    # app factory slower than the lease let a waiting standby (which takes a record left
+    # unchanged for a lease) depose the healthy runtime before it started.
+    lease = 0.6
+    seen: list[Lease | None] = []
+
+    def slow_setup(rt: Runtime) -> None:
+        seen.append(rt._store.read_lease())
+        time.sleep(3 * lease)  # an app factory connecting to its services
+        seen.append(rt._store.read_lease())
+
+    with Runtime(tmp_path / "s", lease=lease, sweep_interval=0.05, setup=slow_setup) as rt:
+        first, last = seen
+        assert first is not None
+        assert last is not None
+        assert last.owner == first.owner
+        assert last.expires > first.expires + lease  # renewed, more than once
+        assert rt.is_active
