@@ -57,14 +57,40 @@ def reconcile(rt: Runtime, served: set[str], hosts: set[str]) -> None:
     """Make the registered host agents match ``hosts`` (``served`` is updated in place)."""
     for host in sorted(hosts - served):
         rt.add_agent(f"host:{host}", functools.partial(HostAgent, host=host))
+        served.add(host)  # (one by one: a host refused midway leaves it true)
     for host in sorted(served - hosts):
         rt.remove_agent(f"host:{host}")
-    served.clear()
-    served.update(hosts)
+        served.discard(host)
 
 
 def read_hosts(path: pathlib.Path) -> set[str]:
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    """The hosts listed in ``path``; ValueError if it lists none."""
+    hosts = {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    if not hosts:
+        raise ValueError(f"{path} lists no host")
+    return hosts
+
+
+def serve(rt: Runtime, served: set[str], path: pathlib.Path) -> None:
+    """Register the hosts ``path`` lists and their deploy workflow."""
+    hosts = read_hosts(path)  # (read before anything changes)
+    reconcile(rt, served, hosts)
+    workflow = deploy_workflow(sorted(served))
+    rt.add_workflow(workflow)
+    logging.info("serving %d hosts; deploys go to workflow %s", len(served), workflow.name)
+
+
+def reload(rt: Runtime, served: set[str], path: pathlib.Path) -> bool:
+    """:func:`serve` on SIGHUP. A file that cannot be read or lists no host changes
+    nothing; a host herder refuses stops the reload there. Either way it is logged, the
+    daemon goes on serving, and the next SIGHUP tries again (a reload that raised ended
+    the reloader: no later SIGHUP did anything)."""
+    try:
+        serve(rt, served, path)
+    except (OSError, ValueError) as exc:  # (herder's InvalidInput is a ValueError too)
+        logging.error("reload refused, still serving %d hosts: %s", len(served), exc)
+        return False
+    return True
 
 
 def main(store: str, hosts_file: str) -> None:
@@ -72,24 +98,18 @@ def main(store: str, hosts_file: str) -> None:
     path = pathlib.Path(hosts_file)
     served: set[str] = set()
 
-    def serve(rt: Runtime) -> None:
-        reconcile(rt, served, read_hosts(path))
-        workflow = deploy_workflow(sorted(served))
-        rt.add_workflow(workflow)
-        logging.info("serving %d hosts; deploys go to workflow %s", len(served), workflow.name)
-
     def register(rt: Runtime) -> None:  # before recovery, so recovered deploys resume
-        serve(rt)
+        serve(rt, served, path)
 
     with Runtime(store, setup=register) as rt:
-        reload = threading.Event()
-        signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
+        wanted = threading.Event()
+        signal.signal(signal.SIGHUP, lambda signum, frame: wanted.set())
 
         def reloader() -> None:  # a signal handler should only set an event
             while True:
-                reload.wait()
-                reload.clear()
-                serve(rt)
+                wanted.wait()
+                wanted.clear()
+                reload(rt, served, path)
 
         threading.Thread(target=reloader, daemon=True).start()
         rt.run_forever(drain_timeout=30.0)  # returns after SIGTERM/SIGINT and a drain

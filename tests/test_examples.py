@@ -62,3 +62,27 @@ def test_ha_app_example_registers_what_its_daemon_serves(tmp_path: Path) -> None
         app["build"](rt)
         result = rt.start("welcome", {"to": "ada"}, workflow_id="u-1").result(timeout=10)
     assert result == {"mail": {"message_id": "u-1/mail", "to": "ada"}}
+
+
+def test_daemon_example_survives_a_bad_reload_and_applies_the_next_good_one(
+    tmp_path: Path,
+) -> None:
+    # A SIGHUP after the hosts file was emptied or removed raised in the reloader thread,
+    # which died: every later SIGHUP was ignored (and the empty one had removed every
+    # host agent on its way).
+    daemon = _load("daemon.py")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("a\nb\n")
+    served: set[str] = set()
+    with Runtime(tmp_path / "store", setup=lambda rt: daemon["serve"](rt, served, hosts)) as rt:
+        for bad in ("", "\n  \n", "a\n" + "x" * 300 + "\n"):
+            hosts.write_text(bad)
+            assert not daemon["reload"](rt, served, hosts)
+        hosts.unlink()
+        assert not daemon["reload"](rt, served, hosts)
+        assert served == {"a", "b"}
+        hosts.write_text("a\nc\n")
+        assert daemon["reload"](rt, served, hosts)
+        assert served == {"a", "c"}
+        deploy = daemon["deploy_workflow"](["a", "c"])
+        assert rt.start(deploy.name, {"version": "2"}).result(timeout=10)["c"]["host"] == "c"
