@@ -51,6 +51,17 @@ def seconds_arg(text: str) -> float:
     return value
 
 
+def lease_arg(text: str) -> float:
+    """A lease: a number of seconds > 0 (argparse reports a refusal as a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
 def when_arg(*, age: bool = False) -> Callable[[str], float]:
     """A point in time (:func:`parse_when`: a duration back from now or an ISO
     date/time) as an argparse type, so a bad one is a usage error (exit 2). With

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_store, seconds_arg
+from herder.runtime._cli_args import add_store, lease_arg, seconds_arg
 from herder.store import DEFAULT_LEASE
 
 
@@ -16,7 +16,7 @@ def add_parsers(sub: Any) -> None:
     add_store(run)
     run.add_argument("--app", required=True, help="module:factory; factory(rt) registers")
     run.add_argument("--standby", action="store_true", help="wait for the lease, then take over")
-    run.add_argument("--lease", type=float, default=DEFAULT_LEASE, help="lease seconds")
+    run.add_argument("--lease", type=lease_arg, default=DEFAULT_LEASE, help="lease seconds")
     run.add_argument("--drain-timeout", type=seconds_arg, default=30.0, help="seconds at shutdown")
     run.set_defaults(func=_run)
     handoff = sub.add_parser("handoff", help="ask the runtime holding a store to hand over")

@@ -208,6 +208,10 @@ def test_stats_after_the_runtime_stopped_raises_the_exported_store_closed(tmp_pa
         (["cancel", "w", "--why", "x", "--timeout", "-1"], "'-1' is not a number of seconds"),
         (["purge", "--older-than", "7d", "--timeout", "nan"], "'nan' is not a number of seconds"),
         (["handoff", "--deadline", "inf"], "'inf' is not a number of seconds"),
+        # (exit 1 from the Runtime's own check, after importing the app)
+        (["run", "--app", "m:f", "--lease", "-1"], "--lease: '-1' is not a number of seconds > 0"),
+        (["run", "--app", "m:f", "--lease", "0"], "argument --lease: '0' is not a number of"),
+        (["run", "--app", "m:f", "--lease", "nan"], "argument --lease: 'nan' is not a number"),
         (["ls", "--since", "soon"], "argument --since: 'soon' is neither a duration"),
         (["purge", "--older-than", "7"], "argument --older-than: '7' is not an age: give"),
         # An age only: a date goes to --before, with or without a zone (one with a "Z"
