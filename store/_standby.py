@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import pathlib
+import threading
 
 STANDBY_FILE = "herder.standby"
 
@@ -21,12 +22,14 @@ class StandbyMark:
 
     def __init__(self, store_dir: str | os.PathLike[str]) -> None:
         path = pathlib.Path(store_dir) / STANDBY_FILE
+        self._guard = threading.Lock()  # the watcher's takeover and stop() may race
         self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
         """Stop counting as a waiting standby (idempotent)."""
-        fd, self._fd = self._fd, None
+        with self._guard:  # (two threads could both read the fd, and one close a reused one)
+            fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -409,3 +410,42 @@ def test_a_wall_clock_step_larger_than_the_lease_deposes_no_healthy_runtime(
     assert max(ran.values()) == 1  # nothing ran twice
     pids = {line.split()[3] for line in effects.read_text().splitlines()}
     assert pids == {str(active.proc.pid)}
+
+
+def test_two_threads_releasing_the_standby_mark_close_its_file_once(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The watcher (on takeover) and stop() may release it at once: both read the fd
+    # before either cleared it, and the second close could hit a reused descriptor.
+    from herder.store import _standby
+
+    mark = _standby.StandbyMark(tmp_path)
+    fd = mark.__dict__.pop("_fd")
+    both_read = threading.Event()
+    readers: list[str] = []
+
+    class Racy(_standby.StandbyMark):
+        @property
+        def _fd(self) -> int | None:
+            value = self.__dict__.get("fd", fd)
+            readers.append(threading.current_thread().name)
+            if len(readers) == 1:  # the first reader waits for the second one's read
+                both_read.wait(timeout=0.5)  # (it never comes while a lock holds it off)
+            else:
+                both_read.set()
+            return value
+
+        @_fd.setter
+        def _fd(self, value: int | None) -> None:
+            self.__dict__["fd"] = value
+
+    mark.__class__ = Racy
+    closed: list[int] = []
+    monkeypatch.setattr(_standby.os, "close", closed.append)
+    threads = [threading.Thread(target=mark.release) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert closed == [fd]
+    os.close(fd)
