@@ -4,7 +4,8 @@
 broken invariant as a :class:`Problem` naming the database and key, so an operator (or a
 crash test) can see exactly what is wrong. What it checks:
 
-- every record decodes, and its states are legal (``StoreCorrupt`` otherwise);
+- every record decodes, its fields have their types (the checks every reader of the
+  store applies) and its states are legal (``StoreCorrupt`` otherwise);
 - a workflow's definition (name and version) is stored, and its step records are exactly
   the plan's steps, keyed by their own workflow id and name;
 - step states agree with the workflow's state (DESIGN.md, "State machines"): a SUCCEEDED
@@ -66,6 +67,8 @@ from herder.store import (
     StoreCorrupt,
     WorkflowRecord,
     WorkflowState,
+    check_plan,
+    check_record,
     decode,
     definition_key,
     ms,
@@ -76,6 +79,23 @@ from herder.store import (
 )
 
 _R = TypeVar("_R")
+
+
+def _typed(from_dict: Callable[[Any], _R], check: Callable[[_R], None]) -> Callable[[Any], _R]:
+    """``from_dict`` with the type checks every reader of the store applies (``check``
+    raises TypeError), so a field of the wrong type is reported, not met later."""
+
+    def parse(data: Any) -> _R:
+        record = from_dict(data)
+        check(record)
+        return record
+
+    return parse
+
+
+_workflow = _typed(WorkflowRecord.from_dict, check_record)
+_step = _typed(StepRecord.from_dict, check_record)
+_plan = _typed(Plan.from_dict, check_plan)
 
 
 def check_store(store: Store) -> CheckReport:
@@ -114,7 +134,7 @@ class _Checker:
         ids = set()
         for key, raw in self.snap.items("workflows"):
             self.report.workflows += 1
-            record = self.load("workflows", key, raw, WorkflowRecord.from_dict)
+            record = self.load("workflows", key, raw, _workflow)
             if record is None:
                 ids.add(key)  # its steps are not orphans, only their workflow is unreadable
                 continue
@@ -196,7 +216,7 @@ class _Checker:
     def load_definitions(self) -> None:
         for key, raw in self.snap.items("definitions"):
             self.report.definitions += 1
-            plan = self.load("definitions", key, raw, Plan.from_dict)
+            plan = self.load("definitions", key, raw, _plan)
             if plan is None:
                 continue
             if definition_key(plan.name, plan.version) != key:
@@ -207,7 +227,7 @@ class _Checker:
     def steps_of(self, record: WorkflowRecord) -> dict[str, StepRecord]:
         steps: dict[str, StepRecord] = {}
         for key, raw in self.snap.items("steps", step_key(record.id, "")):
-            st = self.load("steps", key, raw, StepRecord.from_dict)
+            st = self.load("steps", key, raw, _step)
             if st is None:
                 continue
             if step_key(st.workflow_id, st.name) != key:

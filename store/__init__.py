@@ -175,6 +175,7 @@ from herder.store._untrusted import (
     safe_str,
     type_name,
 )
+from herder.store._validate import check_plan, check_record
 from herder.store._writer import Writer
 
 __all__ = [
@@ -240,6 +241,8 @@ __all__ = [
     "bounded_traceback",
     "builder",
     "candidates",
+    "check_plan",
+    "check_record",
     "check_text",
     "command_outcome",
     "compact",

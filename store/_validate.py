@@ -96,6 +96,8 @@ def check_record(record: object) -> None:
 def check_plan(plan: Plan) -> None:
     """Raise ``TypeError`` if a stored plan is not one the Workflow builder could make."""
     check_record(plan)
+    if not 1 <= plan.version < 2**32:  # (its key holds 4 bytes of it)
+        raise TypeError(f"version {plan.version} is not in 1..{2**32 - 1}")
     for spec in plan.steps:
         if not isinstance(spec, StepSpec):
             raise TypeError(f"a step is {type(spec).__name__}, expected a map")

@@ -164,3 +164,41 @@ def test_a_runtime_opens_past_a_resources_record_of_the_wrong_shape(
     path = _damaged(base, tmp_path, "resources", b"shop", [1, 2])
     with Runtime(path) as rt:
         assert rt.status("o-ok").state is WorkflowState.SUCCEEDED
+
+
+Where = tuple[str, bytes, int | str]
+
+
+def _changed(base: Path, tmp_path: Path, where: Where, value: object) -> Path:
+    """A copy of ``base`` whose record ``where`` (database, key, and an array index or map
+    key) has that field set to ``value``, under a valid checksum: a wrong-typed value."""
+    db, key, field = where
+    with Store(base, readonly=True) as store:
+        record = store.get(db, key)
+    assert isinstance(record, list | dict), record
+    record[field] = value  # type: ignore[index]
+    return _damaged(base, tmp_path, db, key, record)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        (("steps", b"o-ok\x00pay", 5), "x"),  # the fencing token, a str
+        (("steps", b"o-ok\x00pay", 1), None),  # the workflow id
+        (("steps", b"o-parked\x00pay", 18), []),  # the extra fields, no map
+        (("workflows", b"o-parked", 12), -1),  # the agents chosen, no map
+        (("workflows", b"o-parked", 1), True),  # the id
+        (("definitions", definition_key("order", 1), "name"), {}),
+        (("definitions", definition_key("order", 1), "version"), 2**63),
+    ],
+)
+def test_check_reports_a_field_of_the_wrong_type_instead_of_a_traceback(
+    base: Path, tmp_path: Path, where: Where, value: object
+) -> None:
+    # `herder check` built records without the type checks every other reader applies,
+    # so a wrong-typed field (a flipped bit behind a good checksum) raised out of it.
+    path = _changed(base, tmp_path, where, value)
+    code, out = _run("check", "--store", str(path))
+    assert code == 1
+    db, key, _ = where
+    assert f"{db} {key!r}" in out
