@@ -266,7 +266,8 @@ def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         elif kind == "step":
             change = f"{e.get('from')} -> {e.get('to')}"
             on = f"on {e['agent']}" if e.get("agent") else ""  # an AnyOf member
-            details = "; ".join(d for d in (on, e.get("error") or "") if d)
+            # (str(): a stored error of another type is shown, not a TypeError)
+            details = "; ".join(str(d) for d in (on, e.get("error") or "") if d)
             rows.append((when, f"step {e.get('step')}", change, e.get("attempt"), details))
         elif kind == "probe":
             rows.append((when, f"probe {e.get('step')}", "UNKNOWN", "", e.get("error") or ""))

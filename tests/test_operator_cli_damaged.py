@@ -202,3 +202,22 @@ def test_check_reports_a_field_of_the_wrong_type_instead_of_a_traceback(
     assert code == 1
     db, key, _ = where
     assert f"{db} {key!r}" in out
+
+
+@pytest.mark.parametrize("error", [True, 7, [1, 2]])
+def test_show_tells_a_history_whose_step_event_has_an_error_of_another_type(
+    base: Path, tmp_path: Path, error: object
+) -> None:
+    # It is an event (herder check passes it), but its error joined into the details
+    # column raised TypeError: a traceback instead of the workflow's story.
+    with Store(base, readonly=True) as store:
+        key = next(
+            k
+            for k, v in store.scan("history")
+            if k.startswith(b"o-parked\x00") and isinstance(v, list) and v[0] == 0
+        )
+    path = _changed(base, tmp_path, ("history", key, 7), error)
+    code, out = _run("show", "o-parked", "--store", str(path))
+    assert code == 0
+    assert str(error) in out
+    assert "refunds are down" in out  # the rest of the story
