@@ -71,7 +71,10 @@ def report_corrupt(corrupt: list[StoreCorrupt]) -> None:
 
 
 def _when(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+    try:
+        return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # (a clock far off: no date, the seconds)
+        return f"{t:.3f} s"
 
 
 def parse_when(text: str, now: float | None = None, *, age: bool = False) -> float:

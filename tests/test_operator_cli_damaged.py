@@ -221,3 +221,19 @@ def test_show_tells_a_history_whose_step_event_has_an_error_of_another_type(
     assert code == 0
     assert str(error) in out
     assert "refunds are down" in out  # the rest of the story
+
+
+@pytest.mark.parametrize("when", [1e20, -1e20])
+def test_ls_and_show_list_a_workflow_whose_time_is_no_date(
+    base: Path, tmp_path: Path, when: float
+) -> None:
+    # A time on a clock far off (a custom Clock, a flipped exponent) is a well-typed
+    # record, yet ls and show raised OverflowError formatting it as a date.
+    path = _changed(base, tmp_path, ("workflows", b"o-parked", 7), when)
+    code, out = _run("ls", "--store", str(path))
+    assert code == 0
+    assert "o-parked" in out
+    assert "o-ok" in out
+    code, out = _run("show", "o-parked", "--store", str(path))
+    assert code == 0
+    assert "refunds are down" in out
