@@ -14,14 +14,12 @@ for ``--dry-run``) it is taken back from the wall clock. ``compact`` is offline 
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import pathlib
 import sys
 import time
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_store, seconds_arg, when_arg
+from herder.runtime._cli_args import add_store, operator_name, seconds_arg, when_arg
 from herder.store import (
     COMMAND_DONE,
     FINISHED,
@@ -96,7 +94,7 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
             deleted = purge(store, before, states)
         out.write(f"deleted {deleted} {what}\n")
         return 0
-    who = os.environ.get("USER") or getpass.getuser()
+    who = operator_name()
     # An age is taken back from the runtime's clock, on which the records' times are
     # written (see runtime/_retention.py); ``before`` is the wall clock's, as offline.
     aged = {} if args.older_than is None else {"older_than": args.older_than}

@@ -4,6 +4,7 @@ and ``--json``; and the argument types that refuse a bad number as a usage error
 from __future__ import annotations
 
 import argparse
+import getpass
 import math
 import os
 import time
@@ -33,6 +34,17 @@ def require_store(args: argparse.Namespace) -> None:
     parser = getattr(args, "store_parser", None)
     if parser is not None and not args.store:
         parser.error(f"--store DIR is required (or set ${STORE_ENV} to the store directory)")
+
+
+def operator_name(given: str | None = None) -> str:
+    """Who acts: ``given`` (``--who``), else ``$USER``, else the login name, else ``uid N``
+    (a container's uid may have no name: no passwd entry, no ``$USER``)."""
+    if given:
+        return given
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):  # (getpwuid found no entry: KeyError, OSError from 3.13)
+        return f"uid {os.getuid()}"
 
 
 def add_json(cmd: argparse.ArgumentParser) -> None:

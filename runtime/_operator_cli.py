@@ -16,15 +16,13 @@ and the next runtime to open the store applies it.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
 from typing import Any, TextIO
 
 from herder.actors import Operate, UnknownWorkflow
 from herder.actors.engine import ended_for_good, parked_refusal
-from herder.runtime._cli_args import add_json, add_store, seconds_arg
+from herder.runtime._cli_args import add_json, add_store, operator_name, seconds_arg
 from herder.runtime._console import dump_json, print_table
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import report_corrupt
@@ -129,7 +127,7 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
         except RecursionError:
             sys.stderr.write("herder skip: --result is nested too deeply to read\n")
             return 2
-    who = args.who or os.environ.get("USER") or getpass.getuser()
+    who = operator_name(args.who)
     try:  # the API's checks, before anything is queued (exit 2: bad usage)
         if not args.why.strip():
             raise InvalidInput("--why is empty; say why (it is kept in the history)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from herder.runtime import Agent, Permanent, Runtime, StepContext, Workflow
 from herder.runtime._check import check_store
 from herder.runtime._cli import main
 from herder.runtime.testing import wait_until
-from herder.store import Put, Store, Transition, encode, schedule_key
+from herder.store import Put, Store, Transition, encode, pending_commands, schedule_key
 from herder.store._keys import definition_key
 from herder.store._records import WorkflowState
 
@@ -237,3 +238,26 @@ def test_ls_and_show_list_a_workflow_whose_time_is_no_date(
     code, out = _run("show", "o-parked", "--store", str(path))
     assert code == 0
     assert "refunds are down" in out
+
+
+def test_an_operator_with_no_user_name_is_named_by_uid(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A container runs as a uid with no passwd entry and no $USER: getpass.getuser()
+    # raised KeyError, a traceback instead of a queued command (herder purge's too).
+    import pwd
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_entry(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    path = tmp_path / "store"
+    shutil.copytree(base, path)
+    code, _ = _run("abandon", "o-parked", "--store", str(path), "--why", "x")
+    assert code == 3  # queued: no runtime holds the store
+    with Store(path, readonly=True) as store:
+        [queued] = pending_commands(store)
+    assert queued["who"] == f"uid {os.getuid()}"
