@@ -33,6 +33,7 @@ from herder.store import (
     Transition,
     deletions,
     finished_ops,
+    real_number,
     resumed_candidates,
 )
 
@@ -187,9 +188,19 @@ def _wall() -> float:
     return time.time()
 
 
+_LAST = datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC).timestamp()
+
+
 def _job_cutoff(job: dict[str, Any]) -> tuple[float, frozenset[str]]:
+    """A purge command's cutoff and states, checked: any process may write a command,
+    and what no index key can hold must be refused on the record, not raise each sweep."""
     args = job.get("args") or {}
-    before = float(args["before"])
+    before = real_number(args.get("before")) if isinstance(args, dict) else None
+    if before is None or not -_LAST <= before <= _LAST:  # (NaN is neither)
+        raise ValueError(
+            f"a purge needs args.before, a time in seconds up to the year 9999 (herder "
+            f"purge gives one), got {args!r:.100}"
+        )
     states = frozenset(args.get("states") or FINISHED)
     if not states <= PURGEABLE:
         raise ValueError(f"cannot purge states {sorted(states - PURGEABLE)}")

@@ -461,3 +461,32 @@ def test_compact_refuses_what_no_other_command_opens_with_a_message(
     assert done.returncode == 1
     assert says in done.stderr
     assert "Traceback" not in done.stderr  # a foreign file printed one (the store review, D5)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{}, {"before": float("inf")}, {"before": 1e300}, {"before": "soon"}, {"older_than": 1e306}],
+)
+def test_a_malformed_purge_command_is_refused_on_the_record_and_the_next_one_runs(
+    tmp_path: Path, args: dict[str, Any]
+) -> None:
+    # Any process may write a command. One with no cutoff (KeyError) or one no index key
+    # can hold (OverflowError, struct.error) raised out of every sweep: never answered,
+    # and, first in line for ever, it stopped every later purge and the retention itself.
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
+        finish(rt, "w0", {})
+        retention = Retention(rt._store, clock.time, None)
+        retention.on_command({"id": 7, "action": "purge", "args": args, "who": "test"})
+        good = {"before": T0 + DAY}
+        retention.on_command({"id": 8, "action": "purge", "args": good, "who": "test"})
+        for _ in range(3):
+            retention.on_sweep()
+            rt._store.writer.flush(WAIT)
+        bad = command_outcome(rt._store, 7)
+        assert bad is not None
+        assert bad["state"] == "FAILED"
+        assert "before" in bad["error"]
+        done = command_outcome(rt._store, 8)
+        assert done is not None
+        assert (done["state"], done["deleted"]) == ("DONE", 1)
