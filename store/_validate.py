@@ -87,6 +87,9 @@ _CHECKS: dict[type, Callable[[Any], None]] = {
 def check_record(record: object) -> None:
     """Raise ``TypeError`` naming the first field of ``record`` whose type is wrong."""
     _CHECKS[type(record)](record)
+    if isinstance(record, WorkflowRecord | Plan) and not 0 <= record.version < 2**32:
+        # (a definition's key holds 4 bytes of it: no definition could be looked up)
+        raise TypeError(f"field 'version' is {record.version}, expected 0..{2**32 - 1}")
     if type(record) is WorkflowRecord and record.agents:
         for step, agent in record.agents.items():
             if not isinstance(step, str) or not isinstance(agent, str):
@@ -96,8 +99,6 @@ def check_record(record: object) -> None:
 def check_plan(plan: Plan) -> None:
     """Raise ``TypeError`` if a stored plan is not one the Workflow builder could make."""
     check_record(plan)
-    if not 1 <= plan.version < 2**32:  # (its key holds 4 bytes of it)
-        raise TypeError(f"version {plan.version} is not in 1..{2**32 - 1}")
     for spec in plan.steps:
         if not isinstance(spec, StepSpec):
             raise TypeError(f"a step is {type(spec).__name__}, expected a map")

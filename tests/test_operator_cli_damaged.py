@@ -261,3 +261,21 @@ def test_an_operator_with_no_user_name_is_named_by_uid(
     with Store(path, readonly=True) as store:
         [queued] = pending_commands(store)
     assert queued["who"] == f"uid {os.getuid()}"
+
+
+@pytest.mark.parametrize("version", [-1, 2**32])
+def test_a_workflow_whose_version_no_definition_key_holds_is_named_not_a_traceback(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], version: int
+) -> None:
+    # A well-typed int, but looking up its definition raised struct.error out of ls,
+    # stats and show: the record is damaged, and is named as such.
+    path = _changed(base, tmp_path, ("workflows", b"o-parked", 3), version)
+    for argv in (("ls",), ("stats",), ("inbox",)):
+        code, out = _run(*argv, "--store", str(path), "--json")
+        assert code == 0, argv
+        assert "o-parked" in capsys.readouterr().err, argv
+    code, out = _run("ls", "--store", str(path))
+    assert "o-ok" in out
+    code, _ = _run("show", "o-parked", "--store", str(path))
+    assert code == 1
+    assert "version" in capsys.readouterr().err
