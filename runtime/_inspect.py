@@ -104,7 +104,8 @@ def parse_when(text: str, now: float | None = None, *, age: bool = False) -> flo
             when = parsed.timestamp()
         datetime.datetime.fromtimestamp(when)  # it is shown as a date: it must be one
     except (ValueError, OverflowError, OSError):  # (the ways of saying out of range)
-        raise InvalidInput(f"{text!r} is out of the range of dates; give a later one") from None
+        instead = "a shorter duration" if match is not None else "a later one"
+        raise InvalidInput(f"{text!r} is out of the range of dates; give {instead}") from None
     return when
 
 

@@ -313,10 +313,14 @@ def test_purge_without_a_runtime_deletes_directly_and_dry_run_only_counts(
         "purge", "--store", str(old_store), "--older-than", "7d", "--state", "needs_attention"
     )
     assert stuck.stdout.startswith("deleted 1 ")
-    for option, far in (("--older-than", "1000000d"), ("--before", "0001-01-01T00:00")):
+    for option, far, instead in (
+        ("--older-than", "1000000d", "give a shorter duration"),  # (not "a later one")
+        ("--before", "0001-01-01T00:00", "give a later one"),
+    ):
         refused = herder("purge", "--store", str(old_store), option, far, "--dry-run")
         assert refused.returncode == 2, refused.stderr  # bad usage, as any bad --older-than
         assert f"argument {option}: {far!r} is out of the range of dates" in refused.stderr
+        assert instead in refused.stderr
         assert "Traceback" not in refused.stderr
 
 
