@@ -20,6 +20,7 @@ import time
 from typing import Any, TextIO
 
 from herder.runtime._cli_args import add_store, operator_name, seconds_arg, when_arg
+from herder.runtime._inspect import shown_time
 from herder.store import (
     COMMAND_DONE,
     FINISHED,
@@ -129,10 +130,4 @@ def _compact(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _described(states: frozenset[str], before: float) -> str:
-    return f"{', '.join(sorted(states))} workflows last updated before {_when(before)}"
-
-
-def _when(t: float) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+    return f"{', '.join(sorted(states))} workflows last updated before {shown_time(before)}"

@@ -70,7 +70,9 @@ def report_corrupt(corrupt: list[StoreCorrupt]) -> None:
         sys.stderr.write(f"herder: skipped: {exc}\n")
 
 
-def _when(t: float) -> str:
+def shown_time(t: float) -> str:
+    """``t`` (seconds since the epoch) as a local date and time to the second; as seconds
+    when it is no date (a runtime's clock may be far off: a custom Clock)."""
     try:
         return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
     except (OverflowError, OSError, ValueError):  # (a clock far off: no date, the seconds)
@@ -152,7 +154,7 @@ def list_workflows(
                 f"{s.name}@{s.version}",
                 str(s.state),
                 f"{done}/{len(s.steps)}",
-                _when(s.updated),
+                shown_time(s.updated),
                 error,
             )
         )
@@ -173,13 +175,13 @@ def show_workflow(
         return
     out.write(
         f"workflow {printable(status.id)}: {status.name}@{status.version} {status.state}\n"
-        f"  created {_when(status.created)}, updated {_when(status.updated)}\n"
+        f"  created {shown_time(status.created)}, updated {shown_time(status.updated)}\n"
         f"  input   {value_text(status.input)}\n"
     )
     if status.error:
         out.write(f"  error   {status.error}\n")
     if status.deadline is not None:
-        out.write(f"  deadline {_when(status.deadline)}\n")
+        out.write(f"  deadline {shown_time(status.deadline)}\n")
     for step, agent in status.agents.items():
         out.write(f"  agent   {step} -> {agent} (chosen from the input at the start)\n")
     for st in status.steps.values():
@@ -223,7 +225,7 @@ def _failed_attempts(out: TextIO, history: list[dict[str, Any]]) -> None:
     failures = [e for e in history if e.get("kind") == "step" and e.get("error")]
     out.write(f"\nfailed attempts: {len(failures)}\n")
     for e in failures:
-        when = _when(e["t"]) if isinstance(e.get("t"), int | float) else "?"
+        when = shown_time(e["t"]) if isinstance(e.get("t"), int | float) else "?"
         out.write(f"  {when} step {e.get('step')} attempt {e.get('attempt')}: {e['error']}\n")
         trace = e.get("traceback")
         if isinstance(trace, str) and trace:
@@ -242,7 +244,7 @@ def show_schedules(out: TextIO, store: Store, *, as_json: bool) -> None:
             s.workflow,
             s.cadence,
             f"{s.overlap}/{s.catch_up}",
-            "paused" if s.paused else ("-" if s.next_at is None else _when(s.next_at)),
+            "paused" if s.paused else ("-" if s.next_at is None else shown_time(s.next_at)),
             s.fired,
             s.skipped,
             s.last_id or "",
@@ -258,7 +260,7 @@ def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     for e in history:
         kind = e.get("kind")
-        when = _when(e["t"]) if isinstance(e.get("t"), int | float) else ""
+        when = shown_time(e["t"]) if isinstance(e.get("t"), int | float) else ""
         if kind == "operator":
             target = f" step {e['step']}" if e.get("step") else ""
             given = e.get("result")

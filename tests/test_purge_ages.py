@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from herder.runtime import Agent, Runtime, StepContext, Workflow, _retention
-from herder.runtime._inspect import _when
+from herder.runtime._inspect import shown_time
 from herder.runtime.testing import FakeClock
 from herder.store import append_command, command_outcome, new_command
 
@@ -76,8 +76,8 @@ def test_purge_through_a_runtime_reports_the_cutoff_the_runtime_used(tmp_path: P
     used = float(outcome["args"]["before"])
     shown = re.search(r"last updated before (\S+ \S+)", out)
     assert shown is not None, out
-    assert shown.group(1) == _when(used), (
-        f"the CLI says {out.strip()!r}; the runtime's cutoff was {_when(used)}"
+    assert shown.group(1) == shown_time(used), (
+        f"the CLI says {out.strip()!r}; the runtime's cutoff was {shown_time(used)}"
     )
 
 

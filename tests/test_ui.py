@@ -447,3 +447,23 @@ def test_a_big_input_or_result_is_clipped_on_its_page() -> None:
     assert len(shown) < SHOWN + 100
     assert shown.endswith("characters; herder show ID --json prints it all)")
     assert pretty({"item": "pay"}) == '{\n  "item": "pay"\n}'
+
+
+def test_a_time_that_is_no_date_is_shown_as_seconds(tmp_path: Path) -> None:
+    # A runtime's clock may be far off (a custom Clock): its records' times are no dates,
+    # and the list and the workflow's page raised OverflowError formatting them.
+    path = tmp_path / "store"
+    with Runtime(path, default_retry=FAST, clock=FakeClock(start=1e12)) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        rt.start("order", {}, workflow_id="o-far").result(timeout=10)
+    console = Console(str(path), port=0, token="t")
+    console.start()
+    try:
+        for page in ("/", "/workflow?id=o-far"):
+            status, _, html = request(console, "GET", page)
+            assert status == 200, page
+            assert "o-far" in html
+            assert "1000000000000.000 s" in html
+    finally:
+        console.shutdown()

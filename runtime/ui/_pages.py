@@ -7,7 +7,6 @@ the store or knows about HTTP; :mod:`._server` does both.
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Iterable, Sequence
 from html import escape
@@ -18,7 +17,7 @@ from herder.actors import FACTS_REFRESH, FACTS_STALE
 from herder.actors.engine import ended_for_good, operator_refusal
 from herder.runtime._console import clipped
 from herder.runtime._inbox import InboxItem
-from herder.runtime._inspect import _story
+from herder.runtime._inspect import _story, shown_time
 from herder.runtime._operator_cli import ACTIONS
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui import _timeline
@@ -32,10 +31,8 @@ def e(value: Any) -> str:
 
 
 def when(t: float | None) -> str:
-    """A local date and time, to the second."""
-    if t is None:
-        return ""
-    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+    """A local date and time, to the second (as seconds if it is no date)."""
+    return "" if t is None else shown_time(t)
 
 
 SHOWN = 4000

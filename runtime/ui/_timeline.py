@@ -211,7 +211,10 @@ def _operator(e: dict[str, Any], cx: float, height: float) -> str:
 
 
 def _axis(created: float, end: float, x: Any, height: float) -> list[str]:
-    start = datetime.datetime.fromtimestamp(created).strftime("%H:%M:%S")
+    try:
+        start = datetime.datetime.fromtimestamp(created).strftime("%H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # (a clock far off: no date)
+        start = f"{created:.3f} s"
     out = [f'<text class="axis" x="8" y="14">{start}</text>']
     for i in range(6):
         t = created + (end - created) * i / 5
