@@ -237,8 +237,10 @@ class _TracedAgent(Agent):
         if name.startswith("_") or not callable(value):
             return value
 
-        def traced(ctx: Any) -> Any:
-            return self._tracing.run_attempt(self._agent, name, value, ctx)
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            if len(args) != 1 or kwargs:  # not an attempt: health(), say
+                return value(*args, **kwargs)
+            return self._tracing.run_attempt(self._agent, name, value, args[0])
 
         return traced
 

@@ -15,6 +15,7 @@ import pytest
 
 from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime._tracing import tracing_for
+from herder.runtime.testing import FakeClock, advance
 from herder.store import Store
 
 sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="opentelemetry-sdk not installed")
@@ -262,3 +263,31 @@ def test_a_tracer_that_raises_changes_nothing_of_the_work(tmp_path: Path, where:
         assert handle.result(timeout=10) == {"pay": "pay", "ship": "ship"}
         assert rt.status("f-1").state.value == "SUCCEEDED"
     assert Counting.calls == 2  # each step once
+
+
+class Watched(Agent):
+    checks = 0
+
+    def run(self, ctx: StepContext) -> str:
+        return ctx.step
+
+    def health(self) -> None:
+        Watched.checks += 1
+
+
+def test_a_traced_agent_with_a_health_check_stays_healthy(tmp_path: Path) -> None:
+    """The traced wrapper took health() for an action and called it without its ctx:
+    every check failed with a TypeError, so a traced agent was held as unhealthy."""
+    tracer_provider, exporter = provider()
+    clock = FakeClock()
+    Watched.checks = 0
+    with Runtime(tmp_path / "s", clock=clock, tracer_provider=tracer_provider) as rt:
+        rt.add_agent("a", Watched, health_interval=10.0)
+        rt.add_workflow(FLOW)
+        advance(rt, clock, 10.0)
+        assert rt._ctx.health.checked("a", 1, 10.0)
+        resource = rt.stats()["resources"]["a"]
+        assert (resource["healthy"], resource["health_error"]) == (True, None)
+        assert Watched.checks == 1
+        assert rt.start("flow", {}).result(timeout=10) == {"pay": "pay", "ship": "ship"}
+    assert not [s for s in exporter.get_finished_spans() if s.name == "a.health"]
