@@ -25,8 +25,10 @@ action's, a waiter still hears of the end).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -166,12 +168,28 @@ class Tracing:
         except BaseException as exc:  # recorded, then passed on to the agent host as is
             self._close(opened, functools.partial(self._failed, span, exc), exc)
             raise
+        if inspect.iscoroutine(result) and _on_a_loop():  # async def: the span lasts
+            return self._awaited(opened, span, inner, result)  # while the host awaits it
+        self._succeeded(opened, span, inner, result)
+        return result
+
+    async def _awaited(self, opened: Any, span: Any, inner: StepContext, coroutine: Any) -> Any:
+        """Await an async action's ``coroutine`` in its span (in the attempt's task: the
+        span stays current while the action runs, and ends with its outcome)."""
+        try:
+            result = await coroutine
+        except BaseException as exc:  # a CancelledError (a timeout) too
+            self._close(opened, functools.partial(self._failed, span, exc), exc)
+            raise
+        self._succeeded(opened, span, inner, result)
+        return result
+
+    def _succeeded(self, opened: Any, span: Any, inner: StepContext, result: Any) -> None:
         later = result is inner.complete_later()
         self._close(
             opened,
             lambda: span.set_attribute(_PREFIX + "outcome", "later" if later else "succeeded"),
         )
-        return result
 
     def _close(
         self, opened: Any, mark: Callable[[], None], exc: BaseException | None = None
@@ -243,6 +261,16 @@ class _TracedAgent(Agent):
             return self._tracing.run_attempt(self._agent, name, value, args[0])
 
         return traced
+
+
+def _on_a_loop() -> bool:
+    """True on an event loop's thread (the asyncio host awaits what an action returns; a
+    thread host refuses a coroutine unstarted, so its span ends at once)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _ns(seconds: float) -> int:

@@ -3,6 +3,7 @@ workflow across a crash, ``ctx.trace_context``, and nothing at all without a pro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import signal
@@ -19,6 +20,7 @@ from herder.runtime.testing import FakeClock, advance
 from herder.store import Store
 
 sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="opentelemetry-sdk not installed")
+from opentelemetry import trace  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
     InMemorySpanExporter,
@@ -291,3 +293,32 @@ def test_a_traced_agent_with_a_health_check_stays_healthy(tmp_path: Path) -> Non
         assert Watched.checks == 1
         assert rt.start("flow", {}).result(timeout=10) == {"pay": "pay", "ship": "ship"}
     assert not [s for s in exporter.get_finished_spans() if s.name == "a.health"]
+
+
+class Awaiting(Agent):
+    """Async actions: what the span sees must be what the awaited coroutine did."""
+
+    current: list[int] = []
+
+    async def run(self, ctx: StepContext) -> str:
+        await asyncio.sleep(0)
+        Awaiting.current.append(trace.get_current_span().get_span_context().span_id)
+        if ctx.step == "pay" and ctx.attempt == 1:
+            raise ConnectionError("bank timed out")
+        return ctx.step
+
+
+@pytest.mark.parametrize("factory", [Awaiting], ids=["class"])
+def test_an_async_action_is_traced_over_its_await(tmp_path: Path, factory: Any) -> None:
+    """The span of an async def action ended when its coroutine was made, before it ran:
+    every attempt was "succeeded" (a failure too), and the action ran outside its span."""
+    tracer_provider, exporter = provider()
+    Awaiting.current = []
+    with Runtime(tmp_path / "s", tracer_provider=tracer_provider) as rt:
+        rt.add_agent("a", factory, asyncio=True)
+        rt.add_workflow(Workflow("flow").step("pay", agent="a", action="run", retry=FAST))
+        assert rt.start("flow", {}).result(timeout=10) == {"pay": "pay"}
+    attempts = [s for s in exporter.get_finished_spans() if s.name == "a.run"]
+    got = [(s.attributes["herder.outcome"], s.attributes.get("error.type")) for s in attempts]
+    assert got == [("failed", "builtins.ConnectionError"), ("succeeded", None)]
+    assert Awaiting.current == [s.context.span_id for s in attempts]
