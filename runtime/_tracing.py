@@ -238,8 +238,14 @@ class _TracedFactory:
         self._agent = agent
         self.func = func
 
-    def __call__(self) -> Agent:
-        return _TracedAgent(self._tracing, self._agent, self.func())
+    def __call__(self) -> Any:
+        built = self.func()
+        if inspect.iscoroutine(built):  # an async def factory: its host awaits this
+            return self._traced(built)
+        return _TracedAgent(self._tracing, self._agent, built)
+
+    async def _traced(self, building: Any) -> Agent:
+        return _TracedAgent(self._tracing, self._agent, await building)
 
 
 class _TracedAgent(Agent):

@@ -308,10 +308,16 @@ class Awaiting(Agent):
         return ctx.step
 
 
-@pytest.mark.parametrize("factory", [Awaiting], ids=["class"])
+async def build_awaiting() -> Awaiting:
+    return Awaiting()
+
+
+@pytest.mark.parametrize("factory", [Awaiting, build_awaiting], ids=["class", "async-factory"])
 def test_an_async_action_is_traced_over_its_await(tmp_path: Path, factory: Any) -> None:
     """The span of an async def action ended when its coroutine was made, before it ran:
-    every attempt was "succeeded" (a failure too), and the action ran outside its span."""
+    every attempt was "succeeded" (a failure too), and the action ran outside its span.
+    With an async def factory, the traced agent wrapped the unawaited coroutine, and
+    every step failed for good: "has no action"."""
     tracer_provider, exporter = provider()
     Awaiting.current = []
     with Runtime(tmp_path / "s", tracer_provider=tracer_provider) as rt:
