@@ -23,10 +23,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from herder.store import InvalidInput
 
 _log = logging.getLogger("herder.clock")
 
@@ -253,6 +256,8 @@ class FakeClock:
 
     def step_wall(self, seconds: float) -> None:
         """Step the wall clock by ``seconds`` (negative: back); monotonic time stays."""
+        if not math.isfinite(seconds):
+            raise InvalidInput(f"a clock steps by a finite number of seconds: step_wall({seconds})")
         with self._lock:
             self._wall_offset += seconds
 
@@ -265,8 +270,11 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, running the timers that fall due."""
-        if seconds < 0:
-            raise ValueError(f"a clock cannot go backwards: advance({seconds})")
+        if not seconds >= 0 or not math.isfinite(seconds):  # (NaN too)
+            raise InvalidInput(
+                f"a clock cannot go backwards or to no time: advance({seconds}) takes a finite "
+                "number of seconds >= 0"
+            )
         target = self._now + seconds
         while True:
             with self._lock:

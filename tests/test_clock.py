@@ -6,6 +6,7 @@ import pytest
 
 from herder.actors import FakeClock
 from herder.actors._clock import MessageClock, SteadyClock, SystemClock
+from herder.store import InvalidInput
 
 
 def test_fake_clock_runs_due_timers_in_order_when_advanced() -> None:
@@ -25,8 +26,23 @@ def test_fake_clock_runs_due_timers_in_order_when_advanced() -> None:
 
 
 def test_fake_clock_refuses_to_go_backwards() -> None:
-    with pytest.raises(ValueError, match="backwards"):
+    with pytest.raises(InvalidInput, match="backwards"):
         FakeClock().advance(-1)
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), float("-inf")])
+def test_fake_clock_refuses_no_time_and_fires_nothing(seconds: float) -> None:
+    """advance(nan) ran every pending timer, however far off, and left the time as it
+    was; advance(inf) moved the clock to infinity; step_wall took either, and every
+    wall time read after it was nan or inf."""
+    clock = FakeClock(start=0.0)
+    fired: list[float] = []
+    clock.call_later(3600.0, lambda: fired.append(clock.monotonic()))
+    with pytest.raises(InvalidInput, match="finite"):
+        clock.advance(seconds)
+    with pytest.raises(InvalidInput, match="finite"):
+        clock.step_wall(seconds)
+    assert (fired, clock.monotonic(), clock.time(), clock.pending()) == ([], 0.0, 0.0, 1)
 
 
 def test_the_system_clock_thread_ends_when_idle_and_comes_back_for_new_timers() -> None:
