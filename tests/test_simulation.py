@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import pathlib
 import time
+from collections.abc import Callable
 
 import pytest
 from _sim_tally import run_seeds
 
+from herder.runtime import InvalidInput
 from herder.runtime._config import DEFAULT_PREFETCH
-from herder.runtime.testing import FaultSchedule, SimReport, simulate
+from herder.runtime.testing import FaultSchedule, SimReport, simulate, simulate_exact
 
 
 @pytest.mark.timeout(180)
@@ -53,3 +55,15 @@ def test_a_seed_decides_the_same_faults_every_time() -> None:
     assert not any(a.health_fault(agent, 5) for agent in ("alpha", "beta"))  # it heals
     other = FaultSchedule(8)
     assert [a.attempt_fault(*d) for d in draws] != [other.attempt_fault(*d) for d in draws]
+
+
+@pytest.mark.parametrize("run", [simulate, simulate_exact], ids=["threaded", "exact"])
+def test_a_simulation_refuses_a_directory_holding_a_store(
+    scratch: pathlib.Path, run: Callable[[int, pathlib.Path], SimReport]
+) -> None:
+    """Run again on the directory of an earlier run, the threaded simulation reported
+    broken expectations of a run that had none (the workflows it found were the
+    earlier run's), and the exact one raised a ConditionFailed on a key."""
+    assert run(7, scratch / "seed").problems == []
+    with pytest.raises(InvalidInput, match="holds a store"):
+        run(7, scratch / "seed")

@@ -68,7 +68,7 @@ from herder.runtime.testing._exact_operator import Ask, ExactOperator
 from herder.runtime.testing._faults import CONCURRENCY, MAX_ROUNDS, ROUND, FaultSchedule
 from herder.runtime.testing._faults import definition as _definition
 from herder.runtime.testing._inline_host import InlineHost, Sent
-from herder.runtime.testing._world import SimReport, SimService, StoreFaults, World, verify
+from herder.runtime.testing._world import SimReport, SimService, StoreFaults, World, fresh, verify
 from herder.store import (
     Put,
     StepRecord,
@@ -93,7 +93,7 @@ def simulate_exact(
 ) -> SimReport:
     """Run one seed exactly on a new store in ``directory``; see the module docstring.
     ``prefetch`` is the runtime's setting (attempts reserved ahead per instance)."""
-    simulation = _Simulation(seed, Path(directory), schedule or FaultSchedule(seed))
+    simulation = _Simulation(seed, fresh(directory), schedule or FaultSchedule(seed))
     simulation.prefetch = prefetch
     return simulation.run()
 

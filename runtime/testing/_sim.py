@@ -53,7 +53,14 @@ from herder.runtime.testing._faults import (
     definition,
 )
 from herder.runtime.testing._sim_operator import SimOperator
-from herder.runtime.testing._world import CheckedService, SimReport, StoreFaults, World, verify
+from herder.runtime.testing._world import (
+    CheckedService,
+    SimReport,
+    StoreFaults,
+    World,
+    fresh,
+    verify,
+)
 from herder.store import ScheduleRecord, schedule_key
 
 QUIET_WAIT = 10.0  # real seconds a round may take to settle before the seed fails
@@ -116,7 +123,7 @@ def simulate(
     world = _ThreadedWorld(schedule, agent_host=agent_host, prefetch=prefetch)
     report = SimReport(seed)
     clock = FakeClock()
-    rt = _open(Path(directory), clock, world)
+    rt = _open(fresh(directory), clock, world)
     faults = StoreFaults(schedule)
     try:
         ids = [f"s{seed}-{i}" for i in range(schedule.workflows())]

@@ -7,13 +7,26 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from herder.actors import Agent, InstanceCrash, Permanent, StepContext
 from herder.actors.engine import idempotency_key
 from herder.runtime._check import check_store
 from herder.runtime.testing._faults import FaultSchedule, definition
-from herder.store import StepState, Store, WorkflowState
+from herder.store import InvalidInput, StepState, Store, WorkflowState
+
+
+def fresh(directory: str | Path) -> Path:
+    """``directory`` for a simulation's new store: refused if it holds one already (an
+    earlier run's workflows would count as this run's, and break its expectations)."""
+    path = Path(directory)
+    if (path / "data.mdb").exists():
+        raise InvalidInput(
+            f"{path} holds a store (an earlier run's?); a simulation makes its own: pass a "
+            "new or empty directory, e.g. tempfile.mkdtemp()"
+        )
+    return path
 
 
 @dataclass
