@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from herder.actors import Crash
+from herder.actors import Crash, NotActive
 from herder.runtime._runtime import Runtime
 
 
@@ -20,11 +20,13 @@ def crash_scheduler(rt: Runtime, timeout: float = 10.0) -> None:
 
     What the old Scheduler held only in memory is lost, as after a real bug; the new one
     recovers every unfinished workflow from the store. Raises ``TimeoutError`` if the
-    Scheduler does not stop, or no replacement runs, within ``timeout`` seconds.
+    Scheduler does not stop, or no replacement runs, within ``timeout`` seconds;
+    :class:`RuntimeClosed` if the runtime is stopped, :class:`NotActive` on a standby.
     """
+    rt._check_active()
     old = rt._ctx.scheduler
-    if old is None:
-        raise RuntimeError("the runtime has no Scheduler running; open it first")
+    if old is None:  # (between a crash and its restart)
+        raise NotActive("the runtime's Scheduler is restarting; call again once it runs")
     old.tell(Crash())
     if not old.actor_stopped.wait(timeout):
         raise TimeoutError(f"the Scheduler did not crash within {timeout}s")

@@ -21,7 +21,14 @@ from herder.runtime import (
     StepState,
     Workflow,
 )
-from herder.runtime.testing import FakeClock, advance, fail_first, settle, wait_until
+from herder.runtime.testing import (
+    FakeClock,
+    advance,
+    crash_scheduler,
+    fail_first,
+    settle,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 30.0
@@ -124,7 +131,8 @@ def test_settle_waits_for_the_step_an_answer_frees(tmp_path: Path) -> None:
 def test_the_kit_says_what_was_misused(tmp_path: Path, clock: FakeClock) -> None:
     # advance() with another clock did nothing, silently; NaN got past its check; a
     # stopped runtime raised pykka's ActorDeadError; wait_until raised "not reached" for
-    # a condition that came true with no commit after it.
+    # a condition that came true with no commit after it; crash_scheduler() on a stopped
+    # runtime raised ActorDeadError too.
     with Runtime(tmp_path / "s", clock=clock) as rt:
         with pytest.raises(ValueError, match="pass the FakeClock given to Runtime"):
             advance(rt, FakeClock(), 1.0)
@@ -136,7 +144,8 @@ def test_the_kit_says_what_was_misused(tmp_path: Path, clock: FakeClock) -> None
         timer.start()
         wait_until(rt, done.is_set, timeout=1.0)  # true by the deadline: no error
         timer.join()
-    for call in (lambda: settle(rt), lambda: advance(rt, clock, 1.0)):
+    stopped = (lambda: settle(rt), lambda: advance(rt, clock, 1.0), lambda: crash_scheduler(rt))
+    for call in stopped:
         with pytest.raises(RuntimeClosed, match="stopped"):
             call()
     with pytest.raises(RuntimeClosed, match="stopped"):
