@@ -130,6 +130,10 @@ class Runtime(
     ) -> None:
         _check_gil()
         self._config = config = RuntimeConfig.of(config, overrides)
+        if setup is not None and not callable(setup):
+            raise InvalidInput(
+                f"setup must be a function taking the Runtime (setup=register), got {setup!r}"
+            )
         if config.log_level is not None:
             # Only the level: handlers and formatting belong to the embedding program.
             logging.getLogger("herder").setLevel(config.log_level)

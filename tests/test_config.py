@@ -98,6 +98,13 @@ def test_an_unknown_setting_lists_the_known_ones(tmp_path: Path) -> None:
     assert "sweep_interval" in str(raised.value).split("the settings are:")[1]
 
 
+def test_a_setup_that_is_no_function_is_refused_before_the_store_opens(tmp_path: Path) -> None:
+    # It raised TypeError("'str' object is not callable") once the store was created.
+    with pytest.raises(InvalidInput, match="setup must be a function taking the Runtime"):
+        Runtime(tmp_path / "s", setup="app:register")  # type: ignore[arg-type]
+    assert not (tmp_path / "s").exists()
+
+
 def test_default_retry_none_means_the_default_policy() -> None:
     assert RuntimeConfig(default_retry=None).default_retry == RetryPolicy()  # type: ignore[arg-type]
 
