@@ -13,6 +13,7 @@ import pytest
 
 from herder.runtime import (
     Agent,
+    InvalidInput,
     RetryPolicy,
     Runtime,
     RuntimeClosed,
@@ -150,3 +151,17 @@ def test_the_kit_says_what_was_misused(tmp_path: Path, clock: FakeClock) -> None
             call()
     with pytest.raises(RuntimeClosed, match="stopped"):
         wait_until(rt, done.is_set)
+
+
+def test_wait_until_takes_the_timeouts_the_runtime_takes(rt: Runtime) -> None:
+    """A NaN timeout made wait_until wait for ever (no deadline compares as passed), an
+    infinite one raised OverflowError at its first wait, a negative one was "not
+    reached within -1s"."""
+    for bad in (float("nan"), -1.0, "1"):
+        with pytest.raises(InvalidInput, match="timeout must be None or a number of seconds"):
+            wait_until(rt, lambda: False, timeout=bad)  # type: ignore[arg-type]
+    Held.gate.set()
+    for n, unbounded in enumerate((None, float("inf"))):
+        rt.start("f0", {}, workflow_id=f"u{n}")
+        done = lambda wid=f"u{n}": rt.status(wid).state is State.SUCCEEDED  # noqa: E731
+        wait_until(rt, done, timeout=unbounded)

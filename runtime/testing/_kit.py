@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext, call
 from herder.runtime._runtime import Runtime
+from herder.runtime._waits import wait_limit
 from herder.store import InvalidInput, Store, timer_upper_bound
 
 
@@ -111,15 +112,19 @@ class _Commits:
             return True
 
 
-def wait_until(runtime: Runtime, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+def wait_until(
+    runtime: Runtime, predicate: Callable[[], bool], timeout: float | None = 10.0
+) -> None:
     """Block until ``predicate()`` is true, re-checking after every durable commit.
 
     Event-driven, not polling: the runtime signals each committed batch. Raises
     :class:`TimeoutError` if ``timeout`` real seconds pass first (the predicate is
-    asked once more then), :class:`RuntimeClosed` if the runtime is stopped.
+    asked once more then; None: no limit), :class:`RuntimeClosed` if the runtime is
+    stopped, :class:`InvalidInput` for a ``timeout`` that is no number of seconds >= 0.
     """
+    limit = wait_limit(timeout)
     runtime._check_open()
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     with _Commits(runtime) as commits:
         while True:
             seen = commits.seen()
