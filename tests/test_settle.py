@@ -130,14 +130,15 @@ def test_settle_waits_for_the_step_an_answer_frees(tmp_path: Path) -> None:
 
 
 def test_the_kit_says_what_was_misused(tmp_path: Path, clock: FakeClock) -> None:
-    # advance() with another clock did nothing, silently; NaN got past its check; a
-    # stopped runtime raised pykka's ActorDeadError; wait_until raised "not reached" for
-    # a condition that came true with no commit after it; crash_scheduler() on a stopped
-    # runtime raised ActorDeadError too.
+    # advance() with another clock did nothing, silently; NaN got past its check, and
+    # advance("5") raised a bare TypeError; a stopped runtime raised pykka's
+    # ActorDeadError; wait_until raised "not reached" for a condition that came true
+    # with no commit after it; crash_scheduler() on a stopped runtime raised
+    # ActorDeadError too.
     with Runtime(tmp_path / "s", clock=clock) as rt:
         with pytest.raises(ValueError, match="pass the FakeClock given to Runtime"):
             advance(rt, FakeClock(), 1.0)
-        for bad in (float("nan"), float("inf"), -1.0):
+        for bad in (float("nan"), float("inf"), -1.0, "5", None):
             with pytest.raises(ValueError, match="cannot go backwards or to no time"):
                 advance(rt, clock, bad)
         done = threading.Event()
