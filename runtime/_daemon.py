@@ -119,7 +119,8 @@ def run_app(
 def request_handoff(
     store: str, deadline: float, wait: float, out: TextIO, *, force: bool = False
 ) -> int:
-    """Ask the runtime holding ``store`` to hand over; wait until the lease moved.
+    """Ask the runtime holding ``store`` to hand over; wait (up to ``wait`` seconds, 0:
+    not at all) until the lease moved.
 
     Refused (exit 1) when no standby waits to take over, unless ``force``: the runtime
     would stop cleanly (exit 0), which systemd's ``Restart=on-failure`` does not restart.
@@ -147,6 +148,9 @@ def request_handoff(
         asked = time.monotonic()
         st.request_handoff(deadline, by=f"herder handoff (pid {os.getpid()})")
         out.write(f"asked pid {held.pid} to hand over (deadline {deadline} s)\n")
+        if wait == 0:  # (asked: it is written, and acted on without us)
+            out.write("not waiting for the lease to move (--wait 0)\n")
+            return 0
         out.flush()
         give_up = asked + wait
         pause = threading.Event()  # never set: the pause between polls

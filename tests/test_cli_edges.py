@@ -170,6 +170,23 @@ def test_handoff_goes_ahead_when_a_standby_waits(tmp_path: Path) -> None:
         rt.stop()
 
 
+@pytest.mark.timeout(120)
+def test_handoff_with_no_wait_asks_and_succeeds(tmp_path: Path) -> None:
+    # --wait 0 said "the lease did not move within 0.0 s" and exited 1, though the request
+    # was written and the runtime went on to hand over.
+    path = tmp_path / "store"
+    rt = Runtime(path, sweep_interval=0.05)
+    mark = StandbyMark(path)
+    try:
+        asked = herder("handoff", "--store", str(path), "--deadline", "1", "--wait", "0")
+        assert asked.returncode == 0, asked.stderr
+        assert "asked pid" in asked.stdout
+        assert "not waiting" in asked.stdout
+    finally:
+        mark.release()
+        rt.stop()
+
+
 def _herder_errors() -> set[type[HerderError]]:
     for pkg in ("herder.store", "herder.actors", "herder.runtime"):
         path = importlib.import_module(pkg).__path__
