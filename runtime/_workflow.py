@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 
 from herder.actors import InvalidDefinition
 from herder.runtime._anyof import AnyOf
@@ -99,6 +99,8 @@ class Workflow:
             )
         for dep in deps:
             validate_name("dependency", dep)
+        if isinstance(after, Set):  # (in hash order: sorted, the same plan in every process)
+            deps = tuple(sorted(deps))
         if len(set(deps)) != len(deps):
             raise InvalidDefinition(f"step {name!r} lists a dependency twice: {list(deps)}")
         seconds: dict[str, float | None] = {}  # each one read once (real_number)

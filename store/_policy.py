@@ -29,8 +29,9 @@ class RetryPolicy:
     """How a failed attempt is retried: exponential backoff with jitter, as data.
 
     ``max_attempts`` counts every attempt including the first (1 means never retry).
-    ``non_retryable`` holds exception types (or their stored names); an error whose type
-    or any base type is listed fails the step at once.
+    ``non_retryable`` holds exception types (or their stored names), kept sorted (their
+    order says nothing); an error whose type or any base type is listed fails the step at
+    once.
     """
 
     max_attempts: int = 3
@@ -74,7 +75,9 @@ class RetryPolicy:
             "exception types or their names",
             non_retryable,
         )
-        names = tuple(_error_name(t) for t in non_retryable)
+        # In one order whatever the order given: a set of types iterates in an order of
+        # their addresses, and a plan compiled in another process must equal the stored one.
+        names = tuple(sorted({_error_name(t) for t in non_retryable}))
         object.__setattr__(self, "max_attempts", max_attempts)
         object.__setattr__(self, "initial_interval", first)
         object.__setattr__(self, "backoff_coefficient", factor)
