@@ -182,6 +182,7 @@ class Registration:
         """Stop serving agent ``name``; steps waiting for it resume when it is added again."""
         rt = _runtime(self)
         rt._check_open()
+        validate_name("agent", name, lookup=True)  # (a list would raise TypeError below)
         with rt._promotion:
             if name not in rt._ctx.agents:
                 raise UnknownName(f"no agent named {name!r} is registered")

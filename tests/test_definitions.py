@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from herder.runtime import (
     Agent,
+    InvalidInput,
     RetryPolicy,
     Runtime,
     StepContext,
@@ -78,3 +81,14 @@ def test_a_started_definition_registers_again_with_its_error_types_in_another_or
         rt.add_agent("shop", Shop)
         rt.add_workflow(_order(ValueError, KeyError))
         assert rt.start("order", workflow_id="o2").result(timeout=WAIT) == {"pay": "bought"}
+
+
+def test_remove_agent_refuses_a_name_that_is_no_str_with_invalid_input(tmp_path: Path) -> None:
+    # A name is checked when only looked up too (docs/recovery.md): a list raised
+    # TypeError out of remove_agent.
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        for bad in (["shop"], None, ""):
+            with pytest.raises(InvalidInput, match="agent name must be a non-empty str"):
+                rt.remove_agent(bad)  # type: ignore[arg-type]
+        rt.remove_agent("shop")
