@@ -28,7 +28,7 @@ from herder.actors import (
 )
 from herder.actors.ray import RayHost, attach
 from herder.runtime._part import whole as _runtime
-from herder.runtime._routing import Router, check_actions
+from herder.runtime._routing import Router, agent_name, check_actions
 from herder.runtime._workflow import Workflow
 from herder.store import (
     InvalidInput,
@@ -92,7 +92,7 @@ class Registration:
         """
         rt = _runtime(self)
         rt._check_open()
-        validate_name("agent", name)
+        agent_name(name)
         if name in RESERVED_AGENT_NAMES:
             raise InvalidInput(
                 f"agent name {name!r} is reserved: the runtime names its worker pool so in "

@@ -8,8 +8,9 @@ step's agent: dispatch, retries, probes, compensation and recovery after a crash
 to it, even if the definition's template changes under a new version.
 
 A template holds ``{key}`` fields only (no indexing, attributes, conversions or format
-specs), so resolving one cannot reach into objects; each key must be a top-level key of
-the input whose value is a str or an int (not a bool). A field ``{@name}`` is filled by
+specs, and no literal brace: an agent name holds none), so resolving one cannot reach
+into objects; each key must be a top-level key of the input whose value is a str or an
+int (not a bool). A field ``{@name}`` is filled by
 the router ``name`` registered with ``rt.add_router(name, fn)``: ``fn(input)`` returns
 the str (or int) to put there, e.g. ``agent="{@nearest}"`` or ``"airline:{@region}"``.
 A router is user code: whatever it raises fails the start with :class:`InvalidInput`,
@@ -53,10 +54,16 @@ def template_fields(agent: str) -> tuple[str, ...]:
     except ValueError as exc:
         raise InvalidDefinition(
             f"agent {agent!r} is not a valid template ({exc}); write input keys as "
-            "{key} and a literal brace as {{ or }}"
+            "{key} (an agent name holds no brace)"
         ) from None
     keys = []
-    for _literal, field, spec, conversion in parts:
+    for literal, field, spec, conversion in parts:
+        if "{" in literal or "}" in literal:  # ({{ or }}: no agent may be named so)
+            raise InvalidDefinition(
+                f"agent {agent!r}: {{{{ and }}}} would name an agent with a brace, which "
+                "add_agent refuses; braces in a step's agent only enclose an input key "
+                "such as {device} or a router such as {@nearest}"
+            )
         if field is None:
             continue
         if not field.removeprefix("@").isidentifier() or spec or conversion:
@@ -68,6 +75,20 @@ def template_fields(agent: str) -> tuple[str, ...]:
             )
         keys.append(field)
     return tuple(keys)
+
+
+def agent_name(name: object) -> str:
+    """``name`` if it can name an agent, else :class:`InvalidInput`: a usable name
+    (``validate_name``) without a brace, which a step's ``agent=`` would read as a
+    template field: no step could name such an agent."""
+    checked = validate_name("agent", name)
+    if "{" in checked or "}" in checked:
+        raise InvalidInput(
+            f"agent name {checked!r:.120} holds a brace, which a step's agent= reads as a "
+            "template field (such as {device}); no step could name it: choose a name "
+            "without { or }"
+        )
+    return checked
 
 
 def routes(plan: Plan) -> bool:
@@ -118,7 +139,7 @@ def resolve_agents(
         except ValueError as exc:  # an int of more digits than Python turns into text
             raise InvalidInput(f"{where}: agent {spec.agent!r} cannot be resolved: {exc}") from None
         try:
-            out[spec.name] = validate_name("agent", agent)
+            out[spec.name] = agent_name(agent)
         except InvalidInput as exc:
             raise InvalidInput(
                 f"{where}: agent {spec.agent!r} resolved to {agent!r:.120}, which is not a "

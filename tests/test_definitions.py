@@ -12,6 +12,8 @@ import pytest
 
 from herder.runtime import (
     Agent,
+    AnyOf,
+    InvalidDefinition,
     InvalidInput,
     RetryPolicy,
     Runtime,
@@ -92,3 +94,23 @@ def test_remove_agent_refuses_a_name_that_is_no_str_with_invalid_input(tmp_path:
             with pytest.raises(InvalidInput, match="agent name must be a non-empty str"):
                 rt.remove_agent(bad)  # type: ignore[arg-type]
         rt.remove_agent("shop")
+
+
+def test_an_agent_name_with_a_brace_is_refused_as_no_step_could_name_it(tmp_path: Path) -> None:
+    # add_agent took "cfg{1}" and "a}b", which a step's agent= reads as a template (and
+    # refuses); the escape the refusal advised, "a}}b", was then taken verbatim and named
+    # an agent that was never registered.
+    with Runtime(tmp_path / "s") as rt:
+        for bad in ("cfg{1}", "a}b", "x{{y", "dev:{x}"):
+            with pytest.raises(InvalidInput, match="holds a brace"):
+                rt.add_agent(bad, Shop)
+        for bad in ("a}}b", "x{{y", "cfg{{1}}:{device}"):
+            with pytest.raises(InvalidDefinition, match="brace"):
+                Workflow("w").step("s", agent=bad, action="buy")
+        with pytest.raises(InvalidDefinition, match="brace"):
+            AnyOf("a{{b", "c")
+        rt.add_agent("dev:a", Shop)
+        rt.add_workflow(Workflow("w").step("s", agent="dev:{device}", action="buy"))
+        with pytest.raises(InvalidInput, match=r"not a usable agent name: .*holds a brace"):
+            rt.start("w", {"device": "{a}"})
+        assert rt.start("w", {"device": "a"}).result(timeout=WAIT) == {"s": "bought"}
