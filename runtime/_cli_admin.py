@@ -14,7 +14,6 @@ for ``--dry-run``) it is taken back from the wall clock. ``compact`` is offline 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 import time
 from typing import Any, TextIO
@@ -31,6 +30,7 @@ from herder.store import (
     append_command,
     compact,
     count_purgeable,
+    has_store,
     is_held,
     new_command,
     purge,
@@ -72,7 +72,7 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
     before = args.before if args.older_than is None else time.time() - args.older_than
     states = frozenset(args.state) if args.state else FINISHED
     path = args.store
-    if not (pathlib.Path(path) / "data.mdb").is_file():  # (Store(path) would create one)
+    if not has_store(path):  # (Store(path) would create one)
         raise StoreError(f"no store at {path} (no data.mdb there): check --store")
     what = _described(states, before)
     # Read-only first: a foreign LMDB environment is refused before anything is written

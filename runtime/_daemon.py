@@ -22,7 +22,14 @@ from typing import Any, TextIO
 
 from herder.runtime._runtime import Runtime
 from herder.runtime._systemd import Watchdog, notify
-from herder.store import HerderError, InvalidInput, Store, StoreError, standby_waiting
+from herder.store import (
+    HerderError,
+    InvalidInput,
+    Store,
+    StoreError,
+    has_store,
+    standby_waiting,
+)
 
 _log = logging.getLogger("herder.daemon")
 
@@ -126,7 +133,7 @@ def request_handoff(
     would stop cleanly (exit 0), which systemd's ``Restart=on-failure`` does not restart.
     """
     path = pathlib.Path(store)
-    if not (path / "data.mdb").is_file():
+    if not has_store(path):
         raise StoreError(
             f"no store at {path}: check --store; handoff asks the runtime running that store "
             "(`herder run --store PATH`) to hand over"

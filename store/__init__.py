@@ -132,6 +132,7 @@ from herder.store._keys import (
 )
 from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease
 from herder.store._locktable import holder_stopped, is_held
+from herder.store._open import has_store
 from herder.store._ops import BatchSink, Delete, Expect, Ops, Put, Transition
 from herder.store._plan import Plan, StepSpec
 from herder.store._policy import MAX_SECONDS, RetryPolicy, real_number
@@ -260,6 +261,7 @@ __all__ = [
     "exception_name",
     "explain",
     "finished_ops",
+    "has_store",
     "history_key",
     "history_owner",
     "history_put",

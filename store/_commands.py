@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pathlib
 import struct
 import threading
 import time
@@ -38,6 +37,7 @@ from herder.store._codec import encode
 from herder.store._env import Store, opened
 from herder.store._errors import ConditionFailed, StoreCorrupt, StoreError, StoreLocked
 from herder.store._locktable import compacting
+from herder.store._open import has_store
 from herder.store._ops import Delete, Expect, Put, Transition
 
 COMMANDS_DB = "commands"
@@ -189,7 +189,7 @@ def _append_through(store: Store, command: dict[str, Any]) -> int:
 
 
 def _client(path: str | os.PathLike[str], mode: Literal["client", "readonly"]) -> Store:
-    if not (pathlib.Path(path) / "data.mdb").is_file():
+    if not has_store(path):
         raise StoreError(f"no store at {path}: a runtime creates it when it first opens it")
     store = Store(path, mode=mode)
     if store._handle(COMMANDS_DB) is None:

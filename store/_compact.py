@@ -32,7 +32,7 @@ import lmdb
 from herder.store._errors import StoreError, StoreLocked
 from herder.store._locktable import COMPACTING, LMDB_LOCK, LOCK_FILE, compacting
 from herder.store._metapage import last_txnid
-from herder.store._open import open_existing, open_lmdb, read_schema, translate
+from herder.store._open import has_store, open_existing, open_lmdb, read_schema, translate
 from herder.store._standby import standby_waiting
 
 TMP = "compact.tmp"
@@ -42,7 +42,7 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
     """Compact the store at ``path`` in place; returns (bytes before, bytes after)."""
     root = pathlib.Path(path)
     data = root / "data.mdb"
-    if not data.is_file():
+    if not has_store(root):
         raise StoreError(f"no store at {root}: check --store")
     try:
         fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -8,6 +8,7 @@ Functions only; the :class:`~herder.store.Store` (``_env.py``) keeps what they o
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import stat
@@ -65,10 +66,39 @@ def open_lmdb(path: str | os.PathLike[str], **options: Any) -> lmdb.Environment:
     )
 
 
+def has_store(path: str | os.PathLike[str]) -> bool:
+    """True if the directory ``path`` holds a ``data.mdb`` (a store was created there).
+
+    :class:`StoreError` if it cannot be looked into (``Path.is_file()`` raises then): a
+    store directory is mode 700, so another user's (an operator's CLI beside a daemon's
+    user) is refused with EACCES."""
+    try:
+        return stat.S_ISREG(os.stat(pathlib.Path(path) / "data.mdb").st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise unreachable(path, exc) from exc
+
+
+def unreachable(path: str | os.PathLike[str], exc: OSError) -> StoreError:
+    """The error for a store path the operating system would not let us look at."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StoreError(
+            f"cannot look into store {path}: {exc.strerror}; a store directory is its "
+            "owner's only (mode 700): run this as the user the runtime runs as"
+        )
+    return StoreError(f"cannot look into store {path}: {exc.strerror}: check the path")
+
+
 def prepare_dir(path: pathlib.Path) -> None:
     """Create the store directory (mode 700), or refuse one others may write."""
-    if path.exists():
-        mode = path.stat().st_mode
+    try:
+        mode: int | None = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # (a parent that is a file: mkdir says so below)
+    except OSError as exc:
+        raise unreachable(path, exc) from exc
+    if mode is not None:
         if not stat.S_ISDIR(mode):
             raise StoreError(f"store path {path} exists and is not a directory")
         if mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -129,7 +159,7 @@ def open_for_writing(path: pathlib.Path, map_size: int) -> tuple[lmdb.Environmen
 def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment, Handles]:
     """Open a store some writer created, to read it or (``write``: a client that may
     append while its runtime runs) to write to it directly."""
-    if not (path / "data.mdb").is_file():
+    if not has_store(path):
         raise StoreError(
             f"no store at {path} (no data.mdb there): check the path; a store is created "
             "when a Runtime (or Store(path) without readonly=True) first opens it"

@@ -247,3 +247,25 @@ def test_a_bad_number_is_a_usage_error(
         main([*argv, "--store", str(tmp_path)])
     assert exited.value.code == 2
     assert error in capsys.readouterr().err
+
+
+def test_a_store_the_user_may_not_look_into_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    # A store directory is 0700, its runtime's user's: an operator running `herder ls` as
+    # themselves met EACCES from a path probe (Path.is_file() raises every errno but "not
+    # there") as a Python traceback. Root enters any directory: a name too long takes
+    # the same way there.
+    path = tmp_path / "store"
+    with Runtime(path):
+        pass
+    if os.geteuid() == 0:
+        path, says = tmp_path / ("x" * 300), "File name too long"
+    else:
+        path.chmod(0)
+        says = "Permission denied"
+    try:
+        done = herder("ls", "--store", str(path))
+    finally:
+        (tmp_path / "store").chmod(0o700)
+    assert done.returncode == 1, done.stderr
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr

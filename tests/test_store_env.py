@@ -23,6 +23,7 @@ from herder.store import (
     StoreLocked,
     Transition,
     WorkflowRecord,
+    compact,
     encode,
     pending_commands,
     step_key,
@@ -252,3 +253,17 @@ def test_a_mode_that_does_not_exist_is_refused(tmp_path: pathlib.Path) -> None:
         Store(tmp_path / "s", mode="sideways")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="mode must be"):
         Store(tmp_path / "s", mode="client", readonly=True)
+
+
+def test_a_store_path_that_cannot_be_looked_into_is_a_store_error(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Path.exists() and is_file() raise every errno but "not there" (ENOENT, ENOTDIR):
+    # a path too long, or the 0700 store directory of another user (EACCES: see
+    # test_cli_edges), escaped as a bare OSError, a traceback at the CLI.
+    path = tmp_path / ("x" * 300)
+    for mode in ("writer", "readonly", "client", "standby"):
+        with pytest.raises(StoreError, match="File name too long"):
+            Store(path, mode=mode)  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="File name too long"):
+        compact(path)
