@@ -211,6 +211,15 @@ def count_of(entry: Queued) -> int:
     return entry.count if isinstance(entry, Batch) else len(entry[0])
 
 
+def counted(stats: dict[str, int | float], n: int, conflicts: int) -> None:
+    """Count a committed write transaction of ``n`` transitions in the writer's stats."""
+    stats["batches"] += 1
+    stats["transitions"] += n
+    stats["last_batch"] = n
+    stats["max_batch"] = max(stats["max_batch"], n)
+    stats["conflicts"] += conflicts
+
+
 def halt_error(cause: BaseException | None) -> BaseException:
     """The error of an engine batch refused because an earlier one failed with ``cause``."""
     if isinstance(cause, LeaseLost):

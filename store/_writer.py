@@ -15,9 +15,10 @@ A condition that does not hold skips only its own transition; an I/O failure (or
 fails the whole batch, and the thread keeps going. A ``guard`` (the lease check) runs
 first in every write transaction: when it refuses, the batch fails with its error.
 ``derived`` keeps a secondary index (``recent``) in step. On ``MapFullError`` the
-transaction is aborted, the map doubled (``Store._grow``) and the batch replayed. A commit
-of starts admitted early only (``halts``) waits :data:`MERGE_WAIT` for the engine's batch
-on them (their first DISPATCHED): one synced commit less per workflow.
+transaction is aborted, the map doubled (``Store._grow``) and the batch replayed; when
+another process (the next lease holder) wrote past this map, its size is adopted and the
+guard then refuses the batch. A commit of starts admitted early only (``halts``) waits
+:data:`MERGE_WAIT` for the engine's batch on them (their first DISPATCHED).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from herder.store._entries import (
     call,
     call_sink,
     count_of,
+    counted,
     every,
     halt_error,
     halting,
@@ -273,17 +275,14 @@ class Writer:
 
     def _take(self) -> tuple[list[Queued], int]:
         """The next batch off the queue (called with ``_cond`` held)."""
-        batch: list[Queued]
         if self._queued <= MAX_BATCH:
-            batch = list(self._queue)
+            batch, n = list(self._queue), self._queued
             self._queue.clear()
-            n = self._queued
             self._queued = 0
             return batch, n
         batch, n = [], 0
         while self._queue and n < MAX_BATCH:
-            entry = self._queue.popleft()
-            batch.append(entry)
+            batch.append(entry := self._queue.popleft())
             n += count_of(entry)
         self._queued -= n
         return batch, n
@@ -345,7 +344,13 @@ class Writer:
         were written."""
         env = self._env
         while True:
-            txn = env.begin(write=True)
+            try:
+                txn = env.begin(write=True)
+            except lmdb.MapResizedError:  # (before the guard could tell whose the lease is)
+                self._grow(0)
+                continue
+            except lmdb.Error as exc:
+                return self._io_failed(batch, exc, "nothing of this batch was written"), False
             try:
                 refused = None if self._guard is None else self._guard(txn)
                 if refused is not None:
@@ -380,12 +385,7 @@ class Writer:
                     raise  # (_process fails this batch's callers)
                 return self._io_failed(batch, exc, "nothing of this batch was written"), False
             with self._cond:
-                s = self._stats
-                s["batches"] += 1
-                s["transitions"] += n
-                s["last_batch"] = n
-                s["max_batch"] = max(s["max_batch"], n)
-                s["conflicts"] += conflicts
+                counted(self._stats, n, conflicts)
             return outcomes, conflicts == 0
 
     def _io_failed(self, batch: list[Entry], exc: BaseException, note: str) -> list[list[Outcome]]:

@@ -7,6 +7,8 @@ Modes:
     reader PATH MIN_COUNT   open PATH read-only and check snapshots until the ``timers`` db
                             holds MIN_COUNT keys; print "ready" once open, then
                             "ok READS MAX" or "FAIL ...".
+    depose PATH BYTES       open PATH as a standby, take the lease from its holder (as
+                            if it had lapsed), commit BYTES of values, print "grown".
 """
 
 from __future__ import annotations
@@ -75,6 +77,15 @@ def reader(path: str, min_count: int) -> None:
     print(f"ok {reads} {last}", flush=True)
 
 
+def depose(path: str, size: int) -> None:
+    with Store(path, standby=True) as store:
+        assert store.try_take_lease(lambda _lease: True) == "expired"
+        blob = encode(b"x" * 4000)
+        for i in range(size // 4000):
+            store.writer.submit(Transition((Put("definitions", b"%06d" % i, blob),))).result()
+        print("grown", flush=True)
+
+
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
     if mode == "crash":
@@ -83,5 +94,7 @@ if __name__ == "__main__":
         try_writer(path)
     elif mode == "reader":
         reader(path, int(rest[0]))
+    elif mode == "depose":
+        depose(path, int(rest[0]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -15,6 +15,7 @@ import pytest
 from herder.store import (
     SCHEMA_VERSION,
     InvalidInput,
+    LeaseLost,
     Put,
     SchemaTooNew,
     Store,
@@ -267,3 +268,30 @@ def test_a_store_path_that_cannot_be_looked_into_is_a_store_error(
             Store(path, mode=mode)  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="File name too long"):
         compact(path)
+
+
+def test_a_deposed_writer_hears_lease_lost_after_its_successor_grew_the_store(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The successor (another process) wrote past the end of this writer's map: LMDB then
+    # refuses this process's next write transaction with MDB_MAP_RESIZED before the lease
+    # is read. The writer let that lmdb error through to every caller (not a HerderError,
+    # and never LeaseLost, so a deposed runtime never learned it was deposed).
+    path = tmp_path / "s"
+    with Store(path, map_size=1 << 16) as store:
+        store.writer.submit(Transition((Put("definitions", b"mine", encode(1)),))).result(10)
+        grown = subprocess.run(
+            [sys.executable, str(CHILD), "depose", str(path), str(1 << 20)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert grown.stdout == "grown\n", grown.stderr
+        for _ in range(2):  # (every batch, not the first only)
+            late = store.writer.submit(Transition((Put("definitions", b"late", encode(2)),)))
+            with pytest.raises(LeaseLost):
+                late.result(10)
+    with Store(path, readonly=True) as ro:
+        assert ro.get("definitions", b"late") is None
+        assert ro.count("definitions") == (1 << 20) // 4000 + 1
