@@ -127,12 +127,27 @@ MIN_MAP_SIZE = 1 << 16
 the map is meant to start small and grow on demand."""
 
 
+def room(path: pathlib.Path, map_size: int) -> int:
+    """The map a writer opens the store at ``path`` with: ``map_size``, but at least
+    :data:`MIN_MAP_SIZE` and twice its file. LMDB maps a file larger than the size asked
+    for at its exact size, and a compacted file has no free page: the first write at open
+    (the lease) failed with MDB_MAP_FULL, and a runtime would not start on a store that
+    ``herder compact`` left larger than its ``map_size`` (64 MiB by default)."""
+    try:
+        size = (path / "data.mdb").stat().st_size
+    except FileNotFoundError:
+        size = 0
+    except OSError as exc:
+        raise unreachable(path, exc) from exc
+    return max(map_size, MIN_MAP_SIZE, 2 * size)
+
+
 def open_for_writing(path: pathlib.Path, map_size: int) -> tuple[lmdb.Environment, Handles]:
     """Open the environment for writing and its databases (created if missing)."""
     try:
         env = open_lmdb(
             path,
-            map_size=max(map_size, MIN_MAP_SIZE),
+            map_size=room(path, map_size),
             readonly=False,
             sync=True,
             metasync=True,

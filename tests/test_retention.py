@@ -393,6 +393,21 @@ def test_compact_shrinks_the_file_offline_and_refuses_while_a_runtime_runs(
         assert rt.start("order", {}, workflow_id="new").result(timeout=WAIT)
 
 
+def test_a_store_compacted_to_more_than_map_size_opens_and_runs(tmp_path: Path) -> None:
+    # A compacted file has no free page, and LMDB maps a store larger than ``map_size``
+    # (64 MiB by default) at its exact size: the lease taken at open then found no room,
+    # and the runtime refused to start with MDB_MAP_FULL ("check free disk space").
+    path = tmp_path / "s"
+    with Runtime(path, setup=register, retention=None, map_size=1 << 16) as rt:
+        for i in range(40):
+            finish(rt, f"w{i}", {"pad": "x" * 4000})
+    assert (path / "data.mdb").stat().st_size > 1 << 17
+    done = herder("compact", "--store", str(path))
+    assert done.returncode == 0, done.stderr
+    with Runtime(path, setup=register, map_size=1 << 16) as rt:
+        assert rt.start("order", {}, workflow_id="new").result(timeout=WAIT)
+
+
 def test_opening_decodes_only_the_unfinished_workflows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
