@@ -185,7 +185,7 @@ class Store(Reads, LeaseHolder):
             raise translate(exc, f"cannot read store {self.path}") from exc
 
     def _upgrade(self, txn: lmdb.Transaction) -> None:
-        self.schema_version = upgrade_schema(txn, self._handles["meta"], self.schema_version)
+        self.schema_version = upgrade_schema(txn, self._handles, self.schema_version)
 
     def _note_lock_table(self) -> None:
         assert self._lock_fd is not None

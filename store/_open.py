@@ -164,7 +164,6 @@ def open_for_writing(path: pathlib.Path, map_size: int) -> tuple[lmdb.Environmen
             handles = {n: env.open_db(n.encode(), txn=txn, create=True) for n in DATABASES}
             if txn.get(b"schema", db=handles["meta"]) is None:
                 txn.put(b"schema", encode(SCHEMA_VERSION), db=handles["meta"])
-            recent.build(txn, handles)  # once, for a store older than the index
     except lmdb.Error as exc:
         env.close()
         raise translate(exc, f"cannot initialise store {path}") from exc
@@ -225,12 +224,20 @@ def read_schema(txn: lmdb.Transaction, meta: Any, path: pathlib.Path) -> tuple[i
     return schema or SCHEMA_VERSION, meta_int(txn, meta, b"incarnation", path) or 0
 
 
-def upgrade_schema(txn: lmdb.Transaction, meta: Any, schema: int) -> int:
+def upgrade_schema(txn: lmdb.Transaction, handles: Handles, schema: int) -> int:
     """Mark a store this herder is about to write as :data:`SCHEMA_VERSION` (its records
     move to the new layout as they are next written, and both layouts read), so that an
-    older herder refuses it instead of misreading it. Returns the schema now stored."""
+    older herder refuses it instead of misreading it; and index a store older than the
+    ``recent`` index. Returns the schema now stored.
+
+    Called in the transaction that takes the lease: from then on only this herder writes
+    the store. A standby that built the index when it opened, beside an older runtime
+    that went on writing, left out every workflow that runtime started meanwhile, and
+    after the takeover recovery (which reads the unfinished ones off the index) never
+    resumed them."""
     if schema < SCHEMA_VERSION:
-        txn.put(b"schema", encode(SCHEMA_VERSION), db=meta)
+        txn.put(b"schema", encode(SCHEMA_VERSION), db=handles["meta"])
+    recent.build(txn, handles)  # (once)
     return SCHEMA_VERSION
 
 

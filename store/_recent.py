@@ -11,8 +11,9 @@ such write of a transaction), so they can never disagree with the records:
 - ``recent_at``: key ``workflow key``, value the 8-byte ``updated ms`` it is indexed
   under, so the old entry is found without reading the old record.
 
-A store written before the index existed gets it built once, at its first writer open
-(:func:`build`); until then a read-only reader falls back to a scan (``indexed`` false).
+A store written before the index existed gets it built once, in the transaction that
+first takes its lease (:func:`build`; a standby does not build it while an older runtime
+writes); until then a reader falls back to a scan (``indexed`` false).
 """
 
 from __future__ import annotations

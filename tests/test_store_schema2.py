@@ -281,3 +281,67 @@ def test_a_migrated_workflow_resolved_by_an_operator_says_why_it_compensated(
     shown = json.loads(out.getvalue())
     assert (shown["state"], shown["error"]) == ("COMPENSATED", why)
     assert shown["history"][-1] == {**shown["history"][-1], "to": "COMPENSATED", "error": why}
+
+
+BESIDE_A_STANDBY = textwrap.dedent(
+    """
+    import sys, threading
+    from herder.runtime import Agent, Runtime, Workflow
+
+    class Svc(Agent):
+        def work(self, ctx):
+            threading.Event().wait()  # in flight when this process is killed
+
+    rt = Runtime(sys.argv[1])
+    rt.add_agent("svc", Svc)
+    rt.add_workflow(
+        Workflow("two")
+        .step("a", agent="svc", action="work", timeout=60.0)
+        .step("b", agent="svc", action="work", after=["a"], timeout=60.0)
+    )
+    rt.start("two", {}, workflow_id="early")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    rt.start("two", {}, workflow_id="late")  # after the standby opened the store
+    print("started", flush=True)
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_standby_takes_over_from_the_previous_release_and_recovers_all_it_started(
+    tmp_path: pathlib.Path,
+) -> None:
+    # An upgrade without downtime: this release waits as a standby beside the previous
+    # one. The standby built the `recent` index (which the previous release does not
+    # keep) when it opened the store, so a workflow the old runtime started after that
+    # was missing from it; recovery reads the unfinished workflows off that index, and
+    # after the takeover the workflow was never resumed.
+    path = tmp_path / "s"
+    previous = previous_release(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    command = previous + (
+        [BESIDE_A_STANDBY, str(path)] if len(previous) > 1 else ["-c", BESIDE_A_STANDBY, str(path)]
+    )
+    child = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n", "the previous release did not start"
+        with Runtime(path, standby=True) as rt:
+            rt.add_agent("svc", Svc)
+            rt.add_workflow(flow())
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "started\n"
+            child.send_signal(signal.SIGKILL)
+            child.wait(WAIT)
+            assert rt.wait_active(WAIT)
+            for wid in ("early", "late"):
+                assert rt.handle(wid).result(WAIT) == {"a": f"{wid}/a", "b": f"{wid}/b"}
+    finally:
+        child.kill()
+        child.wait(WAIT)
