@@ -161,12 +161,20 @@ def open_for_writing(path: pathlib.Path, map_size: int) -> tuple[lmdb.Environmen
         # An explicit write transaction: open_db's own would wait for LMDB's writer
         # mutex while holding the GIL, freezing every thread of this process.
         with env.begin(write=True) as txn:
+            if txn.get(b"meta") is None and txn.cursor().first():
+                raise StoreError(
+                    f"{path} holds an LMDB environment that is not a herder store (it has "
+                    "data but no 'meta' database, which every herder store has): check the "
+                    "path; nothing was written to it"
+                )
             handles = {n: env.open_db(n.encode(), txn=txn, create=True) for n in DATABASES}
             if txn.get(b"schema", db=handles["meta"]) is None:
                 txn.put(b"schema", encode(SCHEMA_VERSION), db=handles["meta"])
-    except lmdb.Error as exc:
+    except BaseException as exc:
         env.close()
-        raise translate(exc, f"cannot initialise store {path}") from exc
+        if isinstance(exc, lmdb.Error):
+            raise translate(exc, f"cannot initialise store {path}") from exc
+        raise
     return env, handles
 
 

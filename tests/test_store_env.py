@@ -295,3 +295,26 @@ def test_a_deposed_writer_hears_lease_lost_after_its_successor_grew_the_store(
     with Store(path, readonly=True) as ro:
         assert ro.get("definitions", b"late") is None
         assert ro.count("definitions") == (1 << 20) // 4000 + 1
+
+
+def test_a_writer_open_refuses_another_programs_lmdb_environment_and_writes_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Runtime(path) pointed at another program's LMDB directory added herder's eleven
+    # databases to it and ran on it; read-only opens and purge refused it already.
+    path = tmp_path / "other"
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        txn.put(b"user:1", b"ada")
+    env.close()
+    path.chmod(0o700)
+    with pytest.raises(StoreError, match=r"not a herder store.*nothing was written"):
+        Store(path)
+    env = lmdb.open(str(path), readonly=True)
+    try:
+        with env.begin() as txn:
+            assert list(txn.cursor().iternext(values=False)) == [b"user:1"]
+    finally:
+        env.close()
+    with Store(tmp_path / "empty") as store:  # an empty directory becomes a store, as ever
+        assert store.count("workflows") == 0
