@@ -270,13 +270,18 @@ def meta_int(txn: lmdb.Transaction, meta: Any, key: bytes, path: pathlib.Path) -
     return value
 
 
+_DISK = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+"""How a disk that refuses writes reaches LMDB (py-lmdb makes only ENOSPC a DiskError;
+a write cut short by a full disk is EIO)."""
+
+
 def translate(exc: lmdb.Error, what: str) -> StoreError:
     """Map an ``lmdb.Error`` onto the HerderError tree, with a hint."""
     if isinstance(exc, lmdb.ReadersFullError):
         return StoreError(
             f"{what}: too many readers ({exc}); close idle read-only stores or other processes"
         )
-    if isinstance(exc, lmdb.DiskError | lmdb.MapFullError):
+    if isinstance(exc, lmdb.DiskError | lmdb.MapFullError) or getattr(exc, "code", 0) in _DISK:
         return StoreIOError(f"{what}: {exc}; check free disk space and permissions")
     if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
         return StoreError(f"{what}: {exc}; the files look damaged or foreign, restore a backup")

@@ -4,6 +4,9 @@ Usage: ``python disk_full_child.py STORE``. Starts workflows whose results grow 
 store, caps this process's file size (RLIMIT_FSIZE; writes past it fail with EFBIG,
 as on a full disk) while they run, tries more starts, lifts the cap, and prints one
 JSON line: what was acknowledged, refused and finished, and how long resuming took.
+
+``python disk_full_child.py STORE open``: opens a runtime on STORE with the file size
+capped at 4 KiB and prints the error it meets as one JSON line (its type and message).
 """
 
 from __future__ import annotations
@@ -75,5 +78,19 @@ def main(path: str) -> None:
     )
 
 
+def open_full(path: str) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        Runtime(path).stop()
+    except Exception as exc:
+        print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+    else:
+        print(json.dumps({"error": None}))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[2:] == ["open"]:
+        open_full(sys.argv[1])
+    else:
+        main(sys.argv[1])

@@ -222,3 +222,21 @@ def _raised(call: object) -> BaseException:
     except BaseException as exc:
         return exc
     raise AssertionError("it returned")
+
+
+def test_opening_a_store_on_a_full_disk_is_a_store_io_error_that_says_so(tmp_path: Path) -> None:
+    # The disk's refusals reach LMDB as EFBIG or EIO (a short write), not only ENOSPC:
+    # at open they became a plain StoreError ("Error: ... File too large") with no word
+    # of the disk, where the same refusal on a commit is a StoreIOError that says to
+    # check free disk space.
+    proc = subprocess.run(
+        [sys.executable, str(CHILD), str(tmp_path / "s"), "open"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["error"] == "StoreIOError", report
+    assert "check free disk space" in report["message"]
