@@ -287,9 +287,16 @@ class Store(Reads, LeaseHolder):
         if self._closed:
             return
         if self._writer is not None:
+            deadline = time.monotonic() + timeout  # (for the two waits together)
             if not self._writer.closed:
                 self.release_lease(timeout)
-            self._writer.close(timeout)
+            try:
+                self._writer.close(max(0.0, deadline - time.monotonic()))
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"store {self.path}: its writer did not drain within {timeout} s (a "
+                    "stalled disk?); the store is still open: call close() again"
+                ) from exc
         with self._gate:
             self._gate.wait_for(lambda: self._readers == 0 and not self._resizing)
             env, self._env = self._env, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import threading
+import time
 from concurrent.futures import Future
 
 import lmdb
@@ -210,6 +211,24 @@ def test_a_raising_callback_does_not_kill_the_writer(
     assert "callback raised" in caplog.text
     assert store.count("workflows") == 2
     store.close()
+
+
+def test_close_on_a_stalled_disk_gives_up_within_its_timeout(path: pathlib.Path) -> None:
+    # close(timeout) waited the whole timeout for the lease's release and then the whole
+    # timeout again for the writer to drain: twice what it was given.
+    store = Store(path)
+    unstall = threading.Event()
+    store.writer.fault = lambda: unstall.wait(30)
+    store.writer.submit(t(put(b"stalled")))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"within 1.0 s .*call close\(\) again"):
+        store.close(timeout=1.0)
+    assert time.monotonic() - started < 1.8
+    unstall.set()
+    store.writer.fault = None
+    store.close()
+    with Store(path, readonly=True) as ro:
+        assert ro.get("workflows", b"stalled") == 1
 
 
 def test_submissions_after_close_fail_with_store_closed(path: pathlib.Path) -> None:
