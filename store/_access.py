@@ -18,6 +18,7 @@ import lmdb
 
 from herder.store._errors import InvalidInput, StoreClosed, StoreError
 from herder.store._open import ADDED_LATER, DATABASES, translate
+from herder.store._writer import MAX_MAP_SIZE
 
 PAGE = 1000
 """Keys read per read transaction by the paged scans."""
@@ -168,16 +169,25 @@ class Access:
     def _write_direct(self, fn: Callable[[lmdb.Transaction], _T], what: str) -> _T:
         """Run ``fn`` in one write transaction of this process, not through the writer:
         taking the lease, a handoff request, a client's append. ``what`` starts the
-        message of a failure ("cannot ... store")."""
+        message of a failure ("cannot ... store"). A full map is grown as the writer
+        grows it: a standby taking over from a holder that filled its map (and indexing
+        an older store as it does) failed every try, and never took over."""
         env = self._env
         if env is None or self.readonly:
             raise StoreError(f"{what} {self.path}: the store is closed or open read-only")
-        for _ in range(3):
+        resized = 0
+        while resized < 3:
             try:
                 with env.begin(write=True) as txn:
                     return fn(txn)
             except lmdb.MapResizedError:
+                resized += 1
                 self._grow(0)  # another process grew the map: adopt its size, again
+            except lmdb.MapFullError as exc:
+                size = env.info()["map_size"]
+                if size * 2 > MAX_MAP_SIZE:
+                    raise translate(exc, f"{what} {self.path}") from exc
+                self._grow(size * 2)  # (the others adopt it: see Writer._commit)
             except lmdb.Error as exc:
                 raise translate(exc, f"{what} {self.path}") from exc
         raise StoreError(f"{what} {self.path}: its map keeps growing; try again")

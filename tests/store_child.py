@@ -9,12 +9,17 @@ Modes:
                             "ok READS MAX" or "FAIL ...".
     depose PATH BYTES       open PATH as a standby, take the lease from its holder (as
                             if it had lapsed), commit BYTES of values, print "grown".
+    fill PATH               as a runtime that keeps no ``recent`` index (the previous
+                            release): write workflow values into PATH, one commit each,
+                            until its 1 MiB map is full; print "full N".
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+
+import lmdb
 
 from herder.store import Put, Store, StoreError, Transition, encode
 
@@ -86,6 +91,21 @@ def depose(path: str, size: int) -> None:
         print("grown", flush=True)
 
 
+def fill(path: str) -> None:
+    env = lmdb.open(path, max_dbs=16, map_size=1 << 20)
+    workflows = env.open_db(b"workflows")
+    n = 0
+    try:
+        while True:
+            with env.begin(write=True) as txn:
+                txn.put(b"old-%06d" % n, b"x" * 100, db=workflows)
+            n += 1
+    except lmdb.MapFullError:
+        print(f"full {n}", flush=True)
+    finally:
+        env.close()
+
+
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
     if mode == "crash":
@@ -96,5 +116,7 @@ if __name__ == "__main__":
         reader(path, int(rest[0]))
     elif mode == "depose":
         depose(path, int(rest[0]))
+    elif mode == "fill":
+        fill(path)
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -297,6 +297,33 @@ def test_a_deposed_writer_hears_lease_lost_after_its_successor_grew_the_store(
         assert ro.count("definitions") == (1 << 20) // 4000 + 1
 
 
+def test_a_standby_takes_over_a_store_whose_map_its_holder_filled(tmp_path: pathlib.Path) -> None:
+    # Taking the lease writes in the standby's own transaction (and indexes every
+    # workflow of a store older than the `recent` index), which never grew the map: when
+    # the holder had filled its map, each try failed with MDB_MAP_FULL ("check free
+    # disk space"), and the standby, trying again every poll, never took over.
+    path = tmp_path / "s"
+    Store(path, map_size=1 << 16).close()
+    env = lmdb.open(str(path), max_dbs=16, map_size=1 << 16)  # (LMDB keeps the largest)
+    with env.begin(write=True) as txn:  # as the previous release left it: no index
+        txn.delete(b"recent_index", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with Store(path, standby=True, map_size=1 << 16) as standby:
+        filled = subprocess.run(
+            [sys.executable, str(CHILD), "fill", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert filled.stdout.startswith("full "), filled.stderr
+        written = int(filled.stdout.split()[1])
+        assert standby.try_take_lease() == "released"
+        assert standby.indexed
+        assert len(list(standby.recent())) == written
+        standby.writer.submit(Transition((Put("definitions", b"new", encode(1)),))).result(10)
+
+
 def test_a_writer_open_refuses_another_programs_lmdb_environment_and_writes_nothing(
     tmp_path: pathlib.Path,
 ) -> None:
