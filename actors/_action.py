@@ -151,10 +151,12 @@ def _verdict(status: object) -> str:
 
 def coroutine_actions(agent_type: type) -> tuple[str, ...]:
     """The actions (probes and compensations included) of an agent class that are
-    ``async def``: calling one returns a coroutine, which a thread host cannot run."""
+    ``async def``: calling one returns a coroutine, which a thread host cannot run.
+    ``health`` is none: its check runs on a thread of its own, which runs an ``async def
+    health`` to its end (actors/_health.py), so it places the agent on no host."""
     return tuple(
         name
-        for name in sorted(action_names(agent_type))
+        for name in sorted(action_names(agent_type) - {"health"})
         if inspect.iscoroutinefunction(getattr(agent_type, name))
         or inspect.isasyncgenfunction(getattr(agent_type, name))
     )

@@ -22,9 +22,10 @@ nothing (its attempts meet the same failure, under their retry policy). Once one
 it, nothing more is reserved ahead on the agent, as when its class is known.
 
 ``health`` is user code: whatever it raises (``BaseException`` included) is contained and
-becomes the check's error. An ``async def health`` (an agent on the asyncio host) runs to
-its end on the check thread's own event loop, under the same timeout: the runtime's loop,
-which runs the agent's actions, never waits for it.
+becomes the check's error. An ``async def health`` runs to its end on the check thread's
+own event loop, under the same timeout: the runtime's loop, which runs an async agent's
+actions, never waits for it (and it does not place an agent of plain ``def`` actions on
+that loop: ``coroutine_actions`` leaves it out).
 """
 
 from __future__ import annotations

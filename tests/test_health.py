@@ -258,3 +258,30 @@ def test_an_async_health_check_runs_like_the_asyncio_hosts_actions(
         assert health(rt)["healthy"] is True
         rt.start("one", workflow_id="w1")
         assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
+
+
+def test_an_async_health_check_leaves_plain_def_actions_on_threads(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # `health` is no action: an `async def health` moved an agent whose actions are all
+    # plain `def` onto the event loop, where two blocking actions could not run at once
+    # (each stalled the loop), and `asyncio=False` refused it as "an async def".
+    both = threading.Barrier(2, timeout=5.0)
+    resource = Resource()
+
+    class Blocking(Agent):
+        def call(self, ctx: StepContext) -> str:
+            both.wait()  # blocks until the other attempt runs too: threads only
+            return "ok"
+
+        async def health(self) -> None:
+            resource.health()
+
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", Blocking, concurrency=2, health_interval=10.0, asyncio=False)
+        rt.add_agent("svc", Blocking, concurrency=2, health_interval=10.0)
+        rt.add_workflow(ONE)
+        check(rt, clock, 1, 0.0)  # the async check still runs, on its own thread
+        assert health(rt)["healthy"] is True
+        handles = [rt.start("one", workflow_id=f"w{i}") for i in range(2)]
+        assert [h.result(timeout=WAIT) for h in handles] == [{"call": "ok"}] * 2
