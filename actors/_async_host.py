@@ -39,6 +39,7 @@ from herder.actors._action import call_action, leased, settle, unleased
 from herder.actors._agent import Agent
 from herder.actors._event_loop import EventLoop
 from herder.actors._host import InstanceCrash
+from herder.actors._hosted import let_go
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervision_specs import ChildEventKind
@@ -80,6 +81,10 @@ class _Holder:
         self.factory = factory
         self.agent: Any = None
         self.building: asyncio.Future[Any] | None = None  # attempts arriving meanwhile wait
+
+    def __del__(self) -> None:
+        box, self.agent = [self.agent], None  # (a holder is replaced on the Scheduler's
+        let_go(box)  # thread: its object, and the user's __del__, go elsewhere)
 
     async def get(self) -> Any:
         """The object (building it once; raises :class:`UserCodeFailed` if it cannot be).

@@ -21,6 +21,8 @@ backoff and intensity rules on every host.
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -47,6 +49,39 @@ INSTANCE_BACKOFF = Backoff(initial=0.001, factor=2.0, max=1.0)
 """How long a crashed agent instance waits before it serves again, by its agent's number
 of restarts within the intensity window. Crashing instances are an agent's business as
 usual (a flaky remote resource): back off instead of giving up early."""
+
+
+_LETTING_GO: queue.SimpleQueue[list[object]] = queue.SimpleQueue()
+_let_go_thread: list[threading.Thread] = []
+_let_go_guard = threading.Lock()
+
+
+def let_go(box: list[object]) -> None:
+    """Drop the agent object in ``box`` (a one-item list) on a thread of its own, not the
+    caller's: its ``__del__`` (closing a connection, say) is user code, and one that took
+    seconds on the Scheduler's thread stalled every workflow meanwhile. The box must hold
+    the caller's only reference (``let_go([self._built.pop(key)])``; not a local it
+    keeps), or the object would go wherever the last one goes. One daemon thread,
+    started on first use, drops them in turn (a ``__del__`` that never returns holds
+    the objects after it, never a thread of the runtime's)."""
+    if not box or box[0] is None:
+        return
+    _LETTING_GO.put(box)
+    with _let_go_guard:
+        if _let_go_thread and _let_go_thread[0].is_alive():
+            return
+        thread = threading.Thread(target=_drop_let_go, name="herder-let-go", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # (the interpreter is shutting down: it goes with it)
+            return
+        _let_go_thread[:] = [thread]
+
+
+def _drop_let_go() -> None:
+    while True:
+        agent = _LETTING_GO.get().pop()
+        del agent  # its __del__ runs here; what it raises Python reports and ignores
 
 
 @dataclass(slots=True)

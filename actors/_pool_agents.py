@@ -31,7 +31,7 @@ from typing import Any
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import RestartIntensityExceeded
 from herder.actors._host import GivenUp
-from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance
+from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance, let_go
 from herder.actors._messages import InstanceEvent, Run
 from herder.actors._pool_worker import QUICK, Work, withdraw
 from herder.actors._restarts import RestartWindow
@@ -51,6 +51,10 @@ class Slot(Instance):
     work: Work | None = None  # what its worker was told last (its self-feed flag)
     lined: bool = False  # acquired with no worker free: its attempt waits in the line
     stale: bool = False  # its agent was added again while it ran: dropped once it ends
+
+    def __del__(self) -> None:
+        box, self.agent = [self.agent], None  # (a slot goes on the Scheduler's thread:
+        let_go(box)  # its object, and the user's __del__, go elsewhere)
 
 
 @dataclass(slots=True)
@@ -135,7 +139,7 @@ class PoolAgents(HostedAgents[PooledAgent]):
         forgotten = super().forget(name)
         if forgotten and self._built:  # objects built for instances given up on (hung)
             for key in [key for key in list(self._built) if key[0] == name]:
-                self._built.pop(key, None)
+                let_go([self._built.pop(key, None)])
         return forgotten
 
     def ready_queue(self, name: str) -> deque[Run] | None:
@@ -178,9 +182,10 @@ class PoolAgents(HostedAgents[PooledAgent]):
         return dropped
 
     def _take_built(self, name: str, instance_id: str, inst: Slot) -> None:
-        built = self._built.pop((name, instance_id), None)
-        if built is not None and inst.agent is None:
-            inst.agent = built
+        if inst.agent is None:
+            inst.agent = self._built.pop((name, instance_id), None)
+        elif self._built:
+            let_go([self._built.pop((name, instance_id), None)])
 
     def _on_built(self, name: str, instance_id: str, agent: Any) -> None:
         """Worker thread: an instance's object was built (taken on the host's thread)."""
@@ -203,7 +208,7 @@ class PoolAgents(HostedAgents[PooledAgent]):
         if event.kind is not ChildEventKind.CRASHED or inst.restarting:
             return []
         del agent.instances[instance_id]
-        self._built.pop((agent.name, instance_id), None)
+        let_go([self._built.pop((agent.name, instance_id), None)])
         self._free_worker(inst.worker, now)
         lost = [] if inst.busy_token is None else [inst.busy_token]
         if agent.window is None:
@@ -254,7 +259,7 @@ class PoolAgents(HostedAgents[PooledAgent]):
         line's work beside the next pool's workers, counted by none of them."""
         lost = [token]
         inst = self._agents[name].instances.pop(instance_id, None)
-        self._built.pop((name, instance_id), None)
+        let_go([self._built.pop((name, instance_id), None)])
         while inst is not None:
             fed = halt(inst)  # what its worker took last (0: nothing)
             lined = self._lined.pop(fed, None) if fed else None

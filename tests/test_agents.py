@@ -229,3 +229,52 @@ def test_an_agent_removed_while_it_starts_charges_no_attempt(rt: Runtime) -> Non
     settle(rt)
     rt.add_agent("flaky", functools.partial(Host, "fixed"))
     assert handle.result(timeout=WAIT) == {"s": "fixed:None"}
+
+
+class Closing(Agent):
+    """Closes its connection when let go: a ``__del__`` (user code) that takes its time."""
+
+    gone = threading.Event()
+    release = threading.Event()
+    where: list[str] = []
+
+    def ping(self, ctx: StepContext) -> str:
+        return "closing"
+
+    def __del__(self) -> None:
+        type(self).where.append(threading.current_thread().name)
+        type(self).gone.set()
+        type(self).release.wait(WAIT)
+
+
+class AsyncClosing(Closing):
+    async def ping(self, ctx: StepContext) -> str:  # type: ignore[override]
+        return "closing"
+
+
+@pytest.mark.parametrize("kind", ["pool", "thread", "asyncio"])
+def test_an_agent_object_let_go_is_dropped_off_the_schedulers_thread(
+    tmp_path: Path, clock: FakeClock, kind: str
+) -> None:
+    # The pool and asyncio hosts dropped a passivated agent object on the Scheduler's
+    # thread, so its __del__ ran there: one that took 3 s to close a connection stalled
+    # every workflow of the runtime for 3 s.
+    base = AsyncClosing if kind == "asyncio" else Closing
+    closing = type("Closing", (base,), {"gone": threading.Event(),
+                                        "release": threading.Event(), "where": []})  # fmt: skip
+    host = "thread" if kind == "thread" else "pool"
+    try:
+        with Runtime(
+            tmp_path / "s", clock=clock, instance_idle_timeout=60.0, agent_host=host
+        ) as rt:
+            rt.add_agent("closing", closing)
+            rt.add_agent("h1", functools.partial(Host, "h1"))
+            rt.add_workflow(Workflow("close").step("c", agent="closing", action="ping"))
+            rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
+            assert rt.start("close", 1).result(timeout=WAIT) == {"c": "closing"}
+            advance(rt, clock, 70.0)  # it idled past the timeout: let go
+            assert closing.gone.wait(WAIT)
+            assert rt.start("ping", 2).result(timeout=WAIT) == {"p": "h1:2"}  # not stalled
+            assert not any(name.startswith("Scheduler") for name in closing.where)
+    finally:
+        closing.release.set()
