@@ -134,7 +134,15 @@ def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any
         value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except ValueError as exc:  # (a key strict_map_key refused: named as the caller wrote it)
         found = _bad_key(obj)
-        raise EncodeError(f"{what} cannot be stored: {found or exc}; map keys must be str") from exc
+        if found is not None or "map key" in str(exc):
+            message = f"{what} cannot be stored: {found or exc}; map keys must be str"
+            raise EncodeError(message) from exc
+        # Else the bytes do not read back (extra data, or too few): a list or dict subclass
+        # in it packed another number of items than its len() had announced.
+        raise EncodeError(
+            f"{what} cannot be stored: a list or dict in it gives another number of items "
+            f"than its len() says; {_PLAIN_DATA}"
+        ) from None
     if type(value) is dict:  # the usual value, a flat map: checked here (one call less)
         for key, item in value.items():
             if type(key) is not str or type(item) in _NESTED:

@@ -462,3 +462,36 @@ def test_an_agent_that_cannot_be_built_is_logged_as_a_failed_attempt(
         m.startswith("w/s attempt 1 failed:") and "missing 1 required positional" in m
         for m in warned
     ), warned
+
+
+class Shrinking(dict):  # type: ignore[type-arg]
+    """A dict whose items() give fewer pairs than its len() says."""
+
+    def items(self) -> Any:
+        return [("a", 1)]
+
+
+class Growing(list):  # type: ignore[type-arg]
+    """A list whose iteration gives more items than it holds."""
+
+    def __iter__(self) -> Iterator[int]:
+        yield from (1, 2, 3)
+
+
+@pytest.mark.parametrize("value", [Shrinking(a=1, b=2), Growing([1]), {"x": Growing([1])}])
+def test_a_container_whose_length_lies_is_refused_for_what_it_is(
+    tmp_path: Path, value: Any
+) -> None:
+    # It was refused with "unpack(b) received extra data.; map keys must be str": msgpack's
+    # words, and a cause it did not have.
+    class User(Agent):
+        def work(self, ctx: StepContext) -> Any:
+            return value
+
+    case = Case(runtime(tmp_path / "s", FakeClock()), FakeClock(), SystemExit)
+    with case.rt:
+        step = case.failed_step(User, TWICE)
+    assert step.attempt == 1, step.error  # unstorable: not retried
+    assert "map keys" not in step.error, step.error
+    assert "unpack" not in step.error.lower(), step.error
+    assert "its len()" in step.error, step.error
