@@ -230,6 +230,7 @@ class Dispatcher:
             lost = self.host.on_event(msg, self._clock.now)
         except AgentUnavailable as exc:
             self.admission.crashed(msg.agent, 0)
+            self._engine.counters["crashes"] += 1  # (as a pool's slot whose factory failed)
             job = next_job(self._engine, self.host.queue(msg.agent))
             if job is not None:
                 return [StartFailed(job, str(exc))]

@@ -13,7 +13,7 @@ import pytest
 
 from herder.actors import PoolWorker
 from herder.actors._thread_host import AgentInstance
-from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow, WorkflowFailed
 from herder.runtime.testing import FakeClock, advance, settle
 
 WAIT = 10.0
@@ -278,3 +278,21 @@ def test_an_agent_object_let_go_is_dropped_off_the_schedulers_thread(
             assert not any(name.startswith("Scheduler") for name in closing.where)
     finally:
         closing.release.set()
+
+
+def test_a_factory_that_fails_counts_as_a_crash_on_every_host(rt_on: Runtime) -> None:
+    # On the thread host an instance whose factory raised was counted in the agent's
+    # resource record but not in stats()["steps"]["crashes"], which stayed 0 while the
+    # pool host counted every one (the hosts review, session 22).
+    def broken() -> Agent:
+        raise ConnectionError("cannot connect")
+
+    rt_on.add_agent("down", broken)
+    once = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+    rt_on.add_workflow(Workflow("down").step("s", agent="down", action="ping", retry=once))
+    with pytest.raises(WorkflowFailed) as failed:
+        rt_on.start("down", 1).result(timeout=WAIT)
+    assert "cannot connect" in (failed.value.status.steps["s"].error or "")
+    stats = rt_on.stats()
+    assert stats["resources"]["down"]["crashes"] == 2
+    assert stats["steps"]["crashes"] == 2
