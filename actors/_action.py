@@ -85,6 +85,12 @@ def call_action(agent: Any, agent_name: str, run: Run) -> Any:
     if run.action.startswith("_") or not callable(method):
         made = type_name(type(agent))  # (a factory that returned None, say)
         hint = ": does the factory return the agent it builds?" if agent is None else ""
+        if type(agent) is types.CoroutineType:  # an async def factory the thread host got
+            agent.close()  # never started: no user code runs
+            hint = (
+                ": an async def factory, which only the asyncio host awaits; register the "
+                "agent with add_agent(..., asyncio=True)"
+            )
         raise Permanent(
             f"agent {agent_name!r} has no action {run.action!r} (its factory made a {made}{hint})"
         )

@@ -239,6 +239,22 @@ def test_the_host_is_chosen_explicitly_when_the_factory_hides_the_class(rt: Runt
         rt.add_agent("refused", Fetcher, asyncio=False)
 
 
+def test_a_hidden_async_factory_on_a_thread_says_to_pass_asyncio_true(rt: Runtime) -> None:
+    # It said "agent 'web' has no action 'fetch' (its factory made a coroutine)", which
+    # named no cure.
+    async def connect() -> Fetcher:
+        return Fetcher()
+
+    rt.add_agent("web", lambda: connect())  # noqa: PLW0108 (hides the async factory)
+    rt.add_workflow(Workflow("get").step("fetch", agent="web", action="fetch", retry=ONCE))
+    with pytest.raises(WorkflowFailed) as failed:
+        rt.start("get", 1).result(timeout=WAIT)
+    error = failed.value.status.steps["fetch"].error or ""
+    assert error.startswith("Permanent: "), error  # it ran nothing: not retried
+    assert "asyncio=True" in error, error
+    assert Fetcher.built == 0
+
+
 def test_a_factory_that_fails_on_the_loop_costs_the_attempt_and_is_retried(
     rt: Runtime,
 ) -> None:
