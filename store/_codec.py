@@ -94,6 +94,11 @@ def _refusal(exc: BaseException) -> str:
     """Why a value cannot be stored, from what packing it raised."""
     if not isinstance(exc, TypeError | ValueError | OverflowError):
         return f"cannot be stored: reading it raised {describe(exc)}; {_PLAIN_DATA}"
+    if type(exc) is OverflowError and "Integer value" in safe_str(exc):  # (msgpack's)
+        return (
+            "cannot be stored: an int in it is out of range (from -2**63 to 2**64 - 1 "
+            "can be stored): pass it as a str"
+        )
     message = safe_str(exc)  # may come from a user object (a dict subclass's items())
     if "recursion limit" in message:
         return (
