@@ -30,6 +30,8 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from herder.store import bounded_traceback, describe
+
 _log = logging.getLogger("herder.asyncio")
 
 
@@ -242,7 +244,8 @@ def _serve(loop: asyncio.AbstractEventLoop, owner: EventLoop) -> None:
 
     User code never stops the runtime's loop: an exception escaping ``run_forever`` (a
     task of the user's own raising SystemExit or KeyboardInterrupt, which asyncio
-    re-raises out of the loop) is logged and the loop runs on, and so is a ``stop()`` the
+    re-raises out of the loop) is logged (described: never handed to logging, whose
+    formatting would read it) and the loop runs on, and so is a ``stop()`` the
     user's code called on it (``asyncio.get_running_loop().stop()`` in an action): the
     loop runs again, its tasks untouched, so the attempt that stopped it ends as its
     coroutine does, and every later one runs as before.
@@ -251,8 +254,11 @@ def _serve(loop: asyncio.AbstractEventLoop, owner: EventLoop) -> None:
     while True:
         try:
             loop.run_forever()
-        except BaseException:  # user code may raise anything at all
-            _log.exception("user code escaped to the asyncio agents' loop; it runs on")
+        except BaseException as exc:  # user code may raise anything at all
+            # Described here, never handed to logging: formatting its traceback reads
+            # the user's object (its __notes__, its type's names), which may raise too.
+            what = bounded_traceback(exc) or describe(exc)
+            _log.error("user code escaped to the asyncio agents' loop; it runs on\n%s", what)
             continue
         if owner._closed:  # close() stops it (it sets _closed first)
             break
