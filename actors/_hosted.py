@@ -21,7 +21,9 @@ backoff and intensity rules on every host.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +55,8 @@ usual (a flaky remote resource): back off instead of giving up early."""
 
 _LETTING_GO: queue.SimpleQueue[list[object]] = queue.SimpleQueue()
 _let_go_thread: list[threading.Thread] = []
-_let_go_guard = threading.Lock()
+_let_go_guard = threading.RLock()
+os.register_at_fork(after_in_child=_let_go_thread.clear)  # (a child has no such thread)
 
 
 def let_go(box: list[object]) -> None:
@@ -64,18 +67,21 @@ def let_go(box: list[object]) -> None:
     keeps), or the object would go wherever the last one goes. One daemon thread,
     started on first use, drops them in turn (a ``__del__`` that never returns holds
     the objects after it, never a thread of the runtime's)."""
-    if not box or box[0] is None:
+    if not box or box[0] is None or sys.is_finalizing():  # (no thread starts then)
         return
     _LETTING_GO.put(box)
+    if _let_go_thread:  # (it never ends: its loop raises nothing)
+        return
+    # An RLock: a collection in here may run a __del__ that lets go of an object too
+    # (it finds the thread on the list and returns).
     with _let_go_guard:
-        if _let_go_thread and _let_go_thread[0].is_alive():
-            return
-        thread = threading.Thread(target=_drop_let_go, name="herder-let-go", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # (the interpreter is shutting down: it goes with it)
-            return
-        _let_go_thread[:] = [thread]
+        if not _let_go_thread:
+            thread = threading.Thread(target=_drop_let_go, name="herder-let-go", daemon=True)
+            _let_go_thread.append(thread)
+            try:
+                thread.start()
+            except RuntimeError:  # (no thread to be had: the next call tries again)
+                _let_go_thread.clear()
 
 
 def _drop_let_go() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,3 +298,24 @@ def test_a_factory_that_fails_counts_as_a_crash_on_every_host(rt_on: Runtime) ->
     stats = rt_on.stats()
     assert stats["resources"]["down"]["crashes"] == 2
     assert stats["steps"]["crashes"] == 2
+
+
+def test_a_process_whose_runtime_let_go_of_objects_exits(tmp_path: Path) -> None:
+    # Objects let go at interpreter exit must not start the dropping thread then: a
+    # thread started while the interpreter finalizes never runs, and its start() waited
+    # for it for ever (the process hung at exit).
+    script = f"""
+from herder.runtime import Agent, Runtime, Workflow
+class Async(Agent):
+    async def ping(self, ctx):
+        return 1
+with Runtime({str(tmp_path / "s")!r}) as rt:
+    rt.add_agent("a", Async)
+    rt.add_workflow(Workflow("w").step("s", agent="a", action="ping"))
+    assert rt.start("w").result(timeout=10) == {{"s": 1}}
+print("stopped")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=30
+    )
+    assert (done.returncode, done.stdout) == (0, "stopped\n"), done.stderr
