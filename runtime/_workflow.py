@@ -91,9 +91,9 @@ class Workflow:
             raise InvalidDefinition(f"workflow {self.name!r} already has a step named {name!r}")
         if isinstance(after, str):
             deps: tuple[str, ...] = (after,)
-        elif isinstance(after, Iterable):
+        elif isinstance(after, Iterable) and not isinstance(after, bytes | bytearray):
             deps = tuple(after)
-        else:
+        else:  # (bytes iterate as ints: "dependency name ... got 97" said nothing useful)
             raise InvalidDefinition(
                 f"step {name!r}: after must be a step name or a list of them, got {after!r}"
             )

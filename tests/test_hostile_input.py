@@ -175,6 +175,8 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      timeout="5"), InvalidDefinition, "timeout must be > 0 seconds"),  # type: ignore[arg-type]
     ("step: after as an int", lambda rt: Workflow("w").step("s", agent="svc", action="echo",
      after=5), InvalidDefinition, "after must be a step name or a list"),  # type: ignore[arg-type]
+    ("step: after as bytes", lambda rt: Workflow("w").step("s", agent="svc", action="echo",
+     after=b"ab"), InvalidDefinition, "after must be a step name or a list"),  # type: ignore[arg-type]
     ("RetryPolicy: non_retryable=5", lambda rt: RetryPolicy(non_retryable=5),  # type: ignore[arg-type]
      InvalidInput, "non_retryable must be exception types"),
     ("RetryPolicy: initial_interval as a str", lambda rt: RetryPolicy(initial_interval="1"),  # type: ignore[arg-type]
