@@ -5,8 +5,9 @@
 
 - a result is normalised (msgpack-able, within ``max_result_bytes``); ``COMPLETE_LATER``
   becomes a hand-off (``kind="later"``) and a :class:`ProbeResult` a verdict;
-- :class:`Permanent`, a missing or private action and a coroutine (an ``async def`` the
-  thread host cannot run) fail the step for good, as having taken no effect;
+- :class:`Permanent`, a missing or private action, a coroutine (an ``async def`` the
+  thread host cannot run) and a generator (a ``def`` with a ``yield``, none of whose body
+  ran) fail the step for good, as having taken no effect;
 - a result (or heartbeat details) that cannot be stored fails it too, but as having
   taken effect (:data:`UNSTORABLE_ERROR`: no retry, and its compensation runs);
 - anything else raised, ``BaseException`` included, fails it transiently, described
@@ -49,16 +50,26 @@ def run_attempt(
 
     def call() -> Any:
         value = call_action(agent, agent_name, run)
-        if type(value) is types.CoroutineType:  # an async def the class did not show
+        unrun = _UNRUN.get(type(value))
+        if unrun is not None:  # its body never ran: it took no effect
             value.close()  # never started: no user code runs
-            raise Permanent(
-                f"action {run.action!r} of agent {agent_name!r} returned a coroutine "
-                "(async def); the thread host cannot run it: make it a plain def, or "
-                "register the agent with add_agent(..., asyncio=True)"
-            )
+            raise Permanent(f"action {run.action!r} of agent {agent_name!r} returned {unrun}")
         return value
 
     return settle(call, agent_name, instance_id, run, max_result_bytes)
+
+
+_UNRUN: dict[type, str] = {
+    types.CoroutineType: (  # an async def the class did not show
+        "a coroutine (async def); the thread host cannot run it: make it a plain def, or "
+        "register the agent with add_agent(..., asyncio=True)"
+    ),
+    types.GeneratorType: (  # a def with a yield: calling it runs none of its body
+        "a generator (its def has a yield), so none of its body ran: return the "
+        "values (a list, say) instead of yielding them"
+    ),
+}
+"""What an action may return without having run at all, and what to tell its author."""
 
 
 LEASE_WAIT = 5.0

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 import pytest
@@ -470,3 +470,32 @@ def test_handoff_takes_any_number_of_seconds_as_the_waits_do(tmp_path: Path) -> 
     with Runtime(tmp_path / "s") as rt:
         assert rt.handoff(deadline=Decimal("0.5")) is True  # type: ignore[arg-type]
         assert not rt.is_active  # handed over: stopped, its lease released
+
+
+class Yielding(Agent):
+    """Actions written as generators: calling one runs none of its body."""
+
+    undone: ClassVar[list[str]] = []
+
+    def act(self, ctx: StepContext) -> Any:
+        yield "never"
+
+    def undo(self, ctx: StepContext) -> None:
+        Yielding.undone.append(ctx.step)
+
+
+def test_a_generator_action_fails_its_step_as_having_taken_no_effect(tmp_path: Path) -> None:
+    # Its generator was an unstorable result, as if the action had run: the step
+    # failed "may have taken effect" and its compensation ran for a body that never did.
+    Yielding.undone.clear()
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent("gen", Yielding)
+        rt.add_workflow(Workflow("w").step("s", agent="gen", action="act", compensate="undo"))
+        with pytest.raises(WorkflowFailed) as failed:
+            rt.start("w", workflow_id="w").result(timeout=WAIT)
+        step = failed.value.status.steps["s"]
+        assert step.state is StepState.FAILED
+        assert step.attempt == 1
+        assert "generator" in (step.error or "")
+        assert "EncodeError" not in (step.error or "")
+        assert Yielding.undone == []
