@@ -25,6 +25,20 @@ WAIT = 10.0
 CHILD = Path(__file__).with_name("disk_full_child.py")
 
 
+def _child(store: Path, *args: str) -> dict:
+    """Run the disk-full child on ``store``; the JSON report it prints last."""
+    proc = subprocess.run(
+        [sys.executable, str(CHILD), str(store), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report: dict = json.loads(proc.stdout.strip().splitlines()[-1])
+    return report
+
+
 class Steps(Agent):
     """Each step returns its name; ``gate`` holds every action until it is set."""
 
@@ -129,15 +143,7 @@ def test_a_real_write_failure_mid_run_is_survived_and_the_runtime_resumes(
     # The child runs workflows with large results, lowers its file size limit below
     # what they need, lets the commits fail for a while, raises the limit again, and
     # reports what happened as JSON.
-    proc = subprocess.run(
-        [sys.executable, str(CHILD), str(tmp_path / "s")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _child(tmp_path / "s")
     assert report["refused_starts"] > 0  # new work was refused, not silently dropped
     assert report["io_errors"] > 0
     # A page write wholly past the cap fails with EFBIG; one that straddles it is short,
@@ -229,14 +235,6 @@ def test_opening_a_store_on_a_full_disk_is_a_store_io_error_that_says_so(tmp_pat
     # at open they became a plain StoreError ("Error: ... File too large") with no word
     # of the disk, where the same refusal on a commit is a StoreIOError that says to
     # check free disk space.
-    proc = subprocess.run(
-        [sys.executable, str(CHILD), str(tmp_path / "s"), "open"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _child(tmp_path / "s", "open")
     assert report["error"] == "StoreIOError", report
     assert "check free disk space" in report["message"]

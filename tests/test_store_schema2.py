@@ -28,6 +28,7 @@ import sys
 import sysconfig
 import textwrap
 import threading
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,16 @@ from herder.store import (
 WAIT = 30.0
 PREVIOUS_RELEASE = "1e6974e"  # the last commit whose store is schema 2
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_previous(
+    tmp: pathlib.Path, code: str, path: pathlib.Path, **pipes: Any
+) -> subprocess.Popen[str]:
+    """Run ``code`` (with the store ``path`` as its argument) on the previous release."""
+    previous = previous_release(tmp)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    argv = [code, str(path)] if len(previous) > 1 else ["-c", code, str(path)]
+    return subprocess.Popen(previous + argv, text=True, env=env, cwd=tmp, **pipes)
 
 
 def previous_release(tmp: pathlib.Path) -> list[str]:
@@ -202,16 +213,7 @@ def test_a_store_written_by_the_previous_release_opens_recovers_and_migrates(
     tmp_path: pathlib.Path,
 ) -> None:
     path = tmp_path / "s"
-    previous = previous_release(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    command = previous + ([CHILD, str(path)] if len(previous) > 1 else ["-c", CHILD, str(path)])
-    child = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    child = run_previous(tmp_path, CHILD, path, stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None
         ready, source = child.stdout.readline().split()
@@ -319,13 +321,8 @@ def test_a_standby_takes_over_from_the_previous_release_and_recovers_all_it_star
     # was missing from it; recovery reads the unfinished workflows off that index, and
     # after the takeover the workflow was never resumed.
     path = tmp_path / "s"
-    previous = previous_release(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    command = previous + (
-        [BESIDE_A_STANDBY, str(path)] if len(previous) > 1 else ["-c", BESIDE_A_STANDBY, str(path)]
-    )
-    child = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    child = run_previous(
+        tmp_path, BESIDE_A_STANDBY, path, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         assert child.stdin is not None
