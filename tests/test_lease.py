@@ -10,6 +10,7 @@ import os
 import pathlib
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -324,17 +325,37 @@ def test_a_handoff_request_is_heard_whatever_the_wall_clock_did(tmp_path: pathli
         assert (request.deadline, request.by) == (3.0, "ops")
 
 
-def test_the_lease_stays_renewed_while_a_slow_setup_registers(tmp_path: pathlib.Path) -> None:
+def test_the_lease_stays_renewed_while_a_slow_setup_registers(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Nothing renewed the lease between the open that took it and the first sweep: an
     # app factory slower than the lease let a waiting standby (which takes a record left
     # unchanged for a lease) depose the healthy runtime before it started.
     lease = 0.6
-    seen: list[Lease | None] = []
+    seen: list[Lease] = []
+    renewed_past_a_lease = threading.Event()
+    renew = Store.renew_lease
 
-    def slow_setup(rt: Runtime) -> None:
-        seen.append(rt._store.read_lease())
-        time.sleep(3 * lease)  # an app factory connecting to its services
-        seen.append(rt._store.read_lease())
+    def watched(store: Store, **kwargs: Any) -> Any:
+        done = renew(store, **kwargs)
+        done.result(timeout=10)  # (durable: the record read next holds it)
+        now = store.read_lease()
+        if seen and now is not None and now.expires > seen[0].expires + lease:
+            renewed_past_a_lease.set()
+        return done
+
+    monkeypatch.setattr(Store, "renew_lease", watched)
+
+    def slow_setup(rt: Runtime) -> None:  # an app factory connecting to its services
+        first = rt._store.read_lease()
+        assert first is not None
+        seen.append(first)
+        # Set once a renewal outlasts the lease taken at open; unrenewed, the setup
+        # runs past its lease (three of them), as a slow one would.
+        renewed_past_a_lease.wait(timeout=3 * lease)
+        last = rt._store.read_lease()
+        assert last is not None
+        seen.append(last)
 
     with Runtime(tmp_path / "s", lease=lease, sweep_interval=0.05, setup=slow_setup) as rt:
         first, last = seen
