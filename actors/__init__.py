@@ -24,7 +24,14 @@ from herder.actors._adaptive import Adaptive
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
 from herder.actors._ask import call, call_future
 from herder.actors._async_host import AsyncHost, run_attempt_async
-from herder.actors._clock import Clock, FakeClock, SteadyClock, SystemClock, TimerHandle
+from herder.actors._clock import (
+    Clock,
+    FakeClock,
+    SteadyClock,
+    SystemClock,
+    TimerHandle,
+    advance_seconds,
+)
 from herder.actors._engine import EngineConfig, EngineContext
 from herder.actors._errors import (
     CompletionRefused,
@@ -155,6 +162,7 @@ __all__ = [
     "WorkflowConflict",
     "WorkflowSupervisor",
     "action_names",
+    "advance_seconds",
     "agent_class_of",
     "agents_listener",
     "call",

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from herder.store import InvalidInput
+from herder.store import InvalidInput, real_number
 
 _log = logging.getLogger("herder.clock")
 
@@ -270,12 +270,7 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, running the timers that fall due."""
-        if not seconds >= 0 or not math.isfinite(seconds):  # (NaN too)
-            raise InvalidInput(
-                f"a clock cannot go backwards or to no time: advance({seconds}) takes a finite "
-                "number of seconds >= 0"
-            )
-        target = self._now + seconds
+        target = self._now + advance_seconds(seconds)
         while True:
             with self._lock:
                 due = self._queue.next_due()
@@ -291,3 +286,16 @@ class FakeClock:
         """How many timers are scheduled and not cancelled."""
         with self._lock:
             return sum(1 for _, _, h in self._queue._heap if not h.cancelled)
+
+
+def advance_seconds(seconds: object) -> float:
+    """``seconds`` a clock is advanced by, as a float: :class:`InvalidInput` unless it
+    is a finite number >= 0 (NaN would run every timer without moving time, infinity
+    move the clock to no time). ``FakeClock.advance`` and the testing kit's ``advance``."""
+    number = real_number(seconds)
+    if number is None or not 0 <= number < math.inf:  # (NaN is neither)
+        raise InvalidInput(
+            f"a clock cannot go backwards or to no time: advance({seconds!r}) takes a "
+            "finite number of seconds >= 0"
+        )
+    return number

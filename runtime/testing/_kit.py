@@ -9,10 +9,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from herder.actors import FakeClock, InstanceCrash, Permanent, StepContext, call
+from herder.actors import (
+    FakeClock,
+    InstanceCrash,
+    Permanent,
+    StepContext,
+    advance_seconds,
+    call,
+)
 from herder.runtime._runtime import Runtime
 from herder.runtime._waits import wait_limit
-from herder.store import InvalidInput, Store, real_number, timer_upper_bound
+from herder.store import InvalidInput, Store, timer_upper_bound
 
 
 class EffectLedger:
@@ -203,12 +210,7 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     start) and each schedule slot on the way, and lets the runtime react there, so a
     timer armed by that reaction (the next backoff, the next slot) falls due within
     the same advance, as it would in real time."""
-    number = real_number(seconds)
-    if number is None or not 0 <= number < float("inf"):  # (NaN too)
-        raise InvalidInput(
-            f"a clock cannot go backwards or to no time: advance({seconds!r}) takes a "
-            "finite number of seconds >= 0"
-        )
+    number = advance_seconds(seconds)
     if clock is not runtime._clock:
         raise InvalidInput(
             "advance() moves the runtime's own clock: pass the FakeClock given to "
