@@ -65,15 +65,11 @@ def leave() -> None:
     raise Bye("from a callback of the user's")
 
 
-class Leaver(Agent):
+class Leaver(Stopper):
     async def leave(self, ctx: StepContext) -> str:
         asyncio.get_running_loop().call_soon(leave)  # out of run_forever, past the task
         await asyncio.sleep(0.01)
         return "left"
-
-    async def ok(self, ctx: StepContext) -> str:
-        await asyncio.sleep(0)
-        return "ok"
 
 
 @pytest.mark.timeout(30)
