@@ -23,7 +23,7 @@ from herder.actors._clock import TimerHandle
 from herder.actors._engine import EngineContext
 from herder.actors._messages import Commands, Due, Tick
 from herder.actors._supervised import SupervisedActor
-from herder.store import StoreCorrupt, crash_point, ms, pending_commands, timer_key
+from herder.store import StoreCorrupt, crash_point, ms, pending_commands, timer_key, timer_token
 
 _log = logging.getLogger("herder.supervisor")
 
@@ -55,7 +55,7 @@ class WorkflowSupervisor(SupervisedActor):
         self._tick_every = tick_every
         # Commands handled here rather than by the Scheduler (a purge needs no workflow).
         self._local = dict(local_commands or {})
-        self._sent: dict[tuple[int, str, str], float] = {}
+        self._sent: dict[tuple[int, str, str, int | None], float] = {}
         self._sent_commands: dict[int, float] = {}
         self._logged: set[tuple[str, bytes]] = set()  # damaged records logged already
         # Ticks fall on a fixed grid from here: the first sweep to see a grid point sends
@@ -91,8 +91,9 @@ class WorkflowSupervisor(SupervisedActor):
         """Report due timers to the Scheduler; return how many were reported.
 
         Pages through every due entry (entries that stay due, such as those of workflows
-        awaiting their definition, must not hide later ones). An entry is reported once,
-        then again only if it is still due ``resend_after`` seconds later. A corrupt entry
+        awaiting their definition, must not hide later ones). An entry (its key and token)
+        is reported once, then again only if it is still due ``resend_after`` seconds
+        later. A corrupt entry
         is logged and skipped: one bad record must not stop the watchdog.
         """
         self.sweeps += 1
@@ -100,7 +101,7 @@ class WorkflowSupervisor(SupervisedActor):
         now = clock.monotonic()
         until_ms = ms(clock.time())
         fresh = []
-        seen: dict[tuple[int, str, str], float] = {}
+        seen: dict[tuple[int, str, str, int | None], float] = {}
         after: bytes | None = None
         while True:
             corrupt: list[StoreCorrupt] = []
@@ -110,7 +111,10 @@ class WorkflowSupervisor(SupervisedActor):
             for error in corrupt:
                 self._damaged(error, "skipping a corrupt timer entry")
             for due_ms, workflow_id, step, value in page:
-                key = (due_ms, workflow_id, step)
+                # The token too: a step's next timer may fall due in the same millisecond
+                # as the one before it (a lost probe retried at once, its lapse's entry
+                # already reported); it is another timer, and must not wait for a resend.
+                key = (due_ms, workflow_id, step, timer_token(value))
                 sent_at = self._sent.get(key)
                 if sent_at is None or now - sent_at >= self._resend_after:
                     fresh.append((due_ms, workflow_id, step, value))
