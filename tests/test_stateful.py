@@ -173,7 +173,9 @@ class RuntimeMachine(RuleBasedStateMachine):
         except InvalidState:
             assert self.rt.status(wid).state.is_final
             return
-        assert self.rt.status(wid).state in (W.COMPENSATING, W.CANCELLED)
+        # Compensating, or past it already: undone, or parked by an undo that failed
+        # permanently (a queued fault) before the status was read.
+        assert self.rt.status(wid).state in (W.COMPENSATING, W.CANCELLED, W.NEEDS_ATTENTION)
 
     @precondition(lambda self: bool(self.inputs))
     @rule(data=st.data())
