@@ -123,11 +123,22 @@ class Capacity:
         queued = QueuedSlots(woken, n)
         if not self._join_queue(queued):
             return
-        if not woken.acquire(timeout=-1 if timeout is None else timeout) and self._leave(queued):
+        try:
+            came = woken.acquire(timeout=-1 if timeout is None else timeout)
+        except BaseException:  # interrupted (Ctrl-C): as a cancelled task, below
+            self._give_up(queued)
+            raise
+        if not came and self._leave(queued):
             rt = _runtime(self)
             raise _full(rt._active, rt._max_active, timeout, "start_many()")
         if queued.error is not None:
             raise queued.error
+
+    def _give_up(self, queued: QueuedSlots) -> None:
+        """``queued``'s caller is gone (interrupted, cancelled): its place in the queue
+        and every slot it got, or was handed meanwhile, go on to the next."""
+        if not self._leave(queued) and queued.handed:
+            self._release_capacity(queued.need)
 
     def _join_queue(self, queued: QueuedSlots) -> bool:
         """Take ``queued.need`` slots now if they are free and nobody waits (False), else
@@ -179,8 +190,14 @@ class Capacity:
                 wait = queued.handed_at + ask - monotonic()
             else:
                 wait = ask if deadline is None else min(ask, deadline - monotonic())
-            if decided.acquire(timeout=max(0.0, wait)):
-                break
+            try:
+                if decided.acquire(timeout=max(0.0, wait)):
+                    break
+            except BaseException:  # interrupted (Ctrl-C): not created unless handed a slot
+                with rt._lock:
+                    if not queued.handed and queued.error is None:
+                        rt._queued.remove(queued)
+                raise
             with rt._lock:
                 if queued.handed or queued.error is not None:
                     if queued.error is None and monotonic() >= queued.handed_at + ask:
@@ -265,8 +282,7 @@ class Capacity:
                 rt = _runtime(self)
                 raise _full(rt._active, rt._max_active, timeout, "start_async()") from None
         except BaseException:  # the awaiting task was cancelled
-            if not self._leave(queued) and queued.handed:  # its slots go on to the next
-                self._release_capacity(queued.need)
+            self._give_up(queued)
             raise
         if queued.error is not None:
             raise queued.error

@@ -8,11 +8,20 @@ import collections
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, Runtime, RuntimeClosed, StepContext, UnknownWorkflow, Workflow
+from herder.runtime import (
+    Agent,
+    Runtime,
+    RuntimeClosed,
+    StepContext,
+    UnknownWorkflow,
+    Workflow,
+    _capacity,
+)
 from herder.runtime.testing import FakeClock
 
 WAIT = 30.0
@@ -373,3 +382,51 @@ def test_a_start_many_waiting_for_room_is_not_overtaken_by_a_start_queued_after_
     assert not isinstance(single_out[0], BaseException), single_out
     assert rt.handle("single").result(timeout=WAIT) == {"s": "single"}
     assert rt._active == 0
+
+
+class _Interrupted:
+    """A stand-in for the lock a waiting start sleeps on: its wait is interrupted, as
+    Ctrl-C interrupts a blocked main thread (KeyboardInterrupt out of ``acquire``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):  # (taken at once by its maker)
+            return True
+        raise KeyboardInterrupt
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["start", "start_many"])
+def test_a_start_interrupted_while_it_waits_for_room_gives_its_place_up(
+    gated: tuple[Runtime, threading.Semaphore, _Queue],
+    monkeypatch: pytest.MonkeyPatch,
+    call: str,
+) -> None:
+    """Left in the queue, an interrupted start_many() was later handed the slot that
+    freed, and nobody took it: one slot less for good. An interrupted start() was created
+    later by the thread that freed a slot, though its caller was told it failed."""
+    rt, go, queue = gated
+    monkeypatch.setattr(_capacity, "threading", SimpleNamespace(Lock=_Interrupted))
+    calls = {
+        "start": lambda: rt.start("w", workflow_id="late", timeout=WAIT),
+        "start_many": lambda: rt.start_many([{"workflow": "w", "workflow_id": "late"}]),
+    }
+    with pytest.raises(KeyboardInterrupt):
+        calls[call]()
+    monkeypatch.undo()
+    assert not queue  # nothing waits in its name
+    go.release()  # "first" ends: its slot frees
+    assert rt.handle("first").result(timeout=WAIT) == {"s": "first"}
+    queue.joined = threading.Semaphore(0)
+    nxt, out = in_thread(lambda: rt.start("w", workflow_id="next", timeout=WAIT))
+    nxt.join(WAIT)
+    assert [h.id for h in out] == ["next"]  # the freed slot was there to take
+    go.release()
+    assert rt.handle("next").result(timeout=WAIT) == {"s": "next"}
+    with pytest.raises(UnknownWorkflow):
+        rt.status("late")
