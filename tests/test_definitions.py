@@ -114,3 +114,14 @@ def test_an_agent_name_with_a_brace_is_refused_as_no_step_could_name_it(tmp_path
         with pytest.raises(InvalidInput, match=r"not a usable agent name: .*holds a brace"):
             rt.start("w", {"device": "{a}"})
         assert rt.start("w", {"device": "a"}).result(timeout=WAIT) == {"s": "bought"}
+
+
+@pytest.mark.timeout(30)
+def test_a_compensate_retry_without_a_compensate_action_is_refused() -> None:
+    """It would never apply: most likely the compensate action was forgotten."""
+    with pytest.raises(InvalidDefinition, match="no compensate action"):
+        Workflow("w").step("buy", agent="shop", action="buy", compensate_retry=RetryPolicy())
+    step = Workflow("w").step(
+        "buy", agent="shop", action="buy", compensate="refund", compensate_retry=RetryPolicy()
+    )
+    assert step.compile().steps[0].compensate_retry == RetryPolicy()
