@@ -146,6 +146,9 @@ class StartingMany:
             for _ in range(n):
                 rt._release_capacity()
             raise
+        # Created now that it has its room, as a queued start() is (its start_at, delay
+        # and deadline were reckoned from the call, as documented).
+        now = rt._ctx.clock.time()
         try:
             committed, handles, marks = self._submit_many(news, unique, claims, now)
         except BaseException:  # nothing was queued: its claims and slots go back

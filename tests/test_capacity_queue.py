@@ -430,3 +430,24 @@ def test_a_start_interrupted_while_it_waits_for_room_gives_its_place_up(
     assert rt.handle("next").result(timeout=WAIT) == {"s": "next"}
     with pytest.raises(UnknownWorkflow):
         rt.status("late")
+
+
+@pytest.mark.timeout(60)
+def test_a_start_many_that_waited_for_room_is_created_when_it_got_it(
+    gated: tuple[Runtime, threading.Semaphore, _Queue],
+) -> None:
+    """As a queued start(): its record was stamped with the time of the call, so its age,
+    and any latency reckoned from it, counted the wait for room."""
+    rt, go, queue = gated
+    clock = rt._clock
+    assert isinstance(clock, FakeClock)
+    many, out = in_thread(lambda: rt.start_many([{"workflow": "w", "workflow_id": "late"}]))
+    assert queue.joined.acquire(timeout=WAIT)  # it waits for room
+    called = clock.time()
+    clock.advance(60.0)
+    go.release()  # "first" ends: its slot goes to the batch
+    many.join(WAIT)
+    assert [h.id for h in out[0]] == ["late"]
+    assert rt.status("late").created == called + 60.0
+    go.release()
+    assert rt.handle("late").result(timeout=WAIT) == {"s": "late"}
