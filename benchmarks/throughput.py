@@ -3,9 +3,10 @@
 The travel workflow (flight -> hotel -> car, each a trivial action on its own agent,
 returning a small dict) runs on a fresh store per case while ``--in-flight`` workflows
 are kept unfinished: ``--starters`` threads call ``Runtime.start`` (which returns once the
-workflow is durable) and the runtime's ``max_active_workflows = in_flight`` makes ``start``
-block while that many are unfinished. Every transition is synced to disk before anything
-depends on it.
+workflow is durable), or with ``--batch N`` ``Runtime.start_many`` of N workflows (one
+group commit, one wake-up of the caller per call), and the runtime's
+``max_active_workflows = in_flight`` makes them block while that many are unfinished.
+Every transition is synced to disk before anything depends on it.
 
 In the same run, for the same instance counts and workflow counts:
 
@@ -30,7 +31,7 @@ To compare two checkouts, run this script with each checkout's interpreter in tu
 uses only the public API); each run carries its own bare-pykka ceiling.
 
 Usage: python benchmarks/throughput.py [--workflows 1000,10000] [--instances 1,4,16]
-       [--in-flight 256,16,1] [--starters 32] [--raw-seconds 2] [--out PATH]
+       [--in-flight 256,16,1] [--starters 32] [--batch 1] [--raw-seconds 2] [--out PATH]
 """
 
 from __future__ import annotations
@@ -350,7 +351,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 progress(TAG, f"bare pykka, {label}")
                 bare = bench_bare(workflows, instances, in_flight)
                 progress(TAG, f"bare pykka, {label}: {bare['steps_per_s']:,.0f} steps/s")
-                progress(TAG, f"herder, {label}, {args.starters} starter threads")
+                calls = "start()" if args.batch == 1 else f"start_many() of {args.batch}"
+                progress(TAG, f"herder, {label}, {args.starters} starter threads, {calls}")
                 with tempfile.TemporaryDirectory(prefix="herder-bench-", dir=base) as d:
                     herder = bench_herder(
                         pathlib.Path(d),
@@ -359,6 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         in_flight,
                         args.starters,
                         pool_workers=args.pool_workers,
+                        batch=args.batch,
                     )
                 herder["vs_bare"] = herder["steps_per_s"] / bare["steps_per_s"]
                 progress(
@@ -383,6 +386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "throughput",
         "machine": machine(),
         "starters": args.starters,
+        "batch": args.batch,
         "cases": cases,
         "raw_lmdb": raw,
         "targets": {str(n): t for n, t in TARGETS.items()},
@@ -457,10 +461,12 @@ def table(report: dict[str, Any]) -> str:
             "raw LMDB synced commits: "
             + ", ".join(f"{name} {r['per_s']:,.0f} puts/s" for name, r in raw.items())
         )
+    batch = report.get("batch", 1)
+    calls = "start()" if batch == 1 else f"start_many() of {batch}"  # (per workflow)
     for case in report["cases"]:
         h = case["herder"]
         lines.append(
-            f"herder {case['instances']} inst, {h['workflows']:,} wf: start() p50 "
+            f"herder {case['instances']} inst, {h['workflows']:,} wf: {calls} p50 "
             f"{h['start_latency']['p50_ms']:.1f} ms p99 {h['start_latency']['p99_ms']:.1f} ms, "
             f"{h['store']['commits_per_s']:,.0f} commits/s of {h['store']['mean_batch']:.1f} "
             f"transitions, mean in flight {h['mean_in_flight']:.0f}/{case['in_flight']}"
@@ -495,7 +501,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workflows", type=ints, default=[1000, 10000])
     parser.add_argument("--instances", type=ints, default=[1, 4, 16])
     parser.add_argument("--in-flight", type=ints, default=[256])
-    parser.add_argument("--starters", type=int, default=32, help="threads calling start()")
+    parser.add_argument("--starters", type=int, default=32, help="threads starting workflows")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="workflows per call: 1 (default) calls start(), more calls start_many()",
+    )
     parser.add_argument("--raw-seconds", type=float, default=2.0)
     parser.add_argument(
         "--pool-workers", type=int, default=None, help="Runtime(pool_workers=); default its own"
