@@ -31,6 +31,8 @@ from herder.runtime._part import whole as _runtime
 from herder.runtime._routing import Router, agent_name, check_actions
 from herder.runtime._workflow import Workflow
 from herder.store import (
+    ConditionFailed,
+    Expect,
     InvalidInput,
     Plan,
     Put,
@@ -215,14 +217,10 @@ class Registration:
         stored = rt._store.get_plan(plan.name, plan.version)
         changed = stored is not None and stored != plan
         if changed and self._ever_started(plan):
-            raise InvalidDefinition(
-                f"workflow {plan.name!r} version {plan.version} is stored with different "
-                "steps and workflows of it have started; give the changed definition a new "
-                "version"
-            )
-        with rt._promotion:
+            raise _started(plan)
+        with rt._promotion, rt._defining:
             if (stored is None or changed) and rt._root is not None:  # standby: at promotion
-                self._store_definition(plan)
+                self._store_definition(plan, replacing=changed)
             rt._ctx.plans[(plan.name, plan.version)] = plan
             current = rt._latest.get(plan.name)
             if current is None or plan.version >= current.version:
@@ -231,11 +229,19 @@ class Registration:
         if rt._firer is not None:
             rt._firer.wake()  # a schedule may have waited for this workflow
 
-    def _store_definition(self, plan: Plan) -> None:
+    def _store_definition(self, plan: Plan, *, replacing: bool = False) -> None:
+        """Write ``plan``; ``replacing`` another under its version: only if no workflow of
+        it has started, checked in the write (a first start may have landed since
+        :meth:`_ever_started` looked), else :class:`InvalidDefinition`."""
         rt = _runtime(self)
         key = definition_key(plan.name, plan.version)
         put = Put("definitions", key, encode(plan.to_dict()))
-        rt._store.writer.submit(Transition(ops=(put,))).result(timeout=rt._ask_timeout)
+        unstarted = Expect("meta", started_key(plan.name, plan.version), exists=False)
+        write = Transition(ops=(put,), expect=(unstarted,) if replacing else ())
+        try:
+            rt._store.writer.submit(write).result(timeout=rt._ask_timeout)
+        except ConditionFailed:
+            raise _started(plan) from None
 
     def _check_actions(self, plan: Plan) -> None:
         """Each step's action and compensation exist on its agent, if it is registered
@@ -274,3 +280,10 @@ def _check_factory(name: str, factory: object, asyncio: object) -> None:
             f"agent {name!r}: its factory is an async def, which only the asyncio host "
             "awaits: pass add_agent(..., asyncio=True), or make it a plain def"
         )
+
+
+def _started(plan: Plan) -> InvalidDefinition:
+    return InvalidDefinition(
+        f"workflow {plan.name!r} version {plan.version} is stored with different steps and "
+        "workflows of it have started; give the changed definition a new version"
+    )

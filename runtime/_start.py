@@ -39,6 +39,7 @@ from herder.runtime._starts import (
     creation,
     existing_workflow,
     same_record,
+    submit_creations,
 )
 from herder.runtime._timing import begin_at, check_priority
 from herder.runtime._waits import seconds
@@ -232,13 +233,14 @@ class Starting(StartingMany):
         (runtime/_claims.py), ended then too."""
         rt: Runtime = self  # type: ignore[assignment]
         try:
-            record, steps, transition = rt._creation(new, also, now=now)
             key = (new.plan.name, new.plan.version)
+            mark = key not in rt._started  # (its definition's first start here)
+            record, steps, transition = rt._creation(new, also, mark=mark, now=now)
             decided = None if handed is None else handed.decided
             landing = Landing(rt, record, steps, key, loop, decided=decided, claim=claim)
             if handed is not None:
                 handed.landing = landing
-            rt._store.writer.submit_many((transition,), landing, halts=True)
+            submit_creations(rt, (transition,), landing, (new.plan,) * mark, halts=True)
         except BaseException:
             rt._release_capacity()
             raise

@@ -38,6 +38,7 @@ from herder.runtime._starts import (
     start_args,
     start_items,
     started_mark,
+    submit_creations,
 )
 from herder.runtime._waits import Steps, Wait, awaited, run_blocking, seconds
 from herder.store import ConditionFailed, InvalidInput
@@ -232,7 +233,8 @@ class StartingMany:
                 rt._claims.give_back_many(claims)
 
             group = [c[2] for c in created] + [started_mark(*key) for key in marks]
-            rt._store.writer.submit_many(group, on_done)
+            plans = {(new.plan.name, new.plan.version): new.plan for new in news} if marks else {}
+            submit_creations(rt, group, on_done, [plans[key] for key in marks])
             # The handles are made while the commit is synced (its fsync lets go of the GIL):
             # once it is durable the Scheduler admits the batch, and whatever the caller has
             # left to do then waits for the GIL behind it.

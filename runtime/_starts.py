@@ -9,10 +9,11 @@ import functools
 import itertools
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from herder.actors import InvalidDefinition
 from herder.runtime._timing import new_workflow
 from herder.runtime._waits import OneShot
 from herder.store import (
@@ -85,6 +86,30 @@ def creation(
         ops.append(_mark_put(new.plan.name, new.plan.version))
     free = Expect("workflows", ops[0].key, exists=False)  # new_workflow's record put
     return record, steps, Transition(ops=tuple(ops), expect=(free,))
+
+
+def submit_creations(
+    rt: Runtime, group: tuple[Transition, ...] | list[Transition], callback: Any,
+    marked: Sequence[Plan], *, halts: bool = False,
+) -> None:  # fmt: skip
+    """Queue ``group``, creations that write the started mark of the ``marked``
+    definitions (their first start in this runtime), if any, under ``rt._defining``: an
+    ``add_workflow`` replacing one of them comes before (and this start, prepared with
+    the old steps, is refused with :class:`InvalidDefinition`) or after (and finds the
+    mark: refused itself)."""
+    if not marked:  # (every start but the first few of each definition)
+        rt._store.writer.submit_many(group, callback, halts=halts)
+        return
+    with rt._defining:
+        for plan in marked:
+            current = rt._ctx.plans.get((plan.name, plan.version))
+            if current is not None and current is not plan and current != plan:
+                raise InvalidDefinition(
+                    f"workflow {plan.name!r} version {plan.version} was registered again "
+                    "with other steps while this start was being made; nothing was "
+                    "started: start it again (it runs the definition registered now)"
+                )
+        rt._store.writer.submit_many(group, callback, halts=halts)
 
 
 def started_mark(name: str, version: int) -> Transition:

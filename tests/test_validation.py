@@ -72,6 +72,58 @@ def test_a_definition_is_replaced_under_its_version_until_a_workflow_of_it_start
         rt.add_workflow(order())  # the same definition again is fine
 
 
+@pytest.mark.timeout(60)
+def test_a_replacement_racing_the_first_start_is_refused_in_its_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """add_workflow looked for the started mark, a first start landed, and then it wrote
+    its changed definition over the one that workflow had started under."""
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(order())
+        looked = rt._ever_started
+
+        def then_started(plan: Any) -> bool:
+            found = looked(plan)
+            rt.start("order", workflow_id="o1").result(timeout=WAIT)  # lands meanwhile
+            return found
+
+        monkeypatch.setattr(rt, "_ever_started", then_started)
+        with pytest.raises(InvalidDefinition, match="workflows of it have started"):
+            rt.add_workflow(order(compensate=None))
+        assert rt._store.get_plan("order", 1) == order().compile()  # what o1 runs
+        assert rt._ctx.plans[("order", 1)] == order().compile()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["start", "start_many"])
+def test_a_first_start_prepared_before_a_replacement_is_refused_not_run_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """A start checked its input and agents against the old steps; the replacement
+    landed; the start then created its workflow, which ran the new steps."""
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(Workflow("order").step("pay", agent="shop", action="refund"))  # a slip
+        prepare = rt._prepare
+
+        def then_fixed(*args: Any, **kwargs: Any) -> Any:
+            new = prepare(*args, **kwargs)
+            rt.add_workflow(order())  # the fix lands while the start is being made
+            return new
+
+        monkeypatch.setattr(rt, "_prepare", then_fixed)
+        calls = {
+            "start": lambda: rt.start("order", workflow_id="o1"),
+            "start_many": lambda: rt.start_many([{"workflow": "order", "workflow_id": "o1"}]),
+        }
+        with pytest.raises(InvalidDefinition, match="registered again with other steps"):
+            calls[call]()
+        monkeypatch.undo()
+        assert rt.list() == []  # nothing was started
+        assert rt.start("order", workflow_id="o1").result(timeout=WAIT) == {"pay": "bought"}
+
+
 class Till(Agent):  # a shop without refunds
     def buy(self, ctx: StepContext) -> str:
         return "bought"
