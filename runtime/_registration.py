@@ -5,6 +5,7 @@ and handed to the Scheduler as ``Define`` messages."""
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,9 @@ from herder.store import (
 
 if TYPE_CHECKING:
     pass
+
+
+_log = logging.getLogger("herder.runtime")
 
 
 class Registration:
@@ -214,6 +218,16 @@ class Registration:
             )
         plan = workflow.compile()
         self._check_actions(plan)
+        for spec in plan.steps:  # (warned, not refused: code that ran before keeps running)
+            if spec.compensate_retry is not None and spec.compensate is None:
+                _log.warning(
+                    "workflow %r step %r: compensate_retry is set but the step has no "
+                    "compensate action, so it never applies; name one with compensate=..., "
+                    "or drop compensate_retry (under a new version once workflows of it "
+                    "started)",
+                    plan.name,
+                    spec.name,
+                )
         stored = rt._store.get_plan(plan.name, plan.version)
         changed = stored is not None and stored != plan
         if changed and self._ever_started(plan):

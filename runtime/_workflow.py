@@ -120,12 +120,6 @@ class Workflow:
                 raise InvalidDefinition(
                     f"step {name!r}: {field} must be a RetryPolicy, got {type(policy).__name__}"
                 )
-        if compensate_retry is not None and compensate is None:
-            raise InvalidDefinition(
-                f"step {name!r}: compensate_retry is set but the step has no compensate "
-                "action, so it would never apply; name one with compensate=..., or drop "
-                "compensate_retry"
-            )
         self._steps[name] = StepSpec(
             name=name,
             agent=agent.members[0] if isinstance(agent, AnyOf) else _agent_name(agent),

@@ -117,11 +117,22 @@ def test_an_agent_name_with_a_brace_is_refused_as_no_step_could_name_it(tmp_path
 
 
 @pytest.mark.timeout(30)
-def test_a_compensate_retry_without_a_compensate_action_is_refused() -> None:
-    """It would never apply: most likely the compensate action was forgotten."""
-    with pytest.raises(InvalidDefinition, match="no compensate action"):
-        Workflow("w").step("buy", agent="shop", action="buy", compensate_retry=RetryPolicy())
-    step = Workflow("w").step(
-        "buy", agent="shop", action="buy", compensate="refund", compensate_retry=RetryPolicy()
-    )
-    assert step.compile().steps[0].compensate_retry == RetryPolicy()
+def test_a_compensate_retry_without_a_compensate_action_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It never applies: most likely the compensate action was forgotten. Warned of, not
+    refused: a daemon whose definition has it kept starting before, and dropping it
+    changes the definition (a new version once workflows of it started)."""
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(Workflow("w").step("buy", agent="shop", action="buy", retry=None))
+        assert "compensate_retry" not in caplog.text
+        rt.add_workflow(
+            Workflow("w", version=2).step(
+                "buy", agent="shop", action="buy", compensate_retry=RetryPolicy()
+            )
+        )
+        assert "'w' step 'buy': compensate_retry is set but the step has no compensate" in (
+            caplog.text
+        )
+        assert rt.start("w", workflow_id="o").result(timeout=WAIT) == {"buy": "bought"}
