@@ -71,6 +71,10 @@ class AgentUnavailable(Exception):
     """No instance of an agent could be started (its factory or start-up failed)."""
 
 
+FAILED_START = "an instance of agent {!r} failed to start"
+"""What every host says, before the reason, when an agent's factory or start-up failed."""
+
+
 class GivenUp(int):
     """The token of an attempt lost because its host gave up on the agent's instances
     (their restart intensity was exceeded, by other attempts' crashes), not because its

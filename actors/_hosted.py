@@ -34,6 +34,7 @@ import pykka
 from herder.actors._agent import Agent
 from herder.actors._ask import call_later
 from herder.actors._clock import Clock
+from herder.actors._errors import SupervisorStartError
 from herder.actors._messages import InstanceEvent
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervision_specs import (
@@ -226,7 +227,10 @@ def request_agent_supervisor(
     the host asks for a fresh one when it next needs it."""
 
     def listener(event: ChildEvent) -> None:
-        reason = None if event.reason is None else explain(event.reason)
+        cause = event.reason
+        if isinstance(cause, SupervisorStartError) and cause.__cause__ is not None:
+            cause = cause.__cause__  # (the host says "failed to start" itself: FAILED_START)
+        reason = None if cause is None else explain(cause)
         events(InstanceEvent(name, event.child_id, event.kind, event.ref, reason))
 
     spec = ChildSpec(

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from herder.actors._action import run_attempt
 from herder.actors._agent import Agent
 from herder.actors._ahead import next_ready
-from herder.actors._host import InstanceCrash
+from herder.actors._host import FAILED_START, InstanceCrash
 from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Run
 from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildEventKind
@@ -142,7 +142,7 @@ class PoolWorker(SupervisedActor):
                     try:
                         agent = contain(work.factory)
                     except UserCodeFailed as failed:
-                        self._crashed(run, f"agent {run.agent!r} failed to start: {failed.error}")
+                        self._crashed(run, f"{FAILED_START.format(run.agent)}: {failed.error}")
                         return None
                     self._built(run.agent, run.instance, agent)
                 began = perf_counter()

@@ -22,7 +22,7 @@ import pykka
 from herder.actors._agent_instance import AgentInstance
 from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
-from herder.actors._host import AgentUnavailable, GivenUp
+from herder.actors._host import FAILED_START, AgentUnavailable, GivenUp
 from herder.actors._hosted import Hosted, HostedAgents, Instance, request_agent_supervisor
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING
@@ -231,9 +231,7 @@ class ThreadHost(HostedAgents[_Pool]):
                 del pool.instances[event.instance]
                 if pool.concurrency == 0:
                     return []  # removed meanwhile: its queue waits for a new add()
-                raise AgentUnavailable(
-                    f"an instance of agent {pool.name!r} failed to start: {event.reason}"
-                )
+                raise AgentUnavailable(f"{FAILED_START.format(pool.name)}: {event.reason}")
             return []
         unexpected_exit = not inst.lost and event.kind in (
             ChildEventKind.EXITED,

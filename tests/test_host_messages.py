@@ -47,6 +47,7 @@ def test_a_crashed_instance_and_a_failed_factory_read_plainly(tmp_path: Path, ho
     crashed = error_of(tmp_path / "crash", host, Wedged)
     assert crashed == "agent instance crashed: InstanceCrash: client wedged"
     failed = error_of(tmp_path / "factory", host, broken)
-    assert failed.endswith("failed to start: RuntimeError: factory boom"), failed
+    assert failed.endswith("an instance of agent 'a' failed to start: RuntimeError: factory boom")
+    assert failed.count("failed to start") == 1, failed  # (the thread host said it twice)
     assert "('" not in failed, failed  # no repr inside a repr
     assert '("' not in failed, failed
