@@ -93,8 +93,8 @@ class WorkflowSupervisor(SupervisedActor):
         Pages through every due entry (entries that stay due, such as those of workflows
         awaiting their definition, must not hide later ones). An entry (its key and token)
         is reported once, then again only if it is still due ``resend_after`` seconds
-        later. A corrupt entry
-        is logged and skipped: one bad record must not stop the watchdog.
+        later. A corrupt entry is logged and skipped: one bad record must not stop the
+        watchdog.
         """
         self.sweeps += 1
         clock = self._ctx.clock

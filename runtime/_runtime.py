@@ -208,7 +208,7 @@ class Runtime(
         self._promotion = threading.RLock()
         # Held while add_workflow stores a definition and registers it, and while a start
         # that writes its definition's started mark is queued (runtime/_starts.py,
-        # submit_marked): no workflow starts on a definition replaced meanwhile.
+        # submit_creations): no workflow starts on a definition replaced meanwhile.
         self._defining = threading.Lock()
         self._root: pykka.ActorRef[Any] | None = None
         self._is_active = NotifyingEvent()  # became active, or stopped or failed first
