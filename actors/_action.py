@@ -6,8 +6,9 @@
 - a result is normalised (msgpack-able, within ``max_result_bytes``); ``COMPLETE_LATER``
   becomes a hand-off (``kind="later"``) and a :class:`ProbeResult` a verdict;
 - :class:`Permanent`, a missing or private action, a coroutine (an ``async def`` the
-  thread host cannot run) and a generator (a ``def`` with a ``yield``, none of whose body
-  ran) fail the step for good, as having taken no effect;
+  thread host cannot run) and a generator (a ``def`` or ``async def`` with a ``yield``,
+  none of whose body ran) fail the step for good, as having taken no effect, on every
+  host (:func:`refuse_unrun`);
 - a result (or heartbeat details) that cannot be stored fails it too, but as having
   taken effect (:data:`UNSTORABLE_ERROR`: no retry, and its compensation runs);
 - anything else raised, ``BaseException`` included, fails it transiently, described
@@ -49,14 +50,21 @@ def run_attempt(
         return unleased(agent_name, instance_id, run)
 
     def call() -> Any:
-        value = call_action(agent, agent_name, run)
-        unrun = _UNRUN.get(type(value))
-        if unrun is not None:  # its body never ran: it took no effect
-            value.close()  # never started: no user code runs
-            raise Permanent(f"action {run.action!r} of agent {agent_name!r} returned {unrun}")
-        return value
+        return refuse_unrun(call_action(agent, agent_name, run), agent_name, run)
 
     return settle(call, agent_name, instance_id, run, max_result_bytes)
+
+
+def refuse_unrun(value: Any, agent_name: str, run: Run) -> Any:
+    """``value``, unless it is what an action returns without having run at all (its
+    body never ran, so it took no effect): then :class:`Permanent`, saying why. The
+    asyncio host awaits a coroutine first: only generators reach it here."""
+    unrun = _UNRUN.get(type(value))
+    if unrun is None:
+        return value
+    if type(value) is not types.AsyncGeneratorType:  # (one never started holds nothing)
+        value.close()  # never started: no user code runs
+    raise Permanent(f"action {run.action!r} of agent {agent_name!r} returned {unrun}")
 
 
 _UNRUN: dict[type, str] = {
@@ -67,6 +75,10 @@ _UNRUN: dict[type, str] = {
     types.GeneratorType: (  # a def with a yield: calling it runs none of its body
         "a generator (its def has a yield), so none of its body ran: return the "
         "values (a list, say) instead of yielding them"
+    ),
+    types.AsyncGeneratorType: (  # an async def with a yield: none of its body runs either
+        "an async generator (its async def has a yield), so none of its body ran: "
+        "return the values (a list, say) instead of yielding them"
     ),
 }
 """What an action may return without having run at all, and what to tell its author."""

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from herder.actors._action import call_action, leased, settle, unleased
+from herder.actors._action import call_action, leased, refuse_unrun, settle, unleased
 from herder.actors._agent import Agent
 from herder.actors._event_loop import EventLoop
 from herder.actors._host import InstanceCrash
@@ -59,6 +59,8 @@ async def run_attempt_async(
         value = call_action(agent, agent_name, run)
         if inspect.iscoroutine(value) or isinstance(value, asyncio.Future):
             value = await value
+        else:  # (a generator: it ran nothing, as on the thread hosts)
+            refuse_unrun(value, agent_name, run)
     except BaseException as exc:  # user code may raise anything at all
         error: BaseException | None = exc
     else:

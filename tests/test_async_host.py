@@ -395,3 +395,38 @@ def test_an_attempt_cancelled_while_building_the_object_leaves_it_to_the_next() 
     finally:
         connect.set()
         loop.close()
+
+
+class Yielding(Agent):
+    """Actions written as generators: calling one runs none of its body."""
+
+    undone: list[str] = []
+
+    async def agen(self, ctx: StepContext) -> Any:
+        yield "never"
+
+    def gen(self, ctx: StepContext) -> Any:  # a plain def of an async agent: on the loop
+        yield "never"
+
+    async def undo(self, ctx: StepContext) -> None:
+        Yielding.undone.append(ctx.step)
+
+
+@pytest.mark.parametrize(("action", "hidden"), [("agen", False), ("gen", False), ("agen", True)])
+def test_a_generator_action_fails_its_step_as_having_taken_no_effect_on_any_host(
+    rt: Runtime, action: str, hidden: bool
+) -> None:
+    # On the loop a generator was an unstorable result, as if the action had run (the
+    # thread hosts already said it ran nothing, for a def's generator): its step failed
+    # "may have taken effect" and its compensation ran for a body that never did. A
+    # hidden class puts the agent on a thread host, which took an async generator so too.
+    Yielding.undone = []
+    rt.add_agent("y", (lambda: Yielding()) if hidden else Yielding)  # noqa: PLW0108
+    rt.add_workflow(Workflow("w").step("s", agent="y", action=action, compensate="undo"))
+    with pytest.raises(WorkflowFailed) as failed:
+        rt.start("w").result(timeout=WAIT)
+    step = failed.value.status.steps["s"]
+    assert (step.error or "").startswith("Permanent: "), step.error
+    assert "generator" in (step.error or ""), step.error
+    assert step.attempt == 1
+    assert Yielding.undone == []
