@@ -45,6 +45,7 @@ from herder.actors._errors import (
     UnknownName,
     UnknownWorkflow,
     WorkflowConflict,
+    WrongThread,
 )
 from herder.actors._event_loop import EventLoop, LoopInbox, inbox
 from herder.actors._facts import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, parse_facts, read_facts
@@ -161,6 +162,7 @@ __all__ = [
     "UnknownWorkflow",
     "WorkflowConflict",
     "WorkflowSupervisor",
+    "WrongThread",
     "action_names",
     "advance_seconds",
     "agent_class_of",

@@ -94,6 +94,11 @@ class RuntimeClosed(HerderError):
     """The runtime is stopped or stopping; it accepts no new work."""
 
 
+class WrongThread(HerderError, RuntimeError):
+    """A call made on a thread that cannot serve it: ``run_forever()`` off the main thread
+    (Python delivers signals only there). Nothing was done."""
+
+
 class NotActive(HerderError):
     """This runtime is a standby: it serves ``status``/``list`` until it takes the lease.
 

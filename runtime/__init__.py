@@ -31,6 +31,7 @@ from herder.actors import (
     UnknownName,
     UnknownWorkflow,
     WorkflowConflict,
+    WrongThread,
 )
 from herder.actors.ray import RayHost
 from herder.runtime._anyof import AnyOf
@@ -105,4 +106,5 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowHandle",
     "WorkflowStatus",
+    "WrongThread",
 ]

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from herder.actors import Complete, Operate, call_future
+from herder.actors import Complete, Operate, WrongThread, call_future
 from herder.runtime._claims import left
 from herder.runtime._routing import routes
 from herder.runtime._starts import start_items
@@ -275,7 +275,7 @@ class AsyncRuntime:
         """
         rt = _runtime(self)
         if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError(
+            raise WrongThread(
                 "run_forever_async() must run on an event loop in the main thread (Python "
                 "delivers signals only there); elsewhere await your own event and then "
                 "stop_async(drain=True)"

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, cast
 
 import pykka
 
-from herder.actors import NotActive, RuntimeClosed, SteadyClock, SystemClock, call, start_tree
+from herder.actors import (
+    NotActive,
+    RuntimeClosed,
+    SteadyClock,
+    SystemClock,
+    WrongThread,
+    call,
+    start_tree,
+)
 from herder.actors.ray import detach
 from herder.runtime._config import at_least
 from herder.runtime._firing import Firer
@@ -156,7 +164,7 @@ class Lifecycle:
         rt = _runtime(self)
         drain_timeout = wait_limit(drain_timeout, "drain_timeout")
         if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError(
+            raise WrongThread(
                 "run_forever() must run in the main thread (Python delivers signals only "
                 "there); from another thread, wait on your own event and call stop(drain=True)"
             )

@@ -8,7 +8,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 from herder.actors import call_future
 from herder.runtime import (
     Agent,
+    HerderError,
     InvalidInput,
     RetryPolicy,
     Runtime,
@@ -27,6 +28,7 @@ from herder.runtime import (
     Workflow,
     WorkflowConflict,
     WorkflowFailed,
+    WrongThread,
 )
 
 WAIT = 10.0
@@ -244,6 +246,27 @@ def test_run_forever_async_returns_when_the_runtime_is_stopped_elsewhere(tmp_pat
         await asyncio.wait_for(serving, WAIT)
 
     asyncio.run(main())
+
+
+def test_serving_off_the_main_thread_is_refused_with_a_herder_error(tmp_path: Path) -> None:
+    # Both raised a bare RuntimeError: an application catching HerderError missed it.
+    raised: list[BaseException] = []
+
+    def serve(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as exc:  # what it raised is the finding
+            raised.append(exc)
+
+    with Runtime(tmp_path / "s") as rt:
+        for call in (rt.run_forever, lambda: asyncio.run(rt.run_forever_async())):
+            thread = threading.Thread(target=serve, args=(call,))
+            thread.start()
+            thread.join(WAIT)
+        assert rt.is_active  # nothing was stopped
+    assert [type(exc) for exc in raised] == [WrongThread, WrongThread]
+    assert all(isinstance(exc, HerderError) for exc in raised)
+    assert all("main thread" in str(exc) for exc in raised)
 
 
 @pytest.mark.timeout(30)

@@ -34,6 +34,8 @@ RUNTIME = {
     # every other HerderError a caller can meet (stats() after stop: StoreClosed)
     "ConditionFailed", "RestartIntensityExceeded", "StoreClosed", "SupervisorStartError",
     "UserCodeFailed",
+    # run_forever() called off the main thread
+    "WrongThread",
 }  # fmt: skip
 
 TESTING = {
