@@ -41,7 +41,7 @@ from herder.actors import Complete, Operate, WrongThread, call_future
 from herder.runtime._claims import left
 from herder.runtime._routing import routes
 from herder.runtime._starts import start_items
-from herder.runtime._waits import awaited, run_async, seconds
+from herder.runtime._waits import awaited, run_async, seconds, wait_limit
 from herder.runtime._workflow import Workflow
 
 if TYPE_CHECKING:
@@ -274,6 +274,7 @@ class AsyncRuntime:
         The loop must run in the main thread (Python delivers signals only there).
         """
         rt = _runtime(self)
+        drain_timeout = wait_limit(drain_timeout, "drain_timeout")  # (not at the SIGTERM)
         if threading.current_thread() is not threading.main_thread():
             raise WrongThread(
                 "run_forever_async() must run on an event loop in the main thread (Python "

@@ -248,6 +248,24 @@ def test_run_forever_async_returns_when_the_runtime_is_stopped_elsewhere(tmp_pat
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("drain_timeout", [-1.0, "30", float("nan")])
+def test_run_forever_async_refuses_a_bad_drain_timeout_at_the_door(
+    tmp_path: Path, drain_timeout: Any
+) -> None:
+    # It served with it, and only the stop() at SIGTERM refused it: the runtime was left
+    # running at shutdown, its InvalidInput raised then (run_forever() checks at the door).
+    before = signal.getsignal(signal.SIGTERM)
+    with Runtime(tmp_path / "s") as rt:
+
+        async def main() -> None:
+            await asyncio.wait_for(rt.run_forever_async(drain_timeout=drain_timeout), 2.0)
+
+        with pytest.raises(InvalidInput, match="drain_timeout"):
+            asyncio.run(main())
+        assert rt.is_active
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_serving_off_the_main_thread_is_refused_with_a_herder_error(tmp_path: Path) -> None:
     # Both raised a bare RuntimeError: an application catching HerderError missed it.
     raised: list[BaseException] = []
