@@ -96,7 +96,9 @@ class RuntimeClosed(HerderError):
 
 class WrongThread(HerderError, RuntimeError):
     """A call made on a thread that cannot serve it: ``run_forever()`` off the main thread
-    (Python delivers signals only there). Nothing was done."""
+    (Python delivers signals only there), or a blocking ``result()`` on the thread of the
+    event loop the runtime's ``async def`` actions run on (the workflow's own steps may
+    need that loop: await ``result_async()``). Nothing was done."""
 
 
 class NotActive(HerderError):

@@ -178,6 +178,15 @@ class EventLoop:
         any more, in this runtime. (The runtime's own loop closes only at its stop.)"""
         return self._given is not None and self._given.is_closed()
 
+    def runs_here(self) -> bool:
+        """True on the thread that runs this loop (the application's, or the runtime's
+        own): a blocking wait there holds up every ``async def`` action."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # (no loop runs on this thread)
+            return False
+        return running is self._given or running is self._owned
+
     def submit(self, coro: Coroutine[Any, Any, Any]) -> Attempt | None:
         """Run ``coro`` as a task on the loop; None (``coro`` closed, never started) when
         the loop is closed or the runtime stopped. Callable from any thread."""

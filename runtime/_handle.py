@@ -8,7 +8,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import Admit, EarlyStart, RuntimeClosed, Unadmit, UnknownWorkflow
+from herder.actors import (
+    Admit,
+    EarlyStart,
+    RuntimeClosed,
+    Unadmit,
+    UnknownWorkflow,
+    WrongThread,
+)
 from herder.runtime._async import AsyncHandle
 from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
@@ -38,9 +45,18 @@ class WorkflowHandle(AsyncHandle):
 
         Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
         NEEDS_ATTENTION, :class:`TimeoutError` if ``timeout`` seconds pass first, and
-        :class:`StoreCorrupt` at once if one of its records is damaged (it cannot end).
+        :class:`StoreCorrupt` at once if one of its records is damaged (it cannot end),
+        and :class:`WrongThread` on the thread of the event loop the runtime's ``async
+        def`` actions run on (await :meth:`result_async` there).
         """
-        return self._outcome(self._runtime._wait_final(self.id, seconds(timeout)))
+        timeout = seconds(timeout)
+        if self._runtime._ctx.event_loop.runs_here():
+            raise WrongThread(
+                "h.result() blocks its thread, and this one runs the event loop of the "
+                "runtime's async def actions: the workflow's own steps could not run there "
+                "meanwhile, so it might never end; await h.result_async() instead"
+            )
+        return self._outcome(self._runtime._wait_final(self.id, timeout))
 
     def _outcome(self, final: Final) -> dict[str, Any]:
         record, steps = final

@@ -1,6 +1,7 @@
 """The asyncio face at its edges (found by review): a start_many_async cancelled while
-its checks run on a worker thread gives its slots back, and a blocking stop() from an
-async action on the runtime's own loop stops the runtime whole."""
+its checks run on a worker thread gives its slots back, a blocking stop() from an
+async action on the runtime's own loop stops the runtime whole, and a blocking result()
+on the loop the async actions run on is refused rather than left to deadlock."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from herder.runtime import (
     StepContext,
     Workflow,
     WorkflowHandle,
+    WrongThread,
 )
 
 WAIT = 10.0
@@ -132,3 +134,59 @@ def test_a_blocking_stop_from_an_async_action_on_the_runtimes_own_loop_stops_it_
     finally:
         release.set()
         rt.stop()
+
+
+class Quick(Agent):
+    async def act(self, ctx: StepContext) -> int:
+        await asyncio.sleep(0)
+        return ctx.attempt
+
+
+def test_a_blocking_result_on_the_applications_loop_is_refused_not_a_deadlock(
+    tmp_path: Path,
+) -> None:
+    """h.result() on the loop given as Runtime(loop=) held that loop while it waited, so
+    the workflow's own async step could never run: a wait without timeout hung for good."""
+
+    async def main() -> dict[str, Any]:
+        rt = Runtime(tmp_path / "s", loop=asyncio.get_running_loop())
+        try:
+            rt.add_agent("q", Quick)
+            rt.add_workflow(Workflow("w").step("s", agent="q", action="act"))
+            handle = await rt.start_async("w")
+            with pytest.raises(WrongThread, match=r"await h\.result_async\(\)"):
+                handle.result(timeout=2.0)  # (without the check: a TimeoutError)
+            return await handle.result_async(timeout=WAIT)
+        finally:
+            await rt.stop_async()
+
+    assert asyncio.run(main()) == {"s": 1}
+
+
+def test_a_blocking_result_in_an_action_on_the_runtimes_own_loop_is_refused(
+    tmp_path: Path,
+) -> None:
+    """An async action waiting on a child workflow with h.result() held the runtime's own
+    loop (herder-asyncio), where the child's async step had to run: neither could end."""
+    box: dict[str, Runtime] = {}
+
+    class Parent(Agent):
+        async def parent(self, ctx: StepContext) -> str:
+            child = box["rt"].start("child", workflow_id=f"child-of-{ctx.workflow_id}")
+            try:
+                child.result(timeout=2.0)  # (without the check: a TimeoutError)
+            except WrongThread as exc:
+                return str(exc)
+            return "waited"
+
+        async def act(self, ctx: StepContext) -> int:
+            return 1
+
+    with Runtime(tmp_path / "s", default_retry=ONCE) as rt:
+        box["rt"] = rt
+        rt.add_agent("p", Parent)
+        rt.add_workflow(Workflow("parent").step("s", agent="p", action="parent"))
+        rt.add_workflow(Workflow("child").step("s", agent="p", action="act"))
+        said = rt.start("parent", workflow_id="p").result(timeout=WAIT)["s"]
+        assert "result_async" in said
+        assert rt.handle("child-of-p").result(timeout=WAIT) == {"s": 1}  # it ran meanwhile

@@ -34,7 +34,7 @@ RUNTIME = {
     # every other HerderError a caller can meet (stats() after stop: StoreClosed)
     "ConditionFailed", "RestartIntensityExceeded", "StoreClosed", "SupervisorStartError",
     "UserCodeFailed",
-    # run_forever() called off the main thread
+    # run_forever() called off the main thread, a blocking result() on the actions' loop
     "WrongThread",
 }  # fmt: skip
 
