@@ -105,5 +105,6 @@ class NotActive(HerderError):
     """This runtime is a standby: it serves ``status``/``list`` until it takes the lease.
 
     Start, cancel and retry workflows on the active runtime, or wait for this one to take
-    over (``rt.wait_active()``).
+    over (``rt.wait_active()``). Also raised, recording nothing, while the supervision tree
+    replaces a Scheduler that crashed: call again in a moment.
     """

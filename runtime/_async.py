@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import pykka
+
 from herder.actors import Complete, Operate, WrongThread, call_future
 from herder.runtime._claims import left
 from herder.runtime._routing import routes
@@ -309,5 +311,9 @@ class AsyncRuntime:
         """Ask the Scheduler to record ``msg``; return once that is durable."""
         rt = _runtime(self)
         rt._check_active()
-        done: Future[None] = await awaited(call_future(rt._scheduler, method, msg), rt._ask_timeout)
+        asked = call_future(rt._scheduler, method, msg)
+        try:
+            done: Future[None] = await awaited(asked, rt._ask_timeout)
+        except pykka.ActorDeadError:
+            raise rt._scheduler_gone() from None
         await awaited(done, rt._ask_timeout)

@@ -9,9 +9,19 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import Complete, Operate, Permanent, call, parse_task_token
+import pykka
+
+from herder.actors import (
+    Complete,
+    NotActive,
+    Operate,
+    Permanent,
+    RuntimeClosed,
+    call,
+    parse_task_token,
+)
 from herder.runtime._part import whole as _runtime
-from herder.store import bounded_text, describe, error_types, normalize, safe_str
+from herder.store import HerderError, bounded_text, describe, error_types, normalize, safe_str
 
 if TYPE_CHECKING:
     pass
@@ -123,5 +133,22 @@ class Operations:
         """Ask the Scheduler to record ``msg``; return once that is durable."""
         rt = _runtime(self)
         rt._check_active()
-        done: Future[None] = call(rt._scheduler, method, msg, timeout=rt._ask_timeout)
+        try:
+            done: Future[None] = call(rt._scheduler, method, msg, timeout=rt._ask_timeout)
+        except pykka.ActorDeadError:
+            raise rt._scheduler_gone() from None
         done.result(timeout=rt._ask_timeout)
+
+    def _scheduler_gone(self) -> HerderError:
+        """What a call that found the Scheduler dead raises: :class:`RuntimeClosed`, saying
+        why, once the runtime stopped or failed; else :class:`NotActive`: the supervision
+        tree is replacing a Scheduler that crashed (it first stops the agents, which may
+        take their whole shutdown), and the call recorded nothing."""
+        try:
+            _runtime(self)._check_open()
+        except RuntimeClosed as exc:
+            return exc
+        return NotActive(
+            "the runtime's Scheduler crashed and its supervision tree is starting a new "
+            "one; nothing was recorded: call again in a moment"
+        )

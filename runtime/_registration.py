@@ -4,10 +4,13 @@ and handed to the Scheduler as ``Define`` messages."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import pykka
 
 from herder.actors import (
     DEFAULT_HEALTH_INTERVAL,
@@ -167,7 +170,15 @@ class Registration:
                 rt._ctx.health.unwatch(name)
             if rt._root is not None:  # a standby's Scheduler reads ctx.agents at start
                 entry = AgentEntry(factory, concurrency, rt._ctx.limits.get(name, NO_LIMITS))
-                call(rt._scheduler, "add_agent", name, entry, timeout=rt._ask_timeout)
+                rt._tell_agents("add_agent", name, entry)
+
+    def _tell_agents(self, method: str, *args: object) -> None:
+        """Have the Scheduler take a change of ``ctx.agents`` (made first). One the tree is
+        replacing after a crash misses it harmlessly: the next reads ``ctx.agents`` once
+        it runs (after it is ``ctx.scheduler``, which this call found it was not yet)."""
+        rt = _runtime(self)
+        with contextlib.suppress(pykka.ActorDeadError):
+            call(rt._scheduler, method, *args, timeout=rt._ask_timeout)
 
     def add_router(self, name: str, router: Router) -> None:
         """Register ``router(input) -> str`` for agent templates that name ``{@name}``.
@@ -199,7 +210,7 @@ class Registration:
             rt._ctx.health.unwatch(name)
             rt._actions.pop(name, None)
             if rt._root is not None:
-                call(rt._scheduler, "remove_agent", name, timeout=rt._ask_timeout)
+                rt._tell_agents("remove_agent", name)
 
     def add_workflow(self, workflow: Workflow) -> None:
         """Register a workflow definition (validated and compiled here).

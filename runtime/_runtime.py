@@ -303,9 +303,8 @@ class Runtime(
             by_state[record.state] += 1
         try:
             engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
-        except pykka.ActorDeadError:  # its actors are gone: the runtime failed (or stops)
-            self._check_open()  # RuntimeClosed, saying why
-            raise RuntimeClosed("the runtime's actors are gone; open a new Runtime") from None
+        except pykka.ActorDeadError:  # it failed or stops, or the tree replaces a crashed one
+            raise self._scheduler_gone() from None
         bad = {f"{e.db}:{e.key!r}": e.reason for e in corrupt} | engine["corrupt"]
         return {
             "workflows": by_state,

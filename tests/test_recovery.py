@@ -8,6 +8,7 @@ failed commit, a crash-looping agent) are injected for real.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from herder.runtime import (
     Agent,
+    NotActive,
     RetryPolicy,
     Runtime,
     State,
@@ -269,3 +271,49 @@ def test_a_crash_looping_agent_gets_a_fresh_supervisor_and_its_steps_finish(
         rt.add_workflow(Workflow("loop").step("s", agent="svc", action="work", retry=policy))
         assert rt.start("loop", workflow_id="w").result(timeout=WAIT) == {"s": 7}
         assert rt.stats()["steps"]["crashes"] == 6
+
+
+def test_calls_while_the_tree_replaces_a_crashed_scheduler_raise_herder_errors(
+    path: Path,
+) -> None:
+    # The tree stops the agents before it starts a new Scheduler, and an instance busy in
+    # an action may take its whole shutdown: meanwhile cancel() and cancel_async() raised
+    # pykka's ActorDeadError (no HerderError), add_agent() too though the new Scheduler
+    # takes its agent, and stats() said to open a new Runtime.
+    entered, release = threading.Event(), threading.Event()
+
+    class Holds(Agent):
+        def hold(self, ctx: StepContext) -> str:
+            entered.set()
+            release.wait(WAIT)
+            return "held"
+
+    with Runtime(path, instance_shutdown=WAIT) as rt:
+        rt.add_agent("h", Holds)
+        rt.add_workflow(Workflow("w").step("s", agent="h", action="hold"))
+        other = rt.start("w", workflow_id="other")
+        rt.start("w", workflow_id="held")
+        assert entered.wait(WAIT)
+        old = rt._ctx.scheduler
+        assert old is not None
+        crashing = threading.Thread(target=crash_scheduler, args=(rt, 3 * WAIT))
+        crashing.start()
+        try:
+            assert old.actor_stopped.wait(WAIT)  # the tree now waits for the held instance
+            for call in (
+                lambda: rt.cancel(other.id),
+                lambda: asyncio.run(rt.cancel_async(other.id)),
+                rt.stats,
+            ):
+                with pytest.raises(NotActive, match="call again"):
+                    call()
+            rt.add_agent("h", Holds, concurrency=2)  # the new Scheduler takes it
+            assert rt._ctx.scheduler is old  # (all of it while the old one was current)
+        finally:
+            release.set()
+            crashing.join(3 * WAIT)
+        rt.cancel(other.id)
+        with pytest.raises(WorkflowFailed):
+            other.result(timeout=WAIT)
+        assert rt.handle("held").result(timeout=WAIT) == {"s": "held"}  # served on
+        assert rt.stats()["restarts"]["scheduler"] == 1
