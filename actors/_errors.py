@@ -98,7 +98,8 @@ class WrongThread(HerderError, RuntimeError):
     """A call made on a thread that cannot serve it: ``run_forever()`` off the main thread
     (Python delivers signals only there), or a blocking ``result()`` on the thread of the
     event loop the runtime's ``async def`` actions run on (the workflow's own steps may
-    need that loop: await ``result_async()``). Nothing was done."""
+    need that loop: await ``result_async()``), or a ``start()`` there that must wait for
+    room under ``max_active_workflows``. Nothing was done."""
 
 
 class NotActive(HerderError):

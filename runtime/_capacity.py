@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from herder.actors import WrongThread
 from herder.runtime._part import whole as _runtime
 from herder.runtime._starts import undecided
 from herder.runtime._waits import wake
@@ -101,6 +102,14 @@ def _full(active: int, limit: int, timeout: float | None, what: str) -> TimeoutE
     )
 
 
+def _on_loop(what: str, instead: str) -> WrongThread:
+    return WrongThread(
+        f"{what} must wait for room (max_active_workflows), and this thread runs the event "
+        "loop of the runtime's async def actions: the workflows holding the room could not "
+        f"end there meanwhile. Nothing was written; await {instead} instead"
+    )
+
+
 class Capacity:
     """Slots under ``max_active_workflows``."""
 
@@ -123,6 +132,8 @@ class Capacity:
         queued = QueuedSlots(woken, n)
         if not self._join_queue(queued):
             return
+        if _runtime(self)._ctx.event_loop.runs_here() and self._leave(queued):
+            raise _on_loop("start_many()", "rt.start_many_async()")
         try:
             came = woken.acquire(timeout=-1 if timeout is None else timeout)
         except BaseException:  # interrupted (Ctrl-C): as a cancelled task, below
@@ -183,6 +194,8 @@ class Capacity:
             if rt._active < rt._max_active and not rt._queued:
                 rt._active += 1
                 return None
+            if rt._ctx.event_loop.runs_here():
+                raise _on_loop("start()", "rt.start_async()")
             rt._queued.append(queued)
         ask, deadline = rt._ask_timeout, None if timeout is None else monotonic() + timeout
         while True:  # (woken once; the timeouts only bound the wait)

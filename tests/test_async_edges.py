@@ -190,3 +190,29 @@ def test_a_blocking_result_in_an_action_on_the_runtimes_own_loop_is_refused(
         said = rt.start("parent", workflow_id="p").result(timeout=WAIT)["s"]
         assert "result_async" in said
         assert rt.handle("child-of-p").result(timeout=WAIT) == {"s": 1}  # it ran meanwhile
+
+
+def test_a_blocking_start_that_must_wait_for_room_on_the_actions_loop_is_refused(
+    tmp_path: Path,
+) -> None:
+    """start() (or start_many()) on the loop given as Runtime(loop=) waited there for room
+    that only the workflows running on that loop could free: it timed out blaming
+    max_active_workflows, and without a timeout it hung for good."""
+
+    async def main() -> tuple[list[dict[str, Any]], int]:
+        rt = Runtime(tmp_path / "s", loop=asyncio.get_running_loop(), max_active_workflows=1)
+        try:
+            rt.add_agent("q", Quick)
+            rt.add_workflow(Workflow("w").step("s", agent="q", action="act"))
+            first = await rt.start_async("w")  # holds the one slot until its step ran here
+            with pytest.raises(WrongThread, match=r"await rt\.start_async\(\)"):
+                rt.start("w", timeout=2.0)  # (without the check: a TimeoutError)
+            with pytest.raises(WrongThread, match=r"await rt\.start_many_async\(\)"):
+                rt.start_many([{"workflow": "w"}], timeout=2.0)
+            second = await rt.start_async("w", timeout=WAIT)  # the slot is free again
+            results = [await h.result_async(timeout=WAIT) for h in (first, second)]
+            return results, len(rt.list())
+        finally:
+            await rt.stop_async()
+
+    assert asyncio.run(main()) == ([{"s": 1}, {"s": 1}], 2)  # the refused wrote nothing
