@@ -21,7 +21,8 @@ def crash_scheduler(rt: Runtime, timeout: float = 10.0) -> None:
     What the old Scheduler held only in memory is lost, as after a real bug; the new one
     recovers every unfinished workflow from the store. Raises ``TimeoutError`` if the
     Scheduler does not stop, or no replacement runs, within ``timeout`` seconds;
-    :class:`RuntimeClosed` if the runtime is stopped, :class:`NotActive` on a standby.
+    :class:`RuntimeClosed` if the runtime is stopped, or once this crash made its tree give
+    up restarting (past the root's restart intensity); :class:`NotActive` on a standby.
     """
     rt._check_active()
     old = rt._ctx.scheduler
@@ -36,6 +37,7 @@ def crash_scheduler(rt: Runtime, timeout: float = 10.0) -> None:
         new = rt._ctx.scheduler
         if new is not None and new is not old and new.is_alive():
             return
+        rt._check_open()  # (the tree gave up: no Scheduler will run again)
         if time.monotonic() > deadline:
             raise TimeoutError(f"no new Scheduler started within {timeout}s of the crash")
         polled.wait(0.001)

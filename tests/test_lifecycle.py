@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from herder.runtime import Agent, Runtime, RuntimeClosed, StepContext, Workflow, _lifecycle
+from herder.runtime.testing import FakeClock, crash_scheduler
 
 WAIT = 20.0
 
@@ -107,6 +108,16 @@ def test_a_runtime_whose_actors_failed_for_good_says_so_from_stats_and_start(
             waiter.wait(WAIT)
     finally:
         rt.stop()
+
+
+def test_crash_scheduler_says_so_once_the_tree_gives_up_restarting(tmp_path: Path) -> None:
+    # The crash past the root's restart intensity waited out its whole timeout for a new
+    # Scheduler that would never come, then blamed the wait (TimeoutError).
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:  # (all within the root's 5 s)
+        for _ in range(3):  # the root restarts it 3 times...
+            crash_scheduler(rt, timeout=WAIT)
+        with pytest.raises(RuntimeClosed, match="gave up"):
+            crash_scheduler(rt, timeout=WAIT)  # ...and gives up at the 4th
 
 
 def test_a_waiter_of_a_stopped_runtime_is_told_where_the_workflow_goes_on(
