@@ -80,8 +80,9 @@ _BREAKER_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
 
 def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter: Any) -> Any:
     """Per-agent protection: breaker state (0 closed, 1 half-open, 2 open), the adaptive
-    concurrency limit (agents with ``Adaptive`` concurrency), health (agents with health
-    checks) and counters."""
+    concurrency limit (agents served with ``Adaptive`` concurrency; a resource record
+    also keeps the limit of one removed or no longer registered so), health (agents
+    with health checks) and counters."""
     limit = gauge(
         "herder_agent_concurrency_limit",
         "Adaptive concurrency limit per agent: attempts admitted at once now",
@@ -114,7 +115,7 @@ def _resource_families(resources: dict[str, dict[str, Any]], gauge: Any, counter
         counters["crashes"].add_metric([agent], values["crashes"])
         counters["lost"].add_metric([agent], values["lost"])
         counters["throttled"].add_metric([agent], values.get("throttled", 0))
-        if "limit" in values:
+        if "limit_drops" in values:  # served as Adaptive now ("limit" alone: a stored one)
             limit.add_metric([agent], values["limit"])
             counters["limit_drops"].add_metric([agent], values["limit_drops"])
         if "healthy" in values:

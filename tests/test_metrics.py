@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime import Adaptive, Agent, Runtime, StepContext, Workflow
 from herder.runtime.testing import FakeClock
 
 
@@ -31,6 +31,33 @@ def test_the_prometheus_collector_exposes_runtime_stats(tmp_path: Path) -> None:
     assert 'herder_agent_ahead{agent="echo"} 0.0' in text  # a gauge per agent
     assert "herder_ahead 0.0" in text  # a gauge, not a counter (no _total)
     assert "herder_store_commits_total" in text
+
+
+def test_the_stored_limit_of_an_adaptive_agent_no_longer_served_does_not_fail_scrapes(
+    tmp_path: Path,
+) -> None:
+    """An adaptive agent's limit is kept in its resource record, which outlives the agent
+    (remove_agent, or a new version of the app that no longer registers it): stats() then
+    shows that stored ``limit`` without the live ``limit_drops``, and the collector raised
+    KeyError, failing every scrape of the registry it shares."""
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent("echo", Echo, concurrency=Adaptive(min=1, max=4))
+        rt.add_workflow(Workflow("w").step("s", agent="echo", action="echo"))
+        rt.start("w", 1).result(timeout=10)
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        assert 'herder_agent_concurrency_limit{agent="echo"}' in generate_latest(registry).decode()
+        rt.remove_agent("echo")
+        text = generate_latest(registry).decode()
+        assert 'herder_agent_crashes_total{agent="echo"} 0.0' in text  # its record stays
+        assert 'herder_agent_concurrency_limit{agent="echo"}' not in text  # served no more
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:  # the app without that agent
+        assert "limit" in rt.stats()["resources"]["echo"]  # (the stored one)
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        text = generate_latest(registry).decode()
+        assert "herder_up 1.0" in text
+        assert 'herder_agent_concurrency_limit{agent="echo"}' not in text
 
 
 @pytest.mark.parametrize("level", [logging.DEBUG, "WARNING"])
