@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from herder.actors import UnknownName
+from herder.actors import NotActive, UnknownName
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._schedule_status import ScheduleStatus, schedule_statuses
 from herder.runtime._schedules import new_schedule
@@ -25,8 +25,14 @@ def _runtime(mixin: object) -> Runtime:
 def _active_firer(mixin: object) -> Firer:
     rt = _runtime(mixin)
     rt._check_active()  # a standby fires nothing and changes no schedule
-    assert rt._firer is not None  # an active runtime has one
-    return rt._firer
+    # Becoming active starts the actors (which _check_active sees), recovers, then makes
+    # the firer, all under _promotion: wait for it, as schedule() does.
+    with rt._promotion:
+        firer = rt._firer
+    if firer is None:  # (becoming active failed before it made one)
+        rt._check_active()
+        raise NotActive("this runtime did not become active; wait_active() first")
+    return firer
 
 
 class ScheduleMethods:
