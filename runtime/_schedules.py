@@ -108,7 +108,11 @@ def new_schedule(
         updated=now,
     )
     if cron is not None:
-        _cron(record, 0)  # the expression parses
+        if next_slot(record, record.cursor_ms) is None:  # (it parses, and never matches)
+            raise InvalidInput(
+                f"schedule {name!r}: cron {cron!r} matches no time in the next 50 years "
+                "(cronsim gives up there): check its day-of-month and day-of-week fields"
+            )
         # As for every=: a firing's delay stays under the gap between slots (an endless
         # or huge jitter made every firing fail, retried for ever, and none ever ran).
         gap = _shortest_gap(record)

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from herder.runtime import Agent, HerderError, Runtime, StepContext, Workflow
+from herder.runtime import Agent, HerderError, InvalidInput, Runtime, StepContext, Workflow
 from herder.runtime._schedules import slot_id
 from herder.runtime.testing import FakeClock, settle
 from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
@@ -127,3 +127,16 @@ def test_a_schedule_for_an_unhashable_workflow_name_is_refused_as_herder_error(
         pytest.raises(HerderError, match="no workflow named"),
     ):
         rt.schedule("s", ["x"], every=60)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_a_cron_that_never_matches_is_refused_with_what_to_check(tmp_path: Path) -> None:
+    """Debian cron ANDs day-of-month and day-of-week when either starts with '*': days 1
+    and 21 that are also a month's last Monday (day 22 at the earliest) never come.
+    cronsim parses it and gives up after 50 years of search; the schedule was stored,
+    never fired and listed no next firing, with no word of why."""
+    with open_runtime(tmp_path, FakeClock(start=1.8e9)) as rt:
+        with pytest.raises(InvalidInput, match=r"matches no time .* day-of-month and day-of"):
+            rt.schedule("never", "job", cron="0 0 */20 * 1L")
+        assert rt.schedules() == []
+        assert rt.schedule("leap", "job", cron="0 0 * 2 1#5").next_at is not None  # 2044
