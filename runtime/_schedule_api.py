@@ -11,7 +11,8 @@ from herder.actors import NotActive, UnknownName
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._schedule_status import ScheduleStatus, schedule_statuses
 from herder.runtime._schedules import new_schedule
-from herder.store import normalize, validate_name
+from herder.runtime._workflow import Workflow
+from herder.store import InvalidInput, normalize, validate_name
 
 if TYPE_CHECKING:
     from herder.runtime._firing import Firer
@@ -72,6 +73,11 @@ class ScheduleMethods:
         """
         rt = _runtime(self)
         rt._check_open()
+        if isinstance(workflow, Workflow):  # (start() takes one: that version, not by name)
+            raise InvalidInput(
+                f"schedule {name!r}: give the workflow by its name, {workflow.name!r}: each "
+                "slot starts the latest version registered under that name"
+            )
         plan = rt._latest.get(workflow) if isinstance(workflow, str) else None
         if plan is None:
             raise UnknownName(f"no workflow named {workflow!r} is registered; add_workflow it")

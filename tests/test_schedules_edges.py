@@ -140,3 +140,16 @@ def test_a_cron_that_never_matches_is_refused_with_what_to_check(tmp_path: Path)
             rt.schedule("never", "job", cron="0 0 */20 * 1L")
         assert rt.schedules() == []
         assert rt.schedule("leap", "job", cron="0 0 * 2 1#5").next_at is not None  # 2044
+
+
+@pytest.mark.timeout(60)
+def test_a_schedule_given_the_registered_workflow_object_says_to_give_its_name(
+    tmp_path: Path,
+) -> None:
+    """start() takes a registered Workflow; schedule() fires by name, and told the user
+    who passed the very Workflow they registered that no workflow of that name was
+    registered, and to add_workflow it."""
+    with open_runtime(tmp_path, FakeClock(start=1.8e9)) as rt:
+        job = Workflow("job").step("run", agent="job", action="run")
+        with pytest.raises(InvalidInput, match="give the workflow by its name, 'job'"):
+            rt.schedule("tick", job, every=60)  # type: ignore[arg-type]
