@@ -20,7 +20,15 @@ from herder.actors._messages import Commands, Operate
 from herder.actors._operator import Operator
 from herder.actors._recovery import Recovery
 from herder.actors.engine import Resolve, operator_refusal
-from herder.store import HerderError, Plan, finished_ops, history_put
+from herder.store import (
+    Expect,
+    HerderError,
+    Plan,
+    Transition,
+    finished_ops,
+    history_put,
+    workflow_key,
+)
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -111,10 +119,8 @@ class Channel:
         else:
             self._seen_until_lost(op.workflow_id, command_id)  # recorded with its change
             return
-        key = f"command:{command_id}"
         now = self._clock.time()
-        txn = self._commits.txn(key)
-        txn.put(*finished_ops(command, error, now))
+        recorded = [Transition(ops=finished_ops(command, error, now))]
         # Said where an operator looks: the log, and the workflow's history (herder show).
         _log.warning(
             "command #%s (%s of %s) refused: %s", command_id, op.action, workflow_id, error
@@ -122,8 +128,17 @@ class Channel:
         if self._exists(op.workflow_id):
             event = {"kind": "operator", "t": now, "action": op.action, "who": op.who}
             event.update(why=op.why, step=op.step, refused=error)
-            txn.put(history_put(op.workflow_id, self._ctx.next_token(), event))
-        self._seen_until_lost(key, command_id)
+            # Only if it is still there when this commits: a purge (retention) may delete
+            # it meanwhile, and no history may outlive its workflow (herder check).
+            present = Expect("workflows", workflow_key(op.workflow_id))
+            put = history_put(op.workflow_id, self._ctx.next_token(), event)
+            recorded.append(Transition(ops=(put,), expect=(present,)))
+
+        def landed(outcomes: list[BaseException | None]) -> None:
+            if outcomes[0] is not None:  # (a full disk): pending still, handed over again
+                self._seen.discard(command_id)
+
+        self._store.writer.submit_many(recorded, landed)  # (one commit, each on its own)
 
     def _exists(self, workflow_id: str) -> bool:
         try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from herder.actors._channel import Channel
 from herder.runtime import (
     Agent,
     InvalidInput,
@@ -23,9 +24,19 @@ from herder.runtime import (
     StepContext,
     Workflow,
 )
+from herder.runtime._check import check_store
 from herder.runtime._retention import Retention
 from herder.runtime.testing import FakeClock, advance, wait_until
-from herder.store import Store, StoreCorrupt, WorkflowRecord, command_outcome
+from herder.store import (
+    Store,
+    StoreCorrupt,
+    WorkflowRecord,
+    append_command,
+    command_outcome,
+    new_command,
+    purge,
+    wait_outcome,
+)
 
 HERDER = str(Path(sys.executable).parent / "herder")
 WAIT = 30.0
@@ -509,3 +520,30 @@ def test_a_malformed_purge_command_is_refused_on_the_record_and_the_next_one_run
         done = command_outcome(rt._store, 8)
         assert done is not None
         assert (done["state"], done["deleted"]) == ("DONE", 1)
+
+
+def test_a_command_refused_for_a_workflow_purged_meanwhile_leaves_no_history_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``herder cancel`` of a finished workflow is refused, with an event in its history,
+    while retention deletes it: the event was written whatever the purge did after the
+    Scheduler saw the workflow, and outlived it (``herder check``: restore a backup)."""
+    path = tmp_path / "s"
+    with Runtime(path, clock=FakeClock(start=T0), setup=register, sweep_interval=0.05) as rt:
+        finish(rt, "old", {})
+        seen = Channel._exists
+
+        def purged_right_after(channel: Channel, workflow_id: str) -> bool:
+            found = seen(channel, workflow_id)
+            assert purge(rt._store, T0 + DAY) == 1  # the retention's commit lands now
+            return found
+
+        monkeypatch.setattr(Channel, "_exists", purged_right_after)
+        command = append_command(path, new_command("cancel", "old", who="t", why="x"))
+        rt._sweep_now()  # (on a FakeClock the sweep that hands commands over runs so)
+        outcome = wait_outcome(path, command, timeout=WAIT)
+        assert outcome is not None
+        assert outcome["state"] == "FAILED"  # refused: it had ended
+        assert rt.list() == []
+        report = check_store(rt._store)
+        assert report.ok, report.problems
