@@ -131,7 +131,7 @@ class Firer:
         ``cron``, ``timezone``: the new ones begin after this call, as a new schedule's
         do); the same definition changes nothing."""
         with self._lock:
-            stored = self.get(record.name)
+            stored = self._readable(record.name)
             if stored is None:
                 record = record.from_now(self._clock.time())
             elif stored.same_definition(record):
@@ -158,10 +158,13 @@ class Firer:
         self.wake()
 
     def delete(self, name: str) -> None:
-        """Delete a schedule; the workflows it started are left alone."""
+        """Delete a schedule (a damaged record too); the workflows it started are left
+        alone."""
+        key = schedule_key(name)
         with self._lock:
-            self._existing(name)
-            op = Delete("schedules", schedule_key(name))
+            if self._store.view(lambda snap: snap.raw("schedules", key)) is None:
+                self._existing(name)  # (raises UnknownName)
+            op = Delete("schedules", key)
             self._store.writer.submit(Transition(ops=(op,))).result(timeout=self._timeout)
 
     def get(self, name: str) -> ScheduleRecord | None:
@@ -173,7 +176,23 @@ class Firer:
         try:
             return ScheduleRecord.from_dict(data)
         except (TypeError, ValueError, AttributeError) as exc:
-            raise StoreCorrupt("schedules", key, f"bad schedule record: {exc}") from None
+            raise StoreCorrupt(
+                "schedules",
+                key,
+                f"bad schedule record: {exc}; rt.schedule() with its definition replaces "
+                "it, rt.delete_schedule() deletes it",
+            ) from None
+
+    def _readable(self, name: str) -> ScheduleRecord | None:
+        """The stored schedule ``name``, or None if there is none or it is damaged: a
+        definition declared for it (at every start of a daemon) replaces a damaged one
+        as it would a new one, from now (which slots it handled is unknown; each slot's
+        workflow id still makes one that fired before count as fired)."""
+        try:
+            return self.get(name)
+        except StoreCorrupt as exc:
+            _log.warning("schedule %r is replaced by the one declared: %s", name, exc)
+            return None
 
     def all(self) -> list[ScheduleRecord]:
         """Every readable stored schedule (a corrupt one is logged and left out)."""

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from herder.runtime import Agent, HerderError, InvalidInput, Runtime, StepContext, Workflow
+from herder.runtime._check import check_store
 from herder.runtime._schedules import slot_id
 from herder.runtime.testing import FakeClock, settle
 from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
@@ -153,3 +154,42 @@ def test_a_schedule_given_the_registered_workflow_object_says_to_give_its_name(
         job = Workflow("job").step("run", agent="job", action="run")
         with pytest.raises(InvalidInput, match="give the workflow by its name, 'job'"):
             rt.schedule("tick", job, every=60)  # type: ignore[arg-type]
+
+
+def _damage(rt: Runtime, name: str) -> None:
+    """Store a schedule record that reads back as no schedule (``herder check`` names it)."""
+    raw = encode({"name": name, "workflow": "job", "every": "sixty"})
+    put = Put("schedules", schedule_key(name), raw)
+    rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+
+
+@pytest.mark.timeout(60)
+def test_a_damaged_schedule_record_is_replaced_by_its_declaration_or_deleted(
+    tmp_path: Path,
+) -> None:
+    """A damaged schedule record failed Runtime() for a daemon whose setup declares that
+    schedule, at every start, and neither rt.schedule() nor delete_schedule() could
+    replace or remove it (StoreCorrupt: restore the store from a backup), where a damaged
+    record should stop only itself."""
+    clock = FakeClock(
+        start=datetime.datetime(2027, 1, 15, 8, 0, 0, 500000, datetime.UTC).timestamp()
+    )
+
+    def setup(runtime: Runtime) -> None:
+        runtime.add_agent("job", Job)
+        runtime.add_workflow(Workflow("job").step("run", agent="job", action="run"))
+        runtime.schedule("tick", "job", every=60)
+
+    with Runtime(tmp_path, clock=clock, sweep_interval=0.05, setup=setup) as rt:
+        _damage(rt, "tick")
+        _damage(rt, "gone")
+    with Runtime(tmp_path, clock=clock, sweep_interval=0.05, setup=setup) as rt:
+        assert [s.name for s in rt.schedules()] == ["tick"]  # ("gone" is left out)
+        with pytest.raises(HerderError, match=r"rt\.delete_schedule\(\) deletes it"):
+            rt.pause_schedule("gone")
+        rt.delete_schedule("gone")
+        assert check_store(rt._store).ok
+        clock.advance(60)
+        rt._fire_now()
+        settle(rt)
+        assert fired(rt) == ["tick@2027-01-15T08:01:00Z"]
