@@ -122,8 +122,12 @@ def workflows_page(page: Page, filters: Filters, query: dict[str, str], note: st
             else ""
         )
         more = f'<p class="more">{e(looked)}<a id="older" href="{e(link)}">older →</a></p>'
-    skipped = "".join(f'<p class="warn">skipped: {e(c)}</p>' for c in page.corrupt)
-    return f"<h1>Workflows</h1>{form}{note}{skipped}{table}{more}"
+    return f"<h1>Workflows</h1>{form}{note}{skipped(page.corrupt)}{table}{more}"
+
+
+def skipped(corrupt: Iterable[Exception]) -> str:
+    """A warning naming each damaged record a view left out (``herder check`` says more)."""
+    return "".join(f'<p class="warn">skipped: {e(c)}</p>' for c in corrupt)
 
 
 def _workflow_row(s: WorkflowStatus) -> str:
@@ -212,8 +216,11 @@ def action_form(workflow_id: str, state: WorkflowState, csrf: str | None, step: 
     )
 
 
-def inbox_page(items: Iterable[InboxItem], csrf: str | None) -> str:
-    """Every workflow waiting for an operator (parked), each with the actions."""
+def inbox_page(
+    items: Iterable[InboxItem], csrf: str | None, corrupt: Sequence[Exception] = ()
+) -> str:
+    """Every workflow waiting for an operator (parked), each with the actions, and the
+    damaged records left out (``corrupt``), named."""
     parked = WorkflowState.NEEDS_ATTENTION
     rows = "".join(
         f'<tr><td><a href="{e("/workflow?" + urlencode({"id": i.id}))}">{e(i.id)}</a></td>'
@@ -223,10 +230,12 @@ def inbox_page(items: Iterable[InboxItem], csrf: str | None) -> str:
         f"<td>{when(i.since)}</td><td>{action_form(i.id, parked, csrf, i.step)}</td></tr>"
         for i in items
     )
+    head = "<h1>Inbox</h1>" + skipped(corrupt)
     if not rows:
-        return "<h1>Inbox</h1><p class=empty>Nothing waits for an operator.</p>"
+        other = " else" if corrupt else ""  # (a damaged one may be parked)
+        return f"{head}<p class=empty>Nothing{other} waits for an operator.</p>"
     return (
-        '<h1>Inbox</h1><table class="list" id="inbox"><thead><tr><th>id</th><th>workflow</th>'
+        f'{head}<table class="list" id="inbox"><thead><tr><th>id</th><th>workflow</th>'
         "<th>step</th><th>state</th><th>attempts</th><th>error</th><th>since</th>"
         f"<th>act</th></tr></thead><tbody>{rows}</tbody></table>"
     )

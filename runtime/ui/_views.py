@@ -87,9 +87,10 @@ class Views:
         return 200, status.id, "workflows", body
 
     def _inbox(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
+        corrupt: list[StoreCorrupt] = []  # (named on the page: a parked one may be among them)
         with self._gate.read() as store:
-            items = inbox_items(store)
-        return 200, "Inbox", "inbox", _pages.inbox_page(items, csrf)
+            items = inbox_items(store, corrupt=corrupt)
+        return 200, "Inbox", "inbox", _pages.inbox_page(items, csrf, corrupt)
 
     def _agents(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
         used: dict[str, set[str]] = {}
