@@ -1,16 +1,22 @@
-"""The console's edges an operator meets: a damaged parked workflow."""
+"""The console's edges an operator meets: a damaged parked workflow, a count of a big
+store that neither an action nor the console's stop may wait for."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import test_ui_http
 from _http_kit import request
 from test_ui_bounds import damage
+from test_ui_http import form, sign_in
 
-from herder.runtime.ui import Console
+from herder.runtime import HerderError
+from herder.runtime.ui import Console, _counters
+from herder.store import Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,3 +34,65 @@ def test_the_inbox_names_a_parked_workflow_it_cannot_read(
     assert "skipped: " in html  # "Nothing waits for an operator." before
     assert "stuck" in html
     assert "Nothing else waits for an operator." in html
+
+
+@pytest.fixture
+def slow_count(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Counting that blocks once it has read a page, until ``release`` is set."""
+    started, release = threading.Event(), threading.Event()
+    real = _counters.store_stats
+
+    def slow(st: Store) -> dict[str, Any]:
+        st.count("workflows")  # a first page read
+        started.set()
+        release.wait(30)
+        return real(st)  # its next page, in a store that may have been closed meanwhile
+
+    monkeypatch.setattr(_counters, "store_stats", slow)
+    yield started, release
+    release.set()
+
+
+def in_thread(fn: Callable[[], Any]) -> threading.Event:
+    """Run ``fn`` on a thread of its own; the event is set when it returns."""
+    done = threading.Event()
+    threading.Thread(target=lambda: (fn(), done.set()), daemon=True).start()
+    return done
+
+
+def test_an_action_does_not_wait_for_a_count(
+    make_console: Callable[..., Console], slow_count: Any
+) -> None:
+    started, release = slow_count
+    console = make_console()
+    in_thread(lambda: request(console, "GET", "/api/stats"))  # the first count starts
+    assert started.wait(10)
+    headers = {"Cookie": sign_in(console), "Origin": console.origin}
+    answer: list[Any] = []
+    acted = in_thread(
+        lambda: answer.append(request(console, "POST", "/act", body=form(console), headers=headers))
+    )
+    assert acted.wait(5)  # it waited for the whole count before
+    assert answer[0][0] == 200
+    assert "is queued: no runtime holds the store" in answer[0][2]
+    release.set()
+    assert console.views._counters._counted.wait(10)  # given up: the store closed under it
+    status, _, _ = request(console, "GET", "/api/stats")  # counted again
+    assert status == 200
+
+
+def test_the_console_stops_without_waiting_for_a_count_and_keeps_the_store_closed(
+    store: Path, slow_count: Any
+) -> None:
+    started, release = slow_count
+    console = Console(str(store), port=0, token="t")
+    console.start()
+    in_thread(lambda: request(console, "GET", "/api/stats"))
+    assert started.wait(10)
+    assert in_thread(console.shutdown).wait(5)  # it waited for the whole count before
+    release.set()
+    assert console.views._counters._counted.wait(10)
+    with pytest.raises(HerderError, match="has stopped"), console.gate.read():
+        pass  # nothing opens it again
+    with Store(store):  # this process may open it again (a Runtime, say)
+        pass

@@ -5,7 +5,8 @@ request never counts: it answers at once with the latest count (only the very fi
 request waits for one), and a new count starts in a background thread when the last one
 is older than :data:`EVERY` seconds and, at the earliest, ten times its own duration
 after it ended: the console spends at most about a tenth of a core on counting, however
-large the store.
+large the store. Nor does an operator's action or the console's stop wait for a count:
+they close the store under it (``_gate``), and it is given up and started again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.runtime._inspect import store_stats
-from herder.store import HerderError, is_held
+from herder.store import HerderError, StoreClosed, is_held
 
 if TYPE_CHECKING:
     from herder.runtime.ui._gate import StoreGate
@@ -58,8 +59,8 @@ class Counters:
         started = time.monotonic()
         stats: dict[str, Any] | None = None
         error: HerderError | None = None
-        try:
-            with self._gate.read() as store:
+        try:  # (in the background: an action or the shutdown may close the store under it)
+            with self._gate.read(background=True) as store:
                 stats = store_stats(store)
             stats["running"] = is_held(self._gate.path)
             stats["at"] = time.time()
@@ -69,8 +70,10 @@ class Counters:
         with self._lock:
             if stats is not None:
                 self._latest, self._error = stats, None
-            else:
+            elif not isinstance(error, StoreClosed):  # (closed under it: keep the last count)
                 self._latest, self._error = None, error
-            self._next = ended + max(EVERY - (ended - started), 10 * (ended - started))
+            took = ended - started
+            pause = 0.0 if isinstance(error, StoreClosed) else max(EVERY - took, 10 * took)
+            self._next = ended + pause
             self._counting = False
         self._counted.set()

@@ -4,6 +4,11 @@ The store is opened read-only once and shared by the request threads. An operato
 command must be appended through a writable LMDB environment, and a process may hold
 only one environment per store, so :class:`StoreGate` closes the read-only store for the
 instant of the append and reopens it afterwards.
+
+The counters' count reads the whole store (minutes on a big one): it reads in the
+background, which neither an append nor the console's shutdown waits for. They close the
+store under it (the store waits for the page it is reading), and its next page raises
+:class:`StoreClosed`: the count is given up and started again later.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from herder.store import Store
+from herder.store import Store, StoreClosed
 
 
 class StoreGate:
@@ -23,17 +28,25 @@ class StoreGate:
         self._store: Store | None = None
         self._readers = 0
         self._writing = False
+        self._closed = False
         self._cond = threading.Condition()
 
     @contextmanager
-    def read(self) -> Iterator[Store]:
-        """The store, open read-only (opened on first use; HerderError if it cannot be)."""
+    def read(self, *, background: bool = False) -> Iterator[Store]:
+        """The store, open read-only (opened on first use; HerderError if it cannot be,
+        StoreClosed once the console stopped). A ``background`` read is not waited for
+        (see the module's docstring)."""
         with self._cond:
             self._cond.wait_for(lambda: not self._writing)
+            if self._closed:
+                raise StoreClosed(f"the console of store {self.path} has stopped")
             if self._store is None:
                 self._store = Store(self.path, readonly=True)
-            self._readers += 1
+            self._readers += not background
             store = self._store
+        if background:
+            yield store
+            return
         try:
             yield store
         finally:
@@ -46,10 +59,10 @@ class StoreGate:
         """No reader and the store closed: this process may open the store itself."""
         with self._cond:
             self._cond.wait_for(lambda: not self._writing and self._readers == 0)
+            if self._closed:
+                raise StoreClosed(f"the console of store {self.path} has stopped")
             self._writing = True
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+            self._drop()
         try:
             yield
         finally:
@@ -58,6 +71,14 @@ class StoreGate:
                 self._cond.notify_all()
 
     def close(self) -> None:
-        """Close the store (the next read opens it again)."""
-        with self.exclusive():
-            pass
+        """Close the store for good, once the requests reading it are done (not a count)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and self._readers == 0)
+            self._closed = True
+            self._drop()
+            self._cond.notify_all()
+
+    def _drop(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
