@@ -14,7 +14,7 @@ from _ending import WAIT, waiting_workflow
 from _http_kit import request
 
 from herder.runtime import Runtime, _inspect
-from herder.runtime.ui import Console
+from herder.runtime.ui import Console, _gate
 from herder.store import Store, WorkflowState
 
 
@@ -60,8 +60,10 @@ def test_the_consoles_workflow_page_comes_from_one_snapshot(
     with Runtime(tmp_path / "store") as rt:
         end_between_the_reads(rt, monkeypatch)
         console = Console(str(tmp_path / "store"), port=0, token="t")
-        # (one process cannot open the store twice: the console reads the runtime's)
+        # (one process cannot open the store twice: the console reads the runtime's, and
+        # knows it is the file there: else it reopens it)
         console.gate._store = rt._store
+        console.gate._file = _gate._file_of(str(tmp_path / "store"))
         console.start()
         try:
             status, _, html = request(console, "GET", "/workflow?id=w")

@@ -1,8 +1,9 @@
 """The console's edges an operator meets: a damaged parked workflow, a count of a big
-store that neither an action nor the console's stop may wait for."""
+store that neither an action nor the console's stop may wait for, a store replaced."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any
 import pytest
 import test_ui_http
 from _http_kit import request
+from test_ui import ids_listed
 from test_ui_bounds import damage
-from test_ui_http import form, sign_in
+from test_ui_http import FAST, ORDER, Shop, form, sign_in
 
-from herder.runtime import HerderError
+from herder.runtime import HerderError, Runtime
+from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console, _counters
 from herder.store import Store
 
@@ -96,3 +99,22 @@ def test_the_console_stops_without_waiting_for_a_count_and_keeps_the_store_close
         pass  # nothing opens it again
     with Store(store):  # this process may open it again (a Runtime, say)
         pass
+
+
+def test_a_store_replaced_under_the_console_is_read_anew(
+    store: Path, make_console: Callable[..., Console]
+) -> None:
+    console = make_console()
+    status, _, html = request(console, "GET", "/workflow?id=stuck")
+    assert status == 200
+    shutil.rmtree(store)  # the operator removes it (or restores a backup over it)
+    status, _, html = request(console, "GET", "/workflow?id=stuck")
+    assert status == 503, html  # the removed store's contents, 200, before
+    assert "no store at" in html
+    with Runtime(store, default_retry=FAST, clock=FakeClock(start=1_800_000_000.0)) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        rt._wait_final(rt.start("order", {}, workflow_id="fresh").id, 10)
+    status, _, html = request(console, "GET", "/")
+    assert status == 200
+    assert ids_listed(html) == ["fresh"]
