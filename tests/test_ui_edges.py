@@ -4,6 +4,7 @@ store that neither an action nor the console's stop may wait for, a store replac
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -118,3 +119,10 @@ def test_a_store_replaced_under_the_console_is_read_anew(
     status, _, html = request(console, "GET", "/")
     assert status == 200
     assert ids_listed(html) == ["fresh"]
+
+
+def test_a_console_never_started_shuts_down_at_once(store: Path) -> None:
+    console = Console(str(store), port=0, token="t")  # (a setup that failed before start)
+    assert in_thread(console.shutdown).wait(5)  # it waited for a serve_forever for ever
+    with socket.create_server(("127.0.0.1", console.port)):  # its port is free again
+        pass

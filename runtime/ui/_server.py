@@ -109,6 +109,7 @@ class Console:
             self.server.server_close()
             raise
         self.csrf = self.guard.csrf
+        self._served = False  # (shutdown waits for a serve_forever only if one was started)
         shown = f"[{host}]" if ":" in host else host
         self.origin = f"http://{shown}:{self.port}"
 
@@ -124,17 +125,20 @@ class Console:
 
     def serve_forever(self) -> None:
         """Serve until :meth:`shutdown` is called from another thread (or Ctrl-C)."""
+        self._served = True
         self.server.serve_forever(poll_interval=0.25)
 
     def start(self) -> threading.Thread:
         """Serve on a daemon thread (for tests and embedding)."""
+        self._served = True  # (before the thread runs: a shutdown at once waits for it)
         thread = threading.Thread(target=self.serve_forever, name="herder-ui", daemon=True)
         thread.start()
         return thread
 
     def shutdown(self) -> None:
-        """Stop serving and close the store."""
-        self.server.shutdown()
+        """Stop serving and close the store (at once if it never served)."""
+        if self._served:  # (socketserver's shutdown waits for ever for one that never ran)
+            self.server.shutdown()
         self.server.server_close()
         self.gate.close()
 
