@@ -1,26 +1,31 @@
 """The console's edges an operator meets: a damaged parked workflow, a count of a big
-store that neither an action nor the console's stop may wait for, a store replaced."""
+store that neither an action nor the console's stop may wait for, a store replaced, a
+console never started, an id with a line break."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import test_ui_http
 from _http_kit import request
 from test_ui import ids_listed
 from test_ui_bounds import damage
-from test_ui_http import FAST, ORDER, Shop, form, sign_in
+from test_ui_http import FAST, ORDER, TOKEN, Shop, form, sign_in
 
 from herder.runtime import HerderError, Runtime
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console, _counters
 from herder.store import Store
+from herder.store._commands import pending_commands
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -126,3 +131,52 @@ def test_a_console_never_started_shuts_down_at_once(store: Path) -> None:
     assert in_thread(console.shutdown).wait(5)  # it waited for a serve_forever for ever
     with socket.create_server(("127.0.0.1", console.port)):  # its port is free again
         pass
+
+
+ODD = "refund\u202egpj.exe\nretry-me"  # a right-to-left override and a line break
+
+
+@pytest.fixture(scope="module")
+def odd_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One parked workflow whose id is ``ODD`` (any id but "" and NUL is one)."""
+    path = tmp_path_factory.mktemp("odd") / "store"
+    with Runtime(path, default_retry=FAST, clock=FakeClock(start=1_700_000_000.0)) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        stuck = {"sold_out": 1, "refunds_down": 1}
+        rt._wait_final(rt.start("order", stuck, workflow_id=ODD).id, 10)
+    return path
+
+
+@pytest.fixture
+def odd(odd_built: Path, tmp_path: Path) -> Iterator[Console]:
+    """A console over a copy of that store (a test may queue a command)."""
+    shutil.copytree(odd_built, tmp_path / "store")
+    console = Console(str(tmp_path / "store"), port=0, token=TOKEN, wait=0.5)
+    console.start()
+    yield console
+    console.shutdown()
+
+
+def posted(html: str, button: str, **typed: str) -> tuple[str, dict[str, str]]:
+    """Where a browser sends a page's operator form, and what, when ``button`` is clicked
+    with ``typed`` filled in: the HTML standard has every line break of every field sent
+    as CRLF, hidden ones too (headless Chromium sent the id "a\\nb" as "a\\r\\nb")."""
+    found = re.search(r'<form class="act" method=post action="([^"]*)">(.*?)</form>', html, re.S)
+    assert found is not None
+    hidden = re.findall(r'<input type=hidden name=(\w+) value="([^"]*)">', found.group(2))
+    fields = {name: unescape(value) for name, value in hidden} | typed | {"action": button}
+    sent = {name: re.sub(r"\r\n|\r|\n", "\r\n", value) for name, value in fields.items()}
+    return unescape(found.group(1)), sent
+
+
+def test_a_workflow_whose_id_has_a_line_break_can_be_acted_on(odd: Console) -> None:
+    headers = {"Cookie": sign_in(odd), "Origin": odd.origin}
+    for page in ("/inbox", "/workflow?" + urlencode({"id": ODD})):
+        _, _, html = request(odd, "GET", page, headers=headers)
+        target, fields = posted(html, "retry", who="ada", why="it is back")
+        status, _, html = request(odd, "POST", target, body=fields, headers=headers)
+        assert status == 200, html  # 400 "no workflow with id '...\r\nretry-me'" before
+        assert "is queued: no runtime holds the store" in html
+    with Store(odd.gate.path, readonly=True) as st:
+        assert [c["workflow_id"] for c in pending_commands(st)] == [ODD, ODD]

@@ -206,10 +206,12 @@ def action_form(workflow_id: str, state: WorkflowState, csrf: str | None, step: 
         if operator_refusal(workflow_id, state, a) is None
     )
     hidden_step = f'<input type=hidden name=step value="{e(step)}">' if step else ""
+    # The id goes in the address, percent-encoded: a browser sends each line break of a
+    # form's field as CRLF (an id "a\nb" came as "a\r\nb": "no workflow with id").
+    target = "/act?" + urlencode({"id": workflow_id})
     return (
-        '<form class="act" method=post action="/act">'
-        f'<input type=hidden name=csrf value="{e(csrf)}">'
-        f'<input type=hidden name=id value="{e(workflow_id)}">{hidden_step}'
+        f'<form class="act" method=post action="{e(target)}">'
+        f'<input type=hidden name=csrf value="{e(csrf)}">{hidden_step}'
         '<input name=who placeholder="who" size=8 required>'
         '<input name=why placeholder="why (kept in the history)" size=28 required>'
         f"{buttons}</form>"

@@ -250,7 +250,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 status, html = console.views.page(url.path, query, csrf)
                 self._page(status, html)
             elif url.path == "/act":
-                self._act(console, cookies)
+                self._act(console, cookies, query)
             else:
                 self._page(405, error_page("Not allowed", "Only /act takes a POST.", ""))
         except ValueError as exc:  # InvalidInput too: a bad id, filter or form
@@ -303,7 +303,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def _act(self, console: Console, cookies: dict[str, str]) -> None:
+    def _act(self, console: Console, cookies: dict[str, str], query: dict[str, str]) -> None:
         origin = self.headers.get("Origin")
         if not console.guard.signed_in(cookies):  # before reading a byte of the body
             self._refuse(403, "not signed in: open the URL with the token `herder ui` printed")
@@ -314,7 +314,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._body()
         if body is None:
             return
-        form = dict(parse_qsl(body.decode("utf-8", "replace")))
+        form = query | dict(parse_qsl(body.decode("utf-8", "replace")))  # (the id: query)
         if not console.guard.csrf_matches(form.get("csrf", "")):
             self._refuse(403, "the form is not this console's (CSRF check failed); reload the page")
             return
