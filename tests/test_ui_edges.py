@@ -9,7 +9,7 @@ import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from html import unescape
+from html import escape, unescape
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,6 +22,7 @@ from test_ui_bounds import damage
 from test_ui_http import FAST, ORDER, TOKEN, Shop, form, sign_in
 
 from herder.runtime import HerderError, Runtime
+from herder.runtime._console import printable
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console, _counters
 from herder.store import Store
@@ -180,3 +181,14 @@ def test_a_workflow_whose_id_has_a_line_break_can_be_acted_on(odd: Console) -> N
         assert "is queued: no runtime holds the store" in html
     with Store(odd.gate.path, readonly=True) as st:
         assert [c["workflow_id"] for c in pending_commands(st)] == [ODD, ODD]
+
+
+def test_an_id_shows_as_what_it_is_as_herder_ls_prints_it(odd: Console) -> None:
+    headers = {"Cookie": sign_in(odd), "Origin": odd.origin}
+    pages = {p: request(odd, "GET", p, headers=headers)[2] for p in ("/", "/inbox")}
+    target, fields = posted(pages["/inbox"], "retry", who="ada", why="it is back")
+    pages["outcome"] = request(odd, "POST", target, body=fields, headers=headers)[2]
+    pages["workflow"] = request(odd, "GET", target.replace("/act", "/workflow"))[2]
+    for name, html in pages.items():
+        assert "\u202e" not in html, name  # it reversed the rest of its cell before
+        assert escape(printable(ODD)) in html, name  # as `herder ls` prints it

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from herder.actors import FACTS_REFRESH, FACTS_STALE
 from herder.actors.engine import ended_for_good, operator_refusal
-from herder.runtime._console import clipped
+from herder.runtime._console import clipped, printable
 from herder.runtime._inbox import InboxItem
 from herder.runtime._inspect import _story, shown_time
 from herder.runtime._operator_cli import ACTIONS
@@ -28,6 +28,13 @@ from herder.store import StepState, WorkflowState
 def e(value: Any) -> str:
     """Escape anything for HTML text or a quoted attribute."""
     return escape(value if isinstance(value, str) else str(value), quote=True)
+
+
+def shown_id(workflow_id: str) -> str:
+    """A workflow id as text of a page: as ``herder ls`` prints it, a line break, a control
+    or a bidi-override character written as its escape (an override reversed the rest of
+    its cell: one id could pass for another), then escaped."""
+    return e(printable(workflow_id))
 
 
 def when(t: float | None) -> str:
@@ -134,7 +141,7 @@ def _workflow_row(s: WorkflowStatus) -> str:
     done = sum(1 for st in s.steps.values() if st.state is StepState.SUCCEEDED)
     link = f"/workflow?{urlencode({'id': s.id})}"
     return (
-        f'<tr><td><a href="{e(link)}">{e(s.id)}</a></td><td>{e(s.name)}@{s.version}</td>'
+        f'<tr><td><a href="{e(link)}">{shown_id(s.id)}</a></td><td>{e(s.name)}@{s.version}</td>'
         f"<td>{state_badge(s.state)}</td><td>{done}/{len(s.steps)}</td>"
         f'<td class="t">{when(s.created)}</td><td class="t">{when(s.updated)}</td>'
         f"{error_cell(s.error, 90)}</tr>"
@@ -177,7 +184,7 @@ def workflow_page(
     )
     actions = "" if final else action_form(status.id, status.state, csrf, None)
     return (
-        f"<h1>{e(status.id)} {state_badge(status.state)}</h1>"
+        f"<h1>{shown_id(status.id)} {state_badge(status.state)}</h1>"
         f'<p class="meta">{e(status.name)}@{status.version} · created {when(status.created)}'
         f" · updated {when(status.updated)} · priority {status.priority}</p>"
         + (f'<p class="err">{e(status.error)}</p>' if status.error else "")
@@ -225,7 +232,7 @@ def inbox_page(
     damaged records left out (``corrupt``), named."""
     parked = WorkflowState.NEEDS_ATTENTION
     rows = "".join(
-        f'<tr><td><a href="{e("/workflow?" + urlencode({"id": i.id}))}">{e(i.id)}</a></td>'
+        f'<tr><td><a href="{e("/workflow?" + urlencode({"id": i.id}))}">{shown_id(i.id)}</a></td>'
         f"<td>{e(i.name)}@{i.version}</td><td>{e(i.step or '')}</td>"
         f"<td>{state_badge(i.step_state) if i.step_state else ''}</td><td>{i.attempts}</td>"
         f"{error_cell(i.step_error or i.error, 120)}"
@@ -248,7 +255,7 @@ def outcome_page(action: str, workflow_id: str, outcome: str, ok: bool | None) -
     css = {True: "ok", False: "bad", None: "queued"}[ok]
     link = "/workflow?" + urlencode({"id": workflow_id})
     return (
-        f'<h1>{e(action)} {e(workflow_id)}</h1><p class="outcome {css}" id="outcome">'
+        f'<h1>{e(action)} {shown_id(workflow_id)}</h1><p class="outcome {css}" id="outcome">'
         f'{e(outcome)}</p><p><a href="{e(link)}">back to the workflow</a> · '
         '<a href="/inbox">inbox</a></p>'
     )
@@ -336,7 +343,7 @@ def schedules_section(schedules: Sequence[Any]) -> str:
         f"<td>{'paused' if s.paused else when(s.next_at) or '-'}</td>"
         f"<td>{s.fired}</td><td>{s.skipped}</td><td>"
         + (
-            f'<a href="{e("/workflow?" + urlencode({"id": s.last_id}))}">{e(s.last_id)}</a>'
+            f'<a href="{e("/workflow?" + urlencode({"id": s.last_id}))}">{shown_id(s.last_id)}</a>'
             if s.last_id
             else ""
         )

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.actors import Operate, UnknownWorkflow, read_facts
+from herder.runtime._console import printable
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import snapshot
 from herder.runtime._operator_cli import ACTIONS, queue_refusal
@@ -84,7 +85,7 @@ class Views:
             except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
                 return _not_found(f"{shown} is not a valid workflow id: {_pages.e(exc)}.")
         body = _pages.workflow_page(status, history, time.time(), csrf)
-        return 200, status.id, "workflows", body
+        return 200, printable(status.id), "workflows", body
 
     def _inbox(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
         corrupt: list[StoreCorrupt] = []  # (named on the page: a parked one may be among them)
