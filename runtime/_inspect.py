@@ -285,12 +285,14 @@ def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def store_stats(store: Store) -> dict[str, Any]:
-    """Counts from the store alone: workflows and steps by state, retries, timers."""
+def store_stats(store: Store, corrupt: list[StoreCorrupt] | None = None) -> dict[str, Any]:
+    """Counts from the store alone: workflows and steps by state, retries, timers. The
+    records that could not be read are counted and named on stderr, or added to
+    ``corrupt`` if given (the console counts every few seconds: a line each time)."""
     workflows: Counter[str] = Counter(dict.fromkeys(map(str, WorkflowState), 0))
     steps: Counter[str] = Counter(dict.fromkeys(map(str, StepState), 0))
     retries = compensation_retries = 0
-    corrupt: list[StoreCorrupt] = []
+    report, corrupt = corrupt is None, [] if corrupt is None else corrupt
     view = _Reader(store)  # its plans show steps without a record as PENDING
     for record in store.workflows(corrupt=corrupt):
         workflows[str(record.state)] += 1
@@ -305,7 +307,8 @@ def store_stats(store: Store) -> dict[str, Any]:
             compensation_retries += max(0, st.comp_attempt - 1)
     corrupt += view.corrupt  # definitions that could not be read
     resources = _resources(store, corrupt)
-    report_corrupt(corrupt)
+    if report:
+        report_corrupt(corrupt)
     return {
         "store": str(store.path),
         "schema_version": store.schema_version,

@@ -405,7 +405,7 @@ def test_counters_never_make_a_request_wait_and_back_off_on_a_slow_count(
     release = threading.Event()
     calls: list[int] = []
 
-    def fake_stats(st: Store) -> dict[str, Any]:
+    def fake_stats(st: Store, **_: Any) -> dict[str, Any]:
         calls.append(1)
         if len(calls) == 2:
             release.wait(10)  # a count that takes a while

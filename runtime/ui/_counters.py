@@ -61,7 +61,7 @@ class Counters:
         error: HerderError | None = None
         try:  # (in the background: an action or the shutdown may close the store under it)
             with self._gate.read(background=True) as store:
-                stats = store_stats(store)
+                stats = store_stats(store, corrupt=[])  # (counted; not on stderr each time)
             stats["running"] = is_held(self._gate.path)
             stats["at"] = time.time()
         except HerderError as exc:  # a missing store: the page says so; count again soon
