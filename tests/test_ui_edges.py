@@ -9,6 +9,8 @@ import re
 import shutil
 import socket
 import threading
+import time
+import types
 from collections.abc import Callable, Iterator
 from html import escape, unescape
 from pathlib import Path
@@ -204,3 +206,27 @@ def test_counting_a_store_with_a_damaged_record_is_quiet(
     assert status == 200
     assert json.loads(body)["corrupt"] == 1  # counted, and named by the pages that meet it
     assert "skipped" not in capsys.readouterr().err  # a line per record and count before
+
+
+def test_a_count_that_fails_unexpectedly_is_named_and_tried_again(
+    make_console: Callable[..., Console], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, calls = _counters.store_stats, []
+
+    def failing_once(st: Store, **kw: Any) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(st, **kw)
+
+    monkeypatch.setattr(_counters, "store_stats", failing_once)
+    frozen = types.SimpleNamespace(monotonic=lambda: 0.0, time=time.time)
+    monkeypatch.setattr(_counters, "time", frozen)  # a count takes no time: no pause
+    monkeypatch.setattr(_counters, "EVERY", 0.0)  # (so a count may start again at once)
+    monkeypatch.setattr(_counters, "FIRST_WAIT", 5.0)
+    console = make_console()
+    status, _, html = request(console, "GET", "/api/stats")
+    assert status == 503
+    assert "RuntimeError: a bug" in html  # the thread died: "still being counted" for ever
+    status, _, _ = request(console, "GET", "/api/stats")
+    assert status == 200

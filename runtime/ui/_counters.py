@@ -11,6 +11,7 @@ they close the store under it (``_gate``), and it is given up and started again.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from herder.store import HerderError, StoreClosed, is_held
 
 if TYPE_CHECKING:
     from herder.runtime.ui._gate import StoreGate
+
+_log = logging.getLogger("herder.ui")
 
 EVERY = 2.0
 """Seconds between two counts, at least."""
@@ -66,6 +69,9 @@ class Counters:
             stats["at"] = time.time()
         except HerderError as exc:  # a missing store: the page says so; count again soon
             error = exc
+        except Exception as exc:  # a bug: said, and counted again (the thread died, before)
+            _log.exception("herder ui: counting the store failed")
+            error = HerderError(f"counting the store failed ({type(exc).__name__}: {exc})")
         ended = time.monotonic()
         with self._lock:
             if stats is not None:
