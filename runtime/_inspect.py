@@ -306,7 +306,7 @@ def store_stats(store: Store, corrupt: list[StoreCorrupt] | None = None) -> dict
             retries += max(0, st.attempt - 1)
             compensation_retries += max(0, st.comp_attempt - 1)
     corrupt += view.corrupt  # definitions that could not be read
-    resources = _resources(store, corrupt)
+    resources = stored_resources(store, corrupt)
     if report:
         report_corrupt(corrupt)
     return {
@@ -324,8 +324,9 @@ def store_stats(store: Store, corrupt: list[StoreCorrupt] | None = None) -> dict
     }
 
 
-def _resources(store: Store, corrupt: list[StoreCorrupt]) -> dict[str, dict[str, Any]]:
-    """Per agent name, its stored protection state (breaker, crash counters)."""
+def stored_resources(store: Store, corrupt: list[StoreCorrupt]) -> dict[str, dict[str, Any]]:
+    """Per agent name, its stored protection state (breaker, crash counters): one small
+    database, read without the workflows (the console's Agents page)."""
     out = {}
     for key, value in store.scan("resources", corrupt=corrupt):
         try:

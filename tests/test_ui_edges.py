@@ -230,3 +230,19 @@ def test_a_count_that_fails_unexpectedly_is_named_and_tried_again(
     assert "RuntimeError: a bug" in html  # the thread died: "still being counted" for ever
     status, _, _ = request(console, "GET", "/api/stats")
     assert status == 200
+
+
+def test_the_agents_page_does_not_wait_for_a_count(
+    make_console: Callable[..., Console], slow_count: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, _ = slow_count
+    monkeypatch.setattr(_counters, "FIRST_WAIT", 30.0)  # (the pytest timeout comes first)
+    console = make_console()
+    in_thread(lambda: request(console, "GET", "/api/stats"))  # the page's counters ask
+    assert started.wait(10)  # the first count reads the store
+    answer: list[Any] = []
+    done = in_thread(lambda: answer.append(request(console, "GET", "/agents")))
+    assert done.wait(5)  # it waited for the whole count before (and failed after 60 s)
+    status, _, html = answer[0]
+    assert status == 200
+    assert "<td>shop</td><td>order@1</td>" in html

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from herder.actors import Operate, UnknownWorkflow, read_facts
 from herder.runtime._console import printable
 from herder.runtime._inbox import inbox_items
-from herder.runtime._inspect import snapshot
+from herder.runtime._inspect import snapshot, stored_resources
 from herder.runtime._operator_cli import ACTIONS, queue_refusal
 from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime.ui import _pages
@@ -108,8 +108,10 @@ class Views:
                 facts = read_facts(store)
             except StoreCorrupt:
                 facts = None  # as if none was published; `herder check` names the record
+            # (not self.stats(): the first count of a big store took a minute, or failed)
+            stored = {"resources": stored_resources(store, []), "running": is_held(store.path)}
         agents = {a: sorted(w) for a, w in used.items()}
-        page = _pages.agents_page(self.stats(), agents, facts, time.time())
+        page = _pages.agents_page(stored, agents, facts, time.time())
         body = page + _pages.schedules_section(schedules)
         return 200, "Agents", "agents", body
 
