@@ -65,3 +65,28 @@ def test_one_advance_fires_every_slot_on_the_way(rt: Runtime, clock: FakeClock) 
 def test_advance_refuses_to_go_back(rt: Runtime, clock: FakeClock) -> None:
     with pytest.raises(InvalidInput, match="backwards"):
         advance(rt, clock, -1)
+
+
+class Hands(Agent):
+    def hand(self, ctx: StepContext) -> Any:
+        return ctx.complete_later() if ctx.attempt == 1 else ctx.attempt
+
+
+def test_a_timeout_overdue_when_advance_begins_is_reacted_to_before_the_clock_moves(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The clock jumped past a step's timeout with no sweep (clock.advance, or the periodic
+    sweep not yet run: a loaded machine). advance() took no stop for the overdue timer and
+    moved the clock to its end first; the sweep there lapsed the step, whose 1 s backoff
+    then fell due past the advance: never retried (test_dormant_waiting's completion
+    after the deadline, about one run in two under load)."""
+    retry = RetryPolicy(initial_interval=1.0, jitter=0.0, max_attempts=2)
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=3600.0) as rt:
+        rt.add_agent("h", Hands)
+        rt.add_workflow(Workflow("w").step("s", agent="h", action="hand", timeout=20, retry=retry))
+        rt.start("w", None, workflow_id="w1")
+        wait_until(rt, lambda: rt.status("w1").steps["s"].state is StepState.WAITING)
+        clock.advance(30.0)  # past the timeout; no sweep comes (an hour apart)
+        advance(rt, clock, 10.0)  # the lapse at its start, the retry 1 s later
+        assert rt.status("w1").state is State.SUCCEEDED, rt.history("w1")
+        assert rt.handle("w1").result(timeout=10) == {"s": 2}

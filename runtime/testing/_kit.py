@@ -216,6 +216,11 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
             "advance() moves the runtime's own clock: pass the FakeClock given to "
             "Runtime(clock=...); this one is not it, so nothing would fall due"
         )
+    # A timer that fell due before this advance (a clock.advance() jump, a sweep not yet
+    # run) is reacted to here, before the clock moves: what that arms counts from now.
+    runtime._check_open()
+    if _overdue(runtime):
+        runtime._sweep_now()
     settle(runtime)
     end = clock.monotonic() + number
     for stops in range(1, MAX_STOPS + 1):
@@ -230,6 +235,12 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
         settle(runtime)
         if stop >= end:
             return
+
+
+def _overdue(runtime: Runtime) -> bool:
+    """Whether a durable timer is due by the engine's clock now (not yet swept)."""
+    now_ms = int(runtime._ctx.clock.time() * 1000)
+    return bool(runtime._store.due_timers(now_ms, limit=1, corrupt=[]))
 
 
 def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
