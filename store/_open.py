@@ -167,9 +167,13 @@ def open_for_writing(path: pathlib.Path, map_size: int) -> tuple[lmdb.Environmen
                     "data but no 'meta' database, which every herder store has): check the "
                     "path; nothing was written to it"
                 )
+            # A store a newer herder wrote is refused before anything is created in it
+            # (its databases may differ from ours): the refusal aborts this transaction.
+            meta = env.open_db(b"meta", txn=txn, create=True)
+            read_schema(txn, meta, path)
             handles = {n: env.open_db(n.encode(), txn=txn, create=True) for n in DATABASES}
-            if txn.get(b"schema", db=handles["meta"]) is None:
-                txn.put(b"schema", encode(SCHEMA_VERSION), db=handles["meta"])
+            if txn.get(b"schema", db=meta) is None:
+                txn.put(b"schema", encode(SCHEMA_VERSION), db=meta)
     except BaseException as exc:
         env.close()
         if isinstance(exc, lmdb.Error):

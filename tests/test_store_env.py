@@ -87,6 +87,28 @@ def test_a_newer_schema_is_refused_by_writer_and_reader(tmp_path: pathlib.Path) 
         assert s.incarnation == 2  # the refused open did not bump it
 
 
+def test_a_newer_schema_is_refused_before_anything_is_created_in_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A newer herder may have done without a database this one has: the refused open
+    # created it (empty) before it read the schema.
+    path = tmp_path / "s"
+    Store(path).close()
+    env = lmdb.open(str(path), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"resources", txn=txn), delete=True)
+        txn.put(b"schema", encode(SCHEMA_VERSION + 1), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with pytest.raises(SchemaTooNew, match="upgrade herder"):
+        Store(path)
+    env = lmdb.open(str(path), max_dbs=16, readonly=True)
+    try:
+        with pytest.raises(lmdb.NotFoundError):
+            env.open_db(b"resources", create=False)
+    finally:
+        env.close()
+
+
 def test_a_damaged_meta_record_sends_the_user_to_a_backup_not_to_check(
     tmp_path: pathlib.Path,
 ) -> None:
