@@ -17,6 +17,8 @@ from typing import Any
 import pykka
 
 from herder.actors._engine import EngineContext
+from herder.actors._errors import UnknownWorkflow
+from herder.actors._guards import Conditional, as_transition
 from herder.actors._messages import Committed
 from herder.actors.engine import (
     Announce,
@@ -35,11 +37,13 @@ from herder.store import (
     BATCH_TIMER,
     BatchSink,
     Delete,
+    Expect,
     Ops,
     Put,
     StepRecord,
     Watch,
     WorkflowRecord,
+    WorkflowState,
     batch_entry,
     batch_timer_key,
     encode,
@@ -128,6 +132,8 @@ class CommitPipeline:
         "_ending",
         "_next_token",
         "committing",
+        "conditional",
+        "guards",
         "loose",
         "open",
         "resync_due",
@@ -150,6 +156,11 @@ class CommitPipeline:
         # the writer refuses every batch, and the Scheduler holds its writes).
         self.unacked = 0
         self.resync_due = False
+        # An operator's action on a workflow read from the store (not held in memory): its
+        # writes hold only if the workflow is still as read (``guard``), and go to the
+        # writer as a transition of their own (``_guards.send_conditional``), not merged.
+        self.guards: dict[str, tuple[Expect, ...]] = {}
+        self.conditional: list[Conditional] = []
 
     def txn(self, workflow_id: str) -> Txn:
         """The workflow's transaction in this flush, opened on first use."""
@@ -157,6 +168,13 @@ class CommitPipeline:
         if txn is None:
             txn = self.open[workflow_id] = Txn(workflow_id, self._encode)
         return txn
+
+    def guard(self, workflow_id: str, state: WorkflowState) -> None:
+        """Write the workflow's next transaction only if its record is still in ``state``
+        when it commits. The Scheduler read it from the store and holds no commit of it, so
+        a purge (retention, ``herder purge``) may delete it meanwhile: its writes must not
+        bring any of it back. They fail instead, with :class:`UnknownWorkflow`."""
+        self.guards[workflow_id] = (Expect("workflows", workflow_key(workflow_id), "state", state),)
 
     def pending(self, workflow_id: str) -> bool:
         """True while a transition of the workflow is not yet known durable."""
@@ -216,6 +234,9 @@ class CommitPipeline:
             self.open = {}
         else:
             ready = {wf: ready.pop(wf) for wf in [wf for wf in ready if wf not in committing]}
+        if self.guards:  # (an operator's action on a workflow read from the store)
+            for wf in [wf for wf in ready if wf in self.guards]:
+                self._set_aside(wf, ready.pop(wf), self.guards.pop(wf))
         for wf, txn in ready.items():
             committing.add(wf)
             ops.update(txn.ops)
@@ -231,6 +252,11 @@ class CommitPipeline:
         self.unacked += len(effects)
         # The writer writes one batch entry for every batch its transaction merges.
         return ops, effects, (due, armed) if armed else None
+
+    def _set_aside(self, wf: str, txn: Txn, expect: tuple[Expect, ...]) -> None:
+        self.committing.add(wf)
+        self.unacked += 1
+        self.conditional.append((as_transition(txn, expect), [(wf, txn.effects)]))
 
     def rearm(self, key: bytes, items: list[tuple[str, str, int, int]]) -> None:
         """Replace the due batch entry ``key`` by one holding ``items`` (workflow id,
@@ -254,7 +280,8 @@ class CommitPipeline:
             self.committing.discard(workflow_id)
         self.unacked -= len(effects)
         if errors.count(None) != len(errors):  # (no generator: this runs every commit)
-            self.resync_due = True
+            # (one purged under an operator's action halted nothing: _guards)
+            self.resync_due = self.resync_due or type(errors[0]) is not UnknownWorkflow
 
     def resync_now(self) -> bool:
         """True, once, when a failure's resync is due and every batch sent before the

@@ -85,6 +85,7 @@ class Operator:
         self._recovery = recovery
         self._shell = shell
         self._rand = rand
+        self._read: WorkflowRecord | None = None  # what the action in hand read of the store
 
     def operate(self, op: Operate) -> Future[None]:
         """Apply an operator action through ``s``; it resolves once it and its history are durable.
@@ -99,6 +100,7 @@ class Operator:
         op.check()  # (again, for a command read from the store)
         handler: Callable[[Operate], WorkflowRun | None] = getattr(self, f"_op_{op.action}")
         done: Future[None] = Future()
+        self._read = None
         self._engine.at(self._clock.tick(), self._rand)
         # Not taken back yet (a restart's backlog, a reload, a start on its way): the action
         # applies now, and what it leaves to run resumes right after it.
@@ -123,6 +125,8 @@ class Operator:
             return done
         self._shell.perform(self._engine.take())
         self._recovery.taken_back(fresh)
+        if self._read is not None:  # not held in memory: a purge may delete it meanwhile
+            self._commits.guard(op.workflow_id, self._read.state)
         self._commits.txn(op.workflow_id).effects.append(Resolve(done))
         if run is not None and run.record.id in self._engine.runs:
             self._engine.at(self._clock.time(), self._rand)
@@ -231,7 +235,7 @@ class Operator:
                 f"workflow {op.workflow_id!r} needs definition {record.name!r} version "
                 f"{record.version}; register it with add_workflow before {op.action}"
             )
-        record = recall_reason(self._store, record)  # (one stored before reasons were kept)
+        self._read = record = recall_reason(self._store, record)  # (one stored before reasons)
         steps = plan_steps(record, self._store.steps_of(op.workflow_id), plan)
         return self._engine.shapes.run(record, plan, steps), True
 
@@ -350,6 +354,7 @@ class Operator:
             raise self._not_loaded(op, record)  # its end is being written
         # Parked, or awaiting its definition: nothing of it runs, so this needs no
         # definition: the records change in the store.
+        self._read = record
         self._recovery.absent.release(record)
         self._note_operator(op)
         txn = self._commits.txn(op.workflow_id)

@@ -26,6 +26,7 @@ from herder.actors._commit_backoff import CommitBackoff, Reload
 from herder.actors._commits import CommitPipeline
 from herder.actors._dispatch import Dispatcher
 from herder.actors._engine import EngineContext
+from herder.actors._errors import UnknownWorkflow
 from herder.actors._messages import EarlyStart
 from herder.actors.engine import Attempt, Engine, Refuse, Resolve
 from herder.store import StepRecord, StepState, StoreCorrupt, StoreIOError, WorkflowRecord
@@ -78,8 +79,12 @@ class Reloads:
 
     def reload_later(self, failed: list[str], errors: list[BaseException | None]) -> None:
         """Workflows whose commit failed: read them back, at once or after a backoff."""
-        delay = self._backoff.failed()
         error = next(e for e in errors if e is not None)
+        if isinstance(error, UnknownWorkflow):  # purged under an operator's action (_guards)
+            for workflow_id in failed:
+                self.reread(workflow_id)  # (gone: forgotten, nothing of it runs)
+            return
+        delay = self._backoff.failed()
         _log.error(
             "transitions of %d workflows failed: %s; reloading them in %.2fs",
             len(failed),

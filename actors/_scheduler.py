@@ -57,6 +57,7 @@ from herder.actors._dispatch import Dispatcher
 from herder.actors._due import DueTimers
 from herder.actors._engine import EngineContext
 from herder.actors._facts import FactsPublisher
+from herder.actors._guards import send_conditional
 from herder.actors._messages import (
     Admit,
     Commands,
@@ -91,7 +92,7 @@ from herder.actors.engine import (
     Engine,
     Event,
 )
-from herder.store import BATCH_TIMER, BatchSink, LeaseLost, Plan, crash_point
+from herder.store import BATCH_TIMER, LeaseLost, Plan, crash_point
 
 _log = logging.getLogger("herder.scheduler")
 
@@ -144,7 +145,6 @@ class Scheduler(SupervisedActor):
             perform=self.perform,
         )
         self._channel = Channel(ctx, self._commits, self._recovery, self._operator, self._plans)
-        self._sink: BatchSink | None = None  # where the writer reports durable batches
         # What each engine message does (by its exact type: one lookup, no isinstance chain).
         self._handlers: dict[type, Callable[[Any], None]] = {
             Drain: self._on_drain,
@@ -173,6 +173,7 @@ class Scheduler(SupervisedActor):
         # batch a predecessor had fail, so the writer may take its batches.
         self._writer.resync()
         ctx = self._ctx
+        self._sink = commit_sink(self.actor_ref, ctx)  # where the writer reports durable batches
         make_host = ctx.make_host or (lambda: build_host(ctx))
         host = make_host()
         ctx.scheduler = self.actor_ref
@@ -323,10 +324,9 @@ class Scheduler(SupervisedActor):
             # step transitions that follow (the writer keeps submission order).
             self._writer.submit_many([resources], log_resource_errors)
         ops, effects, watch = self._commits.take()
+        send_conditional(self._commits.conditional, self._writer, self._sink)  # (_guards)
         if not effects:
             return
-        if self._sink is None:
-            self._sink = commit_sink(self.actor_ref, self._ctx)
         crash_point("scheduler.flush")
         self._writer.submit_batch(ops, effects, len(effects), self._sink, watch)
 

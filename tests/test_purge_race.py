@@ -1,0 +1,163 @@
+"""A purge racing an operator's action on a parked workflow: the Scheduler read the
+workflow from the store, the purge's deletion committed, then the action's writes landed
+and rewrote the purged workflow (record, steps, part of a history), ``herder check``
+none the wiser. The purge is made to land exactly in that gap: right after the Scheduler
+validated the action (``Operator._note_operator`` begins its writes), on its thread."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from herder.actors._operator import Operator
+from herder.runtime import (
+    Agent,
+    Permanent,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    UnknownWorkflow,
+    Workflow,
+)
+from herder.runtime._check import check_store
+from herder.runtime.testing import FakeClock, advance
+from herder.store import BATCH_TIMER, Store, batch_items, purge
+
+WAIT = 30.0
+DAY = 86400.0
+T0 = 1_700_000_000.0
+PARKED = frozenset({"NEEDS_ATTENTION"})  # (``herder purge --state NEEDS_ATTENTION``)
+
+
+class Shop(Agent):
+    def buy(self, ctx: StepContext) -> str:
+        if ctx.step == "ship":
+            raise Permanent("sold out")
+        return "ok"
+
+    def refund(self, ctx: StepContext) -> None:
+        raise Permanent("refunds are down")
+
+
+def register(rt: Runtime) -> None:
+    rt.add_agent("shop", Shop)
+    rt.add_workflow(
+        Workflow("order")
+        .step("pay", agent="shop", action="buy", compensate="refund")
+        .step("ship", agent="shop", action="buy", after=["pay"])
+    )
+
+
+def leftovers(store: Store, wid: str) -> dict[str, int]:
+    """How many keys of each per-workflow database still name ``wid``."""
+    prefix = wid.encode()
+    found = {"workflows": sum(1 for k, _ in store.raw_scan("workflows") if k == prefix)}
+    for db in ("steps", "history"):
+        found[db] = sum(1 for k, _ in store.raw_scan(db) if k.split(b"\x00")[0] == prefix)
+    return found
+
+
+def purged_in_the_gap(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[int]:
+    """Make the purge of parked workflows land right after the Scheduler read and
+    validated an operator's action; the counts of what each purge deleted."""
+    deleted: list[int] = []
+    note = Operator._note_operator
+
+    def purge_first(self: Operator, *args: object, **kwargs: object) -> None:
+        if not deleted:
+            deleted.append(purge(store, T0 + DAY, PARKED))
+        note(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Operator, "_note_operator", purge_first)
+    return deleted
+
+
+@pytest.mark.parametrize(
+    "action",
+    ["retry", "skip", "compensate", "abandon"],
+)
+def test_an_action_on_a_parked_workflow_purged_meanwhile_is_refused_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    clock = FakeClock(start=T0)
+    retry = RetryPolicy(max_attempts=1)
+    with Runtime(
+        tmp_path / "s", clock=clock, setup=register, retention=None, default_retry=retry
+    ) as rt:
+        # ship fails, pay's refund fails: parked, NEEDS_ATTENTION
+        rt._wait_final(rt.start("order", {}, workflow_id="stuck").id, WAIT)
+        store = rt._store
+        deleted = purged_in_the_gap(monkeypatch, store)
+        with pytest.raises(UnknownWorkflow, match="'stuck' was purged") as refused:
+            getattr(rt, action)("stuck", who="ops", why="try again")
+        assert deleted == [1]
+        assert "nothing of the action was recorded" in str(refused.value)
+        store.writer.flush(WAIT)
+        assert leftovers(store, "stuck") == {"workflows": 0, "steps": 0, "history": 0}
+        assert rt.list() == []
+        report = check_store(store)
+        assert report.ok, report.problems
+
+
+class Undo(Agent):
+    """Pays; ship fails; the first refund fails (the workflow parks), later ones hang
+    until ``release`` is set."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.refunds = 0
+
+    def buy(self, ctx: StepContext) -> str:
+        if ctx.step == "ship":
+            raise Permanent("sold out")
+        return "ok"
+
+    def refund(self, ctx: StepContext) -> None:
+        self.refunds += 1
+        if self.refunds == 1:
+            raise Permanent("refunds are down")
+        self.release.wait(WAIT)
+
+
+def test_an_action_on_a_parked_workflow_keeps_its_attempts_deadlines(tmp_path: Path) -> None:
+    """Its writes go to the store as a transition of their own: the deadline of the
+    attempt the retry records is watched (its batch entry) as the writer would, and the
+    attempt times out."""
+    clock = FakeClock(start=T0)
+    release = threading.Event()
+
+    def setup(rt: Runtime) -> None:
+        rt.add_agent("shop", lambda: Undo(release))
+        rt.add_workflow(
+            Workflow("order")
+            .step("pay", agent="shop", action="buy", compensate="refund", timeout=5.0)
+            .step("ship", agent="shop", action="buy", after=["pay"])
+        )
+
+    with Runtime(
+        tmp_path / "s", clock=clock, setup=setup, default_retry=RetryPolicy(max_attempts=1)
+    ) as rt:
+        try:
+            rt._wait_final(rt.start("order", {}, workflow_id="w").id, WAIT)
+            rt.retry("w")  # the refund runs again, and hangs
+            store = rt._store
+            watched = [
+                item
+                for due, wf, _, value in store.due_timers(2**62)
+                if wf == BATCH_TIMER
+                for item in batch_items(value) or []
+            ]
+            refund = store.get_step("w", "pay")
+            assert refund is not None
+            assert ("w", "pay", refund.token) in watched
+            advance(rt, clock, 6.0)
+            assert rt.status("w").state is State.NEEDS_ATTENTION  # it timed out: parked again
+            timed_out = store.get_step("w", "pay")
+            assert timed_out is not None
+            assert timed_out.attempt == refund.attempt
+            assert "timed out" in (timed_out.error or "")
+        finally:
+            release.set()
