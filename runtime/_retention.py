@@ -92,6 +92,7 @@ class Retention:
         # hands it over again, and running it twice would overwrite that result.
         self._finished: set[int] = set()
         self.deleted = 0  # workflows deleted by this runtime so far (stats)
+        self._purged: list[str] = []  # those of the last batch: is anything left of them?
 
     def on_command(self, command: dict[str, Any]) -> None:
         """A pending ``purge`` command (seen again at later sweeps until it is done)."""
@@ -106,6 +107,7 @@ class Retention:
             if self._busy:
                 return
             job = next(iter(self._jobs.values()), None)
+            purged, self._purged = self._purged, []  # (what they left goes with this batch)
         try:
             if job is not None:
                 before, states = _job_cutoff(job)
@@ -119,11 +121,13 @@ class Retention:
             found, self._position = resumed_candidates(
                 self._store, before, states, self._batch, after=self._position, most=self._scan
             )
-            if not found:
-                if job is not None and self._position is None:  # a whole pass found no more
-                    self._finish(job, None)
+            if not found and job is not None and self._position is None:
+                self._finish(job, None)  # a whole pass found no more
+            if not (found or purged):
                 return
-            transitions = deletions(self._store, found)
+            transitions = deletions(self._store, found, purged)
+            if not transitions:
+                return
         except (StoreError, ValueError, TypeError) as exc:
             _log.error("retention could not read the store: %s", exc)
             if job is not None:
@@ -132,13 +136,18 @@ class Retention:
         with self._lock:
             self._busy = True
         self._store.writer.submit_many(
-            transitions, lambda outcomes: self._committed(job_id, outcomes)
+            transitions, lambda outcomes: self._committed(job_id, found, outcomes)
         )
 
-    def _committed(self, job_id: int | None, outcomes: list[BaseException | None]) -> None:
-        done = sum(1 for o in outcomes if o is None)
+    def _committed(
+        self, job_id: int | None, found: list[tuple[str, str]], outcomes: list[BaseException | None]
+    ) -> None:
+        # (found's first; after them, those of what the previous batch's workflows left)
+        purged = [wid for (wid, _), o in zip(found, outcomes, strict=False) if o is None]
+        done = len(purged)
         with self._lock:
             self._busy = False
+            self._purged = purged
             self.deleted += done
             if job_id is not None and job_id in self._deleted:
                 self._deleted[job_id] += done

@@ -7,8 +7,10 @@ The candidates come from the ``recent`` index (oldest update first, see ``_recen
 so finding them reads a range, not the store. One batch is one consistent snapshot (the
 keys of each workflow's steps and history) and one group of transitions committed
 together; each transition deletes one workflow and holds only if the workflow is still
-in the state it was found in (an ``Expect``), so nothing that moved meanwhile is lost.
-The writer drops the index entries in the same transaction (``Writer`` ``derived``).
+in the state it was found in (an ``Expect``), so nothing that moved meanwhile is lost;
+what was written of a workflow after its keys were read and before its deletion
+committed goes with the next batch (``deletions``' ``gone``), so nothing of it outlives
+it. The writer drops the index entries in the same transaction (``Writer`` ``derived``).
 
 Used by the runtime's retention (each Supervisor sweep purges at most one batch, in the
 background of the writer's other work, found by a bounded read of the index that goes on
@@ -102,19 +104,32 @@ def count(store: Store, before: float, states: frozenset[str] = FINISHED) -> int
     return sum(1 for _ in store.recent(newest_first=False, states=states, until=before))
 
 
-def deletions(store: Store, found: Iterable[tuple[str, str]]) -> list[Transition]:
-    """One transition per workflow deleting it whole, read on one snapshot."""
-    found = list(found)
+def deletions(
+    store: Store, found: Iterable[tuple[str, str]], gone: Iterable[str] = ()
+) -> list[Transition]:
+    """One transition per workflow of ``found`` deleting it whole, read on one snapshot;
+    then, for each workflow of ``gone`` (those the previous batch deleted) anything is
+    left of, one deleting that, if the workflow is still absent.
+
+    What is left of one are the keys written after the previous batch read its keys and
+    before it committed (a refused operator command's event in its history, say). Once
+    the purge of a workflow has committed, nothing more is written of it (an operator's
+    action and a command's event are written only while it is there), so one more look,
+    in the next batch, finds all there is."""
+    found, gone = list(found), list(gone)
 
     def read(snap: Snapshot) -> list[Transition]:
-        return [_deletion(snap, wid, state) for wid, state in found]
+        left = [t for t in (_deletion(snap, wid, None) for wid in gone) if t.ops]
+        return [_deletion(snap, wid, state) for wid, state in found] + left
 
     return store.view(read)
 
 
-def _deletion(snap: Snapshot, workflow_id: str, state: str) -> Transition:
+def _deletion(snap: Snapshot, workflow_id: str, state: str | None) -> Transition:
+    """Delete the workflow whole if it is in ``state``; None: what is left of one
+    deleted (its steps, timers and history), if it is still absent."""
     key = workflow_key(workflow_id)
-    ops: list[Delete] = [Delete("workflows", key)]
+    ops: list[Delete] = [] if state is None else [Delete("workflows", key)]
     for skey, raw in snap.items("steps", step_key(workflow_id, "")):
         ops.append(Delete("steps", skey))
         try:
@@ -125,7 +140,12 @@ def _deletion(snap: Snapshot, workflow_id: str, state: str) -> Transition:
             name = skey[len(key) + len(KEY_SEP) :].decode("utf-8", "replace")
             ops.append(Delete("timers", timer_key(timer_ms, workflow_id, name)))
     ops += [Delete(HISTORY_DB, hkey) for hkey, _ in snap.items(HISTORY_DB, key + KEY_SEP)]
-    return Transition(ops=tuple(ops), expect=(Expect("workflows", key, "state", state),))
+    held = (
+        Expect("workflows", key, exists=False)
+        if state is None
+        else Expect("workflows", key, "state", state)
+    )
+    return Transition(ops=tuple(ops), expect=(held,))
 
 
 def purge(
@@ -138,13 +158,14 @@ def purge(
 ) -> int:
     """Delete every workflow in ``states`` last updated before ``before``, ``batch`` at
     a time (each batch one group commit, waited for); returns how many were deleted."""
-    deleted = 0
+    deleted, gone = 0, list[str]()
     while True:
         found = candidates(store, before, states, batch)
-        if not found:
+        transitions = deletions(store, found, gone)  # (and what the last batch left)
+        if not transitions:
             return deleted
         try:
-            outcomes = commit_group(store, deletions(store, found), timeout)
+            outcomes = commit_group(store, transitions, timeout)
         except StoreIOError as exc:
             if not deleted:
                 raise
@@ -152,9 +173,9 @@ def purge(
                 f"{exc} The {deleted} workflows deleted before it stay deleted; run the purge "
                 "again to go on"
             ) from exc
-        done = sum(1 for o in outcomes if o is None)
-        deleted += done
-        if done == 0:  # every one moved meanwhile: nothing more to do now
+        gone = [wid for (wid, _), o in zip(found, outcomes, strict=False) if o is None]
+        deleted += len(gone)
+        if not gone:  # every one moved meanwhile (or none was left): nothing more to do now
             return deleted
 
 

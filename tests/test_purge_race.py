@@ -7,10 +7,14 @@ validated the action (``Operator._note_operator`` begins its writes), on its thr
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import herder.runtime._retention as runtime_retention
+import herder.store._retention as store_retention
 from herder.actors._operator import Operator
 from herder.runtime import (
     Agent,
@@ -23,8 +27,19 @@ from herder.runtime import (
     Workflow,
 )
 from herder.runtime._check import check_store
+from herder.runtime._retention import Retention
 from herder.runtime.testing import FakeClock, advance
-from herder.store import BATCH_TIMER, Store, batch_items, purge
+from herder.store import (
+    BATCH_TIMER,
+    Store,
+    Transition,
+    append_command,
+    batch_items,
+    deletions,
+    new_command,
+    purge,
+    wait_outcome,
+)
 
 WAIT = 30.0
 DAY = 86400.0
@@ -51,7 +66,7 @@ def register(rt: Runtime) -> None:
     )
 
 
-def leftovers(store: Store, wid: str) -> dict[str, int]:
+def keys_of(store: Store, wid: str) -> dict[str, int]:
     """How many keys of each per-workflow database still name ``wid``."""
     prefix = wid.encode()
     found = {"workflows": sum(1 for k, _ in store.raw_scan("workflows") if k == prefix)}
@@ -96,7 +111,7 @@ def test_an_action_on_a_parked_workflow_purged_meanwhile_is_refused_and_writes_n
         assert deleted == [1]
         assert "nothing of the action was recorded" in str(refused.value)
         store.writer.flush(WAIT)
-        assert leftovers(store, "stuck") == {"workflows": 0, "steps": 0, "history": 0}
+        assert keys_of(store, "stuck") == {"workflows": 0, "steps": 0, "history": 0}
         assert rt.list() == []
         report = check_store(store)
         assert report.ok, report.problems
@@ -122,13 +137,7 @@ class Undo(Agent):
         self.release.wait(WAIT)
 
 
-def test_an_action_on_a_parked_workflow_keeps_its_attempts_deadlines(tmp_path: Path) -> None:
-    """Its writes go to the store as a transition of their own: the deadline of the
-    attempt the retry records is watched (its batch entry) as the writer would, and the
-    attempt times out."""
-    clock = FakeClock(start=T0)
-    release = threading.Event()
-
+def undoing(release: threading.Event) -> Callable[[Runtime], None]:
     def setup(rt: Runtime) -> None:
         rt.add_agent("shop", lambda: Undo(release))
         rt.add_workflow(
@@ -137,8 +146,21 @@ def test_an_action_on_a_parked_workflow_keeps_its_attempts_deadlines(tmp_path: P
             .step("ship", agent="shop", action="buy", after=["pay"])
         )
 
+    return setup
+
+
+def test_an_action_on_a_parked_workflow_keeps_its_attempts_deadlines(tmp_path: Path) -> None:
+    """Its writes go to the store as a transition of their own: the deadline of the
+    attempt the retry records is watched (its batch entry) as the writer would, and the
+    attempt times out."""
+    clock = FakeClock(start=T0)
+    release = threading.Event()
+
     with Runtime(
-        tmp_path / "s", clock=clock, setup=setup, default_retry=RetryPolicy(max_attempts=1)
+        tmp_path / "s",
+        clock=clock,
+        setup=undoing(release),
+        default_retry=RetryPolicy(max_attempts=1),
     ) as rt:
         try:
             rt._wait_final(rt.start("order", {}, workflow_id="w").id, WAIT)
@@ -159,5 +181,85 @@ def test_an_action_on_a_parked_workflow_keeps_its_attempts_deadlines(tmp_path: P
             assert timed_out is not None
             assert timed_out.attempt == refund.attempt
             assert "timed out" in (timed_out.error or "")
+        finally:
+            release.set()
+
+
+class Ok(Agent):
+    def buy(self, ctx: StepContext) -> str:
+        return "ok"
+
+
+def one_step(rt: Runtime) -> None:
+    rt.add_agent("shop", Ok)
+    rt.add_workflow(Workflow("order").step("pay", agent="shop", action="buy"))
+
+
+@pytest.mark.parametrize("through", ["runtime", "offline"])
+def test_an_event_written_while_its_workflow_is_purged_goes_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through: str
+) -> None:
+    """A command refused on a finished workflow writes an event into its history. One
+    that lands after a purge read the workflow's keys and before it committed was left
+    behind (``herder check``: an event of a workflow that does not exist); the purge
+    deletes it too (the runtime's retention at its next sweep, ``purge`` at once)."""
+    path = tmp_path / "s"
+    with Runtime(path, clock=FakeClock(start=T0), setup=one_step, retention=None) as rt:
+        rt._wait_final(rt.start("order", {}, workflow_id="old").id, WAIT)
+        store = rt._store
+        read = deletions
+
+        def refused_right_after(store: Store, found: Any, gone: Any = ()) -> list[Transition]:
+            keys = read(store, found, gone)
+            command = append_command(path, new_command("cancel", "old", who="t", why="x"))
+            rt._sweep_now()  # (hands the command over: refused, with an event in history)
+            outcome = wait_outcome(path, command, timeout=WAIT)
+            assert outcome is not None
+            assert outcome["state"] == "FAILED"
+            return keys
+
+        if through == "runtime":
+            monkeypatch.setattr(runtime_retention, "deletions", refused_right_after)
+            retention = Retention(store, rt.clock.time, None)
+            retention.on_command({"id": 99, "action": "purge", "args": {"before": T0 + DAY}})
+            for _ in range(2):  # the batch, then the sweep that looks for what it left
+                retention.on_sweep()
+                store.writer.flush(WAIT)
+        else:
+            monkeypatch.setattr(store_retention, "deletions", refused_right_after)
+            assert purge(store, T0 + DAY) == 1
+        assert keys_of(store, "old") == {"workflows": 0, "steps": 0, "history": 0}
+        report = check_store(store)
+        assert report.ok, report.problems
+
+
+def test_an_action_that_lands_before_the_purge_keeps_the_workflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other order: the retry is durable before the purge commits (after it read the
+    workflow's keys); the purge's condition fails and the workflow stays, retried."""
+    release = threading.Event()
+    with Runtime(
+        tmp_path / "s",
+        clock=FakeClock(start=T0),
+        setup=undoing(release),
+        retention=None,
+        default_retry=RetryPolicy(max_attempts=1),
+    ) as rt:
+        try:
+            rt._wait_final(rt.start("order", {}, workflow_id="stuck").id, WAIT)
+            read = deletions
+
+            def retried_right_after(store: Store, found: Any, gone: Any = ()) -> list[Transition]:
+                keys = read(store, found, gone)
+                rt.retry("stuck")  # (its refund then hangs: it stays COMPENSATING)
+                return keys
+
+            monkeypatch.setattr(store_retention, "deletions", retried_right_after)
+            assert purge(rt._store, T0 + DAY, PARKED) == 0
+            assert rt.status("stuck").state is State.COMPENSATING
+            assert "retry" in [event.get("action") for event in rt.history("stuck")]
+            report = check_store(rt._store)
+            assert report.ok, report.problems
         finally:
             release.set()
