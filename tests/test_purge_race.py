@@ -16,6 +16,7 @@ import pytest
 import herder.runtime._retention as runtime_retention
 import herder.store._retention as store_retention
 from herder.actors._operator import Operator
+from herder.actors._reload import Reloads
 from herder.runtime import (
     Agent,
     Permanent,
@@ -263,3 +264,43 @@ def test_an_action_that_lands_before_the_purge_keeps_the_workflow(
             assert report.ok, report.problems
         finally:
             release.set()
+
+
+def test_a_command_on_a_parked_workflow_purged_meanwhile_is_refused_on_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``herder retry`` through the command channel, the purge landing as for the API: the
+    command's outcome was to be written with the retry, so it stays pending, is handed
+    over again, and is refused then: the workflow no longer exists."""
+    path = tmp_path / "s"
+    clock = FakeClock(start=T0)
+    with Runtime(
+        path,
+        clock=clock,
+        setup=register,
+        retention=None,
+        default_retry=RetryPolicy(max_attempts=1),
+    ) as rt:
+        rt._wait_final(rt.start("order", {}, workflow_id="stuck").id, WAIT)
+        deleted = purged_in_the_gap(monkeypatch, rt._store)
+        read_back = threading.Event()
+        reload_later = Reloads.reload_later
+
+        def noted(self: Reloads, failed: list[str], errors: list[Any]) -> None:
+            reload_later(self, failed, errors)
+            read_back.set()  # (the command's refusal reached the channel: pending again)
+
+        monkeypatch.setattr(Reloads, "reload_later", noted)
+        command = append_command(path, new_command("retry", "stuck", who="t", why="x"))
+        rt._sweep_now()  # (hands it over: the retry, and the purge in its gap)
+        assert read_back.wait(WAIT)
+        assert deleted == [1]
+        clock.advance(5.0)  # (a command still pending is handed over again after 5 s)
+        rt._sweep_now()
+        outcome = wait_outcome(path, command, timeout=WAIT)
+        assert outcome is not None
+        assert outcome["state"] == "FAILED"
+        assert "no workflow with id 'stuck'" in outcome["error"]
+        assert keys_of(rt._store, "stuck") == {"workflows": 0, "steps": 0, "history": 0}
+        report = check_store(rt._store)
+        assert report.ok, report.problems
