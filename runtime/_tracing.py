@@ -229,14 +229,18 @@ class Tracing:
         return carrier.get("traceparent")
 
 
-class _TracedFactory:
-    """An agent factory whose agents trace their actions. ``func`` is the wrapped factory,
-    so ``agent_class_of`` still sees the Agent class through it."""
+class _TracedFactory(functools.partial[Agent]):
+    """An agent factory whose agents trace their actions. A ``functools.partial`` of the
+    wrapped factory, so ``agent_class_of`` still sees the Agent class through it (the
+    Scheduler finds the class's ``probe_<action>`` there)."""
 
-    def __init__(self, tracing: Tracing, agent: str, func: Callable[[], Agent]) -> None:
-        self._tracing = tracing
-        self._agent = agent
-        self.func = func
+    _tracing: Tracing
+    _agent: str
+
+    def __new__(cls, tracing: Tracing, agent: str, func: Callable[[], Agent]) -> _TracedFactory:
+        self = super().__new__(cls, func)
+        self._tracing, self._agent = tracing, agent
+        return self
 
     def __call__(self) -> Any:
         built = self.func()

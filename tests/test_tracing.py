@@ -9,12 +9,21 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime import (
+    Agent,
+    Permanent,
+    ProbeResult,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    Workflow,
+)
 from herder.runtime._tracing import tracing_for
 from herder.runtime.testing import FakeClock, advance
 from herder.store import Store
@@ -328,3 +337,42 @@ def test_an_async_action_is_traced_over_its_await(tmp_path: Path, factory: Any) 
     got = [(s.attributes["herder.outcome"], s.attributes.get("error.type")) for s in attempts]
     assert got == [("failed", "builtins.ConnectionError"), ("succeeded", None)]
     assert Awaiting.current == [s.context.span_id for s in attempts]
+
+
+def test_a_traced_agent_keeps_its_probe_for_a_lapsed_attempt(tmp_path: Path) -> None:
+    """The scheduler looked for ``probe_<action>`` on the traced factory, which hid the
+    agent's class: under tracing a lapsed attempt was never probed but run again blind."""
+    tracer_provider, exporter = provider()
+    clock = FakeClock()
+    entered, release = threading.Event(), threading.Event()
+    probed: list[str] = []
+
+    class Bank(Agent):
+        def pay(self, ctx: StepContext) -> str:
+            if ctx.attempt > 1:
+                return "paid twice"
+            entered.set()  # applied, then the reply is lost
+            release.wait(10)
+            raise ConnectionError("the reply was lost")
+
+        def probe_pay(self, ctx: StepContext) -> ProbeResult:
+            probed.append(ctx.idempotency_key)
+            return ProbeResult.done("paid")
+
+    flow = Workflow("pay").step("pay", agent="bank", action="pay", timeout=5.0, retry=FAST)
+    with Runtime(
+        tmp_path / "s", clock=clock, sweep_interval=1.0, tracer_provider=tracer_provider
+    ) as rt:
+        rt.add_agent("bank", Bank)
+        rt.add_workflow(flow)
+        handle = rt.start("pay", {}, workflow_id="p")
+        try:
+            assert entered.wait(10)
+            advance(rt, clock, 6.0)
+            assert handle.result(timeout=10) == {"pay": "paid"}
+        finally:
+            release.set()
+        assert rt.status("p").steps["pay"].attempt == 1  # never run again
+    assert probed == ["p/pay"]
+    (probe,) = [s for s in exporter.get_finished_spans() if s.name == "bank.probe_pay"]
+    assert probe.attributes["herder.outcome"] == "succeeded"
