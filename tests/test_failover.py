@@ -15,6 +15,7 @@ from herder.runtime import (
     AnyOf,
     CircuitBreaker,
     InvalidDefinition,
+    ProbeResult,
     RetryPolicy,
     Runtime,
     StepContext,
@@ -421,3 +422,32 @@ def test_a_group_steps_attempt_waiting_for_a_removed_member_moves_to_another(
         assert h1.result(timeout=WAIT)["f"] == "a"
         assert [member for w, member in ran if w == "w2"] == ["b"]
         assert check_store(rt._store).ok
+
+
+class ProbedAirline(Airline):
+    def probe_book(self, ctx: StepContext) -> ProbeResult:
+        self.ledger.record(self.member, "probe_book")
+        return ProbeResult.done(f"booked on {self.member}")
+
+
+def test_a_lapsed_attempt_is_probed_on_the_member_it_ran_on(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The engine asked whether the group's first member had a probe, not the member the
+    attempt ran on: with the first one not registered, a lapse on the second was never
+    probed but run again blind (a second booking)."""
+    ledger = Ledger()
+    began, release = ledger.hold("w")
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("airline-us", functools.partial(ProbedAirline, ledger, "airline-us"))
+        rt.add_agent("hotel", Hotel)
+        rt.add_workflow(TRIP)
+        h = rt.start("trip", {"hotel": "ok"}, workflow_id="w")
+        assert began.wait(WAIT)
+        advance(rt, clock, 6.0)  # past the flight's timeout: its outcome is unknown
+        release.set()
+        advance(rt, clock, 1.0)  # (a retry's backoff, were it retried)
+        assert h.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        assert rt.status("w").steps["flight"].attempt == 1  # never run again
+    assert ledger.of("probe_book") == ["airline-us"]
+    assert ledger.of("book") == ["airline-us"]

@@ -334,8 +334,8 @@ class Engine(Machine):
             self.fence(attempt, replace=True, abandon=False)
         # Also reached for an attempt no Scheduler of this process runs (orphaned by
         # a restart) and nothing will run again: it counts as failed all the same.
-        spec = run.specs[st.name]
-        probe = self._has_probe(spec.agent, spec.action)
+        # The agent the attempt ran on (a group's member), which has its effect to ask.
+        probe = self._has_probe(agent, run.specs[st.name].action)
         self.follow(run, st, after_lapse(st, lapsed, has_probe=probe))
 
     def _attempt_lost(self, msg: AttemptLost) -> None:
