@@ -117,6 +117,10 @@ class Admission:
         self._gates[agent] = gate
         self.tracked.add(agent)
         rec = self._record(agent)
+        if old is None and breaker is not None and rec.breaker is BreakerState.HALF_OPEN:
+            # Added again after remove() while its probe may still run: one running
+            # attempt's answer decides, as the probe's would (a new one waits for it).
+            gate.probe = next(iter(self._busy(agent)), None)
         # Failures recorded before the breaker was configured (attempts lost to a crash
         # loop, found at recovery before the daemon registered its agents) count now.
         if breaker is not None and rec.breaker is BreakerState.CLOSED and gate.trips(rec):

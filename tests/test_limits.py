@@ -427,3 +427,41 @@ def test_registering_without_a_breaker_closes_a_stored_open_one(
         assert breaker(rt)["breaker"] == "CLOSED"
         advance(rt, clock, 1.0)
         rt.handle("w").result(timeout=WAIT)
+
+
+def test_a_half_open_probe_still_running_holds_an_agent_removed_and_added_again(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """remove_agent forgot which attempt was the half-open probe: added again while the
+    probe still ran, the agent let a second attempt through to the resource."""
+    release = threading.Event()
+
+    class Slow(Service):
+        def call(self, ctx: StepContext) -> str:
+            answer = super().call(ctx)
+            if ctx.workflow_id != "w0":
+                assert release.wait(WAIT)  # the probe hangs until released
+            return answer
+
+    service = Slow(clock)
+    service.healthy = False
+    cb = CircuitBreaker(failures=1, cooldown=10.0)
+    with runtime(tmp_path / "s", clock, service, breaker=cb, concurrency=4) as rt:
+        rt.start("one", workflow_id="w0")
+        calls(rt, service, 1)
+        for n in range(1, 4):
+            rt.start("one", workflow_id=f"w{n}")
+        service.healthy = True
+        advance(rt, clock, 10.0)  # half-open: one probe, which hangs
+        wait_until(rt, lambda: len(service.calls) == 2)
+        rt.remove_agent("svc")
+        rt.add_agent("svc", functools.partial(Caller, service), concurrency=4, breaker=cb)
+        advance(rt, clock, 0.1)
+        settle(rt)
+        assert len(service.calls) == 2, "one probe at a time while half-open"
+        assert breaker(rt)["breaker"] == "HALF_OPEN"
+        release.set()
+        for n in range(4):
+            rt.handle(f"w{n}").result(timeout=WAIT)
+        assert breaker(rt)["breaker"] == "CLOSED"
+        assert len(service.calls) == 5
