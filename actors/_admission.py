@@ -12,9 +12,9 @@ clock for when the gate will open again (end of the breaker's cool-down, next ra
 token); the wake-up arrives as a message and the Scheduler pumps the agent again.
 
 State that must survive a restart (:class:`ResourceRecord`: breaker state, consecutive
-failures, crash and lost-attempt counters) is written to the ``resources`` database
-whenever it changes; :meth:`writes` hands the pending records to the Scheduler's flush.
-Everything here runs on the Scheduler's thread.
+failures, crash and lost-attempt counters) is written to the ``resources`` database whenever
+it changes; :meth:`writes` hands the pending records to the Scheduler's flush. Everything
+here runs on the Scheduler's thread.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Admission:
         self._health = health
         self._sick_holds: dict[str, int] = {}  # dispatches held back for ill health
         self._gates: dict[str, Gate] = {}
+        self._removed: dict[str, Gate] = {}  # rate-limited agents removed: their buckets
         # The agents with limits, a live read-only view: the dispatcher asks ready() of
         # these (and of those with health checks) before each dispatch.
         self.limited: Mapping[str, Gate] = MappingProxyType(self._gates)
@@ -105,7 +106,7 @@ class Admission:
             self._gates.pop(agent, None)
             self._track(agent)
             return
-        old = self._gates.get(agent)
+        old, removed = self._gates.get(agent), self._removed.pop(agent, None)
         gate = Gate(breaker, rate)
         if adaptive is not None:
             kept = old is not None and old.adaptive is not None and old.adaptive.config == adaptive
@@ -113,13 +114,12 @@ class Admission:
             fresh = AdaptiveLimit(adaptive, resumed)
             gate.adaptive = old.adaptive if kept and old is not None else fresh
             gate.started = {} if old is None else old.started
-        gate.carry(old, self._clock.monotonic())
+        gate.carry(old, self._clock.monotonic(), removed)
         self._gates[agent] = gate
         self.tracked.add(agent)
         rec = self._record(agent)
         if old is None and breaker is not None and rec.breaker is BreakerState.HALF_OPEN:
-            # Added again after remove() while its probe may still run: one running
-            # attempt's answer decides, as the probe's would (a new one waits for it).
+            # Added again while its probe may run (remove() forgot it): a running one decides.
             gate.probe = next(iter(self._busy(agent)), None)
         # Failures recorded before the breaker was configured (attempts lost to a crash
         # loop, found at recovery before the daemon registered its agents) count now.
@@ -127,9 +127,11 @@ class Admission:
             self._open(agent, rec)
 
     def remove(self, agent: str) -> None:
-        """Forget the limits of ``agent`` and what only memory holds of it (its durable
-        record stays, with the failures it counts: a restart reads it back)."""
-        self._gates.pop(agent, None)
+        """Forget the limits of ``agent`` but its rate limit's bucket (added again, it starts
+        no more than its rate allows); its durable record stays, with the failures it counts."""
+        gate = self._gates.pop(agent, None)
+        if gate is not None and gate.rate is not None:
+            self._removed[agent] = gate
         self._wake_at.pop(agent, None)  # (a wake-up on its way pumps an agent not there)
         self._sick_holds.pop(agent, None)
         self._track(agent)

@@ -29,13 +29,15 @@ class Gate:
     samples: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
     throttled: int = 0  # times a job found the gate shut
 
-    def carry(self, old: Gate | None, now: float) -> None:
+    def carry(self, old: Gate | None, now: float, removed: Gate | None = None) -> None:
         """Take over what the agent's gate before this one (``old``: it was added again)
         holds: its probe, its throttled count, and, where the limit is the same, its
-        bucket's tokens and its breaker's samples; a new rate limit starts full."""
+        bucket's tokens and its breaker's samples; a new rate limit starts full. The gate
+        of an agent ``removed`` before it was added again passes on its bucket only."""
         if self.rate is not None:
-            if old is not None and old.rate == self.rate:
-                self.tokens, self.refilled = old.tokens, old.refilled
+            bucket = old if old is not None else removed
+            if bucket is not None and bucket.rate == self.rate:
+                self.tokens, self.refilled = bucket.tokens, bucket.refilled
             else:
                 self.tokens, self.refilled = float(self.rate.capacity), now
         if old is not None:

@@ -148,3 +148,24 @@ def test_adding_an_agent_again_with_the_same_rate_limit_does_not_refill_its_buck
         h2 = rt.start("one", {}, workflow_id="w2")
         settle(rt)
         assert not h2.done(), "a second attempt started at t=0 with burst=1"
+
+
+def test_an_agent_removed_and_added_again_does_not_get_a_full_bucket(tmp_path: Path) -> None:
+    # remove_agent forgot the bucket, so remove + add_agent with the same limit refilled
+    # it: a second attempt at t=0 with burst 1 (over burst + per_second * t).
+    clock = FakeClock()
+    wf = Workflow("one").step("call", agent="svc", action="call")
+    limit = RateLimit(per_second=0.01, burst=1)  # one token per 100 s
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", Quick, rate_limit=limit)
+        rt.add_workflow(wf)
+        rt.start("one", {}, workflow_id="w1").result(timeout=WAIT)
+        rt.remove_agent("svc")
+        settle(rt)  # (nothing of it is left: it is forgotten)
+        rt.add_agent("svc", Quick, rate_limit=limit)
+        h2 = rt.start("one", {}, workflow_id="w2")
+        settle(rt)
+        assert not h2.done(), "a second attempt started at t=0 with burst=1"
+        assert rt.stats()["resources"]["svc"]["rate_tokens"] == 0.0
+        advance(rt, clock, 100.0)  # the next token
+        assert h2.result(timeout=WAIT) == {"call": "ok"}
