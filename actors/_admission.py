@@ -172,7 +172,7 @@ class Admission:
             gate.throttled += 1
             self._schedule(agent, wait)
             return False
-        if gate.adaptive is not None and self._inflight(agent, gate) >= gate.adaptive.limit:
+        if gate.adaptive is not None and gate.running(self._busy(agent)) >= gate.adaptive.limit:
             gate.throttled += 1
             return False  # an attempt's end releases its instance and pumps again
         return True
@@ -312,6 +312,9 @@ class Admission:
     def _set(self, agent: str, rec: ResourceRecord) -> ResourceRecord:
         old = self._records.get(agent)
         self.breakers_moved |= old is None or old.breaker is not rec.breaker
+        gate = self._gates.get(agent)  # an adaptive limit stored goes with every write:
+        if gate is not None and gate.adaptive is not None and rec.limit is not None:
+            rec = rec.evolve(limit=gate.adaptive.limit)  # (or a failing agent's never would)
         rec = rec.evolve(updated=self._clock.time())
         self._records[agent] = self.dirty[agent] = rec
         return rec
@@ -380,15 +383,6 @@ class Admission:
             return
         if rec.limit is None or self._clock.time() - rec.updated >= _KEEP_LIMIT_EVERY:
             self._set(agent, rec.evolve(limit=adaptive.limit))
-
-    def _inflight(self, agent: str, gate: Gate) -> int:
-        """Attempts of ``agent`` running now; forgets start times of attempts that ended
-        without an answer (their instance was replaced, or lost with its supervisor)."""
-        busy = self._busy(agent)
-        if len(gate.started) > len(busy):
-            running = set(busy)
-            gate.started = {t: at for t, at in gate.started.items() if t in running}
-        return len(busy)
 
     def _schedule(self, agent: str, delay: float) -> None:
         now = self._clock.monotonic()

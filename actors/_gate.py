@@ -45,6 +45,14 @@ class Gate:
             if old.breaker == self.breaker:
                 self.samples = old.samples
 
+    def running(self, busy: list[int]) -> int:
+        """How many attempts run now (``busy``: their tokens); forgets the start times of
+        attempts that ended without an answer (instance replaced, or lost)."""
+        if len(self.started) > len(busy):
+            running = set(busy)
+            self.started = {t: at for t, at in self.started.items() if t in running}
+        return len(busy)
+
     def refill(self, rate: RateLimit, now: float) -> None:
         """Add the rate-limit tokens earned since the last refill (``now``: monotonic)."""
         gained = (now - self.refilled) * rate.per_second

@@ -20,6 +20,7 @@ from herder.actors._adaptive import AdaptiveLimit
 from herder.runtime import (
     Adaptive,
     Agent,
+    CircuitBreaker,
     InvalidInput,
     RetryPolicy,
     Runtime,
@@ -236,3 +237,29 @@ def test_the_limit_is_stored_for_herder_stats_and_a_restart_resumes_from_it(
         assert rt.stats()["resources"]["svc"]["limit"] == 6  # resumed, not initial
         rt.add_agent("svc", Down, concurrency=4)
         assert "limit" not in rt.stats()["resources"]["svc"]  # no longer adaptive
+
+
+def test_a_failing_agent_with_a_breaker_stores_its_falling_limit(tmp_path: Path) -> None:
+    """Each failure wrote the breaker's count, which restarted the 5 s pacing of the
+    limit's store: an agent failing more often than that kept its old limit stored, and
+    a restart resumed there, well above the one it had learned."""
+
+    class Down(Agent):
+        def call(self, ctx: StepContext) -> None:
+            raise ConnectionError("down")
+
+    clock = FakeClock()
+    path = tmp_path / "s"
+    adaptive, breaker = Adaptive(min=1, max=16, initial=10), CircuitBreaker(failures=100)
+    retry = RetryPolicy(max_attempts=1)
+    with Runtime(path, clock=clock, default_retry=retry) as rt:
+        rt.add_agent("svc", Down, concurrency=adaptive, breaker=breaker)
+        rt.add_workflow(ONE)
+        for n in range(4):  # one failure every 4 s: 10 -> 9 -> 8 -> 7 -> 6
+            advance(rt, clock, 4.0)
+            with pytest.raises(WorkflowFailed):
+                rt.start("one", workflow_id=f"w{n}").result(timeout=WAIT)
+        assert rt.stats()["resources"]["svc"]["limit"] == 6
+    with Runtime(path, clock=clock, default_retry=retry) as rt:
+        rt.add_agent("svc", Down, concurrency=adaptive, breaker=breaker)
+        assert rt.stats()["resources"]["svc"]["limit"] == 6  # resumed where it was
