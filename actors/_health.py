@@ -134,6 +134,7 @@ class AgentHealth:
                 watch.healthy, watch.error = old.healthy, old.error
                 watch.checks, watch.failures = old.checks, old.failures
                 watch.running, watch.started, watch.seq = old.running, old.started, old.seq
+                watch.timed_out = old.timed_out  # (a hung check fails once)
                 watch.waiters = old.waiters
             self._watches[agent] = watch
 

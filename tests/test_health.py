@@ -285,3 +285,26 @@ def test_an_async_health_check_leaves_plain_def_actions_on_threads(
         assert health(rt)["healthy"] is True
         handles = [rt.start("one", workflow_id=f"w{i}") for i in range(2)]
         assert [h.result(timeout=WAIT) for h in handles] == [{"call": "ok"}] * 2
+
+
+def test_adding_an_agent_again_while_its_check_hangs_counts_that_check_once(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """add_agent again forgot that the hung check had already timed out: the sweep timed
+    it out a second time, one more failed check in the counters (and the metric)."""
+    resource = Resource()
+    resource.hang = True
+    with runtime(tmp_path / "s", clock, resource, health_timeout=2.0) as rt:
+        advance(rt, clock, 0.0)  # the check starts and hangs
+        check(rt, clock, 1, 2.0)  # the sweep after its timeout fails it
+        factory = functools.partial(Checked, resource)
+        rt.add_agent("svc", factory, health_interval=10.0, health_timeout=2.0)
+        advance(rt, clock, 3.0)
+        settle(rt)
+        assert (health(rt)["health_checks"], health(rt)["health_failures"]) == (1, 1)
+        assert health(rt)["healthy"] is False  # (re-registering heals nothing)
+        resource.hang = False
+        resource.release.set()
+        assert rt._ctx.health.settle(WAIT)
+        check(rt, clock, 2, 10.0)
+        assert (health(rt)["healthy"], health(rt)["health_failures"]) == (True, 1)
