@@ -72,6 +72,7 @@ class Admission:
         self._sick_holds: dict[str, int] = {}  # dispatches held back for ill health
         self._gates: dict[str, Gate] = {}
         self._removed: dict[str, Gate] = {}  # rate-limited agents removed: their buckets
+        self._kept = 64  # (half the size at which those refilled are dropped)
         # The agents with limits, a live read-only view: the dispatcher asks ready() of
         # these (and of those with health checks) before each dispatch.
         self.limited: Mapping[str, Gate] = MappingProxyType(self._gates)
@@ -132,6 +133,10 @@ class Admission:
         gate = self._gates.pop(agent, None)
         if gate is not None and gate.rate is not None:
             self._removed[agent] = gate
+            if len(self._removed) >= 2 * self._kept:  # (those refilled by now go, now and then)
+                now = self._clock.monotonic()
+                self._removed = {n: g for n, g in self._removed.items() if not g.refilled_by(now)}
+                self._kept = max(64, len(self._removed))
         self._wake_at.pop(agent, None)  # (a wake-up on its way pumps an agent not there)
         self._sick_holds.pop(agent, None)
         self._track(agent)

@@ -53,6 +53,14 @@ class Gate:
             self.started = {t: at for t, at in self.started.items() if t in running}
         return len(busy)
 
+    def refilled_by(self, now: float) -> bool:
+        """Whether its bucket would be full by ``now`` (monotonic): kept for an agent
+        removed, it then holds back nothing a fresh one would not."""
+        rate = self.rate
+        if rate is None:
+            return True
+        return self.tokens + (now - self.refilled) * rate.per_second >= rate.capacity
+
     def refill(self, rate: RateLimit, now: float) -> None:
         """Add the rate-limit tokens earned since the last refill (``now``: monotonic)."""
         gained = (now - self.refilled) * rate.per_second

@@ -169,3 +169,27 @@ def test_an_agent_removed_and_added_again_does_not_get_a_full_bucket(tmp_path: P
         assert rt.stats()["resources"]["svc"]["rate_tokens"] == 0.0
         advance(rt, clock, 100.0)  # the next token
         assert h2.result(timeout=WAIT) == {"call": "ok"}
+
+
+def test_buckets_kept_for_removed_agents_are_dropped_once_they_would_be_full(
+    tmp_path: Path,
+) -> None:
+    # One agent per device, removed when the device goes: every removed name's bucket
+    # was kept for good (a Gate each), however long ago it refilled.
+    from herder.actors._admission import Admission
+    from herder.store import Store
+
+    clock = FakeClock()
+    with Store(tmp_path / "s") as store:
+        admission = Admission(store, clock, wake=lambda agent, at: None)
+        limit = RateLimit(per_second=1.0, burst=1)
+        for n in range(1000):
+            admission.configure(f"device-{n}", None, limit)
+            assert admission.ready(f"device-{n}")
+            admission.admitted(f"device-{n}", n + 1)  # its one token taken
+            admission.remove(f"device-{n}")
+            clock.advance(0.01)
+        assert len(admission._removed) < 200  # those refilled (1 s on) went
+        assert "device-999" in admission._removed  # a recent one is kept: still empty
+        admission.configure("device-999", None, limit)
+        assert not admission.ready("device-999")  # its bucket was not refilled
