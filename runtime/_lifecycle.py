@@ -266,10 +266,7 @@ class Lifecycle:
             newest = next(rt._store.recent(newest_first=True), None)
             floor = max(noted, 0.0 if newest is None else newest[0])
             rt._ctx.clock = SteadyClock(rt._clock, floor=floor)
-            for plan in list(rt._ctx.plans.values()):
-                stored = rt._store.get_plan(plan.name, plan.version)
-                if stored is None or (stored != plan and not rt._ever_started(plan)):
-                    rt._store_definition(plan)
+            rt._store_definitions()  # registered meanwhile (setup, a standby)
             # The Scheduler's first recovery counts the unfinished workflows (one scan).
             with rt._lock:
                 rt._active = 0

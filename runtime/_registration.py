@@ -268,6 +268,23 @@ class Registration:
         except ConditionFailed:
             raise _started(plan) from None
 
+    def _store_definitions(self) -> None:
+        """Becoming active: store each registered plan the store lacks or holds another
+        of under its version that never started. One that did start (the previous holder
+        started it after this runtime, a standby, registered its own) stays: its
+        workflows go on under the stored steps, as do new starts of that version, since
+        their records name those steps; the registered plan is refused in the log."""
+        rt = _runtime(self)
+        for key, plan in list(rt._ctx.plans.items()):
+            stored = rt._store.get_plan(plan.name, plan.version)
+            if stored is None or (stored != plan and not self._ever_started(plan)):
+                self._store_definition(plan)
+            elif stored != plan:
+                _log.error("%s; this runtime runs the stored one", _started(plan))
+                rt._ctx.plans[key] = stored
+                if rt._latest.get(plan.name) is plan:
+                    rt._latest[plan.name] = stored
+
     def _check_actions(self, plan: Plan) -> None:
         """Each step's action and compensation exist on its agent, if it is registered
         (a templated agent is checked once resolved, at start)."""
