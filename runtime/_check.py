@@ -19,6 +19,8 @@ crash test) can see exactly what is wrong. What it checks:
   deadline has its deadline's entry;
 - fencing tokens: none from a future incarnation; a step's completion token is not newer
   than its current token;
+- the ``recent`` index (``_check_index``): each workflow has its one entry, under its
+  record's last update and state (recovery resumes what it lists as unfinished);
 - history (``_check_history``): every value is an event (``as_event``, the rule by which
   ``herder show`` lists one as damaged) under a history key of a workflow that exists;
 - schedules: each reads, sits under its name, names a stored workflow, and no workflow
@@ -48,6 +50,7 @@ from herder.actors.engine import (
     waits_for,
 )
 from herder.runtime._check_history import check_history
+from herder.runtime._check_index import IndexCheck
 from herder.runtime._check_report import CheckReport, Problem
 from herder.runtime._check_timers import TimerIndex
 from herder.runtime._console import dump_json
@@ -109,6 +112,7 @@ class _Checker:
         self.report = CheckReport()
         self.plans: dict[tuple[str, int], Plan] = {}
         self.timers = TimerIndex(self.problem)
+        self.index = IndexCheck(snap, self.problem)
 
     def problem(self, db: str, key: bytes, message: str) -> None:
         self.report.problems.append(Problem(db, key, message))
@@ -142,6 +146,7 @@ class _Checker:
             if workflow_key(record.id) != key:
                 self.problem("workflows", key, f"holds the record of workflow {record.id!r}")
                 continue
+            self.index.workflow(key, raw)
             self.check_workflow(record)
         for key, _ in self.snap.items("steps"):
             self.report.steps += 1
@@ -153,7 +158,7 @@ class _Checker:
             lambda key, raw: self.load("timers", key, raw, lambda d: d),
         )
         self.check_schedules()
-        self.check_index()
+        self.index.entries()
         check_history(
             self.snap.items("history"),
             ids,
@@ -168,17 +173,6 @@ class _Checker:
         for key, raw in self.snap.items("resources"):
             self.load("resources", key, raw, ResourceRecord.from_dict, is_map=False)
         return self.report
-
-    def check_index(self) -> None:
-        """The ``recent`` index (``ls``): one entry per workflow, the one its
-        ``recent_at`` value names (8 bytes of time); no entry beside it."""
-        at = dict(self.snap.items("recent_at"))
-        for key, when in at.items():
-            if len(when) != 8 or self.snap.raw(RECENT_DB, when + key) is None:
-                self.problem("recent_at", key, "names no entry of the recent index")
-        for key, _ in self.snap.items(RECENT_DB):
-            if at.get(key[8:]) != key[:8]:
-                self.problem(RECENT_DB, key, "stale entry: not the one its recent_at names")
 
     def check_schedules(self) -> None:
         """Each schedule record reads, sits under its own name, names a stored workflow

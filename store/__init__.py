@@ -137,7 +137,8 @@ from herder.store._ops import BatchSink, Delete, Expect, Ops, Put, Transition
 from herder.store._plan import Plan, StepSpec
 from herder.store._policy import MAX_SECONDS, RetryPolicy, real_number
 from herder.store._reads import Snapshot
-from herder.store._recent import RECENT_DB, Indexed, indexed
+from herder.store._recent import BUILT_KEY as RECENT_BUILT
+from herder.store._recent import RECENT_AT_DB, RECENT_DB, Indexed, index_entry, indexed
 from herder.store._records import (
     SCHEMA_VERSION,
     StepRecord,
@@ -191,6 +192,8 @@ __all__ = [
     "MAX_TRACEBACK_CHARS",
     "MAX_VALUE_BYTES",
     "PURGEABLE",
+    "RECENT_AT_DB",
+    "RECENT_BUILT",
     "RECENT_DB",
     "RETENTION_SCAN",
     "SCHEMA_VERSION",
@@ -266,6 +269,7 @@ __all__ = [
     "history_owner",
     "history_put",
     "holder_stopped",
+    "index_entry",
     "indexed",
     "is_held",
     "key_prefix",

@@ -73,12 +73,12 @@ def indexed(raw: bytes, updated: float, state: WorkflowState) -> Indexed:
     return value
 
 
-def _indexed(key: bytes, raw: bytes, old: bytes | None) -> tuple[bytes, bytes]:
+def index_entry(key: bytes, raw: bytes, old: bytes | None) -> tuple[bytes, bytes]:
     """The 8-byte ``updated ms`` and the encoded state to index the workflow value ``raw``
     under; an unreadable value keeps its old time (``old``, else 0) and the state
     :data:`UNREADABLE`. Reads the two fields of either layout (a schema 3 array or a
     schema 2 map) straight from the decoded value, without building a record, or takes
-    them from an :class:`Indexed` value."""
+    them from an :class:`Indexed` value. (``herder check`` holds the index to it.)"""
     if type(raw) is Indexed:
         return raw.facts
     try:
@@ -132,7 +132,7 @@ def maintain(
                 delete(old + key, db=recent_db)
                 delete(key, db=at_db)
             continue
-        ms, state = _indexed(key, value, old)
+        ms, state = index_entry(key, value, old)
         if old is not None and old != ms:
             delete(old + key, db=recent_db)
         entries.append((ms + key, state))
@@ -161,7 +161,7 @@ def build(txn: lmdb.Transaction, handles: dict[str, Any]) -> int:
     n = 0
     recent_db, at_db = handles[RECENT_DB], handles[RECENT_AT_DB]
     for key, raw in cast(Iterator[tuple[bytes, bytes]], txn.cursor(db=handles["workflows"])):
-        ms, state = _indexed(key, raw, None)
+        ms, state = index_entry(key, raw, None)
         txn.put(ms + key, state, db=recent_db)
         txn.put(key, ms, db=at_db)
         n += 1

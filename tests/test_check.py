@@ -19,6 +19,8 @@ from herder.runtime._cli import main
 from herder.runtime.testing import FakeClock, wait_until
 from herder.store import (
     BATCH_TIMER,
+    RECENT_AT_DB,
+    RECENT_DB,
     Delete,
     Put,
     Store,
@@ -291,6 +293,32 @@ def test_orphans_missing_steps_corrupt_records_and_future_tokens_are_reported(
         step_key("o-ok", "ship"),
         f"token {99 << 32} is from a future incarnation",
     ) in problems
+
+
+def test_a_workflow_the_recent_index_leaves_out_or_lists_as_final_is_reported(
+    good_store: Path, damaged: Callable[[list[Put | Delete]], Path]
+) -> None:
+    """Recovery reads the unfinished workflows off the ``recent`` index: one missing
+    from it, or listed there as final, is never resumed. The check held the index only
+    to itself (each entry the one its ``recent_at`` names), so it passed such a store."""
+    with Store(good_store, readonly=True) as store:
+        at = dict(store.raw_scan(RECENT_AT_DB))
+    running, retrying = workflow_key("o-running"), workflow_key("o-retrying")
+    path = damaged(
+        [
+            Delete(RECENT_AT_DB, running),
+            Delete(RECENT_DB, at[running] + running),
+            Put(RECENT_DB, at[retrying] + retrying, encode("SUCCEEDED")),
+        ]
+    )
+    with Store(path, readonly=True) as store:
+        assert store.unfinished_ids() == []  # what recovery would resume
+    problems = {(db, key): message for db, key, message in _problems(path)}
+    assert problems[("workflows", running)].startswith("not in the recent index: recovery")
+    listed = problems[(RECENT_DB, at[retrying] + retrying)]
+    assert listed.startswith("lists it as 'SUCCEEDED' updated at ")
+    assert "but its record is 'RUNNING' updated at " in listed
+    assert len(problems) == 2
 
 
 def _history_keys(path: Path, wid: str) -> list[bytes]:

@@ -23,7 +23,7 @@ from herder.store import (
     indexed,
     workflow_event,
 )
-from herder.store._recent import _indexed
+from herder.store._recent import index_entry
 
 PLAN = (
     Workflow("pay", version=3)
@@ -91,12 +91,12 @@ def test_index_facts_carried_by_a_new_workflow_equal_the_decoded_ones() -> None:
     value = ops[0].value
     assert type(value) is Indexed
     plain = bytes(value)
-    assert _indexed(b"w-2", value, None) == _indexed(b"w-2", plain, None)
+    assert index_entry(b"w-2", value, None) == index_entry(b"w-2", plain, None)
     assert decode(plain, db="workflows", key=b"w-2")[0] == 3  # a schema 3 array
     for state in WorkflowState:  # every state the facts may be made for
         other = record.evolve(state=state, updated=NOW + 1.5)
         raw = encode(other.to_stored())
-        assert _indexed(b"w-2", indexed(raw, other.updated, state), None) == _indexed(
+        assert index_entry(b"w-2", indexed(raw, other.updated, state), None) == index_entry(
             b"w-2", raw, None
         )
 
@@ -108,7 +108,7 @@ def test_the_schedulers_workflow_writes_carry_the_index_facts_decoding_gives() -
         txn.put_workflow(record.evolve(state=state, updated=NOW + 2.5))
         value = txn.ops[("workflows", b"w-2")]
         assert type(value) is Indexed
-        assert _indexed(b"w-2", value, None) == _indexed(b"w-2", bytes(value), None)
+        assert index_entry(b"w-2", value, None) == index_entry(b"w-2", bytes(value), None)
         assert bytes(value) == encode(record.evolve(state=state, updated=NOW + 2.5).to_stored())
 
 
