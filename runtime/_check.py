@@ -5,7 +5,8 @@ broken invariant as a :class:`Problem` naming the database and key, so an operat
 crash test) can see exactly what is wrong. What it checks:
 
 - every record decodes, its fields have their types (the checks every reader of the
-  store applies) and its states are legal (``StoreCorrupt`` otherwise);
+  store applies) and its states are legal (``StoreCorrupt`` otherwise); in ``meta``
+  too, the lease and a handoff request (a damaged lease keeps every runtime out);
 - a workflow's definition (name and version) is stored, and its step records are exactly
   the plan's steps, keyed by their own workflow id and name;
 - step states agree with the workflow's state (DESIGN.md, "State machines"): a SUCCEEDED
@@ -59,7 +60,9 @@ from herder.runtime._schedules import slot_of
 from herder.store import (
     KEY_SEP,
     RECENT_DB,
+    HandoffRequest,
     HerderError,
+    Lease,
     Plan,
     ResourceRecord,
     ScheduleRecord,
@@ -203,9 +206,16 @@ class _Checker:
                 self.problem("meta", name, "missing")
             elif name == b"incarnation":
                 self.report.incarnation = value if isinstance(value, int) else 0
-        raw = self.snap.raw("meta", FACTS_KEY)  # the runtime's published agent facts
-        if raw is not None:
-            self.load("meta", FACTS_KEY, raw, parse_facts)
+        # The runtime's published agent facts; the lease and a handoff request, which
+        # every open that writes reads (a damaged lease keeps every runtime out).
+        for key, parse in (
+            (FACTS_KEY, parse_facts),
+            (b"lease", Lease.from_dict),
+            (b"handoff", HandoffRequest.from_dict),
+        ):
+            raw = self.snap.raw("meta", key)
+            if raw is not None:
+                self.load("meta", key, raw, parse)
 
     def load_definitions(self) -> None:
         for key, raw in self.snap.items("definitions"):

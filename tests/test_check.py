@@ -24,6 +24,7 @@ from herder.store import (
     Delete,
     Put,
     Store,
+    StoreCorrupt,
     Transition,
     batch_items,
     encode,
@@ -318,6 +319,26 @@ def test_a_workflow_the_recent_index_leaves_out_or_lists_as_final_is_reported(
     listed = problems[(RECENT_DB, at[retrying] + retrying)]
     assert listed.startswith("lists it as 'SUCCEEDED' updated at ")
     assert "but its record is 'RUNNING' updated at " in listed
+    assert len(problems) == 2
+
+
+def test_a_damaged_lease_or_handoff_request_is_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    """Every open that writes reads the lease (a damaged one keeps every runtime out of
+    the store) and a running runtime reads a handoff request at each sweep; the check
+    passed a store whose lease no herder could read."""
+    path = damaged(
+        [
+            Put("meta", b"lease", encode({"owner": "x"})),
+            Put("meta", b"handoff", encode(["soon"])),
+        ]
+    )
+    with pytest.raises(StoreCorrupt, match="lease"):
+        Runtime(path).stop()
+    problems = {(db, key): message for db, key, message in _problems(path)}
+    assert problems[("meta", b"lease")] == "bad record: KeyError: 'incarnation'"
+    assert problems[("meta", b"handoff")].startswith("bad record: TypeError: ")
     assert len(problems) == 2
 
 
