@@ -342,6 +342,26 @@ def test_a_damaged_lease_or_handoff_request_is_reported(
     assert len(problems) == 2
 
 
+def test_a_store_no_runtime_took_over_yet_needs_no_incarnation(
+    tmp_path: Path, damaged: Callable[[list[Put | Delete]], Path]
+) -> None:
+    """A standby creates the store it opens, but the incarnation is written with the
+    first lease taken: after a standby whose app failed in setup (``herder run
+    --standby`` on a first deploy), the check called the new store damaged, exit 1."""
+
+    def broken(rt: Runtime) -> None:
+        raise RuntimeError("the app's config is missing")
+
+    path = tmp_path / "new"
+    with pytest.raises(RuntimeError, match="config"):
+        Runtime(path, standby=True, setup=broken)
+    assert _problems(path) == []
+    Runtime(path).stop()  # (a runtime opens it as it is)
+    # Where a runtime held the lease, or wrote workflows, a missing one is damage.
+    lost = damaged([Delete("meta", b"incarnation")])
+    assert ("meta", b"incarnation", "missing") in _problems(lost)
+
+
 def _history_keys(path: Path, wid: str) -> list[bytes]:
     with Store(path, readonly=True) as store:
         return [key for key, _ in store.scan("history", workflow_key(wid) + b"\x00")]
