@@ -47,7 +47,7 @@ from herder.runtime._retention import Retention
 from herder.runtime._routing import Router
 from herder.runtime._schedule_api import ScheduleMethods
 from herder.runtime._start import Starting
-from herder.runtime._status import WorkflowStatus
+from herder.runtime._status import WorkflowStatus, workflow_counts
 from herder.runtime._tracing import tracing_for
 from herder.runtime._waits import NotifyingEvent, OneShot
 from herder.store import (
@@ -297,10 +297,7 @@ class Runtime(
         ``corrupt`` ("db:key" -> reason) for records that could not be read."""
         if self._root is None and not self._closed:
             self._check_active()  # a standby has no engine to count
-        by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
-        corrupt: builtins.list[StoreCorrupt] = []
-        for record in self._store.workflows(corrupt=corrupt):
-            by_state[record.state] += 1
+        by_state, corrupt = workflow_counts(self._store)
         try:
             engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
         except pykka.ActorDeadError:  # it failed or stops, or the tree replaces a crashed one

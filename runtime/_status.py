@@ -13,6 +13,8 @@ from herder.store import (
     Plan,
     StepRecord,
     StepState,
+    Store,
+    StoreCorrupt,
     WorkflowRecord,
     WorkflowState,
     plan_steps,
@@ -159,3 +161,33 @@ class WorkflowFailed(HerderError):
         self.status = status
         hint = _FAILED_HINTS.get(status.state, "its completed steps were compensated")
         super().__init__(f"workflow {status.id!r} ended {status.state}: {status.error}; {hint}")
+
+
+def workflow_counts(store: Store) -> tuple[dict[str, int], list[StoreCorrupt]]:
+    """Workflows by state (``rt.stats()``), and the records found damaged: counted from
+    the store's ``recent`` index, so a scrape costs ~0.2 s per million workflows, not the
+    ~4 s of decoding every record; only those the index lists unreadable or in a state
+    that is none of ours are read, to name their damage. A store without the index has
+    every record read."""
+    by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
+    corrupt: list[StoreCorrupt] = []
+    counts = store.workflow_counts()
+    if counts is None:
+        for record in store.workflows(corrupt=corrupt):
+            by_state[record.state] += 1
+        return by_state, corrupt
+    odd = set()  # unreadable, or no state of ours (written behind the store's back)
+    for state, n in counts.items():
+        if state in by_state:
+            by_state[WorkflowState(state)] += n
+        else:
+            odd.add(state)
+    for _ms, wid, _state in store.recent(states=frozenset(odd), damaged=corrupt) if odd else ():
+        try:
+            found = store.get_workflow(wid)
+        except StoreCorrupt as exc:
+            corrupt.append(exc)
+        else:  # (readable again: repaired by hand)
+            if found is not None:
+                by_state[found.state] += 1
+    return by_state, corrupt

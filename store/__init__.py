@@ -138,7 +138,14 @@ from herder.store._plan import Plan, StepSpec
 from herder.store._policy import MAX_SECONDS, RetryPolicy, real_number
 from herder.store._reads import Snapshot
 from herder.store._recent import BUILT_KEY as RECENT_BUILT
-from herder.store._recent import RECENT_AT_DB, RECENT_DB, Indexed, index_entry, indexed
+from herder.store._recent import (
+    RECENT_AT_DB,
+    RECENT_DB,
+    UNREADABLE,
+    Indexed,
+    index_entry,
+    indexed,
+)
 from herder.store._records import (
     SCHEMA_VERSION,
     StepRecord,
@@ -197,6 +204,7 @@ __all__ = [
     "RECENT_DB",
     "RETENTION_SCAN",
     "SCHEMA_VERSION",
+    "UNREADABLE",
     "BatchSink",
     "BreakerState",
     "CatchUp",

@@ -259,6 +259,14 @@ class Store(Reads, LeaseHolder):
     def _held_writer(self) -> Writer | None:
         return self._writer
 
+    def workflow_counts(self) -> dict[str, int] | None:
+        """How many workflows are in each state, from the ``recent`` index alone (no
+        record is decoded: ~0.2 s per million); :data:`~._recent.UNREADABLE` counts those
+        listed unreadable. None for a store without the index (read the records)."""
+        if not self.indexed:
+            return None
+        return recent.count(self._read, self._handles[recent.RECENT_DB])
+
     def surely_new(self, workflow_id: str) -> bool:
         """True if no workflow has ``workflow_id``, known without a read (``_fresh.py``);
         False if it takes one (:meth:`get_workflow`)."""

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -279,3 +281,45 @@ def window(
                 return out, key
         ok = cur.next()
     return out, key if ok and cast(bytes, cur.key()) < high else None
+
+
+COUNT_PAGE = 50_000
+"""Index entries :func:`count` reads per read transaction (~7 ms of the GIL each)."""
+
+
+def count(read: Callable[[Callable[[lmdb.Transaction], Any]], Any], handle: Any) -> dict[str, int]:
+    """How many workflows the index lists in each state: one of ours, or another the
+    record was written with (see :func:`index_entry`), or :data:`UNREADABLE` (a record the
+    writer could not read, or a damaged index value). Only its values
+    are read, counted as they are stored (a few distinct encoded states) in C, a page
+    per short read transaction: ~0.2 s per million workflows, where decoding their
+    records takes ~4 s (200,000: 0.04 s against 0.85 s)."""
+    counted: Counter[bytes] = Counter()
+    after: bytes | None = None
+    while True:
+
+        def page(
+            txn: lmdb.Transaction, after: bytes | None = after
+        ) -> tuple[bytes, Counter[bytes]]:
+            cur = txn.cursor(db=handle)
+            ok = cur.first() if after is None else cur.set_range(after)
+            if ok and after is not None and cur.key() == after:
+                ok = cur.next()
+            if not ok:
+                return b"", Counter()
+            values = cast(Iterator[bytes], cur.iternext(keys=False, values=True))
+            found = Counter(itertools.islice(values, COUNT_PAGE))
+            return cast(bytes, cur.key()), found  # (the key of the last one counted)
+
+        after, found = cast(tuple[bytes, Counter[bytes]], read(page))
+        counted.update(found)
+        if found.total() < COUNT_PAGE:
+            break
+    states: Counter[str] = Counter()
+    for value, n in counted.items():
+        try:
+            state = decode(value, db=RECENT_DB, key=b"")
+        except StoreCorrupt:
+            state = UNREADABLE
+        states[state if type(state) is str else UNREADABLE] += n
+    return dict(states)

@@ -165,3 +165,35 @@ def test_a_state_that_is_not_one_of_ours_is_indexed_as_written(store: Store) -> 
     stored[stored.index("RUNNING")] = "SOMETHING_NEW"
     write(store, (raw("z", encode(stored)),))
     assert index(store) == {"z": (int(T0 * 1000), "SOMETHING_NEW")}
+
+
+@pytest.mark.parametrize("page", [3, 4, 50_000])  # (8 entries: pages that end short, exact)
+def test_the_counts_by_state_read_the_index_alone_page_by_page(
+    store: Store, monkeypatch: pytest.MonkeyPatch, page: int
+) -> None:
+    monkeypatch.setattr("herder.store._recent.COUNT_PAGE", page)
+    new_state = record("h", WorkflowState.RUNNING, T0 + 7).to_stored()
+    new_state[new_state.index("RUNNING")] = "SOMETHING_NEW"
+    write(
+        store,
+        (array("a", WorkflowState.RUNNING, T0), array("b", WorkflowState.SUCCEEDED, T0 + 1)),
+        (
+            old_map("c", WorkflowState.SUCCEEDED, T0 + 2),
+            array("d", WorkflowState.NEEDS_ATTENTION, T0 + 3),
+        ),
+        (raw("e", b"\xc1 not a record"), array("f", WorkflowState.SUCCEEDED, T0 + 5)),
+        (array("g", WorkflowState.CANCELLED, T0 + 6), raw("h", encode(new_state))),
+    )
+
+    def undecoded(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a workflow record was read")
+
+    monkeypatch.setattr(store, "workflows", undecoded)
+    assert store.workflow_counts() == {
+        "RUNNING": 1,
+        "SUCCEEDED": 3,
+        "NEEDS_ATTENTION": 1,
+        "CANCELLED": 1,
+        "SOMETHING_NEW": 1,
+        UNREADABLE: 1,
+    }
