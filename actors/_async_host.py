@@ -38,11 +38,12 @@ from typing import Any
 from herder.actors._action import call_action, leased, refuse_unrun, settle, unleased
 from herder.actors._agent import Agent
 from herder.actors._event_loop import EventLoop
-from herder.actors._host import InstanceCrash
+from herder.actors._host import FAILED_START, InstanceCrash
 from herder.actors._hosted import let_go
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._supervision_specs import ChildEventKind
+from herder.actors.engine import CRASH_ERROR
 from herder.store import UserCodeFailed, describe, error_types
 
 _log = logging.getLogger("herder.asyncio")
@@ -314,9 +315,17 @@ class AsyncHost:
         try:
             agent = await holder.get()
         except UserCodeFailed as failed:
-            reason = f"agent {run.agent!r} could not start: {failed.error}"
-            crashed = ChildEventKind.CRASHED
-            self._events(InstanceEvent(run.agent, run.instance, crashed, None, reason))
+            # As a factory failing on the thread hosts (a failed start): the attempt
+            # fails under its step's retry policy, after its backoff. Lost instead, it was
+            # retried at once, and a factory failing for a moment spent every attempt of
+            # every step waiting for it within milliseconds.
+            error = f"{FAILED_START.format(run.agent)}: {failed.error}"
+            types = (CRASH_ERROR,)
+            self._reply(
+                Outcome(
+                    run.agent, run.instance, run.token, ok=False, error=error, error_types=types
+                )
+            )
             return
         except asyncio.CancelledError:  # replaced while another attempt built the object
             return

@@ -25,7 +25,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
-from herder.runtime.testing import FakeClock, advance
+from herder.runtime.testing import FakeClock, advance, settle
 
 WAIT = 10.0
 ONCE = RetryPolicy(max_attempts=1)
@@ -270,7 +270,39 @@ def test_a_factory_that_fails_on_the_loop_costs_the_attempt_and_is_retried(
     rt.add_workflow(Workflow("get").step("fetch", agent="web", action="fetch"))
     assert rt.start("get", 2).result(timeout=WAIT) == {"fetch": {"n": 2, "results_seen": []}}
     assert len(tries) == 2
-    assert rt.stats()["steps"]["crashes"] == 1
+    assert rt.stats()["steps"]["retried"] == 1  # a failed attempt, as a failed start is
+
+
+def test_a_factory_failing_for_a_moment_costs_each_attempt_its_backoff(
+    tmp_path: Path,
+) -> None:
+    # A failed build was an instance crash: the attempt was lost and retried at once, so
+    # a factory that failed for a moment (a DNS blip) spent every attempt of every step
+    # waiting for it within milliseconds, where the thread hosts wait out the backoff.
+    clock, tries, up = FakeClock(), [], threading.Event()
+
+    def flaky() -> Fetcher:
+        tries.append(1)
+        if not up.is_set():
+            raise ConnectionError("cannot connect yet")
+        return Fetcher()
+
+    patient = RetryPolicy(max_attempts=3, initial_interval=10.0, jitter=0.0)
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("web", flaky, asyncio=True, concurrency=2)
+        rt.add_workflow(Workflow("get").step("fetch", agent="web", action="fetch", retry=patient))
+        handles = [rt.start("get", n) for n in (1, 2)]
+        settle(rt)
+        assert not any(h.done() for h in handles)  # each waits its backoff
+        for h in handles:
+            step = rt.status(h.id).steps["fetch"]
+            assert (step.state, step.attempt) == ("RETRY_WAIT", 1)
+            assert (step.error or "").startswith(
+                "an instance of agent 'web' failed to start: ConnectionError: cannot connect yet"
+            ), step.error
+        up.set()
+        advance(rt, clock, 10.0)
+        assert [h.result(timeout=WAIT)["fetch"]["n"] for h in handles] == [1, 2]
 
 
 def test_actions_run_on_the_application_loop_when_it_is_given(tmp_path: Path) -> None:
