@@ -129,6 +129,25 @@ class Waiting:
             waiter.set((record, steps))
         rt._hand_off()  # (after the waiters: they are woken first)
 
+    def _resolve_ended(self) -> None:
+        """Becoming active (a standby promoted, its recovery run): waiters on workflows the
+        previous holder ended meanwhile hear of it now, as nothing here will announce
+        them; those still unfinished are this runtime's to announce."""
+        rt = _runtime(self)
+        with rt._lock:
+            waited = list(rt._waiters)
+        for workflow_id in waited:
+            try:
+                record = rt._store.get_workflow(workflow_id)
+            except (StoreClosed, StoreCorrupt):
+                continue  # (a stop fails them; a damaged one waits as before)
+            if record is None or not record.state.is_final:
+                continue
+            with rt._lock:
+                futures = rt._waiters.pop(workflow_id, [])
+            for waiter in futures:
+                waiter.set((record, None))
+
     def _fail_waiters(self, error: BaseException) -> None:
         """The runtime stopped: every waiter (and start() waiting for capacity) hears it."""
         rt = _runtime(self)

@@ -287,6 +287,7 @@ class Lifecycle:
                 on_fatal=self._on_fatal,
             )
             call(rt._scheduler, "sync", timeout=rt._ask_timeout)  # recovery has run
+            rt._resolve_ended()  # (waiters on a standby: what the last holder ended)
             rt._firer = Firer(rt, rt._ask_timeout)
             for declared in rt._declared:  # rt.schedule() in setup or on the standby
                 rt._firer.define(declared)

@@ -8,7 +8,8 @@ Configured by environment variables (each process of a test gets its own):
 - ``HA_START``: once active, start workflows ``w-0`` .. ``w-(N-1)`` (three chained steps
   each), printing ``start w-i`` when ``start()`` returned; ``HA_PACE`` seconds apart.
   A start refused because the runtime is stopping or handing over ends the loop and
-  prints ``refused w-i``.
+  prints ``refused w-i``. With ``HA_AWAIT`` set, each start waits for its workflow to
+  end, then prints ``ended w-i``.
 - ``HA_WATCH``: once active, wait until every workflow in the store is final, then print
   ``idle N`` (N workflows). The tests wait on that line instead of polling the store.
 - ``HA_WALL_STEP``: step this process's wall clock (``time.time``) by that many seconds
@@ -66,6 +67,9 @@ def _start_all(rt: Runtime, count: int, pace: float) -> None:
             say(f"refused w-{i}")
             return
         say(f"start w-{i}")
+        if os.environ.get("HA_AWAIT"):
+            rt.handle(f"w-{i}").result(timeout=60.0)
+            say(f"ended w-{i}")
         if pace:
             pause.wait(pace)
     say(f"started all {time.time():.3f}")
