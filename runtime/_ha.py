@@ -29,7 +29,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from herder.store import Lease, LeaseLost, StandbyMark, Store, StoreError, holder_stopped
+from herder.store import (
+    HandoffRequest,
+    Lease,
+    LeaseLost,
+    StandbyMark,
+    Store,
+    StoreCorrupt,
+    StoreError,
+    holder_stopped,
+)
 
 if TYPE_CHECKING:
     from herder.actors import EngineContext
@@ -65,6 +74,7 @@ class LeaseKeeper:
         # What attempts about to start check (AttemptPort.leased): a lease from its take.
         self._set_until(store.lease_taken_at + store.lease_duration)
         self._handing_off = False
+        self._damaged: str | None = None  # the unreadable handoff request said, once
 
     def on_sweep(self) -> None:
         """Renew the lease when due; start a handoff if one was requested."""
@@ -82,7 +92,7 @@ class LeaseKeeper:
                 self._renewing = False  # closing: nothing left to renew
                 return
         if not self._handing_off:
-            request = self._store.handoff_request()
+            request = self._handoff_request()
             if request is not None:
                 self._handing_off = True
                 _log.warning(
@@ -96,6 +106,24 @@ class LeaseKeeper:
                     name="herder-handoff",
                     daemon=True,
                 ).start()
+
+    def _handoff_request(self) -> HandoffRequest | None:
+        """The pending handoff request; None, said once, for one that cannot be read (a
+        traceback at every sweep said to restore the store from a backup, where a new
+        request overwrites it and the next holder's lease deletes it)."""
+        try:
+            return self._store.handoff_request()
+        except StoreCorrupt as exc:
+            if self._damaged != exc.reason:
+                self._damaged = exc.reason
+                _log.error(
+                    "the handoff request in store %s cannot be read (%s), so it is ignored: "
+                    "ask again (`herder handoff`, rt.handoff() on a standby) to write a new "
+                    "one; nothing else of the store is affected",
+                    self._store.path,
+                    exc.reason,
+                )
+            return None
 
     def _set_until(self, until: float) -> None:
         if not self._gate:

@@ -364,3 +364,24 @@ def test_the_lease_stays_renewed_while_a_slow_setup_registers(
         assert last.owner == first.owner
         assert last.expires > first.expires + lease  # renewed, more than once
         assert rt.is_active
+
+
+def test_an_unreadable_handoff_request_is_said_once_and_ignored(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every sweep logged a traceback that said the store's metadata was damaged and to
+    # restore it from a backup; a new request overwrites the damaged one.
+    from herder.store._lease import HANDOFF_KEY
+
+    with Runtime(tmp_path / "s") as rt:
+        damaged = Put("meta", HANDOFF_KEY, encode(["not", "a", "request"]))
+        rt._store.writer.submit(Transition(ops=(damaged,))).result(timeout=10)
+        with caplog.at_level("ERROR", logger="herder"):
+            for _ in range(3):
+                rt._sweep_now()
+        said = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        assert said[0].exc_info is None
+        assert "handoff request" in said[0].getMessage()
+        assert "herder handoff" in said[0].getMessage()
+        assert rt.is_active
