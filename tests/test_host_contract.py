@@ -294,7 +294,8 @@ def test_an_agent_whose_factory_fails_is_unavailable_or_loses_the_attempt(
     driver: Driver, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A host builds agent objects before an attempt (AgentUnavailable, nothing charged)
-    or with it (the attempt is lost, as in a crash); either way the host serves on."""
+    or with it (the attempt fails as a failed start does, or is lost, as in a crash);
+    either way the host serves on."""
     driver.host.add("broken", broken_factory, 1)
     refused = ""
     try:
@@ -305,7 +306,13 @@ def test_an_agent_whose_factory_fails_is_unavailable_or_loses_the_attempt(
         assert "cannot connect" in refused
     else:
         while token not in driver.lost:
-            driver._handle(driver.inbox.get(timeout=WAIT))
+            answer = driver._handle(driver.inbox.get(timeout=WAIT))
+            if answer is not None and answer.token == token:  # (failed, on the asyncio host)
+                assert not answer.ok, answer
+                assert "failed to start" in (answer.error or ""), answer
+                assert "cannot connect" in (answer.error or ""), answer
+                driver.host.release(answer.agent, answer.instance, token, 0.0)
+                break
         assert driver.host.busy_tokens("broken") == []
     assert driver.run("worker", "ok", 4).result == 4
     assert _pykka_errors(caplog) == []
