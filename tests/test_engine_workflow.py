@@ -11,6 +11,7 @@ import random
 
 import pytest
 
+from herder.actors.engine._undo import UndoOrder
 from herder.actors.engine._workflow import Advance, advance, dependents, when_compensating
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowState
 
@@ -232,3 +233,52 @@ def test_a_fan_out_of_n_steps_costs_order_n_lookups_in_all() -> None:
         assert succeed(f"s{i}").run == (("join",) if i == n - 1 else ())
     assert succeed("join") == Advance(finish=W.SUCCEEDED)
     assert _Counted.looked < 12 * n
+
+
+# -- compensation at scale: the undo order a wide run keeps --------------------------
+
+UNDO = tuple(
+    StepSpec(f"u{i}", agent="svc", action="do", compensate="undo" if i % 3 else None)
+    for i in range(6)
+)
+UNDO_PLAN = Plan("undo", 1, UNDO)
+UNDO_SPECS = {spec.name: spec for spec in UNDO}
+
+
+def test_the_undo_order_never_changes_what_a_compensating_workflow_does() -> None:
+    """A wide run keeps its steps to undo in order as they change (``_undo.UndoOrder``)
+    instead of scanning every step per undo; whatever the steps do (also against the
+    rules: a step undone that succeeds again, equal or missing ``done_token``s), the
+    next undo, the wait for busy steps and the end are the scan's."""
+    rand = random.Random(5)
+    for _ in range(300):
+        steps = {s.name: StepRecord("w", s.name, state=rand.choice(list(S))) for s in UNDO}
+        order = UndoOrder(steps)
+        for _ in range(30):
+            name = rand.choice(UNDO).name
+            new = steps[name].evolve(
+                state=rand.choice(list(S)), done_token=rand.choice((None, 1, 2, 3, 4))
+            )
+            order.changed(steps[name], new)
+            steps[name] = new
+            for cancelled in (False, True):
+                kept = advance(
+                    W.COMPENSATING,
+                    UNDO_PLAN,
+                    steps,
+                    UNDO_SPECS,
+                    (),
+                    cancelled=cancelled,
+                    now=NOW,
+                    undo=order,
+                )
+                fresh = advance(
+                    W.COMPENSATING,
+                    UNDO_PLAN,
+                    steps,
+                    UNDO_SPECS,
+                    (),
+                    cancelled=cancelled,
+                    now=NOW,
+                )
+                assert kept == fresh, steps

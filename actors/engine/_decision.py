@@ -185,6 +185,8 @@ class Decision:
 
     def put_step(self, run: WorkflowRun, old: StepRecord, new: StepRecord, now: float) -> None:
         """Record a step's new state in memory and write it."""
+        if run.undo is not None:  # (from what memory held: the order counts that)
+            run.undo.changed(run.steps.get(new.name), new)
         run.steps[new.name] = new
         if run.results is not None:
             if new.succeeded:

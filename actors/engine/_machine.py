@@ -55,6 +55,7 @@ from herder.actors.engine._step import (
     unknown,
     with_timer,
 )
+from herder.actors.engine._undo import UndoOrder
 from herder.actors.engine._workflow import advance, when_compensating
 from herder.store import (
     RetryPolicy,
@@ -195,6 +196,9 @@ class Machine:
         """Queue what can run next, or finish the workflow (``advance`` decides);
         ``freed``: only those steps can have become ready (None: any)."""
         now = self.now
+        compensating = run.record.state is WorkflowState.COMPENSATING
+        if compensating and run.undo is None and run.marks is not None:  # a wide run
+            run.undo = UndoOrder(run.steps)  # (else each undo is a pass over every step)
         then = advance(
             run.record.state,
             run.plan,
@@ -205,6 +209,7 @@ class Machine:
             now=now,
             freed=freed,
             marks=run.marks,
+            undo=run.undo,
         )
         for name in then.wait:
             # Recorded (retry_at and a timer in the store) so the wait survives restarts;

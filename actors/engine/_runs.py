@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herder.actors.engine._results import ResultLog
+from herder.actors.engine._undo import UndoOrder
 from herder.store import Plan, StepRecord, StepSpec, WorkflowRecord
 
 
@@ -38,6 +39,9 @@ class WorkflowRun:
     # results of the steps that succeeded, kept as they change (_results.py).
     marks: dict[str, int] | None = None
     results: ResultLog | None = None
+    # A wide run's compensation order, from its first advance while compensating on
+    # (_undo.py); kept as its steps change.
+    undo: UndoOrder | None = None
 
 
 @dataclass(slots=True)

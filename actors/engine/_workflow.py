@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from herder.actors.engine._states import BUSY, to_undo
 from herder.actors.engine._step import ms, stopped
+from herder.actors.engine._undo import UndoOrder
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowState
 
 
@@ -57,6 +58,7 @@ def advance(
     now: float,
     freed: tuple[StepSpec, ...] | None = None,
     marks: MutableMapping[str, int] | None = None,
+    undo: UndoOrder | None = None,
 ) -> Advance:
     """What the workflow in ``state`` does next, given its ``steps`` (and those already
     ``queued``, which are not queued again).
@@ -65,16 +67,24 @@ def advance(
     step that just succeeded, in plan order; None: any). ``marks`` is the run's memo of
     where each step's dependencies were found unfinished (and ``""``: where the plan's
     first unfinished step was), so that a step after many others, or a long plan, is
-    not rescanned whole on every success; the answer is the same without it."""
+    not rescanned whole on every success; ``undo``, a compensating run's order kept as
+    its steps change, spares it two passes over every step per undo. The answer is the
+    same without either."""
     if state is WorkflowState.RUNNING:
         return _forward(plan, steps, queued, now, freed=freed, marks=marks)
     if state is not WorkflowState.COMPENSATING:
         return _NOTHING
-    if any(s.state in BUSY for s in steps.values()):
+    if undo is not None:
+        if undo.busy:
+            return _NOTHING
+        name = undo.next(steps, specs)
+    elif any(s.state in BUSY for s in steps.values()):
         return _NOTHING
-    undo = [s for s in steps.values() if to_undo(s) and specs[s.name].compensate]
-    if undo:
-        return Advance(undo=max(undo, key=lambda s: s.done_token or 0).name)
+    else:
+        last = [s for s in steps.values() if to_undo(s) and specs[s.name].compensate]
+        name = max(last, key=lambda s: s.done_token or 0).name if last else None
+    if name is not None:
+        return Advance(undo=name)
     return Advance(finish=WorkflowState.CANCELLED if cancelled else WorkflowState.COMPENSATED)
 
 
