@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from herder.actors import StepContext
+from herder.runtime._cli_args import count_arg, positive_arg
 from herder.runtime._console import ProgressLine, print_table
 from herder.runtime._demo_services import Booking, audit, open_services, travel_workflow
 from herder.runtime._runtime import Runtime
@@ -71,12 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herder demo", description=(__doc__ or "").split("\n", 1)[0]
     )
-    parser.add_argument("--workflows", type=int, default=2000, help="trips to book")
+    parser.add_argument("--workflows", type=count_arg, default=2000, help="trips to book")
     parser.add_argument("--dir", type=pathlib.Path, help="where the store and service logs go")
     parser.add_argument("--seed", type=int, default=7, help="fault RNG seed")
-    parser.add_argument("--concurrency", type=int, default=8, help="instances per agent")
+    parser.add_argument("--concurrency", type=positive_arg, default=8, help="instances per agent")
     parser.add_argument(
-        "--kill-at", type=float, default=0.5, help="fraction of trips done when to SIGKILL"
+        "--kill-at",
+        type=float,
+        default=0.5,
+        help="fraction of trips done when to SIGKILL (0 or 1: never)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -98,6 +102,11 @@ def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
                 f"--dir {args.dir} holds an earlier demo's {' and '.join(used)}; "
                 "give a new or empty directory, or delete that one first"
             )
+        try:
+            args.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:  # a file there, or no right to make it: say so, no traceback
+            reason = "a file is there" if args.dir.exists() else exc.strerror
+            parser.error(f"--dir {args.dir} cannot be made a directory ({reason}); give another")
         return _parent(args, args.dir, out)
     with tempfile.TemporaryDirectory(prefix="herder-demo-") as tmp:
         return _parent(args, pathlib.Path(tmp), out)

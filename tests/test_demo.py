@@ -55,3 +55,30 @@ def test_demo_refuses_a_dir_an_earlier_demo_used(
     assert "give a new or empty directory" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
     assert (tmp_path / "store" / "data.mdb").read_bytes() == b"earlier"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--workflows", "-5"], "argument --workflows: '-5' is not a whole number >= 0"),
+        (["--concurrency", "0"], "argument --concurrency: '0' is not a whole number >= 1"),
+        (["--dir", "FILE"], "cannot be made a directory (a file is there); give another"),
+        (["--dir", "FILE/sub"], "cannot be made a directory (Not a directory); give another"),
+    ],
+)
+def test_demo_refuses_bad_arguments_before_it_starts_a_worker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], said: str
+) -> None:
+    """A negative count ran and reported "invariants violated", a concurrency of 0 failed
+    in the worker with the reason only in its log, and a --dir that cannot be a directory
+    ended in a traceback: each is a usage error (exit 2) that says what was wrong."""
+    from herder.runtime._demo import run_demo
+
+    (tmp_path / "FILE").write_text("not a directory")
+    args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
+    with pytest.raises(SystemExit) as refused:
+        run_demo(["--workflows", "10", *args])
+    assert refused.value.code == 2
+    assert said in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
