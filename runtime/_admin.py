@@ -30,9 +30,9 @@ def bench(argv: Sequence[str], out: TextIO) -> int:
     if argv[:1] == ["--peers"]:
         relative, argv = PEERS, argv[1:]
     script = _find_script(relative)
-    if script is None:
-        out.write(
-            f"herder bench runs {relative}, which ships with the source, not the "
+    if script is None:  # a failed command says why on stderr, as every other one does
+        sys.stderr.write(
+            f"herder bench: it runs {relative}, which ships with the source, not the "
             "package: clone the repository and run `make bench` (or `herder bench` there)\n"
         )
         return 1

@@ -256,3 +256,22 @@ def test_the_wide_benchmark_reports_each_size(tmp_path: pathlib.Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert [row["steps"] for row in rows] == [12, 42]
     assert all(row["cpu_us_per_step"] > 0 for row in rows)
+
+
+@pytest.mark.timeout(30)
+def test_herder_bench_outside_a_checkout_says_why_on_stderr(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Installed from a wheel, the scripts are nowhere: the command fails (exit 1) with
+    the reason on stderr, as every failed command does, not mixed into stdout."""
+    from herder.runtime import _admin
+    from herder.runtime._cli import main
+
+    monkeypatch.chdir(tmp_path)  # neither the working directory ...
+    monkeypatch.setattr(_admin, "__file__", str(tmp_path / "site" / "runtime" / "_admin.py"))
+    for argv, script in ((["bench"], "throughput.py"), (["bench", "--peers"], "peers.py")):
+        assert main(argv) == 1  # ... nor the installed package holds benchmarks/
+        out, err = capfd.readouterr()
+        assert out == ""
+        assert err.startswith(f"herder bench: it runs {pathlib.Path('benchmarks', script)},")
+        assert "clone the repository and run `make bench`" in err
