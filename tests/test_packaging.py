@@ -4,9 +4,9 @@ Both are built as ``python -m build`` does (the sdist from the committed files, 
 from the unpacked sdist), with setuptools in this process's environment, so no network:
 
 - the sdist is the whole source tree (the suite with its helpers, docs, examples,
-  benchmarks, Makefile), so a packager can run the tests from it;
+  benchmarks, Makefile, LICENSE), so a packager can run the tests from it;
 - the wheel holds exactly herder's three packages as ``herder.*`` (every module, each
-  ``py.typed``, the console's static files), and no tests.
+  ``py.typed``, the console's static files), no tests, and the license and metadata.
 
 It needs the git checkout (to know the committed files); it is skipped elsewhere.
 """
@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 
 import pytest
@@ -95,7 +96,7 @@ def test_the_sdist_holds_every_committed_file_so_its_suite_runs(built: Built) ->
     wanted = {name for name in committed if not name.startswith(NOT_IN_SDIST)}
     missing = sorted(wanted - set(in_sdist))
     assert not missing, f"the sdist leaves out {len(missing)} committed files: {missing[:20]}"
-    assert {"tests/conftest.py", "Makefile", "README.md"} <= set(in_sdist)
+    assert {"tests/conftest.py", "LICENSE", "Makefile", "README.md"} <= set(in_sdist)
     assert not [name for name in in_sdist if "__pycache__" in name or name.endswith(".pyc")]
 
 
@@ -114,3 +115,12 @@ def test_the_wheel_holds_herders_packages_and_nothing_else(built: Built) -> None
         assert needed in code  # `herder ui` serves them
     for package in PACKAGE_DIRS.values():
         assert f"{package}/py.typed" in code  # type checkers read the public API
+
+
+def test_the_wheel_carries_the_license_version_and_the_herder_command(built: Built) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert f"herder-{project['version']}.dist-info/licenses/LICENSE" in built.wheel
+    assert f"Version: {project['version']}\n" in built.metadata
+    assert f"License-Expression: {project['license']}\n" in built.metadata
+    assert "License-File: LICENSE\n" in built.metadata
+    assert "herder = herder.runtime._cli:main" in built.entry_points
