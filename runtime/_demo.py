@@ -212,30 +212,50 @@ def _count_final(store_path: pathlib.Path) -> int:
 
 def _parent(args: argparse.Namespace, root: pathlib.Path, out: TextIO) -> int:
     began = time.monotonic()
-    total = args.workflows
-    store_path = root / "store"
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    out.write(f"herder demo: booking {total} trips (flight, hotel, car) in {root}\n")
-    progress = ProgressLine(out, total)
-    kills = 0
+    out.write(f"herder demo: booking {args.workflows} trips (flight, hotel, car) in {root}\n")
+    progress = ProgressLine(out, args.workflows)
+    workers: list[_Worker] = []
+    try:
+        if not _watch(args, root, progress, workers):
+            return 1
+    except KeyboardInterrupt:  # Ctrl-C: stop the worker too, and say so without a traceback
+        for worker in workers:
+            worker.proc.kill()
+            worker.wait()
+        progress.note("interrupted: the worker is stopped")
+        return 130
+    kills = len(workers) - 1  # each SIGKILL starts the next worker
+    progress.close()
+    steps: Counter[str] = Counter()
+    for w in workers:
+        steps.update(w.steps)
+    return _summarise(args, root, kills, steps, elapsed=time.monotonic() - began, out=out)
+
+
+def _watch(
+    args: argparse.Namespace, root: pathlib.Path, progress: ProgressLine, workers: list[_Worker]
+) -> bool:
+    """Run the worker (into ``workers``), SIGKILL it at ``--kill-at`` and start the next,
+    until one finishes: True, or False (said why) if one failed or overran."""
+    total = args.workflows
     worker = _Worker(args, root)
-    workers = [worker]
+    workers.append(worker)
     kill_at = int(total * args.kill_at) if 0 < args.kill_at < 1 else None
     deadline = time.monotonic() + GUARD
     while True:
         ended = worker.ended.wait(POLL)
-        done = _count_final(store_path)
+        done = _count_final(root / "store")
         progress.update(done, "finished")
         if ended:
             code = worker.wait()
             if "finished" not in worker.lines or code != 0:
                 progress.note(f"the worker exited {code}; see {root / 'worker.log'}")
-                return 1
-            break
-        if kill_at is not None and kills == 0 and done >= kill_at:
+                return False
+            return True
+        if kill_at is not None and len(workers) == 1 and done >= kill_at:
             worker.kill()
             worker.wait()
-            kills += 1
             progress.note(
                 f"SIGKILLed the worker (pid {worker.proc.pid}) with {done}/{total} trips "
                 "finished; restarting it on the same store"
@@ -246,12 +266,7 @@ def _parent(args: argparse.Namespace, root: pathlib.Path, out: TextIO) -> int:
             worker.kill()
             worker.wait()
             progress.note(f"the worker did not finish in {GUARD}s; killed it")
-            return 1
-    progress.close()
-    steps: Counter[str] = Counter()
-    for w in workers:
-        steps.update(w.steps)
-    return _summarise(args, root, kills, steps, elapsed=time.monotonic() - began, out=out)
+            return False
 
 
 def _summarise(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,37 @@ def test_demo_refuses_bad_arguments_before_it_starts_a_worker(
     assert refused.value.code == 2
     assert said in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_stops_the_demo_and_its_worker_without_a_traceback(tmp_path: Path) -> None:
+    """Ctrl-C is what a user does to a demo that runs too long: it ended in a
+    KeyboardInterrupt traceback. The worker is stopped too and the exit code is 130."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "herder.runtime", "demo", "--workflows", "5000", "--dir", tmp_path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stdout is not None
+    for line in demo.stdout:  # the first progress line: the worker was started
+        if "finished" in line:
+            break
+    demo.send_signal(signal.SIGINT)
+    out, err = demo.communicate(timeout=50)
+    assert demo.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert "interrupted: the worker is stopped" in out
+    workers = [
+        cmdline
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline")
+        if str(tmp_path).encode() in _read(cmdline) and b"--worker" in _read(cmdline)
+    ]
+    assert workers == []
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
