@@ -60,18 +60,26 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _PASS_THROUGH:  # their own parsers take the rest, options too
-        return _PASS_THROUGH[argv[0]](argv[1:], out)
+        try:
+            return _PASS_THROUGH[argv[0]](argv[1:], out)
+        except BrokenPipeError:  # `herder demo | head`
+            return _reader_left()
     args = _parser().parse_args(argv)
     require_store(args)
     try:
         code: int = args.func(args, out)
-    except BrokenPipeError:  # `herder ls | head`: the reader left, which is fine
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except BrokenPipeError:  # `herder ls | head`
+        return _reader_left()
     except HerderError as exc:
         sys.stderr.write(f"herder {args.command}: {exc}\n")
         return 1
     return code
+
+
+def _reader_left() -> int:
+    """The reader of stdout left, which is fine: exit 0, and let nothing else write there."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def _demo(argv: Sequence[str], out: TextIO) -> int:

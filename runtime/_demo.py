@@ -217,14 +217,19 @@ def _parent(args: argparse.Namespace, root: pathlib.Path, out: TextIO) -> int:
     progress = ProgressLine(out, args.workflows)
     workers: list[_Worker] = []
     try:
-        if not _watch(args, root, progress, workers):
-            return 1
-    except KeyboardInterrupt:  # Ctrl-C: stop the worker too, and say so without a traceback
-        for worker in workers:
-            worker.proc.kill()
-            worker.wait()
+        watched = _watch(args, root, progress, workers)
+    except KeyboardInterrupt:  # Ctrl-C: say so without a traceback
+        watched = None
+    finally:  # whatever ended the watch (Ctrl-C, the reader of a pipe left), no worker
+        for worker in workers:  # outlives it to write on into a deleted directory
+            if worker.proc.poll() is None:
+                worker.kill()
+                worker.wait()
+    if watched is None:
         progress.note("interrupted: the worker is stopped")
         return 130
+    if not watched:
+        return 1
     kills = len(workers) - 1  # each SIGKILL starts the next worker
     progress.close()
     steps: Counter[str] = Counter()

@@ -104,12 +104,16 @@ def test_ctrl_c_stops_the_demo_and_its_worker_without_a_traceback(tmp_path: Path
     assert demo.returncode == 130, out + err
     assert "Traceback" not in err
     assert "interrupted: the worker is stopped" in out
-    workers = [
+    assert _workers_of(tmp_path) == []
+
+
+def _workers_of(directory: Path) -> list[Path]:
+    """The demo workers still running on ``directory`` (a reaped one has left /proc)."""
+    return [
         cmdline
         for cmdline in Path("/proc").glob("[0-9]*/cmdline")
-        if str(tmp_path).encode() in _read(cmdline) and b"--worker" in _read(cmdline)
+        if str(directory).encode() in _read(cmdline) and b"--worker" in _read(cmdline)
     ]
-    assert workers == []
 
 
 def _read(path: Path) -> bytes:
@@ -117,3 +121,24 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:  # the process ended meanwhile
         return b""
+
+
+@pytest.mark.timeout(60)
+def test_demo_piped_into_a_reader_that_leaves_stops_its_worker(tmp_path: Path) -> None:
+    """`herder demo | head -1`: the parent met a closed pipe, died with a BrokenPipeError
+    traceback and left its worker running on (into a deleted temporary directory). The
+    reader leaving is fine, as for `herder ls | head` (exit 0), and no worker outlives it."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "herder.runtime", "demo", "--workflows", "5000", "--dir", tmp_path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stdout is not None
+    assert demo.stderr is not None
+    assert demo.stdout.readline().startswith("herder demo: booking 5000 trips")
+    demo.stdout.close()  # the reader leaves; the next progress line meets a closed pipe
+    err = demo.stderr.read()
+    assert demo.wait(timeout=50) == 0, err
+    assert "Traceback" not in err
+    assert _workers_of(tmp_path) == []
