@@ -173,7 +173,10 @@ class _Worker:
     """One worker subprocess; its stdout lines arrive through a pump thread."""
 
     def __init__(self, args: argparse.Namespace, root: pathlib.Path) -> None:
-        cmd = [sys.executable, "-m", "herder.runtime", "demo", "--worker", "--dir", str(root)]
+        # -P: the working directory is not searched first, so a herder.py or herder/ of
+        # the user's there cannot stand in for the herder the parent runs
+        cmd = [sys.executable, "-P", "-m", "herder.runtime", "demo", "--worker"]
+        cmd += ["--dir", str(root)]
         cmd += ["--workflows", str(args.workflows), "--seed", str(args.seed)]
         cmd += ["--concurrency", str(args.concurrency)]
         self.stderr = open(root / "worker.log", "ab")  # noqa: SIM115 (closed in wait)

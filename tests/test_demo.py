@@ -142,3 +142,22 @@ def test_demo_piped_into_a_reader_that_leaves_stops_its_worker(tmp_path: Path) -
     assert demo.wait(timeout=50) == 0, err
     assert "Traceback" not in err
     assert _workers_of(tmp_path) == []
+
+
+@pytest.mark.timeout(60)
+def test_demo_runs_from_a_directory_that_holds_a_herder_py(tmp_path: Path) -> None:
+    """The `herder` command does not import from the working directory, but the worker
+    it started with `python -m herder.runtime` did: a user's own herder.py there (a
+    natural name for a first script) made every demo fail with "the worker exited 1"."""
+    (tmp_path / "herder.py").write_text("raise SystemExit('the user script, not herder')\n")
+    demo = subprocess.run(
+        # -P: as the console script, the parent does not search the working directory
+        [sys.executable, "-P", "-m", "herder.runtime", "demo", "--workflows", "10"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "invariants held" in demo.stdout
