@@ -49,6 +49,7 @@ HUNG_TRIP = "trip-13"  # this trip's first hotel attempt hangs
 SOLD_OUT = 0.05  # chance per trip that cars are sold out for good
 POLL = 0.1  # seconds between the parent's progress reads
 GUARD = 120.0  # seconds the parent waits for a worker before giving up on it
+LOG_TAIL = 15  # lines of a failed worker's log the parent shows
 
 
 def sold_out(seed: int, workflow_id: str) -> bool:
@@ -258,7 +259,7 @@ def _watch(
         if ended:
             code = worker.wait()
             if "finished" not in worker.lines or code != 0:
-                progress.note(f"the worker exited {code}; see {root / 'worker.log'}")
+                _worker_failed(args, root, code, progress)
                 return False
             return True
         if kill_at is not None and len(workers) == 1 and done >= kill_at:
@@ -275,6 +276,17 @@ def _watch(
             worker.wait()
             progress.note(f"the worker did not finish in {GUARD}s; killed it")
             return False
+
+
+def _worker_failed(
+    args: argparse.Namespace, root: pathlib.Path, code: int, progress: ProgressLine
+) -> None:
+    """Show why: the end of the worker's log (a temporary --dir goes when the demo ends)."""
+    log = root / "worker.log"
+    tail = log.read_text(errors="replace").strip().splitlines()[-LOG_TAIL:]
+    where = f" (all of it: {log})" if args.dir is not None else ""
+    lines = "".join(f"\n    {line}" for line in tail) or "\n    (empty)"
+    progress.note(f"the worker exited {code}; the end of its log{where}:{lines}")
 
 
 def _summarise(

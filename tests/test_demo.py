@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import signal
 import subprocess
@@ -161,3 +162,27 @@ def test_demo_runs_from_a_directory_that_holds_a_herder_py(tmp_path: Path) -> No
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "invariants held" in demo.stdout
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_failed_worker_shows_why_even_when_its_directory_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    """A failed worker's reason was only in worker.log, and the demo said "see
+    /tmp/herder-demo-.../worker.log" of a temporary directory it deleted on the way out.
+    The end of the log is shown; its path only when --dir keeps it."""
+    from herder.runtime._demo import run_demo
+
+    fake = tmp_path / "python"  # the worker's interpreter: fails at once, saying why
+    fake.write_text("#!/bin/sh\necho 'InvalidInput: the reason it failed' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    out = io.StringIO()
+    kept = ["--dir", str(tmp_path / "demo")] if keep else []
+    assert run_demo(["--workflows", "10", *kept], out) == 1
+    said = out.getvalue()
+    assert "the worker exited 1; the end of its log" in said
+    assert "    InvalidInput: the reason it failed" in said
+    assert (f"(all of it: {tmp_path / 'demo' / 'worker.log'})" in said) is keep
+    assert "herder-demo-" not in said.split("\n", 1)[1]  # past the first line: gone
