@@ -220,11 +220,15 @@ def _parent(args: argparse.Namespace, root: pathlib.Path, out: TextIO) -> int:
     out.write(f"herder demo: booking {args.workflows} trips (flight, hotel, car) in {root}\n")
     progress = ProgressLine(out, args.workflows)
     workers: list[_Worker] = []
+    # SIGTERM (`timeout`, a cancelled job) as Ctrl-C: else the parent died at once and
+    # left the temporary directory behind
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         watched = _watch(args, root, progress, workers)
     except KeyboardInterrupt:  # Ctrl-C: say so without a traceback
         watched = None
     finally:  # whatever ended the watch (Ctrl-C, the reader of a pipe left), no worker
+        signal.signal(signal.SIGTERM, previous)
         for worker in workers:  # outlives it to write on into a deleted directory
             if worker.proc.poll() is None:
                 worker.kill()
@@ -240,6 +244,10 @@ def _parent(args: argparse.Namespace, root: pathlib.Path, out: TextIO) -> int:
     for w in workers:
         steps.update(w.steps)
     return _summarise(args, root, kills, steps, elapsed=time.monotonic() - began, out=out)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _watch(

@@ -186,3 +186,30 @@ def test_a_failed_worker_shows_why_even_when_its_directory_goes(
     assert "    InvalidInput: the reason it failed" in said
     assert (f"(all of it: {tmp_path / 'demo' / 'worker.log'})" in said) is keep
     assert "herder-demo-" not in said.split("\n", 1)[1]  # past the first line: gone
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_stops_the_demo_and_removes_its_temporary_directory() -> None:
+    """SIGTERM (`timeout 60 herder demo`, a cancelled CI job) killed the parent at once:
+    its temporary directory, store and logs (megabytes), stayed in /tmp. It now stops
+    as on Ctrl-C: the worker is stopped, the directory removed."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "herder.runtime", "demo", "--workflows", "5000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stdout is not None
+    first = demo.stdout.readline()
+    root = Path(first.rsplit(" in ", 1)[1].strip())
+    for line in demo.stdout:  # the first progress line: the worker was started
+        if "finished" in line:
+            break
+    assert root.is_dir()
+    demo.send_signal(signal.SIGTERM)
+    out, err = demo.communicate(timeout=50)
+    assert demo.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert "interrupted: the worker is stopped" in out
+    assert not root.exists()
+    assert _workers_of(root) == []
