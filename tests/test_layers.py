@@ -157,3 +157,23 @@ def test_the_size_check_counts_lines(tmp_path: pathlib.Path) -> None:
     at_limit.write_text("x = 1\n" * MAX_LINES)
     over.write_text("x = 1\n" * (MAX_LINES + 1))
     assert _oversized(iter([at_limit, over])) == [f"{over} ({MAX_LINES + 1} lines)"]
+
+
+TOP_LEVEL = {
+    *("actors", "runtime", "store", "tests", "benchmarks", "pyproject.toml"),
+    *("README.md", "Makefile", ".ci", "docs", "examples", ".gitignore"),
+}
+"""The repository's top level, fixed: new packages and files go inside these folders."""
+
+
+def test_the_top_level_holds_only_what_the_project_fixed() -> None:
+    import shutil
+    import subprocess
+
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("needs the git checkout: the committed files are what is checked")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=30
+    )
+    top = {name.split("/", 1)[0] for name in listed.stdout.decode().split("\0") if name}
+    assert top <= TOP_LEVEL, f"at the top level, not fixed there: {sorted(top - TOP_LEVEL)}"
