@@ -167,3 +167,20 @@ def test_inspecting_a_directory_without_a_store_fails_clearly(
     code, _ = run("stats", "--store", str(tmp_path / "none"))
     assert code == 1
     assert "no store at" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_command_exits_130_without_a_traceback(
+    store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A Ctrl-C while `herder retry --timeout` waited, or `herder ls` read a large store,
+    # ended in a KeyboardInterrupt traceback.
+    def interrupted(args: object, out: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("herder.runtime._cli_inspect._run", interrupted)
+    try:
+        code = main(["ls", "--store", str(store)], io.StringIO())
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped herder's CLI as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == "herder ls: interrupted\n"
