@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from herder.actors import Agent, Permanent, StepContext
-from herder.store import WorkflowRecord, WorkflowState, describe, exception_name
+from herder.store import InvalidInput, WorkflowRecord, WorkflowState, describe, exception_name
 
 _PREFIX = "herder."
 _log = logging.getLogger("herder.tracing")
@@ -48,11 +48,22 @@ def tracing_for(provider: Any = None) -> Tracing | None:
         from opentelemetry import trace
     except ImportError:
         return None
+    given = provider is not None
     if provider is None:
         provider = trace.get_tracer_provider()
         if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
             return None
-    return Tracing(provider.get_tracer("herder"))
+    try:
+        tracer = provider.get_tracer("herder")
+    except Exception as exc:  # the provider is the user's: anything may come out of it
+        if given:
+            raise InvalidInput(
+                f"tracer_provider gave no tracer: {describe(exc)}; pass an OpenTelemetry "
+                "TracerProvider (opentelemetry.sdk.trace.TracerProvider), or None"
+            ) from None
+        _log.error("the global tracer provider gave no tracer (%s): no tracing", describe(exc))
+        return None
+    return Tracing(tracer)
 
 
 class Tracing:

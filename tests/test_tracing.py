@@ -376,3 +376,25 @@ def test_a_traced_agent_keeps_its_probe_for_a_lapsed_attempt(tmp_path: Path) -> 
     assert probed == ["p/pay"]
     (probe,) = [s for s in exporter.get_finished_spans() if s.name == "bank.probe_pay"]
     assert probe.attributes["herder.outcome"] == "succeeded"
+
+
+class BrokenProvider:
+    def get_tracer(self, name: str) -> Any:
+        raise RuntimeError("collector config unreadable")
+
+
+def test_a_provider_that_gives_no_tracer_is_refused_or_traces_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its RuntimeError came out of Runtime() as it was: no HerderError, nothing said of
+    # tracer_provider; from the global provider it stopped a runtime tracing was not
+    # asked of.
+    from herder.runtime import InvalidInput
+
+    with pytest.raises(InvalidInput, match="tracer_provider gave no tracer: RuntimeError"):
+        Runtime(tmp_path / "a", tracer_provider=BrokenProvider())
+    # The global one is the process's set-up, not this call's: the runtime runs untraced.
+    monkeypatch.setattr(trace, "get_tracer_provider", BrokenProvider)
+    with Runtime(tmp_path / "c") as rt:
+        assert rt._tracing is None
+    assert "the global tracer provider gave no tracer" in caplog.text
