@@ -76,21 +76,23 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
         raise StoreError(f"no store at {path} (no data.mdb there): check --store")
     what = _described(states, before)
     # Read-only first: a foreign LMDB environment is refused before anything is written
-    # into it, and so is a store an older herder runs (opened for writing it would be
-    # marked with this herder's schema, which that herder refuses to open).
+    # into it, and so is a store of an older herder (below).
     with Store(path, readonly=True) as store:
         if args.dry_run:
             out.write(f"would delete {count_purgeable(store, before, states)} {what}\n")
             return 0
         schema = store.schema_version
+    if schema < SCHEMA_VERSION:
+        # Offline, a write would mark it with this herder's schema, which the older
+        # herder refuses to open; online, its runtime is that older herder, which has
+        # no purge command. Nothing is written either way.
+        raise StoreError(
+            f"store {path} has schema version {schema}, from an older herder, which has "
+            f"no purge; purging it with this one would mark it {SCHEMA_VERSION}, which "
+            "the older herder cannot open. Upgrade the runtime that runs it to this "
+            "herder first (its first open upgrades the store), then purge"
+        )
     if not is_held(path):
-        if schema < SCHEMA_VERSION:
-            raise StoreError(
-                f"store {path} has schema version {schema}, from an older herder; purging "
-                f"it with this one would mark it {SCHEMA_VERSION}, which the older herder "
-                "cannot open. Purge it with the herder that runs it, or run this herder's "
-                "runtime on it once (that upgrades it), then purge"
-            )
         with Store(path) as store:
             deleted = purge(store, before, states)
         out.write(f"deleted {deleted} {what}\n")

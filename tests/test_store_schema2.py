@@ -18,6 +18,7 @@ layouts, and leave a store ``herder check`` passes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -339,6 +340,52 @@ def test_a_standby_takes_over_from_the_previous_release_and_recovers_all_it_star
             assert rt.wait_active(WAIT)
             for wid in ("early", "late"):
                 assert rt.handle(wid).result(WAIT) == {"a": f"{wid}/a", "b": f"{wid}/b"}
+    finally:
+        child.kill()
+        child.wait(WAIT)
+
+
+HOLDING = textwrap.dedent(
+    """
+    import sys, threading
+    from herder.runtime import Agent, Runtime, Workflow
+
+    class Svc(Agent):
+        def work(self, ctx):
+            return ctx.step
+
+    rt = Runtime(sys.argv[1])
+    rt.add_agent("svc", Svc)
+    rt.add_workflow(Workflow("two").step("a", agent="svc", action="work"))
+    rt.start("two", {}, workflow_id="done").result(30)
+    print("ready", flush=True)
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_purge_of_a_store_the_previous_release_runs_says_to_upgrade_it_first(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The previous release has no purge: the command went to its runtime, which
+    # refused it as "unknown operator action 'purge'", naming neither the old herder
+    # nor what to do; and the docs said to purge with the herder that runs the store.
+    path = tmp_path / "s"
+    child = run_previous(tmp_path, HOLDING, path, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n", "the previous release did not start"
+        out, err = io.StringIO(), io.StringIO()
+        argv = ["purge", "--store", str(path), "--older-than", "0s", "--timeout", "5"]
+        with contextlib.redirect_stderr(err):
+            assert main(argv, out=out) == 1
+        assert "older herder" in err.getvalue()
+        assert "upgrade" in err.getvalue()
+        with Store(path, readonly=True) as ro:
+            assert ro.schema_version == 2
+            assert list(ro.scan("commands", b"")) == []  # nothing queued for it
+            assert ro.get_workflow("done") is not None
     finally:
         child.kill()
         child.wait(WAIT)
