@@ -216,7 +216,8 @@ class Registration:
         """Register a workflow definition (validated and compiled here).
 
         Each step's action and compensation are checked against its agent if that agent
-        is registered (else at :meth:`start`); :class:`UnknownName` lists the known names.
+        is registered (else at the end of ``Runtime(setup=...)``, or at :meth:`start`);
+        :class:`UnknownName` lists the known names.
         The compiled plan is stored. A different plan under a stored name and version
         replaces it while no workflow of it has ever started (a typo needs no new
         version); after that it is refused, because workflows under it would change.

@@ -230,6 +230,11 @@ class Runtime(
             setup(self)
         finally:
             self._in_setup = False
+        # add_workflow checked the actions of the agents registered before it; one
+        # registered after it (a release that renamed an action) is checked here, before
+        # recovery: a recovered workflow would fail that step for good and compensate.
+        for plan in list(self._ctx.plans.values()):
+            self._check_actions(plan)
 
     @property
     def config(self) -> RuntimeConfig:

@@ -17,7 +17,10 @@ from herder.runtime import (
     InvalidInput,
     RetryPolicy,
     Runtime,
+    State,
     StepContext,
+    StepState,
+    UnknownName,
     Workflow,
 )
 
@@ -136,3 +139,33 @@ def test_a_compensate_retry_without_a_compensate_action_is_warned_of(
             caplog.text
         )
         assert rt.start("w", workflow_id="o").result(timeout=WAIT) == {"buy": "bought"}
+
+
+class Renamed(Agent):  # the next release of Shop: its action renamed
+    def purchase(self, ctx: StepContext) -> str:
+        return "bought"
+
+
+def test_a_setup_registering_workflows_before_an_agent_that_lacks_their_action_is_refused(
+    tmp_path: Path,
+) -> None:
+    # A release that renamed an action, its setup registering workflows before agents:
+    # add_workflow could not check the action yet, nothing checked it after, and each
+    # workflow recovered in flight failed the step for good ("has no action") and was
+    # compensated. Registered agents first, the same setup raised UnknownName.
+    order = Workflow("order").step("pay", agent="shop", action="buy")
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(order)
+        rt.start("order", workflow_id="o1", delay=3600)
+
+    def renamed(rt: Runtime) -> None:
+        rt.add_workflow(order)
+        rt.add_agent("shop", Renamed)
+
+    with pytest.raises(UnknownName, match=r"agent 'shop' has no action 'buy'"):
+        Runtime(tmp_path / "s", setup=renamed)
+    with Runtime(tmp_path / "s") as rt:  # nothing of o1 ran
+        status = rt.status("o1")
+        assert status.state is State.RUNNING
+        assert status.steps["pay"].state is StepState.PENDING
