@@ -22,6 +22,7 @@ Everything here runs on the Scheduler's thread.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 from herder.actors._ahead import Lane, Lanes
@@ -29,6 +30,8 @@ from herder.actors._host import AgentHost, forget, routed
 from herder.actors._queue import JobQueue
 from herder.actors._wiring import unregistered
 from herder.actors.engine import Engine, Job, unqueue
+
+_log = logging.getLogger("herder.scheduler")
 
 Route = tuple[JobQueue[Job], AgentHost, Lane | None]
 """An agent's queue, the host it runs on (``routed``) and its reserve-ahead lane."""
@@ -57,6 +60,15 @@ class Routes:
                 host.add(agent, unregistered(agent), 0)
                 self.unserved[agent] = None
                 queue = host.queue(agent)
+                # (start() refuses such a name: this is recovered or retried work, of an
+                # agent renamed or dropped since, which would otherwise wait in silence)
+                _log.warning(
+                    "steps wait for agent %r, which is not registered: register it "
+                    "with add_agent(%r, ...) to run them, best in Runtime(path, "
+                    "setup=...); an agent renamed keeps its old name until its work ended",
+                    agent,
+                    agent,
+                )
             if queue is None:
                 return None
             route = self.routes[agent] = (queue, routed(host, agent), self._lanes.get(agent))

@@ -3,9 +3,11 @@ every process, and registration refuses what it cannot use with a HerderError.""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,50 @@ def test_a_setup_registering_workflows_before_an_agent_that_lacks_their_action_i
         status = rt.status("o1")
         assert status.state is State.RUNNING
         assert status.steps["pay"].state is StepState.PENDING
+
+
+class Held(Agent):
+    entered = threading.Event()
+    gate = threading.Event()
+
+    def buy(self, ctx: StepContext) -> str:
+        Held.entered.set()  # its DISPATCHED is durable: it is in flight when we stop
+        Held.gate.wait(WAIT)
+        return "bought"
+
+
+def test_work_recovered_for_an_agent_no_longer_registered_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A release that renamed an agent (or dropped it): its workflows recovered in flight
+    # waited for it in silence, RUNNING for ever, where a missing definition is warned of.
+    order = Workflow("order").step("pay", agent="shop", action="buy")
+    try:
+        with Runtime(tmp_path / "s") as rt:
+            rt.add_agent("shop", Held)
+            rt.add_workflow(order)
+            rt.start("order", workflow_id="o1")
+            assert Held.entered.wait(WAIT)
+            rt.stop(timeout=1.0)
+    finally:
+        Held.gate.set()
+    caplog.set_level(logging.WARNING, logger="herder.scheduler")
+    warned = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "agent 'shop'" in record.getMessage():
+                warned.set()
+
+    seen = Seen()
+    logging.getLogger("herder.scheduler").addHandler(seen)
+    try:
+        with Runtime(tmp_path / "s", setup=lambda rt: rt.add_workflow(order)) as rt:
+            assert warned.wait(WAIT)
+            [line] = [r.getMessage() for r in caplog.records if "agent 'shop'" in r.getMessage()]
+            assert "not registered" in line
+            assert "add_agent" in line
+            rt.add_agent("shop", Shop)
+            assert rt.handle("o1").result(WAIT) == {"pay": "bought"}
+    finally:
+        logging.getLogger("herder.scheduler").removeHandler(seen)
