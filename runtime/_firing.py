@@ -77,6 +77,7 @@ class Firer:
         # Per schedule, the last catch-up counted: (cursor, pass_to) -> slots between. A
         # pass that fires nothing (a queued slot waits) counts the same again every pass.
         self._counted: dict[str, tuple[int, int, int]] = {}
+        self._unfired: set[str] = set()  # schedules warned of: their workflow is missing
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -228,9 +229,22 @@ class Firer:
 
     def _fire_schedule(self, record: ScheduleRecord) -> float | None:
         """Fire what is due of one schedule; the clock time to look at it again, if any."""
-        if record.paused or record.workflow not in self._rt._latest:
-            return None  # resume() and add_workflow() wake the thread
+        if record.paused:
+            return None  # resume() wakes the thread
         now = self._clock.time()
+        if record.workflow not in self._rt._latest:  # add_workflow() wakes the thread
+            if to_fire(record, int(now * 1000))[0] and record.name not in self._unfired:
+                self._unfired.add(record.name)  # (once: every pass would say it again)
+                _log.warning(
+                    "schedule %r has slots due but its workflow %r is not registered, so "
+                    "it fires nothing: register that workflow (a renamed one: rt.schedule "
+                    "it with the new name) or rt.delete_schedule(%r)",
+                    record.name,
+                    record.workflow,
+                    record.name,
+                )
+            return None
+        self._unfired.discard(record.name)
         slots, pass_to = to_fire(record, int(now * 1000))
         if pass_to is not None:  # catch-up: the due slots that will not fire are skipped
             passed = self._count(record, pass_to) - len(slots)

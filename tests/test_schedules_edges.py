@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
+import threading
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -14,7 +16,7 @@ import pytest
 from herder.runtime import Agent, HerderError, InvalidInput, Runtime, StepContext, Workflow
 from herder.runtime._check import check_store
 from herder.runtime._schedules import slot_id
-from herder.runtime.testing import FakeClock, settle
+from herder.runtime.testing import FakeClock, settle, wait_until
 from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
 
 WAIT = 10.0
@@ -193,3 +195,43 @@ def test_a_damaged_schedule_record_is_replaced_by_its_declaration_or_deleted(
         rt._fire_now()
         settle(rt)
         assert fired(rt) == ["tick@2027-01-15T08:01:00Z"]
+
+
+def test_a_schedule_whose_workflow_is_no_longer_registered_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A release that renamed (or dropped) the workflow a stored schedule fires: the
+    # schedule waited for it in silence, firing nothing, however many slots passed.
+    clock = FakeClock()
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("poll", "job", every=60)
+    caplog.set_level(logging.WARNING, logger="herder.schedules")
+    warned = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "schedule 'poll'" in record.getMessage():
+                warned.set()
+
+    seen = Seen()
+    logging.getLogger("herder.schedules").addHandler(seen)
+    try:
+        with Runtime(tmp_path, clock=clock, sweep_interval=0.05) as rt:
+            rt.add_agent("job", Job)
+            rt.add_workflow(Workflow("renamed").step("run", agent="job", action="run"))
+            rt.wait_active(WAIT)
+            clock.advance(600)
+            assert warned.wait(WAIT)
+            [line] = [r.getMessage() for r in caplog.records if "schedule 'poll'" in r.getMessage()]
+            assert "'job'" in line
+            assert "not registered" in line
+            assert "delete_schedule" in line
+            assert fired(rt) == []
+            rt.schedule("poll", "renamed", every=60)  # as the warning says
+            clock.advance(60)
+            wait_until(rt, lambda: len(fired(rt)) == 1, WAIT)
+            [firing] = fired(rt)
+            assert firing.startswith("poll@")
+            assert rt.status(firing).name == "renamed"
+    finally:
+        logging.getLogger("herder.schedules").removeHandler(seen)
