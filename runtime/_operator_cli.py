@@ -157,7 +157,11 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
     if outcome is None:
         sys.stderr.write(
             f"herder {action}: the runtime did not apply command #{command_id} within "
-            f"{args.timeout} s; it stays queued and is applied when the runtime gets to it\n"
+            f"{args.timeout} s; it stays queued and is applied when the runtime gets to it "
+            f"(if that runtime has no definition {record.name!r} version {record.version} "
+            "registered, as after an upgrade that dropped it, the workflow and the "
+            "command wait for it: register it with add_workflow, or abandon the "
+            "workflow)\n"
         )
         return QUEUED
     if outcome["state"] != COMMAND_DONE:

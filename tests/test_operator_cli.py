@@ -414,3 +414,25 @@ def test_queued_commands_for_a_workflow_whose_definition_is_missing_are_answered
         assert done is not None
         assert done["state"] == "DONE"
         assert rt.status("running").state is State.ABANDONED
+
+
+def test_a_command_for_a_workflow_whose_definition_the_runtime_lacks_says_what_it_waits_for(
+    tmp_path: Path,
+) -> None:
+    # After an upgrade that dropped trip's version, the command waited for it in the
+    # runtime, and the CLI said only that the runtime had not got to it yet.
+    path = parked_trip(tmp_path / "store")
+    with Runtime(path, sweep_interval=0.05) as rt:
+        rt.add_agent("t", Travel)  # trip is not registered
+        argv = ["skip", "w", "--store", str(path), "--step", "hotel", "--why", "x"]
+        done = subprocess.run(
+            [sys.executable, "-m", "herder.runtime", *argv, "--timeout", "0.5"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+        assert done.returncode == 3, done.stderr
+        assert "'trip' version 1" in done.stderr
+        assert "add_workflow" in done.stderr
+        assert rt.status("w").state is State.NEEDS_ATTENTION
