@@ -122,7 +122,9 @@ class StepContext:
 
     @property
     def cancelled(self) -> bool:
-        """True once the workflow was cancelled; a long action should stop early."""
+        """True once the workflow is being cancelled or compensated (a step failed for
+        good, or an operator's cancel or compensate): what the action does will be
+        undone, so a long action should stop early (past a deadline it is superseded)."""
         return self._port.cancelled
 
     @property

@@ -19,6 +19,7 @@ from herder.runtime import (
     CompletionRefused,
     InstanceCrash,
     InvalidInput,
+    Permanent,
     ProbeResult,
     RetryPolicy,
     Runtime,
@@ -478,6 +479,44 @@ def test_superseded_turns_true_when_the_supervisor_replaces_the_attempt(
         assert seen[1].token > seen[0].token  # what a remote conditional write compares
     finally:
         release.set()
+
+
+def test_cancelled_turns_true_when_the_workflow_compensates_after_a_step_failed(
+    rt: Runtime,
+) -> None:
+    # ctx.cancelled was set only by rt.cancel/rt.compensate: a step running beside one
+    # that failed for good ran on unaware that its workflow was being compensated.
+    entered, saw, release = threading.Event(), threading.Event(), threading.Event()
+
+    class Pair(Agent):
+        def slow(self, ctx: StepContext) -> str:
+            entered.set()
+            while not release.wait(0.01):  # a long action checking between its chunks
+                if ctx.cancelled:
+                    saw.set()
+                    break
+            return "stopped early"
+
+        def bad(self, ctx: StepContext) -> None:
+            assert entered.wait(WAIT)
+            raise Permanent("no such account")
+
+        def undo(self, ctx: StepContext) -> None:
+            pass
+
+    rt.add_agent("bank", Pair, concurrency=2)
+    rt.add_workflow(
+        Workflow("pair")
+        .step("slow", agent="bank", action="slow", compensate="undo", timeout=TIMEOUT)
+        .step("bad", agent="bank", action="bad", timeout=TIMEOUT)
+    )
+    h = rt.start("pair", workflow_id="w")
+    try:
+        assert saw.wait(WAIT)  # told, as docs/outcomes.md says, so it could stop early
+    finally:
+        release.set()
+    wait_until(rt, lambda: h.status().state.is_final)
+    assert h.status().state is State.COMPENSATED
 
 
 # -- durable waiting ---------------------------------------------------------------------------

@@ -38,9 +38,9 @@ def cancel(m: Machine, run: WorkflowRun) -> None:
     give_up_orphans(m, run, "cancelled")
     if run.record.state is WorkflowState.COMPENSATING:
         m.set_record(run, cancelled=True)
+        m.cancel_attempts(run)
     else:
         m.begin_compensation(run, "cancelled by request", cancelled=True)
-    m.cancel_attempts(run)
 
 
 def retry(m: Machine, run: WorkflowRun) -> None:
@@ -189,7 +189,6 @@ def compensate(m: Machine, run: WorkflowRun, reason: str, *, parked: bool) -> No
     if parked:  # (a compensating workflow is not among OPERATOR_ACTIONS["compensate"])
         m.set_record(run, **_unparked(run))
     m.begin_compensation(run, reason)
-    m.cancel_attempts(run)
 
 
 def abandon(m: Machine, run: WorkflowRun, error: str) -> None:

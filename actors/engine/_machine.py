@@ -186,7 +186,7 @@ class Machine:
             self.fence(attempt, replace=replace)
 
     def cancel_attempts(self, run: WorkflowRun) -> None:
-        """Tell the run's running attempts that it is being cancelled."""
+        """Tell the run's running attempts that it is being cancelled or compensated."""
         for token in run.attempts:
             self._out.now.append(Cancel(self.inflight[token]))
 
@@ -322,6 +322,7 @@ class Machine:
         # Forward jobs that may no longer run (a pending start, a retry that is now
         # FAILED) give up their place, or the step's compensation could not be queued.
         run.queued = {s for s in run.queued if self.job_valid(run, run.jobs[s])}
+        self.cancel_attempts(run)  # ctx.cancelled: whatever turned it back, say so
 
     def finish(self, run: WorkflowRun, state: WorkflowState, error: str | None = None) -> None:
         """The workflow ends in ``state``: announce it once durable, fence its attempts.
