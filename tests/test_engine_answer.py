@@ -45,9 +45,14 @@ def _step(state: StepState) -> StepRecord:
         (S.UNKNOWN, True, K.PLAIN, ProbeAgain("probe_pay must return a ProbeResult", failed=True)),
         (S.DISPATCHED, True, K.LATER, HandOff()),
         # marks where they cannot apply are the agent's bug: failed for good
-        (S.DISPATCHED, True, K.DONE, Fail("an action returned 'done'; it cannot here", (), True)),
-        (S.COMPENSATING, True, K.LATER,
-         Fail("a compensation returned 'later'; it cannot here", (), permanent=True)),
+        (S.DISPATCHED, True, K.DONE, Fail(
+            "an action returned a ProbeResult (done), which only the probe probe_pay may: "
+            "return the step's result instead", (), True)),
+        (S.COMPENSATING, True, K.LATER, Fail(
+            "a compensation returned ctx.complete_later(), which only a forward action may: "
+            "a compensation must undo the step before it returns", (), permanent=True)),
+        (S.DISPATCHED, True, "soon", Fail(
+            "an action returned an unknown marker 'soon'; return plain data instead", (), True)),
     ],
 )  # fmt: skip
 def test_a_marked_answer_is_read_by_the_state_of_its_step(

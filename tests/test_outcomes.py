@@ -449,6 +449,43 @@ def test_a_malformed_task_token_is_refused_clearly(rt: Runtime) -> None:
             rt.complete_step(bad, None)  # type: ignore[arg-type]
 
 
+def test_a_marker_returned_where_it_cannot_apply_says_what_to_return_instead(
+    rt: Runtime,
+) -> None:
+    # The step's error read "a compensation returned 'later'; it cannot here" (and
+    # "an action returned 'done'"): neither named ctx.complete_later() or ProbeResult,
+    # nor what to return instead.
+    class Confused(Agent):
+        def pay(self, ctx: StepContext) -> object:
+            return ProbeResult.done({"paid": 1})  # meant for probe_pay
+
+        def book(self, ctx: StepContext) -> str:
+            return "booked"
+
+        def unbook(self, ctx: StepContext) -> object:
+            return ctx.complete_later()  # compensations cannot wait
+
+        def fail(self, ctx: StepContext) -> None:
+            raise Permanent("no")
+
+    rt.add_agent("bank", Confused)
+    rt.add_workflow(one_step(RetryPolicy(max_attempts=1)))
+    rt.add_workflow(
+        Workflow("undo")
+        .step("book", agent="bank", action="book", compensate="unbook")
+        .step("fail", agent="bank", action="fail", after=["book"])
+    )
+    pay = rt.start("one", workflow_id="p")
+    undo = rt.start("undo", workflow_id="u")
+    wait_until(rt, lambda: pay.status().state.is_final and undo.status().state.is_final)
+    assert pay.status().state is State.COMPENSATED
+    error = pay.status().steps["pay"].error or ""
+    assert "returned a ProbeResult (done), which only the probe probe_pay may" in error
+    assert undo.status().state is State.NEEDS_ATTENTION
+    error = undo.status().steps["book"].error or ""
+    assert "complete_later(), which only a forward action may" in error
+
+
 # -- fencing reaches the agent -----------------------------------------------------------------
 
 

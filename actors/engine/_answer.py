@@ -112,9 +112,24 @@ def read_answer(
         return ProbeAgain(f"{probe} must return a ProbeResult", failed=True)
     if kind == OutcomeKind.LATER and st.state is StepState.DISPATCHED:
         return HandOff()
+    return Fail(_misplaced(st, kind, probe), (), permanent=True)
+
+
+def _misplaced(st: StepRecord, kind: str, probe: str) -> str:
+    """The error of an answer marked ``kind`` where that mark cannot apply (the agent's
+    bug): what was returned, and what to return instead."""
     what = "a compensation" if st.state is StepState.COMPENSATING else "an action"
-    error = f"{what} returned {str(kind) or 'an unexpected marker'!r}; it cannot here"
-    return Fail(error, (), permanent=True)
+    if kind == OutcomeKind.LATER:
+        return (
+            f"{what} returned ctx.complete_later(), which only a forward action may: "
+            "a compensation must undo the step before it returns"
+        )
+    if kind in (OutcomeKind.DONE, OutcomeKind.NOT_DONE, OutcomeKind.RUNNING):
+        return (
+            f"{what} returned a ProbeResult ({kind}), which only the probe {probe} may: "
+            "return the step's result instead"
+        )
+    return f"{what} returned an unknown marker {str(kind)!r}; return plain data instead"
 
 
 def after_lapse(st: StepRecord, lapsed: str, *, has_probe: bool) -> Fail | ProbeAgain | AskProbe:
