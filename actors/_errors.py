@@ -86,8 +86,8 @@ class InvalidState(HerderError):
 
 class CompletionRefused(InvalidState):
     """A ``complete_step``/``fail_step`` named an attempt that is no longer the step's
-    current one (it timed out and was retried, or the step or workflow already finished).
-    Nothing was recorded."""
+    current one (it failed or timed out and was retried, or the step or workflow already
+    finished). Nothing was recorded."""
 
 
 class RuntimeClosed(HerderError):

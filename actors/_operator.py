@@ -139,7 +139,7 @@ class Operator:
         """Record the outcome of a step handed off with ``ctx.complete_later()``.
 
         Refused with :class:`CompletionRefused` when the task token's attempt is no longer
-        the step's current one (it timed out and was retried, or the step finished).
+        the step's current one (it failed or timed out and was retried, or the step finished).
         """
         # A workflow recovery has not taken back yet is taken back for it (as for an
         # operator's action), and resumes after it.
@@ -393,4 +393,4 @@ def _why_stale(st: StepRecord, lapsed: str | None) -> str:
         return "its workflow is undoing the step"
     if st.state in (StepState.SUCCEEDED, StepState.FAILED):
         return "the step already finished"
-    return "it timed out and was retried"
+    return "a newer attempt replaced it: it failed or timed out, and the step was retried"

@@ -241,7 +241,7 @@ class Scheduler(SupervisedActor):
         """Record the outcome of a step handed off with ``ctx.complete_later()``.
 
         Refused with :class:`CompletionRefused` when the task token's attempt is no longer
-        the step's current one (it timed out and was retried, or the step finished).
+        the step's current one (it failed or timed out and was retried, or the step finished).
         """
         return self._operator.complete(msg)
 

@@ -401,8 +401,11 @@ def test_fail_step_retries_and_a_completion_of_the_superseded_attempt_is_refused
     settle(rt)
     step = rt.status("w").steps["pay"]
     assert (step.state, step.attempt) == (StepState.WAITING, 2)
-    with pytest.raises(CompletionRefused, match="no longer current"):
+    with pytest.raises(CompletionRefused, match="no longer current") as refused:
         rt.complete_step(first, {"paid": "late"})
+    # It failed (fail_step) and was retried: the refusal claimed it had timed out.
+    assert "(it timed out and was retried)" not in str(refused.value)
+    assert "a newer attempt replaced it" in str(refused.value)
     rt.complete_step(agent.tokens[1], {"paid": 2})
     assert rt.handle("w").result(timeout=WAIT) == {"pay": {"paid": 2}}
 
