@@ -112,7 +112,9 @@ class StepContext:
     def heartbeat(self, details: Any = None) -> None:
         """Tell the runtime this attempt is alive; resets its heartbeat timeout.
 
-        ``details`` (progress, kept in the step record) must be plain data of at most
+        Only a step with a ``heartbeat_timeout`` records beats (a probe's are ignored):
+        elsewhere the call checks ``details`` and nothing more. ``details`` (progress,
+        kept in the step record, shown by the inbox) must be plain data of at most
         :data:`MAX_HEARTBEAT_BYTES` encoded; otherwise :class:`EncodeError` is raised here,
         in the action, which fails the step for good unless the action handles it.
         """
