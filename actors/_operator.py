@@ -393,4 +393,7 @@ def _why_stale(st: StepRecord, lapsed: str | None) -> str:
         return "its workflow is undoing the step"
     if st.state in (StepState.SUCCEEDED, StepState.FAILED):
         return "the step already finished"
-    return "a newer attempt replaced it: it failed or timed out, and the step was retried"
+    return (
+        "a newer attempt replaced it: it failed, timed out or was cut off by a restart, and "
+        "the step runs again"
+    )
