@@ -40,7 +40,7 @@ def _step(state: StepState) -> StepRecord:
     [
         (S.UNKNOWN, True, K.DONE, Succeed({"id": 7})),
         (S.UNKNOWN, True, K.NOT_DONE, Fail(NOT_APPLIED, (TIMEOUT_ERROR,), permanent=False)),
-        (S.UNKNOWN, True, K.RUNNING, ProbeAgain("outcome unknown: timed out", failed=False)),
+        (S.UNKNOWN, True, K.RUNNING, ProbeAgain("probe: still running", failed=False)),
         (S.UNKNOWN, False, K.PLAIN, ProbeAgain("probe failed: boom", failed=True)),
         (S.UNKNOWN, True, K.PLAIN, ProbeAgain("probe_pay must return a ProbeResult", failed=True)),
         (S.DISPATCHED, True, K.LATER, HandOff()),

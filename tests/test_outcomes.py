@@ -208,6 +208,40 @@ def test_a_probe_saying_still_running_keeps_the_step_waiting_and_probes_again(
     assert rt.status("w").steps["pay"].attempt == 1
 
 
+def test_the_history_tells_a_probe_that_said_running_from_one_that_failed(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    # A "running" verdict was written to the history with the step's last error: after
+    # a failed probe it read "probe failed: ..." too, a second failure that never was.
+    bank = Bank({1: "apply-drop"})
+    bank.verdicts = [ProbeResult.running()]  # the second probe's answer
+    broke: list[bool] = []
+
+    class Flaky(Agent):
+        def pay(self, ctx: StepContext) -> Any:
+            return bank.pay(ctx)
+
+        def probe_pay(self, ctx: StepContext) -> ProbeResult:
+            if not broke:
+                broke.append(True)
+                raise ConnectionError("lookup down")
+            return bank.probe(ctx)
+
+    rt.add_agent("bank", Flaky)
+    rt.add_workflow(one_step(PACED))
+    h = rt.start("one", workflow_id="w")
+    try:
+        lapse(rt, clock, bank)
+        for n in (1, 2):
+            wait_until(rt, lambda n=n: probe_events(rt, "w") == n)
+            advance(rt, clock, 1.5)
+        assert h.result(timeout=WAIT) == {"pay": {"paid": 1}}
+    finally:
+        bank.release.set()
+    notes = [e["error"] for e in rt.history("w") if e["kind"] == "probe"]
+    assert notes == ["probe failed: ConnectionError: lookup down", "probe: still running"]
+
+
 def test_a_probe_that_beats_is_held_to_the_probe_timeout_not_the_steps_heartbeat(
     rt: Runtime, clock: FakeClock
 ) -> None:

@@ -70,6 +70,10 @@ class Fail:
     at_once: bool = False  # retried without the policy's backoff (a loss, not a failure)
 
 
+STILL_RUNNING = "probe: still running"
+"""The history's note of a probe that answered ``ProbeResult.running()``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeAgain:
     """The outcome stays unknown: probe again later (``failed``: the probe itself
@@ -108,7 +112,7 @@ def read_answer(
             error = f"{st.error}; the probe found it was not applied"
             return Fail(error, (TIMEOUT_ERROR,), permanent=False)
         if kind == OutcomeKind.RUNNING:
-            return ProbeAgain(st.error or "outcome unknown", failed=False)
+            return ProbeAgain(STILL_RUNNING, failed=False)  # (the step keeps its error)
         return ProbeAgain(f"{probe} must return a ProbeResult", failed=True)
     if kind == OutcomeKind.LATER and st.state is StepState.DISPATCHED:
         return HandOff()
