@@ -33,14 +33,14 @@ from herder.actors.engine import (
     completable,
     lapse,
     operator_refusal,
+    overdue,
     parked_refusal,
+    why_stale,
 )
 from herder.store import (
     HerderError,
     InvalidInput,
     Plan,
-    StepRecord,
-    StepState,
     WorkflowRecord,
     WorkflowState,
     finished_ops,
@@ -183,14 +183,16 @@ class Operator:
             self._shell.settle()
             return later
         waiting = completable(st, queued=st.name in run.queued)
-        # A timeout that ran out (while no process ran, say) refuses it too.
+        # A timeout or the workflow's deadline that ran out (while no process ran, say)
+        # refuses it too, before the sweep comes to it.
         d, now = self._engine.defaults, self._clock.time()
         lapsed = lapse(st, run.specs[st.name], now, d.default_timeout, d.probe_timeout)
-        if st.token != msg.token or not waiting or lapsed is not None:
+        late = overdue(run.record.state, run.record.deadline, now)
+        if st.token != msg.token or not waiting or lapsed is not None or late is not None:
             raise CompletionRefused(
                 f"step {msg.step!r} of workflow {msg.workflow_id!r} is {st.state} at attempt "
                 f"{st.attempt}; the attempt this task token names is no longer current "
-                f"({_why_stale(st, lapsed)}), so the completion was not recorded"
+                f"({late or why_stale(st, lapsed)}), so the completion was not recorded"
             )
         result = None
         if msg.ok:
@@ -381,19 +383,3 @@ _OPERATIONS = tuple(OPERATOR_ACTIONS)
 
 def _not_in(op: Operate, state: WorkflowState) -> str:
     return operator_refusal(op.workflow_id, state, op.action) or f"{op.action} applies"
-
-
-def _why_stale(st: StepRecord, lapsed: str | None) -> str:
-    """Why a task token's attempt no longer counts, from its step's state."""
-    if lapsed is not None:
-        return f"it {lapsed}; the next sweep retries or probes it"
-    if st.state is StepState.UNKNOWN:
-        return "it timed out, and whether it took effect is being probed"
-    if st.state.is_compensation:
-        return "its workflow is undoing the step"
-    if st.state in (StepState.SUCCEEDED, StepState.FAILED):
-        return "the step already finished"
-    return (
-        "a newer attempt replaced it: it failed, timed out or was cut off by a restart, and "
-        "the step runs again"
-    )

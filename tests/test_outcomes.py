@@ -480,6 +480,32 @@ def test_a_completion_after_the_timeout_passed_unswept_is_refused(
         assert rt.status("w").steps["pay"].state is StepState.WAITING  # nothing recorded
 
 
+def test_a_completion_after_the_workflow_deadline_passed_unswept_is_refused(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # Past its workflow's deadline a handed-off attempt is superseded (docs/workflows.md),
+    # but until the sweep fired the deadline's timer (right after a reopen, say) its
+    # completion was recorded: the workflow then SUCCEEDED after its deadline.
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=3600.0) as rt:
+        agent = handoff_agent()
+        rt.add_agent("bank", agent)
+        rt.add_workflow(one_step())
+        rt.start("one", workflow_id="w", deadline=3.0)
+        assert agent.handed.acquire(timeout=WAIT)
+        settle(rt)
+        clock.advance(4.0)  # past the deadline, within the step's timeout; no sweep yet
+        for late in (
+            lambda: rt.complete_step(agent.tokens[0], {"paid": "late"}),
+            lambda: rt.fail_step(agent.tokens[0], "declined"),
+        ):
+            with pytest.raises(CompletionRefused, match=r"deadline passed .*compensates"):
+                late()
+        assert rt.status("w").steps["pay"].state is StepState.WAITING  # nothing recorded
+        clock.advance(3600.0)  # the sweep: the deadline's timer fires
+        settle(rt)
+        assert rt.status("w").state is State.COMPENSATED
+
+
 def test_a_malformed_task_token_is_refused_clearly(rt: Runtime) -> None:
     for bad in ("", "nope", "ht1.!!!", "ht1.kQ", 42):
         with pytest.raises(InvalidInput, match="task token"):

@@ -57,6 +57,7 @@ from herder.actors.engine._deadline import (
     deadline_reason,
     expired,
     fenced,
+    overdue,
     when_due,
 )
 from herder.actors.engine._decision import (
@@ -162,6 +163,7 @@ from herder.actors.engine._step import (
     stopped,
     succeeded_with,
     unknown,
+    why_stale,
     with_timer,
 )
 from herder.actors.engine._workflow import WIDE, Advance, advance, waits_for, when_compensating
@@ -268,6 +270,7 @@ __all__ = [
     "next_member",
     "operator_refusal",
     "orphan_given_up",
+    "overdue",
     "parked_refusal",
     "poison_message",
     "poisoned",
@@ -290,6 +293,7 @@ __all__ = [
     "waits_for",
     "when_compensating",
     "when_due",
+    "why_stale",
     "with_member",
     "with_timer",
 ]

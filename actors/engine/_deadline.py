@@ -10,6 +10,8 @@ transaction that creates the workflow. The rules:
 - :func:`when_due`: what the deadline's timer means when the sweep reports it: a
   RUNNING workflow past its deadline is compensated; any other state only drops the
   timer (a compensating workflow finishes undoing: compensations have no deadline);
+- :func:`overdue`: a completion of a handed-off step is refused from the deadline on,
+  before the sweep came to its timer;
 - :func:`fenced`: each attempt running at the deadline (dispatched, handed off with
   ``complete_later`` or being probed) is superseded: the step is FAILED under a new
   fencing token (a late answer is stale) and, since its effect may have happened, undone.
@@ -52,6 +54,15 @@ def when_due(state: WorkflowState, deadline: float | None, now: float) -> OnDead
     if state is not WorkflowState.RUNNING or deadline is None:
         return OnDeadline.DROP
     return OnDeadline.COMPENSATE if expired(deadline, now) else OnDeadline.WAIT
+
+
+def overdue(state: WorkflowState, deadline: float | None, now: float) -> str | None:
+    """Why a late completion (``complete_step``) of a RUNNING workflow's step is refused
+    before the sweep fired its deadline's timer (right after a reopen, say): the deadline
+    passed, so that attempt is superseded; None while it has not."""
+    if deadline is None or when_due(state, deadline, now) is not OnDeadline.COMPENSATE:
+        return None
+    return f"{deadline_reason(deadline)}; the next sweep compensates the workflow"
 
 
 def deadline_reason(deadline: float) -> str:

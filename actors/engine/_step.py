@@ -6,7 +6,8 @@ caller records the result (and its history event) in the workflow's transaction.
 
 - timers: :func:`ms` (whole milliseconds, as the timer index keeps them),
   :func:`with_timer` (at the retry time, else the nearest deadline), :func:`lapse`
-  (why an attempt's heartbeat or deadline ran out), :func:`attempt_due_ms` (when);
+  (why an attempt's heartbeat or deadline ran out), :func:`attempt_due_ms` (when),
+  :func:`why_stale` (why a task token's attempt no longer counts);
 - forward and back: :func:`dispatch` (DISPATCHED, a compensation, or a probe of an
   UNKNOWN step, each with its deadline), :func:`settled` (succeeded, compensated,
   skipped; :func:`succeeded_with`: the action succeeded), :func:`failed` (what
@@ -113,6 +114,23 @@ def completable(st: StepRecord, *, queued: bool) -> bool:
     and not ``queued`` to run again after a restart). Its token must match, and the
     attempt must not have lapsed (:func:`lapse`)."""
     return st.state is StepState.WAITING or (st.state is StepState.DISPATCHED and not queued)
+
+
+def why_stale(st: StepRecord, lapsed: str | None) -> str:
+    """Why a task token's attempt no longer counts, from its step's state (``lapsed``:
+    what :func:`lapse` said)."""
+    if lapsed is not None:
+        return f"it {lapsed}; the next sweep retries or probes it"
+    if st.state is StepState.UNKNOWN:
+        return "it timed out, and whether it took effect is being probed"
+    if st.state.is_compensation:
+        return "its workflow is undoing the step"
+    if st.state in (StepState.SUCCEEDED, StepState.FAILED):
+        return "the step already finished"
+    return (
+        "a newer attempt replaced it: it failed, timed out or was cut off by a restart, and "
+        "the step runs again"
+    )
 
 
 def lapse(
