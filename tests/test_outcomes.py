@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _child_kit import Child
 
 from herder.runtime import (
     Agent,
@@ -649,6 +650,43 @@ def test_a_waiting_step_survives_sigkill_and_completes_after_the_restart(tmp_pat
         assert rt.handle("w-1").result(timeout=WAIT) == {"pay": {"paid": 5}}
         assert Hook.calls == 0  # nothing ran the action again after the restart
         assert rt.status("w-1").steps["pay"].attempt == 1
+
+
+def test_an_unknown_step_survives_sigkill_and_is_probed_again_never_run_blind(
+    tmp_path: Path,
+) -> None:
+    """docs/recovery.md: after a crash an UNKNOWN step is probed again; its action,
+    whose outcome is unknown, is not run again."""
+    from outcomes_child import LAPSE
+
+    store = tmp_path / "store"
+    child = Child([str(CHILD), str(store), "unknown"], label="unknown")
+    try:
+        child.wait_for("probing", WAIT)  # the step is durably UNKNOWN, its probe hangs
+    finally:
+        child.kill(WAIT)
+    calls: list[str] = []
+
+    class Found(Agent):
+        def pay(self, ctx: StepContext) -> str:
+            calls.append("pay")
+            return "paid again"
+
+        def probe_pay(self, ctx: StepContext) -> ProbeResult:
+            calls.append(f"probe {ctx.attempt}")
+            return ProbeResult.done({"found": ctx.idempotency_key})
+
+    with Runtime(store, sweep_interval=0.05) as rt:
+        assert rt.status("w-1").steps["pay"].state is StepState.UNKNOWN
+        rt.add_agent("bank", Found)
+        rt.add_workflow(LAPSE)
+        assert rt.handle("w-1").result(timeout=WAIT) == {"pay": {"found": "w-1/pay"}}
+        assert calls == ["probe 1"]  # probed once more, the action never run again
+        assert transitions(rt, "w-1", "pay") == [
+            ("PENDING", "DISPATCHED"),
+            ("DISPATCHED", "UNKNOWN"),
+            ("UNKNOWN", "SUCCEEDED"),
+        ]
 
 
 def test_a_service_that_drops_replies_at_random_applies_each_request_exactly_once(
