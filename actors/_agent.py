@@ -126,7 +126,8 @@ class StepContext:
     def cancelled(self) -> bool:
         """True once the workflow is being cancelled or compensated (a step failed for
         good, or an operator's cancel or compensate): what the action does will be
-        undone, so a long action should stop early (past a deadline it is superseded)."""
+        undone, so a long action should stop early (past a deadline it is superseded).
+        Compensations and probes are never told: they are what the undoing needs."""
         return self._port.cancelled
 
     @property

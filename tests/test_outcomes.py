@@ -513,6 +513,40 @@ def test_a_malformed_task_token_is_refused_clearly(rt: Runtime) -> None:
             rt.complete_step(bad, None)  # type: ignore[arg-type]
 
 
+def test_a_cancel_does_not_tell_a_running_compensation_to_stop_early(rt: Runtime) -> None:
+    # rt.cancel of a workflow already compensating set ctx.cancelled on its running
+    # compensations too: one that stops early when cancelled, as the docs advise
+    # actions to, returned without undoing and its step was recorded COMPENSATED.
+    undoing, release = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    class Undo(Agent):
+        def book(self, ctx: StepContext) -> str:
+            return "booked"
+
+        def fail(self, ctx: StepContext) -> None:
+            raise Permanent("no seats")
+
+        def unbook(self, ctx: StepContext) -> None:
+            undoing.set()
+            assert release.wait(WAIT)
+            seen.append(ctx.cancelled)
+
+    rt.add_agent("bank", Undo)
+    rt.add_workflow(
+        Workflow("trip")
+        .step("book", agent="bank", action="book", compensate="unbook")
+        .step("fail", agent="bank", action="fail", after=["book"])
+    )
+    h = rt.start("trip", workflow_id="w")
+    assert undoing.wait(WAIT)
+    rt.cancel("w")  # while the compensation runs
+    release.set()
+    wait_until(rt, lambda: h.status().state.is_final)
+    assert h.status().state is State.CANCELLED
+    assert seen == [False]  # the undo the cancel asks for is not told to stop
+
+
 def test_a_marker_returned_where_it_cannot_apply_says_what_to_return_instead(
     rt: Runtime,
 ) -> None:

@@ -186,9 +186,12 @@ class Machine:
             self.fence(attempt, replace=replace)
 
     def cancel_attempts(self, run: WorkflowRun) -> None:
-        """Tell the run's running attempts that it is being cancelled or compensated."""
+        """Tell the run's running forward attempts that it is being cancelled or
+        compensated; not a compensation (it is the undoing asked for) nor a probe."""
         for token in run.attempts:
-            self._out.now.append(Cancel(self.inflight[token]))
+            attempt = self.inflight[token]
+            if run.steps[attempt.step].state is StepState.DISPATCHED:
+                self._out.now.append(Cancel(attempt))
 
     # -- the state machine -------------------------------------------------------------
 
