@@ -113,10 +113,12 @@ class StepContext:
         """Tell the runtime this attempt is alive; resets its heartbeat timeout.
 
         Only a step with a ``heartbeat_timeout`` records beats (a probe's are ignored):
-        elsewhere the call checks ``details`` and nothing more. ``details`` (progress,
-        kept in the step record, shown by the inbox) must be plain data of at most
-        :data:`MAX_HEARTBEAT_BYTES` encoded; otherwise :class:`EncodeError` is raised here,
-        in the action, which fails the step for good unless the action handles it.
+        elsewhere the call checks ``details`` and nothing more. A beat within a quarter of
+        that timeout of the last one sent is dropped, its details too: the step keeps
+        (and the inbox shows) the details of the last beat sent. ``details`` must be
+        plain data of at most :data:`MAX_HEARTBEAT_BYTES` encoded; otherwise
+        :class:`EncodeError` is raised here, in the action, which fails the step for good
+        unless the action handles it.
         """
         if details is not None:
             details = normalize(details, limit=MAX_HEARTBEAT_BYTES, what="heartbeat details")
