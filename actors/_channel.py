@@ -80,6 +80,8 @@ class Channel:
                     continue
                 if operator_refusal(workflow_id, record.state, str(action)) is None:
                     continue  # parked, and it applies: wait until the definition is registered
+            if self._operator.changing(workflow_id, record):
+                continue  # (a later sweep applies it, once the store shows it as it is)
             self._apply_command(command)  # (one for a workflow that ended is refused)
 
     def apply_held(self, commands: list[dict[str, Any]]) -> None:

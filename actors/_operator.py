@@ -135,6 +135,22 @@ class Operator:
         self._shell.settle()
         return done
 
+    def changing(self, workflow_id: str, record: WorkflowRecord | None) -> bool:
+        """Whether it is parked (``record``: the store's) and another action's change of it
+        is not durable yet (a skip that left it parked): the store shows it as it was."""
+        parked = record is not None and record.state is WorkflowState.NEEDS_ATTENTION
+        return (
+            parked and workflow_id not in self._engine.runs and self._commits.pending(workflow_id)
+        )
+
+    def _check_settled(self, op: Operate, record: WorkflowRecord) -> None:
+        if self.changing(op.workflow_id, record):
+            raise InvalidState(
+                f"workflow {op.workflow_id!r} changed while this {op.action} was on its way "
+                f"(another action on it is being written); nothing of the {op.action} was "
+                "recorded: look at it again (inbox, status) and act then"
+            )
+
     def complete(self, msg: Complete) -> Future[None]:
         """Record the outcome of a step handed off with ``ctx.complete_later()``.
 
@@ -231,6 +247,7 @@ class Operator:
             if not record.state.is_final and record.state in allowed:
                 raise self._not_loaded(op, record)
             raise InvalidState(_not_in(op, record.state))
+        self._check_settled(op, record)
         plan = self._plans.get((record.name, record.version))
         if plan is None:
             raise InvalidState(
@@ -354,6 +371,7 @@ class Operator:
             raise InvalidState(_not_in(op, record.state))
         if not record.state.is_final and self._commits.pending(op.workflow_id):
             raise self._not_loaded(op, record)  # its end is being written
+        self._check_settled(op, record)
         # Parked, or awaiting its definition: nothing of it runs, so this needs no
         # definition: the records change in the store.
         self._read = record

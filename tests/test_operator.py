@@ -509,3 +509,64 @@ def test_a_skip_naming_no_step_of_a_running_workflow_takes_only_an_unambiguous_o
     assert h.result(timeout=WAIT) == {"x": 1, "y": 2, "z": 3}
     skipped = [e["step"] for e in rt.history("w") if e["kind"] == "operator"]
     assert skipped == ["x", "y", "z"]
+
+
+def two_stuck() -> Workflow:
+    return (
+        Workflow("w")
+        .step("b", agent="x", action="book", timeout=10.0, retry=ONCE)
+        .step("c", agent="x", action="book", timeout=10.0, retry=ONCE)
+    )
+
+
+def test_two_skips_at_once_of_a_workflow_stuck_on_two_steps_never_strand_it(
+    tmp_path: Path,
+) -> None:
+    # The second skip read the parked workflow from the store while the first one's
+    # change was not durable: it saw the first step still stuck, so it left the workflow
+    # parked although nothing was stuck any more. Both skips returned, the workflow stayed
+    # NEEDS_ATTENTION for good with every step SUCCEEDED, and the inbox named no step.
+    with parked_on(tmp_path, FakeClock(), two_stuck(), {"b", "c"}) as rt:
+        gate, refused = threading.Barrier(2), {}
+
+        def skip(step: str) -> None:
+            gate.wait(WAIT)
+            try:
+                rt.skip("w1", step, result=f"{step} by hand", who="op", why=step)
+            except InvalidState as exc:
+                refused[step] = str(exc)
+
+        threads = [threading.Thread(target=skip, args=(step,)) for step in "bc"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        settle(rt)
+        if refused:  # (refused only while the other's change was on its way to disk)
+            [(step, why)] = refused.items()
+            assert "changed while this skip was on its way" in why
+            assert [(i.step, i.step_state) for i in rt.inbox()] == [(step, StepState.UNKNOWN)]
+            rt.skip("w1", step, result=f"{step} by hand", who="op", why="again")
+        assert rt.handle("w1").result(timeout=WAIT) == {"b": "b by hand", "c": "c by hand"}
+        assert check_store(rt._store).ok, check_store(rt._store).problems
+
+
+def test_two_queued_skips_of_a_workflow_stuck_on_two_steps_both_apply(tmp_path: Path) -> None:
+    # Both commands came in one sweep and the second was decided on the store as it was
+    # before the first: the workflow stayed parked for good with both steps SUCCEEDED.
+    from herder.store import append_command, new_command, wait_outcome
+
+    parked_on(tmp_path, FakeClock(), two_stuck(), {"b", "c"}).stop()
+    path = tmp_path / "s"
+    ids = [
+        append_command(path, new_command("skip", "w1", args=args, who="op", why="by hand"))
+        for args in ({"step": "b", "result": "b"}, {"step": "c", "result": "c"})
+    ]
+    with Runtime(path, sweep_interval=0.05) as rt:
+        rt.add_agent("x", functools.partial(Unsure, set(), []))
+        rt.add_workflow(two_stuck())  # (the commands wait for it: both in one sweep)
+        outcomes = [wait_outcome(path, i, timeout=WAIT) for i in ids]
+        assert [o and o["state"] for o in outcomes] == ["DONE", "DONE"], outcomes
+        assert rt.handle("w1").result(timeout=WAIT) == {"b": "b", "c": "c"}
+        settle(rt)
+        assert check_store(rt._store).ok, check_store(rt._store).problems
