@@ -340,7 +340,7 @@ class Operator:
         result = normalize(
             op.result, limit=self._config.max_result_bytes, what=f"result given for {st.name!r}"
         )
-        refusal = actions.skip_refusal(run, st, inflight)
+        refusal = actions.skip_refusal(run, st, inflight, result)
         if refusal is not None:
             raise InvalidState(refusal)
         self._adopt(run, parked and not actions.stays_parked(run, st))

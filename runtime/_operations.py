@@ -52,7 +52,8 @@ class Operations:
         """Mark a step done by hand and let the workflow go on.
 
         ``step`` defaults to the step that needs attention. A step whose compensation
-        failed becomes COMPENSATED and the remaining compensations run; any other
+        failed becomes COMPENSATED (it takes no ``result``) and the remaining
+        compensations run; any other
         unfinished step (in a running or parked workflow) becomes SUCCEEDED with
         ``result`` (its running attempt, if any, is fenced out) and its dependents run.
         """

@@ -128,6 +128,21 @@ def test_skip_marks_a_failed_compensation_done_and_the_rest_is_undone(rt: Runtim
         rt.handle("w").result(timeout=WAIT)
 
 
+def test_skip_of_a_failed_compensation_refuses_a_result_it_would_not_keep(rt: Runtime) -> None:
+    # The result was accepted and kept in the history ("result": {...}) as if recorded,
+    # but a skipped compensation keeps the step's own result: it was silently dropped.
+    parked(rt, {"car", "undo:hotel"}, "flight", "hotel", "car")
+    for step in ("hotel", None):
+        with pytest.raises(InvalidState, match=r"skip it with no result") as refused:
+            rt.skip("w", step, {"id": "refund-7"}, who="ada", why="refunded by phone")
+        assert "step 'hotel' of workflow 'w' is a compensation that failed" in str(refused.value)
+    assert operator_events(rt, "w") == []  # nothing of it was recorded
+    assert rt.status("w").state is State.NEEDS_ATTENTION
+    rt.skip("w", who="ada", why="refunded by phone")
+    wait_until(rt, lambda: rt.status("w").state.is_final)
+    assert rt.status("w").steps["hotel"].result == {"booked": "hotel"}
+
+
 def test_skip_refuses_a_compensation_that_is_still_running(rt: Runtime) -> None:
     # Skipped while its undo still ran, the hotel counted as undone and the flight was
     # undone beside it, out of order; the workflow ended COMPENSATED with the hotel's

@@ -93,15 +93,24 @@ def to_skip(run: WorkflowRun, inflight: Container[int]) -> tuple[StepRecord | No
     return found, "" if found is not None else f"workflow {wid!r} has no step to skip"
 
 
-def skip_refusal(run: WorkflowRun, st: StepRecord, inflight: Container[int]) -> str | None:
+def skip_refusal(
+    run: WorkflowRun, st: StepRecord, inflight: Container[int], result: Any = None
+) -> str | None:
     """Why ``st`` may not be skipped now (None: it may): a compensation still running
-    (marked undone, the steps before it would be undone beside it), a step that
-    succeeded, a PENDING step whose dependencies have not all succeeded (:func:`waits_for`),
-    or any forward step while the workflow undoes its steps."""
+    (marked undone, the steps before it would be undone beside it) or given a ``result``
+    (it keeps the step's own), a step that succeeded, a PENDING step whose dependencies
+    have not all succeeded (:func:`waits_for`), or any forward step while the workflow
+    undoes its steps."""
     wid = run.record.id
     if st.state is StepState.COMPENSATING:
         if st.token not in inflight:
-            return None
+            if result is None:
+                return None
+            return (
+                f"step {st.name!r} of workflow {wid!r} is a compensation that failed: "
+                "skipping it marks it undone and keeps the step's own result, so skip it "
+                "with no result"
+            )
         return (
             f"the compensation of step {st.name!r} of workflow {wid!r} is running (attempt "
             f"{st.comp_attempt}): skip applies to a compensation that failed; wait until it "
