@@ -63,7 +63,8 @@ class Operations:
     def compensate(
         self, workflow_id: str, *, who: str | None = None, why: str | None = None
     ) -> None:
-        """Undo the completed steps of a running or parked workflow; it ends COMPENSATED.
+        """Undo the completed steps of a running or parked workflow; it ends COMPENSATED
+        (CANCELLED if a cancel had turned it back before it parked).
 
         Steps whose outcome is unknown or awaited are given up (not undone): skip them
         first if they did take effect.

@@ -271,6 +271,26 @@ def test_compensate_undoes_a_running_workflow_and_gives_up_its_waiting_step(
         rt.complete_step(cls.handed[0], "too late")
 
 
+def test_compensate_of_a_cancelled_workflow_parked_on_a_failed_undo_ends_cancelled(
+    rt: Runtime,
+) -> None:
+    # The docs said compensate ends a workflow COMPENSATED: one a cancel had turned back
+    # ends CANCELLED, as its caller asked (docs/operator.md now says so).
+    cls = agent({"undo:flight"})
+    rt.add_agent("t", cls)
+    rt.add_workflow(trip("flight", "later"))
+    h = rt.start("trip", workflow_id="w")
+    wait_until(rt, lambda: rt.status("w").steps["later"].state is StepState.WAITING)
+    rt.cancel("w", who="bob", why="customer called")
+    rt.complete_step(cls.handed[0], {"booked": "later"})  # (its answer, then undone)
+    wait_until(rt, lambda: rt.status("w").state is State.NEEDS_ATTENTION)
+    cls.broken.clear()
+    rt.compensate("w", who="ada", why="undo the rest")
+    with pytest.raises(WorkflowFailed, match="CANCELLED: compensation requested by ada"):
+        h.result(timeout=WAIT)
+    assert cls.ledger.undone == ["w/flight"]  # (the later one never booked by the ledger)
+
+
 def test_operator_actions_that_do_not_apply_are_refused_and_change_nothing(
     rt: Runtime,
 ) -> None:
