@@ -77,6 +77,8 @@ def test_parking_poison_work_stops_what_was_running_or_due(
     assert new is not None
     assert (new.state, new.error, new.error_type) == (after, "died 3 times", POISON_ERROR)
     assert (new.token, new.timer_ms, new.deadline) == (40, None, None)
+    if after is S.FAILED:  # its attempt may have taken effect: a compensation undoes it
+        assert new.done_token == 40
 
 
 def test_parking_poison_work_ends_a_step_handed_off_beside_it() -> None:

@@ -18,7 +18,7 @@ import pytest
 from engine_child import POISON_N, permanent_failure
 
 from herder.actors.engine import POISON_ERROR
-from herder.runtime import Agent, Runtime, State, StepContext, StepState, Workflow
+from herder.runtime import Agent, Permanent, Runtime, State, StepContext, StepState, Workflow
 from herder.runtime._demo_services import audit
 from herder.runtime.testing import FakeClock, advance, check_store, wait_until
 from herder.store import Store
@@ -204,3 +204,52 @@ def test_an_action_that_sigkills_the_daemon_is_parked_and_the_rest_finish(
         assert car is not None
         assert (car.state, car.error_type, car.attempt) == (StepState.FAILED, POISON_ERROR, 3)
     assert f"done w-{POISON_N} NEEDS_ATTENTION" in done.stdout
+
+
+@pytest.mark.parametrize("action", ["compensate", "retry"])
+def test_the_step_running_at_each_crash_may_have_taken_effect_so_it_is_undone(
+    tmp_path: pathlib.Path, release: threading.Event, action: str
+) -> None:
+    # Parked as poison, the step was FAILED but not marked done, so nothing undid it:
+    # neither a compensate nor a retry whose new attempt failed with Permanent (which
+    # speaks only for itself), although the attempt that ran at the crash may have
+    # charged the card before the process died (docs/workflows.md: "a crash ... included").
+    calls: list[tuple[str, str]] = []
+
+    class Svc(Agent):
+        def work(self, ctx: StepContext) -> str:
+            calls.append(("work", ctx.step))
+            if ctx.step == "charge":
+                if release.is_set():  # (fixed, the action now refuses the card)
+                    raise Permanent("card refused")
+                release.wait(WAIT)  # "kills the process": it never answers before the stop
+            return ctx.step
+
+        def undo(self, ctx: StepContext) -> None:
+            calls.append(("undo", ctx.step))
+
+    def opened() -> Runtime:
+        rt = Runtime(path, clock=clock, max_recoveries=0, instance_shutdown=0.01)
+        rt.add_agent("svc", Svc, concurrency=2)
+        flow = Workflow("p").step("hold", agent="svc", action="work", compensate="undo")
+        rt.add_workflow(
+            flow.step("charge", agent="svc", action="work", compensate="undo", after=["hold"])
+        )
+        return rt
+
+    clock, path = FakeClock(), tmp_path / "s"
+    rt = opened()
+    rt.start("p", workflow_id="w")
+    wait_until(rt, lambda: rt.status("w").steps["charge"].state is StepState.DISPATCHED)
+    rt.stop(timeout=1)  # a crash while 'charge' runs
+    rt = opened()
+    try:
+        wait_until(rt, lambda: rt.status("w").state is State.NEEDS_ATTENTION)
+        assert check_store(rt._store).problems == []
+        release.set()
+        getattr(rt, action)("w", who="ada", why="after the crash loop")
+        wait_until(rt, lambda: rt.status("w").state is State.COMPENSATED)
+        assert [c for c in calls if c[0] == "undo"] == [("undo", "charge"), ("undo", "hold")]
+        assert check_store(rt._store).problems == []
+    finally:
+        rt.stop(timeout=1)

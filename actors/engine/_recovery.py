@@ -65,8 +65,9 @@ def poisoned(
     st: StepRecord, error: str, *, tokens: Callable[[], int], now: float
 ) -> StepRecord | None:
     """The step once its workflow is parked as poison work, or None if it stays: an
-    attempt running or due to run again ends FAILED, a compensation stays COMPENSATING
-    (a retry runs it again); neither keeps a timer. A step handed off (WAITING on
+    attempt running or due to run again ends FAILED, marked done (the attempt that ran
+    at the crash may have taken effect, so a compensation undoes it), a compensation
+    stays COMPENSATING (a retry runs it again); neither keeps a timer. A step handed off (WAITING on
     ``complete_later``) beside the poison ends FAILED too, marked done as it may have
     taken effect: a parked workflow waits on nothing (and its completion would be
     refused); a retry runs it again."""
@@ -75,9 +76,19 @@ def poisoned(
         return marked_failed(st, why, token=tokens(), now=now)
     if st.state not in (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.COMPENSATING):
         return None
-    state = StepState.COMPENSATING if st.state is StepState.COMPENSATING else StepState.FAILED
+    token = tokens()
+    if st.state is StepState.COMPENSATING:
+        state, done = StepState.COMPENSATING, st.done_token
+    else:
+        state, done = StepState.FAILED, token if st.done_token is None else st.done_token
     return stopped(
-        st, state=state, error=error, error_type=POISON_ERROR, token=tokens(), updated=now
+        st,
+        state=state,
+        error=error,
+        error_type=POISON_ERROR,
+        token=token,
+        done_token=done,
+        updated=now,
     )
 
 
