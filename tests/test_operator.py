@@ -462,13 +462,18 @@ def test_a_skip_leaves_a_workflow_stuck_on_another_step_parked_with_that_one(
     )
     clock = FakeClock()
     with parked_on(tmp_path, clock, flow, {"b", "c"}) as rt:
-        rt.skip("w1", "b", result="b by hand", who="op", why="done by hand")
+        parked_by = rt.status("w1").error or ""
+        first = "b" if parked_by.startswith("step 'b'") else "c"  # (the one that parked it)
+        other = "c" if first == "b" else "b"
+        rt.skip("w1", first, result=f"{first} by hand", who="op", why="done by hand")
         settle(rt)
         assert rt.status("w1").state is State.NEEDS_ATTENTION
         [item] = rt.inbox()
-        assert (item.step, item.step_state) == ("c", StepState.UNKNOWN)
+        assert (item.step, item.step_state) == (other, StepState.UNKNOWN)
+        # Its error named the step just skipped: the inbox item contradicted itself.
+        assert (item.error or "").startswith(f"step {other!r} is UNKNOWN: "), item.error
         assert check_store(rt._store).ok, check_store(rt._store).problems
-        rt.skip("w1", result="c by hand", who="op", why="done by hand")
+        rt.skip("w1", result=f"{other} by hand", who="op", why="done by hand")
         assert rt.handle("w1").result(timeout=WAIT) == {"b": "b by hand", "c": "c by hand"}
 
 

@@ -154,7 +154,11 @@ def skip(m: Machine, run: WorkflowRun, st: StepRecord, result: Any) -> None:
     )
     parked = stays_parked(run, st)
     m.put_step(run, st, skipped)
-    if run.record.state is not WorkflowState.RUNNING and not parked:
+    other = stuck_step([run.steps[spec.name] for spec in run.plan.steps]) if parked else None
+    if other is not None:  # its error names the step it stays stuck on, not the one skipped
+        error = f"step {other.name!r} is {other.state}"
+        m.set_record(run, error=f"{error}: {other.error}" if other.error else error)
+    elif run.record.state is not WorkflowState.RUNNING:
         m.set_record(run, state=WorkflowState.RUNNING, error=None, **_unparked(run))
 
 
