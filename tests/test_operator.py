@@ -171,6 +171,34 @@ def test_skip_refuses_a_compensation_that_is_still_running(rt: Runtime) -> None:
     assert operator_events(rt, "w") == []
 
 
+def test_abandon_while_a_compensation_runs_says_the_step_may_have_been_undone(
+    rt: Runtime,
+) -> None:
+    # The step stayed COMPENSATING with no error in the ABANDONED workflow, as if its undo
+    # were still under way, and its answer (fenced out) never changed that: herder show
+    # could not tell whether the hotel had been refunded.
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(Travel):
+        def cancel(self, ctx: StepContext) -> None:
+            if ctx.step == "hotel":
+                started.set()
+                release.wait(WAIT)
+
+    rt.add_agent("t", type("S", (Slow,), {"ledger": EffectLedger(), "broken": {"car"}}))
+    rt.add_workflow(trip("flight", "hotel", "car"))
+    handle = rt.start("trip", workflow_id="w")
+    assert started.wait(WAIT)
+    rt.abandon("w", who="bob", why="refunds done by support")
+    release.set()
+    with pytest.raises(WorkflowFailed, match="ABANDONED: abandoned by bob"):
+        handle.result(timeout=WAIT)
+    settle(rt)
+    hotel = rt.status("w").steps["hotel"]
+    assert hotel.state is StepState.COMPENSATING  # (not FAILED: its action succeeded)
+    assert hotel.error == "abandoned while its compensation ran: it may have been undone"
+
+
 def test_retry_runs_the_failed_compensation_again_and_records_who_and_why(
     rt: Runtime,
 ) -> None:

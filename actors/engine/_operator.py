@@ -73,12 +73,18 @@ def abandoned_step(st: StepRecord, next_token: Callable[[], int], now: float) ->
 
     Nothing runs or wakes any more: a step that was running, waiting or about to retry
     ends FAILED (its attempt may have taken effect, so it is marked done as a failure
-    that may need undoing by hand); any other step only loses its timer. What remains
-    is what ``herder check`` allows in an ABANDONED workflow.
+    that may need undoing by hand); a compensation that was running (dispatched: it has
+    a deadline and no retry time) stays COMPENSATING, noted as possibly done, since its
+    answer is fenced out; any other step only loses its timer. What remains is what
+    ``herder check`` allows in an ABANDONED workflow.
     """
     if st.state in ENDED_BY_ABANDON:
         error = f"{st.error}; abandoned" if st.error else f"abandoned while {st.state}"
         return marked_failed(st, error, token=next_token(), now=now)
+    if st.state is StepState.COMPENSATING and st.deadline is not None and st.retry_at is None:
+        note = "abandoned while its compensation ran: it may have been undone"
+        error = f"{st.error}; {note}" if st.error else note
+        return stopped(st, token=next_token(), error=error, updated=now)
     if st.timer_ms is not None or st.retry_at is not None or st.deadline is not None:
         return stopped(st, token=next_token(), updated=now)
     return None
