@@ -579,6 +579,22 @@ def test_a_skip_naming_no_step_of_a_running_workflow_takes_only_an_unambiguous_o
     assert skipped == ["x", "y", "z"]
 
 
+def test_a_skip_naming_no_step_of_a_running_workflow_with_none_under_way_is_refused(
+    rt: Runtime,
+) -> None:
+    # With no step under way (a delayed start), it took the first step in plan order
+    # that had not started and recorded it SUCCEEDED: the operator had named none.
+    rt.add_agent("h", Hand, concurrency=2)
+    rt.add_workflow(
+        Workflow("par").step("x", agent="h", action="go").step("y", agent="h", action="go")
+    )
+    rt.start("par", workflow_id="w", delay=60.0)
+    with pytest.raises(InvalidState, match=r"no step under way \('x', 'y' wait to start\)"):
+        rt.skip("w", who="ada", why="which?")
+    assert {s.state for s in rt.status("w").steps.values()} == {StepState.PENDING}
+    assert operator_events(rt, "w") == []
+
+
 def two_stuck() -> Workflow:
     return (
         Workflow("w")

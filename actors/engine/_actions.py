@@ -72,7 +72,7 @@ def to_skip(run: WorkflowRun, inflight: Container[int]) -> tuple[StepRecord | No
     failed compensation (one not running; else a running one, which :func:`skip_refusal`
     refuses), else the step the workflow is stuck on (:func:`stuck_step`, as the inbox
     shows it). A running workflow has no inbox entry: its step is taken only when one
-    alone is under way (or waits for a retry); with several, the operator names one."""
+    alone is under way (or waits for a retry); with several or none, the operator names one."""
     wid = run.record.id
     steps = [run.steps[spec.name] for spec in run.plan.steps]
     undoing = [st for st in steps if st.state is StepState.COMPENSATING]
@@ -85,6 +85,13 @@ def to_skip(run: WorkflowRun, inflight: Container[int]) -> tuple[StepRecord | No
             return None, (
                 f"workflow {wid!r} is RUNNING with {len(under_way)} steps under way ({names}): "
                 "name the step to skip"
+            )
+        if not under_way:  # (only steps that have not started: none is the one meant)
+            ready = [st for st in steps if skip_refusal(run, st, inflight) is None]
+            names = ", ".join(repr(st.name) for st in ready) or "none"
+            return None, (
+                f"workflow {wid!r} is RUNNING with no step under way ({names} wait to "
+                "start): name the step to skip"
             )
     stuck = stuck_step(steps)
     if stuck is not None:
