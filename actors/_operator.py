@@ -135,20 +135,17 @@ class Operator:
         self._shell.settle()
         return done
 
-    def changing(self, workflow_id: str, record: WorkflowRecord | None) -> bool:
-        """Whether it is parked (``record``: the store's) and another action's change of it
-        is not durable yet (a skip that left it parked): the store shows it as it was."""
+    def changing(self, wid: str, record: WorkflowRecord | None) -> bool:
+        """Whether parked workflow ``wid`` (``record``: the store's) has another action's
+        change on its way (a skip that left it parked): the store shows it as it was."""
         parked = record is not None and record.state is WorkflowState.NEEDS_ATTENTION
-        return (
-            parked and workflow_id not in self._engine.runs and self._commits.pending(workflow_id)
-        )
+        return parked and wid not in self._engine.runs and self._commits.pending(wid)
 
     def _check_settled(self, op: Operate, record: WorkflowRecord) -> None:
         if self.changing(op.workflow_id, record):
             raise InvalidState(
                 f"workflow {op.workflow_id!r} changed while this {op.action} was on its way "
-                f"(another action on it is being written); nothing of the {op.action} was "
-                "recorded: look at it again (inbox, status) and act then"
+                f"(another action on it is being written): nothing of it was recorded; look again"
             )
 
     def complete(self, msg: Complete) -> Future[None]:
