@@ -174,7 +174,10 @@ class AsyncRuntime:
             if not rt._take_capacity_now(1):
                 await rt._capacity_async(left(timeout, began))
                 now = None
-            landing = rt._submit_start(new, (), now, asyncio.get_running_loop(), claim=claim)
+            early = workflow_id is None or claims.sole(claim)
+            landing = rt._submit_start(
+                new, (), now, asyncio.get_running_loop(), claim=claim, early=early
+            )
             claim = None  # the landing ends it once the commit is decided
             return rt._landed(new, await landing.wait_async(rt._ask_timeout))
         finally:

@@ -57,6 +57,8 @@ class QueuedStart:
     new: NewStart
     also: tuple[Put, ...]
     decided: threading.Lock
+    claim: threading.Lock | None = None  # its id's, held by its caller (runtime/_claims.py)
+    fresh: bool = False  # an id made for it: no other start has it
     landing: Landing | None = None
     error: BaseException | None = None
     handed: bool = False
@@ -178,7 +180,12 @@ class Capacity:
         return True
 
     def _queue_start(
-        self, new: NewStart, also: tuple[Put, ...], timeout: float | None
+        self,
+        new: NewStart,
+        also: tuple[Put, ...],
+        timeout: float | None,
+        claim: threading.Lock | None = None,
+        fresh: bool = False,
     ) -> Landing | None:
         """Wait for a slot with ``new`` queued, to be created by the thread that hands
         it one (the module docstring): its decided :class:`Landing`; None if a slot was free
@@ -188,7 +195,7 @@ class Capacity:
         rt = _runtime(self)
         decided = threading.Lock()
         decided.acquire()
-        queued = QueuedStart(new, also, decided)
+        queued = QueuedStart(new, also, decided, claim, fresh)
         with rt._lock:
             rt._check_open()
             if rt._active < rt._max_active and not rt._queued:
@@ -271,8 +278,10 @@ class Capacity:
 
     def _create(self, start: QueuedStart) -> None:
         """Create a queued ``start()`` handed a slot (:meth:`_give`), here."""
+        rt = _runtime(self)
+        early = start.fresh or rt._claims.sole(start.claim)  # (its claim: see _claims)
         try:
-            _runtime(self)._submit_start(start.new, start.also, None, handed=start)
+            rt._submit_start(start.new, start.also, None, handed=start, early=early)
         except BaseException as exc:  # (_submit_start gave its slot back)
             start.refuse(exc)
 

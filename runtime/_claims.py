@@ -9,7 +9,12 @@ its commit is decided: a second start of the id waits for the first, then finds 
 workflow (the same handle, or a conflict) like any repeated start. The claim ends when
 the commit is decided (the :class:`~herder.runtime._starts.Landing` ends it, also for a
 caller that stopped waiting), or when the start ends before it was queued. A wait is
-bounded by ``ask_timeout``; past it the start goes on unclaimed (the store decides).
+bounded by ``ask_timeout``; past it the start goes on unclaimed (the store decides). The
+claim it went past is *contested* from then on (:meth:`Claims.sole`): the holder may be
+waiting for room under ``max_active_workflows`` for longer than that, and the other
+start's creation may land before its own. Neither of them is then taken up early (a
+creation that fails halts nothing), so whichever lands first is the workflow and the
+other gets its handle.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ class Claims:
     resolved through the loop's inbox when the claim is given back: no thread waits for
     it, and a cancelled waiter takes its future away."""
 
-    __slots__ = ("_held", "_lock", "_waiting")
+    __slots__ = ("_contested", "_held", "_lock", "_waiting")
 
     def __init__(self) -> None:
         self._held: dict[str, threading.Lock] = {}
+        self._contested: set[threading.Lock] = set()  # claims a start went past (_lock)
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # (under _lock)
         self._lock = threading.Lock()  # (give_back: a claim may be given back twice)
 
@@ -52,6 +58,7 @@ class Claims:
                 return mine
             left = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             if not other.acquire(timeout=left):
+                self._contest(workflow_id)
                 return None
             other.release()
 
@@ -76,9 +83,23 @@ class Claims:
                 async with asyncio.timeout_at(deadline):  # (None: no limit)
                     await woken
             except TimeoutError:  # (woken itself only ever gets None)
+                self._contest(workflow_id)
                 return None
             finally:
                 self._unwait(workflow_id, woken)
+
+    def _contest(self, workflow_id: str) -> None:
+        """A start goes on past the claim of ``workflow_id`` (its wait ran out)."""
+        with self._lock:
+            holder = self._held.get(workflow_id)
+            if holder is not None:
+                self._contested.add(holder)
+
+    def sole(self, claim: threading.Lock | None) -> bool:
+        """Whether ``claim`` (None: none) holds its id with no other start gone past it:
+        its creation may be taken up early, as no other creation of the id can land
+        before it (see the module doc)."""
+        return claim is not None and claim not in self._contested
 
     def _unwait(self, workflow_id: str, woken: asyncio.Future[None]) -> None:
         with self._lock:
@@ -146,6 +167,7 @@ class Claims:
         if claim is None:
             return
         with self._lock:
+            self._contested.discard(claim)
             if self._held.get(workflow_id) is not claim:
                 return
             del self._held[workflow_id]

@@ -6,11 +6,12 @@ A start is checked first (``_prepare``: nothing is written), takes a slot under
 ``max_active_workflows`` (``_capacity``), and is one compare-and-set transaction that
 creates the workflow only if its id is free (``_starts.creation``): idempotent per id
 inside the write transaction; the caller returns once it is durable. A start whose id
-was free a moment ago is admitted to the Scheduler as that transaction is queued, so that
-the workflow's first DISPATCHED goes into the same commit, or the next (one commit less
-per workflow, which shows at 1 and 16 in flight: benchmarks/ANALYSIS.md); if it fails, the
-writer writes none of the Scheduler's batches behind it (fail-stop) and the Scheduler
-forgets the workflow (``_starts.Landing.admit_early``). ``Landing`` admits it (again)
+was free a moment ago (made here, or claimed alone: ``_claims``) is admitted to the
+Scheduler as that transaction is queued, so that the workflow's first DISPATCHED goes
+into the same commit, or the next (one commit less per workflow, which shows at 1 and 16
+in flight: benchmarks/ANALYSIS.md); if it fails, the writer writes none of the
+Scheduler's batches behind it (fail-stop) and the Scheduler forgets the workflow
+(``_starts.Landing.admit_early``). ``Landing`` admits it (again)
 on the writer's thread once durable only if it was not admitted early, or the Scheduler
 may have let it go since (``actors/_messages.py``, ``EarlyStart``): in the normal case a
 start costs the Scheduler one message.
@@ -164,10 +165,9 @@ class Starting(StartingMany):
         **when: Any,
     ) -> WorkflowHandle:
         """:meth:`start`; ``also`` is written in the transaction that creates the
-        workflow, and only if it does (a schedule's cursor, see ``_firing``).
-
-        Plain calls, no shared generator with ``start_async`` (``_async``): each costs
-        the caller CPU on every start, and both faces are made of the same parts."""
+        workflow, and only if it does (a schedule's cursor, see ``_firing``). Plain
+        calls, no shared generator with ``start_async`` (``_async``): each costs the
+        caller CPU on every start, and both faces are made of the same parts."""
         rt: Runtime = self  # type: ignore[assignment]
         rt._check_active()
         clock = rt._ctx.clock.time()
@@ -181,11 +181,13 @@ class Starting(StartingMany):
             if repeated is not None:
                 return repeated
             if not rt._take_capacity_now(1):
-                queued = rt._queue_start(new, also, left(timeout, began))
+                fresh = workflow_id is None
+                queued = rt._queue_start(new, also, left(timeout, began), claim, fresh)
                 if queued is not None:  # created by the thread that handed it a slot
                     return rt._landed(new, queued.error)
                 now = None  # created after the wait, not before
-            landing = rt._submit_start(new, also, now, claim=claim)
+            early = workflow_id is None or rt._claims.sole(claim)  # (see _submit_start)
+            landing = rt._submit_start(new, also, now, claim=claim, early=early)
             claim = None  # the landing ends it once the commit is decided
             return rt._landed(new, landing.wait(rt._ask_timeout))
         finally:
@@ -194,8 +196,7 @@ class Starting(StartingMany):
     def _checked(
         self, workflow: str | Workflow, input: Any, workflow_id: str | None, when: dict[str, Any]
     ) -> tuple[NewStart, float | None]:
-        """One start's checks (nothing is written; see :meth:`_prepare`) and the engine
-        time they were made at (one clock read)."""
+        """One start's checks (:meth:`_prepare`: nothing written) and their engine time."""
         rt = _runtime(self)
         rt._check_active()
         now = rt._ctx.clock.time()
@@ -205,11 +206,9 @@ class Starting(StartingMany):
         """Before a start takes a slot: the handle of the workflow that has the caller's
         id already (or its conflict), as a repeated start never waits and writes nothing;
         None if it is free: an id made here, or one the store knows no workflow has
-        without a read (``Store.surely_new``: most ids come in order). A free
-        id is admitted while its creation is on its way to disk (:meth:`_submit_start`);
-        one taken after this read fails its creation, which halts the Scheduler's writes
-        until it has forgotten the workflow: a start() holds its id meanwhile
-        (``_claims``), so only a ``start_many`` of the same id at once can."""
+        without a read (``Store.surely_new``: most ids come in order). Only a start
+        that went past its claim (``_claims``) can take it after this read: neither is
+        then admitted early (:meth:`_submit_start`)."""
         rt: Runtime = self  # type: ignore[assignment]
         record = None if workflow_id is None else existing_workflow(rt._store, new.workflow_id)
         return None if record is None else rt._same_start(record, new)
@@ -223,14 +222,16 @@ class Starting(StartingMany):
         *,
         handed: QueuedStart | None = None,
         claim: threading.Lock | None = None,
+        early: bool = True,
     ) -> Landing:
         """Queue the transition creating ``new`` (its capacity is taken: it is given back
         here if queueing fails, else by the :class:`Landing` or the final listener), and
-        admit it at once (:meth:`Landing.admit_early`). ``handed``: the queued start
+        if ``early`` admit it at once (:meth:`Landing.admit_early`): only an id no other
+        creation can take first (made here, or claimed alone: runtime/_claims.py), as an
+        early one that fails halts the Scheduler's writes. ``handed``: the queued start
         (runtime/_capacity.py) whose caller waits on its ``decided`` lock, released once
         the commit is; its ``landing`` is set before the creation is queued (the commit
-        may wake the caller before this returns); ``claim``: the id's
-        (runtime/_claims.py), ended then too."""
+        may wake the caller before this returns); ``claim``: the id's, ended then too."""
         rt: Runtime = self  # type: ignore[assignment]
         try:
             key = (new.plan.name, new.plan.version)
@@ -240,11 +241,12 @@ class Starting(StartingMany):
             landing = Landing(rt, record, steps, key, loop, decided=decided, claim=claim)
             if handed is not None:
                 handed.landing = landing
-            submit_creations(rt, (transition,), landing, (new.plan,) * mark, halts=True)
+            submit_creations(rt, (transition,), landing, (new.plan,) * mark, halts=early)
         except BaseException:
             rt._release_capacity()
             raise
-        landing.admit_early()
+        if early:
+            landing.admit_early()
         return landing
 
     def _landed(self, new: NewStart, error: BaseException | None) -> WorkflowHandle:

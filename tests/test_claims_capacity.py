@@ -1,0 +1,132 @@
+"""A start of a workflow id that waits for room under max_active_workflows holds its
+id's claim (runtime/_claims.py) meanwhile; another start of that id waits for it at most
+``ask_timeout`` and then goes on unclaimed. Neither may then halt the Scheduler's writes
+(which reloads the workflows behind the failed creation and runs again steps of other
+workflows): a start whose id another start went past is created without being taken up
+early, and so is one that went on unclaimed."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime.testing import FakeClock, store_of
+
+pytestmark = pytest.mark.timeout(60)
+WAIT = 20.0
+
+
+class _Queue(collections.deque):  # type: ignore[type-arg]
+    """The runtime's queue of waiting starts, telling the test each one that joins."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joined = threading.Semaphore(0)
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self.joined.release()
+
+
+class Gate(Agent):
+    """Counts each workflow's attempts and holds each until the test lets one go."""
+
+    def __init__(self, go: threading.Semaphore, runs: collections.Counter[str]) -> None:
+        self.go, self.runs = go, runs
+
+    def work(self, ctx: StepContext) -> str:
+        self.runs[ctx.workflow_id] += 1
+        assert self.go.acquire(timeout=WAIT)
+        return ctx.workflow_id
+
+
+class Setup:
+    def __init__(self, rt: Runtime, go: threading.Semaphore, runs: collections.Counter[str]):
+        self.rt, self.go, self.runs = rt, go, runs
+        self.queue = rt._queued = _Queue()
+
+    def halts(self) -> int:
+        return store_of(self.rt).writer._halts  # (fail-stops of the Scheduler's writes)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Callable[[int], Setup]]:
+    opened: list[Runtime] = []
+
+    def make(limit: int) -> Setup:
+        go, runs = threading.Semaphore(0), collections.Counter[str]()
+        rt = Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=limit, ask_timeout=0.3)
+        opened.append(rt)
+        rt.add_agent("gate", lambda: Gate(go, runs), concurrency=8)
+        rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
+        return Setup(rt, go, runs)
+
+    yield make
+    for rt in opened:
+        rt.stop()
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_start_that_went_past_a_queued_start_of_its_id_halts_nothing(
+    setup: Callable[[int], Setup],
+) -> None:
+    s = setup(1)
+    s.rt.start("w", workflow_id="first")
+    first, first_out = in_thread(lambda: s.rt.start("w", workflow_id="x", timeout=WAIT))
+    assert s.queue.joined.acquire(timeout=WAIT)  # queued, holding the id's claim
+    # The second waits ask_timeout for the claim, goes on unclaimed and queues too.
+    second, second_out = in_thread(lambda: s.rt.start("w", workflow_id="x", timeout=WAIT))
+    assert s.queue.joined.acquire(timeout=WAIT)
+    s.go.release()  # "first" ends: its slot goes to the first start of x
+    first.join(WAIT)
+    s.go.release()  # x ends: its slot goes to the second, whose creation finds x
+    second.join(WAIT)
+    assert [first_out[0].id, second_out[0].id] == ["x", "x"], (first_out, second_out)
+    assert s.rt.handle("x").result(timeout=WAIT) == {"s": "x"}
+    assert s.halts() == 0
+    assert s.runs == {"first": 1, "x": 1}
+
+
+def test_a_start_many_that_went_past_a_queued_start_of_one_of_its_ids_halts_nothing(
+    setup: Callable[[int], Setup],
+) -> None:
+    s = setup(3)
+    for wid in ("b1", "b2", "b3"):
+        s.rt.start("w", workflow_id=wid)
+    items = [{"workflow": "w", "workflow_id": wid} for wid in ("x", "y")]
+    many, many_out = in_thread(lambda: s.rt.start_many(items, timeout=WAIT))
+    assert s.queue.joined.acquire(timeout=WAIT)  # the batch waits for two slots
+    one, one_out = in_thread(lambda: s.rt.start("w", workflow_id="x", timeout=WAIT))
+    assert s.queue.joined.acquire(timeout=WAIT)  # queued behind it, holding x's claim
+    s.go.release()
+    s.go.release()  # two end: the batch has its slots, waits for x's claim, goes on
+    many.join(WAIT)
+    assert [h.id for h in many_out[0]] == ["x", "y"], many_out
+    s.go.release()  # the third ends: its slot goes to the start of x, which exists
+    one.join(WAIT)
+    assert one_out[0].id == "x", one_out
+    s.go.release()
+    s.go.release()
+    assert s.rt.handle("y").result(timeout=WAIT) == {"s": "y"}
+    assert s.rt.handle("x").result(timeout=WAIT) == {"s": "x"}
+    assert s.halts() == 0
+    assert s.runs == {"b1": 1, "b2": 1, "b3": 1, "x": 1, "y": 1}
