@@ -157,10 +157,13 @@ class StartingMany:
             for _ in range(n):
                 rt._release_capacity()
             raise
-        outcomes = yield Wait(
-            lambda: committed.result(timeout=rt._ask_timeout),
-            lambda: awaited(committed, rt._ask_timeout),
-        )
+        try:
+            outcomes = yield Wait(
+                lambda: committed.result(timeout=rt._ask_timeout),
+                lambda: awaited(committed, rt._ask_timeout),
+            )
+        except TimeoutError:  # (its workflows are admitted once durable: on_done)
+            raise _undecided(rt._ask_timeout) from None
         rt._started.update(key for key, o in zip(marks, outcomes[n:], strict=True) if o is None)
         if outcomes[:n].count(None) != n:  # (one pass in C when every one was created)
             rt._refused(list(unique.values()), outcomes)
@@ -258,6 +261,15 @@ class StartingMany:
                 conflicts.append(new.workflow_id)
         if conflicts:
             raise _conflict(conflicts)
+
+
+def _undecided(timeout: float) -> TimeoutError:
+    """``start_many``'s error for a group commit not decided within ``ask_timeout``."""
+    return TimeoutError(
+        f"the store did not commit the batch within {timeout} s (ask_timeout); its "
+        "workflows may still start: calling start_many again with the same items is safe "
+        "for those with a workflow_id (an item without one would start another workflow)"
+    )
 
 
 def _conflict(ids: list[str]) -> WorkflowConflict:

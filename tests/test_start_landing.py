@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -38,3 +39,34 @@ def test_a_start_whose_commit_is_late_times_out_and_its_workflow_still_runs(
         gate.set()
         handle = rt.start("echo", {"v": 1}, workflow_id="late")  # the same id: its handle
         assert handle.result(timeout=WAIT) == {"only": {"v": 1}}
+
+
+@pytest.mark.parametrize("face", ["blocking", "awaited"])
+def test_a_start_many_whose_commit_is_late_says_so_and_its_workflows_still_run(
+    tmp_path: Path, face: str
+) -> None:
+    gate, stalled = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        stalled.set()
+        gate.wait(WAIT)
+
+    items = [{"workflow": "echo", "input": {"v": n}, "workflow_id": f"late-{n}"} for n in (1, 2)]
+    with Runtime(tmp_path / "s", ask_timeout=0.2) as rt:
+        rt.add_agent("echo", Echo)
+        rt.add_workflow(Workflow("echo").step("only", agent="echo", action="echo"))
+        rt._store.writer.fault = stall
+        try:
+            call = (
+                (lambda: rt.start_many(items))
+                if face == "blocking"
+                else (lambda: asyncio.run(rt.start_many_async(items)))
+            )
+            with pytest.raises(TimeoutError, match=r"ask_timeout.*start_many again with the"):
+                call()
+            assert stalled.is_set()
+        finally:
+            rt._store.writer.fault = None
+            gate.set()
+        handles = rt.start_many(items)  # the same ids: their handles
+        assert [h.result(timeout=WAIT) for h in handles] == [{"only": {"v": n}} for n in (1, 2)]
