@@ -292,8 +292,10 @@ class Capacity:
         while rt._queued:
             rt._queued.popleft().refuse(error)
 
-    async def _capacity_async(self, timeout: float | None, n: int = 1) -> None:
-        """As :meth:`_wait_capacity`, awaited (``start_async``, ``start_many_async``)."""
+    async def _capacity_async(
+        self, timeout: float | None, n: int = 1, what: str = "start_async()"
+    ) -> None:
+        """As :meth:`_wait_capacity`, awaited (``start_async``, or ``what``)."""
         queued = QueuedSlots(asyncio.get_running_loop().create_future(), n)
         if not self._join_queue(queued):
             return
@@ -302,7 +304,7 @@ class Capacity:
         except TimeoutError:
             if self._leave(queued):
                 rt = _runtime(self)
-                raise _full(rt._active, rt._max_active, timeout, "start_async()") from None
+                raise _full(rt._active, rt._max_active, timeout, what) from None
         except BaseException:  # the awaiting task was cancelled
             self._give_up(queued)
             raise

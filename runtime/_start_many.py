@@ -131,7 +131,8 @@ class StartingMany:
         began = time.monotonic()
         if not rt._take_capacity_now(n):  # all at once (see _wait_capacity)
             yield Wait(
-                lambda: rt._wait_capacity(timeout, n), lambda: rt._capacity_async(timeout, n)
+                lambda: rt._wait_capacity(timeout, n),
+                lambda: rt._capacity_async(timeout, n, "start_many_async()"),
             )
         try:  # (runtime/_claims.py; after the wait: none held meanwhile)
             wait = within(left(timeout, began), rt._ask_timeout)

@@ -4,6 +4,7 @@ start of the same id, and a number too large for a float is refused as bad input
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -160,3 +161,21 @@ def test_a_restart_counts_every_unfinished_workflow_before_it_takes_starts(
     full = pytest.raises(TimeoutError, match="max_active_workflows=1000")
     with Runtime(path, setup=_handed, max_active_workflows=1000) as rt, full:
         rt.start("w", workflow_id="one-too-many", timeout=0.2)
+
+
+@pytest.mark.timeout(60)
+def test_an_awaited_start_many_that_found_no_room_says_it_was_start_many_async(
+    tmp_path: Path,
+) -> None:
+    go, entered = threading.Semaphore(0), threading.Semaphore(0)
+    with Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=1) as rt:
+        rt.add_agent("gate", lambda: Gate(go, entered), concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
+        rt.start("w", workflow_id="first")
+        assert entered.acquire(timeout=WAIT)
+        batch = rt.start_many_async([{"workflow": "w", "workflow_id": "later"}], timeout=0.05)
+        with pytest.raises(TimeoutError, match=r"start_many_async\(\) waited 0.05s for room"):
+            asyncio.run(batch)
+        go.release()
+        assert rt.handle("first").result(timeout=WAIT) == {"s": "first"}
+        assert not rt._queued
