@@ -106,10 +106,14 @@ class StartingMany:
         # are looked at once, see _prepare).
         now, wall = rt._ctx.clock.time(), rt._clock.time()
         prepare = rt._prepare
+        news: list[NewStart] = []
         with _PAUSE:
-            news = [
-                prepare(**start_args(i, item), now=now, wall=wall) for i, item in enumerate(starts)
-            ]
+            for i, item in enumerate(starts):
+                args = start_args(i, item)
+                try:
+                    news.append(prepare(**args, now=now, wall=wall))
+                except InvalidInput as exc:  # (which of thousands: the caller must know)
+                    raise _at_item(i, exc) from None
         unique: dict[str, NewStart] = {}
         for new in news:
             first = unique.setdefault(new.workflow_id, new)
@@ -262,6 +266,12 @@ class StartingMany:
                 conflicts.append(new.workflow_id)
         if conflicts:
             raise _conflict(conflicts)
+
+
+def _at_item(index: int, error: InvalidInput) -> InvalidInput:
+    """``error`` (of the same class) naming the ``start_many`` item that caused it."""
+    named = type(error)(f"start_many item {index}: {error}")
+    return named.with_traceback(error.__traceback__)
 
 
 def _undecided(timeout: float) -> TimeoutError:

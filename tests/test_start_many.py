@@ -15,6 +15,7 @@ from test_capacity_queue import _Queue
 
 from herder.runtime import (
     Agent,
+    EncodeError,
     InvalidInput,
     Runtime,
     StepContext,
@@ -283,3 +284,19 @@ def test_a_batch_waiting_for_capacity_takes_free_slots_and_no_later_start_overta
         assert done == [3]
         for handle in running:
             handle.result(timeout=WAIT)
+
+
+def test_a_bad_item_in_a_big_batch_is_named_by_its_index(tmp_path: Path) -> None:
+    """A batch of thousands is refused for one item: the error says which one."""
+    good = items([f"ok-{n}" for n in range(50)])
+    with Runtime(tmp_path / "s", setup=register) as rt:
+        bad_input = [*good[:17], {"workflow": "echo", "input": {1: "int key"}}, *good[17:]]
+        with pytest.raises(EncodeError, match=r"^start_many item 17: .*map keys must be str"):
+            rt.start_many(bad_input)
+        bad_name = [*good[:3], {"workflow": "nope"}]
+        with pytest.raises(UnknownName, match=r"^start_many item 3: no workflow named 'nope'"):
+            rt.start_many(bad_name)
+        bad_priority = [*good[:40], {"workflow": "echo", "priority": "high"}]
+        with pytest.raises(InvalidInput, match=r"^start_many item 40: priority must be an int"):
+            rt.start_many(bad_priority)
+        assert rt.list() == []
