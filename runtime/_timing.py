@@ -1,11 +1,12 @@
 """When a new workflow may run and how urgent it is: ``start(priority=, start_at=, delay=)``.
 
-A delayed start is recorded with the workflow, not kept in memory: the steps without
-dependencies are stored PENDING with their start time (``retry_at``) and an entry in the
-store's ``timers`` index, in the same transaction that creates the workflow. (Other steps
-get no record until they leave PENDING: a missing step record means PENDING.) The
-Supervisor's sweep of that index queues them when the time comes, in this process or,
-after a crash, in the next one. All times come from the runtime's injectable clock.
+A delayed start (or a first step's own ``delay``) is recorded with the workflow, not kept
+in memory: the steps without dependencies are stored PENDING with their start time
+(``retry_at``) and an entry in the store's ``timers`` index, in the same transaction that
+creates the workflow. (Other steps get no record until they leave PENDING: a missing step
+record means PENDING.) The Supervisor's sweep of that index queues them when the time
+comes, in this process or, after a crash, in the next one. All times come from the
+runtime's injectable clock.
 """
 
 from __future__ import annotations
@@ -110,11 +111,13 @@ def new_workflow(
     """A new RUNNING workflow's records and the store operations that create them.
 
     Every step's PENDING record is returned, but only those with a timer are written.
-    With a delayed start, each step without dependencies waits until ``begin`` plus its
-    own ``delay`` (a timer entry is written with it); otherwise the Scheduler applies
-    step delays when it gets there. ``agents`` (step -> agent resolved from the input,
-    see ``_routing``) is stored with the workflow, and so is ``deadline`` (the clock time
-    it must end by) with its timer entry (step ``DEADLINE_TIMER``, actors/engine).
+    Each step without dependencies that waits waits until ``begin`` (a delayed start;
+    default ``now``) plus its own ``delay``, with a timer entry written with it: so a
+    crash right after this commit moves no wait (the Scheduler recording it would count
+    from when it got there). The Scheduler applies the delays of the other steps.
+    ``agents`` (step -> agent resolved from the input, see ``_routing``) is stored with
+    the workflow, and so is ``deadline`` (the clock time it must end by) with its timer
+    entry (step ``DEADLINE_TIMER``, actors/engine).
 
     ``start_many`` builds thousands: each record's stored array (schema 3, what
     ``to_stored`` gives) is filled in from a template, encoded, and the record read from
@@ -144,10 +147,10 @@ def new_workflow(
         step = _STEP_ARRAY.copy()
         step[_S_WORKFLOW_ID], step[_S_NAME], step[_S_UPDATED] = workflow_id, spec.name, now
         step[_S_EXTRA] = {}
-        if begin is None or spec.after:
+        if spec.after or (begin is None and not spec.delay):
             steps.append(StepRecord.from_dict(step))
             continue
-        at = begin + (spec.delay or 0.0)
+        at = (now if begin is None else begin) + (spec.delay or 0.0)
         step[_S_RETRY_AT] = at
         step[_S_TIMER_MS] = due_ms = ms(at)
         key = step_key(workflow_id, spec.name)

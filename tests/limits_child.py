@@ -12,6 +12,9 @@ blocks until the parent SIGKILLs it.
   whose action prints ``running`` and hangs, starts workflow ``w`` (idempotently), waits
   for the Scheduler to settle and prints ``stats <json of rt.stats()['resources']>`` and
   ``attempt <n>`` (the step's attempt count).
+- ``lone``: start_many creates ``lone``, whose only step waits an hour (its own
+  ``delay``), and every write after that commit stalls: prints ``created <its time>``
+  once one does.
 """
 
 from __future__ import annotations
@@ -60,6 +63,22 @@ def main(store: str, mode: str) -> None:
         wait_until(rt, waiting)
         settle(rt)
         say("ready")
+    elif mode == "lone":
+        rt.add_agent("svc", Quick)
+        rt.add_workflow(Workflow("lone").step("call", agent="svc", action="call", delay=HOUR))
+        stalled = threading.Event()
+
+        def stall() -> None:  # (in each write transaction, before it commits)
+            if rt._store.get_workflow("lone") is not None:
+                stalled.set()
+                threading.Event().wait()
+
+        rt._store.writer.fault = stall
+        rt.start_many([{"workflow": "lone", "workflow_id": "lone"}])
+        assert stalled.wait(30)
+        record = rt._store.get_workflow("lone")
+        assert record is not None
+        say(f"created {record.created!r}")
     else:
         breaker = CircuitBreaker(failures=2, cooldown=HOUR)
         rt.add_agent("svc", Hangs, breaker=breaker)

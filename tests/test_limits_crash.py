@@ -80,6 +80,26 @@ def test_a_delayed_start_and_a_wait_between_steps_survive_sigkill(tmp_path: Path
     assert sorted(log) == [("later", "call"), ("pair", "second")]
 
 
+def test_a_first_steps_own_delay_counts_from_the_start_across_sigkill(tmp_path: Path) -> None:
+    """docs/scheduling.md: a step without dependencies waits its ``delay`` after the
+    workflow's start, and a runtime opened later waits only for the rest. The process
+    is killed after the start's commit, before anything else was written."""
+    store = tmp_path / "store"
+    created = float(run_child(store, "lone", "created")[-1].split()[1])
+    log: list[tuple[str, str]] = []
+    clock = FakeClock(start=created + 60.0)  # reopened a minute after the start
+    with Runtime(store, clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", lambda: Recorder(log))
+        rt.add_workflow(Workflow("lone").step("call", agent="svc", action="call", delay=HOUR))
+        settle(rt)
+        waits = rt.status("lone").steps["call"].waits_until
+        assert waits is not None
+        assert abs(waits - (created + HOUR)) < 1.0, waits - created
+        advance(rt, clock, HOUR - 60.0 + 1.0)
+        rt.handle("lone").result(timeout=WAIT)
+    assert log == [("lone", "call")]
+
+
 def test_a_crash_loop_opens_the_breaker_across_restarts(tmp_path: Path) -> None:
     store = tmp_path / "store"
     for _ in range(2):  # each run dispatches the step and dies with it in flight

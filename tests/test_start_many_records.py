@@ -70,8 +70,9 @@ def test_new_workflow_gives_the_bytes_and_records_of_to_stored(
     assert ops[0].value == encode(expected.to_stored())
     by_key = {(op.db, op.key): op.value for op in ops}
     for spec, step in zip(PLAN.steps, steps, strict=True):
-        timed = begin is not None and not spec.after
-        at = None if not timed else begin + (spec.delay or 0.0)
+        # (a first step's own delay is stored with the workflow, as a delayed start)
+        timed = not spec.after and (begin is not None or bool(spec.delay))
+        at = None if not timed else (NOW if begin is None else begin) + (spec.delay or 0.0)
         want = StepRecord(
             "w-1",
             spec.name,
