@@ -221,7 +221,7 @@ class Capacity:
             with rt._lock:
                 if queued.handed or queued.error is not None:
                     if queued.error is None and monotonic() >= queued.handed_at + ask:
-                        raise undecided(ask)
+                        raise undecided(ask, new.workflow_id)
                     continue
                 if deadline is not None and monotonic() >= deadline:
                     rt._queued.remove(queued)

@@ -342,7 +342,7 @@ class Landing:
     def wait(self, timeout: float | None) -> BaseException | None:
         """Block until the commit is decided; its error (None: durable)."""
         if not self._decided.acquire(timeout=-1 if timeout is None else timeout):
-            raise undecided(timeout)
+            raise undecided(timeout, self._record.id)
         return self._error
 
     async def wait_async(self, timeout: float | None) -> BaseException | None:
@@ -351,11 +351,13 @@ class Landing:
         try:
             return await self._shot.wait_async(timeout)
         except TimeoutError:
-            raise undecided(timeout) from None
+            raise undecided(timeout, self._record.id) from None
 
 
-def undecided(timeout: float | None) -> TimeoutError:
+def undecided(timeout: float | None, workflow_id: str) -> TimeoutError:
+    """A start's error for a commit not decided within ``timeout`` (``ask_timeout``): it
+    names the id, which a caller that gave none has no other way to learn."""
     return TimeoutError(
-        f"the store did not commit the start within {timeout} s (ask_timeout); the "
-        "workflow may still start: starting it again with the same workflow_id is safe"
+        f"the store did not commit the start of workflow {workflow_id!r} within {timeout} s "
+        "(ask_timeout); it may still start: starting it again with that workflow_id is safe"
     )
