@@ -97,9 +97,10 @@ class QueuedSlots:
 
 
 def _full(active: int, limit: int, timeout: float | None, what: str) -> TimeoutError:
+    waited = "its timeout" if timeout is None else f"{timeout:.3g} s"  # (what was left of it)
     return TimeoutError(
         f"{active} workflows are unfinished or being started (max_active_workflows="
-        f"{limit}); {what} waited {timeout}s for room; nothing of it was written: try "
+        f"{limit}); {what} waited {waited} for room; nothing of it was written: try "
         "again later, or raise max_active_workflows"
     )
 

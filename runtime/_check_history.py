@@ -43,8 +43,10 @@ def check_history(
                 "history",
                 key,
                 f"event of workflow {wid!r}, which does not exist (a purge deletes a "
-                f"workflow with its history): a workflow started as {wid!r} would list it "
-                "as its own; restore a backup, or start none with that id",
+                "workflow with its history, and an event written while it did, such as a "
+                "refused command's, with its next batch: a runtime stopped before that "
+                f"leaves it): a workflow started as {wid!r} would list it as its own; "
+                "start none with that id, or restore a backup",
             )
         decoded = load(key, raw)
         flaw = None if decoded is None else event_flaw(decoded[0])

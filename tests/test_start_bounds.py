@@ -174,8 +174,17 @@ def test_an_awaited_start_many_that_found_no_room_says_it_was_start_many_async(
         rt.start("w", workflow_id="first")
         assert entered.acquire(timeout=WAIT)
         batch = rt.start_many_async([{"workflow": "w", "workflow_id": "later"}], timeout=0.05)
-        with pytest.raises(TimeoutError, match=r"start_many_async\(\) waited 0.05s for room"):
+        with pytest.raises(TimeoutError, match=r"start_many_async\(\) waited 0.05 s for room"):
             asyncio.run(batch)
         go.release()
         assert rt.handle("first").result(timeout=WAIT) == {"s": "first"}
         assert not rt._queued
+
+
+def test_a_start_that_found_no_room_says_how_long_it_waited_in_round_figures() -> None:
+    # It printed what was left of the timeout as it was: "waited 0.9999801310041221s".
+    from herder.runtime._capacity import _full
+
+    said = str(_full(3, 3, 0.9999801310041221, "start()"))
+    assert "start() waited 1 s for room" in said, said
+    assert "max_active_workflows=3" in said
