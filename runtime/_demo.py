@@ -314,8 +314,11 @@ def _summarise(
     problems = list(found.problems)
     if len(found.workflows) != args.workflows:
         problems.append(f"{len(found.workflows)} of {args.workflows} trips are in the store")
-    if 0 < args.kill_at < 1 and kills != 1:
+    if 0 < args.kill_at < 1 and kills > 1:
         problems.append(f"the worker was killed {kills} times, not once")
+    # A small run can finish between two progress reads, before the kill point was seen:
+    # no crash to recover from is no broken invariant (it failed `--workflows 10`).
+    unkilled = 0 < args.kill_at < 1 and kills == 0
     rows = [
         ("trips", len(found.workflows)),
         ("succeeded", found.outcome[WorkflowState.SUCCEEDED]),
@@ -335,6 +338,11 @@ def _summarise(
     if problems:
         out.write("\ninvariants violated:\n" + "".join(f"  - {p}\n" for p in problems[:20]))
         return 1
+    if unkilled:
+        out.write(
+            "\nthe worker finished before the kill point was seen, so it was not killed: "
+            "more --workflows give it time\n"
+        )
     out.write(
         "\ninvariants held: every trip finished whole or was undone whole, "
         "no booking applied twice.\n"
