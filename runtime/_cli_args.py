@@ -93,21 +93,19 @@ def when_arg(*, age: bool = False) -> Callable[[str], float]:
 
 def count_arg(text: str) -> int:
     """An int >= 0 (argparse reports a refusal as a usage error, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return value
+    return _whole(text, 0)
 
 
 def positive_arg(text: str) -> int:
     """An int >= 1 (argparse reports a refusal as a usage error, exit 2)."""
+    return _whole(text, 1)
+
+
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {least}")
     return value
