@@ -45,7 +45,7 @@ from herder.store import (
     WorkflowRecord,
     WorkflowState,
     batch_entry,
-    batch_timer_key,
+    batch_put,
     encode,
     encoder,
     history_put,
@@ -264,8 +264,9 @@ class CommitPipeline:
         loose = self.loose
         loose[("timers", key)] = None
         if items:
-            new = batch_timer_key(min(item[3] for item in items), items[0][2])
-            loose[("timers", new)] = self._encode(batch_entry([item[:3] for item in items]))
+            due = min(item[3] for item in items)
+            entry, value = batch_put(due, batch_entry([item[:3] for item in items]), self._encode)
+            loose[entry] = value
 
     def drop(self, workflow_id: str) -> Txn | None:
         """Discard the workflow's uncommitted transaction (it is read back from the store)."""

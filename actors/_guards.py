@@ -26,7 +26,7 @@ from herder.store import (
     Put,
     Transition,
     Writer,
-    batch_timer_key,
+    batch_put,
 )
 
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ def as_transition(txn: Txn, expect: tuple[Expect, ...]) -> Transition:
     ``watch``)."""
     ops = txn.ops
     if txn.armed:
-        key = batch_timer_key(txn.due, txn.armed[0][2])
-        ops[("timers", key)] = txn.encode(txn.armed)  # (as the writer encodes a watch)
+        entry, value = batch_put(txn.due, txn.armed, txn.encode)
+        ops[entry] = value
     writes = tuple(Delete(db, k) if v is None else Put(db, k, v) for (db, k), v in ops.items())
     return Transition(ops=writes, expect=expect)
 

@@ -18,7 +18,7 @@ import lmdb
 
 from herder.store._codec import encode
 from herder.store._errors import LeaseLost, StoreIOError
-from herder.store._keys import batch_timer_key
+from herder.store._keys import batch_put
 from herder.store._ops import (
     BatchSink,
     Callback,
@@ -126,7 +126,8 @@ def apply(
             results.append(None)
         outcomes.append(results)
     if watched:  # one batch entry per transaction, due at the earliest deadline it holds
-        pending[("timers", batch_timer_key(due, watched[0][2]))] = encode(watched)
+        timer, value = batch_put(due, watched, encode)
+        pending[timer] = value
     absent = {(e.db, e.key) for e in expects} - stored.keys() if expects else set()
     _write(txn, handles, derived, pending, absent)
     return outcomes, failures

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from herder.store._errors import InvalidInput
@@ -62,6 +63,15 @@ def batch_entry(items: list[tuple[str, str, int]]) -> list[list[Any]]:
     """The value of a batch entry (before encoding): ``[[workflow id, step, token], ...]``,
     the attempts whose deadline it watches; an attempt whose step moved on is stale."""
     return [[wf, step, token] for wf, step, token in items]
+
+
+def batch_put(
+    due_ms: int, watched: list[list[Any]], pack: Callable[[Any], bytes]
+) -> tuple[tuple[str, bytes], bytes]:
+    """The ``(db, key)`` and encoded value of the batch entry watching ``watched`` (a
+    :func:`batch_entry`), due at ``due_ms``: one place for the writer's and the
+    Scheduler's (``pack``: their encoder)."""
+    return ("timers", batch_timer_key(due_ms, watched[0][2])), pack(watched)
 
 
 def batch_items(value: Any) -> list[tuple[str, str, int]] | None:
