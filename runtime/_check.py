@@ -199,12 +199,12 @@ class _Checker:
                     self.problem("workflows", wkey, f"fired after the cursor of {record.name!r}")
 
     def check_meta(self) -> None:
+        # The incarnation is written with the first lease taken: a store no runtime held
+        # yet (a standby's whose setup failed) has none, and needs none.
+        held = self.snap.raw("meta", b"lease") or next(self.snap.items("workflows"), None)
         for name in (b"schema", b"incarnation"):
             raw = self.snap.raw("meta", name)
             value = None if raw is None else self.load("meta", name, raw, int, is_map=False)
-            # The incarnation is written with the first lease taken: a store no runtime
-            # held yet (a standby's whose setup failed) has none, and needs none.
-            held = self.snap.raw("meta", b"lease") or next(self.snap.items("workflows"), None)
             if raw is None and (name == b"schema" or held):
                 self.problem("meta", name, "missing")
             elif name == b"incarnation":

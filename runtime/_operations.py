@@ -53,9 +53,9 @@ class Operations:
 
         ``step`` defaults to the step that needs attention. A step whose compensation
         failed becomes COMPENSATED (it takes no ``result``) and the remaining
-        compensations run; any other
-        unfinished step (in a running or parked workflow) becomes SUCCEEDED with
-        ``result`` (its running attempt, if any, is fenced out) and its dependents run.
+        compensations run; any other unfinished step (in a running or parked workflow)
+        becomes SUCCEEDED with ``result`` (its running attempt, if any, is fenced out)
+        and its dependents run.
         """
         rt = _runtime(self)
         rt._operate(Operate("skip", workflow_id, step, result, who=who, why=why))
