@@ -50,7 +50,8 @@ class Fetcher(Agent):
         Fetcher.peak = max(Fetcher.peak, Fetcher.running)
         try:
             ctx.heartbeat({"at": "start"})
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the remote call: an await that takes a while, so
+            # attempts overlap on the loop (what the peak and sharing checks count)
             self.calls += 1
             return {"n": ctx.input, "results_seen": sorted(ctx.results)}
         finally:

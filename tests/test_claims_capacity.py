@@ -14,24 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_capacity_queue import _Queue
 
 from herder.runtime import Agent, Runtime, StepContext, Workflow
 from herder.runtime.testing import FakeClock, store_of
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 20.0
-
-
-class _Queue(collections.deque):  # type: ignore[type-arg]
-    """The runtime's queue of waiting starts, telling the test each one that joins."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.joined = threading.Semaphore(0)
-
-    def append(self, item: Any) -> None:
-        super().append(item)
-        self.joined.release()
 
 
 class Gate(Agent):
