@@ -314,11 +314,12 @@ def _summarise(
     problems = list(found.problems)
     if len(found.workflows) != args.workflows:
         problems.append(f"{len(found.workflows)} of {args.workflows} trips are in the store")
-    if 0 < args.kill_at < 1 and kills > 1:
+    killing = 0 < args.kill_at < 1  # (else --kill-at asked for no kill)
+    if killing and kills > 1:
         problems.append(f"the worker was killed {kills} times, not once")
     # A small run can finish between two progress reads, before the kill point was seen:
     # no crash to recover from is no broken invariant (it failed `--workflows 10`).
-    unkilled = 0 < args.kill_at < 1 and kills == 0
+    unkilled = killing and kills == 0
     rows = [
         ("trips", len(found.workflows)),
         ("succeeded", found.outcome[WorkflowState.SUCCEEDED]),
