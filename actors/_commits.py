@@ -136,6 +136,7 @@ class CommitPipeline:
         "guards",
         "loose",
         "open",
+        "parking",
         "resync_due",
         "unacked",
     )
@@ -161,6 +162,9 @@ class CommitPipeline:
         # writer as a transition of their own (``_guards.send_conditional``), not merged.
         self.guards: dict[str, tuple[Expect, ...]] = {}
         self.conditional: list[Conditional] = []
+        # Workflows whose parking (NEEDS_ATTENTION) is decided and not yet durable: out of
+        # memory, the store still shows them running (an operator's action says so).
+        self.parking: set[str] = set()
 
     def txn(self, workflow_id: str) -> Txn:
         """The workflow's transaction in this flush, opened on first use."""
@@ -218,8 +222,11 @@ class CommitPipeline:
             if txn is None:
                 txn = open_txns[workflow_id] = Txn(workflow_id, self._encode)
             txn.effects.append(effect)
-            if type(effect) is Announce and self._ending is not None:
-                self._ending(workflow_id)
+            if type(effect) is Announce:
+                if self._ending is not None:
+                    self._ending(workflow_id)
+                if effect.record.state is WorkflowState.NEEDS_ATTENTION:
+                    self.parking.add(workflow_id)
 
     def take(self) -> tuple[Ops, list[tuple[str, list[Effect]]], Watch | None]:
         """The writes that may be committed now (their workflow has none in flight),
@@ -270,6 +277,7 @@ class CommitPipeline:
 
     def drop(self, workflow_id: str) -> Txn | None:
         """Discard the workflow's uncommitted transaction (it is read back from the store)."""
+        self.parking.discard(workflow_id)
         return self.open.pop(workflow_id, None)
 
     def returned(
@@ -279,6 +287,8 @@ class CommitPipeline:
         are decided (durable or failed); a failure holds new writes (``resync_due``)."""
         for workflow_id, _ in effects:
             self.committing.discard(workflow_id)
+        if self.parking:  # (a parking is known durable, or failed, once nothing is pending)
+            self.parking.difference_update([w for w, _ in effects if w not in self.open])
         self.unacked -= len(effects)
         if errors.count(None) != len(errors):  # (no generator: this runs every commit)
             # (one purged under an operator's action halted nothing: _guards)

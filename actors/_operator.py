@@ -32,6 +32,7 @@ from herder.actors.engine import (
     actions,
     operator_refusal,
     parked_refusal,
+    parking_refusal,
 )
 from herder.store import (
     HerderError,
@@ -171,8 +172,10 @@ class Operator:
         if record is None:
             raise UnknownWorkflow(f"no workflow with id {op.workflow_id!r}")
         if record.state not in allowed or record.state is not WorkflowState.NEEDS_ATTENTION:
-            if not record.state.is_final and record.state in allowed:
-                raise self._not_loaded(op, record)
+            if not record.state.is_final and (
+                record.state in allowed or self._commits.pending(op.workflow_id)
+            ):
+                raise self._not_loaded(op, record)  # (its end or parking is being written)
             raise InvalidState(_not_in(op, record.state))
         self._check_settled(op, record)
         plan = self._plans.get((record.name, record.version))
@@ -229,6 +232,8 @@ class Operator:
                 f"{record.version} (it was recovered after a restart); register it with "
                 f"add_workflow, then {op.action}"
             )
+        if wid in self._commits.parking:
+            return InvalidState(parking_refusal(wid, op.action))
         return InvalidState(
             f"workflow {wid!r} has just finished (its end is being written); {op.action} "
             "applies to an unfinished workflow"

@@ -212,6 +212,19 @@ def parked_refusal(workflow_id: str, state: WorkflowState, action: str) -> str |
     return operator_refusal(workflow_id, state, action) if state is W.NEEDS_ATTENTION else None
 
 
+def parking_refusal(workflow_id: str, action: str) -> str:
+    """Why operator ``action`` was refused while the workflow's parking (NEEDS_ATTENTION)
+    was decided and not yet durable; told once it is, so it may be done again at once."""
+    refusal = operator_refusal(workflow_id, W.NEEDS_ATTENTION, action)
+    if refusal is not None:
+        return refusal  # (cancel: what applies to a parked workflow instead)
+    return (
+        f"workflow {workflow_id!r} was being parked (its NEEDS_ATTENTION was being written) "
+        f"when this {action} came: nothing of it was recorded; it is parked now: "
+        f"{action} it again"
+    )
+
+
 ALLOWED_STEPS: Mapping[WorkflowState, frozenset[StepState]] = MappingProxyType(
     {
         W.PENDING: frozenset({S.PENDING}),

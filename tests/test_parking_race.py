@@ -1,0 +1,104 @@
+"""Operator actions that arrive while a workflow's parking (NEEDS_ATTENTION) is decided but
+not yet durable: each is refused once the parking is durable, with a refusal that says
+the workflow was being parked and what to do, never with the state it left."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from _ending import WAIT, HeldCommit
+
+from herder.actors import call
+from herder.actors._messages import Operate
+from herder.runtime import (
+    Agent,
+    InvalidState,
+    Permanent,
+    Runtime,
+    State,
+    StepContext,
+    Workflow,
+)
+from herder.runtime.testing import FakeClock
+
+TRIP = (
+    Workflow("trip")
+    .step("a", agent="svc", action="book", compensate="unbook")
+    .step("b", agent="svc", action="boom", after=["a"])
+)
+
+
+class Svc(Agent):
+    entered = threading.Event()
+    gate = threading.Event()
+
+    def book(self, ctx: StepContext) -> int:
+        return 1
+
+    def boom(self, ctx: StepContext) -> int:
+        raise Permanent("sold out")
+
+    def unbook(self, ctx: StepContext) -> None:
+        Svc.entered.set()
+        assert Svc.gate.wait(WAIT)
+        raise Permanent("cannot unbook")
+
+
+@pytest.fixture
+def parking(tmp_path: Path) -> Iterator[tuple[Runtime, HeldCommit]]:
+    """Workflow ``w`` whose compensation failed for good: its parking is held before its
+    commit (the hook disarmed) until the test sets ``release``."""
+    Svc.entered, Svc.gate = threading.Event(), threading.Event()
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent("svc", Svc)
+        rt.add_workflow(TRIP)
+        rt.start("trip", workflow_id="w")
+        assert Svc.entered.wait(WAIT)  # its compensation runs (its DISPATCHED is durable)
+        held = HeldCommit()
+        rt._store.writer.fault = held
+        held.armed = True
+        Svc.gate.set()  # it fails for good: the workflow is parked
+        assert held.entered.wait(WAIT)  # NEEDS_ATTENTION decided, its commit held open
+        held.armed = False
+        try:
+            yield rt, held
+        finally:
+            held.release.set()
+
+
+@pytest.mark.parametrize("action", ["retry", "skip", "compensate", "abandon"])
+def test_an_action_racing_a_parking_is_refused_as_being_parked(
+    parking: tuple[Runtime, HeldCommit], action: str
+) -> None:
+    rt, held = parking
+    # Handled by the Scheduler while the parking is not durable; answered once it is.
+    answer: Future[None] = call(rt._scheduler, "operate", Operate(action, "w"), timeout=WAIT)
+    held.release.set()
+    error = answer.exception(WAIT)
+    assert isinstance(error, InvalidState), error
+    assert rt.status("w").state is State.NEEDS_ATTENTION
+    text = str(error)
+    # Not the state it left (once: "is COMPENSATING"), nor an end it did not reach.
+    assert "is COMPENSATING" not in text, text
+    assert "just finished" not in text, text
+    assert "being parked" in text, text
+    assert f"{action} it again" in text, text
+    # As the refusal says: it applies now.
+    getattr(rt, action)("w", who="op", why="again")
+    assert rt.status("w").state is not State.NEEDS_ATTENTION or action == "skip"
+
+
+def test_a_cancel_racing_a_parking_says_what_applies_to_a_parked_workflow(
+    parking: tuple[Runtime, HeldCommit],
+) -> None:
+    rt, held = parking
+    answer: Future[None] = call(rt._scheduler, "operate", Operate("cancel", "w"), timeout=WAIT)
+    held.release.set()
+    error = answer.exception(WAIT)
+    assert isinstance(error, InvalidState), error
+    assert "is NEEDS_ATTENTION" in str(error), error
+    assert "compensate undoes" in str(error), error
