@@ -44,8 +44,8 @@ def check_history(
                 key,
                 f"event of workflow {wid!r}, which does not exist (a purge deletes a "
                 "workflow with its history, and an event written while it did, such as a "
-                "refused command's, with its next batch: a runtime stopped before that "
-                f"leaves it): a workflow started as {wid!r} would list it as its own; "
+                "refused command's, with its next batch or at its stop: a runtime killed "
+                f"before that leaves it): a workflow started as {wid!r} would list it as its own; "
                 "start none with that id, or restore a backup",
             )
         decoded = load(key, raw)

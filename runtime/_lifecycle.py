@@ -127,6 +127,8 @@ class Lifecycle:
             _log.warning("supervision tree did not stop within %ss", timeout)
         finally:
             if root is not None:
+                if rt._ctx.lost is None:  # (deposed: the store is another runtime's)
+                    rt._retention.on_stop(timeout)
                 rt._store.note_clock(rt._ctx.clock.time())  # for the next holder
             try:
                 rt._store.close(timeout)

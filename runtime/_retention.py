@@ -31,6 +31,7 @@ from herder.store import (
     Store,
     StoreError,
     Transition,
+    commit_group,
     deletions,
     finished_ops,
     real_number,
@@ -153,6 +154,21 @@ class Retention:
                 self._deleted[job_id] += done
         if done:
             _log.info("retention deleted %d finished workflows", done)
+
+    def on_stop(self, timeout: float | None) -> None:
+        """At a clean stop, once nothing writes to the store any more but its writer:
+        delete what the last batch's workflows left (``deletions``' ``gone``), which the
+        next sweep would have; else it outlives them (``herder check`` names it)."""
+        try:
+            self._store.writer.flush(timeout)  # (the last batch's outcome: _committed)
+            with self._lock:
+                purged, self._purged = self._purged, []
+            if purged:
+                transitions = deletions(self._store, [], purged)
+                if transitions:
+                    commit_group(self._store, transitions, timeout)
+        except Exception as exc:  # (a stalled or full disk: the stop goes on)
+            _log.error("retention could not delete what its last batch left: %s", exc)
 
     def _finish(self, job: dict[str, Any], error: str | None) -> None:
         with self._lock:

@@ -304,3 +304,37 @@ def test_a_command_on_a_parked_workflow_purged_meanwhile_is_refused_on_its_recor
         assert keys_of(rt._store, "stuck") == {"workflows": 0, "steps": 0, "history": 0}
         report = check_store(rt._store)
         assert report.ok, report.problems
+
+
+def test_what_a_purge_batch_left_is_gone_by_a_clean_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, through the runtime's own retention, but the runtime stops right after
+    the batch commits: the refused command's event, to go with the next batch, stayed
+    for good (``herder check``: an event of a workflow that does not exist)."""
+    path = tmp_path / "s"
+    with Runtime(path, clock=FakeClock(start=T0), setup=one_step, retention=None) as rt:
+        rt._wait_final(rt.start("order", {}, workflow_id="old").id, WAIT)
+        retention, read = rt._retention, deletions
+        # The sweeps the test asks for hand the command over; the batch is the test's own.
+        sweepers = rt._listener.sweepers
+        sweepers[:] = [s for s in sweepers if s != retention.on_sweep]
+
+        def refused_right_after(store: Store, found: Any, gone: Any = ()) -> list[Transition]:
+            keys = read(store, found, gone)
+            command = append_command(path, new_command("cancel", "old", who="t", why="x"))
+            rt._sweep_now()  # (hands the command over: refused, with an event in history)
+            outcome = wait_outcome(path, command, timeout=WAIT)
+            assert outcome is not None
+            return keys
+
+        monkeypatch.setattr(runtime_retention, "deletions", refused_right_after)
+        retention.on_command({"id": 99, "action": "purge", "args": {"before": T0 + DAY}})
+        retention.on_sweep()  # one batch: the workflow goes, its late event stays
+        monkeypatch.setattr(runtime_retention, "deletions", read)
+        rt._store.writer.flush(WAIT)
+        assert keys_of(rt._store, "old") == {"workflows": 0, "steps": 0, "history": 1}
+    with Store(path) as store:
+        assert keys_of(store, "old") == {"workflows": 0, "steps": 0, "history": 0}
+        report = check_store(store)
+        assert report.ok, report.problems
