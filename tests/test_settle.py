@@ -6,6 +6,7 @@ An attempt the test still holds (a hung action) does not keep them waiting."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,3 +175,27 @@ def test_wait_until_takes_the_timeouts_the_runtime_takes(rt: Runtime) -> None:
         rt.start("f0", {}, workflow_id=f"u{n}")
         done = lambda wid=f"u{n}": rt.status(wid).state is State.SUCCEEDED  # noqa: E731
         wait_until(rt, done, timeout=unbounded)
+
+
+class Busy(Agent):
+    """Computes for three times settle's HELD of real time (a slow action, or one whose
+    thread a loaded machine leaves unscheduled that long), then returns."""
+
+    def go(self, ctx: StepContext) -> int:
+        began, spins = time.monotonic(), 0
+        while time.monotonic() - began < 3 * kit.HELD:
+            spins += 1
+        return spins
+
+
+def test_settle_waits_for_an_attempt_that_computes_however_long(tmp_path: Path) -> None:
+    # settle took any attempt that made no move for HELD (0.1 s) of real time for one the
+    # test holds: an action computing longer, or a worker the machine left unscheduled
+    # that long under load, made it return with the attempt still running (rare flakes).
+    # Held is an attempt whose threads all wait: this one's never does.
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent("busy", Busy)
+        rt.add_workflow(Workflow("busy").step("s", agent="busy", action="go"))
+        rt.start("busy", {}, workflow_id="w")
+        settle(rt)
+        assert rt.status("w").state is State.SUCCEEDED, "settle took a computing attempt for held"

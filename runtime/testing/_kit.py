@@ -3,6 +3,7 @@ waits on a live runtime driven by the commits it makes (never by sleeping)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -151,7 +152,8 @@ def wait_until(
 
 HELD = 0.1
 """Real seconds in which attempts that run or wait for one must move on (one end, or
-one start), else :func:`settle` takes them as held by the test (a hung action, say)."""
+one start), else :func:`settle` takes them as held by the test (a hung action, say),
+once no other thread of the process runs or is ready to (:func:`_all_wait`)."""
 
 
 def settle(runtime: Runtime) -> None:
@@ -160,9 +162,10 @@ def settle(runtime: Runtime) -> None:
     pool's line for a worker, reserved ahead) have run and been recorded.
 
     Woken by each commit. Attempts that make no progress for :data:`HELD` real seconds
-    are held by the test (an action that waits for its event): settle returns with them
-    still running. Raises :class:`TimeoutError` if attempts keep moving for the
-    runtime's ``ask_timeout``."""
+    while every other thread waits are held by the test (an action that waits for its
+    event): settle returns with them still running. An action that computes, or a thread
+    a loaded machine leaves unscheduled, is waited for. Raises :class:`TimeoutError` if
+    attempts keep moving for the runtime's ``ask_timeout``."""
     runtime._check_open()
     deadline = time.monotonic() + runtime._ask_timeout
     with _Commits(runtime) as commits:
@@ -170,6 +173,7 @@ def settle(runtime: Runtime) -> None:
         since = time.monotonic()
         while True:
             seen = commits.seen()
+            waiting = _all_wait()  # (read before the runtime is asked: it answers on threads)
             busy = _attempts(runtime)
             if busy is None:
                 # An attempt that answered during that settle counts as ended, though
@@ -180,11 +184,36 @@ def settle(runtime: Runtime) -> None:
             now = time.monotonic()
             if busy != moving:
                 moving, since = busy, now
-            elif now - since >= HELD:
+            elif now - since >= HELD and waiting:
                 return  # held: they move on once the test lets them (or advance times out)
             if now >= deadline:
                 raise TimeoutError(f"attempts still running after {runtime._ask_timeout}s: {busy}")
-            commits.wait(seen, min(since + HELD, deadline))
+            # (unmoved for HELD, a thread still runs: look again a little later)
+            commits.wait(seen, min(max(since + HELD, now + HELD / 4), deadline))
+
+
+def _all_wait() -> bool:
+    """Whether every thread of this process but the caller waits (for an event, a lock,
+    a sleep, a socket): none runs, is ready to run (a loaded machine leaves it
+    unscheduled) or is in the middle of disk I/O. Read from Linux's ``/proc``; True
+    where that cannot be read (settle then goes by :data:`HELD` alone)."""
+    me = threading.get_native_id()
+    try:
+        threads = os.listdir("/proc/self/task")
+    except OSError:
+        return True
+    for tid in threads:
+        if tid == str(me):
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as stat:
+                raw = stat.read()
+        except OSError:
+            continue  # (it ended meanwhile)
+        end = raw.rfind(b")")  # (the state follows the name, which may hold one)
+        if raw[end + 2 : end + 3] in (b"R", b"D"):
+            return False
+    return True
 
 
 def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
