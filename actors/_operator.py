@@ -142,8 +142,11 @@ class Operator:
         return done
 
     def changing(self, wid: str, record: WorkflowRecord | None) -> bool:
-        """Whether parked workflow ``wid`` (``record``: the store's) has another action's
-        change on its way (a skip that left it parked): the store shows it as it was."""
+        """Whether workflow ``wid`` (``record``: the store's) is parked with another
+        action's change on its way (a skip that left it parked), or is being parked: the
+        store shows it as it was."""
+        if wid in self._commits.parking:
+            return True
         parked = record is not None and record.state is WorkflowState.NEEDS_ATTENTION
         return parked and wid not in self._engine.runs and self._commits.pending(wid)
 

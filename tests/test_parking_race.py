@@ -4,6 +4,7 @@ the workflow was being parked and what to do, never with the state it left."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -13,7 +14,7 @@ import pytest
 from _ending import WAIT, HeldCommit
 
 from herder.actors import call
-from herder.actors._messages import Operate
+from herder.actors._messages import Commands, Operate
 from herder.runtime import (
     Agent,
     InvalidState,
@@ -23,7 +24,8 @@ from herder.runtime import (
     StepContext,
     Workflow,
 )
-from herder.runtime.testing import FakeClock
+from herder.runtime.testing import FakeClock, wait_until
+from herder.store import append_command, new_command, pending_commands, wait_outcome
 
 TRIP = (
     Workflow("trip")
@@ -48,16 +50,20 @@ class Svc(Agent):
         raise Permanent("cannot unbook")
 
 
-@pytest.fixture
-def parking(tmp_path: Path) -> Iterator[tuple[Runtime, HeldCommit]]:
+@contextlib.contextmanager
+def held_parking(path: Path, *, queued: bool = False) -> Iterator[tuple[Runtime, HeldCommit]]:
     """Workflow ``w`` whose compensation failed for good: its parking is held before its
-    commit (the hook disarmed) until the test sets ``release``."""
+    commit (the hook disarmed) until the test sets ``release``. ``queued``: a ``retry``
+    command is queued first (while the commit is held, the CLI could not write it: LMDB
+    has one writer at a time)."""
     Svc.entered, Svc.gate = threading.Event(), threading.Event()
-    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+    with Runtime(path, clock=FakeClock()) as rt:
         rt.add_agent("svc", Svc)
         rt.add_workflow(TRIP)
         rt.start("trip", workflow_id="w")
         assert Svc.entered.wait(WAIT)  # its compensation runs (its DISPATCHED is durable)
+        if queued:
+            append_command(rt.path, new_command("retry", "w", who="t", why="x"))
         held = HeldCommit()
         rt._store.writer.fault = held
         held.armed = True
@@ -68,6 +74,12 @@ def parking(tmp_path: Path) -> Iterator[tuple[Runtime, HeldCommit]]:
             yield rt, held
         finally:
             held.release.set()
+
+
+@pytest.fixture
+def parking(tmp_path: Path) -> Iterator[tuple[Runtime, HeldCommit]]:
+    with held_parking(tmp_path / "s") as parked:
+        yield parked
 
 
 @pytest.mark.parametrize("action", ["retry", "skip", "compensate", "abandon"])
@@ -103,3 +115,24 @@ def test_a_cancel_racing_a_parking_says_what_applies_to_a_parked_workflow(
     assert isinstance(error, InvalidState), error
     assert "is NEEDS_ATTENTION" in str(error), error
     assert "compensate undoes" in str(error), error
+
+
+def test_a_command_racing_a_parking_applies_once_it_is_parked(tmp_path: Path) -> None:
+    # The CLI's retry was refused on its record ("is COMPENSATING", then "was being
+    # parked"): a queued command waits for the next sweep instead, as it does while
+    # another action's change is on its way, and applies then.
+    with held_parking(tmp_path / "s", queued=True) as (rt, held):
+        clock = rt._clock
+        assert isinstance(clock, FakeClock)
+        [pending] = pending_commands(rt._store)
+        command = pending["id"]
+        # Handed over as the Supervisor's sweep does, while the parking is on its way.
+        rt._ctx.tell_scheduler(Commands([pending]))
+        call(rt._scheduler, "sync", timeout=WAIT)
+        held.release.set()
+        wait_until(rt, lambda: rt.status("w").state is State.NEEDS_ATTENTION, WAIT)
+        clock.advance(5.0)  # (a command still pending is handed over again after 5 s)
+        rt._sweep_now()
+        outcome = wait_outcome(rt.path, command, timeout=WAIT)
+        assert outcome is not None
+        assert outcome["state"] == "DONE", outcome.get("error")
