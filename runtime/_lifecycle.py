@@ -127,7 +127,7 @@ class Lifecycle:
             _log.warning("supervision tree did not stop within %ss", timeout)
         finally:
             if root is not None:
-                if rt._ctx.lost is None:  # (deposed: the store is another runtime's)
+                if rt._ctx.lost is None and not rt._store.releasing:  # (else: another's)
                     rt._retention.on_stop(timeout)
                 rt._store.note_clock(rt._ctx.clock.time())  # for the next holder
             try:
