@@ -276,6 +276,7 @@ class Admission:
         """Per agent seen: breaker state, failures, opens, crashes, lost, limits, health."""
         out: dict[str, dict[str, Any]] = {}
         checked = [] if self._health is None else self._health.agents()
+        now = self._clock.monotonic()
         for agent in sorted(self._records.keys() | self._gates.keys() | set(checked)):
             rec = self._record(agent)
             gate = self._gates.get(agent)
@@ -285,8 +286,10 @@ class Admission:
                 out[agent].update(health, sick_holds=self._sick_holds.get(agent, 0))
             if gate is not None:
                 out[agent]["throttled"] = gate.throttled
+                if agent in self._wake_at:  # (seconds until its held work is tried again)
+                    out[agent]["wake_in"] = round(max(0.0, self._wake_at[agent] - now), 3)
                 if gate.rate is not None:
-                    gate.refill(gate.rate, self._clock.monotonic())
+                    gate.refill(gate.rate, now)
                     out[agent]["rate_tokens"] = round(gate.tokens, 3)
                 if gate.adaptive is not None:
                     out[agent]["limit"] = gate.adaptive.limit
@@ -364,12 +367,8 @@ class Admission:
             rec.failures,
             gate.breaker.cooldown,
         )
-        self._set(
-            agent,
-            rec.evolve(
-                breaker=BreakerState.OPEN, opened_at=self._clock.time(), opens=rec.opens + 1
-            ),
-        )
+        now = self._clock.time()
+        self._set(agent, rec.evolve(breaker=BreakerState.OPEN, opened_at=now, opens=rec.opens + 1))
         self._schedule(agent, gate.breaker.cooldown)
 
     def _track(self, agent: str) -> None:

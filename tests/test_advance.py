@@ -12,6 +12,7 @@ import pytest
 from herder.runtime import (
     Agent,
     InvalidInput,
+    RateLimit,
     RetryPolicy,
     Runtime,
     State,
@@ -90,3 +91,25 @@ def test_a_timeout_overdue_when_advance_begins_is_reacted_to_before_the_clock_mo
         advance(rt, clock, 10.0)  # the lapse at its start, the retry 1 s later
         assert rt.status("w1").state is State.SUCCEEDED, rt.history("w1")
         assert rt.handle("w1").result(timeout=10) == {"s": 2}
+
+
+class Quick(Agent):
+    def go(self, ctx: StepContext) -> int:
+        return 1
+
+
+def test_one_advance_lets_a_rate_limited_agent_run_at_its_rate(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # A rate limit's next token is a wake-up in memory, not a durable timer: advance
+    # jumped past it, the Scheduler armed the next one after the jump, and 4.5 s ran two
+    # steps of an agent limited to one a second (real time: five). It stops at each
+    # wake-up of an agent's gate now, as at a retry's backoff.
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("q", Quick, rate_limit=RateLimit(per_second=1, burst=1))
+        rt.add_workflow(Workflow("one").step("s", agent="q", action="go"))
+        for i in range(5):
+            rt.start("one", {}, workflow_id=f"w{i}")
+        advance(rt, clock, 4.5)
+        states = [rt.status(f"w{i}").state for i in range(5)]
+        assert states == [State.SUCCEEDED] * 5, states

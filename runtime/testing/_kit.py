@@ -273,9 +273,10 @@ def _overdue(runtime: Runtime) -> bool:
 
 
 def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
-    """The ``clock.monotonic()`` time just past the next durable timer or schedule slot
-    due by ``end``, if any (the timers are on the engine's clock, the slots on the
-    wall's; just past: 1 ms, their resolution, so that float sums land on their side)."""
+    """The ``clock.monotonic()`` time just past the next durable timer, schedule slot or
+    gate's wake-up due by ``end``, if any (the timers are on the engine's clock, the slots
+    on the wall's; just past: 1 ms, their resolution, so that float sums land on their
+    side)."""
     now = clock.monotonic()
     engine_now = runtime._ctx.clock.time()
     until_ms = int((engine_now + end - now) * 1000)
@@ -290,6 +291,10 @@ def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
         for s in runtime.schedules()
         if s.next_at is not None and s.next_at > wall  # (not a slot queued behind another)
     ]
+    # And the wake-ups of agents' gates (a rate limit's next token, a breaker's
+    # cool-down): in memory, armed by the Scheduler as it holds work back, not in the store.
+    resources = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)["resources"]
+    found += [now + gate["wake_in"] + 0.001 for gate in resources.values() if "wake_in" in gate]
     due = min(found, default=None)
     return None if due is None or due > end else due
 
