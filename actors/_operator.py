@@ -9,10 +9,14 @@ durable. It runs on the Scheduler's thread and reaches the Scheduler only throug
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 
+import pykka
+
+from herder.actors._ask import call_future
 from herder.actors._clock import MessageClock
 from herder.actors._commits import CommitPipeline
 from herder.actors._completion import Completions
@@ -122,11 +126,17 @@ class Operator:
                 raise
             # Its last transition (e.g. its end) is not durable yet: refuse once it is,
             # so the caller finds the store in the state the refusal speaks of. A command
-            # (the CLI's channel) records its refusal in that same later commit.
+            # (the CLI's channel) records its refusal in that same later commit. One that
+            # parks it: the action is asked again then, and applies to it parked.
             txn = self._commits.txn(op.workflow_id)
-            if op.command is not None:
-                txn.put(*finished_ops(op.command, str(exc), self._clock.time()))
-            txn.effects.append(Refuse(done, exc))
+            if op.command is None and op.workflow_id in self._commits.parking:
+                parked: Future[None] = Future()
+                parked.add_done_callback(functools.partial(self._again, op, done, refusal=exc))
+                txn.effects.append(Resolve(parked))
+            else:
+                if op.command is not None:
+                    txn.put(*finished_ops(op.command, str(exc), self._clock.time()))
+                txn.effects.append(Refuse(done, exc))
             self._shell.settle()
             return done
         self._shell.perform(self._engine.take())
@@ -140,6 +150,28 @@ class Operator:
             self._shell.perform(self._engine.take())
         self._shell.settle()
         return done
+
+    def _again(
+        self, op: Operate, done: Future[None], parked: Future[None], *, refusal: BaseException
+    ) -> None:
+        """``op`` came while its workflow was being parked, which is durable now (or
+        failed: ``parked`` says): ask the Scheduler for it again, in a message of its own
+        (this runs where the commit's news is taken, mid-message or on the writer's thread);
+        ``done`` hears how that went."""
+        error, ref = parked.exception(), self._ctx.scheduler
+        if error is not None or ref is None:
+            done.set_exception(error or refusal)
+            return
+
+        def answered(answer: Future[Future[None]]) -> None:
+            try:
+                answer.result().add_done_callback(lambda f: _pass_on(f, done))
+            except pykka.ActorDeadError:  # (the Scheduler went: nothing of it was recorded)
+                done.set_exception(refusal)
+            except BaseException as exc:  # (it does not apply to the parked workflow)
+                done.set_exception(exc)
+
+        call_future(ref, "operate", op).add_done_callback(answered)
 
     def changing(self, wid: str, record: WorkflowRecord | None) -> bool:
         """Whether workflow ``wid`` (``record``: the store's) is parked with another
@@ -332,6 +364,14 @@ class Operator:
 
 
 _OPERATIONS = tuple(OPERATOR_ACTIONS)
+
+
+def _pass_on(outcome: Future[None], done: Future[None]) -> None:
+    error = outcome.exception()
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
 
 
 def _not_in(op: Operate, state: WorkflowState) -> str:
