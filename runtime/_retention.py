@@ -160,7 +160,10 @@ class Retention:
         delete what the last batch's workflows left (``deletions``' ``gone``), which the
         next sweep would have; else it outlives them (``herder check`` names it)."""
         try:
-            self._store.writer.flush(timeout)  # (the last batch's outcome: _committed)
+            with self._lock:
+                busy = self._busy
+            if busy:  # (its outcome, which names what it deleted: _committed)
+                self._store.writer.flush(timeout)
             with self._lock:
                 purged, self._purged = self._purged, []
             if purged:
