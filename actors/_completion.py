@@ -85,9 +85,10 @@ class Completions:
                     f"workflow {wid!r} awaits its definition "
                     f"{record.name!r} version {record.version}; register it, then complete"
                 )
+            ending = "was parked meanwhile" if wid in self._commits.parking else "has just finished"
             refused = CompletionRefused(
                 f"workflow {wid!r} "
-                + ("has just finished" if not record.state.is_final else f"is {record.state}")
+                + (ending if not record.state.is_final else f"is {record.state}")
                 + f": step {msg.step!r} can no longer be completed; the completion was not "
                 "recorded"
             )

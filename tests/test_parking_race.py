@@ -18,14 +18,16 @@ from herder.actors import call
 from herder.actors._messages import Commands, Operate
 from herder.runtime import (
     Agent,
+    CompletionRefused,
     InvalidState,
     Permanent,
+    RetryPolicy,
     Runtime,
     State,
     StepContext,
     Workflow,
 )
-from herder.runtime.testing import FakeClock, wait_until
+from herder.runtime.testing import FakeClock, advance, wait_until
 from herder.store import append_command, new_command, pending_commands, wait_outcome
 
 TRIP = (
@@ -133,3 +135,55 @@ def test_a_command_racing_a_parking_applies_once_it_is_parked(tmp_path: Path) ->
         outcome = wait_outcome(rt.path, command, timeout=WAIT)
         assert outcome is not None
         assert outcome["state"] == "DONE", outcome.get("error")
+
+
+class Probed(Agent):
+    """``b`` hands its attempt off and never completes it, its probe waits for ``gate``
+    and then fails (the workflow parks); ``c`` hands its attempt off and waits."""
+
+    entered = threading.Event()
+    gate = threading.Event()
+    tokens: dict[str, str] = {}
+
+    def book(self, ctx: StepContext) -> object:
+        Probed.tokens[ctx.step] = ctx.task_token
+        return ctx.complete_later()
+
+    def probe_book(self, ctx: StepContext) -> object:
+        Probed.entered.set()
+        assert Probed.gate.wait(WAIT)
+        raise ConnectionError("the probe cannot reach the service")
+
+
+def test_a_completion_racing_a_parking_is_refused_as_being_parked(tmp_path: Path) -> None:
+    # Refused with "has just finished", an end the workflow never reached: it was parked
+    # (NEEDS_ATTENTION), as the caller finds when the refusal comes.
+    Probed.entered, Probed.gate, Probed.tokens = threading.Event(), threading.Event(), {}
+    flow = (
+        Workflow("probed")
+        .step("b", agent="svc", action="book", timeout=10.0, retry=RetryPolicy(max_attempts=1))
+        .step("c", agent="svc", action="book", timeout=1000.0)
+    )
+    clock = FakeClock()
+    with Runtime(tmp_path / "s", clock=clock, probe_timeout=5.0) as rt:
+        rt.add_agent("svc", Probed, concurrency=2)
+        rt.add_workflow(flow)
+        rt.start("probed", workflow_id="w")
+        wait_until(rt, lambda: len(Probed.tokens) == 2, WAIT)
+        advance(rt, clock, 12.0)  # b lapses: its probe runs (for 5 s at most), and waits
+        assert Probed.entered.wait(WAIT)
+        held = HeldCommit()
+        rt._store.writer.fault = held
+        held.armed = True
+        Probed.gate.set()  # the probe fails: the workflow is parked, c cut short
+        try:
+            assert held.entered.wait(WAIT)
+            held.armed = False
+            completion = rt._completion(Probed.tokens["c"], "done")
+            answer: Future[None] = call(rt._scheduler, "complete", completion, timeout=WAIT)
+        finally:
+            held.release.set()
+        error = answer.exception(WAIT)
+        assert isinstance(error, CompletionRefused), error
+        assert rt.status("w").state is State.NEEDS_ATTENTION
+        assert "was parked meanwhile" in str(error), error
