@@ -234,7 +234,9 @@ def _failed_attempts(out: TextIO, history: list[dict[str, Any]]) -> None:
 
 def show_schedules(out: TextIO, store: Store, *, as_json: bool) -> None:
     """``herder schedules``: every schedule, its cadence, policies and next firing."""
-    statuses = schedule_statuses(store)
+    corrupt: list[StoreCorrupt] = []
+    statuses = schedule_statuses(store, corrupt)
+    report_corrupt(corrupt)  # on stderr: the table shows the rest
     if as_json:
         dump_json(out, [s.to_dict() for s in statuses])
         return

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from herder.runtime._schedules import next_slot
-from herder.store import HerderError, ScheduleRecord, Store
+from herder.store import HerderError, ScheduleRecord, Store, StoreCorrupt
 
 _log = logging.getLogger("herder.schedules")
 
@@ -80,18 +80,26 @@ class ScheduleStatus:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def read_schedules(store: Store) -> list[ScheduleRecord]:
-    """Every readable schedule in ``store``, by name (a corrupt one is logged and left out;
-    ``herder check`` names it)."""
+def read_schedules(store: Store, corrupt: list[StoreCorrupt] | None = None) -> list[ScheduleRecord]:
+    """Every readable schedule in ``store``, by name: a damaged one (it does not decode, or
+    is no schedule) is left out, added to ``corrupt`` if given, else logged (``herder
+    check`` names it too)."""
+    bad: list[StoreCorrupt] = [] if corrupt is None else corrupt
     out = []
-    for key, data in store.scan("schedules"):
+    for key, data in store.scan("schedules", corrupt=bad):  # (one raised, hiding all)
         try:
             out.append(ScheduleRecord.from_dict(data))
         except (TypeError, ValueError, AttributeError) as exc:
-            _log.error("skipping schedule %r: bad record: %s", key, exc)
+            bad.append(StoreCorrupt("schedules", key, f"bad record: {exc}"))
+    if corrupt is None:
+        for problem in bad:
+            _log.error("skipping a schedule: %s", problem)
     return out
 
 
-def schedule_statuses(store: Store) -> list[ScheduleStatus]:
-    """The status of every readable schedule in ``store``, by name."""
-    return [ScheduleStatus.of(record) for record in read_schedules(store)]
+def schedule_statuses(
+    store: Store, corrupt: list[StoreCorrupt] | None = None
+) -> list[ScheduleStatus]:
+    """The status of every readable schedule in ``store``, by name (``corrupt``: as
+    :func:`read_schedules`)."""
+    return [ScheduleStatus.of(record) for record in read_schedules(store, corrupt)]

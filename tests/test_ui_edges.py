@@ -246,3 +246,42 @@ def test_the_agents_page_does_not_wait_for_a_count(
     status, _, html = answer[0]
     assert status == 200
     assert "<td>shop</td><td>order@1</td>" in html
+
+
+@pytest.fixture
+def broken_schedule(store: Path) -> Path:
+    """The store with schedules "a-broken", whose record does not decode, and "z-weekly"."""
+    from herder.store import Put, Transition, schedule_key
+
+    with Runtime(store, default_retry=FAST, clock=FakeClock(start=1_700_000_000.0)) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        rt.schedule("a-broken", "order", every=86400.0)
+        rt.schedule("z-weekly", "order", every=7 * 86400.0)
+    with Store(store) as s:
+        put = Put("schedules", schedule_key("a-broken"), b"\xc1")
+        s.writer.submit(Transition(ops=(put,))).result(timeout=10)
+    return store
+
+
+def test_a_damaged_schedule_is_named_and_the_agents_page_still_shows(
+    broken_schedule: Path, make_console: Callable[..., Console]
+) -> None:
+    status, _, html = request(make_console(), "GET", "/agents")
+    assert status == 200  # 503 "A record is damaged" for the whole page before
+    assert "<td>shop</td><td>order@1</td>" in html
+    assert "<td>z-weekly</td>" in html
+    assert "skipped: corrupt record in database &#x27;schedules&#x27;" in html
+
+
+def test_herder_schedules_names_a_damaged_schedule_and_lists_the_others(
+    broken_schedule: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from herder.runtime._cli import main
+
+    out = io.StringIO()
+    assert main(["schedules", "--store", str(broken_schedule)], out) == 0  # 1 before
+    assert "z-weekly" in out.getvalue()
+    assert "skipped: corrupt record in database 'schedules'" in capsys.readouterr().err

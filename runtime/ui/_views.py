@@ -95,6 +95,7 @@ class Views:
 
     def _agents(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
         used: dict[str, set[str]] = {}
+        damaged: list[StoreCorrupt] = []  # (schedules left out: named on the page)
         with self._gate.read() as store:
             for _key, value in store.scan("definitions", corrupt=[]):
                 try:
@@ -103,7 +104,7 @@ class Views:
                     continue
                 for spec in plan.steps:
                     used.setdefault(spec.agent, set()).add(f"{plan.name}@{plan.version}")
-            schedules = schedule_statuses(store)
+            schedules = schedule_statuses(store, damaged)
             try:
                 facts = read_facts(store)
             except StoreCorrupt:
@@ -112,7 +113,7 @@ class Views:
             stored = {"resources": stored_resources(store, []), "running": is_held(store.path)}
         agents = {a: sorted(w) for a, w in used.items()}
         page = _pages.agents_page(stored, agents, facts, time.time())
-        body = page + _pages.schedules_section(schedules)
+        body = page + _pages.skipped(damaged) + _pages.schedules_section(schedules)
         return 200, "Agents", "agents", body
 
     def stats(self) -> dict[str, Any]:
