@@ -285,3 +285,15 @@ def test_herder_schedules_names_a_damaged_schedule_and_lists_the_others(
     assert main(["schedules", "--store", str(broken_schedule)], out) == 0  # 1 before
     assert "z-weekly" in out.getvalue()
     assert "skipped: corrupt record in database 'schedules'" in capsys.readouterr().err
+
+
+def test_a_store_that_cannot_be_opened_is_not_called_a_missing_one(
+    store: Path, make_console: Callable[..., Console]
+) -> None:
+    # Every store error got "Check the --store path: a runtime creates the store when it
+    # first opens it", here for a path that is right: this process has the store open.
+    with Runtime(store, default_retry=FAST, clock=FakeClock(start=1_700_000_000.0)):
+        status, _, html = request(make_console(), "GET", "/")
+    assert status == 503
+    assert "already open in this process" in html
+    assert "--store path" not in html

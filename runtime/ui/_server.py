@@ -262,15 +262,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._page(400, error_page("Bad request", str(exc), hint))
         except StoreCorrupt as exc:  # one damaged record: the store itself is readable
             self._page(503, error_page("A record is damaged", f"{console.gate.path}: {exc}", ""))
-        except HerderError as exc:
+        except HerderError as exc:  # (its message says what to do: a missing store, the path)
+            again = "This page works again as soon as the store can be read."
             self._page(
-                503,
-                error_page(
-                    "The store cannot be read",
-                    f"{console.gate.path}: {exc}",
-                    "Check the --store path: a runtime creates the store when it first opens it. "
-                    "This page works again as soon as the store can be read.",
-                ),
+                503, error_page("The store cannot be read", f"{console.gate.path}: {exc}", again)
             )
         except _GONE:
             raise
