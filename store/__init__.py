@@ -153,6 +153,7 @@ from herder.store._records import (
     StepState,
     WorkflowRecord,
     WorkflowState,
+    peek_field,
     plan_steps,
     stored_field,
 )
@@ -288,6 +289,7 @@ __all__ = [
     "ms",
     "new_command",
     "normalize",
+    "peek_field",
     "pending_commands",
     "plan_steps",
     "private_copy",

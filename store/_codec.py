@@ -13,6 +13,7 @@ becomes :class:`StoreCorrupt` naming the database and key it came from.
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from collections.abc import Callable
@@ -126,6 +127,33 @@ def decode(data: bytes, *, db: str, key: bytes) -> Any:
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         # ValueError covers ExtraData, FormatError, StackError and bad UTF-8.
         raise StoreCorrupt(db, key, f"{type(exc).__name__}: {exc}") from exc
+
+
+def peek(data: bytes, index: int, key: str) -> Any:
+    """One field of a stored record, decoding only what comes before it (an id and a name,
+    not the input after them): item ``index`` of an array record, the value under ``key``
+    of a map one. The checksum is not checked: for a scan that only tests a record (one
+    damaged is met when it is read whole). KeyError if the record has no such field,
+    ValueError if its bytes do not decode that far."""
+    unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=True, read_size=4096)
+    try:
+        try:
+            items = unpacker.read_array_header()
+        except ValueError:  # not an array: a map (schema 2), or no record at all
+            items = None
+        if items is not None:
+            if index >= items:
+                raise KeyError(key)
+            for _ in range(index):
+                unpacker.skip()
+            return unpacker.unpack()
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == key:
+                return unpacker.unpack()
+            unpacker.skip()
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    raise KeyError(key)
 
 
 def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from herder.store._codec import peek
 from herder.store._keys import step_key
 from herder.store._slots import evolver
 
@@ -372,3 +373,9 @@ def stored_field(data: Any, kind: type[WorkflowRecord | StepRecord], name: str) 
     if not isinstance(data, dict):
         raise KeyError(name)
     return data[name]
+
+
+def peek_field(data: bytes, kind: type[WorkflowRecord | StepRecord], name: str) -> Any:
+    """Field ``name`` of a stored record's bytes, as :func:`stored_field` reads it from the
+    decoded record, but decoding only the fields before it (see :func:`~._codec.peek`)."""
+    return peek(data, _POSITIONS[kind][name], name)

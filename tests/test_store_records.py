@@ -25,6 +25,7 @@ from herder.store import (
     definition_key,
     encode,
     encoder,
+    peek_field,
     replacer,
     split_step_key,
     split_timer_key,
@@ -255,3 +256,17 @@ def test_an_encoder_gives_the_bytes_encode_gives_and_its_errors() -> None:
     with pytest.raises(EncodeError, match="cannot be stored"):
         own([object()])
     assert own(values[0]) == encode(values[0])  # a failed pack leaves nothing behind
+
+
+def test_peek_field_reads_a_name_from_either_layout_without_the_rest() -> None:
+    record = WorkflowRecord("w-1", "order", 2, {"blob": "x" * 100})
+    for stored in (record.to_stored(), record.to_dict()):
+        data = encode(stored)
+        assert peek_field(data, WorkflowRecord, "name") == "order"
+        assert peek_field(data, WorkflowRecord, "version") == 2
+        assert peek_field(data[:40], WorkflowRecord, "name") == "order"  # (the rest unread)
+    with pytest.raises(KeyError):
+        peek_field(encode([3, "w-1"]), WorkflowRecord, "name")  # an array too short
+    for garbage in (b"", b"\xc1", encode(7), encode([3, "w-1", ["unfinished"]])[:9]):
+        with pytest.raises(ValueError, match=r"OutOfData|Unexpected type"):
+            peek_field(garbage, WorkflowRecord, "name")
