@@ -297,3 +297,23 @@ def test_a_store_that_cannot_be_opened_is_not_called_a_missing_one(
     assert status == 503
     assert "already open in this process" in html
     assert "--store path" not in html
+
+
+def test_the_counters_answer_while_the_first_count_of_a_big_store_runs(
+    make_console: Callable[..., Console], slow_count: Any
+) -> None:
+    # Each poll (the page asks every 2 s, not waiting for the last answer) waited up to
+    # 60 s for the first count: a browser's six connections to the console were soon all
+    # held, and its pages stopped loading until the count ended.
+    started, release = slow_count
+    console = make_console()
+    answers: list[Any] = []
+    done = in_thread(lambda: answers.append(request(console, "GET", "/api/stats")))
+    assert started.wait(10)
+    assert done.wait(10)
+    status, _, body = answers[0]
+    assert (status, json.loads(body)) == (200, {"counting": True})
+    release.set()
+    assert console.views._counters._counted.wait(10)
+    status, _, body = request(console, "GET", "/api/stats")
+    assert json.loads(body)["workflows"]["NEEDS_ATTENTION"] == 1

@@ -1,12 +1,13 @@
 """The console's live counters: the numbers of ``herder stats``, recounted in the background.
 
 Counting reads every workflow (``store_stats``), which takes a while on a big store. So a
-request never counts: it answers at once with the latest count (only the very first
-request waits for one), and a new count starts in a background thread when the last one
-is older than :data:`EVERY` seconds and, at the earliest, ten times its own duration
-after it ended: the console spends at most about a tenth of a core on counting, however
-large the store. Nor does an operator's action or the console's stop wait for a count:
-they close the store under it (``_gate``), and it is given up and started again.
+request never counts: it answers at once with the latest count (before the first one, it
+waits :data:`FIRST_WAIT` for it, then answers ``{"counting": true}``), and a new count
+starts in a background thread when the last one is older than :data:`EVERY` seconds and,
+at the earliest, ten times its own duration after it ended: the console spends at most
+about a tenth of a core on counting, however large the store. Nor does an operator's
+action or the console's stop wait for a count: they close the store under it
+(``_gate``), and it is given up and started again.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ _log = logging.getLogger("herder.ui")
 
 EVERY = 2.0
 """Seconds between two counts, at least."""
-FIRST_WAIT = 60.0
-"""Seconds the first request waits for the first count."""
+FIRST_WAIT = 2.0
+"""Seconds a request waits for the first count (a small store's is done by then) before
+it answers that it is still counting: the page asks every 2 s whether or not the last
+answer came, and a browser has six connections to the console; requests waiting the
+minute a million workflows take held them all, and its pages stopped loading."""
 
 
 class Counters:
@@ -43,7 +47,8 @@ class Counters:
         self._counted = threading.Event()  # set after each count (or failed count)
 
     def get(self) -> dict[str, Any]:
-        """The latest count (starting a new one if due); raises what the first count raised."""
+        """The latest count (starting a new one if due), ``{"counting": True}`` while the
+        first one runs; raises what the first count raised."""
         with self._lock:
             if not self._counting and time.monotonic() >= self._next:
                 self._counting = True
@@ -54,9 +59,9 @@ class Counters:
             self._counted.wait(FIRST_WAIT)
             with self._lock:
                 latest, error = self._latest, self._error
-            if latest is None:
-                raise error or HerderError("the store is still being counted; try again")
-        return latest
+            if error is not None:
+                raise error
+        return {"counting": True} if latest is None else latest
 
     def _count(self) -> None:
         started = time.monotonic()

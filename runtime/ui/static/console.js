@@ -20,6 +20,7 @@
       const r = await fetch("/api/stats", { credentials: "same-origin" });
       if (!r.ok) throw new Error(r.status);
       const s = await r.json();
+      if (s.counting) return; // the first count of a big store: "counting…" stays
       const chips = [];
       const live = document.createElement("span");
       live.className = s.running ? "c live" : "c idle";
