@@ -10,8 +10,9 @@ package data, with no build step.
   that shares the read-only store between request threads.
 - :mod:`._views` — what each address shows, read through the CLI's read-only views.
 - :mod:`._pages` — the HTML (every store value escaped); :mod:`._timeline` — the SVG
-  timeline of one workflow; :mod:`._query` — paging newest-first over the ``started``
-  index, bounded per request.
+  timeline of one workflow; :mod:`._query` — paging newest update first over the
+  ``recent`` index, bounded per request; :mod:`._counters` — the live counters, counted
+  in the background.
 """
 
 from herder.runtime.ui._server import Console

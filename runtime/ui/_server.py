@@ -9,9 +9,10 @@ Security, in one place:
   not one of its names (a DNS-rebinding page cannot read it; :mod:`._guard` says which).
 - Reading needs nothing. Acting (an operator command) needs the token: opening
   ``/?token=...`` (the URL printed at start) sets an ``HttpOnly``, ``SameSite=Strict``
-  cookie holding an HMAC of it (:mod:`._guard`); a POST must carry that cookie, a CSRF
-  field (another HMAC) that only the console's own pages contain, and, when the browser
-  sends one, an ``Origin`` equal to the console's as the request addressed it.
+  cookie holding a random session value, nothing derived from the token (:mod:`._guard`);
+  a POST must carry a live session's cookie, a CSRF field (an HMAC of the token) that
+  only the console's own pages contain, and, when the browser sends one, an ``Origin``
+  equal to the console's as the request addressed it.
 - A POST's body is read after its cookie is checked, and only when its length is known
   and at most :data:`MAX_BODY`; a request that has not arrived whole (line, headers and
   body) within :data:`IDLE_TIMEOUT` of the wait for it starting is dropped, trickled in
