@@ -317,3 +317,27 @@ def test_the_counters_answer_while_the_first_count_of_a_big_store_runs(
     assert console.views._counters._counted.wait(10)
     status, _, body = request(console, "GET", "/api/stats")
     assert json.loads(body)["workflows"]["NEEDS_ATTENTION"] == 1
+
+
+def test_the_counters_say_a_runtime_stopped_at_the_next_poll_not_the_next_count(
+    store: Path, make_console: Callable[..., Console], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whether a runtime holds the store was probed with each count only: on a big store,
+    # one count a minute long is followed by ten minutes without one, and the page said
+    # "runtime running" for all that time after the runtime had died.
+    import fcntl
+    import os
+
+    from herder.store import _locktable
+
+    frozen = types.SimpleNamespace(monotonic=lambda: 0.0, time=time.time)
+    monkeypatch.setattr(_counters, "time", frozen)  # no count is due after the first
+    monkeypatch.setattr(_locktable, "_pause", lambda seconds: None, raising=False)
+    fd = os.open(store / _locktable.LOCK_FILE, os.O_RDONLY)  # as a runtime holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        console = make_console()
+        assert json.loads(request(console, "GET", "/api/stats")[2])["running"] is True
+    finally:
+        os.close(fd)  # the runtime is gone
+    assert json.loads(request(console, "GET", "/api/stats")[2])["running"] is False

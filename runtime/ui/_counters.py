@@ -47,8 +47,9 @@ class Counters:
         self._counted = threading.Event()  # set after each count (or failed count)
 
     def get(self) -> dict[str, Any]:
-        """The latest count (starting a new one if due), ``{"counting": True}`` while the
-        first one runs; raises what the first count raised."""
+        """The latest count (starting a new one if due) with whether a runtime holds the
+        store now, ``{"counting": True}`` while the first one runs; raises what the first
+        count raised."""
         with self._lock:
             if not self._counting and time.monotonic() >= self._next:
                 self._counting = True
@@ -61,7 +62,10 @@ class Counters:
                 latest, error = self._latest, self._error
             if error is not None:
                 raise error
-        return {"counting": True} if latest is None else latest
+        if latest is None:
+            return {"counting": True}
+        # (probed on each poll, a few ms: after a big store's count comes none for minutes)
+        return {**latest, "running": is_held(self._gate.path)}
 
     def _count(self) -> None:
         started = time.monotonic()
@@ -70,7 +74,6 @@ class Counters:
         try:  # (in the background: an action or the shutdown may close the store under it)
             with self._gate.read(background=True) as store:
                 stats = store_stats(store, corrupt=[])  # (counted; not on stderr each time)
-            stats["running"] = is_held(self._gate.path)
             stats["at"] = time.time()
         except HerderError as exc:  # a missing store: the page says so; count again soon
             error = exc
