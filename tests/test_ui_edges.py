@@ -341,3 +341,18 @@ def test_the_counters_say_a_runtime_stopped_at_the_next_poll_not_the_next_count(
     finally:
         os.close(fd)  # the runtime is gone
     assert json.loads(request(console, "GET", "/api/stats")[2])["running"] is False
+
+
+@pytest.mark.parametrize("name", ["Order", "order@1"])
+def test_a_name_filter_no_workflow_has_says_which_names_there_are(
+    console: Console, name: str
+) -> None:
+    # It said "No workflow matches." and, on a big store, offered to look 5,000 further
+    # back, page after page, for a name that no workflow of the store can have (a typo,
+    # or the name with the @version the list shows).
+    status, _, html = request(console, "GET", "/?" + urlencode({"name": name}))
+    assert status == 200
+    assert f"No workflow definition in this store is named {escape(repr(name))}" in html
+    assert "the names are: order." in html
+    status, _, html = request(console, "GET", "/?name=order")
+    assert "No workflow definition" not in html

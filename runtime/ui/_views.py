@@ -26,6 +26,7 @@ from herder.store import (
     COMMAND_DONE,
     InvalidInput,
     Plan,
+    Store,
     StoreCorrupt,
     append_command,
     command_outcome,
@@ -71,6 +72,8 @@ class Views:
                 "<code>herder ls</code> lists them.</p>"
             )
             page = workflow_page(store, filters, query.get("cursor"))
+            if filters.name is not None and not page.rows:
+                note += _unknown_name(store, filters.name)
         shown = {k: v for k, v in query.items() if k != "cursor" and v}
         return 200, "Workflows", "workflows", _pages.workflows_page(page, filters, shown, note)
 
@@ -178,6 +181,27 @@ class Views:
             f"{self._console.wait:g} s; it is applied when the runtime gets to it",
             None,
         )
+
+
+def _unknown_name(store: Store, name: str) -> str:
+    """A warning if no stored definition has the workflow ``name`` (a typo, or the name
+    with the ``@version`` the list shows): no workflow can match, however far back the
+    list looks. Nothing if one has, or if a definition cannot be read."""
+    damaged: list[StoreCorrupt] = []
+    names: set[str] = set()
+    for _, value in store.scan("definitions", corrupt=damaged):
+        found = value.get("name") if isinstance(value, dict) else None
+        if not isinstance(found, str):  # (unreadable: it may be any name)
+            return ""
+        names.add(found)
+    if damaged or name in names:
+        return ""
+    known = sorted(names)
+    return (
+        f'<p class="warn">No workflow definition in this store is named {_pages.e(repr(name))}'
+        f" (the filter takes a workflow's name without its @version): the names are: "
+        f"{_pages.e(', '.join(known) or 'none')}.</p>"
+    )
 
 
 def _not_found(problem: str) -> tuple[int, str, str, str]:
