@@ -467,3 +467,32 @@ def test_a_time_that_is_no_date_is_shown_as_seconds(tmp_path: Path) -> None:
             assert "1000000000000.000 s" in html
     finally:
         console.shutdown()
+
+
+def test_a_workflow_that_moves_on_while_its_page_is_read_is_not_listed_in_its_old_state(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The index said NEEDS_ATTENTION and the record, read a moment later, ABANDONED: the
+    # row showed ABANDONED in a list filtered to NEEDS_ATTENTION (2 % of the rows of a
+    # filtered page of a busy store).
+    import shutil
+
+    from herder.store import Put, Transition, encode, workflow_key
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    with Store(copy) as st:
+        real = st.view
+
+        def then_moved_on(fn: Any) -> Any:
+            chunk = real(fn)
+            record = st.get_workflow("o-6")
+            assert record is not None
+            moved = record.evolve(state=WorkflowState.ABANDONED, updated=record.updated + 60)
+            put = Put("workflows", workflow_key("o-6"), encode(moved.to_stored()))
+            st.writer.submit(Transition(ops=(put,))).result(timeout=10)
+            return chunk
+
+        monkeypatch.setattr(st, "view", then_moved_on)
+        page = workflow_page(st, Filters(state=WorkflowState.NEEDS_ATTENTION))
+    assert [(s.id, s.state) for s in page.rows] == []

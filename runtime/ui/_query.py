@@ -126,7 +126,7 @@ def workflow_page(
             upper = key
             page.oldest_examined = _MS.unpack_from(key)[0] / 1000
             if matches:
-                _add(page, reader, key)
+                _add(page, reader, key, filters.state)
             if len(page.rows) >= size:
                 if i + 1 == len(chunk):
                     upper = None  # full, and nothing older is left
@@ -187,11 +187,12 @@ def _name_of(raw: bytes) -> Any:
         return None
 
 
-def _add(page: Page, reader: _Reader, key: bytes) -> None:
-    """Add the workflow of one index entry to the page."""
+def _add(page: Page, reader: _Reader, key: bytes, state: WorkflowState | None) -> None:
+    """Add the workflow of one index entry to the page, unless it is gone or has left
+    ``state`` since the entry was read (it moved to the top of the list then)."""
     try:
         record = reader.store.get_workflow(key[_MS.size :].decode("utf-8"))
-        if record is not None:
+        if record is not None and state in (None, record.state):
             page.rows.append(reader.status(record))
     except StoreCorrupt as exc:
         page.corrupt.append(exc)
