@@ -9,16 +9,19 @@ skips, compensates or abandons it (``Runtime`` methods or the CLI).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from herder.actors.engine import stuck_step
 from herder.runtime._status import in_plan_order
 from herder.store import (
+    UNREADABLE,
     Plan,
     StepState,
     Store,
     StoreCorrupt,
+    WorkflowRecord,
     WorkflowState,
 )
 
@@ -61,8 +64,11 @@ def inbox_items(
     plans: dict[tuple[str, int], Plan] | None = None,
     *,
     corrupt: list[StoreCorrupt] | None = None,
+    limit: int | None = None,
 ) -> list[InboxItem]:
-    """Every NEEDS_ATTENTION workflow of ``store`` as an :class:`InboxItem`, oldest first.
+    """Every NEEDS_ATTENTION workflow of ``store`` as an :class:`InboxItem`, oldest first;
+    with ``limit``, only the ``limit`` oldest (a page costs the same however many are
+    parked: the console's).
 
     Only the parked workflows' records are read, found by the store's ``recent`` index
     (a store without it is read whole). A record that does not decode (a parked one, or
@@ -72,7 +78,12 @@ def inbox_items(
     known: dict[tuple[str, int], Plan | None] = dict(plans or {})
     bad: list[StoreCorrupt] = [] if corrupt is None else corrupt
     items = []
-    for record in store.workflows(WorkflowState.NEEDS_ATTENTION, corrupt=bad):
+    parked = (
+        store.workflows(WorkflowState.NEEDS_ATTENTION, corrupt=bad)
+        if limit is None or not store.indexed  # (read whole: its damaged records named)
+        else _oldest_parked(store, limit, bad)
+    )
+    for record in parked:
         key = (record.name, record.version)
         if key not in known:
             try:
@@ -102,7 +113,28 @@ def inbox_items(
             )
         )
     items.sort(key=lambda item: item.since)
+    if limit is not None:
+        del items[limit:]
     if corrupt is None:
         for problem in bad:
             _log.error("the inbox left out a workflow: %s", problem)
     return items
+
+
+def _oldest_parked(store: Store, limit: int, bad: list[StoreCorrupt]) -> Iterator[WorkflowRecord]:
+    """The ``limit`` parked workflows changed longest ago, found by the ``recent`` index
+    (oldest first); those it lists as unreadable go to ``bad`` on the way."""
+    parked = WorkflowState.NEEDS_ATTENTION
+    listed = frozenset({str(parked), UNREADABLE})
+    found = 0
+    for _t, wid, _state in store.recent(newest_first=False, states=listed, damaged=bad):
+        if found >= limit:
+            return
+        try:
+            record = store.get_workflow(wid)
+        except StoreCorrupt as exc:
+            bad.append(exc)
+            continue
+        if record is not None and record.state is parked:  # (it may have moved on)
+            found += 1
+            yield record

@@ -126,6 +126,47 @@ def test_a_store_without_the_index_falls_back_to_reading_every_record(
     assert ids == ["stuck"]
     assert [c.key for c in corrupt] == [b"done"]
     assert sorted(decoded) == [b"done", b"stuck"]  # the full read: every record
+    console = Console(str(store), port=0, token=TOKEN)  # its inbox names it too
+    console.start()
+    try:
+        status, _, html = request(console, "GET", "/inbox")
+    finally:
+        console.shutdown()
+    assert status == 200
+    assert ids_listed(html) == ["stuck"]
+    assert "skipped: corrupt record in database &#x27;workflows&#x27; at key b&#x27;done" in html
+
+
+def test_the_inbox_shows_the_oldest_parked_workflows_a_page_at_a_time(
+    store: Path, make_console: Callable[..., Console], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every parked workflow made one page: 100,000 parked (an outage) took 7 s and 110 MB
+    # of HTML, a page no browser shows, when the operator most needs the inbox.
+    from herder.runtime.ui import _views
+    from herder.store import WorkflowRecord, WorkflowState, encode
+
+    with Store(store) as s:  # five more parked, newer than "stuck"
+        ops = tuple(
+            Put("workflows", workflow_key(f"p-{i}"), encode(record.to_stored()))
+            for i in range(5)
+            for record in [
+                WorkflowRecord(
+                    f"p-{i}", "order", 1, {}, WorkflowState.NEEDS_ATTENTION, 2e9, 2e9 + i
+                )
+            ]
+        )
+        s.writer.submit(Transition(ops=ops)).result(timeout=10)
+    assert len(parked(store)[0]) == 6  # `herder inbox` and rt.inbox() give every one
+    monkeypatch.setattr(_views, "INBOX_PAGE", 3, raising=False)
+    console = make_console()
+    request(console, "GET", "/inbox")  # warm up (opens the store)
+    decoded = count_decoded(monkeypatch)
+    status, _, html = request(console, "GET", "/inbox")
+    assert status == 200
+    assert ids_listed(html) == ["stuck", "p-0", "p-1"]  # the oldest first
+    assert "The 3 oldest of the 6 waiting for an operator" in html
+    assert 'href="/?state=NEEDS_ATTENTION"' in html  # the rest: a page at a time
+    assert len(decoded) == 3
 
 
 def test_a_name_filter_decodes_no_input_of_the_workflows_it_passes_over(

@@ -226,10 +226,14 @@ def action_form(workflow_id: str, state: WorkflowState, csrf: str | None, step: 
 
 
 def inbox_page(
-    items: Iterable[InboxItem], csrf: str | None, corrupt: Sequence[Exception] = ()
+    items: Sequence[InboxItem],
+    csrf: str | None,
+    corrupt: Sequence[Exception] = (),
+    total: int | None = None,
 ) -> str:
-    """Every workflow waiting for an operator (parked), each with the actions, and the
-    damaged records left out (``corrupt``), named."""
+    """The workflows waiting for an operator (parked), each with the actions, and the
+    damaged records left out (``corrupt``), named; ``total``: how many are parked, when
+    ``items`` are only the oldest of them."""
     parked = WorkflowState.NEEDS_ATTENTION
     rows = "".join(
         f'<tr><td><a href="{e("/workflow?" + urlencode({"id": i.id}))}">{shown_id(i.id)}</a></td>'
@@ -240,6 +244,13 @@ def inbox_page(
         for i in items
     )
     head = "<h1>Inbox</h1>" + skipped(corrupt)
+    if total is not None and total > len(items):
+        everyone = "/?" + urlencode({"state": str(parked)})
+        head += (
+            f'<p class="warn" id="more">The {len(items)} oldest of the {total} waiting for an '
+            f'operator: act on these and reload for the next, or see them all in <a href="'
+            f'{e(everyone)}">the list</a> (or with <code>herder inbox</code>).</p>'
+        )
     if not rows:
         other = " else" if corrupt else ""  # (a damaged one may be parked)
         return f"{head}<p class=empty>Nothing{other} waits for an operator.</p>"

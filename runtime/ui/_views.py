@@ -28,6 +28,7 @@ from herder.store import (
     Plan,
     Store,
     StoreCorrupt,
+    WorkflowState,
     append_command,
     command_outcome,
     is_held,
@@ -37,6 +38,11 @@ from herder.store import (
 
 if TYPE_CHECKING:
     from herder.runtime.ui._server import Console
+
+
+INBOX_PAGE = 200
+"""Parked workflows the inbox shows, the oldest first: an outage may park a hundred
+thousand, and one page of them all took seconds and a hundred MB of HTML."""
 
 
 class Views:
@@ -93,8 +99,10 @@ class Views:
     def _inbox(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
         corrupt: list[StoreCorrupt] = []  # (named on the page: a parked one may be among them)
         with self._gate.read() as store:
-            items = inbox_items(store, corrupt=corrupt)
-        return 200, "Inbox", "inbox", _pages.inbox_page(items, csrf, corrupt)
+            items = inbox_items(store, corrupt=corrupt, limit=INBOX_PAGE)
+            counts = store.workflow_counts() if len(items) >= INBOX_PAGE else None
+        total = None if counts is None else counts.get(str(WorkflowState.NEEDS_ATTENTION), 0)
+        return 200, "Inbox", "inbox", _pages.inbox_page(items, csrf, corrupt, total)
 
     def _agents(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
         used: dict[str, set[str]] = {}
