@@ -118,3 +118,15 @@ def test_the_console_timeline_escapes_a_step_state_read_from_history() -> None:
     assert as_event(event) is not None  # an event, as check and read_history say
     svg = render(["pay"], [event], 0.0, 2.0)
     assert 'onmouseover="alert(1)"' not in svg
+
+
+@pytest.mark.timeout(30)
+def test_a_step_event_that_names_no_step_is_passed_over_not_a_failed_page() -> None:
+    """``herder check`` and read_history take a step event whose ``step`` is null (its
+    rule asks for the field, not its value): the picture's rows left it out, its bars
+    did not, and the workflow's page was a 500 (KeyError: 'None')."""
+    event = {"kind": "step", "t": 1.0, "step": None, "from": "PENDING", "to": "DISPATCHED"}
+    assert as_event(event) is not None
+    svg = render(["pay"], [*HISTORY[:3], event], 0.0, 3.0)
+    assert svg.count('data-step="pay"') == 3  # pending, the first attempt, its backoff
+    assert 'data-step="None"' not in svg

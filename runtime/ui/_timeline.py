@@ -91,7 +91,7 @@ def segments(
             continue
         if e.get("kind") == "workflow" and e.get("to") == "NEEDS_ATTENTION":
             out += _park(current, float(e["t"]), e.get("error"))
-        if e.get("kind") != "step":
+        if e.get("kind") != "step" or not _stepwise(e):  # (naming no step: no row is its)
             continue
         step = str(e.get("step"))
         state, since, attempt = current.get(step, (str(e.get("from")), created, 0))
