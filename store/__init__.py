@@ -147,6 +147,7 @@ from herder.store._recent import (
     index_entry,
     indexed,
 )
+from herder.store._recent import split as split_recent_key
 from herder.store._records import (
     SCHEMA_VERSION,
     StepRecord,
@@ -303,6 +304,7 @@ __all__ = [
     "safe_repr",
     "safe_str",
     "schedule_key",
+    "split_recent_key",
     "split_step_key",
     "split_timer_key",
     "standby_waiting",

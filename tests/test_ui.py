@@ -496,3 +496,30 @@ def test_a_workflow_that_moves_on_while_its_page_is_read_is_not_listed_in_its_ol
         monkeypatch.setattr(st, "view", then_moved_on)
         page = workflow_page(st, Filters(state=WorkflowState.NEEDS_ATTENTION))
     assert [(s.id, s.state) for s in page.rows] == []
+
+
+@pytest.mark.parametrize("filters", [Filters(), Filters(name="order")])
+def test_a_damaged_index_key_is_named_and_the_list_goes_on(
+    tmp_path: Path, store: Path, filters: Filters
+) -> None:
+    # herder ls passes over an index key of no index key's shape; the console's list
+    # was a 500 (struct.error) for one too short, and a 503 "the store cannot be read"
+    # (MDB_BAD_VALSIZE: the empty id it looked up) with a name filter.
+    import shutil
+
+    import lmdb
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    env = lmdb.open(str(copy), max_dbs=32, subdir=True)
+    try:
+        with env.begin(write=True, db=env.open_db(b"recent")) as txn:
+            txn.put(b"\xff\xff", b"?")  # too short, and the newest
+            txn.put(b"\x00" * 8 + b"\xff", b"?")  # an id that is not UTF-8, the oldest
+    finally:
+        env.close()
+    with Store(copy, readonly=True) as st:
+        page = workflow_page(st, filters, size=100)
+    every = [HOSTILE, *([] if filters.name else ["g-0"]), *(f"o-{i}" for i in range(9, -1, -1))]
+    assert [s.id for s in page.rows] == every
+    assert sorted(c.key for c in page.corrupt) == [b"\x00" * 8 + b"\xff", b"\xff\xff"]

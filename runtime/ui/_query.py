@@ -29,6 +29,7 @@ from herder.store import (
     WorkflowState,
     encode,
     peek_field,
+    split_recent_key,
 )
 
 PAGE_SIZE = 50
@@ -124,6 +125,9 @@ def workflow_page(
         for i, (key, matches) in enumerate(chunk[:limit]):
             page.examined += 1
             upper = key
+            if isinstance(matches, StoreCorrupt):  # a damaged index key: named, passed over
+                page.corrupt.append(matches)
+                continue
             page.oldest_examined = _MS.unpack_from(key)[0] / 1000
             if matches:
                 _add(page, reader, key, filters.state)
@@ -140,7 +144,7 @@ def workflow_page(
     return page
 
 
-_Entries = list[tuple[bytes, bool]]
+_Entries = list[tuple[bytes, bool | StoreCorrupt]]
 
 
 def _entries(
@@ -154,7 +158,8 @@ def _entries(
 ) -> _Entries:
     """Up to ``limit`` index entries below ``upper`` (all when None), newest first, each
     with whether it passes the filters: ``state`` (encoded) against the index's value, and
-    ``name`` against the record, read in this same snapshot."""
+    ``name`` against the record, read in this same snapshot; a damaged key (no index
+    key's shape) with what is wrong with it."""
     cur = snap.cursor(RECENT_DB)
     if upper is None:
         found = cur.last()
@@ -167,6 +172,12 @@ def _entries(
         key = bytes(cur.key())
         if key < lower:
             break
+        try:
+            split_recent_key(key)
+        except StoreCorrupt as exc:  # (its id cannot be looked up: an empty key fails)
+            out.append((key, exc))
+            found = cur.prev()
+            continue
         matches = state is None or bytes(cur.value()) == state
         if matches and name is not None:
             raw = snap.raw("workflows", key[_MS.size :])
@@ -196,8 +207,6 @@ def _add(page: Page, reader: _Reader, key: bytes, state: WorkflowState | None) -
             page.rows.append(reader.status(record))
     except StoreCorrupt as exc:
         page.corrupt.append(exc)
-    except UnicodeDecodeError as exc:
-        page.corrupt.append(StoreCorrupt(RECENT_DB, key, str(exc)))
 
 
 def _ms(t: float) -> int:
