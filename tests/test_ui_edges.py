@@ -356,3 +356,18 @@ def test_a_name_filter_no_workflow_has_says_which_names_there_are(
     assert "the names are: order." in html
     status, _, html = request(console, "GET", "/?name=order")
     assert "No workflow definition" not in html
+
+
+def test_a_damaged_definition_is_named_on_the_agents_page(
+    store: Path, make_console: Callable[..., Console]
+) -> None:
+    # It was left out without a word: the agents its steps use lost "order@1" from
+    # their users, or vanished from the page, and nothing said why.
+    from herder.store import Put, Transition, definition_key
+
+    with Store(store) as s:
+        put = Put("definitions", definition_key("order", 1), b"\xc1")
+        s.writer.submit(Transition(ops=(put,))).result(timeout=10)
+    status, _, html = request(make_console(), "GET", "/agents")
+    assert status == 200
+    assert "skipped: corrupt record in database &#x27;definitions&#x27;" in html

@@ -106,22 +106,25 @@ class Views:
 
     def _agents(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
         used: dict[str, set[str]] = {}
-        damaged: list[StoreCorrupt] = []  # (schedules left out: named on the page)
+        damaged: list[StoreCorrupt] = []  # (records left out: named on the page)
         with self._gate.read() as store:
-            for _key, value in store.scan("definitions", corrupt=[]):
+            for key, value in store.scan("definitions", corrupt=damaged):
                 try:
                     plan = Plan.from_dict(value)
-                except (KeyError, TypeError, ValueError):
+                except (KeyError, TypeError, ValueError) as exc:
+                    damaged.append(StoreCorrupt("definitions", key, f"bad definition: {exc}"))
                     continue
                 for spec in plan.steps:
                     used.setdefault(spec.agent, set()).add(f"{plan.name}@{plan.version}")
             schedules = schedule_statuses(store, damaged)
             try:
                 facts = read_facts(store)
-            except StoreCorrupt:
-                facts = None  # as if none was published; `herder check` names the record
+            except StoreCorrupt as exc:
+                facts = None  # as if none was published
+                damaged.append(exc)
             # (not self.stats(): the first count of a big store took a minute, or failed)
-            stored = {"resources": stored_resources(store, []), "running": is_held(store.path)}
+            resources = stored_resources(store, damaged)
+            stored = {"resources": resources, "running": is_held(store.path)}
         agents = {a: sorted(w) for a, w in used.items()}
         page = _pages.agents_page(stored, agents, facts, time.time())
         body = page + _pages.skipped(damaged) + _pages.schedules_section(schedules)
