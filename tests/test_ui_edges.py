@@ -371,3 +371,27 @@ def test_a_damaged_definition_is_named_on_the_agents_page(
     status, _, html = request(make_console(), "GET", "/agents")
     assert status == 200
     assert "skipped: corrupt record in database &#x27;definitions&#x27;" in html
+
+
+def test_an_action_says_queued_as_soon_as_the_runtime_lets_go_of_the_store(
+    make_console: Callable[..., Console], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whether a runtime holds the store was asked once, before the wait: a runtime that
+    # stopped meanwhile (a deploy) left the operator waiting the whole wait, then told
+    # "it is applied when the runtime gets to it" by a runtime that was gone.
+    from herder.runtime.ui import _views
+
+    held = iter([True])  # held when the command is sent, gone right after
+    monkeypatch.setattr(_views, "is_held", lambda path: next(held, False))
+    console = make_console(wait=30.0)
+    headers = {"Cookie": sign_in(console), "Origin": console.origin}
+    answers: list[Any] = []
+    done = in_thread(
+        lambda: answers.append(
+            request(console, "POST", "/act", body=form(console), headers=headers)
+        )
+    )
+    assert done.wait(10)  # 30 s before
+    status, _, html = answers[0]
+    assert status == 200
+    assert "is queued: no runtime holds the store" in html

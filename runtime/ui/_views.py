@@ -9,6 +9,7 @@ operator action is a command on the store's channel (``store/_commands.py``), ex
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -171,21 +172,30 @@ class Views:
         return (200 if ok is not False else 409), page
 
     def _outcome(self, command_id: int) -> tuple[str, bool | None]:
+        """What became of the command: looked up every 50 ms for up to ``wait`` seconds,
+        while a runtime holds the store (asked at once, then every half second: one that
+        stops meanwhile does not apply it, and waiting on told nothing)."""
+        queued = (
+            f"command #{command_id} is queued: no runtime holds the store; the next one to "
+            "open it applies it",
+            None,
+        )
         if not is_held(self._gate.path):
-            return (
-                f"command #{command_id} is queued: no runtime holds the store; the next one to "
-                "open it applies it",
-                None,
-            )
+            return queued
         deadline = time.monotonic() + self._console.wait
         pause = threading.Event()  # never set: the pause between two looks
-        while time.monotonic() < deadline:
+        for look in itertools.count(1):
+            held = look % 10 or is_held(self._gate.path)  # (before the look: see below)
             with self._gate.read() as store:
                 record = command_outcome(store, command_id)
             if record is not None:
                 if record.get("state") == COMMAND_DONE:
                     return f"done (command #{command_id}, by {record.get('who')})", True
                 return f"refused: {record.get('error')}", False
+            if not held:  # (and it did not apply it before it let go of the store)
+                return queued
+            if time.monotonic() >= deadline:
+                break
             pause.wait(0.05)
         return (
             f"command #{command_id} is queued: the runtime did not apply it within "
