@@ -10,13 +10,24 @@ import pykka
 from pykka._envelope import Envelope  # the only way to give an ask our own reply future
 from pykka.messages import ProxyCall
 
+from herder.store import TimedOut
+
 
 def call(ref: pykka.ActorRef, method: str, *args: Any, timeout: float = 10.0) -> Any:
     """Call ``method`` on the actor behind ``ref`` and wait up to ``timeout`` seconds.
 
-    Exceptions raised by the method come back to the caller; the actor lives on.
+    Exceptions raised by the method come back to the caller; the actor lives on. No
+    answer in time: :class:`TimedOut` (a ``TimeoutError``, not pykka's ``Timeout``, which
+    is neither that nor a ``HerderError``).
     """
-    return ref.ask(ProxyCall(attr_path=(method,), args=args, kwargs={}), timeout=timeout)
+    try:
+        return ref.ask(ProxyCall(attr_path=(method,), args=args, kwargs={}), timeout=timeout)
+    except pykka.Timeout:
+        raise TimedOut(
+            f"the runtime's {ref.actor_class.__name__} did not answer {method}() within "
+            f"{timeout} s: it is overloaded or stuck (see the log); whether it did it is "
+            "unknown: look before calling again, or raise Runtime(ask_timeout=)"
+        ) from None
 
 
 def call_later(ref: pykka.ActorRef, method: str, *args: Any) -> None:

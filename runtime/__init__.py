@@ -57,6 +57,7 @@ from herder.store import (
     StoreError,
     StoreIOError,
     StoreLocked,
+    TimedOut,
     UserCodeFailed,
 )
 
@@ -98,6 +99,7 @@ __all__ = [
     "StoreIOError",
     "StoreLocked",
     "SupervisorStartError",
+    "TimedOut",
     "UnknownName",
     "UnknownWorkflow",
     "UserCodeFailed",

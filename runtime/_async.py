@@ -22,7 +22,7 @@ real work of their own on the caller (``stop_async``'s drain and tree shutdown,
 a worker thread.
 
 Cancelling an awaiting task stops the wait, never the work: the workflow runs on, as
-after a ``TimeoutError`` from the blocking call.
+after a :class:`TimedOut` (a ``TimeoutError``) from the blocking call.
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ import pykka
 
 from herder.actors import Complete, Operate, WrongThread, call_future
 from herder.runtime._claims import left
+from herder.runtime._operations import unrecorded
 from herder.runtime._routing import routes
 from herder.runtime._starts import start_items
 from herder.runtime._waits import awaited, run_async, seconds, wait_limit
 from herder.runtime._workflow import Workflow
+from herder.store import TimedOut
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime, WorkflowHandle
@@ -105,6 +107,14 @@ def _routed(rt: Runtime, workflow: str | Workflow) -> bool:
     return plan is not None and routes(plan)
 
 
+def unended(workflow_id: str, timeout: float | None) -> TimedOut:
+    """A wait for a workflow's result that ran out of time."""
+    return TimedOut(
+        f"workflow {workflow_id!r} did not end within {timeout} s; it goes on running: wait "
+        "for it again (result(), with a longer timeout), or look at its status()"
+    )
+
+
 def _runtime(mixin: object) -> Runtime:
     return cast("Runtime", mixin)  # the mixins below are bases of these classes only
 
@@ -124,6 +134,8 @@ class AsyncHandle:
         waiter = runtime._watch(handle.id, asyncio.get_running_loop())
         try:
             record = await waiter.wait_async(limit)
+        except TimedOut:
+            raise unended(handle.id, limit) from None
         finally:
             runtime._unwatch(handle.id, waiter)
         return handle._outcome(record)
@@ -317,6 +329,8 @@ class AsyncRuntime:
         asked = call_future(rt._scheduler, method, msg)
         try:
             done: Future[None] = await awaited(asked, rt._ask_timeout)
+            await awaited(done, rt._ask_timeout)
         except pykka.ActorDeadError:
             raise rt._scheduler_gone() from None
-        await awaited(done, rt._ask_timeout)
+        except TimedOut:
+            raise unrecorded(msg, rt._ask_timeout) from None

@@ -43,6 +43,7 @@ from herder.actors import WrongThread
 from herder.runtime._part import whole as _runtime
 from herder.runtime._starts import undecided
 from herder.runtime._waits import wake
+from herder.store import TimedOut
 
 if TYPE_CHECKING:
     from herder.runtime._starts import Landing, NewStart
@@ -96,9 +97,9 @@ class QueuedSlots:
         self.wake()
 
 
-def _full(active: int, limit: int, timeout: float | None, what: str) -> TimeoutError:
+def _full(active: int, limit: int, timeout: float | None, what: str) -> TimedOut:
     waited = "its timeout" if timeout is None else f"{timeout:.3g} s"  # (what was left of it)
-    return TimeoutError(
+    return TimedOut(
         f"{active} workflows are unfinished or being started (max_active_workflows="
         f"{limit}); {what} waited {waited} for room; nothing of it was written: try "
         "again later, or raise max_active_workflows"
@@ -128,7 +129,7 @@ class Capacity:
 
     def _wait_capacity(self, timeout: float | None, n: int = 1) -> None:
         """Take ``n`` slots, waiting in the queue of starts (:class:`QueuedSlots`) if they
-        are not free or others wait already (start_many's wait). :class:`TimeoutError` if
+        are not free or others wait already (start_many's wait). :class:`TimedOut` if
         they did not come within ``timeout`` seconds."""
         woken = threading.Lock()
         woken.acquire()
@@ -190,7 +191,7 @@ class Capacity:
     ) -> Landing | None:
         """Wait for a slot with ``new`` queued, to be created by the thread that hands
         it one (the module docstring): its decided :class:`Landing`; None if a slot was free
-        after all (taken: the caller creates it). :class:`TimeoutError` if no slot came
+        after all (taken: the caller creates it). :class:`TimedOut` if no slot came
         within ``timeout`` seconds (nothing is written then), or if the commit, once
         handed a slot, was not decided within ``ask_timeout``."""
         rt = _runtime(self)

@@ -25,6 +25,7 @@ import time
 from typing import TypeAlias
 
 from herder.runtime._waits import wake
+from herder.store import TimedOut
 
 Held: TypeAlias = "list[tuple[str, threading.Lock | None]]"
 """Claims of :meth:`Claims.take_many`: each id with its claim (None: not claimed)."""
@@ -184,12 +185,12 @@ def within(timeout: float | None, ask: float) -> float:
     return ask if timeout is None else min(timeout, ask)
 
 
-def lapsed(what: str, timeout: float | None, wait: float, ask: float) -> TimeoutError | None:
-    """The caller's TimeoutError for a claim wait of ``wait`` seconds that ran out, if
+def lapsed(what: str, timeout: float | None, wait: float, ask: float) -> TimedOut | None:
+    """The caller's :class:`TimedOut` for a claim wait of ``wait`` seconds that ran out, if
     what was left of its ``timeout``, not ``ask_timeout``, bounded it; else None."""
     if timeout is None or wait >= ask:
         return None
-    return TimeoutError(
+    return TimedOut(
         f"another start of the same workflow id was still being decided; {what} waited "
         f"{timeout}s for it; nothing of it was written: try again later (once that one "
         "is decided, a start of the id returns its workflow)"

@@ -16,11 +16,18 @@ from herder.actors import (
     UnknownWorkflow,
     WrongThread,
 )
-from herder.runtime._async import AsyncHandle
+from herder.runtime._async import AsyncHandle, unended
 from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._waits import OneShot, seconds
-from herder.store import StepRecord, StoreClosed, StoreCorrupt, WorkflowRecord, WorkflowState
+from herder.store import (
+    StepRecord,
+    StoreClosed,
+    StoreCorrupt,
+    TimedOut,
+    WorkflowRecord,
+    WorkflowState,
+)
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
@@ -44,7 +51,8 @@ class WorkflowHandle(AsyncHandle):
         """Step results by name once the workflow SUCCEEDED.
 
         Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
-        NEEDS_ATTENTION, :class:`TimeoutError` if ``timeout`` seconds pass first, and
+        NEEDS_ATTENTION, :class:`TimedOut` (a ``TimeoutError``) if ``timeout`` seconds
+        pass first (it goes on running: wait again), and
         :class:`StoreCorrupt` at once if one of its records is damaged (it cannot end),
         and :class:`WrongThread` on the thread of the event loop the runtime's ``async
         def`` actions run on (await :meth:`result_async` there).
@@ -164,6 +172,8 @@ class Waiting:
         waiter = self._watch(workflow_id)
         try:
             return waiter.wait(timeout)
+        except TimedOut:
+            raise unended(workflow_id, timeout) from None
         finally:
             self._unwatch(workflow_id, waiter)
 

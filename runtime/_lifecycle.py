@@ -31,7 +31,7 @@ from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper
 from herder.runtime._part import whole as _runtime
 from herder.runtime._waits import seconds, wait_limit
-from herder.store import LeaseLost, real_number
+from herder.store import LeaseLost, TimedOut, real_number
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
@@ -62,7 +62,7 @@ class Lifecycle:
         close. Idempotent: a call while another thread stops the runtime waits (up to
         ``timeout``) for that stop to end. If the store's writer cannot finish within it
         (a stalled disk), the runtime is stopped all the same (every waiter hears
-        :class:`RuntimeClosed`) and :class:`TimeoutError` says the store is still open:
+        :class:`RuntimeClosed`) and :class:`TimedOut` says the store is still open:
         call again to retry. A
         ``timeout`` that is not a number of seconds >= 0 raises :class:`InvalidInput`
         (None: no limit).
@@ -104,7 +104,7 @@ class Lifecycle:
         if rt._stopper == threading.get_ident() and not rt._stopped.is_set():
             return False
         if not rt._stopped.wait(timeout):
-            raise TimeoutError(
+            raise TimedOut(
                 f"another thread's stop() of the runtime on {rt.path} did not end within "
                 f"{timeout}s; call stop() again to wait for it"
             )
@@ -151,7 +151,7 @@ class Lifecycle:
         rt._wake.set()
         rt._is_active.set()  # wakes wait_active(): a standby stopped first never will be
         if stuck is not None:
-            raise TimeoutError(
+            raise TimedOut(
                 f"the runtime stopped, but its store is still open: {stuck} (a stalled "
                 "disk?); call stop() again to retry closing it"
             ) from stuck

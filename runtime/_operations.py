@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
@@ -21,10 +21,15 @@ from herder.actors import (
     parse_task_token,
 )
 from herder.runtime._part import whole as _runtime
-from herder.store import HerderError, bounded_text, describe, error_types, normalize, safe_str
-
-if TYPE_CHECKING:
-    pass
+from herder.store import (
+    HerderError,
+    TimedOut,
+    bounded_text,
+    describe,
+    error_types,
+    normalize,
+    safe_str,
+)
 
 
 class Operations:
@@ -139,7 +144,12 @@ class Operations:
             done: Future[None] = call(rt._scheduler, method, msg, timeout=rt._ask_timeout)
         except pykka.ActorDeadError:
             raise rt._scheduler_gone() from None
-        done.result(timeout=rt._ask_timeout)
+        except TimedOut:
+            raise unrecorded(msg, rt._ask_timeout) from None
+        try:
+            done.result(timeout=rt._ask_timeout)
+        except TimeoutError:
+            raise unrecorded(msg, rt._ask_timeout) from None
 
     def _scheduler_gone(self) -> HerderError:
         """What a call that found the Scheduler dead raises: :class:`RuntimeClosed`, saying
@@ -154,3 +164,13 @@ class Operations:
             "the runtime's Scheduler crashed and its supervision tree is starting a new "
             "one; nothing was recorded: call again in a moment"
         )
+
+
+def unrecorded(msg: Operate | Complete, timeout: float) -> TimedOut:
+    """An operator action or completion the Scheduler did not record in time."""
+    what = f"the {msg.action}" if isinstance(msg, Operate) else f"the completion of {msg.step!r}"
+    return TimedOut(
+        f"the runtime did not record {what} of workflow {msg.workflow_id!r} within {timeout} s "
+        "(ask_timeout; it is overloaded, or its disk is slow); it may still be: look at the "
+        "workflow's status before calling again"
+    )

@@ -40,6 +40,7 @@ from herder.store import (
     InvalidInput,
     Plan,
     Put,
+    TimedOut,
     Transition,
     definition_key,
     encode,
@@ -268,6 +269,12 @@ class Registration:
             rt._store.writer.submit(write).result(timeout=rt._ask_timeout)
         except ConditionFailed:
             raise _started(plan) from None
+        except TimeoutError:
+            raise TimedOut(
+                f"the store did not commit workflow {plan.name!r} version {plan.version} "
+                f"within {rt._ask_timeout} s (ask_timeout; a slow or stalled disk?); it is "
+                "not registered: call add_workflow again"
+            ) from None
 
     def _store_definitions(self) -> None:
         """Becoming active: store each registered plan the store lacks or holds another

@@ -13,13 +13,14 @@ import time
 
 from herder.actors import Crash, NotActive
 from herder.runtime._runtime import Runtime
+from herder.store import TimedOut
 
 
 def crash_scheduler(rt: Runtime, timeout: float = 10.0) -> None:
     """Crash ``rt``'s Scheduler and return once the supervision tree has started a new one.
 
     What the old Scheduler held only in memory is lost, as after a real bug; the new one
-    recovers every unfinished workflow from the store. Raises ``TimeoutError`` if the
+    recovers every unfinished workflow from the store. Raises :class:`TimedOut` if the
     Scheduler does not stop, or no replacement runs, within ``timeout`` seconds;
     :class:`RuntimeClosed` if the runtime is stopped, or once this crash made its tree give
     up restarting (past the root's restart intensity); :class:`NotActive` on a standby.
@@ -30,7 +31,10 @@ def crash_scheduler(rt: Runtime, timeout: float = 10.0) -> None:
         raise NotActive("the runtime's Scheduler is restarting; call again once it runs")
     old.tell(Crash())
     if not old.actor_stopped.wait(timeout):
-        raise TimeoutError(f"the Scheduler did not crash within {timeout}s")
+        raise TimedOut(
+            f"the Scheduler did not crash within {timeout}s: it is busy or stuck (a blocking "
+            "call in its thread?); give a longer timeout"
+        )
     deadline = time.monotonic() + timeout
     polled = threading.Event()  # never set: a short, interruptible wait between looks
     while True:
@@ -39,5 +43,8 @@ def crash_scheduler(rt: Runtime, timeout: float = 10.0) -> None:
             return
         rt._check_open()  # (the tree gave up: no Scheduler will run again)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no new Scheduler started within {timeout}s of the crash")
+            raise TimedOut(
+                f"no new Scheduler started within {timeout}s of the crash (its agents are "
+                "stopped first, each within instance_shutdown); give a longer timeout"
+            )
         polled.wait(0.001)

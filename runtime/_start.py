@@ -130,7 +130,7 @@ class Starting(StartingMany):
         same pages, where random ids cost each commit about six times the bytes.
         Blocks while ``max_active_workflows`` are unfinished, or while another start of
         the same id is being decided (up to ``timeout`` seconds in all, then
-        :class:`TimeoutError`; nothing is written then).
+        :class:`TimedOut`, a ``TimeoutError``; nothing is written then).
 
         ``priority`` (default 0; higher first) orders its steps against other work
         waiting for the same agent; waiting raises it (see ``priority_aging``).

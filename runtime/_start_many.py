@@ -41,7 +41,7 @@ from herder.runtime._starts import (
     submit_creations,
 )
 from herder.runtime._waits import Steps, Wait, awaited, run_blocking, seconds
-from herder.store import ConditionFailed, InvalidInput
+from herder.store import ConditionFailed, InvalidInput, TimedOut
 
 _log = logging.getLogger("herder.runtime")
 
@@ -274,9 +274,9 @@ def _at_item(index: int, error: InvalidInput) -> InvalidInput:
     return named.with_traceback(error.__traceback__)
 
 
-def _undecided(timeout: float) -> TimeoutError:
+def _undecided(timeout: float) -> TimedOut:
     """``start_many``'s error for a group commit not decided within ``ask_timeout``."""
-    return TimeoutError(
+    return TimedOut(
         f"the store did not commit the batch within {timeout} s (ask_timeout); its "
         "workflows may still start: calling start_many again with the same items is safe "
         "for those with a workflow_id (an item without one would start another workflow)"

@@ -23,6 +23,7 @@ from herder.store import (
     Put,
     StepRecord,
     Store,
+    TimedOut,
     Transition,
     WorkflowRecord,
     WorkflowState,
@@ -354,10 +355,10 @@ class Landing:
             raise undecided(timeout, self._record.id) from None
 
 
-def undecided(timeout: float | None, workflow_id: str) -> TimeoutError:
+def undecided(timeout: float | None, workflow_id: str) -> TimedOut:
     """A start's error for a commit not decided within ``timeout`` (``ask_timeout``): it
     names the id, which a caller that gave none has no other way to learn."""
-    return TimeoutError(
+    return TimedOut(
         f"the store did not commit the start of workflow {workflow_id!r} within {timeout} s "
         "(ask_timeout); it may still start: starting it again with that workflow_id is safe"
     )

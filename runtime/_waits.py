@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from herder.actors import LoopInbox, inbox
-from herder.store import InvalidInput, real_number
+from herder.store import InvalidInput, TimedOut, real_number
 
 T = TypeVar("T")
 
@@ -107,7 +107,7 @@ async def awaited(future: Future[T], timeout: float | None) -> T:
 
 
 async def _within(future: asyncio.Future[T], timeout: float | None) -> T:
-    """Await ``future`` (cancelled if the wait is): TimeoutError after ``timeout`` s.
+    """Await ``future`` (cancelled if the wait is): :class:`TimedOut` after ``timeout`` s.
     Cheaper on the loop than ``asyncio.wait_for``, which adds a future and a callback."""
     if timeout is None:
         return await future
@@ -117,7 +117,7 @@ async def _within(future: asyncio.Future[T], timeout: float | None) -> T:
             return await future
     except TimeoutError:
         if limit.expired():  # (not a TimeoutError the future itself carried)
-            raise TimeoutError(f"not resolved within {timeout} s") from None
+            raise TimedOut(f"not resolved within {timeout} s") from None
         raise
 
 
@@ -184,9 +184,9 @@ class OneShot(Generic[T]):
         future.set_result(None)
 
     def wait(self, timeout: float | None) -> T:
-        """Block until resolved (made without a loop); TimeoutError after ``timeout`` s."""
+        """Block until resolved (made without a loop); :class:`TimedOut` after ``timeout`` s."""
         if not self._done.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError(f"not resolved within {timeout} s")
+            raise TimedOut(f"not resolved within {timeout} s")
         self._done.release()  # a second wait returns at once too
         return self._outcome()
 

@@ -93,6 +93,7 @@ from herder.store._errors import (
     StoreError,
     StoreIOError,
     StoreLocked,
+    TimedOut,
 )
 from herder.store._history import (
     as_event,
@@ -242,6 +243,7 @@ __all__ = [
     "StoreError",
     "StoreIOError",
     "StoreLocked",
+    "TimedOut",
     "Transition",
     "UserCodeFailed",
     "Watch",

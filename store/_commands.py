@@ -35,7 +35,7 @@ import lmdb
 
 from herder.store._codec import encode
 from herder.store._env import Store, opened
-from herder.store._errors import ConditionFailed, StoreCorrupt, StoreError, StoreLocked
+from herder.store._errors import ConditionFailed, StoreCorrupt, StoreError, StoreLocked, TimedOut
 from herder.store._locktable import compacting
 from herder.store._open import has_store
 from herder.store._ops import Delete, Expect, Put, Transition
@@ -185,6 +185,12 @@ def _append_through(store: Store, command: dict[str, Any]) -> int:
             store.writer.submit(Transition(ops=(put,), expect=absent)).result(timeout=30.0)
         except ConditionFailed:
             continue  # another command took that id first
+        except TimeoutError:
+            raise TimedOut(
+                f"the store at {store.path} did not commit the command within 30 s (a slow "
+                "or stalled disk?); it may still land and be carried out: look with `herder "
+                "show` before asking again"
+            ) from None
         return command_id
 
 

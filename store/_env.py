@@ -30,7 +30,7 @@ import lmdb
 from herder.store import _recent as recent
 from herder.store._access import Pinned
 from herder.store._entries import Written
-from herder.store._errors import InvalidInput, StoreClosed, StoreError, StoreLocked
+from herder.store._errors import InvalidInput, StoreClosed, StoreError, StoreLocked, TimedOut
 from herder.store._fresh import FreshKeys
 from herder.store._keys import workflow_key
 from herder.store._lease import DEFAULT_LEASE, Lease, guard, take
@@ -278,14 +278,17 @@ class Store(Reads, LeaseHolder):
     def close(self, timeout: float = 10.0) -> None:
         """Drain and close the writer, close the environment, release the lock.
 
-        Idempotent. Raises :class:`TimeoutError` (store left open) if the writer cannot
+        Idempotent. Raises :class:`TimedOut` (store left open) if the writer cannot
         drain within ``timeout`` seconds; call again to retry.
         """
         if self._closed:
             return
         self._pinned.refuse("close()")
         if not self._taking.acquire(timeout=timeout):
-            raise TimeoutError(f"a standby's take of the lease did not end within {timeout} s")
+            raise TimedOut(
+                f"a standby's take of the lease did not end within {timeout} s; the store "
+                "is still open: call close() again"
+            )
         try:
             self._close(timeout)
         finally:
@@ -301,7 +304,7 @@ class Store(Reads, LeaseHolder):
             try:
                 self._writer.close(max(0.0, deadline - time.monotonic()))
             except TimeoutError as exc:
-                raise TimeoutError(
+                raise TimedOut(
                     f"store {self.path}: its writer did not drain within {timeout} s (a "
                     "stalled disk?); the store is still open: call close() again"
                 ) from exc

@@ -6,6 +6,7 @@
     ├── InvalidInput (ValueError)    bad input refused at the door, nothing written
     │   └── EncodeError              a value msgpack cannot encode, or one over a size limit
     ├── MissingExtra (ImportError)   an optional dependency is not installed; names the extra
+    ├── TimedOut (TimeoutError)      a wait ran out of time; says what, after how long, what to do
     └── StoreError                   operational errors of the durable store
         ├── StoreCorrupt             a record failed to decode; names the database and key
         ├── SchemaTooNew             the store was written by a newer herder
@@ -32,6 +33,13 @@ class InvalidInput(HerderError, ValueError):
 
 class MissingExtra(HerderError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class TimedOut(HerderError, TimeoutError):
+    """A wait ran out of time: room under ``max_active_workflows``, a workflow's result,
+    a commit, an answer from the runtime's actors, a stop. The message says what timed
+    out, after how long, and what to do. Also a :class:`TimeoutError`, so code that
+    catches that goes on working."""
 
 
 class EncodeError(InvalidInput):

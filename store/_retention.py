@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from herder.store._codec import decode
-from herder.store._errors import ConditionFailed, StoreCorrupt, StoreIOError
+from herder.store._errors import ConditionFailed, StoreCorrupt, StoreIOError, TimedOut
 from herder.store._history import HISTORY_DB
 from herder.store._keys import KEY_SEP, step_key, timer_key, workflow_key
 from herder.store._ops import Delete, Expect, Transition
@@ -193,7 +193,10 @@ def commit_group(
 
     store.writer.submit_many(transitions, on_done)
     if not done.wait(timeout):
-        raise TimeoutError(f"the store did not commit a purge batch within {timeout} s")
+        raise TimedOut(
+            f"the store did not commit a purge batch within {timeout} s (a slow or stalled "
+            "disk?); what was committed stays purged: purge again later for the rest"
+        )
     for r in results:
         if r is not None and not isinstance(r, ConditionFailed | StoreCorrupt):
             raise r

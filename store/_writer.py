@@ -51,7 +51,7 @@ from herder.store._entries import (
     io_error,
     resolve,
 )
-from herder.store._errors import InvalidInput, StoreClosed
+from herder.store._errors import InvalidInput, StoreClosed, TimedOut
 from herder.store._ops import BatchSink, Callback, Ops, Outcome, Transition, validate, validate_ops
 
 log = logging.getLogger(__name__)
@@ -199,19 +199,19 @@ class Writer:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything submitted so far is committed (or failed), at most
-        ``timeout`` seconds (then :class:`TimeoutError`)."""
+        ``timeout`` seconds (then :class:`TimedOut`)."""
         with self._cond:
             target = self._submitted
         with self._done_cond:
             if not self._done_cond.wait_for(lambda: self._done >= target, timeout):
-                raise TimeoutError(
+                raise TimedOut(
                     f"store writer did not commit {target - self._done} pending transitions "
-                    f"within {timeout} s; the disk may be slow or stalled"
+                    f"within {timeout} s; the disk may be slow or stalled: wait, then retry"
                 )
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop accepting transitions (they fail with :class:`StoreClosed`), drain, join.
-        :class:`TimeoutError` if the queue is not drained within ``timeout``; the thread
+        :class:`TimedOut` if the queue is not drained within ``timeout``; the thread
         keeps draining and ``close`` may be called again."""
         with self._cond:
             self._closing = True
@@ -222,7 +222,7 @@ class Writer:
             raise InvalidInput("Writer.close() called from a writer callback; close elsewhere")
         self._thread.join(timeout)
         if self._thread.is_alive():
-            raise TimeoutError(f"store writer did not drain its queue within {timeout} s")
+            raise TimedOut(f"store writer did not drain its queue within {timeout} s; retry")
 
     @property
     def closed(self) -> bool:

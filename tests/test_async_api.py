@@ -105,7 +105,7 @@ def test_result_async_raises_workflow_failed_and_times_out(rt: Runtime) -> None:
             await bad.result_async(timeout=WAIT)
         assert failed.value.status.state is State.COMPENSATED
         held = await rt.start_async("held")
-        with pytest.raises(TimeoutError, match=r"not resolved within 0\.05 s"):
+        with pytest.raises(TimeoutError, match=r"did not end within 0\.05 s"):
             await held.result_async(timeout=0.05)  # (the same message as result())
         Gate.gate.set()
         assert await held.result_async(timeout=WAIT) == {"s": "held"}

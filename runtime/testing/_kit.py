@@ -20,7 +20,7 @@ from herder.actors import (
 )
 from herder.runtime._runtime import Runtime
 from herder.runtime._waits import wait_limit
-from herder.store import InvalidInput, Store, timer_upper_bound
+from herder.store import InvalidInput, Store, TimedOut, timer_upper_bound
 
 
 class EffectLedger:
@@ -126,7 +126,7 @@ def wait_until(
     """Block until ``predicate()`` is true, re-checking after every durable commit.
 
     Event-driven, not polling: the runtime signals each committed batch. Raises
-    :class:`TimeoutError` if ``timeout`` real seconds pass first (the predicate is
+    :class:`TimedOut` if ``timeout`` real seconds pass first (the predicate is
     asked once more then; None: no limit), :class:`RuntimeClosed` if the runtime is
     stopped, :class:`InvalidInput` for a ``timeout`` that is no number of seconds >= 0.
     """
@@ -143,7 +143,7 @@ def wait_until(
             if not commits.wait(seen, deadline):
                 if predicate():  # (it may have come true with no commit after it)
                     return
-                raise TimeoutError(
+                raise TimedOut(
                     f"condition not reached within {timeout}s (it is asked after each "
                     "commit of the runtime: wait on an event for one that comes true "
                     "without a commit, such as an action's side effect)"
@@ -164,7 +164,7 @@ def settle(runtime: Runtime) -> None:
     Woken by each commit. Attempts that make no progress for :data:`HELD` real seconds
     while every other thread waits are held by the test (an action that waits for its
     event): settle returns with them still running. An action that computes, or a thread
-    a loaded machine leaves unscheduled, is waited for. Raises :class:`TimeoutError` if
+    a loaded machine leaves unscheduled, is waited for. Raises :class:`TimedOut` if
     attempts keep moving for the runtime's ``ask_timeout``."""
     runtime._check_open()
     deadline = time.monotonic() + runtime._ask_timeout
@@ -187,7 +187,10 @@ def settle(runtime: Runtime) -> None:
             elif now - since >= HELD and waiting:
                 return  # held: they move on once the test lets them (or advance times out)
             if now >= deadline:
-                raise TimeoutError(f"attempts still running after {runtime._ask_timeout}s: {busy}")
+                raise TimedOut(
+                    f"attempts still running after {runtime._ask_timeout}s (ask_timeout): "
+                    f"{busy}; hold them on an event, or give Runtime(ask_timeout=) more"
+                )
             # (unmoved for HELD, a thread still runs: look again a little later)
             commits.wait(seen, min(max(since + HELD, now + HELD / 4), deadline))
 

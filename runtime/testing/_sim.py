@@ -61,7 +61,7 @@ from herder.runtime.testing._world import (
     fresh,
     verify,
 )
-from herder.store import ScheduleRecord, schedule_key
+from herder.store import ScheduleRecord, TimedOut, schedule_key
 
 QUIET_WAIT = 10.0  # real seconds a round may take to settle before the seed fails
 
@@ -311,7 +311,7 @@ def _quiet(rt: Runtime, world: _ThreadedWorld) -> None:
             with gate.cond:
                 gate.cond.wait_for(functools.partial(gate.changed_since, seen), timeout=0.005)
         running = call(rt._scheduler, "in_flight", timeout=QUIET_WAIT)
-        raise TimeoutError(
+        raise TimedOut(
             f"seed {world.schedule.seed}: the engine did not settle within {QUIET_WAIT}s: "
             f"{running} attempts running, {gate.hung} hung, agents {rt.stats()['agents']}"
         )
