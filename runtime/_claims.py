@@ -15,6 +15,11 @@ waiting for room under ``max_active_workflows`` for longer than that, and the ot
 start's creation may land before its own. Neither of them is then taken up early (a
 creation that fails halts nothing), so whichever lands first is the workflow and the
 other gets its handle.
+
+``start_many`` (never taken up early itself) waits only for a claim whose start was
+taken up early (:meth:`Claims.sole` said so: its commit is on its way and must land
+first). Any other it goes past at once, contesting it: that start may be queued for room
+behind the batch itself, and would only get it once the batch had gone on.
 """
 
 from __future__ import annotations
@@ -28,7 +33,12 @@ from herder.runtime._waits import wake
 from herder.store import TimedOut
 
 Held: TypeAlias = "list[tuple[str, threading.Lock | None]]"
-"""Claims of :meth:`Claims.take_many`: each id with its claim (None: not claimed)."""
+"""Claims of :meth:`Claims.take_many`: each id with its claim (None: its wait ran out;
+:data:`PASSED`: gone past at once)."""
+
+PASSED = threading.Lock()
+"""What a ``passing`` take gets for a claim it went past: nobody's claim, so giving it
+back does nothing."""
 
 
 class Claims:
@@ -39,17 +49,22 @@ class Claims:
     resolved through the loop's inbox when the claim is given back: no thread waits for
     it, and a cancelled waiter takes its future away."""
 
-    __slots__ = ("_contested", "_held", "_lock", "_waiting")
+    __slots__ = ("_contested", "_early", "_held", "_lock", "_waiting")
 
     def __init__(self) -> None:
         self._held: dict[str, threading.Lock] = {}
         self._contested: set[threading.Lock] = set()  # claims a start went past (_lock)
+        self._early: set[threading.Lock] = set()  # claims whose start went early (_lock)
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # (under _lock)
         self._lock = threading.Lock()  # (give_back: a claim may be given back twice)
 
-    def take(self, workflow_id: str, timeout: float | None) -> threading.Lock | None:
+    def take(
+        self, workflow_id: str, timeout: float | None, *, passing: bool = False
+    ) -> threading.Lock | None:
         """Claim ``workflow_id``, waiting while another start holds it; the claim to
-        :meth:`give_back`, or None if the wait outlasted ``timeout``."""
+        :meth:`give_back`, or None if the wait outlasted ``timeout``. ``passing``
+        (``start_many``): :data:`PASSED` at once, the claim contested, unless its start
+        went early."""
         mine = threading.Lock()
         mine.acquire()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -57,13 +72,17 @@ class Claims:
             other = self._held.setdefault(workflow_id, mine)  # (atomic: one C call)
             if other is mine:
                 return mine
+            if passing and self._pass(workflow_id, other):
+                return PASSED
             left = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             if not other.acquire(timeout=left):
                 self._contest(workflow_id)
                 return None
             other.release()
 
-    async def take_async(self, workflow_id: str, timeout: float | None) -> threading.Lock | None:
+    async def take_async(
+        self, workflow_id: str, timeout: float | None, *, passing: bool = False
+    ) -> threading.Lock | None:
         """As :meth:`take`, awaited: a start that must wait holds no thread. It waits on
         a future of the running loop that :meth:`give_back` resolves, then tries again
         (another start may have claimed the id first); cancelled or past ``timeout``, it
@@ -76,8 +95,12 @@ class Claims:
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             with self._lock:  # (give_back ends a claim under it: no wake-up is lost)
-                if self._held.setdefault(workflow_id, mine) is mine:
+                other = self._held.setdefault(workflow_id, mine)
+                if other is mine:
                     return mine
+                if passing and other not in self._early:
+                    self._contested.add(other)
+                    return PASSED
                 woken: asyncio.Future[None] = loop.create_future()
                 self._waiting.setdefault(workflow_id, []).append(woken)
             try:
@@ -89,6 +112,18 @@ class Claims:
             finally:
                 self._unwait(workflow_id, woken)
 
+    def _pass(self, workflow_id: str, holder: threading.Lock) -> bool:
+        """Go past ``holder``'s claim of ``workflow_id`` at once, contesting it (True),
+        unless its start went early (False: wait for its commit). Under ``_lock``, as
+        :meth:`sole` decides, so that start goes early only if nothing went past it."""
+        with self._lock:
+            if self._held.get(workflow_id) is not holder:
+                return False  # (given back meanwhile: try again)
+            if holder in self._early:
+                return False
+            self._contested.add(holder)
+            return True
+
     def _contest(self, workflow_id: str) -> None:
         """A start goes on past the claim of ``workflow_id`` (its wait ran out)."""
         with self._lock:
@@ -99,8 +134,15 @@ class Claims:
     def sole(self, claim: threading.Lock | None) -> bool:
         """Whether ``claim`` (None: none) holds its id with no other start gone past it:
         its creation may be taken up early, as no other creation of the id can land
-        before it (see the module doc)."""
-        return claim is not None and claim not in self._contested
+        before it (see the module doc). True is a decision: from then on a ``start_many``
+        of the id waits for the claim instead of going past it."""
+        if claim is None:
+            return False
+        with self._lock:
+            if claim in self._contested:
+                return False
+            self._early.add(claim)
+            return True
 
     def _unwait(self, workflow_id: str, woken: asyncio.Future[None]) -> None:
         with self._lock:
@@ -117,7 +159,7 @@ class Claims:
         held: Held = []
         for workflow_id in sorted(workflow_ids):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            held.append((workflow_id, self.take(workflow_id, left)))
+            held.append((workflow_id, self.take(workflow_id, left, passing=True)))
         return held
 
     async def take_many_async(self, workflow_ids: list[str], timeout: float | None) -> Held:
@@ -129,7 +171,7 @@ class Claims:
         try:
             for workflow_id in sorted(workflow_ids):
                 rest = None if deadline is None else max(0.0, deadline - loop.time())
-                held.append((workflow_id, await self.take_async(workflow_id, rest)))
+                held.append((workflow_id, await self.take_async(workflow_id, rest, passing=True)))
         except BaseException:
             self.give_back_many(held)
             raise
@@ -169,6 +211,7 @@ class Claims:
             return
         with self._lock:
             self._contested.discard(claim)
+            self._early.discard(claim)
             if self._held.get(workflow_id) is not claim:
                 return
             del self._held[workflow_id]

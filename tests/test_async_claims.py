@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from herder.runtime import Agent, Runtime, StepContext, Workflow
-from herder.runtime._claims import Claims
+from herder.runtime._claims import PASSED, Claims
 
 WAIT = 10.0
 
@@ -88,6 +88,7 @@ def test_an_awaited_claim_wait_is_woken_cancelled_or_timed_out_without_a_thread(
 def test_an_awaited_batch_claim_waits_without_a_thread_and_gives_back_when_cancelled() -> None:
     claims = Claims()
     held = claims.take("b", WAIT)
+    assert claims.sole(held)  # its start went early: a batch waits for it (not past it)
 
     async def main() -> None:
         batch = asyncio.ensure_future(claims.take_many_async(["c", "a", "b"], WAIT))
@@ -102,9 +103,21 @@ def test_an_awaited_batch_claim_waits_without_a_thread_and_gives_back_when_cance
         claims.give_back("a", free)
         again = asyncio.ensure_future(claims.take_many_async(["c", "a", "b"], WAIT))
         await asyncio.sleep(0)
+        assert not again.done()
         claims.give_back("b", held)
         got = await asyncio.wait_for(again, WAIT)
         assert [wid for wid, claim in got if claim is not None] == ["a", "b", "c"]
         claims.give_back_many(got)
 
     asyncio.run(main())
+
+
+def test_a_batch_goes_past_a_claim_whose_start_did_not_go_early_and_that_start_stays_late() -> None:
+    claims = Claims()
+    held = claims.take("b", WAIT)  # a start queued for room behind the batch, say
+    got = claims.take_many(["a", "b"], WAIT)  # (at once: it would wait WAIT)
+    assert got[1] == ("b", PASSED)
+    assert not claims.sole(held)  # gone past: that start is not taken up early
+    claims.give_back_many(got)  # (PASSED: nothing to give back)
+    assert claims.take("b", 0.0) is None  # still held by its start
+    claims.give_back("b", held)

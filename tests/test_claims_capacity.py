@@ -7,6 +7,7 @@ early, and so is one that went on unclaimed."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 from collections.abc import Callable, Iterator
@@ -45,12 +46,17 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Callable[[int], Setup]]:
+def setup(tmp_path: Path) -> Iterator[Callable[..., Setup]]:
     opened: list[Runtime] = []
 
-    def make(limit: int) -> Setup:
+    def make(limit: int, ask_timeout: float = 0.3) -> Setup:
         go, runs = threading.Semaphore(0), collections.Counter[str]()
-        rt = Runtime(tmp_path / "s", clock=FakeClock(), max_active_workflows=limit, ask_timeout=0.3)
+        rt = Runtime(
+            tmp_path / f"s{len(opened)}",
+            clock=FakeClock(),
+            max_active_workflows=limit,
+            ask_timeout=ask_timeout,
+        )
         opened.append(rt)
         rt.add_agent("gate", lambda: Gate(go, runs), concurrency=8)
         rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
@@ -76,7 +82,7 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
 
 
 def test_a_start_that_went_past_a_queued_start_of_its_id_halts_nothing(
-    setup: Callable[[int], Setup],
+    setup: Callable[..., Setup],
 ) -> None:
     s = setup(1)
     s.rt.start("w", workflow_id="first")
@@ -96,7 +102,7 @@ def test_a_start_that_went_past_a_queued_start_of_its_id_halts_nothing(
 
 
 def test_a_start_many_that_went_past_a_queued_start_of_one_of_its_ids_halts_nothing(
-    setup: Callable[[int], Setup],
+    setup: Callable[..., Setup],
 ) -> None:
     s = setup(3)
     for wid in ("b1", "b2", "b3"):
@@ -109,6 +115,45 @@ def test_a_start_many_that_went_past_a_queued_start_of_one_of_its_ids_halts_noth
     s.go.release()
     s.go.release()  # two end: the batch has its slots, waits for x's claim, goes on
     many.join(WAIT)
+    assert [h.id for h in many_out[0]] == ["x", "y"], many_out
+    s.go.release()  # the third ends: its slot goes to the start of x, which exists
+    one.join(WAIT)
+    assert one_out[0].id == "x", one_out
+    s.go.release()
+    s.go.release()
+    assert s.rt.handle("y").result(timeout=WAIT) == {"s": "y"}
+    assert s.rt.handle("x").result(timeout=WAIT) == {"s": "x"}
+    assert s.halts() == 0
+    assert s.runs == {"b1": 1, "b2": 1, "b3": 1, "x": 1, "y": 1}
+
+
+@pytest.mark.parametrize("face", ["blocking", "awaited"])
+@pytest.mark.parametrize("holder", ["start", "start_async"])
+def test_a_start_many_ahead_of_a_queued_start_of_one_of_its_ids_does_not_wait_for_it(
+    setup: Callable[..., Setup], face: str, holder: str
+) -> None:
+    # The batch had its room, then waited ask_timeout (30 s by default) for the claim of
+    # a start queued behind it for room: one it could go past at once.
+    s = setup(3, 3600.0)
+    for wid in ("b1", "b2", "b3"):
+        s.rt.start("w", workflow_id=wid)
+    items = [{"workflow": "w", "workflow_id": wid} for wid in ("x", "y")]
+    many, many_out = in_thread(
+        (lambda: s.rt.start_many(items, timeout=WAIT))
+        if face == "blocking"
+        else (lambda: asyncio.run(s.rt.start_many_async(items, timeout=WAIT)))
+    )
+    assert s.queue.joined.acquire(timeout=WAIT)  # the batch waits for two slots
+    one, one_out = in_thread(
+        (lambda: s.rt.start("w", workflow_id="x", timeout=WAIT))
+        if holder == "start"
+        else (lambda: asyncio.run(s.rt.start_async("w", workflow_id="x", timeout=WAIT)))
+    )
+    assert s.queue.joined.acquire(timeout=WAIT)  # queued behind it, holding x's claim
+    s.go.release()
+    s.go.release()  # two end: the batch has its slots and goes past x's claim
+    many.join(WAIT)
+    assert not many.is_alive(), "the batch waited for the claim of a start behind it"
     assert [h.id for h in many_out[0]] == ["x", "y"], many_out
     s.go.release()  # the third ends: its slot goes to the start of x, which exists
     one.join(WAIT)
