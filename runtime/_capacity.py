@@ -191,21 +191,34 @@ class Capacity:
     ) -> Landing | None:
         """Wait for a slot with ``new`` queued, to be created by the thread that hands
         it one (the module docstring): its decided :class:`Landing`; None if a slot was free
-        after all (taken: the caller creates it). :class:`TimedOut` if no slot came
-        within ``timeout`` seconds (nothing is written then), or if the commit, once
-        handed a slot, was not decided within ``ask_timeout``."""
+        after all (taken: the caller creates it, and keeps ``claim``). :class:`TimedOut` if
+        no slot came within ``timeout`` seconds (nothing is written then), or if the
+        commit, once handed a slot, was not decided within ``ask_timeout``. It ends
+        ``claim`` (its id's) unless handed a slot: then its :class:`Landing` does, once
+        the commit is decided, also if this caller stopped waiting for it (a retry of
+        the id waits for it then, and finds the workflow)."""
         rt = _runtime(self)
         decided = threading.Lock()
         decided.acquire()
         queued = QueuedStart(new, also, decided, claim, fresh)
-        with rt._lock:
-            rt._check_open()
-            if rt._active < rt._max_active and not rt._queued:
-                rt._active += 1
-                return None
-            if rt._ctx.event_loop.runs_here():
-                raise _on_loop("start()", "rt.start_async()")
-            rt._queued.append(queued)
+        try:
+            with rt._lock:
+                rt._check_open()
+                if rt._active < rt._max_active and not rt._queued:
+                    rt._active += 1
+                    queued.claim = None  # (back to the caller)
+                    return None
+                if rt._ctx.event_loop.runs_here():
+                    raise _on_loop("start()", "rt.start_async()")
+                rt._queued.append(queued)
+            return self._await_slot(queued, timeout)
+        finally:
+            if not queued.handed:  # (handed: _create gave it to the Landing)
+                rt._claims.give_back(new.workflow_id, queued.claim)
+
+    def _await_slot(self, queued: QueuedStart, timeout: float | None) -> Landing | None:
+        """The wait of :meth:`_queue_start`, with ``queued`` in the queue."""
+        rt, new, decided = _runtime(self), queued.new, queued.decided
         ask, deadline = rt._ask_timeout, None if timeout is None else monotonic() + timeout
         while True:  # (woken once; the timeouts only bound the wait)
             if queued.handed:  # its commit is decided within ask_timeout, or it is stuck
@@ -283,8 +296,10 @@ class Capacity:
         rt = _runtime(self)
         early = start.fresh or rt._claims.sole(start.claim)  # (its claim: see _claims)
         try:
-            rt._submit_start(start.new, start.also, None, handed=start, early=early)
+            new, claim = start.new, start.claim
+            rt._submit_start(new, start.also, None, handed=start, claim=claim, early=early)
         except BaseException as exc:  # (_submit_start gave its slot back)
+            rt._claims.give_back(start.new.workflow_id, start.claim)
             start.refuse(exc)
 
     def _refuse_queued(self, error: BaseException) -> None:

@@ -11,11 +11,10 @@ Scheduler as that transaction is queued, so that the workflow's first DISPATCHED
 into the same commit, or the next (one commit less per workflow, which shows at 1 and 16
 in flight: benchmarks/ANALYSIS.md); if it fails, the writer writes none of the
 Scheduler's batches behind it (fail-stop) and the Scheduler forgets the workflow
-(``_starts.Landing.admit_early``). ``Landing`` admits it (again)
-on the writer's thread once durable only if it was not admitted early, or the Scheduler
-may have let it go since (``actors/_messages.py``, ``EarlyStart``): in the normal case a
-start costs the Scheduler one message.
-"""
+(``_starts.Landing.admit_early``). ``Landing`` admits it (again) on the writer's thread
+once durable only if it was not admitted early, or the Scheduler may have let it go
+since (``actors/_messages.py``, ``EarlyStart``): in the normal case a start costs the
+Scheduler one message."""
 
 from __future__ import annotations
 
@@ -181,10 +180,11 @@ class Starting(StartingMany):
             if repeated is not None:
                 return repeated
             if not rt._take_capacity_now(1):
-                fresh = workflow_id is None
-                queued = rt._queue_start(new, also, left(timeout, began), claim, fresh)
+                fresh, mine, claim = workflow_id is None, claim, None  # (_queue_start's now)
+                queued = rt._queue_start(new, also, left(timeout, began), mine, fresh)
                 if queued is not None:  # created by the thread that handed it a slot
                     return rt._landed(new, queued.error)
+                claim = mine  # a slot was free after all: the claim is back with us
                 now = None  # created after the wait, not before
             early = workflow_id is None or rt._claims.sole(claim)  # (see _submit_start)
             landing = rt._submit_start(new, also, now, claim=claim, early=early)

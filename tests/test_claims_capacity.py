@@ -164,3 +164,37 @@ def test_a_start_many_ahead_of_a_queued_start_of_one_of_its_ids_does_not_wait_fo
     assert s.rt.handle("x").result(timeout=WAIT) == {"s": "x"}
     assert s.halts() == 0
     assert s.runs == {"b1": 1, "b2": 1, "b3": 1, "x": 1, "y": 1}
+
+
+def test_a_queued_start_whose_commit_is_late_keeps_its_claim_until_the_commit_is_decided(
+    setup: Callable[..., Setup],
+) -> None:
+    # A start() handed a slot while queued gave its id's claim back when it stopped
+    # waiting for a late commit (ask_timeout), though that commit was still on its way:
+    # a retry, as the error invites, then held the claim alone, was taken up early and
+    # its creation failed behind the first, halting the Scheduler's writes.
+    s = setup(1)
+    stalling, unstall = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        if stalling.is_set():
+            assert unstall.wait(WAIT)
+
+    s.rt.start("w", workflow_id="first")
+    first, first_out = in_thread(lambda: s.rt.start("w", workflow_id="x", timeout=WAIT))
+    assert s.queue.joined.acquire(timeout=WAIT)  # queued for room, holding x's claim
+    store_of(s.rt).writer.fault = stall
+    stalling.set()
+    s.go.release()  # "first" ends: x is handed its slot; both commits stall
+    first.join(WAIT)
+    assert isinstance(first_out[0], TimeoutError), first_out  # x's commit is undecided
+    retry, retry_out = in_thread(lambda: s.rt.start("w", workflow_id="x", timeout=WAIT))
+    assert s.queue.joined.acquire(timeout=WAIT)  # (after the claim's ask_timeout, if kept)
+    unstall.set()
+    s.go.release()  # x ends: its slot goes to the retry, whose creation finds x
+    retry.join(WAIT)
+    assert not isinstance(retry_out[0], BaseException), str(retry_out[0])
+    assert retry_out[0].id == "x"
+    assert s.halts() == 0
+    assert s.rt.handle("x").result(timeout=WAIT) == {"s": "x"}
+    assert s.runs == {"first": 1, "x": 1}
