@@ -276,7 +276,9 @@ async def _off_loop(steps: Steps[Any], value: Any, error: BaseException | None) 
     """:func:`_advance` on a worker thread. A caller cancelled meanwhile leaves the thread
     running: whichever of the two ends last closes the body (its ``finally`` gives back
     what it took, such as ``start_many``'s slots), rather than leave it suspended at its
-    next wait until it is garbage-collected."""
+    next wait until it is garbage-collected. The job is shielded from the cancel: a job
+    cancelled before a worker took it up would never run, and nothing would close the
+    body (it holds ``start_many``'s slots once handed them)."""
     lock, state = threading.Lock(), {"gone": False, "done": False}
 
     def advance() -> tuple[bool, Any]:
@@ -288,8 +290,10 @@ async def _off_loop(steps: Steps[Any], value: Any, error: BaseException | None) 
         steps.close()  # (its caller gave up while this ran)
         return result
 
+    job = asyncio.ensure_future(asyncio.to_thread(advance))
+    job.add_done_callback(_retrieved)  # (its error, once nobody awaits it, is not logged)
     try:
-        return await asyncio.to_thread(advance)
+        return await asyncio.shield(job)
     except asyncio.CancelledError:
         with lock:
             state["gone"] = True
@@ -297,6 +301,11 @@ async def _off_loop(steps: Steps[Any], value: Any, error: BaseException | None) 
         if done:  # it ended just before the cancel: nobody else will close it
             steps.close()
         raise
+
+
+def _retrieved(job: asyncio.Future[Any]) -> None:
+    if not job.cancelled():
+        job.exception()
 
 
 def _advance(steps: Steps[T], value: Any, error: BaseException | None) -> tuple[bool, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_capacity_queue import _Queue
 
 from herder.runtime import (
     Agent,
@@ -216,3 +217,62 @@ def test_a_blocking_start_that_must_wait_for_room_on_the_actions_loop_is_refused
             await rt.stop_async()
 
     assert asyncio.run(main()) == ([{"s": 1}, {"s": 1}], 2)  # the refused wrote nothing
+
+
+def test_a_start_many_async_cancelled_before_its_next_step_got_a_thread_gives_its_slots_back(
+    tmp_path: Path,
+) -> None:
+    """The same, one step later: the batch was handed its slot, and its next step (the
+    claims and the commit) waited for a worker thread when the task was cancelled.
+    Cancelling ``asyncio.to_thread`` then cancelled that job before it ran, so nothing
+    resumed or closed the body: the slot stayed taken for good and every later start
+    found no room (with max_active_workflows=1, none ever again)."""
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self) -> None:
+            super().__init__(1)
+            self.submitted = threading.Semaphore(0)
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            job = super().submit(*args, **kwargs)
+            self.submitted.release()
+            return job
+
+    go, hold = threading.Event(), threading.Event()
+
+    class Gate(Agent):
+        def work(self, ctx: StepContext) -> str:
+            assert go.wait(WAIT)
+            return ctx.workflow_id
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pool, mine = Pool(), ThreadPoolExecutor(1)  # (mine: the test's own waits)
+        loop.set_default_executor(pool)
+
+        async def off(fn: Any, *args: Any) -> Any:
+            return await loop.run_in_executor(mine, fn, *args)
+
+        async with Runtime(tmp_path / "s", max_active_workflows=1) as rt:
+            rt.add_agent("gate", Gate)
+            rt.add_workflow(Workflow("w").step("s", agent="gate", action="work"))
+            queue = rt._queued = _Queue()
+            await rt.start_async("w", workflow_id="first")
+            batch = asyncio.create_task(rt.start_many_async([{"workflow": "w"}]))
+            assert await off(pool.submitted.acquire, True, WAIT)  # its checks ran there
+            assert await off(queue.joined.acquire, True, WAIT)  # it waits for room
+            blocker = loop.run_in_executor(None, hold.wait, WAIT)  # the one worker, busy
+            assert await off(pool.submitted.acquire, True, WAIT)
+            go.set()  # "first" ends: its slot goes to the batch, whose next step queues
+            assert await off(pool.submitted.acquire, True, WAIT)
+            batch.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await batch
+            hold.set()
+            assert await blocker
+            await loop.run_in_executor(None, lambda: None)  # behind the batch's step
+            after = await rt.start_async("w", workflow_id="after", timeout=2.0)
+            assert await after.result_async(WAIT) == {"s": "after"}
+        mine.shutdown()
+
+    asyncio.run(main())
