@@ -245,36 +245,62 @@ class Registration:
         changed = stored is not None and stored != plan
         if changed and self._ever_started(plan):
             raise _started(plan)
-        with rt._promotion, rt._defining:
+        with rt._promotion:
             if (stored is None or changed) and rt._root is not None:  # standby: at promotion
-                self._store_definition(plan, replacing=changed)
-            rt._ctx.plans[(plan.name, plan.version)] = plan
-            current = rt._latest.get(plan.name)
-            if current is None or plan.version >= current.version:
-                rt._latest[plan.name] = plan
-            rt._ctx.tell_scheduler(Define(plan))
+                self._store_definition(plan, replacing=changed, then=self._register)
+            else:
+                with rt._defining:
+                    self._register(plan)
         if rt._firer is not None:
             rt._firer.wake()  # a schedule may have waited for this workflow
 
-    def _store_definition(self, plan: Plan, *, replacing: bool = False) -> None:
+    def _register(self, plan: Plan) -> None:
+        """Run ``plan`` from now on (called holding ``rt._defining``)."""
+        rt = _runtime(self)
+        rt._ctx.plans[(plan.name, plan.version)] = plan
+        current = rt._latest.get(plan.name)
+        if current is None or plan.version >= current.version:
+            rt._latest[plan.name] = plan
+        rt._ctx.tell_scheduler(Define(plan))
+
+    def _store_definition(
+        self, plan: Plan, *, replacing: bool = False, then: Callable[[Plan], None] | None = None
+    ) -> None:
         """Write ``plan``; ``replacing`` another under its version: only if no workflow of
         it has started, checked in the write (a first start may have landed since
-        :meth:`_ever_started` looked), else :class:`InvalidDefinition`."""
+        :meth:`_ever_started` looked), else :class:`InvalidDefinition`. Once durable,
+        ``then(plan)`` runs holding ``rt._defining``. That lock is held to queue the write
+        and after it, not while it commits: the store writer may need it meanwhile, to
+        hand a freed slot to a queued first start of a definition (``submit_creations``,
+        which refuses a first start of other steps of this version meanwhile:
+        ``rt._storing``)."""
         rt = _runtime(self)
+        name = (plan.name, plan.version)
         key = definition_key(plan.name, plan.version)
         put = Put("definitions", key, encode(plan.to_dict()))
         unstarted = Expect("meta", started_key(plan.name, plan.version), exists=False)
         write = Transition(ops=(put,), expect=(unstarted,) if replacing else ())
+        with rt._defining:
+            rt._storing[name] = plan
+            done = rt._store.writer.submit(write)
         try:
-            rt._store.writer.submit(write).result(timeout=rt._ask_timeout)
-        except ConditionFailed:
-            raise _started(plan) from None
-        except TimeoutError:
-            raise TimedOut(
-                f"the store did not commit workflow {plan.name!r} version {plan.version} "
-                f"within {rt._ask_timeout} s (ask_timeout; a slow or stalled disk?); it is "
-                "not registered: call add_workflow again"
-            ) from None
+            done.result(timeout=rt._ask_timeout)
+        except BaseException as exc:
+            with rt._defining:
+                del rt._storing[name]
+            if isinstance(exc, ConditionFailed):
+                raise _started(plan) from None
+            if isinstance(exc, TimeoutError):
+                raise TimedOut(
+                    f"the store did not commit workflow {plan.name!r} version {plan.version} "
+                    f"within {rt._ask_timeout} s (ask_timeout; a slow or stalled disk?); it "
+                    "is not registered: call add_workflow again"
+                ) from None
+            raise
+        with rt._defining:
+            del rt._storing[name]
+            if then is not None:
+                then(plan)
 
     def _store_definitions(self) -> None:
         """Becoming active: store each registered plan the store lacks or holds another

@@ -206,10 +206,12 @@ class Runtime(
         # Held while a standby becomes active, so registration and stop() never see it half
         # done; the tree (self._root) exists only on the active runtime.
         self._promotion = threading.RLock()
-        # Held while add_workflow stores a definition and registers it, and while a start
-        # that writes its definition's started mark is queued (runtime/_starts.py,
-        # submit_creations): no workflow starts on a definition replaced meanwhile.
+        # Held while add_workflow queues a definition's write and registers it once durable
+        # (_storing meanwhile), and while a start that writes its definition's started mark
+        # is queued (runtime/_starts.py, submit_creations): no workflow starts on a
+        # definition replaced meanwhile.
         self._defining = threading.Lock()
+        self._storing: dict[tuple[str, int], Plan] = {}
         self._root: pykka.ActorRef[Any] | None = None
         self._is_active = NotifyingEvent()  # became active, or stopped or failed first
         self._health_listeners: builtins.list[Callable[[], None]] = []

@@ -103,13 +103,14 @@ def submit_creations(
         return
     with rt._defining:
         for plan in marked:
-            current = rt._ctx.plans.get((plan.name, plan.version))
-            if current is not None and current is not plan and current != plan:
-                raise InvalidDefinition(
-                    f"workflow {plan.name!r} version {plan.version} was registered again "
-                    "with other steps while this start was being made; nothing was "
-                    "started: start it again (it runs the definition registered now)"
-                )
+            key = (plan.name, plan.version)  # (and one add_workflow is storing: its own)
+            for current in (rt._ctx.plans.get(key), rt._storing.get(key)):
+                if current is not None and current is not plan and current != plan:
+                    raise InvalidDefinition(
+                        f"workflow {plan.name!r} version {plan.version} was registered again "
+                        "with other steps while this start was being made; nothing was "
+                        "started: start it again (it runs the definition registered now)"
+                    )
         rt._store.writer.submit_many(group, callback, halts=halts)
 
 

@@ -198,3 +198,53 @@ def test_a_queued_start_whose_commit_is_late_keeps_its_claim_until_the_commit_is
     assert s.halts() == 0
     assert s.rt.handle("x").result(timeout=WAIT) == {"s": "x"}
     assert s.runs == {"first": 1, "x": 1}
+
+
+class _Held:
+    """``rt._defining``, telling the test once a thread took it."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock, self.taken = lock, threading.Event()
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.taken.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_add_workflow_while_the_writer_hands_a_slot_to_a_first_start_does_not_deadlock(
+    setup: Callable[..., Setup],
+) -> None:
+    # add_workflow held rt._defining while it waited for the store writer to commit the
+    # definition; the writer, handing a freed slot to a queued start (its definition's
+    # first here, which writes the started mark under rt._defining), waited for that
+    # lock: every commit stalled until add_workflow gave up at ask_timeout.
+    s = setup(1, 5.0)
+    s.rt.add_workflow(Workflow("v").step("s", agent="gate", action="work"))
+    stalling, stalled, unstall = threading.Event(), threading.Event(), threading.Event()
+
+    def stall() -> None:
+        if stalling.is_set():
+            stalled.set()
+            assert unstall.wait(WAIT)
+
+    s.rt.start("w", workflow_id="first")
+    store_of(s.rt).writer.fault = stall
+    stalling.set()
+    s.go.release()  # "first" ends; its final commit stalls
+    assert stalled.wait(WAIT)  # (decided: no start waits to take its slot early)
+    queued, queued_out = in_thread(lambda: s.rt.start("v", workflow_id="q", timeout=WAIT))
+    assert s.queue.joined.acquire(timeout=WAIT)  # q waits for first's slot
+    defining = s.rt._defining = _Held(s.rt._defining)  # type: ignore[assignment]
+    u = Workflow("u").step("s", agent="gate", action="work")
+    adding, adding_out = in_thread(lambda: s.rt.add_workflow(u))
+    assert defining.taken.wait(WAIT)  # add_workflow queues its write (and held on to it)
+    stalling.clear()
+    unstall.set()  # first's final lands; the writer hands its slot to q
+    adding.join(WAIT)
+    assert adding_out == [None], adding_out
+    s.go.release()
+    queued.join(WAIT)
+    assert queued_out[0].result(timeout=WAIT) == {"s": "q"}
