@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from herder.actors import WrongThread
+from herder.actors import RuntimeClosed, WrongThread
 from herder.runtime._part import whole as _runtime
 from herder.runtime._starts import undecided
 from herder.runtime._waits import wake
@@ -302,12 +302,20 @@ class Capacity:
             rt._claims.give_back(start.new.workflow_id, start.claim)
             start.refuse(exc)
 
-    def _refuse_queued(self, error: BaseException) -> None:
-        """Every queued start fails with ``error`` (the runtime stopped); call holding
-        ``rt._lock``."""
+    def _refuse_queued(self, why: BaseException) -> None:
+        """Every queued start fails (the runtime stopped, lost its lease or failed:
+        ``why``, which the result() waiters hear, is the cause); call holding
+        ``rt._lock``. None of them was written: they are told so, not what the waiters
+        are told (that their workflow is durable)."""
         rt = _runtime(self)
         while rt._queued:
-            rt._queued.popleft().refuse(error)
+            refused = RuntimeClosed(
+                "the runtime stopped while this start waited for room under "
+                "max_active_workflows; nothing of it was written: start it again on the "
+                "runtime that runs the store next"
+            )
+            refused.__cause__ = why
+            rt._queued.popleft().refuse(refused)
 
     async def _capacity_async(
         self, timeout: float | None, n: int = 1, what: str = "start_async()"

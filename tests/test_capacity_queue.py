@@ -159,17 +159,27 @@ def test_a_queued_start_whose_creation_fails_hears_why_and_the_next_gets_the_slo
 
 
 @pytest.mark.timeout(60)
-def test_starts_queued_when_the_runtime_stops_hear_it_stopped(
-    gated: tuple[Runtime, threading.Semaphore, _Queue],
+@pytest.mark.parametrize("face", ["start", "start_many", "start_async"])
+def test_starts_queued_when_the_runtime_stops_hear_it_stopped_and_that_nothing_was_written(
+    gated: tuple[Runtime, threading.Semaphore, _Queue], face: str
 ) -> None:
+    # They heard what a result() waiter hears: "the workflow is durable and goes on under
+    # the next runtime", of a start that was never written (so never retried).
     rt, go, queue = gated
-    thread, out = in_thread(lambda: rt.start("w", workflow_id="never", timeout=WAIT))
+    call = {
+        "start": lambda: rt.start("w", workflow_id="never", timeout=WAIT),
+        "start_many": lambda: rt.start_many([{"workflow": "w", "workflow_id": "never"}]),
+        "start_async": lambda: asyncio.run(rt.start_async("w", workflow_id="never")),
+    }[face]
+    thread, out = in_thread(call)
     assert queue.joined.acquire(timeout=WAIT)
     # "first" still runs: ended, its slot would go to "never" before stop() is called.
     rt.stop()  # (its worker is abandoned after a second)
     go.release()
     thread.join(WAIT)
-    assert isinstance(out[0], RuntimeClosed)
+    assert isinstance(out[0], RuntimeClosed), out
+    assert "nothing of it was written" in str(out[0])
+    assert "durable" not in str(out[0])
 
 
 @pytest.mark.timeout(60)
