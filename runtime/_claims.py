@@ -178,16 +178,18 @@ class Claims:
         return held
 
     def claim(
-        self, workflow_id: str, timeout: float | None, ask: float, what: str
+        self, workflow_id: str, timeout: float | None, ask: float, what: str, *, passing: bool
     ) -> threading.Lock | None:
         """:meth:`take` for a start given ``timeout``: it waits at most that or ``ask``
         (``ask_timeout``, past which it goes on unclaimed); :func:`lapsed` if its own
-        timeout ran out first (nothing written)."""
+        timeout ran out first (nothing written). ``passing`` (a start on the loop of the
+        async actions, which a wait would hold up): it goes on unclaimed at once past a
+        claim it need not wait for (see :meth:`take`)."""
         wait = within(timeout, ask)
-        mine = self.take(workflow_id, wait)
+        mine = self.take(workflow_id, wait, passing=passing)
         if mine is None and (late := lapsed(what, timeout, wait, ask)) is not None:
             raise late
-        return mine
+        return None if mine is PASSED else mine
 
     async def claim_async(
         self, workflow_id: str, timeout: float | None, ask: float, what: str

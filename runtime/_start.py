@@ -174,10 +174,10 @@ class Starting(StartingMany):
         now: float | None = clock
         wid, began, claim = new.workflow_id, time.monotonic(), None
         if workflow_id is not None:  # (its wait is bounded by the caller's timeout too)
-            claim = rt._claims.claim(wid, timeout, rt._ask_timeout, "start()")
+            on_loop = rt._ctx.event_loop.runs_here()  # (a wait there holds up async actions)
+            claim = rt._claims.claim(wid, timeout, rt._ask_timeout, "start()", passing=on_loop)
         try:
-            repeated = rt._repeated(new, workflow_id)
-            if repeated is not None:
+            if (repeated := rt._repeated(new, workflow_id)) is not None:
                 return repeated
             if not rt._take_capacity_now(1):
                 fresh, mine, claim = workflow_id is None, claim, None  # (_queue_start's now)

@@ -276,3 +276,31 @@ def test_a_start_many_async_cancelled_before_its_next_step_got_a_thread_gives_it
         mine.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_blocking_start_on_the_actions_loop_does_not_wait_there_for_a_queued_start_of_its_id(
+    tmp_path: Path,
+) -> None:
+    """A start() of an id whose claim a start_async waiting for room held, made on the
+    loop the actions run on, waited there for that claim up to ask_timeout (30 s by
+    default): every async action stood still meanwhile, and only then came the
+    WrongThread the docs promise at once."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        rt = Runtime(tmp_path / "s", loop=loop, max_active_workflows=1, ask_timeout=3600.0)
+        try:
+            rt.add_agent("q", Quick)
+            rt.add_workflow(Workflow("w").step("s", agent="q", action="act"))
+            queue = rt._queued = _Queue()
+            first = await rt.start_async("w")  # holds the one slot until its step ran here
+            waiting = asyncio.create_task(rt.start_async("w", workflow_id="x"))
+            assert await loop.run_in_executor(None, queue.joined.acquire, True, WAIT)
+            with pytest.raises(WrongThread, match=r"await rt\.start_async\(\)"):
+                rt.start("w", workflow_id="x", timeout=WAIT)  # at once, not after WAIT
+            assert await first.result_async(timeout=WAIT) == {"s": 1}
+            assert (await waiting).id == "x"
+        finally:
+            await rt.stop_async()
+
+    asyncio.run(main())
