@@ -17,7 +17,7 @@ from typing import Any
 import lmdb
 
 from herder.store._codec import encode
-from herder.store._errors import LeaseLost, StoreIOError
+from herder.store._errors import LeaseLost, StoreIOError, TimedOut
 from herder.store._keys import batch_put
 from herder.store._ops import (
     BatchSink,
@@ -43,6 +43,23 @@ log = logging.getLogger("herder.store._writer")
 Watch = tuple[int, list[list[Any]]]
 """Attempts whose deadlines a batch entry is to watch: the earliest due ms, and the
 items ``[workflow id, step, token]`` (``_keys.batch_entry``)."""
+
+
+class Commit(Future[None]):
+    """One submitted transition's future (``Writer.submit``), resolved once it is durably
+    committed. :meth:`result` past its ``timeout`` raises :class:`TimedOut` saying so (a
+    bare ``TimeoutError()`` said nothing) to the public call that waited on it."""
+
+    def result(self, timeout: float | None = None) -> None:
+        try:
+            return super().result(timeout)
+        except TimeoutError:
+            if self.done():  # (its own outcome)
+                raise
+            raise TimedOut(
+                f"the store did not commit a write within {timeout} s (a slow or stalled "
+                "disk?); it may still land: look before trying again"
+            ) from None
 
 
 class Batch:

@@ -27,7 +27,6 @@ import collections
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from typing import Any, cast
 
 import lmdb
@@ -35,6 +34,7 @@ import lmdb
 from herder.store._crashpoints import crash_point
 from herder.store._entries import (
     Batch,
+    Commit,
     Derived,
     Entry,
     Queued,
@@ -118,14 +118,14 @@ class Writer:
 
     # ------------------------------------------------------------------ submitting
 
-    def submit(self, transition: Transition) -> Future[None]:
+    def submit(self, transition: Transition) -> Commit:
         """Queue one transition; the future resolves once it is durably committed. It
         fails with :class:`ConditionFailed` (only this transition was skipped),
         :class:`StoreIOError` (the batch's commit failed) or :class:`StoreClosed`. A
         malformed one (unknown database, bad key) raises :class:`InvalidInput`, unqueued.
         """
         self._validate(transition)
-        fut: Future[None] = Future()
+        fut = Commit()
         fut.set_running_or_notify_cancel()  # a commit cannot be cancelled
         if not self._enqueue(((transition,), fut, False), 1):
             fut.set_exception(StoreClosed("the store writer is closed; reopen the store"))

@@ -158,6 +158,7 @@ STALLED = {
         "workflow 'v' version 1",
         "add_workflow again",
     ),
+    "schedule": (lambda rt: rt.schedule("s", "w", every=60), "a write", "may still land"),
 }
 
 
