@@ -16,10 +16,11 @@ start's creation may land before its own. Neither of them is then taken up early
 creation that fails halts nothing), so whichever lands first is the workflow and the
 other gets its handle.
 
-``start_many`` (never taken up early itself) waits only for a claim whose start was
+``start_many`` (never taken up early itself), and a blocking ``start()`` on the loop of
+the async actions (which its wait would hold up), wait only for a claim whose start was
 taken up early (:meth:`Claims.sole` said so: its commit is on its way and must land
-first). Any other it goes past at once, contesting it: that start may be queued for room
-behind the batch itself, and would only get it once the batch had gone on.
+first). Any other they go past at once, contesting it: that start may be queued for
+room behind the batch itself, and would only get it once the batch had gone on.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ class Claims:
         self, workflow_id: str, timeout: float | None, *, passing: bool = False
     ) -> threading.Lock | None:
         """Claim ``workflow_id``, waiting while another start holds it; the claim to
-        :meth:`give_back`, or None if the wait outlasted ``timeout``. ``passing``
-        (``start_many``): :data:`PASSED` at once, the claim contested, unless its start
-        went early."""
+        :meth:`give_back`, or None if the wait outlasted ``timeout``. ``passing`` (see the
+        module doc): :data:`PASSED` at once, the claim contested, unless its start went
+        early."""
         mine = threading.Lock()
         mine.acquire()
         deadline = None if timeout is None else time.monotonic() + timeout
