@@ -17,10 +17,11 @@ creation that fails halts nothing), so whichever lands first is the workflow and
 other gets its handle.
 
 ``start_many`` (never taken up early itself), and a blocking ``start()`` on the loop of
-the async actions (which its wait would hold up), wait only for a claim whose start was
-taken up early (:meth:`Claims.sole` said so: its commit is on its way and must land
-first). Any other they go past at once, contesting it: that start may be queued for
-room behind the batch itself, and would only get it once the batch had gone on.
+the async actions (which its wait would hold up), do not wait for a claim: they go past
+it at once, contesting it (that start may be queued for room behind the batch itself,
+and would only get it once the batch had gone on). Going past a claim whose start was
+just taken up early (:meth:`Claims.sole` said so) waits until that start has queued its
+creation (:meth:`Claims.queued`, a moment later), which then lands first.
 """
 
 from __future__ import annotations
@@ -50,14 +51,15 @@ class Claims:
     resolved through the loop's inbox when the claim is given back: no thread waits for
     it, and a cancelled waiter takes its future away."""
 
-    __slots__ = ("_contested", "_early", "_held", "_lock", "_waiting")
+    __slots__ = ("_contested", "_early", "_held", "_lock", "_queued", "_waiting")
 
     def __init__(self) -> None:
         self._held: dict[str, threading.Lock] = {}
         self._contested: set[threading.Lock] = set()  # claims a start went past (_lock)
-        self._early: set[threading.Lock] = set()  # claims whose start went early (_lock)
+        self._early: set[threading.Lock] = set()  # went early, creation not queued (_lock)
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # (under _lock)
         self._lock = threading.Lock()  # (give_back: a claim may be given back twice)
+        self._queued = threading.Condition(self._lock)  # an early start's creation queued
 
     def take(
         self, workflow_id: str, timeout: float | None, *, passing: bool = False
@@ -114,29 +116,39 @@ class Claims:
                 self._unwait(workflow_id, woken)
 
     def _pass(self, workflow_id: str, holder: threading.Lock) -> bool:
-        """Go past ``holder``'s claim of ``workflow_id`` at once, contesting it (True),
-        unless its start went early (False: wait for its commit). Under ``_lock``, as
-        :meth:`sole` decides, so that start goes early only if nothing went past it."""
+        """Go past ``holder``'s claim of ``workflow_id``, contesting it (True; False if
+        it was given back meanwhile: try again). See :meth:`_contest`."""
         with self._lock:
-            if self._held.get(workflow_id) is not holder:
-                return False  # (given back meanwhile: try again)
-            if holder in self._early:
-                return False
-            self._contested.add(holder)
-            return True
+            self._contest_held(workflow_id)
+            return self._held.get(workflow_id) is holder
 
     def _contest(self, workflow_id: str) -> None:
         """A start goes on past the claim of ``workflow_id`` (its wait ran out)."""
         with self._lock:
-            holder = self._held.get(workflow_id)
-            if holder is not None:
-                self._contested.add(holder)
+            self._contest_held(workflow_id)
+
+    def _contest_held(self, workflow_id: str) -> None:
+        """Contest the claim of ``workflow_id`` (holding ``_lock``), once a start that
+        went early with it has queued its creation (:meth:`queued`, at once): a creation
+        of the one going past then lands behind it. Under ``_lock``, as :meth:`sole`
+        decides, so a start goes early only if nothing went past it."""
+        while (holder := self._held.get(workflow_id)) is not None and holder in self._early:
+            self._queued.wait()
+        if holder is not None:
+            self._contested.add(holder)
+
+    def queued(self, claim: threading.Lock) -> None:
+        """The creation of the start that went early with ``claim`` is queued (a start
+        going past the claim waited for that)."""
+        with self._lock:
+            self._early.discard(claim)
+            self._queued.notify_all()
 
     def sole(self, claim: threading.Lock | None) -> bool:
         """Whether ``claim`` (None: none) holds its id with no other start gone past it:
         its creation may be taken up early, as no other creation of the id can land
-        before it (see the module doc). True is a decision: from then on a ``start_many``
-        of the id waits for the claim instead of going past it."""
+        before it (see the module doc). True is a decision: until its caller queued the
+        creation (:meth:`queued`), a start cannot go past the claim."""
         if claim is None:
             return False
         with self._lock:
@@ -215,6 +227,7 @@ class Claims:
         with self._lock:
             self._contested.discard(claim)
             self._early.discard(claim)
+            self._queued.notify_all()
             if self._held.get(workflow_id) is not claim:
                 return
             del self._held[workflow_id]

@@ -294,6 +294,8 @@ class Landing:
         few ms between its turn and the Admit) had the Scheduler take the early Admit as
         new, and run again a workflow that had ended, or one that was never created."""
         rt = self._rt
+        if self._claim is not None:  # its creation is queued: a start may go past the claim
+            rt._claims.queued(self._claim)
         self._epoch = rt._ctx.early_epoch  # (read before the Admit goes out)
         if self._turn():  # the writer has called
             return

@@ -121,3 +121,39 @@ def test_a_batch_goes_past_a_claim_whose_start_did_not_go_early_and_that_start_s
     claims.give_back_many(got)  # (PASSED: nothing to give back)
     assert claims.take("b", 0.0) is None  # still held by its start
     claims.give_back("b", held)
+
+
+def test_a_start_whose_wait_ran_out_goes_past_an_early_claim_only_once_its_creation_is_queued() -> (
+    None
+):
+    # A start whose wait for a claim ran out (ask_timeout) went past it at once. If the
+    # holder had just been taken up early but not yet queued its creation, the one going
+    # past could queue its own first: the early creation then failed behind it, halting
+    # the Scheduler's writes (which reloads workflows and runs steps again).
+    claims = Claims()
+    holder = claims.take("x", WAIT)
+    assert claims.sole(holder)  # taken up early; its creation is not queued yet
+    waiting, done = threading.Event(), threading.Event()
+
+    class Spy(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            waiting.set()
+            return super().wait(timeout)
+
+    claims._queued = Spy(claims._lock)
+    out: list[object] = []
+
+    def late() -> None:
+        out.append(claims.take("x", 0.01))  # runs out: goes past the claim
+        done.set()
+        waiting.set()
+
+    thread = threading.Thread(target=late, daemon=True)
+    thread.start()
+    assert waiting.wait(WAIT)
+    assert not done.is_set(), "it went past before the early creation was queued"
+    claims.queued(holder)
+    thread.join(WAIT)
+    assert out == [None]
+    assert not claims.sole(holder)  # (contested from then on)
+    claims.give_back("x", holder)
