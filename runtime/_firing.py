@@ -3,31 +3,32 @@
 The thread sleeps until the next slot of any schedule (a ``clock.call_later``, so a
 FakeClock drives it in tests), then for each schedule fires the slots :func:`to_fire`
 picks. Firing slot S of schedule N starts workflow ``N@S`` through the runtime's own
-``start``, and the schedule record whose cursor moves to S is written **in the same
-transaction** that creates the workflow. So after any crash the store says either
+``start_many`` (the due slots of all schedules in batches, one commit each:
+``_firing_batch``), and the schedule record whose cursor moves to S is written **in the
+same transaction** that creates the workflow. So after any crash the store says either
 "S not fired, no workflow" or "S fired, its workflow exists": a restart, a standby that
 took over or a handoff fires S at most once, and fires every slot ``catch_up`` keeps.
 A workflow ``N@S`` that exists while the cursor is before S (an operator started that
 id by hand) counts as the firing.
 
 ``overlap`` is applied with the store as the truth: the workflow of the previous firing
-(``last_id``) is read, and while it is unfinished the slot is passed over (``skip``),
+(``last_id``; one fired in the same pass has not even started) is read, and while it
+is unfinished the slot is passed over (``skip``),
 waits (``queue``: the runtime wakes this thread when that workflow ends) or fires anyway
 (``allow``). A schedule whose workflow is not registered yet waits until it is.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from typing import TYPE_CHECKING
 
-from herder.actors import TimerHandle, UnknownName, WorkflowConflict
+from herder.actors import TimerHandle, UnknownName
+from herder.runtime._firing_batch import Fire, Firings
 from herder.runtime._schedule_status import read_schedules
 from herder.runtime._schedules import (
     count_slots,
-    jitter_of,
     newest_due,
     next_slot,
     slot_id,
@@ -37,6 +38,7 @@ from herder.store import (
     CatchUp,
     Delete,
     HerderError,
+    LeaseLost,
     Overlap,
     Put,
     ScheduleRecord,
@@ -213,22 +215,40 @@ class Firer:
         with self._lock:
             self._blocked.clear()  # refilled by this pass (a missed wake-up waits RETRY)
             wake_at: float | None = None
+            batch = Firings(self._rt, self._commit, self.get)
             for record in self.all():
                 if self._stopping:
                     return
                 try:
-                    at = self._fire_schedule(record)
+                    at = self._fire_schedule(record, batch)
                 except (HerderError, TimeoutError) as exc:  # TimeoutError: no capacity
                     _log.warning("schedule %r could not fire: %s", record.name, exc)
                     at = self._clock.time() + RETRY
-                if at is not None and (wake_at is None or at < wake_at):
-                    wake_at = at
+                wake_at = _earliest(wake_at, at)
+                if batch.full() and (failed := self._flush(batch)) is not None:
+                    wake_at = failed  # (the rest would wait for room as long: next pass)
+                    break
+            else:
+                wake_at = _earliest(wake_at, self._flush(batch))
             if not self._stopping:  # at least every MAX_SLEEP: the wall clock may step
                 delay = MAX_SLEEP if wake_at is None else wake_at - self._clock.time()
                 self._arm(min(MAX_SLEEP, max(0.0, delay)))
 
-    def _fire_schedule(self, record: ScheduleRecord) -> float | None:
-        """Fire what is due of one schedule; the clock time to look at it again, if any."""
+    def _flush(self, batch: Firings) -> float | None:
+        """Write what ``batch`` gathered; the time to try again if it failed."""
+        error = batch.flush()
+        if error is None:
+            return None
+        if not isinstance(error, HerderError | TimeoutError):
+            raise error  # (the thread logs it and tries again after RETRY)
+        _log.warning("schedules could not fire: %s", error)
+        if isinstance(error, LeaseLost):  # deposed: stop, as the Scheduler does
+            self._rt._ctx.lease_lost(error)
+        return self._clock.time() + RETRY
+
+    def _fire_schedule(self, record: ScheduleRecord, batch: Firings) -> float | None:
+        """Gather in ``batch`` what is due of one schedule; the clock time to look at it
+        again, if any."""
         if record.paused:
             return None  # resume() wakes the thread
         now = self._clock.time()
@@ -250,19 +270,37 @@ class Firer:
             passed = self._count(record, pass_to) - len(slots)
             if passed > 0:  # (written with the cursor's next move, below)
                 record = record.evolve(skipped=record.skipped + passed)
+        fires: list[Fire] = []
+        moved, again = False, None
         for slot in slots:
             wid = slot_id(record.name, slot)
-            if self._store.get_workflow(wid) is not None:
-                record = self._write(record.evolve(cursor_ms=slot, last_id=wid, updated=now))
+            if self._store.get_workflow(wid) is not None:  # started by hand: it counts
+                record = record.evolve(cursor_ms=slot, last_id=wid, updated=now)
+                if fires:  # (the cursor moves past it once the firings before it landed)
+                    fires.append(Fire(slot, wid, record, exists=True))
+                moved = True
                 continue
-            if record.overlap is not Overlap.ALLOW and self._unfinished(record.last_id):
+            if record.overlap is not Overlap.ALLOW and (
+                (fires and not fires[-1].exists) or self._unfinished(record.last_id)
+            ):  # (a firing in this batch has not even started)
                 if record.overlap is Overlap.SKIP:
-                    record = self._write(self._skipped(record, slot, now))
+                    record, moved = self._skipped(record, slot, now), True
                     break  # (the rest of the due slots with it)
-                return now + RETRY  # queued: on_final wakes us; RETRY is a safety net
-            record = self._fire(record, slot, wid, now)
-        if pass_to is not None and pass_to > record.cursor_ms:  # "none": all were late
-            record = self._write(record.evolve(cursor_ms=pass_to, updated=now))
+                if fires and not fires[-1].exists:  # (else _unfinished blocked on it)
+                    self._blocked.add(fires[-1].workflow_id)
+                again = now + RETRY  # queued: on_final wakes us; RETRY is a safety net
+                break
+            record = record.evolve(cursor_ms=slot, last_id=wid, fired=record.fired + 1, updated=now)
+            fires.append(Fire(slot, wid, record))
+        if again is None and pass_to is not None and pass_to > record.cursor_ms:
+            record, moved = record.evolve(cursor_ms=pass_to, updated=now), True  # all late
+        if fires:  # checked here, so that what refuses it stops this schedule only
+            first, engine_now = fires[0].workflow_id, self._rt._ctx.clock.time()  # (a firing)
+            self._rt._prepare(record.workflow, record.input, workflow_id=first, now=engine_now)
+            fires[-1].record = record  # (its record ends with the schedule's last state)
+        batch.add(fires, record if moved else None)
+        if again is not None:
+            return again
         following = next_slot(record, record.cursor_ms)
         return None if following is None else following / 1000
 
@@ -284,25 +322,6 @@ class Firer:
             self._counted[record.name] = (record.cursor_ms, pass_to, n)
         return n
 
-    def _fire(self, record: ScheduleRecord, slot: int, wid: str, now: float) -> ScheduleRecord:
-        fired = record.evolve(cursor_ms=slot, last_id=wid, fired=record.fired + 1, updated=now)
-        put = Put("schedules", schedule_key(record.name), encode(fired.to_dict()))
-        delay = jitter_of(record, slot) or None
-        with contextlib.suppress(WorkflowConflict):  # an operator started this id by hand
-            self._rt._start(
-                record.workflow,
-                record.input,
-                workflow_id=wid,
-                timeout=1.0,
-                delay=delay,
-                also=(put,),
-            )
-        stored = self.get(record.name)
-        if stored is None or stored.cursor_ms < slot:  # the id existed: not our transaction
-            return self._write(record.evolve(cursor_ms=slot, last_id=wid, updated=now))
-        _log.info("schedule %s fired %s", record.name, wid, extra={"workflow_id": wid})
-        return stored
-
     def _unfinished(self, workflow_id: str | None) -> bool:
         if workflow_id is None:
             return False
@@ -315,8 +334,11 @@ class Firer:
 
     def _write(self, record: ScheduleRecord) -> ScheduleRecord:
         put = Put("schedules", schedule_key(record.name), encode(record.to_dict()))
-        self._store.writer.submit(Transition(ops=(put,))).result(timeout=self._timeout)
+        self._commit(Transition(ops=(put,)))
         return record
+
+    def _commit(self, transition: Transition) -> None:
+        self._store.writer.submit(transition).result(timeout=self._timeout)
 
     def _wake_for(self, record: ScheduleRecord) -> None:
         """Wake the thread if ``record`` (just written, under the lock) falls due before
@@ -334,3 +356,7 @@ class Firer:
             self._timer.cancel()
         self._armed_at = self._clock.time() + delay
         self._timer = self._clock.call_later(delay, self._wake.set)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)

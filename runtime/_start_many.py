@@ -41,7 +41,7 @@ from herder.runtime._starts import (
     submit_creations,
 )
 from herder.runtime._waits import Steps, Wait, awaited, run_blocking, seconds
-from herder.store import ConditionFailed, InvalidInput, TimedOut
+from herder.store import ConditionFailed, InvalidInput, Put, TimedOut
 
 _log = logging.getLogger("herder.runtime")
 
@@ -97,9 +97,14 @@ class StartingMany:
         return run_blocking(rt._starting_many(start_items(starts), seconds(timeout)))
 
     def _starting_many(
-        self, starts: list[Mapping[str, Any]], timeout: float | None
+        self,
+        starts: list[Mapping[str, Any]],
+        timeout: float | None,
+        also: Mapping[str, tuple[Put, ...]] | None = None,
     ) -> Steps[list[WorkflowHandle]]:
-        """The body of :meth:`start_many` and ``start_many_async``."""
+        """The body of :meth:`start_many` and ``start_many_async``; ``also``: puts by
+        workflow id, each written in the transaction that creates that workflow, and only
+        if it does (schedules' cursors, ``_firing``)."""
         rt = _runtime(self)
         rt._check_active()
         # One clock read for the batch, not one per item (and each definition's agents
@@ -156,7 +161,7 @@ class StartingMany:
         # and deadline were reckoned from the call, as documented).
         now = rt._ctx.clock.time()
         try:
-            committed, handles, marks = self._submit_many(news, unique, claims, now)
+            committed, handles, marks = self._submit_many(news, unique, claims, now, also or {})
         except BaseException:  # nothing was queued: its claims and slots go back
             rt._claims.give_back_many(claims)
             for _ in range(n):
@@ -198,7 +203,12 @@ class StartingMany:
         return [WorkflowHandle(rt, new.workflow_id) for new in news]
 
     def _submit_many(
-        self, news: list[NewStart], unique: dict[str, NewStart], claims: Held, now: float
+        self,
+        news: list[NewStart],
+        unique: dict[str, NewStart],
+        claims: Held,
+        now: float,
+        also: Mapping[str, tuple[Put, ...]],
     ) -> tuple[Future[list[BaseException | None]], list[WorkflowHandle], list[tuple[str, int]]]:
         """Queue ``start_many``'s creations in one group: the future of their outcomes,
         the handles, and the definitions' started marks it writes. Its writer callback
@@ -213,6 +223,7 @@ class StartingMany:
                     now,
                     token(),
                     mark_started=False,
+                    also=also.get(new.workflow_id, ()),
                     trace=None
                     if tracing is None
                     else tracing.start_workflow(new.plan.name, new.workflow_id, now),

@@ -1,8 +1,10 @@
 """Child process for test_schedules_crash.py: a runtime firing a schedule every second.
 
-Usage: ``schedule_child.py STORE [final]``. Prints ``ready`` once the schedule is defined
-(the same settings every run, so its cursor is kept) and ``ran <workflow id>`` for each
-action run. ``final`` fires whatever is due, prints ``caught-up`` and stops cleanly.
+Usage: ``schedule_child.py STORE [final] [N]``: N schedules (default 1: ``tick``; more:
+``tick``, ``tick1``, ...), so that each second's firings go out as one batch. Prints
+``ready`` once they are defined (the same settings every run, so cursors are kept) and
+``ran <workflow id>`` for each action run. ``final`` fires whatever is due, prints
+``caught-up`` and stops cleanly.
 Lines go out whole (``say``): slots that fell due while no child ran fire at start, and
 their ``ran`` lines, printed by agent threads, once merged with ``ready`` (the test then
 waited for a ``ready`` line that never came).
@@ -24,11 +26,14 @@ class Job(Agent):
 
 
 def main() -> None:
-    store, final = sys.argv[1], sys.argv[2:] == ["final"]
+    store, args = sys.argv[1], sys.argv[2:]
+    final = "final" in args
+    count = int(next((a for a in args if a.isdigit()), "1"))
     rt = Runtime(store, sweep_interval=0.05)
     rt.add_agent("job", Job, concurrency=4)
     rt.add_workflow(Workflow("job").step("run", agent="job", action="run"))
-    rt.schedule("tick", "job", every=1, catch_up="all", overlap="allow")
+    for i in range(count):
+        rt.schedule(f"tick{i or ''}", "job", every=1, catch_up="all", overlap="allow")
     say("ready")
     if final:
         rt._fire_now()
