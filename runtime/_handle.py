@@ -27,6 +27,7 @@ from herder.store import (
     TimedOut,
     WorkflowRecord,
     WorkflowState,
+    workflow_key,
 )
 
 if TYPE_CHECKING:
@@ -69,7 +70,13 @@ class WorkflowHandle(AsyncHandle):
     def _outcome(self, final: Final) -> dict[str, Any]:
         record, steps = final
         if steps is None:  # it had ended before anyone watched: read them from the store
-            steps = self._runtime._ordered_steps(record)
+            steps = self._runtime._steps_if_kept(record)
+            if steps is None:
+                raise UnknownWorkflow(
+                    f"workflow {record.id!r} ended {record.state}, and was deleted (retention "
+                    "or herder purge) before its outcome was read: keep retention longer "
+                    "than a caller may wait to read it"
+                )
         status = WorkflowStatus.from_records(record, steps)
         if status.state is WorkflowState.SUCCEEDED:
             return status.results
@@ -229,6 +236,32 @@ class Waiting:
         if not futures:
             del waiters[workflow_id]
         return True
+
+    def _with_steps(self, workflow_id: str) -> tuple[WorkflowRecord, list[StepRecord]] | None:
+        """The workflow's record and its steps in plan order, read in one snapshot (or
+        None: there is none). Two reads let a deletion (retention, a purge) land between
+        them: a SUCCEEDED record with no steps, shown PENDING, and no results."""
+        rt = _runtime(self)
+
+        def read() -> tuple[WorkflowRecord, list[StepRecord]] | None:
+            record = rt._store.get_workflow(workflow_id)
+            return None if record is None else (record, self._ordered_steps(record))
+
+        return rt._store.together(read)
+
+    def _steps_if_kept(self, record: WorkflowRecord) -> list[StepRecord] | None:
+        """``record``'s steps in plan order, read with a look that the workflow is still
+        stored in the same snapshot (None: deleted since ``record`` was read); cheaper
+        than :meth:`_with_steps` for a record just read (``list()``, ``h.result()``: no
+        second read of the record)."""
+        rt, key = _runtime(self), workflow_key(record.id)
+
+        def read() -> list[StepRecord] | None:
+            if rt._store.view(lambda snap: snap.raw("workflows", key)) is None:
+                return None
+            return self._ordered_steps(record)
+
+        return rt._store.together(read)
 
     def _ordered_steps(self, record: WorkflowRecord) -> list[StepRecord]:
         rt = _runtime(self)

@@ -261,10 +261,10 @@ class Runtime(
 
     def status(self, workflow_id: str) -> WorkflowStatus:
         """The durable status of a workflow; :class:`UnknownWorkflow` if there is none."""
-        record = self._store.get_workflow(workflow_id)
-        if record is None:
+        found = self._with_steps(workflow_id)
+        if found is None:
             raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
-        return WorkflowStatus.from_records(record, self._ordered_steps(record))
+        return WorkflowStatus.from_records(*found)
 
     def list(self, state: WorkflowState | str | None = None) -> builtins.list[WorkflowStatus]:
         """Every workflow (in a given state, if asked), as statuses.
@@ -281,8 +281,10 @@ class Runtime(
         corrupt: builtins.list[StoreCorrupt] = []
         out = []
         for record in self._store.workflows(state, corrupt=corrupt):
-            try:
-                out.append(WorkflowStatus.from_records(record, self._ordered_steps(record)))
+            try:  # (its steps, if it was not deleted meanwhile: see _with_steps)
+                steps = self._steps_if_kept(record)
+                if steps is not None:
+                    out.append(WorkflowStatus.from_records(record, steps))
             except StoreCorrupt as exc:
                 corrupt.append(exc)
         for bad in corrupt:

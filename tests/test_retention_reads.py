@@ -1,0 +1,105 @@
+"""Retention (or a purge) deleting a finished workflow while it is being read: the
+record and its steps are read in one snapshot, so a reader sees the workflow whole or
+not at all, never a SUCCEEDED record whose steps are gone (shown PENDING, no results).
+
+The deletion is made to land between the record's read and its steps' read, where a
+retention batch committing at that moment lands: the store's ``steps_of`` first has
+another thread delete the workflow (as the writer's thread would), then reads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, Runtime, StepContext, UnknownWorkflow, Workflow
+from herder.runtime.testing import FakeClock
+from herder.store import purge
+
+WAIT = 10.0
+T0 = 1_700_000_000.0
+RESULTS = {"pay": "ok", "ship": "ok"}
+
+
+class Shop(Agent):
+    def buy(self, ctx: StepContext) -> str:
+        return "ok"
+
+
+ORDER = (
+    Workflow("order")
+    .step("pay", agent="shop", action="buy")
+    .step("ship", agent="shop", action="buy", after=["pay"])
+)
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Iterator[Runtime]:
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path, clock=clock, retention=None, sweep_interval=0.05) as runtime:
+        runtime.add_agent("shop", Shop)
+        runtime.add_workflow(ORDER)
+        assert runtime.start("order", {}, workflow_id="o1").result(timeout=WAIT) == RESULTS
+        yield runtime
+
+
+def delete_before_reading_steps(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the next read of a workflow's steps happen just after it was deleted."""
+    store, original, deleted = rt._store, rt._store.steps_of, []
+
+    def steps_of(workflow_id: str) -> list[object]:
+        if not deleted:  # (once: on another thread, as the writer commits it)
+            done = threading.Thread(target=lambda: deleted.append(purge(store, T0 + 1e6)))
+            done.start()
+            done.join(WAIT)
+            assert deleted == [1]
+        return original(workflow_id)
+
+    monkeypatch.setattr(store, "steps_of", steps_of)
+    return deleted
+
+
+@pytest.mark.timeout(60)
+def test_status_of_a_workflow_deleted_while_read_is_whole(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deleted = delete_before_reading_steps(rt, monkeypatch)
+    status = rt.status("o1")  # (read on the snapshot before the deletion)
+    assert deleted == [1]
+    assert status.results == RESULTS  # (not SUCCEEDED with both steps PENDING)
+    with pytest.raises(UnknownWorkflow):
+        rt.status("o1")
+
+
+@pytest.mark.timeout(60)
+def test_list_while_a_workflow_is_deleted_shows_it_whole_or_not(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deleted = delete_before_reading_steps(rt, monkeypatch)
+    listed = rt.list()
+    assert deleted == [1]
+    assert [s.results for s in listed] in ([], [RESULTS])
+
+
+@pytest.mark.timeout(60)
+def test_result_of_a_workflow_deleted_while_read_is_its_results(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``h.result()`` of a workflow that ended before anyone waited reads it from the
+    store: it returned {} for a SUCCEEDED workflow deleted between its two reads."""
+    handle = rt.handle("o1")
+    deleted = delete_before_reading_steps(rt, monkeypatch)
+    assert handle.result(timeout=WAIT) == RESULTS
+    assert deleted == [1]
+
+
+@pytest.mark.timeout(60)
+def test_result_of_a_workflow_deleted_after_it_was_found_ended_says_so(rt: Runtime) -> None:
+    handle = rt.handle("o1")
+    ended = rt._store.get_workflow("o1")  # (what h.result() read first: it has ended)
+    assert ended is not None
+    assert purge(rt._store, T0 + 1e6) == 1
+    with pytest.raises(UnknownWorkflow, match=r"ended SUCCEEDED, and was deleted \(retention"):
+        handle._outcome((ended, None))
