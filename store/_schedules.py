@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from herder.store._codec import encode
 from herder.store._records import MAP_VERSION
 
 
@@ -68,8 +69,13 @@ class ScheduleRecord:
         return replace(self, **changes)
 
     def same_definition(self, other: ScheduleRecord) -> bool:
-        """True when ``other`` defines the same schedule (progress and times aside)."""
-        return all(getattr(self, name) == getattr(other, name) for name in DEFINITION)
+        """True when ``other`` defines the same schedule (progress and times aside). The
+        inputs are compared as stored: ``==`` took ``True`` for ``1`` (and ``1.0``), so
+        a schedule given another of them kept starting its workflows with the old one,
+        and took an input holding NaN for changed at every declaration."""
+        return encode(self.input) == encode(other.input) and all(
+            getattr(self, name) == getattr(other, name) for name in DEFINITION if name != "input"
+        )
 
     def same_slots(self, other: ScheduleRecord) -> bool:
         """True when ``other``'s slots are this schedule's (the other settings aside)."""

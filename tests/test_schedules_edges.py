@@ -236,3 +236,32 @@ def test_a_schedule_whose_workflow_is_no_longer_registered_is_warned_of(tmp_path
             assert rt.status(firing).name == "renamed"
     finally:
         logging.getLogger("herder.schedules").removeHandler(seen)
+
+
+@pytest.mark.timeout(60)
+def test_a_new_input_equal_to_the_old_by_eq_replaces_it(tmp_path: Path) -> None:
+    """rt.schedule() with new settings replaces the definition: an input of True where
+    it was 1 (``==`` in Python, two inputs to the store) was taken for the same, and
+    the schedule went on starting its workflows with 1."""
+    clock = FakeClock(
+        start=datetime.datetime(2027, 1, 15, 8, 0, 0, 500000, datetime.UTC).timestamp()
+    )
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("tick", "job", every=60, input={"flag": 1, "n": 1.0})
+        changed = rt.schedule("tick", "job", every=60, input={"flag": True, "n": 1})
+        assert _same_types(changed.input, {"flag": True, "n": 1})
+        [stored] = rt.schedules()
+        assert _same_types(stored.input, {"flag": True, "n": 1})
+        clock.advance(60)
+        rt._fire_now()
+        [firing] = rt.list()
+        assert _same_types(firing.input, {"flag": True, "n": 1})
+        # An input holding NaN (not == itself) is the same definition when declared again.
+        rt.schedule("nan", "job", every=60, input={"x": float("nan")})
+        writes = rt._store.writer.stats()["transitions"]
+        rt.schedule("nan", "job", every=60, input={"x": float("nan")})
+        assert rt._store.writer.stats()["transitions"] == writes
+
+
+def _same_types(a: dict[str, object], b: dict[str, object]) -> bool:
+    return a == b and [type(v) for v in a.values()] == [type(v) for v in b.values()]
