@@ -11,6 +11,7 @@ the workflows it fired never disagree, whatever crashes in between.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -141,6 +142,17 @@ def _check_types(record: ScheduleRecord) -> None:
             raise TypeError(f"field {name!r} is {type(value).__name__} {value!r:.60}")
     if (record.cron is None) == (record.every is None):
         raise ValueError("exactly one of 'cron' and 'every' must be set")
+    # Values no schedule was given: each stopped every schedule's firing (a cursor past
+    # the dates a cron iterator can hold raised out of the pass) or fired one every ms.
+    if record.every is not None and not (math.isfinite(record.every) and record.every >= 1):
+        raise ValueError(f"field 'every' is {record.every!r}: not seconds >= 1")
+    if not (math.isfinite(record.jitter) and record.jitter >= 0):
+        raise ValueError(f"field 'jitter' is {record.jitter!r}: not seconds >= 0")
+    if not 0 <= record.cursor_ms < _CURSOR_END:
+        raise ValueError(f"field 'cursor_ms' is {record.cursor_ms!r}: not a time from 1970 to 9000")
+
+
+_CURSOR_END = 221_845_392_000_000  # 9000-01-01 UTC in ms: the cursor is a time of the clock
 
 
 def schedule_key(name: str) -> bytes:

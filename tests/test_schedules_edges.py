@@ -265,3 +265,38 @@ def test_a_new_input_equal_to_the_old_by_eq_replaces_it(tmp_path: Path) -> None:
 
 def _same_types(a: dict[str, object], b: dict[str, object]) -> bool:
     return a == b and [type(v) for v in a.values()] == [type(v) for v in b.values()]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"cron": "0 2 * * *", "cursor_ms": 2**62},  # (past any date: the cron iterator raised)
+        {"every": 60.0, "cursor_ms": -(2**62)},
+        {"every": -5.0},  # (a slot every ms)
+        {"every": 60.0, "jitter": float("nan")},
+    ],
+)
+def test_a_schedule_record_with_values_no_schedule_has_stops_only_itself(
+    tmp_path: Path, damage: dict[str, object]
+) -> None:
+    """A record that reads as a schedule but holds a value none was given raised
+    ValueError out of rt.schedules() and out of every firing pass: the other schedules
+    stopped firing. It is a damaged record: left out, named by herder check, and
+    replaced by its declaration."""
+    clock = FakeClock(
+        start=datetime.datetime(2027, 1, 15, 8, 0, 0, 500000, datetime.UTC).timestamp()
+    )
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("a", "job", every=60)
+        bad = ScheduleRecord(name="bad", workflow="job", **damage)  # type: ignore[arg-type]
+        put = Put("schedules", schedule_key("bad"), encode(bad.to_dict()))
+        rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+        assert [s.name for s in rt.schedules()] == ["a"]
+        report = check_store(rt._store)
+        assert [p for p in report.problems if "bad" in str(p)], report.problems
+        clock.advance(60)
+        rt._fire_now()
+        assert fired(rt) == ["a@2027-01-15T08:01:00Z"]
+        rt.schedule("bad", "job", every=60)  # (its declaration replaces it)
+        assert [s.name for s in rt.schedules()] == ["a", "bad"]
