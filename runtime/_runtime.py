@@ -297,9 +297,13 @@ class Runtime(
 
     def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
         """Every recorded transition and operator action of a workflow, oldest first."""
-        if self._store.get_workflow(workflow_id) is None:
-            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
-        return read_history(self._store, workflow_id)
+
+        def read() -> builtins.list[dict[str, Any]]:  # (one snapshot: see _with_steps)
+            if self._store.get_workflow(workflow_id) is None:
+                raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+            return read_history(self._store, workflow_id)
+
+        return self._store.together(read)
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges: workflows by state, step counters, agents, store commits, and

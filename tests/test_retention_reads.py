@@ -45,19 +45,22 @@ def rt(tmp_path: Path) -> Iterator[Runtime]:
         yield runtime
 
 
-def delete_before_reading_steps(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Make the next read of a workflow's steps happen just after it was deleted."""
-    store, original, deleted = rt._store, rt._store.steps_of, []
+def delete_before_reading_steps(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, read: str = "steps_of"
+) -> list[int]:
+    """Make the next ``read`` of the store (a workflow's steps) happen just after the
+    workflow was deleted."""
+    store, original, deleted = rt._store, getattr(rt._store, read), []
 
-    def steps_of(workflow_id: str) -> list[object]:
+    def reading(*args: object, **kwargs: object) -> object:
         if not deleted:  # (once: on another thread, as the writer commits it)
             done = threading.Thread(target=lambda: deleted.append(purge(store, T0 + 1e6)))
             done.start()
             done.join(WAIT)
             assert deleted == [1]
-        return original(workflow_id)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(store, "steps_of", steps_of)
+    monkeypatch.setattr(store, read, reading)
     return deleted
 
 
@@ -103,3 +106,13 @@ def test_result_of_a_workflow_deleted_after_it_was_found_ended_says_so(rt: Runti
     assert purge(rt._store, T0 + 1e6) == 1
     with pytest.raises(UnknownWorkflow, match=r"ended SUCCEEDED, and was deleted \(retention"):
         handle._outcome((ended, None))
+
+
+@pytest.mark.timeout(60)
+def test_history_of_a_workflow_deleted_while_read_is_whole(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = rt.history("o1")
+    deleted = delete_before_reading_steps(rt, monkeypatch, read="scan")
+    assert rt.history("o1") == whole  # (not [] for a workflow found there)
+    assert deleted == [1]
