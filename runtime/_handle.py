@@ -53,7 +53,9 @@ class WorkflowHandle(AsyncHandle):
 
         Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
         NEEDS_ATTENTION, :class:`TimedOut` (a ``TimeoutError``) if ``timeout`` seconds
-        pass first (it goes on running: wait again), and
+        pass first (it goes on running: wait again), :class:`UnknownWorkflow` if the store
+        has no such workflow (one that ended may have been deleted by ``retention`` or
+        ``herder purge`` before this read it),
         :class:`StoreCorrupt` at once if one of its records is damaged (it cannot end),
         and :class:`WrongThread` on the thread of the event loop the runtime's ``async
         def`` actions run on (await :meth:`result_async` there).
