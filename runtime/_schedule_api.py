@@ -96,6 +96,15 @@ class ScheduleMethods:
             jitter=jitter,
             timezone=timezone,
         )
+        if plan.deadline is not None and record.jitter > plan.deadline:
+            # (A firing is a delayed start whose deadline counts from the slot: those
+            # delayed past it ended COMPENSATED, "deadline passed", before a step ran.)
+            raise InvalidInput(
+                f"schedule {name!r}: jitter {record.jitter:g} s passes the deadline of "
+                f"workflow {workflow!r} ({plan.deadline:g} s), which counts from each slot: "
+                "the firings delayed past it would end COMPENSATED before their first step "
+                "ran; give a jitter up to the deadline, or the workflow a later one"
+            )
         with rt._promotion:
             if rt._firer is None:  # in setup, or a standby: defined once it is active
                 rt._declared.append(record)

@@ -300,3 +300,16 @@ def test_a_schedule_record_with_values_no_schedule_has_stops_only_itself(
         assert fired(rt) == ["a@2027-01-15T08:01:00Z"]
         rt.schedule("bad", "job", every=60)  # (its declaration replaces it)
         assert [s.name for s in rt.schedules()] == ["a", "bad"]
+
+
+@pytest.mark.timeout(60)
+def test_a_jitter_past_the_workflows_deadline_is_refused(tmp_path: Path) -> None:
+    """A firing is a delayed start whose deadline (the workflow's default) counts from
+    the slot: with jitter=3000 and a 10 s deadline, every firing delayed past 10 s ended
+    COMPENSATED, "deadline passed", and its step never ran; rt.schedule() took it."""
+    with open_runtime(tmp_path, FakeClock(start=1.8e9)) as rt:
+        rt.add_workflow(Workflow("quick", deadline=10).step("run", agent="job", action="run"))
+        with pytest.raises(InvalidInput, match=r"jitter 3000 s passes the deadline of workflow"):
+            rt.schedule("s", "quick", every=3600, jitter=3000)
+        assert rt.schedules() == []
+        assert rt.schedule("s", "quick", every=3600, jitter=10).jitter == 10  # (up to it)
