@@ -16,10 +16,13 @@ until a check passes; the passing check wakes the Scheduler to pump the agent ag
 verdict that changes wakes it too: the queued jobs of a group step (``AnyOf``) move off a
 member that turned unhealthy, or onto one that healed (``actors/_dispatch.py``).
 Health is live state, not stored: after a restart an agent counts as healthy until its
-first check says otherwise. A factory that hides its class (``hidden``) gives no verdict
-until an instance it built shows a ``health``: a factory that fails or hangs then holds
-nothing (its attempts meet the same failure, under their retry policy). Once one shows
-it, nothing more is reserved ahead on the agent, as when its class is known.
+first check says otherwise. An agent removed while unhealthy and added again (with
+checks) stays unhealthy until a check passes: only a check heals (its verdict is kept
+for :data:`KEPT` removed agents at most, the oldest forgotten first). A factory that
+hides its class (``hidden``) gives no verdict until an instance it built shows a
+``health``: a factory that fails or hangs then holds nothing (its attempts meet the
+same failure, under their retry policy). Once one shows it, nothing more is reserved
+ahead on the agent, as when its class is known.
 
 ``health`` is user code: whatever it raises (``BaseException`` included) is contained and
 becomes the check's error. An ``async def health`` runs to its end on the check thread's
@@ -41,6 +44,7 @@ from types import MappingProxyType
 from typing import Any
 
 from herder.actors._clock import Clock
+from herder.actors._hosted import let_go
 from herder.actors._messages import Wake
 from herder.store import MAX_SECONDS, InvalidInput, UserCodeFailed, contain, real_number
 
@@ -50,6 +54,8 @@ DEFAULT_INTERVAL = 10.0
 """Seconds between two health checks of an agent that defines ``health`` (by default)."""
 DEFAULT_TIMEOUT = 5.0
 """Seconds a check may take by default (at most the interval)."""
+KEPT = 4096
+"""Unhealthy agents removed whose verdict is kept for when they are added again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,7 @@ class AgentHealth:
         self._tell = tell
         self._lock = threading.Lock()
         self._watches: dict[str, _Watch] = {}
+        self._removed: dict[str, _Watch] = {}  # removed while unhealthy: their verdicts
         # The watched agents, a live read-only view for lock-free membership tests (the
         # dispatcher's pump, per step: no call, no lock).
         self.watching: Mapping[str, object] = MappingProxyType(self._watches)
@@ -128,7 +135,7 @@ class AgentHealth:
         """Check ``agent`` by ``policy`` (the first check runs at the next sweep);
         ``hidden``: its factory hides the class, which may have no ``health`` at all."""
         with self._lock:
-            old = self._watches.get(agent)
+            old = self._watches.get(agent) or self._removed.pop(agent, None)
             watch = _Watch(factory, policy, due=self._clock().monotonic(), hidden=hidden)
             if old is not None:  # keep the verdict: re-registering heals nothing
                 watch.healthy, watch.error = old.healthy, old.error
@@ -139,9 +146,20 @@ class AgentHealth:
             self._watches[agent] = watch
 
     def unwatch(self, agent: str) -> None:
-        """Stop checking ``agent``; its steps are no longer held for its health."""
+        """Stop checking ``agent``; its steps are no longer held for its health. The
+        verdict of one removed unhealthy is kept (its factory let go) for a ``watch``
+        that adds it again; ``unwatch`` of an agent not watched forgets it."""
+        checker: list[object] = []  # (dropped off this thread: its __del__ is user code)
         with self._lock:
             watch = self._watches.pop(agent, None)
+            self._removed.pop(agent, None)
+            if watch is not None and not watch.healthy:
+                checker.append(watch.instance)
+                watch.factory, watch.instance = _gone, None
+                self._removed[agent] = watch
+                if len(self._removed) > KEPT:
+                    del self._removed[next(iter(self._removed))]
+        let_go(checker)
         if watch is not None and not watch.healthy:
             self._tell(Wake(agent))
 
@@ -301,6 +319,11 @@ class AgentHealth:
         for event in watch.waiters:
             event.set()
         watch.waiters.clear()
+
+
+def _gone() -> object:
+    """The factory of a watch kept for its verdict alone (never called)."""
+    raise AssertionError("the factory of an agent removed was called")
 
 
 def _finish(value: object) -> object:

@@ -308,3 +308,42 @@ def test_adding_an_agent_again_while_its_check_hangs_counts_that_check_once(
         assert rt._ctx.health.settle(WAIT)
         check(rt, clock, 2, 10.0)
         assert (health(rt)["healthy"], health(rt)["health_failures"]) == (True, 1)
+
+
+def test_an_agent_removed_and_added_again_keeps_its_health_verdict(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """remove_agent + add_agent forgot that the agent's last check failed: it took work
+    again until its next check, as if re-registering had healed it (the breaker's state
+    and the rate limit's bucket are kept across remove and add)."""
+    resource = Resource()
+    resource.well = ConnectionError("db down")
+    with runtime(tmp_path / "s", clock, resource) as rt:
+        check(rt, clock, 1, 0.0)
+        assert health(rt)["healthy"] is False
+        rt.remove_agent("svc")
+        rt.add_agent("svc", functools.partial(Checked, resource), health_interval=10.0)
+        rt.start("one", workflow_id="w1")
+        settle(rt)
+        assert resource.calls == 0
+        assert (health(rt)["healthy"], health(rt)["health_failures"]) == (False, 1)
+        assert "db down" in health(rt)["health_error"]
+        resource.well = None
+        check(rt, clock, 2)
+        assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
+        assert health(rt)["healthy"] is True
+
+
+def test_an_agent_added_again_without_health_checks_forgets_its_verdict(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    resource = Resource()
+    resource.well = ConnectionError("db down")
+    with runtime(tmp_path / "s", clock, resource) as rt:
+        check(rt, clock, 1, 0.0)
+        rt.remove_agent("svc")
+        rt.add_agent("svc", functools.partial(Checked, resource), health_interval=None)
+        rt.remove_agent("svc")
+        rt.add_agent("svc", functools.partial(Checked, resource), health_interval=10.0)
+        rt.start("one", workflow_id="w1")
+        assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
