@@ -91,6 +91,42 @@ def _drop_let_go() -> None:
         del agent  # its __del__ runs here; what it raises Python reports and ignores
 
 
+class Builds:
+    """The agent factories a host's threads are running, so that a thread the host gave
+    up on while its factory hung (the attempt it built for was replaced, or its
+    instance's start timed out) is counted in ``abandoned`` until the factory returns,
+    as a hung action's thread is. Thread-safe: factories run on the host's threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, str], list[bool]] = {}  # (agent, instance) -> [given up]
+        self.abandoned = 0
+
+    def call(self, key: tuple[str, str], factory: Callable[[], Any]) -> Any:
+        """``factory()`` for instance ``key`` (agent, instance id), on this thread."""
+        mine = [False]
+        with self._lock:
+            self._running[key] = mine
+        try:
+            return factory()
+        finally:
+            with self._lock:
+                if self._running.get(key) is mine:
+                    del self._running[key]
+                self.abandoned -= mine[0]
+
+    def abandon(self, key: tuple[str, str]) -> bool:
+        """The host gives up on the thread building ``key``: True if it is in the factory
+        still (then counted until the factory returns)."""
+        with self._lock:
+            running = self._running.get(key)
+            if running is None or running[0]:
+                return False
+            running[0] = True
+            self.abandoned += 1
+            return True
+
+
 @dataclass(slots=True)
 class Instance:
     """One agent instance as its host sees it."""

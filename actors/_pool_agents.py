@@ -31,7 +31,14 @@ from typing import Any
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import RestartIntensityExceeded
 from herder.actors._host import GivenUp
-from herder.actors._hosted import INSTANCE_BACKOFF, Hosted, HostedAgents, Instance, let_go
+from herder.actors._hosted import (
+    INSTANCE_BACKOFF,
+    Builds,
+    Hosted,
+    HostedAgents,
+    Instance,
+    let_go,
+)
 from herder.actors._messages import InstanceEvent, Run
 from herder.actors._pool_worker import QUICK, Work, withdraw
 from herder.actors._restarts import RestartWindow
@@ -98,6 +105,7 @@ class PoolAgents(HostedAgents[PooledAgent]):
         # even when the engine runs on a FakeClock (as the thread host's supervisors do).
         self._clock = SystemClock() if clock is None else clock
         self._built: dict[tuple[str, str], Any] = {}  # objects workers built, not yet seen
+        self._builds = Builds()  # factories workers run (one whose attempt was replaced counts)
         # Slots waiting in the host's line (lined), and the workers of slots let go of.
         self._unstarted = 0  # slots acquired lined whose attempt is on no worker yet
         self._lined: dict[int, tuple[str, str]] = {}  # token -> slot, of work in the line
@@ -187,9 +195,10 @@ class PoolAgents(HostedAgents[PooledAgent]):
         elif self._built:
             let_go([self._built.pop((name, instance_id), None)])
 
-    def _on_built(self, name: str, instance_id: str, agent: Any) -> None:
-        """Worker thread: an instance's object was built (taken on the host's thread)."""
-        self._built[(name, instance_id)] = agent
+    def _build(self, name: str, instance_id: str, factory: Callable[[], Any]) -> Any:
+        """Worker thread: build an instance's object (taken on the host's thread)."""
+        agent = self._built[(name, instance_id)] = self._builds.call((name, instance_id), factory)
+        return agent
 
     # -- crash rules -------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ class PoolHost(PoolAgents):
             agents_supervisor,
             reply,
             events,
-            self._on_built,
+            self._build,
             self._line,
             max_result_bytes=max_result_bytes,
             shutdown=shutdown,
@@ -240,7 +240,7 @@ class PoolHost(PoolAgents):
             return
         del agent.instances[instance_id]
         agent.took = 1.0  # its action hung: slow (unknown) until it is timed again
-        if self._pool.abandon(inst.worker):
+        if self._pool.abandon(inst.worker, counted=not self._builds.abandon((name, instance_id))):
             self._waiting[name] = None  # its instance slot is free: pumped once a worker is
             self._wake()
 
@@ -324,11 +324,9 @@ class PoolHost(PoolAgents):
 
     def host_stats(self) -> dict[str, int]:
         """The pool's threads (busy, abandoned), the line, and what workers took from it."""
-        return {
-            **self._pool.stats(),
-            "line": self._unstarted,
-            "fed_from_line": self._fed_from_line,
-        }
+        stats = self._pool.stats()  # (a thread in a hung factory: counted until it returns)
+        stats["abandoned_threads"] += self._builds.abandoned
+        return {**stats, "line": self._unstarted, "fed_from_line": self._fed_from_line}
 
     # -- internals ---------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ None, and the agent's factory); the worker builds the object when there is none 
 (``contain``-ed: the factory is user code), runs the attempt with the shared
 :func:`~herder.actors._action.run_attempt`, and reports back to the Scheduler: the
 :class:`Outcome`, or an :class:`InstanceEvent` ``crashed`` when the factory failed or the
-action raised :class:`InstanceCrash` (the agent object broke, not the worker). An object
-it built reaches the host through ``built`` before the outcome is sent.
+action raised :class:`InstanceCrash` (the agent object broke, not the worker). The host's
+``build`` calls the factory (counting a worker abandoned in it) and takes the object it
+built before the outcome is sent.
 
 When the attempt ends the worker goes on, without a message, with (in this order):
 
@@ -115,14 +116,14 @@ class PoolWorker(SupervisedActor):
         self,
         reply: Callable[[Outcome], None],
         events: Callable[[InstanceEvent], None],
-        built: Callable[[str, str, Any], None],
+        build: Callable[[str, str, Callable[[], Agent]], Any],
         max_result_bytes: int,
         line: deque[Work],
     ) -> None:
         super().__init__()
         self._reply = reply
         self._events = events
-        self._built = built
+        self._build = build
         self._max_result_bytes = max_result_bytes
         self._line = line
 
@@ -140,11 +141,10 @@ class PoolWorker(SupervisedActor):
             else:
                 if agent is None:
                     try:
-                        agent = contain(work.factory)
+                        agent = contain(self._build, run.agent, run.instance, work.factory)
                     except UserCodeFailed as failed:
                         self._crashed(run, f"{FAILED_START.format(run.agent)}: {failed.error}")
                         return None
-                    self._built(run.agent, run.instance, agent)
                 began = perf_counter()
                 try:
                     outcome = run_attempt(

@@ -13,6 +13,7 @@ the shared :func:`~herder.actors._action.run_attempt`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,13 @@ from herder.actors._agent_instance import AgentInstance
 from herder.actors._ask import call_later
 from herder.actors._clock import SystemClock
 from herder.actors._host import FAILED_START, AgentUnavailable, GivenUp
-from herder.actors._hosted import Hosted, HostedAgents, Instance, request_agent_supervisor
+from herder.actors._hosted import (
+    Builds,
+    Hosted,
+    HostedAgents,
+    Instance,
+    request_agent_supervisor,
+)
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervision_specs import ChildEventKind, ChildSpec, Restart
@@ -93,6 +100,7 @@ class ThreadHost(HostedAgents[_Pool]):
         self._shutdown = shutdown
         self._abandoned = 0  # threads left running: replaced, or not stopped in time
         self._replaced: set[str] = set()  # counted by replace(), before their ABANDONED
+        self._builds = Builds()  # factories running (one whose start timed out is counted)
 
     # -- registration ------------------------------------------------------------------
 
@@ -267,8 +275,13 @@ class ThreadHost(HostedAgents[_Pool]):
         """Count an instance's thread left running, once: at its ABANDONED news, even if
         its pool let go of it first (its attempt's answer, from another thread, may come
         before the news); a replace() counted its own already, and the next news of that
-        instance (its stop's, whatever it says) ends the wait for it."""
+        instance (its stop's, whatever it says) ends the wait for it. One whose start
+        timed out in its factory counts until the factory returns."""
         assert event.instance is not None
+        if event.kind is ChildEventKind.CRASHED:
+            _, inst = self._instance(event.agent, event.instance)
+            if inst is None or inst.starting:  # (its start failed: counted if it hung)
+                self._builds.abandon((event.agent, event.instance))
         if event.instance in self._replaced:
             self._replaced.discard(event.instance)
         elif event.kind is ChildEventKind.ABANDONED:
@@ -327,7 +340,8 @@ class ThreadHost(HostedAgents[_Pool]):
     def host_stats(self) -> dict[str, int]:
         """Instance threads, and threads abandoned to hung actions."""
         threads = sum(len(p.instances) for p in self._agents.values())
-        return {"workers": threads, "abandoned_threads": self._abandoned}
+        abandoned = self._abandoned + self._builds.abandoned
+        return {"workers": threads, "abandoned_threads": abandoned}
 
     # -- internals ---------------------------------------------------------------------
 
@@ -335,7 +349,8 @@ class ThreadHost(HostedAgents[_Pool]):
         """Ask the agent's supervisor for one more instance, without waiting."""
         assert pool.supervisor is not None
         instance_id = pool.new_instance_id()
-        name, factory = pool.name, pool.factory
+        name = pool.name
+        factory = functools.partial(self._builds.call, (name, instance_id), pool.factory)
         spec = ChildSpec(
             id=instance_id,
             start=lambda: AgentInstance.start(

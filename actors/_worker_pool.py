@@ -89,7 +89,7 @@ class WorkerPool:
         agents_supervisor: pykka.ActorRef,
         reply: Callable[[Outcome], None],
         events: Callable[[InstanceEvent], None],
-        built: Callable[[str, str, Any], None],
+        build: Callable[[str, str, Callable[[], Any]], Any],
         line: deque[Work],
         *,
         max_result_bytes: int,
@@ -100,7 +100,7 @@ class WorkerPool:
         min_workers: int,
     ) -> None:
         self._agents_sup = agents_supervisor
-        self._start_args = (reply, events, built, max_result_bytes, line)
+        self._start_args = (reply, events, build, max_result_bytes, line)
         self._events = events
         self._shutdown = shutdown
         self._max_restarts = max_restarts
@@ -190,9 +190,10 @@ class WorkerPool:
         self._free[worker_id] = None
         return True
 
-    def abandon(self, worker_id: str) -> bool:
+    def abandon(self, worker_id: str, *, counted: bool = True) -> bool:
         """Leave the worker's thread to its hung attempt; the supervisor starts a fresh
-        one in its place. False if there is no pool to do that."""
+        one in its place (``counted``: in ``abandoned``; one in a factory is counted
+        elsewhere). False if there is no pool to do that."""
         if self._sup is None:
             return False
         worker = self._workers.get(worker_id)
@@ -201,7 +202,7 @@ class WorkerPool:
             self._assign(worker, None)
             worker.ref = None  # back once the supervisor restarted it
             worker.starting = False
-            self.abandoned += 1
+            self.abandoned += counted
             # Stuck: its thread takes the stop message only once the action returns, and
             # takes nothing more then (Work.stop). Waiting out its shutdown would hold every
             # other restart and start of the pool's one supervisor: N hung, N x shutdown.

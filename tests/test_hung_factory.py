@@ -1,0 +1,53 @@
+"""A factory that hangs: the thread left in it is counted in
+``stats()["host"]["abandoned_threads"]`` until the factory returns, as a hung action's is.
+The thread host's instance whose start timed out in its factory was counted nowhere; the
+pool's worker abandoned in one stayed counted after its factory returned."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from herder.actors import ThreadHost
+from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
+
+WAIT = 30.0
+pytestmark = pytest.mark.timeout(120)
+ONCE = RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=0.0)
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_thread_left_in_a_hung_factory_is_counted_until_the_factory_returns(
+    tmp_path: Path, host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ThreadHost, "instance_start_timeout", 0.3)
+    gate = threading.Event()
+    hung: list[threading.Thread] = []  # the thread of the first factory call
+    runs: list[int] = []
+
+    class Dev(Agent):
+        def go(self, ctx: StepContext) -> int:
+            runs.append(ctx.attempt)
+            return ctx.attempt
+
+    def factory() -> Dev:
+        if not hung:
+            hung.append(threading.current_thread())
+            gate.wait(WAIT)
+        return Dev()
+
+    try:
+        with Runtime(tmp_path / "s", agent_host=host, instance_shutdown=0.1) as rt:
+            rt.add_agent("a", factory)
+            step = Workflow("w").step("s", agent="a", action="go", timeout=0.3, retry=ONCE)
+            rt.add_workflow(step)
+            assert rt.start("w").result(timeout=WAIT) == {"s": 2}
+            assert rt.stats()["host"]["abandoned_threads"] == 1
+            gate.set()
+            hung[0].join(WAIT)
+            assert not hung[0].is_alive()
+            assert rt.stats()["host"]["abandoned_threads"] == 0
+    finally:
+        gate.set()
