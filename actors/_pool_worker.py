@@ -39,8 +39,9 @@ from herder.actors._supervised import SupervisedActor
 from herder.actors._supervision_specs import ChildEventKind
 from herder.store import UserCodeFailed, contain
 
-SUPERSEDED = "superseded while it waited for a worker: not started"
-"""The error of an attempt fenced in the pool's line (an answer the Scheduler ignores)."""
+SUPERSEDED = "superseded before it started (it waited for a worker or its agent object)"
+"""The error of an attempt fenced in the pool's line, or while its agent object was built
+(an answer the Scheduler ignores)."""
 
 
 DECAY = 0.75
@@ -134,17 +135,18 @@ class PoolWorker(SupervisedActor):
             return super().on_receive(message)
         work, run, agent, lined = message, message.run, message.agent, False
         while True:
-            if lined and run.context.superseded:
+            built = agent is None and not (lined and run.context.superseded)
+            if built:
+                try:
+                    agent = contain(self._build, run.agent, run.instance, work.factory)
+                except UserCodeFailed as failed:
+                    self._crashed(run, f"{FAILED_START.format(run.agent)}: {failed.error}")
+                    return None
+            if (lined or built) and run.context.superseded:  # (replaced as its factory hung)
                 outcome = Outcome(
                     run.agent, run.instance, run.token, ok=False, error=SUPERSEDED, kind=UNSTARTED
                 )
             else:
-                if agent is None:
-                    try:
-                        agent = contain(self._build, run.agent, run.instance, work.factory)
-                    except UserCodeFailed as failed:
-                        self._crashed(run, f"{FAILED_START.format(run.agent)}: {failed.error}")
-                        return None
                 began = perf_counter()
                 try:
                     outcome = run_attempt(

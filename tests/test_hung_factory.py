@@ -51,3 +51,37 @@ def test_a_thread_left_in_a_hung_factory_is_counted_until_the_factory_returns(
             assert rt.stats()["host"]["abandoned_threads"] == 0
     finally:
         gate.set()
+
+
+def test_an_attempt_replaced_while_its_factory_hung_never_runs_its_action(
+    tmp_path: Path,
+) -> None:
+    """The pool's worker built the object at last and ran the replaced attempt's action,
+    after its workflow had succeeded on the retry, beside it (outside concurrency=1)."""
+    gate = threading.Event()
+    hung: list[threading.Thread] = []
+    runs: list[tuple[int, bool]] = []
+
+    class Dev(Agent):
+        def go(self, ctx: StepContext) -> int:
+            runs.append((ctx.attempt, ctx.superseded))
+            return ctx.attempt
+
+    def factory() -> Dev:
+        if not hung:
+            hung.append(threading.current_thread())
+            gate.wait(WAIT)
+        return Dev()
+
+    try:
+        with Runtime(tmp_path / "s", instance_shutdown=0.1) as rt:
+            rt.add_agent("a", factory)
+            step = Workflow("w").step("s", agent="a", action="go", timeout=0.3, retry=ONCE)
+            rt.add_workflow(step)
+            assert rt.start("w").result(timeout=WAIT) == {"s": 2}
+            gate.set()
+            hung[0].join(WAIT)
+            assert not hung[0].is_alive()
+            assert runs == [(2, False)]
+    finally:
+        gate.set()
