@@ -22,6 +22,13 @@ past the passivation time.
   and is counted (``asyncio_abandoned``) until it ends. A coroutine that blocks the loop
   (``time.sleep``, a busy loop) cannot be cancelled; it stalls every asyncio agent of
   the loop, which is why plain ``def`` actions belong on a thread host.
+- **Crashes.** An attempt that raises :class:`InstanceCrash` is lost (as on every host)
+  and its slot waits out :data:`~herder.actors._hosted.INSTANCE_BACKOFF`, by the agent's
+  crashes within ``restart_period``, before it serves again, as a pool slot does (then
+  ``InstanceEvent("restarted")``): under ``concurrency=1`` the object is built again only
+  then. Past ``max_restarts`` crashes in that period the count starts afresh, as after
+  the pool host gives up; no attempt is given up here. Restart pacing runs on ``clock``
+  (real time unless told, as on the pool host).
 - **Containment.** Nothing the user's code raises, ``CancelledError`` and
   ``BaseException`` included, escapes the task: it becomes the attempt's outcome.
 """
@@ -37,11 +44,13 @@ from typing import Any
 
 from herder.actors._action import call_action, leased, refuse_unrun, settle, unleased
 from herder.actors._agent import Agent
+from herder.actors._clock import Clock, SystemClock
 from herder.actors._event_loop import EventLoop
 from herder.actors._host import FAILED_START, InstanceCrash
-from herder.actors._hosted import let_go
+from herder.actors._hosted import INSTANCE_BACKOFF, let_go
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING, JobQueue
+from herder.actors._restarts import RestartWindow
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors.engine import CRASH_ERROR
 from herder.store import UserCodeFailed, describe, error_types
@@ -129,7 +138,7 @@ class _Holder:
 
 @dataclass(slots=True)
 class _Slot:
-    token: int
+    token: int | None  # None: its attempt crashed the object; it waits out the backoff
     future: Any = None  # its Attempt (the task on the loop), once sent
 
 
@@ -141,6 +150,11 @@ class _Agent:
     holder: _Holder
     slots: dict[str, _Slot] = field(default_factory=dict)
     idle_since: float = 0.0
+    crashes: RestartWindow | None = None  # its crashes, from the first one on
+
+    def running(self) -> list[int]:
+        """Tokens of the attempts its slots serve (not those waiting out a backoff)."""
+        return [slot.token for slot in self.slots.values() if slot.token is not None]
 
 
 class AsyncHost:
@@ -154,8 +168,14 @@ class AsyncHost:
         *,
         max_result_bytes: int,
         queue_aging: float = DEFAULT_AGING,
+        max_restarts: int = 20,
+        restart_period: float = 10.0,
+        clock: Clock | None = None,
     ) -> None:
         self._loop = loop
+        self._max_restarts = max_restarts
+        self._restart_period = restart_period
+        self._clock = SystemClock() if clock is None else clock  # (module docstring)
         self._reply = reply
         self._events = events
         self._max_result_bytes = max_result_bytes
@@ -245,7 +265,7 @@ class AsyncHost:
 
     def busy_tokens(self, name: str) -> list[int]:
         agent = self._agents.get(name)
-        return [] if agent is None else [slot.token for slot in agent.slots.values()]
+        return [] if agent is None else agent.running()
 
     def replace_token(self, name: str, token: int) -> None:
         agent = self._agents.get(name)
@@ -268,12 +288,31 @@ class AsyncHost:
     # -- events ------------------------------------------------------------------------
 
     def on_event(self, event: InstanceEvent, now: float) -> list[int]:
-        """An attempt crashed its object (or the object could not be built): it is lost."""
+        """An attempt crashed its object: it is lost, and its slot waits out its backoff;
+        or a backoff is over (the module docstring)."""
         agent = self._agents.get(event.agent)
-        if agent is None or event.instance is None or event.kind is not ChildEventKind.CRASHED:
+        instance_id = event.instance
+        slot = None if agent is None or instance_id is None else agent.slots.get(instance_id)
+        if agent is None or instance_id is None or slot is None:
             return []
-        slot = agent.slots.pop(event.instance, None)
-        return [] if slot is None else [slot.token]
+        if event.kind is ChildEventKind.RESTARTED and slot.token is None:
+            del agent.slots[instance_id]  # the slot serves again
+            return []
+        if event.kind is not ChildEventKind.CRASHED or slot.token is None:
+            return []
+        lost, slot.token, slot.future = [slot.token], None, None
+        if agent.crashes is None:
+            agent.crashes = RestartWindow(self._max_restarts, self._restart_period, self._clock)
+        if agent.crashes.record():  # too many: start afresh, as the pool host does
+            agent.crashes = None
+            del agent.slots[instance_id]
+            return lost
+        events, name, restarted = self._events, event.agent, ChildEventKind.RESTARTED
+        self._clock.call_later(
+            INSTANCE_BACKOFF.delay(len(agent.crashes)),
+            lambda: events(InstanceEvent(name, instance_id, restarted)),
+        )
+        return lost
 
     # -- passivation and stats ---------------------------------------------------------
 
@@ -293,7 +332,7 @@ class AsyncHost:
         return {
             name: {
                 "instances": len(agent.slots),  # attempts are the unit of concurrency here
-                "busy": len(agent.slots),
+                "busy": len(agent.running()),
                 "queued": len(agent.queue),
             }
             for name, agent in self._agents.items()
@@ -303,7 +342,7 @@ class AsyncHost:
         """Attempts running on the loop, how many were cancelled (timed out, replaced),
         and how many of those run on regardless (``abandoned``: outside any slot)."""
         return {
-            "asyncio_attempts": sum(len(agent.slots) for agent in self._agents.values()),
+            "asyncio_attempts": sum(len(agent.running()) for agent in self._agents.values()),
             "asyncio_cancelled": self._cancelled,
             "asyncio_abandoned": self._loop.abandoned(),
         }

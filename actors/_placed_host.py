@@ -209,6 +209,8 @@ def build_host(ctx: EngineContext) -> AgentHost:
             ctx.tell_scheduler,
             max_result_bytes=config.max_result_bytes,
             queue_aging=config.priority_aging,
+            max_restarts=config.agent_max_restarts,
+            restart_period=config.agent_restart_period,
         ),
         # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on
         # first use so that Ray is imported only by a runtime that uses it.
