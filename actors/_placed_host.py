@@ -11,7 +11,8 @@ starts no loop, and Ray is imported only by a runtime that places an agent on it
 
 An agent added again on another host (it became ``async def``) takes its waiting jobs
 along; calls about an attempt it still runs on the old host go to the host holding that
-instance (``owns``), which is asked only for the names that moved.
+instance (``owns``), which is asked only for the names that moved. Those attempts count
+against its concurrency on the new host until they end.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class HostRouter:
         self._is_remote = is_remote
         self._hosts: list[RoutedHost] = [local]
         self._by_name: dict[str, RoutedHost] = {}  # where each added name runs now
-        self._moved: set[str] = set()  # names that ran on another host before
+        self._moved: dict[str, int] = {}  # names that ran on another host before: concurrency
 
     def _place(self, name: str) -> RoutedHost:
         kind = "remote" if self._is_remote(name) else "async" if self._is_async(name) else ""
@@ -89,8 +90,9 @@ class HostRouter:
         before = self._by_name.get(name)
         after = self._by_name[name] = self._place(name)
         after.add(name, factory, concurrency)
+        if name in self._moved or (before is not None and after is not before):
+            self._moved[name] = concurrency
         if before is not None and after is not before:
-            self._moved.add(name)
             waiting, moved = before.queue(name), after.queue(name)
             before.remove(name)
             if waiting is not None and moved is not None:
@@ -107,7 +109,7 @@ class HostRouter:
         if not all(forget(host, name) for host in [*hosts, current]):
             return False
         self._by_name.pop(name, None)
-        self._moved.discard(name)
+        self._moved.pop(name, None)
         return True
 
     def queue(self, name: str) -> JobQueue[Any] | None:
@@ -116,6 +118,9 @@ class HostRouter:
     # -- capacity ----------------------------------------------------------------------
 
     def acquire(self, name: str, token: int, backlog: int = 1) -> str | None:
+        limit = self._moved.get(name)
+        if limit is not None and len(self.busy_tokens(name)) >= limit:
+            return None  # (with what its old host runs still: a release pumps it again)
         return self._route(name).acquire(name, token, backlog)
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:

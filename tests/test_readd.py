@@ -5,6 +5,7 @@ the thread host its old concurrency, for as long as the agent stayed busy."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime.testing import settle
 
 WAIT = 20.0
 pytestmark = pytest.mark.timeout(90)
@@ -88,3 +90,38 @@ def test_an_agent_removed_and_added_again_while_its_attempts_run_keeps_its_concu
         assert [h.result(timeout=WAIT) for h in later] == [{"s": 2}] * 2
     assert not extra
     assert tally.most == 2
+
+
+class AsyncVersioned(Agent):
+    def __init__(self, version: int, tally: Tally) -> None:
+        self.sync = Versioned(version, tally)
+
+    async def go(self, ctx: StepContext) -> int:
+        return await asyncio.to_thread(self.sync.go, ctx)
+
+
+@pytest.mark.parametrize("move", ["to asyncio", "from asyncio"])
+def test_an_agent_added_again_on_another_host_keeps_its_concurrency(
+    tmp_path: Path, move: str
+) -> None:
+    """Added again with async def actions (or without them), the agent moves between the
+    pool and the asyncio host; the new host started attempts beside those the old one
+    still ran: two at once under concurrency=1."""
+    tally = Tally()
+    old, new = (Versioned, AsyncVersioned) if move == "to asyncio" else (AsyncVersioned, Versioned)
+    try:
+        with Runtime(tmp_path / "s") as rt:
+            rt.add_agent("a", functools.partial(old, 1, tally))
+            rt.add_workflow(Workflow("w").step("s", agent="a", action="go", timeout=60))
+            first = rt.start("w")
+            assert tally.started.acquire(timeout=WAIT)
+            rt.add_agent("a", functools.partial(new, 2, tally))
+            later = [rt.start("w") for _ in range(2)]
+            settle(rt)  # (the first attempt is held by the gate)
+            assert tally.most == 1
+            tally.gate.set()
+            assert first.result(timeout=WAIT) == {"s": 1}
+            assert [h.result(timeout=WAIT) for h in later] == [{"s": 2}] * 2
+    finally:
+        tally.gate.set()
+    assert tally.most == 1
