@@ -133,7 +133,7 @@ def settle(
         elif isinstance(value, ProbeResult):
             value, kind = value.result, _verdict(value.status)
     except InstanceCrash as exc:
-        crash = InstanceCrash(describe(exc))  # raised below, without the user's object
+        crash = describe(exc)  # raised below, without the user's object
     except Permanent as exc:
         return _failed(agent_name, instance_id, run, exc, permanent=True)
     except EncodeError as exc:  # heartbeat details (say) that herder refused
@@ -147,7 +147,10 @@ def settle(
         except BaseException as exc:  # an EncodeError (normalize reads the user's object)
             return _failed(agent_name, instance_id, run, exc, permanent=False, unstorable=True)
         return Outcome(agent_name, instance_id, run.token, ok=True, result=result, kind=kind)
-    raise crash
+    # (Never bound here: this frame, which holds ``produce`` and through it the agent
+    # object, would be in a cycle with the exception's traceback, and the object dropped
+    # only by the garbage collector, on whichever thread it runs: the Scheduler's, say.)
+    raise InstanceCrash(crash)
 
 
 def _failed(

@@ -81,7 +81,10 @@ async def run_attempt_async(
             raise error
         return value
 
-    return settle(replay, agent_name, instance_id, run, max_result_bytes)
+    try:
+        return settle(replay, agent_name, instance_id, run, max_result_bytes)
+    finally:  # (raised again, it holds replay's frame, which holds it: not a cycle now)
+        error = None
 
 
 class _Holder:
@@ -373,9 +376,16 @@ class AsyncHost:
                 agent, run.agent, run.instance, run, self._max_result_bytes
             )
         except InstanceCrash as crash:  # the object broke: the next attempt builds anew
+            crashed: str | None = str(crash)
             if holder.agent is agent:
                 holder.agent = None
-            crashed = ChildEventKind.CRASHED
-            self._events(InstanceEvent(run.agent, run.instance, crashed, None, str(crash)))
-            return
-        self._reply(outcome)
+        else:
+            crashed = None
+        if holder.agent is not agent:  # let go meanwhile (crashed, added again, passivated):
+            box, agent = [agent], None  # dropped off the loop, as its __del__ is user code
+            let_go(box)
+        if crashed is None:
+            self._reply(outcome)
+        else:
+            kind = ChildEventKind.CRASHED
+            self._events(InstanceEvent(run.agent, run.instance, kind, None, crashed))

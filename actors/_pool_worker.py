@@ -153,6 +153,7 @@ class PoolWorker(SupervisedActor):
                         agent, run.agent, run.instance, run, self._max_result_bytes
                     )
                 except InstanceCrash as crash:
+                    agent = work.agent = None  # (the host lets it go, on a thread of its own)
                     self._crashed(run, str(crash))
                     return None
                 source = work.source

@@ -138,6 +138,9 @@ class SupervisedActor(pykka.ThreadingActor):
         if self._herder_failure is None and exception_value is not None:
             self._herder_failure = exception_value
         if isinstance(exception_value, self.reported_failures):
+            # Kept without its frames, which hold this actor (and its agent object): in a
+            # cycle with them, they went only when the garbage collector ran, on any thread.
+            exception_value.with_traceback(None)
             # What pykka does after its "Unhandled exception" traceback, without it.
             pykka.ActorRegistry.unregister(self.actor_ref)
             self.actor_stopped.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import gc
 import subprocess
 import sys
 import threading
@@ -15,7 +16,15 @@ import pytest
 
 from herder.actors import PoolWorker
 from herder.actors._thread_host import AgentInstance
-from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow, WorkflowFailed
+from herder.runtime import (
+    Agent,
+    InstanceCrash,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    Workflow,
+    WorkflowFailed,
+)
 from herder.runtime.testing import FakeClock, advance, settle
 
 WAIT = 10.0
@@ -280,6 +289,46 @@ def test_an_agent_object_let_go_is_dropped_off_the_schedulers_thread(
             assert not any(name.startswith("Scheduler") for name in closing.where)
     finally:
         closing.release.set()
+
+
+class Crashing(Closing):
+    def ping(self, ctx: StepContext) -> str:
+        if ctx.attempt == 1:
+            raise InstanceCrash("connection reset")
+        return "closing"
+
+
+class AsyncCrashing(Closing):
+    async def ping(self, ctx: StepContext) -> str:  # type: ignore[override]
+        if ctx.attempt == 1:
+            raise InstanceCrash("connection reset")
+        return "closing"
+
+
+@pytest.mark.parametrize("kind", ["pool", "thread", "asyncio"])
+def test_an_agent_object_that_crashed_is_dropped_at_once_off_the_runtimes_threads(
+    tmp_path: Path, kind: str
+) -> None:
+    # The InstanceCrash's traceback held the frames that held the object, in a cycle (on
+    # the thread host with the instance actor too): it went only when the garbage
+    # collector ran, on whichever thread that was (a Scheduler's, a WorkflowSupervisor's,
+    # a pool worker's), so its __del__ stalled that thread. Without the collector it
+    # never went at all.
+    base = AsyncCrashing if kind == "asyncio" else Crashing
+    closing = type("Crashing", (base,), {"gone": threading.Event(),
+                                         "release": threading.Event(), "where": []})  # fmt: skip
+    gc.disable()
+    try:
+        with Runtime(tmp_path / "s", agent_host="thread" if kind == "thread" else "pool") as rt:
+            rt.add_agent("closing", closing)
+            rt.add_workflow(Workflow("close").step("c", agent="closing", action="ping"))
+            assert rt.start("close", 1).result(timeout=WAIT) == {"c": "closing"}
+            assert closing.gone.wait(WAIT)
+            ours = ("Scheduler", "WorkflowSupervisor", "PoolWorker", "herder-asyncio")
+            assert not any(name.startswith(ours) for name in closing.where)
+    finally:
+        closing.release.set()
+        gc.enable()
 
 
 def test_a_factory_that_fails_counts_as_a_crash_on_every_host(rt_on: Runtime) -> None:
