@@ -51,6 +51,7 @@ from time import perf_counter
 import pykka
 
 from herder.actors._clock import Clock
+from herder.actors._hosted import let_go
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._pool_agents import PoolAgents, Slot, halt, next_idle
 from herder.actors._pool_worker import Work, take_lined, withdraw
@@ -203,6 +204,7 @@ class PoolHost(PoolAgents):
         if agent is None or inst is None or inst.busy_token is None:
             if token is not None:  # the answer of an instance given up on while it ran
                 self._free_worker(self._orphans.pop(token, None), now)
+                let_go([self._built.pop((name, instance_id), None)])  # (if it built one)
             return False
         if token is not None and inst.busy_token != token:
             return False

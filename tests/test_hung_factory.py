@@ -85,3 +85,39 @@ def test_an_attempt_replaced_while_its_factory_hung_never_runs_its_action(
             assert runs == [(2, False)]
     finally:
         gate.set()
+
+
+def test_the_object_a_hung_factory_built_at_last_is_let_go(tmp_path: Path) -> None:
+    """It was kept (with whatever connection it opened) until its agent was removed and
+    forgotten: for an agent that is never removed, for ever."""
+    gate, gone = threading.Event(), threading.Event()
+    hung: list[threading.Thread] = []
+
+    class Dev(Agent):
+        def __init__(self, late: bool) -> None:
+            self.late = late
+
+        def go(self, ctx: StepContext) -> int:
+            return ctx.attempt
+
+        def __del__(self) -> None:
+            if self.late:
+                gone.set()
+
+    def factory() -> Dev:
+        if not hung:
+            hung.append(threading.current_thread())
+            gate.wait(WAIT)
+            return Dev(late=True)
+        return Dev(late=False)
+
+    try:
+        with Runtime(tmp_path / "s", instance_shutdown=0.1) as rt:
+            rt.add_agent("a", factory)
+            step = Workflow("w").step("s", agent="a", action="go", timeout=0.3, retry=ONCE)
+            rt.add_workflow(step)
+            assert rt.start("w").result(timeout=WAIT) == {"s": 2}
+            gate.set()
+            assert gone.wait(WAIT)
+    finally:
+        gate.set()
