@@ -77,6 +77,14 @@ class HealthPolicy:
                     f"got {value!r}"
                 )
 
+    @classmethod
+    def of(cls, interval: float | None, timeout: float | None) -> HealthPolicy | None:
+        """The policy of ``add_agent(health_interval=, health_timeout=)``; None (no checks)
+        when ``interval`` is None. A bad ``timeout`` is refused then too: it would be
+        found only once checks are turned on."""
+        policy = cls(DEFAULT_INTERVAL if interval is None else interval, timeout)
+        return None if interval is None else policy
+
     @property
     def limit(self) -> float:
         """The timeout of one check, in seconds."""

@@ -125,7 +125,7 @@ class Registration:
                 raise InvalidInput(
                     f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
                 )
-        health = None if health_interval is None else HealthPolicy(health_interval, health_timeout)
+        health = HealthPolicy.of(health_interval, health_timeout)
         if host is not None and not isinstance(host, RayHost):
             raise InvalidInput(f"agent {name!r}: host must be a RayHost or None, got {host!r}")
         placed = rt._ctx.placements.get(name)

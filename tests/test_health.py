@@ -232,6 +232,8 @@ def test_a_bad_health_interval_or_timeout_is_refused(tmp_path: Path, bad: Any) -
             rt.add_agent("svc", functools.partial(Checked, Resource()), health_interval=bad)
         with pytest.raises(InvalidInput, match="health_timeout must be"):
             rt.add_agent("svc", functools.partial(Checked, Resource()), health_timeout=bad)
+        with pytest.raises(InvalidInput, match="health_timeout must be"):  # (checks off)
+            rt.add_agent("svc", Checked, health_interval=None, health_timeout=bad)
 
 
 def test_an_async_health_check_runs_like_the_asyncio_hosts_actions(
