@@ -201,6 +201,13 @@ class AgentHealth:
                 "health_checked_at": watch.checked_at,
             }
 
+    def abandoned(self) -> int:
+        """Check threads still running past their timeout (in ``health`` or a factory that
+        hangs): counted in ``stats()["host"]["abandoned_threads"]`` until they return."""
+        with self._lock:
+            watches = [*self._watches.values(), *self._removed.values()]
+        return sum(1 for w in watches if w.timed_out and w.running and w.running.is_alive())
+
     def agents(self) -> list[str]:
         """The watched agents' names."""
         with self._lock:

@@ -316,11 +316,13 @@ class Runtime(
         except pykka.ActorDeadError:  # it failed or stops, or the tree replaces a crashed one
             raise self._scheduler_gone() from None
         bad = {f"{e.db}:{e.key!r}": e.reason for e in corrupt} | engine["corrupt"]
+        host = engine["host"]  # (with the health checks' threads, as the hosts' own)
+        host["abandoned_threads"] = host.get("abandoned_threads", 0) + self._ctx.health.abandoned()
         return {
             "workflows": by_state,
             "steps": {k: v for k, v in engine.items() if isinstance(v, int)},
             "agents": engine["agents"],
-            "host": engine["host"],
+            "host": host,
             "awaiting_definition": engine["awaiting_definition"],
             "resources": engine["resources"],
             "store": self._store.writer.stats(),

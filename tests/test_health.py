@@ -349,3 +349,19 @@ def test_an_agent_added_again_without_health_checks_forgets_its_verdict(
         rt.add_agent("svc", functools.partial(Checked, resource), health_interval=10.0)
         rt.start("one", workflow_id="w1")
         assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
+
+
+def test_a_check_thread_past_its_timeout_counts_as_abandoned_until_it_returns(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A hung check (in health(), or in the factory building its instance) leaves a
+    thread running, as a hung action does; stats() counted only the hosts' threads."""
+    resource = Resource()
+    resource.hang = True
+    with runtime(tmp_path / "s", clock, resource, health_timeout=2.0) as rt:
+        advance(rt, clock, 0.0)  # the check starts and hangs
+        check(rt, clock, 1, 2.0)  # the sweep after its timeout fails it
+        assert rt.stats()["host"]["abandoned_threads"] == 1
+        resource.release.set()
+        assert rt._ctx.health.settle(WAIT)
+        assert rt.stats()["host"]["abandoned_threads"] == 0
