@@ -381,8 +381,12 @@ class AsyncHost:
                 holder.agent = None
         else:
             crashed = None
-        if holder.agent is not agent:  # let go meanwhile (crashed, added again, passivated):
-            box, agent = [agent], None  # dropped off the loop, as its __del__ is user code
+        # Never dropped here, on the loop (its __del__ is user code): its holder drops it
+        # off the loop once let go (added again); crashed, it goes now.
+        if holder.agent is agent:
+            agent = None
+        else:
+            box, agent = [agent], None
             let_go(box)
         if crashed is None:
             self._reply(outcome)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import gc
@@ -327,6 +328,39 @@ def test_an_agent_object_that_crashed_is_dropped_at_once_off_the_runtimes_thread
             ours = ("Scheduler", "WorkflowSupervisor", "PoolWorker", "herder-asyncio")
             assert not any(name.startswith(ours) for name in closing.where)
     finally:
+        closing.release.set()
+        gc.enable()
+
+
+def test_an_async_agent_object_let_go_while_its_attempt_ran_is_dropped_off_the_loop(
+    tmp_path: Path,
+) -> None:
+    # Added again while an attempt ran on it, the old object's last reference was that
+    # attempt's task: its __del__ ran on the loop, stalling every async agent.
+    gate, began = threading.Event(), threading.Event()
+
+    class Old(Closing):
+        async def ping(self, ctx: StepContext) -> str:  # type: ignore[override]
+            began.set()
+            await asyncio.to_thread(gate.wait, WAIT)
+            return "old"
+
+    closing = type("Old", (Old,), {"gone": threading.Event(),
+                                   "release": threading.Event(), "where": []})  # fmt: skip
+    gc.disable()
+    try:
+        with Runtime(tmp_path / "s") as rt:
+            rt.add_agent("closing", closing)
+            rt.add_workflow(Workflow("close").step("c", agent="closing", action="ping"))
+            handle = rt.start("close", 1)
+            assert began.wait(WAIT)
+            rt.add_agent("closing", AsyncClosing)
+            gate.set()
+            assert handle.result(timeout=WAIT) == {"c": "old"}
+            assert closing.gone.wait(WAIT)
+            assert closing.where == ["herder-let-go"]
+    finally:
+        gate.set()
         closing.release.set()
         gc.enable()
 
