@@ -42,9 +42,12 @@ from herder.store import (
     Put,
     TimedOut,
     Transition,
+    UserCodeFailed,
+    contain,
     definition_key,
     encode,
     started_key,
+    type_name,
     validate_name,
 )
 
@@ -135,7 +138,7 @@ class Registration:
                 "cannot change while the runtime runs: restart it with the new placement"
             )
         cls = agent_class_of(factory)
-        coroutines = () if cls is None else coroutine_actions(cls)
+        offered, coroutines = _offered(name, cls)
         if host is not None and (coroutines or asyncio):
             raise InvalidInput(
                 f"agent {name!r}: a Ray agent runs its actions on threads of its worker "
@@ -153,7 +156,7 @@ class Registration:
             attach(rt._ctx, host, name, factory, rt._store.path)
         with rt._promotion:
             rt._agents_version += 1  # start() looks at every definition's agents again
-            rt._actions[name] = None if cls is None else action_names(cls)
+            rt._actions[name] = offered
             if rt._tracing is not None:
                 factory = rt._tracing.wrap_factory(name, factory)
             rt._ctx.agents[name] = (factory, concurrency)
@@ -164,7 +167,6 @@ class Registration:
                 rt._ctx.limits.pop(name, None)
             else:
                 rt._ctx.limits[name] = (breaker, rate_limit, adaptive)
-            offered = rt._actions[name]  # (no getattr: the class's metaclass is user code)
             if health is not None and (offered is None or "health" in offered):
                 rt._ctx.health.watch(name, factory, health, hidden=offered is None)
             else:
@@ -338,6 +340,21 @@ class Registration:
         return any(
             r.name == plan.name and r.version == plan.version for r in store.workflows(corrupt=[])
         )
+
+
+def _offered(name: str, cls: type | None) -> tuple[frozenset[str] | None, tuple[str, ...]]:
+    """The actions of agent class ``cls`` (None: hidden by its factory) and those of them
+    that are ``async def``; :class:`InvalidInput` if reading the class raised (its
+    attributes and metaclass are user code)."""
+    if cls is None:
+        return None, ()
+    try:
+        return contain(action_names, cls), contain(coroutine_actions, cls)
+    except UserCodeFailed as failed:
+        raise InvalidInput(
+            f"agent {name!r}: reading the actions of its class {type_name(cls)} raised "
+            f"{failed.error}; an agent's class attributes must be readable"
+        ) from None
 
 
 def _check_factory(name: str, factory: object, asyncio: object) -> None:

@@ -62,6 +62,20 @@ def snapshot(store: Store) -> dict[str, list[tuple[bytes, bytes]]]:
     return {db: list(store.raw_scan(db)) for db in DATABASES if db != "meta"}
 
 
+class _Raises:
+    def __get__(self, obj: object, owner: type) -> Any:
+        raise ValueError("no reading")
+
+
+class Unreadable(Agent):
+    """An agent class one of whose attributes raises when read (a descriptor)."""
+
+    broken = _Raises()
+
+    def echo(self, ctx: StepContext) -> Any:
+        return ctx.input
+
+
 class Echo(Agent):
     """Returns its input; the hostile results and heartbeats come from the input's name."""
 
@@ -199,6 +213,9 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      InvalidInput, "asyncio must be None, True or False"),
     ("add_agent: concurrency=True", lambda rt: rt.add_agent("a", Echo, concurrency=True),
      InvalidInput, "concurrency must be an int"),
+    ("add_agent: a class attribute that raises when read (it escaped add_agent as is)",
+     lambda rt: rt.add_agent("a", Unreadable), InvalidInput,
+     "reading the actions of its class Unreadable raised ValueError: no reading"),
     ("operator: who not valid UTF-8", lambda rt: rt.retry("taken", who="\udcff"), InvalidInput,
      "who is not valid UTF-8"),
     ("operator: who not a str", lambda rt: rt.abandon("taken", who=5), InvalidInput,  # type: ignore[arg-type]
