@@ -214,8 +214,7 @@ class ThreadHost(HostedAgents[_Pool]):
 
         Raises :class:`AgentUnavailable` when the event says a requested start failed.
         """
-        if event.instance is not None:
-            self._count_abandoned(event)
+        hung = event.instance is not None and self._count_abandoned(event)
         pool = self._agents.get(event.agent)
         if pool is None:
             return []
@@ -239,7 +238,9 @@ class ThreadHost(HostedAgents[_Pool]):
                 del pool.instances[event.instance]
                 if pool.concurrency == 0:
                     return []  # removed meanwhile: its queue waits for a new add()
-                raise AgentUnavailable(f"{FAILED_START.format(pool.name)}: {event.reason}")
+                limit = f"{self.instance_start_timeout:g}"
+                why = f"its factory did not return within {limit} s" if hung else event.reason
+                raise AgentUnavailable(f"{FAILED_START.format(pool.name)}: {why}")
             return []
         unexpected_exit = not inst.lost and event.kind in (
             ChildEventKind.EXITED,
@@ -271,21 +272,23 @@ class ThreadHost(HostedAgents[_Pool]):
             self._idled(pool, event.instance, inst)  # (stale: the old factory's again)
         return []
 
-    def _count_abandoned(self, event: InstanceEvent) -> None:
+    def _count_abandoned(self, event: InstanceEvent) -> bool:
         """Count an instance's thread left running, once: at its ABANDONED news, even if
         its pool let go of it first (its attempt's answer, from another thread, may come
         before the news); a replace() counted its own already, and the next news of that
         instance (its stop's, whatever it says) ends the wait for it. One whose start
-        timed out in its factory counts until the factory returns."""
+        timed out in its factory counts until the factory returns (True: this one)."""
         assert event.instance is not None
+        hung = False
         if event.kind is ChildEventKind.CRASHED:
             _, inst = self._instance(event.agent, event.instance)
             if inst is None or inst.starting:  # (its start failed: counted if it hung)
-                self._builds.abandon((event.agent, event.instance))
+                hung = self._builds.abandon((event.agent, event.instance))
         if event.instance in self._replaced:
             self._replaced.discard(event.instance)
         elif event.kind is ChildEventKind.ABANDONED:
             self._abandoned += 1
+        return hung
 
     def _on_supervisor_event(self, pool: _Pool, event: InstanceEvent) -> list[int]:
         """News of the agent's supervisor: started, could not start, or gone (gave up)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from herder.actors import ThreadHost
-from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow, WorkflowFailed
 
 WAIT = 30.0
 pytestmark = pytest.mark.timeout(120)
@@ -119,5 +119,34 @@ def test_the_object_a_hung_factory_built_at_last_is_let_go(tmp_path: Path) -> No
             assert rt.start("w").result(timeout=WAIT) == {"s": 2}
             gate.set()
             assert gone.wait(WAIT)
+    finally:
+        gate.set()
+
+
+def test_a_start_that_timed_out_in_its_factory_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread host said "child 'a#0' did not finish on_start within 0.3 s; it was told
+    to stop": the supervision tree's words, not the user's."""
+    monkeypatch.setattr(ThreadHost, "instance_start_timeout", 0.3)
+    gate = threading.Event()
+
+    class Dev(Agent):
+        def go(self, ctx: StepContext) -> int:
+            return 1
+
+    def factory() -> Dev:
+        gate.wait(WAIT)
+        return Dev()
+
+    try:
+        with Runtime(tmp_path / "s", agent_host="thread", instance_shutdown=0.1) as rt:
+            rt.add_agent("a", factory)
+            once = RetryPolicy(max_attempts=1)
+            rt.add_workflow(Workflow("w").step("s", agent="a", action="go", retry=once))
+            with pytest.raises(WorkflowFailed) as failed:
+                rt.start("w").result(timeout=WAIT)
+            error = failed.value.status.steps["s"].error or ""
+            assert "failed to start: its factory did not return within 0.3 s" in error, error
     finally:
         gate.set()
