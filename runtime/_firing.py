@@ -85,8 +85,9 @@ class Firer:
 
     def start(self) -> None:
         """Start the thread; its first pass fires whatever fell due while nobody ran."""
-        self._thread = threading.Thread(target=self._run, name="herder-schedules", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="herder-schedules", daemon=True)
+        thread.start()  # (then known to stop(), which a signal's thread may call meanwhile)
+        self._thread = thread
         self.wake()
 
     def stop(self) -> None:

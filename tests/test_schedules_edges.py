@@ -9,6 +9,7 @@ import datetime
 import logging
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -313,3 +314,32 @@ def test_a_jitter_past_the_workflows_deadline_is_refused(tmp_path: Path) -> None
             rt.schedule("s", "quick", every=3600, jitter=3000)
         assert rt.schedules() == []
         assert rt.schedule("s", "quick", every=3600, jitter=10).jitter == 10  # (up to it)
+
+
+def test_a_stop_while_the_firer_starts_does_not_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A daemon's SIGTERM while a standby became active: stop() found the runtime's new
+    # firer before its thread had started, and joining it raised RuntimeError ("cannot
+    # join thread before it is started"): the daemon exited 1 instead of stopping.
+    from herder.runtime import _firing
+
+    clock = FakeClock()
+    with open_runtime(tmp_path, clock) as rt:
+        firer = _firing.Firer(rt, WAIT)
+        started: list[threading.Thread] = []
+
+        class Racing(threading.Thread):
+            def start(self) -> None:
+                firer.stop()  # (the signal's thread, as start() runs)
+                super().start()
+                started.append(self)
+
+        # (only the firer's module sees the racing Thread)
+        monkeypatch.setattr(_firing, "threading", SimpleNamespace(**vars(threading)))
+        monkeypatch.setattr(_firing.threading, "Thread", Racing)
+        firer.start()
+        monkeypatch.undo()
+        [thread] = started
+        thread.join(WAIT)  # it saw the stop and ended
+        assert not thread.is_alive()
