@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import select
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -366,3 +367,32 @@ def test_a_crash_looping_agent_meets_the_same_restart_limits_on_ray_as_locally(
         assert rt.stats()["steps"]["crashes"] == 4
     gave_up = [r for r in caplog.records if "agent:crashy" in r.getMessage()]
     assert gave_up, "the agent's supervisor gave up after 2 restarts within 60 s"
+
+
+def test_a_cluster_that_cannot_be_reached_is_refused_at_add_agent_saying_what_to_do(
+    tmp_path: Path,
+) -> None:
+    # A child without the session's cluster: "auto" looks for one under RAY_TMPDIR.
+    code = (
+        "import sys\n"
+        "from herder.runtime import Agent, InvalidInput, RayHost, Runtime\n"
+        "class A(Agent):\n"
+        "    def go(self, ctx): return 1\n"
+        "with Runtime(sys.argv[1]) as rt:\n"
+        "    try:\n"
+        "        rt.add_agent('a', A, host=RayHost(address='auto'))\n"
+        "    except InvalidInput as exc:\n"
+        "        print('refused', exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path / "no-cluster")
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=WAIT,
+        check=False,
+    )
+    assert out.stdout.startswith("refused RayHost(address='auto'): could not connect"), out.stderr
+    assert "ray start --head" in out.stdout

@@ -19,7 +19,7 @@ import ray
 
 from herder.actors.ray import RayHost
 from herder.actors.ray._leftovers import forget, kill_leftovers, remember
-from herder.store import InvalidInput, bounded_text
+from herder.store import InvalidInput, bounded_text, describe
 
 _log = logging.getLogger("herder.ray")
 
@@ -58,7 +58,14 @@ def connect(owner: object, host: RayHost, directory: pathlib.Path) -> None:
                 killed = kill_leftovers(directory)
                 if killed:
                     _log.warning("killed %d Ray processes left by a daemon that died", killed)
-            ray.init(address=host.address, **options)
+            try:
+                ray.init(address=host.address, **options)
+            except Exception as exc:  # no cluster there, Ray Client missing, a bad option
+                raise InvalidInput(
+                    f"RayHost(address={host.address!r}): could not connect to Ray "
+                    f"({describe(exc)}); start the cluster first (`ray start --head`) and "
+                    "name its address, or use address=None for a local cluster"
+                ) from exc
             _address[:] = [host.address]
             if host.address is None:
                 _started[:] = [directory]
