@@ -120,3 +120,35 @@ def test_sigterm_drains_the_ray_attempts_and_leaves_no_ray_process(
     assert all_gone(marked(marker), 30.0) == [], "Ray processes outlived the daemon"
     with Runtime(store) as rt:
         assert rt.stats()["workflows"]["SUCCEEDED"] == 4
+
+
+def test_a_cluster_started_for_a_refused_ray_agent_is_shut_down(
+    tmp_path: pathlib.Path,
+) -> None:
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "hidden_agent.py").write_text(
+        "from herder.runtime import Agent\n\nclass Hidden(Agent):\n    def go(self, ctx):\n"
+        "        return 1\n"
+    )
+    code = (  # the module imports here, not on the cluster's workers
+        "import sys\n"
+        f"sys.path.insert(0, {str(hidden)!r})\n"
+        "import ray\n"
+        "from hidden_agent import Hidden\n"
+        "from herder.runtime import InvalidInput, RayHost, Runtime\n"
+        f"rt = Runtime({str(tmp_path / 'store')!r})\n"
+        "try:\n"
+        "    rt.add_agent('hidden', Hidden, host=RayHost(num_cpus=0.25))\n"
+        "except InvalidInput:\n"
+        "    print('REFUSED', ray.is_initialized(), flush=True)\n"
+        "rt.stop()\n"
+        "print('STOPPED', ray.is_initialized(), flush=True)\n"
+    )
+    child = Child(["-c", code])
+    try:
+        # The cluster it started for the refused agent went with the refusal, not later.
+        assert child.wait_for("REFUSED", WAIT).split()[1] == "False"
+        assert child.wait_for("STOPPED", WAIT).split()[1] == "False"
+    finally:
+        child.kill(WAIT)

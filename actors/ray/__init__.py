@@ -95,11 +95,17 @@ def attach(
 ) -> None:
     """Connect ``owner`` (a runtime's engine context, whose store is in ``directory``) to
     ``host``'s cluster on the calling thread, and check that ``factory`` imports there
-    (:class:`InvalidInput` if not)."""
-    from herder.actors.ray._connection import check_code, connect, record_cluster
+    (:class:`InvalidInput` if not; then an owner that had no Ray agent yet lets go of the
+    connection, as ``detach`` would, since its ``stop()`` will not)."""
+    from herder.actors.ray._connection import check_code, connect, disconnect, record_cluster
 
-    connect(owner, host, directory)
-    check_code(host, agent, factory)
+    first = connect(owner, host, directory)
+    try:
+        check_code(host, agent, factory)
+    except BaseException:
+        if first:  # its first Ray agent was refused: it does not use the connection
+            disconnect(owner)
+        raise
     record_cluster()  # its helper processes all run once a worker has
 
 

@@ -39,8 +39,9 @@ def record_cluster() -> None:
             remember(directory)
 
 
-def connect(owner: object, host: RayHost, directory: pathlib.Path) -> None:
-    """Connect this process to ``host.address`` unless it is connected; ``owner`` uses it.
+def connect(owner: object, host: RayHost, directory: pathlib.Path) -> bool:
+    """Connect this process to ``host.address`` unless it is connected; ``owner`` uses it
+    (True: it did not before).
 
     A local cluster herder starts is recorded in ``directory`` (the store's), whose
     previous daemon's leftovers are killed first (``_leftovers``)."""
@@ -69,7 +70,9 @@ def connect(owner: object, host: RayHost, directory: pathlib.Path) -> None:
             _address[:] = [host.address]
             if host.address is None:
                 _started[:] = [directory]
+        first = id(owner) not in _owners
         _owners[id(owner)] = owner
+        return first
 
 
 def disconnect(owner: object) -> None:
