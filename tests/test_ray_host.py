@@ -396,3 +396,12 @@ def test_a_cluster_that_cannot_be_reached_is_refused_at_add_agent_saying_what_to
     )
     assert out.stdout.startswith("refused RayHost(address='auto'): could not connect"), out.stderr
     assert "ray start --head" in out.stdout
+
+
+def test_a_placement_ray_refuses_is_refused_at_add_agent_not_at_each_step(
+    cluster: Any, tmp_path: Path
+) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        with pytest.raises(InvalidInput, match=r"Ray refuses the placement.*num_gpus"):
+            rt.add_agent("gpu", Probe, host=ray_host(resources={"GPU": 1}))
+        assert "gpu" not in rt.stats()["agents"]

@@ -20,6 +20,7 @@ import ray
 from herder.actors.ray import RayHost
 from herder.actors.ray._courier import Courier, Process, WorkerLost
 from herder.actors.ray._worker import SlotWorker
+from herder.store import InvalidInput, describe
 
 _RemoteWorker = ray.remote(SlotWorker)
 
@@ -59,20 +60,7 @@ class RayWorkers:
                     proc.used[free[0]] = instance
                     self._bound[(agent, instance)] = (proc, free[0])
                     return proc, free[0]
-            options: dict[str, Any] = {
-                # two exchanges and pid or drop_slot beside each slot's start_slot
-                # (attempts run on the process's own threads, not Ray's)
-                "max_concurrency": slots + 3,
-                "max_restarts": 0,
-                "max_task_retries": 0,
-                "num_cpus": host.num_cpus,
-                "num_gpus": host.num_gpus,
-            }
-            if host.resources:
-                options["resources"] = dict(host.resources)
-            if host.runtime_env is not None:
-                options["runtime_env"] = dict(host.runtime_env)
-            handle = _RemoteWorker.options(**options).remote(agent, limit, slots)
+            handle = _RemoteWorker.options(**_options(host, slots)).remote(agent, limit, slots)
             proc = _Process(handle, agent, slots=slots)
             proc.used[0] = instance
             processes.append(proc)
@@ -141,6 +129,35 @@ class RayWorkers:
         for proc in processes:
             proc.dead = True
             _kill(proc.handle)
+
+
+def _options(host: RayHost, slots: int) -> dict[str, Any]:
+    """The Ray actor options of a worker process of ``slots`` instances placed by ``host``."""
+    options: dict[str, Any] = {
+        # two exchanges and pid or drop_slot beside each slot's start_slot
+        # (attempts run on the process's own threads, not Ray's)
+        "max_concurrency": slots + 3,
+        "max_restarts": 0,
+        "max_task_retries": 0,
+        "num_cpus": host.num_cpus,
+        "num_gpus": host.num_gpus,
+    }
+    if host.resources:
+        options["resources"] = dict(host.resources)
+    if host.runtime_env is not None:
+        options["runtime_env"] = dict(host.runtime_env)
+    return options
+
+
+def check_placement(host: RayHost, agent: str) -> None:
+    """Refuse (:class:`InvalidInput`) a placement Ray would refuse each time a worker
+    process of the agent starts (``resources={"GPU": 1}`` instead of ``num_gpus=1``, say)."""
+    try:
+        _RemoteWorker.options(**_options(host, 1))  # Ray checks them here; nothing starts
+    except Exception as exc:
+        raise InvalidInput(
+            f"agent {agent!r}: Ray refuses the placement {host!r}: {describe(exc)}"
+        ) from None
 
 
 def _kill(handle: Any) -> None:
