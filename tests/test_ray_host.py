@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
-from herder.runtime.testing import InstanceCrash, wait_until
+from herder.runtime.testing import FakeClock, InstanceCrash, advance, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -91,6 +92,14 @@ class Probe(Agent):
             ray.get(self.gate.set.remote("running", {"pid": os.getpid(), "token": ctx.token}))
             ray.get(self.gate.wait.remote("never"))  # hangs until its process is killed
         return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+    def hang_first(self, ctx: StepContext) -> int:
+        import ray
+
+        if ctx.attempt == 1:
+            ray.get(self.gate.set.remote(f"hung-{ctx.input}", os.getpid()))
+            ray.get(self.gate.wait.remote("never"))  # hangs until its process is killed
+        return ctx.attempt
 
     def hold(self, ctx: StepContext) -> int:
         import ray
@@ -391,3 +400,43 @@ def test_a_placement_ray_refuses_is_refused_at_add_agent_not_at_each_step(
         with pytest.raises(InvalidInput, match=r"Ray refuses the placement.*num_gpus"):
             rt.add_agent("gpu", Probe, host=ray_host(resources={"GPU": 1}))
         assert "gpu" not in rt.stats()["agents"]
+
+
+def test_a_process_killed_for_a_hung_attempt_fails_its_neighbours_with_no_exchange_out(
+    cluster: Any, gate: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The collector is held between two exchanges of the process (it has just taken one
+    # answer in) when the hung attempt's timeout kills it: no exchange is out to fail.
+    from herder.actors.ray import _courier, _workers
+
+    armed, held, killed = threading.Event(), threading.Event(), threading.Event()
+    answer, kill = _courier.Courier._answer, _workers.RayWorkers.kill
+
+    def answer_then_hold(self: Any, *args: Any) -> None:
+        answer(self, *args)
+        if armed.is_set() and not killed.is_set():
+            held.set()
+            killed.wait(WAIT)
+
+    def kill_then_say(self: Any, *args: Any) -> None:
+        kill(self, *args)
+        killed.set()
+
+    monkeypatch.setattr(_courier.Courier, "_answer", answer_then_hold)
+    monkeypatch.setattr(_workers.RayWorkers, "kill", kill_then_say)
+    clock = FakeClock()
+    now = RetryPolicy(max_attempts=3, initial_interval=0.0, max_interval=0.0)
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        probe = functools.partial(Probe, gate)
+        rt.add_agent("probe", probe, concurrency=2, host=ray_host(slots=2))
+        rt.add_workflow(Workflow("n").step("s", agent="probe", action="hang_first", retry=now))
+        flow = Workflow("t").step("s", agent="probe", action="hang_first", timeout=1.0, retry=now)
+        rt.add_workflow(flow)
+        neighbour = rt.start("n", "n")
+        hung = rt.start("t", "t")
+        assert gets(cluster, gate, "hung-n") == gets(cluster, gate, "hung-t")  # one process
+        armed.set()
+        assert held.wait(WAIT)
+        advance(rt, clock, 2.0)  # the hung attempt times out: its process is killed
+        assert hung.result(timeout=WAIT) == {"s": 2}
+        assert neighbour.result(timeout=WAIT) == {"s": 2}  # lost with it, and run again

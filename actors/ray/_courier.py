@@ -24,7 +24,7 @@ What an answer becomes:
   crashes, so its supervisor restarts it and the attempt is lost and retried at once;
 - the exchange raised (the process died: killed, OOM, node lost): every attempt filed with it
   is lost so, except one whose process was killed on purpose (it hung past its timeout:
-  its proxy is being replaced already).
+  its proxy is being replaced already; its neighbours are told when it is killed).
 
 Nothing an answer holds reaches the threads' loops as an exception.
 """
@@ -286,12 +286,17 @@ class Courier:
                     running.port.heartbeat(details)
 
     def _died(self, proc: Process, exc: BaseException) -> None:
-        """``proc`` died: each attempt filed with it is its instance's crash."""
+        self.died(proc, describe(exc))
+
+    def died(self, proc: Process, cause: str) -> None:
+        """``proc`` died (``cause``), or was killed: each attempt filed with it is its
+        instance's crash. Said at once, not left to a failing exchange: none may be out
+        (the collector is between two, and does not start one for a dead process)."""
         self.workers.lost(proc)
         with self._lock:
             calls, proc.calls = proc.calls, {}
             proc.filed = []
-        reason = f"Ray worker of agent {proc.agent!r} died: {describe(exc)}"
+        reason = f"Ray worker of agent {proc.agent!r} died: {cause}"
         for token, call in calls.items():
             if not self.workers.was_replaced(token):  # else it hung: being replaced already
                 _tell(call.proxy, Ended(reason, died=True))

@@ -107,6 +107,7 @@ class RayWorkers:
                 self._replaced.add(token)
         self.lost(binding[0])
         _kill(binding[0].handle)
+        self.courier.died(binding[0], "killed, as an attempt of it hung past its timeout")
 
     def was_replaced(self, token: int) -> bool:
         with self._lock:
