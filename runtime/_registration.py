@@ -101,7 +101,7 @@ class Registration:
         ``host=RayHost(...)`` runs the agent's actions on a Ray cluster (docs/ray.md):
         this call connects to it (on the calling thread) and checks that the agent's code
         loads there, raising :class:`InvalidInput` if not. An agent's placement cannot
-        change while the runtime runs.
+        change while the runtime runs (a Ray agent removed keeps it).
         """
         rt = _runtime(self)
         rt._check_open()
@@ -131,10 +131,10 @@ class Registration:
         health = HealthPolicy.of(health_interval, health_timeout)
         if host is not None and not isinstance(host, RayHost):
             raise InvalidInput(f"agent {name!r}: host must be a RayHost or None, got {host!r}")
-        placed = rt._ctx.placements.get(name)
-        if name in rt._ctx.agents and placed != host:
+        placed = rt._ctx.placements.get(name)  # (kept by remove_agent: its host holds it)
+        if (name in rt._ctx.agents or placed is not None) and placed != host:
             raise InvalidInput(
-                f"agent {name!r} is already registered with host={placed!r}; its placement "
+                f"agent {name!r} was registered with host={placed!r}; its placement "
                 "cannot change while the runtime runs: restart it with the new placement"
             )
         cls = agent_class_of(factory)

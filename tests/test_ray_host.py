@@ -440,3 +440,16 @@ def test_a_process_killed_for_a_hung_attempt_fails_its_neighbours_with_no_exchan
         advance(rt, clock, 2.0)  # the hung attempt times out: its process is killed
         assert hung.result(timeout=WAIT) == {"s": 2}
         assert neighbour.result(timeout=WAIT) == {"s": 2}  # lost with it, and run again
+
+
+def test_a_ray_agent_removed_keeps_its_placement_when_added_again(
+    cluster: Any, tmp_path: Path
+) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", Probe, host=ray_host())
+        rt.remove_agent("probe")
+        with pytest.raises(InvalidInput, match="placement cannot change"):
+            rt.add_agent("probe", Probe)  # it would have run on Ray all the same
+        rt.add_agent("probe", Probe, host=ray_host())
+        rt.add_workflow(Workflow("w").step("s", agent="probe", action="where"))
+        assert rt.start("w", None).result(timeout=WAIT)["s"]["pid"] != os.getpid()
