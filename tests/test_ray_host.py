@@ -453,3 +453,13 @@ def test_a_ray_agent_removed_keeps_its_placement_when_added_again(
         rt.add_agent("probe", Probe, host=ray_host())
         rt.add_workflow(Workflow("w").step("s", agent="probe", action="where"))
         assert rt.start("w", None).result(timeout=WAIT)["s"]["pid"] != os.getpid()
+
+
+def test_a_factory_that_cannot_be_pickled_is_refused_saying_so(
+    cluster: Any, tmp_path: Path
+) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        locked = functools.partial(Probe, threading.Lock())
+        with pytest.raises(InvalidInput, match=r"cannot be sent.*cannot pickle '_thread.lock'"):
+            rt.add_agent("locked", locked, host=ray_host())
+        assert "locked" not in rt.stats()["agents"]

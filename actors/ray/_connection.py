@@ -101,8 +101,16 @@ def _class_of(factory: Callable[[], Any]) -> str:
 
 
 def check_code(host: RayHost, agent: str, factory: Callable[[], Any]) -> None:
-    """Fail loudly (:class:`InvalidInput`) when ``factory`` does not import on the
-    cluster, rather than at each step; the factory itself is not called."""
+    """Fail loudly (:class:`InvalidInput`) when ``factory`` does not pickle, or does not
+    import on the cluster, rather than at each step; the factory itself is not called."""
+    try:  # as Ray will (its own error buries the cause in a page of diagnostics)
+        ray.cloudpickle.dumps(factory)
+    except Exception as exc:
+        raise InvalidInput(
+            f"agent {agent!r}: its factory cannot be sent to the Ray cluster, which it "
+            f"reaches pickled ({describe(exc)}): give it plain arguments, and have the "
+            "agent open its own connections and locks"
+        ) from None
     options: dict[str, Any] = {"num_cpus": 0}
     if host.runtime_env is not None:
         options["runtime_env"] = dict(host.runtime_env)
