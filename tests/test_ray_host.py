@@ -124,6 +124,16 @@ class Probe(Agent):
         ray.get(self.gate.set.remote("saw", [ctx.cancelled, ctx.superseded]))
 
 
+class Broken(Agent):
+    """An agent whose factory raises wherever it runs."""
+
+    def __init__(self) -> None:
+        raise RuntimeError("no database")
+
+    def where(self, ctx: StepContext) -> None:
+        """Never runs."""
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Any]:
     """One local Ray cluster for the session, torn down (with its processes) at the end."""
@@ -463,3 +473,18 @@ def test_a_factory_that_cannot_be_pickled_is_refused_saying_so(
         with pytest.raises(InvalidInput, match=r"cannot be sent.*cannot pickle '_thread.lock'"):
             rt.add_agent("locked", locked, host=ray_host())
         assert "locked" not in rt.stats()["agents"]
+
+
+@pytest.mark.parametrize("where", ["local", "ray"])
+def test_a_factory_that_raises_on_ray_fails_the_step_as_it_does_locally(
+    cluster: Any, tmp_path: Path, where: str
+) -> None:
+    once = RetryPolicy(max_attempts=1)
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("broken", Broken, host=ray_host() if where == "ray" else None)
+        rt.add_workflow(Workflow("b").step("s", agent="broken", action="where", retry=once))
+        with pytest.raises(WorkflowFailed) as failed:
+            rt.start("b", None).result(timeout=WAIT)
+    assert "an instance of agent 'broken' failed to start: RuntimeError: no database" in str(
+        failed.value
+    )

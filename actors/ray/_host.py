@@ -43,7 +43,7 @@ from herder.actors.ray import RayHost
 from herder.actors.ray._connection import record_cluster
 from herder.actors.ray._courier import Ended, WorkerLost
 from herder.actors.ray._workers import RayWorkers, _Process
-from herder.store import describe
+from herder.store import UserCodeFailed, describe
 
 START_WAIT = 60.0
 """Seconds a proxy may take to start: a slot in a (possibly new) worker process and the
@@ -116,17 +116,25 @@ class RayInstance(SupervisedActor):
             spec.name, self._instance, spec.host, spec.slots, spec.max_result_bytes
         )
         try:
-            failed = ray.get(
+            raised = ray.get(
                 self._proc.handle.start_slot.remote(self._slot, self._instance, spec.factory),
                 timeout=START_WAIT,
             )
         except ray.exceptions.GetTimeoutError:
-            failed = f"no Ray worker process started within {START_WAIT} s (cluster busy?)"
+            lost: str | None = (
+                f"no Ray worker process started, or the agent's factory did not return, "
+                f"within {START_WAIT} s (cluster busy?)"
+            )
         except Exception as exc:  # its code did not load there, or the process died
-            failed = describe(exc)
-        if failed is not None:
+            lost = describe(exc)
+        else:
+            lost = None
+            if raised is not None:  # the factory raised: said as a local instance says it
+                self._unbind()
+                raise UserCodeFailed(*raised)
+        if lost is not None:
             self._unbind()
-            raise WorkerLost(f"agent {self._agent!r} could not start on Ray: {failed}")
+            raise WorkerLost(f"agent {self._agent!r} could not start on Ray: {lost}")
         if self._slot == 0:  # a new worker process: a cluster herder started records it
             record_cluster()
 

@@ -120,12 +120,15 @@ class SlotWorker:
         """This worker's process id (tests kill it)."""
         return os.getpid()
 
-    def start_slot(self, slot: int, instance: str, factory: Any) -> str | None:
-        """Build the slot's agent object for ``instance``; None, or why the factory failed."""
+    def start_slot(
+        self, slot: int, instance: str, factory: Any
+    ) -> tuple[str, tuple[str, ...]] | None:
+        """Build the slot's agent object for ``instance``; None, or what the factory raised
+        (:class:`UserCodeFailed`'s fields)."""
         try:
             agent = contain(factory)
         except UserCodeFailed as failed:
-            return f"agent {self._agent!r} could not start: {failed.error}"
+            return failed.error, failed.error_types
         with self._cond:
             self._objects[slot] = (instance, agent)
         return None
