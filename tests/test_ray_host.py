@@ -387,8 +387,12 @@ def test_a_crash_looping_agent_meets_the_same_restart_limits_on_ray_as_locally(
     assert gave_up, "the agent's supervisor gave up after 2 restarts within 60 s"
 
 
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [("auto", "could not connect to Ray.*ray start --head"), (None, "could not start Ray")],
+)
 def test_a_cluster_that_cannot_be_reached_is_refused_at_add_agent_saying_what_to_do(
-    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, address: str | None, says: str
 ) -> None:
     # "auto" finds any cluster running on this machine (the session's, say), so the
     # failure is Ray's own for a machine with none, raised by a stand-in ray.init.
@@ -398,8 +402,8 @@ def test_a_cluster_that_cannot_be_reached_is_refused_at_add_agent_saying_what_to
     monkeypatch.setattr(cluster, "is_initialized", lambda: False)
     monkeypatch.setattr(cluster, "init", init)
     with Runtime(tmp_path / "s") as rt:
-        with pytest.raises(InvalidInput, match=r"RayHost\(address='auto'\): could not connect"):
-            rt.add_agent("probe", Probe, host=ray_host(address="auto"))
+        with pytest.raises(InvalidInput, match=f"RayHost\\(address={address!r}\\): {says}"):
+            rt.add_agent("probe", Probe, host=ray_host(address=address))
         assert "probe" not in rt.stats()["agents"]
 
 

@@ -62,10 +62,16 @@ def connect(owner: object, host: RayHost, directory: pathlib.Path) -> bool:
             try:
                 ray.init(address=host.address, **options)
             except Exception as exc:  # no cluster there, Ray Client missing, a bad option
+                todo = (
+                    "start the cluster first (`ray start --head`) and name its address, or "
+                    "use address=None for a local cluster"
+                    if host.address is not None
+                    else "see Ray's reason (a full disk, no free port?)"
+                )
                 raise InvalidInput(
-                    f"RayHost(address={host.address!r}): could not connect to Ray "
-                    f"({describe(exc)}); start the cluster first (`ray start --head`) and "
-                    "name its address, or use address=None for a local cluster"
+                    f"RayHost(address={host.address!r}): could not "
+                    f"{'connect to' if host.address is not None else 'start'} Ray "
+                    f"({describe(exc)}); {todo}"
                 ) from exc
             _address[:] = [host.address]
             if host.address is None:
