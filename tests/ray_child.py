@@ -4,8 +4,9 @@
 the LEDGER file (from the Ray worker process) so the test can tell which attempts ran and
 finished. Modes:
 
-- ``start``: start 8 two-step workflows; print READY once four second steps run on Ray
-  (they wait for ``LEDGER.release``); then wait to be SIGKILLed;
+- ``start``: start a process of its own (print SIDECAR and its pid), then 8 two-step
+  workflows; print READY once four second steps run on Ray (they wait for
+  ``LEDGER.release``); then wait to be SIGKILLed;
 - ``resume``: reopen the store, print CONNECTED once its agent is on Ray, finish
   everything, print DONE and stop;
 - ``serve``: start 4 one-step workflows of 2 s each, print READY once all four run, then
@@ -18,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import subprocess
 import sys
 import threading
 import time
@@ -77,6 +79,9 @@ def main() -> None:
         return path.exists() and path.read_text().count("/start\n") >= 4
 
     if mode == "start":
+        # A process of the program's own, not Ray's: the next daemon leaves it alone.
+        sidecar = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        print("SIDECAR", sidecar.pid, flush=True)
         for i in range(8):
             rt.start("two", i, workflow_id=f"w{i}")
         wait_until(rt, started, timeout=120)

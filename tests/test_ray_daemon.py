@@ -7,6 +7,7 @@ any of them outlived the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import select
@@ -67,6 +68,7 @@ def test_a_killed_daemon_resumes_on_its_store_without_rerunning_finished_steps(
     marker = f"HERDER_RAY_TEST={env['HERDER_RAY_TEST']}"
     first = Child([CHILD, str(store), str(ledger), "start"], env=env)
     try:
+        sidecar = os.pidfd_open(int(first.wait_for("SIDECAR", WAIT).split()[1]))
         first.wait_for("READY", WAIT)
     finally:
         first.kill(WAIT)
@@ -82,6 +84,12 @@ def test_a_killed_daemon_resumes_on_its_store_without_rerunning_finished_steps(
     second = Child([CHILD, str(store), str(ledger), "resume"], env=env)
     try:
         second.wait_for("CONNECTED", WAIT)
+        # The last daemon's leftovers were killed; its process of its own was not Ray's.
+        spared = not select.select([sidecar], [], [], 0)[0]
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(sidecar, signal.SIGKILL)
+        os.close(sidecar)
+        assert spared, "the next daemon killed a process of the program that was not Ray's"
         ledger.with_suffix(".release").touch()  # from now on, a blocked attempt finishes
         second.wait_for("DONE", WAIT)
         assert second.proc.wait(WAIT) == 0, second.stderr()

@@ -68,33 +68,37 @@ def test_slots_default_to_the_concurrency_up_to_sixteen(monkeypatch: pytest.Monk
 
 def test_processes_a_killed_daemon_started_are_killed_by_the_next_one(tmp_path: Path) -> None:
     """What `_leftovers` does for a Ray cluster a SIGKILLed daemon started: its recorded
-    descendants (a stand-in here: a sleeping grandchild) are killed at the next start,
-    and nothing while the recording daemon lives."""
+    children from Ray's install (a stand-in here: a sleeping child whose command line
+    holds the marker) are killed at the next start, and nothing while the recording
+    daemon lives; its other children are left alone."""
     daemon = Child(
         [
             "-c",
             "import subprocess, sys, threading\n"
             "from herder.actors.ray._leftovers import remember\n"
-            # The grandchild's whole job is to stay alive (a real sleep) until it is killed.
-            "grandchild = subprocess.Popen([sys.executable, '-c',"
-            " 'import time; time.sleep(300)'])\n"
-            f"remember(__import__('pathlib').Path({str(tmp_path)!r}))\n"
-            "print('RECORDED', grandchild.pid, flush=True)\n"
+            # Their whole job is to stay alive (a real sleep) until they are killed.
+            "ray = subprocess.Popen([sys.executable, '-c',"
+            " 'import time; time.sleep(300)', 'from-ray'])\n"
+            "own = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+            f"remember(__import__('pathlib').Path({str(tmp_path)!r}), 'from-ray')\n"
+            "print('RECORDED', ray.pid, own.pid, flush=True)\n"
             "threading.Event().wait()\n",
         ]
     )
     try:
-        grandchild = int(daemon.wait_for("RECORDED", 50).split()[1])
+        ray_pid, own_pid = map(int, daemon.wait_for("RECORDED", 50).split()[1:])
         assert kill_leftovers(tmp_path) == 0  # its daemon still runs
     finally:
         daemon.kill(50)
-    fd = os.pidfd_open(grandchild)  # it outlived its parent
+    fds = [os.pidfd_open(ray_pid), os.pidfd_open(own_pid)]  # they outlived their parent
     try:
-        assert not select.select([fd], [], [], 0)[0]
+        assert not select.select(fds, [], [], 0)[0]
         assert kill_leftovers(tmp_path) == 1
-        assert select.select([fd], [], [], 50)[0], "the leftover was killed"
+        assert select.select(fds[:1], [], [], 50)[0], "the leftover was killed"
+        assert not select.select(fds[1:], [], [], 0)[0], "the program's own was not"
     finally:
-        os.close(fd)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(grandchild, signal.SIGKILL)
+        for fd, pid in zip(fds, (ray_pid, own_pid), strict=True):
+            os.close(fd)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert kill_leftovers(tmp_path) == 0  # the record is gone with them

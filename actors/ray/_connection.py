@@ -36,7 +36,7 @@ def record_cluster() -> None:
     """Record the processes of the local cluster herder started (once they all run)."""
     with _lock:
         for directory in _started:
-            remember(directory)
+            remember(directory, str(pathlib.Path(ray.__file__).parent))
 
 
 def connect(owner: object, host: RayHost, directory: pathlib.Path) -> bool:

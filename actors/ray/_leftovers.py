@@ -3,9 +3,10 @@
 When herder starts a local cluster (``RayHost(address=None)``) and the daemon is then
 SIGKILLed, Ray's workers, raylet and GCS exit by themselves, but a few of its helper
 processes (the dashboard and runtime-env agents) may live on. So the daemon records the
-processes it started beside its store (``ray-processes``: pid and start time, never a
-reused pid) and the next daemon on that store kills those still running before it
-starts its own cluster. Linux only (``/proc``); elsewhere it does nothing.
+cluster's processes (those it started from Ray's install, and theirs; no other process
+of the program) beside its store (``ray-processes``: pid and start time, never a reused
+pid) and the next daemon on that store kills those still running before it starts its
+own cluster. Linux only (``/proc``); elsewhere it does nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22; fields after ")" start at 3
 
 
-def _descendants(root: int) -> list[int]:
+def _started_by(root: int, marker: str) -> list[int]:
+    """The processes ``root`` started whose command line holds ``marker``, and theirs."""
     children: dict[int, list[int]] = {}
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -37,21 +39,31 @@ def _descendants(root: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
+    found = []
+    todo = [pid for pid in children.get(root, []) if marker.encode() in _command(pid)]
     while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
     return found
 
 
-def remember(directory: pathlib.Path) -> None:
-    """Record this process and the processes it started (the cluster's) in ``directory``."""
+def _command(pid: int) -> bytes:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def remember(directory: pathlib.Path, marker: str) -> None:
+    """Record this process and the cluster's processes in ``directory``: those it started
+    whose command line holds ``marker`` (where Ray is installed), and theirs; not the
+    other processes the program started, which are none of herder's to kill."""
     if not pathlib.Path("/proc/self/stat").exists():
         return
     lines = [
         f"{pid} {start}"
-        for pid in [os.getpid(), *_descendants(os.getpid())]
+        for pid in [os.getpid(), *_started_by(os.getpid(), marker)]
         if (start := _start_time(pid)) is not None
     ]
     tmp = directory / f".{FILE}.tmp"
