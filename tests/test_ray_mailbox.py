@@ -6,6 +6,7 @@ class itself, in this process (the marker ``ray``: it needs Ray importable)."""
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -146,3 +147,55 @@ def test_an_attempt_for_an_instance_the_slot_no_longer_holds_is_a_crash() -> Non
     assert len(answers) == 1
     assert isinstance(answers[0][1], str)
     assert "holds no object" in answers[0][1]
+
+
+class DoubtfulPort:
+    """An attempt's port while the runtime may have lost its lease (it was paused)."""
+
+    cancelled = superseded = False
+
+    def __init__(self) -> None:
+        self.waited: list[float] = []
+
+    def leased(self, wait: float) -> bool:
+        self.waited.append(wait)
+        return False
+
+
+def test_an_attempt_whose_lease_is_in_doubt_is_not_sent_to_ray(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As a local attempt (tests/test_lease_gate.py): a runtime paused past its lease
+    # starts nothing it had queued, since a standby may be running those steps already.
+    from herder.actors._messages import UNSTARTED, Run
+    from herder.actors.ray import _courier
+    from herder.actors.ray._courier import Courier, Process
+
+    def wait(refs: list[Any], **options: Any) -> tuple[list[Any], list[Any]]:
+        threading.Event().wait(options.get("timeout", 0))  # no cluster: nothing comes in
+        return [], refs
+
+    monkeypatch.setattr(_courier, "ray", SimpleNamespace(wait=wait))
+    sent: list[Any] = []
+    handle = SimpleNamespace(exchange=SimpleNamespace(remote=lambda *a: sent.append(a)))
+    workers = SimpleNamespace(lost=lambda proc: None, was_replaced=lambda token: False)
+    courier = Courier(workers)  # type: ignore[arg-type]
+    port = DoubtfulPort()
+    context = StepContext("w", "s", "act", 1, None, {}, "w/s", 7, False, port)  # type: ignore[arg-type]
+    answered = threading.Event()
+    answers: list[Any] = []
+
+    def reply(outcome: Any) -> None:
+        answers.append(outcome)
+        answered.set()
+
+    try:
+        proc = Process(handle, "m")
+        courier.submit(proc, 0, "m#0", None, Run("m", "m#0", "act", 7, context), reply=reply)  # type: ignore[arg-type]
+        assert answered.wait(WAIT)
+    finally:
+        courier.close()
+    assert [(a.token, a.ok, a.kind) for a in answers] == [(7, False, UNSTARTED)]
+    assert sent == []
+    assert proc.calls == {}
+    assert max(port.waited) > 0  # it waited for a renewal first, on a thread of its own

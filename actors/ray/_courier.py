@@ -17,6 +17,10 @@ also brings the running attempts' latest heartbeats in, and takes out the
 ``superseded``/``cancelled`` flags set since (one returns within
 :data:`~herder.actors.ray._worker.POLL` seconds, and the next carries them).
 
+As a local attempt does (``_action.leased``), an attempt starts only while the runtime
+surely holds its lease: one filed while it is in doubt (the process was paused past it)
+goes through the sender, which waits for a renewal and answers it as not started without.
+
 What an answer becomes:
 
 - an :class:`Outcome`'s fields: told to the Scheduler, as a local instance does;
@@ -42,6 +46,7 @@ from typing import Any, Protocol
 import pykka
 import ray
 
+from herder.actors._action import LEASE_WAIT, leased, unleased
 from herder.actors._agent import StepContext
 from herder.actors._messages import Outcome, Run
 from herder.actors._results import Results
@@ -77,8 +82,12 @@ class _Call:
 
     instance: str
     proxy: pykka.ActorRef[Any]
-    port: Any
+    run: Run
     reply: Callable[[Outcome], None]
+
+    @property
+    def port(self) -> Any:
+        return self.run.context._port
 
 
 @dataclass(eq=False)
@@ -140,6 +149,7 @@ class Courier:
             fields["results"] = ctx.results.kept()
         fields["cancelled"] = ctx.cancelled
         item = (slot, instance, run.action, fields)
+        doubt = not leased(run, 0)  # the sender waits for a renewal: this thread must not
         with self._lock:
             if self._closed:
                 return  # the runtime is stopping: its processes are being killed
@@ -147,10 +157,10 @@ class Courier:
                 flags = None
             else:
                 idle = not proc.calls
-                proc.calls[run.token] = _Call(instance, proxy, ctx._port, reply)
+                proc.calls[run.token] = _Call(instance, proxy, run, reply)
                 if not self._threads:
                     self._start()
-                if not idle or proc.polls or proc.filed:
+                if doubt or not idle or proc.polls or proc.filed:
                     proc.filed.append(item)
                     if len(proc.filed) == 1:
                         self._outbox.append(proc)
@@ -198,7 +208,32 @@ class Courier:
                 for proc in outbox:
                     proc.filed = []
             for proc, batch in batches:
-                self._exchange(proc, pack(batch))
+                startable = self._leased(proc, batch)
+                if startable:
+                    self._exchange(proc, pack(startable))
+
+    def _leased(self, proc: Process, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The attempts of ``batch`` that may start as far as the lease goes (as a local
+        attempt: ``_action.leased``; a runtime paused past its lease starts nothing it
+        had queued, a standby may run those steps); each other one is answered as not
+        started, after a wait of up to LEASE_WAIT for a renewal (once for the batch)."""
+        with self._lock:
+            calls = [proc.calls.get(item[3]["token"]) for item in batch]
+        if all(call is None or leased(call.run, 0) for call in calls):
+            return batch
+        kept, wait = [], LEASE_WAIT
+        for item, call in zip(batch, calls, strict=True):
+            if call is None or leased(call.run, wait):
+                kept.append(item)
+                continue
+            wait = 0.0
+            with self._lock:
+                proc.calls.pop(call.run.token, None)
+            try:
+                call.reply(unleased(proc.agent, call.instance, call.run))
+            except Exception as exc:  # (as _answer: the sender outlives a reply)
+                _log.error("dropped an unstarted Ray attempt: %s", describe(exc))
+        return kept
 
     def _exchange(self, proc: Process, batch: bytes | None) -> None:
         """Call ``exchange`` on ``proc``: hand it ``batch`` (if any) and the flags its
