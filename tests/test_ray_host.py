@@ -134,6 +134,13 @@ class Broken(Agent):
         """Never runs."""
 
 
+class Opaque:
+    """A factory's argument whose repr raises (user code: herder must not call it)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Any]:
     """One local Ray cluster for the session, torn down (with its processes) at the end."""
@@ -492,3 +499,12 @@ def test_a_factory_that_raises_on_ray_fails_the_step_as_it_does_locally(
     assert "an instance of agent 'broken' failed to start: RuntimeError: no database" in str(
         failed.value
     )
+
+
+def test_add_agent_does_not_call_the_repr_of_what_the_factory_holds(
+    cluster: Any, tmp_path: Path
+) -> None:
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", functools.partial(Probe, Opaque()), host=ray_host())
+        rt.add_workflow(Workflow("w").step("s", agent="probe", action="where"))
+        assert rt.start("w", 5).result(timeout=WAIT)["s"]["input"] == 5

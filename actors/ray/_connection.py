@@ -101,9 +101,9 @@ def disconnect(owner: object) -> None:
 
 
 @ray.remote(max_retries=0)
-def _class_of(factory: Callable[[], Any]) -> str:
-    """Runs on the cluster: unpickling ``factory`` imports the agent's code."""
-    return repr(factory)
+def _loads(factory: Callable[[], Any]) -> None:
+    """Runs on the cluster: unpickling ``factory`` imports the agent's code (nothing of
+    the user's is called: a repr of what the factory holds may raise)."""
 
 
 def check_code(host: RayHost, agent: str, factory: Callable[[], Any]) -> None:
@@ -121,7 +121,7 @@ def check_code(host: RayHost, agent: str, factory: Callable[[], Any]) -> None:
     if host.runtime_env is not None:
         options["runtime_env"] = dict(host.runtime_env)
     try:
-        ray.get(_class_of.options(**options).remote(factory), timeout=CHECK_TIMEOUT)
+        ray.get(_loads.options(**options).remote(factory), timeout=CHECK_TIMEOUT)
     except Exception as exc:  # Ray wraps the worker's import error in its own types
         reason = bounded_text(str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
         raise InvalidInput(
