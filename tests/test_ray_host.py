@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _child_kit import Child
 
 from herder.actors._messages import Outcome
 from herder.runtime import (
@@ -508,3 +509,26 @@ def test_add_agent_does_not_call_the_repr_of_what_the_factory_holds(
         rt.add_agent("probe", functools.partial(Probe, Opaque()), host=ray_host())
         rt.add_workflow(Workflow("w").step("s", agent="probe", action="where"))
         assert rt.start("w", 5).result(timeout=WAIT)["s"]["input"] == 5
+
+
+def test_address_none_starts_a_cluster_of_its_own_even_beside_a_running_one(
+    cluster: Any, tmp_path: Path
+) -> None:
+    # Ray's own ray.init(address=None) joins the cluster RAY_ADDRESS names (or the last
+    # one `ray start` began on the machine) instead of starting one.
+    code = (
+        "import sys, ray\n"
+        "from herder.runtime import Agent, RayHost, Runtime\n"
+        "class A(Agent):\n"
+        "    def go(self, ctx): return 1\n"
+        "with Runtime(sys.argv[1]) as rt:\n"
+        "    rt.add_agent('a', A, host=RayHost(num_cpus=0.25))\n"
+        "    print('GCS', ray.get_runtime_context().gcs_address, flush=True)\n"
+    )
+    running = cluster.get_runtime_context().gcs_address
+    child = Child(["-c", code, str(tmp_path / "s")], env={"RAY_ADDRESS": running})
+    try:
+        assert child.wait_for("GCS", WAIT).split()[1] != running
+        assert child.proc.wait(WAIT) == 0, child.stderr()
+    finally:
+        child.kill(WAIT)

@@ -59,8 +59,8 @@ def connect(owner: object, host: RayHost, directory: pathlib.Path) -> bool:
                 killed = kill_leftovers(directory)
                 if killed:
                     _log.warning("killed %d Ray processes left by a daemon that died", killed)
-            try:
-                ray.init(address=host.address, **options)
+            try:  # ("local": Ray's None joins a cluster RAY_ADDRESS or `ray start` made)
+                ray.init(address="local" if host.address is None else host.address, **options)
             except Exception as exc:  # no cluster there, Ray Client missing, a bad option
                 todo = (
                     "start the cluster first (`ray start --head`) and name its address, or "
