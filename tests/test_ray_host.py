@@ -147,6 +147,7 @@ def cluster() -> Iterator[Any]:
     """One local Ray cluster for the session, torn down (with its processes) at the end."""
     ray = pytest.importorskip("ray")
     ray.init(
+        address="local",  # not a cluster RAY_ADDRESS or `ray start` made on the machine
         num_cpus=4,
         include_dashboard=False,
         object_store_memory=100 * 1024 * 1024,
