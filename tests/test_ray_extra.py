@@ -49,7 +49,13 @@ def test_importing_herder_and_running_local_agents_never_imports_ray() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("slots", 0), ("num_cpus", -1), ("resources", {"GPU": "one"}), ("runtime_env", "x")],
+    [
+        ("slots", 0),
+        ("num_cpus", -1),
+        ("resources", {"GPU": "one"}),
+        ("runtime_env", "x"),
+        ("namespace", 5),
+    ],
 )
 def test_a_bad_placement_is_refused_naming_the_field(
     monkeypatch: pytest.MonkeyPatch, field: str, value: object

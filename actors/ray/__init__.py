@@ -65,8 +65,10 @@ class RayHost:
     def __post_init__(self) -> None:
         if not ray_installed():
             raise MissingExtra(f"RayHost needs Ray, which is not installed: {INSTALL}")
-        if self.address is not None and not isinstance(self.address, str):
-            raise InvalidInput(f"RayHost: address must be a str or None, got {self.address!r}")
+        for name in ("address", "namespace"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(f"RayHost: {name} must be a str or None, got {value!r}")
         if self.slots is not None and (type(self.slots) is not int or self.slots < 1):
             raise InvalidInput(f"RayHost: slots must be an int >= 1 or None, got {self.slots!r}")
         for name in ("num_cpus", "num_gpus"):
