@@ -157,8 +157,8 @@ class Registration:
         with rt._promotion:
             rt._agents_version += 1  # start() looks at every definition's agents again
             rt._actions[name] = offered
-            if rt._tracing is not None:
-                factory = rt._tracing.wrap_factory(name, factory)
+            if rt._tracing is not None and host is None:  # (a Ray worker has no tracer:
+                factory = rt._tracing.wrap_factory(name, factory)  # its factory is sent)
             rt._ctx.agents[name] = (factory, concurrency)
             if host is not None:
                 rt._ctx.placements[name] = host

@@ -94,6 +94,9 @@ class Probe(Agent):
             ray.get(self.gate.wait.remote("never"))  # hangs until its process is killed
         return {"attempt": ctx.attempt, "pid": os.getpid()}
 
+    def traced(self, ctx: StepContext) -> str | None:
+        return ctx.trace_context
+
     def hang_first(self, ctx: StepContext) -> int:
         import ray
 
@@ -533,3 +536,24 @@ def test_address_none_starts_a_cluster_of_its_own_even_beside_a_running_one(
         assert child.proc.wait(WAIT) == 0, child.stderr()
     finally:
         child.kill(WAIT)
+
+
+def test_a_traced_runtime_runs_ray_agents_which_join_the_workflows_trace(
+    cluster: Any, tmp_path: Path
+) -> None:
+    # The tracer is the daemon's: a Ray attempt has no span of its own, but its action
+    # gets the workflow's traceparent to pass on (docs/ray.md).
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with Runtime(tmp_path / "s", tracer_provider=provider) as rt:
+        rt.add_agent("probe", Probe, host=ray_host())
+        rt.add_workflow(Workflow("t").step("s", agent="probe", action="traced", retry=FAST))
+        parent = rt.start("t", None).result(timeout=WAIT)["s"]
+    (workflow,) = exporter.get_finished_spans()
+    ids = [f"{workflow.context.trace_id:032x}", f"{workflow.context.span_id:016x}"]
+    assert parent.split("-")[1:3] == ids
