@@ -107,25 +107,32 @@ def _loads(factory: Callable[[], Any]) -> None:
 
 
 def check_code(host: RayHost, agent: str, factory: Callable[[], Any]) -> None:
-    """Fail loudly (:class:`InvalidInput`) when ``factory`` does not pickle, or does not
-    import on the cluster, rather than at each step; the factory itself is not called."""
-    try:  # as Ray will (its own error buries the cause in a page of diagnostics)
-        ray.cloudpickle.dumps(factory)
-    except Exception as exc:
-        raise InvalidInput(
-            f"agent {agent!r}: its factory cannot be sent to the Ray cluster, which it "
-            f"reaches pickled ({describe(exc)}): give it plain arguments, and have the "
-            "agent open its own connections and locks"
-        ) from None
+    """Fail loudly (:class:`InvalidInput`) when ``factory`` cannot be sent to the cluster
+    or does not import there, rather than at each step; the factory is not called."""
     options: dict[str, Any] = {"num_cpus": 0}
     if host.runtime_env is not None:
         options["runtime_env"] = dict(host.runtime_env)
     try:
-        ray.get(_loads.options(**options).remote(factory), timeout=CHECK_TIMEOUT)
-    except Exception as exc:  # Ray wraps the worker's import error in its own types
-        reason = bounded_text(str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
+        loaded = _loads.options(**options).remote(factory)
+    except TypeError as exc:  # Ray serializes it here; its own error buries the cause
+        cause = exc.__cause__ if exc.__cause__ is not None else exc  # in a page of checks
         raise InvalidInput(
-            f"agent {agent!r}: its code does not load on the Ray cluster "
-            f"({type(exc).__name__}: {reason}); ship it with RayHost(runtime_env="
-            "{'py_modules': [your_package]}) or install it in the cluster's image"
+            f"agent {agent!r}: its factory cannot be sent to the Ray cluster "
+            f"({describe(cause)}): give it plain arguments, and have the agent open its "
+            "own connections and locks"
         ) from None
+    except Exception as exc:  # its runtime_env, say
+        raise _not_loaded(agent, exc) from None
+    try:
+        ray.get(loaded, timeout=CHECK_TIMEOUT)
+    except Exception as exc:  # Ray wraps the worker's import error in its own types
+        raise _not_loaded(agent, exc) from None
+
+
+def _not_loaded(agent: str, exc: Exception) -> InvalidInput:
+    reason = bounded_text(str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
+    return InvalidInput(
+        f"agent {agent!r}: its code does not load on the Ray cluster "
+        f"({type(exc).__name__}: {reason}); ship it with RayHost(runtime_env="
+        "{'py_modules': [your_package]}) or install it in the cluster's image"
+    )
