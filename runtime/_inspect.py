@@ -45,6 +45,17 @@ class _Reader:
     def status(self, record: WorkflowRecord) -> WorkflowStatus:
         return WorkflowStatus.from_records(record, self.steps(record))
 
+    def status_of(self, workflow_id: str) -> WorkflowStatus | None:
+        """The workflow's record and steps read in one snapshot (None: there is none): two
+        reads let a deletion (retention, a purge) land between them, a SUCCEEDED record
+        shown with every step PENDING."""
+
+        def read() -> WorkflowStatus | None:
+            record = self.store.get_workflow(workflow_id)
+            return None if record is None else self.status(record)
+
+        return self.store.together(read)
+
     def steps(self, record: WorkflowRecord) -> list[StepRecord]:
         """The workflow's steps in plan order, PENDING for those without a record."""
         key = (record.name, record.version)
@@ -134,10 +145,10 @@ def list_workflows(
             more = True
             break
         try:
-            record = store.get_workflow(wid)
-            if record is None:  # purged since the index page was read
+            status = reader.status_of(wid)
+            if status is None:  # purged since the index page was read
                 continue
-            found.append(reader.status(record))
+            found.append(status)
         except StoreCorrupt as exc:
             reader.corrupt.append(exc)
     report_corrupt(reader.corrupt)

@@ -8,6 +8,8 @@ another thread delete the workflow (as the writer's thread would), then reads.""
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from herder.runtime import Agent, Runtime, StepContext, UnknownWorkflow, Workflow
+from herder.runtime._inspect import list_workflows
 from herder.runtime.testing import FakeClock
 from herder.store import purge
 
@@ -116,3 +119,18 @@ def test_history_of_a_workflow_deleted_while_read_is_whole(
     deleted = delete_before_reading_steps(rt, monkeypatch, read="scan")
     assert rt.history("o1") == whole  # (not [] for a workflow found there)
     assert deleted == [1]
+
+
+@pytest.mark.timeout(60)
+def test_ls_while_a_workflow_is_deleted_shows_it_whole_or_not(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``herder ls`` read a workflow's record, then its steps in another read: a
+    deletion between them listed it SUCCEEDED with every step PENDING."""
+    deleted = delete_before_reading_steps(rt, monkeypatch)
+    out = io.StringIO()
+    list_workflows(out, rt._store, state=None, limit=None, as_json=True)
+    assert deleted == [1]
+    listed = json.loads(out.getvalue())
+    shown = [{st["name"]: st["result"] for st in w["steps"]} for w in listed]
+    assert shown in ([], [RESULTS])  # (not {"pay": None, "ship": None}: PENDING)
