@@ -80,6 +80,7 @@ class Firer:
         # pass that fires nothing (a queued slot waits) counts the same again every pass.
         self._counted: dict[str, tuple[int, int, int]] = {}
         self._unfired: set[str] = set()  # schedules warned of: their workflow is missing
+        self._damaged: dict[bytes, str] = {}  # damaged records logged, by key: the problem
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -200,8 +201,16 @@ class Firer:
             return None
 
     def all(self) -> list[ScheduleRecord]:
-        """Every readable stored schedule (a corrupt one is logged and left out)."""
-        return read_schedules(self._store)
+        """Every readable stored schedule; a damaged one is left out, logged once (again
+        if its damage changes: each pass would say it again, at least once a minute)."""
+        bad: list[StoreCorrupt] = []
+        records = read_schedules(self._store, bad)
+        damaged = {exc.key: str(exc) for exc in bad}
+        for key, problem in damaged.items():
+            if self._damaged.get(key) != problem:
+                _log.error("skipping a schedule: %s", problem)
+        self._damaged = damaged  # (one repaired, then damaged again, is said again)
+        return records
 
     def _existing(self, name: str) -> ScheduleRecord:
         stored = self.get(name)

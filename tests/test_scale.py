@@ -41,8 +41,8 @@ def test_defining_n_schedules_reads_each_schedule_a_few_times_not_n_times(
     read = [0]
     real = firing.read_schedules
 
-    def counted(store: object) -> list:  # type: ignore[type-arg]
-        records = real(store)  # type: ignore[arg-type]
+    def counted(store: object, *rest: object) -> list:  # type: ignore[type-arg]
+        records = real(store, *rest)  # type: ignore[arg-type]
         read[0] += len(records)
         return records
 

@@ -1,0 +1,66 @@
+"""Schedules, found by review: a damaged record logged at every firing pass, a stop
+during a commit of firings warned of, a later workflow version whose deadline is
+shorter than a stored schedule's jitter."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime._check import check_store
+from herder.runtime.testing import FakeClock
+from herder.store import Put, Transition, encode, schedule_key
+
+WAIT = 10.0
+
+
+class Job(Agent):
+    def run(self, ctx: StepContext) -> str:
+        return ctx.workflow_id
+
+
+def open_runtime(path: Path, clock: FakeClock) -> Runtime:
+    runtime = Runtime(path, clock=clock, sweep_interval=0.05)
+    runtime.add_agent("job", Job, concurrency=4)
+    runtime.add_workflow(Workflow("job").step("run", agent="job", action="run"))
+    return runtime
+
+
+def _damage(rt: Runtime, name: str, every: object) -> None:
+    raw = encode({"name": name, "workflow": "job", "every": every})
+    put = Put("schedules", schedule_key(name), raw)
+    rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+
+
+def _named(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "herder.schedules" and repr(schedule_key(name)) in r.getMessage()
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_a_damaged_schedule_is_logged_once_per_damage_not_at_every_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each firing pass (at least one a minute) logged it at ERROR again, forever."""
+    caplog.set_level(logging.INFO, logger="herder.schedules")
+    with open_runtime(tmp_path, FakeClock(start=1.8e9)) as rt:
+        rt.schedule("tick", "job", every=60)
+        _damage(rt, "gone", "sixty")
+        for _ in range(3):
+            rt._fire_now()
+        [logged] = _named(caplog, "gone")
+        assert logged.levelno == logging.ERROR
+        _damage(rt, "gone", [1, 2])  # damaged another way: said again, once
+        for _ in range(3):
+            rt._fire_now()
+        assert len(_named(caplog, "gone")) == 2
+        caplog.clear()
+        assert [s.name for s in rt.schedules()] == ["tick"]  # still named, when asked
+        assert len(_named(caplog, "gone")) == 1
+        assert not check_store(rt._store).ok
