@@ -24,7 +24,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from herder.actors import TimerHandle, UnknownName
+from herder.actors import RuntimeClosed, TimerHandle, UnknownName
 from herder.runtime._firing_batch import Fire, Firings
 from herder.runtime._schedule_status import read_schedules
 from herder.runtime._schedules import (
@@ -42,6 +42,7 @@ from herder.store import (
     Overlap,
     Put,
     ScheduleRecord,
+    StoreClosed,
     StoreCorrupt,
     Transition,
     encode,
@@ -123,7 +124,9 @@ class Firer:
                 return
             try:
                 self.fire_due()
-            except Exception:
+            except Exception as exc:
+                if self._stopped(exc):
+                    return
                 _log.exception("firing schedules failed; trying again in %ss", RETRY)
                 self._arm(RETRY)
 
@@ -232,6 +235,8 @@ class Firer:
                 try:
                     at = self._fire_schedule(record, batch)
                 except (HerderError, TimeoutError) as exc:  # TimeoutError: no capacity
+                    if self._stopped(exc):
+                        return
                     _log.warning("schedule %r could not fire: %s", record.name, exc)
                     at = self._clock.time() + RETRY
                 wake_at = _earliest(wake_at, at)
@@ -251,10 +256,16 @@ class Firer:
             return None
         if not isinstance(error, HerderError | TimeoutError):
             raise error  # (the thread logs it and tries again after RETRY)
-        _log.warning("schedules could not fire: %s", error)
+        if not self._stopped(error):
+            _log.warning("schedules could not fire: %s", error)
         if isinstance(error, LeaseLost):  # deposed: stop, as the Scheduler does
             self._rt._ctx.lease_lost(error)
         return self._clock.time() + RETRY
+
+    def _stopped(self, error: BaseException) -> bool:
+        """True if ``error`` is the runtime stopping (a firing refused by it is no failure
+        to warn of: its slot fires at the next open)."""
+        return self._stopping or isinstance(error, RuntimeClosed | StoreClosed)
 
     def _fire_schedule(self, record: ScheduleRecord, batch: Firings) -> float | None:
         """Gather in ``batch`` what is due of one schedule; the clock time to look at it

@@ -5,7 +5,9 @@ shorter than a stored schedule's jitter."""
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +66,40 @@ def test_a_damaged_schedule_is_logged_once_per_damage_not_at_every_pass(
         assert [s.name for s in rt.schedules()] == ["tick"]  # still named, when asked
         assert len(_named(caplog, "gone")) == 1
         assert not check_store(rt._store).ok
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_while_firings_are_committed_warns_of_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch refused by the stop (RuntimeClosed, or StoreClosed) was logged as
+    "schedules could not fire" at WARNING: nothing failed, the slot fires at the next
+    open."""
+    caplog.set_level(logging.INFO, logger="herder.schedules")
+    clock = FakeClock(start=1.8e9)
+    entered, stopping = threading.Event(), threading.Event()
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("tick", "job", every=60)
+        starting_many, firer = rt._starting_many, rt._firer
+        assert firer is not None
+        halt = firer.halt
+
+        def commit(*args: Any) -> Any:  # the firer's batch, held until the stop began
+            entered.set()
+            assert stopping.wait(WAIT)
+            return starting_many(*args)
+
+        def halting() -> None:
+            stopping.set()
+            halt()
+
+        monkeypatch.setattr(rt, "_starting_many", commit)
+        monkeypatch.setattr(firer, "halt", halting)
+        clock.advance(60)
+        assert entered.wait(WAIT)
+    assert stopping.is_set()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    with open_runtime(tmp_path, clock) as rt:  # the slot fires at the next open
+        rt._fire_now()
+        assert [s.name for s in rt.schedules()] == ["tick"]
+        assert rt.schedules()[0].fired == 1
