@@ -29,6 +29,7 @@ from herder.runtime._firing_batch import Fire, Firings
 from herder.runtime._schedule_status import read_schedules
 from herder.runtime._schedules import (
     count_slots,
+    jitter_past_deadline,
     newest_due,
     next_slot,
     slot_id,
@@ -81,6 +82,7 @@ class Firer:
         # pass that fires nothing (a queued slot waits) counts the same again every pass.
         self._counted: dict[str, tuple[int, int, int]] = {}
         self._unfired: set[str] = set()  # schedules warned of: their workflow is missing
+        self._late: set[tuple[str, int, float]] = set()  # warned of: jitter past a deadline
         self._damaged: dict[bytes, str] = {}  # damaged records logged, by key: the problem
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -286,6 +288,7 @@ class Firer:
                 )
             return None
         self._unfired.discard(record.name)
+        self._check_jitter(record)
         slots, pass_to = to_fire(record, int(now * 1000))
         if pass_to is not None:  # catch-up: the due slots that will not fire are skipped
             passed = self._count(record, pass_to) - len(slots)
@@ -324,6 +327,16 @@ class Firer:
             return again
         following = next_slot(record, record.cursor_ms)
         return None if following is None else following / 1000
+
+    def _check_jitter(self, record: ScheduleRecord) -> None:
+        """Warn once if its jitter passes the deadline of the version it fires: one
+        registered after the schedule was (rt.schedule() refuses such a jitter)."""
+        plan = self._rt._latest[record.workflow]
+        late = (record.name, plan.version, record.jitter)
+        if late not in self._late and (problem := jitter_past_deadline(record, plan)):
+            self._late.add(late)
+            advice = "rt.schedule() it again with a jitter up to it, or give it a later one"
+            _log.warning("%s; %s", problem, advice)
 
     def _skipped(self, record: ScheduleRecord, slot: int, now: float) -> ScheduleRecord:
         """``record`` with ``slot`` passed over, and under ``catch_up="all"`` every slot

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 from herder.actors import NotActive, UnknownName
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._schedule_status import ScheduleStatus, schedule_statuses
-from herder.runtime._schedules import new_schedule
+from herder.runtime._schedules import jitter_past_deadline, new_schedule
 from herder.runtime._workflow import Workflow
 from herder.store import InvalidInput, normalize, validate_name
 
@@ -96,14 +96,9 @@ class ScheduleMethods:
             jitter=jitter,
             timezone=timezone,
         )
-        if plan.deadline is not None and record.jitter > plan.deadline:
-            # (A firing is a delayed start whose deadline counts from the slot: those
-            # delayed past it ended COMPENSATED, "deadline passed", before a step ran.)
+        if (problem := jitter_past_deadline(record, plan)) is not None:
             raise InvalidInput(
-                f"schedule {name!r}: jitter {record.jitter:g} s passes the deadline of "
-                f"workflow {workflow!r} ({plan.deadline:g} s), which counts from each slot: "
-                "the firings delayed past it would end COMPENSATED before their first step "
-                "ran; give a jitter up to the deadline, or the workflow a later one"
+                f"{problem}; give a jitter up to the deadline, or the workflow a later one"
             )
         with rt._promotion:
             if rt._firer is None:  # in setup, or a standby: defined once it is active

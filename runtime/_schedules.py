@@ -28,6 +28,7 @@ from herder.store import (
     InvalidInput,
     MissingExtra,
     Overlap,
+    Plan,
     ScheduleRecord,
     validate_name,
 )
@@ -229,6 +230,19 @@ def slot_of(name: str, workflow_id: str) -> int | None:
 def slot_time(slot_ms: int) -> str:
     """A slot as an ISO time in UTC (for listings)."""
     return slot_id("", slot_ms)[1:]
+
+
+def jitter_past_deadline(record: ScheduleRecord, plan: Plan) -> str | None:
+    """What is wrong if ``record``'s jitter passes the deadline of ``plan`` (the version it
+    fires), else None: a firing is a delayed start whose deadline counts from the slot."""
+    if plan.deadline is None or record.jitter <= plan.deadline:
+        return None
+    return (
+        f"schedule {record.name!r}: jitter {record.jitter:g} s passes the deadline of "
+        f"workflow {plan.name!r} version {plan.version} ({plan.deadline:g} s), which counts "
+        "from each slot: the firings delayed past it end COMPENSATED before their first "
+        "step runs"
+    )
 
 
 def jitter_of(record: ScheduleRecord, slot_ms: int) -> float:

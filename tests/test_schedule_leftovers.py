@@ -103,3 +103,46 @@ def test_a_stop_while_firings_are_committed_warns_of_nothing(
         rt._fire_now()
         assert [s.name for s in rt.schedules()] == ["tick"]
         assert rt.schedules()[0].fired == 1
+
+
+class _Lines(logging.Handler):
+    """The herder.schedules lines about one schedule, each setting ``seen`` (kept here:
+    caplog's handler gets a record only after this one woke the test)."""
+
+    def __init__(self, about: str) -> None:
+        super().__init__()
+        self.about, self.lines, self.seen = about, list[str](), threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.about in record.getMessage():
+            self.lines.append(record.getMessage())
+            self.seen.set()
+
+
+@pytest.mark.timeout(60)
+def test_a_later_version_whose_deadline_is_shorter_than_a_schedules_jitter_is_warned_of(
+    tmp_path: Path,
+) -> None:
+    """rt.schedule() refuses a jitter past the workflow's deadline; a later version with
+    a shorter deadline was not checked against the stored schedules: its firings delayed
+    past it ended COMPENSATED, "deadline passed", before a step ran, in silence."""
+    lines = _Lines("schedule 'tick'")
+    logging.getLogger("herder.schedules").addHandler(lines)
+    try:
+        with open_runtime(tmp_path, FakeClock(start=1.8e9)) as rt:
+            rt.schedule("tick", "job", every=3600, jitter=600)
+            rt._fire_now()
+            assert lines.lines == []
+            later = Workflow("job", version=2, deadline=60)
+            rt.add_workflow(later.step("run", agent="job", action="run"))
+            assert lines.seen.wait(WAIT)  # (the firer's pass after add_workflow)
+            rt._fire_now()
+            [line] = lines.lines  # (once, not at every pass)
+            assert "jitter 600 s passes the deadline of workflow 'job' version 2 (60 s)" in line
+            assert "rt.schedule()" in line
+            rt.schedule("tick", "job", every=3600, jitter=60)  # as it says: no more
+            lines.seen.clear()
+            rt._fire_now()
+            assert lines.lines == [line]
+    finally:
+        logging.getLogger("herder.schedules").removeHandler(lines)
