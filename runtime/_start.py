@@ -40,6 +40,7 @@ from herder.runtime._starts import (
     existing_workflow,
     same_record,
     submit_creations,
+    taken_by,
 )
 from herder.runtime._timing import begin_at, check_priority
 from herder.runtime._waits import seconds
@@ -255,9 +256,7 @@ class Starting(StartingMany):
         rt: Runtime = self  # type: ignore[assignment]
         wid = new.workflow_id
         if isinstance(error, ConditionFailed):
-            raced = rt._store.get_workflow(wid)
-            assert raced is not None  # the condition failed because it exists
-            return rt._same_start(raced, new)
+            return rt._same_start(taken_by(rt._store, new), new)
         if error is not None:
             raise error
         if _log.isEnabledFor(logging.INFO):  # (its extra= map, built on every start)

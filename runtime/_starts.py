@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import InvalidDefinition
+from herder.actors import InvalidDefinition, WorkflowConflict
 from herder.runtime._timing import new_workflow
 from herder.runtime._waits import OneShot
 from herder.store import (
@@ -189,6 +189,20 @@ def existing_workflow(store: Store, workflow_id: str) -> WorkflowRecord | None:
     """The workflow a start's id names already, or None: with no read for an id the store
     knows no workflow has (``Store.surely_new``: most ids come in order)."""
     return None if store.surely_new(workflow_id) else store.get_workflow(workflow_id)
+
+
+def taken_by(store: Store, new: NewStart) -> WorkflowRecord:
+    """The workflow that took ``new``'s id as its creation committed (ConditionFailed);
+    :class:`WorkflowConflict` if it was deleted since (retention, a purge): no handle of
+    it can be had, and starting it anew is the caller's choice, not this start's."""
+    raced = store.get_workflow(new.workflow_id)
+    if raced is None:
+        raise WorkflowConflict(
+            f"workflow id {new.workflow_id!r} was taken by another start as this one "
+            "committed, and that workflow was deleted (retention or herder purge) before "
+            "it could be read; nothing was started: start it again to run it anew"
+        )
+    return raced
 
 
 def same_record(existing: WorkflowRecord, new: NewStart) -> bool:

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, Runtime, StepContext, UnknownWorkflow, Workflow
+from herder.runtime import (
+    Agent,
+    Runtime,
+    StepContext,
+    UnknownWorkflow,
+    Workflow,
+    WorkflowConflict,
+)
 from herder.runtime._inspect import list_workflows
 from herder.runtime.testing import FakeClock
 from herder.store import purge
@@ -134,3 +141,32 @@ def test_ls_while_a_workflow_is_deleted_shows_it_whole_or_not(
     listed = json.loads(out.getvalue())
     shown = [{st["name"]: st["result"] for st in w["steps"]} for w in listed]
     assert shown in ([], [RESULTS])  # (not {"pay": None, "ship": None}: PENDING)
+
+
+@pytest.mark.timeout(60)
+def test_a_start_whose_id_was_taken_by_a_workflow_deleted_since_says_so(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start whose creation found its id taken (ConditionFailed) read the workflow that
+    took it, asserting it was there: a deletion in that instant (retention, a purge) gave
+    an AssertionError, or under ``python -O`` an AttributeError."""
+    store, original, reads = rt._store, rt._store.get_workflow, []
+
+    caller = threading.current_thread()
+
+    def get_workflow(workflow_id: str) -> object:
+        if threading.current_thread() is not caller:  # (the engine's, reloading it)
+            return original(workflow_id)
+        reads.append(workflow_id)
+        if len(reads) == 1:  # the start's look: the racing start had not landed yet
+            return None
+        if len(reads) == 2:  # its commit found the id taken; that workflow is deleted now
+            assert purge(store, T0 + 1e6) == 1
+        return original(workflow_id)
+
+    monkeypatch.setattr(store, "get_workflow", get_workflow)
+    with pytest.raises(WorkflowConflict, match=r"'o1' was taken .* deleted \(retention"):
+        rt.start("order", {}, workflow_id="o1")
+    assert len(reads) == 2
+    monkeypatch.undo()
+    assert rt.start("order", {}, workflow_id="o1").result(timeout=WAIT) == RESULTS  # anew
