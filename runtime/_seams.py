@@ -8,8 +8,11 @@ Imports: herder.actors (the ``Crash`` message) and the Runtime facade.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+
+import pykka
 
 from herder.actors import Crash, NotActive
 from herder.runtime._runtime import Runtime
@@ -29,7 +32,8 @@ def crash_scheduler(rt: Runtime, timeout: float = 10.0) -> None:
     old = rt._ctx.scheduler
     if old is None:  # (between a crash and its restart)
         raise NotActive("the runtime's Scheduler is restarting; call again once it runs")
-    old.tell(Crash())
+    with contextlib.suppress(pykka.ActorDeadError):  # (it died already: it is replaced)
+        old.tell(Crash())
     if not old.actor_stopped.wait(timeout):
         raise TimedOut(
             f"the Scheduler did not crash within {timeout}s: it is busy or stuck (a blocking "

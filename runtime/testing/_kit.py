@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import pykka
+
 from herder.actors import (
     FakeClock,
     InstanceCrash,
@@ -165,7 +167,8 @@ def settle(runtime: Runtime) -> None:
     while every other thread waits are held by the test (an action that waits for its
     event): settle returns with them still running. An action that computes, or a thread
     a loaded machine leaves unscheduled, is waited for. Raises :class:`TimedOut` if
-    attempts keep moving for the runtime's ``ask_timeout``."""
+    attempts keep moving for the runtime's ``ask_timeout``; :class:`NotActive` while a
+    Scheduler that crashed is being replaced (call again once it runs)."""
     runtime._check_open()
     deadline = time.monotonic() + runtime._ask_timeout
     with _Commits(runtime) as commits:
@@ -222,8 +225,11 @@ def _all_wait() -> bool:
 def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
     """Once the messages and commits in flight are handled: None if no attempt runs or
     waits for a worker; else what changes as they move on."""
-    runtime._settle()
-    stats = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)
+    try:
+        runtime._settle()
+        stats = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)
+    except pykka.ActorDeadError:  # (it crashed: the tree is starting a new one)
+        raise runtime._scheduler_gone() from None
     line = stats["host"].get("line", 0)
     if not (stats["in_flight_attempts"] or line):
         return None  # (attempts queued with none running wait for the clock: a rate limit)
@@ -296,7 +302,10 @@ def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
     ]
     # And the wake-ups of agents' gates (a rate limit's next token, a breaker's
     # cool-down): in memory, armed by the Scheduler as it holds work back, not in the store.
-    resources = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)["resources"]
+    try:
+        resources = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)["resources"]
+    except pykka.ActorDeadError:
+        raise runtime._scheduler_gone() from None
     found += [now + gate["wake_in"] + 0.001 for gate in resources.values() if "wake_in" in gate]
     due = min(found, default=None)
     return None if due is None or due > end else due
