@@ -81,8 +81,7 @@ class Firer:
         # Per schedule, the last catch-up counted: (cursor, pass_to) -> slots between. A
         # pass that fires nothing (a queued slot waits) counts the same again every pass.
         self._counted: dict[str, tuple[int, int, int]] = {}
-        self._unfired: set[str] = set()  # schedules warned of: their workflow is missing
-        self._late: set[tuple[str, int, float]] = set()  # warned of: jitter past a deadline
+        self._said: dict[tuple[str, str], str] = {}  # (topic, schedule) -> the warning
         self._damaged: dict[bytes, str] = {}  # damaged records logged, by key: the problem
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -239,8 +238,12 @@ class Firer:
                 except (HerderError, TimeoutError) as exc:  # TimeoutError: no capacity
                     if self._stopped(exc):
                         return
-                    _log.warning("schedule %r could not fire: %s", record.name, exc)
+                    self._say(
+                        "fail", record.name, f"schedule {record.name!r} could not fire: {exc}"
+                    )
                     at = self._clock.time() + RETRY
+                else:  # (a later failure is said again)
+                    self._said.pop(("fail", record.name), None)
                 wake_at = _earliest(wake_at, at)
                 if batch.full() and (failed := self._flush(batch)) is not None:
                     wake_at = failed  # (the rest would wait for room as long: next pass)
@@ -276,19 +279,22 @@ class Firer:
             return None  # resume() wakes the thread
         now = self._clock.time()
         if record.workflow not in self._rt._latest:  # add_workflow() wakes the thread
-            if to_fire(record, int(now * 1000))[0] and record.name not in self._unfired:
-                self._unfired.add(record.name)  # (once: every pass would say it again)
-                _log.warning(
-                    "schedule %r has slots due but its workflow %r is not registered, so "
-                    "it fires nothing: register that workflow (a renamed one: rt.schedule "
-                    "it with the new name) or rt.delete_schedule(%r)",
-                    record.name,
-                    record.workflow,
-                    record.name,
+            if to_fire(record, int(now * 1000))[0]:
+                name, workflow = record.name, record.workflow
+                self._say(
+                    "unfired",
+                    name,
+                    f"schedule {name!r} has slots due but its workflow {workflow!r} is not "
+                    "registered, so it fires nothing: register that workflow (a renamed one: "
+                    f"rt.schedule it with the new name) or rt.delete_schedule({name!r})",
                 )
             return None
-        self._unfired.discard(record.name)
-        self._check_jitter(record)
+        self._said.pop(("unfired", record.name), None)
+        if late := jitter_past_deadline(record, self._rt._latest[record.workflow]):
+            advice = "rt.schedule() it again with a jitter up to it, or give it a later one"
+            self._say("late", record.name, f"{late}; {advice}")  # (rt.schedule() refuses it)
+        else:
+            self._said.pop(("late", record.name), None)
         slots, pass_to = to_fire(record, int(now * 1000))
         if pass_to is not None:  # catch-up: the due slots that will not fire are skipped
             passed = self._count(record, pass_to) - len(slots)
@@ -328,15 +334,11 @@ class Firer:
         following = next_slot(record, record.cursor_ms)
         return None if following is None else following / 1000
 
-    def _check_jitter(self, record: ScheduleRecord) -> None:
-        """Warn once if its jitter passes the deadline of the version it fires: one
-        registered after the schedule was (rt.schedule() refuses such a jitter)."""
-        plan = self._rt._latest[record.workflow]
-        late = (record.name, plan.version, record.jitter)
-        if late not in self._late and (problem := jitter_past_deadline(record, plan)):
-            self._late.add(late)
-            advice = "rt.schedule() it again with a jitter up to it, or give it a later one"
-            _log.warning("%s; %s", problem, advice)
+    def _say(self, topic: str, name: str, warning: str) -> None:
+        """Log ``warning`` unless it was the last of ``topic`` for ``name``: passes repeat."""
+        if self._said.get((topic, name)) != warning:
+            self._said[(topic, name)] = warning
+            _log.warning("%s", warning)
 
     def _skipped(self, record: ScheduleRecord, slot: int, now: float) -> ScheduleRecord:
         """``record`` with ``slot`` passed over, and under ``catch_up="all"`` every slot

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime import Agent, Runtime, StepContext, Workflow, _firing
 from herder.runtime._check import check_store
 from herder.runtime.testing import FakeClock
-from herder.store import Put, Transition, encode, schedule_key
+from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
 
 WAIT = 10.0
 
@@ -146,3 +146,33 @@ def test_a_later_version_whose_deadline_is_shorter_than_a_schedules_jitter_is_wa
             assert lines.lines == [line]
     finally:
         logging.getLogger("herder.schedules").removeHandler(lines)
+
+
+@pytest.mark.timeout(60)
+def test_a_schedule_that_cannot_fire_is_warned_of_once_until_it_fires(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schedule that fails at every try (a cron schedule where the ``cron`` extra is
+    missing, a timezone this host's tz data lacks) is tried again every RETRY (5) s,
+    and each try logged "could not fire" again: 17,280 lines a day, for ever."""
+    caplog.set_level(logging.INFO, logger="herder.schedules")
+    clock = FakeClock(start=1.8e9)
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("tick", "job", every=60)
+        stored = ScheduleRecord.from_dict(rt._store.get("schedules", schedule_key("tick")))
+        gone = stored.evolve(every=None, cron="0 2 * * *", timezone="US/Pacific-New")
+        put = Put("schedules", schedule_key("tick"), encode(gone.to_dict()))
+        rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+        for _ in range(3):
+            clock.advance(_firing.RETRY)
+            rt._fire_now()
+        [warned] = [r for r in caplog.records if "could not fire" in r.getMessage()]
+        assert "unknown timezone 'US/Pacific-New'" in warned.getMessage()
+        rt.schedule("tick", "job", every=60)  # fixed: it fires again, and a new failure
+        clock.advance(60)  # (after it fired once) is said again
+        rt._fire_now()
+        assert rt.schedules()[0].fired == 1
+        put = Put("schedules", schedule_key("tick"), encode(gone.to_dict()))
+        rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+        rt._fire_now()
+        assert len([r for r in caplog.records if "could not fire" in r.getMessage()]) == 2
