@@ -13,7 +13,6 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any, TextIO
 
 from herder.actors import FACTS_STALE, UnknownWorkflow, read_facts, resource_stats
@@ -66,13 +65,6 @@ class _Reader:
                 self.corrupt.append(exc)
                 self._plans[key] = None
         return in_plan_order(record, self.store.steps_of(record.id), self._plans[key])
-
-    def statuses(self, state: str | None) -> Iterator[WorkflowStatus]:
-        for record in self.store.workflows(state, corrupt=self.corrupt):
-            try:
-                yield self.status(record)
-            except StoreCorrupt as exc:
-                self.corrupt.append(exc)
 
 
 def report_corrupt(corrupt: list[StoreCorrupt]) -> None:
