@@ -138,8 +138,8 @@ def list_workflows(
             break
         try:
             status = reader.status_of(wid)
-            if status is None:  # purged since the index page was read
-                continue
+            if status is None or (states is not None and str(status.state) not in states):
+                continue  # purged, or moved on, since the index page was read
             found.append(status)
         except StoreCorrupt as exc:
             reader.corrupt.append(exc)

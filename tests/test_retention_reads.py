@@ -170,3 +170,17 @@ def test_a_start_whose_id_was_taken_by_a_workflow_deleted_since_says_so(
     assert len(reads) == 2
     monkeypatch.undo()
     assert rt.start("order", {}, workflow_id="o1").result(timeout=WAIT) == RESULTS  # anew
+
+
+@pytest.mark.timeout(60)
+def test_ls_of_a_state_leaves_out_a_workflow_that_moved_on_since_the_index_was_read(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``herder ls --state RUNNING`` reads the ``recent`` index, then each record: one
+    that ended in between was listed SUCCEEDED under --state RUNNING (it is at the top
+    of the index now, under its new state)."""
+    read_earlier = [(T0, "o1", "RUNNING")]  # (the index page, read before o1 ended)
+    monkeypatch.setattr(rt._store, "recent", lambda **_: iter(read_earlier))
+    out = io.StringIO()
+    list_workflows(out, rt._store, state="RUNNING", limit=None, as_json=True)
+    assert json.loads(out.getvalue()) == []
