@@ -123,14 +123,16 @@ class Dispatcher:
         self.lanes.configure(name, entry.concurrency, limited=limited)
         self._touch(name)
 
-    def remove(self, name: str) -> None:
-        """Stop serving agent ``name``: its queued work waits until it is added again (group
-        steps' moves on), nothing is reserved ahead for it; the rest goes (``_routes``)."""
+    def remove(self, name: str) -> list[Event]:
+        """Stop serving ``name``: its queued work waits for its next add (group steps'
+        moves on), nothing is reserved ahead, the rest goes (``_routes``); the engine
+        hears of its attempts waiting for a worker: lost (not charged)."""
         self.agents.pop(name, None)
         self._move_off([name])
-        self.host.remove(name)
+        lost, why = self.host.remove(name) or [], f"agent {name!r} was removed before it started"
         self.admission.remove(name)
         self._names.removed(name)
+        return [AttemptLost(token, why, given_up=True) for token in lost]
 
     def _move_off(self, agents: Iterable[str]) -> None:
         """The queued jobs of group steps move off those of ``agents`` not well (_regroup)."""

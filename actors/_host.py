@@ -7,7 +7,9 @@ a shared pool, an event loop) and reports back by messages to the Scheduler:
 =====================  ===========================================================
 Scheduler -> host      meaning
 =====================  ===========================================================
-``add`` / ``remove``   register (or re-register) / unregister an agent name
+``add`` / ``remove``   register (or re-register) / unregister an agent name (``remove``
+                       may return the tokens of attempts sent that will not start now,
+                       each a :class:`GivenUp`)
 ``queue``              the agent's queue of jobs waiting for capacity (Scheduler-owned)
 ``acquire``            capacity: reserve an idle instance for a token, or ask for more
 ``send``               submit an attempt (a :class:`Run`) to the reserved instance
@@ -98,7 +100,7 @@ class AgentHost(Protocol):
 
     def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None: ...
 
-    def remove(self, name: str) -> None: ...
+    def remove(self, name: str) -> list[int] | None: ...
 
     def queue(self, name: str) -> JobQueue[Any] | None: ...
 

@@ -98,8 +98,8 @@ class HostRouter:
             if waiting is not None and moved is not None:
                 moved.take(waiting)
 
-    def remove(self, name: str) -> None:
-        self._route(name).remove(name)
+    def remove(self, name: str) -> list[int] | None:
+        return self._route(name).remove(name)
 
     def forget(self, name: str) -> bool:
         """Every host that served ``name`` forgets it (its current one last, and only

@@ -131,13 +131,24 @@ class PoolAgents(HostedAgents[PooledAgent]):
             else:
                 inst.stale = True  # its object is the old factory's: not kept once idle
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str) -> list[int]:
+        """Serve ``name`` no more: an attempt running runs on; one waiting in the line
+        (or to join it) never starts: it is lost, as a :class:`GivenUp` (not charged)."""
         agent = self._agents.get(name)
-        if agent is not None:
-            agent.concurrency = 0
-            agent.instances = {i: x for i, x in agent.instances.items() if not idle(x)}
-            for inst in agent.instances.values():
+        if agent is None:
+            return []
+        agent.concurrency = 0
+        lost: list[int] = []
+        for instance_id, inst in list(agent.instances.items()):
+            if not idle(inst) and not (inst.lined and inst.busy_token):
                 halt(inst)
+                continue
+            tokens = self._let_go(inst) if inst.lined else []
+            if tokens is None:  # a worker took it from the line just now: it runs on
+                continue
+            lost += (GivenUp(token) for token in tokens)
+            del agent.instances[instance_id]
+        return lost
 
     def _left_over(self, agent: PooledAgent) -> bool:
         """Attempts reserved ahead wait in its ready deque (those superseded are dead)."""

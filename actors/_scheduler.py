@@ -29,8 +29,7 @@ and reaching it only through the Shell methods (``handle``, ``perform``, ``settl
 - ``_recovery``: bringing workflows in (new, recovered after a restart, awaiting their
   definition), with its parts ``_absent`` (the workflows out of memory, and why) and
   ``_reload`` (after a failed commit, forget a workflow and read it back);
-- ``_operator`` and ``_channel``: operator actions and complete_step, and the commands
-  channel from other processes.
+- ``_operator``, ``_channel``: operator actions, complete_step, other processes' commands.
 """
 
 from __future__ import annotations
@@ -218,7 +217,8 @@ class Scheduler(SupervisedActor):
 
     def remove_agent(self, name: str) -> None:
         """Stop serving agent ``name``; its queued work waits until it is added again."""
-        self._dispatch.remove(name)
+        for event in self._dispatch.remove(name):
+            self.handle(event)
         self.settle()
 
     def cancel(self, workflow_id: str) -> Future[None]:

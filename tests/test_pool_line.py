@@ -97,3 +97,31 @@ def test_a_cancelled_workflows_attempt_waiting_in_the_line_never_starts(tmp_path
         Gated.go["w3"] = threading.Event()
         Gated.go["w3"].set()
         assert rt.start("b", {}, workflow_id="w3").result(timeout=WAIT) == {"s": 1}
+
+
+def test_an_attempt_waiting_in_the_line_when_its_agent_is_removed_never_starts(
+    tmp_path: Path,
+) -> None:
+    """remove_agent: none of the agent's attempts starts after it returns. One waiting in
+    the line for a worker ran once a worker freed; it goes back (not charged, as one its
+    host gave up on) and waits, queued, until the agent is added again."""
+    Gated.started, Gated.go = {}, {}
+    with Runtime(tmp_path / "s", pool_workers=1, prefetch=0) as rt:
+        for name in ("a", "b"):
+            rt.add_agent(name, Gated, concurrency=1)
+            rt.add_workflow(Workflow(name).step("s", agent=name, action="act"))
+        rt.start("a", {}, workflow_id="w1")
+        assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
+        waiting = rt.start("b", {}, workflow_id="w2")
+        wait_until(rt, lambda: rt.stats()["host"]["line"] == 1)
+        rt.remove_agent("b")
+        assert rt.stats()["host"]["line"] == 0
+        Gated.go.setdefault("w1", threading.Event()).set()  # the worker frees
+        wait_until(rt, lambda: rt.status("w1").state is State.SUCCEEDED)
+        settle(rt)
+        assert "w2" not in Gated.started  # its action never ran
+        assert rt.stats()["agents"]["b"]["queued"] == 1
+        assert rt.stats()["agents"]["b"]["busy"] == 0
+        Gated.go.setdefault("w2", threading.Event()).set()
+        rt.add_agent("b", Gated, concurrency=1)
+        assert waiting.result(timeout=WAIT) == {"s": 1}  # its lost attempt was not charged
