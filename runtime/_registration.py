@@ -14,6 +14,7 @@ import pykka
 
 from herder.actors import (
     DEFAULT_HEALTH_INTERVAL,
+    MAX_COUNT,
     NO_LIMITS,
     RESERVED_AGENT_NAMES,
     Adaptive,
@@ -115,10 +116,14 @@ class Registration:
         adaptive = concurrency if isinstance(concurrency, Adaptive) else None
         if adaptive is not None:
             concurrency = adaptive.max  # instances to hold; the limit admits fewer
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        if (
+            not isinstance(concurrency, int)
+            or isinstance(concurrency, bool)
+            or not 1 <= concurrency <= MAX_COUNT
+        ):
             raise InvalidInput(
-                f"agent {name!r}: concurrency must be an int >= 1 or an Adaptive, "
-                f"got {concurrency!r}"
+                f"agent {name!r}: concurrency must be an int from 1 to 2**53 or an Adaptive, "
+                f"got {concurrency!r:.80}"
             )
         for kind, value, want in (
             ("breaker", breaker, CircuitBreaker),

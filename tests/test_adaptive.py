@@ -123,7 +123,7 @@ def test_adaptive_is_validated_with_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="tolerance"):
         Adaptive(tolerance=1.0)
     with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
-        with pytest.raises(InvalidInput, match="an int >= 1 or an Adaptive"):
+        with pytest.raises(InvalidInput, match=r"an int from 1 to 2\*\*53 or an Adaptive"):
             rt.add_agent("svc", Agent, concurrency=0)
         rt.add_agent("svc", Agent, concurrency=Adaptive(min=1, max=3))
         assert rt.stats()["resources"]["svc"]["limit"] == 1

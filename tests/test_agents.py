@@ -402,3 +402,16 @@ print("stopped")
         [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=30
     )
     assert (done.returncode, done.stdout) == (0, "stopped\n"), done.stderr
+
+
+def test_the_largest_concurrency_taken_serves_and_survives_the_ticks(tmp_path: Path) -> None:
+    """A concurrency past 2**64 - 1 was taken, and the agents' facts each tick publishes
+    could not be stored: the Scheduler crashed at every tick. 2**53 is the most any
+    limit takes (Adaptive.max); it serves, and its facts are stored."""
+    clock = FakeClock()
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("d", functools.partial(Host, "h"), concurrency=2**53)
+        rt.add_workflow(Workflow("w").step("s", agent="d", action="ping", timeout=30))
+        assert rt.start("w").result(timeout=WAIT) == {"s": "h:None"}
+        advance(rt, clock, 5.0)  # a tick publishes the agents' facts
+        assert rt.stats()["restarts"]["scheduler"] == 0
