@@ -209,6 +209,9 @@ def check_registered(
             check_actions(plan, spec, agent, names, via)
 
 
+_NONE = "it has none: its actions are the public methods of its class, and it defines none"
+
+
 def check_actions(
     plan: Plan, spec: StepSpec, agent: str, names: Collection[str], via: str = ""
 ) -> None:
@@ -216,9 +219,10 @@ def check_actions(
     actions are ``names``; ``via``: how the step came to it) does not have."""
     for action in (spec.action, spec.compensate):
         if action is not None and action not in names:
+            has = f"it has: {', '.join(sorted(names))}" if names else _NONE
             raise UnknownName(
                 f"workflow {plan.name!r} step {spec.name!r}: agent {agent!r}{via} "
-                f"has no action {action!r} (it has: {', '.join(sorted(names))})"
+                f"has no action {action!r} ({has})"
             )
 
 

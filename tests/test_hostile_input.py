@@ -76,6 +76,18 @@ class Unreadable(Agent):
         return ctx.input
 
 
+class Actionless(Agent):
+    """An agent class with no public method: no action at all."""
+
+    def _echo(self, ctx: StepContext) -> Any:
+        return ctx.input
+
+
+def _actionless(rt: Runtime) -> None:
+    rt.add_agent("mute", Actionless)
+    rt.add_workflow(Workflow("mute").step("s", agent="mute", action="echo"))
+
+
 class Echo(Agent):
     """Returns its input; the hostile results and heartbeats come from the input's name."""
 
@@ -211,6 +223,8 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      lambda rt: rt.add_agent("a", async_factory), InvalidInput, r"asyncio=True"),
     ("add_agent: asyncio='yes'", lambda rt: rt.add_agent("a", Echo, asyncio="yes"),  # type: ignore[arg-type]
      InvalidInput, "asyncio must be None, True or False"),
+    ("add_workflow: an action of an agent with none (it said 'it has: ')", _actionless,
+     UnknownName, r"has no action 'echo' \(it has none: its actions are the public methods"),
     ("add_agent: concurrency=True", lambda rt: rt.add_agent("a", Echo, concurrency=True),
      InvalidInput, "concurrency must be an int"),
     ("add_agent: concurrency=2**64 (its facts crashed the Scheduler at each tick)",
