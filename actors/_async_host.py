@@ -46,7 +46,7 @@ from herder.actors._action import call_action, leased, refuse_unrun, settle, unl
 from herder.actors._agent import Agent
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._event_loop import EventLoop
-from herder.actors._host import FAILED_START, InstanceCrash
+from herder.actors._host import FAILED_START, GivenUp, InstanceCrash
 from herder.actors._hosted import INSTANCE_BACKOFF, let_go
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING, JobQueue
@@ -203,10 +203,14 @@ class AsyncHost:
         else:
             agent.factory, agent.concurrency, agent.holder = factory, concurrency, _Holder(factory)
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str) -> list[int]:
+        """An attempt not sent yet (its DISPATCHED on its way) never starts: lost, as a
+        :class:`GivenUp` (not charged); one running runs on."""
         agent = self._agents.get(name)
-        if agent is not None:
-            agent.concurrency, agent.holder = 0, _Holder(agent.factory)
+        if agent is None:
+            return []
+        agent.concurrency, agent.holder = 0, _Holder(agent.factory)
+        return [GivenUp(s.token) for s in agent.slots.values() if s.future is None and s.token]
 
     def forget(self, name: str) -> bool:
         """Drop ``name``'s record (its factory, its object) once it is removed and has

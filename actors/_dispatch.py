@@ -81,8 +81,7 @@ class Dispatcher:
         self._heard = False  # an instance event came since the last pump (host.pumped)
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self._loose = Loose()  # fenced attempts still running, until their deadline
-        # Attempts whose timeout was their gates' news: a late answer is none (else a
-        # resource slower than the timeout reset the breaker with each late success).
+        # Attempts whose timeout was their gates' news: a late answer is none to the gates.
         self._counted: dict[int, bool] = {}
         self._names = Routes(engine, self.lanes, self._dropped)  # routes; names not served
         self._routes, self._route = self._names.routes, self._names.route  # (hot path)
@@ -125,13 +124,14 @@ class Dispatcher:
 
     def remove(self, name: str) -> list[Event]:
         """Stop serving ``name``: its queued work waits for its next add (group steps'
-        moves on), nothing is reserved ahead, the rest goes (``_routes``); the engine
-        hears of its attempts waiting for a worker: lost (not charged)."""
+        moves on), none is reserved ahead; its attempts not started are lost, uncharged."""
         self.agents.pop(name, None)
         self._move_off([name])
         lost, why = self.host.remove(name) or [], f"agent {name!r} was removed before it started"
+        for attempt in filter(None, map(self._engine.inflight.get, lost)):
+            self.host.release(name, attempt.instance, attempt.token, self._clock.now)
         self.admission.remove(name)
-        self._names.removed(name)
+        self._names.removed(name)  # (the rest goes: _routes)
         return [AttemptLost(token, why, given_up=True) for token in lost]
 
     def _move_off(self, agents: Iterable[str]) -> None:

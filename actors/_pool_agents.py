@@ -132,22 +132,21 @@ class PoolAgents(HostedAgents[PooledAgent]):
                 inst.stale = True  # its object is the old factory's: not kept once idle
 
     def remove(self, name: str) -> list[int]:
-        """Serve ``name`` no more: an attempt running runs on; one waiting in the line
-        (or to join it) never starts: it is lost, as a :class:`GivenUp` (not charged)."""
+        """Serve ``name`` no more: an attempt running runs on; one not sent yet (its
+        DISPATCHED on its way to disk) or waiting in the line never starts: it is lost,
+        as a :class:`GivenUp` (not charged; the caller releases its slot)."""
         agent = self._agents.get(name)
         if agent is None:
             return []
         agent.concurrency = 0
         lost: list[int] = []
         for instance_id, inst in list(agent.instances.items()):
-            if not idle(inst) and not (inst.lined and inst.busy_token):
-                halt(inst)
-                continue
-            tokens = self._let_go(inst) if inst.lined else []
-            if tokens is None:  # a worker took it from the line just now: it runs on
-                continue
-            lost += (GivenUp(token) for token in tokens)
-            del agent.instances[instance_id]
+            if idle(inst):
+                del agent.instances[instance_id]
+            elif inst.busy_token and (inst.work is None or (inst.lined and withdraw(inst.work))):
+                lost.append(GivenUp(inst.busy_token))
+            else:
+                halt(inst)  # (a worker took it from the line just now: it runs on)
         return lost
 
     def _left_over(self, agent: PooledAgent) -> bool:

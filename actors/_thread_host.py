@@ -104,15 +104,18 @@ class ThreadHost(HostedAgents[_Pool]):
 
     # -- registration ------------------------------------------------------------------
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str) -> list[int]:
         """Stop serving ``name``: its instances stop (a busy one once its attempt ends, and
-        counts against its concurrency until then), its queue waits for a new add()."""
+        counts against its concurrency until then), its queue waits for a new add(); an
+        attempt not sent yet never starts: lost, as a :class:`GivenUp` (not charged)."""
         pool = self._agents.get(name)
         if pool is None:
-            return
+            return []
         pool.concurrency = 0
+        held = [i.busy_token for i in pool.instances.values() if not i.sent]
         if pool.supervisor is not None:
             self._stop_pool_supervisor(pool)
+        return [GivenUp(token) for token in held if token is not None]
 
     def _left_over(self, pool: _Pool) -> bool:
         """Its supervisor is being started (stopped once its start is heard)."""

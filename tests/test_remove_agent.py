@@ -19,7 +19,15 @@ import pytest
 from _supervision_kit import Abandoned
 
 from herder.actors._hosted import Hosted, HostedAgents, Instance
-from herder.runtime import Agent, InstanceCrash, Runtime, StepContext, Workflow
+from herder.runtime import (
+    Agent,
+    InstanceCrash,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    Workflow,
+)
 from herder.runtime.testing import FakeClock, advance, settle
 
 WAIT = 30.0
@@ -313,3 +321,67 @@ def test_an_instance_left_running_by_remove_agent_that_crashes_loses_its_attempt
             assert handle.result(timeout=WAIT) == {"s": 2}
     finally:
         gate.set()
+
+
+class Counts(Agent):
+    """Counts its runs; returns the attempt."""
+
+    runs: list[int] = []
+
+    def go(self, ctx: StepContext) -> int:
+        Counts.runs.append(ctx.attempt)
+        return ctx.attempt
+
+
+class AsyncCounts(Agent):
+    async def go(self, ctx: StepContext) -> int:
+        Counts.runs.append(ctx.attempt)
+        return ctx.attempt
+
+
+@pytest.mark.parametrize("host", ["pool", "thread", "async"])
+def test_an_attempt_whose_commit_was_on_its_way_at_remove_agent_never_starts_nor_is_charged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    """remove_agent while an attempt's DISPATCHED was being written: on the pool and asyncio
+    hosts it started once durable, after remove_agent returned; on the thread host it was lost as
+    a crash, charged (with max_attempts=1 its workflow failed, its action never run). It
+    goes back uncharged, and runs once the agent is added again."""
+    from herder.store import _writer
+
+    armed, held, release = threading.Event(), threading.Event(), threading.Event()
+    submit = _writer.Writer.submit_batch
+
+    def slow_batch(self: Any, *args: Any) -> Any:  # (ops, effects, count, sink, watch)
+        if armed.is_set():  # every commit's news waits, from here until the release
+            inner = args[3]
+
+            def sink(*news: Any) -> None:  # the commit is durable; its news waits
+                held.set()
+                release.wait(WAIT)
+                inner(*news)
+
+            args = (*args[:3], sink, *args[4:])
+        return submit(self, *args)
+
+    monkeypatch.setattr(_writer.Writer, "submit_batch", slow_batch)
+    Counts.runs = []
+    once = RetryPolicy(max_attempts=1)
+    cls = AsyncCounts if host == "async" else Counts
+    with Runtime(tmp_path / "s", agent_host="pool" if host == "async" else host) as rt:
+        rt.add_agent("d", cls)
+        rt.add_workflow(Workflow("w").step("s", agent="d", action="go", timeout=30, retry=once))
+        assert rt.start("w", workflow_id="w0").result(timeout=WAIT) == {"s": 1}
+        armed.set()
+        handle = rt.start("w", workflow_id="w1")
+        assert held.wait(WAIT)  # its DISPATCHED is in the writer, the Scheduler unaware
+        rt.remove_agent("d")
+        armed.clear()
+        release.set()
+        rt._store.writer.flush(WAIT)  # the commit's news is told to the Scheduler
+        settle(rt)  # and handled there, while the agent is away
+        assert Counts.runs == [1]  # w0's only
+        assert rt.status("w1").state is State.RUNNING
+        rt.add_agent("d", cls)
+        assert handle.result(timeout=WAIT) == {"s": 1}
+        assert Counts.runs == [1, 1]
