@@ -233,7 +233,7 @@ class PoolAgents(HostedAgents[PooledAgent]):
         if agent.window is None:
             agent.window = RestartWindow(self._max_restarts, self._restart_period, self._clock)
         if agent.window.record():
-            return lost + self._give_up(agent, instance_id)
+            return lost + self._give_up(agent, instance_id, now)
         agent.instances[instance_id] = Slot(restarting=True)
         events, name = self._events, agent.name
         self._clock.call_later(
@@ -242,10 +242,11 @@ class PoolAgents(HostedAgents[PooledAgent]):
         )
         return lost
 
-    def _give_up(self, agent: PooledAgent, instance_id: str) -> list[int]:
+    def _give_up(self, agent: PooledAgent, instance_id: str, now: float) -> list[int]:
         """The restart intensity of ``agent`` is exceeded: drop every instance and start
         afresh. An attempt one still runs runs on (a worker is not stopped) and holds its
-        slot until it ends, its answer taken; one not started yet is lost."""
+        slot until it ends, its answer taken; one not started yet is lost (and the worker
+        taken for it, if not sent yet, freed)."""
         assert agent.window is not None
         window, period = len(agent.window), self._restart_period
         _log.error(
@@ -258,6 +259,7 @@ class PoolAgents(HostedAgents[PooledAgent]):
                 inst.stale = True  # it runs on, its slot held; dropped once it ends
             else:
                 lost += (GivenUp(token) for token in tokens)
+                self._free_worker(inst.worker, now)
                 del agent.instances[key]
         agent.window = None
         return lost

@@ -550,3 +550,24 @@ def test_a_worker_that_crashes_after_taking_a_lined_attempt_loses_that_one_too(
     assert host.host_stats()["line"] == 0
     token = scheduler.start("b", "ok", 5)  # on the restarted worker
     assert scheduler.outcome().token == token
+
+
+def test_giving_up_on_an_agent_frees_the_worker_of_its_attempt_not_sent_yet(
+    pool: Scheduler, clock: FakeClock
+) -> None:
+    """An attempt reserved on an instance (a worker taken for it) whose DISPATCHED is not
+    durable yet is lost when the agent is given up on, and never sent: its worker stayed
+    busy for good, one worker fewer for every agent."""
+    pool.host.add("flaky", Flaky, 2)
+    pool.start("flaky", "ok")  # (the pool's workers start)
+    pool.outcome()
+    unsent = 999_999
+    assert pool.host.acquire("flaky", unsent) is not None  # its commit on its way
+    assert pool.host.host_stats()["busy_workers"] == 1  # (a worker taken for it)
+    for _ in range(3):  # 3 crashes within 10 s: more than max_restarts=2
+        pool.until_lost(pool.start("flaky", "crash"))
+        clock.advance(1.0)
+    assert unsent in pool.lost  # given up on, with the rest
+    pool.drain()
+    assert pool.host.host_stats()["busy_workers"] == 0
+    assert pool.host.stats()["flaky"]["instances"] == 0
