@@ -125,3 +125,26 @@ def test_an_attempt_waiting_in_the_line_when_its_agent_is_removed_never_starts(
         Gated.go.setdefault("w2", threading.Event()).set()
         rt.add_agent("b", Gated, concurrency=1)
         assert waiting.result(timeout=WAIT) == {"s": 1}  # its lost attempt was not charged
+
+
+def test_a_group_steps_attempt_waiting_in_the_line_moves_to_another_member_at_remove(
+    tmp_path: Path,
+) -> None:
+    from herder.runtime import AnyOf
+
+    Gated.started, Gated.go = {}, {}
+    with Runtime(tmp_path / "s", pool_workers=1, prefetch=0) as rt:
+        for name in ("a", "b", "c"):
+            rt.add_agent(name, Gated, concurrency=1)
+        rt.add_workflow(Workflow("a").step("s", agent="a", action="act"))
+        rt.add_workflow(Workflow("g").step("s", agent=AnyOf("b", "c"), action="act"))
+        rt.start("a", {}, workflow_id="w1")
+        assert Gated.started.setdefault("w1", threading.Event()).wait(WAIT)
+        waiting = rt.start("g", {}, workflow_id="w2")  # on b, the first member
+        wait_until(rt, lambda: rt.stats()["host"]["line"] == 1)
+        assert rt.status("w2").steps["s"].agent == "b"
+        rt.remove_agent("b")
+        Gated.go.setdefault("w2", threading.Event()).set()
+        Gated.go.setdefault("w1", threading.Event()).set()
+        assert waiting.result(timeout=WAIT) == {"s": 1}  # on c, its attempt not charged
+        assert rt.status("w2").steps["s"].agent == "c"
