@@ -65,11 +65,9 @@ class _Pool(Hosted[_Instance]):
 
 class ThreadHost(HostedAgents[_Pool]):
     """The :class:`AgentHost` that runs each agent instance as a pykka actor thread: the
-    agent pools of one runtime, driven from the Scheduler's thread.
-
-    ``events`` receives every supervision event that concerns an instance (crashes,
-    restarts) as an :class:`InstanceEvent`; the Scheduler passes its own ``tell``.
-    """
+    agent pools of one runtime, driven from the Scheduler's thread. ``events`` receives
+    every supervision event that concerns an instance (crashes, restarts) as an
+    :class:`InstanceEvent`; the Scheduler passes its own ``tell``."""
 
     instance_start_timeout = 10.0
     """Seconds an instance may take to start (its factory); a subclass whose instances
@@ -99,7 +97,7 @@ class ThreadHost(HostedAgents[_Pool]):
         self._max_result_bytes = max_result_bytes
         self._shutdown = shutdown
         self._abandoned = 0  # threads left running: replaced, or not stopped in time
-        self._replaced: set[str] = set()  # counted by replace(), before their ABANDONED
+        self._replaced: set[str] = set()  # not counted at their ABANDONED: replace() did, or idle
         self._builds = Builds()  # factories running (one whose start timed out is counted)
 
     # -- registration ------------------------------------------------------------------
@@ -130,10 +128,11 @@ class ThreadHost(HostedAgents[_Pool]):
                 self._retire(pool, instance_id)
 
     def _retire(self, pool: _Pool, instance_id: str) -> None:
-        """Stop an idle instance its agent no longer wants (stale, or over concurrency);
-        an orphan's supervisor is gone, and it stops by itself."""
+        """Stop an idle instance its agent no longer wants (stale, or over concurrency; an
+        orphan, its supervisor gone, stops by itself); idle, it is no abandoned thread."""
         inst = pool.instances.pop(instance_id)
         if pool.supervisor is not None and not inst.orphan:
+            self._replaced.add(instance_id)
             call_later(pool.supervisor, "delete_child", instance_id)
 
     def _idled(self, pool: _Pool, instance_id: str, inst: _Instance) -> None:

@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pykka
 import pytest
@@ -415,3 +416,39 @@ def test_the_largest_concurrency_taken_serves_and_survives_the_ticks(tmp_path: P
         assert rt.start("w").result(timeout=WAIT) == {"s": "h:None"}
         advance(rt, clock, 5.0)  # a tick publishes the agents' facts
         assert rt.stats()["restarts"]["scheduler"] == 0
+
+
+def test_an_idle_instance_stopped_past_instance_shutdown_is_no_abandoned_thread(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """instance_shutdown=0: the thread host's idle instance, passivated, cannot have
+    stopped within 0 s and is abandoned, though it runs nothing and ends at once: it was
+    counted in abandoned_threads (an operator's sign of hung actions), for good."""
+    from herder.actors._dispatch import Dispatcher
+    from herder.actors._supervision_specs import ChildEventKind
+
+    gone = threading.Event()  # the news of its stop, whatever it says, was handled
+    original = Dispatcher.instance_event
+    stops = (ChildEventKind.ABANDONED, ChildEventKind.EXITED, ChildEventKind.TERMINATED)
+
+    def instance_event(self: Dispatcher, msg: Any) -> Any:
+        out = original(self, msg)
+        if msg.agent == "h1" and msg.instance is not None and msg.kind in stops:
+            gone.set()
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Dispatcher, "instance_event", instance_event)
+        with Runtime(
+            tmp_path / "s",
+            clock=clock,
+            agent_host="thread",
+            instance_idle_timeout=60.0,
+            instance_shutdown=0.0,
+        ) as rt:
+            rt.add_agent("h1", functools.partial(Host, "h1"))
+            rt.add_workflow(Workflow("ping").step("p", agent="h1", action="ping"))
+            assert rt.start("ping", 1).result(timeout=WAIT) == {"p": "h1:1"}
+            advance(rt, clock, 70.0)  # passivated
+            assert gone.wait(WAIT)
+            assert rt.stats()["host"]["abandoned_threads"] == 0
