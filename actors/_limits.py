@@ -12,12 +12,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from herder.store import InvalidInput, ResourceRecord, real_number
+from herder.store import InvalidInput, ResourceRecord, real_number, safe_repr
 
 
 def _require(ok: bool, owner: str, name: str, expected: str, actual: object) -> None:
     if not ok:
-        raise InvalidInput(f"{owner}: {name} must be {expected}, got {actual!r:.80}")
+        raise InvalidInput(f"{owner}: {name} must be {expected}, got {safe_repr(actual):.80}")
 
 
 def _number(value: object) -> bool:

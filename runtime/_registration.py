@@ -47,6 +47,7 @@ from herder.store import (
     contain,
     definition_key,
     encode,
+    safe_repr,
     started_key,
     type_name,
     validate_name,
@@ -123,7 +124,7 @@ class Registration:
         ):
             raise InvalidInput(
                 f"agent {name!r}: concurrency must be an int from 1 to 2**53 or an Adaptive, "
-                f"got {concurrency!r:.80}"
+                f"got {safe_repr(concurrency):.80}"
             )
         for kind, value, want in (
             ("breaker", breaker, CircuitBreaker),

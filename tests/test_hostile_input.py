@@ -20,6 +20,7 @@ import pytest
 
 from herder.runtime import (
     Agent,
+    CircuitBreaker,
     EncodeError,
     HerderError,
     InvalidDefinition,
@@ -227,6 +228,11 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      UnknownName, r"has no action 'echo' \(it has none: its actions are the public methods"),
     ("add_agent: concurrency=True", lambda rt: rt.add_agent("a", Echo, concurrency=True),
      InvalidInput, "concurrency must be an int"),
+    ("add_agent: concurrency of 5,001 digits (its repr raised ValueError)",
+     lambda rt: rt.add_agent("a", Echo, concurrency=10**5000), InvalidInput,
+     r"concurrency must be an int from 1 to 2\*\*53"),
+    ("CircuitBreaker: failures of 5,001 digits (its repr raised ValueError)",
+     lambda rt: CircuitBreaker(failures=10**5000), InvalidInput, "failures must be"),
     ("add_agent: concurrency=2**64 (its facts crashed the Scheduler at each tick)",
      lambda rt: rt.add_agent("a", Echo, concurrency=2**64), InvalidInput,
      r"concurrency must be an int from 1 to 2\*\*53"),
