@@ -46,7 +46,7 @@ from typing import Any
 from herder.actors._clock import Clock
 from herder.actors._hosted import let_go
 from herder.actors._messages import Wake
-from herder.store import MAX_SECONDS, InvalidInput, UserCodeFailed, contain, real_number
+from herder.store import MAX_SECONDS, InvalidInput, UserCodeFailed, contain, real_number, safe_repr
 
 _log = logging.getLogger("herder.health")
 
@@ -74,7 +74,7 @@ class HealthPolicy:
                 raise InvalidInput(
                     f"{name} must be a number of seconds > 0 and at most ten years (or None: "
                     f"{'no health checks' if name == 'health_interval' else 'the default'}), "
-                    f"got {value!r}"
+                    f"got {safe_repr(value):.80}"
                 )
 
     @classmethod
