@@ -17,7 +17,14 @@ from typing import Any
 
 from herder.actors import Clock, EngineConfig, host_kind
 from herder.runtime._retention import DEFAULT_RETENTION, retention_seconds
-from herder.store import DEFAULT_LEASE, MAX_SECONDS, MAX_VALUE_BYTES, InvalidInput, RetryPolicy
+from herder.store import (
+    DEFAULT_LEASE,
+    MAX_SECONDS,
+    MAX_VALUE_BYTES,
+    InvalidInput,
+    RetryPolicy,
+    safe_repr,
+)
 
 DEFAULT_PREFETCH = 7
 """Attempts per agent instance recorded ahead by default (hot-path.md §6, §8: 7 ran 2.5x
@@ -243,7 +250,7 @@ def _is_number(value: object) -> bool:
 
 
 def _wrong(name: str, expected: str, actual: object) -> InvalidInput:
-    return InvalidInput(f"{name} must be {expected}, got {actual!r}")
+    return InvalidInput(f"{name} must be {expected}, got {safe_repr(actual)}")
 
 
 def _check_clock(clock: object) -> None:
