@@ -14,13 +14,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from herder.actors import FACTS_REFRESH, FACTS_STALE
-from herder.actors.engine import ended_for_good, operator_refusal
+from herder.actors.engine import operator_refusal
 from herder.runtime._console import clipped, printable
 from herder.runtime._inbox import InboxItem
-from herder.runtime._inspect import _story, shown_time
+from herder.runtime._inspect import shown_time
 from herder.runtime._operator_cli import ACTIONS
 from herder.runtime._status import WorkflowStatus
-from herder.runtime.ui import _timeline
 from herder.runtime.ui._query import Filters, Page
 from herder.store import StepState, WorkflowState
 
@@ -145,60 +144,6 @@ def _workflow_row(s: WorkflowStatus) -> str:
         f"<td>{state_badge(s.state)}</td><td>{done}/{len(s.steps)}</td>"
         f'<td class="t">{when(s.created)}</td><td class="t">{when(s.updated)}</td>'
         f"{error_cell(s.error, 90)}</tr>"
-    )
-
-
-def workflow_page(
-    status: WorkflowStatus, history: Sequence[dict[str, Any]], now: float, csrf: str | None
-) -> str:
-    """One workflow: summary, timeline, steps, errors, history, and the operator's actions."""
-    final = ended_for_good(status.state)  # (no action applies any more)
-    end = status.updated if final else now
-    svg = _timeline.render(list(status.steps), history, status.created, end)
-    legend = "".join(
-        f'<span class="key"><i class="seg {css}"></i>{label}</span>'
-        for css, label in _timeline.LEGEND
-    )
-    steps = "".join(
-        f"<tr><td>{e(st.name)}</td><td>{state_badge(st.state)}</td><td>{st.attempt}</td>"
-        f"<td>{st.compensation_attempts}</td>"
-        f"<td><pre>{e(pretty(st.result)) if st.result is not None else ''}</pre></td>"
-        f'<td class="err">{e(st.error or "")}</td></tr>'
-        for st in status.steps.values()
-    )
-    errors = [ev for ev in history if ev.get("error")]
-    failures = "".join(
-        f"<li><b>{e(when(ev.get('t')))}</b> {e(ev.get('step') or 'workflow')} "
-        f"attempt {e(ev.get('attempt') or '')}: <pre>{e(ev['error'])}</pre>"
-        + (
-            f'<details class="tb"><summary>traceback</summary><pre>{e(ev["traceback"])}</pre>'
-            "</details>"
-            if isinstance(ev.get("traceback"), str)
-            else ""
-        )
-        + "</li>"
-        for ev in errors
-    )
-    story = "".join(
-        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _story(list(history))
-    )
-    actions = "" if final else action_form(status.id, status.state, csrf, None)
-    return (
-        f"<h1>{shown_id(status.id)} {state_badge(status.state)}</h1>"
-        f'<p class="meta">{e(status.name)}@{status.version} · created {when(status.created)}'
-        f" · updated {when(status.updated)} · priority {status.priority}</p>"
-        + (f'<p class="err">{e(status.error)}</p>' if status.error else "")
-        + actions
-        + f'<h2>Timeline</h2><div class="legend">{legend}</div>'
-        f'<div class="svgbox">{svg}</div>'
-        '<h2>Steps</h2><table class="list" id="steps"><thead><tr><th>step</th><th>state</th>'
-        "<th>attempts</th><th>undo attempts</th><th>result</th><th>error</th></tr></thead>"
-        f"<tbody>{steps}</tbody></table>"
-        f"<h2>Input</h2><pre>{e(pretty(status.input))}</pre>"
-        + (f'<h2>Errors</h2><ul class="errors">{failures}</ul>' if failures else "")
-        + '<h2>History</h2><table class="list" id="history"><thead><tr><th>when</th>'
-        "<th>what</th><th>change</th><th>attempt</th><th>details</th></tr></thead>"
-        f"<tbody>{story}</tbody></table>"
     )
 
 

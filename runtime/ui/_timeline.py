@@ -7,6 +7,13 @@ delay, a ``complete_later`` wait, a step pending behind its dependencies: a thin
 bar), a probe's unknown stretch, or a compensation. Probes are diamonds on their row;
 operator actions are dashed lines across every row, labelled with the action and who.
 Every value comes from the store and is escaped; each mark has a ``<title>`` tooltip.
+
+A picture is 960 pixels wide whatever the history's length: the stretches of one row
+and colour that cannot be told apart (each narrower than the 2 pixels a bar is drawn at
+least, less than 2 pixels from the last) are drawn as one bar saying how many it stands
+for, and a probe on the pixel of the last one drawn is not drawn again. So the picture
+of a workflow retried 20,000 times is tens of KB, not 12 MB (the page's history lists
+every event).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ LEGEND = (
 )
 
 WIDTH, LABEL, ROW, TOP = 960, 150, 28, 34
+_NARROW = 2.0  # pixels: the least width a bar is drawn at
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,15 +155,38 @@ def render(
         parts.append(
             f'<line class="row" x1="{LABEL}" x2="{WIDTH - 12}" y1="{y + 24}" y2="{y + 24}"/>'
         )
-    for seg in segments(rows, history, created, end):
-        parts.append(_bar(seg, x, TOP + ROW * index[seg.step]))
+    for seg, x0, x1, merged in _merged(segments(rows, history, created, end), x):
+        parts.append(_bar(seg, x0, x1, TOP + ROW * index[seg.step], merged))
+    probed: dict[str, int] = {}  # the pixel of each row's last probe drawn
     for e in history:
         if e.get("kind") == "probe" and _timed(e) and str(e.get("step")) in index:
-            parts.append(_probe(e, x(e["t"]), TOP + ROW * index[str(e.get("step"))]))
+            row, cx = str(e.get("step")), x(e["t"])
+            if probed.get(row) != int(cx):
+                probed[row] = int(cx)
+                parts.append(_probe(e, cx, TOP + ROW * index[row]))
         elif e.get("kind") == "operator" and _timed(e):
             parts.append(_operator(e, x(e["t"]), height))
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _merged(segs: Iterable[Segment], x: Any) -> Iterable[tuple[Segment, float, float, int]]:
+    """Each bar to draw: its (last) segment, its left and right edges in pixels, and how
+    many segments it stands for; a segment narrower than :data:`_NARROW` pixels that starts
+    less than that after the last bar of its row and colour joins that bar."""
+    open_: dict[tuple[str, str], list[Any]] = {}  # (row, css) -> [seg, x0, x1, count]
+    for seg in segs:
+        x0, x1 = x(seg.start), x(seg.end)
+        key = (seg.step, seg.css)
+        bar = open_.get(key)
+        if bar is not None and x1 - x0 < _NARROW and x0 - bar[2] < _NARROW:
+            bar[0], bar[2], bar[3] = seg, max(bar[2], x1), bar[3] + 1
+            continue
+        if bar is not None:
+            yield bar[0], bar[1], bar[2], bar[3]
+        open_[key] = [seg, x0, x1, 1]
+    for seg, x0, x1, count in open_.values():
+        yield seg, x0, x1, count
 
 
 def _timed(e: dict[str, Any]) -> bool:
@@ -166,8 +197,7 @@ def _stepwise(e: dict[str, Any]) -> bool:
     return e.get("kind") in ("step", "probe") and e.get("step") is not None
 
 
-def _bar(seg: Segment, x: Any, y: float) -> str:
-    x0, x1 = x(seg.start), x(seg.end)
+def _bar(seg: Segment, x0: float, x1: float, y: float, merged: int = 1) -> str:
     width = max(2.0, x1 - x0)
     thin = seg.css in ("wait", "pending", "parked")
     top, h = (y + 11, 4) if seg.css == "pending" else (y + 10, 6) if thin else (y + 5, 16)
@@ -184,6 +214,8 @@ def _bar(seg: Segment, x: Any, y: float) -> str:
         tip += f" -> {seg.ended_in}"
     if seg.error:
         tip += f"\n{seg.error}"
+    if merged > 1:  # (too narrow to draw apart: the page's history lists each)
+        tip = f"{merged} stretches in this bar (each too short to draw); the last:\n{tip}"
     return (
         f'<rect class="seg {seg.css}" data-step="{escape(seg.step)}" '
         f'data-state="{escape(seg.state)}" '

@@ -23,6 +23,8 @@ from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime.ui import _pages
 from herder.runtime.ui._counters import Counters
 from herder.runtime.ui._query import Filters, workflow_page
+from herder.runtime.ui._workflow_page import parse_before
+from herder.runtime.ui._workflow_page import workflow_page as one_workflow
 from herder.store import (
     COMMAND_DONE,
     InvalidInput,
@@ -87,6 +89,7 @@ class Views:
     def _workflow(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
         workflow_id = query.get("id", "")
         shown = _pages.e(f"{workflow_id!r:.80}")
+        before = parse_before(query.get("before"))  # (InvalidInput: 400)
         with self._gate.read() as store:
             try:
                 status, history = snapshot(store, workflow_id)  # (one read: they agree)
@@ -94,7 +97,7 @@ class Views:
                 return _not_found(f"No workflow with id {shown}.")
             except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
                 return _not_found(f"{shown} is not a valid workflow id: {_pages.e(exc)}.")
-        body = _pages.workflow_page(status, history, time.time(), csrf)
+        body = one_workflow(status, history, time.time(), csrf, before)
         return 200, printable(status.id), "workflows", body
 
     def _inbox(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:

@@ -1,0 +1,98 @@
+"""A workflow's console page whatever the length of its history: a window of the newest
+events and their errors, links to the older ones (every event reachable, once), and a
+timeline of bounded size (``herder ui``'s ``/workflow``)."""
+
+from __future__ import annotations
+
+import html as htmllib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _http_kit import request
+
+from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime._inspect import _story
+from herder.runtime.testing import FakeClock
+from herder.runtime.ui import Console
+from herder.runtime.ui._workflow_page import HISTORY_PAGE
+from herder.store import Store, read_history
+
+pytestmark = pytest.mark.timeout(120)
+
+ATTEMPTS = 450
+CLOCK = FakeClock(start=1_700_000_000.0)
+
+
+class Flaky(Agent):
+    def go(self, ctx: StepContext) -> None:
+        CLOCK.advance(0.5)  # (each attempt takes half a second of the story)
+        raise RuntimeError(f"failure number {ctx.attempt} " + "x" * 200)
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """A console over a workflow ("big") that failed ATTEMPTS times."""
+    path: Path = tmp_path_factory.mktemp("history") / "store"
+    retry = RetryPolicy(max_attempts=ATTEMPTS, initial_interval=0.0, jitter=0.0)
+    with Runtime(path, default_retry=retry, clock=CLOCK) as rt:
+        rt.add_agent("flaky", Flaky)
+        rt.add_workflow(Workflow("flaky").step("s", agent="flaky", action="go"))
+        rt._wait_final(rt.start("flaky", {}, workflow_id="big").id, 60)
+    console = Console(str(path), port=0, token="t")
+    console.start()
+    yield console
+    console.shutdown()
+
+
+def rows(page: str) -> list[tuple[str, ...]]:
+    """The history table's rows, as text."""
+    body = re.search(r'<table class="list" id="history">.*?<tbody>(.*?)</tbody>', page, re.S)
+    assert body is not None
+    return [
+        tuple(htmllib.unescape(cell) for cell in re.findall(r"<td>(.*?)</td>", row, re.S))
+        for row in re.findall(r"<tr>(.*?)</tr>", body.group(1), re.S)
+    ]
+
+
+def test_a_long_history_is_paged_and_every_event_is_reachable(console: Console) -> None:
+    # The page rendered the whole history and every traceback: 1 MB here, 43 MB for a
+    # workflow retried 20,000 times, and a retry-forever one grew without end.
+    with Store(console.gate.path, readonly=True) as store:
+        history = read_history(store, "big")
+    assert len(history) > 2 * ATTEMPTS
+    status, _, page = request(console, "GET", "/workflow?id=big")
+    assert status == 200
+    assert len(page) < 150_000, len(page)
+    assert len(re.findall(r"<rect ", page)) < 2 * 820  # (at most a bar a pixel per colour)
+    pages, tracebacks = [rows(page)], page.count('<details class="tb">')
+    assert len(pages[0]) == HISTORY_PAGE
+    while (older := re.search(r'<a id="older" href="([^"]+)"', page)) is not None:
+        status, _, page = request(console, "GET", htmllib.unescape(older.group(1)))
+        assert status == 200
+        assert 'id="newer"' in page
+        assert 'id="newest"' in page
+        pages.append(rows(page))
+        tracebacks += page.count('<details class="tb">')
+    listed = [row for window in reversed(pages) for row in window]
+    expected = [tuple(str(c) for c in row) for row in _story(history)]
+    assert listed == expected  # every event, once, in order
+    assert tracebacks == ATTEMPTS  # every failed attempt's traceback, on its event's page
+
+
+def test_the_newer_link_goes_back_the_way_it_came(console: Console) -> None:
+    _, _, newest = request(console, "GET", "/workflow?id=big")
+    older = re.search(r'<a id="older" href="([^"]+)"', newest)
+    assert older is not None
+    _, _, page = request(console, "GET", htmllib.unescape(older.group(1)))
+    newer = re.search(r'<a id="newer" href="([^"]+)"', page)
+    assert newer is not None
+    _, _, back = request(console, "GET", htmllib.unescape(newer.group(1)))
+    assert rows(back) == rows(newest)
+
+
+def test_a_bad_before_is_a_clear_400(console: Console) -> None:
+    status, _, page = request(console, "GET", "/workflow?id=big&before=-3")
+    assert status == 400
+    assert "is not an event&#x27;s sequence number" in page
