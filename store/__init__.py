@@ -79,7 +79,7 @@ from herder.store._commands import (
 from herder.store._compact import compact
 from herder.store._crashpoints import crash_point
 from herder.store._entries import Watch
-from herder.store._env import Store
+from herder.store._env import Store, opened
 from herder.store._errors import (
     ConditionFailed,
     EncodeError,
@@ -292,6 +292,7 @@ __all__ = [
     "ms",
     "new_command",
     "normalize",
+    "opened",
     "peek_field",
     "pending_commands",
     "plan_steps",

@@ -292,8 +292,10 @@ def test_a_store_that_cannot_be_opened_is_not_called_a_missing_one(
 ) -> None:
     # Every store error got "Check the --store path: a runtime creates the store when it
     # first opens it", here for a path that is right: this process has the store open.
+    # (A Runtime opened before the console is refused at once: test_ui_history.)
+    console = make_console()
     with Runtime(store, default_retry=FAST, clock=FakeClock(start=1_700_000_000.0)):
-        status, _, html = request(make_console(), "GET", "/")
+        status, _, html = request(console, "GET", "/")
     assert status == 503
     assert "already open in this process" in html
     assert "--store path" not in html

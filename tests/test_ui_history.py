@@ -17,7 +17,7 @@ from herder.runtime._inspect import _story
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console
 from herder.runtime.ui._workflow_page import HISTORY_PAGE
-from herder.store import Store, read_history
+from herder.store import Store, StoreLocked, read_history
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,3 +96,22 @@ def test_a_bad_before_is_a_clear_400(console: Console) -> None:
     status, _, page = request(console, "GET", "/workflow?id=big&before=-3")
     assert status == 400
     assert "is not an event&#x27;s sequence number" in page
+
+
+def test_a_console_refuses_a_store_a_runtime_of_its_process_has_open(tmp_path: Path) -> None:
+    # Console.start said "for tests and embedding", but beside a Runtime of the same
+    # process it served 503 pages for ever ("works again as soon as the store can be
+    # read"; LMDB allows one environment per store per process); it now says so at once.
+    path = tmp_path / "store"
+    with Runtime(path) as rt:
+        rt.add_workflow(Workflow("flaky").step("s", agent="flaky", action="go"))
+        with pytest.raises(StoreLocked, match=r"herder ui --store") as caught:
+            Console(str(path), port=0, token="t")
+        assert "this process" in str(caught.value)
+    console = Console(str(path), port=0, token="t")  # (once the runtime is gone: it serves)
+    console.start()
+    try:
+        status, _, _ = request(console, "GET", "/")
+        assert status == 200
+    finally:
+        console.shutdown()

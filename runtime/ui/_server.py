@@ -31,7 +31,6 @@ import io
 import json
 import logging
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -43,7 +42,8 @@ from herder.runtime.ui import _views
 from herder.runtime.ui._gate import StoreGate
 from herder.runtime.ui._guard import Guard, check_token, host_name, is_loopback
 from herder.runtime.ui._pages import error_page
-from herder.store import HerderError, StoreCorrupt
+from herder.runtime.ui._sockets import Deadline, Server, Server6
+from herder.store import HerderError, StoreCorrupt, StoreLocked, opened
 
 _log = logging.getLogger("herder.ui")
 
@@ -57,11 +57,6 @@ does not hold a thread."""
 MAX_CONNECTIONS = 64
 """Connections served at once (a thread each); the idle timeout bounds how long a silent
 one holds its thread, this how many threads clients can hold. One more is answered 503."""
-_BUSY = (
-    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Retry-After: 1\r\nConnection: close\r\n\r\n"
-    b"The console serves as many connections as it may at once; try again shortly.\n"
-)
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 _HEADERS = {
     "Content-Security-Policy": (
@@ -78,7 +73,12 @@ _GONE = (BrokenPipeError, ConnectionResetError, TimeoutError)
 
 
 class Console:
-    """``herder ui``: the web console of one store."""
+    """``herder ui``: the web console of one store, read from a process of its own.
+
+    It opens the store read-only, and LMDB allows one environment per store per process:
+    it cannot serve a store that a Runtime of this process has open (:class:`StoreLocked`
+    at once; run ``herder ui`` beside it instead, in its own process), and a Runtime of
+    this process cannot open the store while the console has it open."""
 
     def __init__(
         self,
@@ -92,13 +92,14 @@ class Console:
         max_connections: int = MAX_CONNECTIONS,
         allow_hosts: Iterable[str] = (),
     ) -> None:
+        _not_open_here(store)
         self.gate = StoreGate(store)
         self.token = check_token(token) if token else secrets.token_urlsafe(24)
         allowed = [host_name(name) for name in allow_hosts]
         self.wait = wait  # seconds an operator command may take before "queued" is shown
         self.idle_timeout = idle_timeout
         self.views = _views.Views(self)
-        server = _Server6 if ":" in host else _Server  # an IPv6 address: its own family
+        server = Server6 if ":" in host else Server  # an IPv6 address: its own family
         self.server = server((host, port), _Handler)
         self.server.console = self
         self.server.slots = threading.BoundedSemaphore(max_connections)
@@ -130,7 +131,8 @@ class Console:
         self.server.serve_forever(poll_interval=0.25)
 
     def start(self) -> threading.Thread:
-        """Serve on a daemon thread (for tests and embedding)."""
+        """Serve on a daemon thread (for tests, and embedding in a process that has no
+        Runtime open on the store: see the class's docstring)."""
         self._served = True  # (before the thread runs: a shutdown at once waits for it)
         thread = threading.Thread(target=self.serve_forever, name="herder-ui", daemon=True)
         thread.start()
@@ -144,46 +146,8 @@ class Console:
         self.gate.close()
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    console: Console
-    slots: threading.BoundedSemaphore  # one per connection served (MAX_CONNECTIONS)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection on a thread of its own, if one of the slots is free;
-        else answer 503 at once, on the accepting thread, and close it."""
-        if not self.slots.acquire(blocking=False):
-            try:
-                request.settimeout(1.0)  # (a client that reads nothing cannot hold us)
-                request.sendall(_BUSY)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread started: it gives its slot back itself
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """socketserver's, with the slot given back before the connection is closed: a
-        client that sees its connection close may come again at once and find room."""
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.slots.release()
-            self.shutdown_request(request)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6  # (--host ::1 or :: was bound as IPv4 and failed)
-
-
 class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
+    server: Server
     server_version = "herder-ui"
     sys_version = ""
 
@@ -191,7 +155,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         idle = self.server.console.idle_timeout
         self.connection.settimeout(idle)
-        self._reader = _Deadline(self.connection, idle)
+        self._reader = Deadline(self.connection, idle)
         self.rfile = io.BufferedReader(self._reader)
 
     def handle_one_request(self) -> None:
@@ -358,28 +322,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class _Deadline(io.RawIOBase):
-    """The connection's reads, each bounded by what is left of the request's
-    ``deadline`` (monotonic): a client trickling a byte now and then (slowloris) is
-    dropped like a silent one, instead of holding its thread for as long as it likes."""
-
-    def __init__(self, sock: socket.socket, idle: float) -> None:
-        super().__init__()
-        self._sock, self._idle = sock, idle
-        self.deadline = time.monotonic() + idle
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"the request did not arrive whole within {self._idle} s")
-        self._sock.settimeout(min(left, self._idle))
-        try:
-            return self._sock.recv_into(buffer)
-        finally:
-            self._sock.settimeout(self._idle)  # (the answer is written under the idle one)
+def _not_open_here(path: str) -> None:
+    """StoreLocked if this process has ``path`` open for writing (a Runtime's store): the
+    console's read-only store cannot be opened beside it, and every page would fail."""
+    store = opened(path)
+    if store is not None and not store.readonly:
+        raise StoreLocked(
+            f"store {path} is open in this process (by a Runtime): the console reads a store "
+            f"from a process of its own; run `herder ui --store {path}` beside this one (it "
+            "reads while the runtime runs), or start the console once the Runtime stopped"
+        )
 
 
 def _cookies(header: str) -> dict[str, str]:
