@@ -40,22 +40,27 @@ def clipped(text: str, limit: int, whole: str) -> str:
 def dump_json(out: TextIO, data: Any) -> None:
     """``--json`` output: strict JSON (RFC 8259), which has no NaN or infinity, so a
     float that is one (a result an action returned) is written as the string "NaN",
-    "Infinity" or "-Infinity"; anything JSON has no type for, as its repr."""
-    json.dump(_finite(data), out, indent=2, default=repr, allow_nan=False)
-    out.write("\n")
+    "Infinity" or "-Infinity"; anything JSON has no type for, a map key that is not a str
+    (bytes get past the store's ``strict_map_key``) too, as its repr. Written once whole:
+    never half a document."""
+    out.write(json.dumps(json_safe(data), indent=2, default=repr, allow_nan=False) + "\n")
 
 
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can say it (see :func:`dump_json`), but for the types
+    ``default=repr`` takes care of."""
     kind = type(value)
     if kind is float:
         return value if math.isfinite(value) else _NON_FINITE[repr(value)]
-    if kind is dict:
-        return {key: _finite(item) for key, item in value.items()}
+    if kind is dict:  # (json.dump took int keys, and refused bytes ones mid-output)
+        return {
+            key if type(key) is str else repr(key): json_safe(item) for key, item in value.items()
+        }
     if kind is list or kind is tuple:
-        return [_finite(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 

@@ -11,13 +11,23 @@ from typing import Any
 
 import pytest
 from _http_kit import request
-from test_store_corruption import IDS, Service, _cli, finish, flow, put_raw, seeded, template
+from test_store_corruption import (
+    IDS,
+    Service,
+    _cli,
+    edited,
+    finish,
+    flow,
+    put_raw,
+    seeded,
+    template,
+)
 
 from herder.runtime import Runtime
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console
 from herder.store import encode
-from herder.store._keys import history_key, timer_key
+from herder.store._keys import history_key, timer_key, workflow_key
 
 __all__ = ["seeded", "template"]  # (the fixtures, shared)
 
@@ -95,3 +105,25 @@ def test_a_foreign_history_event_leaves_the_rest_of_the_story_readable(
         rt.add_workflow(flow())
         finish(rt, clock, *IDS)
         assert rt.history("w1")[-1]["seq"] > 2**40  # (its own events come after)
+
+
+def test_a_bytes_key_in_a_stored_map_is_valid_json_from_herder_show(seeded: Path) -> None:
+    # msgpack's strict_map_key lets bytes keys through: `herder show --json` wrote half
+    # its JSON, then a TypeError traceback ("keys must be str, ...", exit 1).
+    event = {"kind": "operator", "t": 1.0, "action": "retry", b"raw": 1, "who": {b"k": 1.5}}
+    put_raw(seeded, "history", history_key("w1", 2**40), encode(event))
+    shown = _cli("show", "w1", "--json", "--store", str(seeded))
+    assert shown.returncode == 0, shown.stderr
+    last = json.loads(shown.stdout)["history"][-1]
+    assert last["b'raw'"] == 1
+    assert last["who"] == {"b'k'": 1.5}
+
+
+def test_a_bytes_key_in_a_stored_input_is_shown_by_the_console(seeded: Path) -> None:
+    # The console's workflow page was a 500 ("TypeError: keys must be str, ...").
+    bad = edited(seeded, "workflows", workflow_key("w1"), input={b"k": 1, "n": float("nan")})
+    put_raw(seeded, "workflows", workflow_key("w1"), bad)
+    assert _cli("show", "w1", "--json", "--store", str(seeded)).returncode == 0
+    status, html = _console_page(seeded, "w1")
+    assert status == 200
+    assert "&quot;b&#x27;k&#x27;&quot;: 1" in html

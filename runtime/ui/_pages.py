@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from herder.actors import FACTS_REFRESH, FACTS_STALE
 from herder.actors.engine import operator_refusal
-from herder.runtime._console import clipped, printable
+from herder.runtime._console import clipped, json_safe, printable
 from herder.runtime._inbox import InboxItem
 from herder.runtime._inspect import shown_time
 from herder.runtime._operator_cli import ACTIONS
@@ -47,9 +47,9 @@ prints it whole): one big result must not make a page of tens of MB."""
 
 
 def pretty(value: Any) -> str:
-    """Stored data as indented JSON (anything JSON cannot say, as its repr), clipped to
-    :data:`SHOWN` characters."""
-    text = json.dumps(value, indent=2, default=repr, ensure_ascii=False)
+    """Stored data as indented JSON as ``herder show --json`` writes it (anything JSON
+    cannot say, a bytes map key too, as its repr), clipped to :data:`SHOWN` characters."""
+    text = json.dumps(json_safe(value), indent=2, default=repr, ensure_ascii=False)
     return clipped(text, SHOWN, "herder show ID --json")
 
 
