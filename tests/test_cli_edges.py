@@ -269,3 +269,35 @@ def test_a_store_the_user_may_not_look_into_is_an_error_not_a_traceback(tmp_path
     assert done.returncode == 1, done.stderr
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+READS = (["ls"], ["show", "w0"], ["inbox"], ["stats"], ["schedules"])
+
+
+@pytest.mark.parametrize("as_json", [[], ["--json"]], ids=["text", "json"])
+def test_the_read_commands_exit_codes_are_the_documented_ones(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: list[str]
+) -> None:
+    """docs/operations.md: 0 printed, 1 the store cannot be read or the workflow is not
+    there (stdout empty), 2 bad usage."""
+    import io
+
+    from herder.runtime._cli import main
+
+    def run(*argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        try:
+            code = main([*argv, *as_json], out)
+        except SystemExit as exc:  # (argparse: bad usage)
+            code = int(exc.code or 0)
+        return code, out.getvalue()
+
+    for argv in READS:
+        code, text = run(*argv, "--store", str(store))
+        assert code == 0, argv
+        if as_json:
+            json.loads(text)
+        assert run(*argv, "--store", str(tmp_path / "nowhere")) == (1, ""), argv
+    assert run("show", "nobody", "--store", str(store)) == (1, "")
+    assert run("ls", "--limit", "-1", "--store", str(store))[0] == 2
+    assert "no store at" in capsys.readouterr().err
