@@ -115,3 +115,12 @@ def test_a_console_refuses_a_store_a_runtime_of_its_process_has_open(tmp_path: P
         assert status == 200
     finally:
         console.shutdown()
+
+
+def test_each_link_id_is_on_the_page_once(console: Console) -> None:
+    _, _, newest = request(console, "GET", "/workflow?id=big")
+    older = re.search(r'<a id="older" href="([^"]+)"', newest)
+    assert older is not None
+    _, _, page = request(console, "GET", htmllib.unescape(older.group(1)))
+    for name in ("older", "newer", "newest"):
+        assert page.count(f'id="{name}"') == 1, name

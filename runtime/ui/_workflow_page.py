@@ -10,6 +10,7 @@ timeline is drawn from the whole history (see :mod:`._timeline` for how it stays
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -107,13 +108,14 @@ def _history(workflow_id: str, history: Sequence[dict[str, Any]], before: int | 
         else f"no event before this one; {len(history)} in all"
     )
     nav = f'<p class="more">{e(shown)} · {" · ".join(links)}</p>' if links else ""
+    below = re.sub(r' id="\w+"', "", nav)  # (the same links under the table: ids once)
     errors = f'<h2>Errors</h2><ul class="errors">{failures}</ul>' if failures else ""
     return (
         errors
         + f"<h2>History</h2>{nav}"
         + '<table class="list" id="history"><thead><tr><th>when</th>'
         "<th>what</th><th>change</th><th>attempt</th><th>details</th></tr></thead>"
-        f"<tbody>{story}</tbody></table>{nav}"
+        f"<tbody>{story}</tbody></table>{below}"
     )
 
 
