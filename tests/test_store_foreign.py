@@ -127,3 +127,23 @@ def test_a_bytes_key_in_a_stored_input_is_shown_by_the_console(seeded: Path) -> 
     status, html = _console_page(seeded, "w1")
     assert status == 200
     assert "&quot;b&#x27;k&#x27;&quot;: 1" in html
+
+
+def test_the_live_counters_are_strict_json_whatever_a_record_holds(seeded: Path) -> None:
+    # /api/stats wrote a NaN from a foreign resources record as the token NaN: the
+    # browser's JSON.parse refused it and the counters said "unavailable" for good.
+    bad = encode({"v": 1, "agent": "x", "opened_at": float("nan"), "breaker": "OPEN"})
+    put_raw(seeded, "resources", b"x", bad)
+    console = Console(str(seeded), port=0, token="t")
+    console.start()
+    try:
+        status, _, body = request(console, "GET", "/api/stats")
+    finally:
+        console.shutdown()
+    assert status == 200
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{token} is not JSON")
+
+    stats = json.loads(body, parse_constant=refuse)
+    assert stats["resources"]["x"]["opened_at"] == "NaN"

@@ -38,6 +38,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from herder.runtime._console import json_safe
 from herder.runtime.ui import _views
 from herder.runtime.ui._gate import StoreGate
 from herder.runtime.ui._guard import Guard, check_token, host_name, is_loopback
@@ -209,7 +210,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif method == "GET" and url.path.startswith("/static/"):
                 self._static(url.path.removeprefix("/static/"))
             elif method == "GET" and url.path == "/api/stats":
-                self._send(200, "application/json", json.dumps(console.views.stats()).encode())
+                stats = json_safe(console.views.stats())  # (strict JSON: JSON.parse reads it)
+                self._send(
+                    200,
+                    "application/json",
+                    json.dumps(stats, allow_nan=False, default=repr).encode(),
+                )
             elif method == "GET":
                 csrf = console.csrf if console.guard.signed_in(cookies) else None
                 status, html = console.views.page(url.path, query, csrf)
