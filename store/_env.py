@@ -133,7 +133,15 @@ class Store(Reads, LeaseHolder):
         self._pinned = Pinned()
         self._real = os.path.realpath(self.path)
         with _registry_lock:
-            if self._real in _registry:
+            holder = _registry.get(self._real)
+            if holder is not None and holder.readonly:
+                raise StoreLocked(
+                    f"store {self.path} is already open read-only in this process (by a "
+                    "Store(readonly=True), or a herder ui Console that read it): close that "
+                    "(Console.shutdown(), Store.close()) before opening the store again; a "
+                    "console runs beside a Runtime in a process of its own"
+                )
+            if holder is not None:
                 raise StoreLocked(
                     f"store {self.path} is already open in this process: stop the Runtime "
                     "that has it open before opening another on it (one Runtime per store "

@@ -124,3 +124,24 @@ def test_each_link_id_is_on_the_page_once(console: Console) -> None:
     _, _, page = request(console, "GET", htmllib.unescape(older.group(1)))
     for name in ("older", "newer", "newest"):
         assert page.count(f'id="{name}"') == 1, name
+
+
+def test_a_runtime_beside_a_console_of_its_process_is_told_it_is_the_console(
+    tmp_path: Path,
+) -> None:
+    # The Runtime was told to "stop the Runtime that has it open": there was none, the
+    # console's read-only store held it.
+    path = tmp_path / "store"
+    with Runtime(path):
+        pass
+    console = Console(str(path), port=0, token="t")
+    console.start()
+    try:
+        assert request(console, "GET", "/")[0] == 200  # (it opened the store)
+        with pytest.raises(StoreLocked, match="read-only") as caught:
+            Runtime(path)
+        assert "Console" in str(caught.value)
+        assert "stop the Runtime" not in str(caught.value)
+    finally:
+        console.shutdown()
+    Runtime(path).stop()  # (once the console is gone, it opens)
