@@ -181,15 +181,21 @@ def show_workflow(
         f"  created {shown_time(status.created)}, updated {shown_time(status.updated)}\n"
         f"  input   {value_text(status.input)}\n"
     )
-    if status.error:
-        out.write(f"  error   {status.error}\n")
+    if status.error:  # (user code's words: printable, as every table cell is)
+        out.write(f"  error   {printable(status.error)}\n")
     if status.deadline is not None:
         out.write(f"  deadline {shown_time(status.deadline)}\n")
     for step, agent in status.agents.items():
-        out.write(f"  agent   {step} -> {agent} (chosen from the input at the start)\n")
+        out.write(
+            f"  agent   {printable(step)} -> {printable(agent)} (chosen from the input at the "
+            "start)\n"
+        )
     for st in status.steps.values():
         if st.agent is not None:
-            out.write(f"  agent   {st.name} -> {st.agent} (the AnyOf member it last ran on)\n")
+            out.write(
+                f"  agent   {printable(st.name)} -> {printable(st.agent)} (the AnyOf member it "
+                "last ran on)\n"
+            )
     rows = [
         (
             st.name,
@@ -224,15 +230,18 @@ def _status_and_history(
 
 def _failed_attempts(out: TextIO, history: list[dict[str, Any]]) -> None:
     """Each failed attempt (a step event with an error): when, step, attempt, error and
-    the traceback kept with it, indented under it."""
+    the traceback kept with it, indented under it; each line printable (user code's
+    words: no escape reaches the terminal)."""
     failures = [e for e in history if e.get("kind") == "step" and e.get("error")]
     out.write(f"\nfailed attempts: {len(failures)}\n")
     for e in failures:
         when = shown_time(e["t"]) if isinstance(e.get("t"), int | float) else "?"
-        out.write(f"  {when} step {e.get('step')} attempt {e.get('attempt')}: {e['error']}\n")
+        what = f"step {e.get('step')} attempt {e.get('attempt')}: {e['error']}"
+        out.write(f"  {when} {printable(what)}\n")
         trace = e.get("traceback")
         if isinstance(trace, str) and trace:
-            out.write("".join(f"    {line}\n" for line in trace.rstrip("\n").splitlines()))
+            lines = trace.rstrip("\n").splitlines()
+            out.write("".join(f"    {printable(line)}\n" for line in lines))
 
 
 def show_schedules(out: TextIO, store: Store, *, as_json: bool) -> None:

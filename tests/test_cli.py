@@ -203,3 +203,27 @@ def test_a_long_table_on_a_terminal_is_printed_plain() -> None:
     assert "─" in short.getvalue()
     assert "─" not in long.getvalue()
     assert long.getvalue().count("\n") == 1002  # (the header, then every row)
+
+
+class Hostile(Agent):
+    def go(self, ctx: StepContext) -> None:
+        raise Permanent("evil \x1b[2J\x1b]0;pwned\x07 one\ntwo")
+
+
+def test_show_writes_no_terminal_control_from_an_error(tmp_path: Path) -> None:
+    # A table cell was made printable, but `herder show`'s error line and --attempts
+    # wrote an action's error raw: its escapes cleared the operator's terminal and set
+    # its title, a newline in it read as another line of the report.
+    path = tmp_path / "store"
+    with Runtime(path, default_retry=FAST) as rt:
+        rt.add_agent("hostile", Hostile)
+        rt.add_workflow(Workflow("evil").step("s", agent="hostile", action="go"))
+        rt._wait_final(rt.start("evil", {}, workflow_id="e").id, 10)
+    code, text = run("show", "e", "--attempts", "--store", str(path))
+    assert code == 0
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert "evil \\x1b[2J" in text
+    error_lines = [line for line in text.splitlines() if line.startswith("  error ")]
+    assert len(error_lines) == 1
+    assert error_lines[0].endswith("one\\ntwo")
