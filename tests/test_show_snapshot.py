@@ -57,9 +57,11 @@ def test_show_status_and_history_come_from_one_snapshot(
 def test_the_consoles_workflow_page_comes_from_one_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # (made before the runtime opens the store: it refuses a store a Runtime of its
+    # process has open, since it cannot read it; this test hands it the runtime's)
+    console = Console(str(tmp_path / "store"), port=0, token="t")
     with Runtime(tmp_path / "store") as rt:
         end_between_the_reads(rt, monkeypatch)
-        console = Console(str(tmp_path / "store"), port=0, token="t")
         # (one process cannot open the store twice: the console reads the runtime's, and
         # knows it is the file there: else it reopens it)
         console.gate._store = rt._store
