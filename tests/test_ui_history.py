@@ -145,3 +145,33 @@ def test_a_runtime_beside_a_console_of_its_process_is_told_it_is_the_console(
     finally:
         console.shutdown()
     Runtime(path).stop()  # (once the console is gone, it opens)
+
+
+class Verbose(Agent):
+    def go(self, ctx: StepContext) -> None:
+        VERBOSE_CLOCK.advance(1.0)
+        raise RuntimeError(f"failure number {ctx.attempt} " + "y" * 9000)  # (stored: 8 KB)
+
+
+VERBOSE_CLOCK = FakeClock(start=1_700_000_000.0)
+
+
+def test_a_page_of_long_errors_stays_under_a_megabyte(tmp_path: Path) -> None:
+    # Each timeline bar's tooltip held its attempt's whole error (up to 8 KB), and the
+    # history table held it again beside the Errors list: 300 attempts of long errors
+    # made a 4 MB page whatever the paging.
+    path = tmp_path / "store"
+    retry = RetryPolicy(max_attempts=300, initial_interval=0.0, jitter=0.0)
+    with Runtime(path, default_retry=retry, clock=VERBOSE_CLOCK) as rt:
+        rt.add_agent("verbose", Verbose)
+        rt.add_workflow(Workflow("verbose").step("s", agent="verbose", action="go"))
+        rt._wait_final(rt.start("verbose", {}, workflow_id="v").id, 60)
+    console = Console(str(path), port=0, token="t")
+    console.start()
+    try:
+        status, _, page = request(console, "GET", "/workflow?id=v")
+    finally:
+        console.shutdown()
+    assert status == 200
+    assert len(page.encode()) < 1_000_000, len(page.encode())
+    assert page.count("y" * 8000) >= 40  # (each error of the window whole, under Errors)

@@ -25,6 +25,7 @@ from html import escape
 from typing import Any
 
 from herder.actors.engine import BUSY
+from herder.runtime._console import clipped
 
 _FINAL_STEP = frozenset({"SUCCEEDED", "FAILED", "COMPENSATED"})
 _WAITS = frozenset({"PENDING", "RETRY_WAIT", "WAITING", "PARKED", "UNDO_WAIT"})
@@ -56,6 +57,7 @@ LEGEND = (
 
 WIDTH, LABEL, ROW, TOP = 960, 150, 28, 34
 _NARROW = 2.0  # pixels: the least width a bar is drawn at
+TIP = 300  # characters of an error a tooltip shows
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +215,7 @@ def _bar(seg: Segment, x0: float, x1: float, y: float, merged: int = 1) -> str:
     if seg.ended_in:
         tip += f" -> {seg.ended_in}"
     if seg.error:
-        tip += f"\n{seg.error}"
+        tip += f"\n{clipped(seg.error, TIP, 'the history')}"  # (up to 8 KB a bar)
     if merged > 1:  # (too narrow to draw apart: the page's history lists each)
         tip = f"{merged} stretches in this bar (each too short to draw); the last:\n{tip}"
     return (

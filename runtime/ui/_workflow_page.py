@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from herder.actors.engine import ended_for_good
+from herder.runtime._console import clipped
 from herder.runtime._inspect import _story
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui import _timeline
@@ -88,7 +89,7 @@ def _history(workflow_id: str, history: Sequence[dict[str, Any]], before: int | 
     window = list(history[start:stop])
     failures = "".join(_failure(ev) for ev in window if ev.get("error"))
     story = "".join(
-        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _story(window)
+        "<tr>" + "".join(f"<td>{e(_cell(c))}</td>" for c in row) + "</tr>" for row in _story(window)
     )
     links = []
     if start > 0:
@@ -117,6 +118,15 @@ def _history(workflow_id: str, history: Sequence[dict[str, Any]], before: int | 
         "<th>what</th><th>change</th><th>attempt</th><th>details</th></tr></thead>"
         f"<tbody>{story}</tbody></table>{below}"
     )
+
+
+CELL = 300
+"""Characters of a history row's cell the page shows: an error is up to 8 KB, and the
+Errors list above shows it whole."""
+
+
+def _cell(value: Any) -> str:
+    return clipped(str(value), CELL, "the Errors list or `herder show ID`")
 
 
 def _failure(ev: dict[str, Any]) -> str:
