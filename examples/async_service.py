@@ -24,7 +24,15 @@ import logging
 import sys
 from typing import Any
 
-from herder.runtime import Agent, Permanent, Runtime, StepContext, Workflow, WorkflowFailed
+from herder.runtime import (
+    Agent,
+    Permanent,
+    Runtime,
+    StepContext,
+    TimedOut,
+    Workflow,
+    WorkflowFailed,
+)
 
 
 class HttpClient:
@@ -139,7 +147,7 @@ async def handle(rt: Runtime, reader: asyncio.StreamReader, writer: asyncio.Stre
         respond(writer, "200 OK", await h.result_async(timeout=30))
     except WorkflowFailed as failed:
         respond(writer, "409 Conflict", {"error": failed.status.error})
-    except TimeoutError:  # still running, durably: the client may ask again by its id
+    except TimedOut:  # still running, durably: the client may ask again by its id
         respond(writer, "202 Accepted", {"workflow_id": h.id})
     await writer.drain()
     writer.close()
