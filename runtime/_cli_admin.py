@@ -60,7 +60,10 @@ def add_parsers(sub: Any) -> None:
     )
     cmd.add_argument("--dry-run", action="store_true", help="only count what would go")
     cmd.add_argument(
-        "--timeout", type=seconds_arg, default=600.0, help="seconds to wait for a running runtime"
+        "--timeout",
+        type=seconds_arg,
+        default=600.0,
+        help="seconds to wait for a running runtime (default: %(default)s)",
     )
     cmd.set_defaults(func=_purge)
     pack = sub.add_parser("compact", help="shrink the store file (offline: no runtime running)")

@@ -16,15 +16,33 @@ def add_parsers(sub: Any) -> None:
     add_store(run)
     run.add_argument("--app", required=True, help="module:factory; factory(rt) registers")
     run.add_argument("--standby", action="store_true", help="wait for the lease, then take over")
-    run.add_argument("--lease", type=lease_arg, default=DEFAULT_LEASE, help="lease seconds")
-    run.add_argument("--drain-timeout", type=seconds_arg, default=30.0, help="seconds at shutdown")
+    run.add_argument(
+        "--lease",
+        type=lease_arg,
+        default=DEFAULT_LEASE,
+        help="lease seconds (default: %(default)s)",
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=seconds_arg,
+        default=30.0,
+        help="seconds running attempts may finish in at shutdown (default: %(default)s)",
+    )
     run.set_defaults(func=_run)
     handoff = sub.add_parser("handoff", help="ask the runtime holding a store to hand over")
     add_store(handoff)
     handoff.add_argument(
-        "--deadline", type=seconds_arg, default=30.0, help="seconds running attempts may finish in"
+        "--deadline",
+        type=seconds_arg,
+        default=30.0,
+        help="seconds running attempts may finish in (default: %(default)s)",
     )
-    handoff.add_argument("--wait", type=seconds_arg, default=60.0, help="seconds to wait for it")
+    handoff.add_argument(
+        "--wait",
+        type=seconds_arg,
+        default=60.0,
+        help="seconds to wait for the lease to move (default: %(default)s; 0: do not wait)",
+    )
     handoff.add_argument(
         "--force",
         action="store_true",

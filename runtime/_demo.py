@@ -73,15 +73,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herder demo", description=(__doc__ or "").split("\n", 1)[0]
     )
-    parser.add_argument("--workflows", type=count_arg, default=2000, help="trips to book")
+    parser.add_argument(
+        "--workflows", type=count_arg, default=2000, help="trips to book (default: %(default)s)"
+    )
     parser.add_argument("--dir", type=pathlib.Path, help="where the store and service logs go")
-    parser.add_argument("--seed", type=int, default=7, help="fault RNG seed")
-    parser.add_argument("--concurrency", type=positive_arg, default=8, help="instances per agent")
+    parser.add_argument("--seed", type=int, default=7, help="fault RNG seed (default: %(default)s)")
+    parser.add_argument(
+        "--concurrency",
+        type=positive_arg,
+        default=8,
+        help="instances per agent (default: %(default)s)",
+    )
     parser.add_argument(
         "--kill-at",
         type=float,
         default=0.5,
-        help="fraction of trips done when to SIGKILL (0 or 1: never)",
+        help="fraction of trips done when to SIGKILL (default: %(default)s; 0 or 1: never)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser

@@ -63,7 +63,10 @@ def add_parsers(sub: Any) -> None:
         cmd.add_argument("--why", required=True, help="the reason, kept in the history")
         cmd.add_argument("--who", help="who acts (default: $USER)")
         cmd.add_argument(
-            "--timeout", type=seconds_arg, default=30.0, help="seconds to wait for the runtime"
+            "--timeout",
+            type=seconds_arg,
+            default=30.0,
+            help="seconds to wait for the runtime (default: %(default)s)",
         )
         if action == "skip":
             cmd.add_argument("--step", help="the step (default: the one needing attention)")
