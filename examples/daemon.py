@@ -118,4 +118,7 @@ def main(store: str, hosts_file: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: python examples/daemon.py STORE_DIR HOSTS_FILE (one host per line)")
-    main(sys.argv[1], sys.argv[2])
+    try:
+        main(sys.argv[1], sys.argv[2])
+    except (OSError, ValueError) as exc:  # no hosts file, no host in it, a bad store path
+        sys.exit(f"daemon.py: cannot start: {exc}")

@@ -111,6 +111,11 @@ def test_the_daemon_follows_its_hosts_file_on_sighup_and_drains_on_sigterm(
     usage = _run([str(EXAMPLES / "daemon.py")], tmp_path)
     assert usage.returncode == 1
     assert "usage: python examples/daemon.py STORE_DIR HOSTS_FILE" in usage.stderr
+    missing = _run([str(EXAMPLES / "daemon.py"), "store", "no-such-file"], tmp_path)
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "daemon.py: cannot start: [Errno 2] No such file or directory: 'no-such-file'\n",
+    )
     deploy = runpy.run_path(str(EXAMPLES / "daemon.py"), run_name="example")["deploy_workflow"]
     store, hosts = tmp_path / "store", tmp_path / "hosts"
     hosts.write_text("a\nb\n")
