@@ -22,6 +22,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import pathlib
 import random
@@ -36,7 +37,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from herder.actors import StepContext
-from herder.runtime._cli_args import count_arg, positive_arg
+from herder.runtime._cli_args import positive_arg
 from herder.runtime._console import ProgressLine, print_table
 from herder.runtime._demo_services import Booking, audit, open_services, travel_workflow
 from herder.runtime._runtime import Runtime
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="herder demo", description=(__doc__ or "").split("\n", 1)[0]
     )
     parser.add_argument(
-        "--workflows", type=count_arg, default=2000, help="trips to book (default: %(default)s)"
+        "--workflows", type=positive_arg, default=2000, help="trips to book (default: %(default)s)"
     )
     parser.add_argument("--dir", type=pathlib.Path, help="where the store and service logs go")
     parser.add_argument("--seed", type=int, default=7, help="fault RNG seed (default: %(default)s)")
@@ -86,12 +87,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kill-at",
-        type=float,
+        type=_fraction,
         default=0.5,
         help="fraction of trips done when to SIGKILL (default: %(default)s; 0 or 1: never)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _fraction(text: str) -> float:
+    """A fraction from 0 to 1 (``--kill-at``); anything else is a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction from 0 to 1")
+    return value
 
 
 def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -63,7 +63,10 @@ def test_demo_refuses_a_dir_an_earlier_demo_used(
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (["--workflows", "-5"], "argument --workflows: '-5' is not a whole number >= 0"),
+        (["--workflows", "-5"], "argument --workflows: '-5' is not a whole number >= 1"),
+        (["--workflows", "0"], "argument --workflows: '0' is not a whole number >= 1"),
+        (["--kill-at", "2"], "argument --kill-at: '2' is not a fraction from 0 to 1"),
+        (["--kill-at", "nan"], "argument --kill-at: 'nan' is not a fraction from 0 to 1"),
         (["--concurrency", "0"], "argument --concurrency: '0' is not a whole number >= 1"),
         (["--dir", "FILE"], "cannot be made a directory (a file is there); give another"),
         (["--dir", "FILE/sub"], "cannot be made a directory (Not a directory); give another"),
@@ -72,7 +75,9 @@ def test_demo_refuses_a_dir_an_earlier_demo_used(
 def test_demo_refuses_bad_arguments_before_it_starts_a_worker(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], said: str
 ) -> None:
-    """A negative count ran and reported "invariants violated", a concurrency of 0 failed
+    """A negative count ran and reported "invariants violated", no trips at all booked
+    nothing, SIGKILLed the worker at "0/0 trips finished" and said "invariants held", a
+    --kill-at past 1 (or NaN) silently killed nothing, a concurrency of 0 failed
     in the worker with the reason only in its log, and a --dir that cannot be a directory
     ended in a traceback: each is a usage error (exit 2) that says what was wrong."""
     from herder.runtime._demo import run_demo
