@@ -121,7 +121,8 @@ def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:
             f"store {path} is held by another process (a running herder runtime); "
             f"only one process may write it. To look inside while it runs, open it "
             f"read-only: Store(path, readonly=True) or `herder ls --store {path}`; to "
-            "take over when it ends, open it as a standby: Runtime(path, standby=True); to "
+            "take over when it ends, open it as a standby: Runtime(path, standby=True) or "
+            "`herder run --standby`; to "
             f"take over now, run that standby and `herder handoff --store {path}`"
         )
     return fd, have

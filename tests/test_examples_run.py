@@ -144,5 +144,10 @@ def test_ha_app_serves_under_herder_run_and_the_systemd_units_command(tmp_path: 
     for argv in (documented, command[1:]):  # run from where ha_app.py is, as the unit does
         daemon = Process(["-m", "herder.runtime", *argv], EXAMPLES)
         daemon.wait_for("active ")  # (a standby takes a free lease at once)
+        if argv is documented:  # the docstring's "active daemon" started a second time
+            second = _run(["-m", "herder.runtime", *argv], EXAMPLES)
+            assert second.returncode == 1
+            assert "held by another process" in second.stderr
+            assert "`herder run --standby`" in second.stderr  # (not only Runtime(...))
         code, rest = daemon.stop(signal.SIGTERM)
         assert (code, rest[-1]) == (0, "stopped"), rest
