@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime import Agent, HerderError, Runtime, StepContext, Workflow
 
 
 class HostAgent(Agent):
@@ -82,12 +82,13 @@ def serve(rt: Runtime, served: set[str], path: pathlib.Path) -> None:
 
 def reload(rt: Runtime, served: set[str], path: pathlib.Path) -> bool:
     """:func:`serve` on SIGHUP. A file that cannot be read or lists no host changes
-    nothing; a host herder refuses stops the reload there. Either way it is logged, the
-    daemon goes on serving, and the next SIGHUP tries again (a reload that raised ended
-    the reloader: no later SIGHUP did anything)."""
+    nothing; a host herder refuses (or anything else herder raises, such as
+    RuntimeClosed for a SIGHUP that comes while the daemon stops) stops the reload there.
+    Either way it is logged, the daemon goes on serving, and the next SIGHUP tries again
+    (a reload that raised ended the reloader: no later SIGHUP did anything)."""
     try:
         serve(rt, served, path)
-    except (OSError, ValueError) as exc:  # (herder's InvalidInput is a ValueError too)
+    except (OSError, ValueError, HerderError) as exc:
         logging.error("reload refused, still serving %d hosts: %s", len(served), exc)
         return False
     return True

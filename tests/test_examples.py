@@ -86,3 +86,8 @@ def test_daemon_example_survives_a_bad_reload_and_applies_the_next_good_one(
         assert served == {"a", "c"}
         deploy = daemon["deploy_workflow"](["a", "c"])
         assert rt.start(deploy.name, {"version": "2"}).result(timeout=10)["c"]["host"] == "c"
+    # A SIGHUP that comes while the daemon stops: the stopped runtime refuses the reload
+    # (RuntimeClosed, no ValueError), which ended the reloader thread with a traceback.
+    hosts.write_text("a\nd\n")
+    assert not daemon["reload"](rt, served, hosts)
+    assert served == {"a", "c"}
