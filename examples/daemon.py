@@ -121,5 +121,5 @@ if __name__ == "__main__":
         sys.exit("usage: python examples/daemon.py STORE_DIR HOSTS_FILE (one host per line)")
     try:
         main(sys.argv[1], sys.argv[2])
-    except (OSError, ValueError) as exc:  # no hosts file, no host in it, a bad store path
+    except (OSError, ValueError, HerderError) as exc:  # no hosts, a store held by another
         sys.exit(f"daemon.py: cannot start: {exc}")

@@ -124,6 +124,9 @@ def test_the_daemon_follows_its_hosts_file_on_sighup_and_drains_on_sigterm(
     daemon.wait_for("serving until SIGTERM or SIGINT")  # (SIGHUP is handled from here on)
     listed = _run(["-m", "herder.runtime", "ls", "--store", str(store)], tmp_path)
     assert listed.returncode == 0, listed.stderr  # "inspect it meanwhile"
+    second = _run([str(EXAMPLES / "daemon.py"), str(store), str(hosts)], tmp_path)
+    assert second.returncode == 1
+    assert second.stderr.startswith(f"daemon.py: cannot start: store {store} is held by")
     hosts.write_text("a\nc\nd\n")
     daemon.proc.send_signal(signal.SIGHUP)
     assert deploy(["a", "c", "d"]).name in daemon.wait_for("serving 3 hosts")
