@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 WAIT = 30.0  # seconds one expected line may take on a loaded machine
 
@@ -105,6 +107,7 @@ def test_async_service_answers_its_requests(tmp_path: Path) -> None:
     assert (tmp_path / "var" / "herder-async").is_dir()
 
 
+@pytest.mark.timeout(120)  # several interpreters start, one after another
 def test_the_daemon_follows_its_hosts_file_on_sighup_and_drains_on_sigterm(
     tmp_path: Path,
 ) -> None:
@@ -136,6 +139,7 @@ def test_the_daemon_follows_its_hosts_file_on_sighup_and_drains_on_sigterm(
     assert rest[-1].endswith(f"runtime on {store} stopped")
 
 
+@pytest.mark.timeout(120)  # several interpreters start, one after another
 def test_ha_app_serves_under_herder_run_and_the_systemd_units_command(tmp_path: Path) -> None:
     unit = (EXAMPLES / "herder.service").read_text()
     (exec_start,) = (line for line in unit.splitlines() if line.startswith("ExecStart="))
