@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,10 @@ WAIT = 30.0  # seconds one expected line may take on a loaded machine
 
 class Process:
     """``python ARGV...`` with its stdout and stderr merged (the examples log to stderr),
-    read line by line as it prints them."""
+    read line by line as it prints them. Every one started is killed when its test ends
+    (see ``_reap``), passed or failed."""
+
+    started: list[subprocess.Popen[str]] = []
 
     def __init__(self, argv: list[str], cwd: Path) -> None:
         self.proc = subprocess.Popen(
@@ -38,6 +42,7 @@ class Process:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        Process.started.append(self.proc)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -75,6 +80,16 @@ class Process:
         while (line := self.lines.get(timeout=WAIT)) is not None:  # (its stdout closed)
             rest.append(line)
         return code, rest
+
+
+@pytest.fixture(autouse=True)
+def _reap() -> Iterator[None]:
+    """A test that failed midway left its daemon running, holding its store."""
+    yield
+    while Process.started:
+        proc = Process.started.pop()
+        proc.kill()
+        proc.wait(timeout=WAIT)
 
 
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
