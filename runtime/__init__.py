@@ -59,6 +59,7 @@ from herder.store import (
     StoreLocked,
     TimedOut,
     UserCodeFailed,
+    WorkflowState,
 )
 
 __all__ = [
@@ -107,6 +108,7 @@ __all__ = [
     "WorkflowConflict",
     "WorkflowFailed",
     "WorkflowHandle",
+    "WorkflowState",
     "WorkflowStatus",
     "WrongThread",
 ]

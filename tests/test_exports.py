@@ -34,6 +34,8 @@ RUNTIME = {
     # every other HerderError a caller can meet (stats() after stop: StoreClosed)
     "ConditionFailed", "RestartIntensityExceeded", "StoreClosed", "SupervisorStartError",
     "UserCodeFailed",
+    # the name help(rt.list) and WorkflowStatus.state show (State is the same class)
+    "WorkflowState",
     # a wait that ran out of time (also a TimeoutError): start(), result(), stop(), ...
     "TimedOut",
     # run_forever() called off the main thread, a blocking result() on the actions' loop
