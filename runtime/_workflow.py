@@ -15,6 +15,7 @@ from herder.store import (
     RetryPolicy,
     StepSpec,
     real_number,
+    safe_repr,
     validate_name,
 )
 
@@ -113,7 +114,7 @@ class Workflow:
             if value is not None and not 0 < (number or 0) < _FOREVER:
                 raise InvalidDefinition(
                     f"step {name!r}: {field} must be > 0 seconds (and under ten years) or "
-                    f"None, got {value!r}"
+                    f"None, got {safe_repr(value):.80}"
                 )
         for field, policy in (("retry", retry), ("compensate_retry", compensate_retry)):
             if policy is not None and not isinstance(policy, RetryPolicy):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from herder.store._errors import InvalidInput
-from herder.store._untrusted import exception_name
+from herder.store._untrusted import exception_name, safe_repr
 
 MAX_ATTEMPTS = 2**63 - 1
 """The most ``max_attempts`` a stored record can hold (msgpack's signed 64 bits)."""
@@ -165,4 +165,4 @@ def _error_name(kind: object) -> str:
 
 def _check(ok: bool, name: str, expected: str, actual: object) -> None:
     if not ok:
-        raise InvalidInput(f"{name} must be {expected}, got {actual!r}")
+        raise InvalidInput(f"{name} must be {expected}, got {safe_repr(actual):.80}")
