@@ -199,3 +199,32 @@ def test_settle_waits_for_an_attempt_that_computes_however_long(tmp_path: Path) 
         rt.start("busy", {}, workflow_id="w")
         settle(rt)
         assert rt.status("w").state is State.SUCCEEDED, "settle took a computing attempt for held"
+
+
+def test_settle_takes_a_held_attempt_for_held_beside_a_thread_of_the_test_that_computes(
+    rt: Runtime,
+) -> None:
+    # settle took an attempt for held only once every other thread of the process
+    # waited: a thread of the test's own that computes (a background job, a busy event
+    # loop) never waits, so settle ran out its ask_timeout and raised TimedOut where it
+    # returned before. Only the runtime's threads tell whether an attempt runs.
+    stop = threading.Event()
+
+    def compute() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinner = threading.Thread(target=compute, daemon=True)
+    spinner.start()
+    try:
+        rt.start("f0", {}, workflow_id="w")
+        assert Held.entered.wait(WAIT)
+        settle(rt)  # the held attempt runs on: settle returns with it
+        state = rt.status("w").steps["s"].state
+        assert state is StepState.DISPATCHED, "settle waited for the held attempt to end"
+    finally:
+        stop.set()
+        spinner.join(WAIT)
+    Held.gate.set()
+    settle(rt)
+    assert rt.status("w").state is State.SUCCEEDED

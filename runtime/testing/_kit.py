@@ -3,7 +3,6 @@ waits on a live runtime driven by the commits it makes (never by sleeping)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -155,7 +154,7 @@ def wait_until(
 HELD = 0.1
 """Real seconds in which attempts that run or wait for one must move on (one end, or
 one start), else :func:`settle` takes them as held by the test (a hung action, say),
-once no other thread of the process runs or is ready to (:func:`_all_wait`)."""
+once no thread of the runtime's runs or is ready to (:func:`_all_wait`)."""
 
 
 def settle(runtime: Runtime) -> None:
@@ -164,7 +163,7 @@ def settle(runtime: Runtime) -> None:
     pool's line for a worker, reserved ahead) have run and been recorded.
 
     Woken by each commit. Attempts that make no progress for :data:`HELD` real seconds
-    while every other thread waits are held by the test (an action that waits for its
+    while every thread of the runtime's waits are held by the test (an action that waits for its
     event): settle returns with them still running. An action that computes, or a thread
     a loaded machine leaves unscheduled, is waited for. Raises :class:`TimedOut` if
     attempts keep moving for the runtime's ``ask_timeout``; :class:`NotActive` while a
@@ -199,27 +198,36 @@ def settle(runtime: Runtime) -> None:
 
 
 def _all_wait() -> bool:
-    """Whether every thread of this process but the caller waits (for an event, a lock,
-    a sleep, a socket): none runs, is ready to run (a loaded machine leaves it
-    unscheduled) or is in the middle of disk I/O. Read from Linux's ``/proc``; True
-    where that cannot be read (settle then goes by :data:`HELD` alone)."""
+    """Whether every thread of the runtime's (:func:`_runtime_threads`) but the caller
+    waits (for an event, a lock, a sleep, a socket): none runs, is ready to run (a loaded
+    machine leaves it unscheduled) or is in the middle of disk I/O. The test's own
+    threads do not count: one that computes (a background job, a busy event loop) says
+    nothing of the attempts. Read from Linux's ``/proc``; True where that cannot be read
+    (settle then goes by :data:`HELD` alone)."""
     me = threading.get_native_id()
-    try:
-        threads = os.listdir("/proc/self/task")
-    except OSError:
-        return True
-    for tid in threads:
-        if tid == str(me):
-            continue
+    for tid in _runtime_threads() - {me}:
         try:
             with open(f"/proc/self/task/{tid}/stat", "rb") as stat:
                 raw = stat.read()
         except OSError:
-            continue  # (it ended meanwhile)
+            continue  # (it ended meanwhile, or there is no /proc)
         end = raw.rfind(b")")  # (the state follows the name, which may hold one)
         if raw[end + 2 : end + 3] in (b"R", b"D"):
             return False
     return True
+
+
+def _runtime_threads() -> set[int]:
+    """The native ids of the threads herder started: its actors' (the workers and agent
+    instances that run attempts among them), its writer's, its event loop's, its
+    timers'. Told by what each thread runs (its target), which is herder's code."""
+    ids = set()
+    for thread in threading.enumerate():
+        target = getattr(thread, "_target", None)  # (threading's; None once it ended)
+        module = getattr(target, "__module__", None) or type(thread).__module__
+        if module.startswith("herder.") and thread.native_id is not None:
+            ids.add(thread.native_id)
+    return ids
 
 
 def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
