@@ -71,19 +71,29 @@ class NotifyingEvent(threading.Event):
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
                 loop.call_soon_threadsafe(woke.set)
 
-        with self._guard:
-            if self.is_set():
-                return True
-            self._subscribers.append(notify)
+        if not self.subscribe(notify):
+            return True
         try:
             await asyncio.wait_for(woke.wait(), timeout)
         except TimeoutError:
             return False
         finally:
-            with self._guard:
-                if notify in self._subscribers:
-                    self._subscribers.remove(notify)
+            self.unsubscribe(notify)
         return True
+
+    def subscribe(self, notify: Callable[[], None]) -> bool:
+        """Have :meth:`set` call ``notify`` (once); False, and no call, if set already."""
+        with self._guard:
+            if self.is_set():
+                return False
+            self._subscribers.append(notify)
+            return True
+
+    def unsubscribe(self, notify: Callable[[], None]) -> None:
+        """``notify`` is no longer called (if it was not yet)."""
+        with self._guard:
+            if notify in self._subscribers:
+                self._subscribers.remove(notify)
 
 
 async def awaited(future: Future[T], timeout: float | None) -> T:

@@ -228,3 +228,25 @@ def test_settle_takes_a_held_attempt_for_held_beside_a_thread_of_the_test_that_c
     Held.gate.set()
     settle(rt)
     assert rt.status("w").state is State.SUCCEEDED
+
+
+def test_wait_until_hears_of_a_stop_while_it_waits(tmp_path: Path) -> None:
+    # A runtime stopped (or failed) while wait_until waited went unnoticed: it waited out
+    # its whole timeout (None: for ever) and then said the condition was "not reached".
+    rt = Runtime(tmp_path / "s")
+    asked = threading.Event()
+
+    def never() -> bool:
+        asked.set()
+        return False
+
+    stopper = threading.Thread(target=lambda: (asked.wait(WAIT), rt.stop()))
+    stopper.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(RuntimeClosed, match="stopped"):
+            wait_until(rt, never, timeout=WAIT / 2)
+        assert time.monotonic() - began < WAIT / 2
+    finally:
+        stopper.join(WAIT)
+        rt.stop()

@@ -86,7 +86,8 @@ def fail_permanently(reason: str = "injected permanent failure") -> NoReturn:
 
 class _Commits:
     """Counts the runtime's durable commits while open, to wait for the next one (the
-    runtime signals each committed batch: event-driven, not polling)."""
+    runtime signals each committed batch: event-driven, not polling); a stop or failure
+    of the runtime counts too, so that a waiter wakes to it."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -95,10 +96,13 @@ class _Commits:
 
     def __enter__(self) -> _Commits:
         self._runtime._listener.commit_waiters.append(self._committed)
+        if not self._runtime._wake.subscribe(self._committed):
+            self._committed()  # (it stopped meanwhile: look again now)
         return self
 
     def __exit__(self, *_: object) -> None:
         self._runtime._listener.commit_waiters.remove(self._committed)
+        self._runtime._wake.unsubscribe(self._committed)
 
     def _committed(self) -> None:
         with self._changed:
@@ -129,7 +133,8 @@ def wait_until(
     Event-driven, not polling: the runtime signals each committed batch. Raises
     :class:`TimedOut` if ``timeout`` real seconds pass first (the predicate is
     asked once more then; None: no limit), :class:`RuntimeClosed` if the runtime is
-    stopped, :class:`InvalidInput` for a ``timeout`` that is no number of seconds >= 0.
+    stopped or fails (before or while it waits), :class:`InvalidInput` for a ``timeout``
+    that is no number of seconds >= 0.
     """
     limit = wait_limit(timeout)
     runtime._check_open()
@@ -141,6 +146,7 @@ def wait_until(
             # calls committed() and must never wait for this thread.
             if predicate():
                 return
+            runtime._check_open()  # (stopped, or failed, while it waited)
             if not commits.wait(seen, deadline):
                 if predicate():  # (it may have come true with no commit after it)
                     return
