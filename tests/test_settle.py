@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _child_kit import Child
 
 from herder.runtime import (
     Agent,
     InvalidInput,
+    NotActive,
     RetryPolicy,
     Runtime,
     RuntimeClosed,
@@ -250,3 +252,28 @@ def test_wait_until_hears_of_a_stop_while_it_waits(tmp_path: Path) -> None:
     finally:
         stopper.join(WAIT)
         rt.stop()
+
+
+ACTIVE = """
+import sys, threading
+from herder.runtime import Runtime
+with Runtime(sys.argv[1]):
+    print("active", flush=True)
+    threading.Event().wait()
+"""
+
+
+def test_settle_and_advance_on_a_standby_say_it_is_one(tmp_path: Path) -> None:
+    # A standby has no Scheduler until it takes the lease: settle and advance raised
+    # RuntimeClosed("the scheduler is not running"), as if it had been stopped.
+    store = tmp_path / "s"
+    active = Child(["-c", ACTIVE, str(store)], label="active runtime")
+    try:
+        active.wait_for("active", WAIT)
+        clock = FakeClock()
+        with Runtime(store, standby=True, clock=clock) as standby:
+            for call in (lambda: settle(standby), lambda: advance(standby, clock, 1.0)):
+                with pytest.raises(NotActive, match="standby"):
+                    call()
+    finally:
+        active.kill(WAIT)

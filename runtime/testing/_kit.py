@@ -169,12 +169,14 @@ def settle(runtime: Runtime) -> None:
     pool's line for a worker, reserved ahead) have run and been recorded.
 
     Woken by each commit. Attempts that make no progress for :data:`HELD` real seconds
-    while every thread of the runtime's waits are held by the test (an action that waits for its
-    event): settle returns with them still running. An action that computes, or a thread
-    a loaded machine leaves unscheduled, is waited for. Raises :class:`TimedOut` if
-    attempts keep moving for the runtime's ``ask_timeout``; :class:`NotActive` while a
-    Scheduler that crashed is being replaced (call again once it runs)."""
-    runtime._check_open()
+    while every thread of the runtime's waits are held by the test (an action that waits
+    for its event): settle returns with them still running. An action that computes, or
+    a thread a loaded machine leaves unscheduled, is waited for. Raises
+    :class:`TimedOut` if attempts keep moving for the runtime's ``ask_timeout``;
+    :class:`NotActive` on a standby (it has no Scheduler yet) and while a Scheduler that
+    crashed is being replaced (call again once it runs), :class:`RuntimeClosed` on a
+    stopped runtime."""
+    runtime._check_active()  # (a standby has no Scheduler to settle)
     deadline = time.monotonic() + runtime._ask_timeout
     with _Commits(runtime) as commits:
         moving: tuple[int, ...] | None = None
@@ -270,7 +272,7 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
         )
     # A timer that fell due before this advance (a clock.advance() jump, a sweep not yet
     # run) is reacted to here, before the clock moves: what that arms counts from now.
-    runtime._check_open()
+    runtime._check_active()
     if _overdue(runtime):
         runtime._sweep_now()
     settle(runtime)
