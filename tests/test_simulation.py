@@ -67,3 +67,42 @@ def test_a_simulation_refuses_a_directory_holding_a_store(
     assert run(7, scratch / "seed").problems == []
     with pytest.raises(InvalidInput, match="holds a store"):
         run(7, scratch / "seed")
+
+
+@pytest.mark.parametrize("run", [simulate, simulate_exact], ids=["threaded", "exact"])
+def test_a_simulation_says_which_argument_is_wrong(
+    scratch: pathlib.Path, run: Callable[..., SimReport]
+) -> None:
+    """A schedule that is no FaultSchedule raised AttributeError from inside the run; a
+    seed of None or "7" ran a history of its own, silently; a chance of 30 (meant as
+    percent) made every fault an error; the exact simulation ran any prefetch."""
+    wrong: list[tuple[dict[str, object], str]] = [
+        ({"seed": None}, "seed must be an int"),
+        ({"seed": "7"}, "seed must be an int"),
+        ({"seed": True}, "seed must be an int"),
+        ({"schedule": 7}, "schedule must be a FaultSchedule"),
+        ({"prefetch": -1}, "prefetch must be an int in 0..64"),
+        ({"prefetch": 1.5}, "prefetch must be an int in 0..64"),
+    ]
+    for n, (given, message) in enumerate(wrong):
+        arguments = {"seed": 7, "directory": scratch / f"s{n}", **given}
+        with pytest.raises(InvalidInput, match=message):
+            run(**arguments)
+        assert not (scratch / f"s{n}").exists()  # refused at the door: no store made
+
+
+def test_a_fault_schedule_says_which_setting_is_wrong() -> None:
+    for field, value, message in [
+        ("seed", 7.5, "seed must be an int"),
+        ("rate", 30, "rate must be a chance from 0 to 1"),
+        ("permanent_rate", -0.1, "permanent_rate must be a chance from 0 to 1"),
+        ("store_rate", float("nan"), "store_rate must be a chance from 0 to 1"),
+        ("health_rate", "0.2", "health_rate must be a chance from 0 to 1"),
+        ("transient_attempts", -1, "transient_attempts must be an int >= 0"),
+        ("max_store_faults", 2.0, "max_store_faults must be an int >= 0"),
+        ("health_checks", None, "health_checks must be an int >= 0"),
+    ]:
+        settings: dict[str, object] = {"seed": 7, field: value}
+        with pytest.raises(InvalidInput, match=message):
+            FaultSchedule(**settings)  # type: ignore[arg-type]
+    assert FaultSchedule(7, rate=0, permanent_rate=1).permanent("w", "a")

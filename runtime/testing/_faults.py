@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 
 from herder.runtime._workflow import Workflow
-from herder.store import RetryPolicy
+from herder.store import InvalidInput, RetryPolicy, real_number
 
 TIMEOUT = 5.0  # each step's timeout, in fake seconds
 ROUND = 6.0  # fake seconds per round: past a timeout and a retry's backoff
@@ -53,6 +53,22 @@ class FaultSchedule:
     max_store_faults: int = 2
     health_rate: float = 0.2
     health_checks: int = 4
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.seed):
+            raise InvalidInput(
+                f"seed must be an int, got {self.seed!r}: one seed gives one history "
+                "(int(os.environ[...]) for one from the environment)"
+            )
+        for name in ("rate", "permanent_rate", "store_rate", "health_rate"):
+            value = getattr(self, name)
+            number = real_number(value)
+            if number is None or not 0 <= number <= 1:
+                raise InvalidInput(f"{name} must be a chance from 0 to 1, got {value!r}")
+        for name in ("transient_attempts", "max_store_faults", "health_checks"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise InvalidInput(f"{name} must be an int >= 0, got {value!r}")
 
     def _draw(self, *parts: object) -> float:
         return _draw("/".join(map(str, (self.seed, *parts))))
@@ -171,6 +187,10 @@ class FaultSchedule:
         if self._draw("cancel") < 0.5:
             return None
         return int(self._draw("cancel-round") * 3), int(self._draw("cancel-which") * 2)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def definition() -> Workflow:

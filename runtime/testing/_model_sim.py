@@ -93,7 +93,7 @@ def simulate_exact(
 ) -> SimReport:
     """Run one seed exactly on a new store in ``directory``; see the module docstring.
     ``prefetch`` is the runtime's setting (attempts reserved ahead per instance)."""
-    simulation = _Simulation(seed, fresh(directory), schedule or FaultSchedule(seed))
+    simulation = _Simulation(seed, *fresh(seed, directory, schedule, prefetch))
     simulation.prefetch = prefetch
     return simulation.run()
 

@@ -119,11 +119,11 @@ def simulate(
 ) -> SimReport:
     """Run one seed on a new store in ``directory``; return what broke (see module doc).
     ``agent_host`` and ``prefetch`` are the runtime's settings."""
-    schedule = schedule or FaultSchedule(seed)
+    path, schedule = fresh(seed, directory, schedule, prefetch)
     world = _ThreadedWorld(schedule, agent_host=agent_host, prefetch=prefetch)
     report = SimReport(seed)
     clock = FakeClock()
-    rt = _open(fresh(directory), clock, world)
+    rt = _open(path, clock, world)
     faults = StoreFaults(schedule)
     try:
         ids = [f"s{seed}-{i}" for i in range(schedule.workflows())]

@@ -13,20 +13,33 @@ from typing import Any
 from herder.actors import Agent, InstanceCrash, Permanent, StepContext
 from herder.actors.engine import idempotency_key
 from herder.runtime._check import check_store
+from herder.runtime._config import MAX_PREFETCH
 from herder.runtime.testing._faults import FaultSchedule, definition
 from herder.store import InvalidInput, StepState, Store, WorkflowState
 
 
-def fresh(directory: str | Path) -> Path:
-    """``directory`` for a simulation's new store: refused if it holds one already (an
-    earlier run's workflows would count as this run's, and break its expectations)."""
+def fresh(
+    seed: object, directory: str | Path, schedule: object, prefetch: object
+) -> tuple[Path, FaultSchedule]:
+    """A simulation's arguments checked at the door, before a store is made: the
+    directory for its new store, refused if it holds one already (an earlier run's
+    workflows would count as this run's, and break its expectations), and the schedule
+    (``FaultSchedule(seed)`` if None)."""
+    checked = FaultSchedule(seed)  # type: ignore[arg-type]  # (it checks the seed)
+    if schedule is None:
+        schedule = checked
+    elif not isinstance(schedule, FaultSchedule):
+        raise InvalidInput(f"schedule must be a FaultSchedule or None, got {schedule!r}")
+    number = prefetch if isinstance(prefetch, int) and not isinstance(prefetch, bool) else -1
+    if not 0 <= number <= MAX_PREFETCH:  # (the runtime's setting, checked as it does)
+        raise InvalidInput(f"prefetch must be an int in 0..{MAX_PREFETCH}, got {prefetch!r}")
     path = Path(directory)
     if (path / "data.mdb").exists():
         raise InvalidInput(
             f"{path} holds a store (an earlier run's?); a simulation makes its own: pass a "
             "new or empty directory, e.g. tempfile.mkdtemp()"
         )
-    return path
+    return path, schedule
 
 
 @dataclass
