@@ -16,30 +16,34 @@ import pykka
 
 from herder.actors import Crash, NotActive
 from herder.runtime._runtime import Runtime
+from herder.runtime._waits import wait_limit
 from herder.store import TimedOut
 
 
-def crash_scheduler(rt: Runtime, timeout: float = 10.0) -> None:
+def crash_scheduler(rt: Runtime, timeout: float | None = 10.0) -> None:
     """Crash ``rt``'s Scheduler and return once the supervision tree has started a new one.
 
     What the old Scheduler held only in memory is lost, as after a real bug; the new one
     recovers every unfinished workflow from the store. Raises :class:`TimedOut` if the
     Scheduler does not stop, or no replacement runs, within ``timeout`` seconds;
     :class:`RuntimeClosed` if the runtime is stopped, or once this crash made its tree give
-    up restarting (past the root's restart intensity); :class:`NotActive` on a standby.
+    up restarting (past the root's restart intensity); :class:`NotActive` on a standby;
+    :class:`InvalidInput` (before anything crashed) for a ``timeout`` that is no number of
+    seconds >= 0 (None: no limit).
     """
+    limit = wait_limit(timeout)
     rt._check_active()
     old = rt._ctx.scheduler
     if old is None:  # (between a crash and its restart)
         raise NotActive("the runtime's Scheduler is restarting; call again once it runs")
     with contextlib.suppress(pykka.ActorDeadError):  # (it died already: it is replaced)
         old.tell(Crash())
-    if not old.actor_stopped.wait(timeout):
+    if not old.actor_stopped.wait(limit):
         raise TimedOut(
             f"the Scheduler did not crash within {timeout}s: it is busy or stuck (a blocking "
             "call in its thread?); give a longer timeout"
         )
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     polled = threading.Event()  # never set: a short, interruptible wait between looks
     while True:
         new = rt._ctx.scheduler

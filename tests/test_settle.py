@@ -277,3 +277,16 @@ def test_settle_and_advance_on_a_standby_say_it_is_one(tmp_path: Path) -> None:
                     call()
     finally:
         active.kill(WAIT)
+
+
+def test_crash_scheduler_refuses_a_wrong_timeout_before_it_crashes_anything(
+    rt: Runtime,
+) -> None:
+    # crash_scheduler(rt, -1) or (rt, nan) crashed the Scheduler and then raised TimedOut
+    # "did not crash"; (rt, "5") crashed it and raised a bare TypeError.
+    for bad in (-1.0, float("nan"), "5"):
+        with pytest.raises(InvalidInput, match="timeout must be None or a number of seconds"):
+            crash_scheduler(rt, timeout=bad)  # type: ignore[arg-type]
+    assert rt._restart_counts()["scheduler"] == 0, "a refused call crashed the Scheduler"
+    crash_scheduler(rt, timeout=None)  # type: ignore[arg-type]  # (no limit)
+    assert rt._restart_counts()["scheduler"] == 1
