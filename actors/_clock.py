@@ -241,7 +241,7 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 1_000_000.0) -> None:
-        self._now = start
+        self._now = _finite(start, f"FakeClock(start={start!r}): a clock starts at a")
         self._wall_offset = 0.0
         self._queue = _TimerQueue()
         self._lock = threading.RLock()
@@ -256,10 +256,9 @@ class FakeClock:
 
     def step_wall(self, seconds: float) -> None:
         """Step the wall clock by ``seconds`` (negative: back); monotonic time stays."""
-        if not math.isfinite(seconds):
-            raise InvalidInput(f"a clock steps by a finite number of seconds: step_wall({seconds})")
+        step = _finite(seconds, f"step_wall({seconds!r}): a clock steps by a")
         with self._lock:
-            self._wall_offset += seconds
+            self._wall_offset += step
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Schedule ``callback`` to run when the clock is advanced past ``now + delay``."""
@@ -286,6 +285,13 @@ class FakeClock:
         """How many timers are scheduled and not cancelled."""
         with self._lock:
             return sum(1 for _, _, h in self._queue._heap if not h.cancelled)
+
+
+def _finite(value: object, refusal: str) -> float:
+    number = real_number(value)
+    if number is None or not math.isfinite(number):
+        raise InvalidInput(refusal + " finite number of seconds")
+    return number
 
 
 def advance_seconds(seconds: object) -> float:

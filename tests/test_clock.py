@@ -104,3 +104,16 @@ def test_a_timer_centuries_away_does_not_stop_the_system_clocks_thread() -> None
     clock.call_later(0.01, second.set)
     assert second.wait(10), "the clock's thread died waiting for the far timer"
     far.cancel()
+
+
+def test_fake_clock_says_what_it_takes() -> None:
+    # step_wall("5") raised a bare TypeError; FakeClock(start="x") was taken, and failed
+    # at its first advance with "can only concatenate str"; a NaN start read as NaN.
+    for bad in ("5", None, float("nan")):
+        with pytest.raises(InvalidInput, match="finite number of seconds"):
+            FakeClock().step_wall(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="finite number of seconds"):
+            FakeClock(start=bad)  # type: ignore[arg-type]
+    clock = FakeClock(start=5)
+    clock.step_wall(-2)
+    assert (clock.monotonic(), clock.time()) == (5.0, 3.0)
