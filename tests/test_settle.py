@@ -28,6 +28,7 @@ from herder.runtime import (
 from herder.runtime.testing import (
     FakeClock,
     advance,
+    crash_instance,
     crash_scheduler,
     fail_first,
     settle,
@@ -290,3 +291,30 @@ def test_crash_scheduler_refuses_a_wrong_timeout_before_it_crashes_anything(
     assert rt._restart_counts()["scheduler"] == 0, "a refused call crashed the Scheduler"
     crash_scheduler(rt, timeout=None)  # type: ignore[arg-type]  # (no limit)
     assert rt._restart_counts()["scheduler"] == 1
+
+
+class Crashes(Agent):
+    """Its instance crashes at the first two attempts; the third returns."""
+
+    def go(self, ctx: StepContext) -> int:
+        if ctx.attempt <= 2:
+            crash_instance()
+        return ctx.attempt
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_settle_waits_for_an_attempt_whose_instance_starts_or_restarts(
+    tmp_path: Path, host: str
+) -> None:
+    # An attempt queued in its agent while no instance ran (the first one starting on the
+    # thread host, or one waiting out its crash's backoff, both in real time) counted as
+    # waiting for the clock: settle returned with the step PENDING (thread host, about
+    # one run in three) or RETRY_WAIT (after crash_instance: every run).
+    for run in range(10):
+        with Runtime(tmp_path / f"s{run}", clock=FakeClock(), agent_host=host) as rt:
+            rt.add_agent("c", Crashes)
+            rt.add_workflow(Workflow("c").step("s", agent="c", action="go"))
+            rt.start("c", {}, workflow_id="w")
+            settle(rt)
+            step = rt.status("w").steps["s"]
+            assert (step.state, step.attempt) == (StepState.SUCCEEDED, 3), run

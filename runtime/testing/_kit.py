@@ -166,7 +166,8 @@ once no thread of the runtime's runs or is ready to (:func:`_all_wait`)."""
 def settle(runtime: Runtime) -> None:
     """Wait until the runtime handled the messages and commits already in flight, and
     the attempts running or waiting for them (queued behind them in their agent, in the
-    pool's line for a worker, reserved ahead) have run and been recorded.
+    pool's line for a worker, reserved ahead) or for their agent's instance (starting,
+    or restarting after a crash) have run and been recorded.
 
     Woken by each commit. Attempts that make no progress for :data:`HELD` real seconds
     while every thread of the runtime's waits are held by the test (an action that waits
@@ -239,18 +240,24 @@ def _runtime_threads() -> set[int]:
 
 
 def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
-    """Once the messages and commits in flight are handled: None if no attempt runs or
-    waits for a worker; else what changes as they move on."""
+    """Once the messages and commits in flight are handled: None if no attempt runs,
+    waits for a worker or for its agent's instance; else what changes as they move on."""
     try:
         runtime._settle()
         stats = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)
     except pykka.ActorDeadError:  # (it crashed: the tree is starting a new one)
         raise runtime._scheduler_gone() from None
     line = stats["host"].get("line", 0)
-    if not (stats["in_flight_attempts"] or line):
-        return None  # (attempts queued with none running wait for the clock: a rate limit)
+    # Queued in their agents, but for those held for the clock (a rate limit, a breaker's
+    # cool-down, a failed health check until the next): if none of theirs runs, their
+    # instance is starting or waits out a crash's backoff, in real time.
+    resources = stats["resources"].items()
+    clocked = {n for n, gate in resources if "wake_in" in gate or gate.get("healthy") is False}
+    queued = sum(row["queued"] for name, row in stats["agents"].items() if name not in clocked)
+    if not (stats["in_flight_attempts"] or line or queued):
+        return None
     ended = [stats[k] for k in ("succeeded", "failed", "retried", "timed_out", "stale")]
-    return (stats["in_flight_attempts"], line, stats["dispatched"], *ended)
+    return (stats["in_flight_attempts"], line, queued, stats["dispatched"], *ended)
 
 
 MAX_STOPS = 10_000
