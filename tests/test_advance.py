@@ -3,6 +3,7 @@ those armed by what fired before them (a retry's next backoff, a schedule's next
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from herder.runtime import (
     StepState,
     Workflow,
 )
-from herder.runtime.testing import FakeClock, advance, fail_first, wait_until
+from herder.runtime.testing import FakeClock, advance, fail_first, hang_until, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_800_000_000.0  # (on a minute)
@@ -113,3 +114,40 @@ def test_one_advance_lets_a_rate_limited_agent_run_at_its_rate(
         advance(rt, clock, 4.5)
         states = [rt.status(f"w{i}").state for i in range(5)]
         assert states == [State.SUCCEEDED] * 5, states
+
+
+WAIT = 30.0
+
+
+class Hangs(Agent):
+    """Its first attempt hangs until the test's event; a retry returns at once."""
+
+    release = threading.Event()
+
+    def go(self, ctx: StepContext) -> int:
+        if ctx.attempt == 1:
+            hang_until(Hangs.release, WAIT)
+        return ctx.attempt
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_hung_attempts_retry_runs_within_advance(tmp_path: Path, host: str) -> None:
+    # docs/testing.md said the hung instance is replaced after instance_shutdown of real
+    # time, which advance() does not wait for: on either host its thread is abandoned
+    # once its timeout fires, and advance (settle) waits for a replacement instance.
+    Hangs.release = threading.Event()
+    clock = FakeClock()
+    retry = RetryPolicy(initial_interval=1.0, jitter=0.0)
+    try:
+        with Runtime(tmp_path / "s", clock=clock, agent_host=host) as rt:
+            rt.add_agent("h", Hangs)
+            rt.add_workflow(
+                Workflow("h").step("s", agent="h", action="go", timeout=5.0, retry=retry)
+            )
+            rt.start("h", {}, workflow_id="w")
+            advance(rt, clock, 6.1)  # past the timeout and the backoff
+            step = rt.status("w").steps["s"]
+            assert (step.state, step.attempt) == (StepState.SUCCEEDED, 2)
+            assert rt.stats()["host"]["abandoned_threads"] == 1
+    finally:
+        Hangs.release.set()
