@@ -15,12 +15,16 @@ can test their workflows.
   :func:`crash_instance`, :func:`fail_permanently`; and for the engine itself,
   :func:`crash_scheduler` (the Scheduler fails as a bug would and is restarted).
 - Simulation under a :class:`FaultSchedule` (one seed decides every fault), reported as a
-  :class:`SimReport` listing every broken expectation: :func:`simulate` runs a real,
-  threaded runtime (reproducible faults, interleaving very likely); ``docs/testing.md``
-  shows both.
+  :class:`SimReport` listing every broken expectation: :func:`simulate_exact` runs the
+  real engine on one thread (one seed, one history: ``SimReport.trace``), :func:`simulate`
+  a real, threaded runtime (reproducible faults, interleaving very likely);
+  ``docs/testing.md`` shows both.
 
-Modules: ``_kit`` (the helpers), ``_faults`` (the schedule and the workload), ``_sim`` (the
-threaded simulation) with ``_sim_operator`` (its operator and wall-clock steps).
+Modules: ``_kit`` (the helpers), ``_faults`` (the schedule and the workload), ``_world``
+(what both simulations share: the simulated service, the report, the expectations),
+``_model_sim`` (the exact simulation) with ``_inline_host``, ``_exact_operator`` and
+``_exact_checks``, ``_sim`` (the threaded one) with ``_sim_operator`` (its operator and
+wall-clock steps).
 """
 
 from herder.actors import FakeClock, InstanceCrash
