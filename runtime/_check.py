@@ -62,6 +62,7 @@ from herder.store import (
     RECENT_DB,
     HandoffRequest,
     HerderError,
+    InvalidInput,
     Lease,
     Plan,
     ResourceRecord,
@@ -106,6 +107,11 @@ _plan = _typed(Plan.from_dict, check_plan)
 
 def check_store(store: Store) -> CheckReport:
     """Check every cross-database invariant of ``store`` on one snapshot; never writes."""
+    if not isinstance(store, Store):
+        raise InvalidInput(
+            f"check_store takes an open Store, got {type(store).__name__}: store_of(rt) for "
+            "a runtime's, Store(path, readonly=True) for one on disk"
+        )
     return store.view(lambda snap: _Checker(snap).run())
 
 

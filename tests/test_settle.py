@@ -28,10 +28,12 @@ from herder.runtime import (
 from herder.runtime.testing import (
     FakeClock,
     advance,
+    check_store,
     crash_instance,
     crash_scheduler,
     fail_first,
     settle,
+    store_of,
     wait_until,
 )
 from herder.runtime.testing import _kit as kit
@@ -318,3 +320,12 @@ def test_settle_waits_for_an_attempt_whose_instance_starts_or_restarts(
             settle(rt)
             step = rt.status("w").steps["s"]
             assert (step.state, step.attempt) == (StepState.SUCCEEDED, 3), run
+
+
+def test_check_store_says_it_takes_a_store(rt: Runtime, tmp_path: Path) -> None:
+    # check_store(rt) or check_store(path), natural slips for check_store(store_of(rt)),
+    # raised AttributeError: "'Runtime' object has no attribute 'view'".
+    for wrong in (rt, str(tmp_path / "s"), tmp_path / "s"):
+        with pytest.raises(InvalidInput, match=r"store_of\(rt\)"):
+            check_store(wrong)  # type: ignore[arg-type]
+    assert check_store(store_of(rt)).problems == []
