@@ -24,6 +24,7 @@ from herder.runtime import (
     StepContext,
     StepState,
     Workflow,
+    WorkflowFailed,
 )
 from herder.runtime.testing import (
     FakeClock,
@@ -32,6 +33,7 @@ from herder.runtime.testing import (
     crash_instance,
     crash_scheduler,
     fail_first,
+    hang_until,
     settle,
     store_of,
     wait_until,
@@ -329,3 +331,22 @@ def test_check_store_says_it_takes_a_store(rt: Runtime, tmp_path: Path) -> None:
         with pytest.raises(InvalidInput, match=r"store_of\(rt\)"):
             check_store(wrong)  # type: ignore[arg-type]
     assert check_store(store_of(rt)).problems == []
+
+
+class AsyncHangs(Agent):
+    async def go(self, ctx: StepContext) -> int:
+        hang_until(threading.Event(), 5.0)  # (a misuse: it would block the event loop)
+        return 1
+
+
+def test_hang_until_in_an_async_action_says_to_await_instead(tmp_path: Path) -> None:
+    # hang_until blocked the event loop every async def action runs on: the attempt's
+    # timeout could not cancel it, and every other async agent stalled behind it.
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("a", AsyncHangs)
+        once = RetryPolicy(max_attempts=1)
+        rt.add_workflow(Workflow("a").step("s", agent="a", action="go", retry=once))
+        with pytest.raises(WorkflowFailed):
+            rt.start("a", {}, workflow_id="w").result(timeout=WAIT)
+        error = str(rt.status("w").steps["s"].error)
+        assert "await an asyncio.Event" in error, error

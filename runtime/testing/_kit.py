@@ -3,6 +3,7 @@ waits on a live runtime driven by the commits it makes (never by sleeping)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -70,8 +71,21 @@ def fail_first(ctx: StepContext, attempts: int, error: str = "injected transient
 
 
 def hang_until(event: threading.Event, timeout: float = 60.0) -> None:
-    """Block the action until ``event`` is set (simulates a remote call that hangs)."""
-    event.wait(timeout)
+    """Block the action until ``event`` is set (simulates a remote call that hangs).
+
+    Not in an ``async def`` action: it would block the event loop every one of them runs
+    on (the attempt's timeout could not cancel it); it raises :class:`InvalidInput` there,
+    saying to await an :class:`asyncio.Event` instead."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        event.wait(timeout)
+        return
+    raise InvalidInput(
+        "hang_until blocks its thread, here the event loop every async def action runs on: "
+        "in an async def action, await an asyncio.Event (asyncio.wait_for(event.wait(), "
+        "timeout)) to hang it"
+    )
 
 
 def crash_instance(reason: str = "injected instance crash") -> NoReturn:
