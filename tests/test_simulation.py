@@ -83,6 +83,8 @@ def test_a_simulation_says_which_argument_is_wrong(
         ({"schedule": 7}, "schedule must be a FaultSchedule"),
         ({"prefetch": -1}, "prefetch must be an int in 0..64"),
         ({"prefetch": 1.5}, "prefetch must be an int in 0..64"),
+        ({"directory": None}, "directory must be a path"),
+        ({"directory": 7}, "directory must be a path"),
     ]
     for n, (given, message) in enumerate(wrong):
         arguments = {"seed": 7, "directory": scratch / f"s{n}", **given}

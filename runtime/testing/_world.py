@@ -4,6 +4,7 @@ expectations every seed's end state must meet."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ def fresh(
     number = prefetch if isinstance(prefetch, int) and not isinstance(prefetch, bool) else -1
     if not 0 <= number <= MAX_PREFETCH:  # (the runtime's setting, checked as it does)
         raise InvalidInput(f"prefetch must be an int in 0..{MAX_PREFETCH}, got {prefetch!r}")
+    if not isinstance(directory, str | os.PathLike):
+        raise InvalidInput(f"directory must be a path (a str or a Path), got {directory!r}")
     path = Path(directory)
     if (path / "data.mdb").exists():
         raise InvalidInput(
