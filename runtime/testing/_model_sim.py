@@ -6,10 +6,10 @@ it. The Scheduler and the watchdog are constructed and never started: this modul
 each message from their inboxes and hands it to the actor, as pykka's loop would. The
 agents run on an :class:`InlineHost`, which runs an attempt only when this module says
 so. The store is the real LMDB store with an inline writer (each submission commits on
-this thread before the submit returns), on tmpfs when there is one. Whenever more than
-one of these has something to do (a Scheduler message, a watchdog message, an attempt
-to run), a random generator seeded from the seed picks which goes next. Time is a
-:class:`FakeClock` moved a round at a time.
+this thread before the submit returns), in the directory given (best on tmpfs). Whenever
+more than one of these has something to do (a Scheduler message, a watchdog message, an
+attempt to run), a random generator seeded from the seed picks which goes next. Time is
+a :class:`FakeClock` moved a round at a time.
 
 Faults, all decided by the seed: an attempt's error, lost answer, hang past its timeout
 (its late answer is stale), instance crash or permanent failure; failed store commits; a
