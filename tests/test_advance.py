@@ -151,3 +151,21 @@ def test_a_hung_attempts_retry_runs_within_advance(tmp_path: Path, host: str) ->
             assert rt.stats()["host"]["abandoned_threads"] == 1
     finally:
         Hangs.release.set()
+
+
+def test_a_slot_overdue_when_advance_begins_fires_before_the_clock_moves(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # The wall clock stepped past a slot (NTP; or clock.advance() jumped past it). advance()
+    # took no stop for a slot already due and fired it only at its end, together with the
+    # next slot on the way, which then found it running and was skipped (overlap "skip"):
+    # in real time the firer catches the missed slot up at once and the next fires on time.
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("q", Quick)
+        rt.add_workflow(Workflow("q").step("s", agent="q", action="go"))
+        rt.schedule("tick", "q", every=60, catch_up="all")  # overlap="skip", the default
+        advance(rt, clock, 50.0)  # the first slot is at T0 + 60
+        clock.step_wall(30.0)  # the wall passes it, no firing
+        advance(rt, clock, 60.0)  # it is caught up at once; T0 + 120 fires on time
+        [status] = rt.schedules()
+        assert (status.fired, status.skipped) == (2, 0)
