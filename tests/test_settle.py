@@ -23,6 +23,7 @@ from herder.runtime import (
     State,
     StepContext,
     StepState,
+    TimedOut,
     Workflow,
     WorkflowFailed,
 )
@@ -350,3 +351,33 @@ def test_hang_until_in_an_async_action_says_to_await_instead(tmp_path: Path) -> 
             rt.start("a", {}, workflow_id="w").result(timeout=WAIT)
         error = str(rt.status("w").steps["s"].error)
         assert "await an asyncio.Event" in error, error
+
+
+class Spins(Agent):
+    """Computes until the test's event is set."""
+
+    done = threading.Event()
+
+    def go(self, ctx: StepContext) -> int:
+        spins = 0
+        while not Spins.done.is_set():
+            spins += 1
+        return spins
+
+
+def test_settle_says_what_still_runs_when_it_runs_out_of_time(tmp_path: Path) -> None:
+    # It said "attempts still running after 0.5s (ask_timeout): (1, 0, 0, 1, 0, 0, 0, 0,
+    # 0)", a tuple of the Scheduler's counters that no document explains.
+    Spins.done = threading.Event()
+    with Runtime(tmp_path / "s", clock=FakeClock(), ask_timeout=0.5) as rt:
+        rt.add_agent("s", Spins)
+        rt.add_workflow(Workflow("s").step("s", agent="s", action="go"))
+        rt.start("s", {}, workflow_id="w")
+        try:
+            said = r"after 0\.5s \(ask_timeout\): 1 running, 0 in the pool's line"
+            with pytest.raises(TimedOut, match=said):
+                settle(rt)
+        finally:
+            Spins.done.set()
+        settle(rt)
+        assert rt.status("w").state is State.SUCCEEDED

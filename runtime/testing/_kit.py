@@ -212,9 +212,12 @@ def settle(runtime: Runtime) -> None:
             elif now - since >= HELD and waiting:
                 return  # held: they move on once the test lets them (or advance times out)
             if now >= deadline:
+                running, line, queued = busy[:3]
                 raise TimedOut(
-                    f"attempts still running after {runtime._ask_timeout}s (ask_timeout): "
-                    f"{busy}; hold them on an event, or give Runtime(ask_timeout=) more"
+                    f"attempts still moving after {runtime._ask_timeout}s (ask_timeout): "
+                    f"{running} running, {line} in the pool's line for a worker, {queued} "
+                    "queued in their agents; an action that computes this long needs "
+                    "Runtime(ask_timeout=) longer, one your test holds waits on an event"
                 )
             # (unmoved for HELD, a thread still runs: look again a little later)
             commits.wait(seen, min(max(since + HELD, now + HELD / 4), deadline))
