@@ -5,6 +5,7 @@ An attempt the test still holds (a hung action) does not keep them waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from herder.runtime import (
     TimedOut,
     Workflow,
     WorkflowFailed,
+    WrongThread,
 )
 from herder.runtime.testing import (
     FakeClock,
@@ -381,3 +383,33 @@ def test_settle_says_what_still_runs_when_it_runs_out_of_time(tmp_path: Path) ->
             Spins.done.set()
         settle(rt)
         assert rt.status("w").state is State.SUCCEEDED
+
+
+class AsyncQuick(Agent):
+    async def go(self, ctx: StepContext) -> int:
+        return 1
+
+
+def test_the_waits_refuse_the_thread_of_the_runtimes_event_loop(tmp_path: Path) -> None:
+    # Called on the loop the runtime's async def actions run on (Runtime(loop=) in an
+    # async test), settle and advance returned with those actions never run (the loop
+    # was blocked in them) and wait_until ran out its timeout, "condition not reached".
+    async def main() -> None:
+        clock = FakeClock()
+        loop = asyncio.get_running_loop()
+        with Runtime(tmp_path / "s", clock=clock, loop=loop) as rt:
+            rt.add_agent("a", AsyncQuick)
+            rt.add_workflow(Workflow("a").step("s", agent="a", action="go"))
+            handle = rt.start("a", {}, workflow_id="w")
+            waits = (
+                lambda: settle(rt),
+                lambda: advance(rt, clock, 1.0),
+                lambda: wait_until(rt, handle.done, timeout=WAIT),
+            )
+            for wait in waits:
+                with pytest.raises(WrongThread, match=r"asyncio\.to_thread"):
+                    wait()
+            await asyncio.to_thread(settle, rt)  # as the error says
+            assert rt.status("w").state is State.SUCCEEDED
+
+    asyncio.run(main())

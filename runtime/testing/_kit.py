@@ -17,6 +17,7 @@ from herder.actors import (
     InstanceCrash,
     Permanent,
     StepContext,
+    WrongThread,
     advance_seconds,
     call,
 )
@@ -148,10 +149,13 @@ def wait_until(
     :class:`TimedOut` if ``timeout`` real seconds pass first (the predicate is
     asked once more then; None: no limit), :class:`RuntimeClosed` if the runtime is
     stopped or fails (before or while it waits), :class:`InvalidInput` for a ``timeout``
-    that is no number of seconds >= 0.
+    that is no number of seconds >= 0, :class:`WrongThread` on the thread of the event
+    loop the runtime's ``async def`` actions run on (as :func:`settle` and
+    :func:`advance` do).
     """
     limit = wait_limit(timeout)
     runtime._check_open()
+    _off_loop(runtime, "wait_until()")
     deadline = time.monotonic() + limit
     with _Commits(runtime) as commits:
         while True:
@@ -169,6 +173,17 @@ def wait_until(
                     "commit of the runtime: wait on an event for one that comes true "
                     "without a commit, such as an action's side effect)"
                 )
+
+
+def _off_loop(runtime: Runtime, what: str) -> None:
+    """:class:`WrongThread` on the thread of the event loop the runtime's ``async def``
+    actions run on: a wait there blocks them, so what it waits for could never come."""
+    if runtime._ctx.event_loop.runs_here():
+        raise WrongThread(
+            f"{what} blocks its thread, and this one runs the event loop of the runtime's "
+            "async def actions: they could not run meanwhile; call it on another thread "
+            f"(await asyncio.to_thread({what[:-2]}, rt, ...))"
+        )
 
 
 HELD = 0.1
@@ -192,6 +207,7 @@ def settle(runtime: Runtime) -> None:
     crashed is being replaced (call again once it runs), :class:`RuntimeClosed` on a
     stopped runtime."""
     runtime._check_active()  # (a standby has no Scheduler to settle)
+    _off_loop(runtime, "settle()")
     deadline = time.monotonic() + runtime._ask_timeout
     with _Commits(runtime) as commits:
         moving: tuple[int, ...] | None = None
@@ -300,6 +316,7 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     # Likewise a slot (a wall step, a jump): else it fired only at the first stop, with
     # the next slot, which found it running (overlap "skip").
     runtime._check_active()
+    _off_loop(runtime, "advance()")
     if _overdue(runtime):
         runtime._sweep_now()
     runtime._fire_now()
