@@ -65,10 +65,18 @@ class FaultSchedule:
             number = real_number(value)
             if number is None or not 0 <= number <= 1:
                 raise InvalidInput(f"{name} must be a chance from 0 to 1, got {value!r}")
-        for name in ("transient_attempts", "max_store_faults", "health_checks"):
+        for name in ("max_store_faults", "health_checks"):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise InvalidInput(f"{name} must be an int >= 0, got {value!r}")
+        # The workload retries a step RETRY.max_attempts times: transient faults at every
+        # one would fail steps the expectations count on succeeding (false alarms).
+        top = RETRY.max_attempts - 1
+        if not _is_int(self.transient_attempts) or not 0 <= self.transient_attempts <= top:
+            raise InvalidInput(
+                f"transient_attempts must be an int from 0 to {top} (the workload tries a "
+                f"step {top + 1} times), got {self.transient_attempts!r}"
+            )
 
     def _draw(self, *parts: object) -> float:
         return _draw("/".join(map(str, (self.seed, *parts))))
