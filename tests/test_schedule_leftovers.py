@@ -10,25 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_schedules_edges import open_runtime
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow, _firing
+from herder.runtime import Runtime, Workflow, _firing
 from herder.runtime._check import check_store
 from herder.runtime.testing import FakeClock
 from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
 
 WAIT = 10.0
-
-
-class Job(Agent):
-    def run(self, ctx: StepContext) -> str:
-        return ctx.workflow_id
-
-
-def open_runtime(path: Path, clock: FakeClock) -> Runtime:
-    runtime = Runtime(path, clock=clock, sweep_interval=0.05)
-    runtime.add_agent("job", Job, concurrency=4)
-    runtime.add_workflow(Workflow("job").step("run", agent="job", action="run"))
-    return runtime
 
 
 def _damage(rt: Runtime, name: str, every: object) -> None:
