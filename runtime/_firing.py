@@ -25,7 +25,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from herder.actors import RuntimeClosed, TimerHandle, UnknownName
-from herder.runtime._firing_batch import Fire, Firings
+from herder.runtime._firing_batch import Fire, Firings, schedule_put
 from herder.runtime._schedule_status import read_schedules
 from herder.runtime._schedules import (
     count_slots,
@@ -41,12 +41,10 @@ from herder.store import (
     HerderError,
     LeaseLost,
     Overlap,
-    Put,
     ScheduleRecord,
     StoreClosed,
     StoreCorrupt,
     Transition,
-    encode,
     schedule_key,
 )
 
@@ -369,8 +367,7 @@ class Firer:
         return True
 
     def _write(self, record: ScheduleRecord) -> ScheduleRecord:
-        put = Put("schedules", schedule_key(record.name), encode(record.to_dict()))
-        self._commit(Transition(ops=(put,)))
+        self._commit(Transition(ops=(schedule_put(record),)))
         return record
 
     def _commit(self, transition: Transition) -> None:

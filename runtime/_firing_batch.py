@@ -84,7 +84,7 @@ class Firings:
         error = None
         if moves:
             try:
-                self.write(Transition(ops=tuple(_put(record) for record in moves.values())))
+                self.write(Transition(ops=tuple(schedule_put(record) for record in moves.values())))
             except Exception as exc:
                 error = exc
         every = [fire for planned in fires.values() for fire in planned if not fire.exists]
@@ -120,7 +120,7 @@ class Firings:
                     "delay": delay,
                 }
             )
-            also[fire.workflow_id] = (_put(record),)
+            also[fire.workflow_id] = (schedule_put(record),)
         with contextlib.suppress(WorkflowConflict):  # an operator started an id by hand
             run_blocking(self.rt._starting_many(items, CAPACITY_WAIT, also))
 
@@ -143,8 +143,9 @@ class Firings:
                 wid = fire.workflow_id
                 _log.info("schedule %s fired %s", name, wid, extra={"workflow_id": wid})
         if moved is not None:
-            self.write(Transition(ops=(_put(moved),)))
+            self.write(Transition(ops=(schedule_put(moved),)))
 
 
-def _put(record: ScheduleRecord) -> Put:
+def schedule_put(record: ScheduleRecord) -> Put:
+    """The write storing ``record`` (its firings', moves' and the firer's own)."""
     return Put("schedules", schedule_key(record.name), encode(record.to_dict()))
