@@ -141,15 +141,22 @@ class Operations:
         rt = _runtime(self)
         rt._check_active()
         try:
-            done: Future[None] = call(rt._scheduler, method, msg, timeout=rt._ask_timeout)
-        except pykka.ActorDeadError:
-            raise rt._scheduler_gone() from None
+            done: Future[None] = rt._ask_scheduler(method, msg)
         except TimedOut:
             raise unrecorded(msg, rt._ask_timeout) from None
         try:
             done.result(timeout=rt._ask_timeout)
         except TimeoutError:
             raise unrecorded(msg, rt._ask_timeout) from None
+
+    def _ask_scheduler(self, method: str, *args: Any) -> Any:
+        """``method`` of the Scheduler called with ``args`` (within ``ask_timeout``); a dead
+        one: what :meth:`_scheduler_gone` says."""
+        rt = _runtime(self)
+        try:
+            return call(rt._scheduler, method, *args, timeout=rt._ask_timeout)
+        except pykka.ActorDeadError:  # it failed or stops, or the tree replaces a crashed one
+            raise rt._scheduler_gone() from None
 
     def _scheduler_gone(self) -> HerderError:
         """What a call that found the Scheduler dead raises: :class:`RuntimeClosed`, saying

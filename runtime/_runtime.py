@@ -311,10 +311,7 @@ class Runtime(
         if self._root is None and not self._closed:
             self._check_active()  # a standby has no engine to count
         by_state, corrupt = workflow_counts(self._store)
-        try:
-            engine = call(self._scheduler, "stats", timeout=self._ask_timeout)
-        except pykka.ActorDeadError:  # it failed or stops, or the tree replaces a crashed one
-            raise self._scheduler_gone() from None
+        engine = self._ask_scheduler("stats")
         bad = {f"{e.db}:{e.key!r}": e.reason for e in corrupt} | engine["corrupt"]
         host = engine["host"]  # (with the health checks' threads, as the hosts' own)
         host["abandoned_threads"] = host.get("abandoned_threads", 0) + self._ctx.health.abandoned()

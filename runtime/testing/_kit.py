@@ -19,7 +19,6 @@ from herder.actors import (
     StepContext,
     WrongThread,
     advance_seconds,
-    call,
 )
 from herder.runtime._runtime import Runtime
 from herder.runtime._waits import wait_limit
@@ -277,9 +276,9 @@ def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
     waits for a worker or for its agent's instance; else what changes as they move on."""
     try:
         runtime._settle()
-        stats = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)
     except pykka.ActorDeadError:  # (it crashed: the tree is starting a new one)
         raise runtime._scheduler_gone() from None
+    stats = runtime._ask_scheduler("stats")
     line = stats["host"].get("line", 0)
     # Queued in their agents, but for those held for the clock (a rate limit, a breaker's
     # cool-down, a failed health check until the next): if none of theirs runs, their
@@ -363,10 +362,7 @@ def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
     ]
     # And the wake-ups of agents' gates (a rate limit's next token, a breaker's
     # cool-down): in memory, armed by the Scheduler as it holds work back, not in the store.
-    try:
-        resources = call(runtime._scheduler, "stats", timeout=runtime._ask_timeout)["resources"]
-    except pykka.ActorDeadError:
-        raise runtime._scheduler_gone() from None
+    resources = runtime._ask_scheduler("stats")["resources"]
     found += [now + gate["wake_in"] + 0.001 for gate in resources.values() if "wake_in" in gate]
     due = min(found, default=None)
     return None if due is None or due > end else due
