@@ -80,6 +80,7 @@ def main() -> None:
 
     if mode == "start":
         # A process of the program's own, not Ray's: the next daemon leaves it alone.
+        # (Its real sleep is its lifetime, nothing waits on it: the test checks it lives.)
         sidecar = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         print("SIDECAR", sidecar.pid, flush=True)
         for i in range(8):
