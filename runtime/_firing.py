@@ -256,11 +256,18 @@ class Firer:
         """Write what ``batch`` gathered; the time to try again if it failed."""
         error = batch.flush()
         if error is None:
+            self._said.pop(("flush", ""), None)  # (a later failure is said again)
             return None
         if not isinstance(error, HerderError | TimeoutError):
             raise error  # (the thread logs it and tries again after RETRY)
-        if not self._stopped(error):
-            _log.warning("schedules could not fire: %s", error)
+        if not self._stopped(error) and self._said.get(("flush", "")) != type(error).__name__:
+            self._said[("flush", "")] = type(error).__name__  # (its text changes: counts)
+            _log.warning(
+                "schedules could not fire: %s (they try again every %g s; said once until "
+                "they fire)",
+                error,
+                RETRY,
+            )
         if isinstance(error, LeaseLost):  # deposed: stop, as the Scheduler does
             self._rt._ctx.lease_lost(error)
         return self._clock.time() + RETRY

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from test_schedules_edges import open_runtime
 
-from herder.runtime import Runtime, Workflow, _firing
+from herder.actors import Agent, StepContext
+from herder.runtime import Runtime, Workflow, _firing, _firing_batch
 from herder.runtime._check import check_store
 from herder.runtime.testing import FakeClock
 from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
@@ -166,3 +167,39 @@ def test_a_schedule_that_cannot_fire_is_warned_of_once_until_it_fires(
         rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
         rt._fire_now()
         assert len([r for r in caplog.records if "could not fire" in r.getMessage()]) == 2
+
+
+@pytest.mark.timeout(60)
+def test_due_slots_waiting_for_room_are_warned_of_once_until_they_fire(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While ``max_active_workflows`` is full, every pass's batch timed out waiting for
+    room and logged "schedules could not fire" with the moment's counts, so the same
+    state was warned of every RETRY (5) s for as long as it lasted: a daemon at capacity
+    wrote ~14,000 lines a day. Once until they fire now, and again after that."""
+    monkeypatch.setattr(_firing_batch, "CAPACITY_WAIT", 0.05)  # (real seconds: no room)
+    caplog.set_level(logging.INFO, logger="herder.schedules")
+    clock, release, fired = FakeClock(start=1.8e9), threading.Event(), threading.Event()
+
+    class Held(Agent):
+        def run(self, ctx: StepContext) -> None:
+            (release if ctx.workflow_id == "by-hand" else fired).wait(WAIT)
+
+    with Runtime(tmp_path, clock=clock, sweep_interval=0.05, max_active_workflows=1) as rt:
+        rt.add_agent("held", Held)
+        rt.add_workflow(Workflow("held").step("run", agent="held", action="run"))
+        held = rt.start("held", workflow_id="by-hand")
+        rt.schedule("tick", "held", every=60, overlap="allow")
+        for _ in range(3):
+            clock.advance(60)
+            rt._fire_now()
+        [warned] = [r for r in caplog.records if "could not fire" in r.getMessage()]
+        assert "max_active_workflows=1" in warned.getMessage()
+        release.set()
+        held.result(timeout=WAIT)
+        rt._fire_now()  # room again: the due slot fires
+        assert rt.schedules()[0].fired == 1
+        clock.advance(60)  # its firing holds the room now: a new wait is said again
+        rt._fire_now()
+        assert len([r for r in caplog.records if "could not fire" in r.getMessage()]) == 2
+        fired.set()
