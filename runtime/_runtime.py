@@ -363,9 +363,10 @@ class Runtime(
                 call(child.ref, "sweep", timeout=self._ask_timeout)
 
     def _settle(self, rounds: int = 3) -> None:
-        """Wait until messages and commits in flight have been handled (testing aid)."""
+        """Wait until messages and commits in flight have been handled (testing aid); a
+        Scheduler being replaced: :class:`NotActive` (``_ask_scheduler``)."""
         for _ in range(rounds):
-            call(self._scheduler, "sync", timeout=self._ask_timeout)
+            self._ask_scheduler("sync")
             self._store.writer.flush(timeout=self._ask_timeout)
             self._store.writer.flush(timeout=self._ask_timeout)
 

@@ -84,3 +84,13 @@ def test_crash_scheduler_while_it_is_replaced_waits_for_the_new_one(
     assert new is not old
     assert new.is_alive()
     assert crashed.handle("w").result(timeout=WAIT) == {"go": "done"}
+
+
+@pytest.mark.timeout(60)
+def test_the_simulations_settle_while_the_scheduler_is_replaced_says_so(
+    crashed: Runtime,
+) -> None:
+    """``Runtime._settle`` (what ``simulate`` and the operator simulation call each
+    round) let pykka's ActorDeadError out, neither a HerderError nor saying why."""
+    with pytest.raises(NotActive, match="Scheduler crashed"):
+        crashed._settle()

@@ -10,8 +10,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import pykka
-
 from herder.actors import (
     FakeClock,
     InstanceCrash,
@@ -274,10 +272,7 @@ def _runtime_threads() -> set[int]:
 def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
     """Once the messages and commits in flight are handled: None if no attempt runs,
     waits for a worker or for its agent's instance; else what changes as they move on."""
-    try:
-        runtime._settle()
-    except pykka.ActorDeadError:  # (it crashed: the tree is starting a new one)
-        raise runtime._scheduler_gone() from None
+    runtime._settle()  # (a crashed Scheduler being replaced: NotActive)
     stats = runtime._ask_scheduler("stats")
     line = stats["host"].get("line", 0)
     # Queued in their agents, but for those held for the clock (a rate limit, a breaker's
