@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from herder.actors.engine import stuck_step
@@ -18,11 +19,13 @@ from herder.runtime._status import in_plan_order
 from herder.store import (
     UNREADABLE,
     Plan,
+    StepRecord,
     StepState,
     Store,
     StoreCorrupt,
     WorkflowRecord,
     WorkflowState,
+    workflow_key,
 )
 
 _log = logging.getLogger("herder.runtime")
@@ -79,11 +82,11 @@ def inbox_items(
     bad: list[StoreCorrupt] = [] if corrupt is None else corrupt
     items = []
     parked = (
-        store.workflows(WorkflowState.NEEDS_ATTENTION, corrupt=bad)
+        _every_parked(store, bad)
         if limit is None or not store.indexed  # (read whole: its damaged records named)
         else _oldest_parked(store, limit, bad)
     )
-    for record in parked:
+    for record, steps in parked:
         key = (record.name, record.version)
         if key not in known:
             try:
@@ -91,11 +94,6 @@ def inbox_items(
             except StoreCorrupt as exc:  # its steps are shown in stored order
                 bad.append(exc)
                 known[key] = None
-        try:
-            steps = store.steps_of(record.id)
-        except StoreCorrupt as exc:
-            bad.append(exc)
-            continue
         st = stuck_step(in_plan_order(record, steps, known[key]))
         compensating = st is not None and st.state is StepState.COMPENSATING
         items.append(
@@ -121,20 +119,52 @@ def inbox_items(
     return items
 
 
-def _oldest_parked(store: Store, limit: int, bad: list[StoreCorrupt]) -> Iterator[WorkflowRecord]:
-    """The ``limit`` parked workflows changed longest ago, found by the ``recent`` index
-    (oldest first); those it lists as unreadable go to ``bad`` on the way."""
-    parked = WorkflowState.NEEDS_ATTENTION
-    listed = frozenset({str(parked), UNREADABLE})
+# A parked workflow's record and its steps are read in one snapshot (``store.together``):
+# two reads let a commit land between them, and a purge or an operator's retry there
+# listed it with no stuck step and no error of it.
+
+Parked = tuple[WorkflowRecord, list[StepRecord]]
+
+
+def _every_parked(store: Store, bad: list[StoreCorrupt]) -> Iterator[Parked]:
+    """Every parked workflow and its steps, from a read of every record."""
+    for record in store.workflows(WorkflowState.NEEDS_ATTENTION, corrupt=bad):
+        try:
+            steps = store.together(partial(_steps_if_kept, store, record.id))
+        except StoreCorrupt as exc:
+            bad.append(exc)
+            continue
+        if steps is not None:  # (else purged since it was read)
+            yield record, steps
+
+
+def _steps_if_kept(store: Store, workflow_id: str) -> list[StepRecord] | None:
+    if store.view(lambda snap: snap.raw("workflows", workflow_key(workflow_id))) is None:
+        return None
+    return store.steps_of(workflow_id)
+
+
+def _oldest_parked(store: Store, limit: int, bad: list[StoreCorrupt]) -> Iterator[Parked]:
+    """The ``limit`` parked workflows changed longest ago and their steps, found by the
+    ``recent`` index (oldest first); those it lists as unreadable go to ``bad`` on the
+    way."""
+    listed = frozenset({str(WorkflowState.NEEDS_ATTENTION), UNREADABLE})
     found = 0
     for _t, wid, _state in store.recent(newest_first=False, states=listed, damaged=bad):
         if found >= limit:
             return
         try:
-            record = store.get_workflow(wid)
+            both = store.together(partial(_if_parked, store, wid))
         except StoreCorrupt as exc:
             bad.append(exc)
             continue
-        if record is not None and record.state is parked:  # (it may have moved on)
+        if both is not None:  # (it may have moved on)
             found += 1
-            yield record
+            yield both
+
+
+def _if_parked(store: Store, workflow_id: str) -> Parked | None:
+    record = store.get_workflow(workflow_id)
+    if record is None or record.state is not WorkflowState.NEEDS_ATTENTION:
+        return None
+    return record, store.steps_of(workflow_id)

@@ -8,6 +8,7 @@ import errno
 import io
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from test_ui_http import FAST, ORDER, TOKEN, Shop, handled, sign_in
 from herder.runtime import Runtime
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console
-from herder.store import Put, Store, StoreCorrupt, Transition, workflow_key
+from herder.store import Delete, Put, Store, StoreCorrupt, Transition, step_key, workflow_key
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -321,3 +322,29 @@ def test_a_port_in_use_says_to_try_another_port(
     err = capsys.readouterr().err
     assert f"[Errno {errno.EADDRINUSE}]" in err
     assert "the port is taken by another program: try another --port" in err
+
+
+@pytest.mark.parametrize("limit", [None, 50])  # (read whole, and through the index)
+def test_the_inbox_reads_a_parked_record_and_its_steps_in_one_snapshot(
+    store: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """A parked workflow's record and its steps were two reads: a purge landing between
+    them (or an operator's retry) listed it with no stuck step and no error of it
+    (``herder inbox``, the console's inbox)."""
+    from herder.runtime._inbox import inbox_items
+
+    with Store(store) as s:
+        [before] = inbox_items(s, limit=limit)
+        assert before.step is not None
+        real = s.steps_of
+
+        def purged_first(workflow_id: str) -> Any:
+            keys = [step_key(workflow_id, st.name) for st in real(workflow_id)]
+            purge = Transition(ops=tuple(Delete("steps", key) for key in keys))
+            writer = threading.Thread(target=lambda: s.writer.submit(purge).result(10))
+            writer.start()  # (another thread: this one may be inside a read snapshot)
+            writer.join()
+            return real(workflow_id)
+
+        monkeypatch.setattr(s, "steps_of", purged_first)
+        assert inbox_items(s, limit=limit) == [before]
