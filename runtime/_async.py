@@ -98,6 +98,40 @@ def _give_back_signals(loop: asyncio.AbstractEventLoop, held: list[_Held]) -> No
             signal.signal(sig, handler)
 
 
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+_serving: dict[asyncio.AbstractEventLoop, tuple[list[_Held], list[Callable[[str], None]]]] = {}
+"""Per loop, while runtimes serve on it (``run_forever_async``): what its signals had
+before the first of them, and how to wake each one. Only its loop's thread touches it."""
+
+
+def _serve_signals(loop: asyncio.AbstractEventLoop, wake: Callable[[str], None]) -> None:
+    """Have SIGTERM and SIGINT call ``wake`` (with the signal's name), and ``wake`` every
+    other runtime serving on ``loop``: one set of handlers for them all, taken by the
+    first (each taking the one before's woke only the last) and given back by the last
+    to return (:func:`_unserve_signals`), whatever order they return in."""
+    serving = _serving.get(loop)
+    if serving is None:
+        wakers: list[Callable[[str], None]] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            for woken in list(wakers):
+                woken(sig.name)
+
+        serving = _serving[loop] = (_take_signals(loop, _SIGNALS, on_signal), wakers)
+    serving[1].append(wake)
+
+
+def _unserve_signals(loop: asyncio.AbstractEventLoop, wake: Callable[[str], None]) -> None:
+    """Undo :func:`_serve_signals`; the last runtime serving on ``loop`` gives back what
+    its signals had before the first."""
+    held, wakers = _serving[loop]
+    wakers.remove(wake)
+    if not wakers:
+        del _serving[loop]
+        _give_back_signals(loop, held)
+
+
 def _routed(rt: Runtime, workflow: str | Workflow) -> bool:
     """Whether a start of ``workflow`` runs a router (``{@name}`` in an agent template)."""
     if isinstance(workflow, Workflow):
@@ -285,8 +319,9 @@ class AsyncRuntime:
     async def run_forever_async(self, *, drain_timeout: float = 30.0) -> None:
         """As :meth:`Runtime.run_forever`, on the running loop: serve until SIGTERM or
         SIGINT (handlers installed with ``loop.add_signal_handler``), then drain and stop.
-        Returns early if the runtime is stopped or fails. On return the handlers the
-        loop (or the process) had for those signals before the call are back.
+        Returns early if the runtime is stopped or fails. Several runtimes serving on one
+        loop share the handlers: a signal wakes each of them, and once the last has
+        returned the handlers the loop (or the process) had before the first are back.
 
         The loop must run in the main thread (Python delivers signals only there).
         """
@@ -301,11 +336,11 @@ class AsyncRuntime:
         loop = asyncio.get_running_loop()
         received: list[str] = []
 
-        def on_signal(sig: signal.Signals) -> None:
-            received.append(sig.name)
+        def on_signal(name: str) -> None:
+            received.append(name)
             rt._wake.set()
 
-        before = _take_signals(loop, (signal.SIGTERM, signal.SIGINT), on_signal)
+        _serve_signals(loop, on_signal)
         try:
             _log.info("runtime on %s serving until SIGTERM or SIGINT", rt.path)
             await rt._wake.wait_async()
@@ -313,7 +348,7 @@ class AsyncRuntime:
                 _log.info("%s received: draining for up to %ss", received[0], drain_timeout)
             await rt.stop_async(drain_timeout, drain=rt._ctx.lost is None)
         finally:
-            _give_back_signals(loop, before)
+            _unserve_signals(loop, on_signal)
         _log.info("runtime on %s stopped", rt.path)
 
     # -- the shared waits ----------------------------------------------------------------

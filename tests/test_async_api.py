@@ -350,6 +350,40 @@ def test_run_forever_async_gives_back_the_process_signal_handlers(tmp_path: Path
         signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.timeout(30)
+def test_one_sigterm_stops_every_runtime_serving_on_the_loop(tmp_path: Path) -> None:
+    """Each run_forever_async took the loop's handler from the one before: a SIGTERM woke
+    only the runtime that served last (the others served on, undrained, until the service
+    manager's SIGKILL), and one that returned first gave the app's handler back under
+    those still serving, which then never heard a SIGTERM at all."""
+
+    async def main(rts: list[Runtime]) -> None:
+        loop = asyncio.get_running_loop()
+        app_stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, app_stop.set)
+        try:
+            serving = [asyncio.ensure_future(rt.run_forever_async(drain_timeout=1.0)) for rt in rts]
+            await asyncio.sleep(0)  # (a yield: each installed its handlers)
+            await rts[0].stop_async()  # the first ends first, stopped elsewhere
+            await asyncio.wait_for(serving[0], WAIT)
+            os.kill(os.getpid(), signal.SIGTERM)  # the others hear it, every one
+            done, _ = await asyncio.wait(serving[1:], timeout=WAIT)
+            assert len(done) == 2, "a runtime serving on the loop did not hear the SIGTERM"
+            assert not app_stop.is_set()  # herder's while they served
+            os.kill(os.getpid(), signal.SIGTERM)  # the app's again once all returned
+            await asyncio.wait_for(app_stop.wait(), WAIT)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    rts = [Runtime(tmp_path / f"s{i}") for i in range(3)]
+    try:
+        asyncio.run(main(rts))
+        assert not any(rt.is_active for rt in rts)
+    finally:
+        for rt in rts:
+            rt.stop()
+
+
 @pytest.mark.timeout(10)
 def test_on_a_loop_without_a_readable_signal_table_the_handlers_are_only_removed() -> None:
     """uvloop and others keep no ``_signal_handlers`` dict: nothing to give back, no crash."""
