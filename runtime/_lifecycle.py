@@ -30,7 +30,7 @@ from herder.runtime._config import at_least
 from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper
 from herder.runtime._part import whole as _runtime
-from herder.runtime._waits import seconds, wait_limit
+from herder.runtime._waits import off_loop, seconds, wait_limit
 from herder.store import LeaseLost, TimedOut, real_number
 
 if TYPE_CHECKING:
@@ -65,10 +65,13 @@ class Lifecycle:
         :class:`RuntimeClosed`) and :class:`TimedOut` says the store is still open:
         call again to retry. A
         ``timeout`` that is not a number of seconds >= 0 raises :class:`InvalidInput`
-        (None: no limit).
+        (None: no limit); ``drain=True`` on the loop of the ``async def`` actions raises
+        :class:`WrongThread` (await :meth:`stop_async` there).
         """
         rt = _runtime(self)
         timeout = wait_limit(timeout)  # (a negative one stopped nothing, and blamed the disk)
+        if drain and not rt._closed:  # (the drain would wait for attempts on this loop)
+            off_loop(rt._ctx.event_loop, "stop(drain=True)", "rt.stop_async(drain=True)")
         with rt._lock:
             closed = rt._closed
             rt._draining = True
@@ -170,6 +173,7 @@ class Lifecycle:
                 "run_forever() must run in the main thread (Python delivers signals only "
                 "there); from another thread, wait on your own event and call stop(drain=True)"
             )
+        off_loop(rt._ctx.event_loop, "run_forever()", "rt.run_forever_async()")
         wake = rt._wake
         received: list[str] = []
 
@@ -229,6 +233,7 @@ class Lifecycle:
         deadline = cast("float", number)
         rt._check_open()  # (a stopped runtime has its root still: it hands nothing over)
         if rt._root is not None:
+            off_loop(rt._ctx.event_loop, "handoff()", "rt.handoff_async()")  # (its drain)
             self._hand_over(deadline)
             return True
         rt._store.request_handoff(deadline)

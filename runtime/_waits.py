@@ -8,7 +8,8 @@
 - :func:`awaited`: a ``concurrent.futures.Future`` awaited without blocking the loop.
 - :class:`Wait`, :func:`run_blocking`, :func:`run_async`: a call written once as a
   generator of waits, run blocking on a thread or awaited on a loop (``_start.py``).
-- :func:`seconds`: a caller's ``timeout`` checked at the door.
+- :func:`seconds`: a caller's ``timeout`` checked at the door; :func:`off_loop`: a
+  blocking call refused on the loop of the runtime's ``async def`` actions.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-from herder.actors import LoopInbox, inbox
+from herder.actors import EventLoop, LoopInbox, WrongThread, inbox
 from herder.store import InvalidInput, TimedOut, real_number
 
 T = TypeVar("T")
@@ -43,6 +44,18 @@ def wait_limit(value: object, name: str = "timeout") -> float:
     """:func:`seconds` for a wait that needs a number: no limit is ``TIMEOUT_MAX``."""
     checked = seconds(value, name)
     return threading.TIMEOUT_MAX if checked is None else checked
+
+
+def off_loop(event_loop: EventLoop, what: str, instead: str) -> None:
+    """:class:`WrongThread` on the thread of the event loop the runtime's ``async def``
+    actions run on (``event_loop``): ``what`` would hold that loop while it waits, and
+    what it waits for (a drain: those actions' ends) could not come meanwhile."""
+    if event_loop.runs_here():
+        raise WrongThread(
+            f"{what} blocks its thread, and this one runs the event loop of the runtime's "
+            "async def actions: they could not run (nor finish, for a drain) meanwhile. "
+            f"Nothing was done; await {instead} instead"
+        )
 
 
 class NotifyingEvent(threading.Event):

@@ -304,3 +304,44 @@ def test_a_blocking_start_on_the_actions_loop_does_not_wait_there_for_a_queued_s
             await rt.stop_async()
 
     asyncio.run(main())
+
+
+def test_blocking_calls_that_wait_for_the_actions_on_their_own_loop_are_refused(
+    tmp_path: Path,
+) -> None:
+    """stop(drain=True) and handoff() on the loop the async actions run on waited there
+    for those very actions to finish: the loop stood still for the whole drain, which
+    then gave up and left the attempt to run again at the next open. run_forever() there
+    held the loop until SIGTERM, no async step running meanwhile. Each now raises
+    WrongThread at once, and nothing was stopped."""
+    release = asyncio.Event()
+
+    class Held(Agent):
+        async def act(self, ctx: StepContext) -> int:
+            await release.wait()
+            return ctx.attempt
+
+    async def main() -> None:
+        rt = Runtime(tmp_path / "s", loop=asyncio.get_running_loop())
+        stopper = threading.Timer(2.0, rt.stop)  # (ends a run_forever() let through)
+        try:
+            rt.add_agent("h", Held)
+            rt.add_workflow(Workflow("w").step("s", agent="h", action="act"))
+            handle = await rt.start_async("w")
+            with pytest.raises(WrongThread, match=r"await rt\.stop_async\(drain=True\)"):
+                rt.stop(timeout=2.0, drain=True)
+            with pytest.raises(WrongThread, match=r"await rt\.handoff_async\(\)"):
+                rt.handoff(2.0)
+            stopper.start()
+            with pytest.raises(WrongThread, match=r"await rt\.run_forever_async\(\)"):
+                rt.run_forever()
+            stopper.cancel()
+            assert rt.is_active  # nothing was stopped
+            release.set()
+            assert await handle.result_async(timeout=WAIT) == {"s": 1}  # its one attempt
+            await rt.stop_async(drain=True)
+        finally:
+            stopper.cancel()
+            await rt.stop_async()
+
+    asyncio.run(main())
