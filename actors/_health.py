@@ -25,8 +25,10 @@ same failure, under their retry policy). Once one shows it, nothing more is rese
 ahead on the agent, as when its class is known.
 
 ``health`` is user code: whatever it raises (``BaseException`` included) is contained and
-becomes the check's error. An ``async def health`` runs to its end on the check thread's
-own event loop, under the same timeout: the runtime's loop, which runs an async agent's
+becomes the check's error. An ``async def health`` runs to its end on the check thread,
+under the same timeout, on an event loop of the check instance's own (:class:`_Checker`:
+one for the instance's life, so a client it holds, opened by an ``async def`` factory or
+an earlier check, serves every check): the runtime's loop, which runs an async agent's
 actions, never waits for it (and it does not place an agent of plain ``def`` actions on
 that loop: ``coroutine_actions`` leaves it out).
 """
@@ -91,6 +93,34 @@ class HealthPolicy:
         return self.timeout if self.timeout is not None else min(DEFAULT_TIMEOUT, self.interval)
 
 
+class _Checker:
+    """An instance built for checks alone, and the event loop its coroutines (an ``async
+    def`` factory's, each ``async def health``) run on, made by the first of them. One
+    loop for its life: a connection it holds belongs to the loop it was opened on, and
+    on a fresh loop per check (``asyncio.run``) every other check failed with it. The
+    loop closes once the checker is dropped (by the thread of its last check, if that
+    check hung past its timeout)."""
+
+    __slots__ = ("loop", "obj")
+
+    def __init__(self) -> None:
+        self.obj: object = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def finish(self, value: object) -> object:
+        """``value``, or what it returns when it is a coroutine, run to its end on this
+        checker's loop; whatever it raises comes out as :class:`UserCodeFailed`."""
+        if not inspect.iscoroutine(value):
+            return value
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        return contain(self.loop.run_until_complete, value)
+
+    def __del__(self) -> None:
+        if self.loop is not None and not self.loop.is_running():
+            self.loop.close()
+
+
 @dataclass(slots=True)
 class _Watch:
     """One watched agent: its policy, the checker instance and the last verdict."""
@@ -103,7 +133,7 @@ class _Watch:
     checks: int = 0
     failures: int = 0  # failed checks, ever
     checked_at: float | None = None  # wall time of the last verdict
-    instance: object | None = None
+    instance: _Checker | None = None
     seq: int = 0  # the current check's number; a late answer of an older one is ignored
     running: threading.Thread | None = None
     started: float = 0.0  # monotonic start of the running check
@@ -283,17 +313,18 @@ class AgentHealth:
         """One check, on its own thread: build the checker if needed, call ``health``
         (an instance without one is not watched any more: it has nothing to check)."""
         error = None
+        checker = watch.instance  # (held here until the check ends: see _Checker)
         try:
-            instance = watch.instance
-            if instance is None:
+            if checker is None:
+                checker = _Checker()
                 try:
-                    instance = _finish(contain(watch.factory))  # (an async def factory too)
+                    checker.obj = checker.finish(contain(watch.factory))  # (async def too)
                 except UserCodeFailed:
                     if watch.hidden:
                         return  # no verdict: its attempts meet the failing factory
                     raise
-                watch.instance = instance
-            check = contain(getattr, instance, "health", None)
+                watch.instance = checker
+            check = contain(getattr, checker.obj, "health", None)
             if callable(check):
                 if watch.hidden:  # it has one: from now on a failing factory is sick,
                     watch.hidden = False  # and nothing is reserved ahead on the agent
@@ -306,7 +337,7 @@ class AgentHealth:
                     for event in watch.waiters:
                         event.set()
                 return
-            _finish(contain(check))
+            checker.finish(contain(check))
         except UserCodeFailed as exc:
             error = exc.error
             watch.instance = None  # a failed resource may need a fresh client
@@ -339,12 +370,3 @@ class AgentHealth:
 def _gone() -> object:
     """The factory of a watch kept for its verdict alone (never called)."""
     raise AssertionError("the factory of an agent removed was called")
-
-
-def _finish(value: object) -> object:
-    """``value``, or what it returns when it is a coroutine (an ``async def health`` or
-    factory), run to its end on this check thread's own event loop; whatever it raises
-    comes out as :class:`UserCodeFailed`."""
-    if inspect.iscoroutine(value):
-        return contain(asyncio.run, value)
-    return value

@@ -6,8 +6,10 @@ starts it on its own thread) and the test waits for its verdict, never sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
+import socketserver
 import threading
 from pathlib import Path
 from typing import Any
@@ -365,3 +367,60 @@ def test_a_check_thread_past_its_timeout_counts_as_abandoned_until_it_returns(
         resource.release.set()
         assert rt._ctx.health.settle(WAIT)
         assert rt.stats()["host"]["abandoned_threads"] == 0
+
+
+class _Echo(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:  # one keep-alive connection: a line back for each line
+            self.wfile.write(line)
+
+
+def test_an_async_health_check_keeps_its_instances_connections(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Each check ran its coroutine with asyncio.run, on a fresh event loop: a client the
+    check instance held (its keep-alive connection, the one client per agent of the
+    asyncio host) belonged to the loop of the check before, and failed ('attached to a
+    different loop'). The agent went unhealthy every other check, holding its work
+    (the failure built a new instance, which passed once)."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    connections = []
+
+    class Connected(Agent):
+        def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.reader, self.writer = reader, writer
+
+        async def call(self, ctx: StepContext) -> str:
+            return "ok"
+
+        async def health(self) -> None:
+            self.writer.write(b"ping\n")
+            await self.writer.drain()
+            if await self.reader.readline() != b"ping\n":
+                raise ConnectionError("no answer")
+
+        async def close(self) -> None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+    async def connect() -> Connected:
+        connections.append(1)
+        return Connected(*await asyncio.open_connection(*server.server_address[:2]))
+
+    try:
+        with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+            rt.add_agent("svc", connect, asyncio=True, health_interval=10.0)
+            for n in range(1, 5):
+                check(rt, clock, n, 0.0 if n == 1 else 10.0)
+                assert health(rt)["healthy"], health(rt)["health_error"]
+            assert health(rt)["health_failures"] == 0
+            assert len(connections) == 1  # one instance, one connection, for every check
+            checker = rt._ctx.health._watches["svc"].instance  # (its connection closed)
+            assert checker is not None
+            assert checker.loop is not None
+            checker.loop.run_until_complete(checker.obj.close())  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
