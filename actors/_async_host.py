@@ -14,12 +14,13 @@ past the passivation time.
   than ``concurrency`` run; the attempt runs :func:`run_attempt_async`, which shares
   :func:`~herder.actors._action.settle` with every host (normalisation, errors, probes,
   ``complete_later``, ``BaseException`` containment).
-- **Timeouts and replacement.** ``replace``/``replace_token`` cancel the task: the action
-  sees ``CancelledError`` at its next ``await`` and the slot is free at once. The task
-  still reports how it ended, which the Scheduler fences out like an abandoned thread's
-  late answer. One that goes on past the cancel (catches it, or awaits under
-  ``asyncio.shield``) runs outside any slot, as a hung thread does on the thread hosts,
-  and is counted (``asyncio_abandoned``) until it ends. A coroutine that blocks the loop
+- **Timeouts and replacement.** ``replace``/``replace_token`` cancel the task (so does a
+  new Scheduler, the tasks its predecessor left): the action sees ``CancelledError`` at
+  its next ``await`` and the slot is free at once. The task still reports how it ended,
+  which the Scheduler fences out like an abandoned thread's late answer. One that goes
+  on past the cancel (catches it, or awaits under ``asyncio.shield``) runs outside any
+  slot, as a hung thread does on the thread hosts, and is counted
+  (``asyncio_abandoned``) until it ends. A coroutine that blocks the loop
   (``time.sleep``, a busy loop) cannot be cancelled; it stalls every asyncio agent of
   the loop, which is why plain ``def`` actions belong on a thread host.
 - **Crashes.** An attempt that raises :class:`InstanceCrash` is lost (as on every host)
@@ -176,16 +177,16 @@ class AsyncHost:
         clock: Clock | None = None,
     ) -> None:
         self._loop = loop
-        self._max_restarts = max_restarts
-        self._restart_period = restart_period
+        self._max_restarts, self._restart_period = max_restarts, restart_period
         self._clock = SystemClock() if clock is None else clock  # (module docstring)
-        self._reply = reply
-        self._events = events
-        self._max_result_bytes = max_result_bytes
-        self._queue_aging = queue_aging
+        self._reply, self._events = reply, events
+        self._max_result_bytes, self._queue_aging = max_result_bytes, queue_aging
         self._agents: dict[str, _Agent] = {}
-        self._cancelled = 0
-        self._said_gone = False
+        self._cancelled, self._said_gone = 0, False
+        # Built for a new Scheduler: the attempts its predecessor (crashed, or restarted
+        # with the tree) left on the loop are superseded, their steps run again: their
+        # tasks are cancelled, as the tree stops the other hosts' instances first.
+        loop.supersede()
 
     def owns(self, name: str, instance_id: str) -> bool:
         """True if ``instance_id`` is a slot of this host's agent ``name``."""

@@ -223,6 +223,14 @@ class EventLoop:
             if thread.is_alive():
                 _log.warning("the asyncio agents' loop did not stop within %ss", timeout)
 
+    def supersede(self) -> None:
+        """Cancel every attempt still running here (or not started yet): the Scheduler
+        that sent them has ended, and the next one runs their steps again."""
+        with self._guard:
+            running = list(self._running)
+        for attempt in running:
+            attempt.cancel()
+
     def abandoned(self) -> int:
         """Attempts cancelled that have not ended: their coroutine goes on past the cancel
         (catches ``CancelledError``, awaits under ``asyncio.shield``), as a hung thread

@@ -25,7 +25,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
-from herder.runtime.testing import FakeClock, advance, settle
+from herder.runtime.testing import FakeClock, advance, crash_scheduler, settle
 
 WAIT = 10.0
 ONCE = RetryPolicy(max_attempts=1)
@@ -463,3 +463,36 @@ def test_a_generator_action_fails_its_step_as_having_taken_no_effect_on_any_host
     assert "generator" in (step.error or ""), step.error
     assert step.attempt == 1
     assert Yielding.undone == []
+
+
+def test_after_a_scheduler_crash_the_attempt_it_ran_is_cancelled_before_its_successor(
+    tmp_path: Path,
+) -> None:
+    """A Scheduler that crashed left its async attempts running on the loop (the tree
+    stops the thread and pool hosts' instances first, not the loop's tasks), while the
+    new one ran their steps again: the same step twice at once, and the agent past its
+    concurrency of 1. The old attempt is superseded: its task is cancelled, as on a
+    timeout, before its successor starts."""
+    seen: list[tuple[str, int]] = []
+    started = threading.Event()
+
+    class Held(Agent):
+        async def work(self, ctx: StepContext) -> int:
+            seen.append(("start", ctx.attempt))
+            started.set()
+            try:
+                if ctx.attempt == 1:
+                    await asyncio.Event().wait()  # only a cancel ends it
+            except asyncio.CancelledError:
+                seen.append(("cancelled", ctx.attempt))
+                raise
+            return ctx.attempt
+
+    with Runtime(tmp_path / "s", default_retry=FAST) as rt:
+        rt.add_agent("h", Held, concurrency=1)
+        rt.add_workflow(Workflow("w").step("s", agent="h", action="work"))
+        handle = rt.start("w")
+        assert started.wait(WAIT)
+        crash_scheduler(rt)
+        assert handle.result(timeout=WAIT) == {"s": 2}
+        assert seen == [("start", 1), ("cancelled", 1), ("start", 2)]
