@@ -19,11 +19,11 @@ enforces it. ``__all__`` is the contract herder.runtime builds on; what users ne
 re-exported by herder.runtime.
 """
 
-from herder.actors._action import coroutine_actions, run_attempt
+from herder.actors._action import coroutine_actions, run_attempt, run_attempt_async
 from herder.actors._adaptive import Adaptive
 from herder.actors._agent import Agent, StepContext, action_names, agent_class_of
 from herder.actors._ask import call, call_future
-from herder.actors._async_host import AsyncHost, run_attempt_async
+from herder.actors._async_host import AsyncHost
 from herder.actors._clock import (
     Clock,
     FakeClock,

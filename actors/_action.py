@@ -1,7 +1,8 @@
 """Running one attempt of an action: the part every agent host shares.
 
 :func:`run_attempt` looks the action up on the agent object, calls it with the attempt's
-:class:`StepContext`, and turns whatever happens into an :class:`Outcome` of plain data:
+:class:`StepContext`, and turns whatever happens into an :class:`Outcome` of plain data
+(:func:`run_attempt_async` likewise on an event loop, the asyncio host's):
 
 - a result is normalised (msgpack-able, within ``max_result_bytes``); ``COMPLETE_LATER``
   becomes a hand-off (``kind="later"``) and a :class:`ProbeResult` a verdict;
@@ -19,6 +20,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import types
 from collections.abc import Callable
@@ -53,6 +55,35 @@ def run_attempt(
         return refuse_unrun(call_action(agent, agent_name, run), agent_name, run)
 
     return settle(call, agent_name, instance_id, run, max_result_bytes)
+
+
+async def run_attempt_async(
+    agent: Any, agent_name: str, instance_id: str, run: Run, max_result_bytes: int
+) -> Outcome:
+    """:func:`~herder.actors._action.run_attempt` for the loop: the action's coroutine (or
+    a coroutine a plain ``def`` returned) is awaited first; then the outcome is settled."""
+    if not leased(run, 0.0):  # (no wait on the loop)
+        return unleased(agent_name, instance_id, run)
+    try:
+        value = call_action(agent, agent_name, run)
+        if inspect.iscoroutine(value) or isinstance(value, asyncio.Future):
+            value = await value
+        else:  # (a generator: it ran nothing, as on the thread hosts)
+            refuse_unrun(value, agent_name, run)
+    except BaseException as exc:  # user code may raise anything at all
+        error: BaseException | None = exc
+    else:
+        error = None
+
+    def replay() -> Any:
+        if error is not None:
+            raise error
+        return value
+
+    try:
+        return settle(replay, agent_name, instance_id, run, max_result_bytes)
+    finally:  # (raised again, it holds replay's frame, which holds it: not a cycle now)
+        error = None
 
 
 def refuse_unrun(value: Any, agent_name: str, run: Run) -> Any:

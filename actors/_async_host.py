@@ -11,9 +11,9 @@ attempt raises :class:`InstanceCrash`, when the agent is re-registered or after 
 past the passivation time.
 
 - **Attempts.** ``acquire`` gives each attempt a slot ``<agent>/aio<token>`` while fewer
-  than ``concurrency`` run; the attempt runs :func:`run_attempt_async`, which shares
-  :func:`~herder.actors._action.settle` with every host (normalisation, errors, probes,
-  ``complete_later``, ``BaseException`` containment).
+  than ``concurrency`` run; the attempt runs
+  :func:`~herder.actors._action.run_attempt_async`, which shares ``settle`` with every
+  host (normalisation, errors, probes, ``complete_later``, ``BaseException`` containment).
 - **Timeouts and replacement.** ``replace``/``replace_token`` cancel the task (so does a
   new Scheduler, the tasks its predecessor left): the action sees ``CancelledError`` at
   its next ``await`` and the slot is free at once. The task still reports how it ended,
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from herder.actors._action import call_action, leased, refuse_unrun, settle, unleased
+from herder.actors._action import run_attempt_async
 from herder.actors._agent import Agent
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._event_loop import EventLoop
@@ -57,35 +57,6 @@ from herder.actors.engine import CRASH_ERROR
 from herder.store import UserCodeFailed, describe, error_types
 
 _log = logging.getLogger("herder.asyncio")
-
-
-async def run_attempt_async(
-    agent: Any, agent_name: str, instance_id: str, run: Run, max_result_bytes: int
-) -> Outcome:
-    """:func:`~herder.actors._action.run_attempt` for the loop: the action's coroutine (or
-    a coroutine a plain ``def`` returned) is awaited first; then the outcome is settled."""
-    if not leased(run, 0.0):  # (no wait on the loop)
-        return unleased(agent_name, instance_id, run)
-    try:
-        value = call_action(agent, agent_name, run)
-        if inspect.iscoroutine(value) or isinstance(value, asyncio.Future):
-            value = await value
-        else:  # (a generator: it ran nothing, as on the thread hosts)
-            refuse_unrun(value, agent_name, run)
-    except BaseException as exc:  # user code may raise anything at all
-        error: BaseException | None = exc
-    else:
-        error = None
-
-    def replay() -> Any:
-        if error is not None:
-            raise error
-        return value
-
-    try:
-        return settle(replay, agent_name, instance_id, run, max_result_bytes)
-    finally:  # (raised again, it holds replay's frame, which holds it: not a cycle now)
-        error = None
 
 
 class _Holder:
