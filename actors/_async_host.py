@@ -16,10 +16,13 @@ past the passivation time.
   host (normalisation, errors, probes, ``complete_later``, ``BaseException`` containment).
 - **Timeouts and replacement.** ``replace``/``replace_token`` cancel the task (so does a
   new Scheduler, the tasks its predecessor left): the action sees ``CancelledError`` at
-  its next ``await`` and the slot is free at once. The task still reports how it ended,
-  which the Scheduler fences out like an abandoned thread's late answer. One that goes
-  on past the cancel (catches it, or awaits under ``asyncio.shield``) runs outside any
-  slot, as a hung thread does on the thread hosts, and is counted
+  its next ``await``. Its slot serves again once the task has ended (``RESTARTED``, as
+  after a crash's backoff): a cancel that takes more than a loop turn (an await in a
+  ``finally``, ``asyncio.wait_for`` awaiting its inner task) must not run beside the
+  next attempt. The task still reports how it ended, which the Scheduler fences out
+  like an abandoned thread's late answer. One that goes on past the cancel (catches it,
+  or awaits under ``asyncio.shield``) holds its slot for ``shutdown`` seconds at most,
+  then runs outside any slot, as a hung thread does on the thread hosts, and is counted
   (``asyncio_abandoned``) until it ends. A coroutine that blocks the loop
   (``time.sleep``, a busy loop) cannot be cancelled; it stalls every asyncio agent of
   the loop, which is why plain ``def`` actions belong on a thread host.
@@ -145,9 +148,10 @@ class AsyncHost:
         queue_aging: float = DEFAULT_AGING,
         max_restarts: int = 20,
         restart_period: float = 10.0,
+        shutdown: float = 1.0,
         clock: Clock | None = None,
     ) -> None:
-        self._loop = loop
+        self._loop, self._shutdown = loop, shutdown
         self._max_restarts, self._restart_period = max_restarts, restart_period
         self._clock = SystemClock() if clock is None else clock  # (module docstring)
         self._reply, self._events = reply, events
@@ -254,15 +258,23 @@ class AsyncHost:
                 return
 
     def replace(self, name: str, instance_id: str) -> None:
-        """Cancel the attempt's task and free its slot (its late answer is fenced out)."""
+        """Cancel the attempt's task (its late answer is fenced out); its slot serves again
+        once the task has ended, or ``shutdown`` seconds on (the module docstring)."""
         agent = self._agents.get(name)
-        slot = None if agent is None else agent.slots.pop(instance_id, None)
-        if slot is None:
+        slot = None if agent is None else agent.slots.get(instance_id)
+        if agent is None or slot is None or slot.token is None:
+            return  # (token None: cancelled already, or waiting out a crash's backoff)
+        if slot.future is None:  # not sent: nothing runs, the slot is free now
+            del agent.slots[instance_id]
+            self._events(InstanceEvent(name, None, ChildEventKind.STARTED))  # pump it again
             return
-        if slot.future is not None:
-            slot.future.cancel()
-            self._cancelled += 1
-        self._events(InstanceEvent(name, None, ChildEventKind.STARTED))  # pump it again
+        events, restarted = self._events, ChildEventKind.RESTARTED
+        slot.token = None  # held, running nothing the Scheduler waits for
+        slot.future.cancel(lambda: events(InstanceEvent(name, instance_id, restarted)))
+        self._clock.call_later(
+            self._shutdown, lambda: events(InstanceEvent(name, instance_id, restarted))
+        )
+        self._cancelled += 1
 
     # -- events ------------------------------------------------------------------------
 

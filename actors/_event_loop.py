@@ -125,12 +125,13 @@ class Attempt:
         self._cancelled = False
         self.task: asyncio.Task[Any] | None = None
 
-    def cancel(self) -> None:
+    def cancel(self, then: Callable[[], object] | None = None) -> None:
         """Cancel the task (its coroutine sees ``CancelledError`` at its next ``await``),
-        or, not started yet, never start it."""
+        or, not started yet, never start it; ``then()`` runs on the loop once it has
+        ended (never, if the loop closed)."""
         self._cancelled = True
         with contextlib.suppress(RuntimeError):  # the loop closed: the task is gone too
-            self._inbox.call(self._cancel)
+            self._inbox.call(self._cancel, then)
 
     def _start(self) -> None:
         """On the loop: run the coroutine as a task, unless cancelled first."""
@@ -144,11 +145,15 @@ class Attempt:
         task = self.task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(self._ended)
 
-    def _cancel(self) -> None:
+    def _cancel(self, then: Callable[[], object] | None = None) -> None:
         if self.task is not None:
             self.task.cancel()
+            if then is not None:  # (at once, the next turn, if the task has ended)
+                self.task.add_done_callback(lambda _task: then())
         else:
             self._start()  # not started: closes the coroutine
+            if then is not None:
+                then()
 
     def _ended(self, task: asyncio.Task[Any]) -> None:
         self._owner._finished(self)

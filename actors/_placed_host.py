@@ -216,6 +216,7 @@ def build_host(ctx: EngineContext) -> AgentHost:
             queue_aging=config.priority_aging,
             max_restarts=config.agent_max_restarts,
             restart_period=config.agent_restart_period,
+            shutdown=config.instance_shutdown,
         ),
         # Agents placed on Ray (add_agent(host=RayHost(...))) go to its host, built on
         # first use so that Ray is imported only by a runtime that uses it.

@@ -146,7 +146,9 @@ class Driver:
 
     def acquire(self, agent: str, token: int) -> str:
         while (instance := self.host.acquire(agent, token)) is None:
-            self._handle(self.inbox.get(timeout=WAIT))
+            answer = self._handle(self.inbox.get(timeout=WAIT))  # (a slot frees: an event)
+            if answer is not None:
+                self.answers.append(answer)
         return instance
 
     def send(self, agent: str, action: str, value: Any = None) -> tuple[str, int]:
@@ -263,6 +265,7 @@ def test_a_hung_attempt_is_replaced_by_its_token_and_its_late_answer_is_fenced(
     driver.host.replace_token("solo", hung)
     assert driver.host.busy_tokens("solo") == []
     if driver.worker is AsyncWorker:  # a task is cancelled, where a thread is abandoned
+        # (its slot serves again once the task has ended: the driver waits for that)
         _, fresh_token = driver.send("solo", "ok", 3)
         outcomes = {o.token: o for o in (driver.outcome(), driver.outcome())}
         assert outcomes[fresh_token].result == 3
