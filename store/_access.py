@@ -136,12 +136,16 @@ class Access:
                 f"unknown database {db!r}; use one of {', '.join(DATABASES)}"
             ) from None
 
-    def _paged(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Yield raw (key, value) pairs with ``prefix``, one short read txn per page."""
+    def _paged(
+        self, db: str, prefix: bytes, start: bytes = b"", *, values: bool = True
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Yield raw (key, value) pairs with ``prefix``, from the key ``start`` on (when
+        it sorts after ``prefix``), one short read txn per page; ``values=False``: the
+        keys alone, each with ``b""`` (no value is read)."""
         handle = self._handle(db)
         if handle is None:
             return
-        start = prefix
+        start = max(start, prefix)
         skip_first = False
         while True:
 
@@ -152,7 +156,8 @@ class Access:
                 cur = txn.cursor(db=handle)
                 if not cur.set_range(start):
                     return out
-                for key, value in cast(Iterator[tuple[bytes, bytes]], cur):
+                rows = cur.iternext() if values else ((k, b"") for k in cur.iternext(values=False))
+                for key, value in cast(Iterator[tuple[bytes, bytes]], rows):
                     if skip and key == start:
                         continue
                     if not key.startswith(prefix) or len(out) >= PAGE:

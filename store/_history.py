@@ -31,9 +31,9 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from herder.store._codec import encode
+from herder.store._codec import decode, encode
 from herder.store._errors import StoreCorrupt
-from herder.store._keys import KEY_SEP, history_key, history_owner, seq_suffix, workflow_key
+from herder.store._keys import KEY_SEP, history_key, seq_suffix, workflow_key
 from herder.store._ops import Put
 from herder.store._records import StepRecord, StepState, WorkflowRecord, WorkflowState
 
@@ -262,27 +262,60 @@ def workflow_history(
     return (HISTORY_DB, prefix + seq_suffix(seq)), pack(stored)
 
 
-def read_history(store: Store, workflow_id: str) -> list[dict[str, Any]]:
-    """Every event of a workflow, oldest first (with its ``seq``). One that cannot be read
-    is a ``damaged`` event in its place, with the reason as its ``error``: the rest of
-    the story is still told."""
-    wkey = workflow_key(workflow_id)
-    prefix = wkey + KEY_SEP
+def read_history(
+    store: Store, workflow_id: str, *, since: int = 0, before: int | None = None
+) -> list[dict[str, Any]]:
+    """Every event of a workflow, oldest first (with its ``seq``); with ``since`` or
+    ``before``, those whose seq is at least ``since`` and below ``before`` (a key range:
+    no other event is read; :func:`history_seqs` says where one starts). One that cannot
+    be read is a ``damaged`` event in its place, with the reason as its ``error``: the
+    rest of the story is still told."""
+    prefix = _prefix(workflow_id)
+    if prefix is None:
+        return []
+    end = None if before is None or before > _LAST_SEQ else prefix + seq_suffix(max(0, before))
+    first = prefix + seq_suffix(min(max(0, since), _LAST_SEQ))
+    size = len(prefix) + _SEQ.size
     events: list[dict[str, Any]] = []
+    for key, raw in store._paged(HISTORY_DB, prefix, first):
+        if end is not None and key >= end:
+            break
+        if len(key) != size:
+            continue  # (not an event key of this workflow)
+        try:
+            event = as_event(decode(raw, db=HISTORY_DB, key=key))
+        except StoreCorrupt as exc:
+            event = {"kind": "damaged", "error": exc.reason}
+        if event is None:
+            event = {"kind": "damaged", "error": "not a history event"}
+        seq = _SEQ.unpack_from(key, len(prefix))[0]
+        events.append({"seq": seq, **event})
+        events[-1]["seq"] = seq  # (its key's, whatever a foreign map says)
+    return events
 
-    def add(key: bytes, event: dict[str, Any]) -> None:
-        if history_owner(key) == wkey:  # (else not an event key of this workflow)
-            seq = _SEQ.unpack_from(key, len(prefix))[0]
-            events.append({"seq": seq, **event})
-            events[-1]["seq"] = seq  # (its key's, whatever a foreign map says)
 
-    corrupt: list[StoreCorrupt] = []
-    for key, value in store.scan(HISTORY_DB, prefix, corrupt=corrupt):
-        event = as_event(value)
-        add(key, {"kind": "damaged", "error": "not a history event"} if event is None else event)
-    for exc in corrupt:
-        add(exc.key, {"kind": "damaged", "error": exc.reason})
-    return sorted(events, key=lambda e: e["seq"]) if corrupt else events
+def history_seqs(store: Store, workflow_id: str) -> list[int]:
+    """The sequence numbers of a workflow's events, oldest first, from their keys alone
+    (no event is read: ~10 ms for 40,000): how many there are, and where a window of
+    them starts and ends (:func:`read_history`'s ``since`` and ``before``)."""
+    prefix = _prefix(workflow_id)
+    if prefix is None:
+        return []
+    at, size = len(prefix), len(prefix) + _SEQ.size
+    return [
+        _SEQ.unpack_from(key, at)[0]
+        for key, _ in store._paged(HISTORY_DB, prefix, values=False)
+        if len(key) == size
+    ]
+
+
+_LAST_SEQ = (1 << 64) - 1
+
+
+def _prefix(workflow_id: str) -> bytes | None:
+    """How the history keys of ``workflow_id`` start (None: no workflow has that id)."""
+    wkey = workflow_key(workflow_id)
+    return wkey + KEY_SEP if wkey and KEY_SEP not in wkey else None
 
 
 def recall_reason(store: Store, record: WorkflowRecord) -> WorkflowRecord:

@@ -14,29 +14,32 @@ from _ending import WAIT, waiting_workflow
 from _http_kit import request
 
 from herder.runtime import Runtime, _inspect
-from herder.runtime.ui import Console, _gate
+from herder.runtime.ui import Console, _gate, _workflow_page
 from herder.store import Store, WorkflowState
 
 
-def end_between_the_reads(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+def end_between_the_reads(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, reader: Any = _inspect, name: str = "read_history"
+) -> None:
     """The waiting workflow "w" ends between the status read and the history read (on
-    another thread: this one may be inside the snapshot of the reads)."""
+    another thread: this one may be inside the snapshot of the reads): before the first
+    history read, ``name`` of ``reader``, reads."""
     (token,) = waiting_workflow(rt)
-    real = _inspect.read_history
+    real = getattr(reader, name)
     ended: list[object] = []
 
     def end() -> None:
         rt.complete_step(token, "done")
         ended.append(rt._wait_final("w", WAIT))
 
-    def history_after_the_end(store: Store, workflow_id: str) -> list[dict[str, Any]]:
+    def history_after_the_end(store: Store, workflow_id: str) -> Any:
         ending = threading.Thread(target=end)
         ending.start()
         ending.join(WAIT)
         assert ended
         return real(store, workflow_id)
 
-    monkeypatch.setattr(_inspect, "read_history", history_after_the_end)
+    monkeypatch.setattr(reader, name, history_after_the_end)
 
 
 def test_show_status_and_history_come_from_one_snapshot(
@@ -61,7 +64,7 @@ def test_the_consoles_workflow_page_comes_from_one_snapshot(
     # process has open, since it cannot read it; this test hands it the runtime's)
     console = Console(str(tmp_path / "store"), port=0, token="t")
     with Runtime(tmp_path / "store") as rt:
-        end_between_the_reads(rt, monkeypatch)
+        end_between_the_reads(rt, monkeypatch, _workflow_page, "history_seqs")
         # (one process cannot open the store twice: the console reads the runtime's, and
         # knows it is the file there: else it reopens it)
         console.gate._store = rt._store

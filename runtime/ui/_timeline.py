@@ -19,7 +19,7 @@ every event).
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -91,10 +91,20 @@ class Segment:
 
 
 def segments(
-    steps: Sequence[str], history: Iterable[dict[str, Any]], created: float, end: float
+    steps: Sequence[str],
+    history: Iterable[dict[str, Any]],
+    created: float,
+    end: float,
+    start: Mapping[str, tuple[str, int]] | None = None,
 ) -> list[Segment]:
-    """Every segment of every step, from the history events (oldest first)."""
-    current: dict[str, tuple[str, float, int]] = dict.fromkeys(steps, ("PENDING", created, 0))
+    """Every segment of every step, from the history events (oldest first); ``start``:
+    the (state, attempt) of steps at ``created`` other than PENDING and 0 (the picture
+    of the newest events only begins with what they were then)."""
+    first = start or {}
+    current: dict[str, tuple[str, float, int]] = {}
+    for name in steps:
+        state, attempt = first.get(name, ("PENDING", 0))
+        current[name] = (state, created, attempt)
     out: list[Segment] = []
     for e in history:
         if not isinstance(e.get("t"), int | float):
@@ -134,8 +144,10 @@ def render(
     history: Sequence[dict[str, Any]],
     created: float,
     end: float,
+    start: Mapping[str, tuple[str, int]] | None = None,
 ) -> str:
-    """The SVG markup of a workflow's timeline (``end``: its last event, or now if it runs)."""
+    """The SVG markup of a workflow's timeline (``end``: its last event, or now if it runs;
+    ``created`` and ``start``: where it begins, as for :func:`segments`)."""
     end = max(end, created + 0.001, *(e["t"] for e in history if _timed(e)))
     rows = list(steps) + sorted({str(e.get("step")) for e in history if _stepwise(e)} - set(steps))
     height = TOP + ROW * len(rows) + 16
@@ -157,7 +169,7 @@ def render(
         parts.append(
             f'<line class="row" x1="{LABEL}" x2="{WIDTH - 12}" y1="{y + 24}" y2="{y + 24}"/>'
         )
-    for seg, x0, x1, merged in _merged(segments(rows, history, created, end), x):
+    for seg, x0, x1, merged in _merged(segments(rows, history, created, end, start), x):
         parts.append(_bar(seg, x0, x1, TOP + ROW * index[seg.step], merged))
     probed: dict[str, int] = {}  # the pixel of each row's last probe drawn
     for e in history:

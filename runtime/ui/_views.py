@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 from herder.actors import Operate, UnknownWorkflow, read_facts
 from herder.runtime._console import printable
 from herder.runtime._inbox import inbox_items
-from herder.runtime._inspect import snapshot, stored_resources
+from herder.runtime._inspect import stored_resources
 from herder.runtime._operator_cli import ACTIONS, queue_refusal
 from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime.ui import _pages
 from herder.runtime.ui._counters import Counters
 from herder.runtime.ui._query import Filters, workflow_page
-from herder.runtime.ui._workflow_page import parse_before
+from herder.runtime.ui._workflow_page import parse_before, read_page
 from herder.runtime.ui._workflow_page import workflow_page as one_workflow
 from herder.store import (
     COMMAND_DONE,
@@ -92,12 +92,12 @@ class Views:
         before = parse_before(query.get("before"))  # (InvalidInput: 400)
         with self._gate.read() as store:
             try:
-                status, history = snapshot(store, workflow_id)  # (one read: they agree)
+                status, story = read_page(store, workflow_id, before)  # (one read)
             except UnknownWorkflow:
                 return _not_found(f"No workflow with id {shown}.")
             except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
                 return _not_found(f"{shown} is not a valid workflow id: {_pages.e(exc)}.")
-        body = one_workflow(status, history, time.time(), csrf, before)
+        body = one_workflow(status, story, time.time(), csrf)
         return 200, printable(status.id), "workflows", body
 
     def _inbox(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
