@@ -183,18 +183,35 @@ class Access:
         resized = 0
         while resized < 3:
             try:
-                with env.begin(write=True) as txn:
-                    return fn(txn)
+                txn = env.begin(write=True)
             except lmdb.MapResizedError:
                 resized += 1
                 self._grow(0)  # another process grew the map: adopt its size, again
+                continue
+            except lmdb.Error as exc:
+                raise translate(exc, f"{what} {self.path}") from exc
+            try:
+                out = fn(txn)
+                txn.commit()
+                return out
             except lmdb.MapFullError as exc:
                 size = env.info()["map_size"]
                 if size * 2 > MAX_MAP_SIZE:
+                    txn.abort()
                     raise translate(exc, f"{what} {self.path}") from exc
-                self._grow(size * 2)  # (the others adopt it: see Writer._commit)
-            except lmdb.Error as exc:
-                raise translate(exc, f"{what} {self.path}") from exc
+                # Aborted with no read running, as the writer does (Writer._commit): an
+                # abort waits for every read of this process, and reads that keep coming
+                # (another thread's polls) held a standby's take of the lease 38 s.
+                try:
+                    self._grow(size * 2, before=txn.abort)  # (the others adopt the size)
+                except lmdb.Error as grow_exc:
+                    txn.abort()  # (if it failed before the abort; a second does nothing)
+                    raise translate(grow_exc, f"{what} {self.path}") from grow_exc
+            except BaseException as exc:
+                txn.abort()
+                if isinstance(exc, lmdb.Error):
+                    raise translate(exc, f"{what} {self.path}") from exc
+                raise
         raise StoreError(f"{what} {self.path}: its map keeps growing; try again")
 
     def reclaim_readers(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import threading
+import time
 
 import lmdb
 import pytest
@@ -46,6 +47,45 @@ def test_map_growth_is_not_starved_by_readers_on_other_threads(tmp_path: pathlib
         for r in readers:
             r.join(10)
         store.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_direct_write_that_grows_the_map_is_not_starved_by_readers(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The same for a write of this process outside the writer (a standby taking the
+    lease, a handoff request, a client's command): it aborted its full transaction
+    before it closed the reader gate, and waited 13 to 38 s for four reading threads
+    (eight here: the wait, never less than seconds, is cut at 8 s)."""
+    Store(tmp_path / "s", map_size=1 << 16).close()
+    store = Store(tmp_path / "s", standby=True, map_size=1 << 16)
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            store.count("schedules")
+
+    def write(txn: lmdb.Transaction) -> None:
+        txn.put(b"big", encode("x" * 200_000), db=store._handles["meta"])  # > the map
+
+    readers = [threading.Thread(target=read, daemon=True) for _ in range(8)]
+    enough = threading.Timer(8.0, stop.set)  # (the readers stop then, in any case)
+    for r in readers:
+        r.start()
+    try:
+        enough.start()
+        began = time.monotonic()
+        store._write_direct(write, "cannot write")
+        took = time.monotonic() - began
+        assert took < 3.0, f"the direct write waited {took:.1f} s for the readers"
+    finally:
+        stop.set()
+        enough.cancel()
+        for r in readers:
+            r.join(10)
+        store.close()
+    with Store(tmp_path / "s", readonly=True) as again:
+        assert again.get("meta", b"big") == "x" * 200_000
 
 
 def _flip_recent_key(path: pathlib.Path, byte: int, mask: int) -> None:
