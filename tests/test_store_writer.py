@@ -259,6 +259,11 @@ def test_malformed_transitions_are_refused_at_submit(path: pathlib.Path) -> None
             store.writer.submit(t(put(b"k" * 600)))
         with pytest.raises(InvalidInput, match="limit is 100"):
             store.writer.submit(t(put(b"k", "x" * 200)))
+        # A condition's key was not checked: read in the batch's write transaction, an
+        # empty or long one failed every transition of that batch with StoreIOError.
+        for key in (b"", b"k" * 600, "k"):
+            with pytest.raises(InvalidInput, match="key"):
+                store.writer.submit(t(put(b"k"), expect=(Expect("workflows", key),)))  # type: ignore[arg-type]
         assert store.writer.stats()["transitions"] == 0
 
 
