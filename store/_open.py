@@ -92,26 +92,37 @@ def unreachable(path: str | os.PathLike[str], exc: OSError) -> StoreError:
 
 def prepare_dir(path: pathlib.Path) -> None:
     """Create the store directory (mode 700), or refuse one others may write."""
+    mode = _mode(path)
+    if mode is None:
+        try:
+            path.mkdir(mode=0o700, parents=True)
+            path.chmod(0o700)
+            return
+        except FileExistsError as exc:
+            # Made meanwhile by another process (a runtime and its standby started
+            # together on a new store): checked as found, not "cannot create" it.
+            mode = _mode(path)
+            if mode is None:  # (a link to nowhere)
+                raise StoreError(f"cannot create store directory {path}: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot create store directory {path}: {exc}") from exc
+    if not stat.S_ISDIR(mode):
+        raise StoreError(f"store path {path} exists and is not a directory")
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StoreError(
+            f"store directory {path} is writable by group or others "
+            f"(mode {stat.S_IMODE(mode):o}); run `chmod 700 {path}` and retry"
+        )
+
+
+def _mode(path: pathlib.Path) -> int | None:
+    """The mode of ``path``, None if there is nothing there."""
     try:
-        mode: int | None = path.stat().st_mode
+        return path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
-        mode = None  # (a parent that is a file: mkdir says so below)
+        return None  # (a parent that is a file: mkdir says so)
     except OSError as exc:
         raise unreachable(path, exc) from exc
-    if mode is not None:
-        if not stat.S_ISDIR(mode):
-            raise StoreError(f"store path {path} exists and is not a directory")
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise StoreError(
-                f"store directory {path} is writable by group or others "
-                f"(mode {stat.S_IMODE(mode):o}); run `chmod 700 {path}` and retry"
-            )
-        return
-    try:
-        path.mkdir(mode=0o700, parents=True)
-        path.chmod(0o700)
-    except OSError as exc:
-        raise StoreError(f"cannot create store directory {path}: {exc}") from exc
 
 
 def protect_files(path: pathlib.Path) -> None:

@@ -61,6 +61,27 @@ def test_a_group_writable_store_dir_is_refused(tmp_path: pathlib.Path) -> None:
         Store(path)
 
 
+def test_a_store_directory_another_process_made_meanwhile_is_opened(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A runtime and its standby started together on a new store both found no
+    # directory, and the one that made it second failed: "cannot create store
+    # directory ...: File exists" (18 of 60 such races of two processes).
+    path = tmp_path / "store"
+    made = pathlib.Path.mkdir
+
+    def raced(self: pathlib.Path, *args: object, **kwargs: object) -> None:
+        if self == path and not self.exists():
+            made(self, 0o700)  # (the other process, between the look and this mkdir)
+        made(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", raced)
+    with Store(path) as store:
+        assert store.incarnation == 1
+    monkeypatch.undo()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
 def test_incarnation_increments_on_every_writer_open_but_not_readonly(
     tmp_path: pathlib.Path,
 ) -> None:
