@@ -221,7 +221,14 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
                 if name not in ADDED_LATER:
                     raise
     except lmdb.NotFoundError as exc:
+        empty = not _holds_data(env)
         env.close()
+        if empty:  # (created, and nothing committed: its first open failed, or is under way)
+            raise StoreError(
+                f"store {path} was never set up: the runtime that created it failed before "
+                "its first commit (a full disk?) or is opening it now; start a runtime on "
+                "it (that sets it up), then retry"
+            ) from exc
         raise StoreError(
             f"{path} is not a herder store (its {name!r} database is missing, which every "
             "herder store has): check --store; nothing was written to it"
@@ -233,6 +240,15 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
         env.close()
         raise
     return env, handles
+
+
+def _holds_data(env: lmdb.Environment) -> bool:
+    """True if anything was ever committed to ``env`` (its main database has a key)."""
+    try:
+        with env.begin() as txn:
+            return bool(txn.cursor().first())
+    except lmdb.Error:
+        return True  # (then it is not known to be empty)
 
 
 def read_schema(txn: lmdb.Transaction, meta: Any, path: pathlib.Path) -> tuple[int, int]:

@@ -367,6 +367,41 @@ def test_a_standby_takes_over_a_store_whose_map_its_holder_filled(tmp_path: path
         standby.writer.submit(Transition((Put("definitions", b"new", encode(1)),))).result(10)
 
 
+FIRST_OPEN_ON_A_FULL_DISK = """
+import resource, signal, sys
+from herder.store import Store, StoreIOError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (EFBIG, as a full disk's ENOSPC)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # LMDB's two meta pages
+try:
+    Store(sys.argv[1])
+except StoreIOError as exc:
+    print(exc)
+"""
+
+
+def test_a_store_whose_first_open_failed_is_not_called_foreign(tmp_path: pathlib.Path) -> None:
+    # A runtime whose very first open of a new store hit a full disk left an LMDB
+    # environment with nothing committed; every reader then said it "is not a herder
+    # store ...: check --store", of the right path.
+    path = tmp_path / "s"
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_OPEN_ON_A_FULL_DISK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "check free disk space" in done.stdout, done.stdout + done.stderr
+    for mode in ("readonly", "client"):
+        with pytest.raises(StoreError, match=r"was never set up.*start a runtime on it") as e:
+            Store(path, mode=mode)  # type: ignore[arg-type]
+        assert "not a herder store" not in str(e.value)
+    with Store(path) as store:  # (with room, a runtime sets it up, as the message says)
+        assert store.count("workflows") == 0
+    with Store(path, readonly=True) as store:
+        assert store.incarnation == 1
+
+
 def test_a_writer_open_refuses_another_programs_lmdb_environment_and_writes_nothing(
     tmp_path: pathlib.Path,
 ) -> None:
