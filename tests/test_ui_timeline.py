@@ -130,3 +130,16 @@ def test_a_step_event_that_names_no_step_is_passed_over_not_a_failed_page() -> N
     svg = render(["pay"], [*HISTORY[:3], event], 0.0, 3.0)
     assert svg.count('data-step="pay"') == 3  # pending, the first attempt, its backoff
     assert 'data-step="None"' not in svg
+
+
+@pytest.mark.timeout(30)
+def test_an_error_that_is_no_str_is_shown_not_a_failed_page() -> None:
+    """``herder check``, read_history and ``herder show`` take a step event whose
+    ``error`` is not a str (its rule asks for the fields, not their values; show prints
+    it as text): a bar's tooltip clipped it as a str, and the workflow's page was a 500
+    (TypeError: object of type 'int' has no len())."""
+    event = {"kind": "step", "t": 1.0, "step": "pay", "from": "DISPATCHED", "to": "RETRY_WAIT"}
+    event["error"] = 5
+    assert as_event(event) is not None
+    svg = render(["pay"], [event], 0.0, 2.0)
+    assert "-&gt; RETRY_WAIT\n5</title>" in svg

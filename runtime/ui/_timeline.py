@@ -227,7 +227,7 @@ def _bar(seg: Segment, x0: float, x1: float, y: float, merged: int = 1) -> str:
     if seg.ended_in:
         tip += f" -> {seg.ended_in}"
     if seg.error:
-        tip += f"\n{clipped(seg.error, TIP, 'the history')}"  # (up to 8 KB a bar)
+        tip += f"\n{clipped(str(seg.error), TIP, 'the history')}"  # (8 KB; str(): any type)
     if merged > 1:  # (too narrow to draw apart: the page's history lists each)
         tip = f"{merged} stretches in this bar (each too short to draw); the last:\n{tip}"
     return (
