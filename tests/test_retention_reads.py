@@ -123,7 +123,7 @@ def test_history_of_a_workflow_deleted_while_read_is_whole(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole = rt.history("o1")
-    deleted = delete_before_reading_steps(rt, monkeypatch, read="scan")
+    deleted = delete_before_reading_steps(rt, monkeypatch, read="_paged")
     assert rt.history("o1") == whole  # (not [] for a workflow found there)
     assert deleted == [1]
 
