@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import datetime
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from herder.store._codec import decode, encode
@@ -294,19 +294,17 @@ def read_history(
     return events
 
 
-def history_seqs(store: Store, workflow_id: str) -> list[int]:
+def history_seqs(store: Store, workflow_id: str) -> Iterator[int]:
     """The sequence numbers of a workflow's events, oldest first, from their keys alone
-    (no event is read: ~10 ms for 40,000): how many there are, and where a window of
-    them starts and ends (:func:`read_history`'s ``since`` and ``before``)."""
+    (no event is read: ~10 ms for 40,000), paged: how many there are, and where a window
+    of them starts and ends (:func:`read_history`'s ``since`` and ``before``)."""
     prefix = _prefix(workflow_id)
     if prefix is None:
-        return []
+        return
     at, size = len(prefix), len(prefix) + _SEQ.size
-    return [
-        _SEQ.unpack_from(key, at)[0]
-        for key, _ in store._paged(HISTORY_DB, prefix, values=False)
-        if len(key) == size
-    ]
+    for key, _ in store._paged(HISTORY_DB, prefix, values=False):
+        if len(key) == size:
+            yield _SEQ.unpack_from(key, at)[0]
 
 
 _LAST_SEQ = (1 << 64) - 1

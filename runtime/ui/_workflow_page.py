@@ -13,8 +13,8 @@ and 70 MB a request, the same at any length now.
 
 from __future__ import annotations
 
-import bisect
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -62,20 +62,30 @@ def read_page(store: Store, workflow_id: str, before: int | None) -> tuple[Workf
         status = _Reader(store).status_of(workflow_id)
         if status is None:
             raise UnknownWorkflow(f"no workflow with id {workflow_id!r} in {store.path}")
-        seqs = history_seqs(store, workflow_id)
-        total = len(seqs)
-        drawn = max(0, total - TIMELINE_EVENTS)
-        timeline = read_history(store, workflow_id, since=seqs[drawn]) if seqs else []
-        stop = total if before is None else bisect.bisect_left(seqs, before)
-        start = max(0, stop - HISTORY_PAGE)
-        if stop == total:  # (the newest: read already)
-            window = timeline[len(timeline) - (stop - start) :]
+        # One pass over the keys, keeping a window's worth (not a list of them all: a
+        # history retried for ever has millions): the last events before ``before``, the
+        # ones after it, and the newest, which the timeline draws.
+        total = stop = 0
+        window: deque[int] = deque(maxlen=HISTORY_PAGE)  # (the last before ``before``)
+        after: list[int] = []  # (from ``before`` on, a window and one more)
+        newest: deque[int] = deque(maxlen=TIMELINE_EVENTS)
+        for seq in history_seqs(store, workflow_id):
+            total += 1
+            newest.append(seq)
+            if before is None or seq < before:
+                stop += 1
+                window.append(seq)
+            elif len(after) <= HISTORY_PAGE:
+                after.append(seq)
+        timeline = read_history(store, workflow_id, since=newest[0]) if newest else []
+        if not after and len(timeline) >= len(window):  # (the newest: read already)
+            events = timeline[len(timeline) - len(window) :]
         else:
-            upto = seqs[stop] if stop < total else None
-            window = read_history(store, workflow_id, since=seqs[start], before=upto)
-        end = stop + HISTORY_PAGE
-        newer = seqs[end] if end < total else None
-        return status, Story(window, start, total, newer, timeline)
+            upto = after[0] if after else None
+            since = window[0] if window else upto
+            events = read_history(store, workflow_id, since=since or 0, before=upto)
+        newer = after[HISTORY_PAGE] if len(after) > HISTORY_PAGE else None
+        return status, Story(events, stop - len(window), total, newer, timeline)
 
     return store.together(read)
 
