@@ -34,11 +34,12 @@ fits in a few types:
   whether a holder lives.
 - Errors — the :class:`HerderError` tree; ``lmdb`` and ``msgpack`` errors never escape.
 - Beside the records: the ``history`` database (one event per transition, written in the
-  same transaction: :func:`history_put`, :func:`step_event`), the ``commands`` channel
-  from the CLI to a live runtime (:func:`append_command`, :func:`pending_commands`), the
-  ``resources`` database (:class:`ResourceRecord`), the ``schedules`` database
-  (:class:`ScheduleRecord`, periodic schedules and their cursors), and test crash points
-  (:func:`crash_point`).
+  same transaction: :func:`history_put`, :func:`step_event`; read back whole or by key
+  range, :func:`read_history`, and counted from its keys, :func:`history_seqs`), the
+  ``commands`` channel from the CLI to a live runtime (:func:`append_command`,
+  :func:`pending_commands`), the ``resources`` database (:class:`ResourceRecord`), the
+  ``schedules`` database (:class:`ScheduleRecord`, periodic schedules and their cursors),
+  and test crash points (:func:`crash_point`).
 - Untrusted objects — ``_untrusted.py``: how any layer describes a user's exception
   (:func:`describe`, :func:`error_types`, :func:`safe_str`) or calls user code
   (:func:`contain`) so that nothing it raises, ``BaseException`` included, escapes.
