@@ -7,8 +7,8 @@ and their errors, with a link to the ones before them (``?id=...&before=SEQ``), 
 event is reachable and a page stays a few hundred KB however long the story. The
 timeline is drawn from the :data:`TIMELINE_EVENTS` newest events (see :mod:`._timeline`
 for how it stays small). Only those events and the window's are read (:func:`read_page`):
-the page of a workflow retried 20,000 times read and decoded its whole history, 0.45 s
-and 70 MB a request, the same at any length now.
+the page of a workflow retried 20,000 times read and decoded its whole history, 0.3 to
+0.45 s and a 43 MB peak of Python memory a request (0.05 s and 6 MB now, at any length).
 """
 
 from __future__ import annotations
