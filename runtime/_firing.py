@@ -263,10 +263,7 @@ class Firer:
         if not self._stopped(error) and self._said.get(("flush", "")) != type(error).__name__:
             self._said[("flush", "")] = type(error).__name__  # (its text changes: counts)
             _log.warning(
-                "schedules could not fire: %s (they try again every %g s; said once until "
-                "they fire)",
-                error,
-                RETRY,
+                "schedules could not fire: %s (retried every %gs; said once)", error, RETRY
             )
         if isinstance(error, LeaseLost):  # deposed: stop, as the Scheduler does
             self._rt._ctx.lease_lost(error)
