@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from herder.actors._supervision_specs import ChildEventKind
-from herder.actors.engine import Effect
+from herder.actors.engine import Effect, OutcomeKind
 from herder.store import InvalidInput, Plan, StepRecord, WorkflowRecord, check_text, validate_id
 
 
@@ -79,9 +79,11 @@ class Answer:
     traceback: str | None = None  # bounded, innermost frames (store/_tracebacks.py)
 
 
-UNSTARTED = "unstarted"
-"""``Outcome.kind`` of an attempt fenced while it waited for a worker (the pool host's
-line), answered without starting: no news of its resource, and stale by then."""
+UNSTARTED = OutcomeKind.UNSTARTED.value
+"""``Outcome.kind`` of an attempt answered without starting: fenced while it waited for a
+worker (the pool host's line; stale by then), or held back because this runtime may no
+longer hold the lease (``_action.leased``; current: its step runs again, not charged).
+No news of its resource either way."""
 
 
 @dataclass(slots=True)

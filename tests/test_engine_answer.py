@@ -53,6 +53,13 @@ def _step(state: StepState) -> StepRecord:
             "a compensation must undo the step before it returns", (), permanent=True)),
         (S.DISPATCHED, True, "soon", Fail(
             "an action returned an unknown marker 'soon'; return plain data instead", (), True)),
+        # answered unstarted (the runtime's lease was in doubt): it never ran, so it runs
+        # again, uncharged; it was read as an unknown marker and failed for good
+        (S.DISPATCHED, False, "unstarted", Fail(
+            "boom", (GIVEN_UP_ERROR,), permanent=False, at_once=True)),
+        (S.COMPENSATING, False, "unstarted", Fail(
+            "boom", (GIVEN_UP_ERROR,), permanent=False, at_once=True)),
+        (S.UNKNOWN, False, "unstarted", ProbeAgain("probe lost: boom", failed=False)),
     ],
 )  # fmt: skip
 def test_a_marked_answer_is_read_by_the_state_of_its_step(
@@ -65,7 +72,8 @@ def test_a_marked_answer_is_read_by_the_state_of_its_step(
 
 
 def test_the_marks_travel_as_the_plain_strings_agents_send() -> None:
-    assert [str(k) for k in OutcomeKind] == ["", "later", "done", "not_done", "running"]
+    marks = ["", "later", "done", "not_done", "running", "unstarted"]
+    assert [str(k) for k in OutcomeKind] == marks
     plain: Any = "done"  # what an Outcome carries over a host boundary
     assert read_answer(_step(S.UNKNOWN), ok=True, kind=plain, result=1, error=None, probe="p") == (
         Succeed(1)

@@ -217,3 +217,22 @@ def test_a_step_that_times_out_while_its_orphan_waits_to_run_again_is_undone() -
     run = engine.runs["w1"]
     assert run.jobs["a"].compensating
     assert "a" in run.queued
+
+
+def test_an_attempt_answered_unstarted_runs_again_without_spending_an_attempt() -> None:
+    # A runtime paused past its lease answers the attempts it held back "unstarted": they
+    # never ran. Read as an agent's unknown marker, the step failed for good and its
+    # workflow compensated, though the runtime still held the lease.
+    engine = _engine()
+    decision = _started(engine)
+    for token in (1000, 1001, 1002):  # more than RETRY's two attempts
+        _dispatch(engine, decision, token=token, now=11.0)
+        unstarted = Answered(token, ok=False, error="not started", kind="unstarted")
+        decision = engine.handle(unstarted, now=12.0, rand=lambda: 0)
+        assert _steps(decision) == [("a", S.RETRY_WAIT)]
+        assert [a.job.step for a in decision.now if isinstance(a, Enqueue)] == ["a"]
+    again = _dispatch(engine, decision, token=1003, now=13.0)
+    (write,) = again.writes
+    assert isinstance(write, StepWrite)
+    assert write.new.attempt == 1  # none of those was charged
+    assert engine.runs["w1"].record.state is WorkflowState.RUNNING

@@ -5,8 +5,10 @@ An attempt usually ends with a plain answer: a result, or an error the retry rul
 
 - a marked answer (:class:`OutcomeKind`): a probe's verdict on an UNKNOWN step (applied,
   not applied, still running), or ``complete_later()`` handing a DISPATCHED step off;
-  anything else marked (a probe verdict from a plain action, a hand-off from a
-  compensation or a probe) is a programming error in the agent, failed permanently;
+  an attempt answered unstarted (it never ran: the runtime's lease was in doubt) is a
+  loss not charged; anything else marked (a probe verdict from a plain action, a
+  hand-off from a compensation or a probe) is a programming error in the agent, failed
+  permanently;
 - a lapse (its deadline or heartbeat ran out): an UNKNOWN step's probe failed; an
   attempt that may have reached the remote side is probed when its agent has a probe;
   anything else failed with a timeout;
@@ -51,6 +53,7 @@ class OutcomeKind(enum.StrEnum):
     DONE = "done"  # a probe: the request was applied
     NOT_DONE = "not_done"  # a probe: it was not
     RUNNING = "running"  # a probe: the remote side is still at it
+    UNSTARTED = "unstarted"  # never started (the lease in doubt, or a stale token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,8 @@ def read_answer(
 ) -> Succeed | Fail | ProbeAgain | HandOff:
     """What a marked answer (or any answer to a probe) of ``st``'s current attempt means;
     ``probe`` names the probe method, for the error when it returned no verdict."""
+    if kind == OutcomeKind.UNSTARTED:  # it never ran: as a loss not charged, it runs again
+        return after_loss(st, error or "not started", given_up=True)
     if st.state is StepState.UNKNOWN:
         if not ok:
             return ProbeAgain(f"probe failed: {error}", failed=True)

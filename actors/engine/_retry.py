@@ -40,7 +40,8 @@ so when its workflow compensates its compensation runs."""
 
 GIVEN_UP_ERROR = "herder.AgentGivenUp"
 """The error type of an attempt lost because the runtime gave up on its agent's instances
-(their restart intensity was exceeded, by other attempts' crashes) while it ran: it did
+(their restart intensity was exceeded, by other attempts' crashes) while it ran, or
+answered unstarted (``OutcomeKind.UNSTARTED``: the runtime's lease was in doubt): it did
 not fail, so it is not charged; it may have taken effect, so its step is undone if it
 cannot run again (its workflow compensates)."""
 
