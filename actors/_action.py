@@ -62,7 +62,7 @@ async def run_attempt_async(
 ) -> Outcome:
     """:func:`~herder.actors._action.run_attempt` for the loop: the action's coroutine (or
     a coroutine a plain ``def`` returned) is awaited first; then the outcome is settled."""
-    if not leased(run, 0.0):  # (no wait on the loop)
+    if not leased(run, 0.0) and not await renewed(run):  # (waited for off the loop)
         return unleased(agent_name, instance_id, run)
     try:
         value = call_action(agent, agent_name, run)
@@ -124,6 +124,17 @@ def leased(run: Run, wait: float) -> bool:
     without one, a remote worker's or a test's, knows of no lease)."""
     check = getattr(run.context._port, "leased", None)
     return check is None or bool(check(wait))
+
+
+async def renewed(run: Run) -> bool:
+    """Whether the lease was renewed within ``LEASE_WAIT`` (a runtime paused past it), as
+    a thread host waits: waited for on a thread of the loop's executor, never on the loop.
+    Answered unstarted at once instead, the step ran again at once, and again, until the
+    renewal came. False when cancelled meanwhile (its answer is fenced out then)."""
+    try:
+        return await asyncio.to_thread(leased, run, LEASE_WAIT)
+    except BaseException:  # (cancelled, or the loop's executor shut down: not started)
+        return False
 
 
 def unleased(agent_name: str, instance_id: str, run: Run) -> Outcome:

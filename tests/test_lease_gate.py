@@ -4,6 +4,7 @@ standby may have taken over and be running those steps (actors/_engine.AttemptPo
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from types import SimpleNamespace
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from herder.actors import FakeClock, StepContext, run_attempt
+from herder.actors import FakeClock, StepContext, run_attempt, run_attempt_async
 from herder.actors._engine import AttemptPort
 from herder.actors._messages import UNSTARTED, Outcome, Run
 from herder.store import LeaseLost
@@ -81,6 +82,38 @@ def test_an_attempt_waits_for_the_renewal_after_a_pause_then_starts() -> None:
     assert ctx.leased.entered.wait(10)
     assert agent.calls == 0
     with ctx.leased:  # the renewal went through: the lease is still ours
+        ctx.lease_until = time.monotonic() + 5.0
+        ctx.leased.notify_all()
+    worker.join(10)
+    assert done[0].ok
+    assert agent.calls == 1
+
+
+class AsyncAgent:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def act(self, ctx: StepContext) -> str:
+        self.calls += 1
+        return "done"
+
+
+def test_an_async_attempt_waits_for_the_renewal_after_a_pause_then_starts() -> None:
+    # The asyncio host answered "not started" at once, before the renewal the thread hosts
+    # wait for came: after a pause past the lease, steps of async agents failed (and their
+    # workflows compensated) while the runtime still held its lease.
+    ctx, run = attempt(time.monotonic() - 1.0)
+    agent = AsyncAgent()
+    done: list[Outcome] = []
+
+    def on_a_loop() -> None:
+        done.append(asyncio.run(run_attempt_async(agent, "a", "i", run, 1024)))
+
+    worker = threading.Thread(target=on_a_loop)
+    worker.start()
+    assert ctx.leased.entered.wait(10)  # waiting, off the loop, for a renewal
+    assert agent.calls == 0
+    with ctx.leased:
         ctx.lease_until = time.monotonic() + 5.0
         ctx.leased.notify_all()
     worker.join(10)
