@@ -28,6 +28,8 @@ from herder.store import (
     Store,
     StoreError,
     has_store,
+    holder_gone,
+    is_held,
     standby_waiting,
 )
 
@@ -138,11 +140,20 @@ def request_handoff(
             f"no store at {path}: check --store; handoff asks the runtime running that store "
             "(`herder run --store PATH`) to hand over"
         )
-    with Store(path, standby=True) as st:
+    # As a client: a standby's open took the flock a dead holder left, and kept it while
+    # it waited, so the runtime restarted meanwhile was refused (StoreLocked).
+    with Store(path, mode="client") as st:
         held = st.read_lease()
         if held is None or held.released or held.expires <= time.time():
             state = "no runtime ever held it" if held is None else held.describe()
             sys.stderr.write(f"herder handoff: no runtime holds the lease of {path} ({state})\n")
+            return 1
+        if holder_gone(held, have_flock=not is_held(path)):
+            sys.stderr.write(
+                f"herder handoff: the runtime holding the lease of {path} (pid {held.pid}) is "
+                "gone: it ended without releasing the lease, so nothing can hand over. A waiting "
+                "standby takes over by itself; else start the runtime again (it opens at once)\n"
+            )
             return 1
         if not force and not standby_waiting(path):
             sys.stderr.write(

@@ -135,7 +135,7 @@ from herder.store._keys import (
     workflow_key,
 )
 from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease
-from herder.store._locktable import holder_stopped, is_held
+from herder.store._locktable import holder_gone, holder_stopped, is_held
 from herder.store._open import has_store
 from herder.store._ops import BatchSink, Delete, Expect, Ops, Put, Transition
 from herder.store._plan import Plan, StepSpec
@@ -287,6 +287,7 @@ __all__ = [
     "history_owner",
     "history_put",
     "history_seqs",
+    "holder_gone",
     "holder_stopped",
     "index_entry",
     "indexed",

@@ -187,6 +187,43 @@ def test_handoff_with_no_wait_asks_and_succeeds(tmp_path: Path) -> None:
         rt.stop()
 
 
+HOLDER = """
+import sys
+from herder.store import Store
+store = Store(sys.argv[1], lease=60.0)
+print("open", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_handoff_from_a_runtime_that_died_says_it_is_gone_and_holds_nothing(
+    tmp_path: Path,
+) -> None:
+    # The runtime holding the lease was SIGKILLed, its lease not yet expired. `herder
+    # handoff` said "no standby waits ... would stop the only runtime (pid N)"; forced, it
+    # asked the dead pid, held the store's flock while it waited (--wait, 60 s by default:
+    # a runtime restarted meanwhile was refused, StoreLocked) and ended "did not move".
+    path = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "open"
+    holder.kill()
+    holder.wait(timeout=WAIT)
+    for forced in ([], ["--force"]):
+        told = herder("handoff", "--store", str(path), "--wait", "20", *forced)
+        assert told.returncode == 1
+        assert f"(pid {holder.pid}) is gone" in told.stderr
+        assert "asked" not in told.stdout
+    with Runtime(path) as rt:  # and it is free to open
+        assert rt.is_active
+
+
 def _herder_errors() -> set[type[HerderError]]:
     for pkg in ("herder.store", "herder.actors", "herder.runtime"):
         path = importlib.import_module(pkg).__path__
