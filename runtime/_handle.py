@@ -165,6 +165,15 @@ class Waiting:
             for waiter in futures:
                 waiter.set((record, None))
 
+    def _standby_polled(self) -> None:
+        """A standby's lease poll: its health signal, and the waiters on workflows the
+        active runtime (another process) ended hear of it from the store: nothing here
+        announces them before this runtime takes over."""
+        rt = _runtime(self)
+        rt._healthy()
+        if rt._waiters:
+            self._resolve_ended()
+
     def _fail_waiters(self, error: BaseException) -> None:
         """The runtime stopped: every waiter (and start() waiting for capacity) hears it."""
         rt = _runtime(self)

@@ -154,7 +154,7 @@ class Runtime(
                     self._setup(setup)
             if config.standby:
                 self._watcher = StandbyWatcher(
-                    self._store, config.standby_poll, self._promote, self._healthy
+                    self._store, config.standby_poll, self._promote, self._standby_polled
                 )
             else:
                 self._become_active()

@@ -351,11 +351,12 @@ def test_a_standby_asks_for_the_handoff_itself_and_takes_over(
         assert lease.pid == os.getpid()
 
 
-def test_a_result_awaited_on_a_standby_resolves_once_it_takes_over(
+def test_a_result_awaited_on_a_standby_resolves_when_the_active_runtime_ends_it(
     tmp_path: pathlib.Path, daemons: list[Daemon]
 ) -> None:
-    # A workflow the active runtime ended while a standby's caller waited on it was
-    # announced by nothing: the caller waited forever, even after the standby took over.
+    # A standby heard of finals only from its own Scheduler: a caller waiting there on a
+    # workflow the active runtime ended waited until the standby took over, forever while
+    # the active one stayed healthy, though status() said it had ended.
     store, effects = tmp_path / "store", tmp_path / "effects"
     active = Daemon(store, effects, HA_START="1", HA_STEP="0.5", HA_AWAIT="1")
     daemons.append(active)
@@ -363,15 +364,15 @@ def test_a_result_awaited_on_a_standby_resolves_once_it_takes_over(
     with Runtime(store, standby=True, lease=LEASE, standby_poll=0.02) as standby:
         outcome: list[Any] = []
         waiting = threading.Thread(
-            target=lambda: outcome.append(standby.handle("w-0").result(timeout=WAIT))
+            target=lambda: outcome.append(standby.handle("w-0").result(timeout=2 * WAIT))
         )
         waiting.start()
         active.wait_for("ended w-0")  # (its 3 steps of 0.5 s began before the wait did)
-        assert waiting.is_alive()  # (documented: a standby hears only its own finals)
-        assert standby.handoff(deadline=5.0, timeout=WAIT)
         waiting.join(timeout=WAIT)
         assert not waiting.is_alive()
         assert set(outcome[0]) == {"a", "b", "c"}
+        assert not standby.is_active  # still the standby: the active one ended it
+        assert active.proc.poll() is None
 
 
 def test_a_standby_under_systemd_is_ready_as_standby_then_reports_active(
