@@ -27,6 +27,7 @@ from herder.store._lease import (
     read_lease,
     renewal,
     take,
+    why_takeable,
 )
 from herder.store._ops import Put, Transition
 
@@ -98,6 +99,12 @@ class LeaseHolder(Access):
         if not self.standby or self._env is None:
             raise StoreError(f"store {self.path} is not an open standby store")
         self._try_flock()
+        # A look first, in a read: only a lease that may be taken is worth LMDB's writer
+        # lock. Taken at every poll, a standby stopped (SIGSTOP, a debugger, a frozen
+        # container) inside that write stopped every commit of the healthy holder.
+        when, seen = time.time() if now is None else now, self.read_lease()
+        if why_takeable(seen, when, have_flock=self._have_flock, lapsed=lapsed) is None:
+            return None
 
         def take_it(txn: lmdb.Transaction) -> tuple[Lease, str | None]:
             lease, reason = take(

@@ -217,6 +217,53 @@ def test_a_holder_stopped_inside_a_commit_is_fenced_by_the_standby(
         _kill(holder)
 
 
+WRITING = """
+import ctypes, signal, sys
+from herder.store import Store
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test
+store = Store(sys.argv[1], lease=60.0)
+print("open", flush=True)
+sys.stdin.readline()
+txn = store._env.begin(write=True)  # LMDB's writer lock, as a long commit holds it
+print("writing", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_standby_polls_a_held_lease_without_taking_the_writer_lock(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Each poll took LMDB's writer lock to look at the lease: a standby stopped (SIGSTOP, a
+    # debugger, a frozen container) inside that write stopped every commit of the healthy
+    # holder until it resumed. Here the holder has the lock: a poll must not wait for it.
+    store = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", WRITING, str(store)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with Store(store, standby=True) as standby:  # (opening needs the writer lock)
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "writing"
+            polled: list[str | None] = []
+            poll = threading.Thread(target=lambda: polled.append(standby.try_take_lease()))
+            poll.start()
+            poll.join(timeout=5.0)
+            waited = poll.is_alive()
+            _kill(holder)  # (frees the lock: a poll that waited for it ends)
+            poll.join(timeout=WAIT)
+            assert not waited, "the poll waited for the holder's writer lock"
+            assert polled == [None]  # the lease is held: nothing taken
+    finally:
+        _kill(holder)
+
+
 def _kill(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.kill()  # SIGKILL ends a stopped process too
