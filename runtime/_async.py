@@ -346,7 +346,7 @@ class AsyncRuntime:
             await rt._wake.wait_async()
             if received:
                 _log.info("%s received: draining for up to %ss", received[0], drain_timeout)
-            await rt.stop_async(drain_timeout, drain=rt._ctx.lost is None)
+            await asyncio.to_thread(rt._stop, *serving_ended(rt, drain_timeout))
         finally:
             _unserve_signals(loop, on_signal)
         _log.info("runtime on %s stopped", rt.path)
@@ -369,3 +369,11 @@ class AsyncRuntime:
             raise rt._scheduler_gone() from None
         except TimedOut:
             raise unrecorded(msg, rt._ask_timeout) from None
+
+
+def serving_ended(rt: Runtime, drain_timeout: float) -> tuple[float, float | None]:
+    """How ``run_forever`` stops: the actors and the store get ``drain_timeout``, and at
+    least stop()'s default (a drain timeout of 0 closed no store and blamed the disk);
+    running attempts get ``drain_timeout``, none on a deposed runtime (nothing of theirs
+    could be recorded)."""
+    return max(drain_timeout, 10.0), None if rt._ctx.lost is not None else drain_timeout

@@ -26,6 +26,7 @@ from herder.actors import (
     start_tree,
 )
 from herder.actors.ray import detach
+from herder.runtime._async import serving_ended
 from herder.runtime._config import at_least
 from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper
@@ -68,10 +69,15 @@ class Lifecycle:
         (None: no limit); ``drain=True`` on the loop of the ``async def`` actions raises
         :class:`WrongThread` (await :meth:`stop_async` there).
         """
-        rt = _runtime(self)
         timeout = wait_limit(timeout)  # (a negative one stopped nothing, and blamed the disk)
+        rt = _runtime(self)
         if drain and not rt._closed:  # (the drain would wait for attempts on this loop)
             off_loop(rt._ctx.event_loop, "stop(drain=True)", "rt.stop_async(drain=True)")
+        self._stop(timeout, timeout if drain else None)
+
+    def _stop(self, timeout: float, drain: float | None) -> None:
+        """:meth:`stop`, draining for ``drain`` seconds first (None: no drain)."""
+        rt = _runtime(self)
         with rt._lock:
             closed = rt._closed
             rt._draining = True
@@ -81,9 +87,9 @@ class Lifecycle:
             return
         if rt._firer is not None:
             rt._firer.stop()
-        if drain:
+        if drain is not None:
             try:
-                self._drain(timeout)
+                self._drain(drain)
             except Exception:
                 # A drain that cannot finish must not leave the runtime half-stopped.
                 _log.exception("draining failed; stopping without it")
@@ -189,8 +195,7 @@ class Lifecycle:
                     break
             if received:
                 _log.info("%s received: draining for up to %ss", received[0], drain_timeout)
-            # A deposed runtime cannot record outcomes: nothing to wait for.
-            self.stop(drain_timeout, drain=rt._ctx.lost is None)
+            self._stop(*serving_ended(rt, drain_timeout))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -363,11 +368,12 @@ class Lifecycle:
                 committed.wait(min(_BACKSTOP, max(0.0, deadline - time.monotonic())))
         finally:
             rt._listener.commit_waiters.remove(committed.set)
-        _log.warning(
-            "%d attempts still running after draining %ss; they run again at the next open",
-            running,
-            timeout,
-        )
+        if running:  # (a drain of 0 s asked nothing)
+            _log.warning(
+                "%d attempts still running after draining %ss; they run again at the next open",
+                running,
+                timeout,
+            )
 
     def _check_open(self) -> None:
         rt = _runtime(self)

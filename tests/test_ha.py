@@ -36,10 +36,16 @@ class Daemon(Child):
     """One ``herder run`` subprocess and the lines it prints."""
 
     def __init__(
-        self, store: pathlib.Path, effects: pathlib.Path, *, standby: bool = False, **env: str
+        self,
+        store: pathlib.Path,
+        effects: pathlib.Path,
+        *,
+        standby: bool = False,
+        drain: str = "5",
+        **env: str,
     ) -> None:
         cmd = ["-m", "herder.runtime", "run", "--store", str(store)]
-        cmd += ["--app", "ha_app:build", "--lease", str(LEASE), "--drain-timeout", "5"]
+        cmd += ["--app", "ha_app:build", "--lease", str(LEASE), "--drain-timeout", drain]
         if standby:
             cmd.append("--standby")
         super().__init__(cmd, cwd=TESTS, env={"HA_EFFECTS": str(effects), **env})
@@ -379,6 +385,25 @@ def test_herder_run_speaks_the_systemd_notify_protocol(
         daemon.proc.send_signal(signal.SIGTERM)
         receive_until("STOPPING=1")
     assert daemon.proc.wait(timeout=WAIT) == 0
+
+
+def test_a_sigterm_without_a_drain_stops_cleanly_and_releases_the_lease(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    # --drain-timeout 0 (running attempts are not waited for) bounded the actors' stop and
+    # the store's close by 0 s too: the store was left open, its lease not released, and
+    # herder run exited 1 blaming "a stalled disk?".
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    daemon = Daemon(store, effects, drain="0", HA_START="2", HA_STEP="20")
+    daemons.append(daemon)
+    daemon.wait_for("started all")
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=WAIT) == 0, daemon.errors[-5:]
+    assert "stopped" in daemon.seen
+    with Store(store, readonly=True) as st:
+        lease = st.read_lease()
+    assert lease is not None
+    assert lease.released
 
 
 def test_a_standby_asks_for_the_handoff_itself_and_takes_over(
