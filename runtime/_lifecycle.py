@@ -64,10 +64,9 @@ class Lifecycle:
         ``timeout``) for that stop to end. If the store's writer cannot finish within it
         (a stalled disk), the runtime is stopped all the same (every waiter hears
         :class:`RuntimeClosed`) and :class:`TimedOut` says the store is still open:
-        call again to retry. A
-        ``timeout`` that is not a number of seconds >= 0 raises :class:`InvalidInput`
-        (None: no limit); ``drain=True`` on the loop of the ``async def`` actions raises
-        :class:`WrongThread` (await :meth:`stop_async` there).
+        call again to retry. A ``timeout`` that is not a number of seconds >= 0 raises
+        :class:`InvalidInput` (None: no limit); ``drain=True`` on the loop of the ``async
+        def`` actions raises :class:`WrongThread` (await :meth:`stop_async` there).
         """
         timeout = wait_limit(timeout)  # (a negative one stopped nothing, and blamed the disk)
         rt = _runtime(self)
