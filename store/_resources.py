@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from herder.store._records import MAP_VERSION
+from herder.store._validate import record_checker
 
 
 class BreakerState(enum.StrEnum):
@@ -63,13 +64,22 @@ class ResourceRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResourceRecord:
         """Rebuild a record from :meth:`to_dict` output (unknown keys are ignored);
-        ``TypeError``/``ValueError`` for anything else."""
+        ``TypeError``/``ValueError`` for anything else: a field of another type, or a
+        negative count (served as it was, a counter of ``'many'`` failed every scrape)."""
         if not isinstance(data, dict):
             raise TypeError(f"a resources record is a map, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["breaker"] = BreakerState(values.get("breaker", BreakerState.CLOSED))
-        return cls(**values)
+        record = cls(**values)
+        _check_types(record)
+        for name in ("failures", "opens", "crashes", "lost"):
+            if getattr(record, name) < 0:
+                raise ValueError(f"field {name!r} is {getattr(record, name)}: a count is >= 0")
+        return record
+
+
+_check_types = record_checker(ResourceRecord)
 
 
 def resource_key(agent: str) -> bytes:

@@ -56,7 +56,7 @@ def _table(cls: type) -> list[_Check]:
     return table
 
 
-def _checker(cls: type) -> Callable[[Any], None]:
+def record_checker(cls: type) -> Callable[[Any], None]:
     """``cls``'s field checks as one generated function (as ``_records`` generates its
     readers): one ``isinstance`` per field, no loop over a table and no ``getattr``.
     Every record read from the store goes through it (recovery reads 100k of them)."""
@@ -80,7 +80,7 @@ def _bad(name: str, value: Any, allowed: tuple[type, ...]) -> None:
 
 
 _CHECKS: dict[type, Callable[[Any], None]] = {
-    cls: _checker(cls) for cls in (WorkflowRecord, StepRecord, StepSpec, Plan)
+    cls: record_checker(cls) for cls in (WorkflowRecord, StepRecord, StepSpec, Plan)
 }
 
 

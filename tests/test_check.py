@@ -424,3 +424,34 @@ def test_history_left_behind_by_its_workflow_and_malformed_keys_are_reported(
     assert "a workflow started as 'o-ok' would list it as its own" in problems[orphan]
     for key in odd:
         assert problems[key].startswith("not a history key (a workflow id, NUL, an 8-byte")
+
+
+def test_a_resource_record_with_a_field_of_the_wrong_type_is_reported_and_fails_no_scrape(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    """A resources record that decodes but holds a counter of another type (a flipped
+    bit, a foreign tool's map) or a negative one passed the check, and a runtime served
+    it as it was: ``stats()`` showed ``crashes: 'many'`` and every scrape of the
+    Prometheus registry it shares raised (``float('many')``)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    path = damaged(
+        [
+            Put("resources", b"shop", encode({"v": 1, "agent": "shop", "crashes": "many"})),
+            Put("resources", b"flaky", encode({"v": 1, "agent": "flaky", "lost": -2})),
+        ]
+    )
+    problems = {(db, key): message for db, key, message in _problems(path)}
+    assert problems == {
+        ("resources", b"shop"): "bad record: TypeError: field 'crashes' is str 'many', "
+        "expected int",
+        ("resources", b"flaky"): "bad record: ValueError: field 'lost' is -2: a count is >= 0",
+    }
+    with Runtime(path, clock=FakeClock()) as rt:  # (each read as unreadable: reset)
+        rt.add_agent("shop", Shop)
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        text = generate_latest(registry).decode()
+        stats = rt.stats()["resources"]
+    assert "herder_up 1.0" in text
+    assert "many" not in repr(stats)
