@@ -30,8 +30,8 @@ crash test) can see exactly what is wrong. What it checks:
   has the agent it resolved stored with the workflow, and nothing else is stored there;
   a step of an ``AnyOf`` group that ran names the member it ran on, one of the group.
 
-The CLI prints the problems (or ``--json``) and exits 1 if there are any, 0 if none;
-the report's types are ``_check_report``.
+The CLI prints the problems (or ``--json``) and exits 1 if there are any, 0 if none (3
+if it could not read the store: ``_cli_inspect``); the report's types are ``_check_report``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ retry, skip, compensate, abandon, cancel through the running runtime), ``_cli_da
 command line to their own parsers.
 
 ``--store`` defaults to ``$HERDER_STORE``. Exit codes: 0 done, 1 the command failed
-(message on stderr), 2 bad usage, 3 an operator command is queued but not applied yet,
-130 interrupted (Ctrl-C).
+(message on stderr), 2 bad usage, 3 an operator command is queued but not applied yet
+(``check``: it could not read the store; its 1 is problems found), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return _reader_left()
     except HerderError as exc:
         sys.stderr.write(f"herder {args.command}: {exc}\n")
-        return 1
+        return int(getattr(args, "error_exit", 1))  # (check: 3, apart from its problems)
     except KeyboardInterrupt:  # Ctrl-C while a command reads or waits: no traceback
         sys.stderr.write(f"herder {args.command}: interrupted\n")
         return 130

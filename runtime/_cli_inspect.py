@@ -9,6 +9,10 @@ from typing import Any, TextIO
 from herder.runtime._cli_args import add_json, add_store, count_arg, when_arg
 from herder.store import Store, WorkflowState
 
+CANNOT_CHECK = 3
+"""``herder check``'s exit code when it could not check (the store missing, locked, not a
+store, or damaged below its records): apart from 1, problems found in a store it read."""
+
 
 def add_parsers(sub: Any) -> None:
     """Add ``ls``, ``show``, ``stats``, ``check`` and ``schedules``."""
@@ -38,7 +42,12 @@ def add_parsers(sub: Any) -> None:
         "--attempts", action="store_true", help="each failed attempt with its traceback"
     )
     cmd("stats", "counts of workflows, steps, retries, timers, breakers (read-only)")
-    cmd("check", "verify cross-database invariants (read-only); exit 1 on problems")
+    check = cmd(
+        "check",
+        "verify cross-database invariants (read-only); exit 1 on problems, "
+        f"{CANNOT_CHECK} if the store could not be read",
+    )
+    check.set_defaults(error_exit=CANNOT_CHECK)  # (main's exit code for a HerderError)
     cmd("schedules", "periodic schedules and their next firing (read-only)")
 
 

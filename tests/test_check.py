@@ -160,6 +160,22 @@ def test_the_cli_exits_zero_on_a_good_store_and_one_on_a_damaged_one(
     } in (report["problems"])
 
 
+def test_the_cli_exits_three_when_it_could_not_read_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store it could not read (a wrong path, a foreign file) exited 1, as a store whose
+    records break an invariant does: a script could not tell "restore a backup" from
+    "fix the path"."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.mdb").write_bytes(b"not lmdb")
+    for path, why in ((tmp_path / "nowhere", "no store at"), (foreign, "not an LMDB file")):
+        out = io.StringIO()
+        assert main(["check", "--store", str(path), "--json"], out) == 3
+        assert out.getvalue() == ""
+        assert why in capsys.readouterr().err
+
+
 def test_a_missing_timer_entry_is_reported_by_its_key(
     damaged: Callable[[list[Put | Delete]], Path],
 ) -> None:

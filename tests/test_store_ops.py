@@ -194,9 +194,9 @@ def test_compact_run_as_root_keeps_the_owner_of_the_store(store: Path) -> None:
 def test_a_data_file_cut_short_is_refused_not_a_sigbus(store: Path) -> None:
     data = store / "data.mdb"
     os.truncate(data, data.stat().st_size // 2)
-    for command in ("check", "ls", "compact"):
+    for command, code in (("check", 3), ("ls", 1), ("compact", 1)):  # (check: could not)
         done = herder(command, "--store", str(store))
-        assert done.returncode == 1, (command, done.returncode, done.stderr)
+        assert done.returncode == code, (command, done.returncode, done.stderr)
         assert "was cut short" in done.stderr
     with pytest.raises(StoreError, match="Restore a backup"):
         Store(store, readonly=True)
