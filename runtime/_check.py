@@ -10,9 +10,10 @@ crash test) can see exactly what is wrong. What it checks:
 - a workflow's definition (name and version) is stored, and its step records are exactly
   the plan's steps, keyed by their own workflow id and name;
 - step states agree with the workflow's state (DESIGN.md, "State machines"): a SUCCEEDED
-  workflow has only succeeded steps, a final one nothing dispatched or waiting, a step
-  ran only after its dependencies succeeded, compensations ran in reverse completion
-  order, a compensated or compensating step had succeeded first;
+  workflow has only succeeded steps, a final one nothing dispatched or waiting, a
+  compensated or compensating step had succeeded first; and (``_check_order``), in
+  every state, a step ran and completed only after its dependencies succeeded and
+  compensations ran in reverse completion order;
 - the timer index and the steps agree both ways (``_check_timers``): every step that
   waits for a deadline, a retry or its start time has its timer entry, or its attempt
   a place in a batch entry (with its current fencing token), every step's own entry
@@ -36,7 +37,6 @@ if it could not read the store: ``_cli_inspect``); the report's types are ``_che
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
@@ -48,10 +48,10 @@ from herder.actors.engine import (
     UNDOING,
     holds_timer,
     to_undo,
-    waits_for,
 )
 from herder.runtime._check_history import check_history
 from herder.runtime._check_index import IndexCheck
+from herder.runtime._check_order import check_order
 from herder.runtime._check_report import CheckReport, Problem
 from herder.runtime._check_timers import TimerIndex
 from herder.runtime._console import dump_json
@@ -270,7 +270,7 @@ class _Checker:
             steps = {st.name: st for st in plan_steps(record, list(steps.values()), plan)}
             for name in extra:
                 self.problem("steps", step_key(record.id, name), "step not in the definition")
-            self.check_order(record, plan, steps)
+            check_order(record, plan, steps, self.problem)
             self.check_agents(record, plan)
             self.check_members(record, plan, steps)
             if record.state in (WorkflowState.COMPENSATED, WorkflowState.CANCELLED):
@@ -351,32 +351,6 @@ class _Checker:
 
     def count_timer(self) -> None:
         self.report.timers += 1
-
-    def check_order(self, record: WorkflowRecord, plan: Plan, steps: dict[str, StepRecord]) -> None:
-        if record.state is WorkflowState.RUNNING:
-            for spec in plan.steps:
-                st = steps.get(spec.name)
-                if st is None or st.state is StepState.PENDING:
-                    continue
-                early = waits_for(spec, steps)
-                if early:
-                    self.problem(
-                        "steps",
-                        step_key(record.id, spec.name),
-                        f"{st.state} while its dependencies {early} have not succeeded",
-                    )
-        undone = sorted(
-            (st for st in steps.values() if st.state is StepState.COMPENSATED and st.done_token),
-            key=lambda st: st.done_token or 0,
-        )
-        for earlier, later in itertools.pairwise(undone):
-            if earlier.token < later.token:
-                self.problem(
-                    "workflows",
-                    workflow_key(record.id),
-                    f"step {earlier.name!r} completed before {later.name!r} but was "
-                    "compensated first: compensation must run in reverse completion order",
-                )
 
 
 def run_check(out: TextIO, store: Store, *, as_json: bool) -> int:

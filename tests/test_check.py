@@ -254,11 +254,37 @@ def test_a_step_dispatched_before_its_dependency_succeeded_is_reported(
     pack = _step(damaged([]), "o-running", "pack")
     pack.update(state=StepState.PENDING, done_token=None)
     path = damaged([Put("steps", step_key("o-running", "pack"), encode(pack))])
-    assert (
-        "steps",
-        step_key("o-running", "ship"),
-        "DISPATCHED while its dependencies ['pack'] have not succeeded",
-    ) in _problems(path)
+    problems = {(db, key): message for db, key, message in _problems(path)}
+    message = problems[("steps", step_key("o-running", "ship"))]
+    assert message.startswith("DISPATCHED while its dependencies ['pack'] have not succeeded: ")
+    assert "`herder show o-running`" in message
+
+
+def test_a_step_that_ran_or_completed_before_its_dependency_is_reported_in_any_state(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    """The order was checked in RUNNING workflows only: a SUCCEEDED workflow whose last
+    step completed before the one it runs after, or a compensated one whose second step
+    ran (and was undone) while its first never succeeded, passed the check."""
+    ship = _step(damaged([]), "o-ok", "ship")
+    pack = _step(damaged([]), "o-ok", "pack")
+    ship.update(token=pack["done_token"] - 1, done_token=pack["done_token"] - 1)
+    pay = _step(damaged([]), "o-undone", "pay")
+    pay.update(state=StepState.PENDING, token=0, attempt=0, done_token=None, succeeded=False)
+    path = damaged(
+        [
+            Put("steps", step_key("o-ok", "ship"), encode(ship)),
+            Put("steps", step_key("o-undone", "pay"), encode(pay)),
+        ]
+    )
+    problems = {(db, key): message for db, key, message in _problems(path)}
+    assert problems[("steps", step_key("o-ok", "ship"))].startswith(
+        "completed before its dependencies ['pack'] succeeded: herder dispatches a step only"
+    )
+    assert problems[("steps", step_key("o-undone", "pack"))].startswith(
+        "COMPENSATED while its dependencies ['pay'] have not succeeded: "
+    )
+    assert len(problems) == 2
 
 
 def test_compensation_out_of_reverse_completion_order_is_reported(
