@@ -24,7 +24,8 @@ crash test) can see exactly what is wrong. What it checks:
 - the ``recent`` index (``_check_index``): each workflow has its one entry, under its
   record's last update and state (recovery resumes what it lists as unfinished);
 - history (``_check_history``): every value is an event (``as_event``, the rule by which
-  ``herder show`` lists one as damaged) under a history key of a workflow that exists;
+  ``herder show`` lists one as damaged) under a history key of a workflow that exists,
+  and each workflow's history ends in the states of its records;
 - schedules: each reads, sits under its name, names a stored workflow, and no workflow
   it fired is for a slot after its cursor;
 - agents chosen at run time: every step whose agent the plan templates from the input
@@ -49,7 +50,7 @@ from herder.actors.engine import (
     holds_timer,
     to_undo,
 )
-from herder.runtime._check_history import check_history
+from herder.runtime._check_history import HistoryCheck, States
 from herder.runtime._check_index import IndexCheck
 from herder.runtime._check_order import check_order
 from herder.runtime._check_report import CheckReport, Problem
@@ -144,19 +145,28 @@ class _Checker:
     def run(self) -> CheckReport:
         self.check_meta()
         self.load_definitions()
-        ids = set()
+        ids: set[bytes] = set()
+        history = HistoryCheck(
+            self.snap.items("history"),
+            ids,
+            self.problem,
+            lambda key, raw: self.load("history", key, raw, lambda d: (d,), is_map=False),
+        )
         for key, raw in self.snap.items("workflows"):
             self.report.workflows += 1
             record = self.load("workflows", key, raw, _workflow)
             if record is None:
                 ids.add(key)  # its steps are not orphans, only their workflow is unreadable
+                history.upto(key, None)
                 continue
             ids.add(workflow_key(record.id))
             if workflow_key(record.id) != key:
                 self.problem("workflows", key, f"holds the record of workflow {record.id!r}")
+                history.upto(key, None)
                 continue
             self.index.workflow(key, raw)
-            self.check_workflow(record)
+            history.upto(key, self.check_workflow(record))
+        history.rest()
         for key, _ in self.snap.items("steps"):
             self.report.steps += 1
             if key.partition(KEY_SEP)[0] not in ids:
@@ -168,12 +178,6 @@ class _Checker:
         )
         self.check_schedules()
         self.index.entries()
-        check_history(
-            self.snap.items("history"),
-            ids,
-            self.problem,
-            lambda key, raw: self.load("history", key, raw, lambda d: (d,), is_map=False),
-        )
         # Read by ls and by the sweep (queued commands): each value must decode; at open
         # (resources), each must be a record too.
         for db in (RECENT_DB, "commands"):
@@ -249,12 +253,14 @@ class _Checker:
             steps[st.name] = st
         return steps
 
-    def check_workflow(self, record: WorkflowRecord) -> None:
+    def check_workflow(self, record: WorkflowRecord) -> States:
+        """Check ``record`` and its steps; its state and its readable steps' states."""
         wkey = workflow_key(record.id)
         if record.deadline is not None and not record.state.is_final:
             # Its deadline's timer (engine._deadline): until it ends or the timer fires.
             self.timers.wanted[step_key(record.id, DEADLINE_TIMER)] = (ms(record.deadline), 0)
         steps = self.steps_of(record)
+        states = (record.state, {name: st.state for name, st in steps.items()})
         plan = self.plans.get((record.name, record.version))
         if plan is None:
             self.problem(
@@ -289,6 +295,7 @@ class _Checker:
             if st.state not in allowed:
                 self.problem("steps", skey, f"{st.state} in a {record.state} workflow")
             self.check_step(record, st, skey)
+        return states
 
     def check_agents(self, record: WorkflowRecord, plan: Plan) -> None:
         wkey = workflow_key(record.id)

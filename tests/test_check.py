@@ -15,6 +15,7 @@ import pytest
 
 from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime._check import check_store
+from herder.runtime._check_history import UNTOLD
 from herder.runtime._cli import main
 from herder.runtime.testing import FakeClock, wait_until
 from herder.store import (
@@ -284,7 +285,7 @@ def test_a_step_that_ran_or_completed_before_its_dependency_is_reported_in_any_s
     assert problems[("steps", step_key("o-undone", "pack"))].startswith(
         "COMPENSATED while its dependencies ['pay'] have not succeeded: "
     )
-    assert len(problems) == 2
+    assert len(problems) == 3  # and pay's record, no longer where its history ends
 
 
 def test_compensation_out_of_reverse_completion_order_is_reported(
@@ -497,3 +498,29 @@ def test_a_resource_record_with_a_field_of_the_wrong_type_is_reported_and_fails_
         stats = rt.stats()["resources"]
     assert "herder_up 1.0" in text
     assert "many" not in repr(stats)
+
+
+def test_a_record_whose_history_does_not_end_in_its_state_is_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    """Every transition is stored with its event in one transaction. A workflow whose
+    history lost its last events (or all of them) passed the check, though `herder show`
+    then says it is still RUNNING, or tells nothing at all."""
+    ok_events = _history_keys(damaged([]), "o-ok")
+    retrying_events = _history_keys(damaged([]), "o-retrying")
+    path = damaged(
+        [
+            Delete("history", ok_events[-1]),  # o-ok's end: RUNNING -> SUCCEEDED
+            *(Delete("history", key) for key in retrying_events),
+        ]
+    )
+    problems = {(db, key): message for db, key, message in _problems(path)}
+    assert problems == {
+        ("workflows", workflow_key("o-ok")): "SUCCEEDED, but the last event of its history "
+        f"has it RUNNING: {UNTOLD.format(wid='o-ok')}",
+        ("workflows", workflow_key("o-retrying")): "RUNNING, but its history has no event "
+        f"of it: {UNTOLD.format(wid='o-retrying')}",
+        ("steps", step_key("o-retrying", "x")): "RETRY_WAIT, but its history has no event "
+        f"of it: {UNTOLD.format(wid='o-retrying')}",
+    }
+    assert "`herder show o-ok`" in UNTOLD.format(wid="o-ok")
