@@ -8,6 +8,7 @@ tests pass a fixed one.
 from __future__ import annotations
 
 import builtins
+import difflib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -77,7 +78,11 @@ class RetryPolicy:
         )
         # In one order whatever the order given: a set of types iterates in an order of
         # their addresses, and a plan compiled in another process must equal the stored one.
-        names = tuple(sorted({_error_name(t) for t in non_retryable}))
+        given = tuple(non_retryable)
+        names = tuple(sorted({_error_name(t) for t in given}))
+        for kind in given:
+            if isinstance(kind, str):  # (a type's own name is the one its errors carry)
+                _matchable(_error_name(kind))
         object.__setattr__(self, "max_attempts", max_attempts)
         object.__setattr__(self, "initial_interval", first)
         object.__setattr__(self, "backoff_coefficient", factor)
@@ -118,10 +123,19 @@ class RetryPolicy:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RetryPolicy:
         """Rebuild a policy from :meth:`to_dict` output (``max_attempts`` True, which
-        was accepted once, reads back as the 1 it meant)."""
-        if isinstance(data, Mapping) and data.get("max_attempts") is True:
-            data = {**data, "max_attempts": 1}
-        return cls(**data)
+        was accepted once, reads back as the 1 it meant; a ``non_retryable`` name that
+        matches no error, accepted before names were checked, as it was stored)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a retry policy is a map, got {type(data).__name__}")
+        data = dict(data)
+        if data.get("max_attempts") is True:
+            data["max_attempts"] = 1
+        names = data.pop("non_retryable", ())
+        policy = cls(**data)
+        _check(isinstance(names, list | tuple), "non_retryable", "a list of names", names)
+        stored = tuple(sorted({_error_name(name) for name in names}))
+        object.__setattr__(policy, "non_retryable", stored)
+        return policy
 
 
 def real_number(value: object) -> float | None:
@@ -150,9 +164,8 @@ def _error_name(kind: object) -> str:
     a built-in exception's bare name: ``"ValueError"`` is stored ``builtins.ValueError``,
     the name every ValueError carries, which the bare name never matched)."""
     if isinstance(kind, str):
-        builtin = getattr(builtins, kind, None) if "." not in kind else None
-        if isinstance(builtin, type) and issubclass(builtin, BaseException):
-            return exception_name(builtin)
+        if "." not in kind and _builtin_exception(kind):
+            return exception_name(getattr(builtins, kind))
         return kind
     _check(
         isinstance(kind, type) and issubclass(kind, BaseException),
@@ -161,6 +174,30 @@ def _error_name(kind: object) -> str:
         kind,
     )
     return exception_name(kind)  # type: ignore[arg-type]
+
+
+def _matchable(name: str) -> None:
+    """Refuse a name no error carries: each is stored as ``module.Qualname``, so a bare
+    name matches only as a built-in's (``_error_name`` completes it) and a ``builtins.``
+    name only as one of the built-in exceptions."""
+    module, _, bare = name.rpartition(".")
+    if module and (module != "builtins" or _builtin_exception(bare)):
+        return
+    close = difflib.get_close_matches(bare, _BUILTIN_EXCEPTIONS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise InvalidInput(
+        f"non_retryable name {name!r:.80} matches no error: an error's type is matched by "
+        "its full name (module.Qualname, such as 'myapp.errors.Refused'), a built-in's by "
+        f"its bare one too (ValueError): pass the exception type itself{hint}"
+    )
+
+
+def _builtin_exception(name: str) -> bool:
+    kind = getattr(builtins, name, None)
+    return isinstance(kind, type) and issubclass(kind, BaseException)
+
+
+_BUILTIN_EXCEPTIONS = sorted(name for name in dir(builtins) if _builtin_exception(name))
 
 
 def _check(ok: bool, name: str, expected: str, actual: object) -> None:

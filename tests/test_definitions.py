@@ -218,3 +218,17 @@ def test_work_recovered_for_an_agent_no_longer_registered_is_warned_of(
             assert rt.handle("o1").result(WAIT) == {"pay": "bought"}
     finally:
         logging.getLogger("herder.scheduler").removeHandler(seen)
+
+
+def test_a_stored_non_retryable_name_that_matches_no_error_still_reads() -> None:
+    """``RetryPolicy`` now refuses a name no error carries (``"ValueEror"``); a plan
+    stored before that must still read, its name matching nothing as it did, or the
+    workflows of its definition could not resume."""
+    stored = {**RetryPolicy().to_dict(), "non_retryable": ["ValueEror", "ValueError"]}
+    policy = RetryPolicy.from_dict(stored)
+    assert policy.non_retryable == ("ValueEror", "builtins.ValueError")
+    assert RetryPolicy.from_dict(policy.to_dict()) == policy
+    with pytest.raises(InvalidInput, match="did you mean 'ValueError'"):
+        RetryPolicy(non_retryable=["ValueEror"])
+    weird = type("Boom", (Exception,), {"__module__": "builtins"})  # (its errors carry it)
+    assert RetryPolicy(non_retryable=[weird]).non_retryable == ("builtins.Boom",)

@@ -260,6 +260,12 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      InvalidInput, "not a herder task token"),
     ("fail_step: not a str token", lambda rt: rt.fail_step(b"x" * 5000, "e"),  # type: ignore[arg-type]
      InvalidInput, "not a herder task token"),
+    ("RetryPolicy: a non_retryable name no error carries (a typo, matching nothing)",
+     lambda rt: RetryPolicy(non_retryable=("ValueEror",)), InvalidInput,
+     "non_retryable name 'ValueEror' matches no error: .* did you mean 'ValueError'"),
+    ("RetryPolicy: a builtins. name of no built-in exception",
+     lambda rt: RetryPolicy(non_retryable=["builtins.Permanent"]), InvalidInput,
+     "non_retryable name 'builtins.Permanent' matches no error"),
     ("start: delay=1e308 (overflowed the timer)", lambda rt: rt.start("echo", delay=1e308),
      InvalidInput, "limit is 3155760000 s"),
     ("start: start_at in year 9999",
