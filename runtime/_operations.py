@@ -23,11 +23,13 @@ from herder.actors import (
 from herder.runtime._part import whole as _runtime
 from herder.store import (
     HerderError,
+    InvalidInput,
     TimedOut,
     bounded_text,
     describe,
     error_types,
     normalize,
+    safe_repr,
     safe_str,
 )
 
@@ -102,6 +104,8 @@ class Operations:
     ) -> None:
         """Fail a step whose action returned ``ctx.complete_later()``; durable on return.
 
+        ``error`` is the reason as a str, or an exception (its type is matched against
+        the step's ``non_retryable``); anything else is refused with ``InvalidInput``.
         The step is retried under its policy unless ``permanent`` (or ``error``'s type is
         non-retryable). Refusals as for :meth:`complete_step`.
         """
@@ -109,6 +113,17 @@ class Operations:
         rt._ask_durable("complete", rt._failure(task_token, error, permanent=permanent))
 
     def _failure(self, task_token: str, error: str | BaseException, *, permanent: bool) -> Complete:
+        if isinstance(error, type) and issubclass(error, BaseException):
+            name = safe_str(error, lambda kind: kind.__name__)
+            raise InvalidInput(  # (recorded as its repr, matching no non_retryable type)
+                f"fail_step's error must be a str or an exception, got the class {name}: "
+                f"pass an instance, {name}('why')"
+            )
+        if not isinstance(error, str | BaseException):
+            raise InvalidInput(  # (recorded as its str: 42, None, a dict said nothing)
+                f"fail_step's error must be a str or an exception, got "
+                f"{type(error).__name__} {safe_repr(error):.60}: pass the reason as a str"
+            )
         wf, step, token = parse_task_token(task_token)
         if isinstance(error, BaseException):
             text, types = describe(error), error_types(error)

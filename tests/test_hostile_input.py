@@ -260,6 +260,14 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
      InvalidInput, "not a herder task token"),
     ("fail_step: not a str token", lambda rt: rt.fail_step(b"x" * 5000, "e"),  # type: ignore[arg-type]
      InvalidInput, "not a herder task token"),
+    ("fail_step: an int error (it was recorded as the text '42')",
+     lambda rt: rt.fail_step("ht1.gZEBAQ", 42), InvalidInput,  # type: ignore[arg-type]
+     "error must be a str or an exception, got int 42"),
+    ("fail_step: an exception class (its type matched no non_retryable)",
+     lambda rt: rt.fail_step("ht1.gZEBAQ", ValueError), InvalidInput,  # type: ignore[arg-type]
+     r"got the class ValueError: pass an instance, ValueError\('why'\)"),
+    ("fail_step_async: None", lambda rt: asyncio.run(rt.fail_step_async("ht1.gZEBAQ", None)),  # type: ignore[arg-type]
+     InvalidInput, "error must be a str or an exception, got NoneType None"),
     ("RetryPolicy: a non_retryable name no error carries (a typo, matching nothing)",
      lambda rt: RetryPolicy(non_retryable=("ValueEror",)), InvalidInput,
      "non_retryable name 'ValueEror' matches no error: .* did you mean 'ValueError'"),

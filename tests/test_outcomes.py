@@ -422,6 +422,26 @@ def test_a_step_completed_later_from_another_thread_frees_its_instance_meanwhile
     assert rt.status("w").steps["pay"].result == {"paid": "later"}
 
 
+def test_fail_step_refuses_an_error_that_is_no_str_or_exception(rt: Runtime) -> None:
+    """``fail_step(token, 42)`` (a status code) was recorded as the error text "42", and
+    ``fail_step(token, ValueError)`` as "<class 'ValueError'>", its type matching no
+    ``non_retryable``: both failed the attempt. Refused, the step still waits."""
+    agent = handoff_agent()
+    rt.add_agent("bank", agent)
+    rt.add_workflow(one_step())
+    rt.start("one", workflow_id="w")
+    assert agent.handed.acquire(timeout=WAIT)
+    settle(rt)
+    for error in (42, ValueError, None):
+        with pytest.raises(InvalidInput, match="error must be a str or an exception"):
+            rt.fail_step(agent.tokens[0], error)  # type: ignore[arg-type]
+    settle(rt)
+    step = rt.status("w").steps["pay"]
+    assert (step.state, step.attempt, step.error) == (StepState.WAITING, 1, None)
+    rt.complete_step(agent.tokens[0], {"paid": 1})
+    assert rt.handle("w").result(timeout=WAIT) == {"pay": {"paid": 1}}
+
+
 def test_fail_step_retries_and_a_completion_of_the_superseded_attempt_is_refused(
     rt: Runtime,
 ) -> None:
