@@ -12,8 +12,10 @@ whose record is unreadable still exists: its history is not reported for that.
 
 Every transition is stored with its event, in one transaction, so a workflow's history
 ends where its records are: its last workflow event enters the workflow's state, and
-each step's last event the step's (a step with none is PENDING). A record that is ahead
-of (or behind) its history had a transition stored without its event.
+each step's last event the step's (a step with none is PENDING), and each event starts
+where the one before it of the same workflow or step ended (a step's first from PENDING,
+a workflow's from none). A record ahead of its history, or an event that does not follow
+on, had a transition stored without its event.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class HistoryCheck:
         """Check the entries up to the history of workflow ``wkey`` and that history,
         which must end in ``states`` (None: its records are unreadable)."""
         last: dict[str | None, object] = {}  # step (None: the workflow) -> the state entered
+        gaps: list[tuple[bytes, object, object]] = []  # (key, state before, event's "from")
         end = wkey + b"\x01"  # (its events' keys are wkey, NUL, a sequence)
         whole = True
         while self._next is not None and self._next[0] < end:
@@ -80,11 +83,21 @@ class HistoryCheck:
                 continue
             if event is None:
                 whole = False  # (its story is cut: where it ends is not known)
-            elif event["kind"] == "workflow":
-                last[None] = event["to"]
-            elif event["kind"] == "step":
-                last[event["step"]] = event["to"]
-        if states is not None and whole:
+                continue
+            if event["kind"] not in ("workflow", "step"):
+                continue
+            which = event["step"] if event["kind"] == "step" else None
+            before = last.get(which, None if which is None else StepState.PENDING)
+            if event["from"] != before:
+                gaps.append((key, before, event["from"]))
+            last[which] = event["to"]
+        if not whole:
+            return
+        untold = UNTOLD.format(wid=wkey.decode("utf-8", "replace"))
+        for key, before, start in gaps:
+            problem = f"goes from {start}, but the event before it entered {before}: {untold}"
+            self._problem("history", key, problem)
+        if states is not None:
             _check_ends(wkey, *states, last, self._problem)
 
     def rest(self) -> None:

@@ -524,3 +524,29 @@ def test_a_record_whose_history_does_not_end_in_its_state_is_reported(
         f"of it: {UNTOLD.format(wid='o-retrying')}",
     }
     assert "`herder show o-ok`" in UNTOLD.format(wid="o-ok")
+
+
+def test_an_event_missing_from_the_middle_of_a_history_is_reported(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    """Each event starts where the one before it (of the same step, or the workflow)
+    ended: a history that lost an event between two others passed the check, its records
+    and its last events agreeing."""
+    path = damaged([])
+    with Store(path, readonly=True) as store:
+        events = [(event["seq"], event) for event in read_history(store, "o-undone")]
+    keys = dict(zip((seq for seq, _ in events), _history_keys(path, "o-undone"), strict=True))
+    pack = [(seq, e) for seq, e in events if e["kind"] == "step" and e["step"] == "pack"]
+    assert [(e["from"], e["to"]) for _, e in pack[:2]] == [
+        ("PENDING", "DISPATCHED"),
+        ("DISPATCHED", "SUCCEEDED"),
+    ]
+    path = damaged([Delete("history", keys[pack[0][0]])])
+    assert _problems(path) == [
+        (
+            "history",
+            keys[pack[1][0]],
+            "goes from DISPATCHED, but the event before it entered PENDING: "
+            + UNTOLD.format(wid="o-undone"),
+        )
+    ]
