@@ -55,7 +55,7 @@ from herder.runtime._check_index import IndexCheck
 from herder.runtime._check_order import check_order
 from herder.runtime._check_report import CheckReport, Problem
 from herder.runtime._check_timers import TimerIndex
-from herder.runtime._console import dump_json
+from herder.runtime._console import dump_json, reader_left
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
@@ -363,17 +363,25 @@ class _Checker:
 def run_check(out: TextIO, store: Store, *, as_json: bool) -> int:
     """``herder check``: print the report; return 0 if the store is consistent, else 1."""
     report = check_store(store)
+    try:
+        _print(out, report, store.path, as_json=as_json)
+        out.flush()  # (a reader that left is found here, not at the interpreter's exit)
+    except BrokenPipeError:  # `herder check | head`: the reader left, the outcome stands
+        reader_left()
+    return 0 if report.ok else 1
+
+
+def _print(out: TextIO, report: CheckReport, path: object, *, as_json: bool) -> None:
     if as_json:
         dump_json(out, report.to_dict())
-        return 0 if report.ok else 1
+        return
     counts = (
         f"{report.workflows} workflows, {report.steps} steps, {report.timers} timers, "
         f"{report.definitions} definitions"
     )
     if report.ok:
-        out.write(f"ok: {store.path}: {counts} checked, no problems\n")
-        return 0
-    out.write(f"{len(report.problems)} problems in {store.path} ({counts} checked):\n")
+        out.write(f"ok: {path}: {counts} checked, no problems\n")
+        return
+    out.write(f"{len(report.problems)} problems in {path} ({counts} checked):\n")
     for problem in report.problems:
         out.write(f"  {problem}\n")
-    return 1

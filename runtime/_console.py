@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -163,6 +164,12 @@ class ProgressLine:
         if self.tty:
             self.out.write("\n")
             self.out.flush()
+
+
+def reader_left() -> None:
+    """The reader of stdout left (``herder ls | head``), which is fine: let nothing else
+    write there (the interpreter's last flush would fail)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def stdout() -> TextIO:

@@ -6,6 +6,8 @@ import io
 import itertools
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -175,6 +177,31 @@ def test_the_cli_exits_three_when_it_could_not_read_the_store(
         assert main(["check", "--store", str(path), "--json"], out) == 3
         assert out.getvalue() == ""
         assert why in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_the_cli_exits_one_on_problems_though_its_reader_left(
+    damaged: Callable[[list[Put | Delete]], Path], as_json: bool
+) -> None:
+    """``herder check | head`` (with ``set -o pipefail``) exited 0 on a store with
+    thousands of problems: the reader left before all were printed, and a closed pipe
+    ends a command with 0."""
+    ghosts = [Put("steps", step_key(f"ghost-{n}", "x"), encode({"v": 1})) for n in range(3000)]
+    path = damaged(ghosts)
+    command = [sys.executable, "-m", "herder.runtime", "check", "--store", str(path)]
+    with subprocess.Popen(
+        command + (["--json"] if as_json else []),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as check:
+        assert check.stdout is not None
+        assert check.stderr is not None
+        assert check.stdout.read(100)  # (as `head -c 100`)
+        check.stdout.close()
+        code = check.wait(timeout=60)
+        error = check.stderr.read()
+    assert code == 1, error
+    assert error == b""
 
 
 def test_a_missing_timer_entry_is_reported_by_its_key(
