@@ -54,7 +54,7 @@ from herder.runtime._check_history import HistoryCheck, States
 from herder.runtime._check_index import IndexCheck
 from herder.runtime._check_order import check_order
 from herder.runtime._check_report import CheckReport, Problem
-from herder.runtime._check_timers import TimerIndex
+from herder.runtime._check_timers import TimerIndex, act
 from herder.runtime._console import dump_json, reader_left
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
@@ -347,7 +347,8 @@ class _Checker:
             self.problem("steps", skey, f"{st.state} but marked succeeded")
         waits = holds_timer(record.state, st)
         if not self.timers.want_step(skey, st, waits=waits):
-            self.problem("steps", skey, f"{st.state} with no timer: nothing would wake it")
+            why = f"{st.state} with no timer: nothing would wake it: {act(record.id)}"
+            self.problem("steps", skey, why)
         elif waits and st.state is StepState.RETRY_WAIT and st.retry_at is None:
             self.problem("steps", skey, "RETRY_WAIT without a retry time")
         elif waits and st.state is StepState.DISPATCHED and st.deadline is None:

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from herder.actors.engine import DEADLINE_TIMER
 from herder.store import (
     BATCH_TIMER,
     StepRecord,
@@ -25,6 +26,15 @@ from herder.store import (
     timer_key,
     timer_token,
 )
+
+
+def act(wid: str) -> str:
+    """What an operator does about a workflow that nothing will move on (a restart
+    neither: recovery reads the steps, not their timers, for most waits)."""
+    return (
+        f"`herder show {wid}`, then settle it by an operator action (docs/operator.md), "
+        "or restore a backup"
+    )
 
 
 class TimerIndex:
@@ -68,7 +78,12 @@ class TimerIndex:
             skey = step_key(wf, step)
             wanted = self.wanted.pop(skey, None)
             if wanted is None:
-                problem("timers", key, "timer entry of no step waiting on a timer")
+                problem(
+                    "timers",
+                    key,
+                    "timer entry of no step waiting on a timer: harmless, the sweep drops it "
+                    "when it falls due",
+                )
             elif wanted[0] != due:
                 problem("timers", key, f"the step's timer is at {wanted[0]} ms, not {due}")
                 self.wanted[skey] = wanted  # still missing its own entry
@@ -76,10 +91,20 @@ class TimerIndex:
                 problem("timers", key, f"token {timer_token(value)}, the step's is {wanted[1]}")
         for skey, (due, _) in self.wanted.items():
             wf, step = split_step_key(skey)
-            problem("timers", timer_key(due, wf, step), f"missing: step {wf}/{step} waits on it")
+            what = (
+                f"the deadline of workflow {wf} is never enforced"  # (not "step wf/")
+                if step == DEADLINE_TIMER
+                else f"step {wf}/{step} waits on it, and nothing else wakes it"
+            )
+            problem("timers", timer_key(due, wf, step), f"missing: {what}: {act(wf)}")
         for skey, token in self.in_batch.items():
             wf, step = split_step_key(skey)
-            problem("steps", skey, f"attempt {token} of {wf}/{step} is in no batch deadline entry")
+            problem(
+                "steps",
+                skey,
+                f"attempt {token} of {wf}/{step} is in no batch deadline entry: its deadline "
+                f"is not watched, so a hung attempt is never retried: {act(wf)}",
+            )
 
     def _batch(self, key: bytes, value: Any) -> None:
         if value is None:

@@ -35,7 +35,7 @@ from herder.store import (
     read_history,
 )
 from herder.store._keys import definition_key, history_key, step_key, timer_key, workflow_key
-from herder.store._records import StepRecord, StepState
+from herder.store._records import StepRecord, StepState, WorkflowRecord
 
 FAST = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
 RELEASE = threading.Event()
@@ -121,6 +121,14 @@ def damaged(good_store: Path, tmp_path: Path) -> Callable[[list[Put | Delete]], 
 def _problems(path: Path) -> list[tuple[str, bytes, str]]:
     with Store(path, readonly=True) as store:
         return [(p.db, p.key, p.message) for p in check_store(store).problems]
+
+
+def _workflow(path: Path, wid: str) -> dict:
+    """A stored workflow as a (schema 2) map to edit."""
+    with Store(path, readonly=True) as store:
+        data = store.get("workflows", workflow_key(wid))
+    assert data is not None
+    return WorkflowRecord.from_dict(data).to_dict()
 
 
 def _step(path: Path, wid: str, name: str) -> dict:
@@ -210,7 +218,33 @@ def test_a_missing_timer_entry_is_reported_by_its_key(
     st = _step(damaged([]), "o-retrying", "x")
     key = timer_key(st["timer_ms"], "o-retrying", "x")
     path = damaged([Delete("timers", key)])
-    assert _problems(path) == [("timers", key, "missing: step o-retrying/x waits on it")]
+    assert _problems(path) == [
+        (
+            "timers",
+            key,
+            "missing: step o-retrying/x waits on it, and nothing else wakes it: "
+            "`herder show o-retrying`, then settle it by an operator action "
+            "(docs/operator.md), or restore a backup",
+        )
+    ]
+
+
+def test_a_missing_deadline_timer_names_the_workflow_and_what_to_do(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    """A workflow deadline's timer is kept under the reserved step name "": its missing
+    entry was reported as "missing: step o-running/ waits on it", naming a step that
+    does not exist, and neither that nor the other timer problems said what to do."""
+    running = _workflow(damaged([]), "o-running")
+    running["deadline"] = 1_000_500.0
+    path = damaged([Put("workflows", workflow_key("o-running"), encode(running))])
+    problems = {(db, key): message for db, key, message in _problems(path)}
+    key = timer_key(1_000_500_000, "o-running", "")
+    assert problems[("timers", key)] == (
+        "missing: the deadline of workflow o-running is never enforced: `herder show "
+        "o-running`, then settle it by an operator action (docs/operator.md), or restore a "
+        "backup"
+    )
 
 
 def test_a_running_attempt_in_no_batch_entry_is_reported(
@@ -226,8 +260,11 @@ def test_a_running_attempt_in_no_batch_entry_is_reported(
         ]
     assert len(holding) == 1
     path = damaged([Delete("timers", holding[0])])
-    message = f"attempt {st['token']} of o-running/ship is in no batch deadline entry"
-    assert _problems(path) == [("steps", step_key("o-running", "ship"), message)]
+    message = f"attempt {st['token']} of o-running/ship is in no batch deadline entry: "
+    [(db, key, said)] = _problems(path)
+    assert (db, key) == ("steps", step_key("o-running", "ship"))
+    assert said.startswith(message)
+    assert "a hung attempt is never retried: `herder show o-running`" in said
 
 
 def test_a_timer_of_no_waiting_step_and_a_stale_token_are_reported(
@@ -240,7 +277,11 @@ def test_a_timer_of_no_waiting_step_and_a_stale_token_are_reported(
         [Put("timers", stray, encode({"token": 1})), Put("timers", live, encode({"token": 7}))]
     )
     problems = _problems(path)
-    assert ("timers", stray, "timer entry of no step waiting on a timer") in problems
+    assert (
+        "timers",
+        stray,
+        "timer entry of no step waiting on a timer: harmless, the sweep drops it when it falls due",
+    ) in problems
     assert ("timers", live, f"token 7, the step's is {st['token']}") in problems
     assert len(problems) == 2
 
