@@ -72,7 +72,7 @@ class HistoryCheck:
         """Check the entries up to the history of workflow ``wkey`` and that history,
         which must end in ``states`` (None: its records are unreadable)."""
         last: dict[str | None, object] = {}  # step (None: the workflow) -> the state entered
-        gaps: list[tuple[bytes, object, object]] = []  # (key, state before, event's "from")
+        gaps: list[tuple[bytes, str | None, object, object]] = []  # (key, step, before, "from")
         end = wkey + b"\x01"  # (its events' keys are wkey, NUL, a sequence)
         whole = True
         while self._next is not None and self._next[0] < end:
@@ -84,19 +84,24 @@ class HistoryCheck:
             if event is None:
                 whole = False  # (its story is cut: where it ends is not known)
                 continue
-            if event["kind"] not in ("workflow", "step"):
-                continue
-            which = event["step"] if event["kind"] == "step" else None
+            if event["kind"] == "workflow":
+                which = None
+            elif event["kind"] == "step" and isinstance(event["step"], str):
+                which = event["step"]
+            else:
+                continue  # (a probe's or an operator's; a foreign map naming no step)
             before = last.get(which, None if which is None else StepState.PENDING)
             if event["from"] != before:
-                gaps.append((key, before, event["from"]))
+                gaps.append((key, which, before, event["from"]))
             last[which] = event["to"]
         if not whole:
             return
         untold = UNTOLD.format(wid=wkey.decode("utf-8", "replace"))
-        for key, before, start in gaps:
-            problem = f"goes from {start}, but the event before it entered {before}: {untold}"
-            self._problem("history", key, problem)
+        for key, which, before, start in gaps:
+            subject = "the workflow" if which is None else f"step {which!r}"
+            was = "had no state" if before is None else f"was {before}"
+            why = f"goes from {start}, but {subject} {was} before it: {untold}"
+            self._problem("history", key, why)
         if states is not None:
             _check_ends(wkey, *states, last, self._problem)
 
