@@ -38,6 +38,20 @@ def stats_collector(stats: Callable[[], dict[str, Any]]) -> Any:
             for state, count in snap["workflows"].items():
                 workflows.add_metric([str(state)], count)
             yield workflows
+            awaiting = GaugeMetricFamily(
+                "herder_awaiting_definition",
+                "Unfinished workflows that wait for their definition (name@version) to be "
+                "registered: none of them runs until it is",
+                labels=["definition"],
+            )
+            for definition, count in snap["awaiting_definition"].items():
+                awaiting.add_metric([definition], count)
+            yield awaiting
+            yield GaugeMetricFamily(
+                "herder_corrupt_records",
+                "Records the runtime could not read; their workflows stay where they are",
+                value=len(snap["corrupt"]),
+            )
             for name, value in snap["steps"].items():
                 if name in ("active_workflows", "dormant_workflows", "in_flight_attempts", "ahead"):
                     yield GaugeMetricFamily(f"herder_{name}", f"Current {name}", value=value)

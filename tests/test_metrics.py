@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from herder.runtime import Adaptive, Agent, Runtime, StepContext, Workflow
 from herder.runtime.testing import FakeClock
+from herder.store import Put, Store, Transition
+from herder.store._keys import step_key
 
 
 class Echo(Agent):
@@ -100,3 +102,30 @@ def test_a_stopped_runtime_does_not_break_the_scrape(tmp_path: Path) -> None:
     assert "herder_up 1.0" in generate_latest(registry).decode()
     rt.stop()
     assert "herder_up 0.0" in generate_latest(registry).decode()
+
+
+def test_workflows_awaiting_their_definition_and_corrupt_records_are_exposed(
+    tmp_path: Path,
+) -> None:
+    """``rt.stats()`` counts workflows that wait for a definition no longer registered
+    (a release that dropped or renamed it: they never run) and records the runtime could
+    not read, but the collector exposed neither: an alert on Prometheus never fired."""
+    name = 'order "v2"\\eu'  # (a user's name: escaped in the label)
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        rt.add_agent("echo", Echo)
+        rt.add_workflow(Workflow(name).step("s", agent="echo", action="echo"))
+        rt.start(name, 1, workflow_id="w", delay=60.0)
+        rt.start(name, 2, workflow_id="damaged", delay=60.0)
+    with Store(tmp_path / "s") as store:  # a step record damaged behind the runtime's back
+        store.writer.submit(
+            Transition(ops=(Put("steps", step_key("damaged", "s"), b"\xc1garbage"),))
+        ).result(timeout=10)
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:  # the release without it
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        text = generate_latest(registry).decode()
+        stats = rt.stats()
+    assert stats["awaiting_definition"] == {f"{name}@1": 1}
+    assert len(stats["corrupt"]) == 1
+    assert 'herder_awaiting_definition{definition="order \\"v2\\"\\\\eu@1"} 1.0' in text
+    assert "herder_corrupt_records 1.0" in text
