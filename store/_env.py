@@ -164,7 +164,7 @@ class Store(Reads, LeaseHolder):
         path = self.path
         prepare_dir(path)
         self._lock_fd, self._have_flock = open_lock(path, wait=self.standby)
-        env, self._handles = open_for_writing(path, map_size)
+        env, self._handles = open_for_writing(path, map_size, self.lease_duration)
         self._env = env
         if self._have_flock:
             self._note_lock_table()

@@ -19,6 +19,7 @@ import lmdb
 from herder.store import _recent as recent
 from herder.store._codec import decode, encode, legacy_int
 from herder.store._errors import SchemaTooNew, StoreCorrupt, StoreError, StoreIOError
+from herder.store._fence import begin_fenced
 from herder.store._locktable import LOCK_FILE, check_lock_table, is_held
 from herder.store._metapage import check_not_truncated
 from herder.store._recent import RECENT_AT_DB, RECENT_DB
@@ -153,8 +154,12 @@ def room(path: pathlib.Path, map_size: int) -> int:
     return max(map_size, MIN_MAP_SIZE, 2 * size)
 
 
-def open_for_writing(path: pathlib.Path, map_size: int) -> tuple[lmdb.Environment, Handles]:
-    """Open the environment for writing and its databases (created if missing)."""
+def open_for_writing(
+    path: pathlib.Path, map_size: int, lease: float
+) -> tuple[lmdb.Environment, Handles]:
+    """Open the environment for writing and its databases (created if missing). A lease
+    holder stopped inside a commit is fenced once its lease (``lease`` seconds at least)
+    lapsed: its writer lock held the open for ever (``_fence.py``)."""
     try:
         env = open_lmdb(
             path,
@@ -171,7 +176,7 @@ def open_for_writing(path: pathlib.Path, map_size: int) -> tuple[lmdb.Environmen
         env.reader_check()
         # An explicit write transaction: open_db's own would wait for LMDB's writer
         # mutex while holding the GIL, freezing every thread of this process.
-        with env.begin(write=True) as txn:
+        with begin_fenced(env, path, lease) as txn:
             if txn.get(b"meta") is None and txn.cursor().first():
                 raise StoreError(
                     f"{path} holds an LMDB environment that is not a herder store (it has "

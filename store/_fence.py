@@ -1,0 +1,100 @@
+"""Opening a store whose lease holder is stopped (SIGSTOP, a paused VM, a debugger).
+
+A process stopped inside an LMDB write transaction keeps LMDB's writer lock until it
+resumes or dies. Opening a store for writing takes that lock (its named databases are
+opened, and on a new store created, in a write transaction: py-lmdb discards a handle
+opened in a read transaction when that transaction ends), so a standby started while the
+holder was stopped waited in its open for ever, before its fencer ran.
+
+:func:`begin_fenced` is the write transaction of an open for writing: while it waits
+for the lock, a thread reads the lease (reads never wait for the writer lock) and, once
+its record went unrenewed for a whole lease duration and its holder is a stopped process
+on this host, SIGKILLs the holder, as a waiting standby's fencer does
+(``herder.runtime._ha``). The kernel then frees the lock and the open goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import signal
+import threading
+import time
+
+import lmdb
+
+from herder.store._errors import StoreCorrupt
+from herder.store._lease import Lease, read_lease
+from herder.store._locktable import holder_stopped
+
+_log = logging.getLogger("herder.store")
+
+POLL = 0.05
+"""Seconds between two looks at the lease while an open waits for the writer lock."""
+
+
+def peek_lease(env: lmdb.Environment) -> Lease | None:
+    """The lease record of ``env`` read in a read transaction (it never waits for the
+    writer lock), None if there is none yet. Its ``meta`` handle ends with the read."""
+    with env.begin() as txn:
+        try:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+        except lmdb.NotFoundError:
+            return None  # (a new store)
+        return read_lease(txn, meta)
+
+
+def begin_fenced(env: lmdb.Environment, path: pathlib.Path, duration: float) -> lmdb.Transaction:
+    """``env.begin(write=True)``; while it waits, a holder stopped past its lease (of at
+    least ``duration`` seconds) is SIGKILLed (see the module docstring)."""
+    done = threading.Event()
+    watcher = threading.Thread(
+        target=_watch, args=(env, path, duration, done), name="herder-open-fence", daemon=True
+    )
+    watcher.start()
+    try:
+        return env.begin(write=True)  # (py-lmdb lets go of the GIL while it waits)
+    finally:
+        done.set()
+        watcher.join()  # (no read of the watcher's runs beside the open's write)
+
+
+def _watch(
+    env: lmdb.Environment, path: pathlib.Path, duration: float, done: threading.Event
+) -> None:
+    record: tuple[str, int, float] | None = None
+    since = time.monotonic()
+    while not done.wait(POLL):
+        try:
+            lease = peek_lease(env)
+        except (lmdb.Error, StoreCorrupt) as exc:
+            _log.debug("open of %s: cannot read the lease to judge its holder: %s", path, exc)
+            continue
+        now = time.monotonic()
+        seen = None if lease is None else (lease.owner, lease.incarnation, lease.expires)
+        if seen != record:
+            record, since = seen, now  # (renewed, or first seen: its lease starts now)
+            continue
+        if lease is None or lease.released:
+            continue
+        if now - since < max(duration, lease.duration or 0.0) or not holder_stopped(lease):
+            continue
+        fence(lease, path, now - since)
+        record, since = None, now  # (a pid not dead yet is not killed again at once)
+
+
+def fence(lease: Lease, path: pathlib.Path, unrenewed: float) -> None:
+    """SIGKILL ``lease``'s holder, stopped while it holds LMDB's writer lock of ``path``
+    with its lease unrenewed for ``unrenewed`` seconds; a failure is logged."""
+    _log.warning(
+        "fencing pid %d: it was stopped while holding the write lock of %s, and its lease "
+        "was not renewed for %.2fs; killing it so this process can take over",
+        lease.pid,
+        path,
+        unrenewed,
+    )
+    try:
+        os.kill(lease.pid, signal.SIGKILL)
+    except OSError as exc:
+        _log.error("could not fence pid %d: %s", lease.pid, exc)
