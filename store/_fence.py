@@ -4,13 +4,16 @@ A process stopped inside an LMDB write transaction keeps LMDB's writer lock unti
 resumes or dies. Opening a store for writing takes that lock (its named databases are
 opened, and on a new store created, in a write transaction: py-lmdb discards a handle
 opened in a read transaction when that transaction ends), so a standby started while the
-holder was stopped waited in its open for ever, before its fencer ran.
+holder was stopped waited in its open for ever, before its fencer ran; and a client (the
+CLI sending an operator command, ``herder handoff``) hung likewise.
 
-:func:`begin_fenced` is the write transaction of an open for writing: while it waits
-for the lock, a thread reads the lease (reads never wait for the writer lock) and, once
-its record went unrenewed for a whole lease duration and its holder is a stopped process
-on this host, SIGKILLs the holder, as a waiting standby's fencer does
-(``herder.runtime._ha``). The kernel then frees the lock and the open goes on.
+- :func:`begin_fenced` is the write transaction of an open for writing: while it waits
+  for the lock, a thread reads the lease (reads never wait for the writer lock) and, once
+  its record went unrenewed for a whole lease duration and its holder is a stopped
+  process on this host, SIGKILLs the holder, as a waiting standby's fencer does
+  (``herder.runtime._ha``). The kernel then frees the lock and the open goes on.
+- :func:`refuse_stopped` is the client's check before it takes the lock: it refuses at
+  once, naming the stopped process, instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 
 import lmdb
 
-from herder.store._errors import StoreCorrupt
+from herder.store._errors import StoreCorrupt, StoreLocked
 from herder.store._lease import Lease, read_lease
 from herder.store._locktable import holder_stopped
 
@@ -43,6 +46,21 @@ def peek_lease(env: lmdb.Environment) -> Lease | None:
         except lmdb.NotFoundError:
             return None  # (a new store)
         return read_lease(txn, meta)
+
+
+def refuse_stopped(env: lmdb.Environment, path: pathlib.Path) -> None:
+    """:class:`StoreLocked` if the lease holder of ``env`` is a stopped process."""
+    lease = peek_lease(env)
+    if lease is None or lease.released or not holder_stopped(lease):
+        return
+    raise StoreLocked(
+        f"store {path}: the runtime holding it (pid {lease.pid}) is stopped (SIGSTOP, a "
+        "debugger, a paused VM or container), so it applies nothing, and if it stopped "
+        "inside a commit it holds the store's write lock and any write would wait for it. "
+        f"Nothing was written. Resume it (`kill -CONT {lease.pid}`) and retry, or let a "
+        "standby take over (`herder run --standby`: once the lease lapses it ends the "
+        "stopped runtime and takes the store over)"
+    )
 
 
 def begin_fenced(env: lmdb.Environment, path: pathlib.Path, duration: float) -> lmdb.Transaction:

@@ -19,7 +19,7 @@ import lmdb
 from herder.store import _recent as recent
 from herder.store._codec import decode, encode, legacy_int
 from herder.store._errors import SchemaTooNew, StoreCorrupt, StoreError, StoreIOError
-from herder.store._fence import begin_fenced
+from herder.store._fence import begin_fenced, refuse_stopped
 from herder.store._locktable import LOCK_FILE, check_lock_table, is_held
 from herder.store._metapage import check_not_truncated
 from herder.store._recent import RECENT_AT_DB, RECENT_DB
@@ -217,14 +217,19 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
         if write and is_held(path):
             check_lock_table(path)  # one writer mutex with the running runtime
         env.reader_check()
+        if write:  # (opening the databases takes the writer lock: not a stopped one's)
+            refuse_stopped(env, path)
         handles = {}
-        for name in DATABASES:
-            try:
-                handles[name] = env.open_db(name.encode(), create=False)
-            except lmdb.NotFoundError:
-                # Written by an older version that never created it: read as empty.
-                if name not in ADDED_LATER:
-                    raise
+        # When writable, in a write transaction of ours: open_db's own would wait for
+        # LMDB's writer lock while holding the GIL, freezing every thread of this process.
+        with env.begin(write=True) if write else contextlib.nullcontext() as txn:
+            for name in DATABASES:
+                try:
+                    handles[name] = env.open_db(name.encode(), txn=txn, create=False)
+                except lmdb.NotFoundError:
+                    # Written by an older version that never created it: read as empty.
+                    if name not in ADDED_LATER:
+                        raise
     except lmdb.NotFoundError as exc:
         empty = not _holds_data(env)
         env.close()

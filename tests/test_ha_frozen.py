@@ -1,8 +1,8 @@
 """A runtime stopped (SIGSTOP, a paused VM, a debugger) inside an LMDB write transaction
 keeps LMDB's writer lock. Opening the store for writing takes that lock, so a standby
-started meanwhile waited in its open for ever (it never took over). Each test stops a
-real ``frozen_child.py`` inside a write transaction (it says ``holding`` first) and kills
-it at the end.
+started meanwhile waited in its open for ever (it never took over), and ``herder
+handoff`` and the operator commands hung. Each test stops a real ``frozen_child.py``
+inside a write transaction (it says ``holding`` first) and kills it at the end.
 """
 
 from __future__ import annotations
@@ -54,6 +54,16 @@ def _wait_stopped(pid: int) -> None:
     raise AssertionError(f"pid {pid} did not stop within {WAIT} s")
 
 
+def _herder(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "herder.runtime", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
 @pytest.mark.timeout(90)
 def test_a_standby_started_while_the_holder_is_stopped_in_a_commit_takes_over(
     tmp_path: pathlib.Path, frozen: Child
@@ -84,6 +94,31 @@ def test_a_standby_started_while_the_holder_is_stopped_in_a_commit_takes_over(
         opening.join(timeout=WAIT)
         for rt in opened:
             rt.stop()
+
+
+@pytest.mark.timeout(60)
+def test_handoff_refuses_at_once_naming_the_stopped_holder(
+    tmp_path: pathlib.Path, frozen: Child
+) -> None:
+    done = _herder("handoff", "--store", str(tmp_path / "store"), "--wait", "1")
+    assert done.returncode == 1, done
+    assert f"(pid {frozen.proc.pid}) is stopped" in done.stderr
+    assert f"kill -CONT {frozen.proc.pid}" in done.stderr
+    assert frozen.proc.poll() is None  # refused: nothing killed it
+
+
+@pytest.mark.timeout(60)
+def test_an_operator_command_refuses_at_once_naming_the_stopped_holder(
+    tmp_path: pathlib.Path, frozen: Child
+) -> None:
+    store = str(tmp_path / "store")
+    done = _herder("abandon", "w-1", "--why", "stuck", "--who", "op", "--store", store)
+    assert done.returncode == 1, done
+    assert f"(pid {frozen.proc.pid}) is stopped" in done.stderr
+    assert "Nothing was written" in done.stderr
+    frozen.kill(WAIT)
+    with Store(store, readonly=True) as st:
+        assert not list(st.scan("commands", b""))  # nothing queued
 
 
 WRITING = """
