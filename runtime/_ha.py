@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +35,7 @@ from herder.store import (
     Store,
     StoreCorrupt,
     StoreError,
+    fence,
     holder_stopped,
 )
 
@@ -187,7 +186,8 @@ class StandbyWatcher:
     expired and its holder is a stopped process on this host, it SIGKILLs the holder
     (the kernel then frees the mutex and the flock). A holder that is merely
     slow, or stopped outside a commit, is never killed: the lease check in every write
-    batch deposes it when it wakes.
+    batch deposes it when it wakes. A holder already stopped so when this standby
+    opened the store was fenced the same way by that open (``Store``'s own watch).
     """
 
     def __init__(
@@ -277,14 +277,4 @@ class StandbyWatcher:
             lease = self._last_seen
             if lease is None or not self._lapsed(lease, observe=False) or not holder_stopped(lease):
                 continue
-            _log.warning(
-                "fencing pid %d: it was stopped while holding the write lock of %s, and its "
-                "lease was not renewed for %.2fs; killing it so this standby can take over",
-                lease.pid,
-                self._store.path,
-                time.monotonic() - self._record_since,
-            )
-            try:
-                os.kill(lease.pid, signal.SIGKILL)
-            except OSError as exc:
-                _log.error("could not fence pid %d: %s", lease.pid, exc)
+            fence(lease, self._store.path, time.monotonic() - self._record_since)

@@ -31,7 +31,8 @@ fits in a few types:
   it over when its holder is gone. ``_lease.py`` holds the record and its rules (read,
   take, guard, renew), ``_leaseholder.py`` the Store's lifecycle on them (take, renew,
   release, hand off; wall time passed in as ``now``), ``_locktable.py`` the flock and
-  whether a holder lives.
+  whether a holder lives, ``_fence.py`` what an open does about a holder stopped inside
+  a commit (fence it, or a client's refusal).
 - Errors — the :class:`HerderError` tree; ``lmdb`` and ``msgpack`` errors never escape.
 - Beside the records: the ``history`` database (one event per transition, written in the
   same transaction: :func:`history_put`, :func:`step_event`; read back whole or by key
@@ -96,6 +97,7 @@ from herder.store._errors import (
     StoreLocked,
     TimedOut,
 )
+from herder.store._fence import fence
 from herder.store._history import (
     as_event,
     event_flaw,
@@ -281,6 +283,7 @@ __all__ = [
     "event_flaw",
     "exception_name",
     "explain",
+    "fence",
     "finished_ops",
     "has_store",
     "history_key",
