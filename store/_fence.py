@@ -50,7 +50,10 @@ def peek_lease(env: lmdb.Environment) -> Lease | None:
 
 def refuse_stopped(env: lmdb.Environment, path: pathlib.Path) -> None:
     """:class:`StoreLocked` if the lease holder of ``env`` is a stopped process."""
-    lease = peek_lease(env)
+    try:
+        lease = peek_lease(env)
+    except StoreCorrupt:
+        return  # (a damaged record names no holder to judge; it is no reason to refuse)
     if lease is None or lease.released or not holder_stopped(lease):
         return
     raise StoreLocked(

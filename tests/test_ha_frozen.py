@@ -20,7 +20,7 @@ import pytest
 from _child_kit import Child
 
 from herder.runtime import Runtime
-from herder.store import Store
+from herder.store import Store, append_command, new_command, pending_commands
 
 TESTS = pathlib.Path(__file__).parent
 LEASE = 1.0
@@ -123,7 +123,7 @@ def test_an_operator_command_refuses_at_once_naming_the_stopped_holder(
 
 WRITING = """
 import ctypes, signal, sys
-from herder.store import Store
+from herder.store import Store, append_command, new_command, pending_commands
 ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test
 store = Store(sys.argv[1], lease=float(sys.argv[2]))
 txn = store._env.begin(write=True)  # a long commit, its lease not renewed meanwhile
@@ -173,3 +173,18 @@ def test_an_open_waits_for_a_holder_that_is_slow_not_stopped_and_kills_nothing(
         opening.join(timeout=WAIT)
         for st in opened:
             st.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_damaged_lease_record_does_not_stop_an_operator_command(tmp_path: pathlib.Path) -> None:
+    # The client's look at the lease holder (is it stopped?) must not turn a damaged
+    # lease record into a refusal: the command is queued, as before that look.
+    store = tmp_path / "store"
+    with Store(store) as st:
+        st._write_direct(
+            lambda txn: txn.put(b"lease", b"\xc1 not msgpack", db=st._handles["meta"]),
+            "cannot damage",
+        )
+    command_id = append_command(store, new_command("abandon", "w-1", who="op", why="test"))
+    with Store(store, readonly=True) as st:
+        assert [c["id"] for c in pending_commands(st)] == [command_id]
