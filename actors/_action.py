@@ -5,7 +5,8 @@
 (:func:`run_attempt_async` likewise on an event loop, the asyncio host's):
 
 - a result is normalised (msgpack-able, within ``max_result_bytes``); ``COMPLETE_LATER``
-  becomes a hand-off (``kind="later"``) and a :class:`ProbeResult` a verdict;
+  becomes a hand-off (``kind="later"``) and a :class:`ProbeResult` a verdict; a
+  compensation's value is dropped unread (nothing stores it: it returned, so it undid);
 - :class:`Permanent`, a missing or private action, a coroutine (an ``async def`` the
   thread host cannot run) and a generator (a ``def`` or ``async def`` with a ``yield``,
   none of whose body ran) fail the step for good, as having taken no effect, on every
@@ -183,6 +184,8 @@ def settle(
     except BaseException as exc:  # user code may raise anything at all
         return _failed(agent_name, instance_id, run, exc, permanent=False)
     else:
+        if run.context.compensating:  # its value is never stored: it returned, it undid
+            return Outcome(agent_name, instance_id, run.token, ok=True, kind=kind)
         what = f"result of action {run.action!r}"
         try:
             result = normalize(value, limit=max_result_bytes, what=what)

@@ -1,0 +1,80 @@
+"""Compensation edge cases a user meets: what a compensation returns, and what
+``h.result()`` says of a workflow that ended after undoing part of its work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herder.runtime import (
+    Agent,
+    Permanent,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    StepState,
+    Workflow,
+    WorkflowFailed,
+)
+from herder.runtime.testing import FakeClock, check_store, store_of
+
+WAIT = 10.0
+ONCE = RetryPolicy(max_attempts=1)
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Iterator[Runtime]:
+    with Runtime(tmp_path / "store", clock=FakeClock(), default_retry=ONCE) as runtime:
+        yield runtime
+        report = check_store(store_of(runtime))
+        assert report.ok, report.problems
+
+
+class Response:
+    """What a client library's cancel call returns: not plain data."""
+
+
+class Booking(Agent):
+    def book(self, ctx: StepContext) -> str:
+        if ctx.step == "pay":
+            raise Permanent("card declined")
+        return ctx.step
+
+    def cancel(self, ctx: StepContext) -> Any:
+        return Response() if ctx.step == "hotel" else "x" * 2_000_000  # over the limit
+
+
+class AsyncBooking(Agent):
+    async def book(self, ctx: StepContext) -> str:
+        return Booking.book(self, ctx)
+
+    async def cancel(self, ctx: StepContext) -> Any:
+        return Booking.cancel(self, ctx)
+
+
+TRIP = (
+    Workflow("trip")
+    .step("flight", agent="b", action="book", compensate="cancel")
+    .step("hotel", agent="b", action="book", compensate="cancel", after=["flight"])
+    .step("pay", agent="b", action="book", compensate="cancel", after=["hotel"])
+)
+
+
+@pytest.mark.parametrize("agent", [Booking, AsyncBooking], ids=["thread", "asyncio"])
+def test_a_compensation_that_returns_what_cannot_be_stored_has_still_undone_its_step(
+    rt: Runtime, agent: type[Agent]
+) -> None:
+    # Nothing keeps a compensation's value; refusing it as unstorable parked the workflow
+    # in NEEDS_ATTENTION ("compensation of step 'hotel' failed: EncodeError: result of
+    # action 'cancel' cannot be stored") although the undo had run, and again at each retry.
+    rt.add_agent("b", agent)
+    rt.add_workflow(TRIP)
+    with pytest.raises(WorkflowFailed, match="ended COMPENSATED: step 'pay' failed"):
+        rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    steps = rt.status("w").steps
+    assert [steps[s].state for s in ("flight", "hotel")] == [StepState.COMPENSATED] * 2
+    assert rt.status("w").state is State.COMPENSATED
