@@ -160,6 +160,12 @@ class WorkflowFailed(HerderError):
     def __init__(self, status: WorkflowStatus) -> None:
         self.status = status
         hint = _FAILED_HINTS.get(status.state, "its completed steps were compensated")
+        abandoned = status.state is WorkflowState.ABANDONED
+        steps = status.steps.items() if abandoned else ()
+        undone = [n for n, s in steps if s.state is StepState.COMPENSATED]
+        if abandoned and undone:  # (before it was abandoned: parked on a failed undo, say)
+            names = ", ".join(map(repr, undone[:3])) + (", ..." if len(undone) > 3 else "")
+            hint = f"nothing more was undone ({len(undone)} undone before: {names})"
         super().__init__(f"workflow {status.id!r} ended {status.state}: {status.error}; {hint}")
 
 

@@ -78,3 +78,34 @@ def test_a_compensation_that_returns_what_cannot_be_stored_has_still_undone_its_
     steps = rt.status("w").steps
     assert [steps[s].state for s in ("flight", "hotel")] == [StepState.COMPENSATED] * 2
     assert rt.status("w").state is State.COMPENSATED
+
+
+class Sticky(Agent):
+    def book(self, ctx: StepContext) -> str:
+        if ctx.step == "pay":
+            raise Permanent("card declined")
+        return ctx.step
+
+    def cancel(self, ctx: StepContext) -> None:
+        if ctx.step == "flight":
+            raise RuntimeError("the airline's API is down")
+
+
+def test_an_abandoned_workflow_that_had_undone_steps_does_not_say_nothing_was_undone(
+    rt: Runtime,
+) -> None:
+    # Parked on a failed compensation after the hotel was undone, then abandoned: its
+    # WorkflowFailed said "nothing was undone".
+    rt.add_agent("b", Sticky)
+    rt.add_workflow(TRIP)
+    h = rt.start("trip", workflow_id="w")
+    with pytest.raises(WorkflowFailed, match="NEEDS_ATTENTION"):
+        h.result(timeout=WAIT)
+    assert rt.status("w").steps["hotel"].state is StepState.COMPENSATED
+    rt.abandon("w", who="ada", why="refunded by phone")
+    with pytest.raises(WorkflowFailed) as failed:
+        h.result(timeout=WAIT)
+    assert str(failed.value).endswith(
+        "ended ABANDONED: abandoned by ada: refunded by phone; "
+        "nothing more was undone (1 undone before: 'hotel')"
+    ), failed.value
