@@ -20,7 +20,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
-from herder.runtime.testing import FakeClock, check_store, store_of
+from herder.runtime.testing import FakeClock, advance, check_store, store_of, wait_until
 
 WAIT = 10.0
 ONCE = RetryPolicy(max_attempts=1)
@@ -109,3 +109,46 @@ def test_an_abandoned_workflow_that_had_undone_steps_does_not_say_nothing_was_un
         "ended ABANDONED: abandoned by ada: refunded by phone; "
         "nothing more was undone (1 undone before: 'hotel')"
     ), failed.value
+
+
+class Branches(Agent):
+    """``a`` fails (its answer lost, say) and waits for its retry; ``b``, a parallel
+    branch, succeeds after that; ``c`` after ``b`` fails for good."""
+
+    undone: list[str] = []
+
+    def do(self, ctx: StepContext) -> str:
+        if ctx.step == "a":
+            raise RuntimeError("the answer was lost")
+        if ctx.step == "c":
+            raise Permanent("refused")
+        return ctx.step
+
+    def undo(self, ctx: StepContext) -> None:
+        self.undone.append(ctx.step)
+
+
+def test_a_step_waiting_for_its_retry_is_undone_in_the_order_its_attempt_completed(
+    tmp_path: Path,
+) -> None:
+    # Given up when compensation began, the waiting step was marked done *then*, so it was
+    # undone first although its attempt had ended before the parallel branch succeeded.
+    later = RetryPolicy(initial_interval=100.0, max_interval=100.0, jitter=0.0)
+    wf = (
+        Workflow("branches")
+        .step("a", agent="x", action="do", compensate="undo", retry=later)
+        .step("b", agent="x", action="do", compensate="undo", delay=10.0)
+        .step("c", agent="x", action="do", compensate="undo", after=["b"], retry=ONCE)
+    )
+    clock = FakeClock()
+    with Runtime(tmp_path / "store", clock=clock) as rt:
+        agent = type("B", (Branches,), {"undone": []})
+        rt.add_agent("x", agent)
+        rt.add_workflow(wf)
+        h = rt.start("branches", workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").steps["a"].state is StepState.RETRY_WAIT)
+        advance(rt, clock, 11.0)  # b's delay: it runs (after a's attempt ended), c fails
+        with pytest.raises(WorkflowFailed, match="ended COMPENSATED: step 'c' failed"):
+            h.result(timeout=WAIT)
+        assert agent.undone == ["b", "a"]
+        assert check_store(store_of(rt)).ok

@@ -203,7 +203,9 @@ def when_compensating(
             retry_at=None,
             timer_ms=None,
             token=token,
-            done_token=token,  # its failed attempt may have taken effect
+            # Its failed attempt may have taken effect: undone in that attempt's completion
+            # order (failed() marked it so; a record without the mark, now).
+            done_token=st.done_token or token,
             updated=now,
         )
     if st.state is StepState.PENDING and st.done_token is not None:
