@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from herder.runtime import (
     Agent,
     Permanent,
+    ProbeResult,
     RetryPolicy,
     Runtime,
     State,
@@ -20,7 +22,14 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
-from herder.runtime.testing import FakeClock, advance, check_store, store_of, wait_until
+from herder.runtime.testing import (
+    FakeClock,
+    advance,
+    check_store,
+    hang_until,
+    store_of,
+    wait_until,
+)
 
 WAIT = 10.0
 ONCE = RetryPolicy(max_attempts=1)
@@ -152,3 +161,49 @@ def test_a_step_waiting_for_its_retry_is_undone_in_the_order_its_attempt_complet
             h.result(timeout=WAIT)
         assert agent.undone == ["b", "a"]
         assert check_store(store_of(rt)).ok
+
+
+class Parked(Branches):
+    """As :class:`Branches`, with ``u``, whose call hangs and whose probe fails."""
+
+    release = threading.Event()
+
+    def do(self, ctx: StepContext) -> str:
+        if ctx.step == "u":
+            hang_until(self.release, WAIT)
+            return "late"
+        return super().do(ctx)
+
+    def probe_do(self, ctx: StepContext) -> ProbeResult:
+        raise RuntimeError("the partner's status API is down")
+
+
+def test_a_step_cut_short_in_its_retry_wait_is_undone_in_the_order_its_attempt_completed(
+    tmp_path: Path,
+) -> None:
+    # Parked (u's probes failed) with a waiting for its retry: a was marked done at the
+    # parking, so an operator's compensate undid it before b, which succeeded after it.
+    later = RetryPolicy(initial_interval=100.0, max_interval=100.0, jitter=0.0)
+    wf = (
+        Workflow("parked")
+        .step("a", agent="x", action="do", compensate="undo", retry=later)
+        .step("b", agent="x", action="do", compensate="undo", delay=2.0)
+        .step("u", agent="x", action="do", timeout=5.0, retry=ONCE)
+    )
+    clock = FakeClock()
+    agent = type("P", (Parked,), {"undone": [], "release": threading.Event()})
+    try:
+        with Runtime(tmp_path / "store", clock=clock) as rt:
+            rt.add_agent("x", agent)
+            rt.add_workflow(wf)
+            h = rt.start("parked", workflow_id="w")
+            wait_until(rt, lambda: rt.status("w").steps["a"].state is StepState.RETRY_WAIT)
+            advance(rt, clock, 6.0)  # b runs; u lapses, its probe fails: parked
+            assert rt.status("w").state is State.NEEDS_ATTENTION
+            rt.compensate("w", who="ada", why="undo it all")
+            with pytest.raises(WorkflowFailed, match="ended COMPENSATED"):
+                h.result(timeout=WAIT)
+            assert agent.undone == ["b", "a"]
+            assert check_store(store_of(rt)).ok
+    finally:
+        agent.release.set()

@@ -56,9 +56,12 @@ def marked_failed(st: StepRecord, error: str, *, token: int, now: float) -> Step
 def cut_short(st: StepRecord, *, token: int, now: float) -> StepRecord:
     """A step under way (running, handed off, waiting for its retry) when its workflow was
     parked: :func:`marked_failed` (what runs of it is fenced out, its answer not awaited),
-    so a retry runs it again and a compensation undoes it."""
+    so a retry runs it again and a compensation undoes it. One waiting for its retry keeps
+    the mark of its failed attempt: it is undone in that attempt's completion order."""
     error = f"{st.state} when its workflow was parked: it may have taken effect"
-    return marked_failed(st, error, token=token, now=now)
+    cut = marked_failed(st, error, token=token, now=now)
+    waited = st.state is StepState.RETRY_WAIT and st.done_token is not None
+    return cut.evolve(done_token=st.done_token) if waited else cut
 
 
 def orphan_given_up(st: StepRecord, why: str, *, token: int, now: float) -> StepRecord:
