@@ -279,7 +279,8 @@ class Operator:
         if run is None:
             raise self._not_loaded(op)
         self._note_operator(op)
-        actions.cancel(self._engine, run)
+        reason = f"cancelled by {op.who or 'request'}" + (f": {op.why}" if op.why else "")
+        actions.cancel(self._engine, run, reason)
         return run
 
     def _op_retry(self, op: Operate) -> WorkflowRun:

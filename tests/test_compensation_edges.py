@@ -207,3 +207,36 @@ def test_a_step_cut_short_in_its_retry_wait_is_undone_in_the_order_its_attempt_c
             assert check_store(store_of(rt)).ok
     finally:
         agent.release.set()
+
+
+class Slow(Agent):
+    release = threading.Event()
+
+    def do(self, ctx: StepContext) -> str:
+        if ctx.step == "b":
+            hang_until(self.release, WAIT)
+        return ctx.step
+
+    def undo(self, ctx: StepContext) -> None:
+        return None
+
+
+def test_a_cancelled_workflow_says_who_cancelled_it_and_why(rt: Runtime) -> None:
+    # Its error said "cancelled by request" whoever gave which reason, where compensate
+    # and abandon name both.
+    agent = type("S", (Slow,), {"release": threading.Event()})
+    rt.add_agent("x", agent)
+    rt.add_workflow(
+        Workflow("two")
+        .step("a", agent="x", action="do", compensate="undo")
+        .step("b", agent="x", action="do", compensate="undo", after=["a"])
+    )
+    h = rt.start("two", workflow_id="w")
+    try:
+        wait_until(rt, lambda: rt.status("w").steps["b"].state is StepState.DISPATCHED)
+        rt.cancel("w", who="ada", why="the customer called")
+    finally:
+        agent.release.set()
+    with pytest.raises(WorkflowFailed) as failed:
+        h.result(timeout=WAIT)
+    assert "ended CANCELLED: cancelled by ada: the customer called;" in str(failed.value)

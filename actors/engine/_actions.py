@@ -33,14 +33,14 @@ if TYPE_CHECKING:
     from herder.actors.engine._runs import WorkflowRun
 
 
-def cancel(m: Machine, run: WorkflowRun) -> None:
+def cancel(m: Machine, run: WorkflowRun, reason: str = "cancelled by request") -> None:
     """Stop dispatching and compensate (or keep compensating, now as a cancel)."""
     give_up_orphans(m, run, "cancelled")
     if run.record.state is WorkflowState.COMPENSATING:
         m.set_record(run, cancelled=True)
         m.cancel_attempts(run)
     else:
-        m.begin_compensation(run, "cancelled by request", cancelled=True)
+        m.begin_compensation(run, reason, cancelled=True)
 
 
 def retry(m: Machine, run: WorkflowRun) -> None:
