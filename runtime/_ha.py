@@ -206,6 +206,7 @@ class StandbyWatcher:
         self._last_seen: Lease | None = None  # the lease as read before that attempt
         self._record: tuple[str, int, float] | None = None  # the lease record last seen
         self._record_since = time.monotonic()  # since when it has not changed
+        self._failing: str | None = None  # why the last poll failed, said once
         self.fence_after = max(0.25, 5 * poll)
         self._mark = StandbyMark(store.path)  # `herder handoff` sees a standby waiting
         self._thread = threading.Thread(target=self._run, name="herder-standby", daemon=True)
@@ -230,9 +231,10 @@ class StandbyWatcher:
                 self._attempt_since = time.monotonic()
                 reason = self._store.try_take_lease(lapsed=self._lapsed)
             except StoreError as exc:
-                _log.error("standby could not check the lease: %s", exc)
+                self._failed(exc)
                 reason = None
             else:
+                self._failing = None
                 try:
                     self._on_poll()
                 except Exception:  # (a listener's failure must not end the standby)
@@ -252,6 +254,18 @@ class StandbyWatcher:
                 self._promote(reason)
                 return
             self._stop.wait(self._poll)
+
+    def _failed(self, exc: StoreError) -> None:
+        """Say why a poll failed, once until that changes: a damaged lease record failed
+        every poll, 20 tracebacks a second, all alike."""
+        if str(exc) == self._failing:
+            return
+        self._failing = str(exc)
+        _log.error(
+            "standby could not check the lease: %s (it keeps polling, and says this again "
+            "only once it changes)",
+            exc,
+        )
 
     def _lapsed(self, lease: Lease, *, observe: bool = True) -> bool:
         """True once ``lease`` has gone unrenewed for a whole lease duration, as this

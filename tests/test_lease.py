@@ -385,3 +385,32 @@ def test_an_unreadable_handoff_request_is_said_once_and_ignored(
         assert "handoff request" in said[0].getMessage()
         assert "herder handoff" in said[0].getMessage()
         assert rt.is_active
+
+
+@pytest.mark.timeout(30)
+def test_a_standby_says_once_that_it_cannot_read_a_damaged_lease(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each poll (20 a second by default) logged the same error: a flood in the journal.
+    with Store(tmp_path / "s") as st:
+        damage = lambda txn: txn.put(LEASE_KEY, b"\xc1 not msgpack", db=st._handles["meta"])  # noqa: E731
+        st._write_direct(damage, "cannot damage")
+    with (
+        caplog.at_level("ERROR", logger="herder"),
+        Runtime(tmp_path / "s", standby=True, standby_poll=0.01) as rt,
+    ):
+        polls, read = [0], rt._store.read_lease
+        twenty = threading.Event()
+
+        def counted() -> Lease | None:
+            polls[0] += 1
+            if polls[0] >= 20:
+                twenty.set()
+            return read()
+
+        monkeypatch.setattr(rt._store, "read_lease", counted)
+        assert twenty.wait(20)
+        assert not rt.is_active
+    said = [r.getMessage() for r in caplog.records if "could not check the lease" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "restore the store from a backup" in said[0]
