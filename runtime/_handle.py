@@ -96,6 +96,13 @@ class WorkflowHandle(AsyncHandle):
         return f"WorkflowHandle({self.id!r})"
 
 
+def _purged(workflow_id: str) -> UnknownWorkflow:
+    return UnknownWorkflow(
+        f"workflow {workflow_id!r} ended, and was deleted (retention or herder purge) before "
+        "its outcome was read: keep retention longer than a caller may wait to read it"
+    )
+
+
 class Waiting:
     """The futures waiting for workflows to end, and the final listener that ends them."""
 
@@ -149,7 +156,8 @@ class Waiting:
     def _resolve_ended(self) -> None:
         """Becoming active (a standby promoted, its recovery run): waiters on workflows the
         previous holder ended meanwhile hear of it now, as nothing here will announce
-        them; those still unfinished are this runtime's to announce."""
+        them (those it deleted since, too: :class:`UnknownWorkflow`); those still
+        unfinished are this runtime's to announce."""
         rt = _runtime(self)
         with rt._lock:
             waited = list(rt._waiters)
@@ -158,12 +166,17 @@ class Waiting:
                 record = rt._store.get_workflow(workflow_id)
             except (StoreClosed, StoreCorrupt):
                 continue  # (a stop fails them; a damaged one waits as before)
-            if record is None or not record.state.is_final:
+            if record is not None and not record.state.is_final:
                 continue
             with rt._lock:
+                if record is None and workflow_id in rt._running:
+                    continue  # (started here, its record not yet durable)
                 futures = rt._waiters.pop(workflow_id, [])
             for waiter in futures:
-                waiter.set((record, None))
+                if record is not None:
+                    waiter.set((record, None))
+                else:  # ended and deleted between two polls: as h.result() says on the active
+                    waiter.fail(_purged(workflow_id))
 
     def _standby_polled(self) -> None:
         """A standby's lease poll: its health signal, and the waiters on workflows the

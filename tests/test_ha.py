@@ -447,6 +447,54 @@ def test_a_result_awaited_on_a_standby_resolves_when_the_active_runtime_ends_it(
         assert active.proc.poll() is None
 
 
+WAITER = """
+import sys, threading
+from _child_kit import say
+from herder.runtime import Runtime
+import ha_app
+rt = Runtime(sys.argv[1], standby=True, lease=1.0, standby_poll=0.02, setup=ha_app.build)
+def wait():
+    try:
+        say(f"result {rt.handle('w-0').result(timeout=60)}")
+    except Exception as exc:
+        say(f"raised {type(exc).__name__}: {exc}")
+threading.Thread(target=wait, daemon=True).start()
+pause = threading.Event()
+while "w-0" not in rt._waiters:
+    pause.wait(0.01)
+say(f"waiting {rt.status('w-0').state}")
+threading.Event().wait()
+"""
+
+
+def test_a_result_awaited_on_a_standby_says_so_when_the_workflow_ended_and_was_purged(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    # Ended and purged between two of the standby's polls (here: while it was stopped),
+    # the record was gone when it looked, and its waiter waited for ever.
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects, HA_START="1", HA_STEP="1.0", HA_AWAIT="1")
+    daemons.append(active)
+    active.wait_for("start w-0")
+    standby = Child(["-c", WAITER, str(store)], cwd=TESTS, env={"HA_EFFECTS": str(effects)})
+    try:
+        assert standby.wait_for("waiting", WAIT) == "waiting RUNNING"
+        os.kill(standby.proc.pid, signal.SIGSTOP)
+        try:
+            active.wait_for("ended w-0")
+            purge = ["-m", "herder.runtime", "purge", "--store", str(store), "--older-than", "0s"]
+            done = subprocess.run(
+                [sys.executable, *purge], capture_output=True, timeout=WAIT, check=False
+            )
+            assert done.returncode == 0, done
+        finally:
+            os.kill(standby.proc.pid, signal.SIGCONT)
+        said = standby.wait_for("raised", WAIT)
+        assert said.startswith("raised UnknownWorkflow: workflow 'w-0' ended, and was deleted")
+    finally:
+        standby.kill(WAIT)
+
+
 def test_a_standby_under_systemd_is_ready_as_standby_then_reports_active(
     tmp_path: pathlib.Path, daemons: list[Daemon]
 ) -> None:
