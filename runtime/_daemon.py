@@ -29,6 +29,7 @@ from herder.store import (
     StoreError,
     has_store,
     holder_gone,
+    holder_stopped,
     is_held,
     standby_waiting,
 )
@@ -180,6 +181,14 @@ def request_handoff(
                 return 0
             if now is not None and now.released and not standby_waiting(path):
                 break  # forced, and nobody is there to take it
+            if holder_stopped(held) and not standby_waiting(path):
+                sys.stderr.write(
+                    f"herder handoff: the runtime holding the lease of {path} (pid {held.pid}) "
+                    "is stopped (SIGSTOP, a debugger, a paused VM or container), so it hands "
+                    "nothing over, and no standby waits to take over. The request is written: "
+                    f"it hands over once resumed (`kill -CONT {held.pid}`)\n"
+                )
+                return 1
             pause.wait(0.02)
         now = st.read_lease()
         if now is not None and now.released:

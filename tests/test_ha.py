@@ -495,6 +495,28 @@ def test_a_result_awaited_on_a_standby_says_so_when_the_workflow_ended_and_was_p
         standby.kill(WAIT)
 
 
+def test_a_forced_handoff_says_at_once_that_the_holder_stopped_and_nobody_takes_over(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    # Stopped while it drained (no standby: --force), it waited the whole --wait, then
+    # said only that the lease did not move.
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects, HA_START="1", HA_STEP="60")  # an attempt to drain
+    daemons.append(active)
+    active.wait_for("start w-0")
+    ask = ["-m", "herder.runtime", "handoff", "--store", str(store), "--force", "--wait", "600"]
+    handoff = Child(ask, cwd=TESTS)
+    try:
+        handoff.wait_for("asked", WAIT)
+        os.kill(active.proc.pid, signal.SIGSTOP)
+        assert handoff.proc.wait(timeout=WAIT) == 1
+        said = "\n".join(handoff.errors)
+        assert f"(pid {active.proc.pid}) is stopped" in said
+        assert f"kill -CONT {active.proc.pid}" in said
+    finally:
+        handoff.kill(WAIT)
+
+
 def test_a_standby_under_systemd_is_ready_as_standby_then_reports_active(
     tmp_path: pathlib.Path, daemons: list[Daemon]
 ) -> None:
