@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from herder.runtime._inspect import parse_when
-from herder.store import InvalidInput
+from herder.store import MAX_SECONDS, InvalidInput
 
 STORE_ENV = "HERDER_STORE"
 """The environment variable ``--store`` defaults to."""
@@ -60,6 +60,17 @@ def seconds_arg(text: str) -> float:
         value = -1.0
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def deadline_arg(text: str) -> float:
+    """:func:`seconds_arg` of at most ten years, as ``rt.handoff(deadline=...)`` takes."""
+    value = seconds_arg(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than ten years ({MAX_SECONDS:.0f} s): give the seconds running "
+            "attempts may take to finish"
+        )
     return value
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_store, lease_arg, seconds_arg
+from herder.runtime._cli_args import add_store, deadline_arg, lease_arg, seconds_arg
 from herder.store import DEFAULT_LEASE
 
 
@@ -33,7 +33,7 @@ def add_parsers(sub: Any) -> None:
     add_store(handoff)
     handoff.add_argument(
         "--deadline",
-        type=seconds_arg,
+        type=deadline_arg,
         default=30.0,
         help="seconds running attempts may finish in (default: %(default)s)",
     )

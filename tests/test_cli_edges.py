@@ -187,6 +187,17 @@ def test_handoff_with_no_wait_asks_and_succeeds(tmp_path: Path) -> None:
         rt.stop()
 
 
+@pytest.mark.timeout(60)
+def test_handoff_refuses_a_deadline_over_ten_years_as_rt_handoff_does(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    Runtime(path).stop()
+    with Runtime(path, standby=True) as rt, pytest.raises(api.InvalidInput, match="ten years"):
+        rt.handoff(deadline=1e12)
+    refused = herder("handoff", "--store", str(path), "--deadline", "1e12", "--force")
+    assert refused.returncode == 2, refused
+    assert "more than ten years" in refused.stderr
+
+
 HOLDER = """
 import sys
 from herder.store import Store
