@@ -78,8 +78,7 @@ class Lifecycle:
         """:meth:`stop`, draining for ``drain`` seconds first (None: no drain)."""
         rt = _runtime(self)
         with rt._lock:
-            closed = rt._closed
-            rt._draining = True
+            closed, rt._draining = rt._closed, True
         if closed:
             if self._await_stop(timeout):
                 rt._store.close(timeout)  # (again, if it timed out the first time)
@@ -231,9 +230,8 @@ class Lifecycle:
         rt = _runtime(self)
         timeout = seconds(timeout)
         number = real_number(deadline)  # any number (a Decimal, numpy), as the waits take
-        at_least(
-            "deadline", deadline if number is None else number, 0, "a finite number of seconds >= 0"
-        )
+        given = deadline if number is None else number
+        at_least("deadline", given, 0, "a finite number of seconds >= 0")
         deadline = cast("float", number)
         rt._check_open()  # (a stopped runtime has its root still: it hands nothing over)
         if rt._root is not None:
@@ -290,14 +288,17 @@ class Lifecycle:
                 rt._retention.on_sweep,
                 rt._ctx.health.on_sweep,  # agents' health checks (actors/_health.py)
             ]
-            rt._root = start_tree(
+            root = start_tree(
                 rt._ctx,
                 rt._clock,
                 rt._config.sweep_interval,
                 local_commands={"purge": rt._retention.on_command},
                 on_fatal=self._on_fatal,
             )
-            call(rt._scheduler, "sync", timeout=rt._ask_timeout)  # recovery has run
+            try:  # recovery has run: it counted the stored unfinished workflows. Till
+                call(rt._scheduler, "sync", timeout=rt._ask_timeout)  # then start() is
+            finally:  # NotActive: one it stored first was counted twice, a slot lost for good
+                rt._root = root  # (set all the same: a failure stops the tree through it)
             rt._resolve_ended()  # (waiters on a standby: what the last holder ended)
             rt._firer = Firer(rt, rt._ask_timeout)
             for declared in rt._declared:  # rt.schedule() in setup or on the standby
@@ -339,9 +340,8 @@ class Lifecycle:
         self._failed(exc)
 
     def _on_lease_lost(self, exc: LeaseLost) -> None:
-        if _runtime(self)._store.releasing:
-            return  # commits after our own release (a handoff): not a deposition
-        self._failed(exc)
+        if not _runtime(self)._store.releasing:  # (else: our own release, a handoff)
+            self._failed(exc)
 
     def _drain(self, timeout: float) -> None:
         """Dispatch nothing new and wait (up to ``timeout`` s) until no attempt runs."""

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from _child_kit import Child
 
-from herder.runtime import Runtime
+from herder.runtime import Agent, NotActive, Runtime, StepContext, Workflow
 from herder.store import Store
 from herder.store._records import StepState, WorkflowState
 
@@ -515,6 +515,62 @@ def test_a_forced_handoff_says_at_once_that_the_holder_stopped_and_nobody_takes_
         assert f"kill -CONT {active.proc.pid}" in said
     finally:
         handoff.kill(WAIT)
+
+
+class Echo(Agent):
+    def echo(self, ctx: StepContext) -> object:
+        return ctx.input
+
+
+@pytest.mark.timeout(90)
+def test_a_start_racing_a_standbys_recovery_takes_one_slot_of_max_active_workflows(
+    tmp_path: pathlib.Path, daemons: list[Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # start() was let in once the standby's actors ran, before its recovery had counted
+    # the store's unfinished workflows: one stored first was counted by both, and its
+    # end gave back one slot of the two. Here recovery is slow to begin (a long fsync).
+    from herder.actors._recovery import Recovery
+
+    store = tmp_path / "store"
+    holder = Daemon(store, tmp_path / "effects")
+    daemons.append(holder)
+    holder.wait_for("active")
+    started, real = threading.Event(), Recovery.recover_all
+
+    def slow_to_begin(recovery: Recovery) -> None:
+        if recovery._chunks is None:
+            started.wait(2.0)  # (elapses when start() is refused meanwhile, as it should)
+        real(recovery)
+
+    monkeypatch.setattr(Recovery, "recover_all", slow_to_begin)
+
+    def setup(rt: Runtime) -> None:
+        rt.add_agent("echo", Echo)
+        rt.add_workflow(Workflow("echo").step("only", agent="echo", action="echo"))
+
+    with Runtime(
+        store, standby=True, lease=LEASE, standby_poll=0.02, max_active_workflows=1, setup=setup
+    ) as standby:
+
+        def racer() -> None:
+            pause = threading.Event()  # never set: paces the tries
+            while True:
+                try:
+                    standby.start("echo", 1, workflow_id="racer")
+                except NotActive:
+                    pause.wait(0.001)
+                    continue
+                started.set()
+                return
+
+        racing = threading.Thread(target=racer, daemon=True)
+        racing.start()
+        holder.proc.kill()
+        assert standby.wait_active(WAIT)
+        racing.join(WAIT)
+        assert standby.handle("racer").result(timeout=WAIT) == {"only": 1}
+        # Its one slot is back: the only one there is.
+        assert standby.start("echo", 2, timeout=10.0).result(timeout=WAIT) == {"only": 2}
 
 
 def test_a_standby_under_systemd_is_ready_as_standby_then_reports_active(
