@@ -257,7 +257,7 @@ class StandbyWatcher:
 
     def _failed(self, exc: StoreError) -> None:
         """Say why a poll failed, once until that changes: a damaged lease record failed
-        every poll, 20 tracebacks a second, all alike."""
+        every poll, the same error 20 times a second."""
         if str(exc) == self._failing:
             return
         self._failing = str(exc)
