@@ -288,7 +288,7 @@ class Dispatcher:
         """Dispatch what the agents touched since the last pump can run now."""
         if self._regroup or self.admission.breakers_moved:
             self._regroup = self.admission.breakers_moved = False
-            self._move_off(self.agents)
+            self._move_off([*self.agents, *self._names.unserved])  # (a removed one's too)
         for agent in sorted(self.dirty):  # sorted: the same order (and tokens) in every process
             self._pump(agent)
         self.dirty.clear()

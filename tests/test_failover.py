@@ -279,6 +279,27 @@ def test_a_job_waits_while_no_member_is_healthy_and_moves_to_one_that_recovers(
         assert check_store(rt._store).ok
 
 
+def test_a_job_queued_on_a_removed_member_moves_to_one_that_recovers(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # With no member well (airline-eu removed, airline-us failing its checks) the rule
+    # queued the job on airline-eu, the first; when airline-us recovered, only the queues
+    # of served members were looked at, so the job waited for airline-eu for good.
+    ledger = Ledger()
+    ledger.sick.add("airline-us")
+    with runtime(tmp_path / "s", clock, ledger) as rt:
+        checked(rt, clock, 1, 0.0)
+        rt.remove_agent("airline-eu")
+        h = rt.start("trip", {"hotel": "ok"}, workflow_id="w1")
+        queued(rt, "airline-eu", 1)
+        ledger.sick.clear()
+        advance(rt, clock, 10.0)
+        assert rt._ctx.health.checked("airline-us", 2, WAIT)
+        assert h.result(timeout=WAIT)["flight"] == "booked on airline-us"
+        assert ledger.of("book") == ["airline-us"]
+        assert check_store(rt._store).ok
+
+
 def test_a_retry_after_a_failure_prefers_another_member(tmp_path: Path, clock: FakeClock) -> None:
     ledger = Ledger()
     ledger.failing["airline-eu"] = 1
