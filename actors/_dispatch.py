@@ -235,7 +235,7 @@ class Dispatcher:
             self._engine.counters["crashes"] += 1  # (as a pool's slot whose factory failed)
             job = next_job(self._engine, self.host.queue(msg.agent))
             if job is not None:
-                return [StartFailed(job, str(exc))]
+                return [StartFailed(job, str(exc), msg.agent)]
             token = self.lanes.oldest(msg.agent)  # else the oldest attempt waiting ahead
             return [] if token is None else [AttemptLost(token, str(exc))]
         events = lost_attempts(msg, lost)

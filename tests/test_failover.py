@@ -472,3 +472,30 @@ def test_a_lapsed_attempt_is_probed_on_the_member_it_ran_on(
         assert rt.status("w").steps["flight"].attempt == 1  # never run again
     assert ledger.of("probe_book") == ["airline-us"]
     assert ledger.of("book") == ["airline-us"]
+
+
+def _unreachable() -> Airline:
+    raise ConnectionError("airline-eu is unreachable")
+
+
+@pytest.mark.parametrize("host", ["thread", "pool"])
+def test_a_retry_after_a_member_failed_to_start_goes_to_another(tmp_path: Path, host: str) -> None:
+    # On the thread host a member whose factory fails starts no instance: its attempt
+    # failed without the member being recorded, so every retry went to that member again
+    # (and the compensation too), never to the member that works.
+    ledger = Ledger()
+    quick = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=0.0)
+    flight = Workflow("f").step(
+        "flight", agent=AnyOf(*MEMBERS), action="book", compensate="cancel", retry=quick
+    )
+    with Runtime(tmp_path / "s", agent_host=host, sweep_interval=0.05) as rt:
+        rt.add_agent("airline-eu", _unreachable)
+        rt.add_agent("airline-us", functools.partial(Airline, ledger, "airline-us"))
+        rt.add_workflow(flight)
+        assert rt.start("f", {}, workflow_id="w1").result(timeout=WAIT) == {
+            "flight": "booked on airline-us"
+        }
+        step = rt.status("w1").steps["flight"]
+        assert (step.attempt, step.agent) == (2, "airline-us")
+        assert [e.get("agent") for e in rt.history("w1") if e.get("agent")][:1] == ["airline-eu"]
+        assert check_store(rt._store).ok

@@ -355,6 +355,7 @@ class Engine(Machine):
             tried = st.evolve(state=StepState.COMPENSATING, comp_attempt=st.comp_attempt + 1)
         else:
             tried = st.evolve(state=StepState.DISPATCHED, attempt=st.attempt + 1)
+        tried = with_member(run.specs[st.name], tried, msg.agent, compensating=job.compensating)
         self.put_step(run, st, tried)  # the attempt it spent, in the history too
         log_failure(run.record.id, tried, msg.error, None)
         self.failed(run, tried, msg.error, (CRASH_ERROR,), permanent=False)

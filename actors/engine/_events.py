@@ -93,10 +93,12 @@ class AttemptLost:
 
 @dataclass(frozen=True, slots=True)
 class StartFailed:
-    """No instance could be started for ``job``: that counts as a failed attempt."""
+    """No instance of ``agent`` could be started for ``job``: that counts as a failed
+    attempt (on that agent: a group step's member, which its retry passes over)."""
 
     job: Job
     error: str
+    agent: str
 
 
 @dataclass(frozen=True, slots=True)
