@@ -3,12 +3,12 @@
 An agent class may define ``health(self)``: it returns (healthy) or raises (unhealthy);
 ``Runtime.add_agent(..., health_interval=, health_timeout=)`` says how often it runs and
 how long it may take. The Supervisor's sweep calls :meth:`AgentHealth.on_sweep`, which
-starts each check that is due on its own daemon thread, on an instance built by the
-agent's factory for checks alone, so a check never waits behind the agent's work and
-never holds the Supervisor. A check that has not returned ``timeout`` seconds (on the
-runtime's clock) after it started counts as failed; its thread is left to finish (threads
-cannot be killed), its late answer is ignored, its instance is dropped, and no new check
-of that agent starts while it still runs.
+starts each check that is due on its own daemon thread (at most :data:`MAX_CHECKS` at
+once), on an instance built by the agent's factory for checks alone, so a check never
+waits behind the agent's work and never holds the Supervisor. A check that has not
+returned ``timeout`` seconds (on the runtime's clock) after it started counts as failed;
+its thread is left to finish (threads cannot be killed), its late answer is ignored, its
+instance is dropped, and no new check of that agent starts while it still runs.
 
 An unhealthy agent takes no new work: :class:`herder.actors._admission.Admission` holds
 its steps in their queue as behind an open breaker (no attempt spent, no timeout running)
@@ -40,6 +40,7 @@ import inspect
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -58,6 +59,8 @@ DEFAULT_TIMEOUT = 5.0
 """Seconds a check may take by default (at most the interval)."""
 KEPT = 4096
 """Unhealthy agents removed whose verdict is kept for when they are added again."""
+MAX_CHECKS = 64
+"""Checks running at once at most (not one past its timeout); more wait their turn."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,7 @@ class _Watch:
     running: threading.Thread | None = None
     started: float = 0.0  # monotonic start of the running check
     timed_out: bool = False
+    queued: bool = False  # due, waiting for a free check slot (``AgentHealth._due``)
     waiters: list[threading.Event] = field(default_factory=list)
     # Its factory hides the class: whether it has a health() is known only once an
     # instance is built, and until then a factory that fails or hangs holds no work.
@@ -158,6 +162,8 @@ class AgentHealth:
         self._lock = threading.Lock()
         self._watches: dict[str, _Watch] = {}
         self._removed: dict[str, _Watch] = {}  # removed while unhealthy: their verdicts
+        self._due: deque[str] = deque()  # agents whose check waits for a slot
+        self._slots: set[threading.Thread] = set()  # checks running (MAX_CHECKS at most)
         # The watched agents, a live read-only view for lock-free membership tests (the
         # dispatcher's pump, per step: no call, no lock).
         self.watching: Mapping[str, object] = MappingProxyType(self._watches)
@@ -191,6 +197,8 @@ class AgentHealth:
         with self._lock:
             watch = self._watches.pop(agent, None)
             self._removed.pop(agent, None)
+            if watch is not None and watch.running is not None:
+                self._slots.discard(watch.running)  # (its end is nobody's news now)
             if watch is not None and not watch.healthy:
                 checker.append(watch.instance)
                 watch.factory, watch.instance = _gone, None
@@ -280,34 +288,52 @@ class AgentHealth:
         """Start the checks that are due; fail those past their timeout. Runs on the
         Supervisor's thread and never waits for a check."""
         now = self._clock().monotonic()
-        starts = []
         with self._lock:
             for agent, watch in self._watches.items():
                 if watch.running is not None and watch.running.is_alive():
                     if not watch.timed_out and now - watch.started >= watch.policy.limit:
                         watch.timed_out = True
+                        self._slots.discard(watch.running)  # abandoned: another may run
                         building = watch.instance is None
                         watch.instance = None  # its thread may be stuck in it
                         if not (building and watch.hidden):  # (health() unknown yet)
                             error = f"health check timed out after {watch.policy.limit:g}s"
                             self._verdict(agent, watch, ok=False, error=error)
                     continue
-                if now < watch.due:
-                    continue
+                if now >= watch.due and not watch.queued:
+                    watch.queued = True
+                    self._due.append(agent)
+        self._start_due()
+
+    def _start_due(self) -> None:
+        """Start the checks waiting for a slot, while there is one (see MAX_CHECKS)."""
+        starts = []
+        with self._lock:
+            now = self._clock().monotonic()
+            while self._due and len(self._slots) < MAX_CHECKS:
+                agent = self._due.popleft()
+                watch = self._watches.get(agent)
+                if watch is None or not watch.queued:
+                    continue  # removed (or added again) meanwhile
                 watch.seq += 1
-                watch.due = now + watch.policy.interval
-                watch.started = now
-                watch.timed_out = False
-                thread = threading.Thread(
-                    target=self._check,
-                    args=(agent, watch, watch.seq),
-                    name=f"herder-health-{agent}",
-                    daemon=True,
-                )
+                watch.due, watch.started = now + watch.policy.interval, now
+                watch.timed_out = watch.queued = False
+                args, name = (agent, watch, watch.seq), f"herder-health-{agent}"
+                thread = threading.Thread(target=self._slot, args=args, name=name, daemon=True)
                 watch.running = thread
+                self._slots.add(thread)
                 starts.append(thread)
         for thread in starts:
             thread.start()
+
+    def _slot(self, agent: str, watch: _Watch, seq: int) -> None:
+        """Run one check in its slot, then free the slot for the next one due."""
+        try:
+            self._check(agent, watch, seq)
+        finally:
+            with self._lock:
+                self._slots.discard(threading.current_thread())
+            self._start_due()
 
     def _check(self, agent: str, watch: _Watch, seq: int) -> None:
         """One check, on its own thread: build the checker if needed, call ``health``

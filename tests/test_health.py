@@ -29,6 +29,7 @@ from herder.runtime import (
 from herder.runtime.testing import FakeClock, advance, settle
 
 WAIT = 10.0
+MAX_CHECKS = 64  # checks running at once at most (actors/_health.py)
 ONE = Workflow("one").step("call", agent="svc", action="call", timeout=5.0)
 
 
@@ -424,3 +425,36 @@ def test_an_async_health_check_keeps_its_instances_connections(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_checks_of_thousands_of_agents_run_a_bounded_number_at_once(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # With 10,000 agents (one per device) one sweep started 10,000 check threads; starting
+    # them outlasted the checks' timeout, so thousands of agents were held as unhealthy
+    # ("health check timed out after 5s") although every check passed.
+    lock, gate = threading.Lock(), threading.Event()
+    running, peak = [0], [0]
+
+    class Device(Agent):
+        def call(self, ctx: StepContext) -> None: ...
+
+        def health(self) -> None:
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            assert gate.wait(WAIT)
+            with lock:
+                running[0] -= 1
+
+    names = [f"device:{i}" for i in range(3 * MAX_CHECKS)]
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        for name in names:
+            rt.add_agent(name, Device)
+        rt._ctx.health.on_sweep()  # every check is due: the sweep starts what it may
+        started = [t for t in threading.enumerate() if t.name.startswith("herder-health-")]
+        assert len(started) <= MAX_CHECKS
+        gate.set()  # the others start as checks end, without waiting for a sweep
+        assert all(rt._ctx.health.checked(name, 1, WAIT) for name in names)
+        assert peak[0] <= MAX_CHECKS
+        assert all(rt.stats()["resources"][name]["healthy"] for name in names)
