@@ -200,6 +200,12 @@ class Registration:
         rt = _runtime(self)
         rt._check_open()
         validate_name("router", name)
+        if not name.isidentifier():
+            raise InvalidInput(
+                f"router name {name!r:.120} is not a Python identifier, which a template's "
+                "{@name} field must be: no step could name it; choose a name such as "
+                "'nearest_region'"
+            )
         if not callable(router):
             raise InvalidInput(f"router {name!r} must be callable, got {router!r}")
         rt._routers[name] = router

@@ -277,3 +277,13 @@ def test_start_async_runs_a_router_off_the_event_loop(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput, match="router 'nearest' failed: ZeroDivisionError"):
             asyncio.run(rt.start_async("routed", {}, workflow_id="z"))
         assert [s.id for s in rt.list()] == ["w"]
+
+
+@pytest.mark.parametrize("name", ["nearest-region", "@nearest", "1st", "near est"])
+def test_a_router_name_no_template_can_name_is_refused(tmp_path: Path, name: str) -> None:
+    # A router is named in a template as {@name}, which takes an identifier: add_router
+    # took any name, so "nearest-region" was registered, and no step could ever use it.
+    with open_runtime(tmp_path, []) as rt:
+        with pytest.raises(InvalidInput, match="identifier"):
+            rt.add_router(name, lambda input: "a")
+        rt.add_router("nearest_region", lambda input: "a")
