@@ -32,7 +32,7 @@ from herder.actors._loose import Loose
 from herder.actors._lost import lost_attempts, next_job
 from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Tick, Wake
 from herder.actors._queue import JobQueue
-from herder.actors._regroup import move_off_unwell
+from herder.actors._regroup import Groups, move_off_unwell
 from herder.actors._routes import Routes
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors._wiring import AgentEntry
@@ -76,8 +76,8 @@ class Dispatcher:
         self._full: set[str] = set()  # and no room to reserve ahead either
         self._spare = 0  # a token drawn for a job that found no room, for the next job
         self._regroup = False  # an agent's health changed: group jobs may change member
-        self._pumped = pumped(None)  # the host's, once attached
-        self._waiting = waiting(None)
+        self._groups = Groups(self.well)  # the agents group steps' attempts were weighed on
+        self._pumped, self._waiting = pumped(None), waiting(None)  # the host's, once attached
         self._heard = False  # an instance event came since the last pump (host.pumped)
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
         self._loose = Loose()  # fenced attempts still running, until their deadline
@@ -91,7 +91,7 @@ class Dispatcher:
         # health checks (live views: the pump tests membership). A group (AnyOf) step
         # picks among the members that are well (engine/_members.py).
         self._limited, self._watched = self.admission.limited, health.watching
-        engine.healthy = self.well
+        engine.healthy = self._groups.well
         engine.started = self._started
 
     def _started(self, token: int) -> bool:
@@ -288,7 +288,7 @@ class Dispatcher:
         """Dispatch what the agents touched since the last pump can run now."""
         if self._regroup or self.admission.breakers_moved:
             self._regroup = self.admission.breakers_moved = False
-            self._move_off([*self.agents, *self._names.unserved])  # (a removed one's too)
+            self._move_off(self._groups.members)  # (not every agent: thousands may change)
         for agent in sorted(self.dirty):  # sorted: the same order (and tokens) in every process
             self._pump(agent)
         self.dirty.clear()

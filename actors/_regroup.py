@@ -46,6 +46,22 @@ def move_off_unwell(
             touch(member)
 
 
+class Groups:
+    """The agents the engine weighed for group steps' attempts (``engine.healthy``): the
+    only ones a group step's job can be queued on to move, so a change of health looks at
+    their queues alone. (A scan of every agent per change cost the Scheduler seconds when
+    thousands of per-device agents turned unhealthy together: one scan per verdict.)"""
+
+    def __init__(self, well: Callable[[str], bool]) -> None:
+        self._well = well
+        self.members: set[str] = set()  # (a name removed and forgotten stays: no queue)
+
+    def well(self, agent: str) -> bool:
+        """Whether member ``agent`` takes new work, noting it as a member."""
+        self.members.add(agent)
+        return self._well(agent)
+
+
 def _bound_for(targets: dict[int, str], member: str) -> Callable[[Job], bool]:
     """Whether a job is one of ``targets`` (by identity) bound for ``member``."""
     return lambda job: targets.get(id(job)) == member

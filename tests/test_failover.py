@@ -499,3 +499,35 @@ def test_a_retry_after_a_member_failed_to_start_goes_to_another(tmp_path: Path, 
         assert (step.attempt, step.agent) == (2, "airline-us")
         assert [e.get("agent") for e in rt.history("w1") if e.get("agent")][:1] == ["airline-eu"]
         assert check_store(rt._store).ok
+
+
+def test_a_change_of_health_looks_only_at_the_queues_of_group_members(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each verdict that changed made the Scheduler scan every agent's queue for group jobs
+    # to move: 8,000 per-device agents turning unhealthy together (a network outage) held
+    # the Scheduler for 22 s, a workflow of an unrelated agent waiting all that time.
+    import herder.actors._dispatch as dispatch
+
+    scanned: list[list[str]] = []
+    move_off = dispatch.move_off_unwell
+
+    def spy(engine: object, host: object, agents: list[str], **kwargs: object) -> None:
+        scanned.append(sorted(agents))
+        move_off(engine, host, agents, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dispatch, "move_off_unwell", spy)
+    ledger = Ledger()
+    devices = [f"device:{i}" for i in range(50)]
+    with runtime(tmp_path / "s", clock, ledger) as rt:
+        for name in devices:
+            rt.add_agent(name, functools.partial(Airline, ledger, name))
+        rt.start("trip", {"hotel": "ok"}, workflow_id="w1").result(timeout=WAIT)
+        ledger.sick.update(devices)
+        advance(rt, clock, 10.0)
+        assert all(rt._ctx.health.checked(name, 1, WAIT) for name in devices)
+        assert not any(rt._ctx.health.healthy(name) for name in devices)
+        settle(rt)
+        regroups = [agents for agents in scanned if len(agents) != 1]  # (not a remove's)
+        assert regroups
+        assert all(agents == sorted(MEMBERS) for agents in regroups)
