@@ -120,7 +120,7 @@ class Dispatcher:
         # (a health check holds back only work not yet reserved: none is, for such agents)
         limited = self._ctx.health.declared(name) or any(x is not None for x in entry.limits)
         self.lanes.configure(name, entry.concurrency, limited=limited)
-        self._touch(name)
+        self.woke(name)  # (pumped; and group jobs waiting on a member not served may move)
 
     def remove(self, name: str) -> list[Event]:
         """Stop serving ``name``: its queued work waits for its next add (group steps'
