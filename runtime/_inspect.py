@@ -386,6 +386,13 @@ def _show_live(out: TextIO, live: dict[str, Any]) -> None:
     stale = "; STALE: no runtime renews them" if age > FACTS_STALE else ""
     columns = ("concurrency", "instances", "busy", "queued", "ahead", "breaker", "healthy")
     rows = [(agent, *(row.get(c, "") for c in columns)) for agent, row in live["agents"].items()]
+    total = live.get("total")  # (more than it holds: the busiest were published)
+    more = f"; the {len(rows)} busiest of {total:,} agents" if _more(total, len(rows)) else ""
     out.write("\n")
-    title = f"agents (live, published {age:.0f} s ago{stale})"
+    title = f"agents (live, published {age:.0f} s ago{more}{stale})"
     print_table(out, title, ("agent", *columns), rows)
+
+
+def _more(total: object, shown: int) -> bool:
+    """Whether published facts left agents out (``total``: absent in older records)."""
+    return isinstance(total, int) and total > shown

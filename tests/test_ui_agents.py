@@ -122,3 +122,19 @@ def test_check_names_a_corrupt_facts_record(tmp_path: Path) -> None:
     with Store(tmp_path / "s", readonly=True) as store:
         problems = [(p.db, p.key) for p in check_store(store).problems]
     assert problems == [("meta", FACTS_KEY)]
+
+
+def test_herder_stats_says_when_it_shows_only_the_busiest_agents(tmp_path: Path) -> None:
+    # The runtime publishes its 200 busiest agents; with thousands of per-device agents
+    # `herder stats` printed 200 rows with nothing to say that the others were left out.
+    clock = FakeClock(start=START)
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        for i in range(250):
+            rt.add_agent(f"device:{i}", Echo)
+        advance(rt, clock, 6.0)
+        facts = read_facts(rt._store)
+        assert facts is not None
+        assert (len(facts["agents"]), facts["total"]) == (200, 250)
+        out = io.StringIO()
+        show_stats(out, rt._store, as_json=False)
+    assert "the 200 busiest of 250 agents" in out.getvalue()
