@@ -46,10 +46,16 @@ class RestartIntensityExceeded(HerderError):
         self.child_id = child_id
         self.restarts = restarts
         self.period = period
+        agent = supervisor.startswith("agent:") and not supervisor.startswith("agent:*")
+        advice = (
+            "fix what crashes its instances (its factory, or an action raising InstanceCrash) "
+            "or allow more with Runtime(agent_restarts=(max_restarts, period))"
+            if agent  # (an agent's instances: the one intensity a user sets)
+            else "fix the crashing child or raise max_restarts/period"
+        )
         super().__init__(
             f"supervisor {supervisor!r} gave up: {restarts} restarts within {period} s "
-            f"(last caused by child {child_id!r}); fix the crashing child or raise "
-            "max_restarts/period"
+            f"(last caused by child {child_id!r}); {advice}"
         )
 
 

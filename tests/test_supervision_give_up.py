@@ -143,3 +143,25 @@ def test_after_a_give_up_the_agent_serves_afresh_once_the_attempt_running_then_e
         later = [rt.start("bystander", workflow_id=f"later{i}") for i in range(4)]
         assert [h.result(timeout=WAIT) for h in later] == [{"s": 1}] * 4
     assert shared.most == 2
+
+
+class _Crashes(Agent):
+    def run(self, ctx: StepContext) -> None:
+        crash_instance()
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_an_agents_give_up_names_the_setting_that_allows_more(
+    tmp_path: Path, host: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The log said to "raise max_restarts/period", names no setting a user has: an
+    # agent's instances are allowed Runtime(agent_restarts=(max_restarts, period)).
+    crashy = Workflow("c").step("s", agent="crashy", action="run", retry=THRICE)
+    with Runtime(tmp_path / "s", agent_host=host, agent_restarts=(1, 10.0)) as rt:
+        rt.add_agent("crashy", _Crashes)
+        rt.add_workflow(crashy)
+        with pytest.raises(WorkflowFailed):
+            rt.start("c", {}, workflow_id="w").result(timeout=WAIT)
+    gave_up = [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()]
+    assert gave_up
+    assert all("Runtime(agent_restarts=(max_restarts, period))" in m for m in gave_up)
