@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -113,6 +114,14 @@ class WorkflowStatus:
             deadline=record.deadline,
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Reduced (copied, or serialized by the user's process pool or task queue) with
+        its read-only maps as dicts, which cannot be: a :class:`WorkflowFailed` sent to
+        another process carries it. (herder itself never deserializes such data.)"""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["steps"], fields["agents"] = dict(self.steps), dict(self.agents)
+        return (_rebuilt, (fields,))
+
     def to_dict(self) -> dict[str, Any]:
         """The status as plain data (states as strings, steps as a list), e.g. for JSON."""
         return {
@@ -150,6 +159,12 @@ _FAILED_HINTS = {
 }
 
 
+def _rebuilt(fields: dict[str, Any]) -> WorkflowStatus:
+    """A :class:`WorkflowStatus` from its ``__reduce__``."""
+    steps, agents = MappingProxyType(fields.pop("steps")), MappingProxyType(fields.pop("agents"))
+    return WorkflowStatus(steps=steps, agents=agents, **fields)
+
+
 class WorkflowFailed(HerderError):
     """The workflow ended without succeeding: compensated, cancelled, abandoned or needing
     attention.
@@ -167,6 +182,12 @@ class WorkflowFailed(HerderError):
             names = ", ".join(map(repr, undone[:3])) + (", ..." if len(undone) > 3 else "")
             hint = f"nothing more was undone ({len(undone)} undone before: {names})"
         super().__init__(f"workflow {status.id!r} ended {status.state}: {status.error}; {hint}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Reduced (copied, sent to another process by multiprocessing or a task queue)
+        to its status, the one argument it is made from (an exception's default is its
+        message)."""
+        return (type(self), (self.status,))
 
 
 def workflow_counts(store: Store) -> tuple[dict[str, int], list[StoreCorrupt]]:

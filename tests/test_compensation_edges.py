@@ -240,3 +240,39 @@ def test_a_cancelled_workflow_says_who_cancelled_it_and_why(rt: Runtime) -> None
     with pytest.raises(WorkflowFailed) as failed:
         h.result(timeout=WAIT)
     assert "ended CANCELLED: cancelled by ada: the customer called;" in str(failed.value)
+
+
+@pytest.mark.timeout(60)
+def test_workflow_failed_pickles_and_copies_with_its_status(rt: Runtime) -> None:
+    """A WorkflowFailed sent to another process (multiprocessing, a task queue) or
+    copied: pickle refused its status's read-only maps, and ``copy.copy`` called the
+    class with its message where it takes the status (AttributeError)."""
+    import copy
+    import pickle
+
+    class Booking(Agent):
+        def book(self, ctx: StepContext) -> str:
+            return "booked"
+
+        def cancel(self, ctx: StepContext) -> None:
+            pass
+
+        def refuse(self, ctx: StepContext) -> None:
+            raise Permanent("sold out")
+
+    rt.add_agent("booking", Booking)
+    rt.add_workflow(
+        Workflow("trip")
+        .step("hotel", agent="booking", action="book", compensate="cancel")
+        .step("car", agent="booking", action="refuse", after=["hotel"])
+    )
+    with pytest.raises(WorkflowFailed) as caught:
+        rt.start("trip", {"who": "ana"}, workflow_id="t-1").result(timeout=WAIT)
+    error = caught.value
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(again) is WorkflowFailed
+        assert str(again) == str(error)
+        assert again.status == error.status
+        assert again.status.steps["hotel"].state is StepState.COMPENSATED
+        with pytest.raises(TypeError):  # (still read-only)
+            again.status.steps["car"] = again.status.steps["hotel"]  # type: ignore[index]
