@@ -35,6 +35,7 @@ from herder.store import (
     Store,
     StoreCorrupt,
     StoreError,
+    Unrenewed,
     fence,
     holder_stopped,
 )
@@ -204,8 +205,7 @@ class StandbyWatcher:
         self._stop = threading.Event()
         self._attempt_since: float | None = None  # monotonic start of a running attempt
         self._last_seen: Lease | None = None  # the lease as read before that attempt
-        self._record: tuple[str, int, float] | None = None  # the lease record last seen
-        self._record_since = time.monotonic()  # since when it has not changed
+        self._unrenewed = Unrenewed(store.lease_duration)  # the lease record last seen
         self._failing: str | None = None  # why the last poll failed, said once
         self.fence_after = max(0.25, 5 * poll)
         self._mark = StandbyMark(store.path)  # `herder handoff` sees a standby waiting
@@ -268,20 +268,9 @@ class StandbyWatcher:
         )
 
     def _lapsed(self, lease: Lease, *, observe: bool = True) -> bool:
-        """True once ``lease`` has gone unrenewed for a whole lease duration, as this
-        process's monotonic clock measures it from when it first saw the record (only
-        the polling thread ``observe``s: the fencer judges by what it saw). The longer of
-        this standby's duration and its holder's: a holder with a longer lease renews
-        less often, and a standby started with a shorter ``--lease`` took it from a
-        healthy holder between two renewals."""
-        now = time.monotonic()
-        record = (lease.owner, lease.incarnation, lease.expires)
-        if record != self._record:
-            if observe:
-                self._record, self._record_since = record, now
-            return False
-        wait = max(self._store.lease_duration, lease.duration or 0.0)
-        return now - self._record_since >= wait
+        """True once ``lease`` has gone unrenewed for a whole lease duration (the store's
+        :class:`Unrenewed` rule; only the polling thread ``observe``s)."""
+        return self._unrenewed.lapsed(lease, observe=observe)
 
     def _fence(self) -> None:
         while not self._stop.wait(self._poll):
@@ -291,4 +280,4 @@ class StandbyWatcher:
             lease = self._last_seen
             if lease is None or not self._lapsed(lease, observe=False) or not holder_stopped(lease):
                 continue
-            fence(lease, self._store.path, time.monotonic() - self._record_since)
+            fence(lease, self._store.path, self._unrenewed.seconds())

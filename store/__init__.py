@@ -97,7 +97,7 @@ from herder.store._errors import (
     StoreLocked,
     TimedOut,
 )
-from herder.store._fence import fence
+from herder.store._fence import Unrenewed, fence
 from herder.store._history import (
     as_event,
     event_flaw,
@@ -249,6 +249,7 @@ __all__ = [
     "StoreLocked",
     "TimedOut",
     "Transition",
+    "Unrenewed",
     "UserCodeFailed",
     "Watch",
     "WorkflowRecord",

@@ -84,25 +84,51 @@ def begin_fenced(env: lmdb.Environment, path: pathlib.Path, duration: float) -> 
 def _watch(
     env: lmdb.Environment, path: pathlib.Path, duration: float, done: threading.Event
 ) -> None:
-    record: tuple[str, int, float] | None = None
-    since = time.monotonic()
+    unrenewed = Unrenewed(duration)
     while not done.wait(POLL):
         try:
             lease = peek_lease(env)
         except (lmdb.Error, StoreCorrupt) as exc:
             _log.debug("open of %s: cannot read the lease to judge its holder: %s", path, exc)
             continue
+        if lease is None or not unrenewed.lapsed(lease) or lease.released:
+            continue
+        if holder_stopped(lease):
+            fence(lease, path, unrenewed.seconds())
+            unrenewed.forget()  # (a pid not dead yet is not killed again at once)
+
+
+class Unrenewed:
+    """How long the lease record last seen has gone unrenewed, as this process's
+    monotonic clock measures it from when it first saw it: the rule by which a waiting
+    standby (``herder.runtime._ha``) and an open for writing judge a holder gone."""
+
+    def __init__(self, duration: float) -> None:
+        self.duration = duration
+        self._record: tuple[str, int, float] | None = None
+        self._since = time.monotonic()
+
+    def lapsed(self, lease: Lease, *, observe: bool = True) -> bool:
+        """True once ``lease`` has gone unrenewed for a whole lease duration (only an
+        ``observe``r notes a new record: a fencer judges by what the poll saw). The longer
+        of ``duration`` and its holder's: a holder with a longer lease renews less often,
+        and a standby started with a shorter ``--lease`` took it from a healthy holder
+        between two renewals."""
         now = time.monotonic()
-        seen = None if lease is None else (lease.owner, lease.incarnation, lease.expires)
-        if seen != record:
-            record, since = seen, now  # (renewed, or first seen: its lease starts now)
-            continue
-        if lease is None or lease.released:
-            continue
-        if now - since < max(duration, lease.duration or 0.0) or not holder_stopped(lease):
-            continue
-        fence(lease, path, now - since)
-        record, since = None, now  # (a pid not dead yet is not killed again at once)
+        record = (lease.owner, lease.incarnation, lease.expires)
+        if record != self._record:
+            if observe:
+                self._record, self._since = record, now
+            return False
+        return now - self._since >= max(self.duration, lease.duration or 0.0)
+
+    def seconds(self) -> float:
+        """Seconds since the record last seen was first seen."""
+        return time.monotonic() - self._since
+
+    def forget(self) -> None:
+        """Judge the next record seen as new."""
+        self._record, self._since = None, time.monotonic()
 
 
 def fence(lease: Lease, path: pathlib.Path, unrenewed: float) -> None:

@@ -281,13 +281,11 @@ def test_a_standby_waits_out_the_holders_lease_when_it_is_longer_than_its_own(
     between two of its renewals (every third of the holder's own lease)."""
     from types import SimpleNamespace
 
-    from herder.runtime import _ha
+    from herder.store import Unrenewed, _fence
 
     now = [100.0]
-    monkeypatch.setattr(_ha, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    watcher = _ha.StandbyWatcher.__new__(_ha.StandbyWatcher)  # (no threads: _lapsed only)
-    watcher._store = SimpleNamespace(lease_duration=5.0)  # type: ignore[assignment]
-    watcher._record, watcher._record_since = None, 0.0
+    monkeypatch.setattr(_fence, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    watcher = SimpleNamespace(_lapsed=Unrenewed(5.0).lapsed)  # (the standby's rule)
     held = Lease("a", 1, 1e12, 1, "h", True, 0.0, duration=20.0)
     assert not watcher._lapsed(held)  # first seen now
     now[0] = 110.0  # unrenewed for 10 s: past the standby's 5 s, within the holder's 20 s
