@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from herder.actors import RuntimeClosed, TimerHandle, UnknownName
 from herder.runtime._firing_batch import Fire, Firings, schedule_put
+from herder.runtime._once import SaidOnce
 from herder.runtime._schedule_status import read_schedules
 from herder.runtime._schedules import (
     count_slots,
@@ -79,7 +80,7 @@ class Firer:
         # Per schedule, the last catch-up counted: (cursor, pass_to) -> slots between. A
         # pass that fires nothing (a queued slot waits) counts the same again every pass.
         self._counted: dict[str, tuple[int, int, int]] = {}
-        self._said: dict[tuple[str, str], str] = {}  # (topic, schedule) -> the warning
+        self._said = SaidOnce(_log)  # by (topic, schedule): each pass meets them again
         self._damaged: dict[bytes, str] = {}  # damaged records logged, by key: the problem
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -236,12 +237,11 @@ class Firer:
                 except (HerderError, TimeoutError) as exc:  # TimeoutError: no capacity
                     if self._stopped(exc):
                         return
-                    self._say(
-                        "fail", record.name, f"schedule {record.name!r} could not fire: {exc}"
-                    )
+                    warning = f"schedule {record.name!r} could not fire: {exc}"
+                    self._said.say(("fail", record.name), warning)
                     at = self._clock.time() + RETRY
                 else:  # (a later failure is said again)
-                    self._said.pop(("fail", record.name), None)
+                    self._said.clear(("fail", record.name))
                 wake_at = _earliest(wake_at, at)
                 if batch.full() and (failed := self._flush(batch)) is not None:
                     wake_at = failed  # (the rest would wait for room as long: next pass)
@@ -256,15 +256,13 @@ class Firer:
         """Write what ``batch`` gathered; the time to try again if it failed."""
         error = batch.flush()
         if error is None:
-            self._said.pop(("flush", ""), None)  # (a later failure is said again)
+            self._said.clear("flush")  # (a later failure is said again)
             return None
         if not isinstance(error, HerderError | TimeoutError):
             raise error  # (the thread logs it and tries again after RETRY)
-        if not self._stopped(error) and self._said.get(("flush", "")) != type(error).__name__:
-            self._said[("flush", "")] = type(error).__name__  # (its text changes: counts)
-            _log.warning(
-                "schedules could not fire: %s (retried every %gs; said once)", error, RETRY
-            )
+        if not self._stopped(error):  # (said once per type: its text changes, counts)
+            warning = f"schedules could not fire: {error} (retried every {RETRY:g}s; said once)"
+            self._said.say("flush", warning, cause=type(error).__name__)
         if isinstance(error, LeaseLost):  # deposed: stop, as the Scheduler does
             self._rt._ctx.lease_lost(error)
         return self._clock.time() + RETRY
@@ -283,20 +281,19 @@ class Firer:
         if record.workflow not in self._rt._latest:  # add_workflow() wakes the thread
             if to_fire(record, int(now * 1000))[0]:
                 name, workflow = record.name, record.workflow
-                self._say(
-                    "unfired",
-                    name,
+                warning = (
                     f"schedule {name!r} has slots due but its workflow {workflow!r} is not "
                     "registered, so it fires nothing: register that workflow (a renamed one: "
-                    f"rt.schedule it with the new name) or rt.delete_schedule({name!r})",
+                    f"rt.schedule it with the new name) or rt.delete_schedule({name!r})"
                 )
+                self._said.say(("unfired", name), warning)
             return None
-        self._said.pop(("unfired", record.name), None)
+        self._said.clear(("unfired", record.name))
         if late := jitter_past_deadline(record, self._rt._latest[record.workflow]):
             advice = "rt.schedule() it again with a jitter up to it, or give it a later one"
-            self._say("late", record.name, f"{late}; {advice}")  # (rt.schedule() refuses it)
+            self._said.say(("late", record.name), f"{late}; {advice}")  # (schedule() refuses it)
         else:
-            self._said.pop(("late", record.name), None)
+            self._said.clear(("late", record.name))
         slots, pass_to = to_fire(record, int(now * 1000))
         if pass_to is not None:  # catch-up: the due slots that will not fire are skipped
             passed = self._count(record, pass_to) - len(slots)
@@ -335,12 +332,6 @@ class Firer:
             return again
         following = next_slot(record, record.cursor_ms)
         return None if following is None else following / 1000
-
-    def _say(self, topic: str, name: str, warning: str) -> None:
-        """Log ``warning`` unless it was the last of ``topic`` for ``name``: passes repeat."""
-        if self._said.get((topic, name)) != warning:
-            self._said[(topic, name)] = warning
-            _log.warning("%s", warning)
 
     def _skipped(self, record: ScheduleRecord, slot: int, now: float) -> ScheduleRecord:
         """``record`` with ``slot`` passed over, and under ``catch_up="all"`` every slot

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
+from herder.runtime._once import SaidOnce
 from herder.store import (
     HandoffRequest,
     Lease,
@@ -206,7 +207,7 @@ class StandbyWatcher:
         self._attempt_since: float | None = None  # monotonic start of a running attempt
         self._last_seen: Lease | None = None  # the lease as read before that attempt
         self._unrenewed = Unrenewed(store.lease_duration)  # the lease record last seen
-        self._failing: str | None = None  # why the last poll failed, said once
+        self._failing = SaidOnce(_log, logging.ERROR)  # why polls fail, said once
         self.fence_after = max(0.25, 5 * poll)
         self._mark = StandbyMark(store.path)  # `herder handoff` sees a standby waiting
         self._thread = threading.Thread(target=self._run, name="herder-standby", daemon=True)
@@ -234,7 +235,7 @@ class StandbyWatcher:
                 self._failed(exc)
                 reason = None
             else:
-                self._failing = None
+                self._failing.clear("poll")
                 try:
                     self._on_poll()
                 except Exception:  # (a listener's failure must not end the standby)
@@ -258,13 +259,10 @@ class StandbyWatcher:
     def _failed(self, exc: StoreError) -> None:
         """Say why a poll failed, once until that changes: a damaged lease record failed
         every poll, the same error 20 times a second."""
-        if str(exc) == self._failing:
-            return
-        self._failing = str(exc)
-        _log.error(
-            "standby could not check the lease: %s (it keeps polling, and says this again "
-            "only once it changes)",
-            exc,
+        self._failing.say(
+            "poll",
+            f"standby could not check the lease: {exc} (it keeps polling, and says this "
+            "again only once it changes)",
         )
 
     def _lapsed(self, lease: Lease, *, observe: bool = True) -> bool:
