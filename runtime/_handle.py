@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from herder.actors import (
@@ -21,12 +22,14 @@ from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
 from herder.runtime._waits import OneShot, seconds
 from herder.store import (
+    Snapshot,
     StepRecord,
     StoreClosed,
     StoreCorrupt,
     TimedOut,
     WorkflowRecord,
     WorkflowState,
+    peek_field,
     workflow_key,
 )
 
@@ -96,6 +99,24 @@ class WorkflowHandle(AsyncHandle):
         return f"WorkflowHandle({self.id!r})"
 
 
+def _maybe_ended(ids: list[str], snap: Snapshot) -> list[str]:
+    """Those of ``ids`` whose workflow may have ended: its stored state is final or
+    unreadable (read whole, that says what is wrong), or it is not stored. The state is
+    read without decoding the record (its input comes before it): a standby polls this,
+    20 times a second, for every workflow a caller waits on."""
+    out = []
+    for workflow_id in ids:
+        raw = snap.raw("workflows", workflow_key(workflow_id))
+        if raw is not None:
+            try:
+                if not WorkflowState(peek_field(raw, WorkflowRecord, "state")).is_final:
+                    continue
+            except (KeyError, ValueError, TypeError):
+                pass
+        out.append(workflow_id)
+    return out
+
+
 def _purged(workflow_id: str) -> UnknownWorkflow:
     return UnknownWorkflow(
         f"workflow {workflow_id!r} ended, and was deleted (retention or herder purge) before "
@@ -161,7 +182,11 @@ class Waiting:
         rt = _runtime(self)
         with rt._lock:
             waited = list(rt._waiters)
-        for workflow_id in waited:
+        try:
+            ended = rt._store.view(partial(_maybe_ended, waited))
+        except StoreClosed:
+            return  # (a stop fails them)
+        for workflow_id in ended:
             try:
                 record = rt._store.get_workflow(workflow_id)
             except (StoreClosed, StoreCorrupt):
