@@ -19,7 +19,7 @@ from herder.actors import (
 )
 from herder.runtime._async import AsyncHandle, unended
 from herder.runtime._part import whole as _runtime
-from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order
+from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order, steps_if_kept
 from herder.runtime._waits import OneShot, seconds
 from herder.store import (
     Snapshot,
@@ -294,7 +294,9 @@ class Waiting:
 
         def read() -> tuple[WorkflowRecord, list[StepRecord]] | None:
             record = rt._store.get_workflow(workflow_id)
-            return None if record is None else (record, self._ordered_steps(record))
+            if record is None:
+                return None
+            return record, self._ordered_steps(record, rt._store.steps_of(workflow_id))
 
         return rt._store.together(read)
 
@@ -303,16 +305,9 @@ class Waiting:
         stored in the same snapshot (None: deleted since ``record`` was read); cheaper
         than :meth:`_with_steps` for a record just read (``list()``, ``h.result()``: no
         second read of the record)."""
-        rt, key = _runtime(self), workflow_key(record.id)
+        steps = steps_if_kept(_runtime(self)._store, record.id)
+        return None if steps is None else self._ordered_steps(record, steps)
 
-        def read() -> list[StepRecord] | None:
-            if rt._store.view(lambda snap: snap.raw("workflows", key)) is None:
-                return None
-            return self._ordered_steps(record)
-
-        return rt._store.together(read)
-
-    def _ordered_steps(self, record: WorkflowRecord) -> list[StepRecord]:
-        rt = _runtime(self)
-        plan = rt._ctx.plans.get((record.name, record.version))
-        return in_plan_order(record, rt._store.steps_of(record.id), plan)
+    def _ordered_steps(self, record: WorkflowRecord, steps: list[StepRecord]) -> list[StepRecord]:
+        plan = _runtime(self)._ctx.plans.get((record.name, record.version))
+        return in_plan_order(record, steps, plan)

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from herder.actors.engine import stuck_step
-from herder.runtime._status import in_plan_order
+from herder.runtime._status import in_plan_order, steps_if_kept
 from herder.store import (
     UNREADABLE,
     Plan,
@@ -25,7 +25,6 @@ from herder.store import (
     StoreCorrupt,
     WorkflowRecord,
     WorkflowState,
-    workflow_key,
 )
 
 _log = logging.getLogger("herder.runtime")
@@ -130,18 +129,12 @@ def _every_parked(store: Store, bad: list[StoreCorrupt]) -> Iterator[Parked]:
     """Every parked workflow and its steps, from a read of every record."""
     for record in store.workflows(WorkflowState.NEEDS_ATTENTION, corrupt=bad):
         try:
-            steps = store.together(partial(_steps_if_kept, store, record.id))
+            steps = steps_if_kept(store, record.id)
         except StoreCorrupt as exc:
             bad.append(exc)
             continue
         if steps is not None:  # (else purged since it was read)
             yield record, steps
-
-
-def _steps_if_kept(store: Store, workflow_id: str) -> list[StepRecord] | None:
-    if store.view(lambda snap: snap.raw("workflows", workflow_key(workflow_id))) is None:
-        return None
-    return store.steps_of(workflow_id)
 
 
 def _oldest_parked(store: Store, limit: int, bad: list[StoreCorrupt]) -> Iterator[Parked]:

@@ -19,6 +19,7 @@ from herder.store import (
     WorkflowRecord,
     WorkflowState,
     plan_steps,
+    workflow_key,
 )
 
 State = WorkflowState
@@ -157,6 +158,19 @@ _FAILED_HINTS = {
     WorkflowState.NEEDS_ATTENTION: "an operator can inspect it and call retry()",
     WorkflowState.ABANDONED: "nothing was undone",
 }
+
+
+def steps_if_kept(store: Store, workflow_id: str) -> list[StepRecord] | None:
+    """A workflow's steps (in step-name order) read with a look that its record is still
+    stored, in the same snapshot: None once it was deleted (retention, a purge) since the
+    caller read that record. Cheaper than reading the record again with its steps."""
+
+    def read() -> list[StepRecord] | None:
+        if store.view(lambda snap: snap.raw("workflows", workflow_key(workflow_id))) is None:
+            return None
+        return store.steps_of(workflow_id)
+
+    return store.together(read)
 
 
 def _rebuilt(fields: dict[str, Any]) -> WorkflowStatus:
