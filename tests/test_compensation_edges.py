@@ -276,3 +276,48 @@ def test_workflow_failed_pickles_and_copies_with_its_status(rt: Runtime) -> None
         assert again.status.steps["hotel"].state is StepState.COMPENSATED
         with pytest.raises(TypeError):  # (still read-only)
             again.status.steps["car"] = again.status.steps["hotel"]  # type: ignore[index]
+
+
+class Refunds(Agent):
+    """A payment that fails for good, and a hotel whose cancellation fails until the
+    refund service is back (``fixed``)."""
+
+    def __init__(self, fixed: threading.Event, why: str) -> None:
+        self.fixed, self.why = fixed, why
+
+    def book(self, ctx: StepContext) -> str:
+        if ctx.step == "pay":
+            raise Permanent(f"card declined: {self.why}")
+        return ctx.step
+
+    def cancel(self, ctx: StepContext) -> str:
+        if not self.fixed.is_set():
+            raise RuntimeError("refund service down")
+        return "refunded"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("why", ["expired", "x" * 9000], ids=["short", "over-the-limit"])
+def test_a_workflow_parked_by_a_failed_compensation_says_what_it_compensated_for(
+    rt: Runtime, why: str
+) -> None:
+    # Its error named the compensation that failed and not the failure that turned it
+    # back ("card declined"): status(), result(), the inbox, herder show and the console
+    # all showed that error alone.
+    fixed = threading.Event()
+    rt.add_agent("b", lambda: Refunds(fixed, why))
+    rt.add_workflow(TRIP)
+    h = rt.start("trip", workflow_id="w")
+    with pytest.raises(WorkflowFailed) as ended:
+        h.result(timeout=WAIT)
+    error = rt.status("w").error or ""
+    assert error.startswith("compensation of step 'hotel' failed: RuntimeError: refund service")
+    assert "(it was compensating because: step 'pay' failed: Permanent: card declined" in error
+    assert len(error) < 9000  # (each cause bounded: the second one is still said)
+    assert error in str(ended.value)
+    assert [item.error for item in rt.inbox()] == [error]
+    fixed.set()  # the operator retries: it compensates on, for the failure it had
+    rt.retry("w")
+    with pytest.raises(WorkflowFailed, match="ended COMPENSATED: step 'pay' failed: Permanent"):
+        h.result(timeout=WAIT)
+    assert (rt.status("w").error or "").startswith("step 'pay' failed: Permanent: card declined")

@@ -35,7 +35,7 @@ from herder.actors.engine._decision import (
 )
 from herder.actors.engine._logs import log_step
 from herder.actors.engine._members import next_member
-from herder.actors.engine._operator import cut_short, orphan_given_up
+from herder.actors.engine._operator import cut_short, ended_error, orphan_given_up
 from herder.actors.engine._recovery import orphaned
 from herder.actors.engine._retry import (
     Escalate,
@@ -335,7 +335,7 @@ class Machine:
             for st in list(run.steps.values()):
                 if st.state not in ALLOWED_STEPS[state]:
                     self.put_step(run, st, cut_short(st, token=self._tokens(), now=self.now))
-        record = self.set_record(run, state=state, error=error or run.record.error)
+        record = self.set_record(run, state=state, error=ended_error(run.record, state, error))
         if record.deadline is not None:  # it ended first: its deadline's timer goes
             self._out.writes.append(TimerDelete(record.id, ms(record.deadline), DEADLINE_TIMER))
         steps = [run.steps[spec.name] for spec in run.plan.steps]

@@ -21,7 +21,13 @@ from collections.abc import Callable
 
 from herder.actors.engine._states import ENDED_BY_ABANDON
 from herder.actors.engine._step import stopped, with_timer
-from herder.store import StepRecord, StepState
+from herder.store import (
+    StepRecord,
+    StepState,
+    WorkflowRecord,
+    WorkflowState,
+    bounded_text,
+)
 
 
 def undo_again(st: StepRecord, now: float) -> StepRecord:
@@ -62,6 +68,25 @@ def cut_short(st: StepRecord, *, token: int, now: float) -> StepRecord:
     cut = marked_failed(st, error, token=token, now=now)
     waited = st.state is StepState.RETRY_WAIT and st.done_token is not None
     return cut.evolve(done_token=st.done_token) if waited else cut
+
+
+def ended_error(record: WorkflowRecord, state: WorkflowState, error: str | None) -> str | None:
+    """The error a workflow ends in ``state`` with: ``error``, else the one it has. Parked
+    while it compensated (its compensation, a probe of it, or a crash failed), it says
+    why it compensated too: the failure it stopped at alone hid the one that turned it
+    back (``record.reason``, which its ``error`` said until then)."""
+    error = error or record.error
+    reason = record.reason
+    if state is not WorkflowState.NEEDS_ATTENTION or record.state is not WorkflowState.COMPENSATING:
+        return error
+    if reason is None or error is None or reason == error:
+        return error
+    # Each half bounded alone (as a record's error is, together): a long error keeps it.
+    error, reason = bounded_text(error, _HALF), bounded_text(reason, _HALF)
+    return f"{error} (it was compensating because: {reason})"
+
+
+_HALF = 4096
 
 
 def orphan_given_up(st: StepRecord, why: str, *, token: int, now: float) -> StepRecord:
