@@ -195,7 +195,8 @@ class Registration:
         It runs once when a workflow whose steps use it starts, and what it returns is
         stored with the workflow (see ``Workflow.step``): later runs never call it for
         that workflow again. Whatever it raises fails the start with
-        :class:`InvalidInput`. Adding a name again replaces the router.
+        :class:`InvalidInput`; one that does not return within ``ask_timeout`` fails it
+        with :class:`TimedOut`. Adding a name again replaces the router.
         """
         rt = _runtime(self)
         rt._check_open()

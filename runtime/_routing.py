@@ -14,21 +14,28 @@ int (not a bool). A field ``{@name}`` is filled by
 the router ``name`` registered with ``rt.add_router(name, fn)``: ``fn(input)`` returns
 the str (or int) to put there, e.g. ``agent="{@nearest}"`` or ``"airline:{@region}"``.
 A router is user code: whatever it raises fails the start with :class:`InvalidInput`,
-and it runs once per start, never again for that workflow.
+and it runs once per start, never again for that workflow, on a thread of its own (in a
+copy of the caller's context): one that does not return within the runtime's
+``ask_timeout`` fails the start with :class:`TimedOut` (a hung one blocked ``start()``,
+and a schedule's firings, for ever).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import string
+import threading
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from herder.actors import InvalidDefinition, UnknownName
+from herder.runtime._waits import OneShot
 from herder.store import (
     InvalidInput,
     Plan,
     StepSpec,
+    TimedOut,
     UserCodeFailed,
     contain,
     private_copy,
@@ -97,15 +104,16 @@ def routes(plan: Plan) -> bool:
 
 
 def resolve_agents(
-    plan: Plan, input: Any, routers: Mapping[str, Router] | None = None
+    plan: Plan, input: Any, routers: Mapping[str, Router] | None = None, *, limit: float
 ) -> dict[str, str]:
     """Step name -> agent name for every templated step of ``plan``, from ``input``
-    (and the ``routers`` its templates name).
+    (and the ``routers`` its templates name, each given ``limit`` seconds).
 
     Raises :class:`InvalidInput` when the input is not a map but a template names input
     keys, lacks a key, gives (or a router returns) a value that is not a str or an int,
     a router fails, or the resulting name is not a usable agent name;
-    :class:`UnknownName` for a router that is not registered. Nothing is stored then.
+    :class:`UnknownName` for a router that is not registered; :class:`TimedOut` for one
+    that does not return within ``limit``. Nothing is stored then.
     """
     out: dict[str, str] = {}
     routed: dict[str, Any] = {}  # each router runs once per start
@@ -118,7 +126,7 @@ def resolve_agents(
         for key in keys:
             if key.startswith("@"):
                 if key not in routed:
-                    routed[key] = _route(where, key[1:], routers or {}, input)
+                    routed[key] = _route(where, key[1:], routers or {}, input, limit)
                 value = routed[key]
             else:
                 value = _input_value(where, spec.agent, key, input)
@@ -162,7 +170,7 @@ def _input_value(where: str, template: str, key: str, input: Any) -> Any:
     return input[key]
 
 
-def _route(where: str, name: str, routers: Mapping[str, Router], input: Any) -> Any:
+def _route(where: str, name: str, routers: Mapping[str, Router], input: Any, limit: float) -> Any:
     router = routers.get(name)
     if router is None:
         known = ", ".join(sorted(routers)) or "none"
@@ -170,10 +178,24 @@ def _route(where: str, name: str, routers: Mapping[str, Router], input: Any) -> 
             f"{where} routes its agent with {name!r}, which is not registered (registered: "
             f"{known}); call rt.add_router({name!r}, fn) first"
         )
+    own = private_copy(input)  # (its changes are not the input's)
+    context, done = contextvars.copy_context(), OneShot[Any]()
+
+    def call() -> None:
+        try:
+            done.set(context.run(contain, router, own))
+        except UserCodeFailed as exc:
+            done.fail(InvalidInput(f"{where}: router {name!r} failed: {exc}"))
+
+    threading.Thread(target=call, name=f"herder-router-{name}", daemon=True).start()
     try:
-        return contain(router, private_copy(input))  # (its changes are not the input's)
-    except UserCodeFailed as exc:
-        raise InvalidInput(f"{where}: router {name!r} failed: {exc}") from None
+        return done.wait(limit)
+    except TimedOut:
+        raise TimedOut(
+            f"{where}: router {name!r} did not return within {limit:g} s (ask_timeout), so "
+            "the start was refused and nothing was written (the call goes on, on its own "
+            "thread): make the router return sooner, or give it longer with ask_timeout"
+        ) from None
 
 
 def check_registered(

@@ -82,7 +82,7 @@ class ScheduleMethods:
         if plan is None:
             raise UnknownName(f"no workflow named {workflow!r} is registered; add_workflow it")
         normalized = normalize(input, limit=rt._max_input_bytes, what="schedule input")
-        agents = resolve_agents(plan, normalized, rt._routers)
+        agents = resolve_agents(plan, normalized, rt._routers, limit=rt._ask_timeout)
         check_registered(plan, agents, rt._ctx.agents, rt._actions)
         record = new_schedule(
             name,

@@ -341,7 +341,7 @@ class Starting(StartingMany):
         seen = rt._agents_seen.get(id(plan))
         if seen is not None and seen[0] is plan and seen[1] == version:
             return NewStart(plan, wid, normalized, priority, begin, {}, ends)
-        agents = resolve_agents(plan, normalized, rt._routers)
+        agents = resolve_agents(plan, normalized, rt._routers, limit=rt._ask_timeout)
         check_registered(plan, agents, rt._ctx.agents, rt._actions)
         if not agents:  # no templated step: the same agents for every start
             rt._agents_seen[id(plan)] = (plan, version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import io
 import threading
@@ -12,12 +13,14 @@ import pytest
 
 from herder.runtime import (
     Agent,
+    HerderError,
     InvalidDefinition,
     InvalidInput,
     Permanent,
     Runtime,
     StepContext,
     StepState,
+    TimedOut,
     UnknownName,
     Workflow,
     WorkflowFailed,
@@ -218,6 +221,52 @@ def test_a_router_that_raises_fails_the_start_and_stores_nothing(tmp_path: Path)
         with pytest.raises(InvalidInput, match="must be a str or an int, got list"):
             rt.start("routed", {}, workflow_id="w")
         assert rt.list() == []
+
+
+REQUEST = contextvars.ContextVar("REQUEST", default="none")
+
+
+@pytest.mark.timeout(60)
+def test_a_router_that_hangs_fails_the_start_with_timed_out_after_ask_timeout(
+    tmp_path: Path,
+) -> None:
+    # It ran on start()'s own thread, unbounded: start(timeout=...) blocked for ever, as
+    # did every firing of a schedule of the workflow (one thread fires them all).
+    gate, seen = threading.Event(), []
+
+    def hung(input: object) -> str:
+        seen.append(REQUEST.get())  # (run in a copy of the caller's context)
+        gate.wait()
+        return "a"
+
+    wf = Workflow("routed").step("configure", agent="device:{@hung}", action="configure")
+    outcome: list[BaseException] = []
+
+    def start() -> None:
+        REQUEST.set("r-1")  # (a value of the caller's: the router sees it)
+        try:
+            rt.start("routed", {}, workflow_id="w", timeout=WAIT)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with open_runtime(tmp_path, [], wf, ask_timeout=0.5) as rt:
+        rt.add_router("hung", hung)
+        caller = threading.Thread(target=start, daemon=True)
+        try:
+            caller.start()
+            caller.join(WAIT)
+            assert not caller.is_alive(), "start() still blocked in the router"
+        finally:
+            gate.set()  # (the router's call goes on; let it end)
+        assert [type(exc) for exc in outcome] == [TimedOut]
+        assert isinstance(outcome[0], HerderError)
+        assert "router 'hung' did not return within 0.5 s (ask_timeout)" in str(outcome[0])
+        assert rt.list() == []  # nothing written
+        assert seen == ["r-1"]
+        rt.add_router("hung", lambda input: "b")
+        assert rt.start("routed", {}, workflow_id="w").result(timeout=WAIT) == {
+            "configure": "device:b"
+        }
 
 
 class _Raising(str):
