@@ -205,6 +205,7 @@ class StandbyWatcher:
         self._on_poll = on_poll
         self._stop = threading.Event()
         self._attempt_since: float | None = None  # monotonic start of a running attempt
+        self._taking = threading.Lock()  # an attempt to take the lease, or a handoff asked
         self._last_seen: Lease | None = None  # the lease as read before that attempt
         self._unrenewed = Unrenewed(store.lease_duration)  # the lease record last seen
         self._failing = SaidOnce(_log, logging.ERROR)  # why polls fail, said once
@@ -220,6 +221,14 @@ class StandbyWatcher:
         self._stop.set()
         self._mark.release()
 
+    def ask_handoff(self, deadline: float) -> None:
+        """:func:`ask_handoff`, unless this standby took the lease already (its promotion
+        under way): a request written then was its own to hear, and it handed over to
+        nobody and stopped as soon as it was active. (A take deletes one written before.)"""
+        with self._taking:
+            if self._store.lease is None:
+                self._store.request_handoff(deadline)
+
     def _run(self) -> None:
         waited_since = time.monotonic()
         while not self._stop.is_set():
@@ -230,7 +239,8 @@ class StandbyWatcher:
                 if seen is not None:
                     self._lapsed(seen)  # observed now: the fencer judges by this record
                 self._attempt_since = time.monotonic()
-                reason = self._store.try_take_lease(lapsed=self._lapsed)
+                with self._taking:
+                    reason = self._store.try_take_lease(lapsed=self._lapsed)
             except StoreError as exc:
                 self._failed(exc)
                 reason = None
@@ -279,3 +289,12 @@ class StandbyWatcher:
             if lease is None or not self._lapsed(lease, observe=False) or not holder_stopped(lease):
                 continue
             fence(lease, self._store.path, self._unrenewed.seconds())
+
+
+def ask_handoff(store: Store, watcher: StandbyWatcher | None, deadline: float) -> None:
+    """``rt.handoff()`` on a standby: ask the holder (another process) to hand over,
+    through the standby's ``watcher`` (None: in its setup, before it polls)."""
+    if watcher is None:
+        store.request_handoff(deadline)
+    else:
+        watcher.ask_handoff(deadline)

@@ -29,7 +29,7 @@ from herder.actors.ray import detach
 from herder.runtime._async import serving_ended
 from herder.runtime._config import at_least
 from herder.runtime._firing import Firer
-from herder.runtime._ha import LeaseKeeper
+from herder.runtime._ha import LeaseKeeper, ask_handoff
 from herder.runtime._part import whole as _runtime
 from herder.runtime._waits import off_loop, seconds, wait_limit
 from herder.store import LeaseLost, TimedOut, real_number
@@ -238,7 +238,7 @@ class Lifecycle:
             off_loop(rt._ctx.event_loop, "handoff()", "rt.handoff_async()")  # (its drain)
             self._hand_over(deadline)
             return True
-        rt._store.request_handoff(deadline)
+        ask_handoff(rt._store, rt._watcher, deadline)
         if timeout is None:
             timeout = deadline + 2 * rt._store.lease_duration
         return self.wait_active(timeout)
