@@ -16,8 +16,8 @@ the str (or int) to put there, e.g. ``agent="{@nearest}"`` or ``"airline:{@regio
 A router is user code: whatever it raises fails the start with :class:`InvalidInput`,
 and it runs once per start, never again for that workflow, on a thread of its own (in a
 copy of the caller's context): one that does not return within the runtime's
-``ask_timeout`` fails the start with :class:`TimedOut` (a hung one blocked ``start()``,
-and a schedule's firings, for ever).
+``ask_timeout`` fails the start with :class:`TimedOut`, so that a hung one blocks
+neither ``start()`` nor the thread that fires every schedule.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def _route(where: str, name: str, routers: Mapping[str, Router], input: Any, lim
     except TimedOut:
         raise TimedOut(
             f"{where}: router {name!r} did not return within {limit:g} s (ask_timeout), so "
-            "the start was refused and nothing was written (the call goes on, on its own "
+            "this was refused and nothing was written (the call goes on, on its own "
             "thread): make the router return sooner, or give it longer with ask_timeout"
         ) from None
 
