@@ -75,7 +75,7 @@ class LeaseKeeper:
         # What attempts about to start check (AttemptPort.leased): a lease from its take.
         self._set_until(store.lease_taken_at + store.lease_duration)
         self._handing_off = False
-        self._damaged: str | None = None  # the unreadable handoff request said, once
+        self._damaged = SaidOnce(_log, logging.ERROR)  # an unreadable request, said once
 
     def on_sweep(self) -> None:
         """Renew the lease when due; start a handoff if one was requested."""
@@ -115,15 +115,13 @@ class LeaseKeeper:
         try:
             return self._store.handoff_request()
         except StoreCorrupt as exc:
-            if self._damaged != exc.reason:
-                self._damaged = exc.reason
-                _log.error(
-                    "the handoff request in store %s cannot be read (%s), so it is ignored: "
-                    "ask again (`herder handoff`, rt.handoff() on a standby) to write a new "
-                    "one; nothing else of the store is affected",
-                    self._store.path,
-                    exc.reason,
-                )
+            self._damaged.say(
+                "handoff",
+                f"the handoff request in store {self._store.path} cannot be read "
+                f"({exc.reason}), so it is ignored: ask again (`herder handoff`, rt.handoff() "
+                "on a standby) to write a new one; nothing else of the store is affected",
+                cause=exc.reason,
+            )
             return None
 
     def _set_until(self, until: float) -> None:
