@@ -25,12 +25,11 @@ from __future__ import annotations
 import contextvars
 import functools
 import string
-import threading
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from herder.actors import InvalidDefinition, UnknownName
-from herder.runtime._waits import OneShot
+from herder.runtime._bounded import BoundedCalls
 from herder.store import (
     InvalidInput,
     Plan,
@@ -46,6 +45,8 @@ Router = Callable[[Any], str]
 """A function of the workflow input that names (part of) a step's agent."""
 
 _FORMATTER = string.Formatter()
+
+_ROUTERS = BoundedCalls("herder-router")  # the threads routers run on
 
 
 @functools.lru_cache(maxsize=4096)
@@ -179,17 +180,11 @@ def _route(where: str, name: str, routers: Mapping[str, Router], input: Any, lim
             f"{known}); call rt.add_router({name!r}, fn) first"
         )
     own = private_copy(input)  # (its changes are not the input's)
-    context, done = contextvars.copy_context(), OneShot[Any]()
-
-    def call() -> None:
-        try:
-            done.set(context.run(contain, router, own))
-        except UserCodeFailed as exc:
-            done.fail(InvalidInput(f"{where}: router {name!r} failed: {exc}"))
-
-    threading.Thread(target=call, name=f"herder-router-{name}", daemon=True).start()
+    call = functools.partial(contextvars.copy_context().run, contain, router, own)
     try:
-        return done.wait(limit)
+        return _ROUTERS.call(call, limit)
+    except UserCodeFailed as exc:
+        raise InvalidInput(f"{where}: router {name!r} failed: {exc}") from None
     except TimedOut:
         raise TimedOut(
             f"{where}: router {name!r} did not return within {limit:g} s (ask_timeout), so "
