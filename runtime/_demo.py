@@ -49,7 +49,7 @@ HANG = 1.5  # seconds the hung hotel request blocks: past STEP_TIMEOUT
 HUNG_TRIP = "trip-13"  # this trip's first hotel attempt hangs
 SOLD_OUT = 0.05  # chance per trip that cars are sold out for good
 POLL = 0.1  # seconds between the parent's progress reads
-GUARD = 120.0  # seconds the parent waits for a worker before giving up on it
+GUARD = 120.0  # seconds the parent waits for a trip to finish before giving up on a worker
 LOG_TAIL = 15  # lines of a failed worker's log the parent shows
 
 
@@ -278,11 +278,15 @@ def _watch(
     worker = _Worker(args, root)
     workers.append(worker)
     kill_at = int(total * args.kill_at) if 0 < args.kill_at < 1 else None
-    deadline = time.monotonic() + GUARD
+    # A worker is given up on when no trip finishes for GUARD seconds, not GUARD after the
+    # start: a run of many trips (--workflows 30000 takes minutes) was killed midway.
+    deadline, seen = time.monotonic() + GUARD, -1
     while True:
         ended = worker.ended.wait(POLL)
         done = _count_final(root / "store")
         progress.update(done, "finished")
+        if done > seen:
+            deadline, seen = time.monotonic() + GUARD, done
         if ended:
             code = worker.wait()
             if "finished" not in worker.lines or code != 0:
@@ -301,7 +305,7 @@ def _watch(
         if time.monotonic() > deadline:
             worker.kill()
             worker.wait()
-            progress.note(f"the worker did not finish in {GUARD}s; killed it")
+            progress.note(f"no trip finished in {GUARD}s; killed the worker")
             return False
 
 

@@ -218,3 +218,37 @@ def test_sigterm_stops_the_demo_and_removes_its_temporary_directory() -> None:
     assert "interrupted: the worker is stopped" in out
     assert not root.exists()
     assert _workers_of(root) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_run_longer_than_the_guard_goes_on_while_trips_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard against a hung worker was a deadline from the start: GUARD (120 s) after
+    it, any run was killed and reported failed, so `herder demo --workflows 30000` (a few
+    minutes) could never pass. It now gives up only when no trip finished for GUARD
+    seconds; here a run of several GUARDs, a worker restart included, passes."""
+    from herder.runtime import _demo
+
+    monkeypatch.setattr(_demo, "GUARD", 2.0)  # a run of 1,000 takes 4-5 s here, idle
+    out = io.StringIO()
+    args = ["--workflows", "1000", "--concurrency", "2", "--dir", str(tmp_path / "demo")]
+    assert _demo.run_demo(args, out) == 0, out.getvalue()
+    assert _row(out.getvalue(), "worker SIGKILLs / restarts") == 1
+    assert "invariants held" in out.getvalue()
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_that_finishes_no_trip_is_given_up_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from herder.runtime import _demo
+
+    fake = tmp_path / "python"  # the worker's interpreter: runs, finishes nothing
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    monkeypatch.setattr(_demo, "GUARD", 0.5)
+    out = io.StringIO()
+    assert _demo.run_demo(["--workflows", "10", "--dir", str(tmp_path / "demo")], out) == 1
+    assert "no trip finished in 0.5s; killed the worker" in out.getvalue()
