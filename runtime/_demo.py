@@ -41,7 +41,7 @@ from herder.runtime._cli_args import positive_arg
 from herder.runtime._console import ProgressLine, print_table
 from herder.runtime._demo_services import Booking, audit, open_services, travel_workflow
 from herder.runtime._runtime import Runtime
-from herder.runtime._status import WorkflowFailed
+from herder.runtime._status import WorkflowFailed, workflow_counts
 from herder.store import RetryPolicy, Store, StoreError, WorkflowState
 
 STEP_TIMEOUT = 1.0
@@ -226,11 +226,14 @@ class _Worker:
 
 
 def _count_final(store_path: pathlib.Path) -> int:
+    """Trips finished, from the store's ``recent`` index: decoding every record instead
+    took 0.09 s a poll at 20,000 trips, most of a core beside the worker it slowed."""
     try:
         with Store(store_path, readonly=True) as store:
-            return sum(1 for r in store.workflows() if r.state.is_final)
+            by_state, _ = workflow_counts(store)
     except StoreError:
         return 0  # not created yet
+    return sum(n for state, n in by_state.items() if WorkflowState(state).is_final)
 
 
 def _parent(args: argparse.Namespace, root: pathlib.Path, out: TextIO) -> int:
