@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable
 
+from herder.runtime._config import RuntimeConfig
 from herder.runtime._inspect import parse_when
 from herder.store import MAX_SECONDS, InvalidInput
 
@@ -75,14 +76,31 @@ def deadline_arg(text: str) -> float:
 
 
 def lease_arg(text: str) -> float:
-    """A lease: a number of seconds > 0 (argparse reports a refusal as a usage error)."""
+    """A lease: a number of seconds > 0 that the runtime takes (at most ten years, at
+    least two of its sweeps: :class:`RuntimeConfig` says why). argparse reports a refusal
+    as a usage error, exit 2, before the app is imported."""
     try:
         value = float(text)
     except ValueError:
         value = 0.0
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    try:
+        RuntimeConfig(lease=value)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
     return value
+
+
+def app_arg(text: str) -> str:
+    """``module:factory`` (``herder run --app``): its shape; importing it is the run's."""
+    module, _, factory = text.partition(":")
+    if not module or not factory:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not module:factory: name the module (importable from the working "
+            "directory) and its function that registers, as in ha_app:build"
+        )
+    return text
 
 
 def when_arg(*, age: bool = False) -> Callable[[str], float]:

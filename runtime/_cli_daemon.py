@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_store, deadline_arg, lease_arg, seconds_arg
+from herder.runtime._cli_args import add_store, app_arg, deadline_arg, lease_arg, seconds_arg
 from herder.store import DEFAULT_LEASE
 
 
@@ -14,7 +14,9 @@ def add_parsers(sub: Any) -> None:
     """Add ``run`` and ``handoff``."""
     run = sub.add_parser("run", help="run a daemon from an app factory (systemd-friendly)")
     add_store(run)
-    run.add_argument("--app", required=True, help="module:factory; factory(rt) registers")
+    run.add_argument(
+        "--app", required=True, type=app_arg, help="module:factory; factory(rt) registers"
+    )
     run.add_argument("--standby", action="store_true", help="wait for the lease, then take over")
     run.add_argument(
         "--lease",

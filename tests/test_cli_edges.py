@@ -273,8 +273,12 @@ def test_stats_after_the_runtime_stopped_raises_the_exported_store_closed(tmp_pa
         (["cancel", "w", "--why", "x", "--timeout", "-1"], "'-1' is not a number of seconds"),
         (["purge", "--older-than", "7d", "--timeout", "nan"], "'nan' is not a number of seconds"),
         (["handoff", "--deadline", "inf"], "'inf' is not a number of seconds"),
-        # (exit 1 from the Runtime's own check, after importing the app)
         (["run", "--app", "m:f", "--lease", "-1"], "--lease: '-1' is not a number of seconds > 0"),
+        # The Runtime's own rules for a lease, and the shape of --app, were checked only
+        # after the app was imported: exit 1, no usage line, while the others exit 2.
+        (["run", "--app", "m:f", "--lease", "1e300"], "--lease: '1e300': lease must be a"),
+        (["run", "--app", "m:f", "--lease", "0.1"], "--lease: '0.1': lease 0.1 s is shorter"),
+        (["run", "--app", "nosuch"], "argument --app: 'nosuch' is not module:factory: name"),
         (["run", "--app", "m:f", "--lease", "0"], "argument --lease: '0' is not a number of"),
         (["run", "--app", "m:f", "--lease", "nan"], "argument --lease: 'nan' is not a number"),
         (["ls", "--since", "soon"], "argument --since: 'soon' is neither a duration"),
