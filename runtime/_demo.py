@@ -72,7 +72,8 @@ def pick_fault(seed: int, ctx: StepContext) -> str | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="herder demo", description=(__doc__ or "").split("\n", 1)[0]
+        prog="herder demo",
+        description="Book trips under injected faults, SIGKILL the worker midway, resume.",
     )
     parser.add_argument(
         "--workflows", type=positive_arg, default=2000, help="trips to book (default: %(default)s)"

@@ -31,3 +31,11 @@ def test_every_option_with_a_default_shows_it_in_its_help() -> None:
             ):
                 missing.append(f"herder {name} {action.option_strings[0]}: {shown!r}")
     assert missing == []
+
+
+def test_no_help_text_shows_docstring_markup() -> None:
+    # `herder demo --help` began "``herder demo``: book trips ...": the module docstring's
+    # reST, shown as it is.
+    shown = {name: parser.format_help() for name, parser in _commands().items()}
+    shown["herder"] = _parser().format_help()
+    assert [name for name, text in shown.items() if "``" in text or ":class:" in text] == []
