@@ -106,3 +106,12 @@ def test_every_file_and_link_the_docs_name_exists() -> None:
             if not linked.exists() or (anchor and anchor not in _anchors(linked)):
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert broken == []
+
+
+def test_the_crash_points_page_names_every_crash_point() -> None:
+    # docs/recovery.md lists the names HERDER_CRASH_AT takes; scheduler.rearm, added to
+    # the code, was missing from it.
+    from herder.store._crashpoints import FAULT_POINTS, POINTS
+
+    page = (ROOT / "docs" / "recovery.md").read_text()
+    assert [p for p in (*POINTS, *FAULT_POINTS) if f"`{p}`" not in page] == []
