@@ -115,3 +115,14 @@ def test_the_crash_points_page_names_every_crash_point() -> None:
 
     page = (ROOT / "docs" / "recovery.md").read_text()
     assert [p for p in (*POINTS, *FAULT_POINTS) if f"`{p}`" not in page] == []
+
+
+def test_the_operations_page_names_every_counter_of_rt_stats(tmp_path: Path) -> None:
+    # rt.stats()["store"] had `refused` and `halted`, which docs/operations.md left out.
+    from herder.runtime import Runtime
+
+    with Runtime(tmp_path / "store") as rt:
+        stats = rt.stats()
+    page = (ROOT / "docs" / "operations.md").read_text()
+    named = [*stats, *stats["steps"], *stats["host"], *stats["store"]]
+    assert [key for key in named if f"`{key}`" not in page] == []
