@@ -20,6 +20,7 @@ import pytest
 
 from herder.runtime import (
     Agent,
+    RetryPolicy,
     Runtime,
     RuntimeClosed,
     StepContext,
@@ -238,3 +239,29 @@ def test_run_forever_gives_back_the_apps_signal_handlers(tmp_path: Path) -> None
         assert called.wait(10.0)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_log_lines_carry_the_extra_fields_the_docs_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/operations.md, Logs: `workflow_id` on every workflow line, `workflow` on start
+    and end lines, `state` on end lines, `step` and `attempt` on step lines. (The page
+    said the start line carried `state` too; it never did.)"""
+
+    class Flaky(Agent):
+        def go(self, ctx: StepContext) -> int:
+            if ctx.attempt == 1:
+                raise RuntimeError("flaky")
+            return 1
+
+    caplog.set_level(logging.INFO, logger="herder")
+    with Runtime(tmp_path / "store", default_retry=RetryPolicy(initial_interval=0.01)) as rt:
+        rt.add_agent("flaky", Flaky)
+        rt.add_workflow(Workflow("w").step("s", agent="flaky", action="go"))
+        rt.start("w", {}, workflow_id="x").result(timeout=WAIT)
+    lines = {r.getMessage().split("\n")[0]: r for r in caplog.records if hasattr(r, "workflow_id")}
+    start, end = lines["workflow x started (w@1)"], lines["workflow x ended SUCCEEDED"]
+    assert (start.workflow_id, start.workflow) == ("x", "w")  # type: ignore[attr-defined]
+    assert (end.workflow, end.state) == ("w", "SUCCEEDED")  # type: ignore[attr-defined]
+    failed = lines["x/s attempt 1 failed: RuntimeError: flaky"]
+    assert (failed.step, failed.attempt) == ("s", 1)  # type: ignore[attr-defined]
