@@ -230,7 +230,7 @@ def test_a_run_longer_than_the_guard_goes_on_while_trips_finish(
     seconds; here a run of several GUARDs, a worker restart included, passes."""
     from herder.runtime import _demo
 
-    monkeypatch.setattr(_demo, "GUARD", 2.0)  # a run of 1,000 takes 4-5 s here, idle
+    monkeypatch.setattr(_demo, "GUARD", 3.0)  # a run of 1,000 takes 4-5 s here, idle
     out = io.StringIO()
     args = ["--workflows", "1000", "--concurrency", "2", "--dir", str(tmp_path / "demo")]
     assert _demo.run_demo(args, out) == 0, out.getvalue()
