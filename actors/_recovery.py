@@ -86,6 +86,7 @@ class Recovery:
         # Unadmitted or forgotten, or it landed with no Admit to follow (_sweep).
         self._early: dict[str, tuple[WorkflowRecord, EarlyStart]] = {}
         self._sweep_at = SWEEP_EARLY
+        self._suspects_said = 0  # engine.suspects when last warned of (_say_suspects)
         self.reloads = Reloads(
             ctx, engine, commits, dispatch, self.absent, admit=self.admit, early=self._early
         )
@@ -268,6 +269,7 @@ class Recovery:
         self.absent.recovering = False
         if self._recovered_count:
             _log.info("recovered %d unfinished workflows", self._recovered_count)
+        self._say_suspects()
         self.absent.log_awaiting()
 
     def on_define(self, plan: Plan) -> None:
@@ -291,6 +293,25 @@ class Recovery:
             # (which is when a commit normally goes out) until every chunk is in.
             self._shell.settle(flush=True)
             self._ctx.tell_scheduler(Define(plan))  # the next chunk, after what arrived
+        else:
+            self._say_suspects()
+
+    def _say_suspects(self) -> None:
+        """Warn of the suspects deferred since the last warning (recovery's, or a late
+        definition's), once: re-run half a second apart, hundreds of them caught in two
+        quick crashes make a recovery take minutes, which nothing else explains."""
+        suspects, self._suspects_said = (
+            self._engine.suspects - self._suspects_said,
+            self._engine.suspects,
+        )
+        if suspects:
+            stagger = self._engine.defaults.recovery_stagger
+            _log.warning(
+                "%d workflows had attempts running at two or more crashes in a row "
+                "(possible poison work): they are re-run one at a time, %g s apart, after "
+                "the rest, the last about %.0f s from now (docs/recovery.md)",
+                suspects, stagger, self._engine.suspects * stagger,
+            )  # fmt: skip
 
     def drop_failed_starts(self) -> None:
         """Forget the starts taken up early whose creation failed, before the writer is

@@ -253,3 +253,27 @@ def test_the_step_running_at_each_crash_may_have_taken_effect_so_it_is_undone(
         assert check_store(rt._store).problems == []
     finally:
         rt.stop(timeout=1)
+
+
+def test_a_recovery_that_defers_suspects_says_why_and_for_how_long(
+    tmp_path: pathlib.Path, release: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Suspects re-run half a second apart can make a recovery take minutes (hundreds
+    caught in two quick crashes): the operator is told why, once, with the time."""
+    clock, path = FakeClock(), tmp_path / "s"
+    _crash_while_dispatched(path, clock, release)
+    rt = _open(path, clock, release)
+    wait_until(rt, lambda: _step(rt, "poison") == (StepState.DISPATCHED, 2, 1))
+    rt.stop(timeout=1)
+    assert "possible poison work" not in caplog.text  # the first crash defers nothing
+
+    with caplog.at_level("WARNING", logger="herder"):
+        rt = _open(path, clock, release)
+        rt._settle()
+        rt.stop(timeout=1)
+    said = [r.getMessage() for r in caplog.records if "possible poison work" in r.getMessage()]
+    assert said == [
+        "1 workflows had attempts running at two or more crashes in a row (possible poison "
+        "work): they are re-run one at a time, 0.5 s apart, after the rest, the last about "
+        "0 s from now (docs/recovery.md)"
+    ]
