@@ -174,19 +174,28 @@ class Retention:
             _log.error("retention could not delete what its last batch left: %s", exc)
 
     def _finish(self, job: dict[str, Any], error: str | None) -> None:
+        job_id = job["id"]
         with self._lock:
-            self._jobs.pop(job["id"], None)
-            self._finished.add(job["id"])
-            deleted = self._deleted.pop(job["id"], 0)
+            self._jobs.pop(job_id, None)
+            self._finished.add(job_id)
+            deleted = self._deleted.get(job_id, 0)
         record = {**job, "deleted": deleted}
+
+        def landed(outcomes: list[BaseException | None]) -> None:
+            with self._lock:
+                if outcomes[0] is not None:  # (a full disk): pending still, handed over
+                    self._finished.discard(job_id)  # again, run again, its count kept
+                    return
+                self._deleted.pop(job_id, None)
+            _log.warning(
+                "purge command #%d by %s: %s",
+                job_id,
+                job.get("who") or "?",
+                error or f"deleted {deleted} workflows",
+            )
+
         ops = finished_ops(record, error, self._now())
-        self._store.writer.submit(Transition(ops=ops))
-        _log.warning(
-            "purge command #%d by %s: %s",
-            job["id"],
-            job.get("who") or "?",
-            error or f"deleted {deleted} workflows",
-        )
+        self._store.writer.submit_many([Transition(ops=ops)], landed)
 
 
 def _aged(command: dict[str, Any], now: float) -> dict[str, Any]:

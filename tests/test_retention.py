@@ -5,6 +5,7 @@ executable in a subprocess), with and without a running runtime."""
 from __future__ import annotations
 
 import datetime
+import errno
 import subprocess
 import sys
 import threading
@@ -280,6 +281,42 @@ def test_a_purge_command_seen_again_while_its_result_commits_is_not_run_twice(
         outcome = command_outcome(rt._store, 7)
         assert outcome is not None
         assert outcome["deleted"] == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_purge_whose_outcome_could_not_be_recorded_records_it_once_the_disk_has_room(
+    tmp_path: Path,
+) -> None:
+    # Its outcome's commit failed (a full disk: just when an operator purges) and the
+    # runtime took the command for finished all the same: it stayed pending for good,
+    # the CLI waiting for it ran into its --timeout (exit 3), and the log said it had
+    # deleted its workflows as if that were recorded.
+    clock = FakeClock(start=T0)
+    full = threading.Event()
+
+    def disk() -> None:  # the writer's fault hook
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    path = tmp_path / "s"
+    with Runtime(path, clock=clock, setup=register, retention=None, sweep_interval=1.0) as rt:
+        for i in range(3):
+            finish(rt, f"w{i}", {})
+        purging = new_command("purge", "", args={"before": T0 + DAY}, who="t", why="test")
+        command_id = append_command(path, purging)
+        advance(rt, clock, 1.0)  # handed over: one batch deletes the three
+        rt._store.writer.flush(WAIT)
+        assert counts(rt._store)["workflows"] == 0
+        rt._store.writer.fault = disk
+        full.set()
+        advance(rt, clock, 1.0)  # a pass finds no more: recording that fails
+        rt._store.writer.flush(WAIT)
+        assert wait_outcome(path, command_id, timeout=0) is None  # pending still
+        full.clear()
+        advance(rt, clock, 3.0)  # the next sweeps hand it over again: recorded now
+        outcome = wait_outcome(path, command_id, timeout=WAIT)
+        assert outcome is not None
+        assert (outcome["state"], outcome["deleted"]) == ("DONE", 3)
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), "7d", True])
