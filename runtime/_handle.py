@@ -266,7 +266,11 @@ class Waiting:
             with rt._lock:
                 mine = self._unlisted(workflow_id, fut)  # else _on_final resolves it
             if record is None:
-                raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+                raise UnknownWorkflow(
+                    f"no workflow with id {workflow_id!r}: none was started with it, or it "
+                    "ended and was deleted (retention or herder purge) before its outcome "
+                    "was read: keep retention longer than a caller may wait to read it"
+                )
             if mine:
                 fut.set((record, None))
         return fut

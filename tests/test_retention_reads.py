@@ -119,6 +119,19 @@ def test_result_of_a_workflow_deleted_after_it_was_found_ended_says_so(rt: Runti
 
 
 @pytest.mark.timeout(60)
+def test_result_of_a_workflow_deleted_before_it_was_read_says_it_may_have_been(
+    rt: Runtime,
+) -> None:
+    # The handle start() returned, read once retention deleted its workflow: a bare "no
+    # workflow with id 'o1'" read as a workflow lost, where a deletion between two reads
+    # of the same wait said why.
+    handle = rt.handle("o1")
+    assert purge(rt._store, T0 + 1e6) == 1
+    with pytest.raises(UnknownWorkflow, match=r"'o1'.* deleted \(retention or herder purge\)"):
+        handle.result(timeout=WAIT)
+
+
+@pytest.mark.timeout(60)
 def test_history_of_a_workflow_deleted_while_read_is_whole(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
