@@ -28,7 +28,9 @@ from herder.store import (
     FINISHED,
     PURGEABLE,
     RETENTION_SCAN,
+    ConditionFailed,
     Store,
+    StoreCorrupt,
     StoreError,
     Transition,
     commit_group,
@@ -146,7 +148,12 @@ class Retention:
         # (found's first; after them, those of what the previous batch's workflows left)
         purged = [wid for (wid, _), o in zip(found, outcomes, strict=False) if o is None]
         done = len(purged)
+        failed = any(
+            o is not None and not isinstance(o, ConditionFailed | StoreCorrupt) for o in outcomes
+        )
         with self._lock:
+            if failed:  # (a full disk) its workflows are still there, behind the scan: a
+                self._position = None  # pass ends only once one went over them again
             self._busy = False
             self._purged = purged
             self.deleted += done

@@ -319,6 +319,40 @@ def test_a_purge_whose_outcome_could_not_be_recorded_records_it_once_the_disk_ha
         assert (outcome["state"], outcome["deleted"]) == ("DONE", 3)
 
 
+@pytest.mark.timeout(60)
+def test_a_purge_goes_over_the_range_again_after_a_batch_failed_to_commit(
+    tmp_path: Path,
+) -> None:
+    # A batch that failed (a full disk) was passed over: the scan went on after it, and
+    # the pass's last window, finding no more, finished the purge ("deleted 0") with
+    # the batch's workflows still there.
+    clock = FakeClock(start=T0)
+    full = threading.Event()
+
+    def disk() -> None:  # the writer's fault hook
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
+        for i in range(2):
+            finish(rt, f"f{i}", {})
+        command = {"id": 7, "action": "purge", "args": {"before": T0 + 1}, "who": "test"}
+        retention = Retention(rt._store, clock.time, None, batch=2)
+        retention.on_command(command)
+        rt._store.writer.fault = disk
+        full.set()
+        retention.on_sweep()  # one full batch: its commit fails
+        rt._store.writer.flush(WAIT)
+        full.clear()
+        for _ in range(5):
+            retention.on_sweep()
+            rt._store.writer.flush(WAIT)
+        outcome = command_outcome(rt._store, 7)
+        assert outcome is not None
+        assert outcome["deleted"] == 2
+        assert rt.list() == []
+
+
 @pytest.mark.parametrize("bad", [-1, float("nan"), "7d", True])
 def test_a_bad_retention_is_refused(tmp_path: Path, bad: object) -> None:
     with pytest.raises(InvalidInput, match="retention"):
