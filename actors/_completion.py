@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from herder.actors._clock import MessageClock
 from herder.actors._commits import CommitPipeline
 from herder.actors._engine import EngineContext
-from herder.actors._errors import CompletionRefused, InvalidState, UnknownWorkflow
+from herder.actors._errors import CompletionRefused, InvalidState
 from herder.actors._messages import Complete
 from herder.actors._recovery import Recovery, Shell
 from herder.actors.engine import (
@@ -78,8 +78,12 @@ class Completions:
             )
         if run is None or st is None:
             record = self._store.get_workflow(wid)
-            if record is None:
-                raise UnknownWorkflow(f"no workflow with id {wid!r}")
+            if record is None:  # (its token was handed out once its creation was durable)
+                raise CompletionRefused(
+                    f"workflow {wid!r} is no longer stored: it finished and was deleted "
+                    f"(retention or herder purge), or the token is from another store; step "
+                    f"{msg.step!r} can no longer be completed; the completion was not recorded"
+                )
             if not record.state.is_final and (record.name, record.version) not in self._plans:
                 raise InvalidState(
                     f"workflow {wid!r} awaits its definition "

@@ -88,7 +88,8 @@ class Operations:
         """Complete a step whose action returned ``ctx.complete_later()``; durable on return.
 
         Callable from any thread. Raises :class:`CompletionRefused` if the attempt the
-        token names is no longer current (timed out and retried, or the step finished).
+        token names is no longer current (timed out and retried, or the step finished;
+        also once retention or ``herder purge`` deleted its workflow).
         """
         rt = _runtime(self)
         rt._ask_durable("complete", rt._completion(task_token, result))

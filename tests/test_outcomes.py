@@ -31,6 +31,7 @@ from herder.runtime import (
 )
 from herder.runtime._check import check_store
 from herder.runtime.testing import EffectLedger, FakeClock, advance, settle, wait_until
+from herder.store import purge
 
 CHILD = pathlib.Path(__file__).with_name("outcomes_child.py")
 WAIT = 10.0
@@ -420,6 +421,27 @@ def test_a_step_completed_later_from_another_thread_frees_its_instance_meanwhile
     with pytest.raises(CompletionRefused, match="SUCCEEDED"):
         rt.complete_step(token, {"paid": "twice"})  # after the workflow finished
     assert rt.status("w").steps["pay"].result == {"paid": "later"}
+
+
+def test_a_completion_of_a_workflow_deleted_since_it_finished_is_refused(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    """A webhook's duplicate that came after retention (or herder purge) had deleted the
+    finished workflow raised UnknownWorkflow, where the same duplicate a moment earlier is
+    refused with CompletionRefused, which a handler takes for "nothing more to do"."""
+    agent = handoff_agent()
+    rt.add_agent("bank", agent, concurrency=1)
+    rt.add_workflow(one_step())
+    h = rt.start("one", workflow_id="w")
+    assert agent.handed.acquire(timeout=WAIT)
+    token = agent.tokens[0]
+    rt.complete_step(token, {"paid": 1})
+    assert h.result(timeout=WAIT) == {"pay": {"paid": 1}}
+    assert purge(rt._store, clock.time() + 86400.0) == 1
+    with pytest.raises(CompletionRefused, match=r"'w' .*deleted \(retention or herder purge\)"):
+        rt.complete_step(token, {"paid": "twice"})
+    with pytest.raises(CompletionRefused, match="not recorded"):
+        rt.fail_step(token, "declined")
 
 
 def test_fail_step_refuses_an_error_that_is_no_str_or_exception(rt: Runtime) -> None:
