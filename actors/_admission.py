@@ -12,9 +12,8 @@ clock for when the gate will open again (end of the breaker's cool-down, next ra
 token); the wake-up arrives as a message and the Scheduler pumps the agent again.
 
 State that must survive a restart (:class:`ResourceRecord`: breaker state, consecutive
-failures, crash and lost-attempt counters) is written to the ``resources`` database whenever
-it changes; :meth:`writes` hands the pending records to the Scheduler's flush. Everything
-here runs on the Scheduler's thread.
+failures, crash and lost-attempt counters) goes to the ``resources`` database when it
+changes (:meth:`writes` hands the records to the Scheduler's flush, on whose thread all runs).
 """
 
 from __future__ import annotations
@@ -210,9 +209,12 @@ class Admission:
 
     # -- outcomes ----------------------------------------------------------------------
 
-    def answered(self, agent: str, token: int, ok: bool) -> None:
+    def answered(self, agent: str, token: int, ok: bool, *, ran: bool = True) -> None:
         """An attempt of ``agent`` ended: ``ok`` when the resource answered (a result or a
         ``Permanent`` refusal), else a transient failure or a timeout."""
+        if not ran:  # (the lease was in doubt): no news, but a half-open probe's place
+            self.abandoned(agent, token)  # frees (else the breaker held the work for good)
+            return
         gate = self._gates.get(agent)
         if ok and gate is None:
             rec = self._records.get(agent)

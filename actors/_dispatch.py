@@ -207,14 +207,14 @@ class Dispatcher:
         """An attempt ended: news for its gate, and its instance is idle again (or, when
         the worker went on with the agent's next ready attempt, busy with that one)."""
         # Even a stale answer is news of the resource's health (a plain success is none
-        # for an agent the gates do not track: no call); one that never started is not,
-        # nor one whose timeout was counted.
+        # for an agent the gates do not track: no call); one that never started is not
+        # (it frees a half-open probe's place), nor one whose timeout was counted.
         agent, ok = msg.agent, msg.ok or msg.permanent
         if self._loose.watched:
             self._loose.watched.pop(msg.token, None)
         counted = self._counted.pop(msg.token, False) if self._counted else False
-        if not counted and (not ok or agent in self.admission.tracked) and msg.kind != UNSTARTED:
-            self.admission.answered(agent, msg.token, ok)
+        if not counted and (not ok or agent in self.admission.tracked):
+            self.admission.answered(agent, msg.token, ok, ran=msg.kind != UNSTARTED)
         # Even one that frees nothing changes the agent's action times (its lane's room).
         if not self.lanes.answered(msg):  # else its instance went on with a ready attempt
             route = self._routes.get(agent)  # (its host: one lookup, not the router's two)

@@ -1,11 +1,13 @@
 """Protection and routing at their edges: a late answer of a timed-out attempt, an agent
-added again under the same rate limit, and routers that return odd values."""
+added again under the same rate limit, a half-open probe that never started, and routers
+that return odd values."""
 
 from __future__ import annotations
 
 import functools
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,3 +195,51 @@ def test_buckets_kept_for_removed_agents_are_dropped_once_they_would_be_full(
         assert "device-999" in admission._removed  # a recent one is kept: still empty
         admission.configure("device-999", None, limit)
         assert not admission.ready("device-999")  # its bucket was not refilled
+
+
+class Recovering(Agent):
+    """Fails its first call (the resource is down), then answers; counts its calls."""
+
+    def __init__(self, calls: list[int]) -> None:
+        self.calls = calls
+
+    def call(self, ctx: StepContext) -> str:
+        self.calls.append(ctx.attempt)
+        if len(self.calls) == 1:
+            raise ConnectionError("service unavailable")
+        return "ok"
+
+
+@pytest.mark.timeout(60)
+def test_a_half_open_probe_that_never_started_lets_the_next_one_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A runtime paused past its lease (a VM suspended) answers the attempt it was about
+    # to start "unstarted": it never reached the resource. When that attempt was the
+    # breaker's half-open probe, the gate went on waiting for the probe's answer: the
+    # breaker stayed HALF_OPEN and the agent's work waited for good.
+    from herder.actors import _action
+
+    doubts, real = [0], _action.leased
+
+    def leased(run: Any, wait: float) -> bool:
+        if doubts[0]:
+            doubts[0] -= 1
+            return False  # the lease was in doubt: the attempt does not start
+        return real(run, wait)
+
+    monkeypatch.setattr(_action, "leased", leased)
+    clock, calls = FakeClock(), []
+    retry = RetryPolicy(max_attempts=5, initial_interval=1.0, backoff_coefficient=1.0, jitter=0.0)
+    wf = Workflow("one").step("call", agent="svc", action="call", retry=retry)
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        breaker = CircuitBreaker(failures=1, cooldown=10.0)
+        rt.add_agent("svc", functools.partial(Recovering, calls), breaker=breaker)
+        rt.add_workflow(wf)
+        handle = rt.start("one", {}, workflow_id="w")
+        wait_until(rt, lambda: rt.stats()["resources"]["svc"]["breaker"] == "OPEN")
+        doubts[0] = 1
+        advance(rt, clock, 10.0)  # half-open: the probe is answered unstarted, runs again
+        assert handle.result(timeout=WAIT) == {"call": "ok"}
+        assert calls == [1, 2]
+        assert rt.stats()["resources"]["svc"]["breaker"] == "CLOSED"
