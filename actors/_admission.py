@@ -125,6 +125,8 @@ class Admission:
         # loop, found at recovery before the daemon registered its agents) count now.
         if breaker is not None and rec.breaker is BreakerState.CLOSED and gate.trips(rec):
             self._open(agent, rec)
+        elif breaker is not None:
+            self._cooled(agent)  # (a stored open one: half-open once its cool-down is over)
 
     def remove(self, agent: str) -> None:
         """Forget the limits of ``agent`` but its rate limit's bucket (added again, it starts
@@ -143,12 +145,10 @@ class Admission:
     # -- dispatch ----------------------------------------------------------------------
 
     def ready(self, agent: str) -> bool:
-        """True if one more attempt of ``agent`` may be dispatched now.
-
-        When not, a wake-up is scheduled for when it may (none while a half-open probe is
-        out: its answer decides). An unhealthy agent admits nothing and needs no wake-up:
-        the check that passes sends one.
-        """
+        """True if one more attempt of ``agent`` may be dispatched now; when not, a wake-up
+        is scheduled for when it may (none while a half-open probe is out: its answer
+        decides). An unhealthy agent admits nothing and needs no wake-up: the check that
+        passes sends one."""
         if self._health is not None and not self._health.healthy(agent):
             self._sick_holds[agent] = self._sick_holds.get(agent, 0) + 1
             return False
@@ -157,15 +157,8 @@ class Admission:
             return True  # only health-checked
         wait = 0.0
         if gate.breaker is not None:
-            rec = self._record(agent)
-            if rec.breaker is BreakerState.OPEN:
-                left = (rec.opened_at or 0.0) + gate.breaker.cooldown - self._clock.time()
-                if left > 0:
-                    wait = left
-                else:
-                    _log.info("circuit breaker of agent %s half-open: probing", agent)
-                    rec = self._set(agent, rec.evolve(breaker=BreakerState.HALF_OPEN))
-            if rec.breaker is BreakerState.HALF_OPEN and gate.probe is not None:
+            wait = self._cooled(agent)
+            if gate.probe is not None and self._record(agent).breaker is BreakerState.HALF_OPEN:
                 gate.throttled += 1
                 return False
         if wait <= 0 and gate.rate is not None:
@@ -204,8 +197,9 @@ class Admission:
             gate.started[token] = self._clock.monotonic()
 
     def woke(self, agent: str) -> None:
-        """A scheduled wake-up for ``agent`` arrived."""
+        """A scheduled wake-up for ``agent`` arrived (a breaker's cool-down may be over)."""
         self._wake_at.pop(agent, None)
+        self._cooled(agent)
 
     # -- outcomes ----------------------------------------------------------------------
 
@@ -287,15 +281,7 @@ class Admission:
             if health is not None:
                 out[agent].update(health, sick_holds=self._sick_holds.get(agent, 0))
             if gate is not None:
-                out[agent]["throttled"] = gate.throttled
-                if agent in self._wake_at:  # (seconds until its held work is tried again)
-                    out[agent]["wake_in"] = round(max(0.0, self._wake_at[agent] - now), 3)
-                if gate.rate is not None:
-                    gate.refill(gate.rate, now)
-                    out[agent]["rate_tokens"] = round(gate.tokens, 3)
-                if gate.adaptive is not None:
-                    out[agent]["limit"] = gate.adaptive.limit
-                    out[agent]["limit_drops"] = gate.adaptive.drops
+                out[agent].update(gate.stats(now, self._wake_at.get(agent)))
         return out
 
     # -- internals ---------------------------------------------------------------------
@@ -357,6 +343,20 @@ class Admission:
             self._open(agent, rec)
         else:
             self._set(agent, rec)
+
+    def _cooled(self, agent: str) -> float:
+        """Seconds left of ``agent``'s open breaker's cool-down (a wake-up comes then), 0
+        if not open; one whose cool-down is over is half-open from now on, work or not."""
+        gate, rec = self._gates.get(agent), self._record(agent)
+        if gate is None or gate.breaker is None or rec.breaker is not BreakerState.OPEN:
+            return 0.0
+        left = (rec.opened_at or 0.0) + gate.breaker.cooldown - self._clock.time()
+        if left > 0:
+            self._schedule(agent, left)
+            return left
+        _log.info("circuit breaker of agent %s half-open: probing", agent)
+        self._set(agent, rec.evolve(breaker=BreakerState.HALF_OPEN))
+        return 0.0
 
     def _open(self, agent: str, rec: ResourceRecord) -> None:
         gate = self._gates[agent]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+from typing import Any
 
 from herder.actors._adaptive import AdaptiveLimit
 from herder.actors._limits import CircuitBreaker, RateLimit
@@ -44,6 +45,20 @@ class Gate:
             self.probe, self.throttled = old.probe, old.throttled
             if old.breaker == self.breaker:
                 self.samples = old.samples
+
+    def stats(self, now: float, wake_at: float | None) -> dict[str, Any]:
+        """What ``rt.stats()`` shows of it (``now``: monotonic; ``wake_at``: when the work
+        it holds back is tried again, if it holds any back)."""
+        out: dict[str, Any] = {"throttled": self.throttled}
+        if wake_at is not None:
+            out["wake_in"] = round(max(0.0, wake_at - now), 3)
+        if self.rate is not None:
+            self.refill(self.rate, now)
+            out["rate_tokens"] = round(self.tokens, 3)
+        if self.adaptive is not None:
+            out["limit"] = self.adaptive.limit
+            out["limit_drops"] = self.adaptive.drops
+        return out
 
     def running(self, busy: list[int]) -> int:
         """How many attempts run now (``busy``: their tokens); forgets the start times of

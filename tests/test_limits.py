@@ -285,6 +285,44 @@ def test_breaker_state_and_crash_counters_survive_a_restart(
         assert breaker(rt)["breaker"] == "CLOSED"
 
 
+def test_an_idle_agents_breaker_is_half_open_once_its_cool_down_is_over(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    # With no work waiting, nothing asked the gate after the cool-down: rt.stats(), the
+    # Prometheus gauge and herder stats showed the breaker OPEN for good (an alert on it
+    # went on firing for an agent that would let its next step through as a probe).
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from herder.runtime._inspect import store_stats
+
+    service.healthy = False
+    path = tmp_path / "s"
+    cb = CircuitBreaker(failures=1, cooldown=30.0)
+    once = RetryPolicy(max_attempts=1)
+    with runtime(path, clock, service, breaker=cb, retry=once) as rt:
+        rt.start("one", workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").state.is_final)
+        assert breaker(rt)["breaker"] == "OPEN"
+        advance(rt, clock, 30.0)
+        assert breaker(rt)["breaker"] == "HALF_OPEN"
+        registry = CollectorRegistry()
+        registry.register(rt.prometheus_collector())
+        assert 'herder_breaker_state{agent="svc"} 1.0' in generate_latest(registry).decode()
+        rt.start("one", workflow_id="again")
+        wait_until(rt, lambda: rt.status("again").state.is_final)  # the probe fails
+        assert breaker(rt)["breaker"] == "OPEN"
+        advance(rt, clock, 10.0)
+    with Store(path, readonly=True) as store:
+        assert store_stats(store)["resources"]["svc"]["breaker"] == "OPEN"
+    with runtime(path, clock, service, breaker=cb, retry=once) as rt:  # restarted, idle
+        assert breaker(rt)["breaker"] == "OPEN", "20 s of the cool-down are left"
+        advance(rt, clock, 20.0)
+        assert breaker(rt)["breaker"] == "HALF_OPEN"
+    with Store(path, readonly=True) as store:
+        assert store_stats(store)["resources"]["svc"]["breaker"] == "HALF_OPEN"
+    assert len(service.calls) == 2
+
+
 def test_the_rate_limit_holds_within_ten_percent_over_a_simulated_minute(
     tmp_path: Path, clock: FakeClock, service: Service
 ) -> None:
