@@ -358,6 +358,46 @@ def test_a_missed_heartbeat_retries_the_step(rt: Runtime, clock: FakeClock) -> N
     stop.set()
 
 
+def test_a_steps_heartbeat_timeout_bounds_its_compensation_too(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    # docs/workflows.md: timeout and heartbeat_timeout bound the compensation's attempts
+    # as well, so an undo of a step with a heartbeat timeout must beat as often.
+    beat, stop = threading.Event(), threading.Event()
+
+    class Beating(Agent):
+        def work(self, ctx: StepContext) -> str:
+            return "done"
+
+        def fail(self, ctx: StepContext) -> None:
+            fail_permanently("refused")
+
+        def undo(self, ctx: StepContext) -> int:
+            if ctx.attempt == 1:  # (a compensation's attempt: its own count)
+                ctx.heartbeat({"undone": 1})
+                beat.set()
+                stop.wait(WAIT)  # then goes silent
+            return ctx.attempt
+
+    rt.add_agent("svc", Beating, concurrency=2)
+    wf = (
+        Workflow("hb")
+        .step(
+            "s", agent="svc", action="work", compensate="undo", timeout=100.0, heartbeat_timeout=5.0
+        )
+        .step("t", agent="svc", action="fail", after=["s"])
+    )
+    rt.add_workflow(wf)
+    rt.start("hb", workflow_id="w")
+    assert beat.wait(WAIT)
+    advance(rt, clock, 6.0)  # only the 5 s heartbeat timeout can have lapsed
+    wait_until(rt, lambda: rt.status("w").state is State.COMPENSATED)
+    step = rt.status("w").steps["s"]
+    assert (step.state, step.compensation_attempts) == (StepState.COMPENSATED, 2)
+    assert rt.stats()["steps"]["timed_out"] == 1
+    stop.set()
+
+
 def test_a_crashed_agent_instance_is_restarted_and_its_step_retried_at_once(rt: Runtime) -> None:
     class Crashy(Agent):
         def work(self, ctx: StepContext) -> int:
