@@ -32,13 +32,15 @@ class Gate:
 
     def carry(self, old: Gate | None, now: float, removed: Gate | None = None) -> None:
         """Take over what the agent's gate before this one (``old``: it was added again)
-        holds: its probe, its throttled count, and, where the limit is the same, its
-        bucket's tokens and its breaker's samples; a new rate limit starts full. The gate
-        of an agent ``removed`` before it was added again passes on its bucket only."""
+        holds: its probe, its throttled count, its bucket's tokens (up to a changed limit's
+        burst: a limit lowered under load starts no new burst) and, where the breaker is
+        the same, its samples; a first rate limit starts full. The gate of an agent
+        ``removed`` before it was added again passes on its bucket only."""
         if self.rate is not None:
             bucket = old if old is not None else removed
-            if bucket is not None and bucket.rate == self.rate:
-                self.tokens, self.refilled = bucket.tokens, bucket.refilled
+            if bucket is not None and bucket.rate is not None:
+                bucket.refill(bucket.rate, now)  # (earned at the rate it had until now)
+                self.tokens, self.refilled = min(bucket.tokens, float(self.rate.capacity)), now
             else:
                 self.tokens, self.refilled = float(self.rate.capacity), now
         if old is not None:

@@ -152,6 +152,26 @@ def test_adding_an_agent_again_with_the_same_rate_limit_does_not_refill_its_buck
         assert not h2.done(), "a second attempt started at t=0 with burst=1"
 
 
+def test_a_rate_limit_changed_under_load_starts_no_new_burst(tmp_path: Path) -> None:
+    # add_agent again with another RateLimit (lowered, say, as the partner asked) gave the
+    # agent a full bucket of the new limit at once, on top of the burst just spent.
+    clock = FakeClock()
+    wf = Workflow("one").step("call", agent="svc", action="call")
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", Quick, concurrency=4, rate_limit=RateLimit(per_second=0.01, burst=4))
+        rt.add_workflow(wf)
+        for n in range(4):  # the burst, spent
+            rt.start("one", {}, workflow_id=f"w{n}").result(timeout=WAIT)
+        lowered = RateLimit(per_second=0.02, burst=2)  # one token per 50 s
+        rt.add_agent("svc", Quick, concurrency=4, rate_limit=lowered)
+        late = rt.start("one", {}, workflow_id="late")
+        settle(rt)
+        assert not late.done(), "the changed limit gave a new burst at once"
+        assert rt.stats()["resources"]["svc"]["rate_tokens"] == 0.0
+        advance(rt, clock, 50.0)  # the new rate's first token
+        assert late.result(timeout=WAIT) == {"call": "ok"}
+
+
 def test_an_agent_removed_and_added_again_does_not_get_a_full_bucket(tmp_path: Path) -> None:
     # remove_agent forgot the bucket, so remove + add_agent with the same limit refilled
     # it: a second attempt at t=0 with burst 1 (over burst + per_second * t).
