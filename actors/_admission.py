@@ -114,7 +114,7 @@ class Admission:
             fresh = AdaptiveLimit(adaptive, resumed)
             gate.adaptive = old.adaptive if kept and old is not None else fresh
             gate.started = {} if old is None else old.started
-        gate.carry(old, self._clock.monotonic(), removed)
+        gate.carry(old, now := self._clock.monotonic(), removed)
         self._gates[agent] = gate
         self.tracked.add(agent)
         rec = self._record(agent)
@@ -123,7 +123,7 @@ class Admission:
             gate.probe = next(iter(self._busy(agent)), None)
         # Failures recorded before the breaker was configured (attempts lost to a crash
         # loop, found at recovery before the daemon registered its agents) count now.
-        if breaker is not None and rec.breaker is BreakerState.CLOSED and gate.trips(rec):
+        if breaker is not None and rec.breaker is BreakerState.CLOSED and gate.trips(rec, now):
             self._open(agent, rec)
         elif breaker is not None:
             self._cooled(agent)  # (a stored open one: half-open once its cool-down is over)
@@ -336,9 +336,9 @@ class Admission:
             # Only counted: persisted with the next change (crash/lost counters do that).
             self._records[agent] = rec
             return
-        gate.sample(False, self._clock.monotonic())
+        gate.sample(False, now := self._clock.monotonic())
         if rec.breaker is BreakerState.HALF_OPEN or (
-            rec.breaker is BreakerState.CLOSED and gate.trips(rec)
+            rec.breaker is BreakerState.CLOSED and gate.trips(rec, now)
         ):
             self._open(agent, rec)
         else:

@@ -90,20 +90,25 @@ class Gate:
         breaker = self.breaker
         if breaker is None or breaker.failure_rate is None:
             return
-        samples = self.samples
-        samples.append((now, ok))
-        while samples and samples[0][0] < now - breaker.window:
-            samples.popleft()
+        self.samples.append((now, ok))
+        self._forget(breaker.window, now)
 
-    def trips(self, rec: ResourceRecord) -> bool:
+    def trips(self, rec: ResourceRecord, now: float) -> bool:
         """Whether the breaker opens: enough consecutive failures, or a failure rate
-        reached over enough recent calls."""
+        reached over enough calls in its window up to ``now`` (monotonic)."""
         breaker = self.breaker
         assert breaker is not None
         if breaker.failures is not None and rec.failures >= breaker.failures:
             return True
         if breaker.failure_rate is None:
             return False
+        self._forget(breaker.window, now)  # (an agent added again: its samples may be old)
         calls = len(self.samples)
         failed = sum(1 for _, ok in self.samples if not ok)
         return calls >= breaker.min_calls and failed >= breaker.failure_rate * calls
+
+    def _forget(self, window: float, now: float) -> None:
+        """Drop the samples older than ``window`` seconds before ``now``."""
+        samples = self.samples
+        while samples and samples[0][0] < now - window:
+            samples.popleft()

@@ -237,6 +237,27 @@ def test_the_failure_rate_over_a_window_opens_the_breaker(
         assert breaker(rt)["breaker"] == "OPEN", "2 failures of 4 calls reach the 50% rate"
 
 
+def test_calls_out_of_the_window_do_not_open_the_breaker_of_an_agent_added_again(
+    tmp_path: Path, clock: FakeClock, service: Service
+) -> None:
+    # The failure-rate samples were dropped only as new outcomes came: an agent added again
+    # (a reload) an hour after 2 failed and 2 good calls opened its breaker at once, on
+    # calls long out of its 60 s window, and held its steps for the cool-down.
+    cb = CircuitBreaker(failures=None, failure_rate=0.5, window=60.0, min_calls=4, cooldown=30)
+    once = RetryPolicy(max_attempts=1)
+    with runtime(tmp_path / "s", clock, service, breaker=cb, retry=once) as rt:
+        for n, healthy in enumerate((False, False, True, True)):
+            service.healthy = healthy
+            rt.start("one", workflow_id=f"w{n}")
+            wait_until(rt, lambda n=n: rt.status(f"w{n}").state.is_final)
+            advance(rt, clock, 1.0)
+        assert breaker(rt)["breaker"] == "CLOSED"
+        advance(rt, clock, 3600.0)
+        rt.add_agent("svc", functools.partial(Caller, service), breaker=cb)
+        assert breaker(rt)["breaker"] == "CLOSED", "no call ended in the last 60 s"
+        rt.start("one", workflow_id="after").result(timeout=WAIT)
+
+
 def test_breaker_state_and_crash_counters_survive_a_restart(
     tmp_path: Path, clock: FakeClock, service: Service
 ) -> None:
