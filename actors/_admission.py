@@ -230,21 +230,21 @@ class Admission:
 
     def crashed(self, agent: str, lost: int) -> None:
         """An instance of ``agent`` crashed (or could not start); ``lost`` attempts died
-        with it."""
-        rec = self._record(agent)
-        self._set(agent, rec.evolve(crashes=rec.crashes + 1))
+        with it (counted first: the write of its crash carries them, breaker or not)."""
         gate = self._gates.get(agent)
         for _ in range(max(1, lost)):
             self._failed(agent, gate)
             if gate is not None and gate.adaptive is not None:
                 gate.adaptive.drop()
                 self._keep_limit(agent, gate.adaptive)
+        rec = self._record(agent)
+        self._set(agent, rec.evolve(crashes=rec.crashes + 1))
 
     def lost(self, agent: str) -> None:
         """Recovery found an attempt of ``agent`` in flight: the process died under it."""
+        self._failed(agent, self._gates.get(agent))  # (first: the write below carries it)
         rec = self._record(agent)
         self._set(agent, rec.evolve(lost=rec.lost + 1))
-        self._failed(agent, self._gates.get(agent))
 
     def abandoned(self, agent: str, token: int) -> bool:
         """An attempt's answer will not be awaited (its workflow ended). True if it was the

@@ -344,6 +344,35 @@ def test_an_idle_agents_breaker_is_half_open_once_its_cool_down_is_over(
     assert len(service.calls) == 2
 
 
+def test_the_stored_failures_count_the_crashes_of_an_agent_without_a_breaker(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # An agent without a breaker writes its consecutive failures only with its crash and
+    # lost counters, but those were written before the failure was counted: the store
+    # (herder stats, the next start) had one failure fewer than the crashes in a row, so
+    # a crash loop kept 0 and a breaker added at the next start found none of them.
+    from herder.runtime._inspect import store_stats
+
+    class Crashy(Agent):
+        def call(self, ctx: StepContext) -> None:
+            crash_instance()
+
+    path = tmp_path / "s"
+    wf = Workflow("c").step("s", agent="crashy", action="call", retry=RetryPolicy(max_attempts=2))
+    with Runtime(path, clock=clock) as rt:
+        rt.add_agent("crashy", Crashy)
+        rt.add_workflow(wf)
+        rt.start("c", workflow_id="c1")
+        wait_until(rt, lambda: rt.status("c1").state.is_final)
+        assert rt.stats()["resources"]["crashy"]["failures"] == 2
+    with Store(path, readonly=True) as store:
+        stored = store_stats(store)["resources"]["crashy"]
+    assert (stored["crashes"], stored["failures"]) == (2, 2)
+    with Runtime(path, clock=clock) as rt:
+        rt.add_agent("crashy", Crashy, breaker=CircuitBreaker(failures=2, cooldown=60.0))
+        assert rt.stats()["resources"]["crashy"]["breaker"] == "OPEN"
+
+
 def test_the_rate_limit_holds_within_ten_percent_over_a_simulated_minute(
     tmp_path: Path, clock: FakeClock, service: Service
 ) -> None:
