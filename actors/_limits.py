@@ -40,8 +40,9 @@ class CircuitBreaker:
     """Stop sending work to a resource that keeps failing, then probe it.
 
     The breaker opens after ``failures`` consecutive failed attempts, or (if
-    ``failure_rate`` is given) when at least ``min_calls`` attempts ended within the last
-    ``window`` seconds and that fraction of them failed. A failed attempt is one that
+    ``failure_rate`` is given) at a failure after which at least ``min_calls`` attempts
+    ended within the last ``window`` seconds and that fraction of them failed (a success
+    never opens it). A failed attempt is one that
     raised a transient error, timed out, crashed its agent instance, or was lost because
     the process died under it; a success or a ``Permanent`` answer (the resource
     answered) resets the count. While open, the agent's steps wait in its queue without
