@@ -11,7 +11,8 @@ blocks until the parent SIGKILLs it.
 - ``crashloop``: registers agent ``svc`` with a breaker (2 failures, one hour cool-down)
   whose action prints ``running`` and hangs, starts workflow ``w`` (idempotently), waits
   for the Scheduler to settle and prints ``stats <json of rt.stats()['resources']>`` and
-  ``attempt <n>`` (the step's attempt count).
+  ``attempt <n>`` (the step's attempt count). ``crashloop-plain``: the same, with no
+  breaker.
 - ``lone``: start_many creates ``lone``, whose only step waits an hour (its own
   ``delay``), and every write after that commit stalls: prints ``created <its time>``
   once one does.
@@ -80,7 +81,7 @@ def main(store: str, mode: str) -> None:
         assert record is not None
         say(f"created {record.created!r}")
     else:
-        breaker = CircuitBreaker(failures=2, cooldown=HOUR)
+        breaker = CircuitBreaker(failures=2, cooldown=HOUR) if mode == "crashloop" else None
         rt.add_agent("svc", Hangs, breaker=breaker)
         rt.add_workflow(Workflow("one").step("call", agent="svc", action="call", timeout=HOUR))
         rt.start("one", workflow_id="w")

@@ -116,3 +116,15 @@ def test_a_crash_loop_opens_the_breaker_across_restarts(tmp_path: Path) -> None:
     assert stored["breaker"] == "OPEN"
     assert stored["opens"] == 1
     assert stored["lost"] == 2
+
+
+def test_a_crash_loop_stores_its_failures_without_a_breaker(tmp_path: Path) -> None:
+    # An agent without a breaker writes its consecutive failures only with its lost and
+    # crash counters, which were written before the failure was counted: a crash loop
+    # kept 0 failures in the store beside `lost` growing.
+    store = tmp_path / "store"
+    for _ in range(3):  # each run dispatches the step and dies with it in flight
+        run_child(store, "crashloop-plain", "running")
+    with Store(store, readonly=True) as s:
+        stored = store_stats(s)["resources"]["svc"]
+    assert (stored["lost"], stored["failures"], stored["breaker"]) == (2, 2, "CLOSED")
