@@ -129,14 +129,14 @@ class Registration:
         for kind, value, want in (
             ("breaker", breaker, CircuitBreaker),
             ("rate_limit", rate_limit, RateLimit),
+            ("host", host, RayHost),
         ):
             if value is not None and not isinstance(value, want):
                 raise InvalidInput(
-                    f"agent {name!r}: {kind} must be a {want.__name__} or None, got {value!r}"
+                    f"agent {name!r}: {kind} must be a {want.__name__} or None, "
+                    f"got {safe_repr(value):.80}"
                 )
         health = HealthPolicy.of(health_interval, health_timeout)
-        if host is not None and not isinstance(host, RayHost):
-            raise InvalidInput(f"agent {name!r}: host must be a RayHost or None, got {host!r}")
         placed = rt._ctx.placements.get(name)  # (kept by remove_agent: its host holds it)
         if (name in rt._ctx.agents or placed is not None) and placed != host:
             raise InvalidInput(
@@ -208,7 +208,7 @@ class Registration:
                 "'nearest_region'"
             )
         if not callable(router):
-            raise InvalidInput(f"router {name!r} must be callable, got {router!r}")
+            raise InvalidInput(f"router {name!r} must be callable, got {safe_repr(router):.80}")
         rt._routers[name] = router
 
     def remove_agent(self, name: str) -> None:
@@ -242,7 +242,8 @@ class Registration:
         rt._check_open()
         if not isinstance(workflow, Workflow):
             raise InvalidInput(
-                f"add_workflow takes a Workflow (Workflow(name).step(...)), got {workflow!r}"
+                "add_workflow takes a Workflow (Workflow(name).step(...)), "
+                f"got {safe_repr(workflow):.80}"
             )
         plan = workflow.compile()
         self._check_actions(plan)
@@ -373,14 +374,18 @@ def _offered(name: str, cls: type | None) -> tuple[frozenset[str] | None, tuple[
 def _check_factory(name: str, factory: object, asyncio: object) -> None:
     """``add_agent``'s checks of the factory and its ``asyncio`` choice."""
     if not callable(factory):
-        raise InvalidInput(f"agent {name!r}: factory must be callable, got {factory!r}")
+        raise InvalidInput(
+            f"agent {name!r}: factory must be callable, got {safe_repr(factory):.80}"
+        )
     if isinstance(factory, type) and not issubclass(factory, Agent):
         raise InvalidInput(
             f"agent {name!r}: factory {factory.__qualname__} is a class but not an Agent "
             "subclass; subclass herder.runtime.Agent (its actions are its methods)"
         )
     if asyncio is not None and asyncio is not True and asyncio is not False:
-        raise InvalidInput(f"agent {name!r}: asyncio must be None, True or False, got {asyncio!r}")
+        raise InvalidInput(
+            f"agent {name!r}: asyncio must be None, True or False, got {safe_repr(asyncio):.80}"
+        )
     if asyncio is not True and inspect.iscoroutinefunction(factory):
         raise InvalidInput(
             f"agent {name!r}: its factory is an async def, which only the asyncio host "

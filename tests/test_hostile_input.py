@@ -68,6 +68,18 @@ class _Raises:
         raise ValueError("no reading")
 
 
+class Unprintable:
+    """A value whose repr raises, or is megabytes long (``huge``)."""
+
+    def __init__(self, huge: bool = False) -> None:
+        self.huge = huge
+
+    def __repr__(self) -> str:
+        if self.huge:
+            return "x" * 10_000_000
+        raise RuntimeError("no repr")
+
+
 class Unreadable(Agent):
     """An agent class one of whose attributes raises when read (a descriptor)."""
 
@@ -250,6 +262,22 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
     ("add_agent: a class attribute that raises when read (it escaped add_agent as is)",
      lambda rt: rt.add_agent("a", Unreadable), InvalidInput,
      "reading the actions of its class Unreadable raised ValueError: no reading"),
+    # A wrong value whose repr raises escaped add_agent as that error (a huge one put
+    # megabytes in the message): each is named by a clipped safe repr.
+    ("add_agent: breaker whose repr raises", lambda rt: rt.add_agent("a", Echo,
+     breaker=Unprintable()), InvalidInput, "breaker must be a CircuitBreaker or None, got <"),  # type: ignore[arg-type]
+    ("add_agent: rate_limit with a 10 MB repr", lambda rt: rt.add_agent("a", Echo,
+     rate_limit=Unprintable(huge=True)), InvalidInput, "got x{80}$"),  # type: ignore[arg-type]
+    ("add_agent: host whose repr raises", lambda rt: rt.add_agent("a", Echo,
+     host=Unprintable()), InvalidInput, "host must be a RayHost or None"),  # type: ignore[arg-type]
+    ("add_agent: factory whose repr raises", lambda rt: rt.add_agent("a", Unprintable()),  # type: ignore[arg-type]
+     InvalidInput, "factory must be callable"),
+    ("add_agent: asyncio whose repr raises", lambda rt: rt.add_agent("a", Echo,
+     asyncio=Unprintable()), InvalidInput, "asyncio must be None, True or False"),  # type: ignore[arg-type]
+    ("add_router: a router whose repr raises", lambda rt: rt.add_router("r", Unprintable()),  # type: ignore[arg-type]
+     InvalidInput, "must be callable"),
+    ("add_workflow: a value whose repr raises", lambda rt: rt.add_workflow(Unprintable()),  # type: ignore[arg-type]
+     InvalidInput, "add_workflow takes a Workflow"),
     ("operator: who not valid UTF-8", lambda rt: rt.retry("taken", who="\udcff"), InvalidInput,
      "who is not valid UTF-8"),
     ("operator: who not a str", lambda rt: rt.abandon("taken", who=5), InvalidInput,  # type: ignore[arg-type]
