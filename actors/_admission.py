@@ -126,7 +126,7 @@ class Admission:
         if breaker is not None and rec.breaker is BreakerState.CLOSED and gate.trips(rec, now):
             self._open(agent, rec)
         elif breaker is not None:
-            self._cooled(agent)  # (a stored open one: half-open once its cool-down is over)
+            self._cooled(agent, breaker)  # (stored open: half-open once its cool-down is over)
 
     def remove(self, agent: str) -> None:
         """Forget the limits of ``agent`` but its rate limit's bucket (added again, it starts
@@ -157,7 +157,7 @@ class Admission:
             return True  # only health-checked
         wait = 0.0
         if gate.breaker is not None:
-            wait = self._cooled(agent)
+            wait = self._cooled(agent, gate.breaker)
             if gate.probe is not None and self._record(agent).breaker is BreakerState.HALF_OPEN:
                 gate.throttled += 1
                 return False
@@ -199,7 +199,8 @@ class Admission:
     def woke(self, agent: str) -> None:
         """A scheduled wake-up for ``agent`` arrived (a breaker's cool-down may be over)."""
         self._wake_at.pop(agent, None)
-        self._cooled(agent)
+        if (gate := self._gates.get(agent)) is not None and gate.breaker is not None:
+            self._cooled(agent, gate.breaker)  # (no record is made for an agent without one)
 
     # -- outcomes ----------------------------------------------------------------------
 
@@ -333,8 +334,7 @@ class Admission:
         rec = rec.evolve(failures=rec.failures + 1)
         self.tracked.add(agent)
         if gate is None or gate.breaker is None:
-            # Only counted: persisted with the next change (crash/lost counters do that).
-            self._records[agent] = rec
+            self._records[agent] = rec  # only counted: written with a crash or lost count
             return
         gate.sample(False, now := self._clock.monotonic())
         if rec.breaker is BreakerState.HALF_OPEN or (
@@ -344,13 +344,13 @@ class Admission:
         else:
             self._set(agent, rec)
 
-    def _cooled(self, agent: str) -> float:
+    def _cooled(self, agent: str, breaker: CircuitBreaker) -> float:
         """Seconds left of ``agent``'s open breaker's cool-down (a wake-up comes then), 0
         if not open; one whose cool-down is over is half-open from now on, work or not."""
-        gate, rec = self._gates.get(agent), self._record(agent)
-        if gate is None or gate.breaker is None or rec.breaker is not BreakerState.OPEN:
+        rec = self._record(agent)
+        if rec.breaker is not BreakerState.OPEN:
             return 0.0
-        left = (rec.opened_at or 0.0) + gate.breaker.cooldown - self._clock.time()
+        left = (rec.opened_at or 0.0) + breaker.cooldown - self._clock.time()
         if left > 0:
             self._schedule(agent, left)
             return left

@@ -326,6 +326,8 @@ def test_an_idle_agents_breaker_is_half_open_once_its_cool_down_is_over(
         assert breaker(rt)["breaker"] == "OPEN"
         advance(rt, clock, 30.0)
         assert breaker(rt)["breaker"] == "HALF_OPEN"
+        rt.add_agent("plain", functools.partial(Caller, service))  # (its wake-up: no record)
+        assert "plain" not in rt.stats()["resources"]
         registry = CollectorRegistry()
         registry.register(rt.prometheus_collector())
         assert 'herder_breaker_state{agent="svc"} 1.0' in generate_latest(registry).decode()
