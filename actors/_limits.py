@@ -42,13 +42,13 @@ class CircuitBreaker:
     The breaker opens after ``failures`` consecutive failed attempts, or (if
     ``failure_rate`` is given) at a failure after which at least ``min_calls`` attempts
     ended within the last ``window`` seconds and that fraction of them failed (a success
-    never opens it). A failed attempt is one that
-    raised a transient error, timed out, crashed its agent instance, or was lost because
-    the process died under it; a success or a ``Permanent`` answer (the resource
-    answered) resets the count. While open, the agent's steps wait in its queue without
-    spending attempts and without timing out. After ``cooldown`` seconds it is half-open:
-    one probe attempt is let through; its success closes the breaker, its failure opens
-    it for another cool-down. The state is kept in the store and survives restarts.
+    never opens it). A failed attempt is one that raised a transient error, timed out,
+    crashed its agent instance, or was lost because the process died under it; a
+    success or a ``Permanent`` answer (the resource answered) resets the count. While
+    open, the agent's steps wait in its queue without spending attempts and without
+    timing out. After ``cooldown`` seconds it is half-open: one probe attempt is let
+    through; its success closes the breaker, its failure opens it for another cool-down.
+    The state is kept in the store and survives restarts.
     """
 
     failures: int | None = 5
