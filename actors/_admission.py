@@ -35,6 +35,7 @@ from herder.store import (
     Store,
     StoreCorrupt,
     encode,
+    read_resources,
     resource_key,
 )
 
@@ -290,15 +291,11 @@ class Admission:
     def _load(self) -> None:
         """Read every stored resource record (one per agent name that ever needed one)."""
         corrupt: list[StoreCorrupt] = []
-        for key, raw in self._store.scan("resources", corrupt=corrupt):
-            agent = key.decode("utf-8", "replace")
-            try:
-                self._records[agent] = ResourceRecord.from_dict(raw)
-            except (KeyError, TypeError, ValueError) as exc:
-                _log.error("resource record of agent %s unreadable, reset: %s", agent, exc)
+        self._records = read_resources(self._store.scan("resources", corrupt=corrupt), corrupt)
+        for agent in self._records:
             self._track(agent)
         for error in corrupt:
-            _log.error("skipping a corrupt resource record: %s", error)
+            _log.error("a resource record is unreadable, reset: %s", error)
 
     def _record(self, agent: str) -> ResourceRecord:
         rec = self._records.get(agent)

@@ -22,7 +22,6 @@ from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
     InvalidInput,
     Plan,
-    ResourceRecord,
     StepRecord,
     StepState,
     Store,
@@ -30,6 +29,7 @@ from herder.store import (
     WorkflowRecord,
     WorkflowState,
     read_history,
+    read_resources,
 )
 
 
@@ -341,15 +341,8 @@ def store_stats(store: Store, corrupt: list[StoreCorrupt] | None = None) -> dict
 def stored_resources(store: Store, corrupt: list[StoreCorrupt]) -> dict[str, dict[str, Any]]:
     """Per agent name, its stored protection state (breaker, crash counters): one small
     database, read without the workflows (the console's Agents page)."""
-    out = {}
-    for key, value in store.scan("resources", corrupt=corrupt):
-        try:
-            record = ResourceRecord.from_dict(value)
-        except (KeyError, TypeError, ValueError) as exc:
-            corrupt.append(StoreCorrupt("resources", key, str(exc)))
-            continue
-        out[key.decode("utf-8", "replace")] = resource_stats(record)
-    return out
+    records = read_resources(store.scan("resources", corrupt=corrupt), corrupt)
+    return {agent: resource_stats(record) for agent, record in records.items()}
 
 
 def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:

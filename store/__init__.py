@@ -163,7 +163,7 @@ from herder.store._records import (
     plan_steps,
     stored_field,
 )
-from herder.store._resources import BreakerState, ResourceRecord, resource_key
+from herder.store._resources import BreakerState, ResourceRecord, read_resources, resource_key
 from herder.store._retention import (
     BATCH,
     FINISHED,
@@ -307,6 +307,7 @@ __all__ = [
     "private_copy",
     "purge",
     "read_history",
+    "read_resources",
     "real_number",
     "recall_reason",
     "replacer",

@@ -14,10 +14,11 @@ breaker stays open across the restart until its cool-down has passed.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from herder.store._errors import StoreCorrupt
 from herder.store._records import MAP_VERSION
 from herder.store._validate import record_checker
 
@@ -80,6 +81,20 @@ class ResourceRecord:
 
 
 _check_types = record_checker(ResourceRecord)
+
+
+def read_resources(
+    scan: Iterable[tuple[bytes, Any]], corrupt: list[StoreCorrupt]
+) -> dict[str, ResourceRecord]:
+    """The records of ``scan`` (``store.scan("resources", corrupt=corrupt)``) by agent
+    name; a value that is no record is left out and added to ``corrupt``."""
+    out = {}
+    for key, value in scan:
+        try:
+            out[key.decode("utf-8", "replace")] = ResourceRecord.from_dict(value)
+        except (KeyError, TypeError, ValueError) as exc:
+            corrupt.append(StoreCorrupt("resources", key, str(exc)))
+    return out
 
 
 def resource_key(agent: str) -> bytes:
