@@ -198,10 +198,12 @@ class Admission:
             gate.started[token] = self._clock.monotonic()
 
     def woke(self, agent: str) -> None:
-        """A scheduled wake-up for ``agent`` arrived (a breaker's cool-down may be over)."""
+        """A scheduled wake-up for ``agent`` arrived (a cool-down over, a limit's move to keep)."""
         self._wake_at.pop(agent, None)
         if (gate := self._gates.get(agent)) is not None and gate.breaker is not None:
             self._cooled(agent, gate.breaker)  # (no record is made for an agent without one)
+        if gate is not None and gate.adaptive is not None:
+            self._keep_limit(agent, gate.adaptive)  # (a limit that moved since it was kept)
 
     # -- outcomes ----------------------------------------------------------------------
 
@@ -379,13 +381,14 @@ class Admission:
             self.tracked.discard(agent)
 
     def _keep_limit(self, agent: str, adaptive: AdaptiveLimit) -> None:
-        """Store an adaptive limit that moved (at most every few seconds, so a busy agent
-        adds no commits): ``herder stats`` shows it and a restart resumes from it."""
+        """Store an adaptive limit that moved, at most every few seconds (a busy agent adds no
+        commits; a wake-up keeps a later move): ``herder stats`` shows it, a restart resumes it."""
         rec = self._record(agent)
-        if rec.limit == adaptive.limit:
-            return
-        if rec.limit is None or self._clock.time() - rec.updated >= _KEEP_LIMIT_EVERY:
+        wait = _KEEP_LIMIT_EVERY - (self._clock.time() - rec.updated)
+        if rec.limit != adaptive.limit and (rec.limit is None or wait <= 0):
             self._set(agent, rec.evolve(limit=adaptive.limit))
+        elif rec.limit != adaptive.limit:
+            self._schedule(agent, wait)
 
     def _schedule(self, agent: str, delay: float) -> None:
         now = self._clock.monotonic()
