@@ -1,12 +1,11 @@
 """Dispatch: per-agent queues, admission gates and the pump, on the Scheduler's thread.
 
-The engine decides *that* a step runs (an :class:`Enqueue`); the :class:`Dispatcher`
-decides *when and where*: it keeps each agent's job queue (the host's
-:class:`~herder.actors._queue.JobQueue`), lets a job through when the agent's admission
-gate (breaker, rate limit, adaptive concurrency) and an idle instance allow, has the
-engine record the attempt (``Engine.reserve``: DISPATCHED, token, deadline) and builds
-what the agent is told once that is durable. With ``prefetch`` it reserves attempts ahead
-of a free instance (``_ahead``). Health changes move group jobs (``_regroup``). It
+The engine decides *that* a step runs (an :class:`Enqueue`); the :class:`Dispatcher` decides *when
+and where*: it keeps each agent's job queue (the host's :class:`~herder.actors._queue.JobQueue`),
+lets a job through when the agent's admission gate (breaker, rate limit, adaptive concurrency) and
+an idle instance allow, has the engine record the attempt (``Engine.reserve``: DISPATCHED, token,
+deadline) and builds what the agent is told once that is durable. With ``prefetch`` it reserves
+attempts ahead of a free instance (``_ahead``). Health changes move group jobs (``_regroup``). It
 carries out the engine's immediate decisions (fences, cancels, lapses, lost attempts).
 
 Room: a pump that finds no idle instance marks the agent busy (no instance is asked for
@@ -37,6 +36,7 @@ from herder.actors._routes import Routes
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors._wiring import AgentEntry
 from herder.actors.engine import (
+    UNSTORABLE_ERROR,
     Attempt,
     AttemptLost,
     Cancel,
@@ -206,10 +206,10 @@ class Dispatcher:
     def answered(self, msg: Outcome) -> None:
         """An attempt ended: news for its gate, and its instance is idle again (or, when
         the worker went on with the agent's next ready attempt, busy with that one)."""
-        # Even a stale answer is news of the resource's health (a plain success is none
-        # for an agent the gates do not track: no call); one that never started is not
-        # (it frees a half-open probe's place), nor one whose timeout was counted.
-        agent, ok = msg.agent, msg.ok or msg.permanent
+        # Even a stale answer is news of the resource's health (an untracked agent's plain
+        # success is none: no call), a result herder could not store an answer too; one that
+        # never started is not (it frees a probe's place), nor one whose timeout was counted.
+        agent, ok = msg.agent, msg.ok or msg.permanent or UNSTORABLE_ERROR in msg.error_types
         if self._loose.watched:
             self._loose.watched.pop(msg.token, None)
         counted = self._counted.pop(msg.token, False) if self._counted else False

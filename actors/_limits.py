@@ -44,7 +44,8 @@ class CircuitBreaker:
     ended within the last ``window`` seconds and that fraction of them failed (a success
     never opens it). A failed attempt is one that raised a transient error, timed out,
     crashed its agent instance, or was lost because the process died under it; a
-    success or a ``Permanent`` answer (the resource answered) resets the count. While
+    success (even a result herder cannot store) or a ``Permanent`` answer (the resource
+    answered) resets the count. While
     open, the agent's steps wait in its queue without spending attempts and without
     timing out. After ``cooldown`` seconds it is half-open: one probe attempt is let
     through; its success closes the breaker, its failure opens it for another cool-down.

@@ -263,3 +263,27 @@ def test_a_half_open_probe_that_never_started_lets_the_next_one_go(
         assert handle.result(timeout=WAIT) == {"call": "ok"}
         assert calls == [1, 2]
         assert rt.stats()["resources"]["svc"]["breaker"] == "CLOSED"
+
+
+class Unstorable(Agent):
+    """Answers with a value herder cannot store (a bug of the action, say a set)."""
+
+    def call(self, ctx: StepContext) -> object:
+        return {"ids": {1, 2}}
+
+
+@pytest.mark.timeout(60)
+def test_a_result_that_cannot_be_stored_is_no_failure_of_the_resource(tmp_path: Path) -> None:
+    # docs/protection.md: a success is a result or a Permanent refusal (the resource
+    # answered). A result herder could not store counted as a failure: a few workflows
+    # whose action returned a set opened the breaker and held every step of a healthy
+    # resource for its cool-down.
+    wf = Workflow("one").step("call", agent="svc", action="call")
+    with Runtime(tmp_path / "s", clock=FakeClock(), sweep_interval=0.05) as rt:
+        rt.add_agent("svc", Unstorable, breaker=CircuitBreaker(failures=1, cooldown=3600.0))
+        rt.add_workflow(wf)
+        for n in range(2):
+            rt.start("one", {}, workflow_id=f"w{n}")
+            wait_until(rt, lambda n=n: rt.status(f"w{n}").state.is_final)
+            assert "cannot be stored" in str(rt.status(f"w{n}").steps["call"].error)
+            assert rt.stats()["resources"]["svc"]["breaker"] == "CLOSED"  # (w1 not held)
