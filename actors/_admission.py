@@ -361,7 +361,7 @@ class Admission:
         gate = self._gates[agent]
         assert gate.breaker is not None
         gate.probe = None
-        gate.samples.clear()
+        gate.clear_samples()
         _log.warning(
             "circuit breaker of agent %s open after %d consecutive failures; next probe in %ss",
             agent,

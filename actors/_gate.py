@@ -28,6 +28,7 @@ class Gate:
     refilled: float = 0.0  # monotonic time of the last refill
     probe: int | None = None  # token of the half-open probe in flight
     samples: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
+    failed: int = 0  # how many of the samples are failures (counted, never summed)
     throttled: int = 0  # times a job found the gate shut
 
     def carry(self, old: Gate | None, now: float, removed: Gate | None = None) -> None:
@@ -46,7 +47,7 @@ class Gate:
         if old is not None:
             self.probe, self.throttled = old.probe, old.throttled
             if old.breaker == self.breaker:
-                self.samples = old.samples
+                self.samples, self.failed = old.samples, old.failed
 
     def stats(self, now: float, wake_at: float | None) -> dict[str, Any]:
         """What ``rt.stats()`` shows of it (``now``: monotonic; ``wake_at``: when the work
@@ -91,6 +92,8 @@ class Gate:
         if breaker is None or breaker.failure_rate is None:
             return
         self.samples.append((now, ok))
+        if not ok:
+            self.failed += 1
         self._forget(breaker.window, now)
 
     def trips(self, rec: ResourceRecord, now: float) -> bool:
@@ -104,11 +107,17 @@ class Gate:
             return False
         self._forget(breaker.window, now)  # (an agent added again: its samples may be old)
         calls = len(self.samples)
-        failed = sum(1 for _, ok in self.samples if not ok)
-        return calls >= breaker.min_calls and failed >= breaker.failure_rate * calls
+        return calls >= breaker.min_calls and self.failed >= breaker.failure_rate * calls
+
+    def clear_samples(self) -> None:
+        """Forget every sample (the breaker opened: its window starts afresh)."""
+        self.samples.clear()
+        self.failed = 0
 
     def _forget(self, window: float, now: float) -> None:
         """Drop the samples older than ``window`` seconds before ``now``."""
         samples = self.samples
         while samples and samples[0][0] < now - window:
-            samples.popleft()
+            _, ok = samples.popleft()
+            if not ok:
+                self.failed -= 1

@@ -4,7 +4,9 @@ that return odd values."""
 
 from __future__ import annotations
 
+import collections
 import functools
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -287,3 +289,35 @@ def test_a_result_that_cannot_be_stored_is_no_failure_of_the_resource(tmp_path: 
             wait_until(rt, lambda n=n: rt.status(f"w{n}").state.is_final)
             assert "cannot be stored" in str(rt.status(f"w{n}").steps["call"].error)
             assert rt.stats()["resources"]["svc"]["breaker"] == "CLOSED"  # (w1 not held)
+
+
+class Unsummable(collections.deque):  # type: ignore[type-arg]
+    """A breaker's samples that may not be walked: a walk per failure costs the window."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the failure rate walked every sample in the window")
+
+
+def test_the_failure_rate_is_kept_as_a_count_not_summed_at_each_failure() -> None:
+    # Each failure summed every sample of the breaker's window: at 1,000 attempts a
+    # second that is 60,000 samples and over a millisecond of the Scheduler's thread per
+    # failure, so an outage (when failures come fast) stalled the whole runtime.
+    from herder.actors._gate import Gate
+    from herder.store import ResourceRecord
+
+    rnd = random.Random(7)
+    breaker = CircuitBreaker(failures=None, failure_rate=0.5, window=10.0, min_calls=5)
+    gate = Gate(breaker, None, samples=Unsummable())
+    rec, now, seen = ResourceRecord("svc"), 0.0, []
+    for n in range(3000):
+        now += rnd.random()
+        ok = rnd.random() < 0.6
+        gate.sample(ok, now)
+        seen.append((now, ok))
+        if n % 500 == 499:  # the breaker opened: its window starts afresh
+            gate.clear_samples()
+            seen = []
+        recent = [good for at, good in seen if at >= now - breaker.window]
+        failed = recent.count(False)
+        expected = len(recent) >= breaker.min_calls and failed >= 0.5 * len(recent)
+        assert gate.trips(rec, now) is expected, n
