@@ -292,27 +292,28 @@ def test_a_purge_whose_outcome_could_not_be_recorded_records_it_once_the_disk_ha
     # the CLI waiting for it ran into its --timeout (exit 3), and the log said it had
     # deleted its workflows as if that were recorded.
     clock = FakeClock(start=T0)
-    full = threading.Event()
-
-    def disk() -> None:  # the writer's fault hook
-        if full.is_set():
-            raise OSError(errno.ENOSPC, "No space left on device (injected)")
-
+    room = threading.Event()
     path = tmp_path / "s"
     with Runtime(path, clock=clock, setup=register, retention=None, sweep_interval=1.0) as rt:
+
+        def disk() -> None:  # the writer's fault hook: full once the three are deleted
+            # (the deletion's callback, which counts them, runs before the next commit's
+            # hook: the outcome's commit fails, whichever sweep makes it)
+            if rt._retention.deleted >= 3 and not room.is_set():
+                raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
         for i in range(3):
             finish(rt, f"w{i}", {})
+        rt._store.writer.fault = disk
         purging = new_command("purge", "", args={"before": T0 + DAY}, who="t", why="test")
         command_id = append_command(path, purging)
         advance(rt, clock, 1.0)  # handed over: one batch deletes the three
         rt._store.writer.flush(WAIT)
         assert counts(rt._store)["workflows"] == 0
-        rt._store.writer.fault = disk
-        full.set()
-        advance(rt, clock, 1.0)  # a pass finds no more: recording that fails
+        advance(rt, clock, 1.0)  # a pass finds no more (if the first did not): recording fails
         rt._store.writer.flush(WAIT)
         assert wait_outcome(path, command_id, timeout=0) is None  # pending still
-        full.clear()
+        room.set()
         advance(rt, clock, 3.0)  # the next sweeps hand it over again: recorded now
         outcome = wait_outcome(path, command_id, timeout=WAIT)
         assert outcome is not None
