@@ -7,8 +7,9 @@ then nothing below runs at all, and workflow records are written exactly as with
 When tracing is on:
 
 - ``rt.start`` opens a span ``workflow <name>`` and stores its W3C ``traceparent`` in
-  the workflow record (``WorkflowRecord.trace``). It ends when the workflow ends (or
-  parks in NEEDS_ATTENTION) in the same process. A workflow that ends in a later process
+  the workflow record (``WorkflowRecord.trace``): a new trace, linked to the caller's span
+  if any. It ends when the workflow ends (or parks in NEEDS_ATTENTION) in the same
+  process. A workflow that ends in a later process
   (after a crash or a restart) ends there as a span ``workflow <name>`` whose parent is
   the stored context: every span of one workflow shares one trace, whichever process
   made it.
@@ -70,12 +71,13 @@ class Tracing:
     """The spans of one runtime."""
 
     def __init__(self, tracer: Any) -> None:
-        from opentelemetry import trace
+        from opentelemetry import context, trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._trace = trace
         self._tracer = tracer
         self._propagator = TraceContextTextMapPropagator()
+        self._root = context.Context()  # (no current span: a workflow's opens a new trace)
         # traceparent -> the workflow's span, while it runs here (not by id: a start
         # racing an existing id opens a span too, then discards it).
         self._open: dict[str, Any] = {}
@@ -85,8 +87,13 @@ class Tracing:
         """Open a new workflow's span; return its ``traceparent`` for the record (None:
         the tracer failed, the workflow starts untraced)."""
         try:
+            # A trace of its own, as the caller's (a web request's, an attempt's that
+            # starts it) ends long before the workflow does; linked to it, if any.
+            caller = self._trace.get_current_span().get_span_context()
             span = self._tracer.start_span(
                 f"workflow {name}",
+                context=self._root,
+                links=[self._trace.Link(caller)] if caller.is_valid else (),
                 start_time=_ns(now),
                 attributes={
                     _PREFIX + "workflow.id": workflow_id,

@@ -143,6 +143,26 @@ def test_a_failed_workflow_marks_its_span_and_its_compensations(tmp_path: Path) 
     assert workflow.status.status_code.name == "ERROR"
 
 
+def test_a_workflow_started_inside_a_span_opens_its_own_trace_linked_to_it(
+    tmp_path: Path,
+) -> None:
+    """rt.start() in a web request's span (or in an attempt's) made the workflow's span a
+    child of that span: the request's trace, long ended, took in hours of workflow; the
+    docs say a workflow's span has no parent (a new trace)."""
+    tracer_provider, exporter = provider()
+    with Runtime(tmp_path / "s", tracer_provider=tracer_provider) as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        with tracer_provider.get_tracer("app").start_as_current_span("request") as request:
+            handle = rt.start("order", {}, workflow_id="o-4")
+        handle.result(timeout=10)
+    (workflow,) = [s for s in exporter.get_finished_spans() if s.name == "workflow order"]
+    caller = request.get_span_context()
+    assert workflow.parent is None
+    assert workflow.context.trace_id != caller.trace_id
+    assert [link.context.span_id for link in workflow.links] == [caller.span_id]
+
+
 def test_attempts_after_a_crash_join_the_trace_the_record_carries(tmp_path: Path) -> None:
     store, lines = tmp_path / "s", tmp_path / "spans.jsonl"
     proc = subprocess.Popen(
