@@ -7,6 +7,7 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -21,6 +22,7 @@ from herder.runtime import (
     Workflow,
     WorkflowFailed,
 )
+from herder.runtime.testing import FakeClock, advance
 from herder.store import MAX_TRACEBACK_CHARS
 
 HERDER = str(Path(sys.executable).parent / "herder")
@@ -150,3 +152,55 @@ def test_each_failed_compensation_attempt_keeps_its_error_and_traceback_too(
     shown = show_attempts(path, "o")
     assert "failed attempts: 4" in shown
     assert "step charge attempt 3: RuntimeError: refund API down" in shown
+
+
+class SlowRefund(Agent):
+    """Charges on its second attempt; its first refund hangs past the step's timeout."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def charge(self, ctx: StepContext) -> str:
+        if ctx.attempt == 1:
+            raise ConnectionError("bank busy")
+        return "charged"
+
+    def refund(self, ctx: StepContext) -> None:
+        if ctx.attempt == 1:
+            self.entered.set()
+            self.release.wait(WAIT)
+
+    def ship(self, ctx: StepContext) -> NoReturn:
+        raise Permanent("no stock")
+
+
+def test_a_compensation_attempt_that_times_out_is_logged_with_its_own_number(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line said the forward attempt's number ("o/charge attempt 2 timed out") for
+    compensation attempt 1, and its ``attempt`` extra too: it matched no attempt of
+    ``herder show --attempts``, and the next line, "attempt 1 failed, will retry"."""
+    clock, agent = FakeClock(), SlowRefund()
+    twice = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+    with (
+        caplog.at_level(logging.INFO, logger="herder"),
+        Runtime(tmp_path / "s", clock=clock, sweep_interval=1.0) as rt,
+    ):
+        rt.add_agent("pay", lambda: agent, concurrency=2)
+        rt.add_workflow(
+            Workflow("order")
+            .step("charge", agent="pay", action="charge", compensate="refund", retry=twice,
+                  compensate_retry=twice, timeout=5.0)
+            .step("ship", agent="pay", action="ship", after=["charge"])
+        )  # fmt: skip
+        handle = rt.start("order", workflow_id="o")
+        try:
+            assert agent.entered.wait(WAIT)
+            advance(rt, clock, 6.0)
+            with pytest.raises(WorkflowFailed, match="COMPENSATED"):
+                handle.result(timeout=WAIT)
+        finally:
+            agent.release.set()
+    timed_out = [r for r in caplog.records if r.getMessage().endswith("timed out")]
+    assert [r.getMessage() for r in timed_out] == ["o/charge attempt 1 timed out"]
+    assert timed_out[0].attempt == 1  # type: ignore[attr-defined]

@@ -328,7 +328,7 @@ class Engine(Machine):
             hung = True
         self.counters["timed_out"] += 1
         self._out.now.append(TimedOut(agent, st.token, hung=hung))
-        log_step("timed out", run.record.id, st.name, st.attempt)
+        log_step("timed out", run.record.id, st)
         attempt = self.untrack(run, st)
         if attempt is not None:
             self.fence(attempt, replace=True, abandon=False)

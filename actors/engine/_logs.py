@@ -16,7 +16,7 @@ _log = logging.getLogger("herder.scheduler")
 
 def log_failure(workflow_id: str, st: StepRecord, error: str, trace: str | None) -> None:
     """A failed attempt at WARNING, with its traceback when the agent sent one."""
-    attempt = st.comp_attempt if st.state.is_compensation else st.attempt
+    attempt = _attempt(st)
     extra = {"workflow_id": workflow_id, "step": st.name, "attempt": attempt}
     # Indented: a log reader (or a test) looking for crashes at "Traceback" line starts
     # must not mistake an attempt's expected failure for one.
@@ -26,6 +26,14 @@ def log_failure(workflow_id: str, st: StepRecord, error: str, trace: str | None)
     )
 
 
-def log_step(what: str, workflow_id: str, step: str, attempt: int) -> None:
-    extra = {"workflow_id": workflow_id, "step": step, "attempt": attempt}
-    _log.info("%s/%s attempt %d %s", workflow_id, step, attempt, what, extra=extra)
+def log_step(what: str, workflow_id: str, st: StepRecord) -> None:
+    """What became of an attempt (retried, timed out) at INFO."""
+    attempt = _attempt(st)
+    extra = {"workflow_id": workflow_id, "step": st.name, "attempt": attempt}
+    _log.info("%s/%s attempt %d %s", workflow_id, st.name, attempt, what, extra=extra)
+
+
+def _attempt(st: StepRecord) -> int:
+    """The number of ``st``'s attempt: its compensation's while it is undone (as
+    ``ctx.attempt`` and its history events count)."""
+    return st.comp_attempt if st.state.is_compensation else st.attempt

@@ -287,8 +287,7 @@ class Machine:
         self.put_step(run, st, new)
         if isinstance(verdict, RetryIn):
             self.counters["retried"] += 1
-            attempt = st.comp_attempt if new.state is StepState.COMPENSATING else st.attempt
-            log_step(f"failed, will retry: {error}", run.record.id, st.name, attempt)
+            log_step(f"failed, will retry: {error}", run.record.id, st)
             if verdict.delay <= 0:
                 self.enqueue(run, st.name, compensating=new.state is StepState.COMPENSATING)
             return
