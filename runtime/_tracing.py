@@ -36,7 +36,14 @@ from collections.abc import Callable
 from typing import Any
 
 from herder.actors import Agent, Permanent, StepContext
-from herder.store import InvalidInput, WorkflowRecord, WorkflowState, describe, exception_name
+from herder.store import (
+    InvalidInput,
+    WorkflowRecord,
+    WorkflowState,
+    describe,
+    exception_name,
+    type_name,
+)
 
 _PREFIX = "herder."
 _log = logging.getLogger("herder.tracing")
@@ -264,10 +271,18 @@ class _TracedFactory(functools.partial[Agent]):
         built = self.func()
         if inspect.iscoroutine(built):  # an async def factory: its host awaits this
             return self._traced(built)
-        return _TracedAgent(self._tracing, self._agent, built)
+        return self._wrap(built)
 
     async def _traced(self, building: Any) -> Agent:
-        return _TracedAgent(self._tracing, self._agent, await building)
+        return self._wrap(await building)
+
+    def _wrap(self, built: Any) -> Any:
+        """``built``, whose actions run in attempt spans: a stand-in named as its class,
+        so that an error naming the class its factory made names the agent's; None as it
+        is (the host's error then says the factory returned nothing)."""
+        if built is None:
+            return None
+        return _wrapper_named(type_name(type(built)))(self._tracing, self._agent, built)
 
 
 class _TracedAgent(Agent):
@@ -289,6 +304,13 @@ class _TracedAgent(Agent):
             return self._tracing.run_attempt(self._agent, name, value, args[0])
 
         return traced
+
+
+@functools.lru_cache(maxsize=256)
+def _wrapper_named(name: str) -> type[_TracedAgent]:
+    """A :class:`_TracedAgent` class called ``name`` (cached by name: no hash or equality
+    of the user's class is run)."""
+    return type(name, (_TracedAgent,), {})
 
 
 def _on_a_loop() -> bool:

@@ -418,3 +418,37 @@ def test_a_provider_that_gives_no_tracer_is_refused_or_traces_nothing(
     with Runtime(tmp_path / "c") as rt:
         assert rt._tracing is None
     assert "the global tracer provider gave no tracer" in caplog.text
+
+
+def forgets_to_return() -> None:
+    Shop()  # (no return)
+
+
+def build_shop() -> Shop:  # (a class the registration cannot see: its actions unchecked)
+    return Shop()
+
+
+def test_a_traced_agents_factory_mistakes_are_named_as_without_tracing(tmp_path: Path) -> None:
+    """Under tracing the error named herder's wrapper ("its factory made a
+    _TracedAgent"), for an action the agent lacks and for a factory that returned None,
+    which lost the hint that it returns nothing."""
+    flows = (
+        Workflow("none").step("go", agent="none", action="buy"),
+        Workflow("typo").step("go", agent="shop", action="by"),
+    )
+    errors: dict[bool, list[str | None]] = {}
+    for traced in (False, True):
+        tracer_provider, _ = provider()
+        with Runtime(
+            tmp_path / str(traced), tracer_provider=tracer_provider if traced else None
+        ) as rt:
+            rt.add_agent("none", forgets_to_return)
+            rt.add_agent("shop", build_shop)
+            for flow in flows:
+                rt.add_workflow(flow)
+                with pytest.raises(Exception, match="COMPENSATED"):
+                    rt.start(flow.name, {}, workflow_id=flow.name).result(timeout=10)
+            errors[traced] = [rt.status(flow.name).steps["go"].error for flow in flows]
+    assert errors[True] == errors[False]
+    assert "NoneType: does the factory return the agent it builds?" in (errors[True][0] or "")
+    assert "has no action 'by' (its factory made a Shop)" in (errors[True][1] or "")
