@@ -4,11 +4,11 @@ A schedule's *slots* are instants: for ``every=N`` the multiples of N seconds si
 epoch (so ``every=3600`` fires on the hour, UTC, and a restart cannot shift them); for
 ``cron=`` the times a cron expression matches in the schedule's ``timezone``, as
 evaluated by `cronsim <https://pypi.org/project/cronsim/>`_ (the ``cron`` extra), which
-follows Debian cron at DST changes: a job in the skipped hour runs when the clock jumps,
-a job at a fixed time in the repeated hour runs once, and a job every hour runs at both
-of its instants. Slots are whole milliseconds. Each slot's workflow id is
-``"<schedule>@<slot in UTC>"``, e.g. ``nightly@2026-12-05T02:00:00Z``: the id, not
-memory, is what makes a firing happen once.
+follows Debian cron at DST changes (six fields too: :func:`_cron`): a job in the skipped
+hour runs when the clock jumps, a job at a fixed time in the repeated hour runs once,
+and a job every hour runs at both of its instants. Slots are whole milliseconds. Each
+slot's workflow id is ``"<schedule>@<slot in UTC>"``, e.g.
+``nightly@2026-12-05T02:00:00Z``: the id, not memory, is what makes a firing happen once.
 
 Which of the slots due at one moment fire is :func:`to_fire`'s rule (``catch_up``); the
 firing itself (``overlap``, the store) is in ``_firing``.
@@ -19,8 +19,10 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import itertools
 import math
 import zoneinfo
+from collections.abc import Iterator
 from typing import Any
 
 from herder.store import (
@@ -178,8 +180,8 @@ def _walk(
 
 def _slot_before(record: ScheduleRecord, at_ms: int) -> int | None:
     """The last slot strictly before ``at_ms`` (a reverse cronsim scan), or None."""
-    for when in _cron(record, at_ms, reverse=True):
-        if (slot := _ms(when.timestamp())) < at_ms:
+    for slot in _cron(record, at_ms, reverse=True):
+        if slot < at_ms:
             return slot
     return None
 
@@ -262,8 +264,7 @@ def next_slot(record: ScheduleRecord, after_ms: int) -> int | None:
     # Not always the first one cronsim yields: from the second pass of a repeated
     # (fall-back) hour, its fixed-time rule yields that night's one instant, which was
     # in the first pass, before ``after_ms``. The ones after it are strictly later.
-    for when in _cron(record, after_ms):
-        slot = _ms(when.timestamp())
+    for slot in _cron(record, after_ms):
         if slot > after_ms:
             return slot
     return None
@@ -325,8 +326,8 @@ def newest_due(record: ScheduleRecord, now_ms: int) -> int | None:
     # Far behind (a long downtime of a frequent schedule): look back from now for a slot,
     # then forward again from a DST change's shift before it, as the forward scan alone
     # says which slots there are (backwards, cronsim may land on another one there).
-    for when in _cron(record, now_ms + 1000, reverse=True):
-        if (probe := _ms(when.timestamp())) <= now_ms:
+    for probe in _cron(record, now_ms + 1000, reverse=True):
+        if probe <= now_ms:
             break
     else:  # pragma: no cover - a reverse scan always finds the slots found forwards
         return None
@@ -360,8 +361,9 @@ def _zone(name: str, timezone: object) -> zoneinfo.ZoneInfo:
         ) from None
 
 
-def _cron(record: ScheduleRecord, after_ms: int, *, reverse: bool = False) -> Any:
-    """A cronsim iterator over the schedule's slots after (or before) ``after_ms``."""
+def _cron(record: ScheduleRecord, after_ms: int, *, reverse: bool = False) -> Iterator[int]:
+    """The slots (ms) after (before) ``after_ms``, some maybe not (callers filter). Six
+    fields: the last five's minutes at each second (Debian's DST rules, cronsim's for five)."""
     try:
         from cronsim import CronSim, CronSimError
     except ImportError:
@@ -371,10 +373,28 @@ def _cron(record: ScheduleRecord, after_ms: int, *, reverse: bool = False) -> An
         ) from None
     assert record.cron is not None
     zone = _zone(record.name, record.timezone)  # (a zone gone from this tz data: InvalidInput)
-    start = datetime.datetime.fromtimestamp(after_ms / 1000, zone)
+    fields, expr, margin = record.cron.split(), record.cron, 0
+    seconds: tuple[int, ...] = (0,)
     try:
-        return CronSim(record.cron, start, reverse=reverse)
+        if len(fields) == 6:  # (a minute's slots lie within the 60 s after it)
+            expr, seconds, margin = " ".join(fields[1:]), _seconds(fields[0]), 60_000
+        start = after_ms + margin if reverse else after_ms - margin
+        minutes = CronSim(
+            expr, datetime.datetime.fromtimestamp(start / 1000, zone), reverse=reverse
+        )
     except CronSimError as exc:
         raise InvalidInput(
             f"schedule {record.name!r}: cron {record.cron!r} is not a cron expression: {exc}"
         ) from None
+    for minute in minutes:
+        at = _ms(minute.timestamp())
+        yield from (at + 1000 * s for s in (seconds[::-1] if reverse else seconds))
+
+
+@functools.lru_cache(maxsize=256)
+def _seconds(field: str) -> tuple[int, ...]:
+    """The seconds a cron seconds field matches, ascending (CronSimError if it is bad)."""
+    from cronsim import CronSim
+
+    minutes = CronSim(f"{field} * * * * *", datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC))
+    return tuple(sorted({when.second for when in itertools.islice(minutes, 60)}))

@@ -581,3 +581,50 @@ def test_a_six_field_cron_reads_its_first_field_as_seconds() -> None:
     )
     assert _schedules.next_slot(record, 60_000) == 80_000
     assert _schedules.next_slot(record, 80_000) == 100_000
+
+
+@pytest.mark.parametrize(
+    ("cron", "start", "expected_local"),
+    [
+        # Spring forward: 02:30 does not exist that night; it runs when the clock jumps.
+        ("0 30 2 * * *", "2027-03-13T12:00", ["2027-03-14T03:00:00-04:00", "2027-03-15T02:30"]),
+        ("15 30 2 * * *", "2027-03-13T12:00", ["2027-03-14T03:00:15-04:00", "2027-03-15T02:30:15"]),
+        # Fall back: 01:30 happens twice; a fixed time runs once, at the first.
+        ("0 30 1 * * *", "2027-11-06T12:00", ["2027-11-07T01:30-04:00", "2027-11-08T01:30"]),
+        (
+            "0,30 0 1 * * *",
+            "2027-11-06T12:00",
+            ["2027-11-07T01:00-04:00", "2027-11-07T01:00:30-04:00", "2027-11-08T01:00"],
+        ),
+        # A wildcard minute runs on the real clock, as its five-field form does.
+        (
+            "30 * 1 * * *",
+            "2027-11-07T01:58:10-04:00",
+            ["2027-11-07T01:58:30-04:00", "2027-11-07T01:59:30-04:00", "2027-11-07T01:00:30-05:00"],
+        ),
+        (
+            "*/20 * * * * *",
+            "2027-03-14T01:59:30",
+            ["2027-03-14T01:59:40", "2027-03-14T03:00:00-04:00"],
+        ),
+    ],
+)
+def test_a_six_field_cron_follows_the_dst_rules_of_its_five_fields(
+    cron: str, start: str, expected_local: list[str]
+) -> None:
+    """docs/scheduling.md: at DST changes a cron schedule follows Debian cron. cronsim
+    keeps those rules to five-field expressions: with a seconds field, "0 30 2 * * *"
+    skipped the spring-forward night and "0 30 1 * * *" ran twice on the fall-back one."""
+    begin = datetime.datetime.fromisoformat(start)
+    if begin.tzinfo is None:
+        begin = begin.replace(tzinfo=NY)
+    record = ScheduleRecord(name="n", workflow="job", cron=cron, timezone="America/New_York")
+    got, cursor = [], int(begin.timestamp() * 1000)
+    for _ in expected_local:
+        cursor = _schedules.next_slot(record, cursor)
+        got.append(cursor)
+    expected = []
+    for local in expected_local:
+        when = datetime.datetime.fromisoformat(local)
+        expected.append(int((when if when.tzinfo else when.replace(tzinfo=NY)).timestamp() * 1000))
+    assert got == expected
