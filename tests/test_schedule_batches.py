@@ -12,7 +12,7 @@ import pytest
 from herder.runtime import Agent, Runtime, StepContext, Workflow, _firing_batch
 from herder.runtime._check import check_store
 from herder.runtime._schedules import slot_id
-from herder.runtime.testing import FakeClock
+from herder.runtime.testing import FakeClock, advance
 
 T0 = datetime.datetime(2027, 1, 15, 8, 0, 0, 500000, tzinfo=datetime.UTC).timestamp()
 SLOT = int(T0 // 60 + 1) * 60 * 1000  # 08:01, the first slot of an every=60 schedule
@@ -149,3 +149,25 @@ def test_room_that_changes_between_batches_loses_no_slot(
             slot_id("tick", first + 1000 * i) for i in range(12)
         ]
         assert [s.fired for s in rt.schedules()] == [12]
+
+
+@pytest.mark.timeout(120)
+def test_advance_fires_a_whole_catch_up_that_fell_due_in_a_downtime(tmp_path: Path) -> None:
+    """docs/testing.md: a slot that fell due in a jump is reacted to when advance()
+    begins; catch_up="all" fires 100 a pass and "the rest at once after", which the
+    firer does with a timer due now, which a FakeClock runs only when it moves: advance
+    fired a few hundred of them and left the rest for later advances."""
+    clock = FakeClock(start=T0)
+
+    def setup(rt: Runtime) -> None:
+        rt.add_agent("job", Job, concurrency=4)
+        rt.add_workflow(SLOW)
+
+    with Runtime(tmp_path, clock=clock, sweep_interval=0.05, setup=setup) as rt:
+        rt.schedule("tick", "slow", every=1, catch_up="all", overlap="allow")
+    clock.advance(1000)
+    with Runtime(tmp_path, clock=clock, sweep_interval=0.05, setup=setup) as rt:
+        advance(rt, clock, 0)
+        [status] = rt.schedules()
+        assert status.fired == 1000
+        assert len(rt.list()) == 1000

@@ -313,7 +313,7 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     _off_loop(runtime, "advance()")
     if _overdue(runtime):
         runtime._sweep_now()
-    runtime._fire_now()
+    _fire_due(runtime, clock)
     settle(runtime)
     end = clock.monotonic() + number
     for stops in range(1, MAX_STOPS + 1):
@@ -324,10 +324,25 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
         # The periodic sweep may or may not have re-armed its timer in time to fire
         # inside this advance; one explicit sweep here makes the outcome deterministic.
         runtime._sweep_now()
-        runtime._fire_now()  # likewise for the schedules' slots that fell due
+        _fire_due(runtime, clock)  # likewise for the schedules' slots that fell due
         settle(runtime)
         if stop >= end:
             return
+
+
+def _fire_due(runtime: Runtime, clock: FakeClock) -> None:
+    """Fire the schedules' due slots, all of them: a pass fires up to 100 of a catch-up
+    (``catch_up="all"``) and arms the next pass at once, on a timer that a FakeClock runs
+    only when it moves. So pass again while a due slot moves on (a queued one waits)."""
+    seen = None
+    while True:
+        runtime._fire_now()
+        wall = clock.time()
+        due = [(s.name, s.next_at) for s in runtime.schedules() if s.next_at is not None]
+        due = [(name, at) for name, at in due if at <= wall]
+        if not due or due == seen:
+            return
+        seen = due
 
 
 def _overdue(runtime: Runtime) -> bool:
