@@ -4,9 +4,11 @@
 COMPENSATED, CANCELLED, ABANDONED) last updated before a cutoff, with their steps,
 history, timers and index entries. While a runtime runs the store it goes through the
 command channel and that runtime works it off a batch per sweep (exit 3 if it is not done
-within ``--timeout``; it carries on); with none it deletes directly. ``--dry-run`` only
-counts. ``--older-than`` is an age: a runtime takes it back from its own clock, on which
-the records' times are written, and the cutoff printed is the one it used; offline (and
+within ``--timeout``; it carries on); with none it deletes directly. Either way the
+count so far is shown on stderr while it works (``CountLine``; through a runtime, the
+count it records on the command per batch). ``--dry-run`` only counts. ``--older-than``
+is an age: a runtime takes it back from its own clock, on which the records' times are
+written, and the cutoff printed is the one it used; offline (and
 for ``--dry-run``) it is taken back from the wall clock. ``compact`` is offline (see
 ``store/_compact.py``).
 """
@@ -16,9 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from herder.runtime._cli_args import add_store, operator_name, seconds_arg, when_arg
+from herder.runtime._console import CountLine
 from herder.runtime._inspect import shown_time
 from herder.store import (
     COMMAND_DONE,
@@ -95,9 +99,11 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
             "the older herder cannot open. Upgrade the runtime that runs it to this "
             "herder first (its first open upgrades the store), then purge"
         )
+    progress = CountLine("herder purge", "deleted")
     if not is_held(path):
         with Store(path) as store:
-            deleted = purge(store, before, states)
+            deleted = purge(store, before, states, progress=progress.update)
+        progress.close()
         out.write(f"deleted {deleted} {what}\n")
         return 0
     who = operator_name()
@@ -112,7 +118,8 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
         why="herder purge",
     )
     command_id = append_command(path, command)
-    outcome = wait_outcome(path, command_id, args.timeout)
+    outcome = wait_outcome(path, command_id, args.timeout, pending=_shown(progress))
+    progress.close()
     if outcome is None:
         sys.stderr.write(
             f"herder purge: the runtime has not finished command #{command_id} within "
@@ -132,6 +139,17 @@ def _compact(args: argparse.Namespace, out: TextIO) -> int:
     before, after = compact(args.store)
     out.write(f"compacted {args.store}: {before:,} -> {after:,} bytes\n")
     return 0
+
+
+def _shown(progress: CountLine) -> Callable[[dict[str, Any]], None]:
+    """Show a pending purge command's count so far (the runtime records it per batch)."""
+
+    def show(command: dict[str, Any]) -> None:
+        deleted = command.get("deleted")
+        if isinstance(deleted, int) and not isinstance(deleted, bool):
+            progress.update(deleted)
+
+    return show
 
 
 def _described(states: frozenset[str], before: float) -> str:

@@ -1,4 +1,4 @@
-"""Terminal output for the CLI and the demo: tables and a progress line.
+"""Terminal output for the CLI and the demo: tables and progress lines.
 
 Uses ``rich`` on a terminal when it is installed (``pip install 'herder[demo]'``). Off a
 terminal (a pipe, a file, a test) the output is plain text whose cells are never wrapped
@@ -12,7 +12,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 
@@ -162,6 +163,48 @@ class ProgressLine:
     def close(self) -> None:
         """End the progress line."""
         if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+class CountLine:
+    """``  herder purge: 12,000 deleted so far (1,100/s)``: progress of long work whose
+    total is not known, on stderr (stdout stays the result).
+
+    Shown only once the work has run for ``EVERY`` seconds (a quick command prints just
+    its result); on a terminal redrawn in place at most every ``EVERY`` seconds, off one
+    (a pipe, a log) a new line at most every ``EVERY_PIPED`` seconds, so logs stay short.
+    """
+
+    EVERY = 1.0
+    EVERY_PIPED = 10.0
+
+    def __init__(self, label: str, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = sys.stderr
+        self.label, self.what, self.clock = label, what, clock
+        self.tty = _is_terminal(self.out)
+        self.every = self.EVERY if self.tty else self.EVERY_PIPED
+        self.began = self._shown = clock()
+        self.drawn = False
+        self.first: int | None = None  # (a runtime may have counted some before we looked)
+
+    def update(self, count: int) -> None:
+        """The work's count so far; shown if the interval since the last line is up."""
+        now = self.clock()
+        if self.first is None:
+            self.first = count
+        if now - self._shown < self.every:
+            return
+        self._shown = now
+        rate = (count - self.first) / max(now - self.began, 1e-9)
+        line = f"  {self.label}: {count:,} {self.what} so far ({rate:,.0f}/s)"
+        self.out.write(f"\r{line:<79}" if self.tty else f"{line}\n")
+        self.out.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        """End the line (on a terminal) before the result is printed."""
+        if self.tty and self.drawn:
             self.out.write("\n")
             self.out.flush()
 

@@ -10,7 +10,11 @@ committed the next sweeps skip. So a backlog of a million is worked off a batch 
 sweep while dispatch goes on, each step commit waiting at most one batch's worth of
 deletes in the writer. A ``purge`` command is worked off the same way, before the
 retention's own cutoff, and its outcome (with the count) is recorded when a pass over
-the index finds nothing more to delete.
+the index finds nothing more to delete. Until then each batch's group also records the
+count so far on the pending command (``progress_ops``: no commit of its own), which the
+waiting ``herder purge`` shows, and a runtime that takes the command over after a crash
+counts on from (one batch short at most: the batch whose commit the crash cut off from
+its count).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from herder.store import (
     commit_group,
     deletions,
     finished_ops,
+    progress_ops,
     real_number,
     resumed_candidates,
 )
@@ -91,6 +96,7 @@ class Retention:
         self._busy = False
         self._jobs: dict[int, dict[str, Any]] = {}  # purge commands by id, oldest first
         self._deleted: dict[int, int] = {}
+        self._recorded: dict[int, int] = {}  # the count last recorded on each (progress)
         # Commands finished here: a sweep that read one while its result was committing
         # hands it over again, and running it twice would overwrite that result.
         self._finished: set[int] = set()
@@ -102,7 +108,11 @@ class Retention:
         with self._lock:
             if command["id"] not in self._jobs and command["id"] not in self._finished:
                 self._jobs[command["id"]] = _aged(command, self._now())
-                self._deleted.setdefault(command["id"], 0)
+                so_far = command.get("deleted")  # (recorded by a runtime that crashed)
+                if not isinstance(so_far, int) or isinstance(so_far, bool) or so_far < 0:
+                    so_far = 0
+                self._deleted.setdefault(command["id"], so_far)
+                self._recorded.setdefault(command["id"], so_far)
 
     def on_sweep(self) -> None:
         """Submit one batch of deletions, unless the previous one is still committing."""
@@ -131,6 +141,8 @@ class Retention:
             transitions = deletions(self._store, found, purged)
             if not transitions:
                 return
+            if job is not None:
+                transitions += self._progress(job)
         except (StoreError, ValueError, TypeError) as exc:
             _log.error("retention could not read the store: %s", exc)
             if job is not None:
@@ -141,6 +153,16 @@ class Retention:
         self._store.writer.submit_many(
             transitions, lambda outcomes: self._committed(job_id, found, outcomes)
         )
+
+    def _progress(self, job: dict[str, Any]) -> list[Transition]:
+        """The write of the job's count so far on its pending command, if it grew since
+        the last one (with a batch: one more put in its group)."""
+        with self._lock:
+            deleted = self._deleted.get(job["id"], 0)
+            if deleted == self._recorded.get(job["id"]):
+                return []
+            self._recorded[job["id"]] = deleted
+        return [progress_ops(job, deleted=deleted)]
 
     def _committed(
         self, job_id: int | None, found: list[tuple[str, str]], outcomes: list[BaseException | None]
@@ -194,6 +216,7 @@ class Retention:
                     self._finished.discard(job_id)  # again, run again, its count kept
                     return
                 self._deleted.pop(job_id, None)
+                self._recorded.pop(job_id, None)
             _log.warning(
                 "purge command #%d by %s: %s",
                 job_id,

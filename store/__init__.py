@@ -76,6 +76,7 @@ from herder.store._commands import (
     finished_ops,
     new_command,
     pending_commands,
+    progress_ops,
     wait_outcome,
 )
 from herder.store._compact import compact
@@ -305,6 +306,7 @@ __all__ = [
     "pending_commands",
     "plan_steps",
     "private_copy",
+    "progress_ops",
     "purge",
     "read_history",
     "read_resources",

@@ -29,6 +29,7 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lmdb
@@ -91,6 +92,15 @@ def finished_ops(command: dict[str, Any], error: str | None, now: float) -> tupl
     )
 
 
+def progress_ops(command: dict[str, Any], **progress: Any) -> Transition:
+    """Record how far a long command has got (``herder purge``: ``deleted`` so far) on
+    its pending record, if it is pending still: the waiting CLI shows it, and a runtime
+    that takes the command over after a crash goes on from it."""
+    key = pending_key(command["id"])
+    put = Put(COMMANDS_DB, key, encode({**command, **progress}))
+    return Transition(ops=(put,), expect=(Expect(COMMANDS_DB, key),))
+
+
 def pending_commands(store: Any, corrupt: list[StoreCorrupt] | None = None) -> list[dict[str, Any]]:
     """Every pending command, oldest first (a prefix scan of the pending ones only). A
     damaged one raises :class:`StoreCorrupt`, or, given ``corrupt``, is added to it and
@@ -131,9 +141,14 @@ def append_command(path: str | os.PathLike[str], command: dict[str, Any]) -> int
 
 
 def wait_outcome(
-    path: str | os.PathLike[str], command_id: int, timeout: float, poll: float = 0.05
+    path: str | os.PathLike[str],
+    command_id: int,
+    timeout: float,
+    poll: float = 0.05,
+    pending: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any] | None:
-    """The command once it is DONE or FAILED, or None if it is still pending at ``timeout``."""
+    """The command once it is DONE or FAILED, or None if it is still pending at ``timeout``.
+    ``pending`` is given the pending record at each look (its progress: ``progress_ops``)."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()  # never set: the pause between two looks at the record
     here = opened(path)
@@ -142,6 +157,10 @@ def wait_outcome(
             record = command_outcome(store, command_id)
             if record is not None and record.get("state") != PENDING:
                 return record
+            if pending is not None:
+                value = store.get(COMMANDS_DB, pending_key(command_id))
+                if isinstance(value, dict):
+                    pending(value)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None

@@ -21,7 +21,7 @@ store no runtime holds, or through the command channel while one runs).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from herder.store._codec import decode
@@ -155,9 +155,11 @@ def purge(
     *,
     batch: int = BATCH,
     timeout: float | None = 60.0,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Delete every workflow in ``states`` last updated before ``before``, ``batch`` at
-    a time (each batch one group commit, waited for); returns how many were deleted."""
+    a time (each batch one group commit, waited for); returns how many were deleted.
+    ``progress`` is given the count so far after each batch (``herder purge`` shows it)."""
     deleted, gone = 0, list[str]()
     while True:
         found = candidates(store, before, states, batch)
@@ -175,6 +177,8 @@ def purge(
             ) from exc
         gone = [wid for (wid, _), o in zip(found, outcomes, strict=False) if o is None]
         deleted += len(gone)
+        if progress is not None:
+            progress(deleted)
         if not gone:  # every one moved meanwhile (or none was left): nothing more to do now
             return deleted
 
