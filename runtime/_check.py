@@ -55,7 +55,7 @@ from herder.runtime._check_index import IndexCheck
 from herder.runtime._check_order import check_order
 from herder.runtime._check_report import CheckReport, Problem
 from herder.runtime._check_timers import TimerIndex, act
-from herder.runtime._console import dump_json, reader_left
+from herder.runtime._console import CountLine, dump_json, reader_left
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
@@ -106,19 +106,21 @@ _step = _typed(StepRecord.from_dict, check_record)
 _plan = _typed(Plan.from_dict, check_plan)
 
 
-def check_store(store: Store) -> CheckReport:
-    """Check every cross-database invariant of ``store`` on one snapshot; never writes."""
+def check_store(store: Store, progress: Callable[[int], None] | None = None) -> CheckReport:
+    """Check every cross-database invariant of ``store`` on one snapshot; never writes.
+    ``progress`` is given the count of workflows read so far, at each."""
     if not isinstance(store, Store):
         raise InvalidInput(
             f"check_store takes an open Store, got {type(store).__name__}: store_of(rt) for "
             "a runtime's, Store(path, readonly=True) for one on disk"
         )
-    return store.view(lambda snap: _Checker(snap).run())
+    return store.view(lambda snap: _Checker(snap, progress).run())
 
 
 class _Checker:
-    def __init__(self, snap: Snapshot) -> None:
+    def __init__(self, snap: Snapshot, progress: Callable[[int], None] | None = None) -> None:
         self.snap = snap
+        self.progress = progress
         self.report = CheckReport()
         self.plans: dict[tuple[str, int], Plan] = {}
         self.timers = TimerIndex(self.problem)
@@ -154,6 +156,8 @@ class _Checker:
         )
         for key, raw in self.snap.items("workflows"):
             self.report.workflows += 1
+            if self.progress is not None:
+                self.progress(self.report.workflows)
             record = self.load("workflows", key, raw, _workflow)
             if record is None:
                 ids.add(key)  # its steps are not orphans, only their workflow is unreadable
@@ -363,7 +367,9 @@ class _Checker:
 
 def run_check(out: TextIO, store: Store, *, as_json: bool) -> int:
     """``herder check``: print the report; return 0 if the store is consistent, else 1."""
-    report = check_store(store)
+    progress = CountLine("herder check", "workflows checked")
+    report = check_store(store, progress.update)
+    progress.close()
     try:
         _print(out, report, store.path, as_json=as_json)
         out.flush()  # (a reader that left is found here, not at the interpreter's exit)

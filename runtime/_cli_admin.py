@@ -136,7 +136,9 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _compact(args: argparse.Namespace, out: TextIO) -> int:
-    before, after = compact(args.store)
+    progress = CountLine("herder compact", "bytes copied")
+    before, after = compact(args.store, progress.update)
+    progress.close()
     out.write(f"compacted {args.store}: {before:,} -> {after:,} bytes\n")
     return 0
 

@@ -26,6 +26,8 @@ import fcntl
 import os
 import pathlib
 import shutil
+import threading
+from collections.abc import Callable
 
 import lmdb
 
@@ -36,10 +38,15 @@ from herder.store._open import has_store, open_existing, open_lmdb, read_schema,
 from herder.store._standby import standby_waiting
 
 TMP = "compact.tmp"
+LOOK = 0.25  # seconds between two looks at the size of the copy (its progress)
 
 
-def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """Compact the store at ``path`` in place; returns (bytes before, bytes after)."""
+def compact(
+    path: str | os.PathLike[str], progress: Callable[[int], None] | None = None
+) -> tuple[int, int]:
+    """Compact the store at ``path`` in place; returns (bytes before, bytes after).
+    ``progress`` is given the bytes of the copy written so far, from another thread
+    while it is written (every ``LOOK`` seconds), then once it is whole."""
     root = pathlib.Path(path)
     data = root / "data.mdb"
     if not has_store(root):
@@ -70,7 +77,7 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
         try:
-            _copy(root, tmp, held)
+            _copy(root, tmp, held, progress)
             _swap(root, tmp / "data.mdb", txnid)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -86,15 +93,27 @@ def compact(path: str | os.PathLike[str]) -> tuple[int, int]:
         os.close(fd)
 
 
-def _copy(root: pathlib.Path, tmp: pathlib.Path, held: dict[str, int]) -> None:
+def _copy(
+    root: pathlib.Path,
+    tmp: pathlib.Path,
+    held: dict[str, int],
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Write the compacting copy into ``tmp``; refuse one that does not hold ``held``
     (the store's entries per database)."""
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(tmp / "data.mdb", done, progress))
+    if progress is not None:
+        watcher.start()
     try:
         env = open_lmdb(root, readonly=True)
         try:
             env.copy(str(tmp), compact=True)
         finally:
             env.close()
+            done.set()
+            if progress is not None:
+                watcher.join()
     except lmdb.Error as exc:
         raise translate(exc, f"cannot compact {root}") from exc
     if (got := census(tmp)[0]) != held:
@@ -104,6 +123,16 @@ def _copy(root: pathlib.Path, tmp: pathlib.Path, held: dict[str, int]) -> None:
             f"does (entries per database, store vs copy: {lost}); the store was left "
             "as it was. It may be damaged: run `herder check` on it, restore a backup"
         )
+
+
+def _watch(copy: pathlib.Path, done: threading.Event, progress: Callable[[int], None]) -> None:
+    """Hand ``progress`` the size of ``copy`` as it grows, and once it is written."""
+    while True:
+        over = done.wait(LOOK)
+        with contextlib.suppress(OSError):  # (not created yet)
+            progress(copy.stat().st_size)
+        if over:
+            return
 
 
 def _swap(root: pathlib.Path, copied: pathlib.Path, txnid: int) -> None:

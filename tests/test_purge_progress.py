@@ -1,7 +1,8 @@
-"""``herder purge`` shows its progress: the count deleted so far, on stderr, offline and
-through a running runtime (which records it on the pending command per batch); a
-runtime SIGKILLed mid-purge leaves the command pending with its count, and the next
-runtime counts on from it."""
+"""Long CLI work shows its progress on stderr. ``herder purge``: the count deleted so far,
+offline and through a running runtime (which records it on the pending command per
+batch); a runtime SIGKILLed mid-purge leaves the command pending with its count, and the
+next runtime counts on from it. ``herder check``: workflows checked; ``herder compact``:
+bytes of the copy written."""
 
 from __future__ import annotations
 
@@ -202,3 +203,21 @@ def test_a_runtime_killed_mid_purge_leaves_its_count_and_the_next_counts_on(
         assert outcome is not None
         assert rt._store.count("workflows") == 0
     assert (outcome["state"], outcome["deleted"]) == ("DONE", so_far + left)
+
+
+@pytest.mark.timeout(60)
+def test_check_and_compact_show_their_progress(
+    tmp_path: Path, every_time: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "s"
+    finished_store(path, 3)
+    out = io.StringIO()
+    assert main(["check", "--store", str(path)], out) == 0, capsys.readouterr().err
+    assert out.getvalue().startswith("ok: ")
+    checked = re.findall(r"herder check: (\d) workflows checked so far", capsys.readouterr().err)
+    assert checked == ["1", "2", "3"]
+    assert main(["compact", "--store", str(path)], out) == 0
+    after = int(out.getvalue().split("-> ")[1].split(" bytes")[0].replace(",", ""))
+    copied = re.findall(r"herder compact: ([\d,]+) bytes copied so far", capsys.readouterr().err)
+    assert copied  # (at least once it is whole)
+    assert int(copied[-1].replace(",", "")) == after
