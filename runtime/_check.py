@@ -39,6 +39,7 @@ if it could not read the store: ``_cli_inspect``); the report's types are ``_che
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any, TextIO, TypeVar
 
 from herder.actors import FACTS_KEY, parse_facts
@@ -367,9 +368,8 @@ class _Checker:
 
 def run_check(out: TextIO, store: Store, *, as_json: bool) -> int:
     """``herder check``: print the report; return 0 if the store is consistent, else 1."""
-    progress = CountLine("herder check", "workflows checked")
-    report = check_store(store, progress.update)
-    progress.close()
+    with closing(CountLine("herder check", "workflows checked")) as progress:
+        report = check_store(store, progress.update)
     try:
         _print(out, report, store.path, as_json=as_json)
         out.flush()  # (a reader that left is found here, not at the interpreter's exit)

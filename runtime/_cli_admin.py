@@ -19,6 +19,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any, TextIO
 
 from herder.runtime._cli_args import add_store, operator_name, seconds_arg, when_arg
@@ -99,11 +100,9 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
             "the older herder cannot open. Upgrade the runtime that runs it to this "
             "herder first (its first open upgrades the store), then purge"
         )
-    progress = CountLine("herder purge", "deleted")
     if not is_held(path):
-        with Store(path) as store:
+        with Store(path) as store, closing(CountLine("herder purge", "deleted")) as progress:
             deleted = purge(store, before, states, progress=progress.update)
-        progress.close()
         out.write(f"deleted {deleted} {what}\n")
         return 0
     who = operator_name()
@@ -118,8 +117,8 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
         why="herder purge",
     )
     command_id = append_command(path, command)
-    outcome = wait_outcome(path, command_id, args.timeout, pending=_shown(progress))
-    progress.close()
+    with closing(CountLine("herder purge", "deleted")) as progress:
+        outcome = wait_outcome(path, command_id, args.timeout, pending=_shown(progress))
     if outcome is None:
         sys.stderr.write(
             f"herder purge: the runtime has not finished command #{command_id} within "
@@ -136,9 +135,8 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _compact(args: argparse.Namespace, out: TextIO) -> int:
-    progress = CountLine("herder compact", "bytes copied")
-    before, after = compact(args.store, progress.update)
-    progress.close()
+    with closing(CountLine("herder compact", "bytes copied")) as progress:
+        before, after = compact(args.store, progress.update)
     out.write(f"compacted {args.store}: {before:,} -> {after:,} bytes\n")
     return 0
 
