@@ -82,6 +82,9 @@ class Firer:
         self._counted: dict[str, tuple[int, int, int]] = {}
         self._said = SaidOnce(_log)  # by (topic, schedule): each pass meets them again
         self._damaged: dict[bytes, str] = {}  # damaged records logged, by key: the problem
+        # Until then no workflow is said to be unregistered: a runtime opened without setup=
+        # meets its first passes before the add_workflow() calls that follow the opening.
+        self._registering = self._clock.time() + RETRY
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -279,14 +282,17 @@ class Firer:
             return None  # resume() wakes the thread
         now = self._clock.time()
         if record.workflow not in self._rt._latest:  # add_workflow() wakes the thread
-            if to_fire(record, int(now * 1000))[0]:
-                name, workflow = record.name, record.workflow
-                warning = (
-                    f"schedule {name!r} has slots due but its workflow {workflow!r} is not "
-                    "registered, so it fires nothing: register that workflow (a renamed one: "
-                    f"rt.schedule it with the new name) or rt.delete_schedule({name!r})"
-                )
-                self._said.say(("unfired", name), warning)
+            if not to_fire(record, int(now * 1000))[0]:
+                return None
+            if now < self._registering:  # (looked at again then: not said before)
+                return self._registering
+            name, workflow = record.name, record.workflow
+            warning = (
+                f"schedule {name!r} has slots due but its workflow {workflow!r} is not "
+                "registered, so it fires nothing: register that workflow (a renamed one: "
+                f"rt.schedule it with the new name) or rt.delete_schedule({name!r})"
+            )
+            self._said.say(("unfired", name), warning)
             return None
         self._said.clear(("unfired", record.name))
         if late := jitter_past_deadline(record, self._rt._latest[record.workflow]):

@@ -240,6 +240,38 @@ def test_a_schedule_whose_workflow_is_no_longer_registered_is_warned_of(tmp_path
 
 
 @pytest.mark.timeout(60)
+def test_a_workflow_registered_just_after_opening_is_not_warned_of_as_unregistered(
+    tmp_path: Path,
+) -> None:
+    """docs/runtime: workflows may be registered after ``Runtime(path)`` as well as in
+    ``setup=``. A restart with slots due then warned "schedule ... has slots due but its
+    workflow ... is not registered" once (the firer's first pass ran before the
+    add_workflow() that followed the opening), and the slot fired the next moment."""
+    clock = FakeClock()
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("poll", "job", every=60)
+    clock.advance(600)
+    lines: list[str] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    seen = Seen()
+    logging.getLogger("herder.schedules").addHandler(seen)
+    try:
+        with Runtime(tmp_path, clock=clock, sweep_interval=0.05) as rt:
+            rt._fire_now()  # (a pass before the registration, as the firer's first may be)
+            rt.add_agent("job", Job)
+            rt.add_workflow(Workflow("job").step("run", agent="job", action="run"))
+            wait_until(rt, lambda: len(fired(rt)) == 1, WAIT)
+            rt._fire_now()
+        assert [line for line in lines if "not registered" in line] == []
+    finally:
+        logging.getLogger("herder.schedules").removeHandler(seen)
+
+
+@pytest.mark.timeout(60)
 def test_a_new_input_equal_to_the_old_by_eq_replaces_it(tmp_path: Path) -> None:
     """rt.schedule() with new settings replaces the definition: an input of True where
     it was 1 (``==`` in Python, two inputs to the store) was taken for the same, and
