@@ -4,24 +4,37 @@ Each call runs on a daemon thread of the pool while the caller waits up to its l
 (:class:`TimedOut` past it). A thread is reused once its call returned, so a call costs
 a queue hand-off, not a thread start (a thread per call made ``start_many`` of 5,000
 routed workflows four times slower); one left in a hung call is never handed another,
-and an idle one ends after :data:`IDLE` seconds.
+and an idle one ends after :data:`IDLE` seconds. A call given a ``key`` that outlives
+its limit is noted until it returns (:meth:`BoundedCalls.late`): a caller asks first,
+so that one retried (a schedule's firing, every few seconds) does not leave one more
+thread stuck in the same call each time.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from herder.runtime._waits import OneShot
+from herder.store import TimedOut
 
 T = TypeVar("T")
 
 IDLE = 60.0
 """Seconds an idle thread of a pool waits for another call before it ends."""
 
-_Job = tuple[Callable[[], Any], OneShot[Any]]
+
+class _Job:
+    """One call handed to a thread of the pool."""
+
+    __slots__ = ("done", "fn", "key", "late", "returned")
+
+    def __init__(self, fn: Callable[[], Any], key: Hashable) -> None:
+        self.fn, self.key = fn, key
+        self.done: OneShot[Any] = OneShot()
+        self.late = self.returned = False  # (both changed under the pool's lock)
 
 
 class BoundedCalls:
@@ -31,23 +44,37 @@ class BoundedCalls:
         self._name = name
         self._lock = threading.Lock()
         self._idle: list[queue.SimpleQueue[_Job]] = []  # each an idle thread's inbox
+        self._late: dict[Hashable, int] = {}  # key -> its calls still running past their limit
 
-    def call(self, fn: Callable[[], T], limit: float) -> T:
+    def late(self, key: Hashable) -> bool:
+        """Whether a call given ``key`` outlived its limit and has not returned yet."""
+        return key in self._late
+
+    def call(self, fn: Callable[[], T], limit: float, key: Hashable = None) -> T:
         """``fn()``, or what it raised; :class:`TimedOut` once ``limit`` seconds passed
-        first (the call goes on, on its thread)."""
+        first (the call goes on, on its thread, and is :meth:`late` by its ``key``, if
+        given, until it returns)."""
         with self._lock:
             jobs = self._idle.pop() if self._idle else None
         if jobs is None:
             jobs = queue.SimpleQueue()
             threading.Thread(target=self._serve, args=(jobs,), name=self._name, daemon=True).start()
-        done: OneShot[T] = OneShot()
-        jobs.put((fn, done))
-        return done.wait(limit)
+        job = _Job(fn, key)
+        jobs.put(job)
+        try:
+            return job.done.wait(limit)
+        except TimedOut:
+            if key is not None:
+                with self._lock:  # (a call that returned meanwhile is not noted)
+                    if not job.returned:
+                        job.late = True
+                        self._late[key] = self._late.get(key, 0) + 1
+            raise
 
     def _serve(self, jobs: queue.SimpleQueue[_Job]) -> None:
         while True:
             try:
-                fn, done = jobs.get(timeout=IDLE)
+                job = jobs.get(timeout=IDLE)
             except queue.Empty:
                 with self._lock:
                     if jobs in self._idle:  # (else taken meanwhile: its call is on the way)
@@ -56,12 +83,17 @@ class BoundedCalls:
                 continue
             value, error = None, None
             try:
-                value = fn()
+                value = job.fn()
             except BaseException as exc:  # (the caller's to raise)
                 error = exc
             with self._lock:  # idle again before the caller hears: its next call reuses it
                 self._idle.append(jobs)
+                job.returned = True
+                if job.late and self._late[job.key] == 1:
+                    del self._late[job.key]
+                elif job.late:
+                    self._late[job.key] -= 1
             if error is None:
-                done.set(value)
+                job.done.set(value)
             else:
-                done.fail(error)
+                job.done.fail(error)

@@ -17,7 +17,10 @@ A router is user code: whatever it raises fails the start with :class:`InvalidIn
 and it runs once per start, never again for that workflow, on a thread of its own (in a
 copy of the caller's context): one that does not return within the runtime's
 ``ask_timeout`` fails the start with :class:`TimedOut`, so that a hung one blocks
-neither ``start()`` nor the thread that fires every schedule.
+neither ``start()`` nor the thread that fires every schedule. Until that call returns,
+the router is not called again with the same input (such a start fails at once with
+:class:`TimedOut`): a schedule retrying every few seconds left one more thread stuck
+in it each time.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from herder.store import (
     TimedOut,
     UserCodeFailed,
     contain,
+    encode,
     private_copy,
     validate_name,
 )
@@ -179,10 +183,19 @@ def _route(where: str, name: str, routers: Mapping[str, Router], input: Any, lim
             f"{where} routes its agent with {name!r}, which is not registered (registered: "
             f"{known}); call rt.add_router({name!r}, fn) first"
         )
+    key = (name, id(router), encode(input))  # (a late call holds the router: no id reuse)
+    if _ROUTERS.late(key):
+        raise TimedOut(
+            f"{where}: router {name!r} was not called: its call with this same input "
+            f"outlived ask_timeout ({limit:g} s) and has not returned yet, and each call "
+            "made meanwhile would leave one more thread stuck; nothing was written: make "
+            f"the router return (a timeout on what it waits for), or add_router({name!r}) "
+            "again"
+        )
     own = private_copy(input)  # (its changes are not the input's)
     call = functools.partial(contextvars.copy_context().run, contain, router, own)
     try:
-        return _ROUTERS.call(call, limit)
+        return _ROUTERS.call(call, limit, key)
     except UserCodeFailed as exc:
         raise InvalidInput(f"{where}: router {name!r} failed: {exc}") from None
     except TimedOut:

@@ -269,6 +269,58 @@ def test_a_router_that_hangs_fails_the_start_with_timed_out_after_ask_timeout(
         }
 
 
+@pytest.mark.timeout(60)
+def test_a_hung_router_is_not_called_again_with_the_same_input_until_it_returns(
+    tmp_path: Path,
+) -> None:
+    """A schedule whose router hangs: the firer tried again every RETRY (5 s), and each
+    try left one more thread stuck in the router (17,000 a day). The router is now not
+    called again with an input whose earlier call outlived ask_timeout and still runs
+    (another input still is); once that call returns, the schedule fires."""
+    gate, returned, inputs = threading.Event(), threading.Event(), []
+
+    def router(input: dict[str, str]) -> str:
+        inputs.append(input["device"])
+        if input["device"] == "hangs" and len(inputs) > 1:  # (schedule() calls it once)
+            gate.wait()
+            returned.set()
+        return "a"
+
+    def stuck() -> int:
+        return sum(t.name == "herder-router" for t in threading.enumerate())
+
+    def polls() -> list[str]:
+        return [s.id for s in rt.list() if s.id.startswith("poll@")]
+
+    def fired() -> bool:
+        rt._fire_now()
+        return polls() != []
+
+    wf = Workflow("routed").step("configure", agent="device:{@pick}", action="configure")
+    clock = FakeClock()
+    with open_runtime(tmp_path, [], wf, ask_timeout=0.2, clock=clock) as rt:
+        rt.add_router("pick", router)
+        rt.schedule("poll", "routed", every=60, input={"device": "hangs"})
+        before = stuck()  # (other tests' idle ones among them)
+        try:
+            clock.advance(60)
+            for _ in range(5):
+                rt._fire_now()  # (a try after each RETRY, as the firer makes)
+                clock.advance(5)
+            assert inputs == ["hangs", "hangs"]  # called once more, then not again
+            assert stuck() <= before + 1
+            with pytest.raises(TimedOut, match="has not returned yet"):
+                rt.start("routed", {"device": "hangs"})
+            other = rt.start("routed", {"device": "other"})
+            assert other.result(timeout=WAIT) == {"configure": "device:a"}
+            assert polls() == []
+        finally:
+            gate.set()
+        assert returned.wait(WAIT)
+        wait_until(rt, fired, WAIT)
+        assert inputs.count("hangs") >= 3
+
+
 class _Raising(str):
     """A str whose own conversions raise (user code the runtime must not run)."""
 
