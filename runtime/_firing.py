@@ -330,8 +330,7 @@ class Firer:
         if again is None and pass_to is not None and pass_to > record.cursor_ms:
             record, moved = record.evolve(cursor_ms=pass_to, updated=now), True  # all late
         if fires:  # checked here, so that what refuses it stops this schedule only
-            first, engine_now = fires[0].workflow_id, self._rt._ctx.clock.time()  # (a firing)
-            self._rt._prepare(record.workflow, record.input, workflow_id=first, now=engine_now)
+            batch.prepare(fires[0])
             fires[-1].record = record  # (its record ends with the schedule's last state)
         batch.add(fires, record if moved else None)
         if again is not None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from herder.actors import WorkflowConflict
 from herder.runtime._schedules import jitter_of
+from herder.runtime._starts import NewStart
 from herder.runtime._waits import run_blocking
 from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
 
@@ -51,6 +52,7 @@ class Fire:
     workflow_id: str
     record: ScheduleRecord
     exists: bool = False
+    new: NewStart | None = None  # its start, checked already (see Firings.prepare)
 
 
 @dataclass
@@ -71,6 +73,17 @@ class Firings:
             self.pending += sum(not fire.exists for fire in fires)
         elif moved is not None:
             self.moves[moved.name] = moved
+
+    def prepare(self, fire: Fire) -> None:
+        """Check ``fire``'s start as the batch makes it, so that what refuses it stops its
+        schedule only (not the batch), and keep it for the batch: the routers its agents
+        name run once per firing, as once per start (they ran twice)."""
+        record, rt = fire.record, self.rt
+        delay = jitter_of(record, fire.slot) or None
+        now = rt._ctx.clock.time()  # (the engine's: a firing's start is reckoned on it)
+        fire.new = rt._prepare(
+            record.workflow, record.input, workflow_id=fire.workflow_id, delay=delay, now=now
+        )
 
     def full(self) -> bool:
         """True when the firings gathered fill a batch."""
@@ -107,10 +120,14 @@ class Firings:
         return max(1, min(BATCH, rt._max_active - rt._active))
 
     def _start(self, chunk: list[Fire]) -> None:
-        items: list[Mapping[str, Any]] = []
+        items: list[Mapping[str, Any] | NewStart] = []
         also: dict[str, tuple[Put, ...]] = {}
         for fire in chunk:
             record = fire.record
+            also[fire.workflow_id] = (schedule_put(record),)
+            if fire.new is not None:
+                items.append(fire.new)
+                continue
             delay = jitter_of(record, fire.slot) or None
             items.append(
                 {
@@ -120,7 +137,6 @@ class Firings:
                     "delay": delay,
                 }
             )
-            also[fire.workflow_id] = (schedule_put(record),)
         with contextlib.suppress(WorkflowConflict):  # an operator started an id by hand
             run_blocking(self.rt._starting_many(items, CAPACITY_WAIT, also))
 

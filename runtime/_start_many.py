@@ -21,7 +21,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -98,27 +98,21 @@ class StartingMany:
 
     def _starting_many(
         self,
-        starts: list[Mapping[str, Any]],
+        starts: list[Mapping[str, Any]] | list[Mapping[str, Any] | NewStart],
         timeout: float | None,
         also: Mapping[str, tuple[Put, ...]] | None = None,
     ) -> Steps[list[WorkflowHandle]]:
         """The body of :meth:`start_many` and ``start_many_async``; ``also``: puts by
         workflow id, each written in the transaction that creates that workflow, and only
-        if it does (schedules' cursors, ``_firing``)."""
+        if it does (schedules' cursors, ``_firing``, whose starts may come checked
+        already: a ``NewStart``)."""
         rt = _runtime(self)
         rt._check_active()
         # One clock read for the batch, not one per item (and each definition's agents
         # are looked at once, see _prepare).
         now, wall = rt._ctx.clock.time(), rt._clock.time()
-        prepare = rt._prepare
-        news: list[NewStart] = []
         with _PAUSE:
-            for i, item in enumerate(starts):
-                args = start_args(i, item)
-                try:
-                    news.append(prepare(**args, now=now, wall=wall))
-                except InvalidInput as exc:  # (which of thousands: the caller must know)
-                    raise _at_item(i, exc) from None
+            news = _prepared(rt._prepare, starts, now, wall)
         unique: dict[str, NewStart] = {}
         for new in news:
             first = unique.setdefault(new.workflow_id, new)
@@ -277,6 +271,26 @@ class StartingMany:
                 conflicts.append(new.workflow_id)
         if conflicts:
             raise _conflict(conflicts)
+
+
+def _prepared(
+    prepare: Callable[..., NewStart],
+    starts: list[Mapping[str, Any]] | list[Mapping[str, Any] | NewStart],
+    now: float,
+    wall: float,
+) -> list[NewStart]:
+    """Each of ``starts`` checked (``Starting._prepare``), unless it is checked already."""
+    news: list[NewStart] = []
+    for i, item in enumerate(starts):
+        if type(item) is NewStart:
+            news.append(item)
+            continue
+        args = start_args(i, item)
+        try:
+            news.append(prepare(**args, now=now, wall=wall))
+        except InvalidInput as exc:  # (which of thousands: the caller must know)
+            raise _at_item(i, exc) from None
+    return news
 
 
 def _at_item(index: int, error: InvalidInput) -> InvalidInput:

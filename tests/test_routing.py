@@ -321,6 +321,34 @@ def test_a_hung_router_is_not_called_again_with_the_same_input_until_it_returns(
         assert inputs.count("hangs") >= 3
 
 
+@pytest.mark.timeout(60)
+def test_a_schedules_firing_runs_its_router_once_as_a_start_does(tmp_path: Path) -> None:
+    """docs/workflows.md: "A router runs once per start". A schedule's firing ran it
+    twice: once in the firer's check of the start (so that what refuses it stops that
+    schedule only) and again in the batch that made the start (start_many's own check);
+    a router with an effect (a round robin, a lease on a device) did it twice."""
+    calls: list[str] = []
+
+    def router(input: dict[str, str]) -> str:
+        calls.append(input["device"])
+        return input["device"]
+
+    wf = Workflow("routed").step("configure", agent="device:{@pick}", action="configure")
+    clock = FakeClock()
+    with open_runtime(tmp_path, [], wf, clock=clock) as rt:
+        rt.add_router("pick", router)
+        rt.schedule("poll", "routed", every=60, input={"device": "a"}, jitter=5, overlap="allow")
+        calls.clear()  # (schedule() checks the start it will make: one call)
+        for n in (1, 2):
+            clock.advance(60)
+            rt._fire_now()
+            assert len([s for s in rt.list() if s.id.startswith("poll@")]) == n
+            assert calls == ["a"] * n
+        advance(rt, clock, 5)  # (the jitter: each starts up to 5 s after its slot)
+        assert [dict(s.agents) for s in rt.list()] == [{"configure": "device:a"}] * 2
+        assert calls == ["a", "a"]
+
+
 class _Raising(str):
     """A str whose own conversions raise (user code the runtime must not run)."""
 
