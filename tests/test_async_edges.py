@@ -286,11 +286,21 @@ def test_a_blocking_start_on_the_actions_loop_does_not_wait_there_for_a_queued_s
     default): every async action stood still meanwhile, and only then came the
     WrongThread the docs promise at once."""
 
+    # The first workflow's step waits for the check: were it to end while the test
+    # awaits the queue (the loop runs it then), "x" would be created, and start() of it
+    # would return its handle instead of refusing.
+    checked = asyncio.Event()
+
+    class Held(Agent):
+        async def act(self, ctx: StepContext) -> int:
+            await checked.wait()
+            return ctx.attempt
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         rt = Runtime(tmp_path / "s", loop=loop, max_active_workflows=1, ask_timeout=3600.0)
         try:
-            rt.add_agent("q", Quick)
+            rt.add_agent("q", Held)
             rt.add_workflow(Workflow("w").step("s", agent="q", action="act"))
             queue = rt._queued = _Queue()
             first = await rt.start_async("w")  # holds the one slot until its step ran here
@@ -298,6 +308,7 @@ def test_a_blocking_start_on_the_actions_loop_does_not_wait_there_for_a_queued_s
             assert await loop.run_in_executor(None, queue.joined.acquire, True, WAIT)
             with pytest.raises(WrongThread, match=r"await rt\.start_async\(\)"):
                 rt.start("w", workflow_id="x", timeout=WAIT)  # at once, not after WAIT
+            checked.set()
             assert await first.result_async(timeout=WAIT) == {"s": 1}
             assert (await waiting).id == "x"
         finally:
