@@ -7,20 +7,24 @@ workflows off it, ``herder ls`` and retention read it too.
 - Once the index is built (a store from before it is read by scanning instead), every
   readable workflow record has its entry, under the record's last update and holding its
   state: one left out, or listed as final while it is not, is never resumed.
+- The counts by state kept beside it (``rt.stats()`` reads them) are those of its entries.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from herder.store import (
     RECENT_AT_DB,
     RECENT_BUILT,
+    RECENT_COUNTS,
     RECENT_DB,
     Snapshot,
     StoreCorrupt,
     decode,
     index_entry,
+    read_recent_counts,
 )
 
 UNSEEN = (
@@ -30,6 +34,11 @@ UNSEEN = (
 WRONG = (
     "recovery resumes the workflows this index lists as unfinished, herder ls shows its "
     "state and retention goes by its time; restore a backup"
+)
+
+COUNTS = (
+    "rt.stats() reports them until a runtime next opens the store or takes it over and "
+    "counts them again (an older herder writing the store leaves them behind)"
 )
 
 
@@ -72,9 +81,37 @@ class IndexCheck:
         for key, when in at.items():
             if len(when) != 8 or snap.raw(RECENT_DB, when + key) is None:
                 self._problem(RECENT_AT_DB, key, "names no entry of the recent index")
-        for key, _ in snap.items(RECENT_DB):
+        held: Counter[bytes] = Counter()
+        for key, value in snap.items(RECENT_DB):
+            held[value] += 1
             if at.get(key[8:]) != key[:8]:
                 self._problem(RECENT_DB, key, "stale entry: not the one its recent_at names")
+        self._counts(held)
+
+    def _counts(self, held: Counter[bytes]) -> None:
+        """The kept counts (none on a store no runtime held since they exist) are ``held``."""
+        raw = self._snap.raw("meta", RECENT_COUNTS)
+        if raw is None:
+            return
+        kept = read_recent_counts(raw)
+        if kept is None:
+            self._problem("meta", RECENT_COUNTS, f"not counts by state: {COUNTS}")
+            return
+        for value in sorted(set(kept) | set(held)):
+            if kept[value] != held[value]:
+                self._problem(
+                    "meta",
+                    RECENT_COUNTS,
+                    f"counts {kept[value]} workflows {_state(value)}, the recent index "
+                    f"lists {held[value]}: {COUNTS}",
+                )
+
+
+def _state(value: bytes) -> str:
+    try:
+        return repr(decode(value, db=RECENT_DB, key=b""))
+    except StoreCorrupt:
+        return f"in the unreadable state {value!r}"
 
 
 def _ms(when: bytes) -> int:

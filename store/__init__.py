@@ -145,6 +145,7 @@ from herder.store._plan import Plan, StepSpec
 from herder.store._policy import MAX_SECONDS, RetryPolicy, real_number
 from herder.store._reads import Snapshot
 from herder.store._recent import BUILT_KEY as RECENT_BUILT
+from herder.store._recent import COUNTS_KEY as RECENT_COUNTS
 from herder.store._recent import (
     RECENT_AT_DB,
     RECENT_DB,
@@ -153,6 +154,7 @@ from herder.store._recent import (
     index_entry,
     indexed,
 )
+from herder.store._recent import read_counts as read_recent_counts
 from herder.store._recent import split as split_recent_key
 from herder.store._records import (
     SCHEMA_VERSION,
@@ -211,6 +213,7 @@ __all__ = [
     "PURGEABLE",
     "RECENT_AT_DB",
     "RECENT_BUILT",
+    "RECENT_COUNTS",
     "RECENT_DB",
     "RETENTION_SCAN",
     "SCHEMA_VERSION",
@@ -309,6 +312,7 @@ __all__ = [
     "progress_ops",
     "purge",
     "read_history",
+    "read_recent_counts",
     "read_resources",
     "real_number",
     "recall_reason",

@@ -269,10 +269,17 @@ class Store(Reads, LeaseHolder):
 
     def workflow_counts(self) -> dict[str, int] | None:
         """How many workflows are in each state, from the ``recent`` index alone (no
-        record is decoded: ~0.2 s per million); :data:`~._recent.UNREADABLE` counts those
-        listed unreadable. None for a store without the index (read the records)."""
+        record is decoded); :data:`~._recent.UNREADABLE` counts those listed unreadable.
+        The lease holder reads the counts its writer keeps (one value); any other store
+        counts the index (~0.2 s per million: another herder, maybe an older one, may be
+        writing). None for a store without the index (read the records)."""
         if not self.indexed:
             return None
+        if self._writer is not None:
+            meta = self._handles["meta"]
+            kept = self._read(lambda txn: recent.stored_counts(txn, meta))
+            if kept is not None:
+                return kept
         return recent.count(self._read, self._handles[recent.RECENT_DB])
 
     def surely_new(self, workflow_id: str) -> bool:

@@ -276,8 +276,9 @@ def read_schema(txn: lmdb.Transaction, meta: Any, path: pathlib.Path) -> tuple[i
 def upgrade_schema(txn: lmdb.Transaction, handles: Handles, schema: int) -> int:
     """Mark a store this herder is about to write as :data:`SCHEMA_VERSION` (its records
     move to the new layout as they are next written, and both layouts read), so that an
-    older herder refuses it instead of misreading it; and index a store older than the
-    ``recent`` index. Returns the schema now stored.
+    older herder refuses it instead of misreading it; index a store older than the
+    ``recent`` index, and count its entries by state afresh (an older herder wrote
+    without keeping the counts). Returns the schema now stored.
 
     Called in the transaction that takes the lease: from then on only this herder writes
     the store. A standby that built the index when it opened, beside an older runtime
@@ -287,6 +288,7 @@ def upgrade_schema(txn: lmdb.Transaction, handles: Handles, schema: int) -> int:
     if schema < SCHEMA_VERSION:
         txn.put(b"schema", encode(SCHEMA_VERSION), db=handles["meta"])
     recent.build(txn, handles)  # (once)
+    recent.recount(txn, handles)
     return SCHEMA_VERSION
 
 

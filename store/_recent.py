@@ -11,6 +11,12 @@ such write of a transaction), so they can never disagree with the records:
 - ``recent_at``: key ``workflow key``, value the 8-byte ``updated ms`` it is indexed
   under, so the old entry is found without reading the old record.
 
+and in ``meta`` under :data:`COUNTS_KEY` how many entries hold each (encoded) state,
+so ``rt.stats()`` reads one value instead of counting the index (:func:`stored_counts`):
+kept by :func:`maintain` in the same transaction, and counted afresh (:func:`recount`)
+in the one that takes the lease, so a store an older herder wrote, or whose value was
+damaged, is right again from then on.
+
 A store written before the index existed gets it built once, in the transaction that
 first takes its lease (:func:`build`; a standby does not build it while an older runtime
 writes); until then a reader falls back to a scan (``indexed`` false).
@@ -36,6 +42,8 @@ RECENT_DB = "recent"
 RECENT_AT_DB = "recent_at"
 BUILT_KEY = b"recent_index"
 """``meta`` key set once the index covers every workflow."""
+COUNTS_KEY = b"recent_counts"
+"""``meta`` key of the index's entries counted by state (see the module docstring)."""
 
 _MS = struct.Struct(">Q")
 PAGE = 1000
@@ -121,22 +129,24 @@ def maintain(
     ``getmulti`` gives it up three times per key found, a ``get`` once), so the new
     entries are written with one ``putmulti`` per database."""
     at_db, recent_db = handles[RECENT_AT_DB], handles[RECENT_DB]
-    get, delete = txn.get, txn.delete
+    get, delete, pop = txn.get, txn.delete, txn.pop
     entries: list[tuple[bytes, bytes]] = []
     times: list[tuple[bytes, bytes]] = []
+    moved: Counter[bytes] = Counter()  # entries gained (lost: negative) per state
     for key, value in written:
         old = None if key in absent else cast("bytes | None", get(key, db=at_db))
         if old is not None and len(old) != _MS.size:  # damaged: its entry is found by a scan
-            _drop_entries(txn, recent_db, key)
+            moved.subtract(_drop_entries(txn, recent_db, key))
             old = None
+        was = None if old is None else cast("bytes | None", pop(old + key, db=recent_db))
+        if was is not None:  # (its state: the counts lose it)
+            moved[was] -= 1
         if value is None:
             if old is not None:
-                delete(old + key, db=recent_db)
                 delete(key, db=at_db)
             continue
         ms, state = index_entry(key, value, old)
-        if old is not None and old != ms:
-            delete(old + key, db=recent_db)
+        moved[state] += 1
         entries.append((ms + key, state))
         times.append((key, ms))
     if entries:
@@ -144,15 +154,57 @@ def maintain(
             cursor.putmulti(entries)
         with txn.cursor(db=at_db) as cursor:
             cursor.putmulti(times)
+    if any(moved.values()):
+        _add_counts(txn, handles["meta"], moved)
 
 
-def _drop_entries(txn: lmdb.Transaction, recent_db: Any, key: bytes) -> None:
+def _drop_entries(txn: lmdb.Transaction, recent_db: Any, key: bytes) -> Counter[bytes]:
     """Delete every ``recent`` entry of workflow ``key`` (a scan of the whole index: only
-    when its ``recent_at`` value, which names the one entry, is damaged)."""
+    when its ``recent_at`` value, which names the one entry, is damaged); their states."""
     with txn.cursor(db=recent_db) as cursor:
-        stale = [k for k in cursor.iternext(values=False) if k[_MS.size :] == key]
-    for k in stale:
+        pairs = cast(Iterator[tuple[bytes, bytes]], cursor)
+        stale = [(k, v) for k, v in pairs if k[_MS.size :] == key]
+    for k, _ in stale:
         txn.delete(k, db=recent_db)
+    return Counter(v for _, v in stale)
+
+
+def _add_counts(txn: lmdb.Transaction, meta: Any, moved: Counter[bytes]) -> None:
+    """Add ``moved`` to the stored counts (none stored: the lease's take counts them)."""
+    raw = cast("bytes | None", txn.get(COUNTS_KEY, db=meta))
+    if raw is None:
+        return
+    counts = read_counts(raw)
+    if counts is None:
+        return  # (damaged: counted again at the next take; readers count the index)
+    counts.update(moved)
+    txn.put(COUNTS_KEY, encode([[v, n] for v, n in counts.items() if n]), db=meta)
+
+
+def read_counts(raw: bytes) -> Counter[bytes] | None:
+    """The stored counts (:data:`COUNTS_KEY`'s value) by encoded state, None if the value
+    is not one."""
+    try:
+        pairs = decode(raw, db="meta", key=COUNTS_KEY)
+        return Counter({bytes(v): int(n) for v, n in pairs})
+    except (StoreCorrupt, TypeError, ValueError):
+        return None
+
+
+def recount(txn: lmdb.Transaction, handles: dict[str, Any]) -> None:
+    """Count the index's entries by state afresh and store them (the lease's take: from
+    then on only this herder writes, and :func:`maintain` keeps them)."""
+    with txn.cursor(db=handles[RECENT_DB]) as cursor:
+        found = Counter(cast(Iterator[bytes], cursor.iternext(keys=False, values=True)))
+    txn.put(COUNTS_KEY, encode([[v, n] for v, n in found.items()]), db=handles["meta"])
+
+
+def stored_counts(txn: lmdb.Transaction, meta: Any) -> dict[str, int] | None:
+    """The counts :func:`maintain` keeps, as :func:`count` returns them; None if there
+    are none (or they are damaged)."""
+    raw = cast("bytes | None", txn.get(COUNTS_KEY, db=meta))
+    found = None if raw is None else read_counts(raw)
+    return None if found is None else _by_state(found)
 
 
 def build(txn: lmdb.Transaction, handles: dict[str, Any]) -> int:
@@ -315,6 +367,12 @@ def count(read: Callable[[Callable[[lmdb.Transaction], Any]], Any], handle: Any)
         counted.update(found)
         if found.total() < COUNT_PAGE:
             break
+    return _by_state(counted)
+
+
+def _by_state(counted: Counter[bytes]) -> dict[str, int]:
+    """Counts by encoded state to counts by state (:data:`UNREADABLE` for a value that is
+    not a state)."""
     states: Counter[str] = Counter()
     for value, n in counted.items():
         try:

@@ -23,6 +23,7 @@ from herder.runtime.testing import FakeClock, wait_until
 from herder.store import (
     BATCH_TIMER,
     RECENT_AT_DB,
+    RECENT_COUNTS,
     RECENT_DB,
     Delete,
     Put,
@@ -430,7 +431,28 @@ def test_a_workflow_the_recent_index_leaves_out_or_lists_as_final_is_reported(
     listed = problems[(RECENT_DB, at[retrying] + retrying)]
     assert listed.startswith("lists it as 'SUCCEEDED' updated at ")
     assert "but its record is 'RUNNING' updated at " in listed
-    assert len(problems) == 2
+    # (and the counts by state kept beside the index, which the writes above passed by)
+    assert problems[("meta", RECENT_COUNTS)].startswith("counts ")
+    assert len(problems) == 3
+
+
+def test_counts_by_state_that_disagree_with_the_recent_index_are_reported(
+    good_store: Path, damaged: Callable[[list[Put | Delete]], Path]
+) -> None:
+    """``rt.stats()`` reads the counts the writer keeps beside the index: the check holds
+    them to its entries, state by state, and names a value that is not counts."""
+    path = damaged([Put("meta", RECENT_COUNTS, encode([[encode("SUCCEEDED"), 7]]))])
+    messages = sorted(m for db, key, m in _problems(path) if (db, key) == ("meta", RECENT_COUNTS))
+    assert len(messages) == len(_problems(path)) == 4  # (every state the good store has)
+    heads = [m.partition(":")[0] for m in messages]
+    assert "counts 7 workflows 'SUCCEEDED', the recent index lists 1" in heads
+    assert "counts 0 workflows 'RUNNING', the recent index lists 2" in heads
+    assert messages[0].endswith(
+        ": rt.stats() reports them until a runtime next opens the store or takes it over "
+        "and counts them again (an older herder writing the store leaves them behind)"
+    )
+    path = damaged([Put("meta", RECENT_COUNTS, encode({"SUCCEEDED": 1}))])
+    assert [m.partition(":")[0] for _, _, m in _problems(path)] == ["not counts by state"]
 
 
 def test_a_damaged_lease_or_handoff_request_is_reported(
