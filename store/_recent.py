@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import operator
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -127,38 +128,45 @@ def maintain(
     ``absent``: keys the transaction read as absent before it wrote (a new workflow's):
     they have no entry to move. Every py-lmdb call may hand the GIL to another thread (a
     ``getmulti`` gives it up three times per key found, a ``get`` once), so the new
-    entries are written with one ``putmulti`` per database."""
+    entries are written with one ``putmulti`` per database; an old entry is found and
+    deleted by one cursor, which reads its state on the way for the counts by state
+    (:data:`COUNTS_KEY`, read and written once per transaction that moves a state)."""
     at_db, recent_db = handles[RECENT_AT_DB], handles[RECENT_DB]
-    get, delete, pop = txn.get, txn.delete, txn.pop
+    get, delete = txn.get, txn.delete
     entries: list[tuple[bytes, bytes]] = []
     times: list[tuple[bytes, bytes]] = []
-    moved: Counter[bytes] = Counter()  # entries gained (lost: negative) per state
-    for key, value in written:
-        old = None if key in absent else cast("bytes | None", get(key, db=at_db))
-        if old is not None and len(old) != _MS.size:  # damaged: its entry is found by a scan
-            moved.subtract(_drop_entries(txn, recent_db, key))
-            old = None
-        was = None if old is None else cast("bytes | None", pop(old + key, db=recent_db))
-        if was is not None:  # (its state: the counts lose it)
-            moved[was] -= 1
-        if value is None:
-            if old is not None:
-                delete(key, db=at_db)
-            continue
-        ms, state = index_entry(key, value, old)
-        moved[state] += 1
-        entries.append((ms + key, state))
-        times.append((key, ms))
+    lost: list[bytes] = []  # the states of the entries moved or deleted, for the counts
+    with txn.cursor(db=recent_db) as moving:
+        for key, value in written:
+            old = None if key in absent else cast("bytes | None", get(key, db=at_db))
+            if old is not None and len(old) != _MS.size:  # damaged: a scan finds its entry
+                lost += _drop_entries(txn, recent_db, key)
+                old = None
+            if old is not None and moving.set_key(old + key):
+                lost.append(cast(bytes, moving.value()))
+                moving.delete()
+            if value is None:
+                if old is not None:
+                    delete(key, db=at_db)
+                continue
+            ms, state = index_entry(key, value, old)
+            entries.append((ms + key, state))
+            times.append((key, ms))
     if entries:
         with txn.cursor(db=recent_db) as cursor:
             cursor.putmulti(entries)
         with txn.cursor(db=at_db) as cursor:
             cursor.putmulti(times)
-    if any(moved.values()):
-        _add_counts(txn, handles["meta"], moved)
+    gained, gone = Counter(map(_state_of, entries)), Counter(lost)  # (counted in C)
+    if gained != gone:
+        gained.subtract(gone)
+        _add_counts(txn, handles["meta"], gained)
 
 
-def _drop_entries(txn: lmdb.Transaction, recent_db: Any, key: bytes) -> Counter[bytes]:
+_state_of = operator.itemgetter(1)
+
+
+def _drop_entries(txn: lmdb.Transaction, recent_db: Any, key: bytes) -> list[bytes]:
     """Delete every ``recent`` entry of workflow ``key`` (a scan of the whole index: only
     when its ``recent_at`` value, which names the one entry, is damaged); their states."""
     with txn.cursor(db=recent_db) as cursor:
@@ -166,7 +174,7 @@ def _drop_entries(txn: lmdb.Transaction, recent_db: Any, key: bytes) -> Counter[
         stale = [(k, v) for k, v in pairs if k[_MS.size :] == key]
     for k, _ in stale:
         txn.delete(k, db=recent_db)
-    return Counter(v for _, v in stale)
+    return [v for _, v in stale]
 
 
 def _add_counts(txn: lmdb.Transaction, meta: Any, moved: Counter[bytes]) -> None:
