@@ -301,7 +301,8 @@ class AsyncRuntime:
         return rt.is_active
 
     async def stats_async(self) -> dict[str, Any]:
-        """As :meth:`Runtime.stats`; it scans the store, so on a worker thread."""
+        """As :meth:`Runtime.stats`; it reads the store and asks the Scheduler, so on a
+        worker thread."""
         rt = _runtime(self)
         return await asyncio.to_thread(rt.stats)
 
