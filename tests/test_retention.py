@@ -619,3 +619,28 @@ def test_a_command_refused_for_a_workflow_purged_meanwhile_leaves_no_history_beh
         assert rt.list() == []
         report = check_store(rt._store)
         assert report.ok, report.problems
+
+
+def test_stats_counts_by_state_follow_the_workflows_and_retention_without_a_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rt.stats()["workflows"]`` reads the counts the writer keeps (it counted the whole
+    ``recent`` index at every call): exact as workflows move and as retention deletes."""
+    clock = FakeClock(start=T0)
+    retry = RetryPolicy(max_attempts=1)
+    with Runtime(
+        tmp_path / "s", clock=clock, setup=register, retention=DAY, default_retry=retry
+    ) as rt:
+        monkeypatch.setattr("herder.store._recent.count", lambda *a: pytest.fail("a scan"))
+
+        def by_state() -> dict[str, int]:
+            return {str(s): n for s, n in rt.stats()["workflows"].items() if n}
+
+        assert by_state() == {}
+        finish(rt, "ok", {})
+        finish(rt, "undone", {"fail": 1})
+        rt.start("order", {}, workflow_id="waiting", delay=3 * DAY)
+        assert by_state() == {"SUCCEEDED": 1, "COMPENSATED": 1, "RUNNING": 1}
+        advance(rt, clock, DAY + 1)
+        assert [s.id for s in rt.list()] == ["waiting"]
+        assert by_state() == {"RUNNING": 1}
