@@ -37,8 +37,8 @@ WRONG = (
 )
 
 COUNTS = (
-    "rt.stats() reports them until a runtime next opens the store or takes it over and "
-    "counts them again (an older herder writing the store leaves them behind)"
+    "rt.stats() reports them (an older herder that held the store since left them "
+    "behind: the next runtime to take it counts them again)"
 )
 
 
@@ -93,10 +93,11 @@ class IndexCheck:
         raw = self._snap.raw("meta", RECENT_COUNTS)
         if raw is None:
             return
-        kept = read_recent_counts(raw)
-        if kept is None:
+        found = read_recent_counts(raw)
+        if found is None:
             self._problem("meta", RECENT_COUNTS, f"not counts by state: {COUNTS}")
             return
+        kept = found[1]
         for value in sorted(set(kept) | set(held)):
             if kept[value] != held[value]:
                 self._problem(

@@ -175,7 +175,7 @@ class Store(Reads, LeaseHolder):
                 )
                 if not self.standby:
                     self.incarnation = self._take_at_open(txn)
-                    self._upgrade(txn)
+                    self._upgrade(txn, self.incarnation)
         except lmdb.Error as exc:
             raise translate(exc, f"cannot initialise store {path}") from exc
         protect_files(path)
@@ -192,8 +192,8 @@ class Store(Reads, LeaseHolder):
         except lmdb.Error as exc:
             raise translate(exc, f"cannot read store {self.path}") from exc
 
-    def _upgrade(self, txn: lmdb.Transaction) -> None:
-        self.schema_version = upgrade_schema(txn, self._handles, self.schema_version)
+    def _upgrade(self, txn: lmdb.Transaction, incarnation: int) -> None:
+        self.schema_version = upgrade_schema(txn, self._handles, self.schema_version, incarnation)
 
     def _note_lock_table(self) -> None:
         assert self._lock_fd is not None

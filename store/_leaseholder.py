@@ -62,7 +62,7 @@ class LeaseHolder(Access):
     def _start_writer(self, lease: Lease) -> None:
         raise NotImplementedError  # the Store starts its writer
 
-    def _upgrade(self, txn: lmdb.Transaction) -> None:
+    def _upgrade(self, txn: lmdb.Transaction, incarnation: int) -> None:
         raise NotImplementedError  # the Store marks the schema it writes
 
     def _held_writer(self) -> Writer | None:
@@ -116,7 +116,7 @@ class LeaseHolder(Access):
                 now=now,
             )
             if reason is not None:
-                self._upgrade(txn)
+                self._upgrade(txn, lease.incarnation)
             return lease, reason
 
         asked = time.monotonic()

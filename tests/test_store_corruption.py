@@ -316,7 +316,7 @@ def test_check_reads_the_index_and_history_that_ls_and_show_read(seeded: Path) -
     check = _cli("check", "--json", "--store", str(seeded))
     assert check.returncode == 1
     damaged = sorted(p["db"] for p in json.loads(check.stdout)["problems"])
-    assert damaged == ["history", "recent"]
+    assert damaged == ["history", "meta", "meta", "recent"]  # (meta: the counts by state)
     ls = _cli("ls", "--json", "--store", str(seeded))
     assert ls.returncode == 0, ls.stderr  # every row was lost to one index value before
     assert sorted(w["id"] for w in json.loads(ls.stdout)) == ["w0", "w1", "w2", "w3"]
