@@ -17,8 +17,8 @@ from test_pool_host import WAIT, Line, Scheduler, _host, _Port, _send
 
 from herder.actors import Agent, FakeClock, StepContext, _pool_agents
 from herder.actors._messages import Run
+from herder.actors._pool_host import PoolHost
 from herder.runtime import Runtime, Workflow
-from herder.runtime.testing import wait_until
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def quick_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_work_held_behind_a_quick_action_that_blocks_runs_at_the_line_check(
-    tmp_path: Path, quick_threshold: None
+    tmp_path: Path, quick_threshold: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A quick attempt held for a busy worker whose quick action blocks, with nothing
     else answering, goes to a free worker at the line check (CHECK, real time). It used
@@ -130,8 +130,21 @@ def test_work_held_behind_a_quick_action_that_blocks_runs_at_the_line_check(
             rt.start("warm", {}, workflow_id="warm").result(timeout=WAIT)
             rt.start("hang", {}, workflow_id="hang")
             assert Quick.entered.wait(WAIT)  # q's quick action blocks its worker
+            # Noted as the host holds it: the line check runs it 10 ms later with no
+            # commit in between, so a wait_until on stats' "line" could miss it (it did,
+            # under load).
+            held_now, acquire = threading.Event(), PoolHost.acquire
+
+            def acquire_noting(host: PoolHost, name: str, token: int, backlog: int = 1) -> Any:
+                before = host._unstarted
+                out = acquire(host, name, token, backlog)
+                if name == "r" and host._unstarted > before:
+                    held_now.set()
+                return out
+
+            monkeypatch.setattr(PoolHost, "acquire", acquire_noting)
             held = rt.start("short", 7, workflow_id="short")
-            wait_until(rt, lambda: rt.stats()["host"]["line"] == 1)  # held, a worker free
+            assert held_now.wait(WAIT)  # held in the line, with a worker free
             assert held.result(timeout=WAIT) == {"s": 7}  # (the clock never moved)
         finally:
             Quick.gate.set()
