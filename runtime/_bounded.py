@@ -7,7 +7,9 @@ routed workflows four times slower); one left in a hung call is never handed ano
 and an idle one ends after :data:`IDLE` seconds. A call given a ``key`` that outlives
 its limit is noted until it returns (:meth:`BoundedCalls.late`): a caller asks first,
 so that one retried (a schedule's firing, every few seconds) does not leave one more
-thread stuck in the same call each time.
+thread stuck in the same call each time. A key is given as the function that makes it,
+called only when a call outlived its limit: most calls never need theirs (a router's is
+its input encoded).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ class _Job:
 
     __slots__ = ("done", "fn", "key", "late", "returned")
 
-    def __init__(self, fn: Callable[[], Any], key: Hashable) -> None:
-        self.fn, self.key = fn, key
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.key: Hashable = None  # set once it is late
         self.done: OneShot[Any] = OneShot()
         self.late = self.returned = False  # (both changed under the pool's lock)
 
@@ -46,11 +49,14 @@ class BoundedCalls:
         self._idle: list[queue.SimpleQueue[_Job]] = []  # each an idle thread's inbox
         self._late: dict[Hashable, int] = {}  # key -> its calls still running past their limit
 
-    def late(self, key: Hashable) -> bool:
-        """Whether a call given ``key`` outlived its limit and has not returned yet."""
-        return key in self._late
+    def late(self, key: Callable[[], Hashable]) -> bool:
+        """Whether a call given this ``key`` outlived its limit and has not returned yet
+        (``key()`` is made only if some call did)."""
+        return bool(self._late) and key() in self._late
 
-    def call(self, fn: Callable[[], T], limit: float, key: Hashable = None) -> T:
+    def call(
+        self, fn: Callable[[], T], limit: float, key: Callable[[], Hashable] | None = None
+    ) -> T:
         """``fn()``, or what it raised; :class:`TimedOut` once ``limit`` seconds passed
         first (the call goes on, on its thread, and is :meth:`late` by its ``key``, if
         given, until it returns)."""
@@ -59,16 +65,16 @@ class BoundedCalls:
         if jobs is None:
             jobs = queue.SimpleQueue()
             threading.Thread(target=self._serve, args=(jobs,), name=self._name, daemon=True).start()
-        job = _Job(fn, key)
+        job = _Job(fn)
         jobs.put(job)
         try:
             return job.done.wait(limit)
         except TimedOut:
-            if key is not None:
-                with self._lock:  # (a call that returned meanwhile is not noted)
-                    if not job.returned:
-                        job.late = True
-                        self._late[key] = self._late.get(key, 0) + 1
+            made = None if key is None else key()  # (made before the lock: user data)
+            with self._lock:  # (a call that returned meanwhile is not noted)
+                if made is not None and not job.returned:
+                    job.key, job.late = made, True
+                    self._late[made] = self._late.get(made, 0) + 1
             raise
 
     def _serve(self, jobs: queue.SimpleQueue[_Job]) -> None:

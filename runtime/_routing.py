@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import string
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Any
 
 from herder.actors import InvalidDefinition, UnknownName
@@ -183,7 +183,10 @@ def _route(where: str, name: str, routers: Mapping[str, Router], input: Any, lim
             f"{where} routes its agent with {name!r}, which is not registered (registered: "
             f"{known}); call rt.add_router({name!r}, fn) first"
         )
-    key = (name, id(router), encode(input))  # (a late call holds the router: no id reuse)
+
+    def key() -> Hashable:  # (a late call holds the router: its id is not reused)
+        return (name, id(router), encode(input))
+
     if _ROUTERS.late(key):
         raise TimedOut(
             f"{where}: router {name!r} was not called: its call with this same input "
