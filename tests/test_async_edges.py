@@ -109,7 +109,7 @@ def test_a_blocking_stop_from_an_async_action_on_the_runtimes_own_loop_stops_it_
 
     class Stopper(Agent):
         async def work(self, ctx: StepContext) -> int:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # (an await point, not a wait: the action is async)
             try:
                 box["rt"].stop(timeout=2.0)
             except BaseException as exc:  # what stop() raised is the finding
@@ -139,7 +139,7 @@ def test_a_blocking_stop_from_an_async_action_on_the_runtimes_own_loop_stops_it_
 
 class Quick(Agent):
     async def act(self, ctx: StepContext) -> int:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # (an await point, not a wait: the action is async)
         return ctx.attempt
 
 

@@ -245,6 +245,7 @@ def test_a_worker_that_finishes_no_trip_is_given_up_on(
     from herder.runtime import _demo
 
     fake = tmp_path / "python"  # the worker's interpreter: runs, finishes nothing
+    # A worker that never finishes a trip: the sleep is the behaviour under test.
     fake.write_text("#!/bin/sh\nexec sleep 60\n")
     fake.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(fake))

@@ -330,7 +330,7 @@ class Awaiting(Agent):
     current: list[int] = []
 
     async def run(self, ctx: StepContext) -> str:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # (an await point to keep the span across: no wait)
         Awaiting.current.append(trace.get_current_span().get_span_context().span_id)
         if ctx.step == "pay" and ctx.attempt == 1:
             raise ConnectionError("bank timed out")
