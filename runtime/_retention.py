@@ -14,7 +14,8 @@ the index finds nothing more to delete. Until then each batch's group also recor
 count so far on the pending command (``progress_ops``: no commit of its own), which the
 waiting ``herder purge`` shows, and a runtime that takes the command over after a crash
 counts on from (one batch short at most: the batch whose commit the crash cut off from
-its count).
+its count). The retention's own sweeps also delete the answered commands older than its
+cutoff (and than :data:`COMMANDS_KEPT`), up to a batch each.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from herder.store import (
     StoreCorrupt,
     StoreError,
     Transition,
+    answered_before,
     commit_group,
     deletions,
     finished_ops,
@@ -49,6 +51,10 @@ _log = logging.getLogger("herder.retention")
 
 DEFAULT_RETENTION = 7 * 86400.0
 """Seconds a finished workflow is kept by default (7 days)."""
+
+COMMANDS_KEPT = 86400.0
+"""Seconds an answered operator command is kept at least, whatever the retention: the
+CLI that sent it reads its answer from the store."""
 
 
 def retention_seconds(retention: float | datetime.timedelta | None) -> float | None:
@@ -136,13 +142,15 @@ class Retention:
             )
             if not found and job is not None and self._position is None:
                 self._finish(job, None)  # a whole pass found no more
-            if not (found or purged):
-                return
-            transitions = deletions(self._store, found, purged)
+            transitions = deletions(self._store, found, purged) if found or purged else []
+            if transitions and job is not None:
+                transitions += self._progress(job)
+            if job is None:  # answered commands go with the retention's own cutoff
+                kept = min(before, self._now() - COMMANDS_KEPT)  # (a CLI waits on its answer)
+                old = answered_before(self._store, kept, self._batch)
+                transitions += [] if old is None else [old]
             if not transitions:
                 return
-            if job is not None:
-                transitions += self._progress(job)
         except (StoreError, ValueError, TypeError) as exc:
             _log.error("retention could not read the store: %s", exc)
             if job is not None:

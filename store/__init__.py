@@ -71,6 +71,7 @@ from herder.store._codec import (
 )
 from herder.store._commands import DONE as COMMAND_DONE
 from herder.store._commands import (
+    answered_before,
     append_command,
     command_outcome,
     finished_ops,
@@ -259,6 +260,7 @@ __all__ = [
     "WorkflowRecord",
     "WorkflowState",
     "Writer",
+    "answered_before",
     "append_command",
     "as_event",
     "batch_entry",

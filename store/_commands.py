@@ -14,7 +14,8 @@ running runtime uses another one (``_locktable.py``). One command is one write
 transaction. Its id is given out inside that transaction (the highest id so far + 1),
 so ids are unique and ordered. A pending command lives under ``b"P" + 8-byte big-endian
 id``; applying it moves it to ``b"D" + id`` in the same commit, so the sweep reads only
-what is pending, never the whole log.
+what is pending, never the whole log. The runtime's retention deletes the answered ones
+once old (:func:`answered_before`), all but the newest, so ids are never given out again.
 
 A command is a map: ``id``, ``action``, ``workflow_id``, ``args`` (e.g. ``step``,
 ``result``), ``who``, ``why``, ``created``, ``state`` (``PENDING`` → ``DONE`` or
@@ -34,7 +35,7 @@ from typing import Any, Literal
 
 import lmdb
 
-from herder.store._codec import encode
+from herder.store._codec import decode, encode
 from herder.store._env import Store, opened
 from herder.store._errors import ConditionFailed, StoreCorrupt, StoreError, StoreLocked, TimedOut
 from herder.store._locktable import compacting
@@ -171,6 +172,39 @@ def command_outcome(store: Any, command_id: int) -> dict[str, Any] | None:
     """The command once it was applied or refused (read through an open ``store``), else None."""
     value = store.get(COMMANDS_DB, done_key(command_id))
     return value if isinstance(value, dict) else None
+
+
+def answered_before(store: Any, before: float, most: int) -> Transition | None:
+    """The deletion of the answered (DONE or FAILED) commands that finished before
+    ``before``, oldest id first, up to the first that finished later and at most ``most``
+    (retention's: the log would grow for as long as commands are sent); None if there
+    are none. The newest one is kept whatever its age: the next id is the highest so far
+    + 1, and a runtime remembers the ids it answered, so none may be given out again. A
+    record that cannot be read, or that has no time it finished, is passed over (kept)."""
+
+    def read(snap: Any) -> list[bytes]:
+        cur = snap.cursor(COMMANDS_DB)
+        newest = done_key(_highest_id(snap.cursor(COMMANDS_DB)))
+        old: list[bytes] = []
+        if not cur.set_range(_DONE):
+            return old
+        for key, raw in cur:
+            if key[:1] != _DONE or key >= newest or len(old) >= most:
+                break
+            try:
+                value = decode(raw, db=COMMANDS_DB, key=key)
+            except StoreCorrupt:
+                continue
+            finished = value.get("finished") if isinstance(value, dict) else None
+            if not isinstance(finished, int | float):
+                continue
+            if not finished < before:
+                break  # (ids are about in the order they were answered)
+            old.append(key)
+        return old
+
+    keys = store.view(read)
+    return Transition(ops=tuple(Delete(COMMANDS_DB, key) for key in keys)) if keys else None
 
 
 def _highest_id(cur: Any) -> int:

@@ -31,10 +31,14 @@ from herder.runtime.testing import FakeClock, advance, wait_until
 from herder.store import (
     Store,
     StoreCorrupt,
+    Transition,
     WorkflowRecord,
+    answered_before,
     append_command,
     command_outcome,
+    finished_ops,
     new_command,
+    pending_commands,
     purge,
     wait_outcome,
 )
@@ -200,7 +204,7 @@ def test_a_sweep_reads_a_bounded_range_however_many_unfinished_workflows_are_old
         for _ in range(6):  # a whole pass (5 windows of 1000) and the start of the next
             reads.clear()
             rt._retention.on_sweep()
-            assert len(reads) <= 2  # is the index built; one window of it
+            assert len(reads) <= 3  # is the index built; one window; the oldest commands
         assert rt._store.count("workflows") == 5000
 
 
@@ -225,7 +229,7 @@ def test_a_bounded_sweep_still_deletes_every_finished_workflow_in_time(
             for n in range(1, 13):
                 reads.clear()
                 retention.on_sweep()
-                assert len(reads) <= 3  # is the index built, a window, a batch's snapshot
+                assert len(reads) <= 4  # is the index built, a window, a batch's, commands
                 rt._store.writer.flush(WAIT)
                 if sorted(s.id for s in rt.list()) == left:
                     return n
@@ -644,3 +648,61 @@ def test_stats_counts_by_state_follow_the_workflows_and_retention_without_a_scan
         advance(rt, clock, DAY + 1)
         assert [s.id for s in rt.list()] == ["waiting"]
         assert by_state() == {"RUNNING": 1}
+
+
+def test_answered_commands_go_with_retention_but_not_pending_young_or_newest_ones(
+    tmp_path: Path,
+) -> None:
+    """An automation sending commands to a daemon that runs for months grew the store
+    for ever: retention deleted workflows, never the answered commands. They go once
+    answered longer ago than the retention (a day at least: a CLI reads its answer); a
+    pending one stays, and so does the newest, whose id the next command counts on."""
+    path = tmp_path / "s"
+    with Store(path) as store:
+        ids = [
+            append_command(path, new_command("retry", f"w{n}", who="t", why="x")) for n in range(5)
+        ]
+        by_id = {c["id"]: c for c in pending_commands(store)}
+        answered = {1: T0, 2: T0 + 10, 3: T0 + 2 * DAY, 5: T0 + 20}  # (4 stays pending)
+        for command_id, at in answered.items():
+            ops = finished_ops(by_id[command_id], None, at)
+            store.writer.submit(Transition(ops=ops)).result(WAIT)
+        assert ids == [1, 2, 3, 4, 5]
+        old = answered_before(store, T0 + DAY, most=100)
+        assert old is not None
+        store.writer.submit(old).result(WAIT)
+        # 1 and 2: old; 3: answered later (the rest waits for it); 5: the newest.
+        assert [command_outcome(store, n) is not None for n in range(1, 6)] == [
+            False,
+            False,
+            True,
+            False,
+            True,
+        ]
+        assert [c["id"] for c in pending_commands(store)] == [4]
+        assert answered_before(store, T0 + 30 * DAY, most=1) is not None  # (at most 1)
+    assert append_command(path, new_command("retry", "w6", who="t", why="x")) == 6
+
+
+def test_a_running_retention_deletes_answered_commands_and_check_stays_clean(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s"
+    clock = FakeClock(start=T0)
+    with Runtime(path, clock=clock, setup=register, retention=3600, sweep_interval=1.0) as rt:
+        for n in range(3):
+            finish(rt, f"w{n}", {})
+            sent = append_command(path, new_command("cancel", f"w{n}", who="t", why="x"))
+            rt._sweep_now()
+            outcome = wait_outcome(path, sent, timeout=WAIT)
+            assert outcome is not None
+            assert outcome["state"] == "FAILED"  # (it had ended)
+        advance(rt, clock, 3601.0)
+        assert rt.list() == []  # the workflows went
+        assert rt._store.count("commands") == 3  # an answer is kept a day at least
+        advance(rt, clock, DAY)
+        advance(rt, clock, 1.0)
+        assert rt._store.count("commands") == 1  # the newest: the next id counts on from it
+        report = check_store(rt._store)
+        assert report.ok, report.problems
+    assert append_command(path, new_command("cancel", "w9", who="t", why="x")) == 4
