@@ -191,9 +191,10 @@ def _route(where: str, name: str, routers: Mapping[str, Router], input: Any, lim
         raise TimedOut(
             f"{where}: router {name!r} was not called: its call with this same input "
             f"outlived ask_timeout ({limit:g} s) and has not returned yet, and each call "
-            "made meanwhile would leave one more thread stuck; nothing was written: make "
-            f"the router return (a timeout on what it waits for), or add_router({name!r}) "
-            "again"
+            "made meanwhile would leave one more thread stuck; nothing was written: try "
+            "again once it returns (give what it waits for a timeout), or register a "
+            f"router that returns with add_router({name!r}, fn) (adding the same function "
+            "again changes nothing)"
         )
     own = private_copy(input)  # (its changes are not the input's)
     call = functools.partial(contextvars.copy_context().run, contain, router, own)

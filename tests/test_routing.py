@@ -416,3 +416,32 @@ def test_a_router_name_no_template_can_name_is_refused(tmp_path: Path, name: str
         with pytest.raises(InvalidInput, match="identifier"):
             rt.add_router(name, lambda input: "a")
         rt.add_router("nearest_region", lambda input: "a")
+
+
+@pytest.mark.timeout(60)
+def test_the_refusal_of_a_hung_router_names_a_remedy_that_works(tmp_path: Path) -> None:
+    """The message said "or add_router('hung') again": adding the same function again
+    left it refused (a call of it with the input still hangs); a new router is called."""
+    gate = threading.Event()
+
+    def hung(input: object) -> str:
+        gate.wait()
+        return "a"
+
+    wf = Workflow("routed").step("configure", agent="device:{@hung}", action="configure")
+    with open_runtime(tmp_path, [], wf, ask_timeout=0.2) as rt:
+        rt.add_router("hung", hung)
+        try:
+            with pytest.raises(TimedOut, match="did not return within"):
+                rt.start("routed", {}, workflow_id="w")
+            rt.add_router("hung", hung)
+            with pytest.raises(TimedOut) as refused:
+                rt.start("routed", {}, workflow_id="w")
+            said = str(refused.value)
+            assert "try again once it returns" in said
+            assert "add_router('hung', fn) (adding the same function again changes nothing)" in said
+            rt.add_router("hung", lambda input: "b")  # what the message says does work
+            handle = rt.start("routed", {}, workflow_id="w")
+            assert handle.result(timeout=WAIT) == {"configure": "device:b"}
+        finally:
+            gate.set()
