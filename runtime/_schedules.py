@@ -25,6 +25,7 @@ import zoneinfo
 from collections.abc import Iterator
 from typing import Any
 
+from herder.runtime._zones import new_zone, zone_of
 from herder.store import (
     CatchUp,
     InvalidInput,
@@ -103,7 +104,7 @@ def new_schedule(
         input=input,
         cron=cron,
         every=None if every is None else float(every),
-        timezone=_zone(name, timezone).key,
+        timezone=new_zone(name, timezone).key,
         overlap=overlap_,
         catch_up=catch_up_,
         jitter=float(jitter),
@@ -152,7 +153,7 @@ def _gap_of(cron: str, timezone: str) -> int | None:
     """:func:`_shortest_gap` of an expression (valid, as is the zone) in a zone."""
     record = ScheduleRecord(name="", workflow="", cron=cron, timezone=timezone)
     shortest = _walk(record, next_slot(record, _GAP_FROM), None, None)
-    for change, shift in _clock_changes(_zone(record.name, record.timezone)):
+    for change, shift in _clock_changes(zone_of(record.name, record.timezone)):
         # From the slot before the change's local times (the first pass of a repeated
         # hour too) to the first one after them: the slots the change moves or repeats.
         start = _slot_before(record, change - shift)
@@ -349,18 +350,6 @@ def _ms(seconds: float) -> int:
     return math.floor(seconds * 1000)
 
 
-def _zone(name: str, timezone: object) -> zoneinfo.ZoneInfo:
-    if not isinstance(timezone, str):
-        raise InvalidInput(f"schedule {name!r}: timezone must be a str such as 'Europe/Riga'")
-    try:
-        return zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # ('America': a folder)
-        raise InvalidInput(
-            f"schedule {name!r}: unknown timezone {timezone!r}; use an IANA name such as "
-            "'UTC' or 'America/New_York'"
-        ) from None
-
-
 def _cron(record: ScheduleRecord, after_ms: int, *, reverse: bool = False) -> Iterator[int]:
     """The slots (ms) after (before) ``after_ms``, some maybe not (callers filter). Six
     fields: the last five's minutes at each second (Debian's DST rules, cronsim's for five)."""
@@ -372,7 +361,7 @@ def _cron(record: ScheduleRecord, after_ms: int, *, reverse: bool = False) -> It
             "extra: pip install 'herder[cron]' (every= needs nothing)"
         ) from None
     assert record.cron is not None
-    zone = _zone(record.name, record.timezone)  # (a zone gone from this tz data: InvalidInput)
+    zone = zone_of(record.name, record.timezone)  # (a zone gone from this tz data: InvalidInput)
     fields, expr, margin = record.cron.split(), record.cron, 0
     seconds: tuple[int, ...] = (0,)
     try:

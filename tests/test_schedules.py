@@ -628,3 +628,24 @@ def test_a_six_field_cron_follows_the_dst_rules_of_its_five_fields(
         when = datetime.datetime.fromisoformat(local)
         expected.append(int((when if when.tzinfo else when.replace(tzinfo=NY)).timestamp() * 1000))
     assert got == expected
+
+
+def test_a_new_schedule_may_not_name_localtime_whose_zone_is_each_machines_own(
+    rt: Runtime,
+) -> None:
+    """zoneinfo reads ``timezone="localtime"`` as the zone file of the machine it runs on,
+    and the name is what is stored: the same schedule fired at 02:00 of one host's zone,
+    then, run by a standby or a daemon moved to a host in another zone, at another time.
+    It is refused with what to give instead; one stored before is still read."""
+    with pytest.raises(InvalidInput, match="timezone 'localtime' is the zone of whichever"):
+        rt.schedule("s", "job", cron="0 2 * * *", timezone="localtime")
+    with pytest.raises(InvalidInput, match="give the IANA name of the zone you mean"):
+        rt.schedule("s", "job", every=60, timezone="localtime")
+    assert rt.schedules() == []
+    rt.schedule("s", "job", cron="0 2 * * *")
+    stored = ScheduleRecord.from_dict(rt._store.get("schedules", schedule_key("s")))
+    older = stored.evolve(timezone="localtime")  # (as an older herder stored it)
+    put = Put("schedules", schedule_key("s"), encode(older.to_dict()))
+    rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+    [status] = rt.schedules()
+    assert (status.timezone, status.next_at is not None) == ("localtime", True)

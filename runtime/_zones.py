@@ -1,0 +1,41 @@
+"""A schedule's ``timezone``: an IANA name read with :mod:`zoneinfo` (``_schedules``).
+
+A zone is stored by its name and read again by whichever process runs the schedule: a
+restart, a standby taking over, a daemon on another host. So a new schedule may not
+name ``"localtime"``: zoneinfo reads that as the zone file of the machine it runs on
+(``/etc/localtime`` on Debian), and the same stored schedule would fire at other times
+on a host in another zone.
+"""
+
+from __future__ import annotations
+
+import os
+import zoneinfo
+
+from herder.store import InvalidInput
+
+
+def zone_of(name: str, timezone: object) -> zoneinfo.ZoneInfo:
+    """The zone of schedule ``name``, stored or new; :class:`InvalidInput` if unknown."""
+    if not isinstance(timezone, str):
+        raise InvalidInput(f"schedule {name!r}: timezone must be a str such as 'Europe/Riga'")
+    try:
+        return zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # ('America': a folder)
+        raise InvalidInput(
+            f"schedule {name!r}: unknown timezone {timezone!r}; use an IANA name such as "
+            "'UTC' or 'America/New_York'"
+        ) from None
+
+
+def new_zone(name: str, timezone: object) -> zoneinfo.ZoneInfo:
+    """:func:`zone_of` for a new schedule, which may not name this machine's own zone."""
+    if timezone == "localtime":
+        _, found, here = os.path.realpath("/etc/localtime").partition("/zoneinfo/")
+        raise InvalidInput(
+            f"schedule {name!r}: timezone 'localtime' is the zone of whichever machine "
+            "runs the schedule, so the same schedule would fire at other times after a "
+            "move to a host in another zone; give the IANA name of the zone you mean"
+            + (f" (this machine's is {here!r})" if found and here else ", such as 'Europe/Riga'")
+        )
+    return zone_of(name, timezone)
