@@ -77,7 +77,7 @@ class Adaptive:
 class AdaptiveLimit:
     """The state of one agent's adaptive limit; fed one sample per ended attempt."""
 
-    __slots__ = ("_limit", "_recent", "config", "drops")
+    __slots__ = ("_limit", "_recent", "_samples", "config", "drops")
 
     def __init__(self, config: Adaptive, resume: int | None = None) -> None:
         """Start at ``resume`` (a limit learned before, kept within bounds) or at the
@@ -85,7 +85,11 @@ class AdaptiveLimit:
         self.config = config
         start = resume if resume is not None else config.initial or config.min
         self._limit = float(max(config.min, min(config.max, start)))
-        self._recent: collections.deque[float] = collections.deque(maxlen=config.window)
+        # The window's minimum and each later latency smaller than all after it, with its
+        # sample number, oldest first: the baseline is the first, read in O(1) (a min()
+        # over the window cost 0.2 ms per attempt at window=10,000).
+        self._recent: collections.deque[tuple[int, float]] = collections.deque()
+        self._samples = 0
         self.drops = 0
 
     @property
@@ -96,7 +100,7 @@ class AdaptiveLimit:
     @property
     def baseline(self) -> float | None:
         """The latency an unloaded resource answers in (None before a good sample)."""
-        return min(self._recent) if self._recent else None
+        return self._recent[0][1] if self._recent else None
 
     def sample(self, latency: float, ok: bool, inflight: int) -> int:
         """An attempt ended after ``latency`` seconds (``ok``: the resource answered) while
@@ -104,12 +108,21 @@ class AdaptiveLimit:
         if not ok:
             return self.drop()
         baseline = self.baseline
-        self._recent.append(latency)
+        self._remember(latency)
         if baseline is not None and latency > self.config.tolerance * baseline + self.config.slack:
             return self.drop()
         if 2 * inflight >= self._limit:  # only a limit in use has earned a raise
             self._limit = min(float(self.config.max), self._limit + 1.0 / self._limit)
         return self.limit
+
+    def _remember(self, latency: float) -> None:
+        """Add ``latency`` to the window, whose oldest sample leaves it once it is full."""
+        recent, self._samples = self._recent, self._samples + 1
+        while recent and not recent[-1][1] < latency:  # (never the window's minimum again)
+            recent.pop()
+        recent.append((self._samples, latency))
+        if recent[0][0] <= self._samples - self.config.window:  # (one at most: one came)
+            recent.popleft()
 
     def drop(self) -> int:
         """An attempt failed, timed out or crashed: back off; returns the new limit."""

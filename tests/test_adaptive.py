@@ -298,3 +298,72 @@ def test_a_failing_agent_with_a_breaker_stores_its_falling_limit(tmp_path: Path)
     with Runtime(path, clock=clock, default_retry=retry) as rt:
         rt.add_agent("svc", Down, concurrency=adaptive, breaker=breaker)
         assert rt.stats()["resources"]["svc"]["limit"] == 6  # resumed where it was
+
+
+class _NaiveLimit:
+    """The limit as it was: the baseline a min() over a deque of the window's latencies."""
+
+    def __init__(self, config: Adaptive) -> None:
+        import collections
+
+        self.config, self.drops = config, 0
+        self._limit = float(config.initial or config.min)
+        self._recent: collections.deque[float] = collections.deque(maxlen=config.window)
+
+    def sample(self, latency: float, ok: bool, inflight: int) -> tuple[int, float | None]:
+        if not ok:
+            self.drops += 1
+            self._limit = max(float(self.config.min), self._limit * self.config.backoff)
+        else:
+            baseline = min(self._recent) if self._recent else None
+            self._recent.append(latency)
+            if (
+                baseline is not None
+                and latency > self.config.tolerance * baseline + self.config.slack
+            ):
+                self.drops += 1
+                self._limit = max(float(self.config.min), self._limit * self.config.backoff)
+            elif 2 * inflight >= self._limit:
+                self._limit = min(float(self.config.max), self._limit + 1.0 / self._limit)
+        limit = max(self.config.min, min(self.config.max, int(self._limit)))
+        return limit, (min(self._recent) if self._recent else None)
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 100])
+def test_the_windowed_baseline_decides_as_a_min_over_the_window_did(window: int) -> None:
+    """A recorded sequence (seeded: drifting latencies, spikes, repeats, failures) makes
+    the same limit, baseline and drops after every sample as the min() over the window."""
+    import random
+
+    rnd = random.Random(window)
+    config = Adaptive(min=1, max=32, initial=4, slack=0.001, window=window)
+    fast, naive = AdaptiveLimit(config), _NaiveLimit(config)
+    level = 0.010
+    for n in range(3000):
+        level = max(0.001, level * rnd.choice((0.9, 1.0, 1.0, 1.1)))
+        latency = rnd.choice((level, level, round(level, 3), level * 4, 0.0))
+        ok, inflight = rnd.random() > 0.05, rnd.randint(0, 40)
+        got = (fast.sample(latency, ok, inflight), fast.baseline, fast.drops)
+        assert got == (*naive.sample(latency, ok, inflight), naive.drops), n
+
+
+class _Counted(float):
+    """A latency that counts the comparisons made with it."""
+
+    made = 0
+
+    def __lt__(self, other: object) -> bool:
+        _Counted.made += 1
+        return float(self) < float(other)  # type: ignore[arg-type]
+
+
+def test_a_sample_costs_a_few_comparisons_however_large_the_window() -> None:
+    """The baseline was a min() over the whole window at every sample: 0.2 ms an attempt
+    at window=10,000, 1.3 ms at 100,000, on the thread that admits attempts."""
+    limit = AdaptiveLimit(Adaptive(min=1, max=64, window=10_000))
+    for n in range(10_000):
+        limit.sample(_Counted(0.010 + (n % 7) / 1000), True, 1)
+    _Counted.made = 0
+    for n in range(100):
+        limit.sample(_Counted(0.010 + (n % 7) / 1000), True, 1)
+    assert _Counted.made < 100 * 20
