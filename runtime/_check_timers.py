@@ -11,6 +11,7 @@ attempt ended, even with its workflow) are not: they are dropped once it comes d
 
 from __future__ import annotations
 
+import datetime
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from herder.actors.engine import DEADLINE_TIMER
 from herder.store import (
     BATCH_TIMER,
     StepRecord,
+    StepState,
     batch_items,
     split_step_key,
     split_timer_key,
@@ -28,13 +30,34 @@ from herder.store import (
 )
 
 
+def restart(at: float | None) -> str:
+    """What heals a step that recovery runs again from its record, timer or not (an
+    attempt it finds running, a retry or probe once its time ``at`` has come)."""
+    when = "" if at is None else f" once {_iso(at)} has passed"
+    return (
+        f"restart the runtime{when}: recovery runs the step again from its record and "
+        "watches it anew"
+    )
+
+
+def _iso(at: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{at!r} (seconds since the epoch)"
+
+
 def act(wid: str) -> str:
     """What an operator does about a workflow that nothing will move on (a restart
-    neither: recovery reads the steps, not their timers, for most waits)."""
+    neither: recovery leaves these waits to their timers)."""
     return (
         f"`herder show {wid}`, then settle it by an operator action (docs/operator.md), "
         "or restore a backup"
     )
+
+
+_RERUN = (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.UNKNOWN)
+"""States whose step a restart runs again from its record (once its ``retry_at``)."""
 
 
 class TimerIndex:
@@ -46,12 +69,17 @@ class TimerIndex:
         self.wanted: dict[bytes, tuple[int, int]] = {}
         # The token of every attempt that must be in a batch entry, by step key.
         self.in_batch: dict[bytes, int] = {}
+        # When a restart runs again each step of ``wanted`` that recovery takes up from
+        # its record (None: at once), by step key (``engine.resumes``).
+        self.rerun: dict[bytes, float | None] = {}
 
     def want_step(self, skey: bytes, st: StepRecord, *, waits: bool) -> bool:
         """Note the entry the step wants (``waits``: its state waits on a timer); False
         if it waits with neither a timer nor a deadline (nothing would wake it)."""
         if st.timer_ms is not None:
             self.wanted[skey] = (st.timer_ms, st.token)
+            if st.state in _RERUN:
+                self.rerun[skey] = st.retry_at
         elif waits and st.deadline is not None and st.retry_at is None:
             self.in_batch[skey] = st.token
         else:
@@ -96,14 +124,15 @@ class TimerIndex:
                 if step == DEADLINE_TIMER
                 else f"step {wf}/{step} waits on it, and nothing else wakes it"
             )
-            problem("timers", timer_key(due, wf, step), f"missing: {what}: {act(wf)}")
+            fix = restart(self.rerun[skey]) if skey in self.rerun else act(wf)
+            problem("timers", timer_key(due, wf, step), f"missing: {what}: {fix}")
         for skey, token in self.in_batch.items():
             wf, step = split_step_key(skey)
             problem(
                 "steps",
                 skey,
                 f"attempt {token} of {wf}/{step} is in no batch deadline entry: its deadline "
-                f"is not watched, so a hung attempt is never retried: {act(wf)}",
+                f"is not watched, so a hung attempt is never retried: {restart(None)}",
             )
 
     def _batch(self, key: bytes, value: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import itertools
 import json
@@ -219,13 +220,14 @@ def test_a_missing_timer_entry_is_reported_by_its_key(
     st = _step(damaged([]), "o-retrying", "x")
     key = timer_key(st["timer_ms"], "o-retrying", "x")
     path = damaged([Delete("timers", key)])
+    at = datetime.datetime.fromtimestamp(st["retry_at"], datetime.UTC)
     assert _problems(path) == [
         (
             "timers",
             key,
-            "missing: step o-retrying/x waits on it, and nothing else wakes it: "
-            "`herder show o-retrying`, then settle it by an operator action "
-            "(docs/operator.md), or restore a backup",
+            "missing: step o-retrying/x waits on it, and nothing else wakes it: restart the "
+            f"runtime once {at.isoformat(timespec='seconds')} has passed: recovery runs the "
+            "step again from its record and watches it anew",
         )
     ]
 
@@ -265,7 +267,10 @@ def test_a_running_attempt_in_no_batch_entry_is_reported(
     [(db, key, said)] = _problems(path)
     assert (db, key) == ("steps", step_key("o-running", "ship"))
     assert said.startswith(message)
-    assert "a hung attempt is never retried: `herder show o-running`" in said
+    assert said.endswith(
+        "a hung attempt is never retried: restart the runtime: recovery runs the step again "
+        "from its record and watches it anew"
+    )
 
 
 def test_a_timer_of_no_waiting_step_and_a_stale_token_are_reported(
@@ -650,4 +655,41 @@ def test_a_foreign_step_event_naming_no_step_is_passed_over(
     TypeError (unhashable) instead of reporting."""
     event = {"kind": "step", "t": 1.0, "step": ["x"], "from": "PENDING", "to": "DISPATCHED"}
     path = damaged([Put("history", history_key("o-ok", 99), encode(event))])
+    assert _problems(path) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_retry_timer_is_healed_by_the_restart_check_names(tmp_path: Path) -> None:
+    """For a step whose retry timer was lost, `herder check` said to settle it by an
+    operator action (for a running workflow: cancel or abandon it) or to restore a
+    backup. Recovery runs a retry from the step's record, timer or not, once its time
+    has come: a restart then does, as the check now says."""
+    calls: list[str] = []
+
+    class Flaky(Agent):
+        def go(self, ctx: StepContext) -> str:
+            calls.append(ctx.step)
+            if len(calls) == 1:
+                raise RuntimeError("not yet")
+            return "ok"
+
+    hour = RetryPolicy(max_attempts=3, initial_interval=3600, max_interval=3600, jitter=0.0)
+    wf = Workflow("w").step("s", agent="a", action="go", retry=hour)
+
+    def setup(rt: Runtime) -> None:
+        rt.add_agent("a", Flaky)
+        rt.add_workflow(wf)
+
+    path, t0 = tmp_path / "s", 1_800_000_000.0
+    with Runtime(path, clock=FakeClock(start=t0), setup=setup, sweep_interval=0.05) as rt:
+        rt.start("w", {}, workflow_id="x")
+        wait_until(rt, lambda: rt.status("x").steps["s"].state == "RETRY_WAIT", 30.0)
+    st = _step(path, "x", "s")
+    with Store(path) as store:
+        lost = Delete("timers", timer_key(st["timer_ms"], "x", "s"))
+        store.writer.submit(Transition(ops=(lost,))).result(30.0)
+    [(_, _, said)] = _problems(path)
+    assert "restart the runtime once" in said
+    with Runtime(path, clock=FakeClock(start=t0 + 3601), setup=setup) as rt:
+        assert rt.handle("x").result(timeout=30.0) == {"s": "ok"}
     assert _problems(path) == []
