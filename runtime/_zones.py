@@ -30,12 +30,13 @@ def zone_of(name: str, timezone: object) -> zoneinfo.ZoneInfo:
 
 def new_zone(name: str, timezone: object) -> zoneinfo.ZoneInfo:
     """:func:`zone_of` for a new schedule, which may not name this machine's own zone."""
-    if timezone == "localtime":
+    zone = zone_of(name, timezone)
+    if zone.key.rpartition("/")[2] == "localtime":  # (posix/localtime, where it is one)
         _, found, here = os.path.realpath("/etc/localtime").partition("/zoneinfo/")
         raise InvalidInput(
-            f"schedule {name!r}: timezone 'localtime' is the zone of whichever machine "
+            f"schedule {name!r}: timezone {timezone!r} is the zone of whichever machine "
             "runs the schedule, so the same schedule would fire at other times after a "
             "move to a host in another zone; give the IANA name of the zone you mean"
             + (f" (this machine's is {here!r})" if found and here else ", such as 'Europe/Riga'")
         )
-    return zone_of(name, timezone)
+    return zone
