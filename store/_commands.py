@@ -176,11 +176,11 @@ def command_outcome(store: Any, command_id: int) -> dict[str, Any] | None:
 
 def answered_before(store: Any, before: float, most: int) -> Transition | None:
     """The deletion of the answered (DONE or FAILED) commands that finished before
-    ``before``, oldest id first, up to the first that finished later and at most ``most``
-    (retention's: the log would grow for as long as commands are sent); None if there
-    are none. The newest one is kept whatever its age: the next id is the highest so far
-    + 1, and a runtime remembers the ids it answered, so none may be given out again. A
-    record that cannot be read, or that has no time it finished, is passed over (kept)."""
+    ``before``, oldest id first, up to the first that finished later, among the ``most``
+    oldest (retention's: the log would grow for as long as commands are sent); None if
+    there are none. The newest one is kept whatever its age: the next id is the highest
+    so far + 1, and a runtime remembers the ids it answered, so none may be given out
+    again. A record that cannot be read, or has no time it finished, is passed over."""
 
     def read(snap: Any) -> list[bytes]:
         cur = snap.cursor(COMMANDS_DB)
@@ -188,8 +188,8 @@ def answered_before(store: Any, before: float, most: int) -> Transition | None:
         old: list[bytes] = []
         if not cur.set_range(_DONE):
             return old
-        for key, raw in cur:
-            if key[:1] != _DONE or key >= newest or len(old) >= most:
+        for n, (key, raw) in enumerate(cur):  # (at most ``most`` read, kept ones too)
+            if key[:1] != _DONE or key >= newest or n >= most:
                 break
             try:
                 value = decode(raw, db=COMMANDS_DB, key=key)
