@@ -165,7 +165,9 @@ def request_handoff(
             )
             return 1
         asked = time.monotonic()
-        st.request_handoff(deadline, by=f"herder handoff (pid {os.getpid()})")
+        # To the holder looked at: one that took the lease since (its holder killed
+        # meanwhile) ignores it, where it handed over to nobody and left the service down.
+        st.request_handoff(deadline, by=f"herder handoff (pid {os.getpid()})", to=held.incarnation)
         out.write(f"asked pid {held.pid} to hand over (deadline {deadline} s)\n")
         if wait == 0:  # (asked: it is written, and acted on without us)
             out.write("not waiting for the lease to move (--wait 0)\n")

@@ -26,7 +26,9 @@ tokens are ``(incarnation << 32) + n``, so answers from the old holder's attempt
 stale) and clears a pending handoff request.
 
 A handoff request lives under its own key (``handoff``) so that the holder's renewals
-never overwrite it; any process may write it, and the holder reads it when it renews.
+never overwrite it; any process may write it, and the holder reads it when it renews. It
+names the incarnation it asks to hand over, and only that holder hears it: one written
+just after the lease changed hands (the asker looked before) must not stop the new holder.
 
 This module holds the records and the rules (read, take, guard, renew); a Store's lease
 lifecycle built on them is ``_leaseholder.py``.
@@ -34,6 +36,7 @@ lifecycle built on them is ``_leaseholder.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -129,21 +132,33 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class HandoffRequest:
-    """An operator's request that the lease holder hand over: finish running attempts
-    for up to ``deadline`` seconds, release the lease and exit."""
+    """An operator's request that the lease holder of incarnation ``to`` hand over:
+    finish running attempts for up to ``deadline`` seconds, release the lease and exit.
+    (``to`` None: a request from before requests named one, to whoever holds the lease.)"""
 
     requested: float
     deadline: float
     by: str
+    to: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stored map."""
-        return {"v": 1, "requested": self.requested, "deadline": self.deadline, "by": self.by}
+        return {
+            "v": 1,
+            "requested": self.requested,
+            "deadline": self.deadline,
+            "by": self.by,
+            "to": self.to,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HandoffRequest:
         """Build from the stored map."""
-        return cls(float(data["requested"]), float(data["deadline"]), str(data["by"]))
+        request = cls(float(data["requested"]), float(data["deadline"]), str(data["by"]))
+        to = data.get("to")
+        if to is not None and type(to) is not int:
+            raise TypeError(f"to must be an incarnation (an int), got {to!r:.40}")
+        return dataclasses.replace(request, to=to)
 
 
 def _get(txn: lmdb.Transaction, meta: Any, key: bytes, build: Callable[[Any], Any]) -> Any:

@@ -183,18 +183,23 @@ class LeaseHolder(Access):
         return True
 
     def handoff_request(self) -> HandoffRequest | None:
-        """A pending handoff request to us, or None. Taking the lease deletes any request
-        to an earlier holder (``take``), so every one found is ours: its time is not
-        compared with when we took the lease (a wall clock stepped back between the two
-        made ``herder handoff`` go unheard)."""
+        """A pending handoff request to us, or None: one to another incarnation is not
+        ours (written after our take, by an asker who looked at the lease before it).
+        Its time is not compared with when we took the lease (a wall clock stepped back
+        between the two made ``herder handoff`` go unheard)."""
+        lease = self._lease
         request = self._read(lambda txn: read_handoff(txn, self._handles["meta"]))
-        return None if request is None or self._lease is None else request
+        if request is None or lease is None or request.to not in (None, lease.incarnation):
+            return None
+        return request
 
     def request_handoff(
-        self, deadline: float, by: str = "", *, now: float | None = None
+        self, deadline: float, by: str = "", *, to: int | None = None, now: float | None = None
     ) -> HandoffRequest:
-        """Ask the lease holder (another process) to hand over: it lets running attempts
-        finish for up to ``deadline`` seconds, releases the lease and exits.
+        """Ask the lease holder of incarnation ``to`` (another process; default: whoever
+        holds the lease as this is written) to hand over: it lets running attempts finish
+        for up to ``deadline`` seconds, releases the lease and exits. Any other holder
+        ignores the request.
 
         Written directly (this store has no writer, or a writer that may not write this
         key on another holder's behalf); the holder reads it at its next renewal.
@@ -202,9 +207,13 @@ class LeaseHolder(Access):
         if self.readonly or self._env is None:
             raise StoreError(f"store {self.path} must be open with standby=True to ask a handoff")
         when = time.time() if now is None else now
-        request = HandoffRequest(when, float(deadline), by or f"pid {os.getpid()}")
-        self._write_direct(
-            lambda txn: txn.put(HANDOFF_KEY, encode(request.to_dict()), db=self._handles["meta"]),
-            "cannot write a handoff request to",
-        )
-        return request
+        meta = self._handles["meta"]
+
+        def write(txn: lmdb.Transaction) -> HandoffRequest:
+            holder = read_lease(txn, meta) if to is None else None
+            to_ = to if holder is None else holder.incarnation
+            request = HandoffRequest(when, float(deadline), by or f"pid {os.getpid()}", to_)
+            txn.put(HANDOFF_KEY, encode(request.to_dict()), db=meta)
+            return request
+
+        return self._write_direct(write, "cannot write a handoff request to")

@@ -14,8 +14,9 @@ Configured by environment variables (each process of a test gets its own):
   ``idle N`` (N workflows). The tests wait on that line instead of polling the store.
 - ``HA_WALL_STEP``: step this process's wall clock (``time.time``) by that many seconds
   at registration, as an NTP correction or a VM resume would.
-- ``HA_POLLS``: print ``polled N`` once this runtime's health signal (a standby's lease
-  poll, an active runtime's sweep) fired N times after registration.
+- ``HA_POLLS``: print ``polled N``, ``polled 2N``, ... each time this runtime's health
+  signal (a standby's lease poll, an active runtime's sweep) fired N more times after
+  registration.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def _count_polls(rt: Runtime, count: int) -> None:
 
     def polled() -> None:
         seen[0] += 1
-        if seen[0] == count:
-            say(f"polled {count}")
+        if seen[0] % count == 0:
+            say(f"polled {seen[0]}")
 
     rt._health_listeners.append(polled)
 

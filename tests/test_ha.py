@@ -8,6 +8,7 @@ with a short lease. The tests wait on the lines the processes print (``active <t
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import signal
@@ -312,6 +313,47 @@ def test_handoff_under_load_loses_and_repeats_no_step(
         assert all(s.state is StepState.SUCCEEDED and s.attempt == 1 for s in steps.values())
     ran = _effects(effects)
     assert ran == Counter({(wid, step): 1 for wid in final for step in "abc"})
+
+
+def test_a_handoff_asked_of_a_holder_that_died_meanwhile_does_not_stop_the_new_one(
+    tmp_path: pathlib.Path, daemons: list[Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `herder handoff` looks at the lease, then writes its request. The holder it looked
+    # at was killed in between and the standby took over: the request, to nobody in
+    # particular, was the new holder's to hear, which handed over to nobody and exited 0
+    # (the service down), while the command said the handoff went well.
+    from herder.runtime import _daemon
+    from herder.store._leaseholder import LeaseHolder
+
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects)
+    daemons.append(active)
+    active.wait_for("active")
+    standby = Daemon(store, effects, standby=True, HA_POLLS="4")
+    daemons.append(standby)
+    standby.wait_for("standby")
+    ask = LeaseHolder.request_handoff
+
+    def ask_after_the_takeover(st: Store, *args: Any, **kwargs: Any) -> Any:
+        active.proc.kill()  # between the command's look at the lease and its write
+        active.proc.wait(timeout=WAIT)
+        standby.wait_for("active")
+        return ask(st, *args, **kwargs)
+
+    monkeypatch.setattr(LeaseHolder, "request_handoff", ask_after_the_takeover)
+    out = io.StringIO()
+    assert _daemon.request_handoff(str(store), 1.0, WAIT, out) == 0, out.getvalue()
+    # The new holder reads the request at every sweep: let it sweep 8 more times (a
+    # line every 4; the last one printed may not have been read yet) and leave it be.
+    printed = sum(line.startswith("polled ") for line in standby.seen)
+    standby.wait_for(f"polled {4 * (printed + 3)}")
+    assert standby.proc.poll() is None, standby.errors[-10:]
+    assert not any("handoff requested" in line for line in standby.errors)
+    with Store(store, readonly=True) as st:
+        lease = st.read_lease()
+    assert lease is not None
+    assert lease.pid == standby.proc.pid
+    assert not lease.released
 
 
 RACER = """
