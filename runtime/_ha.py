@@ -32,6 +32,7 @@ from herder.store import (
     HandoffRequest,
     Lease,
     LeaseLost,
+    SchemaTooNew,
     StandbyMark,
     Store,
     StoreCorrupt,
@@ -177,7 +178,9 @@ def lease_kept(store: Store) -> Iterator[None]:
 class StandbyWatcher:
     """A standby runtime's thread: take the lease when it is free, then ``promote()``.
 
-    Each poll that read the lease calls ``on_poll`` (the standby's health signal).
+    Each poll that read the lease calls ``on_poll`` (the standby's health signal). A
+    store a newer herder marked with its schema since this one opened it is never taken:
+    the watcher stops and calls ``give_up(SchemaTooNew)``.
 
     Fencing: a holder stopped (SIGSTOP) in the middle of a commit keeps LMDB's writer
     mutex, so the attempt to take its expired lease blocks until it resumes (and so do
@@ -196,10 +199,12 @@ class StandbyWatcher:
         poll: float,
         promote: Callable[[str], None],
         on_poll: Callable[[], None],
+        give_up: Callable[[BaseException], None],
     ) -> None:
         self._store = store
         self._poll = poll
         self._promote = promote
+        self._give_up = give_up
         self._on_poll = on_poll
         self._stop = threading.Event()
         self._attempt_since: float | None = None  # monotonic start of a running attempt
@@ -239,6 +244,11 @@ class StandbyWatcher:
                 self._attempt_since = time.monotonic()
                 with self._taking:
                     reason = self._store.try_take_lease(lapsed=self._lapsed)
+            except SchemaTooNew as exc:  # (a newer herder held the store since our open)
+                _log.critical("standby cannot take over: %s", exc)
+                self.stop()
+                self._give_up(exc)
+                return
             except StoreError as exc:
                 self._failed(exc)
                 reason = None

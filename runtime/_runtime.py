@@ -154,7 +154,11 @@ class Runtime(
                     self._setup(setup)
             if config.standby:
                 self._watcher = StandbyWatcher(
-                    self._store, config.standby_poll, self._promote, self._standby_polled
+                    self._store,
+                    config.standby_poll,
+                    self._promote,
+                    self._standby_polled,
+                    self._failed,  # (a newer herder took the store over meanwhile)
                 )
             else:
                 self._become_active()

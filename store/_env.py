@@ -193,7 +193,11 @@ class Store(Reads, LeaseHolder):
             raise translate(exc, f"cannot read store {self.path}") from exc
 
     def _upgrade(self, txn: lmdb.Transaction, incarnation: int) -> None:
-        self.schema_version = upgrade_schema(txn, self._handles, self.schema_version, incarnation)
+        # The schema read again, in the transaction taking the lease: a standby read it at
+        # its open, and a newer herder may have held the store and marked it since
+        # (SchemaTooNew: nothing is taken; this herder would write what it misreads).
+        schema, _ = read_schema(txn, self._handles["meta"], self.path)
+        self.schema_version = upgrade_schema(txn, self._handles, schema, incarnation)
 
     def _note_lock_table(self) -> None:
         assert self._lock_fd is not None

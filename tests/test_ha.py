@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from _child_kit import Child
 
-from herder.runtime import Agent, NotActive, Runtime, StepContext, Workflow
+from herder.runtime import Agent, NotActive, Runtime, SchemaTooNew, StepContext, Workflow
 from herder.store import Store
 from herder.store._records import StepState, WorkflowState
 
@@ -354,6 +354,55 @@ def test_a_handoff_asked_of_a_holder_that_died_meanwhile_does_not_stop_the_new_o
     assert lease is not None
     assert lease.pid == standby.proc.pid
     assert not lease.released
+
+
+NEWER = """
+import sys
+from herder.store import Put, Store, Transition
+from herder.store._codec import encode
+from herder.store._records import SCHEMA_VERSION
+store = Store(sys.argv[1], lease=float(sys.argv[2]))
+print("holding", flush=True)
+sys.stdin.readline()
+# As a newer herder's take of the lease does: the store marked with its newer schema.
+mark = Transition(ops=(Put("meta", b"schema", encode(SCHEMA_VERSION + 1)),))
+store.writer.submit(mark).result(timeout=30)
+print("marked", flush=True)
+sys.stdin.readline()  # (SIGKILLed)
+"""
+
+
+def test_a_standby_does_not_take_over_a_store_a_newer_herder_held_since_it_opened(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The schema was read at the standby's open only: a newer herder that held the store
+    # meanwhile (a rolling upgrade, this standby left behind) marked it with its schema,
+    # and when it died this standby took the store over and wrote it as it misread it.
+    store = tmp_path / "store"
+    newer = subprocess.Popen(
+        [sys.executable, "-c", NEWER, str(store), str(LEASE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert newer.stdin is not None
+    assert newer.stdout is not None
+    try:
+        assert newer.stdout.readline() == "holding\n"
+        with Runtime(store, standby=True, lease=LEASE, standby_poll=0.02) as standby:
+            newer.stdin.write("\n")
+            newer.stdin.flush()
+            assert newer.stdout.readline() == "marked\n"
+            newer.kill()  # its flock freed: the standby's next poll may take the lease
+            newer.wait(timeout=WAIT)
+            assert not standby.wait_active(WAIT)
+            assert isinstance(standby._fatal, SchemaTooNew), standby._fatal
+            lease = standby._store.read_lease()
+            assert lease is not None
+            assert lease.pid == newer.pid  # nothing taken
+    finally:
+        newer.kill()
+        newer.wait(timeout=WAIT)
 
 
 RACER = """
