@@ -2,8 +2,9 @@
 
 - :class:`LeaseKeeper` runs on the active runtime as a listener of the Supervisor's sweep
   (the sweep only completes when the store is readable and the actors run, which makes it
-  the runtime's health check). It renews the lease every third of its duration and looks
-  for a handoff request; a renewal refused because another runtime took the lease deposes
+  the runtime's health check). It renews the lease every third of its duration (and
+  reserves the incarnation its fencing tokens will run into) and looks for a handoff
+  request; a renewal refused because another runtime took the lease deposes
   this one (the writer's lease check is the single "am I the active runtime" test).
 - :class:`StandbyWatcher` is the thread of a standby runtime: it tries to take the lease
   every ``poll`` seconds; once it has it, the runtime starts its actors and recovers every
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("herder.ha")
 
+HEADROOM = 1 << 31
+"""Fencing tokens left in an incarnation's range (of 2**32) when the keeper reserves the
+next incarnation for them: days of tokens at full speed to write that down."""
+
 
 class LeaseKeeper:
     """Renews the active runtime's lease from the sweep and notices handoff requests.
@@ -77,6 +82,7 @@ class LeaseKeeper:
         self._set_until(store.lease_taken_at + store.lease_duration)
         self._handing_off = False
         self._damaged = SaidOnce(_log, logging.ERROR)  # an unreadable request, said once
+        self._reserved = store.incarnation  # the highest incarnation our tokens may reach
 
     def on_sweep(self) -> None:
         """Renew the lease when due; start a handoff if one was requested."""
@@ -93,6 +99,7 @@ class LeaseKeeper:
             except StoreError:
                 self._renewing = False  # closing: nothing left to renew
                 return
+            self._reserve()
         if not self._handing_off:
             request = self._handoff_request()
             if request is not None:
@@ -108,6 +115,24 @@ class LeaseKeeper:
                     name="herder-handoff",
                     daemon=True,
                 ).start()
+
+    def _reserve(self) -> None:
+        """Reserve the incarnation our fencing tokens will reach next, well before they
+        do: the next holder's take starts above it, so its tokens are above all of ours
+        (they were equal to some, and below the last, once ours had passed 2**32)."""
+        reach = (self._ctx.next_token() + HEADROOM) >> 32  # (a token drawn and not used)
+        if reach <= self._reserved:
+            return
+        self._reserved = reach
+        try:
+            done = self._store.reserve_incarnations(reach)
+        except StoreError:  # (handing over or closing: the lease is going)
+            return
+        done.add_done_callback(lambda written: self._reserved_or_not(written, reach))
+
+    def _reserved_or_not(self, written: Future[None], reach: int) -> None:
+        if written.exception() is not None:  # (asked again at the next renewal)
+            self._reserved = min(self._reserved, reach - 1)
 
     def _handoff_request(self) -> HandoffRequest | None:
         """The pending handoff request; None, said once, for one that cannot be read (a

@@ -23,7 +23,8 @@ How the lease and the flock combine:
 
 Taking the lease bumps the store's incarnation counter in the same transaction (fencing
 tokens are ``(incarnation << 32) + n``, so answers from the old holder's attempts are
-stale) and clears a pending handoff request.
+stale) and clears a pending handoff request. A holder whose tokens will pass 2**32 raises
+the counter ahead of them (``reserve_incarnations``), so the next take starts above them.
 
 A handoff request lives under its own key (``handoff``) so that the holder's renewals
 never overwrite it; any process may write it, and the holder reads it when it renews. It

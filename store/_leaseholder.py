@@ -20,6 +20,7 @@ from herder.store._codec import encode
 from herder.store._errors import StoreError
 from herder.store._lease import (
     HANDOFF_KEY,
+    INCARNATION_KEY,
     LEASE_KEY,
     HandoffRequest,
     Lease,
@@ -159,6 +160,16 @@ class LeaseHolder(Access):
 
         done.add_done_callback(adopt)
         return done
+
+    def reserve_incarnations(self, upto: int) -> Future[None]:
+        """Count the incarnations up to ``upto`` as used (through the writer): the next
+        take of the lease starts above them. Our fencing tokens are ``(incarnation <<
+        32) + n``; past 2**32 of them (days at full speed) their high bits pass our
+        incarnation, and the next holder's tokens must still start above every one."""
+        writer = self._held_writer()
+        if self._lease is None or self.releasing or writer is None:
+            raise StoreError(f"store {self.path} holds no lease to reserve incarnations under")
+        return writer.submit(Transition(ops=(Put("meta", INCARNATION_KEY, encode(upto)),)))
 
     def release_lease(self, timeout: float = 10.0) -> bool:
         """Give the lease up now (a standby takes over at once); True if it was ours.

@@ -14,6 +14,8 @@ Configured by environment variables (each process of a test gets its own):
   ``idle N`` (N workflows). The tests wait on that line instead of polling the store.
 - ``HA_WALL_STEP``: step this process's wall clock (``time.time``) by that many seconds
   at registration, as an NTP correction or a VM resume would.
+- ``HA_TOKENS_LEFT``: start this runtime's fencing tokens that many short of the end of
+  its incarnation's range of 2**32 (where days of steps at full speed bring them).
 - ``HA_POLLS``: print ``polled N``, ``polled 2N``, ... each time this runtime's health
   signal (a standby's lease poll, an active runtime's sweep) fired N more times after
   registration.
@@ -22,6 +24,7 @@ Configured by environment variables (each process of a test gets its own):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -109,12 +112,23 @@ def _count_polls(rt: Runtime, count: int) -> None:
     rt._health_listeners.append(polled)
 
 
+def _tokens_left(rt: Runtime, left: int) -> None:
+    ctx = rt._ctx
+
+    def reset_tokens() -> None:  # (called as the runtime becomes active, after setup)
+        ctx.next_token = itertools.count((ctx.store.incarnation + 1 << 32) - left).__next__
+
+    ctx.reset_tokens = reset_tokens  # type: ignore[method-assign]
+
+
 def build(rt: Runtime) -> None:
     """Register the agent and workflow; start the workload if ``HA_START`` asks."""
     rt.add_agent("svc", Service, concurrency=8)
     rt.add_workflow(JOB)
     if os.environ.get("HA_WALL_STEP"):
         _step_wall_clock(float(os.environ["HA_WALL_STEP"]))
+    if os.environ.get("HA_TOKENS_LEFT"):
+        _tokens_left(rt, int(os.environ["HA_TOKENS_LEFT"]))
     if os.environ.get("HA_POLLS"):
         _count_polls(rt, int(os.environ["HA_POLLS"]))
     count = int(os.environ.get("HA_START", "0"))

@@ -356,6 +356,40 @@ def test_a_handoff_asked_of_a_holder_that_died_meanwhile_does_not_stop_the_new_o
     assert not lease.released
 
 
+def test_the_next_holders_tokens_start_above_a_long_running_holders(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    # Tokens are (incarnation << 32) + n. After 2**32 of them (10 days at 1,000 steps/s)
+    # the holder's passed into the next incarnation's range, and the standby that took
+    # over from it issued tokens equal to some of its, and below its last: an external
+    # service fencing by token refused the new holder. `herder check` called the store
+    # damaged ("token from a future incarnation") all the while.
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(
+        store, effects, HA_START="60", HA_STEP="0.3", HA_TOKENS_LEFT="100", HA_POLLS="8"
+    )
+    daemons.append(active)
+    active.wait_for("active")
+    standby = Daemon(store, effects, standby=True, HA_WATCH="1")
+    daemons.append(standby)
+    standby.wait_for("standby")
+    active.wait_for("polled 8")  # two seconds of sweeps: its lease renewed, and more
+    check = [sys.executable, "-m", "herder.runtime", "check", "--store", str(store)]
+    checked = subprocess.run(check, capture_output=True, text=True, timeout=WAIT, check=False)
+    assert checked.returncode == 0, checked.stdout[-2000:]
+    active.proc.kill()
+    active.proc.wait(timeout=WAIT)
+    standby.wait_for("active")
+    standby.wait_idle()
+    ran = [line.split() for line in effects.read_text().splitlines()]
+    old = [int(token) for _, _, token, pid, _ in ran if pid == str(active.proc.pid)]
+    new = [int(token) for _, _, token, pid, _ in ran if pid == str(standby.proc.pid)]
+    assert old
+    assert max(old) >> 32 == (min(old) >> 32) + 1  # (they passed into the next range)
+    assert new, "the standby ran nothing: kill the active runtime earlier"
+    assert min(new) > max(old)
+
+
 NEWER = """
 import sys
 from herder.store import Put, Store, Transition
