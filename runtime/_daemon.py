@@ -25,6 +25,7 @@ from herder.runtime._systemd import Watchdog, notify
 from herder.store import (
     HerderError,
     InvalidInput,
+    Lease,
     Store,
     StoreError,
     has_store,
@@ -178,11 +179,9 @@ def request_handoff(
         while time.monotonic() < give_up:
             now = st.read_lease()
             if now is not None and now.owner != held.owner:
-                took = time.monotonic() - asked
-                out.write(f"handed over in {took:.2f} s: pid {now.pid} holds the lease now\n")
-                return 0
+                return _moved(now, asked, out)
             if now is not None and now.released and not standby_waiting(path):
-                break  # forced, and nobody is there to take it
+                break  # nobody is there to take it (forced, or the standby went meanwhile)
             if holder_stopped(held) and not standby_waiting(path):
                 sys.stderr.write(
                     f"herder handoff: the runtime holding the lease of {path} (pid {held.pid}) "
@@ -193,8 +192,23 @@ def request_handoff(
                 return 1
             pause.wait(0.02)
         now = st.read_lease()
-        if now is not None and now.released:
+        if now is not None and now.owner != held.owner:  # (taken right after the last look)
+            return _moved(now, asked, out)
+        if now is not None and now.released and (force or standby_waiting(path)):
             out.write("the lease was released; no standby has taken it yet\n")
             return 0
+        if now is not None and now.released:
+            sys.stderr.write(
+                f"herder handoff: pid {held.pid} handed over and stopped, but no standby waits "
+                f"on {path} any more (it stopped or died meanwhile): no runtime serves the "
+                f"store now. Start one (`herder run --store {path} ...`, or its service)\n"
+            )
+            return 1
         sys.stderr.write(f"herder handoff: the lease did not move within {wait} s\n")
         return 1
+
+
+def _moved(now: Lease, asked: float, out: TextIO) -> int:
+    took = time.monotonic() - asked
+    out.write(f"handed over in {took:.2f} s: pid {now.pid} holds the lease now\n")
+    return 0

@@ -642,6 +642,32 @@ def test_a_forced_handoff_says_at_once_that_the_holder_stopped_and_nobody_takes_
         handoff.kill(WAIT)
 
 
+def test_a_handoff_whose_standby_died_meanwhile_says_nobody_serves_the_store(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    # Asked with a standby waiting, which died while the runtime drained: the runtime
+    # released the lease and exited 0 (not restarted under Restart=on-failure), and the
+    # command exited 0 too, saying only that no standby had taken the lease "yet".
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects, HA_START="1", HA_STEP="2")  # an attempt to drain
+    daemons.append(active)
+    active.wait_for("start w-0")
+    standby = Daemon(store, effects, standby=True)
+    daemons.append(standby)
+    standby.wait_for("standby")
+    handoff = Child(["-m", "herder.runtime", "handoff", "--store", str(store)], cwd=TESTS)
+    try:
+        handoff.wait_for("asked", WAIT)
+        standby.proc.kill()
+        standby.proc.wait(timeout=WAIT)
+        assert handoff.proc.wait(timeout=WAIT) == 1
+        assert active.proc.wait(timeout=WAIT) == 0  # (it handed over, to nobody)
+        said = "\n".join(handoff.errors)
+        assert f"pid {active.proc.pid} handed over and stopped, but no standby waits" in said
+    finally:
+        handoff.kill(WAIT)
+
+
 class Echo(Agent):
     def echo(self, ctx: StepContext) -> object:
         return ctx.input
