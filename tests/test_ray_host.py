@@ -215,6 +215,20 @@ def test_an_error_is_retried_under_the_policy_and_a_crash_at_once(
         assert rt.stats()["steps"]["crashes"] == 1
 
 
+@pytest.mark.parametrize("where", ["local", "ray"])
+def test_an_instance_crash_logs_no_traceback_of_the_instance_actor_on_ray_as_locally(
+    cluster: Any, tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The step's log line says the instance crashed; pykka's "Unhandled exception"
+    # traceback of the proxy (one per crash, frames kept alive with it) said nothing more.
+    with caplog.at_level(logging.ERROR, logger="pykka"), Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", Probe, host=ray_host() if where == "ray" else None)
+        rt.add_workflow(Workflow("c").step("s", agent="probe", action="crash_once", retry=FAST))
+        assert rt.start("c", None).result(timeout=WAIT) == {"s": 2}
+        assert rt.stats()["steps"]["crashes"] == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "pykka"] == []
+
+
 def test_a_killed_worker_is_a_crash_and_its_late_answer_is_refused(
     cluster: Any, gate: Any, tmp_path: Path
 ) -> None:

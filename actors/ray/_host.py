@@ -69,6 +69,8 @@ class RayInstance(SupervisedActor):
     """The local proxy of one instance whose agent object lives in a Ray worker."""
 
     use_daemon_thread = True
+    reported_failures = (InstanceCrash, UserCodeFailed, WorkerLost)  # (as AgentInstance's:
+    # its crashes are the supervisor's to log, without pykka's traceback of the proxy)
 
     def __init__(self, instance: str, agent: _Agent) -> None:
         super().__init__()
