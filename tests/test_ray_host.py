@@ -495,6 +495,35 @@ def test_a_ray_agent_removed_keeps_its_placement_when_added_again(
         assert rt.start("w", None).result(timeout=WAIT)["s"]["pid"] != os.getpid()
 
 
+def test_an_attempt_running_when_its_ray_agent_is_removed_runs_on_and_is_recorded(
+    cluster: Any, gate: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As locally, remove_agent stops a busy instance once its attempt ends: the attempt
+    # is neither killed with its worker process nor told it never started and run again.
+    from herder.actors.ray import _host
+
+    stopping, on_stop = threading.Event(), _host.RayInstance.on_stop
+
+    def note_stop(self: Any) -> None:
+        stopping.set()
+        on_stop(self)
+
+    monkeypatch.setattr(_host.RayInstance, "on_stop", note_stop)
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("probe", functools.partial(Probe, gate), concurrency=1, host=ray_host())
+        rt.add_workflow(Workflow("h").step("s", agent="probe", action="hold", retry=FAST))
+        handle = rt.start("h", 1, workflow_id="h1")
+        pid = gets(cluster, gate, "held-1")
+        rt.remove_agent("probe")
+        assert stopping.wait(WAIT)  # its proxy is stopping while the attempt runs
+        cluster.get(gate.set.remote("go"))
+        rt.add_agent("probe", functools.partial(Probe, gate), concurrency=1, host=ray_host())
+        assert handle.result(timeout=WAIT) == {"s": pid}
+        moves = [(e["from"], e["to"]) for e in rt.history("h1") if e["kind"] == "step"]
+        assert moves == [("PENDING", "DISPATCHED"), ("DISPATCHED", "SUCCEEDED")]
+        assert gone(pid)  # its process went once the attempt ended
+
+
 def test_a_factory_that_cannot_be_pickled_is_refused_saying_so(
     cluster: Any, tmp_path: Path
 ) -> None:

@@ -100,6 +100,8 @@ class Process:
     dead: bool = False
     calls: dict[int, _Call] = field(default_factory=dict)  # token -> attempt filed here
     filed: list[tuple[Any, ...]] = field(default_factory=list)  # not submitted yet
+    retiring: dict[int, Callable[[str | None], None]] = field(default_factory=dict)  # token
+    # -> told how the attempt of a stopping proxy ended (``after_attempt``)
     polls: int = 0  # its exchanges not answered yet
     exchange: Any = field(init=False)  # the handle's method, looked up once (each lookup
     # builds a new method object)
@@ -172,6 +174,24 @@ class Courier:
             _tell(proxy, Ended(f"Ray worker of agent {proc.agent!r} died", died=True))
         else:
             self._call(proc, pack([item]), flags)
+
+    def after_attempt(
+        self, proc: Process, instance: str, then: Callable[[str | None], None]
+    ) -> bool:
+        """Tell ``then`` how the attempt ``instance`` runs on ``proc`` ends: None (it was
+        answered) or why it crashed the instance; False (``then`` dropped) if it runs none."""
+        with self._lock:
+            running = [t for t, call in proc.calls.items() if call.instance == instance]
+            if self._closed or proc.dead or not running:
+                return False
+            proc.retiring[running[0]] = then
+            return True
+
+    def let_go(self, proc: Process) -> None:
+        """The runtime stopped: the proxies still waiting for ``proc``'s attempts wait no more."""
+        with self._lock:
+            ended, proc.retiring = list(proc.retiring.values()), {}
+        _ended(ended, None)
 
     def close(self) -> None:
         """Stop sending and collecting (the processes are killed next); waits for the
@@ -305,6 +325,7 @@ class Courier:
             done = [(token, proc.calls.pop(token, None), answer) for token, answer in answers]
             self.counts["ray_answers"] += len(done)
             beating = [(proc.calls.get(token), details) for token, details in beats]
+            ended = [(proc.retiring.pop(t), a) for t, _, a in done if t in proc.retiring]
         for token, call, answer in done:
             if call is None:
                 continue  # its process was given up on meanwhile
@@ -319,6 +340,8 @@ class Courier:
             if running is not None:
                 with contextlib.suppress(Exception):
                     running.port.heartbeat(details)
+        for then, answer in ended:
+            _ended([then], answer if isinstance(answer, str) else None)
 
     def _died(self, proc: Process, exc: BaseException) -> None:
         self.died(proc, describe(exc))
@@ -331,10 +354,20 @@ class Courier:
         with self._lock:
             calls, proc.calls = proc.calls, {}
             proc.filed = []
+            ended, proc.retiring = list(proc.retiring.values()), {}
         reason = f"Ray worker of agent {proc.agent!r} died: {cause}"
         for token, call in calls.items():
             if not self.workers.was_replaced(token):  # else it hung: being replaced already
                 _tell(call.proxy, Ended(reason, died=True))
+        _ended(ended, reason)
+
+
+def _ended(waiting: list[Callable[[str | None], None]], crash: str | None) -> None:
+    for then in waiting:
+        try:
+            then(crash)
+        except Exception as exc:  # (the courier's threads outlive a stopping proxy)
+            _log.error("a stopping Ray instance was not told its attempt ended: %s", describe(exc))
 
 
 def _tell(proxy: pykka.ActorRef[Any], message: Any) -> None:

@@ -25,6 +25,7 @@ Ray never re-runs anything on its own: workers have ``max_restarts=0`` and
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +36,9 @@ import ray
 from herder.actors._agent import Agent
 from herder.actors._ask import call_later
 from herder.actors._host import InstanceCrash
-from herder.actors._messages import Outcome, Run
+from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._supervised import SupervisedActor
-from herder.actors._supervision_specs import ChildSpec, Restart
+from herder.actors._supervision_specs import ChildEventKind, ChildSpec, Restart
 from herder.actors._thread_host import ThreadHost, _Instance, _Pool
 from herder.actors.ray import RayHost
 from herder.actors.ray._connection import record_cluster
@@ -59,6 +60,7 @@ class _Agent:
     name: str
     factory: Callable[[], Agent]
     reply: Callable[[Outcome], None]
+    events: Callable[[InstanceEvent], None]
     workers: RayWorkers
     host: RayHost
     slots: int
@@ -87,6 +89,26 @@ class RayInstance(SupervisedActor):
         self._bind()
 
     def on_stop(self) -> None:
+        """Give its slot back; first wait for an attempt it still runs (its agent was
+        removed, or its supervisor gave up), as a busy thread host instance stops once its
+        attempt ends (past the shutdown time its thread is abandoned, the attempt runs on
+        and is answered); a crash of that attempt is reported here, as the supervisor
+        has let go of this instance."""
+        ended: list[str | None] = []
+        done = threading.Event()
+
+        def then(crash: str | None) -> None:
+            ended.append(crash)
+            done.set()
+
+        proc = self._proc
+        if proc is not None and self._workers.courier.after_attempt(proc, self._instance, then):
+            done.wait()
+            if ended[0] is not None:
+                crashed = ChildEventKind.CRASHED
+                self._spec.events(
+                    InstanceEvent(self._agent, self._instance, crashed, None, ended[0])
+                )
         self._unbind()
 
     def on_failure(self, *_exc_info: object) -> None:
@@ -174,6 +196,7 @@ class RayAgentHost(ThreadHost):
         self._workers.courier.submit(
             binding[0], binding[1], instance_id, inst.ref, run, reply=self._reply
         )
+        inst.sent = True  # (as the thread host's send: it runs, not merely reserved)
         return True
 
     def replace(self, name: str, instance_id: str) -> None:
@@ -190,7 +213,7 @@ class RayAgentHost(ThreadHost):
         return {
             "ray_instances": stats["workers"],
             "ray_workers": self._workers.count(),
-            "ray_killed": stats["abandoned_threads"],
+            "ray_killed": self._workers.killed,
             **self._workers.courier.counts,
         }
 
@@ -202,6 +225,7 @@ class RayAgentHost(ThreadHost):
             pool.name,
             pool.factory,
             self._reply,
+            self._events,
             self._workers,
             host,
             host.slots_for(pool.concurrency),

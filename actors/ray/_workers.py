@@ -43,6 +43,7 @@ class RayWorkers:
         # (agent, instance) -> its process and slot; read without the lock by ``bound``
         self._bound: dict[tuple[str, str], tuple[_Process, int]] = {}
         self._closed = False
+        self.killed = 0  # processes killed for a hung attempt
         self.courier = Courier(self)
 
     def claim(
@@ -105,6 +106,7 @@ class RayWorkers:
                 return
             if token is not None:
                 self._replaced.add(token)
+            self.killed += 1
         self.lost(binding[0])
         _kill(binding[0].handle)
         self.courier.died(binding[0], "killed, as an attempt of it hung past its timeout")
@@ -130,6 +132,7 @@ class RayWorkers:
         for proc in processes:
             proc.dead = True
             _kill(proc.handle)
+            self.courier.let_go(proc)
 
 
 def _options(host: RayHost, slots: int) -> dict[str, Any]:
