@@ -415,14 +415,20 @@ def test_a_crash_looping_agent_meets_the_same_restart_limits_on_ray_as_locally(
 
 @pytest.mark.parametrize(
     ("address", "says"),
-    [("auto", "could not connect to Ray.*ray start --head"), (None, "could not start Ray")],
+    [
+        ("auto", "could not connect to Ray.*ray start --head"),
+        ("ray://head:10001", r"could not connect to Ray.*pip install 'ray\[client\]'"),
+        (None, "could not start Ray"),
+    ],
 )
 def test_a_cluster_that_cannot_be_reached_is_refused_at_add_agent_saying_what_to_do(
     cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, address: str | None, says: str
 ) -> None:
     # "auto" finds any cluster running on this machine (the session's, say), so the
     # failure is Ray's own for a machine with none, raised by a stand-in ray.init.
-    def init(*args: Any, **kwargs: Any) -> None:
+    def init(*args: Any, **kwargs: Any) -> None:  # (as Ray's, for each kind of address)
+        if address is not None and address.startswith("ray://"):
+            raise ValueError("Ray Client requires pip package `ray[client]`.")
         raise ConnectionError("Could not find any running Ray instance.")
 
     monkeypatch.setattr(cluster, "is_initialized", lambda: False)

@@ -63,10 +63,13 @@ def connect(owner: object, host: RayHost, directory: pathlib.Path) -> bool:
                 ray.init(address="local" if host.address is None else host.address, **options)
             except Exception as exc:  # no cluster there, Ray Client missing, a bad option
                 todo = (
-                    "start the cluster first (`ray start --head`) and name its address, or "
-                    "use address=None for a local cluster"
-                    if host.address is not None
-                    else "see Ray's reason (a full disk, no free port?)"
+                    "see Ray's reason (a full disk, no free port?)"
+                    if host.address is None
+                    else "a ray:// address needs Ray Client (`pip install 'ray[client]'`) "
+                    "and the cluster's client server (port 10001 of its head)"
+                    if host.address.startswith("ray://")
+                    else "start the cluster first (`ray start --head`) and name its address, "
+                    "or use address=None for a local cluster"
                 )
                 raise InvalidInput(
                     f"RayHost(address={host.address!r}): could not "
