@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import select
+import socket
 import sys
 import threading
 import time
@@ -435,6 +436,28 @@ def test_a_cluster_that_cannot_be_reached_is_refused_at_add_agent_saying_what_to
     monkeypatch.setattr(cluster, "init", init)
     with Runtime(tmp_path / "s") as rt:
         with pytest.raises(InvalidInput, match=f"RayHost\\(address={address!r}\\): {says}"):
+            rt.add_agent("probe", Probe, host=ray_host(address=address))
+        assert "probe" not in rt.stats()["agents"]
+
+
+def test_an_address_where_nothing_answers_is_refused_at_once_not_after_rays_retries(
+    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ray's ray.init("host:port") with nothing there retries for many minutes (about 40 s
+    # per try, measured) before it raises: add_agent hung at the daemon's start.
+    def init(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("ray.init called for an address nothing answers at")
+
+    monkeypatch.setattr(cluster, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster, "init", init)
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{unused.getsockname()[1]}"
+    with Runtime(tmp_path / "s") as rt:
+        says = (
+            f"could not connect to Ray \\(ConnectionError: nothing answers at {address}.*ray start"
+        )
+        with pytest.raises(InvalidInput, match=says):
             rt.add_agent("probe", Probe, host=ray_host(address=address))
         assert "probe" not in rt.stats()["agents"]
 

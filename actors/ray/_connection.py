@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,8 @@ _log = logging.getLogger("herder.ray")
 
 CHECK_TIMEOUT = 120.0
 """Seconds the code-import check may take (a runtime_env may install packages first)."""
+REACH_WAIT = 10.0
+"""Seconds a ``host:port`` address may take to accept a connection before ``ray.init``."""
 
 _lock = threading.Lock()
 _owners: dict[int, object] = {}  # id(owner) -> owner: runtimes using the connection
@@ -60,6 +63,8 @@ def connect(owner: object, host: RayHost, directory: pathlib.Path) -> bool:
                 if killed:
                     _log.warning("killed %d Ray processes left by a daemon that died", killed)
             try:  # ("local": Ray's None joins a cluster RAY_ADDRESS or `ray start` made)
+                if host.address is not None:
+                    _reachable(host.address)
                 ray.init(address="local" if host.address is None else host.address, **options)
             except Exception as exc:  # no cluster there, Ray Client missing, a bad option
                 todo = (
@@ -82,6 +87,19 @@ def connect(owner: object, host: RayHost, directory: pathlib.Path) -> bool:
         first = id(owner) not in _owners
         _owners[id(owner)] = owner
         return first
+
+
+def _reachable(address: str) -> None:
+    """Raise ConnectionError when nothing answers at a ``host:port`` address: there,
+    ``ray.init`` retries for many minutes before it gives up ("auto" and ``ray://`` are
+    Ray's to find, and fail at once)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_WAIT).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address}: {describe(exc)}") from None
 
 
 def disconnect(owner: object) -> None:
