@@ -564,6 +564,25 @@ def test_a_factory_that_cannot_be_pickled_is_refused_saying_so(
 
 
 @pytest.mark.parametrize("where", ["local", "ray"])
+class Handle:
+    """A factory's argument that refuses to be pickled (as a client of this process may)."""
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("a handle of this process")
+
+
+def test_a_factory_whose_argument_refuses_pickling_is_refused_saying_so(
+    cluster: Any, tmp_path: Path
+) -> None:
+    # Not taken for code that does not import on the cluster (the advice then is to ship
+    # the agent's package, which would not help).
+    with Runtime(tmp_path / "s") as rt:
+        held = functools.partial(Probe, Handle())
+        with pytest.raises(InvalidInput, match=r"cannot be sent.*RuntimeError: a handle of"):
+            rt.add_agent("held", held, host=ray_host())
+        assert "held" not in rt.stats()["agents"]
+
+
 def test_a_factory_that_raises_on_ray_fails_the_step_as_it_does_locally(
     cluster: Any, tmp_path: Path, where: str
 ) -> None:

@@ -133,15 +133,17 @@ def check_code(host: RayHost, agent: str, factory: Callable[[], Any]) -> None:
     options: dict[str, Any] = {"num_cpus": 0}
     if host.runtime_env is not None:
         options["runtime_env"] = dict(host.runtime_env)
-    try:
-        loaded = _loads.options(**options).remote(factory)
-    except TypeError as exc:  # Ray serializes it here; its own error buries the cause
-        cause = exc.__cause__ if exc.__cause__ is not None else exc  # in a page of checks
-        raise InvalidInput(
+    try:  # pickled as for an argument, apart from the call (whose runtime_env may fail)
+        sent = ray.put(factory)
+    except Exception as exc:  # a lock (Ray's TypeError buries the cause in a page of
+        cause = exc.__cause__ if exc.__cause__ is not None else exc  # checks), or whatever
+        raise InvalidInput(  # a __reduce__ raised
             f"agent {agent!r}: its factory cannot be sent to the Ray cluster "
             f"({describe(cause)}): give it plain arguments, and have the agent open its "
             "own connections and locks"
         ) from None
+    try:
+        loaded = _loads.options(**options).remote(sent)
     except Exception as exc:  # its runtime_env, say
         raise _not_loaded(agent, exc) from None
     try:
