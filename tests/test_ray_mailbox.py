@@ -199,3 +199,50 @@ def test_an_attempt_whose_lease_is_in_doubt_is_not_sent_to_ray(
     assert sent == []
     assert proc.calls == {}
     assert max(port.waited) > 0  # it waited for a renewal first, on a thread of its own
+
+
+def test_a_stopping_proxy_waiting_for_an_attempt_never_sent_is_told_it_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy stopped (its agent removed) while its attempt waits for a lease renewal
+    # waits for that attempt to end before it gives its slot back: answered as not
+    # started, it has ended too.
+    from herder.actors._messages import Run
+    from herder.actors.ray import _courier
+    from herder.actors.ray._courier import Courier, Process
+
+    def wait(refs: list[Any], **options: Any) -> tuple[list[Any], list[Any]]:
+        threading.Event().wait(options.get("timeout", 0))  # no cluster: nothing comes in
+        return [], refs
+
+    registered = threading.Event()
+
+    class LateDoubt(DoubtfulPort):
+        def leased(self, wait: float) -> bool:
+            if wait > 0:  # the sender's wait for a renewal: the proxy stops meanwhile
+                registered.wait(WAIT)
+            return super().leased(wait)
+
+    monkeypatch.setattr(_courier, "ray", SimpleNamespace(wait=wait))
+    handle = SimpleNamespace(exchange=SimpleNamespace(remote=lambda *a: None))
+    workers = SimpleNamespace(lost=lambda proc: None, was_replaced=lambda token: False)
+    courier = Courier(workers)  # type: ignore[arg-type]
+    context = StepContext("w", "s", "act", 1, None, {}, "w/s", 7, False, LateDoubt())  # type: ignore[arg-type]
+    ended: list[str | None] = []
+    told = threading.Event()
+
+    def then(crash: str | None) -> None:
+        ended.append(crash)
+        told.set()
+
+    try:
+        proc = Process(handle, "m")
+        run = Run("m", "m#0", "act", 7, context)
+        courier.submit(proc, 0, "m#0", None, run, reply=lambda outcome: None)  # type: ignore[arg-type]
+        assert courier.after_attempt(proc, "m#0", then)
+        registered.set()
+        assert told.wait(WAIT)
+    finally:
+        courier.close()
+    assert ended == [None]
+    assert proc.retiring == {}

@@ -249,10 +249,12 @@ class Courier:
             wait = 0.0
             with self._lock:
                 proc.calls.pop(call.run.token, None)
+                ended = proc.retiring.pop(call.run.token, None)
             try:
                 call.reply(unleased(proc.agent, call.instance, call.run))
             except Exception as exc:  # (as _answer: the sender outlives a reply)
                 _log.error("dropped an unstarted Ray attempt: %s", describe(exc))
+            _ended([] if ended is None else [ended], None)
         return kept
 
     def _exchange(self, proc: Process, batch: bytes | None) -> None:
