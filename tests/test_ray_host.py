@@ -563,7 +563,6 @@ def test_a_factory_that_cannot_be_pickled_is_refused_saying_so(
         assert "locked" not in rt.stats()["agents"]
 
 
-@pytest.mark.parametrize("where", ["local", "ray"])
 class Handle:
     """A factory's argument that refuses to be pickled (as a client of this process may)."""
 
@@ -583,6 +582,7 @@ def test_a_factory_whose_argument_refuses_pickling_is_refused_saying_so(
         assert "held" not in rt.stats()["agents"]
 
 
+@pytest.mark.parametrize("where", ["local", "ray"])
 def test_a_factory_that_raises_on_ray_fails_the_step_as_it_does_locally(
     cluster: Any, tmp_path: Path, where: str
 ) -> None:
