@@ -325,7 +325,10 @@ class Capacity:
         if not self._join_queue(queued):
             return
         try:
-            await asyncio.wait_for(queued.woken, timeout)  # type: ignore[arg-type]
+            # Not asyncio.wait_for: on 3.11 it returns the result when the cancel comes in
+            # the loop turn the slots do, and the cancelled task runs on as if never asked.
+            async with asyncio.timeout(timeout):
+                await queued.woken  # type: ignore[misc]
         except TimeoutError:
             if self._leave(queued):
                 rt = _runtime(self)

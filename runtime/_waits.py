@@ -87,7 +87,8 @@ class NotifyingEvent(threading.Event):
         if not self.subscribe(notify):
             return True
         try:
-            await asyncio.wait_for(woke.wait(), timeout)
+            async with asyncio.timeout(timeout):  # (3.11's wait_for could drop a cancel)
+                await woke.wait()
         except TimeoutError:
             return False
         finally:

@@ -1,0 +1,83 @@
+"""Cancelling a task that awaits the runtime: the cancel is never lost.
+
+On Python 3.11 ``asyncio.wait_for`` returns its future's result when the cancel comes in
+the loop turn that future is resolved (the cancel is dropped; 3.12 rebuilt it on
+``asyncio.timeout``): a ``start_async(timeout=...)`` waiting for room, cancelled (its
+``asyncio.timeout`` ran out, a ``TaskGroup`` sibling failed) as the room came, started
+its workflow and went on running its caller as if nobody had cancelled it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime._waits import NotifyingEvent
+
+WAIT = 10.0
+pytestmark = pytest.mark.timeout(60)
+
+
+class Held(Agent):
+    gate = threading.Event()
+
+    def hold(self, ctx: StepContext) -> str:
+        return "held" if Held.gate.wait(WAIT) else "never opened"
+
+
+def test_a_start_async_cancelled_as_room_comes_is_cancelled_and_gives_the_room_back(
+    tmp_path: Path,
+) -> None:
+    Held.gate = threading.Event()
+
+    async def main() -> None:
+        async with Runtime(tmp_path / "s", max_active_workflows=1) as rt:
+            rt.add_agent("held", Held)
+            rt.add_workflow(Workflow("w").step("s", agent="held", action="hold"))
+            first = await rt.start_async("w")
+            went_on = []
+
+            async def second() -> None:
+                await rt.start_async("w", timeout=WAIT)
+                went_on.append(True)  # (a cancelled task must not get here)
+
+            task = asyncio.create_task(second())
+            while not rt._queued:  # it waits for room...
+                await asyncio.sleep(0)
+            # ...and is cancelled in the very loop turn its room is handed to it
+            rt._queued[0].woken.add_done_callback(lambda _: task.cancel())  # type: ignore[union-attr]
+            Held.gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not went_on
+            assert await first.result_async(timeout=WAIT) == {"s": "held"}
+            # the room it was handed went back (kept, this start would time out)
+            late = await rt.start_async("w", timeout=WAIT)
+            assert await late.result_async(timeout=WAIT) == {"s": "held"}
+
+    asyncio.run(main())
+
+
+def test_an_awaited_event_wait_cancelled_in_any_turn_after_the_set_is_cancelled() -> None:
+    """``wait_active_async(timeout)`` awaits a NotifyingEvent: a cancel in any of the loop
+    turns between the set and the waiter's wake-up (three, through ``wait_for``'s inner
+    task) was dropped and the wait returned True."""
+
+    async def main() -> None:
+        for turns in range(6):
+            event = NotifyingEvent()
+            task = asyncio.create_task(event.wait_async(WAIT))
+            await asyncio.sleep(0)  # (it waits)
+            event.set()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if task.cancel():  # not ended yet: the cancel must reach it
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:
+                assert await task is True
+
+    asyncio.run(main())
