@@ -211,7 +211,10 @@ class Starting(StartingMany):
         that went past its claim (``_claims``) can take it after this read: neither is
         then admitted early (:meth:`_submit_start`)."""
         rt: Runtime = self  # type: ignore[assignment]
-        record = None if workflow_id is None else existing_workflow(rt._store, new.workflow_id)
+        if workflow_id is None:
+            return None
+        rt._check_open()  # (its claim wait may have been woken by a stop: the store is shut)
+        record = existing_workflow(rt._store, new.workflow_id)
         return None if record is None else rt._same_start(record, new)
 
     def _submit_start(

@@ -155,6 +155,7 @@ class StartingMany:
         # and deadline were reckoned from the call, as documented).
         now = rt._ctx.clock.time()
         try:
+            rt._check_open()  # (stopped while it waited, or crossed threads: the store is shut)
             committed, handles, marks = self._submit_many(news, unique, claims, now, also or {})
         except BaseException:  # nothing was queued: its claims and slots go back
             rt._claims.give_back_many(claims)
