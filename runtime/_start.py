@@ -204,16 +204,14 @@ class Starting(StartingMany):
         return rt._prepare(workflow, input, workflow_id=workflow_id, now=now, **when), now
 
     def _repeated(self, new: NewStart, workflow_id: str | None) -> WorkflowHandle | None:
-        """Before a start takes a slot: the handle of the workflow that has the caller's
-        id already (or its conflict), as a repeated start never waits and writes nothing;
-        None if it is free: an id made here, or one the store knows no workflow has
-        without a read (``Store.surely_new``: most ids come in order). Only a start
-        that went past its claim (``_claims``) can take it after this read: neither is
-        then admitted early (:meth:`_submit_start`)."""
+        """Before a start takes a slot: the handle of the workflow with the caller's id (or
+        its conflict; a repeated start neither waits nor writes), or None: an id made here,
+        or free (``Store.surely_new`` knows most without a read). Only a start that went
+        past its claim (``_claims``) can take it after this read: neither goes early."""
         rt: Runtime = self  # type: ignore[assignment]
         if workflow_id is None:
             return None
-        rt._check_open()  # (its claim wait may have been woken by a stop: the store is shut)
+        rt._check_open()  # (a stop wakes its claim wait, and shuts the store)
         record = existing_workflow(rt._store, new.workflow_id)
         return None if record is None else rt._same_start(record, new)
 
