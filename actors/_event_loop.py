@@ -6,7 +6,7 @@ the one way the runtime's threads reach it (:class:`LoopInbox`).
 loop on a daemon thread (``herder-asyncio``) the first time an asyncio agent needs it, and
 stops it when the runtime stops. Either way the runtime's threads only ever reach the loop
 through its :func:`inbox`, and :meth:`EventLoop.close` cancels the attempts still running
-(their outcomes would have nowhere to go).
+(their outcomes would have nowhere to go) and gives them :data:`ENDING` seconds to end.
 
 **The inbox** (issue 16: the application's loop lagged 53-70 ms behind its timers while
 1,000 workflows ran on it). Every hand-over from a runtime thread to a loop (an attempt
@@ -97,6 +97,11 @@ class LoopInbox:
             loop.call_soon(self._drain)
 
 
+ENDING = 1.0
+"""Seconds the attempts cancelled by a stop get to end (a ``finally`` that awaits, closing
+a connection), on either loop, before the stop goes on without them."""
+
+
 _inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopInbox]
 _inboxes = weakref.WeakKeyDictionary()
 _inboxes_guard = threading.Lock()
@@ -170,7 +175,7 @@ class EventLoop:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._running: set[Attempt] = set()
-        self._guard = threading.Lock()
+        self._guard = threading.Condition()  # (notified when the last attempt ends)
 
     @property
     def owned(self) -> bool:
@@ -212,13 +217,20 @@ class EventLoop:
         return attempt
 
     def close(self, timeout: float = 5.0) -> None:
-        """Cancel what still runs; stop and join the runtime's own loop. Idempotent."""
+        """Cancel what still runs; stop and join the runtime's own loop, or wait (up to
+        :data:`ENDING` s) for the attempts on the application's to end, as that loop's
+        end (``asyncio.run`` cancelling what is left) would cut their cleanup short and
+        the next runtime's attempts could run beside it. Idempotent."""
         with self._guard:
             self._closed = True
-            running, self._running = self._running, set()
+            running = list(self._running)  # (each leaves the set as it ends)
             owned, thread = self._owned, self._thread
         for attempt in running:
             attempt.cancel()
+        given = self._given
+        if given is not None and given.is_running() and not self.runs_here():
+            with self._guard:
+                self._guard.wait_for(lambda: not self._running, min(timeout, ENDING))
         if owned is not None and thread is not None:
             with contextlib.suppress(RuntimeError):
                 owned.call_soon_threadsafe(owned.stop)
@@ -246,6 +258,8 @@ class EventLoop:
     def _finished(self, attempt: Attempt) -> None:
         with self._guard:
             self._running.discard(attempt)
+            if not self._running:
+                self._guard.notify_all()
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         """The loop, starting the runtime's own on first use (under ``_guard``)."""
@@ -292,6 +306,6 @@ def _serve(loop: asyncio.AbstractEventLoop, owner: EventLoop) -> None:
     for task in tasks:
         task.cancel()
     with contextlib.suppress(BaseException):  # they end now, whatever they raise
-        loop.run_until_complete(asyncio.wait(tasks, timeout=1.0) if tasks else asyncio.sleep(0))
+        loop.run_until_complete(asyncio.wait(tasks, timeout=ENDING) if tasks else asyncio.sleep(0))
         loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()

@@ -1,4 +1,5 @@
-"""Cancelling a task that awaits the runtime: the cancel is never lost.
+"""Cancelling a task that awaits the runtime: the cancel is never lost; and the
+attempts a stop cancels get to end before it returns, on the application's loop too.
 
 On Python 3.11 ``asyncio.wait_for`` returns its future's result when the cancel comes in
 the loop turn that future is resolved (the cancel is dropped; 3.12 rebuilt it on
@@ -81,3 +82,44 @@ def test_an_awaited_event_wait_cancelled_in_any_turn_after_the_set_is_cancelled(
                 assert await task is True
 
     asyncio.run(main())
+
+
+def test_stopping_on_the_applications_loop_lets_cancelled_attempts_end_first(
+    tmp_path: Path,
+) -> None:
+    """stop_async() (and ``async with``) on ``Runtime(loop=)`` cancelled the running
+    attempts and returned at once: their cleanup (an awaiting ``finally``) had not even
+    begun, so ``asyncio.run`` ending cancelled it half way, and a runtime opened next on
+    the store ran the step's next attempt beside it under ``concurrency=1``. On the
+    runtime's own loop, as on threads, a stop waits for them (here up to a second)."""
+    log: list[str] = []
+    started = threading.Event()
+
+    class Careful(Agent):
+        async def work(self, ctx: StepContext) -> int:
+            log.append(f"attempt {ctx.attempt}")
+            if ctx.attempt == 1:
+                started.set()
+                try:
+                    await asyncio.Event().wait()  # only a cancel ends it
+                finally:
+                    log.append("cleanup begins")
+                    await asyncio.sleep(0.1)  # (its work: closing a connection, say)
+                    log.append("cleanup ends")
+            return ctx.attempt
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for first in (True, False):  # the second runtime runs the step again
+            async with Runtime(tmp_path / "s", loop=loop) as rt:
+                rt.add_agent("careful", Careful, concurrency=1)
+                rt.add_workflow(Workflow("w").step("s", agent="careful", action="work"))
+                handle = await rt.start_async("w", workflow_id="x")
+                if first:
+                    assert await loop.run_in_executor(None, started.wait, WAIT)
+                else:
+                    assert await handle.result_async(timeout=WAIT) == {"s": 2}
+            log.append("stopped")
+
+    asyncio.run(main())
+    assert log == ["attempt 1", "cleanup begins", "cleanup ends", "stopped", "attempt 2", "stopped"]
