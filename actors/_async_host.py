@@ -231,7 +231,7 @@ class AsyncHost:
         slot = None if agent is None else agent.slots.get(instance_id)
         if agent is None or slot is None or slot.token != run.token:
             return False
-        slot.future = self._loop.submit(self._attempt(agent.holder, run))
+        slot.future = self._loop.submit(self._attempt(agent.holder, run), lambda: self._lost(run))
         if slot.future is None:  # the loop is closed: nothing can run here any more
             del agent.slots[instance_id]
             return False
@@ -340,6 +340,18 @@ class AsyncHost:
 
     # -- on the loop -------------------------------------------------------------------
 
+    def _lost(self, run: Run) -> None:
+        """The attempt's task ended cancelled, before its action answered (replaced while
+        another attempt built the object, or before it started): it says so, as a cancel
+        that reaches the action does. Replaced, its answer is fenced out; cancelled by
+        user code (a task that cancels the others), it is failed and retried, not lost
+        (its step waited for ever, holding its place under ``concurrency``)."""
+        cancelled = asyncio.CancelledError()
+        error, types = describe(cancelled), error_types(cancelled)
+        self._reply(
+            Outcome(run.agent, run.instance, run.token, ok=False, error=error, error_types=types)
+        )
+
     async def _attempt(self, holder: _Holder, run: Run) -> None:
         """One attempt as a task: build the object if needed, run, report."""
         try:
@@ -356,8 +368,6 @@ class AsyncHost:
                     run.agent, run.instance, run.token, ok=False, error=error, error_types=types
                 )
             )
-            return
-        except asyncio.CancelledError:  # replaced while another attempt built the object
             return
         try:
             outcome = await run_attempt_async(

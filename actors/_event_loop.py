@@ -120,13 +120,22 @@ def inbox(loop: asyncio.AbstractEventLoop) -> LoopInbox:
 
 class Attempt:
     """An attempt's coroutine handed to the loop: its task once the loop started it.
-    :meth:`cancel` is callable from any thread."""
+    :meth:`cancel` is callable from any thread; ``ended_cancelled()`` runs on the loop if
+    the task ends cancelled (by anyone: user code may cancel a task before its first
+    step, and then no line of the coroutine runs to say so)."""
 
-    __slots__ = ("_cancelled", "_coro", "_inbox", "_owner", "task")
+    __slots__ = ("_cancelled", "_coro", "_ended_cancelled", "_inbox", "_owner", "task")
 
-    def __init__(self, owner: EventLoop, box: LoopInbox, coro: Coroutine[Any, Any, Any]) -> None:
+    def __init__(
+        self,
+        owner: EventLoop,
+        box: LoopInbox,
+        coro: Coroutine[Any, Any, Any],
+        ended_cancelled: Callable[[], object] | None = None,
+    ) -> None:
         self._owner, self._inbox = owner, box
         self._coro: Coroutine[Any, Any, Any] | None = coro
+        self._ended_cancelled = ended_cancelled
         self._cancelled = False
         self.task: asyncio.Task[Any] | None = None
 
@@ -162,7 +171,10 @@ class Attempt:
 
     def _ended(self, task: asyncio.Task[Any]) -> None:
         self._owner._finished(self)
-        if not task.cancelled() and task.exception() is not None:  # herder's own bug
+        if task.cancelled():
+            if self._ended_cancelled is not None:
+                self._ended_cancelled()
+        elif task.exception() is not None:  # herder's own bug
             _log.error("an asyncio attempt failed", exc_info=task.exception())
 
 
@@ -197,12 +209,15 @@ class EventLoop:
             return False
         return running is self._given or running is self._owned
 
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> Attempt | None:
-        """Run ``coro`` as a task on the loop; None (``coro`` closed, never started) when
-        the loop is closed or the runtime stopped. Callable from any thread."""
+    def submit(
+        self, coro: Coroutine[Any, Any, Any], ended_cancelled: Callable[[], object] | None = None
+    ) -> Attempt | None:
+        """Run ``coro`` as a task on the loop (:class:`Attempt`); None (``coro`` closed,
+        never started) when the loop is closed or the runtime stopped. Callable from any
+        thread."""
         with self._guard:
             loop = None if self._closed else self._loop()
-            attempt = None if loop is None else Attempt(self, inbox(loop), coro)
+            attempt = None if loop is None else Attempt(self, inbox(loop), coro, ended_cancelled)
             if attempt is not None:
                 self._running.add(attempt)
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow
+from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime._waits import NotifyingEvent
 
 WAIT = 10.0
@@ -123,3 +123,38 @@ def test_stopping_on_the_applications_loop_lets_cancelled_attempts_end_first(
 
     asyncio.run(main())
     assert log == ["attempt 1", "cleanup begins", "cleanup ends", "stopped", "attempt 2", "stopped"]
+
+
+def test_an_attempt_that_user_code_cancels_while_its_object_is_built_fails_not_hangs(
+    tmp_path: Path,
+) -> None:
+    """An attempt cancelled by user code (here the async factory cancels the loop's other
+    tasks) before its action ran (before its task's first step, or while it waited for
+    another attempt to build the agent object) ended without a word: its step waited for
+    ever (no timeout), holding a place under ``concurrency``. A cancel that reaches the
+    action fails the attempt; this one now does the same, and the step is retried."""
+
+    class Plain(Agent):
+        async def work(self, ctx: StepContext) -> int:
+            return ctx.attempt
+
+    async def rude_factory() -> Plain:
+        me = asyncio.current_task()
+        # The runtime's own loop runs only attempts: wait for the other one to wait for
+        # this build (a turn at a time), then cancel it, as a careless library might.
+        for _ in range(100_000):
+            others = asyncio.all_tasks() - {me}
+            if others:
+                break
+            await asyncio.sleep(0)  # (a turn of the loop, not a wait for time)
+        for task in others:
+            task.cancel()
+        return Plain()
+
+    with Runtime(tmp_path / "s", default_retry=RetryPolicy(initial_interval=0.01)) as rt:
+        rt.add_agent("plain", rude_factory, asyncio=True, concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="plain", action="work"))
+        handles = [rt.start("w"), rt.start("w")]
+        results = sorted(handle.result(timeout=WAIT)["s"] for handle in handles)
+        assert results == [1, 2]  # the cancelled attempt failed, and its retry ran
+        assert rt.stats()["host"]["asyncio_attempts"] == 0
