@@ -206,11 +206,11 @@ class WorkflowFailed(HerderError):
 
 def workflow_counts(store: Store) -> tuple[dict[str, int], list[StoreCorrupt]]:
     """Workflows by state (``rt.stats()``), and the records found damaged: the counts the
-    writer keeps beside the store's ``recent`` index (one read; a store this process does
-    not write counts the index, ~0.2 s per million workflows, not the ~4 s of decoding
-    every record); only those the index lists unreadable or in a state that is none of
-    ours are read, to name their damage. A store without the index has every record
-    read."""
+    writer keeps beside the store's ``recent`` index (one read; where none are kept, or
+    an older herder took the lease since, the index is counted, ~0.2 s per million
+    workflows, not the ~4 s of decoding every record); only those the index lists
+    unreadable or in a state that is none of ours are read, to name their damage. A
+    store without the index has every record read."""
     by_state: dict[str, int] = dict.fromkeys(WorkflowState, 0)
     corrupt: list[StoreCorrupt] = []
     counts = store.workflow_counts()

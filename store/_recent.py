@@ -216,12 +216,12 @@ def take_counts(txn: lmdb.Transaction, handles: dict[str, Any], incarnation: int
     return True
 
 
-def stored_counts(txn: lmdb.Transaction, meta: Any) -> dict[str, int] | None:
-    """The counts :func:`maintain` keeps, as :func:`count` returns them; None if there
-    are none (or they are damaged)."""
+def stored_counts(txn: lmdb.Transaction, meta: Any) -> tuple[int, dict[str, int]] | None:
+    """The counts :func:`maintain` keeps, as :func:`count` returns them, with the lease's
+    incarnation they carry; None if there are none (or they are damaged)."""
     raw = cast("bytes | None", txn.get(COUNTS_KEY, db=meta))
     kept = None if raw is None else read_counts(raw)
-    return None if kept is None else _by_state(kept[1])
+    return None if kept is None else (kept[0], _by_state(kept[1]))
 
 
 def build(txn: lmdb.Transaction, handles: dict[str, Any]) -> int:

@@ -32,7 +32,6 @@ from herder.store._recent import (
     UNREADABLE,
     build,
     count,
-    stored_counts,
 )
 
 T0 = 1_700_000_000.0
@@ -271,8 +270,8 @@ def test_the_counts_are_carried_over_to_the_next_lease_or_counted_afresh(
 ) -> None:
     """The next runtime to take the store carries the counts over without counting (its
     open would take ~0.2 s per million workflows); it counts afresh when an older herder
-    (which does not keep them) held the store since, or the value is damaged. A reader
-    that does not hold the store counts the index (the holder may be an older herder)."""
+    (which does not keep them) held the store since, or the value is damaged; so does a
+    reader, which reads them only while they carry the store's incarnation."""
     path = tmp_path / "s"
     with Store(path) as store:
         write(store, (array("a", WorkflowState.RUNNING, T0),))
@@ -289,7 +288,9 @@ def test_the_counts_are_carried_over_to_the_next_lease_or_counted_afresh(
             txn.put(b"incarnation", encode(store.incarnation), db=store._handles["meta"])
             txn.commit()
             write(store, (array("a", WorkflowState.SUCCEEDED, T0 + 1),))
-        assert store.workflow_counts() == {"RUNNING": 1, "SUCCEEDED": 1}  # (left behind)
+        left = store._read(lambda txn: recent.stored_counts(txn, store._handles["meta"]))
+        assert left == (store.incarnation - 1, {"RUNNING": 1, "SUCCEEDED": 1})  # (behind)
+        assert store.kept_workflow_counts() is None  # (so not read: the index is counted)
     truth = {"SUCCEEDED": 2}
     with Store(path, readonly=True) as reader:
         assert reader.workflow_counts() == truth
@@ -302,6 +303,45 @@ def test_the_counts_are_carried_over_to_the_next_lease_or_counted_afresh(
     with Store(path) as store:
         assert store.workflow_counts() == truth
     assert afresh == [False, True, True]
+
+
+def test_a_reader_reads_the_kept_counts_while_they_carry_the_stores_incarnation(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``herder stats``, the console's counters, a standby: a store that does not hold the
+    lease reads the one value too (each counted the whole index, ~0.2 s per million
+    workflows, or read every record), while no older herder (which keeps no counts) took
+    the lease since they were kept; then, or with none kept, it counts the index."""
+    path = tmp_path / "s"
+    with Store(path) as store:
+        write(store, (array("a", WorkflowState.RUNNING, T0),))
+        write(
+            store,
+            (array("b", WorkflowState.SUCCEEDED, T0), array("a", WorkflowState.SUCCEEDED, T0)),
+        )
+    counted: list[int] = []
+    real = recent.count
+    monkeypatch.setattr(recent, "count", lambda *a: counted.append(1) or real(*a))
+    truth = {"SUCCEEDED": 2}
+    with Store(path, readonly=True) as reader:
+        assert reader.kept_workflow_counts() == reader.workflow_counts() == truth
+    assert counted == []
+    with Store(path) as store:  # an older herder takes the lease: a new incarnation
+        txn = store._env.begin(write=True)  # type: ignore[union-attr]
+        txn.put(b"incarnation", encode(store.incarnation + 1), db=store._handles["meta"])
+        txn.commit()
+    with Store(path, readonly=True) as reader:
+        assert reader.kept_workflow_counts() is None
+        assert reader.workflow_counts() == truth
+    assert counted == [1]
+    with Store(path) as store:  # none kept: a store no herder that keeps them held
+        txn = store._env.begin(write=True)  # type: ignore[union-attr]
+        txn.delete(COUNTS_KEY, db=store._handles["meta"])
+        txn.commit()
+    with Store(path, readonly=True) as reader:
+        assert reader.kept_workflow_counts() is None
+        assert reader.workflow_counts() == truth
+    assert counted == [1, 1]
 
 
 _WRITER = """
@@ -341,7 +381,7 @@ def test_the_kept_counts_agree_with_the_index_after_a_sigkill_mid_writes(
         child.kill()
         child.wait(timeout=30)
     with Store(path, readonly=True) as reader:
-        kept = reader._read(lambda txn: stored_counts(txn, reader._handles["meta"]))
+        kept = reader.kept_workflow_counts()  # (still those of the killed holder's lease)
         assert kept is not None
         assert kept == scanned(reader)
         assert sum(kept.values()) == reader.count("workflows") > 100
