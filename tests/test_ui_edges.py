@@ -4,6 +4,7 @@ console never started, an id with a line break."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -28,7 +29,15 @@ from herder.runtime import HerderError, Runtime
 from herder.runtime._console import printable
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console, _counters
-from herder.store import Store
+from herder.store import (
+    RECENT_COUNTS,
+    Put,
+    Store,
+    Transition,
+    WorkflowState,
+    encode,
+    workflow_key,
+)
 from herder.store._commands import pending_commands
 
 pytestmark = pytest.mark.timeout(60)
@@ -307,7 +316,38 @@ def test_the_counters_answer_while_the_first_count_of_a_big_store_runs(
     # Each poll (the page asks every 2 s, not waiting for the last answer) waited up to
     # 60 s for the first count: a browser's six connections to the console were soon all
     # held, and its pages stopped loading until the count ended.
+    # The workflows by state, which the store's writer keeps, are there already.
     started, release = slow_count
+    console = make_console()
+    answers: list[Any] = []
+    done = in_thread(lambda: answers.append(request(console, "GET", "/api/stats")))
+    assert started.wait(10)
+    assert done.wait(10)
+    status, _, body = answers[0]
+    first = json.loads(body)
+    assert (status, first["counting"], "retries" in first) == (200, True, False)
+    assert first["workflows"]["NEEDS_ATTENTION"] == 1 == first["workflows"]["SUCCEEDED"]
+    release.set()
+    assert console.views._counters._counted.wait(10)
+    status, _, body = request(console, "GET", "/api/stats")
+    assert json.loads(body)["workflows"]["NEEDS_ATTENTION"] == 1
+    assert "counting" not in json.loads(body)
+
+
+def forget_counts(path: Path) -> None:
+    """Remove the counts by state the writer keeps, as on a store no herder that keeps
+    them has held."""
+    with Store(path) as s:
+        txn = s._env.begin(write=True)  # type: ignore[union-attr]
+        txn.delete(RECENT_COUNTS, db=s._handles["meta"])
+        txn.commit()
+
+
+def test_the_counters_say_counting_while_the_first_count_runs_if_no_counts_are_kept(
+    store: Path, make_console: Callable[..., Console], slow_count: Any
+) -> None:
+    started, release = slow_count
+    forget_counts(store)
     console = make_console()
     answers: list[Any] = []
     done = in_thread(lambda: answers.append(request(console, "GET", "/api/stats")))
@@ -319,6 +359,32 @@ def test_the_counters_answer_while_the_first_count_of_a_big_store_runs(
     assert console.views._counters._counted.wait(10)
     status, _, body = request(console, "GET", "/api/stats")
     assert json.loads(body)["workflows"]["NEEDS_ATTENTION"] == 1
+
+
+def test_the_workflow_counters_are_as_of_each_poll_not_of_the_last_count(
+    store: Path, make_console: Callable[..., Console], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The counters showed the workflows as the last count found them: on a million
+    # workflows a count takes a minute and the next one starts ten minutes after it, so
+    # a workflow parked or finished that long ago still showed as before.
+    frozen = types.SimpleNamespace(monotonic=lambda: 0.0, time=time.time)
+    monkeypatch.setattr(_counters, "time", frozen)  # no count is due after the first
+    console = make_console()
+    assert json.loads(request(console, "GET", "/api/stats")[2])["workflows"] == {
+        **dict.fromkeys(map(str, WorkflowState), 0),
+        "SUCCEEDED": 1,
+        "NEEDS_ATTENTION": 1,
+    }
+    with console.views._gate.exclusive(), Store(store) as s:  # a runtime abandons "stuck"
+        found = s.get_workflow("stuck")
+        assert found is not None
+        moved = dataclasses.replace(found, state=WorkflowState.ABANDONED)
+        put = Put("workflows", workflow_key("stuck"), encode(moved.to_stored()))
+        s.writer.submit(Transition(ops=(put,))).result(timeout=10)
+    answer = json.loads(request(console, "GET", "/api/stats")[2])
+    assert (answer["workflows"]["NEEDS_ATTENTION"], answer["workflows"]["ABANDONED"]) == (0, 1)
+    assert "counting" not in answer
+    assert "retries" in answer  # (the count's, as it was)
 
 
 def test_the_counters_say_a_runtime_stopped_at_the_next_poll_not_the_next_count(

@@ -8,6 +8,11 @@ at the earliest, ten times its own duration after it ended: the console spends a
 about a tenth of a core on counting, however large the store. Nor does an operator's
 action or the console's stop wait for a count: they close the store under it
 (``_gate``), and it is given up and started again.
+
+The workflows by state are not taken from the count where the store's writer keeps them
+(``Store.kept_workflow_counts``, as ``rt.stats()`` reads them): they are read at each
+request (one value), current on a store whose count is minutes old, and there before the
+first count ends.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.runtime._inspect import store_stats
-from herder.store import HerderError, StoreClosed, is_held
+from herder.store import HerderError, StoreClosed, WorkflowState, is_held
 
 if TYPE_CHECKING:
     from herder.runtime.ui._gate import StoreGate
@@ -48,8 +53,9 @@ class Counters:
 
     def get(self) -> dict[str, Any]:
         """The latest count (starting a new one if due) with whether a runtime holds the
-        store now, ``{"counting": True}`` while the first one runs; raises what the first
-        count raised."""
+        store now and, where the writer keeps them, the workflows by state as they are
+        now; ``"counting": True`` while the first count runs (with only those, if kept);
+        raises what the first count raised."""
         with self._lock:
             if not self._counting and time.monotonic() >= self._next:
                 self._counting = True
@@ -62,10 +68,25 @@ class Counters:
                 latest, error = self._latest, self._error
             if error is not None:
                 raise error
-        if latest is None:
+        kept = self._kept()
+        if latest is None and kept is None:
             return {"counting": True}
         # (probed on each poll, a few ms: after a big store's count comes none for minutes)
-        return {**latest, "running": is_held(self._gate.path)}
+        now = {"running": is_held(self._gate.path), **(kept or {})}
+        return {**(latest or {"counting": True}), **now}
+
+    def _kept(self) -> dict[str, Any] | None:
+        """The workflows by state as the store's writer keeps them (one read, at each
+        poll: a big store's count is minutes old), None where it does not keep them (an
+        older herder held the store since, or none has yet: the count has them)."""
+        with self._gate.read() as store:
+            kept = store.kept_workflow_counts()
+        if kept is None:
+            return None
+        return {
+            "workflows": {s: kept.get(s, 0) for s in map(str, WorkflowState)},
+            "at": time.time(),
+        }
 
     def _count(self) -> None:
         started = time.monotonic()

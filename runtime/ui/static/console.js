@@ -20,7 +20,7 @@
       const r = await fetch("/api/stats", { credentials: "same-origin" });
       if (!r.ok) throw new Error(r.status);
       const s = await r.json();
-      if (s.counting) return; // the first count of a big store: "counting…" stays
+      if (!s.workflows) return; // the first count of a big store: "counting…" stays
       const chips = [];
       const live = document.createElement("span");
       live.className = s.running ? "c live" : "c idle";
@@ -30,8 +30,10 @@
       for (const k of order) {
         if (k in s.workflows) chips.push(chip(k.toLowerCase().replace("_", " "), s.workflows[k], "count-" + k));
       }
-      chips.push(chip("retries", s.retries, "count-retries"));
-      chips.push(chip("timers", s.timers, "count-timers"));
+      if (!s.counting) { // (the workflows kept by the writer come before the first count)
+        chips.push(chip("retries", s.retries, "count-retries"));
+        chips.push(chip("timers", s.timers, "count-timers"));
+      }
       const at = document.createElement("span");
       at.className = "c idle";
       at.textContent = "as of " + new Date(s.at * 1000).toLocaleTimeString();
