@@ -302,7 +302,10 @@ def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 def store_stats(store: Store, corrupt: list[StoreCorrupt] | None = None) -> dict[str, Any]:
     """Counts from the store alone: workflows and steps by state, retries, timers. The
     records that could not be read are counted and named on stderr, or added to
-    ``corrupt`` if given (the console counts every few seconds: a line each time)."""
+    ``corrupt`` if given (the console counts every few seconds: a line each time). The
+    workflows are those the writer keeps, where it keeps them (``rt.stats()``'s, as of
+    one instant; the scan of a busy store reads each record at another)."""
+    kept = store.kept_workflow_counts()
     workflows: Counter[str] = Counter(dict.fromkeys(map(str, WorkflowState), 0))
     steps: Counter[str] = Counter(dict.fromkeys(map(str, StepState), 0))
     retries = compensation_retries = 0
@@ -320,6 +323,8 @@ def store_stats(store: Store, corrupt: list[StoreCorrupt] | None = None) -> dict
             retries += max(0, st.attempt - 1)
             compensation_retries += max(0, st.comp_attempt - 1)
     corrupt += view.corrupt  # definitions that could not be read
+    if kept is not None:  # (an unreadable record, kept as no state of ours: in corrupt)
+        workflows = Counter({state: kept.get(state, 0) for state in workflows})
     resources = stored_resources(store, corrupt)
     if report:
         report_corrupt(corrupt)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,36 @@ def test_unfinished_workflows_come_in_chunks_with_their_steps_read_as_consumed(
         chunks = store.unfinished_chunks(chunk=250, corrupt=[])
         scanned = [r.id for chunk in chunks for r, _ in chunk]
         assert scanned == ids
+
+
+def test_herder_stats_counts_the_workflows_as_of_one_instant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``herder stats`` read each workflow's state at another moment of its scan (a few
+    seconds per 100,000 on a busy store): two workflows finished in one transaction were
+    counted one running and one finished, a state the store never was in. It counts them
+    as the writer keeps them, at one instant, as ``rt.stats()`` does."""
+    from herder.runtime._inspect import store_stats
+    from herder.store import WorkflowRecord, WorkflowState, workflow_key
+
+    def put(wid: str, state: WorkflowState) -> Put:
+        record = WorkflowRecord(wid, "w", 1, {}, state, 1e9, 1e9)
+        return Put("workflows", workflow_key(wid), encode(record.to_stored()))
+
+    monkeypatch.setattr("herder.store._access.PAGE", 1)  # (a record per page, as at scale)
+    with Store(tmp_path / "s") as store:
+        submit = store.writer.submit
+        ops = (put("a", WorkflowState.RUNNING), put("b", WorkflowState.RUNNING))
+        submit(Transition(ops=ops)).result(timeout=10)
+        real, moved = store.steps_of, []
+
+        def steps_of(workflow_id: str) -> list[Any]:  # the runtime finishes both mid-scan
+            if not moved:
+                ops = (put("a", WorkflowState.SUCCEEDED), put("b", WorkflowState.SUCCEEDED))
+                moved.append(submit(Transition(ops=ops)).result(timeout=10))
+            return real(workflow_id)
+
+        monkeypatch.setattr(store, "steps_of", steps_of)
+        counted = store_stats(store, corrupt=[])["workflows"]
+    assert moved
+    assert (counted["RUNNING"], counted["SUCCEEDED"]) in {(2, 0), (0, 2)}
