@@ -8,6 +8,7 @@ skips, compensates or abandons it (``Runtime`` methods or the CLI).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -140,12 +141,15 @@ def _every_parked(store: Store, bad: list[StoreCorrupt]) -> Iterator[Parked]:
 def _oldest_parked(store: Store, limit: int, bad: list[StoreCorrupt]) -> Iterator[Parked]:
     """The ``limit`` parked workflows changed longest ago and their steps, found by the
     ``recent`` index (oldest first); those it lists as unreadable go to ``bad`` on the
-    way."""
+    way. The index is read up to the last of them the writer's kept counts say it holds
+    (none: not at all), not to its end: on a million workflows that took a second."""
     listed = frozenset({str(WorkflowState.NEEDS_ATTENTION), UNREADABLE})
+    entries = store.recent(newest_first=False, states=listed, damaged=bad)
+    kept = store.kept_workflow_counts()  # (one parked since lies at the newest end)
+    if kept is not None:
+        entries = itertools.islice(entries, sum(kept.get(state, 0) for state in listed))
     found = 0
-    for _t, wid, _state in store.recent(newest_first=False, states=listed, damaged=bad):
-        if found >= limit:
-            return
+    for _t, wid, _state in entries:
         try:
             both = store.together(partial(_if_parked, store, wid))
         except StoreCorrupt as exc:
@@ -154,6 +158,8 @@ def _oldest_parked(store: Store, limit: int, bad: list[StoreCorrupt]) -> Iterato
         if both is not None:  # (it may have moved on)
             found += 1
             yield both
+            if found >= limit:  # (not after the next one is looked for: to the end)
+                return
 
 
 def _if_parked(store: Store, workflow_id: str) -> Parked | None:
