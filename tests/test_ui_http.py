@@ -185,6 +185,26 @@ def test_connections_past_the_limit_are_answered_busy_until_one_ends(
     assert Console.__init__.__kwdefaults__["max_connections"] == 64
 
 
+def test_a_burst_of_connections_waits_to_be_accepted_not_in_syn_retries(store: Path) -> None:
+    # The listen queue held 5 connections (socketserver's default): the kernel dropped
+    # the SYNs of a burst beyond them, and their clients retried after 1, 3, 7, 15 s...
+    # (of 300 at once, half waited over 30 s), instead of being served or told 503.
+    console = Console(str(store), port=0, token=TOKEN)  # listening, not yet accepting
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(80):  # (connected by the kernel, queued until accepted)
+            socks.append(socket.create_connection(("127.0.0.1", console.port), timeout=5))
+            socks[-1].sendall(f"GET / HTTP/1.0\r\nHost: 127.0.0.1:{console.port}\r\n\r\n".encode())
+        console.start()
+        for sock in socks:
+            sock.settimeout(20)
+            assert sock.makefile("rb").readline()[:12] in {b"HTTP/1.0 200", b"HTTP/1.0 503"}
+    finally:
+        for sock in socks:
+            sock.close()
+        console.shutdown()
+
+
 def handled(console: Console) -> threading.Event:
     """Set once the console has finished with a connection (answered, failed or dropped)."""
     done = threading.Event()

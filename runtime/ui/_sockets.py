@@ -22,6 +22,11 @@ _BUSY = (
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = socket.SOMAXCONN
+    """Connections the kernel holds until they are accepted (socketserver's default is 5):
+    a burst of more (browser tabs reloading, a few dashboards) had the kernel drop their
+    SYNs, and their clients waited in SYN retries, 1, 3, 7, 15, 31 s, half of 300 longer
+    than 30 s, before being served or told 503."""
     console: Console
     slots: threading.BoundedSemaphore  # one per connection served (_server.MAX_CONNECTIONS)
 
