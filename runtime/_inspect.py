@@ -57,6 +57,10 @@ class _Reader:
 
     def steps(self, record: WorkflowRecord) -> list[StepRecord]:
         """The workflow's steps in plan order, PENDING for those without a record."""
+        return in_plan_order(record, self.store.steps_of(record.id), self.plan(record))
+
+    def plan(self, record: WorkflowRecord) -> Plan | None:
+        """The workflow's stored definition (None if it cannot be read: noted)."""
         key = (record.name, record.version)
         if key not in self._plans:
             try:
@@ -64,7 +68,7 @@ class _Reader:
             except StoreCorrupt as exc:  # steps are then shown in stored order
                 self.corrupt.append(exc)
                 self._plans[key] = None
-        return in_plan_order(record, self.store.steps_of(record.id), self._plans[key])
+        return self._plans[key]
 
 
 def report_corrupt(corrupt: list[StoreCorrupt]) -> None:
