@@ -287,8 +287,8 @@ class Store(Reads, LeaseHolder):
 
     def kept_workflow_counts(self) -> dict[str, int] | None:
         """The counts by state the lease holder's writer keeps beside the ``recent`` index
-        (one read, ~0.1 ms however large the store), for any reader (a console, a
-        standby, ``herder stats``): None unless they carry the store's incarnation, that
+        (one read, ~0.1 ms however large the store), for any reader (the console, its
+        inbox, ``herder stats``): None unless they carry the store's incarnation, that
         is unless they were counted or carried over when the lease was last taken and
         kept since: an older herder (which keeps none) took it since, or none are kept
         yet (a store no herder that keeps them held), or they are damaged."""

@@ -308,7 +308,7 @@ def test_the_counts_are_carried_over_to_the_next_lease_or_counted_afresh(
 def test_a_reader_reads_the_kept_counts_while_they_carry_the_stores_incarnation(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``herder stats``, the console's counters, a standby: a store that does not hold the
+    """``herder stats``, the console's counters and inbox: a store that does not hold the
     lease reads the one value too (each counted the whole index, ~0.2 s per million
     workflows, or read every record), while no older herder (which keeps no counts) took
     the lease since they were kept; then, or with none kept, it counts the index."""
