@@ -185,17 +185,36 @@ def settle(
         return _failed(agent_name, instance_id, run, exc, permanent=False)
     else:
         if run.context.compensating:  # its value is never stored: it returned, it undid
-            return Outcome(agent_name, instance_id, run.token, ok=True, kind=kind)
+            if type(value) is not types.CoroutineType:  # (one is an undo never run)
+                return Outcome(agent_name, instance_id, run.token, ok=True, kind=kind)
+            never = _unawaited(value, f"compensation {run.action!r}")
+            return _failed(agent_name, instance_id, run, never, permanent=False, unstorable=True)
         what = f"result of action {run.action!r}"
         try:
             result = normalize(value, limit=max_result_bytes, what=what)
         except BaseException as exc:  # an EncodeError (normalize reads the user's object)
-            return _failed(agent_name, instance_id, run, exc, permanent=False, unstorable=True)
+            forgot = type(value) is types.CoroutineType  # (looked at once refused: no cost)
+            error = _unawaited(value, what) if forgot else exc
+            return _failed(agent_name, instance_id, run, error, permanent=False, unstorable=True)
         return Outcome(agent_name, instance_id, run.token, ok=True, result=result, kind=kind)
     # (Never bound here: this frame, which holds ``produce`` and through it the agent
     # object, would be in a cycle with the exception's traceback, and the object dropped
     # only by the garbage collector, on whichever thread it runs: the Scheduler's, say.)
     raise InstanceCrash(crash)
+
+
+def _unawaited(coroutine: types.CoroutineType[Any, Any, Any], what: str) -> EncodeError:
+    """The error of an action that returned a coroutine nobody awaited (an ``await``
+    forgotten, in an ``async def`` or in what a plain ``def`` on the asyncio host returned),
+    closed first if it never started: its body never ran, and closing it runs none of it
+    (nor is it left to warn, at the garbage collector's, "never awaited" from herder's code).
+    A coroutine the user had started is left as it is: closing it would run its code."""
+    if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+        coroutine.close()
+    return EncodeError(
+        f"{what} is a coroutine that was never awaited (did you forget await?): await it in "
+        "the action and return what it gives"
+    )
 
 
 def _failed(

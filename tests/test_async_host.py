@@ -8,6 +8,7 @@ raises escapes; sync and asyncio agents share one runtime and one workflow.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from herder.runtime import (
     Permanent,
     RetryPolicy,
     Runtime,
+    State,
     StepContext,
     Workflow,
     WorkflowFailed,
@@ -502,3 +504,61 @@ def test_after_a_scheduler_crash_the_attempt_it_ran_is_cancelled_before_its_succ
         crash_scheduler(rt)
         assert handle.result(timeout=WAIT) == {"s": 2}
         assert seen == [("start", 1), ("cancelled", 1), ("start", 2)]
+
+
+class Forgetful(Agent):
+    """Actions that call an ``async def`` and forget to await it (one compensation too)."""
+
+    made: list[Any] = []
+    undone = 0
+
+    async def remote(self) -> str:
+        Forgetful.undone += 1  # (as undo: it never runs)
+        return "never"
+
+    def _call(self) -> Any:
+        coroutine = self.remote()
+        Forgetful.made.append(coroutine)  # (held: the test sees it closed, not collected)
+        return coroutine
+
+    async def forgets(self, ctx: StepContext) -> Any:
+        return self._call()
+
+    def hands_back(self, ctx: StepContext) -> Any:  # a plain def: what it returns is awaited
+        return self.forgets(ctx)
+
+    async def fine(self, ctx: StepContext) -> str:
+        return "done"
+
+    async def undo(self, ctx: StepContext) -> Any:
+        return self._call()
+
+
+def test_a_coroutine_returned_unawaited_says_await_was_forgotten_and_is_closed(
+    rt: Runtime,
+) -> None:
+    # It failed as "cannot be stored: can not serialize 'coroutine' object", and the
+    # coroutine, left to the garbage collector, warned "never awaited" from herder's own
+    # file; a compensation that returned one (its undo never run) counted as done.
+    Forgetful.made, Forgetful.undone = [], 0
+    rt.add_agent("f", Forgetful)
+    for action in ("forgets", "hands_back"):
+        rt.add_workflow(Workflow(action).step("s", agent="f", action=action))
+        with pytest.raises(WorkflowFailed) as failed:
+            rt.start(action).result(timeout=WAIT)
+        step = failed.value.status.steps["s"]
+        assert "did you forget await?" in (step.error or ""), step.error
+        assert step.attempt == 1  # not retried: it would return the same
+    rt.add_workflow(
+        Workflow("undone")
+        .step("a", agent="f", action="fine", compensate="undo")
+        .step("b", agent="f", action="forgets", after=["a"])
+    )
+    with pytest.raises(WorkflowFailed) as failed:
+        rt.start("undone").result(timeout=WAIT)
+    assert failed.value.status.state is State.NEEDS_ATTENTION  # an operator's to decide
+    error = failed.value.status.steps["a"].error or ""
+    assert "compensation 'undo' is a coroutine that was never awaited" in error, error
+    assert len(Forgetful.made) == 4  # forgets, hands_back, b, undo
+    assert all(inspect.getcoroutinestate(c) == inspect.CORO_CLOSED for c in Forgetful.made)
+    assert Forgetful.undone == 0
