@@ -179,7 +179,7 @@ def request_handoff(
         while time.monotonic() < give_up:
             now = st.read_lease()
             if now is not None and now.owner != held.owner:
-                return _moved(now, asked, out)
+                return _moved(held, now, asked, out)
             if now is not None and now.released and not standby_waiting(path):
                 break  # nobody is there to take it (forced, or the standby went meanwhile)
             if holder_stopped(held) and not standby_waiting(path):
@@ -193,7 +193,7 @@ def request_handoff(
             pause.wait(0.02)
         now = st.read_lease()
         if now is not None and now.owner != held.owner:  # (taken right after the last look)
-            return _moved(now, asked, out)
+            return _moved(held, now, asked, out)
         if now is not None and now.released and (force or standby_waiting(path)):
             out.write("the lease was released; no standby has taken it yet\n")
             return 0
@@ -208,7 +208,19 @@ def request_handoff(
         return 1
 
 
-def _moved(now: Lease, asked: float, out: TextIO) -> int:
+def _moved(held: Lease, now: Lease, asked: float, out: TextIO) -> int:
+    """Say who holds the lease now, and whether the holder asked handed it over (exit 0
+    either way: the store is served)."""
     took = time.monotonic() - asked
-    out.write(f"handed over in {took:.2f} s: pid {now.pid} holds the lease now\n")
+    if now.after in (None, "released"):  # (None: taken by a herder that did not say)
+        out.write(f"handed over in {took:.2f} s: pid {now.pid} holds the lease now\n")
+    else:  # it died, or stopped renewing, before it heard the request
+        why = _GONE.get(now.after, now.after)
+        out.write(
+            f"pid {held.pid} went away without handing over ({why}); a standby took over: "
+            f"pid {now.pid} holds the lease now\n"
+        )
     return 0
+
+
+_GONE = {"holder gone": "it died", "expired": "its lease expired unrenewed"}

@@ -82,6 +82,9 @@ class Lease:
     # Its holder's lease duration (renewed every third of it): a standby waits at least
     # this long for a renewal, whatever its own --lease (None: a record from before).
     duration: float | None = None
+    # Why its holder could take it (why_takeable: "released" when handed over or stopped,
+    # "expired", "holder gone"), what `herder handoff` tells its user (None: from before).
+    after: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stored map."""
@@ -96,6 +99,7 @@ class Lease:
             "taken": self.taken,
             "clock": self.clock,
             "duration": self.duration,
+            "after": self.after,
         }
 
     @classmethod
@@ -111,9 +115,12 @@ class Lease:
             taken=float(data["taken"]),
             clock=None if data.get("clock") is None else float(data["clock"]),
             duration=None if data.get("duration") is None else float(data["duration"]),
+            after=data.get("after"),
         )
         if type(lease.owner) is not str or type(lease.incarnation) is not int:
             raise TypeError("owner must be a str and incarnation an int")
+        if lease.after is not None and type(lease.after) is not str:
+            raise TypeError(f"after must be a str, got {lease.after!r:.40}")
         return lease
 
     @property
@@ -248,6 +255,7 @@ def take(
         taken=now,
         clock=None if current is None else current.clock,
         duration=duration,
+        after=reason,
     )
     txn.put(INCARNATION_KEY, encode(lease.incarnation), db=meta)
     txn.put(LEASE_KEY, encode(lease.to_dict()), db=meta)

@@ -343,6 +343,10 @@ def test_a_handoff_asked_of_a_holder_that_died_meanwhile_does_not_stop_the_new_o
     monkeypatch.setattr(LeaseHolder, "request_handoff", ask_after_the_takeover)
     out = io.StringIO()
     assert _daemon.request_handoff(str(store), 1.0, WAIT, out) == 0, out.getvalue()
+    # It said "handed over ... pid N holds the lease now", as if the holder asked had.
+    said = f"pid {active.proc.pid} went away without handing over (it died); a standby took"
+    assert said in out.getvalue(), out.getvalue()
+    assert f"pid {standby.proc.pid} holds the lease now" in out.getvalue()
     # The new holder reads the request at every sweep: let it sweep 8 more times (a
     # line every 4; the last one printed may not have been read yet) and leave it be.
     printed = sum(line.startswith("polled ") for line in standby.seen)
