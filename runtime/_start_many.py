@@ -38,6 +38,7 @@ from herder.runtime._starts import (
     start_args,
     start_items,
     started_mark,
+    stopped,
     submit_creations,
 )
 from herder.runtime._waits import Steps, Wait, awaited, run_blocking, seconds
@@ -266,7 +267,7 @@ class StartingMany:
             if outcome is None:
                 continue
             if not isinstance(outcome, ConditionFailed):
-                raise outcome
+                raise stopped(rt, outcome)
             existing = rt._store.get_workflow(new.workflow_id)
             if existing is None or not same_record(existing, new):
                 conflicts.append(new.workflow_id)

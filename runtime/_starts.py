@@ -13,16 +13,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from herder.actors import InvalidDefinition, WorkflowConflict
+from herder.actors import InvalidDefinition, RuntimeClosed, WorkflowConflict
 from herder.runtime._timing import new_workflow
 from herder.runtime._waits import OneShot
 from herder.store import (
     Expect,
     InvalidInput,
+    LeaseLost,
     Plan,
     Put,
     StepRecord,
     Store,
+    StoreClosed,
     TimedOut,
     Transition,
     WorkflowRecord,
@@ -98,8 +100,12 @@ def submit_creations(
     ``add_workflow`` replacing one of them comes before (and this start, prepared with
     the old steps, is refused with :class:`InvalidDefinition`) or after (and finds the
     mark: refused itself)."""
+    try:
+        writer = rt._store.writer
+    except StoreClosed as exc:  # (closed by a stop since the start's checks)
+        raise stopped(rt, exc) from exc
     if not marked:  # (every start but the first few of each definition)
-        rt._store.writer.submit_many(group, callback, halts=halts)
+        writer.submit_many(group, callback, halts=halts)
         return
     with rt._defining:
         for plan in marked:
@@ -111,7 +117,17 @@ def submit_creations(
                         "with other steps while this start was being made; nothing was "
                         "started: start it again (it runs the definition registered now)"
                     )
-        rt._store.writer.submit_many(group, callback, halts=halts)
+        writer.submit_many(group, callback, halts=halts)
+
+
+def stopped(rt: Runtime, error: BaseException) -> BaseException:
+    """``error``, or :class:`RuntimeClosed` (as stop() promises) if a stop or a handoff begun
+    since the start's checks released the lease (LeaseLost) or closed the store."""
+    if isinstance(error, LeaseLost | StoreClosed) and (rt._closed or rt._draining):
+        closed = RuntimeClosed("the runtime is stopping (stop() was called): nothing was started")
+        closed.__cause__ = error
+        return closed
+    return error
 
 
 def started_mark(name: str, version: int) -> Transition:
@@ -319,6 +335,8 @@ class Landing:
 
     def __call__(self, results: list[BaseException | None]) -> None:
         rt, error = self._rt, results[0]
+        if error is not None:
+            error = stopped(rt, error)
         self._error = error  # (before the turn: _follow reads it)
         try:
             turn = self._turn()  # 0: first; 1: admit_early is telling; 2: it has told

@@ -218,3 +218,55 @@ def test_waiting_for_a_standby_to_become_active_ends_when_it_stops_first(
     assert answers == [False]
     assert not standby.wait_active()
     assert not asyncio.run(standby.wait_active_async())
+
+
+@pytest.mark.parametrize("many", [False, True])
+@pytest.mark.parametrize("moment", ["released", "closed"])
+def test_a_start_checked_before_a_stop_that_lands_after_it_is_runtime_closed(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, moment: str, many: bool
+) -> None:
+    # A start that passed its checks just before stop() and reached the store after the
+    # stop released the lease failed with LeaseLost ("restart it with standby=True"), and
+    # after it closed the store with StoreClosed; stop() promises RuntimeClosed.
+    from herder.runtime import Agent, Workflow
+
+    class Quick(Agent):
+        def go(self, ctx: Any) -> int:
+            return 1
+
+    rt = Runtime(tmp_path / "s")
+    rt.add_agent("a", Quick)
+    rt.add_workflow(Workflow("w").step("s", agent="a", action="go"))
+    released, resume = threading.Event(), threading.Event()
+    release = rt._store.release_lease
+
+    def release_and_hold(timeout: float = 10.0) -> bool:
+        done = release(timeout)
+        released.set()  # the stop is held here, between the release and the close
+        assert resume.wait(30)
+        return done
+
+    monkeypatch.setattr(rt._store, "release_lease", release_and_hold)
+    stopper = threading.Thread(target=rt.stop)
+    submit_name = "_submit_many" if many else "_submit_start"
+    submit = getattr(rt, submit_name)
+
+    def stop_then_submit(*args: Any, **kwargs: Any) -> Any:
+        stopper.start()  # the start has passed its checks
+        assert released.wait(30)
+        if moment == "closed":
+            resume.set()
+            stopper.join(30)
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(rt, submit_name, stop_then_submit)
+    try:
+        start = (lambda: rt.start_many([{"workflow": "w"}])) if many else (lambda: rt.start("w"))
+        with pytest.raises(RuntimeClosed, match="stopping"):
+            start()
+    finally:
+        resume.set()
+        if stopper.ident is None:  # (the start failed before it got there)
+            rt.stop()
+        else:
+            stopper.join(30)
