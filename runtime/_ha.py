@@ -227,7 +227,7 @@ class StandbyWatcher:
         give_up: Callable[[BaseException], None],
     ) -> None:
         self._store = store
-        self._poll = poll
+        self.poll = poll
         self._promote = promote
         self._give_up = give_up
         self._on_poll = on_poll
@@ -249,13 +249,26 @@ class StandbyWatcher:
         self._stop.set()
         self._mark.release()
 
-    def ask_handoff(self, deadline: float) -> None:
+    def ask_handoff(self, deadline: float) -> int | None:
         """:func:`ask_handoff`, unless this standby took the lease already (its promotion
         under way): a request written then was its own to hear, and it handed over to
-        nobody and stopped as soon as it was active. (A take deletes one written before.)"""
+        nobody and stopped as soon as it was active. (A take deletes one written before.)
+        The incarnation asked, if one was."""
         with self._taking:
             if self._store.lease is None:
-                self._store.request_handoff(deadline)
+                return self._store.request_handoff(deadline).to
+        return None
+
+    def lost_to_another(self, asked: int) -> bool:
+        """Whether the lease the holder of incarnation ``asked`` was asked to hand over is
+        held now by another runtime than this standby (it lost the race, or that holder
+        died and another took over)."""
+        seen = self._store.read_lease()
+        if seen is None or seen.incarnation == asked:
+            return False
+        with self._taking:  # (a take of ours that the read saw has set our lease by now)
+            mine = self._store.lease
+        return mine is None or mine.owner != seen.owner
 
     def _run(self) -> None:
         waited_since = time.monotonic()
@@ -297,7 +310,7 @@ class StandbyWatcher:
                 self._mark.release()
                 self._promote(reason)
                 return
-            self._stop.wait(self._poll)
+            self._stop.wait(self.poll)
 
     def _failed(self, exc: StoreError) -> None:
         """Say why a poll failed, once until that changes: a damaged lease record failed
@@ -314,7 +327,7 @@ class StandbyWatcher:
         return self._unrenewed.lapsed(lease, observe=observe)
 
     def _fence(self) -> None:
-        while not self._stop.wait(self._poll):
+        while not self._stop.wait(self.poll):
             since = self._attempt_since
             if since is None or time.monotonic() - since < self.fence_after:
                 continue
@@ -324,10 +337,23 @@ class StandbyWatcher:
             fence(lease, self._store.path, self._unrenewed.seconds())
 
 
-def ask_handoff(store: Store, watcher: StandbyWatcher | None, deadline: float) -> None:
+def ask_handoff(
+    store: Store,
+    watcher: StandbyWatcher | None,
+    deadline: float,
+    timeout: float,
+    active: threading.Event,
+) -> None:
     """``rt.handoff()`` on a standby: ask the holder (another process) to hand over,
-    through the standby's ``watcher`` (None: in its setup, before it polls)."""
+    through the standby's ``watcher`` (None: in its setup, before it polls), then wait up
+    to ``timeout`` seconds for ``active`` (set once this runtime is active, or stopped), and
+    no longer once the lease is seen held by another runtime (looked at every poll)."""
     if watcher is None:
         store.request_handoff(deadline)
-    else:
-        watcher.ask_handoff(deadline)
+        active.wait(timeout)
+        return
+    asked = watcher.ask_handoff(deadline)
+    end = time.monotonic() + timeout
+    while not active.wait(max(0.0, min(watcher.poll, end - time.monotonic()))):
+        if time.monotonic() >= end or (asked is not None and watcher.lost_to_another(asked)):
+            return

@@ -225,7 +225,7 @@ class Lifecycle:
 
         On a standby: ask the active runtime (another process) to do the above, then wait
         up to ``timeout`` seconds (default: ``deadline`` plus two leases) until this
-        runtime took the lease; returns whether it did (another standby may win).
+        runtime took the lease; returns whether it did (False once another has it).
         """
         rt = _runtime(self)
         timeout = seconds(timeout)
@@ -238,10 +238,10 @@ class Lifecycle:
             off_loop(rt._ctx.event_loop, "handoff()", "rt.handoff_async()")  # (its drain)
             self._hand_over(deadline)
             return True
-        ask_handoff(rt._store, rt._watcher, deadline)
         if timeout is None:
             timeout = deadline + 2 * rt._store.lease_duration
-        return self.wait_active(timeout)
+        ask_handoff(rt._store, rt._watcher, deadline, timeout, rt._is_active)
+        return rt.is_active
 
     def _hand_over(self, deadline: float) -> None:
         rt = _runtime(self)

@@ -826,3 +826,27 @@ def test_two_threads_releasing_the_standby_mark_close_its_file_once(
         t.join(timeout=10)
     assert closed == [fd]
     os.close(fd)
+
+
+def test_a_standby_whose_handoff_another_standby_won_hears_it_at_once(
+    tmp_path: pathlib.Path, daemons: list[Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rt.handoff() on a standby waited out its whole timeout before it returned False,
+    # long after another standby had taken the lease.
+    store, effects = tmp_path / "store", tmp_path / "effects"
+    active = Daemon(store, effects)
+    daemons.append(active)
+    active.wait_for("active")
+    other = Daemon(store, effects, standby=True)
+    daemons.append(other)
+    other.wait_for("standby")
+    with Runtime(store, standby=True, lease=LEASE, standby_poll=0.02) as standby:
+        monkeypatch.setattr(standby._store, "try_take_lease", lambda *a, **k: None)  # it loses
+        began = time.monotonic()
+        assert standby.handoff(deadline=1.0, timeout=WAIT) is False
+        assert time.monotonic() - began < WAIT / 2  # (it waited all WAIT s before)
+        other.wait_for("active")
+        assert not standby.is_active
+        lease = standby._store.read_lease()
+        assert lease is not None
+        assert lease.pid == other.proc.pid

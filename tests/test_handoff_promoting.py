@@ -32,13 +32,16 @@ def test_handoff_during_the_promotion_does_not_hand_the_new_leader_over(
     try:
         assert promoting.wait(WAIT)  # (nobody held the store: it took the lease at once)
         waiting = threading.Event()
-        real_wait_active = rt.wait_active
+        assert rt._watcher is not None
+        real_ask = rt._watcher.ask_handoff
 
-        def wait_active(timeout: float | None = None) -> bool:
-            waiting.set()  # handoff() asked (or not) and now waits to be active
-            return real_wait_active(timeout)
+        def ask_handoff(deadline: float) -> int | None:
+            try:
+                return real_ask(deadline)
+            finally:
+                waiting.set()  # handoff() asked (or not) and now waits to be active
 
-        monkeypatch.setattr(rt, "wait_active", wait_active)
+        monkeypatch.setattr(rt._watcher, "ask_handoff", ask_handoff)
         took: list[bool] = []
         asker = threading.Thread(target=lambda: took.append(rt.handoff(1.0, timeout=WAIT)))
         asker.start()
