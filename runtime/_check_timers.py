@@ -57,7 +57,8 @@ def act(wid: str) -> str:
 
 
 _RERUN = (StepState.DISPATCHED, StepState.RETRY_WAIT, StepState.UNKNOWN)
-"""States whose step a restart runs again from its record (once its ``retry_at``)."""
+"""States whose step a restart runs again from its record (once its ``retry_at``); a
+COMPENSATING one is too (its compensation), a WAITING one (handed off) is not."""
 
 
 class TimerIndex:
@@ -67,8 +68,9 @@ class TimerIndex:
         self._problem = problem
         # (due ms, token) of every step that must have its own entry, by step key.
         self.wanted: dict[bytes, tuple[int, int]] = {}
-        # The token of every attempt that must be in a batch entry, by step key.
-        self.in_batch: dict[bytes, int] = {}
+        # The token of every attempt that must be in a batch entry, and whether a restart
+        # runs it again (so watches it anew), by step key.
+        self.in_batch: dict[bytes, tuple[int, bool]] = {}
         # When a restart runs again each step of ``wanted`` that recovery takes up from
         # its record (None: at once), by step key (``engine.resumes``).
         self.rerun: dict[bytes, float | None] = {}
@@ -81,7 +83,8 @@ class TimerIndex:
             if st.state in _RERUN:
                 self.rerun[skey] = st.retry_at
         elif waits and st.deadline is not None and st.retry_at is None:
-            self.in_batch[skey] = st.token
+            rerun = st.state in _RERUN or st.state is StepState.COMPENSATING
+            self.in_batch[skey] = (st.token, rerun)
         else:
             return not waits
         return True
@@ -126,13 +129,14 @@ class TimerIndex:
             )
             fix = restart(self.rerun[skey]) if skey in self.rerun else act(wf)
             problem("timers", timer_key(due, wf, step), f"missing: {what}: {fix}")
-        for skey, token in self.in_batch.items():
+        for skey, (token, rerun) in self.in_batch.items():
             wf, step = split_step_key(skey)
             problem(
                 "steps",
                 skey,
                 f"attempt {token} of {wf}/{step} is in no batch deadline entry: its deadline "
-                f"is not watched, so a hung attempt is never retried: {restart(None)}",
+                "is not watched, so it is never timed out: "
+                + (restart(None) if rerun else act(wf)),
             )
 
     def _batch(self, key: bytes, value: Any) -> None:
@@ -145,5 +149,6 @@ class TimerIndex:
         in_batch = self.in_batch
         for wf, step, token in items:
             skey = step_key(wf, step)
-            if in_batch.get(skey) == token:
+            wanted = in_batch.get(skey)
+            if wanted is not None and wanted[0] == token:
                 del in_batch[skey]

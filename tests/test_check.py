@@ -268,8 +268,21 @@ def test_a_running_attempt_in_no_batch_entry_is_reported(
     assert (db, key) == ("steps", step_key("o-running", "ship"))
     assert said.startswith(message)
     assert said.endswith(
-        "a hung attempt is never retried: restart the runtime: recovery runs the step again "
-        "from its record and watches it anew"
+        "it is never timed out: restart the runtime: recovery runs the step again from its "
+        "record and watches it anew"
+    )
+    # A handed-off step (WAITING on complete_later) is not run again by a restart, which
+    # leaves its deadline unwatched too: an operator settles it.
+    waiting = dict(st, state=str(StepState.WAITING))
+    path = damaged(
+        [Delete("timers", holding[0]), Put("steps", step_key("o-running", "ship"), encode(waiting))]
+    )
+    # (its history, which has it DISPATCHED, is reported too)
+    [(db, key, said)] = [p for p in _problems(path) if "batch deadline entry" in p[2]]
+    assert (db, key) == ("steps", step_key("o-running", "ship"))
+    assert said.endswith(
+        "it is never timed out: `herder show o-running`, then settle it by an operator action "
+        "(docs/operator.md), or restore a backup"
     )
 
 
