@@ -29,12 +29,18 @@ import lmdb
 
 from herder.store import _recent as recent
 from herder.store._access import Pinned
-from herder.store._codec import encode
 from herder.store._entries import Written
-from herder.store._errors import InvalidInput, StoreClosed, StoreError, StoreLocked, TimedOut
+from herder.store._errors import (
+    InvalidInput,
+    StoreClosed,
+    StoreCorrupt,
+    StoreError,
+    StoreLocked,
+    TimedOut,
+)
 from herder.store._fresh import FreshKeys
 from herder.store._keys import workflow_key
-from herder.store._lease import DEFAULT_LEASE, INCARNATION_KEY, Lease, guard, take
+from herder.store._lease import DEFAULT_LEASE, Lease, guard, read_lease, take
 from herder.store._leaseholder import LeaseHolder
 from herder.store._locktable import note_lock_table, open_lock, try_flock
 from herder.store._open import (
@@ -288,17 +294,23 @@ class Store(Reads, LeaseHolder):
     def kept_workflow_counts(self) -> dict[str, int] | None:
         """The counts by state the lease holder's writer keeps beside the ``recent`` index
         (one read, ~0.1 ms however large the store), for any reader (the console, its
-        inbox, ``herder stats``): None unless they carry the store's incarnation, that
-        is unless they were counted or carried over when the lease was last taken and
-        kept since: an older herder (which keeps none) took it since, or none are kept
-        yet (a store no herder that keeps them held), or they are damaged."""
+        inbox, ``herder stats``): None unless they carry the incarnation of the lease
+        stored, that is unless they were counted or carried over when the lease was last
+        taken and kept since: an older herder (which keeps none) took it since, or none
+        are kept yet (a store no herder that keeps them held), or they are damaged. (Not
+        the store's incarnation counter: a holder whose fencing tokens run on raises that
+        ahead of them, ``reserve_incarnations``, and keeps the counts as before.)"""
         meta = self._handles["meta"]
 
         def read(txn: lmdb.Transaction) -> dict[str, int] | None:
             kept = recent.stored_counts(txn, meta)
-            if kept is None or txn.get(INCARNATION_KEY, db=meta) != encode(kept[0]):
+            if kept is None:
                 return None
-            return kept[1]
+            try:
+                lease = read_lease(txn, meta)
+            except StoreCorrupt:  # (herder check names it)
+                return None
+            return kept[1] if lease is not None and lease.incarnation == kept[0] else None
 
         return self._read(read)
 

@@ -4,6 +4,7 @@ the batch that writes it."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import struct
 import subprocess
@@ -24,6 +25,7 @@ from herder.store import (
     workflow_key,
 )
 from herder.store import _recent as recent
+from herder.store._lease import read_lease
 from herder.store._recent import (
     BUILT_KEY,
     COUNTS_KEY,
@@ -284,9 +286,13 @@ def test_the_counts_are_carried_over_to_the_next_lease_or_counted_afresh(
         with monkeypatch.context() as m:
             m.setattr(recent, "_add_counts", lambda *a: None)
             store.incarnation += 1
+            meta = store._handles["meta"]
             txn = store._env.begin(write=True)  # type: ignore[union-attr]
-            txn.put(b"incarnation", encode(store.incarnation), db=store._handles["meta"])
+            txn.put(b"incarnation", encode(store.incarnation), db=meta)
+            taken = dataclasses.replace(read_lease(txn, meta), incarnation=store.incarnation)
+            txn.put(b"lease", encode(taken.to_dict()), db=meta)  # (still ours to write)
             txn.commit()
+            store._lease = taken  # (its release writes it)
             write(store, (array("a", WorkflowState.SUCCEEDED, T0 + 1),))
         left = store._read(lambda txn: recent.stored_counts(txn, store._handles["meta"]))
         assert left == (store.incarnation - 1, {"RUNNING": 1, "SUCCEEDED": 1})  # (behind)
@@ -326,9 +332,20 @@ def test_a_reader_reads_the_kept_counts_while_they_carry_the_stores_incarnation(
     with Store(path, readonly=True) as reader:
         assert reader.kept_workflow_counts() == reader.workflow_counts() == truth
     assert counted == []
+    with Store(path) as store:  # a holder whose tokens run on reserves incarnations
+        store.reserve_incarnations(store.incarnation + 1).result(timeout=10)
+        assert store.kept_workflow_counts() == truth  # (they were stale after that)
+    with Store(path, readonly=True) as reader:
+        assert reader.kept_workflow_counts() == truth
+    assert counted == []
     with Store(path) as store:  # an older herder takes the lease: a new incarnation
+        meta = store._handles["meta"]
         txn = store._env.begin(write=True)  # type: ignore[union-attr]
-        txn.put(b"incarnation", encode(store.incarnation + 1), db=store._handles["meta"])
+        older = dataclasses.replace(
+            read_lease(txn, meta), incarnation=store.incarnation + 9, owner="older", expires=0.0
+        )
+        txn.put(b"incarnation", encode(older.incarnation), db=meta)
+        txn.put(b"lease", encode(older.to_dict()), db=meta)
         txn.commit()
     with Store(path, readonly=True) as reader:
         assert reader.kept_workflow_counts() is None
