@@ -211,8 +211,7 @@ class Starting(StartingMany):
         rt: Runtime = self  # type: ignore[assignment]
         if workflow_id is None:
             return None
-        rt._check_open()  # (a stop wakes its claim wait, and shuts the store)
-        record = existing_workflow(rt._store, new.workflow_id)
+        record = existing_workflow(rt, new.workflow_id)  # (a stop may have shut the store)
         return None if record is None else rt._same_start(record, new)
 
     def _submit_start(

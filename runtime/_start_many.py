@@ -180,10 +180,10 @@ class StartingMany:
         """The ids of ``unique`` a workflow has already, each with whether it is the same
         start (its handle) or another (a conflict): read before any slot is taken, so a
         batch repeated after it landed (a retry) needs no room (as :meth:`start`)."""
-        store = _runtime(self)._store
+        rt = _runtime(self)
         taken = {}
         for wid, new in unique.items():
-            record = existing_workflow(store, wid)
+            record = existing_workflow(rt, wid)
             if record is not None:
                 taken[wid] = same_record(record, new)
         return taken

@@ -145,11 +145,8 @@ _ONE = encode(1)
 
 @functools.lru_cache(maxsize=1)
 def _created_event(now: float) -> bytes:
-    """The stored history event of a workflow created (RUNNING) at ``now``:
-    ``history_put``'s value, which depends on neither id nor sequence, so a
-    ``start_many`` batch encodes it once. Encoded from the event's compact array (laid
-    out as ``history_put`` lays it out, ``_CREATED``), not through a throwaway record,
-    event map and put on every ``start()``."""
+    """The stored history event of a workflow created (RUNNING) at ``now``: ``history_put``'s
+    value, of neither id nor sequence (a batch encodes it once), from its compact array."""
     return encode([_CREATED[0], now, *_CREATED[2:]])
 
 
@@ -201,10 +198,14 @@ def same_start(a: NewStart, b: NewStart) -> bool:
     return a.plan.name == b.plan.name and _same_input(a.input, b.input)
 
 
-def existing_workflow(store: Store, workflow_id: str) -> WorkflowRecord | None:
-    """The workflow a start's id names already, or None: with no read for an id the store
-    knows no workflow has (``Store.surely_new``: most ids come in order)."""
-    return None if store.surely_new(workflow_id) else store.get_workflow(workflow_id)
+def existing_workflow(rt: Runtime, workflow_id: str) -> WorkflowRecord | None:
+    """The workflow a start's id names already, or None: no read for an id the store knows
+    is free (``Store.surely_new``); a stop since the checks shut the store: RuntimeClosed."""
+    store = rt._store
+    try:
+        return None if store.surely_new(workflow_id) else store.get_workflow(workflow_id)
+    except StoreClosed as exc:
+        raise stopped(rt, exc) from exc
 
 
 def taken_by(store: Store, new: NewStart) -> WorkflowRecord:

@@ -270,3 +270,39 @@ def test_a_start_checked_before_a_stop_that_lands_after_it_is_runtime_closed(
             rt.stop()
         else:
             stopper.join(30)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("many", [False, True])
+def test_a_start_whose_id_is_read_after_a_stop_shut_the_store_is_runtime_closed(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, many: bool
+) -> None:
+    # A start with its own id reads the store for it before it takes a slot; a stop that
+    # shut the store between the start's checks and that read let StoreClosed ("open it
+    # again") out, where stop() promises RuntimeClosed.
+    from herder.runtime import Agent, Workflow
+
+    class Quick(Agent):
+        def go(self, ctx: Any) -> int:
+            return 1
+
+    rt = Runtime(tmp_path / "s")
+    rt.add_agent("a", Quick)
+    rt.add_workflow(Workflow("w").step("s", agent="a", action="go"))
+    store = rt._store
+
+    def stop_first(workflow_id: str) -> bool:
+        stopper = threading.Thread(target=rt.stop)
+        stopper.start()
+        stopper.join(30)
+        assert not stopper.is_alive()
+        return False  # (so the start reads the store, now shut)
+
+    monkeypatch.setattr(store, "surely_new", stop_first)
+    start = (
+        (lambda: rt.start_many([{"workflow": "w", "workflow_id": "x1"}]))
+        if many
+        else (lambda: rt.start("w", workflow_id="x1"))
+    )
+    with pytest.raises(RuntimeClosed, match="stopping"):
+        start()
