@@ -367,10 +367,12 @@ def test_the_workflow_counters_are_as_of_each_poll_not_of_the_last_count(
     # The counters showed the workflows as the last count found them: on a million
     # workflows a count takes a minute and the next one starts ten minutes after it, so
     # a workflow parked or finished that long ago still showed as before.
-    frozen = types.SimpleNamespace(monotonic=lambda: 0.0, time=time.time)
+    ticks = iter(range(1_000, 2_000))  # (seconds: each reading of the time a later one)
+    frozen = types.SimpleNamespace(monotonic=lambda: 0.0, time=lambda: float(next(ticks)))
     monkeypatch.setattr(_counters, "time", frozen)  # no count is due after the first
     console = make_console()
-    assert json.loads(request(console, "GET", "/api/stats")[2])["workflows"] == {
+    first = json.loads(request(console, "GET", "/api/stats")[2])
+    assert first["workflows"] == {
         **dict.fromkeys(map(str, WorkflowState), 0),
         "SUCCEEDED": 1,
         "NEEDS_ATTENTION": 1,
@@ -385,6 +387,9 @@ def test_the_workflow_counters_are_as_of_each_poll_not_of_the_last_count(
     assert (answer["workflows"]["NEEDS_ATTENTION"], answer["workflows"]["ABANDONED"]) == (0, 1)
     assert "counting" not in answer
     assert "retries" in answer  # (the count's, as it was)
+    # Each says when it was read: the count's time is not the poll's (the page's "as of"
+    # said the poll's for the retries and timers too, counted minutes before).
+    assert answer["at"] == first["at"] < first["workflows_at"] < answer["workflows_at"]
 
 
 def test_the_counters_say_a_runtime_stopped_at_the_next_poll_not_the_next_count(

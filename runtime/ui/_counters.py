@@ -85,7 +85,7 @@ class Counters:
             return None
         return {
             "workflows": {s: kept.get(s, 0) for s in map(str, WorkflowState)},
-            "at": time.time(),
+            "workflows_at": time.time(),  # (not "at": the count's, of its retries and timers)
         }
 
     def _count(self) -> None:

@@ -36,7 +36,12 @@
       }
       const at = document.createElement("span");
       at.className = "c idle";
-      at.textContent = "as of " + new Date(s.at * 1000).toLocaleTimeString();
+      const when = (t) => new Date(t * 1000).toLocaleTimeString();
+      // The workflows kept by the writer are read at each poll; the count (retries and
+      // timers, and the workflows where none are kept) may be minutes older.
+      at.textContent = !s.workflows_at ? "as of " + when(s.at)
+        : s.counting ? "as of " + when(s.workflows_at)
+        : "as of " + when(s.workflows_at) + " (retries, timers: " + when(s.at) + ")";
       chips.push(at);
       box.replaceChildren(...chips);
     } catch (err) {
