@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
+from herder.actors import RuntimeClosed
 from herder.runtime._once import SaidOnce
 from herder.store import (
     HandoffRequest,
@@ -110,11 +111,19 @@ class LeaseKeeper:
                     request.deadline,
                 )
                 threading.Thread(
-                    target=self._on_handoff,
+                    target=self._hand_over,
                     args=(request.deadline,),
                     name="herder-handoff",
                     daemon=True,
                 ).start()
+
+    def _hand_over(self, deadline: float) -> None:
+        """The handoff, on its own thread; a stop() that came meanwhile ends it (the stop
+        releases the lease itself): said, not left as the thread's traceback."""
+        try:
+            self._on_handoff(deadline)
+        except RuntimeClosed:
+            _log.warning("handoff ended by a stop of this runtime, which let the lease go")
 
     def _reserve(self) -> None:
         """Reserve the incarnation our fencing tokens will reach next, well before they

@@ -353,3 +353,35 @@ def test_the_read_commands_exit_codes_are_the_documented_ones(
     assert run("show", "nobody", "--store", str(store)) == (1, "")
     assert run("ls", "--limit", "-1", "--store", str(store))[0] == 2
     assert "no store at" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_a_handoff_that_a_stop_cuts_short_ends_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop() while the runtime drained for a handoff left RuntimeClosed as an unhandled
+    # exception of the herder-handoff thread (a traceback on stderr); the stop releases
+    # the lease itself, so the handoff has nothing left to do.
+    import threading
+
+    path = tmp_path / "store"
+    rt = Runtime(path, sweep_interval=0.05)
+    mark = StandbyMark(path)  # (a standby waits: the request is heard)
+    draining, failures = threading.Event(), []
+
+    def stopped_meanwhile(deadline: float) -> None:
+        draining.set()
+        raise api.RuntimeClosed("the runtime is stopped; open a new Runtime to continue")
+
+    monkeypatch.setattr(rt, "_drain", stopped_meanwhile)
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    try:
+        rt._store.request_handoff(1.0, "test")
+        assert draining.wait(30)
+        [handing] = [t for t in threading.enumerate() if t.name == "herder-handoff"] or [None]
+        if handing is not None:
+            handing.join(30)
+        assert failures == []
+    finally:
+        mark.release()
+        rt.stop()
