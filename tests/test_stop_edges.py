@@ -220,6 +220,20 @@ def test_waiting_for_a_standby_to_become_active_ends_when_it_stops_first(
     assert not asyncio.run(standby.wait_active_async())
 
 
+def _one_step_runtime(path: pathlib.Path) -> Runtime:
+    """A runtime with workflow "w": one quick step."""
+    from herder.runtime import Agent, Workflow
+
+    class Quick(Agent):
+        def go(self, ctx: Any) -> int:
+            return 1
+
+    rt = Runtime(path)
+    rt.add_agent("a", Quick)
+    rt.add_workflow(Workflow("w").step("s", agent="a", action="go"))
+    return rt
+
+
 @pytest.mark.parametrize("many", [False, True])
 @pytest.mark.parametrize("moment", ["released", "closed"])
 def test_a_start_checked_before_a_stop_that_lands_after_it_is_runtime_closed(
@@ -228,15 +242,7 @@ def test_a_start_checked_before_a_stop_that_lands_after_it_is_runtime_closed(
     # A start that passed its checks just before stop() and reached the store after the
     # stop released the lease failed with LeaseLost ("restart it with standby=True"), and
     # after it closed the store with StoreClosed; stop() promises RuntimeClosed.
-    from herder.runtime import Agent, Workflow
-
-    class Quick(Agent):
-        def go(self, ctx: Any) -> int:
-            return 1
-
-    rt = Runtime(tmp_path / "s")
-    rt.add_agent("a", Quick)
-    rt.add_workflow(Workflow("w").step("s", agent="a", action="go"))
+    rt = _one_step_runtime(tmp_path / "s")
     released, resume = threading.Event(), threading.Event()
     release = rt._store.release_lease
 
@@ -280,15 +286,7 @@ def test_a_start_whose_id_is_read_after_a_stop_shut_the_store_is_runtime_closed(
     # A start with its own id reads the store for it before it takes a slot; a stop that
     # shut the store between the start's checks and that read let StoreClosed ("open it
     # again") out, where stop() promises RuntimeClosed.
-    from herder.runtime import Agent, Workflow
-
-    class Quick(Agent):
-        def go(self, ctx: Any) -> int:
-            return 1
-
-    rt = Runtime(tmp_path / "s")
-    rt.add_agent("a", Quick)
-    rt.add_workflow(Workflow("w").step("s", agent="a", action="go"))
+    rt = _one_step_runtime(tmp_path / "s")
     store = rt._store
 
     def stop_first(workflow_id: str) -> bool:
