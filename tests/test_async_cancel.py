@@ -47,7 +47,7 @@ def test_a_start_async_cancelled_as_room_comes_is_cancelled_and_gives_the_room_b
 
             task = asyncio.create_task(second())
             while not rt._queued:  # it waits for room...
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # (a turn of the loop, not a wait for time)
             # ...and is cancelled in the very loop turn its room is handed to it
             rt._queued[0].woken.add_done_callback(lambda _: task.cancel())  # type: ignore[union-attr]
             Held.gate.set()
@@ -74,7 +74,7 @@ def test_an_awaited_event_wait_cancelled_in_any_turn_after_the_set_is_cancelled(
             await asyncio.sleep(0)  # (it waits)
             event.set()
             for _ in range(turns):
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # (a turn of the loop, not a wait for time)
             if task.cancel():  # not ended yet: the cancel must reach it
                 with pytest.raises(asyncio.CancelledError):
                     await task

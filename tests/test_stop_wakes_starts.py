@@ -97,10 +97,10 @@ def test_a_start_async_waiting_for_its_id_when_the_runtime_stops_says_it_stopped
             await rt.start_async("w", workflow_id="z")
             first = asyncio.create_task(rt.start_async("w", workflow_id="x"))
             while not rt._queued:  # it claimed "x" and waits for room
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # (a turn of the loop, not a wait for time)
             second = asyncio.create_task(rt.start_async("w", workflow_id="x"))
             while "x" not in rt._claims._waiting:  # it waits for the first's claim
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # (a turn of the loop, not a wait for time)
             await rt.stop_async()
             done = await asyncio.gather(first, second, return_exceptions=True)
         finally:
