@@ -182,7 +182,7 @@ class Store(Reads, LeaseHolder):
                 )
                 if not self.standby:
                     self.incarnation = self._take_at_open(txn)
-                    self._upgrade(txn, self.incarnation)
+                    self._upgrade(txn, self.incarnation, self.taken_from)
         except lmdb.Error as exc:
             raise translate(exc, f"cannot initialise store {path}") from exc
         protect_files(path)
@@ -199,12 +199,12 @@ class Store(Reads, LeaseHolder):
         except lmdb.Error as exc:
             raise translate(exc, f"cannot read store {self.path}") from exc
 
-    def _upgrade(self, txn: lmdb.Transaction, incarnation: int) -> None:
+    def _upgrade(self, txn: lmdb.Transaction, incarnation: int, before: int | None) -> None:
         # The schema read again, in the transaction taking the lease: a standby read it at
         # its open, and a newer herder may have held the store and marked it since
         # (SchemaTooNew: nothing is taken; this herder would write what it misreads).
         schema, _ = read_schema(txn, self._handles["meta"], self.path)
-        self.schema_version = upgrade_schema(txn, self._handles, schema, incarnation)
+        self.schema_version = upgrade_schema(txn, self._handles, schema, incarnation, before)
 
     def _note_lock_table(self) -> None:
         assert self._lock_fd is not None
@@ -215,7 +215,7 @@ class Store(Reads, LeaseHolder):
 
     def _take_at_open(self, txn: lmdb.Transaction) -> int:
         self.lease_taken_at = time.monotonic()  # (before it is taken: no later)
-        lease, reason = take(
+        lease, reason, self.taken_from = take(
             txn, self._handles["meta"], duration=self.lease_duration, have_flock=self._have_flock
         )
         if reason is None:

@@ -226,19 +226,20 @@ def take(
     have_flock: bool,
     lapsed: Callable[[Lease], bool] | None = None,
     now: float | None = None,
-) -> tuple[Lease, str | None]:
+) -> tuple[Lease, str | None, int | None]:
     """Take the lease inside write transaction ``txn`` if it is free to take at ``now``
     (wall-clock seconds, default the time now).
 
-    Returns ``(new lease, reason)`` when taken (the incarnation bumped, a pending handoff
-    request cleared) or ``(current lease, None)`` when another holder keeps it.
+    Returns ``(new lease, reason, before)`` when taken (the incarnation bumped, a pending
+    handoff request cleared), ``before`` the incarnation of the lease it replaced (None:
+    the store had none), or ``(current lease, None, None)`` when another holder keeps it.
     """
     now = time.time() if now is None else now
     current = read_lease(txn, meta)
     reason = why_takeable(current, now, have_flock=have_flock, lapsed=lapsed)
     if reason is None:
         assert current is not None
-        return current, None
+        return current, None, None
     raw = cast("bytes | None", txn.get(INCARNATION_KEY, db=meta))
     previous = 0 if raw is None else decode(raw, db="meta", key=INCARNATION_KEY)
     if type(previous) is not int:
@@ -260,7 +261,7 @@ def take(
     txn.put(INCARNATION_KEY, encode(lease.incarnation), db=meta)
     txn.put(LEASE_KEY, encode(lease.to_dict()), db=meta)
     txn.delete(HANDOFF_KEY, db=meta)
-    return lease, reason
+    return lease, reason, None if current is None else current.incarnation
 
 
 def guard(meta: Any, owner: str) -> Callable[[lmdb.Transaction], BaseException | None]:

@@ -51,6 +51,10 @@ class LeaseHolder(Access):
     # time.monotonic() just before this store took its lease: a standby takes it no
     # earlier than a lease duration after (-inf: not taken).
     lease_taken_at: float = float("-inf")
+    # The incarnation of the lease this store's take replaced (None: the store had none,
+    # or it took none): its holder's fencing tokens ran from it up to ours (they pass
+    # into the incarnations it reserved, ``reserve_incarnations``).
+    taken_from: int | None = None
     _clock_note: float | None
     _lock_fd: int | None
     _have_flock: bool
@@ -63,7 +67,7 @@ class LeaseHolder(Access):
     def _start_writer(self, lease: Lease) -> None:
         raise NotImplementedError  # the Store starts its writer
 
-    def _upgrade(self, txn: lmdb.Transaction, incarnation: int) -> None:
+    def _upgrade(self, txn: lmdb.Transaction, incarnation: int, before: int | None) -> None:
         raise NotImplementedError  # the Store marks the schema it writes
 
     def _held_writer(self) -> Writer | None:
@@ -107,8 +111,8 @@ class LeaseHolder(Access):
         if why_takeable(seen, when, have_flock=self._have_flock, lapsed=lapsed) is None:
             return None
 
-        def take_it(txn: lmdb.Transaction) -> tuple[Lease, str | None]:
-            lease, reason = take(
+        def take_it(txn: lmdb.Transaction) -> tuple[Lease, str | None, int | None]:
+            lease, reason, before = take(
                 txn,
                 self._handles["meta"],
                 duration=self.lease_duration,
@@ -117,14 +121,14 @@ class LeaseHolder(Access):
                 now=now,
             )
             if reason is not None:
-                self._upgrade(txn, lease.incarnation)
-            return lease, reason
+                self._upgrade(txn, lease.incarnation, before)
+            return lease, reason, before
 
         asked = time.monotonic()
-        lease, reason = self._write_direct(take_it, "cannot take the lease of store")
+        lease, reason, before = self._write_direct(take_it, "cannot take the lease of store")
         if reason is None:
             return None
-        self._lease, self.incarnation = lease, lease.incarnation
+        self._lease, self.incarnation, self.taken_from = lease, lease.incarnation, before
         self.lease_taken_at = asked
         self._start_writer(lease)
         return reason

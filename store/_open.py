@@ -273,13 +273,15 @@ def read_schema(txn: lmdb.Transaction, meta: Any, path: pathlib.Path) -> tuple[i
     return schema or SCHEMA_VERSION, meta_int(txn, meta, b"incarnation", path) or 0
 
 
-def upgrade_schema(txn: lmdb.Transaction, handles: Handles, schema: int, incarnation: int) -> int:
+def upgrade_schema(
+    txn: lmdb.Transaction, handles: Handles, schema: int, incarnation: int, before: int | None
+) -> int:
     """Mark a store this herder is about to write as :data:`SCHEMA_VERSION` (its records
     move to the new layout as they are next written, and both layouts read), so that an
     older herder refuses it instead of misreading it; index a store older than the
     ``recent`` index, and carry its counts by state over to the lease's ``incarnation``
-    (or count them afresh: an older herder wrote without keeping them). Returns the
-    schema now stored.
+    from the one it replaced (``before``), or count them afresh: an older herder wrote
+    without keeping them. Returns the schema now stored.
 
     Called in the transaction that takes the lease: from then on only this herder writes
     the store. A standby that built the index when it opened, beside an older runtime
@@ -289,7 +291,7 @@ def upgrade_schema(txn: lmdb.Transaction, handles: Handles, schema: int, incarna
     if schema < SCHEMA_VERSION:
         txn.put(b"schema", encode(SCHEMA_VERSION), db=handles["meta"])
     recent.build(txn, handles)  # (once)
-    recent.take_counts(txn, handles, incarnation)
+    recent.take_counts(txn, handles, incarnation, before)
     return SCHEMA_VERSION
 
 

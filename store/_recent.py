@@ -199,15 +199,15 @@ def read_counts(raw: bytes) -> tuple[int, Counter[bytes]] | None:
         return None
 
 
-def take_counts(txn: lmdb.Transaction, handles: dict[str, Any], incarnation: int) -> bool:
-    """Carry the counts over to the lease taken (``incarnation``) if the holder before
-    kept them (they carry its incarnation, the one right before), else count the index's
-    entries by state afresh (~0.2 s per million): an older herder held the store since,
-    or the value is damaged. True if counted afresh."""
+def take_counts(
+    txn: lmdb.Transaction, handles: dict[str, Any], incarnation: int, before: int | None
+) -> bool:
+    """Carry the counts over to lease ``incarnation`` if they carry the one it replaced,
+    ``before`` (not always ours less one: ``reserve_incarnations``). True if counted afresh."""
     meta = handles["meta"]
     raw = cast("bytes | None", txn.get(COUNTS_KEY, db=meta))
     kept = None if raw is None else read_counts(raw)
-    if kept is not None and kept[0] == incarnation - 1:
+    if kept is not None and kept[0] == before:
         txn.put(COUNTS_KEY, _counts_value(incarnation, kept[1]), db=meta)
         return False
     with txn.cursor(db=handles[RECENT_DB]) as cursor:
