@@ -117,7 +117,7 @@ class Scheduler(SupervisedActor):
         # only by Define messages (never written by another thread).
         self._plans: dict[tuple[str, int], Plan] = {}
         self._engine = Engine(
-            ctx.config.defaults(), self._plans, ctx.next_token, self._probes, self._incarnation
+            ctx.config.defaults(), self._plans, ctx.next_token, self._probes, ctx.store
         )
         self._commits = CommitPipeline(ctx.next_token, ctx.listener.on_ending)
         self._dispatch = Dispatcher(ctx, self._engine, self._clock)
@@ -265,9 +265,6 @@ class Scheduler(SupervisedActor):
         }
 
     # -- the engine --------------------------------------------------------------------
-
-    def _incarnation(self) -> int:
-        return self._store.incarnation  # the engine's tokens' high bits
 
     def _probes(self, agent: str, action: str) -> bool:
         """Whether ``agent`` defines a probe for ``action`` (the engine asks on a lapse)."""

@@ -12,7 +12,9 @@ blocks until the parent SIGKILLs it.
   whose action prints ``running`` and hangs, starts workflow ``w`` (idempotently), waits
   for the Scheduler to settle and prints ``stats <json of rt.stats()['resources']>`` and
   ``attempt <n>`` (the step's attempt count). ``crashloop-plain``: the same, with no
-  breaker.
+  breaker. ``reserved``: the same, with no breaker, after the store's incarnation
+  counter was raised ahead of this holder's (as its lease keeper does once its fencing
+  tokens run on, ``reserve_incarnations``).
 - ``lone``: start_many creates ``lone``, whose only step waits an hour (its own
   ``delay``), and every write after that commit stalls: prints ``created <its time>``
   once one does.
@@ -84,6 +86,8 @@ def main(store: str, mode: str) -> None:
         breaker = CircuitBreaker(failures=2, cooldown=HOUR) if mode == "crashloop" else None
         rt.add_agent("svc", Hangs, breaker=breaker)
         rt.add_workflow(Workflow("one").step("call", agent="svc", action="call", timeout=HOUR))
+        if mode == "reserved":
+            rt._store.reserve_incarnations(rt._store.incarnation + 1).result(timeout=30)
         rt.start("one", workflow_id="w")
         settle(rt)
         say("stats " + json.dumps(rt.stats()["resources"]))

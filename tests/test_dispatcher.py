@@ -39,7 +39,7 @@ def test_the_host_hears_pumped_after_the_pump_that_follows_an_instance_event(
     with Store(tmp_path / "s") as store:
         clock = FakeClock()
         ctx = EngineContext(store, clock, EngineConfig(), types.SimpleNamespace())  # type: ignore[arg-type]
-        engine = Engine(ctx.config.defaults(), {}, ctx.next_token, lambda *a: False, lambda: 0)
+        engine = Engine(ctx.config.defaults(), {}, ctx.next_token, lambda *a: False, ctx.store)
         dispatcher = Dispatcher(ctx, engine, MessageClock(clock))
         host: Any = PumpedHost()
         dispatcher.attach(host, {})

@@ -8,6 +8,7 @@ the records to write, what happens at once, and what happens once they are durab
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 from typing import Any
 
 from herder.actors.engine import (
@@ -55,7 +56,7 @@ def _engine() -> Engine:
         {("trip", 1): PLAN},
         lambda: next(tokens),
         has_probe=lambda _agent, _action: False,
-        incarnation=lambda: 0,
+        lease=SimpleNamespace(incarnation=0, taken_from=None),
     )
 
 

@@ -5,6 +5,7 @@ left undone, a cancelled workflow not run forward; and non_retryable by a built-
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -43,7 +44,7 @@ def _engine(plan: Plan, *, probe: bool = False) -> Engine:
         {(plan.name, plan.version): plan},
         lambda: next(tokens),
         has_probe=lambda _agent, _action: probe,
-        incarnation=lambda: 0,
+        lease=SimpleNamespace(incarnation=0, taken_from=None),
     )
 
 

@@ -6,6 +6,7 @@ is followed, and ``ctx.results`` lists the same order after a reload."""
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 from typing import Any
 
 from herder.actors._engine import results_of
@@ -21,7 +22,11 @@ def _HALF() -> float:
 def _engine(plans: dict[tuple[str, int], Plan]) -> Engine:
     tokens = itertools.count(1)
     return Engine(
-        Defaults(), plans, lambda: next(tokens), has_probe=lambda *_: False, incarnation=lambda: 0
+        Defaults(),
+        plans,
+        lambda: next(tokens),
+        has_probe=lambda *_: False,
+        lease=SimpleNamespace(incarnation=0, taken_from=None),
     )
 
 

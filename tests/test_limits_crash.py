@@ -128,3 +128,24 @@ def test_a_crash_loop_stores_its_failures_without_a_breaker(tmp_path: Path) -> N
     with Store(store, readonly=True) as s:
         stored = store_stats(s)["resources"]["svc"]
     assert (stored["lost"], stored["failures"], stored["breaker"]) == (2, 2, "CLOSED")
+
+
+def test_an_attempt_lost_with_a_holder_that_reserved_incarnations_is_counted(
+    tmp_path: Path,
+) -> None:
+    # A holder whose fencing tokens run on raises the store's incarnation counter ahead of
+    # them (reserve_incarnations), and the next take starts above that. Recovery counted
+    # an attempt lost only if its token was of the incarnation right before its own: none
+    # of that holder's were, so its attempts dying with it went unseen by the agent's
+    # `lost` (rt.stats(), herder stats) and its breaker.
+    store = tmp_path / "store"
+    run_child(store, "reserved", "running")
+    log: list[tuple[str, str]] = []
+    with Runtime(store, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", lambda: Recorder(log))
+        rt.add_workflow(Workflow("one").step("call", agent="svc", action="call", timeout=HOUR))
+        rt.handle("w").result(timeout=WAIT)
+        assert rt.stats()["resources"]["svc"]["lost"] == 1
+    assert log == [("w", "call")]
+    with Store(store, readonly=True) as s:
+        assert store_stats(s)["resources"]["svc"]["lost"] == 1

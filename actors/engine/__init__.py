@@ -103,6 +103,7 @@ from herder.actors.engine._operator import (
     undo_again,
 )
 from herder.actors.engine._recovery import (
+    Leased,
     poison_message,
     poisoned,
     resumes,
@@ -218,6 +219,7 @@ __all__ = [
     "HistoryWrite",
     "Immediate",
     "Job",
+    "Leased",
     "Lost",
     "Machine",
     "OnDeadline",

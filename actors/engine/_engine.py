@@ -50,6 +50,7 @@ from herder.actors.engine._events import (
 from herder.actors.engine._logs import log_failure, log_step
 from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
+from herder.actors.engine._recovery import Leased
 from herder.actors.engine._resume import count_crash, resume_steps
 from herder.actors.engine._runs import Attempt, Dispatched, WorkflowRun
 from herder.actors.engine._shapes import Shapes
@@ -66,11 +67,11 @@ class Engine(Machine):
         plans: Mapping[tuple[str, int], Plan],
         tokens: Callable[[], int],
         has_probe: Callable[[str, str], bool],
-        incarnation: Callable[[], int],
+        lease: Leased,
         *,
         healthy: Callable[[str], bool] = lambda agent: True,
     ) -> None:
-        super().__init__(defaults, tokens, incarnation)
+        super().__init__(defaults, tokens, lease)
         self.healthy = healthy
         self._plans = plans
         self._has_probe = has_probe  # (agent, action): the agent defines its probe

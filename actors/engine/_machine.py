@@ -36,7 +36,7 @@ from herder.actors.engine._decision import (
 from herder.actors.engine._logs import log_step
 from herder.actors.engine._members import next_member
 from herder.actors.engine._operator import cut_short, ended_error, orphan_given_up
-from herder.actors.engine._recovery import orphaned
+from herder.actors.engine._recovery import Leased, orphaned
 from herder.actors.engine._retry import (
     Escalate,
     GiveUp,
@@ -86,12 +86,10 @@ class Defaults:
 class Machine:
     """The workflows in memory and their transitions; see the module docstring."""
 
-    def __init__(
-        self, defaults: Defaults, tokens: Callable[[], int], incarnation: Callable[[], int]
-    ) -> None:
+    def __init__(self, defaults: Defaults, tokens: Callable[[], int], lease: Leased) -> None:
         self.defaults = defaults
         self._tokens = tokens
-        self.incarnation = incarnation  # the store's (its tokens' high bits)
+        self.lease = lease  # the store's: its incarnation, the one it was taken from
         # (agent): its last health check passed; an AnyOf step picks among those.
         self.healthy: Callable[[str], bool] = lambda agent: True
         # (token): its attempt reached an agent (one reserved ahead may still be waiting).
@@ -312,7 +310,7 @@ class Machine:
         self.set_record(
             run, state=WorkflowState.COMPENSATING, error=reason, reason=reason, cancelled=cancelled
         )
-        incarnation = self.incarnation()
+        incarnation = self.lease.incarnation
         for st in list(run.steps.values()):
             if st.token not in self.inflight and orphaned(st, incarnation):
                 # Queued to run again after a crash: it is undone instead.

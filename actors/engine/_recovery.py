@@ -27,11 +27,33 @@ Imports: herder.store records and this package; time and tokens are arguments.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from herder.actors.engine._operator import marked_failed
 from herder.actors.engine._states import POISON_ERROR
 from herder.actors.engine._step import stopped
 from herder.store import StepRecord, StepState
+
+
+class Leased(Protocol):
+    """The lease this process holds, as recovery reads it (a Store is one)."""
+
+    incarnation: int  # ours: our fencing tokens' high bits
+    # The incarnation of the lease ours replaced (None: none): its holder's tokens ran from
+    # it up to ours (past its own when they ran on, ``reserve_incarnations``).
+    taken_from: int | None
+
+
+def lost_by_previous(st: StepRecord, lease: Leased) -> bool:
+    """Whether ``st`` was left DISPATCHED by the holder of the lease ours replaced, so
+    its attempt died with that holder: counted once (a later holder that finds the same
+    record again did not lose it)."""
+    before = lease.taken_from
+    return (
+        st.state is StepState.DISPATCHED
+        and before is not None
+        and before <= st.token >> 32 < lease.incarnation
+    )
 
 
 def running_at_crash(steps: Iterable[StepRecord]) -> list[StepRecord]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from herder.actors.engine._decision import Lost
 from herder.actors.engine._members import agent_for
 from herder.actors.engine._recovery import (
+    lost_by_previous,
     orphaned,
     poison_message,
     poisoned,
@@ -24,7 +25,7 @@ from herder.actors.engine._recovery import (
     running_at_crash,
 )
 from herder.actors.engine._step import with_timer
-from herder.store import StepState, WorkflowState
+from herder.store import WorkflowState
 
 if TYPE_CHECKING:
     from herder.actors.engine._machine import Machine
@@ -63,13 +64,11 @@ def resume_steps(m: Machine, run: WorkflowRun) -> None:
     """Queue the steps a previous Scheduler left running or about to run; in a workflow
     that is compensating, give up (and so undo) those an earlier process left running."""
     compensating = run.record.state is WorkflowState.COMPENSATING
-    incarnation = m.incarnation()
+    incarnation = m.lease.incarnation
     for st in list(run.steps.values()):
         if st.token in m.inflight:
             continue
-        if st.state is StepState.DISPATCHED and st.token >> 32 == incarnation - 1:
-            # Lost by the previous run (counted once: a later run that finds the same
-            # record again did not lose it).
+        if lost_by_previous(st, m.lease):
             m.tell(Lost(agent_for(run.specs[st.name], st)))
         if compensating and orphaned(st, incarnation):
             m.put_step(run, st, m.given_up(st))
