@@ -334,6 +334,23 @@ def test_the_counters_answer_while_the_first_count_of_a_big_store_runs(
     assert "counting" not in json.loads(body)
 
 
+def test_the_first_answer_shows_the_kept_workflows_without_waiting_for_the_count(
+    make_console: Callable[..., Console], slow_count: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A page opened on a big store showed "counting…" for the first FIRST_WAIT (2 s):
+    # its first poll waited that long for the first count before it answered with the
+    # workflows by state, which the store's writer keeps and one read gives.
+    monkeypatch.setattr(_counters, "FIRST_WAIT", 30.0)  # (the pytest timeout comes first)
+    started, _ = slow_count
+    console = make_console()
+    answers: list[Any] = []
+    done = in_thread(lambda: answers.append(request(console, "GET", "/api/stats")))
+    assert done.wait(5)
+    assert started.is_set()
+    first = json.loads(answers[0][2])
+    assert (first["counting"], first["workflows"]["SUCCEEDED"]) == (True, 1)
+
+
 def forget_counts(path: Path) -> None:
     """Remove the counts by state the writer keeps, as on a store no herder that keeps
     them has held."""

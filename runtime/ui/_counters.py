@@ -2,7 +2,8 @@
 
 Counting reads every workflow (``store_stats``), which takes a while on a big store. So a
 request never counts: it answers at once with the latest count (before the first one, it
-waits :data:`FIRST_WAIT` for it, then answers ``{"counting": true}``), and a new count
+waits :data:`FIRST_WAIT` for it, or :data:`FIRST_GLANCE` where the workflows by state are
+kept, below, then answers ``{"counting": true}``), and a new count
 starts in a background thread when the last one is older than :data:`EVERY` seconds and,
 at the earliest, ten times its own duration after it ended: the console spends at most
 about a tenth of a core on counting, however large the store. Nor does an operator's
@@ -37,6 +38,10 @@ FIRST_WAIT = 2.0
 it answers that it is still counting: the page asks every 2 s whether or not the last
 answer came, and a browser has six connections to the console; requests waiting the
 minute a million workflows take held them all, and its pages stopped loading."""
+FIRST_GLANCE = 0.25
+"""Seconds it waits for the first count where the store's writer keeps the workflows by
+state: those are shown meanwhile (a page opened on a big store showed nothing for the
+whole :data:`FIRST_WAIT`), and a small store's count is done by then."""
 
 
 class Counters:
@@ -62,8 +67,8 @@ class Counters:
                 self._counted.clear()
                 threading.Thread(target=self._count, name="herder-ui-count", daemon=True).start()
             latest = self._latest
-        if latest is None:
-            self._counted.wait(FIRST_WAIT)
+        if latest is None:  # (the kept workflows by state are read again after the wait)
+            self._counted.wait(FIRST_WAIT if self._kept() is None else FIRST_GLANCE)
             with self._lock:
                 latest, error = self._latest, self._error
             if error is not None:
