@@ -26,7 +26,7 @@ ahead on the agent, as when its class is known.
 
 ``health`` is user code: whatever it raises (``BaseException`` included) is contained and
 becomes the check's error. An ``async def health`` runs to its end on the check thread,
-under the same timeout, on an event loop of the check instance's own (:class:`_Checker`:
+under the same timeout, on an event loop of the check instance's own (:class:`Checker`:
 one for the instance's life, so a client it holds, opened by an ``async def`` factory or
 an earlier check, serves every check): the runtime's loop, which runs an async agent's
 actions, never waits for it (and it does not place an agent of plain ``def`` actions on
@@ -35,8 +35,6 @@ that loop: ``coroutine_actions`` leaves it out).
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import threading
 import time
@@ -46,6 +44,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from herder.actors._checker import Checker
 from herder.actors._clock import Clock
 from herder.actors._hosted import let_go
 from herder.actors._messages import Wake
@@ -96,34 +95,6 @@ class HealthPolicy:
         return self.timeout if self.timeout is not None else min(DEFAULT_TIMEOUT, self.interval)
 
 
-class _Checker:
-    """An instance built for checks alone, and the event loop its coroutines (an ``async
-    def`` factory's, each ``async def health``) run on, made by the first of them. One
-    loop for its life: a connection it holds belongs to the loop it was opened on, and
-    on a fresh loop per check (``asyncio.run``) every other check failed with it. The
-    loop closes once the checker is dropped (by the thread of its last check, if that
-    check hung past its timeout)."""
-
-    __slots__ = ("loop", "obj")
-
-    def __init__(self) -> None:
-        self.obj: object = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def finish(self, value: object) -> object:
-        """``value``, or what it returns when it is a coroutine, run to its end on this
-        checker's loop; whatever it raises comes out as :class:`UserCodeFailed`."""
-        if not inspect.iscoroutine(value):
-            return value
-        if self.loop is None:
-            self.loop = asyncio.new_event_loop()
-        return contain(self.loop.run_until_complete, value)
-
-    def __del__(self) -> None:
-        if self.loop is not None and not self.loop.is_running():
-            self.loop.close()
-
-
 @dataclass(slots=True)
 class _Watch:
     """One watched agent: its policy, the checker instance and the last verdict."""
@@ -136,7 +107,7 @@ class _Watch:
     checks: int = 0
     failures: int = 0  # failed checks, ever
     checked_at: float | None = None  # wall time of the last verdict
-    instance: _Checker | None = None
+    instance: Checker | None = None
     seq: int = 0  # the current check's number; a late answer of an older one is ignored
     running: threading.Thread | None = None
     started: float = 0.0  # monotonic start of the running check
@@ -339,10 +310,10 @@ class AgentHealth:
         """One check, on its own thread: build the checker if needed, call ``health``
         (an instance without one is not watched any more: it has nothing to check)."""
         error = None
-        checker = watch.instance  # (held here until the check ends: see _Checker)
+        checker = watch.instance  # (held here until the check ends: see Checker)
         try:
             if checker is None:
-                checker = _Checker()
+                checker = Checker()
                 try:
                     checker.obj = checker.finish(contain(watch.factory))  # (async def too)
                 except UserCodeFailed:
