@@ -12,14 +12,13 @@ thread.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from herder.actors.engine import WorkflowRun
-from herder.store import StoreCorrupt, WorkflowRecord
+from herder.store import StoreCorrupt, WorkflowRecord, get_logger
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 class Absent:

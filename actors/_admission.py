@@ -18,7 +18,6 @@ changes (:meth:`writes` hands the records to the Scheduler's flush, on whose thr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -35,11 +34,12 @@ from herder.store import (
     Store,
     StoreCorrupt,
     encode,
+    get_logger,
     read_resources,
     resource_key,
 )
 
-_log = logging.getLogger("herder.admission")
+_log = get_logger("herder.admission")
 
 _EPSILON = 1e-9  # float slack: a token refilled "exactly" on time counts as there
 _KEEP_LIMIT_EVERY = 5.0  # seconds: how often at most an adaptive limit's move is stored

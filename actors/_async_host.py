@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,9 +56,9 @@ from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._restarts import RestartWindow
 from herder.actors._supervision_specs import ChildEventKind
 from herder.actors.engine import CRASH_ERROR
-from herder.store import UserCodeFailed, describe, error_types
+from herder.store import UserCodeFailed, describe, error_types, get_logger
 
-_log = logging.getLogger("herder.asyncio")
+_log = get_logger("herder.asyncio")
 
 
 class _Holder:

@@ -9,7 +9,6 @@ the workflow is taken back, before anything of it runs again.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -26,11 +25,12 @@ from herder.store import (
     Plan,
     Transition,
     finished_ops,
+    get_logger,
     history_put,
     workflow_key,
 )
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 class Channel:

@@ -7,7 +7,6 @@ FakeClock (which only drives the restart intensity window and backoff timers).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,8 +15,9 @@ import pykka
 from herder.actors._clock import SystemClock
 from herder.actors._restarts import Child
 from herder.actors._supervision_specs import ChildEventKind
+from herder.store import get_logger
 
-_log = logging.getLogger("herder.supervision")
+_log = get_logger("herder.supervision")
 _REAL_CLOCK = SystemClock()
 
 Emit = Callable[[str, ChildEventKind, "pykka.ActorRef[Any] | None", "BaseException | None"], None]

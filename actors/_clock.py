@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from herder.store import InvalidInput, real_number
+from herder.store import InvalidInput, get_logger, real_number
 
-_log = logging.getLogger("herder.clock")
+_log = get_logger("herder.clock")
 
 
 class TimerHandle:

@@ -10,7 +10,6 @@ on, are dropped) and replaced by one holding the attempts still watched, if any.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +47,7 @@ from herder.store import (
     batch_put,
     encode,
     encoder,
+    get_logger,
     history_put,
     indexed,
     key_prefix,
@@ -59,7 +59,7 @@ from herder.store import (
     workflow_key,
 )
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 class Txn:

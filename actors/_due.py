@@ -19,7 +19,6 @@ definition, parked after a failed commit); otherwise they are deleted.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -35,9 +34,9 @@ from herder.actors.engine import (
     TimerDue,
     attempt_due_ms,
 )
-from herder.store import BATCH_TIMER, batch_items, crash_point, timer_key, timer_token
+from herder.store import BATCH_TIMER, batch_items, crash_point, get_logger, timer_key, timer_token
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 class DueTimers:

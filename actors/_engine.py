@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,9 +24,9 @@ from herder.actors._messages import Heartbeat, Run
 from herder.actors._results import Results
 from herder.actors._wiring import EngineListener
 from herder.actors.engine import Defaults, Dispatched, Job, WorkflowRun, gathered, idempotency_key
-from herder.store import LeaseLost, Plan, RetryPolicy, Store, builder
+from herder.store import LeaseLost, Plan, RetryPolicy, Store, builder, get_logger
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from herder.store import bounded_traceback, describe
+from herder.store import Lines, bounded_traceback, describe, get_logger, printable_lines
 
-_log = logging.getLogger("herder.asyncio")
+_log = get_logger("herder.asyncio")
 
 
 class LoopInbox:
@@ -308,7 +307,7 @@ def _serve(loop: asyncio.AbstractEventLoop, owner: EventLoop) -> None:
         except BaseException as exc:  # user code may raise anything at all
             # Described here, never handed to logging: formatting its traceback reads
             # the user's object (its __notes__, its type's names), which may raise too.
-            what = bounded_traceback(exc) or describe(exc)
+            what = Lines(printable_lines(bounded_traceback(exc) or describe(exc)))
             _log.error("user code escaped to the asyncio agents' loop; it runs on\n%s", what)
             continue
         if owner._closed:  # close() stops it (it sets _closed first)

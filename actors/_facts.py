@@ -12,14 +12,13 @@ publishing (older than :data:`FACTS_STALE`: none is).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from herder.actors._adaptive import Adaptive
 from herder.actors._limits import CircuitBreaker, RateLimit
-from herder.store import Put, Store, StoreCorrupt, Transition, encode
+from herder.store import Put, Store, StoreCorrupt, Transition, encode, get_logger
 
-_log = logging.getLogger("herder.facts")
+_log = get_logger("herder.facts")
 
 FACTS_KEY = b"agent_facts"
 """The ``meta`` key of the published facts."""

@@ -35,7 +35,6 @@ that loop: ``coroutine_actions`` leaves it out).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -48,9 +47,17 @@ from herder.actors._checker import Checker
 from herder.actors._clock import Clock
 from herder.actors._hosted import let_go
 from herder.actors._messages import Wake
-from herder.store import MAX_SECONDS, InvalidInput, UserCodeFailed, contain, real_number, safe_repr
+from herder.store import (
+    MAX_SECONDS,
+    InvalidInput,
+    UserCodeFailed,
+    contain,
+    get_logger,
+    real_number,
+    safe_repr,
+)
 
-_log = logging.getLogger("herder.health")
+_log = get_logger("herder.health")
 
 DEFAULT_INTERVAL = 10.0
 """Seconds between two health checks of an agent that defines ``health`` (by default)."""

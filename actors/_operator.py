@@ -10,7 +10,6 @@ durable. It runs on the Scheduler's thread and reaches the Scheduler only throug
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 
@@ -45,6 +44,7 @@ from herder.store import (
     WorkflowRecord,
     WorkflowState,
     finished_ops,
+    get_logger,
     history_put,
     ms,
     normalize,
@@ -55,7 +55,7 @@ from herder.store import (
     workflow_event,
 )
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 class Operator:

@@ -22,7 +22,6 @@ and the crash rules:
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,9 +42,9 @@ from herder.actors._messages import InstanceEvent, Run
 from herder.actors._pool_worker import QUICK, Work, withdraw
 from herder.actors._restarts import RestartWindow
 from herder.actors._supervision_specs import ChildEventKind
-from herder.store import crash_point
+from herder.store import crash_point, get_logger
 
-_log = logging.getLogger("herder.agents")
+_log = get_logger("herder.agents")
 
 
 @dataclass(slots=True)

@@ -12,7 +12,6 @@ was given.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -36,10 +35,11 @@ from herder.store import (
     StepRecord,
     StoreCorrupt,
     WorkflowRecord,
+    get_logger,
     pending_commands,
 )
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 RESUME_CHUNK = 200  # workflows resumed per message when a definition arrives
 SWEEP_EARLY = 256  # marks of early starts kept before the settled ones are dropped

@@ -17,7 +17,6 @@ again, as after a crash.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -29,9 +28,16 @@ from herder.actors._engine import EngineContext
 from herder.actors._errors import UnknownWorkflow
 from herder.actors._messages import EarlyStart
 from herder.actors.engine import Attempt, Engine, Refuse, Resolve
-from herder.store import StepRecord, StepState, StoreCorrupt, StoreIOError, WorkflowRecord
+from herder.store import (
+    StepRecord,
+    StepState,
+    StoreCorrupt,
+    StoreIOError,
+    WorkflowRecord,
+    get_logger,
+)
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 class Admit(Protocol):

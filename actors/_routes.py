@@ -22,7 +22,6 @@ Everything here runs on the Scheduler's thread.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 
 from herder.actors._ahead import Lane, Lanes
@@ -30,8 +29,9 @@ from herder.actors._host import AgentHost, forget, routed
 from herder.actors._queue import JobQueue
 from herder.actors._wiring import unregistered
 from herder.actors.engine import Engine, Job, unqueue
+from herder.store import get_logger
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 Route = tuple[JobQueue[Job], AgentHost, Lane | None]
 """An agent's queue, the host it runs on (``routed``) and its reserve-ahead lane."""

@@ -34,7 +34,6 @@ and reaching it only through the Shell methods (``handle``, ``perform``, ``settl
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -91,9 +90,9 @@ from herder.actors.engine import (
     Engine,
     Event,
 )
-from herder.store import BATCH_TIMER, LeaseLost, Plan, crash_point
+from herder.store import BATCH_TIMER, LeaseLost, Plan, crash_point, get_logger
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 FLUSH_AT = 8
 """Workflows with open writes at which the Scheduler flushes before its inbox drains: an early

@@ -17,7 +17,6 @@ with or without calling ``super()``.
 
 from __future__ import annotations
 
-import logging
 import queue
 import sys
 import threading
@@ -29,9 +28,9 @@ from typing import Any
 import pykka
 
 from herder.actors._errors import SupervisorStartError
-from herder.store import explain, safe_repr
+from herder.store import explain, get_logger, safe_repr
 
-_log = logging.getLogger("herder.supervision")
+_log = get_logger("herder.supervision")
 _local = threading.local()
 
 

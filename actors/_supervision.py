@@ -22,7 +22,6 @@ graceful stop (up to its ``ChildSpec.shutdown``; then it is abandoned).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +47,9 @@ from herder.actors._supervision_specs import (
     Strategy,
     check_new_specs,
 )
-from herder.store import InvalidInput
+from herder.store import InvalidInput, get_logger
 
-_log = logging.getLogger("herder.supervision")
+_log = get_logger("herder.supervision")
 
 Listener = Callable[[ChildEvent], None]
 

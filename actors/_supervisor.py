@@ -15,7 +15,6 @@ message, a restarted Scheduler, or a previous process.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,9 +22,17 @@ from herder.actors._clock import TimerHandle
 from herder.actors._engine import EngineContext
 from herder.actors._messages import Commands, Due, Tick
 from herder.actors._supervised import SupervisedActor
-from herder.store import StoreCorrupt, crash_point, ms, pending_commands, timer_key, timer_token
+from herder.store import (
+    StoreCorrupt,
+    crash_point,
+    get_logger,
+    ms,
+    pending_commands,
+    timer_key,
+    timer_token,
+)
 
-_log = logging.getLogger("herder.supervisor")
+_log = get_logger("herder.supervisor")
 
 
 class _Sweep:

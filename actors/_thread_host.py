@@ -14,7 +14,6 @@ the shared :func:`~herder.actors._action.run_attempt`.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,9 +33,9 @@ from herder.actors._hosted import (
 from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING
 from herder.actors._supervision_specs import ChildEventKind, ChildSpec, Restart
-from herder.store import crash_point
+from herder.store import crash_point, get_logger
 
-_log = logging.getLogger("herder.agents")
+_log = get_logger("herder.agents")
 
 
 @dataclass(slots=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import logging
 import signal
 import threading
 import time
@@ -46,14 +45,14 @@ from herder.runtime._routing import routes
 from herder.runtime._starts import start_items
 from herder.runtime._waits import awaited, run_async, seconds, wait_limit
 from herder.runtime._workflow import Workflow
-from herder.store import TimedOut
+from herder.store import TimedOut, get_logger
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime, WorkflowHandle
 
 T = TypeVar("T")
 
-_log = logging.getLogger("herder.runtime")
+_log = get_logger("herder.runtime")
 
 
 _Held = tuple[signal.Signals, asyncio.Handle | None, Any]

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from herder.store import printable
+
 
 def _rich_console(out: TextIO) -> Any | None:
     if not _is_terminal(out):
@@ -71,16 +73,6 @@ def value_text(value: object) -> str:
     clipped to :data:`CLIP` characters, so that one big result does not become every
     row's width."""
     return clipped(repr(value), CLIP, "--json")
-
-
-def printable(value: object) -> str:
-    """``str(value)`` with what a terminal would act on (a newline, a tab, a control or
-    a bidi-override character) written as its escape: one row stays one line, and an id
-    shows as what it is."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 RICH_ROWS = 1000

@@ -28,6 +28,7 @@ from herder.store import (
     Lease,
     Store,
     StoreError,
+    get_logger,
     has_store,
     holder_gone,
     holder_stopped,
@@ -35,7 +36,7 @@ from herder.store import (
     standby_waiting,
 )
 
-_log = logging.getLogger("herder.daemon")
+_log = get_logger("herder.daemon")
 
 _STOPPING = (signal.SIGTERM, signal.SIGINT)
 

@@ -20,7 +20,6 @@ waits (``queue``: the runtime wakes this thread when that workflow ends) or fire
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -46,13 +45,14 @@ from herder.store import (
     StoreClosed,
     StoreCorrupt,
     Transition,
+    get_logger,
     schedule_key,
 )
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
 
-_log = logging.getLogger("herder.schedules")
+_log = get_logger("herder.schedules")
 
 RETRY = 5.0
 """Seconds before a schedule whose firing failed (capacity, a missing agent) tries again."""

@@ -27,12 +27,12 @@ from herder.actors import WorkflowConflict
 from herder.runtime._schedules import jitter_of
 from herder.runtime._starts import NewStart
 from herder.runtime._waits import run_blocking
-from herder.store import Put, ScheduleRecord, Transition, encode, schedule_key
+from herder.store import Put, ScheduleRecord, Transition, encode, get_logger, schedule_key
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
 
-_log = logging.getLogger("herder.schedules")
+_log = get_logger("herder.schedules")
 
 BATCH = 1000
 """Most firings in one group commit (fewer when fewer ``max_active_workflows`` are free)."""

@@ -41,13 +41,14 @@ from herder.store import (
     StoreError,
     Unrenewed,
     fence,
+    get_logger,
     holder_stopped,
 )
 
 if TYPE_CHECKING:
     from herder.actors import EngineContext
 
-_log = logging.getLogger("herder.ha")
+_log = get_logger("herder.ha")
 
 HEADROOM = 1 << 31
 """Fencing tokens left in an incarnation's range (of 2**32) when the keeper reserves the

@@ -29,6 +29,7 @@ from herder.store import (
     TimedOut,
     WorkflowRecord,
     WorkflowState,
+    get_logger,
     peek_field,
     workflow_key,
 )
@@ -36,7 +37,7 @@ from herder.store import (
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
 
-_log = logging.getLogger("herder.runtime")
+_log = get_logger("herder.runtime")
 
 Final = tuple[WorkflowRecord, "list[StepRecord] | None"]
 """What a waiter on a workflow gets: its final record and, when the Scheduler announced

@@ -9,7 +9,6 @@ skips, compensates or abandons it (``Runtime`` methods or the CLI).
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -26,9 +25,10 @@ from herder.store import (
     StoreCorrupt,
     WorkflowRecord,
     WorkflowState,
+    get_logger,
 )
 
-_log = logging.getLogger("herder.runtime")
+_log = get_logger("herder.runtime")
 
 
 @dataclass(frozen=True, slots=True)

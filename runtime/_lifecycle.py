@@ -8,7 +8,6 @@ backstop for an attempt that ends without one, once a second), never in a poll l
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
@@ -32,12 +31,12 @@ from herder.runtime._firing import Firer
 from herder.runtime._ha import LeaseKeeper, ask_handoff
 from herder.runtime._part import whole as _runtime
 from herder.runtime._waits import off_loop, seconds, wait_limit
-from herder.store import LeaseLost, TimedOut, real_number
+from herder.store import LeaseLost, TimedOut, get_logger, real_number
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
 
-_log = logging.getLogger("herder.runtime")
+_log = get_logger("herder.runtime")
 
 _BACKSTOP = 1.0
 """Seconds the drain waits for a commit before it asks the Scheduler again anyway."""

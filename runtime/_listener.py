@@ -8,16 +8,15 @@ runs the runtime's sweepers (lease renewal, health, retention, agents' health ch
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from herder.store import LeaseLost, StepRecord, WorkflowRecord
+from herder.store import LeaseLost, StepRecord, WorkflowRecord, get_logger
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
 
-_log = logging.getLogger("herder.runtime")
+_log = get_logger("herder.runtime")
 
 
 class RuntimeListener:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -47,6 +46,7 @@ from herder.store import (
     contain,
     definition_key,
     encode,
+    get_logger,
     safe_repr,
     started_key,
     type_name,
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     pass
 
 
-_log = logging.getLogger("herder.runtime")
+_log = get_logger("herder.runtime")
 
 
 class Registration:

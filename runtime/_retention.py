@@ -21,7 +21,6 @@ cutoff (and than :data:`COMMANDS_KEPT`), up to a batch each.
 from __future__ import annotations
 
 import datetime
-import logging
 import math
 import threading
 import time
@@ -42,12 +41,13 @@ from herder.store import (
     commit_group,
     deletions,
     finished_ops,
+    get_logger,
     progress_ops,
     real_number,
     resumed_candidates,
 )
 
-_log = logging.getLogger("herder.retention")
+_log = get_logger("herder.retention")
 
 DEFAULT_RETENTION = 7 * 86400.0
 """Seconds a finished workflow is kept by default (7 days)."""

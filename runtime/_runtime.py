@@ -58,12 +58,13 @@ from herder.store import (
     Store,
     StoreCorrupt,
     WorkflowState,
+    get_logger,
     read_history,
 )
 
 __all__ = ["Runtime", "WorkflowHandle"]
 
-_log = logging.getLogger("herder.runtime")
+_log = get_logger("herder.runtime")
 
 
 class Runtime(

@@ -5,14 +5,13 @@ themselves are ``_schedules``.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from herder.runtime._schedules import next_slot
-from herder.store import HerderError, ScheduleRecord, Store, StoreCorrupt
+from herder.store import HerderError, ScheduleRecord, Store, StoreCorrupt, get_logger
 
-_log = logging.getLogger("herder.schedules")
+_log = get_logger("herder.schedules")
 
 
 @dataclass(frozen=True, slots=True)

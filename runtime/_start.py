@@ -51,6 +51,7 @@ from herder.store import (
     Put,
     StepRecord,
     WorkflowRecord,
+    get_logger,
     normalize,
     validate_id,
 )
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from herder.runtime._capacity import QueuedStart
     from herder.runtime._runtime import Runtime
 
-_log = logging.getLogger("herder.runtime")
+_log = get_logger("herder.runtime")
 
 _wall = time.time  # the clock of the ids' leading milliseconds (a test replaces it)
 

@@ -18,7 +18,6 @@ jumps by a full collection's 10-150 ms.
 from __future__ import annotations
 
 import gc
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -42,9 +41,9 @@ from herder.runtime._starts import (
     submit_creations,
 )
 from herder.runtime._waits import Steps, Wait, awaited, run_blocking, seconds
-from herder.store import ConditionFailed, InvalidInput, Put, TimedOut
+from herder.store import ConditionFailed, InvalidInput, Put, TimedOut, get_logger
 
-_log = logging.getLogger("herder.runtime")
+_log = get_logger("herder.runtime")
 
 
 class _CollectorPause:

@@ -19,6 +19,7 @@ from herder.store import (
     WorkflowRecord,
     WorkflowState,
     plan_steps,
+    printable,
     workflow_key,
 )
 
@@ -195,7 +196,8 @@ class WorkflowFailed(HerderError):
         if abandoned and undone:  # (before it was abandoned: parked on a failed undo, say)
             names = ", ".join(map(repr, undone[:3])) + (", ..." if len(undone) > 3 else "")
             hint = f"nothing more was undone ({len(undone)} undone before: {names})"
-        super().__init__(f"workflow {status.id!r} ended {status.state}: {status.error}; {hint}")
+        error = printable(status.error)  # (user code's words: one line, nothing acts)
+        super().__init__(f"workflow {status.id!r} ended {status.state}: {error}; {hint}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Reduced (copied, sent to another process by multiprocessing or a task queue)

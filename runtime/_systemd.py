@@ -7,13 +7,14 @@ a leading ``@`` means the abstract namespace); with ``WatchdogSec=`` also
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
 from collections.abc import Mapping
 
-_log = logging.getLogger("herder.systemd")
+from herder.store import get_logger
+
+_log = get_logger("herder.systemd")
 
 
 def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:

@@ -30,7 +30,6 @@ import asyncio
 import dataclasses
 import functools
 import inspect
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -42,11 +41,12 @@ from herder.store import (
     WorkflowState,
     describe,
     exception_name,
+    get_logger,
     type_name,
 )
 
 _PREFIX = "herder."
-_log = logging.getLogger("herder.tracing")
+_log = get_logger("herder.tracing")
 
 
 def tracing_for(provider: Any = None) -> Tracing | None:

@@ -43,7 +43,9 @@ fits in a few types:
   and test crash points (:func:`crash_point`).
 - Untrusted objects — ``_untrusted.py``: how any layer describes a user's exception
   (:func:`describe`, :func:`error_types`, :func:`safe_str`) or calls user code
-  (:func:`contain`) so that nothing it raises, ``BaseException`` included, escapes.
+  (:func:`contain`) so that nothing it raises, ``BaseException`` included, escapes;
+  ``_logs.py``: herder's loggers (:func:`get_logger`), which log user text as what it is
+  (:func:`printable`).
 
 ``__all__`` is the contract the upper layers import through (never a ``_module``;
 ``tests/test_layers.py`` enforces it); users import from herder.runtime only.
@@ -140,6 +142,7 @@ from herder.store._keys import (
 )
 from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease
 from herder.store._locktable import holder_gone, holder_stopped, is_held
+from herder.store._logs import Lines, get_logger, printable, printable_lines
 from herder.store._open import has_store
 from herder.store._ops import BatchSink, Delete, Expect, Ops, Put, Transition
 from herder.store._plan import Plan, StepSpec
@@ -232,6 +235,7 @@ __all__ = [
     "InvalidInput",
     "Lease",
     "LeaseLost",
+    "Lines",
     "MissingExtra",
     "Ops",
     "Overlap",
@@ -292,6 +296,7 @@ __all__ = [
     "explain",
     "fence",
     "finished_ops",
+    "get_logger",
     "has_store",
     "history_key",
     "history_owner",
@@ -310,6 +315,8 @@ __all__ = [
     "peek_field",
     "pending_commands",
     "plan_steps",
+    "printable",
+    "printable_lines",
     "private_copy",
     "progress_ops",
     "purge",

@@ -8,7 +8,6 @@ marker (fail-stop, see :meth:`Writer.resync`).
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -19,6 +18,7 @@ import lmdb
 from herder.store._codec import encode
 from herder.store._errors import LeaseLost, StoreIOError, TimedOut
 from herder.store._keys import batch_put
+from herder.store._logs import get_logger
 from herder.store._ops import (
     BatchSink,
     Callback,
@@ -37,7 +37,7 @@ Derived = Mapping[str, Callable[[lmdb.Transaction, Written, set[bytes]], None]]
 (``_recent``), told also which keys of it the transaction read as absent before it wrote
 anything (its conditions': a new workflow's id)."""
 
-log = logging.getLogger("herder.store._writer")
+log = get_logger("herder.store._writer")
 
 
 Watch = tuple[int, list[list[Any]]]

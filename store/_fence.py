@@ -18,7 +18,6 @@ CLI sending an operator command, ``herder handoff``) hung likewise.
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 import signal
@@ -30,8 +29,9 @@ import lmdb
 from herder.store._errors import StoreCorrupt, StoreLocked
 from herder.store._lease import Lease, read_lease
 from herder.store._locktable import holder_stopped
+from herder.store._logs import get_logger
 
-_log = logging.getLogger("herder.store")
+_log = get_logger("herder.store")
 
 POLL = 0.05
 """Seconds between two looks at the lease while an open waits for the writer lock."""

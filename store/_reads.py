@@ -10,7 +10,6 @@ records. A record that does not decode or does not check out raises
 from __future__ import annotations
 
 import functools
-import logging
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -30,13 +29,14 @@ from herder.store._keys import (
     validate_id,
     workflow_key,
 )
+from herder.store._logs import get_logger
 from herder.store._plan import Plan
 from herder.store._recent import RECENT_DB
 from herder.store._records import StepRecord, WorkflowRecord, WorkflowState
 from herder.store._validate import check_plan, check_record
 
 _T = TypeVar("_T")
-_log = logging.getLogger("herder.store")
+_log = get_logger("herder.store")
 
 
 class Reads(Access):

@@ -24,7 +24,6 @@ guard then refuses the batch. A commit of starts admitted early only (``halts``)
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -52,9 +51,10 @@ from herder.store._entries import (
     resolve,
 )
 from herder.store._errors import InvalidInput, StoreClosed, TimedOut
+from herder.store._logs import get_logger
 from herder.store._ops import BatchSink, Callback, Ops, Outcome, Transition, validate, validate_ops
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_BATCH = 10_000
 """Most transitions drained into one write transaction (a submit_many group is never split)."""

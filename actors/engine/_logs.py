@@ -7,11 +7,9 @@ Imports: herder.store records only.
 
 from __future__ import annotations
 
-import logging
+from herder.store import Lines, StepRecord, get_logger, printable
 
-from herder.store import StepRecord
-
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 def log_failure(workflow_id: str, st: StepRecord, error: str, trace: str | None) -> None:
@@ -19,8 +17,10 @@ def log_failure(workflow_id: str, st: StepRecord, error: str, trace: str | None)
     attempt = _attempt(st)
     extra = {"workflow_id": workflow_id, "step": st.name, "attempt": attempt}
     # Indented: a log reader (or a test) looking for crashes at "Traceback" line starts
-    # must not mistake an attempt's expected failure for one.
-    detail = "".join(f"\n    {line}" for line in trace.splitlines()) if trace else ""
+    # must not mistake an attempt's expected failure for one. (Each line printable, as
+    # the logger writes the arguments: the message of the user's exception ends it.)
+    lines = trace.splitlines() if trace else ()
+    detail = Lines("".join(f"\n    {printable(line)}" for line in lines))
     _log.warning(
         "%s/%s attempt %d failed: %s%s", workflow_id, st.name, attempt, error, detail, extra=extra
     )

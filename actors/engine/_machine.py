@@ -17,7 +17,6 @@ Imports: herder.store and this package only.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +65,11 @@ from herder.store import (
     WorkflowState,
     bounded_text,
     crash_point,
+    get_logger,
     ms,
 )
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 @dataclass(frozen=True, slots=True)

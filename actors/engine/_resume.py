@@ -11,7 +11,6 @@ Imports: herder.store records and this package.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from herder.actors.engine._decision import Lost
@@ -25,13 +24,13 @@ from herder.actors.engine._recovery import (
     running_at_crash,
 )
 from herder.actors.engine._step import with_timer
-from herder.store import WorkflowState
+from herder.store import WorkflowState, get_logger
 
 if TYPE_CHECKING:
     from herder.actors.engine._machine import Machine
     from herder.actors.engine._runs import WorkflowRun
 
-_log = logging.getLogger("herder.scheduler")
+_log = get_logger("herder.scheduler")
 
 
 def count_crash(m: Machine, run: WorkflowRun) -> bool:

@@ -9,7 +9,6 @@ first) is left alone.
 
 from __future__ import annotations
 
-import logging
 import pathlib
 import socket
 import threading
@@ -20,9 +19,9 @@ import ray
 
 from herder.actors.ray import RayHost
 from herder.actors.ray._leftovers import forget, kill_leftovers, remember
-from herder.store import InvalidInput, bounded_text, describe
+from herder.store import InvalidInput, bounded_text, describe, get_logger
 
-_log = logging.getLogger("herder.ray")
+_log = get_logger("herder.ray")
 
 CHECK_TIMEOUT = 120.0
 """Seconds the code-import check may take (a runtime_env may install packages first)."""

@@ -36,7 +36,6 @@ Nothing an answer holds reaches the threads' loops as an exception.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -51,9 +50,9 @@ from herder.actors._agent import StepContext
 from herder.actors._messages import Outcome, Run
 from herder.actors._results import Results
 from herder.actors.ray._worker import pack, unpack, unpacked
-from herder.store import describe
+from herder.store import describe, get_logger
 
-_log = logging.getLogger("herder.ray")
+_log = get_logger("herder.ray")
 
 TICK = 0.02
 """The longest the collector waits on the exchanges it has before it looks for new ones

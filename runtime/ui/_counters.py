@@ -18,18 +18,17 @@ first count ends.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from herder.runtime._inspect import store_stats
-from herder.store import HerderError, StoreClosed, WorkflowState, is_held
+from herder.store import HerderError, StoreClosed, WorkflowState, get_logger, is_held
 
 if TYPE_CHECKING:
     from herder.runtime.ui._gate import StoreGate
 
-_log = logging.getLogger("herder.ui")
+_log = get_logger("herder.ui")
 
 EVERY = 2.0
 """Seconds between two counts, at least."""

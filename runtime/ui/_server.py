@@ -29,7 +29,6 @@ from __future__ import annotations
 import http.server
 import io
 import json
-import logging
 import secrets
 import threading
 import time
@@ -44,9 +43,9 @@ from herder.runtime.ui._gate import StoreGate
 from herder.runtime.ui._guard import Guard, check_token, host_name, is_loopback
 from herder.runtime.ui._pages import error_page
 from herder.runtime.ui._sockets import Deadline, Server, Server6
-from herder.store import HerderError, StoreCorrupt, StoreLocked, opened
+from herder.store import HerderError, StoreCorrupt, StoreLocked, get_logger, opened
 
-_log = logging.getLogger("herder.ui")
+_log = get_logger("herder.ui")
 
 MAX_BODY = 64 * 1024
 """Bytes a POST's body may have (a console form is a few hundred)."""
