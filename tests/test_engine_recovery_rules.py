@@ -8,10 +8,12 @@ really killing processes in ``test_poison.py``.)
 from __future__ import annotations
 
 import itertools
+import types
 
 import pytest
 
 from herder.actors.engine import POISON_ERROR, poisoned, resumes, running_at_crash
+from herder.actors.engine._recovery import lost_by_previous
 from herder.store import StepRecord, StepState
 
 S = StepState
@@ -42,6 +44,25 @@ def test_a_restart_queues_what_was_running_or_due(
     step: StepRecord, compensating: bool, queued: bool | None
 ) -> None:
     assert resumes(step, compensating=compensating, now=NOW) is queued
+
+
+@pytest.mark.parametrize(
+    ("high", "lost"),
+    [
+        (4, False),  # the holder before the previous one: counted by the previous
+        (5, True),  # the previous holder's own incarnation
+        (6, True),  # past it: its tokens ran on into the incarnations it reserved
+        (7, True),
+        (8, False),  # ours (a Scheduler of this process restarted)
+    ],
+)
+def test_an_attempt_lost_is_one_of_the_previous_holders_tokens(high: int, lost: bool) -> None:
+    """The lease ours (8) replaced was 5, whose holder reserved 6 and 7 for its tokens."""
+    lease = types.SimpleNamespace(incarnation=8, taken_from=5)
+    step = _step(S.DISPATCHED, token=(high << 32) + 3)
+    assert lost_by_previous(step, lease) is lost
+    assert not lost_by_previous(step.evolve(state=S.RETRY_WAIT), lease)
+    assert not lost_by_previous(step, types.SimpleNamespace(incarnation=8, taken_from=None))
 
 
 def test_the_suspects_of_a_crash_are_the_attempts_that_were_running() -> None:
