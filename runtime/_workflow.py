@@ -73,12 +73,13 @@ class Workflow:
     ) -> Workflow:
         """Add a step and return the builder.
 
-        ``timeout`` bounds each attempt from dispatch to answer; ``heartbeat_timeout``
-        bounds the gap between ``ctx.heartbeat()`` calls. ``retry`` defaults to the
-        runtime's policy; ``compensate_retry`` defaults to ``retry``. ``delay`` makes the
-        step wait that many seconds after its dependencies succeeded (a step without
-        dependencies: after the workflow's start) before it is dispatched; the wait is a
-        timer in the store, so it survives restarts.
+        ``timeout`` bounds each attempt from dispatch to answer (None: the runtime's
+        ``default_timeout``, 300 s unless set); ``heartbeat_timeout`` bounds the gap
+        between ``ctx.heartbeat()`` calls. ``retry`` defaults to the runtime's policy;
+        ``compensate_retry`` defaults to ``retry``. ``delay`` makes the step wait that
+        many seconds after its dependencies succeeded (a step without dependencies: after
+        the workflow's start) before it is dispatched; the wait is a timer in the store,
+        so it survives restarts.
 
         ``agent`` is an agent name, or a template such as ``"device:{device}"`` whose
         ``{key}`` fields are filled from the workflow's input when it starts; the resolved
