@@ -55,7 +55,7 @@ class WorkflowHandle(AsyncHandle):
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """Step results by name once the workflow SUCCEEDED.
 
-        Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED or
+        Raises :class:`WorkflowFailed` once it is COMPENSATED, CANCELLED, ABANDONED or
         NEEDS_ATTENTION, :class:`TimedOut` (a ``TimeoutError``) if ``timeout`` seconds
         pass first (it goes on running: wait again), :class:`UnknownWorkflow` if the store
         has no such workflow (one that ended may have been deleted by ``retention`` or
