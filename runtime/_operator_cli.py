@@ -43,7 +43,7 @@ ACTIONS = {
     "skip": "mark a step done by hand (a failed compensation: undone) and go on",
     "compensate": "undo the completed steps of a running or parked workflow",
     "abandon": "give up on a workflow: nothing more runs, nothing is undone",
-    "cancel": "stop an unfinished workflow and undo its completed steps",
+    "cancel": "stop a running workflow and undo its completed steps",
 }
 
 QUEUED = 3
