@@ -75,6 +75,15 @@ def value_text(value: object) -> str:
     return clipped(repr(value), CLIP, "--json")
 
 
+def attempt_named(event: dict[str, Any]) -> str:
+    """``attempt N`` of a step event, ``undo attempt N`` for one of its compensation's
+    (numbered from 1 as ``ctx.attempt`` counts them): "step charge attempt 3" read as
+    the charge's own third attempt, which never ran."""
+    which = "undo attempt" if event.get("from") == "COMPENSATING" else "attempt"
+    attempt = event.get("attempt")
+    return which if attempt is None or attempt == "" else f"{which} {attempt}"
+
+
 RICH_ROWS = 1000
 """Rows a table may have to be drawn with ``rich``: it takes about 2 ms a row, and the
 history of a workflow retried 20,000 times took 40 s and 320 MB to draw; a longer

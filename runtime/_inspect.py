@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any, TextIO
 
 from herder.actors import FACTS_STALE, UnknownWorkflow, read_facts, resource_stats
-from herder.runtime._console import dump_json, print_table, printable, value_text
+from herder.runtime._console import attempt_named, dump_json, print_table, printable, value_text
 from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
@@ -240,7 +240,7 @@ def _failed_attempts(out: TextIO, history: list[dict[str, Any]]) -> None:
     out.write(f"\nfailed attempts: {len(failures)}\n")
     for e in failures:
         when = shown_time(e["t"]) if isinstance(e.get("t"), int | float) else "?"
-        what = f"step {e.get('step')} attempt {e.get('attempt')}: {e['error']}"
+        what = f"step {e.get('step')} {attempt_named(e)}: {e['error']}"
         out.write(f"  {when} {printable(what)}\n")
         trace = e.get("traceback")
         if isinstance(trace, str) and trace:

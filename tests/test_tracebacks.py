@@ -151,7 +151,47 @@ def test_each_failed_compensation_attempt_keeps_its_error_and_traceback_too(
     ]
     shown = show_attempts(path, "o")
     assert "failed attempts: 4" in shown
-    assert "step charge attempt 3: RuntimeError: refund API down" in shown
+    assert "step ship attempt 1: Permanent: no stock" in shown
+    assert "step charge undo attempt 3: RuntimeError: refund API down" in shown
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_undo_is_logged_and_listed_as_an_undo_attempt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refund's failures were "o/charge attempt 1 failed: ..." in the log and "step
+    charge attempt 3: ..." in ``herder show --attempts``, as if the charge itself had
+    failed, three times, where it succeeded at its one attempt: an operator read a
+    failed charge, not a refund waiting for them."""
+    path = tmp_path / "s"
+    twice = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+    with caplog.at_level(logging.INFO, logger="herder"), Runtime(path) as rt:
+        rt.add_agent("pay", Unrefundable)
+        rt.add_workflow(
+            Workflow("order")
+            .step("charge", agent="pay", action="charge", compensate="refund",
+                  compensate_retry=twice)
+            .step("ship", agent="pay", action="ship", after=["charge"])
+        )  # fmt: skip
+        with pytest.raises(WorkflowFailed, match="NEEDS_ATTENTION"):
+            rt.start("order", workflow_id="o").result(timeout=WAIT)
+    lines = [
+        r.getMessage().splitlines()[0]
+        for r in caplog.records
+        if r.name == "herder.scheduler" and getattr(r, "step", None) == "charge"
+    ]
+    assert lines == [
+        "o/charge undo attempt 1 failed: RuntimeError: refund API down",
+        "o/charge undo attempt 1 failed, will retry: RuntimeError: refund API down",
+        "o/charge undo attempt 2 failed: RuntimeError: refund API down",
+    ]
+    shown = show_attempts(path, "o").splitlines()
+    listed = [m[1] for line in shown if (m := re.match(r"  \S+ \S+ step (.*)", line))]
+    assert listed == [
+        "ship attempt 1: Permanent: no stock",
+        "charge undo attempt 1: RuntimeError: refund API down",
+        "charge undo attempt 2: RuntimeError: refund API down",
+    ]
 
 
 class SlowRefund(Agent):
@@ -202,5 +242,5 @@ def test_a_compensation_attempt_that_times_out_is_logged_with_its_own_number(
         finally:
             agent.release.set()
     timed_out = [r for r in caplog.records if r.getMessage().endswith("timed out")]
-    assert [r.getMessage() for r in timed_out] == ["o/charge attempt 1 timed out"]
+    assert [r.getMessage() for r in timed_out] == ["o/charge undo attempt 1 timed out"]
     assert timed_out[0].attempt == 1  # type: ignore[attr-defined]

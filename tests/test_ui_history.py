@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from _http_kit import request
 
-from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime._inspect import _story
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console, _workflow_page
@@ -221,3 +221,42 @@ def test_a_timeline_of_the_newest_events_begins_with_each_step_as_it_was(
     states = re.findall(r'<rect class="seg (\w+)" data-step="s" data-state="(\w+)"', svg.group(0))
     # (the last five: DISPATCHED -> RETRY_WAIT -> DISPATCHED -> FAILED, the workflow's two)
     assert states == [("retried", "DISPATCHED"), ("wait", "RETRY_WAIT"), ("failed", "DISPATCHED")]
+
+
+class Unrefundable(Agent):
+    def charge(self, ctx: StepContext) -> str:
+        return "charged"
+
+    def refund(self, ctx: StepContext) -> None:
+        raise RuntimeError("refund API down")
+
+    def ship(self, ctx: StepContext) -> None:
+        raise Permanent("no stock")
+
+
+def test_the_errors_list_names_a_failed_undo_an_undo_attempt(tmp_path: Path) -> None:
+    # The refund's failures were listed as "charge attempt 1", "charge attempt 2", as if
+    # the charge had failed where it succeeded at its one attempt.
+    path = tmp_path / "store"
+    twice = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
+    with Runtime(path) as rt:
+        rt.add_agent("pay", Unrefundable)
+        rt.add_workflow(
+            Workflow("order")
+            .step("charge", agent="pay", action="charge", compensate="refund",
+                  compensate_retry=twice)
+            .step("ship", agent="pay", action="ship", after=["charge"])
+        )  # fmt: skip
+        rt._wait_final(rt.start("order", workflow_id="o").id, 60)
+    console = Console(str(path), port=0, token="t")
+    console.start()
+    try:
+        status, _, page = request(console, "GET", "/workflow?id=o")
+    finally:
+        console.shutdown()
+    assert status == 200
+    assert re.findall(r"</b> (\w+ (?:undo )?attempt \d+): <pre>", page) == [
+        "ship attempt 1",
+        "charge undo attempt 1",
+        "charge undo attempt 2",
+    ]

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 from herder.actors import UnknownWorkflow
 from herder.actors.engine import ended_for_good
-from herder.runtime._console import clipped
+from herder.runtime._console import attempt_named, clipped
 from herder.runtime._inspect import _Reader, _story
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui import _timeline
@@ -206,7 +206,7 @@ def _failure(ev: dict[str, Any]) -> str:
     trace = ev.get("traceback")
     return (
         f"<li><b>{e(when(ev.get('t')))}</b> {e(ev.get('step') or 'workflow')} "
-        f"attempt {e(ev.get('attempt') or '')}: <pre>{e(ev['error'])}</pre>"
+        f"{e(attempt_named(ev))}: <pre>{e(ev['error'])}</pre>"
         + (
             f'<details class="tb"><summary>traceback</summary><pre>{e(trace)}</pre></details>'
             if isinstance(trace, str)
