@@ -100,7 +100,10 @@ class EngineContext:
         # that host's own state (its worker processes), which outlives one Scheduler.
         self.placements: dict[str, Any] = {}
         self.remote: Any = None
-        self.scheduler: pykka.ActorRef | None = None
+        self._scheduler: pykka.ActorRef | None = None
+        # Notified as each Scheduler starts (``scheduler`` names it then): what a wait for
+        # the one the tree starts in place of a Scheduler that crashed wakes on.
+        self.started = threading.Condition()
         self.agents_supervisor: pykka.ActorRef | None = None
         self.paused = False  # a draining runtime: dispatch nothing new
         # The agent host each Scheduler builds at start, when not the configured ones
@@ -143,9 +146,20 @@ class EngineContext:
         with self.leased:  # (an attempt waiting in AttemptPort.leased hears it)
             self.leased.notify_all()
 
+    @property
+    def scheduler(self) -> pykka.ActorRef | None:
+        """The Scheduler that started last (None before the first one did)."""
+        return self._scheduler
+
+    @scheduler.setter
+    def scheduler(self, ref: pykka.ActorRef) -> None:
+        with self.started:
+            self._scheduler = ref
+            self.started.notify_all()
+
     def tell_scheduler(self, message: Any) -> None:
         """Deliver a hint to the current Scheduler; dropped if none runs (the store is truth)."""
-        ref = self.scheduler
+        ref = self._scheduler
         if ref is None:
             return
         try:

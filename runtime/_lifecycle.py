@@ -295,8 +295,8 @@ class Lifecycle:
                 on_fatal=self._on_fatal,
             )
             try:  # recovery has run: it counted the stored unfinished workflows. Till
-                call(rt._scheduler, "sync", timeout=rt._ask_timeout)  # then start() is
-            finally:  # NotActive: one it stored first was counted twice, a slot lost for good
+                rt._recovered(root)  # then start() is NotActive: one it stored first was
+            finally:  # counted twice, a slot lost for good
                 rt._root = root  # (set all the same: a failure stops the tree through it)
             rt._resolve_ended()  # (waiters on a standby: what the last holder ended)
             rt._firer = Firer(rt, rt._ask_timeout)

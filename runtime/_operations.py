@@ -5,6 +5,8 @@ is checked here, sent to the Scheduler as plain data, and durable when the call 
 
 from __future__ import annotations
 
+import contextlib
+import time
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
@@ -173,6 +175,51 @@ class Operations:
             return call(rt._scheduler, method, *args, timeout=rt._ask_timeout)
         except pykka.ActorDeadError:  # it failed or stops, or the tree replaces a crashed one
             raise rt._scheduler_gone() from None
+
+    def _recovered(self, root: pykka.ActorRef) -> None:
+        """Return once the Scheduler has run the first part of its recovery (within
+        ``ask_timeout``). One that crashed meanwhile (a bug a stored workflow trips) is
+        replaced by the tree (``root``): the new one's recovery is waited for, or
+        :class:`RuntimeClosed` says the tree gave up restarting it."""
+        rt = _runtime(self)
+        deadline = time.monotonic() + rt._ask_timeout
+        scheduler = rt._scheduler
+        while True:
+            try:
+                call(scheduler, "sync", timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except pykka.ActorDeadError:
+                scheduler = self._successor(scheduler, max(0.0, deadline - time.monotonic()))
+            # The root restarts its children within one message: once it answers, the new
+            # Scheduler's start, which asks for its recovery, is over (the sync comes next).
+            with contextlib.suppress(pykka.ActorDeadError):  # (gave up: the sync says so)
+                call(root, "count_children", timeout=max(0.0, deadline - time.monotonic()))
+
+    def _successor(self, crashed: pykka.ActorRef, timeout: float) -> pykka.ActorRef:
+        """The Scheduler the tree starts in place of ``crashed``, once it runs (within
+        ``timeout`` s); :class:`RuntimeClosed` if the runtime stops or fails meanwhile (its
+        tree gave up restarting it), :class:`TimedOut` at the timeout."""
+        rt = _runtime(self)
+        ctx, started = rt._ctx, rt._ctx.started
+
+        def woken() -> None:  # (the runtime stopped or failed: no Scheduler may come)
+            with started:
+                started.notify_all()
+
+        rt._wake.subscribe(woken)
+        try:
+            with started:
+                started.wait_for(lambda: ctx.scheduler is not crashed or rt._wake.is_set(), timeout)
+        finally:
+            rt._wake.unsubscribe(woken)
+        rt._check_open()
+        successor = ctx.scheduler
+        if successor is crashed or successor is None:
+            raise TimedOut(
+                f"the runtime's Scheduler crashed (see the log) and no new one started within "
+                f"{timeout:.3g} s"
+            )
+        return successor
 
     def _scheduler_gone(self) -> HerderError:
         """What a call that found the Scheduler dead raises: :class:`RuntimeClosed`, saying

@@ -1,5 +1,6 @@
 """The drain of ``stop(drain=True)`` and ``handoff`` waits on commits, not on a poll; a
-runtime whose actors failed for good says so."""
+runtime whose actors failed for good says so, and so does an open whose Scheduler crashes
+in its first recovery, unless the tree's restart of it recovers."""
 
 from __future__ import annotations
 
@@ -133,3 +134,53 @@ def test_a_waiter_of_a_stopped_runtime_is_told_where_the_workflow_goes_on(
     finally:
         release.set()
         rt.stop()
+
+
+def crashing_recoveries(monkeypatch: pytest.MonkeyPatch, crashes: int | None) -> list[int]:
+    """The first ``crashes`` recoveries (every one: None) crash their Scheduler, as a bug
+    that a stored workflow trips would; returns the list each recovery appends to."""
+    from herder.actors._recovery import Recovery
+
+    seen: list[int] = []
+    real = Recovery.recover_all
+
+    def recover_all(self: Recovery) -> None:
+        seen.append(len(seen) + 1)
+        if crashes is None or len(seen) <= crashes:
+            raise RuntimeError("a Scheduler bug in recovery")
+        real(self)
+
+    monkeypatch.setattr(Recovery, "recover_all", recover_all)
+    return seen
+
+
+def test_a_scheduler_that_crashes_in_its_first_recovery_is_replaced_and_the_runtime_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runtime() raised pykka's ActorDeadError ("Scheduler (urn:...) not found"): it asked
+    # the crashed Scheduler whether recovery had run, not the one the tree put in its place.
+    recoveries = crashing_recoveries(monkeypatch, 1)
+
+    class Quick(Agent):
+        def act(self, ctx: StepContext) -> int:
+            return 1
+
+    with Runtime(tmp_path / "s") as rt:
+        assert len(recoveries) >= 2  # the replacement's recovery ran before the open ended
+        assert rt.is_active
+        assert rt.stats()["restarts"]["scheduler"] == 1
+        rt.add_agent("a", Quick)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="act"))
+        assert rt.start("w").result(timeout=WAIT) == {"s": 1}
+
+
+def test_a_first_recovery_that_crashes_past_the_intensity_fails_the_open_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crashing_recoveries(monkeypatch, None)
+    with pytest.raises(RuntimeClosed, match=r"gave up: 4 restarts within 5\.0 s") as failed:
+        Runtime(tmp_path / "s")
+    assert "the runtime failed and stopped its actors" in str(failed.value)
+    monkeypatch.undo()  # the store was closed: it opens again
+    with Runtime(tmp_path / "s") as rt:
+        assert rt.is_active
