@@ -34,6 +34,10 @@ class SupervisorStartError(HerderError):
     """
 
 
+ROOT = "herder"
+"""The name of the root of a runtime's supervision tree (``_tree.start_tree``)."""
+
+
 class RestartIntensityExceeded(HerderError):
     """More than ``max_restarts`` restarts happened within ``period`` seconds.
 
@@ -46,13 +50,19 @@ class RestartIntensityExceeded(HerderError):
         self.child_id = child_id
         self.restarts = restarts
         self.period = period
-        agent = supervisor.startswith("agent:") and not supervisor.startswith("agent:*")
-        advice = (
-            "fix what crashes its instances (its factory, or an action raising InstanceCrash) "
-            "or allow more with Runtime(agent_restarts=(max_restarts, period))"
-            if agent  # (an agent's instances: the one intensity a user sets)
-            else "fix the crashing child or raise max_restarts/period"
-        )
+        if supervisor.startswith("agent:") and not supervisor.startswith("agent:*"):
+            advice = (  # (an agent's instances: the one intensity a user sets)
+                "fix what crashes its instances (its factory, or an action raising "
+                "InstanceCrash) or allow more with Runtime(agent_restarts=(max_restarts, period))"
+            )
+        elif supervisor == ROOT:  # (the runtime's own actors: no setting allows more)
+            advice = (
+                "the runtime's own actors kept crashing (see the errors logged before): it "
+                "stops, and its workflows are durable: they go on once a Runtime opens the "
+                "store again"
+            )
+        else:
+            advice = "fix the crashing child or raise max_restarts/period"
         super().__init__(
             f"supervisor {supervisor!r} gave up: {restarts} restarts within {period} s "
             f"(last caused by child {child_id!r}); {advice}"

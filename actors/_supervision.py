@@ -64,6 +64,8 @@ class _Retry:
 class _Supervisor(SupervisedActor):
     """The supervisor actor; use :func:`start_supervisor` and call it through its ref."""
 
+    reported_failures = (RestartIntensityExceeded,)  # (its give-up logs it: _give_up)
+
     def __init__(
         self,
         *,

@@ -15,6 +15,7 @@ import pykka
 
 from herder.actors._clock import Clock
 from herder.actors._engine import EngineContext
+from herder.actors._errors import ROOT
 from herder.actors._hosted import agents_listener
 from herder.actors._scheduler import Scheduler
 from herder.actors._supervision_specs import ChildSpec, Restart, Strategy
@@ -49,6 +50,4 @@ def start_tree(
             ),
         ),
     ]
-    return start_supervisor(
-        "herder", Strategy.ONE_FOR_ALL, children, clock=clock, on_fatal=on_fatal
-    )
+    return start_supervisor(ROOT, Strategy.ONE_FOR_ALL, children, clock=clock, on_fatal=on_fatal)

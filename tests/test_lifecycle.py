@@ -184,3 +184,20 @@ def test_a_first_recovery_that_crashes_past_the_intensity_fails_the_open_saying_
     monkeypatch.undo()  # the store was closed: it opens again
     with Runtime(tmp_path / "s") as rt:
         assert rt.is_active
+
+
+def test_the_trees_give_up_is_logged_once_and_names_nothing_a_user_cannot_set(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It said to "fix the crashing child or raise max_restarts/period" (to the waiters, to
+    # `herder run`'s last line), a setting no Runtime has; and pykka logged the give-up a
+    # second time, as an "Unhandled exception in supervisor 'herder'".
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:  # (all within the root's 5 s)
+        for _ in range(3):
+            crash_scheduler(rt, timeout=WAIT)
+        with pytest.raises(RuntimeClosed, match="gave up") as closed:
+            crash_scheduler(rt, timeout=WAIT)
+    assert "max_restarts" not in str(closed.value)
+    assert "its workflows are durable" in str(closed.value)
+    said = [r.name for r in caplog.records if "supervisor 'herder'" in r.getMessage()]
+    assert said == ["herder.supervision", "herder.runtime"]  # (its ERROR, the CRITICAL)
