@@ -182,6 +182,17 @@ class LeaseKeeper:
             _log.warning("could not renew the lease: %s", error)
 
 
+def clock_floor(store: Store) -> float:
+    """Where the engine's clock starts once ``store``'s lease is taken. Persisted deadlines
+    are re-based: time starts no earlier than the last time the store's previous holder
+    recorded, however the wall clock stepped since: the time it noted with its lease, or
+    its newest workflow update when it died before its first renewal could note one."""
+    lease = store.lease
+    noted = 0.0 if lease is None or lease.clock is None else lease.clock
+    newest = next(store.recent(newest_first=True), None)
+    return max(noted, 0.0 if newest is None else newest[0])
+
+
 @contextlib.contextmanager
 def lease_kept(store: Store) -> Iterator[None]:
     """Renew ``store``'s lease every third of its duration while the block runs: the

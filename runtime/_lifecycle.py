@@ -28,7 +28,7 @@ from herder.actors.ray import detach
 from herder.runtime._async import serving_ended
 from herder.runtime._config import at_least
 from herder.runtime._firing import Firer
-from herder.runtime._ha import LeaseKeeper, ask_handoff
+from herder.runtime._ha import LeaseKeeper, ask_handoff, clock_floor
 from herder.runtime._part import whole as _runtime
 from herder.runtime._waits import off_loop, seconds, wait_limit
 from herder.store import LeaseLost, TimedOut, get_logger, real_number
@@ -265,15 +265,7 @@ class Lifecycle:
             if rt._closed:
                 return
             rt._ctx.reset_tokens()
-            # Persisted deadlines are re-based: time starts no earlier than the last time
-            # the store's previous holder recorded, however the wall clock stepped since:
-            # the time it noted with its lease, or its newest workflow update when it died
-            # before its first renewal could note one.
-            lease = rt._store.lease
-            noted = 0.0 if lease is None or lease.clock is None else lease.clock
-            newest = next(rt._store.recent(newest_first=True), None)
-            floor = max(noted, 0.0 if newest is None else newest[0])
-            rt._ctx.clock = SteadyClock(rt._clock, floor=floor)
+            rt._ctx.clock = SteadyClock(rt._clock, floor=clock_floor(rt._store))
             rt._store_definitions()  # registered meanwhile (setup, a standby)
             # The Scheduler's first recovery counts the unfinished workflows (one scan).
             with rt._lock:
@@ -309,12 +301,15 @@ class Lifecycle:
             rt._is_active.set()
 
     def _promote(self, reason: str) -> None:
-        """The standby watcher took the lease: become the active runtime."""
+        """The standby watcher took the lease: become the active runtime, or fail and stop
+        the actors started (their sweeps would renew the lease for ever: none took over)."""
         try:
             self._become_active()
         except BaseException as exc:
             _log.critical("standby took the lease but could not start: %s", exc)
             self._failed(exc)
+            if (root := _runtime(self)._root) is not None:
+                root.stop(block=False)
 
     def _healthy(self) -> None:
         for listener in list(_runtime(self)._health_listeners):

@@ -850,3 +850,46 @@ def test_a_standby_whose_handoff_another_standby_won_hears_it_at_once(
         lease = standby._store.read_lease()
         assert lease is not None
         assert lease.pid == other.proc.pid
+
+
+OPENED = """
+import ctypes, signal, sys
+from herder.store import Store
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test
+store = Store(sys.argv[1], lease=float(sys.argv[2]))
+print("open", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_standby_whose_takeover_fails_stops_the_actors_it_started(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its actors ran on after the failure (here: the schedules' thread could not start):
+    # their sweeps renewed the lease for ever, so no other standby could take over from a
+    # runtime that refused every call ("the runtime failed and stopped its actors").
+    from herder.runtime._firing import Firer
+
+    def cannot_start(self: Firer) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(Firer, "start", cannot_start)
+    store = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", OPENED, str(store), str(LEASE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        with Runtime(store, standby=True, lease=LEASE, standby_poll=0.02) as standby:
+            _kill(holder)
+            assert not standby.wait_active(WAIT)  # it took the lease, then failed
+            assert isinstance(standby._fatal, RuntimeError)
+            root = standby._root
+            assert root is not None
+            assert root.actor_stopped.wait(10.0), "its actors run on, renewing the lease"
+    finally:
+        _kill(holder)
