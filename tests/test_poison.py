@@ -20,7 +20,7 @@ from engine_child import POISON_N, permanent_failure
 from herder.actors.engine import POISON_ERROR
 from herder.runtime import Agent, Permanent, Runtime, State, StepContext, StepState, Workflow
 from herder.runtime._demo_services import audit
-from herder.runtime.testing import FakeClock, advance, check_store, wait_until
+from herder.runtime.testing import FakeClock, advance, check_store, crash_scheduler, wait_until
 from herder.store import Store
 from herder.store._records import WorkflowState
 
@@ -100,6 +100,39 @@ def test_a_workflow_running_at_each_of_several_crashes_is_parked_and_can_be_retr
         assert handle.result(timeout=WAIT) == {"s": "poison"}
         assert _step(rt, "poison")[2] == 0
     finally:
+        rt.stop(timeout=1)
+
+
+def test_the_trees_restart_of_a_crashed_scheduler_is_no_crash_of_the_process(
+    tmp_path: pathlib.Path, release: threading.Event
+) -> None:
+    # The new Scheduler recovered the workflows as after a death of the process: an attempt
+    # running at more such restarts than max_recoveries (a long step, a Scheduler bug
+    # elsewhere) parked its workflow as poison ("running each of the last 1 times the
+    # process died"), its step FAILED, though the process never died.
+    clock = FakeClock()
+    rt = Runtime(tmp_path / "s", clock=clock, max_recoveries=0, instance_shutdown=0.01)
+    try:
+        ran: list[int] = []
+
+        class Long(Agent):
+            def work(self, ctx: StepContext) -> int:
+                ran.append(ctx.attempt)
+                release.wait(WAIT)
+                return ctx.attempt
+
+        rt.add_agent("svc", Long, concurrency=2)
+        rt.add_workflow(Workflow("x").step("s", agent="svc", action="work"))
+        handle = rt.start("x", workflow_id="long")
+        wait_until(rt, lambda: ran == [1])
+        crash_scheduler(rt, timeout=WAIT)
+        wait_until(rt, lambda: len(ran) == 2 or rt.status("long").state.is_final)
+        assert rt.status("long").state is State.RUNNING
+        assert _step(rt, "long") == (StepState.DISPATCHED, 2, 0)  # run again, no crash counted
+        release.set()
+        assert handle.result(timeout=WAIT) == {"s": 2}
+    finally:
+        release.set()
         rt.stop(timeout=1)
 
 

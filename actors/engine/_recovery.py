@@ -10,8 +10,9 @@ completion or its deadline moves it on).
 Poison work is an attempt that kills the whole process every time it runs.
 An action that calls ``os._exit``, segfaults in a C extension or exhausts memory takes the
 daemon down with it; recovery then runs it again, and the daemon crash-loops. The store
-remembers: at each recovery after a crash, a workflow that had an attempt running (recorded
-DISPATCHED, or a compensation dispatched, with no outcome since) has its
+remembers: at each recovery after a crash, a workflow that had an attempt of the dead
+process running (recorded DISPATCHED, or a compensation dispatched, with no outcome since;
+not one the tree's restart of a crashed Scheduler cut in a process that lives on) has its
 ``WorkflowRecord.recoveries`` counter bumped; any recorded outcome of one of its attempts
 resets it to 0. From the second crash in a row its running attempts are not re-run at
 once but one suspect at a time, ``recovery_stagger`` seconds apart, so the other

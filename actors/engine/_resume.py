@@ -35,8 +35,13 @@ _log = get_logger("herder.scheduler")
 
 def count_crash(m: Machine, run: WorkflowRun) -> bool:
     """Count a crash against a workflow that had attempts running at it; defer those
-    attempts from the second crash in a row, park it past the limit (True)."""
-    running = running_at_crash(run.steps.values())
+    attempts from the second crash in a row, park it past the limit (True).
+
+    Only the attempts of an earlier process count (their tokens' high bits are its
+    incarnation): it died under them. One this process ran was cut by the tree's restart
+    of a crashed Scheduler, and the process lives on: no crash of it to count."""
+    incarnation = m.incarnation()
+    running = [st for st in running_at_crash(run.steps.values()) if st.token >> 32 < incarnation]
     if not running:
         return False
     crashes = run.record.recoveries + 1
