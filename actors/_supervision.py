@@ -111,9 +111,11 @@ class _Supervisor(SupervisedActor):
         """Stop every child in reverse start order before this supervisor ends."""
         self._stop_children(reversed(self._children.values()))
 
-    def on_failure(self, *_exc_info: object) -> None:
-        """A bug in the supervisor itself: do not leave its children orphaned."""
+    def on_failure(self, *exc_info: Any) -> None:
+        """A bug in the supervisor itself: do not leave its children orphaned, and tell
+        ``on_fatal`` (a root's: nobody above hears of it) as a give-up does."""
         self._stop_children(reversed(self._children.values()))
+        self._fatal(exc_info[1])
 
     def on_receive(self, message: Any) -> Any:
         """Handle a child's exit report and the supervisor's own retry timers."""
@@ -313,6 +315,9 @@ class _Supervisor(SupervisedActor):
         # tells our own supervisor that we crashed with ``exc``. Done before on_fatal so
         # that whoever on_fatal wakes up already finds this supervisor dead.
         self._handle_failure(type(exc), exc, None)
+        self._fatal(exc)
+
+    def _fatal(self, exc: BaseException) -> None:
         if self._on_fatal is not None:
             try:
                 self._on_fatal(exc)

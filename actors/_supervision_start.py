@@ -44,8 +44,9 @@ def start_supervisor(
     supervisor's ``ChildSpec.start``, the new supervisor is that supervisor's child and
     its failures escalate to it. ``listener`` runs on the supervisor thread for every
     :class:`ChildEvent` and must be quick; its exceptions are logged. ``on_fatal`` is
-    called once with the :class:`RestartIntensityExceeded` when this supervisor gives up
-    (give it to the root). The supervisor's methods (``which_children``,
+    called once with the :class:`RestartIntensityExceeded` when this supervisor gives up,
+    or with the exception of a bug that crashed the supervisor itself (give it to the
+    root: nobody above hears of it). The supervisor's methods (``which_children``,
     ``count_children``, ``start_child``, ``start_children``, ``terminate_child``,
     ``restart_child``, ``delete_child``) are called through ``ref.proxy()`` or
     ``ref.ask``; ``ref.stop()``

@@ -330,7 +330,7 @@ class Lifecycle:
         rt._is_active.set()  # wakes wait_active() (it answers False now)
 
     def _on_fatal(self, exc: BaseException) -> None:
-        _log.critical("herder runtime gave up restarting its actors: %s", exc)
+        _log.critical("herder runtime's supervision tree stopped for good: %s", exc)
         self._failed(exc)
 
     def _on_lease_lost(self, exc: LeaseLost) -> None:

@@ -201,3 +201,34 @@ def test_the_trees_give_up_is_logged_once_and_names_nothing_a_user_cannot_set(
     assert "its workflows are durable" in str(closed.value)
     said = [r.name for r in caplog.records if "supervisor 'herder'" in r.getMessage()]
     assert said == ["herder.supervision", "herder.runtime"]  # (its ERROR, the CRITICAL)
+
+
+def test_a_crash_of_the_trees_root_itself_fails_the_runtime_as_a_give_up_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The root stopped its children and ended, telling nobody: start() stored workflows
+    # no actor would run, stats() said to call again in a moment for ever, result() and
+    # run_forever() waited for ever.
+    from herder.actors._supervision import _Supervisor
+
+    real = _Supervisor._on_child_exit
+
+    def broken(self: _Supervisor, message: Any) -> None:
+        if self._name == "herder":
+            raise RuntimeError("a bug in the root supervisor")
+        real(self, message)
+
+    monkeypatch.setattr(_Supervisor, "_on_child_exit", broken)
+    release = threading.Event()
+    rt = holding(tmp_path, release)
+    try:
+        waiter = rt._watch("w")
+        with pytest.raises(RuntimeClosed, match="a bug in the root supervisor"):
+            crash_scheduler(rt, timeout=WAIT)
+        with pytest.raises(RuntimeClosed, match="the runtime failed and stopped its actors"):
+            rt.start("held")
+        with pytest.raises(RuntimeClosed, match="the runtime failed before the workflow ended"):
+            waiter.wait(WAIT)
+    finally:
+        release.set()
+        rt.stop()
