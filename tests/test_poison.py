@@ -113,20 +113,20 @@ def test_the_trees_restart_of_a_crashed_scheduler_is_no_crash_of_the_process(
     clock = FakeClock()
     rt = Runtime(tmp_path / "s", clock=clock, max_recoveries=0, instance_shutdown=0.01)
     try:
-        ran: list[int] = []
+        started = {1: threading.Event(), 2: threading.Event()}
 
         class Long(Agent):
             def work(self, ctx: StepContext) -> int:
-                ran.append(ctx.attempt)
+                started[ctx.attempt].set()
                 release.wait(WAIT)
                 return ctx.attempt
 
         rt.add_agent("svc", Long, concurrency=2)
         rt.add_workflow(Workflow("x").step("s", agent="svc", action="work"))
         handle = rt.start("x", workflow_id="long")
-        wait_until(rt, lambda: ran == [1])
+        assert started[1].wait(WAIT)
         crash_scheduler(rt, timeout=WAIT)
-        wait_until(rt, lambda: len(ran) == 2 or rt.status("long").state.is_final)
+        assert started[2].wait(WAIT), f"not run again: {rt.status('long').error}"
         assert rt.status("long").state is State.RUNNING
         assert _step(rt, "long") == (StepState.DISPATCHED, 2, 0)  # run again, no crash counted
         release.set()
