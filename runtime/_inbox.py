@@ -9,7 +9,7 @@ skips, compensates or abandons it (``Runtime`` methods or the CLI).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -73,17 +73,18 @@ def inbox_items(
     with ``limit``, only the ``limit`` oldest (a page costs the same however many are
     parked: the console's).
 
-    Only the parked workflows' records are read, found by the store's ``recent`` index
-    (a store without it is read whole). A record that does not decode (a parked one, or
-    one the index lists as unreadable) is left out and added to ``corrupt``, or logged
-    without one: one damaged record must not hide every parked workflow from the
-    operator."""
+    Only the parked workflows' records are read, found by the store's ``recent`` index,
+    itself read only up to the last of them (a store without it is read whole, and so
+    is one with a damaged key in it when every parked workflow is asked for). A record
+    that does not decode (a parked one, or one the index lists as unreadable) is left
+    out and added to ``corrupt``, or logged without one: one damaged record must not
+    hide every parked workflow from the operator."""
     known: dict[tuple[str, int], Plan | None] = dict(plans or {})
     bad: list[StoreCorrupt] = [] if corrupt is None else corrupt
     items = []
     parked = (
         _every_parked(store, bad)
-        if limit is None or not store.indexed  # (read whole: its damaged records named)
+        if limit is None or not store.indexed
         else _oldest_parked(store, limit, bad)
     )
     for record, steps in parked:
@@ -127,7 +128,14 @@ Parked = tuple[WorkflowRecord, list[StepRecord]]
 
 
 def _every_parked(store: Store, bad: list[StoreCorrupt]) -> Iterator[Parked]:
-    """Every parked workflow and its steps, from a read of every record."""
+    """Every parked workflow and its steps: those the ``recent`` index lists (read as for
+    :func:`_oldest_parked`), or from a read of every record for a store without the
+    index or with a damaged key in it (whose workflow it was is unknown)."""
+    damaged: list[StoreCorrupt] = []
+    listed = list(_listed(store, damaged)) if store.indexed else None
+    if listed is not None and not damaged:
+        yield from _if_still_parked(store, listed, bad)
+        return
     for record in store.workflows(WorkflowState.NEEDS_ATTENTION, corrupt=bad):
         try:
             steps = steps_if_kept(store, record.id)
@@ -141,14 +149,29 @@ def _every_parked(store: Store, bad: list[StoreCorrupt]) -> Iterator[Parked]:
 def _oldest_parked(store: Store, limit: int, bad: list[StoreCorrupt]) -> Iterator[Parked]:
     """The ``limit`` parked workflows changed longest ago and their steps, found by the
     ``recent`` index (oldest first); those it lists as unreadable go to ``bad`` on the
-    way. The index is read up to the last of them the writer's kept counts say it holds
-    (none: not at all), not to its end: on a million workflows that took a second."""
+    way, and so does a damaged key in it. Not one more is looked for: that read the
+    index to its end."""
+    return itertools.islice(_if_still_parked(store, _listed(store, bad), bad), limit)
+
+
+def _listed(store: Store, damaged: list[StoreCorrupt]) -> Iterator[tuple[float, str, str]]:
+    """The entries of the ``recent`` index that list a workflow as parked or unreadable,
+    oldest first, a damaged key passed over into ``damaged``. It is read up to the last
+    of them the writer's kept counts say it holds (none: not at all), not to its end: on
+    a million workflows that took a second."""
     listed = frozenset({str(WorkflowState.NEEDS_ATTENTION), UNREADABLE})
-    entries = store.recent(newest_first=False, states=listed, damaged=bad)
+    entries = store.recent(newest_first=False, states=listed, damaged=damaged)
     kept = store.kept_workflow_counts()  # (one parked since lies at the newest end)
-    if kept is not None:
-        entries = itertools.islice(entries, sum(kept.get(state, 0) for state in listed))
-    found = 0
+    if kept is None:
+        return entries
+    return itertools.islice(entries, sum(kept.get(state, 0) for state in listed))
+
+
+def _if_still_parked(
+    store: Store, entries: Iterable[tuple[float, str, str]], bad: list[StoreCorrupt]
+) -> Iterator[Parked]:
+    """The workflows of ``entries`` that are parked when read, with their steps; one that
+    does not decode goes to ``bad``."""
     for _t, wid, _state in entries:
         try:
             both = store.together(partial(_if_parked, store, wid))
@@ -156,10 +179,7 @@ def _oldest_parked(store: Store, limit: int, bad: list[StoreCorrupt]) -> Iterato
             bad.append(exc)
             continue
         if both is not None:  # (it may have moved on)
-            found += 1
             yield both
-            if found >= limit:  # (not after the next one is looked for: to the end)
-                return
 
 
 def _if_parked(store: Store, workflow_id: str) -> Parked | None:
