@@ -167,6 +167,7 @@ from herder.store._records import (
     WorkflowRecord,
     WorkflowState,
     peek_field,
+    peek_fields,
     plan_steps,
     stored_field,
 )
@@ -313,6 +314,7 @@ __all__ = [
     "normalize",
     "opened",
     "peek_field",
+    "peek_fields",
     "pending_commands",
     "plan_steps",
     "printable",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -129,31 +129,40 @@ def decode(data: bytes, *, db: str, key: bytes) -> Any:
         raise StoreCorrupt(db, key, f"{type(exc).__name__}: {exc}") from exc
 
 
-def peek(data: bytes, index: int, key: str) -> Any:
-    """One field of a stored record, decoding only what comes before it (an id and a name,
-    not the input after them): item ``index`` of an array record, the value under ``key``
-    of a map one. The checksum is not checked: for a scan that only tests a record (one
-    damaged is met when it is read whole). KeyError if the record has no such field,
-    ValueError if its bytes do not decode that far."""
+def peek(data: bytes, fields: Mapping[int, str]) -> dict[str, Any]:
+    """Some fields of a stored record in one pass, decoding only what comes before the
+    last of them (an id and a name, not the input after them): for each ``index: key`` of
+    ``fields``, item ``index`` of an array record, the value under ``key`` of a map one;
+    a field the record lacks is left out. The checksum is not checked: for a scan that
+    only tests a record (one damaged is met when it is read whole). ValueError if its
+    bytes do not decode that far."""
     unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=True, read_size=4096)
+    found: dict[str, Any] = {}
     try:
         try:
             items = unpacker.read_array_header()
         except ValueError:  # not an array: a map (schema 2), or no record at all
             items = None
         if items is not None:
-            if index >= items:
-                raise KeyError(key)
-            for _ in range(index):
-                unpacker.skip()
-            return unpacker.unpack()
+            for index in range(min(items, max(fields, default=-1) + 1)):
+                if index in fields:
+                    found[fields[index]] = unpacker.unpack()
+                else:
+                    unpacker.skip()
+            return found
+        wanted = set(fields.values())
         for _ in range(unpacker.read_map_header()):
-            if unpacker.unpack() == key:
-                return unpacker.unpack()
-            unpacker.skip()
+            if not wanted:
+                break
+            key = unpacker.unpack()
+            if type(key) is str and key in wanted:
+                found[key] = unpacker.unpack()
+                wanted.discard(key)
+            else:
+                unpacker.skip()
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from exc
-    raise KeyError(key)
+    return found
 
 
 def normalize(obj: Any, *, limit: int | None = None, what: str = "value") -> Any:

@@ -12,7 +12,7 @@ Keys and the timer entry's value are laid out in ``_keys``; :class:`RetryPolicy`
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -378,4 +378,12 @@ def stored_field(data: Any, kind: type[WorkflowRecord | StepRecord], name: str) 
 def peek_field(data: bytes, kind: type[WorkflowRecord | StepRecord], name: str) -> Any:
     """Field ``name`` of a stored record's bytes, as :func:`stored_field` reads it from the
     decoded record, but decoding only the fields before it (see :func:`~._codec.peek`)."""
-    return peek(data, _POSITIONS[kind][name], name)
+    return peek_fields(data, kind, (name,))[name]
+
+
+def peek_fields(
+    data: bytes, kind: type[WorkflowRecord | StepRecord], names: Iterable[str]
+) -> dict[str, Any]:
+    """:func:`peek_field` of each of ``names`` in one pass over the bytes (a field after a
+    large input skipped it once per field); a field the record lacks is left out."""
+    return peek(data, {_POSITIONS[kind][name]: name for name in names})

@@ -26,6 +26,7 @@ from herder.store import (
     encode,
     encoder,
     peek_field,
+    peek_fields,
     replacer,
     split_step_key,
     split_timer_key,
@@ -270,3 +271,15 @@ def test_peek_field_reads_a_name_from_either_layout_without_the_rest() -> None:
     for garbage in (b"", b"\xc1", encode(7), encode([3, "w-1", ["unfinished"]])[:9]):
         with pytest.raises(ValueError, match=r"OutOfData|Unexpected type"):
             peek_field(garbage, WorkflowRecord, "name")
+
+
+def test_peek_fields_reads_several_fields_of_either_layout_in_one_pass() -> None:
+    record = WorkflowRecord("w-1", "order", 2, {"blob": "x" * 100}, error="e", deadline=9.0)
+    names = ("id", "state", "updated", "error", "deadline")
+    want = {"id": "w-1", "state": "PENDING", "updated": 0.0, "error": "e", "deadline": 9.0}
+    stored = record.to_stored()
+    for layout in (stored, record.to_dict()):
+        assert peek_fields(encode(layout), WorkflowRecord, names) == want
+    older = stored[: stored.index(9.0)]  # an array written before `deadline` was added
+    del want["deadline"]  # (a field the record lacks is left out)
+    assert peek_fields(encode(older), WorkflowRecord, names) == want

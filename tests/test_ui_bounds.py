@@ -436,3 +436,43 @@ def test_the_list_decodes_no_input_and_no_result(
         assert decoded == []
     finally:
         console.shutdown()
+
+
+def test_a_page_reads_the_input_of_each_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A row peeked each field it shows in a pass of its own, and the four after the
+    # input (state, created, updated, error) each went past it: a page of 50 workflows
+    # whose inputs were lists near the 1 MB a value may have took 0.3 s, 0.09 s in one.
+    import types
+
+    from herder.runtime.ui._query import Filters, workflow_page
+    from herder.store import WorkflowRecord, WorkflowState, _codec, encode
+
+    blob = [i % 100 for i in range(100_000)]
+    path = tmp_path / "store"
+    with Store(path) as s:
+        ops = tuple(
+            Put("workflows", workflow_key(r.id), encode(r.to_stored()))
+            for i in range(3)
+            for r in [
+                WorkflowRecord(f"w-{i}", "bulk", 1, blob, WorkflowState.COMPENSATED, i, i, "e")
+            ]
+        )
+        s.writer.submit(Transition(ops=ops)).result(timeout=10)
+    size = len(encode(blob))
+    read: list[int] = []
+
+    class Counting(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            data = super().read(n)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(_codec, "io", types.SimpleNamespace(BytesIO=Counting))
+    with Store(path, readonly=True) as s:
+        page = workflow_page(s, Filters())
+    assert [(r.id, r.state, r.error) for r in page.rows] == [
+        (f"w-{i}", WorkflowState.COMPENSATED, "e") for i in (2, 1, 0)
+    ]
+    assert sum(read) < 3 * size * 1.1, f"{sum(read) / size:.1f} inputs read for 3 rows"

@@ -13,7 +13,6 @@ out first, the page says how far back it looked and offers to go on from there.
 from __future__ import annotations
 
 import binascii
-import contextlib
 import datetime
 import struct
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from herder.store import (
     check_record,
     encode,
     peek_field,
+    peek_fields,
     split_recent_key,
     step_key,
     workflow_key,
@@ -231,7 +231,7 @@ def _row(wkey: bytes, snap: Snapshot) -> tuple[WorkflowRecord, list[StepRecord]]
     if raw is None:
         return None
     try:
-        fields = _peeked(raw, WorkflowRecord, _SHOWN)
+        fields = peek_fields(raw, WorkflowRecord, _SHOWN)  # (a field it lacks: its default)
         fields["state"] = WorkflowState(fields["state"])
         record = WorkflowRecord(**fields, input=None)
         check_record(record)
@@ -239,22 +239,12 @@ def _row(wkey: bytes, snap: Snapshot) -> tuple[WorkflowRecord, list[StepRecord]]
             raise ValueError(f"the record holds id {record.id!r:.80}")
         steps, prefix, db = [], step_key(record.id, ""), "steps"
         for at, value in snap.items("steps", prefix):
-            state = StepState(_peeked(value, StepRecord, ("state",))["state"])
+            state = StepState(peek_field(value, StepRecord, "state"))
             steps.append(StepRecord(record.id, at[len(prefix) :].decode("utf-8"), state))
             check_record(steps[-1])
     except (KeyError, TypeError, ValueError) as exc:  # (UnicodeDecodeError too)
         raise StoreCorrupt(db, at, f"bad record: {type(exc).__name__}: {exc}") from None
     return record, steps
-
-
-def _peeked(raw: bytes, kind: type[Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """The fields ``names`` of a stored record (a field it lacks is left out: its default,
-    as reading it whole gives it); ValueError if it does not decode that far."""
-    found = {}
-    for name in names:
-        with contextlib.suppress(KeyError):
-            found[name] = peek_field(raw, kind, name)
-    return found
 
 
 def _ms(t: float) -> int:
