@@ -9,7 +9,6 @@ Plain tables by default, ``--json`` for scripts.
 from __future__ import annotations
 
 import datetime
-import re
 import sys
 import time
 from collections import Counter
@@ -20,7 +19,6 @@ from herder.runtime._console import attempt_named, dump_json, print_table, print
 from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
 from herder.store import (
-    InvalidInput,
     Plan,
     StepRecord,
     StepState,
@@ -84,41 +82,6 @@ def shown_time(t: float) -> str:
         return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
     except (OverflowError, OSError, ValueError):  # (a clock far off: no date, the seconds)
         return f"{t:.3f} s"
-
-
-def parse_when(text: str, now: float | None = None, *, age: bool = False) -> float:
-    """A point in time from the CLI: a duration back from now (``90s``, ``30m``, ``2h``,
-    ``7d``, ``2w``) or an ISO date/time (naive means local time); ``age``: the duration
-    only (a date is refused, however it is written)."""
-    now = time.time() if now is None else now
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
-    parsed = None
-    if match is None and age:
-        raise InvalidInput(
-            f"{text!r} is not an age: give a number and a unit (90s, 30m, 2h, 7d, 2w)"
-        )
-    if match is None:
-        try:
-            parsed = datetime.datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise InvalidInput(
-                f"{text!r} is neither a duration (90s, 30m, 2h, 7d, 2w) nor an "
-                "ISO date/time (2026-12-01 or 2026-12-01T08:00)"
-            ) from None
-    try:
-        if match is not None:
-            when = now - float(match.group(1)) * _UNIT[match.group(2)]
-        else:
-            assert parsed is not None
-            when = parsed.timestamp()
-        datetime.datetime.fromtimestamp(when)  # it is shown as a date: it must be one
-    except (ValueError, OverflowError, OSError):  # (the ways of saying out of range)
-        instead = "a shorter duration" if match is not None else "a later one"
-        raise InvalidInput(f"{text!r} is out of the range of dates; give {instead}") from None
-    return when
-
-
-_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
 def list_workflows(
