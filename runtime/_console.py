@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 from herder.store import printable
@@ -48,6 +48,18 @@ def dump_json(out: TextIO, data: Any) -> None:
     (bytes get past the store's ``strict_map_key``) too, as its repr. Written once whole:
     never half a document."""
     out.write(json.dumps(json_safe(data), indent=2, default=repr, allow_nan=False) + "\n")
+
+
+def dump_json_list(out: TextIO, items: Iterable[Any]) -> None:
+    """:func:`dump_json` of a list, in the same text, written an item at a time: a
+    listing of a million workflows is never held whole (cut short only by an error
+    reading the store, which then exits 1, or by Ctrl-C)."""
+    opening = "[\n  "
+    for item in items:
+        text = json.dumps(json_safe(item), indent=2, default=repr, allow_nan=False)
+        out.write(opening + text.replace("\n", "\n  "))  # (JSON escapes a string's newlines)
+        opening = ",\n  "
+    out.write("[]\n" if opening == "[\n  " else "\n]\n")
 
 
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
