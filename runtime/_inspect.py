@@ -108,7 +108,7 @@ def list_workflows(
     table keeps its cells (``--limit 0`` held every input and result to the end: 1.3 GB
     for 100,000 workflows, 4.7 GB as JSON)."""
     reader = _Reader(store)
-    listed = _listed(store, reader, state, since)
+    listed = _listed(store, reader, state, since, None if limit is None else limit + 1)
     shown = listed if limit is None else itertools.islice(listed, limit)
     if as_json:
         dump_json_list(out, (s.to_dict() for s in shown))
@@ -123,19 +123,23 @@ def list_workflows(
 
 
 def _listed(
-    store: Store, reader: _Reader, state: str | None, since: float | None
+    store: Store, reader: _Reader, state: str | None, since: float | None, most: int | None
 ) -> Iterator[WorkflowStatus]:
-    """The workflows in ``state`` updated since ``since``, last updated first (those that
-    cannot be read go to ``reader.corrupt``)."""
+    """The ``most`` (None: all) workflows in ``state`` updated since ``since``, last
+    updated first, as the index lists them at one instant (read a page at a time, one
+    that changed meanwhile moved above the pages read: ``--limit 0`` of a busy store
+    left out a quarter of it); each as it is when read (those that cannot be read go to
+    ``reader.corrupt``)."""
     states = None if state is None else frozenset({str(WorkflowState(state))})
-    for _, wid, _ in store.recent(states=states, since=since):
+    entries = store.recent(states=states, since=since)
+    for wid in store.together(lambda: [e[1] for e in itertools.islice(entries, most)]):
         try:
             status = reader.status_of(wid)
         except StoreCorrupt as exc:
             reader.corrupt.append(exc)
             continue
         if status is not None and (states is None or str(status.state) in states):
-            yield status  # (else purged, or moved on, since the index page was read)
+            yield status  # (else purged, or moved on, since the index was read)
 
 
 def _row(s: WorkflowStatus) -> tuple[str, ...]:

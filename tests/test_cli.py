@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -267,3 +268,39 @@ def test_ls_of_every_workflow_keeps_no_more_of_each_than_it_printed(
         assert len(lines) == 101
         assert lines[1].split()[0] == "w-099"
     assert peak < 20 * len(blob), f"{peak:,} bytes at the peak for 5 MB of inputs"
+
+
+def test_ls_lists_a_workflow_that_changed_while_it_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `herder ls` read the index a page at a time, each page in a read of its own: a
+    # workflow that changed meanwhile moved above the pages read and was left out
+    # (--limit 0 of a store of 20,000 whose workflows were finishing listed 15,000).
+    from herder.runtime import _inspect
+    from herder.store import Put, Transition, WorkflowRecord, WorkflowState, encode, workflow_key
+
+    def put(wid: str, state: WorkflowState, at: float) -> Put:
+        record = WorkflowRecord(wid, "order", 1, {}, state, at, at)
+        return Put("workflows", workflow_key(wid), encode(record.to_stored()))
+
+    ids = [f"w-{i:02}" for i in range(12)]
+    monkeypatch.setattr("herder.store._recent.PAGE", 5)  # (three pages)
+    with Store(tmp_path / "store") as s:
+        ops = tuple(put(wid, WorkflowState.RUNNING, 1e9 + i) for i, wid in enumerate(ids))
+        s.writer.submit(Transition(ops=ops)).result(timeout=10)
+        real = _inspect._Reader.status_of
+        finished: list[str] = []
+
+        def status_of(reader: Any, wid: str) -> Any:
+            if not finished:  # the oldest one finishes as the first row is read
+                done = put("w-00", WorkflowState.SUCCEEDED, 2e9)
+                s.writer.submit(Transition(ops=(done,))).result(timeout=10)
+                finished.append("w-00")
+            return real(reader, wid)
+
+        monkeypatch.setattr(_inspect._Reader, "status_of", status_of)
+        out = io.StringIO()
+        _inspect.list_workflows(out, s, state=None, limit=None, as_json=True)
+    listed = {row["id"]: row["state"] for row in json.loads(out.getvalue())}
+    assert sorted(listed) == ids, f"{sorted(set(ids) - set(listed))} left out"
+    assert listed["w-00"] == "SUCCEEDED"  # (as it is when read)
