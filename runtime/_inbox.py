@@ -131,8 +131,8 @@ def _every_parked(store: Store, bad: list[StoreCorrupt]) -> Iterator[Parked]:
     """Every parked workflow and its steps: those the ``recent`` index lists (read as for
     :func:`_oldest_parked`), or from a read of every record for a store without the
     index or with a damaged key in it (whose workflow it was is unknown)."""
-    damaged: list[StoreCorrupt] = []
-    listed = list(_listed(store, damaged)) if store.indexed else None
+    damaged: list[StoreCorrupt] = []  # (one instant: one re-parked meanwhile was listed twice)
+    listed = store.together(lambda: list(_listed(store, damaged))) if store.indexed else None
     if listed is not None and not damaged:
         yield from _if_still_parked(store, listed, bad)
         return

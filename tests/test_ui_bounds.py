@@ -476,3 +476,40 @@ def test_a_page_reads_the_input_of_each_row_once(
         (f"w-{i}", WorkflowState.COMPENSATED, "e") for i in (2, 1, 0)
     ]
     assert sum(read) < 3 * size * 1.1, f"{sum(read) / size:.1f} inputs read for 3 rows"
+
+
+def test_every_parked_workflow_is_listed_though_one_parks_again_while_it_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The index was read a page at a time, each page in a read of its own, from the
+    # oldest, up to as many entries as the kept counts said (read before them): a
+    # workflow parked meanwhile took the place of one retried and parked again after it,
+    # and `herder inbox` left that one out, parked all along but for a moment.
+    from herder.runtime._inbox import inbox_items
+    from herder.store import WorkflowRecord, WorkflowState, encode
+
+    def parked(wid: str, at: float) -> Put:
+        record = WorkflowRecord(wid, "order", 1, {}, WorkflowState.NEEDS_ATTENTION, at, at)
+        return Put("workflows", workflow_key(wid), encode(record.to_stored()))
+
+    ids = [f"p-{i:02}" for i in range(12)]
+    monkeypatch.setattr("herder.store._recent.PAGE", 5)  # (three pages)
+    with Store(tmp_path / "store") as s:
+        ops = tuple(parked(wid, 1e9 + i) for i, wid in enumerate(ids))
+        s.writer.submit(Transition(ops=ops)).result(timeout=10)
+        real, pages = s._read, []
+
+        def read(fn: Callable[..., Any]) -> Any:
+            if fn.__qualname__ == "scan.<locals>.page":
+                if len(pages) == 1:  # before the second page: "q" parks, p-07 parks again
+                    meanwhile = Transition(ops=(parked("q", 2e9), parked("p-07", 3e9)))
+                    writes = threading.Thread(target=lambda: s.writer.submit(meanwhile).result(10))
+                    writes.start()  # (a thread of its own: not the reader's)
+                    writes.join(10)
+                pages.append(fn.__qualname__)
+            return real(fn)
+
+        monkeypatch.setattr(s, "_read", read)
+        listed = [item.id for item in inbox_items(s, corrupt=[])]
+    assert len(pages) == 3  # (the hook saw the index read)
+    assert sorted(listed) == ids, f"{sorted(set(ids) - set(listed))} left out"
