@@ -51,6 +51,7 @@ class Access:
     _handles: dict[str, Any]
     # Readers enter this gate; a map resize waits until no read transaction is open.
     _gate: threading.Condition
+    _gate_lock: threading.Lock  # the gate's lock, taken as itself (see _read)
     _readers: int
     _resizing: bool
     _pinned: Pinned  # the read transaction of this thread's ``together``
@@ -80,15 +81,20 @@ class Access:
         if txn is not None:
             return fn(txn)  # (an LMDB error reaches the _read of ``together``)
         while True:
-            with self._gate:
-                while self._resizing:
-                    self._gate.wait()
-                env = self._env
-                if env is None:
-                    raise StoreClosed(f"store {self.path} is closed; open it again")
-                self._readers += 1
-            resized = False
+            # Counted and uncounted in one try, the gate taken by its C lock: a Ctrl-C
+            # (KeyboardInterrupt) that came as ``with self._gate`` had taken it, or
+            # between the count and the ``try``, left it taken or counted, and close()
+            # waited for ever (``herder stats`` hung on Ctrl-C).
+            resized = counted = False
             try:
+                with self._gate_lock:
+                    while self._resizing:
+                        self._gate.wait()
+                    env = self._env
+                    if env is None:
+                        raise StoreClosed(f"store {self.path} is closed; open it again")
+                    self._readers += 1
+                    counted = True
                 with env.begin() as txn:
                     return fn(txn)
             except lmdb.MapResizedError:
@@ -96,10 +102,11 @@ class Access:
             except lmdb.Error as exc:
                 raise translate(exc, f"read from store {self.path} failed") from exc
             finally:
-                with self._gate:
-                    self._readers -= 1
-                    if self._readers == 0:
-                        self._gate.notify_all()
+                if counted:
+                    with self._gate_lock:
+                        self._readers -= 1
+                        if self._readers == 0:
+                            self._gate.notify_all()
             if resized:
                 self._grow(0)
 
@@ -111,7 +118,7 @@ class Access:
         environment runs in any thread: readers that keep coming would hold it off for
         ever), and by readers on ``MapResizedError``.
         """
-        with self._gate:
+        with self._gate_lock:  # (see _read)
             while self._resizing:
                 self._gate.wait()
             self._resizing = True

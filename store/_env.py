@@ -134,7 +134,8 @@ class Store(Reads, LeaseHolder):
         # by close(): a close never lands between the two, leaving the lease held.
         self._taking = threading.Lock()
         # Readers enter this gate; a map resize waits until no read transaction is open.
-        self._gate = threading.Condition(threading.Lock())
+        self._gate_lock = threading.Lock()
+        self._gate = threading.Condition(self._gate_lock)
         self._readers = 0
         self._resizing = False
         self._pinned = Pinned()
@@ -355,7 +356,7 @@ class Store(Reads, LeaseHolder):
                     f"store {self.path}: its writer did not drain within {timeout} s (a "
                     "stalled disk?); the store is still open: call close() again"
                 ) from exc
-        with self._gate:
+        with self._gate_lock:  # (see Access._read)
             self._gate.wait_for(lambda: self._readers == 0 and not self._resizing)
             env, self._env = self._env, None
         self._writer = None

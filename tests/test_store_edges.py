@@ -1,9 +1,12 @@
 """The store at its edges (found by review): a map growth under readers that keep
-coming, and a damaged key of the derived ``recent`` index."""
+coming, a damaged key of the derived ``recent`` index, and a Ctrl-C in the middle of a
+read."""
 
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 import threading
 import time
 
@@ -138,3 +141,56 @@ def test_a_parked_workflow_whose_index_key_is_damaged_is_still_listed(
     _flip_recent_key(path, 8, 0x80)  # 'w' (0x77) -> 0xf7: not UTF-8
     with Store(path, readonly=True) as store:
         assert [r.id for r in store.workflows(WorkflowState.NEEDS_ATTENTION)] == ["wf-p"]
+
+
+INTERRUPTED_READS = """
+import os, random, signal, sys, threading
+from herder.store import Put, Store, Transition, WorkflowRecord, WorkflowState, encode, workflow_key
+path, rounds = sys.argv[1], int(sys.argv[2])
+with Store(path) as store:
+    record = WorkflowRecord("w-1", "flow", 1, None, WorkflowState.SUCCEEDED, 1.0, 1.0)
+    put = Put("workflows", workflow_key(record.id), encode(record.to_stored()))
+    store.writer.submit(Transition((put,))).result(timeout=10)
+
+def interrupt(*_):
+    raise KeyboardInterrupt  # (as Ctrl-C does: at whatever line the main thread is on)
+
+signal.signal(signal.SIGALRM, interrupt)
+for i in range(rounds):
+    store = Store(path, readonly=True)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, random.uniform(0.0001, 0.003))
+        while True:
+            store.get_workflow("w-1")
+    except KeyboardInterrupt:
+        pass
+    closed = threading.Event()
+    def watch(i=i):
+        if not closed.wait(10):
+            print(f"close() hung after the interrupted reads of round {i}", flush=True)
+            os._exit(3)
+    threading.Thread(target=watch, daemon=True).start()
+    store.close()
+    closed.set()
+print("closed every time")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_store_closes_after_a_ctrl_c_that_came_in_the_middle_of_a_read(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A KeyboardInterrupt that came just as a read had taken the reader gate (inside
+    ``Condition.__enter__``), or between counting the read and its ``try``, left the
+    gate taken or the read counted, and close() then waited for ever: ``herder stats``
+    hung on Ctrl-C, and so did a script's ``with Store(...)``. Interrupted at random
+    points by SIGALRM, as Ctrl-C would (it hung within the first 30 rounds, each time)."""
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_READS, str(tmp_path / "s"), "300"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.stdout.strip() == "closed every time", done.stdout + done.stderr[-2000:]
+    assert done.returncode == 0
