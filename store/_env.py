@@ -43,6 +43,7 @@ from herder.store._keys import workflow_key
 from herder.store._lease import DEFAULT_LEASE, Lease, guard, read_lease, take
 from herder.store._leaseholder import LeaseHolder
 from herder.store._locktable import note_lock_table, open_lock, try_flock
+from herder.store._metapage import never_committed
 from herder.store._open import (
     open_existing,
     open_for_writing,
@@ -172,6 +173,8 @@ class Store(Reads, LeaseHolder):
         path = self.path
         prepare_dir(path)
         self._lock_fd, self._have_flock = open_lock(path, wait=self.standby)
+        if self._have_flock and never_committed(path):  # (its first open hit a full disk)
+            os.truncate(path / "data.mdb", 0)  # nothing in it: LMDB sets it up afresh
         env, self._handles = open_for_writing(path, map_size, self.lease_duration)
         self._env = env
         if self._have_flock:

@@ -72,7 +72,8 @@ def last_txnid(data: pathlib.Path) -> int | None:
 
 def check_not_truncated(root: pathlib.Path) -> None:
     """Refuse (:class:`StoreError`) a store whose ``data.mdb`` is shorter than its newest
-    commit needs; nothing to check when there is no such file or no valid meta page."""
+    commit needs; nothing to check when there is no such file or no valid meta page, nor
+    when nothing was ever committed (:func:`never_committed`: the opener's to say)."""
     data = root / "data.mdb"
     try:
         meta = newest_meta(data)
@@ -81,7 +82,7 @@ def check_not_truncated(root: pathlib.Path) -> None:
         return
     except OSError as exc:
         raise StoreError(f"cannot read store {root}: {exc}") from exc
-    if meta is None:
+    if meta is None or meta.txnid == 0:
         return
     needed = (meta.last_pg + 1) * meta.psize
     if size < needed:
@@ -90,3 +91,18 @@ def check_not_truncated(root: pathlib.Path) -> None:
             f"(transaction {meta.txnid}) needs {needed:,}; the file was cut short (a full "
             "disk during a copy, an incomplete restore). Restore a backup"
         )
+
+
+def never_committed(root: pathlib.Path) -> bool:
+    """True if ``data.mdb`` holds no commit and is not whole: empty, or with the first of
+    its two meta pages (transaction 0) only. LMDB writes them when it creates the file,
+    before any commit: a full disk there (a runtime's first open of a new store) left
+    such a file, which LMDB refuses to open ("Bad file descriptor", "not an LMDB file"),
+    and readers called it damaged, though nothing was ever in it."""
+    data = root / "data.mdb"
+    try:
+        size = os.stat(data).st_size
+        meta = newest_meta(data)
+    except OSError:
+        return False  # (the open says what is wrong)
+    return size == 0 or (meta is not None and meta.txnid == 0 and size < 2 * meta.psize)

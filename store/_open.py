@@ -21,7 +21,7 @@ from herder.store._codec import decode, encode, legacy_int
 from herder.store._errors import SchemaTooNew, StoreCorrupt, StoreError, StoreIOError
 from herder.store._fence import begin_fenced, refuse_stopped
 from herder.store._locktable import LOCK_FILE, check_lock_table, is_held
-from herder.store._metapage import check_not_truncated
+from herder.store._metapage import check_not_truncated, never_committed
 from herder.store._recent import RECENT_AT_DB, RECENT_DB
 from herder.store._records import SCHEMA_VERSION
 
@@ -206,6 +206,8 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
             f"no store at {path} (no data.mdb there): check the path; a store is created "
             "when a Runtime (or Store(path) without readonly=True) first opens it"
         )
+    if never_committed(path):
+        raise never_set_up(path)
     options: dict[str, Any] = {"readonly": True}
     if write:  # the size the store has; the settings every writer uses
         options = {"map_size": 0, "create": False, "sync": True, "metasync": True}
@@ -234,11 +236,7 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
         empty = not _holds_data(env)
         env.close()
         if empty:  # (created, and nothing committed: its first open failed, or is under way)
-            raise StoreError(
-                f"store {path} was never set up: the runtime that created it failed before "
-                "its first commit (a full disk?) or is opening it now; start a runtime on "
-                "it (that sets it up), then retry"
-            ) from exc
+            raise never_set_up(path) from exc
         raise StoreError(
             f"{path} is not a herder store (its {name!r} database is missing, which every "
             "herder store has): check --store; nothing was written to it"
@@ -250,6 +248,15 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
         env.close()
         raise
     return env, handles
+
+
+def never_set_up(path: pathlib.Path) -> StoreError:
+    """The error for a store created but never set up (nothing committed to it)."""
+    return StoreError(
+        f"store {path} was never set up: the runtime that created it failed before its "
+        "first commit (a full disk?) or is opening it now; start a runtime on it (that "
+        "sets it up), then retry"
+    )
 
 
 def _holds_data(env: lmdb.Environment) -> bool:

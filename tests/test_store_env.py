@@ -402,6 +402,31 @@ def test_a_store_whose_first_open_failed_is_not_called_foreign(tmp_path: pathlib
         assert store.incarnation == 1
 
 
+@pytest.mark.parametrize("left", [0, 4096])  # (nothing, or the first of its two meta pages)
+def test_a_store_whose_first_open_hit_a_full_disk_sooner_is_set_up_by_the_next_runtime(
+    tmp_path: pathlib.Path, left: int
+) -> None:
+    # A disk that filled as LMDB wrote its first meta pages left data.mdb empty, or with
+    # one of its two pages: readers said "Bad file descriptor", or that it was damaged
+    # ("restore a backup": of a store that never held anything), and every runtime
+    # opened to set it up after the disk was freed refused it the same way.
+    path = tmp_path / "s"
+    subprocess.run(  # (a store with its two meta pages and no commit, as above)
+        [sys.executable, "-c", FIRST_OPEN_ON_A_FULL_DISK, str(path)],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    os.truncate(path / "data.mdb", left)  # (as the disk, filling sooner, left it)
+    for mode in ("readonly", "client"):
+        with pytest.raises(StoreError, match=r"was never set up.*start a runtime on it"):
+            Store(path, mode=mode)  # type: ignore[arg-type]
+    with Store(path) as store:  # the next runtime sets it up, as the message says
+        assert store.count("workflows") == 0
+    with Store(path, readonly=True) as store:
+        assert store.incarnation == 1
+
+
 def test_a_writer_open_refuses_another_programs_lmdb_environment_and_writes_nothing(
     tmp_path: pathlib.Path,
 ) -> None:
