@@ -131,8 +131,11 @@ def _listed(
     left out a quarter of it); each as it is when read (those that cannot be read go to
     ``reader.corrupt``)."""
     states = None if state is None else frozenset({str(WorkflowState(state))})
-    entries = store.recent(states=states, since=since)
-    for wid in store.together(lambda: [e[1] for e in itertools.islice(entries, most)]):
+
+    def ids() -> list[str]:  # (made here: together() runs it again after a map growth)
+        return [e[1] for e in itertools.islice(store.recent(states=states, since=since), most)]
+
+    for wid in store.together(ids):
         try:
             status = reader.status_of(wid)
         except StoreCorrupt as exc:

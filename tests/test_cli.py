@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,41 @@ def test_ls_lists_a_workflow_that_changed_while_it_listed(
     listed = {row["id"]: row["state"] for row in json.loads(out.getvalue())}
     assert sorted(listed) == ids, f"{sorted(set(ids) - set(listed))} left out"
     assert listed["w-00"] == "SUCCEEDED"  # (as it is when read)
+
+
+def test_ls_lists_every_workflow_when_its_read_of_the_index_is_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ids are read in one read transaction (Store.together), which runs the read
+    # again when another process grew the map meanwhile: the second run went on from
+    # where the first had stopped, in an iterator it had used up, and listed nothing.
+    import lmdb
+
+    from herder.runtime import _inspect
+    from herder.store import Put, Transition, WorkflowRecord, WorkflowState, encode, workflow_key
+
+    ids = [f"w-{i}" for i in range(5)]
+    with Store(tmp_path / "store") as s:
+        done = WorkflowState.SUCCEEDED
+        ops = tuple(
+            Put("workflows", workflow_key(r.id), encode(r.to_stored()))
+            for i, wid in enumerate(ids)
+            for r in [WorkflowRecord(wid, "order", 1, {}, done, i, i)]
+        )
+        s.writer.submit(Transition(ops=ops)).result(timeout=10)
+    with Store(tmp_path / "store", readonly=True) as s:
+        real, calls = s.recent, []
+
+        def recent(**kw: Any) -> Any:
+            calls.append(kw)
+            rows = real(**kw)
+            if len(calls) == 1:  # the first run: two rows, then the map grew
+                yield from itertools.islice(rows, 2)
+                raise lmdb.MapResizedError("another process grew the map")
+            yield from rows
+
+        monkeypatch.setattr(s, "recent", recent)
+        out = io.StringIO()
+        _inspect.list_workflows(out, s, state=None, limit=None, as_json=True)
+    assert len(calls) == 2
+    assert [row["id"] for row in json.loads(out.getvalue())] == ids[::-1]
