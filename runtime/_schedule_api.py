@@ -5,14 +5,16 @@ pause, resume, delete, ``rt.schedules()``. The schedules themselves are data
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from herder.actors import NotActive, UnknownName
 from herder.runtime._routing import check_registered, resolve_agents
 from herder.runtime._schedule_status import ScheduleStatus, schedule_statuses
 from herder.runtime._schedules import jitter_past_deadline, new_schedule
+from herder.runtime._starts import stopped
 from herder.runtime._workflow import Workflow
-from herder.store import InvalidInput, normalize, validate_name
+from herder.store import InvalidInput, LeaseLost, StoreClosed, normalize, validate_name
 
 if TYPE_CHECKING:
     from herder.runtime._firing import Firer
@@ -21,6 +23,19 @@ if TYPE_CHECKING:
 
 def _runtime(mixin: object) -> Runtime:
     return cast("Runtime", mixin)  # a base of Runtime only
+
+
+_T = TypeVar("_T")
+
+
+def _changing(mixin: object, change: Callable[[], _T]) -> _T:
+    """``change()``, a change of a schedule: a stop or handoff that overtook its checks
+    (the store closed, or the lease released) raises RuntimeClosed, as stop() promises,
+    not StoreClosed or LeaseLost."""
+    try:
+        return change()
+    except (StoreClosed, LeaseLost) as exc:
+        raise stopped(_runtime(mixin), exc, "the schedule was not changed") from exc
 
 
 def _active_firer(mixin: object) -> Firer:
@@ -104,22 +119,23 @@ class ScheduleMethods:
             if rt._firer is None:  # in setup, or a standby: defined once it is active
                 rt._declared.append(record)
                 return ScheduleStatus.of(record)
-        return ScheduleStatus.of(rt._firer.define(record))
+            firer = rt._firer
+        return ScheduleStatus.of(_changing(self, lambda: firer.define(record)))
 
     def pause_schedule(self, name: str) -> None:
         """Fire nothing for schedule ``name`` until :meth:`resume_schedule`."""
         validate_name("schedule", name, lookup=True)
-        _active_firer(self).pause(name, True)
+        _changing(self, lambda: _active_firer(self).pause(name, True))
 
     def resume_schedule(self, name: str) -> None:
         """Fire schedule ``name`` again from its next slot (slots while paused are passed)."""
         validate_name("schedule", name, lookup=True)
-        _active_firer(self).pause(name, False)
+        _changing(self, lambda: _active_firer(self).pause(name, False))
 
     def delete_schedule(self, name: str) -> None:
         """Delete schedule ``name``; the workflows it started are left alone."""
         validate_name("schedule", name, lookup=True)
-        _active_firer(self).delete(name)
+        _changing(self, lambda: _active_firer(self).delete(name))
 
     def schedules(self) -> list[ScheduleStatus]:
         """Every stored schedule with its next firing, by name."""

@@ -120,11 +120,11 @@ def submit_creations(
         writer.submit_many(group, callback, halts=halts)
 
 
-def stopped(rt: Runtime, error: BaseException) -> BaseException:
-    """``error``, or :class:`RuntimeClosed` (as stop() promises) if a stop or a handoff begun
-    since the start's checks released the lease (LeaseLost) or closed the store."""
+def stopped(rt: Runtime, error: BaseException, what: str = "nothing was started") -> BaseException:
+    """``error``, or :class:`RuntimeClosed` saying ``what`` (as stop() promises) if a stop or
+    a handoff begun since the checks released the lease (LeaseLost) or closed the store."""
     if isinstance(error, LeaseLost | StoreClosed) and (rt._closed or rt._draining):
-        closed = RuntimeClosed("the runtime is stopping (stop() was called): nothing was started")
+        closed = RuntimeClosed(f"the runtime is stopping (stop() was called): {what}")
         closed.__cause__ = error
         return closed
     return error

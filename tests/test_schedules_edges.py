@@ -375,3 +375,40 @@ def test_a_stop_while_the_firer_starts_does_not_fail(
         [thread] = started
         thread.join(WAIT)  # it saw the stop and ended
         assert not thread.is_alive()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("change", ["schedule", "pause", "resume", "delete"])
+def test_a_schedule_change_that_a_stop_overtakes_is_runtime_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    # rt.schedule() and pause/resume/delete_schedule() check that the runtime is open,
+    # then read and write the schedule: a stop (a signal's thread, a handoff) between
+    # the two let the store's StoreClosed ("open it again") out, or LeaseLost (as if
+    # another runtime had taken the lease), where stop() promises RuntimeClosed.
+    from herder.runtime import RuntimeClosed, _firing
+
+    rt = open_runtime(tmp_path, FakeClock(start=1.8e9))
+    rt.schedule("s", "job", every=60)
+    if change == "resume":
+        rt.pause_schedule("s")
+    key = _firing.schedule_key
+
+    def stop_first(name: str) -> bytes:  # (the schedule's first read: after the checks)
+        monkeypatch.setattr(_firing, "schedule_key", key)
+        stopper = threading.Thread(target=rt.stop)
+        stopper.start()
+        stopper.join(WAIT)
+        assert not stopper.is_alive()
+        return key(name)
+
+    monkeypatch.setattr(_firing, "schedule_key", stop_first)
+    calls = {
+        "schedule": lambda: rt.schedule("s", "job", every=30),
+        "pause": lambda: rt.pause_schedule("s"),
+        "resume": lambda: rt.resume_schedule("s"),
+        "delete": lambda: rt.delete_schedule("s"),
+    }
+    with pytest.raises(RuntimeClosed, match=r"stopping.*the schedule was not changed"):
+        calls[change]()
+    assert _firing.schedule_key is key  # (the stop came in between)
