@@ -329,9 +329,12 @@ class Firer:
             fires.append(Fire(slot, wid, record))
         if again is None and pass_to is not None and pass_to > record.cursor_ms:
             record, moved = record.evolve(cursor_ms=pass_to, updated=now), True  # all late
-        if fires:  # checked here, so that what refuses it stops this schedule only
-            batch.prepare(fires[0])
-            fires[-1].record = record  # (its record ends with the schedule's last state)
+        if fires:  # each checked here, so that what refuses one stops this schedule only
+            checked = batch.prepare(fires)
+            if len(checked) < len(fires):  # (the slots before it fire, the rest next time)
+                fires, again = checked, now + RETRY
+            else:
+                fires[-1].record = record  # (its record ends with the schedule's last state)
         batch.add(fires, record if moved else None)
         if again is not None:
             return again

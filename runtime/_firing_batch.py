@@ -27,7 +27,15 @@ from herder.actors import WorkflowConflict
 from herder.runtime._schedules import jitter_of
 from herder.runtime._starts import NewStart
 from herder.runtime._waits import run_blocking
-from herder.store import Put, ScheduleRecord, Transition, encode, get_logger, schedule_key
+from herder.store import (
+    HerderError,
+    Put,
+    ScheduleRecord,
+    Transition,
+    encode,
+    get_logger,
+    schedule_key,
+)
 
 if TYPE_CHECKING:
     from herder.runtime._runtime import Runtime
@@ -74,16 +82,27 @@ class Firings:
         elif moved is not None:
             self.moves[moved.name] = moved
 
-    def prepare(self, fire: Fire) -> None:
-        """Check ``fire``'s start as the batch makes it, so that what refuses it stops its
-        schedule only (not the batch), and keep it for the batch: the routers its agents
-        name run once per firing, as once per start (they ran twice)."""
-        record, rt = fire.record, self.rt
-        delay = jitter_of(record, fire.slot) or None
+    def prepare(self, fires: list[Fire]) -> list[Fire]:
+        """Check each of one schedule's ``fires`` as the batch will start it, so that what
+        refuses one stops its schedule only (not the batch), and keep it for the batch: the
+        routers its agents name run once per firing, as once per start (they ran twice).
+        The fires before the first refused one; its error if it is the first."""
+        rt = self.rt
         now = rt._ctx.clock.time()  # (the engine's: a firing's start is reckoned on it)
-        fire.new = rt._prepare(
-            record.workflow, record.input, workflow_id=fire.workflow_id, delay=delay, now=now
-        )
+        for i, fire in enumerate(fires):
+            if fire.exists:
+                continue
+            record, wid = fire.record, fire.workflow_id
+            delay = jitter_of(record, fire.slot) or None
+            try:
+                fire.new = rt._prepare(
+                    record.workflow, record.input, workflow_id=wid, delay=delay, now=now
+                )
+            except HerderError:
+                if i == 0:
+                    raise
+                return fires[:i]
+        return fires
 
     def full(self) -> bool:
         """True when the firings gathered fill a batch."""
@@ -123,20 +142,9 @@ class Firings:
         items: list[Mapping[str, Any] | NewStart] = []
         also: dict[str, tuple[Put, ...]] = {}
         for fire in chunk:
-            record = fire.record
-            also[fire.workflow_id] = (schedule_put(record),)
-            if fire.new is not None:
-                items.append(fire.new)
-                continue
-            delay = jitter_of(record, fire.slot) or None
-            items.append(
-                {
-                    "workflow": record.workflow,
-                    "input": record.input,
-                    "workflow_id": fire.workflow_id,
-                    "delay": delay,
-                }
-            )
+            assert fire.new is not None  # (each is checked as it joins the batch: prepare)
+            items.append(fire.new)
+            also[fire.workflow_id] = (schedule_put(fire.record),)
         with contextlib.suppress(WorkflowConflict):  # an operator started an id by hand
             run_blocking(self.rt._starting_many(items, CAPACITY_WAIT, also))
 

@@ -111,6 +111,41 @@ def test_a_schedule_that_cannot_start_does_not_stop_the_others_of_its_batch(
         assert [s.fired for s in rt.schedules()] == [1, 0, 1]
 
 
+@pytest.mark.timeout(60)
+def test_a_catch_up_whose_later_slot_cannot_start_does_not_stop_the_others_of_its_batch(
+    tmp_path: Path,
+) -> None:
+    # Only a schedule's first due slot was checked before it joined the batch: a later
+    # one of a catch-up ("all" and "allow") whose start was refused (by a router that
+    # fails every other call, here) failed the whole batch, and every other schedule in
+    # it fired nothing, at every pass. Each slot is checked now; the schedule fires the
+    # slots before the refused one, the rest at its next pass.
+    calls: list[object] = []
+
+    def pick(value: object) -> str:
+        calls.append(value)
+        if len(calls) % 2 and len(calls) > 1:  # (the first: rt.schedule's own check)
+            raise LookupError("no agent free")
+        return "job"
+
+    clock = FakeClock(start=T0)
+    with open_runtime(tmp_path, clock) as rt:
+        rt.add_router("pick", pick)
+        rt.add_workflow(Workflow("routed").step("run", agent="{@pick}", action="run", delay=3600))
+        rt.schedule("a", "routed", every=60, catch_up="all", overlap="allow")
+        rt.schedule("b", "slow", every=60)
+        clock.advance(180)  # three slots of "a" due at once
+        rt._fire_now()
+        assert slot_id("b", SLOT + 120_000) in {s.id for s in rt.list()}
+        for _ in range(2):  # (one slot of "a" a pass at the least)
+            rt._fire_now()
+        assert sorted(s.id for s in rt.list() if s.id.startswith("a@")) == [
+            slot_id("a", SLOT + n * 60_000) for n in range(3)
+        ]
+        assert [s.fired for s in rt.schedules()] == [3, 1]
+        assert check_store(rt._store).ok
+
+
 @pytest.mark.timeout(120)
 def test_firings_wait_for_room_under_max_active_workflows(tmp_path: Path) -> None:
     """With room for 10 workflows, 30 due schedules fire in batches that fit as room
