@@ -292,7 +292,7 @@ class Lifecycle:
                 rt._root = root  # (set all the same: a failure stops the tree through it)
             rt._resolve_ended()  # (waiters on a standby: what the last holder ended)
             rt._firer = Firer(rt, rt._ask_timeout)
-            for declared in rt._declared:  # rt.schedule() in setup or on the standby
+            for declared in rt._declared.values():  # rt.schedule() in setup, on the standby
                 rt._firer.define(declared)
             rt._declared.clear()
             if rt._fatal is not None:  # failed meanwhile (_failed saw no firer to halt)

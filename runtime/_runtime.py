@@ -222,9 +222,9 @@ class Runtime(
         self._health_listeners: builtins.list[Callable[[], None]] = []
         self._watcher = None
         self._firer, self._routers = None, {}
-        # rt.schedule() calls made before there is a firer (in setup, on a standby):
-        # defined, in order, when this runtime becomes active (_lifecycle).
-        self._declared: builtins.list[ScheduleRecord] = []
+        # rt.schedule() calls made before there is a firer (in setup, on a standby), the
+        # last of each name: defined when this runtime becomes active (_lifecycle).
+        self._declared: dict[str, ScheduleRecord] = {}
 
     def _engine_time(self) -> float:
         """The engine's clock time now (its clock is replaced when this becomes active)."""

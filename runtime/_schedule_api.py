@@ -82,9 +82,10 @@ class ScheduleMethods:
         from a changed ``every``, ``cron`` or ``timezone``, begin after the call).
 
         Callable in ``setup`` (a daemon's app factory) and on a standby too: the schedule
-        is checked at once, stored when the runtime becomes active (a new schedule's
-        first slot is then the first one after that), and the status returned is the
-        one declared (``schedules()`` shows the stored one).
+        is checked at once, stored when the runtime becomes active as the last such call
+        for its name declared it (a new schedule's first slot is then the first one
+        after that), and the status returned is the one declared (``schedules()`` shows
+        the stored one).
         """
         rt = _runtime(self)
         rt._check_open()
@@ -117,7 +118,7 @@ class ScheduleMethods:
             )
         with rt._promotion:
             if rt._firer is None:  # in setup, or a standby: defined once it is active
-                rt._declared.append(record)
+                rt._declared[record.name] = record  # (the settings it is to have)
                 return ScheduleStatus.of(record)
             firer = rt._firer
         return ScheduleStatus.of(_changing(self, lambda: firer.define(record)))

@@ -498,6 +498,30 @@ def test_a_schedule_declared_before_activation_starts_when_it_is_stored(
         assert fired(runtime) == ids("tick", "09:01:00")
 
 
+def test_a_schedule_declared_twice_before_activation_is_stored_as_last_declared(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # Declarations made before the runtime was active (setup, a standby) were each
+    # applied in turn when it became active: a default overridden in the same setup by
+    # the stored settings moved the cursor to now twice (slots changed, and changed
+    # back), and the downtime's slots, which the stored settings had, were not caught
+    # up, at every start. The last declaration of a name is the one stored.
+    def setup(runtime: Runtime, *cadences: float) -> None:
+        runtime.add_agent("job", Job, concurrency=4)
+        runtime.add_workflow(JOB)
+        for every in cadences:
+            runtime.schedule("tick", "job", every=every, catch_up="all", overlap="allow")
+
+    with Runtime(tmp_path, clock=clock, setup=lambda rt: setup(rt, 60)):
+        pass
+    clock.advance(180)  # down for three slots
+    with Runtime(tmp_path, clock=clock, setup=lambda rt: setup(rt, 3600, 60)) as runtime:
+        runtime._fire_now()
+        finish_all(runtime)
+        assert fired(runtime) == ids("tick", "08:01:00", "08:02:00", "08:03:00")
+        assert [s.every for s in runtime.schedules()] == [60.0]
+
+
 def test_a_bad_schedule_in_setup_fails_the_runtime_at_once(
     tmp_path: Path, clock: FakeClock
 ) -> None:
