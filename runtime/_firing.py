@@ -35,6 +35,7 @@ from herder.runtime._schedules import (
     slot_id,
     to_fire,
 )
+from herder.runtime._starts import stopped
 from herder.store import (
     CatchUp,
     Delete,
@@ -266,14 +267,14 @@ class Firer:
         if not self._stopped(error):  # (said once per type: its text changes, counts)
             warning = f"schedules could not fire: {error} (retried every {RETRY:g}s; said once)"
             self._said.say("flush", warning, cause=type(error).__name__)
-        if isinstance(error, LeaseLost):  # deposed: stop, as the Scheduler does
-            self._rt._ctx.lease_lost(error)
+            if isinstance(error, LeaseLost):  # deposed: stop, as the Scheduler does
+                self._rt._ctx.lease_lost(error)
         return self._clock.time() + RETRY
 
     def _stopped(self, error: BaseException) -> bool:
-        """True if ``error`` is the runtime stopping (a firing refused by it is no failure
-        to warn of: its slot fires at the next open)."""
-        return self._stopping or isinstance(error, RuntimeClosed | StoreClosed)
+        """True if ``error`` is the runtime stopping, or the lease its handoff released (a
+        firing refused by them is no failure to warn of: its slot fires at the next open)."""
+        return self._stopping or isinstance(stopped(self._rt, error), RuntimeClosed | StoreClosed)
 
     def _fire_schedule(self, record: ScheduleRecord, batch: Firings) -> float | None:
         """Gather in ``batch`` what is due of one schedule; the clock time to look at it

@@ -96,6 +96,38 @@ def test_a_stop_while_firings_are_committed_warns_of_nothing(
         assert rt.schedules()[0].fired == 1
 
 
+@pytest.mark.timeout(60)
+def test_a_handoff_whose_release_a_firing_pass_meets_is_no_lost_lease(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rt.handoff() releases the lease, then stops the firer: a pass in between that
+    wrote (a slot skipped behind a running firing) was refused by the released lease,
+    and the firer took that for a deposition: "lease lost ... restart it with
+    standby=True" at CRITICAL and "schedules could not fire" at WARNING in a clean
+    handoff, and the runtime marked as having lost its lease."""
+    caplog.set_level(logging.INFO)
+    clock = FakeClock(start=1.8e9)
+    rt = open_runtime(tmp_path, clock)
+    rt.add_workflow(Workflow("slow").step("run", agent="job", action="run", delay=3600))
+    rt.schedule("tick", "slow", every=60)
+    clock.advance(60)
+    rt._fire_now()  # its firing's step waits an hour: the next slot is skipped
+    release, firer = rt._store.release_lease, rt._firer
+    assert firer is not None
+
+    def released(*args: Any, **kwargs: Any) -> Any:
+        done = release(*args, **kwargs)
+        clock.step_wall(60)  # the next slot is due
+        firer.fire_due()  # (as the firer's thread may, until the stop halts it)
+        return done
+
+    monkeypatch.setattr(rt._store, "release_lease", released)
+    assert rt.handoff(deadline=1.0)
+    assert rt._ctx.lost is None
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [m for m in loud if "lease lost" in m or "could not fire" in m] == []
+
+
 class _Lines(logging.Handler):
     """The herder.schedules lines about one schedule, each setting ``seen`` (kept here:
     caplog's handler gets a record only after this one woke the test)."""
