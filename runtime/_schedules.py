@@ -21,7 +21,6 @@ import functools
 import hashlib
 import itertools
 import math
-import zoneinfo
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,7 +103,7 @@ def new_schedule(
         input=input,
         cron=cron,
         every=None if every is None else float(every),
-        timezone=new_zone(name, timezone).key,
+        timezone=new_zone(name, timezone),
         overlap=overlap_,
         catch_up=catch_up_,
         jitter=float(jitter),
@@ -187,7 +186,7 @@ def _slot_before(record: ScheduleRecord, at_ms: int) -> int | None:
     return None
 
 
-def _clock_changes(zone: zoneinfo.ZoneInfo) -> list[tuple[int, int]]:
+def _clock_changes(zone: datetime.tzinfo) -> list[tuple[int, int]]:
     """Each change of ``zone``'s UTC offset in the :data:`_GAP_YEARS` from
     :data:`_GAP_FROM`: (its instant in ms, how far the clock moved in ms)."""
 

@@ -9,29 +9,38 @@ on a host in another zone.
 
 from __future__ import annotations
 
+import datetime
 import os
 import zoneinfo
 
 from herder.store import InvalidInput
 
 
-def zone_of(name: str, timezone: object) -> zoneinfo.ZoneInfo:
-    """The zone of schedule ``name``, stored or new; :class:`InvalidInput` if unknown."""
+def zone_of(name: str, timezone: object) -> datetime.tzinfo:
+    """The zone of schedule ``name``, stored or new; :class:`InvalidInput` if unknown.
+    UTC needs no time zone data: a host without any (an Alpine image without tzdata; PyPI's
+    ``tzdata`` is no dependency) takes UTC schedules, ``every=`` ones included."""
     if not isinstance(timezone, str):
         raise InvalidInput(f"schedule {name!r}: timezone must be a str such as 'Europe/Riga'")
     try:
         return zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # ('America': a folder)
-        raise InvalidInput(
-            f"schedule {name!r}: unknown timezone {timezone!r}; use an IANA name such as "
-            "'UTC' or 'America/New_York'"
-        ) from None
+        if timezone == "UTC":
+            return datetime.UTC
+        hint = "use an IANA name such as 'UTC' or 'America/New_York'"
+        try:
+            zoneinfo.ZoneInfo("UTC")
+        except zoneinfo.ZoneInfoNotFoundError:  # (not even UTC's: no time zone data at all)
+            hint = "this machine has no time zone data: pip install tzdata (or the system's)"
+        raise InvalidInput(f"schedule {name!r}: unknown timezone {timezone!r}; {hint}") from None
 
 
-def new_zone(name: str, timezone: object) -> zoneinfo.ZoneInfo:
-    """:func:`zone_of` for a new schedule, which may not name this machine's own zone."""
+def new_zone(name: str, timezone: object) -> str:
+    """The name to store of a new schedule's zone (:func:`zone_of`), which may not be
+    this machine's own zone."""
     zone = zone_of(name, timezone)
-    if zone.key.rpartition("/")[2] == "localtime":  # (posix/localtime, where it is one)
+    key = getattr(zone, "key", "UTC")  # (a ZoneInfo's, or UTC's without time zone data)
+    if key.rpartition("/")[2] == "localtime":  # (posix/localtime, where it is one)
         _, found, here = os.path.realpath("/etc/localtime").partition("/zoneinfo/")
         raise InvalidInput(
             f"schedule {name!r}: timezone {timezone!r} is the zone of whichever machine "
@@ -39,4 +48,4 @@ def new_zone(name: str, timezone: object) -> zoneinfo.ZoneInfo:
             "move to a host in another zone; give the IANA name of the zone you mean"
             + (f" (this machine's is {here!r})" if found and here else ", such as 'Europe/Riga'")
         )
-    return zone
+    return key

@@ -441,3 +441,36 @@ def test_a_pass_over_cron_schedules_not_due_looks_up_no_cron_slot_again(
         rt._fire_now()
         assert len(rt.schedules()) == 50
         assert built == []
+
+
+@pytest.mark.timeout(60)
+def test_a_host_without_time_zone_data_takes_utc_schedules_and_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every= never reads a zone, and cron= in UTC needs no zone file, but both looked
+    # 'UTC' up in the tz database: on a host without one (Alpine without its tzdata
+    # package, a slim image; PyPI's tzdata is no dependency of herder) rt.schedule(every=60)
+    # raised "unknown timezone 'UTC'; use an IANA name such as 'UTC'". Another zone
+    # needs the data: the error says so.
+    import sys
+    import zoneinfo
+
+    for module in [m for m in sys.modules if m.partition(".")[0] == "tzdata"] + ["tzdata"]:
+        monkeypatch.setitem(sys.modules, module, None)  # (nor PyPI's package, loaded or not)
+    zoneinfo.reset_tzpath(to=[])
+    zoneinfo.ZoneInfo.clear_cache()
+    try:
+        clock = FakeClock(start=1.8e9)
+        with open_runtime(tmp_path, clock) as rt:
+            assert rt.schedule("poll", "job", every=60).timezone == "UTC"
+            nightly = rt.schedule("nightly", "job", cron="0 2 * * *", jitter=60)
+            assert nightly.next_at is not None
+            assert nightly.next_at % 86400 == 7200  # (02:00 UTC)
+            with pytest.raises(InvalidInput, match=r"no time zone data.*pip install tzdata"):
+                rt.schedule("riga", "job", cron="0 2 * * *", timezone="Europe/Riga")
+            clock.advance(60)
+            rt._fire_now()
+            assert fired(rt) == [slot_id("poll", 1_800_000_060_000)]
+    finally:
+        zoneinfo.reset_tzpath()
+        zoneinfo.ZoneInfo.clear_cache()
