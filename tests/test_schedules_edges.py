@@ -393,6 +393,8 @@ def test_a_schedule_change_that_a_stop_overtakes_is_runtime_closed(
     rt.schedule("s", "job", every=60)
     if change == "resume":
         rt.pause_schedule("s")
+    assert rt._firer is not None
+    rt._firer.stop()  # (its thread, woken by these, would wait for the lock the change holds)
     key = _firing.schedule_key
 
     def stop_first(name: str) -> bytes:  # (the schedule's first read: after the checks)
