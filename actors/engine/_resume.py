@@ -40,7 +40,7 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
     Only the attempts of an earlier process count (their tokens' high bits are its
     incarnation): it died under them. One this process ran was cut by the tree's restart
     of a crashed Scheduler, and the process lives on: no crash of it to count."""
-    incarnation = m.incarnation()
+    incarnation = m.lease.incarnation
     running = [st for st in running_at_crash(run.steps.values()) if st.token >> 32 < incarnation]
     if not running:
         return False
