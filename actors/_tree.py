@@ -4,6 +4,9 @@ Scheduler and the workflow Supervisor (the watchdog that sweeps the timer index)
 The agents' supervisor starts first (the Scheduler hands attempts to it), the Scheduler
 second (it recovers the store), the watchdog last; if any of them keeps crashing past the
 root's restart intensity, ``on_fatal`` is told and the runtime stops for good.
+
+The agents' supervisor is given ``instance_shutdown`` (and a margin, at least ChildSpec's
+default) to stop: its instances are each promised that long to end an attempt.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from herder.actors._scheduler import Scheduler
 from herder.actors._supervision_specs import ChildSpec, Restart, Strategy
 from herder.actors._supervision_start import start_supervisor
 from herder.actors._supervisor import WorkflowSupervisor
+
+_MARGIN = 1.0
+"""Seconds the agents' supervisor is given beyond ``instance_shutdown`` to stop: its
+agents' supervisors end after their instances."""
 
 
 def start_tree(
@@ -40,8 +47,10 @@ def start_tree(
         ctx.agents_supervisor = ref
         return ref
 
+    # (ChildSpec's 5 s default cut the stop of an instance promised instance_shutdown=9)
+    shutdown = max(ChildSpec.shutdown, ctx.config.instance_shutdown + _MARGIN)
     children = [
-        ChildSpec(id="agents", start=start_agents, restart=Restart.PERMANENT),
+        ChildSpec(id="agents", start=start_agents, restart=Restart.PERMANENT, shutdown=shutdown),
         ChildSpec(id="scheduler", start=lambda: Scheduler.start(ctx)),
         ChildSpec(
             id="supervisor",

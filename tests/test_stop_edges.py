@@ -16,7 +16,15 @@ import pykka
 import pytest
 from _child_kit import Child
 
-from herder.runtime import InvalidInput, Runtime, RuntimeClosed, _daemon
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    Runtime,
+    RuntimeClosed,
+    StepContext,
+    Workflow,
+    _daemon,
+)
 from herder.store import Lease, Store, StoreError
 from herder.store._codec import encode
 from herder.store._lease import LEASE_KEY
@@ -304,3 +312,27 @@ def test_a_start_whose_id_is_read_after_a_stop_shut_the_store_is_runtime_closed(
     )
     with pytest.raises(RuntimeClosed, match="stopping"):
         start()
+
+
+def test_stop_waits_instance_shutdown_for_an_action_that_ignores_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    # With instance_shutdown=9, stop(timeout=20) returned after 5.0 s with the action still
+    # running: the root gave its agents' supervisor ChildSpec's default 5 s, not the
+    # instance_shutdown its instances were promised.
+    running, ended = threading.Event(), threading.Event()
+    never = threading.Event()
+
+    class Stubborn(Agent):
+        def work(self, ctx: StepContext) -> None:
+            running.set()
+            never.wait(5.6)  # ignores its stop, for longer than 5 s but < instance_shutdown
+            ended.set()
+
+    rt = Runtime(tmp_path / "s", instance_shutdown=9)
+    rt.add_agent("svc", Stubborn)
+    rt.add_workflow(Workflow("x").step("s", agent="svc", action="work"))
+    rt.start("x", workflow_id="w")
+    assert running.wait(10)
+    rt.stop(timeout=20)
+    assert ended.is_set(), "stop() returned with the action still running"
