@@ -1,30 +1,34 @@
 """Poison work: an action that kills the whole process each time it runs is parked.
 
-In process (a runtime stopped while an attempt runs is what a crash leaves in the store):
-the counter, the deferral of suspects from the second crash on, parking and retry. In a
-subprocess: an action that SIGKILLs the daemon, a restart loop, and every other workflow
-finishing anyway.
+Each crash is a real one: a child process (``poison_child.py``) SIGKILLed while an attempt
+runs; then, in process, the counter, the deferral of suspects from the second crash on,
+parking and retry. A ``stop()`` (drained or not) that cuts an attempt is no crash and
+counts nothing. In a subprocess too: an action that SIGKILLs the daemon, a restart loop,
+and every other workflow finishing anyway.
 """
 
 from __future__ import annotations
 
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+from _child_kit import Child
 from engine_child import POISON_N, permanent_failure
 
 from herder.actors.engine import POISON_ERROR
 from herder.runtime import Agent, Permanent, Runtime, State, StepContext, StepState, Workflow
 from herder.runtime._demo_services import audit
-from herder.runtime.testing import FakeClock, advance, check_store, crash_scheduler, wait_until
+from herder.runtime.testing import FakeClock, check_store, crash_scheduler, wait_until
 from herder.store import Store
 from herder.store._records import WorkflowState
 
 CHILD = pathlib.Path(__file__).with_name("engine_child.py")
+POISON_CHILD = pathlib.Path(__file__).with_name("poison_child.py")
 WAIT = 10.0
 
 
@@ -35,14 +39,16 @@ def release() -> Iterator[threading.Event]:
     event.set()  # let the threads of abandoned attempts end
 
 
-def _open(path: pathlib.Path, clock: FakeClock, release: threading.Event) -> Runtime:
+def _open(
+    path: pathlib.Path, clock: FakeClock, release: threading.Event, max_recoveries: int = 2
+) -> Runtime:
     class Svc(Agent):
         def work(self, ctx: StepContext) -> str:
             if ctx.workflow_id == "poison":
                 release.wait(WAIT)  # "kills the process": it never answers before the stop
             return ctx.workflow_id
 
-    rt = Runtime(path, clock=clock, max_recoveries=2, instance_shutdown=0.01)
+    rt = Runtime(path, clock=clock, max_recoveries=max_recoveries, instance_shutdown=0.01)
     rt.add_agent("svc", Svc, concurrency=2)
     rt.add_workflow(Workflow("x").step("s", agent="svc", action="work"))
     return rt
@@ -55,36 +61,40 @@ def _step(rt: Runtime, wid: str) -> tuple[StepState, int, int]:
     return st.state, st.attempt, with_record.recoveries
 
 
-def _crash_while_dispatched(path: pathlib.Path, clock: FakeClock, release: threading.Event) -> None:
-    """Start the poison workflow and stop the runtime while its attempt is DISPATCHED."""
-    rt = _open(path, clock, release)
-    rt.start("x", workflow_id="poison")
-    wait_until(rt, lambda: rt.status("poison").steps["s"].state is StepState.DISPATCHED)
-    rt.stop(timeout=1)
+def _crash(path: pathlib.Path, flow: str, max_recoveries: int, *commands: str) -> list[str]:
+    """Run ``poison_child.py``'s ``commands`` on the store, then SIGKILL it: a death of the
+    process, its lease unreleased (a ``stop()`` is none). Returns what it printed."""
+    argv = [str(POISON_CHILD), str(path), flow, str(max_recoveries), *commands]
+    child = Child(argv, label=" ".join(commands))
+    try:
+        child.wait_for("ready", 60)
+    finally:
+        child.kill(WAIT)
+    assert child.proc.returncode == -signal.SIGKILL, child.stderr()
+    return [line for line in child.seen if line.startswith(("show ", "result "))]
+
+
+def _crash_while_dispatched(path: pathlib.Path) -> None:
+    """Start the poison workflow and kill the process while its attempt is DISPATCHED."""
+    _crash(path, "x", 2, "start:poison", "wait:poison:s:DISPATCHED")
 
 
 def test_a_workflow_running_at_each_of_several_crashes_is_parked_and_can_be_retried(
     tmp_path: pathlib.Path, release: threading.Event
 ) -> None:
     clock, path = FakeClock(), tmp_path / "s"
-    _crash_while_dispatched(path, clock, release)  # "crash" 1: DISPATCHED, no outcome
-
-    rt = _open(path, clock, release)  # recovery: counted, re-run at once
-    wait_until(rt, lambda: _step(rt, "poison") == (StepState.DISPATCHED, 2, 1))
-    rt.stop(timeout=1)  # crash 2
-
-    rt = _open(path, clock, release)  # counted again; deferred instead of run at once
-    rt._settle()
-    assert _step(rt, "poison") == (StepState.DISPATCHED, 2, 2)
-    assert rt.start("x", workflow_id="innocent").result(timeout=WAIT) == {"s": "innocent"}
-    rt.stop(timeout=1)  # crash 3, while the suspect waits: it was not running, not counted
-
-    rt = _open(path, clock, release)
-    rt._settle()
-    assert _step(rt, "poison") == (StepState.DISPATCHED, 2, 2)
-    advance(rt, clock, 1.0)  # its turn comes: it runs again
-    wait_until(rt, lambda: _step(rt, "poison")[1] == 3)
-    rt.stop(timeout=1)  # crash 4: the third in a row it was running at
+    _crash_while_dispatched(path)  # crash 1: DISPATCHED, no outcome
+    # recovery: counted, re-run at once; crash 2 while it runs
+    _crash(path, "x", 2, "wait:poison:s:DISPATCHED:2:1")
+    # counted again; deferred instead of run at once; the others run: crash 3 while the
+    # suspect waits (it was not running: not counted)
+    said = _crash(path, "x", 2, "settle", "show:poison:s", "run:innocent", "show:poison:s")
+    assert said == ["show DISPATCHED 2 2", "result {'s': 'innocent'}", "show DISPATCHED 2 2"]
+    # its turn comes: it runs again; crash 4, the third in a row it was running at
+    said = _crash(
+        path, "x", 2, "settle", "show:poison:s", "advance:1.0", "wait:poison:s:DISPATCHED:3"
+    )
+    assert said == ["show DISPATCHED 2 2"]
 
     rt = _open(path, clock, release)
     try:
@@ -158,11 +168,8 @@ def test_a_step_handed_off_beside_the_poison_ends_and_the_inbox_names_the_poison
         return rt
 
     clock, path = FakeClock(), tmp_path / "s"
-    rt = opened()
-    rt.start("p", workflow_id="w")
-    states = {"hand": StepState.WAITING, "crash": StepState.DISPATCHED}
-    wait_until(rt, lambda: {n: s.state for n, s in rt.status("w").steps.items()} == states)
-    rt.stop(timeout=1)  # a crash while 'crash' runs
+    # a crash while 'crash' runs, 'hand' waiting
+    _crash(path, "hand", 0, "start:w", "wait:w:hand:WAITING", "wait:w:crash:DISPATCHED")
     rt = opened()
     try:
         wait_until(rt, lambda: rt.status("w").state is State.NEEDS_ATTENTION)
@@ -182,7 +189,7 @@ def test_an_outcome_after_a_crash_resets_the_count(
     tmp_path: pathlib.Path, release: threading.Event
 ) -> None:
     clock, path = FakeClock(), tmp_path / "s"
-    _crash_while_dispatched(path, clock, release)
+    _crash_while_dispatched(path)
     rt = _open(path, clock, release)
     try:
         wait_until(rt, lambda: _step(rt, "poison") == (StepState.DISPATCHED, 2, 1))
@@ -271,10 +278,7 @@ def test_the_step_running_at_each_crash_may_have_taken_effect_so_it_is_undone(
         return rt
 
     clock, path = FakeClock(), tmp_path / "s"
-    rt = opened()
-    rt.start("p", workflow_id="w")
-    wait_until(rt, lambda: rt.status("w").steps["charge"].state is StepState.DISPATCHED)
-    rt.stop(timeout=1)  # a crash while 'charge' runs
+    _crash(path, "charge", 0, "start:w", "wait:w:charge:DISPATCHED")  # while 'charge' runs
     rt = opened()
     try:
         wait_until(rt, lambda: rt.status("w").state is State.NEEDS_ATTENTION)
@@ -294,11 +298,8 @@ def test_a_recovery_that_defers_suspects_says_why_and_for_how_long(
     """Suspects re-run half a second apart can make a recovery take minutes (hundreds
     caught in two quick crashes): the operator is told why, once, with the time."""
     clock, path = FakeClock(), tmp_path / "s"
-    _crash_while_dispatched(path, clock, release)
-    rt = _open(path, clock, release)
-    wait_until(rt, lambda: _step(rt, "poison") == (StepState.DISPATCHED, 2, 1))
-    rt.stop(timeout=1)
-    assert "possible poison work" not in caplog.text  # the first crash defers nothing
+    _crash_while_dispatched(path)
+    _crash(path, "x", 2, "wait:poison:s:DISPATCHED:2:1")  # the first crash defers nothing
 
     with caplog.at_level("WARNING", logger="herder"):
         rt = _open(path, clock, release)
@@ -310,3 +311,29 @@ def test_a_recovery_that_defers_suspects_says_why_and_for_how_long(
         "work): they are re-run one at a time, 0.5 s apart, after the rest, the last about "
         "0 s from now (docs/recovery.md)"
     ]
+
+
+@pytest.mark.parametrize("drain", [False, True])
+def test_a_stop_that_cuts_a_long_step_is_no_crash(
+    tmp_path: pathlib.Path, release: threading.Event, drain: bool
+) -> None:
+    # A stop() (a deploy), drained or not, left the long step's attempt DISPATCHED with its
+    # lease released, and the next open counted it as one the process died under: with
+    # max_recoveries=0 the first restart parked it as poison ("running each of the last 1
+    # times the process died"), its step FAILED, though no process ever died.
+    clock, path = FakeClock(), tmp_path / "s"
+    rt = _open(path, clock, release, max_recoveries=0)
+    try:
+        handle = rt.start("x", workflow_id="poison")
+        for attempt in (1, 2, 3):
+            running = (StepState.DISPATCHED, attempt)
+            wait_until(rt, lambda rt=rt, running=running: _step(rt, "poison")[:2] == running)
+            rt.stop(timeout=0.5, drain=drain)  # cuts the attempt: it runs again at the open
+            rt = _open(path, clock, release, max_recoveries=0)
+            handle = rt.handle("poison")
+        wait_until(rt, lambda: _step(rt, "poison")[1] == 4)
+        assert _step(rt, "poison") == (StepState.DISPATCHED, 4, 0), rt.status("poison").error
+        release.set()
+        assert handle.result(timeout=WAIT) == {"s": "poison"}
+    finally:
+        rt.stop(timeout=1)

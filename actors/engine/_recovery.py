@@ -12,7 +12,9 @@ An action that calls ``os._exit``, segfaults in a C extension or exhausts memory
 daemon down with it; recovery then runs it again, and the daemon crash-loops. The store
 remembers: at each recovery after a crash, a workflow that had an attempt of the dead
 process running (recorded DISPATCHED, or a compensation dispatched, with no outcome since;
-not one the tree's restart of a crashed Scheduler cut in a process that lives on) has its
+not one the tree's restart of a crashed Scheduler cut in a process that lives on, nor any
+when the previous holder released the lease, :func:`after_a_death`: a ``stop()``, with a
+drain or not, or a handoff that cut a long attempt is no death) has its
 ``WorkflowRecord.recoveries`` counter bumped; any recorded outcome of one of its attempts
 resets it to 0. From the second crash in a row its running attempts are not re-run at
 once but one suspect at a time, ``recovery_stagger`` seconds apart, so the other
@@ -33,7 +35,7 @@ from typing import Protocol
 from herder.actors.engine._operator import marked_failed
 from herder.actors.engine._states import POISON_ERROR
 from herder.actors.engine._step import stopped
-from herder.store import StepRecord, StepState
+from herder.store import Lease, StepRecord, StepState
 
 
 class Leased(Protocol):
@@ -43,6 +45,17 @@ class Leased(Protocol):
     # The incarnation of the lease ours replaced (None: none): its holder's tokens ran from
     # it up to ours (past its own when they ran on, ``reserve_incarnations``).
     taken_from: int | None
+
+    @property
+    def lease(self) -> Lease | None:
+        """Ours as last written (its ``after``: why it could be taken), None if none."""
+
+
+def after_a_death(lease: Leased) -> bool:
+    """Whether the holder before ours died (or was lost) holding the lease: it did not
+    release it, as a stop or a handoff does. Only then were attempts cut by a death."""
+    ours = lease.lease
+    return ours is None or ours.after != "released"
 
 
 def lost_by_previous(st: StepRecord, lease: Leased) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from herder.actors.engine._decision import Lost
 from herder.actors.engine._members import agent_for
 from herder.actors.engine._recovery import (
+    after_a_death,
     lost_by_previous,
     orphaned,
     poison_message,
@@ -39,7 +40,10 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
 
     Only the attempts of an earlier process count (their tokens' high bits are its
     incarnation): it died under them. One this process ran was cut by the tree's restart
-    of a crashed Scheduler, and the process lives on: no crash of it to count."""
+    of a crashed Scheduler, and the process lives on: no crash of it to count. Nor is
+    there one when the previous holder released the lease (a stop or a handoff cut it)."""
+    if not after_a_death(m.lease):
+        return False
     incarnation = m.lease.incarnation
     running = [st for st in running_at_crash(run.steps.values()) if st.token >> 32 < incarnation]
     if not running:
