@@ -297,9 +297,7 @@ class _Simulation:
         store.writer.submit(Transition(ops=(Put("definitions", key, encode(self.plan.to_dict())),)))
         store.writer.fault = self.faults
         # As the runtime's LeaseKeeper: the engine's time, noted at each sweep, goes with
-        # the lease (here: at its release, as if renewed just before the crash), so the
-        # next process's clock starts no earlier. (A process that dies before its first
-        # renewal leaves no note: a wall step back in that window delays its timers.)
+        # the lease (renewed at the crash): the next process's clock starts no earlier.
         store.note_clock(ctx.clock.time())
         proc = self._start_actors(store, ctx)
         if late:
@@ -365,6 +363,8 @@ class _Simulation:
         proc.watchdog.on_stop()
         self.held.clear()  # their threads died with the process
         armed, self.faults.armed = self.faults.armed, False
+        proc.store.renew_lease().result(timeout=0)  # a death leaves its lease held: no
+        proc.store.writer.close()  # release (a stop's, no crash for poison work) on close
         proc.store.close()
         self.operator.process_died(rnd)
         self.faults.armed = armed
