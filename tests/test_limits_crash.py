@@ -7,10 +7,12 @@ FakeClock set to the present, so hour-long waits are checked without waiting.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -145,6 +147,47 @@ def test_an_attempt_lost_with_a_holder_that_reserved_incarnations_is_counted(
         rt.add_agent("svc", lambda: Recorder(log))
         rt.add_workflow(Workflow("one").step("call", agent="svc", action="call", timeout=HOUR))
         rt.handle("w").result(timeout=WAIT)
+        assert rt.stats()["resources"]["svc"]["lost"] == 1
+    assert log == [("w", "call")]
+    with Store(store, readonly=True) as s:
+        assert store_stats(s)["resources"]["svc"]["lost"] == 1
+
+
+class FailNext:
+    """The writer's fault hook: the next commit once armed fails (ENOSPC), then all pass."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.fired = threading.Event()
+
+    def __call__(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.fired.set()
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+
+def test_an_attempt_lost_is_counted_once_when_a_commit_fails_after_recovery(
+    tmp_path: Path,
+) -> None:
+    # Recovery counts an attempt that died with the previous process as lost (the
+    # agent's `lost`, a breaker failure). Its re-run's commit failed, so the workflow was
+    # read back (a reload after a failed batch), and the reload found the same
+    # DISPATCHED record and counted it lost again: once per failed commit.
+    store = tmp_path / "store"
+    run_child(store, "crashloop-plain", "running")
+    log: list[tuple[str, str]] = []
+    fault = FailNext()
+    clock = FakeClock(start=time.time())  # no sweep, no backoff timer moves meanwhile
+    with Runtime(store, clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", lambda: Recorder(log))
+        settle(rt)  # (w waits for its definition: nothing of it runs yet)
+        rt._store.writer.fault = fault
+        fault.armed = True
+        rt.add_workflow(Workflow("one").step("call", agent="svc", action="call", timeout=HOUR))
+        assert fault.fired.wait(WAIT)  # the re-run's DISPATCHED: w is read back at once
+        rt.handle("w").result(timeout=WAIT)
+        settle(rt)
         assert rt.stats()["resources"]["svc"]["lost"] == 1
     assert log == [("w", "call")]
     with Store(store, readonly=True) as s:

@@ -68,15 +68,19 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
     return False
 
 
-def resume_steps(m: Machine, run: WorkflowRun) -> None:
+def resume_steps(m: Machine, run: WorkflowRun, *, crashed: bool) -> None:
     """Queue the steps a previous Scheduler left running or about to run; in a workflow
-    that is compensating, give up (and so undo) those an earlier process left running."""
+    that is compensating, give up (and so undo) those an earlier process left running.
+
+    An attempt the previous process died under is counted lost when its crash is
+    (``crashed``) and only then: a reload after a failed commit finds the same record
+    again (its re-run's DISPATCHED was not written) and would count it once more."""
     compensating = run.record.state is WorkflowState.COMPENSATING
     incarnation = m.lease.incarnation
     for st in list(run.steps.values()):
         if st.token in m.inflight:
             continue
-        if lost_by_previous(st, m.lease):
+        if crashed and lost_by_previous(st, m.lease):
             m.tell(Lost(agent_for(run.specs[st.name], st)))
         if compensating and orphaned(st, incarnation):
             m.put_step(run, st, m.given_up(st))
