@@ -32,17 +32,19 @@ def stop_children(
     wait: bool = True,
 ) -> None:
     """Stop ``children`` in the given order, each within its shutdown timeout: one at a
-    time, or all stop messages first when ``parallel``; or, unless ``wait`` (the caller
-    knows they are stuck), with no time at all. ``emit`` reports each child as
-    terminated or abandoned; ``supervisor`` names the stopping one in the log."""
-    stopping: list[tuple[Child, pykka.ActorRef[Any], pykka.Future[bool], float, float]] = []
+    time, or all stop messages first when ``parallel``; or, unless ``wait``, with no time
+    at all (the agent hosts replace an instance or worker whose attempt was fenced out:
+    it may hang, and its shutdown would be waited out in vain). ``emit`` reports each
+    child as terminated or abandoned; ``supervisor`` names the stopping one in the log."""
+    stopping: list[tuple[Child, pykka.ActorRef[Any], pykka.Future[bool], float, float | None]]
+    stopping = []
     for child in children:
         child.pending = None
         ref, child.ref = child.ref, None
         if ref is None:
             continue
-        grace = child.spec.shutdown if wait else 0.0
-        deadline = _REAL_CLOCK.monotonic() + grace
+        grace = child.spec.shutdown if wait else None
+        deadline = _REAL_CLOCK.monotonic() + (grace or 0.0)
         stopping.append((child, ref, ref.stop(block=False), deadline, grace))
         if not parallel:
             _await_stop(*stopping.pop(), emit=emit, supervisor=supervisor)
@@ -55,7 +57,7 @@ def _await_stop(
     ref: pykka.ActorRef[Any],
     future: pykka.Future[bool],
     deadline: float,
-    grace: float,
+    grace: float | None,
     *,
     emit: Emit,
     supervisor: object,
@@ -63,12 +65,22 @@ def _await_stop(
     try:
         future.get(timeout=max(0.0, deadline - _REAL_CLOCK.monotonic()))
     except pykka.Timeout:
-        _log.warning(
-            "%s: child %r did not stop within %s s; abandoning its thread",
-            supervisor,
-            child.spec.id,
-            grace,
-        )
+        if grace is not None:
+            _log.warning(
+                "%s: child %r did not stop within %s s; abandoning its thread",
+                supervisor,
+                child.spec.id,
+                grace,
+            )
+        else:  # (not waited for: see stop_children)
+            _log.warning(
+                "%s: child %r replaced without waiting for it: the attempt it runs was "
+                "fenced out (timed out, skipped, or past its workflow's deadline) and may "
+                "hang; its thread is abandoned, left to finish that attempt on its own "
+                "(its answer is ignored)",
+                supervisor,
+                child.spec.id,
+            )
         emit(child.spec.id, ChildEventKind.ABANDONED, ref, None)
         return
     emit(child.spec.id, ChildEventKind.TERMINATED, ref, None)

@@ -3,6 +3,7 @@ those armed by what fired before them (a retry's next backoff, a schedule's next
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +170,34 @@ def test_a_slot_overdue_when_advance_begins_fires_before_the_clock_moves(
         advance(rt, clock, 60.0)  # it is caught up at once; T0 + 120 fires on time
         [status] = rt.schedules()
         assert (status.fired, status.skipped) == (2, 0)
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_hung_attempts_abandoned_thread_is_logged_as_fenced_out(
+    tmp_path: Path, host: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The instance of an attempt fenced out (here its timeout) is replaced without waiting
+    # for its thread, which was logged as "did not stop within 0.0 s; abandoning its
+    # thread": true, but it reads as if a shutdown timeout of zero were configured.
+    Hangs.release = threading.Event()
+    clock = FakeClock()
+    retry = RetryPolicy(initial_interval=1.0, jitter=0.0)
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="herder.supervision"),
+            Runtime(tmp_path / "s", clock=clock, agent_host=host) as rt,
+        ):
+            rt.add_agent("h", Hangs)
+            rt.add_workflow(
+                Workflow("h").step("s", agent="h", action="go", timeout=5.0, retry=retry)
+            )
+            rt.start("h", {}, workflow_id="w")
+            advance(rt, clock, 6.1)  # past the timeout and the backoff
+            assert rt.status("w").steps["s"].state is StepState.SUCCEEDED
+    finally:
+        Hangs.release.set()
+    said = [r.getMessage() for r in caplog.records if "abandon" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "within 0.0 s" not in said[0]
+    assert "fenced out" in said[0]
+    assert "its thread" in said[0]
