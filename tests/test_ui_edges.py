@@ -25,7 +25,7 @@ from test_ui import ids_listed
 from test_ui_bounds import damage
 from test_ui_http import FAST, ORDER, TOKEN, Shop, form, sign_in
 
-from herder.runtime import HerderError, Runtime
+from herder.runtime import Agent, HerderError, Permanent, Runtime, StepContext, Workflow
 from herder.runtime._console import printable
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console, _counters
@@ -485,3 +485,56 @@ def test_an_action_says_queued_as_soon_as_the_runtime_lets_go_of_the_store(
     status, _, html = answers[0]
     assert status == 200
     assert "is queued: no runtime holds the store" in html
+
+
+BIDI = "\u202egpj.exe"  # reverses the rest of its line when shown as it is
+
+
+class Liar(Agent):
+    """Each text it hands back to be shown carries :data:`BIDI`."""
+
+    def pay(self, ctx: StepContext) -> dict[str, str]:
+        return {"note": f"paid{BIDI}"}
+
+    def ship(self, ctx: StepContext) -> None:
+        raise Permanent(f"out of stock{BIDI}\nsecond line{BIDI}")
+
+    def refund(self, ctx: StepContext) -> None:
+        raise Permanent(f"refunds are down{BIDI}")
+
+
+def test_user_text_in_the_consoles_cells_shows_as_what_it_is(tmp_path: Path) -> None:
+    # Ids were written as `herder ls` prints them; an action's error (the workflow list's
+    # and the inbox's error cells, the steps table, the Errors list, the history, the
+    # timeline's tooltips), a result and a step name were only HTML-escaped: a bidi
+    # override in them reversed the rest of their cell.
+    path = tmp_path / "store"
+    lying = (
+        Workflow("lying")
+        .step(f"pay{BIDI}", agent="liar", action="pay", compensate="refund")
+        .step("ship", agent="liar", action="ship", after=[f"pay{BIDI}"])
+    )
+    with Runtime(path, default_retry=FAST, clock=FakeClock(start=1_700_000_000.0)) as rt:
+        rt.add_agent("liar", Liar)
+        rt.add_workflow(lying)
+        rt._wait_final(rt.start("lying", {"to": f"home{BIDI}"}, workflow_id="w").id, 10)
+    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
+    console.start()
+    try:
+        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+        pages = {
+            p: request(console, "GET", p, headers=headers)[2]
+            for p in ("/", "/inbox", "/workflow?id=w", "/agents")
+        }
+    finally:
+        console.shutdown()
+    for name, html in pages.items():  # (a form's hidden value and a mark's data go as they are)
+        seen = re.sub(r'<input type=hidden [^>]*>| data-step="[^"]*"', "", html)
+        assert "\u202e" not in seen, name
+    shown = escape(printable(f"refunds are down{BIDI}"))
+    assert shown in pages["/"]
+    assert shown in pages["/inbox"]
+    workflow = pages["/workflow?id=w"]
+    assert escape(printable(f"second line{BIDI}")) in workflow  # (its line kept)
+    assert escape(printable(f"refunds are down{BIDI}")) in workflow
+    assert escape(printable(f"pay{BIDI}")) in workflow

@@ -21,12 +21,20 @@ from herder.runtime._inspect import shown_time
 from herder.runtime._operator_cli import ACTIONS
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui._query import Filters, Page
-from herder.store import StepState, WorkflowState
+from herder.store import StepState, WorkflowState, printable_lines
 
 
 def e(value: Any) -> str:
     """Escape anything for HTML text or a quoted attribute."""
     return escape(value if isinstance(value, str) else str(value), quote=True)
+
+
+def shown(value: Any) -> str:
+    """User text (an action's error or result, a name, an operator's why) as a page shows
+    it: its lines kept, a control or a bidi-override character in each written as its
+    escape (an override reversed the rest of its cell), then escaped. A form's value
+    goes back as it is (:func:`e`)."""
+    return e(printable_lines(value if isinstance(value, str) else str(value)))
 
 
 def shown_id(workflow_id: str) -> str:
@@ -87,8 +95,8 @@ def error_cell(error: str | None, limit: int) -> str:
     """A table cell with an error, cut to ``limit`` characters (all of it on hover)."""
     text = error or ""
     if len(text) <= limit:
-        return f'<td class="err">{e(text)}</td>'
-    return f'<td class="err" title="{e(text)}">{e(text[: limit - 1])}…</td>'
+        return f'<td class="err">{shown(text)}</td>'
+    return f'<td class="err" title="{shown(text)}">{shown(text[: limit - 1])}…</td>'
 
 
 def state_badge(state: Any) -> str:
@@ -133,14 +141,14 @@ def workflows_page(page: Page, filters: Filters, query: dict[str, str], note: st
 
 def skipped(corrupt: Iterable[Exception]) -> str:
     """A warning naming each damaged record a view left out (``herder check`` says more)."""
-    return "".join(f'<p class="warn">skipped: {e(c)}</p>' for c in corrupt)
+    return "".join(f'<p class="warn">skipped: {shown(c)}</p>' for c in corrupt)
 
 
 def _workflow_row(s: WorkflowStatus) -> str:
     done = sum(1 for st in s.steps.values() if st.state is StepState.SUCCEEDED)
     link = f"/workflow?{urlencode({'id': s.id})}"
     return (
-        f'<tr><td><a href="{e(link)}">{shown_id(s.id)}</a></td><td>{e(s.name)}@{s.version}</td>'
+        f'<tr><td><a href="{e(link)}">{shown_id(s.id)}</a></td><td>{shown(s.name)}@{s.version}</td>'
         f"<td>{state_badge(s.state)}</td><td>{done}/{len(s.steps)}</td>"
         f'<td class="t">{when(s.created)}</td><td class="t">{when(s.updated)}</td>'
         f"{error_cell(s.error, 90)}</tr>"
@@ -182,7 +190,7 @@ def inbox_page(
     parked = WorkflowState.NEEDS_ATTENTION
     rows = "".join(
         f'<tr><td><a href="{e("/workflow?" + urlencode({"id": i.id}))}">{shown_id(i.id)}</a></td>'
-        f"<td>{e(i.name)}@{i.version}</td><td>{e(i.step or '')}</td>"
+        f"<td>{shown(i.name)}@{i.version}</td><td>{shown(i.step or '')}</td>"
         f"<td>{state_badge(i.step_state) if i.step_state else ''}</td><td>{i.attempts}</td>"
         f"{error_cell(i.step_error or i.error, 120)}"
         f"<td>{when(i.since)}</td><td>{action_form(i.id, parked, csrf, i.step)}</td></tr>"
@@ -212,7 +220,7 @@ def outcome_page(action: str, workflow_id: str, outcome: str, ok: bool | None) -
     link = "/workflow?" + urlencode({"id": workflow_id})
     return (
         f'<h1>{e(action)} {shown_id(workflow_id)}</h1><p class="outcome {css}" id="outcome">'
-        f'{e(outcome)}</p><p><a href="{e(link)}">back to the workflow</a> · '
+        f'{shown(outcome)}</p><p><a href="{e(link)}">back to the workflow</a> · '
         '<a href="/inbox">inbox</a></p>'
     )
 
@@ -247,9 +255,9 @@ def agents_page(
     stored = stats.get("resources", {})
     names = sorted(set(agents) | set(stored) | set(live))
     rows = "".join(
-        f"<tr><td>{e(n)}</td><td>{e(', '.join(agents.get(n, [])))}</td>"
+        f"<tr><td>{shown(n)}</td><td>{shown(', '.join(agents.get(n, [])))}</td>"
         + "".join(
-            f"<td>{e({**stored.get(n, {}), **live.get(n, {})}.get(c, ''))}</td>"
+            f"<td>{shown({**stored.get(n, {}), **live.get(n, {})}.get(c, ''))}</td>"
             for c in _FACT_COLUMNS
         )
         + "</tr>"
@@ -294,7 +302,7 @@ def schedules_section(schedules: Sequence[Any]) -> str:
     if not schedules:
         return ""
     rows = "".join(
-        f"<tr><td>{e(s.name)}</td><td>{e(s.workflow)}</td><td>{e(s.cadence)}</td>"
+        f"<tr><td>{shown(s.name)}</td><td>{shown(s.workflow)}</td><td>{e(s.cadence)}</td>"
         f"<td>{e(s.overlap)}/{e(s.catch_up)}</td>"
         f"<td>{'paused' if s.paused else when(s.next_at) or '-'}</td>"
         f"<td>{s.fired}</td><td>{s.skipped}</td><td>"
@@ -331,6 +339,6 @@ def error_page(title: str, message: str, hint: str) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f'<title>{e(title)} · herder</title><link rel=icon href="data:,">'
         '<link rel=stylesheet href="/static/console.css">'
-        f'</head><body><main class="problem"><h1>{e(title)}</h1><p id="problem">{e(message)}'
+        f'</head><body><main class="problem"><h1>{e(title)}</h1><p id="problem">{shown(message)}'
         f"</p><p>{e(hint)}</p></main></body></html>"
     )

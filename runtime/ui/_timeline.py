@@ -6,7 +6,8 @@ handed to ``complete_later``, left unknown, still running), a wait (a retry's ba
 delay, a ``complete_later`` wait, a step pending behind its dependencies: a thin grey
 bar), a probe's unknown stretch, or a compensation. Probes are diamonds on their row;
 operator actions are dashed lines across every row, labelled with the action and who.
-Every value comes from the store and is escaped; each mark has a ``<title>`` tooltip.
+Every value comes from the store and is escaped (user text as ``_pages.shown`` writes
+it); each mark has a ``<title>`` tooltip.
 
 A picture is 960 pixels wide whatever the history's length: the stretches of one row
 and colour that cannot be told apart (each narrower than the 2 pixels a bar is drawn at
@@ -26,6 +27,7 @@ from typing import Any
 
 from herder.actors.engine import BUSY
 from herder.runtime._console import clipped
+from herder.runtime.ui._pages import shown
 
 _FINAL_STEP = frozenset({"SUCCEEDED", "FAILED", "COMPENSATED"})
 _WAITS = frozenset({"PENDING", "RETRY_WAIT", "WAITING", "PARKED", "UNDO_WAIT"})
@@ -165,7 +167,7 @@ def render(
     index = {name: i for i, name in enumerate(rows)}
     for name, i in index.items():
         y = TOP + ROW * i
-        parts.append(f'<text class="step-label" x="8" y="{y + 17}">{escape(name[:22])}</text>')
+        parts.append(f'<text class="step-label" x="8" y="{y + 17}">{shown(name[:22])}</text>')
         parts.append(
             f'<line class="row" x1="{LABEL}" x2="{WIDTH - 12}" y1="{y + 24}" y2="{y + 24}"/>'
         )
@@ -234,14 +236,14 @@ def _bar(seg: Segment, x0: float, x1: float, y: float, merged: int = 1) -> str:
         f'<rect class="seg {seg.css}" data-step="{escape(seg.step)}" '
         f'data-state="{escape(seg.state)}" '
         f'x="{x0:.1f}" y="{top}" width="{width:.1f}" height="{h}" rx="2">'
-        f"<title>{escape(tip)}</title></rect>"
+        f"<title>{shown(tip)}</title></rect>"
     )
 
 
 def _probe(e: dict[str, Any], cx: float, y: float) -> str:
     tip = f"probe of {e.get('step')}: {e.get('error') or 'still unknown'}"
     points = f"{cx:.1f},{y + 5} {cx + 6:.1f},{y + 13} {cx:.1f},{y + 21} {cx - 6:.1f},{y + 13}"
-    return f'<polygon class="probe" points="{points}"><title>{escape(tip)}</title></polygon>'
+    return f'<polygon class="probe" points="{points}"><title>{shown(tip)}</title></polygon>'
 
 
 def _operator(e: dict[str, Any], cx: float, height: float) -> str:
@@ -251,8 +253,8 @@ def _operator(e: dict[str, Any], cx: float, height: float) -> str:
     return (
         f'<g class="operator"><line x1="{cx:.1f}" x2="{cx:.1f}" y1="{TOP - 6}" '
         f'y2="{height - 14}"/><text x="{cx - 3 if right else cx + 3:.1f}" y="{TOP - 8}" '
-        f'text-anchor="{"end" if right else "start"}">{escape(label[:40])}</text>'
-        f"<title>{escape(tip)}</title></g>"
+        f'text-anchor="{"end" if right else "start"}">{shown(label[:40])}</text>'
+        f"<title>{shown(tip)}</title></g>"
     )
 
 

@@ -96,7 +96,7 @@ class Views:
             except UnknownWorkflow:
                 return _not_found(f"No workflow with id {shown}.")
             except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
-                return _not_found(f"{shown} is not a valid workflow id: {_pages.e(exc)}.")
+                return _not_found(f"{shown} is not a valid workflow id: {_pages.shown(exc)}.")
         body = one_workflow(status, story, time.time(), csrf)
         return 200, printable(status.id), "workflows", body
 
@@ -224,7 +224,7 @@ def _unknown_name(store: Store, name: str) -> str:
     return (
         f'<p class="warn">No workflow definition in this store is named {_pages.e(repr(name))}'
         f" (the filter takes a workflow's name without its @version): the names are: "
-        f"{_pages.e(', '.join(known) or 'none')}.</p>"
+        f"{_pages.shown(', '.join(known) or 'none')}.</p>"
     )
 
 

@@ -25,7 +25,7 @@ from herder.runtime._console import attempt_named, clipped
 from herder.runtime._inspect import _Reader, _story
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui import _timeline
-from herder.runtime.ui._pages import action_form, e, pretty, shown_id, state_badge, when
+from herder.runtime.ui._pages import action_form, e, pretty, shown, shown_id, state_badge, when
 from herder.store import InvalidInput, Store, history_seqs, read_history
 
 HISTORY_PAGE = 100
@@ -114,25 +114,25 @@ def workflow_page(status: WorkflowStatus, story: Story, now: float, csrf: str | 
         for css, label in _timeline.LEGEND
     )
     steps = "".join(
-        f"<tr><td>{e(st.name)}</td><td>{state_badge(st.state)}</td><td>{st.attempt}</td>"
+        f"<tr><td>{shown(st.name)}</td><td>{state_badge(st.state)}</td><td>{st.attempt}</td>"
         f"<td>{st.compensation_attempts}</td>"
-        f"<td><pre>{e(pretty(st.result)) if st.result is not None else ''}</pre></td>"
-        f'<td class="err">{e(st.error or "")}</td></tr>'
+        f"<td><pre>{shown(pretty(st.result)) if st.result is not None else ''}</pre></td>"
+        f'<td class="err">{shown(st.error or "")}</td></tr>'
         for st in status.steps.values()
     )
     actions = "" if final else action_form(status.id, status.state, csrf, None)
     return (
         f"<h1>{shown_id(status.id)} {state_badge(status.state)}</h1>"
-        f'<p class="meta">{e(status.name)}@{status.version} · created {when(status.created)}'
+        f'<p class="meta">{shown(status.name)}@{status.version} · created {when(status.created)}'
         f" · updated {when(status.updated)} · priority {status.priority}</p>"
-        + (f'<p class="err">{e(status.error)}</p>' if status.error else "")
+        + (f'<p class="err">{shown(status.error)}</p>' if status.error else "")
         + actions
         + f'<h2>Timeline</h2>{drawn}<div class="legend">{legend}</div>'
         f'<div class="svgbox">{svg}</div>'
         '<h2>Steps</h2><table class="list" id="steps"><thead><tr><th>step</th><th>state</th>'
         "<th>attempts</th><th>undo attempts</th><th>result</th><th>error</th></tr></thead>"
         f"<tbody>{steps}</tbody></table>"
-        f"<h2>Input</h2><pre>{e(pretty(status.input))}</pre>" + _history(status.id, story)
+        f"<h2>Input</h2><pre>{shown(pretty(status.input))}</pre>" + _history(status.id, story)
     )
 
 
@@ -164,7 +164,8 @@ def _history(workflow_id: str, story: Story) -> str:
     stop = start + len(window)
     failures = "".join(_failure(ev) for ev in window if ev.get("error"))
     story_rows = "".join(
-        "<tr>" + "".join(f"<td>{e(_cell(c))}</td>" for c in row) + "</tr>" for row in _story(window)
+        "<tr>" + "".join(f"<td>{shown(_cell(c))}</td>" for c in row) + "</tr>"
+        for row in _story(window)
     )
     links = []
     if start > 0:
@@ -175,12 +176,12 @@ def _history(workflow_id: str, story: Story) -> str:
         links.append(f'<a id="newer" href="/workflow?{e(urlencode(newer))}">newer events →</a>')
         newest = urlencode({"id": workflow_id})
         links.append(f'<a id="newest" href="/workflow?{e(newest)}">newest</a>')
-    shown = (
+    which = (
         f"events {start + 1} to {stop} of {total}"
         if window
         else f"no event before this one; {total} in all"
     )
-    nav = f'<p class="more">{e(shown)} · {" · ".join(links)}</p>' if links else ""
+    nav = f'<p class="more">{e(which)} · {" · ".join(links)}</p>' if links else ""
     below = re.sub(r' id="\w+"', "", nav)  # (the same links under the table: ids once)
     errors = f'<h2>Errors</h2><ul class="errors">{failures}</ul>' if failures else ""
     return (
@@ -205,10 +206,10 @@ def _failure(ev: dict[str, Any]) -> str:
     """One stored error of the window, with its traceback behind a toggle."""
     trace = ev.get("traceback")
     return (
-        f"<li><b>{e(when(ev.get('t')))}</b> {e(ev.get('step') or 'workflow')} "
-        f"{e(attempt_named(ev))}: <pre>{e(ev['error'])}</pre>"
+        f"<li><b>{e(when(ev.get('t')))}</b> {shown(ev.get('step') or 'workflow')} "
+        f"{e(attempt_named(ev))}: <pre>{shown(ev['error'])}</pre>"
         + (
-            f'<details class="tb"><summary>traceback</summary><pre>{e(trace)}</pre></details>'
+            f'<details class="tb"><summary>traceback</summary><pre>{shown(trace)}</pre></details>'
             if isinstance(trace, str)
             else ""
         )
