@@ -8,8 +8,10 @@ and the daemon registers new hosts and unregisters removed ones (their queued st
 until the host is added again). The deploy workflow is named after its set of hosts
 (``deploy-`` and a hash of the sorted names, logged at start and after each reload), so
 a new set is a new definition: a stored definition is never changed under the workflows
-that started with it. SIGTERM or Ctrl-C drains running attempts and stops.
-Inspect it meanwhile with ``herder ls --store STORE_DIR``.
+that started with it. At start and after each reload it deploys ``RELEASE`` to the hosts
+it serves, once per set of hosts (a restart, or a SIGHUP that changed no host, starts no
+second deploy). SIGTERM or Ctrl-C drains running attempts and stops.
+Inspect it meanwhile with ``herder ls --store STORE_DIR``: it lists the deploys.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import sys
 import threading
 
 from herder.runtime import Agent, HerderError, Runtime, StepContext, Workflow
+
+RELEASE = "1.0"
+"""What each deploy rolls out (a real daemon would take it from its release pipeline)."""
 
 
 class HostAgent(Agent):
@@ -80,14 +85,25 @@ def serve(rt: Runtime, served: set[str], path: pathlib.Path) -> None:
     logging.info("serving %d hosts; deploys go to workflow %s", len(served), workflow.name)
 
 
+def deploy(rt: Runtime, served: set[str]) -> str:
+    """Start the deploy of :data:`RELEASE` to the hosts served; its id. The id names the
+    set of hosts and the release, and a start is idempotent per id: the same set again
+    starts no second deploy."""
+    name = deploy_workflow(sorted(served)).name
+    handle = rt.start(name, {"version": RELEASE}, workflow_id=f"{name}-{RELEASE}")
+    logging.info("release %s goes to %d hosts in workflow %s", RELEASE, len(served), handle.id)
+    return handle.id
+
+
 def reload(rt: Runtime, served: set[str], path: pathlib.Path) -> bool:
-    """:func:`serve` on SIGHUP. A file that cannot be read or lists no host changes
-    nothing; a host herder refuses (or anything else herder raises, such as
+    """:func:`serve` and :func:`deploy` on SIGHUP. A file that cannot be read or lists no
+    host changes nothing; a host herder refuses (or anything else herder raises, such as
     RuntimeClosed for a SIGHUP that comes while the daemon stops) stops the reload there.
     Either way it is logged, the daemon goes on serving, and the next SIGHUP tries again
     (a reload that raised ended the reloader: no later SIGHUP did anything)."""
     try:
         serve(rt, served, path)
+        deploy(rt, served)
     except (OSError, ValueError, HerderError) as exc:
         logging.error("reload refused, still serving %d hosts: %s", len(served), exc)
         return False
@@ -103,6 +119,7 @@ def main(store: str, hosts_file: str) -> None:
         serve(rt, served, path)
 
     with Runtime(store, setup=register) as rt:
+        deploy(rt, served)
         wanted = threading.Event()
         signal.signal(signal.SIGHUP, lambda signum, frame: wanted.set())
 

@@ -139,15 +139,20 @@ def test_the_daemon_follows_its_hosts_file_on_sighup_and_drains_on_sigterm(
     hosts.write_text("a\nb\n")
     daemon = Process([str(EXAMPLES / "daemon.py"), str(store), str(hosts)], tmp_path)
     assert deploy(["a", "b"]).name in daemon.wait_for("serving 2 hosts")
+    first = f"{deploy(['a', 'b']).name}-1.0"
+    assert daemon.wait_for("goes to 2 hosts in workflow").endswith(first)
     daemon.wait_for("serving until SIGTERM or SIGINT")  # (SIGHUP is handled from here on)
     listed = _run(["-m", "herder.runtime", "ls", "--store", str(store)], tmp_path)
-    assert listed.returncode == 0, listed.stderr  # "inspect it meanwhile"
+    assert listed.returncode == 0, listed.stderr  # "inspect it meanwhile": it lists the deploy
+    assert first in listed.stdout  # (the example started none: ls listed nothing)
     second = _run([str(EXAMPLES / "daemon.py"), str(store), str(hosts)], tmp_path)
     assert second.returncode == 1
     assert second.stderr.startswith(f"daemon.py: cannot start: store {store} is held by")
     hosts.write_text("a\nc\nd\n")
     daemon.proc.send_signal(signal.SIGHUP)
     assert deploy(["a", "c", "d"]).name in daemon.wait_for("serving 3 hosts")
+    second_deploy = f"{deploy(['a', 'c', 'd']).name}-1.0"
+    assert daemon.wait_for("goes to 3 hosts in workflow").endswith(second_deploy)
     code, rest = daemon.stop(signal.SIGTERM)
     assert code == 0, rest
     assert any("SIGTERM received: draining" in line for line in rest), rest
