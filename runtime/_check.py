@@ -383,7 +383,7 @@ def _print(out: TextIO, report: CheckReport, path: object, *, as_json: bool) -> 
         dump_json(out, report.to_dict())
         return
     counts = (
-        f"{report.workflows} workflows, {report.steps} steps, {report.timers} timers, "
+        f"{report.workflows} workflows, {report.steps} steps, {report.timers} timer entries, "
         f"{report.definitions} definitions"
     )
     if report.ok:

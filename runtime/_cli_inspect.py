@@ -41,7 +41,7 @@ def add_parsers(sub: Any) -> None:
     show.add_argument(
         "--attempts", action="store_true", help="each failed attempt with its traceback"
     )
-    cmd("stats", "counts of workflows, steps, retries, timers, breakers (read-only)")
+    cmd("stats", "counts of workflows, steps, retries, timer entries, breakers (read-only)")
     check = cmd(
         "check",
         "verify cross-database invariants (read-only); exit 1 on problems, "

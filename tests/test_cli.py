@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,21 @@ def test_stats_json_counts_workflows_and_steps_by_state(store: Path) -> None:
     assert stats["steps"]["SUCCEEDED"] == 3 + 1  # o-ok's three, o-stuck's unrefunded pay
     assert stats["incarnation"] == 2  # opened twice by a runtime
     assert stats["definitions"] == 1
+
+
+def test_stats_counts_timer_entries_and_says_so(store: Path) -> None:
+    # A finished store showed "timers 2": the timeout entries of attempts that ended stay
+    # in the timer index until they come due (then they are dropped), and the count is of
+    # those entries, read in O(1), not of timers still to fire. The label said "timers".
+    with Store(store, readonly=True) as s:
+        entries = s.count("timers")
+    assert entries > 0  # (every workflow here is final)
+    code, out = run("stats", "--store", str(store))
+    assert code == 0
+    rows = dict(re.findall(r"^  (\S.*?)  +(\S+)$", out, re.M))
+    assert rows["timer entries"] == str(entries)
+    assert "timers" not in rows
+    assert json.loads(run("stats", "--store", str(store), "--json")[1])["timers"] == entries
 
 
 def test_retry_without_a_runtime_is_queued_and_changes_nothing_now(

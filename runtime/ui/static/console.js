@@ -32,7 +32,7 @@
       }
       if (!s.counting) { // (the workflows kept by the writer come before the first count)
         chips.push(chip("retries", s.retries, "count-retries"));
-        chips.push(chip("timers", s.timers, "count-timers"));
+        chips.push(chip("timer entries", s.timers, "count-timers"));
       }
       const at = document.createElement("span");
       at.className = "c idle";
@@ -41,7 +41,7 @@
       // timers, and the workflows where none are kept) may be minutes older.
       at.textContent = !s.workflows_at ? "as of " + when(s.at)
         : s.counting ? "as of " + when(s.workflows_at)
-        : "as of " + when(s.workflows_at) + " (retries, timers: " + when(s.at) + ")";
+        : "as of " + when(s.workflows_at) + " (retries, timer entries: " + when(s.at) + ")";
       chips.push(at);
       box.replaceChildren(...chips);
     } catch (err) {
