@@ -21,7 +21,7 @@ from _child_kit import Child
 from herder.runtime import Agent, Runtime, StepContext, StepState, Workflow
 from herder.runtime._check import check_store
 from herder.runtime._inspect import store_stats
-from herder.runtime.testing import FakeClock, advance, settle
+from herder.runtime.testing import FakeClock, advance, crash_scheduler, settle
 from herder.store import Store
 
 CHILD = pathlib.Path(__file__).with_name("limits_child.py")
@@ -192,3 +192,30 @@ def test_an_attempt_lost_is_counted_once_when_a_commit_fails_after_recovery(
     assert log == [("w", "call")]
     with Store(store, readonly=True) as s:
         assert store_stats(s)["resources"]["svc"]["lost"] == 1
+
+
+def test_an_attempt_lost_and_deferred_is_counted_once_across_a_scheduler_restart(
+    tmp_path: Path,
+) -> None:
+    # At the second crash in a row recovery defers the attempt that died (poison work
+    # suspect) and counts it lost. A Scheduler restarted meanwhile (supervision, after a
+    # bug) recovered the workflow again, found the same record, still DISPATCHED by the
+    # previous process, and counted it lost once more.
+    store = tmp_path / "store"
+    for _ in range(2):
+        run_child(store, "crashloop-plain", "running")
+    log: list[tuple[str, str]] = []
+    clock = FakeClock(start=time.time())  # the deferral's stagger never passes here
+    with Runtime(store, clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", lambda: Recorder(log))
+        rt.add_workflow(Workflow("one").step("call", agent="svc", action="call", timeout=HOUR))
+        settle(rt)
+        step = rt.status("w").steps["call"]
+        assert (step.state, step.attempt) == (StepState.DISPATCHED, 2)  # deferred
+        assert rt.stats()["resources"]["svc"]["lost"] == 2  # one per crash
+        crash_scheduler(rt, WAIT)
+        settle(rt)
+        assert rt.stats()["resources"]["svc"]["lost"] == 2
+        advance(rt, clock, 5.0)  # its stagger: it runs
+        rt.handle("w").result(timeout=WAIT)
+    assert log == [("w", "call")]

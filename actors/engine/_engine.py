@@ -366,7 +366,7 @@ class Engine(Machine):
         if run is None or (msg.crashed and count_crash(self, run)):
             return  # an operator's action ended it meanwhile, or it was parked as poison
         if msg.recovered or msg.crashed:
-            resume_steps(self, run, crashed=msg.crashed)
+            resume_steps(self, run)
         self.advance(run)
 
     def _started(self, msg: Started) -> None:

@@ -2,7 +2,8 @@
 rules applied through the :class:`~._machine.Machine`'s transitions).
 
 :func:`count_crash` counts the crash against a workflow that had attempts running at it
-(poison work: deferred from the second crash in a row, parked past the limit);
+(poison work: deferred from the second crash in a row, parked past the limit), and those
+attempts as lost to their agent;
 :func:`resume_steps` queues what a previous Scheduler left running or about to run, and
 gives up what a compensating workflow had left running (``_recovery.orphaned``).
 
@@ -41,7 +42,12 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
     Only the attempts of an earlier process count (their tokens' high bits are its
     incarnation): it died under them. One this process ran was cut by the tree's restart
     of a crashed Scheduler, and the process lives on: no crash of it to count. Nor is
-    there one when the previous holder released the lease (a stop or a handoff cut it)."""
+    there one when the previous holder released the lease (a stop or a handoff cut it).
+
+    Each attempt the previous process died under is counted lost to its agent here, with
+    the crash, and nowhere else: a reload after a failed commit (no crash) or a Scheduler
+    restarted after a deferral (the step waits, not running) finds the same record, still
+    DISPATCHED with the token of that attempt."""
     if not after_a_death(m.lease):
         return False
     incarnation = m.lease.incarnation
@@ -60,6 +66,9 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
                 m.put_step(run, st, parked)
         m.finish(run, WorkflowState.NEEDS_ATTENTION, error=error)
         return True
+    for st in running:
+        if lost_by_previous(st, m.lease):
+            m.tell(Lost(agent_for(run.specs[st.name], st)))
     if crashes >= 2:
         m.suspects += 1
         at = now + m.defaults.recovery_stagger * m.suspects
@@ -68,20 +77,14 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
     return False
 
 
-def resume_steps(m: Machine, run: WorkflowRun, *, crashed: bool) -> None:
+def resume_steps(m: Machine, run: WorkflowRun) -> None:
     """Queue the steps a previous Scheduler left running or about to run; in a workflow
-    that is compensating, give up (and so undo) those an earlier process left running.
-
-    An attempt the previous process died under is counted lost when its crash is
-    (``crashed``) and only then: a reload after a failed commit finds the same record
-    again (its re-run's DISPATCHED was not written) and would count it once more."""
+    that is compensating, give up (and so undo) those an earlier process left running."""
     compensating = run.record.state is WorkflowState.COMPENSATING
     incarnation = m.lease.incarnation
     for st in list(run.steps.values()):
         if st.token in m.inflight:
             continue
-        if crashed and lost_by_previous(st, m.lease):
-            m.tell(Lost(agent_for(run.specs[st.name], st)))
         if compensating and orphaned(st, incarnation):
             m.put_step(run, st, m.given_up(st))
             continue
