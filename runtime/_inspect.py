@@ -286,8 +286,7 @@ def _story(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 
 def store_stats(store: Store, corrupt: list[StoreCorrupt] | None = None) -> dict[str, Any]:
-    """Counts from the store alone: workflows and steps by state, retries, entries of the
-    timer index (``timers``: with those of attempts that ended, left until due). The
+    """Counts from the store alone: workflows and steps by state, retries, timer entries. The
     records that could not be read are counted and named on stderr, or added to
     ``corrupt`` if given (the console counts every few seconds: a line each time). The
     workflows are those the writer keeps, where it keeps them (``rt.stats()``'s, as of
@@ -351,17 +350,12 @@ def show_stats(out: TextIO, store: Store, *, as_json: bool) -> None:
     rows: list[tuple[str, Any]] = [(f"workflows {k}", v) for k, v in stats["workflows"].items()]
     rows += [(f"steps {k}", v) for k, v in stats["steps"].items()]
     rows += [(k, stats[k]) for k in ("retries", "compensation_retries")]
-    # Entries, not timers still to fire: one of attempts that ended (their timeouts) stays
-    # until it comes due and is dropped then; counting only live ones would read them all.
-    rows.append(("timer entries", stats["timers"]))
+    rows += [("timer entries", stats["timers"])]  # (an ended attempt's stays until due)
     rows += [(k, stats[k]) for k in ("definitions", "corrupt", "incarnation", "schema_version")]
     print_table(out, f"store {stats['store']}", ("", "count"), rows)
     if stats["resources"]:
         columns = ("breaker", "failures", "opens", "crashes", "lost", "limit")
-        resources = [
-            (agent, *(values.get(c, "-") for c in columns))
-            for agent, values in stats["resources"].items()
-        ]
+        resources = [(a, *(v.get(c, "-") for c in columns)) for a, v in stats["resources"].items()]
         out.write("\n")
         print_table(out, "agents (resource protection)", ("agent", *columns), resources)
     if live is not None and live["agents"]:
