@@ -29,6 +29,7 @@ from herder.actors._health import AgentHealth
 from herder.actors._limits import CircuitBreaker, RateLimit, resource_stats
 from herder.store import (
     BreakerState,
+    Delete,
     Put,
     ResourceRecord,
     Store,
@@ -263,17 +264,18 @@ class Admission:
 
     # -- persistence and stats ---------------------------------------------------------
 
-    def writes(self) -> list[Put]:
+    def writes(self) -> list[Put | Delete]:
         """The pending resource records as store operations (and forget them)."""
-        ops = [
-            Put("resources", resource_key(agent), encode(rec.to_dict()))
-            for agent, rec in self.dirty.items()
+        dirty, self.dirty = self.dirty, {}
+        return [
+            Delete("resources", resource_key(agent))
+            if rec.holds_nothing()
+            else Put("resources", resource_key(agent), encode(rec.to_dict()))
+            for agent, rec in dirty.items()
         ]
-        self.dirty.clear()
-        return ops
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per agent seen: breaker state, failures, opens, crashes, lost, limits, health."""
+        """Per agent with limits, health checks or a record: its breaker, counts, health."""
         out: dict[str, dict[str, Any]] = {}
         checked = [] if self._health is None else self._health.agents()
         now = self._clock.monotonic()
@@ -299,20 +301,18 @@ class Admission:
         for error in corrupt:
             _log.error("a resource record is unreadable, reset: %s", error)
 
-    def _record(self, agent: str) -> ResourceRecord:
-        rec = self._records.get(agent)
-        if rec is None:
-            rec = self._records[agent] = ResourceRecord(agent)
-        return rec
+    def _record(self, agent: str) -> ResourceRecord:  # (a new one is kept once _set)
+        return self._records.get(agent) or ResourceRecord(agent)
 
     def _set(self, agent: str, rec: ResourceRecord) -> ResourceRecord:
-        old = self._records.get(agent)
-        self.breakers_moved |= old is None or old.breaker is not rec.breaker
+        self.breakers_moved |= self._record(agent).breaker is not rec.breaker
         gate = self._gates.get(agent)  # an adaptive limit stored goes with every write:
         if gate is not None and gate.adaptive is not None and rec.limit is not None:
             rec = rec.evolve(limit=gate.adaptive.limit)  # (or a failing agent's never would)
         rec = rec.evolve(updated=self._clock.time())
         self._records[agent] = self.dirty[agent] = rec
+        if rec.holds_nothing():  # kept nowhere (a Delete): every name that had limits, a
+            del self._records[agent]  # health check or a failure once kept one for ever
         return rec
 
     def _succeeded(self, agent: str, gate: Gate | None) -> None:

@@ -58,6 +58,11 @@ class ResourceRecord:
         """A copy with ``changes`` applied."""
         return replace(self, **changes)
 
+    def holds_nothing(self) -> bool:
+        """Whether it says no more than a new record of its agent (whatever its ``updated``):
+        nothing to keep."""
+        return replace(self, updated=0.0) == ResourceRecord(self.agent)
+
     def to_dict(self) -> dict[str, Any]:
         """The record as a msgpack-ready map."""
         return {"v": MAP_VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}

@@ -21,14 +21,18 @@ from _supervision_kit import Abandoned
 from herder.actors._hosted import Hosted, HostedAgents, Instance
 from herder.runtime import (
     Agent,
+    CircuitBreaker,
     InstanceCrash,
+    RateLimit,
     RetryPolicy,
     Runtime,
     State,
     StepContext,
     Workflow,
 )
-from herder.runtime.testing import FakeClock, advance, settle
+from herder.runtime._inspect import store_stats
+from herder.runtime.testing import FakeClock, advance, fail_first, settle
+from herder.store import Store
 
 WAIT = 30.0
 pytestmark = pytest.mark.timeout(120)
@@ -385,3 +389,39 @@ def test_an_attempt_whose_commit_was_on_its_way_at_remove_agent_never_starts_nor
         rt.add_agent("d", cls)
         assert handle.result(timeout=WAIT) == {"s": 1}
         assert Counts.runs == [1, 1]
+
+
+class Flaky(Agent):
+    """Fails its first attempt, then succeeds; checked for health."""
+
+    def go(self, ctx: StepContext) -> str:
+        fail_first(ctx, 1)
+        return "ok"
+
+    def health(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("limits", ["none", "limits"])
+def test_a_removed_agent_leaves_no_resource_record_that_holds_nothing(
+    tmp_path: Path, limits: str
+) -> None:
+    # A resource record was made for every agent with a health check (at each stats(),
+    # and so at each Tick) or with limits, and for every one that failed once and then
+    # succeeded (written to the store too), and kept for ever: the names of devices added
+    # and removed long ago filled stats()["resources"], the metrics and the console.
+    kept = {"breaker": CircuitBreaker(failures=5), "rate_limit": RateLimit(per_second=1e3)}
+    retry = RetryPolicy(max_attempts=2, initial_interval=0.001, jitter=0.0)
+    with Runtime(tmp_path / "s", default_retry=retry) as rt:
+        rt.add_workflow(Workflow("w").step("s", agent="d:{i}", action="go", timeout=30))
+        for i in range(3):
+            rt.add_agent(f"d:{i}", Flaky, **(kept if limits == "limits" else {}))
+        handles = [rt.start("w", {"i": i}) for i in range(3)]
+        assert [h.result(timeout=WAIT) for h in handles] == [{"s": "ok"}] * 3
+        assert sorted(rt.stats()["resources"]) == ["d:0", "d:1", "d:2"]  # served, checked
+        for i in range(3):
+            rt.remove_agent(f"d:{i}")
+        settle(rt)
+        assert rt.stats()["resources"] == {}
+    with Store(tmp_path / "s", readonly=True) as store:
+        assert store_stats(store)["resources"] == {}
