@@ -28,7 +28,7 @@ from herder.actors._engine import EngineContext, prepare
 from herder.actors._facts import agent_facts, limit_facts
 from herder.actors._host import AgentHost, AgentUnavailable, pumped, waiting
 from herder.actors._loose import Loose
-from herder.actors._lost import lost_attempts, next_job
+from herder.actors._lost import given_up, lost_attempts, next_job
 from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Tick, Wake
 from herder.actors._queue import JobQueue
 from herder.actors._regroup import Groups, move_off_unwell
@@ -111,28 +111,28 @@ class Dispatcher:
         for name, entry in agents.items():
             self.add(name, entry)
 
-    def add(self, name: str, entry: AgentEntry) -> None:
-        """Serve agent ``name`` as ``entry`` says (again: as it now says)."""
+    def add(self, name: str, entry: AgentEntry) -> list[AttemptLost]:
+        """Serve agent ``name`` as ``entry`` says (again: as it now says; moved: given_up)."""
         self.agents[name] = entry
-        self.host.add(name, entry.factory, entry.concurrency)
+        lost = self.host.add(name, entry.factory, entry.concurrency)
         self._names.added(name)  # it may run on another host now
         self.admission.configure(name, *entry.limits)
         # (a health check holds back only work not yet reserved: none is, for such agents)
         limited = self._ctx.health.declared(name) or any(x is not None for x in entry.limits)
         self.lanes.configure(name, entry.concurrency, limited=limited)
         self.woke(name)  # (pumped; and group jobs waiting on a member not served may move)
+        return given_up(self._engine, self.host, lost, self._clock.now, how="moved to another host")
 
-    def remove(self, name: str) -> list[Event]:
+    def remove(self, name: str) -> list[AttemptLost]:
         """Stop serving ``name``: its queued work waits for its next add (group steps'
         moves on), none is reserved ahead; its attempts not started are lost, uncharged."""
         self.agents.pop(name, None)
         self._move_off([name])
-        lost, why = self.host.remove(name) or [], f"agent {name!r} was removed before it started"
-        for attempt in filter(None, map(self._engine.inflight.get, lost)):
-            self.host.release(name, attempt.instance, attempt.token, self._clock.now)
+        lost = self.host.remove(name)
+        events = given_up(self._engine, self.host, lost, self._clock.now, how="removed")
         self.admission.remove(name)
         self._names.removed(name)  # (the rest goes: _routes)
-        return [AttemptLost(token, why, given_up=True) for token in lost]
+        return events
 
     def _move_off(self, agents: Iterable[str]) -> None:
         """The queued jobs of group steps move off those of ``agents`` not well (_regroup)."""

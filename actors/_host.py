@@ -98,7 +98,9 @@ class AgentHost(Protocol):
     """What the Scheduler needs of a host (see the module docstring); driven from the
     Scheduler's thread only."""
 
-    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None: ...
+    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> list[int] | None:
+        """Serve ``name`` (again); an attempt not started on the host it leaves, if it
+        moved to another (the router's), is lost as at :meth:`remove`."""
 
     def remove(self, name: str) -> list[int] | None: ...
 

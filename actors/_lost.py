@@ -12,13 +12,16 @@ engine's :class:`~herder.actors.engine.AttemptLost` events, alike for every host
   without charging its step (``GIVEN_UP_ERROR``, actors/engine/_retry.py). Its error
   names the give-up, should it be recorded (its workflow compensates meanwhile).
 
+An attempt not started yet when its agent is removed, or moved to another host by an
+``add_agent`` again, is given up the same way (:func:`given_up`).
+
 When no instance of an agent could be started (``AgentUnavailable``), :func:`next_job`
 says which waiting job pays an attempt for it.
 """
 
 from __future__ import annotations
 
-from herder.actors._host import GivenUp
+from herder.actors._host import AgentHost, GivenUp
 from herder.actors._messages import InstanceEvent
 from herder.actors._queue import JobQueue
 from herder.actors.engine import AttemptLost, Engine, Job, unqueue
@@ -36,6 +39,21 @@ def lost_attempts(event: InstanceEvent, lost: list[int]) -> list[AttemptLost]:
         if isinstance(token, GivenUp)
         else AttemptLost(token, crashed)
         for token in lost
+    ]
+
+
+def given_up(
+    engine: Engine, host: AgentHost, lost: list[int] | None, now: float, *, how: str
+) -> list[AttemptLost]:
+    """The attempts (``lost``) that their agent's host gave up before they started (it was
+    removed, or moved to another host: ``how``): their slots free, each runs again later
+    without charging its step."""
+    attempts = list(filter(None, map(engine.inflight.get, lost or ())))
+    for attempt in attempts:
+        host.release(attempt.agent, attempt.instance, attempt.token, now)
+    return [
+        AttemptLost(a.token, f"agent {a.agent!r} was {how} before it started", given_up=True)
+        for a in attempts
     ]
 
 

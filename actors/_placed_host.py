@@ -86,17 +86,21 @@ class HostRouter:
 
     # -- registration ------------------------------------------------------------------
 
-    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None:
+    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> list[int] | None:
+        """Serve ``name`` (again) where it is placed now; moved, its old host lets it go:
+        what that one had not started is lost (``remove``'s answer, returned)."""
         before = self._by_name.get(name)
         after = self._by_name[name] = self._place(name)
         after.add(name, factory, concurrency)
         if name in self._moved or (before is not None and after is not before):
             self._moved[name] = concurrency
-        if before is not None and after is not before:
-            waiting, moved = before.queue(name), after.queue(name)
-            before.remove(name)
-            if waiting is not None and moved is not None:
-                moved.take(waiting)
+        if before is None or after is before:
+            return None
+        waiting, moved = before.queue(name), after.queue(name)
+        lost = before.remove(name)
+        if waiting is not None and moved is not None:
+            moved.take(waiting)
+        return lost
 
     def remove(self, name: str) -> list[int] | None:
         return self._route(name).remove(name)

@@ -172,8 +172,7 @@ class Scheduler(SupervisedActor):
         self._writer.resync()
         ctx = self._ctx
         self._sink = commit_sink(self.actor_ref, ctx)  # where the writer reports durable batches
-        make_host = ctx.make_host or (lambda: build_host(ctx))
-        host = make_host()
+        host = build_host(ctx) if ctx.make_host is None else ctx.make_host()
         ctx.scheduler = self.actor_ref
         ctx.answers.restart(keep=lambda m: type(m) is not Admit)  # (not a start: _answers)
         # After the line above: what is registered from here on reaches this actor as a
@@ -211,7 +210,8 @@ class Scheduler(SupervisedActor):
 
     def add_agent(self, name: str, entry: AgentEntry) -> None:
         """Start serving agent ``name`` as ``entry`` says (again: as it now says)."""
-        self._dispatch.add(name, entry)
+        for event in self._dispatch.add(name, entry):  # (moved to another host: given up)
+            self.handle(event)
         self.settle()
 
     def remove_agent(self, name: str) -> None:

@@ -9,11 +9,12 @@ import asyncio
 import functools
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from herder.runtime import Agent, Runtime, StepContext, Workflow
-from herder.runtime.testing import settle
+from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime.testing import settle, wait_until
 
 WAIT = 20.0
 pytestmark = pytest.mark.timeout(90)
@@ -125,3 +126,87 @@ def test_an_agent_added_again_on_another_host_keeps_its_concurrency(
     finally:
         tally.gate.set()
     assert tally.most == 1
+
+
+class Blocker(Agent):
+    def __init__(self, began: threading.Semaphore, gate: threading.Event) -> None:
+        self.began, self.gate = began, gate
+
+    def go(self, ctx: StepContext) -> str:
+        self.began.release()
+        self.gate.wait(WAIT)
+        return "blocked"
+
+
+class Sync(Agent):
+    def go(self, ctx: StepContext) -> str:
+        return "sync"
+
+
+class Async(Agent):
+    async def go(self, ctx: StepContext) -> str:
+        return "async"
+
+
+def test_an_attempt_waiting_in_the_pools_line_runs_on_the_host_its_agent_moved_to(
+    tmp_path: Path,
+) -> None:
+    """Added again with async def actions, the agent moves to the asyncio host; its attempt
+    waiting in the pool's line for a worker was withdrawn there and never heard of again:
+    the step stayed DISPATCHED for good (its timeout waits for a start that never came)."""
+    began, gate = threading.Semaphore(0), threading.Event()
+    once = RetryPolicy(max_attempts=1)
+    try:
+        with Runtime(tmp_path / "s", pool_workers=2, prefetch=0) as rt:
+            rt.add_agent("blk", functools.partial(Blocker, began, gate), concurrency=2)
+            rt.add_agent("a", Sync)
+            rt.add_workflow(Workflow("b").step("s", agent="blk", action="go", timeout=60))
+            rt.add_workflow(Workflow("w").step("s", agent="a", action="go", timeout=5, retry=once))
+            for _ in range(2):  # both workers busy
+                rt.start("b")
+                assert began.acquire(timeout=WAIT)
+            handle = rt.start("w")
+            wait_until(rt, lambda: rt.stats()["host"]["line"] == 1)
+            rt.add_agent("a", Async)
+            assert handle.result(timeout=WAIT) == {"s": "async"}  # not charged: once is enough
+    finally:
+        gate.set()
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_an_attempt_whose_commit_was_on_its_way_when_its_agent_moved_runs_uncharged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    """Added again with async def actions while an attempt's DISPATCHED was being written:
+    the thread host it left had stopped its instances, and the attempt was lost as a crash,
+    charged (with max_attempts=1 its workflow failed, its action never run)."""
+    from herder.store import _writer
+
+    armed, held, release = threading.Event(), threading.Event(), threading.Event()
+    submit = _writer.Writer.submit_batch
+
+    def slow_batch(self: Any, *args: Any) -> Any:  # (ops, effects, count, sink, watch)
+        if armed.is_set():  # every commit's news waits, from here until the release
+            inner = args[3]
+
+            def sink(*news: Any) -> None:  # the commit is durable; its news waits
+                held.set()
+                release.wait(WAIT)
+                inner(*news)
+
+            args = (*args[:3], sink, *args[4:])
+        return submit(self, *args)
+
+    monkeypatch.setattr(_writer.Writer, "submit_batch", slow_batch)
+    once = RetryPolicy(max_attempts=1)
+    with Runtime(tmp_path / "s", agent_host=host) as rt:
+        rt.add_agent("d", Sync)
+        rt.add_workflow(Workflow("w").step("s", agent="d", action="go", timeout=30, retry=once))
+        assert rt.start("w", workflow_id="w0").result(timeout=WAIT) == {"s": "sync"}
+        armed.set()
+        handle = rt.start("w", workflow_id="w1")
+        assert held.wait(WAIT)  # its DISPATCHED is in the writer, the Scheduler unaware
+        rt.add_agent("d", Async)
+        armed.clear()
+        release.set()
+        assert handle.result(timeout=WAIT) == {"s": "async"}
