@@ -179,9 +179,12 @@ class HostRouter:
         return done
 
     def stats(self) -> dict[str, dict[str, int]]:
+        """Per agent, its counts on every host: one that moved has instances on both."""
         merged: dict[str, dict[str, int]] = {}
         for host in self._hosts:
-            merged.update(host.stats())
+            for name, row in host.stats().items():
+                had = merged.get(name)
+                merged[name] = row if had is None else _summed(had, row)
         return merged
 
     def host_stats(self) -> dict[str, int]:
@@ -189,6 +192,10 @@ class HostRouter:
         for host in self._hosts:
             merged.update(host.host_stats())
         return merged
+
+
+def _summed(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
 
 
 def build_host(ctx: EngineContext) -> AgentHost:

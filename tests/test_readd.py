@@ -210,3 +210,32 @@ def test_an_attempt_whose_commit_was_on_its_way_when_its_agent_moved_runs_unchar
         armed.clear()
         release.set()
         assert handle.result(timeout=WAIT) == {"s": "async"}
+
+
+@pytest.mark.parametrize("move", ["to asyncio", "from asyncio"])
+def test_the_stats_of_an_agent_that_moved_host_count_its_work_on_either(
+    tmp_path: Path, move: str
+) -> None:
+    """Moved from the asyncio host to the pool, an agent's row in stats()["agents"] (and
+    the metrics and the console's facts) was the asyncio host's, emptied by the move, for
+    good: no instance, none busy, nothing queued, whatever ran and waited on the pool."""
+    tally = Tally()
+    old, new = (Versioned, AsyncVersioned) if move == "to asyncio" else (AsyncVersioned, Versioned)
+    try:
+        with Runtime(tmp_path / "s", prefetch=0) as rt:
+            rt.add_agent("a", functools.partial(old, 1, tally))
+            rt.add_workflow(Workflow("w").step("s", agent="a", action="go", timeout=60))
+            first = rt.start("w")
+            assert tally.started.acquire(timeout=WAIT)  # runs on the host it leaves
+            rt.add_agent("a", functools.partial(new, 2, tally), concurrency=3)
+            later = [rt.start("w") for _ in range(4)]
+            for _ in range(2):  # two more run on the new host, two wait
+                assert tally.started.acquire(timeout=WAIT)
+            settle(rt)
+            row = rt.stats()["agents"]["a"]
+            assert (row["busy"], row["queued"]) == (3, 2)
+            tally.gate.set()
+            assert first.result(timeout=WAIT) == {"s": 1}
+            assert [h.result(timeout=WAIT) for h in later] == [{"s": 2}] * 4
+    finally:
+        tally.gate.set()
