@@ -10,9 +10,12 @@ starts no loop, and Ray is imported only by a runtime that places an agent on it
 :func:`build_host` builds the router a runtime's configuration asks for.
 
 An agent added again on another host (it became ``async def``) takes its waiting jobs
-along; calls about an attempt it still runs on the old host go to the host holding that
-instance (``owns``), which is asked only for the names that moved. Those attempts count
-against its concurrency on the new host until they end.
+along, and ``add`` returns the attempts the old host had not started (waiting in the
+pool's line, or not yet sent), which it gave up as at ``remove``: the Dispatcher runs
+them again, uncharged. Calls about an attempt it still runs on the old host go to the
+host holding that instance (``owns``), which is asked only for the names that moved.
+Those attempts count against its concurrency on the new host until they end, and
+``stats`` sums a name's rows over its hosts.
 """
 
 from __future__ import annotations
