@@ -145,8 +145,9 @@ class Firer:
         do); the same definition changes nothing."""
         with self._lock:
             stored = self._readable(record.name)
-            if stored is None:
-                record = record.from_now(self._clock.time())
+            if stored is None:  # (created when stored: its first slot is the next one after)
+                now = self._clock.time()
+                record = record.evolve(created=now, updated=now).from_now(now)
             elif stored.same_definition(record):
                 return stored
             else:

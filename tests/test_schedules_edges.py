@@ -476,3 +476,28 @@ def test_a_host_without_time_zone_data_takes_utc_schedules_and_says_what_is_miss
     finally:
         zoneinfo.reset_tzpath()
         zoneinfo.ZoneInfo.clear_cache()
+
+
+@pytest.mark.timeout(60)
+def test_a_new_schedule_is_created_when_stored_so_no_slot_after_created_is_passed_over(
+    tmp_path: Path,
+) -> None:
+    """A new schedule's first slot is the first one after it is stored, which comes after
+    its declaration (in setup, or on a standby waiting for the lease; or only the store's
+    read apart): its record kept the declaration's time as ``created``, so the slots
+    between the two, after ``created``, never fired and nothing said why
+    (test_schedules_crash saw one for a declaration 0.3 ms before a whole second)."""
+    clock = FakeClock(start=1.8e9 + 0.7)
+
+    def setup(rt: Runtime) -> None:
+        rt.add_agent("job", Job, concurrency=4)
+        rt.add_workflow(Workflow("job").step("run", agent="job", action="run"))
+        rt.schedule("tick", "job", every=1, catch_up="all", overlap="allow")
+        clock.advance(0.6)  # stored once the runtime is active, at 1.8e9 + 1.3
+
+    with Runtime(tmp_path, clock=clock, sweep_interval=0.05, setup=setup) as rt:
+        clock.advance(2.0)
+        rt._fire_now()
+        record = ScheduleRecord.from_dict(rt._store.get("schedules", schedule_key("tick")))
+        first = (int(record.created * 1000) // 1000 + 1) * 1000  # the first after created
+        assert fired(rt)[0] == slot_id("tick", first)
