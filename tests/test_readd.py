@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -149,11 +150,14 @@ class Async(Agent):
 
 
 def test_an_attempt_waiting_in_the_pools_line_runs_on_the_host_its_agent_moved_to(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Added again with async def actions, the agent moves to the asyncio host; its attempt
     waiting in the pool's line for a worker was withdrawn there and never heard of again:
-    the step stayed DISPATCHED for good (its timeout waits for a start that never came)."""
+    the step stayed DISPATCHED for good (its timeout waits for a start that never came).
+    The attempt given up is not charged, and the log says so: it said 'attempt 1 failed'
+    (WARNING) and 'failed, will retry' of an attempt that never ran."""
+    caplog.set_level(logging.INFO, logger="herder.scheduler")
     began, gate = threading.Semaphore(0), threading.Event()
     once = RetryPolicy(max_attempts=1)
     try:
@@ -171,6 +175,9 @@ def test_an_attempt_waiting_in_the_pools_line_runs_on_the_host_its_agent_moved_t
             assert handle.result(timeout=WAIT) == {"s": "async"}  # not charged: once is enough
     finally:
         gate.set()
+    lines = [r.getMessage() for r in caplog.records if "/s attempt 1 " in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "attempt 1 given up, not charged: it runs again: agent 'a' was moved" in lines[0]
 
 
 @pytest.mark.parametrize("host", ["pool", "thread"])

@@ -343,7 +343,8 @@ class Engine(Machine):
         current = self._settled(msg.token)
         if current is not None:
             run, st = current
-            log_failure(run.record.id, st, msg.error, None)  # (a broken factory, say)
+            if not msg.given_up:  # (given up: not charged, so no failure: see Machine.failed)
+                log_failure(run.record.id, st, msg.error, None)  # (a broken factory, say)
             self.follow(run, st, after_loss(st, msg.error, given_up=msg.given_up))
 
     def _start_failed(self, msg: StartFailed) -> None:

@@ -37,6 +37,7 @@ from herder.actors.engine._members import next_member
 from herder.actors.engine._operator import cut_short, ended_error, orphan_given_up
 from herder.actors.engine._recovery import Leased, orphaned
 from herder.actors.engine._retry import (
+    GIVEN_UP_ERROR,
     Escalate,
     GiveUp,
     RetryIn,
@@ -285,7 +286,9 @@ class Machine:
         self.put_step(run, st, new)
         if isinstance(verdict, RetryIn):
             self.counters["retried"] += 1
-            log_step(f"failed, will retry: {error}", run.record.id, st)
+            given_up = GIVEN_UP_ERROR in types  # (its agent gave it up: not charged)
+            what = "given up, not charged: it runs again" if given_up else "failed, will retry"
+            log_step(f"{what}: {error}", run.record.id, st)
             if verdict.delay <= 0:
                 self.enqueue(run, st.name, compensating=new.state is StepState.COMPENSATING)
             return
