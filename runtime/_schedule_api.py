@@ -35,7 +35,8 @@ def _changing(mixin: object, change: Callable[[], _T]) -> _T:
     try:
         return change()
     except (StoreClosed, LeaseLost) as exc:
-        raise stopped(_runtime(mixin), exc, "the schedule was not changed") from exc
+        error = stopped(_runtime(mixin), exc, "the schedule was not changed")
+        raise error  # noqa: B904 (stopped() sets its cause: "from exc" made exc its own)
 
 
 def _active_firer(mixin: object) -> Firer:

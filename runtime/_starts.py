@@ -103,7 +103,7 @@ def submit_creations(
     try:
         writer = rt._store.writer
     except StoreClosed as exc:  # (closed by a stop since the start's checks)
-        raise stopped(rt, exc) from exc
+        raise stopped(rt, exc)  # noqa: B904 (stopped() sets its cause; not exc's own)
     if not marked:  # (every start but the first few of each definition)
         writer.submit_many(group, callback, halts=halts)
         return
@@ -205,7 +205,7 @@ def existing_workflow(rt: Runtime, workflow_id: str) -> WorkflowRecord | None:
     try:
         return None if store.surely_new(workflow_id) else store.get_workflow(workflow_id)
     except StoreClosed as exc:
-        raise stopped(rt, exc) from exc
+        raise stopped(rt, exc)  # noqa: B904 (stopped() sets its cause; not exc's own)
 
 
 def taken_by(store: Store, new: NewStart) -> WorkflowRecord:

@@ -501,3 +501,25 @@ def test_a_new_schedule_is_created_when_stored_so_no_slot_after_created_is_passe
         record = ScheduleRecord.from_dict(rt._store.get("schedules", schedule_key("tick")))
         first = (int(record.created * 1000) // 1000 + 1) * 1000  # the first after created
         assert fired(rt)[0] == slot_id("tick", first)
+
+
+@pytest.mark.timeout(60)
+def test_a_lease_lost_by_a_schedule_change_of_a_running_runtime_is_not_its_own_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schedule change (or a start) that meets a LeaseLost or StoreClosed while the
+    runtime is not stopping raises that error as it came: it was raised "from" itself, its
+    own ``__cause__``, and code walking an error's causes looped for ever."""
+    from herder.store import LeaseLost
+
+    with open_runtime(tmp_path, FakeClock(start=1.8e9)) as rt:
+        rt.schedule("s", "job", every=60)
+        assert rt._firer is not None
+
+        def deposed(name: str, paused: bool) -> None:
+            raise LeaseLost("another runtime took the lease")
+
+        monkeypatch.setattr(rt._firer, "pause", deposed)
+        with pytest.raises(LeaseLost) as raised:
+            rt.pause_schedule("s")
+        assert raised.value.__cause__ is not raised.value
