@@ -10,9 +10,9 @@ import functools
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _held_news import hold_commit_news
 
 from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
 from herder.runtime.testing import settle, wait_until
@@ -187,24 +187,7 @@ def test_an_attempt_whose_commit_was_on_its_way_when_its_agent_moved_runs_unchar
     """Added again with async def actions while an attempt's DISPATCHED was being written:
     the thread host it left had stopped its instances, and the attempt was lost as a crash,
     charged (with max_attempts=1 its workflow failed, its action never run)."""
-    from herder.store import _writer
-
-    armed, held, release = threading.Event(), threading.Event(), threading.Event()
-    submit = _writer.Writer.submit_batch
-
-    def slow_batch(self: Any, *args: Any) -> Any:  # (ops, effects, count, sink, watch)
-        if armed.is_set():  # every commit's news waits, from here until the release
-            inner = args[3]
-
-            def sink(*news: Any) -> None:  # the commit is durable; its news waits
-                held.set()
-                release.wait(WAIT)
-                inner(*news)
-
-            args = (*args[:3], sink, *args[4:])
-        return submit(self, *args)
-
-    monkeypatch.setattr(_writer.Writer, "submit_batch", slow_batch)
+    armed, held, release = hold_commit_news(monkeypatch)
     once = RetryPolicy(max_attempts=1)
     with Runtime(tmp_path / "s", agent_host=host) as rt:
         rt.add_agent("d", Sync)

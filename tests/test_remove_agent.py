@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _held_news import hold_commit_news
 from _supervision_kit import Abandoned
 
 from herder.actors._hosted import Hosted, HostedAgents, Instance
@@ -188,24 +189,7 @@ def test_a_name_removed_while_its_attempt_commits_is_kept_for_that_attempt(
     """On the thread host the remove lets the reserved instance go at once; the name was
     then forgotten (its lane dropped) while the engine still held the attempt, and the
     commit's effect (send it) raised KeyError on the Scheduler, which crashed."""
-    from herder.store import _writer
-
-    armed, held, release = threading.Event(), threading.Event(), threading.Event()
-    submit = _writer.Writer.submit_batch
-
-    def slow_batch(self: Any, *args: Any) -> Any:  # (ops, effects, count, sink, watch)
-        if armed.is_set():  # every commit's news waits, from here until the release
-            inner = args[3]
-
-            def sink(*news: Any) -> None:  # the commit is durable; its news waits
-                held.set()
-                release.wait(WAIT)
-                inner(*news)
-
-            args = (*args[:3], sink, *args[4:])
-        return submit(self, *args)
-
-    monkeypatch.setattr(_writer.Writer, "submit_batch", slow_batch)
+    armed, held, release = hold_commit_news(monkeypatch)
     with Runtime(tmp_path / "s", agent_host="thread") as rt:
         rt.add_agent("d", functools.partial(Dev, 1))
         rt.add_workflow(Workflow("w").step("s", agent="d", action="go", timeout=30))
@@ -351,24 +335,7 @@ def test_an_attempt_whose_commit_was_on_its_way_at_remove_agent_never_starts_nor
     hosts it started once durable, after remove_agent returned; on the thread host it was lost as
     a crash, charged (with max_attempts=1 its workflow failed, its action never run). It
     goes back uncharged, and runs once the agent is added again."""
-    from herder.store import _writer
-
-    armed, held, release = threading.Event(), threading.Event(), threading.Event()
-    submit = _writer.Writer.submit_batch
-
-    def slow_batch(self: Any, *args: Any) -> Any:  # (ops, effects, count, sink, watch)
-        if armed.is_set():  # every commit's news waits, from here until the release
-            inner = args[3]
-
-            def sink(*news: Any) -> None:  # the commit is durable; its news waits
-                held.set()
-                release.wait(WAIT)
-                inner(*news)
-
-            args = (*args[:3], sink, *args[4:])
-        return submit(self, *args)
-
-    monkeypatch.setattr(_writer.Writer, "submit_batch", slow_batch)
+    armed, held, release = hold_commit_news(monkeypatch)
     Counts.runs = []
     once = RetryPolicy(max_attempts=1)
     cls = AsyncCounts if host == "async" else Counts
