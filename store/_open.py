@@ -56,14 +56,14 @@ def open_lmdb(path: str | os.PathLike[str], **options: Any) -> lmdb.Environment:
     ``options``. A ``data.mdb`` cut short is refused first: mapped, it would kill the
     process with SIGBUS at the first read past its end."""
     check_not_truncated(pathlib.Path(path))
+    settings: dict[str, Any] = {"lock": True, **options}
     return lmdb.open(
         str(path),
         max_dbs=MAX_DBS,
         subdir=True,
-        lock=True,
         readahead=False,
         max_readers=MAX_READERS,
-        **options,
+        **settings,
     )
 
 
@@ -208,6 +208,7 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
         )
     if never_committed(path):
         raise never_set_up(path)
+    refuse_foreign(path)
     options: dict[str, Any] = {"readonly": True}
     if write:  # the size the store has; the settings every writer uses
         options = {"map_size": 0, "create": False, "sync": True, "metasync": True}
@@ -237,10 +238,7 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
         env.close()
         if empty:  # (created, and nothing committed: its first open failed, or is under way)
             raise never_set_up(path) from exc
-        raise StoreError(
-            f"{path} is not a herder store (its {name!r} database is missing, which every "
-            "herder store has): check --store; nothing was written to it"
-        ) from exc
+        raise not_a_store(path, name) from exc
     except lmdb.Error as exc:
         env.close()
         raise translate(exc, f"cannot read store {path}") from exc
@@ -248,6 +246,48 @@ def open_existing(path: pathlib.Path, *, write: bool) -> tuple[lmdb.Environment,
         env.close()
         raise
     return env, handles
+
+
+def refuse_foreign(path: pathlib.Path) -> None:
+    """Refuse a directory whose ``data.mdb`` is no herder store's, and write nothing to it.
+
+    Opening an environment creates its ``lock.mdb``: a read-only command pointed at
+    another program's LMDB directory (or a stray ``data.mdb``) left one there before it
+    said "not a herder store". So where there is no ``lock.mdb`` yet the environment is
+    first looked at without LMDB's locks, which creates and writes nothing (and without
+    a ``lock.mdb`` no process has it open to write under the look). Where there is one,
+    LMDB opened the directory before and the open that follows creates nothing; a look
+    that fails as a runtime creates the store meanwhile leaves the verdict to that open."""
+    if (path / "lock.mdb").exists():
+        return
+    try:
+        env = open_lmdb(path, readonly=True, lock=False)
+    except lmdb.Error as exc:
+        if (path / "lock.mdb").exists():
+            return
+        what = f"cannot open LMDB environment at {path} (nothing was written to it)"
+        raise translate(exc, what) from exc
+    try:
+        with env.begin() as txn:
+            empty = not txn.cursor().first()
+            missing = [n for n in DATABASES if n not in ADDED_LATER and txn.get(n.encode()) is None]
+    except lmdb.Error:
+        return  # (the open that follows says what is wrong)
+    finally:
+        env.close()
+    if empty:
+        raise never_set_up(path)
+    if missing and not (path / "lock.mdb").exists():
+        raise not_a_store(path, missing[0])
+
+
+def not_a_store(path: pathlib.Path, missing: str) -> StoreError:
+    """The error for an LMDB environment that lacks a database every herder store has."""
+    return StoreError(
+        f"{path} is not a herder store (its {missing!r} database is missing, which every "
+        "herder store has): check --store, and pass the directory a herder runtime "
+        "created; nothing was written to it"
+    )
 
 
 def never_set_up(path: pathlib.Path) -> StoreError:

@@ -448,3 +448,39 @@ def test_a_writer_open_refuses_another_programs_lmdb_environment_and_writes_noth
         env.close()
     with Store(tmp_path / "empty") as store:  # an empty directory becomes a store, as ever
         assert store.count("workflows") == 0
+
+
+def _listing(path: pathlib.Path) -> dict[str, tuple[int, float, bytes]]:
+    """Each file of ``path``: its size, mtime and bytes."""
+    return {p.name: (p.stat().st_size, p.stat().st_mtime, p.read_bytes()) for p in path.iterdir()}
+
+
+@pytest.mark.timeout(60)
+def test_a_read_only_open_of_a_directory_that_is_no_store_leaves_it_untouched(
+    tmp_path: pathlib.Path,
+) -> None:
+    # `herder ls/stats/check/inbox --store DIR`, pointed at another program's LMDB
+    # directory (its data.mdb without a lock.mdb, as a copy leaves it) or at a stray
+    # data.mdb, created a lock.mdb there before it said "not a herder store ...;
+    # nothing was written to it".
+    other = tmp_path / "other"
+    env = lmdb.open(str(other))
+    with env.begin(write=True) as txn:
+        txn.put(b"user:1", b"ada")
+    env.close()
+    (other / "lock.mdb").unlink()
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "data.mdb").write_bytes(b"not lmdb " * 600)
+    for path, says in ((other, "not a herder store"), (stray, "not an LMDB file")):
+        before = _listing(path)
+        for mode in ("readonly", "client"):
+            with pytest.raises(StoreError, match=rf"{says}.*") as e:
+                Store(path, mode=mode)  # type: ignore[arg-type]
+            assert "nothing was written to it" in str(e.value)
+            assert _listing(path) == before
+    with Store(tmp_path / "s") as store:  # a store without its lock.mdb (a restored copy)
+        store.writer.submit(Transition(ops=(Put("meta", b"k", encode(1)),))).result(timeout=30)
+    (tmp_path / "s" / "lock.mdb").unlink()
+    with Store(tmp_path / "s", readonly=True) as store:  # still opens
+        assert store.get("meta", b"k") == 1
