@@ -34,7 +34,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from herder.store._errors import StoreError, StoreLocked
+from herder.store._errors import StoreError, StoreIOError, StoreLocked
 
 if TYPE_CHECKING:
     from herder.store._lease import Lease
@@ -44,6 +44,9 @@ HOST = socket.gethostname()
 LOCK_FILE = "herder.lock"
 """herder's own lock: the runtime that writes the store holds its flock."""
 LMDB_LOCK = "lock.mdb"
+LOCK_TABLE_BYTES = 8192
+"""The size LMDB gives ``lock.mdb`` for a store's 126 reader slots (``MAX_READERS``): a
+192-byte header that holds one 64-byte slot, and 125 slots more."""
 COMPACTING = "herder.compacting"
 """Written by ``herder compact`` (its pid) while it holds the flock, so that whoever meets
 the flock held can say a compact holds it, not a runtime."""
@@ -98,6 +101,30 @@ def check_lock_table(path: str | os.PathLike[str]) -> None:
             f"store. Nothing was written. Restart the runtime (it then uses the new "
             f"{LMDB_LOCK}), run `herder check --store {path}`, then send the command again"
         )
+
+
+def reserve_lock_table(path: pathlib.Path) -> None:
+    """Create the ``lock.mdb`` of the store at ``path``, its blocks allocated, if it has
+    none. LMDB makes it a sparse file and writes it through a shared mapping: on a full
+    disk the first write that needed a block killed the process with SIGBUS
+    (``Store(new_path)``, a reader of a copy without its ``lock.mdb``). Allocated here,
+    a full disk is a :class:`StoreIOError`; where the file system cannot allocate ahead
+    (or the directory is not ours to write), LMDB goes on as before."""
+    lock = path / LMDB_LOCK
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:  # (there is one; or LMDB's own open says what is wrong)
+        return
+    try:
+        os.posix_fallocate(fd, 0, LOCK_TABLE_BYTES)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            raise StoreIOError(
+                f"cannot create the lock table of store {path} ({LMDB_LOCK}): "
+                f"{exc.strerror}; check free disk space, then retry"
+            ) from exc
+    finally:
+        os.close(fd)
 
 
 def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:

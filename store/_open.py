@@ -20,7 +20,13 @@ from herder.store import _recent as recent
 from herder.store._codec import decode, encode, legacy_int
 from herder.store._errors import SchemaTooNew, StoreCorrupt, StoreError, StoreIOError
 from herder.store._fence import begin_fenced, refuse_stopped
-from herder.store._locktable import LOCK_FILE, check_lock_table, is_held
+from herder.store._locktable import (
+    LMDB_LOCK,
+    LOCK_FILE,
+    check_lock_table,
+    is_held,
+    reserve_lock_table,
+)
 from herder.store._metapage import check_not_truncated, never_committed
 from herder.store._recent import RECENT_AT_DB, RECENT_DB
 from herder.store._records import SCHEMA_VERSION
@@ -54,9 +60,12 @@ def open_lmdb(path: str | os.PathLike[str], **options: Any) -> lmdb.Environment:
     """``lmdb.open`` of a store directory with the settings every opener shares (room
     for the named databases, LMDB's lock table, no readahead, the reader slots) plus
     ``options``. A ``data.mdb`` cut short is refused first: mapped, it would kill the
-    process with SIGBUS at the first read past its end."""
+    process with SIGBUS at the first read past its end; and a missing ``lock.mdb`` is
+    created with its blocks allocated (:func:`reserve_lock_table`), for the same reason."""
     check_not_truncated(pathlib.Path(path))
     settings: dict[str, Any] = {"lock": True, **options}
+    if settings["lock"]:
+        reserve_lock_table(pathlib.Path(path))
     return lmdb.open(
         str(path),
         max_dbs=MAX_DBS,
@@ -258,12 +267,12 @@ def refuse_foreign(path: pathlib.Path) -> None:
     a ``lock.mdb`` no process has it open to write under the look). Where there is one,
     LMDB opened the directory before and the open that follows creates nothing; a look
     that fails as a runtime creates the store meanwhile leaves the verdict to that open."""
-    if (path / "lock.mdb").exists():
+    if (path / LMDB_LOCK).exists():
         return
     try:
         env = open_lmdb(path, readonly=True, lock=False)
     except lmdb.Error as exc:
-        if (path / "lock.mdb").exists():
+        if (path / LMDB_LOCK).exists():
             return
         what = f"cannot open LMDB environment at {path} (nothing was written to it)"
         raise translate(exc, what) from exc
@@ -277,7 +286,7 @@ def refuse_foreign(path: pathlib.Path) -> None:
         env.close()
     if empty:
         raise never_set_up(path)
-    if missing and not (path / "lock.mdb").exists():
+    if missing and not (path / LMDB_LOCK).exists():
         raise not_a_store(path, missing[0])
 
 

@@ -3,23 +3,29 @@ spinning, and it resumes by itself once space returns.
 
 Two ways to fill the disk: the writer's ``fault`` hook raising ENOSPC (deterministic,
 on the fake clock), and a real one in a subprocess whose file size limit
-(``RLIMIT_FSIZE``, which needs no root) stops LMDB's writes with EFBIG mid-run.
+(``RLIMIT_FSIZE``, which needs no root) stops LMDB's writes with EFBIG mid-run; and,
+where mounting is permitted, a small tmpfs filled to its last block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from herder.runtime import Agent, Runtime, State, StepContext, StepState, StoreError, Workflow
 from herder.runtime.testing import FakeClock, advance, settle, wait_until
 from herder.store import Store, append_command, new_command, wait_outcome
+from herder.store._locktable import LOCK_TABLE_BYTES
+from herder.store._open import MAX_READERS
 
 WAIT = 10.0
 CHILD = Path(__file__).with_name("disk_full_child.py")
@@ -238,3 +244,70 @@ def test_opening_a_store_on_a_full_disk_is_a_store_io_error_that_says_so(tmp_pat
     report = _child(tmp_path / "s", "open")
     assert report["error"] == "StoreIOError", report
     assert "check free disk space" in report["message"]
+
+
+OPEN_ON_A_FULL_DISK = """
+import sys
+from herder.store import Store, StoreIOError
+for path, mode in (sys.argv[1:3], sys.argv[3:5]):
+    try:
+        Store(path, mode=mode).close()
+        print("opened")
+    except StoreIOError as exc:
+        print(f"StoreIOError: {exc}")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_opening_a_store_on_a_disk_without_a_free_block_is_an_error_not_sigbus(
+    tmp_path: Path,
+) -> None:
+    # LMDB creates lock.mdb as a sparse file and writes it through a shared mapping: on a
+    # disk with no block free, Store(new_path) (and a reader of a copy without its
+    # lock.mdb) died with SIGBUS, no message. A real full file system: a small tmpfs.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r:.200}")
+    try:
+        Store(disk / "copy").close()
+        (disk / "copy" / "lock.mdb").unlink()  # (a copy of a store's data.mdb)
+        _fill(disk / "fill")
+        opens = (str(disk / "new"), "writer", str(disk / "copy"), "readonly")
+        done = subprocess.run(
+            [sys.executable, "-c", OPEN_ON_A_FULL_DISK, *opens],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+        lines = done.stdout.splitlines()
+        assert len(lines) == 2, done.stdout
+        assert all("lock table" in s and "check free disk space" in s for s in lines), lines
+    finally:
+        subprocess.run(["umount", str(disk)], timeout=30, check=False)
+
+
+def _fill(path: Path) -> None:
+    """Take every free block of the file system ``path`` is on."""
+    with open(path, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    assert shutil.disk_usage(path.parent).free < 4096
+
+
+def test_the_lock_table_reserved_is_the_size_lmdb_makes_it(tmp_path: Path) -> None:
+    # (were it smaller, LMDB would extend it sparse again; larger, it would hold more
+    # reader slots than MAX_READERS)
+    env = lmdb.open(str(tmp_path / "plain"), max_readers=MAX_READERS)
+    env.close()
+    assert (tmp_path / "plain" / "lock.mdb").stat().st_size == LOCK_TABLE_BYTES
+    Store(tmp_path / "s").close()
+    assert (tmp_path / "s" / "lock.mdb").stat().st_size == LOCK_TABLE_BYTES
