@@ -27,6 +27,7 @@ from herder.runtime._console import (
 )
 from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime._status import WorkflowStatus, in_plan_order
+from herder.runtime._tally import tally
 from herder.store import (
     Plan,
     StepRecord,
@@ -292,23 +293,11 @@ def store_stats(store: Store, corrupt: list[StoreCorrupt] | None = None) -> dict
     workflows are those the writer keeps, where it keeps them (``rt.stats()``'s, as of
     one instant; the scan of a busy store reads each record at another)."""
     kept = store.kept_workflow_counts()
-    workflows: Counter[str] = Counter(dict.fromkeys(map(str, WorkflowState), 0))
-    steps: Counter[str] = Counter(dict.fromkeys(map(str, StepState), 0))
-    retries = compensation_retries = 0
     report, corrupt = corrupt is None, [] if corrupt is None else corrupt
-    view = _Reader(store)  # its plans show steps without a record as PENDING
-    for record in store.workflows(corrupt=corrupt):
-        workflows[str(record.state)] += 1
-        try:
-            records = view.steps(record)
-        except StoreCorrupt as exc:
-            corrupt.append(exc)
-            continue
-        for st in records:
-            steps[str(st.state)] += 1
-            retries += max(0, st.attempt - 1)
-            compensation_retries += max(0, st.comp_attempt - 1)
+    view = _Reader(store)  # its plans: a step without a record counts as PENDING
+    counted = tally(store, view.plan, corrupt)
     corrupt += view.corrupt  # definitions that could not be read
+    workflows = counted.workflows
     if kept is not None:  # (an unreadable record, kept as no state of ours: in corrupt)
         workflows = Counter({state: kept.get(state, 0) for state in workflows})
     resources = stored_resources(store, corrupt)
@@ -319,9 +308,9 @@ def store_stats(store: Store, corrupt: list[StoreCorrupt] | None = None) -> dict
         "schema_version": store.schema_version,
         "incarnation": store.incarnation,
         "workflows": dict(workflows),
-        "steps": dict(steps),
-        "retries": retries,
-        "compensation_retries": compensation_retries,
+        "steps": dict(counted.steps),
+        "retries": counted.retries,
+        "compensation_retries": counted.compensation_retries,
         "timers": store.count("timers"),
         "definitions": store.count("definitions"),
         "corrupt": len(corrupt),

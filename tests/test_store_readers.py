@@ -135,15 +135,15 @@ def test_herder_stats_counts_the_workflows_as_of_one_instant(
         submit = store.writer.submit
         ops = (put("a", WorkflowState.RUNNING), put("b", WorkflowState.RUNNING))
         submit(Transition(ops=ops)).result(timeout=10)
-        real, moved = store.steps_of, []
+        real, moved = store.get_plan, []
 
-        def steps_of(workflow_id: str) -> list[Any]:  # the runtime finishes both mid-scan
-            if not moved:
+        def get_plan(name: str, version: int) -> Any:  # the runtime finishes both mid-scan
+            if not moved:  # (read for the first workflow scanned, before the second)
                 ops = (put("a", WorkflowState.SUCCEEDED), put("b", WorkflowState.SUCCEEDED))
                 moved.append(submit(Transition(ops=ops)).result(timeout=10))
-            return real(workflow_id)
+            return real(name, version)
 
-        monkeypatch.setattr(store, "steps_of", steps_of)
+        monkeypatch.setattr(store, "get_plan", get_plan)
         counted = store_stats(store, corrupt=[])["workflows"]
     assert moved
     assert (counted["RUNNING"], counted["SUCCEEDED"]) in {(2, 0), (0, 2)}
