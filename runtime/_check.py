@@ -54,7 +54,7 @@ from herder.actors.engine import (
 from herder.runtime._check_history import HistoryCheck, States
 from herder.runtime._check_index import IndexCheck
 from herder.runtime._check_order import check_order
-from herder.runtime._check_report import CheckReport, Problem
+from herder.runtime._check_report import LISTED, CheckReport, Problem
 from herder.runtime._check_timers import TimerIndex, act
 from herder.runtime._console import CountLine, dump_json, reader_left
 from herder.runtime._routing import template_fields
@@ -128,7 +128,7 @@ class _Checker:
         self.index = IndexCheck(snap, self.problem)
 
     def problem(self, db: str, key: bytes, message: str) -> None:
-        self.report.problems.append(Problem(db, key, message))
+        self.report.add(Problem(db, key, message))
 
     def load(
         self, db: str, key: bytes, raw: bytes, parse: Callable[[Any], _R], *, is_map: bool = True
@@ -389,6 +389,8 @@ def _print(out: TextIO, report: CheckReport, path: object, *, as_json: bool) -> 
     if report.ok:
         out.write(f"ok: {path}: {counts} checked, no problems\n")
         return
-    out.write(f"{len(report.problems)} problems in {path} ({counts} checked):\n")
+    out.write(f"{report.found} problems in {path} ({counts} checked):\n")
     for problem in report.problems:
         out.write(f"  {problem}\n")
+    if report.more_problems:
+        out.write(f"  ... and {report.more_problems} more (the first {LISTED} are listed)\n")

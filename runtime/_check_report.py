@@ -28,21 +28,40 @@ class Problem:
         return f"{self.db} {self.key!r}: {self.message}"
 
 
+LISTED = 1000
+"""Problems a report holds; past them it counts (a store damaged throughout has a problem
+per record: half a million held 1 GB, and a listing that long is read by no one)."""
+
+
 @dataclass
 class CheckReport:
-    """What :func:`check_store` looked at and every problem it found."""
+    """What :func:`check_store` looked at and the problems it found: the first
+    :data:`LISTED` of them, and how many more (``more_problems``)."""
 
     problems: list[Problem] = field(default_factory=list)
+    more_problems: int = 0
     workflows: int = 0
     steps: int = 0
     timers: int = 0
     definitions: int = 0
     incarnation: int = 0
 
+    def add(self, problem: Problem) -> None:
+        """Note ``problem``: held while fewer than :data:`LISTED` are, else counted."""
+        if len(self.problems) < LISTED:
+            self.problems.append(problem)
+        else:
+            self.more_problems += 1
+
     @property
     def ok(self) -> bool:
         """True when no invariant is broken."""
         return not self.problems
+
+    @property
+    def found(self) -> int:
+        """How many problems were found, those held and those counted."""
+        return len(self.problems) + self.more_problems
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data."""
@@ -54,4 +73,5 @@ class CheckReport:
             "definitions": self.definitions,
             "incarnation": self.incarnation,
             "problems": [p.to_dict() for p in self.problems],
+            "more_problems": self.more_problems,
         }

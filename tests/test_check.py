@@ -214,6 +214,29 @@ def test_the_cli_exits_one_on_problems_though_its_reader_left(
     assert error == b""
 
 
+@pytest.mark.timeout(60)
+def test_a_store_damaged_throughout_lists_a_thousand_problems_and_counts_the_rest(
+    damaged: Callable[[list[Put | Delete]], Path],
+) -> None:
+    """``herder check`` held every problem it found, and ``--json`` printed them all in
+    one document: a store damaged throughout (a problem per record) took 1 GB for half a
+    million. It holds and lists the first 1,000 and counts the rest; the exit code is 1."""
+    ghosts = [Put("steps", step_key(f"ghost-{n}", "x"), encode({"v": 1})) for n in range(2500)]
+    path = damaged(ghosts)
+    out = io.StringIO()
+    assert main(["check", "--store", str(path), "--json"], out) == 1
+    report = json.loads(out.getvalue())
+    assert report["ok"] is False
+    assert len(report["problems"]) == 1000
+    assert report["more_problems"] == 1500
+    out = io.StringIO()
+    assert main(["check", "--store", str(path)], out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(f"2500 problems in {path}")
+    assert len(lines) == 1 + 1000 + 1
+    assert lines[-1] == "  ... and 1500 more (the first 1000 are listed)"
+
+
 def test_a_missing_timer_entry_is_reported_by_its_key(
     damaged: Callable[[list[Put | Delete]], Path],
 ) -> None:
