@@ -60,22 +60,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of the ``herder`` console script; returns the exit code."""
     out = out or sys.stdout
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _PASS_THROUGH:  # their own parsers take the rest, options too
-        try:
-            return _PASS_THROUGH[argv[0]](argv[1:], out)
-        except BrokenPipeError:  # `herder demo | head`
-            return _reader_left()
-    args = _parser().parse_args(argv)
-    require_store(args)
+    name = "herder"  # (as a message names the command, once it is known)
     try:
-        code: int = args.func(args, out)
-    except BrokenPipeError:  # `herder ls | head`
+        if argv and argv[0] in _PASS_THROUGH:  # their own parsers take the rest, options too
+            name = f"herder {argv[0]}"
+            return _PASS_THROUGH[argv[0]](argv[1:], out)
+        args = _parser().parse_args(argv)
+        name = f"herder {args.command}"
+        require_store(args)
+        try:
+            code: int = args.func(args, out)
+        except HerderError as exc:
+            sys.stderr.write(f"{name}: {exc}\n")
+            return int(getattr(args, "error_exit", 1))  # (check: 3, apart from its problems)
+    except BrokenPipeError:  # `herder ls | head`, `herder demo | head`
         return _reader_left()
-    except HerderError as exc:
-        sys.stderr.write(f"herder {args.command}: {exc}\n")
-        return int(getattr(args, "error_exit", 1))  # (check: 3, apart from its problems)
-    except KeyboardInterrupt:  # Ctrl-C while a command reads or waits: no traceback
-        sys.stderr.write(f"herder {args.command}: interrupted\n")
+    except KeyboardInterrupt:  # Ctrl-C while a command starts, reads or waits: no traceback
+        sys.stderr.write(f"{name}: interrupted\n")
         return 130
     return code
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
-from herder.runtime._cli import main
+from herder.runtime._cli import _PASS_THROUGH, main
 from herder.store import Store, pending_commands
 
 FAST = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=0.0)
@@ -202,6 +202,38 @@ def test_ctrl_c_in_a_command_exits_130_without_a_traceback(
         pytest.fail("Ctrl-C escaped herder's CLI as a traceback")
     assert code == 130
     assert capsys.readouterr().err == "herder ls: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "seam", "said"),
+    [
+        (["ls", "--store", "s"], "herder.runtime._cli._parser", "herder"),
+        (["ls", "--store", "s"], "herder.runtime._cli.require_store", "herder ls"),
+        (["demo", "--workflows", "1"], "herder.runtime._cli._demo", "herder demo"),
+    ],
+    ids=["parsing", "checking-usage", "demo-loading"],
+)
+def test_ctrl_c_while_a_command_starts_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    seam: str,
+    said: str,
+) -> None:
+    # Only the command's own work was guarded: a Ctrl-C while its arguments were parsed
+    # or `herder demo` (or bench) loaded its module ended in a KeyboardInterrupt traceback.
+    def interrupted(*args: object) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(seam, interrupted)
+    if seam.endswith("_demo"):
+        monkeypatch.setitem(_PASS_THROUGH, "demo", interrupted)
+    try:
+        code = main(argv, io.StringIO())
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped herder's CLI as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == f"{said}: interrupted\n"
 
 
 class _Terminal(io.StringIO):
