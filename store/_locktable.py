@@ -108,15 +108,18 @@ def reserve_lock_table(path: pathlib.Path) -> None:
     none. LMDB makes it a sparse file and writes it through a shared mapping: on a full
     disk the first write that needed a block killed the process with SIGBUS
     (``Store(new_path)``, a reader of a copy without its ``lock.mdb``). Allocated here,
-    a full disk is a :class:`StoreIOError`; where the file system cannot allocate ahead
-    (or the directory is not ours to write), LMDB goes on as before."""
+    a full disk is a :class:`StoreIOError`; where the system or file system cannot
+    allocate ahead (or the directory is not ours to write), LMDB goes on as before."""
+    allocate = getattr(os, "posix_fallocate", None)  # (not on macOS)
+    if allocate is None:
+        return
     lock = path / LMDB_LOCK
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError:  # (there is one; or LMDB's own open says what is wrong)
         return
     try:
-        os.posix_fallocate(fd, 0, LOCK_TABLE_BYTES)
+        allocate(fd, 0, LOCK_TABLE_BYTES)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
             raise StoreIOError(
