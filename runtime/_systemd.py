@@ -3,6 +3,10 @@
 A service started with ``Type=notify`` gets ``NOTIFY_SOCKET`` (a unix datagram socket;
 a leading ``@`` means the abstract namespace); with ``WatchdogSec=`` also
 ``WATCHDOG_USEC`` (and ``WATCHDOG_PID``). Without ``NOTIFY_SOCKET`` every call is a no-op.
+
+A send to that socket waits while its queue is full (systemd is busy, or a notify proxy
+stopped reading): a message waits at most :data:`SEND_WAIT` seconds, a watchdog ping not
+at all, and neither is then sent.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from herder.store import get_logger
 
 _log = get_logger("herder.systemd")
 
+SEND_WAIT = 1.0
+"""Seconds :func:`notify` waits for room in the socket's queue: a blocking send waited
+for ever, and the daemon then never exited after its SIGTERM (its STOPPING=1)."""
+
 
 def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
     """Send ``state`` (e.g. ``"READY=1"``) to systemd; False if not run under notify.
@@ -26,26 +34,38 @@ def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
     address = env.get("NOTIFY_SOCKET")
     if not address:
         return False
+    failure = _send(address, state, SEND_WAIT)
+    if failure is not None:
+        _log.warning("could not notify systemd at %s: %s", address, failure)
+    return failure is None
+
+
+def _send(address: str, state: str, wait: float) -> OSError | None:
+    """Send ``state`` to ``address``, waiting up to ``wait`` s for room; the error if not."""
     if address.startswith("@"):
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(wait)
             sock.connect(address)
             sock.sendall(state.encode())
     except OSError as exc:
-        _log.warning("could not notify systemd at %s: %s", env.get("NOTIFY_SOCKET"), exc)
-        return False
-    return True
+        return exc
+    return None
 
 
 class Watchdog:
     """Sends ``WATCHDOG=1`` when :meth:`ping` is called by a health check, at most twice
     per ``WATCHDOG_USEC`` (systemd's advice); disabled when systemd asked for none or
-    ``WATCHDOG_PID`` names another process."""
+    ``WATCHDOG_PID`` names another process.
+
+    A ping never waits for room in the socket's queue: it is called from the Supervisor's
+    sweep, which delivers the timers and renews the lease, and the next one comes half a
+    period later."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        self._env = env
+        self._address = env.get("NOTIFY_SOCKET", "")
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         mine = not pid or pid == str(os.getpid())
@@ -55,10 +75,14 @@ class Watchdog:
 
     def ping(self) -> None:
         """The caller's health check passed: tell systemd if it is time to."""
-        if self.interval is None:
+        if self.interval is None or not self._address:
             return
         now = time.monotonic()
-        if now >= self._next:
-            self._next = now + self.interval
-            if notify("WATCHDOG=1", self._env):
-                self.sent += 1
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        failure = _send(self._address, "WATCHDOG=1", 0.0)
+        if failure is None:
+            self.sent += 1
+        else:
+            _log.warning("could not send WATCHDOG=1 to systemd at %s: %s", self._address, failure)

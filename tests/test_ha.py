@@ -8,6 +8,7 @@ with a short lease. The tests wait on the lines the processes print (``active <t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pathlib
@@ -514,6 +515,37 @@ def test_herder_run_speaks_the_systemd_notify_protocol(
         daemon.proc.send_signal(signal.SIGTERM)
         receive_until("STOPPING=1")
     assert daemon.proc.wait(timeout=WAIT) == 0
+
+
+def test_herder_run_stops_on_sigterm_while_systemd_reads_no_more_notifications(
+    tmp_path: pathlib.Path, daemons: list[Daemon]
+) -> None:
+    # Once the notify socket's queue was full (systemd busy, or a notify proxy that
+    # stopped reading after READY=1), each send waited for room for ever: the watchdog's
+    # ping hung the Supervisor's sweep, and the STOPPING=1 at exit the main thread, so
+    # the daemon never exited after its SIGTERM (systemd had to SIGKILL it).
+    name = f"herder-test-{uuid.uuid4().hex}"
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler,
+    ):
+        sock.bind("\0" + name)
+        sock.settimeout(WAIT)
+        daemon = Daemon(
+            tmp_path / "store", tmp_path / "effects", NOTIFY_SOCKET="@" + name, WATCHDOG_USEC="1"
+        )
+        daemons.append(daemon)
+        while "READY=1" not in sock.recv(4096).decode():
+            pass
+        filler.connect("\0" + name)
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # from now on nobody reads
+            while True:
+                filler.send(b"STATUS=filling")
+        daemon.wait_for("active")
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=WAIT) == 0, daemon.errors[-5:]
+    assert "stopped" in daemon.seen
 
 
 def test_a_sigterm_without_a_drain_stops_cleanly_and_releases_the_lease(

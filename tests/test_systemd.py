@@ -1,0 +1,62 @@
+"""The systemd notify protocol (``herder.runtime._systemd``) against a socket that
+misbehaves: one nobody reads (systemd busy, a notify proxy that stopped reading after
+READY=1) and one that is gone. ``herder run`` end to end: tests/test_ha.py."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from herder.runtime._systemd import Watchdog, notify
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def unread(tmp_path: pathlib.Path) -> Iterator[str]:
+    """A notify socket whose queue is full: nobody reads it, and a send waits for room."""
+    path = str(tmp_path / "notify")
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as reader,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler,
+    ):
+        reader.bind(path)
+        filler.connect(path)
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                filler.send(b"STATUS=filling")
+        yield path
+
+
+def test_a_message_systemd_does_not_read_is_given_up_not_waited_for_ever(unread: str) -> None:
+    # A blocking send waited for room for ever: `herder run` never exited after its
+    # SIGTERM (its last STOPPING=1 hung the main thread) until systemd killed it.
+    outcome: list[bool] = []
+    sender = threading.Thread(
+        target=lambda: outcome.append(notify("STOPPING=1", {"NOTIFY_SOCKET": unread})),
+        daemon=True,
+    )
+    sender.start()
+    sender.join(WAIT)
+    assert not sender.is_alive(), "notify() still waits for a socket nobody reads"
+    assert outcome == [False]
+
+
+def test_a_watchdog_ping_never_waits_for_systemd(unread: str) -> None:
+    # The ping is sent from the Supervisor's sweep, which delivers the timers and renews
+    # the lease: it hung there for as long as systemd read nothing.
+    dog = Watchdog({"NOTIFY_SOCKET": unread, "WATCHDOG_USEC": "1000000"})
+    pinger = threading.Thread(target=dog.ping, daemon=True)
+    began = time.monotonic()
+    pinger.start()
+    pinger.join(WAIT)
+    assert not pinger.is_alive(), "the watchdog's ping waits for a socket nobody reads"
+    assert time.monotonic() - began < 0.5  # not even notify()'s bounded wait (1 s)
+    assert dog.sent == 0
