@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Mapping
 
+from herder.runtime._once import SaidOnce
 from herder.store import get_logger
 
 _log = get_logger("herder.systemd")
@@ -61,7 +62,7 @@ class Watchdog:
 
     A ping never waits for room in the socket's queue: it is called from the Supervisor's
     sweep, which delivers the timers and renews the lease, and the next one comes half a
-    period later."""
+    period later. One that fails is logged once, until a ping gets through again."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
@@ -71,6 +72,7 @@ class Watchdog:
         mine = not pid or pid == str(os.getpid())
         self.interval = int(usec) / 2e6 if usec.isdigit() and mine and int(usec) > 0 else None
         self._next = 0.0
+        self._failing = SaidOnce(_log)  # (pinged from one thread at a time: the sweep's)
         self.sent = 0
 
     def ping(self) -> None:
@@ -84,5 +86,11 @@ class Watchdog:
         failure = _send(self._address, "WATCHDOG=1", 0.0)
         if failure is None:
             self.sent += 1
-        else:
-            _log.warning("could not send WATCHDOG=1 to systemd at %s: %s", self._address, failure)
+            self._failing.clear("ping")
+            return
+        self._failing.say(
+            "ping",
+            f"could not send WATCHDOG=1 to systemd at {self._address}: {failure} (said once "
+            "until a ping gets through; systemd stops a service whose pings stop coming)",
+            cause=str(failure),
+        )

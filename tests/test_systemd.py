@@ -5,6 +5,7 @@ READY=1) and one that is gone. ``herder run`` end to end: tests/test_ha.py."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import pathlib
 import socket
 import threading
@@ -60,3 +61,26 @@ def test_a_watchdog_ping_never_waits_for_systemd(unread: str) -> None:
     assert not pinger.is_alive(), "the watchdog's ping waits for a socket nobody reads"
     assert time.monotonic() - began < 0.5  # not even notify()'s bounded wait (1 s)
     assert dog.sent == 0
+
+
+def test_a_watchdog_that_cannot_reach_systemd_says_so_once_until_it_can_again(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A gone socket logged a WARNING at every ping (twice per WatchdogSec) for ever.
+    path = str(tmp_path / "notify")
+    dog = Watchdog({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1"})  # every ping is due
+    caplog.set_level(logging.WARNING, logger="herder.systemd")
+    for _ in range(5):
+        dog.ping()
+    assert len(caplog.records) == 1
+    assert "WATCHDOG=1" in caplog.text
+    assert path in caplog.text
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(path)
+        dog.ping()
+        assert systemd.recv(64) == b"WATCHDOG=1"
+    assert dog.sent == 1
+    pathlib.Path(path).unlink()
+    dog.ping()  # gone again after it worked: said again
+    dog.ping()
+    assert len(caplog.records) == 2
