@@ -60,9 +60,9 @@ def load_app(spec: str) -> Callable[[Runtime], Any]:
     if not callable(factory):
         raise InvalidInput(f"app module {module_name!r} has no callable {attr!r}")
 
-    def setup(rt: Runtime) -> None:
+    def setup(rt: Runtime) -> object:
         try:
-            factory(rt)
+            return factory(rt)  # (what it returns is Runtime's to judge: a coroutine?)
         except HerderError:
             raise  # (says what to do itself)
         except Exception as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import inspect
 import logging
 import os
 import sys
@@ -234,9 +235,17 @@ class Runtime(
         """Run the application's registration before anything is recovered."""
         self._in_setup = True
         try:
-            setup(self)
+            made = setup(self)
         finally:
             self._in_setup = False
+        if inspect.iscoroutine(made):  # (an async def: none of it ran, nothing registered)
+            made.close()
+            raise InvalidInput(
+                "setup (herder run: the app factory) returned a coroutine: it is an async "
+                "def, which runs only when awaited, and the runtime calls it without "
+                "awaiting, so it would register nothing. Make it a plain def: add_agent, "
+                "add_workflow and schedule are plain calls"
+            )
         # add_workflow checked the actions of the agents registered before it; one
         # registered after it (a release that renamed an action) is checked here, before
         # recovery: a recovered workflow would fail that step for good and compensate.

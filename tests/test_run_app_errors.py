@@ -44,8 +44,14 @@ def _run(tmp_path: Path, source: str, app: str) -> subprocess.CompletedProcess[s
             "app module 'broken_app' failed on import: ZeroDivisionError: division by zero (",
             "broken_app.py:1)",
         ),
+        (
+            "async def build(rt):\n    pass\n",  # called, never awaited: registered nothing
+            "broken_app:build",
+            "setup (herder run: the app factory) returned a coroutine",
+            None,  # (nor Python's "never awaited" warning, pointing at herder's line)
+        ),
     ],
-    ids=["a-class", "a-raising-factory", "a-failing-import"],
+    ids=["a-class", "a-raising-factory", "a-failing-import", "an-async-factory"],
 )
 def test_an_app_that_fails_is_reported_on_one_line(
     tmp_path: Path, source: str, app: str, said: str, where: str | None

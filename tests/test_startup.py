@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, NotActive, Runtime, StepContext, Workflow
+from herder.runtime import Agent, InvalidInput, NotActive, Runtime, StepContext, Workflow
 
 WAIT = 30.0
 JOB = Workflow("job").step("work", agent="worker", action="work")
@@ -82,5 +82,19 @@ def test_starting_work_inside_setup_is_refused_and_the_store_is_released(
 
     with pytest.raises(NotActive, match="once Runtime\\(\\) has returned"):
         Runtime(tmp_path / "s", setup=starts)
+    with Runtime(tmp_path / "s", setup=register) as rt:  # the store was closed
+        assert rt.list() == []
+
+
+def test_an_async_def_setup_is_refused_rather_than_left_unrun(tmp_path: Path) -> None:
+    # Called and never awaited, it registered nothing: the runtime (and `herder run`,
+    # whose app factory is its setup) served without an agent, Python's "coroutine was
+    # never awaited" warning the only sign, and stored workflows waited for ever.
+    async def registers(rt: Runtime) -> None:
+        register(rt)
+
+    with pytest.raises(InvalidInput, match="returned a coroutine") as refused:
+        Runtime(tmp_path / "s", setup=registers)
+    assert "plain def" in str(refused.value)
     with Runtime(tmp_path / "s", setup=register) as rt:  # the store was closed
         assert rt.list() == []
