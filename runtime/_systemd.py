@@ -21,9 +21,11 @@ from herder.store import get_logger
 
 _log = get_logger("herder.systemd")
 
-SEND_WAIT = 1.0
+SEND_WAIT = 5.0
 """Seconds :func:`notify` waits for room in the socket's queue: a blocking send waited
-for ever, and the daemon then never exited after its SIGTERM (its STOPPING=1)."""
+for ever, and the daemon then never exited after its SIGTERM (its STOPPING=1). Long
+enough for a busy systemd to take a READY=1 (systemd bounds its own logging sends the
+same way), short enough for a stop under the unit's ``TimeoutStopSec``."""
 
 
 def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:

@@ -59,7 +59,7 @@ def test_a_watchdog_ping_never_waits_for_systemd(unread: str) -> None:
     pinger.start()
     pinger.join(WAIT)
     assert not pinger.is_alive(), "the watchdog's ping waits for a socket nobody reads"
-    assert time.monotonic() - began < 0.5  # not even notify()'s bounded wait (1 s)
+    assert time.monotonic() - began < 0.5  # not even notify()'s bounded wait (5 s)
     assert dog.sent == 0
 
 
