@@ -70,16 +70,24 @@ def _take_signals(
     ``remove_signal_handler`` leaves none, so an application's own shutdown handler
     would be lost; asyncio has no public way to read that handler. The unix loops keep
     theirs in the private ``loop._signal_handlers`` (signal -> ``asyncio.Handle``), read
-    here. A loop without that table (uvloop, ...) gets nothing to give back: its
-    handlers are then only removed on return, as its public API allows.
+    here. A loop without that table (uvloop, ...) has no handler of its own to give
+    back: its handlers are then only removed on return, as its public API allows, and
+    the process's handler before is put back, unless it was the loop's own dispatcher
+    (uvloop's, serving a handler added on the loop: it would dispatch to nothing).
     """
     table = getattr(loop, "_signal_handlers", None)
-    held: list[_Held] = [(sig, None, None) for sig in signals]
+    held: list[_Held] = [(sig, None, _process_handler(loop, sig)) for sig in signals]
     if isinstance(table, dict):
         held = [(sig, table.get(sig), signal.getsignal(sig)) for sig in signals]
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     return held
+
+
+def _process_handler(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> Any:
+    """The process's handler for ``sig`` to give back; None for the loop's own."""
+    handler = signal.getsignal(sig)
+    return None if getattr(handler, "__self__", None) is loop else handler
 
 
 def _give_back_signals(loop: asyncio.AbstractEventLoop, held: list[_Held]) -> None:

@@ -408,6 +408,50 @@ def test_on_a_loop_without_a_readable_signal_table_the_handlers_are_only_removed
     assert signal.getsignal(signal.SIGTERM) == before  # the process's own left alone
 
 
+class _LoopOwningSignals:
+    """A loop without a readable signal table that, as uvloop does, points the process's
+    handler at a method of its own while it handles a signal, and leaves the default
+    when it stops."""
+
+    def add_signal_handler(self, sig: int, *args: object) -> None:
+        signal.signal(sig, self._dispatch)
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        signal.signal(sig, default)
+        return True
+
+    def _dispatch(self, signum: int, frame: object) -> None:
+        pass
+
+
+@pytest.mark.timeout(10)
+def test_on_a_loop_without_a_signal_table_the_process_handlers_are_given_back() -> None:
+    """On uvloop the handlers set with ``signal.signal`` (the app's SIGTERM one,
+    ``asyncio.Runner``'s SIGINT one) were left at the default after run_forever_async: a
+    later SIGTERM killed the process outright, a Ctrl-C raised KeyboardInterrupt inside
+    the loop instead of cancelling the main task. The loop's own dispatcher (it served a
+    handler the app had added on that loop) is not put back: that handler is gone."""
+    from herder.runtime._async import _give_back_signals, _take_signals
+
+    def app_handler(signum: int, frame: object) -> None:
+        pass
+
+    loop = _LoopOwningSignals()
+    previous = signal.signal(signal.SIGTERM, app_handler)
+    try:
+        held = _take_signals(loop, (signal.SIGTERM,), lambda sig: None)  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) == loop._dispatch
+        _give_back_signals(loop, held)  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) is app_handler
+        loop.add_signal_handler(signal.SIGTERM)  # the app's own, on the loop
+        held = _take_signals(loop, (signal.SIGTERM,), lambda sig: None)  # type: ignore[arg-type]
+        _give_back_signals(loop, held)  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # (not a dispatcher to nothing)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class AsyncAgent(Agent):
     async def fetch(self, ctx: StepContext) -> str:
         return "never"
