@@ -48,7 +48,7 @@ from typing import Any
 from herder.actors._action import run_attempt_async
 from herder.actors._agent import Agent
 from herder.actors._clock import Clock, SystemClock
-from herder.actors._event_loop import EventLoop
+from herder.actors._event_loop import GONE, IDLE, EventLoop
 from herder.actors._host import FAILED_START, GivenUp, InstanceCrash
 from herder.actors._hosted import INSTANCE_BACKOFF, let_go
 from herder.actors._messages import InstanceEvent, Outcome, Run
@@ -156,7 +156,7 @@ class AsyncHost:
         self._reply, self._events = reply, events
         self._max_result_bytes, self._queue_aging = max_result_bytes, queue_aging
         self._agents: dict[str, _Agent] = {}
-        self._cancelled, self._said_gone = 0, False
+        self._cancelled = 0
         # Built for a new Scheduler: the attempts its predecessor (crashed, or restarted
         # with the tree) left on the loop are superseded, their steps run again: their
         # tasks are cancelled, as the tree stops the other hosts' instances first.
@@ -209,21 +209,11 @@ class AsyncHost:
             # Every attempt would be lost at once and its retries spent in a millisecond
             # (its workflow compensated for nothing): the steps wait instead, as behind
             # an agent that cannot run, until the runtime stops.
-            self._say_gone()
+            self._loop.say(GONE)
             return None
         instance_id = f"{name}/aio{token}"
         agent.slots[instance_id] = _Slot(token)
         return instance_id
-
-    def _say_gone(self) -> None:
-        if not self._said_gone:
-            self._said_gone = True
-            _log.error(
-                "the event loop given as Runtime(loop=) is closed, so no async def action "
-                "can run any more: their steps wait (durably) until this runtime stops and "
-                "another runs them. Stop the runtime before its loop ends: "
-                "`async with Runtime(...)`, or `await rt.stop_async()`"
-            )
 
     def send(self, name: str, instance_id: str, run: Run) -> bool:
         agent = self._agents.get(name)
@@ -267,6 +257,8 @@ class AsyncHost:
             del agent.slots[instance_id]
             self._events(InstanceEvent(name, None, ChildEventKind.STARTED))  # pump it again
             return
+        if slot.future.task is None and self._loop.idle:  # (its task never started)
+            self._loop.say(IDLE)
         events, restarted = self._events, ChildEventKind.RESTARTED
         slot.token = None  # held, running nothing the Scheduler waits for
         slot.future.cancel(lambda: events(InstanceEvent(name, instance_id, restarted)))

@@ -117,6 +117,21 @@ def inbox(loop: asyncio.AbstractEventLoop) -> LoopInbox:
     return found
 
 
+GONE = (
+    "the event loop given as Runtime(loop=) is closed, so no async def action can run any "
+    "more: their steps wait (durably) until this runtime stops and another runs them. Stop "
+    "the runtime before its loop ends: `async with Runtime(...)`, or `await rt.stop_async()`"
+)
+"""Why no async def action runs: the application's loop closed under the runtime."""
+IDLE = (
+    "an async def attempt timed out (or was replaced) before it started: the event loop "
+    "given as Runtime(loop=) is not running, so no async def action runs. Pass the loop "
+    "that runs your code (Runtime(path, loop=asyncio.get_running_loop()) inside it), and "
+    "keep it running while the runtime runs"
+)
+"""Why no async def action runs: the application's loop is not running (and may never)."""
+
+
 class Attempt:
     """An attempt's coroutine handed to the loop: its task once the loop started it.
     :meth:`cancel` is callable from any thread; ``ended_cancelled()`` runs on the loop if
@@ -187,6 +202,7 @@ class EventLoop:
         self._closed = False
         self._running: set[Attempt] = set()
         self._guard = threading.Condition()  # (notified when the last attempt ends)
+        self._said: set[str] = set()  # (:meth:`say`)
 
     @property
     def owned(self) -> bool:
@@ -198,6 +214,22 @@ class EventLoop:
         """True once the application's loop (``loop=``) is closed: nothing can run on it
         any more, in this runtime. (The runtime's own loop closes only at its stop.)"""
         return self._given is not None and self._given.is_closed()
+
+    @property
+    def idle(self) -> bool:
+        """True while the application's loop (``loop=``) is open but not running: what is
+        sent to it waits until it runs, which it may never do (the application runs its
+        code on another loop)."""
+        given = self._given
+        return given is not None and not given.is_running() and not given.is_closed()
+
+    def say(self, trouble: str) -> None:
+        """Log ``trouble`` (:data:`GONE`, :data:`IDLE`) once for this runtime."""
+        with self._guard:
+            if trouble in self._said:
+                return
+            self._said.add(trouble)
+        _log.error("%s", trouble)
 
     def runs_here(self) -> bool:
         """True on the thread that runs this loop (the application's, or the runtime's

@@ -81,3 +81,25 @@ def test_a_loop_closed_already_is_refused_and_the_store_stays_free(tmp_path: Pat
         Runtime(tmp_path / "s", loop=loop)
     with Runtime(tmp_path / "s") as rt:  # not left locked by the refused one
         assert rt.list() == []
+
+
+def test_a_given_loop_that_never_runs_is_named_when_a_step_times_out_unstarted(
+    tmp_path: Path,
+) -> None:
+    # A loop passed as Runtime(loop=) that the application never runs (it runs its code
+    # on another one, say asyncio.run's): every async attempt timed out before it started,
+    # retried and compensated, "timed out after 0.2s" the only word of it.
+    said = _Said()
+    logging.getLogger("herder.asyncio").addHandler(said)
+    idle = asyncio.new_event_loop()
+    try:
+        with Runtime(tmp_path / "s", loop=idle) as rt:
+            rt.add_agent("aq", Quick)
+            rt.add_workflow(Workflow("aw").step("a", agent="aq", action="run", timeout=0.2))
+            rt.start("aw", 1)
+            assert said.event.wait(WAIT), "no word of the loop that never runs"
+        assert len(said.messages) == 1
+        assert "Runtime(loop=) is not running" in said.messages[0]
+    finally:
+        logging.getLogger("herder.asyncio").removeHandler(said)
+        idle.close()
