@@ -27,15 +27,17 @@ from test_ui_http import FAST, ORDER, TOKEN, Shop, form, sign_in
 
 from herder.runtime import Agent, HerderError, Permanent, Runtime, StepContext, Workflow
 from herder.runtime._console import printable
-from herder.runtime.testing import FakeClock
+from herder.runtime.testing import FakeClock, wait_until
 from herder.runtime.ui import Console, _counters
 from herder.store import (
     RECENT_COUNTS,
     Put,
+    StepState,
     Store,
     Transition,
     WorkflowState,
     encode,
+    wait_outcome,
     workflow_key,
 )
 from herder.store._commands import pending_commands
@@ -538,3 +540,78 @@ def test_user_text_in_the_consoles_cells_shows_as_what_it_is(tmp_path: Path) -> 
     assert escape(printable(f"second line{BIDI}")) in workflow  # (its line kept)
     assert escape(printable(f"refunds are down{BIDI}")) in workflow
     assert escape(printable(f"pay{BIDI}")) in workflow
+
+
+class Undo(Agent):
+    """Undoes every step but those named in ``broken`` (set by the test)."""
+
+    broken: frozenset[str] = frozenset()
+
+    def do(self, ctx: StepContext) -> None:
+        if ctx.step == "c":
+            raise Permanent("c cannot")
+
+    def undo(self, ctx: StepContext) -> None:
+        if ctx.step in Undo.broken:
+            raise Permanent(f"the undo of {ctx.step} is down")
+
+
+ABC = (
+    Workflow("abc")
+    .step("a", agent="u", action="do", compensate="undo")
+    .step("b", agent="u", action="do", compensate="undo", after=["a"])
+    .step("c", agent="u", action="do", after=["b"])
+)
+
+
+def test_a_skip_from_a_page_read_before_the_workflow_moved_on_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The page was read while the undo of 'b' had failed; another operator's retry got
+    # past 'b' and the workflow parked on the undo of 'a'. The skip the page sent named
+    # no step, so the runtime took the one waiting then: 'a' was marked undone (and the
+    # workflow COMPENSATED) though nothing had undone it.
+    path = tmp_path / "store"
+
+    def runtime() -> Runtime:  # (the real clock: its sweep finds the queued command)
+        rt = Runtime(path, default_retry=FAST, sweep_interval=0.05)
+        rt.add_agent("u", Undo)
+        rt.add_workflow(ABC)
+        return rt
+
+    monkeypatch.setattr(Undo, "broken", frozenset({"b"}))
+    with runtime() as rt:
+        record, _ = rt._wait_final(rt.start("abc", {}, workflow_id="w").id, 10)
+        assert record.state is WorkflowState.NEEDS_ATTENTION
+    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
+    console.start()
+    try:
+        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+        _, _, page = request(console, "GET", "/workflow?id=w", headers=headers)
+    finally:
+        console.shutdown()
+    monkeypatch.setattr(Undo, "broken", frozenset({"a"}))
+    with runtime() as rt:  # another operator: 'b' is undone, the undo of 'a' fails
+        rt.retry("w", who="bob", why="the undo of b is back")
+        wait_until(rt, lambda: rt.status("w").state is WorkflowState.NEEDS_ATTENTION, 10)
+        assert [(i.step, i.step_state) for i in rt.inbox()] == [("a", StepState.COMPENSATING)]
+    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
+    console.start()
+    try:
+        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+        target, fields = posted(page, "skip", who="ada", why="undid b by hand")
+        status, _, html = request(console, "POST", target, body=fields, headers=headers)
+        assert status == 200, html
+        assert "command #1 is queued: no runtime holds the store" in html
+    finally:
+        console.shutdown()
+    with runtime() as rt:  # the runtime applies what the page sent
+        outcome = wait_outcome(path, 1, timeout=10)
+        assert outcome is not None
+        assert outcome["state"] == "FAILED", outcome
+        skip = [e for e in rt.history("w") if e["kind"] == "operator"][-1]
+        assert (skip["action"], skip["step"]) == ("skip", "b")
+        assert "refused" in skip
+        status = rt.status("w")
+    assert status.state is WorkflowState.NEEDS_ATTENTION  # COMPENSATED before, 'a' not undone
+    assert status.steps["a"].state is StepState.COMPENSATING

@@ -92,12 +92,12 @@ class Views:
         before = parse_before(query.get("before"))  # (InvalidInput: 400)
         with self._gate.read() as store:
             try:
-                status, story = read_page(store, workflow_id, before)  # (one read)
+                status, story, step = read_page(store, workflow_id, before)  # (one read)
             except UnknownWorkflow:
                 return _not_found(f"No workflow with id {shown}.")
             except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
                 return _not_found(f"{shown} is not a valid workflow id: {_pages.shown(exc)}.")
-        body = one_workflow(status, story, time.time(), csrf)
+        body = one_workflow(status, story, time.time(), csrf, step)
         return 200, printable(status.id), "workflows", body
 
     def _inbox(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:

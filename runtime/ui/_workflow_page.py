@@ -20,13 +20,21 @@ from typing import Any
 from urllib.parse import urlencode
 
 from herder.actors import UnknownWorkflow
-from herder.actors.engine import ended_for_good
+from herder.actors.engine import STUCK, ended_for_good, stuck_step
 from herder.runtime._console import attempt_named, clipped
 from herder.runtime._inspect import _Reader, _story
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui import _timeline
 from herder.runtime.ui._pages import action_form, e, pretty, shown, shown_id, state_badge, when
-from herder.store import InvalidInput, Store, history_seqs, read_history
+from herder.store import (
+    InvalidInput,
+    StepRecord,
+    StepState,
+    Store,
+    WorkflowState,
+    history_seqs,
+    read_history,
+)
 
 HISTORY_PAGE = 100
 """History events a workflow's page lists (with their errors and tracebacks), the
@@ -53,15 +61,21 @@ class Story:
     timeline: list[dict[str, Any]]
 
 
-def read_page(store: Store, workflow_id: str, before: int | None) -> tuple[WorkflowStatus, Story]:
-    """A workflow's status and what its page shows of its history, read in one
-    transaction (they tell the same story); UnknownWorkflow if there is none. Only the
-    keys of the whole history are read, and the events shown."""
+def read_page(
+    store: Store, workflow_id: str, before: int | None
+) -> tuple[WorkflowStatus, Story, str | None]:
+    """A workflow's status, what its page shows of its history and the step its skip
+    names (:func:`skip_step`), read in one transaction (they tell the same story);
+    UnknownWorkflow if there is none. Only the keys of the whole history are read, and
+    the events shown."""
 
-    def read() -> tuple[WorkflowStatus, Story]:
-        status = _Reader(store).status_of(workflow_id)
-        if status is None:
+    def read() -> tuple[WorkflowStatus, Story, str | None]:
+        reader = _Reader(store)
+        record = store.get_workflow(workflow_id)
+        if record is None:
             raise UnknownWorkflow(f"no workflow with id {workflow_id!r} in {store.path}")
+        steps = reader.steps(record)
+        status = WorkflowStatus.from_records(record, steps)
         # One pass over the keys, keeping a window's worth (not a list of them all: a
         # history retried for ever has millions): the last events before ``before``, the
         # ones after it, and the newest, which the timeline draws.
@@ -85,9 +99,28 @@ def read_page(store: Store, workflow_id: str, before: int | None) -> tuple[Workf
             since = window[0] if window else upto
             events = read_history(store, workflow_id, since=since or 0, before=upto)
         newer = after[HISTORY_PAGE] if len(after) > HISTORY_PAGE else None
-        return status, Story(events, stop - len(window), total, newer, timeline)
+        story = Story(events, stop - len(window), total, newer, timeline)
+        return status, story, skip_step(record.state, steps)
 
     return store.together(read)
+
+
+def skip_step(state: WorkflowState, steps: list[StepRecord]) -> str | None:
+    """The step a skip from the page names: the one that waited for a decision when the
+    page was read (a parked workflow's is the inbox's; else a compensation that failed,
+    or a running workflow's one step under way), so that a skip sent once the workflow
+    moved on to another step is refused, not applied to a step the operator never saw
+    (a page shown while the undo of 'b' had failed skipped 'a', left undone, once a
+    retry got past 'b'). None where the runtime asks for a step (several under way)."""
+    if state is not WorkflowState.NEEDS_ATTENTION:
+        undoing = [st.name for st in steps if st.state is StepState.COMPENSATING]
+        if undoing:
+            return undoing[0] if len(undoing) == 1 else None
+        if state is WorkflowState.RUNNING:
+            under_way = [st.name for st in steps if st.state in STUCK]
+            return under_way[0] if len(under_way) == 1 else None
+    stuck = stuck_step(steps)
+    return None if stuck is None else stuck.name
 
 
 def parse_before(text: str | None) -> int | None:
@@ -103,9 +136,11 @@ def parse_before(text: str | None) -> int | None:
     return int(text)
 
 
-def workflow_page(status: WorkflowStatus, story: Story, now: float, csrf: str | None) -> str:
+def workflow_page(
+    status: WorkflowStatus, story: Story, now: float, csrf: str | None, step: str | None = None
+) -> str:
     """One workflow: summary, timeline, steps, input, and the window of its history (and
-    of its errors) that ``story`` holds."""
+    of its errors) that ``story`` holds; a skip names ``step``."""
     final = ended_for_good(status.state)  # (no action applies any more)
     end = status.updated if final else now
     svg, drawn = _picture(status, story, end)
@@ -120,7 +155,7 @@ def workflow_page(status: WorkflowStatus, story: Story, now: float, csrf: str | 
         f'<td class="err">{shown(st.error or "")}</td></tr>'
         for st in status.steps.values()
     )
-    actions = "" if final else action_form(status.id, status.state, csrf, None)
+    actions = "" if final else action_form(status.id, status.state, csrf, step)
     return (
         f"<h1>{shown_id(status.id)} {state_badge(status.state)}</h1>"
         f'<p class="meta">{shown(status.name)}@{status.version} · created {when(status.created)}'
