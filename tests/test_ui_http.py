@@ -24,6 +24,7 @@ from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console, _guard
 from herder.runtime.ui._server import MAX_BODY
 from herder.store._commands import pending_commands
+from herder.store._locktable import COMPACTING
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -315,6 +316,24 @@ def test_an_action_the_cli_refuses_is_refused_here_too_and_nothing_is_queued(
     headers = {"Cookie": sign_in(console)}
     got, _, html = request(console, "POST", "/act", body=form(console, **fields), headers=headers)
     assert (got, said in html) == (status, True), html
+    with console.gate.read() as st:
+        assert pending_commands(st) == []
+
+
+def test_an_action_the_console_cannot_write_says_it_was_not_sent(
+    console: Console, store: Path
+) -> None:
+    # "The store cannot be read ... This page works again as soon as the store can be
+    # read" before, on a store every page read (a console's user who may not write the
+    # store was told the same).
+    (store / COMPACTING).write_text(str(os.getpid()))  # a `herder compact` runs
+    headers = {"Cookie": sign_in(console)}
+    status, _, html = request(console, "POST", "/act", body=form(console), headers=headers)
+    assert status == 503
+    assert "not sent: " in html
+    assert "is being compacted" in html
+    assert "nothing was queued" in html
+    assert "cannot be read" not in html
     with console.gate.read() as st:
         assert pending_commands(st) == []
 

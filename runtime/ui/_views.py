@@ -27,6 +27,7 @@ from herder.runtime.ui._workflow_page import parse_before, read_page
 from herder.runtime.ui._workflow_page import workflow_page as one_workflow
 from herder.store import (
     COMMAND_DONE,
+    HerderError,
     InvalidInput,
     Plan,
     Store,
@@ -160,19 +161,25 @@ class Views:
             if record is None:
                 raise ValueError(f"no workflow with id {workflow_id!r}")
         ok: bool | None
+        status = 200
         refusal = queue_refusal(workflow_id, record.state, action)
         if refusal is not None:  # as the CLI refuses it: a runtime would, later
-            outcome, ok = f"refused: {refusal}; nothing was queued", False
+            outcome, ok, status = f"refused: {refusal}; nothing was queued", False, 409
         else:
             command = new_command(action, workflow_id, args=args, who=who, why=why)
-            with self._gate.exclusive():  # one LMDB environment per store per process
-                command_id = append_command(self._gate.path, command)
-            outcome, ok = self._outcome(command_id)
+            try:
+                with self._gate.exclusive():  # one LMDB environment per store per process
+                    command_id = append_command(self._gate.path, command)
+            except HerderError as exc:  # a user who may not write the store, a compaction
+                outcome, ok, status = f"not sent: {exc}; nothing was queued", False, 503
+            else:
+                outcome, ok = self._outcome(command_id)
+                status = 200 if ok is not False else 409
         html = _pages.outcome_page(action, workflow_id, outcome, ok)
         page = _pages.layout(  # (only a signed-in operator gets here: not read-only)
             action, html, store=self._gate.path, active="inbox", csrf=self._console.csrf
         )
-        return (200 if ok is not False else 409), page
+        return status, page
 
     def _outcome(self, command_id: int) -> tuple[str, bool | None]:
         """What became of the command: looked up every 50 ms for up to ``wait`` seconds,
