@@ -25,9 +25,17 @@ from test_ui import ids_listed
 from test_ui_bounds import damage
 from test_ui_http import FAST, ORDER, TOKEN, Shop, form, sign_in
 
-from herder.runtime import Agent, HerderError, Permanent, Runtime, StepContext, Workflow
+from herder.runtime import (
+    Agent,
+    HerderError,
+    Permanent,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    Workflow,
+)
 from herder.runtime._console import printable
-from herder.runtime.testing import FakeClock, wait_until
+from herder.runtime.testing import FakeClock, advance, wait_until
 from herder.runtime.ui import Console, _counters
 from herder.store import (
     RECENT_COUNTS,
@@ -553,7 +561,7 @@ class Undo(Agent):
 
     def undo(self, ctx: StepContext) -> None:
         if ctx.step in Undo.broken:
-            raise Permanent(f"the undo of {ctx.step} is down")
+            raise RuntimeError(f"the undo of {ctx.step} is down")
 
 
 ABC = (
@@ -615,3 +623,61 @@ def test_a_skip_from_a_page_read_before_the_workflow_moved_on_is_refused(
         status = rt.status("w")
     assert status.state is WorkflowState.NEEDS_ATTENTION  # COMPENSATED before, 'a' not undone
     assert status.steps["a"].state is StepState.COMPENSATING
+
+
+def test_an_action_from_a_page_that_showed_another_state_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The inbox was read while 'w' was parked; another operator retried it and it
+    # compensates again (the undo of 'b' waits to be tried again). The abandon the page
+    # offered for a parked workflow was queued, and would have stopped that
+    # compensation half way: the page had not shown it compensating.
+    path, clock = tmp_path / "store", FakeClock(start=1_700_000_000.0)
+    slow = RetryPolicy(max_attempts=3, initial_interval=3600.0, max_interval=3600.0, jitter=0.0)
+    abc = (
+        Workflow("abc")
+        .step("a", agent="u", action="do", compensate="undo")
+        .step("b", agent="u", action="do", compensate="undo", after=["a"], compensate_retry=slow)
+        .step("c", agent="u", action="do", after=["b"])
+    )
+
+    def runtime() -> Runtime:
+        rt = Runtime(path, default_retry=FAST, clock=clock)
+        rt.add_agent("u", Undo)
+        rt.add_workflow(abc)
+        return rt
+
+    monkeypatch.setattr(Undo, "broken", frozenset({"b"}))
+    with runtime() as rt:
+        handle = rt.start("abc", {}, workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").steps["b"].compensation_attempts == 1, 10)
+        advance(rt, clock, 3 * 3600.0)  # (its two retries)
+        record, _ = rt._wait_final(handle.id, 10)
+        assert record.state is WorkflowState.NEEDS_ATTENTION
+    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
+    console.start()
+    try:
+        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+        _, _, inbox = request(console, "GET", "/inbox", headers=headers)
+    finally:
+        console.shutdown()
+    with runtime() as rt:  # another operator: retry; the undo of 'b' fails and waits
+        rt.retry("w", who="bob", why="the hotel is back")
+        wait_until(rt, lambda: rt.status("w").steps["b"].compensation_attempts == 1, 10)
+        assert rt.status("w").state is WorkflowState.COMPENSATING
+    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
+    console.start()
+    try:
+        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+        target, fields = posted(inbox, "abandon", who="ada", why="give up")
+        status, _, html = request(console, "POST", target, body=fields, headers=headers)
+        assert status == 409, html  # 200 "command #1 is queued" before
+        assert "is COMPENSATING now, not NEEDS_ATTENTION as the page" in html
+        assert "reload the page" in html
+        with console.gate.read() as st:
+            assert pending_commands(st) == []
+        fields.pop("state")  # a script's form, which names no state: taken as it comes
+        status, _, html = request(console, "POST", target, body=fields, headers=headers)
+        assert "command #1 is queued" in html
+    finally:
+        console.shutdown()

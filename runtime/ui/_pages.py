@@ -157,7 +157,10 @@ def _workflow_row(s: WorkflowStatus) -> str:
 
 def action_form(workflow_id: str, state: WorkflowState, csrf: str | None, step: str | None) -> str:
     """The operator's buttons for one workflow in ``state`` (only with the token: else a
-    hint): only the actions that apply to a workflow in ``state`` (OPERATOR_ACTIONS)."""
+    hint): only the actions that apply to a workflow in ``state`` (OPERATOR_ACTIONS). The
+    form sends the state (and a skip the ``step``) it was offered for: an action decided
+    on a page read before the workflow moved on is refused, not applied to what it is
+    now."""
     if csrf is None:
         return '<p class="hint">Read-only: open the URL with the token to act.</p>'
     buttons = "".join(
@@ -171,7 +174,8 @@ def action_form(workflow_id: str, state: WorkflowState, csrf: str | None, step: 
     target = "/act?" + urlencode({"id": workflow_id})
     return (
         f'<form class="act" method=post action="{e(target)}">'
-        f'<input type=hidden name=csrf value="{e(csrf)}">{hidden_step}'
+        f'<input type=hidden name=csrf value="{e(csrf)}">'
+        f'<input type=hidden name=state value="{e(state)}">{hidden_step}'
         '<input name=who placeholder="who" size=8 required>'
         '<input name=why placeholder="why (kept in the history)" size=28 required>'
         f"{buttons}</form>"

@@ -32,6 +32,7 @@ from herder.store import (
     Plan,
     Store,
     StoreCorrupt,
+    WorkflowRecord,
     WorkflowState,
     append_command,
     command_outcome,
@@ -162,7 +163,7 @@ class Views:
                 raise ValueError(f"no workflow with id {workflow_id!r}")
         ok: bool | None
         status = 200
-        refusal = queue_refusal(workflow_id, record.state, action)
+        refusal = queue_refusal(workflow_id, record.state, action) or _moved_on(record, form)
         if refusal is not None:  # as the CLI refuses it: a runtime would, later
             outcome, ok, status = f"refused: {refusal}; nothing was queued", False, 409
         else:
@@ -212,6 +213,19 @@ class Views:
             f"{self._console.wait:g} s; it is applied when the runtime gets to it",
             None,
         )
+
+
+def _moved_on(record: WorkflowRecord, form: dict[str, str]) -> str | None:
+    """Why an action decided on a page that showed the workflow in another state than it
+    is in now is refused (another operator, or the runtime, moved it on), or None; a
+    form that names no state (a script's) is taken as it comes."""
+    seen = form.get("state")
+    if not seen or seen == str(record.state):
+        return None
+    return (
+        f"workflow {record.id!r} is {record.state} now, not {seen:.40} as the page that sent "
+        "this showed it (it moved on since): reload the page and decide again"
+    )
 
 
 def _unknown_name(store: Store, name: str) -> str:
