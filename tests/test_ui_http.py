@@ -413,6 +413,20 @@ def test_any_token_signs_in_with_one_well_formed_answer(
     assert f'name=csrf value="{console.csrf}"' in html
 
 
+@pytest.mark.parametrize("path", ["/\\evil.example/", "/\\/evil.example/", "//\\evil.example/"])
+def test_the_sign_in_redirects_to_the_console_only(console: Console, path: str) -> None:
+    answer = raw(
+        console,
+        f"GET {path}?token={TOKEN}&state=RUNNING HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{console.port}\r\n\r\n".encode(),
+    )
+    assert status_of(answer) == 303
+    location = re.search(rb"\r\nLocation: ([^\r]*)\r\n", answer)
+    assert location is not None
+    # "/\\evil.example/" before, which a browser follows to http://evil.example/
+    assert location.group(1) == b"/evil.example/?state=RUNNING"
+
+
 def test_a_token_that_is_not_text_is_refused_at_start(
     store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

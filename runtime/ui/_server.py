@@ -262,9 +262,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
             return
         rest = {k: v for k, v in query.items() if k != "token"}
+        # One leading "/": a browser takes "//evil.example" or "/\\evil.example" for
+        # another site, and the sign-in would have redirected there.
+        here = "/" + path.lstrip("/\\")
         self.send_response(303)
         self.send_header("Set-Cookie", console.guard.set_cookie())
-        self.send_header("Location", path + ("?" + urlencode(rest) if rest else ""))
+        self.send_header("Location", here + ("?" + urlencode(rest) if rest else ""))
         self.send_header("Content-Length", "0")
         self.end_headers()
 
