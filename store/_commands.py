@@ -102,12 +102,16 @@ def progress_ops(command: dict[str, Any], **progress: Any) -> Transition:
     return Transition(ops=(put,), expect=(Expect(COMMANDS_DB, key),))
 
 
-def pending_commands(store: Any, corrupt: list[StoreCorrupt] | None = None) -> list[dict[str, Any]]:
-    """Every pending command, oldest first (a prefix scan of the pending ones only). A
-    damaged one raises :class:`StoreCorrupt`, or, given ``corrupt``, is added to it and
-    passed over: it cannot stop the others."""
-    out = []
+def pending_commands(
+    store: Any, corrupt: list[StoreCorrupt] | None = None, *, most: int | None = None
+) -> list[dict[str, Any]]:
+    """Every pending command, oldest first (a prefix scan of the pending ones only), or
+    the ``most`` oldest. A damaged one raises :class:`StoreCorrupt`, or, given
+    ``corrupt``, is added to it and passed over: it cannot stop the others."""
+    out: list[dict[str, Any]] = []
     for key, value in store.scan(COMMANDS_DB, _PENDING, corrupt=corrupt):
+        if most is not None and len(out) >= most:
+            break
         if len(key) == 1 + _ID.size and isinstance(value, dict):
             out.append({**value, "id": _ID.unpack_from(key, 1)[0]})
     return out

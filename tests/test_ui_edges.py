@@ -681,3 +681,29 @@ def test_an_action_from_a_page_that_showed_another_state_is_refused(
         assert "command #1 is queued" in html
     finally:
         console.shutdown()
+
+
+def test_a_workflows_page_lists_the_commands_queued_for_it(
+    make_console: Callable[..., Console], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No page said a command was waiting for a runtime: an operator back at the page
+    # (or another one) saw the workflow parked as before, and sent another decision.
+    from herder.runtime.ui import _workflow_page
+
+    console = make_console()
+    headers = {"Cookie": sign_in(console), "Origin": console.origin}
+    why = "<script>alert(1)</script>"
+    for action in ("retry", "abandon"):
+        fields = form(console, action=action, why=why)
+        _, _, html = request(console, "POST", "/act", body=fields, headers=headers)
+        assert "is queued: no runtime holds the store" in html
+    _, _, html = request(console, "GET", "/workflow?id=stuck")
+    queued = re.search(r'<div class="warn" id="queued">(.*?)</div>', html, re.S)
+    assert queued is not None  # (no such note before)
+    assert re.findall(r"<li>(#\d \w+) by ada, ", queued.group(1)) == ["#1 retry", "#2 abandon"]
+    assert escape(why) in queued.group(1)
+    _, _, html = request(console, "GET", "/workflow?id=done")
+    assert 'id="queued"' not in html  # (none for it)
+    monkeypatch.setattr(_workflow_page, "QUEUED_LOOK", 1)  # more queued than it looks at
+    _, _, html = request(console, "GET", "/workflow?id=done")
+    assert "More than 1 operator commands are queued" in html

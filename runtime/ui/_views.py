@@ -23,7 +23,7 @@ from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime.ui import _pages
 from herder.runtime.ui._counters import Counters
 from herder.runtime.ui._query import Filters, workflow_page
-from herder.runtime.ui._workflow_page import parse_before, read_page
+from herder.runtime.ui._workflow_page import parse_before, queued_for, read_page
 from herder.runtime.ui._workflow_page import workflow_page as one_workflow
 from herder.store import (
     COMMAND_DONE,
@@ -99,7 +99,8 @@ class Views:
                 return _not_found(f"No workflow with id {shown}.")
             except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
                 return _not_found(f"{shown} is not a valid workflow id: {_pages.shown(exc)}.")
-        body = one_workflow(status, story, time.time(), csrf, step)
+            queued = queued_for(store, workflow_id)
+        body = one_workflow(status, story, time.time(), csrf, step=step, queued=queued)
         return 200, printable(status.id), "workflows", body
 
     def _inbox(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:

@@ -33,6 +33,7 @@ from herder.store import (
     Store,
     WorkflowState,
     history_seqs,
+    pending_commands,
     read_history,
 )
 
@@ -123,6 +124,21 @@ def skip_step(state: WorkflowState, steps: list[StepRecord]) -> str | None:
     return None if stuck is None else stuck.name
 
 
+QUEUED_LOOK = 1000
+"""Queued commands (of every workflow, the oldest) a workflow's page looks among for its
+own: a runtime that stays away lets an automation's pile up."""
+QUEUED_SHOWN = 10
+"""Queued commands of one workflow its page lists (it says how many more there are)."""
+
+
+def queued_for(store: Store, workflow_id: str) -> tuple[list[dict[str, Any]], bool]:
+    """The workflow's commands queued and not applied yet, oldest first, among the
+    :data:`QUEUED_LOOK` oldest queued; and whether more are queued than were looked at."""
+    looked = pending_commands(store, corrupt=[], most=QUEUED_LOOK)
+    mine = [c for c in looked if c.get("workflow_id") == workflow_id]
+    return mine, len(looked) >= QUEUED_LOOK
+
+
 def parse_before(text: str | None) -> int | None:
     """The ``before`` of a workflow page's address: the sequence of the event its window
     of the history ends before (None: the newest events)."""
@@ -137,10 +153,17 @@ def parse_before(text: str | None) -> int | None:
 
 
 def workflow_page(
-    status: WorkflowStatus, story: Story, now: float, csrf: str | None, step: str | None = None
+    status: WorkflowStatus,
+    story: Story,
+    now: float,
+    csrf: str | None,
+    *,
+    step: str | None = None,
+    queued: tuple[list[dict[str, Any]], bool] = ([], False),
 ) -> str:
-    """One workflow: summary, timeline, steps, input, and the window of its history (and
-    of its errors) that ``story`` holds; a skip names ``step``."""
+    """One workflow: summary, its commands ``queued`` (:func:`queued_for`), timeline,
+    steps, input, and the window of its history (and of its errors) that ``story``
+    holds; a skip names ``step``."""
     final = ended_for_good(status.state)  # (no action applies any more)
     end = status.updated if final else now
     svg, drawn = _picture(status, story, end)
@@ -161,6 +184,7 @@ def workflow_page(
         f'<p class="meta">{shown(status.name)}@{status.version} · created {when(status.created)}'
         f" · updated {when(status.updated)} · priority {status.priority}</p>"
         + (f'<p class="err">{shown(status.error)}</p>' if status.error else "")
+        + _queued(*queued)
         + actions
         + f'<h2>Timeline</h2>{drawn}<div class="legend">{legend}</div>'
         f'<div class="svgbox">{svg}</div>'
@@ -169,6 +193,44 @@ def workflow_page(
         f"<tbody>{steps}</tbody></table>"
         f"<h2>Input</h2><pre>{shown(pretty(status.input))}</pre>" + _history(status.id, story)
     )
+
+
+def _queued(commands: list[dict[str, Any]], more: bool) -> str:
+    """The workflow's queued commands, which a runtime has not applied yet: an operator
+    who sees only the workflow's state may send another (two decisions, one unseen)."""
+    if not commands:
+        return (
+            f'<p class="hint" id="queued">More than {QUEUED_LOOK:,} operator commands are '
+            "queued in this store (no runtime applies them): this page did not look "
+            "among the newer ones for this workflow's.</p>"
+            if more
+            else ""
+        )
+    items = "".join(
+        f"<li>#{e(c.get('id'))} {shown(c.get('action'))}"
+        + (f" step {shown(c['args']['step'])}" if _step_of(c) else "")
+        + f" by {shown(c.get('who'))}, {e(when(_time(c.get('created'))))}: "
+        f"{shown(clipped(str(c.get('why')), 300, 'herder show ID'))}</li>"
+        for c in commands[:QUEUED_SHOWN]
+    )
+    rest = len(commands) - QUEUED_SHOWN
+    others = f"<li>and {rest} more</li>" if rest > 0 else ""
+    return (
+        f'<div class="warn" id="queued"><p>Queued for this workflow and not applied yet: '
+        "the runtime holding the store applies each at its next sweep (if it has this "
+        "workflow's definition), or the next runtime to open it does, in this order, each "
+        "refused if it no longer applies then; an action sent now comes after them.</p>"
+        f"<ul>{items}{others}</ul></div>"
+    )
+
+
+def _step_of(command: dict[str, Any]) -> bool:
+    args = command.get("args")
+    return isinstance(args, dict) and args.get("step") is not None
+
+
+def _time(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _picture(status: WorkflowStatus, story: Story, end: float) -> tuple[str, str]:
