@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any, TextIO
 
 from herder.actors import Operate, UnknownWorkflow
@@ -156,7 +157,14 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
             "definition is registered)\n"
         )
         return QUEUED
-    outcome = wait_outcome(path, command_id, args.timeout)
+    outcome, held = _wait(path, command_id, args.timeout)
+    if outcome is None and not held:
+        sys.stderr.write(
+            f"herder {action}: the runtime let go of the store {path} (it stopped) before "
+            f"applying command #{command_id}; it stays queued and the next runtime to open "
+            "the store applies it (once the workflow's definition is registered)\n"
+        )
+        return QUEUED
     if outcome is None:
         sys.stderr.write(
             f"herder {action}: the runtime did not apply command #{command_id} within "
@@ -172,3 +180,23 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
         return 1
     out.write(f"{action} {args.id}: done (command #{command_id}, by {who})\n")
     return 0
+
+
+LOOK = 0.5
+"""Seconds between two asks of whether a runtime still holds the store, while waiting."""
+
+
+def _wait(path: str, command_id: int, timeout: float) -> tuple[dict[str, Any] | None, bool]:
+    """The command's outcome within ``timeout`` (None: still pending), and whether a
+    runtime held the store all along: asked before each look of :data:`LOOK` seconds, so
+    one that stops meanwhile (a deploy, a crash) ends the wait, not the timeout, which
+    then blamed a runtime that was gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = is_held(path)  # (before the look: one that applies it and stops is seen)
+        left = max(0.0, deadline - time.monotonic())
+        outcome = wait_outcome(path, command_id, min(LOOK, left))
+        if outcome is not None or not held:
+            return outcome, held
+        if left <= LOOK:
+            return None, True

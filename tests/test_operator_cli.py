@@ -29,7 +29,7 @@ from herder.runtime import (
 from herder.runtime._check import check_store
 from herder.runtime._cli import main as cli
 from herder.runtime.testing import FakeClock, advance, settle, wait_until
-from herder.store import Store, append_command, new_command, wait_outcome
+from herder.store import Store, append_command, new_command, pending_commands, wait_outcome
 
 CHILD = pathlib.Path(__file__).with_name("operator_child.py")
 WAIT = 20.0
@@ -436,3 +436,33 @@ def test_a_command_for_a_workflow_whose_definition_the_runtime_lacks_says_what_i
         assert "'trip' version 1" in done.stderr
         assert "add_workflow" in done.stderr
         assert rt.status("w").state is State.NEEDS_ATTENTION
+
+
+def test_a_runtime_that_stops_before_applying_a_command_ends_the_wait(
+    tmp_path: Path,
+    daemon: subprocess.Popen[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The CLI asked whether a runtime held the store once, before sending: a runtime
+    # that died (or stopped for a deploy) meanwhile left the operator waiting the whole
+    # --timeout, then told "the runtime did not apply it within 20 s" and sent looking
+    # for a missing definition, of a runtime that was gone.
+    from herder.runtime import _operator_cli
+
+    real = _operator_cli.append_command
+
+    def killed_first(path: Any, command: dict[str, Any]) -> int:
+        daemon.kill()  # SIGKILL, after the CLI saw it hold the store
+        daemon.wait(WAIT)
+        return real(path, command)
+
+    monkeypatch.setattr(_operator_cli, "append_command", killed_first)
+    store = str(tmp_path / "store")
+    code, _ = run("retry", "w-1", "--store", store, "--why", "x", "--timeout", str(WAIT))
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "let go of the store" in err  # (after WAIT s: "did not apply ... within")
+    assert "command #1" in err
+    with Store(store, readonly=True) as st:
+        assert [c["action"] for c in pending_commands(st)] == ["retry"]  # queued still
