@@ -702,6 +702,12 @@ def test_a_workflows_page_lists_the_commands_queued_for_it(
     assert queued is not None  # (no such note before)
     assert re.findall(r"<li>(#\d \w+) by ada, ", queued.group(1)) == ["#1 retry", "#2 abandon"]
     assert escape(why) in queued.group(1)
+    long = form(console, action="skip", step="s" * 5000, why="w" * 5000)
+    request(console, "POST", "/act", body=long, headers=headers)
+    _, _, html = request(console, "GET", "/workflow?id=stuck")
+    assert "s" * 101 not in html  # a crafted step, or a long why, is cut
+    assert "w" * 301 not in html
+    assert "(5,000 characters; herder show ID, once it is applied, prints it all)" in html
     _, _, html = request(console, "GET", "/workflow?id=done")
     assert 'id="queued"' not in html  # (none for it)
     monkeypatch.setattr(_workflow_page, "QUEUED_LOOK", 1)  # more queued than it looks at

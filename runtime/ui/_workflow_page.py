@@ -207,10 +207,10 @@ def _queued(commands: list[dict[str, Any]], more: bool) -> str:
             else ""
         )
     items = "".join(
-        f"<li>#{e(c.get('id'))} {shown(c.get('action'))}"
-        + (f" step {shown(c['args']['step'])}" if _step_of(c) else "")
-        + f" by {shown(c.get('who'))}, {e(when(_time(c.get('created'))))}: "
-        f"{shown(clipped(str(c.get('why')), 300, 'herder show ID'))}</li>"
+        f"<li>#{e(c.get('id'))} {_told(c.get('action'), 40)}"
+        + (f" step {_told(c['args']['step'], 100)}" if _step_of(c) else "")
+        + f" by {_told(c.get('who'), 200)}, {e(when(_time(c.get('created'))))}: "
+        f"{_told(c.get('why'), 300)}</li>"
         for c in commands[:QUEUED_SHOWN]
     )
     rest = len(commands) - QUEUED_SHOWN
@@ -222,6 +222,11 @@ def _queued(commands: list[dict[str, Any]], more: bool) -> str:
         "refused if it no longer applies then; an action sent now comes after them.</p>"
         f"<ul>{items}{others}</ul></div>"
     )
+
+
+def _told(value: Any, limit: int) -> str:
+    """A queued command's text as the page shows it, cut to ``limit`` characters."""
+    return shown(clipped(str(value), limit, "herder show ID, once it is applied,"))
 
 
 def _step_of(command: dict[str, Any]) -> bool:
