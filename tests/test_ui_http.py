@@ -338,6 +338,20 @@ def test_an_action_the_console_cannot_write_says_it_was_not_sent(
         assert pending_commands(st) == []
 
 
+def test_an_action_on_a_workflow_no_longer_there_is_refused_as_such(console: Console) -> None:
+    # A purge deleted it while its page was open: "Bad request ... complete the form and
+    # send it again" before, which sent the same form to the same answer.
+    headers = {"Cookie": sign_in(console)}
+    fields = form(console, id="purged", state="NEEDS_ATTENTION")
+    status, _, html = request(console, "POST", "/act", body=fields, headers=headers)
+    assert status == 404
+    assert "refused: no workflow with id &#x27;purged&#x27; is in the store" in html
+    assert "nothing was queued" in html
+    assert "complete the form" not in html
+    with console.gate.read() as st:
+        assert pending_commands(st) == []
+
+
 def test_a_parked_workflow_is_offered_only_the_actions_that_apply(console: Console) -> None:
     headers = {"Cookie": sign_in(console)}
     for path in ("/inbox", "/workflow?id=stuck"):

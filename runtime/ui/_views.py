@@ -160,13 +160,17 @@ class Views:
         Operate(action, workflow_id, args.get("step"), who=who, why=why).check()
         with self._gate.read() as store:
             record = store.get_workflow(workflow_id)
-            if record is None:
-                raise ValueError(f"no workflow with id {workflow_id!r}")
         ok: bool | None
         status = 200
-        refusal = queue_refusal(workflow_id, record.state, action) or _moved_on(record, form)
-        if refusal is not None:  # as the CLI refuses it: a runtime would, later
-            outcome, ok, status = f"refused: {refusal}; nothing was queued", False, 409
+        refusal = (  # (as the CLI refuses it: a runtime would, later)
+            f"no workflow with id {workflow_id!r} is in the store (a purge or retention "
+            "deleted it since the page was read, or it never was)"
+            if record is None  # (400 "complete the form and send it again" before)
+            else queue_refusal(workflow_id, record.state, action) or _moved_on(record, form)
+        )
+        if refusal is not None:
+            outcome, ok = f"refused: {refusal}; nothing was queued", False
+            status = 404 if record is None else 409
         else:
             command = new_command(action, workflow_id, args=args, who=who, why=why)
             try:
