@@ -702,6 +702,9 @@ def test_a_workflows_page_lists_the_commands_queued_for_it(
     assert queued is not None  # (no such note before)
     assert re.findall(r"<li>(#\d \w+) by ada, ", queued.group(1)) == ["#1 retry", "#2 abandon"]
     assert escape(why) in queued.group(1)
+    _, _, html = request(console, "GET", "/inbox")  # the row of 'stuck' says so too
+    assert re.search(r'<p class="warn queued">queued, not applied yet: #1 retry by ada, ', html)
+    assert "and 1 more; an action sent now comes after</p>" in html
     long = form(console, action="skip", step="s" * 5000, why="w" * 5000)
     request(console, "POST", "/act", body=long, headers=headers)
     _, _, html = request(console, "GET", "/workflow?id=stuck")

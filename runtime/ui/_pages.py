@@ -8,8 +8,9 @@ the store or knows about HTTP; :mod:`._server` does both.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from html import escape
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlencode
 
@@ -182,22 +183,43 @@ def action_form(workflow_id: str, state: WorkflowState, csrf: str | None, step: 
     )
 
 
+def queued_line(command: dict[str, Any]) -> str:
+    """One queued command as a page lists it: id, action, step, who, when and why."""
+    args = command.get("args")
+    step = args.get("step") if isinstance(args, dict) else None
+    created = command.get("created")
+    return (
+        f"#{e(command.get('id'))} {_told(command.get('action'), 40)}"
+        + ("" if step is None else f" step {_told(step, 100)}")
+        + f" by {_told(command.get('who'), 200)}, "
+        f"{e(when(float(created) if isinstance(created, int | float) else None))}: "
+        f"{_told(command.get('why'), 300)}"
+    )
+
+
+def _told(value: Any, limit: int) -> str:
+    return shown(clipped(str(value), limit, "herder show ID, once it is applied,"))
+
+
 def inbox_page(
     items: Sequence[InboxItem],
     csrf: str | None,
     corrupt: Sequence[Exception] = (),
     total: int | None = None,
+    queued: Mapping[str, list[dict[str, Any]]] = MappingProxyType({}),
 ) -> str:
-    """The workflows waiting for an operator (parked), each with the actions, and the
-    damaged records left out (``corrupt``), named; ``total``: how many are parked, when
-    ``items`` are only the oldest of them."""
+    """The workflows waiting for an operator (parked), each with the actions and the
+    commands ``queued`` for it (not applied yet), and the damaged records left out
+    (``corrupt``), named; ``total``: how many are parked, when ``items`` are only the
+    oldest of them."""
     parked = WorkflowState.NEEDS_ATTENTION
     rows = "".join(
         f'<tr><td><a href="{e("/workflow?" + urlencode({"id": i.id}))}">{shown_id(i.id)}</a></td>'
         f"<td>{shown(i.name)}@{i.version}</td><td>{shown(i.step or '')}</td>"
         f"<td>{state_badge(i.step_state) if i.step_state else ''}</td><td>{i.attempts}</td>"
         f"{error_cell(i.step_error or i.error, 120)}"
-        f"<td>{when(i.since)}</td><td>{action_form(i.id, parked, csrf, i.step)}</td></tr>"
+        f"<td>{when(i.since)}</td><td>{_waiting(queued.get(i.id, []))}"
+        f"{action_form(i.id, parked, csrf, i.step)}</td></tr>"
         for i in items
     )
     head = "<h1>Inbox</h1>" + skipped(corrupt)
@@ -215,6 +237,17 @@ def inbox_page(
         f'{head}<table class="list" id="inbox"><thead><tr><th>id</th><th>workflow</th>'
         "<th>step</th><th>state</th><th>attempts</th><th>error</th><th>since</th>"
         f"<th>act</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _waiting(commands: list[dict[str, Any]]) -> str:
+    """A parked workflow's queued commands, in its inbox row (the first of them)."""
+    if not commands:
+        return ""
+    more = f" and {len(commands) - 1} more" if len(commands) > 1 else ""
+    return (
+        f'<p class="warn queued">queued, not applied yet: {queued_line(commands[0])}{more}'
+        "; an action sent now comes after</p>"
     )
 
 

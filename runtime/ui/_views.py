@@ -23,7 +23,7 @@ from herder.runtime._schedule_status import schedule_statuses
 from herder.runtime.ui import _pages
 from herder.runtime.ui._counters import Counters
 from herder.runtime.ui._query import Filters, workflow_page
-from herder.runtime.ui._workflow_page import parse_before, queued_for, read_page
+from herder.runtime.ui._workflow_page import parse_before, queued, read_page
 from herder.runtime.ui._workflow_page import workflow_page as one_workflow
 from herder.store import (
     COMMAND_DONE,
@@ -99,8 +99,9 @@ class Views:
                 return _not_found(f"No workflow with id {shown}.")
             except InvalidInput as exc:  # empty, NUL, too long: no workflow has such an id
                 return _not_found(f"{shown} is not a valid workflow id: {_pages.shown(exc)}.")
-            queued = queued_for(store, workflow_id)
-        body = one_workflow(status, story, time.time(), csrf, step=step, queued=queued)
+            by_id, more = queued(store)
+        mine = (by_id.get(workflow_id, []), more)
+        body = one_workflow(status, story, time.time(), csrf, step=step, queued=mine)
         return 200, printable(status.id), "workflows", body
 
     def _inbox(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
@@ -108,8 +109,9 @@ class Views:
         with self._gate.read() as store:
             items = inbox_items(store, corrupt=corrupt, limit=INBOX_PAGE)
             counts = store.workflow_counts() if len(items) >= INBOX_PAGE else None
+            by_id, _ = queued(store)
         total = None if counts is None else counts.get(str(WorkflowState.NEEDS_ATTENTION), 0)
-        return 200, "Inbox", "inbox", _pages.inbox_page(items, csrf, corrupt, total)
+        return 200, "Inbox", "inbox", _pages.inbox_page(items, csrf, corrupt, total, by_id)
 
     def _agents(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
         used: dict[str, set[str]] = {}

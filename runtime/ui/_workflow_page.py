@@ -25,7 +25,16 @@ from herder.runtime._console import attempt_named, clipped
 from herder.runtime._inspect import _Reader, _story
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui import _timeline
-from herder.runtime.ui._pages import action_form, e, pretty, shown, shown_id, state_badge, when
+from herder.runtime.ui._pages import (
+    action_form,
+    e,
+    pretty,
+    queued_line,
+    shown,
+    shown_id,
+    state_badge,
+    when,
+)
 from herder.store import (
     InvalidInput,
     StepRecord,
@@ -131,12 +140,14 @@ QUEUED_SHOWN = 10
 """Queued commands of one workflow its page lists (it says how many more there are)."""
 
 
-def queued_for(store: Store, workflow_id: str) -> tuple[list[dict[str, Any]], bool]:
-    """The workflow's commands queued and not applied yet, oldest first, among the
+def queued(store: Store) -> tuple[dict[str, list[dict[str, Any]]], bool]:
+    """The commands queued and not applied yet, oldest first, by workflow id, among the
     :data:`QUEUED_LOOK` oldest queued; and whether more are queued than were looked at."""
     looked = pending_commands(store, corrupt=[], most=QUEUED_LOOK)
-    mine = [c for c in looked if c.get("workflow_id") == workflow_id]
-    return mine, len(looked) >= QUEUED_LOOK
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for command in looked:
+        by_id.setdefault(str(command.get("workflow_id")), []).append(command)
+    return by_id, len(looked) >= QUEUED_LOOK
 
 
 def parse_before(text: str | None) -> int | None:
@@ -206,13 +217,7 @@ def _queued(commands: list[dict[str, Any]], more: bool) -> str:
             if more
             else ""
         )
-    items = "".join(
-        f"<li>#{e(c.get('id'))} {_told(c.get('action'), 40)}"
-        + (f" step {_told(c['args']['step'], 100)}" if _step_of(c) else "")
-        + f" by {_told(c.get('who'), 200)}, {e(when(_time(c.get('created'))))}: "
-        f"{_told(c.get('why'), 300)}</li>"
-        for c in commands[:QUEUED_SHOWN]
-    )
+    items = "".join(f"<li>{queued_line(c)}</li>" for c in commands[:QUEUED_SHOWN])
     rest = len(commands) - QUEUED_SHOWN
     others = f"<li>and {rest} more</li>" if rest > 0 else ""
     return (
@@ -222,20 +227,6 @@ def _queued(commands: list[dict[str, Any]], more: bool) -> str:
         "refused if it no longer applies then; an action sent now comes after them.</p>"
         f"<ul>{items}{others}</ul></div>"
     )
-
-
-def _told(value: Any, limit: int) -> str:
-    """A queued command's text as the page shows it, cut to ``limit`` characters."""
-    return shown(clipped(str(value), limit, "herder show ID, once it is applied,"))
-
-
-def _step_of(command: dict[str, Any]) -> bool:
-    args = command.get("args")
-    return isinstance(args, dict) and args.get("step") is not None
-
-
-def _time(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
 
 
 def _picture(status: WorkflowStatus, story: Story, end: float) -> tuple[str, str]:
