@@ -23,6 +23,7 @@ from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, 
 from herder.runtime.testing import FakeClock
 from herder.runtime.ui import Console, _guard
 from herder.runtime.ui._server import MAX_BODY
+from herder.store import InvalidInput
 from herder.store._commands import pending_commands
 from herder.store._locktable import COMPACTING
 
@@ -358,6 +359,31 @@ def test_a_parked_workflow_is_offered_only_the_actions_that_apply(console: Conso
         _, _, html = request(console, "GET", path, headers=headers)
         assert 'value="retry"' in html
         assert 'value="cancel"' not in html
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ({"idle_timeout": 0}, "idle_timeout must be a number of seconds > 0"),
+        ({"idle_timeout": float("nan")}, "idle_timeout must be"),
+        ({"wait": float("nan")}, "wait must be a number of seconds >= 0"),
+        ({"wait": -1}, "wait must be"),
+        ({"wait": "15"}, "wait must be"),
+        ({"max_connections": 0}, "max_connections must be 1 or more"),
+        ({"max_connections": -1}, "max_connections must be 1 or more"),
+        ({"max_connections": 1.5}, "max_connections must be an int"),
+    ],
+)
+def test_a_console_setting_it_cannot_serve_with_is_refused(
+    store: Path, setting: dict[str, Any], said: str
+) -> None:
+    # Taken as given before: every connection dropped (idle_timeout 0 or NaN: with a
+    # traceback each), an action's request held for ever (wait NaN), every connection
+    # answered 503 (max_connections 0), or a bare ValueError with the port left bound.
+    with pytest.raises(InvalidInput, match=said):
+        Console(str(store), port=0, token=TOKEN, **setting)
+    console = Console(str(store), port=0, token=TOKEN, wait=0, max_connections=1)
+    console.shutdown()  # (the limits themselves are fine)
 
 
 # -- the token and its cookie ----------------------------------------------------------

@@ -43,7 +43,16 @@ from herder.runtime.ui._gate import StoreGate
 from herder.runtime.ui._guard import Guard, check_token, host_name, is_loopback
 from herder.runtime.ui._pages import error_page
 from herder.runtime.ui._sockets import Deadline, Server, Server6
-from herder.store import HerderError, StoreCorrupt, StoreLocked, get_logger, opened
+from herder.store import (
+    MAX_SECONDS,
+    HerderError,
+    InvalidInput,
+    StoreCorrupt,
+    StoreLocked,
+    get_logger,
+    opened,
+    real_number,
+)
 
 _log = get_logger("herder.ui")
 
@@ -92,6 +101,7 @@ class Console:
         max_connections: int = MAX_CONNECTIONS,
         allow_hosts: Iterable[str] = (),
     ) -> None:
+        _check_settings(wait, idle_timeout, max_connections)  # (before anything is bound)
         _not_open_here(store)
         self.gate = StoreGate(store)
         self.token = check_token(token) if token else secrets.token_urlsafe(24)
@@ -328,6 +338,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+def _check_settings(wait: object, idle_timeout: object, max_connections: object) -> None:
+    """InvalidInput for a setting no console serves with: an ``idle_timeout`` of 0 or NaN
+    dropped every connection, a NaN ``wait`` held an action's request for as long as
+    the runtime did not apply it, a ``max_connections`` below 1 refused every one."""
+    for name, value, low in (("wait", wait, ">= 0"), ("idle_timeout", idle_timeout, "> 0")):
+        number = real_number(value)
+        if (
+            number is None
+            or not (number >= 0 if low == ">= 0" else number > 0)
+            or (number > MAX_SECONDS)
+        ):
+            raise InvalidInput(
+                f"Console's {name} must be a number of seconds {low} (at most ten years), "
+                f"got {value!r}"
+            )
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise InvalidInput(f"Console's max_connections must be an int, got {max_connections!r}")
+    if max_connections < 1:
+        raise InvalidInput(f"Console's max_connections must be 1 or more, got {max_connections}")
 
 
 def _not_open_here(path: str) -> None:
