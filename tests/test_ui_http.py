@@ -372,16 +372,22 @@ def test_a_parked_workflow_is_offered_only_the_actions_that_apply(console: Conso
         ({"max_connections": 0}, "max_connections must be 1 or more"),
         ({"max_connections": -1}, "max_connections must be 1 or more"),
         ({"max_connections": 1.5}, "max_connections must be an int"),
+        ({"port": 70000}, "port must be an int from 0 to 65535"),  # (OverflowError)
+        ({"port": True}, "port must be"),  # (bound port 1)
+        ({"port": "8700"}, "port must be"),  # (TypeError)
+        ({"token": 123}, "token must be a str, got int"),  # (AttributeError)
+        ({"allow_hosts": "box"}, "give allow_hosts a list of names"),  # (b, o and x)
     ],
 )
 def test_a_console_setting_it_cannot_serve_with_is_refused(
     store: Path, setting: dict[str, Any], said: str
 ) -> None:
-    # Taken as given before: every connection dropped (idle_timeout 0 or NaN: with a
-    # traceback each), an action's request held for ever (wait NaN), every connection
-    # answered 503 (max_connections 0), or a bare ValueError with the port left bound.
+    # Taken as given (or failed as no HerderError) before: every connection dropped
+    # (idle_timeout 0 or NaN: with a traceback each), an action's request held for ever
+    # (wait NaN), every connection answered 503 (max_connections 0), or a bare
+    # ValueError with the port left bound.
     with pytest.raises(InvalidInput, match=said):
-        Console(str(store), port=0, token=TOKEN, **setting)
+        Console(str(store), **{"port": 0, "token": TOKEN, **setting})
     console = Console(str(store), port=0, token=TOKEN, wait=0, max_connections=1)
     console.shutdown()  # (the limits themselves are fine)
 

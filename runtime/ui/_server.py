@@ -102,6 +102,12 @@ class Console:
         allow_hosts: Iterable[str] = (),
     ) -> None:
         _check_settings(wait, idle_timeout, max_connections)  # (before anything is bound)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InvalidInput(f"Console's port must be an int from 0 to 65535, got {port!r}")
+        if not isinstance(token, str | None):
+            raise InvalidInput(f"Console's token must be a str, got {type(token).__name__}")
+        if isinstance(allow_hosts, str):  # (its letters were allowed, one by one)
+            raise InvalidInput(f"give allow_hosts a list of names: [{allow_hosts!r}]")
         _not_open_here(store)
         self.gate = StoreGate(store)
         self.token = check_token(token) if token else secrets.token_urlsafe(24)
