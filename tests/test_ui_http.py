@@ -520,6 +520,14 @@ def _get_over(address: str, port: int) -> int:
         conn.close()
 
 
+def test_bound_to_every_address_as_an_empty_host_it_prints_a_url_to_open(store: Path) -> None:
+    console = Console(str(store), host="", port=0, token=TOKEN)
+    try:
+        assert console.url.startswith(f"http://0.0.0.0:{console.port}/?")  # "http://:PORT/"
+    finally:
+        console.shutdown()
+
+
 @pytest.mark.skipif(not socket.has_ipv6, reason="this Python has no IPv6")
 @pytest.mark.parametrize("address", ["::1", "::"])
 def test_an_ipv6_address_is_bound_as_one(

@@ -128,7 +128,7 @@ class Console:
             raise
         self.csrf = self.guard.csrf
         self._served = False  # (shutdown waits for a serve_forever only if one was started)
-        shown = f"[{host}]" if ":" in host else host
+        shown = f"[{host}]" if ":" in host else host or "0.0.0.0"  # ("": http://:8700/)
         self.origin = f"http://{shown}:{self.port}"
 
     @property
