@@ -109,13 +109,14 @@ def print_table(
     console = _rich_console(out) if len(rows) <= RICH_ROWS else None
     if console is not None:
         from rich.table import Table
+        from rich.text import Text  # (a str is read as markup: an error's "[/x]" raised)
 
-        table = Table(title=title, title_justify="left")
+        table = Table(title=Text(title), title_justify="left")
         for i, col in enumerate(columns):
             numeric = bool(rows) and all(isinstance(r[i], int | float) for r in rows)
-            table.add_column(col, justify="right" if numeric else "left")
+            table.add_column(Text(col), justify="right" if numeric else "left")
         for row in rows:
-            table.add_row(*(printable(v) for v in row))
+            table.add_row(*(Text(printable(v)) for v in row))
         console.print(table)
         return
     cells = [list(columns)] + [[printable(v) for v in row] for row in rows]

@@ -255,6 +255,24 @@ def test_a_long_table_on_a_terminal_is_printed_plain() -> None:
     assert long.getvalue().count("\n") == 1002  # (the header, then every row)
 
 
+def test_a_table_on_a_terminal_shows_user_text_as_it_is_not_as_markup() -> None:
+    # rich read every cell as markup: an action's error with "[/x]" in it made
+    # `herder ls`, `show` and `inbox` fail with a MarkupError traceback on a terminal, and
+    # "[red]a[/red]" or "[link=...]" showed (or linked) other than what was stored.
+    pytest.importorskip("rich")
+    from herder.runtime._console import print_table
+
+    out = _Terminal()
+    cells = ("bad [/x] input", "[red]a[/red] [link=https://evil.example]b[/link]")
+    print_table(out, "store [/y]", ("[/z]", "b"), [cells])
+    text = out.getvalue()
+    assert "store [/y]" in text
+    assert "[/z]" in text
+    assert "bad [/x] input" in text
+    assert "[red]a[/red] [link=https://evil.example]b[/link]" in text
+    assert "\x1b]8;" not in text  # (no hyperlink escape)
+
+
 class Hostile(Agent):
     def go(self, ctx: StepContext) -> None:
         raise Permanent("evil \x1b[2J\x1b]0;pwned\x07 one\ntwo")
