@@ -137,12 +137,17 @@ class Retention:
             job_id = None if job is None else job["id"]
             if job_id != self._scanning:  # another cutoff: its own scan, from the oldest
                 self._position, self._scanning = None, job_id
+            after = self._position
             found, self._position = resumed_candidates(
-                self._store, before, states, self._batch, after=self._position, most=self._scan
+                self._store, before, states, self._batch, after=after, most=self._scan
             )
             if not found and job is not None and self._position is None:
                 self._finish(job, None)  # a whole pass found no more
-            transitions = deletions(self._store, found, purged) if found or purged else []
+            taken, transitions = (
+                deletions(self._store, found, purged) if found or purged else (0, [])
+            )
+            if taken < len(found):  # (large workflows: the rest from the same place next time)
+                found, self._position = found[:taken], after
             if transitions and job is not None:
                 transitions += self._progress(job)
             if job is None:  # answered commands go with the retention's own cutoff
@@ -204,7 +209,7 @@ class Retention:
             with self._lock:
                 purged, self._purged = self._purged, []
             if purged:
-                transitions = deletions(self._store, [], purged)
+                _, transitions = deletions(self._store, [], purged)
                 if transitions:
                     commit_group(self._store, transitions, timeout)
         except Exception as exc:  # (a stalled or full disk: the stop goes on)

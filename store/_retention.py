@@ -56,6 +56,13 @@ BATCH = 500
 RETENTION_SCAN = 1000
 """Most ``recent`` index entries one :func:`resumed_candidates` call reads."""
 
+MOST_DELETES = 20_000
+"""Deletes after which a batch takes no more workflows (:func:`deletions`): a :data:`BATCH`
+of workflows of a few steps is a few thousand, but of workflows with a hundred steps (or
+long histories) it is 150,000, a group that held the writer, and every step commit queued
+behind it, for a fifth of a second; a batch takes fewer of those (one at least, however
+large)."""
+
 
 def candidates(
     store: Store, before: float, states: frozenset[str] = FINISHED, limit: int | None = None
@@ -106,10 +113,13 @@ def count(store: Store, before: float, states: frozenset[str] = FINISHED) -> int
 
 def deletions(
     store: Store, found: Iterable[tuple[str, str]], gone: Iterable[str] = ()
-) -> list[Transition]:
-    """One transition per workflow of ``found`` deleting it whole, read on one snapshot;
+) -> tuple[int, list[Transition]]:
+    """One transition per workflow of ``found`` deleting it whole, read on one snapshot,
+    in order, until they hold :data:`MOST_DELETES` deletes (one workflow at least);
     then, for each workflow of ``gone`` (those the previous batch deleted) anything is
-    left of, one deleting that, if the workflow is still absent.
+    left of, one deleting that, if the workflow is still absent. Returns how many of
+    ``found`` the transitions delete (the first ones: the rest go with a later batch)
+    and the transitions.
 
     What is left of one are the keys written after the previous batch read its keys and
     before it committed (a refused operator command's event in its history, say). Once
@@ -118,9 +128,15 @@ def deletions(
     in the next batch, finds all there is."""
     found, gone = list(found), list(gone)
 
-    def read(snap: Snapshot) -> list[Transition]:
+    def read(snap: Snapshot) -> tuple[int, list[Transition]]:
+        taken, ops = [], 0
+        for wid, state in found:
+            if ops >= MOST_DELETES:
+                break
+            taken.append(_deletion(snap, wid, state))
+            ops += len(taken[-1].ops)
         left = [t for t in (_deletion(snap, wid, None) for wid in gone) if t.ops]
-        return [_deletion(snap, wid, state) for wid, state in found] + left
+        return len(taken), taken + left
 
     return store.view(read)
 
@@ -163,9 +179,10 @@ def purge(
     deleted, gone = 0, list[str]()
     while True:
         found = candidates(store, before, states, batch)
-        transitions = deletions(store, found, gone)  # (and what the last batch left)
+        taken, transitions = deletions(store, found, gone)  # (and what the last batch left)
         if not transitions:
             return deleted
+        found = found[:taken]  # (the rest: from the oldest again, with the next batch)
         try:
             outcomes = commit_group(store, transitions, timeout)
         except StoreIOError as exc:

@@ -210,7 +210,9 @@ def test_an_event_written_while_its_workflow_is_purged_goes_with_it(
         store = rt._store
         read = deletions
 
-        def refused_right_after(store: Store, found: Any, gone: Any = ()) -> list[Transition]:
+        def refused_right_after(
+            store: Store, found: Any, gone: Any = ()
+        ) -> tuple[int, list[Transition]]:
             keys = read(store, found, gone)
             command = append_command(path, new_command("cancel", "old", who="t", why="x"))
             rt._sweep_now()  # (hands the command over: refused, with an event in history)
@@ -251,7 +253,9 @@ def test_an_action_that_lands_before_the_purge_keeps_the_workflow(
             rt._wait_final(rt.start("order", {}, workflow_id="stuck").id, WAIT)
             read = deletions
 
-            def retried_right_after(store: Store, found: Any, gone: Any = ()) -> list[Transition]:
+            def retried_right_after(
+                store: Store, found: Any, gone: Any = ()
+            ) -> tuple[int, list[Transition]]:
                 keys = read(store, found, gone)
                 rt.retry("stuck")  # (its refund then hangs: it stays COMPENSATING)
                 return keys
@@ -320,7 +324,9 @@ def test_what_a_purge_batch_left_is_gone_by_a_clean_stop(
         sweepers = rt._listener.sweepers
         sweepers[:] = [s for s in sweepers if s != retention.on_sweep]
 
-        def refused_right_after(store: Store, found: Any, gone: Any = ()) -> list[Transition]:
+        def refused_right_after(
+            store: Store, found: Any, gone: Any = ()
+        ) -> tuple[int, list[Transition]]:
             keys = read(store, found, gone)
             command = append_command(path, new_command("cancel", "old", who="t", why="x"))
             rt._sweep_now()  # (hands the command over: refused, with an event in history)

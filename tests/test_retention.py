@@ -42,6 +42,7 @@ from herder.store import (
     purge,
     wait_outcome,
 )
+from herder.store import _retention as store_retention
 
 HERDER = str(Path(sys.executable).parent / "herder")
 WAIT = 30.0
@@ -170,6 +171,58 @@ def test_each_sweep_deletes_at_most_one_batch(tmp_path: Path) -> None:
             left.append(len(rt.list()))
         assert left == [3, 1, 0]
         assert retention.deleted == 5
+
+
+WIDE = Workflow("wide")
+for _i in range(20):
+    WIDE = WIDE.step(f"s{_i}", agent="shop", action="buy")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("through", ["retention", "purge"])
+def test_a_batch_of_large_workflows_stops_at_a_bound_of_deletes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through: str
+) -> None:
+    """A batch of 500 finished workflows of 100 steps each was one group of 150,000
+    deletes: the writer, and every step commit queued behind it, waited for it (start()'s
+    p99 went from 22 ms to 140-200 ms while such a backlog was purged). A batch takes no
+    more workflows once it holds MOST_DELETES deletes (here 500, for 20-step workflows
+    of about 60 keys each); the next batches take the rest, and unfinished workflows
+    among them are passed over as before."""
+    monkeypatch.setattr(store_retention, "MOST_DELETES", 500, raising=False)
+    clock = FakeClock(start=T0)
+    with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
+        rt.add_workflow(WIDE)
+        for i in range(30):
+            rt._wait_final(rt.start("wide", {}, workflow_id=f"w{i:02d}").id, WAIT)
+            if i % 7 == 0:
+                rt.start("order", {}, workflow_id=f"u{i:02d}", delay=DAY)
+        clock.advance(120.0)
+        store, groups = rt._store, []
+        submit, here = store.writer.submit_many, threading.get_ident()
+
+        def seen(transitions: Any, on_done: Any, **kw: Any) -> None:
+            if threading.get_ident() == here:  # (the batches, not the runtime's own)
+                groups.append([len(t.ops) for t in transitions])
+            submit(transitions, on_done, **kw)
+
+        monkeypatch.setattr(store.writer, "submit_many", seen)
+        if through == "purge":
+            assert purge(store, T0 + 60.0) == 30
+        else:
+            retention = Retention(store, clock.time, 60.0, scan=12)
+            for _ in range(200):
+                retention.on_sweep()
+                store.writer.flush(WAIT)
+                if store.count("workflows") == 5:
+                    break
+            assert retention.deleted == 30
+        assert len(groups) > 3
+        for ops in groups:  # (a batch stops once it holds them: one workflow more at most)
+            assert sum(ops[:-1]) < 500, ops
+        assert sorted(s.id for s in rt.list()) == [f"u{i:02d}" for i in range(0, 30, 7)]
+        report = check_store(store)
+        assert report.ok, report.problems
 
 
 def counting_reads(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[int]:
