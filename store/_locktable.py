@@ -26,6 +26,7 @@ opened itself and refuses to write on a mismatch.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -53,16 +54,19 @@ the flock held can say a compact holds it, not a runtime."""
 
 
 def compacting(path: str | os.PathLike[str]) -> int | None:
-    """The pid of the ``herder compact`` running on the store at ``path``, if one is
-    (its mark names a live process; one left by a compact that was killed does not)."""
+    """The pid of the ``herder compact`` running on the store at ``path``, if one is: its
+    mark names a live process and the store's flock is held (a compact holds it while it
+    runs). A mark left by a compact that was killed names a dead process, or one that
+    took its pid since (after a reboot, say): that one holds no flock, and a runtime that
+    takes the flock deletes the mark (:func:`open_lock`)."""
     try:
         pid = int((pathlib.Path(path) / COMPACTING).read_text().strip())
         os.kill(pid, 0)
     except PermissionError:  # alive, another user's
-        return pid
+        pass
     except (OSError, ValueError, OverflowError):
         return None
-    return pid if pid > 0 else None
+    return pid if pid > 0 and is_held(path) else None
 
 
 def _identity(path: pathlib.Path) -> str:
@@ -139,6 +143,9 @@ def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:
     except OSError as exc:
         raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
     have = _flock_past_probes(fd)
+    if have:  # so no compact runs (it holds the flock throughout): its mark is a killed one's
+        with contextlib.suppress(OSError):
+            (path / COMPACTING).unlink()
     if not have and not wait:
         os.close(fd)
         pid = compacting(path)

@@ -182,6 +182,62 @@ def test_while_compact_runs_others_are_told_so_and_queue_nothing(
     assert not (store / "herder.compacting").exists()
 
 
+KILLED_MID_COPY = """
+import sys
+from herder.store import _compact
+def copying(*args):
+    print("copying", flush=True)
+    sys.stdin.read()  # (until SIGKILLed)
+_compact._copy = copying
+_compact.compact(sys.argv[1])
+"""
+
+
+def test_the_mark_of_a_killed_compact_holds_up_nothing_once_its_pid_is_reused(
+    store: Path, tmp_path: Path
+) -> None:
+    """A compact killed mid-copy (SIGKILL, a power cut) leaves its mark naming its pid.
+    Once another process has that pid (after a reboot, pids start over), the mark named
+    a live process, so every operator command was refused, with or without a runtime
+    on the store, as "being compacted (pid N)": "run the command again once that ends",
+    which it never did. A compact holds the store's flock while it runs: a mark without
+    it is a killed one's, and a runtime that takes the flock deletes it."""
+    script = tmp_path / "killed_compact.py"
+    script.write_text(KILLED_MID_COPY)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(store)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "copying"
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+    mark = store / "herder.compacting"
+    assert mark.read_text().strip() == str(proc.pid)
+    alive = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        mark.write_text(f"{alive.pid}\n")  # its pid, now another process's
+        queued = herder("retry", "w001", "--store", str(store), "--why", "x", "--timeout", "0.1")
+        assert queued.returncode == 3, queued.stderr  # (queued: no runtime holds the store)
+        with Runtime(store) as rt:
+            rt.add_agent("svc", Service)
+            rt.add_workflow(Workflow("flow").step("a", agent="svc", action="go"))
+            assert not mark.exists()
+            done = herder("cancel", "w002", "--store", str(store), "--why", "x")
+            assert done.returncode == 0, done.stderr
+            assert rt.status("w002").state == "CANCELLED"
+    finally:
+        assert alive.stdin is not None
+        alive.stdin.close()
+        alive.wait(WAIT)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
 def test_compact_run_as_root_keeps_the_owner_of_the_store(store: Path) -> None:
     for f in store.iterdir():
