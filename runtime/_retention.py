@@ -63,19 +63,15 @@ def retention_seconds(retention: float | datetime.timedelta | None) -> float | N
         return None
     if isinstance(retention, datetime.timedelta):
         retention = retention.total_seconds()
-    if (
-        isinstance(retention, bool)
-        or not isinstance(retention, int | float)
-        or not math.isfinite(retention)
-        or retention < 0
-    ):
+    seconds = real_number(retention) if isinstance(retention, int | float) else None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:  # (10**400: inf)
         from herder.store import InvalidInput
 
         raise InvalidInput(
             f"retention must be seconds >= 0, a datetime.timedelta or None (keep "
-            f"everything), got {retention!r}"
+            f"everything), got {retention!r:.100}"
         )
-    return float(retention)
+    return seconds
 
 
 class Retention:
@@ -133,7 +129,8 @@ class Retention:
             elif self._keep is None:
                 return
             else:
-                before, states = self._now() - self._keep, FINISHED
+                # (a keep longer than the epoch is old: no index time is before 0)
+                before, states = max(0.0, self._now() - self._keep), FINISHED
             job_id = None if job is None else job["id"]
             if job_id != self._scanning:  # another cutoff: its own scan, from the oldest
                 self._position, self._scanning = None, job_id

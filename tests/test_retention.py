@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import logging
 import subprocess
 import sys
 import threading
@@ -412,10 +413,29 @@ def test_a_purge_goes_over_the_range_again_after_a_batch_failed_to_commit(
         assert rt.list() == []
 
 
-@pytest.mark.parametrize("bad", [-1, float("nan"), "7d", True])
+@pytest.mark.parametrize("bad", [-1, float("nan"), "7d", True, 10**400])
 def test_a_bad_retention_is_refused(tmp_path: Path, bad: object) -> None:
-    with pytest.raises(InvalidInput, match="retention"):
+    with pytest.raises(InvalidInput, match="retention"):  # (10**400: not an OverflowError)
         Runtime(tmp_path / "s", retention=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_a_retention_longer_than_the_epoch_is_old_keeps_all_and_sweeps_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """retention=1e308 (accepted: finite) put the cutoff at -1e308 s, which the index's
+    milliseconds cannot hold: every sweep, 4 a second, logged an OverflowError traceback
+    ("a sweep listener failed"), and no answered command was ever deleted."""
+    clock = FakeClock(start=T0)
+    with (
+        caplog.at_level(logging.ERROR, logger="herder"),
+        Runtime(tmp_path / "s", clock=clock, setup=register, retention=1e308) as rt,
+    ):
+        finish(rt, "a", {})
+        advance(rt, clock, 1.0)
+        advance(rt, clock, 1.0)
+        assert [s.id for s in rt.list()] == ["a"]
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 def herder(*argv: str) -> subprocess.CompletedProcess[str]:
