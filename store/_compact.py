@@ -5,7 +5,8 @@ refuses while a runtime holds the lease or a standby waits (a standby has the ol
 open and would take over on it). The copy (``mdb_env_copy2`` with compaction: only live
 pages, in order) is written to ``compact.tmp/`` inside the store directory, synced, and
 renamed over ``data.mdb`` (atomic on one filesystem); a crash before the rename leaves
-the old store whole and a stale ``compact.tmp/`` that the next compact removes.
+the old store whole and a stale ``compact.tmp/`` that the next compact, or the next
+writer open (``open_lock``), removes.
 
 No other process may have the environment open at the swap, whatever it is: a reader
 (``herder ui``, a script's read-only ``Store``) keeps the old file mapped, and LMDB's lock
@@ -32,12 +33,12 @@ from collections.abc import Callable
 import lmdb
 
 from herder.store._errors import StoreError, StoreLocked
-from herder.store._locktable import COMPACTING, LMDB_LOCK, LOCK_FILE, compacting
+from herder.store._locktable import COMPACT_COPY, COMPACTING, LMDB_LOCK, LOCK_FILE, compacting
 from herder.store._metapage import last_txnid
 from herder.store._open import has_store, open_existing, open_lmdb, read_schema, translate
 from herder.store._standby import standby_waiting
 
-TMP = "compact.tmp"
+TMP = COMPACT_COPY
 LOOK = 0.25  # seconds between two looks at the size of the copy (its progress)
 
 

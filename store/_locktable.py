@@ -31,6 +31,7 @@ import errno
 import fcntl
 import os
 import pathlib
+import shutil
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -51,6 +52,8 @@ LOCK_TABLE_BYTES = 8192
 COMPACTING = "herder.compacting"
 """Written by ``herder compact`` (its pid) while it holds the flock, so that whoever meets
 the flock held can say a compact holds it, not a runtime."""
+COMPACT_COPY = "compact.tmp"
+"""The directory ``herder compact`` writes its copy into, beside the store."""
 
 
 def compacting(path: str | os.PathLike[str]) -> int | None:
@@ -143,9 +146,10 @@ def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:
     except OSError as exc:
         raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
     have = _flock_past_probes(fd)
-    if have:  # so no compact runs (it holds the flock throughout): its mark is a killed one's
-        with contextlib.suppress(OSError):
+    if have:  # so no compact runs (it holds the flock throughout): a killed one's mark
+        with contextlib.suppress(OSError):  # and copy (as large as the store) go
             (path / COMPACTING).unlink()
+        shutil.rmtree(path / COMPACT_COPY, ignore_errors=True)
     if not have and not wait:
         os.close(fd)
         pid = compacting(path)

@@ -185,7 +185,8 @@ def test_while_compact_runs_others_are_told_so_and_queue_nothing(
 KILLED_MID_COPY = """
 import sys
 from herder.store import _compact
-def copying(*args):
+def copying(root, tmp, *args):
+    (tmp / "data.mdb").write_bytes(bytes(1 << 20))  # (part of the copy)
     print("copying", flush=True)
     sys.stdin.read()  # (until SIGKILLed)
 _compact._copy = copying
@@ -201,7 +202,8 @@ def test_the_mark_of_a_killed_compact_holds_up_nothing_once_its_pid_is_reused(
     a live process, so every operator command was refused, with or without a runtime
     on the store, as "being compacted (pid N)": "run the command again once that ends",
     which it never did. A compact holds the store's flock while it runs: a mark without
-    it is a killed one's, and a runtime that takes the flock deletes it."""
+    it is a killed one's, and a runtime that takes the flock deletes it, and the killed
+    one's partial copy, which stayed until the next compact."""
     script = tmp_path / "killed_compact.py"
     script.write_text(KILLED_MID_COPY)
     proc = subprocess.Popen(
@@ -216,8 +218,9 @@ def test_the_mark_of_a_killed_compact_holds_up_nothing_once_its_pid_is_reused(
     finally:
         proc.kill()
         proc.wait(WAIT)
-    mark = store / "herder.compacting"
+    mark, copy = store / "herder.compacting", store / "compact.tmp"
     assert mark.read_text().strip() == str(proc.pid)
+    assert copy.exists()
     alive = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
     )
@@ -229,6 +232,7 @@ def test_the_mark_of_a_killed_compact_holds_up_nothing_once_its_pid_is_reused(
             rt.add_agent("svc", Service)
             rt.add_workflow(Workflow("flow").step("a", agent="svc", action="go"))
             assert not mark.exists()
+            assert not copy.exists()  # (as large as the store: gone, not left until a compact)
             done = herder("cancel", "w002", "--store", str(store), "--why", "x")
             assert done.returncode == 0, done.stderr
             assert rt.status("w002").state == "CANCELLED"
