@@ -8,7 +8,8 @@ bounded read of the ``recent`` index that goes on where the last sweep's stopped
 never waits for it: the batch goes to the writer as one group, and until that group is
 committed the next sweeps skip. So a backlog of a million is worked off a batch per
 sweep while dispatch goes on, each step commit waiting at most one batch's worth of
-deletes in the writer. A ``purge`` command is worked off the same way, before the
+deletes in the writer (a batch of large workflows stops at ``MOST_DELETES``: the rest go
+with the next sweeps, read again from where this one's read began). A ``purge`` command is worked off the same way, before the
 retention's own cutoff, and its outcome (with the count) is recorded when a pass over
 the index finds nothing more to delete. Until then each batch's group also records the
 count so far on the pending command (``progress_ops``: no commit of its own), which the
