@@ -9,14 +9,15 @@ never waits for it: the batch goes to the writer as one group, and until that gr
 committed the next sweeps skip. So a backlog of a million is worked off a batch per
 sweep while dispatch goes on, each step commit waiting at most one batch's worth of
 deletes in the writer (a batch of large workflows stops at ``MOST_DELETES``: the rest go
-with the next sweeps, read again from where this one's read began). A ``purge`` command is worked off the same way, before the
-retention's own cutoff, and its outcome (with the count) is recorded when a pass over
-the index finds nothing more to delete. Until then each batch's group also records the
-count so far on the pending command (``progress_ops``: no commit of its own), which the
-waiting ``herder purge`` shows, and a runtime that takes the command over after a crash
-counts on from (one batch short at most: the batch whose commit the crash cut off from
-its count). The retention's own sweeps also delete the answered commands older than its
-cutoff (and than :data:`COMMANDS_KEPT`), up to a batch each.
+with the next sweeps, read again from where this one's read began). A ``purge`` command
+is worked off the same way, before the retention's own cutoff, and its outcome (with the
+count) is recorded when a pass over the index finds nothing more to delete. Until then
+each batch's group also records the count so far on the pending command
+(``progress_ops``: no commit of its own), which the waiting ``herder purge`` shows, and a
+runtime that takes the command over after a crash counts on from (one batch short at
+most: the batch whose commit the crash cut off from its count). The retention's own
+sweeps also delete the answered commands older than its cutoff (and than
+:data:`COMMANDS_KEPT`), up to a batch each.
 """
 
 from __future__ import annotations
