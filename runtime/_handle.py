@@ -118,6 +118,15 @@ def _maybe_ended(ids: list[str], snap: Snapshot) -> list[str]:
     return out
 
 
+def unknown(workflow_id: str) -> UnknownWorkflow:
+    """The error for an id the store has no workflow of (a handle's, status()...)."""
+    return UnknownWorkflow(
+        f"no workflow with id {workflow_id!r}: none was started with it, or it ended and "
+        "was deleted (retention or herder purge) before this read it: keep retention "
+        "longer than a caller may wait to read it"
+    )
+
+
 def _purged(workflow_id: str) -> UnknownWorkflow:
     return UnknownWorkflow(
         f"workflow {workflow_id!r} ended, and was deleted (retention or herder purge) before "
@@ -267,11 +276,7 @@ class Waiting:
             with rt._lock:
                 mine = self._unlisted(workflow_id, fut)  # else _on_final resolves it
             if record is None:
-                raise UnknownWorkflow(
-                    f"no workflow with id {workflow_id!r}: none was started with it, or it "
-                    "ended and was deleted (retention or herder purge) before its outcome "
-                    "was read: keep retention longer than a caller may wait to read it"
-                )
+                raise unknown(workflow_id)
             if mine:
                 fut.set((record, None))
         return fut

@@ -28,7 +28,6 @@ from herder.actors import (
     RuntimeClosed,
     SteadyClock,
     SystemClock,
-    UnknownWorkflow,
     call,
 )
 from herder.runtime._async import AsyncRuntime
@@ -37,7 +36,7 @@ from herder.runtime._claims import Claims
 from herder.runtime._config import RuntimeConfig
 from herder.runtime._firing import Firer
 from herder.runtime._ha import StandbyWatcher, lease_kept
-from herder.runtime._handle import Final, Waiting, WorkflowHandle
+from herder.runtime._handle import Final, Waiting, WorkflowHandle, unknown
 from herder.runtime._inbox import InboxItem, inbox_items
 from herder.runtime._lifecycle import Lifecycle
 from herder.runtime._listener import RuntimeListener
@@ -270,14 +269,14 @@ class Runtime(
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing workflow (e.g. one recovered after a restart)."""
         if self._store.get_workflow(workflow_id) is None:
-            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+            raise unknown(workflow_id)
         return WorkflowHandle(self, workflow_id)
 
     def status(self, workflow_id: str) -> WorkflowStatus:
         """The durable status of a workflow; :class:`UnknownWorkflow` if there is none."""
         found = self._with_steps(workflow_id)
         if found is None:
-            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+            raise unknown(workflow_id)
         return WorkflowStatus.from_records(*found)
 
     def list(self, state: WorkflowState | str | None = None) -> builtins.list[WorkflowStatus]:
@@ -314,7 +313,7 @@ class Runtime(
 
         def read() -> builtins.list[dict[str, Any]]:  # (one snapshot: see _with_steps)
             if self._store.get_workflow(workflow_id) is None:
-                raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+                raise unknown(workflow_id)
             return read_history(self._store, workflow_id)
 
         return self._store.together(read)

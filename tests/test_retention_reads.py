@@ -132,6 +132,19 @@ def test_result_of_a_workflow_deleted_before_it_was_read_says_it_may_have_been(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("read", ["status", "handle", "history"])
+def test_a_read_of_a_workflow_retention_deleted_says_it_may_have_been(
+    rt: Runtime, read: str
+) -> None:
+    # h.result() said so, but rt.status(), rt.handle() and rt.history() of the same id
+    # said only "no workflow with id 'o1'": an id started a week ago, with retention on by
+    # default, read as a workflow lost.
+    assert purge(rt._store, T0 + 1e6) == 1
+    with pytest.raises(UnknownWorkflow, match=r"'o1'.* deleted \(retention or herder purge\)"):
+        getattr(rt, read)("o1")
+
+
+@pytest.mark.timeout(60)
 def test_history_of_a_workflow_deleted_while_read_is_whole(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
