@@ -156,6 +156,14 @@ def when_arg(*, age: bool = False) -> Callable[[str], float]:
     return parse
 
 
+def retention_arg(text: str) -> float | None:
+    """``herder run --retention``: an age (:func:`when_arg`'s: 7d, 12h), or ``none``: keep
+    every finished workflow (argparse reports a refusal as a usage error, exit 2)."""
+    if text.strip().lower() == "none":
+        return None
+    return when_arg(age=True)(text)
+
+
 def count_arg(text: str) -> int:
     """An int >= 0 (argparse reports a refusal as a usage error, exit 2)."""
     return _whole(text, 0)

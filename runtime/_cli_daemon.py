@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from herder.runtime._cli_args import add_store, app_arg, deadline_arg, lease_arg, seconds_arg
+from herder.runtime._cli_args import (
+    add_store,
+    app_arg,
+    deadline_arg,
+    lease_arg,
+    retention_arg,
+    seconds_arg,
+)
 from herder.store import DEFAULT_LEASE
 
 
@@ -29,6 +36,12 @@ def add_parsers(sub: Any) -> None:
         type=seconds_arg,
         default=30.0,
         help="seconds running attempts may finish in at shutdown (default: %(default)s)",
+    )
+    run.add_argument(
+        "--retention",
+        type=retention_arg,
+        default="7d",
+        help="how long finished workflows are kept (7d, 12h; none: all; default: %(default)s)",
     )
     run.set_defaults(func=_run)
     handoff = sub.add_parser("handoff", help="ask the runtime holding a store to hand over")
@@ -62,6 +75,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         standby=args.standby,
         lease=args.lease,
         drain_timeout=args.drain_timeout,
+        retention=args.retention,
         out=out,
     )
 

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from herder.runtime._retention import DEFAULT_RETENTION
 from herder.runtime._runtime import Runtime
 from herder.runtime._systemd import Watchdog, notify
 from herder.store import (
@@ -84,13 +85,21 @@ def _failure(exc: BaseException) -> str:
 
 
 def run_app(
-    store: str, app: str, *, standby: bool, lease: float, drain_timeout: float, out: TextIO
+    store: str,
+    app: str,
+    *,
+    standby: bool,
+    lease: float,
+    drain_timeout: float,
+    retention: float | None = DEFAULT_RETENTION,
+    out: TextIO,
 ) -> int:
     """Open the runtime, let the app register, notify systemd, serve until stopped."""
     if not logging.getLogger().handlers:  # under systemd, stderr goes to the journal
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     factory = load_app(app)
-    rt = Runtime(store, standby=standby, lease=lease, setup=factory)  # before recovery
+    # (the app's factory registers: before recovery)
+    rt = Runtime(store, standby=standby, lease=lease, retention=retention, setup=factory)
     watchdog = Watchdog()
     rt._health_listeners.append(watchdog.ping)
 

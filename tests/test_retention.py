@@ -438,6 +438,34 @@ def test_a_retention_longer_than_the_epoch_is_old_keeps_all_and_sweeps_quietly(
     assert [r.getMessage() for r in caplog.records] == []
 
 
+KEEPS_APP = """
+import sys
+def build(rt):
+    print("keeps", rt._retention._keep, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("given", "keeps"),
+    [([], "604800.0"), (["--retention", "12h"], "43200.0"), (["--retention", "none"], "None")],
+)
+def test_herder_run_takes_the_retention(tmp_path: Path, given: list[str], keeps: str) -> None:
+    """The daemon's own command had no way to set the retention: every `herder run`
+    kept finished workflows 7 days, though the docs tell its owner to keep them longer
+    than any caller may repeat a start (or for good, None)."""
+    (tmp_path / "keeps_app.py").write_text(KEEPS_APP)
+    argv = [HERDER, "run", "--store", str(tmp_path / "s"), "--app", "keeps_app:build", *given]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().split() == ["keeps", keeps]
+        assert proc.stdout.readline().startswith("active ")
+    finally:
+        proc.terminate()
+        assert proc.wait(WAIT) == 0
+
+
 def herder(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [HERDER, *argv], capture_output=True, text=True, timeout=WAIT * 2, check=False
