@@ -161,7 +161,10 @@ def retention_arg(text: str) -> float | None:
     every finished workflow (argparse reports a refusal as a usage error, exit 2)."""
     if text.strip().lower() == "none":
         return None
-    return when_arg(age=True)(text)
+    try:
+        return when_arg(age=True)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or none to keep every one") from None
 
 
 def count_arg(text: str) -> int:

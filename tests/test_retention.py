@@ -466,6 +466,14 @@ def test_herder_run_takes_the_retention(tmp_path: Path, given: list[str], keeps:
         assert proc.wait(WAIT) == 0
 
 
+def test_herder_run_refuses_a_retention_that_is_no_age(tmp_path: Path) -> None:
+    refused = herder("run", "--store", str(tmp_path / "s"), "--app", "a:b", "--retention", "7")
+    assert refused.returncode == 2  # (usage: before the app is imported or a store made)
+    assert "'7' is not an age" in refused.stderr
+    assert "or none to keep every one" in refused.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def herder(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [HERDER, *argv], capture_output=True, text=True, timeout=WAIT * 2, check=False
