@@ -80,7 +80,7 @@ class Dispatcher:
         self._pumped, self._waiting = pumped(None), waiting(None)  # the host's, once attached
         self._heard = False  # an instance event came since the last pump (host.pumped)
         self.lanes = Lanes(engine, clock, ctx.config, self._room)  # reserve-ahead (_ahead.py)
-        self._loose = Loose()  # fenced attempts still running, until their deadline
+        self.loose = Loose()  # fenced attempts still running, until their deadline
         # Attempts whose timeout was their gates' news: a late answer is none to the gates.
         self._counted: dict[int, bool] = {}
         self._names = Routes(engine, self.lanes, self._dropped)  # routes; names not served
@@ -168,7 +168,7 @@ class Dispatcher:
                     self.host.replace(attempt.agent, attempt.instance)
                     self._touch(attempt.agent)  # its slot is free
                 elif attempt.deadline is not None:  # it runs on: should it hang (_loose.py)
-                    self._loose.watch(attempt.agent, attempt.token, attempt.deadline)
+                    self.loose.watch(attempt.agent, attempt.token, attempt.deadline)
             elif isinstance(action, Cancel):
                 action.attempt.port.cancelled = True
             elif isinstance(action, TimedOut):
@@ -210,8 +210,8 @@ class Dispatcher:
         # success is none: no call), a result herder could not store an answer too; one that
         # never started is not (it frees a probe's place), nor one whose timeout was counted.
         agent, ok = msg.agent, msg.ok or msg.permanent or UNSTORABLE_ERROR in msg.error_types
-        if self._loose.watched:
-            self._loose.watched.pop(msg.token, None)
+        if self.loose.watched:
+            self.loose.watched.pop(msg.token, None)
         counted = self._counted.pop(msg.token, False) if self._counted else False
         if not counted and (not ok or agent in self.admission.tracked):
             self.admission.answered(agent, msg.token, ok, ran=msg.kind != UNSTARTED)
@@ -369,7 +369,7 @@ class Dispatcher:
         """Let instances idle longer than the idle timeout go (how many went), replace
         those a fenced attempt hangs on past its deadline (``_loose``), and forget the
         names not served of which nothing is left (``_routes``)."""
-        for agent in self._loose.reap(self.host, self._clock.now):
+        for agent in self.loose.reap(self.host, self._clock.now):
             self._touch(agent)
         went = self.host.passivate(self._clock.now - self._config.idle_timeout, PASSIVATE)
         self._names.sweep()

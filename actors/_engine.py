@@ -121,6 +121,9 @@ class EngineContext:
         # and by a new Scheduler before its recovery reads the store: a start that sees it
         # changed once durable is admitted again (actors/_messages.py, EarlyStart).
         self.early_epoch = 0
+        # Attempts the last Scheduler to end left running in user code on a thread host
+        # (a thread cannot be stopped): the next one holds their slots (actors/_carried.py).
+        self.carried: list[tuple[str, str, int, float | None, Any]] = []
         self.reset_tokens()
 
     def reset_tokens(self) -> None:

@@ -202,6 +202,34 @@ class HostedAgents(Generic[HostedT]):
         on this host that needs its record (the host forgets nothing of it then)."""
         return False
 
+    def carry(self, name: str, instance_id: str, token: int) -> bool:
+        """Hold a slot of ``name`` for attempt ``token``, which a previous Scheduler's host
+        left running on instance ``instance_id`` (actors/_carried.py): busy, with no
+        thread of this host's, until its answer releases it or a replace drops it; False
+        if ``name`` is not served here. Ids of new instances count on past its id."""
+        agent = self._agents.get(name)
+        if agent is None or instance_id in agent.instances:
+            return False
+        agent.instances[instance_id] = self._carried(token)
+        number = instance_id.rpartition("#")[2]
+        if number.isdigit():
+            agent.ids = itertools.count(max(next(agent.ids), int(number) + 1))
+        return True
+
+    def _carried(self, token: int) -> Any:
+        """Hook: the instance :meth:`carry` holds for attempt ``token``."""
+        raise NotImplementedError
+
+    def runner(self, name: str, instance_id: str) -> pykka.ActorRef | None:
+        """The actor (its thread) running the attempt of ``instance_id``, if known: once
+        the tree stopped it, alive only while that attempt is still in the action."""
+        _, inst = self._instance(name, instance_id)
+        return None if inst is None else self._runner(inst)
+
+    def _runner(self, inst: Any) -> pykka.ActorRef | None:
+        """Hook: ``inst``'s actor (the thread host's instance is one)."""
+        return getattr(inst, "ref", None)
+
     def queue(self, name: str) -> JobQueue[Any] | None:
         """The queue of work waiting for agent ``name``, or None if it is not registered."""
         agent = self._agents.get(name)

@@ -7,7 +7,8 @@ running: a well-behaved action sees ``ctx.superseded`` and returns, and its answ
 stale as it is, frees the instance. One that hangs would hold the instance for good: no
 timer of the engine watches it any more. So the Dispatcher watches it here, and once its
 deadline has passed (looked at on each Tick) an instance still running it is replaced,
-as a timed-out hung attempt's is.
+as a timed-out hung attempt's is. So is the slot held for an attempt a crashed Scheduler
+left running (actors/_carried.py).
 """
 
 from __future__ import annotations

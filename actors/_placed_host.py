@@ -122,6 +122,19 @@ class HostRouter:
     def queue(self, name: str) -> JobQueue[Any] | None:
         return self._route(name).queue(name)
 
+    def runner(self, name: str, instance_id: str) -> Any:
+        """``runner`` of the host running ``instance_id``, if it has one (thread hosts)."""
+        runner = getattr(self._holder(name, instance_id), "runner", None)
+        return None if runner is None else runner(name, instance_id)
+
+    def carry(self, name: str, instance_id: str, token: int) -> bool:
+        """``carry`` on the thread or pool host, if it serves ``name`` (the asyncio host
+        cancels what its predecessor left; Ray's attempts run in processes of their own)."""
+        carry = getattr(self._local, "carry", None)
+        if carry is None or self._route(name) is not self._local:
+            return False
+        return bool(carry(name, instance_id, token))
+
     # -- capacity ----------------------------------------------------------------------
 
     def acquire(self, name: str, token: int, backlog: int = 1) -> str | None:

@@ -25,7 +25,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pykka
 
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._errors import RestartIntensityExceeded
@@ -44,7 +46,13 @@ from herder.actors._restarts import RestartWindow
 from herder.actors._supervision_specs import ChildEventKind
 from herder.store import crash_point, get_logger
 
+if TYPE_CHECKING:
+    from herder.actors._worker_pool import WorkerPool
+
 _log = get_logger("herder.agents")
+
+CARRIED = "carried"
+"""The worker of a carried slot (:meth:`PoolAgents._carried`): no worker has that id."""
 
 
 @dataclass(slots=True)
@@ -86,6 +94,8 @@ class PooledAgent(Hosted[Slot]):
 
 class PoolAgents(HostedAgents[PooledAgent]):
     """The agent half of the pool host; see the module docstring."""
+
+    _pool: WorkerPool  # (the host's threads, set by the host)
 
     def __init__(
         self,
@@ -147,6 +157,14 @@ class PoolAgents(HostedAgents[PooledAgent]):
             else:
                 halt(inst)  # (a worker took it from the line just now: it runs on)
         return lost
+
+    def _runner(self, inst: Slot) -> pykka.ActorRef | None:
+        return self._pool.ref(inst.worker)  # (a carried slot's: None)
+
+    def _carried(self, token: int) -> Slot:
+        """A slot whose attempt runs on a thread of another pool's (no worker of this one:
+        release frees none, replace abandons none)."""
+        return Slot(busy_token=token, worker=CARRIED)
 
     def _left_over(self, agent: PooledAgent) -> bool:
         """Attempts reserved ahead wait in its ready deque (those superseded are dead)."""

@@ -40,6 +40,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from herder.actors._answers import Drain
+from herder.actors._carried import carry_over, left_running
 from herder.actors._channel import Channel
 from herder.actors._clock import MessageClock
 from herder.actors._commit_backoff import Reload
@@ -180,6 +181,7 @@ class Scheduler(SupervisedActor):
         # (both is harmless: each message says what to hold, not what to change).
         self._plans.update(ctx.plans)
         self._dispatch.attach(host, registered_agents(ctx.agents, ctx.limits))
+        carry_over(ctx, self._dispatch)  # (what the last one left running holds its slot)
         self.actor_ref.tell(Recover())
 
     def on_failure(self, *_exc_info: object) -> None:
@@ -194,6 +196,7 @@ class Scheduler(SupervisedActor):
         self._end(running=False)
 
     def _end(self, *, running: bool) -> None:
+        left_running(self._ctx, self._engine, self._dispatch)  # (actors/_carried.py)
         for attempt in self._engine.inflight.values():
             if attempt.port is not None and (running or not attempt.sent):
                 attempt.port.superseded = True

@@ -88,8 +88,7 @@ class ThreadHost(HostedAgents[_Pool]):
         # Restart pacing protects real CPU from a crash loop, so it runs on real time
         # even when the engine runs on a FakeClock.
         self._restart_clock = SystemClock()
-        self._max_restarts = max_restarts
-        self._restart_period = restart_period
+        self._max_restarts, self._restart_period = max_restarts, restart_period
         self._agents_sup = agents_supervisor
         self._reply = reply
         self._events = events
@@ -125,6 +124,9 @@ class ThreadHost(HostedAgents[_Pool]):
             inst.stale = True
             if inst.free:
                 self._retire(pool, instance_id)
+
+    def _carried(self, token: int) -> _Instance:  # (its thread runs on, as _let_go's orphans)
+        return _Instance(busy_token=token, sent=True, orphan=True)
 
     def _retire(self, pool: _Pool, instance_id: str) -> None:
         """Stop an idle instance its agent no longer wants (stale, or over concurrency; an

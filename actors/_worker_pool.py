@@ -117,6 +117,11 @@ class WorkerPool:
         self.quick_busy = 0  # workers running a quick agent's attempt (module docstring)
         self._checking = False  # a line check is on its way (check_later)
 
+    def ref(self, worker_id: str | None) -> pykka.ActorRef | None:
+        """The actor of worker ``worker_id`` (None: none known)."""
+        worker = None if worker_id is None else self._workers.get(worker_id)
+        return None if worker is None else worker.ref
+
     def free_count(self) -> int:
         return len(self._free)
 

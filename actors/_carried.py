@@ -1,0 +1,60 @@
+"""Attempts a Scheduler left running when it ended, carried over to the next one.
+
+When the supervision tree restarts a Scheduler (it crashed, or a sibling did), it stops
+the agents' actors first, but an attempt in the user's action cannot be stopped: its
+thread is abandoned and runs on, and its answer, when it comes, reaches the next
+Scheduler (``ctx.answers``), which ignores it (its token is stale). That Scheduler's
+recovery runs the step again at once; without this, beside the old attempt, and the
+agent ran more than ``concurrency`` attempts at once (the step twice).
+
+So a Scheduler that ends notes the attempts it had handed to a thread host, with the
+actor (thread) running each (:func:`left_running`, into ``ctx.carried``, with those it
+carried itself), and the next one, once attached to its new host, has each whose actor
+still lives (the tree stopped it: alive, it is still in the action) hold a slot of its
+agent (:func:`carry_over`; the host's ``carry``) until its stale answer frees it, or,
+should it hang, until its deadline passes: then its slot is freed as a timed-out hung
+attempt's is (``Dispatcher.loose``). Attempts on the asyncio host are cancelled by the new
+host instead; those on Ray run in processes of their own.
+
+Imports: the engine's in-flight attempts and the agent host seam.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from herder.actors._host import waiting
+
+if TYPE_CHECKING:
+    from herder.actors._dispatch import Dispatcher
+    from herder.actors._engine import EngineContext
+    from herder.actors.engine import Engine
+
+
+def left_running(ctx: EngineContext, engine: Engine, dispatch: Dispatcher) -> None:
+    """Note in ``ctx.carried`` (agent, instance, token, deadline, actor) of each attempt
+    handed to an instance of a thread host, sent and not waiting in the pool host's line
+    (those never start), and of each this Scheduler carried whose actor still lives."""
+    host: Any = getattr(dispatch, "host", None)  # (None: it never attached)
+    runner = getattr(host, "runner", None)
+    if runner is None:
+        return
+    lined = waiting(host)
+    ctx.carried = [entry for entry in ctx.carried if entry[4].is_alive()] + [
+        (a.agent, a.instance, a.token, a.deadline, runner(a.agent, a.instance))
+        for a in engine.inflight.values()
+        if a.sent and a.instance and not lined(a.token)
+    ]
+
+
+def carry_over(ctx: EngineContext, dispatch: Dispatcher) -> None:
+    """Hold a slot on ``dispatch``'s (new) host for each attempt the last Scheduler left
+    in the action (its actor alive), watched until its deadline; on the new one's start."""
+    carry = getattr(dispatch.host, "carry", None)
+    alive = [entry for entry in ctx.carried if entry[4] is not None and entry[4].is_alive()]
+    ctx.carried = []
+    for agent, instance, token, deadline, actor in alive:
+        if carry is not None and carry(agent, instance, token):
+            ctx.carried.append((agent, instance, token, deadline, actor))
+            if deadline is not None:
+                dispatch.loose.watch(agent, token, deadline)

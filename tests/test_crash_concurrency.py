@@ -1,0 +1,100 @@
+"""At most ``concurrency`` attempts of an agent run at once across a crash of the
+Scheduler: the tree's restart cannot stop an attempt's thread (a thread cannot be
+killed), so the new Scheduler holds that attempt's slot until its (stale) answer comes,
+or its deadline passes, before it runs the step again."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime.testing import FakeClock, advance, crash_scheduler, settle
+
+WAIT = 10.0
+FAST = RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=0.0)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Tally:
+    """What a resource sees: which attempts ran, and the most at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = self.peak = 0
+        self.seen: list[tuple[str, str, int]] = []
+        self.first = threading.Event()  # the first attempt is in the action
+        self.release = threading.Event()  # the first attempt may return
+
+    def enter(self, ctx: StepContext) -> None:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.seen.append(("start", ctx.workflow_id, ctx.attempt))
+
+    def leave(self, ctx: StepContext) -> None:
+        with self.lock:
+            self.running -= 1
+            self.seen.append(("end", ctx.workflow_id, ctx.attempt))
+
+
+def held_agent(tally: Tally) -> type[Agent]:
+    class Held(Agent):
+        def work(self, ctx: StepContext) -> int:
+            tally.enter(ctx)
+            try:
+                if ctx.workflow_id == "w1" and ctx.attempt == 1:
+                    tally.first.set()
+                    tally.release.wait(WAIT)  # (held across the crash)
+            finally:
+                tally.leave(ctx)
+            return ctx.attempt
+
+    return Held
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_crashed_schedulers_attempt_still_running_holds_its_slot(
+    tmp_path: Path, host: str
+) -> None:
+    # The new Scheduler ran the step again at once, and the other workflow's step beside
+    # it: three attempts of an agent of concurrency 1 at the same time, the step twice.
+    tally = Tally()
+    with Runtime(tmp_path / "s", agent_host=host, default_retry=FAST) as rt:
+        rt.add_agent("a", held_agent(tally), concurrency=1)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        second = rt.start("w", workflow_id="w2")
+        crash_scheduler(rt, timeout=WAIT)
+        settle(rt)  # (what the new Scheduler would start, it has started)
+        assert tally.seen == [("start", "w1", 1)]
+        assert rt.stats()["agents"]["a"]["busy"] == 1  # the old attempt, still running
+        tally.release.set()
+        assert first.result(timeout=WAIT) == {"s": 2}  # its answer came too late
+        assert second.result(timeout=WAIT) == {"s": 1}
+    assert tally.peak == 1
+    assert tally.seen[:2] == [("start", "w1", 1), ("end", "w1", 1)]
+
+
+def test_one_that_hangs_past_its_deadline_frees_its_slot_as_a_timed_out_one_does(
+    tmp_path: Path,
+) -> None:
+    # As an attempt that times out: its thread is left to it, and the step runs again.
+    tally = Tally()
+    clock = FakeClock()
+    with Runtime(tmp_path / "s", clock=clock, default_retry=FAST) as rt:
+        rt.add_agent("a", held_agent(tally), concurrency=1)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work", timeout=30.0))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        crash_scheduler(rt, timeout=WAIT)
+        advance(rt, clock, 29.0)
+        assert tally.seen == [("start", "w1", 1)]
+        advance(rt, clock, 2.0)  # past the old attempt's deadline
+        assert first.result(timeout=WAIT) == {"s": 2}
+        assert tally.seen == [("start", "w1", 1), ("start", "w1", 2), ("end", "w1", 2)]
+        tally.release.set()
