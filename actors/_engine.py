@@ -124,6 +124,9 @@ class EngineContext:
         # Attempts the last Scheduler to end left running in user code on a thread host
         # (a thread cannot be stopped): the next one holds their slots (actors/_carried.py).
         self.carried: list[tuple[str, str, int, float | None, Any]] = []
+        # The unfinished workflows a recovery counted chunk by chunk (actors/_recovery.py),
+        # until it is done: the next one, after a crash of its Scheduler, counts them not again.
+        self.recovery_counted: set[str] = set()
         self.reset_tokens()
 
     def reset_tokens(self) -> None:

@@ -103,6 +103,9 @@ class Recovery:
         self._chunks: Iterator[list[tuple[WorkflowRecord, list[StepRecord]]]] | None = None
         self._recovery_corrupt: list[StoreCorrupt] = []
         self._recovered_count = 0
+        # Ids counted chunk by chunk (no index to count them at once), in the context:
+        # a predecessor that crashed mid-way counted some already (None: counted at once).
+        self._counted: set[str] | None = None
         # Operator commands held until their workflow is taken back: id -> command by id.
         self.held: dict[str, dict[int, dict[str, Any]]] = {}
         # Applies the commands held for a workflow just loaded (the operator's).
@@ -233,7 +236,9 @@ class Recovery:
             self._store.writer.flush()
             self._hold_pending_commands()
             ids = self._store.unfinished_ids()
-            if ids is not None:
+            if ids is None:
+                self._counted = self._ctx.recovery_counted
+            else:
                 self.absent.recovered.update(ids)  # recovery owns them: a late Admit is stale
                 # Counted at once, not a chunk at a time: the runtime opens for start()
                 # after the first chunk, and must not let starts past its limit meanwhile.
@@ -243,8 +248,11 @@ class Recovery:
             )
         chunk = next(self._chunks, None)
         recovered = unfinished = 0
+        counted = self._counted
         for record, steps in chunk or ():
-            unfinished += 1
+            if counted is not None and record.id not in counted:
+                counted.add(record.id)
+                unfinished += 1
             if record.id in self._engine.runs or record.id in self.absent.dormant:
                 continue  # (taken back for an operator before its chunk, and so on)
             self.absent.recovered.add(record.id)
@@ -267,6 +275,7 @@ class Recovery:
             self._ctx.tell_scheduler(Recover())  # the next chunk, after what arrived
             return
         self.absent.recovering = False
+        self._ctx.recovery_counted = set()  # (the count is done)
         if self._recovered_count:
             _log.info("recovered %d unfinished workflows", self._recovered_count)
         self._say_suspects()
