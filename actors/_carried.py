@@ -34,16 +34,24 @@ if TYPE_CHECKING:
 def left_running(ctx: EngineContext, engine: Engine, dispatch: Dispatcher) -> None:
     """Note in ``ctx.carried`` (agent, instance, token, deadline, actor) of each attempt
     handed to an instance of a thread host, sent and not waiting in the pool host's line
-    (those never start), and of each this Scheduler carried whose actor still lives."""
+    (those never start), of each fenced that its instance still runs (``loose``), and of
+    each this Scheduler carried whose actor still lives."""
     host: Any = getattr(dispatch, "host", None)  # (None: it never attached)
     runner = getattr(host, "runner", None)
     if runner is None:
         return
-    lined = waiting(host)
-    ctx.carried = [entry for entry in ctx.carried if entry[4].is_alive()] + [
-        (a.agent, a.instance, a.token, a.deadline, runner(a.agent, a.instance))
+    lined, holding = waiting(host), host.holding
+    running = [
+        (a.agent, a.instance, a.token, a.deadline)
         for a in engine.inflight.values()
         if a.sent and a.instance and not lined(a.token)
+    ]
+    for token, (agent, deadline) in dispatch.loose.watched.items():  # fenced, running on
+        instance = holding(agent, token)
+        if instance is not None:
+            running.append((agent, instance, token, deadline))
+    ctx.carried = [entry for entry in ctx.carried if entry[4].is_alive()] + [
+        (*attempt, runner(attempt[0], attempt[1])) for attempt in running
     ]
 
 

@@ -247,11 +247,17 @@ class HostedAgents(Generic[HostedT]):
 
     def replace_token(self, name: str, token: int) -> None:
         """Replace the instance (if any) still running the attempt with ``token``."""
+        instance_id = self.holding(name, token)
+        if instance_id is not None:
+            self.replace(name, instance_id)
+
+    def holding(self, name: str, token: int) -> str | None:
+        """The instance of ``name`` serving the attempt with ``token``, if any."""
         agent = self._agents.get(name)
         for instance_id, inst in ({} if agent is None else agent.instances).items():
             if inst.busy_token == token:
-                self.replace(name, instance_id)
-                return
+                return instance_id
+        return None
 
     def replace(self, name: str, instance_id: str) -> None:
         raise NotImplementedError

@@ -122,6 +122,11 @@ class HostRouter:
     def queue(self, name: str) -> JobQueue[Any] | None:
         return self._route(name).queue(name)
 
+    def holding(self, name: str, token: int) -> str | None:
+        """``holding`` of the host serving ``name``, if it has one (thread hosts)."""
+        holding = getattr(self._route(name), "holding", None)
+        return None if holding is None else holding(name, token)
+
     def runner(self, name: str, instance_id: str) -> Any:
         """``runner`` of the host running ``instance_id``, if it has one (thread hosts)."""
         runner = getattr(self._holder(name, instance_id), "runner", None)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime import Agent, RetryPolicy, Runtime, State, StepContext, Workflow
 from herder.runtime.testing import FakeClock, advance, crash_scheduler, settle
 
 WAIT = 10.0
@@ -98,3 +98,26 @@ def test_one_that_hangs_past_its_deadline_frees_its_slot_as_a_timed_out_one_does
         assert first.result(timeout=WAIT) == {"s": 2}
         assert tally.seen == [("start", "w1", 1), ("start", "w1", 2), ("end", "w1", 2)]
         tally.release.set()
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_an_attempt_fenced_while_it_runs_holds_its_slot_across_a_crash(
+    tmp_path: Path, host: str
+) -> None:
+    # Fenced by an abandon, it held its slot until it returned (or its timeout passed);
+    # the new Scheduler forgot it and ran the next workflow's step beside it.
+    tally = Tally()
+    with Runtime(tmp_path / "s", agent_host=host, default_retry=FAST) as rt:
+        rt.add_agent("a", held_agent(tally), concurrency=1)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        rt.abandon(first.id, why="test")  # (its attempt runs on, fenced out)
+        second = rt.start("w", workflow_id="w2")
+        crash_scheduler(rt, timeout=WAIT)
+        settle(rt)
+        assert tally.seen == [("start", "w1", 1)]
+        tally.release.set()
+        assert second.result(timeout=WAIT) == {"s": 1}
+        assert rt.status(first.id).state is State.ABANDONED
+    assert tally.peak == 1
