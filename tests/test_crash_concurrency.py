@@ -121,3 +121,26 @@ def test_an_attempt_fenced_while_it_runs_holds_its_slot_across_a_crash(
         assert second.result(timeout=WAIT) == {"s": 1}
         assert rt.status(first.id).state is State.ABANDONED
     assert tally.peak == 1
+
+
+def test_a_second_crash_carries_it_again(tmp_path: Path) -> None:
+    tally = Tally()
+    with Runtime(tmp_path / "s", default_retry=FAST) as rt:
+        rt.add_agent("a", held_agent(tally), concurrency=1)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        crash_scheduler(rt, timeout=WAIT)
+        settle(rt)
+        crash_scheduler(rt, timeout=WAIT)  # (the first attempt still runs)
+        settle(rt)
+        assert tally.seen == [("start", "w1", 1)]
+        tally.release.set()
+        assert first.result(timeout=WAIT) == {"s": 2}  # (queued, not dispatched, at the 2nd)
+    assert tally.peak == 1
+    assert tally.seen == [
+        ("start", "w1", 1),
+        ("end", "w1", 1),
+        ("start", "w1", 2),
+        ("end", "w1", 2),
+    ]
