@@ -40,13 +40,13 @@ past the passivation time.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from herder.actors._action import run_attempt_async
 from herder.actors._agent import Agent
+from herder.actors._async_holder import Holder
 from herder.actors._clock import Clock, SystemClock
 from herder.actors._event_loop import GONE, IDLE, EventLoop
 from herder.actors._host import FAILED_START, GivenUp, InstanceCrash
@@ -61,58 +61,6 @@ from herder.store import UserCodeFailed, describe, error_types, get_logger
 _log = get_logger("herder.asyncio")
 
 
-class _Holder:
-    """An agent's object, built on the loop by the first attempt that needs it."""
-
-    __slots__ = ("agent", "building", "factory")
-
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self.factory = factory
-        self.agent: Any = None
-        self.building: asyncio.Future[Any] | None = None  # attempts arriving meanwhile wait
-
-    def __del__(self) -> None:
-        box, self.agent = [self.agent], None  # (a holder is replaced on the Scheduler's
-        let_go(box)  # thread: its object, and the user's __del__, go elsewhere)
-
-    async def get(self) -> Any:
-        """The object (building it once; raises :class:`UserCodeFailed` if it cannot be).
-
-        Attempts arriving while it is built wait for it; if the attempt building it is
-        cancelled (timed out, replaced), the next one builds it instead of failing."""
-        while self.agent is None:
-            building = self.building
-            if building is None:
-                return await self._build()
-            try:
-                return await asyncio.shield(building)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not building.cancelled() or (task is not None and task.cancelling()):
-                    raise  # this attempt itself was cancelled
-        return self.agent
-
-    async def _build(self) -> Any:
-        building = self.building = asyncio.get_running_loop().create_future()
-        task = asyncio.current_task()
-        try:
-            built = self.factory()
-            if inspect.iscoroutine(built):
-                built = await built
-        except BaseException as exc:  # user code may raise anything at all
-            self.building = None
-            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
-                building.cancel()  # the waiting attempts build it themselves
-                raise
-            failed = UserCodeFailed(describe(exc), error_types(exc))
-            building.set_exception(failed)
-            building.exception()  # retrieved: the waiting attempts re-raise it
-            raise failed from None
-        self.agent, self.building = built, None
-        building.set_result(built)
-        return built
-
-
 @dataclass(slots=True)
 class _Slot:
     token: int | None  # None: its attempt crashed the object; it waits out the backoff
@@ -124,7 +72,7 @@ class _Agent:
     factory: Callable[[], Agent]
     concurrency: int
     queue: JobQueue[Any]
-    holder: _Holder
+    holder: Holder
     slots: dict[str, _Slot] = field(default_factory=dict)
     idle_since: float = 0.0
     crashes: RestartWindow | None = None  # its crashes, from the first one on
@@ -174,9 +122,9 @@ class AsyncHost:
         agent = self._agents.get(name)
         if agent is None:
             queue = JobQueue[Any](self._queue_aging)
-            self._agents[name] = _Agent(factory, concurrency, queue, _Holder(factory))
+            self._agents[name] = _Agent(factory, concurrency, queue, Holder(factory))
         else:
-            agent.factory, agent.concurrency, agent.holder = factory, concurrency, _Holder(factory)
+            agent.factory, agent.concurrency, agent.holder = factory, concurrency, Holder(factory)
 
     def remove(self, name: str) -> list[int]:
         """An attempt not sent yet (its DISPATCHED on its way) never starts: lost, as a
@@ -184,7 +132,7 @@ class AsyncHost:
         agent = self._agents.get(name)
         if agent is None:
             return []
-        agent.concurrency, agent.holder = 0, _Holder(agent.factory)
+        agent.concurrency, agent.holder = 0, Holder(agent.factory)
         return [GivenUp(s.token) for s in agent.slots.values() if s.future is None and s.token]
 
     def forget(self, name: str) -> bool:
@@ -259,13 +207,32 @@ class AsyncHost:
             return
         if slot.future.task is None and self._loop.idle:  # (its task never started)
             self._loop.say(IDLE)
-        events, restarted = self._events, ChildEventKind.RESTARTED
         slot.token = None  # held, running nothing the Scheduler waits for
-        slot.future.cancel(lambda: events(InstanceEvent(name, instance_id, restarted)))
-        self._clock.call_later(
-            self._shutdown, lambda: events(InstanceEvent(name, instance_id, restarted))
-        )
+        self._hold(name, instance_id, slot.future.cancel)
         self._cancelled += 1
+
+    def _hold(self, name: str, instance_id: str, ended: Callable[[Any], None]) -> None:
+        """The slot serves again (``RESTARTED``) once the task has ended (``ended`` calls
+        back then) or ``shutdown`` seconds on, whichever comes first."""
+        events, event = self._events, InstanceEvent(name, instance_id, ChildEventKind.RESTARTED)
+        ended(lambda: events(event))
+        self._clock.call_later(self._shutdown, lambda: events(event))
+
+    def runner(self, name: str, instance_id: str) -> Any:
+        """The attempt (task) of ``instance_id``, once sent (actors/_carried.py)."""
+        slot = self._agents[name].slots.get(instance_id) if name in self._agents else None
+        return None if slot is None else slot.future
+
+    def carry(self, name: str, instance_id: str, _token: int, attempt: Any) -> bool:
+        """Hold a slot of ``name`` for ``attempt``, which a previous Scheduler sent and this
+        host's start cancelled (actors/_carried.py): as a replaced attempt's, until its
+        task has ended or ``shutdown`` seconds on; False if ``name`` is not served here."""
+        agent = self._agents.get(name)
+        if agent is None or instance_id in agent.slots or attempt is None:
+            return False
+        agent.slots[instance_id] = _Slot(None, attempt)
+        self._hold(name, instance_id, attempt.then)
+        return True
 
     # -- events ------------------------------------------------------------------------
 
@@ -306,7 +273,7 @@ class AsyncHost:
                 break
             idle = not agent.slots and agent.idle_since <= idle_before
             if idle and agent.holder.agent is not None:
-                agent.holder = _Holder(agent.factory)
+                agent.holder = Holder(agent.factory)
                 dropped += 1
         return dropped
 
@@ -343,7 +310,7 @@ class AsyncHost:
             Outcome(run.agent, run.instance, run.token, ok=False, error=error, error_types=types)
         )
 
-    async def _attempt(self, holder: _Holder, run: Run) -> None:
+    async def _attempt(self, holder: Holder, run: Run) -> None:
         """One attempt as a task: build the object if needed, run, report."""
         try:
             agent = await holder.get()

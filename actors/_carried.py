@@ -7,14 +7,16 @@ Scheduler (``ctx.answers``), which ignores it (its token is stale). That Schedul
 recovery runs the step again at once; without this, beside the old attempt, and the
 agent ran more than ``concurrency`` attempts at once (the step twice).
 
-So a Scheduler that ends notes the attempts it had handed to a thread host, with the
-actor (thread) running each (:func:`left_running`, into ``ctx.carried``, with those it
-carried itself), and the next one, once attached to its new host, has each whose actor
-still lives (the tree stopped it: alive, it is still in the action) hold a slot of its
-agent (:func:`carry_over`; the host's ``carry``) until its stale answer frees it, or,
-should it hang, until its deadline passes: then its slot is freed as a timed-out hung
-attempt's is (``Dispatcher.loose``). Attempts on the asyncio host are cancelled by the new
-host instead; those on Ray run in processes of their own.
+So a Scheduler that ends notes the attempts it had handed to an agent host, with what
+runs each (the actor, its thread, on the thread hosts; the task on the asyncio host):
+:func:`left_running`, into ``ctx.carried``, with those it carried itself. The next one,
+once attached to its new host, has each that still runs (a stopped actor, alive, is
+still in the action) hold a slot of its agent (:func:`carry_over`; the host's
+``carry``): on the thread hosts until its stale answer frees it, or, should it hang,
+until its deadline passes, when its slot is freed as a timed-out hung attempt's is
+(``Dispatcher.loose``); on the asyncio host, whose start cancelled it, as a replaced
+attempt's, until its task ends or ``shutdown`` seconds on. Attempts on Ray run in
+processes of their own.
 
 Imports: the engine's in-flight attempts and the agent host seam.
 """
@@ -62,7 +64,7 @@ def carry_over(ctx: EngineContext, dispatch: Dispatcher) -> None:
     alive = [entry for entry in ctx.carried if entry[4] is not None and entry[4].is_alive()]
     ctx.carried = []
     for agent, instance, token, deadline, actor in alive:
-        if carry is not None and carry(agent, instance, token):
+        if carry is not None and carry(agent, instance, token, actor):
             ctx.carried.append((agent, instance, token, deadline, actor))
             if deadline is not None:
                 dispatch.loose.watch(agent, token, deadline)

@@ -161,6 +161,24 @@ class Attempt:
         with contextlib.suppress(RuntimeError):  # the loop closed: the task is gone too
             self._inbox.call(self._cancel, then)
 
+    def is_alive(self) -> bool:
+        """Whether it has not ended yet (started or not)."""
+        return self in self._owner._running
+
+    def then(self, callback: Callable[[], object]) -> None:
+        """``callback()`` runs on the loop once the attempt has ended (at once if it has;
+        never, if the loop closed). Callable from any thread."""
+        with contextlib.suppress(RuntimeError):
+            self._inbox.call(self._then, callback)
+
+    def _then(self, callback: Callable[[], object]) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.add_done_callback(lambda _task: callback())
+        elif self._coro is None:  # (ended; else not started: it is closed when it starts)
+            callback()
+        else:
+            self._inbox.call(self._then, callback)  # (after its start, or its close)
+
     def _start(self) -> None:
         """On the loop: run the coroutine as a task, unless cancelled first."""
         coro, self._coro = self._coro, None

@@ -202,7 +202,7 @@ class HostedAgents(Generic[HostedT]):
         on this host that needs its record (the host forgets nothing of it then)."""
         return False
 
-    def carry(self, name: str, instance_id: str, token: int) -> bool:
+    def carry(self, name: str, instance_id: str, token: int, _actor: Any = None) -> bool:
         """Hold a slot of ``name`` for attempt ``token``, which a previous Scheduler's host
         left running on instance ``instance_id`` (actors/_carried.py): busy, with no
         thread of this host's, until its answer releases it or a replace drops it; False

@@ -132,13 +132,13 @@ class HostRouter:
         runner = getattr(self._holder(name, instance_id), "runner", None)
         return None if runner is None else runner(name, instance_id)
 
-    def carry(self, name: str, instance_id: str, token: int) -> bool:
-        """``carry`` on the thread or pool host, if it serves ``name`` (the asyncio host
-        cancels what its predecessor left; Ray's attempts run in processes of their own)."""
-        carry = getattr(self._local, "carry", None)
-        if carry is None or self._route(name) is not self._local:
+    def carry(self, name: str, instance_id: str, token: int, actor: Any) -> bool:
+        """``carry`` on the host serving ``name``, if it carries (not Ray's: its attempts
+        run in processes of their own)."""
+        carry = getattr(self._route(name), "carry", None)
+        if carry is None or self._is_remote(name):
             return False
-        return bool(carry(name, instance_id, token))
+        return bool(carry(name, instance_id, token, actor))
 
     # -- capacity ----------------------------------------------------------------------
 

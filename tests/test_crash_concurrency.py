@@ -5,6 +5,7 @@ or its deadline passes, before it runs the step again."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -144,3 +145,39 @@ def test_a_second_crash_carries_it_again(tmp_path: Path) -> None:
         ("start", "w1", 2),
         ("end", "w1", 2),
     ]
+
+
+def test_on_the_asyncio_host_a_cancelled_attempts_cleanup_holds_its_slot(
+    tmp_path: Path,
+) -> None:
+    # The new Scheduler's host cancelled the task its predecessor left, but ran the step
+    # again at once, beside the cleanup the cancel started (an await in a finally).
+    seen: list[tuple[str, int]] = []
+    started, cleaned = threading.Event(), threading.Event()
+
+    class Held(Agent):
+        async def work(self, ctx: StepContext) -> int:
+            seen.append(("start", ctx.attempt))
+            started.set()
+            try:
+                if ctx.attempt == 1:
+                    await asyncio.Event().wait()  # only a cancel ends it
+            finally:
+                if ctx.attempt == 1:
+                    seen.append(("cleanup", 1))
+                    await asyncio.to_thread(cleaned.wait, WAIT)
+                    seen.append(("cleaned", 1))
+            return ctx.attempt
+
+    # (instance_shutdown: how long a cancelled task holds its slot at most)
+    with Runtime(tmp_path / "s", default_retry=FAST, instance_shutdown=WAIT) as rt:
+        rt.add_agent("h", Held, concurrency=1)
+        rt.add_workflow(Workflow("w").step("s", agent="h", action="work"))
+        handle = rt.start("w")
+        assert started.wait(WAIT)
+        crash_scheduler(rt, timeout=WAIT)
+        settle(rt)
+        assert seen == [("start", 1), ("cleanup", 1)]
+        cleaned.set()
+        assert handle.result(timeout=WAIT) == {"s": 2}
+    assert seen == [("start", 1), ("cleanup", 1), ("cleaned", 1), ("start", 2)]
