@@ -323,6 +323,8 @@ class PoolAgents(HostedAgents[PooledAgent]):
             self._lined.pop(token, None)
             self._unline(inst)
             return [token]
+        if inst.worker == CARRIED:  # (another pool's thread runs it on)
+            return None
         return [token] if inst.work is None else None  # (a worker took it from the line)
 
 

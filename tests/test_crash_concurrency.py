@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, RetryPolicy, Runtime, State, StepContext, Workflow
+from herder.runtime import (
+    Agent,
+    InstanceCrash,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    Workflow,
+)
 from herder.runtime.testing import FakeClock, advance, crash_scheduler, settle
 
 WAIT = 10.0
@@ -181,3 +189,45 @@ def test_on_the_asyncio_host_a_cancelled_attempts_cleanup_holds_its_slot(
         cleaned.set()
         assert handle.result(timeout=WAIT) == {"s": 2}
     assert seen == [("start", 1), ("cleanup", 1), ("cleaned", 1), ("start", 2)]
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_carried_slot_outlives_its_agents_give_up(tmp_path: Path, host: str) -> None:
+    # The pool host's give-up (too many instance crashes) dropped the carried slot with
+    # the others: three attempts of an agent of concurrency 2 ran at once.
+    tally = Tally()
+    crashes = [0]
+
+    class Flaky(Agent):
+        def work(self, ctx: StepContext) -> int:
+            tally.enter(ctx)
+            try:
+                if ctx.workflow_id == "w1" and ctx.attempt == 1:
+                    tally.first.set()
+                    tally.release.wait(WAIT)
+                elif ctx.workflow_id == "w2" and crashes[0] < 3:
+                    crashes[0] += 1
+                    raise InstanceCrash("broken connection")
+                elif ctx.workflow_id in ("w3", "w4"):
+                    tally.release.wait(WAIT)
+            finally:
+                tally.leave(ctx)
+            return ctx.attempt
+
+    retry = RetryPolicy(max_attempts=10, initial_interval=0.0, jitter=0.0)
+    options = {"agent_host": host, "default_retry": retry, "agent_restarts": (2, 10.0)}
+    with Runtime(tmp_path / "s", **options) as rt:
+        rt.add_agent("a", Flaky, concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        crash_scheduler(rt, timeout=WAIT)
+        assert first.result(timeout=WAIT) == {"s": 2}  # (beside it: concurrency 2)
+        assert rt.start("w", workflow_id="w2").result(timeout=WAIT) == {"s": 4}  # given up on
+        others = [rt.start("w", workflow_id=f"w{i}") for i in (3, 4)]
+        settle(rt)
+        assert tally.peak == 2
+        tally.release.set()
+        for handle in others:
+            assert handle.result(timeout=WAIT) == {"s": 1}
+    assert tally.peak == 2
