@@ -205,10 +205,14 @@ class HostedAgents(Generic[HostedT]):
     def carry(self, name: str, instance_id: str, token: int, _actor: Any = None) -> bool:
         """Hold a slot of ``name`` for attempt ``token``, which a previous Scheduler's host
         left running on instance ``instance_id`` (actors/_carried.py): busy, with no
-        thread of this host's, until its answer releases it or a replace drops it; False
-        if ``name`` is not served here. Ids of new instances count on past its id."""
-        agent = self._agents.get(name)
-        if agent is None or instance_id in agent.instances:
+        thread of this host's, until its answer releases it or a replace drops it. A name
+        not served (removed while it ran) is held as ``remove`` leaves one, so that it
+        counts against the concurrency of its next add. Ids of new instances count on
+        past its id."""
+        if name not in self._agents:
+            self.add(name, _unserved, 0)
+        agent = self._agents[name]
+        if instance_id in agent.instances:
             return False
         agent.instances[instance_id] = self._carried(token)
         number = instance_id.rpartition("#")[2]
@@ -277,6 +281,12 @@ class HostedAgents(Generic[HostedT]):
         """The agent ``name`` and its instance ``instance_id`` (None where unknown)."""
         agent = self._agents.get(name)
         return agent, None if agent is None else agent.instances.get(instance_id)
+
+
+def _unserved() -> Agent:
+    """The factory of a name held only for an attempt carried over (concurrency 0: never
+    called; its next add brings the real one)."""
+    raise AssertionError("an agent not served builds no instance")
 
 
 def request_agent_supervisor(

@@ -231,3 +231,27 @@ def test_a_carried_slot_outlives_its_agents_give_up(tmp_path: Path, host: str) -
         for handle in others:
             assert handle.result(timeout=WAIT) == {"s": 1}
     assert tally.peak == 2
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_removed_agents_attempt_holds_its_slot_for_its_next_add(
+    tmp_path: Path, host: str
+) -> None:
+    # remove_agent lets a running attempt run on, holding its instance, so that the name
+    # added again never runs more than concurrency at once; a Scheduler crash forgot it.
+    tally = Tally()
+    with Runtime(tmp_path / "s", agent_host=host, default_retry=FAST) as rt:
+        rt.add_agent("a", held_agent(tally), concurrency=1)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        rt.remove_agent("a")
+        crash_scheduler(rt, timeout=WAIT)
+        rt.add_agent("a", held_agent(tally), concurrency=1)
+        second = rt.start("w", workflow_id="w2")
+        settle(rt)
+        assert tally.seen == [("start", "w1", 1)]
+        tally.release.set()
+        assert second.result(timeout=WAIT) == {"s": 1}
+        assert first.result(timeout=WAIT) == {"s": 2}
+    assert tally.peak == 1
