@@ -48,7 +48,7 @@ from herder.actors._action import run_attempt_async
 from herder.actors._agent import Agent
 from herder.actors._async_holder import Holder
 from herder.actors._clock import Clock, SystemClock
-from herder.actors._event_loop import GONE, IDLE, EventLoop
+from herder.actors._event_loop import GONE, IDLE, Attempt, EventLoop
 from herder.actors._host import FAILED_START, GivenUp, InstanceCrash
 from herder.actors._hosted import INSTANCE_BACKOFF, let_go
 from herder.actors._messages import InstanceEvent, Outcome, Run
@@ -223,13 +223,17 @@ class AsyncHost:
         slot = self._agents[name].slots.get(instance_id) if name in self._agents else None
         return None if slot is None else slot.future
 
-    def carry(self, name: str, instance_id: str, _token: int, attempt: Any) -> bool:
+    def carry(self, name: str, instance_id: str, token: int, attempt: Any) -> bool:
         """Hold a slot of ``name`` for ``attempt``, which a previous Scheduler sent and this
         host's start cancelled (actors/_carried.py): as a replaced attempt's, until its
-        task has ended or ``shutdown`` seconds on; False if ``name`` is not served here."""
+        task has ended or ``shutdown`` seconds on; one a thread runs (the agent moved here
+        since) until its answer or its deadline. False if ``name`` is not served here."""
         agent = self._agents.get(name)
-        if agent is None or instance_id in agent.slots or attempt is None:
+        if agent is None or instance_id in agent.slots:
             return False
+        if not isinstance(attempt, Attempt):
+            agent.slots[instance_id] = _Slot(token)  # (released by its answer: release())
+            return True
         agent.slots[instance_id] = _Slot(None, attempt)
         self._hold(name, instance_id, attempt.then)
         return True

@@ -42,19 +42,19 @@ def left_running(ctx: EngineContext, engine: Engine, dispatch: Dispatcher) -> No
     runner = getattr(host, "runner", None)
     if runner is None:
         return
-    lined, holding = waiting(host), host.holding
+    lined, holding = waiting(host), getattr(host, "holding", None)
+    kept = [entry for entry in ctx.carried if entry[4].is_alive()]
+    carried = {entry[2] for entry in kept}  # (watched in ``loose`` too)
     running = [
         (a.agent, a.instance, a.token, a.deadline)
         for a in engine.inflight.values()
         if a.sent and a.instance and not lined(a.token)
     ]
     for token, (agent, deadline) in dispatch.loose.watched.items():  # fenced, running on
-        instance = holding(agent, token)
+        instance = None if holding is None or token in carried else holding(agent, token)
         if instance is not None:
             running.append((agent, instance, token, deadline))
-    ctx.carried = [entry for entry in ctx.carried if entry[4].is_alive()] + [
-        (*attempt, runner(attempt[0], attempt[1])) for attempt in running
-    ]
+    ctx.carried = kept + [(*attempt, runner(attempt[0], attempt[1])) for attempt in running]
 
 
 def carry_over(ctx: EngineContext, dispatch: Dispatcher) -> None:

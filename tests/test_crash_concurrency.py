@@ -255,3 +255,29 @@ def test_a_removed_agents_attempt_holds_its_slot_for_its_next_add(
         assert second.result(timeout=WAIT) == {"s": 1}
         assert first.result(timeout=WAIT) == {"s": 2}
     assert tally.peak == 1
+
+
+def test_an_agent_moved_to_asyncio_while_its_old_attempt_runs(tmp_path: Path) -> None:
+    # Its thread's actor was handed to the asyncio host, which waits only on its own
+    # tasks: the new Scheduler crashed at its start, and the next ran the step beside it.
+    tally = Tally()
+
+    class Now(Agent):
+        async def work(self, ctx: StepContext) -> int:
+            tally.enter(ctx)
+            tally.leave(ctx)
+            return 0
+
+    with Runtime(tmp_path / "s", default_retry=FAST) as rt:
+        rt.add_agent("a", held_agent(tally), concurrency=1)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        rt.add_agent("a", Now, concurrency=1)  # (async def now: the asyncio host)
+        crash_scheduler(rt, timeout=WAIT)
+        settle(rt)
+        assert tally.seen == [("start", "w1", 1)]
+        tally.release.set()
+        assert first.result(timeout=WAIT) == {"s": 0}
+        assert rt.stats()["restarts"]["scheduler"] == 1
+    assert tally.peak == 1
