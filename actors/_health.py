@@ -224,6 +224,21 @@ class AgentHealth:
             watches = [*self._watches.values(), *self._removed.values()]
         return sum(1 for w in watches if w.timed_out and w.running and w.running.is_alive())
 
+    def pending(self) -> tuple[int, float | None]:
+        """For the testing kit's ``settle`` and ``advance``: the checks running or waiting
+        for a slot (verdicts to come), and the time (the runtime clock's ``monotonic()``)
+        at which a sweep next changes what the checks hold, if any: the next check of an
+        unhealthy agent (its work may go on then) or the timeout of one running."""
+        times = []
+        with self._lock:
+            for watch in self._watches.values():
+                if watch.running is not None and watch.running.is_alive():
+                    if not watch.timed_out:
+                        times.append(watch.started + watch.policy.limit)
+                elif not watch.healthy:
+                    times.append(watch.due)
+            return len(self._slots) + len(self._due), min(times, default=None)
+
     def agents(self) -> list[str]:
         """The watched agents' names."""
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,40 @@ def test_a_hung_attempts_abandoned_thread_is_logged_as_fenced_out(
     assert "within 0.0 s" not in said[0]
     assert "fenced out" in said[0]
     assert "its thread" in said[0]
+
+
+class Sick(Agent):
+    """Its health check takes 50 ms (a slow ping) and fails while ``down`` is set; its
+    action answers with the fake time it ran at."""
+
+    down = True
+    clock: FakeClock
+
+    def health(self) -> None:
+        time.sleep(0.05)  # (the check's own latency, not the test waiting)
+        if Sick.down:
+            raise ConnectionError("resource down")
+
+    def go(self, ctx: StepContext) -> float:
+        return Sick.clock.monotonic()
+
+
+def test_one_advance_runs_an_unhealthy_agents_work_at_the_check_that_heals_it(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # A failed health check holds the agent's work until the next check passes, as a
+    # breaker's cool-down does. advance() neither stopped at that check (it ran at the
+    # advance's end, 30 s late) nor waited for it: it returned while the check ran, its
+    # verdict and the work it freed still to come.
+    Sick.down, Sick.clock = True, clock
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("sick", Sick, health_interval=10.0)
+        rt.add_workflow(Workflow("one").step("s", agent="sick", action="go"))
+        advance(rt, clock, 0.0)  # the first check runs at the first sweep, and fails
+        assert rt.stats()["resources"]["sick"]["healthy"] is False
+        rt.start("one", {}, workflow_id="w")
+        Sick.down = False
+        advance(rt, clock, 40.0)  # the next check, at T0 + 10, heals it
+        step = rt.status("w").steps["s"]
+        assert step.state is StepState.SUCCEEDED
+        assert T0 + 10 <= step.result < T0 + 11  # ran at the check, not at the end

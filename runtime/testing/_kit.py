@@ -193,7 +193,8 @@ def settle(runtime: Runtime) -> None:
     """Wait until the runtime handled the messages and commits already in flight, and
     the attempts running or waiting for them (queued behind them in their agent, in the
     pool's line for a worker, reserved ahead) or for their agent's instance (starting,
-    or restarting after a crash) have run and been recorded.
+    or restarting after a crash) have run and been recorded, and the agents' health
+    checks running have given their verdicts.
 
     Woken by each commit. Attempts that make no progress for :data:`HELD` real seconds
     while every thread of the runtime's waits are held by the test (an action that waits
@@ -225,12 +226,13 @@ def settle(runtime: Runtime) -> None:
             elif now - since >= HELD and waiting:
                 return  # held: they move on once the test lets them (or advance times out)
             if now >= deadline:
-                running, line, queued = busy[:3]
+                running, line, queued, checks = busy[:4]
                 raise TimedOut(
                     f"attempts still moving after {runtime._ask_timeout}s (ask_timeout): "
                     f"{running} running, {line} in the pool's line for a worker, {queued} "
-                    "queued in their agents; an action that computes this long needs "
-                    "Runtime(ask_timeout=) longer, one your test holds waits on an event"
+                    f"queued in their agents, {checks} health checks running; an action "
+                    "(or a check) that computes this long needs Runtime(ask_timeout=) "
+                    "longer, one your test holds waits on an event"
                 )
             # (unmoved for HELD, a thread still runs: look again a little later)
             commits.wait(seen, min(max(since + HELD, now + HELD / 4), deadline))
@@ -281,10 +283,12 @@ def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
     resources = stats["resources"].items()
     clocked = {n for n, gate in resources if "wake_in" in gate or gate.get("healthy") is False}
     queued = sum(row["queued"] for name, row in stats["agents"].items() if name not in clocked)
-    if not (stats["in_flight_attempts"] or line or queued):
+    # And health checks running: a verdict may free an agent's work, or hold it.
+    checks = runtime._ctx.health.pending()[0]
+    if not (stats["in_flight_attempts"] or line or queued or checks):
         return None
     ended = [stats[k] for k in ("succeeded", "failed", "retried", "timed_out", "stale")]
-    return (stats["in_flight_attempts"], line, queued, stats["dispatched"], *ended)
+    return (stats["in_flight_attempts"], line, queued, checks, stats["dispatched"], *ended)
 
 
 MAX_STOPS = 10_000
@@ -295,9 +299,10 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     """Move ``clock`` forward and let the runtime react to the timers that fell due.
 
     It stops at each durable timer (a retry's backoff, a step's timeout, a delayed
-    start) and each schedule slot on the way, and lets the runtime react there, so a
-    timer armed by that reaction (the next backoff, the next slot) falls due within
-    the same advance, as it would in real time. A timer or slot already due when it
+    start), schedule slot, wake-up of an agent's gate and health check that may free an
+    unhealthy agent's work on the way, and lets the runtime react there, so a timer
+    armed by that reaction (the next backoff, the next slot) falls due within the same
+    advance, as it would in real time. A timer or slot already due when it
     begins (a jump with ``clock.advance()``, a wall step) is reacted to first."""
     number = advance_seconds(seconds)
     if clock is not runtime._clock:
@@ -352,10 +357,10 @@ def _overdue(runtime: Runtime) -> bool:
 
 
 def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
-    """The ``clock.monotonic()`` time just past the next durable timer, schedule slot or
-    gate's wake-up due by ``end``, if any (the timers are on the engine's clock, the slots
-    on the wall's; just past: 1 ms, their resolution, so that float sums land on their
-    side)."""
+    """The ``clock.monotonic()`` time just past the next durable timer, schedule slot,
+    gate's wake-up or health check that may free work due by ``end``, if any (the
+    timers are on the engine's clock, the slots on the wall's; just past: 1 ms, their
+    resolution, so that float sums land on their side)."""
     now = clock.monotonic()
     engine_now = runtime._ctx.clock.time()
     until_ms = int((engine_now + end - now) * 1000)
@@ -374,6 +379,11 @@ def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
     # cool-down): in memory, armed by the Scheduler as it holds work back, not in the store.
     resources = runtime._ask_scheduler("stats")["resources"]
     found += [now + gate["wake_in"] + 0.001 for gate in resources.values() if "wake_in" in gate]
+    # And the next check of an unhealthy agent (the work it holds may go on), or the
+    # timeout of a check running: on the runtime's monotonic clock, which is ``clock``'s.
+    checks_at = runtime._ctx.health.pending()[1]
+    if checks_at is not None and checks_at > now:
+        found.append(checks_at + 0.001)
     due = min(found, default=None)
     return None if due is None or due > end else due
 
