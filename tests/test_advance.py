@@ -71,6 +71,16 @@ def test_advance_refuses_to_go_back(rt: Runtime, clock: FakeClock) -> None:
         advance(rt, clock, -1)
 
 
+def test_advance_refuses_a_runtime_on_the_real_clock(tmp_path: Path) -> None:
+    # Its own clock passed (rt.clock), a runtime made without clock=FakeClock() got
+    # through the check that the clock is the runtime's, then failed with an
+    # AttributeError: the real clock has no advance().
+    with Runtime(tmp_path / "s") as rt:
+        refused = pytest.raises(InvalidInput, match=r"clock=FakeClock\(\)\); this runtime has none")
+        with refused:
+            advance(rt, rt.clock, 1.0)  # type: ignore[arg-type]
+
+
 class Hands(Agent):
     def hand(self, ctx: StepContext) -> Any:
         return ctx.complete_later() if ctx.attempt == 1 else ctx.attempt

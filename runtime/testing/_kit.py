@@ -305,10 +305,11 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     advance, as it would in real time. A timer or slot already due when it
     begins (a jump with ``clock.advance()``, a wall step) is reacted to first."""
     number = advance_seconds(seconds)
-    if clock is not runtime._clock:
+    if clock is not runtime._clock or not isinstance(clock, FakeClock):
+        why = "this one is not it" if clock is not runtime._clock else "this runtime has none"
         raise InvalidInput(
             "advance() moves the runtime's own clock: pass the FakeClock given to "
-            "Runtime(clock=...); this one is not it, so nothing would fall due"
+            f"Runtime(path, clock=FakeClock()); {why}, so nothing would fall due"
         )
     # A timer that fell due before this advance (a clock.advance() jump, a sweep not yet
     # run) is reacted to here, before the clock moves: what that arms counts from now.
