@@ -52,7 +52,7 @@ from herder.actors._facts import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, parse_fa
 from herder.actors._health import DEFAULT_INTERVAL as DEFAULT_HEALTH_INTERVAL
 from herder.actors._health import AgentHealth, HealthPolicy
 from herder.actors._host import AgentHost, AgentUnavailable, InstanceCrash, host_kind
-from herder.actors._hosted import agents_listener
+from herder.actors._hosted import INSTANCE_BACKOFF, agents_listener
 from herder.actors._limits import MAX_COUNT, CircuitBreaker, RateLimit, resource_stats
 from herder.actors._messages import (
     Admit,
@@ -100,6 +100,7 @@ __all__ = [
     "FACTS_KEY",
     "FACTS_REFRESH",
     "FACTS_STALE",
+    "INSTANCE_BACKOFF",
     "MAX_COUNT",
     "NO_LIMITS",
     "RESERVED_AGENT_NAMES",

@@ -327,6 +327,33 @@ def test_settle_waits_for_an_attempt_whose_instance_starts_or_restarts(
             assert (step.state, step.attempt) == (StepState.SUCCEEDED, 3), run
 
 
+class CrashesOnce(Agent):
+    """Its instance crashes at each workflow's first attempt; the second returns."""
+
+    def go(self, ctx: StepContext) -> int:
+        if ctx.attempt == 1:
+            crash_instance()
+        return ctx.attempt
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_settle_waits_for_an_instance_that_waits_out_a_long_backoff(
+    tmp_path: Path, host: str
+) -> None:
+    # Each crash of an agent's instance within its restart window doubles the backoff
+    # (1 ms, 2 ms, ...): the eighth waits 128 ms of real time, with no thread running, and
+    # settle took the attempts queued for it as held by the test after 0.1 s. Ten
+    # workflows whose agent crashes once each left six or seven of them RUNNING.
+    with Runtime(tmp_path / "s", clock=FakeClock(), agent_host=host) as rt:
+        rt.add_agent("c", CrashesOnce)
+        rt.add_workflow(Workflow("c").step("s", agent="c", action="go"))
+        for i in range(10):
+            rt.start("c", {}, workflow_id=f"w{i}")
+        settle(rt)
+        states = [rt.status(f"w{i}").state for i in range(10)]
+        assert states == [State.SUCCEEDED] * 10, states
+
+
 def test_check_store_says_it_takes_a_store(rt: Runtime, tmp_path: Path) -> None:
     # check_store(rt) or check_store(path), natural slips for check_store(store_of(rt)),
     # raised AttributeError: "'Runtime' object has no attribute 'view'".

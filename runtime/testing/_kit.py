@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from herder.actors import (
+    INSTANCE_BACKOFF,
     FakeClock,
     InstanceCrash,
     Permanent,
@@ -186,7 +187,9 @@ def _off_loop(runtime: Runtime, what: str) -> None:
 HELD = 0.1
 """Real seconds in which attempts that run or wait for one must move on (one end, or
 one start), else :func:`settle` takes them as held by the test (a hung action, say),
-once no thread of the runtime's runs or is ready to (:func:`_all_wait`)."""
+once no thread of the runtime's runs or is ready to (:func:`_all_wait`). While no
+instance runs one and no health check runs, an instance may be waiting out a crash's
+backoff (no thread runs then): ``INSTANCE_BACKOFF.max`` longer."""
 
 
 def settle(runtime: Runtime) -> None:
@@ -214,16 +217,15 @@ def settle(runtime: Runtime) -> None:
             seen = commits.seen()
             waiting = _all_wait()  # (read before the runtime is asked: it answers on threads)
             busy = _attempts(runtime)
-            if busy is None:
-                # An attempt that answered during that settle counts as ended, though
-                # its commit, and the step it frees, are still to come: once more.
+            if busy is None:  # (one that answered in it is ended, its commit to come)
                 busy = _attempts(runtime)
             if busy is None:
                 return
             now = time.monotonic()
+            held = HELD if busy[3] or busy[4] else HELD + INSTANCE_BACKOFF.max  # (HELD)
             if busy != moving:
                 moving, since = busy, now
-            elif now - since >= HELD and waiting:
+            elif now - since >= held and waiting:
                 return  # held: they move on once the test lets them (or advance times out)
             if now >= deadline:
                 running, line, queued, checks = busy[:4]
@@ -235,7 +237,7 @@ def settle(runtime: Runtime) -> None:
                     "longer, one your test holds waits on an event"
                 )
             # (unmoved for HELD, a thread still runs: look again a little later)
-            commits.wait(seen, min(max(since + HELD, now + HELD / 4), deadline))
+            commits.wait(seen, min(max(since + held, now + HELD / 4), deadline))
 
 
 def _all_wait() -> bool:
@@ -273,22 +275,24 @@ def _runtime_threads() -> set[int]:
 
 def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
     """Once the messages and commits in flight are handled: None if no attempt runs,
-    waits for a worker or for its agent's instance; else what changes as they move on."""
+    waits for a worker or for its agent's instance and no health check runs; else what
+    changes as they move on, and (5th) how many instances run an attempt."""
     runtime._settle()  # (a crashed Scheduler being replaced: NotActive)
     stats = runtime._ask_scheduler("stats")
     line = stats["host"].get("line", 0)
     # Queued in their agents, but for those held for the clock (a rate limit, a breaker's
-    # cool-down, a failed health check until the next): if none of theirs runs, their
-    # instance is starting or waits out a crash's backoff, in real time.
+    # cool-down, a failed health check until the next) or removed (until add_agent): if
+    # none of theirs runs, their instance is starting or waits out a crash's backoff.
     resources = stats["resources"].items()
     clocked = {n for n, gate in resources if "wake_in" in gate or gate.get("healthy") is False}
+    clocked |= stats["agents"].keys() - runtime._ctx.agents.keys()
     queued = sum(row["queued"] for name, row in stats["agents"].items() if name not in clocked)
-    # And health checks running: a verdict may free an agent's work, or hold it.
-    checks = runtime._ctx.health.pending()[0]
+    checks = runtime._ctx.health.pending()[0]  # (a verdict may free work, or hold it)
     if not (stats["in_flight_attempts"] or line or queued or checks):
         return None
-    ended = [stats[k] for k in ("succeeded", "failed", "retried", "timed_out", "stale")]
-    return (stats["in_flight_attempts"], line, queued, checks, stats["dispatched"], *ended)
+    running = sum(row["busy"] for row in stats["agents"].values())
+    moved = [stats[k] for k in ("dispatched", "succeeded", "failed", "retried", "timed_out")]
+    return (stats["in_flight_attempts"], line, queued, checks, running, *moved, stats["stale"])
 
 
 MAX_STOPS = 10_000
@@ -302,8 +306,8 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     start), schedule slot, wake-up of an agent's gate and health check that may free an
     unhealthy agent's work on the way, and lets the runtime react there, so a timer
     armed by that reaction (the next backoff, the next slot) falls due within the same
-    advance, as it would in real time. A timer or slot already due when it
-    begins (a jump with ``clock.advance()``, a wall step) is reacted to first."""
+    advance, as it would in real time. A timer or slot already due when it begins (a
+    jump with ``clock.advance()``, a wall step) is reacted to first."""
     number = advance_seconds(seconds)
     if clock is not runtime._clock or not isinstance(clock, FakeClock):
         why = "this one is not it" if clock is not runtime._clock else "this runtime has none"
