@@ -80,6 +80,7 @@ def test_a_simulation_says_which_argument_is_wrong(
         ({"seed": None}, "seed must be an int"),
         ({"seed": "7"}, "seed must be an int"),
         ({"seed": True}, "seed must be an int"),
+        ({"seed": 2**64}, r"seed must be an int from -2\*\*63 to 2\*\*64 - 1"),  # (EncodeError)
         ({"schedule": 7}, "schedule must be a FaultSchedule"),
         ({"prefetch": -1}, "prefetch must be an int in 0..64"),
         ({"prefetch": 1.5}, "prefetch must be an int in 0..64"),

@@ -55,10 +55,10 @@ class FaultSchedule:
     health_checks: int = 4
 
     def __post_init__(self) -> None:
-        if not _is_int(self.seed):
+        if not _is_int(self.seed) or not -(2**63) <= self.seed < 2**64:  # (stored: msgpack)
             raise InvalidInput(
-                f"seed must be an int, got {self.seed!r}: one seed gives one history "
-                "(int(os.environ[...]) for one from the environment)"
+                f"seed must be an int from -2**63 to 2**64 - 1, got {self.seed!r}: one seed "
+                "gives one history (int(os.environ[...]) for one from the environment)"
             )
         for name in ("rate", "permanent_rate", "store_rate", "health_rate"):
             value = getattr(self, name)
