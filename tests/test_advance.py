@@ -215,14 +215,16 @@ def test_a_hung_attempts_abandoned_thread_is_logged_as_fenced_out(
 
 
 class Sick(Agent):
-    """Its health check takes 50 ms (a slow ping) and fails while ``down`` is set; its
-    action answers with the fake time it ran at."""
+    """Its health check computes for 30 ms and fails while ``down`` is set; its action
+    answers with the fake time it ran at."""
 
     down = True
     clock: FakeClock
 
     def health(self) -> None:
-        time.sleep(0.05)  # (the check's own latency, not the test waiting)
+        done = time.perf_counter() + 0.03  # it computes: settle waits for what runs
+        while time.perf_counter() < done:
+            pass
         if Sick.down:
             raise ConnectionError("resource down")
 
