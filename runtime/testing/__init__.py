@@ -20,7 +20,8 @@ can test their workflows.
   a real, threaded runtime (reproducible faults, interleaving very likely);
   ``docs/testing.md`` shows both.
 
-Modules: ``_kit`` (the helpers), ``_faults`` (the schedule and the workload), ``_world``
+Modules: ``_kit`` (the helpers) with ``_threads`` (whether the runtime's threads all
+wait, for ``settle``), ``_faults`` (the schedule and the workload), ``_world``
 (what both simulations share: the simulated service, the report, the expectations),
 ``_model_sim`` (the exact simulation) with ``_inline_host``, ``_exact_operator`` and
 ``_exact_checks``, ``_sim`` (the threaded one) with ``_sim_operator`` (its operator and

@@ -21,6 +21,7 @@ from herder.actors import (
 )
 from herder.runtime._runtime import Runtime
 from herder.runtime._waits import wait_limit
+from herder.runtime.testing._threads import all_wait
 from herder.store import InvalidInput, Store, TimedOut, timer_upper_bound
 
 
@@ -187,7 +188,7 @@ def _off_loop(runtime: Runtime, what: str) -> None:
 HELD = 0.1
 """Real seconds in which attempts that run or wait for one must move on (one end, or
 one start), else :func:`settle` takes them as held by the test (a hung action, say),
-once no thread of the runtime's runs or is ready to (:func:`_all_wait`). While no
+once no thread of the runtime's runs or is ready to (:func:`all_wait`). While no
 instance runs one and no health check runs, an instance may be waiting out a crash's
 backoff (no thread runs then): ``INSTANCE_BACKOFF.max`` longer."""
 
@@ -215,7 +216,7 @@ def settle(runtime: Runtime) -> None:
         since = time.monotonic()
         while True:
             seen = commits.seen()
-            waiting = _all_wait()  # (read before the runtime is asked: it answers on threads)
+            waiting = all_wait()  # (read before the runtime is asked: it answers on threads)
             busy = _attempts(runtime)
             if busy is None:  # (one that answered in it is ended, its commit to come)
                 busy = _attempts(runtime)
@@ -238,39 +239,6 @@ def settle(runtime: Runtime) -> None:
                 )
             # (unmoved for HELD, a thread still runs: look again a little later)
             commits.wait(seen, min(max(since + held, now + HELD / 4), deadline))
-
-
-def _all_wait() -> bool:
-    """Whether every thread of the runtime's (:func:`_runtime_threads`) but the caller
-    waits (for an event, a lock, a sleep, a socket): none runs, is ready to run (a loaded
-    machine leaves it unscheduled) or is in the middle of disk I/O. The test's own
-    threads do not count: one that computes (a background job, a busy event loop) says
-    nothing of the attempts. Read from Linux's ``/proc``; True where that cannot be read
-    (settle then goes by :data:`HELD` alone)."""
-    me = threading.get_native_id()
-    for tid in _runtime_threads() - {me}:
-        try:
-            with open(f"/proc/self/task/{tid}/stat", "rb") as stat:
-                raw = stat.read()
-        except OSError:
-            continue  # (it ended meanwhile, or there is no /proc)
-        end = raw.rfind(b")")  # (the state follows the name, which may hold one)
-        if raw[end + 2 : end + 3] in (b"R", b"D"):
-            return False
-    return True
-
-
-def _runtime_threads() -> set[int]:
-    """The native ids of the threads herder started: its actors' (the workers and agent
-    instances that run attempts among them), its writer's, its event loop's, its
-    timers'. Told by what each thread runs (its target), which is herder's code."""
-    ids = set()
-    for thread in threading.enumerate():
-        target = getattr(thread, "_target", None)  # (threading's; None once it ended)
-        module = getattr(target, "__module__", None) or type(thread).__module__
-        if module.startswith("herder.") and thread.native_id is not None:
-            ids.add(thread.native_id)
-    return ids
 
 
 def _attempts(runtime: Runtime) -> tuple[int, ...] | None:
