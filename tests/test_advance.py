@@ -251,3 +251,20 @@ def test_one_advance_runs_an_unhealthy_agents_work_at_the_check_that_heals_it(
         step = rt.status("w").steps["s"]
         assert step.state is StepState.SUCCEEDED
         assert T0 + 10 <= step.result < T0 + 11  # ran at the check, not at the end
+
+
+def test_one_advance_runs_a_chain_of_backoffs_shorter_than_a_millisecond(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # A timer is due by the millisecond: a backoff under 1 ms (initial_interval=0.001
+    # with the default jitter, every tenth run or so) armed at a stop was due at once,
+    # so no stop of its own, and was swept only at the next stop, or left for the next
+    # advance() once armed at its end. In real time the next sweep fires it.
+    retry = RetryPolicy(initial_interval=0.0005, jitter=0.0, max_attempts=10)
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("p", Flaky)
+        rt.add_workflow(Workflow("pay").step("charge", agent="p", action="charge", retry=retry))
+        rt.start("pay", None, workflow_id="p1")
+        advance(rt, clock, 1.0)
+        step = rt.status("p1").steps["charge"]
+        assert (step.state, step.attempt) == (StepState.SUCCEEDED, 4)

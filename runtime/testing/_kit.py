@@ -289,23 +289,33 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     # the next slot, which found it running (overlap "skip").
     runtime._check_active()
     _off_loop(runtime, "advance()")
-    if _overdue(runtime):
-        runtime._sweep_now()
-    _fire_due(runtime, clock)
-    settle(runtime)
+    fresh = _react(runtime, clock, sweep=False)
     end = clock.monotonic() + number
     for stops in range(1, MAX_STOPS + 1):
         now = clock.monotonic()
         due = None if stops == MAX_STOPS else _next_due(runtime, clock, end)
+        if fresh:  # (a timer due already, armed at the last stop: 1 ms on, its resolution)
+            due = min(end if due is None else due, now + 0.001)
         stop = end if due is None or due <= now else due  # (due now: not taken, jump)
         clock.advance(stop - now)
         # The periodic sweep may or may not have re-armed its timer in time to fire
         # inside this advance; one explicit sweep here makes the outcome deterministic.
-        runtime._sweep_now()
-        _fire_due(runtime, clock)  # likewise for the schedules' slots that fell due
-        settle(runtime)
+        fresh = _react(runtime, clock)
         if stop >= end:
             return
+
+
+def _react(runtime: Runtime, clock: FakeClock, *, sweep: bool = True) -> bool:
+    """Sweep the timers due (``sweep``, or any due), fire the schedules' due slots
+    (:func:`_fire_due`) and settle. True if that left due a timer that was not before:
+    one armed due already (a backoff under 1 ms), which has no stop of its own."""
+    before = _overdue(runtime)
+    if sweep or before:
+        runtime._sweep_now()
+    _fire_due(runtime, clock)
+    settle(runtime)
+    after = _overdue(runtime)
+    return bool(after) and after != before
 
 
 def _fire_due(runtime: Runtime, clock: FakeClock) -> None:
@@ -323,10 +333,10 @@ def _fire_due(runtime: Runtime, clock: FakeClock) -> None:
         seen = due
 
 
-def _overdue(runtime: Runtime) -> bool:
-    """Whether a durable timer is due by the engine's clock now (not yet swept)."""
+def _overdue(runtime: Runtime) -> list[tuple[int, str, str, Any]]:
+    """The durable timers due by the engine's clock now (not yet swept), 16 at most."""
     now_ms = int(runtime._ctx.clock.time() * 1000)
-    return bool(runtime._store.due_timers(now_ms, limit=1, corrupt=[]))
+    return runtime._store.due_timers(now_ms, limit=16, corrupt=[])
 
 
 def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
