@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import contextlib
 import inspect
 import logging
 import os
@@ -366,18 +367,26 @@ class Runtime(
             return {}
         return {c.id: c.restarts for c in children}
 
-    def _sweep_now(self) -> None:
-        """Have the watchdog sweep the timer index now and wait for it (testing aid)."""
-        self._check_active()
+    def _watchdog(self, method: str) -> None:
+        """Call ``method`` of the watchdog (the pattern's Supervisor) and wait for it."""
         assert self._root is not None
         children = call(self._root, "which_children", timeout=self._ask_timeout)
         for child in children:
             if child.id == "supervisor" and child.ref is not None:
-                call(child.ref, "sweep", timeout=self._ask_timeout)
+                call(child.ref, method, timeout=self._ask_timeout)
+
+    def _sweep_now(self) -> None:
+        """Have the watchdog sweep the timer index now and wait for it (testing aid)."""
+        self._check_active()
+        self._watchdog("sweep")
 
     def _settle(self, rounds: int = 3) -> None:
-        """Wait until messages and commits in flight have been handled (testing aid); a
-        Scheduler being replaced: :class:`NotActive` (``_ask_scheduler``)."""
+        """Wait until messages and commits in flight have been handled (testing aid), the
+        watchdog's first (a sweep that a FakeClock's move told it of reports to the
+        Scheduler); a Scheduler being replaced: :class:`NotActive` (``_ask_scheduler``)."""
+        self._ask_scheduler("sync")  # (first: while replaced, the tree is busy with it)
+        with contextlib.suppress(pykka.ActorDeadError):  # (replaced: the Scheduler too)
+            self._watchdog("__repr__")  # (any call: answered once what came before is)
         for _ in range(rounds):
             self._ask_scheduler("sync")
             self._store.writer.flush(timeout=self._ask_timeout)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from _child_kit import Child
 
+from herder.actors import WorkflowSupervisor
 from herder.runtime import (
     Agent,
     InvalidInput,
@@ -352,6 +353,40 @@ def test_settle_waits_for_an_instance_that_waits_out_a_long_backoff(
         settle(rt)
         states = [rt.status(f"w{i}").state for i in range(10)]
         assert states == [State.SUCCEEDED] * 10, states
+
+
+class FailsOnce(Agent):
+    def go(self, ctx: StepContext) -> int:
+        fail_first(ctx, attempts=1)
+        return ctx.attempt
+
+
+def test_settle_waits_for_the_sweep_a_jump_of_the_clock_told_the_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A jump with clock.advance() runs the periodic sweep's timer, which tells the
+    # watchdog to sweep: a message in flight, but settle asked only the Scheduler, and
+    # returned before a sweep that took a moment reported the retry that fell due (the
+    # suite's load made test_outcomes' deadline test see RUNNING now and then).
+    sweep = WorkflowSupervisor.sweep
+
+    def slow_sweep(self: WorkflowSupervisor) -> int:
+        done = time.perf_counter() + 0.3  # (a sweep through a long timer index)
+        while time.perf_counter() < done:
+            pass
+        return sweep(self)
+
+    monkeypatch.setattr(WorkflowSupervisor, "sweep", slow_sweep)
+    clock = FakeClock()
+    retry = RetryPolicy(initial_interval=5.0, jitter=0.0)
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("f", FailsOnce)
+        rt.add_workflow(Workflow("f").step("s", agent="f", action="go", retry=retry))
+        rt.start("f", {}, workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").steps["s"].state is StepState.RETRY_WAIT)
+        clock.advance(6.0)  # past the backoff, and the periodic sweep's time
+        settle(rt)
+        assert rt.status("w").state is State.SUCCEEDED
 
 
 def test_check_store_says_it_takes_a_store(rt: Runtime, tmp_path: Path) -> None:
