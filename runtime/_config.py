@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import logging
 import math
+import sys
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from herder.store import (
     DEFAULT_LEASE,
     MAX_SECONDS,
     MAX_VALUE_BYTES,
+    HerderError,
     InvalidInput,
     RetryPolicy,
     safe_repr,
@@ -277,3 +279,15 @@ def at_least(name: str, value: Any, low: float, expected: str) -> None:
     :data:`MAX_SECONDS` (every such setting is a time)."""
     if not _is_number(value) or not low <= value <= MAX_SECONDS:
         raise _wrong(name, expected + " (at most ten years)", value)
+
+
+def check_gil() -> None:
+    """The engine's lock-free hand-offs (actors/_answers.py, runtime/_starts.py's
+    ``Landing``) rely on the GIL making a deque operation, a counter's ``__next__`` and a
+    flag's store atomic: refuse an interpreter running without it."""
+    gil_enabled = getattr(sys, "_is_gil_enabled", None)  # (3.13+; always on before)
+    if gil_enabled is not None and not gil_enabled():
+        raise HerderError(
+            "herder needs the GIL, and this free-threaded interpreter runs without it; "
+            "run with PYTHON_GIL=1 (or -X gil=1), or use a build with the GIL"
+        )

@@ -16,7 +16,6 @@ import contextlib
 import inspect
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +33,7 @@ from herder.actors import (
 from herder.runtime._async import AsyncRuntime
 from herder.runtime._capacity import Capacity, QueuedSlots, QueuedStart
 from herder.runtime._claims import Claims
-from herder.runtime._config import RuntimeConfig
+from herder.runtime._config import RuntimeConfig, check_gil
 from herder.runtime._firing import Firer
 from herder.runtime._ha import StandbyWatcher, lease_kept
 from herder.runtime._handle import Final, Waiting, WorkflowHandle, unknown
@@ -52,7 +51,6 @@ from herder.runtime._status import WorkflowStatus, workflow_counts
 from herder.runtime._tracing import tracing_for
 from herder.runtime._waits import NotifyingEvent, OneShot
 from herder.store import (
-    HerderError,
     InvalidInput,
     Plan,
     ScheduleRecord,
@@ -130,7 +128,7 @@ class Runtime(
         setup: Callable[[Runtime], object] | None = None,
         **overrides: Any,
     ) -> None:
-        _check_gil()
+        check_gil()
         self._config = config = RuntimeConfig.of(config, overrides)
         if setup is not None and not callable(setup):
             raise InvalidInput(
@@ -391,15 +389,3 @@ class Runtime(
             self._ask_scheduler("sync")
             self._store.writer.flush(timeout=self._ask_timeout)
             self._store.writer.flush(timeout=self._ask_timeout)
-
-
-def _check_gil() -> None:
-    """The engine's lock-free hand-offs (actors/_answers.py, runtime/_starts.py's
-    ``Landing``) rely on the GIL making a deque operation, a counter's ``__next__`` and a
-    flag's store atomic: refuse an interpreter running without it."""
-    gil_enabled = getattr(sys, "_is_gil_enabled", None)  # (3.13+; always on before)
-    if gil_enabled is not None and not gil_enabled():
-        raise HerderError(
-            "herder needs the GIL, and this free-threaded interpreter runs without it; "
-            "run with PYTHON_GIL=1 (or -X gil=1), or use a build with the GIL"
-        )

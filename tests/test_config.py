@@ -118,7 +118,7 @@ def test_a_config_that_is_not_one_is_refused(tmp_path: Path) -> None:
 def test_a_free_threaded_interpreter_without_the_gil_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The engine's lock-free hand-offs need the GIL (runtime/_runtime.py, _check_gil):
+    """The engine's lock-free hand-offs need the GIL (runtime/_config.py, check_gil):
     refused before anything is opened, saying how to run with it."""
     monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
     with pytest.raises(HerderError, match="PYTHON_GIL=1"):
