@@ -3,6 +3,7 @@ origins, cookies, tokens, odd ids and methods (the review of ``herder ui``)."""
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import logging
 import os
@@ -25,7 +26,7 @@ from herder.runtime.ui import Console, _guard
 from herder.runtime.ui._server import MAX_BODY
 from herder.store import InvalidInput
 from herder.store._commands import pending_commands
-from herder.store._locktable import COMPACTING
+from herder.store._locktable import COMPACTING, LOCK_FILE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -327,9 +328,15 @@ def test_an_action_the_console_cannot_write_says_it_was_not_sent(
     # "The store cannot be read ... This page works again as soon as the store can be
     # read" before, on a store every page read (a console's user who may not write the
     # store was told the same).
-    (store / COMPACTING).write_text(str(os.getpid()))  # a `herder compact` runs
-    headers = {"Cookie": sign_in(console)}
-    status, _, html = request(console, "POST", "/act", body=form(console), headers=headers)
+    # A `herder compact` runs: its mark, and the store's flock, which it holds throughout.
+    (store / COMPACTING).write_text(str(os.getpid()))
+    held = os.open(store / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        headers = {"Cookie": sign_in(console)}
+        status, _, html = request(console, "POST", "/act", body=form(console), headers=headers)
+    finally:
+        os.close(held)
     assert status == 503
     assert "not sent: " in html
     assert "is being compacted" in html
