@@ -128,12 +128,10 @@ class Channel:
             "command #%s (%s of %s) refused: %s", command_id, op.action, workflow_id, error
         )
         if self._exists(op.workflow_id):
-            event = {"kind": "operator", "t": now, "action": op.action, "who": op.who}
-            event.update(why=op.why, step=op.step, refused=error)
             # Only if it is still there when this commits: a purge (retention) may delete
             # it meanwhile, and no history may outlive its workflow (herder check).
             present = Expect("workflows", workflow_key(op.workflow_id))
-            put = history_put(op.workflow_id, self._ctx.next_token(), event)
+            put = history_put(op.workflow_id, self._ctx.next_token(), op.refused(error, now))
             recorded.append(Transition(ops=(put,), expect=(present,)))
 
         def landed(outcomes: list[BaseException | None]) -> None:

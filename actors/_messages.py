@@ -138,6 +138,11 @@ class Operate:
         check_text("who", self.who, WHO_CHARS)
         check_text("why", self.why)
 
+    def refused(self, error: BaseException | str, now: float) -> dict[str, Any]:
+        """The history event of this action, come as a queued command, refused."""
+        event = {"kind": "operator", "t": now, "action": self.action, "who": self.who}
+        return {**event, "why": self.why, "step": self.step, "refused": str(error)}
+
 
 WHO_CHARS = 200
 """The longest ``who`` an operator action takes (``why`` takes a note's limit)."""

@@ -36,6 +36,7 @@ from herder.actors.engine import (
     operator_refusal,
     parked_refusal,
     parking_refusal,
+    stale_refusal,
 )
 from herder.store import (
     HerderError,
@@ -116,6 +117,7 @@ class Operator:
         # applies now, and what it leaves to run resumes right after it.
         fresh = self._recovery.take_back(op.workflow_id)
         try:
+            self._check_current(op)
             run = handler(op)
         except BaseException as exc:
             self._shell.perform(self._engine.take())
@@ -134,8 +136,10 @@ class Operator:
                 parked.add_done_callback(functools.partial(self._again, op, done, refusal=exc))
                 txn.effects.append(Resolve(parked))
             else:
-                if op.command is not None:
-                    txn.put(*finished_ops(op.command, str(exc), self._clock.time()))
+                if op.command is not None:  # (told where an operator looks, as in Channel)
+                    now, token = self._clock.time(), self._ctx.next_token()
+                    txn.put(*finished_ops(op.command, str(exc), now))
+                    txn.put(history_put(op.workflow_id, token, op.refused(exc, now)))
                 txn.effects.append(Refuse(done, exc))
             self._shell.settle()
             return done
@@ -181,6 +185,17 @@ class Operator:
             return True
         parked = record is not None and record.state is WorkflowState.NEEDS_ATTENTION
         return parked and wid not in self._engine.runs and self._commits.pending(wid)
+
+    def _check_current(self, op: Operate) -> None:
+        """Refuse a queued command decided on its workflow in another state than it is in
+        now (checked here, under the lease: two were queued while no runtime ran, say)."""
+        decided_on = (op.command or {}).get("decided_on")
+        if decided_on is not None:
+            run = self._engine.runs.get(op.workflow_id)
+            record = self._store.get_workflow(op.workflow_id) if run is None else run.record
+            refusal = record and stale_refusal(op.workflow_id, record.state, decided_on, op.action)
+            if refusal:
+                raise InvalidState(refusal)
 
     def _check_settled(self, op: Operate, record: WorkflowRecord) -> None:
         if self.changing(op.workflow_id, record):

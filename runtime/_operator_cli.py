@@ -148,7 +148,9 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
         sys.stderr.write(f"herder {action}: refused: {refusal}; nothing was queued\n")
         return 1
     running = is_held(path)
-    command = new_command(action, args.id, args=command_args, who=who, why=args.why)
+    command = new_command(  # (refused where it applies if the workflow moved on by then)
+        action, args.id, args=command_args, who=who, why=args.why, decided_on=str(record.state)
+    )
     command_id = append_command(path, command)
     if not running:
         sys.stderr.write(

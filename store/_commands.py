@@ -19,8 +19,10 @@ once old (:func:`answered_before`), all but the newest, so ids are never given o
 
 A command is a map: ``id``, ``action``, ``workflow_id``, ``args`` (e.g. ``step``,
 ``result``), ``who``, ``why``, ``created``, ``state`` (``PENDING`` → ``DONE`` or
-``FAILED``), ``error`` and ``finished``. The channel is generic: ``action`` is any name
-the applying runtime knows; an unknown one ends FAILED with a message.
+``FAILED``), ``error``, ``finished`` and ``decided_on`` (the workflow's state the
+operator decided on: the runtime refuses the command once the workflow is in another;
+None, or absent in an older record: no such check). The channel is generic: ``action``
+is any name the applying runtime knows; an unknown one ends FAILED with a message.
 """
 
 from __future__ import annotations
@@ -67,8 +69,12 @@ def new_command(
     who: str,
     why: str,
     now: float | None = None,
+    decided_on: str | None = None,
 ) -> dict[str, Any]:
-    """A pending command record (without its id, given out when it is appended)."""
+    """A pending command record (without its id, given out when it is appended).
+    ``decided_on``: the workflow's state the operator decided on (the CLI's and the
+    console's read as they queue it); the runtime refuses the command if the workflow
+    is in another by the time it applies it (None: whatever state it is in)."""
     return {
         "v": 1,
         "action": action,
@@ -80,6 +86,7 @@ def new_command(
         "state": PENDING,
         "error": None,
         "finished": None,
+        "decided_on": decided_on,
     }
 
 

@@ -144,6 +144,7 @@ from herder.actors.engine._states import (
     parked_refusal,
     parking_refusal,
     reachable,
+    stale_refusal,
     stuck_step,
     to_undo,
 )
@@ -287,6 +288,7 @@ __all__ = [
     "resumes",
     "running_at_crash",
     "settled",
+    "stale_refusal",
     "stopped",
     "stuck_step",
     "succeeded_with",

@@ -212,6 +212,21 @@ def parked_refusal(workflow_id: str, state: WorkflowState, action: str) -> str |
     return operator_refusal(workflow_id, state, action) if state is W.NEEDS_ATTENTION else None
 
 
+def stale_refusal(
+    workflow_id: str, state: WorkflowState, decided_on: object, action: str
+) -> str | None:
+    """Why a queued command decided on a workflow in state ``decided_on`` (its CLI's or
+    console's read when it was queued; None: a command that names none) no longer applies
+    to it in ``state``, or None: it is in that state still."""
+    if decided_on is None or decided_on == str(state):
+        return None
+    return (
+        f"workflow {workflow_id!r} is {state} now, not {decided_on!s:.40} as when this "
+        f"{action} was queued (another action, or the runtime, moved it on since): "
+        "nothing of it was done; look at the workflow again and decide anew"
+    )
+
+
 def parking_refusal(workflow_id: str, action: str) -> str:
     """Why operator ``action`` was refused while the workflow's parking (NEEDS_ATTENTION)
     was decided and not yet durable; told once it is, so it may be done again at once."""

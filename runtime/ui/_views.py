@@ -170,11 +170,16 @@ class Views:
             if record is None  # (400 "complete the form and send it again" before)
             else queue_refusal(workflow_id, record.state, action) or _moved_on(record, form)
         )
-        if refusal is not None:
+        if record is None or refusal is not None:  # (one is not without the other)
             outcome, ok = f"refused: {refusal}; nothing was queued", False
             status = 404 if record is None else 409
         else:
-            command = new_command(action, workflow_id, args=args, who=who, why=why)
+            # The state the page showed: the runtime refuses the command if the workflow
+            # is in another when it applies it (two were queued from one view, say).
+            decided_on = str(record.state)
+            command = new_command(
+                action, workflow_id, args=args, who=who, why=why, decided_on=decided_on
+            )
             try:
                 with self._gate.exclusive():  # one LMDB environment per store per process
                     command_id = append_command(self._gate.path, command)
