@@ -8,6 +8,7 @@ Exit codes: 0 after a clean stop or handoff, 1 when the runtime failed or lost i
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -106,8 +107,7 @@ def run_app(
     def announce_active() -> None:
         if rt.wait_active() and rt.is_active:
             notify(f"READY=1\nSTATUS=active on {store}\nMAINPID={os.getpid()}")
-            out.write(f"active {time.time():.3f} incarnation {rt._store.incarnation}\n")
-            out.flush()
+            _say(out, f"active {time.time():.3f} incarnation {rt._store.incarnation}\n")
 
     def announce_stopping() -> None:
         rt._wake.wait()
@@ -118,8 +118,7 @@ def run_app(
     early = {sig: signal.signal(sig, lambda *_: rt._wake.set()) for sig in _STOPPING}
     if standby and not rt.is_active:
         notify(f"READY=1\nSTATUS=standby on {store}: waiting for the lease")
-        out.write(f"standby on {store}\n")
-        out.flush()
+        _say(out, f"standby on {store}\n")
         threading.Thread(target=announce_active, name="herder-ready", daemon=True).start()
     else:
         announce_active()
@@ -131,10 +130,27 @@ def run_app(
             signal.signal(sig, handler)
     notify("STOPPING=1")
     if rt._fatal is not None:
-        sys.stderr.write(f"herder run: stopped: {rt._fatal}\n")
+        _say(sys.stderr, f"herder run: stopped: {rt._fatal}\n")
         return 1
-    out.write("stopped\n")
+    _say(out, "stopped\n")
     return 0
+
+
+def _say(stream: TextIO, text: str) -> None:
+    """Write a status line of ``herder run``. A reader that left (``herder run ... |
+    true``: a broken pipe) or a terminal that went is no reason to skip the orderly stop
+    (the drain, the lease's release) or the exit code: it raised out of run_app, which
+    exited 0 at once, the lease held. Later lines there go to /dev/null."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):  # (no file behind it: nothing to do)
+            fd = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(fd, stream.fileno())
+            finally:
+                os.close(fd)
 
 
 def request_handoff(

@@ -1,0 +1,95 @@
+"""`herder run` whose stdout or stderr reader has gone: it still serves, stops in order
+(drain, lease released) and exits with an honest code."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from herder.runtime import Runtime, _daemon
+from herder.store import Store
+
+pytestmark = pytest.mark.timeout(60)
+TESTS = pathlib.Path(__file__).parent
+
+
+def build(rt: Runtime) -> None:
+    """The app of the tests below: registers nothing."""
+
+
+def test_herder_run_whose_stdout_reader_left_still_serves_and_releases_its_lease(
+    tmp_path: pathlib.Path,
+) -> None:
+    # `herder run ... | true`: the "active" line raised BrokenPipeError, which the CLI
+    # took for `herder ls | head` and exited 0 at once: nothing drained, the lease held.
+    store = tmp_path / "s"
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first status line
+    argv = [sys.executable, "-m", "herder.runtime", "run", "--store", str(store)]
+    proc = subprocess.Popen(
+        [*argv, "--app", f"{__name__}:build"],
+        cwd=TESTS,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(write)
+    assert proc.stderr is not None
+    try:
+        said = []
+        for line in proc.stderr:  # (the log goes to stderr; ends if the process does)
+            said.append(line)
+            if "serving until SIGTERM" in line:
+                break
+        else:
+            raise AssertionError(f"it never served; exit {proc.wait(10)}: {''.join(said)}")
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 0, rest[-600:]
+        assert "Traceback" not in rest, rest[-600:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    with Store(store, mode="client") as st:
+        lease = st.read_lease()
+    assert lease is not None
+    assert lease.released, lease.describe()
+
+
+class _Gone(io.StringIO):
+    """A stream whose reader left."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_herder_run_that_failed_exits_1_though_its_stderr_is_gone(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Saying why it stopped raised BrokenPipeError, which the CLI turned into exit 0:
+    # systemd's Restart=on-failure then left a runtime that lost its lease down.
+    served: list[bool] = []
+
+    def serve(self: Runtime, *, drain_timeout: float = 30.0) -> None:
+        served.append(True)
+        self._fatal = RuntimeError("injected: the lease was lost")
+        self.stop()
+
+    monkeypatch.setattr(Runtime, "run_forever", serve)
+    monkeypatch.setattr(sys, "stderr", _Gone())
+    code = _daemon.run_app(
+        str(tmp_path / "s"),
+        f"{__name__}:build",
+        standby=False,
+        lease=5.0,
+        drain_timeout=1.0,
+        out=_Gone(),
+    )
+    assert (served, code) == ([True], 1)
