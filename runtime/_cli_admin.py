@@ -4,7 +4,8 @@
 COMPENSATED, CANCELLED, ABANDONED) last updated before a cutoff, with their steps,
 history, timers and index entries. While a runtime runs the store it goes through the
 command channel and that runtime works it off a batch per sweep (exit 3 if it is not done
-within ``--timeout``; it carries on); with none it deletes directly. Either way the
+within ``--timeout``: it carries on; at once if that runtime stops meanwhile: it stays
+queued for the next); with none it deletes directly. Either way the
 count so far is shown on stderr while it works (``CountLine``; through a runtime, the
 count it records on the command per batch). ``--dry-run`` only counts. ``--older-than``
 is an age: a runtime takes it back from its own clock, on which the records' times are
@@ -25,6 +26,7 @@ from typing import Any, TextIO
 from herder.runtime._cli_args import add_store, operator_name, seconds_arg, when_arg
 from herder.runtime._console import CountLine
 from herder.runtime._inspect import shown_time
+from herder.runtime._operator_cli import wait_while_held
 from herder.store import (
     COMMAND_DONE,
     FINISHED,
@@ -39,7 +41,6 @@ from herder.store import (
     is_held,
     new_command,
     purge,
-    wait_outcome,
 )
 
 QUEUED = 3
@@ -118,7 +119,15 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
     )
     command_id = append_command(path, command)
     with closing(CountLine("herder purge", "deleted")) as progress:
-        outcome = wait_outcome(path, command_id, args.timeout, pending=_shown(progress))
+        outcome, held = wait_while_held(path, command_id, args.timeout, _shown(progress))
+    if outcome is None and not held:
+        sys.stderr.write(
+            f"herder purge: the runtime let go of the store {path} (it stopped) before "
+            f"finishing command #{command_id}; it stays queued and the next runtime to "
+            "open the store carries it on (or run `herder purge` again with none running: "
+            "it deletes directly)\n"
+        )
+        return QUEUED
     if outcome is None:
         sys.stderr.write(
             f"herder purge: the runtime has not finished command #{command_id} within "

@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from herder.actors import Operate, UnknownWorkflow
@@ -159,7 +160,7 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
             "definition is registered)\n"
         )
         return QUEUED
-    outcome, held = _wait(path, command_id, args.timeout)
+    outcome, held = wait_while_held(path, command_id, args.timeout)
     if outcome is None and not held:
         sys.stderr.write(
             f"herder {action}: the runtime let go of the store {path} (it stopped) before "
@@ -188,16 +189,21 @@ LOOK = 0.5
 """Seconds between two asks of whether a runtime still holds the store, while waiting."""
 
 
-def _wait(path: str, command_id: int, timeout: float) -> tuple[dict[str, Any] | None, bool]:
+def wait_while_held(
+    path: str,
+    command_id: int,
+    timeout: float,
+    pending: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any] | None, bool]:
     """The command's outcome within ``timeout`` (None: still pending), and whether a
     runtime held the store all along: asked before each look of :data:`LOOK` seconds, so
     one that stops meanwhile (a deploy, a crash) ends the wait, not the timeout, which
-    then blamed a runtime that was gone."""
+    then blamed a runtime that was gone. ``pending`` is ``wait_outcome``'s."""
     deadline = time.monotonic() + timeout
     while True:
         held = is_held(path)  # (before the look: one that applies it and stops is seen)
         left = max(0.0, deadline - time.monotonic())
-        outcome = wait_outcome(path, command_id, min(LOOK, left))
+        outcome = wait_outcome(path, command_id, min(LOOK, left), pending=pending)
         if outcome is not None or not held:
             return outcome, held
         if left <= LOOK:

@@ -466,3 +466,31 @@ def test_a_runtime_that_stops_before_applying_a_command_ends_the_wait(
     assert "command #1" in err
     with Store(store, readonly=True) as st:
         assert [c["action"] for c in pending_commands(st)] == ["retry"]  # queued still
+
+
+def test_a_runtime_that_stops_before_finishing_a_purge_ends_its_wait(
+    tmp_path: Path,
+    daemon: subprocess.Popen[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As for retry above: purge asked once, before sending, and then waited its whole
+    # --timeout (600 s by default) and said the runtime "has not finished" it.
+    from herder.runtime import _cli_admin
+
+    real = _cli_admin.append_command
+
+    def killed_first(path: Any, command: dict[str, Any]) -> int:
+        daemon.kill()  # SIGKILL, after purge saw it hold the store
+        daemon.wait(WAIT)
+        return real(path, command)
+
+    monkeypatch.setattr(_cli_admin, "append_command", killed_first)
+    store = str(tmp_path / "store")
+    code, _ = run("purge", "--store", store, "--older-than", "1d", "--timeout", str(WAIT))
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "let go of the store" in err  # (after WAIT s: "has not finished ... within")
+    assert "command #1" in err
+    with Store(store, readonly=True) as st:
+        assert [c["action"] for c in pending_commands(st)] == ["purge"]  # queued still
