@@ -114,8 +114,9 @@ def run_app(
         notify("STOPPING=1")
 
     # From READY=1 on, a SIGTERM must drain: until run_forever has its own handlers, one
-    # that comes only wakes it (it then stops at once, draining), as it would have.
-    early = {sig: signal.signal(sig, lambda *_: rt._wake.set()) for sig in _STOPPING}
+    # that comes is noted for it (it then stops at once, draining), as it would have been
+    # (noted only: a handler takes no lock, see NotifyingEvent.signals).
+    early = {sig: signal.signal(sig, lambda n, _: rt._wake.signals.append(n)) for sig in _STOPPING}
     if standby and not rt.is_active:
         notify(f"READY=1\nSTATUS=standby on {store}: waiting for the lease")
         _say(out, f"standby on {store}\n")

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 _log = get_logger("herder.runtime")
 
+SIGNAL_POLL = 0.05
+"""Seconds run_forever waits between two looks for a signal (its handler only notes it)."""
 _BACKSTOP = 1.0
 """Seconds the drain waits for a commit before it asks the Scheduler again anyway."""
 
@@ -166,7 +168,7 @@ class Lifecycle:
         """Serve until SIGTERM or SIGINT, then drain and stop (see :meth:`stop`).
 
         Must be called from the main thread, which is where Python runs signal handlers:
-        the handlers only set an event, and this thread performs the ordered shutdown.
+        the handlers only note the signal (no lock), and this thread performs the shutdown.
         Returns early if the runtime is stopped from elsewhere or fails for good.
         """
         rt = _runtime(self)
@@ -178,20 +180,18 @@ class Lifecycle:
             )
         off_loop(rt._ctx.event_loop, "run_forever()", "rt.run_forever_async()")
         wake = rt._wake
-        received: list[str] = []
-
-        def on_signal(signum: int, frame: object) -> None:
-            received.append(signal.Signals(signum).name)
-            wake.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        received = wake.signals  # (a handler takes no lock: see NotifyingEvent.signals)
+        note = lambda signum, _: received.append(signum)  # noqa: E731 (no lock: no set())
+        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             _log.info("runtime on %s serving until SIGTERM or SIGINT", rt.path)
-            while not wake.wait(1.0):  # wakes to notice a stop() or failure elsewhere
-                if rt._closed or rt._fatal is not None:
+            while not wake.wait(SIGNAL_POLL):  # polls for a signal, a stop() or a failure
+                if received or rt._closed or rt._fatal is not None:
                     break
             if received:
-                _log.info("%s received: draining for up to %ss", received[0], drain_timeout)
+                wake.set()  # (here, not in the handler: `herder run` says STOPPING=1)
+                name = signal.Signals(received[0]).name
+                _log.info("%s received: draining for up to %ss", name, drain_timeout)
             self._stop(*serving_ended(rt, drain_timeout))
         finally:
             for sig, handler in previous.items():

@@ -66,6 +66,11 @@ class NotifyingEvent(threading.Event):
         super().__init__()
         self._subscribers: list[Callable[[], None]] = []
         self._guard = threading.Lock()
+        # The signals received (run_forever's): a signal handler appends, which takes no
+        # lock, and the waiter, which polls, then sets. A handler must not set(): it runs
+        # in the main thread, between two bytecodes, maybe while that thread holds this
+        # event's lock in wait(), which set() takes too: a self-deadlock.
+        self.signals: list[int] = []
 
     def set(self) -> None:
         """Set the flag and call every subscriber once."""
