@@ -57,6 +57,34 @@ def _send(address: str, state: str, wait: float) -> OSError | None:
     return None
 
 
+SHORTEST = 1.0
+"""Seconds: a ``WatchdogSec=`` below this is warned of. Pings come from the sweep (every
+0.25 s by default), and one sweep that a pause or a slow commit delays would miss it."""
+
+
+def _said_at_start(period: float, other_pid: str | None) -> None:
+    """Warn of a watchdog that herder cannot keep: a ``WATCHDOG_PID`` naming another
+    process (pings are then not sent: they were disabled silently), or a period too short."""
+    if other_pid is not None:
+        _log.warning(
+            "systemd's watchdog (WatchdogSec=%gs) watches pid %s, not this process (pid %d): "
+            "no WATCHDOG=1 is sent, and systemd will kill the service when the period is up. "
+            "Start herder with `exec herder run ...` in a wrapper script, so it is the "
+            "service's main process, or drop WatchdogSec=",
+            period,
+            other_pid,
+            os.getpid(),
+        )
+    elif period < SHORTEST:
+        _log.warning(
+            "systemd's WatchdogSec=%gs is under %g s: herder pings from its sweep (every "
+            "0.25 s), which cannot keep up with it, and systemd kills a service a ping "
+            "came late to. Set WatchdogSec= to several seconds (examples/herder.service: 10)",
+            period,
+            SHORTEST,
+        )
+
+
 class Watchdog:
     """Sends ``WATCHDOG=1`` when :meth:`ping` is called by a health check, at most twice
     per ``WATCHDOG_USEC`` (systemd's advice); disabled when systemd asked for none or
@@ -73,6 +101,8 @@ class Watchdog:
         pid = env.get("WATCHDOG_PID", "")
         mine = not pid or pid == str(os.getpid())
         self.interval = int(usec) / 2e6 if usec.isdigit() and mine and int(usec) > 0 else None
+        if self._address and usec.isdigit() and int(usec) > 0:
+            _said_at_start(int(usec) / 1e6, None if mine else pid)
         self._next = 0.0
         self._failing = SaidOnce(_log)  # (pinged from one thread at a time: the sweep's)
         self.sent = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pathlib
 import socket
 import threading
@@ -69,6 +70,7 @@ def test_a_watchdog_that_cannot_reach_systemd_says_so_once_until_it_can_again(
     # A gone socket logged a WARNING at every ping (twice per WatchdogSec) for ever.
     path = str(tmp_path / "notify")
     dog = Watchdog({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1"})  # every ping is due
+    caplog.clear()  # (1 us is warned of, at start: too short to keep; not the point here)
     caplog.set_level(logging.WARNING, logger="herder.systemd")
     for _ in range(5):
         dog.ping()
@@ -84,3 +86,34 @@ def test_a_watchdog_that_cannot_reach_systemd_says_so_once_until_it_can_again(
     dog.ping()  # gone again after it worked: said again
     dog.ping()
     assert len(caplog.records) == 2
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("usec", "pid", "said"),
+    [
+        ("400000", "", "under 1 s"),  # the sweep (0.25 s) cannot keep up with 0.4 s
+        ("10000000", "1", "`exec herder run"),  # a wrapper without exec: pid 1 is watched
+    ],
+)
+def test_a_watchdog_herder_cannot_keep_is_said_once_at_start_with_what_to_do(
+    usec: str, pid: str, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Both were silent: pings too late for a sub-second WatchdogSec, and none at all for
+    # a WATCHDOG_PID naming the shell that started herder; systemd then killed it.
+    env = {"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": usec, "WATCHDOG_PID": pid}
+    with caplog.at_level(logging.WARNING, logger="herder.systemd"):
+        dog = Watchdog(env)
+        dog.ping()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([m for m in warned if said in m]) == 1, warned
+
+
+@pytest.mark.timeout(30)
+def test_a_watchdog_herder_can_keep_is_not_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    env = {"NOTIFY_SOCKET": "/nonexistent", "WATCHDOG_USEC": "10000000"}
+    with caplog.at_level(logging.WARNING, logger="herder.systemd"):
+        Watchdog(env)
+        Watchdog({**env, "WATCHDOG_PID": str(os.getpid())})
+        Watchdog({"WATCHDOG_USEC": "1000"})  # (not under systemd's notify: nothing sent)
+    assert caplog.records == []
