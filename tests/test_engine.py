@@ -197,7 +197,7 @@ def test_exhausted_attempts_compensate_the_workflow(rt: Runtime) -> None:
     assert status.steps["hotel"].attempt == FAST.max_attempts
     # Its failures may have taken effect, so its compensation is asked too (a no-op here).
     assert status.steps["hotel"].state is StepState.COMPENSATED
-    assert ledger.requests["undo:w/hotel"] == 1
+    assert ledger.undo_requests["w/hotel"] == 1
     assert ledger.undone == ["w/flight"]
 
 
@@ -246,7 +246,7 @@ def test_a_permanent_failure_is_not_compensated(rt: Runtime) -> None:
     with pytest.raises(WorkflowFailed):
         rt.start("trip", workflow_id="w").result(timeout=WAIT)
     assert rt.status("w").steps["car"].state is StepState.FAILED
-    assert ledger.requests["undo:w/car"] == 0
+    assert ledger.undo_requests["w/car"] == 0
 
 
 def test_a_permanent_failure_after_an_answer_lost_is_compensated(rt: Runtime) -> None:

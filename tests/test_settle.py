@@ -475,3 +475,17 @@ def test_the_waits_refuse_the_thread_of_the_runtimes_event_loop(tmp_path: Path) 
             assert rt.status("w").state is State.SUCCEEDED
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(10)
+def test_the_ledger_counts_an_undo_apart_from_an_apply_of_a_key_named_undo() -> None:
+    # Undos were counted under "undo:<key>": an idempotency key that starts so shared
+    # their count, and `absorbed` left its repeats out.
+    from herder.runtime.testing import EffectLedger
+
+    ledger = EffectLedger()
+    ledger.apply("undo:a")
+    ledger.apply("undo:a")  # a retry the service absorbed
+    ledger.undo("a")
+    assert (ledger.requests["undo:a"], ledger.undo_requests["a"]) == (2, 1)
+    assert ledger.absorbed == 1

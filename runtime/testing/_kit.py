@@ -30,8 +30,9 @@ class EffectLedger:
 
     ``apply(key, value)`` records the effect the first time a key is seen and returns the
     stored value every time (as a real idempotent API would); ``requests`` counts every
-    call per key, ``effects`` holds what was applied, ``undone`` what was compensated.
-    Thread-safe.
+    ``apply`` per key and ``undo_requests`` every ``undo`` (apart: an undo counted under
+    ``"undo:<key>"`` was taken for an apply of a key that starts so), ``effects`` holds
+    what was applied, ``undone`` what was compensated. Thread-safe.
     """
 
     def __init__(self) -> None:
@@ -39,6 +40,7 @@ class EffectLedger:
         self.effects: dict[str, Any] = {}
         self.undone: list[str] = []
         self.requests: Counter[str] = Counter()
+        self.undo_requests: Counter[str] = Counter()
         self.order: list[str] = []
 
     def apply(self, key: str, value: Any = True) -> Any:
@@ -53,7 +55,7 @@ class EffectLedger:
     def undo(self, key: str) -> None:
         """Compensate the effect recorded under ``key`` (idempotent too)."""
         with self._lock:
-            self.requests[f"undo:{key}"] += 1
+            self.undo_requests[key] += 1
             if key in self.effects and key not in self.undone:
                 self.undone.append(key)
 
@@ -61,7 +63,7 @@ class EffectLedger:
     def absorbed(self) -> int:
         """Requests the service deduplicated (retries that reached it more than once)."""
         with self._lock:
-            return sum(n - 1 for k, n in self.requests.items() if not k.startswith("undo:"))
+            return sum(n - 1 for n in self.requests.values())
 
 
 def fail_first(ctx: StepContext, attempts: int, error: str = "injected transient failure") -> None:
