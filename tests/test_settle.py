@@ -417,6 +417,20 @@ def test_hang_until_in_an_async_action_says_to_await_instead(tmp_path: Path) -> 
         assert "await an asyncio.Event" in error, error
 
 
+def test_hang_until_in_an_async_action_fails_the_step_at_once(tmp_path: Path) -> None:
+    # The misuse was taken for a transient error: retried to the last attempt (each
+    # raising it again, after its backoff), then undone as if it may have taken effect.
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("a", AsyncHangs)
+        three = RetryPolicy(max_attempts=3, initial_interval=0.01, jitter=0.0)
+        rt.add_workflow(Workflow("a").step("s", agent="a", action="go", retry=three))
+        with pytest.raises(WorkflowFailed):
+            rt.start("a", {}, workflow_id="w").result(timeout=WAIT)
+        step = rt.status("w").steps["s"]
+        assert (step.state, step.attempt) == (StepState.FAILED, 1), step
+        assert "await an asyncio.Event" in str(step.error)
+
+
 class Spins(Agent):
     """Computes until the test's event is set."""
 

@@ -77,17 +77,22 @@ def hang_until(event: threading.Event, timeout: float = 60.0) -> None:
 
     Not in an ``async def`` action: it would block the event loop every one of them runs
     on (the attempt's timeout could not cancel it); it raises :class:`InvalidInput` there,
-    saying to await an :class:`asyncio.Event` instead."""
+    saying to await an :class:`asyncio.Event` instead, which fails the step for good (it
+    is :class:`Permanent` too: a retry would only raise it again, and nothing took effect)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         event.wait(timeout)
         return
-    raise InvalidInput(
+    raise HangInAsync(
         "hang_until blocks its thread, here the event loop every async def action runs on: "
         "in an async def action, await an asyncio.Event (asyncio.wait_for(event.wait(), "
         "timeout)) to hang it"
     )
+
+
+class HangInAsync(InvalidInput, Permanent):
+    """hang_until in an ``async def`` action: a mistake in the test, not a transient error."""
 
 
 def crash_instance(reason: str = "injected instance crash") -> NoReturn:
