@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _child_kit import Child
@@ -429,6 +430,23 @@ def test_hang_until_in_an_async_action_fails_the_step_at_once(tmp_path: Path) ->
         step = rt.status("w").steps["s"]
         assert (step.state, step.attempt) == (StepState.FAILED, 1), step
         assert "await an asyncio.Event" in str(step.error)
+
+
+@pytest.mark.parametrize(
+    ("wait", "args"),
+    [
+        (settle, ()),
+        (store_of, ()),
+        (wait_until, (lambda: True,)),
+        (advance, (FakeClock(), 1.0)),
+    ],
+)
+def test_the_kit_says_what_it_takes_when_given_no_runtime(wait: Any, args: tuple[Any, ...]) -> None:
+    # It raised AttributeError: "'str' object has no attribute '_check_active'".
+    name = wait.__name__
+    for wrong in ("store", None, FakeClock()):
+        with pytest.raises(InvalidInput, match=rf"{name}\(\) takes the Runtime"):
+            wait(wrong, *args)
 
 
 class Spins(Agent):
