@@ -93,9 +93,10 @@ def run_app(
     lease: float,
     drain_timeout: float,
     retention: float | None = DEFAULT_RETENTION,
-    out: TextIO,
+    out: TextIO | None,
 ) -> int:
-    """Open the runtime, let the app register, notify systemd, serve until stopped."""
+    """Open the runtime, let the app register, notify systemd, serve until stopped (``out``:
+    None when started with stdout closed)."""
     if not logging.getLogger().handlers:  # under systemd, stderr goes to the journal
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     factory = load_app(app)
@@ -137,11 +138,14 @@ def run_app(
     return 0
 
 
-def _say(stream: TextIO, text: str) -> None:
+def _say(stream: TextIO | None, text: str) -> None:
     """Write a status line of ``herder run``. A reader that left (``herder run ... |
     true``: a broken pipe) or a terminal that went is no reason to skip the orderly stop
     (the drain, the lease's release) or the exit code: it raised out of run_app, which
-    exited 0 at once, the lease held. Later lines there go to /dev/null."""
+    exited 0 at once, the lease held. Later lines there go to /dev/null. None: started
+    with it closed (``>&-``), Python has no such stream: nothing is said."""
+    if stream is None:
+        return
     try:
         stream.write(text)
         stream.flush()

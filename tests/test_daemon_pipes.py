@@ -93,3 +93,26 @@ def test_herder_run_that_failed_exits_1_though_its_stderr_is_gone(
         out=_Gone(),
     )
     assert (served, code) == ([True], 1)
+
+
+def test_herder_run_started_with_stdout_closed_serves_and_stops(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `herder run ... >&-`: Python has no sys.stdout (None), and the "active" line raised
+    # AttributeError, a traceback, the lease held.
+    served: list[bool] = []
+
+    def serve(self: Runtime, *, drain_timeout: float = 30.0) -> None:
+        served.append(True)
+        self.stop()
+
+    monkeypatch.setattr(Runtime, "run_forever", serve)
+    code = _daemon.run_app(
+        str(tmp_path / "s"),
+        f"{__name__}:build",
+        standby=False,
+        lease=5.0,
+        drain_timeout=1.0,
+        out=None,
+    )
+    assert (served, code) == ([True], 0)
