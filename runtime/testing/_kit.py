@@ -76,23 +76,20 @@ def hang_until(event: threading.Event, timeout: float = 60.0) -> None:
     """Block the action until ``event`` is set (simulates a remote call that hangs).
 
     Not in an ``async def`` action: it would block the event loop every one of them runs
-    on (the attempt's timeout could not cancel it); it raises :class:`InvalidInput` there,
-    saying to await an :class:`asyncio.Event` instead, which fails the step for good (it
-    is :class:`Permanent` too: a retry would only raise it again, and nothing took effect)."""
+    on (the attempt's timeout could not cancel it); it raises :class:`Permanent` there,
+    saying to await an :class:`asyncio.Event` instead: the step fails for good (a retry
+    would only raise it again, and nothing took effect), as for an action that is not
+    there."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         event.wait(timeout)
         return
-    raise HangInAsync(
+    raise Permanent(
         "hang_until blocks its thread, here the event loop every async def action runs on: "
         "in an async def action, await an asyncio.Event (asyncio.wait_for(event.wait(), "
         "timeout)) to hang it"
     )
-
-
-class HangInAsync(InvalidInput, Permanent):
-    """hang_until in an ``async def`` action: a mistake in the test, not a transient error."""
 
 
 def _given(runtime: object, what: str) -> None:
