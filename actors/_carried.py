@@ -16,7 +16,10 @@ still in the action) hold a slot of its agent (:func:`carry_over`; the host's
 until its deadline passes, when its slot is freed as a timed-out hung attempt's is
 (``Dispatcher.loose``); on the asyncio host, whose start cancelled it, as a replaced
 attempt's, until its task ends or ``shutdown`` seconds on. Attempts on Ray run in
-processes of their own.
+processes of their own. The steps of those whose end comes as an answer (a thread runs
+them) are held back by recovery until then (``Engine.carried``: the stale answer, or
+the step's timer at its deadline, lets it go on), so that a step never runs twice at
+once, nor a cancelled workflow's step again (it is given up once the attempt ends).
 
 Imports: the engine's in-flight attempts and the agent host seam.
 """
@@ -24,6 +27,8 @@ Imports: the engine's in-flight attempts and the agent host seam.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import pykka
 
 from herder.actors._host import waiting
 
@@ -57,14 +62,20 @@ def left_running(ctx: EngineContext, engine: Engine, dispatch: Dispatcher) -> No
     ctx.carried = kept + [(*attempt, runner(attempt[0], attempt[1])) for attempt in running]
 
 
-def carry_over(ctx: EngineContext, dispatch: Dispatcher) -> None:
+def carry_over(ctx: EngineContext, dispatch: Dispatcher) -> dict[int, str | None]:
     """Hold a slot on ``dispatch``'s (new) host for each attempt the last Scheduler left
-    in the action (its actor alive), watched until its deadline; on the new one's start."""
+    in the action (its actor alive), watched until its deadline; on the new one's start.
+    Returns the tokens of those whose end comes as their (stale) answer, those a thread
+    runs (for ``Engine.carried``: recovery holds their steps back until then)."""
     carry = getattr(dispatch.host, "carry", None)
     alive = [entry for entry in ctx.carried if entry[4] is not None and entry[4].is_alive()]
     ctx.carried = []
+    answers: dict[int, str | None] = {}
     for agent, instance, token, deadline, actor in alive:
         if carry is not None and carry(agent, instance, token, actor):
             ctx.carried.append((agent, instance, token, deadline, actor))
             if deadline is not None:
                 dispatch.loose.watch(agent, token, deadline)
+            if isinstance(actor, pykka.ActorRef):  # (not a task the asyncio host cancelled)
+                answers[token] = None
+    return answers

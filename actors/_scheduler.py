@@ -181,7 +181,8 @@ class Scheduler(SupervisedActor):
         # (both is harmless: each message says what to hold, not what to change).
         self._plans.update(ctx.plans)
         self._dispatch.attach(host, registered_agents(ctx.agents, ctx.limits))
-        carry_over(ctx, self._dispatch)  # (what the last one left running holds its slot)
+        # What the last one left running holds its slot; its step waits for it to end.
+        self._engine.carried = carry_over(ctx, self._dispatch)
         self.actor_ref.tell(Recover())
 
     def on_failure(self, *_exc_info: object) -> None:

@@ -19,6 +19,7 @@ from herder.runtime import (
     State,
     StepContext,
     Workflow,
+    WorkflowFailed,
 )
 from herder.runtime.testing import FakeClock, advance, crash_scheduler, settle
 
@@ -281,3 +282,80 @@ def test_an_agent_moved_to_asyncio_while_its_old_attempt_runs(tmp_path: Path) ->
         assert first.result(timeout=WAIT) == {"s": 0}
         assert rt.stats()["restarts"]["scheduler"] == 1
     assert tally.peak == 1
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_with_room_for_two_the_step_waits_for_its_carried_attempt_to_end(
+    tmp_path: Path, host: str
+) -> None:
+    # The carried attempt held one slot, and recovery ran the same step again in the
+    # other at once: the step twice at the same time.
+    tally = Tally()
+    with Runtime(tmp_path / "s", agent_host=host, default_retry=FAST) as rt:
+        rt.add_agent("a", held_agent(tally), concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        crash_scheduler(rt, timeout=WAIT)
+        settle(rt)
+        second = rt.start("w", workflow_id="w2")  # (the other slot is free)
+        assert second.result(timeout=WAIT) == {"s": 1}
+        crash_scheduler(rt, timeout=WAIT)  # a second crash holds it back again
+        settle(rt)
+        assert ("start", "w1", 2) not in tally.seen
+        tally.release.set()
+        assert first.result(timeout=WAIT) == {"s": 2}  # run again once the old one ended
+    steps = [event for event in tally.seen if event[1] == "w1"]
+    assert steps == [("start", "w1", 1), ("end", "w1", 1), ("start", "w1", 2), ("end", "w1", 2)]
+
+
+def test_a_held_back_step_whose_attempt_hangs_runs_again_at_its_deadline(
+    tmp_path: Path,
+) -> None:
+    # As a timed-out hung attempt's: its thread is left to it, and the step runs again.
+    tally = Tally()
+    clock = FakeClock()
+    with Runtime(tmp_path / "s", clock=clock, default_retry=FAST) as rt:
+        rt.add_agent("a", held_agent(tally), concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work", timeout=30.0))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        crash_scheduler(rt, timeout=WAIT)
+        advance(rt, clock, 29.0)
+        assert tally.seen == [("start", "w1", 1)]
+        advance(rt, clock, 2.0)  # past the old attempt's deadline
+        assert first.result(timeout=WAIT) == {"s": 2}
+        assert tally.seen == [("start", "w1", 1), ("start", "w1", 2), ("end", "w1", 2)]
+        tally.release.set()
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_cancelled_workflows_carried_step_is_given_up_not_run_again(
+    tmp_path: Path, host: str
+) -> None:
+    # Cancelled while its step ran, then a crash: the step ran again (attempt 2) once
+    # the old attempt ended, then was undone; docs/operator.md: a cancel runs no step
+    # again. Now it is given up once the old attempt ends, and undone after it.
+    tally = Tally()
+    undone: list[int] = []
+
+    class Undo(held_agent(tally)):  # type: ignore[misc, valid-type]
+        def undo(self, ctx: StepContext) -> None:
+            with tally.lock:
+                undone.append(tally.running)  # (attempts running beside the undo)
+
+    with Runtime(tmp_path / "s", agent_host=host, default_retry=FAST) as rt:
+        rt.add_agent("a", Undo, concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work", compensate="undo"))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        rt.cancel(first.id)
+        crash_scheduler(rt, timeout=WAIT)
+        settle(rt)
+        assert undone == []  # (not beside the attempt still running)
+        tally.release.set()
+        with pytest.raises(WorkflowFailed):
+            first.result(timeout=WAIT)
+        assert rt.status(first.id).state is State.CANCELLED
+    assert tally.seen == [("start", "w1", 1), ("end", "w1", 1)]
+    assert undone == [0]

@@ -51,7 +51,7 @@ from herder.actors.engine._logs import log_failure, log_step
 from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._recovery import Leased
-from herder.actors.engine._resume import count_crash, resume_steps
+from herder.actors.engine._resume import carried_ended, count_crash, resume_steps
 from herder.actors.engine._runs import Attempt, Dispatched, WorkflowRun
 from herder.actors.engine._shapes import Shapes
 from herder.actors.engine._step import attempt_timeout, beats, dispatch, heartbeat, lapse
@@ -76,6 +76,9 @@ class Engine(Machine):
         self._plans = plans
         self._has_probe = has_probe  # (agent, action): the agent defines its probe
         self.shapes = Shapes()  # (per plan: its steps by name, their dependents)
+        # Attempts a crashed Scheduler left running, whose end comes as a (stale) answer:
+        # token -> the id of the workflow whose step recovery held back for it, if any.
+        self.carried: dict[int, str | None] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             Answered: self._answered_event,
             Completed: self._completed,
@@ -230,6 +233,8 @@ class Engine(Machine):
         current = self._settled(msg.token)
         if current is None:
             self.counters["stale"] += 1
+            if self.carried:  # (stale answers only: a step held back may run now)
+                self._carried_ended(msg.token)
             return
         run, st = current
         if msg.kind or st.state is StepState.UNKNOWN:
@@ -327,6 +332,8 @@ class Engine(Machine):
             # A reload left it queued while an instance still runs (hangs in) the old
             # attempt: time it out, which frees that instance.
             hung = True
+        elif self.carried.pop(st.token, None) is not None:
+            hung = True  # held back for an attempt a crashed Scheduler left: it hangs
         self.counters["timed_out"] += 1
         self._out.now.append(TimedOut(agent, st.token, hung=hung))
         log_step("timed out", run.record.id, st)
@@ -367,8 +374,15 @@ class Engine(Machine):
         if run is None or (msg.crashed and count_crash(self, run)):
             return  # an operator's action ended it meanwhile, or it was parked as poison
         if msg.recovered or msg.crashed:
-            resume_steps(self, run)
+            resume_steps(self, run, self.carried)
         self.advance(run)
+
+    def _carried_ended(self, token: int) -> None:
+        """A carried attempt answered (stale): the step held back for it resumes."""
+        workflow_id = self.carried.pop(token, None)
+        run = None if workflow_id is None else self.runs.get(workflow_id)
+        if run is not None:
+            carried_ended(self, run, token)
 
     def _started(self, msg: Started) -> None:
         runs = self.runs  # (each was loaded in the same Scheduler turn: nothing ended it)

@@ -26,7 +26,7 @@ from herder.actors.engine._recovery import (
     running_at_crash,
 )
 from herder.actors.engine._step import with_timer
-from herder.store import WorkflowState, get_logger
+from herder.store import StepState, WorkflowState, get_logger
 
 if TYPE_CHECKING:
     from herder.actors.engine._machine import Machine
@@ -77,13 +77,19 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
     return False
 
 
-def resume_steps(m: Machine, run: WorkflowRun) -> None:
+def resume_steps(m: Machine, run: WorkflowRun, carried: dict[int, str | None]) -> None:
     """Queue the steps a previous Scheduler left running or about to run; in a workflow
-    that is compensating, give up (and so undo) those an earlier process left running."""
+    that is compensating, give up (and so undo) those an earlier process left running.
+    A step whose attempt a crashed Scheduler of this process left still running
+    (``carried``: its token, actors/_carried.py) is held back, noted under its workflow's
+    id, until that attempt ends (:func:`carried_ended`) or its deadline passes."""
     compensating = run.record.state is WorkflowState.COMPENSATING
     incarnation = m.lease.incarnation
     for st in list(run.steps.values()):
         if st.token in m.inflight:
+            continue
+        if carried and st.token in carried:
+            carried[st.token] = run.record.id
             continue
         if compensating and orphaned(st, incarnation):
             m.put_step(run, st, m.given_up(st))
@@ -91,3 +97,21 @@ def resume_steps(m: Machine, run: WorkflowRun) -> None:
         undo = resumes(st, compensating=compensating, now=m.now)
         if undo is not None:
             m.enqueue(run, st.name, compensating=undo)
+
+
+def carried_ended(m: Machine, run: WorkflowRun, token: int) -> None:
+    """The attempt ``token`` a crashed Scheduler left running, whose step recovery held
+    back, ended: its step resumes as recovery would have had no attempt of it run on (in
+    a workflow that turned back meanwhile a forward one is given up, as an earlier
+    process's is, and undone with the others), unless it has moved on since."""
+    compensating = run.record.state is WorkflowState.COMPENSATING
+    for st in list(run.steps.values()):
+        if st.token != token:
+            continue
+        if compensating and st.state is StepState.DISPATCHED:
+            m.put_step(run, st, m.given_up(st))
+        else:
+            undo = resumes(st, compensating=compensating, now=m.now)
+            if undo is not None:
+                m.enqueue(run, st.name, compensating=undo)
+        m.advance(run)
