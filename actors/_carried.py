@@ -79,3 +79,10 @@ def carry_over(ctx: EngineContext, dispatch: Dispatcher) -> dict[int, str | None
             if isinstance(actor, pykka.ActorRef):  # (not a task the asyncio host cancelled)
                 answers[token] = None
     return answers
+
+
+def count_left(ctx: EngineContext, host: dict[str, Any]) -> None:
+    """Count in ``host["abandoned_threads"]`` the threads still in an attempt a Scheduler
+    left running: the tree's news of their abandon came while no Scheduler ran."""
+    left = sum(1 for e in ctx.carried if isinstance(e[4], pykka.ActorRef) and e[4].is_alive())
+    host["abandoned_threads"] = host.get("abandoned_threads", 0) + left

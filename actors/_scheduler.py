@@ -40,7 +40,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from herder.actors._answers import Drain
-from herder.actors._carried import carry_over, left_running
+from herder.actors._carried import carry_over, count_left, left_running
 from herder.actors._channel import Channel
 from herder.actors._clock import MessageClock
 from herder.actors._commit_backoff import Reload
@@ -181,8 +181,7 @@ class Scheduler(SupervisedActor):
         # (both is harmless: each message says what to hold, not what to change).
         self._plans.update(ctx.plans)
         self._dispatch.attach(host, registered_agents(ctx.agents, ctx.limits))
-        # What the last one left running holds its slot; its step waits for it to end.
-        self._engine.carried = carry_over(ctx, self._dispatch)
+        self._engine.carried = carry_over(ctx, self._dispatch)  # (actors/_carried.py)
         self.actor_ref.tell(Recover())
 
     def on_failure(self, *_exc_info: object) -> None:
@@ -258,13 +257,14 @@ class Scheduler(SupervisedActor):
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges of the engine."""
-        engine = self._engine
+        engine, dispatch = self._engine, self._dispatch.stats()
+        count_left(self._ctx, dispatch["host"])
         return {
             **engine.counters,
             "active_workflows": len(engine.runs) + len(self._recovery.absent.dormant),
             "in_flight_attempts": len(engine.inflight),
             **self._recovery.absent.stats(),
-            **self._dispatch.stats(),
+            **dispatch,
         }
 
     # -- the engine --------------------------------------------------------------------

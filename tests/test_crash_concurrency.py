@@ -359,3 +359,20 @@ def test_a_cancelled_workflows_carried_step_is_given_up_not_run_again(
         assert rt.status(first.id).state is State.CANCELLED
     assert tally.seen == [("start", "w1", 1), ("end", "w1", 1)]
     assert undone == [0]
+
+
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_a_carried_thread_is_counted_in_abandoned_threads(tmp_path: Path, host: str) -> None:
+    # The tree's news of its abandon came while no Scheduler ran: it was counted nowhere.
+    tally = Tally()
+    with Runtime(tmp_path / "s", agent_host=host, default_retry=FAST) as rt:
+        rt.add_agent("a", held_agent(tally), concurrency=1)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        first = rt.start("w", workflow_id="w1")
+        assert tally.first.wait(WAIT)
+        assert rt.stats()["host"]["abandoned_threads"] == 0
+        crash_scheduler(rt, timeout=WAIT)
+        settle(rt)
+        assert rt.stats()["host"]["abandoned_threads"] == 1
+        tally.release.set()
+        assert first.result(timeout=WAIT) == {"s": 2}
