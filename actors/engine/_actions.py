@@ -224,10 +224,11 @@ def give_up_orphans(m: Machine, run: WorkflowRun, why: str) -> None:
     """Steps left DISPATCHED by a crash that no attempt runs now end FAILED instead of
     running again; marked done, since they may have taken effect, so they are undone.
     So do steps whose attempt was recorded ahead and has not started (``m.started``):
-    it never will."""
+    it never will. Not those held back for an attempt still running (``m.carried``):
+    given up once it has ended (``_resume.carried_ended``)."""
     for st in list(run.steps.values()):
         if st.state is StepState.DISPATCHED and (
-            st.token not in m.inflight or not m.started(st.token)
+            (st.token not in m.inflight and st.token not in m.carried) or not m.started(st.token)
         ):
             m.supersede(run, st, replace=False)
             m.put_step(run, st, orphan_given_up(st, why, token=m.token(), now=m.now))

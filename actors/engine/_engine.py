@@ -76,9 +76,6 @@ class Engine(Machine):
         self._plans = plans
         self._has_probe = has_probe  # (agent, action): the agent defines its probe
         self.shapes = Shapes()  # (per plan: its steps by name, their dependents)
-        # Attempts a crashed Scheduler left running, whose end comes as a (stale) answer:
-        # token -> the id of the workflow whose step recovery held back for it, if any.
-        self.carried: dict[int, str | None] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             Answered: self._answered_event,
             Completed: self._completed,
@@ -374,7 +371,7 @@ class Engine(Machine):
         if run is None or (msg.crashed and count_crash(self, run)):
             return  # an operator's action ended it meanwhile, or it was parked as poison
         if msg.recovered or msg.crashed:
-            resume_steps(self, run, self.carried)
+            resume_steps(self, run)
         self.advance(run)
 
     def _carried_ended(self, token: int) -> None:

@@ -91,12 +91,12 @@ class Machine:
         self.defaults = defaults
         self._tokens = tokens
         self.lease = lease  # the store's: its incarnation, the one it was taken from
-        # (agent): its last health check passed; an AnyOf step picks among those.
-        self.healthy: Callable[[str], bool] = lambda agent: True
+        self.healthy: Callable[[str], bool] = lambda agent: True  # (AnyOf picks among them)
         # (token): its attempt reached an agent (one reserved ahead may still be waiting).
         self.started: Callable[[int], bool] = lambda token: True
         self.runs: dict[str, WorkflowRun] = {}
         self.inflight: dict[int, Attempt] = {}
+        self.carried: dict[int, str | None] = {}  # (steps held back: _resume.py)
         self.counters = dict.fromkeys(
             (
                 "dispatched",

@@ -77,14 +77,15 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
     return False
 
 
-def resume_steps(m: Machine, run: WorkflowRun, carried: dict[int, str | None]) -> None:
+def resume_steps(m: Machine, run: WorkflowRun) -> None:
     """Queue the steps a previous Scheduler left running or about to run; in a workflow
     that is compensating, give up (and so undo) those an earlier process left running.
     A step whose attempt a crashed Scheduler of this process left still running
-    (``carried``: its token, actors/_carried.py) is held back, noted under its workflow's
-    id, until that attempt ends (:func:`carried_ended`) or its deadline passes."""
+    (its token in ``m.carried``, actors/_carried.py: token -> the id of the workflow
+    whose step is held back) is held back until that attempt ends (:func:`carried_ended`)
+    or its deadline passes (the step times out as a hung attempt's, ``Engine``)."""
     compensating = run.record.state is WorkflowState.COMPENSATING
-    incarnation = m.lease.incarnation
+    incarnation, carried = m.lease.incarnation, m.carried
     for st in list(run.steps.values()):
         if st.token in m.inflight:
             continue
