@@ -309,13 +309,14 @@ def test_with_room_for_two_the_step_waits_for_its_carried_attempt_to_end(
     assert steps == [("start", "w1", 1), ("end", "w1", 1), ("start", "w1", 2), ("end", "w1", 2)]
 
 
+@pytest.mark.parametrize("host", ["pool", "thread"])
 def test_a_held_back_step_whose_attempt_hangs_runs_again_at_its_deadline(
-    tmp_path: Path,
+    tmp_path: Path, host: str
 ) -> None:
     # As a timed-out hung attempt's: its thread is left to it, and the step runs again.
     tally = Tally()
     clock = FakeClock()
-    with Runtime(tmp_path / "s", clock=clock, default_retry=FAST) as rt:
+    with Runtime(tmp_path / "s", agent_host=host, clock=clock, default_retry=FAST) as rt:
         rt.add_agent("a", held_agent(tally), concurrency=2)
         rt.add_workflow(Workflow("w").step("s", agent="a", action="work", timeout=30.0))
         first = rt.start("w", workflow_id="w1")
