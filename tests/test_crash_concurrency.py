@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from _child_kit import Child
 
 from herder.runtime import (
     Agent,
@@ -409,3 +410,45 @@ def test_a_cancel_after_the_crash_waits_for_the_held_back_steps_attempt(
         assert rt.status(first.id).state is State.CANCELLED
     assert tally.seen == [("start", "w1", 1), ("end", "w1", 1)]
     assert undone == [0]
+
+
+HELD_CHILD = """
+import sys, threading
+from herder.runtime import Agent, Runtime, Workflow
+from herder.runtime.testing import crash_scheduler, settle
+store, log = sys.argv[1:3]
+entered = threading.Event()
+class Held(Agent):
+    def work(self, ctx):
+        with open(log, "a") as f:
+            f.write(f"work {ctx.attempt}\\n")
+        entered.set()
+        threading.Event().wait()  # still running when the process is killed
+rt = Runtime(store)
+rt.add_agent("a", Held, concurrency=2)
+rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+rt.start("w", workflow_id="w1")
+assert entered.wait(30)
+crash_scheduler(rt, timeout=30)
+settle(rt)
+print("held", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_after_a_process_death_a_held_back_step_runs_again_at_once(tmp_path: Path) -> None:
+    # What is held back is in memory only: the next process runs the step as before.
+    store, log = tmp_path / "store", tmp_path / "calls.log"
+    child = Child(["-c", HELD_CHILD, str(store), str(log)], label="held")
+    child.wait_for("held", timeout=30)
+    assert log.read_text().splitlines() == ["work 1"]  # (held back, not run again)
+    child.kill(timeout=10)
+
+    class Quick(Agent):
+        def work(self, ctx: StepContext) -> int:
+            return ctx.attempt
+
+    with Runtime(store) as rt:
+        rt.add_agent("a", Quick, concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
+        assert rt.handle("w1").result(timeout=WAIT) == {"s": 2}
