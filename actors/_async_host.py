@@ -65,6 +65,7 @@ _log = get_logger("herder.asyncio")
 class _Slot:
     token: int | None  # None: its attempt crashed the object; it waits out the backoff
     future: Any = None  # its Attempt (the task on the loop), once sent
+    carried: int | None = None  # the token of the attempt ``carry`` holds it for
 
 
 @dataclass(slots=True)
@@ -234,7 +235,7 @@ class AsyncHost:
         if not isinstance(attempt, Attempt):
             agent.slots[instance_id] = _Slot(token)  # (released by its answer: release())
             return True
-        agent.slots[instance_id] = _Slot(None, attempt)
+        agent.slots[instance_id] = _Slot(None, attempt, token)
         self._hold(name, instance_id, attempt.then)
         return True
 
@@ -250,7 +251,9 @@ class AsyncHost:
             return []
         if event.kind is ChildEventKind.RESTARTED and slot.token is None:
             del agent.slots[instance_id]  # the slot serves again
-            return []
+            # A carried attempt ended (or its time is up): news for the step held back for
+            # it (actors/_carried.py), as an attempt given up on, charged nothing.
+            return [] if slot.carried is None else [GivenUp(slot.carried)]
         if event.kind is not ChildEventKind.CRASHED or slot.token is None:
             return []
         lost, slot.token, slot.future = [slot.token], None, None

@@ -16,10 +16,10 @@ still in the action) hold a slot of its agent (:func:`carry_over`; the host's
 until its deadline passes, when its slot is freed as a timed-out hung attempt's is
 (``Dispatcher.loose``); on the asyncio host, whose start cancelled it, as a replaced
 attempt's, until its task ends or ``shutdown`` seconds on. Attempts on Ray run in
-processes of their own. The steps of those whose end comes as an answer (a thread runs
-them) are held back by recovery until then (``Engine.carried``: the stale answer, or
-the step's timer at its deadline, lets it go on), so that a step never runs twice at
-once, nor a cancelled workflow's step again (it is given up once the attempt ends).
+processes of their own. Their steps are held back by recovery until then
+(``Machine.carried``: the stale answer, the asyncio host's news that the slot serves
+again, or the step's timer at its deadline lets it go on), so that a step never runs
+twice at once, nor a cancelled workflow's step again (it is given up once it ended).
 
 Imports: the engine's in-flight attempts and the agent host seam.
 """
@@ -65,20 +65,19 @@ def left_running(ctx: EngineContext, engine: Engine, dispatch: Dispatcher) -> No
 def carry_over(ctx: EngineContext, dispatch: Dispatcher) -> dict[int, str | None]:
     """Hold a slot on ``dispatch``'s (new) host for each attempt the last Scheduler left
     in the action (its actor alive), watched until its deadline; on the new one's start.
-    Returns the tokens of those whose end comes as their (stale) answer, those a thread
-    runs (for ``Engine.carried``: recovery holds their steps back until then)."""
+    Returns their tokens (for ``Machine.carried``: recovery holds their steps back until
+    each ends: its stale answer, or on the asyncio host its task's end)."""
     carry = getattr(dispatch.host, "carry", None)
     alive = [entry for entry in ctx.carried if entry[4] is not None and entry[4].is_alive()]
     ctx.carried = []
-    answers: dict[int, str | None] = {}
+    held: dict[int, str | None] = {}
     for agent, instance, token, deadline, actor in alive:
         if carry is not None and carry(agent, instance, token, actor):
             ctx.carried.append((agent, instance, token, deadline, actor))
             if deadline is not None:
                 dispatch.loose.watch(agent, token, deadline)
-            if isinstance(actor, pykka.ActorRef):  # (not a task the asyncio host cancelled)
-                answers[token] = None
-    return answers
+            held[token] = None
+    return held
 
 
 def count_left(ctx: EngineContext, host: dict[str, Any]) -> None:

@@ -452,3 +452,48 @@ def test_after_a_process_death_a_held_back_step_runs_again_at_once(tmp_path: Pat
         rt.add_agent("a", Quick, concurrency=2)
         rt.add_workflow(Workflow("w").step("s", agent="a", action="work"))
         assert rt.handle("w1").result(timeout=WAIT) == {"s": 2}
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_on_the_asyncio_host_the_step_waits_for_the_cancelled_tasks_end(
+    tmp_path: Path, cancel: bool
+) -> None:
+    # With a free place, the step ran again at once beside the cancelled task's cleanup;
+    # in a cancelled workflow it ran forward again (attempt 2), its undo beside it too.
+    seen: list[tuple[str, int]] = []
+    started, cleaned = threading.Event(), threading.Event()
+
+    class Held(Agent):
+        async def work(self, ctx: StepContext) -> int:
+            seen.append(("start", ctx.attempt))
+            started.set()
+            try:
+                if ctx.attempt == 1:
+                    await asyncio.Event().wait()  # only a cancel ends it
+            finally:
+                if ctx.attempt == 1:
+                    await asyncio.to_thread(cleaned.wait, WAIT)
+                    seen.append(("cleaned", 1))
+            return ctx.attempt
+
+        async def undo(self, ctx: StepContext) -> None:
+            seen.append(("undo", ctx.attempt))
+
+    with Runtime(tmp_path / "s", default_retry=FAST, instance_shutdown=WAIT) as rt:
+        rt.add_agent("h", Held, concurrency=2)
+        rt.add_workflow(Workflow("w").step("s", agent="h", action="work", compensate="undo"))
+        handle = rt.start("w")
+        assert started.wait(WAIT)
+        if cancel:
+            rt.cancel(handle.id)
+        crash_scheduler(rt, timeout=WAIT)
+        settle(rt)
+        assert seen == [("start", 1)]
+        cleaned.set()
+        if cancel:
+            with pytest.raises(WorkflowFailed):
+                handle.result(timeout=WAIT)
+        else:
+            assert handle.result(timeout=WAIT) == {"s": 2}
+    then = ("undo", 1) if cancel else ("start", 2)
+    assert seen == [("start", 1), ("cleaned", 1), then]

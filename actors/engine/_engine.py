@@ -345,6 +345,8 @@ class Engine(Machine):
 
     def _attempt_lost(self, msg: AttemptLost) -> None:
         current = self._settled(msg.token)
+        if current is None and self.carried:  # (a carried attempt's task ended)
+            self._carried_ended(msg.token)
         if current is not None:
             run, st = current
             if not msg.given_up:  # (given up: not charged, so no failure: see Machine.failed)
@@ -375,7 +377,8 @@ class Engine(Machine):
         self.advance(run)
 
     def _carried_ended(self, token: int) -> None:
-        """A carried attempt answered (stale): the step held back for it resumes."""
+        """A carried attempt ended (its stale answer, or its task's end on the asyncio host):
+        the step held back for it resumes."""
         workflow_id = self.carried.pop(token, None)
         run = None if workflow_id is None else self.runs.get(workflow_id)
         if run is not None:
