@@ -339,6 +339,11 @@ def test_control_restart_reruns_step_left_running(tmp_path: pathlib.Path) -> Non
         with Runtime(tmp_path / "s", clock=clock, setup=_reg_mix) as rt:
             _mix_setup(rt, clock)
             crash_scheduler(rt)
+            settle(rt)
+            # Held back while its first attempt still runs (test_crash_concurrency.py),
+            # then run again once it has ended.
+            assert rt.status("zz").steps["d"].attempt == 1
+            HANG.set()
             wait_until(rt, lambda: rt.status("zz").steps["d"].attempt == 2, timeout=5)
     finally:
         HANG.set()
@@ -357,6 +362,7 @@ def test_completion_during_recovery_of_dormant_backlog_skips_resume(tmp_path: pa
             _mix_setup(rt, clock)
             crash_scheduler(rt)
             rt.complete_step(Mix.tokens["zz"], "H")
+            HANG.set()  # (its first attempt ends: the step held back for it runs again)
             wait_until(rt, lambda: rt.status("zz").steps["d"].attempt == 2, timeout=5)
     finally:
         HANG.set()
