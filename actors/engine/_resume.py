@@ -5,7 +5,9 @@ rules applied through the :class:`~._machine.Machine`'s transitions).
 (poison work: deferred from the second crash in a row, parked past the limit), and those
 attempts as lost to their agent;
 :func:`resume_steps` queues what a previous Scheduler left running or about to run, and
-gives up what a compensating workflow had left running (``_recovery.orphaned``).
+gives up what a compensating workflow had left running (``_recovery.orphaned``), and
+holds back a step whose attempt a crashed Scheduler of this process left running, until
+that attempt ends (:func:`carried_ended`).
 
 Imports: herder.store records and this package.
 """
