@@ -91,26 +91,6 @@ def test_a_crashed_schedulers_attempt_still_running_holds_its_slot(
     assert tally.seen[:2] == [("start", "w1", 1), ("end", "w1", 1)]
 
 
-def test_one_that_hangs_past_its_deadline_frees_its_slot_as_a_timed_out_one_does(
-    tmp_path: Path,
-) -> None:
-    # As an attempt that times out: its thread is left to it, and the step runs again.
-    tally = Tally()
-    clock = FakeClock()
-    with Runtime(tmp_path / "s", clock=clock, default_retry=FAST) as rt:
-        rt.add_agent("a", held_agent(tally), concurrency=1)
-        rt.add_workflow(Workflow("w").step("s", agent="a", action="work", timeout=30.0))
-        first = rt.start("w", workflow_id="w1")
-        assert tally.first.wait(WAIT)
-        crash_scheduler(rt, timeout=WAIT)
-        advance(rt, clock, 29.0)
-        assert tally.seen == [("start", "w1", 1)]
-        advance(rt, clock, 2.0)  # past the old attempt's deadline
-        assert first.result(timeout=WAIT) == {"s": 2}
-        assert tally.seen == [("start", "w1", 1), ("start", "w1", 2), ("end", "w1", 2)]
-        tally.release.set()
-
-
 @pytest.mark.parametrize("host", ["pool", "thread"])
 def test_an_attempt_fenced_while_it_runs_holds_its_slot_across_a_crash(
     tmp_path: Path, host: str
@@ -310,15 +290,16 @@ def test_with_room_for_two_the_step_waits_for_its_carried_attempt_to_end(
     assert steps == [("start", "w1", 1), ("end", "w1", 1), ("start", "w1", 2), ("end", "w1", 2)]
 
 
-@pytest.mark.parametrize("host", ["pool", "thread"])
+@pytest.mark.parametrize(("host", "concurrency"), [("pool", 1), ("pool", 2), ("thread", 2)])
 def test_a_held_back_step_whose_attempt_hangs_runs_again_at_its_deadline(
-    tmp_path: Path, host: str
+    tmp_path: Path, host: str, concurrency: int
 ) -> None:
-    # As a timed-out hung attempt's: its thread is left to it, and the step runs again.
+    # As a timed-out hung attempt's: its thread is left to it, its slot freed, and the
+    # step runs again.
     tally = Tally()
     clock = FakeClock()
     with Runtime(tmp_path / "s", agent_host=host, clock=clock, default_retry=FAST) as rt:
-        rt.add_agent("a", held_agent(tally), concurrency=2)
+        rt.add_agent("a", held_agent(tally), concurrency=concurrency)
         rt.add_workflow(Workflow("w").step("s", agent="a", action="work", timeout=30.0))
         first = rt.start("w", workflow_id="w1")
         assert tally.first.wait(WAIT)
