@@ -46,6 +46,7 @@ class _Instance(Instance):
     stale: bool = False  # its agent was added again: stopped once it is idle
     sent: bool = False  # its attempt was told to it (reserved only, it runs none yet)
     orphan: bool = False  # its supervisor went while it ran: it goes once its attempt ends
+    carried: bool = False  # a crashed Scheduler's host left it running (actors/_carried.py)
 
     @property
     def free(self) -> bool:
@@ -126,7 +127,7 @@ class ThreadHost(HostedAgents[_Pool]):
                 self._retire(pool, instance_id)
 
     def _carried(self, token: int) -> _Instance:  # (its thread runs on, as _let_go's orphans)
-        return _Instance(busy_token=token, sent=True, orphan=True)
+        return _Instance(busy_token=token, sent=True, orphan=True, carried=True)
 
     def _retire(self, pool: _Pool, instance_id: str) -> None:
         """Stop an idle instance its agent no longer wants (stale, or over concurrency; an
@@ -282,15 +283,13 @@ class ThreadHost(HostedAgents[_Pool]):
         instance (its stop's, whatever it says) ends the wait for it. One whose start
         timed out in its factory counts until the factory returns (True: this one)."""
         assert event.instance is not None
-        hung = False
-        if event.kind is ChildEventKind.CRASHED:
-            _, inst = self._instance(event.agent, event.instance)
-            if inst is None or inst.starting:  # (its start failed: counted if it hung)
-                hung = self._builds.abandon((event.agent, event.instance))
+        hung, (_, inst) = False, self._instance(event.agent, event.instance)
+        if event.kind is ChildEventKind.CRASHED and (inst is None or inst.starting):
+            hung = self._builds.abandon((event.agent, event.instance))  # (counted if it hung)
         if event.instance in self._replaced:
             self._replaced.discard(event.instance)
-        elif event.kind is ChildEventKind.ABANDONED:
-            self._abandoned += 1
+        elif event.kind is ChildEventKind.ABANDONED and not (inst and inst.carried):
+            self._abandoned += 1  # (one carried is counted while it runs: _carried.py)
         return hung
 
     def _on_supervisor_event(self, pool: _Pool, event: InstanceEvent) -> list[int]:
