@@ -16,12 +16,11 @@ import pytest
 from _http_kit import request
 from operator_child import TRIP, Travel
 from test_ui_edges import posted
-from test_ui_http import TOKEN, sign_in
+from test_ui_http import signed_in
 
 from herder.runtime import RetryPolicy, Runtime, State, WorkflowFailed
 from herder.runtime._cli import main as cli
 from herder.runtime.testing import FakeClock, settle
-from herder.runtime.ui import Console
 from herder.store import append_command, new_command, wait_outcome
 
 WAIT = 20.0
@@ -46,15 +45,10 @@ def by_cli(path: Path, action: str) -> int:
 
 def by_console(path: Path, action: str) -> int:
     """``action`` sent from the workflow's page, read now (with no runtime running)."""
-    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
-    console.start()
-    try:
-        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+    with signed_in(path) as (console, headers):
         _, _, page = request(console, "GET", "/workflow?id=w", headers=headers)
         target, fields = posted(page, action, who="ada", why=f"{action} it")
         status, _, html = request(console, "POST", target, body=fields, headers=headers)
-    finally:
-        console.shutdown()
     assert status == 200, html
     assert "queued: no runtime holds the store" in html
     return 3

@@ -23,7 +23,7 @@ import test_ui_http
 from _http_kit import request
 from test_ui import ids_listed
 from test_ui_bounds import damage
-from test_ui_http import FAST, ORDER, TOKEN, Shop, form, sign_in
+from test_ui_http import FAST, ORDER, TOKEN, Shop, form, sign_in, signed_in
 
 from herder.runtime import (
     Agent,
@@ -528,16 +528,11 @@ def test_user_text_in_the_consoles_cells_shows_as_what_it_is(tmp_path: Path) -> 
         rt.add_agent("liar", Liar)
         rt.add_workflow(lying)
         rt._wait_final(rt.start("lying", {"to": f"home{BIDI}"}, workflow_id="w").id, 10)
-    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
-    console.start()
-    try:
-        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+    with signed_in(path) as (console, headers):
         pages = {
             p: request(console, "GET", p, headers=headers)[2]
             for p in ("/", "/inbox", "/workflow?id=w", "/agents")
         }
-    finally:
-        console.shutdown()
     for name, html in pages.items():  # (a form's hidden value and a mark's data go as they are)
         seen = re.sub(r'<input type=hidden [^>]*>| data-step="[^"]*"', "", html)
         assert "\u202e" not in seen, name
@@ -591,28 +586,18 @@ def test_a_skip_from_a_page_read_before_the_workflow_moved_on_is_refused(
     with runtime() as rt:
         record, _ = rt._wait_final(rt.start("abc", {}, workflow_id="w").id, 10)
         assert record.state is WorkflowState.NEEDS_ATTENTION
-    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
-    console.start()
-    try:
-        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+    with signed_in(path) as (console, headers):
         _, _, page = request(console, "GET", "/workflow?id=w", headers=headers)
-    finally:
-        console.shutdown()
     monkeypatch.setattr(Undo, "broken", frozenset({"a"}))
     with runtime() as rt:  # another operator: 'b' is undone, the undo of 'a' fails
         rt.retry("w", who="bob", why="the undo of b is back")
         wait_until(rt, lambda: rt.status("w").state is WorkflowState.NEEDS_ATTENTION, 10)
         assert [(i.step, i.step_state) for i in rt.inbox()] == [("a", StepState.COMPENSATING)]
-    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
-    console.start()
-    try:
-        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+    with signed_in(path) as (console, headers):
         target, fields = posted(page, "skip", who="ada", why="undid b by hand")
         status, _, html = request(console, "POST", target, body=fields, headers=headers)
         assert status == 200, html
         assert "command #1 is queued: no runtime holds the store" in html
-    finally:
-        console.shutdown()
     with runtime() as rt:  # the runtime applies what the page sent
         outcome = wait_outcome(path, 1, timeout=10)
         assert outcome is not None
@@ -654,21 +639,13 @@ def test_an_action_from_a_page_that_showed_another_state_is_refused(
         advance(rt, clock, 3 * 3600.0)  # (its two retries)
         record, _ = rt._wait_final(handle.id, 10)
         assert record.state is WorkflowState.NEEDS_ATTENTION
-    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
-    console.start()
-    try:
-        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+    with signed_in(path) as (console, headers):
         _, _, inbox = request(console, "GET", "/inbox", headers=headers)
-    finally:
-        console.shutdown()
     with runtime() as rt:  # another operator: retry; the undo of 'b' fails and waits
         rt.retry("w", who="bob", why="the hotel is back")
         wait_until(rt, lambda: rt.status("w").steps["b"].compensation_attempts == 1, 10)
         assert rt.status("w").state is WorkflowState.COMPENSATING
-    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
-    console.start()
-    try:
-        headers = {"Cookie": sign_in(console), "Origin": console.origin}
+    with signed_in(path) as (console, headers):
         target, fields = posted(inbox, "abandon", who="ada", why="give up")
         status, _, html = request(console, "POST", target, body=fields, headers=headers)
         assert status == 409, html  # 200 "command #1 is queued" before
@@ -679,8 +656,6 @@ def test_an_action_from_a_page_that_showed_another_state_is_refused(
         fields.pop("state")  # a script's form, which names no state: taken as it comes
         status, _, html = request(console, "POST", target, body=fields, headers=headers)
         assert "command #1 is queued" in html
-    finally:
-        console.shutdown()
 
 
 def test_a_workflows_page_lists_the_commands_queued_for_it(

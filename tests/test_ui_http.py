@@ -3,6 +3,7 @@ origins, cookies, tokens, odd ids and methods (the review of ``herder ui``)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import http.client
 import logging
@@ -114,6 +115,18 @@ def sign_in(console: Console, token: str = TOKEN) -> str:
     status, headers, _ = request(console, "GET", "/?" + urlencode({"token": token}))
     assert status == 303
     return headers["Set-Cookie"].split(";")[0]
+
+
+@contextlib.contextmanager
+def signed_in(path: Path) -> Iterator[tuple[Console, dict[str, str]]]:
+    """A console over the store at ``path``, started, and the headers of a signed-in
+    operator's browser on it; shut down on leaving."""
+    console = Console(str(path), port=0, token=TOKEN, wait=0.5)
+    console.start()
+    try:
+        yield console, {"Cookie": sign_in(console), "Origin": console.origin}
+    finally:
+        console.shutdown()
 
 
 def form(console: Console, **fields: str) -> dict[str, str]:
