@@ -427,16 +427,21 @@ def test_a_store_whose_first_open_hit_a_full_disk_sooner_is_set_up_by_the_next_r
         assert store.incarnation == 1
 
 
+def _foreign(path: pathlib.Path) -> pathlib.Path:
+    """Another program's LMDB environment at ``path``: one key, ``user:1``."""
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        txn.put(b"user:1", b"ada")
+    env.close()
+    return path
+
+
 def test_a_writer_open_refuses_another_programs_lmdb_environment_and_writes_nothing(
     tmp_path: pathlib.Path,
 ) -> None:
     # Runtime(path) pointed at another program's LMDB directory added herder's eleven
     # databases to it and ran on it; read-only opens and purge refused it already.
-    path = tmp_path / "other"
-    env = lmdb.open(str(path))
-    with env.begin(write=True) as txn:
-        txn.put(b"user:1", b"ada")
-    env.close()
+    path = _foreign(tmp_path / "other")
     path.chmod(0o700)
     with pytest.raises(StoreError, match=r"not a herder store.*nothing was written"):
         Store(path)
@@ -463,11 +468,7 @@ def test_a_read_only_open_of_a_directory_that_is_no_store_leaves_it_untouched(
     # directory (its data.mdb without a lock.mdb, as a copy leaves it) or at a stray
     # data.mdb, created a lock.mdb there before it said "not a herder store ...;
     # nothing was written to it".
-    other = tmp_path / "other"
-    env = lmdb.open(str(other))
-    with env.begin(write=True) as txn:
-        txn.put(b"user:1", b"ada")
-    env.close()
+    other = _foreign(tmp_path / "other")
     (other / "lock.mdb").unlink()
     stray = tmp_path / "stray"
     stray.mkdir()
