@@ -137,42 +137,6 @@ def test_a_second_crash_carries_it_again(tmp_path: Path) -> None:
     ]
 
 
-def test_on_the_asyncio_host_a_cancelled_attempts_cleanup_holds_its_slot(
-    tmp_path: Path,
-) -> None:
-    # The new Scheduler's host cancelled the task its predecessor left, but ran the step
-    # again at once, beside the cleanup the cancel started (an await in a finally).
-    seen: list[tuple[str, int]] = []
-    started, cleaned = threading.Event(), threading.Event()
-
-    class Held(Agent):
-        async def work(self, ctx: StepContext) -> int:
-            seen.append(("start", ctx.attempt))
-            started.set()
-            try:
-                if ctx.attempt == 1:
-                    await asyncio.Event().wait()  # only a cancel ends it
-            finally:
-                if ctx.attempt == 1:
-                    seen.append(("cleanup", 1))
-                    await asyncio.to_thread(cleaned.wait, WAIT)
-                    seen.append(("cleaned", 1))
-            return ctx.attempt
-
-    # (instance_shutdown: how long a cancelled task holds its slot at most)
-    with Runtime(tmp_path / "s", default_retry=FAST, instance_shutdown=WAIT) as rt:
-        rt.add_agent("h", Held, concurrency=1)
-        rt.add_workflow(Workflow("w").step("s", agent="h", action="work"))
-        handle = rt.start("w")
-        assert started.wait(WAIT)
-        crash_scheduler(rt, timeout=WAIT)
-        settle(rt)
-        assert seen == [("start", 1), ("cleanup", 1)]
-        cleaned.set()
-        assert handle.result(timeout=WAIT) == {"s": 2}
-    assert seen == [("start", 1), ("cleanup", 1), ("cleaned", 1), ("start", 2)]
-
-
 @pytest.mark.parametrize("host", ["pool", "thread"])
 def test_a_carried_slot_outlives_its_agents_give_up(tmp_path: Path, host: str) -> None:
     # The pool host's give-up (too many instance crashes) dropped the carried slot with
@@ -411,11 +375,14 @@ def test_after_a_process_death_a_held_back_step_runs_again_at_once(tmp_path: Pat
 
 
 @pytest.mark.parametrize("cancel", [False, True])
+@pytest.mark.parametrize("concurrency", [1, 2])
 def test_on_the_asyncio_host_the_step_waits_for_the_cancelled_tasks_end(
-    tmp_path: Path, cancel: bool
+    tmp_path: Path, concurrency: int, cancel: bool
 ) -> None:
-    # With a free place, the step ran again at once beside the cancelled task's cleanup;
-    # in a cancelled workflow it ran forward again (attempt 2), its undo beside it too.
+    # The new Scheduler's host cancelled the task its predecessor left, but ran the step
+    # again at once, beside the cleanup the cancel started (an await in a finally): in
+    # its slot (no slot was held for the task), or with a free place beside it; in a
+    # cancelled workflow it ran forward again (attempt 2), its undo beside it too.
     seen: list[tuple[str, int]] = []
     started, cleaned = threading.Event(), threading.Event()
 
@@ -428,6 +395,7 @@ def test_on_the_asyncio_host_the_step_waits_for_the_cancelled_tasks_end(
                     await asyncio.Event().wait()  # only a cancel ends it
             finally:
                 if ctx.attempt == 1:
+                    seen.append(("cleanup", 1))
                     await asyncio.to_thread(cleaned.wait, WAIT)
                     seen.append(("cleaned", 1))
             return ctx.attempt
@@ -436,7 +404,7 @@ def test_on_the_asyncio_host_the_step_waits_for_the_cancelled_tasks_end(
             seen.append(("undo", ctx.attempt))
 
     with Runtime(tmp_path / "s", default_retry=FAST, instance_shutdown=WAIT) as rt:
-        rt.add_agent("h", Held, concurrency=2)
+        rt.add_agent("h", Held, concurrency=concurrency)
         rt.add_workflow(Workflow("w").step("s", agent="h", action="work", compensate="undo"))
         handle = rt.start("w")
         assert started.wait(WAIT)
@@ -444,7 +412,7 @@ def test_on_the_asyncio_host_the_step_waits_for_the_cancelled_tasks_end(
             rt.cancel(handle.id)
         crash_scheduler(rt, timeout=WAIT)
         settle(rt)
-        assert seen == [("start", 1)]
+        assert seen == [("start", 1), ("cleanup", 1)]
         cleaned.set()
         if cancel:
             with pytest.raises(WorkflowFailed):
@@ -452,4 +420,4 @@ def test_on_the_asyncio_host_the_step_waits_for_the_cancelled_tasks_end(
         else:
             assert handle.result(timeout=WAIT) == {"s": 2}
     then = ("undo", 1) if cancel else ("start", 2)
-    assert seen == [("start", 1), ("cleaned", 1), then]
+    assert seen == [("start", 1), ("cleanup", 1), ("cleaned", 1), then]
