@@ -14,10 +14,9 @@ without a readable plan, the records alone).
 
 from __future__ import annotations
 
-import operator
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from herder.store import (
@@ -30,6 +29,7 @@ from herder.store import (
     WorkflowRecord,
     WorkflowState,
     decode,
+    fields_getter,
     step_key,
     stored_field,
 )
@@ -115,8 +115,8 @@ def _read(workflow_id: str, key: bytes, raw: bytes) -> _Counted:
             wid, name, state, attempt, comp_attempt = (
                 stored_field(data, StepRecord, f) for f in _FIELDS
             )
-        elif data[0] != SCHEMA_VERSION or len(data) <= _LAST:
-            raise ValueError(f"a schema 3 record is [3, ...], got {len(data)} items")
+        elif data[0] != SCHEMA_VERSION:
+            raise ValueError(f"a schema 3 record is [3, ...], not [{data[0]!r:.20}, ...]")
         else:
             wid, name, state, attempt, comp_attempt = _counted_items(data)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -131,11 +131,8 @@ def _read(workflow_id: str, key: bytes, raw: bytes) -> _Counted:
 
 
 _FIELDS = ("workflow_id", "name", "state", "attempt", "comp_attempt")
-_AT = [1 + [f.name for f in fields(StepRecord)].index(name) for name in _FIELDS]
-_LAST = max(_AT)
-_counted_items = operator.itemgetter(*_AT)
-"""The items of a schema 3 array that are counted (its layout: 3, then every field of
-:class:`StepRecord` in order)."""
+"""The fields of a step record that are counted."""
+_counted_items = fields_getter(StepRecord, _FIELDS)
 
 
 class _Counted(NamedTuple):
