@@ -94,6 +94,10 @@ class WorkflowSupervisor(SupervisedActor):
             return None
         return super().on_receive(message)
 
+    def sync(self) -> None:
+        """Return once every message sent before this call was handled (tests: a sweep a
+        FakeClock's move told of)."""
+
     def sweep(self) -> int:
         """Report due timers to the Scheduler; return how many were reported.
 

@@ -384,7 +384,7 @@ class Runtime(
         Scheduler); a Scheduler being replaced: :class:`NotActive` (``_ask_scheduler``)."""
         self._ask_scheduler("sync")  # (first: while replaced, the tree is busy with it)
         with contextlib.suppress(pykka.ActorDeadError):  # (replaced: the Scheduler too)
-            self._watchdog("__repr__")  # (any call: answered once what came before is)
+            self._watchdog("sync")
         for _ in range(rounds):
             self._ask_scheduler("sync")
             self._store.writer.flush(timeout=self._ask_timeout)
