@@ -38,6 +38,7 @@ if it could not read the store: ``_cli_inspect``); the report's types are ``_che
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any, TextIO, TypeVar
@@ -54,9 +55,9 @@ from herder.actors.engine import (
 from herder.runtime._check_history import HistoryCheck, States
 from herder.runtime._check_index import IndexCheck
 from herder.runtime._check_order import check_order
-from herder.runtime._check_report import LISTED, CheckReport, Problem
+from herder.runtime._check_report import CheckReport, Problem, print_report
 from herder.runtime._check_timers import TimerIndex, act
-from herder.runtime._console import CountLine, dump_json, reader_left
+from herder.runtime._console import CountLine, reader_left
 from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
@@ -74,12 +75,14 @@ from herder.store import (
     StepState,
     Store,
     StoreCorrupt,
+    StoreError,
     WorkflowRecord,
     WorkflowState,
     check_plan,
     check_record,
     decode,
     definition_key,
+    has_store,
     ms,
     plan_steps,
     schedule_key,
@@ -107,13 +110,21 @@ _step = _typed(StepRecord.from_dict, check_record)
 _plan = _typed(Plan.from_dict, check_plan)
 
 
-def check_store(store: Store, progress: Callable[[int], None] | None = None) -> CheckReport:
-    """Check every cross-database invariant of ``store`` on one snapshot; never writes.
+def check_store(
+    store: Store | str | os.PathLike[str], progress: Callable[[int], None] | None = None
+) -> CheckReport:
+    """Check every cross-database invariant of ``store`` (an open Store, ``store_of(rt)``,
+    or a store's directory, opened read-only for the check) on one snapshot; never writes.
     ``progress`` is given the count of workflows read so far, at each."""
+    if isinstance(store, str | os.PathLike):
+        if not has_store(store):  # (a read-only open creates nothing, but says less)
+            raise StoreError(f"no store at {store!s:.200} (no data.mdb there)")
+        with Store(store, readonly=True) as opened:
+            return check_store(opened, progress)
     if not isinstance(store, Store):
         raise InvalidInput(
-            f"check_store takes an open Store, got {type(store).__name__}: store_of(rt) for "
-            "a runtime's, Store(path, readonly=True) for one on disk"
+            f"check_store takes an open Store or a store's path, got {type(store).__name__}"
+            ": store_of(rt) for a runtime's"
         )
     return store.view(lambda snap: _Checker(snap, progress).run())
 
@@ -371,26 +382,8 @@ def run_check(out: TextIO, store: Store, *, as_json: bool) -> int:
     with closing(CountLine("herder check", "workflows checked")) as progress:
         report = check_store(store, progress.update)
     try:
-        _print(out, report, store.path, as_json=as_json)
+        print_report(out, report, store.path, as_json=as_json)
         out.flush()  # (a reader that left is found here, not at the interpreter's exit)
     except BrokenPipeError:  # `herder check | head`: the reader left, the outcome stands
         reader_left()
     return 0 if report.ok else 1
-
-
-def _print(out: TextIO, report: CheckReport, path: object, *, as_json: bool) -> None:
-    if as_json:
-        dump_json(out, report.to_dict())
-        return
-    counts = (
-        f"{report.workflows} workflows, {report.steps} steps, {report.timers} timer entries, "
-        f"{report.definitions} definitions"
-    )
-    if report.ok:
-        out.write(f"ok: {path}: {counts} checked, no problems\n")
-        return
-    out.write(f"{report.found} problems in {path} ({counts} checked):\n")
-    for problem in report.problems:
-        out.write(f"  {problem}\n")
-    if report.more_problems:
-        out.write(f"  ... and {report.more_problems} more (the first {LISTED} are listed)\n")

@@ -5,7 +5,9 @@ invariant a :class:`Problem` naming its database and key. The checks themselves 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
+
+from herder.runtime._console import dump_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +77,22 @@ class CheckReport:
             "problems": [p.to_dict() for p in self.problems],
             "more_problems": self.more_problems,
         }
+
+
+def print_report(out: TextIO, report: CheckReport, path: object, *, as_json: bool) -> None:
+    """``herder check``'s output: the counts and the problems listed, or ``--json``."""
+    if as_json:
+        dump_json(out, report.to_dict())
+        return
+    counts = (
+        f"{report.workflows} workflows, {report.steps} steps, {report.timers} timer entries, "
+        f"{report.definitions} definitions"
+    )
+    if report.ok:
+        out.write(f"ok: {path}: {counts} checked, no problems\n")
+        return
+    out.write(f"{report.found} problems in {path} ({counts} checked):\n")
+    for problem in report.problems:
+        out.write(f"  {problem}\n")
+    if report.more_problems:
+        out.write(f"  ... and {report.more_problems} more (the first {LISTED} are listed)\n")

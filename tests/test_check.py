@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from herder.runtime import Agent, Permanent, RetryPolicy, Runtime, StepContext, Workflow
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    Permanent,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    StoreError,
+    Workflow,
+)
 from herder.runtime._check import check_store
 from herder.runtime._check_history import UNTOLD
 from herder.runtime._cli import main
@@ -153,6 +162,23 @@ def test_a_store_left_by_the_runtime_passes_the_check(good_store: Path) -> None:
     assert kinds[False] == 1
     assert kinds[True] >= 1
     assert report.timers == kinds[False] + kinds[True]
+
+
+def test_check_store_takes_a_store_path_as_the_docs_tell_users_to_check_one_on_disk(
+    good_store: Path, tmp_path: Path
+) -> None:
+    # (Store is not exported from herder.runtime: a path is how a user names one on disk.)
+    for path in (good_store, str(good_store)):
+        report = check_store(path)
+        assert report.problems == []
+        assert report.workflows == 5
+    empty = tmp_path / "not-a-store"
+    empty.mkdir()
+    with pytest.raises(StoreError, match=r"no store at .*not-a-store"):
+        check_store(empty)
+    assert list(empty.iterdir()) == []  # (nothing created in it)
+    with pytest.raises(InvalidInput, match="an open Store or a store's path, got int"):
+        check_store(5)  # type: ignore[arg-type]
 
 
 def test_the_cli_exits_zero_on_a_good_store_and_one_on_a_damaged_one(

@@ -10,7 +10,7 @@ can test their workflows.
   :func:`settle` and :func:`advance` let a runtime on a :class:`FakeClock` catch up.
 - :func:`check_store` — ``herder check`` as a function: every broken cross-database
   invariant of a store, by key (run it after a test, as bbolt's test helpers do), on
-  :func:`store_of` a runtime.
+  :func:`store_of` a runtime, or on a store's path.
 - Fault helpers for agent actions: :func:`fail_first`, :func:`hang_until`,
   :func:`crash_instance`, :func:`fail_permanently`; and for the engine itself,
   :func:`crash_scheduler` (the Scheduler fails as a bug would and is restarted).
