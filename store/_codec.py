@@ -238,7 +238,7 @@ def _bad_key(obj: Any) -> str | None:
 
 def _key_refusal(key: object) -> str:
     """How a refusal names a map key that is not a str."""
-    return f"map key {safe_repr(key):.80} is a {type(key).__name__}"
+    return f"map key {safe_repr(key):.80} is of type {type(key).__name__}"
 
 
 def _check_plain(value: Any, what: str) -> None:

@@ -432,7 +432,7 @@ class Hostile(Agent):
 IN_AN_ACTION = [
     ("unencodable", 1, "EncodeError: result of action 'unencodable' cannot be stored"),
     ("int_key", 1, "EncodeError: .*map keys must be str"),
-    ("bytes_key", 1, "EncodeError: .*map key b'k' is a bytes"),
+    ("bytes_key", 1, "EncodeError: .*map key b'k' is of type bytes"),
     ("oversized", 1, "EncodeError: .*the limit is 4096"),
     ("deep", 1, "EncodeError: .*more than 100 levels"),
     ("ext", 1, "EncodeError: .*msgpack extension"),

@@ -233,9 +233,9 @@ def test_workflows_whose_ids_and_steps_share_slashes_apply_their_own_effects(
 @pytest.mark.parametrize(
     ("value", "says"),
     [
-        ({(1, 2): "x"}, "map key (1, 2) is a tuple"),  # not "list", as msgpack made it
-        ({"a": [{"b": {None: 1}}]}, "map key None is a NoneType"),
-        ({1: "x"}, "map key 1 is a int"),
+        ({(1, 2): "x"}, "map key (1, 2) is of type tuple"),  # not "list", as msgpack made it
+        ({"a": [{"b": {None: 1}}]}, "map key None is of type NoneType"),
+        ({1: "x"}, "map key 1 is of type int"),
     ],
 )
 def test_an_input_with_a_key_that_is_no_str_names_the_key_as_written(
