@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 from pathlib import Path
 
 import pytest
+from _docs import ROOT
 from prometheus_client import CollectorRegistry, generate_latest
 
 from herder.runtime import Adaptive, Agent, Runtime, StepContext, Workflow
@@ -129,3 +132,32 @@ def test_workflows_awaiting_their_definition_and_corrupt_records_are_exposed(
     assert len(stats["corrupt"]) == 1
     assert 'herder_awaiting_definition{definition="order \\"v2\\"\\\\eu@1"} 1.0' in text
     assert "herder_corrupt_records 1.0" in text
+
+
+def _documented_metrics() -> list[str]:
+    """The metric names docs/operations.md's Prometheus section lists, as regexes:
+    `herder_agent_{busy,queued}{agent}` is two names (a trailing {label} is no part of
+    one), `herder_steps_<counter>_total` any counter's."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("### Prometheus", 1)[1].split("\n## ", 1)[0]
+    names = []
+    for span in re.findall(r"`(herder_[^`]*)`", section):
+        name = re.sub(r"\{[a-z]+\}$", "", span)
+        parts = [p.split(",") for p in re.split(r"\{([a-z_,]+)\}", name)]
+        for chosen in itertools.product(*parts):
+            names.append(re.sub(r"<[a-z]+>", "[a-z_]+", "".join(chosen)))
+    return names
+
+
+def test_the_docs_list_every_metric_the_collector_exposes(tmp_path: Path) -> None:
+    # operations.md's list is where a user looks for what to alert on; it left out the
+    # health and adaptive-limit families that protection.md and failover.md name.
+    with Runtime(tmp_path / "s", clock=FakeClock()) as rt:
+        exposed = {
+            family.name + ("_total" if family.type == "counter" else "")
+            for family in rt.prometheus_collector().collect()
+        }
+    documented = _documented_metrics()
+    assert len(exposed) > 20  # the collect() above still yields the families
+    assert sorted(n for n in exposed if not any(re.fullmatch(d, n) for d in documented)) == []
+    assert [d for d in documented if not any(re.fullmatch(d, n) for n in exposed)] == []
