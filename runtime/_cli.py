@@ -12,6 +12,8 @@ command line to their own parsers.
 ``--store`` defaults to ``$HERDER_STORE``. Exit codes: 0 done, 1 the command failed
 (message on stderr), 2 bad usage, 3 an operator command is queued but not applied yet
 (``check``: it could not read the store; its 1 is problems found), 130 interrupted (Ctrl-C).
+A stdout whose reader left (``herder ls | head``) ends it quietly with 0; any other broken
+pipe (a connection of the command's own) is a failure.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TextIO
 
 from herder.runtime import _cli_admin, _cli_daemon, _cli_inspect, _cli_ui, _operator_cli
 from herder.runtime._cli_args import require_store
-from herder.runtime._console import reader_left
+from herder.runtime._console import reader_gone, reader_left
 from herder.store import HerderError
 
 FAMILIES = (_cli_inspect, _operator_cli, _cli_daemon, _cli_admin, _cli_ui)
@@ -74,6 +76,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             sys.stderr.write(f"{name}: {exc}\n")
             return int(getattr(args, "error_exit", 1))  # (check: 3, apart from its problems)
     except BrokenPipeError:  # `herder ls | head`, `herder demo | head`
+        if not reader_gone(out):  # (a socket or pipe of the command's own broke: an error)
+            raise
         return _reader_left()
     except KeyboardInterrupt:  # Ctrl-C while a command starts, reads or waits: no traceback
         sys.stderr.write(f"{name}: interrupted\n")

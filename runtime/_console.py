@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -227,6 +228,20 @@ def reader_left() -> None:
     """The reader of stdout left (``herder ls | head``), which is fine: let nothing else
     write there (the interpreter's last flush would fail)."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def reader_gone(out: TextIO) -> bool:
+    """Whether ``out`` is a pipe or socket whose reader left: a BrokenPipeError from
+    anywhere else (a socket, a pipe the command opened) is a failure, not a quiet exit."""
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # no file (a StringIO, None): no pipe
+        return False
+    if not hasattr(select, "poll"):  # (no poll here: take the error for the reader's)
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def stdout() -> TextIO:
