@@ -185,8 +185,11 @@ def test_connections_past_the_limit_are_answered_busy_until_one_ends(
         freed.set()
 
     slots.release = released  # type: ignore[method-assign]
-    # Accepted in order: the two silent connections hold both slots before the third.
+    # Accepted in order: the two connections hold both slots before the third. Their
+    # requests have begun (an idle connection would give its slot up: the next test).
     held = [socket.create_connection(("127.0.0.1", console.port), timeout=10) for _ in range(2)]
+    for sock in held:
+        sock.sendall(b"GET / HTTP/1.1\r\n")
     try:
         answer = raw(console, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\n\r\n".encode())
         assert status_of(answer) == 503
@@ -199,6 +202,25 @@ def test_connections_past_the_limit_are_answered_busy_until_one_ends(
         for sock in held:
             sock.close()
     assert Console.__init__.__kwdefaults__["max_connections"] == 64
+
+
+def test_idle_connections_give_their_slots_to_new_ones(
+    make_console: Callable[..., Console],
+) -> None:
+    # One client's idle connections (64 opened, nothing sent; or keep-alive ones between
+    # requests) held every slot, and every other request, the operator's too, got 503.
+    console = make_console(max_connections=2)
+    held = [socket.create_connection(("127.0.0.1", console.port), timeout=10) for _ in range(2)]
+    held[1].sendall(b"GET / HTTP/1.1\r\n")  # (a request begun: it keeps its slot)
+    try:
+        status, _, _ = request(console, "GET", "/")
+        assert status == 200
+        assert held[0].recv(1) == b""  # the idle one was closed, its slot given
+        held[1].sendall(f"Host: 127.0.0.1:{console.port}\r\n\r\n".encode())
+        assert held[1].recv(12) == b"HTTP/1.0 200"
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_a_burst_of_connections_waits_to_be_accepted_not_in_syn_retries(store: Path) -> None:

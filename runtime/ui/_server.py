@@ -17,7 +17,7 @@ Security, in one place:
   and at most :data:`MAX_BODY`; a request that has not arrived whole (line, headers and
   body) within :data:`IDLE_TIMEOUT` of the wait for it starting is dropped, trickled in
   or silent, and at most :data:`MAX_CONNECTIONS` are served at once (each holds a thread): one more
-  is answered 503 and closed.
+  takes the place of an idle one (no byte of a request come), else is answered 503.
 - Every page forbids framing and inline script (``Content-Security-Policy``).
 - Store values are escaped by ``_pages``; errors become pages, never tracebacks.
 
@@ -42,7 +42,7 @@ from herder.runtime.ui import _views
 from herder.runtime.ui._gate import StoreGate
 from herder.runtime.ui._guard import Guard, check_token, host_name, is_loopback
 from herder.runtime.ui._pages import error_page
-from herder.runtime.ui._sockets import Deadline, Server, Server6
+from herder.runtime.ui._sockets import Server, Server6
 from herder.store import (
     MAX_SECONDS,
     HerderError,
@@ -65,7 +65,8 @@ monotonic clock, before the console drops the connection: an idle or trickling c
 does not hold a thread."""
 MAX_CONNECTIONS = 64
 """Connections served at once (a thread each); the idle timeout bounds how long a silent
-one holds its thread, this how many threads clients can hold. One more is answered 503."""
+one holds its thread, this how many threads clients can hold. One more closes the one
+that has waited longest for a request of which nothing has come, or is answered 503."""
 _STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 _HEADERS = {
     "Content-Security-Policy": (
@@ -169,15 +170,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        idle = self.server.console.idle_timeout
-        self.connection.settimeout(idle)
-        self._reader = Deadline(self.connection, idle)
+        self.connection.settimeout(self.server.console.idle_timeout)
+        self._reader = self.server.reader(self.connection)
         self.rfile = io.BufferedReader(self._reader)
 
     def handle_one_request(self) -> None:
         """One request, which must arrive whole (its line, headers and body) within the
         idle timeout of the wait for it starting; a client gone at any point is quiet."""
-        self._reader.deadline = time.monotonic() + self.server.console.idle_timeout
+        self._reader.anew()
         try:
             super().handle_one_request()  # (a timeout: logged at debug, connection closed)
         except OSError as exc:  # reset while http.server read the headers, say
@@ -197,6 +197,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve("POST")
 
     def _serve(self, method: str) -> None:
+        self._reader.waiting = False  # (a pipelined request, read with the one before)
         try:
             self._route(method)
         except _GONE as exc:  # nobody is left to answer: no traceback, no error page

@@ -1,10 +1,14 @@
-"""The console's connections: a thread each while one of the slots is free (503 at
-once when none is), and a request that must arrive whole before its deadline."""
+"""The console's connections: a thread each while one of the slots is free (when none
+is, the connection that has waited longest for a request of which nothing has come is
+closed to make room, and with none such the new one is answered 503 at once), and a
+request that must arrive whole before its deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
+import select
 import socket
 import threading
 import time
@@ -30,10 +34,38 @@ class Server(http.server.ThreadingHTTPServer):
     console: Console
     slots: threading.BoundedSemaphore  # one per connection served (_server.MAX_CONNECTIONS)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._readers: dict[socket.socket, Deadline] = {}  # the connections served
+        self._lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def reader(self, sock: socket.socket) -> Deadline:
+        """The reads of a connection served (made as it was accepted, so that
+        :meth:`_make_room` knows it from then on, before its thread runs)."""
+        return self._readers[sock]
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest for a request of which no byte
+        has come (a keep-alive one between requests, one never used): one client's idle
+        connections held every slot, and everyone else, the operator too, got 503."""
+        with self._lock:  # (under it: its thread cannot close the socket meanwhile)
+            idle = [r for r in self._readers.values() if r.waiting and not r.pending()]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda r: r.deadline)
+            oldest.waiting = False
+            with contextlib.suppress(OSError):  # its wait for a request ends, its thread
+                oldest.sock.shutdown(socket.SHUT_RDWR)
+        return True
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection on a thread of its own, if one of the slots is free;
-        else answer 503 at once, on the accepting thread, and close it."""
-        if not self.slots.acquire(blocking=False):
+        """Serve the connection on a thread of its own, if one of the slots is free or
+        one idle connection's can be had; else answer 503 at once, on the accepting
+        thread, and close it."""
+        free = self.slots.acquire(blocking=False)
+        if not free and self._make_room():
+            free = self.slots.acquire(timeout=1.0)  # (the closed one's thread gives it)
+        if not free:
             try:
                 request.settimeout(1.0)  # (a client that reads nothing cannot hold us)
                 request.sendall(_BUSY)
@@ -41,9 +73,13 @@ class Server(http.server.ThreadingHTTPServer):
                 pass
             self.shutdown_request(request)
             return
+        with self._lock:
+            self._readers[request] = Deadline(request, self.console.idle_timeout)
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: it gives its slot back itself
+            with self._lock:
+                self._readers.pop(request, None)
             self.slots.release()
             raise
 
@@ -55,6 +91,8 @@ class Server(http.server.ThreadingHTTPServer):
         except Exception:
             self.handle_error(request, client_address)
         finally:
+            with self._lock:
+                self._readers.pop(request, None)
             self.slots.release()
             self.shutdown_request(request)
 
@@ -70,8 +108,21 @@ class Deadline(io.RawIOBase):
 
     def __init__(self, sock: socket.socket, idle: float) -> None:
         super().__init__()
-        self._sock, self._idle = sock, idle
-        self.deadline = time.monotonic() + idle
+        self.sock, self._idle = sock, idle
+        self.anew()
+
+    def anew(self) -> None:
+        """A request is awaited from now on: no byte of it has come yet."""
+        self.deadline = time.monotonic() + self._idle
+        self.waiting = True
+
+    def pending(self) -> bool:
+        """Whether bytes are there to be read (not only the client's close, where that
+        can be told apart: Linux's POLLRDHUP)."""
+        gone = getattr(select, "POLLRDHUP", 0)
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN | gone)
+        return any(events & select.POLLIN and not events & gone for _, events in poller.poll(0))
 
     def readable(self) -> bool:
         return True
@@ -80,8 +131,14 @@ class Deadline(io.RawIOBase):
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"the request did not arrive whole within {self._idle} s")
-        self._sock.settimeout(min(left, self._idle))
+        if self.waiting:  # a request's first byte is awaited here, where it is not read:
+            poller = select.poll()  # until it is, _make_room sees it pending
+            poller.register(self.sock, select.POLLIN)
+            if not poller.poll(min(left, self._idle) * 1000):
+                raise TimeoutError("timed out")  # (as the socket's own timeout says it)
+            self.waiting = False
+        self.sock.settimeout(min(left, self._idle))
         try:
-            return self._sock.recv_into(buffer)
+            return self.sock.recv_into(buffer)
         finally:
-            self._sock.settimeout(self._idle)  # (the answer is written under the idle one)
+            self.sock.settimeout(self._idle)  # (the answer is written under the idle one)
