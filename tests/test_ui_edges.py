@@ -25,6 +25,7 @@ from test_ui import ids_listed
 from test_ui_bounds import damage
 from test_ui_http import FAST, ORDER, TOKEN, Shop, form, sign_in, signed_in
 
+from herder.actors.engine import stale_refusal
 from herder.runtime import (
     Agent,
     HerderError,
@@ -37,6 +38,7 @@ from herder.runtime import (
 from herder.runtime._console import printable
 from herder.runtime.testing import FakeClock, advance, wait_until
 from herder.runtime.ui import Console, _counters
+from herder.runtime.ui import _views as views
 from herder.store import (
     RECENT_COUNTS,
     Put,
@@ -650,7 +652,12 @@ def test_an_action_from_a_page_that_showed_another_state_is_refused(
         status, _, html = request(console, "POST", target, body=fields, headers=headers)
         assert status == 409, html  # 200 "command #1 is queued" before
         assert "is COMPENSATING now, not NEEDS_ATTENTION as the page" in html
-        assert "reload the page" in html
+        # the engine's refusal (one rule, one wording), not a copy of its own
+        said = stale_refusal(
+            "w", WorkflowState.COMPENSATING, "NEEDS_ATTENTION", "abandon", seen=views._SEEN
+        )
+        assert said is not None
+        assert escape(said) in html
         with console.gate.read() as st:
             assert pending_commands(st) == []
         fields.pop("state")  # a script's form, which names no state: taken as it comes

@@ -213,17 +213,23 @@ def parked_refusal(workflow_id: str, state: WorkflowState, action: str) -> str |
 
 
 def stale_refusal(
-    workflow_id: str, state: WorkflowState, decided_on: object, action: str
+    workflow_id: str,
+    state: WorkflowState,
+    decided_on: object,
+    action: str,
+    *,
+    seen: str | None = None,
 ) -> str | None:
-    """Why a queued command decided on a workflow in state ``decided_on`` (its CLI's or
+    """Why a command decided on a workflow in state ``decided_on`` (its CLI's or
     console's read when it was queued; None: a command that names none) no longer applies
-    to it in ``state``, or None: it is in that state still."""
+    to it in ``state``, or None: it is in that state still. ``seen``: where that state was
+    seen (the console's page, before it queues anything); by default, as it was queued."""
     if decided_on is None or decided_on == str(state):
         return None
     return (
-        f"workflow {workflow_id!r} is {state} now, not {decided_on!s:.40} as when this "
-        f"{action} was queued (another action, or the runtime, moved it on since): "
-        "nothing of it was done; look at the workflow again and decide anew"
+        f"workflow {workflow_id!r} is {state} now, not {decided_on!s:.40} as "
+        f"{seen or f'when this {action} was queued'} (another action, or the runtime, "
+        "moved it on since): nothing of it was done; look at the workflow again and decide anew"
     )
 
 

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from herder.actors import Operate, UnknownWorkflow, read_facts
+from herder.actors.engine import stale_refusal
 from herder.runtime._console import printable
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import stored_resources
@@ -32,7 +33,6 @@ from herder.store import (
     Plan,
     Store,
     StoreCorrupt,
-    WorkflowRecord,
     WorkflowState,
     append_command,
     command_outcome,
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 INBOX_PAGE = 200
 """Parked workflows the inbox shows, the oldest first: an outage may park a hundred
 thousand, and one page of them all took seconds and a hundred MB of HTML."""
+_SEEN = "the page that sent this showed it"
+"""Where an action's state was seen, in the engine's refusal of one that moved on."""
 
 
 class Views:
@@ -168,7 +170,10 @@ class Views:
             f"no workflow with id {workflow_id!r} is in the store (a purge or retention "
             "deleted it since the page was read, or it never was)"
             if record is None  # (400 "complete the form and send it again" before)
-            else queue_refusal(workflow_id, record.state, action) or _moved_on(record, form)
+            else queue_refusal(workflow_id, record.state, action)
+            or stale_refusal(  # (a form that names no state, a script's: taken as it comes)
+                workflow_id, record.state, form.get("state") or None, action, seen=_SEEN
+            )
         )
         if record is None or refusal is not None:  # (one is not without the other)
             outcome, ok = f"refused: {refusal}; nothing was queued", False
@@ -225,19 +230,6 @@ class Views:
             f"{self._console.wait:g} s; it is applied when the runtime gets to it",
             None,
         )
-
-
-def _moved_on(record: WorkflowRecord, form: dict[str, str]) -> str | None:
-    """Why an action decided on a page that showed the workflow in another state than it
-    is in now is refused (another operator, or the runtime, moved it on), or None; a
-    form that names no state (a script's) is taken as it comes."""
-    seen = form.get("state")
-    if not seen or seen == str(record.state):
-        return None
-    return (
-        f"workflow {record.id!r} is {record.state} now, not {seen:.40} as the page that sent "
-        "this showed it (it moved on since): reload the page and decide again"
-    )
 
 
 def _unknown_name(store: Store, name: str) -> str:
