@@ -4,7 +4,8 @@
 
 Opens ``Runtime(STORE)`` on a :class:`FakeClock` with agent ``svc`` and one workflow
 definition (FLOW): ``x`` (step ``s``), ``hand`` (``hand`` waits on ``complete_later``
-beside ``crash``) or ``charge`` (``hold``, then ``charge``, each undone by ``undo``).
+beside ``crash``), ``charge`` (``hold``, then ``charge``, each undone by ``undo``) or
+``none`` (nothing: what it finds waits for its definition, nothing runs).
 Workflow ``poison``'s step, and steps ``crash`` and ``charge``, hang ("kill the process":
 they never answer); the others answer at once. Then runs each COMMAND, in order:
 
@@ -49,6 +50,8 @@ def main(store: str, flow: str, max_recoveries: int, commands: list[str]) -> Non
     rt.add_agent("svc", Svc, concurrency=2)
     if flow == "x":
         rt.add_workflow(Workflow("x").step("s", agent="svc", action="work"))
+    elif flow == "none":
+        pass
     elif flow == "hand":
         plan = Workflow("p").step("hand", agent="svc", action="work", timeout=3600)
         rt.add_workflow(plan.step("crash", agent="svc", action="work"))

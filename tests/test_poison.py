@@ -337,3 +337,31 @@ def test_a_stop_that_cuts_a_long_step_is_no_crash(
         assert handle.result(timeout=WAIT) == {"s": "poison"}
     finally:
         rt.stop(timeout=1)
+
+
+def test_an_attempt_a_stop_cut_is_not_counted_at_the_crash_of_a_process_that_never_ran_it(
+    tmp_path: pathlib.Path, release: threading.Event
+) -> None:
+    # A deploy: the stop cut the long step, and the new version crashed at each start
+    # before it ran anything. Each crash counted the cut attempt (its record DISPATCHED
+    # with the stopped process's token) as one running at the crash: with max_recoveries=0
+    # the first good start parked the workflow as poison, though its action never ran
+    # in a process that died.
+    clock, path = FakeClock(), tmp_path / "s"
+    rt = _open(path, clock, release, max_recoveries=0)
+    try:
+        rt.start("x", workflow_id="poison")
+        wait_until(rt, lambda: _step(rt, "poison")[:2] == (StepState.DISPATCHED, 1))
+    finally:
+        rt.stop(timeout=0.5)  # cuts the attempt: no crash
+    for _ in range(2):  # a process that runs nothing (its app registers nothing), killed
+        _crash(path, "none", 0)
+    rt = _open(path, clock, release, max_recoveries=0)
+    try:
+        handle = rt.handle("poison")
+        wait_until(rt, lambda: _step(rt, "poison")[1] == 2)
+        assert _step(rt, "poison") == (StepState.DISPATCHED, 2, 0), rt.status("poison").error
+        release.set()
+        assert handle.result(timeout=WAIT) == {"s": "poison"}
+    finally:
+        rt.stop(timeout=1)

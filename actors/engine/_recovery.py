@@ -58,16 +58,20 @@ def after_a_death(lease: Leased) -> bool:
     return ours is None or ours.after != "released"
 
 
+def ran_under_previous(st: StepRecord, lease: Leased) -> bool:
+    """Whether ``st``'s token is one of the holder's whose lease ours replaced: if that
+    holder died, an attempt of ``st`` left running died with it. An older token's attempt
+    ran under an earlier holder and ended with it (a stop cut it, or a crash counted by
+    the holder after it); the holder that died never ran it again."""
+    before = lease.taken_from
+    return before is not None and before <= st.token >> 32 < lease.incarnation
+
+
 def lost_by_previous(st: StepRecord, lease: Leased) -> bool:
     """Whether ``st`` was left DISPATCHED by the holder of the lease ours replaced, so
     its attempt died with that holder: counted once (a later holder that finds the same
     record again did not lose it)."""
-    before = lease.taken_from
-    return (
-        st.state is StepState.DISPATCHED
-        and before is not None
-        and before <= st.token >> 32 < lease.incarnation
-    )
+    return st.state is StepState.DISPATCHED and ran_under_previous(st, lease)
 
 
 def running_at_crash(steps: Iterable[StepRecord]) -> list[StepRecord]:

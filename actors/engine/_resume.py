@@ -24,6 +24,7 @@ from herder.actors.engine._recovery import (
     orphaned,
     poison_message,
     poisoned,
+    ran_under_previous,
     resumes,
     running_at_crash,
 )
@@ -41,10 +42,13 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
     """Count a crash against a workflow that had attempts running at it; defer those
     attempts from the second crash in a row, park it past the limit (True).
 
-    Only the attempts of an earlier process count (their tokens' high bits are its
-    incarnation): it died under them. One this process ran was cut by the tree's restart
-    of a crashed Scheduler, and the process lives on: no crash of it to count. Nor is
-    there one when the previous holder released the lease (a stop or a handoff cut it).
+    Only the attempts of the process that died count (their tokens' high bits are its
+    incarnations, ``ran_under_previous``): it died under them. One this process ran was
+    cut by the tree's restart of a crashed Scheduler, and the process lives on: no crash
+    of it to count. Nor is there one when the previous holder released the lease (a stop
+    or a handoff cut it), nor for an attempt of an earlier holder that the one that died
+    never ran again (a stop cut it, and the next process died before it re-ran it: it was
+    counted against an innocent workflow, a poison suspect from a crash-looping deploy).
 
     Each attempt the previous process died under is counted lost to its agent here, with
     the crash, and nowhere else: a reload after a failed commit (no crash) or a Scheduler
@@ -52,8 +56,7 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
     DISPATCHED with the token of that attempt."""
     if not after_a_death(m.lease):
         return False
-    incarnation = m.lease.incarnation
-    running = [st for st in running_at_crash(run.steps.values()) if st.token >> 32 < incarnation]
+    running = [st for st in running_at_crash(run.steps.values()) if ran_under_previous(st, m.lease)]
     if not running:
         return False
     crashes = run.record.recoveries + 1
