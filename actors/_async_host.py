@@ -55,7 +55,7 @@ from herder.actors._messages import InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._restarts import RestartWindow
 from herder.actors._supervision_specs import ChildEventKind
-from herder.actors.engine import CRASH_ERROR
+from herder.actors.engine import CRASH_ERROR, UNBUILT_ERROR
 from herder.store import UserCodeFailed, describe, error_types, get_logger
 
 _log = get_logger("herder.asyncio")
@@ -327,7 +327,7 @@ class AsyncHost:
             # retried at once, and a factory failing for a moment spent every attempt of
             # every step waiting for it within milliseconds.
             error = f"{FAILED_START.format(run.agent)}: {failed.error}"
-            types = (CRASH_ERROR,)
+            types = (UNBUILT_ERROR, CRASH_ERROR)  # (it never ran: nothing to undo)
             self._reply(
                 Outcome(
                     run.agent, run.instance, run.token, ok=False, error=error, error_types=types

@@ -237,7 +237,7 @@ class Dispatcher:
             if job is not None:
                 return [StartFailed(job, str(exc), msg.agent)]
             token = self.lanes.oldest(msg.agent)  # else the oldest attempt waiting ahead
-            return [] if token is None else [AttemptLost(token, str(exc))]
+            return [] if token is None else [AttemptLost(token, str(exc), unbuilt=True)]
         events = lost_attempts(msg, lost)
         crashed = sum(not event.given_up for event in events)  # (given up on: crashed none)
         if msg.kind is ChildEventKind.CRASHED and msg.instance is not None:

@@ -37,7 +37,7 @@ def lost_attempts(event: InstanceEvent, lost: list[int]) -> list[AttemptLost]:
     return [
         AttemptLost(int(token), given_up, given_up=True)
         if isinstance(token, GivenUp)
-        else AttemptLost(token, crashed)
+        else AttemptLost(token, crashed, unbuilt=event.unbuilt)
         for token in lost
     ]
 

@@ -191,6 +191,7 @@ class InstanceEvent:
     kind: ChildEventKind
     ref: Any = None
     reason: str | None = None
+    unbuilt: bool = False  # crashed as its factory failed: its attempt never ran
 
 
 @dataclass(slots=True)

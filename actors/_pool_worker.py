@@ -140,7 +140,8 @@ class PoolWorker(SupervisedActor):
                 try:
                     agent = contain(self._build, run.agent, run.instance, work.factory)
                 except UserCodeFailed as failed:
-                    self._crashed(run, f"{FAILED_START.format(run.agent)}: {failed.error}")
+                    why = f"{FAILED_START.format(run.agent)}: {failed.error}"
+                    self._crashed(run, why, unbuilt=True)
                     return None
             if (lined or built) and run.context.superseded:  # (replaced as its factory hung)
                 outcome = Outcome(
@@ -188,5 +189,6 @@ class PoolWorker(SupervisedActor):
                 work.fed = taken.run.token  # (the host letting the instance go reads it)
             return None, taken
 
-    def _crashed(self, run: Run, reason: str) -> None:
-        self._events(InstanceEvent(run.agent, run.instance, ChildEventKind.CRASHED, None, reason))
+    def _crashed(self, run: Run, reason: str, *, unbuilt: bool = False) -> None:
+        crashed = ChildEventKind.CRASHED
+        self._events(InstanceEvent(run.agent, run.instance, crashed, None, reason, unbuilt))

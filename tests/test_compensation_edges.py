@@ -321,3 +321,118 @@ def test_a_workflow_parked_by_a_failed_compensation_says_what_it_compensated_for
     with pytest.raises(WorkflowFailed, match="ended COMPENSATED: step 'pay' failed: Permanent"):
         h.result(timeout=WAIT)
     assert (rt.status("w").error or "").startswith("step 'pay' failed: Permanent: card declined")
+
+
+class Unbuilt(Agent):
+    """An agent whose factory fails every time (its credentials are missing, say): none
+    of its actions ever runs."""
+
+    undone: list[str] = []
+
+    def __init__(self) -> None:
+        raise ValueError("no credentials for the car rental API")
+
+    def book(self, ctx: StepContext) -> str:
+        return ctx.step
+
+    def cancel(self, ctx: StepContext) -> None:
+        self.undone.append(ctx.step)
+
+
+class AsyncUnbuilt(Unbuilt):
+    async def book(self, ctx: StepContext) -> str:  # type: ignore[override]
+        return ctx.step
+
+    async def cancel(self, ctx: StepContext) -> None:  # type: ignore[override]
+        self.undone.append(ctx.step)
+
+
+class Hotel(Agent):
+    undone: list[str] = []
+
+    def book(self, ctx: StepContext) -> str:
+        return ctx.step
+
+    def cancel(self, ctx: StepContext) -> None:
+        self.undone.append(ctx.step)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("host", ["pool", "thread", "asyncio"])
+def test_a_step_whose_agent_never_started_is_not_undone(tmp_path: Path, host: str) -> None:
+    # Every attempt of 'car' failed because its agent could not be built, so it never
+    # ran; yet it was marked as may-have-taken-effect, its compensation was sent to the
+    # same broken agent and failed, and the workflow parked in NEEDS_ATTENTION with the
+    # hotel still booked ("compensation of step 'car' failed: ... failed to start").
+    wf = (
+        Workflow("trip")
+        .step("hotel", agent="hotel", action="book", compensate="cancel")
+        .step("car", agent="car", action="book", compensate="cancel", after=["hotel"])
+    )
+    clock = FakeClock()
+    retry = RetryPolicy(max_attempts=2, initial_interval=1.0, jitter=0.0)
+    kind = {"agent_host": "thread"} if host == "thread" else {}
+    with Runtime(tmp_path / "store", clock=clock, default_retry=retry, **kind) as rt:
+        hotel = type("H", (Hotel,), {"undone": []})
+        car = type("C", (AsyncUnbuilt if host == "asyncio" else Unbuilt,), {"undone": []})
+        rt.add_agent("hotel", hotel)
+        rt.add_agent("car", car, asyncio=host == "asyncio")
+        rt.add_workflow(wf)
+        h = rt.start("trip", workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").steps["car"].attempt == 1)
+        advance(rt, clock, 10.0)  # its retry fails to start too (and any undo's retries)
+        with pytest.raises(WorkflowFailed, match="ended COMPENSATED: step 'car' failed: "):
+            h.result(timeout=WAIT)
+        steps = rt.status("w").steps
+        assert steps["hotel"].state is StepState.COMPENSATED
+        assert steps["car"].state is StepState.FAILED
+        assert "failed to start: ValueError: no credentials" in (steps["car"].error or "")
+        assert steps["car"].compensation_attempts == 0
+        assert (hotel.undone, car.undone) == (["hotel"], [])
+        assert check_store(store_of(rt)).ok
+
+
+class Cut(Agent):
+    """``b`` runs until the runtime stops under it (it may have booked meanwhile)."""
+
+    release = threading.Event()
+
+    def book(self, ctx: StepContext) -> str:
+        if ctx.step == "b":
+            hang_until(self.release, WAIT)
+        return ctx.step
+
+    def cancel(self, ctx: StepContext) -> None:
+        pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("host", ["pool", "thread"])
+def test_an_attempt_cut_by_a_restart_is_undone_though_its_rerun_never_started(
+    tmp_path: Path, host: str
+) -> None:
+    # The rerun of the attempt a stop cut short fails to start (its agent's factory fails
+    # after the restart): that rerun took no effect, but the attempt before it may have,
+    # so its step is still to be undone (here by the same broken agent: it parks).
+    wf = (
+        Workflow("trip")
+        .step("a", agent="x", action="book", compensate="cancel")
+        .step("b", agent="x", action="book", compensate="cancel", after=["a"])
+    )
+    kind = {"agent_host": "thread"} if host == "thread" else {}
+    once = RetryPolicy(max_attempts=1)
+    cut = type("K", (Cut,), {"release": threading.Event()})
+    try:
+        with Runtime(tmp_path / "store", default_retry=once, instance_shutdown=0.0, **kind) as rt:
+            rt.add_agent("x", cut)
+            rt.add_workflow(wf)
+            rt.start("trip", workflow_id="w")
+            wait_until(rt, lambda: rt.status("w").steps["b"].state is StepState.DISPATCHED)
+    finally:
+        cut.release.set()
+    with Runtime(tmp_path / "store", default_retry=once, **kind) as rt:
+        rt.add_agent("x", Unbuilt)
+        rt.add_workflow(wf)
+        with pytest.raises(WorkflowFailed, match="NEEDS_ATTENTION: compensation of step 'b'"):
+            rt.handle("w").result(timeout=WAIT)
+        assert rt.status("w").steps["b"].state is StepState.COMPENSATING

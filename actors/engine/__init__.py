@@ -112,6 +112,7 @@ from herder.actors.engine._recovery import (
 from herder.actors.engine._results import ResultLog, gathered
 from herder.actors.engine._retry import (
     GIVEN_UP_ERROR,
+    UNBUILT_ERROR,
     UNSTORABLE_ERROR,
     Escalate,
     GiveUp,
@@ -189,6 +190,7 @@ __all__ = [
     "STEP_NEXT",
     "STUCK",
     "TIMEOUT_ERROR",
+    "UNBUILT_ERROR",
     "UNDOING",
     "UNSETTLED",
     "UNSTORABLE_ERROR",

@@ -29,7 +29,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from herder.actors.engine._retry import GIVEN_UP_ERROR
+from herder.actors.engine._retry import GIVEN_UP_ERROR, UNBUILT_ERROR
 from herder.actors.engine._step import TIMEOUT_ERROR
 from herder.store import StepRecord, StepState
 
@@ -151,11 +151,16 @@ def after_lapse(st: StepRecord, lapsed: str, *, has_probe: bool) -> Fail | Probe
     return Fail(lapsed, (TIMEOUT_ERROR,), permanent=False)
 
 
-def after_loss(st: StepRecord, error: str, *, given_up: bool) -> Fail | ProbeAgain:
+def after_loss(
+    st: StepRecord, error: str, *, given_up: bool, unbuilt: bool = False
+) -> Fail | ProbeAgain:
     """What follows an attempt that ended without an answer (module docstring). A lost
     probe counts as a failed probe, unless its agent was given up on; an action's loss
-    is retried at once, charged unless given up on (``GIVEN_UP_ERROR``, ``_retry``)."""
+    is retried at once, charged unless given up on (``GIVEN_UP_ERROR``, ``_retry``).
+    ``unbuilt``: lost because its instance could not be built, so it never ran
+    (``UNBUILT_ERROR``)."""
     if st.state is StepState.UNKNOWN:
         return ProbeAgain(f"probe lost: {error}", failed=not given_up)
-    types = (GIVEN_UP_ERROR,) if given_up else (CRASH_ERROR,)
+    crashed = (UNBUILT_ERROR, CRASH_ERROR) if unbuilt else (CRASH_ERROR,)
+    types = (GIVEN_UP_ERROR,) if given_up else crashed
     return Fail(error, types, permanent=False, at_once=True)

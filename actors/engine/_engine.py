@@ -52,6 +52,7 @@ from herder.actors.engine._machine import Defaults, Machine
 from herder.actors.engine._members import agent_for, with_member
 from herder.actors.engine._recovery import Leased
 from herder.actors.engine._resume import carried_ended, count_crash, resume_steps
+from herder.actors.engine._retry import UNBUILT_ERROR
 from herder.actors.engine._runs import Attempt, Dispatched, WorkflowRun
 from herder.actors.engine._shapes import Shapes
 from herder.actors.engine._step import attempt_timeout, beats, dispatch, heartbeat, lapse
@@ -351,7 +352,8 @@ class Engine(Machine):
             run, st = current
             if not msg.given_up:  # (given up: not charged, so no failure: see Machine.failed)
                 log_failure(run.record.id, st, msg.error, None)  # (a broken factory, say)
-            self.follow(run, st, after_loss(st, msg.error, given_up=msg.given_up))
+            reading = after_loss(st, msg.error, given_up=msg.given_up, unbuilt=msg.unbuilt)
+            self.follow(run, st, reading)
 
     def _start_failed(self, msg: StartFailed) -> None:
         job = msg.job
@@ -362,11 +364,14 @@ class Engine(Machine):
         if job.compensating:
             tried = st.evolve(state=StepState.COMPENSATING, comp_attempt=st.comp_attempt + 1)
         else:
-            tried = st.evolve(state=StepState.DISPATCHED, attempt=st.attempt + 1)
+            # Queued to run again from DISPATCHED (after a crash): that attempt may have
+            # taken effect, as dispatch() marks it; this one never ran, and marks nothing.
+            done = st.token if st.state is StepState.DISPATCHED else st.done_token
+            tried = st.evolve(state=StepState.DISPATCHED, attempt=st.attempt + 1, done_token=done)
         tried = with_member(run.specs[st.name], tried, msg.agent, compensating=job.compensating)
         self.put_step(run, st, tried)  # the attempt it spent, in the history too
         log_failure(run.record.id, tried, msg.error, None)
-        self.failed(run, tried, msg.error, (CRASH_ERROR,), permanent=False)
+        self.failed(run, tried, msg.error, (UNBUILT_ERROR, CRASH_ERROR), permanent=False)
 
     def _resumed(self, msg: Resumed) -> None:
         run = self.runs.get(msg.workflow_id)

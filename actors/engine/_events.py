@@ -84,17 +84,21 @@ class TimerDue:
 class AttemptLost:
     """Attempt ``token`` will never answer (``error`` says why): retry it at once.
     ``given_up``: lost only because the runtime gave up on its agent's instances (their
-    restart intensity was exceeded), not charged to its step (``GIVEN_UP_ERROR``)."""
+    restart intensity was exceeded), not charged to its step (``GIVEN_UP_ERROR``).
+    ``unbuilt``: lost because its instance could not be built: it never ran
+    (``UNBUILT_ERROR``)."""
 
     token: int
     error: str
     given_up: bool = False
+    unbuilt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class StartFailed:
     """No instance of ``agent`` could be started for ``job``: that counts as a failed
-    attempt (on that agent: a group step's member, which its retry passes over)."""
+    attempt (on that agent: a group step's member, which its retry passes over), one
+    that never ran (``UNBUILT_ERROR``)."""
 
     job: Job
     error: str

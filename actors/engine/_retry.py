@@ -17,8 +17,9 @@ a probe found it not applied). What happens next depends only on data:
 
 :func:`after_failure` gives :class:`RetryIn` (backoff with jitter, or 0 for a failure
 the host already saw the end of), :class:`GiveUp` (a forward step stops; ``undo``
-when the attempt may have taken effect, which everything but ``Permanent`` may: an
-action that handed over a value that cannot be stored ran) or
+when the attempt may have taken effect, which everything but ``Permanent`` and an
+attempt whose instance never started (:data:`UNBUILT_ERROR`) may: an action that
+handed over a value that cannot be stored ran) or
 :class:`Escalate` (a compensation cannot finish: an operator must decide).
 :func:`after_probe_failure` applies the same policy to the probes of an unknown outcome.
 
@@ -44,6 +45,13 @@ GIVEN_UP_ERROR = "herder.AgentGivenUp"
 answered unstarted (``OutcomeKind.UNSTARTED``: the runtime's lease was in doubt): it did
 not fail, so it is not charged; it may have taken effect, so its step is undone if it
 cannot run again (its workflow compensates)."""
+
+
+UNBUILT_ERROR = "herder.InstanceNotStarted"
+"""The error type of an attempt whose agent instance could not be built (its factory
+raised, or the thread host gave up waiting for it): its action never ran, so it took no
+effect. It is retried under the policy as any failed attempt, but marks nothing to undo
+(an earlier attempt that may have taken effect keeps its mark)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +116,7 @@ def after_failure(
         return RetryIn(0.0 if at_once else policy.delay(attempt, rand()))
     if compensating:
         return Escalate()
-    return GiveUp(undo=not permanent)
+    return GiveUp(undo=not permanent and UNBUILT_ERROR not in types)
 
 
 def after_probe_failure(

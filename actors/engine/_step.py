@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from herder.actors.engine._retry import Escalate, GiveUp, RetryIn, Verdict
+from herder.actors.engine._retry import UNBUILT_ERROR, Escalate, GiveUp, RetryIn, Verdict
 from herder.store import StepRecord, StepSpec, StepState, bounded_text, ms, replacer
 
 TIMEOUT_ERROR = "herder.Timeout"
@@ -227,7 +227,8 @@ def failed(
     Whether it may have taken effect is the step's, not only this attempt's: a forward
     attempt that failed with anything but Permanent (only the retry rule's verdict knows)
     marks the step (``done_token``) on its way to the retry, and a Permanent answer of
-    a later attempt says nothing about that one."""
+    a later attempt says nothing about that one. One whose instance never started
+    (``UNBUILT_ERROR``) never ran: it marks nothing."""
     base = stopped(
         st,
         token=token,
@@ -243,7 +244,8 @@ def failed(
             return with_timer(base.evolve(state=st.state, retry_at=at, comp_attempt=comp_attempt))
         state = StepState.RETRY_WAIT  # (a retry is never given for a Permanent failure)
         attempt = max(0, st.attempt - back)
-        return with_timer(base.evolve(state=state, retry_at=at, done_token=token, attempt=attempt))
+        done = st.done_token if UNBUILT_ERROR in types else token
+        return with_timer(base.evolve(state=state, retry_at=at, done_token=done, attempt=attempt))
     if isinstance(verdict, GiveUp):
         undo = verdict.undo or st.done_token is not None
         return base.evolve(state=StepState.FAILED, done_token=token if undo else None)

@@ -86,7 +86,8 @@ class InlineHost:
             try:
                 slot.agent = contain(sent.factory)
             except UserCodeFailed as failed:
-                self._crashed(sent, f"agent {sent.agent!r} could not start: {failed.error}")
+                why = f"agent {sent.agent!r} could not start: {failed.error}"
+                self._crashed(sent, why, unbuilt=True)
                 return
         try:
             outcome = run_attempt(
@@ -97,11 +98,11 @@ class InlineHost:
             return
         self._reply(outcome)
 
-    def _crashed(self, sent: Sent, reason: str) -> None:
+    def _crashed(self, sent: Sent, reason: str, *, unbuilt: bool = False) -> None:
         slot = sent.slot
         slot.agent = None  # a crashed instance is rebuilt by its next attempt
         kind = ChildEventKind.CRASHED
-        self._reply(InstanceEvent(sent.agent, sent.instance, kind, None, reason))
+        self._reply(InstanceEvent(sent.agent, sent.instance, kind, None, reason, unbuilt))
 
     # -- AgentHost ---------------------------------------------------------------------
 
