@@ -66,7 +66,12 @@ class RetryPolicy:
         spread = _number("jitter", jitter)
         _check(first >= 0, "initial_interval", ">= 0", initial_interval)
         _check(factor >= 1, "backoff_coefficient", ">= 1", backoff_coefficient)
-        _check(ceiling >= first, "max_interval", ">= initial_interval", max_interval)
+        if ceiling < first:  # (max_interval's default, 60, is the one often not given)
+            raise InvalidInput(
+                f"max_interval must be >= initial_interval, got max_interval={ceiling:g} "
+                f"(60 unless given) and initial_interval={first:g}: give "
+                f"max_interval={first:g} or more (the longest wait between two attempts)"
+            )
         _check(0 <= spread <= 1, "jitter", "between 0 and 1", jitter)
         if isinstance(non_retryable, str | type):  # one type (or name) on its own
             non_retryable = (non_retryable,)

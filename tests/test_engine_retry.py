@@ -317,3 +317,17 @@ def test_a_lapse_names_the_timeout_that_ran_out_a_probes_own() -> None:
     assert lapse(probing, PLAIN, 11.0, 30.0, 3.0) == "timed out after 3.0s"
     assert lapse(forward, PLAIN, 11.0, 30.0, 3.0) == "timed out after 30.0s"
     assert lapse(forward, PLAIN, 9.0, 30.0, 3.0) is None
+
+
+def test_an_initial_interval_past_the_default_ceiling_says_to_give_max_interval() -> None:
+    # RetryPolicy(initial_interval=300.0) (retry every five minutes) was refused with
+    # "max_interval must be >= initial_interval, got 60.0": a value the caller never gave
+    # (the default), and nothing said what to do.
+    with pytest.raises(InvalidInput) as refused:
+        RetryPolicy(initial_interval=300.0)
+    assert str(refused.value) == (
+        "max_interval must be >= initial_interval, got max_interval=60 (60 unless given) "
+        "and initial_interval=300: give max_interval=300 or more (the longest wait "
+        "between two attempts)"
+    )
+    assert RetryPolicy(initial_interval=300.0, max_interval=300.0).delay(5, 0.5) == 300.0
