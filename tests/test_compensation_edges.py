@@ -27,6 +27,7 @@ from herder.runtime.testing import (
     advance,
     check_store,
     hang_until,
+    settle,
     store_of,
     wait_until,
 )
@@ -436,3 +437,92 @@ def test_an_attempt_cut_by_a_restart_is_undone_though_its_rerun_never_started(
         with pytest.raises(WorkflowFailed, match="NEEDS_ATTENTION: compensation of step 'b'"):
             rt.handle("w").result(timeout=WAIT)
         assert rt.status("w").steps["b"].state is StepState.COMPENSATING
+
+
+class Declined(Hotel):
+    def pay(self, ctx: StepContext) -> str:
+        raise Permanent("card declined")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("host", ["thread", "asyncio"])  # (the pool retries such at once)
+def test_a_step_waiting_to_retry_a_start_that_failed_is_not_undone(
+    tmp_path: Path, host: str
+) -> None:
+    # 'car' waits to retry after its agent failed to start (it never ran) when 'pay', a
+    # parallel branch, fails for good: given up then, it was undone all the same (its
+    # compensation went to the broken agent, and the workflow parked).
+    later = RetryPolicy(max_attempts=3, initial_interval=100.0, max_interval=100.0, jitter=0.0)
+    wf = (
+        Workflow("trip")
+        .step("hotel", agent="hotel", action="book", compensate="cancel")
+        .step("car", agent="car", action="book", compensate="cancel", after=["hotel"], retry=later)
+        .step("pay", agent="hotel", action="pay", after=["hotel"], delay=1.0, retry=ONCE)
+    )
+    clock = FakeClock()
+    kind = {"agent_host": "thread"} if host == "thread" else {}
+    with Runtime(tmp_path / "store", clock=clock, **kind) as rt:
+        hotel = type("D", (Declined,), {"undone": []})
+        car = type("C", (AsyncUnbuilt if host == "asyncio" else Unbuilt,), {"undone": []})
+        rt.add_agent("hotel", hotel)
+        rt.add_agent("car", car, asyncio=host == "asyncio")
+        rt.add_workflow(wf)
+        h = rt.start("trip", workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").steps["car"].state is StepState.RETRY_WAIT)
+        advance(rt, clock, 2.0)  # pay runs and fails for good
+        steps = rt.status("w").steps
+        assert steps["car"].state is StepState.FAILED
+        assert steps["car"].compensation_attempts == 0
+        with pytest.raises(WorkflowFailed, match="ended COMPENSATED: step 'pay' failed: "):
+            h.result(timeout=WAIT)
+        assert hotel.undone == ["hotel"]
+        assert check_store(store_of(rt)).ok
+
+
+class Unsure(Hotel):
+    """``u`` hangs and its probe fails: its workflow parks."""
+
+    release = threading.Event()
+
+    def call(self, ctx: StepContext) -> str:
+        hang_until(self.release, WAIT)
+        return "late"
+
+    def probe_call(self, ctx: StepContext) -> ProbeResult:
+        raise RuntimeError("the partner's status API is down")
+
+
+@pytest.mark.timeout(60)
+def test_a_step_waiting_to_retry_a_start_that_failed_when_its_workflow_parks_is_not_undone(
+    tmp_path: Path,
+) -> None:
+    # Cut short by the parking, 'car' (whose agent never started) was marked as may have
+    # taken effect: the operator's compensate sent its undo to the broken agent.
+    later = RetryPolicy(max_attempts=3, initial_interval=100.0, max_interval=100.0, jitter=0.0)
+    wf = (
+        Workflow("trip")
+        .step("hotel", agent="hotel", action="book", compensate="cancel")
+        .step("car", agent="car", action="book", compensate="cancel", after=["hotel"], retry=later)
+        .step("u", agent="hotel", action="call", after=["hotel"], timeout=5.0, retry=ONCE)
+    )
+    clock = FakeClock()
+    hotel = type("U", (Unsure,), {"undone": [], "release": threading.Event()})
+    try:
+        with Runtime(tmp_path / "store", clock=clock, agent_host="thread") as rt:
+            rt.add_agent("hotel", hotel, concurrency=2)
+            rt.add_agent("car", type("C", (Unbuilt,), {"undone": []}))
+            rt.add_workflow(wf)
+            h = rt.start("trip", workflow_id="w")
+            wait_until(rt, lambda: rt.status("w").steps["car"].state is StepState.RETRY_WAIT)
+            advance(rt, clock, 6.0)  # u lapses, its probe fails: parked
+            assert rt.status("w").state is State.NEEDS_ATTENTION
+            rt.compensate("w", who="ada", why="undo it all")
+            settle(rt)
+            assert rt.status("w").steps["car"].compensation_attempts == 0
+            with pytest.raises(WorkflowFailed, match="ended COMPENSATED"):
+                h.result(timeout=WAIT)
+            hotel.release.set()
+            assert hotel.undone == ["hotel"]
+            assert check_store(store_of(rt)).ok
+    finally:
+        hotel.release.set()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from herder.actors.engine._states import ENDED_BY_ABANDON
-from herder.actors.engine._step import stopped, with_timer
+from herder.actors.engine._step import retry_mark, stopped, with_timer
 from herder.store import (
     StepRecord,
     StepState,
@@ -63,11 +63,12 @@ def cut_short(st: StepRecord, *, token: int, now: float) -> StepRecord:
     """A step under way (running, handed off, waiting for its retry) when its workflow was
     parked: :func:`marked_failed` (what runs of it is fenced out, its answer not awaited),
     so a retry runs it again and a compensation undoes it. One waiting for its retry keeps
-    the mark of its failed attempt: it is undone in that attempt's completion order."""
+    the mark of its failed attempt (:func:`retry_mark`): it is undone in that attempt's
+    completion order, and not at all if that attempt never ran."""
     error = f"{st.state} when its workflow was parked: it may have taken effect"
     cut = marked_failed(st, error, token=token, now=now)
-    waited = st.state is StepState.RETRY_WAIT and st.done_token is not None
-    return cut.evolve(done_token=st.done_token) if waited else cut
+    waited = st.state is StepState.RETRY_WAIT
+    return cut.evolve(done_token=retry_mark(st, token)) if waited else cut
 
 
 def ended_error(record: WorkflowRecord, state: WorkflowState, error: str | None) -> str | None:

@@ -253,6 +253,16 @@ def failed(
     return base
 
 
+def retry_mark(st: StepRecord, token: int) -> int | None:
+    """The mark (``done_token``) a step waiting for its retry keeps when it is given up
+    (its workflow compensates or parks): its failed attempt's, which :func:`failed` set;
+    ``token`` for a record written before that mark was; none for an attempt whose
+    instance never started (``UNBUILT_ERROR``): it never ran."""
+    if st.done_token is not None or st.error_type == UNBUILT_ERROR:
+        return st.done_token
+    return token
+
+
 def unknown(st: StepRecord, lapsed: str, *, token: int, now: float) -> StepRecord:
     """A lapsed attempt that may have reached the remote side: UNKNOWN, probed at once."""
     return with_timer(

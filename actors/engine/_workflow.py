@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 
 from herder.actors.engine._states import BUSY, to_undo
-from herder.actors.engine._step import ms, stopped
+from herder.actors.engine._step import ms, retry_mark, stopped
 from herder.actors.engine._undo import UndoOrder
 from herder.store import Plan, StepRecord, StepSpec, StepState, WorkflowState
 
@@ -204,8 +204,9 @@ def when_compensating(
             timer_ms=None,
             token=token,
             # Its failed attempt may have taken effect: undone in that attempt's completion
-            # order (failed() marked it so; a record without the mark, now).
-            done_token=st.done_token or token,
+            # order (failed() marked it so; a record without the mark, now), unless it
+            # never ran (its instance never started).
+            done_token=retry_mark(st, token),
             updated=now,
         )
     if st.state is StepState.PENDING and st.done_token is not None:
