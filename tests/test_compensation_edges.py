@@ -445,7 +445,7 @@ class Declined(Hotel):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("host", ["thread", "asyncio"])  # (the pool retries such at once)
+@pytest.mark.parametrize("host", ["pool", "thread", "asyncio"])
 def test_a_step_waiting_to_retry_a_start_that_failed_is_not_undone(
     tmp_path: Path, host: str
 ) -> None:
@@ -526,3 +526,48 @@ def test_a_step_waiting_to_retry_a_start_that_failed_when_its_workflow_parks_is_
             assert check_store(store_of(rt)).ok
     finally:
         hotel.release.set()
+
+
+class Blip(Agent):
+    """An agent whose factory fails while its config service is ``down``."""
+
+    down = threading.Event()
+
+    def __init__(self) -> None:
+        if self.down.is_set():
+            raise ConnectionError("the config service is down for a moment")
+
+    def book(self, ctx: StepContext) -> str:
+        return "booked"
+
+
+class AsyncBlip(Blip):
+    async def book(self, ctx: StepContext) -> str:  # type: ignore[override]
+        return "booked"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("host", ["pool", "thread", "asyncio"])
+def test_an_agent_that_fails_to_start_for_a_moment_is_retried_after_the_backoff(
+    tmp_path: Path, host: str
+) -> None:
+    # On the pool host (the default) an attempt whose agent could not be built was
+    # retried at once, so a factory failing for a moment spent every attempt of the step
+    # within milliseconds, whatever its retry policy said; the other hosts wait it out.
+    clock = FakeClock()
+    retry = RetryPolicy(max_attempts=3, initial_interval=5.0, jitter=0.0)
+    kind = {"agent_host": "thread"} if host == "thread" else {}
+    blip = type("B", (AsyncBlip if host == "asyncio" else Blip,), {"down": threading.Event()})
+    blip.down.set()
+    with Runtime(tmp_path / "store", clock=clock, default_retry=retry, **kind) as rt:
+        rt.add_agent("car", blip, asyncio=host == "asyncio")
+        rt.add_workflow(Workflow("one").step("car", agent="car", action="book"))
+        h = rt.start("one", workflow_id="w")
+        wait_until(rt, lambda: rt.status("w").steps["car"].state is StepState.RETRY_WAIT)
+        settle(rt)
+        car = rt.status("w").steps["car"]
+        assert (car.state, car.attempt) == (StepState.RETRY_WAIT, 1)
+        assert car.waits_until == pytest.approx(clock.time() + 5.0, abs=0.01)
+        blip.down.clear()
+        advance(rt, clock, 5.1)
+        assert h.result(timeout=WAIT) == {"car": "booked"}

@@ -555,7 +555,9 @@ def test_attempts_reserved_ahead_for_an_agent_that_cannot_start_pay_their_attemp
         wait_until(rt, lambda: rt.stats()["agents"]["fragile"]["instances"] == 0)
         Fragile.broken = True
         rt.start("one", {}, workflow_id="w1")  # reserved ahead of the instance it starts
-        wait_until(rt, lambda: rt.status("w1").state.is_final)  # no clock moved: no timeout
+        wait_until(rt, lambda: rt.status("w1").steps["s"].state is StepState.RETRY_WAIT)
+        advance(rt, clock, 2.0)  # its backoff, as for any failed start (not its timeout)
+        wait_until(rt, lambda: rt.status("w1").state.is_final)
         step = rt.status("w1").steps["s"]
         assert step.attempt == 2, step
         assert "failed to start" in (step.error or ""), step

@@ -158,9 +158,11 @@ def after_loss(
     probe counts as a failed probe, unless its agent was given up on; an action's loss
     is retried at once, charged unless given up on (``GIVEN_UP_ERROR``, ``_retry``).
     ``unbuilt``: lost because its instance could not be built, so it never ran
-    (``UNBUILT_ERROR``)."""
+    (``UNBUILT_ERROR``), and retried after its policy's backoff, as the thread and
+    asyncio hosts retry a failed start: at once, a factory failing for a moment spent
+    every attempt of the step within milliseconds."""
     if st.state is StepState.UNKNOWN:
         return ProbeAgain(f"probe lost: {error}", failed=not given_up)
     crashed = (UNBUILT_ERROR, CRASH_ERROR) if unbuilt else (CRASH_ERROR,)
     types = (GIVEN_UP_ERROR,) if given_up else crashed
-    return Fail(error, types, permanent=False, at_once=True)
+    return Fail(error, types, permanent=False, at_once=not unbuilt)
