@@ -194,8 +194,11 @@ class WorkflowFailed(HerderError):
         steps = status.steps.items() if abandoned else ()
         undone = [n for n, s in steps if s.state is StepState.COMPENSATED]
         if abandoned and undone:  # (before it was abandoned: parked on a failed undo, say)
-            names = ", ".join(map(repr, undone[:3])) + (", ..." if len(undone) > 3 else "")
-            hint = f"nothing more was undone ({len(undone)} undone before: {names})"
+            hint = f"nothing more was undone ({len(undone)} undone before: {_names(undone)})"
+        if status.state in (WorkflowState.COMPENSATED, WorkflowState.CANCELLED):
+            kept = [n for n, s in status.steps.items() if s.state is StepState.SUCCEEDED]
+            if kept:  # (a step without a compensation is never undone)
+                hint += f", but for {_names(kept)} (no compensation: still done)"
         error = printable(status.error)  # (user code's words: one line, nothing acts)
         super().__init__(f"workflow {status.id!r} ended {status.state}: {error}; {hint}")
 
@@ -204,6 +207,11 @@ class WorkflowFailed(HerderError):
         to its status, the one argument it is made from (an exception's default is its
         message)."""
         return (type(self), (self.status,))
+
+
+def _names(steps: list[str]) -> str:
+    """The first three of ``steps``, quoted (and "..." for more)."""
+    return ", ".join(map(repr, steps[:3])) + (", ..." if len(steps) > 3 else "")
 
 
 def workflow_counts(store: Store) -> tuple[dict[str, int], list[StoreCorrupt]]:

@@ -571,3 +571,30 @@ def test_an_agent_that_fails_to_start_for_a_moment_is_retried_after_the_backoff(
         blip.down.clear()
         advance(rt, clock, 5.1)
         assert h.result(timeout=WAIT) == {"car": "booked"}
+
+
+class Mailer(Hotel):
+    def mail(self, ctx: StepContext) -> str:
+        return "sent"
+
+    def pay(self, ctx: StepContext) -> str:
+        raise Permanent("card declined")
+
+
+def test_a_compensated_workflow_names_the_completed_steps_it_could_not_undo(rt: Runtime) -> None:
+    # A step without a compensation stays SUCCEEDED when its workflow compensates; yet
+    # result() said "its completed steps were compensated", as if the mail was unsent.
+    rt.add_agent("x", type("M", (Mailer,), {"undone": []}))
+    rt.add_workflow(
+        Workflow("trip")
+        .step("mail", agent="x", action="mail")
+        .step("hotel", agent="x", action="book", compensate="cancel", after=["mail"])
+        .step("pay", agent="x", action="pay", after=["hotel"])
+    )
+    with pytest.raises(WorkflowFailed) as failed:
+        rt.start("trip", workflow_id="w").result(timeout=WAIT)
+    assert str(failed.value) == (
+        "workflow 'w' ended COMPENSATED: step 'pay' failed: Permanent: card declined; its "
+        "completed steps were compensated, but for 'mail' (no compensation: still done)"
+    )
+    assert failed.value.status.steps["mail"].state is StepState.SUCCEEDED
