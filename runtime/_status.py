@@ -82,7 +82,9 @@ class WorkflowStatus:
 
     ``agents`` maps each step whose agent the definition takes from the input (a
     template such as ``"device:{device}"``) to the agent resolved when it started.
-    ``deadline`` is the time (runtime clock) it must end by, until it fired, else None.
+    ``deadline`` is the time (runtime clock) it must end by, until it fired or the
+    workflow parked (NEEDS_ATTENTION: it no longer counts, nor after an operator's
+    action), else None.
     """
 
     id: str
@@ -113,7 +115,7 @@ class WorkflowStatus:
             updated=record.updated,
             priority=record.priority,
             agents=MappingProxyType(dict(record.agents)),
-            deadline=record.deadline,
+            deadline=None if record.state is WorkflowState.NEEDS_ATTENTION else record.deadline,
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -289,6 +289,9 @@ def test_a_parked_workflow_resumed_by_an_operator_runs_on_without_its_deadline(
         wait_until(rt, lambda: rt.status("w1").steps["b"].state is StepState.WAITING)
         advance(rt, clock, 30.0)  # b lapses, its probe fails: parked
         wait_until(rt, lambda: rt.status("w1").state == "NEEDS_ATTENTION")
+        # Spent once it parked: status() and herder show said it must end by then still
+        # (and, once past, showed a deadline passed on a workflow it never compensated).
+        assert rt.status("w1").deadline is None
         advance(rt, clock, 300.0)  # the deadline passes while it is parked
         if action == "skip":
             rt.skip("w1", result="done by hand", who="op", why="checked by phone")
