@@ -462,12 +462,22 @@ def test_an_address_where_nothing_answers_is_refused_at_once_not_after_rays_retr
         assert "probe" not in rt.stats()["agents"]
 
 
+@pytest.mark.parametrize(
+    ("placement", "says"),
+    [
+        ({"resources": {"GPU": 1}}, "num_gpus"),
+        # Ray takes these two in options() and refuses them as each process is created:
+        # every step failed to start (with pykka's traceback of the proxy each time).
+        ({"resources": {"memory": 2**30}}, "must not name 'memory', which Ray reserves"),
+        ({"num_gpus": 1.5}, "num_gpus above 1 must be a whole number, got 1.5"),
+    ],
+)
 def test_a_placement_ray_refuses_is_refused_at_add_agent_not_at_each_step(
-    cluster: Any, tmp_path: Path
+    cluster: Any, tmp_path: Path, placement: dict[str, Any], says: str
 ) -> None:
     with Runtime(tmp_path / "s") as rt:
-        with pytest.raises(InvalidInput, match=r"Ray refuses the placement.*num_gpus"):
-            rt.add_agent("gpu", Probe, host=ray_host(resources={"GPU": 1}))
+        with pytest.raises(InvalidInput, match=f"Ray refuses the placement.*{says}"):
+            rt.add_agent("gpu", Probe, host=ray_host(**placement))
         assert "gpu" not in rt.stats()["agents"]
 
 

@@ -153,11 +153,22 @@ def _options(host: RayHost, slots: int) -> dict[str, Any]:
     return options
 
 
+RESERVED = ("memory", "object_store_memory", "bundle")
+"""Names Ray refuses in an actor's ``resources`` (when it is created, not in ``options``)."""
+
+
 def check_placement(host: RayHost, agent: str) -> None:
     """Refuse (:class:`InvalidInput`) a placement Ray would refuse each time a worker
     process of the agent starts (``resources={"GPU": 1}`` instead of ``num_gpus=1``, say)."""
     try:
         _RemoteWorker.options(**_options(host, 1))  # Ray checks them here; nothing starts
+        # Ray checks these two only as a process is created (ray.actor's resources and
+        # its core worker's), so each of the agent's instances would fail to start.
+        reserved = [name for name in RESERVED if name in host.resources]
+        if reserved:
+            raise ValueError(f"resources must not name {reserved[0]!r}, which Ray reserves")
+        if host.num_gpus > 1 and host.num_gpus % 1:
+            raise ValueError(f"num_gpus above 1 must be a whole number, got {host.num_gpus}")
     except Exception as exc:
         raise InvalidInput(
             f"agent {agent!r}: Ray refuses the placement {host!r}: {describe(exc)}"
