@@ -639,6 +639,33 @@ def test_address_none_starts_a_cluster_of_its_own_even_beside_a_running_one(
         child.kill(WAIT)
 
 
+def test_a_placement_the_local_cluster_herder_started_cannot_hold_is_refused_at_add_agent(
+    cluster: Any, tmp_path: Path
+) -> None:
+    # That cluster has the machine's resources and no autoscaler: each instance of the
+    # agent waited a minute for a worker process that could never start, then failed.
+    code = (
+        "import sys\n"
+        "from herder.runtime import Agent, InvalidInput, RayHost, Runtime\n"
+        "class A(Agent):\n"
+        "    def go(self, ctx): return 1\n"
+        "with Runtime(sys.argv[1]) as rt:\n"
+        "    try:\n"
+        "        rt.add_agent('a', A, host=RayHost(num_cpus=0.25, resources={'absent': 2}))\n"
+        "    except InvalidInput as exc:\n"
+        "        print('REFUSED', exc, flush=True)\n"
+        "    else:\n"
+        "        print('REFUSED', 'no', flush=True)\n"
+    )
+    child = Child(["-c", code, str(tmp_path / "s")])
+    try:
+        says = child.wait_for("REFUSED", WAIT)
+        assert "has 0 absent, less than the 2 absent each worker process" in says, says
+        assert child.proc.wait(WAIT) == 0, child.stderr()
+    finally:
+        child.kill(WAIT)
+
+
 def test_a_traced_runtime_runs_ray_agents_which_join_the_workflows_trace(
     cluster: Any, tmp_path: Path
 ) -> None:

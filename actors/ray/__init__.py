@@ -97,15 +97,23 @@ def attach(
 ) -> None:
     """Connect ``owner`` (a runtime's engine context, whose store is in ``directory``) to
     ``host``'s cluster on the calling thread, and check that Ray takes ``host``'s
-    placement and that ``factory`` imports there (:class:`InvalidInput` if not; then an
+    placement (and, on a local cluster herder started, has room for it) and that
+    ``factory`` imports there (:class:`InvalidInput` if not; then an
     owner that had no Ray agent yet lets go of the connection, as ``detach`` would, since
     its ``stop()`` will not)."""
-    from herder.actors.ray._connection import check_code, connect, disconnect, record_cluster
+    from herder.actors.ray._connection import (
+        check_code,
+        check_fits,
+        connect,
+        disconnect,
+        record_cluster,
+    )
     from herder.actors.ray._workers import check_placement
 
     first = connect(owner, host, directory)
     try:
         check_placement(host, agent)
+        check_fits(host, agent)
         check_code(host, agent, factory)
     except BaseException:
         if first:  # its first Ray agent was refused: it does not use the connection

@@ -88,6 +88,30 @@ def connect(owner: object, host: RayHost, directory: pathlib.Path) -> bool:
         return first
 
 
+def check_fits(host: RayHost, agent: str) -> None:
+    """Refuse (:class:`InvalidInput`) a placement the local cluster herder started
+    (``address=None``) cannot hold: it has this machine's resources and no autoscaler, so
+    a worker process asking for more would never start (each instance of the agent
+    waited a minute for one, then failed its start, step after step)."""
+    with _lock:
+        if not _started:
+            return  # another cluster may grow (an autoscaler), or free resources later
+    have = ray.cluster_resources()
+    asked = {"CPU": host.num_cpus, "GPU": host.num_gpus, **host.resources}
+    short = {name: amount for name, amount in asked.items() if amount > have.get(name, 0)}
+    if short:
+        raise InvalidInput(
+            f"agent {agent!r}: the local Ray cluster herder started (address=None) has "
+            f"{_amounts({name: have.get(name, 0) for name in short})}, less than the "
+            f"{_amounts(short)} each worker process of the agent asks for: lower "
+            "num_cpus, num_gpus or resources, or join a cluster that has them (address=...)"
+        )
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in resources.items())
+
+
 def _reachable(address: str) -> None:
     """Raise ConnectionError when nothing answers at a ``host:port`` address: there,
     ``ray.init`` retries for many minutes before it gives up ("auto" and ``ray://`` are
