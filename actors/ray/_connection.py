@@ -97,6 +97,8 @@ def check_fits(host: RayHost, agent: str) -> None:
         if not _started:
             return  # another cluster may grow (an autoscaler), or free resources later
     have = ray.cluster_resources()
+    if not have:  # no node's resources known yet: Ray will say, as elsewhere
+        return
     asked = {"CPU": host.num_cpus, "GPU": host.num_gpus, **host.resources}
     short = {name: amount for name, amount in asked.items() if amount > have.get(name, 0)}
     if short:
