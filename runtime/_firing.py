@@ -46,6 +46,7 @@ from herder.store import (
     StoreClosed,
     StoreCorrupt,
     Transition,
+    clock_ms,
     get_logger,
     schedule_key,
 )
@@ -284,7 +285,7 @@ class Firer:
             return None  # resume() wakes the thread
         now = self._clock.time()
         if record.workflow not in self._rt._latest:  # add_workflow() wakes the thread
-            if not to_fire(record, int(now * 1000))[0]:
+            if not to_fire(record, clock_ms(now))[0]:
                 return None
             if now < self._registering:  # (looked at again then: not said before)
                 return self._registering
@@ -302,7 +303,7 @@ class Firer:
             self._said.say(("late", record.name), f"{late}; {advice}")  # (schedule() refuses it)
         else:
             self._said.clear(("late", record.name))
-        slots, pass_to = to_fire(record, int(now * 1000))
+        slots, pass_to = to_fire(record, clock_ms(now))
         if pass_to is not None:  # catch-up: the due slots that will not fire are skipped
             passed = self._count(record, pass_to) - len(slots)
             if passed > 0:  # (written with the cursor's next move, below)
@@ -371,9 +372,8 @@ class Firer:
             return False
         return True
 
-    def _write(self, record: ScheduleRecord) -> ScheduleRecord:
+    def _write(self, record: ScheduleRecord) -> None:
         self._commit(Transition(ops=(schedule_put(record),)))
-        return record
 
     def _commit(self, transition: Transition) -> None:
         self._store.writer.submit(transition).result(timeout=self._timeout)

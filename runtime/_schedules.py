@@ -32,6 +32,7 @@ from herder.store import (
     Overlap,
     Plan,
     ScheduleRecord,
+    clock_ms,
     validate_name,
 )
 
@@ -107,7 +108,7 @@ def new_schedule(
         overlap=overlap_,
         catch_up=catch_up_,
         jitter=float(jitter),
-        cursor_ms=_ms(now),
+        cursor_ms=clock_ms(now),
         created=now,
         updated=now,
     )

@@ -185,7 +185,7 @@ from herder.store._retention import (
     resumed_candidates,
 )
 from herder.store._retention import count as count_purgeable
-from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, schedule_key
+from herder.store._schedules import CatchUp, Overlap, ScheduleRecord, clock_ms, schedule_key
 from herder.store._slots import builder, replacer
 from herder.store._standby import StandbyMark, standby_waiting
 from herder.store._tracebacks import MAX_CHARS as MAX_TRACEBACK_CHARS
@@ -280,6 +280,7 @@ __all__ = [
     "check_plan",
     "check_record",
     "check_text",
+    "clock_ms",
     "command_outcome",
     "commit_group",
     "compact",

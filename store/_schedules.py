@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from herder.store._codec import encode
+from herder.store._errors import InvalidInput
 from herder.store._records import MAP_VERSION
 
 
@@ -85,7 +86,7 @@ class ScheduleRecord:
     def from_now(self, now: float) -> ScheduleRecord:
         """This schedule with its cursor moved up to ``now`` (seconds): slots before it
         are passed over (resumed, or its slots changed)."""
-        return self.evolve(cursor_ms=max(self.cursor_ms, int(now * 1000)))
+        return self.evolve(cursor_ms=max(self.cursor_ms, clock_ms(now)))
 
     def redefined(self, other: ScheduleRecord) -> ScheduleRecord:
         """This schedule with ``other``'s definition (its progress kept)."""
@@ -153,6 +154,21 @@ def _check_types(record: ScheduleRecord) -> None:
 
 
 _CURSOR_END = 221_845_392_000_000  # 9000-01-01 UTC in ms: the cursor is a time of the clock
+
+
+def clock_ms(now: float) -> int:
+    """The clock time ``now`` (seconds) in ms, as a schedule's cursor and slots are; a
+    time outside 1970-9000 (a custom clock, ``FakeClock(start=1e12)``) raises InvalidInput:
+    its slots are no dates a workflow id or a cron iterator can name, and a cursor there
+    makes the record read as damaged."""
+    ms = math.floor(now * 1000)
+    if not 0 <= ms < _CURSOR_END:
+        raise InvalidInput(
+            f"the runtime's clock reads {now!r} s, not a time from 1970 to 9000, and a "
+            "schedule's slots are dates: give Runtime(clock=) the time of day (a FakeClock "
+            "a start such as time.time())"
+        )
+    return ms
 
 
 def schedule_key(name: str) -> bytes:

@@ -523,3 +523,39 @@ def test_a_lease_lost_by_a_schedule_change_of_a_running_runtime_is_not_its_own_c
         with pytest.raises(LeaseLost) as raised:
             rt.pause_schedule("s")
         assert raised.value.__cause__ is not raised.value
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start", [1e12, -5e6])
+def test_a_clock_outside_1970_to_9000_is_refused_not_stored_as_a_corrupt_schedule(
+    tmp_path: Path, start: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schedule's slots are dates: on FakeClock(start=1e12) (the year 33658) an every=
+    schedule was stored with a cursor its record refuses (logged as corrupt at every
+    pass, never fired) and a cron one raised ValueError out of rt.schedule()."""
+    with open_runtime(tmp_path, FakeClock(start=start)) as rt:
+        for cadence in ({"every": 60}, {"cron": "0 2 * * *"}):
+            with pytest.raises(InvalidInput, match=r"clock reads .* not a time from 1970 to 9000"):
+                rt.schedule("far", "job", **cadence)  # type: ignore[arg-type]
+        assert rt.schedules() == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.timeout(60)
+def test_a_clock_moved_past_9000_fires_nothing_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A clock stepped past the dates a slot can be (a custom Clock) raised ValueError out
+    of every firing pass (year out of range): each schedule now says it cannot fire, and
+    its stored record stays readable."""
+    clock = FakeClock(start=datetime.datetime(2027, 1, 15, 8, tzinfo=datetime.UTC).timestamp())
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("a", "job", every=60)
+        rt.schedule("b", "job", cron="0 2 * * *")
+        clock.advance(1e12)
+        rt._fire_now()
+        assert [s.name for s in rt.schedules()] == ["a", "b"]
+        assert fired(rt) == []
+        warned = [r.getMessage() for r in caplog.records if "could not fire" in r.getMessage()]
+        assert len(warned) == 2, warned
+        assert all("1970 to 9000" in w for w in warned), warned
