@@ -79,11 +79,10 @@ class Firer:
         self._armed_at: float | None = None  # the clock time the next pass is due (None: now)
         self._blocked: set[str] = set()  # workflow ids queued slots wait for
         self._thread: threading.Thread | None = None
-        # Per schedule, the last catch-up counted: (cursor, pass_to) -> slots between. A
-        # pass that fires nothing (a queued slot waits) counts the same again every pass.
-        self._counted: dict[str, tuple[int, int, int]] = {}
+        self._counted: dict[str, tuple[int, int, int]] = {}  # by schedule: see _count
         self._said = SaidOnce(_log)  # by (topic, schedule): each pass meets them again
         self._damaged: dict[bytes, str] = {}  # damaged records logged, by key: the problem
+        self._known: dict[bytes, tuple[bytes, ScheduleRecord]] = {}  # read last pass
         # Until then no workflow is said to be unregistered: a runtime opened without setup=
         # meets its first passes before the add_workflow() calls that follow the opening.
         self._registering = self._clock.time() + RETRY
@@ -210,10 +209,10 @@ class Firer:
             return None
 
     def all(self) -> list[ScheduleRecord]:
-        """Every readable stored schedule; a damaged one is left out, logged once (again
-        if its damage changes: each pass would say it again, at least once a minute)."""
+        """Every readable stored schedule (decoding those changed since the last pass); a
+        damaged one is left out, logged once (again if its damage changes)."""
         bad: list[StoreCorrupt] = []
-        records = read_schedules(self._store, bad)
+        records = read_schedules(self._store, bad, self._known)
         damaged = {exc.key: str(exc) for exc in bad}
         for key, problem in damaged.items():
             if self._damaged.get(key) != problem:
@@ -355,7 +354,8 @@ class Firer:
         return record.evolve(cursor_ms=upto, skipped=record.skipped + n, updated=now)
 
     def _count(self, record: ScheduleRecord, pass_to: int) -> int:
-        """:func:`count_slots` from the cursor to ``pass_to``, counted once per catch-up."""
+        """:func:`count_slots` from the cursor to ``pass_to``, counted once per catch-up (a
+        pass that fires nothing, a queued slot waiting, counted it again every pass)."""
         cursor, upto, n = self._counted.get(record.name, (-1, -1, 0))
         if (cursor, upto) != (record.cursor_ms, pass_to):
             n = count_slots(record, record.cursor_ms, pass_to)

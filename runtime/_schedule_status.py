@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from herder.runtime._schedules import next_slot
-from herder.store import HerderError, ScheduleRecord, Store, StoreCorrupt, get_logger
+from herder.store import HerderError, ScheduleRecord, Store, StoreCorrupt, decode, get_logger
 
 _log = get_logger("herder.schedules")
 
@@ -79,21 +79,42 @@ class ScheduleStatus:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def read_schedules(store: Store, corrupt: list[StoreCorrupt] | None = None) -> list[ScheduleRecord]:
+def read_schedules(
+    store: Store,
+    corrupt: list[StoreCorrupt] | None = None,
+    known: dict[bytes, tuple[bytes, ScheduleRecord]] | None = None,
+) -> list[ScheduleRecord]:
     """Every readable schedule in ``store``, by name: a damaged one (it does not decode, or
     is no schedule) is left out, added to ``corrupt`` if given, else logged (``herder
-    check`` names it too)."""
+    check`` names it too). ``known``, the records a reader that comes back (the firer's
+    passes) read last time by key, with their bytes: an unchanged one is not decoded
+    again (~40 us each: 0.4 s a pass for 10,000); it is refilled with what was read."""
     bad: list[StoreCorrupt] = [] if corrupt is None else corrupt
-    out = []
-    for key, data in store.scan("schedules", corrupt=bad):  # (one raised, hiding all)
+    before, out = {} if known is None else dict(known), []
+    if known is not None:
+        known.clear()  # (a deleted schedule is forgotten)
+    for key, raw in store.raw_scan("schedules"):  # (one bad record raised, hiding all)
+        last = before.get(key)
         try:
-            out.append(ScheduleRecord.from_dict(data))
-        except (TypeError, ValueError, AttributeError) as exc:
-            bad.append(StoreCorrupt("schedules", key, f"bad record: {exc}"))
+            record = last[1] if last is not None and last[0] == raw else _record(key, raw)
+        except StoreCorrupt as exc:
+            bad.append(exc)
+            continue
+        out.append(record)
+        if known is not None:
+            known[key] = (raw, record)
     if corrupt is None:
         for problem in bad:
             _log.error("skipping a schedule: %s", problem)
     return out
+
+
+def _record(key: bytes, raw: bytes) -> ScheduleRecord:
+    data = decode(raw, db="schedules", key=key)
+    try:
+        return ScheduleRecord.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise StoreCorrupt("schedules", key, f"bad record: {exc}") from None
 
 
 def schedule_statuses(
