@@ -163,8 +163,9 @@ def clock_ms(now: float) -> int:
     makes the record read as damaged."""
     ms = math.floor(now * 1000)
     if not 0 <= ms < _CURSOR_END:
+        when = "before 1970" if ms < 0 else "after 9000"  # (not the time: said once a pass)
         raise InvalidInput(
-            f"the runtime's clock reads {now!r} s, not a time from 1970 to 9000, and a "
+            f"the runtime's clock reads a time {when}, not a time from 1970 to 9000, and a "
             "schedule's slots are dates: give Runtime(clock=) the time of day (a FakeClock "
             "a start such as time.time())"
         )
