@@ -178,8 +178,8 @@ class Firer:
         with self._lock:
             if self._store.view(lambda snap: snap.raw("schedules", key)) is None:
                 self._existing(name)  # (raises UnknownName)
-            op = Delete("schedules", key)
-            self._store.writer.submit(Transition(ops=(op,))).result(timeout=self._timeout)
+            self._commit(Transition(ops=(Delete("schedules", key),)))
+            self._counted.pop(name, None)  # (kept per schedule name: for one that lives)
 
     def get(self, name: str) -> ScheduleRecord | None:
         """The stored schedule ``name``, or None; a corrupt one raises StoreCorrupt."""

@@ -149,3 +149,30 @@ def test_a_firing_pass_decodes_only_the_schedules_that_changed(
         settle(rt)
         assert len(rt.list()) == 5
         assert decoded[0] < 5 * 4, decoded[0]  # (it was 5 * (n + 1) and more)
+
+
+@pytest.mark.timeout(120)
+def test_schedules_created_and_deleted_leave_nothing_behind_in_the_firer(
+    tmp_path: Path,
+) -> None:
+    """The firer kept each schedule's last catch-up count by name and never forgot a
+    deleted one: a daemon that makes and deletes schedules (one per customer, per
+    order) grew by a few hundred bytes per schedule it ever fired, for months."""
+    clock = FakeClock()
+    with Runtime(tmp_path, clock=clock) as rt:
+        rt.add_agent("job", Job, concurrency=4)
+        rt.add_workflow(Workflow("job").step("run", agent="job", action="run"))
+        for round_ in range(3):
+            names = [f"r{round_}-{i}" for i in range(50)]
+            for name in names:
+                rt.schedule(name, "job", every=60)
+            clock.advance(60)
+            rt._fire_now()
+            for name in names:
+                rt.delete_schedule(name)
+            rt._fire_now()
+        settle(rt)
+        assert len(rt.list()) == 150
+        firer = rt._firer
+        assert firer is not None
+        assert not firer._counted, len(firer._counted)  # (it was 150)
