@@ -72,7 +72,7 @@ class ScheduleStatus:
         """``cron '0 2 * * *' (Europe/Riga)`` or ``every 60s``."""
         if self.cron is not None:
             return f"cron {self.cron!r} ({self.timezone})"
-        return f"every {self.every:g}s"
+        return f"every {self.every:.15g}s"  # (:g wrote a fortnight 1.2096e+06s)
 
     def to_dict(self) -> dict[str, Any]:
         """The status as plain data, e.g. for JSON."""

@@ -679,3 +679,18 @@ def test_a_new_schedule_may_not_name_localtime_whose_zone_is_each_machines_own(
     rt._store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
     [status] = rt.schedules()
     assert (status.timezone, status.next_at is not None) == ("localtime", True)
+
+
+@pytest.mark.timeout(60)
+def test_herder_schedules_shows_a_long_every_in_seconds_not_in_an_exponent(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its cadence was formatted with :g: a fortnight read "every 1.2096e+06s"."""
+    monkeypatch.setattr(_console, "_rich_console", lambda out: None)  # plain table
+    with open_runtime(tmp_path, clock) as rt:
+        rt.schedule("fortnightly", "job", every=14 * 86400)
+        rt.schedule("often", "job", every=1.5)
+    table = io.StringIO()
+    assert main(["schedules", "--store", str(tmp_path)], out=table) == 0
+    assert "every 1209600s" in table.getvalue()
+    assert "every 1.5s" in table.getvalue()
