@@ -82,7 +82,7 @@ class Firer:
         self._counted: dict[str, tuple[int, int, int]] = {}  # by schedule: see _count
         self._said = SaidOnce(_log)  # by (topic, schedule): each pass meets them again
         self._damaged: dict[bytes, str] = {}  # damaged records logged, by key: the problem
-        self._known: dict[bytes, tuple[bytes, ScheduleRecord]] = {}  # read last pass
+        self._known: dict[bytes, tuple[bytes, ScheduleRecord]] = {}  # read last pass, by key
         # Until then no workflow is said to be unregistered: a runtime opened without setup=
         # meets its first passes before the add_workflow() calls that follow the opening.
         self._registering = self._clock.time() + RETRY

@@ -5,6 +5,7 @@ themselves are ``_schedules``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,22 +88,24 @@ def read_schedules(
     """Every readable schedule in ``store``, by name: a damaged one (it does not decode, or
     is no schedule) is left out, added to ``corrupt`` if given, else logged (``herder
     check`` names it too). ``known``, the records a reader that comes back (the firer's
-    passes) read last time by key, with their bytes: an unchanged one is not decoded
-    again (~40 us each: 0.4 s a pass for 10,000); it is refilled with what was read."""
+    passes) read last time by key, with a digest of their bytes (not the bytes: an input
+    may be a MiB): an unchanged one is not decoded again (~40 us each: 0.4 s a pass for
+    10,000); it is refilled with what was read."""
     bad: list[StoreCorrupt] = [] if corrupt is None else corrupt
     before, out = {} if known is None else dict(known), []
     if known is not None:
         known.clear()  # (a deleted schedule is forgotten)
     for key, raw in store.raw_scan("schedules"):  # (one bad record raised, hiding all)
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
         last = before.get(key)
         try:
-            record = last[1] if last is not None and last[0] == raw else _record(key, raw)
+            record = last[1] if last is not None and last[0] == digest else _record(key, raw)
         except StoreCorrupt as exc:
             bad.append(exc)
             continue
         out.append(record)
         if known is not None:
-            known[key] = (raw, record)
+            known[key] = (digest, record)
     if corrupt is None:
         for problem in bad:
             _log.error("skipping a schedule: %s", problem)

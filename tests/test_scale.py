@@ -176,3 +176,21 @@ def test_schedules_created_and_deleted_leave_nothing_behind_in_the_firer(
         firer = rt._firer
         assert firer is not None
         assert not firer._counted, len(firer._counted)  # (it was 150)
+
+
+@pytest.mark.timeout(60)
+def test_what_the_firer_keeps_between_passes_is_not_a_copy_of_each_records_bytes(
+    tmp_path: Path,
+) -> None:
+    """What a pass keeps to know the records that did not change is a digest of each,
+    not its bytes: a schedule's input may be up to a MiB, and the decoded record is
+    kept as well."""
+    with Runtime(tmp_path, clock=FakeClock()) as rt:
+        rt.add_agent("job", Job, concurrency=4)
+        rt.add_workflow(Workflow("job").step("run", agent="job", action="run"))
+        rt.schedule("big", "job", every=86400, input={"blob": "x" * 500_000})
+        rt._fire_now()
+        firer = rt._firer
+        assert firer is not None
+        kept = sum(len(seen) for seen, _ in firer._known.values())
+        assert 0 < kept < 100, kept
