@@ -12,11 +12,17 @@ built before the outcome is sent.
 When the attempt ends the worker goes on, without a message, with (in this order):
 
 - **self-feed:** the agent's next ready attempt (``Work.source.ready``, actors/_ahead.py),
-  on the same agent object, unless the host has since let the instance go (``Work.stop``);
+  on the same agent object, unless the host has since let the instance go (``Work.stop``),
+  or it fed itself :data:`SELF_FEEDS` in a row and the line has work;
 - **the line:** else the oldest :class:`Work` in the pool's line (:func:`take_lined`):
   attempts of any agent, durable and holding an instance slot, that found no free worker.
   An attempt fenced while it waited there (its port superseded) does not start: its
   outcome says so and the Scheduler, which fenced it, ignores it.
+
+The bound on self-feed is what keeps the line moving when one agent's backlog has every
+worker: with workers enough to fill the pool (its ``concurrency`` at least the pool's)
+they fed themselves its attempts for as long as it had any, and another agent's attempt
+in the line waited for the whole backlog.
 
 The outcome it reports says which one (``next_token``), in the same message.
 """
@@ -49,6 +55,11 @@ DECAY = 0.75
 
 QUICK = 0.0002
 """Seconds under which an agent's recent actions (the slowest, decaying) are quick."""
+
+
+SELF_FEEDS = 8
+"""Attempts of its agent a worker feeds itself in a row before it takes the line's work,
+if some waits there (each one after that goes to the line first, until it took one)."""
 
 
 class ReadySource(Protocol):
@@ -134,6 +145,7 @@ class PoolWorker(SupervisedActor):
         if not isinstance(message, Work):
             return super().on_receive(message)
         work, run, agent, lined = message, message.run, message.agent, False
+        fed = 0  # attempts it fed itself in a row (SELF_FEEDS)
         while True:
             built = agent is None and not (lined and run.context.superseded)
             if built:
@@ -161,30 +173,34 @@ class PoolWorker(SupervisedActor):
                 if source is not None:  # (a decaying max: one slow action counts a while)
                     took, recent = perf_counter() - began, source.took * DECAY
                     source.took = took if took > recent else recent
-            follow, taken = self._next(work)
+            follow, taken = self._next(work, fed >= SELF_FEEDS)
             if follow is not None:
                 follow.instance = run.instance
-                outcome.next_token, run, lined = follow.token, follow, False
+                outcome.next_token, run, lined, fed = follow.token, follow, False, fed + 1
             elif taken is not None:
-                outcome.next_token, work, lined = taken.run.token, taken, True
+                outcome.next_token, work, lined, fed = taken.run.token, taken, True, 0
                 run, agent = taken.run, taken.agent
             self._reply(outcome)
             if follow is None and taken is None:
                 return None
 
-    def _next(self, work: Work) -> tuple[Run | None, Work | None]:
+    def _next(self, work: Work, fed_enough: bool) -> tuple[Run | None, Work | None]:
         """What this worker goes on with after ``work``'s attempt: its agent's next
-        ready attempt, else a work from the line, else nothing (the host let go of it)."""
+        ready attempt (unless it ``fed_enough`` and the line has work), else a work from
+        the line, else nothing (the host let go of it)."""
         source = work.source
         ready = None if source is None else source.ready
+        line = self._line
         with work.lock:
             if work.stop:
                 return None, None
-            follow = None if ready is None else next_ready(ready)
+            taken = take_lined(line) if fed_enough and line else None
+            follow = None if ready is None or taken is not None else next_ready(ready)
             if follow is not None:
                 work.fed = follow.token
                 return follow, None
-            taken = take_lined(self._line) if self._line else None
+            if taken is None and line:
+                taken = take_lined(line)
             if taken is not None:
                 work.fed = taken.run.token  # (the host letting the instance go reads it)
             return None, taken

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 from test_prefetch import WAIT, Counted, Gated, lapses_from_its_start
 
-from herder.runtime import CircuitBreaker, Runtime, State, Workflow, WorkflowFailed
+from herder.actors._pool_worker import SELF_FEEDS
+from herder.runtime import (
+    Agent,
+    CircuitBreaker,
+    Runtime,
+    State,
+    StepContext,
+    Workflow,
+    WorkflowFailed,
+)
 from herder.runtime.testing import FakeClock, settle, wait_until
 
 
@@ -148,3 +157,60 @@ def test_a_group_steps_attempt_waiting_in_the_line_moves_to_another_member_at_re
         Gated.go.setdefault("w1", threading.Event()).set()
         assert waiting.result(timeout=WAIT) == {"s": 1}  # on c, its attempt not charged
         assert rt.status("w2").steps["s"].agent == "c"
+
+
+class Permits(Agent):
+    """Each attempt takes a permit the test hands out (one per attempt it lets end)."""
+
+    permits = threading.Semaphore(0)
+    began = threading.Semaphore(0)
+    ended = 0
+
+    def go(self, ctx: StepContext) -> str:
+        Permits.began.release()
+        assert Permits.permits.acquire(timeout=WAIT)
+        Permits.ended += 1
+        return "done"
+
+
+class Free(Agent):
+    def go(self, ctx: StepContext) -> int:
+        return Permits.ended  # how many of the busy agent's attempts ran before this one
+
+
+def test_an_agent_with_a_backlog_that_fills_the_pool_does_not_starve_the_line(
+    tmp_path: Path,
+) -> None:
+    """A worker that finished an attempt fed itself its agent's next attempt reserved
+    ahead before it looked at the line: an agent with a backlog and workers enough to
+    fill the pool (here both of its two) ran its whole backlog while another agent's
+    attempt waited in the line, however long the backlog (3.8 s of it, measured, with
+    four workers and 400 steps of 50 ms). Now a worker feeds itself SELF_FEEDS in a row
+    at most while the line has work."""
+    Permits.permits, Permits.began = threading.Semaphore(0), threading.Semaphore(0)
+    Permits.ended = 0
+    backlog = 24
+    with Runtime(tmp_path / "s", pool_workers=2, prefetch=7) as rt:
+        rt.add_agent("hot", Permits, concurrency=2)
+        rt.add_agent("cold", Free, concurrency=1)
+        for name in ("hot", "cold"):
+            rt.add_workflow(Workflow(name).step("s", agent=name, action="go", timeout=60))
+        Permits.permits.release()  # one timed action: hot's attempts may be reserved ahead
+        assert rt.start("hot", {}).result(timeout=WAIT) == {"s": "done"}
+        hot = [rt.start("hot", {}) for _ in range(backlog)]
+        for _ in range(2):  # both workers run hot's attempts, 14 more wait reserved ahead
+            assert Permits.began.acquire(timeout=WAIT)
+        wait_until(rt, lambda: rt.stats()["agents"]["hot"]["ahead"] == 14)
+        cold = rt.start("cold", {})
+        wait_until(rt, lambda: rt.stats()["host"]["line"] == 1)  # no worker free for it
+        settle(rt)  # (its attempt durable, in the line)
+        for _ in range(backlog - 2):  # let hot's attempts end one at a time
+            Permits.permits.release()
+            assert Permits.began.acquire(timeout=WAIT)  # (the next one began)
+            settle(rt)  # hot's attempts reserved ahead, durable: a worker may feed on
+        Permits.permits.release(2)
+        # Each worker ran its first attempt and SELF_FEEDS more at most before cold's
+        # (it ran after all 25 of hot's: the warm-up and the backlog).
+        assert cold.result(timeout=WAIT)["s"] <= 1 + 2 * (1 + SELF_FEEDS)
+        for handle in hot:
+            assert handle.result(timeout=WAIT) == {"s": "done"}
