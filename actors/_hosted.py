@@ -25,6 +25,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -55,9 +56,16 @@ usual (a flaky remote resource): back off instead of giving up early."""
 
 
 _LETTING_GO: queue.SimpleQueue[list[object]] = queue.SimpleQueue()
-_let_go_thread: list[threading.Thread] = []
+# The threads dropping let-go objects: their number -> when the drop each is in began
+# (time.monotonic(); 0.0: waiting for one).
+_droppers: dict[int, float] = {}
+_dropper_ids = itertools.count()
 _let_go_guard = threading.RLock()
-os.register_at_fork(after_in_child=_let_go_thread.clear)  # (a child has no such thread)
+os.register_at_fork(after_in_child=_droppers.clear)  # (a child has no such thread)
+
+STUCK = 1.0
+"""Seconds a ``__del__`` may take before the objects let go after it are dropped on
+another thread (:func:`let_go`)."""
 
 
 def let_go(box: list[object]) -> None:
@@ -65,30 +73,51 @@ def let_go(box: list[object]) -> None:
     caller's: its ``__del__`` (closing a connection, say) is user code, and one that took
     seconds on the Scheduler's thread stalled every workflow meanwhile. The box must hold
     the caller's only reference (``let_go([self._built.pop(key)])``; not a local it
-    keeps), or the object would go wherever the last one goes. One daemon thread,
-    started on first use, drops them in turn (a ``__del__`` that never returns holds
-    the objects after it, never a thread of the runtime's)."""
+    keeps), or the object would go wherever the last one goes. A daemon thread, started
+    on first use, drops them in turn; while every such thread is in a ``__del__`` that
+    has taken :data:`STUCK` seconds, the next object let go starts another (one agent's
+    ``__del__`` that never returns held every object let go after it, of every agent,
+    and their connections, for good), which ends once it finds none to drop and another
+    waits for one."""
     if not box or box[0] is None or sys.is_finalizing():  # (no thread starts then)
         return
     _LETTING_GO.put(box)
-    if _let_go_thread:  # (it never ends: its loop raises nothing)
+    if _dropping():
         return
     # An RLock: a collection in here may run a __del__ that lets go of an object too
-    # (it finds the thread on the list and returns).
+    # (it finds a dropper that started just now and returns).
     with _let_go_guard:
-        if not _let_go_thread:
-            thread = threading.Thread(target=_drop_let_go, name="herder-let-go", daemon=True)
-            _let_go_thread.append(thread)
-            try:
-                thread.start()
-            except RuntimeError:  # (no thread to be had: the next call tries again)
-                _let_go_thread.clear()
+        if _dropping():
+            return
+        number = next(_dropper_ids)
+        _droppers[number] = 0.0
+        thread = threading.Thread(
+            target=_drop_let_go, args=(number,), name="herder-let-go", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # (no thread to be had: the next call tries again)
+            del _droppers[number]
 
 
-def _drop_let_go() -> None:
+def _dropping() -> bool:
+    """Whether a dropper waits for an object, or is in a drop it began less than
+    :data:`STUCK` seconds ago."""
+    now = time.monotonic()
+    return any(not began or now - began < STUCK for began in tuple(_droppers.values()))
+
+
+def _drop_let_go(number: int) -> None:
     while True:
-        agent = _LETTING_GO.get().pop()
+        box = _LETTING_GO.get()
+        _droppers[number] = time.monotonic()
+        agent = box.pop()
         del agent  # its __del__ runs here; what it raises Python reports and ignores
+        with _let_go_guard:
+            _droppers[number] = 0.0
+            if _LETTING_GO.empty() and any(not b for n, b in _droppers.items() if n != number):
+                del _droppers[number]  # another waits: this one is spare (it was stuck)
+                return
 
 
 class Builds:

@@ -16,7 +16,7 @@ from typing import Any
 import pykka
 import pytest
 
-from herder.actors import PoolWorker
+from herder.actors import PoolWorker, _hosted
 from herder.actors._thread_host import AgentInstance
 from herder.runtime import (
     Agent,
@@ -291,6 +291,36 @@ def test_an_agent_object_let_go_is_dropped_off_the_schedulers_thread(
             assert not any(name.startswith("Scheduler") for name in closing.where)
     finally:
         closing.release.set()
+
+
+@pytest.mark.parametrize("kind", ["pool", "asyncio"])
+def test_an_agent_object_let_go_is_dropped_while_another_ones_del_hangs(
+    tmp_path: Path, clock: FakeClock, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One thread dropped every object let go, in turn: one agent's __del__ that never
+    # returned (closing a connection to a dead host, no timeout) held every object let
+    # go after it, of every agent, and their connections, for good.
+    monkeypatch.setattr(_hosted, "STUCK", 0.0)  # (a __del__ running counts as stuck)
+    base = AsyncClosing if kind == "asyncio" else Closing
+    stuck, later = (
+        type(name, (base,), {"gone": threading.Event(), "release": threading.Event(), "where": []})
+        for name in ("Stuck", "Later")
+    )
+    later.release.set()  # its __del__ returns at once
+    try:
+        with Runtime(tmp_path / "s", clock=clock, instance_idle_timeout=60.0) as rt:
+            rt.add_agent("stuck", stuck)
+            rt.add_agent("later", later)
+            for name in ("stuck", "later"):
+                rt.add_workflow(Workflow(name).step("c", agent=name, action="ping"))
+            assert rt.start("stuck", 1).result(timeout=WAIT) == {"c": "closing"}
+            advance(rt, clock, 70.0)  # it idled past the timeout: let go
+            assert stuck.gone.wait(WAIT)  # its __del__ runs, and hangs
+            assert rt.start("later", 2).result(timeout=WAIT) == {"c": "closing"}
+            advance(rt, clock, 70.0)
+            assert later.gone.wait(WAIT / 2)  # dropped all the same (while stuck's waits)
+    finally:
+        stuck.release.set()
 
 
 class Crashing(Closing):
