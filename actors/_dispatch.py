@@ -112,7 +112,7 @@ class Dispatcher:
             self.add(name, entry)
 
     def add(self, name: str, entry: AgentEntry) -> list[AttemptLost]:
-        """Serve agent ``name`` as ``entry`` says (again: as it now says; moved: given_up)."""
+        """Serve agent ``name`` as ``entry`` says (again: what had not started is given up)."""
         self.agents[name] = entry
         lost = self.host.add(name, entry.factory, entry.concurrency)
         self._names.added(name)  # it may run on another host now
@@ -121,7 +121,7 @@ class Dispatcher:
         limited = self._ctx.health.declared(name) or any(x is not None for x in entry.limits)
         self.lanes.configure(name, entry.concurrency, limited=limited)
         self.woke(name)  # (pumped; and group jobs waiting on a member not served may move)
-        return given_up(self._engine, self.host, lost, self._clock.now, how="moved to another host")
+        return given_up(self._engine, self.host, lost, self._clock.now, how="added again")
 
     def remove(self, name: str) -> list[AttemptLost]:
         """Stop serving ``name``: its queued work waits for its next add (group steps'

@@ -100,7 +100,8 @@ class AgentHost(Protocol):
 
     def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> list[int] | None:
         """Serve ``name`` (again); an attempt not started on the host it leaves, if it
-        moved to another (the router's), is lost as at :meth:`remove`."""
+        moved to another (the router's), or that would start as registered before (the
+        pool host's), is lost as at :meth:`remove`."""
 
     def remove(self, name: str) -> list[int] | None: ...
 

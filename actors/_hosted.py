@@ -200,19 +200,22 @@ class HostedAgents(Generic[HostedT]):
         # late news of an instance of the name's last life never names a new instance.
         self._next_id = 0
 
-    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> None:
-        """Register (or re-register with a new factory/concurrency) an agent name."""
+    def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> list[int] | None:
+        """Register (or re-register with a new factory/concurrency) an agent name; the
+        attempts that will not start as registered before are lost (``_readded``)."""
         agent = self._agents.get(name)
         if agent is None:
             agent = self._make(name, factory, concurrency, JobQueue(self._queue_aging))
             agent.ids = itertools.count(self._next_id)
             self._agents[name] = agent
-        else:
-            agent.factory, agent.concurrency = factory, concurrency
-            self._readded(agent)
+            return None
+        agent.factory, agent.concurrency = factory, concurrency
+        return self._readded(agent)
 
-    def _readded(self, agent: HostedT) -> None:
-        """Hook: ``agent`` was registered again (its factory may have changed)."""
+    def _readded(self, agent: HostedT) -> list[int] | None:
+        """Hook: ``agent`` was registered again (its factory may have changed); the
+        attempts not started that now never will (as :meth:`remove`'s answer)."""
+        return None
 
     def forget(self, name: str) -> bool:
         """Drop the record of ``name`` (with its factory and whatever that captured) if it

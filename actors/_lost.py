@@ -12,8 +12,9 @@ engine's :class:`~herder.actors.engine.AttemptLost` events, alike for every host
   without charging its step (``GIVEN_UP_ERROR``, actors/engine/_retry.py). Its error
   names the give-up, should it be recorded (its workflow compensates meanwhile).
 
-An attempt not started yet when its agent is removed, or moved to another host by an
-``add_agent`` again, is given up the same way (:func:`given_up`).
+An attempt not started yet when its agent is removed, or added again (moved to another
+host, or on the pool host: it would have run as registered before), is given up the same
+way (:func:`given_up`).
 
 When no instance of an agent could be started (``AgentUnavailable``), :func:`next_job`
 says which waiting job pays an attempt for it.
@@ -46,7 +47,7 @@ def given_up(
     engine: Engine, host: AgentHost, lost: list[int] | None, now: float, *, how: str
 ) -> list[AttemptLost]:
     """The attempts (``lost``) that their agent's host gave up before they started (it was
-    removed, or moved to another host: ``how``): their slots free, each runs again later
+    removed, or added again: ``how``): their slots free, each runs again later
     without charging its step."""
     attempts = list(filter(None, map(engine.inflight.get, lost or ())))
     for attempt in attempts:

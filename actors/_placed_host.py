@@ -91,14 +91,15 @@ class HostRouter:
 
     def add(self, name: str, factory: Callable[[], Agent], concurrency: int) -> list[int] | None:
         """Serve ``name`` (again) where it is placed now; moved, its old host lets it go:
-        what that one had not started is lost (``remove``'s answer, returned)."""
+        what that one had not started is lost (``remove``'s answer, returned; not moved,
+        the host's own answer)."""
         before = self._by_name.get(name)
         after = self._by_name[name] = self._place(name)
-        after.add(name, factory, concurrency)
+        readded = after.add(name, factory, concurrency)
         if name in self._moved or (before is not None and after is not before):
             self._moved[name] = concurrency
         if before is None or after is before:
-            return None
+            return readded
         waiting, moved = before.queue(name), after.queue(name)
         lost = before.remove(name)
         if waiting is not None and moved is not None:

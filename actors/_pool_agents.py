@@ -132,13 +132,23 @@ class PoolAgents(HostedAgents[PooledAgent]):
 
     # -- registration ------------------------------------------------------------------
 
-    def _readded(self, agent: PooledAgent) -> None:
+    def _readded(self, agent: PooledAgent) -> list[int]:
+        """An attempt not started yet (waiting in the line, or not sent: its DISPATCHED on
+        its way to disk) never starts: lost, as a :class:`GivenUp` (not charged; the
+        caller releases its slot), it runs again on the agent as now registered. It held
+        a slot of the old concurrency, and would have run on the old factory's object:
+        an agent added again with its concurrency lowered from 4 to 1 started all 4 of
+        its attempts waiting in the line at once, on the old objects."""
+        lost: list[int] = []
         for instance_id, inst in list(agent.instances.items()):
             halt(inst)  # the next attempt goes through send, with the new factory
             if idle(inst):
                 del agent.instances[instance_id]  # rebuilt with the new factory
-            else:
-                inst.stale = True  # its object is the old factory's: not kept once idle
+                continue
+            inst.stale = True  # its object is the old factory's: not kept once idle
+            if inst.busy_token and inst.worker != CARRIED and unstarted(inst):
+                lost.append(GivenUp(inst.busy_token))
+        return lost
 
     def remove(self, name: str) -> list[int]:
         """Serve ``name`` no more: an attempt running runs on; one not sent yet (its
@@ -152,7 +162,7 @@ class PoolAgents(HostedAgents[PooledAgent]):
         for instance_id, inst in list(agent.instances.items()):
             if idle(inst):
                 del agent.instances[instance_id]
-            elif inst.busy_token and (inst.work is None or (inst.lined and withdraw(inst.work))):
+            elif inst.busy_token and unstarted(inst):
                 lost.append(GivenUp(inst.busy_token))
             else:
                 halt(inst)  # (a worker took it from the line just now: it runs on)
@@ -331,6 +341,12 @@ class PoolAgents(HostedAgents[PooledAgent]):
 def idle(inst: Slot) -> bool:
     """Free to serve: neither busy nor waiting out a crash's backoff."""
     return inst.busy_token is None and not inst.restarting
+
+
+def unstarted(inst: Slot) -> bool:
+    """Whether the attempt of busy ``inst`` has not started and never will: not sent yet,
+    or waiting in the line (withdrawn from it now, unless a worker took it just now)."""
+    return inst.work is None or (inst.lined and withdraw(inst.work))
 
 
 def halt(inst: Slot) -> int:

@@ -177,7 +177,42 @@ def test_an_attempt_waiting_in_the_pools_line_runs_on_the_host_its_agent_moved_t
         gate.set()
     lines = [r.getMessage() for r in caplog.records if "/s attempt 1 " in r.getMessage()]
     assert len(lines) == 1, lines
-    assert "attempt 1 given up, not charged: it runs again: agent 'a' was moved" in lines[0]
+    assert "attempt 1 given up, not charged: it runs again: agent 'a' was added" in lines[0]
+
+
+def test_attempts_waiting_in_the_pools_line_run_as_the_agent_is_added_again(
+    tmp_path: Path,
+) -> None:
+    """Added again on the pool with concurrency 1 (it was 4) while four of its attempts
+    waited in the line for a worker: all four started at once once workers freed, on the
+    old factory's objects. They go back to the agent's queue now, not charged, and run
+    one at a time on the new factory's."""
+    began, gate = threading.Semaphore(0), threading.Event()
+    tally = Tally()
+    try:
+        with Runtime(tmp_path / "s", pool_workers=4) as rt:
+            rt.add_agent("blk", functools.partial(Blocker, began, gate), concurrency=4)
+            rt.add_agent("a", functools.partial(Versioned, 1, tally), concurrency=4)
+            rt.add_workflow(Workflow("b").step("s", agent="blk", action="go", timeout=60))
+            once = RetryPolicy(max_attempts=1)  # (an attempt charged would fail its workflow)
+            rt.add_workflow(Workflow("w").step("s", agent="a", action="go", timeout=60, retry=once))
+            for _ in range(4):  # every worker busy
+                rt.start("b")
+                assert began.acquire(timeout=WAIT)
+            handles = [rt.start("w") for _ in range(4)]
+            wait_until(rt, lambda: rt.stats()["host"]["line"] == 4)
+            settle(rt)  # (their DISPATCHED durable, each in the line)
+            rt.add_agent("a", functools.partial(Versioned, 2, tally), concurrency=1)
+            gate.set()  # the workers free
+            assert tally.started.acquire(timeout=WAIT)
+            settle(rt)  # (what else would start has started: held by tally.gate)
+            assert tally.most == 1
+            tally.gate.set()
+            assert [h.result(timeout=WAIT) for h in handles] == [{"s": 2}] * 4
+    finally:
+        gate.set()
+        tally.gate.set()
+    assert tally.peak == {1: 0, 2: 1}
 
 
 @pytest.mark.parametrize("host", ["pool", "thread"])
