@@ -117,6 +117,8 @@ class Dispatcher:
         lost = self.host.add(name, entry.factory, entry.concurrency)
         self._names.added(name)  # it may run on another host now
         self.admission.configure(name, *entry.limits)
+        for token in lost or ():  # (one was a half-open breaker's probe: another may go)
+            self.admission.abandoned(name, token)
         # (a health check holds back only work not yet reserved: none is, for such agents)
         limited = self._ctx.health.declared(name) or any(x is not None for x in entry.limits)
         self.lanes.configure(name, entry.concurrency, limited=limited)
@@ -361,9 +363,7 @@ class Dispatcher:
 
     def resource_writes(self) -> Transition | None:
         """The gates' records to write (breaker state, crash counters), if any changed."""
-        if not self.admission.dirty:
-            return None
-        return Transition(ops=tuple(self.admission.writes()))
+        return Transition(ops=tuple(self.admission.writes())) if self.admission.dirty else None
 
     def passivate(self) -> int:
         """Let instances idle longer than the idle timeout go (how many went), replace

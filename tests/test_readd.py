@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 from _held_news import hold_commit_news
 
-from herder.runtime import Agent, RetryPolicy, Runtime, StepContext, Workflow
-from herder.runtime.testing import settle, wait_until
+from herder.runtime import (
+    Agent,
+    CircuitBreaker,
+    RetryPolicy,
+    Runtime,
+    StepContext,
+    Workflow,
+)
+from herder.runtime.testing import FakeClock, advance, settle, wait_until
 
 WAIT = 20.0
 pytestmark = pytest.mark.timeout(90)
@@ -213,6 +220,45 @@ def test_attempts_waiting_in_the_pools_line_run_as_the_agent_is_added_again(
         gate.set()
         tally.gate.set()
     assert tally.peak == {1: 0, 2: 1}
+
+
+class DownOnce(Agent):
+    def go(self, ctx: StepContext) -> str:
+        if ctx.attempt == 1:
+            raise ConnectionError("down")
+        return "sync"
+
+
+@pytest.mark.parametrize("again", [DownOnce, Async], ids=["same host", "moved host"])
+def test_a_half_open_breakers_probe_given_up_as_its_agent_is_added_again_lets_another_go(
+    tmp_path: Path, again: type[Agent]
+) -> None:
+    """The probe waited in the pool's line when the agent was added again (moved to the
+    asyncio host, or not): it was given up, but its breaker kept waiting for its answer,
+    half-open for good, and held the agent's work for good."""
+    began, gate, clock = threading.Semaphore(0), threading.Event(), FakeClock()
+    breaker = CircuitBreaker(failures=1, cooldown=10.0)
+    retry = RetryPolicy(max_attempts=3, initial_interval=1.0, jitter=0.0)
+    try:
+        with Runtime(tmp_path / "s", clock=clock, pool_workers=1, prefetch=0) as rt:
+            rt.add_agent("blk", functools.partial(Blocker, began, gate))
+            rt.add_agent("a", DownOnce, breaker=breaker)
+            rt.add_workflow(Workflow("b").step("s", agent="blk", action="go", timeout=60))
+            rt.add_workflow(
+                Workflow("w").step("s", agent="a", action="go", timeout=60, retry=retry)
+            )
+            handle = rt.start("w")
+            wait_until(rt, lambda: rt.stats()["resources"]["a"]["breaker"] == "OPEN")
+            rt.start("b")  # the only worker busy
+            assert began.acquire(timeout=WAIT)
+            advance(rt, clock, 11.0)  # cooled down: the retry is its probe, in the line
+            wait_until(rt, lambda: rt.stats()["host"]["line"] == 1)
+            assert rt.stats()["resources"]["a"]["breaker"] == "HALF_OPEN"
+            rt.add_agent("a", again, breaker=breaker)
+            gate.set()
+            assert handle.result(timeout=WAIT)["s"] in ("sync", "async")
+    finally:
+        gate.set()
 
 
 @pytest.mark.parametrize("host", ["pool", "thread"])
