@@ -35,6 +35,14 @@ from herder.store._ops import Put, Transition
 if TYPE_CHECKING:
     from herder.store._writer import Writer
 
+HELD_UP = 0.1
+"""Seconds a standby's take of an expired lease may wait for LMDB's writer lock and still
+take it (a commit of the holder's takes milliseconds)."""
+
+
+def _unexpired(_lease: Lease) -> bool:
+    return False
+
 
 class LeaseHolder(Access):
     """The lease lifecycle of a Store (a base class of it): take, renew, release, hand off.
@@ -112,12 +120,17 @@ class LeaseHolder(Access):
             return None
 
         def take_it(txn: lmdb.Transaction) -> tuple[Lease, str | None, int | None]:
+            # Kept waiting for the lock, it judges no expiry: a write held the lock, and
+            # the holder's renewal may be queued behind it (its own long commit, such as a
+            # start_many of 100,000 workflows); the next poll looks again. One that died
+            # or was fenced meanwhile is gone, and taken over now.
+            held_up = time.monotonic() - asked > HELD_UP
             lease, reason, before = take(
                 txn,
                 self._handles["meta"],
                 duration=self.lease_duration,
                 have_flock=self._have_flock,
-                lapsed=lapsed,
+                lapsed=_unexpired if held_up else lapsed,
                 now=now,
             )
             if reason is not None:

@@ -278,6 +278,75 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=WAIT)
 
 
+LONG_COMMIT = """
+import ctypes, signal, sys
+from herder.store import Store
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test
+store = Store(sys.argv[1], lease=float(sys.argv[2]))
+print("open", flush=True)
+sys.stdin.readline()
+def commit(txn):  # a long one, as of a start_many of 100,000 workflows
+    print("writing", flush=True)
+    sys.stdin.readline()
+store._write_direct(commit, "cannot write to")
+sys.stdin.readline()
+try:
+    store.renew_lease().result(timeout=30)  # (the renewal the commit held up)
+    print("renewed", flush=True)
+except Exception as exc:
+    print("lost", type(exc).__name__, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_standby_does_not_depose_a_holder_whose_long_commit_outlasts_its_lease(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A start_many of 100,000 workflows held the writer lock ~7 s: the lease went
+    # unrenewed for longer than its 5 s, the standby's take waited for the lock, and took
+    # the lease from the healthy holder right after its commit (its renewal queued behind).
+    store = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LONG_COMMIT, str(store), str(LEASE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        # (Its polls half a second apart: the renewal lands between two.)
+        with Runtime(store, standby=True, lease=LEASE, standby_poll=0.5) as standby:
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "writing"
+            watcher = standby._watcher
+            assert watcher is not None
+            pause, give_up = threading.Event(), time.monotonic() + WAIT
+            while True:  # until the lease lapsed and the standby's take waits for the lock
+                since = watcher._attempt_since
+                if since is not None and time.monotonic() - since > 0.3:  # (a commit takes ms)
+                    break
+                assert time.monotonic() < give_up, "the standby never tried to take the lease"
+                pause.wait(0.01)
+            holder.stdin.write("commit\n")
+            holder.stdin.flush()
+            while watcher._attempt_since is not None:  # the take, once the commit let it go
+                assert time.monotonic() < give_up, "the standby's take never ended"
+                pause.wait(0.01)
+            holder.stdin.write("renew\n")
+            holder.stdin.flush()
+            assert holder.stdout.readline().strip() == "renewed"
+            assert not standby.is_active
+            holder.stdin.write("end\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=WAIT) == 0  # it exits: now the standby takes over
+            assert standby.wait_active(WAIT)
+    finally:
+        _kill(holder)
+
+
 def test_handoff_under_load_loses_and_repeats_no_step(
     tmp_path: pathlib.Path, daemons: list[Daemon]
 ) -> None:
