@@ -42,7 +42,7 @@ from herder.store._fresh import FreshKeys
 from herder.store._keys import workflow_key
 from herder.store._lease import DEFAULT_LEASE, Lease, guard, read_lease, take
 from herder.store._leaseholder import LeaseHolder
-from herder.store._locktable import note_lock_table, open_lock, try_flock
+from herder.store._locktable import close_flock_file, note_lock_table, open_lock, try_flock
 from herder.store._metapage import never_committed
 from herder.store._open import (
     open_existing,
@@ -373,7 +373,7 @@ class Store(Reads, LeaseHolder):
             self._env.close()
             self._env = None
         if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            close_flock_file(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
             self._have_flock = False
         with _registry_lock:

@@ -137,12 +137,43 @@ def reserve_lock_table(path: pathlib.Path) -> None:
         os.close(fd)
 
 
+_HELD: set[int] = set()
+"""This process's descriptors of ``herder.lock`` and ``herder.standby``. A flock belongs
+to the open file, which fork() shares with the child: an agent's worker process
+(multiprocessing's fork, a ProcessPoolExecutor) that outlived its SIGKILLed runtime kept
+the store locked, and every restart was refused (StoreLocked) while it lived. A forked
+child closes its copies at once (the parent's keep the lock)."""
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def flock_file(path: pathlib.Path, flags: int) -> int:
+    """``os.open(path, flags)`` for a flock: a forked child does not keep it."""
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    _HELD.add(fd)
+    return fd
+
+
+def close_flock_file(fd: int) -> None:
+    """Close ``fd`` of :func:`flock_file` (its flock goes with the last copy)."""
+    _HELD.discard(fd)  # (first: a child forked after must not close another file's fd)
+    os.close(fd)
+
+
 def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:
     """Open ``herder.lock`` of the store at ``path`` and take its flock if it is free;
     return the descriptor and whether we hold the flock. Without ``wait`` (a standby
     goes on without it) a held flock raises :class:`StoreLocked`."""
     try:
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = flock_file(path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise StoreError(f"cannot lock store {path}/{LOCK_FILE}: {exc}") from exc
     have = _flock_past_probes(fd)
@@ -151,7 +182,7 @@ def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:
             (path / COMPACTING).unlink()
         shutil.rmtree(path / COMPACT_COPY, ignore_errors=True)
     if not have and not wait:
-        os.close(fd)
+        close_flock_file(fd)
         pid = compacting(path)
         if pid is not None:
             raise StoreLocked(

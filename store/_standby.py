@@ -14,6 +14,8 @@ import os
 import pathlib
 import threading
 
+from herder.store._locktable import close_flock_file, flock_file
+
 STANDBY_FILE = "herder.standby"
 
 
@@ -23,7 +25,7 @@ class StandbyMark:
     def __init__(self, store_dir: str | os.PathLike[str]) -> None:
         path = pathlib.Path(store_dir) / STANDBY_FILE
         self._guard = threading.Lock()  # the watcher's takeover and stop() may race
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd: int | None = flock_file(path, os.O_RDWR | os.O_CREAT)
         fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
@@ -31,7 +33,7 @@ class StandbyMark:
         with self._guard:  # (two threads could both read the fd, and one close a reused one)
             fd, self._fd = self._fd, None
         if fd is not None:
-            os.close(fd)
+            close_flock_file(fd)
 
 
 def standby_waiting(store_dir: str | os.PathLike[str]) -> bool:

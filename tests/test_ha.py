@@ -347,6 +347,56 @@ def test_a_standby_does_not_depose_a_holder_whose_long_commit_outlasts_its_lease
         _kill(holder)
 
 
+FORKING = """
+import ctypes, os, signal, sys
+from herder.store import StandbyMark, Store
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test
+store = Store(sys.argv[1])
+mark = StandbyMark(sys.argv[2])  # (a waiting standby's, held in another directory here)
+child = os.fork()  # an agent's worker process: multiprocessing's fork, a process pool
+if child == 0:  # (a fork's child does not inherit the death signal: it outlives us)
+    os.read(0, 1)  # until the test closes our stdin
+    os._exit(0)
+print(child, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_process_an_agent_forked_does_not_keep_the_store_locked_after_the_runtime_died(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The flocks of herder.lock and herder.standby belong to the open file, which fork()
+    # shares: a ProcessPoolExecutor's worker that outlived its SIGKILLed runtime kept the
+    # store locked, and every restart was refused (StoreLocked: "a running herder
+    # runtime") for as long as it lived.
+    from herder.store import standby_waiting
+
+    store, other = tmp_path / "store", tmp_path / "other"
+    other.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FORKING, str(store), str(other)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = None
+    try:
+        assert holder.stdout is not None
+        child = int(holder.stdout.readline())
+        assert standby_waiting(other)
+        _kill(holder)
+        os.kill(child, 0)  # (it lives on)
+        assert not standby_waiting(other)
+        with Store(store) as st:  # a restart opens it
+            assert st.lease is not None
+            assert st.lease.after == "holder gone"
+    finally:
+        _kill(holder)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+
 def test_handoff_under_load_loses_and_repeats_no_step(
     tmp_path: pathlib.Path, daemons: list[Daemon]
 ) -> None:
