@@ -175,7 +175,7 @@ class Store(Reads, LeaseHolder):
         self._lock_fd, self._have_flock = open_lock(path, wait=self.standby)
         if self._have_flock and never_committed(path):  # (its first open hit a full disk)
             os.truncate(path / "data.mdb", 0)  # nothing in it: LMDB sets it up afresh
-        env, self._handles = open_for_writing(path, map_size, self.lease_duration)
+        env, self._handles = open_for_writing(path, map_size, self.lease_duration, self._have_flock)
         self._env = env
         if self._have_flock:
             self._note_lock_table()

@@ -106,7 +106,8 @@ def check_lock_table(path: str | os.PathLike[str]) -> None:
             "deleted or replaced while that runtime ran), so LMDB cannot keep this "
             "process's writes apart from the runtime's and writing now could corrupt the "
             f"store. Nothing was written. Restart the runtime (it then uses the new "
-            f"{LMDB_LOCK}), run `herder check --store {path}`, then send the command again"
+            f"{LMDB_LOCK}), run `herder check --store {path}`, then retry (send the command, "
+            "start the standby)"
         )
 
 

@@ -164,11 +164,13 @@ def room(path: pathlib.Path, map_size: int) -> int:
 
 
 def open_for_writing(
-    path: pathlib.Path, map_size: int, lease: float
+    path: pathlib.Path, map_size: int, lease: float, flocked: bool = True
 ) -> tuple[lmdb.Environment, Handles]:
     """Open the environment for writing and its databases (created if missing). A lease
     holder stopped inside a commit is fenced once its lease (``lease`` seconds at least)
-    lapsed: its writer lock held the open for ever (``_fence.py``)."""
+    lapsed: its writer lock held the open for ever (``_fence.py``). Not ``flocked`` (a
+    standby beside the runtime that holds the flock), it must share that runtime's
+    writer mutex, as a client does (``check_lock_table``)."""
     try:
         env = open_lmdb(
             path,
@@ -182,6 +184,8 @@ def open_for_writing(
     except lmdb.Error as exc:
         raise translate(exc, f"cannot open LMDB environment at {path}") from exc
     try:
+        if not flocked:  # (a lock.mdb deleted under the runtime: it would take over unfenced)
+            check_lock_table(path)
         env.reader_check()
         # An explicit write transaction: open_db's own would wait for LMDB's writer
         # mutex while holding the GIL, freezing every thread of this process.

@@ -26,7 +26,7 @@ import pytest
 from _child_kit import Child
 
 from herder.runtime import Agent, NotActive, Runtime, SchemaTooNew, StepContext, Workflow
-from herder.store import Store
+from herder.store import Store, StoreError
 from herder.store._records import StepState, WorkflowState
 
 TESTS = pathlib.Path(__file__).parent
@@ -236,6 +236,34 @@ txn = store._env.begin(write=True)  # LMDB's writer lock, as a long commit holds
 print("writing", flush=True)
 sys.stdin.readline()
 """
+
+
+def test_a_standby_refuses_a_lock_mdb_deleted_under_the_running_runtime(
+    tmp_path: pathlib.Path,
+) -> None:
+    # A "stale lock" clean-up deleted LMDB's lock file under the holder: a standby opened
+    # then made a writer mutex of its own, so its writes (its open's, its take of the
+    # lease) did not wait for the holder's; one stopped inside a commit was neither
+    # waited for nor fenced, and both wrote the store at once.
+    store = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", WRITING, str(store)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        (store / "lock.mdb").unlink()
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "writing"  # under its lock.mdb
+        with pytest.raises(StoreError, match=r"lock\.mdb is not the one the running runtime"):
+            Store(store, standby=True).close()
+    finally:
+        _kill(holder)
 
 
 def test_a_standby_polls_a_held_lease_without_taking_the_writer_lock(
