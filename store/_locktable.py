@@ -164,9 +164,11 @@ def flock_file(path: pathlib.Path, flags: int) -> int:
 
 
 def close_flock_file(fd: int) -> None:
-    """Close ``fd`` of :func:`flock_file` (its flock goes with the last copy)."""
-    _HELD.discard(fd)  # (first: a child forked after must not close another file's fd)
-    os.close(fd)
+    """Close ``fd`` of :func:`flock_file` (its flock goes with the last copy), unless this
+    is a forked child, which closed it already (the number may name another file now)."""
+    if fd in _HELD:
+        _HELD.discard(fd)  # (first: a child forked after must not close another file's fd)
+        os.close(fd)
 
 
 def open_lock(path: pathlib.Path, *, wait: bool) -> tuple[int, bool]:

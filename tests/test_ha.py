@@ -425,6 +425,32 @@ def test_a_process_an_agent_forked_does_not_keep_the_store_locked_after_the_runt
                 os.kill(child, signal.SIGKILL)
 
 
+def test_a_forked_child_closing_its_parents_store_closes_no_other_file(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The child closed its copy of the lock at the fork: the number may name another
+    # file by the time it closes the Store it inherited.
+    store = Store(tmp_path / "store", standby=True)  # (no writer thread to wait for)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and exit without pytest's teardown
+        ok = b"0"
+        with contextlib.suppress(BaseException):
+            r, w = os.pipe()  # (numbered as the lock's descriptor was)
+            store.close()
+            os.write(w, b"x")
+            ok = b"1" if os.read(r, 1) == b"x" else b"0"
+        os.write(write, ok)
+        os._exit(0)
+    os.close(write)
+    try:
+        os.waitpid(pid, 0)
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        store.close()
+
+
 def test_handoff_under_load_loses_and_repeats_no_step(
     tmp_path: pathlib.Path, daemons: list[Daemon]
 ) -> None:
