@@ -381,11 +381,10 @@ from herder.store import StandbyMark, Store
 ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test
 store = Store(sys.argv[1])
 mark = StandbyMark(sys.argv[2])  # (a waiting standby's, held in another directory here)
-child = os.fork()  # an agent's worker process: multiprocessing's fork, a process pool
-if child == 0:  # (a fork's child does not inherit the death signal: it outlives us)
-    os.read(0, 1)  # until the test closes our stdin
-    os._exit(0)
-print(child, flush=True)
+if os.fork() == 0:  # an agent's worker process: multiprocessing's fork, a process pool
+    print(os.getpid(), flush=True)  # (it runs: past what a fork's child does first)
+    os.read(0, 1)  # until the test closes our stdin (it outlives us: a fork's child
+    os._exit(0)  # does not inherit the death signal)
 sys.stdin.readline()
 """
 
