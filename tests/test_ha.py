@@ -344,8 +344,8 @@ def test_a_standby_does_not_depose_a_holder_whose_long_commit_outlasts_its_lease
         assert holder.stdin is not None
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "open"
-        # (Its polls half a second apart: the renewal lands between two.)
-        with Runtime(store, standby=True, lease=LEASE, standby_poll=0.5) as standby:
+        # (Its polls two seconds apart: the renewal lands between two.)
+        with Runtime(store, standby=True, lease=LEASE, standby_poll=2.0) as standby:
             holder.stdin.write("go\n")
             holder.stdin.flush()
             assert holder.stdout.readline().strip() == "writing"
