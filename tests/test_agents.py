@@ -225,9 +225,15 @@ def test_start_blocks_while_the_active_limit_is_reached(tmp_path: Path) -> None:
         assert rt.start("w", workflow_id="3", timeout=WAIT).result(timeout=WAIT) == {"s": 1}
 
 
-def test_an_agent_removed_while_it_starts_charges_no_attempt(rt: Runtime) -> None:
+def test_an_agent_removed_while_it_starts_runs_the_step_once_added_again(
+    rt: Runtime, clock: FakeClock
+) -> None:
+    starting, fail = threading.Event(), threading.Event()
+
     class NeverStarts(Agent):
         def __init__(self) -> None:
+            starting.set()
+            fail.wait(WAIT)  # (its start fails only once the agent was removed)
             raise RuntimeError("cannot connect")
 
         def ping(self, ctx: StepContext) -> str:
@@ -238,10 +244,17 @@ def test_an_agent_removed_while_it_starts_charges_no_attempt(rt: Runtime) -> Non
     rt.remove_agent("flaky")  # before any start could finish... or fail
     rt.add_agent("flaky", NeverStarts)
     handle = rt.start("p", workflow_id="w")
+    assert starting.wait(WAIT)
     rt.remove_agent("flaky")
+    fail.set()
     settle(rt)
     rt.add_agent("flaky", functools.partial(Host, "fixed"))
+    # Its start had begun: the failure is the attempt's, charged, and its retry waits for
+    # the policy's backoff as a failed start's does on every host (it never ran: nothing
+    # to undo).
+    advance(rt, clock, 60.0)
     assert handle.result(timeout=WAIT) == {"s": "fixed:None"}
+    assert rt.status("w").steps["s"].attempt == 2
 
 
 class Closing(Agent):

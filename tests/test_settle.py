@@ -26,6 +26,7 @@ from herder.runtime import (
     State,
     StepContext,
     StepState,
+    StoreLocked,
     TimedOut,
     Workflow,
     WorkflowFailed,
@@ -391,12 +392,13 @@ def test_settle_waits_for_the_sweep_a_jump_of_the_clock_told_the_watchdog(
 
 
 def test_check_store_says_it_takes_a_store(rt: Runtime, tmp_path: Path) -> None:
-    # check_store(rt) or check_store(path), natural slips for check_store(store_of(rt)),
-    # raised AttributeError: "'Runtime' object has no attribute 'view'".
-    for wrong in (rt, str(tmp_path / "s"), tmp_path / "s"):
-        with pytest.raises(InvalidInput, match=r"store_of\(rt\)"):
-            check_store(wrong)  # type: ignore[arg-type]
+    # check_store(rt), a natural slip for check_store(store_of(rt)), raised
+    # AttributeError: "'Runtime' object has no attribute 'view'". (A path is taken.)
+    with pytest.raises(InvalidInput, match=r"store_of\(rt\)"):
+        check_store(rt)  # type: ignore[arg-type]
     assert check_store(store_of(rt)).problems == []
+    with pytest.raises(StoreLocked, match="share that Store object"):  # (a path: opened)
+        check_store(tmp_path / "s")
 
 
 class AsyncHangs(Agent):
