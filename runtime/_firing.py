@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING
 from herder.actors import RuntimeClosed, TimerHandle, UnknownName
 from herder.runtime._firing_batch import Fire, Firings, schedule_put
 from herder.runtime._once import SaidOnce
-from herder.runtime._schedule_status import read_schedules
+from herder.runtime._schedule_status import KeptSlots, read_schedules
 from herder.runtime._schedules import (
     count_slots,
     jitter_past_deadline,
     newest_due,
-    next_slot,
     slot_id,
     to_fire,
 )
@@ -79,10 +78,10 @@ class Firer:
         self._armed_at: float | None = None  # the clock time the next pass is due (None: now)
         self._blocked: set[str] = set()  # workflow ids queued slots wait for
         self._thread: threading.Thread | None = None
-        self._counted: dict[str, tuple[int, int, int]] = {}  # by schedule: see _count
         self._said = SaidOnce(_log)  # by (topic, schedule): each pass meets them again
         self._damaged: dict[bytes, str] = {}  # damaged records logged, by key: the problem
         self._known: dict[bytes, tuple[bytes, ScheduleRecord]] = {}  # read last pass, by key
+        self._slots = KeptSlots()  # each schedule's next slot (and catch-up count), kept
         # Until then no workflow is said to be unregistered: a runtime opened without setup=
         # meets its first passes before the add_workflow() calls that follow the opening.
         self._registering = self._clock.time() + RETRY
@@ -179,7 +178,6 @@ class Firer:
             if self._store.view(lambda snap: snap.raw("schedules", key)) is None:
                 self._existing(name)  # (raises UnknownName)
             self._commit(Transition(ops=(Delete("schedules", key),)))
-            self._counted.pop(name, None)  # (kept per schedule name: for one that lives)
 
     def get(self, name: str) -> ScheduleRecord | None:
         """The stored schedule ``name``, or None; a corrupt one raises StoreCorrupt."""
@@ -218,7 +216,13 @@ class Firer:
             if self._damaged.get(key) != problem:
                 _log.error("skipping a schedule: %s", problem)
         self._damaged = damaged  # (one repaired, then damaged again, is said again)
+        self._slots.keep_only(records)
         return records
+
+    def next_slots(self) -> dict[str, float]:
+        """Each schedule's ``next_at`` (``rt.schedules()``'), from what the passes keep."""
+        with self._lock:
+            return self._slots.next_at(self.all())
 
     def _existing(self, name: str) -> ScheduleRecord:
         stored = self.get(name)
@@ -282,29 +286,34 @@ class Firer:
         again, if any."""
         if record.paused:
             return None  # resume() wakes the thread
-        now = self._clock.time()
+        now, first = self._clock.time(), self._slots.of(record)  # (kept: most are not due)
+        due = first is not None and first <= clock_ms(now)
         if record.workflow not in self._rt._latest:  # add_workflow() wakes the thread
-            if not to_fire(record, clock_ms(now))[0]:
+            if not due or not to_fire(record, clock_ms(now))[0]:
                 return None
             if now < self._registering:  # (looked at again then: not said before)
                 return self._registering
             name, workflow = record.name, record.workflow
-            warning = (
+            self._said.say(
+                ("unfired", name),
                 f"schedule {name!r} has slots due but its workflow {workflow!r} is not "
                 "registered, so it fires nothing: register that workflow (a renamed one: "
-                f"rt.schedule it with the new name) or rt.delete_schedule({name!r})"
+                f"rt.schedule it with the new name) or rt.delete_schedule({name!r})",
             )
-            self._said.say(("unfired", name), warning)
             return None
         self._said.clear(("unfired", record.name))
         if late := jitter_past_deadline(record, self._rt._latest[record.workflow]):
-            advice = "rt.schedule() it again with a jitter up to it, or give it a later one"
-            self._said.say(("late", record.name), f"{late}; {advice}")  # (schedule() refuses it)
+            self._said.say(  # (schedule() refuses it)
+                ("late", record.name),
+                f"{late}; rt.schedule() it again with a jitter up to it, or give it a later one",
+            )
         else:
             self._said.clear(("late", record.name))
+        if not due:
+            return None if first is None else first / 1000
         slots, pass_to = to_fire(record, clock_ms(now))
         if pass_to is not None:  # catch-up: the due slots that will not fire are skipped
-            passed = self._count(record, pass_to) - len(slots)
+            passed = self._slots.count(record, pass_to) - len(slots)
             if passed > 0:  # (written with the cursor's next move, below)
                 record = record.evolve(skipped=record.skipped + passed)
         fires: list[Fire] = []
@@ -340,7 +349,7 @@ class Firer:
         batch.add(fires, record if moved else None)
         if again is not None:
             return again
-        following = next_slot(record, record.cursor_ms)
+        following = self._slots.of(record)  # (kept for the next pass: its cursor moved)
         return None if following is None else following / 1000
 
     def _skipped(self, record: ScheduleRecord, slot: int, now: float) -> ScheduleRecord:
@@ -352,15 +361,6 @@ class Firer:
             upto = newest_due(record, int(now * 1000)) or slot
             n = count_slots(record, record.cursor_ms, upto)
         return record.evolve(cursor_ms=upto, skipped=record.skipped + n, updated=now)
-
-    def _count(self, record: ScheduleRecord, pass_to: int) -> int:
-        """:func:`count_slots` from the cursor to ``pass_to``, counted once per catch-up (a
-        pass that fires nothing, a queued slot waiting, counted it again every pass)."""
-        cursor, upto, n = self._counted.get(record.name, (-1, -1, 0))
-        if (cursor, upto) != (record.cursor_ms, pass_to):
-            n = count_slots(record, record.cursor_ms, pass_to)
-            self._counted[record.name] = (record.cursor_ms, pass_to, n)
-        return n
 
     def _unfinished(self, workflow_id: str | None) -> bool:
         if workflow_id is None:
@@ -383,7 +383,7 @@ class Firer:
         the pass it is armed for: a pass reads every schedule, so waking it for each one
         defined made defining n schedules cost n passes over them (O(n^2): 24 s for
         2,000). A later slot is found by the armed pass, which arms for the earliest."""
-        following = None if record.paused else next_slot(record, record.cursor_ms)
+        following = None if record.paused else self._slots.of(record)
         if following is None:
             return
         if self._armed_at is None or following / 1000 < self._armed_at:

@@ -9,8 +9,15 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from herder.runtime._schedules import next_slot
-from herder.store import HerderError, ScheduleRecord, Store, StoreCorrupt, decode, get_logger
+from herder.runtime._schedules import count_slots, next_slot
+from herder.store import (
+    HerderError,
+    ScheduleRecord,
+    Store,
+    StoreCorrupt,
+    decode,
+    get_logger,
+)
 
 _log = get_logger("herder.schedules")
 
@@ -110,6 +117,63 @@ def read_schedules(
         for problem in bad:
             _log.error("skipping a schedule: %s", problem)
     return out
+
+
+class KeptSlots:
+    """What the firer looks up of each schedule at every pass, kept by name while the
+    schedule stays as it was: its next slot after its cursor (:func:`next_slot`; most
+    schedules have not moved: a bounded cache of slots thrashed once they outnumbered it,
+    2.5 s a pass for 40,000 cron ones against 0.05 s for 10,000), and a catch-up's count."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[tuple[Any, ...], int | None]] = {}
+        self._counted: dict[str, tuple[tuple[Any, ...], int]] = {}  # by name: see count
+
+    def of(self, record: ScheduleRecord) -> int | None:
+        """The first slot after ``record``'s cursor; None if it has no more."""
+        cadence = _cadence(record)
+        kept = self._kept.get(record.name)
+        if kept is not None and kept[0] == cadence:
+            return kept[1]
+        slot = next_slot(record, record.cursor_ms)  # (raises as it does: kept only once found)
+        self._kept[record.name] = (cadence, slot)
+        return slot
+
+    def count(self, record: ScheduleRecord, pass_to: int) -> int:
+        """:func:`count_slots` from the cursor to ``pass_to``, counted once per catch-up (a
+        pass that fires nothing, a queued slot waiting, counted it again every pass)."""
+        asked = (*_cadence(record), pass_to)
+        kept = self._counted.get(record.name)
+        if kept is not None and kept[0] == asked:
+            return kept[1]
+        n = count_slots(record, record.cursor_ms, pass_to)
+        self._counted[record.name] = (asked, n)
+        return n
+
+    def keep_only(self, records: list[ScheduleRecord]) -> None:
+        """Forget the schedules not among ``records`` (deleted ones)."""
+        names = {record.name for record in records}
+        self._kept = {name: kept for name, kept in self._kept.items() if name in names}
+        self._counted = {name: n for name, n in self._counted.items() if name in names}
+
+    def next_at(self, records: list[ScheduleRecord]) -> dict[str, float]:
+        """The clock time of each of ``records``' next slot to handle, by name, as
+        ``rt.schedules()`` says it (``next_at``): none for a paused one, one without
+        slots or one whose slots cannot be read here."""
+        out: dict[str, float] = {}
+        for record in records:
+            try:
+                slot = None if record.paused else self.of(record)
+            except HerderError:  # (no cron extra, a zone or cron this machine cannot read)
+                continue
+            if slot is not None:
+                out[record.name] = slot / 1000
+        return out
+
+
+def _cadence(record: ScheduleRecord) -> tuple[Any, ...]:
+    """What a schedule's slots after its cursor depend on."""
+    return (record.cron, record.every, record.timezone, record.cursor_ms)
 
 
 def _record(key: bytes, raw: bytes) -> ScheduleRecord:

@@ -561,16 +561,16 @@ def test_a_catch_up_that_waits_for_its_queued_slot_counts_its_slots_once(
 ) -> None:
     """Counting a cron catch-up can take a fifth of a second; a queued slot that waits
     makes every pass look at the same catch-up again (one count, not one per pass)."""
-    from herder.runtime import _firing
+    from herder.runtime import _schedule_status
 
     counts: list[int] = []
-    real = _firing.count_slots
+    real = _schedule_status.count_slots
 
     def counting(*args: object) -> int:
         counts.append(1)
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_firing, "count_slots", counting)
+    monkeypatch.setattr(_schedule_status, "count_slots", counting)  # (the firer's KeptSlots)
     first = ids("tick", "08:01:00")[0]
     GATES[first] = threading.Event()
     rt.schedule("tick", "job", cron="* * * * *", overlap="queue", catch_up="latest")
