@@ -342,8 +342,7 @@ def _fire_due(runtime: Runtime, clock: FakeClock) -> None:
     while True:
         runtime._fire_now()
         wall = clock.time()
-        due = [(s.name, s.next_at) for s in runtime.schedules() if s.next_at is not None]
-        due = [(name, at) for name, at in due if at <= wall]
+        due = [(name, at) for name, at in runtime._next_slots().items() if at <= wall]
         if not due or due == seen:
             return
         seen = due
@@ -369,10 +368,8 @@ def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
     timers = runtime._store.due_timers(until_ms, limit=1, after=later, corrupt=[])
     found = [now + (due_ms + 1) / 1000 - engine_now for due_ms, *_ in timers]
     wall = clock.time()
-    found += [
-        now + s.next_at + 0.001 - wall
-        for s in runtime.schedules()
-        if s.next_at is not None and s.next_at > wall  # (not a slot queued behind another)
+    found += [  # (not a slot queued behind another)
+        now + at + 0.001 - wall for at in runtime._next_slots().values() if at > wall
     ]
     # And the wake-ups of agents' gates (a rate limit's next token, a breaker's
     # cool-down): in memory, armed by the Scheduler as it holds work back, not in the store.
