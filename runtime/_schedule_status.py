@@ -13,6 +13,7 @@ from herder.runtime._schedules import count_slots, next_slot
 from herder.store import (
     HerderError,
     ScheduleRecord,
+    Snapshot,
     Store,
     StoreCorrupt,
     decode,
@@ -182,6 +183,34 @@ def _record(key: bytes, raw: bytes) -> ScheduleRecord:
         return ScheduleRecord.from_dict(data)
     except (TypeError, ValueError, AttributeError) as exc:
         raise StoreCorrupt("schedules", key, f"bad record: {exc}") from None
+
+
+def schedule_page(
+    store: Store, after: bytes | None, size: int, corrupt: list[StoreCorrupt]
+) -> tuple[list[ScheduleStatus], bytes | None]:
+    """The status of up to ``size`` schedules by name, those whose keys follow ``after``
+    (from the first when None), read in one snapshot; and the key to go on after, None
+    if they were the last. A damaged one is added to ``corrupt`` (it takes a place)."""
+
+    def read(snap: Snapshot) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        cur = snap.cursor("schedules")
+        found = cur.first() if after is None else cur.set_range(after)
+        while found and len(out) <= size:  # (one more: is there a next page?)
+            if (key := bytes(cur.key())) != after:
+                out.append((key, bytes(cur.value())))
+            found = cur.next()
+        return out
+
+    if not store.count("schedules"):  # (none, or a store older than schedules)
+        return [], None
+    entries, statuses = store.view(read), []
+    for key, raw in entries[:size]:
+        try:
+            statuses.append(ScheduleStatus.of(_record(key, raw)))
+        except StoreCorrupt as exc:
+            corrupt.append(exc)
+    return statuses, (entries[size - 1][0] if len(entries) > size else None)
 
 
 def schedule_statuses(

@@ -334,10 +334,15 @@ def _freshness(facts: dict[str, Any] | None, now: float, running: Any) -> str:
     )
 
 
-def schedules_section(schedules: Sequence[Any]) -> str:
-    """The periodic schedules (``herder schedules``' rows), if the store has any."""
+def schedules_section(schedules: Sequence[Any], total: int, more: str | None = None) -> str:
+    """A page of the periodic schedules (``herder schedules``' rows), if the store has
+    any: of ``total``, with a link to the next page (``more``) if there is one."""
     if not schedules:
         return ""
+    shown_of = ""
+    if total > len(schedules) or more:
+        link = f' <a id="more-schedules" href="{e(more)}">next →</a>' if more else ""
+        shown_of = f'<p class="more">{len(schedules)} of {total} schedules, by name.{link}</p>'
     rows = "".join(
         f"<tr><td>{shown(s.name)}</td><td>{shown(s.workflow)}</td><td>{e(s.cadence)}</td>"
         f"<td>{e(s.overlap)}/{e(s.catch_up)}</td>"
@@ -366,7 +371,7 @@ def schedules_section(schedules: Sequence[Any]) -> str:
     )
     return (
         f'<h2>Schedules</h2><table class="list" id="schedules"><thead><tr>{head}</tr>'
-        f"</thead><tbody>{rows}</tbody></table>"
+        f"</thead><tbody>{rows}</tbody></table>{shown_of}"
     )
 
 

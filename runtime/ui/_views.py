@@ -13,6 +13,7 @@ import itertools
 import threading
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from herder.actors import Operate, UnknownWorkflow, read_facts
 from herder.actors.engine import stale_refusal
@@ -20,10 +21,10 @@ from herder.runtime._console import printable
 from herder.runtime._inbox import inbox_items
 from herder.runtime._inspect import stored_resources
 from herder.runtime._operator_cli import ACTIONS, queue_refusal
-from herder.runtime._schedule_status import schedule_statuses
+from herder.runtime._schedule_status import schedule_page
 from herder.runtime.ui import _pages
 from herder.runtime.ui._counters import Counters
-from herder.runtime.ui._query import Filters, workflow_page
+from herder.runtime.ui._query import Filters, _cursor_key, workflow_page
 from herder.runtime.ui._workflow_page import parse_before, queued, read_page
 from herder.runtime.ui._workflow_page import workflow_page as one_workflow
 from herder.store import (
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 INBOX_PAGE = 200
 """Parked workflows the inbox shows, the oldest first: an outage may park a hundred
 thousand, and one page of them all took seconds and a hundred MB of HTML."""
+SCHEDULES_PAGE = 200
+"""Schedules the agents page lists at a time, by name (10,000 on one page: 1.3 MB)."""
 _SEEN = "the page that sent this showed it"
 """Where an action's state was seen, in the engine's refusal of one that moved on."""
 
@@ -116,6 +119,7 @@ class Views:
         return 200, "Inbox", "inbox", _pages.inbox_page(items, csrf, corrupt, total, by_id)
 
     def _agents(self, query: dict[str, str], csrf: str | None) -> tuple[int, str, str, str]:
+        start = _cursor_key(query["schedules"]) if query.get("schedules") else None
         used: dict[str, set[str]] = {}
         damaged: list[StoreCorrupt] = []  # (records left out: named on the page)
         with self._gate.read() as store:
@@ -127,7 +131,8 @@ class Views:
                     continue
                 for spec in plan.steps:
                     used.setdefault(spec.agent, set()).add(f"{plan.name}@{plan.version}")
-            schedules = schedule_statuses(store, damaged)
+            schedules, last = schedule_page(store, start, SCHEDULES_PAGE, damaged)
+            total = store.count("schedules")
             try:
                 facts = read_facts(store)
             except StoreCorrupt as exc:
@@ -138,7 +143,8 @@ class Views:
             stored = {"resources": resources, "running": is_held(store.path)}
         agents = {a: sorted(w) for a, w in used.items()}
         page = _pages.agents_page(stored, agents, facts, time.time())
-        body = page + _pages.skipped(damaged) + _pages.schedules_section(schedules)
+        more = None if last is None else "/agents?" + urlencode({"schedules": last.hex()})
+        body = page + _pages.skipped(damaged) + _pages.schedules_section(schedules, total, more)
         return 200, "Agents", "agents", body
 
     def stats(self) -> dict[str, Any]:
