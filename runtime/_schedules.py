@@ -268,8 +268,8 @@ def next_slot(record: ScheduleRecord, after_ms: int) -> int | None:
 
 @functools.lru_cache(maxsize=1 << 15)  # (~240 bytes each)
 def _cron_after(name: str, cron: str, timezone: str, after_ms: int) -> int | None:
-    """:func:`next_slot` of a cron schedule, kept: every pass of the firer asks it of
-    every schedule (~0.1 ms of cron steps each), mostly of a cursor that has not moved."""
+    """:func:`next_slot` of a cron schedule, kept (~0.1 ms of cron steps each): listings
+    ask it of every schedule (the firer keeps each one's own: ``KeptSlots``), walks too."""
     record = ScheduleRecord(name=name, workflow="", cron=cron, timezone=timezone)
     # Not always the first one cronsim yields: from the second pass of a repeated
     # (fall-back) hour, its fixed-time rule yields that night's one instant, which was
