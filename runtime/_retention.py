@@ -6,10 +6,15 @@ listener, and the Supervisor hands it the ``purge`` commands it finds). Each swe
 deletes at most one batch of finished workflows (``store/_retention.py``), found by a
 bounded read of the ``recent`` index that goes on where the last sweep's stopped, and
 never waits for it: the batch goes to the writer as one group, and until that group is
-committed the next sweeps skip. So a backlog of a million is worked off a batch per
-sweep while dispatch goes on, each step commit waiting at most one batch's worth of
-deletes in the writer (a batch of large workflows stops at ``MOST_DELETES``: the rest go
-with the next sweeps, read again from where this one's read began). A ``purge`` command
+committed the next sweeps skip. A batch takes ``BATCH`` workflows; after a full one (a
+backlog) that committed within half a sweep interval the next takes twice as many (up
+to :data:`GROWTH` times, and its index read as many times more), after a slower one half
+(never fewer than ``BATCH``), so retention keeps up with any finish rate the runtime
+sustains (a batch per sweep, 2,000 a second, did not) while it takes about half the
+writer's time at most. So a backlog of a million is worked off while dispatch goes on,
+each step commit waiting at most one batch's worth of deletes in the writer (a batch of
+large workflows stops at ``MOST_DELETES``: the rest go with the next sweeps, read again
+from where this one's read began). A ``purge`` command
 is worked off the same way, before the retention's own cutoff, and its outcome (with the
 count) is recorded when a pass over the index finds nothing more to delete. Until then
 each batch's group also records the count so far on the pending command
@@ -54,6 +59,10 @@ _log = get_logger("herder.retention")
 DEFAULT_RETENTION = 7 * 86400.0
 """Seconds a finished workflow is kept by default (7 days)."""
 
+GROWTH = 16
+"""A batch takes at most this many times ``BATCH`` workflows (with a backlog: ``_pace``);
+a batch of small workflows reaches ``MOST_DELETES`` deletes about there."""
+
 COMMANDS_KEPT = 86400.0
 """Seconds an answered operator command is kept at least, whatever the retention: the
 CLI that sent it reads its answer from the store."""
@@ -84,14 +93,20 @@ class Retention:
         store: Store,
         now: Callable[[], float],
         keep: float | None,
+        *,
         batch: int = BATCH,
         scan: int = RETENTION_SCAN,
+        interval: float = 0.25,
     ):
         self._store = store
         self._now = now  # the engine's clock, read each time (see Runtime._parts)
         self._keep = keep
         self._batch = batch
-        self._scan = scan  # index entries one sweep reads at most
+        self._scan = scan  # index entries a sweep reads at most, per batch workflows
+        # Workflows the next batch takes: ``batch``, doubled after each full batch that
+        # committed within half a sweep interval (a backlog), up to GROWTH times ``batch``.
+        self._size = batch
+        self._budget = interval / 2
         # Where the next sweep's read of the index goes on (None: from the oldest), and
         # whose scan that is (a purge command's id; None: the retention's own).
         self._position: bytes | None = None
@@ -136,17 +151,23 @@ class Retention:
             job_id = None if job is None else job["id"]
             if job_id != self._scanning:  # another cutoff: its own scan, from the oldest
                 self._position, self._scanning = None, job_id
-            after = self._position
+            after, size = self._position, self._size
             found, self._position = resumed_candidates(
-                self._store, before, states, self._batch, after=after, most=self._scan
+                self._store,
+                before,
+                states,
+                size,
+                after=after,
+                most=self._scan * size // self._batch,
             )
+            full = len(found) >= size
             if not found and job is not None and self._position is None:
                 self._finish(job, None)  # a whole pass found no more
             taken, transitions = (
                 deletions(self._store, found, purged) if found or purged else (0, [])
             )
             if taken < len(found):  # (large workflows: the rest from the same place next time)
-                found, self._position = found[:taken], after
+                found, self._position, size = found[:taken], after, 0  # (as large as it gets)
             if transitions and job is not None:
                 transitions += self._progress(job)
             if job is None:  # answered commands go with the retention's own cutoff
@@ -162,9 +183,28 @@ class Retention:
             return
         with self._lock:
             self._busy = True
-        self._store.writer.submit_many(
-            transitions, lambda outcomes: self._committed(job_id, found, outcomes)
-        )
+        sent = self._now()
+        grow = size if full else None  # (None: no backlog, the next batch takes ``batch``)
+
+        def committed(outcomes: list[BaseException | None]) -> None:
+            self._pace(grow, self._now() - sent)  # (first: the next sweep may go on at once)
+            self._committed(job_id, found, outcomes)
+
+        self._store.writer.submit_many(transitions, committed)
+
+    def _pace(self, size: int | None, took: float) -> None:
+        """The size of the next batch: one that was full (``size``; 0: full of deletes)
+        found a backlog, and the next takes twice as many, so retention keeps up with any
+        finish rate, unless it took the writer more than half a sweep interval (from its
+        submission to its commit): then half as many, so retention takes about half the
+        writer's time at most and each batch stays bounded (by ``MOST_DELETES`` too)."""
+        with self._lock:
+            if size is None:
+                self._size = self._batch
+            elif took > self._budget:
+                self._size = max(self._batch, self._size // 2)
+            elif size:
+                self._size = min(self._size * 2, self._batch * GROWTH)
 
     def _progress(self, job: dict[str, Any]) -> list[Transition]:
         """The write of the job's count so far on its pending command, if it grew since

@@ -180,7 +180,9 @@ class Runtime(
         # On the engine's clock: the ``updated`` it compares with are its times (a step
         # of the wall clock must not make a workflow that just ended look old). Read
         # through _ctx each time: becoming active gives the engine a new, re-based clock.
-        self._retention = Retention(self._store, self._engine_time, config.retention_seconds)
+        self._retention = Retention(
+            self._store, self._engine_time, config.retention_seconds, interval=config.sweep_interval
+        )
         self._listener = RuntimeListener(self)
         self._ctx = EngineContext(
             self._store, steady, config.engine_config(), self._listener, loop=config.loop

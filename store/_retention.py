@@ -12,10 +12,11 @@ what was written of a workflow after its keys were read and before its deletion
 committed goes with the next batch (``deletions``' ``gone``), so nothing of it outlives
 it. The writer drops the index entries in the same transaction (``Writer`` ``derived``).
 
-Used by the runtime's retention (each Supervisor sweep purges at most one batch, in the
-background of the writer's other work, found by a bounded read of the index that goes on
-where the last sweep's stopped: :func:`resumed_candidates`) and by ``herder purge`` (on a
-store no runtime holds, or through the command channel while one runs).
+Used by the runtime's retention (each Supervisor sweep purges at most one batch, sized by
+the backlog, in the background of the writer's other work, found by a bounded read of the
+index that goes on where the last sweep's stopped: :func:`resumed_candidates`) and by
+``herder purge`` (on a store no runtime holds, or through the command channel while one
+runs).
 """
 
 from __future__ import annotations

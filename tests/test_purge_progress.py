@@ -102,13 +102,19 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def batches_of_two(rt: Runtime) -> None:
+    """Every batch of the runtime's retention 2 workflows (not sized by the backlog)."""
+    rt._retention._batch = rt._retention._size = 2
+    rt._retention._pace = lambda size, took: None  # type: ignore[method-assign]
+
+
 @pytest.mark.timeout(60)
 def test_a_purge_through_a_runtime_shows_the_count_the_runtime_records(tmp_path: Path) -> None:
     path = tmp_path / "s"
     finished_store(path, 6)
     clock = FakeClock(start=T0)
     with Runtime(path, clock=clock, setup=register, retention=None) as rt:
-        rt._retention._batch = 2
+        batches_of_two(rt)
         argv = ["purge", "--store", str(path), "--before", "2099-01-01", "--timeout", "30"]
         cli = subprocess.Popen(
             [sys.executable, "-c", CLI, *argv],
@@ -153,7 +159,8 @@ def register(rt: Runtime) -> None:
 
 
 with Runtime(sys.argv[1], clock=FakeClock(start=2e9), setup=register, retention=None) as rt:
-    rt._retention._batch = 2
+    rt._retention._batch = rt._retention._size = 2  # (as batches_of_two)
+    rt._retention._pace = lambda size, took: None
     for _ in range(100):  # the fake clock fires no sweep by itself: one at a time
         rt._sweep_now()
         rt._store.writer.flush(30)
@@ -193,7 +200,7 @@ def test_a_runtime_killed_mid_purge_leaves_its_count_and_the_next_counts_on(
     assert 0 < left < 10
     assert 10 - left - 2 <= so_far <= 10 - left  # one batch short at most, never more
     with Runtime(path, clock=FakeClock(start=2e9), setup=register, retention=None) as rt:
-        rt._retention._batch = 2
+        batches_of_two(rt)
         for _ in range(100):
             rt._sweep_now()
             rt._store.writer.flush(WAIT)

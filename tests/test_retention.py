@@ -157,21 +157,57 @@ def test_retention_none_keeps_everything(tmp_path: Path) -> None:
         assert [s.id for s in rt.list()] == ["a"]
 
 
-def test_each_sweep_deletes_at_most_one_batch(tmp_path: Path) -> None:
+@pytest.mark.timeout(60)
+def test_a_backlog_is_deleted_faster_than_one_batch_per_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each sweep deleted one batch (500) at most, 2,000 workflows a second with sweeps
+    every 0.25 s, while a runtime finishes up to 4,000 a second: with a short retention
+    under such a load the store grew without bound. A full batch (a backlog) that
+    committed within half a sweep interval doubles the next (up to GROWTH batches, and
+    MOST_DELETES deletes); one that took longer halves it, never below a batch; one
+    that was not full (no backlog) sets it back to a batch."""
     clock = FakeClock(start=T0)
     with Runtime(tmp_path / "s", clock=clock, setup=register, retention=None) as rt:
-        for i in range(5):
-            finish(rt, f"w{i}", {})
+        rt.start_many(
+            [{"workflow": "order", "workflow_id": f"w{i:02d}", "input": {}} for i in range(50)]
+        )
+        wait_until(rt, lambda: rt.stats()["workflows"].get("SUCCEEDED") == 50)
         clock.advance(120.0)
-        # What each of the runtime's sweeps runs (its own retention is off, so only ours).
-        retention = Retention(rt._store, clock.time, 60.0, batch=2)
-        left = []
-        for _ in range(3):
-            retention.on_sweep()
-            rt._store.writer.flush(WAIT)
-            left.append(len(rt.list()))
-        assert left == [3, 1, 0]
-        assert retention.deleted == 5
+        store = rt._store
+        took, later = [0.0], [0.0]  # what each commit takes; the clock moved by them
+        submit = store.writer.submit_many
+
+        def timed(transitions: Any, on_done: Any, **kw: Any) -> None:
+            def done(outcomes: Any) -> None:
+                later[0] += took[0]
+                on_done(outcomes)
+
+            submit(transitions, done, **kw)
+
+        monkeypatch.setattr(store.writer, "submit_many", timed)
+        # What each of the runtime's sweeps runs (its own retention is off, so only ours);
+        # sweeps every 0.25 s (the default).
+        retention = Retention(store, lambda: clock.time() + later[0], 60.0, batch=2)
+
+        def sweeps(n: int) -> list[int]:
+            left = []
+            for _ in range(n):
+                retention.on_sweep()
+                store.writer.flush(WAIT)
+                left.append(store.count("workflows"))
+            return left
+
+        took[0] = 1.0  # slower than half a sweep interval: a batch per sweep, as before
+        assert sweeps(3) == [48, 46, 44]
+        took[0] = 0.0  # a backlog, committed fast: 2, 4, 8 (the next 16)
+        assert sweeps(3) == [42, 38, 30]
+        took[0] = 1.0  # slow again: 16, 8, 4, 2 (the last 2 a full batch, staying at 2)
+        assert sweeps(4) == [14, 6, 2, 0]
+        assert retention.deleted == 50
+        took[0] = 0.0
+        assert retention._size == 2
+        assert sweeps(1) == [0]
 
 
 WIDE = Workflow("wide")
