@@ -30,7 +30,8 @@ crash test) can see exactly what is wrong. What it checks:
   it fired is for a slot after its cursor;
 - agents chosen at run time: every step whose agent the plan templates from the input
   has the agent it resolved stored with the workflow, and nothing else is stored there;
-  a step of an ``AnyOf`` group that ran names the member it ran on, one of the group.
+  a step of an ``AnyOf`` group that ran names the member it ran on, one of the group
+  (and the member of its undo mark, when it names one: a member too).
 
 The CLI prints the problems (or ``--json``) and exits 1 if there are any, 0 if none (3
 if it could not read the store: ``_cli_inspect``); the report's types are ``_check_report``.
@@ -62,6 +63,7 @@ from herder.runtime._routing import template_fields
 from herder.runtime._schedules import slot_of
 from herder.store import (
     KEY_SEP,
+    MARK_KEY,
     RECENT_DB,
     HandoffRequest,
     HerderError,
@@ -332,7 +334,8 @@ class _Checker:
         self, record: WorkflowRecord, plan: Plan, steps: dict[str, StepRecord]
     ) -> None:
         """A step of an AnyOf group that ran names the member it ran on, one of the
-        group; a step of one agent names none."""
+        group, and the member of its undo mark, if it names one, is one too; a step of
+        one agent names none."""
         for spec in plan.steps:
             st = steps.get(spec.name)
             if st is None:
@@ -346,6 +349,11 @@ class _Checker:
                 self.problem(
                     "steps", skey, f"ran, but on {used!r}, not a member of {list(spec.members)}"
                 )
+            mark = st.extra.get(MARK_KEY)  # [the member of its undo mark, that done_token]
+            if mark is not None and not (
+                isinstance(mark, list) and len(mark) == 2 and mark[0] in spec.members
+            ):
+                self.problem("steps", skey, f"names {mark!r} as its undo mark's [member, token]")
 
     def check_step(self, record: WorkflowRecord, st: StepRecord, skey: bytes) -> None:
         incarnation = self.report.incarnation

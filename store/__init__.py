@@ -103,10 +103,12 @@ from herder.store._errors import (
 )
 from herder.store._fence import Unrenewed, fence
 from herder.store._history import (
+    MARK_KEY,
     as_event,
     event_flaw,
     history_put,
     history_seqs,
+    marked_member,
     read_history,
     recall_reason,
     step_event,
@@ -212,6 +214,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "FINISHED",
     "KEY_SEP",
+    "MARK_KEY",
     "MAX_ID_BYTES",
     "MAX_SECONDS",
     "MAX_TRACEBACK_CHARS",
@@ -312,6 +315,7 @@ __all__ = [
     "indexed",
     "is_held",
     "key_prefix",
+    "marked_member",
     "ms",
     "new_command",
     "normalize",

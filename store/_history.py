@@ -11,7 +11,8 @@ small record (an *event*), read back by :func:`read_history` as a map:
   skip, compensate, abandon, cancel);
 - ``t``: the time (seconds since the epoch, the runtime's clock);
 - for steps: ``step``, ``from``, ``to``, ``attempt``, ``token``, ``error``, and ``agent``
-  (the member it went to) for a step of an ``AnyOf`` group;
+  (the member it went to: a compensation's, the member of the mark it undoes,
+  :func:`marked_member`) for a step of an ``AnyOf`` group;
 - for workflows: ``from``, ``to``, ``error``;
 - for operator actions: ``action``, ``who``, ``why``, ``step`` and ``result`` when given.
 
@@ -43,6 +44,21 @@ if TYPE_CHECKING:
 HISTORY_DB = "history"
 
 _SEQ = struct.Struct(">Q")  # the sequence at the end of a history_key
+
+
+MARK_KEY = "marked_on"
+"""The key of an ``AnyOf`` step record's ``extra`` naming the member whose attempt set
+its undo mark once a later attempt went to another member: ``[member, done_token]``
+(actors/engine/_members.py keeps it)."""
+
+
+def marked_member(st: StepRecord) -> str | None:
+    """The member ``MARK_KEY`` names while it holds (the step's ``done_token`` is the one
+    it names), else None: the step's mark, if any, is its last attempt's."""
+    mark = st.extra.get(MARK_KEY)
+    if isinstance(mark, list | tuple) and len(mark) == 2 and mark[1] == st.done_token:
+        return mark[0] if isinstance(mark[0], str) else None
+    return None
 
 
 _STEP, _WORKFLOW = 0, 1
@@ -176,6 +192,8 @@ def step_event(old: StepRecord, new: StepRecord, now: float) -> dict[str, Any] |
         "error": _event_error(old, new, failure),
     }
     agent = new.extra.get("agent")  # the AnyOf member the attempt went to
+    if compensating and MARK_KEY in new.extra:  # an undo goes to the member of the mark
+        agent = marked_member(new) or agent
     if agent is not None:
         event["agent"] = agent
     return event

@@ -15,6 +15,7 @@ from herder.runtime import (
     AnyOf,
     CircuitBreaker,
     InvalidDefinition,
+    Permanent,
     ProbeResult,
     RetryPolicy,
     Runtime,
@@ -23,9 +24,11 @@ from herder.runtime import (
     UnknownName,
     Workflow,
     WorkflowFailed,
+    WorkflowState,
 )
 from herder.runtime._inspect import show_workflow
 from herder.runtime.testing import FakeClock, advance, check_store, settle, wait_until
+from herder.store import MARK_KEY, Put, StepRecord, Store, Transition, encode, step_key
 
 WAIT = 10.0
 NO_WAIT = RetryPolicy(max_attempts=3, initial_interval=1.0, backoff_coefficient=1.0, jitter=0.0)
@@ -554,3 +557,64 @@ def test_a_job_queued_on_a_removed_member_moves_to_one_added_again(tmp_path: Pat
         release.set()
         assert h1.result(timeout=WAIT)["f"] == "a"
         assert check_store(rt._store).ok
+
+
+class Refusing(Airline):
+    """A member whose booking says Permanent: nothing happened there."""
+
+    def book(self, ctx: StepContext) -> str:
+        self.ledger.record(self.member, "book", ctx.workflow_id)
+        raise Permanent(f"{self.member} has no seats")
+
+
+def _broken() -> Airline:
+    raise ValueError("airline-us has no credentials")
+
+
+@pytest.mark.parametrize(
+    ("host", "us"),
+    [("thread", _broken), ("pool", _broken), ("thread", None)],
+    ids=["unbuilt-thread", "unbuilt-pool", "permanent"],
+)
+def test_compensation_goes_to_the_member_whose_attempt_may_have_taken_effect(
+    tmp_path: Path, host: str, us: object
+) -> None:
+    # Attempt 1 failed on eu (it may have taken effect), the last one on us never ran (its
+    # factory failed) or answered Permanent: the compensation went to us (the member of
+    # the last attempt), which never booked (and, unbuilt, parked the workflow), while
+    # eu's booking was never cancelled.
+    ledger = Ledger()
+    ledger.failing["airline-eu"] = 1
+    two = RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=0.0)
+    flight = Workflow("f").step(
+        "flight", agent=AnyOf(*MEMBERS), action="book", compensate="cancel", retry=two
+    )
+    with Runtime(tmp_path / "s", agent_host=host, sweep_interval=0.05) as rt:
+        rt.add_agent("airline-eu", functools.partial(Airline, ledger, "airline-eu"))
+        rt.add_agent("airline-us", us or functools.partial(Refusing, ledger, "airline-us"))
+        rt.add_workflow(flight)
+        with pytest.raises(WorkflowFailed):
+            rt.start("f", {}, workflow_id="w1").result(timeout=WAIT)
+        status = rt.status("w1")
+        assert status.state is WorkflowState.COMPENSATED, status.error
+        assert status.steps["flight"].state is StepState.COMPENSATED
+        assert ledger.of("cancel") == ["airline-eu"]
+        assert ledger.of("book") == ["airline-eu"] + (["airline-us"] if us is None else [])
+        undone = [
+            e.get("agent") for e in rt.history("w1") if e.get("step") and e["to"] == "COMPENSATED"
+        ]
+        assert undone == ["airline-eu"]  # the history names the member it was undone on
+        assert check_store(rt._store).ok
+    # `herder check` takes a step with the member of its mark, or without (older records),
+    # and names one whose mark names no member of its group.
+    key = step_key("w1", "flight")
+    with Store(tmp_path / "s") as store:
+        st = StepRecord.from_dict(store.get("steps", key))
+        assert st.extra[MARK_KEY] == ["airline-eu", st.done_token]
+        for extra, problems in [
+            ({"agent": "airline-us"}, []),
+            ({**st.extra, MARK_KEY: ["airline-xx", st.done_token]}, [key]),
+        ]:
+            put = Put("steps", key, encode(st.evolve(extra=extra).to_stored()))
+            store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
+            assert [p.key for p in check_store(store).problems] == problems

@@ -4,9 +4,14 @@ A step may name several agents able to do it (``StepSpec.members``, in order of
 preference). Each attempt records the member it went to as the step record's
 ``extra["agent"]``. The rule:
 
-- a compensation, a probe of an unknown outcome and the re-run of an attempt orphaned by
-  a crash go to the member that did the work (the one the last forward attempt went
-  to): the effect to undo, ask about or finish is there;
+- a probe of an unknown outcome and the re-run of an attempt orphaned by a crash go to
+  the member the last forward attempt went to: the effect to ask about or finish is
+  there;
+- a compensation goes to the member whose attempt set the step's undo mark
+  (``done_token``, :func:`undo_member`): the last attempt that may have taken effect.
+  That is the last attempt's member unless the attempts after it never ran (their
+  instance was not built) or answered Permanent: those mark nothing, and the member of
+  the mark is kept (``MARK_KEY``) when they go to another;
 - a forward attempt goes to a healthy member, the first in order; after an attempt that
   did not succeed (a failure, a timeout, an attempt lost to a crash) another healthy
   member is preferred: the next after the last one tried, round the group;
@@ -24,14 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from herder.store import StepRecord, StepSpec, StepState
+from herder.store import MARK_KEY, StepRecord, StepSpec, StepState, marked_member
 
 _STAYS = (StepState.UNKNOWN, StepState.DISPATCHED)
 """A probe, and an attempt orphaned by a crash (run again to learn or finish its effect,
 which may have happened), stay with the member that has the effect."""
 
 MEMBER_KEY = "agent"
-"""The key of a step record's ``extra`` that names the member its last attempt went to."""
+"""The key of a step record's ``extra`` that names the member its last attempt went to.
+Beside it, ``MARK_KEY`` (herder.store) names the member of the step's undo mark when
+that is another one."""
 
 
 def member_used(st: StepRecord) -> str | None:
@@ -40,9 +47,28 @@ def member_used(st: StepRecord) -> str | None:
     return agent if isinstance(agent, str) else None
 
 
+def undo_member(st: StepRecord) -> str | None:
+    """The member whose attempt set the step's undo mark (``done_token``), where its
+    compensation goes: the one ``MARK_KEY`` names while it holds (``marked_member``),
+    else the member of the last attempt."""
+    return marked_member(st) or member_used(st)
+
+
+def moved_mark(old: StepRecord, new: StepRecord) -> StepRecord:
+    """``new`` (``old`` with its undo mark moved to a later token, not set by an attempt
+    of its own) with ``MARK_KEY`` following the mark, if it held."""
+    marked = marked_member(old) if MARK_KEY in old.extra else None
+    if marked is None or new.done_token == old.done_token:
+        return new
+    return new.evolve(extra={**new.extra, MARK_KEY: [marked, new.done_token]})
+
+
 def agent_for(spec: StepSpec, st: StepRecord) -> str:
-    """The agent the step's current attempt runs on: its member, else its agent."""
-    used = member_used(st) if spec.members else None
+    """The agent the step's current attempt runs on: its member (a compensation's: the
+    member it undoes, :func:`undo_member`), else its agent."""
+    if not spec.members:
+        return spec.agent
+    used = undo_member(st) if st.state.is_compensation else member_used(st)
     return spec.agent if used is None else used
 
 
@@ -52,7 +78,7 @@ def next_member(
     """The agent that runs the step's next attempt (see the module docstring)."""
     if not spec.members:
         return spec.agent
-    used = member_used(st)
+    used = undo_member(st) if compensating else member_used(st)
     if used is not None and used not in spec.members:
         used = None  # a member dropped by a new version: choose afresh
     if used is not None and (compensating or st.state in _STAYS):
@@ -72,7 +98,12 @@ def next_member(
 
 def with_member(spec: StepSpec, st: StepRecord, agent: str, *, compensating: bool) -> StepRecord:
     """``st`` (just dispatched to ``agent``) with the member recorded, for a group step's
-    forward attempt; ``st`` itself otherwise."""
+    forward attempt; ``st`` itself otherwise. A step marked to be undone keeps the member
+    of its mark (``MARK_KEY``): this attempt marks the step only if it may take effect."""
     if not spec.members or compensating or member_used(st) == agent:
         return st
-    return st.evolve(extra={**st.extra, MEMBER_KEY: agent})
+    extra = {**st.extra, MEMBER_KEY: agent}
+    marked = undo_member(st) if st.done_token is not None else None
+    if marked is not None:
+        extra[MARK_KEY] = [marked, st.done_token]
+    return st.evolve(extra=extra)

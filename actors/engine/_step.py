@@ -16,13 +16,14 @@ caller records the result (and its history event) in the workflow's transaction.
   :func:`handed_off` (``complete_later``), :func:`heartbeat`;
 - :func:`stopped` (nothing will wake it) and :func:`restarted` (an operator's retry).
 
-Imports: herder.store records only.
+Imports: herder.store records, and this package's ``_retry`` and ``_members``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from herder.actors.engine._members import moved_mark
 from herder.actors.engine._retry import UNBUILT_ERROR, Escalate, GiveUp, RetryIn, Verdict
 from herder.store import StepRecord, StepSpec, StepState, bounded_text, ms, replacer
 
@@ -248,7 +249,9 @@ def failed(
         return with_timer(base.evolve(state=state, retry_at=at, done_token=done, attempt=attempt))
     if isinstance(verdict, GiveUp):
         undo = verdict.undo or st.done_token is not None
-        return base.evolve(state=StepState.FAILED, done_token=token if undo else None)
+        gave_up = base.evolve(state=StepState.FAILED, done_token=token if undo else None)
+        # An earlier attempt's mark, now ordered by this token: its member goes with it.
+        return gave_up if verdict.undo else moved_mark(st, gave_up)
     assert isinstance(verdict, Escalate)
     return base
 
