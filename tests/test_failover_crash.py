@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 from _child_kit import Child
-from failover_child import MEMBERS, TRIP
+from failover_child import FLIGHT, MEMBERS, TRIP
 
-from herder.runtime import Agent, Permanent, Runtime, StepContext, WorkflowFailed
+from herder.runtime import (
+    Agent,
+    Permanent,
+    Runtime,
+    StepContext,
+    WorkflowFailed,
+    WorkflowState,
+)
 from herder.runtime._check import check_store
 from herder.store import Store
 
@@ -22,9 +29,9 @@ CHILD = pathlib.Path(__file__).with_name("failover_child.py")
 WAIT = 30.0
 
 
-def run_child(store: Path) -> list[str]:
-    """Run the child until it says ``ready``, then SIGKILL it; its lines."""
-    child = Child([str(CHILD), str(store)])
+def run_child(store: Path, *mode: str) -> list[str]:
+    """Run the child (in ``mode``) until it says ``ready``, then SIGKILL it; its lines."""
+    child = Child([str(CHILD), str(store), *mode])
     seen: list[str] = []
     try:
         while True:
@@ -79,5 +86,42 @@ def test_compensation_after_sigkill_goes_to_the_member_that_did_the_work(
             rt.handle("w1").result(timeout=WAIT)
         assert calls == [("airline-us", "cancel")]
         assert rt.status("w1").steps["flight"].agent == "airline-us"
+    with Store(store, readonly=True) as s:
+        assert check_store(s).problems == []
+
+
+@pytest.mark.timeout(120)
+def test_an_undo_cut_by_sigkill_runs_again_on_the_member_whose_attempt_may_have_taken_effect(
+    tmp_path: Path,
+) -> None:
+    # The flight failed on eu (it may have taken effect), then on us, which never ran (its
+    # factory failed): the undo goes to eu, and after a SIGKILL in the middle of it, runs
+    # again on eu, as the store says (before the fix it went to us, and parked).
+    store = tmp_path / "store"
+    seen = run_child(store, "unbuilt")
+    assert seen[-2:] == ["cancel on airline-eu", "ready"], seen
+    with Store(store, readonly=True) as s:
+        assert check_store(s).problems == []
+    calls: list[str] = []
+
+    class Airline(Agent):
+        def __init__(self, member: str) -> None:
+            self.member = member
+
+        def book(self, ctx: StepContext) -> str:
+            calls.append(f"book on {self.member}")  # (never: the flight failed)
+            return "booked"
+
+        def cancel(self, ctx: StepContext) -> None:
+            calls.append(self.member)  # (one instance a member, one call: no lock)
+
+    with Runtime(store, sweep_interval=0.05) as rt:
+        for member in MEMBERS:
+            rt.add_agent(member, lambda member=member: Airline(member))
+        rt.add_workflow(FLIGHT)
+        with pytest.raises(WorkflowFailed):
+            rt.handle("w1").result(timeout=WAIT)
+        assert rt.status("w1").state is WorkflowState.COMPENSATED
+        assert calls == ["airline-eu"]
     with Store(store, readonly=True) as s:
         assert check_store(s).problems == []
