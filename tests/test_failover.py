@@ -618,3 +618,43 @@ def test_compensation_goes_to_the_member_whose_attempt_may_have_taken_effect(
             put = Put("steps", key, encode(st.evolve(extra=extra).to_stored()))
             store.writer.submit(Transition(ops=(put,))).result(timeout=WAIT)
             assert [p.key for p in check_store(store).problems] == problems
+
+
+def test_an_undo_that_lapses_counts_against_the_member_it_ran_on(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # The undo ran on eu (the member of the mark), but its lapse was told to the breaker
+    # of us (the member of the last attempt), which opened: us's work was held back for
+    # the cool-down for a timeout of eu's.
+    ledger = Ledger()
+    ledger.failing["airline-eu"] = 1
+    began, release = ledger.hold("")  # (the undo's ledger line names no workflow)
+    two = RetryPolicy(max_attempts=2, initial_interval=1.0, jitter=0.0)
+    flight = Workflow("f").step(
+        "flight", agent=AnyOf(*MEMBERS), action="book", compensate="cancel", timeout=5.0
+    )
+    with Runtime(tmp_path / "s", clock=clock, default_retry=two, sweep_interval=0.05) as rt:
+        rt.add_agent(
+            "airline-eu",
+            functools.partial(Airline, ledger, "airline-eu"),
+            breaker=CircuitBreaker(failures=3, cooldown=600.0),
+        )
+        rt.add_agent(
+            "airline-us",
+            functools.partial(Refusing, ledger, "airline-us"),
+            breaker=CircuitBreaker(failures=1, cooldown=600.0),
+        )
+        rt.add_workflow(flight)
+        h = rt.start("f", {}, workflow_id="w1")
+        retry_wait(rt, "w1")
+        advance(rt, clock, 1.0)  # the retry on us, Permanent: the undo on eu, which hangs
+        assert began.wait(WAIT)
+        del ledger.held[""]  # (the undo's next attempt does not hang)
+        advance(rt, clock, 5.0)  # past its timeout
+        advance(rt, clock, 2.0)  # past its retry's backoff
+        with pytest.raises(WorkflowFailed):
+            h.result(timeout=WAIT)
+        release.set()
+        assert ledger.of("cancel") == ["airline-eu", "airline-eu"]
+        resources = rt.stats()["resources"]
+        assert resources["airline-us"]["breaker"] == "CLOSED"
