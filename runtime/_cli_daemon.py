@@ -55,8 +55,9 @@ def add_parsers(sub: Any) -> None:
     handoff.add_argument(
         "--wait",
         type=seconds_arg,
-        default=60.0,
-        help="seconds to wait for the lease to move (default: %(default)s; 0: do not wait)",
+        default=None,
+        help="seconds to wait for the lease to move (default: the deadline plus two of the "
+        "runtime's leases; 0: do not wait)",
     )
     handoff.add_argument(
         "--force",

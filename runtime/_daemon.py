@@ -25,6 +25,7 @@ from herder.runtime._retention import DEFAULT_RETENTION
 from herder.runtime._runtime import Runtime
 from herder.runtime._systemd import Watchdog, notify
 from herder.store import (
+    DEFAULT_LEASE,
     HerderError,
     InvalidInput,
     Lease,
@@ -159,10 +160,11 @@ def _say(stream: TextIO | None, text: str) -> None:
 
 
 def request_handoff(
-    store: str, deadline: float, wait: float, out: TextIO, *, force: bool = False
+    store: str, deadline: float, wait: float | None, out: TextIO, *, force: bool = False
 ) -> int:
     """Ask the runtime holding ``store`` to hand over; wait (up to ``wait`` seconds, 0:
-    not at all) until the lease moved.
+    not at all; None: ``deadline`` plus two of the holder's leases, as ``rt.handoff()``
+    on a standby waits) until the lease moved.
 
     Refused (exit 1) when no standby waits to take over, unless ``force``: the runtime
     would stop cleanly (exit 0), which systemd's ``Restart=on-failure`` does not restart.
@@ -196,6 +198,8 @@ def request_handoff(
                 "to stop it anyway\n"
             )
             return 1
+        if wait is None:  # (a fixed minute gave up on a drain asked to last longer)
+            wait = deadline + 2 * (held.duration or DEFAULT_LEASE)
         asked = time.monotonic()
         # To the holder looked at: one that took the lease since (its holder killed
         # meanwhile) ignores it, where it handed over to nobody and left the service down.
@@ -235,7 +239,10 @@ def request_handoff(
                 f"store now. Start one (`herder run --store {path} ...`, or its service)\n"
             )
             return 1
-        sys.stderr.write(f"herder handoff: the lease did not move within {wait} s\n")
+        sys.stderr.write(
+            f"herder handoff: the lease did not move within {wait:g} s (the request stays "
+            "written: the runtime may still hand over; pass --wait S to wait longer)\n"
+        )
         return 1
 
 

@@ -385,3 +385,31 @@ def test_a_handoff_that_a_stop_cuts_short_ends_quietly(
     finally:
         mark.release()
         rt.stop()
+
+
+@pytest.mark.timeout(60)
+def test_handoff_waits_by_default_for_the_deadline_plus_two_leases(tmp_path: Path) -> None:
+    # `herder handoff --deadline 120` exited 1 ("the lease did not move within 60 s")
+    # while the runtime still drained as asked: the wait did not follow the deadline, as
+    # rt.handoff() on a standby does. Here a holder that never hands over (a store that
+    # renews its lease, and reads no request): the default wait is the deadline plus two
+    # of its leases, 0.5 + 2 x 1.0 s, not a minute.
+    from herder.runtime._ha import lease_kept
+    from herder.store import Store
+
+    path = tmp_path / "store"
+    with Store(path, lease=1.0) as held, lease_kept(held):
+        mark = StandbyMark(path)
+        try:
+            told = subprocess.run(
+                [HERDER, "handoff", "--store", str(path), "--deadline", "0.5"],
+                capture_output=True,
+                text=True,
+                timeout=20,  # (it waited a minute)
+                check=False,
+            )
+        finally:
+            mark.release()
+    assert told.returncode == 1, told.stdout
+    assert "did not move within 2.5 s" in told.stderr
+    assert "--wait" in told.stderr  # how to wait longer
