@@ -130,8 +130,9 @@ class RuntimeConfig:
         if self.clock is None and self.lease < 2 * self.sweep_interval:
             raise InvalidInput(
                 f"lease {self.lease} s is shorter than two sweeps ({self.sweep_interval} s "
-                "each): the lease is renewed on the sweep, so a standby would take it from "
-                "this healthy runtime; give a lease of at least 2 x sweep_interval"
+                "each): the lease is renewed only while the Supervisor sweeps, so a late sweep "
+                "would let a standby take it from this healthy runtime; give a lease of at "
+                "least 2 x sweep_interval"
             )
         for name in ("instance_shutdown", "instance_idle_timeout"):
             at_least(name, getattr(self, name), 0, "a finite number of seconds >= 0")

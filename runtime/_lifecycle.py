@@ -28,7 +28,8 @@ from herder.actors.ray import detach
 from herder.runtime._async import serving_ended
 from herder.runtime._config import at_least
 from herder.runtime._firing import Firer
-from herder.runtime._ha import LeaseKeeper, ask_handoff, clock_floor
+from herder.runtime._ha import ask_handoff, clock_floor
+from herder.runtime._keeper import LeaseKeeper
 from herder.runtime._part import whole as _runtime
 from herder.runtime._waits import off_loop, seconds, wait_limit
 from herder.store import LeaseLost, TimedOut, get_logger, real_number
@@ -134,6 +135,8 @@ class Lifecycle:
         except pykka.Timeout:
             _log.warning("supervision tree did not stop within %ss", timeout)
         finally:
+            if rt._keeper is not None:
+                rt._keeper.stop()  # (the actors are stopped: the runtime's health is gone)
             if root is not None:
                 if rt._ctx.lost is None and not rt._store.releasing:  # (else: another's)
                     rt._retention.on_stop(timeout)
@@ -272,9 +275,9 @@ class Lifecycle:
                 rt._active = 0
             rt._listener.count_next_recovery()
             real = type(rt._clock) is SystemClock  # (see LeaseKeeper's gate)
-            keeper = LeaseKeeper(rt._store, rt._ctx, self._hand_over, gate=real)
+            rt._keeper = LeaseKeeper(rt._store, rt._ctx, self._hand_over, gate=real)
             rt._listener.sweepers[:] = [
-                keeper.on_sweep,
+                rt._keeper.on_sweep,
                 self._healthy,
                 rt._retention.on_sweep,
                 rt._ctx.health.on_sweep,  # agents' health checks (actors/_health.py)
@@ -318,6 +321,8 @@ class Lifecycle:
     def _failed(self, exc: BaseException) -> None:
         rt = _runtime(self)
         rt._fatal = exc  # (first: a waiter that comes later is refused, see Waiting._watch)
+        if rt._keeper is not None:  # the lease lapses: a standby takes over
+            rt._keeper.stop()
         if rt._firer is not None:  # its firings would be refused, retried for ever
             rt._firer.halt()
         rt._fail_waiters(

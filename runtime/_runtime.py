@@ -38,6 +38,7 @@ from herder.runtime._firing import Firer
 from herder.runtime._ha import StandbyWatcher, lease_kept
 from herder.runtime._handle import Final, Waiting, WorkflowHandle, unknown
 from herder.runtime._inbox import InboxItem, inbox_items
+from herder.runtime._keeper import LeaseKeeper
 from herder.runtime._lifecycle import Lifecycle
 from herder.runtime._listener import RuntimeListener
 from herder.runtime._metrics import stats_collector
@@ -118,6 +119,7 @@ class Runtime(
     _in_setup = False  # True while the setup function registers (start() refuses then)
     _firer: Firer | None  # fires schedules while this runtime is active
     _watcher: StandbyWatcher | None  # a standby's: takes over once the active one is gone
+    _keeper: LeaseKeeper | None  # the active runtime's: renews the lease
     _routers: dict[str, Router]  # add_router: {@name} in agent templates
 
     def __init__(
@@ -221,7 +223,7 @@ class Runtime(
         self._root: pykka.ActorRef[Any] | None = None
         self._is_active = NotifyingEvent()  # became active, or stopped or failed first
         self._health_listeners: builtins.list[Callable[[], None]] = []
-        self._watcher = None
+        self._watcher = self._keeper = None
         self._firer, self._routers = None, {}
         # rt.schedule() calls made before there is a firer (in setup, on a standby), the
         # last of each name: defined when this runtime becomes active (_lifecycle).

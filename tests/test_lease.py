@@ -412,3 +412,91 @@ def test_a_standby_says_once_that_it_cannot_read_a_damaged_lease(
     said = [r.getMessage() for r in caplog.records if "could not check the lease" in r.getMessage()]
     assert len(said) == 1, said
     assert "restore the store from a backup" in said[0]
+
+
+@pytest.mark.timeout(60)
+def test_the_lease_is_renewed_while_a_sweep_is_held_up_and_not_two_leases_past_it(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Renewed from the sweep, the lease waited for each sweep's turn: under load (100,000
+    # workflows recovered, or a start_many of as many) sweeps stretched past a 1 s lease
+    # and a standby deposed the healthy holder. Renewals go on, every third of the lease,
+    # while a sweep is held up; a Supervisor that has not swept for two leases (the
+    # runtime's health check) renews no more, and renews again once it sweeps.
+    lease = 2.0
+    asked: list[float] = []  # time.monotonic() of each renewal asked for
+    committed: list[float] = []  # and of each one written
+    renewed = threading.Condition()
+    renew = Store.renew_lease
+
+    def watched(store: Store, **kwargs: Any) -> Any:
+        with renewed:
+            asked.append(time.monotonic())
+        done = renew(store, **kwargs)
+
+        def note(written: Any) -> None:
+            if written.exception() is None:
+                with renewed:
+                    committed.append(time.monotonic())
+                    renewed.notify_all()
+
+        done.add_done_callback(note)
+        return done
+
+    monkeypatch.setattr(Store, "renew_lease", watched)
+    armed, held, go_on = threading.Event(), threading.Event(), threading.Event()
+    held_at: list[float] = []
+
+    def held_up() -> None:  # (after the keeper's: that sweep counts as the last one)
+        if armed.is_set() and not held_at:
+            held_at.append(time.monotonic())
+            held.set()
+            go_on.wait(30)
+
+    with Runtime(tmp_path / "s", lease=lease, sweep_interval=0.05) as rt:
+        rt._listener.sweepers.append(held_up)
+        armed.set()
+        assert held.wait(10)
+        since = held_at[0]
+        with renewed:  # renewals go on while that one sweep is held up (it renewed none)
+            assert renewed.wait_for(lambda: sum(t > since for t in committed) >= 3, 2 * lease)
+            # None asked for once the last sweep is two leases old (waits that moment out).
+            late = since + 2 * lease + 0.5
+            assert not renewed.wait_for(lambda: asked[-1] > late, late - time.monotonic())
+            assert max(asked) < since + 2 * lease
+        go_on.set()  # the Supervisor sweeps again: so do the renewals
+        with renewed:
+            assert renewed.wait_for(lambda: committed[-1] > late, lease)
+        assert rt.is_active
+    for keeper in [t for t in threading.enumerate() if t.name == "herder-lease"]:
+        keeper.join(10)  # stop() ends it
+        assert not keeper.is_alive()
+
+
+@pytest.mark.timeout(60)
+def test_a_deposed_runtime_renews_its_lease_no_more(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The renewals run on a thread of their own: the first one refused because another
+    # runtime holds the lease deposes this one, and ends that thread.
+    asked: list[float] = []
+    renew = Store.renew_lease
+
+    def watched(store: Store, **kwargs: Any) -> Any:
+        asked.append(time.monotonic())
+        return renew(store, **kwargs)
+
+    monkeypatch.setattr(Store, "renew_lease", watched)
+    rt = Runtime(tmp_path / "s", lease=0.6, sweep_interval=0.05)
+    try:
+        [keeper] = [t for t in threading.enumerate() if t.name == "herder-lease"]
+        lease = rt._store.lease
+        assert lease is not None
+        rt._store.writer.submit(_foreign(lease)).result(timeout=10)
+        keeper.join(10)  # its next renewal was refused: deposed
+        assert not keeper.is_alive()
+        assert not rt.is_active
+        assert rt._ctx.lost is not None
+        assert asked  # (the one refused)
+    finally:
+        rt.stop()
