@@ -7,7 +7,7 @@ Scheduler, which retries with a new fencing token (so a late answer from the old
 is ignored), has the tree replace a hung agent instance, or compensates when attempts are
 exhausted. It also drives periodic housekeeping (passivating idle agent instances), and each sweep
 that read the store calls the context's sweep listeners: the runtime's health signal,
-which renews the leader lease and feeds the systemd watchdog.
+which keeps the leader lease renewed and feeds the systemd watchdog.
 
 Because the sweep reads committed state, it finds work left behind by anything: a lost
 message, a restarted Scheduler, or a previous process.

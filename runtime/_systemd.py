@@ -91,7 +91,7 @@ class Watchdog:
     ``WATCHDOG_PID`` names another process.
 
     A ping never waits for room in the socket's queue: it is called from the Supervisor's
-    sweep, which delivers the timers and renews the lease, and the next one comes half a
+    sweep, which delivers the timers and keeps the lease renewed, and the next one comes half a
     period later. One that fails is logged once, until a ping gets through again."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
