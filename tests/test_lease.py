@@ -453,8 +453,10 @@ def test_the_lease_is_renewed_while_a_sweep_is_held_up_and_not_two_leases_past_i
             held.set()
             go_on.wait(30)
 
+    others = set(threading.enumerate())  # (another test's runtime may still be stopping)
     with Runtime(tmp_path / "s", lease=lease, sweep_interval=0.05) as rt:
         rt._listener.sweepers.append(held_up)
+        [keeper] = [t for t in set(threading.enumerate()) - others if t.name == "herder-lease"]
         armed.set()
         assert held.wait(10)
         since = held_at[0]
@@ -468,9 +470,8 @@ def test_the_lease_is_renewed_while_a_sweep_is_held_up_and_not_two_leases_past_i
         with renewed:
             assert renewed.wait_for(lambda: committed[-1] > late, lease)
         assert rt.is_active
-    for keeper in [t for t in threading.enumerate() if t.name == "herder-lease"]:
-        keeper.join(10)  # stop() ends it
-        assert not keeper.is_alive()
+    keeper.join(10)  # stop() ends it
+    assert not keeper.is_alive()
 
 
 @pytest.mark.timeout(60)
@@ -487,9 +488,10 @@ def test_a_deposed_runtime_renews_its_lease_no_more(
         return renew(store, **kwargs)
 
     monkeypatch.setattr(Store, "renew_lease", watched)
+    others = set(threading.enumerate())  # (another test's runtime may still be stopping)
     rt = Runtime(tmp_path / "s", lease=0.6, sweep_interval=0.05)
     try:
-        [keeper] = [t for t in threading.enumerate() if t.name == "herder-lease"]
+        [keeper] = [t for t in set(threading.enumerate()) - others if t.name == "herder-lease"]
         lease = rt._store.lease
         assert lease is not None
         rt._store.writer.submit(_foreign(lease)).result(timeout=10)
