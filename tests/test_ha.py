@@ -83,6 +83,17 @@ def daemons() -> Any:
         d.finish()
 
 
+def _script(script: str, *args: str) -> subprocess.Popen[str]:
+    """A child process running ``script`` (``sys.argv[1:]``: ``args``), talked to over
+    its stdin and stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _active_at(line: str) -> float:
     return float(line.split()[1])
 
@@ -197,12 +208,7 @@ def test_a_holder_stopped_inside_a_commit_is_fenced_by_the_standby(
     tmp_path: pathlib.Path,
 ) -> None:
     store = tmp_path / "store"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(store), str(LEASE)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _script(HOLDER, str(store), str(LEASE))
     try:
         assert holder.stdin is not None
         assert holder.stdout is not None
@@ -246,12 +252,7 @@ def test_a_standby_refuses_a_lock_mdb_deleted_under_the_running_runtime(
     # lease) did not wait for the holder's; one stopped inside a commit was neither
     # waited for nor fenced, and both wrote the store at once.
     store = tmp_path / "store"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", WRITING, str(store)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _script(WRITING, str(store))
     try:
         assert holder.stdin is not None
         assert holder.stdout is not None
@@ -273,12 +274,7 @@ def test_a_standby_polls_a_held_lease_without_taking_the_writer_lock(
     # debugger, a frozen container) inside that write stopped every commit of the healthy
     # holder until it resumed. Here the holder has the lock: a poll must not wait for it.
     store = tmp_path / "store"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", WRITING, str(store)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _script(WRITING, str(store))
     assert holder.stdin is not None
     assert holder.stdout is not None
     try:
@@ -334,12 +330,7 @@ def test_a_standby_does_not_depose_a_holder_whose_long_commit_outlasts_its_lease
     # unrenewed for longer than its 5 s, the standby's take waited for the lock, and took
     # the lease from the healthy holder right after its commit (its renewal queued behind).
     store = tmp_path / "store"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LONG_COMMIT, str(store), str(LEASE)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _script(LONG_COMMIT, str(store), str(LEASE))
     try:
         assert holder.stdin is not None
         assert holder.stdout is not None
@@ -400,12 +391,7 @@ def test_a_process_an_agent_forked_does_not_keep_the_store_locked_after_the_runt
 
     store, other = tmp_path / "store", tmp_path / "other"
     other.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", FORKING, str(store), str(other)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _script(FORKING, str(store), str(other))
     child = None
     try:
         assert holder.stdout is not None
@@ -590,12 +576,7 @@ def test_a_standby_does_not_take_over_a_store_a_newer_herder_held_since_it_opene
     # meanwhile (a rolling upgrade, this standby left behind) marked it with its schema,
     # and when it died this standby took the store over and wrote it as it misread it.
     store = tmp_path / "store"
-    newer = subprocess.Popen(
-        [sys.executable, "-c", NEWER, str(store), str(LEASE)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    newer = _script(NEWER, str(store), str(LEASE))
     assert newer.stdin is not None
     assert newer.stdout is not None
     try:
@@ -633,15 +614,7 @@ def test_of_processes_racing_for_a_free_lease_exactly_one_wins(tmp_path: pathlib
     with Store(store) as st:
         incarnation = st.incarnation
     go = time.time() + 2.0  # past every racer's imports
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, str(store), str(go)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
+    racers = [_script(RACER, str(store), str(go)) for _ in range(4)]
     results = []
     for racer in racers:
         assert racer.stdout is not None
@@ -1079,12 +1052,7 @@ def test_a_standby_whose_takeover_fails_stops_the_actors_it_started(
 
     monkeypatch.setattr(Firer, "start", cannot_start)
     store = tmp_path / "store"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", OPENED, str(store), str(LEASE)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _script(OPENED, str(store), str(LEASE))
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "open"
