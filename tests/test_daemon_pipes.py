@@ -9,6 +9,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+from typing import TextIO
 
 import pytest
 
@@ -70,6 +71,18 @@ class _Gone(io.StringIO):
         raise BrokenPipeError(32, "Broken pipe")
 
 
+def _run_app(tmp_path: pathlib.Path, out: TextIO | None) -> int:
+    """``herder run`` of this module's app (Runtime.run_forever patched by the test)."""
+    return _daemon.run_app(
+        str(tmp_path / "s"),
+        f"{__name__}:build",
+        standby=False,
+        lease=5.0,
+        drain_timeout=1.0,
+        out=out,
+    )
+
+
 def test_herder_run_that_failed_exits_1_though_its_stderr_is_gone(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -84,14 +97,7 @@ def test_herder_run_that_failed_exits_1_though_its_stderr_is_gone(
 
     monkeypatch.setattr(Runtime, "run_forever", serve)
     monkeypatch.setattr(sys, "stderr", _Gone())
-    code = _daemon.run_app(
-        str(tmp_path / "s"),
-        f"{__name__}:build",
-        standby=False,
-        lease=5.0,
-        drain_timeout=1.0,
-        out=_Gone(),
-    )
+    code = _run_app(tmp_path, out=_Gone())
     assert (served, code) == ([True], 1)
 
 
@@ -107,12 +113,5 @@ def test_herder_run_started_with_stdout_closed_serves_and_stops(
         self.stop()
 
     monkeypatch.setattr(Runtime, "run_forever", serve)
-    code = _daemon.run_app(
-        str(tmp_path / "s"),
-        f"{__name__}:build",
-        standby=False,
-        lease=5.0,
-        drain_timeout=1.0,
-        out=None,
-    )
+    code = _run_app(tmp_path, out=None)
     assert (served, code) == ([True], 0)
