@@ -132,7 +132,7 @@ def test_parked_on_probes_while_a_parallel_step_runs_store_checks_clean_and_its_
     b (it took effect)."""
     clock = FakeClock()
     hang, b_go = threading.Event(), threading.Event()
-    entered_a, entered_b = threading.Event(), threading.Event()
+    entered_a, entered_b, did_ship = threading.Event(), threading.Event(), threading.Event()
     shipped: list[str] = []
     unshipped: list[str] = []
 
@@ -150,6 +150,7 @@ def test_parked_on_probes_while_a_parallel_step_runs_store_checks_clean_and_its_
             entered_b.set()
             b_go.wait(20)
             shipped.append(ctx.idempotency_key)
+            did_ship.set()
             return "shipped"
 
         def unship(self, ctx: StepContext) -> None:
@@ -178,7 +179,7 @@ def test_parked_on_probes_while_a_parallel_step_runs_store_checks_clean_and_its_
                 advance(rt, clock, 1.5)
             wait_until(rt, lambda: rt.status("w").state is State.NEEDS_ATTENTION)
             b_go.set()  # ship's effect happens; its answer arrives after the parking
-            wait_until(rt, lambda: bool(shipped))
+            assert did_ship.wait(10)  # (no commit need follow: wait_until would wait it out)
             settle(rt)
             report = check_store(rt._store)
             problems = report.problems
