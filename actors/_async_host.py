@@ -51,7 +51,7 @@ from herder.actors._clock import Clock, SystemClock
 from herder.actors._event_loop import GONE, IDLE, Attempt, EventLoop
 from herder.actors._host import FAILED_START, GivenUp, InstanceCrash
 from herder.actors._hosted import INSTANCE_BACKOFF, let_go
-from herder.actors._messages import InstanceEvent, Outcome, Run
+from herder.actors._messages import UNSTARTED, InstanceEvent, Outcome, Run
 from herder.actors._queue import DEFAULT_AGING, JobQueue
 from herder.actors._restarts import RestartWindow
 from herder.actors._supervision_specs import ChildEventKind
@@ -59,6 +59,9 @@ from herder.actors.engine import CRASH_ERROR, UNBUILT_ERROR
 from herder.store import UserCodeFailed, describe, error_types, get_logger
 
 _log = get_logger("herder.asyncio")
+
+UNRUN = "not started: the event loop given as Runtime(loop=) is closed (the next runtime runs it)"
+"""The error of an attempt sent to the application's loop after it closed."""
 
 
 @dataclass(slots=True)
@@ -170,7 +173,15 @@ class AsyncHost:
         if agent is None or slot is None or slot.token != run.token:
             return False
         slot.future = self._loop.submit(self._attempt(agent.holder, run), lambda: self._lost(run))
-        if slot.future is None:  # the loop is closed: nothing can run here any more
+        if slot.future is None and self._loop.gone:
+            # The application's loop closed since acquire(): the attempt never ran, so it
+            # answers unstarted (not charged; its retry waits in acquire). Lost instead,
+            # it was charged, and a step on its last attempt compensated for nothing.
+            self._loop.say(GONE)
+            self._reply(
+                Outcome(name, instance_id, run.token, ok=False, error=UNRUN, kind=UNSTARTED)
+            )
+        elif slot.future is None:  # the runtime stops: nothing can run here any more
             del agent.slots[instance_id]
             return False
         return True

@@ -9,11 +9,21 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from _ending import HeldCommit
 
-from herder.runtime import Agent, InvalidInput, Runtime, State, StepContext, Workflow
+from herder.runtime import (
+    Agent,
+    InvalidInput,
+    RetryPolicy,
+    Runtime,
+    State,
+    StepContext,
+    Workflow,
+)
+from herder.runtime.testing import store_of, wait_until
 
 WAIT = 10.0
 pytestmark = pytest.mark.timeout(60)
@@ -103,3 +113,68 @@ def test_a_given_loop_that_never_runs_is_named_when_a_step_times_out_unstarted(
     finally:
         logging.getLogger("herder.asyncio").removeHandler(said)
         idle.close()
+
+
+class Held(Agent):
+    """Its first attempt holds the only slot until told; later ones end at once."""
+
+    started = threading.Event()
+    go: asyncio.Event | None = None
+
+    async def run(self, ctx: StepContext) -> dict[str, Any]:
+        if ctx.input == "first":
+            Held.go = asyncio.Event()
+            Held.started.set()
+            await Held.go.wait()
+        return {"ran": ctx.input}
+
+
+def test_a_step_sent_as_the_loop_closes_is_not_charged_for_it(tmp_path: Path) -> None:
+    # The slot frees, the queued step takes it (the loop still open), and the loop closes
+    # while its DISPATCHED is being written: once durable, the attempt could not be sent.
+    # It was lost as "agent instance went away", charged, and its workflow (on its last
+    # attempt) compensated for a loop that closed; it never ran.
+    said = _Said()
+    logging.getLogger("herder.asyncio").addHandler(said)
+    loop = asyncio.new_event_loop()
+    serving = threading.Thread(target=loop.run_forever)
+    serving.start()
+    flow = Workflow("aw").step("a", agent="aq", action="run", retry=RetryPolicy(max_attempts=1))
+    held = HeldCommit()
+    try:
+        rt = Runtime(tmp_path / "s", loop=loop, lease=60.0)  # (no renewal held instead)
+        try:
+            rt.add_agent("aq", Held, concurrency=1)
+            rt.add_workflow(flow)
+            rt.start("aw", "first", workflow_id="first")
+            assert Held.started.wait(WAIT)
+            rt.start("aw", "queued", workflow_id="queued")
+            wait_until(rt, lambda: rt.stats()["agents"]["aq"]["queued"] == 1, WAIT)
+            store_of(rt).writer.fault = held
+            held.armed = True
+            loop.call_soon_threadsafe(cast("asyncio.Event", Held.go).set)
+            assert held.entered.wait(WAIT)  # the first's end (and the next DISPATCHED)
+            held.armed = False
+            assert rt.stats()["agents"]["aq"]["queued"] == 0  # the slot went to "queued"
+            loop.call_soon_threadsafe(loop.stop)
+            serving.join(WAIT)
+            loop.close()
+            held.release.set()
+            wait_until(rt, lambda: rt.status("queued").steps["a"].error is not None, WAIT)
+            status = rt.status("queued")
+            assert status.state is State.RUNNING, status.error  # waiting, not compensated
+            assert "Runtime(loop=) is closed" in str(status.steps["a"].error)
+            assert said.event.wait(WAIT)
+        finally:
+            held.release.set()
+            rt.stop()
+    finally:
+        logging.getLogger("herder.asyncio").removeHandler(said)
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+            serving.join(WAIT)
+            loop.close()
+    with Runtime(tmp_path / "s") as again:  # its own loop this time
+        again.add_agent("aq", Held)
+        again.add_workflow(flow)
+        assert again.handle("queued").result(timeout=WAIT) == {"a": {"ran": "queued"}}
