@@ -25,12 +25,13 @@ same failure, under their retry policy). Once one shows it, nothing more is rese
 ahead on the agent, as when its class is known.
 
 ``health`` is user code: whatever it raises (``BaseException`` included) is contained and
-becomes the check's error. An ``async def health`` runs to its end on the check thread,
-under the same timeout, on an event loop of the check instance's own (:class:`Checker`:
-one for the instance's life, so a client it holds, opened by an ``async def`` factory or
-an earlier check, serves every check): the runtime's loop, which runs an async agent's
-actions, never waits for it (and it does not place an agent of plain ``def`` actions on
-that loop: ``coroutine_actions`` leaves it out).
+becomes the check's error. An ``async def health`` runs on the check thread, under the
+same timeout (past it, it is cancelled: :meth:`Checker.cancel`), on an event loop of the
+check instance's own (:class:`Checker`: one for the instance's life, so a client it
+holds, opened by an ``async def`` factory or an earlier check, serves every check): the
+runtime's loop, which runs an async agent's actions, never waits for it (and it does
+not place an agent of plain ``def`` actions on that loop: ``coroutine_actions`` leaves
+it out).
 """
 
 from __future__ import annotations
@@ -288,6 +289,8 @@ class AgentHealth:
                         watch.timed_out = True
                         self._slots.discard(watch.running)  # abandoned: another may run
                         building = watch.instance is None
+                        if watch.instance is not None:  # an async def health: cut it
+                            watch.instance.cancel()
                         watch.instance = None  # its thread may be stuck in it
                         if not (building and watch.hidden):  # (health() unknown yet)
                             error = f"health check timed out after {watch.policy.limit:g}s"

@@ -265,6 +265,42 @@ def test_an_async_health_check_runs_like_the_asyncio_hosts_actions(
         assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
 
 
+def test_an_async_health_check_past_its_timeout_is_cancelled_and_the_next_one_runs(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # A coroutine, unlike a thread, can be cut: left to run, one check awaiting a peer
+    # that never answers held every later check of its agent (none starts while one
+    # runs), so the agent stayed unhealthy, its work held, for as long as it hung.
+    cut = threading.Event()
+    checks = []
+
+    class Async(Agent):
+        async def call(self, ctx: StepContext) -> str:
+            return "ok"
+
+        async def health(self) -> None:
+            checks.append(1)
+            if len(checks) == 1:
+                try:
+                    await asyncio.Event().wait()  # a read the peer never answers
+                except asyncio.CancelledError:
+                    cut.set()
+                    raise
+
+    with Runtime(tmp_path / "s", clock=clock, sweep_interval=0.05) as rt:
+        rt.add_agent("svc", Async, health_interval=10.0, health_timeout=2.0)
+        rt.add_workflow(ONE)
+        advance(rt, clock, 0.0)  # the check starts and hangs
+        check(rt, clock, 1, 2.0)  # the sweep after its timeout fails it
+        assert health(rt)["healthy"] is False
+        assert cut.wait(WAIT), "the hung check was left running"
+        assert rt._ctx.health.settle(WAIT)
+        check(rt, clock, 2, 10.0)
+        assert (health(rt)["healthy"], health(rt)["health_failures"]) == (True, 1)
+        rt.start("one", workflow_id="w1")
+        assert rt.handle("w1").result(timeout=WAIT) == {"call": "ok"}
+
+
 def test_an_async_health_check_leaves_plain_def_actions_on_threads(
     tmp_path: Path, clock: FakeClock
 ) -> None:
