@@ -2,6 +2,7 @@
 
 - :func:`crash_scheduler` — the Scheduler actor fails as a bug escaping one of its
   handlers would; the supervision tree starts a new one, which recovers from the store.
+- :func:`given` — the kit's check that its first argument is a :class:`Runtime`.
 
 Imports: herder.actors (the ``Crash`` message) and the Runtime facade.
 """
@@ -17,7 +18,17 @@ import pykka
 from herder.actors import Crash, NotActive
 from herder.runtime._runtime import Runtime
 from herder.runtime._waits import wait_limit
-from herder.store import TimedOut
+from herder.store import InvalidInput, TimedOut
+
+
+def given(runtime: object, what: str) -> None:
+    """:class:`InvalidInput` for a first argument that is no :class:`Runtime` (the kit's
+    helpers take the runtime first)."""
+    if not isinstance(runtime, Runtime):
+        raise InvalidInput(
+            f"{what} takes the Runtime as its first argument (rt), got "
+            f"{type(runtime).__name__} {runtime!r:.60}"
+        )
 
 
 def crash_scheduler(rt: Runtime, timeout: float | None = 10.0) -> None:
@@ -28,9 +39,10 @@ def crash_scheduler(rt: Runtime, timeout: float | None = 10.0) -> None:
     Scheduler does not stop, or no replacement runs, within ``timeout`` seconds;
     :class:`RuntimeClosed` if the runtime is stopped, or once this crash made its tree give
     up restarting (past the root's restart intensity); :class:`NotActive` on a standby;
-    :class:`InvalidInput` (before anything crashed) for a ``timeout`` that is no number of
-    seconds >= 0 (None: no limit).
+    :class:`InvalidInput` (before anything crashed) for a first argument that is no
+    Runtime or a ``timeout`` that is no number of seconds >= 0 (None: no limit).
     """
+    given(rt, "crash_scheduler()")
     limit = wait_limit(timeout)
     rt._check_active()
     old = rt._ctx.scheduler

@@ -441,6 +441,7 @@ def test_hang_until_in_an_async_action_fails_the_step_at_once(tmp_path: Path) ->
         (store_of, ()),
         (wait_until, (lambda: True,)),
         (advance, (FakeClock(), 1.0)),
+        (crash_scheduler, ()),
     ],
 )
 def test_the_kit_says_what_it_takes_when_given_no_runtime(wait: Any, args: tuple[Any, ...]) -> None:

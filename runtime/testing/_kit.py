@@ -20,6 +20,7 @@ from herder.actors import (
     advance_seconds,
 )
 from herder.runtime._runtime import Runtime
+from herder.runtime._seams import given
 from herder.runtime._waits import wait_limit
 from herder.runtime.testing._threads import all_wait
 from herder.store import InvalidInput, Store, TimedOut, timer_upper_bound
@@ -92,15 +93,6 @@ def hang_until(event: threading.Event, timeout: float = 60.0) -> None:
     )
 
 
-def _given(runtime: object, what: str) -> None:
-    """:class:`InvalidInput` for a first argument that is no :class:`Runtime`."""
-    if not isinstance(runtime, Runtime):
-        raise InvalidInput(
-            f"{what} takes the Runtime as its first argument (rt), got "
-            f"{type(runtime).__name__} {runtime!r:.60}"
-        )
-
-
 def crash_instance(reason: str = "injected instance crash") -> NoReturn:
     """Crash the agent instance running this action (not just fail the step)."""
     raise InstanceCrash(reason)
@@ -165,7 +157,7 @@ def wait_until(
     loop the runtime's ``async def`` actions run on (as :func:`settle` and
     :func:`advance` do).
     """
-    _given(runtime, "wait_until()")
+    given(runtime, "wait_until()")
     limit = wait_limit(timeout)
     runtime._check_open()
     _off_loop(runtime, "wait_until()")
@@ -222,7 +214,7 @@ def settle(runtime: Runtime) -> None:
     :class:`NotActive` on a standby (it has no Scheduler yet) and while a Scheduler that
     crashed is being replaced (call again once it runs), :class:`RuntimeClosed` on a
     stopped runtime."""
-    _given(runtime, "settle()")
+    given(runtime, "settle()")
     runtime._check_active()  # (a standby has no Scheduler to settle)
     _off_loop(runtime, "settle()")
     deadline = time.monotonic() + runtime._ask_timeout
@@ -291,7 +283,7 @@ def advance(runtime: Runtime, clock: FakeClock, seconds: float) -> None:
     armed by that reaction (the next backoff, the next slot) falls due within the same
     advance, as it would in real time. A timer or slot already due when it begins (a
     jump with ``clock.advance()``, a wall step) is reacted to first."""
-    _given(runtime, "advance()")
+    given(runtime, "advance()")
     number = advance_seconds(seconds)
     if clock is not runtime._clock or not isinstance(clock, FakeClock):
         why = "this one is not it" if clock is not runtime._clock else "this runtime has none"
@@ -387,5 +379,5 @@ def _next_due(runtime: Runtime, clock: FakeClock, end: float) -> float | None:
 def store_of(runtime: Runtime) -> Store:
     """The runtime's open store, to check it (``check_store(store_of(rt))``) or read it in
     a test; its reads are thread-safe. Write only through the runtime."""
-    _given(runtime, "store_of()")
+    given(runtime, "store_of()")
     return runtime._store
