@@ -20,7 +20,7 @@ from herder.actors import (
 from herder.runtime._async import AsyncHandle, unended
 from herder.runtime._part import whole as _runtime
 from herder.runtime._status import WorkflowFailed, WorkflowStatus, in_plan_order, steps_if_kept
-from herder.runtime._waits import OneShot, seconds
+from herder.runtime._waits import OneShot, off_writer, seconds
 from herder.store import (
     Snapshot,
     StepRecord,
@@ -62,7 +62,8 @@ class WorkflowHandle(AsyncHandle):
         ``herder purge`` before this read it),
         :class:`StoreCorrupt` at once if one of its records is damaged (it cannot end),
         and :class:`WrongThread` on the thread of the event loop the runtime's ``async
-        def`` actions run on (await :meth:`result_async` there).
+        def`` actions run on (await :meth:`result_async` there), and on the store's writer
+        thread (a span processor's) for a workflow not yet ended.
         """
         timeout = seconds(timeout)
         if self._runtime._ctx.event_loop.runs_here():
@@ -237,6 +238,8 @@ class Waiting:
     def _wait_final(self, workflow_id: str, timeout: float | None) -> Final:
         waiter = self._watch(workflow_id)
         try:
+            if waiter.value is None and waiter.error is None:  # (it would wait for its end,
+                off_writer("h.result()")  # which the writer's thread announces)
             return waiter.wait(timeout)
         except TimedOut:
             raise unended(workflow_id, timeout) from None

@@ -31,7 +31,7 @@ from herder.runtime._firing import Firer
 from herder.runtime._ha import ask_handoff, clock_floor
 from herder.runtime._keeper import LeaseKeeper
 from herder.runtime._part import whole as _runtime
-from herder.runtime._waits import off_loop, seconds, wait_limit
+from herder.runtime._waits import off_loop, off_writer, seconds, wait_limit
 from herder.store import LeaseLost, TimedOut, get_logger, real_number
 
 if TYPE_CHECKING:
@@ -384,6 +384,7 @@ class Lifecycle:
 
     def _check_active(self) -> None:
         self._check_open()
+        off_writer("this call")  # (each caller waits for the Scheduler, or a commit)
         rt = _runtime(self)
         if rt._in_setup:
             raise NotActive(

@@ -9,7 +9,8 @@
 - :class:`Wait`, :func:`run_blocking`, :func:`run_async`: a call written once as a
   generator of waits, run blocking on a thread or awaited on a loop (``_start.py``).
 - :func:`seconds`: a caller's ``timeout`` checked at the door; :func:`off_loop`: a
-  blocking call refused on the loop of the runtime's ``async def`` actions.
+  blocking call refused on the loop of the runtime's ``async def`` actions,
+  :func:`off_writer` on a store's writer thread.
 """
 
 from __future__ import annotations
@@ -55,6 +56,24 @@ def off_loop(event_loop: EventLoop, what: str, instead: str) -> None:
             f"{what} blocks its thread, and this one runs the event loop of the runtime's "
             "async def actions: they could not run (nor finish, for a drain) meanwhile. "
             f"Nothing was done; await {instead} instead"
+        )
+
+
+WRITER = "herder-store-writer"
+"""The name of a store's writer thread (``store/_writer.py``)."""
+
+
+def off_writer(what: str) -> None:
+    """:class:`WrongThread` on a store's writer thread, where herder calls a tracer's
+    span processors and logging handlers as a workflow ends: ``what`` waits for a commit,
+    which that thread makes, so it would hold every commit of the runtime until it timed
+    out."""
+    if threading.current_thread().name == WRITER:
+        raise WrongThread(
+            f"{what} waits for the store's writer, and this is its thread (a span processor "
+            "or logging handler runs there as a workflow ends): it would wait for itself, "
+            "holding every commit meanwhile. Nothing was done; make the call from a thread "
+            "of your own (hand it over through a queue or an executor)"
         )
 
 

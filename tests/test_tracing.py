@@ -452,3 +452,56 @@ def test_a_traced_agents_factory_mistakes_are_named_as_without_tracing(tmp_path:
     assert errors[True] == errors[False]
     assert "NoneType: does the factory return the agent it builds?" in (errors[True][0] or "")
     assert "has no action 'by' (its factory made a Shop)" in (errors[True][1] or "")
+
+
+class _Reenters(sdk.SpanProcessor):
+    """A span processor that, as each workflow span ends (on the store's writer thread),
+    calls back into the runtime: reads, a start, a cancel and a wait for a result."""
+
+    def __init__(self) -> None:
+        self.rt: Runtime | None = None
+        self.outcomes: dict[str, str] = {}
+
+    def on_end(self, span: Any) -> None:
+        if span.name != "workflow order" or self.outcomes:
+            return
+        rt = self.rt
+        assert rt is not None
+        for what, call in (
+            ("status", lambda: rt.status("o-1")),
+            ("start", lambda: rt.start("order", {}, workflow_id="o-2")),
+            ("cancel", lambda: rt.cancel("later")),
+            ("result", lambda: rt.handle("later").result(timeout=2.0)),
+        ):
+            try:
+                call()
+                self.outcomes[what] = "ok"
+            except Exception as exc:
+                self.outcomes[what] = type(exc).__name__
+
+
+@pytest.mark.timeout(60)
+def test_a_span_processor_that_waits_for_the_runtime_is_refused_not_stalling_it(
+    tmp_path: Path,
+) -> None:
+    """A span processor runs on the store's writer thread as a workflow ends. A call
+    from it that waits for a commit (start, cancel) waited for that very thread: every
+    commit of the runtime stalled for ask_timeout (30 s by default), then it raised
+    TimedOut (a result() without a timeout: for good). It is refused at once; reads go
+    on working."""
+    reenters = _Reenters()
+    tracer_provider = sdk.TracerProvider()
+    tracer_provider.add_span_processor(reenters)
+    with Runtime(tmp_path / "s", tracer_provider=tracer_provider, ask_timeout=2) as rt:
+        reenters.rt = rt
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(ORDER)
+        rt.start("order", {}, workflow_id="later", delay=3600.0)
+        rt.start("order", {}, workflow_id="o-1").result(timeout=10)
+        assert reenters.outcomes == {
+            "status": "ok",
+            "start": "WrongThread",
+            "cancel": "WrongThread",
+            "result": "WrongThread",
+        }
+        rt.start("order", {}, workflow_id="o-3").result(timeout=10)  # (no commit stalled)
