@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from herder.store import (
     append_command,
     is_held,
     new_command,
+    normalize,
     wait_outcome,
 )
 
@@ -116,6 +118,25 @@ def _strict(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value; store a number, or a string")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # (1e400: Python reads it as infinity)
+        raise ValueError(f"{text} is beyond a float's range; store a smaller number, or a string")
+    return value
+
+
+def skip_result(text: str | None) -> Any:
+    """``--result`` as the skip's result, checked as the API checks one (ValueError if
+    it is not JSON, or is a value the store cannot keep)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text, parse_constant=_strict, parse_float=_finite)
+    except ValueError as exc:  # (JSONDecodeError, NaN/Infinity, 1e400: not JSON either)
+        raise ValueError(f"--result is not valid JSON: {exc}") from None
+    return normalize(value, what="--result")  # (EncodeError: 2**64, a lone surrogate)
+
+
 def send(out: TextIO, args: argparse.Namespace) -> int:
     """Send one operator command to the runtime holding the store and report its outcome."""
     action, path = args.command, args.store
@@ -123,11 +144,9 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
     if action == "skip":
         command_args["step"] = args.step
         try:
-            command_args["result"] = (
-                None if args.result is None else json.loads(args.result, parse_constant=_strict)
-            )
-        except ValueError as exc:  # (JSONDecodeError, or NaN/Infinity: not JSON either)
-            sys.stderr.write(f"herder skip: --result is not valid JSON: {exc}\n")
+            command_args["result"] = skip_result(args.result)
+        except ValueError as exc:
+            sys.stderr.write(f"herder skip: {exc}; nothing was queued\n")
             return 2
         except RecursionError:
             sys.stderr.write("herder skip: --result is nested too deeply to read\n")

@@ -494,3 +494,25 @@ def test_a_runtime_that_stops_before_finishing_a_purge_ends_its_wait(
     assert "command #1" in err
     with Store(store, readonly=True) as st:
         assert [c["action"] for c in pending_commands(st)] == ["purge"]  # queued still
+
+
+@pytest.mark.parametrize(
+    ("result", "says"),
+    [
+        ("1e400", "1e400 is beyond a float's range"),  # (read as infinity: stored so)
+        ("[18446744073709551616]", "an int in it is out of range"),  # (exit 1, after opening)
+        ('"\\ud800"', "surrogates not allowed"),
+    ],
+)
+def test_skip_refuses_a_result_the_store_cannot_keep_before_anything_is_queued(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], result: str, says: str
+) -> None:
+    path = parked_trip(tmp_path / "store")
+    code, _ = run("skip", "w", "--store", str(path), "--why", "x", "--result", result)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert says in err
+    assert "nothing was queued" in err
+    with Store(path, readonly=True) as store:
+        assert pending_commands(store) == []
+
