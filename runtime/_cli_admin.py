@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from herder.runtime._cli_args import add_store, operator_name, seconds_arg, when_arg
 from herder.runtime._console import CountLine
 from herder.runtime._inspect import shown_time
-from herder.runtime._operator_cli import wait_while_held
+from herder.runtime._operator_cli import told_if_interrupted, wait_while_held
 from herder.store import (
     COMMAND_DONE,
     FINISHED,
@@ -118,7 +118,11 @@ def _purge(args: argparse.Namespace, out: TextIO) -> int:
         why="herder purge",
     )
     command_id = append_command(path, command)
-    with closing(CountLine("herder purge", "deleted")) as progress:
+    then = "the runtime holding the store carries the purge on, a batch per sweep"
+    with (
+        told_if_interrupted("herder purge", command_id, then),
+        closing(CountLine("herder purge", "deleted")) as progress,
+    ):
         outcome, held = wait_while_held(path, command_id, args.timeout, _shown(progress))
     if outcome is None and not held:
         sys.stderr.write(

@@ -16,11 +16,12 @@ and the next runtime to open the store applies it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from herder.actors import Operate, UnknownWorkflow
@@ -179,7 +180,9 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
             "definition is registered)\n"
         )
         return QUEUED
-    outcome, held = wait_while_held(path, command_id, args.timeout)
+    then = f"the runtime applies it all the same (see `herder show {args.id}`)"
+    with told_if_interrupted(f"herder {action}", command_id, then):
+        outcome, held = wait_while_held(path, command_id, args.timeout)
     if outcome is None and not held:
         sys.stderr.write(
             f"herder {action}: the runtime let go of the store {path} (it stopped) before "
@@ -202,6 +205,21 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
         return 1
     out.write(f"{action} {args.id}: done (command #{command_id}, by {who})\n")
     return 0
+
+
+@contextlib.contextmanager
+def told_if_interrupted(name: str, command_id: int, then: str) -> Iterator[None]:
+    """Ctrl-C while waiting for queued command ``command_id``: say, before the CLI's
+    "interrupted", that it stays queued and what becomes of it (``then``): the wait
+    ends, the command does not."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"{name}: command #{command_id} stays queued (ending the wait does not "
+            f"withdraw it): {then}\n"
+        )
+        raise
 
 
 LOOK = 0.5

@@ -516,3 +516,40 @@ def test_skip_refuses_a_result_the_store_cannot_keep_before_anything_is_queued(
     with Store(path, readonly=True) as store:
         assert pending_commands(store) == []
 
+
+def test_ctrl_c_while_waiting_says_the_command_stays_queued_and_is_applied(
+    tmp_path: Path,
+    daemon: subprocess.Popen[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ctrl-C during the wait said only "herder abandon: interrupted": an operator who
+    # pressed it to take back a wrong command believed it undone, and the runtime
+    # abandoned the workflow all the same.
+    from herder.runtime import _cli_admin, _operator_cli
+
+    def ctrl_c(*args: object) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_operator_cli, "wait_while_held", ctrl_c)
+    monkeypatch.setattr(_cli_admin, "wait_while_held", ctrl_c)
+    store = str(tmp_path / "store")
+    code, _ = run("abandon", "w-2", "--store", store, "--why", "oops")
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "command #1 stays queued (ending the wait does not withdraw it)" in err
+    assert "see `herder show w-2`" in err
+    assert err.endswith("herder abandon: interrupted\n")
+    applied = wait_outcome(store, 1, WAIT)
+    assert applied is not None
+    assert applied["state"] == "DONE"  # all the same
+    assert show(tmp_path / "store", "w-2")["state"] == "ABANDONED"
+
+    code, _ = run("purge", "--store", store, "--before", "2999-01-01")
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "command #2 stays queued" in err
+    assert "carries the purge on" in err
+    purged = wait_outcome(store, 2, WAIT)
+    assert purged is not None
+    assert purged["deleted"] == 1
