@@ -36,9 +36,15 @@ from herder.store import (
     StoreCorrupt,
     WorkflowRecord,
     WorkflowState,
+    pending_commands,
     read_history,
     read_resources,
 )
+
+QUEUED_LOOK = 1000
+"""Queued commands (of every workflow, the oldest) ``herder show`` and a workflow's page
+in the console look among for its own: a runtime that stays away lets an automation's
+pile up."""
 
 
 class _Reader:
@@ -160,8 +166,9 @@ def show_workflow(
     with ``attempts``, each failed attempt with its error and traceback. The status and
     the history are read in one transaction, so they tell the same story."""
     status, history = snapshot(store, workflow_id)
+    queued = queued_for(store, workflow_id)
     if as_json:
-        dump_json(out, {**status.to_dict(), "history": history})
+        dump_json(out, {**status.to_dict(), "history": history, "queued": queued})
         return
     out.write(
         f"workflow {printable(status.id)}: {status.name}@{status.version} {status.state}\n"
@@ -196,8 +203,28 @@ def show_workflow(
     ]
     print_table(out, "", ("step", "state", "attempts", "undo attempts", "result", "error"), rows)
     print_table(out, "history", ("when", "what", "change", "attempt", "details"), _story(history))
+    if queued:  # (a decision already on its way: not to be taken twice)
+        rows = [_queued_row(c) for c in queued]
+        title = "queued: not applied yet (no runtime holds the store, or it has not got to them)"
+        print_table(out, title, ("command", "action", "step", "who", "when", "why"), rows)
     if attempts:
         _failed_attempts(out, history)
+
+
+def queued_for(store: Store, workflow_id: str) -> list[dict[str, Any]]:
+    """The operator commands queued for a workflow and not applied yet, oldest first
+    (among the :data:`QUEUED_LOOK` oldest queued)."""
+    looked = pending_commands(store, corrupt=[], most=QUEUED_LOOK)
+    return [c for c in looked if c.get("workflow_id") == workflow_id]
+
+
+def _queued_row(command: dict[str, Any]) -> tuple[Any, ...]:
+    args = command.get("args")
+    step = args.get("step") if isinstance(args, dict) else None
+    created = command.get("created")
+    when = shown_time(created) if isinstance(created, int | float) else "?"
+    who, why = command.get("who"), command.get("why")
+    return (f"#{command.get('id')}", command.get("action"), step or "", who, when, why)
 
 
 def snapshot(store: Store, workflow_id: str) -> tuple[WorkflowStatus, list[dict[str, Any]]]:

@@ -553,3 +553,28 @@ def test_ctrl_c_while_waiting_says_the_command_stays_queued_and_is_applied(
     purged = wait_outcome(store, 2, WAIT)
     assert purged is not None
     assert purged["deleted"] == 1
+
+
+def test_herder_show_lists_the_commands_queued_for_the_workflow_until_applied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A command queued while no runtime ran (exit 3) showed nowhere but on the console:
+    # `herder show` gave a teammate no sign of a decision already on its way.
+    path = parked_trip(tmp_path / "store")
+    code, _ = run("retry", "w", "--store", str(path), "--who", "ada", "--why", "hotel is back")
+    assert code == 3, capsys.readouterr().err
+    code, out = run("show", "w", "--store", str(path))
+    assert code == 0
+    assert "queued: not applied yet" in out
+    assert "#1" in out
+    assert "hotel is back" in out
+    [queued] = show(path, "w")["queued"]
+    assert (queued["id"], queued["action"], queued["who"]) == (1, "retry", "ada")
+    with Runtime(path, sweep_interval=0.05, default_retry=RetryPolicy(max_attempts=1)) as rt:
+        rt.add_agent("t", Travel)
+        rt.add_workflow(TRIP)
+        assert wait_outcome(path, 1, WAIT) is not None
+    assert show(path, "w")["queued"] == []
+    code, out = run("show", "w", "--store", str(path))
+    assert "queued" not in out
+    assert "operator retry" in out

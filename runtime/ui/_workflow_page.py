@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 from herder.actors import UnknownWorkflow
 from herder.actors.engine import STUCK, ended_for_good, stuck_step
 from herder.runtime._console import attempt_named, clipped
-from herder.runtime._inspect import _Reader, _story
+from herder.runtime._inspect import QUEUED_LOOK, _Reader, _story
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui import _timeline
 from herder.runtime.ui._pages import (
@@ -133,9 +133,6 @@ def skip_step(state: WorkflowState, steps: list[StepRecord]) -> str | None:
     return None if stuck is None else stuck.name
 
 
-QUEUED_LOOK = 1000
-"""Queued commands (of every workflow, the oldest) a workflow's page looks among for its
-own: a runtime that stays away lets an automation's pile up."""
 QUEUED_SHOWN = 10
 """Queued commands of one workflow its page lists (it says how many more there are)."""
 
