@@ -655,3 +655,26 @@ def test_two_queued_skips_of_a_workflow_stuck_on_two_steps_both_apply(tmp_path: 
         assert rt.handle("w1").result(timeout=WAIT) == {"b": "b", "c": "c"}
         settle(rt)
         assert check_store(rt._store).ok, check_store(rt._store).problems
+
+
+def test_a_skip_refused_while_a_cancel_waits_for_a_handed_off_step_says_how_it_ends(
+    rt: Runtime,
+) -> None:
+    # A cancel waits for a step handed off with complete_later() before it undoes the
+    # rest; a skip of that step was refused with only "skip applies to a step that has
+    # not succeeded in a running or parked workflow": nothing said what ends the wait.
+    cls = agent(set())
+    rt.add_agent("t", cls)
+    rt.add_workflow(trip("flight", "later"))
+    rt.start("trip", workflow_id="w")
+    wait_until(rt, lambda: rt.status("w").steps["later"].state is StepState.WAITING)
+    rt.cancel("w", who="ada", why="customer called")
+    assert rt.status("w").state is State.COMPENSATING
+    before = rt.history("w")
+    with pytest.raises(InvalidState, match="while the workflow undoes its steps") as refused:
+        rt.skip("w", "later", who="ada", why="the partner did it")
+    assert "the undo goes on once this step ends" in str(refused.value)
+    assert "complete_step or fail_step" in str(refused.value)
+    assert rt.history("w") == before  # nothing written
+    rt.complete_step(cls.handed[0], {"booked": "later"})
+    wait_until(rt, lambda: rt.status("w").state is State.CANCELLED)

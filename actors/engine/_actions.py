@@ -143,7 +143,17 @@ def skip_refusal(
         + (" while the workflow undoes its steps" if undoing else "")
         + ": skip applies to a step that has not succeeded in a running or parked "
         "workflow, or to a step whose compensation failed"
+        + (_AWAITED if undoing and st.state in UNSETTLED else "")
     )
+
+
+_AWAITED = (
+    "; the undo goes on once this step ends (its answer, complete_step or fail_step with "
+    "its task token for a handed-off one, or its timeout); abandon ends the workflow as "
+    "it is, nothing undone"
+)
+"""What an operator can do about a step under way or awaited that a compensating
+workflow waits for (a cancel while a step waits on ``complete_later()``)."""
 
 
 def skip(m: Machine, run: WorkflowRun, st: StepRecord, result: Any) -> None:
