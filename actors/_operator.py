@@ -259,8 +259,8 @@ class Operator:
             "result": op.result,
         }
         txn.put(history_put(op.workflow_id, self._ctx.next_token(), event))
-        if op.command is not None:
-            txn.put(*finished_ops(op.command, None, now))
+        if op.command is not None:  # (with the step it took: the CLI names it)
+            txn.put(*finished_ops({**op.command, "step": step or op.step}, None, now))
 
     def _not_loaded(self, op: Operate, record: WorkflowRecord | None = None) -> HerderError:
         """The true reason an action cannot apply to a workflow that is not in memory (one

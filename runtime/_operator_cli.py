@@ -203,7 +203,9 @@ def send(out: TextIO, args: argparse.Namespace) -> int:
     if outcome["state"] != COMMAND_DONE:
         sys.stderr.write(f"herder {action}: refused: {outcome['error']}\n")
         return 1
-    out.write(f"{action} {args.id}: done (command #{command_id}, by {who})\n")
+    taken = outcome.get("step")  # (a skip of no --step: the one the runtime took)
+    step = f", step {taken!r}" if action == "skip" and taken else ""
+    out.write(f"{action} {args.id}: done{step} (command #{command_id}, by {who})\n")
     return 0
 
 

@@ -19,7 +19,8 @@ once old (:func:`answered_before`), all but the newest, so ids are never given o
 
 A command is a map: ``id``, ``action``, ``workflow_id``, ``args`` (e.g. ``step``,
 ``result``), ``who``, ``why``, ``created``, ``state`` (``PENDING`` → ``DONE`` or
-``FAILED``), ``error``, ``finished`` and ``decided_on`` (the workflow's state the
+``FAILED``), ``error``, ``finished``, ``step`` (once applied: the step an action
+took, a skip's that named none too) and ``decided_on`` (the workflow's state the
 operator decided on: the runtime refuses the command once the workflow is in another;
 None, or absent in an older record: no such check). The channel is generic: ``action``
 is any name the applying runtime knows; an unknown one ends FAILED with a message.
