@@ -68,9 +68,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
-    from herder.runtime._daemon import run_app
+    from herder.runtime._daemon import leave, run_app
 
-    return run_app(
+    code = run_app(
         args.store,
         args.app,
         standby=args.standby,
@@ -79,6 +79,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         retention=args.retention,
         out=out,
     )
+    return leave(code)  # (not waiting for ever for the app's threads)
 
 
 def _handoff(args: argparse.Namespace, out: TextIO) -> int:

@@ -139,6 +139,42 @@ def run_app(
     return 0
 
 
+APP_THREADS_GRACE = 1.0
+"""Seconds ``herder run``'s process may take to exit once the runtime stopped."""
+
+
+def leave(code: int) -> int:
+    """``code``, to exit with as usual; if the process has not ended
+    :data:`APP_THREADS_GRACE` seconds later, it exits then, naming the threads it waited
+    for. Python waits at exit for every thread not made a daemon thread: one the app
+    started that never ends kept a daemon that said it stopped from exiting, until
+    systemd's ``TimeoutStopSec`` killed it, and one that lost its lease never exited to
+    come back as a standby. (atexit handlers do not run when it is cut short; a caller
+    that goes on instead of exiting is left alone: its main thread is still alive.)"""
+
+    def cut_short() -> None:
+        threading.Event().wait(APP_THREADS_GRACE)  # (a daemon thread: gone at the exit)
+        main = threading.main_thread()
+        if main.is_alive():  # (not exiting: a caller in-process carried on)
+            return
+        left = sorted(t.name for t in threading.enumerate() if not t.daemon and t is not main)
+        if not left:  # (past their wait: atexit handlers, a tracer's flush, may take long)
+            return
+        _log.warning(
+            "exiting without waiting for threads the app started, which still run: %s; "
+            "start them with daemon=True, or end them when the runtime stops",
+            ", ".join(left),
+        )
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # (closed, gone: nothing to flush)
+                stream.flush()
+        os._exit(code)
+
+    threading.Thread(target=cut_short, name="herder-exit", daemon=True).start()
+    return code
+
+
 def _say(stream: TextIO | None, text: str) -> None:
     """Write a status line of ``herder run``. A reader that left (``herder run ... |
     true``: a broken pipe) or a terminal that went is no reason to skip the orderly stop

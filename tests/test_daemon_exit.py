@@ -1,0 +1,55 @@
+"""`herder run` exits once its runtime stopped, though a thread the app started runs on."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from herder.runtime import Runtime
+
+pytestmark = pytest.mark.timeout(60)
+TESTS = pathlib.Path(__file__).parent
+
+
+def build(rt: Runtime) -> None:
+    """The app of the test below: starts a thread (not a daemon thread) that never ends."""
+    threading.Thread(target=threading.Event().wait, name="app-forever").start()
+
+
+def test_herder_run_exits_after_its_stop_though_an_app_thread_runs_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    # It said "stopped" and then hung in Python's wait for the app's thread: systemd
+    # killed it at TimeoutStopSec (a failed stop), and a runtime that lost its lease
+    # never exited to come back under Restart=on-failure as the standby.
+    argv = [sys.executable, "-m", "herder.runtime", "run", "--store", str(tmp_path / "s")]
+    proc = subprocess.Popen(
+        [*argv, "--app", f"{__name__}:build"],
+        cwd=TESTS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        said = []
+        for line in proc.stderr:  # (the log goes to stderr; ends if the process does)
+            said.append(line)
+            if "serving until SIGTERM" in line:
+                break
+        else:
+            raise AssertionError(f"it never served; exit {proc.wait(10)}: {''.join(said)}")
+        proc.send_signal(signal.SIGTERM)
+        out, rest = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, rest[-600:]
+    assert out.splitlines()[-1] == "stopped", out
+    assert "which still run: app-forever; start them with daemon=True" in rest, rest[-600:]
