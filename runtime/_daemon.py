@@ -98,9 +98,9 @@ def run_app(
 ) -> int:
     """Open the runtime, let the app register, notify systemd, serve until stopped (``out``:
     None when started with stdout closed)."""
+    factory = load_app(app)  # (first: logging the app's module set up on import is kept)
     if not logging.getLogger().handlers:  # under systemd, stderr goes to the journal
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    factory = load_app(app)
     # (the app's factory registers: before recovery)
     rt = Runtime(store, standby=standby, lease=lease, retention=retention, setup=factory)
     watchdog = Watchdog()
