@@ -31,7 +31,7 @@ from herder.runtime._firing import Firer
 from herder.runtime._ha import ask_handoff, clock_floor
 from herder.runtime._keeper import LeaseKeeper
 from herder.runtime._part import whole as _runtime
-from herder.runtime._waits import off_loop, off_writer, seconds, wait_limit
+from herder.runtime._waits import not_in_setup, off_loop, off_writer, seconds, wait_limit
 from herder.store import LeaseLost, TimedOut, get_logger, real_number
 
 if TYPE_CHECKING:
@@ -120,8 +120,7 @@ class Lifecycle:
         return True
 
     def _close(self, timeout: float) -> None:
-        """Stop the actors, close the store and answer the waiters (once, by the stop()
-        that closed the runtime)."""
+        """Stop the actors, close the store, answer the waiters (once: the closing stop)."""
         rt = _runtime(self)
         if rt._watcher is not None:
             rt._watcher.stop()
@@ -214,6 +213,7 @@ class Lifecycle:
         """Block until this (standby) runtime took the lease and recovered: True. False
         on timeout, or once it stopped or failed instead (it never becomes active then)."""
         rt = _runtime(self)
+        not_in_setup(rt._in_setup, "wait_active()")  # (it would wait for itself)
         rt._is_active.wait(seconds(timeout))  # (set by a stop or a failure too)
         return rt.is_active
 
@@ -386,7 +386,7 @@ class Lifecycle:
         self._check_open()
         off_writer("this call")  # (each caller waits for the Scheduler, or a commit)
         rt = _runtime(self)
-        if rt._in_setup:
+        if rt._in_setup is not None:
             raise NotActive(
                 "setup registers agents and workflows before recovery begins; start, "
                 "cancel or retry workflows once Runtime() has returned (or from a thread "

@@ -116,7 +116,7 @@ class Runtime(
     Agents with ``async def`` actions run as tasks on an event loop (``loop``).
     """
 
-    _in_setup = False  # True while the setup function registers (start() refuses then)
+    _in_setup: int | None = None  # the thread running setup (start() refuses meanwhile)
     _firer: Firer | None  # fires schedules while this runtime is active
     _watcher: StandbyWatcher | None  # a standby's: takes over once the active one is gone
     _keeper: LeaseKeeper | None  # the active runtime's: renews the lease
@@ -235,11 +235,11 @@ class Runtime(
 
     def _setup(self, setup: Callable[[Runtime], object]) -> None:
         """Run the application's registration before anything is recovered."""
-        self._in_setup = True
+        self._in_setup = threading.get_ident()
         try:
             made = setup(self)
         finally:
-            self._in_setup = False
+            self._in_setup = None
         if inspect.iscoroutine(made):  # (an async def: none of it ran, nothing registered)
             made.close()
             raise InvalidInput(

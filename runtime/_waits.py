@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-from herder.actors import EventLoop, LoopInbox, WrongThread, inbox
+from herder.actors import EventLoop, LoopInbox, NotActive, WrongThread, inbox
 from herder.store import InvalidInput, TimedOut, real_number
 
 T = TypeVar("T")
@@ -74,6 +74,18 @@ def off_writer(what: str) -> None:
             "or logging handler runs there as a workflow ends): it would wait for itself, "
             "holding every commit meanwhile. Nothing was done; make the call from a thread "
             "of your own (hand it over through a queue or an executor)"
+        )
+
+
+def not_in_setup(setup_thread: int | None, what: str) -> None:
+    """:class:`NotActive` on the thread running the runtime's ``setup`` (``setup_thread``):
+    the runtime becomes active only once setup has returned, so ``what``, which waits for
+    that, waited for ever there (or its whole timeout, for False)."""
+    if setup_thread == threading.get_ident():
+        raise NotActive(
+            f"{what} in setup would wait for ever: the runtime becomes active only once "
+            "setup (herder run: the app factory) has returned. Start the work that waits "
+            "for it on a thread of its own, or after Runtime() has returned"
         )
 
 

@@ -98,3 +98,27 @@ def test_an_async_def_setup_is_refused_rather_than_left_unrun(tmp_path: Path) ->
     assert "plain def" in str(refused.value)
     with Runtime(tmp_path / "s", setup=register) as rt:  # the store was closed
         assert rt.list() == []
+
+
+def test_waiting_to_be_active_inside_setup_is_refused_and_from_its_thread_answered(
+    tmp_path: Path,
+) -> None:
+    # The runtime becomes active once setup has returned: wait_active() in setup waited
+    # for itself, for ever (`herder run` hung before READY=1), or its timeout, for False.
+    waiters: list[threading.Thread] = []
+    answered: list[bool] = []
+
+    def waits(rt: Runtime, *, itself: bool) -> None:
+        register(rt)
+        waiter = threading.Thread(target=lambda: answered.append(rt.wait_active(WAIT)))
+        waiters.append(waiter)
+        waiter.start()  # (a thread setup starts may wait: it is answered once active)
+        if itself:
+            rt.wait_active(5.0)
+
+    with pytest.raises(NotActive, match="wait_active\\(\\) in setup would wait for ever"):
+        Runtime(tmp_path / "s", setup=lambda rt: waits(rt, itself=True))
+    waiters[0].join(WAIT)
+    with Runtime(tmp_path / "s", setup=lambda rt: waits(rt, itself=False)):
+        waiters[1].join(WAIT)
+    assert answered == [False, True]  # (the first runtime stopped: it never became active)
