@@ -20,10 +20,13 @@ STORE_ENV = "HERDER_STORE"
 
 
 def add_store(cmd: argparse.ArgumentParser) -> None:
-    """``--store DIR``: required unless ``$HERDER_STORE`` names the store."""
+    """``--store DIR``: required unless ``$HERDER_STORE`` names the store. A leading
+    ``~`` is the home directory: no shell expands it in ``--store=~/x``, a systemd unit's
+    ``ExecStart=`` or ``Environment=``, and a directory named ``~`` was made instead."""
     default = os.environ.get(STORE_ENV) or None
     cmd.add_argument(
         "--store",
+        type=os.path.expanduser,  # (argparse applies it to the default, a str, too)
         default=default,
         help=f"the store directory (default: ${STORE_ENV}"
         + (f", now {default})" if default else ", unset)"),
