@@ -70,16 +70,20 @@ def add_parsers(sub: Any) -> None:
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     from herder.runtime._daemon import leave, run_app
 
-    code = run_app(
-        args.store,
-        args.app,
-        standby=args.standby,
-        lease=args.lease,
-        drain_timeout=args.drain_timeout,
-        retention=args.retention,
-        out=out,
-    )
-    return leave(code)  # (not waiting for ever for the app's threads)
+    code = 1  # (unless it returns: main says what it raised, and exits 1)
+    try:
+        code = run_app(
+            args.store,
+            args.app,
+            standby=args.standby,
+            lease=args.lease,
+            drain_timeout=args.drain_timeout,
+            retention=args.retention,
+            out=out,
+        )
+    finally:
+        leave(code)  # (not waiting for ever for the app's threads)
+    return code
 
 
 def _handoff(args: argparse.Namespace, out: TextIO) -> int:

@@ -143,14 +143,15 @@ APP_THREADS_GRACE = 1.0
 """Seconds ``herder run``'s process may take to exit once the runtime stopped."""
 
 
-def leave(code: int) -> int:
-    """``code``, to exit with as usual; if the process has not ended
-    :data:`APP_THREADS_GRACE` seconds later, it exits then, naming the threads it waited
-    for. Python waits at exit for every thread not made a daemon thread: one the app
-    started that never ends kept a daemon that said it stopped from exiting, until
-    systemd's ``TimeoutStopSec`` killed it, and one that lost its lease never exited to
-    come back as a standby. (atexit handlers do not run when it is cut short; a caller
-    that goes on instead of exiting is left alone: its main thread is still alive.)"""
+def leave(code: int) -> None:
+    """Let the process exit with ``code`` (run_app's, or 1 for what it raised) as usual,
+    or, if it has not ended :data:`APP_THREADS_GRACE` seconds later, then, naming the
+    threads it waited for. Python waits at exit for every thread not made a daemon
+    thread: one the app started that never ends kept a daemon that said it stopped (or
+    failed to start) from exiting, until systemd's ``TimeoutStopSec`` killed it, and one
+    that lost its lease never exited to come back as a standby. (atexit handlers do not
+    run when it is cut short; a caller that goes on instead of exiting is left alone:
+    its main thread is still alive.)"""
 
     def cut_short() -> None:
         threading.Event().wait(APP_THREADS_GRACE)  # (a daemon thread: gone at the exit)
@@ -172,7 +173,6 @@ def leave(code: int) -> int:
         os._exit(code)
 
     threading.Thread(target=cut_short, name="herder-exit", daemon=True).start()
-    return code
 
 
 def _say(stream: TextIO | None, text: str) -> None:

@@ -53,3 +53,31 @@ def test_herder_run_exits_after_its_stop_though_an_app_thread_runs_on(
     assert proc.returncode == 0, rest[-600:]
     assert out.splitlines()[-1] == "stopped", out
     assert "which still run: app-forever; start them with daemon=True" in rest, rest[-600:]
+
+
+FAILING_APP = """
+import threading
+threading.Thread(target=threading.Event().wait, name="import-thread").start()
+def build(rt):
+    raise KeyError("no config")
+"""
+
+
+def test_herder_run_that_failed_to_start_exits_1_though_an_app_thread_runs_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    # It said why it failed, then hung in Python's wait for the thread the app's module
+    # started: no exit 1 for systemd's Restart=on-failure to act on.
+    (tmp_path / "failing_app.py").write_text(FAILING_APP)
+    argv = [sys.executable, "-m", "herder.runtime", "run", "--store", str(tmp_path / "s")]
+    done = subprocess.run(
+        [*argv, "--app", "failing_app:build"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr[-600:]
+    assert "the app factory 'failing_app:build' failed: KeyError" in done.stderr
+    assert "which still run: import-thread;" in done.stderr, done.stderr[-600:]
