@@ -49,12 +49,17 @@ def load_app(spec: str) -> Callable[[Runtime], Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise InvalidInput(f"--app must look like module:factory, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    try:
+        here: str | None = os.getcwd()
+    except OSError:  # (deleted under it, as a deploy does a release's: PYTHONPATH may do)
+        here = None
+    if here is not None and here not in sys.path:
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise InvalidInput(f"cannot import app module {module_name!r}: {exc}") from exc
+        gone = "" if here else " (the working directory no longer exists: cd into the new one)"
+        raise InvalidInput(f"cannot import app module {module_name!r}: {exc}{gone}") from exc
     except Exception as exc:  # (the module's own code failed: a SyntaxError, a bug)
         raise InvalidInput(
             f"app module {module_name!r} failed on import: {_failure(exc)}; fix it and run again"

@@ -61,3 +61,26 @@ def test_an_app_that_fails_is_reported_on_one_line(
     assert "Traceback" not in done.stderr, done.stderr[-600:]
     assert said in done.stderr
     assert where in done.stderr if where else ".py:" not in done.stderr
+
+
+def test_an_app_run_from_a_working_directory_since_deleted_is_reported_on_one_line(
+    tmp_path: Path,
+) -> None:
+    # A deploy replaced the release directory the shell was in: looking up the working
+    # directory, to import the app from it, raised FileNotFoundError, a traceback.
+    gone = tmp_path / "release-1"
+    gone.mkdir()
+    herder = (
+        f"{sys.executable} -m herder.runtime run --store {tmp_path / 's'} --app release_app:build"
+    )
+    done = subprocess.run(
+        ["sh", "-c", f"cd {gone} && rmdir {gone} && exec {herder}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr[-600:]
+    assert "Traceback" not in done.stderr, done.stderr[-600:]
+    assert "cannot import app module 'release_app'" in done.stderr
+    assert "the working directory no longer exists" in done.stderr
