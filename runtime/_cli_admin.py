@@ -1,4 +1,5 @@
-"""``herder purge`` (delete finished workflows) and ``herder compact`` (shrink the file).
+"""``herder purge`` (delete finished workflows), ``herder compact`` (shrink the file) and
+``herder backup`` (a consistent copy, also while a runtime runs).
 
 ``purge`` deletes workflows in the given states (default: the finished ones, SUCCEEDED,
 COMPENSATED, CANCELLED, ABANDONED) last updated before a cutoff, with their steps,
@@ -11,7 +12,7 @@ count it records on the command per batch). ``--dry-run`` only counts. ``--older
 is an age: a runtime takes it back from its own clock, on which the records' times are
 written, and the cutoff printed is the one it used; offline (and
 for ``--dry-run``) it is taken back from the wall clock. ``compact`` is offline (see
-``store/_compact.py``).
+``store/_compact.py``); ``backup`` is not (``store/_backup.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from herder.store import (
     Store,
     StoreError,
     append_command,
+    backup,
     compact,
     count_purgeable,
     has_store,
@@ -47,7 +49,7 @@ QUEUED = 3
 
 
 def add_parsers(sub: Any) -> None:
-    """Add ``purge`` and ``compact``."""
+    """Add ``purge``, ``compact`` and ``backup``."""
     cmd = sub.add_parser("purge", help="delete finished workflows older than a cutoff")
     add_store(cmd)
     when = cmd.add_mutually_exclusive_group(required=True)
@@ -75,6 +77,12 @@ def add_parsers(sub: Any) -> None:
     pack = sub.add_parser("compact", help="shrink the store file (offline: no runtime running)")
     add_store(pack)
     pack.set_defaults(func=_compact)
+    copy = sub.add_parser(
+        "backup", help="copy the store as of one commit (fine while a runtime runs)"
+    )
+    add_store(copy)
+    copy.add_argument("dest", help="directory to write the copy to (new or empty)")
+    copy.set_defaults(func=_backup)
 
 
 def _purge(args: argparse.Namespace, out: TextIO) -> int:
@@ -151,6 +159,13 @@ def _compact(args: argparse.Namespace, out: TextIO) -> int:
     with closing(CountLine("herder compact", "bytes copied")) as progress:
         before, after = compact(args.store, progress.update)
     out.write(f"compacted {args.store}: {before:,} -> {after:,} bytes\n")
+    return 0
+
+
+def _backup(args: argparse.Namespace, out: TextIO) -> int:
+    with closing(CountLine("herder backup", "bytes copied")) as progress:
+        size = backup(args.store, args.dest, progress.update)
+    out.write(f"backed up {args.store} into {args.dest}: {size:,} bytes\n")
     return 0
 
 

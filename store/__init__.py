@@ -62,6 +62,7 @@ Caveats:
 - Keep ``sync=True``: throughput comes from group commit, not from weaker durability.
 """
 
+from herder.store._backup import backup
 from herder.store._codec import (
     MAX_VALUE_BYTES,
     check_text,
@@ -272,6 +273,7 @@ __all__ = [
     "answered_before",
     "append_command",
     "as_event",
+    "backup",
     "batch_entry",
     "batch_items",
     "batch_put",
