@@ -192,9 +192,10 @@ def open_for_writing(
         with begin_fenced(env, path, lease) as txn:
             if txn.get(b"meta") is None and txn.cursor().first():
                 raise StoreError(
-                    f"{path} holds an LMDB environment that is not a herder store (it has "
-                    "data but no 'meta' database, which every herder store has): check the "
-                    "path; nothing was written to it"
+                    f"{path} holds an LMDB environment that is not a herder store, or a "
+                    "damaged one (it has data but no 'meta' database, which every herder "
+                    f"store has): check the path; if it is the store, {TORN}; nothing was "
+                    "written to it"
                 )
             # A store a newer herder wrote is refused before anything is created in it
             # (its databases may differ from ours): the refusal aborts this transaction.
@@ -297,10 +298,16 @@ def refuse_foreign(path: pathlib.Path) -> None:
 def not_a_store(path: pathlib.Path, missing: str) -> StoreError:
     """The error for an LMDB environment that lacks a database every herder store has."""
     return StoreError(
-        f"{path} is not a herder store (its {missing!r} database is missing, which every "
-        "herder store has): check --store, and pass the directory a herder runtime "
-        "created; nothing was written to it"
+        f"{path} is not a herder store, or a damaged one (its {missing!r} database is "
+        "missing, which every herder store has): check --store, and pass the directory a "
+        f"herder runtime created; if it is the store, {TORN}; nothing was written to it"
     )
+
+
+TORN = (
+    "restore a backup (a data.mdb copied with cp while a runtime wrote it holds pages of "
+    "different commits and reads like this: make backups with `herder backup`)"
+)
 
 
 def never_set_up(path: pathlib.Path) -> StoreError:
