@@ -80,12 +80,14 @@ class IndexCheck:
         at = dict(snap.items(RECENT_AT_DB))
         for key, when in at.items():
             if len(when) != 8 or snap.raw(RECENT_DB, when + key) is None:
-                self._problem(RECENT_AT_DB, key, "names no entry of the recent index")
+                self._problem(RECENT_AT_DB, key, f"names no entry of the recent index: {UNSEEN}")
         held: Counter[bytes] = Counter()
         for key, value in snap.items(RECENT_DB):
             held[value] += 1
             if at.get(key[8:]) != key[:8]:
-                self._problem(RECENT_DB, key, "stale entry: not the one its recent_at names")
+                self._problem(
+                    RECENT_DB, key, f"stale entry: not the one its recent_at names: {WRONG}"
+                )
         self._counts(held)
 
     def _counts(self, held: Counter[bytes]) -> None:

@@ -347,8 +347,10 @@ class Snapshot:
         self._handles = handles
 
     def raw(self, db: str, key: bytes) -> bytes | None:
-        """The stored bytes under ``key`` in ``db``, or None."""
-        return cast("bytes | None", self._txn.get(key, db=self._handles[db]))
+        """The stored bytes under ``key`` in ``db``, or None (as from a database an older
+        store lacks, see ``ADDED_LATER``, or a damaged one lost: ``items`` reads none)."""
+        handle = self._handles.get(db)
+        return None if handle is None else cast("bytes | None", self._txn.get(key, db=handle))
 
     def cursor(self, db: str) -> lmdb.Cursor:
         """An LMDB cursor on ``db`` in this snapshot, for seeks that ``items`` cannot do."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import itertools
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from herder.runtime import (
@@ -501,6 +503,50 @@ def test_a_workflow_the_recent_index_leaves_out_or_lists_as_final_is_reported(
     # (and the counts by state kept beside the index, which the writes above passed by)
     assert problems[("meta", RECENT_COUNTS)].startswith("counts ")
     assert len(problems) == 3
+
+
+def test_an_index_entry_lost_under_its_recent_at_says_the_workflow_never_resumes(
+    good_store: Path, damaged: Callable[[list[Put | Delete]], Path]
+) -> None:
+    """A ``recent`` entry lost while its ``recent_at`` value stayed leaves the workflow
+    out of recovery as surely as a lost ``recent_at``, but the check said only "names no
+    entry of the recent index", with neither that nor the way out."""
+    with Store(good_store, readonly=True) as store:
+        at = dict(store.raw_scan(RECENT_AT_DB))
+    running = workflow_key("o-running")
+    path = damaged([Delete(RECENT_DB, at[running] + running)])
+    with Store(path, readonly=True) as store:
+        assert "o-running" not in store.unfinished_ids()  # what recovery would resume
+    problems = {(db, key): message for db, key, message in _problems(path)}
+    said = problems[(RECENT_AT_DB, running)]
+    assert said.startswith("names no entry of the recent index: recovery reads the unfinished")
+    assert said.endswith(
+        "never resumes this one, and herder ls and retention miss it; restore a backup"
+    )
+
+
+def test_a_recent_index_database_lost_is_reported_not_a_traceback(
+    good_store: Path, tmp_path: Path
+) -> None:
+    """A store whose ``recent`` database is gone (its name lost from a damaged main
+    database) while ``recent_at`` stayed: ``herder check`` raised KeyError('recent')."""
+    path = tmp_path / "store"
+    shutil.copytree(good_store, path)
+    env = lmdb.open(str(path), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(RECENT_DB.encode(), txn=txn, create=False), delete=True)
+    env.close()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["check", "--store", str(path)], out=out)
+    assert code == 1, err.getvalue()
+    problems = _problems(path)
+    assert {db for db, _, _ in problems} == {RECENT_AT_DB, "meta"}
+    assert all(
+        m.startswith("names no entry of the recent index: recovery")
+        for db, _, m in problems
+        if db == RECENT_AT_DB
+    )
 
 
 def test_counts_by_state_that_disagree_with_the_recent_index_are_reported(
