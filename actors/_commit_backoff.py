@@ -38,7 +38,9 @@ class CommitBackoff:
         self.failures += 1
         if self.failures == 1:
             return 0.0
-        return min(self.ceiling, self.first * 2.0 ** (self.failures - 2))
+        # (the exponent held where the wait is at its ceiling long since: 2.0 ** 1024
+        # overflows, and a full disk under load fails that many batches in seconds)
+        return min(self.ceiling, self.first * 2.0 ** min(self.failures - 2, 64))
 
     def succeeded(self) -> None:
         """A batch committed: the disk takes writes again."""

@@ -111,6 +111,33 @@ def test_a_full_disk_fails_new_starts_keeps_acknowledged_work_and_resumes(
     assert states == {f"w{i}": State.SUCCEEDED for i in range(8)}  # and no "late"
 
 
+def test_a_disk_full_for_over_a_thousand_failed_batches_leaves_the_runtime_running(
+    tmp_path: Path,
+) -> None:
+    # The wait before re-reading a failed batch's workflows was 0.05 * 2.0 ** failures:
+    # past 1,025 failed batches in a row it overflowed (OverflowError), the Scheduler
+    # crashed at every failure after that (each restart counting afresh), and its
+    # supervisor gave up on the runtime within seconds: a busy runtime on a full disk
+    # fails that many batches in a second or two.
+    clock = FakeClock()
+    gate = threading.Event()
+    gate.set()
+    disk = Disk()
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("svc", lambda: Steps(gate))
+        rt.add_workflow(chain())
+        rt._store.writer.fault = disk
+        disk.full.set()
+        for i in range(1600):  # (some share a batch: over 1,100 batches fail)
+            with pytest.raises(StoreError, match="No space left on device"):
+                rt.start("chain", i, workflow_id=f"refused{i}")
+        disk.full.clear()
+        clock.advance(5.0)  # the longest back-off
+        handle = rt.start("chain", 0, workflow_id="after")
+        assert handle.result(timeout=WAIT) == {"a": "a", "b": "b", "c": "c"}
+        assert rt.stats()["restarts"]["scheduler"] == 0  # (four in five seconds: stopped)
+
+
 class Later(Agent):
     def run(self, ctx: StepContext) -> object:
         return ctx.complete_later()
