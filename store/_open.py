@@ -191,12 +191,7 @@ def open_for_writing(
         # mutex while holding the GIL, freezing every thread of this process.
         with begin_fenced(env, path, lease) as txn:
             if txn.get(b"meta") is None and txn.cursor().first():
-                raise StoreError(
-                    f"{path} holds an LMDB environment that is not a herder store, or a "
-                    "damaged one (it has data but no 'meta' database, which every herder "
-                    f"store has): check the path; if it is the store, {TORN}; nothing was "
-                    "written to it"
-                )
+                raise not_a_store(path, "meta")  # (it has data, but not this)
             # A store a newer herder wrote is refused before anything is created in it
             # (its databases may differ from ours): the refusal aborts this transaction.
             meta = env.open_db(b"meta", txn=txn, create=True)
@@ -299,15 +294,12 @@ def not_a_store(path: pathlib.Path, missing: str) -> StoreError:
     """The error for an LMDB environment that lacks a database every herder store has."""
     return StoreError(
         f"{path} is not a herder store, or a damaged one (its {missing!r} database is "
-        "missing, which every herder store has): check --store, and pass the directory a "
-        f"herder runtime created; if it is the store, {TORN}; nothing was written to it"
+        "missing, which every herder store has): check the path (--store), and pass the "
+        "directory a herder runtime created; if it is the store, restore a backup (a "
+        "data.mdb copied with cp while a runtime wrote it holds pages of different "
+        "commits and reads like this: make backups with `herder backup`); nothing was "
+        "written to it"
     )
-
-
-TORN = (
-    "restore a backup (a data.mdb copied with cp while a runtime wrote it holds pages of "
-    "different commits and reads like this: make backups with `herder backup`)"
-)
 
 
 def never_set_up(path: pathlib.Path) -> StoreError:
