@@ -29,6 +29,7 @@ from herder.actors._errors import UnknownWorkflow
 from herder.actors._messages import EarlyStart
 from herder.actors.engine import Attempt, Engine, Refuse, Resolve
 from herder.store import (
+    Sparse,
     StepRecord,
     StepState,
     StoreCorrupt,
@@ -76,6 +77,7 @@ class Reloads:
         self._admit = admit
         self._early = early  # Recovery's starts taken up early: a forgotten one loses its mark
         self._backoff = CommitBackoff()
+        self._said = Sparse()  # (its line, as the writer's, once per 10 s while they fail)
         # The attempts sent, by workflow, of the workflows forgotten and not yet read back.
         self._sent: dict[str, list[Attempt]] = {}
 
@@ -91,12 +93,15 @@ class Reloads:
                 self.reread(workflow_id)  # (gone: forgotten, nothing of it runs)
             return
         delay = self._backoff.failed()
-        _log.error(
-            "transitions of %d workflows failed: %s; reloading them in %.2fs",
-            len(failed),
-            error,
-            delay,
-        )
+        more = self._said.due()
+        if more is not None:
+            _log.error(
+                "transitions of %d workflows failed: %s; reloading them in %.2fs%s",
+                len(failed),
+                error,
+                delay,
+                more,
+            )
         if delay <= 0:
             for workflow_id in failed:
                 self.reread(workflow_id)

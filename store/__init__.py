@@ -145,7 +145,7 @@ from herder.store._keys import (
 )
 from herder.store._lease import DEFAULT_LEASE, HandoffRequest, Lease
 from herder.store._locktable import holder_gone, holder_stopped, is_held
-from herder.store._logs import Lines, get_logger, printable, printable_lines
+from herder.store._logs import Lines, Sparse, get_logger, printable, printable_lines
 from herder.store._open import has_store
 from herder.store._ops import BatchSink, Delete, Expect, Ops, Put, Transition
 from herder.store._plan import Plan, StepSpec
@@ -252,6 +252,7 @@ __all__ = [
     "ScheduleRecord",
     "SchemaTooNew",
     "Snapshot",
+    "Sparse",
     "StandbyMark",
     "StepRecord",
     "StepSpec",

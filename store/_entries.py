@@ -18,7 +18,7 @@ import lmdb
 from herder.store._codec import encode
 from herder.store._errors import LeaseLost, StoreIOError, TimedOut
 from herder.store._keys import batch_put
-from herder.store._logs import get_logger
+from herder.store._logs import Sparse, get_logger
 from herder.store._ops import (
     BatchSink,
     Callback,
@@ -269,9 +269,16 @@ def call_sink(sink: BatchSink, effects: list[Any], error: Outcome) -> None:
         log.exception("a store writer batch sink raised; the writer carries on")
 
 
+_FAILED = Sparse()
+"""The line for a failed commit (one per batch) in this process, sparsely."""
+
+
 def io_error(exc: BaseException, note: str) -> StoreIOError:
-    """What the callers of a batch whose commit failed with ``exc`` get (logged here)."""
-    log.error("store commit failed: %s (%s)", exc, note)
+    """What the callers of a batch whose commit failed with ``exc`` get (logged here,
+    :class:`Sparse`: once per 10 s with how many more failed)."""
+    more = _FAILED.due()
+    if more is not None:
+        log.error("store commit failed: %s (%s)%s", exc, note, more)
     error = StoreIOError(
         f"commit failed: {type(exc).__name__}: {exc}; {note}. Data committed earlier is "
         "intact; check free disk space and permissions, then retry"

@@ -14,6 +14,8 @@ of several lines, each already printable (an attempt's traceback), is a :class:`
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from herder.store._untrusted import safe_str
 
@@ -78,3 +80,26 @@ def get_logger(name: str) -> logging.Logger:
     if _FILTER not in log.filters:
         log.addFilter(_FILTER)
     return log
+
+
+class Sparse:
+    """One log line said at most once per ``every`` seconds, with how many it held back
+    meanwhile: a full disk under load fails thousands of commits a second, each caller
+    gets its own error, and a line for each flooded the log (on the full disk, often)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._at = -every
+        self._held = 0
+        self._lock = threading.Lock()  # (the writer's and a caller's threads)
+
+    def due(self) -> str | None:
+        """None when this line is held back (and counted); else the text to add to it:
+        how many were held back since it was last said ("" when none was)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at < self.every:
+                self._held += 1
+                return None
+            held, self._at, self._held = self._held, now, 0
+        return f" (and {held} more like it in the last {self.every:.0f} s)" if held else ""

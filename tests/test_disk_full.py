@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import shutil
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import lmdb
@@ -136,6 +138,30 @@ def test_a_disk_full_for_over_a_thousand_failed_batches_leaves_the_runtime_runni
         handle = rt.start("chain", 0, workflow_id="after")
         assert handle.result(timeout=WAIT) == {"a": "a", "b": "b", "c": "c"}
         assert rt.stats()["restarts"]["scheduler"] == 0  # (four in five seconds: stopped)
+
+
+def test_a_full_disk_under_load_logs_a_line_per_ten_seconds_not_one_per_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each failed batch logged two errors (the writer's "store commit failed", the
+    # Scheduler's "transitions of N workflows failed"): a runtime taking starts on a
+    # full tmpfs wrote 13,700 lines in 4 s, to a log that is often on the full disk.
+    # Every caller still gets its StoreIOError.
+    clock = FakeClock()
+    disk = Disk()
+    with Runtime(tmp_path / "s", clock=clock) as rt:
+        rt.add_agent("svc", lambda: Steps(threading.Event()))
+        rt.add_workflow(chain())
+        rt._store.writer.fault = disk
+        disk.full.set()
+        caplog.set_level(logging.ERROR)
+        for i in range(200):
+            with pytest.raises(StoreError, match="No space left on device"):
+                rt.start("chain", i, workflow_id=f"refused{i}")
+        disk.full.clear()
+    lines = Counter(r.getMessage().partition(":")[0] for r in caplog.records)
+    assert lines["store commit failed"] <= 2, lines  # (one; and one more if 10 s passed)
+    assert lines["transitions of 1 workflows failed"] <= 2, lines
 
 
 class Later(Agent):
