@@ -238,13 +238,13 @@ class Lanes:
         return self._lanes.get(agent)
 
     def reserve_ahead(self, lane: Lane | None, run: WorkflowRun, job: Job) -> bool:
-        """Whether ``job`` of the agent of ``lane``, for which no instance is free, may
-        be reserved ahead; if so it counts as waiting from now on. Its window is the
-        seconds its attempt will have before it lapses (``engine._step.dispatch``), or 0
-        when it has a heartbeat timeout (no reserving ahead for it). A group step (AnyOf)
-        is not reserved ahead either: its job moves to another member when its member is
-        removed or turns unwell, which an attempt already recorded for it cannot."""
-        if lane is None or lane.ahead >= lane.room:
+        """Whether ``job`` of ``lane``'s agent, which has no instance free, may be reserved
+        ahead (it then counts as waiting). Not with a heartbeat timeout, nor a group step
+        (AnyOf: its job moves to another member, which a recorded attempt cannot), nor in a
+        workflow a crash was counted against: the next crash counts its DISPATCHED attempts
+        as running (poison work) and one reserved ahead may never start; queued, it is
+        recorded once an instance takes it, so waiting at crashes parks no innocent one."""
+        if lane is None or lane.ahead >= lane.room or run.record.recoveries:
             return False
         spec, st = run.specs[job.step], run.steps[job.step]
         # Run again (a reload, a recovery) while its last attempt may still run, or hang,
