@@ -6,7 +6,7 @@ Opens ``Runtime(STORE)`` on a :class:`FakeClock` with agent ``svc`` and one work
 definition (FLOW): ``x`` (step ``s``), ``hand`` (``hand`` waits on ``complete_later``
 beside ``crash``), ``charge`` (``hold``, then ``charge``, each undone by ``undo``) or
 ``none`` (nothing: what it finds waits for its definition, nothing runs).
-Workflow ``poison``'s step, and steps ``crash`` and ``charge``, hang ("kill the process":
+Workflows ``poison*``'s step, and steps ``crash`` and ``charge``, hang ("kill the process":
 they never answer); the others answer at once. Then runs each COMMAND, in order:
 
 - ``start:WID``: starts workflow WID of FLOW;
@@ -38,7 +38,7 @@ def main(store: str, flow: str, max_recoveries: int, commands: list[str]) -> Non
         def work(self, ctx: StepContext) -> object:
             if ctx.step == "hand":
                 return ctx.complete_later()
-            if ctx.workflow_id == "poison" or ctx.step in ("crash", "charge"):
+            if ctx.workflow_id.startswith("poison") or ctx.step in ("crash", "charge"):
                 threading.Event().wait()  # until the SIGKILL
             return ctx.workflow_id if ctx.step == "s" else ctx.step
 

@@ -23,7 +23,7 @@ from engine_child import POISON_N, permanent_failure
 from herder.actors.engine import POISON_ERROR
 from herder.runtime import Agent, Permanent, Runtime, State, StepContext, StepState, Workflow
 from herder.runtime._demo_services import audit
-from herder.runtime.testing import FakeClock, check_store, crash_scheduler, wait_until
+from herder.runtime.testing import FakeClock, advance, check_store, crash_scheduler, wait_until
 from herder.store import Store
 from herder.store._records import WorkflowState
 
@@ -317,6 +317,40 @@ def test_a_recovery_that_defers_suspects_says_why_and_for_how_long(
         "work): they are re-run one at a time, 0.5 s apart, after the rest, the last about "
         "0 s from now (docs/recovery.md)"
     ]
+
+
+def test_suspects_deferred_when_the_process_ended_are_still_re_run_one_at_a_time(
+    tmp_path: pathlib.Path, release: threading.Event
+) -> None:
+    """Two suspects deferred half a second apart; the process ends (a stop here, a crash
+    alike) while they wait and opens again after both their times passed: they are
+    deferred again, one at a time, not both run at once (a poison one among them would
+    then take the others down with it, counted against each)."""
+    path = tmp_path / "s"
+    _crash(path, "x", 3, "start:poison", "start:poison2", "wait:poison:s:DISPATCHED",
+           "wait:poison2:s:DISPATCHED")  # fmt: skip
+    _crash(path, "x", 3, "wait:poison:s:DISPATCHED:2:1", "wait:poison2:s:DISPATCHED:2:1")
+    rt = _open(path, FakeClock(), release, max_recoveries=3)
+    try:
+        rt._settle()  # both deferred: DISPATCHED, attempt 2 still, crashes counted 2
+        assert [_step(rt, wid) for wid in ("poison", "poison2")] == [
+            (StepState.DISPATCHED, 2, 2)
+        ] * 2
+    finally:
+        rt.stop(timeout=1)
+    clock = FakeClock(1_000_000.0 + 60)  # a minute later: both their times passed
+    rt = _open(path, clock, release, max_recoveries=3)
+    try:
+        rt._settle()
+        running = [wid for wid in ("poison", "poison2") if _step(rt, wid)[1] == 3]
+        assert running == []  # deferred again
+        advance(rt, clock, 0.5)
+        running = [wid for wid in ("poison", "poison2") if _step(rt, wid)[1] == 3]
+        assert len(running) == 1  # the first; the other half a second later
+        advance(rt, clock, 0.5)
+        assert [_step(rt, wid)[1] for wid in ("poison", "poison2")] == [3, 3]
+    finally:
+        rt.stop(timeout=1)
 
 
 @pytest.mark.parametrize("drain", [False, True])

@@ -91,6 +91,26 @@ def running_at_crash(steps: Iterable[StepRecord]) -> list[StepRecord]:
     ]
 
 
+def deferred_due(steps: Iterable[StepRecord], recoveries: int, now: float) -> list[StepRecord]:
+    """A suspect's steps an earlier recovery deferred (``retry_at`` kept on a running
+    state, as :func:`running_at_crash` reads it) whose time passed while no Scheduler ran
+    them: the process ended first. A restart defers them again, one suspect at a time,
+    rather than run every such suspect at once with the rest (a poison one among them
+    would take them all down with it, counted against each)."""
+    if recoveries < 2:  # (an outcome since reset the count: no suspect any more)
+        return []
+    return [
+        st
+        for st in steps
+        if st.retry_at is not None
+        and st.retry_at <= now
+        and (
+            st.state is StepState.DISPATCHED
+            or (st.state is StepState.COMPENSATING and st.deadline is not None)
+        )
+    ]
+
+
 def poison_message(steps: list[StepRecord], crashes: int) -> str:
     """The error a parked workflow carries: what ran, how often it died, what to do."""
     names = ", ".join(repr(st.name) for st in steps)

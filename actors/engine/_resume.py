@@ -20,6 +20,7 @@ from herder.actors.engine._decision import Lost
 from herder.actors.engine._members import agent_for
 from herder.actors.engine._recovery import (
     after_a_death,
+    deferred_due,
     lost_by_previous,
     orphaned,
     poison_message,
@@ -29,7 +30,7 @@ from herder.actors.engine._recovery import (
     running_at_crash,
 )
 from herder.actors.engine._step import with_timer
-from herder.store import StepState, WorkflowState, get_logger
+from herder.store import StepRecord, StepState, WorkflowState, get_logger
 
 if TYPE_CHECKING:
     from herder.actors.engine._machine import Machine
@@ -53,7 +54,13 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
     Each attempt the previous process died under is counted lost to its agent here, with
     the crash, and nowhere else: a reload after a failed commit (no crash) or a Scheduler
     restarted after a deferral (the step waits, not running) finds the same record, still
-    DISPATCHED with the token of that attempt."""
+    DISPATCHED with the token of that attempt.
+
+    A suspect deferred by an earlier recovery whose time passed meanwhile is deferred
+    again (``deferred_due``), a crash or not: still one at a time."""
+    late = deferred_due(run.steps.values(), run.record.recoveries, m.now)
+    if late:
+        _defer(m, run, late)
     if not after_a_death(m.lease):
         return False
     running = [st for st in running_at_crash(run.steps.values()) if ran_under_previous(st, m.lease)]
@@ -75,11 +82,16 @@ def count_crash(m: Machine, run: WorkflowRun) -> bool:
         if lost_by_previous(st, m.lease):
             m.tell(Lost(agent_for(run.specs[st.name], st)))
     if crashes >= 2:
-        m.suspects += 1
-        at = now + m.defaults.recovery_stagger * m.suspects
-        for st in running:
-            m.put_step(run, st, with_timer(st.evolve(retry_at=at)))
+        _defer(m, run, running)
     return False
+
+
+def _defer(m: Machine, run: WorkflowRun, steps: list[StepRecord]) -> None:
+    """Re-run a suspect's ``steps`` after the rest, one suspect at a time."""
+    m.suspects += 1
+    at = m.now + m.defaults.recovery_stagger * m.suspects
+    for st in steps:
+        m.put_step(run, st, with_timer(st.evolve(retry_at=at)))
 
 
 def resume_steps(m: Machine, run: WorkflowRun) -> None:
