@@ -1,5 +1,6 @@
 """Answers: the agent hosts' outcomes on their way to the Scheduler, batched (and the
-starts admitted while their creation is on its way: ``runtime/_handle.py``).
+starts admitted while their creation is on its way: ``runtime/_handle.py``, with the
+definitions registered meanwhile: ``Define``, which a start made with one must follow).
 
 Each attempt's outcome used to be a message of its own: a pykka envelope, an inbox put
 and get, and a Scheduler turn (a clock read, a pump of the agent's queue, a flush

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import pykka
 
@@ -52,10 +51,6 @@ from herder.store import (
     type_name,
     validate_name,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 _log = get_logger("herder.runtime")
 
@@ -277,7 +272,9 @@ class Registration:
         current = rt._latest.get(plan.name)
         if current is None or plan.version >= current.version:
             rt._latest[plan.name] = plan
-        rt._ctx.tell_scheduler(Define(plan))
+        # In line with the starts taken up early (a start made with this plan comes after
+        # it), not told: a drain in the inbox would take such a start first (_answers).
+        rt._ctx.answers.put(Define(plan))
 
     def _store_definition(
         self, plan: Plan, *, replacing: bool = False, then: Callable[[Plan], None] | None = None

@@ -3,6 +3,7 @@ and a definition may be replaced under its version until a workflow of it starte
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,49 @@ def test_an_agent_named_like_the_worker_pool_is_refused_with_what_to_do(tmp_path
         rt.add_agent("pool", Shop)  # (only the pool's own name is taken)
         rt.add_workflow(Workflow("w").step("pay", agent="pool", action="buy"))
         assert rt.start("w").result(timeout=WAIT) == {"pay": "bought"}
+
+
+@pytest.mark.timeout(60)
+def test_a_start_of_a_replaced_definition_is_run_on_the_steps_it_was_made_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """add_workflow told the Scheduler the replaced steps (Define) while an outcome's drain
+    was already in its inbox; the next start, taken up early, joined that drain and so
+    came first: the Scheduler ran it on the old steps and crashed (KeyError 'ship'), and
+    four such crashes stop the runtime."""
+    from herder.actors._scheduler import Scheduler
+
+    held, release = threading.Event(), threading.Event()
+    on_define = Scheduler._on_define
+
+    def holding(scheduler: Scheduler, message: Any) -> None:
+        if message.plan.name == "hold":  # the Scheduler waits here; messages queue behind
+            held.set()
+            release.wait(WAIT)
+        on_define(scheduler, message)
+
+    monkeypatch.setattr(Scheduler, "_on_define", holding)
+    slip = (
+        Workflow("order")
+        .step("pay", agent="shop", action="buy")
+        .step("ship", agent="shop", action="buy", after=["pay"])
+    )
+    fixed = (
+        Workflow("order")
+        .step("pay", agent="shop", action="buy")
+        .step("pack", agent="shop", action="refund", after=["pay"])
+    )
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(Workflow("other").step("pay", agent="shop", action="buy"))
+        rt.add_workflow(slip)
+        scheduler = rt._ctx.scheduler
+        rt.add_workflow(Workflow("hold").step("pay", agent="shop", action="buy"))
+        assert held.wait(WAIT)
+        other = rt.start("other")  # taken up early: a drain is in the inbox for it
+        rt.add_workflow(fixed)  # (no workflow of the slip started: replaced)
+        order = rt.start("order")  # taken up early, after the Define of the fixed steps
+        release.set()
+        assert order.result(timeout=WAIT) == {"pay": "bought", "pack": None}
+        assert other.result(timeout=WAIT) == {"pay": "bought"}
+        assert rt._ctx.scheduler is scheduler  # never crashed
