@@ -243,7 +243,7 @@ class Starting(StartingMany):
             landing = Landing(rt, record, steps, key, loop, decided=decided, claim=claim)
             if handed is not None:
                 handed.landing = landing
-            submit_creations(rt, (transition,), landing, (new.plan,) * mark, halts=early)
+            submit_creations(rt, (transition,), landing, (new.plan,), halts=early)
         except BaseException:
             rt._release_capacity()
             raise

@@ -227,7 +227,8 @@ class StartingMany:
             ]
             # Each definition's started mark once, as a transition of its own in the same
             # group (one write transaction): it lands even when an item's id was taken.
-            marks = list(dict.fromkeys((new.plan.name, new.plan.version) for new in news))
+            used = list({id(new.plan): new.plan for new in news}.values())
+            marks = list(dict.fromkeys((plan.name, plan.version) for plan in used))
             marks = [key for key in marks if key not in rt._started]
             committed: Future[list[BaseException | None]] = Future()
 
@@ -247,8 +248,7 @@ class StartingMany:
                 rt._claims.give_back_many(claims)
 
             group = [c[2] for c in created] + [started_mark(*key) for key in marks]
-            plans = {(new.plan.name, new.plan.version): new.plan for new in news} if marks else {}
-            submit_creations(rt, group, on_done, [plans[key] for key in marks])
+            submit_creations(rt, group, on_done, used)
             # The handles are made while the commit is synced (its fsync lets go of the GIL):
             # once it is durable the Scheduler admits the batch, and whatever the caller has
             # left to do then waits for the GIL behind it.

@@ -9,7 +9,7 @@ import functools
 import itertools
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,22 +93,22 @@ def creation(
 
 def submit_creations(
     rt: Runtime, group: tuple[Transition, ...] | list[Transition], callback: Any,
-    marked: Sequence[Plan], *, halts: bool = False,
+    plans: Iterable[Plan], *, halts: bool = False,
 ) -> None:  # fmt: skip
-    """Queue ``group``, creations that write the started mark of the ``marked``
-    definitions (their first start in this runtime), if any, under ``rt._defining``: an
-    ``add_workflow`` replacing one of them comes before (and this start, prepared with
-    the old steps, is refused with :class:`InvalidDefinition`) or after (and finds the
-    mark: refused itself)."""
+    """Queue ``group``, creations made with ``plans``, under ``rt._defining`` if one is first
+    started here or was replaced since (a start of the new one may have written the mark):
+    a replacing ``add_workflow`` comes before (this one is refused) or after (refused itself)."""
     try:
         writer = rt._store.writer
     except StoreClosed as exc:  # (closed by a stop since the start's checks)
         raise stopped(rt, exc)  # noqa: B904 (stopped() sets its cause; not exc's own)
-    if not marked:  # (every start but the first few of each definition)
+    checked = [p for p in plans if (key := (p.name, p.version)) not in rt._started
+               or rt._ctx.plans.get(key) is not p]  # fmt: skip
+    if not checked:  # (every start but the first few of each definition)
         writer.submit_many(group, callback, halts=halts)
         return
     with rt._defining:
-        for plan in marked:
+        for plan in checked:
             key = (plan.name, plan.version)  # (and one add_workflow is storing: its own)
             for current in (rt._ctx.plans.get(key), rt._storing.get(key)):
                 if current is not None and current is not plan and current != plan:

@@ -18,6 +18,8 @@ from herder.runtime import (
     UnknownName,
     Workflow,
 )
+from herder.runtime.testing import check_store
+from herder.store import Store
 
 WAIT = 30.0
 
@@ -309,3 +311,37 @@ def test_a_start_of_a_replaced_definition_is_run_on_the_steps_it_was_made_with(
         assert order.result(timeout=WAIT) == {"pay": "bought", "pack": None}
         assert other.result(timeout=WAIT) == {"pay": "bought"}
         assert rt._ctx.scheduler is scheduler  # never crashed
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["start", "start_many"])
+def test_a_start_prepared_before_a_replacement_is_refused_after_one_of_the_new_steps_landed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """As above, but a start of the fixed steps landed first: the late one writes no started
+    mark (one is written), so nothing looked at its steps and it created a workflow of
+    the slip's steps under a version whose stored definition has others (the Scheduler
+    ran it on the fixed steps, or crashed on a step the slip lacks)."""
+    with Runtime(tmp_path / "s") as rt:
+        rt.add_agent("shop", Shop)
+        rt.add_workflow(Workflow("order").step("pay", agent="shop", action="refund"))  # a slip
+        prepare = rt._prepare
+
+        def then_fixed_and_started(*args: Any, **kwargs: Any) -> Any:
+            new = prepare(*args, **kwargs)
+            monkeypatch.setattr(rt, "_prepare", prepare)  # (once)
+            rt.add_workflow(order())  # the fix lands while the start is being made...
+            assert rt.start("order", workflow_id="o1").result(timeout=WAIT) == {"pay": "bought"}
+            return new  # ...and a start of it, which wrote the started mark
+
+        monkeypatch.setattr(rt, "_prepare", then_fixed_and_started)
+        calls = {
+            "start": lambda: rt.start("order", workflow_id="o2"),
+            "start_many": lambda: rt.start_many([{"workflow": "order", "workflow_id": "o2"}]),
+        }
+        with pytest.raises(InvalidDefinition, match="registered again with other steps"):
+            calls[call]()
+        assert [s.id for s in rt.list()] == ["o1"]  # nothing else was started
+        assert rt.start("order", workflow_id="o2").result(timeout=WAIT) == {"pay": "bought"}
+    with Store(tmp_path / "s", readonly=True) as store:
+        assert check_store(store).problems == []
