@@ -11,11 +11,15 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+from _http_kit import request
+
 from herder.actors import FACTS_KEY, FACTS_REFRESH, FACTS_STALE, read_facts
-from herder.runtime import Adaptive, Agent, RateLimit, Runtime, StepContext, Workflow
+from herder.runtime import Adaptive, Agent, AnyOf, RateLimit, Runtime, StepContext, Workflow
 from herder.runtime._check import check_store
 from herder.runtime._inspect import show_stats
 from herder.runtime.testing import FakeClock, advance, settle
+from herder.runtime.ui import Console
 from herder.runtime.ui._pages import agents_page
 from herder.store import Put, Store, Transition, encode
 
@@ -138,3 +142,25 @@ def test_herder_stats_says_when_it_shows_only_the_busiest_agents(tmp_path: Path)
         out = io.StringIO()
         show_stats(out, rt._store, as_json=False)
     assert "the 200 busiest of 250 agents" in out.getvalue()
+
+
+@pytest.mark.timeout(60)
+def test_the_agents_page_names_every_member_of_an_any_of_group_a_definition_uses(
+    tmp_path: Path,
+) -> None:
+    # Only the group's first member was listed: "airline-us", which the workflow uses as
+    # much, showed no user, or no row at all while no runtime published facts.
+    with Runtime(tmp_path / "s", clock=FakeClock(start=START)) as rt:
+        rt.add_agent("airline-eu", Echo)
+        rt.add_agent("airline-us", Echo)
+        rt.add_workflow(
+            Workflow("trip").step("f", agent=AnyOf("airline-eu", "airline-us"), action="run")
+        )
+    console = Console(str(tmp_path / "s"), port=0, token="t", wait=0.5)
+    console.start()
+    try:
+        _, _, html = request(console, "GET", "/agents")
+    finally:
+        console.shutdown()
+    assert "<td>airline-eu</td><td>trip@1</td>" in html
+    assert "<td>airline-us</td><td>trip@1</td>" in html

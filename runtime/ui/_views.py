@@ -129,8 +129,9 @@ class Views:
                 except (KeyError, TypeError, ValueError) as exc:
                     damaged.append(StoreCorrupt("definitions", key, f"bad definition: {exc}"))
                     continue
-                for spec in plan.steps:
-                    used.setdefault(spec.agent, set()).add(f"{plan.name}@{plan.version}")
+                for spec in plan.steps:  # (each member of an AnyOf group: any may do it)
+                    for agent in spec.members or (spec.agent,):
+                        used.setdefault(agent, set()).add(f"{plan.name}@{plan.version}")
             schedules, last = schedule_page(store, start, SCHEDULES_PAGE, damaged)
             total = store.count("schedules")
             try:
