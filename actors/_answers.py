@@ -38,7 +38,9 @@ stale by then: their tokens are not in flight any more) and clears the flag. It 
 the starts on their way that its predecessor was told of: what followed one (the
 Unadmit of a creation that failed) may have died in that inbox, and the recovery that
 comes next takes each that landed from the store, or has its Landing admit it
-(``EngineContext.early_epoch``).
+(``EngineContext.early_epoch``). It drops the definitions too: it reads them all from
+``EngineContext.plans``, which may hold another since (a promoted standby's registered
+plan gives way to the stored one of a started version).
 """
 
 from __future__ import annotations

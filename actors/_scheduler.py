@@ -175,7 +175,7 @@ class Scheduler(SupervisedActor):
         self._sink = commit_sink(self.actor_ref, ctx)  # where the writer reports durable batches
         host = build_host(ctx) if ctx.make_host is None else ctx.make_host()
         ctx.scheduler = self.actor_ref
-        ctx.answers.restart(keep=lambda m: type(m) is not Admit)  # (not a start: _answers)
+        ctx.answers.restart(keep=lambda m: type(m) not in (Admit, Define))  # (_answers)
         # After the line above: what is registered from here on reaches this actor as a
         # message (Define, add_agent), what was registered before is in these copies
         # (both is harmless: each message says what to hold, not what to change).
