@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -227,12 +228,24 @@ def test_a_run_longer_than_the_guard_goes_on_while_trips_finish(
     """The guard against a hung worker was a deadline from the start: GUARD (120 s) after
     it, any run was killed and reported failed, so `herder demo --workflows 30000` (a few
     minutes) could never pass. It now gives up only when no trip finished for GUARD
-    seconds; here a run of several GUARDs, a worker restart included, passes."""
+    seconds; here a run of several GUARDs, a worker restart included, passes. The guard's
+    clock moves a second per trip finished: with GUARD at 3 s of wall clock, a loaded
+    machine took longer than that to start a worker and failed the run (0/1000 finished),
+    and the wall-clock guard itself is test_a_worker_that_finishes_no_trip_is_given_up_on's."""
     from herder.runtime import _demo
 
-    monkeypatch.setattr(_demo, "GUARD", 3.0)  # a run of 1,000 takes 4-5 s here, idle
+    finished = [0]
+    count_final = _demo._count_final
+
+    def counted(store_path: Path) -> int:
+        finished[0] = count_final(store_path)
+        return finished[0]
+
+    monkeypatch.setattr(_demo, "_count_final", counted)
+    monkeypatch.setattr(_demo, "time", SimpleNamespace(monotonic=lambda: float(finished[0])))
+    monkeypatch.setattr(_demo, "GUARD", 100.0)  # 100 trips: the run is 3 GUARDs long
     out = io.StringIO()
-    args = ["--workflows", "1000", "--concurrency", "2", "--dir", str(tmp_path / "demo")]
+    args = ["--workflows", "300", "--concurrency", "2", "--dir", str(tmp_path / "demo")]
     assert _demo.run_demo(args, out) == 0, out.getvalue()
     assert _row(out.getvalue(), "worker SIGKILLs / restarts") == 1
     assert "invariants held" in out.getvalue()
