@@ -16,6 +16,10 @@ Configured by environment variables (each process of a test gets its own):
   at registration, as an NTP correction or a VM resume would.
 - ``HA_TOKENS_LEFT``: start this runtime's fencing tokens that many short of the end of
   its incarnation's range of 2**32 (where days of steps at full speed bring them).
+- ``HA_HOLD_PAST_RANGE``: once an action of this process has run with a token past the end
+  of its incarnation's range (see ``HA_TOKENS_LEFT``), print ``range passed`` and hold
+  every action that starts after it until the process is killed: work is left for sure
+  to whoever takes over, however fast or slow the machine.
 - ``HA_POLLS``: print ``polled N``, ``polled 2N``, ... each time this runtime's health
   signal (a standby's lease poll, an active runtime's sweep) fired N more times after
   registration.
@@ -44,11 +48,16 @@ JOB = (
 class Service(Agent):
     """Takes ``HA_STEP`` seconds, logs the execution, answers with who ran it."""
 
+    passed = threading.Event()  # (HA_HOLD_PAST_RANGE) an action ran past the range
+
     def __init__(self) -> None:
         self.effects = os.environ["HA_EFFECTS"]
         self.step_seconds = float(os.environ.get("HA_STEP", "0.02"))
+        self.hold_past_range = bool(os.environ.get("HA_HOLD_PAST_RANGE"))
 
     def work(self, ctx: StepContext) -> dict[str, int]:
+        if Service.passed.is_set():
+            threading.Event().wait()  # held until this process is killed
         threading.Event().wait(self.step_seconds)  # the remote call
         line = f"{ctx.workflow_id} {ctx.step} {ctx.token} {os.getpid()} {time.time():.4f}\n"
         data = line.encode()
@@ -57,6 +66,11 @@ class Service(Agent):
             os.write(fd, data)
         finally:
             os.close(fd)
+        # (tokens start short of the end of the range: a low n is one past it)
+        past = self.hold_past_range and ctx.token & 0xFFFFFFFF < 1 << 31
+        if past and not Service.passed.is_set():
+            Service.passed.set()
+            say("range passed")
         return {"pid": os.getpid(), "token": ctx.token}
 
 
