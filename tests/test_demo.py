@@ -96,12 +96,15 @@ def test_demo_refuses_bad_arguments_before_it_starts_a_worker(
 def test_ctrl_c_stops_the_demo_and_its_worker_without_a_traceback(tmp_path: Path) -> None:
     """Ctrl-C is what a user does to a demo that runs too long: it ended in a
     KeyboardInterrupt traceback. The worker is stopped too and the exit code is 130."""
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "herder.runtime", "demo", "--workflows", "5000", "--dir", tmp_path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # As a terminal's foreground job: a test run started in the background (`make unit &`,
+    # nohup) ignores SIGINT, and a child inherits that (it ran all 5000 trips, exit 0).
+    # A handled signal is the default again in the child.
+    cmd = [sys.executable, "-m", "herder.runtime", "demo", "--workflows", "5000", "--dir", tmp_path]
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        demo = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert demo.stdout is not None
     for line in demo.stdout:  # the first progress line: the worker was started
         if "finished" in line:
