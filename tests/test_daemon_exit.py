@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+from _daemon_kit import ended, herder_run, until_serving
 
 from herder.runtime import Runtime
 
@@ -27,29 +28,13 @@ def test_herder_run_exits_after_its_stop_though_an_app_thread_runs_on(
     # It said "stopped" and then hung in Python's wait for the app's thread: systemd
     # killed it at TimeoutStopSec (a failed stop), and a runtime that lost its lease
     # never exited to come back under Restart=on-failure as the standby.
-    argv = [sys.executable, "-m", "herder.runtime", "run", "--store", str(tmp_path / "s")]
-    proc = subprocess.Popen(
-        [*argv, "--app", f"{__name__}:build"],
-        cwd=TESTS,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
+    proc = herder_run(str(tmp_path / "s"), f"{__name__}:build", TESTS)
     try:
-        said = []
-        for line in proc.stderr:  # (the log goes to stderr; ends if the process does)
-            said.append(line)
-            if "serving until SIGTERM" in line:
-                break
-        else:
-            raise AssertionError(f"it never served; exit {proc.wait(10)}: {''.join(said)}")
+        until_serving(proc)
         proc.send_signal(signal.SIGTERM)
         out, rest = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        ended(proc)
     assert proc.returncode == 0, rest[-600:]
     assert out.splitlines()[-1] == "stopped", out
     assert "which still run: app-forever; start them with daemon=True" in rest, rest[-600:]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pathlib
-import signal
-import subprocess
-import sys
 
 import pytest
+from _daemon_kit import active_then_stopped, herder_run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,23 +21,6 @@ def test_herder_run_keeps_the_logging_its_app_set_up_on_import(tmp_path: pathlib
     # herder run set up its own (INFO, its format) before it imported the app, so the
     # app's logging.basicConfig() did nothing: its level and format were ignored.
     (tmp_path / "logging_app.py").write_text(APP)
-    argv = [sys.executable, "-m", "herder.runtime", "run", "--store", str(tmp_path / "s")]
-    proc = subprocess.Popen(
-        [*argv, "--app", "logging_app:build"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        first = proc.stdout.readline()  # ("active ...", or nothing if it failed)
-        assert first.startswith("active "), proc.communicate(timeout=20)
-        proc.send_signal(signal.SIGTERM)
-        _, said = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0, said[-600:]
+    code, said = active_then_stopped(herder_run(str(tmp_path / "s"), "logging_app:build", tmp_path))
+    assert code == 0, said[-600:]
     assert said.splitlines() == ["app-format app registered"], said[-600:]

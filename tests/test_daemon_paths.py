@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import signal
 import subprocess
-import sys
 
 import pytest
+from _daemon_kit import HERDER, active_then_stopped, herder_run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,29 +23,11 @@ def test_a_store_under_the_home_directory_is_found_there_however_it_is_written(
     work.mkdir()
     (work / "empty_app.py").write_text("def build(rt):\n    pass\n")
     env = {**os.environ, "HOME": str(home), "HERDER_STORE": "~/s"}
-    herder = [sys.executable, "-m", "herder.runtime"]
-    proc = subprocess.Popen(
-        [*herder, "run", "--store=~/s", "--app", "empty_app:build"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        first = proc.stdout.readline()  # ("active ...", or nothing if it failed)
-        assert first.startswith("active "), proc.communicate(timeout=20)
-        proc.send_signal(signal.SIGTERM)
-        _, said = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0, said[-600:]
+    code, said = active_then_stopped(herder_run("~/s", "empty_app:build", work, env))
+    assert code == 0, said[-600:]
     assert "~" not in os.listdir(work)
     listed = subprocess.run(  # (--store from $HERDER_STORE)
-        [*herder, "stats"],
+        [*HERDER, "stats"],
         cwd=work,
         env=env,
         capture_output=True,

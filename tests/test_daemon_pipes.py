@@ -7,11 +7,11 @@ import io
 import os
 import pathlib
 import signal
-import subprocess
 import sys
 from typing import TextIO
 
 import pytest
+from _daemon_kit import ended, herder_run, until_serving
 
 from herder.runtime import Runtime, _daemon
 from herder.store import Store
@@ -32,32 +32,17 @@ def test_herder_run_whose_stdout_reader_left_still_serves_and_releases_its_lease
     store = tmp_path / "s"
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first status line
-    argv = [sys.executable, "-m", "herder.runtime", "run", "--store", str(store)]
-    proc = subprocess.Popen(
-        [*argv, "--app", f"{__name__}:build"],
-        cwd=TESTS,
-        stdout=write,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = herder_run(str(store), f"{__name__}:build", TESTS, stdout=write)
     os.close(write)
     assert proc.stderr is not None
     try:
-        said = []
-        for line in proc.stderr:  # (the log goes to stderr; ends if the process does)
-            said.append(line)
-            if "serving until SIGTERM" in line:
-                break
-        else:
-            raise AssertionError(f"it never served; exit {proc.wait(10)}: {''.join(said)}")
+        until_serving(proc)
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
         assert proc.wait(30) == 0, rest[-600:]
         assert "Traceback" not in rest, rest[-600:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        ended(proc)
     with Store(store, mode="client") as st:
         lease = st.read_lease()
     assert lease is not None
