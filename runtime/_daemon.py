@@ -161,7 +161,9 @@ def leave(code: int) -> None:
     def cut_short() -> None:
         threading.Event().wait(APP_THREADS_GRACE)  # (a daemon thread: gone at the exit)
         main = threading.main_thread()
-        if main.is_alive():  # (not exiting: a caller in-process carried on)
+        # (not exiting: a caller in-process carried on; exiting, the main thread still
+        # counts as alive while it joins an executor's workers, at the exit's start)
+        if main.is_alive() and not getattr(threading, "_SHUTTING_DOWN", False):
             return
         left = sorted(t.name for t in threading.enumerate() if not t.daemon and t is not main)
         if not left:  # (past their wait: atexit handlers, a tracer's flush, may take long)

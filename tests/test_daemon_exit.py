@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import pathlib
 import signal
 import subprocess
@@ -38,6 +39,32 @@ def test_herder_run_exits_after_its_stop_though_an_app_thread_runs_on(
     assert proc.returncode == 0, rest[-600:]
     assert out.splitlines()[-1] == "stopped", out
     assert "which still run: app-forever; start them with daemon=True" in rest, rest[-600:]
+
+
+POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="app-pool")
+
+
+def build_with_a_pool(rt: Runtime) -> None:
+    """The app of the test below: a job of its executor's that never ends."""
+    POOL.submit(threading.Event().wait)
+
+
+def test_herder_run_exits_after_its_stop_though_an_app_executor_job_runs_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    # An executor's workers are waited for at the exit's start (concurrent.futures joins
+    # them while the main thread still counts as alive), so the exit that gives up on an
+    # app's threads took it for a caller that carried on and let it hang as before.
+    proc = herder_run(str(tmp_path / "s"), f"{__name__}:build_with_a_pool", TESTS)
+    try:
+        until_serving(proc)
+        proc.send_signal(signal.SIGTERM)
+        out, rest = proc.communicate(timeout=20)
+    finally:
+        ended(proc)
+    assert proc.returncode == 0, rest[-600:]
+    assert out.splitlines()[-1] == "stopped", out
+    assert "which still run: app-pool_0; start them" in rest, rest[-600:]
 
 
 FAILING_APP = """
