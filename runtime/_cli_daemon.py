@@ -70,7 +70,7 @@ def add_parsers(sub: Any) -> None:
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     from herder.runtime._daemon import leave, run_app
 
-    code = 1  # (unless it returns: main says what it raised, and exits 1)
+    code = 1  # (unless it returns: main says what it raised, and exits 1 or 130)
     try:
         code = run_app(
             args.store,
@@ -81,6 +81,9 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             retention=args.retention,
             out=out,
         )
+    except KeyboardInterrupt:
+        code = 130  # (main's exit for Ctrl-C, which leave() may give in its stead)
+        raise
     finally:
         leave(code)  # (not waiting for ever for the app's threads)
     return code

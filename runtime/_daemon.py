@@ -149,8 +149,8 @@ APP_THREADS_GRACE = 1.0
 
 
 def leave(code: int) -> None:
-    """Let the process exit with ``code`` (run_app's, or 1 for what it raised) as usual,
-    or, if it has not ended :data:`APP_THREADS_GRACE` seconds later, then, naming the
+    """Let the process exit with ``code`` (run_app's; for what it raised 1, or 130 for Ctrl-C)
+    as usual, or, if it has not ended :data:`APP_THREADS_GRACE` seconds later, then, naming the
     threads it waited for. Python waits at exit for every thread not made a daemon
     thread: one the app started that never ends kept a daemon that said it stopped (or
     failed to start) from exiting, until systemd's ``TimeoutStopSec`` killed it, and one

@@ -93,3 +93,45 @@ def test_herder_run_that_failed_to_start_exits_1_though_an_app_thread_runs_on(
     assert done.returncode == 1, done.stderr[-600:]
     assert "the app factory 'failing_app:build' failed: KeyError" in done.stderr
     assert "which still run: import-thread;" in done.stderr, done.stderr[-600:]
+
+
+HANGING_APP = """
+import sys, threading
+threading.Thread(target=threading.Event().wait, name="import-thread").start()
+def build(rt):
+    print("in setup", file=sys.stderr, flush=True)
+    threading.Event().wait()
+"""
+
+
+def test_herder_run_interrupted_in_setup_exits_130_though_an_app_thread_runs_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    # It said "herder run: interrupted" (exit 130, as without the thread), then the exit
+    # that gives up on the app's threads exited 1, the code it took for an error.
+    (tmp_path / "hanging_app.py").write_text(HANGING_APP)
+    argv = [sys.executable, "-m", "herder.runtime", "run", "--store", str(tmp_path / "s")]
+    # (a handled SIGINT is the default again in the child: a suite run in the
+    # background ignores it, and a child would inherit that)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [*argv, "--app", "hanging_app:build"],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # (ends if the process does)
+            if "in setup" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        ended(proc)
+    assert proc.returncode == 130, rest[-600:]
+    assert "herder run: interrupted" in rest
+    assert "which still run: import-thread;" in rest, rest[-600:]
