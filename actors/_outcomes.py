@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 from herder.actors.engine import OutcomeKind, probe_name
-from herder.store import InvalidInput, UserCodeFailed, contain
+from herder.store import InvalidInput, UserCodeFailed, contain, validate_id
 
 DONE, NOT_DONE, RUNNING = (
     OutcomeKind.DONE.value,
@@ -104,6 +104,10 @@ def parse_task_token(value: object) -> tuple[str, str, int]:
         or type(parts[2]) is not int
     ):
         raise bad
+    try:  # (an id no workflow can have: the token's fault, not an id the caller chose)
+        validate_id(parts[0])
+    except InvalidInput:
+        raise bad from None
     return parts[0], parts[1], parts[2]
 
 

@@ -8,6 +8,7 @@ data already in the store and ``test_store_fuzz.py`` the decoder.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import math
 import re
@@ -285,6 +286,10 @@ AT_THE_DOOR: list[tuple[str, Call, type[HerderError], str]] = [
     ("operator: why of 10,000 characters", lambda rt: rt.abandon("taken", why="x" * 10_000),
      InvalidInput, "limit is 8192"),
     ("complete_step: a forged task token", lambda rt: rt.complete_step("ht1.gZEBAQ", 1),
+     InvalidInput, "not a herder task token"),
+    ("complete_step: a forged token naming an id no workflow can have (it said: use a "
+     "shorter workflow id)", lambda rt: rt.complete_step(
+         "ht1." + base64.urlsafe_b64encode(msgpack.packb(["x" * 1400, "s", 1])).decode(), 1),
      InvalidInput, "not a herder task token"),
     ("fail_step: not a str token", lambda rt: rt.fail_step(b"x" * 5000, "e"),  # type: ignore[arg-type]
      InvalidInput, "not a herder task token"),
