@@ -170,8 +170,9 @@ def show_workflow(
     if as_json:
         dump_json(out, {**status.to_dict(), "history": history, "queued": queued})
         return
+    named = f"{printable(status.id)}: {printable(status.name)}@{status.version}"
     out.write(
-        f"workflow {printable(status.id)}: {status.name}@{status.version} {status.state}\n"
+        f"workflow {named} {status.state}\n"
         f"  created {shown_time(status.created)}, updated {shown_time(status.updated)}\n"
         f"  input   {value_text(status.input)}\n"
     )
