@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from herder.runtime._console import dump_json
+from herder.store import printable
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ def print_report(out: TextIO, report: CheckReport, path: object, *, as_json: boo
         out.write(f"ok: {path}: {counts} checked, no problems\n")
         return
     out.write(f"{report.found} problems in {path} ({counts} checked):\n")
-    for problem in report.problems:
-        out.write(f"  {problem}\n")
+    for problem in report.problems:  # (its message may name an id: any character but NUL)
+        out.write(f"  {printable(problem)}\n")
     if report.more_problems:
         out.write(f"  ... and {report.more_problems} more (the first {LISTED} are listed)\n")

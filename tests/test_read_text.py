@@ -8,6 +8,15 @@ from pathlib import Path
 
 from herder.runtime import Agent, Runtime, StepContext, Workflow
 from herder.runtime._cli import main
+from herder.store import (
+    Put,
+    Store,
+    Transition,
+    WorkflowRecord,
+    WorkflowState,
+    encode,
+    workflow_key,
+)
 
 
 class Done(Agent):
@@ -35,3 +44,22 @@ def test_show_writes_a_workflow_name_printable(tmp_path: Path) -> None:
     assert code == 0
     assert "\u202e" not in text
     assert text.splitlines()[0] == "workflow w: pay\\u202eevil@1 SUCCEEDED"
+
+
+def test_check_writes_a_problem_about_an_odd_id_on_one_printable_line(tmp_path: Path) -> None:
+    # A workflow id may hold any character but NUL; `herder check` wrote its problems raw,
+    # and their messages name the id ("`herder show ID`"): the id's escapes cleared the
+    # operator's terminal and its newline split one problem into two lines.
+    path = tmp_path / "store"
+    wid = "e\x1b[2J\x1b]0;pwned\x07\nx"
+    record = WorkflowRecord(wid, "gone", 1, {}, WorkflowState.NEEDS_ATTENTION, 1.0, 1.0)
+    with Store(path) as store:
+        put = Put("workflows", workflow_key(wid), encode(record.to_dict()))
+        store.writer.submit(Transition(ops=(put,))).result(timeout=10)
+    code, text = _run("check", "--store", str(path))
+    assert code == 1
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    problems = [line for line in text.splitlines() if line.startswith("  workflows ")]
+    assert len(problems) == len(text.splitlines()) - 1  # (the heading, then one line each)
+    assert any("its definition gone@1 is not stored" in line for line in problems)
