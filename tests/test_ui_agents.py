@@ -117,6 +117,23 @@ def test_the_agents_page_shows_the_facts_escaped_with_their_age_and_staleness(
     assert "No runtime has published" in never
 
 
+def test_the_agents_page_reads_facts_an_older_runtime_published_and_a_stopped_ones_age() -> None:
+    # Facts published before they counted every agent have no "total": the page said
+    # "the 2 busiest of 0 agents" (`herder stats` says nothing of it). And when no
+    # runtime held the store, facts 2 s old were said unrenewed "for over 60 s".
+    facts = {"at": START, "agents": {"a": {"concurrency": 1}, "b": {"concurrency": 2}}}
+    old = agents_page({"resources": {}, "running": True}, {}, facts, START + 2.0)
+    assert "busiest" not in old
+    assert "Stale" not in old
+    stopped = agents_page({"resources": {}, "running": False}, {}, facts, START + 2.0)
+    assert "Stale" in stopped
+    assert "(2 s ago)" in stopped
+    assert f"for over {FACTS_STALE:.0f} s" not in stopped
+    assert "No runtime holds the store" in stopped
+    cut = {**facts, "total": 250}
+    assert "the 2 busiest of 250 agents" in agents_page({"running": True}, {}, cut, START)
+
+
 def test_check_names_a_corrupt_facts_record(tmp_path: Path) -> None:
     with Runtime(tmp_path / "s", clock=FakeClock(start=START)):
         pass

@@ -18,7 +18,7 @@ from herder.actors import FACTS_REFRESH, FACTS_STALE
 from herder.actors.engine import operator_refusal
 from herder.runtime._console import clipped, json_safe, printable
 from herder.runtime._inbox import InboxItem
-from herder.runtime._inspect import shown_time
+from herder.runtime._inspect import _more, shown_time
 from herder.runtime._operator_cli import ACTIONS
 from herder.runtime._status import WorkflowStatus
 from herder.runtime.ui._query import Filters, Page
@@ -320,13 +320,18 @@ def _freshness(facts: dict[str, Any] | None, now: float, running: Any) -> str:
     at = float(facts.get("at", 0.0))
     age = max(0.0, now - at)
     shown = f"published {when(at)} ({age:.0f} s ago)"
-    total, kept = facts.get("total", 0), len(facts.get("agents", {}))
-    more = f"; the {kept} busiest of {e(total)} agents" if total != kept else ""
+    total, kept = facts.get("total"), len(facts.get("agents", {}))  # (total: not in older)
+    more = f"; the {kept} busiest of {total:,} agents" if _more(total, kept) else ""
     if age > FACTS_STALE or running is False:
+        why = (
+            "No runtime holds the store"
+            if running is False
+            else f"No runtime has published them for over {FACTS_STALE:.0f} s (a running "
+            f"one does at least every {FACTS_REFRESH:.0f} s)"
+        )
         return (
-            f'<p class="warn stale" id="facts-age">Stale: live facts {shown}{more}. No runtime '
-            f"has published them for over {FACTS_STALE:.0f} s (a running one does at least "
-            f"every {FACTS_REFRESH:.0f} s): they are the last known, not the current ones.</p>"
+            f'<p class="warn stale" id="facts-age">Stale: live facts {shown}{more}. {why}: '
+            "they are the last known, not the current ones.</p>"
         )
     return (
         f'<p class="hint" id="facts-age">Live facts {shown}{more}, by the running runtime '
