@@ -134,15 +134,18 @@ def _listed(
 ) -> Iterator[WorkflowStatus]:
     """The ``most`` (None: all) workflows in ``state`` updated since ``since``, last
     updated first, as the index lists them at one instant (read a page at a time, one
-    that changed meanwhile moved above the pages read: ``--limit 0`` of a busy store
-    left out a quarter of it); each as it is when read (those that cannot be read go to
-    ``reader.corrupt``)."""
+    that changed meanwhile moved above the pages read: ``--limit 0`` of a busy store left
+    out a quarter of it); each as read (one unreadable, a damaged key: ``reader.corrupt``)."""
     states = None if state is None else frozenset({str(WorkflowState(state))})
 
-    def ids() -> list[str]:  # (made here: together() runs it again after a map growth)
-        return [e[1] for e in itertools.islice(store.recent(states=states, since=since), most)]
+    def ids() -> tuple[list[str], list[StoreCorrupt]]:  # (together() may run it again)
+        damaged: list[StoreCorrupt] = []
+        listed = store.recent(states=states, since=since, damaged=damaged)
+        return [e[1] for e in itertools.islice(listed, most)], damaged
 
-    for wid in store.together(ids):
+    wids, damaged = store.together(ids)
+    reader.corrupt += damaged
+    for wid in wids:
         try:
             status = reader.status_of(wid)
         except StoreCorrupt as exc:

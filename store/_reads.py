@@ -224,11 +224,11 @@ class Reads(Access):
         """(updated, workflow id, state) by last update: newest first down to ``since``,
         or oldest first up to ``until``; only ``states`` if given. Paged and cheap on a
         store of millions (it reads the ``recent`` index, see ``_recent.py``); a damaged
-        index key is passed over (noted in ``damaged``)."""
+        index key (without the index: record) is passed over, noted in ``damaged``."""
         if not self.indexed:  # an older store never opened by a writer since
             rows = sorted(
                 (r.updated, r.id, str(r.state))
-                for r in self.workflows(corrupt=[])
+                for r in self.workflows(corrupt=[] if damaged is None else damaged)
                 if (states is None or str(r.state) in states)
                 and (since is None or r.updated >= since)
                 and (until is None or r.updated < until)
