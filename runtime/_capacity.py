@@ -302,6 +302,17 @@ class Capacity:
             rt._claims.give_back(start.new.workflow_id, start.claim)
             start.refuse(exc)
 
+    def _stop_starting(self) -> bool:
+        """stop() was called: ``start()`` refuses from here, and the starts queued for room
+        are refused at once (nothing of them written), not once a slot frees or a
+        ``drain=True`` ends; whether the runtime was stopped already."""
+        rt = _runtime(self)
+        with rt._lock:
+            closed, rt._draining = rt._closed, True
+            if not closed:
+                self._refuse_queued(RuntimeClosed("stop() was called"))
+        return closed
+
     def _refuse_queued(self, why: BaseException) -> None:
         """Every queued start fails (the runtime stopped, lost its lease or failed:
         ``why``, which the result() waiters hear, is the cause); call holding

@@ -79,8 +79,7 @@ class Lifecycle:
     def _stop(self, timeout: float, drain: float | None) -> None:
         """:meth:`stop`, draining for ``drain`` seconds first (None: no drain)."""
         rt = _runtime(self)
-        with rt._lock:
-            closed, rt._draining = rt._closed, True
+        closed = rt._stop_starting()
         if closed:
             if self._await_stop(timeout):
                 rt._store.close(timeout)  # (again, if it timed out the first time)

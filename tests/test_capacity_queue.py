@@ -182,6 +182,34 @@ def test_starts_queued_when_the_runtime_stops_hear_it_stopped_and_that_nothing_w
     assert "durable" not in str(out[0])
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("face", ["start", "start_many", "start_async"])
+def test_starts_queued_when_a_draining_stop_begins_are_refused_at_once_not_after_it(
+    gated: tuple[Runtime, threading.Semaphore, _Queue], face: str
+) -> None:
+    # They waited out the drain (up to run_forever's 30 s) for a refusal that was certain,
+    # as start() refuses from the stop() call on, and heard "the runtime is stopping" with
+    # no word of whether they were written.
+    rt, go, queue = gated
+    call = {
+        "start": lambda: rt.start("w", workflow_id="never"),
+        "start_many": lambda: rt.start_many([{"workflow": "w", "workflow_id": "never"}]),
+        "start_async": lambda: asyncio.run(rt.start_async("w", workflow_id="never")),
+    }[face]
+    thread, out = in_thread(call)
+    assert queue.joined.acquire(timeout=WAIT)
+    stopping, _ = in_thread(lambda: rt.stop(timeout=2 * WAIT, drain=True))
+    try:
+        thread.join(WAIT / 3)  # while "first" still runs (its gate gives up after WAIT)
+        assert not thread.is_alive(), "the queued start still waits while the stop drains"
+    finally:
+        go.release()
+        stopping.join(WAIT)
+    assert isinstance(out[0], RuntimeClosed), out
+    assert "nothing of it was written" in str(out[0])
+    assert not stopping.is_alive()
+
+
 @pytest.mark.timeout(60)
 def test_a_queued_start_handed_a_slot_hears_when_its_commit_is_not_decided_in_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
