@@ -374,10 +374,9 @@ class Lifecycle:
 
     def _check_open(self) -> None:
         rt = _runtime(self)
-        if rt._closed:
-            raise RuntimeClosed("the runtime is stopped; open a new Runtime to continue")
-        if rt._draining:
-            raise RuntimeClosed("the runtime is stopping (stop() was called)")
+        if rt._closed or rt._draining:  # (draining: a stop() or handoff is under way)
+            now = "stopped;" if rt._closed else "stopping (stop() was called); once it has,"
+            raise RuntimeClosed(f"the runtime is {now} open a new Runtime to continue")
         if rt._fatal is not None:
             raise RuntimeClosed(f"the runtime failed and stopped its actors: {rt._fatal}")
 

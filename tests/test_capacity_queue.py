@@ -202,6 +202,10 @@ def test_starts_queued_when_a_draining_stop_begins_are_refused_at_once_not_after
     try:
         thread.join(WAIT / 3)  # while "first" still runs (its gate gives up after WAIT)
         assert not thread.is_alive(), "the queued start still waits while the stop drains"
+        # A start during the drain is refused too, saying what to do (it said only "the
+        # runtime is stopping (stop() was called)").
+        with pytest.raises(RuntimeClosed, match=r"stopping .*open a new Runtime"):
+            rt.start("w", workflow_id="late")
     finally:
         go.release()
         stopping.join(WAIT)
