@@ -23,24 +23,6 @@ def build(rt: Runtime) -> None:
     threading.Thread(target=threading.Event().wait, name="app-forever").start()
 
 
-def test_herder_run_exits_after_its_stop_though_an_app_thread_runs_on(
-    tmp_path: pathlib.Path,
-) -> None:
-    # It said "stopped" and then hung in Python's wait for the app's thread: systemd
-    # killed it at TimeoutStopSec (a failed stop), and a runtime that lost its lease
-    # never exited to come back under Restart=on-failure as the standby.
-    proc = herder_run(str(tmp_path / "s"), f"{__name__}:build", TESTS)
-    try:
-        until_serving(proc)
-        proc.send_signal(signal.SIGTERM)
-        out, rest = proc.communicate(timeout=20)
-    finally:
-        ended(proc)
-    assert proc.returncode == 0, rest[-600:]
-    assert out.splitlines()[-1] == "stopped", out
-    assert "which still run: app-forever; start them with daemon=True" in rest, rest[-600:]
-
-
 POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="app-pool")
 
 
@@ -49,13 +31,21 @@ def build_with_a_pool(rt: Runtime) -> None:
     POOL.submit(threading.Event().wait)
 
 
-def test_herder_run_exits_after_its_stop_though_an_app_executor_job_runs_on(
-    tmp_path: pathlib.Path,
+@pytest.mark.parametrize(
+    ("app", "left"),
+    [("build", "app-forever"), ("build_with_a_pool", "app-pool_0")],
+    ids=["thread", "executor"],
+)
+def test_herder_run_exits_after_its_stop_though_an_app_thread_runs_on(
+    tmp_path: pathlib.Path, app: str, left: str
 ) -> None:
-    # An executor's workers are waited for at the exit's start (concurrent.futures joins
-    # them while the main thread still counts as alive), so the exit that gives up on an
-    # app's threads took it for a caller that carried on and let it hang as before.
-    proc = herder_run(str(tmp_path / "s"), f"{__name__}:build_with_a_pool", TESTS)
+    # It said "stopped" and then hung in Python's wait for the app's thread: systemd
+    # killed it at TimeoutStopSec (a failed stop), and a runtime that lost its lease
+    # never exited to come back under Restart=on-failure as the standby. An executor's
+    # workers are waited for at the exit's start (concurrent.futures joins them while the
+    # main thread still counts as alive), which the first fix took for a caller that
+    # carried on: it hung as before.
+    proc = herder_run(str(tmp_path / "s"), f"{__name__}:{app}", TESTS)
     try:
         until_serving(proc)
         proc.send_signal(signal.SIGTERM)
@@ -64,7 +54,7 @@ def test_herder_run_exits_after_its_stop_though_an_app_executor_job_runs_on(
         ended(proc)
     assert proc.returncode == 0, rest[-600:]
     assert out.splitlines()[-1] == "stopped", out
-    assert "which still run: app-pool_0; start them" in rest, rest[-600:]
+    assert f"which still run: {left}; start them with daemon=True" in rest, rest[-600:]
 
 
 FAILING_APP = """
