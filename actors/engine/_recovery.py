@@ -80,15 +80,15 @@ def running_at_crash(steps: Iterable[StepRecord]) -> list[StepRecord]:
     A step deferred by an earlier recovery keeps its ``retry_at``: it was waiting, not
     running, so it is not a suspect of this crash.
     """
-    return [
-        st
-        for st in steps
-        if st.retry_at is None
-        and (
-            st.state is StepState.DISPATCHED
-            or (st.state is StepState.COMPENSATING and st.deadline is not None)
-        )
-    ]
+    return [st for st in steps if st.retry_at is None and _attempt_recorded(st)]
+
+
+def _attempt_recorded(st: StepRecord) -> bool:
+    """Whether ``st`` holds an attempt recorded and not answered: its action dispatched,
+    or its compensation (a COMPENSATING step with a deadline)."""
+    return st.state is StepState.DISPATCHED or (
+        st.state is StepState.COMPENSATING and st.deadline is not None
+    )
 
 
 def deferred_due(steps: Iterable[StepRecord], recoveries: int, now: float) -> list[StepRecord]:
@@ -102,12 +102,7 @@ def deferred_due(steps: Iterable[StepRecord], recoveries: int, now: float) -> li
     return [
         st
         for st in steps
-        if st.retry_at is not None
-        and st.retry_at <= now
-        and (
-            st.state is StepState.DISPATCHED
-            or (st.state is StepState.COMPENSATING and st.deadline is not None)
-        )
+        if st.retry_at is not None and st.retry_at <= now and _attempt_recorded(st)
     ]
 
 
